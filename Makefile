@@ -1,0 +1,59 @@
+# Workspace service: build, check, test, demo.
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+PROTOS := $(shell find protos -name '*.proto' | sort)
+
+.PHONY: all venv deps protos check-protos lint typecheck test test-fast test-host demo bench clean
+
+all: venv
+
+# Debian packages the node side and the end-to-end tests need (root, Debian 12).
+deps:
+	./scripts/install-deps.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev,libvirt]'
+	touch $@
+
+protos: venv
+	$(VPY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
+	  --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	  --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+	touch workspace/v1/__init__.py workspace/node/__init__.py workspace/node/v1/__init__.py
+
+# Regenerate the committed stubs and fail if anything changed.
+check-protos: protos
+	git diff --exit-code -- workspace/v1 workspace/node/v1
+	test -z "$$(git status --porcelain -- workspace/v1 workspace/node/v1)"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test-fast: venv
+	$(VENV)/bin/pytest -q -m 'not host' tests
+
+test-host: venv
+	$(VENV)/bin/pytest -q -m host tests
+
+# The README's test command: installs what the tests need (Debian 12, root), then runs all tests.
+test: deps venv check-protos lint typecheck
+	$(VENV)/bin/pytest -q tests
+
+demo: deps venv
+	$(VENV)/bin/python -m workspace.demo
+
+bench: venv
+	$(VPY) benchmarks/api.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

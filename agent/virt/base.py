@@ -1,0 +1,141 @@
+"""The driver interface every hypervisor backend implements.
+
+A driver knows nothing of the service: it turns a DomainSpec into a running domain
+and reports what domains *it owns* exist (ownership is recorded in the domain
+itself, so a restarted agent finds its domains again). Disks, blobs and networks
+are prepared by the agent before ``define`` is called; the driver only attaches
+the paths it is given. All methods are blocking; the agent calls them from
+worker threads, never from an event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class DomainState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    # Anything transitional (booting, shutting down) or crashed.
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    format: str  # "raw" | "qcow2" (always explicit, never probed)
+    target: str  # "vda", "vdb", ...
+    readonly: bool = False
+    shareable: bool = False
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    mac: str
+    bridge: str
+    ip: str = ""  # informational (metadata, fake console); DHCP hands it out
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    workspace_id: str
+    name: str  # the workspace's human name (metadata only)
+    cpus: int
+    memory_mib: int
+    disks: tuple[DiskSpec, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+    kernel: str = ""  # path; direct kernel boot when set
+    initrd: str = ""
+    cmdline: str = ""
+    console_log: str = ""  # path of the serial console log file
+    hostname: str = ""
+
+    @property
+    def domain_name(self) -> str:
+        return domain_name(self.workspace_id)
+
+
+def domain_name(workspace_id: str) -> str:
+    """The hypervisor-side name of a workspace's domain."""
+    return f"ws-{workspace_id}"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    workspace_id: str
+    state: DomainState
+    reason: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# Called (from any thread) with a workspace id when a domain's state changed.
+EventCallback = Callable[[str], None]
+
+
+class Driver(ABC):
+    """Lifecycle of the domains this agent owns. Raise DriverError on failure."""
+
+    hypervisor: str = "unknown"
+
+    @abstractmethod
+    def list_domains(self) -> list[DomainInfo]:
+        """Every domain owned by this agent, defined or running."""
+
+    @abstractmethod
+    def get(self, workspace_id: str) -> DomainInfo | None:
+        """One owned domain, or None if it does not exist."""
+
+    @abstractmethod
+    def define(self, spec: DomainSpec) -> None:
+        """Define the domain persistently (not started). Idempotent for the same spec."""
+
+    @abstractmethod
+    def start(self, workspace_id: str) -> None:
+        """Start a defined, shut-off domain."""
+
+    @abstractmethod
+    def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
+        """ACPI shutdown; wait up to timeout_s. True if it powered off by itself."""
+
+    @abstractmethod
+    def destroy(self, workspace_id: str) -> None:
+        """Power off at once (the domain stays defined). No error if already off."""
+
+    @abstractmethod
+    def reboot(self, workspace_id: str) -> None:
+        """Reboot a running domain."""
+
+    @abstractmethod
+    def suspend(self, workspace_id: str) -> None:
+        """Pause a running domain's vCPUs."""
+
+    @abstractmethod
+    def resume(self, workspace_id: str) -> None:
+        """Resume a paused domain."""
+
+    @abstractmethod
+    def undefine(self, workspace_id: str) -> None:
+        """Power off if needed and remove the definition. No error if absent.
+
+        Disk files belong to the agent, which removes them itself."""
+
+    def set_event_callback(self, callback: EventCallback | None) -> None:  # noqa: B027
+        """Register a callback for lifecycle events (optional speed-up)."""
+
+    def host_capacity(self) -> tuple[int, int]:
+        """(cpus, memory_mib) of the host, for registration."""
+        import os
+
+        cpus = os.cpu_count() or 1
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return cpus, int(line.split()[1]) // 1024
+        return cpus, 1024
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections and threads."""

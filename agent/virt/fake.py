@@ -1,0 +1,205 @@
+"""A complete fake hypervisor: deterministic, in memory, optionally persisted.
+
+It behaves like a real node for everything the control plane cares about:
+domains are defined, started, shut down (or ignore the request), paused,
+rebooted and undefined; a console log is written with the same READY line the
+test appliance prints. With ``persist`` its domains survive an agent restart
+(as libvirt's do). Failures are injected by workspace name from config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from agent.virt.base import (
+    DiskSpec,
+    DomainInfo,
+    DomainSpec,
+    DomainState,
+    Driver,
+    EventCallback,
+    NicSpec,
+)
+from workspace.config import FakeDriverConfig
+from workspace.errors import DriverError
+
+
+@dataclasses.dataclass
+class _Domain:
+    spec: DomainSpec
+    state: DomainState = DomainState.SHUTOFF
+    boots: int = 0
+
+
+def _spec_from_json(d: dict[str, object]) -> DomainSpec:
+    disks = tuple(DiskSpec(**x) for x in d.pop("disks", []))  # type: ignore[attr-defined]
+    nics = tuple(NicSpec(**x) for x in d.pop("nics", []))  # type: ignore[attr-defined]
+    return DomainSpec(disks=disks, nics=nics, **d)  # type: ignore[arg-type]
+
+
+class FakeDriver(Driver):
+    hypervisor = "fake"
+
+    def __init__(self, cfg: FakeDriverConfig, state_dir: str | os.PathLike[str] = "") -> None:
+        self._cfg = cfg
+        self._lock = threading.RLock()
+        self._domains: dict[str, _Domain] = {}
+        self._callback: EventCallback | None = None
+        self._path = Path(state_dir) / "fake-domains.json" if state_dir and cfg.persist else None
+        self._load()
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._path is None or not self._path.exists():
+            return
+        raw = json.loads(self._path.read_text())
+        for wid, d in raw.items():
+            self._domains[wid] = _Domain(
+                spec=_spec_from_json(d["spec"]), state=DomainState(d["state"]), boots=d["boots"]
+            )
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            wid: {"spec": dataclasses.asdict(d.spec), "state": d.state.value, "boots": d.boots}
+            for wid, d in self._domains.items()
+        }
+        tmp = self._path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+
+    def _changed(self, workspace_id: str) -> None:
+        self._save()
+        cb = self._callback
+        if cb is not None:
+            cb(workspace_id)
+
+    def _get(self, workspace_id: str) -> _Domain:
+        dom = self._domains.get(workspace_id)
+        if dom is None:
+            raise DriverError(f"fake: no domain for workspace {workspace_id}")
+        return dom
+
+    def _console(self, dom: _Domain, text: str) -> None:
+        if dom.spec.console_log:
+            Path(dom.spec.console_log).parent.mkdir(parents=True, exist_ok=True)
+            with open(dom.spec.console_log, "a") as f:
+                f.write(text)
+
+    def _boot(self, dom: _Domain) -> None:
+        if self._cfg.boot_delay_s:
+            time.sleep(self._cfg.boot_delay_s)
+        dom.state = DomainState.RUNNING
+        dom.boots += 1
+        ip = dom.spec.nics[0].ip if dom.spec.nics else ""
+        host = dom.spec.hostname or dom.spec.name
+        self._console(dom, f"fake: boot {dom.boots}\nWORKSPACE-READY ip={ip} hostname={host}\n")
+
+    # -- Driver ------------------------------------------------------------------------
+
+    def set_event_callback(self, callback: EventCallback | None) -> None:
+        self._callback = callback
+
+    def list_domains(self) -> list[DomainInfo]:
+        with self._lock:
+            return [DomainInfo(wid, d.state) for wid, d in self._domains.items()]
+
+    def get(self, workspace_id: str) -> DomainInfo | None:
+        with self._lock:
+            d = self._domains.get(workspace_id)
+            return None if d is None else DomainInfo(workspace_id, d.state)
+
+    def define(self, spec: DomainSpec) -> None:
+        if any(fnmatch.fnmatchcase(spec.name, pat) for pat in self._cfg.fail_create):
+            raise DriverError(f"fake: injected failure defining {spec.name}")
+        if spec.cpus < 1 or spec.memory_mib < 1:
+            raise DriverError(f"fake: invalid size for {spec.name}")
+        with self._lock:
+            existing = self._domains.get(spec.workspace_id)
+            if existing is not None:
+                existing.spec = spec
+            else:
+                self._domains[spec.workspace_id] = _Domain(spec=spec)
+            self._changed(spec.workspace_id)
+
+    def start(self, workspace_id: str) -> None:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is not DomainState.SHUTOFF:
+                raise DriverError(f"fake: domain {workspace_id} is {dom.state.value}, not shut off")
+            self._boot(dom)
+            self._changed(workspace_id)
+
+    def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is DomainState.SHUTOFF:
+                return True
+            if any(fnmatch.fnmatchcase(dom.spec.name, p) for p in self._cfg.ignore_shutdown):
+                ignore = True
+            else:
+                ignore = False
+                dom.state = DomainState.SHUTOFF
+                self._console(dom, "fake: power off (ACPI)\n")
+                self._changed(workspace_id)
+        if ignore:
+            time.sleep(min(timeout_s, 0.5))
+            return False
+        return True
+
+    def destroy(self, workspace_id: str) -> None:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is not DomainState.SHUTOFF:
+                dom.state = DomainState.SHUTOFF
+                self._console(dom, "fake: power off (forced)\n")
+                self._changed(workspace_id)
+
+    def reboot(self, workspace_id: str) -> None:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is not DomainState.RUNNING:
+                raise DriverError(f"fake: cannot reboot {workspace_id}: {dom.state.value}")
+            self._console(dom, "fake: reboot\n")
+            self._boot(dom)
+            self._changed(workspace_id)
+
+    def suspend(self, workspace_id: str) -> None:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is not DomainState.RUNNING:
+                raise DriverError(f"fake: cannot pause {workspace_id}: {dom.state.value}")
+            dom.state = DomainState.PAUSED
+            self._changed(workspace_id)
+
+    def resume(self, workspace_id: str) -> None:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is not DomainState.PAUSED:
+                raise DriverError(f"fake: cannot resume {workspace_id}: {dom.state.value}")
+            dom.state = DomainState.RUNNING
+            self._changed(workspace_id)
+
+    def undefine(self, workspace_id: str) -> None:
+        with self._lock:
+            if self._domains.pop(workspace_id, None) is not None:
+                self._changed(workspace_id)
+
+    # -- test helpers (a person's actions behind the agent's back) ---------------------
+
+    def spec_of(self, workspace_id: str) -> DomainSpec | None:
+        with self._lock:
+            d = self._domains.get(workspace_id)
+            return None if d is None else d.spec

@@ -1,0 +1,209 @@
+"""Typed configuration: TOML files (stdlib tomllib) loaded into frozen dataclasses.
+
+Unknown keys are errors; every key has a documented default (see conf/*.toml).
+There is no global config object: each daemon loads its own and passes it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from workspace.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Mutual TLS material; all empty means plaintext (loopback / unix sockets only)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca_file or self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    # pack (best fit), spread (worst fit) or first (first fit)
+    policy: str = "pack"
+    cpu_overcommit: float = 4.0
+    memory_overcommit: float = 1.0
+    # Per-VM hypervisor memory overhead: fixed + per GiB of guest RAM + per vCPU (oVirt's model).
+    overhead_fixed_mib: int = 64
+    overhead_per_gib_mib: int = 2
+    overhead_per_vcpu_mib: int = 8
+    # Memory kept back on every node for the host itself.
+    reserved_memory_mib: int = 0
+    reserved_cpus: int = 0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_cpus: int = 64
+    max_memory_mib: int = 512 * 1024
+    min_memory_mib: int = 16
+    max_nics: int = 8
+    max_user_data_bytes: int = 64 * 1024
+    max_name_len: int = 63
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    # "host:port" for TCP, "unix:/path/to/socket" for a unix socket.
+    listen: str = "127.0.0.1:7070"
+    # SQLAlchemy URL; empty means sqlite:///<data_dir>/service.db
+    database_url: str = ""
+    data_dir: str = "/var/lib/workspace/service"
+    max_workers: int = 256
+    heartbeat_interval_s: int = 5
+    # A node silent for longer than this is DOWN and its workspaces LOST.
+    node_grace_s: int = 40
+    default_stop_timeout_s: int = 60
+    console_keep_bytes: int = 256 * 1024
+    log_level: str = "INFO"
+    # Default owner for unauthenticated (plaintext) callers.
+    default_owner: str = "local"
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'service.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return Path(self.data_dir) / "blobs"
+
+
+@dataclass(frozen=True)
+class FakeDriverConfig:
+    # Keep fake domains in <state_dir>/fake-domains.json so they survive an agent restart.
+    persist: bool = True
+    # Seconds a fake domain spends booting before it reports RUNNING.
+    boot_delay_s: float = 0.0
+    # Workspace names (fnmatch patterns) whose create fails (failure injection).
+    fail_create: list[str] = field(default_factory=list)
+    # Workspace names (fnmatch patterns) that ignore an ACPI shutdown request.
+    ignore_shutdown: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    uri: str = "qemu:///system"
+    # "kvm" on real hosts, "qemu" (TCG) where nested KVM does not work.
+    virt_type: str = "kvm"
+    machine: str = "pc"
+    emulator: str = ""
+    # Seconds between full resyncs with libvirt (events only speed things up).
+    resync_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class NodeNetworkConfig:
+    """A site network this node serves (the definition itself lives in the service)."""
+
+    name: str = "default"
+    # Address (CIDR) given to the bridge so dnsmasq can answer DHCP; "gateway" uses the
+    # network's gateway (all-in-one sites), "" gives the bridge no address (no DHCP here).
+    bridge_address: str = "gateway"
+    # Run a dnsmasq for this network's bridge on this node.
+    dhcp: bool = True
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str = field(default_factory=socket.gethostname)
+    service: str = "127.0.0.1:7070"
+    driver: str = "fake"
+    state_dir: str = "/var/lib/workspace/agent"
+    # Empty: <state_dir>/cache
+    cache_dir: str = ""
+    # Capacity to announce; 0 = detect from the host.
+    cpus: int = 0
+    memory_mib: int = 0
+    disk_gib: int = 0
+    hypervisor: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    networks: list[NodeNetworkConfig] = field(default_factory=lambda: [NodeNetworkConfig()])
+    # Seconds between reconcile passes when nothing happens.
+    resync_interval_s: float = 10.0
+    # Parallel workspace operations.
+    max_parallel_ops: int = 8
+    log_level: str = "INFO"
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    fake: FakeDriverConfig = field(default_factory=FakeDriverConfig)
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.state_dir) / "cache"
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)  # type: ignore[arg-type]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (
+        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:
+    """Load ``cls`` from a TOML file (or defaults), then apply keyword overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(cls, data, "")
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    return _build(cls, data, "")
