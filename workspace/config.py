@@ -57,6 +57,9 @@ class LimitsConfig:
     max_nics: int = 8
     max_user_data_bytes: int = 64 * 1024
     max_name_len: int = 63
+    # Largest blob accepted by UploadBlob, and largest virtual disk size of an image.
+    max_blob_bytes: int = 64 * 1024**3
+    max_virtual_bytes: int = 1024**4
 
 
 @dataclass(frozen=True)

@@ -401,11 +401,14 @@ class PushConsoleRequest(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     workspace_id: _builtins.str
     offset: _builtins.int
-    """Offset of data in the console log; 0 with reset=true replaces what the service holds."""
+    """Offset of data in the node's console log; -1 asks only for next_offset."""
     data: _builtins.bytes
+    reset: _builtins.bool
+    """The node's log was recreated: drop what the service holds, data starts at offset 0."""
     def __init__(
         self,
         *,
@@ -413,10 +416,11 @@ class PushConsoleRequest(_message.Message):
         workspace_id: _builtins.str = ...,
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        reset: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "node", b"node", "offset", b"offset", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "node", b"node", "offset", b"offset", "reset", b"reset", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,402 @@
+"""The node agent: register, watch assignments, reconcile, report.
+
+Level-triggered: each AssignmentSet is the full desired state of this node. A
+reconcile pass compares it with the domains the driver lists and the files on
+disk, and runs at most one operation per workspace at a time in a worker pool.
+Events and new assignments wake it early; a periodic pass is the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from agent.cache import BlobCache
+from agent.disks import WorkspaceFiles
+from agent.netsetup import Networking, NullNetworking
+from agent.reconcile import Action, Want, plan
+from agent.virt.base import DomainInfo, DomainSpec, DomainState, Driver, NicSpec
+from workspace import rpc
+from workspace.config import AgentConfig
+from workspace.errors import WorkspaceError
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+from workspace.v1 import common_pb2
+
+log = logging.getLogger("agent")
+
+OBS = nodes_pb2.ObservedState
+_FROM_DOMAIN = {
+    DomainState.RUNNING: OBS.OBSERVED_STATE_RUNNING,
+    DomainState.PAUSED: OBS.OBSERVED_STATE_PAUSED,
+    DomainState.SHUTOFF: OBS.OBSERVED_STATE_STOPPED,
+    DomainState.OTHER: OBS.OBSERVED_STATE_STARTING,
+}
+_DESIRED = {
+    common_pb2.DESIRED_STATE_RUNNING: "RUNNING",
+    common_pb2.DESIRED_STATE_PAUSED: "PAUSED",
+    common_pb2.DESIRED_STATE_STOPPED: "STOPPED",
+}
+RETRY_BASE_S = 2.0
+RETRY_MAX_S = 60.0
+CONSOLE_POLL_S = 1.0
+CONSOLE_CHUNK = 256 * 1024
+
+
+class Agent:
+    def __init__(
+        self, cfg: AgentConfig, driver: Driver, networking: Networking | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.driver = driver
+        self.net: Networking = networking or NullNetworking()
+        state = Path(cfg.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.cache = BlobCache(cfg.cache_path)
+        self.files = WorkspaceFiles(state / "workspaces")
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.connected = threading.Event()
+        self._lock = threading.RLock()
+        self.desired: dict[str, nodes_pb2.Assignment] | None = None
+        # Overrides of what the driver shows, while an operation runs or after it failed.
+        self.status: dict[str, tuple[nodes_pb2.ObservedState.ValueType, str]] = {}
+        self.busy: set[str] = set()
+        self.failures: dict[str, tuple[int, float]] = {}  # id → (count, retry not before)
+        self.stub: nodes_pb2_grpc.NodesStub | None = None
+        self.heartbeat_s = 5.0
+        self.console_offsets: dict[str, int] = {}
+        self.pool = ThreadPoolExecutor(cfg.max_parallel_ops, thread_name_prefix="op")
+        self._threads: list[threading.Thread] = []
+        driver.set_event_callback(self._on_event)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, name in (
+            (self._connection_loop, "connection"),
+            (self._reconcile_loop, "reconcile"),
+            (self._heartbeat_loop, "heartbeat"),
+            (self._console_loop, "console"),
+        ):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.net.close()
+        self.driver.close()
+
+    # -- service connection ------------------------------------------------------------
+
+    def _register_request(self) -> nodes_pb2.RegisterRequest:
+        cpus, mem = self.driver.host_capacity()
+        st = os.statvfs(self.cfg.state_dir)
+        disk_gib = self.cfg.disk_gib or (st.f_blocks * st.f_frsize) // 1024**3
+        return nodes_pb2.RegisterRequest(
+            node=self.cfg.node,
+            hypervisor=self.cfg.hypervisor or self.driver.hypervisor,
+            cpus=self.cfg.cpus or cpus,
+            memory_mib=self.cfg.memory_mib or mem,
+            disk_gib=disk_gib,
+            networks=[n.name for n in self.cfg.networks],
+            labels=self.cfg.labels,
+            agent_version="0.1.0",
+            cached_digests=self.cache.digests(),
+        )
+
+    def _connection_loop(self) -> None:
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            channel = rpc.channel(self.cfg.service, self.cfg.tls)
+            try:
+                stub = nodes_pb2_grpc.NodesStub(channel)
+                resp = stub.Register(self._register_request(), timeout=10)
+                self.heartbeat_s = float(resp.heartbeat_interval_s or 5)
+                self.stub = stub
+                self.connected.set()
+                log.info("node %s registered with %s", self.cfg.node, self.cfg.service)
+                backoff = 0.5
+                stream = stub.WatchAssignments(
+                    nodes_pb2.WatchAssignmentsRequest(node=self.cfg.node)
+                )
+                self._stop_stream_on_exit(stream)
+                for aset in stream:
+                    with self._lock:
+                        self.desired = {a.workspace_id: a for a in aset.assignments}
+                    self.wake.set()
+            except grpc.RpcError as exc:
+                if not self.stop_event.is_set():
+                    log.warning(
+                        "service %s: %s; retrying in %.1f s",
+                        self.cfg.service,
+                        exc.code() if hasattr(exc, "code") else exc,
+                        backoff,
+                    )
+            finally:
+                self.connected.clear()
+                self.stub = None
+                channel.close()
+            self.stop_event.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _stop_stream_on_exit(self, stream: grpc.Future) -> None:
+        def cancel() -> None:
+            self.stop_event.wait()
+            stream.cancel()
+
+        threading.Thread(target=cancel, daemon=True, name="stream-cancel").start()
+
+    def _report(self, ids: list[str] | None = None) -> None:
+        """Send an incremental report for ``ids``, or a full one (a heartbeat) for None."""
+        stub = self.stub
+        if stub is None:
+            return
+        full = ids is None
+        with self._lock:
+            domains = {d.workspace_id: d for d in self.driver.list_domains()}
+            if ids is None:
+                ids = sorted(set(self.desired or {}) | set(domains) | set(self.status))
+            observed = [self._observe(wid, domains) for wid in ids]
+        req = nodes_pb2.ReportStatusRequest(node=self.cfg.node, full=full, workspaces=observed)
+        if full:
+            req.cached_digests.extend(self.cache.digests())
+        try:
+            stub.ReportStatus(req, timeout=10)
+        except grpc.RpcError as exc:
+            log.warning("report to service failed: %s", exc.code() if hasattr(exc, "code") else exc)
+
+    def _observe(self, wid: str, domains: dict[str, DomainInfo]) -> nodes_pb2.ObservedWorkspace:
+        if wid in self.status:
+            state, reason = self.status[wid]
+        elif wid in domains:
+            state, reason = _FROM_DOMAIN[domains[wid].state], ""
+        elif self.desired is not None and wid in self.desired:
+            state, reason = OBS.OBSERVED_STATE_PROPAGATING, ""
+        else:
+            state, reason = OBS.OBSERVED_STATE_ABSENT, ""
+        return nodes_pb2.ObservedWorkspace(workspace_id=wid, state=state, reason=reason)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_event.is_set():
+            if self.connected.wait(1.0):
+                try:
+                    self._report(None)
+                except Exception:
+                    log.exception("heartbeat failed")
+                self.stop_event.wait(self.heartbeat_s)
+
+    def _on_event(self, workspace_id: str) -> None:
+        with self._lock:
+            if workspace_id in self.busy:
+                return  # the running operation reports when it is done
+        self.wake.set()
+        self.pool.submit(self._report, [workspace_id])
+
+    # -- reconciling -------------------------------------------------------------------
+
+    def _reconcile_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self.wake.wait(self.cfg.resync_interval_s)
+            self.wake.clear()
+            if self.stop_event.is_set():
+                return
+            try:
+                self.reconcile_once()
+            except Exception:
+                log.exception("reconcile pass failed")
+
+    def reconcile_once(self) -> None:
+        with self._lock:
+            if self.desired is None:
+                return  # never act before the service said what should exist
+            desired = dict(self.desired)
+            busy = set(self.busy)
+        self.net.sync(list(desired.values()))
+        actual = {d.workspace_id: d.state for d in self.driver.list_domains()}
+        leftovers = self.files.existing()
+        wants = {
+            wid: Want(_DESIRED.get(a.desired, "RUNNING"), a.reboot_count, a.force_stop)
+            for wid, a in desired.items()
+        }
+        applied = {wid: self.files.load_state(wid).get("reboot_count", 0) for wid in actual}
+        now = time.monotonic()
+        for wid, action in plan(wants, actual, leftovers, applied).items():
+            if wid in busy:
+                continue
+            count, not_before = self.failures.get(wid, (0, 0.0))
+            if count and now < not_before and action is not Action.REMOVE:
+                continue
+            with self._lock:
+                self.busy.add(wid)
+            self.pool.submit(self._run, wid, action, desired.get(wid))
+
+    def _run(self, wid: str, action: Action, a: nodes_pb2.Assignment | None) -> None:
+        try:
+            log.info("workspace %s: %s", wid, action.value)
+            self._execute(wid, action, a)
+            self.failures.pop(wid, None)
+            with self._lock:
+                self.status.pop(wid, None)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
+            count = self.failures.get(wid, (0, 0.0))[0] + 1
+            delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (count - 1))
+            self.failures[wid] = (count, time.monotonic() + delay)
+            log.error(
+                "workspace %s: %s failed (attempt %d, retry in %.0f s): %s",
+                wid,
+                action.value,
+                count,
+                delay,
+                reason,
+            )
+            with self._lock:
+                self.status[wid] = (OBS.OBSERVED_STATE_FAILED, f"{action.value} failed: {reason}")
+            if not isinstance(exc, WorkspaceError):
+                log.debug("traceback", exc_info=True)
+        finally:
+            with self._lock:
+                self.busy.discard(wid)
+            self._report([wid])
+            self.wake.set()
+
+    def _set_status(self, wid: str, state: nodes_pb2.ObservedState.ValueType) -> None:
+        with self._lock:
+            self.status[wid] = (state, "")
+        self._report([wid])
+
+    def _execute(self, wid: str, action: Action, a: nodes_pb2.Assignment | None) -> None:
+        d = self.driver
+        if action is Action.CREATE:
+            assert a is not None
+            self._create(a)
+        elif action is Action.START:
+            self._set_status(wid, OBS.OBSERVED_STATE_STARTING)
+            d.start(wid)
+        elif action is Action.STOP:
+            assert a is not None
+            self._set_status(wid, OBS.OBSERVED_STATE_STOPPING)
+            if not d.shutdown(wid, float(a.stop_timeout_s or 60)):
+                log.info(
+                    "workspace %s did not power off within %d s; forcing", wid, a.stop_timeout_s
+                )
+                d.destroy(wid)
+        elif action is Action.FORCE_STOP:
+            self._set_status(wid, OBS.OBSERVED_STATE_STOPPING)
+            d.destroy(wid)
+        elif action is Action.PAUSE:
+            d.suspend(wid)
+        elif action is Action.RESUME:
+            d.resume(wid)
+        elif action is Action.REBOOT:
+            assert a is not None
+            d.reboot(wid)
+            state = self.files.load_state(wid)
+            state["reboot_count"] = a.reboot_count
+            self.files.save_state(wid, state)
+        elif action is Action.REMOVE:
+            self._set_status(wid, OBS.OBSERVED_STATE_STOPPING)
+            d.undefine(wid)
+            self.files.remove(wid)
+            self.console_offsets.pop(wid, None)
+            with self._lock:
+                self.status[wid] = (OBS.OBSERVED_STATE_ABSENT, "")
+            self._report([wid])
+
+    def _fetch(self, digest: str, offset: int) -> Iterator[bytes]:
+        stub = self.stub
+        if stub is None:
+            raise WorkspaceError("not connected to the service; cannot fetch blobs")
+        req = nodes_pb2.FetchBlobRequest(node=self.cfg.node, digest=digest, offset=offset)
+        for chunk in stub.FetchBlob(req, timeout=3600):
+            yield chunk.data
+
+    def _create(self, a: nodes_pb2.Assignment) -> None:
+        wid = a.workspace_id
+        self._set_status(wid, OBS.OBSERVED_STATE_PROPAGATING)
+        digests = [x.digest for x in a.disks if x.digest]
+        digests += [x for x in (a.kernel_digest, a.initrd_digest) if x]
+        paths = {dg: self.cache.ensure(dg, self._fetch) for dg in digests}
+        disks = self.files.prepare(a, paths)
+        console = self.files.console_log(wid)
+        spec = DomainSpec(
+            workspace_id=wid,
+            name=a.name,
+            cpus=a.cpus,
+            memory_mib=a.memory_mib,
+            disks=disks,
+            nics=tuple(NicSpec(n.mac, n.bridge, n.ip) for n in a.nics),
+            kernel=str(paths[a.kernel_digest]) if a.kernel_digest else "",
+            initrd=str(paths[a.initrd_digest]) if a.initrd_digest else "",
+            cmdline=a.cmdline,
+            console_log=str(console),
+            hostname=a.hostname,
+        )
+        self.files.save_state(wid, {"reboot_count": a.reboot_count})
+        self._set_status(wid, OBS.OBSERVED_STATE_STARTING)
+        self.driver.define(spec)
+        if a.desired in (common_pb2.DESIRED_STATE_RUNNING, common_pb2.DESIRED_STATE_PAUSED):
+            self.driver.start(wid)
+        log.info(
+            "workspace %s (%s) defined%s",
+            wid,
+            a.name,
+            "" if a.desired == common_pb2.DESIRED_STATE_STOPPED else " and started",
+        )
+
+    # -- consoles ----------------------------------------------------------------------
+
+    def _console_loop(self) -> None:
+        while not self.stop_event.wait(CONSOLE_POLL_S):
+            stub = self.stub
+            if stub is None:
+                continue
+            with self._lock:
+                ids = list(self.desired or {})
+            for wid in ids:
+                try:
+                    self._push_console(stub, wid)
+                except grpc.RpcError:
+                    self.console_offsets.pop(wid, None)
+                except Exception:
+                    log.exception("console push for %s failed", wid)
+
+    def _push_console(self, stub: nodes_pb2_grpc.NodesStub, wid: str) -> None:
+        path = self.files.console_log(wid)
+        if not path.exists():
+            return
+        size = path.stat().st_size
+        offset = self.console_offsets.get(wid)
+        node = self.cfg.node
+        if offset is None:
+            resp = stub.PushConsole(
+                nodes_pb2.PushConsoleRequest(node=node, workspace_id=wid, offset=-1), timeout=10
+            )
+            offset = resp.next_offset
+            if size < offset:  # the log was recreated: start the service's copy again
+                resp = stub.PushConsole(
+                    nodes_pb2.PushConsoleRequest(node=node, workspace_id=wid, offset=0, reset=True),
+                    timeout=10,
+                )
+                offset = resp.next_offset
+            self.console_offsets[wid] = offset
+        if size <= offset:
+            return
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(CONSOLE_CHUNK)
+        resp = stub.PushConsole(
+            nodes_pb2.PushConsoleRequest(node=node, workspace_id=wid, offset=offset, data=data),
+            timeout=10,
+        )
+        self.console_offsets[wid] = resp.next_offset

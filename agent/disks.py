@@ -1,0 +1,85 @@
+"""Per-workspace files on the node: disks (overlays, blanks), the console log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from agent.virt.base import DiskSpec
+from images import qemu_img
+from workspace.errors import DriverError
+from workspace.node.v1 import nodes_pb2
+from workspace.v1 import common_pb2
+
+_TARGETS = "abcdefghijklmnopqrstuvwxyz"
+
+
+class WorkspaceFiles:
+    """<root>/<workspace id>/: overlays, blank disks, console.log, agent.json."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
+
+    def dir(self, workspace_id: str) -> Path:
+        return self.root / workspace_id
+
+    def console_log(self, workspace_id: str) -> Path:
+        return self.dir(workspace_id) / "console.log"
+
+    def existing(self) -> set[str]:
+        return {p.name for p in self.root.iterdir() if p.is_dir()}
+
+    def remove(self, workspace_id: str) -> None:
+        shutil.rmtree(self.dir(workspace_id), ignore_errors=True)
+
+    def prepare(self, a: nodes_pb2.Assignment, base_paths: dict[str, Path]) -> tuple[DiskSpec, ...]:
+        """Create this workspace's disks; ``base_paths`` maps digests to cached blobs."""
+        d = self.dir(a.workspace_id)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+        disks: list[DiskSpec] = []
+        for index, disk in enumerate(a.disks):
+            target = "vd" + _TARGETS[index]
+            try:
+                if disk.mode == common_pb2.PARTITION_MODE_READONLY:
+                    disks.append(
+                        DiskSpec(
+                            str(base_paths[disk.digest]),
+                            disk.format,
+                            target,
+                            readonly=True,
+                            shareable=True,
+                        )
+                    )
+                    continue
+                path = d / f"{disk.name}.qcow2"
+                path.unlink(missing_ok=True)
+                if disk.mode == common_pb2.PARTITION_MODE_BLANK:
+                    qemu_img.create_blank(path, disk.size_bytes)
+                else:
+                    qemu_img.create_overlay(base_paths[disk.digest], disk.format, path)
+                os.chmod(path, 0o644)
+                disks.append(DiskSpec(str(path), "qcow2", target))
+            except qemu_img.QemuImgError as exc:
+                raise DriverError(f"workspace {a.workspace_id}: disk {disk.name}: {exc}") from exc
+        return tuple(disks)
+
+    # -- small per-workspace agent state (survives restarts) ---------------------------
+
+    def load_state(self, workspace_id: str) -> dict[str, int]:
+        try:
+            data: dict[str, int] = json.loads((self.dir(workspace_id) / "agent.json").read_text())
+            return data
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def save_state(self, workspace_id: str, state: dict[str, int]) -> None:
+        d = self.dir(workspace_id)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "agent.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, d / "agent.json")

@@ -1,0 +1,73 @@
+"""`workspace-agent`: the daemon on every VMM node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from agent.agent import Agent
+from agent.netsetup import Networking, NullNetworking
+from agent.virt import make_driver
+from workspace import config
+from workspace.config import AgentConfig
+from workspace.errors import ConfigError, WorkspaceError
+from workspace.log import setup as setup_logging
+
+log = logging.getLogger("agent")
+
+
+def make_networking(cfg: AgentConfig) -> Networking:
+    if cfg.driver == "fake":
+        return NullNetworking()
+    from agent.net.node import BridgeNetworking
+
+    return BridgeNetworking(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="workspace-agent", description=__doc__)
+    p.add_argument("--config", help="TOML config file (see conf/agent.toml)")
+    p.add_argument("--service", help="override `service` (host:port or unix:/path)")
+    p.add_argument("--node", help="override `node` (the node name)")
+    p.add_argument("--driver", choices=["fake", "libvirt"], help="override `driver`")
+    p.add_argument("--state-dir", help="override `state_dir`")
+    args = p.parse_args(argv)
+    try:
+        cfg = config.load(
+            AgentConfig,
+            args.config,
+            service=args.service,
+            node=args.node,
+            driver=args.driver,
+            state_dir=args.state_dir,
+        )
+    except ConfigError as exc:
+        print(f"workspace-agent: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level, f"workspace-agent[{cfg.node}]")
+    try:
+        agent = Agent(cfg, make_driver(cfg), make_networking(cfg))
+    except WorkspaceError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 1
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: shutting down (VMs keep running)", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    log.info("agent for node %s started (driver %s, service %s)", cfg.node, cfg.driver, cfg.service)
+    done.wait()
+    agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

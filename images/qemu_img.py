@@ -1,0 +1,69 @@
+"""qemu-img, one function per verb: explicit formats always, resource limits, typed errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+QEMU_IMG = "qemu-img"
+_LIMIT_AS_BYTES = 2 * 1024**3
+_LIMIT_CPU_S = 60
+_FORMATS = ("raw", "qcow2")
+
+
+class QemuImgError(RuntimeError):
+    pass
+
+
+def _command(args: list[str]) -> list[str]:
+    # Limits through prlimit(1) rather than preexec_fn: no fork() of a threaded gRPC process.
+    return ["prlimit", f"--as={_LIMIT_AS_BYTES}", f"--cpu={_LIMIT_CPU_S}", QEMU_IMG, *args]
+
+
+def _run(args: list[str], timeout_s: float = 120.0) -> str:
+    try:
+        proc = subprocess.run(
+            _command(args),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise QemuImgError("qemu-img is not installed (Debian package qemu-utils)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise QemuImgError(f"qemu-img {args[0]} timed out after {timeout_s} s") from exc
+    if proc.returncode != 0:
+        raise QemuImgError(f"qemu-img {args[0]} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _fmt(fmt: str) -> str:
+    if fmt not in _FORMATS:
+        raise QemuImgError(f"format {fmt!r} is not allowed (raw, qcow2)")
+    return fmt
+
+
+def create_overlay(base: Path, base_format: str, path: Path) -> None:
+    """A qcow2 overlay on ``base`` (O(1): no data is copied)."""
+    _run(["create", "-q", "-f", "qcow2", "-b", str(base), "-F", _fmt(base_format), str(path)])
+
+
+def create_blank(path: Path, size_bytes: int, fmt: str = "qcow2") -> None:
+    _run(["create", "-q", "-f", _fmt(fmt), str(path), str(size_bytes)])
+
+
+def info(path: Path, fmt: str) -> dict[str, Any]:
+    out = _run(["info", "--output=json", "-f", _fmt(fmt), str(path)])
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def available() -> bool:
+    return any(
+        os.access(os.path.join(d, QEMU_IMG), os.X_OK)
+        for d in os.environ.get("PATH", "/usr/bin").split(os.pathsep)
+    )

@@ -1,0 +1,96 @@
+"""IP pools: pure address arithmetic with netaddr (the store enforces uniqueness)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import netaddr
+
+from workspace.errors import InvalidArgument
+
+_MAX_RANGE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Pool:
+    subnet: str
+    gateway: str
+    range_start: str
+    range_end: str
+    mac_prefix: str
+
+    @property
+    def prefix_len(self) -> int:
+        return int(netaddr.IPNetwork(self.subnet).prefixlen)
+
+
+def validate_network(
+    name: str,
+    subnet: str,
+    gateway: str = "",
+    range_start: str = "",
+    range_end: str = "",
+    mac_prefix: str = "",
+) -> Pool:
+    """Check a network definition and fill in defaults; raises InvalidArgument."""
+    try:
+        net = netaddr.IPNetwork(subnet)
+    except (netaddr.AddrFormatError, ValueError, TypeError) as exc:
+        raise InvalidArgument(f"network {name}: subnet {subnet!r} is not a CIDR") from exc
+    if net.version != 4:
+        raise InvalidArgument(f"network {name}: only IPv4 subnets are supported")
+    if net.prefixlen > 30:
+        raise InvalidArgument(f"network {name}: subnet {subnet} is too small (use /30 or wider)")
+    if net.ip != net.network:
+        raise InvalidArgument(f"network {name}: {subnet} has host bits set; use {net.cidr}")
+
+    def addr(value: str, what: str) -> netaddr.IPAddress:
+        try:
+            ip = netaddr.IPAddress(value)
+        except (netaddr.AddrFormatError, ValueError) as exc:
+            raise InvalidArgument(f"network {name}: {what} {value!r} is not an address") from exc
+        if ip not in net or ip in (net.network, net.broadcast):
+            raise InvalidArgument(f"network {name}: {what} {ip} is not a host of {net.cidr}")
+        return ip
+
+    gw = addr(gateway, "gateway") if gateway else net.network + 1
+    first = addr(range_start, "range start") if range_start else gw + 1
+    last = addr(range_end, "range end") if range_end else net.broadcast - 1
+    if first > last:
+        raise InvalidArgument(f"network {name}: range {first}-{last} is empty")
+    if int(last) - int(first) >= _MAX_RANGE:
+        raise InvalidArgument(f"network {name}: range is larger than {_MAX_RANGE} addresses")
+    prefix = (mac_prefix or "52:54:00").lower()
+    parts = prefix.split(":")
+    if len(parts) != 3 or not all(
+        len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts
+    ):
+        raise InvalidArgument(f"network {name}: MAC prefix {mac_prefix!r} must be 3 hex octets")
+    if int(parts[0], 16) & 1:
+        raise InvalidArgument(f"network {name}: MAC prefix {mac_prefix} is a multicast prefix")
+    return Pool(str(net.cidr), str(gw), str(first), str(last), prefix)
+
+
+def pick_address(pool: Pool, used: set[str]) -> str | None:
+    """The lowest free address of the range, skipping the gateway; None if exhausted."""
+    first = int(netaddr.IPAddress(pool.range_start))
+    last = int(netaddr.IPAddress(pool.range_end))
+    gw = int(netaddr.IPAddress(pool.gateway))
+    used_int = {int(netaddr.IPAddress(u)) for u in used}
+    for value in range(first, last + 1):
+        if value != gw and value not in used_int:
+            return str(netaddr.IPAddress(value))
+    return None
+
+
+def make_mac(prefix: str, rng: random.Random | None = None) -> str:
+    r = rng or random.SystemRandom()
+    return prefix + "".join(f":{r.randrange(256):02x}" for _ in range(3))
+
+
+def pool_size(pool: Pool) -> int:
+    first = int(netaddr.IPAddress(pool.range_start))
+    last = int(netaddr.IPAddress(pool.range_end))
+    gw = int(netaddr.IPAddress(pool.gateway))
+    return last - first + 1 - (1 if first <= gw <= last else 0)

@@ -1,0 +1,69 @@
+"""The service's content-addressed blob repository: <blob_dir>/sha256/<hex>."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from workspace.errors import InvalidArgument, NotFound
+
+CHUNK_BYTES = 1024 * 1024
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def check_digest(digest: str) -> str:
+    if not _DIGEST_RE.match(digest):
+        raise InvalidArgument(f"{digest!r} is not a digest (expected sha256:<64 hex digits>)")
+    return digest
+
+
+class BlobRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / "sha256" / check_digest(digest).split(":", 1)[1]
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).exists()
+
+    def put(self, chunks: Iterable[bytes], max_bytes: int) -> tuple[str, int]:
+        """Store a stream; hash while writing, rename atomically. Returns (digest, size)."""
+        h = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise InvalidArgument(f"blob exceeds the limit of {max_bytes} bytes")
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = "sha256:" + h.hexdigest()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path(digest))
+            return digest, size
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def read(self, digest: str, offset: int = 0) -> Iterator[bytes]:
+        path = self.path(digest)
+        if not path.exists():
+            raise NotFound(f"blob {digest} is not in the repository")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while chunk := f.read(CHUNK_BYTES):
+                yield chunk
+
+    def size(self, digest: str) -> int:
+        return self.path(digest).stat().st_size

@@ -1,0 +1,144 @@
+"""`workspace-service`: the central daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from workspace import config, rpc
+from workspace.config import ServiceConfig
+from workspace.errors import ConfigError
+from workspace.log import setup as setup_logging
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+from workspace.service.api import (
+    AdminServicer,
+    ImagesServicer,
+    NodesServicer,
+    WorkspacesServicer,
+)
+from workspace.service.blobs import BlobRepository
+from workspace.service.catalog import Catalog
+from workspace.service.core import Core
+from workspace.service.nodes import Nodes
+from workspace.service.notify import Notifier
+from workspace.store import Store
+from workspace.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    images_pb2,
+    images_pb2_grpc,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
+
+log = logging.getLogger("workspace.service")
+
+
+class Service:
+    """The service with its gRPC server; start() returns once it listens."""
+
+    def __init__(self, cfg: ServiceConfig) -> None:
+        self.cfg = cfg
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.db_url)
+        self.notifier = Notifier()
+        self.core = Core(cfg, self.store, self.notifier)
+        self.nodes = Nodes(self.core)
+        self.catalog = Catalog(self.core, BlobRepository(cfg.blob_dir))
+        self.server = rpc.server(cfg.max_workers)
+        workspaces_pb2_grpc.add_WorkspacesServicer_to_server(
+            WorkspacesServicer(self.core), self.server
+        )
+        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(self.catalog), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(self.nodes, self.catalog), self.server
+        )
+        nodes_pb2_grpc.add_NodesServicer_to_server(
+            NodesServicer(self.nodes, self.catalog), self.server
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [
+            workspaces_pb2.DESCRIPTOR.services_by_name["Workspaces"].full_name,
+            images_pb2.DESCRIPTOR.services_by_name["Images"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self.server)
+        self.port = 0
+        self._stop = threading.Event()
+        self._monitor = threading.Thread(target=self._watch_nodes, name="liveness", daemon=True)
+
+    def start(self) -> None:
+        if self.cfg.listen.startswith("unix:"):
+            Path(self.cfg.listen.removeprefix("unix:").removeprefix("//")).unlink(missing_ok=True)
+        self.port = rpc.bind(self.server, self.cfg.listen, self.cfg.tls)
+        if self.port == 0 and not self.cfg.listen.startswith("unix:"):
+            raise ConfigError(f"listen: cannot bind {self.cfg.listen}")
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._monitor.start()
+        log.info("workspace-service listening on %s (store %s)", self.cfg.listen, self.cfg.db_url)
+
+    def _watch_nodes(self) -> None:
+        interval = max(0.5, min(5.0, self.cfg.node_grace_s / 4))
+        while not self._stop.wait(interval):
+            try:
+                self.nodes.check_liveness()
+            except Exception:
+                log.exception("liveness check failed")
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.notifier.close()
+        self.server.stop(grace_s).wait()
+        self.store.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="workspace-service", description=__doc__)
+    p.add_argument("--config", help="TOML config file (see conf/service.toml)")
+    p.add_argument("--listen", help="override `listen` (host:port or unix:/path)")
+    p.add_argument("--data-dir", help="override `data_dir`")
+    args = p.parse_args(argv)
+    try:
+        cfg = config.load(ServiceConfig, args.config, listen=args.listen, data_dir=args.data_dir)
+    except ConfigError as exc:
+        print(f"workspace-service: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level, "workspace-service")
+    svc = Service(cfg)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        svc.start()
+    except (ConfigError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    done.wait()
+    svc.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

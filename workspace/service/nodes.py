@@ -1,0 +1,244 @@
+"""The node side of the service: registration, desired state per node, reports, liveness."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace import ipam
+from workspace.errors import InvalidArgument, NotFound
+from workspace.node.v1 import nodes_pb2
+from workspace.service import convert
+from workspace.service.core import Core, _observed_name
+from workspace.states import Desired, State, state_from_report
+from workspace.store import IpAllocation, Network, Node, Workspace
+from workspace.v1 import admin_pb2
+
+log = logging.getLogger("workspace.service.nodes")
+
+
+class Nodes:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.store = core.store
+        self.cfg = core.cfg
+
+    def register(self, req: nodes_pb2.RegisterRequest) -> nodes_pb2.RegisterResponse:
+        if not req.node or len(req.node) > 255:
+            raise InvalidArgument("a node name is required")
+        if req.cpus < 1 or req.memory_mib < 1:
+            raise InvalidArgument(f"node {req.node}: cpus and memory_mib must be positive")
+        now = self.core.clock()
+        with self.store.write() as s:
+            node = s.get(Node, req.node)
+            if node is None:
+                node = Node(name=req.node, used_cpus=0, used_memory_mib=0, state="READY")
+                s.add(node)
+                log.info(
+                    "node %s registered (%s, %d cpus, %d MiB)",
+                    req.node,
+                    req.hypervisor,
+                    req.cpus,
+                    req.memory_mib,
+                )
+            elif node.state == "DOWN":
+                node.state = "READY"
+                log.info("node %s is back", req.node)
+            node.hypervisor = req.hypervisor or "unknown"
+            node.cpus = req.cpus
+            node.memory_mib = req.memory_mib
+            node.disk_gib = req.disk_gib
+            node.labels = dict(req.labels)
+            node.networks = list(req.networks)
+            node.cached_digests = list(req.cached_digests)
+            node.last_heartbeat = now
+        self.core.notifier.node_changed(req.node)
+        return nodes_pb2.RegisterResponse(heartbeat_interval_s=self.cfg.heartbeat_interval_s)
+
+    def assignments(self, node_name: str) -> nodes_pb2.AssignmentSet:
+        with self.store.read() as s:
+            if s.get(Node, node_name) is None:
+                raise NotFound(f"node {node_name} is not registered")
+            rows = (
+                s.execute(
+                    select(Workspace)
+                    .where(
+                        Workspace.node == node_name,
+                        Workspace.desired_state != Desired.TERMINATED.value,
+                        Workspace.state != State.TERMINATED.value,
+                    )
+                    .order_by(Workspace.id)
+                )
+                .scalars()
+                .all()
+            )
+            nets = self._nic_assignments(s, [w.id for w in rows])
+            out = nodes_pb2.AssignmentSet(generation=self.core.notifier.generation(node_name))
+            for w in rows:
+                spec = w.image_spec or {}
+                out.assignments.append(
+                    nodes_pb2.Assignment(
+                        workspace_id=w.id,
+                        name=w.name,
+                        hostname=w.name,
+                        desired=convert.desired_enum(w.desired_state),
+                        cpus=w.cpus,
+                        memory_mib=w.memory_mib,
+                        disks=[
+                            nodes_pb2.DiskAssignment(
+                                name=str(p["name"]),
+                                digest=str(p.get("digest", "")),
+                                size_bytes=int(p.get("size_bytes", 0)),
+                                format=str(p.get("format", "raw")),
+                                mode=convert.mode_enum(str(p.get("mode", "COW"))),
+                            )
+                            for p in spec.get("partitions", [])
+                        ],
+                        kernel_digest=spec.get("kernel_digest", ""),
+                        initrd_digest=spec.get("initrd_digest", ""),
+                        cmdline=spec.get("cmdline", ""),
+                        nics=nets.get(w.id, []),
+                        reboot_count=w.reboot_count,
+                        stop_timeout_s=w.stop_timeout_s,
+                        force_stop=w.force_stop,
+                        user_data=w.user_data,
+                    )
+                )
+            return out
+
+    @staticmethod
+    def _nic_assignments(s: Session, ids: list[str]) -> dict[str, list[nodes_pb2.NicAssignment]]:
+        out: dict[str, list[nodes_pb2.NicAssignment]] = {}
+        if not ids:
+            return out
+        rows = s.execute(
+            select(IpAllocation, Network)
+            .join(Network, Network.name == IpAllocation.network)
+            .where(IpAllocation.workspace_id.in_(ids))
+            .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
+        ).all()
+        for alloc, net in rows:
+            pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, "")
+            out.setdefault(alloc.workspace_id, []).append(
+                nodes_pb2.NicAssignment(
+                    network=net.name,
+                    bridge=net.bridge,
+                    mac=alloc.mac,
+                    ip=alloc.ip,
+                    prefix_len=pool.prefix_len,
+                    gateway=net.gateway,
+                    dns=list(net.dns or []),
+                    subnet=net.subnet,
+                )
+            )
+        return out
+
+    def report(self, req: nodes_pb2.ReportStatusRequest) -> None:
+        changed: list[Workspace] = []
+        with self.store.write() as s:
+            node = s.get(Node, req.node)
+            if node is None:
+                raise NotFound(f"node {req.node} is not registered; register first")
+            if req.full:
+                node.last_heartbeat = self.core.clock()
+                if node.state == "DOWN":
+                    node.state = "READY"
+                    log.info("node %s is back", req.node)
+                node.cached_digests = list(req.cached_digests)
+            seen: set[str] = set()
+            for obs in req.workspaces:
+                seen.add(obs.workspace_id)
+                ws = s.get(Workspace, obs.workspace_id)
+                if ws is None or ws.node != req.node:
+                    continue
+                observed = _observed_name(obs.state)
+                new = state_from_report(State(ws.state), Desired(ws.desired_state), observed)
+                if new is State.TERMINATED:
+                    self.core._release(s, ws, "destroyed")
+                    changed.append(ws)
+                    continue
+                reason = (
+                    obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else ws.reason
+                )
+                if new is State.RUNNING and not obs.reason:
+                    reason = ""
+                if new is not None and (new.value != ws.state or reason != ws.reason):
+                    if new is State.FAILED and ws.state != State.FAILED.value:
+                        log.warning(
+                            "workspace %s (%s) failed on node %s: %s",
+                            ws.id,
+                            ws.name,
+                            req.node,
+                            obs.reason,
+                        )
+                    ws.state = new.value
+                    ws.reason = reason
+                    ws.updated_at = self.core.clock()
+                    changed.append(ws)
+            if req.full:
+                for ws in s.execute(
+                    select(Workspace).where(
+                        Workspace.node == req.node,
+                        Workspace.desired_state == Desired.TERMINATED.value,
+                        Workspace.state != State.TERMINATED.value,
+                    )
+                ).scalars():
+                    if ws.id not in seen:
+                        self.core._release(s, ws, "destroyed")
+                        changed.append(ws)
+            protos = self.core._protos(s, changed)
+        self.core._publish(protos, [])
+
+    def check_liveness(self) -> list[str]:
+        """Mark nodes silent for longer than the grace period DOWN; their workspaces LOST."""
+        now = self.core.clock()
+        cutoff = now - self.cfg.node_grace_s
+        if self.core.started_at > cutoff:
+            return []  # give agents a grace period after a service restart
+        down: list[str] = []
+        changed: list[Workspace] = []
+        with self.store.write() as s:
+            for node in s.execute(
+                select(Node).where(Node.state != "DOWN", Node.last_heartbeat < cutoff)
+            ).scalars():
+                node.state = "DOWN"
+                down.append(node.name)
+                log.warning(
+                    "node %s is DOWN: no heartbeat for %.0f s", node.name, now - node.last_heartbeat
+                )
+                for ws in s.execute(
+                    select(Workspace).where(
+                        Workspace.node == node.name, Workspace.state != State.TERMINATED.value
+                    )
+                ).scalars():
+                    if ws.desired_state == Desired.TERMINATED.value:
+                        self.core._release(s, ws, "destroyed (its node went down)")
+                    else:
+                        ws.state = State.LOST.value
+                        ws.reason = (
+                            f"node {node.name} stopped reporting; the workspace was not "
+                            "restarted elsewhere"
+                        )
+                        ws.updated_at = now
+                    changed.append(ws)
+            protos = self.core._protos(s, changed)
+        self.core._publish(protos, [])
+        return down
+
+    def list_nodes(self) -> list[admin_pb2.Node]:
+        from sqlalchemy import func
+
+        with self.store.read() as s:
+            counts = dict(
+                s.execute(
+                    select(Workspace.node, func.count())
+                    .where(Workspace.state != State.TERMINATED.value)
+                    .group_by(Workspace.node)
+                ).all()
+            )
+            return [
+                convert.node(n, int(counts.get(n.name, 0)))
+                for n in s.execute(select(Node).order_by(Node.name)).scalars()
+            ]

@@ -1,0 +1,87 @@
+"""Wake-ups for the streams: per-node assignment generations and workspace watchers."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workspace.v1 import common_pb2
+
+_WATCH_QUEUE_MAX = 10_000
+
+
+@dataclass(eq=False)
+class Watcher:
+    accepts: Callable[[common_pb2.Workspace], bool]
+    events: queue.Queue[common_pb2.Workspace | None] = field(
+        default_factory=lambda: queue.Queue(_WATCH_QUEUE_MAX)
+    )
+    overflowed: bool = False
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generations: dict[str, int] = {}
+        self._watchers: set[Watcher] = set()
+        self._wlock = threading.Lock()
+        self._closed = False
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def node_changed(self, *nodes: str) -> None:
+        with self._cond:
+            for n in nodes:
+                if n:
+                    self._generations[n] = self._generations.get(n, 0) + 1
+            self._cond.notify_all()
+
+    def generation(self, node: str) -> int:
+        with self._cond:
+            return self._generations.get(node, 0)
+
+    def wait_node(self, node: str, seen: int, timeout_s: float) -> int:
+        """Block until the node's generation moves past ``seen`` (or timeout/close)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._closed or self._generations.get(node, 0) != seen, timeout_s
+            )
+            return self._generations.get(node, 0)
+
+    # -- workspace watchers ------------------------------------------------------------
+
+    def subscribe(self, accepts: Callable[[common_pb2.Workspace], bool]) -> Watcher:
+        w = Watcher(accepts)
+        with self._wlock:
+            self._watchers.add(w)
+        return w
+
+    def unsubscribe(self, w: Watcher) -> None:
+        with self._wlock:
+            self._watchers.discard(w)
+
+    def workspace_changed(self, ws: common_pb2.Workspace) -> None:
+        with self._wlock:
+            watchers = list(self._watchers)
+        for w in watchers:
+            if w.accepts(ws):
+                try:
+                    w.events.put_nowait(ws)
+                except queue.Full:
+                    w.overflowed = True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        with self._wlock:
+            for w in self._watchers:
+                with contextlib.suppress(queue.Full):
+                    w.events.put_nowait(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

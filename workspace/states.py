@@ -1,0 +1,123 @@
+"""The workspace state machine (DESIGN.md section 2), as pure functions.
+
+Desired state (what the owner asked for) and state (what the system observed or
+is doing) are separate. A user operation checks the current state, then moves
+the desired state and the state it shows while the node works on it; the node's
+reports move the state the rest of the way.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from workspace.errors import FailedPrecondition
+
+
+class State(enum.StrEnum):
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    PROPAGATING = "PROPAGATING"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    TERMINATED = "TERMINATED"
+    FAILED = "FAILED"
+    LOST = "LOST"
+
+
+class Desired(enum.StrEnum):
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    STOPPED = "STOPPED"
+    TERMINATED = "TERMINATED"
+
+
+class Op(enum.StrEnum):
+    START = "start"
+    STOP = "stop"
+    REBOOT = "reboot"
+    PAUSE = "pause"
+    RESUME = "resume"
+    DESTROY = "destroy"
+
+
+# Lifecycle states in which the VM is being brought up.
+BOOTING = frozenset({State.PENDING, State.SCHEDULED, State.PROPAGATING, State.STARTING})
+
+_ALLOWED: dict[Op, frozenset[State]] = {
+    Op.START: frozenset({State.STOPPED, State.FAILED}),
+    Op.STOP: frozenset({*BOOTING, State.RUNNING, State.PAUSED, State.FAILED}),
+    Op.REBOOT: frozenset({State.RUNNING}),
+    Op.PAUSE: frozenset({State.RUNNING}),
+    Op.RESUME: frozenset({State.PAUSED}),
+    Op.DESTROY: frozenset(set(State) - {State.TERMINATED}),
+}
+
+# (new desired, state shown while the node works on it; None keeps the state)
+_EFFECT: dict[Op, tuple[Desired, State | None]] = {
+    Op.START: (Desired.RUNNING, State.STARTING),
+    Op.STOP: (Desired.STOPPED, State.STOPPING),
+    Op.REBOOT: (Desired.RUNNING, None),
+    Op.PAUSE: (Desired.PAUSED, None),
+    Op.RESUME: (Desired.RUNNING, None),
+    Op.DESTROY: (Desired.TERMINATED, State.STOPPING),
+}
+
+
+@dataclass(frozen=True)
+class Transition:
+    desired: Desired
+    state: State
+
+
+def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") -> Transition:
+    """The effect of a user operation, or FailedPrecondition saying why it is refused."""
+    if desired is Desired.TERMINATED:
+        if state is State.TERMINATED:
+            raise FailedPrecondition(f"{name} was destroyed; nothing to {op.value}")
+        raise FailedPrecondition(f"{name} is being destroyed; it cannot {op.value}")
+    if state not in _ALLOWED[op]:
+        hint = {
+            Op.START: "only a STOPPED or FAILED workspace can be started",
+            Op.STOP: "it is not running",
+            Op.REBOOT: "only a RUNNING workspace can be rebooted",
+            Op.PAUSE: "only a RUNNING workspace can be paused",
+            Op.RESUME: "only a PAUSED workspace can be resumed",
+            Op.DESTROY: "",
+        }[op]
+        raise FailedPrecondition(f"cannot {op.value} {name}: it is {state.value}; {hint}")
+    new_desired, shown = _EFFECT[op]
+    return Transition(new_desired, shown if shown is not None else state)
+
+
+def state_from_report(state: State, desired: Desired, observed: str) -> State | None:
+    """The state a node's observation moves a workspace to (None: no change).
+
+    ``observed`` is the ObservedState enum name without its prefix (RUNNING, ABSENT...).
+    A workspace that is meant to be gone becomes TERMINATED only when the node
+    says nothing of it is left (ABSENT).
+    """
+    if state is State.TERMINATED:
+        return None
+    if desired is Desired.TERMINATED:
+        return State.TERMINATED if observed == "ABSENT" else State.STOPPING
+    mapping = {
+        "PROPAGATING": State.PROPAGATING,
+        "STARTING": State.STARTING,
+        "RUNNING": State.RUNNING,
+        "PAUSED": State.PAUSED,
+        "STOPPING": State.STOPPING,
+        "STOPPED": State.STOPPED,
+        "FAILED": State.FAILED,
+    }
+    new = mapping.get(observed)
+    if new is None:  # ABSENT while it should exist: the node is (re)creating it
+        return None
+    # A node that shows a stopped domain while the owner wants it running is about to
+    # start it: keep showing STARTING rather than flapping to STOPPED.
+    if new is State.STOPPED and desired in (Desired.RUNNING, Desired.PAUSED) and (state in BOOTING):
+        return None
+    return new

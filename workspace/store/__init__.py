@@ -1,0 +1,25 @@
+"""Persistent state of the service (SQLAlchemy; SQLite by default)."""
+
+from workspace.store.db import Store
+from workspace.store.models import (
+    Base,
+    Blob,
+    ConsoleLog,
+    Image,
+    IpAllocation,
+    Network,
+    Node,
+    Workspace,
+)
+
+__all__ = [
+    "Base",
+    "Blob",
+    "ConsoleLog",
+    "Image",
+    "IpAllocation",
+    "Network",
+    "Node",
+    "Store",
+    "Workspace",
+]

@@ -1,0 +1,136 @@
+"""Tables. States are stored by their proto enum *names* so the database reads well."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hypervisor: Mapped[str] = mapped_column(String(32))
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_gib: Mapped[int] = mapped_column(Integer, default=0)
+    used_cpus: Mapped[int] = mapped_column(Integer, default=0)
+    used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="READY")
+    last_heartbeat: Mapped[float] = mapped_column(Float, default=0.0)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    networks: Mapped[list[str]] = mapped_column(JSON, default=list)
+    cached_digests: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class Network(Base):
+    __tablename__ = "networks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subnet: Mapped[str] = mapped_column(String(64))
+    gateway: Mapped[str] = mapped_column(String(64))
+    range_start: Mapped[str] = mapped_column(String(64))
+    range_end: Mapped[str] = mapped_column(String(64))
+    bridge: Mapped[str] = mapped_column(String(15))
+    mac_prefix: Mapped[str] = mapped_column(String(8))
+    dns: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class IpAllocation(Base):
+    """One address of a pool bound to one NIC. The unique constraints are the guarantee."""
+
+    __tablename__ = "ip_allocations"
+    __table_args__ = (
+        UniqueConstraint("network", "ip", name="uq_ip_per_network"),
+        UniqueConstraint("mac", name="uq_mac"),
+        Index("ix_alloc_workspace", "workspace_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    network: Mapped[str] = mapped_column(ForeignKey("networks.name"))
+    ip: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(17))
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    nic_index: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Blob(Base):
+    __tablename__ = "blobs"
+
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    # [{"name","digest","size_bytes","format","mode"}]; mode is the enum name
+    partitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    kernel_digest: Mapped[str] = mapped_column(String(80), default="")
+    initrd_digest: Mapped[str] = mapped_column(String(80), default="")
+    cmdline: Mapped[str] = mapped_column(String(4096), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+    __table_args__ = (
+        UniqueConstraint("owner", "request_id", name="uq_request_id"),
+        Index("ix_ws_node", "node"),
+        Index("ix_ws_owner_name", "owner", "name"),
+        Index("ix_ws_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    owner: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str] = mapped_column(String(128))
+    # sha256 of the create parameters, to refuse a reused request id with other parameters
+    request_hash: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(255))
+    # The image as it was when the workspace was created (bound order).
+    image_spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    # What the placement claimed on the node, released on termination.
+    claimed_cpus: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    node: Mapped[str] = mapped_column(String(255), default="")
+    state: Mapped[str] = mapped_column(String(16))
+    desired_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(1024), default="")
+    reboot_count: Mapped[int] = mapped_column(Integer, default=0)
+    stop_timeout_s: Mapped[int] = mapped_column(Integer, default=60)
+    force_stop: Mapped[bool] = mapped_column(default=False)
+    user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    cluster: Mapped[str] = mapped_column(String(64), default="")
+    role: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ConsoleLog(Base):
+    __tablename__ = "console_logs"
+
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    # Offset in the node's console log just past `data`.
+    total_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
