@@ -162,8 +162,9 @@ class Agent:
         if stub is None:
             return
         full = ids is None
+        # Never call the driver while holding our lock: drivers call back into us.
+        domains = {d.workspace_id: d for d in self.driver.list_domains()}
         with self._lock:
-            domains = {d.workspace_id: d for d in self.driver.list_domains()}
             if ids is None:
                 ids = sorted(set(self.desired or {}) | set(domains) | set(self.status))
             observed = [self._observe(wid, domains) for wid in ids]

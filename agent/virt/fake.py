@@ -84,7 +84,8 @@ class FakeDriver(Driver):
         self._save()
         cb = self._callback
         if cb is not None:
-            cb(workspace_id)
+            # Like libvirt's event loop: callbacks run on another thread, never under our lock.
+            threading.Thread(target=cb, args=(workspace_id,), daemon=True).start()
 
     def _get(self, workspace_id: str) -> _Domain:
         dom = self._domains.get(workspace_id)

@@ -62,8 +62,9 @@ class Stubs:
     # -- conveniences used by many tests -------------------------------------------------
 
     def upload(self, data: bytes) -> str:
-        chunks = (images_pb2.BlobChunk(data=data[i : i + 65536]) for i in range(0, len(data),
-                                                                                 65536))
+        chunks = (
+            images_pb2.BlobChunk(data=data[i : i + 65536]) for i in range(0, len(data), 65536)
+        )
         return str(self.images.UploadBlob(chunks).digest)
 
     def import_image(self, name: str, data: bytes = b"\0" * 65536, fmt: str = "raw") -> None:
@@ -71,8 +72,11 @@ class Stubs:
         self.images.ImportImage(
             images_pb2.ImportImageRequest(
                 name=name,
-                partitions=[common_pb2.Partition(name="root", digest=digest, format=fmt,
-                                                 mode=common_pb2.PARTITION_MODE_COW)],
+                partitions=[
+                    common_pb2.Partition(
+                        name="root", digest=digest, format=fmt, mode=common_pb2.PARTITION_MODE_COW
+                    )
+                ],
             )
         )
 
@@ -87,8 +91,11 @@ class Stubs:
         return self.ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=ref))
 
     def wait_state(self, ref: str, state: int, timeout_s: float = 20.0) -> common_pb2.Workspace:
-        return wait_for(lambda: (w := self.get(ref)).state == state and w, timeout_s,
-                        f"{ref} to be {WS.Name(state)}")  # type: ignore[arg-type]
+        return wait_for(
+            lambda: (w := self.get(ref)).state == state and w,
+            timeout_s,
+            f"{ref} to be {WS.Name(state)}",
+        )  # type: ignore[arg-type]
 
     def ref(self, ref: str) -> workspaces_pb2.WorkspaceRef:
         return workspaces_pb2.WorkspaceRef(id=ref)
@@ -140,10 +147,13 @@ class Site:
         agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
         agent.start()
         self.agents[node] = agent
-        wait_for(lambda: any(n.name == node and n.state == admin_pb2.NODE_STATE_READY
-                             for n in self.stubs.admin.ListNodes(
-                                 admin_pb2.ListNodesRequest()).nodes),
-                 what=f"node {node} READY")
+        wait_for(
+            lambda: any(
+                n.name == node and n.state == admin_pb2.NODE_STATE_READY
+                for n in self.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+            ),
+            what=f"node {node} READY",
+        )
         return agent
 
     def stop_agent(self, node: str) -> None:
@@ -163,8 +173,9 @@ class Proc:
         self.log = log
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(log, "ab") as f:
-            self.popen = subprocess.Popen([sys.executable, *args], stdout=f, stderr=f, env=env,
-                                          cwd=ROOT)
+            self.popen = subprocess.Popen(
+                [sys.executable, *args], stdout=f, stderr=f, env=env, cwd=ROOT
+            )
 
     def kill9(self) -> None:
         if self.popen.poll() is None:

@@ -1,0 +1,139 @@
+"""kill -9 either daemon at any moment, restart it: everything converges, nothing leaks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests.functional.harness import WS, Proc, Stubs, wait_for, write_toml
+from workspace import rpc
+from workspace.v1 import admin_pb2, workspaces_pb2
+
+
+class Daemons:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.sock = f"unix:{tmp / 'svc.sock'}"
+        self.service_conf = write_toml(
+            tmp / "service.toml",
+            {
+                "listen": self.sock,
+                "data_dir": str(tmp / "service"),
+                "heartbeat_interval_s": 1,
+                "node_grace_s": 30,
+                "default_stop_timeout_s": 2,
+            },
+        )
+        self.agent_state = tmp / "agent"
+        self.agent_conf = write_toml(
+            tmp / "agent.toml",
+            {
+                "node": "node1",
+                "service": self.sock,
+                "driver": "fake",
+                "state_dir": str(self.agent_state),
+                "cpus": 16,
+                "memory_mib": 32768,
+                "disk_gib": 100,
+                "resync_interval_s": 1.0,
+                "fake": {"boot_delay_s": 0.3},
+            },
+        )
+        self.service: Proc | None = None
+        self.agent: Proc | None = None
+
+    def start_service(self) -> None:
+        self.service = Proc(
+            ["-m", "workspace.service.main", "--config", str(self.service_conf)],
+            self.tmp / "service.log",
+        )
+
+    def start_agent(self) -> None:
+        self.agent = Proc(
+            ["-m", "agent.main", "--config", str(self.agent_conf)], self.tmp / "agent.log"
+        )
+
+    def stop(self) -> None:
+        for p in (self.agent, self.service):
+            if p is not None:
+                p.terminate()
+
+    def fake_domains(self) -> dict[str, dict[str, object]]:
+        path = self.agent_state / "fake-domains.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def workspace_dirs(self) -> set[str]:
+        root = self.agent_state / "workspaces"
+        return {p.name for p in root.iterdir()} if root.exists() else set()
+
+
+def live(stubs: Stubs) -> list[workspaces_pb2.Workspace]:  # type: ignore[name-defined]
+    return list(stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces)
+
+
+def test_kill_9_service_and_agent_converges(tmp_path: Path) -> None:
+    d = Daemons(tmp_path)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    try:
+        wait_for(lambda: Path(d.sock[5:]).exists(), what="service socket")
+        stubs.network()
+        stubs.import_image("img")
+        d.start_agent()
+        wait_for(
+            lambda: any(
+                n.state == admin_pb2.NODE_STATE_READY
+                for n in stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+            ),
+            what="node READY",
+        )
+
+        ids = [stubs.create(name=f"c{i}").id for i in range(4)]
+        time.sleep(0.4)  # the agent is in the middle of booting them
+        assert d.agent is not None
+        d.agent.kill9()
+        d.start_agent()
+        for wid in ids:
+            stubs.wait_state(wid, WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
+        assert set(d.fake_domains()) == set(ids)  # found again, not duplicated
+        assert d.workspace_dirs() == set(ids)
+
+        # the service dies; its state is durable; agents reconnect by themselves
+        assert d.service is not None
+        d.service.kill9()
+        d.start_service()
+        wait_for(lambda: _answers(stubs), timeout_s=20, what="service back")
+        assert {w.id for w in live(stubs)} == set(ids)
+        assert all(w.state == WS.WORKSPACE_STATE_RUNNING for w in live(stubs))
+
+        stubs.ws.DestroyWorkspace(stubs.ref(ids[0]))
+        stubs.ws.DestroyWorkspace(stubs.ref(ids[1]))
+        stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=ids[2]))
+        d.agent.kill9()  # in the middle of destroying and stopping
+        d.start_agent()
+        stubs.wait_state(ids[0], WS.WORKSPACE_STATE_TERMINATED, timeout_s=30)
+        stubs.wait_state(ids[1], WS.WORKSPACE_STATE_TERMINATED, timeout_s=30)
+        stubs.wait_state(ids[2], WS.WORKSPACE_STATE_STOPPED, timeout_s=30)
+        stubs.wait_state(ids[3], WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
+
+        wait_for(lambda: set(d.fake_domains()) == {ids[2], ids[3]}, what="domains removed")
+        wait_for(lambda: d.workspace_dirs() == {ids[2], ids[3]}, what="files removed")
+        nets = stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
+        assert nets[0].allocated == 2
+        node = stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
+        assert node.workspaces == 2
+        assert node.used_cpus == 2
+    finally:
+        stubs.channel.close()
+        d.stop()
+
+
+def _answers(stubs: Stubs) -> bool:
+    import grpc
+
+    try:
+        stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest(), timeout=2)
+        return True
+    except grpc.RpcError:
+        return False

@@ -1,0 +1,201 @@
+"""Bad input gets a clear error and loses nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.functional.harness import WS, Site, wait_for
+from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
+
+
+def rpc_error(fn, *args, **kw) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as err:
+        fn(*args, **kw)
+    return err.value
+
+
+def nothing_left(site: Site) -> None:
+    s = site.stubs
+    assert list(s.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces) == []
+    node = s.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
+    assert (node.used_cpus, node.used_memory_mib, node.workspaces) == (0, 0, 0)
+    assert all(
+        n.allocated == 0 for n in s.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
+    )
+
+
+@pytest.mark.parametrize(
+    ("kw", "code", "words"),
+    [
+        ({"image": "nope"}, grpc.StatusCode.NOT_FOUND, "image 'nope' not found"),
+        ({"image": ""}, grpc.StatusCode.INVALID_ARGUMENT, "an image is required"),
+        ({"cpus": -1}, grpc.StatusCode.INVALID_ARGUMENT, "cpus must be between"),
+        ({"cpus": 1000}, grpc.StatusCode.INVALID_ARGUMENT, "cpus must be between"),
+        ({"memory_mib": 1}, grpc.StatusCode.INVALID_ARGUMENT, "memory_mib must be between"),
+        ({"memory_mib": 10**9}, grpc.StatusCode.INVALID_ARGUMENT, "memory_mib must be between"),
+        ({"name": "Bad_Name"}, grpc.StatusCode.INVALID_ARGUMENT, "is not valid"),
+        ({"networks": ["nonet"]}, grpc.StatusCode.NOT_FOUND, "network 'nonet' does not exist"),
+        ({"memory_mib": 65536}, grpc.StatusCode.RESOURCE_EXHAUSTED, "too little free memory"),
+    ],
+)
+def test_invalid_create_is_refused_and_leaves_nothing(
+    ready_site: Site, kw: dict[str, object], code: grpc.StatusCode, words: str
+) -> None:
+    err = rpc_error(ready_site.stubs.create, **kw)
+    assert err.code() == code
+    assert words in err.details()
+    nothing_left(ready_site)
+
+
+def test_duplicate_name_is_refused(ready_site: Site) -> None:
+    ready_site.stubs.create(name="dup")
+    err = rpc_error(ready_site.stubs.create, name="dup")
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_no_node_registered(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    err = rpc_error(site.stubs.create, name="lonely")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no nodes are registered" in err.details()
+
+
+def test_pool_exhaustion_loses_nothing(site: Site) -> None:
+    site.stubs.network("tiny", "10.213.9.0/29")  # 6 hosts: gateway + 5 addresses
+    site.stubs.import_image("img")
+    site.add_agent("node1", networks=[{"name": "tiny"}])
+    for i in range(5):
+        site.stubs.create(name=f"t{i}", networks=["tiny"], memory_mib=64)
+    err = rpc_error(site.stubs.create, name="t5", networks=["tiny"], memory_mib=64)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no free address" in err.details()
+    live = site.stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces
+    assert len(live) == 5
+    assert len({w.nics[0].ip for w in live}) == 5
+    node = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
+    assert node.workspaces == 5
+
+
+def test_destroy_twice_and_operations_on_destroyed(ready_site: Site) -> None:
+    s = ready_site.stubs
+    w = s.create(name="gone")
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    s.ws.DestroyWorkspace(s.ref(w.id))
+    err = rpc_error(s.ws.DestroyWorkspace, s.ref(w.id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    s.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+    for call in (
+        s.ws.DestroyWorkspace,
+        s.ws.StartWorkspace,
+        s.ws.RebootWorkspace,
+        s.ws.PauseWorkspace,
+    ):
+        err = rpc_error(call, s.ref(w.id))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "was destroyed" in err.details()
+    nothing_left(ready_site)
+
+
+def test_invalid_transitions(ready_site: Site) -> None:
+    s = ready_site.stubs
+    w = s.create(name="trans")
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    err = rpc_error(s.ws.ResumeWorkspace, s.ref(w.id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "it is RUNNING" in err.details()
+    err = rpc_error(s.ws.StartWorkspace, s.ref(w.id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_unknown_workspace(ready_site: Site) -> None:
+    err = rpc_error(ready_site.stubs.get, "does-not-exist")
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_driver_failure_is_reported_with_reason(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", fake={"fail_create": ["broken*"]})
+    w = site.stubs.create(name="broken-1")
+    w = site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_FAILED)
+    assert "injected failure" in w.reason
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(w.id))
+    site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+    nothing_left(site)
+
+
+def test_unsafe_image_is_refused(site: Site, tmp_path: Path) -> None:
+    import struct
+
+    header = b"QFI\xfb" + struct.pack(">IQIIQI", 3, 512, 8, 16, 1 << 20, 0)
+    hostile = header.ljust(512, b"\0") + b"/etc/shadow"
+    digest = site.stubs.upload(hostile)
+    req = images_pb2.ImportImageRequest(
+        name="evil",
+        partitions=[common_pb2.Partition(name="root", digest=digest, format="qcow2")],
+    )
+    err = rpc_error(site.stubs.images.ImportImage, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "backing file" in err.details()
+    req.partitions[0].format = "raw"
+    err = rpc_error(site.stubs.images.ImportImage, req)
+    assert "declared raw but the content is qcow2" in err.details()
+    assert list(site.stubs.images.ListImages(images_pb2.ListImagesRequest()).images) == []
+
+
+def test_image_with_unknown_blob(site: Site) -> None:
+    req = images_pb2.ImportImageRequest(
+        name="ghost",
+        partitions=[common_pb2.Partition(name="root", digest="sha256:" + "0" * 64, format="raw")],
+    )
+    err = rpc_error(site.stubs.images.ImportImage, req)
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_networks(site: Site) -> None:
+    for kw, words in (
+        ({"subnet": "10.0.0.0/33"}, "not a CIDR"),
+        ({"subnet": "10.0.0.1/24"}, "host bits"),
+        ({"subnet": "10.0.0.0/24", "gateway": "10.9.9.9"}, "not a host of"),
+        ({"subnet": "10.0.0.0/24", "mac_prefix": "zz:00:00"}, "MAC prefix"),
+    ):
+        err = rpc_error(site.stubs.admin.CreateNetwork, admin_pb2.Network(name="n", **kw))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in err.details()
+    site.stubs.network("n", "10.0.0.0/24")
+    err = rpc_error(site.stubs.network, "n", "10.0.1.0/24")
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_agent_gone_while_creating(tmp_path: Path) -> None:
+    site = Site(tmp_path, node_grace_s=2)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", fake={"boot_delay_s": 30.0})
+        w = site.stubs.create(name="orphan")
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_STARTING)
+        # the agent vanishes mid-boot (its stop waits for nothing we need: cut it off)
+        agent = site.agents.pop("node1")
+        agent.stop_event.set()
+        w = site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_LOST, timeout_s=15)
+        assert "node1 stopped reporting" in w.reason
+        node = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
+        assert node.state == admin_pb2.NODE_STATE_DOWN
+        # nothing else is placed on a DOWN node
+        err = rpc_error(site.stubs.create, name="next")
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "DOWN" in err.details()
+        # a LOST workspace can still be destroyed; its address returns to the pool
+        site.stubs.ws.DestroyWorkspace(site.stubs.ref(w.id))
+        wait_for(lambda: site.stubs.get(w.id).state == WS.WORKSPACE_STATE_TERMINATED)
+        assert (
+            site.stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks[0].allocated
+            == 0
+        )
+    finally:
+        site.close()

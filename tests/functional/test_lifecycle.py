@@ -1,0 +1,161 @@
+"""The whole loop over real gRPC: service + fake-driver agents."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.functional.harness import WS, Site, wait_for
+from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
+
+
+def console(site: Site, ref: str) -> str:
+    req = workspaces_pb2.GetConsoleRequest(id=ref)
+    return site.stubs.ws.GetConsole(req).data.decode()
+
+
+def test_create_runs_with_address_from_the_pool(ready_site: Site) -> None:
+    s = ready_site.stubs
+    w = s.create(name="alpha", cpus=2, memory_mib=1024)
+    assert w.state == WS.WORKSPACE_STATE_SCHEDULED
+    assert w.node == "node1"
+    w = s.wait_state("alpha", WS.WORKSPACE_STATE_RUNNING)
+    assert [n.network for n in w.nics] == ["default"]
+    ip = w.nics[0].ip
+    assert ip == "10.213.0.2"  # first address after the gateway
+    assert w.nics[0].mac.startswith("52:54:00:")
+    # the (fake) guest prints the address it got, as the real appliance does
+    wait_for(lambda: f"WORKSPACE-READY ip={ip} hostname=alpha" in console(ready_site, w.id))
+    node = s.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
+    assert node.used_cpus == 2
+    assert node.used_memory_mib > 1024  # RAM plus the hypervisor overhead
+
+
+def test_stop_start_pause_resume_reboot_destroy(ready_site: Site) -> None:
+    s = ready_site.stubs
+    w = s.create(name="life")
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+
+    s.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id, timeout_s=5))
+    s.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
+    s.ws.StartWorkspace(s.ref(w.id))
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    s.ws.PauseWorkspace(s.ref(w.id))
+    s.wait_state(w.id, WS.WORKSPACE_STATE_PAUSED)
+    s.ws.ResumeWorkspace(s.ref(w.id))
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+
+    # booted by create and by start: two READY lines reach the service's copy of the console
+    wait_for(lambda: console(ready_site, w.id).count("WORKSPACE-READY") == 2)
+    s.ws.RebootWorkspace(s.ref(w.id))
+    wait_for(
+        lambda: console(ready_site, w.id).count("WORKSPACE-READY") == 3,
+        what="another READY line after reboot",
+    )
+    assert s.get(w.id).state == WS.WORKSPACE_STATE_RUNNING
+
+    s.ws.DestroyWorkspace(s.ref(w.id))
+    gone = s.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+    assert gone.desired_state == common_pb2.DESIRED_STATE_TERMINATED
+    agent = ready_site.agents["node1"]
+    assert agent.driver.get(w.id) is None
+    assert not agent.files.dir(w.id).exists()  # overlay and console removed
+    node = s.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
+    assert (node.used_cpus, node.used_memory_mib) == (0, 0)
+    net = s.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks[0]
+    assert net.allocated == 0
+    listed = s.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest())
+    assert w.id not in [x.id for x in listed.workspaces]
+    listed = s.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest(include_terminated=True))
+    assert w.id in [x.id for x in listed.workspaces]
+
+
+def test_stop_forces_power_off_after_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    site = Site(tmp_path)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", fake={"ignore_shutdown": ["stubborn"]})
+        w = site.stubs.create(name="stubborn")
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        site.stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id, timeout_s=1))
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
+        wait_for(lambda: "power off (forced)" in console(site, w.id), what="forced power off")
+    finally:
+        site.close()
+
+
+def test_create_is_idempotent_by_request_id(ready_site: Site) -> None:
+    s = ready_site.stubs
+    a = s.create(name="idem", request_id="req-1")
+    b = s.create(name="idem", request_id="req-1")
+    assert a.id == b.id
+    with pytest.raises(grpc.RpcError) as err:
+        s.create(name="idem", request_id="req-1", cpus=4)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "req-1" in err.value.details()
+    listed = s.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces
+    assert [w.id for w in listed] == [a.id]
+
+
+def test_watch_streams_state_changes(ready_site: Site) -> None:
+    s = ready_site.stubs
+    seen: list[int] = []
+    got_running = threading.Event()
+    call = s.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+
+    def reader() -> None:
+        try:
+            for ev in call:
+                seen.append(ev.workspace.state)
+                if ev.workspace.state == WS.WORKSPACE_STATE_RUNNING:
+                    got_running.set()
+        except grpc.RpcError:
+            pass
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    s.create(name="watched")
+    assert got_running.wait(20)
+    call.cancel()
+    assert seen[0] == WS.WORKSPACE_STATE_SCHEDULED
+    assert WS.WORKSPACE_STATE_STARTING in seen
+
+
+def test_health_and_reflection(ready_site: Site) -> None:
+    health = health_pb2_grpc.HealthStub(ready_site.stubs.channel)
+    resp = health.Check(health_pb2.HealthCheckRequest())
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    refl = reflection_pb2_grpc.ServerReflectionStub(ready_site.stubs.channel)
+    req = reflection_pb2.ServerReflectionRequest(list_services="")
+    names = {
+        s.name
+        for r in refl.ServerReflectionInfo(iter([req]))
+        for s in r.list_services_response.service
+    }
+    assert {"workspace.v1.Workspaces", "workspace.node.v1.Nodes"} <= names
+
+
+def test_workspaces_spread_over_several_agents(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    for n in ("node1", "node2", "node3"):
+        site.add_agent(n, cpus=2, memory_mib=2048)
+    ids = [site.stubs.create(name=f"w{i}", cpus=2, memory_mib=1024).id for i in range(3)]
+    nodes = set()
+    for wid in ids:
+        w = site.stubs.wait_state(wid, WS.WORKSPACE_STATE_RUNNING)
+        nodes.add(w.node)
+    # 2048 MiB nodes hold one 1024 MiB VM each once the hypervisor overhead is counted
+    assert nodes == {"node1", "node2", "node3"}
+    for wid in ids:
+        assert site.agents[site.stubs.get(wid).node].driver.get(wid) is not None
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.create(name="w-extra", cpus=2, memory_mib=1024)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "3 node(s) have too little free memory" in err.value.details()
