@@ -1,0 +1,595 @@
+"""The libvirt driver: KVM (or QEMU TCG) domains through libvirt-python.
+
+Every call blocks; the agent calls from worker threads, and the driver is safe to
+use from several at once (libvirt connections are thread-safe; our own shared
+state is behind locks). Design points:
+
+* **Ownership lives in the domain.** We only list, report and touch domains whose
+  XML carries our metadata (see ``domain_xml``) and whose name matches the
+  workspace id recorded there. A domain someone defined by hand is invisible.
+* **One connection, reopened when it drops.** A call that fails on a dead
+  connection is retried once on a fresh one. Every libvirt error leaves as a
+  DriverError naming the operation and the workspace.
+* **Events only speed things up.** libvirt's default event loop runs in one
+  daemon thread per process (registered before any connection is opened);
+  lifecycle events are queued to a per-driver dispatcher thread, which checks
+  ownership and calls the agent's callback, so neither a slow callback nor a
+  libvirt call ever runs on the event loop thread.
+* ``reboot`` is a reset (like the reset button): an ACPI reboot request is ignored
+  by guests without an ACPI handler (our busybox appliance among them). A polite
+  reboot is ``shutdown(timeout_s)`` then ``start``, which the caller can compose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import libvirt
+
+from agent.virt.base import DomainInfo, DomainSpec, DomainState, Driver, EventCallback, domain_name
+from agent.virt.domain_xml import METADATA_NS, Ownership, build_domain_xml, parse_ownership
+from workspace.config import LibvirtConfig
+from workspace.errors import DriverError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STATES: dict[int, DomainState] = {
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    # Blocked on a host resource: still running as far as anyone is concerned.
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+}
+
+_STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+
+def _reason_names(prefix: str) -> dict[int, str]:
+    """{value: "name"} of libvirt's VIR_DOMAIN_<STATE>_<REASON> constants."""
+    return {
+        getattr(libvirt, attr): attr[len(prefix) :].lower()
+        for attr in dir(libvirt)
+        if attr.startswith(prefix) and not attr.endswith("_LAST")
+    }
+
+
+_REASONS: dict[int, dict[int, str]] = {
+    state: _reason_names(f"VIR_DOMAIN_{name.upper()}_")
+    for state, name in _STATE_NAMES.items()
+    if state != libvirt.VIR_DOMAIN_NOSTATE
+}
+
+# Undefine removes everything libvirt keeps beside the definition; the test
+# driver accepts fewer flags, hence the fallbacks (disk files are never touched).
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+    0,
+)
+
+_POLL_S = 0.5
+
+
+def _code(exc: libvirt.libvirtError) -> int:
+    return int(exc.get_error_code() or 0)
+
+
+def _message(exc: libvirt.libvirtError) -> str:
+    return str(exc.get_error_message() or exc)
+
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; we raise them instead."""
+
+
+def _wake_timer(_timer: int, _opaque: object) -> None:
+    """A no-op timeout whose only purpose is to make the event loop iterate."""
+
+
+class _EventLoop:
+    """libvirt's default event loop, run by one daemon thread per process.
+
+    The implementation is process-global and must be registered before the first
+    connection is opened. The thread runs while at least one driver uses it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._registered = False
+        self._users = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if not self._registered:
+                libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+                libvirt.virEventRegisterDefaultImpl()
+                self._registered = True
+            self._users += 1
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="libvirt-events", daemon=True
+                )
+                self._thread.start()
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            thread = self._thread
+            if self._users > 0 or thread is None:
+                return
+            self._thread = None
+            self._stop.set()
+            # Joined under the lock: a new thread must not start while this one runs.
+            timer = libvirt.virEventAddTimeout(0, _wake_timer, None)
+            thread.join(timeout=5.0)
+            libvirt.virEventRemoveTimeout(timer)
+            if thread.is_alive():
+                log.warning("libvirt event loop thread did not stop within 5 s")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                libvirt.virEventRunDefaultImpl()
+            except libvirt.libvirtError as exc:
+                log.warning("libvirt event loop: %s", _message(exc))
+                time.sleep(0.1)
+
+
+_EVENT_LOOP = _EventLoop()
+
+LifecycleHandler = Callable[[str, int], None]  # (domain name, event)
+
+
+class LibvirtConnection:
+    """One libvirt connection, opened on first use and reopened after it drops.
+
+    On every (re)open it registers the lifecycle event handler and keepalive, so
+    events keep flowing after libvirtd restarts.
+    """
+
+    def __init__(self, uri: str, on_lifecycle: LifecycleHandler) -> None:
+        self._uri = uri
+        self._on_lifecycle = on_lifecycle
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._callback_id: int | None = None
+        self._closed = False
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def get(self) -> Any:
+        """The live connection (a libvirt.virConnect); raises libvirtError if it cannot open."""
+        with self._lock:
+            if self._closed:
+                raise DriverError(f"libvirt: connection to {self._uri} is closed")
+            conn = self._conn
+            if conn is not None:
+                if self._alive(conn):
+                    return conn
+                log.warning("libvirt: connection to %s dropped; reconnecting", self._uri)
+                self._drop_locked()
+            conn = libvirt.open(self._uri)
+            self._setup(conn)
+            self._conn = conn
+            return conn
+
+    def drop_if_dead(self, conn: Any) -> bool:
+        """Forget ``conn`` if it is dead; True if the caller should retry."""
+        if self._alive(conn):
+            return False
+        with self._lock:
+            if self._conn is conn:
+                self._drop_locked()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop_locked()
+
+    @staticmethod
+    def _alive(conn: Any) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def _setup(self, conn: Any) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            # Detects a vanished libvirtd (remote connections only; needs the event loop).
+            conn.setKeepAlive(5, 3)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.registerCloseCallback(self._closed_cb, None)
+        self._callback_id = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None
+        )
+
+    def _drop_locked(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._callback_id is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.domainEventDeregisterAny(self._callback_id)
+            self._callback_id = None
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    def _closed_cb(self, _conn: Any, reason: int, _opaque: object) -> None:
+        # Runs on the event loop thread: only log; the next call reconnects.
+        log.warning("libvirt: connection to %s closed (reason %d)", self._uri, reason)
+
+    def _lifecycle_cb(
+        self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: object
+    ) -> None:
+        # Runs on the event loop thread: no libvirt calls that could block here.
+        self._on_lifecycle(dom.name(), event)
+
+
+class LibvirtDriver(Driver):
+    def __init__(self, cfg: LibvirtConfig, state_dir: str) -> None:
+        self._cfg = cfg
+        # libvirt keeps the domains' state itself: nothing of ours lives in state_dir.
+        del state_dir
+        self.hypervisor = cfg.virt_type
+        self._lock = threading.Lock()
+        # Domain name -> workspace id of domains known to be ours (for events).
+        self._owned_names: dict[str, str] = {}
+        self._callback: EventCallback | None = None
+        self._changed = threading.Condition()
+        # (domain name, event); None stops the dispatcher.
+        self._events: queue.Queue[tuple[str, int] | None] = queue.Queue()
+        self._closed = False
+        _EVENT_LOOP.acquire()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="libvirt-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+        self._conn = LibvirtConnection(cfg.uri, self._on_lifecycle)
+        try:
+            self._conn.get()
+        except (libvirt.libvirtError, DriverError) as exc:
+            # Not fatal: every call reconnects, and the agent's resync will retry.
+            log.warning("libvirt: cannot connect to %s yet: %s", cfg.uri, exc)
+
+    @property
+    def connection(self) -> LibvirtConnection:
+        """The connection wrapper (diagnostics and tests: ``connection.get()``)."""
+        return self._conn
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _run(self, op: str, workspace_id: str, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)``; retry once on a fresh connection if this one died."""
+        what = f"workspace {workspace_id}" if workspace_id else f"host {self._cfg.uri}"
+        if self._closed:
+            raise DriverError(f"libvirt: {op} {what}: the driver is closed")
+        for attempt in (1, 2):
+            try:
+                conn = self._conn.get()
+            except libvirt.libvirtError as exc:
+                raise DriverError(
+                    f"libvirt: {op} {what}: cannot connect to {self._cfg.uri}: {_message(exc)}"
+                ) from exc
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as exc:
+                if attempt == 1 and self._conn.drop_if_dead(conn):
+                    log.warning("libvirt: %s %s: connection lost, retrying", op, what)
+                    continue
+                raise DriverError(f"libvirt: {op} {what}: {_message(exc)}") from exc
+        raise DriverError(f"libvirt: {op} {what}: connection to {self._cfg.uri} keeps dropping")
+
+    @staticmethod
+    def _ownership(dom: Any) -> Ownership | None:
+        """Our metadata on ``dom`` if its name matches it, else None."""
+        try:
+            raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+        except libvirt.libvirtError as exc:
+            if _code(exc) in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
+                return None
+            raise
+        own = parse_ownership(raw)
+        if own is None or dom.name() != domain_name(own.workspace_id):
+            return None
+        return own
+
+    @staticmethod
+    def _lookup(conn: Any, name: str) -> Any:
+        try:
+            return conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _remember(self, name: str, workspace_id: str) -> None:
+        with self._lock:
+            self._owned_names[name] = workspace_id
+
+    def _owned(self, conn: Any, workspace_id: str) -> tuple[Any, Ownership] | None:
+        """The workspace's domain and our record on it, or None if absent or not ours."""
+        name = domain_name(workspace_id)
+        dom = self._lookup(conn, name)
+        if dom is None:
+            return None
+        own = self._ownership(dom)
+        if own is None or own.workspace_id != workspace_id:
+            log.warning("libvirt: domain %s exists but is not owned by this agent", name)
+            return None
+        self._remember(name, workspace_id)
+        return dom, own
+
+    def _owned_domain(self, conn: Any, workspace_id: str) -> Any:
+        found = self._owned(conn, workspace_id)
+        return None if found is None else found[0]
+
+    def _require(self, conn: Any, workspace_id: str, op: str) -> Any:
+        dom = self._owned_domain(conn, workspace_id)
+        if dom is None:
+            raise DriverError(
+                f"libvirt: {op} workspace {workspace_id}: "
+                f"no domain {domain_name(workspace_id)} is defined"
+            )
+        return dom
+
+    def _info(self, dom: Any, own: Ownership) -> DomainInfo:
+        state, reason = dom.state(0)
+        reason_name = _REASONS.get(state, {}).get(reason, str(reason))
+        return DomainInfo(
+            workspace_id=own.workspace_id,
+            state=_STATES.get(state, DomainState.OTHER),
+            reason=f"{_STATE_NAMES.get(state, str(state))}:{reason_name}",
+            extra={
+                "domain": dom.name(),
+                "uuid": dom.UUIDString(),
+                "name": own.name,
+                "hostname": own.hostname,
+            },
+        )
+
+    def _state(self, workspace_id: str, op: str) -> DomainState | None:
+        def fn(conn: Any) -> DomainState | None:
+            dom = self._owned_domain(conn, workspace_id)
+            if dom is None:
+                return None
+            try:
+                return _STATES.get(dom.state(0)[0], DomainState.OTHER)
+            except libvirt.libvirtError as exc:
+                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        return self._run(op, workspace_id, fn)
+
+    # -- events ------------------------------------------------------------------------
+
+    def _on_lifecycle(self, name: str, event: int) -> None:
+        # Event loop thread: hand over and return at once.
+        self._events.put((name, event))
+        with self._changed:
+            self._changed.notify_all()
+
+    def _dispatch(self) -> None:
+        while True:
+            item = self._events.get()
+            if item is None:
+                return
+            name, event = item
+            try:
+                self._deliver(name, event)
+            except Exception:
+                log.exception("libvirt: handling an event for domain %s failed", name)
+
+    def _deliver(self, name: str, event: int) -> None:
+        with self._lock:
+            workspace_id = self._owned_names.get(name)
+            if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+                self._owned_names.pop(name, None)
+        if workspace_id is None and name.startswith(domain_name("")):
+            # Not seen yet (e.g. started behind our back): check its metadata.
+            def fn(conn: Any) -> str | None:
+                dom = self._lookup(conn, name)
+                own = None if dom is None else self._ownership(dom)
+                return None if own is None else own.workspace_id
+
+            try:
+                workspace_id = self._run(f"inspect domain {name} for an event on", "", fn)
+            except DriverError as exc:
+                log.debug("%s", exc)
+            if workspace_id is not None and event != libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+                self._remember(name, workspace_id)
+        callback = self._callback
+        if workspace_id is not None and callback is not None:
+            callback(workspace_id)
+
+    def set_event_callback(self, callback: EventCallback | None) -> None:
+        self._callback = callback
+
+    # -- Driver ------------------------------------------------------------------------
+
+    def list_domains(self) -> list[DomainInfo]:
+        def fn(conn: Any) -> list[DomainInfo]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    own = self._ownership(dom)
+                    if own is not None:
+                        out.append(self._info(dom, own))
+                        self._remember(dom.name(), own.workspace_id)
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:  # gone meanwhile: skip
+                        raise
+            return out
+
+        return self._run("list domains on", "", fn)
+
+    def get(self, workspace_id: str) -> DomainInfo | None:
+        def fn(conn: Any) -> DomainInfo | None:
+            found = self._owned(conn, workspace_id)
+            if found is None:
+                return None
+            try:
+                return self._info(*found)
+            except libvirt.libvirtError as exc:
+                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        return self._run("get", workspace_id, fn)
+
+    def define(self, spec: DomainSpec) -> None:
+        def fn(conn: Any) -> None:
+            name = spec.domain_name
+            uuid_str = ""
+            existing = self._lookup(conn, name)
+            if existing is not None:
+                own = self._ownership(existing)
+                if own is None or own.workspace_id != spec.workspace_id:
+                    raise DriverError(
+                        f"libvirt: define workspace {spec.workspace_id}: a domain named "
+                        f"{name} exists that this agent does not own; remove or rename it"
+                    )
+                uuid_str = existing.UUIDString()
+            xml = build_domain_xml(spec, self._cfg, uuid_str)
+            self._remember(name, spec.workspace_id)
+            conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+
+        self._run("define", spec.workspace_id, fn)
+
+    def start(self, workspace_id: str) -> None:
+        self._run("start", workspace_id, lambda c: self._require(c, workspace_id, "start").create())
+
+    def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+
+        def ask(conn: Any) -> bool:
+            dom = self._require(conn, workspace_id, "shut down")
+            if not dom.isActive():
+                return True
+            try:
+                # No guest agent channel is defined, so QEMU presses the ACPI power button.
+                dom.shutdown()
+            except libvirt.libvirtError:
+                if not dom.isActive():
+                    return True
+                raise
+            return False
+
+        if self._run("shut down", workspace_id, ask):
+            return True
+        while True:
+            state = self._state(workspace_id, "shut down")
+            if state is None or state is DomainState.SHUTOFF:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._changed:
+                self._changed.wait(min(_POLL_S, remaining))
+
+    def destroy(self, workspace_id: str) -> None:
+        def fn(conn: Any) -> None:
+            dom = self._require(conn, workspace_id, "destroy")
+            if not dom.isActive():
+                return
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if dom.isActive():
+                    raise
+
+        self._run("destroy", workspace_id, fn)
+
+    def reboot(self, workspace_id: str) -> None:
+        def fn(conn: Any) -> None:
+            dom = self._require(conn, workspace_id, "reboot")
+            state = dom.state(0)[0]
+            if _STATES.get(state) is not DomainState.RUNNING:
+                raise DriverError(
+                    f"libvirt: reboot workspace {workspace_id}: domain is "
+                    f"{_STATE_NAMES.get(state, state)}, not running"
+                )
+            dom.reset(0)
+
+        self._run("reboot", workspace_id, fn)
+
+    def suspend(self, workspace_id: str) -> None:
+        self._run(
+            "suspend", workspace_id, lambda c: self._require(c, workspace_id, "suspend").suspend()
+        )
+
+    def resume(self, workspace_id: str) -> None:
+        self._run(
+            "resume", workspace_id, lambda c: self._require(c, workspace_id, "resume").resume()
+        )
+
+    def undefine(self, workspace_id: str) -> None:
+        def fn(conn: Any) -> None:
+            dom = self._owned_domain(conn, workspace_id)
+            if dom is None:
+                return
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                if not dom.isPersistent():
+                    return  # a transient domain is gone once destroyed
+            except libvirt.libvirtError as exc:
+                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                raise
+            for flags in _UNDEFINE_FLAGS:
+                try:
+                    dom.undefineFlags(flags)
+                    return
+                except libvirt.libvirtError as exc:
+                    if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                        return
+                    unsupported = (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT)
+                    if flags and _code(exc) in unsupported:
+                        continue
+                    raise
+
+        self._run("undefine", workspace_id, fn)
+
+    def host_capacity(self) -> tuple[int, int]:
+        # getInfo: [model, memory MiB, cpus, MHz, NUMA nodes, sockets, cores, threads]
+        info = self._run("read capacity of", "", lambda c: c.getInfo())
+        return int(info[2]), int(info[1])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._conn.close()
+        self._events.put(None)
+        self._dispatcher.join(timeout=5.0)
+        _EVENT_LOOP.release()
