@@ -13,7 +13,9 @@ if [ -n "$missing" ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $missing
 fi
-# libvirtd without systemd needs these (DESIGN.md section 8).
+# libvirtd without systemd needs these (DESIGN.md section 8; it also needs a *group*
+# libvirt-qemu, even with user=root in qemu.conf).
 getent group kvm >/dev/null || groupadd -r kvm
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd -r -g kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 mkdir -p /var/log/libvirt /var/run/libvirt

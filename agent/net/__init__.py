@@ -1,0 +1,1 @@
+"""Node networking: Linux bridges (pyroute2) and one DHCP-only dnsmasq per bridge."""

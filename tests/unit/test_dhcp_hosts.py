@@ -1,0 +1,164 @@
+"""The pure parts of agent.net.dhcp: hosts file, lease scrubbing, dnsmasq command line."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.net.dhcp import (
+    DhcpHost,
+    DhcpServer,
+    parse_bindings,
+    readable_by,
+    render_hosts,
+    scrub_leases,
+)
+from workspace import errors
+from workspace.site.hostenv import cmdline_has, pid_if_ours
+
+NET = ipaddress.IPv4Network("10.213.0.0/24")
+
+
+def test_render_hosts_sorted_normalised() -> None:
+    text = render_hosts(
+        [
+            ("52:54:00:00:00:0A", "10.213.0.10", "vm-ten"),
+            DhcpHost("52:54:00:00:00:09", "10.213.0.9", "nine"),
+            ("52:54:00:00:00:64", "10.213.0.100", ""),
+        ],
+        NET,
+        router="10.213.0.1",
+    )
+    assert text == (
+        "52:54:00:00:00:09,10.213.0.9,nine\n"
+        "52:54:00:00:00:0a,10.213.0.10,vm-ten\n"
+        "52:54:00:00:00:64,10.213.0.100\n"
+    )
+    assert render_hosts([]) == ""
+
+
+def test_render_hosts_order_independent() -> None:
+    a = [("52:54:00:00:00:01", "10.213.0.2", "a"), ("52:54:00:00:00:02", "10.213.0.3", "b")]
+    assert render_hosts(a, NET) == render_hosts(list(reversed(a)), NET)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("52:54:00:00:00", "10.213.0.2", "x")],  # short MAC
+        [("53:54:00:00:00:01", "10.213.0.2", "x")],  # multicast MAC
+        [("52:54:00:00:00:01", "10.213.1.2", "x")],  # outside the subnet
+        [("52:54:00:00:00:01", "10.213.0.0", "x")],  # network address
+        [("52:54:00:00:00:01", "10.213.0.255", "x")],  # broadcast address
+        [("52:54:00:00:00:01", "10.213.0.1", "x")],  # the router
+        [("52:54:00:00:00:01", "fe80::1", "x")],  # not IPv4
+        [("52:54:00:00:00:01", "10.213.0.2", "bad_name")],
+        [("52:54:00:00:00:01", "10.213.0.2", "-x")],
+        [("52:54:00:00:00:01", "10.213.0.2", "a,b")],  # would break the file format
+        [("52:54:00:00:00:01", "10.213.0.2", "a"), ("52:54:00:00:00:01", "10.213.0.3", "b")],
+        [("52:54:00:00:00:01", "10.213.0.2", "a"), ("52:54:00:00:00:02", "10.213.0.2", "b")],
+    ],
+)
+def test_render_hosts_rejects(entries: list[tuple[str, str, str]]) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        render_hosts(entries, NET, router="10.213.0.1")
+
+
+def test_bindings_and_lease_scrubbing() -> None:
+    hosts = "52:54:00:00:00:01,10.213.0.2,a\n52:54:00:00:00:02,10.213.0.3\n"
+    bindings = parse_bindings(hosts)
+    assert bindings == {("52:54:00:00:00:01", "10.213.0.2"), ("52:54:00:00:00:02", "10.213.0.3")}
+    assert parse_bindings(None) == set()
+    leases = (
+        "1795498988 52:54:00:00:00:01 10.213.0.2 a 01:52:54:00:00:00:01\n"
+        "1795498988 52:54:00:00:00:09 10.213.0.3 old 01:52:54:00:00:00:09\n"  # IP moved
+        "1795498988 52:54:00:00:00:02 10.213.0.4 * *\n"  # MAC moved
+        "garbage\n"
+    )
+    assert scrub_leases(leases, bindings) == (
+        "1795498988 52:54:00:00:00:01 10.213.0.2 a 01:52:54:00:00:00:01\n"
+    )
+
+
+def test_command_line(tmp_path: Path) -> None:
+    server = DhcpServer(
+        "wsbr0",
+        tmp_path / "dhcp",
+        "10.213.0.0/24",
+        router="10.213.0.1",
+        dns_servers=["10.213.0.53", "10.213.0.54"],
+        lease_time_s=7200,
+        dnsmasq="/usr/sbin/dnsmasq",
+    )
+    state = tmp_path / "dhcp"
+    assert server.command() == [
+        "/usr/sbin/dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--no-hosts",
+        "--no-resolv",
+        "--interface=wsbr0",
+        "--bind-interfaces",
+        "--except-interface=lo",
+        "--dhcp-range=10.213.0.0,static,255.255.255.0,7200",
+        "--dhcp-authoritative",
+        f"--dhcp-hostsfile={state}/hosts",
+        f"--dhcp-leasefile={state}/leases",
+        f"--pid-file={state}/dnsmasq.pid",
+        "--dhcp-option=option:router,10.213.0.1",
+        "--dhcp-option=option:dns-server,10.213.0.53,10.213.0.54",
+        "--user=nobody",
+        "--log-facility=-",
+    ]
+    assert not state.exists()  # constructing touches nothing
+
+
+def test_command_line_without_router_or_dns(tmp_path: Path) -> None:
+    cmd = DhcpServer("br1", tmp_path, "192.0.2.0/28", log_dhcp=True).command(user="root")
+    assert "--dhcp-range=192.0.2.0,static,255.255.255.240,3600" in cmd
+    assert "--dhcp-option=3" in cmd  # an empty router option: dnsmasq offers no router
+    assert not [arg for arg in cmd if "dns-server" in arg]
+    assert cmd[-3:] == ["--user=root", "--log-facility=-", "--log-dhcp"]
+
+
+@pytest.mark.parametrize(
+    ("subnet", "kwargs"),
+    [
+        ("fd00::/64", {}),
+        ("10.213.0.0/33", {}),
+        ("10.213.0.0/24", {"router": "10.213.1.1"}),
+        ("10.213.0.0/24", {"lease_time_s": 60}),
+    ],
+)
+def test_bad_server_config(tmp_path: Path, subnet: str, kwargs: dict[str, object]) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        DhcpServer("br0", tmp_path, subnet, **kwargs)  # type: ignore[arg-type]
+
+
+def test_readable_by(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    hosts = private / "hosts"
+    hosts.write_text("")
+    hosts.chmod(0o644)
+    assert readable_by(hosts, "root")
+    if os.stat(private).st_uid != 65534:
+        assert not readable_by(hosts, "nobody")
+    open_dir = Path("/")
+    assert readable_by(open_dir / "etc" / "hostname", "nobody") == bool(
+        os.stat("/etc/hostname").st_mode & 0o004
+    )
+
+
+def test_a_pid_running_something_else_is_not_ours() -> None:
+    matches = cmdline_has("dnsmasq", "--pid-file=/nonexistent/dnsmasq.pid")
+    assert pid_if_ours(os.getpid(), matches) is None
+    assert pid_if_ours(None, matches) is None
+    assert cmdline_has("dnsmasq", "--pid-file=/x")(["/usr/sbin/dnsmasq", "-k", "--pid-file=/x"])
+    assert not cmdline_has("dnsmasq", "--pid-file=/x")(["dnsmasq", "--pid-file=/y"])
+    assert not cmdline_has("dnsmasq")(["python", "dnsmasq"])
+    assert cmdline_has("libvirtd", "-p", "/s/p")(["/usr/sbin/libvirtd", "-d", "-p", "/s/p"])
