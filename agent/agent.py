@@ -72,6 +72,10 @@ class Agent:
         self.stub: nodes_pb2_grpc.NodesStub | None = None
         self.heartbeat_s = 5.0
         self.console_offsets: dict[str, int] = {}
+        # Why a workspace was repaired behind the owner's back, until its desired state changes.
+        self.notes: dict[str, str] = {}
+        self._last_want: dict[str, Want] = {}
+        self._last_actual: dict[str, DomainState] = {}
         self.pool = ThreadPoolExecutor(cfg.max_parallel_ops, thread_name_prefix="op")
         self._threads: list[threading.Thread] = []
         driver.set_event_callback(self._on_event)
@@ -180,7 +184,7 @@ class Agent:
         if wid in self.status:
             state, reason = self.status[wid]
         elif wid in domains:
-            state, reason = _FROM_DOMAIN[domains[wid].state], ""
+            state, reason = _FROM_DOMAIN[domains[wid].state], self.notes.get(wid, "")
         elif self.desired is not None and wid in self.desired:
             state, reason = OBS.OBSERVED_STATE_PROPAGATING, ""
         else:
@@ -231,15 +235,37 @@ class Agent:
         }
         applied = {wid: self.files.load_state(wid).get("reboot_count", 0) for wid in actual}
         now = time.monotonic()
+        for wid, want in wants.items():
+            if self._last_want.get(wid) != want:
+                self.notes.pop(wid, None)  # the owner asked for something new
         for wid, action in plan(wants, actual, leftovers, applied).items():
             if wid in busy:
                 continue
+            self._note_repair(wid, action, wants.get(wid))
             count, not_before = self.failures.get(wid, (0, 0.0))
             if count and now < not_before and action is not Action.REMOVE:
                 continue
             with self._lock:
                 self.busy.add(wid)
             self.pool.submit(self._run, wid, action, desired.get(wid))
+
+        self._last_want = wants
+        self._last_actual = actual
+
+    def _note_repair(self, wid: str, action: Action, want: Want | None) -> None:
+        """Record (and log) when the host drifted from a desired state it had reached."""
+        if want is None or self._last_want.get(wid) != want:
+            return
+        before = self._last_actual.get(wid)
+        when = time.strftime("%H:%M:%S")
+        if action is Action.START and before in (DomainState.RUNNING, DomainState.PAUSED):
+            note = f"domain was found shut off at {when} (not by us); started again"
+        elif action is Action.CREATE and before is not None:
+            note = f"domain had disappeared at {when} (not by us); recreated"
+        else:
+            return
+        log.warning("workspace %s: %s", wid, note)
+        self.notes[wid] = note
 
     def _run(self, wid: str, action: Action, a: nodes_pb2.Assignment | None) -> None:
         try:

@@ -159,3 +159,31 @@ def test_workspaces_spread_over_several_agents(site: Site) -> None:
         site.stubs.create(name="w-extra", cpus=2, memory_mib=1024)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "3 node(s) have too little free memory" in err.value.details()
+
+
+def test_domain_changed_behind_the_agents_back_is_repaired_and_reported(
+    ready_site: Site,
+) -> None:
+    s = ready_site.stubs
+    w = s.create(name="drift")
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    driver = ready_site.agents["node1"].driver
+    wait_for(lambda: ready_site.agents["node1"]._last_actual.get(w.id) is not None)
+
+    driver.destroy(w.id)  # as `virsh destroy` would
+    got = wait_for(lambda: "found shut off" in (x := s.get(w.id)).reason and x,
+                   what="the repair to be reported")
+    assert got.state == WS.WORKSPACE_STATE_RUNNING
+    assert driver.get(w.id).state.value == "running"  # type: ignore[union-attr]
+
+    driver.undefine(w.id)  # as `virsh undefine` + destroy would
+    got = wait_for(lambda: "disappeared" in (x := s.get(w.id)).reason and x,
+                   what="the re-creation to be reported")
+    wait_for(lambda: s.get(w.id).state == WS.WORKSPACE_STATE_RUNNING)
+    assert driver.get(w.id) is not None
+    assert len(driver.list_domains()) == 1
+
+    # a stop asked by the owner is not a repair: the note goes away
+    s.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id))
+    stopped = s.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
+    assert stopped.reason == ""
