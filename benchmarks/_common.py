@@ -54,8 +54,12 @@ def start_service(tmp: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], 
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(tmp / "service.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen([sys.executable, "-m", "workspace.service.main", "--config",
-                             str(conf)], stdout=log, stderr=log, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workspace.service.main", "--config", str(conf)],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
     deadline = time.monotonic() + 30
     while not Path(sock[5:]).exists():
         if time.monotonic() > deadline or proc.poll() is not None:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks._common import emit, rss_mib, start_service, summary, timed  # noqa: E402
-from tests.functional.harness import Stubs  # noqa: E402
-from workspace import rpc  # noqa: E402
-from workspace.node.v1 import nodes_pb2  # noqa: E402
-from workspace.v1 import workspaces_pb2  # noqa: E402
+from benchmarks._common import emit, rss_mib, start_service, summary, timed
+from tests.functional.harness import Stubs
+from workspace import rpc
+from workspace.node.v1 import nodes_pb2
+from workspace.v1 import workspaces_pb2
 
 
 def main() -> None:
@@ -48,8 +48,11 @@ def run(sock: str, pid: int, args: argparse.Namespace) -> None:
     stubs = Stubs(rpc.channel(sock))
     stubs.network("default", "10.213.0.0/16")
     stubs.import_image("img")
-    stubs.nodes.Register(nodes_pb2.RegisterRequest(
-        node="sim1", hypervisor="fake", cpus=100_000, memory_mib=1 << 40, networks=["default"]))
+    stubs.nodes.Register(
+        nodes_pb2.RegisterRequest(
+            node="sim1", hypervisor="fake", cpus=100_000, memory_mib=1 << 40, networks=["default"]
+        )
+    )
     ids = [stubs.create(name=f"pre{i}", memory_mib=64).id for i in range(args.workspaces)]
 
     health = health_pb2_grpc.HealthStub(stubs.channel)
@@ -58,14 +61,20 @@ def run(sock: str, pid: int, args: argparse.Namespace) -> None:
     figures = summary("health", timed(lambda: health.Check(hreq), args.requests))
 
     rng = random.Random(1)
-    figures |= summary("get", timed(
-        lambda: stubs.ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=rng.choice(ids))),
-        args.requests))
+    figures |= summary(
+        "get",
+        timed(
+            lambda: stubs.ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=rng.choice(ids))),
+            args.requests,
+        ),
+    )
     lreq = workspaces_pb2.ListWorkspacesRequest()
     figures |= summary("list", timed(lambda: stubs.ws.ListWorkspaces(lreq), 50))
     counter = iter(range(10**9))
-    figures |= summary("create", timed(
-        lambda: stubs.create(name=f"new{next(counter)}", memory_mib=64), args.creates))
+    figures |= summary(
+        "create",
+        timed(lambda: stubs.create(name=f"new{next(counter)}", memory_mib=64), args.creates),
+    )
     figures["workspaces_in_store"] = float(args.workspaces + args.creates)
     figures["get_vs_health_ratio"] = figures["get_mean_ms"] / figures["health_mean_ms"]
     figures["service_rss_mib"] = rss_mib(pid)

@@ -19,7 +19,7 @@ _OTHER_MAGICS = {
     b"conectix": "vhd",
     b"vhdxfile": "vhdx",
     b"LUKS\xba\xbe": "luks",
-    b"QEVM": "qed",
+    b"QED\0": "qed",
 }
 _QCOW2_INCOMPAT_EXTERNAL_DATA = 1 << 2
 _QCOW2_KNOWN_INCOMPAT = 0b11111  # dirty, corrupt, external data, compression type, extended L2

@@ -162,7 +162,8 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        keys = ", ".join(f"{where}.{k}" if where else k for k in unknown)
+        raise ConfigError(f"unknown key(s) {keys}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
@@ -205,7 +206,12 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return _build(cls, data, "")
+    try:
+        return _build(cls, data, "")
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"config file {path}: {exc.message}") from exc
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -116,6 +116,18 @@ def state_from_report(state: State, desired: Desired, observed: str) -> State | 
     new = mapping.get(observed)
     if new is None:  # ABSENT while it should exist: the node is (re)creating it
         return None
+    # A report sent before the node started stopping it must not undo STOPPING.
+    if (
+        desired is Desired.STOPPED
+        and state is State.STOPPING
+        and new
+        in (
+            State.RUNNING,
+            State.PAUSED,
+            State.STARTING,
+        )
+    ):
+        return None
     # A node that shows a stopped domain while the owner wants it running is about to
     # start it: keep showing STARTING rather than flapping to STOPPED.
     if new is State.STOPPED and desired in (Desired.RUNNING, Desired.PAUSED) and (state in BOOTING):

@@ -171,14 +171,18 @@ def test_domain_changed_behind_the_agents_back_is_repaired_and_reported(
     wait_for(lambda: ready_site.agents["node1"]._last_actual.get(w.id) is not None)
 
     driver.destroy(w.id)  # as `virsh destroy` would
-    got = wait_for(lambda: "found shut off" in (x := s.get(w.id)).reason and x,
-                   what="the repair to be reported")
+    got = wait_for(
+        lambda: "found shut off" in (x := s.get(w.id)).reason and x,
+        what="the repair to be reported",
+    )
     assert got.state == WS.WORKSPACE_STATE_RUNNING
     assert driver.get(w.id).state.value == "running"  # type: ignore[union-attr]
 
     driver.undefine(w.id)  # as `virsh undefine` + destroy would
-    got = wait_for(lambda: "disappeared" in (x := s.get(w.id)).reason and x,
-                   what="the re-creation to be reported")
+    got = wait_for(
+        lambda: "disappeared" in (x := s.get(w.id)).reason and x,
+        what="the re-creation to be reported",
+    )
     wait_for(lambda: s.get(w.id).state == WS.WORKSPACE_STATE_RUNNING)
     assert driver.get(w.id) is not None
     assert len(driver.list_domains()) == 1

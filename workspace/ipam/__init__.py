@@ -55,8 +55,11 @@ def validate_network(
         return ip
 
     gw = addr(gateway, "gateway") if gateway else net.network + 1
-    first = addr(range_start, "range start") if range_start else gw + 1
+    # Default range: every host address; the gateway is skipped when allocating.
+    first = addr(range_start, "range start") if range_start else net.network + 1
     last = addr(range_end, "range end") if range_end else net.broadcast - 1
+    if first == gw and not range_start and first < last:
+        first = gw + 1  # the usual layout: gateway first, pool after it
     if first > last:
         raise InvalidArgument(f"network {name}: range {first}-{last} is empty")
     if int(last) - int(first) >= _MAX_RANGE:

@@ -1,0 +1,248 @@
+"""ws and ws-admin end to end: a local site (real service + agent on the fake driver)
+started with `ws-admin site up`, driven only through the command lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from workspace.site import local
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "cli-img"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+def _env(site_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("WS_SERVICE", None)
+    env[local.SITE_ENV] = str(site_dir)
+    return env
+
+
+def run(site_dir: Path, module: str, *args: str, timeout_s: float = 120.0) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"workspace.cli.{module}", *args],
+        capture_output=True,
+        text=True,
+        env=_env(site_dir),
+        cwd=ROOT,
+        timeout=timeout_s,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def ok(site_dir: Path, module: str, *args: str) -> Result:
+    r = run(site_dir, module, *args)
+    assert r.code == 0, f"{module} {' '.join(args)} -> {r.code}\n{r.out}\n{r.err}"
+    return r
+
+
+def failed(site_dir: Path, code: int, *args: str, match: str = "") -> str:
+    """Run ws, expect exit ``code`` and a single "ws: error: ..." line; return it."""
+    r = run(site_dir, "ws", *args)
+    assert r.code == code, f"ws {' '.join(args)} -> {r.code}\n{r.out}\n{r.err}"
+    lines = r.err.strip().splitlines()
+    if code != 2:  # argparse prints its usage first
+        assert len(lines) == 1, r.err
+    assert lines[-1].startswith("ws"), r.err
+    assert match.lower() in lines[-1].lower(), r.err
+    return lines[-1]
+
+
+def gone(pid: int) -> bool:
+    try:
+        st = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return st[st.rfind(")") + 2] in "ZX"
+
+
+def wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gone(pid)
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("cli") / "site"
+    ok(d, "admin", "site", "up", "--driver", "fake", "--dir", str(d))
+    disk = d.parent / "disk.img"
+    disk.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    try:
+        ok(d, "admin", "image", "import", IMAGE, str(disk))
+        yield d
+    finally:
+        record = local.read_record(d)
+        run(d, "admin", "site", "down", "--dir", str(d))
+        if record is not None:  # nothing may outlive the tests
+            for pid in (record.service_pid, record.agent_pid):
+                if not wait_gone(pid, 1.0):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_site_up_again_says_already_running(site_dir: Path) -> None:
+    r = ok(site_dir, "admin", "site", "up", "--dir", str(site_dir))
+    assert "already running" in r.out and "ws-admin site down" in r.out
+    st = json.loads(ok(site_dir, "admin", "-o", "json", "site", "status").out)
+    assert st["state"] == "running" and st["node"] == {"name": "local", "state": "READY"}
+
+
+def test_admin_lists(site_dir: Path) -> None:
+    nodes = ok(site_dir, "admin", "node", "list", "--output", "json").json()
+    assert [(n["name"], n["state"], n["hypervisor"]) for n in nodes] == [  # type: ignore[index, union-attr]
+        ("local", "READY", "fake")
+    ]
+    nets = ok(site_dir, "admin", "-o", "json", "network", "list").json()
+    net = nets[0]  # type: ignore[index]
+    assert (net["name"], net["subnet"], net["gateway"], net["bridge"]) == (
+        "default",
+        "10.213.0.0/24",
+        "10.213.0.1",
+        "wsbr0",
+    )
+    images = ok(site_dir, "ws", "image", "list", "-o", "json").json()
+    img = next(i for i in images if i["name"] == IMAGE)  # type: ignore[union-attr, index]
+    part = img["partitions"][0]
+    assert (part["name"], part["mode"], part["format"]) == ("root", "COW", "raw")
+    assert part["size_bytes"] == 3 * 1024 * 1024 + 17 and part["digest"].startswith("sha256:")
+    text = ok(site_dir, "ws", "image", "show", IMAGE).out
+    assert "root" in text and "COW" in text
+    assert IMAGE in ok(site_dir, "admin", "image", "list").out
+
+
+def test_lifecycle_through_the_cli(site_dir: Path) -> None:
+    r = ok(site_dir, "ws", "create", "--image", IMAGE, "--name", "cli-life", "--wait")
+    assert "RUNNING" in r.err  # state changes reported on stderr while waiting
+    assert r.out.splitlines()[2].split() == ["state", "RUNNING"]
+    w = ok(site_dir, "ws", "--output", "json", "show", "cli-life").json()
+    assert isinstance(w, dict)
+    wid = w["id"]
+    assert (w["name"], w["state"], w["image"], w["node"]) == ("cli-life", "RUNNING", IMAGE, "local")
+    assert w["nics"][0]["network"] == "default" and w["nics"][0]["ip"].startswith("10.213.0.")
+    listed = ok(site_dir, "ws", "list").out
+    assert any(line.split()[:3] == [wid, "cli-life", "RUNNING"] for line in listed.splitlines())
+
+    steps = [
+        (["stop", wid, "--timeout", "5"], "STOPPED"),
+        (["start", wid], "RUNNING"),
+        (["pause", wid], "PAUSED"),
+        (["resume", wid], "RUNNING"),
+        (["reboot", wid], "RUNNING"),
+    ]
+    for args, state in steps:
+        r = ok(site_dir, "ws", *args, "--wait")
+        assert r.out.strip().endswith(f": {state}"), (args, r.out)
+        assert ok(site_dir, "ws", "-o", "json", "show", wid).json()["state"] == state  # type: ignore[index]
+
+    deadline = time.monotonic() + 20
+    console = ""
+    while console.count("WORKSPACE-READY") < 3 and time.monotonic() < deadline:
+        console = ok(site_dir, "ws", "console", wid).out
+        time.sleep(0.2)
+    assert console.count("WORKSPACE-READY") == 3, console  # create, start, reboot
+    tail = ok(site_dir, "ws", "console", wid, "--tail", "10").out
+    assert len(tail.rstrip("\n")) <= 10
+    data = ok(site_dir, "ws", "console", wid, "-o", "json").json()
+    assert "WORKSPACE-READY" in data["data"]  # type: ignore[index]
+
+    r = ok(site_dir, "ws", "destroy", wid, "--wait", "-o", "json")
+    assert r.json()["state"] == "TERMINATED"  # type: ignore[index]
+    assert wid not in ok(site_dir, "ws", "list").out
+    assert wid in ok(site_dir, "ws", "list", "--all").out
+    failed(site_dir, 1, "destroy", wid, match="destroyed")
+
+
+def test_create_with_request_id_is_idempotent(site_dir: Path) -> None:
+    args = ["-o", "json", "create", "--image", IMAGE, "--name", "cli-idem", "--request-id", "r-1"]
+    first = ok(site_dir, "ws", *args).json()
+    again = ok(site_dir, "ws", *args).json()
+    assert first["id"] == again["id"]  # type: ignore[index]
+    ok(site_dir, "ws", "destroy", "cli-idem", "--wait")
+
+
+def test_errors_exit_non_zero_with_one_line(site_dir: Path) -> None:
+    failed(site_dir, 1, "create", "--image", "no-such-image", match="no-such-image")
+    failed(site_dir, 1, "create", "--image", IMAGE, "--cpus", "1000", match="cpus")
+    failed(site_dir, 2, "create", "--image", IMAGE, "--cpus", "0", match="--cpus")
+    failed(site_dir, 1, "create", "--image", IMAGE, "--network", "nonet", match="nonet")
+    failed(site_dir, 1, "show", "no-such-workspace", match="no-such-workspace")
+    failed(site_dir, 1, "stop", "no-such-workspace")
+    failed(site_dir, 3, "--service", f"unix:{site_dir}/nothing.sock", "list", match="reach")
+    r = run(site_dir / "elsewhere", "ws", "list")  # no site there, no WS_SERVICE
+    assert r.code == 3 and "ws-admin site up" in r.err
+
+
+def test_watch_prints_state_changes_and_ends_on_ctrl_c(site_dir: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workspace.cli.ws", "-o", "json", "watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(site_dir),
+        cwd=ROOT,
+    )
+    try:
+        time.sleep(1.0)  # let it subscribe
+        ok(site_dir, "ws", "create", "--image", IMAGE, "--name", "cli-watch", "--wait")
+        ok(site_dir, "ws", "destroy", "cli-watch", "--wait")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    events = [json.loads(line) for line in out.splitlines()]
+    states = [e["workspace"]["state"] for e in events if e["workspace"]["name"] == "cli-watch"]
+    assert states[-1] == "TERMINATED" and "RUNNING" in states
+    assert len(states) == len(set(states)) or states.count("RUNNING") == 1
+
+
+def test_site_down_leaves_no_process_and_restarts_after_a_crash(tmp_path: Path) -> None:
+    d = tmp_path / "site2"
+    ok(d, "admin", "site", "up", "--dir", str(d))
+    rec = local.read_record(d)
+    assert rec is not None and rec.address == f"unix:{d}/service.sock"
+    # A crash: both daemons die without cleaning up (we started them; we kill them by pid).
+    for pid in (rec.service_pid, rec.agent_pid):
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pid)
+    st = run(d, "admin", "site", "status", "--dir", str(d))
+    assert st.code == 3 and "NOT RUNNING" in st.out
+    r = ok(d, "admin", "site", "up", "--dir", str(d))
+    assert "already" not in r.out
+    new = local.read_record(d)
+    assert new is not None and {new.service_pid, new.agent_pid}.isdisjoint(
+        {rec.service_pid, rec.agent_pid}
+    )
+    assert ok(d, "ws", "-o", "json", "list").json() == []
+    ok(d, "admin", "site", "down", "--dir", str(d))
+    for pid in (new.service_pid, new.agent_pid):
+        assert wait_gone(pid), f"pid {pid} still running after site down"
+    assert local.read_record(d) is None
+    assert (d / "service" / "service.db").exists()  # the data stays
+    assert run(d, "admin", "site", "status", "--dir", str(d)).code == 3
+    assert "no site running" in ok(d, "admin", "site", "down", "--dir", str(d)).out

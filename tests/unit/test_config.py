@@ -1,0 +1,241 @@
+"""TOML configuration into typed dataclasses (workspace/config.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workspace.config import (
+    AgentConfig,
+    FakeDriverConfig,
+    LibvirtConfig,
+    LimitsConfig,
+    NodeNetworkConfig,
+    SchedulerConfig,
+    ServiceConfig,
+    TlsConfig,
+    from_dict,
+    load,
+)
+from workspace.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "conf.toml"
+    path.write_text(text)
+    return path
+
+
+# -- defaults ---------------------------------------------------------------------------
+
+
+def test_service_defaults_without_file() -> None:
+    cfg = load(ServiceConfig)
+    assert cfg == ServiceConfig()
+    assert cfg.listen == "127.0.0.1:7070"
+    assert cfg.scheduler == SchedulerConfig()
+    assert cfg.limits == LimitsConfig()
+    assert cfg.tls.enabled is False
+    assert cfg.db_url == "sqlite:////var/lib/workspace/service/service.db"
+    assert cfg.blob_dir == Path("/var/lib/workspace/service/blobs")
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load(ServiceConfig, toml(tmp_path, "")) == ServiceConfig()
+    assert load(AgentConfig, toml(tmp_path, ""), node="n1") == AgentConfig(node="n1")
+
+
+def test_agent_defaults() -> None:
+    cfg = load(AgentConfig, None, node="n1")
+    assert cfg.driver == "fake"
+    assert cfg.networks == [NodeNetworkConfig("default", "gateway", True)]
+    assert cfg.cache_path == Path("/var/lib/workspace/agent/cache")
+    assert cfg.fake == FakeDriverConfig()
+    assert cfg.libvirt == LibvirtConfig()
+
+
+def test_database_url_overrides_data_dir() -> None:
+    cfg = load(ServiceConfig, None, data_dir="/srv/ws", database_url="postgresql://db/ws")
+    assert cfg.db_url == "postgresql://db/ws"
+    assert load(ServiceConfig, None, data_dir="/srv/ws").db_url == "sqlite:////srv/ws/service.db"
+
+
+# -- values and nested tables -----------------------------------------------------------
+
+
+def test_service_nested_tables(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        """
+listen = "unix:/run/ws.sock"
+node_grace_s = 90
+[scheduler]
+policy = "spread"
+cpu_overcommit = 2      # an int where a float is expected is fine
+reserved_memory_mib = 1024
+[limits]
+max_cpus = 8
+[tls]
+ca_file = "/etc/ws/ca.pem"
+""",
+    )
+    cfg = load(ServiceConfig, path)
+    assert cfg.listen == "unix:/run/ws.sock"
+    assert cfg.node_grace_s == 90
+    assert cfg.scheduler == SchedulerConfig(
+        policy="spread", cpu_overcommit=2.0, reserved_memory_mib=1024
+    )
+    assert isinstance(cfg.scheduler.cpu_overcommit, float)
+    assert cfg.limits.max_cpus == 8
+    assert cfg.limits.max_memory_mib == LimitsConfig().max_memory_mib  # untouched default
+    assert cfg.tls == TlsConfig(ca_file="/etc/ws/ca.pem")
+    assert cfg.tls.enabled
+
+
+def test_agent_nested_tables(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        """
+node = "vmm07"
+driver = "libvirt"
+cpus = 32
+cache_dir = "/cache"
+[labels]
+rack = "r12"
+[fake]
+fail_create = ["bad-*"]
+boot_delay_s = 1
+[libvirt]
+uri = "test:///tmp/x.xml"
+virt_type = "qemu"
+[[networks]]
+name = "default"
+[[networks]]
+name = "storage"
+bridge_address = ""
+dhcp = false
+""",
+    )
+    cfg = load(AgentConfig, path)
+    assert (cfg.node, cfg.driver, cfg.cpus) == ("vmm07", "libvirt", 32)
+    assert cfg.cache_path == Path("/cache")
+    assert cfg.labels == {"rack": "r12"}
+    assert cfg.fake == FakeDriverConfig(fail_create=["bad-*"], boot_delay_s=1.0)
+    assert cfg.libvirt == LibvirtConfig(uri="test:///tmp/x.xml", virt_type="qemu")
+    assert cfg.networks == [
+        NodeNetworkConfig("default", "gateway", True),
+        NodeNetworkConfig("storage", "", False),
+    ]
+
+
+def test_overrides_win_over_file(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'data_dir = "/from/file"\nlisten = "0.0.0.0:1"\n')
+    cfg = load(ServiceConfig, path, data_dir="/from/cli", listen=None)
+    assert cfg.data_dir == "/from/cli"
+    assert cfg.listen == "0.0.0.0:1"  # None means "not given"
+
+
+def test_overrides_are_type_checked() -> None:
+    with pytest.raises(ConfigError, match=r"max_workers: expected int"):
+        load(ServiceConfig, None, max_workers="many")
+
+
+def test_from_dict() -> None:
+    cfg = from_dict(ServiceConfig, {"scheduler": {"policy": "first"}})
+    assert cfg.scheduler.policy == "first"
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "text", "pattern"),
+    [
+        (ServiceConfig, "listne = 'x'\n", r"unknown key\(s\) listne$"),
+        (ServiceConfig, "[scheduler]\npolicyy = 'x'\n", r"unknown key\(s\) scheduler\.policyy$"),
+        (ServiceConfig, "[limits]\nb = 1\na = 2\n", r"unknown key\(s\) limits\.a, limits\.b$"),
+        (ServiceConfig, "[database]\nurl = 'x'\n", r"unknown key\(s\) database"),
+        (AgentConfig, "[fake]\nfail = []\n", r"unknown key\(s\) fake\.fail$"),
+        (AgentConfig, "[libvirt]\nurl = 'x'\n", r"unknown key\(s\) libvirt\.url$"),
+        (
+            AgentConfig,
+            "[[networks]]\nname = 'a'\n[[networks]]\nname = 'b'\ndhcpd = true\n",
+            r"unknown key\(s\) networks\[1\]\.dhcpd$",
+        ),
+    ],
+)
+def test_unknown_keys_named_with_their_path(
+    tmp_path: Path, cls: type, text: str, pattern: str
+) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load(cls, toml(tmp_path, text))
+
+
+def test_top_level_unknown_key_message_reads_well(tmp_path: Path) -> None:
+    path = toml(tmp_path, "listne = 'x'\n")
+    with pytest.raises(ConfigError) as exc:
+        load(ServiceConfig, path)
+    assert exc.value.message == f"config file {path}: unknown key(s) listne"
+
+
+@pytest.mark.parametrize(
+    ("cls", "text", "pattern"),
+    [
+        (ServiceConfig, "max_workers = '256'\n", r": max_workers: expected int, got '256'$"),
+        (ServiceConfig, "max_workers = true\n", r": max_workers: expected int, got True$"),
+        (ServiceConfig, "max_workers = 2.5\n", r"max_workers: expected int"),
+        (ServiceConfig, "listen = 7070\n", r": listen: expected str, got 7070$"),
+        (ServiceConfig, "[scheduler]\ncpu_overcommit = 'x'\n", r": scheduler\.cpu_overcommit: "),
+        (ServiceConfig, "[scheduler]\ncpu_overcommit = true\n", r"scheduler\.cpu_overcommit"),
+        (ServiceConfig, "scheduler = 'pack'\n", r": scheduler: expected a table, got str$"),
+        (AgentConfig, "[fake]\npersist = 'yes'\n", r": fake\.persist: expected bool"),
+        (AgentConfig, "[fake]\nfail_create = 'bad-*'\n", r": fake\.fail_create: expected a list"),
+        (AgentConfig, "[fake]\nfail_create = [1]\n", r": fake\.fail_create\[0\]: expected str"),
+        (AgentConfig, "labels = 'x'\n", r": labels: expected a table$"),
+        (AgentConfig, "networks = ['default']\n", r": networks\[0\]: expected a table"),
+        (AgentConfig, "[networks]\nname = 'x'\n", r": networks: expected a list$"),
+    ],
+)
+def test_wrong_types_named_with_their_path(
+    tmp_path: Path, cls: type, text: str, pattern: str
+) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load(cls, toml(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=rf"config file {missing} not found"):
+        load(ServiceConfig, missing)
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = toml(tmp_path, "listen = \n")
+    with pytest.raises(ConfigError, match=rf"config file {path}: "):
+        load(ServiceConfig, path)
+
+
+def test_config_error_is_expected_and_maps_to_invalid_argument() -> None:
+    import grpc
+
+    assert ConfigError.expected
+    assert ConfigError.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- shipped files ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("service.toml", ServiceConfig), ("agent.toml", AgentConfig)]
+)
+def test_shipped_config_loads_and_documents_the_defaults(name: str, cls: type) -> None:
+    path = REPO / "conf" / name
+    if not path.exists():
+        pytest.skip(f"conf/{name} is not in the repo")
+    extra = {"node": "n1"} if cls is AgentConfig else {}
+    cfg = load(cls, path, **extra)
+    # The file says "the values shown are the defaults": they must be.
+    assert cfg == cls(**extra)

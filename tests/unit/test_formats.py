@@ -1,0 +1,283 @@
+"""Image inspection before QEMU sees a file (images/formats.py), with hostile inputs."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from images.formats import ImageInfo, UnsafeImage, inspect, sniff
+
+MiB = 1024 * 1024
+LIMIT = 1024**4  # the default limits.max_virtual_bytes
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+
+
+def qcow2_header(
+    *,
+    version: int = 3,
+    backing_offset: int = 0,
+    backing_len: int = 0,
+    size: int = MiB,
+    crypt_method: int = 0,
+    incompatible: int = 0,
+) -> bytes:
+    """A qcow2 header laid out as in QEMU's docs/interop/qcow2.txt."""
+    header = struct.pack(
+        ">4sIQIIQIIQQIIQ",
+        b"QFI\xfb",
+        version,
+        backing_offset,
+        backing_len,
+        16,  # cluster_bits
+        size,
+        crypt_method,
+        0,  # l1_size
+        0x30000,  # l1_table_offset
+        0x10000,  # refcount_table_offset
+        1,  # refcount_table_clusters
+        0,  # nb_snapshots
+        0,  # snapshots_offset
+    )
+    assert len(header) == 72
+    if version >= 3:
+        header += struct.pack(">QQQII", incompatible, 0, 0, 4, 104)
+    return header.ljust(512, b"\0")
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+# -- good images ------------------------------------------------------------------------
+
+
+@needs_qemu_img
+def test_real_qcow2_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "f.qcow2"
+    qemu_img("create", "-f", "qcow2", str(path), "1M")
+    info = inspect(path, "qcow2", LIMIT)
+    assert info == ImageInfo("qcow2", MiB, path.stat().st_size)
+
+
+@needs_qemu_img
+def test_real_qcow2_v2_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "f.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "compat=0.10", str(path), "3M")
+    assert inspect(path, "qcow2", LIMIT).virtual_size_bytes == 3 * MiB
+
+
+def test_raw_accepted_with_file_size_as_virtual_size(tmp_path: Path) -> None:
+    path = write(tmp_path, "disk.img", b"\x00" * 8192 + b"hello")
+    assert inspect(path, "raw", LIMIT) == ImageInfo("raw", 8197, 8197)
+
+
+def test_empty_raw_accepted(tmp_path: Path) -> None:
+    assert inspect(write(tmp_path, "e", b""), "raw", LIMIT) == ImageInfo("raw", 0, 0)
+
+
+def test_crafted_clean_qcow2_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.qcow2", qcow2_header(size=5 * MiB))
+    assert inspect(path, "qcow2", LIMIT) == ImageInfo("qcow2", 5 * MiB, 512)
+
+
+def test_known_harmless_incompatible_bits_accepted(tmp_path: Path) -> None:
+    # dirty (0), compression type (3), extended L2 (4): QEMU handles them, nothing external.
+    path = write(tmp_path, "c.qcow2", qcow2_header(incompatible=0b11001))
+    assert inspect(path, "qcow2", LIMIT).format == "qcow2"
+
+
+def test_virtual_size_at_the_limit_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.qcow2", qcow2_header(size=4 * MiB))
+    assert inspect(path, "qcow2", 4 * MiB).virtual_size_bytes == 4 * MiB
+
+
+# -- hostile qcow2 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "pattern"),
+    [
+        (qcow2_header(backing_offset=512, backing_len=11), "names a backing file"),
+        (qcow2_header(backing_offset=512, backing_len=0), "names a backing file"),
+        (qcow2_header(version=2, backing_offset=512, backing_len=11), "names a backing file"),
+        (qcow2_header(incompatible=1 << 2), "external data file"),
+        (qcow2_header(incompatible=(1 << 2) | 1), "external data file"),
+        (qcow2_header(crypt_method=1), "encrypted"),
+        (qcow2_header(crypt_method=2), "encrypted"),
+        (qcow2_header(version=2, crypt_method=1), "encrypted"),
+        (qcow2_header(incompatible=1 << 5), "unknown incompatible features 0x20"),
+        (qcow2_header(incompatible=1 << 63), "unknown incompatible features"),
+        (qcow2_header(version=1), "unsupported qcow2 version 1"),
+        (qcow2_header(version=4), "unsupported qcow2 version 4"),
+        (b"QFI\xfb" + b"\0" * 20, "truncated qcow2 header"),
+        (b"QFI\xfb", "truncated qcow2 header"),
+        (qcow2_header()[:76], "truncated qcow2 v3 header"),
+    ],
+    ids=[
+        "backing-file",
+        "backing-offset-only",
+        "v2-backing-file",
+        "external-data-file",
+        "external-data-file-and-dirty",
+        "aes-encrypted",
+        "luks-encrypted",
+        "v2-encrypted",
+        "unknown-incompat-bit5",
+        "unknown-incompat-bit63",
+        "version-1",
+        "version-4",
+        "truncated",
+        "magic-only",
+        "truncated-v3",
+    ],
+)
+def test_hostile_qcow2_refused(tmp_path: Path, header: bytes, pattern: str) -> None:
+    path = write(tmp_path, "evil.qcow2", header)
+    with pytest.raises(UnsafeImage, match=pattern) as exc:
+        inspect(path, "qcow2", LIMIT, what="image evil, partition 'root'")
+    assert str(exc.value).startswith("image evil, partition 'root': ")
+
+
+def test_qcow2_virtual_size_beyond_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.qcow2", qcow2_header(size=2 * LIMIT))
+    with pytest.raises(UnsafeImage, match=rf"virtual size {2 * LIMIT} bytes exceeds the limit"):
+        inspect(path, "qcow2", LIMIT)
+
+
+def test_sparse_raw_beyond_limit(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.img"
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+    with pytest.raises(UnsafeImage, match="exceeds the limit of 1048576"):
+        inspect(path, "raw", MiB)
+
+
+@needs_qemu_img
+def test_real_qcow2_with_backing_file_refused(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    qemu_img("create", "-f", "raw", str(base), "1M")
+    overlay = tmp_path / "overlay.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay))
+    with pytest.raises(UnsafeImage, match="backing file"):
+        inspect(overlay, "qcow2", LIMIT)
+
+
+@needs_qemu_img
+def test_real_qcow2_with_external_data_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={tmp_path / 'data.raw'}", str(path), "1M")
+    with pytest.raises(UnsafeImage, match="external data file"):
+        inspect(path, "qcow2", LIMIT)
+
+
+@needs_qemu_img
+def test_real_encrypted_qcow2_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.qcow2"
+    qemu_img(
+        "create",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=sec0,data=abc",
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=sec0",
+        str(path),
+        "1M",
+    )
+    with pytest.raises(UnsafeImage, match="encrypted"):
+        inspect(path, "qcow2", LIMIT)
+
+
+# -- declared format vs content ---------------------------------------------------------
+
+
+def test_qcow2_declared_raw_refused(tmp_path: Path) -> None:
+    # Handing this to QEMU as raw would give the guest the qcow2 metadata; as auto-probed
+    # qcow2 it could open a backing file. Either way the declaration is a lie.
+    path = write(tmp_path, "x.img", qcow2_header(backing_offset=512, backing_len=10))
+    with pytest.raises(UnsafeImage, match="declared raw but the content is qcow2"):
+        inspect(path, "raw", LIMIT)
+
+
+def test_truncated_qcow2_declared_raw_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.img", b"QFI\xfb\0\0")
+    with pytest.raises(UnsafeImage, match="content is qcow2"):
+        inspect(path, "raw", LIMIT)
+
+
+def test_raw_declared_qcow2_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "x.qcow2", b"\x00" * 4096)
+    with pytest.raises(UnsafeImage, match="declared qcow2 but the content is raw"):
+        inspect(path, "qcow2", LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"KDMV" + b"\0" * 508, "vmdk"),
+        (b"conectix" + b"\0" * 504, "vhd"),
+        (b"vhdxfile" + b"\0" * 504, "vhdx"),
+        (b"LUKS\xba\xbe" + b"\0" * 506, "luks"),
+        (b"QED\0" + b"\0" * 508, "qed"),
+        (
+            b"<<< Oracle VM VirtualBox Disk Image >>>\n".ljust(64, b"\0") + b"\x7f\x10\xda\xbe",
+            "vdi",
+        ),
+    ],
+)
+@pytest.mark.parametrize("declared", ["raw", "qcow2"])
+def test_other_containers_refused(tmp_path: Path, data: bytes, kind: str, declared: str) -> None:
+    path = write(tmp_path, "x.img", data)
+    with pytest.raises(UnsafeImage, match=f"declared {declared} but the content is {kind}"):
+        inspect(path, declared, LIMIT)
+
+
+@needs_qemu_img
+@pytest.mark.parametrize(
+    ("fmt", "kind"),
+    [("vmdk", "vmdk"), ("vdi", "vdi"), ("vpc", "vhd"), ("qed", "qed")],
+)
+def test_real_foreign_images_declared_raw_refused(tmp_path: Path, fmt: str, kind: str) -> None:
+    path = tmp_path / f"x.{fmt}"
+    qemu_img("create", "-f", fmt, str(path), "1M")
+    with pytest.raises(UnsafeImage, match=f"content is {kind}"):
+        inspect(path, "raw", LIMIT)
+
+
+@pytest.mark.parametrize("declared", ["vmdk", "auto", "", "QCOW2"])
+def test_unsupported_declared_format_refused(tmp_path: Path, declared: str) -> None:
+    path = write(tmp_path, "x.img", b"\0" * 512)
+    with pytest.raises(UnsafeImage, match="is not supported"):
+        inspect(path, declared, LIMIT)
+
+
+# -- sniff ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"", "raw"),
+        (b"\0" * 4096, "raw"),
+        (b"QFI", "raw"),  # not the full magic
+        (b"QFI\xfb", "qcow2"),
+        (qcow2_header(), "qcow2"),
+        (b"KDMV\x01\0\0\0", "vmdk"),
+        (b"\0" * 64 + b"\x7f\x10\xda\xbe", "vdi"),
+        (b"\0" * 64 + b"\x7f\x10\xda", "raw"),
+        (b"xxQFI\xfb", "raw"),  # magic must be at offset 0
+    ],
+)
+def test_sniff(header: bytes, expected: str) -> None:
+    assert sniff(header) == expected

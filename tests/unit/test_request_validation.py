@@ -1,0 +1,432 @@
+"""Create / operate requests through the service core with a real SQLite store (no gRPC)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from workspace.config import ServiceConfig, load
+from workspace.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from workspace.node.v1 import nodes_pb2
+from workspace.service.blobs import BlobRepository
+from workspace.service.catalog import Catalog
+from workspace.service.core import Core
+from workspace.service.nodes import Nodes
+from workspace.service.notify import Notifier
+from workspace.states import Op
+from workspace.store import IpAllocation, Node, Store, Workspace
+from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
+
+OWNER = "alice"
+WS = common_pb2.WorkspaceState
+DS = common_pb2.DesiredState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Site:
+    core: Core
+    nodes: Nodes
+    catalog: Catalog
+    store: Store
+    clock: Clock
+
+    def create(self, owner: str = OWNER, **kw: object) -> common_pb2.Workspace:
+        kw.setdefault("image", "img")
+        return self.core.create(owner, workspaces_pb2.CreateWorkspaceRequest(**kw))  # type: ignore[arg-type]
+
+    def report(self, wid: str, observed: int, full: bool = False) -> None:
+        self.nodes.report(
+            nodes_pb2.ReportStatusRequest(
+                node="n1",
+                full=full,
+                workspaces=[nodes_pb2.ObservedWorkspace(workspace_id=wid, state=observed)],
+            )
+        )
+
+    def destroy(self, wid: str, owner: str = OWNER) -> None:
+        self.core.operate(owner, wid, Op.DESTROY)
+        self.report(wid, nodes_pb2.OBSERVED_STATE_ABSENT)
+
+    def allocations(self) -> list[IpAllocation]:
+        with self.store.read() as s:
+            return list(s.execute(select(IpAllocation).order_by(IpAllocation.ip)).scalars())
+
+    def workspaces(self) -> list[Workspace]:
+        with self.store.read() as s:
+            return list(s.execute(select(Workspace)).scalars())
+
+    def node_usage(self) -> tuple[int, int]:
+        with self.store.read() as s:
+            node = s.get(Node, "n1")
+            assert node is not None
+            return node.used_cpus, node.used_memory_mib
+
+
+def build_site(
+    tmp_path: Path,
+    subnet: str = "10.0.0.0/24",
+    cpus: int = 4,
+    memory_mib: int = 8192,
+    register: bool = True,
+) -> Site:
+    cfg = load(ServiceConfig, None, data_dir=str(tmp_path))
+    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    clock = Clock()
+    core = Core(cfg, store, Notifier(), clock=clock)
+    catalog = Catalog(core, BlobRepository(tmp_path / "blobs"))
+    catalog.create_network(admin_pb2.Network(name="default", subnet=subnet))
+    catalog.create_network(admin_pb2.Network(name="storage", subnet="10.9.0.0/24"))
+    ref = catalog.upload_blob(iter([b"\0" * 4096]))
+    part = common_pb2.Partition(
+        name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
+    )
+    catalog.import_image(OWNER, images_pb2.ImportImageRequest(name="img", partitions=[part]))
+    nodes = Nodes(core)
+    if register:
+        nodes.register(
+            nodes_pb2.RegisterRequest(
+                node="n1", hypervisor="fake", cpus=cpus, memory_mib=memory_mib, networks=["default"]
+            )
+        )
+    return Site(core, nodes, catalog, store, clock)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return build_site(tmp_path)
+
+
+# -- a good create --------------------------------------------------------------------
+
+
+def test_create_defaults(site: Site) -> None:
+    ws = site.create(name="web1")
+    assert (ws.name, ws.owner, ws.image, ws.node) == ("web1", OWNER, "img", "n1")
+    assert (ws.cpus, ws.memory_mib) == (1, 512)
+    assert ws.state == WS.WORKSPACE_STATE_SCHEDULED
+    assert ws.desired_state == DS.DESIRED_STATE_RUNNING
+    assert len(ws.nics) == 1
+    nic = ws.nics[0]
+    assert (nic.network, nic.ip, nic.prefix_len, nic.gateway) == (
+        "default",
+        "10.0.0.2",
+        24,
+        "10.0.0.1",
+    )
+    assert nic.mac.startswith("52:54:00:")
+    # The claim includes the hypervisor overhead (64 + 1 per part GiB + 8 per vCPU).
+    assert site.node_usage() == (1, 512 + 73)
+
+
+def test_name_is_generated_when_not_given(site: Site) -> None:
+    ws = site.create()
+    assert ws.name.startswith("ws-")
+    assert ws.name == f"ws-{ws.id[:8]}"
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Web1", "-web", "web-", "web_1", "a" * 64, "wéb", "web.1", " "])
+def test_invalid_name(site: Site, name: str) -> None:
+    with pytest.raises(InvalidArgument, match="is not valid"):
+        site.create(name=name)
+    assert site.workspaces() == []
+
+
+@pytest.mark.parametrize("name", ["a", "7", "web-1", "a" * 63])
+def test_valid_name(site: Site, name: str) -> None:
+    assert site.create(name=name).name == name
+
+
+@pytest.mark.parametrize("cpus", [-1, -64, 65, 1000])
+def test_cpus_out_of_range(site: Site, cpus: int) -> None:
+    with pytest.raises(InvalidArgument, match=rf"cpus must be between 1 and 64, got {cpus}"):
+        site.create(cpus=cpus)
+
+
+@pytest.mark.parametrize("memory_mib", [-512, 1, 15, 512 * 1024 + 1])
+def test_memory_out_of_range(site: Site, memory_mib: int) -> None:
+    with pytest.raises(
+        InvalidArgument, match=rf"memory_mib must be between 16 and 524288, got {memory_mib}"
+    ):
+        site.create(memory_mib=memory_mib)
+
+
+def test_memory_bounds_are_inclusive(site: Site) -> None:
+    assert site.create(memory_mib=16).memory_mib == 16
+    # Valid but larger than the node: refused for capacity, not as invalid.
+    with pytest.raises(ResourceExhausted):
+        site.create(memory_mib=512 * 1024)
+
+
+def test_user_data_too_large(site: Site) -> None:
+    with pytest.raises(InvalidArgument, match="user data is larger than 65536 bytes"):
+        site.create(user_data=b"x" * 65537)
+    assert site.create(user_data=b"x" * 65536).id
+
+
+def test_image_required(site: Site) -> None:
+    with pytest.raises(InvalidArgument, match="an image is required"):
+        site.create(image="")
+
+
+def test_unknown_image(site: Site) -> None:
+    with pytest.raises(NotFound, match="image 'nope' not found"):
+        site.create(image="nope")
+
+
+def test_unknown_network(site: Site) -> None:
+    with pytest.raises(NotFound, match="network 'dmz' does not exist"):
+        site.create(networks=["dmz"])
+
+
+def test_network_named_twice(site: Site) -> None:
+    with pytest.raises(InvalidArgument, match="named twice"):
+        site.create(networks=["default", "default"])
+
+
+def test_too_many_networks(site: Site) -> None:
+    with pytest.raises(InvalidArgument, match="at most 8 networks"):
+        site.create(networks=["default"] * 9)
+
+
+def test_duplicate_name(site: Site) -> None:
+    first = site.create(name="web1")
+    with pytest.raises(AlreadyExists, match=rf"'web1' \({first.id}\)"):
+        site.create(name="web1")
+    # Names are per owner.
+    assert site.create(owner="bob", name="web1").owner == "bob"
+
+
+def test_name_reusable_after_destroy(site: Site) -> None:
+    first = site.create(name="web1")
+    site.destroy(first.id)
+    second = site.create(name="web1")
+    assert second.id != first.id
+    # By name, the live one is found.
+    assert site.core.get(OWNER, "web1").id == second.id
+
+
+# -- capacity -------------------------------------------------------------------------
+
+
+def test_no_cpu_capacity_names_the_filter(site: Site) -> None:
+    # 4 cpus x 4 overcommit = 16
+    with pytest.raises(ResourceExhausted, match=r"1 node\(s\) have too few free CPUs"):
+        site.create(name="big", cpus=17)
+    assert site.node_usage() == (0, 0)
+
+
+def test_no_memory_capacity_names_the_filter(site: Site) -> None:
+    with pytest.raises(ResourceExhausted, match=r"cannot place big: .*too little free memory"):
+        site.create(name="big", memory_mib=8192)  # the overhead does not fit
+
+
+def test_node_without_the_network(site: Site) -> None:
+    with pytest.raises(ResourceExhausted, match="lack a requested network"):
+        site.create(networks=["storage"])
+
+
+def test_no_nodes_registered(tmp_path: Path) -> None:
+    site = build_site(tmp_path, register=False)
+    with pytest.raises(ResourceExhausted, match="no nodes are registered"):
+        site.create()
+
+
+def test_down_node_is_not_used(site: Site) -> None:
+    site.clock.now += site.core.cfg.node_grace_s + 1
+    assert site.nodes.check_liveness() == ["n1"]
+    with pytest.raises(ResourceExhausted, match=r"1 node\(s\) are DOWN"):
+        site.create()
+
+
+def test_capacity_is_claimed_and_runs_out(site: Site) -> None:
+    # Each 2 GiB workspace claims 2048 + 64 + 4 + 8 = 2124 MiB: three fit in 8192, four do not.
+    for i in range(3):
+        site.create(name=f"w{i}", memory_mib=2048)
+    assert site.node_usage() == (3, 3 * 2124)
+    with pytest.raises(ResourceExhausted, match="too little free memory"):
+        site.create(name="w3", memory_mib=2048)
+    assert site.node_usage() == (3, 3 * 2124)
+
+
+def test_pool_exhaustion_leaves_no_partial_rows(tmp_path: Path) -> None:
+    site = build_site(tmp_path, subnet="10.0.0.0/29")  # .2 - .6: five addresses
+    made = [site.create(name=f"w{i}") for i in range(5)]
+    assert sorted(w.nics[0].ip for w in made) == [f"10.0.0.{i}" for i in range(2, 7)]
+    usage = site.node_usage()
+    with pytest.raises(ResourceExhausted, match="network 'default' has no free address left"):
+        site.create(name="w5", request_id="r-w5")
+    assert sorted(w.name for w in site.workspaces()) == [f"w{i}" for i in range(5)]
+    assert len(site.allocations()) == 5
+    assert site.node_usage() == usage
+    # After a release, the retry with the same request id goes through.
+    site.destroy(made[2].id)
+    retry = site.create(name="w5", request_id="r-w5")
+    assert retry.nics[0].ip == made[2].nics[0].ip
+
+
+# -- idempotency ----------------------------------------------------------------------
+
+
+def test_same_request_id_returns_same_workspace(site: Site) -> None:
+    a = site.create(name="web1", request_id="req-1", cpus=2)
+    b = site.create(name="web1", request_id="req-1", cpus=2)
+    assert a.id == b.id
+    assert a.nics[0].ip == b.nics[0].ip
+    assert len(site.workspaces()) == 1
+    assert len(site.allocations()) == 1
+    assert site.node_usage()[0] == 2
+
+
+def test_same_request_id_other_params_refused(site: Site) -> None:
+    site.create(name="web1", request_id="req-1", cpus=2)
+    with pytest.raises(InvalidArgument, match="request id 'req-1' was already used"):
+        site.create(name="web1", request_id="req-1", cpus=3)
+    with pytest.raises(InvalidArgument, match="already used"):
+        site.create(name="web2", request_id="req-1", cpus=2)
+    assert len(site.workspaces()) == 1
+
+
+def test_request_ids_are_per_owner(site: Site) -> None:
+    a = site.create(name="web1", request_id="req-1")
+    b = site.create(owner="bob", name="web1", request_id="req-1")
+    assert a.id != b.id
+
+
+# -- destroy --------------------------------------------------------------------------
+
+
+def test_destroy_releases_only_once_the_node_reports_absent(site: Site) -> None:
+    keep = site.create(name="keep")
+    ws = site.create(name="gone", cpus=2)
+    usage_both = site.node_usage()
+
+    after = site.core.operate(OWNER, ws.id, Op.DESTROY)
+    assert after.desired_state == DS.DESIRED_STATE_TERMINATED
+    assert after.state == WS.WORKSPACE_STATE_STOPPING
+    # Still on the node: its address and claim are held.
+    assert len(site.allocations()) == 2
+    assert site.node_usage() == usage_both
+
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_STOPPING
+    assert len(site.allocations()) == 2
+
+    site.nodes.report(
+        nodes_pb2.ReportStatusRequest(
+            node="n1",
+            full=True,
+            workspaces=[
+                nodes_pb2.ObservedWorkspace(
+                    workspace_id=ws.id, state=nodes_pb2.OBSERVED_STATE_ABSENT
+                ),
+                nodes_pb2.ObservedWorkspace(
+                    workspace_id=keep.id, state=nodes_pb2.OBSERVED_STATE_RUNNING
+                ),
+            ],
+        )
+    )
+    assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_TERMINATED
+    assert [a.workspace_id for a in site.allocations()] == [keep.id]
+    assert site.node_usage() == (1, 512 + 73)  # only keep's claim is left
+    assert site.core.get(OWNER, keep.id).state == WS.WORKSPACE_STATE_RUNNING
+
+
+def test_full_report_that_omits_a_destroyed_workspace_releases_it(site: Site) -> None:
+    ws = site.create()
+    site.core.operate(OWNER, ws.id, Op.DESTROY)
+    site.nodes.report(nodes_pb2.ReportStatusRequest(node="n1", full=True))
+    assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_TERMINATED
+    assert site.allocations() == []
+    assert site.node_usage() == (0, 0)
+
+
+def test_partial_report_that_omits_it_does_not_release(site: Site) -> None:
+    ws = site.create()
+    site.core.operate(OWNER, ws.id, Op.DESTROY)
+    site.nodes.report(nodes_pb2.ReportStatusRequest(node="n1", full=False))
+    assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_STOPPING
+    assert len(site.allocations()) == 1
+
+
+def test_released_address_is_reused(site: Site) -> None:
+    a = site.create(name="a")
+    site.create(name="b")
+    site.destroy(a.id)
+    assert site.create(name="c").nics[0].ip == a.nics[0].ip
+
+
+def test_destroy_twice(site: Site) -> None:
+    ws = site.create(name="web1")
+    site.core.operate(OWNER, ws.id, Op.DESTROY)
+    with pytest.raises(FailedPrecondition, match="web1 is being destroyed"):
+        site.core.operate(OWNER, ws.id, Op.DESTROY)
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_ABSENT)
+    with pytest.raises(FailedPrecondition, match="web1 was destroyed"):
+        site.core.operate(OWNER, ws.id, Op.DESTROY)
+
+
+@pytest.mark.parametrize("op", list(Op), ids=str)
+def test_operations_on_destroyed_workspace(site: Site, op: Op) -> None:
+    ws = site.create(name="web1")
+    site.destroy(ws.id)
+    for ref in (ws.id, "web1"):
+        with pytest.raises(FailedPrecondition, match="was destroyed"):
+            site.core.operate(OWNER, ref, op)
+    assert site.allocations() == []
+
+
+def test_destroy_on_a_down_node_releases_at_once(site: Site) -> None:
+    ws = site.create(name="web1")
+    site.clock.now += site.core.cfg.node_grace_s + 1
+    site.nodes.check_liveness()
+    assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_LOST
+    assert site.core.operate(OWNER, ws.id, Op.DESTROY).state == WS.WORKSPACE_STATE_TERMINATED
+    assert site.allocations() == []
+    assert site.node_usage() == (0, 0)
+
+
+# -- other owners / refs --------------------------------------------------------------
+
+
+def test_other_owner_cannot_see_or_operate(site: Site) -> None:
+    ws = site.create(name="web1")
+    with pytest.raises(NotFound):
+        site.core.get("bob", ws.id)
+    with pytest.raises(NotFound):
+        site.core.operate("bob", ws.id, Op.DESTROY)
+    assert site.core.get(OWNER, ws.id).desired_state == DS.DESIRED_STATE_RUNNING
+
+
+def test_stop_then_start(site: Site) -> None:
+    ws = site.create(name="web1")
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    with pytest.raises(FailedPrecondition, match="cannot start workspace web1: it is RUNNING"):
+        site.core.operate(OWNER, "web1", Op.START)
+    stopped = site.core.operate(OWNER, "web1", Op.STOP, timeout_s=5)
+    assert stopped.desired_state == DS.DESIRED_STATE_STOPPED
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_STOPPED)
+    started = site.core.operate(OWNER, "web1", Op.START)
+    assert started.state == WS.WORKSPACE_STATE_STARTING
+    # A stopped workspace keeps its address and claim.
+    assert len(site.allocations()) == 1
+    assert site.node_usage() == (1, 512 + 73)

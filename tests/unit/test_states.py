@@ -1,0 +1,177 @@
+"""The workspace state machine: user operations and node reports (workspace/states.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workspace.errors import FailedPrecondition
+from workspace.node.v1 import nodes_pb2
+from workspace.states import BOOTING, Desired, Op, State, apply_op, state_from_report
+
+S = State
+D = Desired
+
+# The expected effect of each operation, written out independently of the code:
+# op -> {state it is allowed from: (new desired, state shown while the node works)}.
+_AFTER_START = (D.RUNNING, S.STARTING)
+_AFTER_STOP = (D.STOPPED, S.STOPPING)
+_AFTER_DESTROY = (D.TERMINATED, S.STOPPING)
+EXPECTED: dict[Op, dict[State, tuple[Desired, State]]] = {
+    Op.START: {S.STOPPED: _AFTER_START, S.FAILED: _AFTER_START},
+    Op.STOP: {
+        s: _AFTER_STOP
+        for s in (S.PENDING, S.SCHEDULED, S.PROPAGATING, S.STARTING, S.RUNNING, S.PAUSED, S.FAILED)
+    },
+    Op.REBOOT: {S.RUNNING: (D.RUNNING, S.RUNNING)},
+    Op.PAUSE: {S.RUNNING: (D.PAUSED, S.RUNNING)},
+    Op.RESUME: {S.PAUSED: (D.RUNNING, S.PAUSED)},
+    Op.DESTROY: {s: _AFTER_DESTROY for s in State if s is not S.TERMINATED},
+}
+
+
+def _natural_desired(state: State) -> Desired:
+    """A desired state that goes with `state` for a workspace nobody is destroying."""
+    if state in (S.STOPPED, S.STOPPING):
+        return D.STOPPED
+    if state is S.PAUSED:
+        return D.PAUSED
+    return D.RUNNING
+
+
+def test_every_op_has_an_expectation() -> None:
+    assert set(EXPECTED) == set(Op)
+
+
+@pytest.mark.parametrize("state", [s for s in State if s is not S.TERMINATED], ids=str)
+@pytest.mark.parametrize("op", list(Op), ids=str)
+def test_op_from_every_state(op: Op, state: State) -> None:
+    desired = _natural_desired(state)
+    allowed = EXPECTED[op]
+    if state in allowed:
+        t = apply_op(op, state, desired, "workspace web1")
+        assert (t.desired, t.state) == allowed[state]
+    else:
+        with pytest.raises(FailedPrecondition) as exc:
+            apply_op(op, state, desired, "workspace web1")
+        msg = exc.value.message
+        assert state.value in msg, msg
+        assert op.value in msg, msg
+        assert "web1" in msg, msg
+
+
+@pytest.mark.parametrize("op", list(Op), ids=str)
+def test_every_op_refused_on_terminated_workspace(op: Op) -> None:
+    with pytest.raises(FailedPrecondition, match=r"web1 was destroyed"):
+        apply_op(op, S.TERMINATED, D.TERMINATED, "web1")
+
+
+@pytest.mark.parametrize("state", [S.STOPPING, S.RUNNING, S.LOST, S.FAILED], ids=str)
+@pytest.mark.parametrize("op", list(Op), ids=str)
+def test_every_op_refused_while_being_destroyed(op: Op, state: State) -> None:
+    """Once destroy was asked for, nothing (not even a second destroy) is accepted."""
+    with pytest.raises(FailedPrecondition, match=r"web1 is being destroyed"):
+        apply_op(op, state, D.TERMINATED, "web1")
+
+
+def test_refusal_hints_say_what_would_work() -> None:
+    with pytest.raises(FailedPrecondition, match="only a STOPPED or FAILED workspace"):
+        apply_op(Op.START, S.RUNNING, D.RUNNING)
+    with pytest.raises(FailedPrecondition, match="only a PAUSED workspace can be resumed"):
+        apply_op(Op.RESUME, S.RUNNING, D.RUNNING)
+    with pytest.raises(FailedPrecondition, match="only a RUNNING workspace can be paused"):
+        apply_op(Op.PAUSE, S.STOPPED, D.STOPPED)
+
+
+def test_lost_workspace_can_only_be_destroyed() -> None:
+    for op in Op:
+        if op is Op.DESTROY:
+            assert apply_op(op, S.LOST, D.RUNNING).desired is D.TERMINATED
+        else:
+            with pytest.raises(FailedPrecondition, match="LOST"):
+                apply_op(op, S.LOST, D.RUNNING)
+
+
+# -- node reports ---------------------------------------------------------------------
+
+OBSERVED_NAMES = [
+    n.removeprefix("OBSERVED_STATE_") for n in nodes_pb2.ObservedState.DESCRIPTOR.values_by_name
+]
+
+
+@pytest.mark.parametrize("observed", OBSERVED_NAMES)
+@pytest.mark.parametrize("desired", list(Desired), ids=str)
+def test_terminated_is_final(desired: Desired, observed: str) -> None:
+    assert state_from_report(S.TERMINATED, desired, observed) is None
+
+
+@pytest.mark.parametrize("observed", OBSERVED_NAMES)
+def test_being_destroyed_terminates_only_on_absent(observed: str) -> None:
+    new = state_from_report(S.STOPPING, D.TERMINATED, observed)
+    if observed == "ABSENT":
+        assert new is S.TERMINATED
+    else:
+        assert new is S.STOPPING
+
+
+@pytest.mark.parametrize("desired", [D.RUNNING, D.PAUSED, D.STOPPED], ids=str)
+@pytest.mark.parametrize("state", [S.RUNNING, S.STOPPED, S.SCHEDULED, S.FAILED], ids=str)
+def test_absent_does_not_terminate_a_workspace_that_should_exist(
+    state: State, desired: Desired
+) -> None:
+    assert state_from_report(state, desired, "ABSENT") is None
+
+
+@pytest.mark.parametrize("desired", [D.RUNNING, D.PAUSED], ids=str)
+@pytest.mark.parametrize("state", sorted(BOOTING), ids=str)
+def test_stale_stopped_while_booting_does_not_flap(state: State, desired: Desired) -> None:
+    assert state_from_report(state, desired, "STOPPED") is None
+
+
+def test_booting_states_are_the_bring_up_states() -> None:
+    assert {S.PENDING, S.SCHEDULED, S.PROPAGATING, S.STARTING} == BOOTING
+
+
+def test_stopped_report_is_shown_when_not_booting() -> None:
+    # The guest shut itself down: the owner must see it.
+    assert state_from_report(S.RUNNING, D.RUNNING, "STOPPED") is S.STOPPED
+    # A requested stop completes.
+    assert state_from_report(S.STOPPING, D.STOPPED, "STOPPED") is S.STOPPED
+    # While booting but the owner asked for a stop, STOPPED is the truth.
+    assert state_from_report(S.STARTING, D.STOPPED, "STOPPED") is S.STOPPED
+
+
+def test_lost_recovers_on_running_report() -> None:
+    assert state_from_report(S.LOST, D.RUNNING, "RUNNING") is S.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("observed", "expected"),
+    [
+        ("PROPAGATING", S.PROPAGATING),
+        ("STARTING", S.STARTING),
+        ("RUNNING", S.RUNNING),
+        ("PAUSED", S.PAUSED),
+        ("STOPPING", S.STOPPING),
+        ("FAILED", S.FAILED),
+        ("UNSPECIFIED", None),
+    ],
+)
+def test_report_moves_scheduled_workspace(observed: str, expected: State | None) -> None:
+    assert state_from_report(S.SCHEDULED, D.RUNNING, observed) is expected
+
+
+def test_pause_completes_on_paused_report() -> None:
+    t = apply_op(Op.PAUSE, S.RUNNING, D.RUNNING)
+    assert state_from_report(t.state, t.desired, "PAUSED") is S.PAUSED
+
+
+def test_destroy_then_absent_walks_to_terminated() -> None:
+    t = apply_op(Op.DESTROY, S.RUNNING, D.RUNNING)
+    assert state_from_report(t.state, t.desired, "RUNNING") is S.STOPPING
+    assert state_from_report(t.state, t.desired, "ABSENT") is S.TERMINATED
+
+
+def test_stale_running_report_does_not_undo_stopping() -> None:
+    for observed in ("RUNNING", "PAUSED", "STARTING"):
+        assert state_from_report(State.STOPPING, Desired.STOPPED, observed) is None
+    assert state_from_report(State.STOPPING, Desired.STOPPED, "STOPPED") is State.STOPPED

@@ -1,0 +1,1 @@
+"""Command-line interfaces: ``ws`` (users) and ``ws-admin`` (operators)."""

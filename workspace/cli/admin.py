@@ -1,0 +1,401 @@
+"""ws-admin: administer a workspace service (nodes, networks, images) and run a local site.
+
+`ws-admin site up` starts an all-in-one site (service + one agent) on this machine;
+`ws` then finds it by default. Every command takes --output json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from workspace import errors
+from workspace.cli import common
+from workspace.client import Client
+from workspace.site import local
+from workspace.v1 import admin_pb2, common_pb2, images_pb2
+
+PROG = "ws-admin"
+_NODE_STATE = admin_pb2.NodeState.DESCRIPTOR
+_QCOW2_MAGIC = b"QFI\xfb"
+
+
+# -- upload progress ---------------------------------------------------------------------
+
+
+class ProgressBar:
+    """``progress(sent, total)`` for Client.upload_blob: a bar on a terminal, else a
+    line when done."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, sent: int, total: int) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if sent < total and now - self._last < 0.1:
+            return
+        self._last = now
+        frac = sent / total if total else 1.0
+        bar = "#" * int(self.width * frac)
+        self.stream.write(
+            f"\r{self.label} [{bar:<{self.width}}] {frac * 100:5.1f}% "
+            f"{common.fmt_bytes(sent)}/{common.fmt_bytes(total)}"
+        )
+        self.stream.flush()
+
+    def done(self, ref: images_pb2.BlobRef) -> None:
+        if self.tty:
+            self.stream.write("\n")
+        print(
+            f"{PROG}: uploaded {self.label}: {ref.digest} ({common.fmt_bytes(ref.size_bytes)})",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """ "qcow2" if the file starts with the qcow2 magic, else "raw"."""
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == _QCOW2_MAGIC else "raw"
+
+
+def read_appliance(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """DIR/appliance.json from the test-appliance builder, with paths made absolute."""
+    base = Path(directory)
+    path = base / "appliance.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise common.UsageError(f"{path} not found: is {base} an appliance directory?") from None
+    except ValueError as exc:
+        raise errors.InvalidArgument(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not data.get("disk"):
+        raise errors.InvalidArgument(f'{path}: needs at least a "disk" entry')
+    out = {k: str(data.get(k) or "") for k in ("kernel", "initrd", "cmdline", "disk")}
+    for key in ("kernel", "initrd", "disk"):
+        if out[key] and not os.path.isabs(out[key]):
+            out[key] = str(base / out[key])
+    out["disk_format"] = str(data.get("disk_format") or "")
+    return out
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def node_rows(nodes: list[admin_pb2.Node]) -> str:
+    rows = [
+        [
+            n.name,
+            common.enum_name(_NODE_STATE, n.state),
+            n.hypervisor,
+            f"{n.used_cpus}/{n.cpus}",
+            f"{n.used_memory_mib}/{n.memory_mib}",
+            n.workspaces,
+            ",".join(n.networks) or "-",
+            common.fmt_time(n.last_heartbeat) or "-",
+        ]
+        for n in nodes
+    ]
+    headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
+    return common.table([*headers, "HEARTBEAT"], rows)
+
+
+def network_rows(nets: list[admin_pb2.Network]) -> str:
+    rows = [
+        [
+            n.name,
+            n.subnet,
+            n.gateway or "-",
+            f"{n.range_start}-{n.range_end}" if n.range_start else "-",
+            n.bridge or "-",
+            n.mac_prefix or "-",
+            ",".join(n.dns) or "-",
+            n.allocated,
+        ]
+        for n in nets
+    ]
+    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "ALLOCATED"]
+    return common.table(headers, rows)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.output == "json":
+        common.print_json(data)
+    elif text:
+        print(text)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+class Commands:
+    def __init__(self, connect: common.Connect) -> None:
+        self._connect = connect
+        self._client: Client | None = None
+
+    def client(self, args: argparse.Namespace) -> Client:
+        if self._client is None:
+            self._client = self._connect(args.service)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    # nodes, networks
+
+    def node_list(self, args: argparse.Namespace) -> int:
+        nodes = self.client(args).list_nodes()
+        _emit(args, [common.to_dict(n) for n in nodes], node_rows(nodes) if nodes else "")
+        return common.EXIT_OK
+
+    def network_create(self, args: argparse.Namespace) -> int:
+        start = end = ""
+        if args.range:
+            start, sep, end = args.range.partition("-")
+            if not sep or not start or not end:
+                raise common.UsageError(f"--range must be START-END, got {args.range!r}")
+        net = self.client(args).create_network(
+            args.name,
+            args.subnet,
+            gateway=args.gateway or "",
+            range_start=start.strip(),
+            range_end=end.strip(),
+            bridge=args.bridge or "",
+            mac_prefix=args.mac_prefix or "",
+            dns=args.dns or [],
+        )
+        _emit(args, common.to_dict(net), network_rows([net]))
+        return common.EXIT_OK
+
+    def network_list(self, args: argparse.Namespace) -> int:
+        nets = self.client(args).list_networks()
+        _emit(args, [common.to_dict(n) for n in nets], network_rows(nets) if nets else "")
+        return common.EXIT_OK
+
+    # images
+
+    def _upload(self, client: Client, path: str, what: str) -> images_pb2.BlobRef:
+        bar = ProgressBar(f"{what} {os.path.basename(path)}")
+        ref = client.upload_blob(path, bar)
+        bar.done(ref)
+        return ref
+
+    def image_import(self, args: argparse.Namespace) -> int:
+        if args.appliance:
+            if args.file or args.kernel or args.initrd or args.cmdline:
+                raise common.UsageError(
+                    "--appliance DIR replaces FILE, --kernel, --initrd and --cmdline"
+                )
+            app = read_appliance(args.appliance)
+            disk, fmt = app["disk"], args.format or app["disk_format"]
+            kernel, initrd, cmdline = app["kernel"], app["initrd"], app["cmdline"]
+        else:
+            if not args.file:
+                raise common.UsageError("give the disk image FILE or --appliance DIR")
+            if (args.initrd or args.cmdline) and not args.kernel:
+                raise common.UsageError("--initrd and --cmdline need --kernel")
+            disk, fmt = args.file, args.format
+            kernel, initrd, cmdline = args.kernel or "", args.initrd or "", args.cmdline or ""
+        for path in (disk, kernel, initrd):
+            if path and not os.path.isfile(path):
+                raise errors.InvalidArgument(f"{path}: no such file")
+        fmt = fmt or detect_format(disk)
+        if fmt not in ("raw", "qcow2"):
+            raise errors.InvalidArgument(f"disk format must be raw or qcow2, not {fmt!r}")
+        client = self.client(args)
+        ref = self._upload(client, disk, "disk")
+        kernel_ref = self._upload(client, kernel, "kernel") if kernel else None
+        initrd_ref = self._upload(client, initrd, "initrd") if initrd else None
+        root = common_pb2.Partition(
+            name="root",
+            digest=ref.digest,
+            size_bytes=os.path.getsize(disk),
+            format=fmt,
+            mode=common_pb2.PartitionMode.PARTITION_MODE_COW,
+        )
+        img = client.import_image(
+            args.name,
+            [root],
+            kernel_digest=kernel_ref.digest if kernel_ref else "",
+            initrd_digest=initrd_ref.digest if initrd_ref else "",
+            cmdline=cmdline,
+        )
+        _emit(args, common.to_dict(img), common.image_text(img))
+        return common.EXIT_OK
+
+    def image_list(self, args: argparse.Namespace) -> int:
+        images = self.client(args).list_images()
+        _emit(
+            args, [common.to_dict(i) for i in images], common.image_rows(images) if images else ""
+        )
+        return common.EXIT_OK
+
+    # the local site
+
+    def _site(self, args: argparse.Namespace) -> local.LocalSite:
+        def say(msg: str) -> None:
+            print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+        return local.LocalSite(
+            args.dir,
+            driver=getattr(args, "driver", None),
+            virt_type=getattr(args, "virt_type", None),
+            say=say,
+        )
+
+    def site_up(self, args: argparse.Namespace) -> int:
+        site = self._site(args)
+        result = site.up(timeout_s=args.timeout)
+        rec = result.record
+        if args.output == "json":
+            common.print_json({**json.loads(rec.to_json()), "already": result.already_running})
+            return common.EXIT_OK
+        found = local.default_site_dir().expanduser().resolve() == site.dir
+        head = "already running" if result.already_running else "running"
+        where = "" if found else f" --dir {site.dir}"
+        print(f"local site {head} in {site.dir} (driver {rec.driver})")
+        print(f"  service  pid {rec.service_pid}  {rec.address}  (log {site.service_log})")
+        print(f"  agent    pid {rec.agent_pid}  node {rec.node}  (log {site.agent_log})")
+        print()
+        if found:
+            print("use it:   ws list            (ws finds this site by default)")
+        else:
+            print(f"use it:   export WS_SITE_DIR={site.dir}")
+        print(f"   or:    export WS_SERVICE={rec.address}")
+        print(f"stop it:  ws-admin site down{where}")
+        return common.EXIT_OK
+
+    def site_down(self, args: argparse.Namespace) -> int:
+        site = self._site(args)
+        done = site.down()
+        _emit(args, {"dir": str(site.dir), "stopped": done}, "\n".join(done))
+        return common.EXIT_OK
+
+    def site_status(self, args: argparse.Namespace) -> int:
+        st = self._site(args).status()
+        if args.output == "json":
+            common.print_json(st)
+        elif st["state"] == "stopped":
+            print(f"local site in {st['dir']}: stopped")
+        else:
+            svc, agent, node = st["service"], st["agent"], st["node"]
+
+            def run(p: dict[str, Any]) -> str:
+                return "running" if p["running"] else "NOT RUNNING"
+
+            print(f"local site in {st['dir']}: {st['state']} (driver {st['driver']})")
+            print(
+                f"  service  pid {svc['pid']} {run(svc)}  {st['address']}  "
+                f"health {st['health'] or '-'}"
+            )
+            print(
+                f"  agent    pid {agent['pid']} {run(agent)}  node {node['name']} {node['state']}"
+            )
+        return common.EXIT_OK if st["state"] == "running" else common.EXIT_UNREACHABLE
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser(cmds: Commands) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common.add_global_options(parser)
+    parent = common.options_parent()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def group(name: str, text: str) -> Any:
+        p = sub.add_parser(name, parents=[parent], help=text)
+        return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+    nodes = group("node", "nodes")
+    p = nodes.add_parser("list", parents=[parent], help="list nodes")
+    p.set_defaults(func=cmds.node_list)
+
+    nets = group("network", "networks")
+    p = nets.add_parser("create", parents=[parent], help="define a network (IP pool)")
+    p.add_argument("name")
+    p.add_argument("--subnet", required=True, metavar="CIDR", help="e.g. 10.77.0.0/24")
+    p.add_argument("--gateway", metavar="IP", help="default: the first address")
+    p.add_argument("--range", metavar="START-END", help="allocatable addresses")
+    p.add_argument("--bridge", metavar="BR", help="bridge name on every node")
+    p.add_argument("--mac-prefix", metavar="XX:XX:XX", help="first three MAC octets")
+    p.add_argument("--dns", action="append", metavar="IP", help="DNS server (repeatable)")
+    p.set_defaults(func=cmds.network_create)
+    p = nets.add_parser("list", parents=[parent], help="list networks")
+    p.set_defaults(func=cmds.network_list)
+
+    images = group("image", "images")
+    p = images.add_parser("import", parents=[parent], help="upload a disk image and register it")
+    p.add_argument("name", help="image name (name:version)")
+    p.add_argument("file", nargs="?", help="disk image file (raw or qcow2)")
+    p.add_argument("--format", choices=("raw", "qcow2"), help="disk format (default: detected)")
+    p.add_argument("--kernel", metavar="F", help="kernel for direct boot")
+    p.add_argument("--initrd", metavar="F", help="initrd for direct boot")
+    p.add_argument("--cmdline", metavar="S", help="kernel command line")
+    p.add_argument(
+        "--appliance", metavar="DIR", help="import DIR/appliance.json (test-appliance builder)"
+    )
+    p.set_defaults(func=cmds.image_import)
+    p = images.add_parser("list", parents=[parent], help="list images")
+    p.set_defaults(func=cmds.image_list)
+
+    site = group("site", "the local all-in-one site (service + one agent)")
+    dir_help = f"site directory (default: ${local.SITE_ENV} or ~/.local/share/workspace/site)"
+    p = site.add_parser("up", parents=[parent], help="start the local site")
+    p.add_argument("--dir", help=dir_help)
+    p.add_argument(
+        "--driver",
+        choices=local.DRIVERS,
+        help="fake (no VMs, default) or libvirt (VMs in the site's own network namespace); "
+        "default: what the site ran with last time, else fake",
+    )
+    p.add_argument(
+        "--virt-type",
+        choices=("qemu", "kvm"),
+        help='libvirt domain type: "qemu" (TCG, the default: nested KVM does not work on '
+        'these machines) or "kvm"',
+    )
+    p.add_argument(
+        "--timeout",
+        type=common.seconds,
+        default=local.START_TIMEOUT_S,
+        metavar="S",
+        help=f"give up starting after S seconds (default {local.START_TIMEOUT_S:g})",
+    )
+    p.set_defaults(func=cmds.site_up)
+    p = site.add_parser("down", parents=[parent], help="stop the local site (keeps its data)")
+    p.add_argument("--dir", help=dir_help)
+    p.set_defaults(func=cmds.site_down)
+    p = site.add_parser("status", parents=[parent], help="is the local site running?")
+    p.add_argument("--dir", help=dir_help)
+    p.set_defaults(func=cmds.site_status)
+    return parser
+
+
+def main(argv: list[str] | None = None, connect: common.Connect | None = None) -> int:
+    cmds = Commands(connect or common.default_connect)
+    args = build_parser(cmds).parse_args(argv)
+    try:
+        return common.run(PROG, args.func, args)
+    finally:
+        with contextlib.suppress(errors.WorkspaceError):
+            cmds.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,486 @@
+"""The Python client of the workspace service.
+
+One ``Client`` per service address; every method is a thin, typed wrapper around
+one RPC of ``workspace.v1`` (Workspaces, Images, Admin) and returns the protobuf
+message the service sent. gRPC errors come back as ``workspace.errors`` classes,
+so callers catch ``WorkspaceError`` (``Unavailable`` when the service cannot be
+reached). A few helpers build on the RPCs: ``upload_blob`` (1 MiB chunks),
+``watch`` (an event iterator that can survive a service restart),
+``wait_for_state`` (level-triggered: watch events plus a periodic re-read) and
+``health``.
+
+Where the service is (``Client.from_env``): an explicit address, else
+``$WS_SERVICE``, else the local all-in-one site (``site.json`` in ``$WS_SITE_DIR``
+or ``~/.local/share/workspace/site``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from workspace import errors, rpc
+from workspace.config import TlsConfig
+from workspace.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    images_pb2,
+    images_pb2_grpc,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
+
+T = TypeVar("T")
+
+SERVICE_ENV = "WS_SERVICE"
+# Optional mutual-TLS material for the client (paths); all empty means plaintext.
+TLS_ENV = ("WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY")
+CHUNK_BYTES = 1024 * 1024
+# wait_for_state re-reads the workspace at least this often, whatever the events say.
+RESYNC_S = 30.0
+
+WS = common_pb2.WorkspaceState
+# States a workspace does not leave by itself: waiting for anything else is hopeless.
+FINAL_STATES = frozenset({WS.WORKSPACE_STATE_FAILED, WS.WORKSPACE_STATE_TERMINATED})
+# States that end a wait unless asked for (LOST may recover, but a waiter should know).
+_FAILED_STATES = frozenset({*FINAL_STATES, WS.WORKSPACE_STATE_LOST})
+
+# Text in grpc-core's details when no connection could be made (as opposed to an
+# UNAVAILABLE the service chose to return).
+_CONNECT_MARKERS = (
+    "failed to connect",
+    "connection refused",
+    "connection reset",
+    "no such file",
+    "socket closed",
+    "dns resolution",
+    "broken pipe",
+    "goaway",
+    "connect failed",
+    "permission denied",
+)
+
+
+class ServiceNotConfigured(errors.Unavailable):
+    """No service address was given and no local site exists."""
+
+    expected = True
+
+
+class WaitTimeout(errors.WorkspaceError):
+    """A wait for a workspace state ran out of time (the workspace is left as it is)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    expected = True
+
+    def __init__(self, message: str, workspace: common_pb2.Workspace | None = None) -> None:
+        super().__init__(message)
+        self.workspace = workspace
+
+
+class WaitFailed(errors.FailedPrecondition):
+    """The workspace reached a state it will not leave towards the one waited for."""
+
+    def __init__(self, message: str, workspace: common_pb2.Workspace) -> None:
+        super().__init__(message)
+        self.workspace = workspace
+
+
+def state_name(value: int) -> str:
+    """``WORKSPACE_STATE_RUNNING`` -> ``RUNNING`` (unknown numbers stay numbers)."""
+    try:
+        name = WS.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+    return name.removeprefix("WORKSPACE_STATE_")
+
+
+def resolve_address(service: str | None = None) -> str:
+    """The service address: ``service``, else $WS_SERVICE, else the local site."""
+    if service:
+        return service
+    env = os.environ.get(SERVICE_ENV, "").strip()
+    if env:
+        return env
+    # Imported here: the site launcher itself uses this client.
+    from workspace.site import local
+
+    site_dir = local.default_site_dir()
+    record = local.read_record(site_dir)
+    if record is not None and record.address:
+        return record.address
+    raise ServiceNotConfigured(
+        "no workspace service configured: pass --service ADDR (host:port or unix:/path), "
+        f"set {SERVICE_ENV}=ADDR, or start a local site with `ws-admin site up` "
+        f"(looked for {site_dir / local.SITE_FILE})"
+    )
+
+
+def tls_from_env() -> TlsConfig | None:
+    ca, cert, key = (os.environ.get(name, "") for name in TLS_ENV)
+    tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key)
+    return tls if tls.enabled else None
+
+
+class Client:
+    """A connection to one workspace service. Thread-safe; close() when done."""
+
+    def __init__(self, address: str, tls: TlsConfig | None = None, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = rpc.channel(address, tls)
+        self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
+        self._images = images_pb2_grpc.ImagesStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    @classmethod
+    def from_env(
+        cls,
+        service: str | None = None,
+        tls: TlsConfig | None = None,
+        timeout_s: float = 30.0,
+    ) -> Client:
+        """A client for ``service``, else $WS_SERVICE, else the local site."""
+        return cls(resolve_address(service), tls or tls_from_env(), timeout_s)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _error(self, exc: grpc.RpcError) -> errors.WorkspaceError:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else "") or ""
+        if code == grpc.StatusCode.UNAVAILABLE and (
+            not details or any(m in details.lower() for m in _CONNECT_MARKERS)
+        ):
+            return errors.Unavailable(
+                f"cannot reach the workspace service at {self.address}: {details or 'unavailable'}"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return errors.Unavailable(
+                f"the workspace service at {self.address} did not answer in time ({details})"
+            )
+        return errors.from_rpc_error(exc)
+
+    def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
+        try:
+            return method(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    # -- health ------------------------------------------------------------------------
+
+    def health(self, service: str = "", timeout_s: float | None = None) -> str:
+        """One grpc.health.v1 Check round trip; returns the status name ("SERVING")."""
+        resp = self._call(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout_s
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+    # -- Workspaces --------------------------------------------------------------------
+
+    def create_workspace(
+        self,
+        image: str,
+        name: str = "",
+        cpus: int = 0,
+        memory_mib: int = 0,
+        networks: Sequence[str] = (),
+        user_data: bytes = b"",
+        request_id: str | None = None,
+    ) -> common_pb2.Workspace:
+        """Create a workspace; idempotent by ``request_id`` (a fresh uuid4 if not given).
+
+        A create that fails with UNAVAILABLE is retried once with the same request id,
+        so a lost answer never makes a second workspace.
+        """
+        req = workspaces_pb2.CreateWorkspaceRequest(
+            request_id=request_id or str(uuid.uuid4()),
+            name=name,
+            image=image,
+            cpus=cpus,
+            memory_mib=memory_mib,
+            networks=list(networks),
+            user_data=user_data,
+        )
+        try:
+            return self._workspaces.CreateWorkspace(req, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise self._error(exc) from None
+        time.sleep(0.5)
+        return self._call(self._workspaces.CreateWorkspace, req)
+
+    def get_workspace(self, id: str) -> common_pb2.Workspace:
+        return self._call(self._workspaces.GetWorkspace, workspaces_pb2.GetWorkspaceRequest(id=id))
+
+    def list_workspaces(self, include_terminated: bool = False) -> list[common_pb2.Workspace]:
+        resp = self._call(
+            self._workspaces.ListWorkspaces,
+            workspaces_pb2.ListWorkspacesRequest(include_terminated=include_terminated),
+        )
+        return list(resp.workspaces)
+
+    def start_workspace(self, id: str) -> common_pb2.Workspace:
+        return self._call(self._workspaces.StartWorkspace, workspaces_pb2.WorkspaceRef(id=id))
+
+    def stop_workspace(
+        self, id: str, timeout_s: int = 0, force: bool = False
+    ) -> common_pb2.Workspace:
+        req = workspaces_pb2.StopWorkspaceRequest(id=id, timeout_s=timeout_s, force=force)
+        return self._call(self._workspaces.StopWorkspace, req)
+
+    def reboot_workspace(self, id: str) -> common_pb2.Workspace:
+        return self._call(self._workspaces.RebootWorkspace, workspaces_pb2.WorkspaceRef(id=id))
+
+    def pause_workspace(self, id: str) -> common_pb2.Workspace:
+        return self._call(self._workspaces.PauseWorkspace, workspaces_pb2.WorkspaceRef(id=id))
+
+    def resume_workspace(self, id: str) -> common_pb2.Workspace:
+        return self._call(self._workspaces.ResumeWorkspace, workspaces_pb2.WorkspaceRef(id=id))
+
+    def destroy_workspace(self, id: str) -> common_pb2.Workspace:
+        return self._call(self._workspaces.DestroyWorkspace, workspaces_pb2.WorkspaceRef(id=id))
+
+    def get_console(self, id: str, tail_bytes: int = 0) -> bytes:
+        req = workspaces_pb2.GetConsoleRequest(id=id, tail_bytes=tail_bytes)
+        return bytes(self._call(self._workspaces.GetConsole, req).data)
+
+    def watch(
+        self,
+        id: str = "",
+        include_terminated: bool = False,
+        reconnect: bool = False,
+        timeout_s: float | None = None,
+    ) -> Generator[workspaces_pb2.WorkspaceEvent, None, None]:
+        """Workspace events: first a snapshot (``initial``), then every change.
+
+        With ``reconnect`` a dropped stream (service restart, network blip) is
+        re-opened with back-off and starts again with a fresh snapshot; otherwise the
+        iterator ends when the stream does. ``timeout_s`` bounds the whole watch.
+        Closing the iterator cancels the stream.
+        """
+        req = workspaces_pb2.WatchWorkspacesRequest(id=id, include_terminated=include_terminated)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        backoff = 0.5
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            call = self._workspaces.WatchWorkspaces(req, timeout=remaining)
+            try:
+                for event in call:
+                    backoff = 0.5
+                    yield event
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
+                    return
+                if not (reconnect and code == grpc.StatusCode.UNAVAILABLE):
+                    raise self._error(exc) from None
+            finally:
+                call.cancel()
+            if not reconnect:
+                return
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def wait_for_state(
+        self,
+        id: str,
+        states: Iterable[int],
+        timeout_s: float = 300.0,
+        on_change: Callable[[common_pb2.Workspace], None] | None = None,
+    ) -> common_pb2.Workspace:
+        """Block until workspace ``id`` is in one of ``states``; return it.
+
+        Built on WatchWorkspaces; a dropped stream is re-opened, and the workspace is
+        re-read at least every RESYNC_S seconds (events only speed things up).
+        ``on_change`` sees the workspace first and then at each state change. Raises
+        WaitFailed when it reaches FAILED, TERMINATED or LOST (unless waited for) and
+        WaitTimeout after ``timeout_s``. A workspace that vanishes while TERMINATED is
+        waited for counts as terminated.
+        """
+        wanted = frozenset(states)
+        deadline = time.monotonic() + timeout_s
+        last: list[common_pb2.Workspace] = []
+
+        def reached(ws: common_pb2.Workspace) -> bool:
+            if (not last or last[-1].state != ws.state) and on_change is not None:
+                on_change(ws)
+            last[:] = [ws]
+            if ws.state in wanted:
+                return True
+            if ws.state in _FAILED_STATES:
+                reason = f": {ws.reason}" if ws.reason else ""
+                raise WaitFailed(
+                    f"workspace {ws.name or ws.id} is {state_name(ws.state)}{reason} "
+                    f"(waited for {_names(wanted)})",
+                    ws,
+                )
+            return False
+
+        def vanished() -> common_pb2.Workspace:
+            if WS.WORKSPACE_STATE_TERMINATED in wanted:
+                gone = common_pb2.Workspace()
+                if last:
+                    gone.CopyFrom(last[-1])
+                gone.id = gone.id or id
+                gone.state = WS.WORKSPACE_STATE_TERMINATED
+                return gone
+            raise errors.NotFound(f"workspace {id} no longer exists")
+
+        try:
+            current = self.get_workspace(id)
+        except errors.NotFound:
+            return vanished()
+        if reached(current):
+            return current
+        ws_id = current.id
+        req = workspaces_pb2.WatchWorkspacesRequest(id=ws_id, include_terminated=True)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ws = last[-1] if last else None
+                now = f"; it is {state_name(ws.state)}" if ws is not None else ""
+                raise WaitTimeout(
+                    f"timed out after {timeout_s:g} s waiting for workspace {id} to be "
+                    f"{_names(wanted)}{now}",
+                    ws,
+                )
+            call = self._workspaces.WatchWorkspaces(req, timeout=min(remaining, RESYNC_S))
+            try:
+                for event in call:
+                    if event.workspace.id == ws_id and reached(event.workspace):
+                        return event.workspace
+                # The service ended the stream: do not spin if it keeps doing so.
+                time.sleep(min(0.2, max(remaining, 0.0)))
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.NOT_FOUND:
+                    return vanished()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    time.sleep(min(1.0, max(remaining, 0.0)))
+                elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise self._error(exc) from None
+            finally:
+                call.cancel()
+            # Level-triggered: whatever the stream did, look at the workspace itself.
+            try:
+                current = self.get_workspace(ws_id)
+            except errors.NotFound:
+                return vanished()
+            except errors.Unavailable:
+                continue
+            if reached(current):
+                return current
+
+    # -- Images ------------------------------------------------------------------------
+
+    def upload_blob(
+        self,
+        path: str | os.PathLike[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> images_pb2.BlobRef:
+        """Stream a file to the service's blob store in 1 MiB chunks.
+
+        ``progress(sent_bytes, total_bytes)`` is called before the first chunk and
+        after each one. Returns the blob's digest ("sha256:<hex>") and size.
+        """
+        total = os.path.getsize(path)
+
+        def chunks() -> Iterator[images_pb2.BlobChunk]:
+            sent = 0
+            with open(path, "rb") as f:
+                if progress is not None:
+                    progress(0, total)
+                while data := f.read(CHUNK_BYTES):
+                    yield images_pb2.BlobChunk(data=data)
+                    sent += len(data)
+                    if progress is not None:
+                        progress(sent, total)
+
+        try:
+            return self._images.UploadBlob(chunks())
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def import_image(
+        self,
+        name: str,
+        partitions: Sequence[common_pb2.Partition],
+        kernel_digest: str = "",
+        initrd_digest: str = "",
+        cmdline: str = "",
+    ) -> images_pb2.Image:
+        req = images_pb2.ImportImageRequest(
+            name=name,
+            partitions=list(partitions),
+            kernel_digest=kernel_digest,
+            initrd_digest=initrd_digest,
+            cmdline=cmdline,
+        )
+        return self._call(self._images.ImportImage, req)
+
+    def list_images(self) -> list[images_pb2.Image]:
+        return list(self._call(self._images.ListImages, images_pb2.ListImagesRequest()).images)
+
+    def get_image(self, name: str) -> images_pb2.Image:
+        return self._call(self._images.GetImage, images_pb2.GetImageRequest(name=name))
+
+    # -- Admin -------------------------------------------------------------------------
+
+    def list_nodes(self) -> list[admin_pb2.Node]:
+        return list(self._call(self._admin.ListNodes, admin_pb2.ListNodesRequest()).nodes)
+
+    def create_network(
+        self,
+        name: str,
+        subnet: str,
+        gateway: str = "",
+        range_start: str = "",
+        range_end: str = "",
+        bridge: str = "",
+        mac_prefix: str = "",
+        dns: Sequence[str] = (),
+    ) -> admin_pb2.Network:
+        net = admin_pb2.Network(
+            name=name,
+            subnet=subnet,
+            gateway=gateway,
+            range_start=range_start,
+            range_end=range_end,
+            bridge=bridge,
+            mac_prefix=mac_prefix,
+            dns=list(dns),
+        )
+        return self._call(self._admin.CreateNetwork, net)
+
+    def list_networks(self) -> list[admin_pb2.Network]:
+        resp = self._call(self._admin.ListNetworks, admin_pb2.ListNetworksRequest())
+        return list(resp.networks)
+
+
+def _names(states: Iterable[int]) -> str:
+    return " or ".join(sorted(state_name(s) for s in states))
