@@ -49,6 +49,31 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_admin__pb2.ListNetworksRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.ListNetworksResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/workspace.v1.Admin/DrainNode',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.Node.FromString,
+                _registered_method=True)
+        self.EnableNode = channel.unary_unary(
+                '/workspace.v1.Admin/EnableNode',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.Node.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/workspace.v1.Admin/RemoveNode',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.Node.FromString,
+                _registered_method=True)
+        self.ListQueue = channel.unary_unary(
+                '/workspace.v1.Admin/ListQueue',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.ListQueueRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.ListQueueResponse.FromString,
+                _registered_method=True)
+        self.GetSchedulerInput = channel.unary_unary(
+                '/workspace.v1.Admin/GetSchedulerInput',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.SchedulerInputRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.SchedulerInput.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -72,6 +97,39 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """A draining node gets no new work; its workspaces keep running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Forget a node; refused while it holds live workspaces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQueue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedulerInput(self, request, context):
+        """The scheduler's input for a request as JSON, to replay offline (`ws-admin schedule explain`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +147,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListNetworks,
                     request_deserializer=workspace_dot_v1_dot_admin__pb2.ListNetworksRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.NodeRef.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.Node.SerializeToString,
+            ),
+            'EnableNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableNode,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.NodeRef.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.Node.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.NodeRef.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.Node.SerializeToString,
+            ),
+            'ListQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueue,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.ListQueueRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.ListQueueResponse.SerializeToString,
+            ),
+            'GetSchedulerInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedulerInput,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.SchedulerInputRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.SchedulerInput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +255,141 @@ class Admin:
             '/workspace.v1.Admin/ListNetworks',
             workspace_dot_v1_dot_admin__pb2.ListNetworksRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/DrainNode',
+            workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/EnableNode',
+            workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/RemoveNode',
+            workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/ListQueue',
+            workspace_dot_v1_dot_admin__pb2.ListQueueRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.ListQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedulerInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/GetSchedulerInput',
+            workspace_dot_v1_dot_admin__pb2.SchedulerInputRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.SchedulerInput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,14 @@ class AdminStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]
     CreateNetwork: _grpc.UnaryUnaryMultiCallable[_admin_pb2.Network, _admin_pb2.Network]
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]
+    """A draining node gets no new work; its workspaces keep running."""
+    EnableNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]
+    """Forget a node; refused while it holds live workspaces."""
+    ListQueue: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListQueueRequest, _admin_pb2.ListQueueResponse]
+    GetSchedulerInput: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SchedulerInputRequest, _admin_pb2.SchedulerInput]
+    """The scheduler's input for a request as JSON, to replay offline (`ws-admin schedule explain`)."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -41,6 +49,14 @@ class AdminAsyncStub(AdminStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]  # type: ignore[assignment]
     CreateNetwork: _aio.UnaryUnaryMultiCallable[_admin_pb2.Network, _admin_pb2.Network]  # type: ignore[assignment]
     ListNetworks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]  # type: ignore[assignment]
+    DrainNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]  # type: ignore[assignment]
+    """A draining node gets no new work; its workspaces keep running."""
+    EnableNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]  # type: ignore[assignment]
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]  # type: ignore[assignment]
+    """Forget a node; refused while it holds live workspaces."""
+    ListQueue: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListQueueRequest, _admin_pb2.ListQueueResponse]  # type: ignore[assignment]
+    GetSchedulerInput: _aio.UnaryUnaryMultiCallable[_admin_pb2.SchedulerInputRequest, _admin_pb2.SchedulerInput]  # type: ignore[assignment]
+    """The scheduler's input for a request as JSON, to replay offline (`ws-admin schedule explain`)."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,5 +79,43 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListNetworksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListNetworksResponse, _abc.Awaitable[_admin_pb2.ListNetworksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _admin_pb2.NodeRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Node, _abc.Awaitable[_admin_pb2.Node]]:
+        """A draining node gets no new work; its workspaces keep running."""
+
+    @_abc_1.abstractmethod
+    def EnableNode(
+        self,
+        request: _admin_pb2.NodeRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Node, _abc.Awaitable[_admin_pb2.Node]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _admin_pb2.NodeRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Node, _abc.Awaitable[_admin_pb2.Node]]:
+        """Forget a node; refused while it holds live workspaces."""
+
+    @_abc_1.abstractmethod
+    def ListQueue(
+        self,
+        request: _admin_pb2.ListQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListQueueResponse, _abc.Awaitable[_admin_pb2.ListQueueResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSchedulerInput(
+        self,
+        request: _admin_pb2.SchedulerInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SchedulerInput, _abc.Awaitable[_admin_pb2.SchedulerInput]]:
+        """The scheduler's input for a request as JSON, to replay offline (`ws-admin schedule explain`)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,6 +23,26 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class CreateWorkspaceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RequirementsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
@@ -30,6 +50,8 @@ class CreateWorkspaceRequest(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     USER_DATA_FIELD_NUMBER: _builtins.int
+    REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_CAPACITY_S_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key: a retry with the same id returns the same
     workspace; the same id with different parameters is refused.
@@ -39,8 +61,14 @@ class CreateWorkspaceRequest(_message.Message):
     cpus: _builtins.int
     memory_mib: _builtins.int
     user_data: _builtins.bytes
+    wait_for_capacity_s: _builtins.int
+    """Wait this long in the queue for capacity instead of failing at once (0: fail at once)."""
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def requirements(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Node labels the workspace needs, e.g. {"gpu": "1"}; "hypervisor" matches the node's type."""
+
     def __init__(
         self,
         *,
@@ -51,10 +79,12 @@ class CreateWorkspaceRequest(_message.Message):
         memory_mib: _builtins.int = ...,
         networks: _abc.Iterable[_builtins.str] | None = ...,
         user_data: _builtins.bytes = ...,
+        requirements: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        wait_for_capacity_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "request_id", b"request_id", "user_data", b"user_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
