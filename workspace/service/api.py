@@ -13,12 +13,16 @@ import grpc
 from workspace.errors import InvalidArgument, WorkspaceError
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.service.catalog import Catalog
+from workspace.service.clusters import Clusters
 from workspace.service.core import Core
 from workspace.service.nodes import Nodes
+from workspace.service.queue import CapacityQueue
 from workspace.states import Op
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    clusters_pb2,
+    clusters_pb2_grpc,
     common_pb2,
     images_pb2,
     images_pb2_grpc,
@@ -218,10 +222,89 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         return self.catalog.get_image(request.name)
 
 
+class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
+    def __init__(self, clusters: Clusters) -> None:
+        self.clusters = clusters
+        self.default_owner = clusters.cfg.default_owner
+
+    def _owner(self, context: grpc.ServicerContext) -> str:
+        return caller(context, self.default_owner)
+
+    @unary
+    def CreateCluster(
+        self, request: clusters_pb2.CreateClusterRequest, context: grpc.ServicerContext
+    ) -> clusters_pb2.Cluster:
+        return self.clusters.create(self._owner(context), request)
+
+    @unary
+    def GetCluster(
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+    ) -> clusters_pb2.Cluster:
+        return self.clusters.get(self._owner(context), request.id)
+
+    @unary
+    def ListClusters(
+        self, request: clusters_pb2.ListClustersRequest, context: grpc.ServicerContext
+    ) -> clusters_pb2.ListClustersResponse:
+        rows = self.clusters.list(self._owner(context), request.include_terminated)
+        return clusters_pb2.ListClustersResponse(clusters=rows)
+
+    @unary
+    def StartCluster(
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+    ) -> clusters_pb2.Cluster:
+        return self.clusters.operate(self._owner(context), request.id, Op.START)
+
+    @unary
+    def StopCluster(
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+    ) -> clusters_pb2.Cluster:
+        return self.clusters.operate(self._owner(context), request.id, Op.STOP)
+
+    @unary
+    def DestroyCluster(
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+    ) -> clusters_pb2.Cluster:
+        return self.clusters.operate(self._owner(context), request.id, Op.DESTROY)
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, nodes: Nodes, catalog: Catalog) -> None:
+    def __init__(self, nodes: Nodes, catalog: Catalog, queue: CapacityQueue) -> None:
         self.nodes = nodes
         self.catalog = catalog
+        self.queue = queue
+
+    @unary
+    def DrainNode(
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+    ) -> admin_pb2.Node:
+        return self.nodes.set_drained(request.name, True)
+
+    @unary
+    def EnableNode(
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+    ) -> admin_pb2.Node:
+        node = self.nodes.set_drained(request.name, False)
+        self.nodes.core.notifier.capacity_changed()
+        return node
+
+    @unary
+    def RemoveNode(
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+    ) -> admin_pb2.Node:
+        return self.nodes.remove(request.name)
+
+    @unary
+    def ListQueue(
+        self, request: admin_pb2.ListQueueRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListQueueResponse:
+        return admin_pb2.ListQueueResponse(entries=self.queue.list())
+
+    @unary
+    def GetSchedulerInput(
+        self, request: admin_pb2.SchedulerInputRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.SchedulerInput:
+        return admin_pb2.SchedulerInput(json=self.nodes.scheduler_input(request))
 
     @unary
     def ListNodes(

@@ -23,6 +23,7 @@ from workspace import ipam, scheduler
 from workspace.config import ServiceConfig
 from workspace.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -30,6 +31,7 @@ from workspace.errors import (
 from workspace.node.v1 import nodes_pb2
 from workspace.service import convert
 from workspace.service.notify import Notifier
+from workspace.service.placement import NoPlacement, place_rows
 from workspace.states import Desired, Op, State, apply_op
 from workspace.store import IpAllocation, Network, Node, Store, Workspace
 from workspace.v1 import common_pb2, workspaces_pb2
@@ -110,9 +112,13 @@ class Core:
         raise NotFound(f"no workspace {ref!r}; `ws list` shows yours")
 
     def _publish(self, protos: Iterable[common_pb2.Workspace], nodes: Iterable[str]) -> None:
+        freed = False
         for p in protos:
             self.notifier.workspace_changed(p)
+            freed = freed or p.state == common_pb2.WORKSPACE_STATE_TERMINATED
         self.notifier.node_changed(*nodes)
+        if freed:
+            self.notifier.capacity_changed()
 
     def _release(self, s: Session, ws: Workspace, reason: str) -> None:
         """TERMINATED: addresses back to their pools, the node's claim released."""
@@ -179,6 +185,8 @@ class Core:
                 req.memory_mib,
                 list(req.networks),
                 hashlib.sha256(req.user_data).hexdigest(),
+                sorted(req.requirements.items()),
+                req.wait_for_capacity_s,
             ]
         )
         return hashlib.sha256(canon.encode()).hexdigest()
@@ -186,8 +194,6 @@ class Core:
     def create(
         self, owner: str, req: workspaces_pb2.CreateWorkspaceRequest
     ) -> common_pb2.Workspace:
-        from workspace.store import Image
-
         request_hash = self._request_hash(req)
         with self.store.write() as s:
             if req.request_id:
@@ -203,105 +209,131 @@ class Core:
                             "request; use a new id"
                         )
                     return self._protos(s, [prior])[0]
+            if req.wait_for_capacity_s < 0:
+                raise InvalidArgument("wait_for_capacity_s must not be negative")
             cpus, memory, networks = self._validate_create(s, owner, req)
-            image = s.get(Image, req.image)
-            if image is None:
-                raise NotFound(f"image {req.image!r} not found; `ws image list` shows them")
             wid = uuid.uuid4().hex[:12]
             name = req.name or f"ws-{wid[:8]}"
-            clash = s.execute(
-                select(Workspace.id).where(
-                    Workspace.owner == owner,
-                    Workspace.name == name,
-                    Workspace.state != State.TERMINATED.value,
-                )
-            ).first()
-            if clash is not None:
-                raise AlreadyExists(f"you already have a workspace named {name!r} ({clash[0]})")
-
-            digests = [p["digest"] for p in image.partitions if p.get("digest")]
-            placement = scheduler.place(
-                self._node_views(s),
-                scheduler.Request(cpus, memory, tuple(networks), tuple(digests)),
-                self.cfg.scheduler,
+            ws = self.new_row(
+                s,
+                owner,
+                wid,
+                name,
+                req.image,
+                cpus,
+                memory,
+                networks,
+                dict(req.requirements),
+                req.user_data,
+                req.request_id or uuid.uuid4().hex,
+                request_hash,
             )
-            if placement.node is None:
-                raise ResourceExhausted(f"cannot place {name}: {placement.reason()}")
-            node = s.get(Node, placement.node)
-            assert node is not None
-            node.used_cpus += placement.claimed_cpus
-            node.used_memory_mib += placement.claimed_memory_mib
-            now = self.clock()
-            ws = Workspace(
-                id=wid,
-                name=name,
-                owner=owner,
-                request_id=req.request_id or uuid.uuid4().hex,
-                request_hash=request_hash,
-                image=image.name,
-                image_spec={
-                    "partitions": image.partitions,
-                    "kernel_digest": image.kernel_digest,
-                    "initrd_digest": image.initrd_digest,
-                    "cmdline": image.cmdline,
-                },
-                cpus=cpus,
-                memory_mib=memory,
-                claimed_cpus=placement.claimed_cpus,
-                claimed_memory_mib=placement.claimed_memory_mib,
-                node=node.name,
-                state=State.SCHEDULED.value,
-                desired_state=Desired.RUNNING.value,
-                reason="",
-                stop_timeout_s=self.cfg.default_stop_timeout_s,
-                user_data=req.user_data,
-                created_at=now,
-                updated_at=now,
-            )
-            s.add(ws)
-            s.flush()
-            for index, net_name in enumerate(networks):
-                self._allocate(s, ws, net_name, index)
+            touched = self.admit(s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, name)
             proto = self._protos(s, [ws])[0]
-        log.info("workspace %s (%s) scheduled on node %s", wid, name, node.name)
-        self._publish([proto], [node.name])
+        if touched:
+            log.info("workspace %s (%s) scheduled on node %s", wid, name, ws.node)
+        else:
+            log.info("workspace %s (%s) waits for capacity: %s", wid, name, ws.reason)
+        self._publish([proto], touched)
         return proto
 
-    def _allocate(self, s: Session, ws: Workspace, net_name: str, index: int) -> None:
-        net = s.get(Network, net_name)
-        assert net is not None
-        pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix)
-        used = set(
-            s.execute(select(IpAllocation.ip).where(IpAllocation.network == net_name)).scalars()
-        )
-        ip = ipam.pick_address(pool, used)
-        if ip is None:
-            raise ResourceExhausted(f"network {net_name!r} has no free address left")
-        for _ in range(64):
-            mac = ipam.make_mac(pool.mac_prefix)
-            if s.execute(select(IpAllocation.id).where(IpAllocation.mac == mac)).first() is None:
-                break
-        else:
-            raise ResourceExhausted(f"network {net_name!r}: could not find a free MAC address")
-        s.add(IpAllocation(network=net_name, ip=ip, mac=mac, workspace_id=ws.id, nic_index=index))
-        s.flush()
+    def new_row(
+        self,
+        s: Session,
+        owner: str,
+        wid: str,
+        name: str,
+        image_name: str,
+        cpus: int,
+        memory_mib: int,
+        networks: list[str],
+        requirements: dict[str, str],
+        user_data: bytes,
+        request_id: str,
+        request_hash: str,
+        cluster: str = "",
+        role: str = "",
+    ) -> Workspace:
+        """A PENDING workspace row (not placed yet); validates the image and the name."""
+        from workspace.store import Image
 
-    def _node_views(self, s: Session) -> list[scheduler.NodeView]:
-        return [
-            scheduler.NodeView(
-                name=n.name,
-                state=n.state,
-                cpus=n.cpus,
-                memory_mib=n.memory_mib,
-                used_cpus=n.used_cpus,
-                used_memory_mib=n.used_memory_mib,
-                hypervisor=n.hypervisor,
-                labels=dict(n.labels or {}),
-                networks=tuple(n.networks or ()),
-                cached_digests=frozenset(n.cached_digests or ()),
+        image = s.get(Image, image_name)
+        if image is None:
+            raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        clash = s.execute(
+            select(Workspace.id).where(
+                Workspace.owner == owner,
+                Workspace.name == name,
+                Workspace.state != State.TERMINATED.value,
             )
-            for n in s.execute(select(Node).order_by(Node.name)).scalars()
-        ]
+        ).first()
+        if clash is not None:
+            raise AlreadyExists(f"you already have a workspace named {name!r} ({clash[0]})")
+        now = self.clock()
+        ws = Workspace(
+            id=wid,
+            name=name,
+            owner=owner,
+            request_id=request_id,
+            request_hash=request_hash,
+            image=image.name,
+            image_spec={
+                "partitions": image.partitions,
+                "kernel_digest": image.kernel_digest,
+                "initrd_digest": image.initrd_digest,
+                "cmdline": image.cmdline,
+            },
+            cpus=cpus,
+            memory_mib=memory_mib,
+            claimed_cpus=0,
+            claimed_memory_mib=0,
+            node="",
+            state=State.PENDING.value,
+            desired_state=Desired.RUNNING.value,
+            reason="",
+            stop_timeout_s=self.cfg.default_stop_timeout_s,
+            user_data=user_data,
+            networks=networks,
+            requirements=requirements,
+            wait_deadline=0.0,
+            cluster=cluster,
+            role=role,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(ws)
+        s.flush()
+        return ws
+
+    def admit(
+        self,
+        s: Session,
+        rows: list[Workspace],
+        affinity: scheduler.Affinity,
+        wait_s: int,
+        label: str,
+    ) -> list[str]:
+        """Place ``rows`` now, or queue them (wait_s > 0), or raise RESOURCE_EXHAUSTED.
+
+        Requests already waiting keep their turn: a newcomer may only use nodes that the
+        oldest waiting request could never use, so it cannot delay it.
+        """
+        from workspace.service.queue import useless_to_head
+
+        allowed, ahead = useless_to_head(s, self.cfg, exclude={w.id for w in rows})
+        try:
+            return place_rows(s, self.cfg, rows, affinity, allowed)
+        except NoPlacement as exc:
+            why = exc.message
+            if ahead:
+                why += f" (without delaying the {ahead} request(s) waiting for capacity)"
+            if wait_s <= 0:
+                raise ResourceExhausted(f"cannot place {label}: {why}") from exc
+            deadline = self.clock() + wait_s
+            for w in rows:
+                w.reason = f"waiting for capacity: {why}"  # queue._WAITING
+                w.wait_deadline = deadline
+            return []
 
     # -- read --------------------------------------------------------------------------
 
@@ -325,6 +357,10 @@ class Core:
     ) -> common_pb2.Workspace:
         with self.store.write() as s:
             ws = self._resolve(s, owner, ref)
+            if not ws.node and op is not Op.DESTROY and ws.state == State.PENDING.value:
+                raise FailedPrecondition(
+                    f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
+                )
             t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
             ws.desired_state = t.desired.value
             ws.state = t.state.value
@@ -342,9 +378,13 @@ class Core:
                 node = s.get(Node, ws.node) if ws.node else None
                 if node is None or node.state == "DOWN":
                     self._release(s, ws, "destroyed (its node was not reachable)")
+            from workspace.service.clusters import refresh
+
+            more, nodes = refresh(self, s, {ws.cluster})
             proto = self._protos(s, [ws])[0]
+            others = self._protos(s, more)
         log.info("workspace %s (%s): %s requested", ws.id, ws.name, op.value)
-        self._publish([proto], [ws.node])
+        self._publish([proto, *others], {ws.node} | nodes)
         return proto
 
     # -- consoles ----------------------------------------------------------------------

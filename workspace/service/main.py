@@ -20,19 +20,24 @@ from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.service.api import (
     AdminServicer,
+    ClustersServicer,
     ImagesServicer,
     NodesServicer,
     WorkspacesServicer,
 )
 from workspace.service.blobs import BlobRepository
 from workspace.service.catalog import Catalog
+from workspace.service.clusters import Clusters
 from workspace.service.core import Core
 from workspace.service.nodes import Nodes
 from workspace.service.notify import Notifier
+from workspace.service.queue import CapacityQueue
 from workspace.store import Store
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    clusters_pb2,
+    clusters_pb2_grpc,
     images_pb2,
     images_pb2_grpc,
     workspaces_pb2,
@@ -40,6 +45,8 @@ from workspace.v1 import (
 )
 
 log = logging.getLogger("workspace.service")
+# The queue is also retried this often (deadlines, capacity freed by a node coming back).
+QUEUE_POLL_S = 2.0
 
 
 class Service:
@@ -58,8 +65,13 @@ class Service:
             WorkspacesServicer(self.core), self.server
         )
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(self.catalog), self.server)
+        self.clusters = Clusters(self.core)
+        self.queue = CapacityQueue(self.core)
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.nodes, self.catalog), self.server
+            AdminServicer(self.nodes, self.catalog, self.queue), self.server
+        )
+        clusters_pb2_grpc.add_ClustersServicer_to_server(
+            ClustersServicer(self.clusters), self.server
         )
         nodes_pb2_grpc.add_NodesServicer_to_server(
             NodesServicer(self.nodes, self.catalog), self.server
@@ -70,6 +82,7 @@ class Service:
             workspaces_pb2.DESCRIPTOR.services_by_name["Workspaces"].full_name,
             images_pb2.DESCRIPTOR.services_by_name["Images"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            clusters_pb2.DESCRIPTOR.services_by_name["Clusters"].full_name,
             nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
@@ -78,6 +91,7 @@ class Service:
         self.port = 0
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._watch_nodes, name="liveness", daemon=True)
+        self._queue_thread = threading.Thread(target=self._run_queue, name="queue", daemon=True)
 
     def start(self) -> None:
         if self.cfg.listen.startswith("unix:"):
@@ -88,6 +102,7 @@ class Service:
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._monitor.start()
+        self._queue_thread.start()
         log.info("workspace-service listening on %s (store %s)", self.cfg.listen, self.cfg.db_url)
 
     def _watch_nodes(self) -> None:
@@ -97,6 +112,17 @@ class Service:
                 self.nodes.check_liveness()
             except Exception:
                 log.exception("liveness check failed")
+
+    def _run_queue(self) -> None:
+        seen = 0
+        while not self._stop.is_set():
+            seen = self.notifier.wait_capacity(seen, QUEUE_POLL_S)
+            if self._stop.is_set():
+                return
+            try:
+                self.queue.process()
+            except Exception:
+                log.exception("capacity queue pass failed")
 
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()

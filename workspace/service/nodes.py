@@ -8,9 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace import ipam
-from workspace.errors import InvalidArgument, NotFound
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.node.v1 import nodes_pb2
-from workspace.service import convert
+from workspace.service import clusters, convert
 from workspace.service.core import Core, _observed_name
 from workspace.states import Desired, State, state_from_report
 from workspace.store import IpAllocation, Network, Node, Workspace
@@ -44,8 +44,8 @@ class Nodes:
                     req.memory_mib,
                 )
             elif node.state == "DOWN":
-                node.state = "READY"
-                log.info("node %s is back", req.node)
+                node.state = "DRAINING" if node.drained else "READY"
+                log.info("node %s is back (%s)", req.node, node.state)
             node.hypervisor = req.hypervisor or "unknown"
             node.cpus = req.cpus
             node.memory_mib = req.memory_mib
@@ -55,6 +55,7 @@ class Nodes:
             node.cached_digests = list(req.cached_digests)
             node.last_heartbeat = now
         self.core.notifier.node_changed(req.node)
+        self.core.notifier.capacity_changed()
         return nodes_pb2.RegisterResponse(heartbeat_interval_s=self.cfg.heartbeat_interval_s)
 
     def assignments(self, node_name: str) -> nodes_pb2.AssignmentSet:
@@ -144,8 +145,8 @@ class Nodes:
             if req.full:
                 node.last_heartbeat = self.core.clock()
                 if node.state == "DOWN":
-                    node.state = "READY"
-                    log.info("node %s is back", req.node)
+                    node.state = "DRAINING" if node.drained else "READY"
+                    log.info("node %s is back (%s)", req.node, node.state)
                 node.cached_digests = list(req.cached_digests)
             seen: set[str] = set()
             for obs in req.workspaces:
@@ -188,8 +189,9 @@ class Nodes:
                     if ws.id not in seen:
                         self.core._release(s, ws, "destroyed")
                         changed.append(ws)
-            protos = self.core._protos(s, changed)
-        self.core._publish(protos, [])
+            more, nodes = clusters.refresh(self.core, s, {w.cluster for w in changed})
+            protos = self.core._protos(s, changed + more)
+        self.core._publish(protos, nodes)
 
     def check_liveness(self) -> list[str]:
         """Mark nodes silent for longer than the grace period DOWN; their workspaces LOST."""
@@ -223,8 +225,9 @@ class Nodes:
                         )
                         ws.updated_at = now
                     changed.append(ws)
-            protos = self.core._protos(s, changed)
-        self.core._publish(protos, [])
+            more, nodes = clusters.refresh(self.core, s, {w.cluster for w in changed})
+            protos = self.core._protos(s, changed + more)
+        self.core._publish(protos, nodes)
         return down
 
     def list_nodes(self) -> list[admin_pb2.Node]:
@@ -242,3 +245,66 @@ class Nodes:
                 convert.node(n, int(counts.get(n.name, 0)))
                 for n in s.execute(select(Node).order_by(Node.name)).scalars()
             ]
+
+    # -- admin -------------------------------------------------------------------------
+
+    def _node_proto(self, s: Session, node: Node) -> admin_pb2.Node:
+        from sqlalchemy import func
+
+        count = s.execute(
+            select(func.count())
+            .select_from(Workspace)
+            .where(Workspace.node == node.name, Workspace.state != State.TERMINATED.value)
+        ).scalar_one()
+        return convert.node(node, int(count))
+
+    def set_drained(self, name: str, drained: bool) -> admin_pb2.Node:
+        with self.store.write() as s:
+            node = s.get(Node, name)
+            if node is None:
+                raise NotFound(f"no node {name!r}; `ws-admin node list` shows them")
+            node.drained = drained
+            if node.state != "DOWN":
+                node.state = "DRAINING" if drained else "READY"
+            proto = self._node_proto(s, node)
+        log.info("node %s %s", name, "draining: no new work" if drained else "enabled")
+        return proto
+
+    def remove(self, name: str) -> admin_pb2.Node:
+        with self.store.write() as s:
+            node = s.get(Node, name)
+            if node is None:
+                raise NotFound(f"no node {name!r}; `ws-admin node list` shows them")
+            proto = self._node_proto(s, node)
+            if proto.workspaces:
+                raise FailedPrecondition(
+                    f"node {name} still holds {proto.workspaces} workspace(s); drain it and "
+                    "move or destroy them first"
+                )
+            s.delete(node)
+        log.info("node %s removed", name)
+        return proto
+
+    def scheduler_input(self, req: admin_pb2.SchedulerInputRequest) -> str:
+        """The scheduler's input for a hypothetical request, as replayable JSON."""
+        from workspace import scheduler
+        from workspace.service.placement import node_views
+        from workspace.store import Image
+
+        with self.store.read() as s:
+            digests: tuple[str, ...] = ()
+            if req.image:
+                img = s.get(Image, req.image)
+                if img is None:
+                    raise NotFound(f"image {req.image!r} not found")
+                digests = tuple(str(p["digest"]) for p in img.partitions if p.get("digest"))
+            nodes = node_views(s)
+        request = scheduler.Request(
+            req.cpus or 1,
+            req.memory_mib or 512,
+            tuple(req.networks),
+            digests,
+            dict(req.requirements),
+            member="request",
+        )
+        return scheduler.to_json(nodes, [request], self.cfg.scheduler, scheduler.Affinity.NONE)

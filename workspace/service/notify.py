@@ -26,6 +26,7 @@ class Notifier:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._generations: dict[str, int] = {}
+        self._capacity = 0
         self._watchers: set[Watcher] = set()
         self._wlock = threading.Lock()
         self._closed = False
@@ -50,6 +51,18 @@ class Notifier:
                 lambda: self._closed or self._generations.get(node, 0) != seen, timeout_s
             )
             return self._generations.get(node, 0)
+
+    # -- capacity (wakes the queue) -----------------------------------------------------
+
+    def capacity_changed(self) -> None:
+        with self._cond:
+            self._capacity += 1
+            self._cond.notify_all()
+
+    def wait_capacity(self, seen: int, timeout_s: float) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._capacity != seen, timeout_s)
+            return self._capacity
 
     # -- workspace watchers ------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from workspace.store.db import Store
 from workspace.store.models import (
     Base,
     Blob,
+    Cluster,
     ConsoleLog,
     Image,
     IpAllocation,
@@ -15,6 +16,7 @@ from workspace.store.models import (
 __all__ = [
     "Base",
     "Blob",
+    "Cluster",
     "ConsoleLog",
     "Image",
     "IpAllocation",

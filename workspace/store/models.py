@@ -32,6 +32,8 @@ class Node(Base):
     used_cpus: Mapped[int] = mapped_column(Integer, default=0)
     used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default="READY")
+    # Set by `ws-admin node drain`: the node stays DRAINING across DOWN and back.
+    drained: Mapped[bool] = mapped_column(default=False)
     last_heartbeat: Mapped[float] = mapped_column(Float, default=0.0)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     networks: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -123,6 +125,34 @@ class Workspace(Base):
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     cluster: Mapped[str] = mapped_column(String(64), default="")
     role: Mapped[str] = mapped_column(String(64), default="")
+    # What placement needs, kept so a queued workspace can be placed later.
+    networks: Mapped[list[str]] = mapped_column(JSON, default=list)
+    requirements: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Waiting for capacity (state PENDING) until this time; 0 = not waiting.
+    wait_deadline: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+    __table_args__ = (
+        UniqueConstraint("owner", "request_id", name="uq_cluster_request_id"),
+        Index("ix_cluster_owner_name", "owner", "name"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+    owner: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(1024), default="")
+    affinity: Mapped[str] = mapped_column(String(16), default="NONE")
+    on_failure: Mapped[str] = mapped_column(String(16), default="KEEP")
+    # [{"role","image","cpus","memory_mib","count","networks","requirements","user_data_hex"}]
+    spec: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    wait_deadline: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

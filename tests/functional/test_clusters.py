@@ -1,0 +1,214 @@
+"""Virtual clusters, waiting for capacity, and node drain over real gRPC (fake driver)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tests.functional.harness import WS, Site, wait_for
+from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
+
+CS = clusters_pb2.ClusterState
+
+
+def stub(site: Site) -> clusters_pb2_grpc.ClustersStub:
+    return clusters_pb2_grpc.ClustersStub(site.stubs.channel)
+
+
+def member(
+    role: str, count: int = 1, cpus: int = 1, memory_mib: int = 512, image: str = "img"
+) -> clusters_pb2.ClusterMember:
+    return clusters_pb2.ClusterMember(
+        role=role, image=image, cpus=cpus, memory_mib=memory_mib, count=count
+    )
+
+
+def cluster_state(site: Site, ref: str) -> int:
+    return stub(site).GetCluster(clusters_pb2.ClusterRef(id=ref)).state
+
+
+@pytest.fixture
+def three_nodes(site: Site) -> Site:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    for n in ("node1", "node2", "node3"):
+        site.add_agent(n, cpus=4, memory_mib=4096)
+    return site
+
+
+def test_cluster_is_placed_whole_and_managed_as_one(three_nodes: Site) -> None:
+    site = three_nodes
+    c = stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="mpi",
+            members=[member("head"), member("worker", count=2)],
+            affinity=clusters_pb2.AFFINITY_HARD_ANTI,
+        )
+    )
+    assert sorted(m.name for m in c.members) == ["mpi-head-0", "mpi-worker-0", "mpi-worker-1"]
+    assert len({m.node for m in c.members}) == 3  # hard anti-affinity: one per node
+    assert len({m.nics[0].ip for m in c.members}) == 3
+    wait_for(lambda: cluster_state(site, "mpi") == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+
+    stub(site).StopCluster(clusters_pb2.ClusterRef(id="mpi"))
+    wait_for(lambda: cluster_state(site, "mpi") == CS.CLUSTER_STATE_STOPPED, what="STOPPED")
+    stub(site).StartCluster(clusters_pb2.ClusterRef(id="mpi"))
+    wait_for(lambda: cluster_state(site, "mpi") == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+    stub(site).DestroyCluster(clusters_pb2.ClusterRef(id="mpi"))
+    wait_for(lambda: cluster_state(site, "mpi") == CS.CLUSTER_STATE_TERMINATED, what="gone")
+    for agent in site.agents.values():
+        wait_for(lambda a=agent: a.driver.list_domains() == [], what="domains removed")
+    nodes = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    assert all(n.used_cpus == 0 and n.used_memory_mib == 0 for n in nodes)
+
+
+def test_cluster_that_does_not_fit_leaves_nothing(three_nodes: Site) -> None:
+    site = three_nodes
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name="big",
+                members=[member("head"), member("worker", count=4)],
+                affinity=clusters_pb2.AFFINITY_HARD_ANTI,
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "member big-" in err.value.details()
+    assert "does not fit" in err.value.details()
+    assert "cluster big" in err.value.details()
+    listed = site.stubs.ws.ListWorkspaces(
+        workspaces_pb2.ListWorkspacesRequest(include_terminated=True)
+    ).workspaces
+    assert list(listed) == []
+    assert (
+        list(
+            stub(site)
+            .ListClusters(clusters_pb2.ListClustersRequest(include_terminated=True))
+            .clusters
+        )
+        == []
+    )
+    nodes = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    assert all(n.used_cpus == 0 for n in nodes)
+
+
+def test_failed_member_tears_down_cluster_when_asked(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", fake={"fail_create": ["*-bad-*"]})
+    c = stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="tear",
+            members=[member("good"), member("bad")],
+            on_failure=clusters_pb2.FAILURE_POLICY_TEARDOWN,
+        )
+    )
+    wait_for(lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_TERMINATED, what="torn down")
+    got = stub(site).GetCluster(clusters_pb2.ClusterRef(id=c.id))
+    assert "tear-bad-0" in got.reason and "torn down" in got.reason
+    assert all(m.state == WS.WORKSPACE_STATE_TERMINATED for m in got.members)
+
+
+def test_failed_member_is_kept_by_default(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", fake={"fail_create": ["*-bad-*"]})
+    c = stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(name="keep", members=[member("good"), member("bad")])
+    )
+    wait_for(lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_FAILED, what="FAILED")
+    got = stub(site).GetCluster(clusters_pb2.ClusterRef(id=c.id))
+    assert "keep-bad-0" in got.reason
+    good = site.stubs.get("keep-good-0")
+    assert good.state == WS.WORKSPACE_STATE_RUNNING
+
+
+def test_drained_node_gets_no_new_work(three_nodes: Site) -> None:
+    site = three_nodes
+    for n in ("node1", "node2"):
+        site.stubs.admin.DrainNode(admin_pb2.NodeRef(name=n))
+    w = site.stubs.create(name="only-node3")
+    assert w.node == "node3"
+    site.stubs.admin.DrainNode(admin_pb2.NodeRef(name="node3"))
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.create(name="nowhere")
+    assert "3 node(s) are DRAINING" in err.value.details()
+    site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)  # running ones keep running
+    site.stubs.admin.EnableNode(admin_pb2.NodeRef(name="node1"))
+    assert site.stubs.create(name="again").node == "node1"
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.admin.RemoveNode(admin_pb2.NodeRef(name="node3"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    site.stop_agent("node2")
+    site.stubs.admin.RemoveNode(admin_pb2.NodeRef(name="node2"))
+    names = [n.name for n in site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes]
+    assert names == ["node1", "node3"]
+
+
+def test_waiting_for_capacity_and_fifo_order(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    first = site.stubs.create(name="first", memory_mib=1500)
+    # no room now: without waiting it fails at once, with waiting it is queued
+    with pytest.raises(grpc.RpcError):
+        site.stubs.create(name="second", memory_mib=1500)
+    second = site.stubs.create(name="second", memory_mib=1500, wait_for_capacity_s=60)
+    assert second.state == WS.WORKSPACE_STATE_PENDING
+    assert "waiting for capacity" in second.reason
+    third = site.stubs.create(name="third", memory_mib=100, wait_for_capacity_s=60)
+    # `third` would fit now, but only by taking what `second` waits for: it must queue
+    assert third.state == WS.WORKSPACE_STATE_PENDING
+    queue = site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries
+    assert [(e.name, e.position) for e in queue] == [("second", 1), ("third", 2)]
+
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(first.id))
+    site.stubs.wait_state(second.id, WS.WORKSPACE_STATE_RUNNING)
+    site.stubs.wait_state(third.id, WS.WORKSPACE_STATE_RUNNING)  # both fit once it is gone
+    assert list(site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries) == []
+
+
+def test_backfill_only_on_nodes_useless_to_the_head(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.network("other", "10.214.0.0/24")
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    site.add_agent("node2", cpus=2, memory_mib=2048, networks=[{"name": "other"}])
+    site.stubs.create(name="hog", memory_mib=1500)
+    head = site.stubs.create(name="head", memory_mib=1500, wait_for_capacity_s=60)
+    assert head.state == WS.WORKSPACE_STATE_PENDING
+    # node2 cannot serve `head` (no default network): using it cannot delay it
+    small = site.stubs.create(
+        name="small", memory_mib=100, networks=["other"], wait_for_capacity_s=60
+    )
+    assert small.node == "node2"
+    assert small.state == WS.WORKSPACE_STATE_SCHEDULED
+
+
+def test_queued_request_fails_at_its_deadline(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=1, memory_mib=1024)
+    site.stubs.create(name="hog", memory_mib=800)
+    w = site.stubs.create(name="late", memory_mib=800, wait_for_capacity_s=1)
+    got = site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_FAILED, timeout_s=15)
+    assert "no capacity in time" in got.reason
+    assert list(site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries) == []
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(w.id))
+    site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+
+
+def test_cluster_waits_whole_and_is_never_partly_started(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=4, memory_mib=3000)
+    hog = site.stubs.create(name="hog", memory_mib=1500)
+    c = stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="later", members=[member("w", count=2, memory_mib=1000)], wait_for_capacity_s=60
+        )
+    )
+    assert c.state == CS.CLUSTER_STATE_PENDING
+    assert all(m.state == WS.WORKSPACE_STATE_PENDING and not m.node for m in c.members)
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(hog.id))
+    wait_for(lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_RUNNING, what="RUNNING")

@@ -1,0 +1,286 @@
+"""Explainable placement: replay a saved scheduler input and show every verdict.
+
+For each request, in the order the scheduler places them, every node gets a verdict: the
+first filter that rejected it and why, or its total weight and each weigher's part. The
+decision itself comes from the same code as a live placement (``engine.choose``), on the
+same consumed snapshot, so the explanation is of what the service would do.
+
+    python -m workspace.scheduler.explain FILE [--output json]
+
+(``ws-admin schedule explain FILE``). Exit status: 0 placed, 1 does not fit, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workspace.config import SchedulerConfig
+from workspace.errors import WorkspaceError
+from workspace.scheduler.engine import choose, group_context, member_context, placement_order
+from workspace.scheduler.filters import FILTERS
+from workspace.scheduler.model import (
+    Affinity,
+    GroupPlacement,
+    MemberPlacement,
+    NodeView,
+    Request,
+    member_label,
+)
+from workspace.scheduler.replay import from_json
+from workspace.scheduler.snapshot import Context, HostState, Snapshot
+from workspace.scheduler.weighers import scores, weighers_for
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NodeVerdict:
+    node: str
+    passed: bool
+    chosen: bool = False
+    filter: str = ""  # the filter that rejected the node
+    reason: str = ""
+    score: float | None = None  # total weight (None: rejected, or no weigher was active)
+    weights: tuple[tuple[str, float], ...] = ()  # (weigher, multiplier x weight)
+
+    def to_dict(self) -> dict[str, Any]:
+        verdict = "chosen" if self.chosen else "passed" if self.passed else "rejected"
+        out: dict[str, Any] = {"node": self.node, "verdict": verdict}
+        if self.passed:
+            out["score"] = self.score
+            out["weights"] = dict(self.weights)
+        else:
+            out["filter"] = self.filter
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
+class MemberExplanation:
+    step: int  # 1-based position in the placement order
+    index: int  # position in the caller's order
+    member: str
+    cpus: int
+    memory_mib: int
+    claimed_memory_mib: int
+    node: str | None
+    verdicts: tuple[NodeVerdict, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "index": self.index,
+            "member": self.member,
+            "cpus": self.cpus,
+            "memory_mib": self.memory_mib,
+            "claimed_memory_mib": self.claimed_memory_mib,
+            "node": self.node,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    policy: str
+    affinity: Affinity
+    node_count: int
+    labels: tuple[str, ...]  # member labels in the caller's order
+    placement: GroupPlacement
+    steps: tuple[MemberExplanation, ...]  # placement order; ends at the member that failed
+    not_tried: tuple[str, ...]  # members left after a failure
+
+    def headline(self) -> str:
+        setting = f"policy {self.policy}, affinity {self.affinity.name}, {self.node_count} node(s)"
+        if self.placement.placements is None:
+            return (
+                f"does not fit ({setting}): member {self.placement.failed_member} does not fit: "
+                f"{self.placement.reason()}"
+            )
+        return f"placed all {len(self.labels)} request(s) ({setting})"
+
+    def render_text(self) -> str:
+        lines = [f"Placement: {self.headline()}"]
+        if self.placement.placements is not None:
+            width = max((len(label) for label in self.labels), default=0)
+            for label, p in zip(self.labels, self.placement.placements, strict=True):
+                lines.append(
+                    f"  {label:<{width}}  -> {p.node}  "
+                    f"({p.claimed_cpus} vCPU(s), {p.claimed_memory_mib} MiB claimed)"
+                )
+        width = max((len(v.node) for s in self.steps for v in s.verdicts), default=0)
+        for s in self.steps:
+            overhead = s.claimed_memory_mib - s.memory_mib
+            lines.append("")
+            lines.append(
+                f"[{s.step}] {s.member}: {s.cpus} vCPU(s), {s.memory_mib} MiB "
+                f"(+{overhead} MiB overhead) -> {s.node or 'DOES NOT FIT'}"
+            )
+            for v in s.verdicts:
+                if not v.passed:
+                    lines.append(f"    {v.node:<{width}}  rejected  {v.filter}: {v.reason}")
+                    continue
+                what = "chosen  " if v.chosen else "passed  "
+                if v.score is None:
+                    lines.append(f"    {v.node:<{width}}  {what}  (no weigher active: name order)")
+                    continue
+                parts = ", ".join(f"{name} {value:.6f}" for name, value in v.weights)
+                lines.append(f"    {v.node:<{width}}  {what}  score {v.score:.6f}  ({parts})")
+        if self.not_tried:
+            lines.append("")
+            lines.append(f"Not tried (an earlier member did not fit): {', '.join(self.not_tried)}")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.placement
+        return {
+            "version": FORMAT_VERSION,
+            "policy": self.policy,
+            "affinity": self.affinity.name,
+            "nodes": self.node_count,
+            "placed": p.placements is not None,
+            "failed_member": p.failed_member,
+            "reason": p.reason(),
+            "placements": None
+            if p.placements is None
+            else [
+                {
+                    "member": label,
+                    "node": m.node,
+                    "claimed_cpus": m.claimed_cpus,
+                    "claimed_memory_mib": m.claimed_memory_mib,
+                }
+                for label, m in zip(self.labels, p.placements, strict=True)
+            ],
+            "steps": [s.to_dict() for s in self.steps],
+            "not_tried": list(self.not_tried),
+        }
+
+
+def _verdicts(
+    snapshot: Snapshot, req: Request, ctx: Context, chosen: HostState | None
+) -> tuple[NodeVerdict, ...]:
+    weighers = weighers_for(snapshot.cfg)
+    rejected: dict[str, tuple[str, str]] = {}
+    passing: list[HostState] = []
+    for h in snapshot.hosts:
+        for f in FILTERS:
+            if not f.active(req, ctx):
+                continue
+            why = f.host_passes(h, req, ctx)
+            if why is not None:
+                rejected[h.name] = (f.name, why)
+                break
+        else:
+            passing.append(h)
+    total = scores(passing, req, ctx, weighers) if passing else None
+    parts = [
+        (w.name, [w.multiplier * v for v in w.weigh_all(passing, req, ctx)])
+        for w in weighers
+        if passing and w.active(req, ctx)
+    ]
+    by_host: dict[str, NodeVerdict] = {}
+    for k, h in enumerate(passing):
+        by_host[h.name] = NodeVerdict(
+            h.name,
+            passed=True,
+            chosen=h is chosen,
+            score=None if total is None else total[k],
+            weights=tuple((name, values[k]) for name, values in parts),
+        )
+    out = []
+    for h in snapshot.hosts:
+        if h.name in by_host:
+            out.append(by_host[h.name])
+        else:
+            f_name, why = rejected[h.name]
+            out.append(NodeVerdict(h.name, passed=False, filter=f_name, reason=why))
+    return tuple(out)
+
+
+def explain(
+    nodes: Sequence[NodeView],
+    requests: Sequence[Request],
+    cfg: SchedulerConfig,
+    affinity: Affinity = Affinity.NONE,
+) -> Explanation:
+    """The placement of ``requests`` on ``nodes`` and every node's verdict for each request."""
+    snapshot = Snapshot(nodes, cfg)
+    weighers = weighers_for(cfg)
+    group = group_context(snapshot, requests, affinity)
+    labels = tuple(member_label(r, i) for i, r in enumerate(requests))
+    order = placement_order(requests, cfg)
+    steps: list[MemberExplanation] = []
+    results: dict[int, MemberPlacement] = {}
+    failure: GroupPlacement | None = None
+    for placed, i in enumerate(order):
+        req = requests[i]
+        ctx = member_context(snapshot, req, affinity, placed, group)
+        host, rejected = choose(snapshot, req, ctx, weighers)
+        steps.append(
+            MemberExplanation(
+                step=placed + 1,
+                index=i,
+                member=labels[i],
+                cpus=req.cpus,
+                memory_mib=req.memory_mib,
+                claimed_memory_mib=ctx.memory_claim_mib,
+                node=None if host is None else host.name,
+                verdicts=_verdicts(snapshot, req, ctx, host),
+            )
+        )
+        if host is None:
+            failure = GroupPlacement(None, labels[i], i, dict(rejected))
+            break
+        snapshot.consume(host, req.cpus, ctx.memory_claim_mib)
+        results[i] = MemberPlacement(host.name, req.cpus, ctx.memory_claim_mib)
+    placement = failure or GroupPlacement([results[i] for i in range(len(requests))])
+    not_tried = tuple(labels[i] for i in order[len(steps) :]) if failure else ()
+    return Explanation(
+        policy=cfg.policy,
+        affinity=affinity,
+        node_count=len(snapshot),
+        labels=labels,
+        placement=placement,
+        steps=tuple(steps),
+        not_tried=not_tried,
+    )
+
+
+def explain_file(path: str | Path) -> Explanation:
+    """Replay a file written by ``to_json`` ("-" reads stdin). Raises InvalidArgument, OSError."""
+    text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
+    return explain(*from_json(text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m workspace.scheduler.explain",
+        description="Replay a saved scheduler input; print the placement and every node's "
+        "verdict per request. Exit status: 0 placed, 1 does not fit, 2 bad input.",
+    )
+    parser.add_argument("file", metavar="FILE", help='scheduler input JSON ("-" for stdin)')
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    try:
+        result = explain_file(args.file)
+    except WorkspaceError as exc:
+        print(f"{parser.prog}: {args.file}: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{parser.prog}: {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(result.render_text())
+    return 0 if result.placement.placements is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Filters: each decides whether one host can take one request, and says why not.
+
+``host_passes`` is the reference: it returns None or the rejection reason, phrased to follow
+"N node(s) ..." ("are DRAINING", "have too little free memory"). ``filter_all`` keeps the
+passing hosts of a list, in order; the dynamic filters override it with a tight loop that
+must agree with ``host_passes`` (a unit test checks they do). Filters run in the fixed,
+cheap-first order of :data:`FILTERS`; the first to reject a host is the reason it reports.
+
+Static filters look only at the node's view (its state, networks, labels), so their answer
+is computed once per request shape and snapshot; dynamic ones look at what is still free and
+at where the group's members went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from workspace.scheduler.model import Affinity, Request
+from workspace.scheduler.snapshot import Context, HostState
+
+
+class Filter:
+    name = "filter"
+    # Static filters depend only on the node's view and the request's shape.
+    static = False
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        """Whether the filter can reject anything for this request (else it is skipped)."""
+        return True
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        raise NotImplementedError
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        return [h for h in hosts if self.host_passes(h, req, ctx) is None]
+
+    def reason(self, req: Request, ctx: Context) -> str:
+        """The rejection reason of a dynamic filter (one per request and context)."""
+        raise NotImplementedError
+
+
+class StateFilter(Filter):
+    """Only READY nodes get new work; DRAINING and DOWN nodes keep what they have."""
+
+    name = "state"
+    static = True
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        state = host.view.state
+        return None if state == "READY" else f"are {state}"
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        return [h for h in hosts if h.view.state == "READY"]
+
+
+class NetworkFilter(Filter):
+    """The node must be attached to every network the request has a NIC on."""
+
+    name = "networks"
+    static = True
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        return bool(req.networks)
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        have = host.view.networks
+        if all(n in have for n in req.networks):
+            return None
+        return "lack a requested network"
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        kept = list(hosts)
+        for net in req.networks:
+            kept = [h for h in kept if net in h.view.networks]
+        return kept
+
+
+class RequirementsFilter(Filter):
+    """Every ``key=value`` requirement matches a node label; ``hypervisor`` matches its type."""
+
+    name = "requirements"
+    static = True
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        return bool(req.requirements)
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        view = host.view
+        for key, want in sorted(req.requirements.items()):
+            have = view.hypervisor if key == "hypervisor" else view.labels.get(key)
+            if have != want:
+                return f"do not match {key}={want}"
+        return None
+
+
+class CpuFilter(Filter):
+    """vCPUs fit under ``cpus * cpu_overcommit - reserved_cpus``."""
+
+    name = "cpu"
+
+    def reason(self, req: Request, ctx: Context) -> str:
+        return "have too few free CPUs"
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        return None if host.free_cpus >= req.cpus else self.reason(req, ctx)
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        cpus = req.cpus
+        return [h for h in hosts if h.free_cpus >= cpus]
+
+
+class MemoryFilter(Filter):
+    """Guest memory plus hypervisor overhead fits under
+    ``memory_mib * memory_overcommit - reserved_memory_mib`` (overcommit 1.0 by default)."""
+
+    name = "memory"
+
+    def reason(self, req: Request, ctx: Context) -> str:
+        return "have too little free memory"
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        return None if host.free_memory_mib >= ctx.memory_claim_mib else self.reason(req, ctx)
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        claim = ctx.memory_claim_mib
+        return [h for h in hosts if h.free_memory_mib >= claim]
+
+
+class HardAntiAffinityFilter(Filter):
+    """HARD_ANTI: a node already holding a member of the group is rejected."""
+
+    name = "hard-anti-affinity"
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        return ctx.affinity is Affinity.HARD_ANTI and ctx.group_placed > 0
+
+    def reason(self, req: Request, ctx: Context) -> str:
+        return "already hold a member of the group (hard anti-affinity)"
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        if not self.active(req, ctx) or host.group_members == 0:
+            return None
+        return self.reason(req, ctx)
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        return [h for h in hosts if h.group_members == 0]
+
+
+class HardAffinityFilter(Filter):
+    """HARD: once a member is placed, only its node passes. Before that, the node chosen for
+    the first member must be able to take the whole group (all members' capacity and, if the
+    members differ, every member's static filters)."""
+
+    name = "hard-affinity"
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        return ctx.affinity is Affinity.HARD
+
+    def reason(self, req: Request, ctx: Context) -> str:
+        if ctx.group_placed:
+            return "do not hold the group's other members (hard affinity)"
+        return "cannot hold the whole group (hard affinity)"
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        if not self.active(req, ctx):
+            return None
+        if ctx.group_placed:
+            ok = host.group_members > 0
+        else:
+            ok = (
+                host.free_cpus >= ctx.group_cpus
+                and host.free_memory_mib >= ctx.group_memory_mib
+                and (ctx.group_static_ok is None or host.name in ctx.group_static_ok)
+            )
+        return None if ok else self.reason(req, ctx)
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        if ctx.group_placed:
+            return [h for h in hosts if h.group_members > 0]
+        cpus, memory_mib, names = ctx.group_cpus, ctx.group_memory_mib, ctx.group_static_ok
+        return [
+            h
+            for h in hosts
+            if h.free_cpus >= cpus
+            and h.free_memory_mib >= memory_mib
+            and (names is None or h.name in names)
+        ]
+
+
+STATIC_FILTERS: tuple[Filter, ...] = (StateFilter(), NetworkFilter(), RequirementsFilter())
+DYNAMIC_FILTERS: tuple[Filter, ...] = (
+    CpuFilter(),
+    MemoryFilter(),
+    HardAntiAffinityFilter(),
+    HardAffinityFilter(),
+)
+# The order filters run in (cheap first); a host's reported reason is the first rejection.
+FILTERS: tuple[Filter, ...] = STATIC_FILTERS + DYNAMIC_FILTERS

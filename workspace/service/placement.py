@@ -1,0 +1,152 @@
+"""Turning placements into claims: capacity, addresses and node assignment in one transaction.
+
+Used by single creates, clusters and the capacity queue. ``place_rows`` takes
+workspace rows that are PENDING (no node, no addresses), asks the scheduler for
+an all-or-nothing placement of the whole group on a fresh node snapshot, then
+claims capacity and allocates every NIC. Any failure raises, and the caller's
+transaction rolls back: nothing is half-placed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace import ipam, scheduler
+from workspace.config import ServiceConfig
+from workspace.errors import ResourceExhausted
+from workspace.states import State
+from workspace.store import IpAllocation, Network, Node, Workspace
+
+log = logging.getLogger("workspace.service.placement")
+
+
+class NoPlacement(ResourceExhausted):
+    """The group does not fit now (it may later)."""
+
+
+def node_views(s: Session) -> list[scheduler.NodeView]:
+    return [
+        scheduler.NodeView(
+            name=n.name,
+            state=n.state,
+            cpus=n.cpus,
+            memory_mib=n.memory_mib,
+            used_cpus=n.used_cpus,
+            used_memory_mib=n.used_memory_mib,
+            hypervisor=n.hypervisor,
+            labels=dict(n.labels or {}),
+            networks=tuple(n.networks or ()),
+            cached_digests=frozenset(n.cached_digests or ()),
+        )
+        for n in s.execute(select(Node).order_by(Node.name)).scalars()
+    ]
+
+
+def request_for(ws: Workspace) -> scheduler.Request:
+    digests = tuple(
+        str(p["digest"]) for p in (ws.image_spec or {}).get("partitions", []) if p.get("digest")
+    )
+    return scheduler.Request(
+        ws.cpus,
+        ws.memory_mib,
+        tuple(ws.networks or ()),
+        digests,
+        dict(ws.requirements or {}),
+        member=ws.name,
+    )
+
+
+def place_rows(
+    s: Session,
+    cfg: ServiceConfig,
+    rows: Sequence[Workspace],
+    affinity: scheduler.Affinity = scheduler.Affinity.NONE,
+    allowed_nodes: Iterable[str] | None = None,
+) -> list[str]:
+    """Place ``rows`` all-or-nothing; returns the nodes touched. Raises NoPlacement."""
+    nodes = node_views(s)
+    if allowed_nodes is not None:
+        allowed = set(allowed_nodes)
+        nodes = [n for n in nodes if n.name in allowed]
+    requests = [request_for(w) for w in rows]
+    result = scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
+    if result.placements is None:
+        what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
+        raise NoPlacement(f"{what} does not fit: {result.reason()}")
+    _check_addresses(s, rows)
+    # Nothing below can fail for want of capacity: the caller's transaction stays whole.
+    touched: list[str] = []
+    for ws, p in zip(rows, result.placements, strict=True):
+        node = s.get(Node, p.node)
+        assert node is not None and p.node is not None
+        node.used_cpus += p.claimed_cpus
+        node.used_memory_mib += p.claimed_memory_mib
+        ws.node = p.node
+        ws.claimed_cpus = p.claimed_cpus
+        ws.claimed_memory_mib = p.claimed_memory_mib
+        ws.state = State.SCHEDULED.value
+        ws.reason = ""
+        ws.wait_deadline = 0.0
+        for index, net_name in enumerate(ws.networks or ()):
+            allocate(s, ws, net_name, index)
+        touched.append(p.node)
+    return touched
+
+
+def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
+    """Refuse before anything is claimed if a network cannot address every NIC."""
+    from collections import Counter
+
+    from sqlalchemy import func
+
+    need = Counter(n for w in rows for n in (w.networks or ()))
+    for net_name, count in need.items():
+        net = s.get(Network, net_name)
+        if net is None:
+            raise NoPlacement(f"network {net_name!r} no longer exists")
+        pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, "")
+        used = s.execute(
+            select(func.count()).select_from(IpAllocation).where(IpAllocation.network == net_name)
+        ).scalar_one()
+        if ipam.pool_size(pool) - used < count:
+            raise NoPlacement(
+                f"network {net_name!r} has no free address left "
+                f"({count} needed, {ipam.pool_size(pool) - used} free)"
+            )
+
+
+def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
+    net = s.get(Network, net_name)
+    if net is None:
+        raise NoPlacement(f"network {net_name!r} no longer exists")
+    pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix)
+    used = set(s.execute(select(IpAllocation.ip).where(IpAllocation.network == net_name)).scalars())
+    ip = ipam.pick_address(pool, used)
+    if ip is None:
+        raise NoPlacement(f"network {net_name!r} has no free address left")
+    for _ in range(64):
+        mac = ipam.make_mac(pool.mac_prefix)
+        if s.execute(select(IpAllocation.id).where(IpAllocation.mac == mac)).first() is None:
+            break
+    else:
+        raise NoPlacement(f"network {net_name!r}: could not find a free MAC address")
+    s.add(IpAllocation(network=net_name, ip=ip, mac=mac, workspace_id=ws.id, nic_index=index))
+    s.flush()
+
+
+def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: ServiceConfig) -> bool:
+    """Whether ``node`` could host ``req`` if it were empty (static properties + size)."""
+    empty = scheduler.NodeView(
+        name=node.name,
+        state=node.state,
+        cpus=node.cpus,
+        memory_mib=node.memory_mib,
+        hypervisor=node.hypervisor,
+        labels=node.labels,
+        networks=node.networks,
+    )
+    return scheduler.place([empty], req, cfg.scheduler).node is not None
