@@ -94,11 +94,20 @@ def useless_to_head(
     waiting = [e for e in entries(s) if not (e.ids & exclude)]
     if not waiting:
         return None, 0
-    head_requests = [request_for(w) for w in rows_of(s, waiting[0])]
+    head_requests = distinct([request_for(w) for w in rows_of(s, waiting[0])])
     allowed = {
         n.name for n in node_views(s) if not any(could_ever_host(n, r, cfg) for r in head_requests)
     }
     return allowed, len(waiting)
+
+
+def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
+    """One request per distinct shape (members of one role are alike)."""
+    seen: dict[tuple[object, ...], scheduler.Request] = {}
+    for r in requests:
+        key = (r.cpus, r.memory_mib, r.networks, tuple(sorted(r.requirements.items())))
+        seen.setdefault(key, r)
+    return list(seen.values())
 
 
 class CapacityQueue:
@@ -152,7 +161,7 @@ class CapacityQueue:
                         for w in rows:
                             w.reason = _WAITING + exc.message
                         if allowed is None:
-                            head = [request_for(w) for w in rows]
+                            head = distinct([request_for(w) for w in rows])
                             allowed = {
                                 n.name
                                 for n in node_views(s)
