@@ -13,6 +13,7 @@ at where the group's members went.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from workspace.scheduler.model import Affinity, Request
@@ -38,6 +39,13 @@ class Filter:
         """The rejection reason of a dynamic filter (one per request and context)."""
         raise NotImplementedError
 
+    def rejections(
+        self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
+    ) -> Counter[str]:
+        """Reason → count for the hosts ``filter_all`` dropped (``kept`` ⊆ ``hosts``)."""
+        keep = set(kept)  # hosts hash by identity
+        return Counter(self.host_passes(h, req, ctx) or self.name for h in hosts if h not in keep)
+
 
 class StateFilter(Filter):
     """Only READY nodes get new work; DRAINING and DOWN nodes keep what they have."""
@@ -51,6 +59,11 @@ class StateFilter(Filter):
 
     def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
         return [h for h in hosts if h.view.state == "READY"]
+
+    def rejections(
+        self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
+    ) -> Counter[str]:
+        return Counter(f"are {h.view.state}" for h in hosts if h.view.state != "READY")
 
 
 class NetworkFilter(Filter):
@@ -73,6 +86,11 @@ class NetworkFilter(Filter):
         for net in req.networks:
             kept = [h for h in kept if net in h.view.networks]
         return kept
+
+    def rejections(
+        self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
+    ) -> Counter[str]:
+        return Counter({"lack a requested network": len(hosts) - len(kept)})
 
 
 class RequirementsFilter(Filter):

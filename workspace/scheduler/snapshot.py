@@ -124,7 +124,7 @@ class Snapshot:
         ]
         self.by_name = {h.name: h for h in self.hosts}
         # Scale for the pack/spread weights: free memory / scale is within [0, 1].
-        self.memory_scale_mib = max((h.memory_capacity_mib for h in self.hosts), default=1) or 1
+        self.memory_scale_mib = max([1, *(h.memory_capacity_mib for h in self.hosts)])
         self._static: dict[ShapeKey, tuple[list[HostState], Counter[str]]] = {}
         self._cache: dict[tuple[str, ...], dict[int, float] | None] = {}
 
@@ -153,10 +153,7 @@ class Snapshot:
                     continue
                 kept = f.filter_all(hosts, req, ctx)
                 if len(kept) != len(hosts):
-                    keep = set(kept)  # hosts hash by identity
-                    for h in hosts:
-                        if h not in keep:
-                            rejected[f.host_passes(h, req, ctx) or f.name] += 1
+                    rejected += f.rejections(hosts, kept, req, ctx)
                 hosts = kept
             hit = self._static[key] = (hosts, rejected)
         return hit
