@@ -12,15 +12,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 
-from agent.cache import BlobCache
+from agent.cache import BlobCache, Source
 from agent.disks import WorkspaceFiles
 from agent.netsetup import Networking, NullNetworking
+from agent.peers import PeerChannels, PeerServer, service_source
 from agent.reconcile import Action, Want, plan
 from agent.virt.base import DomainInfo, DomainSpec, DomainState, Driver, NicSpec
 from workspace import rpc
@@ -47,6 +47,7 @@ RETRY_BASE_S = 2.0
 RETRY_MAX_S = 60.0
 CONSOLE_POLL_S = 0.25
 CONSOLE_CHUNK = 256 * 1024
+PREFETCH_RETRY_MAX_S = 300.0
 
 
 class Agent:
@@ -58,10 +59,23 @@ class Agent:
         self.net: Networking = networking or NullNetworking()
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.cache = BlobCache(cfg.cache_path)
+        self.cache = BlobCache(cfg.cache_path, cfg.cache_budget_bytes)
+        self.peers = PeerChannels(cfg.node, cfg.tls)
+        self.peer_server: PeerServer | None = None
+        self.peer_address = ""
+        # From the latest AssignmentSet: blobs to prefetch, peers that hold each digest.
+        self.prefetch: list[str] = []
+        self.sources: dict[str, list[str]] = {}
+        self._prefetching: set[str] = set()
+        self._prefetch_failures: dict[str, tuple[int, float]] = {}  # digest → (count, not before)
+        self.prefetch_pool = ThreadPoolExecutor(
+            max(1, cfg.prefetch_parallel), thread_name_prefix="prefetch"
+        )
         self.files = WorkspaceFiles(state / "workspaces")
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        # Send the next full report now rather than at the next heartbeat.
+        self.report_soon = threading.Event()
         self.connected = threading.Event()
         self._lock = threading.RLock()
         self.desired: dict[str, nodes_pb2.Assignment] | None = None
@@ -83,6 +97,15 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.cfg.peer_listen:
+            self.peer_server = PeerServer(
+                self.cache,
+                self.cfg.node,
+                self.cfg.peer_listen,
+                self.cfg.peer_advertise,
+                self.cfg.tls,
+            )
+            self.peer_address = self.peer_server.start()
         for target, name in (
             (self._connection_loop, "connection"),
             (self._reconcile_loop, "reconcile"),
@@ -96,7 +119,12 @@ class Agent:
     def stop(self) -> None:
         self.stop_event.set()
         self.wake.set()
+        self.report_soon.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.prefetch_pool.shutdown(wait=True, cancel_futures=True)
+        if self.peer_server is not None:
+            self.peer_server.stop()
+        self.peers.close()
         self.net.close()
         self.driver.close()
 
@@ -116,6 +144,7 @@ class Agent:
             labels=self.cfg.labels,
             agent_version="0.1.0",
             cached_digests=self.cache.digests(),
+            peer_address=self.peer_address,
         )
 
     def _connection_loop(self) -> None:
@@ -137,7 +166,10 @@ class Agent:
                 for aset in stream:
                     with self._lock:
                         self.desired = {a.workspace_id: a for a in aset.assignments}
+                        self.prefetch = list(aset.prefetch)
+                        self.sources = _disk_sources(aset)
                     self.wake.set()
+                    self._kick_prefetch()
             except grpc.RpcError as exc:
                 if not self.stop_event.is_set():
                     log.warning(
@@ -175,6 +207,10 @@ class Agent:
         req = nodes_pb2.ReportStatusRequest(node=self.cfg.node, full=full, workspaces=observed)
         if full:
             req.cached_digests.extend(self.cache.digests())
+            req.cache_budget_bytes = self.cache.budget_bytes
+            for e in self.cache.entries():
+                entry = req.cache.add(digest=e.digest, size_bytes=e.size_bytes, pinned=e.pinned)
+                entry.last_used.FromNanoseconds(int(e.last_used * 1e9))
         try:
             stub.ReportStatus(req, timeout=10)
         except grpc.RpcError as exc:
@@ -194,11 +230,12 @@ class Agent:
     def _heartbeat_loop(self) -> None:
         while not self.stop_event.is_set():
             if self.connected.wait(1.0):
+                self.report_soon.clear()
                 try:
                     self._report(None)
                 except Exception:
                     log.exception("heartbeat failed")
-                self.stop_event.wait(self.heartbeat_s)
+                self.report_soon.wait(self.heartbeat_s)  # set: a new blob is cached
 
     def _on_event(self, workspace_id: str) -> None:
         with self._lock:
@@ -229,6 +266,8 @@ class Agent:
         self.net.sync(list(desired.values()))
         actual = {d.workspace_id: d.state for d in self.driver.list_domains()}
         leftovers = self.files.existing()
+        self._sync_pins(desired, set(actual) | leftovers | busy)
+        self._kick_prefetch()
         wants = {
             wid: Want(_DESIRED.get(a.desired, "RUNNING"), a.reboot_count, a.force_stop)
             for wid, a in desired.items()
@@ -335,25 +374,16 @@ class Agent:
             self._set_status(wid, OBS.OBSERVED_STATE_STOPPING)
             d.undefine(wid)
             self.files.remove(wid)
+            self.cache.unpin(wid)
             self.console_offsets.pop(wid, None)
             with self._lock:
                 self.status[wid] = (OBS.OBSERVED_STATE_ABSENT, "")
             self._report([wid])
 
-    def _fetch(self, digest: str, offset: int) -> Iterator[bytes]:
-        stub = self.stub
-        if stub is None:
-            raise WorkspaceError("not connected to the service; cannot fetch blobs")
-        req = nodes_pb2.FetchBlobRequest(node=self.cfg.node, digest=digest, offset=offset)
-        for chunk in stub.FetchBlob(req, timeout=3600):
-            yield chunk.data
-
     def _create(self, a: nodes_pb2.Assignment) -> None:
         wid = a.workspace_id
         self._set_status(wid, OBS.OBSERVED_STATE_PROPAGATING)
-        digests = [x.digest for x in a.disks if x.digest]
-        digests += [x for x in (a.kernel_digest, a.initrd_digest) if x]
-        paths = {dg: self.cache.ensure(dg, self._fetch) for dg in digests}
+        paths = self._ensure_blobs(a)
         disks = self.files.prepare(a, paths)
         console = self.files.console_log(wid)
         spec = DomainSpec(
@@ -380,6 +410,80 @@ class Agent:
             a.name,
             "" if a.desired == common_pb2.DESIRED_STATE_STOPPED else " and started",
         )
+
+    # -- blob cache: sources, pins, prefetch ----------------------------------------
+
+    def _sources(self, peers: list[str]) -> list[Source]:
+        """Where to fetch a blob: the peers the service named, in its order, then it."""
+        out = [self.peers.source(p) for p in dict.fromkeys(peers) if p != self.peer_address]
+        out.append(service_source(self.cfg.node, lambda: self.stub, self.cfg.service))
+        return out
+
+    def _ensure_blobs(self, a: nodes_pb2.Assignment) -> dict[str, Path]:
+        """Pin then fetch (or find) every blob ``a`` uses; returns digest → cached path."""
+        wanted: dict[str, tuple[int, list[str]]] = {}  # digest → (size, peers)
+        all_peers: list[str] = []
+        for disk in a.disks:
+            if disk.digest:
+                wanted[disk.digest] = (disk.size_bytes, list(disk.sources))
+                all_peers += disk.sources
+        for digest in (a.kernel_digest, a.initrd_digest):
+            if digest and digest not in wanted:
+                # No sources in the proto for these: peers holding the disks likely hold them.
+                wanted[digest] = (0, all_peers)
+        self.cache.pin(a.workspace_id, wanted)
+        before = set(self.cache.digests())
+        paths = {
+            dg: self.cache.ensure(dg, self._sources(peers), size)
+            for dg, (size, peers) in wanted.items()
+        }
+        if set(wanted) - before:
+            self.report_soon.set()  # the service learns at once that this node holds them
+        return paths
+
+    def _sync_pins(self, desired: dict[str, nodes_pb2.Assignment], present: set[str]) -> None:
+        """Pins = the blobs of the workspaces on this node (after a restart, too)."""
+        for owner in self.cache.pin_owners() - present:
+            self.cache.unpin(owner)
+        owners = self.cache.pin_owners()
+        for wid in present - owners:
+            a = desired.get(wid)
+            if a is not None:
+                digests = [x.digest for x in a.disks] + [a.kernel_digest, a.initrd_digest]
+                self.cache.pin(wid, digests)
+
+    def _kick_prefetch(self) -> None:
+        """Fetch the blobs the service asked for (``cache preload``) in the background."""
+        now = time.monotonic()
+        with self._lock:
+            todo = [
+                d
+                for d in dict.fromkeys(self.prefetch)
+                if d not in self._prefetching
+                and self._prefetch_failures.get(d, (0, 0.0))[1] <= now
+                and not self.cache.has(d)
+            ]
+            self._prefetching.update(todo)
+        for digest in todo:
+            self.prefetch_pool.submit(self._prefetch_one, digest)
+
+    def _prefetch_one(self, digest: str) -> None:
+        try:
+            with self._lock:
+                peers = list(self.sources.get(digest, []))
+            self.cache.ensure(digest, self._sources(peers))
+            self._prefetch_failures.pop(digest, None)
+            log.info("prefetched %s", digest)
+            self.report_soon.set()
+        except Exception as exc:
+            count = self._prefetch_failures.get(digest, (0, 0.0))[0] + 1
+            delay = min(PREFETCH_RETRY_MAX_S, RETRY_BASE_S * 2**count)
+            self._prefetch_failures[digest] = (count, time.monotonic() + delay)
+            reason = exc.message if isinstance(exc, WorkspaceError) else repr(exc)
+            log.warning("prefetch of %s failed (retry in %.0f s): %s", digest, delay, reason)
+        finally:
+            with self._lock:
+                self._prefetching.discard(digest)
 
     # -- consoles ----------------------------------------------------------------------
 
@@ -427,3 +531,12 @@ class Agent:
             timeout=10,
         )
         self.console_offsets[wid] = resp.next_offset
+
+
+def _disk_sources(aset: nodes_pb2.AssignmentSet) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for a in aset.assignments:
+        for disk in a.disks:
+            if disk.digest and disk.sources:
+                out.setdefault(disk.digest, list(disk.sources))
+    return out

@@ -8,12 +8,14 @@ import shutil
 from pathlib import Path
 
 from agent.virt.base import DiskSpec
-from images import qemu_img
+from images import formats, mkfs, qemu_img
 from workspace.errors import DriverError
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import common_pb2
 
 _TARGETS = "abcdefghijklmnopqrstuvwxyz"
+# The virtual size limit is the service's business (checked at import).
+_NO_SIZE_LIMIT = 1 << 62
 
 
 class WorkspaceFiles:
@@ -45,6 +47,12 @@ class WorkspaceFiles:
         for index, disk in enumerate(a.disks):
             target = "vd" + _TARGETS[index]
             try:
+                if disk.mode != common_pb2.PARTITION_MODE_BLANK:
+                    # Checked at import by the service too; the node does not rely on it
+                    # before QEMU or qemu-img open the file.
+                    formats.inspect(
+                        base_paths[disk.digest], disk.format, _NO_SIZE_LIMIT, "cached blob"
+                    )
                 if disk.mode == common_pb2.PARTITION_MODE_READONLY:
                     disks.append(
                         DiskSpec(
@@ -56,17 +64,33 @@ class WorkspaceFiles:
                         )
                     )
                     continue
+                if disk.mode == common_pb2.PARTITION_MODE_BLANK:
+                    disks.append(self._blank(d, disk, target))
+                    continue
                 path = d / f"{disk.name}.qcow2"
                 path.unlink(missing_ok=True)
-                if disk.mode == common_pb2.PARTITION_MODE_BLANK:
-                    qemu_img.create_blank(path, disk.size_bytes)
-                else:
-                    qemu_img.create_overlay(base_paths[disk.digest], disk.format, path)
+                qemu_img.create_overlay(
+                    base_paths[disk.digest], disk.format, path, disk.virtual_size_bytes
+                )
                 os.chmod(path, 0o644)
                 disks.append(DiskSpec(str(path), "qcow2", target))
-            except qemu_img.QemuImgError as exc:
+            except (qemu_img.QemuImgError, mkfs.MkfsError, formats.UnsafeImage, OSError) as exc:
                 raise DriverError(f"workspace {a.workspace_id}: disk {disk.name}: {exc}") from exc
         return tuple(disks)
+
+    @staticmethod
+    def _blank(d: Path, disk: nodes_pb2.DiskAssignment, target: str) -> DiskSpec:
+        """An empty disk: qcow2 (or raw) from qemu-img, or a raw file formatted ext4."""
+        size = disk.virtual_size_bytes or disk.size_bytes
+        fmt = "raw" if disk.ext4 else (disk.format or "qcow2")
+        path = d / f"{disk.name}.{fmt}"
+        path.unlink(missing_ok=True)
+        if disk.ext4:
+            mkfs.create_ext4(path, size, label=disk.name)
+        else:
+            qemu_img.create_blank(path, size, fmt)
+        os.chmod(path, 0o644)
+        return DiskSpec(str(path), fmt, target)
 
     # -- small per-workspace agent state (survives restarts) ---------------------------
 

@@ -14,8 +14,10 @@ Pure scheduler figures (no service, no store), with a same-run baseline:
 
     .venv/bin/python benchmarks/scheduler.py [--nodes 1000] [--workspaces 20000] [--seed 1]
 
-Prints name=value lines. ``--api`` is reserved for the service-level figures (get_p99_ms,
-list_p99_ms, service_rss_mib): see ``api_figures``.
+Then the service at the same scale (``benchmarks/_scale_api.py``; skip with ``--no-api``):
+``get_p99_ms``, ``list_p99_ms``, single creates over 1,000 nodes, ``service_rss_mib``.
+
+Prints name=value lines.
 """
 
 from __future__ import annotations
@@ -172,13 +174,10 @@ def scheduler_figures(args: argparse.Namespace) -> dict[str, float]:
 
 
 def api_figures(args: argparse.Namespace) -> dict[str, float]:
-    """Service-level figures at the same scale: get_p99_ms, list_p99_ms, service_rss_mib.
+    """Service-level figures at the same scale: see benchmarks/_scale_api.py."""
+    from benchmarks._scale_api import api_figures as measure
 
-    TODO(lead): start the service (benchmarks/_common.start_service), register
-    ``args.nodes`` simulated nodes, create ``args.workspaces`` workspaces, then time
-    GetWorkspace/ListWorkspaces and read the service's RSS, as benchmarks/api.py does.
-    """
-    raise SystemExit("--api is not implemented yet (see api_figures in benchmarks/scheduler.py)")
+    return measure(args.nodes, args.workspaces, args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=500, help="stateless place() calls")
     p.add_argument("--repeat", type=int, default=5, help="cluster500 runs (median reported)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--api", action="store_true", help="also measure the service (see api_figures)")
+    p.add_argument(
+        "--no-api",
+        dest="api",
+        action="store_false",
+        help="skip the service-level figures (get/list p99, RSS; see _scale_api.py)",
+    )
     args = p.parse_args(argv)
     figures = scheduler_figures(args)
     if args.api:

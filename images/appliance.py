@@ -13,11 +13,18 @@ dependency order, bring up ``lo`` and ``eth0``, start busybox ``acpid`` (ACPI po
 button -> ``poweroff -f``), run ``udhcpc`` until it has a lease (address, router and
 hostname from DHCP option 12), then print to the serial console::
 
-    WORKSPACE-DISKS vda:16777216:0 vdb:1048576:1
+    WORKSPACE-DISKS vda:16777216:0 vdb:1048576:1 vdc:33554432:0
+    WORKSPACE-HEADS vda=- vdb=RODATA:v1 vdc=-
+    WORKSPACE-EXT4 vdc
+    WORKSPACE-MARKED vda=WORKSPACE-MARK:vm1
     WORKSPACE-READY ip=10.213.0.10 hostname=vm1
 
-(``<dev>:<size_bytes>:<ro>`` from /sys/block; the READY line is always printed last, so
-once it is seen the DISKS line is there too). The guest then idles until the ACPI power
+(``<dev>:<size_bytes>:<ro>`` from /sys/block; HEADS: each virtio disk's first line, up
+to 64 bytes with only ``[A-Za-z0-9._:=-]`` kept, ``-`` if empty; EXT4: the disks with an
+ext4 superblock; MARKED: when vda is writable and zero at its start, the guest writes
+``WORKSPACE-MARK:<hostname>`` there, so a later boot of the same VM shows it in HEADS
+and a VM sharing the same cow base must not. The READY line is always printed last, so
+once it is seen the lines before it are there too). The guest then idles until the ACPI power
 button is pressed, prints ``WORKSPACE-POWEROFF`` and powers off. The domain needs
 ``<features><acpi/></features>`` and a serial console on ttyS0.
 
@@ -60,6 +67,9 @@ ROOT_MODULES = (
 MANIFEST_NAME = "appliance.json"
 READY_PREFIX = "WORKSPACE-READY"
 DISKS_PREFIX = "WORKSPACE-DISKS"
+HEADS_PREFIX = "WORKSPACE-HEADS"
+EXT4_PREFIX = "WORKSPACE-EXT4"
+MARKED_PREFIX = "WORKSPACE-MARKED"
 POWEROFF_LINE = "WORKSPACE-POWEROFF"
 
 _INIT = r"""#!/bin/busybox sh
@@ -86,6 +96,21 @@ for b in /sys/block/*; do
     disks="$disks $n:$(( $(cat "$b/size") * 512 )):$(cat "$b/ro")"
 done
 say "@DISKS@$disks"
+# What each virtio disk holds: its first line (up to 64 bytes, NULs dropped, only
+# [A-Za-z0-9._:=-] kept; "-" if empty), and which ones carry an ext4 superblock.
+heads=""
+ext4=""
+for b in /sys/block/vd*; do
+    [ -e "$b/size" ] || continue
+    n="${b##*/}"
+    h="$(head -c 64 "/dev/$n" 2>/dev/null | tr -d '\000' | head -n 1 | tr -cd 'A-Za-z0-9._:=-')"
+    heads="$heads $n=${h:--}"
+    if [ "$(od -An -tx1 -j1080 -N2 "/dev/$n" 2>/dev/null | tr -d ' \n')" = "53ef" ]; then
+        ext4="$ext4 $n"
+    fi
+done
+say "@HEADS@$heads"
+say "@EXT4@$ext4"
 ip=none
 n=0
 while [ ! -e /sys/class/net/eth0 ] && [ "$n" -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
@@ -96,6 +121,14 @@ if [ -e /sys/class/net/eth0 ]; then
         say "WORKSPACE-DHCP-RETRY"
     done
     ip="$(cat /run/lease.ip)"
+fi
+# Leave a mark on a writable vda that is zero at the start (a cow partition of zeros):
+# another VM sharing the same base must never see it; this VM sees it after a reboot.
+if [ -e /sys/block/vda ] && [ "$(cat /sys/block/vda/ro)" = 0 ] \
+        && [ -z "$(head -c 64 /dev/vda | tr -d '\000')" ]; then
+    mark="WORKSPACE-MARK:$(hostname)"
+    printf '%s\n' "$mark" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null && sync \
+        && say "@MARKED@ vda=$mark"
 fi
 say "@READY@ ip=$ip hostname=$(hostname)"
 while :; do sleep 3600; done
@@ -294,7 +327,13 @@ def _initramfs_entries(busybox: Path, modules: Sequence[tuple[str, bytes]]) -> l
     def regular(name: str, data: bytes, perm: int = 0o644) -> CpioEntry:
         return CpioEntry(name, stat.S_IFREG | perm, data)
 
-    init = _INIT.replace("@DISKS@", DISKS_PREFIX).replace("@READY@", READY_PREFIX)
+    init = (
+        _INIT.replace("@DISKS@", DISKS_PREFIX)
+        .replace("@HEADS@", HEADS_PREFIX)
+        .replace("@EXT4@", EXT4_PREFIX)
+        .replace("@MARKED@", MARKED_PREFIX)
+        .replace("@READY@", READY_PREFIX)
+    )
     entries = [directory(d) for d in ("bin", "dev", "etc", "etc/acpi", "lib", "lib/modules")]
     entries += [
         # The kernel opens /dev/console for init's stdio before devtmpfs is mounted.

@@ -47,13 +47,24 @@ def _fmt(fmt: str) -> str:
     return fmt
 
 
-def create_overlay(base: Path, base_format: str, path: Path) -> None:
-    """A qcow2 overlay on ``base`` (O(1): no data is copied)."""
-    _run(["create", "-q", "-f", "qcow2", "-b", str(base), "-F", _fmt(base_format), str(path)])
+def _size(size_bytes: int) -> str:
+    if size_bytes <= 0:
+        raise QemuImgError(f"size must be positive, got {size_bytes}")
+    return str(size_bytes)
+
+
+def create_overlay(base: Path, base_format: str, path: Path, size_bytes: int = 0) -> None:
+    """A qcow2 overlay on ``base`` (O(1): no data is copied).
+
+    ``size_bytes`` > 0 gives the overlay that virtual size (a grown partition: the guest
+    sees zeros past the end of the base); 0 keeps the base's size.
+    """
+    args = ["create", "-q", "-f", "qcow2", "-b", str(base), "-F", _fmt(base_format), str(path)]
+    _run([*args, _size(size_bytes)] if size_bytes else args)
 
 
 def create_blank(path: Path, size_bytes: int, fmt: str = "qcow2") -> None:
-    _run(["create", "-q", "-f", _fmt(fmt), str(path), str(size_bytes)])
+    _run(["create", "-q", "-f", _fmt(fmt), str(path), _size(size_bytes)])
 
 
 def info(path: Path, fmt: str) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """The Python client of the workspace service.
 
 One ``Client`` per service address; every method is a thin, typed wrapper around
-one RPC of ``workspace.v1`` (Workspaces, Images, Admin) and returns the protobuf
-message the service sent. gRPC errors come back as ``workspace.errors`` classes,
+one RPC of ``workspace.v1`` (Workspaces, Clusters, Images, Admin) and returns the
+protobuf message the service sent. gRPC errors come back as ``workspace.errors`` classes,
 so callers catch ``WorkspaceError`` (``Unavailable`` when the service cannot be
 reached). A few helpers build on the RPCs: ``upload_blob`` (1 MiB chunks),
 ``watch`` (an event iterator that can survive a service restart),
-``wait_for_state`` (level-triggered: watch events plus a periodic re-read) and
-``health``.
+``wait_for_state`` (level-triggered: watch events plus a periodic re-read),
+``wait_for_cluster_state`` (polls GetCluster) and ``health``.
 
 Where the service is (``Client.from_env``): an explicit address, else
 ``$WS_SERVICE``, else the local all-in-one site (``site.json`` in ``$WS_SITE_DIR``
@@ -19,18 +19,23 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from images import manifest as image_manifest
 from workspace import errors, rpc
 from workspace.config import TlsConfig
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    clusters_pb2,
+    clusters_pb2_grpc,
     common_pb2,
     images_pb2,
     images_pb2_grpc,
@@ -53,6 +58,16 @@ FINAL_STATES = frozenset({WS.WORKSPACE_STATE_FAILED, WS.WORKSPACE_STATE_TERMINAT
 # States that end a wait unless asked for (LOST may recover, but a waiter should know).
 _FAILED_STATES = frozenset({*FINAL_STATES, WS.WORKSPACE_STATE_LOST})
 
+CS = clusters_pb2.ClusterState
+# Cluster states that end a wait unless asked for.
+_CLUSTER_FAILED_STATES = frozenset({CS.CLUSTER_STATE_FAILED, CS.CLUSTER_STATE_TERMINATED})
+# wait_for_cluster_state reads the cluster this often.
+CLUSTER_POLL_S = 0.5
+
+# Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
+AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
+FAILURE_POLICIES = ("keep", "teardown")
+
 # Text in grpc-core's details when no connection could be made (as opposed to an
 # UNAVAILABLE the service chose to return).
 _CONNECT_MARKERS = (
@@ -67,6 +82,20 @@ _CONNECT_MARKERS = (
     "connect failed",
     "permission denied",
 )
+
+
+# progress(step, path, done_bytes, total_bytes); step is "hash", "upload" or "skip".
+PushProgress = Callable[[str, str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the image, the blobs sent, the blobs the service already had."""
+
+    image: images_pb2.Image
+    uploaded: tuple[str, ...]
+    skipped: tuple[str, ...]
+    sent_bytes: int
 
 
 class ServiceNotConfigured(errors.Unavailable):
@@ -94,6 +123,22 @@ class WaitFailed(errors.FailedPrecondition):
         self.workspace = workspace
 
 
+class ClusterWaitTimeout(WaitTimeout):
+    """A wait for a cluster state ran out of time (the cluster is left as it is)."""
+
+    def __init__(self, message: str, cluster: clusters_pb2.Cluster | None = None) -> None:
+        super().__init__(message)
+        self.cluster = cluster
+
+
+class ClusterWaitFailed(errors.FailedPrecondition):
+    """The cluster reached a state it will not leave towards the one waited for."""
+
+    def __init__(self, message: str, cluster: clusters_pb2.Cluster) -> None:
+        super().__init__(message)
+        self.cluster = cluster
+
+
 def state_name(value: int) -> str:
     """``WORKSPACE_STATE_RUNNING`` -> ``RUNNING`` (unknown numbers stay numbers)."""
     try:
@@ -101,6 +146,34 @@ def state_name(value: int) -> str:
     except ValueError:
         return str(value)
     return name.removeprefix("WORKSPACE_STATE_")
+
+
+def cluster_state_name(value: int) -> str:
+    """``CLUSTER_STATE_RUNNING`` -> ``RUNNING`` (unknown numbers stay numbers)."""
+    try:
+        name = CS.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+    return name.removeprefix("CLUSTER_STATE_")
+
+
+def _enum_value(enum: Any, prefix: str, choices: Sequence[str], value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().replace("-", "_").removeprefix(prefix)
+    if text.lower().replace("_", "-") not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    return int(enum.Value(prefix + text))
+
+
+def affinity_value(value: int | str) -> int:
+    """``"soft-anti"`` (or ``SOFT_ANTI``, ``AFFINITY_SOFT_ANTI``) -> the Affinity number."""
+    return _enum_value(clusters_pb2.Affinity, "AFFINITY_", AFFINITIES, value)
+
+
+def failure_policy_value(value: int | str) -> int:
+    """``"teardown"`` (or ``TEARDOWN``, ``FAILURE_POLICY_TEARDOWN``) -> the FailurePolicy number."""
+    return _enum_value(clusters_pb2.FailurePolicy, "FAILURE_POLICY_", FAILURE_POLICIES, value)
 
 
 def resolve_address(service: str | None = None) -> str:
@@ -140,6 +213,7 @@ class Client:
         self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._clusters = clusters_pb2_grpc.ClustersStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @classmethod
@@ -189,6 +263,17 @@ class Client:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
+    def _create(self, method: Callable[..., T], request: Any) -> T:
+        """A create RPC, retried once with the same request (and so the same request id)
+        when it fails with UNAVAILABLE: a lost answer never makes a second object."""
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise self._error(exc) from None
+        time.sleep(0.5)
+        return self._call(method, request)
+
     # -- health ------------------------------------------------------------------------
 
     def health(self, service: str = "", timeout_s: float | None = None) -> str:
@@ -209,8 +294,21 @@ class Client:
         networks: Sequence[str] = (),
         user_data: bytes = b"",
         request_id: str | None = None,
+        requirements: Mapping[str, str] | None = None,
+        wait_for_capacity_s: int = 0,
+        extra_partitions: Sequence[common_pb2.Partition] = (),
+        grow_bytes: Mapping[str, int] | None = None,
     ) -> common_pb2.Workspace:
         """Create a workspace; idempotent by ``request_id`` (a fresh uuid4 if not given).
+
+        ``requirements`` are node labels the workspace needs (``{"gpu": "1"}``;
+        ``hypervisor`` matches the node's type). With ``wait_for_capacity_s`` a request
+        that does not fit now waits that long in the service's queue (the workspace is
+        PENDING meanwhile) instead of failing at once.
+
+        ``extra_partitions`` adds blank disks to the image's (``blank_partition`` makes
+        one); ``grow_bytes`` gives cow partitions of the image a larger virtual size
+        (partition name -> bytes). Both are checked against the site's limits.
 
         A create that fails with UNAVAILABLE is retried once with the same request id,
         so a lost answer never makes a second workspace.
@@ -223,14 +321,12 @@ class Client:
             memory_mib=memory_mib,
             networks=list(networks),
             user_data=user_data,
+            requirements=dict(requirements or {}),
+            wait_for_capacity_s=wait_for_capacity_s,
+            extra_partitions=list(extra_partitions),
+            grow_bytes=dict(grow_bytes or {}),
         )
-        try:
-            return self._workspaces.CreateWorkspace(req, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise self._error(exc) from None
-        time.sleep(0.5)
-        return self._call(self._workspaces.CreateWorkspace, req)
+        return self._create(self._workspaces.CreateWorkspace, req)
 
     def get_workspace(self, id: str) -> common_pb2.Workspace:
         return self._call(self._workspaces.GetWorkspace, workspaces_pb2.GetWorkspaceRequest(id=id))
@@ -396,6 +492,133 @@ class Client:
             if reached(current):
                 return current
 
+    # -- Clusters ----------------------------------------------------------------------
+
+    def create_cluster(
+        self,
+        request: clusters_pb2.CreateClusterRequest | None = None,
+        /,
+        *,
+        name: str = "",
+        members: Iterable[clusters_pb2.ClusterMember | Mapping[str, Any]] = (),
+        affinity: int | str = 0,
+        on_failure: int | str = 0,
+        wait_for_capacity_s: int = 0,
+        request_id: str | None = None,
+    ) -> clusters_pb2.Cluster:
+        """Create a virtual cluster, placed all or nothing; idempotent by request id.
+
+        Give a whole ``CreateClusterRequest`` or the fields as keywords (members as
+        ``ClusterMember`` or dicts of its fields; ``affinity`` and ``on_failure`` as
+        numbers or short names, "soft-anti", "teardown"). A request without a request id
+        gets a fresh uuid4 (the caller's message is not changed). Retried once on
+        UNAVAILABLE with the same request id, like create_workspace.
+        """
+        if request is not None:
+            given = (name, tuple(members), affinity, on_failure, wait_for_capacity_s)
+            if given != ("", (), 0, 0, 0):
+                raise TypeError("create_cluster: give a request or keywords, not both")
+            req = clusters_pb2.CreateClusterRequest()
+            req.CopyFrom(request)
+        else:
+            req = clusters_pb2.CreateClusterRequest(
+                name=name,
+                members=[
+                    m if isinstance(m, clusters_pb2.ClusterMember) else _member(m) for m in members
+                ],
+                affinity=affinity_value(affinity),  # type: ignore[arg-type]
+                on_failure=failure_policy_value(on_failure),  # type: ignore[arg-type]
+                wait_for_capacity_s=wait_for_capacity_s,
+            )
+        if request_id:
+            req.request_id = request_id
+        elif not req.request_id:
+            req.request_id = str(uuid.uuid4())
+        return self._create(self._clusters.CreateCluster, req)
+
+    def get_cluster(self, id: str) -> clusters_pb2.Cluster:
+        return self._call(self._clusters.GetCluster, clusters_pb2.ClusterRef(id=id))
+
+    def list_clusters(self, include_terminated: bool = False) -> list[clusters_pb2.Cluster]:
+        resp = self._call(
+            self._clusters.ListClusters,
+            clusters_pb2.ListClustersRequest(include_terminated=include_terminated),
+        )
+        return list(resp.clusters)
+
+    def start_cluster(self, id: str) -> clusters_pb2.Cluster:
+        return self._call(self._clusters.StartCluster, clusters_pb2.ClusterRef(id=id))
+
+    def stop_cluster(self, id: str) -> clusters_pb2.Cluster:
+        return self._call(self._clusters.StopCluster, clusters_pb2.ClusterRef(id=id))
+
+    def destroy_cluster(self, id: str) -> clusters_pb2.Cluster:
+        return self._call(self._clusters.DestroyCluster, clusters_pb2.ClusterRef(id=id))
+
+    def wait_for_cluster_state(
+        self,
+        ref: str,
+        states: Iterable[int],
+        timeout_s: float = 300.0,
+        on_change: Callable[[clusters_pb2.Cluster], None] | None = None,
+        poll_s: float = CLUSTER_POLL_S,
+    ) -> clusters_pb2.Cluster:
+        """Block until cluster ``ref`` (id or name) is in one of ``states``; return it.
+
+        Polls GetCluster every ``poll_s`` seconds (an unreachable service is retried
+        until the deadline). ``on_change`` sees the cluster first and then whenever its
+        state or a member's state changes. Raises ClusterWaitFailed when it reaches
+        FAILED or TERMINATED (unless waited for) and ClusterWaitTimeout after
+        ``timeout_s``. A cluster that vanishes while TERMINATED is waited for counts as
+        terminated.
+        """
+        wanted = frozenset(states)
+        deadline = time.monotonic() + timeout_s
+        last: list[clusters_pb2.Cluster] = []
+
+        def key(c: clusters_pb2.Cluster) -> tuple[object, ...]:
+            return (c.state, tuple((m.name, m.state) for m in c.members))
+
+        while True:
+            try:
+                current: clusters_pb2.Cluster | None = self.get_cluster(ref)
+            except errors.NotFound:
+                if CS.CLUSTER_STATE_TERMINATED not in wanted:
+                    raise errors.NotFound(f"cluster {ref} no longer exists") from None
+                gone = clusters_pb2.Cluster()
+                if last:
+                    gone.CopyFrom(last[-1])
+                gone.id = gone.id or ref
+                gone.state = CS.CLUSTER_STATE_TERMINATED
+                return gone
+            except errors.Unavailable:
+                current = None
+            if current is not None:
+                if (not last or key(last[-1]) != key(current)) and on_change is not None:
+                    on_change(current)
+                last[:] = [current]
+                ref = current.id or ref
+                if current.state in wanted:
+                    return current
+                if current.state in _CLUSTER_FAILED_STATES:
+                    reason = f": {current.reason}" if current.reason else ""
+                    raise ClusterWaitFailed(
+                        f"cluster {current.name or current.id} is "
+                        f"{cluster_state_name(current.state)}{reason} "
+                        f"(waited for {_cluster_names(wanted)})",
+                        current,
+                    )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                c = last[-1] if last else None
+                now = f"; it is {cluster_state_name(c.state)}" if c is not None else ""
+                raise ClusterWaitTimeout(
+                    f"timed out after {timeout_s:g} s waiting for cluster {ref} to be "
+                    f"{_cluster_names(wanted)}{now}",
+                    c,
+                )
+            time.sleep(min(poll_s, remaining))
+
     # -- Images ------------------------------------------------------------------------
 
     def upload_blob(
@@ -449,6 +672,97 @@ class Client:
     def get_image(self, name: str) -> images_pb2.Image:
         return self._call(self._images.GetImage, images_pb2.GetImageRequest(name=name))
 
+    def has_blobs(self, digests: Sequence[str]) -> list[str]:
+        """The digests the service's repository does not hold yet (a push sends those)."""
+        req = images_pb2.HasBlobsRequest(digests=list(digests))
+        return list(self._call(self._images.HasBlobs, req).missing)
+
+    def delete_image(self, name: str) -> images_pb2.Image:
+        """Remove one of your images; refused (FailedPrecondition) while a live workspace
+        uses it. Blobs no other image references leave the repository."""
+        return self._call(self._images.DeleteImage, images_pb2.GetImageRequest(name=name))
+
+    def repository_usage(self) -> images_pb2.RepositoryUsage:
+        """Bytes your images take in the repository, and your quota (0: none)."""
+        return self._call(self._images.GetRepositoryUsage, images_pb2.RepositoryUsageRequest())
+
+    def push_image(
+        self,
+        name: str,
+        manifest: image_manifest.Manifest,
+        progress: PushProgress | None = None,
+    ) -> PushResult:
+        """Push an image: hash its files locally, ask which blobs the service lacks, send
+        only those, then import the manifest. A re-push of the same files sends nothing.
+
+        ``progress(step, path, done_bytes, total_bytes)`` is called while hashing
+        (step "hash") and uploading (step "upload"), and once with step "skip" for a
+        file the service already has. Raises ``InvalidArgument`` for a file that is not
+        raw or qcow2 or that changes during the push.
+        """
+        fmts = _formats(manifest)  # before anything is hashed or sent
+        for attempt in range(2):
+            digests = self._hash_files(manifest, progress)
+            uploaded, sent = self._send_missing(digests, progress)
+            try:
+                image = self.import_image(
+                    name, _push_partitions(manifest, digests, fmts), *_boot(manifest, digests)
+                )
+            except errors.NotFound:
+                # A blob vanished between HasBlobs and the import (a DeleteImage of
+                # another image that shared it): ask again once.
+                if attempt:
+                    raise
+                continue
+            skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
+            return PushResult(image, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _hash_files(
+        manifest: image_manifest.Manifest, progress: PushProgress | None
+    ) -> dict[Path, tuple[str, int]]:
+        out: dict[Path, tuple[str, int]] = {}
+        for path in manifest.files():
+            if path in out:
+                continue
+            if not path.is_file():
+                raise errors.InvalidArgument(f"{path}: no such file")
+
+            def report(done: int, total: int, path: Path = path) -> None:
+                if progress is not None:
+                    progress("hash", str(path), done, total)
+
+            report(0, path.stat().st_size)
+            out[path] = image_manifest.sha256_file(path, report)
+        return out
+
+    def _send_missing(
+        self, digests: Mapping[Path, tuple[str, int]], progress: PushProgress | None
+    ) -> tuple[list[str], int]:
+        missing = set(self.has_blobs(sorted({d for d, _ in digests.values()})))
+        uploaded: list[str] = []
+        sent = 0
+        for path, (digest, size) in digests.items():
+            if digest not in missing or digest in uploaded:
+                if progress is not None:
+                    progress("skip", str(path), size, size)
+                continue
+
+            def report(done: int, total: int, path: Path = path) -> None:
+                if progress is not None:
+                    progress("upload", str(path), done, total)
+
+            ref = self.upload_blob(path, report)
+            if ref.digest != digest:
+                raise errors.InvalidArgument(
+                    f"{path} changed while it was pushed (hashed {digest}, sent {ref.digest}); "
+                    "push again"
+                )
+            uploaded.append(digest)
+            sent += ref.size_bytes
+        return uploaded, sent
+
     # -- Admin -------------------------------------------------------------------------
 
     def list_nodes(self) -> list[admin_pb2.Node]:
@@ -481,6 +795,127 @@ class Client:
         resp = self._call(self._admin.ListNetworks, admin_pb2.ListNetworksRequest())
         return list(resp.networks)
 
+    def drain_node(self, name: str) -> admin_pb2.Node:
+        """Give node ``name`` no new work; what runs there keeps running."""
+        return self._call(self._admin.DrainNode, admin_pb2.NodeRef(name=name))
+
+    def enable_node(self, name: str) -> admin_pb2.Node:
+        """Undo drain_node."""
+        return self._call(self._admin.EnableNode, admin_pb2.NodeRef(name=name))
+
+    def remove_node(self, name: str) -> admin_pb2.Node:
+        """Forget node ``name``; refused while it holds live workspaces."""
+        return self._call(self._admin.RemoveNode, admin_pb2.NodeRef(name=name))
+
+    def list_queue(self) -> list[admin_pb2.QueueEntry]:
+        """Requests waiting for capacity, first in line first."""
+        return list(self._call(self._admin.ListQueue, admin_pb2.ListQueueRequest()).entries)
+
+    def get_scheduler_input(
+        self,
+        cpus: int = 0,
+        memory_mib: int = 0,
+        networks: Sequence[str] = (),
+        image: str = "",
+        requirements: Mapping[str, str] | None = None,
+    ) -> str:
+        """The scheduler's input for such a request, as JSON text (for offline replay)."""
+        req = admin_pb2.SchedulerInputRequest(
+            cpus=cpus,
+            memory_mib=memory_mib,
+            networks=list(networks),
+            image=image,
+            requirements=dict(requirements or {}),
+        )
+        return self._call(self._admin.GetSchedulerInput, req).json
+
+
+def blank_partition(
+    name: str, size_bytes: int, ext4: bool = False, fmt: str = ""
+) -> common_pb2.Partition:
+    """An extra blank partition for ``create_workspace(extra_partitions=...)``."""
+    return common_pb2.Partition(
+        name=name,
+        size_bytes=size_bytes,
+        mode=common_pb2.PARTITION_MODE_BLANK,
+        ext4=ext4,
+        format=fmt,
+    )
+
+
+_MODES = {
+    "cow": common_pb2.PARTITION_MODE_COW,
+    "readonly": common_pb2.PARTITION_MODE_READONLY,
+    "blank": common_pb2.PARTITION_MODE_BLANK,
+}
+
+
+def _formats(manifest: image_manifest.Manifest) -> dict[str, str]:
+    """Partition name -> raw | qcow2: as declared, else detected from the file."""
+    out: dict[str, str] = {}
+    for p in manifest.partitions:
+        if p.file is None:
+            continue
+        if not p.file.is_file():
+            raise errors.InvalidArgument(f"partition {p.name}: {p.file}: no such file")
+        try:
+            out[p.name] = p.format or image_manifest.detect_format(p.file)
+        except image_manifest.ManifestError as exc:
+            raise errors.InvalidArgument(f"partition {p.name}: {exc}") from None
+    return out
+
+
+def _push_partitions(
+    manifest: image_manifest.Manifest,
+    digests: Mapping[Path, tuple[str, int]],
+    fmts: Mapping[str, str],
+) -> list[common_pb2.Partition]:
+    out = []
+    for p in manifest.partitions:
+        if p.file is None:
+            out.append(
+                common_pb2.Partition(
+                    name=p.name,
+                    size_bytes=p.size_bytes,
+                    format=p.format,
+                    mode=_MODES[p.mode],
+                    ext4=p.ext4,
+                )
+            )
+            continue
+        digest, size = digests[p.file]
+        out.append(
+            common_pb2.Partition(
+                name=p.name,
+                digest=digest,
+                size_bytes=size,
+                format=fmts[p.name],
+                mode=_MODES[p.mode],
+            )
+        )
+    return out
+
+
+def _boot(
+    manifest: image_manifest.Manifest, digests: Mapping[Path, tuple[str, int]]
+) -> tuple[str, str, str]:
+    kernel = digests[manifest.kernel][0] if manifest.kernel else ""
+    initrd = digests[manifest.initrd][0] if manifest.initrd else ""
+    return kernel, initrd, manifest.cmdline
+
 
 def _names(states: Iterable[int]) -> str:
     return " or ".join(sorted(state_name(s) for s in states))
+
+
+def _cluster_names(states: Iterable[int]) -> str:
+    return " or ".join(sorted(cluster_state_name(s) for s in states))
+
+
+def _member(fields: Mapping[str, Any]) -> clusters_pb2.ClusterMember:
+    data = dict(fields)
+    if "networks" in data:
+        data["networks"] = list(data["networks"])
+    if "requirements" in data:
+        data["requirements"] = {str(k): str(v) for k, v in data["requirements"].items()}
+    return clusters_pb2.ClusterMember(**data)

@@ -60,6 +60,14 @@ class LimitsConfig:
     # Largest blob accepted by UploadBlob, and largest virtual disk size of an image.
     max_blob_bytes: int = 64 * 1024**3
     max_virtual_bytes: int = 1024**4
+    # Per-user repository quota: bytes of the distinct blobs the user's images reference,
+    # checked at image import (0 = no quota).
+    repo_quota_bytes_per_user: int = 0
+    # Blank partitions one create may add to its image's.
+    max_extra_partitions: int = 8
+    # Largest virtual size a create may give a partition: an extra blank one, or a cow
+    # partition it grows.
+    max_grow_bytes: int = 1024**4
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,17 @@ class AgentConfig:
     resync_interval_s: float = 10.0
     # Parallel workspace operations.
     max_parallel_ops: int = 8
+    # Blob cache size limit in bytes (least recently used unpinned blobs are evicted to
+    # stay under it); 0 = unlimited.
+    cache_budget_bytes: int = 20 * 1024**3
+    # Blobs fetched at once for `ws-admin cache preload` (in the background).
+    prefetch_parallel: int = 2
+    # Serve complete cached blobs to other agents on this address ("host:port",
+    # "unix:/path"); empty = serve no peers.
+    peer_listen: str = ""
+    # The address other agents dial; empty = peer_listen (a wildcard host replaced by
+    # this host's name, port 0 by the port bound).
+    peer_advertise: str = ""
     log_level: str = "INFO"
     tls: TlsConfig = field(default_factory=TlsConfig)
     fake: FakeDriverConfig = field(default_factory=FakeDriverConfig)

@@ -1,5 +1,5 @@
 """The node's content-addressed blob cache."""
 
-from agent.cache.blobs import BlobCache
+from agent.cache.blobs import BlobCache, CacheInfo, Fetcher, Source
 
-__all__ = ["BlobCache"]
+__all__ = ["BlobCache", "CacheInfo", "Fetcher", "Source"]

@@ -1,26 +1,80 @@
 """Content-addressed cache: <root>/blobs/sha256/<hex>, never modified once written.
 
 A blob is streamed into <root>/partial/<hex>, hashed while it is written, checked
-against its digest and renamed into place atomically. Concurrent requests for
-one digest share one transfer; an interrupted transfer resumes from the partial
-file's length. The cache survives agent restarts.
+against its digest and renamed into place atomically. Concurrent requests for one
+digest share one transfer; an interrupted transfer resumes from the partial file's
+length. A blob may come from several sources (peer agents, then the service): a
+source that fails mid-way is followed by the next one at the same offset, one that
+sends wrong bytes is caught by the hash and the next one starts again from zero.
+
+Budget and LRU: the cache holds at most ``budget_bytes`` (0: no limit), counting
+complete blobs and the transfers in progress. Before a transfer grows past it, the
+least recently used blobs that no workspace pins are deleted; when pinned blobs
+alone fill the budget the fetch fails with ResourceExhausted. The last-use time of
+a blob is its file's mtime (set with utime on every use, so it survives restarts
+with no index file that could disagree with the directory); blob content is never
+modified, so the mtime carries no other meaning.
+
+Restart: the directory is re-listed (``_reindex``). Every entry starts out
+unverified and is re-hashed before its first use (or before a peer is served from
+it); a corrupted entry is logged, deleted and fetched again. Re-hashing lazily
+keeps start-up O(entries) however large the cache is; the cost (one read of the
+blob, ~1 s per GB) falls on the first workspace that uses it after a restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from workspace.errors import ImageError
+from agent.cache.pins import Pins
+from workspace.errors import ImageError, ResourceExhausted, Unavailable, WorkspaceError
 
 log = logging.getLogger("agent.cache")
 
+CHUNK_BYTES = 1024 * 1024
+# Partial transfers untouched for this long are deleted at start (nobody will resume them).
+PARTIAL_MAX_AGE_S = 24 * 3600
+
 # fetch(digest, offset) → chunks from that offset on
 Fetcher = Callable[[str, int], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a blob can come from: a peer agent or the service."""
+
+    name: str
+    fetch: Fetcher
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    digest: str
+    size_bytes: int
+    last_used: float  # epoch seconds
+    pinned: bool
+
+
+@dataclass
+class _Entry:
+    size_bytes: int
+    last_used: float
+
+
+class _BadData(ImageError):
+    """A source sent bytes that are not the blob (partial deleted)."""
+
+    def __init__(self, message: str, resumed: bool) -> None:
+        super().__init__(message)
+        self.resumed = resumed
 
 
 def _hex(digest: str) -> str:
@@ -30,9 +84,25 @@ def _hex(digest: str) -> str:
     return hexpart
 
 
+def fmt_bytes(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 class BlobCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, budget_bytes: int = 0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.root = root
+        self.budget_bytes = budget_bytes
+        self.clock = clock  # wall clock for last-use times (tests pass their own)
         self.blob_dir = root / "blobs" / "sha256"
         self.partial_dir = root / "partial"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -40,51 +110,300 @@ class BlobCache:
         os.chmod(root, 0o755)
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._entries: dict[str, _Entry] = {}  # hex → entry
+        self._verified: set[str] = set()  # hex of entries hashed by this process
+        self._reserved: dict[str, int] = {}  # hex → bytes of a transfer in progress
+        self.pins = Pins(root / "pins")
+        # Bytes received per source kind ("peer", "service", …): for tests and benchmarks.
+        self.received_bytes: dict[str, int] = {}
+        self._reindex()
+
+    # -- index -------------------------------------------------------------------------
+
+    def _reindex(self) -> None:
+        for path in self.blob_dir.iterdir():
+            name = path.name
+            if len(name) != 64 or not all(c in "0123456789abcdef" for c in name):
+                log.warning("removing stray file %s from the blob cache", path)
+                path.unlink(missing_ok=True)
+                continue
+            st = path.stat()
+            self._entries[name] = _Entry(st.st_size, st.st_mtime)
+        now = self.clock()
+        for path in self.partial_dir.iterdir():
+            if now - path.stat().st_mtime > PARTIAL_MAX_AGE_S:
+                log.info("removing stale partial transfer %s", path)
+                path.unlink(missing_ok=True)
+        used = sum(e.size_bytes for e in self._entries.values())
+        budget = fmt_bytes(self.budget_bytes) if self.budget_bytes else "unlimited"
+        log.info(
+            "blob cache %s: %d blob(s), %s (budget %s, %d pinned); each is re-hashed "
+            "before its first use",
+            self.root,
+            len(self._entries),
+            fmt_bytes(used),
+            budget,
+            len(self.pins.pinned() & {"sha256:" + h for h in self._entries}),
+        )
 
     def path(self, digest: str) -> Path:
         return self.blob_dir / _hex(digest)
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).exists()
+        with self._lock:
+            return _hex(digest) in self._entries
 
     def digests(self) -> list[str]:
-        return sorted("sha256:" + p.name for p in self.blob_dir.iterdir())
+        with self._lock:
+            return sorted("sha256:" + h for h in self._entries)
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(e.size_bytes for e in self._entries.values())
+
+    def entries(self) -> list[CacheInfo]:
+        with self._lock:
+            pinned = self.pins.pinned()
+            return [
+                CacheInfo("sha256:" + h, e.size_bytes, e.last_used, "sha256:" + h in pinned)
+                for h, e in sorted(self._entries.items())
+            ]
+
+    def _touch(self, hx: str) -> None:
+        now = self.clock()
+        try:
+            os.utime(self.blob_dir / hx, (now, now))
+        except FileNotFoundError:
+            return
+        entry = self._entries.get(hx)
+        if entry is not None:
+            entry.last_used = now
+
+    # -- pins --------------------------------------------------------------------------
+
+    def pin(self, owner: str, digests: Iterable[str]) -> None:
+        """Mark ``digests`` in use by ``owner`` (a workspace id): never evicted while so."""
+        wanted = frozenset(d for d in digests if d)
+        for d in wanted:
+            _hex(d)
+        with self._lock:
+            self.pins.set(owner, wanted)
+
+    def unpin(self, owner: str) -> None:
+        with self._lock:
+            released = self.pins.drop(owner)
+            still = self.pins.pinned()
+            for d in released - still:
+                self._touch(_hex(d))  # last used: when its last workspace went away
+
+    def pin_owners(self) -> set[str]:
+        with self._lock:
+            return self.pins.owners()
+
+    # -- getting a blob ----------------------------------------------------------------
 
     def _digest_lock(self, digest: str) -> threading.Lock:
         with self._lock:
             return self._locks.setdefault(digest, threading.Lock())
 
-    def ensure(self, digest: str, fetch: Fetcher) -> Path:
-        """The cached blob's path, fetching it first if needed (one transfer per digest)."""
-        final = self.path(digest)
-        if final.exists():
-            return final
-        with self._digest_lock(digest):
-            if final.exists():  # another thread fetched it while we waited
+    def ensure(self, digest: str, sources: Fetcher | Sequence[Source], size_bytes: int = 0) -> Path:
+        """The cached blob's path, fetching it first if needed (one transfer per digest).
+
+        ``sources`` are tried in order; ``size_bytes`` (0: unknown) is the blob's size
+        as the service knows it: room is made for it up front, and a source that sends
+        more is treated as a bad source.
+        """
+        hx = _hex(digest)
+        final = self.blob_dir / hx
+        if callable(sources):
+            sources = [Source("fetcher", sources)]
+        with self._lock:
+            if hx in self._entries and hx in self._verified and final.exists():
+                self._touch(hx)
                 return final
-            self._fetch(digest, final, fetch)
+        with self._digest_lock(digest):
+            if self._check(hx):  # present (maybe fetched by another thread meanwhile) and good
+                with self._lock:
+                    self._touch(hx)
+                return final
+            self._fetch(digest, hx, list(sources), size_bytes)
             return final
 
-    def _fetch(self, digest: str, final: Path, fetch: Fetcher) -> None:
-        partial = self.partial_dir / final.name
+    def verify(self, digest: str) -> bool:
+        """Whether the blob is cached and intact (re-hashing it once per agent run)."""
+        hx = _hex(digest)
+        if not self.has(digest):
+            return False
+        with self._digest_lock(digest):
+            return self._check(hx)
+
+    def _check(self, hx: str) -> bool:
+        """Is the entry present and intact? Called with the digest's lock held."""
+        with self._lock:
+            present = hx in self._entries
+            verified = hx in self._verified
+        final = self.blob_dir / hx
+        if present and not final.exists():
+            log.warning("cached blob sha256:%s disappeared from %s", hx, final)
+            self._forget(hx)
+            return False
+        if not present or verified:
+            return present
+        try:
+            got = hash_file(final)
+        except FileNotFoundError:
+            self._forget(hx)  # evicted meanwhile
+            return False
+        if got == "sha256:" + hx:
+            with self._lock:
+                self._verified.add(hx)
+            return True
+        log.error(
+            "cached blob sha256:%s is corrupted (its content hashes to %s); deleted, it "
+            "will be fetched again",
+            hx,
+            got,
+        )
+        final.unlink(missing_ok=True)
+        self._forget(hx)
+        return False
+
+    def _forget(self, hx: str) -> None:
+        with self._lock:
+            self._entries.pop(hx, None)
+            self._verified.discard(hx)
+
+    def _fetch(self, digest: str, hx: str, sources: list[Source], size_bytes: int) -> None:
+        errors: list[str] = []
+        all_bad_data = True
+        try:
+            for src in sources:
+                retried = False
+                while True:
+                    try:
+                        self._transfer(digest, hx, src, size_bytes)
+                        return
+                    except _BadData as exc:
+                        if exc.resumed and not retried:
+                            # The partial may have held the bad bytes: once more from zero.
+                            log.warning("%s; fetching it again from zero", exc.message)
+                            retried = True
+                            continue
+                        log.warning("%s", exc.message)
+                        errors.append(exc.message)
+                    except ResourceExhausted:
+                        raise
+                    except Exception as exc:
+                        msg = exc.message if isinstance(exc, WorkspaceError) else repr(exc)
+                        log.warning("fetching %s from %s failed: %s", digest, src.name, msg)
+                        errors.append(f"{src.name}: {msg}")
+                        all_bad_data = False
+                    break
+        finally:
+            with self._lock:
+                self._reserved.pop(hx, None)
+        if not sources:
+            raise Unavailable(f"blob {digest}: no source to fetch it from")
+        text = f"cannot fetch blob {digest}: " + "; ".join(errors)
+        raise ImageError(text) if all_bad_data else Unavailable(text)
+
+    def _transfer(self, digest: str, hx: str, src: Source, size_bytes: int) -> None:
+        partial = self.partial_dir / hx
         h = hashlib.sha256()
         offset = 0
         if partial.exists():
             with open(partial, "rb") as f:
-                while chunk := f.read(1024 * 1024):
+                while chunk := f.read(CHUNK_BYTES):
                     h.update(chunk)
                     offset += len(chunk)
-            log.info("resuming transfer of %s at byte %d", digest, offset)
-        with open(partial, "ab") as f:
-            for chunk in fetch(digest, offset):
-                h.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+            if offset:
+                log.info("resuming transfer of %s from %s at byte %d", digest, src.name, offset)
+        resumed = offset > 0
+        received = 0
+        stream: Iterator[bytes] = iter(())
+        try:
+            reserved = self._reserve(digest, hx, max(size_bytes, offset))
+            stream = iter(src.fetch(digest, offset))
+            with open(partial, "ab") as f:
+                for chunk in stream:
+                    offset += len(chunk)
+                    received += len(chunk)
+                    if size_bytes and offset > size_bytes:
+                        f.close()
+                        partial.unlink(missing_ok=True)
+                        raise _BadData(
+                            f"blob {digest}: {src.name} sent more than its {size_bytes} bytes; "
+                            "discarded",
+                            resumed,
+                        )
+                    if offset > reserved:
+                        reserved = self._reserve(digest, hx, offset)
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except ResourceExhausted:
+            partial.unlink(missing_ok=True)  # it cannot be completed: give the space back
+            raise
+        except Exception:
+            with contextlib.suppress(FileNotFoundError):
+                if partial.stat().st_size == 0:
+                    partial.unlink()  # nothing arrived: leave no empty partial behind
+            raise
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # ends the stream (a gRPC call) when we stop reading early
+            if received:
+                kind = src.name.split(" ", 1)[0]
+                with self._lock:
+                    self.received_bytes[kind] = self.received_bytes.get(kind, 0) + received
         got = "sha256:" + h.hexdigest()
         if got != digest:
             partial.unlink(missing_ok=True)
-            raise ImageError(f"blob {digest}: received content hashes to {got}; discarded")
+            raise _BadData(
+                f"blob {digest}: the bytes from {src.name} hash to {got}; discarded", resumed
+            )
         os.chmod(partial, 0o644)
+        final = self.blob_dir / hx
         os.replace(partial, final)
-        log.info("cached blob %s (%d bytes)", digest, final.stat().st_size)
+        now = self.clock()
+        os.utime(final, (now, now))
+        with self._lock:
+            self._entries[hx] = _Entry(offset, now)
+            self._verified.add(hx)
+            self._reserved.pop(hx, None)
+        log.info("cached blob %s (%d bytes) from %s", digest, offset, src.name)
+
+    # -- budget ------------------------------------------------------------------------
+
+    def _reserve(self, digest: str, hx: str, size_bytes: int) -> int:
+        """Make room for a transfer of ``size_bytes``, evicting LRU unpinned blobs."""
+        with self._lock:
+            self._reserved[hx] = max(self._reserved.get(hx, 0), size_bytes)
+            if not self.budget_bytes:
+                return self._reserved[hx]
+            used = sum(e.size_bytes for e in self._entries.values())
+            used += sum(self._reserved.values())
+            if used <= self.budget_bytes:
+                return self._reserved[hx]
+            pinned = {_hex(d) for d in self.pins.pinned()}
+            victims = sorted((e.last_used, h) for h, e in self._entries.items() if h not in pinned)
+            for _, victim in victims:
+                if used <= self.budget_bytes:
+                    break
+                size = self._entries.pop(victim).size_bytes
+                self._verified.discard(victim)
+                (self.blob_dir / victim).unlink(missing_ok=True)
+                used -= size
+                log.info("evicted blob sha256:%s (%d bytes, least recently used)", victim, size)
+            if used <= self.budget_bytes:
+                return self._reserved[hx]
+            need = self._reserved.pop(hx)
+            pinned_bytes = sum(e.size_bytes for h, e in self._entries.items() if h in pinned)
+        raise ResourceExhausted(
+            f"blob {digest} ({need} bytes) does not fit in the node's blob cache: its budget "
+            f"of {self.budget_bytes} bytes (cache_budget_bytes) is taken by {pinned_bytes} "
+            "bytes of blobs pinned by workspaces on the node and by transfers in progress; "
+            "raise cache_budget_bytes or remove workspaces from the node"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,8 @@ def site(appliance: Appliance) -> Iterator[E2ESite]:
         run("workspace.cli.admin", "site", "down", "--dir", str(site_dir), check=False)
         if s.stubs is not None:
             s.stubs.channel.close()
+        if not os.environ.get("WS_KEEP_SITE"):
+            shutil.rmtree(site_dir, ignore_errors=True)
 
 
 def create(site: E2ESite, name: str) -> dict[str, object]:

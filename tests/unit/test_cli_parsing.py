@@ -70,7 +70,14 @@ def test_create_arguments() -> None:
     assert (a.image, a.name, a.cpus, a.memory_mib) == ("deb", "n", 2, 1024)
     assert (a.network, a.request_id, a.wait, a.timeout) == (["a", "b"], "r1", True, 12.0)
     a = _parse(["create", "--image", "deb"])
-    assert (a.cpus, a.network, a.wait, a.timeout) == (None, None, False, ws.DEFAULT_WAIT_S)
+    assert (a.cpus, a.network, a.wait, a.timeout) == (None, None, False, None)
+    assert (a.require, a.wait_for_capacity) == (None, None)
+    a = _parse(
+        shlex.split(
+            "create --image deb --require gpu=1 --require hypervisor=xen --wait-for-capacity 90"
+        )
+    )
+    assert a.require == [("gpu", "1"), ("hypervisor", "xen")] and a.wait_for_capacity == 90
 
 
 @pytest.mark.parametrize(
@@ -80,6 +87,10 @@ def test_create_arguments() -> None:
         ["create", "--image", "x", "--cpus", "0"],
         ["create", "--image", "x", "--cpus", "two"],
         ["create", "--image", "x", "--memory-mib", "-5"],
+        ["create", "--image", "x", "--require", "gpu"],
+        ["create", "--image", "x", "--require", "=1"],
+        ["create", "--image", "x", "--wait-for-capacity", "-1"],
+        ["create", "--image", "x", "--wait-for-capacity", "soon"],
         ["show"],
         ["frobnicate"],
         ["--output", "yaml", "list"],

@@ -1,4 +1,5 @@
-"""ws-admin: administer a workspace service (nodes, networks, images) and run a local site.
+"""ws-admin: administer a workspace service (nodes, networks, images, the capacity queue,
+the scheduler) and run a local site.
 
 `ws-admin site up` starts an all-in-one site (service + one agent) on this machine;
 `ws` then finds it by default. Every command takes --output json.
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from workspace import errors
-from workspace.cli import common
+from workspace.cli import cache_cmds, clusterspec, common
 from workspace.client import Client
 from workspace.site import local
 from workspace.v1 import admin_pb2, common_pb2, images_pb2
@@ -130,6 +131,25 @@ def network_rows(nets: list[admin_pb2.Network]) -> str:
     return common.table(headers, rows)
 
 
+def queue_rows(entries: list[admin_pb2.QueueEntry]) -> str:
+    rows = [
+        [
+            e.position,
+            e.kind,
+            e.name or e.id,
+            e.owner or "-",
+            e.cpus,
+            e.memory_mib,
+            common.fmt_time(e.queued_at) or "-",
+            common.fmt_time(e.deadline) or "-",
+            e.reason or "-",
+        ]
+        for e in entries
+    ]
+    headers = ["POSITION", "KIND", "NAME", "OWNER", "CPUS", "MEMORY_MIB", "QUEUED", "DEADLINE"]
+    return common.table([*headers, "REASON"], rows)
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if args.output == "json":
         common.print_json(data)
@@ -159,6 +179,66 @@ class Commands:
     def node_list(self, args: argparse.Namespace) -> int:
         nodes = self.client(args).list_nodes()
         _emit(args, [common.to_dict(n) for n in nodes], node_rows(nodes) if nodes else "")
+        return common.EXIT_OK
+
+    def node_state(self, args: argparse.Namespace) -> int:
+        client = self.client(args)
+        method = {
+            "drain": client.drain_node,
+            "enable": client.enable_node,
+            "remove": client.remove_node,
+        }[args.node_command]
+        node = method(args.name)
+        if args.node_command == "remove":
+            text = f"removed node {node.name or args.name}"
+        else:
+            text = node_rows([node])
+        _emit(args, common.to_dict(node), text)
+        return common.EXIT_OK
+
+    # the capacity queue, the scheduler
+
+    def queue(self, args: argparse.Namespace) -> int:
+        entries = self.client(args).list_queue()
+        _emit(args, [common.to_dict(e) for e in entries], queue_rows(entries) if entries else "")
+        return common.EXIT_OK
+
+    def schedule_dump(self, args: argparse.Namespace) -> int:
+        try:
+            requirements = clusterspec.requirements(args.require)
+        except ValueError as exc:
+            raise common.UsageError(str(exc)) from None
+        text = self.client(args).get_scheduler_input(
+            cpus=args.cpus or 0,
+            memory_mib=args.memory_mib or 0,
+            networks=args.network or [],
+            image=args.image or "",
+            requirements=requirements,
+        )
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return common.EXIT_OK
+
+    def schedule_explain(self, args: argparse.Namespace) -> int:
+        """Offline: replays a `schedule dump` file; no service is contacted."""
+        try:
+            from workspace.scheduler import explain
+        except ImportError as exc:
+            raise errors.FailedPrecondition(
+                f"schedule explain is not available in this installation ({exc})"
+            ) from None
+        try:
+            result = explain.explain_file(args.file)
+        except errors.WorkspaceError as exc:
+            raise type(exc)(f"{args.file}: {exc.message}") from None
+        if args.output == "json":
+            common.print_json(result.to_dict())
+        else:
+            sys.stdout.write(result.render_text())
+            sys.stdout.flush()
+        if result.placement.placements is None:
+            common.error(PROG, result.headline())
+            return common.EXIT_REQUEST
         return common.EXIT_OK
 
     def network_create(self, args: argparse.Namespace) -> int:
@@ -254,6 +334,7 @@ class Commands:
             driver=getattr(args, "driver", None),
             virt_type=getattr(args, "virt_type", None),
             say=say,
+            nodes=getattr(args, "nodes", None),
         )
 
     def site_up(self, args: argparse.Namespace) -> int:
@@ -291,7 +372,7 @@ class Commands:
         elif st["state"] == "stopped":
             print(f"local site in {st['dir']}: stopped")
         else:
-            svc, agent, node = st["service"], st["agent"], st["node"]
+            svc = st["service"]
 
             def run(p: dict[str, Any]) -> str:
                 return "running" if p["running"] else "NOT RUNNING"
@@ -301,9 +382,11 @@ class Commands:
                 f"  service  pid {svc['pid']} {run(svc)}  {st['address']}  "
                 f"health {st['health'] or '-'}"
             )
-            print(
-                f"  agent    pid {agent['pid']} {run(agent)}  node {node['name']} {node['state']}"
-            )
+            for agent in st.get("agents", []):
+                print(
+                    f"  agent    pid {agent['pid']} {run(agent)}  node {agent['node']} "
+                    f"{agent['state']}"
+                )
         return common.EXIT_OK if st["state"] == "running" else common.EXIT_UNREACHABLE
 
 
@@ -325,6 +408,48 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     nodes = group("node", "nodes")
     p = nodes.add_parser("list", parents=[parent], help="list nodes")
     p.set_defaults(func=cmds.node_list)
+    for name, text in (
+        ("drain", "give a node no new work (what runs there keeps running)"),
+        ("enable", "let a drained node take new work again"),
+        ("remove", "forget a node (refused while it holds live workspaces)"),
+    ):
+        p = nodes.add_parser(name, parents=[parent], help=text)
+        p.add_argument("name", help="node name")
+        p.set_defaults(func=cmds.node_state)
+
+    p = sub.add_parser(
+        "queue", parents=[parent], help="requests waiting for capacity, first in line first"
+    )
+    p.set_defaults(func=cmds.queue)
+
+    sched = group("schedule", "the scheduler: dump its input, explain a placement offline")
+    p = sched.add_parser(
+        "dump",
+        parents=[parent],
+        help="print the scheduler's input for a request as JSON (for `schedule explain`)",
+    )
+    p.add_argument("--cpus", type=common.positive_int, metavar="N", help="virtual CPUs")
+    p.add_argument("--memory-mib", type=common.positive_int, metavar="M", help="memory in MiB")
+    p.add_argument("--network", action="append", metavar="NET", help="network (repeatable)")
+    p.add_argument("--image", metavar="IMG", help="image name")
+    p.add_argument(
+        "--require",
+        action="append",
+        type=clusterspec.requirement_arg,
+        metavar="KEY=VALUE",
+        help="a node label the request needs (repeatable)",
+    )
+    p.set_defaults(func=cmds.schedule_dump)
+    p = sched.add_parser(
+        "explain",
+        parents=[parent],
+        help="replay a `schedule dump` file offline: the placement and every node's verdict",
+        description="Replay a file written by `ws-admin schedule dump` without contacting "
+        "the service: the placement and, per request, every node's verdict (the filter "
+        "that rejected it, or its weights). Exit status 1 when the request does not fit.",
+    )
+    p.add_argument("file", metavar="FILE", help='scheduler input JSON ("-" for stdin)')
+    p.set_defaults(func=cmds.schedule_explain)
 
     nets = group("network", "networks")
     p = nets.add_parser("create", parents=[parent], help="define a network (IP pool)")
@@ -354,6 +479,8 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p = images.add_parser("list", parents=[parent], help="list images")
     p.set_defaults(func=cmds.image_list)
 
+    cache_cmds.register(sub, parent, cmds.client)
+
     site = group("site", "the local all-in-one site (service + one agent)")
     dir_help = f"site directory (default: ${local.SITE_ENV} or ~/.local/share/workspace/site)"
     p = site.add_parser("up", parents=[parent], help="start the local site")
@@ -369,6 +496,14 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
         choices=("qemu", "kvm"),
         help='libvirt domain type: "qemu" (TCG, the default: nested KVM does not work on '
         'these machines) or "kvm"',
+    )
+    p.add_argument(
+        "--nodes",
+        type=common.positive_int,
+        metavar="N",
+        help=f"N agents on this machine (at most {local.MAX_NODES}), nodes local-1..local-N, "
+        "each with its own state, cache and (libvirt) network namespace and libvirtd; "
+        "default: what the site ran with last time, else 1 (node local)",
     )
     p.add_argument(
         "--timeout",

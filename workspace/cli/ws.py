@@ -1,4 +1,4 @@
-"""ws: create and manage workspaces (VMs) on a workspace service.
+"""ws: create and manage workspaces (VMs) and virtual clusters on a workspace service.
 
 The service is --service ADDR, else $WS_SERVICE, else the local site started by
 `ws-admin site up`. Every command takes --output json.
@@ -11,15 +11,25 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from workspace import errors
-from workspace.cli import common
-from workspace.client import Client, state_name
-from workspace.v1 import common_pb2
+from workspace.cli import clusterspec, common, image_cmds
+from workspace.client import (
+    AFFINITIES,
+    FAILURE_POLICIES,
+    Client,
+    cluster_state_name,
+    state_name,
+)
+from workspace.v1 import clusters_pb2, common_pb2
 
 PROG = "ws"
 WS = common_pb2.WorkspaceState
+CS = clusters_pb2.ClusterState
 _DESIRED = common_pb2.DesiredState.DESCRIPTOR
+_AFFINITY = clusters_pb2.Affinity.DESCRIPTOR
+_FAILURE_POLICY = clusters_pb2.FailurePolicy.DESCRIPTOR
 
 # Lifecycle commands: (client method, state --wait waits for, help).
 ACTIONS: dict[str, tuple[str, int, str]] = {
@@ -32,6 +42,16 @@ ACTIONS: dict[str, tuple[str, int, str]] = {
         "destroy_workspace",
         WS.WORKSPACE_STATE_TERMINATED,
         "destroy a workspace and its disks",
+    ),
+}
+# Cluster commands: (client method, state --wait waits for, help).
+CLUSTER_ACTIONS: dict[str, tuple[str, int, str]] = {
+    "start": ("start_cluster", CS.CLUSTER_STATE_RUNNING, "start a stopped cluster's members"),
+    "stop": ("stop_cluster", CS.CLUSTER_STATE_STOPPED, "shut every member of a cluster down"),
+    "destroy": (
+        "destroy_cluster",
+        CS.CLUSTER_STATE_TERMINATED,
+        "destroy a cluster: every member and its disks",
     ),
 }
 DEFAULT_WAIT_S = 300.0
@@ -114,6 +134,170 @@ def _progress(args: argparse.Namespace) -> Callable[[common_pb2.Workspace], None
     return on_change
 
 
+def _cluster_label(c: clusters_pb2.Cluster) -> str:
+    return f"{c.name} ({c.id})" if c.name and c.id and c.name != c.id else c.name or c.id
+
+
+def _running(c: clusters_pb2.Cluster) -> str:
+    up = sum(1 for m in c.members if m.state == WS.WORKSPACE_STATE_RUNNING)
+    return f"{up}/{len(c.members)}"
+
+
+def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
+    rows = [
+        [
+            c.id,
+            c.name,
+            cluster_state_name(c.state),
+            _running(c),
+            common.enum_name(_AFFINITY, c.affinity),
+            common.fmt_time(c.created_at) or "-",
+        ]
+        for c in items
+    ]
+    return common.table(["ID", "NAME", "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
+
+
+def cluster_text(c: clusters_pb2.Cluster) -> str:
+    head = common.fields(
+        [
+            ("id", c.id),
+            ("name", c.name),
+            ("state", cluster_state_name(c.state)),
+            ("reason", c.reason),
+            ("running", _running(c)),
+            ("affinity", common.enum_name(_AFFINITY, c.affinity)),
+            ("on_failure", common.enum_name(_FAILURE_POLICY, c.on_failure)),
+            ("owner", c.owner),
+            ("request_id", c.request_id),
+            ("created_at", common.fmt_time(c.created_at)),
+            ("updated_at", common.fmt_time(c.updated_at)),
+        ]
+    )
+    spec = common.table(
+        ["ROLE", "IMAGE", "COUNT", "CPUS", "MEMORY_MIB", "NETWORKS", "REQUIREMENTS"],
+        [
+            [
+                m.role,
+                m.image,
+                m.count or 1,
+                m.cpus or "-",
+                m.memory_mib or "-",
+                ",".join(m.networks) or "-",
+                ",".join(f"{k}={v}" for k, v in sorted(m.requirements.items())) or "-",
+            ]
+            for m in c.spec
+        ],
+    )
+    members = common.table(
+        ["NAME", "ROLE", "STATE", "NODE", "IP"],
+        [
+            [
+                m.name,
+                m.role or "-",
+                state_name(m.state),
+                m.node or "-",
+                ",".join(n.ip for n in m.nics if n.ip) or "-",
+            ]
+            for m in c.members
+        ],
+    )
+    parts = [head]
+    if c.spec:
+        parts.append(spec)
+    if c.members:
+        parts.append(members)
+    return "\n\n".join(parts)
+
+
+def cluster_state_line(c: clusters_pb2.Cluster) -> str:
+    reason = f"  ({c.reason})" if c.reason else ""
+    members = f", {_running(c)} members RUNNING" if c.members else ""
+    return f"cluster {_cluster_label(c)}: {cluster_state_name(c.state)}{members}{reason}"
+
+
+def _show_cluster(args: argparse.Namespace, c: clusters_pb2.Cluster) -> None:
+    if args.output == "json":
+        common.print_json(common.to_dict(c))
+    else:
+        print(cluster_text(c))
+
+
+def _cluster_progress(args: argparse.Namespace) -> Callable[[clusters_pb2.Cluster], None] | None:
+    """Prints a line when the cluster's state changes and one per member state change."""
+    if args.output == "json":
+        return None
+    last_state: list[int] = []
+    members: dict[str, int] = {}
+
+    def on_change(c: clusters_pb2.Cluster) -> None:
+        lines = []
+        if last_state != [c.state]:
+            last_state[:] = [c.state]
+            lines.append(cluster_state_line(c))
+        for m in c.members:
+            if members.get(m.id) != m.state:
+                members[m.id] = m.state
+                lines.append(f"  {state_line(m)}")
+        for line in lines:
+            print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+    return on_change
+
+
+def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterRequest:
+    """The CreateClusterRequest `ws cluster create` sends: from --spec FILE (with NAME,
+    --affinity, --on-failure and --wait-for-capacity replacing the file's values) or
+    from NAME and --member flags."""
+    if args.spec:
+        clash = [
+            flag
+            for flag, value in (
+                ("--member", args.member),
+                ("--network", args.network),
+                ("--require", args.require),
+            )
+            if value
+        ]
+        if clash:
+            raise common.UsageError(
+                f"{', '.join(clash)} cannot be combined with --spec: put it in the spec file"
+            )
+        req = clusterspec.load(args.spec, name=args.name or "")
+    else:
+        if not args.name or not args.member:
+            raise common.UsageError(
+                f"give --spec FILE, or NAME and at least one --member {clusterspec.MEMBER_FORMAT}"
+            )
+        try:
+            reqs = clusterspec.requirements(args.require)
+        except ValueError as exc:
+            raise common.UsageError(str(exc)) from None
+        req = clusters_pb2.CreateClusterRequest(name=args.name)
+        roles = [m.role for m in args.member]
+        for role in roles:
+            if roles.count(role) > 1:
+                raise common.UsageError(f"--member {role}:...: role {role!r} is given twice")
+        for m in args.member:
+            member = req.members.add()
+            member.CopyFrom(m)
+            member.networks.extend(args.network or [])
+            member.requirements.update(reqs)
+    if args.affinity is not None:
+        req.affinity = args.affinity
+    if args.on_failure is not None:
+        req.on_failure = args.on_failure
+    if args.wait_for_capacity is not None:
+        req.wait_for_capacity_s = args.wait_for_capacity
+    try:
+        clusterspec.check(req, args.spec or "")
+    except clusterspec.SpecError as exc:
+        if args.spec:
+            raise
+        raise common.UsageError(exc.message) from None
+    return req
+
+
 # -- commands ----------------------------------------------------------------------------
 
 
@@ -141,6 +325,11 @@ class Commands:
             else:
                 with open(args.user_data, "rb") as f:
                     user_data = f.read()
+        try:
+            requirements = clusterspec.requirements(args.require)
+        except ValueError as exc:
+            raise common.UsageError(str(exc)) from None
+        extra_partitions, grow_bytes = image_cmds.disk_options(args)
         client = self.client(args)
         ws = client.create_workspace(
             image=args.image,
@@ -150,10 +339,17 @@ class Commands:
             networks=args.network or [],
             user_data=user_data,
             request_id=args.request_id,
+            requirements=requirements,
+            wait_for_capacity_s=args.wait_for_capacity or 0,
+            extra_partitions=extra_partitions,
+            grow_bytes=grow_bytes,
         )
         if args.wait:
             ws = client.wait_for_state(
-                ws.id, [WS.WORKSPACE_STATE_RUNNING], args.timeout, _progress(args)
+                ws.id,
+                [WS.WORKSPACE_STATE_RUNNING],
+                _create_wait_s(args, args.wait_for_capacity),
+                _progress(args),
             )
         _show(args, ws)
         return common.EXIT_OK
@@ -228,21 +424,52 @@ class Commands:
             events.close()
         return common.EXIT_OK
 
-    def image_list(self, args: argparse.Namespace) -> int:
-        images = self.client(args).list_images()
-        if args.output == "json":
-            common.print_json([common.to_dict(i) for i in images])
-        elif images:
-            print(common.image_rows(images))
+    # clusters
+
+    def cluster_create(self, args: argparse.Namespace) -> int:
+        req = cluster_request(args)
+        client = self.client(args)
+        c = client.create_cluster(req, request_id=args.request_id)
+        if args.wait:
+            c = client.wait_for_cluster_state(
+                c.id,
+                [CS.CLUSTER_STATE_RUNNING],
+                _create_wait_s(args, req.wait_for_capacity_s),
+                _cluster_progress(args),
+            )
+        _show_cluster(args, c)
         return common.EXIT_OK
 
-    def image_show(self, args: argparse.Namespace) -> int:
-        img = self.client(args).get_image(args.name)
+    def cluster_list(self, args: argparse.Namespace) -> int:
+        items = self.client(args).list_clusters(include_terminated=args.all)
         if args.output == "json":
-            common.print_json(common.to_dict(img))
-        else:
-            print(common.image_text(img))
+            common.print_json([common.to_dict(c) for c in items])
+        elif items:
+            print(cluster_rows(items))
         return common.EXIT_OK
+
+    def cluster_show(self, args: argparse.Namespace) -> int:
+        _show_cluster(args, self.client(args).get_cluster(args.name))
+        return common.EXIT_OK
+
+    def cluster_action(self, args: argparse.Namespace) -> int:
+        method, target, _ = CLUSTER_ACTIONS[args.cluster_command]
+        client = self.client(args)
+        c = getattr(client, method)(args.name)
+        if args.wait:
+            c = client.wait_for_cluster_state(
+                c.id or args.name, [target], args.timeout or DEFAULT_WAIT_S, _cluster_progress(args)
+            )
+        if args.output == "json":
+            common.print_json(common.to_dict(c))
+        else:
+            print(cluster_state_line(c))
+        return common.EXIT_OK
+
+
+def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) -> float:
+    """--timeout, else the default plus the time the request may wait for capacity."""
+    return float(args.timeout or DEFAULT_WAIT_S + (wait_for_capacity_s or 0))
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -265,6 +492,110 @@ def _add_wait(p: argparse.ArgumentParser, state: str, timeout_flag: bool) -> Non
     )
 
 
+def _add_capacity_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait-for-capacity",
+        type=common.non_negative_int,
+        metavar="S",
+        help="if the site is full, wait up to S seconds in the service's queue "
+        "(PENDING meanwhile) instead of failing at once",
+    )
+
+
+def _add_create_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout",
+        type=common.seconds,
+        metavar="S",
+        help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g} "
+        "plus --wait-for-capacity)",
+    )
+
+
+def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Commands) -> None:
+    p = sub.add_parser(
+        "cluster",
+        parents=[parent],
+        help="virtual clusters: groups of workspaces placed and managed together",
+    )
+    csub = p.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
+
+    p = csub.add_parser(
+        "create",
+        parents=[parent],
+        help="create a cluster from --spec FILE or from --member flags",
+        description="Create a cluster, placed all or nothing: from a spec file (TOML, or "
+        "JSON in the protobuf mapping; see docs/clusters.md) or from NAME and --member "
+        f"{clusterspec.MEMBER_FORMAT} flags (an empty field takes the default). Members "
+        "are named NAME-ROLE-I.",
+    )
+    p.add_argument("name", nargs="?", help="cluster name (with --spec: replaces the file's)")
+    p.add_argument("--spec", metavar="FILE", help="cluster spec, .toml or .json")
+    p.add_argument(
+        "--member",
+        action="append",
+        type=clusterspec.member_arg,
+        metavar=clusterspec.MEMBER_FORMAT,
+        help="a role: e.g. head:debian::2:4096 or worker:debian:16 (repeatable)",
+    )
+    p.add_argument(
+        "--affinity",
+        type=clusterspec.affinity_arg,
+        metavar="|".join(AFFINITIES),
+        help="where members go relative to each other (default none)",
+    )
+    p.add_argument(
+        "--on-failure",
+        type=clusterspec.failure_policy_arg,
+        metavar="|".join(FAILURE_POLICIES),
+        help="when a member fails to start: keep the others, or tear the cluster down "
+        "(default keep)",
+    )
+    p.add_argument(
+        "--network", action="append", metavar="NET", help="attach every member to NET (repeatable)"
+    )
+    p.add_argument(
+        "--require",
+        action="append",
+        type=clusterspec.requirement_arg,
+        metavar="KEY=VALUE",
+        help="a node label every member needs (repeatable)",
+    )
+    _add_capacity_wait(p)
+    p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the cluster is RUNNING (member states on stderr)",
+    )
+    _add_create_timeout(p)
+    p.set_defaults(func=cmds.cluster_create)
+
+    p = csub.add_parser("list", parents=[parent], help="list clusters")
+    p.add_argument("--all", action="store_true", help="include terminated clusters")
+    p.set_defaults(func=cmds.cluster_list)
+
+    p = csub.add_parser("show", parents=[parent], help="show a cluster and its members")
+    p.add_argument("name", help="cluster name or id")
+    p.set_defaults(func=cmds.cluster_show)
+
+    for name, (_, state, text) in CLUSTER_ACTIONS.items():
+        p = csub.add_parser(name, parents=[parent], help=text)
+        p.add_argument("name", help="cluster name or id")
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help=f"wait until the cluster is {cluster_state_name(state)}",
+        )
+        p.add_argument(
+            "--timeout",
+            type=common.seconds,
+            metavar="S",
+            help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g})",
+        )
+        p.set_defaults(func=cmds.cluster_action)
+
+
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,15 +611,18 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument("--memory-mib", type=common.positive_int, metavar="M", help="memory in MiB")
     p.add_argument("--network", action="append", metavar="NET", help="attach to NET (repeatable)")
     p.add_argument("--user-data", metavar="FILE", help="context for the guest (- for stdin)")
+    p.add_argument(
+        "--require",
+        action="append",
+        type=clusterspec.requirement_arg,
+        metavar="KEY=VALUE",
+        help="a node label the workspace needs, e.g. gpu=1 or hypervisor=kvm (repeatable)",
+    )
+    image_cmds.add_disk_options(p)
+    _add_capacity_wait(p)
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
     p.add_argument("--wait", action="store_true", help="wait until the workspace is RUNNING")
-    p.add_argument(
-        "--timeout",
-        type=common.seconds,
-        default=DEFAULT_WAIT_S,
-        metavar="S",
-        help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g})",
-    )
+    _add_create_timeout(p)
     p.set_defaults(func=cmds.create)
 
     p = sub.add_parser("list", parents=[parent], help="list workspaces")
@@ -328,13 +662,9 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include terminated workspaces")
     p.set_defaults(func=cmds.watch)
 
-    p = sub.add_parser("image", parents=[parent], help="images")
-    isub = p.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
-    q = isub.add_parser("list", parents=[parent], help="list images")
-    q.set_defaults(func=cmds.image_list)
-    q = isub.add_parser("show", parents=[parent], help="show one image")
-    q.add_argument("name", help="image name")
-    q.set_defaults(func=cmds.image_show)
+    _add_cluster_parsers(sub, parent, cmds)
+
+    image_cmds.register(sub, parent, cmds.client, PROG)
     return parser
 
 

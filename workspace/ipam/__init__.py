@@ -87,6 +87,26 @@ def pick_address(pool: Pool, used: set[str]) -> str | None:
     return None
 
 
+def pick_address_int(pool: Pool, used_sorted: list[int]) -> str | None:
+    """Like pick_address, from the used addresses as ascending integers (no parsing)."""
+    first = int(netaddr.IPAddress(pool.range_start))
+    last = int(netaddr.IPAddress(pool.range_end))
+    gw = int(netaddr.IPAddress(pool.gateway))
+    candidate = first
+    for value in used_sorted:
+        if candidate == gw:
+            candidate += 1
+        if value > candidate:
+            break
+        if value == candidate:
+            candidate += 1
+    if candidate == gw:
+        candidate += 1
+    if candidate > last:
+        return None
+    return str(netaddr.IPAddress(candidate))
+
+
 def make_mac(prefix: str, rng: random.Random | None = None) -> str:
     r = rng or random.SystemRandom()
     return prefix + "".join(f":{r.randrange(256):02x}" for _ in range(3))

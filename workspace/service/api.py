@@ -221,6 +221,25 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     ) -> images_pb2.Image:
         return self.catalog.get_image(request.name)
 
+    @unary
+    def HasBlobs(
+        self, request: images_pb2.HasBlobsRequest, context: grpc.ServicerContext
+    ) -> images_pb2.HasBlobsResponse:
+        return images_pb2.HasBlobsResponse(missing=self.catalog.has_blobs(request.digests))
+
+    @unary
+    def DeleteImage(
+        self, request: images_pb2.GetImageRequest, context: grpc.ServicerContext
+    ) -> images_pb2.Image:
+        owner = caller(context, self.catalog.cfg.default_owner)
+        return self.catalog.delete_image(owner, request.name)
+
+    @unary
+    def GetRepositoryUsage(
+        self, request: images_pb2.RepositoryUsageRequest, context: grpc.ServicerContext
+    ) -> images_pb2.RepositoryUsage:
+        return self.catalog.repository_usage(caller(context, self.catalog.cfg.default_owner))
+
 
 class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
     def __init__(self, clusters: Clusters) -> None:
@@ -311,6 +330,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListNodesRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListNodesResponse:
         return admin_pb2.ListNodesResponse(nodes=self.nodes.list_nodes())
+
+    @unary
+    def ListCache(
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+    ) -> admin_pb2.ListCacheResponse:
+        return self.nodes.list_cache(request.name)
+
+    @unary
+    def PreloadImage(
+        self, request: admin_pb2.PreloadImageRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.PreloadImageResponse:
+        return self.nodes.preload(request.image, list(request.nodes))
 
     @unary
     def CreateNetwork(

@@ -33,8 +33,11 @@ class BlobRepository:
     def has(self, digest: str) -> bool:
         return self.path(digest).exists()
 
-    def put(self, chunks: Iterable[bytes], max_bytes: int) -> tuple[str, int]:
-        """Store a stream; hash while writing, rename atomically. Returns (digest, size)."""
+    def receive(self, chunks: Iterable[bytes], max_bytes: int) -> tuple[Path, str, int]:
+        """Write a stream to a temp file, hashing while writing: (temp path, digest, size).
+
+        The caller makes it visible with ``commit`` (or removes the temp file on error).
+        """
         h = hashlib.sha256()
         size = 0
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
@@ -48,13 +51,33 @@ class BlobRepository:
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            digest = "sha256:" + h.hexdigest()
             os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path(digest))
-            return digest, size
+            return Path(tmp), "sha256:" + h.hexdigest(), size
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def commit(self, tmp: Path, digest: str) -> None:
+        """Rename a received temp file to its content address (atomic)."""
+        os.replace(tmp, self.path(digest))
+
+    def put(self, chunks: Iterable[bytes], max_bytes: int) -> tuple[str, int]:
+        """Store a stream; hash while writing, rename atomically. Returns (digest, size)."""
+        tmp, digest, size = self.receive(chunks, max_bytes)
+        try:
+            self.commit(tmp, digest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return digest, size
+
+    def remove(self, digest: str) -> bool:
+        """Delete a blob; True if it was there."""
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def read(self, digest: str, offset: int = 0) -> Iterator[bytes]:
         path = self.path(digest)

@@ -14,13 +14,15 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from images.manifest import MAX_PARTITIONS, PARTITION_NAME_RE
 from workspace import ipam, scheduler
-from workspace.config import ServiceConfig
+from workspace.config import LimitsConfig, ServiceConfig
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -47,6 +49,100 @@ def _observed_name(value: int) -> str:
     return nodes_pb2.ObservedState.Name(value).removeprefix("OBSERVED_STATE_")  # type: ignore[arg-type]
 
 
+def disk_layout(
+    image: str,
+    partitions: Sequence[Mapping[str, Any]],
+    extra: Sequence[common_pb2.Partition],
+    grow: Mapping[str, int],
+    lim: LimitsConfig,
+) -> list[dict[str, Any]]:
+    """The partitions of one workspace: the image's, cow ones grown, extra blank ones added.
+
+    Each is a dict like the image's (name, digest, size_bytes, format, mode,
+    virtual_size_bytes, ext4); it is what the agent is told to build.
+    """
+    out = [dict(p) for p in partitions]
+    by_name = {str(p["name"]): p for p in out}
+    for name, new_size in sorted(grow.items()):
+        what = f"grow {name!r}"
+        p = by_name.get(name)
+        if p is None:
+            have = ", ".join(sorted(by_name)) or "none"
+            raise InvalidArgument(f"{what}: image {image} has no such partition (it has: {have})")
+        mode = str(p.get("mode", "COW"))
+        if mode != "COW":
+            raise InvalidArgument(
+                f"{what}: the partition is {mode.lower()}; only cow partitions can grow"
+            )
+        fmt = str(p.get("format", "raw"))
+        base = int(p.get("virtual_size_bytes") or (p.get("size_bytes", 0) if fmt == "raw" else 0))
+        if base <= 0:
+            raise InvalidArgument(
+                f"{what}: image {image} does not record the partition's virtual size; "
+                "re-import the image to grow it"
+            )
+        if new_size < base:
+            raise InvalidArgument(
+                f"{what}: {new_size} bytes is smaller than the image's {base} bytes; "
+                "partitions can grow, not shrink"
+            )
+        if new_size > lim.max_grow_bytes:
+            raise InvalidArgument(
+                f"{what}: {new_size} bytes is more than the limit of {lim.max_grow_bytes}"
+            )
+        if new_size % 512:
+            raise InvalidArgument(f"{what}: {new_size} bytes is not a multiple of 512")
+        p["virtual_size_bytes"] = new_size
+    if len(extra) > lim.max_extra_partitions:
+        raise InvalidArgument(
+            f"at most {lim.max_extra_partitions} extra partitions per workspace, got {len(extra)}"
+        )
+    for x in extra:
+        what = f"extra partition {x.name!r}"
+        if not PARTITION_NAME_RE.match(x.name):
+            raise InvalidArgument(
+                f"{what}: invalid name (1-32 of a-z, 0-9, '_', '-'; first a-z or 0-9)"
+            )
+        if x.name in by_name:
+            raise InvalidArgument(f"{what}: the image (or another extra) already has that name")
+        if x.mode not in (common_pb2.PARTITION_MODE_UNSPECIFIED, common_pb2.PARTITION_MODE_BLANK):
+            raise InvalidArgument(
+                f"{what}: only blank partitions can be added (cow and readonly ones come "
+                "from the image)"
+            )
+        if x.digest:
+            raise InvalidArgument(f"{what}: a blank partition has no content (no digest)")
+        size = x.virtual_size_bytes or x.size_bytes
+        if size <= 0:
+            raise InvalidArgument(f"{what}: give its size in bytes (size_bytes)")
+        if size > lim.max_grow_bytes:
+            raise InvalidArgument(
+                f"{what}: {size} bytes is more than the limit of {lim.max_grow_bytes}"
+            )
+        if size % 512:
+            raise InvalidArgument(f"{what}: {size} bytes is not a multiple of 512")
+        if x.format not in ("", "raw", "qcow2"):
+            raise InvalidArgument(f"{what}: format {x.format!r} is not raw or qcow2")
+        if x.ext4 and x.format == "qcow2":
+            raise InvalidArgument(f"{what}: an ext4 blank partition is a raw file; drop format")
+        p = {
+            "name": x.name,
+            "digest": "",
+            "size_bytes": size,
+            "format": "raw" if x.ext4 else (x.format or "qcow2"),
+            "mode": "BLANK",
+            "virtual_size_bytes": size,
+            "ext4": bool(x.ext4),
+        }
+        out.append(p)
+        by_name[x.name] = p
+    if len(out) > MAX_PARTITIONS:
+        raise InvalidArgument(
+            f"a workspace has at most {MAX_PARTITIONS} partitions; this one would have {len(out)}"
+        )
+    return out
+
+
 class Core:
     def __init__(
         self,
@@ -67,13 +163,18 @@ class Core:
         out: dict[str, list[common_pb2.Nic]] = {i: [] for i in ids}
         if not ids:
             return out
-        rows = s.execute(
+        q = (
             select(IpAllocation, Network)
             .join(Network, Network.name == IpAllocation.network)
-            .where(IpAllocation.workspace_id.in_(ids))
             .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
-        ).all()
-        for alloc, net in rows:
+        )
+        # Large lists read every allocation once instead of binding thousands of ids
+        # (SQLite caps the number of bound parameters).
+        if len(ids) <= 500:
+            q = q.where(IpAllocation.workspace_id.in_(ids))
+        for alloc, net in s.execute(q).all():
+            if alloc.workspace_id not in out:
+                continue
             out[alloc.workspace_id].append(
                 common_pb2.Nic(
                     network=net.name,
@@ -177,18 +278,24 @@ class Core:
 
     @staticmethod
     def _request_hash(req: workspaces_pb2.CreateWorkspaceRequest) -> str:
-        canon = json.dumps(
-            [
-                req.name,
-                req.image,
-                req.cpus,
-                req.memory_mib,
-                list(req.networks),
-                hashlib.sha256(req.user_data).hexdigest(),
-                sorted(req.requirements.items()),
-                req.wait_for_capacity_s,
+        fields: list[object] = [
+            req.name,
+            req.image,
+            req.cpus,
+            req.memory_mib,
+            list(req.networks),
+            hashlib.sha256(req.user_data).hexdigest(),
+            sorted(req.requirements.items()),
+            req.wait_for_capacity_s,
+        ]
+        if req.extra_partitions or req.grow_bytes:
+            # Only when used, so the hashes of requests without them stay as they were.
+            extra = [
+                [x.name, x.mode, x.size_bytes, x.virtual_size_bytes, x.format, x.ext4]
+                for x in req.extra_partitions
             ]
-        )
+            fields += [extra, sorted(req.grow_bytes.items())]
+        canon = json.dumps(fields)
         return hashlib.sha256(canon.encode()).hexdigest()
 
     def create(
@@ -227,6 +334,8 @@ class Core:
                 req.user_data,
                 req.request_id or uuid.uuid4().hex,
                 request_hash,
+                extra_partitions=req.extra_partitions,
+                grow_bytes=req.grow_bytes,
             )
             touched = self.admit(s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, name)
             proto = self._protos(s, [ws])[0]
@@ -253,13 +362,19 @@ class Core:
         request_hash: str,
         cluster: str = "",
         role: str = "",
+        extra_partitions: Sequence[common_pb2.Partition] = (),
+        grow_bytes: Mapping[str, int] | None = None,
     ) -> Workspace:
-        """A PENDING workspace row (not placed yet); validates the image and the name."""
+        """A PENDING workspace row (not placed yet); validates the image, the name and
+        the request's disk options (extra blank partitions, grown cow ones)."""
         from workspace.store import Image
 
         image = s.get(Image, image_name)
         if image is None:
             raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        partitions = disk_layout(
+            image.name, image.partitions, extra_partitions, grow_bytes or {}, self.cfg.limits
+        )
         clash = s.execute(
             select(Workspace.id).where(
                 Workspace.owner == owner,
@@ -278,7 +393,7 @@ class Core:
             request_hash=request_hash,
             image=image.name,
             image_spec={
-                "partitions": image.partitions,
+                "partitions": partitions,
                 "kernel_digest": image.kernel_digest,
                 "initrd_digest": image.initrd_digest,
                 "cmdline": image.cmdline,
@@ -334,6 +449,19 @@ class Core:
                 w.reason = f"waiting for capacity: {why}"  # queue._WAITING
                 w.wait_deadline = deadline
             return []
+
+    @staticmethod
+    def image_users(s: Session, image_name: str) -> list[Workspace]:
+        """Live (not TERMINATED) workspaces made from image ``image_name``."""
+        return list(
+            s.execute(
+                select(Workspace)
+                .where(Workspace.image == image_name, Workspace.state != State.TERMINATED.value)
+                .order_by(Workspace.created_at, Workspace.id)
+            )
+            .scalars()
+            .all()
+        )
 
     # -- read --------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +19,9 @@ from workspace.store import IpAllocation, Network, Node, Workspace
 from workspace.v1 import admin_pb2
 
 log = logging.getLogger("workspace.service.nodes")
+
+# Peers named as sources of one blob in an assignment.
+MAX_SOURCES = 3
 
 
 class Nodes:
@@ -53,6 +58,7 @@ class Nodes:
             node.labels = dict(req.labels)
             node.networks = list(req.networks)
             node.cached_digests = list(req.cached_digests)
+            node.peer_address = req.peer_address
             node.last_heartbeat = now
         self.core.notifier.node_changed(req.node)
         self.core.notifier.capacity_changed()
@@ -60,7 +66,8 @@ class Nodes:
 
     def assignments(self, node_name: str) -> nodes_pb2.AssignmentSet:
         with self.store.read() as s:
-            if s.get(Node, node_name) is None:
+            node = s.get(Node, node_name)
+            if node is None:
                 raise NotFound(f"node {node_name} is not registered")
             rows = (
                 s.execute(
@@ -94,6 +101,8 @@ class Nodes:
                                 size_bytes=int(p.get("size_bytes", 0)),
                                 format=str(p.get("format", "raw")),
                                 mode=convert.mode_enum(str(p.get("mode", "COW"))),
+                                ext4=bool(p.get("ext4", False)),
+                                virtual_size_bytes=int(p.get("virtual_size_bytes", 0)),
                             )
                             for p in spec.get("partitions", [])
                         ],
@@ -107,6 +116,9 @@ class Nodes:
                         user_data=w.user_data,
                     )
                 )
+            self._fill_sources(s, node_name, out)
+            cached = set(node.cached_digests or ())
+            out.prefetch.extend(d for d in node.prefetch or () if d not in cached)
             return out
 
     @staticmethod
@@ -148,6 +160,7 @@ class Nodes:
                     node.state = "DRAINING" if node.drained else "READY"
                     log.info("node %s is back (%s)", req.node, node.state)
                 node.cached_digests = list(req.cached_digests)
+                _store_cache_report(node, req)
             seen: set[str] = set()
             for obs in req.workspaces:
                 seen.add(obs.workspace_id)
@@ -308,3 +321,120 @@ class Nodes:
             member="request",
         )
         return scheduler.to_json(nodes, [request], self.cfg.scheduler, scheduler.Affinity.NONE)
+
+    # -- blob caches: reports, peer sources, preload -----------------------------------
+
+    @staticmethod
+    def _fill_sources(s: Session, node_name: str, out: nodes_pb2.AssignmentSet) -> None:
+        """Name up to MAX_SOURCES peers per disk blob: nodes that serve peers and last
+        reported holding it; READY ones first, the rest spread over requesters by
+        rendezvous hashing (so N nodes fetching one blob do not all pick the same peer)."""
+        wanted = {d.digest for a in out.assignments for d in a.disks if d.digest}
+        if not wanted:
+            return
+        holders: dict[str, list[Node]] = {}
+        for peer in s.execute(
+            select(Node).where(
+                Node.name != node_name, Node.peer_address != "", Node.state != "DOWN"
+            )
+        ).scalars():
+            for digest in wanted.intersection(peer.cached_digests or ()):
+                holders.setdefault(digest, []).append(peer)
+
+        def rank(peer: Node) -> tuple[bool, str]:
+            spread = hashlib.sha256(f"{node_name}/{peer.name}".encode()).hexdigest()
+            return (peer.state != "READY", spread)
+
+        chosen = {
+            digest: [p.peer_address for p in sorted(peers, key=rank)[:MAX_SOURCES]]
+            for digest, peers in holders.items()
+        }
+        for a in out.assignments:
+            for disk in a.disks:
+                disk.sources.extend(chosen.get(disk.digest, ()))
+
+    def list_cache(self, name: str) -> admin_pb2.ListCacheResponse:
+        with self.store.read() as s:
+            node = s.get(Node, name)
+            if node is None:
+                raise NotFound(f"no node {name!r}; `ws-admin node list` shows them")
+            rows = sorted(node.cache or (), key=lambda e: -float(e.get("last_used", 0)))
+            return admin_pb2.ListCacheResponse(
+                node=name,
+                budget_bytes=node.cache_budget_bytes or 0,
+                used_bytes=sum(int(e.get("size_bytes", 0)) for e in rows),
+                entries=[
+                    admin_pb2.CacheEntry(
+                        digest=str(e["digest"]),
+                        size_bytes=int(e.get("size_bytes", 0)),
+                        last_used=convert.ts(float(e.get("last_used", 0))),
+                        pinned=bool(e.get("pinned", False)),
+                    )
+                    for e in rows
+                ],
+            )
+
+    def preload(self, image: str, names: Sequence[str]) -> admin_pb2.PreloadImageResponse:
+        """Ask nodes (default: every READY one) to fetch an image's blobs ahead of use.
+
+        The digests go on each node's prefetch list, sent in its AssignmentSet, and
+        leave it once the node reports them cached."""
+        from workspace.store import Image
+
+        if not image:
+            raise InvalidArgument("an image name is required")
+        with self.store.write() as s:
+            img = s.get(Image, image)
+            if img is None:
+                raise NotFound(f"image {image!r} not found; `ws image list` shows them")
+            digests = list(
+                dict.fromkeys(
+                    d
+                    for d in [str(p.get("digest", "")) for p in img.partitions]
+                    + [img.kernel_digest, img.initrd_digest]
+                    if d
+                )
+            )
+            if names:
+                nodes = []
+                for name in dict.fromkeys(names):
+                    node = s.get(Node, name)
+                    if node is None:
+                        raise NotFound(f"no node {name!r}; `ws-admin node list` shows them")
+                    nodes.append(node)
+            else:
+                nodes = list(
+                    s.execute(select(Node).where(Node.state == "READY").order_by(Node.name))
+                    .scalars()
+                    .all()
+                )
+                if not nodes:
+                    raise FailedPrecondition("no node is READY to preload the image onto")
+            for node in nodes:
+                have = set(node.cached_digests or ()) | set(node.prefetch or ())
+                add = [d for d in digests if d not in have]
+                if add:
+                    node.prefetch = [*(node.prefetch or ()), *add]
+            done = [n.name for n in nodes]
+        self.core.notifier.node_changed(*done)
+        log.info("image %s: preload on %s", image, ", ".join(done))
+        return admin_pb2.PreloadImageResponse(nodes=done, digests=digests)
+
+
+def _store_cache_report(node: Node, req: nodes_pb2.ReportStatusRequest) -> None:
+    """Keep a full report's cache contents on the node; drop prefetch digests now cached."""
+    node.cache = [
+        {
+            "digest": e.digest,
+            "size_bytes": e.size_bytes,
+            "last_used": e.last_used.ToNanoseconds() / 1e9,
+            "pinned": e.pinned,
+        }
+        for e in req.cache
+    ]
+    node.cache_budget_bytes = req.cache_budget_bytes
+    if node.prefetch:
+        cached = set(req.cached_digests)
+        left = [d for d in node.prefetch if d not in cached]
+        if left != node.prefetch:
+            node.prefetch = left

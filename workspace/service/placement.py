@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
+import netaddr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -29,20 +30,35 @@ class NoPlacement(ResourceExhausted):
 
 
 def node_views(s: Session) -> list[scheduler.NodeView]:
+    # Plain columns, not ORM entities: this runs on every placement over every node.
+    cols = (
+        Node.name,
+        Node.state,
+        Node.cpus,
+        Node.memory_mib,
+        Node.used_cpus,
+        Node.used_memory_mib,
+        Node.hypervisor,
+        Node.labels,
+        Node.networks,
+        Node.cached_digests,
+    )
     return [
         scheduler.NodeView(
-            name=n.name,
-            state=n.state,
-            cpus=n.cpus,
-            memory_mib=n.memory_mib,
-            used_cpus=n.used_cpus,
-            used_memory_mib=n.used_memory_mib,
-            hypervisor=n.hypervisor,
-            labels=dict(n.labels or {}),
-            networks=tuple(n.networks or ()),
-            cached_digests=frozenset(n.cached_digests or ()),
+            name=name,
+            state=state,
+            cpus=cpus,
+            memory_mib=mem,
+            used_cpus=ucpu,
+            used_memory_mib=umem,
+            hypervisor=hyp,
+            labels=dict(labels or {}),
+            networks=tuple(nets or ()),
+            cached_digests=frozenset(cached or ()),
         )
-        for n in s.execute(select(Node).order_by(Node.name)).scalars()
+        for name, state, cpus, mem, ucpu, umem, hyp, labels, nets, cached in s.execute(
+            select(*cols).order_by(Node.name)
+        )
     ]
 
 
@@ -124,8 +140,14 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
     if net is None:
         raise NoPlacement(f"network {net_name!r} no longer exists")
     pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix)
-    used = set(s.execute(select(IpAllocation.ip).where(IpAllocation.network == net_name)).scalars())
-    ip = ipam.pick_address(pool, used)
+    used = list(
+        s.execute(
+            select(IpAllocation.ip_int)
+            .where(IpAllocation.network == net_name)
+            .order_by(IpAllocation.ip_int)
+        ).scalars()
+    )
+    ip = ipam.pick_address_int(pool, used)
     if ip is None:
         raise NoPlacement(f"network {net_name!r} has no free address left")
     for _ in range(64):
@@ -134,7 +156,16 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
             break
     else:
         raise NoPlacement(f"network {net_name!r}: could not find a free MAC address")
-    s.add(IpAllocation(network=net_name, ip=ip, mac=mac, workspace_id=ws.id, nic_index=index))
+    s.add(
+        IpAllocation(
+            network=net_name,
+            ip=ip,
+            ip_int=int(netaddr.IPAddress(ip)),
+            mac=mac,
+            workspace_id=ws.id,
+            nic_index=index,
+        )
+    )
     s.flush()
 
 

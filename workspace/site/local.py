@@ -1,4 +1,4 @@
-"""The local all-in-one site: one service and one agent on this machine.
+"""The local all-in-one site: one service and one or more agents on this machine.
 
 ``ws-admin site up`` writes ``service.toml`` and ``agent.toml`` into the site
 directory (default ``$WS_SITE_DIR`` or ``~/.local/share/workspace/site``), starts
@@ -11,8 +11,14 @@ With the fake driver no network traffic exists at all. With the libvirt driver t
 service, the agent, a private libvirtd, the bridges and the VMs all live in the
 site's own network namespace (``workspace.site.hostenv``).
 
+``--nodes N`` (N > 1) simulates N hosts: agents ``local-1`` .. ``local-N``, each with
+its files in ``<site>/nodes/<node>/`` and, with the libvirt driver, its own network
+namespace and private libvirtd (so its own ``wsbr0`` bridge and dnsmasq); the
+service then runs in the host's network namespace. The namespaces are not connected
+to each other (no L2 between nodes). See docs/design/host-environment.md.
+
 ``site down`` stops exactly the recorded processes (after checking that each pid
-still runs our command line: never by name), removes the namespace of a libvirt
+still runs our command line: never by name), removes the namespaces of a libvirt
 site and leaves the data in place. Stale records after a crash are harmless: the
 next ``site up`` starts whatever is not running.
 """
@@ -30,7 +36,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +48,10 @@ SITE_FILE = "site.json"
 SERVICE_MODULE = "workspace.service.main"
 AGENT_MODULE = "agent.main"
 NODE_NAME = "local"
+AGENT_CONFIG = "agent.toml"
+AGENT_LOG = "agent.log"
+NODES_DIR = "nodes"  # <site>/nodes/<node>/ on a site of several nodes
+MAX_NODES = 16
 DRIVERS = ("fake", "libvirt")
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 90.0
@@ -75,6 +85,8 @@ class HostEnvLike(Protocol):
 
     def run_prefix(self) -> list[str]: ...
 
+    def running(self) -> bool: ...
+
 
 def default_site_dir() -> Path:
     env = os.environ.get(SITE_ENV, "").strip()
@@ -84,8 +96,36 @@ def default_site_dir() -> Path:
 
 
 @dataclasses.dataclass
+class AgentRecord:
+    """One node of the site: its agent's pid, network namespace and directory.
+
+    ``dir`` holds the node's ``agent.toml``, ``agent.log``, ``agent/`` (state and image
+    cache) and, with the libvirt driver, ``libvirt/`` (its private libvirtd).
+    """
+
+    node: str
+    pid: int = 0
+    netns: str = ""
+    dir: str = ""
+
+    @property
+    def config(self) -> Path:
+        return Path(self.dir) / AGENT_CONFIG
+
+    @property
+    def log(self) -> Path:
+        return Path(self.dir) / AGENT_LOG
+
+
+@dataclasses.dataclass
 class SiteRecord:
-    """Contents of site.json: what is running and how to reach it."""
+    """Contents of site.json: what is running and how to reach it.
+
+    ``agents`` lists every node (one for a one-node site). ``node``, ``agent_pid`` and
+    ``netns`` are node 1's, kept for readers of the one-node format; a record without
+    ``agents`` (written before there could be several) reads as that one node.
+    ``service_netns`` is the namespace the service runs in ("" = the host's).
+    """
 
     dir: str
     address: str
@@ -96,8 +136,21 @@ class SiteRecord:
     netns: str = ""
     virt_type: str = ""
     started_at: float = 0.0
+    agents: list[AgentRecord] = dataclasses.field(default_factory=list)
+    service_netns: str = ""
+
+    def sync_first_node(self) -> None:
+        """Copy node 1 into the one-node fields."""
+        if self.agents:
+            first = self.agents[0]
+            self.node, self.agent_pid, self.netns = first.node, first.pid, first.netns
+
+    def netns_names(self) -> list[str]:
+        names = [a.netns for a in self.agents if a.netns]
+        return names or ([self.netns] if self.netns else [])
 
     def to_json(self) -> str:
+        self.sync_first_node()
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
 
@@ -113,10 +166,20 @@ def read_record(site_dir: str | os.PathLike[str]) -> SiteRecord | None:
     if not isinstance(data, dict):
         raise SiteError(f"{path} is not a valid site record; remove it")
     known = {f.name for f in dataclasses.fields(SiteRecord)}
+    agent_known = {f.name for f in dataclasses.fields(AgentRecord)}
     try:
-        return SiteRecord(**{k: v for k, v in data.items() if k in known})
+        rec = SiteRecord(**{k: v for k, v in data.items() if k in known and k != "agents"})
+        agents = data.get("agents") or []
+        if not isinstance(agents, list) or not all(isinstance(a, dict) for a in agents):
+            raise TypeError("'agents' must be a list of objects")
+        rec.agents = [
+            AgentRecord(**{k: v for k, v in a.items() if k in agent_known}) for a in agents
+        ]
+        if not rec.agents:  # the one-node format
+            rec.agents = [AgentRecord(rec.node, rec.agent_pid, rec.netns, rec.dir)]
     except TypeError as exc:
         raise SiteError(f"{path} is not a valid site record ({exc}); remove it") from exc
+    return rec
 
 
 def write_record(site_dir: Path, record: SiteRecord) -> None:
@@ -225,6 +288,27 @@ def stop_process(
 
 
 @dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    """Where one node of the local site lives."""
+
+    name: str
+    dir: Path
+    netns: str
+
+    @property
+    def config(self) -> Path:
+        return self.dir / AGENT_CONFIG
+
+    @property
+    def log(self) -> Path:
+        return self.dir / AGENT_LOG
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "agent"
+
+
+@dataclasses.dataclass(frozen=True)
 class UpResult:
     record: SiteRecord
     already_running: bool
@@ -245,7 +329,16 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 class LocalSite:
-    """The all-in-one site in one directory."""
+    """The all-in-one site in one directory: a service and ``nodes`` agents.
+
+    One node (the default) is named ``local`` and keeps its files in the site
+    directory itself. With ``nodes`` = N > 1 the nodes are ``local-1`` .. ``local-N``,
+    each in ``<site>/nodes/<name>/`` (own agent config, log, state dir and image
+    cache) and, with the libvirt driver, in a network namespace of its own with its
+    own private libvirtd, bridge and dnsmasq, like separate hosts. The service then
+    runs in the host's network namespace (it needs no network: it listens on the unix
+    socket in the site directory); a one-node site keeps it in the node's namespace.
+    """
 
     def __init__(
         self,
@@ -254,16 +347,21 @@ class LocalSite:
         virt_type: str | None = None,
         node: str = NODE_NAME,
         say: Callable[[str], None] | None = None,
+        nodes: int | None = None,
     ) -> None:
         if driver is not None and driver not in DRIVERS:
             raise errors.InvalidArgument(f"unknown driver {driver!r}: use one of {DRIVERS}")
+        if nodes is not None and not 1 <= nodes <= MAX_NODES:
+            raise errors.InvalidArgument(f"--nodes {nodes}: give 1 to {MAX_NODES}")
         self.dir = Path(site_dir if site_dir is not None else default_site_dir())
         self.dir = self.dir.expanduser().resolve()
-        # None: what the site ran with last time, else fake / qemu (TCG).
+        # None: what the site ran with last time, else fake / qemu (TCG) / 1 node.
         self._driver = driver
         self._virt_type = virt_type
+        self._nodes = nodes
         self.driver = driver or "fake"
         self.virt_type = virt_type or "qemu"
+        self.nodes = nodes or 1
         self.node = node
         self._say = say or (lambda _msg: None)
 
@@ -283,7 +381,8 @@ class LocalSite:
 
     @property
     def agent_config(self) -> Path:
-        return self.dir / "agent.toml"
+        """Node 1's agent config (the only one on a one-node site)."""
+        return self.node_specs()[0].config
 
     @property
     def service_log(self) -> Path:
@@ -291,11 +390,26 @@ class LocalSite:
 
     @property
     def agent_log(self) -> Path:
-        return self.dir / "agent.log"
+        """Node 1's agent log (the only one on a one-node site)."""
+        return self.node_specs()[0].log
 
     @property
     def netns_name(self) -> str:
         return "ws-" + hashlib.sha1(str(self.dir).encode()).hexdigest()[:8]
+
+    def node_specs(self, count: int | None = None) -> list[NodeSpec]:
+        """The nodes of a site of ``count`` nodes (default: this site's number)."""
+        count = count or self.nodes
+        if count == 1:
+            return [NodeSpec(self.node, self.dir, self.netns_name)]
+        return [
+            NodeSpec(
+                f"{self.node}-{i}",
+                self.dir / NODES_DIR / f"{self.node}-{i}",
+                f"{self.netns_name}-{i}",
+            )
+            for i in range(1, count + 1)
+        ]
 
     def record(self) -> SiteRecord | None:
         return read_record(self.dir)
@@ -310,15 +424,22 @@ class LocalSite:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _hostenv(self, netns: str) -> HostEnvLike:
+    def _hostenv(self, netns: str, node_dir: Path | None = None) -> HostEnvLike:
+        """The host environment (netns + private libvirtd) of the node in ``node_dir``."""
         from workspace.site import hostenv
 
-        env: HostEnvLike = hostenv.HostEnv(self.dir, netns)
+        env: HostEnvLike = hostenv.HostEnv(node_dir or self.dir, netns)
         return env
+
+    def _node_env(self, netns: str, node_dir: str | Path) -> HostEnvLike:
+        node_dir = Path(node_dir)
+        return self._hostenv(netns) if node_dir == self.dir else self._hostenv(netns, node_dir)
 
     # -- config files ------------------------------------------------------------------
 
-    def _write_configs(self, libvirt_uri: str) -> None:
+    def _write_configs(self, libvirt_uri: str | Mapping[str, str]) -> None:
+        """service.toml and each node's agent.toml; ``libvirt_uri`` may be per node."""
+
         def header(name: str) -> str:
             return (
                 "# Generated by `ws-admin site up` for the local all-in-one site in\n"
@@ -335,23 +456,38 @@ class LocalSite:
             "node_grace_s = 40\n"
             'log_level = "INFO"\n'
         )
-        fake = self.driver == "fake"
-        agent = header("agent.toml") + (
-            f"\nnode = {_toml(self.node)}\n"
+        self.service_config.write_text(service)
+        specs = self.node_specs()
+        for spec in specs:
+            uri = libvirt_uri if isinstance(libvirt_uri, str) else libvirt_uri.get(spec.name, "")
+            spec.dir.mkdir(parents=True, exist_ok=True)
+            spec.config.write_text(header("agent.toml") + self._agent_config(spec, uri, specs))
+
+    def _agent_config(self, spec: NodeSpec, libvirt_uri: str, specs: list[NodeSpec]) -> str:
+        several = len(specs) > 1
+        text = (
+            (
+                f"\n# Node {specs.index(spec) + 1} of {len(specs)} on this machine.\n"
+                if several
+                else "\n"
+            )
+            + f"node = {_toml(spec.name)}\n"
             f"service = {_toml(self.address)}\n"
             f"driver = {_toml(self.driver)}\n"
             "# Image cache, per-VM disks, console logs.\n"
-            f"state_dir = {_toml(str(self.dir / 'agent'))}\n"
-            "# Capacity to announce: 0 = what this host has.\n"
-            "cpus = 0\n"
+            f"state_dir = {_toml(str(spec.state_dir))}\n"
+            f"cache_dir = {_toml(str(spec.state_dir / 'cache'))}\n"
+            "# Capacity to announce: 0 = what this host has"
+            + (" (every node of the site announces all of it).\n" if several else ".\n")
+            + "cpus = 0\n"
             "memory_mib = 0\n"
             "disk_gib = 0\n"
             'log_level = "INFO"\n'
             "\n[[networks]]\n"
             f"name = {_toml(DEFAULT_NETWORK.name)}\n"
         )
-        if fake:
-            agent += (
+        if self.driver == "fake":
+            return text + (
                 "# The fake driver has no traffic: no bridge address, no DHCP server.\n"
                 'bridge_address = ""\n'
                 "dhcp = false\n"
@@ -359,19 +495,16 @@ class LocalSite:
                 "# Fake domains survive an agent restart, as libvirt's do.\n"
                 "persist = true\n"
             )
-        else:
-            agent += (
-                "# The bridge lives in the site's network namespace.\n"
-                'bridge_address = "gateway"\n'
-                "dhcp = true\n"
-                "\n[libvirt]\n"
-                "# The site's private libvirtd (workspace.site.hostenv).\n"
-                f"uri = {_toml(libvirt_uri)}\n"
-                '# "qemu" (TCG) where nested KVM does not work, "kvm" on real hosts.\n'
-                f"virt_type = {_toml(self.virt_type)}\n"
-            )
-        self.service_config.write_text(service)
-        self.agent_config.write_text(agent)
+        return text + (
+            "# The bridge lives in the node's network namespace.\n"
+            'bridge_address = "gateway"\n'
+            "dhcp = true\n"
+            "\n[libvirt]\n"
+            "# The node's private libvirtd (workspace.site.hostenv).\n"
+            f"uri = {_toml(libvirt_uri)}\n"
+            '# "qemu" (TCG) where nested KVM does not work, "kvm" on real hosts.\n'
+            f"virt_type = {_toml(self.virt_type)}\n"
+        )
 
     # -- start -------------------------------------------------------------------------
 
@@ -393,7 +526,7 @@ class LocalSite:
             )
 
     def up(self, timeout_s: float = START_TIMEOUT_S) -> UpResult:
-        """Start whatever of the site is not running; wait until its node is READY."""
+        """Start whatever of the site is not running; wait until every node is READY."""
         if len(str(self.socket_path)) > _UNIX_PATH_MAX:
             raise SiteError(
                 f"site directory {self.dir} is too long for a unix socket path "
@@ -401,55 +534,92 @@ class LocalSite:
             )
         with self._locked():
             old = read_record(self.dir)
+            if old is not None:
+                count = len(old.agents)
+                if self._nodes is not None and self._nodes != count:
+                    raise SiteError(
+                        f"the site in {self.dir} was started with {count} node(s), not "
+                        f"{self._nodes}; run `ws-admin site down` first (its data stay)"
+                    )
+                self.nodes = count
             svc_alive = old is not None and process_matches(
                 old.service_pid, SERVICE_MODULE, self.service_config
             )
-            agent_alive = old is not None and process_matches(
-                old.agent_pid, AGENT_MODULE, self.agent_config
-            )
-            if old is not None and svc_alive and agent_alive:
+            agents_alive = {
+                a.node
+                for a in (old.agents if old is not None else [])
+                if process_matches(a.pid, AGENT_MODULE, a.config)
+            }
+            everything = old is not None and svc_alive and len(agents_alive) == len(old.agents)
+            if old is not None and everything and self._hostenvs_running(old):
                 return UpResult(old, already_running=True)
             if old is not None:
                 self.driver = self._driver or old.driver
                 self.virt_type = self._virt_type or old.virt_type or "qemu"
-            if old is not None and (svc_alive or agent_alive) and old.driver != self.driver:
+            if old is not None and (svc_alive or agents_alive) and old.driver != self.driver:
                 raise SiteError(
                     f"the site in {self.dir} is partly running with driver {old.driver}; "
                     "run `ws-admin site down` first"
                 )
-            if old is not None and old.netns and self.driver != "libvirt":
+            if old is not None and old.netns_names() and self.driver != "libvirt":
                 raise SiteError(
                     f"the site in {self.dir} was started with driver {old.driver} and its "
-                    f"network namespace {old.netns} may still exist; "
+                    f"network namespace(s) {', '.join(old.netns_names())} may still exist; "
                     "run `ws-admin site down` first"
                 )
-            return self._start(old, svc_alive, agent_alive, timeout_s)
+            return self._start(old, svc_alive, agents_alive, timeout_s)
+
+    def _hostenvs_running(self, rec: SiteRecord) -> bool:
+        """True unless a node's namespace or private libvirtd is gone (libvirt sites)."""
+        if rec.driver != "libvirt":
+            return True
+        return all(self._node_env(a.netns, a.dir).running() for a in rec.agents if a.netns)
 
     def _start(
-        self, old: SiteRecord | None, svc_alive: bool, agent_alive: bool, timeout_s: float
+        self,
+        old: SiteRecord | None,
+        svc_alive: bool,
+        agents_alive: set[str],
+        timeout_s: float,
     ) -> UpResult:
+        specs = self.node_specs()
+        libvirt = self.driver == "libvirt"
+        old_pids = {a.node: a.pid for a in old.agents} if old is not None else {}
         rec = SiteRecord(
             dir=str(self.dir),
             address=self.address,
             driver=self.driver,
-            node=self.node,
             service_pid=old.service_pid if old is not None and svc_alive else 0,
-            agent_pid=old.agent_pid if old is not None and agent_alive else 0,
-            virt_type=self.virt_type if self.driver == "libvirt" else "",
+            virt_type=self.virt_type if libvirt else "",
             started_at=time.time(),
+            agents=[
+                AgentRecord(
+                    node=spec.name,
+                    pid=old_pids.get(spec.name, 0) if spec.name in agents_alive else 0,
+                    netns=spec.netns if libvirt else "",
+                    dir=str(spec.dir),
+                )
+                for spec in specs
+            ],
         )
-        prefix: list[str] = []
-        libvirt_uri = ""
-        if self.driver == "libvirt":
-            rec.netns = self.netns_name
+        rec.sync_first_node()
+        prefixes: dict[str, list[str]] = {spec.name: [] for spec in specs}
+        uris: dict[str, str] = {spec.name: "" for spec in specs}
+        if libvirt:
+            # A one-node site keeps its service in the node's namespace (as it always
+            # did); with several nodes it runs in the host's: it needs no network.
+            rec.service_netns = specs[0].netns if len(specs) == 1 else ""
             # Recorded first, so that `site down` can clean up a half-made host env.
             write_record(self.dir, rec)
-            self._say(f"setting up network namespace {rec.netns} and its libvirtd")
-            env = self._hostenv(rec.netns)
-            env.up()
-            prefix = list(env.run_prefix())
-            libvirt_uri = env.libvirt_uri
-        self._write_configs(libvirt_uri)
+            for spec in specs:
+                who = f" for node {spec.name}" if len(specs) > 1 else ""
+                self._say(f"setting up network namespace {spec.netns} and its libvirtd{who}")
+                env = self._node_env(spec.netns, spec.dir)
+                env.up()
+                prefixes[spec.name] = list(env.run_prefix())
+                uris[spec.name] = env.libvirt_uri
+        self._write_configs(uris)
+        service_prefix = prefixes[specs[0].name] if rec.service_netns else []
         started: list[tuple[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         try:
@@ -458,17 +628,22 @@ class LocalSite:
                     if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
                         self.socket_path.unlink()
                 self._say(f"starting workspace-service (log {self.service_log})")
-                proc = self._spawn(SERVICE_MODULE, self.service_config, self.service_log, prefix)
+                proc = self._spawn(
+                    SERVICE_MODULE, self.service_config, self.service_log, service_prefix
+                )
                 started.append(("service", proc))
                 rec.service_pid = proc.pid
                 write_record(self.dir, rec)
             self._wait_healthy(started, deadline)
             self._ensure_network()
-            if not agent_alive:
-                self._say(f"starting workspace-agent (log {self.agent_log})")
-                proc = self._spawn(AGENT_MODULE, self.agent_config, self.agent_log, prefix)
-                started.append(("agent", proc))
-                rec.agent_pid = proc.pid
+            for spec, agent in zip(specs, rec.agents, strict=True):
+                if spec.name in agents_alive:
+                    continue
+                who = f" for node {spec.name}" if len(specs) > 1 else ""
+                self._say(f"starting workspace-agent{who} (log {spec.log})")
+                proc = self._spawn(AGENT_MODULE, spec.config, spec.log, prefixes[spec.name])
+                started.append((spec.name, proc))
+                agent.pid = proc.pid
                 write_record(self.dir, rec)
             self._wait_node_ready(started, deadline)
         except BaseException:
@@ -488,20 +663,27 @@ class LocalSite:
                     proc.wait()
             if name == "service":
                 rec.service_pid = 0
-            else:
-                rec.agent_pid = 0
-        if rec.service_pid or rec.agent_pid or rec.netns:
+            for agent in rec.agents:
+                if agent.node == name:
+                    agent.pid = 0
+        if rec.service_pid or any(a.pid for a in rec.agents) or rec.netns_names():
             write_record(self.dir, rec)
         else:
             (self.dir / SITE_FILE).unlink(missing_ok=True)
+
+    def _log_of(self, name: str) -> Path:
+        if name == "service":
+            return self.service_log
+        return next((s.log for s in self.node_specs() if s.name == name), self.agent_log)
 
     def _check_started(self, started: list[tuple[str, Any]]) -> None:
         for name, proc in started:
             code = proc.poll()
             if code is not None:
-                log = self.service_log if name == "service" else self.agent_log
+                what = "service" if name == "service" else f"agent of node {name}"
+                log = self._log_of(name)
                 raise SiteError(
-                    f"the {name} exited with status {code} while starting; "
+                    f"the {what} exited with status {code} while starting; "
                     f"last lines of {log}:\n{_log_tail(log)}"
                 )
 
@@ -540,41 +722,56 @@ class LocalSite:
 
     def _wait_node_ready(self, started: list[tuple[str, Any]], deadline: float) -> None:
         ready = admin_pb2.NodeState.NODE_STATE_READY
+        waiting = [spec.name for spec in self.node_specs()]
         last = "not registered"
         with self._client() as client:
             while True:
                 self._check_started(started)
                 try:
                     nodes = {n.name: n for n in client.list_nodes()}
-                    node = nodes.get(self.node)
-                    if node is not None and node.state == ready:
+                    waiting = [
+                        name for name in waiting if name not in nodes or nodes[name].state != ready
+                    ]
+                    if not waiting:
                         return
+                    node = nodes.get(waiting[0])
+                    last = "not registered"
                     if node is not None:
                         last = admin_pb2.NodeState.Name(node.state).removeprefix("NODE_STATE_")
                 except errors.Unavailable as exc:
                     last = exc.message
                 if time.monotonic() > deadline:
+                    log = self._log_of(waiting[0])
                     raise SiteError(
-                        f"node {self.node} did not become READY ({last}); "
-                        f"last lines of {self.agent_log}:\n{_log_tail(self.agent_log)}"
+                        f"node {waiting[0]} did not become READY ({last}); "
+                        f"last lines of {log}:\n{_log_tail(log)}"
                     )
                 time.sleep(0.2)
 
     # -- stop --------------------------------------------------------------------------
 
     def down(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
-        """Stop the recorded processes (and a libvirt site's namespace); keep the data."""
+        """Stop the recorded processes (and a libvirt site's namespaces); keep the data."""
         with self._locked():
             rec = read_record(self.dir)
             if rec is None:
                 return [f"no site running in {self.dir}"]
+            several = len(rec.agents) > 1
             done = [
-                "agent: " + stop_process(rec.agent_pid, AGENT_MODULE, self.agent_config, timeout_s),
-                "service: "
-                + stop_process(rec.service_pid, SERVICE_MODULE, self.service_config, timeout_s),
+                ("agent" + (f" {a.node}" if several else "") + ": ")
+                + stop_process(a.pid, AGENT_MODULE, a.config, timeout_s)
+                for a in rec.agents
             ]
-            if rec.netns:
-                self._hostenv(rec.netns).down()
+            done.append(
+                "service: "
+                + stop_process(rec.service_pid, SERVICE_MODULE, self.service_config, timeout_s)
+            )
+            for agent in rec.agents:
+                if agent.netns:
+                    self._node_env(agent.netns, agent.dir).down()
+                    done.append(f"network namespace {agent.netns}: removed with its VMs")
+            if not any(a.netns for a in rec.agents) and rec.netns:
+                self._hostenv(rec.netns).down()  # a record from before per-node namespaces
                 done.append(f"network namespace {rec.netns}: removed with its VMs")
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
@@ -585,33 +782,55 @@ class LocalSite:
     # -- status ------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What runs, whether the service answers and in which state the node is."""
+        """What runs, whether the service answers and in which state every node is."""
         rec = read_record(self.dir)
         out: dict[str, Any] = {"dir": str(self.dir), "state": "stopped"}
         if rec is None:
             return out
         svc = process_matches(rec.service_pid, SERVICE_MODULE, self.service_config)
-        agent = process_matches(rec.agent_pid, AGENT_MODULE, self.agent_config)
+        running = {a.node: process_matches(a.pid, AGENT_MODULE, a.config) for a in rec.agents}
+        first = rec.agents[0]
         out.update(
             address=rec.address,
             driver=rec.driver,
             netns=rec.netns,
-            service={"pid": rec.service_pid, "running": svc, "log": str(self.service_log)},
-            agent={"pid": rec.agent_pid, "running": agent, "log": str(self.agent_log)},
+            service={
+                "pid": rec.service_pid,
+                "running": svc,
+                "log": str(self.service_log),
+                "netns": rec.service_netns,
+            },
+            agent={"pid": first.pid, "running": running[first.node], "log": str(first.log)},
         )
-        health, node_state = "", ""
+        health = ""
+        states: dict[str, str] = {}
         if svc:
             try:
                 with self._client(timeout_s=3.0) as client:
                     health = client.health()
                     for n in client.list_nodes():
-                        if n.name == rec.node:
-                            node_state = admin_pb2.NodeState.Name(n.state)
-                            node_state = node_state.removeprefix("NODE_STATE_")
+                        state = admin_pb2.NodeState.Name(n.state)
+                        states[n.name] = state.removeprefix("NODE_STATE_")
             except errors.WorkspaceError as exc:
                 health = health or f"error: {exc.message}"
         out["health"] = health
-        out["node"] = {"name": rec.node, "state": node_state or "UNKNOWN"}
-        ok = svc and agent and health == "SERVING" and node_state == "READY"
+        out["node"] = {"name": first.node, "state": states.get(first.node, "UNKNOWN")}
+        out["agents"] = [
+            {
+                "node": a.node,
+                "pid": a.pid,
+                "running": running[a.node],
+                "state": states.get(a.node, "UNKNOWN"),
+                "netns": a.netns,
+                "log": str(a.log),
+            }
+            for a in rec.agents
+        ]
+        ok = (
+            svc
+            and all(running.values())
+            and health == "SERVING"
+            and all(states.get(a.node) == "READY" for a in rec.agents)
+        )
         out["state"] = "running" if ok else "degraded"
         return out

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
     Index,
@@ -38,6 +39,13 @@ class Node(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     networks: Mapped[list[str]] = mapped_column(JSON, default=list)
     cached_digests: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Where other agents fetch blobs from this node ("" = it serves no peers).
+    peer_address: Mapped[str] = mapped_column(String(255), default="")
+    # The blob cache as last reported: [{"digest","size_bytes","last_used","pinned"}].
+    cache: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    cache_budget_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Digests `ws-admin cache preload` asked this node to fetch; dropped once reported cached.
+    prefetch: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
 class Network(Base):
@@ -61,11 +69,14 @@ class IpAllocation(Base):
         UniqueConstraint("network", "ip", name="uq_ip_per_network"),
         UniqueConstraint("mac", name="uq_mac"),
         Index("ix_alloc_workspace", "workspace_id"),
+        Index("ix_alloc_network_ip_int", "network", "ip_int"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     network: Mapped[str] = mapped_column(ForeignKey("networks.name"))
     ip: Mapped[str] = mapped_column(String(64))
+    # The address as an integer: the lowest free one is found without parsing strings.
+    ip_int: Mapped[int] = mapped_column(Integer, default=0)
     mac: Mapped[str] = mapped_column(String(17))
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
     nic_index: Mapped[int] = mapped_column(Integer, default=0)
@@ -75,7 +86,8 @@ class Blob(Base):
     __tablename__ = "blobs"
 
     digest: Mapped[str] = mapped_column(String(80), primary_key=True)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    # 64-bit: blobs are often larger than 2 GiB (PostgreSQL's INTEGER is 32-bit).
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -84,7 +96,9 @@ class Image(Base):
 
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
-    # [{"name","digest","size_bytes","format","mode"}]; mode is the enum name
+    # [{"name","digest","size_bytes","format","mode","virtual_size_bytes","ext4"}]; mode is
+    # the enum name (COW, READONLY, BLANK); size_bytes is the blob's size (blank: the
+    # virtual size); rows from before virtual_size_bytes and ext4 existed lack them.
     partitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     kernel_digest: Mapped[str] = mapped_column(String(80), default="")
     initrd_digest: Mapped[str] = mapped_column(String(80), default="")

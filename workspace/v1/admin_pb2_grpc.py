@@ -74,6 +74,16 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_admin__pb2.SchedulerInputRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.SchedulerInput.FromString,
                 _registered_method=True)
+        self.ListCache = channel.unary_unary(
+                '/workspace.v1.Admin/ListCache',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.ListCacheResponse.FromString,
+                _registered_method=True)
+        self.PreloadImage = channel.unary_unary(
+                '/workspace.v1.Admin/PreloadImage',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.PreloadImageRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.PreloadImageResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -130,6 +140,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCache(self, request, context):
+        """What a node's blob cache holds (as last reported by its agent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreloadImage(self, request, context):
+        """Ask nodes to fetch an image's blobs into their caches ahead of use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +196,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetSchedulerInput,
                     request_deserializer=workspace_dot_v1_dot_admin__pb2.SchedulerInputRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.SchedulerInput.SerializeToString,
+            ),
+            'ListCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCache,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.NodeRef.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.ListCacheResponse.SerializeToString,
+            ),
+            'PreloadImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreloadImage,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.PreloadImageRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.PreloadImageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +424,60 @@ class Admin:
             '/workspace.v1.Admin/GetSchedulerInput',
             workspace_dot_v1_dot_admin__pb2.SchedulerInputRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.SchedulerInput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/ListCache',
+            workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.ListCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreloadImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/PreloadImage',
+            workspace_dot_v1_dot_admin__pb2.PreloadImageRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.PreloadImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

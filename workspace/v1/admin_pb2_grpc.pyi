@@ -42,6 +42,10 @@ class AdminStub:
     ListQueue: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListQueueRequest, _admin_pb2.ListQueueResponse]
     GetSchedulerInput: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SchedulerInputRequest, _admin_pb2.SchedulerInput]
     """The scheduler's input for a request as JSON, to replay offline (`ws-admin schedule explain`)."""
+    ListCache: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.ListCacheResponse]
+    """What a node's blob cache holds (as last reported by its agent)."""
+    PreloadImage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PreloadImageRequest, _admin_pb2.PreloadImageResponse]
+    """Ask nodes to fetch an image's blobs into their caches ahead of use."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -57,6 +61,10 @@ class AdminAsyncStub(AdminStub):
     ListQueue: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListQueueRequest, _admin_pb2.ListQueueResponse]  # type: ignore[assignment]
     GetSchedulerInput: _aio.UnaryUnaryMultiCallable[_admin_pb2.SchedulerInputRequest, _admin_pb2.SchedulerInput]  # type: ignore[assignment]
     """The scheduler's input for a request as JSON, to replay offline (`ws-admin schedule explain`)."""
+    ListCache: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.ListCacheResponse]  # type: ignore[assignment]
+    """What a node's blob cache holds (as last reported by its agent)."""
+    PreloadImage: _aio.UnaryUnaryMultiCallable[_admin_pb2.PreloadImageRequest, _admin_pb2.PreloadImageResponse]  # type: ignore[assignment]
+    """Ask nodes to fetch an image's blobs into their caches ahead of use."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,5 +125,21 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SchedulerInput, _abc.Awaitable[_admin_pb2.SchedulerInput]]:
         """The scheduler's input for a request as JSON, to replay offline (`ws-admin schedule explain`)."""
+
+    @_abc_1.abstractmethod
+    def ListCache(
+        self,
+        request: _admin_pb2.NodeRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListCacheResponse, _abc.Awaitable[_admin_pb2.ListCacheResponse]]:
+        """What a node's blob cache holds (as last reported by its agent)."""
+
+    @_abc_1.abstractmethod
+    def PreloadImage(
+        self,
+        request: _admin_pb2.PreloadImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PreloadImageResponse, _abc.Awaitable[_admin_pb2.PreloadImageResponse]]:
+        """Ask nodes to fetch an image's blobs into their caches ahead of use."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19workspace/v1/common.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\tPartition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.workspace.v1.PartitionMode\"T\n\x03Nic\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x12\n\nprefix_len\x18\x04 \x01(\x05\x12\x0f\n\x07gateway\x18\x05 \x01(\t\"\xad\x03\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12\x0c\n\x04\x63pus\x18\x05 \x01(\x05\x12\x12\n\nmemory_mib\x18\x06 \x01(\x03\x12\x1f\n\x04nics\x18\x07 \x03(\x0b\x32\x11.workspace.v1.Nic\x12\x0c\n\x04node\x18\x08 \x01(\t\x12+\n\x05state\x18\t \x01(\x0e\x32\x1c.workspace.v1.WorkspaceState\x12\x31\n\rdesired_state\x18\n \x01(\x0e\x32\x1a.workspace.v1.DesiredState\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0creboot_count\x18\x0f \x01(\x03\x12\x0f\n\x07\x63luster\x18\x10 \x01(\t\x12\x0c\n\x04role\x18\x11 \x01(\t*\xf6\x02\n\x0eWorkspaceState\x12\x1f\n\x1bWORKSPACE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKSPACE_STATE_PENDING\x10\x01\x12\x1d\n\x19WORKSPACE_STATE_SCHEDULED\x10\x02\x12\x1f\n\x1bWORKSPACE_STATE_PROPAGATING\x10\x03\x12\x1c\n\x18WORKSPACE_STATE_STARTING\x10\x04\x12\x1b\n\x17WORKSPACE_STATE_RUNNING\x10\x05\x12\x1a\n\x16WORKSPACE_STATE_PAUSED\x10\x06\x12\x1c\n\x18WORKSPACE_STATE_STOPPING\x10\x07\x12\x1b\n\x17WORKSPACE_STATE_STOPPED\x10\x08\x12\x1e\n\x1aWORKSPACE_STATE_TERMINATED\x10\t\x12\x1a\n\x16WORKSPACE_STATE_FAILED\x10\n\x12\x18\n\x14WORKSPACE_STATE_LOST\x10\x0b*\x9b\x01\n\x0c\x44\x65siredState\x12\x1d\n\x19\x44\x45SIRED_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45SIRED_STATE_RUNNING\x10\x01\x12\x18\n\x14\x44\x45SIRED_STATE_PAUSED\x10\x02\x12\x19\n\x15\x44\x45SIRED_STATE_STOPPED\x10\x03\x12\x1c\n\x18\x44\x45SIRED_STATE_TERMINATED\x10\x04*~\n\rPartitionMode\x12\x1e\n\x1aPARTITION_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12PARTITION_MODE_COW\x10\x01\x12\x1b\n\x17PARTITION_MODE_READONLY\x10\x02\x12\x18\n\x14PARTITION_MODE_BLANK\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19workspace/v1/common.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n\tPartition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.workspace.v1.PartitionMode\x12\x0c\n\x04\x65xt4\x18\x06 \x01(\x08\x12\x1a\n\x12virtual_size_bytes\x18\x07 \x01(\x03\"T\n\x03Nic\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x12\n\nprefix_len\x18\x04 \x01(\x05\x12\x0f\n\x07gateway\x18\x05 \x01(\t\"\xad\x03\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12\x0c\n\x04\x63pus\x18\x05 \x01(\x05\x12\x12\n\nmemory_mib\x18\x06 \x01(\x03\x12\x1f\n\x04nics\x18\x07 \x03(\x0b\x32\x11.workspace.v1.Nic\x12\x0c\n\x04node\x18\x08 \x01(\t\x12+\n\x05state\x18\t \x01(\x0e\x32\x1c.workspace.v1.WorkspaceState\x12\x31\n\rdesired_state\x18\n \x01(\x0e\x32\x1a.workspace.v1.DesiredState\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0creboot_count\x18\x0f \x01(\x03\x12\x0f\n\x07\x63luster\x18\x10 \x01(\t\x12\x0c\n\x04role\x18\x11 \x01(\t*\xf6\x02\n\x0eWorkspaceState\x12\x1f\n\x1bWORKSPACE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKSPACE_STATE_PENDING\x10\x01\x12\x1d\n\x19WORKSPACE_STATE_SCHEDULED\x10\x02\x12\x1f\n\x1bWORKSPACE_STATE_PROPAGATING\x10\x03\x12\x1c\n\x18WORKSPACE_STATE_STARTING\x10\x04\x12\x1b\n\x17WORKSPACE_STATE_RUNNING\x10\x05\x12\x1a\n\x16WORKSPACE_STATE_PAUSED\x10\x06\x12\x1c\n\x18WORKSPACE_STATE_STOPPING\x10\x07\x12\x1b\n\x17WORKSPACE_STATE_STOPPED\x10\x08\x12\x1e\n\x1aWORKSPACE_STATE_TERMINATED\x10\t\x12\x1a\n\x16WORKSPACE_STATE_FAILED\x10\n\x12\x18\n\x14WORKSPACE_STATE_LOST\x10\x0b*\x9b\x01\n\x0c\x44\x65siredState\x12\x1d\n\x19\x44\x45SIRED_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45SIRED_STATE_RUNNING\x10\x01\x12\x18\n\x14\x44\x45SIRED_STATE_PAUSED\x10\x02\x12\x19\n\x15\x44\x45SIRED_STATE_STOPPED\x10\x03\x12\x1c\n\x18\x44\x45SIRED_STATE_TERMINATED\x10\x04*~\n\rPartitionMode\x12\x1e\n\x1aPARTITION_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12PARTITION_MODE_COW\x10\x01\x12\x1b\n\x17PARTITION_MODE_READONLY\x10\x02\x12\x18\n\x14PARTITION_MODE_BLANK\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'workspace.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKSPACESTATE']._serialized_start=717
-  _globals['_WORKSPACESTATE']._serialized_end=1091
-  _globals['_DESIREDSTATE']._serialized_start=1094
-  _globals['_DESIREDSTATE']._serialized_end=1249
-  _globals['_PARTITIONMODE']._serialized_start=1251
-  _globals['_PARTITIONMODE']._serialized_end=1377
-  _globals['_PARTITION']._serialized_start=76
-  _globals['_PARTITION']._serialized_end=196
-  _globals['_NIC']._serialized_start=198
-  _globals['_NIC']._serialized_end=282
-  _globals['_WORKSPACE']._serialized_start=285
-  _globals['_WORKSPACE']._serialized_end=714
+  _globals['_WORKSPACESTATE']._serialized_start=760
+  _globals['_WORKSPACESTATE']._serialized_end=1134
+  _globals['_DESIREDSTATE']._serialized_start=1137
+  _globals['_DESIREDSTATE']._serialized_end=1292
+  _globals['_PARTITIONMODE']._serialized_start=1294
+  _globals['_PARTITIONMODE']._serialized_end=1420
+  _globals['_PARTITION']._serialized_start=77
+  _globals['_PARTITION']._serialized_end=239
+  _globals['_NIC']._serialized_start=241
+  _globals['_NIC']._serialized_end=325
+  _globals['_WORKSPACE']._serialized_start=328
+  _globals['_WORKSPACE']._serialized_end=757
 # @@protoc_insertion_point(module_scope)

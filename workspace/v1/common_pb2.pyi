@@ -114,6 +114,8 @@ class Partition(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    EXT4_FIELD_NUMBER: _builtins.int
+    VIRTUAL_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     digest: _builtins.str
     """"sha256:<hex>"; empty for blank partitions"""
@@ -122,6 +124,10 @@ class Partition(_message.Message):
     format: _builtins.str
     """"raw" | "qcow2" """
     mode: Global___PartitionMode.ValueType
+    ext4: _builtins.bool
+    """Blank partitions only: make an ext4 filesystem on it at deploy time."""
+    virtual_size_bytes: _builtins.int
+    """The virtual disk size in bytes (qcow2: from its header; raw: the file size)."""
     def __init__(
         self,
         *,
@@ -130,10 +136,12 @@ class Partition(_message.Message):
         size_bytes: _builtins.int = ...,
         format: _builtins.str = ...,
         mode: Global___PartitionMode.ValueType = ...,
+        ext4: _builtins.bool = ...,
+        virtual_size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "format", b"format", "mode", b"mode", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "ext4", b"ext4", "format", b"format", "mode", b"mode", "name", b"name", "size_bytes", b"size_bytes", "virtual_size_bytes", b"virtual_size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,21 @@ class ImagesStub:
                 request_serializer=workspace_dot_v1_dot_images__pb2.GetImageRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_images__pb2.Image.FromString,
                 _registered_method=True)
+        self.HasBlobs = channel.unary_unary(
+                '/workspace.v1.Images/HasBlobs',
+                request_serializer=workspace_dot_v1_dot_images__pb2.HasBlobsRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_images__pb2.HasBlobsResponse.FromString,
+                _registered_method=True)
+        self.DeleteImage = channel.unary_unary(
+                '/workspace.v1.Images/DeleteImage',
+                request_serializer=workspace_dot_v1_dot_images__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_images__pb2.Image.FromString,
+                _registered_method=True)
+        self.GetRepositoryUsage = channel.unary_unary(
+                '/workspace.v1.Images/GetRepositoryUsage',
+                request_serializer=workspace_dot_v1_dot_images__pb2.RepositoryUsageRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_images__pb2.RepositoryUsage.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
@@ -85,6 +100,26 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HasBlobs(self, request, context):
+        """Which of these digests the repository lacks (a push sends only those).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteImage(self, request, context):
+        """Refused while a live workspace uses the image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRepositoryUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +142,21 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.GetImage,
                     request_deserializer=workspace_dot_v1_dot_images__pb2.GetImageRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_images__pb2.Image.SerializeToString,
+            ),
+            'HasBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.HasBlobs,
+                    request_deserializer=workspace_dot_v1_dot_images__pb2.HasBlobsRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_images__pb2.HasBlobsResponse.SerializeToString,
+            ),
+            'DeleteImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteImage,
+                    request_deserializer=workspace_dot_v1_dot_images__pb2.GetImageRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_images__pb2.Image.SerializeToString,
+            ),
+            'GetRepositoryUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRepositoryUsage,
+                    request_deserializer=workspace_dot_v1_dot_images__pb2.RepositoryUsageRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_images__pb2.RepositoryUsage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +267,87 @@ class Images:
             '/workspace.v1.Images/GetImage',
             workspace_dot_v1_dot_images__pb2.GetImageRequest.SerializeToString,
             workspace_dot_v1_dot_images__pb2.Image.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HasBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Images/HasBlobs',
+            workspace_dot_v1_dot_images__pb2.HasBlobsRequest.SerializeToString,
+            workspace_dot_v1_dot_images__pb2.HasBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Images/DeleteImage',
+            workspace_dot_v1_dot_images__pb2.GetImageRequest.SerializeToString,
+            workspace_dot_v1_dot_images__pb2.Image.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRepositoryUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Images/GetRepositoryUsage',
+            workspace_dot_v1_dot_images__pb2.RepositoryUsageRequest.SerializeToString,
+            workspace_dot_v1_dot_images__pb2.RepositoryUsage.FromString,
             options,
             channel_credentials,
             insecure,

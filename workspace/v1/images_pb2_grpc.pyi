@@ -38,6 +38,11 @@ class ImagesStub:
     ImportImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.ImportImageRequest, _images_pb2.Image]
     ListImages: _grpc.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]
     GetImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.Image]
+    HasBlobs: _grpc.UnaryUnaryMultiCallable[_images_pb2.HasBlobsRequest, _images_pb2.HasBlobsResponse]
+    """Which of these digests the repository lacks (a push sends only those)."""
+    DeleteImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.Image]
+    """Refused while a live workspace uses the image."""
+    GetRepositoryUsage: _grpc.UnaryUnaryMultiCallable[_images_pb2.RepositoryUsageRequest, _images_pb2.RepositoryUsage]
 
 @_typing.type_check_only
 class ImagesAsyncStub(ImagesStub):
@@ -49,6 +54,11 @@ class ImagesAsyncStub(ImagesStub):
     ImportImage: _aio.UnaryUnaryMultiCallable[_images_pb2.ImportImageRequest, _images_pb2.Image]  # type: ignore[assignment]
     ListImages: _aio.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]  # type: ignore[assignment]
     GetImage: _aio.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.Image]  # type: ignore[assignment]
+    HasBlobs: _aio.UnaryUnaryMultiCallable[_images_pb2.HasBlobsRequest, _images_pb2.HasBlobsResponse]  # type: ignore[assignment]
+    """Which of these digests the repository lacks (a push sends only those)."""
+    DeleteImage: _aio.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.Image]  # type: ignore[assignment]
+    """Refused while a live workspace uses the image."""
+    GetRepositoryUsage: _aio.UnaryUnaryMultiCallable[_images_pb2.RepositoryUsageRequest, _images_pb2.RepositoryUsage]  # type: ignore[assignment]
 
 class ImagesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +91,28 @@ class ImagesServicer(metaclass=_abc_1.ABCMeta):
         request: _images_pb2.GetImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.Image, _abc.Awaitable[_images_pb2.Image]]: ...
+
+    @_abc_1.abstractmethod
+    def HasBlobs(
+        self,
+        request: _images_pb2.HasBlobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.HasBlobsResponse, _abc.Awaitable[_images_pb2.HasBlobsResponse]]:
+        """Which of these digests the repository lacks (a push sends only those)."""
+
+    @_abc_1.abstractmethod
+    def DeleteImage(
+        self,
+        request: _images_pb2.GetImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.Image, _abc.Awaitable[_images_pb2.Image]]:
+        """Refused while a live workspace uses the image."""
+
+    @_abc_1.abstractmethod
+    def GetRepositoryUsage(
+        self,
+        request: _images_pb2.RepositoryUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.RepositoryUsage, _abc.Awaitable[_images_pb2.RepositoryUsage]]: ...
 
 def add_ImagesServicer_to_server(servicer: ImagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -43,6 +43,26 @@ class CreateWorkspaceRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class GrowBytesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
@@ -52,6 +72,8 @@ class CreateWorkspaceRequest(_message.Message):
     USER_DATA_FIELD_NUMBER: _builtins.int
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
     WAIT_FOR_CAPACITY_S_FIELD_NUMBER: _builtins.int
+    EXTRA_PARTITIONS_FIELD_NUMBER: _builtins.int
+    GROW_BYTES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key: a retry with the same id returns the same
     workspace; the same id with different parameters is refused.
@@ -69,6 +91,14 @@ class CreateWorkspaceRequest(_message.Message):
     def requirements(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Node labels the workspace needs, e.g. {"gpu": "1"}; "hypervisor" matches the node's type."""
 
+    @_builtins.property
+    def extra_partitions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Partition]:
+        """Extra blank partitions for this workspace only (mode BLANK, size_bytes set)."""
+
+    @_builtins.property
+    def grow_bytes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Grow cow partitions of the image: partition name -> new virtual size in bytes."""
+
     def __init__(
         self,
         *,
@@ -81,10 +111,12 @@ class CreateWorkspaceRequest(_message.Message):
         user_data: _builtins.bytes = ...,
         requirements: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         wait_for_capacity_s: _builtins.int = ...,
+        extra_partitions: _abc.Iterable[_common_pb2.Partition] | None = ...,
+        grow_bytes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

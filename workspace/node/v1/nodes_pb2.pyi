@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from workspace.v1 import admin_pb2 as _admin_pb2
 from workspace.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -86,6 +87,7 @@ class RegisterRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CACHED_DIGESTS_FIELD_NUMBER: _builtins.int
+    PEER_ADDRESS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     hypervisor: _builtins.str
     """"kvm" | "qemu" | "xen" | "fake" """
@@ -93,6 +95,8 @@ class RegisterRequest(_message.Message):
     memory_mib: _builtins.int
     disk_gib: _builtins.int
     agent_version: _builtins.str
+    peer_address: _builtins.str
+    """Where other agents reach this agent's Peers service; empty: it serves no peers."""
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """network names this node can attach to"""
@@ -113,10 +117,11 @@ class RegisterRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         agent_version: _builtins.str = ...,
         cached_digests: _abc.Iterable[_builtins.str] | None = ...,
+        peer_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cached_digests", b"cached_digests", "cpus", b"cpus", "disk_gib", b"disk_gib", "hypervisor", b"hypervisor", "labels", b"labels", "memory_mib", b"memory_mib", "networks", b"networks", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cached_digests", b"cached_digests", "cpus", b"cpus", "disk_gib", b"disk_gib", "hypervisor", b"hypervisor", "labels", b"labels", "memory_mib", b"memory_mib", "networks", b"networks", "node", b"node", "peer_address", b"peer_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,11 +174,22 @@ class DiskAssignment(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    EXT4_FIELD_NUMBER: _builtins.int
+    VIRTUAL_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     digest: _builtins.str
     size_bytes: _builtins.int
     format: _builtins.str
     mode: _common_pb2.PartitionMode.ValueType
+    ext4: _builtins.bool
+    """blank: format ext4 at deploy time"""
+    virtual_size_bytes: _builtins.int
+    """blank: its size; cow: grow the overlay to this size"""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Peer agents that hold this blob ("host:port" of their Peers service), nearest first."""
+
     def __init__(
         self,
         *,
@@ -182,10 +198,13 @@ class DiskAssignment(_message.Message):
         size_bytes: _builtins.int = ...,
         format: _builtins.str = ...,
         mode: _common_pb2.PartitionMode.ValueType = ...,
+        ext4: _builtins.bool = ...,
+        virtual_size_bytes: _builtins.int = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "format", b"format", "mode", b"mode", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "ext4", b"ext4", "format", b"format", "mode", b"mode", "name", b"name", "size_bytes", b"size_bytes", "sources", b"sources", "virtual_size_bytes", b"virtual_size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -303,18 +322,24 @@ class AssignmentSet(_message.Message):
 
     GENERATION_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    PREFETCH_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
+    @_builtins.property
+    def prefetch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Blobs to fetch into the cache ahead of use (ws-admin cache preload)."""
+
     def __init__(
         self,
         *,
         generation: _builtins.int = ...,
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
+        prefetch: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "prefetch", b"prefetch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,15 +378,22 @@ class ReportStatusRequest(_message.Message):
     FULL_FIELD_NUMBER: _builtins.int
     WORKSPACES_FIELD_NUMBER: _builtins.int
     CACHED_DIGESTS_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
+    CACHE_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     full: _builtins.bool
     """True when the list covers every workspace the node knows of (a heartbeat);
     false for an incremental update.
     """
+    cache_budget_bytes: _builtins.int
     @_builtins.property
     def workspaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObservedWorkspace]: ...
     @_builtins.property
     def cached_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def cache(self) -> _containers.RepeatedCompositeFieldContainer[_admin_pb2.CacheEntry]:
+        """Full reports: the blob cache's contents and budget."""
+
     def __init__(
         self,
         *,
@@ -369,10 +401,12 @@ class ReportStatusRequest(_message.Message):
         full: _builtins.bool = ...,
         workspaces: _abc.Iterable[Global___ObservedWorkspace] | None = ...,
         cached_digests: _abc.Iterable[_builtins.str] | None = ...,
+        cache: _abc.Iterable[_admin_pb2.CacheEntry] | None = ...,
+        cache_budget_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_digests", b"cached_digests", "full", b"full", "node", b"node", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "cache_budget_bytes", b"cache_budget_bytes", "cached_digests", b"cached_digests", "full", b"full", "node", b"node", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -273,3 +273,78 @@ class Nodes:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PeersStub:
+    """Served by each agent (optional, `peer_listen`): other agents fetch cached blobs from it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.FetchBlob = channel.unary_stream(
+                '/workspace.node.v1.Peers/FetchBlob',
+                request_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.FetchBlobRequest.SerializeToString,
+                response_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.BlobData.FromString,
+                _registered_method=True)
+
+
+class PeersServicer:
+    """Served by each agent (optional, `peer_listen`): other agents fetch cached blobs from it.
+    """
+
+    def FetchBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PeersServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'FetchBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBlob,
+                    request_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.FetchBlobRequest.FromString,
+                    response_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.BlobData.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'workspace.node.v1.Peers', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('workspace.node.v1.Peers', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Peers:
+    """Served by each agent (optional, `peer_listen`): other agents fetch cached blobs from it.
+    """
+
+    @staticmethod
+    def FetchBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/workspace.node.v1.Peers/FetchBlob',
+            workspace_dot_node_dot_v1_dot_nodes__pb2.FetchBlobRequest.SerializeToString,
+            workspace_dot_node_dot_v1_dot_nodes__pb2.BlobData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -95,3 +95,31 @@ class NodesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_nodes_pb2.BlobData], _abc.AsyncIterator[_nodes_pb2.BlobData]]: ...
 
 def add_NodesServicer_to_server(servicer: NodesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PeersStub:
+    """Served by each agent (optional, `peer_listen`): other agents fetch cached blobs from it."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PeersAsyncStub: ...
+    FetchBlob: _grpc.UnaryStreamMultiCallable[_nodes_pb2.FetchBlobRequest, _nodes_pb2.BlobData]
+
+@_typing.type_check_only
+class PeersAsyncStub(PeersStub):
+    """Served by each agent (optional, `peer_listen`): other agents fetch cached blobs from it."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    FetchBlob: _aio.UnaryStreamMultiCallable[_nodes_pb2.FetchBlobRequest, _nodes_pb2.BlobData]  # type: ignore[assignment]
+
+class PeersServicer(metaclass=_abc_1.ABCMeta):
+    """Served by each agent (optional, `peer_listen`): other agents fetch cached blobs from it."""
+
+    @_abc_1.abstractmethod
+    def FetchBlob(
+        self,
+        request: _nodes_pb2.FetchBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nodes_pb2.BlobData], _abc.AsyncIterator[_nodes_pb2.BlobData]]: ...
+
+def add_PeersServicer_to_server(servicer: PeersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

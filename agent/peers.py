@@ -1,0 +1,182 @@
+"""Peer fetch: agents serve complete cached blobs to each other (``Peers.FetchBlob``).
+
+An agent with ``peer_listen`` set runs a small read-only gRPC server over its blob
+cache and registers the address other agents reach it at. The service tells an
+agent which peers hold a blob (``DiskAssignment.sources``); the agent tries them in
+order and finally the service (see ``Agent._sources``). The receiving cache hashes
+every byte, so a peer is never trusted: a bad or failed one only costs a retry
+from the next source.
+
+A peer serves only blobs that are complete in its cache and that it has verified
+(re-hashed once after its own restart): it never relays a transfer in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from agent.cache import BlobCache, Source
+from agent.cache.blobs import CHUNK_BYTES
+from workspace import rpc
+from workspace.config import TlsConfig
+from workspace.errors import ImageError, Unavailable
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+
+log = logging.getLogger("agent.peers")
+
+FETCH_TIMEOUT_S = 3600.0
+# Concurrent peer transfers one agent serves (more callers queue in gRPC).
+SERVE_PARALLEL = 8
+
+
+class PeersServicer(nodes_pb2_grpc.PeersServicer):
+    def __init__(self, cache: BlobCache, node: str) -> None:
+        self.cache = cache
+        self.node = node
+        self.served_bytes = 0
+        self._lock = threading.Lock()
+
+    def FetchBlob(
+        self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext
+    ) -> Iterator[nodes_pb2.BlobData]:
+        digest = request.digest
+        try:
+            path = self.cache.path(digest)
+        except ImageError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        if not self.cache.verify(digest):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node {self.node} does not hold {digest}")
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below; stays readable if evicted
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node {self.node} does not hold {digest}")
+        with f:
+            total = f.seek(0, 2)
+            if not 0 <= request.offset <= total:
+                context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"offset {request.offset} is outside {digest} ({total} bytes)",
+                )
+            f.seek(request.offset)
+            log.info("serving %s from byte %d to %s", digest, request.offset, request.node)
+            while chunk := f.read(CHUNK_BYTES):
+                with self._lock:
+                    self.served_bytes += len(chunk)
+                yield nodes_pb2.BlobData(data=chunk, total_size=total)
+
+
+class PeerServer:
+    """The agent's Peers service on ``listen``; ``address`` is what it registers."""
+
+    def __init__(
+        self, cache: BlobCache, node: str, listen: str, advertise: str, tls: TlsConfig
+    ) -> None:
+        self.listen = listen
+        self.advertise = advertise
+        self.servicer = PeersServicer(cache, node)
+        self.server = rpc.server(SERVE_PARALLEL)
+        nodes_pb2_grpc.add_PeersServicer_to_server(self.servicer, self.server)
+        self.tls = tls
+        self.address = ""
+
+    def start(self) -> str:
+        port = rpc.bind(self.server, self.listen, self.tls)
+        if not self.listen.startswith("unix:") and port == 0:
+            raise Unavailable(f"cannot listen for peers on {self.listen}")
+        self.server.start()
+        self.address = self.advertise or advertised_address(self.listen, port)
+        log.info("serving cached blobs to peers on %s (as %s)", self.listen, self.address)
+        return self.address
+
+    def stop(self) -> None:
+        self.server.stop(1).wait()
+
+
+def advertised_address(listen: str, port: int) -> str:
+    """What other agents dial: the listen address, a wildcard host replaced by our name."""
+    if listen.startswith("unix:"):
+        return listen
+    host = listen.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.getfqdn()
+    return f"{host}:{port}"
+
+
+def _stream(
+    call: Callable[[nodes_pb2.FetchBlobRequest], Iterator[nodes_pb2.BlobData]],
+    req: nodes_pb2.FetchBlobRequest,
+    where: str,
+) -> Iterator[bytes]:
+    """The chunks of one FetchBlob call; gRPC errors as Unavailable (the cache names
+    the source in its messages)."""
+    responses = call(req)
+    received = 0
+    try:
+        for msg in responses:
+            received += len(msg.data)
+            if msg.total_size and req.offset + received > msg.total_size:
+                raise ImageError(f"{where} sent more than the {msg.total_size} bytes it announced")
+            yield msg.data
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        raise Unavailable(f"{code.name if code else 'error'}: {details}") from None
+    finally:
+        cancel = getattr(responses, "cancel", None)
+        if cancel is not None:
+            cancel()  # a no-op once the call has ended
+
+
+class PeerChannels:
+    """One channel per peer address, reused across fetches; close() on agent stop."""
+
+    def __init__(self, node: str, tls: TlsConfig) -> None:
+        self.node = node
+        self.tls = tls
+        self._lock = threading.Lock()
+        self._stubs: dict[str, tuple[grpc.Channel, nodes_pb2_grpc.PeersStub]] = {}
+
+    def _stub(self, address: str) -> nodes_pb2_grpc.PeersStub:
+        with self._lock:
+            if address not in self._stubs:
+                ch = rpc.channel(address, self.tls)
+                self._stubs[address] = (ch, nodes_pb2_grpc.PeersStub(ch))
+            return self._stubs[address][1]
+
+    def source(self, address: str) -> Source:
+        def fetch(digest: str, offset: int) -> Iterator[bytes]:
+            stub = self._stub(address)
+            req = nodes_pb2.FetchBlobRequest(node=self.node, digest=digest, offset=offset)
+            return _stream(
+                lambda r: stub.FetchBlob(r, timeout=FETCH_TIMEOUT_S), req, f"peer {address}"
+            )
+
+        return Source(f"peer {address}", fetch)
+
+    def close(self) -> None:
+        with self._lock:
+            stubs, self._stubs = self._stubs, {}
+        for ch, _ in stubs.values():
+            ch.close()
+
+
+def service_source(
+    node: str, stub: Callable[[], nodes_pb2_grpc.NodesStub | None], address: str
+) -> Source:
+    """The service's Nodes.FetchBlob, through whatever connection the agent has now."""
+
+    def fetch(digest: str, offset: int) -> Iterator[bytes]:
+        current = stub()
+        if current is None:
+            raise Unavailable("not connected to the service; cannot fetch blobs")
+        req = nodes_pb2.FetchBlobRequest(node=node, digest=digest, offset=offset)
+        return _stream(
+            lambda r: current.FetchBlob(r, timeout=FETCH_TIMEOUT_S), req, f"service {address}"
+        )
+
+    return Source(f"service {address}", fetch)

@@ -1,0 +1,507 @@
+"""The image repository over real gRPC: push (only missing blobs are sent), hostile files
+refused at import, delete (refused while in use; unshared blobs removed), the per-user
+quota, and a create's disk options down to the files the (fake-driver) agent builds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from images.manifest import Manifest, PartitionSpec
+from tests.functional.harness import WS, Site, wait_for
+from tests.unit.test_formats import qcow2_header
+from workspace.client import Client, blank_partition
+from workspace.node.v1 import nodes_pb2
+from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
+
+MiB = 1024 * 1024
+COW = common_pb2.PARTITION_MODE_COW
+RO = common_pb2.PARTITION_MODE_READONLY
+BLANK = common_pb2.PARTITION_MODE_BLANK
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+
+
+@pytest.fixture
+def client(site: Site) -> Iterator[Client]:
+    c = Client(site.address)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def write(path: Path, data: bytes, size: int = 0) -> Path:
+    path.write_bytes(data)
+    if size:
+        with path.open("r+b") as f:
+            f.truncate(size)
+    return path
+
+
+def files(tmp: Path) -> dict[str, Path]:
+    """A root disk, a read-only data disk, a kernel and an initrd (contents differ)."""
+    return {
+        "root": write(tmp / "root.raw", b"ROOT\n", MiB),
+        "data": write(tmp / "data.raw", b"RODATA:v1\n", MiB),
+        "kernel": write(tmp / "vmlinuz", b"kernel bytes"),
+        "initrd": write(tmp / "initrd.img", b"initrd bytes"),
+    }
+
+
+def manifest(f: dict[str, Path]) -> Manifest:
+    return Manifest(
+        (
+            PartitionSpec("root", "cow", f["root"]),
+            PartitionSpec("data", "readonly", f["data"], "raw"),
+            PartitionSpec("scratch", "blank", None, "", 32 * MiB, True),
+        ),
+        f["kernel"],
+        f["initrd"],
+        "console=ttyS0",
+    )
+
+
+def code_of(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return exc.value.code()
+
+
+def image_names(site: Site) -> list[str]:
+    return [i.name for i in site.stubs.images.ListImages(images_pb2.ListImagesRequest()).images]
+
+
+# -- push --------------------------------------------------------------------------------
+
+
+def test_push_sends_only_missing_blobs(site: Site, client: Client, tmp_path: Path) -> None:
+    f = files(tmp_path)
+    steps: list[tuple[str, str]] = []
+    first = client.push_image(
+        "sci-base:1.0", manifest(f), lambda step, path, done, total: steps.append((step, path))
+    )
+    assert len(first.uploaded) == 4 and first.skipped == ()
+    assert first.sent_bytes == 2 * MiB + 24
+    assert {s for s, _ in steps} == {"hash", "upload"}
+    img = first.image
+    assert (img.name, img.cmdline, img.owner) == ("sci-base:1.0", "console=ttyS0", "local")
+    assert img.total_bytes == 2 * MiB + 24
+    root, data, scratch = img.partitions
+    assert (root.name, root.mode, root.format, root.size_bytes, root.virtual_size_bytes) == (
+        "root",
+        COW,
+        "raw",
+        MiB,
+        MiB,
+    )
+    assert (data.mode, data.format, data.ext4) == (RO, "raw", False)
+    assert (scratch.mode, scratch.digest, scratch.ext4, scratch.format) == (BLANK, "", True, "raw")
+    assert scratch.size_bytes == scratch.virtual_size_bytes == 32 * MiB
+
+    # the same files as a new version: nothing is sent again
+    steps.clear()
+    again = client.push_image(
+        "sci-base:1.1", manifest(f), lambda step, path, done, total: steps.append((step, path))
+    )
+    assert again.uploaded == () and again.sent_bytes == 0 and len(again.skipped) == 4
+    assert "upload" not in {s for s, _ in steps}
+    assert again.image.total_bytes == img.total_bytes
+
+    # one file changed: only that one is sent
+    write(f["root"], b"ROOT v2\n", MiB)
+    third = client.push_image("sci-base:1.2", manifest(f))
+    assert len(third.uploaded) == 1 and len(third.skipped) == 3
+    assert image_names(site) == ["sci-base:1.0", "sci-base:1.1", "sci-base:1.2"]
+    assert client.get_image("sci-base:1.2").partitions[0].digest == third.uploaded[0]
+
+
+def test_push_refuses_names_twice_and_bad_refs(client: Client, tmp_path: Path) -> None:
+    f = files(tmp_path)
+    client.push_image("x:1", manifest(f))
+    with pytest.raises(Exception, match="already exists"):
+        client.push_image("x:1", manifest(f))
+    with pytest.raises(Exception, match="NAME:VERSION"):
+        client.push_image("x:1:2", manifest(f))
+
+
+def test_has_blobs(site: Site) -> None:
+    s = site.stubs
+    digest = s.upload(b"hello")
+    other = "sha256:" + "0" * 64
+    resp = s.images.HasBlobs(images_pb2.HasBlobsRequest(digests=[digest, other, other]))
+    assert list(resp.missing) == [other]
+    with pytest.raises(grpc.RpcError) as exc:
+        s.images.HasBlobs(images_pb2.HasBlobsRequest(digests=["md5:abc"]))
+    assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- format safety -----------------------------------------------------------------------
+
+
+def _hostile(tmp: Path) -> list[tuple[str, bytes, str, str]]:
+    """(label, content, declared format, expected reason)."""
+    return [
+        ("backing", qcow2_header(backing_offset=512, backing_len=9), "qcow2", "backing file"),
+        (
+            "v2-backing",
+            qcow2_header(version=2, backing_offset=72, backing_len=9),
+            "qcow2",
+            "backing",
+        ),
+        ("datafile", qcow2_header(incompatible=1 << 2), "qcow2", "external data file"),
+        ("encrypted", qcow2_header(crypt_method=1), "qcow2", "encrypted"),
+        ("unknown-feature", qcow2_header(incompatible=1 << 20), "qcow2", "unknown incompatible"),
+        ("version1", qcow2_header(version=1), "qcow2", "unsupported qcow2 version 1"),
+        ("truncated", b"QFI\xfb\0\0\0\x03", "qcow2", "truncated"),
+        ("huge", qcow2_header(size=2 * 1024**4), "qcow2", "exceeds the limit"),
+        (
+            "qcow2-as-raw",
+            qcow2_header(backing_offset=512, backing_len=9),
+            "raw",
+            "content is qcow2",
+        ),
+        ("raw-as-qcow2", b"\0" * 4096, "qcow2", "declared qcow2 but the content is raw"),
+        ("vmdk", b"KDMV" + b"\0" * 508, "raw", "content is vmdk"),
+        ("vhdx", b"vhdxfile" + b"\0" * 504, "raw", "content is vhdx"),
+        ("luks", b"LUKS\xba\xbe" + b"\0" * 506, "raw", "content is luks"),
+        ("vdi-declared", b"\0" * 4096, "vdi", "not supported"),
+    ]
+
+
+@pytest.mark.parametrize("mode", [COW, RO])
+def test_hostile_files_are_refused_at_import(site: Site, tmp_path: Path, mode: int) -> None:
+    s = site.stubs
+    for label, data, fmt, reason in _hostile(tmp_path):
+        digest = s.upload(data)
+        req = images_pb2.ImportImageRequest(
+            name=f"evil-{label}:1",
+            partitions=[
+                common_pb2.Partition(name="root", digest=digest, format=fmt, mode=mode)  # type: ignore[arg-type]
+            ],
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            s.images.ImportImage(req)
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT, label
+        assert reason in (exc.value.details() or ""), (label, exc.value.details())
+        assert "partition 'root'" in (exc.value.details() or ""), label
+    assert image_names(site) == []
+
+
+def test_a_raw_file_over_the_virtual_size_limit_is_refused(tmp_path: Path) -> None:
+    site = Site(tmp_path, limits={"max_virtual_bytes": MiB})
+    try:
+        s = site.stubs
+        digest = s.upload(b"\0" * (MiB + 512))
+        req = images_pb2.ImportImageRequest(
+            name="big",
+            partitions=[common_pb2.Partition(name="root", digest=digest, format="raw", mode=COW)],
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            s.images.ImportImage(req)
+        assert "virtual size 1049088 bytes exceeds the limit of 1048576" in str(exc.value.details())
+        assert image_names(site) == []
+    finally:
+        site.close()
+
+
+@needs_qemu_img
+def test_real_qemu_img_files(site: Site, tmp_path: Path) -> None:
+    """Files made by qemu-img itself: a self-contained qcow2 passes, one naming a backing
+    file or an external data file does not."""
+    s = site.stubs
+    base = write(tmp_path / "base.raw", b"", MiB)
+    good = tmp_path / "good.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(good), "64M"], check=True)
+    backed = tmp_path / "backed.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(backed)],
+        check=True,
+    )
+    datafile = tmp_path / "datafile.qcow2"
+    subprocess.run(
+        [
+            *("qemu-img", "create", "-q", "-f", "qcow2"),
+            *("-o", f"data_file={tmp_path / 'd.raw'}", str(datafile), "1M"),
+        ],
+        check=True,
+    )
+    for path, reason in ((backed, "backing file"), (datafile, "external data file")):
+        req = images_pb2.ImportImageRequest(
+            name=path.stem,
+            partitions=[
+                common_pb2.Partition(
+                    name="root", digest=s.upload(path.read_bytes()), format="qcow2", mode=COW
+                )
+            ],
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            s.images.ImportImage(req)
+        assert reason in str(exc.value.details())
+    ok = s.images.ImportImage(
+        images_pb2.ImportImageRequest(
+            name="good:1",
+            partitions=[
+                common_pb2.Partition(
+                    name="root", digest=s.upload(good.read_bytes()), format="qcow2", mode=COW
+                )
+            ],
+        )
+    )
+    assert ok.partitions[0].virtual_size_bytes == 64 * MiB
+    assert ok.partitions[0].size_bytes == good.stat().st_size
+    assert image_names(site) == ["good:1"]
+
+
+def test_blank_partitions_at_import_are_checked(site: Site) -> None:
+    s = site.stubs
+    digest = s.upload(b"x" * 512)
+    cases = [
+        (common_pb2.Partition(name="b", mode=BLANK), "needs a size"),
+        (common_pb2.Partition(name="b", mode=BLANK, size_bytes=1000), "not a multiple of 512"),
+        (common_pb2.Partition(name="b", mode=BLANK, size_bytes=MiB, digest=digest), "no content"),
+        (
+            common_pb2.Partition(name="b", mode=BLANK, size_bytes=MiB, ext4=True, format="qcow2"),
+            "raw file",
+        ),
+        (
+            common_pb2.Partition(name="r", digest=digest, format="raw", ext4=True),
+            "blank partitions",
+        ),
+    ]
+    for part, reason in cases:
+        with pytest.raises(grpc.RpcError) as exc:
+            s.images.ImportImage(images_pb2.ImportImageRequest(name="b", partitions=[part]))
+        assert reason in str(exc.value.details()), reason
+    assert image_names(site) == []
+
+
+def test_the_agent_checks_cached_bases_too(tmp_path: Path) -> None:
+    """Defence in depth: a hostile base in a node's cache never reaches qemu-img."""
+    from agent.disks import WorkspaceFiles
+    from workspace.errors import DriverError
+
+    evil = write(tmp_path / "evil", qcow2_header(backing_offset=512, backing_len=9))
+    digest = "sha256:" + "e" * 64
+    files = WorkspaceFiles(tmp_path / "workspaces")
+    for fmt, mode, reason in (
+        ("qcow2", COW, "backing file"),
+        ("raw", COW, "content is qcow2"),
+        ("raw", RO, "content is qcow2"),
+    ):
+        a = nodes_pb2.Assignment(
+            workspace_id="w1",
+            disks=[nodes_pb2.DiskAssignment(name="root", digest=digest, format=fmt, mode=mode)],
+        )
+        with pytest.raises(DriverError, match=f"disk root: cached blob: .*{reason}"):
+            files.prepare(a, {digest: evil})
+        assert list(files.dir("w1").iterdir()) == []
+
+
+# -- delete ------------------------------------------------------------------------------
+
+
+def _blob_files(site: Site) -> set[str]:
+    return {"sha256:" + p.name for p in (site.cfg.blob_dir / "sha256").iterdir()}
+
+
+def test_delete_refused_in_use_then_removes_unshared_blobs(
+    site: Site, client: Client, tmp_path: Path
+) -> None:
+    site.stubs.network()
+    site.add_agent("node1")
+    f = files(tmp_path)
+    a = client.push_image("a:1", manifest(f)).image
+    shared = write(tmp_path / "shared-data.raw", b"RODATA:v1\n", MiB)  # same content as data
+    b = client.push_image("b:1", Manifest((PartitionSpec("data", "readonly", shared),))).image
+    root, data = a.partitions[0].digest, a.partitions[1].digest
+    assert b.partitions[0].digest == data
+
+    ws = client.create_workspace("a:1", name="user-of-a")
+    with pytest.raises(Exception, match=r"in use by 1 live workspace\(s\): local/user-of-a") as ei:
+        client.delete_image("a:1")
+    assert type(ei.value).__name__ == "FailedPrecondition"
+    assert "a:1" in image_names(site)
+
+    client.destroy_workspace(ws.id)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_TERMINATED)
+    gone = client.delete_image("a:1")
+    assert gone.name == "a:1"
+    assert image_names(site) == ["b:1"]
+    kernel, initrd = a.kernel_digest, a.initrd_digest
+    assert set(client.has_blobs([root, data, kernel, initrd])) == {root, kernel, initrd}
+    assert data in _blob_files(site) and root not in _blob_files(site)
+
+    client.delete_image("b:1")
+    assert client.has_blobs([data]) == [data]
+    assert _blob_files(site) == set()
+    with pytest.raises(Exception, match="not found"):
+        client.delete_image("b:1")
+
+    # a re-push after the delete sends the blobs again
+    again = client.push_image("a:2", manifest(f))
+    assert len(again.uploaded) == 4
+
+
+def test_only_the_owner_deletes(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    try:
+        catalog = site.service.catalog  # type: ignore[union-attr]
+        digest = site.stubs.upload(b"\0" * 512)
+        part = common_pb2.Partition(name="root", digest=digest, format="raw", mode=COW)
+        catalog.import_image("alice", images_pb2.ImportImageRequest(name="al:1", partitions=[part]))
+        from workspace.errors import PermissionDenied
+
+        with pytest.raises(PermissionDenied, match="belongs to alice"):
+            catalog.delete_image("bob", "al:1")
+        assert catalog.delete_image("alice", "al:1").name == "al:1"
+    finally:
+        site.close()
+
+
+# -- quota -------------------------------------------------------------------------------
+
+
+def test_repository_quota(tmp_path: Path) -> None:
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 3 * MiB})
+    client = Client(site.address)
+    try:
+        one = write(tmp_path / "one.raw", b"one", 2 * MiB)
+        two = write(tmp_path / "two.raw", b"two", 2 * MiB)
+        client.push_image("one:1", Manifest((PartitionSpec("root", "cow", one),)))
+        usage = client.repository_usage()
+        assert (usage.owner, usage.used_bytes, usage.quota_bytes) == ("local", 2 * MiB, 3 * MiB)
+        with pytest.raises(Exception, match="quota") as ei:
+            client.push_image("two:1", Manifest((PartitionSpec("root", "cow", two),)))
+        assert type(ei.value).__name__ == "ResourceExhausted"
+        assert f"{2 * MiB} of {3 * MiB} bytes used, image two:1 adds {2 * MiB}" in str(ei.value)
+        assert image_names(site) == ["one:1"]
+        # the same blob again costs nothing; blank partitions cost nothing
+        m = Manifest(
+            (PartitionSpec("root", "cow", one), PartitionSpec("s", "blank", None, "", 64 * MiB))
+        )
+        client.push_image("one:2", m)
+        assert client.repository_usage().used_bytes == 2 * MiB
+        client.delete_image("one:1")
+        assert client.repository_usage().used_bytes == 2 * MiB  # one:2 still holds it
+        client.delete_image("one:2")
+        assert client.repository_usage().used_bytes == 0
+        client.push_image("two:1", Manifest((PartitionSpec("root", "cow", two),)))
+    finally:
+        client.close()
+        site.close()
+
+
+# -- a create's disk options, down to the agent ------------------------------------------
+
+
+def _first_assignments(site: Site, node: str) -> nodes_pb2.AssignmentSet:
+    stream = site.stubs.nodes.WatchAssignments(nodes_pb2.WatchAssignmentsRequest(node=node))
+    try:
+        return next(iter(stream))
+    finally:
+        stream.cancel()
+
+
+def _qemu_img_info(path: Path, fmt: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+@needs_qemu_img
+def test_create_with_extra_blank_and_grown_cow(site: Site, client: Client, tmp_path: Path) -> None:
+    site.stubs.network()
+    agent = site.add_agent("node1")
+    f = files(tmp_path)
+    img = client.push_image("disks:1", manifest(f)).image
+    ws = client.create_workspace(
+        "disks:1",
+        name="disky",
+        extra_partitions=[
+            blank_partition("work", 16 * MiB, ext4=True),
+            blank_partition("tmp", 8 * MiB),
+        ],
+        grow_bytes={"root": 4 * MiB},
+    )
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+
+    (a,) = _first_assignments(site, "node1").assignments
+    disks = [
+        (d.name, d.mode, d.format, d.virtual_size_bytes, d.ext4, d.digest != "") for d in a.disks
+    ]
+    assert disks == [
+        ("root", COW, "raw", 4 * MiB, False, True),
+        ("data", RO, "raw", MiB, False, True),
+        ("scratch", BLANK, "raw", 32 * MiB, True, False),
+        ("work", BLANK, "raw", 16 * MiB, True, False),
+        ("tmp", BLANK, "qcow2", 8 * MiB, False, False),
+    ]
+    assert a.disks[0].digest == img.partitions[0].digest
+
+    d = agent.files.dir(ws.id)
+    root = _qemu_img_info(d / "root.qcow2", "qcow2")
+    assert root["virtual-size"] == 4 * MiB
+    assert root["backing-filename-format"] == "raw"
+    for name, size in (("scratch", 32 * MiB), ("work", 16 * MiB)):
+        path = d / f"{name}.raw"
+        assert path.stat().st_size == size
+        with path.open("rb") as fh:
+            fh.seek(1080)
+            assert struct.unpack("<H", fh.read(2))[0] == 0xEF53, name  # ext4 magic
+    assert _qemu_img_info(d / "tmp.qcow2", "qcow2")["virtual-size"] == 8 * MiB
+    spec = json.loads((Path(agent.cfg.state_dir) / "fake-domains.json").read_text())[ws.id]["spec"]
+    flags = [(x["target"], x["format"], x["readonly"], x["shareable"]) for x in spec["disks"]]
+    assert flags == [
+        ("vda", "qcow2", False, False),
+        ("vdb", "raw", True, True),
+        ("vdc", "raw", False, False),
+        ("vdd", "raw", False, False),
+        ("vde", "qcow2", False, False),
+    ]
+    assert spec["disks"][1]["path"].endswith(img.partitions[1].digest.split(":")[1])
+
+
+def test_create_disk_options_are_validated(site: Site, client: Client, tmp_path: Path) -> None:
+    site.stubs.network()
+    site.add_agent("node1")
+    client.push_image("v:1", manifest(files(tmp_path)))
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"grow_bytes": {"data": 2 * MiB}}, "only cow partitions can grow"),
+        ({"grow_bytes": {"root": MiB // 2}}, "partitions can grow, not shrink"),
+        ({"grow_bytes": {"nope": 2 * MiB}}, "has no such partition"),
+        ({"grow_bytes": {"root": 2 * 1024**4}}, "more than the limit"),
+        ({"extra_partitions": [blank_partition("scratch", MiB)]}, "already has that name"),
+        (
+            {"extra_partitions": [common_pb2.Partition(name="x", size_bytes=MiB, mode=COW)]},
+            "only blank partitions",
+        ),
+        (
+            {"extra_partitions": [blank_partition(f"x{i}", MiB) for i in range(9)]},
+            "at most 8 extra partitions",
+        ),
+    ]
+    for kw, message in cases:
+        with pytest.raises(Exception, match=message) as ei:
+            client.create_workspace("v:1", **kw)
+        assert type(ei.value).__name__ == "InvalidArgument"
+    assert client.list_workspaces() == []
+
+    # the request id covers the disk options too
+    req = workspaces_pb2.CreateWorkspaceRequest(image="v:1", name="one", request_id="r1")
+    site.stubs.ws.CreateWorkspace(req)
+    req.grow_bytes["root"] = 2 * MiB
+    with pytest.raises(grpc.RpcError) as exc:
+        site.stubs.ws.CreateWorkspace(req)
+    assert "already used for a different request" in str(exc.value.details())
+    wait_for(lambda: client.get_workspace("one").state == WS.WORKSPACE_STATE_RUNNING)

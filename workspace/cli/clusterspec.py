@@ -1,0 +1,414 @@
+"""Cluster specs for `ws cluster create`: a TOML file, a JSON file, or command-line flags.
+
+TOML (docs/clusters.md has a full example)::
+
+    name = "mpi"                  # required unless NAME is given on the command line
+    affinity = "soft-anti"        # none | soft-anti | hard-anti | soft | hard (default none)
+    on_failure = "teardown"       # keep | teardown (default keep)
+    wait_for_capacity_s = 0       # seconds to wait in the queue (default 0: fail at once)
+
+    [[members]]                   # one table per role, at least one
+    role = "head"                 # required; members are named <name>-<role>-<i>
+    image = "appliance"           # required
+    count = 1                     # default 1
+    cpus = 1                      # default: the service's
+    memory_mib = 256              # default: the service's
+    networks = ["default"]        # default: the service's
+    requirements = { gpu = "1" }  # node labels ("hypervisor" = the node's type)
+    user_data = "text"            # context for the guest, or
+    user_data_file = "ctx.sh"     # ... read from a file (relative to the spec)
+
+A ``.json`` file is a CreateClusterRequest in the protobuf JSON mapping (``user_data``
+base64); ``affinity`` and ``on_failure`` may also be given by their short names there.
+
+Flags: ``--member ROLE:IMAGE[:COUNT[:CPUS[:MEMORY_MIB]]]`` (an empty field takes the
+default; an image name with ':' in it needs all five fields) and ``--require KEY=VALUE``.
+
+Errors are ``SpecError`` (InvalidArgument: exit code 1) naming the file, the line where
+it can be found and the field, e.g. ``mpi.toml:12: members[1].cpus: must be a whole
+number of at least 1, got "two"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from workspace import errors
+from workspace.client import (
+    AFFINITIES,
+    FAILURE_POLICIES,
+    affinity_value,
+    failure_policy_value,
+)
+from workspace.v1 import clusters_pb2
+
+MEMBER_FORMAT = "ROLE:IMAGE[:COUNT[:CPUS[:MEMORY_MIB]]]"
+_MEMBER_NUMBERS = ("COUNT", "CPUS", "MEMORY_MIB")
+TOP_KEYS = ("name", "affinity", "on_failure", "wait_for_capacity_s", "members")
+MEMBER_KEYS = (
+    "role",
+    "image",
+    "count",
+    "cpus",
+    "memory_mib",
+    "networks",
+    "requirements",
+    "user_data",
+    "user_data_file",
+)
+# A key at the start of a line: bare (maybe dotted) or quoted.
+_KEY_RE = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*[=.]""")
+
+
+class SpecError(errors.InvalidArgument):
+    """A cluster spec is wrong; the message names the file, line and field."""
+
+
+# -- command-line pieces -----------------------------------------------------------------
+
+
+def member_arg(text: str) -> clusters_pb2.ClusterMember:
+    """``--member ROLE:IMAGE[:COUNT[:CPUS[:MEMORY_MIB]]]`` (an argparse type).
+
+    Empty numeric fields take the default (count 1, cpus and memory the service's).
+    With more than five fields the image name holds ':' and the last three fields
+    are COUNT:CPUS:MEMORY_MIB.
+    """
+    parts = text.split(":")
+    if len(parts) < 2:
+        raise argparse.ArgumentTypeError(f"must be {MEMBER_FORMAT}, got {text!r}")
+    if len(parts) > 5:
+        image, numbers = ":".join(parts[1:-3]), parts[-3:]
+    else:
+        image, numbers = parts[1], parts[2:]
+    role = parts[0].strip()
+    image = image.strip()
+    if not role:
+        raise argparse.ArgumentTypeError(f"no ROLE in {text!r} ({MEMBER_FORMAT})")
+    if not image:
+        raise argparse.ArgumentTypeError(f"no IMAGE in {text!r} ({MEMBER_FORMAT})")
+    values: list[int] = []
+    for label, field in zip(_MEMBER_NUMBERS, numbers, strict=False):
+        field = field.strip()
+        if not field:
+            values.append(0)
+            continue
+        try:
+            value = int(field)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(
+                f"{label} must be a whole number of at least 1, got {field!r} in {text!r}"
+            )
+        values.append(value)
+    count, cpus, memory = (*values, 0, 0, 0)[:3]
+    return clusters_pb2.ClusterMember(
+        role=role, image=image, count=count or 1, cpus=cpus, memory_mib=memory
+    )
+
+
+def requirement_arg(text: str) -> tuple[str, str]:
+    """``--require KEY=VALUE`` (an argparse type)."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE (e.g. gpu=1), got {text!r}")
+    return key, value
+
+
+def requirements(pairs: Iterable[tuple[str, str]] | None) -> dict[str, str]:
+    """Repeated --require pairs as a dict; a key given twice with two values is an error
+    (ValueError)."""
+    out: dict[str, str] = {}
+    for key, value in pairs or ():
+        if out.get(key, value) != value:
+            raise ValueError(f"--require {key} is given twice ({out[key]!r} and {value!r})")
+        out[key] = value
+    return out
+
+
+def affinity_arg(text: str) -> int:
+    try:
+        return affinity_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def failure_policy_arg(text: str) -> int:
+    try:
+        return failure_policy_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- checks shared by every source -------------------------------------------------------
+
+
+def check(req: clusters_pb2.CreateClusterRequest, where: str = "") -> None:
+    """What the client can see is wrong with a request before sending it: no name, no
+    members, a member without role or image, a role given twice, negative numbers."""
+    at = f"{where}: " if where else ""
+    if not req.name:
+        raise SpecError(f"{at}name: the cluster needs a name (name = ... in the spec, or NAME)")
+    if not req.members:
+        raise SpecError(f"{at}members: the cluster needs at least one member")
+    if req.wait_for_capacity_s < 0:
+        raise SpecError(f"{at}wait_for_capacity_s: must be 0 or more")
+    seen: dict[str, int] = {}
+    for i, m in enumerate(req.members):
+        field = f"members[{i}]"
+        if not m.role:
+            raise SpecError(f"{at}{field}.role: every member needs a role")
+        if not m.image:
+            raise SpecError(f"{at}{field}.image: member {m.role!r} needs an image")
+        if m.role in seen:
+            raise SpecError(
+                f"{at}{field}.role: role {m.role!r} is already used by members[{seen[m.role]}]"
+            )
+        seen[m.role] = i
+        for name in ("count", "cpus", "memory_mib"):
+            if getattr(m, name) < 0:
+                raise SpecError(f"{at}{field}.{name}: must not be negative")
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def load(path: str | Path, name: str = "") -> clusters_pb2.CreateClusterRequest:
+    """A spec file as a request (TOML, or JSON for a ``.json`` file); SpecError if wrong.
+
+    ``name`` (NAME on the command line) replaces the spec's name.
+    """
+    p = Path(path)
+    data = p.read_bytes()  # OSError: the caller reports "<path>: No such file ..."
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if p.suffix.lower() == ".json":
+        return parse_json(text, str(p), name)
+    return parse_toml(text, str(p), name, base=p.parent)
+
+
+def parse_json(
+    text: str, where: str = "<json>", name: str = ""
+) -> clusters_pb2.CreateClusterRequest:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{where}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: must hold a JSON object (a CreateClusterRequest)")
+    for key, convert, prefix in (
+        ("affinity", affinity_value, "AFFINITY_"),
+        ("on_failure", failure_policy_value, "FAILURE_POLICY_"),
+        ("onFailure", failure_policy_value, "FAILURE_POLICY_"),
+    ):
+        value = data.get(key)
+        if isinstance(value, str) and not value.startswith(prefix):
+            try:
+                data[key] = convert(value)
+            except ValueError as exc:
+                raise SpecError(f"{where}: {key}: {exc}") from None
+    req = clusters_pb2.CreateClusterRequest()
+    try:
+        json_format.ParseDict(data, req)
+    except json_format.ParseError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    if name:
+        req.name = name
+    check(req, where)
+    return req
+
+
+def parse_toml(
+    text: str, where: str = "<toml>", name: str = "", base: Path | None = None
+) -> clusters_pb2.CreateClusterRequest:
+    """A TOML spec as a request; ``base`` is where user_data_file paths start."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends in "(at line N, column M)".
+        raise SpecError(f"{where}: not valid TOML: {exc}") from None
+    req = _Builder(where, _Lines(text), base or Path(".")).request(data)
+    if name:
+        req.name = name
+    check(req, where)
+    return req
+
+
+class _Lines:
+    """Where keys are in a TOML text (tomllib does not say): top-level keys and the
+    keys of each [[members]] table, by first occurrence."""
+
+    def __init__(self, text: str) -> None:
+        self.top: dict[str, int] = {}
+        self.members: list[dict[str, int]] = []
+        section: int | str | None = None  # None: top level; int: members[i]; str: other
+        for n, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if line.startswith("[["):
+                header = line[2:].partition("]]")[0].strip()
+                if header == "members":
+                    self.members.append({"": n})
+                    section = len(self.members) - 1
+                else:
+                    section = header
+            elif line.startswith("["):
+                header = line[1:].partition("]")[0].strip()
+                sub = header.partition(".")
+                if sub[0] == "members" and isinstance(section, int):
+                    self.members[section].setdefault(sub[2], n)  # [members.requirements]
+                else:
+                    section = header
+            elif m := _KEY_RE.match(line):
+                key = next(g for g in m.groups() if g is not None)
+                if section is None:
+                    self.top.setdefault(key, n)
+                elif isinstance(section, int):
+                    self.members[section].setdefault(key, n)
+
+    def of(self, field: str, index: int | None = None) -> int | None:
+        if index is None:
+            return self.top.get(field)
+        if index < len(self.members):
+            keys = self.members[index]
+            return keys.get(field, keys.get(""))
+        return self.top.get("members")  # an inline array of tables
+
+
+class _Builder:
+    def __init__(self, where: str, lines: _Lines, base: Path) -> None:
+        self.where = where
+        self.lines = lines
+        self.base = base
+
+    def fail(self, field: str, problem: str, index: int | None = None) -> SpecError:
+        key = field.rpartition(".")[2].partition("[")[0] if index is not None else field
+        line = self.lines.of(key, index)
+        at = f"{self.where}:{line}" if line else self.where
+        name = f"members[{index}].{field}" if index is not None else field
+        return SpecError(f"{at}: {name}: {problem}")
+
+    def _str(self, value: Any, field: str, index: int | None = None) -> str:
+        if not isinstance(value, str):
+            raise self.fail(field, f"must be a string, got {_show(value)}", index)
+        return value
+
+    def _int(self, value: Any, field: str, minimum: int, index: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(
+                field, f"must be a whole number of at least {minimum}, got {_show(value)}", index
+            )
+        return value
+
+    def _unknown(self, data: Mapping[str, Any], known: tuple[str, ...], index: int | None) -> None:
+        for key in data:
+            if key not in known:
+                raise self.fail(key, f"unknown key (known: {', '.join(known)})", index)
+
+    def request(self, data: dict[str, Any]) -> clusters_pb2.CreateClusterRequest:
+        self._unknown(data, TOP_KEYS, None)
+        req = clusters_pb2.CreateClusterRequest()
+        if "name" in data:
+            req.name = self._str(data["name"], "name")
+        if "affinity" in data:
+            text = self._str(data["affinity"], "affinity")
+            if text not in AFFINITIES:
+                raise self.fail("affinity", f"{text!r} is not one of {', '.join(AFFINITIES)}")
+            req.affinity = affinity_value(text)  # type: ignore[assignment]
+        if "on_failure" in data:
+            text = self._str(data["on_failure"], "on_failure")
+            if text not in FAILURE_POLICIES:
+                raise self.fail(
+                    "on_failure", f"{text!r} is not one of {', '.join(FAILURE_POLICIES)}"
+                )
+            req.on_failure = failure_policy_value(text)  # type: ignore[assignment]
+        if "wait_for_capacity_s" in data:
+            req.wait_for_capacity_s = self._int(
+                data["wait_for_capacity_s"], "wait_for_capacity_s", 0
+            )
+        members = data.get("members")
+        if members is None:
+            raise self.fail("members", "missing: add at least one [[members]] table")
+        if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+            raise self.fail("members", "must be an array of tables ([[members]])")
+        if not members:
+            raise self.fail("members", "the cluster needs at least one member")
+        roles: dict[str, int] = {}
+        for i, m in enumerate(members):
+            member = self.member(m, i)
+            first = roles.setdefault(member.role, i)
+            if first != i:
+                raise self.fail("role", f"{member.role!r} is already used by members[{first}]", i)
+            req.members.append(member)
+        return req
+
+    def member(self, data: dict[str, Any], i: int) -> clusters_pb2.ClusterMember:
+        self._unknown(data, MEMBER_KEYS, i)
+        m = clusters_pb2.ClusterMember()
+        for key in ("role", "image"):
+            if key not in data:
+                raise self.fail(key, "missing", i)
+            value = self._str(data[key], key, i).strip()
+            if not value:
+                raise self.fail(key, "must not be empty", i)
+            setattr(m, key, value)
+        m.count = self._int(data.get("count", 1), "count", 1, i)
+        if "cpus" in data:
+            m.cpus = self._int(data["cpus"], "cpus", 1, i)
+        if "memory_mib" in data:
+            m.memory_mib = self._int(data["memory_mib"], "memory_mib", 1, i)
+        if "networks" in data:
+            nets = data["networks"]
+            if not isinstance(nets, list) or not all(isinstance(n, str) and n for n in nets):
+                raise self.fail("networks", "must be a list of network names", i)
+            m.networks.extend(nets)
+        if "requirements" in data:
+            reqs = data["requirements"]
+            if not isinstance(reqs, dict):
+                raise self.fail("requirements", 'must be a table, e.g. { gpu = "1" }', i)
+            for key, value in reqs.items():
+                if isinstance(value, bool):
+                    value = "true" if value else "false"
+                elif isinstance(value, int):
+                    value = str(value)
+                elif not isinstance(value, str) or not value:
+                    raise self.fail(
+                        "requirements",
+                        f"{key}: must be a string or whole number, got {_show(value)}",
+                        i,
+                    )
+                m.requirements[key] = value
+        if "user_data" in data and "user_data_file" in data:
+            raise self.fail("user_data_file", "give user_data or user_data_file, not both", i)
+        if "user_data" in data:
+            m.user_data = self._str(data["user_data"], "user_data", i).encode()
+        if "user_data_file" in data:
+            path = self.base / self._str(data["user_data_file"], "user_data_file", i)
+            try:
+                m.user_data = path.read_bytes()
+            except OSError as exc:
+                raise self.fail("user_data_file", f"{path}: {exc.strerror or exc}", i) from None
+        return m
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)

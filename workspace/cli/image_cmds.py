@@ -1,0 +1,317 @@
+"""`ws image ...`: push (content-addressed, only missing blobs are sent), list, show,
+delete, usage; and the disk options of `ws create` (--blank, --grow).
+
+    ws image push sci-base:1.2 --manifest sci-base.toml   # partitions from a TOML manifest
+    ws image push sci-base:1.2 root.qcow2                 # one cow partition "root"
+    ws image list | show NAME | delete NAME | usage
+
+The manifest format is described in images/manifest.py and docs/images.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from images import manifest as image_manifest
+from workspace import errors
+from workspace.cli import common
+from workspace.client import Client, PushResult, blank_partition
+from workspace.v1 import common_pb2, images_pb2
+
+ClientFor = Callable[[argparse.Namespace], Client]
+
+_STEP_WORDS = {"hash": "hashing", "upload": "sending", "skip": "present"}
+
+
+class PushProgress:
+    """``progress(step, path, done, total)`` for Client.push_image: a bar per file on a
+    terminal; otherwise one line per file once it is sent or found present."""
+
+    def __init__(self, prog: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.prog = prog
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+        self._open = False
+
+    def __call__(self, step: str, path: str, done: int, total: int) -> None:
+        name = os.path.basename(path)
+        finished = done >= total
+        if step == "skip":
+            self._end_bar()
+            self._line(f"{name}: already in the repository, not sent")
+            return
+        if self.tty:
+            now = time.monotonic()
+            if not finished and now - self._last < 0.1:
+                return
+            self._last = now
+            frac = done / total if total else 1.0
+            bar = "#" * int(self.width * frac)
+            self.stream.write(
+                f"\r{_STEP_WORDS.get(step, step):8} {name} [{bar:<{self.width}}] "
+                f"{frac * 100:5.1f}% {common.fmt_bytes(done)}/{common.fmt_bytes(total)}"
+            )
+            self.stream.flush()
+            self._open = True
+            if finished:
+                self._end_bar()
+        if step == "upload" and finished:
+            self._line(f"{name}: sent {common.fmt_bytes(total)}")
+
+    def _end_bar(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self._open = False
+
+    def _line(self, text: str) -> None:
+        print(f"{self.prog}: {text}", file=self.stream, flush=True)
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def _mode(p: common_pb2.Partition) -> str:
+    return common.enum_name(common_pb2.PartitionMode.DESCRIPTOR, p.mode)
+
+
+def image_rows(images: Sequence[images_pb2.Image]) -> str:
+    rows = [
+        [
+            img.name,
+            len(img.partitions),
+            common.fmt_bytes(img.total_bytes),
+            "direct" if img.kernel_digest else "disk",
+            img.owner,
+            common.fmt_time(img.created_at),
+        ]
+        for img in images
+    ]
+    return common.table(["NAME", "PARTITIONS", "SIZE", "BOOT", "OWNER", "CREATED"], rows)
+
+
+def image_text(img: images_pb2.Image) -> str:
+    head = common.fields(
+        [
+            ("name", img.name),
+            ("owner", img.owner),
+            ("created_at", common.fmt_time(img.created_at)),
+            ("total", common.fmt_bytes(img.total_bytes)),
+            ("kernel", img.kernel_digest),
+            ("initrd", img.initrd_digest),
+            ("cmdline", img.cmdline),
+        ]
+    )
+    parts = common.table(
+        ["PARTITION", "MODE", "FORMAT", "SIZE", "VIRTUAL", "DIGEST"],
+        [
+            [
+                p.name,
+                _mode(p) + (" ext4" if p.ext4 else ""),
+                p.format,
+                common.fmt_bytes(p.size_bytes) if p.digest else "-",
+                common.fmt_bytes(p.virtual_size_bytes or p.size_bytes),
+                p.digest or "-",
+            ]
+            for p in img.partitions
+        ],
+    )
+    return f"{head}\n\n{parts}"
+
+
+def usage_text(u: images_pb2.RepositoryUsage) -> str:
+    quota = common.fmt_bytes(u.quota_bytes) if u.quota_bytes else "none"
+    free = common.fmt_bytes(max(0, u.quota_bytes - u.used_bytes)) if u.quota_bytes else ""
+    return common.fields(
+        [
+            ("owner", u.owner),
+            ("used", common.fmt_bytes(u.used_bytes)),
+            ("quota", quota),
+            ("free", free),
+        ]
+    )
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.output == "json":
+        common.print_json(data)
+    elif text:
+        print(text)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _manifest(args: argparse.Namespace) -> image_manifest.Manifest:
+    try:
+        if args.manifest:
+            if args.path or args.format or args.kernel or args.initrd or args.cmdline:
+                raise common.UsageError(
+                    "--manifest FILE replaces PATH, --format, --kernel, --initrd and --cmdline"
+                )
+            return image_manifest.load(args.manifest)
+        if not args.path:
+            raise common.UsageError("give the disk image PATH or --manifest FILE")
+        if (args.initrd or args.cmdline) and not args.kernel:
+            raise common.UsageError("--initrd and --cmdline need --kernel")
+        single = image_manifest.single(args.path, args.format or "")
+        return image_manifest.Manifest(
+            single.partitions,
+            Path(args.kernel).resolve() if args.kernel else None,
+            Path(args.initrd).resolve() if args.initrd else None,
+            args.cmdline or "",
+        )
+    except image_manifest.ManifestError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
+
+
+class ImageCommands:
+    def __init__(self, client_for: ClientFor, prog: str) -> None:
+        self.client_for = client_for
+        self.prog = prog
+
+    def push(self, args: argparse.Namespace) -> int:
+        try:
+            image_manifest.parse_ref(args.name)
+        except image_manifest.ManifestError as exc:
+            raise common.UsageError(str(exc)) from None
+        m = _manifest(args)
+        client = self.client_for(args)
+        result: PushResult = client.push_image(args.name, m, PushProgress(self.prog))
+        print(
+            f"{self.prog}: pushed {result.image.name}: {len(result.uploaded)} blob(s) sent "
+            f"({common.fmt_bytes(result.sent_bytes)}), {len(result.skipped)} already there",
+            file=sys.stderr,
+            flush=True,
+        )
+        _emit(args, common.to_dict(result.image), image_text(result.image))
+        return common.EXIT_OK
+
+    def list(self, args: argparse.Namespace) -> int:
+        images = self.client_for(args).list_images()
+        _emit(args, [common.to_dict(i) for i in images], image_rows(images) if images else "")
+        return common.EXIT_OK
+
+    def show(self, args: argparse.Namespace) -> int:
+        img = self.client_for(args).get_image(args.name)
+        _emit(args, common.to_dict(img), image_text(img))
+        return common.EXIT_OK
+
+    def delete(self, args: argparse.Namespace) -> int:
+        img = self.client_for(args).delete_image(args.name)
+        _emit(
+            args,
+            common.to_dict(img),
+            f"deleted image {img.name} ({common.fmt_bytes(img.total_bytes)})",
+        )
+        return common.EXIT_OK
+
+    def usage(self, args: argparse.Namespace) -> int:
+        u = self.client_for(args).repository_usage()
+        _emit(args, common.to_dict(u), usage_text(u))
+        return common.EXIT_OK
+
+
+def register(
+    subparsers: Any,
+    parent: argparse.ArgumentParser,
+    client_for: ClientFor,
+    prog: str = "ws",
+) -> None:
+    """Add `image push|list|show|delete|usage` to ``subparsers`` (of the top parser)."""
+    cmds = ImageCommands(client_for, prog)
+    p = subparsers.add_parser("image", parents=[parent], help="images")
+    sub = p.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+
+    q = sub.add_parser(
+        "push",
+        parents=[parent],
+        help="send an image to the repository (only what it lacks) and register it",
+        description="Push NAME:VERSION: files are hashed locally, only blobs the service "
+        "lacks are sent, then the image is registered. Either one disk PATH (a cow "
+        'partition "root") or --manifest FILE (see docs/images.md).',
+    )
+    q.add_argument("name", metavar="NAME:VERSION", help="image name, e.g. sci-base:1.2")
+    q.add_argument("path", nargs="?", metavar="PATH", help="disk image file (raw or qcow2)")
+    q.add_argument("--manifest", metavar="FILE", help="TOML manifest of the partitions")
+    q.add_argument("--format", choices=image_manifest.FORMATS, help="PATH's format (detected)")
+    q.add_argument("--kernel", metavar="F", help="kernel for direct boot (with PATH)")
+    q.add_argument("--initrd", metavar="F", help="initrd for direct boot (with PATH)")
+    q.add_argument("--cmdline", metavar="S", help="kernel command line (with PATH)")
+    q.set_defaults(func=cmds.push)
+
+    q = sub.add_parser("list", parents=[parent], help="list images")
+    q.set_defaults(func=cmds.list)
+    q = sub.add_parser("show", parents=[parent], help="show one image and its partitions")
+    q.add_argument("name", help="image name")
+    q.set_defaults(func=cmds.show)
+    q = sub.add_parser(
+        "delete", parents=[parent], help="delete one of your images (not while in use)"
+    )
+    q.add_argument("name", help="image name")
+    q.set_defaults(func=cmds.delete)
+    q = sub.add_parser("usage", parents=[parent], help="your repository bytes and quota")
+    q.set_defaults(func=cmds.usage)
+
+
+# -- disk options of `ws create` -----------------------------------------------------------
+
+
+def blank_arg(text: str) -> common_pb2.Partition:
+    """``NAME:SIZE[:ext4]`` -> an extra blank partition."""
+    name, _, rest = text.partition(":")
+    size_text, _, flag = rest.partition(":")
+    if not name or not size_text or flag not in ("", "ext4"):
+        raise argparse.ArgumentTypeError(f"expected NAME:SIZE[:ext4], got {text!r}")
+    try:
+        size = image_manifest.parse_size(size_text, name)
+    except image_manifest.ManifestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return blank_partition(name, size, ext4=flag == "ext4")
+
+
+def grow_arg(text: str) -> tuple[str, int]:
+    """``NAME:SIZE`` -> (partition name, new virtual size in bytes)."""
+    name, _, size_text = text.partition(":")
+    if not name or not size_text:
+        raise argparse.ArgumentTypeError(f"expected NAME:SIZE, got {text!r}")
+    try:
+        return name, image_manifest.parse_size(size_text, name)
+    except image_manifest.ManifestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_disk_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--blank",
+        action="append",
+        type=blank_arg,
+        metavar="NAME:SIZE[:ext4]",
+        help="add an empty disk, e.g. scratch:10GiB:ext4 (repeatable)",
+    )
+    p.add_argument(
+        "--grow",
+        action="append",
+        type=grow_arg,
+        metavar="NAME:SIZE",
+        help="give the image's cow partition NAME a larger size, e.g. root:20GiB (repeatable)",
+    )
+
+
+def disk_options(
+    args: argparse.Namespace,
+) -> tuple[list[common_pb2.Partition], dict[str, int]]:
+    """(extra_partitions, grow_bytes) for Client.create_workspace."""
+    grow: dict[str, int] = {}
+    for name, size in getattr(args, "grow", None) or []:
+        if name in grow:
+            raise common.UsageError(f"--grow {name} is given twice")
+        grow[name] = size
+    return list(getattr(args, "blank", None) or []), grow
