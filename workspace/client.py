@@ -768,6 +768,13 @@ class Client:
     def list_nodes(self) -> list[admin_pb2.Node]:
         return list(self._call(self._admin.ListNodes, admin_pb2.ListNodesRequest()).nodes)
 
+    def list_cache(self, node: str) -> admin_pb2.ListCacheResponse:
+        return self._call(self._admin.ListCache, admin_pb2.NodeRef(name=node))
+
+    def preload_image(self, image: str, nodes: list[str]) -> admin_pb2.PreloadImageResponse:
+        req = admin_pb2.PreloadImageRequest(image=image, nodes=nodes)
+        return self._call(self._admin.PreloadImage, req)
+
     def create_network(
         self,
         name: str,

@@ -160,20 +160,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 
-class Commands:
-    def __init__(self, connect: common.Connect) -> None:
-        self._connect = connect
-        self._client: Client | None = None
-
-    def client(self, args: argparse.Namespace) -> Client:
-        if self._client is None:
-            self._client = self._connect(args.service)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
+class Commands(common.ClientCommands):
     # nodes, networks
 
     def node_list(self, args: argparse.Namespace) -> int:

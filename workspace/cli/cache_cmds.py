@@ -23,18 +23,11 @@ ClientFor = Callable[[argparse.Namespace], Client]
 
 
 def list_cache(client: Client, node: str) -> admin_pb2.ListCacheResponse:
-    call = getattr(client, "list_cache", None)
-    if call is not None:
-        return call(node)
-    return client._call(client._admin.ListCache, admin_pb2.NodeRef(name=node))
+    return client.list_cache(node)
 
 
 def preload_image(client: Client, image: str, nodes: list[str]) -> admin_pb2.PreloadImageResponse:
-    call = getattr(client, "preload_image", None)
-    if call is not None:
-        return call(image, nodes)
-    req = admin_pb2.PreloadImageRequest(image=image, nodes=nodes)
-    return client._call(client._admin.PreloadImage, req)
+    return client.preload_image(image, nodes)
 
 
 def node_list(text: str) -> list[str]:

@@ -37,6 +37,25 @@ EXIT_INTERRUPTED = 130
 
 # Builds the client for a --service value (None: from the environment / local site).
 Connect = Callable[[str | None], Client]
+
+
+class ClientCommands:
+    """Base of a CLI's command handlers: one lazily made client per invocation."""
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+        self._client: Client | None = None
+
+    def client(self, args: argparse.Namespace) -> Client:
+        if self._client is None:
+            self._client = self._connect(args.service)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 

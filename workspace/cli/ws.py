@@ -18,7 +18,6 @@ from workspace.cli import clusterspec, common, image_cmds
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
-    Client,
     cluster_state_name,
     state_name,
 )
@@ -301,21 +300,8 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
 # -- commands ----------------------------------------------------------------------------
 
 
-class Commands:
+class Commands(common.ClientCommands):
     """Handlers; each returns the exit code."""
-
-    def __init__(self, connect: common.Connect) -> None:
-        self._connect = connect
-        self._client: Client | None = None
-
-    def client(self, args: argparse.Namespace) -> Client:
-        if self._client is None:
-            self._client = self._connect(args.service)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
 
     def create(self, args: argparse.Namespace) -> int:
         user_data = b""
