@@ -10,6 +10,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from workspace.v1 import admin_pb2 as _admin_pb2
 from workspace.v1 import common_pb2 as _common_pb2
+from workspace.v1 import trust_pb2 as _trust_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -270,6 +271,9 @@ class Assignment(_message.Message):
     STOP_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     FORCE_STOP_FIELD_NUMBER: _builtins.int
     USER_DATA_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    ENVELOPES_JSON_FIELD_NUMBER: _builtins.int
+    VERIFIED_DIGESTS_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     name: _builtins.str
     hostname: _builtins.str
@@ -285,10 +289,18 @@ class Assignment(_message.Message):
     stop_timeout_s: _builtins.int
     force_stop: _builtins.bool
     user_data: _builtins.bytes
+    image: _builtins.str
+    """Bound order: the image, its signature envelopes, and the exact digests the service
+    verified (disks, kernel, initrd); the agent boots nothing else.
+    """
     @_builtins.property
     def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskAssignment]: ...
     @_builtins.property
     def nics(self) -> _containers.RepeatedCompositeFieldContainer[Global___NicAssignment]: ...
+    @_builtins.property
+    def envelopes_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def verified_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -307,10 +319,13 @@ class Assignment(_message.Message):
         stop_timeout_s: _builtins.int = ...,
         force_stop: _builtins.bool = ...,
         user_data: _builtins.bytes = ...,
+        image: _builtins.str = ...,
+        envelopes_json: _abc.Iterable[_builtins.str] | None = ...,
+        verified_digests: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "cpus", b"cpus", "desired", b"desired", "disks", b"disks", "force_stop", b"force_stop", "hostname", b"hostname", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "reboot_count", b"reboot_count", "stop_timeout_s", b"stop_timeout_s", "user_data", b"user_data", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "cpus", b"cpus", "desired", b"desired", "disks", b"disks", "envelopes_json", b"envelopes_json", "force_stop", b"force_stop", "hostname", b"hostname", "image", b"image", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "reboot_count", b"reboot_count", "stop_timeout_s", b"stop_timeout_s", "user_data", b"user_data", "verified_digests", b"verified_digests", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +338,7 @@ class AssignmentSet(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     PREFETCH_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
@@ -330,16 +346,21 @@ class AssignmentSet(_message.Message):
     def prefetch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Blobs to fetch into the cache ahead of use (ws-admin cache preload)."""
 
+    @_builtins.property
+    def policy(self) -> _trust_pb2.TrustPolicy:
+        """The site's trust policy; the agent verifies every order against it itself."""
+
     def __init__(
         self,
         *,
         generation: _builtins.int = ...,
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
         prefetch: _abc.Iterable[_builtins.str] | None = ...,
+        policy: _trust_pb2.TrustPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "prefetch", b"prefetch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "policy", b"policy", "prefetch", b"prefetch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,6 +399,7 @@ class ReportStatusRequest(_message.Message):
     FULL_FIELD_NUMBER: _builtins.int
     WORKSPACES_FIELD_NUMBER: _builtins.int
     CACHED_DIGESTS_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     CACHE_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
@@ -391,6 +413,10 @@ class ReportStatusRequest(_message.Message):
     @_builtins.property
     def cached_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
+    def audit(self) -> _containers.RepeatedCompositeFieldContainer[_trust_pb2.AuditEntry]:
+        """Verify decisions taken on the node since the last report."""
+
+    @_builtins.property
     def cache(self) -> _containers.RepeatedCompositeFieldContainer[_admin_pb2.CacheEntry]:
         """Full reports: the blob cache's contents and budget."""
 
@@ -401,12 +427,13 @@ class ReportStatusRequest(_message.Message):
         full: _builtins.bool = ...,
         workspaces: _abc.Iterable[Global___ObservedWorkspace] | None = ...,
         cached_digests: _abc.Iterable[_builtins.str] | None = ...,
+        audit: _abc.Iterable[_trust_pb2.AuditEntry] | None = ...,
         cache: _abc.Iterable[_admin_pb2.CacheEntry] | None = ...,
         cache_budget_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "cache_budget_bytes", b"cache_budget_bytes", "cached_digests", b"cached_digests", "full", b"full", "node", b"node", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "cache", b"cache", "cache_budget_bytes", b"cache_budget_bytes", "cached_digests", b"cached_digests", "full", b"full", "node", b"node", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
