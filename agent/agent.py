@@ -17,17 +17,19 @@ from pathlib import Path
 
 import grpc
 
+from agent import trust
 from agent.cache import BlobCache, Source
 from agent.disks import WorkspaceFiles
 from agent.netsetup import Networking, NullNetworking
 from agent.peers import PeerChannels, PeerServer, service_source
 from agent.reconcile import Action, Want, plan
 from agent.virt.base import DomainInfo, DomainSpec, DomainState, Driver, NicSpec
+from images import signing
 from workspace import rpc
 from workspace.config import AgentConfig
-from workspace.errors import WorkspaceError
+from workspace.errors import ImageError, PermissionDenied, WorkspaceError
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.v1 import common_pb2
+from workspace.v1 import common_pb2, trust_pb2
 
 log = logging.getLogger("agent")
 
@@ -90,6 +92,13 @@ class Agent:
         self.notes: dict[str, str] = {}
         self._last_want: dict[str, Want] = {}
         self._last_actual: dict[str, DomainState] = {}
+        # Trust: the policy from the latest AssignmentSet (None: the service sent none,
+        # nothing is checked), digest → policy version it was last re-hashed under, and
+        # verify decisions not yet sent to the service.
+        self.policy: signing.Policy | None = None
+        self.stop_running_on_revoke = False
+        self._hashed_under: dict[str, int] = {}
+        self._audit: list[trust_pb2.AuditEntry] = []
         self.pool = ThreadPoolExecutor(cfg.max_parallel_ops, thread_name_prefix="op")
         self._threads: list[threading.Thread] = []
         driver.set_event_callback(self._on_event)
@@ -168,6 +177,7 @@ class Agent:
                         self.desired = {a.workspace_id: a for a in aset.assignments}
                         self.prefetch = list(aset.prefetch)
                         self.sources = _disk_sources(aset)
+                    self._set_policy(aset)
                     self.wake.set()
                     self._kick_prefetch()
             except grpc.RpcError as exc:
@@ -205,6 +215,9 @@ class Agent:
                 ids = sorted(set(self.desired or {}) | set(domains) | set(self.status))
             observed = [self._observe(wid, domains) for wid in ids]
         req = nodes_pb2.ReportStatusRequest(node=self.cfg.node, full=full, workspaces=observed)
+        with self._lock:
+            audit, self._audit = self._audit, []
+        req.audit.extend(audit)
         if full:
             req.cached_digests.extend(self.cache.digests())
             req.cache_budget_bytes = self.cache.budget_bytes
@@ -214,6 +227,8 @@ class Agent:
         try:
             stub.ReportStatus(req, timeout=10)
         except grpc.RpcError as exc:
+            with self._lock:
+                self._audit[:0] = audit  # sent with the next report
             log.warning("report to service failed: %s", exc.code() if hasattr(exc, "code") else exc)
 
     def _observe(self, wid: str, domains: dict[str, DomainInfo]) -> nodes_pb2.ObservedWorkspace:
@@ -267,6 +282,7 @@ class Agent:
         actual = {d.workspace_id: d.state for d in self.driver.list_domains()}
         leftovers = self.files.existing()
         self._sync_pins(desired, set(actual) | leftovers | busy)
+        self._forget_failed(desired, set(actual) | leftovers | busy)
         self._kick_prefetch()
         wants = {
             wid: Want(_DESIRED.get(a.desired, "RUNNING"), a.reboot_count, a.force_stop)
@@ -290,6 +306,22 @@ class Agent:
 
         self._last_want = wants
         self._last_actual = actual
+
+    def _forget_failed(self, desired: dict[str, nodes_pb2.Assignment], present: set[str]) -> None:
+        """A create that failed before anything reached the host (refused by the trust
+        policy, a blob that would not fetch) leaves only its FAILED status: once the
+        workspace is no longer desired, report it ABSENT so the service can let it go."""
+        with self._lock:
+            gone = [
+                wid
+                for wid, (state, _) in self.status.items()
+                if state == OBS.OBSERVED_STATE_FAILED and wid not in desired and wid not in present
+            ]
+            for wid in gone:
+                self.status[wid] = (OBS.OBSERVED_STATE_ABSENT, "")
+                self.failures.pop(wid, None)
+        if gone:
+            self.pool.submit(self._report, gone)
 
     def _note_repair(self, wid: str, action: Action, want: Want | None) -> None:
         """Record (and log) when the host drifted from a desired state it had reached."""
@@ -347,6 +379,8 @@ class Agent:
             assert a is not None
             self._create(a)
         elif action is Action.START:
+            if a is not None:
+                self._check_order(a, "start")  # signatures only: the disks exist already
             self._set_status(wid, OBS.OBSERVED_STATE_STARTING)
             d.start(wid)
         elif action is Action.STOP:
@@ -383,6 +417,7 @@ class Agent:
     def _create(self, a: nodes_pb2.Assignment) -> None:
         wid = a.workspace_id
         self._set_status(wid, OBS.OBSERVED_STATE_PROPAGATING)
+        self._check_order(a, "boot")
         paths = self._ensure_blobs(a)
         disks = self.files.prepare(a, paths)
         console = self.files.console_log(wid)
@@ -433,13 +468,107 @@ class Agent:
                 wanted[digest] = (0, all_peers)
         self.cache.pin(a.workspace_id, wanted)
         before = set(self.cache.digests())
-        paths = {
-            dg: self.cache.ensure(dg, self._sources(peers), size)
-            for dg, (size, peers) in wanted.items()
-        }
+        paths: dict[str, Path] = {}
+        for dg, (size, peers) in wanted.items():
+            self._rehash_if_stale(a, dg)
+            try:
+                paths[dg] = self.cache.ensure(dg, self._sources(peers), size)
+            except ImageError as exc:
+                raise ImageError(f"image {a.image or '?'}: {exc.message}") from exc
+            with self._lock:
+                if self.policy is not None:
+                    self._hashed_under[dg] = self.policy.version
         if set(wanted) - before:
             self.report_soon.set()  # the service learns at once that this node holds them
         return paths
+
+    # -- trust -------------------------------------------------------------------------
+
+    def _set_policy(self, aset: nodes_pb2.AssignmentSet) -> None:
+        """Take the policy of a new AssignmentSet; on a new version, re-check running VMs."""
+        if not aset.HasField("policy"):
+            return
+        with self._lock:
+            old = self.policy
+            self.policy = trust.policy_from_proto(aset.policy)
+            self.stop_running_on_revoke = aset.policy.stop_running_on_revoke
+            desired = dict(self.desired or {})
+        if old is None or old.version != self.policy.version:
+            log.info("trust policy version %d", self.policy.version)
+            self.pool.submit(self._recheck_running, desired)
+
+    def _recheck_running(self, desired: dict[str, nodes_pb2.Assignment]) -> None:
+        """Under a new policy, the VMs running an image no longer trusted are reported
+        (a note on the workspace and an audit entry), not killed."""
+        running = {
+            d.workspace_id
+            for d in self.driver.list_domains()
+            if d.state in (DomainState.RUNNING, DomainState.PAUSED)
+        }
+        for wid in sorted(running & set(desired)):
+            a = desired[wid]
+            verdict = self._verdict(a)
+            if verdict is None or verdict.trusted:
+                continue
+            self._record("running", a, verdict)
+            note = (
+                f"image {a.image} is no longer trusted under policy version "
+                f"{verdict.policy_version} ({verdict.reason}); the VM keeps running"
+            )
+            log.warning("workspace %s: %s", wid, note)
+            with self._lock:
+                self.notes[wid] = note
+            self._report([wid])
+
+    def _verdict(self, a: nodes_pb2.Assignment) -> signing.Verdict | None:
+        with self._lock:
+            policy = self.policy
+        if policy is None:
+            return None
+        return trust.check_order(a, policy, time.time())
+
+    def _record(
+        self, action: str, a: nodes_pb2.Assignment, verdict: signing.Verdict, digest: str = ""
+    ) -> None:
+        entry = trust.audit_entry(self.cfg.node, action, a, verdict, time.time(), digest)
+        with self._lock:
+            self._audit.append(entry)
+
+    def _check_order(self, a: nodes_pb2.Assignment, action: str) -> None:
+        """Verify ``a`` against the policy held; raise (nothing boots) when it denies."""
+        verdict = self._verdict(a)
+        if verdict is None:
+            return
+        self._record(action, a, verdict)
+        if verdict.trusted:
+            return
+        if not verdict.allowed:
+            raise PermissionDenied(f"image {a.image or '?'} refused on this node: {verdict.reason}")
+        log.warning(
+            "workspace %s: image %s is not trusted (%s); booting it anyway: the policy only warns",
+            a.workspace_id,
+            a.image,
+            verdict.reason,
+        )
+
+    def _rehash_if_stale(self, a: nodes_pb2.Assignment, digest: str) -> None:
+        """Re-hash a cached blob not yet verified under the current policy version; a
+        corrupted one is deleted (``ensure`` then fetches it again) and audited."""
+        with self._lock:
+            policy = self.policy
+            done = self._hashed_under.get(digest)
+        if policy is None or done == policy.version:
+            return
+        intact = self.cache.rehash(digest)
+        if intact is None:
+            return  # not cached: the fetch hashes it while streaming
+        if intact:
+            reason = f"cached blob {digest} re-hashed: intact"
+        else:
+            reason = f"cached blob {digest} does not match its digest; discarded, fetching it again"
+            log.error("workspace %s: %s", a.workspace_id, reason)
+        verdict = signing.Verdict(intact, intact, reason, "", policy.version)
+        self._record("cache-hit", a, verdict, digest)
 
     def _sync_pins(self, desired: dict[str, nodes_pb2.Assignment], present: set[str]) -> None:
         """Pins = the blobs of the workspaces on this node (after a restart, too)."""

@@ -483,7 +483,7 @@ def explain(f: dict[str, float | int], drop_nic: bool) -> None:
         f"create_to_ready_s: until GetConsole (polled every 200 ms) shows the guest's "
         f"WORKSPACE-READY line; the node's console.log has it at {f['guest_ready_s']:.3f} s; "
         f"a median {f['console_delay_s']:.3f} s per run is console forwarding (the agent "
-        "pushes consoles once a second) plus our polling."
+        "pushes new console bytes every 0.25 s) plus our 200 ms polling."
     )
     for line in lines:
         print(line, file=sys.stderr)

@@ -39,6 +39,8 @@ from workspace.v1 import (
     common_pb2,
     images_pb2,
     images_pb2_grpc,
+    trust_pb2,
+    trust_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -214,6 +216,7 @@ class Client:
         self._images = images_pb2_grpc.ImagesStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._clusters = clusters_pb2_grpc.ClustersStub(self._channel)
+        self._trust = trust_pb2_grpc.TrustStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @classmethod
@@ -685,6 +688,64 @@ class Client:
     def repository_usage(self) -> images_pb2.RepositoryUsage:
         """Bytes your images take in the repository, and your quota (0: none)."""
         return self._call(self._images.GetRepositoryUsage, images_pb2.RepositoryUsageRequest())
+
+    # -- image trust -------------------------------------------------------------------
+
+    def sign_image(self, name: str, private_key_pem: bytes) -> trust_pb2.ImageSignatures:
+        """Sign image ``name`` as the service stores it (every partition's digest, size,
+        format and mode, kernel, initrd, cmdline) and attach the signature."""
+        from images import signing
+        from workspace.service.trust import manifest_from_proto
+
+        private = signing.load_private_key(private_key_pem)
+        envelope = signing.sign(manifest_from_proto(self.get_image(name)), private)
+        return self.add_signature(name, envelope)
+
+    def add_signature(self, image: str, envelope_json: str) -> trust_pb2.ImageSignatures:
+        req = trust_pb2.AddSignatureRequest(image=image, envelope_json=envelope_json)
+        return self._call(self._trust.AddSignature, req)
+
+    def get_signatures(self, image: str) -> trust_pb2.ImageSignatures:
+        """The image's signatures and the service's verdict under the current policy."""
+        req = trust_pb2.ImageSignaturesRequest(image=image)
+        return self._call(self._trust.GetSignatures, req)
+
+    def get_trust_policy(self) -> trust_pb2.TrustPolicy:
+        return self._call(self._trust.GetPolicy, trust_pb2.GetPolicyRequest())
+
+    def add_trust_key(
+        self,
+        public_key_pem: str,
+        image_patterns: Sequence[str],
+        expires_at: float = 0.0,
+        comment: str = "",
+    ) -> trust_pb2.TrustPolicy:
+        """Trust a publisher key for images whose names match ``image_patterns``
+        (fnmatch); ``expires_at`` in epoch seconds, 0 = never."""
+        req = trust_pb2.AddKeyRequest(
+            public_key_pem=public_key_pem, image_patterns=list(image_patterns), comment=comment
+        )
+        if expires_at:
+            req.expires_at.FromNanoseconds(int(expires_at * 1e9))
+        return self._call(self._trust.AddKey, req)
+
+    def revoke_trust_key(self, key_id: str) -> trust_pb2.TrustPolicy:
+        return self._call(self._trust.RevokeKey, trust_pb2.RevokeKeyRequest(key_id=key_id))
+
+    def revoke_digest(self, digest: str) -> trust_pb2.TrustPolicy:
+        return self._call(self._trust.RevokeDigest, trust_pb2.RevokeDigestRequest(digest=digest))
+
+    def set_trust_mode(
+        self, enforce: bool, stop_running_on_revoke: bool = False
+    ) -> trust_pb2.TrustPolicy:
+        mode = trust_pb2.TRUST_MODE_ENFORCE if enforce else trust_pb2.TRUST_MODE_WARN
+        req = trust_pb2.SetModeRequest(mode=mode, stop_running_on_revoke=stop_running_on_revoke)
+        return self._call(self._trust.SetMode, req)
+
+    def list_audit(self, limit: int = 0, image: str = "") -> list[trust_pb2.AuditEntry]:
+        """Trust decisions, newest first (limit 0: 100)."""
+        req = trust_pb2.ListAuditRequest(limit=limit, image=image)
+        return list(self._call(self._trust.ListAudit, req).entries)
 
     def push_image(
         self,

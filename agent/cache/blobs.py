@@ -237,6 +237,20 @@ class BlobCache:
         with self._digest_lock(digest):
             return self._check(hx)
 
+    def rehash(self, digest: str) -> bool | None:
+        """Re-hash a cached blob now, even if this process verified it before.
+
+        None: not cached; True: intact; False: corrupted (deleted, fetched again by
+        the next ``ensure``). The agent calls it on a cache hit not yet verified
+        under the current trust policy version."""
+        hx = _hex(digest)
+        if not self.has(digest):
+            return None
+        with self._digest_lock(digest):
+            with self._lock:
+                self._verified.discard(hx)
+            return self._check(hx)
+
     def _check(self, hx: str) -> bool:
         """Is the entry present and intact? Called with the digest's lock held."""
         with self._lock:

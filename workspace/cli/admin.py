@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from workspace import errors
-from workspace.cli import cache_cmds, clusterspec, common
+from workspace.cli import cache_cmds, clusterspec, common, trust_cmds
 from workspace.client import Client
 from workspace.site import local
 from workspace.v1 import admin_pb2, common_pb2, images_pb2
@@ -467,6 +467,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.image_list)
 
     cache_cmds.register(sub, parent, cmds.client)
+    trust_cmds.register_admin(sub, parent, cmds.client)
 
     site = group("site", "the local all-in-one site (service + one agent)")
     dir_help = f"site directory (default: ${local.SITE_ENV} or ~/.local/share/workspace/site)"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from workspace import errors
-from workspace.cli import clusterspec, common, image_cmds
+from workspace.cli import clusterspec, common, image_cmds, trust_cmds
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
@@ -651,6 +651,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     _add_cluster_parsers(sub, parent, cmds)
 
     image_cmds.register(sub, parent, cmds.client, PROG)
+    trust_cmds.register_image(sub, parent, cmds.client)
     return parser
 
 

@@ -17,6 +17,7 @@ from workspace.service.clusters import Clusters
 from workspace.service.core import Core
 from workspace.service.nodes import Nodes
 from workspace.service.queue import CapacityQueue
+from workspace.service.trust import TrustStore
 from workspace.states import Op
 from workspace.v1 import (
     admin_pb2,
@@ -26,6 +27,8 @@ from workspace.v1 import (
     common_pb2,
     images_pb2,
     images_pb2_grpc,
+    trust_pb2,
+    trust_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -401,3 +404,61 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         total = repo.size(request.digest) if repo.has(request.digest) else 0
         for chunk in repo.read(request.digest, request.offset):
             yield nodes_pb2.BlobData(data=chunk, total_size=total)
+
+
+class TrustServicer(trust_pb2_grpc.TrustServicer):
+    """Image signatures (publishers) and the site's trust policy (admins)."""
+
+    def __init__(self, trust: TrustStore) -> None:
+        self.trust = trust
+        self.default_owner = trust.core.cfg.default_owner
+
+    @unary
+    def AddSignature(
+        self, request: trust_pb2.AddSignatureRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.ImageSignatures:
+        owner = caller(context, self.default_owner)
+        return self.trust.add_signature(owner, request.image, request.envelope_json)
+
+    @unary
+    def GetSignatures(
+        self, request: trust_pb2.ImageSignaturesRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.ImageSignatures:
+        return self.trust.signatures(request.image)
+
+    @unary
+    def GetPolicy(
+        self, request: trust_pb2.GetPolicyRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.TrustPolicy:
+        return self.trust.policy_proto()
+
+    @unary
+    def AddKey(
+        self, request: trust_pb2.AddKeyRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.TrustPolicy:
+        return self.trust.add_key(request)
+
+    @unary
+    def RevokeKey(
+        self, request: trust_pb2.RevokeKeyRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.TrustPolicy:
+        return self.trust.revoke_key(request.key_id)
+
+    @unary
+    def RevokeDigest(
+        self, request: trust_pb2.RevokeDigestRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.TrustPolicy:
+        return self.trust.revoke_digest(request.digest)
+
+    @unary
+    def SetMode(
+        self, request: trust_pb2.SetModeRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.TrustPolicy:
+        return self.trust.set_mode(request)
+
+    @unary
+    def ListAudit(
+        self, request: trust_pb2.ListAuditRequest, context: grpc.ServicerContext
+    ) -> trust_pb2.ListAuditResponse:
+        entries = self.trust.list_audit(request.limit, request.image)
+        return trust_pb2.ListAuditResponse(entries=entries)

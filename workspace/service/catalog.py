@@ -24,6 +24,7 @@ from workspace.errors import (
 from workspace.service import convert
 from workspace.service.blobs import BlobRepository, check_digest
 from workspace.service.core import Core
+from workspace.service.trust import TrustStore
 from workspace.states import State
 from workspace.store import Blob, Image, IpAllocation, Network, Workspace
 from workspace.v1 import admin_pb2, common_pb2, images_pb2
@@ -256,6 +257,7 @@ class Catalog:
                 proto = self._protos(s, [img])[0]
                 mine = image_digests(img)
                 s.delete(img)
+                TrustStore.delete_signatures(s, name)
                 s.flush()
                 still: set[str] = set()
                 for other in s.execute(select(Image)).scalars():

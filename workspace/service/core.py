@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,6 +37,9 @@ from workspace.service.placement import NoPlacement, place_rows
 from workspace.states import Desired, Op, State, apply_op
 from workspace.store import IpAllocation, Network, Node, Store, Workspace
 from workspace.v1 import common_pb2, workspaces_pb2
+
+if TYPE_CHECKING:
+    from workspace.service.trust import TrustStore
 
 log = logging.getLogger("workspace.service")
 
@@ -156,6 +159,9 @@ class Core:
         self.notifier = notifier
         self.clock = clock
         self.started_at = clock()
+        # The site's image trust policy (workspace/service/trust.py), set by the Service;
+        # None: no signature checks (cores built directly, e.g. in unit tests).
+        self.trust: TrustStore | None = None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -372,6 +378,8 @@ class Core:
         image = s.get(Image, image_name)
         if image is None:
             raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        if self.trust is not None:
+            self.trust.check_launch(s, owner, image, "create", workspace_id=wid)
         partitions = disk_layout(
             image.name, image.partitions, extra_partitions, grow_bytes or {}, self.cfg.limits
         )

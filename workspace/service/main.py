@@ -23,6 +23,7 @@ from workspace.service.api import (
     ClustersServicer,
     ImagesServicer,
     NodesServicer,
+    TrustServicer,
     WorkspacesServicer,
 )
 from workspace.service.blobs import BlobRepository
@@ -32,6 +33,7 @@ from workspace.service.core import Core
 from workspace.service.nodes import Nodes
 from workspace.service.notify import Notifier
 from workspace.service.queue import CapacityQueue
+from workspace.service.trust import TrustStore
 from workspace.store import Store
 from workspace.v1 import (
     admin_pb2,
@@ -40,6 +42,8 @@ from workspace.v1 import (
     clusters_pb2_grpc,
     images_pb2,
     images_pb2_grpc,
+    trust_pb2,
+    trust_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -58,6 +62,8 @@ class Service:
         self.store = Store(cfg.db_url)
         self.notifier = Notifier()
         self.core = Core(cfg, self.store, self.notifier)
+        self.trust = TrustStore(self.core)
+        self.core.trust = self.trust
         self.nodes = Nodes(self.core)
         self.catalog = Catalog(self.core, BlobRepository(cfg.blob_dir))
         self.server = rpc.server(cfg.max_workers)
@@ -76,6 +82,7 @@ class Service:
         nodes_pb2_grpc.add_NodesServicer_to_server(
             NodesServicer(self.nodes, self.catalog), self.server
         )
+        trust_pb2_grpc.add_TrustServicer_to_server(TrustServicer(self.trust), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
@@ -84,6 +91,7 @@ class Service:
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             clusters_pb2.DESCRIPTOR.services_by_name["Clusters"].full_name,
             nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
+            trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -84,8 +85,14 @@ class Nodes:
             )
             nets = self._nic_assignments(s, [w.id for w in rows])
             out = nodes_pb2.AssignmentSet(generation=self.core.notifier.generation(node_name))
+            trust = self.core.trust
+            envelopes: dict[str, list[str]] = {}
+            if trust is not None:
+                out.policy.CopyFrom(trust.policy_proto(s))
             for w in rows:
                 spec = w.image_spec or {}
+                if trust is not None and w.image not in envelopes:
+                    envelopes[w.image] = trust.envelopes(w.image, s)
                 out.assignments.append(
                     nodes_pb2.Assignment(
                         workspace_id=w.id,
@@ -114,6 +121,10 @@ class Nodes:
                         stop_timeout_s=w.stop_timeout_s,
                         force_stop=w.force_stop,
                         user_data=w.user_data,
+                        # Bound order: what the service verified at create.
+                        image=w.image,
+                        envelopes_json=envelopes.get(w.image, []),
+                        verified_digests=_spec_digests(spec),
                     )
                 )
             self._fill_sources(s, node_name, out)
@@ -202,6 +213,8 @@ class Nodes:
                     if ws.id not in seen:
                         self.core._release(s, ws, "destroyed")
                         changed.append(ws)
+            if req.audit and self.core.trust is not None:
+                self.core.trust.audit(list(req.audit), s)
             more, nodes = clusters.refresh(self.core, s, {w.cluster for w in changed})
             protos = self.core._protos(s, changed + more)
         self.core._publish(protos, nodes)
@@ -419,6 +432,13 @@ class Nodes:
         self.core.notifier.node_changed(*done)
         log.info("image %s: preload on %s", image, ", ".join(done))
         return admin_pb2.PreloadImageResponse(nodes=done, digests=digests)
+
+
+def _spec_digests(spec: dict[str, Any]) -> list[str]:
+    """The blob digests of a workspace's image_spec: its partitions, kernel, initrd."""
+    out = [str(p.get("digest", "")) for p in spec.get("partitions") or []]
+    out += [str(spec.get("kernel_digest") or ""), str(spec.get("initrd_digest") or "")]
+    return list(dict.fromkeys(d for d in out if d))
 
 
 def _store_cache_report(node: Node, req: nodes_pb2.ReportStatusRequest) -> None:

@@ -178,3 +178,70 @@ class ConsoleLog(Base):
     # Offset in the node's console log just past `data`.
     total_bytes: Mapped[int] = mapped_column(Integer, default=0)
     data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+
+
+# -- image trust (workspace/service/trust.py) ----------------------------------------------
+
+
+class TrustSettings(Base):
+    """The site's trust policy settings: one row (id 1); the version grows on every change."""
+
+    __tablename__ = "trust_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    mode: Mapped[str] = mapped_column(String(16), default="WARN")  # WARN | ENFORCE
+    stop_running_on_revoke: Mapped[bool] = mapped_column(default=False)
+
+
+class TrustKey(Base):
+    """A publisher key the site trusts to sign images whose names match its patterns."""
+
+    __tablename__ = "trust_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key_pem: Mapped[str] = mapped_column(String(1024))
+    image_patterns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)  # 0 = never
+    revoked: Mapped[bool] = mapped_column(default=False)
+    comment: Mapped[str] = mapped_column(String(1024), default="")
+    added_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class RevokedDigest(Base):
+    __tablename__ = "revoked_digests"
+
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    revoked_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ImageSignature(Base):
+    """A publisher's DSSE envelope over an image's manifest."""
+
+    __tablename__ = "image_signatures"
+    __table_args__ = (Index("ix_sig_image", "image"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image: Mapped[str] = mapped_column(String(255))
+    envelope: Mapped[str] = mapped_column(String(65536))
+    key_id: Mapped[str] = mapped_column(String(64), default="")
+    added_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Audit(Base):
+    """One trust decision (service or node): what, under which policy, and why."""
+
+    __tablename__ = "trust_audit"
+    __table_args__ = (Index("ix_audit_image", "image"), Index("ix_audit_at", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(255), default="service")
+    action: Mapped[str] = mapped_column(String(32), default="")
+    image: Mapped[str] = mapped_column(String(255), default="")
+    digest: Mapped[str] = mapped_column(String(2048), default="")
+    key_id: Mapped[str] = mapped_column(String(64), default="")
+    policy_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    verdict: Mapped[str] = mapped_column(String(8), default="")
+    reason: Mapped[str] = mapped_column(String(2048), default="")
+    workspace_id: Mapped[str] = mapped_column(String(32), default="")

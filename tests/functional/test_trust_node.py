@@ -1,0 +1,192 @@
+"""The agent checks what it boots itself: signatures against the policy it holds,
+bound orders, and a re-hash of cached blobs under each new policy version.
+Real service + fake-driver agent over gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import agent.agent
+from agent.cache.blobs import hash_file
+from images import signing
+from tests.functional.harness import WS, Site, wait_for
+from workspace.errors import PermissionDenied
+from workspace.node.v1 import nodes_pb2
+from workspace.service.trust import manifest_of
+from workspace.store import Image
+from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
+
+IMAGE = "app:1"
+
+
+def _trust(site: Site) -> trust_pb2_grpc.TrustStub:
+    return trust_pb2_grpc.TrustStub(site.stubs.channel)
+
+
+def _push_policy(site: Site) -> None:
+    """Make the service send every node a new AssignmentSet (with the current policy)."""
+    assert site.service is not None
+    for n in site.agents:
+        site.service.core.notifier.node_changed(n)
+
+
+def _sign(site: Site, key: Ed25519PrivateKey, image: str = IMAGE) -> None:
+    assert site.service is not None
+    with site.service.core.store.read() as s:
+        row = s.get(Image, image)
+        assert row is not None
+        envelope = signing.sign(manifest_of(row), key)
+    _trust(site).AddSignature(trust_pb2.AddSignatureRequest(image=image, envelope_json=envelope))
+
+
+def _add_key(site: Site, key: Ed25519PrivateKey) -> None:
+    _trust(site).AddKey(
+        trust_pb2.AddKeyRequest(public_key_pem=signing.public_pem(key), image_patterns=["*"])
+    )
+
+
+def _enforce(site: Site) -> None:
+    _trust(site).SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE))
+
+
+def _node_audit(site: Site, action: str = "") -> list[trust_pb2.AuditEntry]:
+    entries = _trust(site).ListAudit(trust_pb2.ListAuditRequest(image=IMAGE)).entries
+    return [e for e in entries if e.where == "node:node1" and (not action or e.action == action)]
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def signed_site(site: Site, key: Ed25519PrivateKey) -> Site:
+    """Enforce mode, one trusted key, image app:1 signed by it, one node."""
+    site.stubs.network()
+    site.stubs.import_image(IMAGE, bytes(range(256)) * 256)
+    _add_key(site, key)
+    _sign(site, key)
+    _enforce(site)
+    site.add_agent("node1")
+    return site
+
+
+def _digest(site: Site) -> str:
+    img = site.stubs.images.GetImage(images_pb2.GetImageRequest(name=IMAGE))
+    return str(img.partitions[0].digest)
+
+
+def test_signed_image_boots_and_the_node_audits_it(signed_site: Site) -> None:
+    site = signed_site
+    ws = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    boot = wait_for(lambda: _node_audit(site, "boot"), what="the node's boot audit")[0]
+    assert (boot.verdict, boot.workspace_id) == ("allow", ws.id)
+    assert boot.policy_version >= 1 and boot.key_id
+
+
+def test_flipped_byte_in_cached_blob_is_found_on_next_use_and_refetched(
+    signed_site: Site, key: Ed25519PrivateKey
+) -> None:
+    site = signed_site
+    ag = site.agents["node1"]
+    digest = _digest(site)
+    w1 = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
+    fetched = ag.cache.received_bytes.get("service", 0)
+    path = ag.cache.path(digest)
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    # A new policy version: the blob was verified under the old one only.
+    _add_key(site, Ed25519PrivateKey.generate())
+    w2 = site.stubs.create(name="w2", image=IMAGE)
+    site.stubs.wait_state(w2.id, WS.WORKSPACE_STATE_RUNNING)
+    hit = wait_for(
+        lambda: [e for e in _node_audit(site, "cache-hit") if e.verdict == "deny"],
+        what="the cache-hit audit",
+    )[0]
+    assert hit.digest == digest and "does not match its digest" in hit.reason
+    assert hash_file(path) == digest  # fetched again, intact
+    assert ag.cache.received_bytes["service"] > fetched
+    # Same policy version: the intact blob is not hashed again.
+    hits = len(_node_audit(site, "cache-hit"))
+    w3 = site.stubs.create(name="w3", image=IMAGE)
+    site.stubs.wait_state(w3.id, WS.WORKSPACE_STATE_RUNNING)
+    assert len(_node_audit(site, "cache-hit")) == hits
+
+
+def test_order_with_a_swapped_or_unverified_digest_is_refused(signed_site: Site) -> None:
+    site = signed_site
+    ag = site.agents["node1"]
+    w1 = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
+    other = site.stubs.upload(b"another blob" * 100)
+    order = nodes_pb2.Assignment()
+    order.CopyFrom(wait_for(lambda: (ag.desired or {}).get(w1.id), what="the order"))
+    order.workspace_id = "forged"
+    order.disks[0].digest = other  # a swapped blob (or a mix of two versions)
+    with pytest.raises(PermissionDenied, match=f"order names digest {other} the service did not"):
+        ag._create(order)
+    order.verified_digests.append(other)  # even if the order claims it was verified
+    with pytest.raises(PermissionDenied, match=r"image app:1 refused.*differ"):
+        ag._create(order)
+    assert "forged" not in {d.workspace_id for d in ag.driver.list_domains()}
+    assert not ag.cache.has(other)  # refused before anything was fetched
+
+
+def test_agent_refuses_what_the_service_let_through_and_keeps_running_vms(
+    signed_site: Site, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = signed_site
+    ag = site.agents["node1"]
+    w1 = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
+    # The agent holds a policy in which the key is revoked; the service still trusts it.
+    kid = signing.key_id(key.public_key())
+    real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = agent.agent.trust.policy_from_proto
+
+    def revoked(p: trust_pb2.TrustPolicy) -> signing.Policy:
+        pol = real(p)
+        keys = tuple(dataclasses.replace(k, revoked=k.key_id == kid) for k in pol.keys)
+        return dataclasses.replace(pol, keys=keys)
+
+    monkeypatch.setattr(agent.agent.trust, "policy_from_proto", revoked)
+    _add_key(site, Ed25519PrivateKey.generate())  # a new policy version
+    _push_policy(site)
+    running = wait_for(
+        lambda: "no longer trusted" in (w := site.stubs.get(w1.id)).reason and w,
+        what="the running VM to be reported",
+    )
+    assert running.state == WS.WORKSPACE_STATE_RUNNING and "revoked" in running.reason
+    assert w1.id in {d.workspace_id for d in ag.driver.list_domains()}  # not killed
+
+    w2 = site.stubs.create(name="w2", image=IMAGE)  # the service still lets it through
+    failed = site.stubs.wait_state(w2.id, WS.WORKSPACE_STATE_FAILED)
+    assert "image app:1 refused on this node" in failed.reason
+    assert f"key {kid[:16]} is revoked" in failed.reason
+    assert w2.id not in {d.workspace_id for d in ag.driver.list_domains()}
+    deny = wait_for(
+        lambda: [e for e in _node_audit(site, "boot") if e.workspace_id == w2.id],
+        what="the node's deny audit",
+    )[0]
+    assert deny.verdict == "deny" and "revoked" in deny.reason
+    assert any(e.action == "running" and e.workspace_id == w1.id for e in _node_audit(site))
+    # A refused create left nothing on the node: destroying it ends it.
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(w2.id))
+    site.stubs.wait_state(w2.id, WS.WORKSPACE_STATE_TERMINATED)
+
+
+def test_unsigned_image_under_warn_boots_and_the_node_audits_why(site: Site) -> None:
+    site.stubs.network()
+    site.stubs.import_image(IMAGE)
+    _add_key(site, Ed25519PrivateKey.generate())  # a policy exists; mode stays WARN
+    site.add_agent("node1")
+    ws = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    boot = wait_for(lambda: _node_audit(site, "boot"), what="the node's audit")[0]
+    assert boot.verdict == "warn" and boot.reason == f"image {IMAGE} is not signed"

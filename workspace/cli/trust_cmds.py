@@ -1,0 +1,244 @@
+"""Image signing (`ws image keygen|sign|verify`) and the site's trust policy
+(`ws-admin trust add|list|revoke|mode`, `ws-admin audit`).
+
+    ws image keygen --out me              writes me.key (0600) and me.pub
+    ws image sign sci-base:1.2 --key me.key
+    ws image verify sci-base:1.2
+    ws-admin trust add me.pub --images 'sci-*' [--expires 2026-12-31] [--comment TEXT]
+    ws-admin trust list | revoke KEYID | revoke --digest sha256:... | mode enforce|warn
+    ws-admin audit [--image NAME] [--limit N]
+
+The envelope format is described in docs/design/trust.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from images import signing
+from workspace.cli import common
+from workspace.client import Client
+from workspace.v1 import trust_pb2
+
+ClientFor = Callable[[argparse.Namespace], Client]
+
+
+def _out(args: argparse.Namespace, msg: Any, text: str) -> None:
+    if getattr(args, "output", "text") == "json":
+        common.print_json(common.to_dict(msg))
+    else:
+        print(text)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Any:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError(f"{parser.prog} has no subcommands")
+
+
+def date_arg(text: str) -> float:
+    """YYYY-MM-DD (end of that day, UTC) -> epoch seconds."""
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+    return day.timestamp() + 86399
+
+
+# -- ws image keygen|sign|verify -----------------------------------------------------------
+
+
+def keygen(args: argparse.Namespace) -> int:
+    private, public = signing.generate_key()
+    key_path, pub_path = Path(f"{args.out}.key"), Path(f"{args.out}.pub")
+    if key_path.exists() and not args.force:
+        raise common.UsageError(f"{key_path} exists; use --force to replace it")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    os.chmod(key_path, 0o600)
+    pub_path.write_bytes(public)
+    kid = signing.key_id(public)
+    if getattr(args, "output", "text") == "json":
+        common.print_json(
+            {"key_id": kid, "private_key": str(key_path), "public_key": str(pub_path)}
+        )
+    else:
+        print(f"key {kid}\nprivate key: {key_path} (keep it secret)\npublic key:  {pub_path}")
+    return 0
+
+
+def signatures_text(sigs: trust_pb2.ImageSignatures) -> str:
+    verdict = "trusted" if sigs.trusted else "NOT trusted"
+    signers = ", ".join(k[:16] for k in _signers(sigs.envelopes_json)) or "none"
+    return common.fields(
+        [
+            ("image", sigs.image),
+            ("signatures", f"{len(sigs.envelopes_json)} (by {signers})"),
+            ("verdict", f"{verdict}: {sigs.reason}"),
+            ("policy", f"v{sigs.policy_version}"),
+        ]
+    )
+
+
+def _signers(envelopes: Any) -> list[str]:
+    import json
+
+    out: list[str] = []
+    for text in envelopes:
+        try:
+            out += [str(s["keyid"]) for s in json.loads(text)["signatures"]]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return list(dict.fromkeys(out))
+
+
+def register_image(subparsers: Any, parent: argparse.ArgumentParser, client_for: ClientFor) -> None:
+    """Add `keygen`, `sign`, `verify` under the existing `ws image`."""
+    sub = _subparsers(subparsers.choices["image"])
+
+    def sign(args: argparse.Namespace) -> int:
+        try:
+            pem = Path(args.key).read_bytes()
+            signing.load_private_key(pem)
+        except signing.SignatureError as exc:
+            raise common.UsageError(f"{args.key}: {exc}") from None
+        sigs = client_for(args).sign_image(args.name, pem)
+        _out(args, sigs, signatures_text(sigs))
+        return 0
+
+    def verify(args: argparse.Namespace) -> int:
+        sigs = client_for(args).get_signatures(args.name)
+        _out(args, sigs, signatures_text(sigs))
+        return 0 if sigs.trusted else 1
+
+    q = sub.add_parser("keygen", parents=[parent], help="make an Ed25519 publisher key")
+    q.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.key, PREFIX.pub")
+    q.add_argument("--force", action="store_true", help="replace an existing PREFIX.key")
+    q.set_defaults(func=keygen)
+    q = sub.add_parser("sign", parents=[parent], help="sign an image and attach the signature")
+    q.add_argument("name", help="image name")
+    q.add_argument("--key", required=True, metavar="FILE", help="private key (ws image keygen)")
+    q.set_defaults(func=sign)
+    q = sub.add_parser(
+        "verify", parents=[parent], help="an image's signatures and the site's verdict"
+    )
+    q.add_argument("name", help="image name")
+    q.set_defaults(func=verify)
+
+
+# -- ws-admin trust ..., ws-admin audit ----------------------------------------------------
+
+
+def policy_text(p: trust_pb2.TrustPolicy) -> str:
+    mode = "enforce" if p.mode == trust_pb2.TRUST_MODE_ENFORCE else "warn"
+    head = f"policy v{p.version}, mode {mode}" + (
+        ", running VMs stopped on revoke" if p.stop_running_on_revoke else ""
+    )
+    rows = [
+        [
+            k.key_id[:16],
+            ",".join(k.image_patterns),
+            common.fmt_time(k.expires_at) if k.HasField("expires_at") else "never",
+            "REVOKED" if k.revoked else "ok",
+            k.comment,
+        ]
+        for k in p.keys
+    ]
+    out = head
+    if rows:
+        out += "\n" + common.table(["KEY", "IMAGES", "EXPIRES", "STATE", "COMMENT"], rows)
+    if p.revoked_digests:
+        out += "\nrevoked digests:\n" + "\n".join(f"  {d}" for d in p.revoked_digests)
+    return out
+
+
+def audit_text(entries: list[trust_pb2.AuditEntry]) -> str:
+    rows = [
+        [
+            common.fmt_time(e.at),
+            e.where,
+            e.action,
+            e.image,
+            e.verdict,
+            e.key_id[:16] or "-",
+            f"v{e.policy_version}",
+            e.workspace_id or "-",
+            e.reason,
+        ]
+        for e in entries
+    ]
+    headers = ["AT", "WHERE", "ACTION", "IMAGE", "VERDICT", "KEY", "POLICY", "WORKSPACE", "WHY"]
+    return common.table(headers, rows)
+
+
+def register_admin(subparsers: Any, parent: argparse.ArgumentParser, client_for: ClientFor) -> None:
+    """Add `trust add|list|revoke|mode` and `audit` to ws-admin."""
+
+    def add(args: argparse.Namespace) -> int:
+        pem = Path(args.pubfile).read_text()
+        p = client_for(args).add_trust_key(pem, args.images, args.expires or 0.0, args.comment)
+        _out(args, p, policy_text(p))
+        return 0
+
+    def show(args: argparse.Namespace) -> int:
+        p = client_for(args).get_trust_policy()
+        _out(args, p, policy_text(p))
+        return 0
+
+    def revoke(args: argparse.Namespace) -> int:
+        if bool(args.key_id) == bool(args.digest):
+            raise common.UsageError("give a KEYID or --digest DIGEST (one of them)")
+        c = client_for(args)
+        p = c.revoke_digest(args.digest) if args.digest else c.revoke_trust_key(args.key_id)
+        _out(args, p, policy_text(p))
+        return 0
+
+    def mode(args: argparse.Namespace) -> int:
+        p = client_for(args).set_trust_mode(args.mode == "enforce", args.stop_running_on_revoke)
+        _out(args, p, policy_text(p))
+        return 0
+
+    def audit(args: argparse.Namespace) -> int:
+        entries = client_for(args).list_audit(args.limit or 0, args.image or "")
+        if getattr(args, "output", "text") == "json":
+            common.print_json([common.to_dict(e) for e in entries])
+        else:
+            print(audit_text(entries))
+        return 0
+
+    p = subparsers.add_parser("trust", parents=[parent], help="the site's image trust policy")
+    sub = p.add_subparsers(dest="trust_command", metavar="COMMAND", required=True)
+    q = sub.add_parser("add", parents=[parent], help="trust a publisher key for some images")
+    q.add_argument("pubfile", metavar="PUBFILE", help="public key (ws image keygen)")
+    q.add_argument(
+        "--images", nargs="+", required=True, metavar="PATTERN", help="image names, e.g. 'sci-*'"
+    )
+    q.add_argument("--expires", type=date_arg, metavar="YYYY-MM-DD", help="last valid day (UTC)")
+    q.add_argument("--comment", default="", help="who the key belongs to")
+    q.set_defaults(func=add)
+    q = sub.add_parser("list", parents=[parent], help="the policy: keys, revocations, mode")
+    q.set_defaults(func=show)
+    q = sub.add_parser("revoke", parents=[parent], help="revoke a key or a digest at once")
+    q.add_argument("key_id", nargs="?", metavar="KEYID", help="key id (or a unique prefix)")
+    q.add_argument("--digest", metavar="DIGEST", help="revoke this blob digest instead")
+    q.set_defaults(func=revoke)
+    q = sub.add_parser("mode", parents=[parent], help="enforce signatures, or only warn")
+    q.add_argument("mode", choices=("enforce", "warn"))
+    q.add_argument(
+        "--stop-running-on-revoke",
+        action="store_true",
+        help="stop running VMs whose image becomes untrusted (default: report only)",
+    )
+    q.set_defaults(func=mode)
+
+    p = subparsers.add_parser("audit", parents=[parent], help="image trust decisions")
+    p.add_argument("--image", metavar="NAME", help="only this image")
+    p.add_argument("--limit", type=common.positive_int, metavar="N", help="newest N (100)")
+    p.set_defaults(func=audit)
