@@ -27,13 +27,6 @@ def _trust(site: Site) -> trust_pb2_grpc.TrustStub:
     return trust_pb2_grpc.TrustStub(site.stubs.channel)
 
 
-def _push_policy(site: Site) -> None:
-    """Make the service send every node a new AssignmentSet (with the current policy)."""
-    assert site.service is not None
-    for n in site.agents:
-        site.service.core.notifier.node_changed(n)
-
-
 def _sign(site: Site, key: Ed25519PrivateKey, image: str = IMAGE) -> None:
     assert site.service is not None
     with site.service.core.store.read() as s:
@@ -156,8 +149,7 @@ def test_agent_refuses_what_the_service_let_through_and_keeps_running_vms(
         return dataclasses.replace(pol, keys=keys)
 
     monkeypatch.setattr(agent.agent.trust, "policy_from_proto", revoked)
-    _add_key(site, Ed25519PrivateKey.generate())  # a new policy version
-    _push_policy(site)
+    _add_key(site, Ed25519PrivateKey.generate())  # a new policy version reaches the node
     running = wait_for(
         lambda: "no longer trusted" in (w := site.stubs.get(w1.id)).reason and w,
         what="the running VM to be reported",

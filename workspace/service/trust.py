@@ -33,6 +33,7 @@ from workspace.store.models import (
     Audit,
     Image,
     ImageSignature,
+    Node,
     RevokedDigest,
     TrustKey,
     TrustSettings,
@@ -143,6 +144,14 @@ class TrustStore:
             row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
             s.add(row)
         row.version += 1
+        # Every agent gets the new policy at once (it rides on the assignment stream).
+        nodes = list(s.execute(select(Node.name)).scalars())
+        notifier = self.core.notifier
+
+        def push(_session: Session) -> None:
+            notifier.node_changed(*nodes)
+
+        event.listen(s, "after_commit", push, once=True)
         return row
 
     @staticmethod

@@ -1,0 +1,324 @@
+"""The image and trust half of the Python client (``Client`` inherits it).
+
+Blobs, images (push with dedup, delete, usage) and signatures; see workspace/client.py
+for the plumbing (``_call``) and the rest of the API.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from images import manifest as image_manifest
+from workspace import errors
+from workspace.v1 import common_pb2, images_pb2, images_pb2_grpc, trust_pb2, trust_pb2_grpc
+
+T = TypeVar("T")
+CHUNK_BYTES = 1024 * 1024
+
+# progress(step, path, done_bytes, total_bytes); step is "hash", "upload" or "skip".
+PushProgress = Callable[[str, str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the image, the blobs sent, the blobs the service already had."""
+
+    image: images_pb2.Image
+    uploaded: tuple[str, ...]
+    skipped: tuple[str, ...]
+    sent_bytes: int
+
+
+class ImagesClientMixin:
+    """Needs ``_call``, ``_images`` and ``_trust`` from the Client."""
+
+    _images: images_pb2_grpc.ImagesStub
+    _trust: trust_pb2_grpc.TrustStub
+
+    def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
+        raise NotImplementedError
+
+    def _error(self, exc: grpc.RpcError) -> errors.WorkspaceError:
+        raise NotImplementedError
+
+    # -- Images ------------------------------------------------------------------------
+
+    def upload_blob(
+        self,
+        path: str | os.PathLike[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> images_pb2.BlobRef:
+        """Stream a file to the service's blob store in 1 MiB chunks.
+
+        ``progress(sent_bytes, total_bytes)`` is called before the first chunk and
+        after each one. Returns the blob's digest ("sha256:<hex>") and size.
+        """
+        total = os.path.getsize(path)
+
+        def chunks() -> Iterator[images_pb2.BlobChunk]:
+            sent = 0
+            with open(path, "rb") as f:
+                if progress is not None:
+                    progress(0, total)
+                while data := f.read(CHUNK_BYTES):
+                    yield images_pb2.BlobChunk(data=data)
+                    sent += len(data)
+                    if progress is not None:
+                        progress(sent, total)
+
+        try:
+            return self._images.UploadBlob(chunks())
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def import_image(
+        self,
+        name: str,
+        partitions: Sequence[common_pb2.Partition],
+        kernel_digest: str = "",
+        initrd_digest: str = "",
+        cmdline: str = "",
+    ) -> images_pb2.Image:
+        req = images_pb2.ImportImageRequest(
+            name=name,
+            partitions=list(partitions),
+            kernel_digest=kernel_digest,
+            initrd_digest=initrd_digest,
+            cmdline=cmdline,
+        )
+        return self._call(self._images.ImportImage, req)
+
+    def list_images(self) -> list[images_pb2.Image]:
+        return list(self._call(self._images.ListImages, images_pb2.ListImagesRequest()).images)
+
+    def get_image(self, name: str) -> images_pb2.Image:
+        return self._call(self._images.GetImage, images_pb2.GetImageRequest(name=name))
+
+    def has_blobs(self, digests: Sequence[str]) -> list[str]:
+        """The digests the service's repository does not hold yet (a push sends those)."""
+        req = images_pb2.HasBlobsRequest(digests=list(digests))
+        return list(self._call(self._images.HasBlobs, req).missing)
+
+    def delete_image(self, name: str) -> images_pb2.Image:
+        """Remove one of your images; refused (FailedPrecondition) while a live workspace
+        uses it. Blobs no other image references leave the repository."""
+        return self._call(self._images.DeleteImage, images_pb2.GetImageRequest(name=name))
+
+    def repository_usage(self) -> images_pb2.RepositoryUsage:
+        """Bytes your images take in the repository, and your quota (0: none)."""
+        return self._call(self._images.GetRepositoryUsage, images_pb2.RepositoryUsageRequest())
+
+    # -- image trust -------------------------------------------------------------------
+
+    def sign_image(self, name: str, private_key_pem: bytes) -> trust_pb2.ImageSignatures:
+        """Sign image ``name`` as the service stores it (every partition's digest, size,
+        format and mode, kernel, initrd, cmdline) and attach the signature."""
+        from images import signing
+        from workspace.service.trust import manifest_from_proto
+
+        private = signing.load_private_key(private_key_pem)
+        envelope = signing.sign(manifest_from_proto(self.get_image(name)), private)
+        return self.add_signature(name, envelope)
+
+    def add_signature(self, image: str, envelope_json: str) -> trust_pb2.ImageSignatures:
+        req = trust_pb2.AddSignatureRequest(image=image, envelope_json=envelope_json)
+        return self._call(self._trust.AddSignature, req)
+
+    def get_signatures(self, image: str) -> trust_pb2.ImageSignatures:
+        """The image's signatures and the service's verdict under the current policy."""
+        req = trust_pb2.ImageSignaturesRequest(image=image)
+        return self._call(self._trust.GetSignatures, req)
+
+    def get_trust_policy(self) -> trust_pb2.TrustPolicy:
+        return self._call(self._trust.GetPolicy, trust_pb2.GetPolicyRequest())
+
+    def add_trust_key(
+        self,
+        public_key_pem: str,
+        image_patterns: Sequence[str],
+        expires_at: float = 0.0,
+        comment: str = "",
+    ) -> trust_pb2.TrustPolicy:
+        """Trust a publisher key for images whose names match ``image_patterns``
+        (fnmatch); ``expires_at`` in epoch seconds, 0 = never."""
+        req = trust_pb2.AddKeyRequest(
+            public_key_pem=public_key_pem, image_patterns=list(image_patterns), comment=comment
+        )
+        if expires_at:
+            req.expires_at.FromNanoseconds(int(expires_at * 1e9))
+        return self._call(self._trust.AddKey, req)
+
+    def revoke_trust_key(self, key_id: str) -> trust_pb2.TrustPolicy:
+        return self._call(self._trust.RevokeKey, trust_pb2.RevokeKeyRequest(key_id=key_id))
+
+    def revoke_digest(self, digest: str) -> trust_pb2.TrustPolicy:
+        return self._call(self._trust.RevokeDigest, trust_pb2.RevokeDigestRequest(digest=digest))
+
+    def set_trust_mode(
+        self, enforce: bool, stop_running_on_revoke: bool = False
+    ) -> trust_pb2.TrustPolicy:
+        mode = trust_pb2.TRUST_MODE_ENFORCE if enforce else trust_pb2.TRUST_MODE_WARN
+        req = trust_pb2.SetModeRequest(mode=mode, stop_running_on_revoke=stop_running_on_revoke)
+        return self._call(self._trust.SetMode, req)
+
+    def list_audit(self, limit: int = 0, image: str = "") -> list[trust_pb2.AuditEntry]:
+        """Trust decisions, newest first (limit 0: 100)."""
+        req = trust_pb2.ListAuditRequest(limit=limit, image=image)
+        return list(self._call(self._trust.ListAudit, req).entries)
+
+    def push_image(
+        self,
+        name: str,
+        manifest: image_manifest.Manifest,
+        progress: PushProgress | None = None,
+    ) -> PushResult:
+        """Push an image: hash its files locally, ask which blobs the service lacks, send
+        only those, then import the manifest. A re-push of the same files sends nothing.
+
+        ``progress(step, path, done_bytes, total_bytes)`` is called while hashing
+        (step "hash") and uploading (step "upload"), and once with step "skip" for a
+        file the service already has. Raises ``InvalidArgument`` for a file that is not
+        raw or qcow2 or that changes during the push.
+        """
+        fmts = _formats(manifest)  # before anything is hashed or sent
+        for attempt in range(2):
+            digests = self._hash_files(manifest, progress)
+            uploaded, sent = self._send_missing(digests, progress)
+            try:
+                image = self.import_image(
+                    name, _push_partitions(manifest, digests, fmts), *_boot(manifest, digests)
+                )
+            except errors.NotFound:
+                # A blob vanished between HasBlobs and the import (a DeleteImage of
+                # another image that shared it): ask again once.
+                if attempt:
+                    raise
+                continue
+            skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
+            return PushResult(image, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _hash_files(
+        manifest: image_manifest.Manifest, progress: PushProgress | None
+    ) -> dict[Path, tuple[str, int]]:
+        out: dict[Path, tuple[str, int]] = {}
+        for path in manifest.files():
+            if path in out:
+                continue
+            if not path.is_file():
+                raise errors.InvalidArgument(f"{path}: no such file")
+
+            def report(done: int, total: int, path: Path = path) -> None:
+                if progress is not None:
+                    progress("hash", str(path), done, total)
+
+            report(0, path.stat().st_size)
+            out[path] = image_manifest.sha256_file(path, report)
+        return out
+
+    def _send_missing(
+        self, digests: Mapping[Path, tuple[str, int]], progress: PushProgress | None
+    ) -> tuple[list[str], int]:
+        missing = set(self.has_blobs(sorted({d for d, _ in digests.values()})))
+        uploaded: list[str] = []
+        sent = 0
+        for path, (digest, size) in digests.items():
+            if digest not in missing or digest in uploaded:
+                if progress is not None:
+                    progress("skip", str(path), size, size)
+                continue
+
+            def report(done: int, total: int, path: Path = path) -> None:
+                if progress is not None:
+                    progress("upload", str(path), done, total)
+
+            ref = self.upload_blob(path, report)
+            if ref.digest != digest:
+                raise errors.InvalidArgument(
+                    f"{path} changed while it was pushed (hashed {digest}, sent {ref.digest}); "
+                    "push again"
+                )
+            uploaded.append(digest)
+            sent += ref.size_bytes
+        return uploaded, sent
+
+
+def blank_partition(
+    name: str, size_bytes: int, ext4: bool = False, fmt: str = ""
+) -> common_pb2.Partition:
+    """An extra blank partition for ``create_workspace(extra_partitions=...)``."""
+    return common_pb2.Partition(
+        name=name,
+        size_bytes=size_bytes,
+        mode=common_pb2.PARTITION_MODE_BLANK,
+        ext4=ext4,
+        format=fmt,
+    )
+
+
+_MODES = {
+    "cow": common_pb2.PARTITION_MODE_COW,
+    "readonly": common_pb2.PARTITION_MODE_READONLY,
+    "blank": common_pb2.PARTITION_MODE_BLANK,
+}
+
+
+def _formats(manifest: image_manifest.Manifest) -> dict[str, str]:
+    """Partition name -> raw | qcow2: as declared, else detected from the file."""
+    out: dict[str, str] = {}
+    for p in manifest.partitions:
+        if p.file is None:
+            continue
+        if not p.file.is_file():
+            raise errors.InvalidArgument(f"partition {p.name}: {p.file}: no such file")
+        try:
+            out[p.name] = p.format or image_manifest.detect_format(p.file)
+        except image_manifest.ManifestError as exc:
+            raise errors.InvalidArgument(f"partition {p.name}: {exc}") from None
+    return out
+
+
+def _push_partitions(
+    manifest: image_manifest.Manifest,
+    digests: Mapping[Path, tuple[str, int]],
+    fmts: Mapping[str, str],
+) -> list[common_pb2.Partition]:
+    out = []
+    for p in manifest.partitions:
+        if p.file is None:
+            out.append(
+                common_pb2.Partition(
+                    name=p.name,
+                    size_bytes=p.size_bytes,
+                    format=p.format,
+                    mode=_MODES[p.mode],
+                    ext4=p.ext4,
+                )
+            )
+            continue
+        digest, size = digests[p.file]
+        out.append(
+            common_pb2.Partition(
+                name=p.name,
+                digest=digest,
+                size_bytes=size,
+                format=fmts[p.name],
+                mode=_MODES[p.mode],
+            )
+        )
+    return out
+
+
+def _boot(
+    manifest: image_manifest.Manifest, digests: Mapping[Path, tuple[str, int]]
+) -> tuple[str, str, str]:
+    kernel = digests[manifest.kernel][0] if manifest.kernel else ""
+    initrd = digests[manifest.initrd][0] if manifest.initrd else ""
+    return kernel, initrd, manifest.cmdline
