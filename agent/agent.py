@@ -511,11 +511,20 @@ class Agent:
             if verdict is None or verdict.trusted:
                 continue
             self._record("running", a, verdict)
+            stop = self.stop_running_on_revoke and not verdict.allowed
             note = (
                 f"image {a.image} is no longer trusted under policy version "
-                f"{verdict.policy_version} ({verdict.reason}); the VM keeps running"
+                f"{verdict.policy_version} ({verdict.reason}); "
+                + (
+                    "powered off (the site stops VMs on revocation)"
+                    if stop
+                    else "the VM keeps running"
+                )
             )
             log.warning("workspace %s: %s", wid, note)
+            if stop:
+                # It stays off: starting it again needs a verdict that allows it.
+                self.driver.destroy(wid)
             with self._lock:
                 self.notes[wid] = note
             self._report([wid])

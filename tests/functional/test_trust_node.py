@@ -182,3 +182,22 @@ def test_unsigned_image_under_warn_boots_and_the_node_audits_why(site: Site) -> 
     site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
     boot = wait_for(lambda: _node_audit(site, "boot"), what="the node's audit")[0]
     assert boot.verdict == "warn" and boot.reason == f"image {IMAGE} is not signed"
+
+
+def test_site_that_stops_vms_on_revocation_powers_them_off(
+    signed_site: Site, key: Ed25519PrivateKey
+) -> None:
+    site = signed_site
+    _trust(site).SetMode(
+        trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE, stop_running_on_revoke=True)
+    )
+    ws = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    _trust(site).RevokeKey(trust_pb2.RevokeKeyRequest(key_id=signing.key_id(key.public_key())))
+    got = wait_for(
+        lambda: (w := site.stubs.get(ws.id)).state == WS.WORKSPACE_STATE_FAILED and w,
+        what="the VM to be stopped and refused a restart",
+    )
+    assert "is revoked" in got.reason
+    dom = site.agents["node1"].driver.get(ws.id)
+    assert dom is not None and dom.state.value == "shutoff"  # powered off, kept for inspection
