@@ -138,7 +138,7 @@ def test_cluster_from_flags_and_a_json_spec(site_dir: Path, tmp_path: Path) -> N
         "create",
         "flags",
         "--member",
-        f"a:{IMAGE}:2::64",
+        f"a={IMAGE},count=2,memory-mib=64",
         "--affinity",
         "soft",
         "--on-failure",
@@ -181,9 +181,9 @@ def test_cluster_that_cannot_fit_names_the_member(site_dir: Path) -> None:
         "create",
         "big",
         "--member",
-        f"head:{IMAGE}:1:1:64",
+        f"head={IMAGE},cpus=1,memory-mib=64",
         "--member",
-        f"worker:{IMAGE}:2:1:64",
+        f"worker={IMAGE},count=2,cpus=1,memory-mib=64",
         "--affinity",
         "hard-anti",
     )
@@ -198,8 +198,8 @@ def test_bad_spec_is_refused_before_the_service(site_dir: Path, tmp_path: Path) 
     spec.write_text(f'name = "bad"\n[[members]]\nrole = "a"\nimage = "{IMAGE}"\ncount = 0\n')
     line = refused(site_dir, "ws", "cluster", "create", "--spec", str(spec))
     assert f"{spec}:5: members[0].count" in line
-    r = run(site_dir, "ws", "cluster", "create", "x", "--member", "nocolon")
-    assert r.code == 2 and "ROLE:IMAGE" in r.err
+    r = run(site_dir, "ws", "cluster", "create", "x", "--member", "noequals")
+    assert r.code == 2 and "ROLE=IMAGE" in r.err
 
 
 def test_requirements_match_node_labels(site_dir: Path) -> None:
@@ -230,7 +230,7 @@ def test_drained_node_refuses_new_work_until_enabled(site_dir: Path) -> None:
         assert listed.splitlines()[1].split()[:2] == [NODE, "DRAINING"]
         refused(site_dir, "ws", "create", "--image", IMAGE, "--name", "dr", match="DRAINING")
         refused(
-            site_dir, "ws", "cluster", "create", "drc", "--member", f"a:{IMAGE}", match="DRAINING"
+            site_dir, "ws", "cluster", "create", "drc", "--member", f"a={IMAGE}", match="DRAINING"
         )
     finally:
         text = ok(site_dir, "admin", "node", "enable", NODE).out

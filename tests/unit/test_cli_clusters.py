@@ -296,13 +296,13 @@ def test_bad_json_specs(tmp_path: Path, text: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("text", "want"),
     [
-        ("head:img", ("head", "img", 1, 0, 0)),
-        ("worker:img:16", ("worker", "img", 16, 0, 0)),
-        ("worker:img:16:2:1024", ("worker", "img", 16, 2, 1024)),
-        ("worker:img::2", ("worker", "img", 1, 2, 0)),
-        ("worker:img:::512", ("worker", "img", 1, 0, 512)),
-        ("worker:debian:12:4::", ("worker", "debian:12", 4, 0, 0)),  # image with ':'
-        ("w:reg:5000/deb:12:1:1:64", ("w", "reg:5000/deb:12", 1, 1, 64)),
+        ("head=img", ("head", "img", 1, 0, 0)),
+        ("worker=img,count=16", ("worker", "img", 16, 0, 0)),
+        ("worker=img,count=16,cpus=2,memory-mib=1024", ("worker", "img", 16, 2, 1024)),
+        ("worker=img,cpus=2", ("worker", "img", 1, 2, 0)),
+        ("worker=img,memory_mib=512", ("worker", "img", 1, 0, 512)),
+        ("worker=debian:12,count=4", ("worker", "debian:12", 4, 0, 0)),  # image with ':'
+        ("w=reg:5000/deb:12,cpus=1,memory-mib=64", ("w", "reg:5000/deb:12", 1, 1, 64)),
     ],
 )
 def test_member_flag(text: str, want: tuple[str, str, int, int, int]) -> None:
@@ -313,14 +313,16 @@ def test_member_flag(text: str, want: tuple[str, str, int, int, int]) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("head", "must be ROLE:IMAGE"),
-        (":img", "no ROLE"),
-        ("head:", "no IMAGE"),
-        ("head::3", "no IMAGE"),
-        ("w:img:two", "COUNT must be a whole number"),
-        ("w:img:0", "COUNT must be a whole number"),
-        ("w:img:1:-2", "CPUS must be"),
-        ("w:img:1:1:lots", "MEMORY_MIB must be"),
+        ("head", "must be ROLE=IMAGE"),
+        ("head:img", "must be ROLE=IMAGE"),
+        ("=img", "no ROLE"),
+        ("head=", "no IMAGE"),
+        ("head=,count=3", "no IMAGE"),
+        ("w=img,count=two", "count must be a whole number"),
+        ("w=img,count=0", "count must be a whole number"),
+        ("w=img,cpus=-2", "cpus must be"),
+        ("w=img,memory-mib=lots", "memory-mib must be"),
+        ("w=img,disks=3", "unknown field"),
     ],
 )
 def test_bad_member_flag(text: str, match: str) -> None:
@@ -365,7 +367,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def test_cluster_create_from_flags() -> None:
     a = _parse(
         shlex.split(
-            "cluster create mpi --member head:img:1:1:256 --member worker:img2:16 "
+            "cluster create mpi --member head=img,cpus=1,memory-mib=256 "
+            "--member worker=img2,count=16 "
             "--affinity hard-anti --on-failure teardown --network default --network ib "
             "--require gpu=1 --wait --timeout 60 --wait-for-capacity 30 -o json"
         )
@@ -417,10 +420,10 @@ def test_cluster_create_from_a_spec_with_overrides(tmp_path: Path) -> None:
     [
         ["cluster"],
         ["cluster", "create", "c", "--member", "head"],
-        ["cluster", "create", "c", "--member", "h:i", "--affinity", "sideways"],
-        ["cluster", "create", "c", "--member", "h:i", "--on-failure", "retry"],
-        ["cluster", "create", "c", "--member", "h:i", "--wait-for-capacity", "-3"],
-        ["cluster", "create", "c", "--member", "h:i", "--require", "gpu"],
+        ["cluster", "create", "c", "--member", "h=i", "--affinity", "sideways"],
+        ["cluster", "create", "c", "--member", "h=i", "--on-failure", "retry"],
+        ["cluster", "create", "c", "--member", "h=i", "--wait-for-capacity", "-3"],
+        ["cluster", "create", "c", "--member", "h=i", "--require", "gpu"],
         ["cluster", "show"],
         ["cluster", "stop"],
         ["cluster", "destroy", "c", "--timeout", "0"],
@@ -438,13 +441,13 @@ def test_cluster_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixt
     ("argv", "match"),
     [
         (["cluster", "create", "c"], "give --spec FILE, or NAME and at least one --member"),
-        (["cluster", "create", "--member", "h:i"], "give --spec FILE, or NAME"),
+        (["cluster", "create", "--member", "h=i"], "give --spec FILE, or NAME"),
         (
-            ["cluster", "create", "c", "--member", "h:i", "--member", "h:j"],
+            ["cluster", "create", "c", "--member", "h=i", "--member", "h=j"],
             "role 'h' is given twice",
         ),
         (
-            ["cluster", "create", "--spec", "SPEC", "--member", "h:i"],
+            ["cluster", "create", "--spec", "SPEC", "--member", "h=i"],
             "--member cannot be combined with --spec",
         ),
         (
@@ -698,7 +701,7 @@ def test_cluster_list_and_actions(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cluster_errors_are_one_line(
     exc: Exception, code: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["cluster", "create", "big", "--member", "head:img"]
+    argv = ["cluster", "create", "big", "--member", "head=img"]
     assert _run(argv, FakeClient(fail=exc)) == code
     out = capsys.readouterr()
     assert out.out == "" and out.err == f"ws: error: {exc}\n"

@@ -21,8 +21,8 @@ TOML (docs/clusters.md has a full example)::
 A ``.json`` file is a CreateClusterRequest in the protobuf JSON mapping (``user_data``
 base64); ``affinity`` and ``on_failure`` may also be given by their short names there.
 
-Flags: ``--member ROLE:IMAGE[:COUNT[:CPUS[:MEMORY_MIB]]]`` (an empty field takes the
-default; an image name with ':' in it needs all five fields) and ``--require KEY=VALUE``.
+Flags: ``--member ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M]`` (a missing field takes the
+default) and ``--require KEY=VALUE``.
 
 Errors are ``SpecError`` (InvalidArgument: exit code 1) naming the file, the line where
 it can be found and the field, e.g. ``mpi.toml:12: members[1].cpus: must be a whole
@@ -50,8 +50,7 @@ from workspace.client import (
 )
 from workspace.v1 import clusters_pb2
 
-MEMBER_FORMAT = "ROLE:IMAGE[:COUNT[:CPUS[:MEMORY_MIB]]]"
-_MEMBER_NUMBERS = ("COUNT", "CPUS", "MEMORY_MIB")
+MEMBER_FORMAT = "ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M]"
 TOP_KEYS = ("name", "affinity", "on_failure", "wait_for_capacity_s", "members")
 MEMBER_KEYS = (
     "role",
@@ -76,43 +75,44 @@ class SpecError(errors.InvalidArgument):
 
 
 def member_arg(text: str) -> clusters_pb2.ClusterMember:
-    """``--member ROLE:IMAGE[:COUNT[:CPUS[:MEMORY_MIB]]]`` (an argparse type).
+    """``--member ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M]`` (an argparse type).
 
-    Empty numeric fields take the default (count 1, cpus and memory the service's).
-    With more than five fields the image name holds ':' and the last three fields
-    are COUNT:CPUS:MEMORY_MIB.
+    Image names may hold ':' (NAME:VERSION), so the fields are named, not positional.
+    Left out: count 1, cpus and memory the service's defaults.
     """
-    parts = text.split(":")
-    if len(parts) < 2:
+    role, sep, rest = text.partition("=")
+    role = role.strip()
+    fields = [f.strip() for f in rest.split(",")]
+    image = fields[0] if fields else ""
+    if not sep:
         raise argparse.ArgumentTypeError(f"must be {MEMBER_FORMAT}, got {text!r}")
-    if len(parts) > 5:
-        image, numbers = ":".join(parts[1:-3]), parts[-3:]
-    else:
-        image, numbers = parts[1], parts[2:]
-    role = parts[0].strip()
-    image = image.strip()
     if not role:
         raise argparse.ArgumentTypeError(f"no ROLE in {text!r} ({MEMBER_FORMAT})")
-    if not image:
+    if not image or "=" in image:
         raise argparse.ArgumentTypeError(f"no IMAGE in {text!r} ({MEMBER_FORMAT})")
-    values: list[int] = []
-    for label, field in zip(_MEMBER_NUMBERS, numbers, strict=False):
-        field = field.strip()
-        if not field:
-            values.append(0)
-            continue
+    values = {"count": 0, "cpus": 0, "memory-mib": 0}
+    for field in fields[1:]:
+        key, eq, raw = field.partition("=")
+        key = key.strip().replace("_", "-")
+        if not eq or key not in values:
+            raise argparse.ArgumentTypeError(
+                f"unknown field {field!r} in {text!r}: use count=, cpus=, memory-mib="
+            )
         try:
-            value = int(field)
+            value = int(raw.strip())
         except ValueError:
             value = 0
         if value < 1:
             raise argparse.ArgumentTypeError(
-                f"{label} must be a whole number of at least 1, got {field!r} in {text!r}"
+                f"{key} must be a whole number of at least 1, got {raw.strip()!r} in {text!r}"
             )
-        values.append(value)
-    count, cpus, memory = (*values, 0, 0, 0)[:3]
+        values[key] = value
     return clusters_pb2.ClusterMember(
-        role=role, image=image, count=count or 1, cpus=cpus, memory_mib=memory
+        role=role,
+        image=image,
+        count=values["count"] or 1,
+        cpus=values["cpus"],
+        memory_mib=values["memory-mib"],
     )
 
 

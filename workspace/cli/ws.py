@@ -276,7 +276,7 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
         roles = [m.role for m in args.member]
         for role in roles:
             if roles.count(role) > 1:
-                raise common.UsageError(f"--member {role}:...: role {role!r} is given twice")
+                raise common.UsageError(f"--member {role}=...: role {role!r} is given twice")
         for m in args.member:
             member = req.members.add()
             member.CopyFrom(m)
@@ -512,7 +512,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         help="create a cluster from --spec FILE or from --member flags",
         description="Create a cluster, placed all or nothing: from a spec file (TOML, or "
         "JSON in the protobuf mapping; see docs/clusters.md) or from NAME and --member "
-        f"{clusterspec.MEMBER_FORMAT} flags (an empty field takes the default). Members "
+        f"{clusterspec.MEMBER_FORMAT} flags (a missing field takes the default). Members "
         "are named NAME-ROLE-I.",
     )
     p.add_argument("name", nargs="?", help="cluster name (with --spec: replaces the file's)")
@@ -522,7 +522,8 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         action="append",
         type=clusterspec.member_arg,
         metavar=clusterspec.MEMBER_FORMAT,
-        help="a role: e.g. head:debian::2:4096 or worker:debian:16 (repeatable)",
+        help="a role, e.g. head=sci:1.0,cpus=2,memory-mib=4096 or "
+        "worker=sci:1.0,count=16 (repeatable)",
     )
     p.add_argument(
         "--affinity",
