@@ -15,7 +15,8 @@ Pure scheduler figures (no service, no store), with a same-run baseline:
     .venv/bin/python benchmarks/scheduler.py [--nodes 1000] [--workspaces 20000] [--seed 1]
 
 Then the service at the same scale (``benchmarks/_scale_api.py``; skip with ``--no-api``):
-``get_p99_ms``, ``list_p99_ms``, single creates over 1,000 nodes, ``service_rss_mib``.
+``get_p99_ms``, ``list_p99_ms`` (a page of 500) and ``list_all_p99_ms`` (all in one
+response), single creates over 1,000 nodes, ``service_rss_mib``.
 
 Prints name=value lines.
 """

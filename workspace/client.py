@@ -50,6 +50,8 @@ SERVICE_ENV = "WS_SERVICE"
 # Optional mutual-TLS material for the client (paths); all empty means plaintext.
 TLS_ENV = ("WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY")
 CHUNK_BYTES = 1024 * 1024
+# list_workspaces asks for this many per page.
+LIST_PAGE_SIZE = 500
 # wait_for_state re-reads the workspace at least this often, whatever the events say.
 RESYNC_S = 30.0
 
@@ -319,12 +321,23 @@ class Client(ImagesClientMixin):
     def get_workspace(self, id: str) -> common_pb2.Workspace:
         return self._call(self._workspaces.GetWorkspace, workspaces_pb2.GetWorkspaceRequest(id=id))
 
-    def list_workspaces(self, include_terminated: bool = False) -> list[common_pb2.Workspace]:
-        resp = self._call(
-            self._workspaces.ListWorkspaces,
-            workspaces_pb2.ListWorkspacesRequest(include_terminated=include_terminated),
-        )
-        return list(resp.workspaces)
+    def list_workspaces(
+        self, include_terminated: bool = False, page_size: int = LIST_PAGE_SIZE
+    ) -> list[common_pb2.Workspace]:
+        """Every workspace, fetched page by page (oldest first)."""
+        out: list[common_pb2.Workspace] = []
+        token = ""
+        while True:
+            resp = self._call(
+                self._workspaces.ListWorkspaces,
+                workspaces_pb2.ListWorkspacesRequest(
+                    include_terminated=include_terminated, page_size=page_size, page_token=token
+                ),
+            )
+            out.extend(resp.workspaces)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def start_workspace(self, id: str) -> common_pb2.Workspace:
         return self._call(self._workspaces.StartWorkspace, workspaces_pb2.WorkspaceRef(id=id))

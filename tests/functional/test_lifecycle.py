@@ -191,3 +191,28 @@ def test_domain_changed_behind_the_agents_back_is_repaired_and_reported(
     s.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id))
     stopped = s.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
     assert stopped.reason == ""
+
+
+def test_list_pages_through_every_workspace(ready_site: Site) -> None:
+    s = ready_site.stubs
+    ids = [s.create(name=f"p{i}", memory_mib=64).id for i in range(7)]
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        resp = s.ws.ListWorkspaces(
+            workspaces_pb2.ListWorkspacesRequest(page_size=3, page_token=token)
+        )
+        assert len(resp.workspaces) <= 3
+        seen.extend(w.id for w in resp.workspaces)
+        pages += 1
+        token = resp.next_page_token
+        if not token:
+            break
+    assert seen == ids  # oldest first, each exactly once
+    assert pages == 3
+    with pytest.raises(grpc.RpcError) as err:
+        s.ws.ListWorkspaces(
+            workspaces_pb2.ListWorkspacesRequest(page_size=3, page_token="garbage!")
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -104,8 +104,13 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
     def ListWorkspaces(
         self, request: workspaces_pb2.ListWorkspacesRequest, context: grpc.ServicerContext
     ) -> workspaces_pb2.ListWorkspacesResponse:
-        rows = self.core.list(self._owner(context), request.include_terminated)
-        return workspaces_pb2.ListWorkspacesResponse(workspaces=rows)
+        rows, token = self.core.list_page(
+            self._owner(context),
+            request.include_terminated,
+            request.page_size,
+            request.page_token,
+        )
+        return workspaces_pb2.ListWorkspacesResponse(workspaces=rows, next_page_token=token)
 
     def _op(self, request: Any, context: grpc.ServicerContext, op: Op) -> common_pb2.Workspace:
         return self.core.operate(self._owner(context), request.id, op)

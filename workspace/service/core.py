@@ -8,6 +8,7 @@ address or the same last MiB of a node.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -477,14 +478,45 @@ class Core:
         with self.store.read() as s:
             return self._protos(s, [self._resolve(s, owner, ref)])[0]
 
-    def list(self, owner: str | None, include_terminated: bool) -> list[common_pb2.Workspace]:
+    def list(
+        self,
+        owner: str | None,
+        include_terminated: bool,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> list[common_pb2.Workspace]:
+        """Oldest first; with page_size, at most that many after the page token's row."""
+        return [*self.list_page(owner, include_terminated, page_size, page_token)[0]]
+
+    def list_page(
+        self,
+        owner: str | None,
+        include_terminated: bool,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[Sequence[common_pb2.Workspace], str]:
+        """(one page, the token of the next page or "" after the last)."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
         with self.store.read() as s:
             q = select(Workspace).order_by(Workspace.created_at, Workspace.id)
             if owner is not None:
                 q = q.where(Workspace.owner == owner)
             if not include_terminated:
                 q = q.where(Workspace.state != State.TERMINATED.value)
-            return self._protos(s, s.execute(q).scalars().all())
+            if page_token:
+                created, wid = _decode_token(page_token)
+                q = q.where(
+                    (Workspace.created_at > created)
+                    | ((Workspace.created_at == created) & (Workspace.id > wid))
+                )
+            if page_size:
+                q = q.limit(page_size + 1)
+            rows = list(s.execute(q).scalars().all())
+            more = bool(page_size) and len(rows) > page_size
+            rows = rows[:page_size] if page_size else rows
+            token = _encode_token(rows[-1].created_at, rows[-1].id) if more else ""
+            return self._protos(s, rows), token
 
     # -- user operations ---------------------------------------------------------------
 
@@ -552,3 +584,15 @@ class Core:
                 row.data = (bytes(row.data) + req.data)[-keep:]
                 row.total_bytes += len(req.data)
             return row.total_bytes
+
+
+def _encode_token(created_at: float, wid: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{wid}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[float, str]:
+    try:
+        created, _, wid = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        return float(created), wid
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not one this service gave out") from exc
