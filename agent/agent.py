@@ -158,6 +158,7 @@ class Agent:
 
     def _connection_loop(self) -> None:
         backoff = 0.5
+        done: threading.Event | None = None
         while not self.stop_event.is_set():
             channel = rpc.channel(self.cfg.service, self.cfg.tls)
             try:
@@ -171,7 +172,7 @@ class Agent:
                 stream = stub.WatchAssignments(
                     nodes_pb2.WatchAssignmentsRequest(node=self.cfg.node)
                 )
-                self._stop_stream_on_exit(stream)
+                done = self._stop_stream_on_exit(stream)
                 for aset in stream:
                     with self._lock:
                         self.desired = {a.workspace_id: a for a in aset.assignments}
@@ -188,19 +189,33 @@ class Agent:
                         exc.code() if hasattr(exc, "code") else exc,
                         backoff,
                     )
+            except Exception:
+                # Crash-only: whatever went wrong, reconnect and start from the full state.
+                if not self.stop_event.is_set():
+                    log.exception("assignment stream failed; reconnecting in %.1f s", backoff)
             finally:
+                if done is not None:
+                    done.set()
+                done = None
                 self.connected.clear()
                 self.stub = None
                 channel.close()
             self.stop_event.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _stop_stream_on_exit(self, stream: grpc.Future) -> None:
+    def _stop_stream_on_exit(self, stream: grpc.Future) -> threading.Event:
+        """Cancel the stream when the agent stops; returns the event that ends the watcher
+        when the stream ends first (so reconnects do not pile up threads)."""
+        done = threading.Event()
+
         def cancel() -> None:
-            self.stop_event.wait()
-            stream.cancel()
+            while not done.is_set():
+                if self.stop_event.wait(1.0):
+                    stream.cancel()
+                    return
 
         threading.Thread(target=cancel, daemon=True, name="stream-cancel").start()
+        return done
 
     def _report(self, ids: list[str] | None = None) -> None:
         """Send an incremental report for ``ids``, or a full one (a heartbeat) for None."""
