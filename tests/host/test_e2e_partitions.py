@@ -15,7 +15,9 @@ The appliance prints (images/appliance.py)::
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -45,6 +47,8 @@ def site(appliance: Appliance) -> Iterator[E2ESite]:
         run("workspace.cli.admin", "site", "down", "--dir", str(site_dir), check=False)
         if s.stubs is not None:
             s.stubs.channel.close()
+        if not os.environ.get("WS_KEEP_SITE"):
+            shutil.rmtree(site_dir, ignore_errors=True)
 
 
 def push(
