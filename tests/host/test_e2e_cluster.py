@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,27 +28,18 @@ import pytest
 
 from images.appliance import Appliance
 from tests.functional.harness import WS, Stubs, wait_for
+from tests.host.test_e2e_site import run as site_run
 from workspace import rpc
 from workspace.site.hostenv import HostEnv, netns_exists, pid_netns_inode
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
 
 pytestmark = pytest.mark.host
-ROOT = Path(__file__).resolve().parents[2]
 BOOT_S = 120.0  # three TCG boots at once on two cores; ~7 s each alone
 NODES = ("local-1", "local-2")
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=False,
-        timeout=300,
-    )
+# `python -m MODULE ARGS` from the repository; the tests look at the exit code themselves.
+run = functools.partial(site_run, check=False)
 
 
 class ClusterSite:

@@ -8,7 +8,6 @@ the scheduler) and run a local site.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -511,13 +510,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, connect: common.Connect | None = None) -> int:
-    cmds = Commands(connect or common.default_connect)
-    args = build_parser(cmds).parse_args(argv)
-    try:
-        return common.run(PROG, args.func, args)
-    finally:
-        with contextlib.suppress(errors.WorkspaceError):
-            cmds.close()
+    return common.cli_main(PROG, Commands, build_parser, argv, connect)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ every field present, int64 as numbers and enum values shortened to their last pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -54,6 +55,23 @@ class ClientCommands:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def cli_main(
+    prog: str,
+    commands: Callable[[Connect], ClientCommands],
+    build_parser: Callable[[Any], argparse.ArgumentParser],
+    argv: list[str] | None,
+    connect: Connect | None,
+) -> int:
+    """One CLI invocation: parse, run the handler, close the client."""
+    cmds = commands(connect or default_connect)
+    args = build_parser(cmds).parse_args(argv)
+    try:
+        return run(prog, args.func, args)
+    finally:
+        with contextlib.suppress(errors.WorkspaceError):
+            cmds.close()
 
 
 Handler = Callable[[argparse.Namespace], int]

@@ -7,13 +7,11 @@ The service is --service ADDR, else $WS_SERVICE, else the local site started by
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from workspace import errors
 from workspace.cli import clusterspec, common, image_cmds, trust_cmds
 from workspace.client import (
     AFFINITIES,
@@ -657,13 +655,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, connect: common.Connect | None = None) -> int:
-    cmds = Commands(connect or common.default_connect)
-    args = build_parser(cmds).parse_args(argv)
-    try:
-        return common.run(PROG, args.func, args)
-    finally:
-        with contextlib.suppress(errors.WorkspaceError):
-            cmds.close()
+    return common.cli_main(PROG, Commands, build_parser, argv, connect)
 
 
 if __name__ == "__main__":

@@ -77,18 +77,14 @@ def validate_network(
 
 def pick_address(pool: Pool, used: set[str]) -> str | None:
     """The lowest free address of the range, skipping the gateway; None if exhausted."""
-    first = int(netaddr.IPAddress(pool.range_start))
-    last = int(netaddr.IPAddress(pool.range_end))
-    gw = int(netaddr.IPAddress(pool.gateway))
-    used_int = {int(netaddr.IPAddress(u)) for u in used}
-    for value in range(first, last + 1):
-        if value != gw and value not in used_int:
-            return str(netaddr.IPAddress(value))
-    return None
+    return pick_address_int(pool, sorted(int(netaddr.IPAddress(u)) for u in used))
 
 
 def pick_address_int(pool: Pool, used_sorted: list[int]) -> str | None:
-    """Like pick_address, from the used addresses as ascending integers (no parsing)."""
+    """The lowest free address of the range, skipping the gateway; None if exhausted.
+
+    ``used_sorted``: the allocated addresses as ascending integers (the store keeps them so:
+    nothing is parsed on the hot path)."""
     first = int(netaddr.IPAddress(pool.range_start))
     last = int(netaddr.IPAddress(pool.range_end))
     gw = int(netaddr.IPAddress(pool.gateway))

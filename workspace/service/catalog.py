@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import netaddr
 from sqlalchemy import func, select
@@ -23,7 +24,7 @@ from workspace.errors import (
 )
 from workspace.service import convert
 from workspace.service.blobs import BlobRepository, check_digest
-from workspace.service.core import Core
+from workspace.service.core import Core, blank_spec
 from workspace.service.trust import TrustStore
 from workspace.states import State
 from workspace.store import Blob, Image, IpAllocation, Network, Workspace
@@ -37,12 +38,19 @@ NET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
+def blob_digests(
+    partitions: Iterable[Mapping[str, Any]], kernel_digest: str, initrd_digest: str
+) -> list[str]:
+    """The blobs a stored image (or a workspace's copy of one) references, in order:
+    partition contents, kernel, initrd; each once."""
+    out = [str(p.get("digest") or "") for p in partitions]
+    out += [kernel_digest or "", initrd_digest or ""]
+    return list(dict.fromkeys(d for d in out if d))
+
+
 def image_digests(img: Image) -> set[str]:
-    """Every blob an image references: partition contents, kernel, initrd."""
-    out = {str(p.get("digest") or "") for p in img.partitions}
-    out |= {img.kernel_digest or "", img.initrd_digest or ""}
-    out.discard("")
-    return out
+    """Every blob an image references."""
+    return set(blob_digests(img.partitions, img.kernel_digest, img.initrd_digest))
 
 
 class Catalog:
@@ -99,9 +107,6 @@ class Catalog:
 
     def _image_proto(self, img: Image, sizes: Mapping[str, int]) -> images_pb2.Image:
         proto = convert.image(img)
-        for p, stored in zip(proto.partitions, img.partitions, strict=True):
-            p.ext4 = bool(stored.get("ext4", False))
-            p.virtual_size_bytes = int(stored.get("virtual_size_bytes", 0))
         proto.total_bytes = sum(sizes.get(d, 0) for d in image_digests(img))
         return proto
 
@@ -121,21 +126,7 @@ class Catalog:
                     f"{what}: a blank partition needs a size of 1 to "
                     f"{self.cfg.limits.max_virtual_bytes} bytes"
                 )
-            if size % 512:
-                raise InvalidArgument(f"{what}: {size} bytes is not a multiple of 512")
-            if p.format not in ("", "raw", "qcow2"):
-                raise InvalidArgument(f"{what}: format {p.format!r} is not raw or qcow2")
-            if p.ext4 and p.format == "qcow2":
-                raise InvalidArgument(f"{what}: an ext4 blank partition is a raw file; drop format")
-            return {
-                "name": p.name,
-                "digest": "",
-                "size_bytes": size,
-                "format": "raw" if p.ext4 else (p.format or "qcow2"),
-                "mode": "BLANK",
-                "virtual_size_bytes": size,
-                "ext4": bool(p.ext4),
-            }
+            return blank_spec(p, what, size)
         if p.ext4:
             raise InvalidArgument(f"{what}: ext4 is for blank partitions only")
         fmt = p.format or "raw"

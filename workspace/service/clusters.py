@@ -16,11 +16,10 @@ from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     WorkspaceError,
 )
 from workspace.service import convert
-from workspace.service.core import Core
+from workspace.service.core import Core, resolve_owned
 from workspace.states import Desired, Op, State, apply_op
 from workspace.store import Cluster, Node, Workspace
 from workspace.v1 import clusters_pb2, workspaces_pb2
@@ -112,22 +111,7 @@ class Clusters:
     # -- helpers -------------------------------------------------------------------------
 
     def _resolve(self, s: Session, owner: str, ref: str) -> Cluster:
-        if not ref:
-            raise InvalidArgument("give a cluster id or name")
-        c = s.get(Cluster, ref)
-        if c is not None and c.owner == owner:
-            return c
-        rows = list(
-            s.execute(
-                select(Cluster)
-                .where(Cluster.owner == owner, Cluster.name == ref)
-                .order_by(Cluster.created_at.desc())
-            ).scalars()
-        )
-        live = [r for r in rows if r.state != "TERMINATED"]
-        if live or rows:
-            return (live or rows)[0]
-        raise NotFound(f"no cluster {ref!r}; `ws cluster list` shows yours")
+        return resolve_owned(s, Cluster, owner, ref, "cluster", "ws cluster list")
 
     def _members(self, s: Session, cid: str) -> list[Workspace]:
         return list(

@@ -59,6 +59,8 @@ def partition(p: dict[str, object]) -> common_pb2.Partition:
         size_bytes=int(p.get("size_bytes", 0)),  # type: ignore[call-overload]
         format=str(p.get("format", "raw")),
         mode=mode_enum(str(p.get("mode", "COW"))),
+        ext4=bool(p.get("ext4", False)),
+        virtual_size_bytes=int(p.get("virtual_size_bytes", 0)),  # type: ignore[call-overload]
     )
 
 

@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,9 +34,9 @@ from workspace.errors import (
 from workspace.node.v1 import nodes_pb2
 from workspace.service import convert
 from workspace.service.notify import Notifier
-from workspace.service.placement import NoPlacement, place_rows
+from workspace.service.placement import NoPlacement, allocations, place_rows
 from workspace.states import Desired, Op, State, apply_op
-from workspace.store import IpAllocation, Network, Node, Store, Workspace
+from workspace.store import Cluster, IpAllocation, Network, Node, Store, Workspace
 from workspace.v1 import common_pb2, workspaces_pb2
 
 if TYPE_CHECKING:
@@ -51,6 +51,52 @@ LIVE = (State.TERMINATED.value,)
 
 def _observed_name(value: int) -> str:
     return nodes_pb2.ObservedState.Name(value).removeprefix("OBSERVED_STATE_")  # type: ignore[arg-type]
+
+
+Owned = TypeVar("Owned", Workspace, Cluster)
+
+
+def resolve_owned(
+    s: Session, model: type[Owned], owner: str, ref: str, what: str, list_cmd: str
+) -> Owned:
+    """The caller's ``model`` row named by id or by name; by name, a live one before the
+    newest terminated one."""
+    if not ref:
+        raise InvalidArgument(f"give a {what} id or name")
+    row = s.get(model, ref)
+    if row is not None and row.owner == owner:
+        return row
+    rows = list(
+        s.execute(
+            select(model)
+            .where(model.owner == owner, model.name == ref)
+            .order_by(model.created_at.desc())
+        ).scalars()
+    )
+    live = [r for r in rows if r.state != State.TERMINATED.value]
+    if live or rows:
+        return (live or rows)[0]
+    raise NotFound(f"no {what} {ref!r}; `{list_cmd}` shows yours")
+
+
+def blank_spec(p: common_pb2.Partition, what: str, size: int) -> dict[str, object]:
+    """The stored form of a blank partition of ``size`` bytes (the caller checked the size's
+    range): the rules an image's blanks and a create's extra blanks share."""
+    if size % 512:
+        raise InvalidArgument(f"{what}: {size} bytes is not a multiple of 512")
+    if p.format not in ("", "raw", "qcow2"):
+        raise InvalidArgument(f"{what}: format {p.format!r} is not raw or qcow2")
+    if p.ext4 and p.format == "qcow2":
+        raise InvalidArgument(f"{what}: an ext4 blank partition is a raw file; drop format")
+    return {
+        "name": p.name,
+        "digest": "",
+        "size_bytes": size,
+        "format": "raw" if p.ext4 else (p.format or "qcow2"),
+        "mode": "BLANK",
+        "virtual_size_bytes": size,
+        "ext4": bool(p.ext4),
+    }
 
 
 def disk_layout(
@@ -123,21 +169,7 @@ def disk_layout(
             raise InvalidArgument(
                 f"{what}: {size} bytes is more than the limit of {lim.max_grow_bytes}"
             )
-        if size % 512:
-            raise InvalidArgument(f"{what}: {size} bytes is not a multiple of 512")
-        if x.format not in ("", "raw", "qcow2"):
-            raise InvalidArgument(f"{what}: format {x.format!r} is not raw or qcow2")
-        if x.ext4 and x.format == "qcow2":
-            raise InvalidArgument(f"{what}: an ext4 blank partition is a raw file; drop format")
-        p = {
-            "name": x.name,
-            "digest": "",
-            "size_bytes": size,
-            "format": "raw" if x.ext4 else (x.format or "qcow2"),
-            "mode": "BLANK",
-            "virtual_size_bytes": size,
-            "ext4": bool(x.ext4),
-        }
+        p = blank_spec(x, what, size)
         out.append(p)
         by_name[x.name] = p
     if len(out) > MAX_PARTITIONS:
@@ -167,22 +199,8 @@ class Core:
     # -- helpers -----------------------------------------------------------------------
 
     def _nics(self, s: Session, ids: Sequence[str]) -> dict[str, list[common_pb2.Nic]]:
-        out: dict[str, list[common_pb2.Nic]] = {i: [] for i in ids}
-        if not ids:
-            return out
-        q = (
-            select(IpAllocation, Network)
-            .join(Network, Network.name == IpAllocation.network)
-            .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
-        )
-        # Large lists read every allocation once instead of binding thousands of ids
-        # (SQLite caps the number of bound parameters).
-        if len(ids) <= 500:
-            q = q.where(IpAllocation.workspace_id.in_(ids))
-        for alloc, net in s.execute(q).all():
-            if alloc.workspace_id not in out:
-                continue
-            out[alloc.workspace_id].append(
+        return {
+            wid: [
                 common_pb2.Nic(
                     network=net.name,
                     ip=alloc.ip,
@@ -190,34 +208,17 @@ class Core:
                     prefix_len=ipam.Pool(net.subnet, net.gateway, "", "", "").prefix_len,
                     gateway=net.gateway,
                 )
-            )
-        return out
+                for alloc, net in pairs
+            ]
+            for wid, pairs in allocations(s, ids).items()
+        }
 
     def _protos(self, s: Session, rows: Sequence[Workspace]) -> list[common_pb2.Workspace]:
         nics = self._nics(s, [w.id for w in rows])
         return [convert.workspace(w, nics[w.id]) for w in rows]
 
     def _resolve(self, s: Session, owner: str, ref: str) -> Workspace:
-        if not ref:
-            raise InvalidArgument("give a workspace id or name")
-        ws = s.get(Workspace, ref)
-        if ws is not None and ws.owner == owner:
-            return ws
-        rows = (
-            s.execute(
-                select(Workspace)
-                .where(Workspace.owner == owner, Workspace.name == ref)
-                .order_by(Workspace.created_at.desc())
-            )
-            .scalars()
-            .all()
-        )
-        live = [w for w in rows if w.state != State.TERMINATED.value]
-        if live:
-            return live[0]
-        if rows:
-            return rows[0]
-        raise NotFound(f"no workspace {ref!r}; `ws list` shows yours")
+        return resolve_owned(s, Workspace, owner, ref, "workspace", "ws list")
 
     def _publish(self, protos: Iterable[common_pb2.Workspace], nodes: Iterable[str]) -> None:
         freed = False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,9 +13,11 @@ from workspace import ipam
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.node.v1 import nodes_pb2
 from workspace.service import clusters, convert
+from workspace.service.catalog import blob_digests
 from workspace.service.core import Core, _observed_name
+from workspace.service.placement import allocations
 from workspace.states import Desired, State, state_from_report
-from workspace.store import IpAllocation, Network, Node, Workspace
+from workspace.store import Node, Workspace
 from workspace.v1 import admin_pb2
 
 log = logging.getLogger("workspace.service.nodes")
@@ -124,7 +125,11 @@ class Nodes:
                         # Bound order: what the service verified at create.
                         image=w.image,
                         envelopes_json=envelopes.get(w.image, []),
-                        verified_digests=_spec_digests(spec),
+                        verified_digests=blob_digests(
+                            spec.get("partitions") or [],
+                            str(spec.get("kernel_digest") or ""),
+                            str(spec.get("initrd_digest") or ""),
+                        ),
                     )
                 )
             self._fill_sources(s, node_name, out)
@@ -134,30 +139,22 @@ class Nodes:
 
     @staticmethod
     def _nic_assignments(s: Session, ids: list[str]) -> dict[str, list[nodes_pb2.NicAssignment]]:
-        out: dict[str, list[nodes_pb2.NicAssignment]] = {}
-        if not ids:
-            return out
-        rows = s.execute(
-            select(IpAllocation, Network)
-            .join(Network, Network.name == IpAllocation.network)
-            .where(IpAllocation.workspace_id.in_(ids))
-            .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
-        ).all()
-        for alloc, net in rows:
-            pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, "")
-            out.setdefault(alloc.workspace_id, []).append(
+        return {
+            wid: [
                 nodes_pb2.NicAssignment(
                     network=net.name,
                     bridge=net.bridge,
                     mac=alloc.mac,
                     ip=alloc.ip,
-                    prefix_len=pool.prefix_len,
+                    prefix_len=ipam.Pool(net.subnet, net.gateway, "", "", "").prefix_len,
                     gateway=net.gateway,
                     dns=list(net.dns or []),
                     subnet=net.subnet,
                 )
-            )
-        return out
+                for alloc, net in pairs
+            ]
+            for wid, pairs in allocations(s, ids).items()
+        }
 
     def report(self, req: nodes_pb2.ReportStatusRequest) -> None:
         changed: list[Workspace] = []
@@ -432,13 +429,6 @@ class Nodes:
         self.core.notifier.node_changed(*done)
         log.info("image %s: preload on %s", image, ", ".join(done))
         return admin_pb2.PreloadImageResponse(nodes=done, digests=digests)
-
-
-def _spec_digests(spec: dict[str, Any]) -> list[str]:
-    """The blob digests of a workspace's image_spec: its partitions, kernel, initrd."""
-    out = [str(p.get("digest", "")) for p in spec.get("partitions") or []]
-    out += [str(spec.get("kernel_digest") or ""), str(spec.get("initrd_digest") or "")]
-    return list(dict.fromkeys(d for d in out if d))
 
 
 def _store_cache_report(node: Node, req: nodes_pb2.ReportStatusRequest) -> None:

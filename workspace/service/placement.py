@@ -181,3 +181,23 @@ def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: Servi
         networks=node.networks,
     )
     return scheduler.place([empty], req, cfg.scheduler).node is not None
+
+
+def allocations(s: Session, ids: Sequence[str]) -> dict[str, list[tuple[IpAllocation, Network]]]:
+    """Every NIC's allocation and network for these workspaces, in NIC order."""
+    out: dict[str, list[tuple[IpAllocation, Network]]] = {i: [] for i in ids}
+    if not ids:
+        return out
+    q = (
+        select(IpAllocation, Network)
+        .join(Network, Network.name == IpAllocation.network)
+        .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
+    )
+    # Large lists read every allocation once instead of binding thousands of ids
+    # (SQLite caps the number of bound parameters).
+    if len(ids) <= 500:
+        q = q.where(IpAllocation.workspace_id.in_(ids))
+    for alloc, net in s.execute(q).all():
+        if alloc.workspace_id in out:
+            out[alloc.workspace_id].append((alloc, net))
+    return out

@@ -89,16 +89,19 @@ def useless_to_head(
     s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()
 ) -> tuple[set[str] | None, int]:
     """(nodes a newcomer may use, how many requests wait); (None, 0) if nothing waits."""
-    from workspace.service.placement import could_ever_host, node_views, request_for
-
     waiting = [e for e in entries(s) if not (e.ids & exclude)]
     if not waiting:
         return None, 0
-    head_requests = distinct([request_for(w) for w in rows_of(s, waiting[0])])
-    allowed = {
-        n.name for n in node_views(s) if not any(could_ever_host(n, r, cfg) for r in head_requests)
-    }
-    return allowed, len(waiting)
+    return nodes_useless_to(s, cfg, rows_of(s, waiting[0])), len(waiting)
+
+
+def nodes_useless_to(s: Session, cfg: ServiceConfig, rows: list[Workspace]) -> set[str]:
+    """The nodes that could host none of these rows even if empty: using them for others
+    cannot delay these."""
+    from workspace.service.placement import could_ever_host, node_views, request_for
+
+    shapes = distinct([request_for(w) for w in rows])
+    return {n.name for n in node_views(s) if not any(could_ever_host(n, r, cfg) for r in shapes)}
 
 
 def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
@@ -119,13 +122,7 @@ class CapacityQueue:
     def process(self) -> int:
         """One pass over the queue, oldest first; returns how many entries were placed."""
         from workspace.service import clusters
-        from workspace.service.placement import (
-            NoPlacement,
-            could_ever_host,
-            node_views,
-            place_rows,
-            request_for,
-        )
+        from workspace.service.placement import NoPlacement, place_rows
 
         core = self.core
         with core.store.read() as s:
@@ -161,12 +158,7 @@ class CapacityQueue:
                         for w in rows:
                             w.reason = _WAITING + exc.message
                         if allowed is None:
-                            head = distinct([request_for(w) for w in rows])
-                            allowed = {
-                                n.name
-                                for n in node_views(s)
-                                if not any(could_ever_host(n, r, core.cfg) for r in head)
-                            }
+                            allowed = nodes_useless_to(s, core.cfg, rows)
                         continue
                 more, nodes = clusters.refresh(core, s, {w.cluster for w in rows})
                 protos = core._protos(s, rows + more)

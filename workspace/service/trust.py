@@ -29,6 +29,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.service import convert
+from workspace.service.blobs import check_digest
 from workspace.store.models import (
     Audit,
     Image,
@@ -271,10 +272,7 @@ class TrustStore:
             return self._policy_proto(s)
 
     def revoke_digest(self, digest: str) -> trust_pb2.TrustPolicy:
-        digest = digest.strip()
-        algo, _, value = digest.partition(":")
-        if algo != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise InvalidArgument(f"{digest!r} is not a digest like sha256:<64 hex digits>")
+        digest = check_digest(digest.strip())
         with self.store.write() as s:
             if s.get(RevokedDigest, digest) is None:
                 s.add(RevokedDigest(digest=digest, revoked_at=self.core.clock()))
