@@ -28,6 +28,7 @@ import json
 from collections.abc import Sequence
 
 from images import signing
+from images.model import ImageSpec, Mode, Partition
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import common_pb2, trust_pb2
 
@@ -79,23 +80,23 @@ def _signed_partition_names(envelope: str) -> list[str] | None:
         return None
 
 
-def manifest(a: nodes_pb2.Assignment, names: Sequence[str] | None = None) -> signing.Manifest:
+def manifest(a: nodes_pb2.Assignment, names: Sequence[str] | None = None) -> ImageSpec:
     """The manifest of the order: its disks (only ``names`` if given), kernel, initrd,
     cmdline — the same fields, defaults and order as the service's image manifest."""
     wanted = None if names is None else set(names)
-    return signing.manifest_from_parts(
+    return ImageSpec(
         a.image,
-        [
-            {
-                "name": d.name,
-                "digest": d.digest,
-                "size_bytes": d.size_bytes,
-                "format": d.format,
-                "mode": mode_name(d.mode),
-            }
+        tuple(
+            Partition(
+                name=d.name,
+                mode=Mode(mode_name(d.mode)),
+                digest=d.digest,
+                size_bytes=d.size_bytes,
+                format=d.format or "raw",
+            )
             for d in a.disks
             if wanted is None or d.name in wanted
-        ],
+        ),
         a.kernel_digest,
         a.initrd_digest,
         a.cmdline,

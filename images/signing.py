@@ -17,7 +17,7 @@ import binascii
 import fnmatch
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from images import digest
+from images.model import ImageSpec
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "urn:workspace-service:image-manifest:v1"
@@ -93,56 +96,35 @@ def public_pem(private: Ed25519PrivateKey) -> str:
 # -- the statement -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PartitionClaim:
-    name: str
-    digest: str  # "sha256:<hex>"; "" for blank partitions
-    size_bytes: int
-    format: str
-    mode: str  # COW | READONLY | BLANK
+def predicate(spec: ImageSpec) -> dict[str, Any]:
+    """What a signature covers: the image's name, every partition's name, digest, size,
+    format and mode, and the kernel, initrd and cmdline."""
+    return {
+        "image": spec.image,
+        "partitions": [
+            {
+                "name": p.name,
+                "digest": p.digest,
+                "size_bytes": p.size_bytes,
+                "format": p.format,
+                "mode": p.mode.value,
+            }
+            for p in spec.partitions
+        ],
+        "kernel": spec.kernel_digest,
+        "initrd": spec.initrd_digest,
+        "cmdline": spec.cmdline,
+    }
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """What a signature covers."""
-
-    image: str
-    partitions: tuple[PartitionClaim, ...] = ()
-    kernel_digest: str = ""
-    initrd_digest: str = ""
-    cmdline: str = ""
-
-    def digests(self) -> list[str]:
-        out = [p.digest for p in self.partitions if p.digest]
-        return out + [d for d in (self.kernel_digest, self.initrd_digest) if d]
-
-    def predicate(self) -> dict[str, Any]:
-        return {
-            "image": self.image,
-            "partitions": [
-                {
-                    "name": p.name,
-                    "digest": p.digest,
-                    "size_bytes": p.size_bytes,
-                    "format": p.format,
-                    "mode": p.mode,
-                }
-                for p in self.partitions
-            ],
-            "kernel": self.kernel_digest,
-            "initrd": self.initrd_digest,
-            "cmdline": self.cmdline,
-        }
+def _hex(d: str) -> str:
+    try:
+        return digest.hex_of(d)
+    except digest.DigestError as exc:
+        raise SignatureError(f"{d!r} is not a sha256 digest") from exc
 
 
-def _hex(digest: str) -> str:
-    algo, _, value = digest.partition(":")
-    if algo != "sha256" or len(value) != 64:
-        raise SignatureError(f"{digest!r} is not a sha256 digest")
-    return value
-
-
-def statement(manifest: Manifest) -> dict[str, Any]:
+def statement(manifest: ImageSpec) -> dict[str, Any]:
     subjects = [
         {"name": f"{manifest.image}/partition/{p.name}", "digest": {"sha256": _hex(p.digest)}}
         for p in manifest.partitions
@@ -155,7 +137,7 @@ def statement(manifest: Manifest) -> dict[str, Any]:
         "_type": STATEMENT_TYPE,
         "subject": subjects,
         "predicateType": PREDICATE_TYPE,
-        "predicate": manifest.predicate(),
+        "predicate": predicate(manifest),
     }
 
 
@@ -169,7 +151,7 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def sign(manifest: Manifest, private: Ed25519PrivateKey) -> str:
+def sign(manifest: ImageSpec, private: Ed25519PrivateKey) -> str:
     """A DSSE envelope (JSON text) carrying the signed statement of ``manifest``."""
     payload = canonical(statement(manifest))
     sig = private.sign(pae(PAYLOAD_TYPE, payload))
@@ -235,7 +217,7 @@ def _decode_envelope(text: str) -> tuple[bytes, list[tuple[str, bytes]]]:
     return payload, sigs
 
 
-def _check_statement(payload: bytes, manifest: Manifest) -> str:
+def _check_statement(payload: bytes, manifest: ImageSpec) -> str:
     """'' if the signed statement covers exactly this manifest, else what differs."""
     try:
         signed = json.loads(payload)
@@ -257,7 +239,7 @@ def _check_statement(payload: bytes, manifest: Manifest) -> str:
 
 def verify(
     policy: Policy,
-    manifest: Manifest,
+    manifest: ImageSpec,
     envelopes: Sequence[str],
     now: float,
 ) -> Verdict:
@@ -303,30 +285,3 @@ def verify(
                 continue
             return verdict(True, f"signed by trusted key {kid[:16]}", kid)
     return verdict(False, "; ".join(dict.fromkeys(problems)) or "no usable signature")
-
-
-def manifest_from_parts(
-    image: str,
-    partitions: Iterable[Mapping[str, Any]],
-    kernel_digest: str = "",
-    initrd_digest: str = "",
-    cmdline: str = "",
-) -> Manifest:
-    """A Manifest from the service's stored partition dicts (name, digest, size_bytes,
-    format, mode) — the form images and workspaces keep."""
-    return Manifest(
-        image=image,
-        partitions=tuple(
-            PartitionClaim(
-                str(p["name"]),
-                str(p.get("digest", "")),
-                int(p.get("size_bytes", 0)),
-                str(p.get("format", "raw")),
-                str(p.get("mode", "COW")),
-            )
-            for p in partitions
-        ),
-        kernel_digest=kernel_digest,
-        initrd_digest=initrd_digest,
-        cmdline=cmdline,
-    )

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from workspace import errors, rpc
+from workspace import errors, rpc, rpc_status
 from workspace.client_images import ImagesClientMixin
 from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
@@ -245,7 +245,7 @@ class Client(ImagesClientMixin):
             return errors.Unavailable(
                 f"the workspace service at {self.address} did not answer in time ({details})"
             )
-        return errors.from_rpc_error(exc)
+        return rpc_status.from_rpc_error(exc)
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         try:

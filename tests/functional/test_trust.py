@@ -4,6 +4,7 @@ audit of every decision."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -144,7 +145,7 @@ def test_signature_over_another_manifest_refused(
     _add_key(trust, public)
     img = ready_site.stubs.images.GetImage(images_pb2.GetImageRequest(name="img"))
     m = manifest_from_proto(img)
-    tampered = signing.Manifest(m.image, m.partitions, cmdline="init=/bin/sh")
+    tampered = dataclasses.replace(m, cmdline="init=/bin/sh")
     with pytest.raises(grpc.RpcError) as err:
         trust.AddSignature(
             trust_pb2.AddSignatureRequest(

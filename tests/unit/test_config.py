@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from workspace import rpc_status
 from workspace.config import (
     AgentConfig,
     FakeDriverConfig,
@@ -222,7 +223,7 @@ def test_config_error_is_expected_and_maps_to_invalid_argument() -> None:
     import grpc
 
     assert ConfigError.expected
-    assert ConfigError.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert rpc_status.status_of(ConfigError("x")) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # -- shipped files ----------------------------------------------------------------------

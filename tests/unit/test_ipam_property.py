@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from workspace import ipam
 from workspace.config import ServiceConfig, load
+from workspace.domain.states import Op
 from workspace.errors import ResourceExhausted
 from workspace.node.v1 import nodes_pb2
 from workspace.service.blobs import BlobRepository
@@ -22,7 +23,6 @@ from workspace.service.catalog import Catalog
 from workspace.service.core import Core
 from workspace.service.nodes import Nodes
 from workspace.service.notify import Notifier
-from workspace.states import Op
 from workspace.store import IpAllocation, Network, Node, Store, Workspace
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 

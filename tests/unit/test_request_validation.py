@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from workspace.config import ServiceConfig, load
+from workspace.domain.states import Op
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -22,7 +23,6 @@ from workspace.service.catalog import Catalog
 from workspace.service.core import Core
 from workspace.service.nodes import Nodes
 from workspace.service.notify import Notifier
-from workspace.states import Op
 from workspace.store import IpAllocation, Node, Store, Workspace
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 

@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from images import signing
-from images.signing import Key, Manifest, PartitionClaim, Policy
+from images.model import ImageSpec as Manifest
+from images.model import Mode, Partition
+from images.signing import Key, Policy
 
 NOW = 1_700_000_000.0
 D1 = "sha256:" + "1" * 64
@@ -22,13 +24,13 @@ DK = "sha256:" + "3" * 64
 
 
 def _manifest(**kw: object) -> Manifest:
-    base = signing.manifest_from_parts(
+    base = Manifest(
         "team/web:1",
-        [
-            {"name": "root", "digest": D1, "size_bytes": 1024, "format": "qcow2", "mode": "COW"},
-            {"name": "data", "digest": D2, "size_bytes": 512, "format": "raw", "mode": "READONLY"},
-            {"name": "scratch", "digest": "", "size_bytes": 4096, "format": "raw", "mode": "BLANK"},
-        ],
+        (
+            Partition("root", Mode.COW, D1, 1024, "qcow2"),
+            Partition("data", Mode.READONLY, D2, 512, "raw"),
+            Partition("scratch", Mode.BLANK, "", 4096, "raw"),
+        ),
         kernel_digest=DK,
         cmdline="console=ttyS0",
     )
@@ -66,7 +68,7 @@ def test_sign_and_verify(keypair: tuple[signing.Ed25519PrivateKey, str]) -> None
         (lambda m: _part(m, 0, digest="sha256:" + "9" * 64), "partitions differ"),
         (lambda m: _part(m, 0, size_bytes=2048), "partitions differ"),
         (lambda m: _part(m, 0, format="raw"), "partitions differ"),
-        (lambda m: _part(m, 1, mode="COW"), "partitions differ"),
+        (lambda m: _part(m, 1, mode=Mode.COW), "partitions differ"),
         (lambda m: _part(m, 2, size_bytes=8192), "partitions differ"),
         (lambda m: _part(m, 0, name="boot"), "partitions differ"),
         (lambda m: dataclasses.replace(m, partitions=m.partitions[:2]), "partitions differ"),
@@ -217,6 +219,6 @@ def test_keys(keypair: tuple[signing.Ed25519PrivateKey, str]) -> None:
 
 
 def test_claims_are_frozen() -> None:
-    p = PartitionClaim("root", D1, 1, "raw", "COW")
+    p = Partition("root", Mode.COW, D1, 1, "raw")
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.size_bytes = 2  # type: ignore[misc]

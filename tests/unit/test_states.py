@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from workspace.codec import node as codec_node
+from workspace.domain.states import (
+    BOOTING,
+    Desired,
+    Observed,
+    Op,
+    State,
+    apply_op,
+    state_from_report,
+)
 from workspace.errors import FailedPrecondition
 from workspace.node.v1 import nodes_pb2
-from workspace.states import BOOTING, Desired, Op, State, apply_op, state_from_report
 
 S = State
 D = Desired
@@ -93,9 +102,7 @@ def test_lost_workspace_can_only_be_destroyed() -> None:
 
 # -- node reports ---------------------------------------------------------------------
 
-OBSERVED_NAMES = [
-    n.removeprefix("OBSERVED_STATE_") for n in nodes_pb2.ObservedState.DESCRIPTOR.values_by_name
-]
+OBSERVED_NAMES = [o.value for o in Observed]
 
 
 @pytest.mark.parametrize("observed", OBSERVED_NAMES)
@@ -153,7 +160,6 @@ def test_lost_recovers_on_running_report() -> None:
         ("PAUSED", S.PAUSED),
         ("STOPPING", S.STOPPING),
         ("FAILED", S.FAILED),
-        ("UNSPECIFIED", None),
     ],
 )
 def test_report_moves_scheduled_workspace(observed: str, expected: State | None) -> None:
@@ -175,3 +181,10 @@ def test_stale_running_report_does_not_undo_stopping() -> None:
     for observed in ("RUNNING", "PAUSED", "STARTING"):
         assert state_from_report(State.STOPPING, Desired.STOPPED, observed) is None
     assert state_from_report(State.STOPPING, Desired.STOPPED, "STOPPED") is State.STOPPED
+
+
+def test_unspecified_report_says_nothing() -> None:
+    """A report without a state decodes to None at the edge; the service ignores it."""
+    assert codec_node.observed_from_proto(nodes_pb2.OBSERVED_STATE_UNSPECIFIED) is None
+    every = {codec_node.observed_from_proto(v) for v in nodes_pb2.ObservedState.values()}
+    assert every == {None, *Observed}

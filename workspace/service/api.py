@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from workspace import rpc_status
+from workspace.domain.states import Op
 from workspace.errors import InvalidArgument, WorkspaceError
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.service.catalog import Catalog
@@ -18,7 +20,6 @@ from workspace.service.core import Core
 from workspace.service.nodes import Nodes
 from workspace.service.queue import CapacityQueue
 from workspace.service.trust import TrustStore
-from workspace.states import Op
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -44,7 +45,7 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     if isinstance(exc, WorkspaceError):
         if not exc.expected:
             log.error("%s failed: %s", method, exc.message)
-        context.abort(exc.code, exc.message)
+        context.abort(rpc_status.status_of(exc), exc.message)
     log.exception("%s failed unexpectedly", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {exc}")
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from images import formats, manifest
 from workspace import ipam
+from workspace.domain.states import State
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -26,7 +27,6 @@ from workspace.service import convert
 from workspace.service.blobs import BlobRepository, check_digest
 from workspace.service.core import Core, blank_spec
 from workspace.service.trust import TrustStore
-from workspace.states import State
 from workspace.store import Blob, Image, IpAllocation, Network, Workspace
 from workspace.v1 import admin_pb2, common_pb2, images_pb2
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace import scheduler
+from workspace.domain.states import Desired, Op, State, apply_op
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -20,7 +21,6 @@ from workspace.errors import (
 )
 from workspace.service import convert
 from workspace.service.core import Core, resolve_owned
-from workspace.states import Desired, Op, State, apply_op
 from workspace.store import Cluster, Node, Workspace
 from workspace.v1 import clusters_pb2, workspaces_pb2
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from images.manifest import MAX_PARTITIONS, PARTITION_NAME_RE
 from workspace import ipam, scheduler
 from workspace.config import LimitsConfig, ServiceConfig
+from workspace.domain.states import Desired, Op, State, apply_op
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -35,7 +36,6 @@ from workspace.node.v1 import nodes_pb2
 from workspace.service import convert
 from workspace.service.notify import Notifier
 from workspace.service.placement import NoPlacement, allocations, place_rows
-from workspace.states import Desired, Op, State, apply_op
 from workspace.store import Cluster, IpAllocation, Network, Node, Store, Workspace
 from workspace.v1 import common_pb2, workspaces_pb2
 

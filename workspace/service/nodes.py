@@ -10,13 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace import ipam
+from workspace.codec import node as codec_node
+from workspace.domain.states import Desired, State, state_from_report
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.node.v1 import nodes_pb2
 from workspace.service import clusters, convert
 from workspace.service.catalog import blob_digests
-from workspace.service.core import Core, _observed_name
+from workspace.service.core import Core
 from workspace.service.placement import allocations
-from workspace.states import Desired, State, state_from_report
 from workspace.store import Node, Workspace
 from workspace.v1 import admin_pb2
 
@@ -175,7 +176,9 @@ class Nodes:
                 ws = s.get(Workspace, obs.workspace_id)
                 if ws is None or ws.node != req.node:
                     continue
-                observed = _observed_name(obs.state)
+                observed = codec_node.observed_from_proto(obs.state)
+                if observed is None:
+                    continue
                 new = state_from_report(State(ws.state), Desired(ws.desired_state), observed)
                 if new is State.TERMINATED:
                     self.core._release(s, ws, "destroyed")

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from workspace import ipam, scheduler
 from workspace.config import ServiceConfig
+from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
-from workspace.states import State
 from workspace.store import IpAllocation, Network, Node, Workspace
 
 log = logging.getLogger("workspace.service.placement")

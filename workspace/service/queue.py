@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from workspace import scheduler
 from workspace.config import ServiceConfig
-from workspace.states import Desired, State
+from workspace.domain.states import Desired, State
 from workspace.store import Cluster, Workspace
 from workspace.v1 import admin_pb2
 

@@ -21,6 +21,8 @@ from sqlalchemy import delete, event, select
 from sqlalchemy.orm import Session
 
 from images import signing
+from images.model import ImageSpec, Partition
+from workspace.codec import v1 as codec_v1
 from workspace.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -55,38 +57,23 @@ MAX_AUDIT_LIMIT = 10000
 AuditLike = trust_pb2.AuditEntry | Audit
 
 
-def manifest_of(image: Image | Mapping[str, Any], name: str = "") -> signing.Manifest:
-    """The Manifest a signature over ``image`` must cover: from an Image row, or from a
+def manifest_of(image: Image | Mapping[str, Any], name: str = "") -> ImageSpec:
+    """The ImageSpec a signature over ``image`` must cover: from an Image row, or from a
     workspace's image_spec dict (then give the image's ``name``)."""
     if isinstance(image, Image):
-        return signing.manifest_from_parts(
-            image.name, image.partitions, image.kernel_digest, image.initrd_digest, image.cmdline
+        return ImageSpec(
+            image.name,
+            tuple(Partition.from_dict(p) for p in image.partitions),
+            image.kernel_digest,
+            image.initrd_digest,
+            image.cmdline,
         )
-    return signing.manifest_from_parts(
-        name,
-        image.get("partitions", []),
-        str(image.get("kernel_digest") or ""),
-        str(image.get("initrd_digest") or ""),
-        str(image.get("cmdline") or ""),
-    )
+    return ImageSpec.from_dict(image, name)
 
 
-def manifest_from_proto(img: Any) -> signing.Manifest:
-    """The Manifest of an ``images_pb2.Image`` (what ``ws image sign`` signs); equal to
-    ``manifest_of`` of the stored row."""
-    parts = [
-        {
-            "name": p.name,
-            "digest": p.digest,
-            "size_bytes": p.size_bytes,
-            "format": p.format or "raw",
-            "mode": convert.mode_name(p.mode),
-        }
-        for p in img.partitions
-    ]
-    return signing.manifest_from_parts(
-        img.name, parts, img.kernel_digest, img.initrd_digest, img.cmdline
-    )
+def manifest_from_proto(img: Any) -> ImageSpec:
+    """The ImageSpec of an ``images_pb2.Image``; equal to ``manifest_of`` of the stored row."""
+    return codec_v1.image_spec_from_proto(img)
 
 
 def signers(envelopes: Iterable[str]) -> list[str]:

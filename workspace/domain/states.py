@@ -1,4 +1,5 @@
-"""The workspace state machine (DESIGN.md section 2), as pure functions.
+"""States of workspaces, nodes and clusters, and the workspace state machine as pure
+functions.
 
 Desired state (what the owner asked for) and state (what the system observed or
 is doing) are separate. A user operation checks the current state, then moves
@@ -32,6 +33,36 @@ class Desired(enum.StrEnum):
     RUNNING = "RUNNING"
     PAUSED = "PAUSED"
     STOPPED = "STOPPED"
+    TERMINATED = "TERMINATED"
+
+
+class Observed(enum.StrEnum):
+    """What a node reports of one workspace."""
+
+    PROPAGATING = "PROPAGATING"  # fetching blobs / preparing disks
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    ABSENT = "ABSENT"  # nothing of it exists on the node
+    FAILED = "FAILED"
+
+
+class NodeState(enum.StrEnum):
+    READY = "READY"
+    DRAINING = "DRAINING"
+    DOWN = "DOWN"
+
+
+class ClusterState(enum.StrEnum):
+    PENDING = "PENDING"  # waiting for capacity; nothing placed yet
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+    TERMINATING = "TERMINATING"
     TERMINATED = "TERMINATED"
 
 
@@ -93,29 +124,20 @@ def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") ->
     return Transition(new_desired, shown if shown is not None else state)
 
 
-def state_from_report(state: State, desired: Desired, observed: str) -> State | None:
+def state_from_report(state: State, desired: Desired, observed: Observed) -> State | None:
     """The state a node's observation moves a workspace to (None: no change).
 
-    ``observed`` is the ObservedState enum name without its prefix (RUNNING, ABSENT...).
     A workspace that is meant to be gone becomes TERMINATED only when the node
     says nothing of it is left (ABSENT).
     """
+    observed = Observed(observed)
     if state is State.TERMINATED:
         return None
     if desired is Desired.TERMINATED:
-        return State.TERMINATED if observed == "ABSENT" else State.STOPPING
-    mapping = {
-        "PROPAGATING": State.PROPAGATING,
-        "STARTING": State.STARTING,
-        "RUNNING": State.RUNNING,
-        "PAUSED": State.PAUSED,
-        "STOPPING": State.STOPPING,
-        "STOPPED": State.STOPPED,
-        "FAILED": State.FAILED,
-    }
-    new = mapping.get(observed)
-    if new is None:  # ABSENT while it should exist: the node is (re)creating it
+        return State.TERMINATED if observed is Observed.ABSENT else State.STOPPING
+    if observed is Observed.ABSENT:  # while it should exist: the node is (re)creating it
         return None
+    new = State(observed.value)
     # A report sent before the node started stopping it must not undo STOPPING.
     if (
         desired is Desired.STOPPED

@@ -1,0 +1,283 @@
+"""workspace.node.v1 messages ⇄ domain objects: the service encodes orders and decodes
+reports; the agent's link decodes orders and encodes reports. Nothing else converts."""
+
+from __future__ import annotations
+
+from images import signing
+from images.model import Mode, Partition
+from workspace.codec import v1
+from workspace.domain.model import (
+    AuditRecord,
+    CacheRecord,
+    Disk,
+    Nic,
+    NodeInfo,
+    NodeOrders,
+    Observation,
+    Order,
+)
+from workspace.domain.states import Observed
+from workspace.node.v1 import nodes_pb2
+from workspace.v1 import admin_pb2, trust_pb2
+
+_OBSERVED_PREFIX = "OBSERVED_STATE_"
+
+
+# -- orders (service → agent) ----------------------------------------------------------------
+
+
+def nic_to_proto(n: Nic) -> nodes_pb2.NicAssignment:
+    return nodes_pb2.NicAssignment(
+        network=n.network,
+        bridge=n.bridge,
+        mac=n.mac,
+        ip=n.ip,
+        prefix_len=n.prefix_len,
+        gateway=n.gateway,
+        dns=list(n.dns),
+        subnet=n.subnet,
+    )
+
+
+def nic_from_proto(n: nodes_pb2.NicAssignment) -> Nic:
+    return Nic(
+        network=n.network,
+        ip=n.ip,
+        mac=n.mac,
+        prefix_len=n.prefix_len,
+        gateway=n.gateway,
+        bridge=n.bridge,
+        subnet=n.subnet,
+        dns=tuple(n.dns),
+    )
+
+
+def disk_to_proto(d: Disk) -> nodes_pb2.DiskAssignment:
+    p = d.partition
+    return nodes_pb2.DiskAssignment(
+        name=p.name,
+        digest=p.digest,
+        size_bytes=p.size_bytes,
+        format=p.format,
+        mode=v1.mode_to_proto(p.mode),
+        ext4=p.ext4,
+        virtual_size_bytes=p.virtual_size_bytes,
+        sources=list(d.sources),
+    )
+
+
+def disk_from_proto(d: nodes_pb2.DiskAssignment) -> Disk:
+    return Disk(
+        Partition(
+            name=d.name,
+            mode=v1.mode_from_proto(d.mode, Mode.COW),
+            digest=d.digest,
+            size_bytes=d.size_bytes,
+            format=d.format or "raw",
+            virtual_size_bytes=d.virtual_size_bytes,
+            ext4=d.ext4,
+        ),
+        tuple(d.sources),
+    )
+
+
+def order_to_proto(o: Order) -> nodes_pb2.Assignment:
+    return nodes_pb2.Assignment(
+        workspace_id=o.workspace_id,
+        name=o.name,
+        hostname=o.hostname,
+        desired=v1.desired_to_proto(o.desired),
+        cpus=o.cpus,
+        memory_mib=o.memory_mib,
+        disks=[disk_to_proto(d) for d in o.disks],
+        kernel_digest=o.kernel_digest,
+        initrd_digest=o.initrd_digest,
+        cmdline=o.cmdline,
+        nics=[nic_to_proto(n) for n in o.nics],
+        reboot_count=o.reboot_count,
+        stop_timeout_s=o.stop_timeout_s,
+        force_stop=o.force_stop,
+        user_data=o.user_data,
+        image=o.image,
+        envelopes_json=list(o.envelopes),
+        verified_digests=list(o.verified_digests),
+    )
+
+
+def order_from_proto(a: nodes_pb2.Assignment) -> Order:
+    return Order(
+        workspace_id=a.workspace_id,
+        name=a.name,
+        hostname=a.hostname,
+        desired=v1.desired_from_proto(a.desired),
+        cpus=a.cpus,
+        memory_mib=a.memory_mib,
+        image=a.image,
+        disks=tuple(disk_from_proto(d) for d in a.disks),
+        nics=tuple(nic_from_proto(n) for n in a.nics),
+        kernel_digest=a.kernel_digest,
+        initrd_digest=a.initrd_digest,
+        cmdline=a.cmdline,
+        reboot_count=a.reboot_count,
+        stop_timeout_s=a.stop_timeout_s,
+        force_stop=a.force_stop,
+        user_data=a.user_data,
+        envelopes=tuple(a.envelopes_json),
+        verified_digests=tuple(a.verified_digests),
+    )
+
+
+def policy_to_proto(
+    p: signing.Policy, stop_running_on_revoke: bool = False
+) -> trust_pb2.TrustPolicy:
+    keys = []
+    for k in p.keys:
+        key = trust_pb2.TrustedKey(
+            key_id=k.key_id,
+            public_key_pem=k.public_key_pem,
+            image_patterns=list(k.image_patterns),
+            revoked=k.revoked,
+        )
+        if k.expires_at:
+            key.expires_at.CopyFrom(v1.ts(k.expires_at))
+        keys.append(key)
+    return trust_pb2.TrustPolicy(
+        version=p.version,
+        mode=trust_pb2.TRUST_MODE_ENFORCE if p.enforce else trust_pb2.TRUST_MODE_WARN,
+        keys=keys,
+        revoked_digests=sorted(p.revoked_digests),
+        stop_running_on_revoke=stop_running_on_revoke,
+    )
+
+
+def policy_from_proto(p: trust_pb2.TrustPolicy) -> signing.Policy:
+    return signing.Policy(
+        version=p.version,
+        enforce=p.mode == trust_pb2.TRUST_MODE_ENFORCE,
+        keys=tuple(
+            signing.Key(
+                key_id=k.key_id,
+                public_key_pem=k.public_key_pem,
+                image_patterns=tuple(k.image_patterns) or ("*",),
+                expires_at=(k.expires_at.ToNanoseconds() / 1e9)
+                if k.HasField("expires_at")
+                else 0.0,
+                revoked=k.revoked,
+            )
+            for k in p.keys
+        ),
+        revoked_digests=frozenset(p.revoked_digests),
+    )
+
+
+def node_orders_to_proto(n: NodeOrders) -> nodes_pb2.AssignmentSet:
+    return nodes_pb2.AssignmentSet(
+        generation=n.generation,
+        assignments=[order_to_proto(o) for o in n.orders],
+        prefetch=list(n.prefetch),
+        policy=policy_to_proto(n.policy, n.stop_running_on_revoke),
+    )
+
+
+def node_orders_from_proto(m: nodes_pb2.AssignmentSet) -> NodeOrders:
+    return NodeOrders(
+        generation=m.generation,
+        orders=tuple(order_from_proto(a) for a in m.assignments),
+        prefetch=tuple(m.prefetch),
+        policy=policy_from_proto(m.policy),
+        stop_running_on_revoke=m.policy.stop_running_on_revoke,
+    )
+
+
+# -- reports (agent → service) ---------------------------------------------------------------
+
+
+def observed_to_proto(state: Observed) -> nodes_pb2.ObservedState.ValueType:
+    return nodes_pb2.ObservedState.Value(_OBSERVED_PREFIX + state.value)
+
+
+def observed_from_proto(value: nodes_pb2.ObservedState.ValueType) -> Observed | None:
+    """None for UNSPECIFIED (a report that says nothing)."""
+    if value == nodes_pb2.OBSERVED_STATE_UNSPECIFIED:
+        return None
+    return Observed(nodes_pb2.ObservedState.Name(value).removeprefix(_OBSERVED_PREFIX))
+
+
+def observation_to_proto(o: Observation) -> nodes_pb2.ObservedWorkspace:
+    return nodes_pb2.ObservedWorkspace(
+        workspace_id=o.workspace_id, state=observed_to_proto(o.state), reason=o.reason
+    )
+
+
+def observation_from_proto(o: nodes_pb2.ObservedWorkspace) -> Observation | None:
+    state = observed_from_proto(o.state)
+    return None if state is None else Observation(o.workspace_id, state, o.reason)
+
+
+def audit_to_proto(a: AuditRecord) -> trust_pb2.AuditEntry:
+    return trust_pb2.AuditEntry(
+        at=v1.ts(a.at),
+        where=a.where,
+        action=a.action,
+        image=a.image,
+        digest=a.digest,
+        key_id=a.key_id,
+        policy_version=a.policy_version,
+        verdict=a.verdict,
+        reason=a.reason,
+        workspace_id=a.workspace_id,
+    )
+
+
+def audit_from_proto(a: trust_pb2.AuditEntry) -> AuditRecord:
+    return AuditRecord(
+        at=a.at.ToNanoseconds() / 1e9,
+        where=a.where,
+        action=a.action,
+        image=a.image,
+        digest=a.digest,
+        key_id=a.key_id,
+        policy_version=a.policy_version,
+        verdict=a.verdict,
+        reason=a.reason,
+        workspace_id=a.workspace_id,
+    )
+
+
+def cache_to_proto(c: CacheRecord) -> admin_pb2.CacheEntry:
+    return admin_pb2.CacheEntry(
+        digest=c.digest, size_bytes=c.size_bytes, last_used=v1.ts(c.last_used), pinned=c.pinned
+    )
+
+
+def cache_from_proto(c: admin_pb2.CacheEntry) -> CacheRecord:
+    return CacheRecord(c.digest, c.size_bytes, c.last_used.ToNanoseconds() / 1e9, c.pinned)
+
+
+def node_info_to_proto(n: NodeInfo, agent_version: str = "") -> nodes_pb2.RegisterRequest:
+    return nodes_pb2.RegisterRequest(
+        node=n.name,
+        hypervisor=n.hypervisor,
+        cpus=n.cpus,
+        memory_mib=n.memory_mib,
+        disk_gib=n.disk_gib,
+        networks=list(n.networks),
+        labels=dict(n.labels),
+        agent_version=agent_version,
+        cached_digests=list(n.cached_digests),
+        peer_address=n.peer_address,
+    )
+
+
+def node_info_from_proto(r: nodes_pb2.RegisterRequest) -> NodeInfo:
+    return NodeInfo(
+        name=r.node,
+        hypervisor=r.hypervisor,
+        cpus=r.cpus,
+        memory_mib=r.memory_mib,
+        disk_gib=r.disk_gib,
+        networks=tuple(r.networks),
+        labels=dict(r.labels),
+        cached_digests=tuple(r.cached_digests),
+        peer_address=r.peer_address,
+    )
