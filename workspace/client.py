@@ -32,6 +32,7 @@ from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
 from workspace.client_images import blank_partition as blank_partition  # re-exported
 from workspace.config import TlsConfig
+from workspace.site import record as site_record
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -172,17 +173,14 @@ def resolve_address(service: str | None = None) -> str:
     env = os.environ.get(SERVICE_ENV, "").strip()
     if env:
         return env
-    # Imported here: the site launcher itself uses this client.
-    from workspace.site import local
-
-    site_dir = local.default_site_dir()
-    record = local.read_record(site_dir)
+    site_dir = site_record.default_site_dir()
+    record = site_record.read_record(site_dir)
     if record is not None and record.address:
         return record.address
     raise ServiceNotConfigured(
         "no workspace service configured: pass --service ADDR (host:port or unix:/path), "
         f"set {SERVICE_ENV}=ADDR, or start a local site with `ws-admin site up` "
-        f"(looked for {site_dir / local.SITE_FILE})"
+        f"(looked for {site_dir / site_record.SITE_FILE})"
     )
 
 

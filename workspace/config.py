@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomli_w
+
 from workspace.errors import ConfigError
 
 T = TypeVar("T")
@@ -235,3 +237,53 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return _build(cls, data, "")
+
+
+def to_dict(cfg: Any, *, skip_defaults: bool = True) -> dict[str, Any]:
+    """The TOML tables of a config dataclass, which ``from_dict`` turns back into ``cfg``.
+
+    With ``skip_defaults`` only what differs from the defaults is kept (a nested table
+    that is all defaults is left out), so a written file shows what was chosen.
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if skip_defaults:
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = dataclasses.MISSING
+            if value == default:
+                continue
+        out[f.name] = _plain(value, skip_defaults)
+    return out
+
+
+def _plain(value: Any, skip_defaults: bool) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value, skip_defaults=skip_defaults)
+    if isinstance(value, list):
+        return [_plain(v, skip_defaults) for v in value]
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+def to_toml(cfg: Any, header: str = "", *, skip_defaults: bool = True) -> str:
+    """``cfg`` as a TOML document (``load`` reads it back equal), after ``header`` comments."""
+    comments = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    body = tomli_w.dumps(to_dict(cfg, skip_defaults=skip_defaults))
+    return comments + ("\n" if comments else "") + body
+
+
+def write(
+    path: str | os.PathLike[str], cfg: Any, header: str = "", *, skip_defaults: bool = True
+) -> Path:
+    """Write ``cfg`` to ``path`` as TOML (atomically); returns the path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_toml(cfg, header, skip_defaults=skip_defaults))
+    tmp.replace(path)
+    return path

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workspace import errors
-from workspace.site.hostenv import (
+from workspace.hostproc import (
     cmdline_has,
     pid_if_ours,
     read_pid_file,

@@ -16,7 +16,7 @@ import grpc
 
 from agent.agent import Agent
 from agent.virt.fake import FakeDriver
-from workspace import config, rpc
+from workspace import config, hostproc, rpc
 from workspace.config import AgentConfig, ServiceConfig
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.service.main import Service
@@ -183,39 +183,12 @@ class Proc:
         self.popen.wait(10)
 
     def terminate(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        hostproc.stop_child(self.popen, timeout_s=10)
 
 
-def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{k} = {_toml(v)}")
-    for name, table in tables:
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml(v)}" for k, v in table.items())
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    raise TypeError(v)
+def write_config(path: Path, cfg: ServiceConfig | AgentConfig) -> Path:
+    """Write a config dataclass as the TOML file its daemon reads (``--config``)."""
+    return config.write(path, cfg)
 
 
 def iter_events(stubs: Stubs, ref: str = "") -> Iterator[workspaces_pb2.WorkspaceEvent]:

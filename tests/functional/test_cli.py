@@ -246,3 +246,40 @@ def test_site_down_leaves_no_process_and_restarts_after_a_crash(tmp_path: Path) 
     assert (d / "service" / "service.db").exists()  # the data stays
     assert run(d, "admin", "site", "status", "--dir", str(d)).code == 3
     assert "no site running" in ok(d, "admin", "site", "down", "--dir", str(d)).out
+
+
+def test_a_site_keeps_its_state_and_driver_until_purged(tmp_path: Path) -> None:
+    d = tmp_path / "site3"
+    ok(d, "admin", "site", "up", "--driver", "fake", "--dir", str(d))
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(os.urandom(1024 * 1024 + 5))
+    ok(d, "admin", "image", "import", "kept-img", str(disk))
+    ok(d, "ws", "create", "--image", "kept-img", "--name", "kept", "--wait")
+    (d / "notes.txt").write_text("not the site's")
+    ok(d, "admin", "site", "down", "--dir", str(d))
+    # another driver for the existing site: refused, nothing started
+    r = run(d, "admin", "site", "up", "--driver", "libvirt", "--dir", str(d))
+    assert r.code == 1 and "driver fake" in r.err and "site down --purge" in r.err, r.err
+    assert local.read_record(d) is None and not (d / "libvirt").exists()
+    r = run(d, "admin", "site", "up", "--nodes", "2", "--dir", str(d))
+    assert r.code == 1 and "1 node(s)" in r.err and "--purge" in r.err, r.err
+    assert local.read_record(d) is None
+    # up without --driver: the recorded one, with the old workspace still there
+    r = ok(d, "admin", "site", "up", "--dir", str(d))
+    assert "driver fake" in r.out
+    assert ok(d, "ws", "-o", "json", "show", "kept").json()["state"] == "RUNNING"  # type: ignore[index]
+    rec = local.read_record(d)
+    assert rec is not None
+    # down --purge: stopped, and everything the site wrote is gone (nothing else)
+    r = ok(d, "admin", "site", "down", "--purge", "--dir", str(d))
+    assert f"purged {d}" in r.out
+    for pid in (rec.service_pid, rec.agent_pid):
+        assert wait_gone(pid), f"pid {pid} still running after site down --purge"
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
+    # a clean slate: no refusal any more, no old workspace
+    ok(d, "admin", "site", "up", "--driver", "fake", "--dir", str(d))
+    try:
+        assert ok(d, "ws", "-o", "json", "list").json() == []
+    finally:
+        ok(d, "admin", "site", "down", "--purge", "--dir", str(d))
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]

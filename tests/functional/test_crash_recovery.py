@@ -6,7 +6,15 @@ import json
 import time
 from pathlib import Path
 
-from tests.functional.harness import WS, Proc, Stubs, wait_for, write_toml
+from tests.functional.harness import (
+    WS,
+    Proc,
+    Stubs,
+    agent_config,
+    service_config,
+    wait_for,
+    write_config,
+)
 from workspace import rpc
 from workspace.v1 import admin_pb2, workspaces_pb2
 
@@ -15,30 +23,31 @@ class Daemons:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.sock = f"unix:{tmp / 'svc.sock'}"
-        self.service_conf = write_toml(
+        self.service_conf = write_config(
             tmp / "service.toml",
-            {
-                "listen": self.sock,
-                "data_dir": str(tmp / "service"),
-                "heartbeat_interval_s": 1,
-                "node_grace_s": 30,
-                "default_stop_timeout_s": 2,
-            },
+            service_config(
+                tmp,
+                listen=self.sock,
+                data_dir=str(tmp / "service"),
+                heartbeat_interval_s=1,
+                node_grace_s=30,
+                default_stop_timeout_s=2,
+            ),
         )
         self.agent_state = tmp / "agent"
-        self.agent_conf = write_toml(
+        self.agent_conf = write_config(
             tmp / "agent.toml",
-            {
-                "node": "node1",
-                "service": self.sock,
-                "driver": "fake",
-                "state_dir": str(self.agent_state),
-                "cpus": 16,
-                "memory_mib": 32768,
-                "disk_gib": 100,
-                "resync_interval_s": 1.0,
-                "fake": {"boot_delay_s": 0.3},
-            },
+            agent_config(
+                tmp,
+                "node1",
+                self.sock,
+                state_dir=str(self.agent_state),
+                cpus=16,
+                memory_mib=32768,
+                disk_gib=100,
+                resync_interval_s=1.0,
+                fake={"boot_delay_s": 0.3},
+            ),
         )
         self.service: Proc | None = None
         self.agent: Proc | None = None

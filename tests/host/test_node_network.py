@@ -17,7 +17,8 @@ from agent.net.bridge import bridge_exists, delete_bridge, ensure_bridge
 from agent.net.dhcp import DhcpServer
 from tests.host.conftest import GATEWAY, SUBNET, VethClient, ip, unique_name
 from workspace import errors
-from workspace.site.hostenv import HostEnv, netns_pids, process_cmdline
+from workspace.hostproc import process_cmdline
+from workspace.site.hostenv import HostEnv, netns_pids
 
 pytestmark = pytest.mark.host
 

@@ -17,7 +17,7 @@ from agent.net.dhcp import (
     scrub_leases,
 )
 from workspace import errors
-from workspace.site.hostenv import cmdline_has, pid_if_ours
+from workspace.hostproc import cmdline_has, pid_if_ours
 
 NET = ipaddress.IPv4Network("10.213.0.0/24")
 

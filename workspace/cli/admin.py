@@ -347,7 +347,7 @@ class Commands(common.ClientCommands):
 
     def site_down(self, args: argparse.Namespace) -> int:
         site = self._site(args)
-        done = site.down()
+        done = site.down(purge=args.purge)
         _emit(args, {"dir": str(site.dir), "stopped": done}, "\n".join(done))
         return common.EXIT_OK
 
@@ -469,6 +469,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     trust_cmds.register_admin(sub, parent, cmds.client)
 
     site = group("site", "the local all-in-one site (service + one agent)")
+    sub.choices["site"].description = local.STATE_RULE
     dir_help = f"site directory (default: ${local.SITE_ENV} or ~/.local/share/workspace/site)"
     p = site.add_parser("up", parents=[parent], help="start the local site")
     p.add_argument("--dir", help=dir_help)
@@ -502,6 +503,12 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.site_up)
     p = site.add_parser("down", parents=[parent], help="stop the local site (keeps its data)")
     p.add_argument("--dir", help=dir_help)
+    p.add_argument(
+        "--purge",
+        action="store_true",
+        help="also remove everything the site wrote in its directory (database, images, "
+        "VMs' disks, logs): a clean slate, after which `site up` may use another driver",
+    )
     p.set_defaults(func=cmds.site_down)
     p = site.add_parser("status", parents=[parent], help="is the local site running?")
     p.add_argument("--dir", help=dir_help)

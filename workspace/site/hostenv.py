@@ -20,11 +20,11 @@ daemon's socket is reachable from anywhere at ``<site_dir>/libvirt/run/libvirt-s
 they do not need the private mount namespace. See docs/design/host-environment.md.
 
 Processes are only ever stopped by their recorded pid, after checking that
-``/proc/<pid>/cmdline`` is still the command we started (never by name). ``down()``
-also stops whatever still runs inside the site's network namespace (the VMs' QEMU
-processes after a libvirtd crash, a forgotten dnsmasq), found by namespace membership.
-
-The process helpers at the top are shared with ``agent.net.dhcp``.
+``/proc/<pid>/cmdline`` is still the command we started (never by name; the helpers
+are ``workspace.hostproc``'s, shared with the site launcher and ``agent.net.dhcp``).
+``down()`` also stops whatever still runs inside the site's network namespace (the
+VMs' QEMU processes after a libvirtd crash, a forgotten dnsmasq), found by namespace
+membership.
 """
 
 from __future__ import annotations
@@ -39,15 +39,23 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from workspace import errors
+from workspace.hostproc import (
+    Matcher,
+    cmdline_has,
+    pid_if_ours,
+    process_alive,
+    read_pid_file,
+    stop_process,
+    terminate_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,104 +104,6 @@ remember_owner = 0
 security_driver = "none"
 stdio_handler = "logd"
 """
-
-
-# --- processes (never by name) --------------------------------------------------------
-
-
-def process_cmdline(pid: int) -> list[str] | None:
-    """The argv of a live process, or None if it is gone or a zombie."""
-    if pid <= 0:
-        return None
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    if not raw:  # zombie or kernel thread
-        return None
-    return raw.rstrip(b"\0").decode(errors="replace").split("\0")
-
-
-def process_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    # The state follows the command name in parentheses, which may contain spaces.
-    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X", "")
-
-
-def read_pid_file(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
-
-
-def write_pid_file(path: Path, pid: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{pid}\n")
-    tmp.replace(path)
-
-
-def cmdline_has(argv0_name: str, *args: str) -> Callable[[list[str]], bool]:
-    """A matcher: argv[0]'s basename is ``argv0_name`` and ``args`` appear in order."""
-
-    def matches(argv: list[str]) -> bool:
-        if not argv or Path(argv[0]).name != argv0_name:
-            return False
-        n = len(args)
-        return n == 0 or any(argv[i : i + n] == list(args) for i in range(1, len(argv)))
-
-    return matches
-
-
-def pid_if_ours(pid: int | None, matches: Callable[[list[str]], bool]) -> int | None:
-    """``pid`` if it still runs a command line we started, else None."""
-    if pid is None:
-        return None
-    argv = process_cmdline(pid)
-    return pid if argv is not None and matches(argv) and process_alive(pid) else None
-
-
-def _reap(pid: int) -> None:
-    # Our own child would stay a zombie otherwise; anyone else's is not ours to wait for.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _wait_gone(pid: int, matches: Callable[[list[str]], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        _reap(pid)
-        if pid_if_ours(pid, matches) is None:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def stop_process(
-    pid: int | None, matches: Callable[[list[str]], bool], timeout_s: float = STOP_TIMEOUT_S
-) -> bool:
-    """SIGTERM, wait, SIGKILL a process we started; True if it was running.
-
-    Does nothing when ``pid`` is gone or now runs another command line (a stale pid).
-    """
-    if pid_if_ours(pid, matches) is None:
-        return False
-    assert pid is not None
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        if pid_if_ours(pid, matches) is None:
-            return True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        if _wait_gone(pid, matches, wait_s):
-            return True
-        log.warning("pid %d did not exit within %.0f s of %s", pid, wait_s, sig.name)
-    raise errors.Unavailable(f"pid {pid} survived SIGKILL (stuck in the kernel?)")
 
 
 # --- network namespaces ---------------------------------------------------------------
@@ -282,19 +192,7 @@ def kill_netns_processes(name: str, timeout_s: float = 10.0) -> list[int]:
     def still_inside(pid: int) -> bool:
         return process_alive(pid) and pid_netns_inode(pid) == inode
 
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            if still_inside(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            for pid in pids:
-                _reap(pid)
-            if not any(still_inside(pid) for pid in pids):
-                return pids
-            time.sleep(0.05)
-    left = [pid for pid in pids if still_inside(pid)]
+    _, left = terminate_all(pids, still_inside, timeout_s)
     if left:
         raise errors.Unavailable(f"processes {left} in network namespace {name} survived SIGKILL")
     return pids
@@ -431,7 +329,7 @@ class HostEnv:
     def _pid_file(self, daemon: str) -> Path:
         return self.pid_dir / f"{daemon}.pid"
 
-    def _matcher(self, daemon: str) -> Callable[[list[str]], bool]:
+    def _matcher(self, daemon: str) -> Matcher:
         return cmdline_has(daemon, "-p", str(self._pid_file(daemon)))
 
     @contextlib.contextmanager

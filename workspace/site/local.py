@@ -1,10 +1,11 @@
 """The local all-in-one site: one service and one or more agents on this machine.
 
 ``ws-admin site up`` writes ``service.toml`` and ``agent.toml`` into the site
-directory (default ``$WS_SITE_DIR`` or ``~/.local/share/workspace/site``), starts
-``python -m workspace.service.main`` and ``python -m agent.main`` in the background
-(each in its own session, logs in the site directory) and records their pids and
-the service address in ``site.json``. The service listens on a unix socket in the
+directory (default ``$WS_SITE_DIR`` or ``~/.local/share/workspace/site``;
+``workspace.site.configs``), starts ``python -m workspace.service.main`` and
+``python -m agent.main`` in the background (each in its own session, logs in the site
+directory; ``workspace.hostproc``) and records their pids and the service address in
+``site.json`` (``workspace.site.record``). The service listens on a unix socket in the
 site directory, which stays reachable when the site runs in a network namespace.
 
 With the fake driver no network traffic exists at all. With the libvirt driver the
@@ -20,58 +21,117 @@ to each other (no L2 between nodes). See docs/design/host-environment.md.
 ``site down`` stops exactly the recorded processes (after checking that each pid
 still runs our command line: never by name), removes the namespaces of a libvirt
 site and leaves the data in place. Stale records after a crash are harmless: the
-next ``site up`` starts whatever is not running.
+next ``site up`` starts whatever is not running. A site keeps its state and its
+driver across down/up (``STATE_RULE``); ``site down --purge`` gives a clean slate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
-import json
 import os
-import signal
+import shutil
 import stat
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from workspace import errors
-from workspace.v1 import admin_pb2
+from workspace import config, errors, hostproc
+from workspace.config import AgentConfig
+from workspace.site import status
+from workspace.site.configs import (
+    DEFAULT_NETWORK as DEFAULT_NETWORK,  # re-exported
+)
+from workspace.site.configs import (
+    DRIVERS,
+    SERVICE_CONFIG,
+    NodeSpec,
+    write_configs,
+)
+from workspace.site.record import (
+    AGENT_CONFIG,
+    NODE_NAME,
+    SETUP_FILE,
+    SITE_ENV,
+    SITE_FILE,
+    AgentRecord,
+    SiteError,
+    SiteRecord,
+    SiteSetup,
+    default_site_dir,
+    read_record,
+    read_setup,
+    write_record,
+    write_setup,
+)
+from workspace.site.status import AGENT_MODULE, SERVICE_MODULE, agent_matcher, service_matcher
 
-SITE_ENV = "WS_SITE_DIR"
-SITE_FILE = "site.json"
-SERVICE_MODULE = "workspace.service.main"
-AGENT_MODULE = "agent.main"
-NODE_NAME = "local"
-AGENT_CONFIG = "agent.toml"
-AGENT_LOG = "agent.log"
+__all__ = [
+    "AGENT_MODULE",
+    "DEFAULT_NETWORK",
+    "DRIVERS",
+    "MAX_NODES",
+    "SERVICE_MODULE",
+    "SITE_ENV",
+    "SITE_FILE",
+    "START_TIMEOUT_S",
+    "STATE_RULE",
+    "STOP_TIMEOUT_S",
+    "AgentRecord",
+    "LocalSite",
+    "SiteError",
+    "SiteRecord",
+    "UpResult",
+    "default_site_dir",
+    "read_record",
+    "write_record",
+]
+
 NODES_DIR = "nodes"  # <site>/nodes/<node>/ on a site of several nodes
 MAX_NODES = 16
-DRIVERS = ("fake", "libvirt")
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 90.0
 # sun_path is 108 bytes including the terminating NUL.
-_UNIX_PATH_MAX = 107
+UNIX_PATH_MAX = 107
 
+STATE_RULE = (
+    "A site keeps its state (database, images, the agents' state and VMs' disks) and "
+    "its driver and node count across `site down` and `site up`: `site up` without "
+    "--driver or --nodes reuses what the site was made with, and refuses another driver "
+    "or node count for an existing site. `site down --purge` stops the site and removes "
+    "everything it wrote in its directory (a clean slate; the next `site up` may choose "
+    "any driver)."
+)
 
-@dataclasses.dataclass(frozen=True)
-class NetworkDefaults:
-    name: str = "default"
-    subnet: str = "10.213.0.0/24"
-    gateway: str = "10.213.0.1"
-    bridge: str = "wsbr0"
-
-
-DEFAULT_NETWORK = NetworkDefaults()
-
-
-class SiteError(errors.FailedPrecondition):
-    """The local site cannot be started, stopped or read."""
+# What a site writes in its directory (and in each <site>/nodes/<node>/): all that
+# `site down --purge` removes. Nothing else there is touched.
+SITE_ENTRIES = (
+    SITE_FILE,
+    SITE_FILE + ".tmp",
+    SETUP_FILE,
+    SETUP_FILE + ".tmp",
+    SERVICE_CONFIG,
+    f".{SERVICE_CONFIG}.tmp",
+    "service.log",
+    "service.sock",
+    "service",  # the service's data_dir: database and image blobs
+    NODES_DIR,
+)
+NODE_ENTRIES = (
+    AGENT_CONFIG,
+    f".{AGENT_CONFIG}.tmp",
+    "agent.log",
+    "agent",  # the agent's state dir: image cache, disks, console logs, DHCP files
+    "libvirt",  # the node's private libvirtd (workspace.site.hostenv)
+    "hostenv.json",
+    ".hostenv.json.tmp",
+    "hostenv.lock",
+)
+LOCK_FILE = "site.lock"
 
 
 class HostEnvLike(Protocol):
@@ -88,244 +148,10 @@ class HostEnvLike(Protocol):
     def running(self) -> bool: ...
 
 
-def default_site_dir() -> Path:
-    env = os.environ.get(SITE_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".local" / "share" / "workspace" / "site"
-
-
-@dataclasses.dataclass
-class AgentRecord:
-    """One node of the site: its agent's pid, network namespace and directory.
-
-    ``dir`` holds the node's ``agent.toml``, ``agent.log``, ``agent/`` (state and image
-    cache) and, with the libvirt driver, ``libvirt/`` (its private libvirtd).
-    """
-
-    node: str
-    pid: int = 0
-    netns: str = ""
-    dir: str = ""
-
-    @property
-    def config(self) -> Path:
-        return Path(self.dir) / AGENT_CONFIG
-
-    @property
-    def log(self) -> Path:
-        return Path(self.dir) / AGENT_LOG
-
-
-@dataclasses.dataclass
-class SiteRecord:
-    """Contents of site.json: what is running and how to reach it.
-
-    ``agents`` lists every node (one for a one-node site). ``node``, ``agent_pid`` and
-    ``netns`` are node 1's, kept for readers of the one-node format; a record without
-    ``agents`` (written before there could be several) reads as that one node.
-    ``service_netns`` is the namespace the service runs in ("" = the host's).
-    """
-
-    dir: str
-    address: str
-    driver: str
-    node: str = NODE_NAME
-    service_pid: int = 0
-    agent_pid: int = 0
-    netns: str = ""
-    virt_type: str = ""
-    started_at: float = 0.0
-    agents: list[AgentRecord] = dataclasses.field(default_factory=list)
-    service_netns: str = ""
-
-    def sync_first_node(self) -> None:
-        """Copy node 1 into the one-node fields."""
-        if self.agents:
-            first = self.agents[0]
-            self.node, self.agent_pid, self.netns = first.node, first.pid, first.netns
-
-    def netns_names(self) -> list[str]:
-        names = [a.netns for a in self.agents if a.netns]
-        return names or ([self.netns] if self.netns else [])
-
-    def to_json(self) -> str:
-        self.sync_first_node()
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
-
-
-def read_record(site_dir: str | os.PathLike[str]) -> SiteRecord | None:
-    """The site record in ``site_dir``, or None when no site was started there."""
-    path = Path(site_dir) / SITE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise SiteError(f"{path} is not a valid site record ({exc}); remove it") from exc
-    if not isinstance(data, dict):
-        raise SiteError(f"{path} is not a valid site record; remove it")
-    known = {f.name for f in dataclasses.fields(SiteRecord)}
-    agent_known = {f.name for f in dataclasses.fields(AgentRecord)}
-    try:
-        rec = SiteRecord(**{k: v for k, v in data.items() if k in known and k != "agents"})
-        agents = data.get("agents") or []
-        if not isinstance(agents, list) or not all(isinstance(a, dict) for a in agents):
-            raise TypeError("'agents' must be a list of objects")
-        rec.agents = [
-            AgentRecord(**{k: v for k, v in a.items() if k in agent_known}) for a in agents
-        ]
-        if not rec.agents:  # the one-node format
-            rec.agents = [AgentRecord(rec.node, rec.agent_pid, rec.netns, rec.dir)]
-    except TypeError as exc:
-        raise SiteError(f"{path} is not a valid site record ({exc}); remove it") from exc
-    return rec
-
-
-def write_record(site_dir: Path, record: SiteRecord) -> None:
-    path = site_dir / SITE_FILE
-    tmp = path.with_name(SITE_FILE + ".tmp")
-    tmp.write_text(record.to_json())
-    os.replace(tmp, path)
-
-
-# -- processes (by recorded pid only) ----------------------------------------------------
-
-
-def _proc_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, session id) of ``pid``, or None if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[3])
-
-
-def _alive(pid: int) -> bool:
-    st = _proc_stat(pid)
-    if st is None or st[0] in ("Z", "X"):
-        # A zombie child of ours: reap it.
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
-
-
-def process_matches(pid: int, module: str, config: str | os.PathLike[str]) -> bool:
-    """True if ``pid`` is alive and runs ``-m module --config config`` (our daemon)."""
-    if pid <= 0 or not _alive(pid):
-        return False
-    args = _proc_cmdline(pid)
-    return bool(args) and module in args and str(config) in args  # type: ignore[operator]
-
-
-def _session_members(sid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            st = _proc_stat(int(entry.name))
-            if st is not None and st[1] == sid and st[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
-
-
-def _signal_and_wait(pids: list[int], timeout_s: float) -> bool:
-    """SIGTERM ``pids``, wait up to ``timeout_s``, SIGKILL survivors; True if any was killed."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    killed = False
-    for pid in pids:
-        if _alive(pid):
-            killed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    return killed
-
-
-def stop_process(
-    pid: int, module: str, config: str | os.PathLike[str], timeout_s: float = STOP_TIMEOUT_S
-) -> str:
-    """Stop one recorded daemon and whatever is left of the session it leads.
-
-    Signals ``pid`` only if /proc/<pid>/cmdline is still our daemon's; a pid now used
-    by another program is left alone. Returns what happened, for the user.
-    """
-    if pid <= 0:
-        return "not started"
-    if _alive(pid):
-        if not process_matches(pid, module, config):
-            return f"pid {pid} is no longer ours (left alone)"
-        outcome = "killed" if _signal_and_wait([pid], timeout_s) else "stopped"
-    else:
-        outcome = "not running"
-    # Started with start_new_session: its session id is its pid. While the leader is
-    # gone, no other process can hold that pid, so members are our daemon's children.
-    if not _alive(pid):
-        rest = _session_members(pid)
-        if rest:
-            _signal_and_wait(rest, 2.0)
-            outcome += f" (+{len(rest)} child process(es))"
-    return outcome
-
-
-# -- the site ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeSpec:
-    """Where one node of the local site lives."""
-
-    name: str
-    dir: Path
-    netns: str
-
-    @property
-    def config(self) -> Path:
-        return self.dir / AGENT_CONFIG
-
-    @property
-    def log(self) -> Path:
-        return self.dir / AGENT_LOG
-
-    @property
-    def state_dir(self) -> Path:
-        return self.dir / "agent"
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class UpResult:
     record: SiteRecord
     already_running: bool
-
-
-def _toml(value: str) -> str:
-    # A JSON string is a valid TOML basic string.
-    return json.dumps(value)
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    tail = text.splitlines()[-lines:]
-    return "\n".join("    " + line for line in tail)
 
 
 class LocalSite:
@@ -355,7 +181,7 @@ class LocalSite:
             raise errors.InvalidArgument(f"--nodes {nodes}: give 1 to {MAX_NODES}")
         self.dir = Path(site_dir if site_dir is not None else default_site_dir())
         self.dir = self.dir.expanduser().resolve()
-        # None: what the site ran with last time, else fake / qemu (TCG) / 1 node.
+        # None: what the site was made with, else fake / qemu (TCG) / 1 node.
         self._driver = driver
         self._virt_type = virt_type
         self._nodes = nodes
@@ -377,7 +203,7 @@ class LocalSite:
 
     @property
     def service_config(self) -> Path:
-        return self.dir / "service.toml"
+        return self.dir / SERVICE_CONFIG
 
     @property
     def agent_config(self) -> Path:
@@ -417,7 +243,7 @@ class LocalSite:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "site.lock", "w") as f:
+        with open(self.dir / LOCK_FILE, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -426,7 +252,7 @@ class LocalSite:
 
     def _hostenv(self, netns: str, node_dir: Path | None = None) -> HostEnvLike:
         """The host environment (netns + private libvirtd) of the node in ``node_dir``."""
-        from workspace.site import hostenv
+        from workspace.site import hostenv  # needs pyroute2: only libvirt sites load it
 
         env: HostEnvLike = hostenv.HostEnv(node_dir or self.dir, netns)
         return env
@@ -435,127 +261,89 @@ class LocalSite:
         node_dir = Path(node_dir)
         return self._hostenv(netns) if node_dir == self.dir else self._hostenv(netns, node_dir)
 
-    # -- config files ------------------------------------------------------------------
+    # -- what the site is (kept across down/up) ----------------------------------------
 
-    def _write_configs(self, libvirt_uri: str | Mapping[str, str]) -> None:
-        """service.toml and each node's agent.toml; ``libvirt_uri`` may be per node."""
+    def setup(self) -> SiteSetup | None:
+        """What this site was made with: setup.json, else what an older site left.
 
-        def header(name: str) -> str:
-            return (
-                "# Generated by `ws-admin site up` for the local all-in-one site in\n"
-                f"# {self.dir}; rewritten at every start. Every key and its default is\n"
-                f"# documented in conf/{name} of the workspace-service sources.\n"
+        A site made before setup.json existed is recognised by its running record or
+        by the agent.toml its last start wrote (rewritten at every start).
+        """
+        setup = read_setup(self.dir)
+        if setup is not None:
+            return setup
+        rec = read_record(self.dir)
+        if rec is not None:
+            return SiteSetup(rec.driver, len(rec.agents), rec.virt_type)
+        configs = [self.dir / AGENT_CONFIG] if (self.dir / AGENT_CONFIG).exists() else []
+        if not configs:
+            configs = sorted((self.dir / NODES_DIR).glob(f"*/{AGENT_CONFIG}"))
+        if not configs:
+            return None
+        try:
+            agent = config.load(AgentConfig, configs[0])
+        except errors.ConfigError:
+            return None
+        virt_type = agent.libvirt.virt_type if agent.driver == "libvirt" else ""
+        return SiteSetup(agent.driver, len(configs), virt_type)
+
+    def _adopt_setup(self) -> SiteSetup | None:
+        """Take the driver and node count the site was made with; refuse other ones."""
+        setup = self.setup()
+        if setup is None:
+            return None
+        purge = f"`ws-admin site down --purge{self._dir_flag()}`"
+        if self._driver is not None and self._driver != setup.driver:
+            raise SiteError(
+                f"the site in {self.dir} was made with driver {setup.driver} and keeps its "
+                f"state (database, images, workspaces) across down/up, so it cannot start "
+                f"with driver {self._driver}; run `ws-admin site up` without --driver to "
+                f"use {setup.driver}, or {purge} first for a clean slate"
             )
-
-        service = header("service.toml") + (
-            "\n# A unix socket: reachable from outside the site's network namespace.\n"
-            f"listen = {_toml(self.address)}\n"
-            "# The store (SQLite) and the image blobs.\n"
-            f"data_dir = {_toml(str(self.dir / 'service'))}\n"
-            "heartbeat_interval_s = 5\n"
-            "node_grace_s = 40\n"
-            'log_level = "INFO"\n'
-        )
-        self.service_config.write_text(service)
-        specs = self.node_specs()
-        for spec in specs:
-            uri = libvirt_uri if isinstance(libvirt_uri, str) else libvirt_uri.get(spec.name, "")
-            spec.dir.mkdir(parents=True, exist_ok=True)
-            spec.config.write_text(header("agent.toml") + self._agent_config(spec, uri, specs))
-
-    def _agent_config(self, spec: NodeSpec, libvirt_uri: str, specs: list[NodeSpec]) -> str:
-        several = len(specs) > 1
-        text = (
-            (
-                f"\n# Node {specs.index(spec) + 1} of {len(specs)} on this machine.\n"
-                if several
-                else "\n"
+        if self._nodes is not None and self._nodes != setup.nodes:
+            raise SiteError(
+                f"the site in {self.dir} was started with {setup.nodes} node(s), not "
+                f"{self._nodes}; run `ws-admin site up` without --nodes, or {purge} "
+                f"first for a clean slate"
             )
-            + f"node = {_toml(spec.name)}\n"
-            f"service = {_toml(self.address)}\n"
-            f"driver = {_toml(self.driver)}\n"
-            "# Image cache, per-VM disks, console logs.\n"
-            f"state_dir = {_toml(str(spec.state_dir))}\n"
-            f"cache_dir = {_toml(str(spec.state_dir / 'cache'))}\n"
-            "# Capacity to announce: 0 = what this host has"
-            + (" (every node of the site announces all of it).\n" if several else ".\n")
-            + "cpus = 0\n"
-            "memory_mib = 0\n"
-            "disk_gib = 0\n"
-            'log_level = "INFO"\n'
-            "\n[[networks]]\n"
-            f"name = {_toml(DEFAULT_NETWORK.name)}\n"
-        )
-        if self.driver == "fake":
-            return text + (
-                "# The fake driver has no traffic: no bridge address, no DHCP server.\n"
-                'bridge_address = ""\n'
-                "dhcp = false\n"
-                "\n[fake]\n"
-                "# Fake domains survive an agent restart, as libvirt's do.\n"
-                "persist = true\n"
-            )
-        return text + (
-            "# The bridge lives in the node's network namespace.\n"
-            'bridge_address = "gateway"\n'
-            "dhcp = true\n"
-            "\n[libvirt]\n"
-            "# The node's private libvirtd (workspace.site.hostenv).\n"
-            f"uri = {_toml(libvirt_uri)}\n"
-            '# "qemu" (TCG) where nested KVM does not work, "kvm" on real hosts.\n'
-            f"virt_type = {_toml(self.virt_type)}\n"
-        )
+        self.driver = setup.driver
+        self.nodes = setup.nodes
+        self.virt_type = self._virt_type or setup.virt_type or "qemu"
+        return setup
+
+    def _dir_flag(self) -> str:
+        here = default_site_dir().expanduser().resolve() == self.dir
+        return "" if here else f" --dir {self.dir}"
 
     # -- start -------------------------------------------------------------------------
 
-    def _spawn(self, module: str, config: Path, log_path: Path, prefix: list[str]) -> Any:
+    def _spawn(self, module: str, config_path: Path, log_path: Path, prefix: list[str]) -> Any:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        with open(log_path, "ab") as log:
-            return subprocess.Popen(
-                [*prefix, sys.executable, "-m", module, "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
+        argv = [*prefix, sys.executable, "-m", module, "--config", str(config_path)]
+        return hostproc.spawn_daemon(argv, log_path, cwd=self.dir, env=env)
 
     def up(self, timeout_s: float = START_TIMEOUT_S) -> UpResult:
         """Start whatever of the site is not running; wait until every node is READY."""
-        if len(str(self.socket_path)) > _UNIX_PATH_MAX:
+        if len(str(self.socket_path)) > UNIX_PATH_MAX:
             raise SiteError(
                 f"site directory {self.dir} is too long for a unix socket path "
-                f"({len(str(self.socket_path))} > {_UNIX_PATH_MAX} bytes); use a shorter --dir"
+                f"({len(str(self.socket_path))} > {UNIX_PATH_MAX} bytes); use a shorter --dir"
             )
         with self._locked():
+            setup = self._adopt_setup()
             old = read_record(self.dir)
-            if old is not None:
-                count = len(old.agents)
-                if self._nodes is not None and self._nodes != count:
-                    raise SiteError(
-                        f"the site in {self.dir} was started with {count} node(s), not "
-                        f"{self._nodes}; run `ws-admin site down` first (its data stay)"
-                    )
-                self.nodes = count
-            svc_alive = old is not None and process_matches(
-                old.service_pid, SERVICE_MODULE, self.service_config
-            )
+            svc_alive = old is not None and self._service_runs(old)
             agents_alive = {
                 a.node
                 for a in (old.agents if old is not None else [])
-                if process_matches(a.pid, AGENT_MODULE, a.config)
+                if hostproc.pid_if_ours(a.pid or None, agent_matcher(a.config)) is not None
             }
             everything = old is not None and svc_alive and len(agents_alive) == len(old.agents)
             if old is not None and everything and self._hostenvs_running(old):
                 return UpResult(old, already_running=True)
-            if old is not None:
-                self.driver = self._driver or old.driver
-                self.virt_type = self._virt_type or old.virt_type or "qemu"
             if old is not None and (svc_alive or agents_alive) and old.driver != self.driver:
                 raise SiteError(
                     f"the site in {self.dir} is partly running with driver {old.driver}; "
@@ -567,7 +355,14 @@ class LocalSite:
                     f"network namespace(s) {', '.join(old.netns_names())} may still exist; "
                     "run `ws-admin site down` first"
                 )
-            return self._start(old, svc_alive, agents_alive, timeout_s)
+            made = SiteSetup(self.driver, self.nodes, self.virt_type, time.time())
+            if setup is not None:
+                made = SiteSetup(setup.driver, setup.nodes, self.virt_type, setup.created_at)
+            return self._start(old, svc_alive, agents_alive, timeout_s, made)
+
+    def _service_runs(self, rec: SiteRecord) -> bool:
+        matches = service_matcher(self.service_config)
+        return hostproc.pid_if_ours(rec.service_pid or None, matches) is not None
 
     def _hostenvs_running(self, rec: SiteRecord) -> bool:
         """True unless a node's namespace or private libvirtd is gone (libvirt sites)."""
@@ -581,6 +376,7 @@ class LocalSite:
         svc_alive: bool,
         agents_alive: set[str],
         timeout_s: float,
+        setup: SiteSetup,
     ) -> UpResult:
         specs = self.node_specs()
         libvirt = self.driver == "libvirt"
@@ -618,15 +414,16 @@ class LocalSite:
                 env.up()
                 prefixes[spec.name] = list(env.run_prefix())
                 uris[spec.name] = env.libvirt_uri
+        # From here on the site has state: what it is made with is kept (setup.json).
+        if read_setup(self.dir) != setup:
+            write_setup(self.dir, setup)
         self._write_configs(uris)
         service_prefix = prefixes[specs[0].name] if rec.service_netns else []
         started: list[tuple[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         try:
             if not svc_alive:
-                with contextlib.suppress(FileNotFoundError):
-                    if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
-                        self.socket_path.unlink()
+                self._remove_socket()
                 self._say(f"starting workspace-service (log {self.service_log})")
                 proc = self._spawn(
                     SERVICE_MODULE, self.service_config, self.service_log, service_prefix
@@ -651,16 +448,16 @@ class LocalSite:
             raise
         return UpResult(rec, already_running=False)
 
+    def _write_configs(self, libvirt_uris: dict[str, str]) -> None:
+        """service.toml and each node's agent.toml (``libvirt_uris``: node -> URI)."""
+        write_configs(
+            self.dir, self.address, self.node_specs(), self.driver, self.virt_type, libvirt_uris
+        )
+
     def _abort(self, rec: SiteRecord, started: list[tuple[str, Any]]) -> None:
         """Stop what this start launched (it did not come up)."""
         for name, proc in reversed(started):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            hostproc.stop_child(proc, STOP_TIMEOUT_S)
             if name == "service":
                 rec.service_pid = 0
             for agent in rec.agents:
@@ -676,161 +473,121 @@ class LocalSite:
             return self.service_log
         return next((s.log for s in self.node_specs() if s.name == name), self.agent_log)
 
-    def _check_started(self, started: list[tuple[str, Any]]) -> None:
-        for name, proc in started:
-            code = proc.poll()
-            if code is not None:
-                what = "service" if name == "service" else f"agent of node {name}"
-                log = self._log_of(name)
-                raise SiteError(
-                    f"the {what} exited with status {code} while starting; "
-                    f"last lines of {log}:\n{_log_tail(log)}"
-                )
-
-    def _client(self, timeout_s: float = 5.0) -> Any:
-        from workspace.client import Client
-
-        return Client(self.address, timeout_s=timeout_s)
-
     def _wait_healthy(self, started: list[tuple[str, Any]], deadline: float) -> None:
-        last = ""
-        with self._client(timeout_s=2.0) as client:
-            while True:
-                self._check_started(started)
-                try:
-                    status = client.health()
-                    if status == "SERVING":
-                        return
-                    last = f"health status {status}"
-                except errors.WorkspaceError as exc:
-                    last = exc.message
-                if time.monotonic() > deadline:
-                    raise SiteError(
-                        f"the service at {self.address} did not become healthy ({last}); "
-                        f"last lines of {self.service_log}:\n{_log_tail(self.service_log)}"
-                    )
-                time.sleep(0.1)
+        status.wait_healthy(self.address, started, deadline, self._log_of)
 
     def _ensure_network(self) -> None:
-        with self._client() as client:
-            if client.list_networks():
-                return
-            net = DEFAULT_NETWORK
-            self._say(f"creating network {net.name} ({net.subnet}, bridge {net.bridge})")
-            with contextlib.suppress(errors.AlreadyExists):
-                client.create_network(net.name, net.subnet, gateway=net.gateway, bridge=net.bridge)
+        status.ensure_network(self.address, self._say)
 
     def _wait_node_ready(self, started: list[tuple[str, Any]], deadline: float) -> None:
-        ready = admin_pb2.NodeState.NODE_STATE_READY
-        waiting = [spec.name for spec in self.node_specs()]
-        last = "not registered"
-        with self._client() as client:
-            while True:
-                self._check_started(started)
-                try:
-                    nodes = {n.name: n for n in client.list_nodes()}
-                    waiting = [
-                        name for name in waiting if name not in nodes or nodes[name].state != ready
-                    ]
-                    if not waiting:
-                        return
-                    node = nodes.get(waiting[0])
-                    last = "not registered"
-                    if node is not None:
-                        last = admin_pb2.NodeState.Name(node.state).removeprefix("NODE_STATE_")
-                except errors.Unavailable as exc:
-                    last = exc.message
-                if time.monotonic() > deadline:
-                    log = self._log_of(waiting[0])
-                    raise SiteError(
-                        f"node {waiting[0]} did not become READY ({last}); "
-                        f"last lines of {log}:\n{_log_tail(log)}"
-                    )
-                time.sleep(0.2)
+        names = [spec.name for spec in self.node_specs()]
+        status.wait_nodes_ready(self.address, names, started, deadline, self._log_of)
+
+    def _remove_socket(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
+                self.socket_path.unlink()
 
     # -- stop --------------------------------------------------------------------------
 
-    def down(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
-        """Stop the recorded processes (and a libvirt site's namespaces); keep the data."""
+    def down(self, timeout_s: float = STOP_TIMEOUT_S, purge: bool = False) -> list[str]:
+        """Stop the recorded processes (and a libvirt site's namespaces); keep the data.
+
+        With ``purge``, then remove everything the site wrote in its directory.
+        """
+        if purge and not self.dir.is_dir():
+            return [f"no site in {self.dir}"]
         with self._locked():
             rec = read_record(self.dir)
-            if rec is None:
-                return [f"no site running in {self.dir}"]
-            several = len(rec.agents) > 1
-            done = [
-                ("agent" + (f" {a.node}" if several else "") + ": ")
-                + stop_process(a.pid, AGENT_MODULE, a.config, timeout_s)
-                for a in rec.agents
-            ]
-            done.append(
-                "service: "
-                + stop_process(rec.service_pid, SERVICE_MODULE, self.service_config, timeout_s)
-            )
-            for agent in rec.agents:
-                if agent.netns:
-                    self._node_env(agent.netns, agent.dir).down()
-                    done.append(f"network namespace {agent.netns}: removed with its VMs")
-            if not any(a.netns for a in rec.agents) and rec.netns:
-                self._hostenv(rec.netns).down()  # a record from before per-node namespaces
-                done.append(f"network namespace {rec.netns}: removed with its VMs")
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
-                    self.socket_path.unlink()
-            (self.dir / SITE_FILE).unlink(missing_ok=True)
-            return done
+            done = self._stop(rec, timeout_s) if rec is not None else []
+            if not purge:
+                return done or [f"no site running in {self.dir}"]
+            if rec is not None and self._still_running(rec):
+                raise SiteError(
+                    f"part of the site in {self.dir} still runs after stopping it; "
+                    "its state was not purged (see `ws-admin site status`)"
+                )
+            removed = self._purge()
+        if removed:
+            self._remove_dir_if_empty()
+            done.append(f"purged {self.dir}: removed {', '.join(removed)}")
+        else:
+            done.append(f"nothing to purge in {self.dir}")
+        return done
+
+    def _stop(self, rec: SiteRecord, timeout_s: float) -> list[str]:
+        several = len(rec.agents) > 1
+        done = [
+            ("agent" + (f" {a.node}" if several else "") + ": ")
+            + hostproc.stop_session(a.pid, agent_matcher(a.config), timeout_s)
+            for a in rec.agents
+        ]
+        matches = service_matcher(self.service_config)
+        done.append("service: " + hostproc.stop_session(rec.service_pid, matches, timeout_s))
+        for agent in rec.agents:
+            if agent.netns:
+                self._node_env(agent.netns, agent.dir).down()
+                done.append(f"network namespace {agent.netns}: removed with its VMs")
+        if not any(a.netns for a in rec.agents) and rec.netns:
+            self._hostenv(rec.netns).down()  # a record from before per-node namespaces
+            done.append(f"network namespace {rec.netns}: removed with its VMs")
+        self._remove_socket()
+        (self.dir / SITE_FILE).unlink(missing_ok=True)
+        return done
+
+    def _still_running(self, rec: SiteRecord) -> bool:
+        if self._service_runs(rec):
+            return True
+        if any(
+            hostproc.pid_if_ours(a.pid or None, agent_matcher(a.config)) is not None
+            for a in rec.agents
+        ):
+            return True
+        return rec.driver == "libvirt" and any(
+            self._node_env(a.netns, a.dir).running() for a in rec.agents if a.netns
+        )
+
+    def _purge(self) -> list[str]:
+        """Remove what the site wrote (``SITE_ENTRIES``, ``NODE_ENTRIES``); nothing else."""
+        paths = [self.dir / name for name in (*SITE_ENTRIES, *NODE_ENTRIES)]
+        present = [p for p in paths if p.is_symlink() or p.exists()]
+        for path in present:
+            if path.is_dir() and not path.is_symlink():
+                mounted = _mount_below(path)
+                if mounted is not None:
+                    raise SiteError(
+                        f"{mounted} is a mount point: the site in {self.dir} was not purged"
+                    )
+        for path in present:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        (self.dir / LOCK_FILE).unlink(missing_ok=True)  # held: removed last
+        return [p.name for p in present]
+
+    def _remove_dir_if_empty(self) -> None:
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # only when empty: files of others stay, and so does the dir
 
     # -- status ------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """What runs, whether the service answers and in which state every node is."""
         rec = read_record(self.dir)
-        out: dict[str, Any] = {"dir": str(self.dir), "state": "stopped"}
         if rec is None:
-            return out
-        svc = process_matches(rec.service_pid, SERVICE_MODULE, self.service_config)
-        running = {a.node: process_matches(a.pid, AGENT_MODULE, a.config) for a in rec.agents}
-        first = rec.agents[0]
-        out.update(
-            address=rec.address,
-            driver=rec.driver,
-            netns=rec.netns,
-            service={
-                "pid": rec.service_pid,
-                "running": svc,
-                "log": str(self.service_log),
-                "netns": rec.service_netns,
-            },
-            agent={"pid": first.pid, "running": running[first.node], "log": str(first.log)},
-        )
-        health = ""
-        states: dict[str, str] = {}
-        if svc:
-            try:
-                with self._client(timeout_s=3.0) as client:
-                    health = client.health()
-                    for n in client.list_nodes():
-                        state = admin_pb2.NodeState.Name(n.state)
-                        states[n.name] = state.removeprefix("NODE_STATE_")
-            except errors.WorkspaceError as exc:
-                health = health or f"error: {exc.message}"
-        out["health"] = health
-        out["node"] = {"name": first.node, "state": states.get(first.node, "UNKNOWN")}
-        out["agents"] = [
-            {
-                "node": a.node,
-                "pid": a.pid,
-                "running": running[a.node],
-                "state": states.get(a.node, "UNKNOWN"),
-                "netns": a.netns,
-                "log": str(a.log),
-            }
-            for a in rec.agents
-        ]
-        ok = (
-            svc
-            and all(running.values())
-            and health == "SERVING"
-            and all(states.get(a.node) == "READY" for a in rec.agents)
-        )
-        out["state"] = "running" if ok else "degraded"
-        return out
+            return {"dir": str(self.dir), "state": "stopped"}
+        matches = service_matcher(self.service_config)
+        return status.report(rec, self.dir, matches, self.service_log)
+
+
+def _mount_below(top: Path) -> Path | None:
+    """The first mount point at or below ``top`` (without following symlinks), if any."""
+    if os.path.ismount(top):
+        return top
+    for root, dirs, _files in os.walk(top):
+        for name in dirs:
+            path = Path(root) / name
+            if not path.is_symlink() and os.path.ismount(path):
+                return path
+    return None

@@ -1,0 +1,274 @@
+"""Daemons on this host, by recorded pid only (never by name).
+
+One process supervisor for everything that starts a background program and must
+stop it again later, possibly from another process: the local site (service and
+agents), a site's private libvirtd and virtlogd (``workspace.site.hostenv``) and the
+agent's dnsmasq (``agent.net.dhcp``).
+
+* **Start**: ``spawn_daemon`` runs a command in a session of its own (no terminal
+  signals; it survives its starter), its output appended to a log file. The caller
+  records the pid (a record file, or the daemon's own pid file).
+* **Ours?**: a recorded pid is ours only while the process is alive, not a zombie,
+  and its ``/proc/<pid>/cmdline`` is the command we started (a matcher, e.g.
+  ``cmdline_has`` or ``argv_includes``). A stale pid now used by another program is
+  never signalled.
+* **Stop**: ``stop_process``: SIGTERM, wait, SIGKILL, re-checking the identity before
+  each signal. ``stop_session`` also stops what is left of the session the daemon
+  led (its children). ``terminate_all`` stops a set of pids that some test (e.g.
+  membership of a network namespace) makes ours.
+
+PID 1 on the machines this runs on does not always reap orphans: a killed daemon may
+stay a zombie, which counts as gone. Our own children are reaped here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from workspace import errors
+
+STOP_TIMEOUT_S = 15.0
+KILL_WAIT_S = 5.0
+POLL_INTERVAL_S = 0.05
+
+Matcher = Callable[[list[str]], bool]
+
+
+class Stopped(enum.StrEnum):
+    """What ``stop_process`` found and did."""
+
+    NOT_RUNNING = "not running"
+    NOT_OURS = "no longer ours"
+    STOPPED = "stopped"
+    KILLED = "killed"
+
+
+# -- reading /proc -----------------------------------------------------------------------
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live process, or None if it is gone or a zombie."""
+    if pid <= 0:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if not raw:  # zombie or kernel thread
+        return None
+    return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+def process_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, session id) of ``pid``, or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The state follows the command name in parentheses, which may contain spaces.
+    fields = raw[raw.rfind(")") + 2 :].split()
+    if len(fields) < 4:
+        return None
+    return fields[0], int(fields[3])
+
+
+def reap(pid: int) -> None:
+    """Wait for ``pid`` if it is our exited child (else it would stay a zombie)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (our zombie child is reaped)."""
+    if pid <= 0:
+        return False
+    st = process_stat(pid)
+    if st is None or st[0] in ("Z", "X"):
+        if st is not None:
+            reap(pid)
+        return False
+    return True
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a daemon started with its own session)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = process_stat(int(entry.name))
+            if st is not None and st[1] == sid and st[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+# -- pid files and identity ----------------------------------------------------------------
+
+
+def read_pid_file(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(path)
+
+
+def cmdline_has(argv0_name: str, *args: str) -> Matcher:
+    """A matcher: argv[0]'s basename is ``argv0_name`` and ``args`` appear in order."""
+
+    def matches(argv: list[str]) -> bool:
+        if not argv or Path(argv[0]).name != argv0_name:
+            return False
+        n = len(args)
+        return n == 0 or any(argv[i : i + n] == list(args) for i in range(1, len(argv)))
+
+    return matches
+
+
+def argv_includes(*items: str | os.PathLike[str]) -> Matcher:
+    """A matcher: every one of ``items`` is an argument (e.g. ``-m MODULE --config PATH``)."""
+    wanted = [str(i) for i in items]
+
+    def matches(argv: list[str]) -> bool:
+        return all(w in argv for w in wanted)
+
+    return matches
+
+
+def pid_if_ours(pid: int | None, matches: Matcher) -> int | None:
+    """``pid`` if it still runs a command line we started, else None."""
+    if pid is None:
+        return None
+    argv = process_cmdline(pid)
+    return pid if argv is not None and matches(argv) and process_alive(pid) else None
+
+
+# -- start ------------------------------------------------------------------------------
+
+
+def spawn_daemon(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, stdout and stderr appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop a child we still hold the Popen of: SIGTERM, wait, SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- stop -------------------------------------------------------------------------------
+
+
+def terminate_all(
+    pids: Sequence[int],
+    still_ours: Callable[[int], bool],
+    timeout_s: float,
+    kill_wait_s: float = KILL_WAIT_S,
+) -> tuple[list[int], list[int]]:
+    """SIGTERM ``pids``, wait up to ``timeout_s``, SIGKILL the survivors.
+
+    Each pid is re-checked with ``still_ours`` before every signal, so a pid reused
+    meanwhile is left alone. Returns (the pids that needed SIGKILL, those left after it).
+    """
+    killed: list[int] = []
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, kill_wait_s)):
+        targets = [pid for pid in pids if still_ours(pid)]
+        if not targets:
+            return killed, []
+        if sig == signal.SIGKILL:
+            killed = targets
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while True:
+            for pid in targets:
+                reap(pid)
+            if not any(still_ours(pid) for pid in targets):
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL_S)
+    return killed, [pid for pid in pids if still_ours(pid)]
+
+
+def stop_process(pid: int | None, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S) -> Stopped:
+    """SIGTERM, wait, SIGKILL a process we started (re-checked before each signal).
+
+    Does nothing when ``pid`` is gone (NOT_RUNNING) or now runs another command line
+    (NOT_OURS: a stale pid). Raises Unavailable if it survives SIGKILL.
+    """
+    if pid is None or not process_alive(pid):
+        return Stopped.NOT_RUNNING
+    if pid_if_ours(pid, matches) is None:
+        return Stopped.NOT_OURS
+    killed, left = terminate_all([pid], lambda p: pid_if_ours(p, matches) is not None, timeout_s)
+    if left:
+        raise errors.Unavailable(f"pid {pid} survived SIGKILL (stuck in the kernel?)")
+    return Stopped.KILLED if killed else Stopped.STOPPED
+
+
+def stop_session(pid: int, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S) -> str:
+    """Stop a daemon we started with its own session, then whatever is left of that session.
+
+    Returns what happened, for the user ("stopped", "killed (+1 child process(es))",
+    "pid 12 is no longer ours (left alone)", "not running", "not started", or
+    "not stopped: ..." when it survived SIGKILL).
+    """
+    if pid <= 0:
+        return "not started"
+    try:
+        outcome = stop_process(pid, matches, timeout_s)
+    except errors.Unavailable as exc:
+        return f"not stopped: {exc.message}"
+    if outcome is Stopped.NOT_OURS:
+        return f"pid {pid} is no longer ours (left alone)"
+    text = str(outcome)
+    # Its session id is its pid. While the leader is gone, no other process can hold
+    # that pid, so the members left are our daemon's children.
+    if not process_alive(pid):
+        rest = session_members(pid)
+        if rest:
+
+            def in_session(p: int) -> bool:
+                st = process_stat(p)
+                return st is not None and st[1] == pid and st[0] not in ("Z", "X")
+
+            terminate_all(rest, in_session, 2.0)
+            text += f" (+{len(rest)} child process(es))"
+    return text

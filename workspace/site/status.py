@@ -1,0 +1,182 @@
+"""Talking to a local site's service: waiting for it to come up, and ``site status``.
+
+The launcher (``workspace.site.local``) starts the processes; this module asks the
+service, through ``workspace.client``, whether it serves and which nodes are READY.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from workspace import errors, hostproc
+from workspace.client import Client
+from workspace.site.configs import DEFAULT_NETWORK
+from workspace.site.record import SiteError, SiteRecord
+from workspace.v1 import admin_pb2
+
+SERVICE_MODULE = "workspace.service.main"
+AGENT_MODULE = "agent.main"
+
+# (what was started: "service" or a node name, its process)
+Started = Sequence[tuple[str, "subprocess.Popen[bytes]"]]
+LogOf = Callable[[str], Path]
+
+
+def service_matcher(config_path: Path) -> hostproc.Matcher:
+    """Our service: ``python -m workspace.service.main --config <site>/service.toml``."""
+    return hostproc.argv_includes(SERVICE_MODULE, config_path)
+
+
+def agent_matcher(config_path: Path) -> hostproc.Matcher:
+    """Our agent: ``python -m agent.main --config <node dir>/agent.toml``."""
+    return hostproc.argv_includes(AGENT_MODULE, config_path)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = text.splitlines()[-lines:]
+    return "\n".join("    " + line for line in tail)
+
+
+def node_state_name(node: admin_pb2.Node) -> str:
+    return admin_pb2.NodeState.Name(node.state).removeprefix("NODE_STATE_")
+
+
+def check_started(started: Started, log_of: LogOf) -> None:
+    """Raise if a process this start launched has exited already."""
+    for name, proc in started:
+        code = proc.poll()
+        if code is not None:
+            what = "service" if name == "service" else f"agent of node {name}"
+            log = log_of(name)
+            raise SiteError(
+                f"the {what} exited with status {code} while starting; "
+                f"last lines of {log}:\n{log_tail(log)}"
+            )
+
+
+def wait_healthy(address: str, started: Started, deadline: float, log_of: LogOf) -> None:
+    """Until the service at ``address`` says SERVING (or ``deadline``, monotonic)."""
+    last = ""
+    with Client(address, timeout_s=2.0) as client:
+        while True:
+            check_started(started, log_of)
+            try:
+                status = client.health()
+                if status == "SERVING":
+                    return
+                last = f"health status {status}"
+            except errors.WorkspaceError as exc:
+                last = exc.message
+            if time.monotonic() > deadline:
+                log = log_of("service")
+                raise SiteError(
+                    f"the service at {address} did not become healthy ({last}); "
+                    f"last lines of {log}:\n{log_tail(log)}"
+                )
+            time.sleep(0.1)
+
+
+def ensure_network(address: str, say: Callable[[str], None]) -> None:
+    """Create the default network unless the service has one."""
+    with Client(address, timeout_s=5.0) as client:
+        if client.list_networks():
+            return
+        net = DEFAULT_NETWORK
+        say(f"creating network {net.name} ({net.subnet}, bridge {net.bridge})")
+        with contextlib.suppress(errors.AlreadyExists):
+            client.create_network(net.name, net.subnet, gateway=net.gateway, bridge=net.bridge)
+
+
+def wait_nodes_ready(
+    address: str, names: Sequence[str], started: Started, deadline: float, log_of: LogOf
+) -> None:
+    """Until every node of ``names`` is registered and READY."""
+    ready = admin_pb2.NodeState.NODE_STATE_READY
+    waiting = list(names)
+    last = "not registered"
+    with Client(address, timeout_s=5.0) as client:
+        while True:
+            check_started(started, log_of)
+            try:
+                nodes = {n.name: n for n in client.list_nodes()}
+                waiting = [
+                    name for name in waiting if name not in nodes or nodes[name].state != ready
+                ]
+                if not waiting:
+                    return
+                node = nodes.get(waiting[0])
+                last = "not registered" if node is None else node_state_name(node)
+            except errors.Unavailable as exc:
+                last = exc.message
+            if time.monotonic() > deadline:
+                log = log_of(waiting[0])
+                raise SiteError(
+                    f"node {waiting[0]} did not become READY ({last}); "
+                    f"last lines of {log}:\n{log_tail(log)}"
+                )
+            time.sleep(0.2)
+
+
+def report(
+    rec: SiteRecord, site_dir: Path, service_matches: hostproc.Matcher, service_log: Path
+) -> dict[str, Any]:
+    """``site status``: what runs, whether the service answers, every node's state."""
+    svc = hostproc.pid_if_ours(rec.service_pid or None, service_matches) is not None
+    running = {
+        a.node: hostproc.pid_if_ours(a.pid or None, agent_matcher(a.config)) is not None
+        for a in rec.agents
+    }
+    first = rec.agents[0]
+    out: dict[str, Any] = {"dir": str(site_dir), "state": "stopped"}
+    out.update(
+        address=rec.address,
+        driver=rec.driver,
+        netns=rec.netns,
+        service={
+            "pid": rec.service_pid,
+            "running": svc,
+            "log": str(service_log),
+            "netns": rec.service_netns,
+        },
+        agent={"pid": first.pid, "running": running[first.node], "log": str(first.log)},
+    )
+    health = ""
+    states: dict[str, str] = {}
+    if svc:
+        try:
+            with Client(rec.address, timeout_s=3.0) as client:
+                health = client.health()
+                for n in client.list_nodes():
+                    states[n.name] = node_state_name(n)
+        except errors.WorkspaceError as exc:
+            health = health or f"error: {exc.message}"
+    out["health"] = health
+    out["node"] = {"name": first.node, "state": states.get(first.node, "UNKNOWN")}
+    out["agents"] = [
+        {
+            "node": a.node,
+            "pid": a.pid,
+            "running": running[a.node],
+            "state": states.get(a.node, "UNKNOWN"),
+            "netns": a.netns,
+            "log": str(a.log),
+        }
+        for a in rec.agents
+    ]
+    ok = (
+        svc
+        and all(running.values())
+        and health == "SERVING"
+        and all(states.get(a.node) == "READY" for a in rec.agents)
+    )
+    out["state"] = "running" if ok else "degraded"
+    return out
