@@ -3,7 +3,9 @@
 Builds the test appliance, starts a site with the libvirt driver in a private network
 namespace (`ws-admin site up --driver libvirt`), imports the appliance, boots a
 workspace and shows its state, address and the READY line from its console. The
-site keeps running; `ws-admin site down` stops it and removes every VM.
+site keeps running; `ws-admin site down` stops it and removes every VM. The site keeps
+its state (images, workspaces) and its driver for the next `site up`; `ws-admin site
+down --purge` removes it all (see workspace.site.local.STATE_RULE).
 """
 
 from __future__ import annotations
@@ -104,8 +106,11 @@ def main() -> int:
         "  ws list            ws show demo        ws console demo\n"
         "  ws stop demo --wait   ws start demo --wait   ws reboot demo   ws destroy demo\n"
         "  ws create --image appliance --name vm2 --memory-mib 256 --wait\n"
-        "Stop it (removes the namespace and every VM):\n"
-        "  .venv/bin/ws-admin site down"
+        "Stop it (removes the namespace and every VM; images and workspaces stay for the\n"
+        "next `ws-admin site up`, which keeps the libvirt driver):\n"
+        "  .venv/bin/ws-admin site down\n"
+        "A clean slate (also removes the site's database, images and disks):\n"
+        "  .venv/bin/ws-admin site down --purge"
     )
     return 0
 
