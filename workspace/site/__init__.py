@@ -1,1 +1,2 @@
-"""Site set-up: the local all-in-one site (local.py) and its host environment (hostenv.py)."""
+"""The local all-in-one site: launcher (local.py), its record (record.py), config files
+(configs.py), talking to its service (status.py) and host environment (hostenv.py)."""

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from workspace import config, errors, hostproc
 from workspace.config import AgentConfig
-from workspace.site import status
+from workspace.site import hostenv, status
 from workspace.site.configs import (
     DEFAULT_NETWORK as DEFAULT_NETWORK,  # re-exported
 )
@@ -252,8 +252,6 @@ class LocalSite:
 
     def _hostenv(self, netns: str, node_dir: Path | None = None) -> HostEnvLike:
         """The host environment (netns + private libvirtd) of the node in ``node_dir``."""
-        from workspace.site import hostenv  # needs pyroute2: only libvirt sites load it
-
         env: HostEnvLike = hostenv.HostEnv(node_dir or self.dir, netns)
         return env
 
@@ -292,18 +290,19 @@ class LocalSite:
         setup = self.setup()
         if setup is None:
             return None
-        purge = f"`ws-admin site down --purge{self._dir_flag()}`"
+        where = self._dir_flag()
+        purge = f"`ws-admin site down --purge{where}`"
         if self._driver is not None and self._driver != setup.driver:
             raise SiteError(
                 f"the site in {self.dir} was made with driver {setup.driver} and keeps its "
                 f"state (database, images, workspaces) across down/up, so it cannot start "
-                f"with driver {self._driver}; run `ws-admin site up` without --driver to "
+                f"with driver {self._driver}; run `ws-admin site up{where}` without --driver to "
                 f"use {setup.driver}, or {purge} first for a clean slate"
             )
         if self._nodes is not None and self._nodes != setup.nodes:
             raise SiteError(
                 f"the site in {self.dir} was started with {setup.nodes} node(s), not "
-                f"{self._nodes}; run `ws-admin site up` without --nodes, or {purge} "
+                f"{self._nodes}; run `ws-admin site up{where}` without --nodes, or {purge} "
                 f"first for a clean slate"
             )
         self.driver = setup.driver
