@@ -257,6 +257,8 @@ def to_dict(cfg: Any, *, skip_defaults: bool = True) -> dict[str, Any]:
                 default = dataclasses.MISSING
             if value == default:
                 continue
+        if value is None:  # TOML has no null: the loader's default applies
+            continue
         out[f.name] = _plain(value, skip_defaults)
     return out
 
@@ -268,6 +270,8 @@ def _plain(value: Any, skip_defaults: bool) -> Any:
         return [_plain(v, skip_defaults) for v in value]
     if isinstance(value, dict):
         return dict(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 
