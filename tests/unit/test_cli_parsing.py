@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from workspace import config, errors, rpc
-from workspace.cli import admin, common, ws
+from workspace.cli import admin, render, ws
 from workspace.client import Client, ServiceNotConfigured, WaitFailed, WaitTimeout, resolve_address
 from workspace.config import AgentConfig, ServiceConfig
 from workspace.site import local
@@ -146,30 +146,30 @@ def test_json_shortens_enums_keeps_ints_and_field_order() -> None:
         workspace=_ws(desired_state=common_pb2.DESIRED_STATE_STOPPED, nics=[common_pb2.Nic()]),
         initial=True,
     )
-    data = common.to_dict(event)
+    data = render.to_dict(event)
     w = data["workspace"]
     assert (w["state"], w["desired_state"], w["memory_mib"]) == ("RUNNING", "STOPPED", 512)
     assert list(w)[:4] == ["id", "name", "owner", "image"]
     assert w["nics"][0]["prefix_len"] == 0 and data["initial"] is True
-    node = common.to_dict(admin_pb2.Node(name="n", state=admin_pb2.NODE_STATE_DRAINING))
+    node = render.to_dict(admin_pb2.Node(name="n", state=admin_pb2.NODE_STATE_DRAINING))
     assert node["state"] == "DRAINING"
-    part = common.to_dict(common_pb2.Partition(mode=common_pb2.PARTITION_MODE_COW))
+    part = render.to_dict(common_pb2.Partition(mode=common_pb2.PARTITION_MODE_COW))
     assert part["mode"] == "COW"
     json.dumps(data)
 
 
 def test_text_tables_use_short_names() -> None:
-    text = ws.workspace_rows(
+    text = render.workspace_rows(
         [_ws(nics=[common_pb2.Nic(ip="10.0.0.2")]), _ws(WS.WORKSPACE_STATE_PAUSED, id="w2")]
     )
     lines = text.splitlines()
     assert lines[0].split() == ["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"]
     assert lines[1].split() == ["w1", "alpha", "RUNNING", "img", "1", "512", "-", "10.0.0.2"]
     assert "PAUSED" in lines[2]
-    show = ws.workspace_text(_ws(WS.WORKSPACE_STATE_FAILED, reason="disk full"))
+    show = render.workspace_text(_ws(WS.WORKSPACE_STATE_FAILED, reason="disk full"))
     assert "state       FAILED" in show and "reason      disk full" in show
-    assert ws.state_line(_ws()) == "alpha (w1): RUNNING"
-    assert common.table(["A", "LONGER"], [["xyz", "1"]]) == "A    LONGER\nxyz  1"
+    assert render.state_line(_ws()) == "alpha (w1): RUNNING"
+    assert render.table(["A", "LONGER"], [["xyz", "1"]]) == "A    LONGER\nxyz  1"
 
 
 # -- address resolution ----------------------------------------------------------------

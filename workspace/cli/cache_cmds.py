@@ -4,7 +4,7 @@
     ws-admin cache preload IMAGE [--nodes N1,N2]   fetch an image's blobs ahead of use
                                                    (default: every READY node)
 
-Output and exit codes follow workspace/cli/common.py (--output json, one-line errors).
+Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from workspace.cli import common
+from workspace.cli import common, render
 from workspace.client import Client
 from workspace.v1 import admin_pb2
 
@@ -38,34 +38,6 @@ def node_list(text: str) -> list[str]:
     return names
 
 
-def cache_text(resp: admin_pb2.ListCacheResponse) -> str:
-    budget = common.fmt_bytes(resp.budget_bytes) if resp.budget_bytes else "unlimited"
-    pinned = sum(1 for e in resp.entries if e.pinned)
-    head = (
-        f"node {resp.node}: {len(resp.entries)} blob(s), {common.fmt_bytes(resp.used_bytes)} "
-        f"of {budget} budget, {pinned} pinned (in use by workspaces)"
-    )
-    if not resp.entries:
-        return head
-    rows = [
-        [
-            e.digest,
-            common.fmt_bytes(e.size_bytes),
-            common.fmt_time(e.last_used) or "-",
-            "yes" if e.pinned else "no",
-        ]
-        for e in resp.entries
-    ]
-    return head + "\n" + common.table(["DIGEST", "SIZE", "LAST_USED", "PINNED"], rows)
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if args.output == "json":
-        common.print_json(data)
-    else:
-        print(text)
-
-
 class CacheCommands:
     def __init__(self, client_for: ClientFor | None) -> None:
         self._client_for = client_for
@@ -79,7 +51,7 @@ class CacheCommands:
     def list(self, args: argparse.Namespace) -> int:
         def go(client: Client) -> int:
             resp = list_cache(client, args.node)
-            _emit(args, common.to_dict(resp), cache_text(resp))
+            render.emit(args, resp, render.cache_text(resp))
             return common.EXIT_OK
 
         return self._run(args, go)
@@ -92,7 +64,7 @@ class CacheCommands:
                 f"background by {', '.join(resp.nodes)}; `{PROG} cache list NODE` shows "
                 "what a node holds"
             )
-            _emit(args, common.to_dict(resp), text)
+            render.emit(args, resp, text)
             return common.EXIT_OK
 
         return self._run(args, go)
