@@ -10,24 +10,11 @@ Output follows workspace/cli/render.py (--output json), exit codes workspace/cli
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 from workspace.cli import common, render
-from workspace.client import Client
-from workspace.v1 import admin_pb2
 
 PROG = "ws-admin"
-# args → a connected client (ws-admin's Commands.client; default: a new one per command)
-ClientFor = Callable[[argparse.Namespace], Client]
-
-
-def list_cache(client: Client, node: str) -> admin_pb2.ListCacheResponse:
-    return client.list_cache(node)
-
-
-def preload_image(client: Client, image: str, nodes: list[str]) -> admin_pb2.PreloadImageResponse:
-    return client.preload_image(image, nodes)
 
 
 def node_list(text: str) -> list[str]:
@@ -39,45 +26,30 @@ def node_list(text: str) -> list[str]:
 
 
 class CacheCommands:
-    def __init__(self, client_for: ClientFor | None) -> None:
-        self._client_for = client_for
-
-    def _run(self, args: argparse.Namespace, fn: Callable[[Client], int]) -> int:
-        if self._client_for is not None:
-            return fn(self._client_for(args))
-        with common.default_connect(args.service) as client:
-            return fn(client)
+    def __init__(self, client_for: common.ClientFor) -> None:
+        self.client_for = client_for
 
     def list(self, args: argparse.Namespace) -> int:
-        def go(client: Client) -> int:
-            resp = list_cache(client, args.node)
-            render.emit(args, resp, render.cache_text(resp))
-            return common.EXIT_OK
-
-        return self._run(args, go)
+        resp = self.client_for(args).list_cache(args.node)
+        render.emit(args, resp, render.cache_text(resp))
+        return common.EXIT_OK
 
     def preload(self, args: argparse.Namespace) -> int:
-        def go(client: Client) -> int:
-            resp = preload_image(client, args.image, args.nodes or [])
-            text = (
-                f"image {args.image}: {len(resp.digests)} blob(s) to be fetched in the "
-                f"background by {', '.join(resp.nodes)}; `{PROG} cache list NODE` shows "
-                "what a node holds"
-            )
-            render.emit(args, resp, text)
-            return common.EXIT_OK
-
-        return self._run(args, go)
+        resp = self.client_for(args).preload_image(args.image, args.nodes or [])
+        text = (
+            f"image {args.image}: {len(resp.digests)} blob(s) to be fetched in the "
+            f"background by {', '.join(resp.nodes)}; `{PROG} cache list NODE` shows "
+            "what a node holds"
+        )
+        render.emit(args, resp, text)
+        return common.EXIT_OK
 
 
 def register(
-    subparsers: Any, parent_parser: argparse.ArgumentParser, client_for: ClientFor | None = None
+    subparsers: Any, parent_parser: argparse.ArgumentParser, client_for: common.ClientFor
 ) -> None:
-    """Add `cache list` and `cache preload` to ws-admin's subcommands.
-
-    ``client_for`` gives the connected client for parsed args (ws-admin passes its
-    Commands.client, so tests can inject a connection); default: one per command.
-    """
+    """Add `cache list` and `cache preload` to ws-admin's subcommands; ``client_for``
+    gives the connected client for parsed args (ws-admin's Commands.client)."""
     cmds = CacheCommands(client_for)
     p = subparsers.add_parser(
         "cache", parents=[parent_parser], help="node blob caches: list, preload images"

@@ -27,6 +27,8 @@ EXIT_INTERRUPTED = 130
 
 # Builds the client for a --service value (None: from the environment / local site).
 Connect = Callable[[str | None], Client]
+# The connected client for a command's parsed arguments (ClientCommands.client).
+ClientFor = Callable[[argparse.Namespace], Client]
 
 
 class ClientCommands:

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from images import manifest as image_manifest
 from workspace import errors
 from workspace.cli import common, render
-from workspace.client import Client, PushResult, blank_partition
+from workspace.client import PushResult, blank_partition
 from workspace.v1 import common_pb2
-
-ClientFor = Callable[[argparse.Namespace], Client]
 
 # -- commands ----------------------------------------------------------------------------
 
@@ -51,7 +48,7 @@ def _manifest(args: argparse.Namespace) -> image_manifest.Manifest:
 
 
 class ImageCommands:
-    def __init__(self, client_for: ClientFor, prog: str) -> None:
+    def __init__(self, client_for: common.ClientFor, prog: str) -> None:
         self.client_for = client_for
         self.prog = prog
 
@@ -98,7 +95,7 @@ class ImageCommands:
 def register(
     subparsers: Any,
     parent: argparse.ArgumentParser,
-    client_for: ClientFor,
+    client_for: common.ClientFor,
     prog: str = "ws",
 ) -> Any:
     """Add `image push|list|show|delete|usage` to ``subparsers`` (of the top parser);

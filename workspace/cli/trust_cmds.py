@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from images import signing
 from workspace.cli import common, render
-from workspace.client import Client
-
-ClientFor = Callable[[argparse.Namespace], Client]
 
 
 def date_arg(text: str) -> float:
@@ -58,7 +54,7 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: ClientFor) -> None:
+def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
     """Add `keygen`, `sign`, `verify` to ``sub``, the subparsers of `ws image`."""
 
     def sign(args: argparse.Namespace) -> int:
@@ -94,7 +90,9 @@ def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: Client
 # -- ws-admin trust ..., ws-admin audit ----------------------------------------------------
 
 
-def register_admin(subparsers: Any, parent: argparse.ArgumentParser, client_for: ClientFor) -> None:
+def register_admin(
+    subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
+) -> None:
     """Add `trust add|list|revoke|mode` and `audit` to ws-admin."""
 
     def add(args: argparse.Namespace) -> int:
