@@ -110,6 +110,18 @@ def test_admin_usage_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert client.calls == []
 
 
+def test_admin_image_import_detects_the_format_as_push_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = FakeClient()
+    vmdk = tmp_path / "d.vmdk"
+    vmdk.write_bytes(b"KDMV" + bytes(600))
+    assert admin.main(["image", "import", "i", str(vmdk)], connect=lambda _s: client) == 1  # type: ignore[arg-type, return-value]
+    err = capsys.readouterr().err
+    assert err.startswith("ws-admin: error: ") and "vmdk, not raw or qcow2; convert" in err
+    assert client.calls == []
+
+
 # -- ws-admin: nodes, queue, schedule --------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from images import manifest as image_manifest
 from workspace import errors
 from workspace.cli import cache_cmds, clusterspec, common, render, trust_cmds
 from workspace.client import Client
@@ -21,16 +22,18 @@ from workspace.site import local
 from workspace.v1 import common_pb2, images_pb2
 
 PROG = "ws-admin"
-_QCOW2_MAGIC = b"QFI\xfb"
 
 
 # -- image files -----------------------------------------------------------------------
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """ "qcow2" if the file starts with the qcow2 magic, else "raw"."""
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == _QCOW2_MAGIC else "raw"
+    """raw or qcow2, from the file's content as `ws image push` detects it; another
+    container (vmdk, vdi, ...) is refused with the conversion to run."""
+    try:
+        return image_manifest.detect_format(path)
+    except image_manifest.ManifestError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
 
 
 def read_appliance(directory: str | os.PathLike[str]) -> dict[str, str]:
