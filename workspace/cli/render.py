@@ -32,7 +32,14 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from workspace.client import cluster_state_name, state_name
-from workspace.v1 import admin_pb2, clusters_pb2, common_pb2, images_pb2, trust_pb2
+from workspace.v1 import (
+    admin_pb2,
+    clusters_pb2,
+    common_pb2,
+    images_pb2,
+    trust_pb2,
+    workspaces_pb2,
+)
 
 FORMATS = ("text", "json")
 
@@ -235,6 +242,26 @@ def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
 def state_line(ws: common_pb2.Workspace) -> str:
     reason = f"  ({ws.reason})" if ws.reason else ""
     return f"{_label(ws)}: {state_name(ws.state)}{reason}"
+
+
+def watch_event(args: argparse.Namespace, event: workspaces_pb2.WorkspaceEvent) -> None:
+    """One `ws watch` event: a compact JSON object per line, or a timestamped state line."""
+    if wants_json(args):
+        print_json_line(to_dict(event))
+    else:
+        print(f"{time.strftime('%H:%M:%S')}  {state_line(event.workspace)}", flush=True)
+
+
+def console(args: argparse.Namespace, ref: str, data: bytes) -> None:
+    """`ws console`: the log's bytes as they are (ending in a newline), or for JSON
+    ``{"id": ref, "data": text}`` (invalid UTF-8 replaced)."""
+    if wants_json(args):
+        print_json({"id": ref, "data": data.decode("utf-8", errors="replace")})
+        return
+    sys.stdout.buffer.write(data)
+    if data and not data.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
 
 
 def workspace_progress(

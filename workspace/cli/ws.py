@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
 from workspace.cli import clusterspec, common, image_cmds, render, trust_cmds
@@ -161,14 +160,7 @@ class Commands(common.ClientCommands):
 
     def console(self, args: argparse.Namespace) -> int:
         data = self.client(args).get_console(args.id, tail_bytes=args.tail or 0)
-        if render.wants_json(args):
-            text = data.decode("utf-8", errors="replace")
-            render.print_json({"id": args.id, "data": text})
-        else:
-            sys.stdout.buffer.write(data)
-            if data and not data.endswith(b"\n"):
-                sys.stdout.buffer.write(b"\n")
-            sys.stdout.flush()
+        render.console(args, args.id, data)
         return common.EXIT_OK
 
     def action(self, args: argparse.Namespace) -> int:
@@ -206,10 +198,7 @@ class Commands(common.ClientCommands):
                 if seen.get(ws.id) == ws.state:
                     continue
                 seen[ws.id] = ws.state
-                if render.wants_json(args):
-                    render.print_json_line(render.to_dict(event))
-                else:
-                    print(f"{time.strftime('%H:%M:%S')}  {render.state_line(ws)}", flush=True)
+                render.watch_event(args, event)
         except KeyboardInterrupt:
             return common.EXIT_OK
         finally:
