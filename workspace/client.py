@@ -97,7 +97,6 @@ class ServiceNotConfigured(errors.Unavailable):
 class WaitTimeout(errors.WorkspaceError):
     """A wait for a workspace state ran out of time (the workspace is left as it is)."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
     expected = True
 
     def __init__(self, message: str, workspace: common_pb2.Workspace | None = None) -> None:

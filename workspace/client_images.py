@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 import grpc
 
 from images import manifest as image_manifest
+from images import signing
 from workspace import errors
+from workspace.codec import v1 as codec_v1
 from workspace.v1 import common_pb2, images_pb2, images_pb2_grpc, trust_pb2, trust_pb2_grpc
 
 T = TypeVar("T")
@@ -119,11 +121,8 @@ class ImagesClientMixin:
     def sign_image(self, name: str, private_key_pem: bytes) -> trust_pb2.ImageSignatures:
         """Sign image ``name`` as the service stores it (every partition's digest, size,
         format and mode, kernel, initrd, cmdline) and attach the signature."""
-        from images import signing
-        from workspace.service.trust import manifest_from_proto
-
         private = signing.load_private_key(private_key_pem)
-        envelope = signing.sign(manifest_from_proto(self.get_image(name)), private)
+        envelope = signing.sign(codec_v1.image_spec_from_proto(self.get_image(name)), private)
         return self.add_signature(name, envelope)
 
     def add_signature(self, image: str, envelope_json: str) -> trust_pb2.ImageSignatures:

@@ -31,7 +31,7 @@ class Result:
         return json.loads(self.out)
 
 
-def _env(site_dir: Path) -> dict[str, str]:
+def cli_env(site_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("WS_SERVICE", None)
     env[local.SITE_ENV] = str(site_dir)
@@ -43,7 +43,7 @@ def run(site_dir: Path, module: str, *args: str, timeout_s: float = 120.0) -> Re
         [sys.executable, "-m", f"workspace.cli.{module}", *args],
         capture_output=True,
         text=True,
-        env=_env(site_dir),
+        env=cli_env(site_dir),
         cwd=ROOT,
         timeout=timeout_s,
     )
@@ -199,7 +199,7 @@ def test_watch_prints_state_changes_and_ends_on_ctrl_c(site_dir: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(site_dir),
+        env=cli_env(site_dir),
         cwd=ROOT,
     )
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.functional.test_cli import ROOT, Result, _env, ok, run, wait_gone
+from tests.functional.test_cli import ROOT, Result, cli_env, ok, run, wait_gone
 from workspace.site import local
 
 IMAGE = "cc-img"
@@ -265,7 +265,7 @@ def test_queued_workspace_starts_when_capacity_is_freed(site_dir: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(site_dir),
+        env=cli_env(site_dir),
         cwd=ROOT,
     )
     try:

@@ -1,34 +1,19 @@
-"""ws / ws-admin without a service: parsing, rendering, address resolution, exit codes,
-and the client against in-process fake servicers (the site launcher's pieces are in
-test_site.py and test_hostproc.py)."""
+"""ws without a service: parsing, usage errors, and what the workspace commands print
+and exit with, against a fake client."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from workspace import errors, rpc
-from workspace.cli import admin, common, ws
-from workspace.client import Client, ServiceNotConfigured, WaitFailed, WaitTimeout, resolve_address
-from workspace.site import local
-from workspace.v1 import (
-    admin_pb2,
-    common_pb2,
-    images_pb2,
-    images_pb2_grpc,
-    workspaces_pb2,
-    workspaces_pb2_grpc,
-)
+from workspace import errors
+from workspace.cli import ws
+from workspace.client import Client, ServiceNotConfigured, WaitTimeout
+from workspace.v1 import common_pb2
 
 WS = common_pb2.WorkspaceState
 
@@ -110,85 +95,6 @@ def test_stop_has_shutdown_timeout_and_force() -> None:
         a = _parse([cmd, "w1", "--wait", "--timeout", "7"])
         assert (a.command, a.wait, a.timeout) == (cmd, True, 7.0)
         assert not hasattr(a, "force")
-
-
-def test_admin_parsing() -> None:
-    p = admin.build_parser(admin.Commands(lambda _s: None))  # type: ignore[arg-type, return-value]
-    a = p.parse_args(
-        shlex.split(
-            "network create lab --subnet 10.9.0.0/24 --range 10.9.0.10-10.9.0.20 "
-            "--dns 1.1.1.1 --dns 9.9.9.9 --mac-prefix 52:54:01 -o json"
-        )
-    )
-    assert (a.name, a.subnet, a.range, a.dns, a.output) == (
-        "lab",
-        "10.9.0.0/24",
-        "10.9.0.10-10.9.0.20",
-        ["1.1.1.1", "9.9.9.9"],
-        "json",
-    )
-    a = p.parse_args(["site", "up", "--dir", "/x", "--driver", "libvirt", "--virt-type", "kvm"])
-    assert (a.dir, a.driver, a.virt_type) == ("/x", "libvirt", "kvm")
-    a = p.parse_args(["image", "import", "img", "--appliance", "/d"])
-    assert (a.file, a.appliance) == (None, "/d")
-    with pytest.raises(SystemExit):
-        p.parse_args(["site", "up", "--driver", "xen"])
-
-
-# -- rendering -----------------------------------------------------------------------
-
-
-def test_json_shortens_enums_keeps_ints_and_field_order() -> None:
-    event = workspaces_pb2.WorkspaceEvent(
-        workspace=_ws(desired_state=common_pb2.DESIRED_STATE_STOPPED, nics=[common_pb2.Nic()]),
-        initial=True,
-    )
-    data = common.to_dict(event)
-    w = data["workspace"]
-    assert (w["state"], w["desired_state"], w["memory_mib"]) == ("RUNNING", "STOPPED", 512)
-    assert list(w)[:4] == ["id", "name", "owner", "image"]
-    assert w["nics"][0]["prefix_len"] == 0 and data["initial"] is True
-    node = common.to_dict(admin_pb2.Node(name="n", state=admin_pb2.NODE_STATE_DRAINING))
-    assert node["state"] == "DRAINING"
-    part = common.to_dict(common_pb2.Partition(mode=common_pb2.PARTITION_MODE_COW))
-    assert part["mode"] == "COW"
-    json.dumps(data)
-
-
-def test_text_tables_use_short_names() -> None:
-    text = ws.workspace_rows(
-        [_ws(nics=[common_pb2.Nic(ip="10.0.0.2")]), _ws(WS.WORKSPACE_STATE_PAUSED, id="w2")]
-    )
-    lines = text.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"]
-    assert lines[1].split() == ["w1", "alpha", "RUNNING", "img", "1", "512", "-", "10.0.0.2"]
-    assert "PAUSED" in lines[2]
-    show = ws.workspace_text(_ws(WS.WORKSPACE_STATE_FAILED, reason="disk full"))
-    assert "state       FAILED" in show and "reason      disk full" in show
-    assert ws.state_line(_ws()) == "alpha (w1): RUNNING"
-    assert common.table(["A", "LONGER"], [["xyz", "1"]]) == "A    LONGER\nxyz  1"
-
-
-# -- address resolution ----------------------------------------------------------------
-
-
-def test_address_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(local.SITE_ENV, str(tmp_path))
-    monkeypatch.delenv("WS_SERVICE", raising=False)
-    with pytest.raises(ServiceNotConfigured, match="ws-admin site up"):
-        resolve_address(None)
-    local.write_record(tmp_path, local.SiteRecord(str(tmp_path), "unix:/site.sock", "fake"))
-    assert resolve_address(None) == "unix:/site.sock"
-    monkeypatch.setenv("WS_SERVICE", "env:1")
-    assert resolve_address(None) == "env:1"
-    assert resolve_address("flag:2") == "flag:2"
-
-
-def test_default_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(local.SITE_ENV, raising=False)
-    assert local.default_site_dir() == Path.home() / ".local/share/workspace/site"
-    monkeypatch.setenv(local.SITE_ENV, "/srv/site")
-    assert local.default_site_dir() == Path("/srv/site")
 
 
 # -- exit codes with a fake client -------------------------------------------------------
@@ -307,175 +213,3 @@ def test_console_prints_the_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["console", "w1", "--tail", "100"], client) == 0
     assert capsys.readouterr().out == "boot\nREADY\n"
     assert client.calls[0][1][1] == {"tail_bytes": 100}
-
-
-def test_admin_usage_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    client = FakeClient()
-    connect = lambda _s: client  # noqa: E731
-    argv = ["network", "create", "n", "--subnet", "10.0.0.0/24", "--range", "10.0.0.5"]
-    assert admin.main(argv, connect=connect) == 2  # type: ignore[arg-type]
-    assert "--range must be START-END" in capsys.readouterr().err
-    disk = tmp_path / "d.img"
-    disk.write_bytes(b"x")
-    argv = ["image", "import", "i", str(disk), "--appliance", str(tmp_path)]
-    assert admin.main(argv, connect=connect) == 2  # type: ignore[arg-type]
-    assert admin.main(["image", "import", "i"], connect=connect) == 2  # type: ignore[arg-type]
-    argv = ["image", "import", "i", str(tmp_path / "missing.img")]
-    assert admin.main(argv, connect=connect) == 1  # type: ignore[arg-type]
-    assert "no such file" in capsys.readouterr().err
-    assert client.calls == []
-
-
-def test_appliance_and_format_detection(tmp_path: Path) -> None:
-    (tmp_path / "disk.qcow2").write_bytes(b"QFI\xfb" + bytes(60))
-    (tmp_path / "raw.img").write_bytes(bytes(64))
-    assert admin.detect_format(tmp_path / "disk.qcow2") == "qcow2"
-    assert admin.detect_format(tmp_path / "raw.img") == "raw"
-    spec = {
-        "kernel": "vmlinuz",
-        "initrd": "/abs/initrd",
-        "cmdline": "console=ttyS0",
-        "disk": "disk.qcow2",
-        "disk_format": "qcow2",
-    }
-    (tmp_path / "appliance.json").write_text(json.dumps(spec))
-    app = admin.read_appliance(tmp_path)
-    assert app["kernel"] == str(tmp_path / "vmlinuz") and app["initrd"] == "/abs/initrd"
-    assert (app["disk"], app["disk_format"]) == (str(tmp_path / "disk.qcow2"), "qcow2")
-
-
-# -- the client against in-process fake servicers ----------------------------------------
-
-
-class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
-    def __init__(self) -> None:
-        self.creates: list[str] = []
-        self.fail_creates = 0
-        self.states = [WS.WORKSPACE_STATE_PENDING]
-        self.drop_first_watch = False
-        self.watches = 0
-
-    def CreateWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
-        self.creates.append(request.request_id)
-        if self.fail_creates:
-            self.fail_creates -= 1
-            context.abort(grpc.StatusCode.UNAVAILABLE, "failed to connect: connection reset")
-        return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
-
-    def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
-        if request.id not in ("w1", "alpha"):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
-        return _ws(self.states[0])
-
-    def WatchWorkspaces(self, request: Any, context: Any) -> Iterator[Any]:
-        self.watches += 1
-        if self.drop_first_watch and self.watches == 1:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "socket closed")
-        yield workspaces_pb2.WorkspaceEvent(workspace=_ws(self.states[0]), initial=True)
-        for state in self.states[1:]:
-            time.sleep(0.01)
-            yield workspaces_pb2.WorkspaceEvent(workspace=_ws(state))
-        while context.is_active():
-            time.sleep(0.01)
-
-
-class FakeImages(images_pb2_grpc.ImagesServicer):
-    def __init__(self) -> None:
-        self.chunks: list[int] = []
-
-    def UploadBlob(self, request_iterator: Any, context: Any) -> images_pb2.BlobRef:
-        self.chunks = [len(c.data) for c in request_iterator]
-        return images_pb2.BlobRef(digest="sha256:ab", size_bytes=sum(self.chunks))
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Client, FakeWorkspaces, FakeImages]]:
-    server = rpc.server(8)
-    wsvc, isvc = FakeWorkspaces(), FakeImages()
-    workspaces_pb2_grpc.add_WorkspacesServicer_to_server(wsvc, server)
-    images_pb2_grpc.add_ImagesServicer_to_server(isvc, server)
-    hsvc = health.HealthServicer()
-    hsvc.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(hsvc, server)
-    address = f"unix:{tmp_path}/s.sock"
-    rpc.bind(server, address)
-    server.start()
-    client = Client(address, timeout_s=5)
-    try:
-        yield client, wsvc, isvc
-    finally:
-        client.close()
-        server.stop(0).wait()
-
-
-def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImages]) -> None:
-    client, _, _ = served
-    assert client.health() == "SERVING"
-    with pytest.raises(errors.NotFound, match="no workspace 'nope'"):
-        client.get_workspace("nope")
-    with pytest.raises(errors.Unavailable, match="cannot reach the workspace service"):
-        Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
-
-
-def test_create_retries_once_with_the_same_request_id(
-    served: tuple[Client, FakeWorkspaces, FakeImages],
-) -> None:
-    client, wsvc, _ = served
-    wsvc.fail_creates = 1
-    w = client.create_workspace("img")
-    assert len(wsvc.creates) == 2 and wsvc.creates[0] == wsvc.creates[1] == w.request_id
-    wsvc.creates.clear()
-    wsvc.fail_creates = 2
-    with pytest.raises(errors.Unavailable):
-        client.create_workspace("img", request_id="mine")
-    assert wsvc.creates == ["mine", "mine"]
-
-
-def test_upload_blob_streams_1mib_chunks(
-    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
-) -> None:
-    client, _, isvc = served
-    path = tmp_path / "blob"
-    path.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
-    seen: list[tuple[int, int]] = []
-    ref = client.upload_blob(path, lambda sent, total: seen.append((sent, total)))
-    assert isvc.chunks == [1024 * 1024, 1024 * 1024, 5]
-    assert ref.size_bytes == path.stat().st_size
-    total = path.stat().st_size
-    assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
-
-
-def test_wait_for_state_follows_the_watch(
-    served: tuple[Client, FakeWorkspaces, FakeImages],
-) -> None:
-    client, wsvc, _ = served
-    wsvc.states = [
-        WS.WORKSPACE_STATE_PENDING,
-        WS.WORKSPACE_STATE_STARTING,
-        WS.WORKSPACE_STATE_RUNNING,
-    ]
-    wsvc.drop_first_watch = True  # the first stream drops: the wait re-opens it
-    seen: list[str] = []
-    w = client.wait_for_state(
-        "alpha", [WS.WORKSPACE_STATE_RUNNING], 10, lambda x: seen.append(WS.Name(x.state))
-    )
-    assert w.state == WS.WORKSPACE_STATE_RUNNING and wsvc.watches == 2
-    assert seen == [
-        "WORKSPACE_STATE_PENDING",
-        "WORKSPACE_STATE_STARTING",
-        "WORKSPACE_STATE_RUNNING",
-    ]
-
-
-def test_wait_for_state_fails_and_times_out(
-    served: tuple[Client, FakeWorkspaces, FakeImages],
-) -> None:
-    client, wsvc, _ = served
-    wsvc.states = [WS.WORKSPACE_STATE_STARTING, WS.WORKSPACE_STATE_FAILED]
-    with pytest.raises(WaitFailed, match="is FAILED"):
-        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 10)
-    wsvc.states = [WS.WORKSPACE_STATE_STARTING]
-    with pytest.raises(WaitTimeout, match="it is STARTING"):
-        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 0.5)
-    gone = client.wait_for_state("gone", [WS.WORKSPACE_STATE_TERMINATED], 1)
-    assert gone.state == WS.WORKSPACE_STATE_TERMINATED

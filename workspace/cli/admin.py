@@ -11,64 +11,29 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from images import manifest as image_manifest
 from workspace import errors
-from workspace.cli import cache_cmds, clusterspec, common, trust_cmds
+from workspace.cli import cache_cmds, clusterspec, common, render, trust_cmds
 from workspace.client import Client
 from workspace.site import local
-from workspace.v1 import admin_pb2, common_pb2, images_pb2
+from workspace.v1 import common_pb2, images_pb2
 
 PROG = "ws-admin"
-_NODE_STATE = admin_pb2.NodeState.DESCRIPTOR
-_QCOW2_MAGIC = b"QFI\xfb"
 
 
-# -- upload progress ---------------------------------------------------------------------
-
-
-class ProgressBar:
-    """``progress(sent, total)`` for Client.upload_blob: a bar on a terminal, else a
-    line when done."""
-
-    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, sent: int, total: int) -> None:
-        if not self.tty:
-            return
-        now = time.monotonic()
-        if sent < total and now - self._last < 0.1:
-            return
-        self._last = now
-        frac = sent / total if total else 1.0
-        bar = "#" * int(self.width * frac)
-        self.stream.write(
-            f"\r{self.label} [{bar:<{self.width}}] {frac * 100:5.1f}% "
-            f"{common.fmt_bytes(sent)}/{common.fmt_bytes(total)}"
-        )
-        self.stream.flush()
-
-    def done(self, ref: images_pb2.BlobRef) -> None:
-        if self.tty:
-            self.stream.write("\n")
-        print(
-            f"{PROG}: uploaded {self.label}: {ref.digest} ({common.fmt_bytes(ref.size_bytes)})",
-            file=self.stream,
-            flush=True,
-        )
+# -- image files -----------------------------------------------------------------------
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """ "qcow2" if the file starts with the qcow2 magic, else "raw"."""
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == _QCOW2_MAGIC else "raw"
+    """raw or qcow2, from the file's content as `ws image push` detects it; another
+    container (vmdk, vdi, ...) is refused with the conversion to run."""
+    try:
+        return image_manifest.detect_format(path)
+    except image_manifest.ManifestError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
 
 
 def read_appliance(directory: str | os.PathLike[str]) -> dict[str, str]:
@@ -91,71 +56,6 @@ def read_appliance(directory: str | os.PathLike[str]) -> dict[str, str]:
     return out
 
 
-# -- rendering ---------------------------------------------------------------------------
-
-
-def node_rows(nodes: list[admin_pb2.Node]) -> str:
-    rows = [
-        [
-            n.name,
-            common.enum_name(_NODE_STATE, n.state),
-            n.hypervisor,
-            f"{n.used_cpus}/{n.cpus}",
-            f"{n.used_memory_mib}/{n.memory_mib}",
-            n.workspaces,
-            ",".join(n.networks) or "-",
-            common.fmt_time(n.last_heartbeat) or "-",
-        ]
-        for n in nodes
-    ]
-    headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
-    return common.table([*headers, "HEARTBEAT"], rows)
-
-
-def network_rows(nets: list[admin_pb2.Network]) -> str:
-    rows = [
-        [
-            n.name,
-            n.subnet,
-            n.gateway or "-",
-            f"{n.range_start}-{n.range_end}" if n.range_start else "-",
-            n.bridge or "-",
-            n.mac_prefix or "-",
-            ",".join(n.dns) or "-",
-            n.allocated,
-        ]
-        for n in nets
-    ]
-    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "ALLOCATED"]
-    return common.table(headers, rows)
-
-
-def queue_rows(entries: list[admin_pb2.QueueEntry]) -> str:
-    rows = [
-        [
-            e.position,
-            e.kind,
-            e.name or e.id,
-            e.owner or "-",
-            e.cpus,
-            e.memory_mib,
-            common.fmt_time(e.queued_at) or "-",
-            common.fmt_time(e.deadline) or "-",
-            e.reason or "-",
-        ]
-        for e in entries
-    ]
-    headers = ["POSITION", "KIND", "NAME", "OWNER", "CPUS", "MEMORY_MIB", "QUEUED", "DEADLINE"]
-    return common.table([*headers, "REASON"], rows)
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if args.output == "json":
-        common.print_json(data)
-    elif text:
-        print(text)
-
-
 # -- commands ----------------------------------------------------------------------------
 
 
@@ -164,7 +64,7 @@ class Commands(common.ClientCommands):
 
     def node_list(self, args: argparse.Namespace) -> int:
         nodes = self.client(args).list_nodes()
-        _emit(args, [common.to_dict(n) for n in nodes], node_rows(nodes) if nodes else "")
+        render.emit(args, nodes, render.node_rows(nodes) if nodes else "")
         return common.EXIT_OK
 
     def node_state(self, args: argparse.Namespace) -> int:
@@ -178,15 +78,15 @@ class Commands(common.ClientCommands):
         if args.node_command == "remove":
             text = f"removed node {node.name or args.name}"
         else:
-            text = node_rows([node])
-        _emit(args, common.to_dict(node), text)
+            text = render.node_rows([node])
+        render.emit(args, node, text)
         return common.EXIT_OK
 
     # the capacity queue, the scheduler
 
     def queue(self, args: argparse.Namespace) -> int:
         entries = self.client(args).list_queue()
-        _emit(args, [common.to_dict(e) for e in entries], queue_rows(entries) if entries else "")
+        render.emit(args, entries, render.queue_rows(entries) if entries else "")
         return common.EXIT_OK
 
     def schedule_dump(self, args: argparse.Namespace) -> int:
@@ -217,8 +117,8 @@ class Commands(common.ClientCommands):
             result = explain.explain_file(args.file)
         except errors.WorkspaceError as exc:
             raise type(exc)(f"{args.file}: {exc.message}") from None
-        if args.output == "json":
-            common.print_json(result.to_dict())
+        if render.wants_json(args):
+            render.print_json(result.to_dict())
         else:
             sys.stdout.write(result.render_text())
             sys.stdout.flush()
@@ -243,18 +143,18 @@ class Commands(common.ClientCommands):
             mac_prefix=args.mac_prefix or "",
             dns=args.dns or [],
         )
-        _emit(args, common.to_dict(net), network_rows([net]))
+        render.emit(args, net, render.network_rows([net]))
         return common.EXIT_OK
 
     def network_list(self, args: argparse.Namespace) -> int:
         nets = self.client(args).list_networks()
-        _emit(args, [common.to_dict(n) for n in nets], network_rows(nets) if nets else "")
+        render.emit(args, nets, render.network_rows(nets) if nets else "")
         return common.EXIT_OK
 
     # images
 
     def _upload(self, client: Client, path: str, what: str) -> images_pb2.BlobRef:
-        bar = ProgressBar(f"{what} {os.path.basename(path)}")
+        bar = render.UploadProgress(PROG, f"{what} {os.path.basename(path)}")
         ref = client.upload_blob(path, bar)
         bar.done(ref)
         return ref
@@ -299,14 +199,12 @@ class Commands(common.ClientCommands):
             initrd_digest=initrd_ref.digest if initrd_ref else "",
             cmdline=cmdline,
         )
-        _emit(args, common.to_dict(img), common.image_text(img))
+        render.emit(args, img, render.image_text(img))
         return common.EXIT_OK
 
     def image_list(self, args: argparse.Namespace) -> int:
         images = self.client(args).list_images()
-        _emit(
-            args, [common.to_dict(i) for i in images], common.image_rows(images) if images else ""
-        )
+        render.emit(args, images, render.image_rows(images) if images else "")
         return common.EXIT_OK
 
     # the local site
@@ -327,8 +225,8 @@ class Commands(common.ClientCommands):
         site = self._site(args)
         result = site.up(timeout_s=args.timeout)
         rec = result.record
-        if args.output == "json":
-            common.print_json({**json.loads(rec.to_json()), "already": result.already_running})
+        if render.wants_json(args):
+            render.print_json({**json.loads(rec.to_json()), "already": result.already_running})
             return common.EXIT_OK
         found = local.default_site_dir().expanduser().resolve() == site.dir
         head = "already running" if result.already_running else "running"
@@ -348,13 +246,13 @@ class Commands(common.ClientCommands):
     def site_down(self, args: argparse.Namespace) -> int:
         site = self._site(args)
         done = site.down(purge=args.purge)
-        _emit(args, {"dir": str(site.dir), "stopped": done}, "\n".join(done))
+        render.emit(args, {"dir": str(site.dir), "stopped": done}, "\n".join(done))
         return common.EXIT_OK
 
     def site_status(self, args: argparse.Namespace) -> int:
         st = self._site(args).status()
-        if args.output == "json":
-            common.print_json(st)
+        if render.wants_json(args):
+            render.print_json(st)
         elif st["state"] == "stopped":
             print(f"local site in {st['dir']}: stopped")
         else:

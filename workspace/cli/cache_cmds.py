@@ -4,30 +4,17 @@
     ws-admin cache preload IMAGE [--nodes N1,N2]   fetch an image's blobs ahead of use
                                                    (default: every READY node)
 
-Output and exit codes follow workspace/cli/common.py (--output json, one-line errors).
+Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
-from workspace.cli import common
-from workspace.client import Client
-from workspace.v1 import admin_pb2
+from workspace.cli import common, render
 
 PROG = "ws-admin"
-# args → a connected client (ws-admin's Commands.client; default: a new one per command)
-ClientFor = Callable[[argparse.Namespace], Client]
-
-
-def list_cache(client: Client, node: str) -> admin_pb2.ListCacheResponse:
-    return client.list_cache(node)
-
-
-def preload_image(client: Client, image: str, nodes: list[str]) -> admin_pb2.PreloadImageResponse:
-    return client.preload_image(image, nodes)
 
 
 def node_list(text: str) -> list[str]:
@@ -38,74 +25,31 @@ def node_list(text: str) -> list[str]:
     return names
 
 
-def cache_text(resp: admin_pb2.ListCacheResponse) -> str:
-    budget = common.fmt_bytes(resp.budget_bytes) if resp.budget_bytes else "unlimited"
-    pinned = sum(1 for e in resp.entries if e.pinned)
-    head = (
-        f"node {resp.node}: {len(resp.entries)} blob(s), {common.fmt_bytes(resp.used_bytes)} "
-        f"of {budget} budget, {pinned} pinned (in use by workspaces)"
-    )
-    if not resp.entries:
-        return head
-    rows = [
-        [
-            e.digest,
-            common.fmt_bytes(e.size_bytes),
-            common.fmt_time(e.last_used) or "-",
-            "yes" if e.pinned else "no",
-        ]
-        for e in resp.entries
-    ]
-    return head + "\n" + common.table(["DIGEST", "SIZE", "LAST_USED", "PINNED"], rows)
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if args.output == "json":
-        common.print_json(data)
-    else:
-        print(text)
-
-
 class CacheCommands:
-    def __init__(self, client_for: ClientFor | None) -> None:
-        self._client_for = client_for
-
-    def _run(self, args: argparse.Namespace, fn: Callable[[Client], int]) -> int:
-        if self._client_for is not None:
-            return fn(self._client_for(args))
-        with common.default_connect(args.service) as client:
-            return fn(client)
+    def __init__(self, client_for: common.ClientFor) -> None:
+        self.client_for = client_for
 
     def list(self, args: argparse.Namespace) -> int:
-        def go(client: Client) -> int:
-            resp = list_cache(client, args.node)
-            _emit(args, common.to_dict(resp), cache_text(resp))
-            return common.EXIT_OK
-
-        return self._run(args, go)
+        resp = self.client_for(args).list_cache(args.node)
+        render.emit(args, resp, render.cache_text(resp))
+        return common.EXIT_OK
 
     def preload(self, args: argparse.Namespace) -> int:
-        def go(client: Client) -> int:
-            resp = preload_image(client, args.image, args.nodes or [])
-            text = (
-                f"image {args.image}: {len(resp.digests)} blob(s) to be fetched in the "
-                f"background by {', '.join(resp.nodes)}; `{PROG} cache list NODE` shows "
-                "what a node holds"
-            )
-            _emit(args, common.to_dict(resp), text)
-            return common.EXIT_OK
-
-        return self._run(args, go)
+        resp = self.client_for(args).preload_image(args.image, args.nodes or [])
+        text = (
+            f"image {args.image}: {len(resp.digests)} blob(s) to be fetched in the "
+            f"background by {', '.join(resp.nodes)}; `{PROG} cache list NODE` shows "
+            "what a node holds"
+        )
+        render.emit(args, resp, text)
+        return common.EXIT_OK
 
 
 def register(
-    subparsers: Any, parent_parser: argparse.ArgumentParser, client_for: ClientFor | None = None
+    subparsers: Any, parent_parser: argparse.ArgumentParser, client_for: common.ClientFor
 ) -> None:
-    """Add `cache list` and `cache preload` to ws-admin's subcommands.
-
-    ``client_for`` gives the connected client for parsed args (ws-admin passes its
-    Commands.client, so tests can inject a connection); default: one per command.
-    """
+    """Add `cache list` and `cache preload` to ws-admin's subcommands; ``client_for``
+    gives the connected client for parsed args (ws-admin's Commands.client)."""
     cmds = CacheCommands(client_for)
     p = subparsers.add_parser(
         "cache", parents=[parent_parser], help="node blob caches: list, preload images"

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +62,6 @@ MEMBER_KEYS = (
     "user_data",
     "user_data_file",
 )
-# A key at the start of a line: bare (maybe dotted) or quoted.
-_KEY_RE = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*[=.]""")
 
 
 class SpecError(errors.InvalidArgument):
@@ -239,55 +236,53 @@ def parse_toml(
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends in "(at line N, column M)".
         raise SpecError(f"{where}: not valid TOML: {exc}") from None
-    req = _Builder(where, _Lines(text), base or Path(".")).request(data)
+    req = _Builder(where, _KeyLines(text), base or Path(".")).request(data)
     if name:
         req.name = name
     check(req, where)
     return req
 
 
-class _Lines:
-    """Where keys are in a TOML text (tomllib does not say): top-level keys and the
-    keys of each [[members]] table, by first occurrence."""
+class _KeyLines:
+    """Where keys are in a TOML text, for error messages (tomllib does not say).
+
+    A key's line is the first line by which tomllib, reading the text's beginning up to
+    there, holds the key (for a value spanning lines: its last line). A member's key
+    that is not there is shown at the member's ``[[members]]`` line. Only an error
+    asks, so the few parses this takes are spent once per failed spec.
+    """
 
     def __init__(self, text: str) -> None:
-        self.top: dict[str, int] = {}
-        self.members: list[dict[str, int]] = []
-        section: int | str | None = None  # None: top level; int: members[i]; str: other
-        for n, raw in enumerate(text.splitlines(), 1):
-            line = raw.strip()
-            if line.startswith("[["):
-                header = line[2:].partition("]]")[0].strip()
-                if header == "members":
-                    self.members.append({"": n})
-                    section = len(self.members) - 1
-                else:
-                    section = header
-            elif line.startswith("["):
-                header = line[1:].partition("]")[0].strip()
-                sub = header.partition(".")
-                if sub[0] == "members" and isinstance(section, int):
-                    self.members[section].setdefault(sub[2], n)  # [members.requirements]
-                else:
-                    section = header
-            elif m := _KEY_RE.match(line):
-                key = next(g for g in m.groups() if g is not None)
-                if section is None:
-                    self.top.setdefault(key, n)
-                elif isinstance(section, int):
-                    self.members[section].setdefault(key, n)
+        self._lines = text.splitlines(keepends=True)
+
+    def _first(self, holds: Callable[[dict[str, Any]], bool]) -> int | None:
+        for n in range(1, len(self._lines) + 1):
+            try:
+                data = tomllib.loads("".join(self._lines[:n]))
+            except tomllib.TOMLDecodeError:
+                continue  # a value not finished yet
+            if holds(data):
+                return n
+        return None
 
     def of(self, field: str, index: int | None = None) -> int | None:
         if index is None:
-            return self.top.get(field)
-        if index < len(self.members):
-            keys = self.members[index]
-            return keys.get(field, keys.get(""))
-        return self.top.get("members")  # an inline array of tables
+            return self._first(lambda data: field in data)
+
+        def member(data: dict[str, Any]) -> dict[str, Any] | None:
+            members = data.get("members")
+            if isinstance(members, list) and index < len(members):
+                found = members[index]
+                return found if isinstance(found, dict) else None
+            return None
+
+        return self._first(lambda data: field in (member(data) or {})) or self._first(
+            lambda data: member(data) is not None
+        )
 
 
 class _Builder:
-    def __init__(self, where: str, lines: _Lines, base: Path) -> None:
+    def __init__(self, where: str, lines: _KeyLines, base: Path) -> None:
         self.where = where
         self.lines = lines
         self.base = base

@@ -1,34 +1,23 @@
-"""What ws and ws-admin share: global options, output (text tables or JSON), errors.
+"""What ws and ws-admin share: the global options, argument types, running one command
+and its exit code. What a command prints is rendered by workspace/cli/render.py.
 
 Exit codes: 0 success, 1 the request failed (the service or a local file said no),
 2 usage error (argparse), 3 the service cannot be reached (or none is configured),
 130 interrupted.
-
-JSON output is ``google.protobuf.json_format.MessageToDict`` with proto field names,
-every field present, int64 as numbers and enum values shortened to their last part
-("RUNNING" rather than "WORKSPACE_STATE_RUNNING"); text tables use the same names.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any, TextIO
-
-from google.protobuf import json_format
-from google.protobuf.descriptor import EnumDescriptor
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
+from collections.abc import Callable
+from typing import Any
 
 from workspace import errors
+from workspace.cli import render
 from workspace.client import Client
-from workspace.v1 import common_pb2, images_pb2
 
 EXIT_OK = 0
 EXIT_REQUEST = 1
@@ -38,6 +27,8 @@ EXIT_INTERRUPTED = 130
 
 # Builds the client for a --service value (None: from the environment / local site).
 Connect = Callable[[str | None], Client]
+# The connected client for a command's parsed arguments (ClientCommands.client).
+ClientFor = Callable[[argparse.Namespace], Client]
 
 
 class ClientCommands:
@@ -96,7 +87,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) ->
     parser.add_argument(
         "--output",
         "-o",
-        choices=("text", "json"),
+        choices=render.FORMATS,
         default=argparse.SUPPRESS if sub else "text",
         help="output format (default: text)",
     )
@@ -137,146 +128,6 @@ def seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
     return value
-
-
-# -- protobuf to plain data --------------------------------------------------------------
-
-
-def _enum_prefix(enum: EnumDescriptor) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
-
-
-def enum_name(enum: EnumDescriptor, number: int) -> str:
-    """The short name of an enum value: NodeState 1 -> "READY"."""
-    value = enum.values_by_number.get(number)
-    if value is None:
-        return str(number)
-    return value.name.removeprefix(_enum_prefix(enum))
-
-
-def _plain(desc: Any, data: dict[str, Any]) -> dict[str, Any]:
-    """Enum values shortened, keys in field order, recursively."""
-    out: dict[str, Any] = {}
-    for field in desc.fields:
-        if field.name not in data:
-            continue
-        value = data[field.name]
-        sub = field.message_type
-        if field.enum_type is not None:
-            prefix = _enum_prefix(field.enum_type)
-            if isinstance(value, list):
-                value = [str(v).removeprefix(prefix) for v in value]
-            else:
-                value = str(value).removeprefix(prefix)
-        elif sub is None or sub.full_name.startswith("google.protobuf."):
-            pass
-        elif sub.GetOptions().map_entry:
-            value_type = sub.fields_by_name["value"].message_type
-            if value_type is not None and isinstance(value, dict):
-                value = {k: _plain(value_type, v) for k, v in value.items()}
-        elif isinstance(value, list):
-            value = [_plain(sub, v) if isinstance(v, dict) else v for v in value]
-        elif isinstance(value, dict):
-            value = _plain(sub, value)
-        out[field.name] = value
-    return out
-
-
-def to_dict(msg: Message) -> dict[str, Any]:
-    """A message as JSON-ready data (see the module docstring)."""
-    data = json_format.MessageToDict(
-        msg,
-        always_print_fields_with_no_presence=True,
-        preserving_proto_field_name=True,
-        unquote_int64_if_possible=True,
-    )
-    return _plain(msg.DESCRIPTOR, data)
-
-
-def print_json(data: Any, stream: TextIO | None = None) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False), file=stream or sys.stdout)
-
-
-def print_json_line(data: Any) -> None:
-    print(json.dumps(data, separators=(",", ":")), flush=True)
-
-
-# -- text --------------------------------------------------------------------------------
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        parts = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
-        lines.append("  ".join([*parts, row[-1]]).rstrip())
-    return "\n".join(lines)
-
-
-def fields(pairs: Iterable[tuple[str, object]]) -> str:
-    """A "key  value" block for one object (empty values are left out)."""
-    items = [(k, str(v)) for k, v in pairs if v not in ("", None)]
-    width = max((len(k) for k, _ in items), default=0)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in items)
-
-
-def fmt_time(ts: Timestamp) -> str:
-    if ts.seconds == 0 and ts.nanos == 0:
-        return ""
-    when = datetime.fromtimestamp(ts.seconds, tz=UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def fmt_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-# -- images (shown by ws and ws-admin) ---------------------------------------------------
-
-
-def image_rows(images: Sequence[images_pb2.Image]) -> str:
-    rows = []
-    for img in images:
-        size = sum(p.size_bytes for p in img.partitions)
-        boot = "direct" if img.kernel_digest else "disk"
-        rows.append(
-            [img.name, len(img.partitions), fmt_bytes(size), boot, fmt_time(img.created_at)]
-        )
-    return table(["NAME", "PARTITIONS", "SIZE", "BOOT", "CREATED"], rows)
-
-
-def image_text(img: images_pb2.Image) -> str:
-    head = fields(
-        [
-            ("name", img.name),
-            ("owner", img.owner),
-            ("created_at", fmt_time(img.created_at)),
-            ("kernel", img.kernel_digest),
-            ("initrd", img.initrd_digest),
-            ("cmdline", img.cmdline),
-        ]
-    )
-    parts = table(
-        ["PARTITION", "MODE", "FORMAT", "SIZE", "DIGEST"],
-        [
-            [
-                p.name,
-                enum_name(common_pb2.PartitionMode.DESCRIPTOR, p.mode),
-                p.format,
-                fmt_bytes(p.size_bytes),
-                p.digest,
-            ]
-            for p in img.partitions
-        ],
-    )
-    return f"{head}\n\n{parts}"
 
 
 # -- running a command -------------------------------------------------------------------

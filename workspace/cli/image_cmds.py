@@ -11,140 +11,15 @@ The manifest format is described in images/manifest.py and docs/images.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from images import manifest as image_manifest
 from workspace import errors
-from workspace.cli import common
-from workspace.client import Client, PushResult, blank_partition
-from workspace.v1 import common_pb2, images_pb2
-
-ClientFor = Callable[[argparse.Namespace], Client]
-
-_STEP_WORDS = {"hash": "hashing", "upload": "sending", "skip": "present"}
-
-
-class PushProgress:
-    """``progress(step, path, done, total)`` for Client.push_image: a bar per file on a
-    terminal; otherwise one line per file once it is sent or found present."""
-
-    def __init__(self, prog: str, stream: TextIO | None = None, width: int = 30) -> None:
-        self.prog = prog
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = self.stream.isatty()
-        self._last = 0.0
-        self._open = False
-
-    def __call__(self, step: str, path: str, done: int, total: int) -> None:
-        name = os.path.basename(path)
-        finished = done >= total
-        if step == "skip":
-            self._end_bar()
-            self._line(f"{name}: already in the repository, not sent")
-            return
-        if self.tty:
-            now = time.monotonic()
-            if not finished and now - self._last < 0.1:
-                return
-            self._last = now
-            frac = done / total if total else 1.0
-            bar = "#" * int(self.width * frac)
-            self.stream.write(
-                f"\r{_STEP_WORDS.get(step, step):8} {name} [{bar:<{self.width}}] "
-                f"{frac * 100:5.1f}% {common.fmt_bytes(done)}/{common.fmt_bytes(total)}"
-            )
-            self.stream.flush()
-            self._open = True
-            if finished:
-                self._end_bar()
-        if step == "upload" and finished:
-            self._line(f"{name}: sent {common.fmt_bytes(total)}")
-
-    def _end_bar(self) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self._open = False
-
-    def _line(self, text: str) -> None:
-        print(f"{self.prog}: {text}", file=self.stream, flush=True)
-
-
-# -- rendering ---------------------------------------------------------------------------
-
-
-def _mode(p: common_pb2.Partition) -> str:
-    return common.enum_name(common_pb2.PartitionMode.DESCRIPTOR, p.mode)
-
-
-def image_rows(images: Sequence[images_pb2.Image]) -> str:
-    rows = [
-        [
-            img.name,
-            len(img.partitions),
-            common.fmt_bytes(img.total_bytes),
-            "direct" if img.kernel_digest else "disk",
-            img.owner,
-            common.fmt_time(img.created_at),
-        ]
-        for img in images
-    ]
-    return common.table(["NAME", "PARTITIONS", "SIZE", "BOOT", "OWNER", "CREATED"], rows)
-
-
-def image_text(img: images_pb2.Image) -> str:
-    head = common.fields(
-        [
-            ("name", img.name),
-            ("owner", img.owner),
-            ("created_at", common.fmt_time(img.created_at)),
-            ("total", common.fmt_bytes(img.total_bytes)),
-            ("kernel", img.kernel_digest),
-            ("initrd", img.initrd_digest),
-            ("cmdline", img.cmdline),
-        ]
-    )
-    parts = common.table(
-        ["PARTITION", "MODE", "FORMAT", "SIZE", "VIRTUAL", "DIGEST"],
-        [
-            [
-                p.name,
-                _mode(p) + (" ext4" if p.ext4 else ""),
-                p.format,
-                common.fmt_bytes(p.size_bytes) if p.digest else "-",
-                common.fmt_bytes(p.virtual_size_bytes or p.size_bytes),
-                p.digest or "-",
-            ]
-            for p in img.partitions
-        ],
-    )
-    return f"{head}\n\n{parts}"
-
-
-def usage_text(u: images_pb2.RepositoryUsage) -> str:
-    quota = common.fmt_bytes(u.quota_bytes) if u.quota_bytes else "none"
-    free = common.fmt_bytes(max(0, u.quota_bytes - u.used_bytes)) if u.quota_bytes else ""
-    return common.fields(
-        [
-            ("owner", u.owner),
-            ("used", common.fmt_bytes(u.used_bytes)),
-            ("quota", quota),
-            ("free", free),
-        ]
-    )
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if args.output == "json":
-        common.print_json(data)
-    elif text:
-        print(text)
-
+from workspace.cli import common, render
+from workspace.client import PushResult, blank_partition
+from workspace.v1 import common_pb2
 
 # -- commands ----------------------------------------------------------------------------
 
@@ -173,7 +48,7 @@ def _manifest(args: argparse.Namespace) -> image_manifest.Manifest:
 
 
 class ImageCommands:
-    def __init__(self, client_for: ClientFor, prog: str) -> None:
+    def __init__(self, client_for: common.ClientFor, prog: str) -> None:
         self.client_for = client_for
         self.prog = prog
 
@@ -184,48 +59,47 @@ class ImageCommands:
             raise common.UsageError(str(exc)) from None
         m = _manifest(args)
         client = self.client_for(args)
-        result: PushResult = client.push_image(args.name, m, PushProgress(self.prog))
+        progress = render.PushProgress(self.prog)
+        result: PushResult = client.push_image(args.name, m, progress)
         print(
             f"{self.prog}: pushed {result.image.name}: {len(result.uploaded)} blob(s) sent "
-            f"({common.fmt_bytes(result.sent_bytes)}), {len(result.skipped)} already there",
+            f"({render.fmt_bytes(result.sent_bytes)}), {len(result.skipped)} already there",
             file=sys.stderr,
             flush=True,
         )
-        _emit(args, common.to_dict(result.image), image_text(result.image))
+        render.emit(args, result.image, render.image_text(result.image))
         return common.EXIT_OK
 
     def list(self, args: argparse.Namespace) -> int:
         images = self.client_for(args).list_images()
-        _emit(args, [common.to_dict(i) for i in images], image_rows(images) if images else "")
+        render.emit(args, images, render.image_rows(images) if images else "")
         return common.EXIT_OK
 
     def show(self, args: argparse.Namespace) -> int:
         img = self.client_for(args).get_image(args.name)
-        _emit(args, common.to_dict(img), image_text(img))
+        render.emit(args, img, render.image_text(img))
         return common.EXIT_OK
 
     def delete(self, args: argparse.Namespace) -> int:
         img = self.client_for(args).delete_image(args.name)
-        _emit(
-            args,
-            common.to_dict(img),
-            f"deleted image {img.name} ({common.fmt_bytes(img.total_bytes)})",
-        )
+        text = f"deleted image {img.name} ({render.fmt_bytes(img.total_bytes)})"
+        render.emit(args, img, text)
         return common.EXIT_OK
 
     def usage(self, args: argparse.Namespace) -> int:
         u = self.client_for(args).repository_usage()
-        _emit(args, common.to_dict(u), usage_text(u))
+        render.emit(args, u, render.usage_text(u))
         return common.EXIT_OK
 
 
 def register(
     subparsers: Any,
     parent: argparse.ArgumentParser,
-    client_for: ClientFor,
+    client_for: common.ClientFor,
     prog: str = "ws",
-) -> None:
-    """Add `image push|list|show|delete|usage` to ``subparsers`` (of the top parser)."""
+) -> Any:
+    """Add `image push|list|show|delete|usage` to ``subparsers`` (of the top parser);
+    returns the subparsers of `image`, where more image commands can be added."""
     cmds = ImageCommands(client_for, prog)
     p = subparsers.add_parser("image", parents=[parent], help="images")
     sub = p.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
@@ -259,6 +133,7 @@ def register(
     q.set_defaults(func=cmds.delete)
     q = sub.add_parser("usage", parents=[parent], help="your repository bytes and quota")
     q.set_defaults(func=cmds.usage)
+    return sub
 
 
 # -- disk options of `ws create` -----------------------------------------------------------

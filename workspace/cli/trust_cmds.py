@@ -15,31 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from images import signing
-from workspace.cli import common
-from workspace.client import Client
-from workspace.v1 import trust_pb2
-
-ClientFor = Callable[[argparse.Namespace], Client]
-
-
-def _out(args: argparse.Namespace, msg: Any, text: str) -> None:
-    if getattr(args, "output", "text") == "json":
-        common.print_json(common.to_dict(msg))
-    else:
-        print(text)
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> Any:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError(f"{parser.prog} has no subcommands")
+from workspace.cli import common, render
 
 
 def date_arg(text: str) -> float:
@@ -65,43 +46,16 @@ def keygen(args: argparse.Namespace) -> int:
     os.chmod(key_path, 0o600)
     pub_path.write_bytes(public)
     kid = signing.key_id(public)
-    if getattr(args, "output", "text") == "json":
-        common.print_json(
-            {"key_id": kid, "private_key": str(key_path), "public_key": str(pub_path)}
-        )
-    else:
-        print(f"key {kid}\nprivate key: {key_path} (keep it secret)\npublic key:  {pub_path}")
+    render.emit(
+        args,
+        {"key_id": kid, "private_key": str(key_path), "public_key": str(pub_path)},
+        f"key {kid}\nprivate key: {key_path} (keep it secret)\npublic key:  {pub_path}",
+    )
     return 0
 
 
-def signatures_text(sigs: trust_pb2.ImageSignatures) -> str:
-    verdict = "trusted" if sigs.trusted else "NOT trusted"
-    signers = ", ".join(k[:16] for k in _signers(sigs.envelopes_json)) or "none"
-    return common.fields(
-        [
-            ("image", sigs.image),
-            ("signatures", f"{len(sigs.envelopes_json)} (by {signers})"),
-            ("verdict", f"{verdict}: {sigs.reason}"),
-            ("policy", f"v{sigs.policy_version}"),
-        ]
-    )
-
-
-def _signers(envelopes: Any) -> list[str]:
-    import json
-
-    out: list[str] = []
-    for text in envelopes:
-        try:
-            out += [str(s["keyid"]) for s in json.loads(text)["signatures"]]
-        except (ValueError, KeyError, TypeError):
-            continue
-    return list(dict.fromkeys(out))
-
-
-def register_image(subparsers: Any, parent: argparse.ArgumentParser, client_for: ClientFor) -> None:
-    """Add `keygen`, `sign`, `verify` under the existing `ws image`."""
-    sub = _subparsers(subparsers.choices["image"])
+def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `keygen`, `sign`, `verify` to ``sub``, the subparsers of `ws image`."""
 
     def sign(args: argparse.Namespace) -> int:
         try:
@@ -110,12 +64,12 @@ def register_image(subparsers: Any, parent: argparse.ArgumentParser, client_for:
         except signing.SignatureError as exc:
             raise common.UsageError(f"{args.key}: {exc}") from None
         sigs = client_for(args).sign_image(args.name, pem)
-        _out(args, sigs, signatures_text(sigs))
+        render.emit(args, sigs, render.signatures_text(sigs))
         return 0
 
     def verify(args: argparse.Namespace) -> int:
         sigs = client_for(args).get_signatures(args.name)
-        _out(args, sigs, signatures_text(sigs))
+        render.emit(args, sigs, render.signatures_text(sigs))
         return 0 if sigs.trusted else 1
 
     q = sub.add_parser("keygen", parents=[parent], help="make an Ed25519 publisher key")
@@ -136,60 +90,20 @@ def register_image(subparsers: Any, parent: argparse.ArgumentParser, client_for:
 # -- ws-admin trust ..., ws-admin audit ----------------------------------------------------
 
 
-def policy_text(p: trust_pb2.TrustPolicy) -> str:
-    mode = "enforce" if p.mode == trust_pb2.TRUST_MODE_ENFORCE else "warn"
-    head = f"policy v{p.version}, mode {mode}" + (
-        ", running VMs stopped on revoke" if p.stop_running_on_revoke else ""
-    )
-    rows = [
-        [
-            k.key_id[:16],
-            ",".join(k.image_patterns),
-            common.fmt_time(k.expires_at) if k.HasField("expires_at") else "never",
-            "REVOKED" if k.revoked else "ok",
-            k.comment,
-        ]
-        for k in p.keys
-    ]
-    out = head
-    if rows:
-        out += "\n" + common.table(["KEY", "IMAGES", "EXPIRES", "STATE", "COMMENT"], rows)
-    if p.revoked_digests:
-        out += "\nrevoked digests:\n" + "\n".join(f"  {d}" for d in p.revoked_digests)
-    return out
-
-
-def audit_text(entries: list[trust_pb2.AuditEntry]) -> str:
-    rows = [
-        [
-            common.fmt_time(e.at),
-            e.where,
-            e.action,
-            e.image,
-            e.verdict,
-            e.key_id[:16] or "-",
-            f"v{e.policy_version}",
-            e.workspace_id or "-",
-            e.reason,
-        ]
-        for e in entries
-    ]
-    headers = ["AT", "WHERE", "ACTION", "IMAGE", "VERDICT", "KEY", "POLICY", "WORKSPACE", "WHY"]
-    return common.table(headers, rows)
-
-
-def register_admin(subparsers: Any, parent: argparse.ArgumentParser, client_for: ClientFor) -> None:
+def register_admin(
+    subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
+) -> None:
     """Add `trust add|list|revoke|mode` and `audit` to ws-admin."""
 
     def add(args: argparse.Namespace) -> int:
         pem = Path(args.pubfile).read_text()
         p = client_for(args).add_trust_key(pem, args.images, args.expires or 0.0, args.comment)
-        _out(args, p, policy_text(p))
+        render.emit(args, p, render.policy_text(p))
         return 0
 
     def show(args: argparse.Namespace) -> int:
         p = client_for(args).get_trust_policy()
-        _out(args, p, policy_text(p))
+        render.emit(args, p, render.policy_text(p))
         return 0
 
     def revoke(args: argparse.Namespace) -> int:
@@ -197,20 +111,17 @@ def register_admin(subparsers: Any, parent: argparse.ArgumentParser, client_for:
             raise common.UsageError("give a KEYID or --digest DIGEST (one of them)")
         c = client_for(args)
         p = c.revoke_digest(args.digest) if args.digest else c.revoke_trust_key(args.key_id)
-        _out(args, p, policy_text(p))
+        render.emit(args, p, render.policy_text(p))
         return 0
 
     def mode(args: argparse.Namespace) -> int:
         p = client_for(args).set_trust_mode(args.mode == "enforce", args.stop_running_on_revoke)
-        _out(args, p, policy_text(p))
+        render.emit(args, p, render.policy_text(p))
         return 0
 
     def audit(args: argparse.Namespace) -> int:
         entries = client_for(args).list_audit(args.limit or 0, args.image or "")
-        if getattr(args, "output", "text") == "json":
-            common.print_json([common.to_dict(e) for e in entries])
-        else:
-            print(audit_text(entries))
+        render.emit(args, entries, render.audit_text(entries))
         return 0
 
     p = subparsers.add_parser("trust", parents=[parent], help="the site's image trust policy")

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from workspace.cli import clusterspec, common, image_cmds, trust_cmds
+from workspace.cli import clusterspec, common, image_cmds, render, trust_cmds
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
@@ -24,9 +22,6 @@ from workspace.v1 import clusters_pb2, common_pb2
 PROG = "ws"
 WS = common_pb2.WorkspaceState
 CS = clusters_pb2.ClusterState
-_DESIRED = common_pb2.DesiredState.DESCRIPTOR
-_AFFINITY = clusters_pb2.Affinity.DESCRIPTOR
-_FAILURE_POLICY = clusters_pb2.FailurePolicy.DESCRIPTOR
 
 # Lifecycle commands: (client method, state --wait waits for, help).
 ACTIONS: dict[str, tuple[str, int, str]] = {
@@ -54,192 +49,7 @@ CLUSTER_ACTIONS: dict[str, tuple[str, int, str]] = {
 DEFAULT_WAIT_S = 300.0
 
 
-# -- rendering ---------------------------------------------------------------------------
-
-
-def _label(ws: common_pb2.Workspace) -> str:
-    return f"{ws.name} ({ws.id})" if ws.name and ws.name != ws.id else ws.id
-
-
-def _nic_text(nic: common_pb2.Nic) -> str:
-    addr = f"{nic.ip}/{nic.prefix_len}" if nic.ip and nic.prefix_len else nic.ip or "-"
-    gateway = f" gateway {nic.gateway}" if nic.gateway else ""
-    return f"{nic.network} {addr} mac {nic.mac or '-'}{gateway}"
-
-
-def workspace_text(ws: common_pb2.Workspace) -> str:
-    pairs: list[tuple[str, object]] = [
-        ("id", ws.id),
-        ("name", ws.name),
-        ("state", state_name(ws.state)),
-        ("desired", common.enum_name(_DESIRED, ws.desired_state)),
-        ("reason", ws.reason),
-        ("image", ws.image),
-        ("cpus", ws.cpus),
-        ("memory_mib", ws.memory_mib),
-        ("node", ws.node),
-    ]
-    pairs += [("nic", _nic_text(n)) for n in ws.nics]
-    pairs += [
-        ("cluster", ws.cluster),
-        ("role", ws.role),
-        ("owner", ws.owner),
-        ("reboot_count", ws.reboot_count or ""),
-        ("request_id", ws.request_id),
-        ("created_at", common.fmt_time(ws.created_at)),
-        ("updated_at", common.fmt_time(ws.updated_at)),
-    ]
-    return common.fields(pairs)
-
-
-def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
-    rows = [
-        [
-            ws.id,
-            ws.name or "-",
-            state_name(ws.state),
-            ws.image,
-            ws.cpus,
-            ws.memory_mib,
-            ws.node or "-",
-            ",".join(n.ip for n in ws.nics if n.ip) or "-",
-        ]
-        for ws in items
-    ]
-    return common.table(["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"], rows)
-
-
-def state_line(ws: common_pb2.Workspace) -> str:
-    reason = f"  ({ws.reason})" if ws.reason else ""
-    return f"{_label(ws)}: {state_name(ws.state)}{reason}"
-
-
-def _show(args: argparse.Namespace, ws: common_pb2.Workspace) -> None:
-    if args.output == "json":
-        common.print_json(common.to_dict(ws))
-    else:
-        print(workspace_text(ws))
-
-
-def _progress(args: argparse.Namespace) -> Callable[[common_pb2.Workspace], None] | None:
-    if args.output == "json":
-        return None
-
-    def on_change(ws: common_pb2.Workspace) -> None:
-        print(f"{PROG}: {state_line(ws)}", file=sys.stderr, flush=True)
-
-    return on_change
-
-
-def _cluster_label(c: clusters_pb2.Cluster) -> str:
-    return f"{c.name} ({c.id})" if c.name and c.id and c.name != c.id else c.name or c.id
-
-
-def _running(c: clusters_pb2.Cluster) -> str:
-    up = sum(1 for m in c.members if m.state == WS.WORKSPACE_STATE_RUNNING)
-    return f"{up}/{len(c.members)}"
-
-
-def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
-    rows = [
-        [
-            c.id,
-            c.name,
-            cluster_state_name(c.state),
-            _running(c),
-            common.enum_name(_AFFINITY, c.affinity),
-            common.fmt_time(c.created_at) or "-",
-        ]
-        for c in items
-    ]
-    return common.table(["ID", "NAME", "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
-
-
-def cluster_text(c: clusters_pb2.Cluster) -> str:
-    head = common.fields(
-        [
-            ("id", c.id),
-            ("name", c.name),
-            ("state", cluster_state_name(c.state)),
-            ("reason", c.reason),
-            ("running", _running(c)),
-            ("affinity", common.enum_name(_AFFINITY, c.affinity)),
-            ("on_failure", common.enum_name(_FAILURE_POLICY, c.on_failure)),
-            ("owner", c.owner),
-            ("request_id", c.request_id),
-            ("created_at", common.fmt_time(c.created_at)),
-            ("updated_at", common.fmt_time(c.updated_at)),
-        ]
-    )
-    spec = common.table(
-        ["ROLE", "IMAGE", "COUNT", "CPUS", "MEMORY_MIB", "NETWORKS", "REQUIREMENTS"],
-        [
-            [
-                m.role,
-                m.image,
-                m.count or 1,
-                m.cpus or "-",
-                m.memory_mib or "-",
-                ",".join(m.networks) or "-",
-                ",".join(f"{k}={v}" for k, v in sorted(m.requirements.items())) or "-",
-            ]
-            for m in c.spec
-        ],
-    )
-    members = common.table(
-        ["NAME", "ROLE", "STATE", "NODE", "IP"],
-        [
-            [
-                m.name,
-                m.role or "-",
-                state_name(m.state),
-                m.node or "-",
-                ",".join(n.ip for n in m.nics if n.ip) or "-",
-            ]
-            for m in c.members
-        ],
-    )
-    parts = [head]
-    if c.spec:
-        parts.append(spec)
-    if c.members:
-        parts.append(members)
-    return "\n\n".join(parts)
-
-
-def cluster_state_line(c: clusters_pb2.Cluster) -> str:
-    reason = f"  ({c.reason})" if c.reason else ""
-    members = f", {_running(c)} members RUNNING" if c.members else ""
-    return f"cluster {_cluster_label(c)}: {cluster_state_name(c.state)}{members}{reason}"
-
-
-def _show_cluster(args: argparse.Namespace, c: clusters_pb2.Cluster) -> None:
-    if args.output == "json":
-        common.print_json(common.to_dict(c))
-    else:
-        print(cluster_text(c))
-
-
-def _cluster_progress(args: argparse.Namespace) -> Callable[[clusters_pb2.Cluster], None] | None:
-    """Prints a line when the cluster's state changes and one per member state change."""
-    if args.output == "json":
-        return None
-    last_state: list[int] = []
-    members: dict[str, int] = {}
-
-    def on_change(c: clusters_pb2.Cluster) -> None:
-        lines = []
-        if last_state != [c.state]:
-            last_state[:] = [c.state]
-            lines.append(cluster_state_line(c))
-        for m in c.members:
-            if members.get(m.id) != m.state:
-                members[m.id] = m.state
-                lines.append(f"  {state_line(m)}")
-        for line in lines:
-            print(f"{PROG}: {line}", file=sys.stderr, flush=True)
-
-    return on_change
+# -- requests ----------------------------------------------------------------------------
 
 
 def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterRequest:
@@ -333,33 +143,24 @@ class Commands(common.ClientCommands):
                 ws.id,
                 [WS.WORKSPACE_STATE_RUNNING],
                 _create_wait_s(args, args.wait_for_capacity),
-                _progress(args),
+                render.workspace_progress(args, PROG),
             )
-        _show(args, ws)
+        render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
 
     def list(self, args: argparse.Namespace) -> int:
         items = self.client(args).list_workspaces(include_terminated=args.all)
-        if args.output == "json":
-            common.print_json([common.to_dict(ws) for ws in items])
-        elif items:
-            print(workspace_rows(items))
+        render.emit(args, items, render.workspace_rows(items) if items else "")
         return common.EXIT_OK
 
     def show(self, args: argparse.Namespace) -> int:
-        _show(args, self.client(args).get_workspace(args.id))
+        ws = self.client(args).get_workspace(args.id)
+        render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
 
     def console(self, args: argparse.Namespace) -> int:
         data = self.client(args).get_console(args.id, tail_bytes=args.tail or 0)
-        if args.output == "json":
-            text = data.decode("utf-8", errors="replace")
-            common.print_json({"id": args.id, "data": text})
-        else:
-            sys.stdout.buffer.write(data)
-            if data and not data.endswith(b"\n"):
-                sys.stdout.buffer.write(b"\n")
-            sys.stdout.flush()
+        render.console(args, args.id, data)
         return common.EXIT_OK
 
     def action(self, args: argparse.Namespace) -> int:
@@ -376,11 +177,10 @@ class Commands(common.ClientCommands):
                 wait_s = max(DEFAULT_WAIT_S, (args.timeout or 0) + 60.0)
             else:
                 wait_s = args.timeout or DEFAULT_WAIT_S
-            ws = client.wait_for_state(ws.id or args.id, [target], wait_s, _progress(args))
-        if args.output == "json":
-            common.print_json(common.to_dict(ws))
-        else:
-            print(state_line(ws))
+            ws = client.wait_for_state(
+                ws.id or args.id, [target], wait_s, render.workspace_progress(args, PROG)
+            )
+        render.emit(args, ws, render.state_line(ws))
         return common.EXIT_OK
 
     def watch(self, args: argparse.Namespace) -> int:
@@ -398,10 +198,7 @@ class Commands(common.ClientCommands):
                 if seen.get(ws.id) == ws.state:
                     continue
                 seen[ws.id] = ws.state
-                if args.output == "json":
-                    common.print_json_line(common.to_dict(event))
-                else:
-                    print(f"{time.strftime('%H:%M:%S')}  {state_line(ws)}", flush=True)
+                render.watch_event(args, event)
         except KeyboardInterrupt:
             return common.EXIT_OK
         finally:
@@ -419,21 +216,19 @@ class Commands(common.ClientCommands):
                 c.id,
                 [CS.CLUSTER_STATE_RUNNING],
                 _create_wait_s(args, req.wait_for_capacity_s),
-                _cluster_progress(args),
+                render.cluster_progress(args, PROG),
             )
-        _show_cluster(args, c)
+        render.emit(args, c, render.cluster_text(c))
         return common.EXIT_OK
 
     def cluster_list(self, args: argparse.Namespace) -> int:
         items = self.client(args).list_clusters(include_terminated=args.all)
-        if args.output == "json":
-            common.print_json([common.to_dict(c) for c in items])
-        elif items:
-            print(cluster_rows(items))
+        render.emit(args, items, render.cluster_rows(items) if items else "")
         return common.EXIT_OK
 
     def cluster_show(self, args: argparse.Namespace) -> int:
-        _show_cluster(args, self.client(args).get_cluster(args.name))
+        c = self.client(args).get_cluster(args.name)
+        render.emit(args, c, render.cluster_text(c))
         return common.EXIT_OK
 
     def cluster_action(self, args: argparse.Namespace) -> int:
@@ -442,12 +237,12 @@ class Commands(common.ClientCommands):
         c = getattr(client, method)(args.name)
         if args.wait:
             c = client.wait_for_cluster_state(
-                c.id or args.name, [target], args.timeout or DEFAULT_WAIT_S, _cluster_progress(args)
+                c.id or args.name,
+                [target],
+                args.timeout or DEFAULT_WAIT_S,
+                render.cluster_progress(args, PROG),
             )
-        if args.output == "json":
-            common.print_json(common.to_dict(c))
-        else:
-            print(cluster_state_line(c))
+        render.emit(args, c, render.cluster_state_line(c))
         return common.EXIT_OK
 
 
@@ -649,8 +444,8 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
 
     _add_cluster_parsers(sub, parent, cmds)
 
-    image_cmds.register(sub, parent, cmds.client, PROG)
-    trust_cmds.register_image(sub, parent, cmds.client)
+    image_sub = image_cmds.register(sub, parent, cmds.client, PROG)
+    trust_cmds.register_image(image_sub, parent, cmds.client)
     return parser
 
 

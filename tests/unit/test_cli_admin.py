@@ -1,0 +1,269 @@
+"""ws-admin without a service: parsing, nodes, networks, images, the capacity queue and
+the scheduler (`schedule dump`, and `schedule explain` offline), against a fake client."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workspace import errors
+from workspace.cli import admin
+from workspace.client import Client
+from workspace.v1 import admin_pb2
+
+
+class FakeClient:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.calls: list[tuple[str, Any]] = []
+
+    def _do(self, call: str, *args: Any, **kw: Any) -> None:
+        self.calls.append((call, (args, kw)))
+        if self.fail is not None:
+            raise self.fail
+
+    def drain_node(self, name: str) -> admin_pb2.Node:
+        self._do("drain_node", name)
+        return admin_pb2.Node(name=name, state=admin_pb2.NODE_STATE_DRAINING, cpus=4)
+
+    def enable_node(self, name: str) -> admin_pb2.Node:
+        self._do("enable_node", name)
+        return admin_pb2.Node(name=name, state=admin_pb2.NODE_STATE_READY, cpus=4)
+
+    def remove_node(self, name: str) -> admin_pb2.Node:
+        self._do("remove_node", name)
+        return admin_pb2.Node(name=name, state=admin_pb2.NODE_STATE_DOWN)
+
+    def list_queue(self) -> list[admin_pb2.QueueEntry]:
+        self._do("list_queue")
+        e = admin_pb2.QueueEntry(
+            kind="cluster",
+            id="c9",
+            name="big",
+            owner="ana",
+            position=1,
+            cpus=34,
+            memory_mib=16640,
+            reason="member big-worker-3 does not fit: 2 node(s) have too few free CPUs",
+        )
+        e.queued_at.FromSeconds(1_700_000_000)
+        e.deadline.FromSeconds(1_700_000_600)
+        return [e]
+
+    def get_scheduler_input(self, **kw: Any) -> str:
+        self._do("get_scheduler_input", **kw)
+        return '{"version": 1}'
+
+    def close(self) -> None:
+        pass
+
+
+def _admin(argv: list[str], client: FakeClient) -> int:
+    return admin.main(argv, connect=lambda _s: client)  # type: ignore[arg-type, return-value]
+
+
+# -- parsing, usage checks ------------------------------------------------------------
+
+
+def test_admin_parsing() -> None:
+    p = admin.build_parser(admin.Commands(lambda _s: None))  # type: ignore[arg-type, return-value]
+    a = p.parse_args(
+        shlex.split(
+            "network create lab --subnet 10.9.0.0/24 --range 10.9.0.10-10.9.0.20 "
+            "--dns 1.1.1.1 --dns 9.9.9.9 --mac-prefix 52:54:01 -o json"
+        )
+    )
+    assert (a.name, a.subnet, a.range, a.dns, a.output) == (
+        "lab",
+        "10.9.0.0/24",
+        "10.9.0.10-10.9.0.20",
+        ["1.1.1.1", "9.9.9.9"],
+        "json",
+    )
+    a = p.parse_args(["site", "up", "--dir", "/x", "--driver", "libvirt", "--virt-type", "kvm"])
+    assert (a.dir, a.driver, a.virt_type) == ("/x", "libvirt", "kvm")
+    a = p.parse_args(["image", "import", "img", "--appliance", "/d"])
+    assert (a.file, a.appliance) == (None, "/d")
+    with pytest.raises(SystemExit):
+        p.parse_args(["site", "up", "--driver", "xen"])
+
+
+def test_admin_usage_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    client = FakeClient()
+    connect = lambda _s: client  # noqa: E731
+    argv = ["network", "create", "n", "--subnet", "10.0.0.0/24", "--range", "10.0.0.5"]
+    assert admin.main(argv, connect=connect) == 2  # type: ignore[arg-type]
+    assert "--range must be START-END" in capsys.readouterr().err
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"x")
+    argv = ["image", "import", "i", str(disk), "--appliance", str(tmp_path)]
+    assert admin.main(argv, connect=connect) == 2  # type: ignore[arg-type]
+    assert admin.main(["image", "import", "i"], connect=connect) == 2  # type: ignore[arg-type]
+    argv = ["image", "import", "i", str(tmp_path / "missing.img")]
+    assert admin.main(argv, connect=connect) == 1  # type: ignore[arg-type]
+    assert "no such file" in capsys.readouterr().err
+    assert client.calls == []
+
+
+def test_admin_image_import_detects_the_format_as_push_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = FakeClient()
+    vmdk = tmp_path / "d.vmdk"
+    vmdk.write_bytes(b"KDMV" + bytes(600))
+    assert admin.main(["image", "import", "i", str(vmdk)], connect=lambda _s: client) == 1  # type: ignore[arg-type, return-value]
+    err = capsys.readouterr().err
+    assert err.startswith("ws-admin: error: ") and "vmdk, not raw or qcow2; convert" in err
+    assert client.calls == []
+
+
+# -- ws-admin: nodes, queue, schedule --------------------------------------------------
+
+
+def test_admin_node_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    client = FakeClient()
+    assert _admin(["node", "drain", "n1"], client) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["n1", "DRAINING"]
+    assert _admin(["-o", "json", "node", "enable", "n1"], client) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "READY"
+    assert _admin(["node", "remove", "n1"], client) == 0
+    assert capsys.readouterr().out == "removed node n1\n"
+    assert [c[0] for c in client.calls] == ["drain_node", "enable_node", "remove_node"]
+    refused = FakeClient(fail=errors.FailedPrecondition("node n1 still holds 2 workspace(s)"))
+    assert _admin(["node", "remove", "n1"], refused) == 1
+    assert capsys.readouterr().err == "ws-admin: error: node n1 still holds 2 workspace(s)\n"
+
+
+def test_admin_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _admin(["queue"], FakeClient()) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "POSITION",
+        "KIND",
+        "NAME",
+        "OWNER",
+        "CPUS",
+        "MEMORY_MIB",
+        "QUEUED",
+        "DEADLINE",
+        "REASON",
+    ]
+    assert lines[1].split()[:8] == [
+        "1",
+        "cluster",
+        "big",
+        "ana",
+        "34",
+        "16640",
+        "2023-11-14T22:13:20Z",
+        "2023-11-14T22:23:20Z",
+    ]
+    assert lines[1].endswith("2 node(s) have too few free CPUs")
+    assert _admin(["queue", "-o", "json"], FakeClient()) == 0
+    entry = json.loads(capsys.readouterr().out)[0]
+    assert (entry["kind"], entry["position"], entry["memory_mib"]) == ("cluster", 1, 16640)
+
+
+def test_admin_schedule_dump(capsys: pytest.CaptureFixture[str]) -> None:
+    client = FakeClient()
+    argv = shlex.split(
+        "schedule dump --cpus 2 --memory-mib 512 --network a --network b --image img "
+        "--require gpu=1"
+    )
+    assert _admin(argv, client) == 0
+    assert capsys.readouterr().out == '{"version": 1}\n'
+    assert client.calls[0][1][1] == {
+        "cpus": 2,
+        "memory_mib": 512,
+        "networks": ["a", "b"],
+        "image": "img",
+        "requirements": {"gpu": "1"},
+    }
+    assert _admin(["schedule", "dump"], client) == 0
+    assert client.calls[1][1][1]["cpus"] == 0
+
+
+SCHEDULER_INPUT: dict[str, Any] = {
+    "version": 1,
+    "config": {"policy": "pack"},
+    "affinity": "NONE",
+    "nodes": [
+        {
+            "name": "n1",
+            "state": "READY",
+            "cpus": 4,
+            "memory_mib": 4096,
+            "used_cpus": 0,
+            "used_memory_mib": 0,
+            "hypervisor": "kvm",
+            "labels": {},
+            "networks": ["default"],
+            "cached_digests": [],
+        }
+    ],
+    "requests": [
+        {
+            "member": "request",
+            "cpus": 1,
+            "memory_mib": 256,
+            "networks": ["default"],
+            "digests": [],
+            "requirements": {},
+        }
+    ],
+}
+
+
+def _no_client(_s: str | None) -> Client:
+    raise AssertionError("schedule explain must not contact the service")
+
+
+def test_admin_schedule_explain_is_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(SCHEDULER_INPUT))
+    assert admin.main(["schedule", "explain", str(path)], connect=_no_client) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Placement: placed all 1 request(s)") and "n1" in out
+    assert admin.main(["schedule", "explain", str(path), "-o", "json"], connect=_no_client) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["placed"] is True and data["placements"][0]["node"] == "n1"
+
+    gpu = copy.deepcopy(SCHEDULER_INPUT)
+    gpu["requests"][0]["requirements"] = {"gpu": "1"}
+    path.write_text(json.dumps(gpu))
+    assert admin.main(["schedule", "explain", str(path)], connect=_no_client) == 1
+    captured = capsys.readouterr()
+    assert "DOES NOT FIT" in captured.out and "gpu=1" in captured.out
+    assert captured.err.startswith("ws-admin: error: does not fit")
+    assert captured.err.count("\n") == 1
+
+    path.write_text("{}")
+    assert admin.main(["schedule", "explain", str(path)], connect=_no_client) == 1
+    assert capsys.readouterr().err.startswith(f"ws-admin: error: {path}: ")
+    assert admin.main(["schedule", "explain", str(tmp_path / "no")], connect=_no_client) == 1
+    assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_admin_parsing_new_commands() -> None:
+    p = admin.build_parser(admin.Commands(lambda _s: None))  # type: ignore[arg-type, return-value]
+    a = p.parse_args(["node", "drain", "n1", "-o", "json"])
+    assert (a.node_command, a.name, a.output) == ("drain", "n1", "json")
+    a = p.parse_args(["schedule", "dump", "--require", "gpu=1", "--require", "os=linux"])
+    assert a.require == [("gpu", "1"), ("os", "linux")] and a.cpus is None
+    for bad in (
+        ["node", "drain"],
+        ["schedule"],
+        ["schedule", "explain"],
+        ["schedule", "dump", "--cpus", "0"],
+        ["schedule", "dump", "--require", "gpu"],
+    ):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)

@@ -1,0 +1,128 @@
+"""What ws and ws-admin print (workspace/cli/render.py): JSON with short enum names, in
+field order; text tables; one image table and one image view for both CLIs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from workspace.cli import admin, render, ws
+from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
+
+WS = common_pb2.WorkspaceState
+
+
+def _ws(state: int = WS.WORKSPACE_STATE_RUNNING, **kw: Any) -> common_pb2.Workspace:
+    base: dict[str, Any] = {"id": "w1", "name": "alpha", "image": "img", "cpus": 1}
+    base.update(kw)
+    return common_pb2.Workspace(state=state, memory_mib=512, **base)
+
+
+def test_json_shortens_enums_keeps_ints_and_field_order() -> None:
+    event = workspaces_pb2.WorkspaceEvent(
+        workspace=_ws(desired_state=common_pb2.DESIRED_STATE_STOPPED, nics=[common_pb2.Nic()]),
+        initial=True,
+    )
+    data = render.to_dict(event)
+    w = data["workspace"]
+    assert (w["state"], w["desired_state"], w["memory_mib"]) == ("RUNNING", "STOPPED", 512)
+    assert list(w)[:4] == ["id", "name", "owner", "image"]
+    assert w["nics"][0]["prefix_len"] == 0 and data["initial"] is True
+    node = render.to_dict(admin_pb2.Node(name="n", state=admin_pb2.NODE_STATE_DRAINING))
+    assert node["state"] == "DRAINING"
+    part = render.to_dict(common_pb2.Partition(mode=common_pb2.PARTITION_MODE_COW))
+    assert part["mode"] == "COW"
+    json.dumps(data)
+
+
+def test_text_tables_use_short_names() -> None:
+    text = render.workspace_rows(
+        [_ws(nics=[common_pb2.Nic(ip="10.0.0.2")]), _ws(WS.WORKSPACE_STATE_PAUSED, id="w2")]
+    )
+    lines = text.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"]
+    assert lines[1].split() == ["w1", "alpha", "RUNNING", "img", "1", "512", "-", "10.0.0.2"]
+    assert "PAUSED" in lines[2]
+    show = render.workspace_text(_ws(WS.WORKSPACE_STATE_FAILED, reason="disk full"))
+    assert "state       FAILED" in show and "reason      disk full" in show
+    assert render.state_line(_ws()) == "alpha (w1): RUNNING"
+    assert render.table(["A", "LONGER"], [["xyz", "1"]]) == "A    LONGER\nxyz  1"
+
+
+def _image() -> images_pb2.Image:
+    img = images_pb2.Image(
+        name="sci:1.0",
+        owner="ana",
+        total_bytes=3 * 1024 * 1024,
+        kernel_digest="sha256:" + "k" * 64,
+        partitions=[
+            common_pb2.Partition(
+                name="root",
+                mode=common_pb2.PARTITION_MODE_COW,
+                format="qcow2",
+                size_bytes=3 * 1024 * 1024,
+                virtual_size_bytes=8 * 1024 * 1024,
+                digest="sha256:" + "a" * 64,
+            ),
+            common_pb2.Partition(
+                name="scratch",
+                mode=common_pb2.PARTITION_MODE_BLANK,
+                format="raw",
+                size_bytes=1024 * 1024,
+                ext4=True,
+            ),
+        ],
+    )
+    img.created_at.FromSeconds(1_700_000_000)
+    return img
+
+
+class ImagesClient:
+    def list_images(self) -> list[images_pb2.Image]:
+        return [_image()]
+
+    def close(self) -> None:
+        pass
+
+
+def test_ws_and_ws_admin_list_images_alike(capsys: pytest.CaptureFixture[str]) -> None:
+    outputs = []
+    for main in (ws.main, admin.main):
+        for fmt in ("text", "json"):
+            assert main(["image", "list", "-o", fmt], connect=lambda _s: ImagesClient()) == 0  # type: ignore[arg-type, return-value]
+            outputs.append(capsys.readouterr().out)
+    ws_text, ws_json, admin_text, admin_json = outputs
+    assert ws_text == admin_text and ws_json == admin_json
+    lines = ws_text.splitlines()
+    assert lines[0].split() == ["NAME", "PARTITIONS", "SIZE", "BOOT", "OWNER", "CREATED"]
+    assert lines[1].split() == [
+        "sci:1.0",
+        "2",
+        "3.0",
+        "MiB",
+        "direct",
+        "ana",
+        "2023-11-14T22:13:20Z",
+    ]
+    assert json.loads(ws_json)[0]["partitions"][1]["mode"] == "BLANK"
+
+
+def test_image_view() -> None:
+    text = render.image_text(_image())
+    assert "total       3.0 MiB" in text
+    lines = text.splitlines()
+    head = lines.index(next(line for line in lines if line.startswith("PARTITION")))
+    assert lines[head].split() == ["PARTITION", "MODE", "FORMAT", "SIZE", "VIRTUAL", "DIGEST"]
+    assert lines[head + 1].split()[:8] == [
+        "root",
+        "COW",
+        "qcow2",
+        "3.0",
+        "MiB",
+        "8.0",
+        "MiB",
+        "sha256:" + "a" * 64,
+    ]
+    assert lines[head + 2].split() == ["scratch", "BLANK", "ext4", "raw", "-", "1.0", "MiB", "-"]

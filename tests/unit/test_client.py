@@ -1,0 +1,193 @@
+"""The client without a service: where it finds the service, and its workspace, health
+and blob RPCs against in-process fake servicers (errors, the retried create, chunked
+uploads, waits that follow the watch)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from workspace import errors, rpc
+from workspace.client import Client, ServiceNotConfigured, WaitFailed, WaitTimeout, resolve_address
+from workspace.site import record
+from workspace.v1 import (
+    common_pb2,
+    images_pb2,
+    images_pb2_grpc,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
+
+WS = common_pb2.WorkspaceState
+
+
+def _ws(state: int = WS.WORKSPACE_STATE_RUNNING, **kw: Any) -> common_pb2.Workspace:
+    base: dict[str, Any] = {"id": "w1", "name": "alpha", "image": "img", "cpus": 1}
+    base.update(kw)
+    return common_pb2.Workspace(state=state, memory_mib=512, **base)
+
+
+# -- address resolution ----------------------------------------------------------------
+
+
+def test_address_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(record.SITE_ENV, str(tmp_path))
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    with pytest.raises(ServiceNotConfigured, match="ws-admin site up"):
+        resolve_address(None)
+    record.write_record(tmp_path, record.SiteRecord(str(tmp_path), "unix:/site.sock", "fake"))
+    assert resolve_address(None) == "unix:/site.sock"
+    monkeypatch.setenv("WS_SERVICE", "env:1")
+    assert resolve_address(None) == "env:1"
+    assert resolve_address("flag:2") == "flag:2"
+
+
+def test_default_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(record.SITE_ENV, raising=False)
+    assert record.default_site_dir() == Path.home() / ".local/share/workspace/site"
+    monkeypatch.setenv(record.SITE_ENV, "/srv/site")
+    assert record.default_site_dir() == Path("/srv/site")
+
+
+# -- the client against in-process fake servicers ----------------------------------------
+
+
+class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
+    def __init__(self) -> None:
+        self.creates: list[str] = []
+        self.fail_creates = 0
+        self.states = [WS.WORKSPACE_STATE_PENDING]
+        self.drop_first_watch = False
+        self.watches = 0
+
+    def CreateWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        self.creates.append(request.request_id)
+        if self.fail_creates:
+            self.fail_creates -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "failed to connect: connection reset")
+        return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
+
+    def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        if request.id not in ("w1", "alpha"):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
+        return _ws(self.states[0])
+
+    def WatchWorkspaces(self, request: Any, context: Any) -> Iterator[Any]:
+        self.watches += 1
+        if self.drop_first_watch and self.watches == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "socket closed")
+        yield workspaces_pb2.WorkspaceEvent(workspace=_ws(self.states[0]), initial=True)
+        for state in self.states[1:]:
+            time.sleep(0.01)
+            yield workspaces_pb2.WorkspaceEvent(workspace=_ws(state))
+        while context.is_active():
+            time.sleep(0.01)
+
+
+class FakeImages(images_pb2_grpc.ImagesServicer):
+    def __init__(self) -> None:
+        self.chunks: list[int] = []
+
+    def UploadBlob(self, request_iterator: Any, context: Any) -> images_pb2.BlobRef:
+        self.chunks = [len(c.data) for c in request_iterator]
+        return images_pb2.BlobRef(digest="sha256:ab", size_bytes=sum(self.chunks))
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Client, FakeWorkspaces, FakeImages]]:
+    server = rpc.server(8)
+    wsvc, isvc = FakeWorkspaces(), FakeImages()
+    workspaces_pb2_grpc.add_WorkspacesServicer_to_server(wsvc, server)
+    images_pb2_grpc.add_ImagesServicer_to_server(isvc, server)
+    hsvc = health.HealthServicer()
+    hsvc.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(hsvc, server)
+    address = f"unix:{tmp_path}/s.sock"
+    rpc.bind(server, address)
+    server.start()
+    client = Client(address, timeout_s=5)
+    try:
+        yield client, wsvc, isvc
+    finally:
+        client.close()
+        server.stop(0).wait()
+
+
+def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImages]) -> None:
+    client, _, _ = served
+    assert client.health() == "SERVING"
+    with pytest.raises(errors.NotFound, match="no workspace 'nope'"):
+        client.get_workspace("nope")
+    with pytest.raises(errors.Unavailable, match="cannot reach the workspace service"):
+        Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
+
+
+def test_create_retries_once_with_the_same_request_id(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    client, wsvc, _ = served
+    wsvc.fail_creates = 1
+    w = client.create_workspace("img")
+    assert len(wsvc.creates) == 2 and wsvc.creates[0] == wsvc.creates[1] == w.request_id
+    wsvc.creates.clear()
+    wsvc.fail_creates = 2
+    with pytest.raises(errors.Unavailable):
+        client.create_workspace("img", request_id="mine")
+    assert wsvc.creates == ["mine", "mine"]
+
+
+def test_upload_blob_streams_1mib_chunks(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
+) -> None:
+    client, _, isvc = served
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+    seen: list[tuple[int, int]] = []
+    ref = client.upload_blob(path, lambda sent, total: seen.append((sent, total)))
+    assert isvc.chunks == [1024 * 1024, 1024 * 1024, 5]
+    assert ref.size_bytes == path.stat().st_size
+    total = path.stat().st_size
+    assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
+
+
+def test_wait_for_state_follows_the_watch(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    client, wsvc, _ = served
+    wsvc.states = [
+        WS.WORKSPACE_STATE_PENDING,
+        WS.WORKSPACE_STATE_STARTING,
+        WS.WORKSPACE_STATE_RUNNING,
+    ]
+    wsvc.drop_first_watch = True  # the first stream drops: the wait re-opens it
+    seen: list[str] = []
+    w = client.wait_for_state(
+        "alpha", [WS.WORKSPACE_STATE_RUNNING], 10, lambda x: seen.append(WS.Name(x.state))
+    )
+    assert w.state == WS.WORKSPACE_STATE_RUNNING and wsvc.watches == 2
+    assert seen == [
+        "WORKSPACE_STATE_PENDING",
+        "WORKSPACE_STATE_STARTING",
+        "WORKSPACE_STATE_RUNNING",
+    ]
+
+
+def test_wait_for_state_fails_and_times_out(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    client, wsvc, _ = served
+    wsvc.states = [WS.WORKSPACE_STATE_STARTING, WS.WORKSPACE_STATE_FAILED]
+    with pytest.raises(WaitFailed, match="is FAILED"):
+        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 10)
+    wsvc.states = [WS.WORKSPACE_STATE_STARTING]
+    with pytest.raises(WaitTimeout, match="it is STARTING"):
+        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 0.5)
+    gone = client.wait_for_state("gone", [WS.WORKSPACE_STATE_TERMINATED], 1)
+    assert gone.state == WS.WORKSPACE_STATE_TERMINATED

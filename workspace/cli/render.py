@@ -1,0 +1,675 @@
+"""Everything ws and ws-admin print about a result: JSON or text, in one place.
+
+Two output formats (``--output`` / ``-o``, default text):
+
+* ``json``: ``google.protobuf.json_format.MessageToDict`` with proto field names,
+  every field present, int64 as numbers and enum values shortened to their last part
+  ("RUNNING" rather than "WORKSPACE_STATE_RUNNING"); a list command prints a JSON
+  array, ``ws watch`` one compact object per line.
+* ``text``: a table for a list (``table``), a "key  value" block for one object
+  (``fields``), one line for a state change; the same short enum names as JSON.
+
+A command hands its result to ``emit(args, data, text)``; ``wants_json(args)`` is the
+only place that reads the format. Progress and state-change lines go to stderr (not in
+JSON mode), so stdout holds only the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from workspace.client import cluster_state_name, state_name
+from workspace.v1 import (
+    admin_pb2,
+    clusters_pb2,
+    common_pb2,
+    images_pb2,
+    trust_pb2,
+    workspaces_pb2,
+)
+
+FORMATS = ("text", "json")
+
+_DESIRED = common_pb2.DesiredState.DESCRIPTOR
+_AFFINITY = clusters_pb2.Affinity.DESCRIPTOR
+_FAILURE_POLICY = clusters_pb2.FailurePolicy.DESCRIPTOR
+_NODE_STATE = admin_pb2.NodeState.DESCRIPTOR
+_PARTITION_MODE = common_pb2.PartitionMode.DESCRIPTOR
+_RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
+
+
+# -- the format --------------------------------------------------------------------------
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    """Whether this invocation prints JSON (``--output json``)."""
+    return getattr(args, "output", "text") == "json"
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print a command's result: ``data`` as JSON (messages, and lists of them, are
+    converted with ``to_dict``), else ``text`` (nothing when it is empty)."""
+    if wants_json(args):
+        print_json(plain(data))
+    elif text:
+        print(text)
+
+
+# -- protobuf to plain data --------------------------------------------------------------
+
+
+def _enum_prefix(enum: EnumDescriptor) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+
+
+def enum_name(enum: EnumDescriptor, number: int) -> str:
+    """The short name of an enum value: NodeState 1 -> "READY"."""
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return str(number)
+    return value.name.removeprefix(_enum_prefix(enum))
+
+
+def _shortened(desc: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Enum values shortened, keys in field order, recursively."""
+    out: dict[str, Any] = {}
+    for field in desc.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        sub = field.message_type
+        if field.enum_type is not None:
+            prefix = _enum_prefix(field.enum_type)
+            if isinstance(value, list):
+                value = [str(v).removeprefix(prefix) for v in value]
+            else:
+                value = str(value).removeprefix(prefix)
+        elif sub is None or sub.full_name.startswith("google.protobuf."):
+            pass
+        elif sub.GetOptions().map_entry:
+            value_type = sub.fields_by_name["value"].message_type
+            if value_type is not None and isinstance(value, dict):
+                value = {k: _shortened(value_type, v) for k, v in value.items()}
+        elif isinstance(value, list):
+            value = [_shortened(sub, v) if isinstance(v, dict) else v for v in value]
+        elif isinstance(value, dict):
+            value = _shortened(sub, value)
+        out[field.name] = value
+    return out
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """A message as JSON-ready data (see the module docstring)."""
+    data = json_format.MessageToDict(
+        msg,
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=True,
+        unquote_int64_if_possible=True,
+    )
+    return _shortened(msg.DESCRIPTOR, data)
+
+
+def plain(data: Any) -> Any:
+    """``data`` with every message (also inside lists) made a dict by ``to_dict``."""
+    if isinstance(data, Message):
+        return to_dict(data)
+    if isinstance(data, list | tuple):
+        return [plain(item) for item in data]
+    return data
+
+
+def print_json(data: Any, stream: TextIO | None = None) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False), file=stream or sys.stdout)
+
+
+def print_json_line(data: Any) -> None:
+    print(json.dumps(data, separators=(",", ":")), flush=True)
+
+
+# -- text --------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
+        lines.append("  ".join([*parts, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def fields(pairs: Iterable[tuple[str, object]]) -> str:
+    """A "key  value" block for one object (empty values are left out)."""
+    items = [(k, str(v)) for k, v in pairs if v not in ("", None)]
+    width = max((len(k) for k, _ in items), default=0)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in items)
+
+
+def fmt_time(ts: Timestamp) -> str:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return ""
+    when = datetime.fromtimestamp(ts.seconds, tz=UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _ips(nics: Iterable[common_pb2.Nic]) -> str:
+    return ",".join(n.ip for n in nics if n.ip) or "-"
+
+
+def _say(prog: str, line: str) -> None:
+    print(f"{prog}: {line}", file=sys.stderr, flush=True)
+
+
+# -- workspaces --------------------------------------------------------------------------
+
+
+def _label(ws: common_pb2.Workspace) -> str:
+    return f"{ws.name} ({ws.id})" if ws.name and ws.name != ws.id else ws.id
+
+
+def _nic_text(nic: common_pb2.Nic) -> str:
+    addr = f"{nic.ip}/{nic.prefix_len}" if nic.ip and nic.prefix_len else nic.ip or "-"
+    gateway = f" gateway {nic.gateway}" if nic.gateway else ""
+    return f"{nic.network} {addr} mac {nic.mac or '-'}{gateway}"
+
+
+def workspace_text(ws: common_pb2.Workspace) -> str:
+    pairs: list[tuple[str, object]] = [
+        ("id", ws.id),
+        ("name", ws.name),
+        ("state", state_name(ws.state)),
+        ("desired", enum_name(_DESIRED, ws.desired_state)),
+        ("reason", ws.reason),
+        ("image", ws.image),
+        ("cpus", ws.cpus),
+        ("memory_mib", ws.memory_mib),
+        ("node", ws.node),
+    ]
+    pairs += [("nic", _nic_text(n)) for n in ws.nics]
+    pairs += [
+        ("cluster", ws.cluster),
+        ("role", ws.role),
+        ("owner", ws.owner),
+        ("reboot_count", ws.reboot_count or ""),
+        ("request_id", ws.request_id),
+        ("created_at", fmt_time(ws.created_at)),
+        ("updated_at", fmt_time(ws.updated_at)),
+    ]
+    return fields(pairs)
+
+
+def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
+    rows = [
+        [
+            ws.id,
+            ws.name or "-",
+            state_name(ws.state),
+            ws.image,
+            ws.cpus,
+            ws.memory_mib,
+            ws.node or "-",
+            _ips(ws.nics),
+        ]
+        for ws in items
+    ]
+    return table(["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"], rows)
+
+
+def state_line(ws: common_pb2.Workspace) -> str:
+    reason = f"  ({ws.reason})" if ws.reason else ""
+    return f"{_label(ws)}: {state_name(ws.state)}{reason}"
+
+
+def watch_event(args: argparse.Namespace, event: workspaces_pb2.WorkspaceEvent) -> None:
+    """One `ws watch` event: a compact JSON object per line, or a timestamped state line."""
+    if wants_json(args):
+        print_json_line(to_dict(event))
+    else:
+        print(f"{time.strftime('%H:%M:%S')}  {state_line(event.workspace)}", flush=True)
+
+
+def console(args: argparse.Namespace, ref: str, data: bytes) -> None:
+    """`ws console`: the log's bytes as they are (ending in a newline), or for JSON
+    ``{"id": ref, "data": text}`` (invalid UTF-8 replaced)."""
+    if wants_json(args):
+        print_json({"id": ref, "data": data.decode("utf-8", errors="replace")})
+        return
+    sys.stdout.buffer.write(data)
+    if data and not data.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+
+
+def workspace_progress(
+    args: argparse.Namespace, prog: str
+) -> Callable[[common_pb2.Workspace], None] | None:
+    """``on_change`` for Client.wait_for_state: a state line on stderr (none for JSON)."""
+    if wants_json(args):
+        return None
+
+    def on_change(ws: common_pb2.Workspace) -> None:
+        _say(prog, state_line(ws))
+
+    return on_change
+
+
+# -- clusters ----------------------------------------------------------------------------
+
+
+def _cluster_label(c: clusters_pb2.Cluster) -> str:
+    return f"{c.name} ({c.id})" if c.name and c.id and c.name != c.id else c.name or c.id
+
+
+def _running(c: clusters_pb2.Cluster) -> str:
+    up = sum(1 for m in c.members if m.state == _RUNNING)
+    return f"{up}/{len(c.members)}"
+
+
+def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
+    rows = [
+        [
+            c.id,
+            c.name,
+            cluster_state_name(c.state),
+            _running(c),
+            enum_name(_AFFINITY, c.affinity),
+            fmt_time(c.created_at) or "-",
+        ]
+        for c in items
+    ]
+    return table(["ID", "NAME", "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
+
+
+def cluster_text(c: clusters_pb2.Cluster) -> str:
+    head = fields(
+        [
+            ("id", c.id),
+            ("name", c.name),
+            ("state", cluster_state_name(c.state)),
+            ("reason", c.reason),
+            ("running", _running(c)),
+            ("affinity", enum_name(_AFFINITY, c.affinity)),
+            ("on_failure", enum_name(_FAILURE_POLICY, c.on_failure)),
+            ("owner", c.owner),
+            ("request_id", c.request_id),
+            ("created_at", fmt_time(c.created_at)),
+            ("updated_at", fmt_time(c.updated_at)),
+        ]
+    )
+    spec = table(
+        ["ROLE", "IMAGE", "COUNT", "CPUS", "MEMORY_MIB", "NETWORKS", "REQUIREMENTS"],
+        [
+            [
+                m.role,
+                m.image,
+                m.count or 1,
+                m.cpus or "-",
+                m.memory_mib or "-",
+                ",".join(m.networks) or "-",
+                ",".join(f"{k}={v}" for k, v in sorted(m.requirements.items())) or "-",
+            ]
+            for m in c.spec
+        ],
+    )
+    members = table(
+        ["NAME", "ROLE", "STATE", "NODE", "IP"],
+        [
+            [m.name, m.role or "-", state_name(m.state), m.node or "-", _ips(m.nics)]
+            for m in c.members
+        ],
+    )
+    parts = [head]
+    if c.spec:
+        parts.append(spec)
+    if c.members:
+        parts.append(members)
+    return "\n\n".join(parts)
+
+
+def cluster_state_line(c: clusters_pb2.Cluster) -> str:
+    reason = f"  ({c.reason})" if c.reason else ""
+    members = f", {_running(c)} members RUNNING" if c.members else ""
+    return f"cluster {_cluster_label(c)}: {cluster_state_name(c.state)}{members}{reason}"
+
+
+def cluster_progress(
+    args: argparse.Namespace, prog: str
+) -> Callable[[clusters_pb2.Cluster], None] | None:
+    """``on_change`` for Client.wait_for_cluster_state: a line on stderr when the
+    cluster's state changes and one per member state change (none for JSON)."""
+    if wants_json(args):
+        return None
+    last_state: list[int] = []
+    members: dict[str, int] = {}
+
+    def on_change(c: clusters_pb2.Cluster) -> None:
+        lines = []
+        if last_state != [c.state]:
+            last_state[:] = [c.state]
+            lines.append(cluster_state_line(c))
+        for m in c.members:
+            if members.get(m.id) != m.state:
+                members[m.id] = m.state
+                lines.append(f"  {state_line(m)}")
+        for line in lines:
+            _say(prog, line)
+
+    return on_change
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+def image_rows(images: Sequence[images_pb2.Image]) -> str:
+    """`ws image list` and `ws-admin image list`."""
+    rows = [
+        [
+            img.name,
+            len(img.partitions),
+            fmt_bytes(img.total_bytes),
+            "direct" if img.kernel_digest else "disk",
+            img.owner,
+            fmt_time(img.created_at),
+        ]
+        for img in images
+    ]
+    return table(["NAME", "PARTITIONS", "SIZE", "BOOT", "OWNER", "CREATED"], rows)
+
+
+def image_text(img: images_pb2.Image) -> str:
+    """`ws image show|push` and `ws-admin image import`."""
+    head = fields(
+        [
+            ("name", img.name),
+            ("owner", img.owner),
+            ("created_at", fmt_time(img.created_at)),
+            ("total", fmt_bytes(img.total_bytes)),
+            ("kernel", img.kernel_digest),
+            ("initrd", img.initrd_digest),
+            ("cmdline", img.cmdline),
+        ]
+    )
+    parts = table(
+        ["PARTITION", "MODE", "FORMAT", "SIZE", "VIRTUAL", "DIGEST"],
+        [
+            [
+                p.name,
+                enum_name(_PARTITION_MODE, p.mode) + (" ext4" if p.ext4 else ""),
+                p.format,
+                fmt_bytes(p.size_bytes) if p.digest else "-",
+                fmt_bytes(p.virtual_size_bytes or p.size_bytes),
+                p.digest or "-",
+            ]
+            for p in img.partitions
+        ],
+    )
+    return f"{head}\n\n{parts}"
+
+
+def usage_text(u: images_pb2.RepositoryUsage) -> str:
+    quota = fmt_bytes(u.quota_bytes) if u.quota_bytes else "none"
+    free = fmt_bytes(max(0, u.quota_bytes - u.used_bytes)) if u.quota_bytes else ""
+    return fields(
+        [("owner", u.owner), ("used", fmt_bytes(u.used_bytes)), ("quota", quota), ("free", free)]
+    )
+
+
+# -- image trust -------------------------------------------------------------------------
+
+
+def _signers(envelopes: Iterable[str]) -> list[str]:
+    """The key ids named in DSSE envelopes (malformed ones are skipped)."""
+    out: list[str] = []
+    for text in envelopes:
+        try:
+            out += [str(s["keyid"]) for s in json.loads(text)["signatures"]]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return list(dict.fromkeys(out))
+
+
+def signatures_text(sigs: trust_pb2.ImageSignatures) -> str:
+    verdict = "trusted" if sigs.trusted else "NOT trusted"
+    signers = ", ".join(k[:16] for k in _signers(sigs.envelopes_json)) or "none"
+    return fields(
+        [
+            ("image", sigs.image),
+            ("signatures", f"{len(sigs.envelopes_json)} (by {signers})"),
+            ("verdict", f"{verdict}: {sigs.reason}"),
+            ("policy", f"v{sigs.policy_version}"),
+        ]
+    )
+
+
+def policy_text(p: trust_pb2.TrustPolicy) -> str:
+    mode = "enforce" if p.mode == trust_pb2.TRUST_MODE_ENFORCE else "warn"
+    head = f"policy v{p.version}, mode {mode}" + (
+        ", running VMs stopped on revoke" if p.stop_running_on_revoke else ""
+    )
+    rows = [
+        [
+            k.key_id[:16],
+            ",".join(k.image_patterns),
+            fmt_time(k.expires_at) if k.HasField("expires_at") else "never",
+            "REVOKED" if k.revoked else "ok",
+            k.comment,
+        ]
+        for k in p.keys
+    ]
+    out = head
+    if rows:
+        out += "\n" + table(["KEY", "IMAGES", "EXPIRES", "STATE", "COMMENT"], rows)
+    if p.revoked_digests:
+        out += "\nrevoked digests:\n" + "\n".join(f"  {d}" for d in p.revoked_digests)
+    return out
+
+
+def audit_text(entries: Sequence[trust_pb2.AuditEntry]) -> str:
+    rows = [
+        [
+            fmt_time(e.at),
+            e.where,
+            e.action,
+            e.image,
+            e.verdict,
+            e.key_id[:16] or "-",
+            f"v{e.policy_version}",
+            e.workspace_id or "-",
+            e.reason,
+        ]
+        for e in entries
+    ]
+    headers = ["AT", "WHERE", "ACTION", "IMAGE", "VERDICT", "KEY", "POLICY", "WORKSPACE", "WHY"]
+    return table(headers, rows)
+
+
+# -- nodes, networks, the queue, node caches ---------------------------------------------
+
+
+def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
+    rows = [
+        [
+            n.name,
+            enum_name(_NODE_STATE, n.state),
+            n.hypervisor,
+            f"{n.used_cpus}/{n.cpus}",
+            f"{n.used_memory_mib}/{n.memory_mib}",
+            n.workspaces,
+            ",".join(n.networks) or "-",
+            fmt_time(n.last_heartbeat) or "-",
+        ]
+        for n in nodes
+    ]
+    headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
+    return table([*headers, "HEARTBEAT"], rows)
+
+
+def network_rows(nets: Sequence[admin_pb2.Network]) -> str:
+    rows = [
+        [
+            n.name,
+            n.subnet,
+            n.gateway or "-",
+            f"{n.range_start}-{n.range_end}" if n.range_start else "-",
+            n.bridge or "-",
+            n.mac_prefix or "-",
+            ",".join(n.dns) or "-",
+            n.allocated,
+        ]
+        for n in nets
+    ]
+    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "ALLOCATED"]
+    return table(headers, rows)
+
+
+def queue_rows(entries: Sequence[admin_pb2.QueueEntry]) -> str:
+    rows = [
+        [
+            e.position,
+            e.kind,
+            e.name or e.id,
+            e.owner or "-",
+            e.cpus,
+            e.memory_mib,
+            fmt_time(e.queued_at) or "-",
+            fmt_time(e.deadline) or "-",
+            e.reason or "-",
+        ]
+        for e in entries
+    ]
+    headers = ["POSITION", "KIND", "NAME", "OWNER", "CPUS", "MEMORY_MIB", "QUEUED", "DEADLINE"]
+    return table([*headers, "REASON"], rows)
+
+
+def cache_text(resp: admin_pb2.ListCacheResponse) -> str:
+    budget = fmt_bytes(resp.budget_bytes) if resp.budget_bytes else "unlimited"
+    pinned = sum(1 for e in resp.entries if e.pinned)
+    head = (
+        f"node {resp.node}: {len(resp.entries)} blob(s), {fmt_bytes(resp.used_bytes)} "
+        f"of {budget} budget, {pinned} pinned (in use by workspaces)"
+    )
+    if not resp.entries:
+        return head
+    rows = [
+        [
+            e.digest,
+            fmt_bytes(e.size_bytes),
+            fmt_time(e.last_used) or "-",
+            "yes" if e.pinned else "no",
+        ]
+        for e in resp.entries
+    ]
+    return head + "\n" + table(["DIGEST", "SIZE", "LAST_USED", "PINNED"], rows)
+
+
+# -- upload progress (stderr) ------------------------------------------------------------
+
+
+class _Bar:
+    """A ``LABEL [####    ]  45.0% 1.2 MiB/2.7 MiB`` bar redrawn in place on a terminal
+    (at most every 0.1 s, and always at the end); elsewhere it draws nothing."""
+
+    def __init__(self, stream: TextIO, width: int) -> None:
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self._last_s = 0.0
+        self._open = False
+
+    def draw(self, label: str, done: int, total: int) -> None:
+        now_s = time.monotonic()
+        if not self.tty or (done < total and now_s - self._last_s < 0.1):
+            return
+        self._last_s = now_s
+        frac = done / total if total else 1.0
+        bar = "#" * int(self.width * frac)
+        self.stream.write(
+            f"\r{label} [{bar:<{self.width}}] {frac * 100:5.1f}% "
+            f"{fmt_bytes(done)}/{fmt_bytes(total)}"
+        )
+        self.stream.flush()
+        self._open = True
+
+    def end(self) -> None:
+        """Finish the bar's line (if one is drawn)."""
+        if self._open:
+            self.stream.write("\n")
+            self._open = False
+
+
+class UploadProgress:
+    """``progress(sent, total)`` for Client.upload_blob (`ws-admin image import`): a bar
+    on a terminal; ``done(ref)`` then says what was uploaded."""
+
+    def __init__(
+        self, prog: str, label: str, stream: TextIO | None = None, width: int = 30
+    ) -> None:
+        self.prog = prog
+        self.label = label
+        self.stream = stream or sys.stderr
+        self._bar = _Bar(self.stream, width)
+
+    def __call__(self, sent: int, total: int) -> None:
+        self._bar.draw(self.label, sent, total)
+
+    def done(self, ref: images_pb2.BlobRef) -> None:
+        self._bar.end()
+        print(
+            f"{self.prog}: uploaded {self.label}: {ref.digest} ({fmt_bytes(ref.size_bytes)})",
+            file=self.stream,
+            flush=True,
+        )
+
+
+_STEP_WORDS = {"hash": "hashing", "upload": "sending", "skip": "present"}
+
+
+class PushProgress:
+    """``progress(step, path, done, total)`` for Client.push_image (`ws image push`): a
+    bar per file on a terminal; otherwise one line per file once it is sent or found
+    present."""
+
+    def __init__(self, prog: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.prog = prog
+        self.stream = stream or sys.stderr
+        self._bar = _Bar(self.stream, width)
+
+    def __call__(self, step: str, path: str, done: int, total: int) -> None:
+        name = os.path.basename(path)
+        finished = done >= total
+        if step == "skip":
+            self._bar.end()
+            self._line(f"{name}: already in the repository, not sent")
+            return
+        self._bar.draw(f"{_STEP_WORDS.get(step, step):8} {name}", done, total)
+        if finished:
+            self._bar.end()
+        if step == "upload" and finished:
+            self._line(f"{name}: sent {fmt_bytes(total)}")
+
+    def _line(self, text: str) -> None:
+        print(f"{self.prog}: {text}", file=self.stream, flush=True)
