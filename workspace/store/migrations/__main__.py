@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,18 +30,30 @@ def next_revision_id() -> str:
 def revision(message: str, autogenerate: bool, url: str) -> None:
     rev_id = next_revision_id()
     if not autogenerate:
-        command.revision(migrations.config(), message=message, rev_id=rev_id)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = create_engine(url or f"sqlite:///{Path(tmp) / 'head.db'}")
-        try:
-            migrations.upgrade(engine)
-            with engine.connect() as conn, conn.begin():
-                command.revision(
-                    migrations.config(conn), message=message, rev_id=rev_id, autogenerate=True
-                )
-        finally:
-            engine.dispose()
+        written = command.revision(migrations.config(), message=message, rev_id=rev_id)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = create_engine(url or f"sqlite:///{Path(tmp) / 'head.db'}")
+            try:
+                migrations.upgrade(engine)
+                with engine.connect() as conn, conn.begin():
+                    written = command.revision(
+                        migrations.config(conn),
+                        message=message,
+                        rev_id=rev_id,
+                        autogenerate=True,
+                    )
+            finally:
+                engine.dispose()
+    scripts = written if isinstance(written, list) else [written]
+    for script in scripts:
+        if script is not None:
+            # house style; a no-op where ruff is not installed
+            subprocess.run(
+                [sys.executable, "-m", "ruff", "format", "-q", script.path],
+                check=False,
+                stderr=subprocess.DEVNULL,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

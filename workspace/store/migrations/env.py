@@ -8,23 +8,53 @@ from the ``sqlalchemy.url`` option. ``--sql`` (offline) mode writes the DDL inst
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from alembic import context
-from sqlalchemy import create_engine
+from alembic.operations import ops
+from sqlalchemy import DefaultClause, create_engine
 from sqlalchemy.engine import Connection
 
+from workspace.store.migrations import defaults
 from workspace.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
+def _added_columns(op_list: Iterable[ops.MigrateOperation]) -> Iterable[ops.AddColumnOp]:
+    for op in op_list:
+        if isinstance(op, ops.AddColumnOp):
+            yield op
+        elif isinstance(op, ops.ModifyTableOps):
+            yield from _added_columns(op.ops)
+
+
+def _fill_new_columns(_context: Any, _revision: Any, directives: list[Any]) -> None:
+    """Autogenerate: a NOT NULL column added to a table gets a DEFAULT (the model's
+    default) so that the table's existing rows can take it."""
+    for script in directives:
+        for upgrade_ops in script.upgrade_ops_list:
+            for op in _added_columns(upgrade_ops.ops):
+                col = op.column
+                if col.nullable or col.server_default is not None:
+                    continue
+                model = target_metadata.tables[op.table_name].c[col.name]
+                value = defaults.server_default(model)
+                if value is not None:
+                    col.server_default = DefaultClause(value)
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        # SQLite cannot ALTER most things: batch mode copies the table instead.
-        render_as_batch=connection.dialect.name == "sqlite",
+        # SQLite cannot ALTER most things: batch mode copies the table instead (the
+        # rendered batch blocks are plain ALTERs on other databases).
+        render_as_batch=True,
         compare_type=True,
+        process_revision_directives=_fill_new_columns,
     )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import ipaddress
-import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +25,8 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Dialect
+
+from workspace.store.migrations import defaults
 
 BASELINE = "0001"
 
@@ -83,24 +84,15 @@ def baseline_tables(script: ScriptDirectory, dialect: Dialect) -> list[sa.Table]
     return tables
 
 
-def _fill_value(col: sa.Column[Any], dialect: Dialect) -> sa.TextClause:
-    """A literal DEFAULT that gives existing rows the column's Python default."""
-    value: Any = None
-    if col.default is not None:
-        arg = getattr(col.default, "arg", None)
-        value = arg(None) if callable(arg) else arg
-    if isinstance(col.type, sa.JSON):
-        value = json.dumps(value if value is not None else {})
-    elif value is None:
-        value = col.type.python_type()
-    if isinstance(value, bool):
-        return sa.text(str((sa.true() if value else sa.false()).compile(dialect=dialect)))
-    if isinstance(value, bytes):
-        if dialect.name == "postgresql":
-            return sa.text(f"'\\x{value.hex()}'::bytea")
-        return sa.text(f"X'{value.hex()}'")
-    lit = sa.literal(value).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-    return sa.text(str(lit))
+def _fill_value(col: sa.Column[Any], dialect: Dialect) -> str | sa.TextClause:
+    """A DEFAULT that gives existing rows the column's Python default."""
+    value = defaults.server_default(col)
+    if value is not None:
+        return value
+    data = defaults.python_default(col) or b""
+    if dialect.name == "postgresql":
+        return sa.text(f"'\\x{data.hex()}'::bytea")
+    return sa.text(f"X'{data.hex()}'")
 
 
 def adopt(conn: Connection, script: ScriptDirectory) -> list[str]:
