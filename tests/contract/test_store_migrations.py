@@ -317,7 +317,7 @@ def test_a_failed_migration_leaves_the_store_as_it_was(
     def boom(*_a: Any, **_kw: Any) -> None:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(migrations.command, "stamp", boom)
+    monkeypatch.setattr("alembic.command.stamp", boom)
     with pytest.raises(RuntimeError, match="interrupted"):
         Store(f"sqlite:///{path}")
     assert schema(create_engine(f"sqlite:///{path}")) == before
