@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from workspace.store.migrations import legacy
@@ -82,6 +82,12 @@ def upgrade(engine: Engine) -> list[str]:
     return changed
 
 
+def _version(conn: Connection) -> str | None:
+    """The revision, read without Alembic (whose context logs on every start)."""
+    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
 def _upgrade(conn: Connection, sqlite: bool) -> list[str]:
     with conn.begin():
         if sqlite:
@@ -91,6 +97,7 @@ def _upgrade(conn: Connection, sqlite: bool) -> list[str]:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         changed: list[str] = []
         tables = set(inspect(conn).get_table_names())
+        before = _version(conn) if VERSION_TABLE in tables else None
         if VERSION_TABLE not in tables and tables & legacy.BASELINE_TABLES:
             changed = legacy.adopt(conn, script())
             command.stamp(config(conn), legacy.BASELINE)
@@ -99,7 +106,7 @@ def _upgrade(conn: Connection, sqlite: bool) -> list[str]:
                 legacy.BASELINE,
                 f"; added {', '.join(changed)}" if changed else "",
             )
-        before = current(conn)
+            before = legacy.BASELINE
         if before != head():
             command.upgrade(config(conn), "head")
             log.info("store schema upgraded from %s to %s", before, head())

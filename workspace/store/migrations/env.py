@@ -46,7 +46,7 @@ def _fill_new_columns(_context: Any, _revision: Any, directives: list[Any]) -> N
                     col.server_default = DefaultClause(value)
 
 
-def _configure(connection: Connection) -> None:
+def _configure(connection: Connection, in_transaction: bool = False) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -55,6 +55,8 @@ def _configure(connection: Connection) -> None:
         render_as_batch=True,
         compare_type=True,
         process_revision_directives=_fill_new_columns,
+        # the caller's transaction holds the DDL too (on SQLite: BEGIN IMMEDIATE)
+        transactional_ddl=True if in_transaction else None,
     )
 
 
@@ -72,7 +74,7 @@ def run_offline() -> None:
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        _configure(connection)
+        _configure(connection, in_transaction=True)
         with context.begin_transaction():
             context.run_migrations()
         return

@@ -99,7 +99,8 @@ def adopt(conn: Connection, script: ScriptDirectory) -> list[str]:
     """Bring an old store to revision 0001's schema; returns what was added."""
     insp = sa.inspect(conn)
     have_tables = set(insp.get_table_names())
-    ops = Operations(MigrationContext.configure(conn))
+    # inside the caller's transaction (on SQLite: BEGIN IMMEDIATE)
+    ops = Operations(MigrationContext.configure(conn, opts={"transactional_ddl": True}))
     added: list[str] = []
     for table in baseline_tables(script, conn.dialect):
         if table.name not in have_tables:
