@@ -344,3 +344,27 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(CommandError, match="9999"):
         Store(f"sqlite:///{path}")
+
+
+def test_missing_tables_indexes_and_unique_constraints_are_created(tmp_path: Path) -> None:
+    ddl = TODAY.read_text()
+    console_logs = ddl[ddl.index("CREATE TABLE console_logs") :]
+    ddl = ddl.replace(console_logs, "")  # a table with a foreign key
+    for piece in (
+        "CREATE INDEX ix_ws_state ON workspaces (state);",
+        "CREATE INDEX ix_alloc_network_ip_int ON ip_allocations (network, ip_int);",
+        "\tCONSTRAINT uq_mac UNIQUE (mac), \n",
+    ):
+        assert piece in ddl
+        ddl = ddl.replace(piece, "")
+    older = tmp_path / "older.sql"
+    older.write_text(ddl)
+    path = tmp_path / "older.db"
+    make_db(path, older)
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert schema(store.engine) == fresh_schema(tmp_path)
+        with store.read() as s:  # the rebuilt table kept its rows
+            assert len(s.execute(select(IpAllocation)).scalars().all()) == 2
+    finally:
+        store.close()
