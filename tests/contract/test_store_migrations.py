@@ -1,0 +1,370 @@
+"""The store's schema migrations (Alembic): what a database of each age becomes.
+
+The fixtures are ``sqlite3 .schema`` dumps of a store created by an older release, kept
+as text so that these tests do not depend on today's models:
+
+- ``store_schema_49a6878.sql``: the last schema before migrations (= revision 0001);
+- ``store_schema_39f9af5.sql``: the first release (no drain, cache, queue or trust
+  columns and tables, ``blobs.size_bytes`` INTEGER, no ``ip_int``).
+
+When ``test_a_fresh_store_matches_the_models`` fails, the models changed: write the next
+revision (docs/design/store.md, "Adding a migration").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
+from sqlalchemy import create_engine, inspect, select
+from sqlalchemy.engine import Engine
+
+from workspace.store import Base, IpAllocation, Network, Node, Store, Workspace, migrations
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TODAY = FIXTURES / "store_schema_49a6878.sql"
+FIRST_RELEASE = FIXTURES / "store_schema_39f9af5.sql"
+
+# A few rows: each goes in with the columns its table has in the database's schema.
+ROWS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "nodes",
+        {
+            "name": "n1",
+            "hypervisor": "kvm",
+            "cpus": 8,
+            "memory_mib": 16384,
+            "disk_gib": 100,
+            "used_cpus": 2,
+            "used_memory_mib": 2048,
+            "state": "READY",
+            "drained": 0,
+            "last_heartbeat": 12.5,
+            "labels": '{"rack": "a"}',
+            "networks": '["net0"]',
+            "cached_digests": "[]",
+            "peer_address": "",
+            "cache": "[]",
+            "cache_budget_bytes": 0,
+            "prefetch": "[]",
+        },
+    ),
+    (
+        "networks",
+        {
+            "name": "net0",
+            "subnet": "10.1.0.0/24",
+            "gateway": "10.1.0.1",
+            "range_start": "10.1.0.2",
+            "range_end": "10.1.0.254",
+            "bridge": "br0",
+            "mac_prefix": "52:54:00",
+            "dns": '["10.1.0.1"]',
+        },
+    ),
+    (
+        "workspaces",
+        {
+            "id": "ws1",
+            "name": "web",
+            "owner": "alice",
+            "request_id": "r1",
+            "request_hash": "h1",
+            "image": "img:1",
+            "image_spec": '{"partitions": []}',
+            "cpus": 2,
+            "memory_mib": 2048,
+            "claimed_cpus": 2,
+            "claimed_memory_mib": 2048,
+            "node": "n1",
+            "state": "RUNNING",
+            "desired_state": "RUNNING",
+            "reason": "",
+            "reboot_count": 0,
+            "stop_timeout_s": 60,
+            "force_stop": 0,
+            "user_data": b"hi",
+            "cluster": "",
+            "role": "",
+            "networks": '["net0"]',
+            "requirements": "{}",
+            "wait_deadline": 0.0,
+            "created_at": 1.0,
+            "updated_at": 2.0,
+        },
+    ),
+    (
+        "ip_allocations",
+        {
+            "id": 1,
+            "network": "net0",
+            "ip": "10.1.0.2",
+            "ip_int": 167837698,
+            "mac": "52:54:00:00:00:01",
+            "workspace_id": "ws1",
+            "nic_index": 0,
+        },
+    ),
+    (
+        "ip_allocations",
+        {
+            "id": 2,
+            "network": "net0",
+            "ip": "10.1.0.3",
+            "ip_int": 167837699,
+            "mac": "52:54:00:00:00:02",
+            "workspace_id": "ws1",
+            "nic_index": 1,
+        },
+    ),
+]
+
+
+def make_db(path: Path, ddl: Path, rows: bool = True) -> None:
+    """A database as an older release left it: its schema (``ddl``) and a few rows."""
+    con = sqlite3.connect(path)
+    con.executescript(ddl.read_text())
+    for table, values in ROWS if rows else []:
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        cols = [c for c in values if c in have]
+        con.execute(
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [values[c] for c in cols],
+        )
+    con.commit()
+    con.close()
+
+
+def schema(engine: Engine, types: bool = True) -> dict[str, Any]:
+    """Tables, columns, keys, indexes and unique constraints, as the inspector sees them."""
+    insp = inspect(engine)
+    out: dict[str, Any] = {}
+    for table in sorted(insp.get_table_names()):
+        out[table] = {
+            "columns": {
+                c["name"]: (str(c["type"]) if types else "", c["nullable"], c.get("default"))
+                for c in insp.get_columns(table)
+            },
+            "pk": insp.get_pk_constraint(table)["constrained_columns"],
+            "fks": sorted(
+                (tuple(fk["constrained_columns"]), fk["referred_table"])
+                for fk in insp.get_foreign_keys(table)
+            ),
+            "indexes": sorted(
+                (ix["name"], tuple(ix["column_names"]), bool(ix["unique"]))
+                for ix in insp.get_indexes(table)
+            ),
+            "uniques": sorted(
+                (str(uq["name"]), tuple(uq["column_names"]))
+                for uq in insp.get_unique_constraints(table)
+            ),
+        }
+    return out
+
+
+def fresh_schema(tmp_path: Path, types: bool = True) -> dict[str, Any]:
+    store = Store(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        return schema(store.engine, types)
+    finally:
+        store.close()
+
+
+def revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return migrations.current(conn)
+
+
+def test_todays_store_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "today.db"
+    make_db(path, TODAY)
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert revision(store.engine) == migrations.head()
+        with store.read() as s:
+            node = s.execute(select(Node)).scalar_one()
+            assert (node.name, node.cpus, node.labels, node.networks) == (
+                "n1",
+                8,
+                {"rack": "a"},
+                ["net0"],
+            )
+            net = s.execute(select(Network)).scalar_one()
+            assert (net.subnet, net.dns) == ("10.1.0.0/24", ["10.1.0.1"])
+            ws = s.execute(select(Workspace)).scalar_one()
+            assert (ws.id, ws.node, ws.state, ws.user_data) == ("ws1", "n1", "RUNNING", b"hi")
+            assert ws.image_spec == {"partitions": []}
+            allocs = s.execute(select(IpAllocation).order_by(IpAllocation.id)).scalars().all()
+            assert [(a.ip, a.ip_int, a.nic_index) for a in allocs] == [
+                ("10.1.0.2", 167837698, 0),
+                ("10.1.0.3", 167837699, 1),
+            ]
+        assert schema(store.engine) == fresh_schema(tmp_path)
+    finally:
+        store.close()
+
+
+def test_first_release_store_is_upgraded_with_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "first.db"
+    make_db(path, FIRST_RELEASE)
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert revision(store.engine) == migrations.head()
+        with store.read() as s:
+            node = s.execute(select(Node)).scalar_one()
+            assert (node.name, node.labels, node.drained) == ("n1", {"rack": "a"}, False)
+            assert (node.peer_address, node.cache, node.cache_budget_bytes) == ("", [], 0)
+            assert node.prefetch == []
+            ws = s.execute(select(Workspace)).scalar_one()
+            assert (ws.networks, ws.requirements, ws.wait_deadline) == ([], {}, 0.0)
+            allocs = s.execute(select(IpAllocation).order_by(IpAllocation.id)).scalars().all()
+            # computed from the address, not defaulted: the lowest-free query reads it
+            assert [a.ip_int for a in allocs] == [167837698, 167837699]
+        got, fresh = schema(store.engine, types=False), fresh_schema(tmp_path, types=False)
+        # the columns added to existing tables keep the DEFAULT that filled their rows
+        for table in got.values():
+            table["columns"] = {k: v[:2] for k, v in table["columns"].items()}
+        for table in fresh.values():
+            table["columns"] = {k: v[:2] for k, v in table["columns"].items()}
+        assert got == fresh
+    finally:
+        store.close()
+
+
+def test_missing_columns_are_added_with_defaults(tmp_path: Path) -> None:
+    """A store of the last pre-migrations release that an older one made: some columns
+    were never added to it."""
+    path = tmp_path / "old.db"
+    make_db(path, TODAY, rows=False)
+    con = sqlite3.connect(path)
+    con.execute(
+        "INSERT INTO nodes (name, hypervisor, cpus, memory_mib, disk_gib, used_cpus,"
+        " used_memory_mib, state, drained, last_heartbeat, labels, networks, cached_digests,"
+        " peer_address, cache, cache_budget_bytes, prefetch)"
+        " VALUES ('n1', 'kvm', 4, 4096, 0, 0, 0, 'READY', 0, 0.0, '{}', '[]', '[]', '', '[]',"
+        " 0, '[]')"
+    )
+    # what an older version's schema looked like: without these columns
+    for table, col in (
+        ("nodes", "drained"),
+        ("nodes", "labels"),
+        ("workspaces", "networks"),
+        ("workspaces", "wait_deadline"),
+    ):
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    con.commit()
+    con.close()
+
+    store = Store(f"sqlite:///{path}")
+    with store.read() as s:
+        node = s.execute(select(Node)).scalar_one()
+        assert (node.name, node.drained, node.labels) == ("n1", False, {})
+        assert s.execute(select(Workspace)).first() is None
+    cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(workspaces)")}
+    assert {"networks", "wait_deadline"} <= cols
+    store.close()
+
+
+def test_a_fresh_store_matches_the_models(tmp_path: Path) -> None:
+    """If this fails, models.py changed without a migration: add the next revision."""
+    store = Store(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        with store.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(ctx, Base.metadata)
+        assert diff == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("ddl", [None, TODAY, FIRST_RELEASE], ids=["new", "today", "first"])
+def test_upgrading_twice_is_a_no_op(tmp_path: Path, ddl: Path | None) -> None:
+    path = tmp_path / "twice.db"
+    if ddl is not None:
+        make_db(path, ddl)
+    Store(f"sqlite:///{path}").close()
+    once = schema(create_engine(f"sqlite:///{path}"))
+    rows_once = dump(path)
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert migrations.upgrade(store.engine) == []
+        assert schema(store.engine) == once
+        assert revision(store.engine) == migrations.head()
+    finally:
+        store.close()
+    assert dump(path) == rows_once
+
+
+def dump(path: Path) -> list[str]:
+    con = sqlite3.connect(path)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+def test_a_failed_migration_leaves_the_store_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "first.db"
+    make_db(path, FIRST_RELEASE)
+    before = schema(create_engine(f"sqlite:///{path}"))
+
+    def boom(*_a: Any, **_kw: Any) -> None:
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr("alembic.command.stamp", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        Store(f"sqlite:///{path}")
+    assert schema(create_engine(f"sqlite:///{path}")) == before
+
+
+def test_store_keeps_its_sqlite_settings(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        store.close()
+
+
+def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    Store(f"sqlite:///{path}").close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE alembic_version SET version_num = '9999'")
+    con.commit()
+    con.close()
+    with pytest.raises(CommandError, match="9999"):
+        Store(f"sqlite:///{path}")
+
+
+def test_missing_tables_indexes_and_unique_constraints_are_created(tmp_path: Path) -> None:
+    ddl = TODAY.read_text()
+    console_logs = ddl[ddl.index("CREATE TABLE console_logs") :]
+    ddl = ddl.replace(console_logs, "")  # a table with a foreign key
+    for piece in (
+        "CREATE INDEX ix_ws_state ON workspaces (state);",
+        "CREATE INDEX ix_alloc_network_ip_int ON ip_allocations (network, ip_int);",
+        "\tCONSTRAINT uq_mac UNIQUE (mac), \n",
+    ):
+        assert piece in ddl
+        ddl = ddl.replace(piece, "")
+    older = tmp_path / "older.sql"
+    older.write_text(ddl)
+    path = tmp_path / "older.db"
+    make_db(path, older)
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert schema(store.engine) == fresh_schema(tmp_path)
+        with store.read() as s:  # the rebuilt table kept its rows
+            assert len(s.execute(select(IpAllocation)).scalars().all()) == 2
+    finally:
+        store.close()

@@ -1,0 +1,113 @@
+"""Schema migrations of the store (Alembic, configured in code: no alembic.ini).
+
+``upgrade(engine)`` brings any store to the newest revision; ``Store`` calls it on start.
+A store made before migrations existed (tables, no ``alembic_version``) is first brought to
+revision ``0001`` by ``legacy.adopt`` and stamped. New revisions: see docs/design/store.md
+(``python -m workspace.store.migrations revision -m "what changes" --autogenerate``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+
+from workspace.store.migrations import legacy
+
+log = logging.getLogger("workspace.store")
+
+DIRECTORY = Path(__file__).resolve().parent
+VERSION_TABLE = "alembic_version"
+
+
+def config(connection: Connection | None = None, url: str = "") -> Config:
+    """An Alembic configuration for this package; ``connection`` is used as is (the caller
+    owns its transaction), else ``url`` is opened."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(DIRECTORY).replace("%", "%%"))
+    # revisions are numbered: 0001_baseline.py, 0002_<slug>.py, ...
+    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    cfg.set_main_option("truncate_slug_length", "40")
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@functools.cache
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(config())
+
+
+def head() -> str:
+    rev = script().get_current_head()
+    assert rev is not None, "no revisions"
+    return rev
+
+
+def current(connection: Connection) -> str | None:
+    """The revision a database is at (None: never migrated)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Bring the database to the newest revision in one transaction; a no-op when it is
+    there already. Returns what the adoption of a pre-migrations store changed (else [])."""
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite ALTERs copy tables (batch mode): foreign keys are checked at the end
+            # instead. The pragma is ignored inside a transaction, so it comes first.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            changed = _upgrade(conn, sqlite)
+            if sqlite:
+                bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                conn.commit()
+                if bad:
+                    raise RuntimeError(f"store migration broke foreign keys: {bad[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+    return changed
+
+
+def _version(conn: Connection) -> str | None:
+    """The revision, read without Alembic (whose context logs on every start)."""
+    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
+def _upgrade(conn: Connection, sqlite: bool) -> list[str]:
+    with conn.begin():
+        if sqlite:
+            # pysqlite runs DDL outside transactions unless one is open: open it here, so
+            # that a failed migration leaves the store as it was (and two starting services
+            # take turns).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        changed: list[str] = []
+        tables = set(inspect(conn).get_table_names())
+        before = _version(conn) if VERSION_TABLE in tables else None
+        if VERSION_TABLE not in tables and tables & legacy.BASELINE_TABLES:
+            changed = legacy.adopt(conn, script())
+            command.stamp(config(conn), legacy.BASELINE)
+            log.info(
+                "store from before migrations adopted at revision %s%s",
+                legacy.BASELINE,
+                f"; added {', '.join(changed)}" if changed else "",
+            )
+            before = legacy.BASELINE
+        if before != head():
+            command.upgrade(config(conn), "head")
+            log.info("store schema upgraded from %s to %s", before, head())
+        return changed

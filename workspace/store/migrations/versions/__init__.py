@@ -1,0 +1,1 @@
+"""Alembic revisions of the store, oldest first (``0001`` is the first release's schema)."""
