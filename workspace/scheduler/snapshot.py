@@ -14,15 +14,26 @@ import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from workspace.config import SchedulerConfig
 from workspace.scheduler.model import Affinity, NodeView, Request
 
-if TYPE_CHECKING:
-    from workspace.scheduler.filters import Filter
-
 ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
+
+
+class StaticFilter(Protocol):
+    """What the snapshot asks of a static filter (``workspace.scheduler.filters`` has them)."""
+
+    def active(self, req: Request, ctx: Context) -> bool: ...
+
+    def filter_all(
+        self, hosts: Sequence[HostState], req: Request, ctx: Context
+    ) -> list[HostState]: ...
+
+    def rejections(
+        self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
+    ) -> Counter[str]: ...
 
 
 class HostState:
@@ -134,7 +145,7 @@ class Snapshot:
     # -- memoised static answers --------------------------------------------------------
 
     def static_candidates(
-        self, req: Request, ctx: Context, filters: Sequence[Filter]
+        self, req: Request, ctx: Context, filters: Sequence[StaticFilter]
     ) -> tuple[list[HostState], Counter[str]]:
         """Hosts passing the static ``filters`` for ``req``'s shape, and rejections by reason.
 
