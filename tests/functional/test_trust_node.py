@@ -10,12 +10,12 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import agent.agent
-from agent.cache.blobs import hash_file
+from images import digest as digests
 from images import signing
 from tests.functional.harness import WS, Site, wait_for
+from workspace.codec import node as node_codec
+from workspace.domain.model import Disk
 from workspace.errors import PermissionDenied
-from workspace.node.v1 import nodes_pb2
 from workspace.service.trust import manifest_of
 from workspace.store import Image
 from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
@@ -104,7 +104,7 @@ def test_flipped_byte_in_cached_blob_is_found_on_next_use_and_refetched(
         what="the cache-hit audit",
     )[0]
     assert hit.digest == digest and "does not match its digest" in hit.reason
-    assert hash_file(path) == digest  # fetched again, intact
+    assert digests.of_file(path) == digest  # fetched again, intact
     assert ag.cache.received_bytes["service"] > fetched
     # Same policy version: the intact blob is not hashed again.
     hits = len(_node_audit(site, "cache-hit"))
@@ -119,15 +119,17 @@ def test_order_with_a_swapped_or_unverified_digest_is_refused(signed_site: Site)
     w1 = site.stubs.create(name="w1", image=IMAGE)
     site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
     other = site.stubs.upload(b"another blob" * 100)
-    order = nodes_pb2.Assignment()
-    order.CopyFrom(wait_for(lambda: (ag.desired or {}).get(w1.id), what="the order"))
-    order.workspace_id = "forged"
-    order.disks[0].digest = other  # a swapped blob (or a mix of two versions)
+    order = wait_for(lambda: ag.executor.orders().get(w1.id), what="the order")
+    first = order.disks[0]
+    swapped = Disk(dataclasses.replace(first.partition, digest=other), first.sources)
+    # a swapped blob (or a mix of two versions)
+    order = dataclasses.replace(order, workspace_id="forged", disks=(swapped, *order.disks[1:]))
     with pytest.raises(PermissionDenied, match=f"order names digest {other} the service did not"):
-        ag._create(order)
-    order.verified_digests.append(other)  # even if the order claims it was verified
+        ag.executor.create(order)
+    # even if the order claims it was verified
+    order = dataclasses.replace(order, verified_digests=(*order.verified_digests, other))
     with pytest.raises(PermissionDenied, match=r"image app:1 refused.*differ"):
-        ag._create(order)
+        ag.executor.create(order)
     assert "forged" not in {d.workspace_id for d in ag.driver.list_domains()}
     assert not ag.cache.has(other)  # refused before anything was fetched
 
@@ -141,14 +143,14 @@ def test_agent_refuses_what_the_service_let_through_and_keeps_running_vms(
     site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
     # The agent holds a policy in which the key is revoked; the service still trusts it.
     kid = signing.key_id(key.public_key())
-    real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = agent.agent.trust.policy_from_proto
+    real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = node_codec.policy_from_proto
 
     def revoked(p: trust_pb2.TrustPolicy) -> signing.Policy:
         pol = real(p)
         keys = tuple(dataclasses.replace(k, revoked=k.key_id == kid) for k in pol.keys)
         return dataclasses.replace(pol, keys=keys)
 
-    monkeypatch.setattr(agent.agent.trust, "policy_from_proto", revoked)
+    monkeypatch.setattr(node_codec, "policy_from_proto", revoked)
     _add_key(site, Ed25519PrivateKey.generate())  # a new policy version reaches the node
     running = wait_for(
         lambda: "no longer trusted" in (w := site.stubs.get(w1.id)).reason and w,
