@@ -5,16 +5,19 @@ Real service + fake-driver agent over gRPC."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.audit import AuditSpool
 from images import digest as digests
 from images import signing
 from tests.functional.harness import WS, Site, wait_for
 from workspace.codec import node as node_codec
-from workspace.domain.model import Disk
+from workspace.domain.model import AuditRecord, Disk
 from workspace.errors import PermissionDenied
 from workspace.service.trust import manifest_of
 from workspace.store import Image
@@ -203,3 +206,44 @@ def test_site_that_stops_vms_on_revocation_powers_them_off(
     assert "is revoked" in got.reason
     dom = site.agents["node1"].driver.get(ws.id)
     assert dom is not None and dom.state.value == "shutoff"  # powered off, kept for inspection
+
+
+def test_audit_records_spooled_before_a_crash_reach_the_service_once_after_restart(
+    signed_site: Site,
+) -> None:
+    site = signed_site
+    ws = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    wait_for(lambda: _node_audit(site, "boot"), what="the node's boot audit")
+    state_dir = Path(site.agents["node1"].cfg.state_dir)
+    site.stop_agent("node1")
+    # The agent died after spooling two decisions and before any report carried them.
+    spool = AuditSpool(state_dir)
+    assert spool.pending() == []  # what the service acknowledged is not kept
+    unsent = [
+        AuditRecord(
+            at=1_700_000_000.0 + n,
+            where="node:node1",
+            action="cache-hit",
+            image=IMAGE,
+            digest=_digest(site),
+            policy_version=1,
+            verdict="allow",
+            reason=f"unsent before the crash #{n}",
+            workspace_id=ws.id,
+        )
+        for n in (1, 2)
+    ]
+    for record in unsent:
+        spool.add(record)
+
+    site.add_agent("node1")
+    wait_for(
+        lambda: {e.reason for e in _node_audit(site, "cache-hit")} >= {r.reason for r in unsent},
+        what="the spooled records at the service",
+    )
+    time.sleep(2.5)  # a few more heartbeats (1 s here): nothing is sent twice
+    reasons = [e.reason for e in _node_audit(site) if e.reason.startswith("unsent before")]
+    assert sorted(reasons) == ["unsent before the crash #1", "unsent before the crash #2"]
+    assert len(_node_audit(site, "boot")) == 1
+    assert site.agents["node1"].audit.pending() == []  # acknowledged: gone from the spool
