@@ -23,19 +23,14 @@ from agent.gate import TrustGate
 from agent.netsetup import Networking
 from agent.reconcile import Action, Want, plan
 from agent.staging import Staging
-from agent.virt.base import DiskSpec, DomainInfo, DomainSpec, DomainState, Driver, NicSpec
+from agent.status import StatusBoard
+from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec
 from workspace.domain.model import Observation, Order
 from workspace.domain.states import Desired, Observed
 from workspace.errors import WorkspaceError
 
 log = logging.getLogger("agent")
 
-OBSERVED_FROM_DOMAIN = {
-    DomainState.RUNNING: Observed.RUNNING,
-    DomainState.PAUSED: Observed.PAUSED,
-    DomainState.SHUTOFF: Observed.STOPPED,
-    DomainState.OTHER: Observed.STARTING,
-}
 OP_RETRY = Backoff(2.0, 60.0)
 DEFAULT_STOP_TIMEOUT_S = 60
 
@@ -84,12 +79,9 @@ class Executor:
         self.pool = ThreadPoolExecutor(max_parallel_ops, thread_name_prefix="op")
         self._lock = threading.RLock()
         self._desired: dict[str, Order] | None = None  # None: no orders yet
-        # Overrides of what the driver shows, while an operation runs or after it failed.
-        self._status: dict[str, tuple[Observed, str]] = {}
+        self.status = StatusBoard()
         self._busy: set[str] = set()
         self._failures = Retries(OP_RETRY)
-        # Why a workspace was repaired behind the owner's back, until its desired state changes.
-        self._notes: dict[str, str] = {}
         self._last_want: dict[str, Want] = {}
         self._last_actual: dict[str, DomainState] = {}
         driver.set_event_callback(self._on_event)
@@ -120,21 +112,7 @@ class Executor:
         """What to report of ``ids``, or of every workspace the node knows of (None)."""
         # Never call the driver while holding our lock: drivers call back into us.
         domains = {d.workspace_id: d for d in self.driver.list_domains()}
-        with self._lock:
-            if ids is None:
-                ids = sorted(set(self._desired or {}) | set(domains) | set(self._status))
-            return [self._observe(wid, domains) for wid in ids]
-
-    def _observe(self, wid: str, domains: dict[str, DomainInfo]) -> Observation:
-        if wid in self._status:
-            state, reason = self._status[wid]
-        elif wid in domains:
-            state, reason = OBSERVED_FROM_DOMAIN[domains[wid].state], self._notes.get(wid, "")
-        elif self._desired is not None and wid in self._desired:
-            state, reason = Observed.PROPAGATING, ""
-        else:
-            state, reason = Observed.ABSENT, ""
-        return Observation(wid, state, reason)
+        return self.status.observe(ids, domains, self.orders())
 
     def _on_event(self, workspace_id: str) -> None:
         with self._lock:
@@ -172,10 +150,9 @@ class Executor:
         self.staging.kick_prefetch()
         wants = {wid: Want(o.desired, o.reboot_count, o.force_stop) for wid, o in desired.items()}
         applied = {wid: self.files.load_state(wid).get("reboot_count", 0) for wid in actual}
-        with self._lock:
-            for wid, want in wants.items():
-                if self._last_want.get(wid) != want:
-                    self._notes.pop(wid, None)  # the owner asked for something new
+        for wid, want in wants.items():
+            if self._last_want.get(wid) != want:
+                self.status.drop_note(wid)  # the owner asked for something new
         for wid, action in plan(wants, actual, leftovers, applied).items():
             if wid in busy:
                 continue
@@ -193,15 +170,9 @@ class Executor:
         """A create that failed before anything reached the host (refused by the trust
         policy, a blob that would not fetch) leaves only its FAILED status: once the
         workspace is no longer desired, report it ABSENT so the service can let it go."""
-        with self._lock:
-            gone = [
-                wid
-                for wid, (state, _) in self._status.items()
-                if state is Observed.FAILED and wid not in desired and wid not in present
-            ]
-            for wid in gone:
-                self._status[wid] = (Observed.ABSENT, "")
-                self._failures.forget(wid)
+        gone = self.status.release_failed(set(desired) | present)
+        for wid in gone:
+            self._failures.forget(wid)
         if gone:
             self.pool.submit(self.report, gone)
 
@@ -218,8 +189,7 @@ class Executor:
         else:
             return
         log.warning("workspace %s: %s", wid, note)
-        with self._lock:
-            self._notes[wid] = note
+        self.status.note(wid, note)
 
     # -- operations --------------------------------------------------------------------
 
@@ -228,8 +198,7 @@ class Executor:
             log.info("workspace %s: %s", wid, action.value)
             self._execute(wid, action, order)
             self._failures.forget(wid)
-            with self._lock:
-                self._status.pop(wid, None)
+            self.status.clear(wid)
         except Exception as exc:
             reason = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
             count, delay = self._failures.failed(wid)
@@ -241,8 +210,7 @@ class Executor:
                 delay,
                 reason,
             )
-            with self._lock:
-                self._status[wid] = (Observed.FAILED, f"{action.value} failed: {reason}")
+            self.status.set(wid, Observed.FAILED, f"{action.value} failed: {reason}")
             if not isinstance(exc, WorkspaceError):
                 log.debug("traceback", exc_info=True)
         finally:
@@ -252,8 +220,7 @@ class Executor:
             self.wake.set()
 
     def _set_status(self, wid: str, state: Observed) -> None:
-        with self._lock:
-            self._status[wid] = (state, "")
+        self.status.set(wid, state)
         self.report([wid])
 
     def _execute(self, wid: str, action: Action, order: Order | None) -> None:
@@ -292,8 +259,7 @@ class Executor:
             d.undefine(wid)
             self.files.remove(wid)
             self.staging.release(wid)
-            with self._lock:
-                self._status[wid] = (Observed.ABSENT, "")
+            self.status.set(wid, Observed.ABSENT)
             self.report([wid])
 
     def create(self, order: Order) -> None:
@@ -353,6 +319,5 @@ class Executor:
             if stop:
                 # It stays off: starting it again needs a verdict that allows it.
                 self.driver.destroy(wid)
-            with self._lock:
-                self._notes[wid] = note
+            self.status.note(wid, note)
             self.report([wid])
