@@ -9,9 +9,9 @@ from pathlib import Path
 
 from agent.virt.base import DiskSpec
 from images import formats, mkfs, qemu_img
+from images.model import Mode, Partition
+from workspace.domain.model import Order
 from workspace.errors import DriverError
-from workspace.node.v1 import nodes_pb2
-from workspace.v1 import common_pb2
 
 _TARGETS = "abcdefghijklmnopqrstuvwxyz"
 # The virtual size limit is the service's business (checked at import).
@@ -38,55 +38,52 @@ class WorkspaceFiles:
     def remove(self, workspace_id: str) -> None:
         shutil.rmtree(self.dir(workspace_id), ignore_errors=True)
 
-    def prepare(self, a: nodes_pb2.Assignment, base_paths: dict[str, Path]) -> tuple[DiskSpec, ...]:
+    def prepare(self, order: Order, base_paths: dict[str, Path]) -> tuple[DiskSpec, ...]:
         """Create this workspace's disks; ``base_paths`` maps digests to cached blobs."""
-        d = self.dir(a.workspace_id)
+        d = self.dir(order.workspace_id)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
         disks: list[DiskSpec] = []
-        for index, disk in enumerate(a.disks):
+        for index, disk in enumerate(order.disks):
+            p = disk.partition
             target = "vd" + _TARGETS[index]
             try:
-                if disk.mode != common_pb2.PARTITION_MODE_BLANK:
+                if p.mode is not Mode.BLANK:
                     # Checked at import by the service too; the node does not rely on it
                     # before QEMU or qemu-img open the file.
-                    formats.inspect(
-                        base_paths[disk.digest], disk.format, _NO_SIZE_LIMIT, "cached blob"
-                    )
-                if disk.mode == common_pb2.PARTITION_MODE_READONLY:
+                    formats.inspect(base_paths[p.digest], p.format, _NO_SIZE_LIMIT, "cached blob")
+                if p.mode is Mode.READONLY:
                     disks.append(
                         DiskSpec(
-                            str(base_paths[disk.digest]),
-                            disk.format,
+                            str(base_paths[p.digest]),
+                            p.format,
                             target,
                             readonly=True,
                             shareable=True,
                         )
                     )
                     continue
-                if disk.mode == common_pb2.PARTITION_MODE_BLANK:
-                    disks.append(self._blank(d, disk, target))
+                if p.mode is Mode.BLANK:
+                    disks.append(self._blank(d, p, target))
                     continue
-                path = d / f"{disk.name}.qcow2"
+                path = d / f"{p.name}.qcow2"
                 path.unlink(missing_ok=True)
-                qemu_img.create_overlay(
-                    base_paths[disk.digest], disk.format, path, disk.virtual_size_bytes
-                )
+                qemu_img.create_overlay(base_paths[p.digest], p.format, path, p.virtual_size_bytes)
                 os.chmod(path, 0o644)
                 disks.append(DiskSpec(str(path), "qcow2", target))
             except (qemu_img.QemuImgError, mkfs.MkfsError, formats.UnsafeImage, OSError) as exc:
-                raise DriverError(f"workspace {a.workspace_id}: disk {disk.name}: {exc}") from exc
+                raise DriverError(f"workspace {order.workspace_id}: disk {p.name}: {exc}") from exc
         return tuple(disks)
 
     @staticmethod
-    def _blank(d: Path, disk: nodes_pb2.DiskAssignment, target: str) -> DiskSpec:
+    def _blank(d: Path, p: Partition, target: str) -> DiskSpec:
         """An empty disk: qcow2 (or raw) from qemu-img, or a raw file formatted ext4."""
-        size = disk.virtual_size_bytes or disk.size_bytes
-        fmt = "raw" if disk.ext4 else (disk.format or "qcow2")
-        path = d / f"{disk.name}.{fmt}"
+        size = p.virtual_size_bytes or p.size_bytes
+        fmt = "raw" if p.ext4 else (p.format or "qcow2")
+        path = d / f"{p.name}.{fmt}"
         path.unlink(missing_ok=True)
-        if disk.ext4:
-            mkfs.create_ext4(path, size, label=disk.name)
+        if p.ext4:
+            mkfs.create_ext4(path, size, label=p.name)
         else:
             qemu_img.create_blank(path, size, fmt)
         os.chmod(path, 0o644)

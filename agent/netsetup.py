@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from workspace.node.v1 import nodes_pb2
+from workspace.domain.model import Order
 
 
 class Networking(Protocol):
-    def sync(self, assignments: Sequence[nodes_pb2.Assignment]) -> None:
+    def sync(self, orders: Sequence[Order]) -> None:
         """Make bridges and DHCP entries match the NICs of these workspaces."""
 
     def close(self) -> None:
@@ -19,7 +19,7 @@ class Networking(Protocol):
 class NullNetworking:
     """For the fake driver: no bridges, no DHCP."""
 
-    def sync(self, assignments: Sequence[nodes_pb2.Assignment]) -> None:
+    def sync(self, orders: Sequence[Order]) -> None:
         return None
 
     def close(self) -> None:

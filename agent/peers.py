@@ -3,7 +3,7 @@
 An agent with ``peer_listen`` set runs a small read-only gRPC server over its blob
 cache and registers the address other agents reach it at. The service tells an
 agent which peers hold a blob (``DiskAssignment.sources``); the agent tries them in
-order and finally the service (see ``Agent._sources``). The receiving cache hashes
+order and finally the service (see ``Staging.sources``). The receiving cache hashes
 every byte, so a peer is never trusted: a bad or failed one only costs a retry
 from the next source.
 

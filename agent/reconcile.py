@@ -7,6 +7,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from agent.virt.base import DomainState
+from workspace.domain.states import Desired
 
 
 class Action(enum.Enum):
@@ -22,7 +23,7 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Want:
-    desired: str  # RUNNING | PAUSED | STOPPED
+    desired: Desired  # RUNNING | PAUSED | STOPPED
     reboot_count: int = 0
     force_stop: bool = False
 
@@ -44,19 +45,19 @@ def plan(
             out[wid] = Action.CREATE
             continue
         act: Action | None = None
-        if want.desired == "RUNNING":
+        if want.desired == Desired.RUNNING:
             if state is DomainState.SHUTOFF:
                 act = Action.START
             elif state is DomainState.PAUSED:
                 act = Action.RESUME
             elif state is DomainState.RUNNING and want.reboot_count > applied_reboots.get(wid, 0):
                 act = Action.REBOOT
-        elif want.desired == "PAUSED":
+        elif want.desired == Desired.PAUSED:
             if state is DomainState.RUNNING:
                 act = Action.PAUSE
             elif state is DomainState.SHUTOFF:
                 act = Action.START
-        elif want.desired == "STOPPED" and state is not DomainState.SHUTOFF:
+        elif want.desired == Desired.STOPPED and state is not DomainState.SHUTOFF:
             act = Action.FORCE_STOP if want.force_stop else Action.STOP
         if act is not None:
             out[wid] = act

@@ -2,8 +2,8 @@
 
 The service verifies signatures at push and at create, but the agent does not trust
 it to have done so: before it boots anything it rebuilds the signed manifest from the
-order (the Assignment) and verifies the order's envelopes against the policy it holds
-(the latest ``AssignmentSet.policy``).
+order (``Order.spec()``) and verifies the order's envelopes against the policy it holds
+(the latest one its link decoded from the service's stream).
 
 Which disks the manifest covers: a workspace's disks are the image's partitions (cow
 ones perhaps grown: only ``virtual_size_bytes`` changes, which the manifest does not
@@ -11,9 +11,10 @@ cover) followed by blank partitions added at create time. The agent cannot tell 
 added blank partition from one of the image's own blank partitions by looking at the
 order, so it takes the list from what was signed: for each envelope, the manifest
 holds the order's disks whose names the signed statement lists, in the order's
-order. A disk the statement does not list must be a blank partition without content
-(no digest); anything else (an extra cow or readonly disk) refuses the order. Dropping
-or changing a signed partition changes the manifest, so the signature fails.
+order (``ImageSpec.only``). A disk the statement does not list must be a blank
+partition without content (no digest); anything else (an extra cow or readonly disk)
+refuses the order. Dropping or changing a signed partition changes the manifest, so
+the signature fails.
 
 Bound orders: every digest the agent would use (disks, kernel, initrd) must be one the
 service says it verified (``verified_digests``); otherwise the order is refused whatever
@@ -28,49 +29,17 @@ import json
 from collections.abc import Sequence
 
 from images import signing
-from images.model import ImageSpec, Mode, Partition
-from workspace.node.v1 import nodes_pb2
-from workspace.v1 import common_pb2, trust_pb2
+from images.model import Mode
+from workspace.domain.model import AuditRecord, Order
 
 
-def policy_from_proto(p: trust_pb2.TrustPolicy) -> signing.Policy:
-    return signing.Policy(
-        version=p.version,
-        enforce=p.mode == trust_pb2.TRUST_MODE_ENFORCE,
-        keys=tuple(
-            signing.Key(
-                key_id=k.key_id,
-                public_key_pem=k.public_key_pem,
-                image_patterns=tuple(k.image_patterns) or ("*",),
-                expires_at=(k.expires_at.ToNanoseconds() / 1e9)
-                if k.HasField("expires_at")
-                else 0.0,
-                revoked=k.revoked,
-            )
-            for k in p.keys
-        ),
-        revoked_digests=frozenset(p.revoked_digests),
-    )
-
-
-def mode_name(value: common_pb2.PartitionMode.ValueType) -> str:
-    return common_pb2.PartitionMode.Name(value).removeprefix("PARTITION_MODE_")
-
-
-def used_digests(a: nodes_pb2.Assignment) -> list[str]:
-    """Every blob digest the agent would use for ``a`` (disks, kernel, initrd)."""
-    out = [d.digest for d in a.disks if d.digest]
-    out += [d for d in (a.kernel_digest, a.initrd_digest) if d]
-    return list(dict.fromkeys(out))
-
-
-def unverified_digests(a: nodes_pb2.Assignment) -> list[str]:
+def unverified_digests(order: Order) -> list[str]:
     """Digests the order uses that the service did not say it verified."""
-    verified = set(a.verified_digests)
-    return [d for d in used_digests(a) if d not in verified]
+    verified = set(order.verified_digests)
+    return [d for d in order.digests() if d not in verified]
 
 
-def _signed_partition_names(envelope: str) -> list[str] | None:
+def signed_partition_names(envelope: str) -> list[str] | None:
     """The partition names a DSSE envelope's statement lists (None: unreadable)."""
     try:
         env = json.loads(envelope)
@@ -80,65 +49,45 @@ def _signed_partition_names(envelope: str) -> list[str] | None:
         return None
 
 
-def manifest(a: nodes_pb2.Assignment, names: Sequence[str] | None = None) -> ImageSpec:
-    """The manifest of the order: its disks (only ``names`` if given), kernel, initrd,
-    cmdline — the same fields, defaults and order as the service's image manifest."""
-    wanted = None if names is None else set(names)
-    return ImageSpec(
-        a.image,
-        tuple(
-            Partition(
-                name=d.name,
-                mode=Mode(mode_name(d.mode)),
-                digest=d.digest,
-                size_bytes=d.size_bytes,
-                format=d.format or "raw",
-            )
-            for d in a.disks
-            if wanted is None or d.name in wanted
-        ),
-        a.kernel_digest,
-        a.initrd_digest,
-        a.cmdline,
-    )
-
-
-def _extra_disk_problem(a: nodes_pb2.Assignment, names: Sequence[str]) -> str:
+def extra_disk_problem(order: Order, names: Sequence[str]) -> str:
+    """Why the order's disks outside ``names`` (the signed ones) refuse it ('' if not)."""
     signed = set(names)
-    for d in a.disks:
-        if d.name in signed:
+    for disk in order.disks:
+        p = disk.partition
+        if p.name in signed:
             continue
-        if d.digest or d.mode != common_pb2.PARTITION_MODE_BLANK:
+        if p.digest or p.mode is not Mode.BLANK:
             return (
-                f"the order adds disk {d.name!r} with content ({mode_name(d.mode).lower()}, "
-                f"{d.digest or 'no digest'}) that the image's signed manifest does not list"
+                f"the order adds disk {p.name!r} with content ({p.mode.value.lower()}, "
+                f"{p.digest or 'no digest'}) that the image's signed manifest does not list"
             )
     return ""
 
 
-def check_order(a: nodes_pb2.Assignment, policy: signing.Policy, now: float) -> signing.Verdict:
-    """The policy's verdict on booting order ``a``: bound-order check, then signatures."""
+def check_order(order: Order, policy: signing.Policy, now: float) -> signing.Verdict:
+    """The policy's verdict on booting ``order``: bound-order check, then signatures."""
 
     def deny(reason: str) -> signing.Verdict:
         return signing.Verdict(False, False, reason, "", policy.version)
 
-    missing = unverified_digests(a)
+    missing = unverified_digests(order)
     if missing:
         return deny(f"order names digest {missing[0]} the service did not verify")
-    if not a.envelopes_json:
+    spec = order.spec()
+    if not order.envelopes:
         # No envelope: the manifest is the whole order; verify() says "not signed".
-        return signing.verify(policy, manifest(a), [], now)
+        return signing.verify(policy, spec, [], now)
     verdicts: list[signing.Verdict] = []
-    for env in a.envelopes_json:
-        names = _signed_partition_names(env)
+    for env in order.envelopes:
+        names = signed_partition_names(env)
         if names is not None:
-            extra = _extra_disk_problem(a, names)
+            extra = extra_disk_problem(order, names)
             if extra:
                 verdicts.append(
                     signing.Verdict(False, not policy.enforce, extra, "", policy.version)
                 )
                 continue
-        v = signing.verify(policy, manifest(a, names), [env], now)
+        v = signing.verify(policy, spec if names is None else spec.only(names), [env], now)
         if v.trusted:
             return v
         verdicts.append(v)
@@ -148,24 +97,23 @@ def check_order(a: nodes_pb2.Assignment, policy: signing.Policy, now: float) -> 
     return signing.Verdict(False, not policy.enforce, reason, "", policy.version)
 
 
-def audit_entry(
+def audit_record(
     node: str,
     action: str,
-    a: nodes_pb2.Assignment,
+    order: Order,
     verdict: signing.Verdict,
     now: float,
     digest: str = "",
-) -> trust_pb2.AuditEntry:
-    e = trust_pb2.AuditEntry(
+) -> AuditRecord:
+    return AuditRecord(
+        at=now,
         where=f"node:{node}",
         action=action,
-        image=a.image,
+        image=order.image,
         digest=digest,
         key_id=verdict.key_id,
         policy_version=verdict.policy_version,
         verdict=verdict.word,
         reason=verdict.reason,
-        workspace_id=a.workspace_id,
+        workspace_id=order.workspace_id,
     )
-    e.at.FromNanoseconds(int(now * 1e9))
-    return e

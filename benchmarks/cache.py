@@ -43,10 +43,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.cache import BlobCache, Source
-from agent.cache.blobs import hash_file
 from agent.peers import service_source
 from benchmarks._common import emit, start_service
 from images import qemu_img
+from images.digest import of_file
 from workspace import rpc
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.v1 import images_pb2, images_pb2_grpc
@@ -150,7 +150,7 @@ def main() -> int:
         work.mkdir()
         digests = {}
         for name, path in (("small", small), ("big", big)):
-            digests[name] = hash_file(path)
+            digests[name] = of_file(path)
             t0 = time.perf_counter()
             cache.ensure(digests[name], [from_file(path)], path.stat().st_size)
             say(f"{name}: into the cache in {time.perf_counter() - t0:.2f} s")

@@ -120,8 +120,6 @@ class LibvirtConfig:
     virt_type: str = "kvm"
     machine: str = "pc"
     emulator: str = ""
-    # Seconds between full resyncs with libvirt (events only speed things up).
-    resync_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)

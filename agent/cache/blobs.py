@@ -25,7 +25,6 @@ blob, ~1 s per GB) falls on the first workspace that uses it after a restart.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cache.pins import Pins
+from images.digest import DigestError, Hasher, from_hex, hex_of, is_valid, of_file
+from workspace.domain.model import CacheRecord
 from workspace.errors import ImageError, ResourceExhausted, Unavailable, WorkspaceError
 
 log = logging.getLogger("agent.cache")
@@ -55,14 +56,6 @@ class Source:
     fetch: Fetcher
 
 
-@dataclass(frozen=True)
-class CacheInfo:
-    digest: str
-    size_bytes: int
-    last_used: float  # epoch seconds
-    pinned: bool
-
-
 @dataclass
 class _Entry:
     size_bytes: int
@@ -78,22 +71,14 @@ class _BadData(ImageError):
 
 
 def _hex(digest: str) -> str:
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
-        raise ImageError(f"{digest!r} is not a sha256 digest")
-    return hexpart
+    try:
+        return hex_of(digest)
+    except DigestError as exc:
+        raise ImageError(f"{digest!r} is not a sha256 digest") from exc
 
 
 def fmt_bytes(n: int) -> str:
     return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
-
-
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 class BlobCache:
@@ -123,7 +108,7 @@ class BlobCache:
     def _reindex(self) -> None:
         for path in self.blob_dir.iterdir():
             name = path.name
-            if len(name) != 64 or not all(c in "0123456789abcdef" for c in name):
+            if not is_valid(f"sha256:{name}"):
                 log.warning("removing stray file %s from the blob cache", path)
                 path.unlink(missing_ok=True)
                 continue
@@ -143,7 +128,7 @@ class BlobCache:
             len(self._entries),
             fmt_bytes(used),
             budget,
-            len(self.pins.pinned() & {"sha256:" + h for h in self._entries}),
+            len(self.pins.pinned() & {from_hex(h) for h in self._entries}),
         )
 
     def path(self, digest: str) -> Path:
@@ -155,17 +140,17 @@ class BlobCache:
 
     def digests(self) -> list[str]:
         with self._lock:
-            return sorted("sha256:" + h for h in self._entries)
+            return sorted(from_hex(h) for h in self._entries)
 
     def used_bytes(self) -> int:
         with self._lock:
             return sum(e.size_bytes for e in self._entries.values())
 
-    def entries(self) -> list[CacheInfo]:
+    def entries(self) -> list[CacheRecord]:
         with self._lock:
             pinned = self.pins.pinned()
             return [
-                CacheInfo("sha256:" + h, e.size_bytes, e.last_used, "sha256:" + h in pinned)
+                CacheRecord(from_hex(h), e.size_bytes, e.last_used, from_hex(h) in pinned)
                 for h, e in sorted(self._entries.items())
             ]
 
@@ -264,11 +249,11 @@ class BlobCache:
         if not present or verified:
             return present
         try:
-            got = hash_file(final)
+            got = of_file(final)
         except FileNotFoundError:
             self._forget(hx)  # evicted meanwhile
             return False
-        if got == "sha256:" + hx:
+        if got == from_hex(hx):
             with self._lock:
                 self._verified.add(hx)
             return True
@@ -323,7 +308,7 @@ class BlobCache:
 
     def _transfer(self, digest: str, hx: str, src: Source, size_bytes: int) -> None:
         partial = self.partial_dir / hx
-        h = hashlib.sha256()
+        h = Hasher()
         offset = 0
         if partial.exists():
             with open(partial, "rb") as f:
@@ -372,7 +357,7 @@ class BlobCache:
                 kind = src.name.split(" ", 1)[0]
                 with self._lock:
                     self.received_bytes[kind] = self.received_bytes.get(kind, 0) + received
-        got = "sha256:" + h.hexdigest()
+        got = h.digest()
         if got != digest:
             partial.unlink(missing_ok=True)
             raise _BadData(

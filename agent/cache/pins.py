@@ -2,7 +2,7 @@
 
 One small JSON file per workspace lists the digests it uses. The files make pins
 survive an agent restart; the agent then drops the pins of workspaces that are no
-longer on the node and adds those of workspaces that lack one (``Agent._sync_pins``).
+longer on the node and adds those of workspaces that lack one (``Staging.sync_pins``).
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ import netaddr
 from agent.net.bridge import ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer
 from workspace.config import AgentConfig, NodeNetworkConfig
+from workspace.domain.model import Nic, Order
 from workspace.errors import ConfigError
-from workspace.node.v1 import nodes_pb2
 
 log = logging.getLogger("agent.net")
 
 
-def bridge_cidr(net: NodeNetworkConfig, nic: nodes_pb2.NicAssignment) -> str | None:
+def bridge_cidr(net: NodeNetworkConfig, nic: Nic) -> str | None:
     """The address the node gives the network's bridge, or None for none."""
     if net.bridge_address == "":
         return None
@@ -48,21 +48,21 @@ class BridgeNetworking:
         self.servers: dict[str, DhcpServer] = {}
         self.bridges_done: dict[str, str | None] = {}
 
-    def sync(self, assignments: Sequence[nodes_pb2.Assignment]) -> None:
+    def sync(self, orders: Sequence[Order]) -> None:
         per_bridge: dict[str, list[DhcpHost]] = {}
-        first_nic: dict[str, nodes_pb2.NicAssignment] = {}
-        for a in assignments:
-            for nic in a.nics:
+        first_nic: dict[str, Nic] = {}
+        for order in orders:
+            for nic in order.nics:
                 if nic.network not in self.nets:
                     log.error(
                         "workspace %s: network %s is not served by node %s",
-                        a.workspace_id,
+                        order.workspace_id,
                         nic.network,
                         self.cfg.node,
                     )
                     continue
                 per_bridge.setdefault(nic.bridge, []).append(
-                    DhcpHost(mac=nic.mac, ip=nic.ip, hostname=a.hostname or a.name)
+                    DhcpHost(mac=nic.mac, ip=nic.ip, hostname=order.hostname or order.name)
                 )
                 first_nic.setdefault(nic.bridge, nic)
         for bridge, nic in first_nic.items():

@@ -14,7 +14,8 @@ state is behind locks). Design points:
   daemon thread per process (registered before any connection is opened);
   lifecycle events are queued to a per-driver dispatcher thread, which checks
   ownership and calls the agent's callback, so neither a slow callback nor a
-  libvirt call ever runs on the event loop thread.
+  libvirt call ever runs on the event loop thread. The periodic full resync is the
+  agent's reconcile pass (``resync_interval_s``), the same for every driver.
 * ``reboot`` is a reset (like the reset button): an ACPI reboot request is ignored
   by guests without an ACPI handler (our busybox appliance among them). A polite
   reboot is ``shutdown(timeout_s)`` then ``start``, which the caller can compose.

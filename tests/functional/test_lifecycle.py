@@ -168,7 +168,7 @@ def test_domain_changed_behind_the_agents_back_is_repaired_and_reported(
     w = s.create(name="drift")
     s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     driver = ready_site.agents["node1"].driver
-    wait_for(lambda: ready_site.agents["node1"]._last_actual.get(w.id) is not None)
+    wait_for(lambda: ready_site.agents["node1"].executor.seen(w.id) is not None)
 
     driver.destroy(w.id)  # as `virsh destroy` would
     got = wait_for(

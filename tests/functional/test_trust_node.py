@@ -5,17 +5,20 @@ Real service + fake-driver agent over gRPC."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import agent.agent
-from agent.cache.blobs import hash_file
+from agent.audit import AuditSpool
+from images import digest as digests
 from images import signing
 from tests.functional.harness import WS, Site, wait_for
+from workspace.codec import node as node_codec
+from workspace.domain.model import AuditRecord, Disk
 from workspace.errors import PermissionDenied
-from workspace.node.v1 import nodes_pb2
 from workspace.service.trust import manifest_of
 from workspace.store import Image
 from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
@@ -104,7 +107,7 @@ def test_flipped_byte_in_cached_blob_is_found_on_next_use_and_refetched(
         what="the cache-hit audit",
     )[0]
     assert hit.digest == digest and "does not match its digest" in hit.reason
-    assert hash_file(path) == digest  # fetched again, intact
+    assert digests.of_file(path) == digest  # fetched again, intact
     assert ag.cache.received_bytes["service"] > fetched
     # Same policy version: the intact blob is not hashed again.
     hits = len(_node_audit(site, "cache-hit"))
@@ -119,15 +122,17 @@ def test_order_with_a_swapped_or_unverified_digest_is_refused(signed_site: Site)
     w1 = site.stubs.create(name="w1", image=IMAGE)
     site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
     other = site.stubs.upload(b"another blob" * 100)
-    order = nodes_pb2.Assignment()
-    order.CopyFrom(wait_for(lambda: (ag.desired or {}).get(w1.id), what="the order"))
-    order.workspace_id = "forged"
-    order.disks[0].digest = other  # a swapped blob (or a mix of two versions)
+    order = wait_for(lambda: ag.executor.orders().get(w1.id), what="the order")
+    first = order.disks[0]
+    swapped = Disk(dataclasses.replace(first.partition, digest=other), first.sources)
+    # a swapped blob (or a mix of two versions)
+    order = dataclasses.replace(order, workspace_id="forged", disks=(swapped, *order.disks[1:]))
     with pytest.raises(PermissionDenied, match=f"order names digest {other} the service did not"):
-        ag._create(order)
-    order.verified_digests.append(other)  # even if the order claims it was verified
+        ag.executor.create(order)
+    # even if the order claims it was verified
+    order = dataclasses.replace(order, verified_digests=(*order.verified_digests, other))
     with pytest.raises(PermissionDenied, match=r"image app:1 refused.*differ"):
-        ag._create(order)
+        ag.executor.create(order)
     assert "forged" not in {d.workspace_id for d in ag.driver.list_domains()}
     assert not ag.cache.has(other)  # refused before anything was fetched
 
@@ -141,14 +146,14 @@ def test_agent_refuses_what_the_service_let_through_and_keeps_running_vms(
     site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
     # The agent holds a policy in which the key is revoked; the service still trusts it.
     kid = signing.key_id(key.public_key())
-    real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = agent.agent.trust.policy_from_proto
+    real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = node_codec.policy_from_proto
 
     def revoked(p: trust_pb2.TrustPolicy) -> signing.Policy:
         pol = real(p)
         keys = tuple(dataclasses.replace(k, revoked=k.key_id == kid) for k in pol.keys)
         return dataclasses.replace(pol, keys=keys)
 
-    monkeypatch.setattr(agent.agent.trust, "policy_from_proto", revoked)
+    monkeypatch.setattr(node_codec, "policy_from_proto", revoked)
     _add_key(site, Ed25519PrivateKey.generate())  # a new policy version reaches the node
     running = wait_for(
         lambda: "no longer trusted" in (w := site.stubs.get(w1.id)).reason and w,
@@ -201,3 +206,44 @@ def test_site_that_stops_vms_on_revocation_powers_them_off(
     assert "is revoked" in got.reason
     dom = site.agents["node1"].driver.get(ws.id)
     assert dom is not None and dom.state.value == "shutoff"  # powered off, kept for inspection
+
+
+def test_audit_records_spooled_before_a_crash_reach_the_service_once_after_restart(
+    signed_site: Site,
+) -> None:
+    site = signed_site
+    ws = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    wait_for(lambda: _node_audit(site, "boot"), what="the node's boot audit")
+    state_dir = Path(site.agents["node1"].cfg.state_dir)
+    site.stop_agent("node1")
+    # The agent died after spooling two decisions and before any report carried them.
+    spool = AuditSpool(state_dir)
+    assert spool.pending() == []  # what the service acknowledged is not kept
+    unsent = [
+        AuditRecord(
+            at=1_700_000_000.0 + n,
+            where="node:node1",
+            action="cache-hit",
+            image=IMAGE,
+            digest=_digest(site),
+            policy_version=1,
+            verdict="allow",
+            reason=f"unsent before the crash #{n}",
+            workspace_id=ws.id,
+        )
+        for n in (1, 2)
+    ]
+    for record in unsent:
+        spool.add(record)
+
+    site.add_agent("node1")
+    wait_for(
+        lambda: {e.reason for e in _node_audit(site, "cache-hit")} >= {r.reason for r in unsent},
+        what="the spooled records at the service",
+    )
+    time.sleep(2.5)  # a few more heartbeats (1 s here): nothing is sent twice
+    reasons = [e.reason for e in _node_audit(site) if e.reason.startswith("unsent before")]
+    assert sorted(reasons) == ["unsent before the crash #1", "unsent before the crash #2"]
+    assert len(_node_audit(site, "boot")) == 1
+    assert site.agents["node1"].audit.pending() == []  # acknowledged: gone from the spool

@@ -1,4 +1,7 @@
-"""The agent's own check of an order: policy proto, manifest rebuild, bound orders."""
+"""The agent's own check of an order: policy proto, manifest rebuild, bound orders.
+
+Orders are built as the service's Assignment messages and decoded by the codec, the way
+the agent's link receives them."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import trust
 from images import signing
+from images.model import ImageSpec
+from workspace.codec.node import audit_to_proto, order_from_proto, policy_from_proto
 from workspace.node.v1 import nodes_pb2
-from workspace.service.trust import manifest_of
 from workspace.v1 import common_pb2, trust_pb2
 
 ROOT = "sha256:" + "1" * 64
@@ -52,6 +56,7 @@ def _order(spec: dict[str, Any], envelopes: list[str], image: str = "team/app:1"
     digests += [d for d in (spec["kernel_digest"], spec["initrd_digest"]) if d]
     return nodes_pb2.Assignment(
         workspace_id="w1",
+        desired=common_pb2.DESIRED_STATE_RUNNING,
         image=image,
         disks=disks,
         kernel_digest=spec["kernel_digest"],
@@ -73,12 +78,16 @@ def _policy(key: Ed25519PrivateKey, enforce: bool = True, **kw: Any) -> signing.
 
 
 def _signed(key: Ed25519PrivateKey, image: str = "team/app:1") -> str:
-    return signing.sign(manifest_of(_spec(), image), key)
+    return signing.sign(ImageSpec.from_dict(_spec(), image), key)
+
+
+def _check(a: nodes_pb2.Assignment, policy: signing.Policy) -> signing.Verdict:
+    return trust.check_order(order_from_proto(a), policy, NOW)
 
 
 def test_manifest_from_the_order_equals_the_services_manifest() -> None:
     a = _order(_spec(), [])
-    assert trust.manifest(a) == manifest_of(_spec(), "team/app:1")
+    assert order_from_proto(a).spec() == ImageSpec.from_dict(_spec(), "team/app:1")
 
 
 def test_policy_from_proto() -> None:
@@ -89,15 +98,15 @@ def test_policy_from_proto() -> None:
         revoked_digests=[OTHER],
     )
     p.keys[0].expires_at.FromSeconds(1234)
-    got = trust.policy_from_proto(p)
+    got = policy_from_proto(p)
     assert got.version == 4 and got.enforce
     assert got.keys[0] == signing.Key("ab", "pem", ("*",), 1234.0, True)
     assert got.revoked_digests == {OTHER}
-    assert not trust.policy_from_proto(trust_pb2.TrustPolicy()).enforce
+    assert not policy_from_proto(trust_pb2.TrustPolicy()).enforce
 
 
 def test_signed_order_is_trusted(key: Ed25519PrivateKey) -> None:
-    v = trust.check_order(_order(_spec(), [_signed(key)]), _policy(key), NOW)
+    v = _check(_order(_spec(), [_signed(key)]), _policy(key))
     assert v.trusted and v.word == "allow" and v.policy_version == 7
     assert v.key_id == signing.key_id(key.public_key())
 
@@ -106,20 +115,20 @@ def test_grown_cow_and_added_blank_partitions_keep_the_signature(key: Ed25519Pri
     parts = [dict(p) for p in IMAGE_PARTS]
     parts[0]["virtual_size_bytes"] = 1 << 30  # grown at create
     parts.append({"name": "extra", "digest": "", "size_bytes": 512, "mode": "BLANK"})
-    v = trust.check_order(_order(_spec(parts), [_signed(key)]), _policy(key), NOW)
+    v = _check(_order(_spec(parts), [_signed(key)]), _policy(key))
     assert v.trusted, v.reason
 
 
 def test_an_added_disk_with_content_is_refused(key: Ed25519PrivateKey) -> None:
     parts = [dict(p) for p in IMAGE_PARTS]
     parts.append({"name": "evil", "digest": OTHER, "size_bytes": 512, "mode": "COW"})
-    v = trust.check_order(_order(_spec(parts), [_signed(key)]), _policy(key), NOW)
+    v = _check(_order(_spec(parts), [_signed(key)]), _policy(key))
     assert not v.allowed and "'evil'" in v.reason
 
 
 def test_a_dropped_partition_breaks_the_signature(key: Ed25519PrivateKey) -> None:
     parts = [dict(p) for p in IMAGE_PARTS[:2]]
-    v = trust.check_order(_order(_spec(parts), [_signed(key)]), _policy(key), NOW)
+    v = _check(_order(_spec(parts), [_signed(key)]), _policy(key))
     assert not v.allowed and "partitions differ" in v.reason
 
 
@@ -129,7 +138,7 @@ def test_an_order_naming_an_unverified_digest_is_refused_in_any_mode(
     a = _order(_spec(), [_signed(key)])
     a.disks[0].digest = OTHER  # a swapped blob
     for enforce in (True, False):
-        v = trust.check_order(a, _policy(key, enforce=enforce), NOW)
+        v = _check(a, _policy(key, enforce=enforce))
         assert not v.allowed
         assert v.reason == f"order names digest {OTHER} the service did not verify"
 
@@ -140,13 +149,13 @@ def test_a_swapped_digest_the_service_claims_to_have_verified_breaks_the_signatu
     a = _order(_spec(), [_signed(key)])
     a.disks[1].digest = OTHER
     a.verified_digests.append(OTHER)
-    v = trust.check_order(a, _policy(key), NOW)
+    v = _check(a, _policy(key))
     assert not v.allowed and "differ" in v.reason
 
 
 def test_a_changed_cmdline_is_refused(key: Ed25519PrivateKey) -> None:
     a = _order(_spec(cmdline="console=ttyS0 init=/bin/sh"), [_signed(key)])
-    v = trust.check_order(a, _policy(key), NOW)
+    v = _check(a, _policy(key))
     assert not v.allowed and "cmdline" in v.reason
 
 
@@ -158,37 +167,38 @@ def test_revoked_or_expired_key_denies_under_enforce_and_warns_otherwise(
     key: Ed25519PrivateKey, kw: dict[str, Any], why: str
 ) -> None:
     a = _order(_spec(), [_signed(key)])
-    v = trust.check_order(a, _policy(key, **kw), NOW)
+    v = _check(a, _policy(key, **kw))
     assert (v.trusted, v.allowed, v.word) == (False, False, "deny") and why in v.reason
-    v = trust.check_order(a, _policy(key, enforce=False, **kw), NOW)
+    v = _check(a, _policy(key, enforce=False, **kw))
     assert (v.trusted, v.allowed, v.word) == (False, True, "warn")
 
 
 def test_unknown_signer_and_unsigned(key: Ed25519PrivateKey) -> None:
     stranger = Ed25519PrivateKey.generate()
-    v = trust.check_order(_order(_spec(), [_signed(stranger)]), _policy(key), NOW)
+    v = _check(_order(_spec(), [_signed(stranger)]), _policy(key))
     assert not v.allowed and "not a trusted key" in v.reason
-    v = trust.check_order(_order(_spec(), []), _policy(key), NOW)
+    v = _check(_order(_spec(), []), _policy(key))
     assert not v.allowed and v.reason == "image team/app:1 is not signed"
 
 
 def test_revoked_digest(key: Ed25519PrivateKey) -> None:
     p = _policy(key)
     p = signing.Policy(p.version, p.enforce, p.keys, frozenset({DATA}))
-    v = trust.check_order(_order(_spec(), [_signed(key)]), p, NOW)
+    v = _check(_order(_spec(), [_signed(key)]), p)
     assert not v.allowed and v.reason == f"digest {DATA} is revoked"
 
 
 def test_one_good_envelope_among_bad_ones_is_enough(key: Ed25519PrivateKey) -> None:
     stranger = Ed25519PrivateKey.generate()
     a = _order(_spec(), ["not json", _signed(stranger), _signed(key)])
-    assert trust.check_order(a, _policy(key), NOW).trusted
+    assert _check(a, _policy(key)).trusted
 
 
 def test_audit_entry(key: Ed25519PrivateKey) -> None:
     a = _order(_spec(), [_signed(key)])
-    v = trust.check_order(a, _policy(key, enforce=False, revoked=True), NOW)
-    e = trust.audit_entry("n1", "boot", a, v, NOW, ROOT)
+    v = _check(a, _policy(key, enforce=False, revoked=True))
+    record = trust.audit_record("n1", "boot", order_from_proto(a), v, NOW, ROOT)
+    e = audit_to_proto(record)
     assert (e.where, e.action, e.image, e.digest, e.verdict) == (
         "node:n1",
         "boot",

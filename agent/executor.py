@@ -1,0 +1,323 @@
+"""Orders made real: plan → driver, disks, network.
+
+Level-triggered: the latest orders are the full desired state of this node. A
+reconcile pass compares them with the domains the driver lists and the files on disk
+(``agent.reconcile.plan``), and runs at most one operation per workspace at a time in
+a worker pool. Events and new orders wake it early; a periodic pass (``resync_interval_s``)
+is the source of truth. What the executor sees and does is what the node reports
+(``observe``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from agent.backoff import Backoff, Retries
+from agent.disks import WorkspaceFiles
+from agent.gate import TrustGate
+from agent.netsetup import Networking
+from agent.reconcile import Action, Want, plan
+from agent.staging import Staging
+from agent.status import StatusBoard
+from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec
+from workspace.domain.model import Observation, Order
+from workspace.domain.states import Desired, Observed
+from workspace.errors import WorkspaceError
+
+log = logging.getLogger("agent")
+
+OP_RETRY = Backoff(2.0, 60.0)
+DEFAULT_STOP_TIMEOUT_S = 60
+
+
+def domain_spec(
+    order: Order, disks: tuple[DiskSpec, ...], paths: Mapping[str, Path], console_log: Path
+) -> DomainSpec:
+    """What the driver defines for ``order``, its disks prepared and blobs cached."""
+    return DomainSpec(
+        workspace_id=order.workspace_id,
+        name=order.name,
+        cpus=order.cpus,
+        memory_mib=order.memory_mib,
+        disks=disks,
+        nics=tuple(NicSpec(n.mac, n.bridge, n.ip) for n in order.nics),
+        kernel=str(paths[order.kernel_digest]) if order.kernel_digest else "",
+        initrd=str(paths[order.initrd_digest]) if order.initrd_digest else "",
+        cmdline=order.cmdline,
+        console_log=str(console_log),
+        hostname=order.hostname,
+    )
+
+
+class Executor:
+    def __init__(
+        self,
+        driver: Driver,
+        files: WorkspaceFiles,
+        net: Networking,
+        staging: Staging,
+        gate: TrustGate,
+        report: Callable[[list[str]], None],
+        max_parallel_ops: int,
+        resync_interval_s: float,
+        stop: threading.Event,
+    ) -> None:
+        self.driver = driver
+        self.files = files
+        self.net = net
+        self.staging = staging
+        self.gate = gate
+        self.report = report  # send an incremental report for these workspaces
+        self.resync_interval_s = resync_interval_s
+        self.stop = stop
+        self.wake = threading.Event()
+        self.pool = ThreadPoolExecutor(max_parallel_ops, thread_name_prefix="op")
+        self._lock = threading.RLock()
+        self._desired: dict[str, Order] | None = None  # None: no orders yet
+        self.status = StatusBoard()
+        self._busy: set[str] = set()
+        self._failures = Retries(OP_RETRY)
+        self._last_want: dict[str, Want] = {}
+        self._last_actual: dict[str, DomainState] = {}
+        driver.set_event_callback(self._on_event)
+
+    def close(self) -> None:
+        self.wake.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- what the node should have, and what it has ------------------------------------
+
+    def take(self, orders: Sequence[Order]) -> None:
+        """The node's new desired state (every workspace it should have)."""
+        with self._lock:
+            self._desired = {o.workspace_id: o for o in orders}
+        self.wake.set()
+
+    def orders(self) -> dict[str, Order]:
+        """The latest orders by workspace id (empty before the first ones)."""
+        with self._lock:
+            return dict(self._desired or {})
+
+    def seen(self, workspace_id: str) -> DomainState | None:
+        """The domain state the last reconcile pass found (None: no domain, or no pass)."""
+        with self._lock:
+            return self._last_actual.get(workspace_id)
+
+    def observe(self, ids: Sequence[str] | None = None) -> list[Observation]:
+        """What to report of ``ids``, or of every workspace the node knows of (None)."""
+        # Never call the driver while holding our lock: drivers call back into us.
+        domains = {d.workspace_id: d for d in self.driver.list_domains()}
+        return self.status.observe(ids, domains, self.orders())
+
+    def _on_event(self, workspace_id: str) -> None:
+        with self._lock:
+            if workspace_id in self._busy:
+                return  # the running operation reports when it is done
+        self.wake.set()
+        self.pool.submit(self.report, [workspace_id])
+
+    # -- reconciling -------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The reconcile loop (a thread of its own), until ``stop`` is set."""
+        while not self.stop.is_set():
+            self.wake.wait(self.resync_interval_s)
+            self.wake.clear()
+            if self.stop.is_set():
+                return
+            try:
+                self.reconcile_once()
+            except Exception:
+                log.exception("reconcile pass failed")
+
+    def reconcile_once(self) -> None:
+        with self._lock:
+            if self._desired is None:
+                return  # never act before the service said what should exist
+            desired = dict(self._desired)
+            busy = set(self._busy)
+        self.net.sync(list(desired.values()))
+        actual = {d.workspace_id: d.state for d in self.driver.list_domains()}
+        leftovers = self.files.existing()
+        present = set(actual) | leftovers | busy
+        self.staging.sync_pins(desired, present)
+        self._forget_failed(desired, present)
+        self.staging.kick_prefetch()
+        wants = {wid: Want(o.desired, o.reboot_count, o.force_stop) for wid, o in desired.items()}
+        applied = {wid: self.files.load_state(wid).get("reboot_count", 0) for wid in actual}
+        for wid, want in wants.items():
+            if self._last_want.get(wid) != want:
+                self.status.drop_note(wid)  # the owner asked for something new
+        for wid, action in plan(wants, actual, leftovers, applied).items():
+            if wid in busy:
+                continue
+            self._note_repair(wid, action, wants.get(wid))
+            if self._failures.waiting(wid) and action is not Action.REMOVE:
+                continue
+            with self._lock:
+                self._busy.add(wid)
+            self.pool.submit(self._run, wid, action, desired.get(wid))
+        with self._lock:
+            self._last_want = wants
+            self._last_actual = actual
+
+    def _forget_failed(self, desired: Mapping[str, Order], present: set[str]) -> None:
+        """A create that failed before anything reached the host (refused by the trust
+        policy, a blob that would not fetch) leaves only its FAILED status: once the
+        workspace is no longer desired, report it ABSENT so the service can let it go."""
+        gone = self.status.release_failed(set(desired) | present)
+        for wid in gone:
+            self._failures.forget(wid)
+        if gone:
+            self.pool.submit(self.report, gone)
+
+    def _note_repair(self, wid: str, action: Action, want: Want | None) -> None:
+        """Record (and log) when the host drifted from a desired state it had reached."""
+        if want is None or self._last_want.get(wid) != want:
+            return
+        before = self._last_actual.get(wid)
+        when = time.strftime("%H:%M:%S")
+        if action is Action.START and before in (DomainState.RUNNING, DomainState.PAUSED):
+            note = f"domain was found shut off at {when} (not by us); started again"
+        elif action is Action.CREATE and before is not None:
+            note = f"domain had disappeared at {when} (not by us); recreated"
+        else:
+            return
+        log.warning("workspace %s: %s", wid, note)
+        self.status.note(wid, note)
+
+    # -- operations --------------------------------------------------------------------
+
+    def _run(self, wid: str, action: Action, order: Order | None) -> None:
+        try:
+            log.info("workspace %s: %s", wid, action.value)
+            self._execute(wid, action, order)
+            self._failures.forget(wid)
+            self.status.clear(wid)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
+            count, delay = self._failures.failed(wid)
+            log.error(
+                "workspace %s: %s failed (attempt %d, retry in %.0f s): %s",
+                wid,
+                action.value,
+                count,
+                delay,
+                reason,
+            )
+            self.status.set(wid, Observed.FAILED, f"{action.value} failed: {reason}")
+            if not isinstance(exc, WorkspaceError):
+                log.debug("traceback", exc_info=True)
+        finally:
+            with self._lock:
+                self._busy.discard(wid)
+            self.report([wid])
+            self.wake.set()
+
+    def _set_status(self, wid: str, state: Observed) -> None:
+        self.status.set(wid, state)
+        self.report([wid])
+
+    def _execute(self, wid: str, action: Action, order: Order | None) -> None:
+        d = self.driver
+        if action is Action.CREATE:
+            assert order is not None
+            self.create(order)
+        elif action is Action.START:
+            if order is not None:
+                self.gate.check(order, "start")  # signatures only: the disks exist already
+            self._set_status(wid, Observed.STARTING)
+            d.start(wid)
+        elif action is Action.STOP:
+            assert order is not None
+            self._set_status(wid, Observed.STOPPING)
+            if not d.shutdown(wid, float(order.stop_timeout_s or DEFAULT_STOP_TIMEOUT_S)):
+                log.info(
+                    "workspace %s did not power off within %d s; forcing", wid, order.stop_timeout_s
+                )
+                d.destroy(wid)
+        elif action is Action.FORCE_STOP:
+            self._set_status(wid, Observed.STOPPING)
+            d.destroy(wid)
+        elif action is Action.PAUSE:
+            d.suspend(wid)
+        elif action is Action.RESUME:
+            d.resume(wid)
+        elif action is Action.REBOOT:
+            assert order is not None
+            d.reboot(wid)
+            state = self.files.load_state(wid)
+            state["reboot_count"] = order.reboot_count
+            self.files.save_state(wid, state)
+        elif action is Action.REMOVE:
+            self._set_status(wid, Observed.STOPPING)
+            d.undefine(wid)
+            self.files.remove(wid)
+            self.staging.release(wid)
+            self.status.set(wid, Observed.ABSENT)
+            self.report([wid])
+
+    def create(self, order: Order) -> None:
+        """Check, stage, prepare disks, define and (unless desired STOPPED) start ``order``.
+
+        Raises what stopped it (PermissionDenied when the trust policy refuses it)."""
+        wid = order.workspace_id
+        self._set_status(wid, Observed.PROPAGATING)
+        self.gate.check(order, "boot")
+        paths = self.staging.ensure(order)
+        disks = self.files.prepare(order, paths)
+        spec = domain_spec(order, disks, paths, self.files.console_log(wid))
+        self.files.save_state(wid, {"reboot_count": order.reboot_count})
+        self._set_status(wid, Observed.STARTING)
+        self.driver.define(spec)
+        if order.desired in (Desired.RUNNING, Desired.PAUSED):
+            self.driver.start(wid)
+        log.info(
+            "workspace %s (%s) defined%s",
+            wid,
+            order.name,
+            "" if order.desired == Desired.STOPPED else " and started",
+        )
+
+    # -- trust: VMs running when a new policy arrives ----------------------------------
+
+    def recheck_running(self) -> None:
+        """Check the running VMs again (in the pool): a new policy version arrived."""
+        self.pool.submit(self._recheck_running)
+
+    def _recheck_running(self) -> None:
+        """Under a new policy, the VMs running an image no longer trusted are reported
+        (a note on the workspace and an audit entry), not killed unless the site says so."""
+        desired = self.orders()
+        running = {
+            d.workspace_id
+            for d in self.driver.list_domains()
+            if d.state in (DomainState.RUNNING, DomainState.PAUSED)
+        }
+        for wid in sorted(running & set(desired)):
+            order = desired[wid]
+            verdict = self.gate.verdict(order)
+            if verdict is None or verdict.trusted:
+                continue
+            self.gate.record("running", order, verdict)
+            stop = self.gate.stop_running_on_revoke and not verdict.allowed
+            note = (
+                f"image {order.image} is no longer trusted under policy version "
+                f"{verdict.policy_version} ({verdict.reason}); "
+                + (
+                    "powered off (the site stops VMs on revocation)"
+                    if stop
+                    else "the VM keeps running"
+                )
+            )
+            log.warning("workspace %s: %s", wid, note)
+            if stop:
+                # It stays off: starting it again needs a verdict that allows it.
+                self.driver.destroy(wid)
+            self.status.note(wid, note)
+            self.report([wid])

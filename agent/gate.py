@@ -1,0 +1,96 @@
+"""The trust policy the node holds, and the decisions it takes under it.
+
+The policy arrives with the orders (decoded by the link); None means the service sent
+none and nothing is checked. Every decision is an audit record, spooled for the service
+(``agent.audit``). The rules themselves are in ``agent.trust``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from agent import trust
+from agent.audit import AuditSpool
+from images import signing
+from workspace.domain.model import Order
+from workspace.errors import PermissionDenied
+
+log = logging.getLogger("agent")
+
+
+class TrustGate:
+    def __init__(self, node: str, audit: AuditSpool) -> None:
+        self.node = node
+        self.audit = audit
+        self._lock = threading.Lock()
+        self._policy: signing.Policy | None = None
+        self._stop_running_on_revoke = False
+        # digest → the policy version the cached blob was last re-hashed under.
+        self._hashed_under: dict[str, int] = {}
+
+    @property
+    def stop_running_on_revoke(self) -> bool:
+        with self._lock:
+            return self._stop_running_on_revoke
+
+    def update(self, policy: signing.Policy | None, stop_running_on_revoke: bool) -> bool:
+        """Take the policy of new orders (None: none sent, keep ours). True when its
+        version changed, so the VMs running already must be checked again."""
+        if policy is None:
+            return False
+        with self._lock:
+            old = self._policy
+            self._policy = policy
+            self._stop_running_on_revoke = stop_running_on_revoke
+        if old is None or old.version != policy.version:
+            log.info("trust policy version %d", policy.version)
+            return True
+        return False
+
+    def verdict(self, order: Order) -> signing.Verdict | None:
+        """The policy's verdict on ``order``; None when there is no policy."""
+        with self._lock:
+            policy = self._policy
+        if policy is None:
+            return None
+        return trust.check_order(order, policy, time.time())
+
+    def record(self, action: str, order: Order, verdict: signing.Verdict, digest: str = "") -> None:
+        self.audit.add(trust.audit_record(self.node, action, order, verdict, time.time(), digest))
+
+    def check(self, order: Order, action: str) -> None:
+        """Verify ``order`` against the policy held; raise (nothing boots) when it denies."""
+        verdict = self.verdict(order)
+        if verdict is None:
+            return
+        self.record(action, order, verdict)
+        if verdict.trusted:
+            return
+        if not verdict.allowed:
+            raise PermissionDenied(
+                f"image {order.image or '?'} refused on this node: {verdict.reason}"
+            )
+        log.warning(
+            "workspace %s: image %s is not trusted (%s); booting it anyway: the policy only warns",
+            order.workspace_id,
+            order.image,
+            verdict.reason,
+        )
+
+    def rehash_due(self, digest: str) -> int | None:
+        """The policy version under which the cached ``digest`` must be re-hashed before
+        use, or None (no policy, or already re-hashed under this version)."""
+        with self._lock:
+            policy = self._policy
+            done = self._hashed_under.get(digest)
+        if policy is None or done == policy.version:
+            return None
+        return policy.version
+
+    def hashed(self, digest: str) -> None:
+        """``digest`` was just fetched or found intact under the current policy."""
+        with self._lock:
+            if self._policy is not None:
+                self._hashed_under[digest] = self._policy.version

@@ -1,0 +1,221 @@
+"""The agent's link to the service: registration, the order stream, reports, heartbeats,
+console pushes and the service as a blob source.
+
+This is the agent's edge: it alone (with the peer server/client in ``agent.peers``)
+speaks protobuf. Each AssignmentSet is decoded into frozen ``NodeOrders`` here
+(``workspace.codec.node``) and handed on; reports are built from domain objects.
+Any failure of the stream reconnects (crash-only) after the agent's backoff, and the
+service then sends the full state again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+
+from agent.audit import AuditSpool
+from agent.backoff import Backoff
+from agent.cache import BlobCache, Source
+from agent.peers import service_source
+from images import signing
+from workspace import rpc
+from workspace.codec import node as codec
+from workspace.config import AgentConfig
+from workspace.domain.model import NodeInfo, NodeOrders, Observation
+from workspace.errors import Unavailable
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+
+log = logging.getLogger("agent")
+
+AGENT_VERSION = "0.1.0"
+RECONNECT = Backoff(0.5, 5.0)
+CALL_TIMEOUT_S = 10
+DEFAULT_HEARTBEAT_S = 5.0
+
+
+class Node(Protocol):
+    """What the link needs from the rest of the agent."""
+
+    def node_info(self) -> NodeInfo:
+        """What to register: identity, capacity, cached blobs, peer address."""
+        ...
+
+    def take_orders(self, orders: NodeOrders, policy: signing.Policy | None) -> None:
+        """New orders; ``policy`` None when the service sent none (trust is off)."""
+        ...
+
+    def observe(self, ids: Sequence[str] | None) -> list[Observation]:
+        """What to report of ``ids`` (None: of every workspace the node knows of)."""
+        ...
+
+
+def decode(aset: nodes_pb2.AssignmentSet) -> tuple[NodeOrders, signing.Policy | None]:
+    """The orders of one AssignmentSet, and its policy if it carries one."""
+    orders = codec.node_orders_from_proto(aset)
+    return orders, (orders.policy if aset.HasField("policy") else None)
+
+
+class Link:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        node: Node,
+        cache: BlobCache,
+        audit: AuditSpool,
+        stop: threading.Event,
+    ) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.cache = cache
+        self.audit = audit
+        self.stop = stop
+        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self._stub: nodes_pb2_grpc.NodesStub | None = None
+        self._connected = threading.Event()
+        # Send the next full report now rather than at the next heartbeat.
+        self._report_soon = threading.Event()
+
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def report_soon(self) -> None:
+        """Send a full report now (e.g. a new blob is cached) rather than at the next beat."""
+        self._report_soon.set()
+
+    def close(self) -> None:
+        self._report_soon.set()
+
+    def blob_source(self) -> Source:
+        """The service's Nodes.FetchBlob, through whatever connection the link has now."""
+        return service_source(self.cfg.node, lambda: self._stub, self.cfg.service)
+
+    # -- the stream --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Register and follow the order stream (a thread of its own), until ``stop``."""
+        failures = 0
+        done: threading.Event | None = None
+        while not self.stop.is_set():
+            channel = rpc.channel(self.cfg.service, self.cfg.tls)
+            try:
+                stub = nodes_pb2_grpc.NodesStub(channel)
+                req = codec.node_info_to_proto(self.node.node_info(), AGENT_VERSION)
+                resp = stub.Register(req, timeout=CALL_TIMEOUT_S)
+                self.heartbeat_s = float(resp.heartbeat_interval_s or DEFAULT_HEARTBEAT_S)
+                self._stub = stub
+                self._connected.set()
+                log.info("node %s registered with %s", self.cfg.node, self.cfg.service)
+                failures = 0
+                stream = stub.WatchAssignments(
+                    nodes_pb2.WatchAssignmentsRequest(node=self.cfg.node)
+                )
+                done = self._cancel_on_stop(stream)
+                for aset in stream:
+                    self.node.take_orders(*decode(aset))
+            except grpc.RpcError as exc:
+                if not self.stop.is_set():
+                    log.warning(
+                        "service %s: %s; retrying in %.1f s",
+                        self.cfg.service,
+                        exc.code() if hasattr(exc, "code") else exc,
+                        RECONNECT.delay_s(failures + 1),
+                    )
+            except Exception:
+                # Crash-only: whatever went wrong, reconnect and start from the full state.
+                if not self.stop.is_set():
+                    log.exception(
+                        "assignment stream failed; reconnecting in %.1f s",
+                        RECONNECT.delay_s(failures + 1),
+                    )
+            finally:
+                if done is not None:
+                    done.set()
+                done = None
+                self._connected.clear()
+                self._stub = None
+                channel.close()
+            failures += 1
+            self.stop.wait(RECONNECT.delay_s(failures))
+
+    def _cancel_on_stop(self, stream: grpc.Future) -> threading.Event:
+        """Cancel the stream when the agent stops; returns the event that ends the watcher
+        when the stream ends first (so reconnects do not pile up threads)."""
+        done = threading.Event()
+
+        def cancel() -> None:
+            while not done.is_set():
+                if self.stop.wait(1.0):
+                    stream.cancel()
+                    return
+
+        threading.Thread(target=cancel, daemon=True, name="stream-cancel").start()
+        return done
+
+    # -- reports -----------------------------------------------------------------------
+
+    def report(self, ids: list[str] | None = None) -> None:
+        """Send an incremental report for ``ids``, or a full one (a heartbeat) for None,
+        with the audit records not yet acknowledged."""
+        stub = self._stub
+        if stub is None:
+            return
+        full = ids is None
+        observed = self.node.observe(ids)
+        batch = self.audit.take()
+        req = nodes_pb2.ReportStatusRequest(
+            node=self.cfg.node,
+            full=full,
+            workspaces=[codec.observation_to_proto(o) for o in observed],
+            audit=[codec.audit_to_proto(r) for r in batch.records],
+        )
+        if full:
+            req.cached_digests.extend(self.cache.digests())
+            req.cache_budget_bytes = self.cache.budget_bytes
+            req.cache.extend(codec.cache_to_proto(e) for e in self.cache.entries())
+        try:
+            stub.ReportStatus(req, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            self.audit.failed(batch)  # sent with the next report
+            log.warning("report to service failed: %s", exc.code() if hasattr(exc, "code") else exc)
+            return
+        except BaseException:
+            self.audit.failed(batch)
+            raise
+        self.audit.acked(batch)
+
+    def heartbeats(self) -> None:
+        """Full reports every ``heartbeat_s`` while connected (a thread of its own)."""
+        while not self.stop.is_set():
+            if self._connected.wait(1.0):
+                self._report_soon.clear()
+                try:
+                    self.report(None)
+                except Exception:
+                    log.exception("heartbeat failed")
+                self._report_soon.wait(self.heartbeat_s)  # set: a new blob is cached
+
+    # -- consoles ----------------------------------------------------------------------
+
+    def push_console(
+        self, workspace_id: str, offset: int, data: bytes = b"", reset: bool = False
+    ) -> int:
+        """Send console bytes at ``offset`` (-1: only ask); returns the service's next
+        offset. Raises Unavailable when not connected or when the call failed."""
+        stub = self._stub
+        if stub is None:
+            raise Unavailable("not connected to the service")
+        req = nodes_pb2.PushConsoleRequest(
+            node=self.cfg.node, workspace_id=workspace_id, offset=offset, data=data, reset=reset
+        )
+        try:
+            return int(stub.PushConsole(req, timeout=CALL_TIMEOUT_S).next_offset)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            raise Unavailable(f"console push failed: {code.name if code else exc}") from None

@@ -1,0 +1,148 @@
+"""The executor on its own (agent/executor.py): orders in, fake domains and reports out,
+with no service — staging fetches from an in-memory source."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.audit import AuditSpool
+from agent.cache import BlobCache, Source
+from agent.disks import WorkspaceFiles
+from agent.executor import Executor
+from agent.gate import TrustGate
+from agent.netsetup import NullNetworking
+from agent.staging import Staging
+from agent.virt.base import DomainState
+from agent.virt.fake import FakeDriver
+from images import signing
+from images.digest import of_bytes
+from images.model import Mode, Partition
+from workspace.config import FakeDriverConfig
+from workspace.domain.model import Disk, Observation, Order
+from workspace.domain.states import Desired, Observed
+
+BLOB = bytes(range(256)) * 16
+DIGEST = of_bytes(BLOB)
+
+
+def wait_for(pred: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if got := pred():
+            return got
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+class Parts:
+    def __init__(self, tmp: Path) -> None:
+        self.reports: list[list[str]] = []
+        self.fetched = 0
+        self.cache = BlobCache(tmp / "cache")
+        self.audit = AuditSpool(tmp)
+        self.gate = TrustGate("n1", self.audit)
+        self.driver = FakeDriver(FakeDriverConfig(persist=False))
+        self.files = WorkspaceFiles(tmp / "workspaces")
+        self.staging = Staging(
+            self.cache, self.gate, self._no_peer, Source("service test", self._fetch), 1, _nothing
+        )
+        self.stop = threading.Event()
+        self.executor = Executor(
+            self.driver,
+            self.files,
+            NullNetworking(),
+            self.staging,
+            self.gate,
+            self.reports.append,
+            2,
+            60.0,
+            self.stop,
+        )
+
+    def _fetch(self, digest: str, offset: int) -> Iterator[bytes]:
+        assert digest == DIGEST
+        self.fetched += 1
+        yield BLOB[offset:]
+
+    @staticmethod
+    def _no_peer(address: str) -> Source:
+        raise AssertionError(f"no peer expected, got {address}")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.executor.close()
+        self.staging.close()
+
+
+def _nothing() -> None:
+    return None
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[Parts]:
+    p = Parts(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _order(desired: Desired = Desired.RUNNING, **kw: Any) -> Order:
+    root = Partition("root", Mode.COW, DIGEST, len(BLOB), "raw")
+    return Order("w1", "one", "one", desired, 1, 512, "img", (Disk(root),), (), **kw)
+
+
+def test_an_order_becomes_a_running_domain_and_is_reported(parts: Parts) -> None:
+    ex = parts.executor
+    assert ex.observe() == []  # no orders yet: nothing is done or reported
+    ex.reconcile_once()
+    assert parts.driver.list_domains() == []
+
+    ex.take([_order()])
+    assert ex.observe(["w1"]) == [Observation("w1", Observed.PROPAGATING)]
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.RUNNING)])
+    assert ["w1"] in parts.reports
+    assert parts.cache.has(DIGEST) and parts.cache.pin_owners() == {"w1"}
+    assert (parts.files.dir("w1") / "root.qcow2").exists()
+    assert ex.seen("w1") is None  # the pass that created it saw no domain yet
+    ex.reconcile_once()
+    assert ex.seen("w1") is DomainState.RUNNING
+    assert parts.audit.pending() == []  # no policy held: nothing checked, nothing audited
+
+
+def test_orders_that_stop_then_drop_a_workspace(parts: Parts) -> None:
+    ex = parts.executor
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.RUNNING)])
+
+    ex.take([_order(Desired.STOPPED, stop_timeout_s=1)])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.STOPPED)])
+
+    ex.take([])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.ABSENT)])
+    assert parts.driver.get("w1") is None
+    assert not parts.files.dir("w1").exists()
+    assert parts.cache.pin_owners() == set()
+    assert parts.fetched == 1
+
+
+def test_a_refused_order_fails_before_anything_is_fetched(parts: Parts) -> None:
+    ex = parts.executor
+    assert parts.gate.update(signing.Policy(version=2, enforce=True), False)
+    ex.take([_order(verified_digests=(DIGEST,))])
+    ex.reconcile_once()
+    (got,) = wait_for(lambda: [o for o in ex.observe(["w1"]) if o.state is Observed.FAILED] or None)
+    assert got.reason == "create failed: image img refused on this node: image img is not signed"
+    assert parts.fetched == 0 and parts.driver.list_domains() == []
+    (record,) = parts.audit.pending()
+    assert (record.action, record.verdict, record.workspace_id) == ("boot", "deny", "w1")

@@ -1,0 +1,69 @@
+"""Bridges and DHCP hosts projected from a node's orders (agent/net/node.py), with the
+host side (ip link, dnsmasq) replaced by recorders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.net import node
+from agent.net.dhcp import DhcpHost
+from workspace.config import AgentConfig, NodeNetworkConfig
+from workspace.domain.model import Nic, Order
+from workspace.domain.states import Desired
+
+
+class FakeDhcp:
+    made: list[FakeDhcp] = []
+
+    def __init__(self, bridge: str, state_dir: Path, subnet: str, **kw: Any) -> None:
+        self.bridge, self.subnet, self.kw = bridge, subnet, kw
+        self.hosts: list[DhcpHost] = []
+        FakeDhcp.made.append(self)
+
+    def set_hosts(self, entries: Iterable[DhcpHost]) -> bool:
+        self.hosts = sorted(entries)
+        return True
+
+    def ensure_running(self) -> int:
+        return 1
+
+
+def _order(wid: str, *nics: Nic) -> Order:
+    return Order(wid, wid, f"host-{wid}", Desired.RUNNING, 1, 512, "img", (), nics)
+
+
+def _nic(network: str, ip: str, mac: str, bridge: str) -> Nic:
+    return Nic(network, ip, mac, 24, "10.0.0.1", bridge, "10.0.0.0/24", ("10.0.0.53",))
+
+
+def test_bridges_and_hosts_follow_the_orders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridges: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: bridges.append((b, cidr)))
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    FakeDhcp.made = []
+    cfg = AgentConfig(
+        node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig(name="default")]
+    )
+    net = node.BridgeNetworking(cfg)
+    orders = [
+        _order("w1", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "br0")),
+        _order("w2", _nic("default", "10.0.0.6", "52:54:00:00:00:06", "br0")),
+        _order("w3", _nic("elsewhere", "10.9.0.6", "52:54:00:00:09:06", "br9")),  # not served
+    ]
+    net.sync(orders)
+    assert bridges == [("br0", "10.0.0.1/24")]
+    (server,) = FakeDhcp.made
+    assert (server.bridge, server.subnet) == ("br0", "10.0.0.0/24")
+    assert server.kw == {"router": "10.0.0.1", "dns_servers": ("10.0.0.53",)}
+    assert server.hosts == [
+        DhcpHost("52:54:00:00:00:05", "10.0.0.5", "host-w1"),
+        DhcpHost("52:54:00:00:00:06", "10.0.0.6", "host-w2"),
+    ]
+    net.sync([])  # no workspace uses br0 any more: its dnsmasq keeps no hosts
+    assert server.hosts == [] and bridges == [("br0", "10.0.0.1/24")]
