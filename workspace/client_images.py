@@ -120,10 +120,10 @@ class ImagesClientMixin:
         """Sign image ``name`` as the service stores it (every partition's digest, size,
         format and mode, kernel, initrd, cmdline) and attach the signature."""
         from images import signing
-        from workspace.service.trust import manifest_from_proto
+        from workspace.codec.v1 import image_spec_from_proto
 
         private = signing.load_private_key(private_key_pem)
-        envelope = signing.sign(manifest_from_proto(self.get_image(name)), private)
+        envelope = signing.sign(image_spec_from_proto(self.get_image(name)), private)
         return self.add_signature(name, envelope)
 
     def add_signature(self, image: str, envelope_json: str) -> trust_pb2.ImageSignatures:

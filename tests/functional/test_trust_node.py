@@ -16,7 +16,7 @@ from images import signing
 from tests.functional.harness import WS, Site, wait_for
 from workspace.errors import PermissionDenied
 from workspace.node.v1 import nodes_pb2
-from workspace.service.trust import manifest_of
+from workspace.store.mapping import image_spec as manifest_of
 from workspace.store import Image
 from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
 
@@ -29,7 +29,7 @@ def _trust(site: Site) -> trust_pb2_grpc.TrustStub:
 
 def _sign(site: Site, key: Ed25519PrivateKey, image: str = IMAGE) -> None:
     assert site.service is not None
-    with site.service.core.store.read() as s:
+    with site.service.store.read() as s:
         row = s.get(Image, image)
         assert row is not None
         envelope = signing.sign(manifest_of(row), key)

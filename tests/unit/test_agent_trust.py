@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent import trust
 from images import signing
 from workspace.node.v1 import nodes_pb2
-from workspace.service.trust import manifest_of
+from images.model import ImageSpec
 from workspace.v1 import common_pb2, trust_pb2
 
 ROOT = "sha256:" + "1" * 64
@@ -73,12 +73,12 @@ def _policy(key: Ed25519PrivateKey, enforce: bool = True, **kw: Any) -> signing.
 
 
 def _signed(key: Ed25519PrivateKey, image: str = "team/app:1") -> str:
-    return signing.sign(manifest_of(_spec(), image), key)
+    return signing.sign(ImageSpec.from_dict(_spec(), image), key)
 
 
 def test_manifest_from_the_order_equals_the_services_manifest() -> None:
     a = _order(_spec(), [])
-    assert trust.manifest(a) == manifest_of(_spec(), "team/app:1")
+    assert trust.manifest(a) == ImageSpec.from_dict(_spec(), "team/app:1")
 
 
 def test_policy_from_proto() -> None:

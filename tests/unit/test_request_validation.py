@@ -1,4 +1,5 @@
-"""Create / operate requests through the service core with a real SQLite store (no gRPC)."""
+"""Create / operate requests through the servicers' plain methods (codec + operations)
+with a real SQLite store (no gRPC)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.node.v1 import nodes_pb2
-from workspace.service.blobs import BlobRepository
-from workspace.service.catalog import Catalog
-from workspace.service.core import Core
-from workspace.service.nodes import Nodes
-from workspace.service.notify import Notifier
+from workspace.edge.admin import AdminServicer
+from workspace.edge.images import ImagesServicer as Catalog
+from workspace.edge.nodes import NodesServicer as Nodes
+from workspace.edge.workspaces import WorkspacesServicer as Core
+from workspace.ops.events import Notifier
+from workspace.ops.images import Catalog as CatalogOps
+from workspace.ops.unit import Env
+from workspace.store.blobs import BlobRepository
 from workspace.store import IpAllocation, Node, Store, Workspace
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
@@ -89,16 +93,18 @@ def build_site(
     cfg = load(ServiceConfig, None, data_dir=str(tmp_path))
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     clock = Clock()
-    core = Core(cfg, store, Notifier(), clock=clock)
-    catalog = Catalog(core, BlobRepository(tmp_path / "blobs"))
-    catalog.create_network(admin_pb2.Network(name="default", subnet=subnet))
-    catalog.create_network(admin_pb2.Network(name="storage", subnet="10.9.0.0/24"))
+    env = Env.of(cfg, store, Notifier(), clock=clock)
+    core = Core(env)
+    catalog = Catalog(CatalogOps(env, BlobRepository(tmp_path / "blobs")))
+    admin = AdminServicer(env)
+    admin.create_network(admin_pb2.Network(name="default", subnet=subnet))
+    admin.create_network(admin_pb2.Network(name="storage", subnet="10.9.0.0/24"))
     ref = catalog.upload_blob(iter([b"\0" * 4096]))
     part = common_pb2.Partition(
         name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
     )
     catalog.import_image(OWNER, images_pb2.ImportImageRequest(name="img", partitions=[part]))
-    nodes = Nodes(core)
+    nodes = Nodes(env, catalog.blobs)
     if register:
         nodes.register(
             nodes_pb2.RegisterRequest(
@@ -252,7 +258,7 @@ def test_no_nodes_registered(tmp_path: Path) -> None:
 
 
 def test_down_node_is_not_used(site: Site) -> None:
-    site.clock.now += site.core.cfg.node_grace_s + 1
+    site.clock.now += site.core.env.cfg.node_grace_s + 1
     assert site.nodes.check_liveness() == ["n1"]
     with pytest.raises(ResourceExhausted, match=r"1 node\(s\) are DOWN"):
         site.create()
@@ -397,7 +403,7 @@ def test_operations_on_destroyed_workspace(site: Site, op: Op) -> None:
 
 def test_destroy_on_a_down_node_releases_at_once(site: Site) -> None:
     ws = site.create(name="web1")
-    site.clock.now += site.core.cfg.node_grace_s + 1
+    site.clock.now += site.core.env.cfg.node_grace_s + 1
     site.nodes.check_liveness()
     assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_LOST
     assert site.core.operate(OWNER, ws.id, Op.DESTROY).state == WS.WORKSPACE_STATE_TERMINATED

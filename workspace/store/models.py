@@ -142,6 +142,8 @@ class Workspace(Base):
     # What placement needs, kept so a queued workspace can be placed later.
     networks: Mapped[list[str]] = mapped_column(JSON, default=list)
     requirements: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Why the workspace waits for capacity (state PENDING, no node); "" = not waiting.
+    wait_reason: Mapped[str] = mapped_column(String(1024), default="")
     # Waiting for capacity (state PENDING) until this time; 0 = not waiting.
     wait_deadline: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
