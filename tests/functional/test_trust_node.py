@@ -16,8 +16,8 @@ from images import signing
 from tests.functional.harness import WS, Site, wait_for
 from workspace.errors import PermissionDenied
 from workspace.node.v1 import nodes_pb2
-from workspace.store.mapping import image_spec as manifest_of
 from workspace.store import Image
+from workspace.store.mapping import image_spec as manifest_of
 from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
 
 IMAGE = "app:1"

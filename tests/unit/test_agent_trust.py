@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import trust
 from images import signing
-from workspace.node.v1 import nodes_pb2
 from images.model import ImageSpec
+from workspace.node.v1 import nodes_pb2
 from workspace.v1 import common_pb2, trust_pb2
 
 ROOT = "sha256:" + "1" * 64

@@ -12,7 +12,6 @@ import pytest
 from agent.cache import BlobCache, Source
 from agent.peers import PeerChannels, PeerServer, advertised_address
 from workspace.config import TlsConfig
-from workspace.node.v1 import nodes_pb2
 from workspace.ops.reports import MAX_SOURCES, peer_sources
 from workspace.store import Node, Store
 

@@ -16,17 +16,17 @@ from sqlalchemy import select
 from workspace import ipam
 from workspace.config import ServiceConfig, load
 from workspace.domain.states import Op
-from workspace.errors import ResourceExhausted
-from workspace.node.v1 import nodes_pb2
 from workspace.edge.admin import AdminServicer
 from workspace.edge.images import ImagesServicer as Catalog
 from workspace.edge.nodes import NodesServicer as Nodes
 from workspace.edge.workspaces import WorkspacesServicer as Core
+from workspace.errors import ResourceExhausted
+from workspace.node.v1 import nodes_pb2
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog as CatalogOps
 from workspace.ops.unit import Env
-from workspace.store.blobs import BlobRepository
 from workspace.store import IpAllocation, Network, Node, Store, Workspace
+from workspace.store.blobs import BlobRepository
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
 OWNER = "prop"

@@ -3,7 +3,7 @@ with a real SQLite store (no gRPC)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,10 @@ from sqlalchemy import select
 
 from workspace.config import ServiceConfig, load
 from workspace.domain.states import Op
+from workspace.edge.admin import AdminServicer
+from workspace.edge.images import ImagesServicer as Catalog
+from workspace.edge.nodes import NodesServicer as Nodes
+from workspace.edge.workspaces import WorkspacesServicer as Core
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -19,15 +23,11 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.node.v1 import nodes_pb2
-from workspace.edge.admin import AdminServicer
-from workspace.edge.images import ImagesServicer as Catalog
-from workspace.edge.nodes import NodesServicer as Nodes
-from workspace.edge.workspaces import WorkspacesServicer as Core
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog as CatalogOps
 from workspace.ops.unit import Env
-from workspace.store.blobs import BlobRepository
 from workspace.store import IpAllocation, Node, Store, Workspace
+from workspace.store.blobs import BlobRepository
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
 OWNER = "alice"
@@ -89,8 +89,11 @@ def build_site(
     cpus: int = 4,
     memory_mib: int = 8192,
     register: bool = True,
+    max_name_len: int | None = None,
 ) -> Site:
     cfg = load(ServiceConfig, None, data_dir=str(tmp_path))
+    if max_name_len is not None:
+        cfg = replace(cfg, limits=replace(cfg.limits, max_name_len=max_name_len))
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     clock = Clock()
     env = Env.of(cfg, store, Notifier(), clock=clock)
@@ -160,6 +163,21 @@ def test_invalid_name(site: Site, name: str) -> None:
 @pytest.mark.parametrize("name", ["a", "7", "web-1", "a" * 63])
 def test_valid_name(site: Site, name: str) -> None:
     assert site.create(name=name).name == name
+
+
+@pytest.mark.parametrize("name", ["web\n", "web1\n", "\nweb"])
+def test_name_with_a_newline_is_refused(site: Site, name: str) -> None:
+    with pytest.raises(InvalidArgument, match="is not valid"):
+        site.create(name=name)
+    assert site.workspaces() == []
+
+
+def test_max_name_len_is_the_limit(tmp_path: Path) -> None:
+    assert load(ServiceConfig, None).limits.max_name_len == 63  # the default
+    site = build_site(tmp_path, max_name_len=8)
+    assert site.create(name="a" * 8).name == "a" * 8
+    with pytest.raises(InvalidArgument, match="use 1-8 lowercase letters"):
+        site.create(name="b" * 9)
 
 
 @pytest.mark.parametrize("cpus", [-1, -64, 65, 1000])

@@ -14,13 +14,25 @@ import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from workspace.config import SchedulerConfig
 from workspace.scheduler.model import Affinity, NodeView, Request
 
-if TYPE_CHECKING:
-    from workspace.scheduler.filters import Filter
+
+class StaticFilter(Protocol):
+    """What the snapshot needs of a filter (``workspace.scheduler.filters.Filter``)."""
+
+    def active(self, req: Request, ctx: Context) -> bool: ...
+
+    def filter_all(
+        self, hosts: Sequence[HostState], req: Request, ctx: Context
+    ) -> list[HostState]: ...
+
+    def rejections(
+        self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
+    ) -> Counter[str]: ...
+
 
 ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
 
@@ -134,7 +146,7 @@ class Snapshot:
     # -- memoised static answers --------------------------------------------------------
 
     def static_candidates(
-        self, req: Request, ctx: Context, filters: Sequence[Filter]
+        self, req: Request, ctx: Context, filters: Sequence[StaticFilter]
     ) -> tuple[list[HostState], Counter[str]]:
         """Hosts passing the static ``filters`` for ``req``'s shape, and rejections by reason.
 
