@@ -32,7 +32,7 @@ from workspace.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from workspace.ops.unit import Env
+from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
 from workspace.store.mapping import image_spec
 from workspace.store.models import (
@@ -104,20 +104,15 @@ def settings(s: Session) -> TrustSettings:
     return row
 
 
-def _bump(env: Env, s: Session) -> TrustSettings:
-    row = s.get(TrustSettings, 1)
+def _bump(u: UnitOfWork) -> TrustSettings:
+    """A new policy version; every agent gets it at once after the commit (it rides on
+    the assignment stream)."""
+    row = u.s.get(TrustSettings, 1)
     if row is None:
         row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
-        s.add(row)
+        u.s.add(row)
     row.version += 1
-    # Every agent gets the new policy at once (it rides on the assignment stream).
-    nodes = list(s.execute(select(Node.name)).scalars())
-    notifier = env.notifier
-
-    def push(_session: Session) -> None:
-        notifier.node_changed(*nodes)
-
-    event.listen(s, "after_commit", push, once=True)
+    u.nodes(*u.s.execute(select(Node.name)).scalars())
     return row
 
 
@@ -196,7 +191,8 @@ def add_key(
     if expires_at and expires_at <= now:
         raise InvalidArgument(f"key {kid[:16]}: its expiry is in the past")
     pem = public_key_pem.strip()
-    with env.store.write() as s:
+    with write(env) as u:
+        s = u.s
         row = s.get(TrustKey, kid)
         if row is not None and row.revoked:
             raise FailedPrecondition(
@@ -210,19 +206,21 @@ def add_key(
         row.image_patterns = patterns
         row.expires_at = expires_at
         row.comment = comment
-        st = _bump(env, s)
+        st = _bump(u)
         s.flush()
         log.info(
             "trust: key %s added for %s (policy v%d)", kid[:16], ", ".join(patterns), st.version
         )
-        return settings_view(s)
+        shown = settings_view(s)
+    return shown
 
 
 def revoke_key(env: Env, key_id: str) -> TrustSettingsView:
     key_id = key_id.strip().lower()
     if not key_id:
         raise InvalidArgument("give the key id to revoke (`ws-admin trust list` shows them)")
-    with env.store.write() as s:
+    with write(env) as u:
+        s = u.s
         found = list(
             s.execute(select(TrustKey).where(TrustKey.key_id.startswith(key_id))).scalars()
         )
@@ -231,26 +229,30 @@ def revoke_key(env: Env, key_id: str) -> TrustSettingsView:
         if len(found) > 1:
             raise InvalidArgument(f"key id prefix {key_id!r} is ambiguous; give more of it")
         found[0].revoked = True
-        st = _bump(env, s)
+        st = _bump(u)
         s.flush()
         log.info("trust: key %s revoked (policy v%d)", found[0].key_id[:16], st.version)
-        return settings_view(s)
+        shown = settings_view(s)
+    return shown
 
 
 def revoke_digest(env: Env, digest: str) -> TrustSettingsView:
     digest = check_digest(digest.strip())
-    with env.store.write() as s:
+    with write(env) as u:
+        s = u.s
         if s.get(RevokedDigest, digest) is None:
             s.add(RevokedDigest(digest=digest, revoked_at=env.clock()))
-        st = _bump(env, s)
+        st = _bump(u)
         s.flush()
         log.info("trust: digest %s revoked (policy v%d)", digest, st.version)
-        return settings_view(s)
+        shown = settings_view(s)
+    return shown
 
 
 def set_mode(env: Env, enforce: bool, stop_on_revoke: bool) -> TrustSettingsView:
-    with env.store.write() as s:
-        st = _bump(env, s)
+    with write(env) as u:
+        s = u.s
+        st = _bump(u)
         st.mode = "ENFORCE" if enforce else "WARN"
         st.stop_running_on_revoke = stop_on_revoke
         s.flush()

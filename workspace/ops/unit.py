@@ -64,9 +64,6 @@ class UnitOfWork:
         for w in rows:
             self._rows[w.id] = w
 
-    def changed_rows(self) -> list[Workspace]:
-        return list(self._rows.values())
-
     def changed_clusters(self) -> set[str]:
         """The clusters of the changed workspaces (their state may follow)."""
         return {w.cluster for w in self._rows.values() if w.cluster}
@@ -103,9 +100,3 @@ def write(env: Env) -> Iterator[UnitOfWork]:
         yield u
         u.seal()
     u.publish(env.notifier)
-
-
-@contextmanager
-def read(env: Env) -> Iterator[Session]:
-    with env.store.read() as s:
-        yield s
