@@ -90,8 +90,9 @@ def orders(env: Env, node_name: str) -> NodeOrders:
         )
         nics_of = nics(s, [w.id for w in rows])
         specs = {w.id: bound_spec(w) for w in rows}
-        policy = trust.policy(s) if env.check_trust else signing.Policy()
-        stop_on_revoke = trust.stop_running_on_revoke(s) if env.check_trust else False
+        policy, stop_on_revoke = (
+            trust.node_policy(s) if env.check_trust else (signing.Policy(), False)
+        )
         envelopes: dict[str, tuple[str, ...]] = {}
         if env.check_trust:
             for w in rows:

@@ -124,7 +124,17 @@ def _key_rows(s: Session) -> list[TrustKey]:
 
 def policy(s: Session) -> signing.Policy:
     """The policy as signing.verify and the agents use it."""
+    return _policy(s, settings(s))
+
+
+def node_policy(s: Session) -> tuple[signing.Policy, bool]:
+    """What every node is sent: the policy, and whether to stop running workspaces whose
+    image it no longer trusts."""
     st = settings(s)
+    return _policy(s, st), bool(st.stop_running_on_revoke)
+
+
+def _policy(s: Session, st: TrustSettings) -> signing.Policy:
     keys = tuple(
         signing.Key(
             key_id=k.key_id,
@@ -139,10 +149,6 @@ def policy(s: Session) -> signing.Policy:
     return signing.Policy(
         version=int(st.version), enforce=st.mode == "ENFORCE", keys=keys, revoked_digests=digests
     )
-
-
-def stop_running_on_revoke(s: Session) -> bool:
-    return bool(settings(s).stop_running_on_revoke)
 
 
 def settings_view(s: Session) -> TrustSettingsView:
