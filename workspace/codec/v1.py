@@ -48,12 +48,17 @@ def mode_from_proto(value: common_pb2.PartitionMode.ValueType, default: Mode = M
     return Mode(common_pb2.PartitionMode.Name(value).removeprefix(_MODE_PREFIX))
 
 
+# Enum ⇄ enum by table: these run for every workspace of every list and event.
+_STATE_TO_PROTO = {s: common_pb2.WorkspaceState.Value(f"WORKSPACE_STATE_{s.value}") for s in State}
+_DESIRED_TO_PROTO = {d: common_pb2.DesiredState.Value(f"DESIRED_STATE_{d.value}") for d in Desired}
+
+
 def state_to_proto(state: State) -> common_pb2.WorkspaceState.ValueType:
-    return common_pb2.WorkspaceState.Value(f"WORKSPACE_STATE_{state.value}")
+    return _STATE_TO_PROTO[state]
 
 
 def desired_to_proto(desired: Desired) -> common_pb2.DesiredState.ValueType:
-    return common_pb2.DesiredState.Value(f"DESIRED_STATE_{desired.value}")
+    return _DESIRED_TO_PROTO[desired]
 
 
 def desired_from_proto(value: common_pb2.DesiredState.ValueType) -> Desired:

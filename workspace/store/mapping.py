@@ -28,6 +28,9 @@ from workspace.store.models import Cluster, Image, IpAllocation, Network, Node, 
 
 # What the API shows before the reason a request waits for capacity.
 WAITING = "waiting for capacity: "
+# Column text → enum by table (a lookup per row of every list).
+STATES = {s.value: s for s in State}
+DESIRED = {d.value: d for d in Desired}
 
 
 # -- images and a workspace's copy of one ----------------------------------------------------
@@ -82,13 +85,23 @@ def shown_reason(ws: Workspace) -> str:
 # -- workspaces ------------------------------------------------------------------------------
 
 
-def allocations(s: Session, ids: Sequence[str]) -> dict[str, list[tuple[IpAllocation, Network]]]:
-    """Every NIC's allocation and network for these workspaces, in NIC order."""
-    out: dict[str, list[tuple[IpAllocation, Network]]] = {i: [] for i in ids}
+def nics(s: Session, ids: Sequence[str]) -> dict[str, tuple[Nic, ...]]:
+    """The NICs of these workspaces (every id is a key), in NIC order: one query, plain
+    columns (this runs for every list, event and order set)."""
+    found: dict[str, list[Nic]] = {i: [] for i in ids}
     if not ids:
-        return out
+        return {}
     q = (
-        select(IpAllocation, Network)
+        select(
+            IpAllocation.workspace_id,
+            IpAllocation.ip,
+            IpAllocation.mac,
+            Network.name,
+            Network.gateway,
+            Network.bridge,
+            Network.subnet,
+            Network.dns,
+        )
         .join(Network, Network.name == IpAllocation.network)
         .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
     )
@@ -96,35 +109,17 @@ def allocations(s: Session, ids: Sequence[str]) -> dict[str, list[tuple[IpAlloca
     # (SQLite caps the number of bound parameters).
     if len(ids) <= 500:
         q = q.where(IpAllocation.workspace_id.in_(ids))
-    for alloc, net in s.execute(q).all():
-        if alloc.workspace_id in out:
-            out[alloc.workspace_id].append((alloc, net))
-    return out
-
-
-def nics(s: Session, ids: Sequence[str]) -> dict[str, tuple[Nic, ...]]:
-    """The NICs of these workspaces (every id is a key), in NIC order: one query."""
     prefix: dict[str, int] = {}
-    out: dict[str, tuple[Nic, ...]] = {}
-    for wid, pairs in allocations(s, ids).items():
-        built = []
-        for alloc, net in pairs:
-            if net.subnet not in prefix:
-                prefix[net.subnet] = ipam.prefix_len(net.subnet)
-            built.append(
-                Nic(
-                    network=net.name,
-                    ip=alloc.ip,
-                    mac=alloc.mac,
-                    prefix_len=prefix[net.subnet],
-                    gateway=net.gateway,
-                    bridge=net.bridge,
-                    subnet=net.subnet,
-                    dns=tuple(net.dns or ()),
-                )
-            )
-        out[wid] = tuple(built)
-    return out
+    dns: dict[str, tuple[str, ...]] = {}
+    for wid, ip, mac, net, gateway, bridge, subnet, servers in s.execute(q):
+        out = found.get(wid)
+        if out is None:
+            continue
+        if net not in prefix:
+            prefix[net] = ipam.prefix_len(subnet)
+            dns[net] = tuple(servers or ())
+        out.append(Nic(net, ip, mac, prefix[net], gateway, bridge, subnet, dns[net]))
+    return {wid: tuple(v) for wid, v in found.items()}
 
 
 def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
@@ -137,8 +132,8 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         memory_mib=ws.memory_mib,
         nics=nics_of,
         node=ws.node,
-        state=State(ws.state),
-        desired=Desired(ws.desired_state),
+        state=STATES[ws.state],
+        desired=DESIRED[ws.desired_state],
         reason=shown_reason(ws),
         request_id=ws.request_id,
         created_at=ws.created_at,
