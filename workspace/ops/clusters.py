@@ -93,7 +93,7 @@ def _member_rows(
                 spec = replace(spec, networks=check_networks(s, spec.networks))
             except WorkspaceError as exc:
                 raise type(exc)(f"cluster {req.name}, member {m.role}: {exc.message}") from exc
-            rows.append(new_row(env, s, owner, uuid.uuid4().hex[:12], spec, uuid.uuid4().hex, ""))
+            rows.append(new_row(env, s, owner, spec, uuid.uuid4().hex, ""))
     return rows
 
 

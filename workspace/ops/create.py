@@ -3,12 +3,12 @@
 1. idempotency: a request id seen before returns the workspace it made (or is refused
    if the request differs);
 2. argument checks (``check_spec``): what can be said without the store;
-3. prerequisites inside the transaction (``check_networks``, ``new_row``): the networks
-   and the image exist, the trust policy allows the image, the name is free;
-4. execution: the row, then admission (placed, queued, or refused) in the same
-   transaction; the events go out after the commit.
+3. prerequisites (``check_networks``, ``prerequisites``): the networks and the image
+   exist, the trust policy allows the image, the disk options fit it, the name is free;
+4. execution (``insert_row``, then ``admission.admit``): the row, placed, queued or
+   refused in the same transaction; the events go out after the commit.
 
-Cluster creates (ops/clusters.py) run steps 2-4 per member.
+Cluster creates (ops/clusters.py) run steps 2-4 per member (``new_row`` is 3 + 4's row).
 """
 
 from __future__ import annotations
@@ -123,18 +123,10 @@ def find_prior(s: Session, owner: str, request_id: str, hash_: str) -> Workspace
     return prior
 
 
-def new_row(
-    env: Env,
-    s: Session,
-    owner: str,
-    wid: str,
-    spec: CreateSpec,
-    request_id: str,
-    hash_: str,
-) -> Workspace:
-    """A PENDING workspace row (not placed yet) for a checked ``spec`` whose networks
-    exist; checks the image (it exists, the trust policy allows it, the disk options
-    fit it) and that the name is free."""
+def prerequisites(env: Env, s: Session, owner: str, wid: str, spec: CreateSpec) -> ImageSpec:
+    """What the store must allow for a checked ``spec`` whose networks exist: the image
+    exists, the trust policy allows it, the disk options fit it, the name is free.
+    Returns the image as the workspace binds to it (its disks laid out)."""
     image = s.get(Image, spec.image)
     if image is None:
         raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
@@ -153,6 +145,20 @@ def new_row(
     ).first()
     if clash is not None:
         raise AlreadyExists(f"you already have a workspace named {spec.name!r} ({clash[0]})")
+    return replace(source, partitions=partitions)
+
+
+def insert_row(
+    env: Env,
+    s: Session,
+    owner: str,
+    wid: str,
+    spec: CreateSpec,
+    bound: ImageSpec,
+    request_id: str,
+    hash_: str,
+) -> Workspace:
+    """The PENDING workspace row (not placed yet)."""
     now = env.clock()
     ws = Workspace(
         id=wid,
@@ -160,7 +166,7 @@ def new_row(
         owner=owner,
         request_id=request_id,
         request_hash=hash_,
-        image=image.name,
+        image=bound.image,
         cpus=spec.cpus,
         memory_mib=spec.memory_mib,
         claimed_cpus=0,
@@ -180,31 +186,47 @@ def new_row(
         created_at=now,
         updated_at=now,
     )
-    bind_spec(
-        ws,
-        ImageSpec(
-            image.name, partitions, source.kernel_digest, source.initrd_digest, source.cmdline
-        ),
-    )
+    bind_spec(ws, bound)
     s.add(ws)
     s.flush()
     return ws
 
 
+def new_row(
+    env: Env, s: Session, owner: str, spec: CreateSpec, request_id: str, hash_: str, wid: str = ""
+) -> Workspace:
+    """Prerequisites, then the row: a checked ``spec`` (with its networks) made a PENDING
+    workspace."""
+    wid = wid or uuid.uuid4().hex[:12]
+    bound = prerequisites(env, s, owner, wid, spec)
+    return insert_row(env, s, owner, wid, spec, bound, request_id, hash_)
+
+
 def create(env: Env, owner: str, req: CreateRequest) -> WorkspaceView:
+    """Create one workspace: placed now, queued (``wait_for_capacity_s``), or refused.
+
+    The argument checks run inside the transaction, after the idempotency check, so a
+    retried request always gets what it got the first time."""
     hash_ = request_hash(req)
     wid = uuid.uuid4().hex[:12]
     with write(env) as u:
+        # 1. idempotency
         prior = find_prior(u.s, owner, req.request_id, hash_)
         if prior is not None:
             return workspace_views(u.s, [prior])[0]
+        # 2. arguments
         if req.wait_for_capacity_s < 0:
             raise InvalidArgument("wait_for_capacity_s must not be negative")
         spec = check_spec(req.spec, env.cfg.limits)
+        # 3. prerequisites
         spec = replace(
             spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
         )
-        ws = new_row(env, u.s, owner, wid, spec, req.request_id or uuid.uuid4().hex, hash_)
+        bound = prerequisites(env, u.s, owner, wid, spec)
+        # 4. execution; the events go out after the commit
+        ws = insert_row(
+            env, u.s, owner, wid, spec, bound, req.request_id or uuid.uuid4().hex, hash_
+        )
         touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
         u.changed(ws)
         u.nodes(*touched)
