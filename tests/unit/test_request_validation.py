@@ -23,6 +23,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.node.v1 import nodes_pb2
+from workspace.ops import queue
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog as CatalogOps
 from workspace.ops.unit import Env
@@ -262,6 +263,25 @@ def test_no_cpu_capacity_names_the_filter(site: Site) -> None:
 def test_no_memory_capacity_names_the_filter(site: Site) -> None:
     with pytest.raises(ResourceExhausted, match=r"cannot place big: .*too little free memory"):
         site.create(name="big", memory_mib=8192)  # the overhead does not fit
+
+
+def test_queue_state_is_a_field(site: Site) -> None:
+    """Why a request waits is stored as such; the API's text is derived from it."""
+    ws = site.create(name="big", memory_mib=8192, wait_for_capacity_s=60)
+    (row,) = site.workspaces()
+    assert row.wait_reason.startswith("big does not fit: ")
+    assert "too little free memory" in row.wait_reason
+    assert row.reason == ""
+    assert ws.state == WS.WORKSPACE_STATE_PENDING
+    assert ws.reason == f"waiting for capacity: {row.wait_reason}"
+    (entry,) = queue.list_queue(site.core.env)
+    assert entry.reason == row.wait_reason
+    site.clock.now += 61
+    assert queue.process(site.core.env) == 0
+    (row,) = site.workspaces()
+    assert (row.state, row.wait_reason) == ("FAILED", "")
+    assert site.core.get(OWNER, ws.id).reason == f"no capacity in time: {entry.reason}"
+    assert queue.list_queue(site.core.env) == []
 
 
 def test_node_without_the_network(site: Site) -> None:

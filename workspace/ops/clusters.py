@@ -25,7 +25,7 @@ from workspace.ops.create import check_networks, check_spec, new_row
 from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Workspace
-from workspace.store.mapping import cluster_view, set_reason, workspace_views
+from workspace.store.mapping import cluster_view, set_reason, spec_column, workspace_views
 
 log = logging.getLogger("workspace.ops.clusters")
 
@@ -133,7 +133,7 @@ def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
             reason="",
             affinity=req.affinity,
             on_failure=req.on_failure if req.on_failure in POLICIES else "KEEP",
-            spec=[m.to_dict() for m in req.members],
+            spec=spec_column(req.members),
             wait_deadline=0.0,
             created_at=now,
             updated_at=now,

@@ -157,6 +157,11 @@ def member_specs(c: Cluster) -> tuple[MemberSpec, ...]:
     return tuple(MemberSpec.from_dict(m) for m in c.spec or ())
 
 
+def spec_column(members: Iterable[MemberSpec]) -> list[dict[str, object]]:
+    """The stored form of a cluster's members (its ``spec`` column)."""
+    return [m.to_dict() for m in members]
+
+
 def cluster_view(c: Cluster, members: Sequence[WorkspaceView]) -> ClusterView:
     return ClusterView(
         id=c.id,
