@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -33,10 +33,11 @@ class Env:
     store: Store
     notifier: Notifier
     clock: Callable[[], float] = time.time
-    # The site's image trust policy is checked at create (False: no signature checks,
-    # e.g. in unit tests of other things).
+    # The site's image trust policy applies: checked at create, sent with every node's
+    # orders, nodes' decisions audited (False: none of it, e.g. unit tests of other things).
     check_trust: bool = False
-    started_at: float = field(default=0.0)
+    # When the service started: nodes get a grace period after it (ops/liveness.py).
+    started_at: float = 0.0
 
     @classmethod
     def of(
