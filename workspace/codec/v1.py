@@ -25,7 +25,8 @@ from workspace.domain.model import (
     TrustSettingsView,
     WorkspaceView,
 )
-from workspace.domain.states import Desired, State
+from workspace.domain.states import Desired, FailurePolicy, State
+from workspace.scheduler.model import Affinity
 from workspace.v1 import admin_pb2, clusters_pb2, common_pb2, images_pb2, trust_pb2, workspaces_pb2
 
 _MODE_PREFIX = "PARTITION_MODE_"
@@ -211,8 +212,10 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
             )
             for m in req.members
         ),
-        affinity=clusters_pb2.Affinity.Name(req.affinity).removeprefix("AFFINITY_"),
-        on_failure="TEARDOWN" if req.on_failure == clusters_pb2.FAILURE_POLICY_TEARDOWN else "KEEP",
+        affinity=Affinity[clusters_pb2.Affinity.Name(req.affinity).removeprefix("AFFINITY_")],
+        on_failure=FailurePolicy.TEARDOWN
+        if req.on_failure == clusters_pb2.FAILURE_POLICY_TEARDOWN
+        else FailurePolicy.KEEP,
         request_id=req.request_id,
         wait_for_capacity_s=req.wait_for_capacity_s,
         request_hash=hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest(),
@@ -227,8 +230,8 @@ def cluster_to_proto(c: ClusterView) -> clusters_pb2.Cluster:
         state=clusters_pb2.ClusterState.Value(f"CLUSTER_STATE_{c.state.value}"),
         reason=c.reason,
         members=[workspace_to_proto(m) for m in c.members],
-        affinity=clusters_pb2.Affinity.Value(f"AFFINITY_{c.affinity}"),
-        on_failure=clusters_pb2.FailurePolicy.Value(f"FAILURE_POLICY_{c.on_failure}"),
+        affinity=clusters_pb2.Affinity.Value(f"AFFINITY_{c.affinity.name}"),
+        on_failure=clusters_pb2.FailurePolicy.Value(f"FAILURE_POLICY_{c.on_failure.value}"),
         request_id=c.request_id,
         created_at=ts(c.created_at),
         updated_at=ts(c.updated_at),

@@ -14,7 +14,15 @@ from typing import Any
 
 from images.model import ImageSpec, Mode, Partition
 from images.signing import Policy
-from workspace.domain.states import ClusterState, Desired, NodeState, Observed, State
+from workspace.domain.states import (
+    ClusterState,
+    Desired,
+    FailurePolicy,
+    NodeState,
+    Observed,
+    State,
+)
+from workspace.scheduler.model import Affinity
 
 __all__ = [
     "AuditRecord",
@@ -309,8 +317,8 @@ class ClusterRequest:
 
     name: str
     members: tuple[MemberSpec, ...]
-    affinity: str = "NONE"  # scheduler.Affinity name
-    on_failure: str = "KEEP"  # KEEP | TEARDOWN
+    affinity: Affinity = Affinity.NONE
+    on_failure: FailurePolicy = FailurePolicy.KEEP
     request_id: str = ""
     wait_for_capacity_s: int = 0
     request_hash: str = ""  # of the request as sent (the edge computes it)
@@ -326,8 +334,8 @@ class ClusterView:
     state: ClusterState
     reason: str
     members: tuple[WorkspaceView, ...]
-    affinity: str
-    on_failure: str
+    affinity: Affinity
+    on_failure: FailurePolicy
     request_id: str
     created_at: float
     updated_at: float

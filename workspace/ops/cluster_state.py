@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workspace.domain.states import ClusterState, Desired, State
+from workspace.domain.states import ClusterState, Desired, FailurePolicy, State
 from workspace.ops.lifecycle import node_down, release
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Cluster, Workspace
@@ -74,7 +74,7 @@ def refresh(env: Env, u: UnitOfWork, cluster_ids: Iterable[str]) -> None:
             continue
         members = list(s.execute(select(Workspace).where(Workspace.cluster == cid)).scalars())
         state, reason = cluster_state(members, ClusterState(c.state))
-        if state is ClusterState.FAILED and c.on_failure == "TEARDOWN":
+        if state is ClusterState.FAILED and FailurePolicy(c.on_failure) is FailurePolicy.TEARDOWN:
             log.warning("cluster %s (%s) failed (%s): tearing it down", cid, c.name, reason)
             for m in members:
                 if m.desired_state != Desired.TERMINATED.value and m.state != State.TERMINATED:

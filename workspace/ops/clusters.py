@@ -15,7 +15,6 @@ from dataclasses import replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workspace import scheduler
 from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
@@ -32,7 +31,6 @@ log = logging.getLogger("workspace.ops.clusters")
 CLUSTER_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 ROLE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
 MAX_MEMBERS = 1000
-POLICIES = ("KEEP", "TEARDOWN")
 
 
 def view(s: Session, c: Cluster) -> ClusterView:
@@ -131,8 +129,8 @@ def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
             request_hash=req.request_hash,
             state=ClusterState.PENDING.value,
             reason="",
-            affinity=req.affinity,
-            on_failure=req.on_failure if req.on_failure in POLICIES else "KEEP",
+            affinity=req.affinity.name,
+            on_failure=req.on_failure.value,
             spec=spec_column(req.members),
             wait_deadline=0.0,
             created_at=now,
@@ -144,7 +142,7 @@ def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
             env,
             s,
             rows,
-            scheduler.Affinity[req.affinity],
+            req.affinity,
             req.wait_for_capacity_s,
             f"cluster {req.name}",
         )

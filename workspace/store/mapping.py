@@ -23,7 +23,8 @@ from workspace.domain.model import (
     NodeStatus,
     WorkspaceView,
 )
-from workspace.domain.states import ClusterState, Desired, NodeState, State
+from workspace.domain.states import ClusterState, Desired, FailurePolicy, NodeState, State
+from workspace.scheduler.model import Affinity
 from workspace.store.models import Cluster, Image, IpAllocation, Network, Node, Workspace
 
 # What the API shows before the reason a request waits for capacity.
@@ -170,8 +171,8 @@ def cluster_view(c: Cluster, members: Sequence[WorkspaceView]) -> ClusterView:
         state=ClusterState(c.state),
         reason=c.reason,
         members=tuple(members),
-        affinity=c.affinity,
-        on_failure=c.on_failure,
+        affinity=Affinity[c.affinity],
+        on_failure=FailurePolicy(c.on_failure),
         request_id=c.request_id,
         created_at=c.created_at,
         updated_at=c.updated_at,
