@@ -56,7 +56,7 @@ class Node(Protocol):
 def decode(aset: nodes_pb2.AssignmentSet) -> tuple[NodeOrders, signing.Policy | None]:
     """The orders of one AssignmentSet, and its policy if it carries one."""
     orders = codec.node_orders_from_proto(aset)
-    return orders, (orders.policy if aset.HasField("policy") else None)
+    return orders, orders.policy
 
 
 class Link:

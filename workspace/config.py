@@ -58,6 +58,7 @@ class LimitsConfig:
     min_memory_mib: int = 16
     max_nics: int = 8
     max_user_data_bytes: int = 64 * 1024
+    # Longest workspace name; a name becomes the VM's hostname, so 1..63.
     max_name_len: int = 63
     # Largest blob accepted by UploadBlob, and largest virtual disk size of an image.
     max_blob_bytes: int = 64 * 1024**3
@@ -70,6 +71,13 @@ class LimitsConfig:
     # Largest virtual size a create may give a partition: an extra blank one, or a cow
     # partition it grows.
     max_grow_bytes: int = 1024**4
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_name_len <= 63:
+            raise ConfigError(
+                f"limits.max_name_len: {self.max_name_len} is not between 1 and 63 "
+                "(a name becomes the VM's hostname)"
+            )
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,11 @@ def stop_session(pid: int, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S) 
     if outcome is Stopped.NOT_OURS:
         return f"pid {pid} is no longer ours (left alone)"
     text = str(outcome)
+    # A process on its way out already shows an empty command line (so it no longer
+    # matches) before it is gone: give it a moment to become a zombie and be reaped.
+    deadline = time.monotonic() + KILL_WAIT_S
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_S)
     # Its session id is its pid. While the leader is gone, no other process can hold
     # that pid, so the members left are our daemon's children.
     if not process_alive(pid):

@@ -368,3 +368,29 @@ def test_missing_tables_indexes_and_unique_constraints_are_created(tmp_path: Pat
             assert len(s.execute(select(IpAllocation)).scalars().all()) == 2
     finally:
         store.close()
+
+
+def test_a_queued_workspace_keeps_its_wait_reason_in_its_own_field(tmp_path: Path) -> None:
+    """0002: the queue's text in ``reason`` moves into ``wait_reason``; other reasons stay."""
+    path = tmp_path / "queued.db"
+    make_db(path, TODAY)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE workspaces SET reason = 'waiting for capacity: no node has 64 cpus'")
+    row = dict(next(v for t, v in ROWS if t == "workspaces"))
+    row.update(id="ws2", name="other", request_id="r2", reason="stopped by its owner")
+    con.execute(
+        f"INSERT INTO workspaces ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+        list(row.values()),
+    )
+    con.commit()
+    con.close()
+    store = Store(f"sqlite:///{path}")
+    try:
+        with store.read() as s:
+            got = {w.id: (w.reason, w.wait_reason) for w in s.execute(select(Workspace)).scalars()}
+        assert got == {
+            "ws1": ("", "no node has 64 cpus"),
+            "ws2": ("stopped by its owner", ""),
+        }
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ from images import signing
 from tests.functional.harness import WS, Site
 from workspace.cli import admin as admin_cli
 from workspace.cli import ws as ws_cli
-from workspace.service.trust import manifest_from_proto
+from workspace.codec.v1 import image_spec_from_proto as manifest_from_proto
 from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
 
 ENFORCE = trust_pb2.TRUST_MODE_ENFORCE

@@ -19,8 +19,8 @@ from tests.functional.harness import WS, Site, wait_for
 from workspace.codec import node as node_codec
 from workspace.domain.model import AuditRecord, Disk
 from workspace.errors import PermissionDenied
-from workspace.service.trust import manifest_of
 from workspace.store import Image
+from workspace.store.mapping import image_spec as manifest_of
 from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
 
 IMAGE = "app:1"
@@ -32,7 +32,7 @@ def _trust(site: Site) -> trust_pb2_grpc.TrustStub:
 
 def _sign(site: Site, key: Ed25519PrivateKey, image: str = IMAGE) -> None:
     assert site.service is not None
-    with site.service.core.store.read() as s:
+    with site.service.store.read() as s:
         row = s.get(Image, image)
         assert row is not None
         envelope = signing.sign(manifest_of(row), key)

@@ -23,7 +23,7 @@ from images import signing
 from images.appliance import Appliance
 from tests.functional.harness import WS, wait_for
 from tests.host.test_e2e_site import BOOT_S, E2ESite, run
-from workspace.service.trust import manifest_from_proto
+from workspace.codec.v1 import image_spec_from_proto as manifest_from_proto
 from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
 
 pytestmark = pytest.mark.host

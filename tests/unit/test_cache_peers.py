@@ -12,8 +12,7 @@ import pytest
 from agent.cache import BlobCache, Source
 from agent.peers import PeerChannels, PeerServer, advertised_address
 from workspace.config import TlsConfig
-from workspace.node.v1 import nodes_pb2
-from workspace.service.nodes import MAX_SOURCES, Nodes
+from workspace.ops.reports import MAX_SOURCES, peer_sources
 from workspace.store import Node, Store
 
 
@@ -151,17 +150,8 @@ def _sources(tmp_path: Path, nodes: list[Node], requester: str, digest: str) -> 
     try:
         with store.write() as s:
             s.add_all(nodes)
-        out = nodes_pb2.AssignmentSet(
-            assignments=[
-                nodes_pb2.Assignment(
-                    workspace_id="w1",
-                    disks=[nodes_pb2.DiskAssignment(name="root", digest=digest)],
-                )
-            ]
-        )
         with store.read() as s:
-            Nodes._fill_sources(s, requester, out)
-        return list(out.assignments[0].disks[0].sources)
+            return peer_sources(s, requester, {digest}).get(digest, [])
     finally:
         store.close()
 

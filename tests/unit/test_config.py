@@ -240,3 +240,10 @@ def test_shipped_config_loads_and_documents_the_defaults(name: str, cls: type) -
     cfg = load(cls, path, **extra)
     # The file says "the values shown are the defaults": they must be.
     assert cfg == cls(**extra)
+
+
+def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "service.toml"
+    path.write_text("[limits]\nmax_name_len = 64\n")
+    with pytest.raises(ConfigError, match="max_name_len: 64 is not between 1 and 63"):
+        load(ServiceConfig, path)

@@ -16,14 +16,17 @@ from sqlalchemy import select
 from workspace import ipam
 from workspace.config import ServiceConfig, load
 from workspace.domain.states import Op
+from workspace.edge.admin import AdminServicer
+from workspace.edge.images import ImagesServicer as Catalog
+from workspace.edge.nodes import NodesServicer as Nodes
+from workspace.edge.workspaces import WorkspacesServicer as Core
 from workspace.errors import ResourceExhausted
 from workspace.node.v1 import nodes_pb2
-from workspace.service.blobs import BlobRepository
-from workspace.service.catalog import Catalog
-from workspace.service.core import Core
-from workspace.service.nodes import Nodes
-from workspace.service.notify import Notifier
+from workspace.ops.events import Notifier
+from workspace.ops.images import Catalog as CatalogOps
+from workspace.ops.unit import Env
 from workspace.store import IpAllocation, Network, Node, Store, Workspace
+from workspace.store.blobs import BlobRepository
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
 OWNER = "prop"
@@ -45,15 +48,16 @@ plan_st = st.lists(st.lists(op_st, max_size=20), min_size=THREADS, max_size=THRE
 
 def build(tmp: Path) -> tuple[Core, Nodes]:
     cfg = load(ServiceConfig, None, data_dir=str(tmp))
-    core = Core(cfg, Store(f"sqlite:///{tmp}/db.sqlite"), Notifier())
-    catalog = Catalog(core, BlobRepository(tmp / "blobs"))
-    catalog.create_network(admin_pb2.Network(name="default", subnet=SUBNET))
+    env = Env.of(cfg, Store(f"sqlite:///{tmp}/db.sqlite"), Notifier())
+    core = Core(env)
+    catalog = Catalog(CatalogOps(env, BlobRepository(tmp / "blobs")))
+    AdminServicer(env).create_network(admin_pb2.Network(name="default", subnet=SUBNET))
     ref = catalog.upload_blob(iter([b"\0" * 512]))
     part = common_pb2.Partition(
         name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
     )
     catalog.import_image(OWNER, images_pb2.ImportImageRequest(name="img", partitions=[part]))
-    nodes = Nodes(core)
+    nodes = Nodes(env, catalog.blobs)
     nodes.register(
         nodes_pb2.RegisterRequest(
             node="n1", hypervisor="fake", cpus=64, memory_mib=1024 * 1024, networks=["default"]
@@ -119,7 +123,7 @@ def test_concurrent_creates_and_destroys_keep_pool_consistent(
         created = prior.union(*(c for c, _ in results))
         destroyed = set().union(*(x for _, x in results))
 
-        with core.store.read() as s:
+        with core.env.store.read() as s:
             net = s.get(Network, "default")
             assert net is not None
             pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, "")
@@ -128,7 +132,7 @@ def test_concurrent_creates_and_destroys_keep_pool_consistent(
             node = s.get(Node, "n1")
             assert node is not None
             used = (node.used_cpus, node.used_memory_mib)
-        core.store.close()
+        core.env.store.close()
 
     # No address and no MAC handed out twice.
     assert not [ip for ip, n in Counter(a.ip for a in allocs).items() if n > 1]

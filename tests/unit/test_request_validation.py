@@ -1,8 +1,9 @@
-"""Create / operate requests through the service core with a real SQLite store (no gRPC)."""
+"""Create / operate requests through the servicers' plain methods (codec + operations)
+with a real SQLite store (no gRPC)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from sqlalchemy import select
 
 from workspace.config import ServiceConfig, load
 from workspace.domain.states import Op
+from workspace.edge.admin import AdminServicer
+from workspace.edge.images import ImagesServicer as Catalog
+from workspace.edge.nodes import NodesServicer as Nodes
+from workspace.edge.workspaces import WorkspacesServicer as Core
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -18,12 +23,12 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.node.v1 import nodes_pb2
-from workspace.service.blobs import BlobRepository
-from workspace.service.catalog import Catalog
-from workspace.service.core import Core
-from workspace.service.nodes import Nodes
-from workspace.service.notify import Notifier
+from workspace.ops import queue
+from workspace.ops.events import Notifier
+from workspace.ops.images import Catalog as CatalogOps
+from workspace.ops.unit import Env
 from workspace.store import IpAllocation, Node, Store, Workspace
+from workspace.store.blobs import BlobRepository
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
 OWNER = "alice"
@@ -85,20 +90,25 @@ def build_site(
     cpus: int = 4,
     memory_mib: int = 8192,
     register: bool = True,
+    max_name_len: int | None = None,
 ) -> Site:
     cfg = load(ServiceConfig, None, data_dir=str(tmp_path))
+    if max_name_len is not None:
+        cfg = replace(cfg, limits=replace(cfg.limits, max_name_len=max_name_len))
     store = Store(f"sqlite:///{tmp_path}/db.sqlite")
     clock = Clock()
-    core = Core(cfg, store, Notifier(), clock=clock)
-    catalog = Catalog(core, BlobRepository(tmp_path / "blobs"))
-    catalog.create_network(admin_pb2.Network(name="default", subnet=subnet))
-    catalog.create_network(admin_pb2.Network(name="storage", subnet="10.9.0.0/24"))
+    env = Env.of(cfg, store, Notifier(), clock=clock)
+    core = Core(env)
+    catalog = Catalog(CatalogOps(env, BlobRepository(tmp_path / "blobs")))
+    admin = AdminServicer(env)
+    admin.create_network(admin_pb2.Network(name="default", subnet=subnet))
+    admin.create_network(admin_pb2.Network(name="storage", subnet="10.9.0.0/24"))
     ref = catalog.upload_blob(iter([b"\0" * 4096]))
     part = common_pb2.Partition(
         name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
     )
     catalog.import_image(OWNER, images_pb2.ImportImageRequest(name="img", partitions=[part]))
-    nodes = Nodes(core)
+    nodes = Nodes(env, catalog.blobs)
     if register:
         nodes.register(
             nodes_pb2.RegisterRequest(
@@ -154,6 +164,21 @@ def test_invalid_name(site: Site, name: str) -> None:
 @pytest.mark.parametrize("name", ["a", "7", "web-1", "a" * 63])
 def test_valid_name(site: Site, name: str) -> None:
     assert site.create(name=name).name == name
+
+
+@pytest.mark.parametrize("name", ["web\n", "web1\n", "\nweb"])
+def test_name_with_a_newline_is_refused(site: Site, name: str) -> None:
+    with pytest.raises(InvalidArgument, match="is not valid"):
+        site.create(name=name)
+    assert site.workspaces() == []
+
+
+def test_max_name_len_is_the_limit(tmp_path: Path) -> None:
+    assert load(ServiceConfig, None).limits.max_name_len == 63  # the default
+    site = build_site(tmp_path, max_name_len=8)
+    assert site.create(name="a" * 8).name == "a" * 8
+    with pytest.raises(InvalidArgument, match="use 1-8 lowercase letters"):
+        site.create(name="b" * 9)
 
 
 @pytest.mark.parametrize("cpus", [-1, -64, 65, 1000])
@@ -240,6 +265,25 @@ def test_no_memory_capacity_names_the_filter(site: Site) -> None:
         site.create(name="big", memory_mib=8192)  # the overhead does not fit
 
 
+def test_queue_state_is_a_field(site: Site) -> None:
+    """Why a request waits is stored as such; the API's text is derived from it."""
+    ws = site.create(name="big", memory_mib=8192, wait_for_capacity_s=60)
+    (row,) = site.workspaces()
+    assert row.wait_reason.startswith("big does not fit: ")
+    assert "too little free memory" in row.wait_reason
+    assert row.reason == ""
+    assert ws.state == WS.WORKSPACE_STATE_PENDING
+    assert ws.reason == f"waiting for capacity: {row.wait_reason}"
+    (entry,) = queue.list_queue(site.core.env)
+    assert entry.reason == row.wait_reason
+    site.clock.now += 61
+    assert queue.process(site.core.env) == 0
+    (row,) = site.workspaces()
+    assert (row.state, row.wait_reason) == ("FAILED", "")
+    assert site.core.get(OWNER, ws.id).reason == f"no capacity in time: {entry.reason}"
+    assert queue.list_queue(site.core.env) == []
+
+
 def test_node_without_the_network(site: Site) -> None:
     with pytest.raises(ResourceExhausted, match="lack a requested network"):
         site.create(networks=["storage"])
@@ -252,7 +296,7 @@ def test_no_nodes_registered(tmp_path: Path) -> None:
 
 
 def test_down_node_is_not_used(site: Site) -> None:
-    site.clock.now += site.core.cfg.node_grace_s + 1
+    site.clock.now += site.core.env.cfg.node_grace_s + 1
     assert site.nodes.check_liveness() == ["n1"]
     with pytest.raises(ResourceExhausted, match=r"1 node\(s\) are DOWN"):
         site.create()
@@ -397,7 +441,7 @@ def test_operations_on_destroyed_workspace(site: Site, op: Op) -> None:
 
 def test_destroy_on_a_down_node_releases_at_once(site: Site) -> None:
     ws = site.create(name="web1")
-    site.clock.now += site.core.cfg.node_grace_s + 1
+    site.clock.now += site.core.env.cfg.node_grace_s + 1
     site.nodes.check_liveness()
     assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_LOST
     assert site.core.operate(OWNER, ws.id, Op.DESTROY).state == WS.WORKSPACE_STATE_TERMINATED

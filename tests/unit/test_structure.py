@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("workspace", "agent", "images")
 MAX_LINES = 800
@@ -257,10 +255,7 @@ def long_modules(mods: dict[str, Module]) -> list[str]:
 
 # -- the rules ------------------------------------------------------------------------
 
-IN_PROGRESS = pytest.mark.xfail(strict=False, reason="issue 9 in progress")
 
-
-@IN_PROGRESS
 def test_no_import_cycles() -> None:
     cycles = import_cycles(project())
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
@@ -271,13 +266,11 @@ def test_no_module_imports_another_modules_private_names() -> None:
     assert not found, "private names imported from another module:\n" + "\n".join(found)
 
 
-@IN_PROGRESS
 def test_no_module_reaches_into_another_modules_private_members() -> None:
     found = foreign_private_uses(project())
     assert not found, "private members of another module used:\n" + "\n".join(found)
 
 
-@IN_PROGRESS
 def test_no_module_over_the_house_limit() -> None:
     found = long_modules(project())
     assert not found, f"modules over {MAX_LINES} lines:\n" + "\n".join(found)

@@ -11,8 +11,10 @@ from workspace.domain.model import (
     CacheRecord,
     Disk,
     Nic,
+    NodeCache,
     NodeInfo,
     NodeOrders,
+    NodeReport,
     Observation,
     Order,
 )
@@ -175,7 +177,7 @@ def node_orders_to_proto(n: NodeOrders) -> nodes_pb2.AssignmentSet:
         generation=n.generation,
         assignments=[order_to_proto(o) for o in n.orders],
         prefetch=list(n.prefetch),
-        policy=policy_to_proto(n.policy, n.stop_running_on_revoke),
+        policy=(None if n.policy is None else policy_to_proto(n.policy, n.stop_running_on_revoke)),
     )
 
 
@@ -184,7 +186,7 @@ def node_orders_from_proto(m: nodes_pb2.AssignmentSet) -> NodeOrders:
         generation=m.generation,
         orders=tuple(order_from_proto(a) for a in m.assignments),
         prefetch=tuple(m.prefetch),
-        policy=policy_from_proto(m.policy),
+        policy=policy_from_proto(m.policy) if m.HasField("policy") else None,
         stop_running_on_revoke=m.policy.stop_running_on_revoke,
     )
 
@@ -250,6 +252,15 @@ def cache_to_proto(c: CacheRecord) -> admin_pb2.CacheEntry:
     )
 
 
+def node_cache_to_proto(c: NodeCache) -> admin_pb2.ListCacheResponse:
+    return admin_pb2.ListCacheResponse(
+        node=c.node,
+        budget_bytes=c.budget_bytes,
+        used_bytes=c.used_bytes,
+        entries=[cache_to_proto(e) for e in c.entries],
+    )
+
+
 def cache_from_proto(c: admin_pb2.CacheEntry) -> CacheRecord:
     return CacheRecord(c.digest, c.size_bytes, c.last_used.ToNanoseconds() / 1e9, c.pinned)
 
@@ -280,4 +291,37 @@ def node_info_from_proto(r: nodes_pb2.RegisterRequest) -> NodeInfo:
         labels=dict(r.labels),
         cached_digests=tuple(r.cached_digests),
         peer_address=r.peer_address,
+    )
+
+
+def report_to_proto(r: NodeReport) -> nodes_pb2.ReportStatusRequest:
+    return nodes_pb2.ReportStatusRequest(
+        node=r.node,
+        full=r.full,
+        workspaces=[observation_to_proto(o) for o in r.observations],
+        cached_digests=list(r.cached_digests),
+        audit=[audit_to_proto(a) for a in r.audit],
+        cache=[cache_to_proto(c) for c in r.cache],
+        cache_budget_bytes=r.cache_budget_bytes,
+    )
+
+
+def report_from_proto(m: nodes_pb2.ReportStatusRequest) -> NodeReport:
+    observations: list[Observation] = []
+    unknown: list[str] = []
+    for o in m.workspaces:
+        obs = observation_from_proto(o)
+        if obs is None:
+            unknown.append(o.workspace_id)
+        else:
+            observations.append(obs)
+    return NodeReport(
+        node=m.node,
+        full=m.full,
+        observations=tuple(observations),
+        unknown=tuple(unknown),
+        cached_digests=tuple(m.cached_digests),
+        cache=tuple(cache_from_proto(c) for c in m.cache),
+        cache_budget_bytes=m.cache_budget_bytes,
+        audit=tuple(audit_from_proto(a) for a in m.audit),
     )

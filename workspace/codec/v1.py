@@ -1,14 +1,33 @@
-"""workspace.v1 messages ⇄ domain objects (images, partitions, workspaces, ...)."""
+"""workspace.v1 messages ⇄ domain objects (images, partitions, workspaces, clusters, nodes,
+networks, the queue, trust): the only place the public API's messages are built or read."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from images.model import ImageSpec, Mode, Partition
-from workspace.domain.states import Desired, State
-from workspace.v1 import common_pb2, images_pb2
+from workspace.domain.model import (
+    ClusterRequest,
+    ClusterView,
+    CreateRequest,
+    CreateSpec,
+    ImageView,
+    MemberSpec,
+    NetworkInfo,
+    Nic,
+    NodeStatus,
+    QueueEntry,
+    RepositoryUsage,
+    SignatureStatus,
+    TrustSettingsView,
+    WorkspaceView,
+)
+from workspace.domain.states import Desired, FailurePolicy, State
+from workspace.scheduler.model import Affinity
+from workspace.v1 import admin_pb2, clusters_pb2, common_pb2, images_pb2, trust_pb2, workspaces_pb2
 
 _MODE_PREFIX = "PARTITION_MODE_"
 
@@ -30,15 +49,23 @@ def mode_from_proto(value: common_pb2.PartitionMode.ValueType, default: Mode = M
     return Mode(common_pb2.PartitionMode.Name(value).removeprefix(_MODE_PREFIX))
 
 
+# Enum ⇄ enum by table: these run for every workspace of every list and event.
+_STATE_TO_PROTO = {s: common_pb2.WorkspaceState.Value(f"WORKSPACE_STATE_{s.value}") for s in State}
+_DESIRED_TO_PROTO = {d: common_pb2.DesiredState.Value(f"DESIRED_STATE_{d.value}") for d in Desired}
+
+
 def state_to_proto(state: State) -> common_pb2.WorkspaceState.ValueType:
-    return common_pb2.WorkspaceState.Value(f"WORKSPACE_STATE_{state.value}")
+    return _STATE_TO_PROTO[state]
 
 
 def desired_to_proto(desired: Desired) -> common_pb2.DesiredState.ValueType:
-    return common_pb2.DesiredState.Value(f"DESIRED_STATE_{desired.value}")
+    return _DESIRED_TO_PROTO[desired]
 
 
 def desired_from_proto(value: common_pb2.DesiredState.ValueType) -> Desired:
+    """UNSPECIFIED (an order from a service that did not say) means RUNNING."""
+    if value == common_pb2.DESIRED_STATE_UNSPECIFIED:
+        return Desired.RUNNING
     return Desired(common_pb2.DesiredState.Name(value).removeprefix("DESIRED_STATE_"))
 
 
@@ -79,3 +106,268 @@ def image_spec_from_proto(img: images_pb2.Image) -> ImageSpec:
 
 def partitions_to_proto(parts: Iterable[Partition]) -> list[common_pb2.Partition]:
     return [partition_to_proto(p) for p in parts]
+
+
+def epoch(t: Timestamp) -> float:
+    return t.ToNanoseconds() / 1e9
+
+
+def _ts_or_none(epoch_s: float) -> Timestamp | None:
+    """Unset for 0 ("never", "unknown")."""
+    return ts(epoch_s) if epoch_s else None
+
+
+def request_partition_from_proto(p: common_pb2.Partition, default_mode: Mode) -> Partition:
+    """A partition as a request gives it: the format stays "" when not given (its default
+    depends on the partition: the operation decides)."""
+    return Partition(
+        name=p.name,
+        mode=mode_from_proto(p.mode, default_mode),
+        digest=p.digest,
+        size_bytes=p.size_bytes,
+        format=p.format,
+        virtual_size_bytes=p.virtual_size_bytes,
+        ext4=p.ext4,
+    )
+
+
+# -- workspaces ------------------------------------------------------------------------------
+
+
+def nic_to_proto(n: Nic) -> common_pb2.Nic:
+    return common_pb2.Nic(
+        network=n.network, ip=n.ip, mac=n.mac, prefix_len=n.prefix_len, gateway=n.gateway
+    )
+
+
+def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
+    return common_pb2.Workspace(
+        id=w.id,
+        name=w.name,
+        owner=w.owner,
+        image=w.image,
+        cpus=w.cpus,
+        memory_mib=w.memory_mib,
+        nics=[nic_to_proto(n) for n in w.nics],
+        node=w.node,
+        state=state_to_proto(w.state),
+        desired_state=desired_to_proto(w.desired),
+        reason=w.reason,
+        request_id=w.request_id,
+        created_at=ts(w.created_at),
+        updated_at=ts(w.updated_at),
+        reboot_count=w.reboot_count,
+        cluster=w.cluster,
+        role=w.role,
+    )
+
+
+def create_from_proto(req: workspaces_pb2.CreateWorkspaceRequest) -> CreateRequest:
+    """The request as given: 0 and "" stay (they mean the defaults)."""
+    return CreateRequest(
+        spec=CreateSpec(
+            image=req.image,
+            name=req.name,
+            cpus=req.cpus,
+            memory_mib=req.memory_mib,
+            networks=tuple(req.networks),
+            requirements=dict(req.requirements),
+            user_data=req.user_data,
+            extra_partitions=tuple(
+                request_partition_from_proto(x, Mode.BLANK) for x in req.extra_partitions
+            ),
+            grow_bytes=dict(req.grow_bytes),
+        ),
+        request_id=req.request_id,
+        wait_for_capacity_s=req.wait_for_capacity_s,
+    )
+
+
+# -- clusters --------------------------------------------------------------------------------
+
+
+def member_to_proto(m: MemberSpec) -> clusters_pb2.ClusterMember:
+    return clusters_pb2.ClusterMember(
+        role=m.role,
+        image=m.image,
+        cpus=m.cpus,
+        memory_mib=m.memory_mib,
+        count=m.count,
+        networks=list(m.networks),
+        requirements=dict(m.requirements),
+        user_data=m.user_data,
+    )
+
+
+def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> ClusterRequest:
+    return ClusterRequest(
+        name=req.name,
+        members=tuple(
+            MemberSpec(
+                role=m.role,
+                image=m.image,
+                cpus=m.cpus,
+                memory_mib=m.memory_mib,
+                count=m.count or 1 if m.count >= 0 else m.count,
+                networks=tuple(m.networks),
+                requirements=dict(m.requirements),
+                user_data=m.user_data,
+            )
+            for m in req.members
+        ),
+        affinity=Affinity[clusters_pb2.Affinity.Name(req.affinity).removeprefix("AFFINITY_")],
+        on_failure=FailurePolicy.TEARDOWN
+        if req.on_failure == clusters_pb2.FAILURE_POLICY_TEARDOWN
+        else FailurePolicy.KEEP,
+        request_id=req.request_id,
+        wait_for_capacity_s=req.wait_for_capacity_s,
+        request_hash=hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest(),
+    )
+
+
+def cluster_to_proto(c: ClusterView) -> clusters_pb2.Cluster:
+    return clusters_pb2.Cluster(
+        id=c.id,
+        name=c.name,
+        owner=c.owner,
+        state=clusters_pb2.ClusterState.Value(f"CLUSTER_STATE_{c.state.value}"),
+        reason=c.reason,
+        members=[workspace_to_proto(m) for m in c.members],
+        affinity=clusters_pb2.Affinity.Value(f"AFFINITY_{c.affinity.name}"),
+        on_failure=clusters_pb2.FailurePolicy.Value(f"FAILURE_POLICY_{c.on_failure.value}"),
+        request_id=c.request_id,
+        created_at=ts(c.created_at),
+        updated_at=ts(c.updated_at),
+        spec=[member_to_proto(m) for m in c.spec],
+    )
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+def image_request_from_proto(req: images_pb2.ImportImageRequest) -> ImageSpec:
+    """An import request: partitions as given (mode UNSPECIFIED = COW, format "" kept)."""
+    return ImageSpec(
+        req.name,
+        tuple(request_partition_from_proto(p, Mode.COW) for p in req.partitions),
+        req.kernel_digest,
+        req.initrd_digest,
+        req.cmdline,
+    )
+
+
+def image_to_proto(img: ImageView) -> images_pb2.Image:
+    spec = img.spec
+    return images_pb2.Image(
+        name=spec.image,
+        partitions=partitions_to_proto(spec.partitions),
+        kernel_digest=spec.kernel_digest,
+        initrd_digest=spec.initrd_digest,
+        cmdline=spec.cmdline,
+        owner=img.owner,
+        created_at=ts(img.created_at),
+        total_bytes=img.total_bytes,
+    )
+
+
+def usage_to_proto(u: RepositoryUsage) -> images_pb2.RepositoryUsage:
+    return images_pb2.RepositoryUsage(
+        owner=u.owner, used_bytes=u.used_bytes, quota_bytes=u.quota_bytes
+    )
+
+
+# -- admin: nodes, networks, caches, the queue -------------------------------------------------
+
+
+def node_to_proto(n: NodeStatus) -> admin_pb2.Node:
+    return admin_pb2.Node(
+        name=n.name,
+        hypervisor=n.hypervisor,
+        cpus=n.cpus,
+        memory_mib=n.memory_mib,
+        disk_gib=n.disk_gib,
+        used_cpus=n.used_cpus,
+        used_memory_mib=n.used_memory_mib,
+        state=admin_pb2.NodeState.Value(f"NODE_STATE_{n.state.value}"),
+        last_heartbeat=ts(n.last_heartbeat),
+        labels=dict(n.labels),
+        networks=list(n.networks),
+        workspaces=n.workspaces,
+    )
+
+
+def network_to_proto(n: NetworkInfo) -> admin_pb2.Network:
+    return admin_pb2.Network(
+        name=n.name,
+        subnet=n.subnet,
+        gateway=n.gateway,
+        range_start=n.range_start,
+        range_end=n.range_end,
+        bridge=n.bridge,
+        mac_prefix=n.mac_prefix,
+        dns=list(n.dns),
+        allocated=n.allocated,
+    )
+
+
+def network_from_proto(n: admin_pb2.Network) -> NetworkInfo:
+    return NetworkInfo(
+        name=n.name,
+        subnet=n.subnet,
+        gateway=n.gateway,
+        range_start=n.range_start,
+        range_end=n.range_end,
+        bridge=n.bridge,
+        mac_prefix=n.mac_prefix,
+        dns=tuple(n.dns),
+    )
+
+
+def queue_entry_to_proto(e: QueueEntry) -> admin_pb2.QueueEntry:
+    return admin_pb2.QueueEntry(
+        kind=e.kind,
+        id=e.id,
+        name=e.name,
+        owner=e.owner,
+        position=e.position,
+        cpus=e.cpus,
+        memory_mib=e.memory_mib,
+        queued_at=ts(e.queued_at),
+        deadline=ts(e.deadline),
+        reason=e.reason,
+    )
+
+
+# -- trust -----------------------------------------------------------------------------------
+
+
+def trust_settings_to_proto(p: TrustSettingsView) -> trust_pb2.TrustPolicy:
+    return trust_pb2.TrustPolicy(
+        version=p.version,
+        mode=trust_pb2.TRUST_MODE_ENFORCE if p.enforce else trust_pb2.TRUST_MODE_WARN,
+        keys=[
+            trust_pb2.TrustedKey(
+                key_id=k.key_id,
+                public_key_pem=k.public_key_pem,
+                image_patterns=list(k.image_patterns),
+                expires_at=_ts_or_none(k.expires_at),
+                revoked=k.revoked,
+                comment=k.comment,
+                added_at=_ts_or_none(k.added_at),
+            )
+            for k in p.keys
+        ],
+        revoked_digests=list(p.revoked_digests),
+        stop_running_on_revoke=p.stop_running_on_revoke,
+    )
+
+
+def signatures_to_proto(s: SignatureStatus) -> trust_pb2.ImageSignatures:
+    return trust_pb2.ImageSignatures(
+        image=s.image,
+        envelopes_json=list(s.envelopes),
+        trusted=s.trusted,
+        reason=s.reason,
+        key_id=s.key_id,
+        policy_version=s.policy_version,
+    )

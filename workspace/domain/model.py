@@ -10,24 +10,47 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from images.model import ImageSpec, Mode, Partition
 from images.signing import Policy
-from workspace.domain.states import Desired, NodeState, Observed, State
+from workspace.domain.states import (
+    ClusterState,
+    Desired,
+    FailurePolicy,
+    NodeState,
+    Observed,
+    State,
+)
+from workspace.scheduler.model import Affinity
 
 __all__ = [
     "AuditRecord",
     "CacheRecord",
+    "ClusterRequest",
+    "ClusterView",
+    "CreateRequest",
     "CreateSpec",
     "Disk",
     "ImageSpec",
+    "ImageView",
+    "MemberSpec",
     "Mode",
+    "NetworkInfo",
     "Nic",
+    "NodeCache",
     "NodeInfo",
     "NodeOrders",
+    "NodeReport",
+    "NodeStatus",
     "Observation",
     "Order",
     "Partition",
+    "QueueEntry",
+    "RepositoryUsage",
+    "SignatureStatus",
+    "TrustSettingsView",
+    "TrustedKey",
     "WorkspaceView",
 ]
 
@@ -191,5 +214,214 @@ class NodeOrders:
     generation: int
     orders: tuple[Order, ...]
     prefetch: tuple[str, ...] = ()
-    policy: Policy = field(default_factory=Policy)
+    policy: Policy | None = None  # None: the service checks no image trust
     stop_running_on_revoke: bool = False
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A create as the caller asked for it: the spec as given (0 and "" meaning the
+    defaults), its idempotency key and how long it may wait for capacity."""
+
+    spec: CreateSpec
+    request_id: str = ""
+    wait_for_capacity_s: int = 0
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as the admin API shows it."""
+
+    name: str
+    hypervisor: str
+    cpus: int
+    memory_mib: int
+    disk_gib: int
+    used_cpus: int
+    used_memory_mib: int
+    state: NodeState
+    last_heartbeat: float
+    labels: Mapping[str, str]
+    networks: tuple[str, ...]
+    workspaces: int
+
+
+@dataclass(frozen=True)
+class NodeCache:
+    """A node's blob cache as last reported."""
+
+    node: str
+    budget_bytes: int
+    used_bytes: int
+    entries: tuple[CacheRecord, ...]
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """An address pool and the bridge its NICs join."""
+
+    name: str
+    subnet: str
+    gateway: str = ""
+    range_start: str = ""
+    range_end: str = ""
+    bridge: str = ""
+    mac_prefix: str = ""
+    dns: tuple[str, ...] = ()
+    allocated: int = 0
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One role of a cluster: ``count`` alike members."""
+
+    role: str
+    image: str
+    cpus: int = 0
+    memory_mib: int = 0
+    count: int = 1
+    networks: tuple[str, ...] = ()
+    requirements: Mapping[str, str] = field(default_factory=dict)
+    user_data: bytes = b""
+
+    def to_dict(self) -> dict[str, object]:
+        """The stored form (the cluster row's ``spec`` column)."""
+        return {
+            "role": self.role,
+            "image": self.image,
+            "cpus": self.cpus,
+            "memory_mib": self.memory_mib,
+            "count": self.count,
+            "networks": list(self.networks),
+            "requirements": dict(self.requirements),
+            "user_data_hex": self.user_data.hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MemberSpec:
+        return cls(
+            role=str(d["role"]),
+            image=str(d["image"]),
+            cpus=int(d["cpus"]),
+            memory_mib=int(d["memory_mib"]),
+            count=int(d["count"]),
+            networks=tuple(d["networks"]),
+            requirements=dict(d["requirements"]),
+            user_data=bytes.fromhex(str(d.get("user_data_hex", ""))),
+        )
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """A cluster create as the caller asked for it."""
+
+    name: str
+    members: tuple[MemberSpec, ...]
+    affinity: Affinity = Affinity.NONE
+    on_failure: FailurePolicy = FailurePolicy.KEEP
+    request_id: str = ""
+    wait_for_capacity_s: int = 0
+    request_hash: str = ""  # of the request as sent (the edge computes it)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """A cluster as the API shows it."""
+
+    id: str
+    name: str
+    owner: str
+    state: ClusterState
+    reason: str
+    members: tuple[WorkspaceView, ...]
+    affinity: Affinity
+    on_failure: FailurePolicy
+    request_id: str
+    created_at: float
+    updated_at: float
+    spec: tuple[MemberSpec, ...]
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One request waiting for capacity (a workspace or a whole cluster)."""
+
+    kind: str  # "workspace" | "cluster"
+    id: str
+    name: str
+    owner: str
+    position: int
+    cpus: int
+    memory_mib: int
+    queued_at: float
+    deadline: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A publisher key as the site trusts it (``signing.Key`` plus its bookkeeping)."""
+
+    key_id: str
+    public_key_pem: str
+    image_patterns: tuple[str, ...]
+    expires_at: float = 0.0  # 0 = never
+    revoked: bool = False
+    comment: str = ""
+    added_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrustSettingsView:
+    """The site's trust policy as the admin API shows it."""
+
+    version: int
+    enforce: bool
+    keys: tuple[TrustedKey, ...]
+    revoked_digests: tuple[str, ...]
+    stop_running_on_revoke: bool = False
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    """An image's signatures and the policy's verdict on them."""
+
+    image: str
+    envelopes: tuple[str, ...]
+    trusted: bool
+    reason: str
+    key_id: str
+    policy_version: int
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """A node's status report: what it saw of its workspaces (all of them if ``full``,
+    a heartbeat), its blob cache, and the trust decisions it took since the last one."""
+
+    node: str
+    full: bool = False
+    observations: tuple[Observation, ...] = ()
+    # Workspaces reported in a state this service does not know: seen, not changed.
+    unknown: tuple[str, ...] = ()
+    cached_digests: tuple[str, ...] = ()
+    cache: tuple[CacheRecord, ...] = ()
+    cache_budget_bytes: int = 0
+    audit: tuple[AuditRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """An image in the catalog: its spec, who imported it and the bytes its blobs take."""
+
+    spec: ImageSpec
+    owner: str
+    created_at: float
+    total_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RepositoryUsage:
+    owner: str
+    used_bytes: int
+    quota_bytes: int

@@ -66,6 +66,13 @@ class ClusterState(enum.StrEnum):
     TERMINATED = "TERMINATED"
 
 
+class FailurePolicy(enum.StrEnum):
+    """What a cluster does when a member fails."""
+
+    KEEP = "KEEP"  # keep the others; the cluster is FAILED until fixed
+    TEARDOWN = "TEARDOWN"  # destroy the whole cluster
+
+
 class Op(enum.StrEnum):
     START = "start"
     STOP = "stop"

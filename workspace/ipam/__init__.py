@@ -22,7 +22,7 @@ class Pool:
 
     @property
     def prefix_len(self) -> int:
-        return int(netaddr.IPNetwork(self.subnet).prefixlen)
+        return prefix_len(self.subnet)
 
 
 def validate_network(
@@ -113,3 +113,8 @@ def pool_size(pool: Pool) -> int:
     last = int(netaddr.IPAddress(pool.range_end))
     gw = int(netaddr.IPAddress(pool.gateway))
     return last - first + 1 - (1 if first <= gw <= last else 0)
+
+
+def prefix_len(subnet: str) -> int:
+    """The prefix length of ``subnet`` (e.g. 24 for 10.0.0.0/24)."""
+    return int(netaddr.IPNetwork(subnet).prefixlen)

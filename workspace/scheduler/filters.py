@@ -16,8 +16,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from workspace.domain.states import NodeState
 from workspace.scheduler.model import Affinity, Request
 from workspace.scheduler.snapshot import Context, HostState
+
+# Only READY nodes get new work (a plain str: compared in the hot loops).
+READY = NodeState.READY.value
 
 
 class Filter:
@@ -55,15 +59,15 @@ class StateFilter(Filter):
 
     def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
         state = host.view.state
-        return None if state == "READY" else f"are {state}"
+        return None if state == READY else f"are {state}"
 
     def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
-        return [h for h in hosts if h.view.state == "READY"]
+        return [h for h in hosts if h.view.state == READY]
 
     def rejections(
         self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
     ) -> Counter[str]:
-        return Counter(f"are {h.view.state}" for h in hosts if h.view.state != "READY")
+        return Counter(f"are {h.view.state}" for h in hosts if h.view.state != READY)
 
 
 class NetworkFilter(Filter):

@@ -19,11 +19,9 @@ from typing import Protocol
 from workspace.config import SchedulerConfig
 from workspace.scheduler.model import Affinity, NodeView, Request
 
-ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
-
 
 class StaticFilter(Protocol):
-    """What the snapshot asks of a static filter (``workspace.scheduler.filters`` has them)."""
+    """What the snapshot needs of a filter (``workspace.scheduler.filters.Filter``)."""
 
     def active(self, req: Request, ctx: Context) -> bool: ...
 
@@ -34,6 +32,9 @@ class StaticFilter(Protocol):
     def rejections(
         self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
     ) -> Counter[str]: ...
+
+
+ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
 class HostState:

@@ -15,26 +15,21 @@ from grpc_reflection.v1alpha import reflection
 
 from workspace import config, rpc
 from workspace.config import ServiceConfig
+from workspace.edge.admin import AdminServicer
+from workspace.edge.clusters import ClustersServicer
+from workspace.edge.images import ImagesServicer
+from workspace.edge.nodes import NodesServicer
+from workspace.edge.trust import TrustServicer
+from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.service.api import (
-    AdminServicer,
-    ClustersServicer,
-    ImagesServicer,
-    NodesServicer,
-    TrustServicer,
-    WorkspacesServicer,
-)
-from workspace.service.blobs import BlobRepository
-from workspace.service.catalog import Catalog
-from workspace.service.clusters import Clusters
-from workspace.service.core import Core
-from workspace.service.nodes import Nodes
-from workspace.service.notify import Notifier
-from workspace.service.queue import CapacityQueue
-from workspace.service.trust import TrustStore
+from workspace.ops import liveness, queue
+from workspace.ops.events import Notifier
+from workspace.ops.images import Catalog
+from workspace.ops.unit import Env
 from workspace.store import Store
+from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -61,28 +56,21 @@ class Service:
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.db_url)
         self.notifier = Notifier()
-        self.core = Core(cfg, self.store, self.notifier)
-        self.trust = TrustStore(self.core)
-        self.core.trust = self.trust
-        self.nodes = Nodes(self.core)
-        self.catalog = Catalog(self.core, BlobRepository(cfg.blob_dir))
+        self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
         self.server = rpc.server(cfg.max_workers)
-        workspaces_pb2_grpc.add_WorkspacesServicer_to_server(
-            WorkspacesServicer(self.core), self.server
-        )
-        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(self.catalog), self.server)
-        self.clusters = Clusters(self.core)
-        self.queue = CapacityQueue(self.core)
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.nodes, self.catalog, self.queue), self.server
-        )
-        clusters_pb2_grpc.add_ClustersServicer_to_server(
-            ClustersServicer(self.clusters), self.server
-        )
-        nodes_pb2_grpc.add_NodesServicer_to_server(
-            NodesServicer(self.nodes, self.catalog), self.server
-        )
-        trust_pb2_grpc.add_TrustServicer_to_server(TrustServicer(self.trust), self.server)
+        # The servicers: each decodes, calls an operation (workspace/ops), encodes.
+        self.workspaces = WorkspacesServicer(self.env)
+        self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)))
+        self.clusters = ClustersServicer(self.env)
+        self.admin = AdminServicer(self.env)
+        self.nodes = NodesServicer(self.env, self.catalog.blobs)
+        self.trust = TrustServicer(self.env)
+        workspaces_pb2_grpc.add_WorkspacesServicer_to_server(self.workspaces, self.server)
+        images_pb2_grpc.add_ImagesServicer_to_server(self.catalog, self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
+        clusters_pb2_grpc.add_ClustersServicer_to_server(self.clusters, self.server)
+        nodes_pb2_grpc.add_NodesServicer_to_server(self.nodes, self.server)
+        trust_pb2_grpc.add_TrustServicer_to_server(self.trust, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
@@ -117,7 +105,7 @@ class Service:
         interval = max(0.5, min(5.0, self.cfg.node_grace_s / 4))
         while not self._stop.wait(interval):
             try:
-                self.nodes.check_liveness()
+                liveness.check_liveness(self.env)
             except Exception:
                 log.exception("liveness check failed")
 
@@ -128,7 +116,7 @@ class Service:
             if self._stop.is_set():
                 return
             try:
-                self.queue.process()
+                queue.process(self.env)
             except Exception:
                 log.exception("capacity queue pass failed")
 

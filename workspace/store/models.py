@@ -1,4 +1,6 @@
-"""Tables. States are stored by their proto enum *names* so the database reads well."""
+"""Tables. States are stored by their enum names (workspace.domain.states) so the
+database reads well; code compares the enums. JSON columns are read and written only
+through workspace/store/mapping.py."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from workspace.domain.states import NodeState
+
 
 class Base(DeclarativeBase):
     pass
@@ -32,7 +36,7 @@ class Node(Base):
     disk_gib: Mapped[int] = mapped_column(Integer, default=0)
     used_cpus: Mapped[int] = mapped_column(Integer, default=0)
     used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="READY")
+    state: Mapped[str] = mapped_column(String(16), default=NodeState.READY.value)
     # Set by `ws-admin node drain`: the node stays DRAINING across DOWN and back.
     drained: Mapped[bool] = mapped_column(default=False)
     last_heartbeat: Mapped[float] = mapped_column(Float, default=0.0)
@@ -142,6 +146,8 @@ class Workspace(Base):
     # What placement needs, kept so a queued workspace can be placed later.
     networks: Mapped[list[str]] = mapped_column(JSON, default=list)
     requirements: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Why the workspace waits for capacity (state PENDING, no node); "" = not waiting.
+    wait_reason: Mapped[str] = mapped_column(String(1024), default="")
     # Waiting for capacity (state PENDING) until this time; 0 = not waiting.
     wait_deadline: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)

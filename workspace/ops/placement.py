@@ -10,10 +10,11 @@ transaction rolls back: nothing is half-placed.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import netaddr
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workspace import ipam, scheduler
@@ -21,8 +22,9 @@ from workspace.config import ServiceConfig
 from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
 from workspace.store import IpAllocation, Network, Node, Workspace
+from workspace.store.mapping import bound_spec, set_reason
 
-log = logging.getLogger("workspace.service.placement")
+log = logging.getLogger("workspace.ops.placement")
 
 
 class NoPlacement(ResourceExhausted):
@@ -63,9 +65,9 @@ def node_views(s: Session) -> list[scheduler.NodeView]:
 
 
 def request_for(ws: Workspace) -> scheduler.Request:
-    digests = tuple(
-        str(p["digest"]) for p in (ws.image_spec or {}).get("partitions", []) if p.get("digest")
-    )
+    """What the scheduler places for one workspace row (its partitions' blobs count for
+    cache affinity)."""
+    digests = tuple(p.digest for p in bound_spec(ws).partitions if p.digest)
     return scheduler.Request(
         ws.cpus,
         ws.memory_mib,
@@ -105,7 +107,7 @@ def place_rows(
         ws.claimed_cpus = p.claimed_cpus
         ws.claimed_memory_mib = p.claimed_memory_mib
         ws.state = State.SCHEDULED.value
-        ws.reason = ""
+        set_reason(ws, "")
         ws.wait_deadline = 0.0
         for index, net_name in enumerate(ws.networks or ()):
             allocate(s, ws, net_name, index)
@@ -115,10 +117,6 @@ def place_rows(
 
 def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
     """Refuse before anything is claimed if a network cannot address every NIC."""
-    from collections import Counter
-
-    from sqlalchemy import func
-
     need = Counter(n for w in rows for n in (w.networks or ()))
     for net_name, count in need.items():
         net = s.get(Network, net_name)
@@ -181,23 +179,3 @@ def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: Servi
         networks=node.networks,
     )
     return scheduler.place([empty], req, cfg.scheduler).node is not None
-
-
-def allocations(s: Session, ids: Sequence[str]) -> dict[str, list[tuple[IpAllocation, Network]]]:
-    """Every NIC's allocation and network for these workspaces, in NIC order."""
-    out: dict[str, list[tuple[IpAllocation, Network]]] = {i: [] for i in ids}
-    if not ids:
-        return out
-    q = (
-        select(IpAllocation, Network)
-        .join(Network, Network.name == IpAllocation.network)
-        .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
-    )
-    # Large lists read every allocation once instead of binding thousands of ids
-    # (SQLite caps the number of bound parameters).
-    if len(ids) <= 500:
-        q = q.where(IpAllocation.workspace_id.in_(ids))
-    for alloc, net in s.execute(q).all():
-        if alloc.workspace_id in out:
-            out[alloc.workspace_id].append((alloc, net))
-    return out

@@ -1,4 +1,5 @@
-"""Wake-ups for the streams: per-node assignment generations and workspace watchers."""
+"""Events after commit: per-node assignment generations, the capacity counter that wakes
+the queue, and workspace watchers (who receive WorkspaceViews)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workspace.v1 import common_pb2
+from workspace.domain.model import WorkspaceView
 
 _WATCH_QUEUE_MAX = 10_000
 
 
 @dataclass(eq=False)
 class Watcher:
-    accepts: Callable[[common_pb2.Workspace], bool]
-    events: queue.Queue[common_pb2.Workspace | None] = field(
+    accepts: Callable[[WorkspaceView], bool]
+    events: queue.Queue[WorkspaceView | None] = field(
         default_factory=lambda: queue.Queue(_WATCH_QUEUE_MAX)
     )
     overflowed: bool = False
@@ -66,7 +67,7 @@ class Notifier:
 
     # -- workspace watchers ------------------------------------------------------------
 
-    def subscribe(self, accepts: Callable[[common_pb2.Workspace], bool]) -> Watcher:
+    def subscribe(self, accepts: Callable[[WorkspaceView], bool]) -> Watcher:
         w = Watcher(accepts)
         with self._wlock:
             self._watchers.add(w)
@@ -76,7 +77,7 @@ class Notifier:
         with self._wlock:
             self._watchers.discard(w)
 
-    def workspace_changed(self, ws: common_pb2.Workspace) -> None:
+    def workspace_changed(self, ws: WorkspaceView) -> None:
         with self._wlock:
             watchers = list(self._watchers)
         for w in watchers:

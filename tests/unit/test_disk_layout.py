@@ -1,5 +1,6 @@
 """A workspace's partitions from its image plus the request's disk options
-(workspace.service.core.disk_layout): extra blank partitions, grown cow ones, limits."""
+(workspace.domain.layout.disk_layout): extra blank partitions, grown cow ones, limits.
+Requests are decoded as the Workspaces API decodes them (workspace.codec.v1)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from images.model import Mode, Partition
+from workspace.codec import v1
 from workspace.config import LimitsConfig
+from workspace.domain.layout import disk_layout
 from workspace.errors import InvalidArgument
-from workspace.service.core import disk_layout
 from workspace.v1 import common_pb2
 
 MiB = 1024 * 1024
@@ -45,7 +48,19 @@ def layout(
     grow: dict[str, int] | None = None,
     image: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    return disk_layout("img:1", image or IMAGE, extra or [], grow or {}, LIMITS)
+    out = disk_layout(
+        "img:1",
+        [Partition.from_dict(p) for p in image or IMAGE],
+        [v1.request_partition_from_proto(x, Mode.BLANK) for x in extra or []],
+        grow or {},
+        LIMITS,
+    )
+    return [p.to_dict() for p in out]
+
+
+# The image as the store reads it: rows from before virtual sizes were recorded take
+# the defaults.
+STORED = [Partition.from_dict(p).to_dict() for p in IMAGE]
 
 
 def blank(name: str, size: int = 32 * MiB, **kw: Any) -> common_pb2.Partition:
@@ -54,7 +69,7 @@ def blank(name: str, size: int = 32 * MiB, **kw: Any) -> common_pb2.Partition:
 
 
 def test_no_options_is_the_image() -> None:
-    assert layout() == IMAGE
+    assert layout() == STORED
     assert layout() is not IMAGE
 
 

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from images import digest as digests
 from workspace.errors import InvalidArgument, NotFound
 
 CHUNK_BYTES = 1024 * 1024
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def check_digest(digest: str) -> str:
-    if not _DIGEST_RE.match(digest):
-        raise InvalidArgument(f"{digest!r} is not a digest (expected sha256:<64 hex digits>)")
-    return digest
+    """``digest`` unchanged, or InvalidArgument (the caller gave something else)."""
+    try:
+        return digests.check(digest)
+    except digests.DigestError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 class BlobRepository:
@@ -28,7 +28,7 @@ class BlobRepository:
         (root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
-        return self.root / "sha256" / check_digest(digest).split(":", 1)[1]
+        return self.root / "sha256" / digests.hex_of(check_digest(digest))
 
     def has(self, digest: str) -> bool:
         return self.path(digest).exists()
@@ -38,21 +38,19 @@ class BlobRepository:
 
         The caller makes it visible with ``commit`` (or removes the temp file on error).
         """
-        h = hashlib.sha256()
-        size = 0
+        h = digests.Hasher()
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
+                    if h.size_bytes + len(chunk) > max_bytes:
                         raise InvalidArgument(f"blob exceeds the limit of {max_bytes} bytes")
                     h.update(chunk)
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
-            return Path(tmp), "sha256:" + h.hexdigest(), size
+            return Path(tmp), h.digest(), h.size_bytes
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

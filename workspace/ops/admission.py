@@ -1,0 +1,145 @@
+"""Admission: place a request now, queue it, or refuse it — without delaying the queue.
+
+A request that asked to wait (wait_for_capacity_s > 0) and did not fit stays PENDING:
+its rows exist (names reserved) but hold no node, capacity or address, and their
+``wait_reason`` says why. Entries are a single workspace or a whole cluster (placed
+all-or-nothing, never partly).
+
+Backfill rule: VMs have no known end time, so we cannot predict when the head will
+fit (the reservation of EASY backfilling needs that). We use a rule that is safe
+without it: a later request may only be placed on nodes that the head could never
+use even if they were empty (wrong networks or labels, too small, not READY). Such
+nodes are useless to the head, so using them cannot delay it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace import scheduler
+from workspace.config import ServiceConfig
+from workspace.domain.states import Desired, State
+from workspace.errors import ResourceExhausted
+from workspace.ops.placement import (
+    NoPlacement,
+    could_ever_host,
+    node_views,
+    place_rows,
+    request_for,
+)
+from workspace.ops.unit import Env
+from workspace.store import Cluster, Workspace
+from workspace.store.mapping import set_waiting
+
+
+@dataclass
+class Entry:
+    """One waiting request: a workspace, or every waiting member of a cluster."""
+
+    kind: str  # "workspace" | "cluster"
+    id: str
+    name: str
+    owner: str
+    queued_at: float
+    deadline: float
+    ids: set[str] = field(default_factory=set)
+    affinity: scheduler.Affinity = scheduler.Affinity.NONE
+
+
+def entries(s: Session) -> list[Entry]:
+    """Everything waiting, oldest first."""
+    rows = s.execute(
+        select(Workspace)
+        .where(
+            Workspace.state == State.PENDING.value,
+            Workspace.node == "",
+            Workspace.desired_state != Desired.TERMINATED.value,
+        )
+        .order_by(Workspace.created_at, Workspace.id)
+    ).scalars()
+    out: dict[str, Entry] = {}
+    for w in rows:
+        if w.cluster:
+            e = out.get(w.cluster)
+            if e is None:
+                c = s.get(Cluster, w.cluster)
+                e = out[w.cluster] = Entry(
+                    "cluster",
+                    w.cluster,
+                    c.name if c else w.cluster,
+                    w.owner,
+                    c.created_at if c else w.created_at,
+                    w.wait_deadline,
+                    affinity=scheduler.Affinity[c.affinity] if c else scheduler.Affinity.NONE,
+                )
+            e.ids.add(w.id)
+        else:
+            out[w.id] = Entry(
+                "workspace", w.id, w.name, w.owner, w.created_at, w.wait_deadline, {w.id}
+            )
+    return sorted(out.values(), key=lambda e: (e.queued_at, e.id))
+
+
+def rows_of(s: Session, entry: Entry) -> list[Workspace]:
+    rows = [s.get(Workspace, i) for i in sorted(entry.ids)]
+    live = [w for w in rows if w is not None]
+    return sorted(live, key=lambda w: (w.role, w.name))
+
+
+def useless_to_head(
+    s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()
+) -> tuple[set[str] | None, int]:
+    """(nodes a newcomer may use, how many requests wait); (None, 0) if nothing waits."""
+    waiting = [e for e in entries(s) if not (e.ids & exclude)]
+    if not waiting:
+        return None, 0
+    return nodes_useless_to(s, cfg, rows_of(s, waiting[0])), len(waiting)
+
+
+def nodes_useless_to(s: Session, cfg: ServiceConfig, rows: list[Workspace]) -> set[str]:
+    """The nodes that could host none of these rows even if empty: using them for others
+    cannot delay these."""
+    shapes = distinct([request_for(w) for w in rows])
+    return {n.name for n in node_views(s) if not any(could_ever_host(n, r, cfg) for r in shapes)}
+
+
+def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
+    """One request per distinct shape (members of one role are alike)."""
+    seen: dict[tuple[object, ...], scheduler.Request] = {}
+    for r in requests:
+        key = (r.cpus, r.memory_mib, r.networks, tuple(sorted(r.requirements.items())))
+        seen.setdefault(key, r)
+    return list(seen.values())
+
+
+def admit(
+    env: Env,
+    s: Session,
+    rows: list[Workspace],
+    affinity: scheduler.Affinity,
+    wait_s: int,
+    label: str,
+) -> list[str]:
+    """Place ``rows`` now (returns the nodes touched), or queue them (wait_s > 0; returns
+    []), or raise RESOURCE_EXHAUSTED.
+
+    Requests already waiting keep their turn: a newcomer may only use nodes that the
+    oldest waiting request could never use, so it cannot delay it.
+    """
+    allowed, ahead = useless_to_head(s, env.cfg, exclude={w.id for w in rows})
+    try:
+        return place_rows(s, env.cfg, rows, affinity, allowed)
+    except NoPlacement as exc:
+        why = exc.message
+        if ahead:
+            why += f" (without delaying the {ahead} request(s) waiting for capacity)"
+        if wait_s <= 0:
+            raise ResourceExhausted(f"cannot place {label}: {why}") from exc
+        deadline = env.clock() + wait_s
+        for w in rows:
+            set_waiting(w, why, deadline)
+        return []

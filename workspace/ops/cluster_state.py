@@ -1,0 +1,91 @@
+"""A cluster's state follows from its members'; a TEARDOWN cluster that fails is destroyed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace.domain.states import ClusterState, Desired, FailurePolicy, State
+from workspace.ops.lifecycle import node_down, release
+from workspace.ops.unit import Env, UnitOfWork
+from workspace.store import Cluster, Workspace
+from workspace.store.mapping import set_reason, shown_reason
+
+log = logging.getLogger("workspace.ops.clusters")
+
+# States in which a cluster keeps the reason it had when none is given.
+_KEEPS_REASON = (ClusterState.TERMINATING, ClusterState.TERMINATED)
+
+
+def cluster_state(members: Sequence[Workspace], current: ClusterState) -> tuple[ClusterState, str]:
+    """The cluster's state (and reason) from its members' states."""
+    if current is ClusterState.TERMINATED or not members:
+        return current, ""
+    states = [State(m.state) for m in members]
+    if all(s is State.TERMINATED for s in states):
+        return ClusterState.TERMINATED, ""
+    if any(m.desired_state == Desired.TERMINATED.value for m in members):
+        return ClusterState.TERMINATING, ""
+    bad = [m for m in members if State(m.state) in (State.FAILED, State.LOST)]
+    if bad:
+        m = bad[0]
+        return ClusterState.FAILED, f"member {m.name} is {m.state}: {shown_reason(m)}"
+    if all(s is State.PENDING for s in states):
+        return ClusterState.PENDING, shown_reason(members[0])
+    if all(s is State.RUNNING for s in states):
+        return ClusterState.RUNNING, ""
+    if all(s is State.STOPPED for s in states):
+        return ClusterState.STOPPED, ""
+    if any(s is State.STOPPING for s in states):
+        return ClusterState.STOPPING, ""
+    return ClusterState.STARTING, ""
+
+
+def members_of(s: Session, cid: str) -> list[Workspace]:
+    return list(
+        s.execute(
+            select(Workspace)
+            .where(Workspace.cluster == cid)
+            .order_by(Workspace.role, Workspace.name)
+        ).scalars()
+    )
+
+
+def destroy_member(env: Env, s: Session, m: Workspace, reason: str) -> None:
+    m.desired_state = Desired.TERMINATED.value
+    m.updated_at = env.clock()
+    if node_down(s, m.node):
+        release(env, s, m, reason)
+    else:
+        m.state = State.STOPPING.value
+        set_reason(m, reason)
+
+
+def refresh(env: Env, u: UnitOfWork, cluster_ids: Iterable[str]) -> None:
+    """Recompute the state of these clusters; apply TEARDOWN policies (the members torn
+    down are added to the unit of work's changes)."""
+    s = u.s
+    for cid in sorted({i for i in cluster_ids if i}):
+        c = s.get(Cluster, cid)
+        if c is None:
+            continue
+        members = list(s.execute(select(Workspace).where(Workspace.cluster == cid)).scalars())
+        state, reason = cluster_state(members, ClusterState(c.state))
+        if state is ClusterState.FAILED and FailurePolicy(c.on_failure) is FailurePolicy.TEARDOWN:
+            log.warning("cluster %s (%s) failed (%s): tearing it down", cid, c.name, reason)
+            for m in members:
+                if m.desired_state != Desired.TERMINATED.value and m.state != State.TERMINATED:
+                    destroy_member(env, s, m, f"cluster torn down: {reason}")
+                    u.changed(m)
+                    u.nodes(m.node)
+            state = ClusterState.TERMINATING
+            reason = f"torn down after a failure: {reason}"
+        if (state.value, reason) != (c.state, c.reason):
+            if state is ClusterState.FAILED:
+                log.warning("cluster %s (%s) FAILED: %s", cid, c.name, reason)
+            c.state = state.value
+            c.reason = reason or (c.reason if state in _KEEPS_REASON else "")
+            c.updated_at = env.clock()

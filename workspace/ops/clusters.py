@@ -1,0 +1,211 @@
+"""Virtual clusters: members placed all-or-nothing, managed and reported as one.
+
+A cluster create checks its own arguments, then builds one ``CreateSpec`` per member
+and runs the steps of a single create (ops/create.py) for each, in one transaction;
+admission places all members or none.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import replace
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
+from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
+from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
+from workspace.ops.admission import admit
+from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
+from workspace.ops.create import check_networks, check_spec, new_row
+from workspace.ops.lifecycle import resolve_owned
+from workspace.ops.unit import Env, write
+from workspace.store import Cluster, Workspace
+from workspace.store.mapping import cluster_view, set_reason, spec_column, workspace_views
+
+log = logging.getLogger("workspace.ops.clusters")
+
+CLUSTER_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+ROLE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
+MAX_MEMBERS = 1000
+
+
+def view(s: Session, c: Cluster) -> ClusterView:
+    return cluster_view(c, workspace_views(s, members_of(s, c.id)))
+
+
+def _resolve(s: Session, owner: str, ref: str) -> Cluster:
+    return resolve_owned(s, Cluster, owner, ref, "cluster", "ws cluster list")
+
+
+def check_request(req: ClusterRequest) -> None:
+    if not CLUSTER_NAME_RE.fullmatch(req.name):
+        raise InvalidArgument(
+            f"cluster name {req.name!r} is not valid: 1-40 lowercase letters, digits and '-'"
+        )
+    if not req.members:
+        raise InvalidArgument(f"cluster {req.name}: no members")
+    if req.wait_for_capacity_s < 0:
+        raise InvalidArgument("wait_for_capacity_s must not be negative")
+    roles: set[str] = set()
+    total = 0
+    for m in req.members:
+        if not ROLE_RE.fullmatch(m.role):
+            raise InvalidArgument(
+                f"cluster {req.name}: role {m.role!r} is not valid: "
+                "1-16 lowercase letters, digits and '-'"
+            )
+        if m.role in roles:
+            raise InvalidArgument(f"cluster {req.name}: role {m.role!r} is given twice")
+        roles.add(m.role)
+        if m.count < 0:
+            raise InvalidArgument(f"cluster {req.name}, member {m.role}: count must be >= 1")
+        total += m.count or 1
+    if total > MAX_MEMBERS:
+        raise InvalidArgument(f"cluster {req.name}: {total} members; at most {MAX_MEMBERS}")
+
+
+def _member_rows(
+    env: Env, s: Session, owner: str, cid: str, req: ClusterRequest
+) -> list[Workspace]:
+    rows: list[Workspace] = []
+    for m in req.members:
+        for i in range(m.count or 1):
+            name = f"{req.name}-{m.role}-{i}"
+            asked = CreateSpec(
+                image=m.image,
+                name=name,
+                cpus=m.cpus,
+                memory_mib=m.memory_mib,
+                networks=m.networks,
+                requirements=dict(m.requirements),
+                user_data=m.user_data,
+                cluster=cid,
+                role=m.role,
+            )
+            try:
+                spec = check_spec(asked, env.cfg.limits)
+                spec = replace(spec, networks=check_networks(s, spec.networks))
+            except WorkspaceError as exc:
+                raise type(exc)(f"cluster {req.name}, member {m.role}: {exc.message}") from exc
+            rows.append(new_row(env, s, owner, spec, uuid.uuid4().hex, ""))
+    return rows
+
+
+def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
+    check_request(req)
+    with write(env) as u:
+        s = u.s
+        if req.request_id:
+            prior = s.execute(
+                select(Cluster).where(Cluster.owner == owner, Cluster.request_id == req.request_id)
+            ).scalar_one_or_none()
+            if prior is not None:
+                if prior.request_hash != req.request_hash:
+                    raise InvalidArgument(
+                        f"request id {req.request_id!r} was already used "
+                        "for a different request; use a new id"
+                    )
+                return view(s, prior)
+        clash = s.execute(
+            select(Cluster.id).where(
+                Cluster.owner == owner,
+                Cluster.name == req.name,
+                Cluster.state != ClusterState.TERMINATED.value,
+            )
+        ).first()
+        if clash is not None:
+            raise AlreadyExists(f"you already have a cluster named {req.name!r}")
+        cid = "c" + uuid.uuid4().hex[:11]
+        now = env.clock()
+        c = Cluster(
+            id=cid,
+            name=req.name,
+            owner=owner,
+            request_id=req.request_id or uuid.uuid4().hex,
+            request_hash=req.request_hash,
+            state=ClusterState.PENDING.value,
+            reason="",
+            affinity=req.affinity.name,
+            on_failure=req.on_failure.value,
+            spec=spec_column(req.members),
+            wait_deadline=0.0,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(c)
+        rows = _member_rows(env, s, owner, cid, req)
+        touched = admit(
+            env,
+            s,
+            rows,
+            req.affinity,
+            req.wait_for_capacity_s,
+            f"cluster {req.name}",
+        )
+        state, c.reason = cluster_state(rows, ClusterState(c.state))
+        c.state = state.value
+        if not touched:
+            c.wait_deadline = rows[0].wait_deadline
+        u.changed(*rows)
+        u.nodes(*touched)
+        shown = view(s, c)
+    log.info(
+        "cluster %s (%s): %d member(s) %s",
+        cid,
+        req.name,
+        len(rows),
+        f"placed on {sorted(set(touched))}" if touched else "waiting for capacity",
+    )
+    return shown
+
+
+def get(env: Env, owner: str, ref: str) -> ClusterView:
+    with env.store.read() as s:
+        return view(s, _resolve(s, owner, ref))
+
+
+def list_clusters(env: Env, owner: str, include_terminated: bool) -> list[ClusterView]:
+    with env.store.read() as s:
+        q = select(Cluster).where(Cluster.owner == owner).order_by(Cluster.created_at)
+        if not include_terminated:
+            q = q.where(Cluster.state != ClusterState.TERMINATED.value)
+        return [view(s, c) for c in s.execute(q).scalars()]
+
+
+def operate(env: Env, owner: str, ref: str, op: Op) -> ClusterView:
+    with write(env) as u:
+        s = u.s
+        c = _resolve(s, owner, ref)
+        changed: list[Workspace] = []
+        refusals: list[str] = []
+        for m in members_of(s, c.id):
+            if op is Op.DESTROY and m.desired_state == Desired.TERMINATED.value:
+                continue
+            try:
+                t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
+            except FailedPrecondition as exc:
+                refusals.append(exc.message)
+                continue
+            if op is Op.DESTROY:
+                destroy_member(env, s, m, "")
+            else:
+                m.desired_state, m.state = t.desired.value, t.state.value
+                if op is Op.START:
+                    set_reason(m, "")
+                m.updated_at = env.clock()
+            changed.append(m)
+        if not changed:
+            why = refusals[0] if refusals else "it has no member to act on"
+            raise FailedPrecondition(f"cannot {op.value} cluster {c.name}: {why}")
+        if op is Op.START and c.state == ClusterState.FAILED.value:
+            c.state = ClusterState.STARTING.value
+        u.changed(*changed)
+        u.nodes(*(m.node for m in changed))
+        refresh(env, u, {c.id})
+        shown = view(s, c)
+    log.info("cluster %s (%s): %s requested for %d member(s)", c.id, c.name, op.value, len(changed))
+    return shown

@@ -1,0 +1,39 @@
+"""Consoles: nodes push the tail of each VM's serial console; owners read it."""
+
+from __future__ import annotations
+
+from workspace.errors import NotFound
+from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.unit import Env
+from workspace.store import ConsoleLog, Workspace
+
+
+def console(env: Env, owner: str, ref: str, tail_bytes: int) -> bytes:
+    """The console output kept for a workspace (its last ``tail_bytes`` if > 0)."""
+    with env.store.read() as s:
+        ws = resolve_workspace(s, owner, ref)
+        row = s.get(ConsoleLog, ws.id)
+        data = bytes(row.data) if row is not None else b""
+    return data[-tail_bytes:] if tail_bytes > 0 else data
+
+
+def push_console(
+    env: Env, node: str, workspace_id: str, offset: int, data: bytes, reset: bool
+) -> int:
+    """Append what a node read from offset ``offset``; returns the offset it should
+    send next (the data is ignored unless it continues what is kept)."""
+    keep = env.cfg.console_keep_bytes
+    with env.store.write() as s:
+        ws = s.get(Workspace, workspace_id)
+        if ws is None or ws.node != node:
+            raise NotFound(f"workspace {workspace_id} is not assigned to {node}")
+        row = s.get(ConsoleLog, ws.id)
+        if row is None:
+            row = ConsoleLog(workspace_id=ws.id, total_bytes=0, data=b"")
+            s.add(row)
+        if reset:
+            row.total_bytes, row.data = 0, b""
+        if offset == row.total_bytes and data:
+            row.data = (bytes(row.data) + data)[-keep:]
+            row.total_bytes += len(data)
+        return row.total_bytes

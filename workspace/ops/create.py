@@ -1,0 +1,237 @@
+"""Create a workspace: one operation in four steps.
+
+1. idempotency: a request id seen before returns the workspace it made (or is refused
+   if the request differs);
+2. argument checks (``check_spec``): what can be said without the store;
+3. prerequisites (``check_networks``, ``prerequisites``): the networks and the image
+   exist, the trust policy allows the image, the disk options fit it, the name is free;
+4. execution (``insert_row``, then ``admission.admit``): the row, placed, queued or
+   refused in the same transaction; the events go out after the commit.
+
+Cluster creates (ops/clusters.py) run steps 2-4 per member (``new_row`` is 3 + 4's row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import replace
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from images.model import ImageSpec
+from workspace import scheduler
+from workspace.config import LimitsConfig
+from workspace.domain.layout import disk_layout
+from workspace.domain.model import CreateRequest, CreateSpec, WorkspaceView
+from workspace.domain.states import Desired, State
+from workspace.errors import AlreadyExists, InvalidArgument, NotFound
+from workspace.ops import trust
+from workspace.ops.admission import admit
+from workspace.ops.unit import Env, write
+from workspace.store import Image, Network, Workspace
+from workspace.store.mapping import bind_spec, image_spec, shown_reason, workspace_views
+
+log = logging.getLogger("workspace.ops.create")
+
+# A workspace name becomes the VM's hostname: one DNS label (its length: limits.max_name_len).
+NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+DEFAULT_MEMORY_MIB = 512
+
+
+def check_name(name: str, lim: LimitsConfig) -> None:
+    if len(name) > lim.max_name_len or not NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"name {name!r} is not valid: use 1-{lim.max_name_len} lowercase letters, "
+            "digits and '-' (it becomes the VM's hostname)"
+        )
+
+
+def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
+    """The spec with its defaults filled in, or InvalidArgument saying what is wrong."""
+    if spec.name:
+        check_name(spec.name, lim)
+    cpus = spec.cpus or 1
+    if not 1 <= cpus <= lim.max_cpus:
+        raise InvalidArgument(f"cpus must be between 1 and {lim.max_cpus}, got {spec.cpus}")
+    memory = spec.memory_mib or DEFAULT_MEMORY_MIB
+    if not lim.min_memory_mib <= memory <= lim.max_memory_mib:
+        raise InvalidArgument(
+            f"memory_mib must be between {lim.min_memory_mib} and {lim.max_memory_mib}, "
+            f"got {spec.memory_mib}"
+        )
+    if len(spec.user_data) > lim.max_user_data_bytes:
+        raise InvalidArgument(f"user data is larger than {lim.max_user_data_bytes} bytes")
+    if not spec.image:
+        raise InvalidArgument("an image is required (`ws image list` shows them)")
+    if len(spec.networks) > lim.max_nics:
+        raise InvalidArgument(f"at most {lim.max_nics} networks per workspace")
+    if len(set(spec.networks)) != len(spec.networks):
+        raise InvalidArgument("a network is named twice")
+    return replace(spec, cpus=cpus, memory_mib=memory)
+
+
+def check_networks(s: Session, networks: tuple[str, ...]) -> tuple[str, ...]:
+    """The networks a workspace joins ("default", if it exists and none is named); each
+    must exist."""
+    if not networks and s.get(Network, "default") is not None:
+        networks = ("default",)
+    for n in networks:
+        if s.get(Network, n) is None:
+            raise NotFound(f"network {n!r} does not exist; `ws-admin network list` shows them")
+    return networks
+
+
+def request_hash(req: CreateRequest) -> str:
+    """sha256 of what was asked, to refuse a reused request id with other parameters."""
+    spec = req.spec
+    fields: list[object] = [
+        spec.name,
+        spec.image,
+        spec.cpus,
+        spec.memory_mib,
+        list(spec.networks),
+        hashlib.sha256(spec.user_data).hexdigest(),
+        sorted(spec.requirements.items()),
+        req.wait_for_capacity_s,
+    ]
+    if spec.extra_partitions or spec.grow_bytes:
+        # Only when used, so the hashes of requests without them stay as they were.
+        extra = [
+            [x.name, x.mode.value, x.size_bytes, x.virtual_size_bytes, x.format, x.ext4]
+            for x in spec.extra_partitions
+        ]
+        fields += [extra, sorted(spec.grow_bytes.items())]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+
+def find_prior(s: Session, owner: str, request_id: str, hash_: str) -> Workspace | None:
+    """The workspace an earlier request with this id made, if any."""
+    if not request_id:
+        return None
+    prior = s.execute(
+        select(Workspace).where(Workspace.owner == owner, Workspace.request_id == request_id)
+    ).scalar_one_or_none()
+    if prior is not None and prior.request_hash != hash_:
+        raise InvalidArgument(
+            f"request id {request_id!r} was already used for a different request; use a new id"
+        )
+    return prior
+
+
+def prerequisites(env: Env, s: Session, owner: str, wid: str, spec: CreateSpec) -> ImageSpec:
+    """What the store must allow for a checked ``spec`` whose networks exist: the image
+    exists, the trust policy allows it, the disk options fit it, the name is free.
+    Returns the image as the workspace binds to it (its disks laid out)."""
+    image = s.get(Image, spec.image)
+    if image is None:
+        raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
+    if env.check_trust:
+        trust.check_launch(env, s, owner, image, "create", workspace_id=wid)
+    source = image_spec(image)
+    partitions = disk_layout(
+        image.name, source.partitions, spec.extra_partitions, spec.grow_bytes, env.cfg.limits
+    )
+    clash = s.execute(
+        select(Workspace.id).where(
+            Workspace.owner == owner,
+            Workspace.name == spec.name,
+            Workspace.state != State.TERMINATED.value,
+        )
+    ).first()
+    if clash is not None:
+        raise AlreadyExists(f"you already have a workspace named {spec.name!r} ({clash[0]})")
+    return replace(source, partitions=partitions)
+
+
+def insert_row(
+    env: Env,
+    s: Session,
+    owner: str,
+    wid: str,
+    spec: CreateSpec,
+    bound: ImageSpec,
+    request_id: str,
+    hash_: str,
+) -> Workspace:
+    """The PENDING workspace row (not placed yet)."""
+    now = env.clock()
+    ws = Workspace(
+        id=wid,
+        name=spec.name,
+        owner=owner,
+        request_id=request_id,
+        request_hash=hash_,
+        image=bound.image,
+        cpus=spec.cpus,
+        memory_mib=spec.memory_mib,
+        claimed_cpus=0,
+        claimed_memory_mib=0,
+        node="",
+        state=State.PENDING.value,
+        desired_state=Desired.RUNNING.value,
+        reason="",
+        wait_reason="",
+        stop_timeout_s=env.cfg.default_stop_timeout_s,
+        user_data=spec.user_data,
+        networks=list(spec.networks),
+        requirements=dict(spec.requirements),
+        wait_deadline=0.0,
+        cluster=spec.cluster,
+        role=spec.role,
+        created_at=now,
+        updated_at=now,
+    )
+    bind_spec(ws, bound)
+    s.add(ws)
+    s.flush()
+    return ws
+
+
+def new_row(
+    env: Env, s: Session, owner: str, spec: CreateSpec, request_id: str, hash_: str, wid: str = ""
+) -> Workspace:
+    """Prerequisites, then the row: a checked ``spec`` (with its networks) made a PENDING
+    workspace."""
+    wid = wid or uuid.uuid4().hex[:12]
+    bound = prerequisites(env, s, owner, wid, spec)
+    return insert_row(env, s, owner, wid, spec, bound, request_id, hash_)
+
+
+def create(env: Env, owner: str, req: CreateRequest) -> WorkspaceView:
+    """Create one workspace: placed now, queued (``wait_for_capacity_s``), or refused.
+
+    The argument checks run inside the transaction, after the idempotency check, so a
+    retried request always gets what it got the first time."""
+    hash_ = request_hash(req)
+    wid = uuid.uuid4().hex[:12]
+    with write(env) as u:
+        # 1. idempotency
+        prior = find_prior(u.s, owner, req.request_id, hash_)
+        if prior is not None:
+            return workspace_views(u.s, [prior])[0]
+        # 2. arguments
+        if req.wait_for_capacity_s < 0:
+            raise InvalidArgument("wait_for_capacity_s must not be negative")
+        spec = check_spec(req.spec, env.cfg.limits)
+        # 3. prerequisites
+        spec = replace(
+            spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
+        )
+        bound = prerequisites(env, u.s, owner, wid, spec)
+        # 4. execution; the events go out after the commit
+        ws = insert_row(
+            env, u.s, owner, wid, spec, bound, req.request_id or uuid.uuid4().hex, hash_
+        )
+        touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
+        u.changed(ws)
+        u.nodes(*touched)
+    if touched:
+        log.info("workspace %s (%s) scheduled on node %s", wid, spec.name, ws.node)
+    else:
+        log.info("workspace %s (%s) waits for capacity: %s", wid, spec.name, shown_reason(ws))
+    return u.view(ws.id)

@@ -1,0 +1,267 @@
+"""The image catalog: blobs in the repository, images made of them, the repository quota."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from images import formats, manifest
+from images.model import ImageSpec, Mode, Partition
+from workspace.domain.layout import blank_partition
+from workspace.domain.model import ImageView, RepositoryUsage
+from workspace.domain.states import State
+from workspace.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    ImageError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from workspace.ops import trust
+from workspace.ops.lifecycle import image_users
+from workspace.ops.unit import Env
+from workspace.store import Blob, Image, Workspace
+from workspace.store.blobs import BlobRepository, check_digest
+from workspace.store.mapping import bound_spec, image_spec, partitions_column
+
+log = logging.getLogger("workspace.ops.images")
+
+# Digests one HasBlobs may ask about.
+MAX_HAS_BLOBS = 1024
+
+
+class Catalog:
+    """Operations on the catalog: the blob repository is theirs alone."""
+
+    def __init__(self, env: Env, blobs: BlobRepository) -> None:
+        self.env = env
+        self.blobs = blobs
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def upload_blob(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """Store a stream of bytes: (its digest, its size)."""
+        env = self.env
+        tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes)
+        try:
+            # Under the store's write lock: a concurrent DeleteImage cannot remove the
+            # file between the rename and the row.
+            with env.store.write() as s:
+                self.blobs.commit(tmp, digest)
+                if s.get(Blob, digest) is None:
+                    s.add(Blob(digest=digest, size_bytes=size, created_at=env.clock()))
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("blob %s stored (%d bytes)", digest, size)
+        return digest, size
+
+    def has_blobs(self, digests: Iterable[str]) -> list[str]:
+        """The digests (in the order given, once each) the repository does not hold."""
+        wanted = list(dict.fromkeys(digests))
+        if len(wanted) > MAX_HAS_BLOBS:
+            raise InvalidArgument(f"ask about at most {MAX_HAS_BLOBS} digests at a time")
+        return [d for d in wanted if not self.blobs.has(check_digest(d))]
+
+    def _need_blob(self, digest: str, what: str) -> int:
+        check_digest(digest)
+        if not self.blobs.has(digest):
+            raise NotFound(f"{what}: blob {digest} has not been uploaded")
+        return self.blobs.size(digest)
+
+    def _sizes(self, s: Session, digests: Iterable[str]) -> dict[str, int]:
+        wanted = set(digests)
+        sizes = {
+            b.digest: int(b.size_bytes)
+            for b in s.execute(select(Blob).where(Blob.digest.in_(wanted))).scalars()
+        }
+        for d in wanted - set(sizes):
+            sizes[d] = self.blobs.size(d) if self.blobs.has(d) else 0
+        return sizes
+
+    @staticmethod
+    def _owned_digests(s: Session, owner: str) -> set[str]:
+        rows = s.execute(select(Image).where(Image.owner == owner)).scalars()
+        return {d for img in rows for d in image_spec(img).digests()}
+
+    # -- images ------------------------------------------------------------------------------
+
+    def _views(self, s: Session, rows: Sequence[Image]) -> list[ImageView]:
+        specs = [image_spec(img) for img in rows]
+        sizes = self._sizes(s, {d for spec in specs for d in spec.digests()})
+        return [
+            ImageView(spec, img.owner, img.created_at, sum(sizes.get(d, 0) for d in spec.digests()))
+            for img, spec in zip(rows, specs, strict=True)
+        ]
+
+    def _partition(self, image: str, p: Partition) -> Partition:
+        """A partition of an import request (format "" = the default) as stored."""
+        what = f"image {image}, partition {p.name!r}"
+        limit = self.env.cfg.limits.max_virtual_bytes
+        if p.mode is Mode.BLANK:
+            if p.digest:
+                raise InvalidArgument(f"{what}: a blank partition has no content (no digest)")
+            size = p.virtual_size_bytes or p.size_bytes
+            if not 0 < size <= limit:
+                raise InvalidArgument(
+                    f"{what}: a blank partition needs a size of 1 to {limit} bytes"
+                )
+            return blank_partition(p, what, size)
+        if p.ext4:
+            raise InvalidArgument(f"{what}: ext4 is for blank partitions only")
+        fmt = p.format or "raw"
+        size = self._need_blob(p.digest, what)
+        try:
+            info = formats.inspect(self.blobs.path(p.digest), fmt, limit, what)
+        except formats.UnsafeImage as exc:
+            raise ImageError(str(exc)) from exc
+        return Partition(
+            name=p.name,
+            mode=p.mode,
+            digest=p.digest,
+            size_bytes=size,
+            format=fmt,
+            virtual_size_bytes=info.virtual_size_bytes,
+            ext4=False,
+        )
+
+    def _check_import(self, req: ImageSpec) -> tuple[Partition, ...]:
+        try:
+            manifest.parse_ref(req.image)
+        except manifest.ManifestError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if not req.partitions and not req.kernel_digest:
+            raise InvalidArgument(f"image {req.image}: nothing to boot (no partition, no kernel)")
+        if bool(req.initrd_digest) and not req.kernel_digest:
+            raise InvalidArgument(f"image {req.image}: an initrd needs a kernel")
+        if len(req.partitions) > manifest.MAX_PARTITIONS:
+            raise InvalidArgument(
+                f"image {req.image}: at most {manifest.MAX_PARTITIONS} partitions, "
+                f"got {len(req.partitions)}"
+            )
+        parts: list[Partition] = []
+        names: set[str] = set()
+        for p in req.partitions:
+            what = f"image {req.image}, partition {p.name!r}"
+            if not manifest.PARTITION_NAME_RE.fullmatch(p.name):
+                raise InvalidArgument(
+                    f"{what}: invalid partition name (1-32 of a-z, 0-9, '_', '-'; first a-z or 0-9)"
+                )
+            if p.name in names:
+                raise InvalidArgument(f"{what}: partition named twice")
+            names.add(p.name)
+            parts.append(self._partition(req.image, p))
+        if req.kernel_digest:
+            self._need_blob(req.kernel_digest, f"image {req.image}, kernel")
+        if req.initrd_digest:
+            self._need_blob(req.initrd_digest, f"image {req.image}, initrd")
+        return tuple(parts)
+
+    def import_image(self, owner: str, req: ImageSpec) -> ImageView:
+        """Add an image made of uploaded blobs (partitions: format "" is the default)."""
+        env = self.env
+        parts = self._check_import(req)
+        spec = ImageSpec(req.image, parts, req.kernel_digest, req.initrd_digest, req.cmdline)
+        img = Image(
+            name=req.image,
+            owner=owner,
+            partitions=partitions_column(parts),
+            kernel_digest=req.kernel_digest,
+            initrd_digest=req.initrd_digest,
+            cmdline=req.cmdline,
+            created_at=env.clock(),
+        )
+        quota = env.cfg.limits.repo_quota_bytes_per_user
+        with env.store.write() as s:
+            if s.get(Image, req.image) is not None:
+                raise AlreadyExists(f"image {req.image!r} already exists; pick a new version")
+            digests = set(spec.digests())
+            for d in digests:  # a DeleteImage may have removed it since the checks above
+                if not self.blobs.has(d):
+                    raise NotFound(f"image {req.image}: blob {d} is no longer in the repository")
+            if quota > 0:
+                owned = self._owned_digests(s, owner)
+                sizes = self._sizes(s, owned | digests)
+                used = sum(sizes[d] for d in owned)
+                after = sum(sizes[d] for d in owned | digests)
+                if after > quota:
+                    raise ResourceExhausted(
+                        f"repository quota of {owner} exceeded: {used} of {quota} bytes used, "
+                        f"image {req.image} adds {after - used}; delete images "
+                        "(`ws image delete NAME`) or ask the site for a larger quota"
+                    )
+            s.add(img)
+            s.flush()
+            shown = self._views(s, [img])[0]
+        log.info("image %s imported by %s (%d bytes)", req.image, owner, shown.total_bytes)
+        return shown
+
+    def list_images(self) -> list[ImageView]:
+        with self.env.store.read() as s:
+            rows = s.execute(select(Image).order_by(Image.name)).scalars().all()
+            return self._views(s, rows)
+
+    def get_image(self, name: str) -> ImageView:
+        with self.env.store.read() as s:
+            img = s.get(Image, name)
+            if img is None:
+                raise NotFound(f"image {name!r} not found; `ws image list` shows them")
+            return self._views(s, [img])[0]
+
+    def delete_image(self, owner: str, name: str) -> ImageView:
+        """Remove an image; refused while a live workspace uses it. Blobs that no other
+        image (and no live workspace) references are removed from the repository."""
+        env = self.env
+        # The write lock is held until the files are gone, so an upload of the same
+        # content cannot slip in between the commit and the removal.
+        with env.store.write_lock:
+            with env.store.write() as s:
+                img = s.get(Image, name)
+                if img is None:
+                    raise NotFound(f"image {name!r} not found; `ws image list` shows them")
+                if img.owner != owner:
+                    raise PermissionDenied(
+                        f"image {name} belongs to {img.owner}; only its owner can delete it"
+                    )
+                users = image_users(s, name)
+                if users:
+                    shown = ", ".join(f"{w.owner}/{w.name} ({w.id})" for w in users[:10])
+                    more = f" and {len(users) - 10} more" if len(users) > 10 else ""
+                    raise FailedPrecondition(
+                        f"image {name} is in use by {len(users)} live workspace(s): "
+                        f"{shown}{more}; destroy them first"
+                    )
+                view = self._views(s, [img])[0]
+                mine = set(view.spec.digests())
+                s.delete(img)
+                trust.delete_signatures(s, name)
+                s.flush()
+                still: set[str] = set()
+                for other in s.execute(select(Image)).scalars():
+                    still |= set(image_spec(other).digests())
+                for w in s.execute(
+                    select(Workspace).where(Workspace.state != State.TERMINATED.value)
+                ).scalars():
+                    still |= set(bound_spec(w).digests())
+                gone = sorted(mine - still)
+                for d in gone:
+                    row = s.get(Blob, d)
+                    if row is not None:
+                        s.delete(row)
+            freed = sum(self.blobs.size(d) for d in gone if self.blobs.has(d))
+            for d in gone:
+                self.blobs.remove(d)
+        log.info(
+            "image %s deleted by %s; %d blob(s) removed (%d bytes)", name, owner, len(gone), freed
+        )
+        return view
+
+    def repository_usage(self, owner: str) -> RepositoryUsage:
+        with self.env.store.read() as s:
+            owned = self._owned_digests(s, owner)
+            used = sum(self._sizes(s, owned).values())
+        return RepositoryUsage(owner, used, self.env.cfg.limits.repo_quota_bytes_per_user)

@@ -1,0 +1,85 @@
+"""What several operations do to one workspace row: find it, terminate it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace.domain.states import Desired, NodeState, State
+from workspace.errors import InvalidArgument, NotFound
+from workspace.ops.unit import Env
+from workspace.store import Cluster, IpAllocation, Node, Workspace
+from workspace.store.mapping import set_reason
+
+log = logging.getLogger("workspace.ops")
+
+Owned = TypeVar("Owned", Workspace, Cluster)
+
+
+def resolve_owned(
+    s: Session, model: type[Owned], owner: str, ref: str, what: str, list_cmd: str
+) -> Owned:
+    """The caller's ``model`` row named by id or by name; by name, a live one before the
+    newest terminated one."""
+    if not ref:
+        raise InvalidArgument(f"give a {what} id or name")
+    row = s.get(model, ref)
+    if row is not None and row.owner == owner:
+        return row
+    rows = list(
+        s.execute(
+            select(model)
+            .where(model.owner == owner, model.name == ref)
+            .order_by(model.created_at.desc())
+        ).scalars()
+    )
+    live = [r for r in rows if r.state != State.TERMINATED.value]
+    if live or rows:
+        return (live or rows)[0]
+    raise NotFound(f"no {what} {ref!r}; `{list_cmd}` shows yours")
+
+
+def resolve_workspace(s: Session, owner: str, ref: str) -> Workspace:
+    return resolve_owned(s, Workspace, owner, ref, "workspace", "ws list")
+
+
+def node_down(s: Session, name: str) -> bool:
+    """No node ``name``, or it is DOWN: nothing there will act on the workspace."""
+    node = s.get(Node, name) if name else None
+    return node is None or NodeState(node.state) is NodeState.DOWN
+
+
+def release(env: Env, s: Session, ws: Workspace, reason: str) -> None:
+    """TERMINATED: addresses back to their pools, the node's claim released."""
+    for alloc in s.execute(
+        select(IpAllocation).where(IpAllocation.workspace_id == ws.id)
+    ).scalars():
+        s.delete(alloc)
+    if ws.node:
+        node = s.get(Node, ws.node)
+        if node is not None:
+            node.used_cpus = max(0, node.used_cpus - ws.claimed_cpus)
+            node.used_memory_mib = max(0, node.used_memory_mib - ws.claimed_memory_mib)
+    ws.claimed_cpus = 0
+    ws.claimed_memory_mib = 0
+    ws.state = State.TERMINATED.value
+    ws.desired_state = Desired.TERMINATED.value
+    set_reason(ws, reason)
+    ws.updated_at = env.clock()
+    log.info("workspace %s (%s) terminated on node %s: %s", ws.id, ws.name, ws.node, reason)
+
+
+def image_users(s: Session, image_name: str) -> list[Workspace]:
+    """Live (not TERMINATED) workspaces made from image ``image_name``."""
+    return list(
+        s.execute(
+            select(Workspace)
+            .where(Workspace.image == image_name, Workspace.state != State.TERMINATED.value)
+            .order_by(Workspace.created_at, Workspace.id)
+        )
+        .scalars()
+        .all()
+    )

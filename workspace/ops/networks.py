@@ -1,0 +1,68 @@
+"""Networks: address pools and the bridges their NICs join."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import netaddr
+from sqlalchemy import func, select
+
+from workspace import ipam
+from workspace.domain.model import NetworkInfo
+from workspace.errors import AlreadyExists, InvalidArgument
+from workspace.ops.unit import Env
+from workspace.store import IpAllocation, Network
+from workspace.store.mapping import network_info
+
+log = logging.getLogger("workspace.ops.networks")
+
+NET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
+    if not NET_NAME_RE.fullmatch(req.name):
+        raise InvalidArgument(f"network name {req.name!r}: lowercase letters, digits, '-'")
+    pool = ipam.validate_network(
+        req.name, req.subnet, req.gateway, req.range_start, req.range_end, req.mac_prefix
+    )
+    bridge = req.bridge or f"wsbr-{req.name}"[:15]
+    if not BRIDGE_RE.fullmatch(bridge):
+        raise InvalidArgument(f"network {req.name}: bridge name {bridge!r} is not valid")
+    for d in req.dns:
+        try:
+            netaddr.IPAddress(d)
+        except (netaddr.AddrFormatError, ValueError) as exc:
+            raise InvalidArgument(
+                f"network {req.name}: DNS server {d!r} is not an address"
+            ) from exc
+    with env.store.write() as s:
+        if s.get(Network, req.name) is not None:
+            raise AlreadyExists(f"network {req.name!r} already exists")
+        net = Network(
+            name=req.name,
+            subnet=pool.subnet,
+            gateway=pool.gateway,
+            range_start=pool.range_start,
+            range_end=pool.range_end,
+            bridge=bridge,
+            mac_prefix=pool.mac_prefix,
+            dns=list(req.dns),
+        )
+        s.add(net)
+    log.info("network %s created (%s, bridge %s)", req.name, pool.subnet, bridge)
+    return network_info(net, 0)
+
+
+def list_networks(env: Env) -> list[NetworkInfo]:
+    with env.store.read() as s:
+        counts = dict(
+            s.execute(
+                select(IpAllocation.network, func.count()).group_by(IpAllocation.network)
+            ).all()
+        )
+        return [
+            network_info(n, int(counts.get(n.name, 0)))
+            for n in s.execute(select(Network).order_by(Network.name)).scalars()
+        ]

@@ -1,0 +1,155 @@
+"""Administering nodes: list, drain, enable, remove; their caches; what the scheduler sees."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from workspace import scheduler
+from workspace.domain.model import NodeCache, NodeStatus
+from workspace.domain.states import NodeState, State
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
+from workspace.ops.placement import node_views
+from workspace.ops.unit import Env, write
+from workspace.store import Image, Node, Workspace
+from workspace.store.mapping import cache_records, image_spec, node_state, node_status
+
+log = logging.getLogger("workspace.ops.nodes")
+
+
+def _get(s: Session, name: str) -> Node:
+    node = s.get(Node, name)
+    if node is None:
+        raise NotFound(f"no node {name!r}; `ws-admin node list` shows them")
+    return node
+
+
+def _status(s: Session, node: Node) -> NodeStatus:
+    count = s.execute(
+        select(func.count())
+        .select_from(Workspace)
+        .where(Workspace.node == node.name, Workspace.state != State.TERMINATED.value)
+    ).scalar_one()
+    return node_status(node, int(count))
+
+
+def list_nodes(env: Env) -> list[NodeStatus]:
+    with env.store.read() as s:
+        counts = dict(
+            s.execute(
+                select(Workspace.node, func.count())
+                .where(Workspace.state != State.TERMINATED.value)
+                .group_by(Workspace.node)
+            ).all()
+        )
+        return [
+            node_status(n, int(counts.get(n.name, 0)))
+            for n in s.execute(select(Node).order_by(Node.name)).scalars()
+        ]
+
+
+def set_drained(env: Env, name: str, drained: bool) -> NodeStatus:
+    """Drain (no new work) or enable a node; enabling wakes the queue."""
+    with write(env) as u:
+        node = _get(u.s, name)
+        node.drained = drained
+        if node_state(node) is not NodeState.DOWN:
+            node.state = (NodeState.DRAINING if drained else NodeState.READY).value
+        shown = _status(u.s, node)
+        if not drained:
+            u.capacity()
+    log.info("node %s %s", name, "draining: no new work" if drained else "enabled")
+    return shown
+
+
+def remove(env: Env, name: str) -> NodeStatus:
+    with env.store.write() as s:
+        node = _get(s, name)
+        shown = _status(s, node)
+        if shown.workspaces:
+            raise FailedPrecondition(
+                f"node {name} still holds {shown.workspaces} workspace(s); drain it and "
+                "move or destroy them first"
+            )
+        s.delete(node)
+    log.info("node %s removed", name)
+    return shown
+
+
+def scheduler_input(
+    env: Env,
+    image: str,
+    cpus: int,
+    memory_mib: int,
+    networks: Sequence[str],
+    requirements: Mapping[str, str],
+) -> str:
+    """The scheduler's input for a hypothetical request, as replayable JSON."""
+    with env.store.read() as s:
+        digests: tuple[str, ...] = ()
+        if image:
+            img = s.get(Image, image)
+            if img is None:
+                raise NotFound(f"image {image!r} not found")
+            digests = tuple(p.digest for p in image_spec(img).partitions if p.digest)
+        nodes = node_views(s)
+    request = scheduler.Request(
+        cpus or 1,
+        memory_mib or 512,
+        tuple(networks),
+        digests,
+        dict(requirements),
+        member="request",
+    )
+    return scheduler.to_json(nodes, [request], env.cfg.scheduler, scheduler.Affinity.NONE)
+
+
+def list_cache(env: Env, name: str) -> NodeCache:
+    with env.store.read() as s:
+        node = _get(s, name)
+        rows = sorted(cache_records(node), key=lambda e: -e.last_used)
+        return NodeCache(
+            node=name,
+            budget_bytes=node.cache_budget_bytes or 0,
+            used_bytes=sum(e.size_bytes for e in rows),
+            entries=tuple(rows),
+        )
+
+
+def preload(env: Env, image: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Ask nodes (default: every READY one) to fetch an image's blobs ahead of use:
+    (the nodes, the digests).
+
+    The digests go on each node's prefetch list, sent with its orders, and leave it
+    once the node reports them cached."""
+    if not image:
+        raise InvalidArgument("an image name is required")
+    with write(env) as u:
+        img = u.s.get(Image, image)
+        if img is None:
+            raise NotFound(f"image {image!r} not found; `ws image list` shows them")
+        digests = image_spec(img).digests()
+        if names:
+            nodes = [_get(u.s, name) for name in dict.fromkeys(names)]
+        else:
+            nodes = list(
+                u.s.execute(
+                    select(Node).where(Node.state == NodeState.READY.value).order_by(Node.name)
+                )
+                .scalars()
+                .all()
+            )
+            if not nodes:
+                raise FailedPrecondition("no node is READY to preload the image onto")
+        for node in nodes:
+            have = set(node.cached_digests or ()) | set(node.prefetch or ())
+            add = [d for d in digests if d not in have]
+            if add:
+                node.prefetch = [*(node.prefetch or ()), *add]
+        done = [n.name for n in nodes]
+        u.nodes(*done)
+    log.info("image %s: preload on %s", image, ", ".join(done))
+    return done, digests

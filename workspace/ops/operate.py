@@ -1,0 +1,47 @@
+"""Start, stop, reboot, pause, resume or destroy one workspace."""
+
+from __future__ import annotations
+
+import logging
+
+from workspace.domain.model import WorkspaceView
+from workspace.domain.states import Desired, Op, State, apply_op
+from workspace.errors import FailedPrecondition
+from workspace.ops.cluster_state import refresh
+from workspace.ops.lifecycle import node_down, release, resolve_workspace
+from workspace.ops.unit import Env, write
+from workspace.store.mapping import set_reason
+
+log = logging.getLogger("workspace.ops.operate")
+
+
+def operate(
+    env: Env, owner: str, ref: str, op: Op, timeout_s: int = 0, force: bool = False
+) -> WorkspaceView:
+    """Apply ``op``: the desired state changes now; the node makes it real."""
+    with write(env) as u:
+        ws = resolve_workspace(u.s, owner, ref)
+        if not ws.node and op is not Op.DESTROY and ws.state == State.PENDING.value:
+            raise FailedPrecondition(
+                f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
+            )
+        t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
+        ws.desired_state = t.desired.value
+        ws.state = t.state.value
+        ws.updated_at = env.clock()
+        if op in (Op.START, Op.DESTROY):
+            set_reason(ws, "")
+        if op is Op.STOP:
+            ws.stop_timeout_s = timeout_s if timeout_s > 0 else env.cfg.default_stop_timeout_s
+            ws.force_stop = force
+        elif op is Op.DESTROY:
+            ws.force_stop = force
+        elif op is Op.REBOOT:
+            ws.reboot_count += 1
+        if op is Op.DESTROY and node_down(u.s, ws.node):
+            release(env, u.s, ws, "destroyed (its node was not reachable)")
+        u.changed(ws)
+        u.nodes(ws.node)
+        refresh(env, u, {ws.cluster})
+    log.info("workspace %s (%s): %s requested", ws.id, ws.name, op.value)
+    return u.view(ws.id)

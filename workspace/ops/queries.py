@@ -1,0 +1,69 @@
+"""Reading workspaces: one by id or name, or a page of the caller's."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from workspace.domain.model import WorkspaceView
+from workspace.domain.states import State
+from workspace.errors import InvalidArgument
+from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.unit import Env
+from workspace.store import Workspace
+from workspace.store.mapping import workspace_views
+
+
+def get(env: Env, owner: str, ref: str) -> WorkspaceView:
+    with env.store.read() as s:
+        return workspace_views(s, [resolve_workspace(s, owner, ref)])[0]
+
+
+def list_page(
+    env: Env,
+    owner: str | None,
+    include_terminated: bool,
+    page_size: int = 0,
+    page_token: str = "",
+) -> tuple[Sequence[WorkspaceView], str]:
+    """(one page, oldest first, the token of the next page or "" after the last); with
+    page_size 0, every workspace."""
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    with env.store.read() as s:
+        q = select(Workspace).order_by(Workspace.created_at, Workspace.id)
+        if owner is not None:
+            q = q.where(Workspace.owner == owner)
+        if not include_terminated:
+            q = q.where(Workspace.state != State.TERMINATED.value)
+        if page_token:
+            created, wid = decode_token(page_token)
+            q = q.where(
+                (Workspace.created_at > created)
+                | ((Workspace.created_at == created) & (Workspace.id > wid))
+            )
+        if page_size:
+            q = q.limit(page_size + 1)
+        rows = list(s.execute(q).scalars().all())
+        more = bool(page_size) and len(rows) > page_size
+        rows = rows[:page_size] if page_size else rows
+        token = encode_token(rows[-1].created_at, rows[-1].id) if more else ""
+        return workspace_views(s, rows), token
+
+
+def list_all(env: Env, owner: str | None, include_terminated: bool) -> list[WorkspaceView]:
+    return [*list_page(env, owner, include_terminated)[0]]
+
+
+def encode_token(created_at: float, wid: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{wid}".encode()).decode()
+
+
+def decode_token(token: str) -> tuple[float, str]:
+    try:
+        created, _, wid = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        return float(created), wid
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not one this service gave out") from exc

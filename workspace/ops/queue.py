@@ -1,0 +1,80 @@
+"""The capacity queue: place waiting requests when capacity appears, oldest first, with
+backfill that cannot delay the head (ops/admission.py); fail them at their deadline."""
+
+from __future__ import annotations
+
+import logging
+
+from workspace.domain.model import QueueEntry
+from workspace.domain.states import State
+from workspace.ops.admission import entries, nodes_useless_to, rows_of
+from workspace.ops.cluster_state import refresh
+from workspace.ops.placement import NoPlacement, place_rows
+from workspace.ops.unit import Env, write
+from workspace.store.mapping import set_reason, set_waiting
+
+log = logging.getLogger("workspace.ops.queue")
+
+
+def process(env: Env) -> int:
+    """One pass over the queue, oldest first; returns how many entries were placed."""
+    with env.store.read() as s:
+        waiting = entries(s)
+    allowed: set[str] | None = None  # once the head is blocked: nodes useless to it
+    placed = 0
+    for e in waiting:
+        with write(env) as u:
+            rows = rows_of(u.s, e)
+            if not rows or any(w.state != State.PENDING.value or w.node for w in rows):
+                continue
+            now = env.clock()
+            if e.deadline and now > e.deadline:
+                for w in rows:
+                    w.state = State.FAILED.value
+                    set_reason(w, f"no capacity in time: {w.wait_reason}")
+                    w.wait_deadline = 0.0
+                    w.updated_at = now
+                log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
+            else:
+                try:
+                    touched = place_rows(u.s, env.cfg, rows, e.affinity, allowed)
+                except NoPlacement as exc:
+                    for w in rows:
+                        set_waiting(w, exc.message)
+                    if allowed is None:
+                        allowed = nodes_useless_to(u.s, env.cfg, rows)
+                    continue
+                placed += 1
+                u.nodes(*touched)
+                log.info(
+                    "%s %s (%s) placed from the queue on %s",
+                    e.kind,
+                    e.id,
+                    e.name,
+                    sorted(set(touched)),
+                )
+            u.changed(*rows)
+            refresh(env, u, u.changed_clusters())
+    return placed
+
+
+def list_queue(env: Env) -> list[QueueEntry]:
+    out: list[QueueEntry] = []
+    with env.store.read() as s:
+        for pos, e in enumerate(entries(s), start=1):
+            rows = rows_of(s, e)
+            out.append(
+                QueueEntry(
+                    kind=e.kind,
+                    id=e.id,
+                    name=e.name,
+                    owner=e.owner,
+                    position=pos,
+                    cpus=sum(w.cpus for w in rows),
+                    memory_mib=sum(w.memory_mib for w in rows),
+                    queued_at=e.queued_at,
+                    deadline=e.deadline,
+                    reason=rows[0].wait_reason if rows else "",
+                )
+            )
+    return out

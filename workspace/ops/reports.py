@@ -1,0 +1,230 @@
+"""The node side: registration, each node's orders (its full desired state) and reports."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
+from workspace.domain.states import Desired, NodeState, State, state_from_report
+from workspace.errors import InvalidArgument, NotFound
+from workspace.ops import trust
+from workspace.ops.cluster_state import refresh
+from workspace.ops.lifecycle import release
+from workspace.ops.unit import Env, UnitOfWork, write
+from workspace.store import Node, Workspace
+from workspace.store.mapping import bound_spec, cache_column, nics, set_reason, shown_reason
+
+log = logging.getLogger("workspace.ops.reports")
+
+# Peers named as sources of one blob in an order.
+MAX_SOURCES = 3
+
+
+def _back(node: Node) -> None:
+    """A DOWN node reports again: READY, or DRAINING if an admin drained it."""
+    node.state = (NodeState.DRAINING if node.drained else NodeState.READY).value
+    log.info("node %s is back (%s)", node.name, node.state)
+
+
+def register(env: Env, info: NodeInfo) -> int:
+    """Record a node (new, or back after a restart); returns its heartbeat interval."""
+    if not info.name or len(info.name) > 255:
+        raise InvalidArgument("a node name is required")
+    if info.cpus < 1 or info.memory_mib < 1:
+        raise InvalidArgument(f"node {info.name}: cpus and memory_mib must be positive")
+    now = env.clock()
+    with write(env) as u:
+        node = u.s.get(Node, info.name)
+        if node is None:
+            node = Node(name=info.name, used_cpus=0, used_memory_mib=0, state=NodeState.READY.value)
+            u.s.add(node)
+            log.info(
+                "node %s registered (%s, %d cpus, %d MiB)",
+                info.name,
+                info.hypervisor,
+                info.cpus,
+                info.memory_mib,
+            )
+        elif NodeState(node.state) is NodeState.DOWN:
+            _back(node)
+        node.hypervisor = info.hypervisor or "unknown"
+        node.cpus = info.cpus
+        node.memory_mib = info.memory_mib
+        node.disk_gib = info.disk_gib
+        node.labels = dict(info.labels)
+        node.networks = list(info.networks)
+        node.cached_digests = list(info.cached_digests)
+        node.peer_address = info.peer_address
+        node.last_heartbeat = now
+        u.nodes(info.name)
+        u.capacity()
+    return env.cfg.heartbeat_interval_s
+
+
+# -- orders ----------------------------------------------------------------------------------
+
+
+def orders(env: Env, node_name: str) -> NodeOrders:
+    """Everything ``node_name`` should make real now."""
+    with env.store.read() as s:
+        node = s.get(Node, node_name)
+        if node is None:
+            raise NotFound(f"node {node_name} is not registered")
+        rows = (
+            s.execute(
+                select(Workspace)
+                .where(
+                    Workspace.node == node_name,
+                    Workspace.desired_state != Desired.TERMINATED.value,
+                    Workspace.state != State.TERMINATED.value,
+                )
+                .order_by(Workspace.id)
+            )
+            .scalars()
+            .all()
+        )
+        nics_of = nics(s, [w.id for w in rows])
+        specs = {w.id: bound_spec(w) for w in rows}
+        policy, stop_on_revoke = trust.node_policy(s) if env.check_trust else (None, False)
+        envelopes: dict[str, tuple[str, ...]] = {}
+        if env.check_trust:
+            for w in rows:
+                if w.image not in envelopes:
+                    envelopes[w.image] = tuple(trust.envelopes(s, w.image))
+        wanted = {p.digest for spec in specs.values() for p in spec.partitions if p.digest}
+        sources = peer_sources(s, node_name, wanted)
+        out = tuple(
+            Order(
+                workspace_id=w.id,
+                name=w.name,
+                hostname=w.name,
+                desired=Desired(w.desired_state),
+                cpus=w.cpus,
+                memory_mib=w.memory_mib,
+                image=w.image,
+                disks=tuple(
+                    Disk(p, tuple(sources.get(p.digest, ()))) for p in specs[w.id].partitions
+                ),
+                nics=nics_of[w.id],
+                kernel_digest=specs[w.id].kernel_digest,
+                initrd_digest=specs[w.id].initrd_digest,
+                cmdline=specs[w.id].cmdline,
+                reboot_count=w.reboot_count,
+                stop_timeout_s=w.stop_timeout_s,
+                force_stop=w.force_stop,
+                user_data=w.user_data,
+                # Bound order: what the service verified at create.
+                envelopes=envelopes.get(w.image, ()),
+                verified_digests=tuple(specs[w.id].digests()),
+            )
+            for w in rows
+        )
+        cached = set(node.cached_digests or ())
+        return NodeOrders(
+            generation=env.notifier.generation(node_name),
+            orders=out,
+            prefetch=tuple(d for d in node.prefetch or () if d not in cached),
+            policy=policy,
+            stop_running_on_revoke=stop_on_revoke,
+        )
+
+
+def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list[str]]:
+    """Up to MAX_SOURCES peers per blob: nodes that serve peers and last reported holding
+    it; READY ones first, the rest spread over requesters by rendezvous hashing (so N
+    nodes fetching one blob do not all pick the same peer)."""
+    if not wanted:
+        return {}
+    holders: dict[str, list[Node]] = {}
+    for peer in s.execute(
+        select(Node).where(
+            Node.name != node_name, Node.peer_address != "", Node.state != NodeState.DOWN.value
+        )
+    ).scalars():
+        for digest in wanted.intersection(peer.cached_digests or ()):
+            holders.setdefault(digest, []).append(peer)
+
+    def rank(peer: Node) -> tuple[bool, str]:
+        spread = hashlib.sha256(f"{node_name}/{peer.name}".encode()).hexdigest()
+        return (NodeState(peer.state) is not NodeState.READY, spread)
+
+    return {
+        digest: [p.peer_address for p in sorted(peers, key=rank)[:MAX_SOURCES]]
+        for digest, peers in holders.items()
+    }
+
+
+# -- reports ---------------------------------------------------------------------------------
+
+
+def _heartbeat(env: Env, node: Node, r: NodeReport) -> None:
+    """A full report: the node is alive; keep its cache contents; drop prefetch digests
+    now cached."""
+    node.last_heartbeat = env.clock()
+    if NodeState(node.state) is NodeState.DOWN:
+        _back(node)
+    node.cached_digests = list(r.cached_digests)
+    node.cache = cache_column(r.cache)
+    node.cache_budget_bytes = r.cache_budget_bytes
+    if node.prefetch:
+        cached = set(r.cached_digests)
+        left = [d for d in node.prefetch if d not in cached]
+        if left != node.prefetch:
+            node.prefetch = left
+
+
+def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
+    """Apply what the node saw; returns the ids it reported."""
+    seen = set(r.unknown)
+    for obs in r.observations:
+        seen.add(obs.workspace_id)
+        ws = u.s.get(Workspace, obs.workspace_id)
+        if ws is None or ws.node != r.node:
+            continue
+        new = state_from_report(State(ws.state), Desired(ws.desired_state), obs.state)
+        if new is State.TERMINATED:
+            release(env, u.s, ws, "destroyed")
+            u.changed(ws)
+            continue
+        old_reason = shown_reason(ws)
+        reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
+        if new is State.RUNNING and not obs.reason:
+            reason = ""
+        if new is not None and (new.value != ws.state or reason != old_reason):
+            if new is State.FAILED and ws.state != State.FAILED.value:
+                log.warning(
+                    "workspace %s (%s) failed on node %s: %s", ws.id, ws.name, r.node, obs.reason
+                )
+            ws.state = new.value
+            set_reason(ws, reason)
+            ws.updated_at = env.clock()
+            u.changed(ws)
+    return seen
+
+
+def report(env: Env, r: NodeReport) -> None:
+    with write(env) as u:
+        node = u.s.get(Node, r.node)
+        if node is None:
+            raise NotFound(f"node {r.node} is not registered; register first")
+        if r.full:
+            _heartbeat(env, node, r)
+        seen = _observe(env, u, r)
+        if r.full:
+            for ws in u.s.execute(
+                select(Workspace).where(
+                    Workspace.node == r.node,
+                    Workspace.desired_state == Desired.TERMINATED.value,
+                    Workspace.state != State.TERMINATED.value,
+                )
+            ).scalars():
+                if ws.id not in seen:
+                    release(env, u.s, ws, "destroyed")
+                    u.changed(ws)
+        if r.audit and env.check_trust:
+            trust.record_audit(env, u.s, r.audit)
+        refresh(env, u, u.changed_clusters())

@@ -1,0 +1,502 @@
+"""Image trust: publishers' signatures, the site's trust policy and the audit of decisions.
+
+The policy (keys with the image-name patterns they may sign, expiry, revocations of keys
+and digests, WARN or ENFORCE) lives in the store; its version grows with every change
+and it goes to every agent with its orders. The service verifies at signing
+(``add_signature``) and at every create (``check_launch``, from ops/create.py); every
+decision is recorded in the audit, denials too (they are written after the refused
+transaction rolls back). The manifest a signature covers is the image's ``ImageSpec``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete, event, select
+from sqlalchemy.orm import Session
+
+from images import signing
+from workspace.domain.model import (
+    AuditRecord,
+    SignatureStatus,
+    TrustedKey,
+    TrustSettingsView,
+)
+from workspace.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from workspace.ops.unit import Env, UnitOfWork, write
+from workspace.store.blobs import check_digest
+from workspace.store.mapping import image_spec
+from workspace.store.models import (
+    Audit,
+    Image,
+    ImageSignature,
+    Node,
+    RevokedDigest,
+    TrustKey,
+    TrustSettings,
+)
+
+log = logging.getLogger("workspace.ops.trust")
+
+# Signatures one image may carry.
+MAX_SIGNATURES = 16
+MAX_ENVELOPE_BYTES = 65536
+DEFAULT_AUDIT_LIMIT = 100
+MAX_AUDIT_LIMIT = 10000
+AUDIT_FIELDS = (
+    "at",
+    "source",
+    "action",
+    "image",
+    "digest",
+    "key_id",
+    "policy_version",
+    "verdict",
+    "reason",
+    "workspace_id",
+)
+
+
+def signers(envelopes: Iterable[str]) -> list[str]:
+    """The key ids named in these envelopes (malformed ones are skipped)."""
+    out: list[str] = []
+    for text in envelopes:
+        try:
+            env = json.loads(text)
+            out += [str(s["keyid"]) for s in env["signatures"]]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return list(dict.fromkeys(out))
+
+
+def audit_record(row: Audit) -> AuditRecord:
+    return AuditRecord(
+        at=row.at,
+        where=row.source,
+        action=row.action,
+        image=row.image,
+        digest=row.digest,
+        key_id=row.key_id,
+        policy_version=row.policy_version,
+        verdict=row.verdict,
+        reason=row.reason,
+        workspace_id=row.workspace_id,
+    )
+
+
+# -- the policy ------------------------------------------------------------------------------
+
+
+def settings(s: Session) -> TrustSettings:
+    row = s.get(TrustSettings, 1)
+    if row is None:
+        # A new site: WARN, no keys, version 0.
+        row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
+    return row
+
+
+def _bump(u: UnitOfWork) -> TrustSettings:
+    """A new policy version; every agent gets it at once after the commit (it rides on
+    the assignment stream)."""
+    row = u.s.get(TrustSettings, 1)
+    if row is None:
+        row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
+        u.s.add(row)
+    row.version += 1
+    u.nodes(*u.s.execute(select(Node.name)).scalars())
+    return row
+
+
+def _key_rows(s: Session) -> list[TrustKey]:
+    return list(
+        s.execute(select(TrustKey).order_by(TrustKey.added_at, TrustKey.key_id)).scalars().all()
+    )
+
+
+def policy(s: Session) -> signing.Policy:
+    """The policy as signing.verify and the agents use it."""
+    return _policy(s, settings(s))
+
+
+def node_policy(s: Session) -> tuple[signing.Policy, bool]:
+    """What every node is sent: the policy, and whether to stop running workspaces whose
+    image it no longer trusts."""
+    st = settings(s)
+    return _policy(s, st), bool(st.stop_running_on_revoke)
+
+
+def _policy(s: Session, st: TrustSettings) -> signing.Policy:
+    keys = tuple(
+        signing.Key(
+            key_id=k.key_id,
+            public_key_pem=k.public_key_pem,
+            image_patterns=tuple(k.image_patterns or ()),
+            expires_at=float(k.expires_at or 0.0),
+            revoked=bool(k.revoked),
+        )
+        for k in _key_rows(s)
+    )
+    digests = frozenset(s.execute(select(RevokedDigest.digest)).scalars().all())
+    return signing.Policy(
+        version=int(st.version), enforce=st.mode == "ENFORCE", keys=keys, revoked_digests=digests
+    )
+
+
+def settings_view(s: Session) -> TrustSettingsView:
+    st = settings(s)
+    keys = tuple(
+        TrustedKey(
+            key_id=k.key_id,
+            public_key_pem=k.public_key_pem,
+            image_patterns=tuple(k.image_patterns or ()),
+            expires_at=float(k.expires_at or 0.0),
+            revoked=bool(k.revoked),
+            comment=k.comment,
+            added_at=float(k.added_at or 0.0),
+        )
+        for k in _key_rows(s)
+    )
+    digests = tuple(sorted(s.execute(select(RevokedDigest.digest)).scalars().all()))
+    return TrustSettingsView(
+        version=int(st.version),
+        enforce=st.mode == "ENFORCE",
+        keys=keys,
+        revoked_digests=digests,
+        stop_running_on_revoke=bool(st.stop_running_on_revoke),
+    )
+
+
+def get_policy(env: Env) -> TrustSettingsView:
+    with env.store.read() as s:
+        return settings_view(s)
+
+
+def add_key(
+    env: Env, public_key_pem: str, image_patterns: Sequence[str], expires_at: float, comment: str
+) -> TrustSettingsView:
+    """Trust a publisher key for images whose names match ``image_patterns``."""
+    try:
+        kid = signing.key_id(public_key_pem)
+    except signing.SignatureError as exc:
+        raise InvalidArgument(f"the public key is not usable: {exc}") from exc
+    patterns = [p.strip() for p in image_patterns if p.strip()]
+    if not patterns:
+        raise InvalidArgument(
+            f"key {kid[:16]}: give the image name patterns it may sign (e.g. 'team/*')"
+        )
+    now = env.clock()
+    if expires_at and expires_at <= now:
+        raise InvalidArgument(f"key {kid[:16]}: its expiry is in the past")
+    pem = public_key_pem.strip()
+    with write(env) as u:
+        s = u.s
+        row = s.get(TrustKey, kid)
+        if row is not None and row.revoked:
+            raise FailedPrecondition(
+                f"key {kid[:16]} was revoked; a revoked key cannot be trusted again "
+                "(make a new key)"
+            )
+        if row is None:
+            row = TrustKey(key_id=kid, added_at=now, revoked=False)
+            s.add(row)
+        row.public_key_pem = pem + "\n"
+        row.image_patterns = patterns
+        row.expires_at = expires_at
+        row.comment = comment
+        st = _bump(u)
+        s.flush()
+        log.info(
+            "trust: key %s added for %s (policy v%d)", kid[:16], ", ".join(patterns), st.version
+        )
+        shown = settings_view(s)
+    return shown
+
+
+def revoke_key(env: Env, key_id: str) -> TrustSettingsView:
+    key_id = key_id.strip().lower()
+    if not key_id:
+        raise InvalidArgument("give the key id to revoke (`ws-admin trust list` shows them)")
+    with write(env) as u:
+        s = u.s
+        found = list(
+            s.execute(select(TrustKey).where(TrustKey.key_id.startswith(key_id))).scalars()
+        )
+        if not found:
+            raise NotFound(f"no trusted key {key_id!r}; `ws-admin trust list` shows them")
+        if len(found) > 1:
+            raise InvalidArgument(f"key id prefix {key_id!r} is ambiguous; give more of it")
+        found[0].revoked = True
+        st = _bump(u)
+        s.flush()
+        log.info("trust: key %s revoked (policy v%d)", found[0].key_id[:16], st.version)
+        shown = settings_view(s)
+    return shown
+
+
+def revoke_digest(env: Env, digest: str) -> TrustSettingsView:
+    digest = check_digest(digest.strip())
+    with write(env) as u:
+        s = u.s
+        if s.get(RevokedDigest, digest) is None:
+            s.add(RevokedDigest(digest=digest, revoked_at=env.clock()))
+        st = _bump(u)
+        s.flush()
+        log.info("trust: digest %s revoked (policy v%d)", digest, st.version)
+        shown = settings_view(s)
+    return shown
+
+
+def set_mode(env: Env, enforce: bool, stop_on_revoke: bool) -> TrustSettingsView:
+    with write(env) as u:
+        s = u.s
+        st = _bump(u)
+        st.mode = "ENFORCE" if enforce else "WARN"
+        st.stop_running_on_revoke = stop_on_revoke
+        s.flush()
+        log.info("trust: mode %s (policy v%d)", st.mode, st.version)
+        return settings_view(s)
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+
+def envelopes(s: Session, image_name: str) -> list[str]:
+    return list(
+        s.execute(
+            select(ImageSignature.envelope)
+            .where(ImageSignature.image == image_name)
+            .order_by(ImageSignature.id)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def delete_signatures(s: Session, image_name: str) -> None:
+    s.execute(delete(ImageSignature).where(ImageSignature.image == image_name))
+
+
+def _verdict(env: Env, s: Session, img: Image, envs: Sequence[str]) -> signing.Verdict:
+    return signing.verify(policy(s), image_spec(img), envs, env.clock())
+
+
+def _entry(
+    env: Env,
+    img: Image,
+    verdict: signing.Verdict,
+    action: str,
+    envs: Sequence[str],
+    workspace_id: str = "",
+) -> Audit:
+    kid = verdict.key_id or next(iter(signers(envs)), "")
+    return Audit(
+        at=env.clock(),
+        source="service",
+        action=action,
+        image=img.name,
+        digest=",".join(image_spec(img).digests()),
+        key_id=kid,
+        policy_version=verdict.policy_version,
+        verdict=verdict.word,
+        reason=verdict.reason,
+        workspace_id=workspace_id,
+    )
+
+
+def _record_surviving(env: Env, s: Session, rows: list[Audit]) -> None:
+    """Add ``rows`` to ``s``; should its transaction roll back (a refused create),
+    write them again in a transaction of their own: every decision is recorded."""
+    for r in rows:
+        s.add(r)
+    done = [False]
+    # The rows' values, readable after the rollback expires them.
+    snapshot = [{c: getattr(r, c) for c in AUDIT_FIELDS} for r in rows]
+
+    def after_rollback(_session: Session) -> None:
+        if done[0]:
+            return
+        done[0] = True
+        try:
+            with env.store.write() as w:
+                for values in snapshot:
+                    w.add(Audit(**values))
+        except Exception:
+            log.exception("cannot record the audit of a refused operation")
+
+    def after_commit(_session: Session) -> None:
+        done[0] = True
+
+    event.listen(s, "after_rollback", after_rollback)
+    event.listen(s, "after_commit", after_commit)
+
+
+def _status(image_name: str, envs: Sequence[str], v: signing.Verdict) -> SignatureStatus:
+    return SignatureStatus(
+        image=image_name,
+        envelopes=tuple(envs),
+        trusted=v.trusted,
+        reason=v.reason,
+        key_id=v.key_id,
+        policy_version=v.policy_version,
+    )
+
+
+def signatures(env: Env, image_name: str) -> SignatureStatus:
+    with env.store.read() as s:
+        img = s.get(Image, image_name)
+        if img is None:
+            raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        envs = envelopes(s, image_name)
+        return _status(image_name, envs, _verdict(env, s, img, envs))
+
+
+def _signed_key_ids(envelope: str, what: str) -> tuple[object, list[str]]:
+    """(the signed statement, the key ids) of a DSSE envelope, or InvalidArgument."""
+    try:
+        env = json.loads(envelope)
+        if env.get("payloadType") != signing.PAYLOAD_TYPE:
+            raise InvalidArgument(
+                f"{what}: payload type {env.get('payloadType')!r} is not {signing.PAYLOAD_TYPE}"
+            )
+        payload = base64.b64decode(env["payload"], validate=True)
+        signed = json.loads(payload)
+        kids = [str(x["keyid"]) for x in env["signatures"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise InvalidArgument(f"{what}: not a DSSE envelope: {exc}") from exc
+    if not kids:
+        raise InvalidArgument(f"{what}: the envelope carries no signature")
+    return signed, kids
+
+
+def add_signature(env: Env, owner: str, image_name: str, envelope: str) -> SignatureStatus:
+    """Attach ``envelope`` to the image after checking it against the image's manifest
+    and the policy: refused if it is malformed, covers another manifest, or (under
+    enforce) is not by a trusted key; under warn an untrusted one is kept and audited."""
+    if len(envelope.encode()) > MAX_ENVELOPE_BYTES:
+        raise InvalidArgument(f"the envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
+    with env.store.write() as s:
+        img = s.get(Image, image_name)
+        if img is None:
+            raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        what = f"signature for image {image_name}"
+        signed, kids = _signed_key_ids(envelope, what)
+        if signed != signing.statement(image_spec(img)):
+            raise InvalidArgument(
+                f"{what}: it covers another manifest than the image's (was the image "
+                "re-imported, or signed under another name?)"
+            )
+        have = envelopes(s, image_name)
+        v = _verdict(env, s, img, [envelope])
+        entry = _entry(env, img, v, "sign", [envelope])
+        known = [k for k in map(policy(s).key, kids) if k is not None and not k.revoked]
+        problem = "" if v.allowed else v.reason
+        if known and "does not verify" in v.reason:
+            # Signed in the name of a key the site trusts, but not by it: refused in any mode.
+            problem = v.reason
+        if problem:
+            _record_surviving(env, s, [entry])
+            raise PermissionDenied(f"{what} refused: {problem}")
+        if envelope not in have:
+            if len(have) >= MAX_SIGNATURES:
+                raise ResourceExhausted(f"image {image_name} already has {len(have)} signatures")
+            s.add(
+                ImageSignature(
+                    image=image_name, envelope=envelope, key_id=kids[0], added_at=env.clock()
+                )
+            )
+        s.add(entry)
+        s.flush()
+        envs = envelopes(s, image_name)
+        total = _verdict(env, s, img, envs)
+        log.info(
+            "image %s: signature by %s added by %s (%s: %s)",
+            image_name,
+            kids[0][:16],
+            owner,
+            v.word,
+            v.reason,
+        )
+        return _status(image_name, envs, total)
+
+
+# -- launches and the audit ------------------------------------------------------------------
+
+
+def check_launch(
+    env: Env,
+    s: Session,
+    owner: str,
+    image_row: Image,
+    action: str = "create",
+    workspace_id: str = "",
+) -> signing.Verdict:
+    """The policy's verdict on launching ``image_row``; recorded in the audit. Under
+    enforce an untrusted image raises PermissionDenied (naming image and reason)."""
+    envs = envelopes(s, image_row.name)
+    v = _verdict(env, s, image_row, envs)
+    _record_surviving(env, s, [_entry(env, image_row, v, action, envs, workspace_id)])
+    if not v.allowed:
+        log.warning(
+            "%s by %s refused: image %s is not trusted: %s (policy v%d)",
+            action,
+            owner,
+            image_row.name,
+            v.reason,
+            v.policy_version,
+        )
+        raise PermissionDenied(
+            f"image {image_row.name} is not trusted: {v.reason} (the site's trust policy "
+            f"v{v.policy_version} enforces signatures; `ws image verify {image_row.name}`)"
+        )
+    if not v.trusted:
+        log.warning(
+            "%s by %s of untrusted image %s allowed (warn mode): %s",
+            action,
+            owner,
+            image_row.name,
+            v.reason,
+        )
+    return v
+
+
+def record_audit(env: Env, s: Session, records: Iterable[AuditRecord]) -> None:
+    """Record decisions (e.g. an agent's, reported with its status) in ``s``."""
+    rows = [
+        Audit(
+            at=r.at or env.clock(),
+            source=r.where or "service",
+            action=r.action,
+            image=r.image,
+            digest=r.digest,
+            key_id=r.key_id,
+            policy_version=r.policy_version,
+            verdict=r.verdict,
+            reason=r.reason[:2048],
+            workspace_id=r.workspace_id,
+        )
+        for r in records
+    ]
+    if rows:
+        _record_surviving(env, s, rows)
+
+
+def list_audit(env: Env, limit: int = 0, image: str = "") -> list[AuditRecord]:
+    if limit < 0:
+        raise InvalidArgument("limit must not be negative")
+    limit = min(limit or DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT)
+    with env.store.read() as s:
+        q = select(Audit).order_by(Audit.id.desc()).limit(limit)
+        if image:
+            q = q.where(Audit.image == image)
+        return [audit_record(r) for r in s.execute(q).scalars().all()]

@@ -1,0 +1,103 @@
+"""The unit of work of an operation: one store transaction and the events it causes.
+
+An operation opens ``write(env)``, changes rows through ``u.s`` and names what it
+changed (``u.changed(rows)``, ``u.nodes(names)``). When the block ends the changed
+workspaces are read back as views inside the transaction (one NIC query for all),
+the transaction commits, and only then are the events published: watchers see the
+views, the nodes' assignment streams wake, the queue wakes if capacity was freed.
+A failed operation publishes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from workspace.config import ServiceConfig
+from workspace.domain.model import WorkspaceView
+from workspace.domain.states import State
+from workspace.ops.events import Notifier
+from workspace.store import Store, Workspace
+from workspace.store.mapping import workspace_views
+
+
+@dataclass(frozen=True)
+class Env:
+    """What every operation runs against."""
+
+    cfg: ServiceConfig
+    store: Store
+    notifier: Notifier
+    clock: Callable[[], float] = time.time
+    # The site's image trust policy applies: checked at create, sent with every node's
+    # orders, nodes' decisions audited (False: none of it, e.g. unit tests of other things).
+    check_trust: bool = False
+    # When the service started: nodes get a grace period after it (ops/liveness.py).
+    started_at: float = 0.0
+
+    @classmethod
+    def of(
+        cls,
+        cfg: ServiceConfig,
+        store: Store,
+        notifier: Notifier,
+        clock: Callable[[], float] = time.time,
+        check_trust: bool = False,
+    ) -> Env:
+        return cls(cfg, store, notifier, clock, check_trust, clock())
+
+
+class UnitOfWork:
+    """One write transaction (``s``) and what to publish after it commits."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        self._rows: dict[str, Workspace] = {}
+        self._nodes: set[str] = set()
+        self._capacity = False
+        self.views: dict[str, WorkspaceView] = {}
+
+    def changed(self, *rows: Workspace) -> None:
+        for w in rows:
+            self._rows[w.id] = w
+
+    def changed_clusters(self) -> set[str]:
+        """The clusters of the changed workspaces (their state may follow)."""
+        return {w.cluster for w in self._rows.values() if w.cluster}
+
+    def nodes(self, *names: str) -> None:
+        self._nodes.update(n for n in names if n)
+
+    def capacity(self) -> None:
+        """Capacity appeared (a node came or came back): wake the queue."""
+        self._capacity = True
+
+    def view(self, wid: str) -> WorkspaceView:
+        return self.views[wid]
+
+    def seal(self) -> None:
+        """Read the changed workspaces back as views (still inside the transaction)."""
+        self.views = {v.id: v for v in workspace_views(self.s, list(self._rows.values()))}
+
+    def publish(self, notifier: Notifier) -> None:
+        freed = self._capacity
+        for v in self.views.values():
+            notifier.workspace_changed(v)
+            freed = freed or v.state is State.TERMINATED
+        notifier.node_changed(*sorted(self._nodes))
+        if freed:
+            notifier.capacity_changed()
+
+
+@contextmanager
+def write(env: Env) -> Iterator[UnitOfWork]:
+    """A unit of work: commit, then publish its events (nothing if it raised)."""
+    with env.store.write() as s:
+        u = UnitOfWork(s)
+        yield u
+        u.seal()
+    u.publish(env.notifier)

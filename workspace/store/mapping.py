@@ -1,0 +1,239 @@
+"""Rows ⇄ domain objects: the one place that reads and writes the JSON columns.
+
+A workspace's ``image_spec`` is an ``ImageSpec.to_dict``; an image's ``partitions`` are
+``Partition.to_dict``s; a cluster's ``spec`` are ``MemberSpec.to_dict``s. NICs are
+built here, once, from the allocation rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from images.model import ImageSpec, Partition
+from workspace import ipam
+from workspace.domain.model import (
+    CacheRecord,
+    ClusterView,
+    MemberSpec,
+    NetworkInfo,
+    Nic,
+    NodeStatus,
+    WorkspaceView,
+)
+from workspace.domain.states import ClusterState, Desired, FailurePolicy, NodeState, State
+from workspace.scheduler.model import Affinity
+from workspace.store.models import Cluster, Image, IpAllocation, Network, Node, Workspace
+
+# What the API shows before the reason a request waits for capacity.
+WAITING = "waiting for capacity: "
+# Column text → enum by table (a lookup per row of every list).
+STATES = {s.value: s for s in State}
+DESIRED = {d.value: d for d in Desired}
+
+
+# -- images and a workspace's copy of one ----------------------------------------------------
+
+
+def image_spec(img: Image) -> ImageSpec:
+    """The image row as the ImageSpec a signature covers and a workspace binds to."""
+    return ImageSpec(
+        img.name,
+        tuple(Partition.from_dict(p) for p in img.partitions or ()),
+        img.kernel_digest,
+        img.initrd_digest,
+        img.cmdline,
+    )
+
+
+def partitions_column(parts: Iterable[Partition]) -> list[dict[str, object]]:
+    """The stored form of partitions (an image row's ``partitions``)."""
+    return [p.to_dict() for p in parts]
+
+
+def bound_spec(ws: Workspace) -> ImageSpec:
+    """The image a workspace was made from, as it was at create (the bound order)."""
+    return ImageSpec.from_dict(ws.image_spec or {}, ws.image)
+
+
+def bind_spec(ws: Workspace, spec: ImageSpec) -> None:
+    ws.image_spec = spec.to_dict()
+
+
+# -- queue state -----------------------------------------------------------------------------
+
+
+def set_waiting(ws: Workspace, why: str, deadline: float | None = None) -> None:
+    """The workspace waits for capacity because ``why``."""
+    ws.wait_reason = why
+    ws.reason = ""
+    if deadline is not None:
+        ws.wait_deadline = deadline
+
+
+def set_reason(ws: Workspace, reason: str) -> None:
+    """The reason the API shows; the workspace no longer waits for capacity."""
+    ws.reason = reason
+    ws.wait_reason = ""
+
+
+def shown_reason(ws: Workspace) -> str:
+    return WAITING + ws.wait_reason if ws.wait_reason else ws.reason
+
+
+# -- workspaces ------------------------------------------------------------------------------
+
+
+def nics(s: Session, ids: Sequence[str]) -> dict[str, tuple[Nic, ...]]:
+    """The NICs of these workspaces (every id is a key), in NIC order: one query, plain
+    columns (this runs for every list, event and order set)."""
+    found: dict[str, list[Nic]] = {i: [] for i in ids}
+    if not ids:
+        return {}
+    q = (
+        select(
+            IpAllocation.workspace_id,
+            IpAllocation.ip,
+            IpAllocation.mac,
+            Network.name,
+            Network.gateway,
+            Network.bridge,
+            Network.subnet,
+            Network.dns,
+        )
+        .join(Network, Network.name == IpAllocation.network)
+        .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
+    )
+    # Large lists read every allocation once instead of binding thousands of ids
+    # (SQLite caps the number of bound parameters).
+    if len(ids) <= 500:
+        q = q.where(IpAllocation.workspace_id.in_(ids))
+    prefix: dict[str, int] = {}
+    dns: dict[str, tuple[str, ...]] = {}
+    for wid, ip, mac, net, gateway, bridge, subnet, servers in s.execute(q):
+        out = found.get(wid)
+        if out is None:
+            continue
+        if net not in prefix:
+            prefix[net] = ipam.prefix_len(subnet)
+            dns[net] = tuple(servers or ())
+        out.append(Nic(net, ip, mac, prefix[net], gateway, bridge, subnet, dns[net]))
+    return {wid: tuple(v) for wid, v in found.items()}
+
+
+def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
+    return WorkspaceView(
+        id=ws.id,
+        name=ws.name,
+        owner=ws.owner,
+        image=ws.image,
+        cpus=ws.cpus,
+        memory_mib=ws.memory_mib,
+        nics=nics_of,
+        node=ws.node,
+        state=STATES[ws.state],
+        desired=DESIRED[ws.desired_state],
+        reason=shown_reason(ws),
+        request_id=ws.request_id,
+        created_at=ws.created_at,
+        updated_at=ws.updated_at,
+        reboot_count=ws.reboot_count or 0,
+        cluster=ws.cluster or "",
+        role=ws.role or "",
+        waiting=bool(ws.wait_reason),
+    )
+
+
+def workspace_views(s: Session, rows: Sequence[Workspace]) -> list[WorkspaceView]:
+    by_id = nics(s, [w.id for w in rows])
+    return [workspace_view(w, by_id[w.id]) for w in rows]
+
+
+# -- clusters, nodes, networks ---------------------------------------------------------------
+
+
+def member_specs(c: Cluster) -> tuple[MemberSpec, ...]:
+    return tuple(MemberSpec.from_dict(m) for m in c.spec or ())
+
+
+def spec_column(members: Iterable[MemberSpec]) -> list[dict[str, object]]:
+    """The stored form of a cluster's members (its ``spec`` column)."""
+    return [m.to_dict() for m in members]
+
+
+def cluster_view(c: Cluster, members: Sequence[WorkspaceView]) -> ClusterView:
+    return ClusterView(
+        id=c.id,
+        name=c.name,
+        owner=c.owner,
+        state=ClusterState(c.state),
+        reason=c.reason,
+        members=tuple(members),
+        affinity=Affinity[c.affinity],
+        on_failure=FailurePolicy(c.on_failure),
+        request_id=c.request_id,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+        spec=member_specs(c),
+    )
+
+
+def node_state(n: Node) -> NodeState:
+    return NodeState(n.state)
+
+
+def node_status(n: Node, workspaces: int) -> NodeStatus:
+    return NodeStatus(
+        name=n.name,
+        hypervisor=n.hypervisor,
+        cpus=n.cpus,
+        memory_mib=n.memory_mib,
+        disk_gib=n.disk_gib,
+        used_cpus=n.used_cpus,
+        used_memory_mib=n.used_memory_mib,
+        state=node_state(n),
+        last_heartbeat=n.last_heartbeat,
+        labels=dict(n.labels or {}),
+        networks=tuple(n.networks or ()),
+        workspaces=workspaces,
+    )
+
+
+def cache_records(n: Node) -> list[CacheRecord]:
+    return [
+        CacheRecord(
+            digest=str(e["digest"]),
+            size_bytes=int(e.get("size_bytes", 0)),
+            last_used=float(e.get("last_used", 0)),
+            pinned=bool(e.get("pinned", False)),
+        )
+        for e in n.cache or ()
+    ]
+
+
+def cache_column(entries: Iterable[CacheRecord]) -> list[dict[str, object]]:
+    return [
+        {
+            "digest": e.digest,
+            "size_bytes": e.size_bytes,
+            "last_used": e.last_used,
+            "pinned": e.pinned,
+        }
+        for e in entries
+    ]
+
+
+def network_info(n: Network, allocated: int) -> NetworkInfo:
+    return NetworkInfo(
+        name=n.name,
+        subnet=n.subnet,
+        gateway=n.gateway,
+        range_start=n.range_start,
+        range_end=n.range_end,
+        bridge=n.bridge,
+        mac_prefix=n.mac_prefix,
+        dns=tuple(n.dns or ()),
+        allocated=allocated,
+    )
