@@ -1,0 +1,132 @@
+"""The site PKI: identities carried in certificates, issuing, revoking, the CRL."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from workspace import identity, pki
+from workspace.errors import AlreadyExists, NotFound, PermissionDenied
+from workspace.identity import Identity, Kind
+
+
+def test_identity_round_trips_through_its_uris() -> None:
+    alice = Identity(Kind.USER, "alice", admin=True, projects=("bio", "phys"))
+    assert alice.uris() == [
+        "workspace://user/alice",
+        "workspace://role/admin",
+        "workspace://project/bio",
+        "workspace://project/phys",
+    ]
+    assert identity.from_uris(alice.uris()) == alice
+    assert identity.from_uris(["workspace://node/n1"]).principal == "node:n1"
+
+
+@pytest.mark.parametrize(
+    ("uris", "why"),
+    [
+        ([], "names no workspace identity"),
+        (["https://example.org/alice"], "names no workspace identity"),
+        (["workspace://user/alice", "workspace://user/bob"], "more than one"),
+        (["workspace://user/alice", "workspace://node/n1"], "more than one"),
+        (["workspace://node/n1", "workspace://role/admin"], "carries roles"),
+        (["workspace://user/Alice"], "not a valid user name"),
+        (["workspace://user/alice\n"], "not a valid user name"),
+        (["workspace://user/"], "not a valid user name"),
+    ],
+)
+def test_certificates_without_one_clear_identity_are_refused(uris: list[str], why: str) -> None:
+    with pytest.raises(PermissionDenied, match=why):
+        identity.from_uris(uris)
+
+
+def test_a_certificate_with_only_a_common_name_is_refused(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(PermissionDenied, match="names no workspace identity"):
+        identity.from_pem(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_issue_writes_an_identity_directory_with_private_key_files(tmp_path: Path) -> None:
+    ca = pki.init(tmp_path / "ca")
+    assert _mode(tmp_path / "ca") == 0o700 and _mode(tmp_path / "ca" / "ca.key") == 0o600
+    who = Identity(Kind.USER, "alice", projects=("phys",))
+    row = ca.issue(who, tmp_path / "alice")
+    assert _mode(tmp_path / "alice") == 0o700
+    assert _mode(tmp_path / "alice" / "key.pem") == 0o600
+    got = pki.identity_of_dir(tmp_path / "alice")
+    assert got == Identity(Kind.USER, "alice", projects=("phys",), serial=row.serial)
+    cert = x509.load_pem_x509_certificate((tmp_path / "alice" / "cert.pem").read_bytes())
+    ca_cert = x509.load_pem_x509_certificate((tmp_path / "alice" / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca_cert)
+    with pytest.raises(AlreadyExists):
+        ca.issue(who, tmp_path / "alice")
+    with pytest.raises(AlreadyExists):
+        pki.init(tmp_path / "ca")
+
+
+def test_service_certificates_name_their_hosts(tmp_path: Path) -> None:
+    ca = pki.init(tmp_path / "ca")
+    ca.issue(
+        Identity(Kind.SERVICE, "ws.example.org"), tmp_path / "svc", ["ws.example.org", "10.0.0.5"]
+    )
+    cert = x509.load_pem_x509_certificate((tmp_path / "svc" / "cert.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["ws.example.org"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+
+
+def test_revoke_by_name_or_serial_publishes_a_crl_read_without_restart(tmp_path: Path) -> None:
+    ca = pki.init(tmp_path / "ca")
+    a = ca.issue(Identity(Kind.USER, "alice"), tmp_path / "alice")
+    b = ca.issue(Identity(Kind.NODE, "n1"), tmp_path / "n1")
+    crl = pki.Revocations(str(tmp_path / "ca" / "crl.pem"), str(tmp_path / "ca" / "ca.pem"))
+    assert crl.serials() == frozenset()
+    assert [r.name for r in ca.revoke("alice")] == ["alice"]
+    assert crl.is_revoked(a.serial) and not crl.is_revoked(b.serial)
+    ca.revoke(hex(b.serial))
+    assert crl.serials() == {a.serial, b.serial}
+    with pytest.raises(NotFound):
+        ca.revoke("nobody")
+
+
+def test_a_crl_not_signed_by_the_site_ca_is_refused(tmp_path: Path) -> None:
+    ca = pki.init(tmp_path / "ca")
+    a = ca.issue(Identity(Kind.USER, "alice"), tmp_path / "alice")
+    other = pki.init(tmp_path / "other")
+    crl = pki.Revocations(str(tmp_path / "ca" / "crl.pem"), str(tmp_path / "ca" / "ca.pem"))
+    assert crl.serials() == frozenset()
+    other.publish_crl([a.serial])
+    os.replace(tmp_path / "other" / "crl.pem", tmp_path / "ca" / "crl.pem")
+    assert not crl.is_revoked(a.serial)
+    assert "does not verify" in crl.error
+
+
+def test_an_identity_directory_must_be_complete(tmp_path: Path) -> None:
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "cert.pem").write_text("x")
+    with pytest.raises(NotFound, match=r"missing ca\.pem, key\.pem"):
+        pki.load_identity_dir(tmp_path / "half")

@@ -1,0 +1,118 @@
+"""Who is calling: identities carried in certificates of the site's CA.
+
+An identity is named explicitly in the certificate's subjectAltName as URIs, never
+guessed from the common name:
+
+    workspace://user/alice        a user (exactly one of user/node/service per certificate)
+    workspace://node/n1           a node agent, acting only for node n1
+    workspace://service/HOST      the service (the certificate the service presents)
+    workspace://role/admin        on a user certificate: the user is a site admin
+    workspace://project/physics   on a user certificate: a project the user belongs to
+
+A certificate without exactly one kind URI is refused. This module knows no gRPC; the
+edges read the peer certificate and call ``from_certificate``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from workspace.errors import PermissionDenied
+
+SCHEME = "workspace"
+ADMIN_ROLE = "admin"
+# Names in identities: users, nodes, projects (a node name is also a DNS label).
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+
+
+class Kind(enum.StrEnum):
+    USER = "user"
+    NODE = "node"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: Kind
+    name: str
+    admin: bool = False
+    projects: tuple[str, ...] = ()
+    serial: int = 0  # the certificate's serial number (0: not from a certificate)
+
+    @property
+    def principal(self) -> str:
+        """``user:alice``, ``node:n1``, ``service:HOST``: how logs and audits name it."""
+        return f"{self.kind.value}:{self.name}"
+
+    @property
+    def is_user(self) -> bool:
+        return self.kind is Kind.USER
+
+    @property
+    def is_node(self) -> bool:
+        return self.kind is Kind.NODE
+
+    def uris(self) -> list[str]:
+        """The subjectAltName URIs that carry this identity."""
+        out = [f"{SCHEME}://{self.kind.value}/{self.name}"]
+        if self.admin:
+            out.append(f"{SCHEME}://role/{ADMIN_ROLE}")
+        out += [f"{SCHEME}://project/{p}" for p in self.projects]
+        return out
+
+
+def check_name(kind: Kind | str, name: str) -> str:
+    """``name`` unchanged if it may name an identity of ``kind``, else PermissionDenied."""
+    pattern = HOST_RE if Kind(kind) is Kind.SERVICE else NAME_RE
+    if not pattern.fullmatch(name):
+        raise PermissionDenied(
+            f"{name!r} is not a valid {Kind(kind).value} name "
+            "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+        )
+    return name
+
+
+def from_uris(uris: list[str], serial: int = 0) -> Identity:
+    """The identity named by these subjectAltName URIs (PermissionDenied if none or several)."""
+    kinds: list[tuple[Kind, str]] = []
+    admin = False
+    projects: list[str] = []
+    prefix = f"{SCHEME}://"
+    for uri in uris:
+        if not uri.startswith(prefix):
+            continue
+        what, _, name = uri[len(prefix) :].partition("/")
+        if what in Kind.__members__.values():
+            kinds.append((Kind(what), check_name(what, name)))
+        elif what == "role" and name == ADMIN_ROLE:
+            admin = True
+        elif what == "project":
+            projects.append(check_name(Kind.USER, name))
+    if len(kinds) != 1:
+        raise PermissionDenied(
+            "the certificate names no workspace identity"
+            if not kinds
+            else "the certificate names more than one workspace identity"
+        )
+    kind, name = kinds[0]
+    if kind is not Kind.USER and (admin or projects):
+        raise PermissionDenied(f"a {kind.value} certificate carries roles or projects")
+    return Identity(kind, name, admin, tuple(sorted(set(projects))), serial)
+
+
+def from_certificate(cert: x509.Certificate) -> Identity:
+    """The identity a certificate carries in its subjectAltName URIs."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise PermissionDenied("the certificate names no workspace identity") from exc
+    return from_uris(san.get_values_for_type(x509.UniformResourceIdentifier), cert.serial_number)
+
+
+def from_pem(pem: bytes) -> Identity:
+    return from_certificate(x509.load_pem_x509_certificate(pem))

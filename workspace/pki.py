@@ -1,0 +1,345 @@
+"""The site's PKI: a CA, identity directories for users, nodes and the service, and a CRL.
+
+Layout of a CA directory (0700; keys 0600)::
+
+    ca.pem  ca.key          the site CA (ECDSA P-256, self-signed)
+    crl.pem                 the certificate revocation list, re-signed at every revoke
+    issued.json             what was issued: serial → kind, name, not_after, revoked
+
+An identity directory (``ws-admin pki issue … --out DIR``) holds ``ca.pem`` (to check
+the other side), ``cert.pem`` and ``key.pem``. The identity itself is carried in the
+certificate's subjectAltName URIs (``workspace/identity.py``).
+
+Nothing here talks to the network or to the service: the CA can live on an offline
+host, and ``crl.pem`` is copied to where the service and agents read it
+(``[tls] crl_file``); they reload it when it changes, without a restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from workspace.identity import Identity, Kind, check_name, from_pem
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca.key"
+CRL = "crl.pem"
+INDEX = "issued.json"
+CERT = "cert.pem"
+KEY = "key.pem"
+CA_DAYS = 3650
+CERT_DAYS = 365
+CRL_DAYS = 30
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the start, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@dataclass(frozen=True)
+class Issued:
+    serial: int
+    kind: str
+    name: str
+    not_after: str
+    revoked: bool = False
+
+
+class CA:
+    """A CA directory made by ``init``."""
+
+    def __init__(self, ca_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(ca_dir)
+        if not (self.dir / CA_CERT).exists() or not (self.dir / CA_KEY).exists():
+            raise NotFound(f"no site CA in {self.dir}; make one with `ws-admin pki init`")
+        self.cert = x509.load_pem_x509_certificate((self.dir / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((self.dir / CA_KEY).read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise FailedPrecondition(f"{self.dir / CA_KEY} is not an EC private key")
+        self.key = key
+        self._lock = threading.Lock()
+
+    # -- the index of what was issued ---------------------------------------------------------
+
+    def issued(self) -> list[Issued]:
+        path = self.dir / INDEX
+        if not path.exists():
+            return []
+        return [Issued(**row) for row in json.loads(path.read_text())]
+
+    def _save(self, rows: Iterable[Issued]) -> None:
+        data = [r.__dict__ for r in sorted(rows, key=lambda r: r.serial)]
+        _write_private(self.dir / INDEX, json.dumps(data, indent=1).encode())
+
+    # -- issuing ------------------------------------------------------------------------------
+
+    def issue(
+        self,
+        identity: Identity,
+        out_dir: str | os.PathLike[str],
+        hosts: Iterable[str] = (),
+        days: int = CERT_DAYS,
+    ) -> Issued:
+        """Write an identity directory (ca.pem, cert.pem, key.pem) for ``identity``.
+
+        ``hosts`` are the DNS names and addresses a service (or a node serving peers)
+        is reached at; they go into the certificate as DNS/IP subjectAltNames.
+        """
+        check_name(identity.kind, identity.name)
+        out = _private_dir(Path(out_dir))
+        if (out / KEY).exists():
+            raise AlreadyExists(f"{out} already holds an identity; choose another --out")
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        serial = x509.random_serial_number()
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in identity.uris()]
+        for h in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.principal)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        _write_private(out / KEY, _key_pem(key))
+        (out / CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (out / CA_CERT).write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        row = Issued(
+            serial, identity.kind.value, identity.name, cert.not_valid_after_utc.isoformat()
+        )
+        with self._lock:
+            self._save([*self.issued(), row])
+        return row
+
+    # -- revoking -----------------------------------------------------------------------------
+
+    def revoke(self, ref: str) -> list[Issued]:
+        """Revoke every certificate of name ``ref`` (or the one with serial ``ref``,
+        decimal or 0x-hex) and publish a new CRL. Returns what was revoked."""
+        with self._lock:
+            rows = self.issued()
+            hit = [r for r in rows if r.name == ref or _serial_matches(ref, r.serial)]
+            if not hit:
+                raise NotFound(f"no certificate named {ref!r} or with that serial was issued here")
+            serials = {r.serial for r in hit}
+            rows = [
+                Issued(r.serial, r.kind, r.name, r.not_after, True) if r.serial in serials else r
+                for r in rows
+            ]
+            self._save(rows)
+            self.publish_crl(r.serial for r in rows if r.revoked)
+        return [r for r in rows if r.serial in serials]
+
+    def publish_crl(self, serials: Iterable[int] | None = None) -> Path:
+        """Sign and write crl.pem listing ``serials`` (default: every revoked one)."""
+        if serials is None:
+            serials = [r.serial for r in self.issued() if r.revoked]
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now)
+            .next_update(now + datetime.timedelta(days=CRL_DAYS))
+        )
+        for serial in sorted(set(serials)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+            )
+        crl = builder.sign(self.key, hashes.SHA256())
+        path = self.dir / CRL
+        tmp = path.with_name(f".{CRL}.tmp")
+        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        os.replace(tmp, path)
+        return path
+
+
+def _serial_matches(ref: str, serial: int) -> bool:
+    try:
+        return int(ref, 0) == serial
+    except ValueError:
+        return False
+
+
+def init(ca_dir: str | os.PathLike[str], name: str = "workspace site CA") -> CA:
+    """Make a new site CA in ``ca_dir`` (refuses to overwrite one)."""
+    d = _private_dir(Path(ca_dir))
+    if (d / CA_KEY).exists():
+        raise AlreadyExists(f"{d} already holds a CA")
+    if not name.strip():
+        raise InvalidArgument("the CA needs a name")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(d / CA_KEY, _key_pem(key))
+    (d / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    ca = CA(d)
+    ca.publish_crl([])
+    return ca
+
+
+class Revocations:
+    """The serials a CRL file revokes, re-read whenever the file changes (no restart).
+
+    The CRL's signature is checked against the CA certificate; a CRL that does not
+    verify is refused (the previous list stays in force and the error is reported).
+    """
+
+    def __init__(self, crl_file: str, ca_file: str) -> None:
+        self.crl_file = crl_file
+        self.ca = x509.load_pem_x509_certificate(Path(ca_file).read_bytes()) if ca_file else None
+        self._stamp: tuple[int, int] | None = None
+        self._serials: frozenset[int] = frozenset()
+        self._lock = threading.Lock()
+        self.error = ""
+
+    def serials(self) -> frozenset[int]:
+        if not self.crl_file:
+            return frozenset()
+        try:
+            st = os.stat(self.crl_file)
+        except FileNotFoundError:
+            self.error = f"CRL {self.crl_file} is missing"
+            return self._serials
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    self._load(stamp)
+        return self._serials
+
+    def _load(self, stamp: tuple[int, int]) -> None:
+        try:
+            crl = x509.load_pem_x509_crl(Path(self.crl_file).read_bytes())
+            if self.ca is not None and not crl.is_signature_valid(self.ca.public_key()):  # type: ignore[arg-type]
+                raise ValueError("its signature does not verify against the site CA")
+        except (OSError, ValueError) as exc:
+            self.error = f"CRL {self.crl_file} refused: {exc}"
+            return
+        self._serials = frozenset(r.serial_number for r in crl)
+        self._stamp = stamp
+        self.error = ""
+
+    def is_revoked(self, serial: int) -> bool:
+        return serial in self.serials()
+
+
+def load_identity_dir(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """(ca.pem, cert.pem, key.pem) of an identity directory, checked to exist."""
+    d = Path(path).expanduser()
+    files = (d / CA_CERT, d / CERT, d / KEY)
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise NotFound(
+            f"{d} is not an identity directory (missing {', '.join(missing)}); "
+            "make one with `ws-admin pki issue`"
+        )
+    return files
+
+
+def identity_of_dir(path: str | os.PathLike[str]) -> Identity:
+    return from_pem(load_identity_dir(path)[1].read_bytes())
+
+
+__all__ = [
+    "CA",
+    "Identity",
+    "Issued",
+    "Kind",
+    "Revocations",
+    "identity_of_dir",
+    "init",
+    "load_identity_dir",
+]
