@@ -10,6 +10,8 @@ from workspace.store.models import (
     IpAllocation,
     Network,
     Node,
+    Project,
+    ProjectMember,
     Workspace,
 )
 
@@ -22,6 +24,8 @@ __all__ = [
     "IpAllocation",
     "Network",
     "Node",
+    "Project",
+    "ProjectMember",
     "Store",
     "Workspace",
 ]

@@ -100,6 +100,9 @@ class Image(Base):
 
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
+    # The project the image belongs to ("" = none: a site image); private to it unless public.
+    project: Mapped[str] = mapped_column(String(64), default="")
+    public: Mapped[bool] = mapped_column(default=False)
     # [{"name","digest","size_bytes","format","mode","virtual_size_bytes","ext4"}]; mode is
     # the enum name (COW, READONLY, BLANK); size_bytes is the blob's size (blank: the
     # virtual size); rows from before virtual_size_bytes and ext4 existed lack them.
@@ -122,6 +125,12 @@ class Workspace(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
     owner: Mapped[str] = mapped_column(String(255))
+    # The project the workspace is charged to ("" = none).
+    project: Mapped[str] = mapped_column(String(64), default="")
+    # Lease: stopped (or destroyed, per project policy) at this time; 0 = no lease.
+    lease_expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    # The expiry warning was sent for the current lease_expires_at.
+    lease_warned: Mapped[bool] = mapped_column(default=False)
     request_id: Mapped[str] = mapped_column(String(128))
     # sha256 of the create parameters, to refuse a reused request id with other parameters
     request_hash: Mapped[str] = mapped_column(String(64))
@@ -164,6 +173,7 @@ class Cluster(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(40))
     owner: Mapped[str] = mapped_column(String(255))
+    project: Mapped[str] = mapped_column(String(64), default="")
     request_id: Mapped[str] = mapped_column(String(128))
     request_hash: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
@@ -251,3 +261,32 @@ class Audit(Base):
     verdict: Mapped[str] = mapped_column(String(8), default="")
     reason: Mapped[str] = mapped_column(String(2048), default="")
     workspace_id: Mapped[str] = mapped_column(String(32), default="")
+
+
+# -- tenancy ---------------------------------------------------------------------------------
+
+
+class Project(Base):
+    """A project: the unit of quotas, lease policy and image sharing. 0 = no limit."""
+
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    quota_instances: Mapped[int] = mapped_column(Integer, default=0)
+    quota_vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    quota_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    quota_disk_gib: Mapped[int] = mapped_column(BigInteger, default=0)
+    quota_image_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Lifetimes of new workspaces (seconds; 0 = none) and what expiry does: STOP | DESTROY.
+    default_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_action: Mapped[str] = mapped_column(String(16), default="STOP")
+    created_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+    __table_args__ = (Index("ix_member_user", "user"),)
+
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
