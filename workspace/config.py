@@ -25,15 +25,22 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Mutual TLS material; all empty means plaintext (loopback / unix sockets only)."""
+    """Mutual TLS material; all empty means plaintext (only with ``insecure = true``).
+
+    Either an identity directory (``ws-admin pki issue … --out DIR``: ca.pem, cert.pem,
+    key.pem) or the three files. ``crl_file`` (the site CA's crl.pem) is re-read whenever
+    it changes: a revoked certificate is refused without a restart.
+    """
 
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    identity_dir: str = ""
+    crl_file: str = ""
 
     @property
     def enabled(self) -> bool:
-        return bool(self.ca_file or self.cert_file or self.key_file)
+        return bool(self.ca_file or self.cert_file or self.key_file or self.identity_dir)
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,10 @@ class ServiceConfig:
     default_stop_timeout_s: int = 60
     console_keep_bytes: int = 256 * 1024
     log_level: str = "INFO"
-    # Default owner for unauthenticated (plaintext) callers.
+    # Without TLS, every caller is the admin user ``default_owner``: allowed only with
+    # insecure = true, and only on loopback or a unix socket (development and tests).
     default_owner: str = "local"
+    insecure: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -173,6 +182,9 @@ class AgentConfig:
     # this host's name, port 0 by the port bound).
     peer_advertise: str = ""
     log_level: str = "INFO"
+    # Plaintext to the service and from peers: only with insecure = true, and only on
+    # loopback or unix sockets (development and tests).
+    insecure: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
     fake: FakeDriverConfig = field(default_factory=FakeDriverConfig)
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)

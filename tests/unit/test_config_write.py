@@ -70,4 +70,6 @@ def test_only_what_differs_from_the_defaults_is_written() -> None:
         "ca_file": "",
         "cert_file": "",
         "key_file": "",
+        "identity_dir": "",
+        "crl_file": "",
     }
