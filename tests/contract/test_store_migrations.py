@@ -394,3 +394,24 @@ def test_a_queued_workspace_keeps_its_wait_reason_in_its_own_field(tmp_path: Pat
         }
     finally:
         store.close()
+
+
+def test_head_read_from_the_files_is_alembics_head() -> None:
+    assert migrations.head() == migrations.script().get_current_head()
+
+
+def test_a_store_at_head_starts_without_loading_alembic(tmp_path: Path) -> None:
+    """Alembic and Mako cost the service ~11 MiB of RSS: only a store that must change
+    loads them."""
+    import subprocess
+    import sys
+
+    Store(f"sqlite:///{tmp_path / 'at-head.db'}").close()
+    code = (
+        "import sys\n"
+        "from workspace.store import Store\n"
+        f"Store('sqlite:///{tmp_path / 'at-head.db'}').close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
