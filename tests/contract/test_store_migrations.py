@@ -344,6 +344,9 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(CommandError, match="9999"):
         Store(f"sqlite:///{path}")
+    # A service starting on it runs the migration in a child process: refused the same way.
+    with pytest.raises(RuntimeError, match=r"store migration failed: .*9999"):
+        Store(f"sqlite:///{path}", migrate_in_child=True)
 
 
 def test_missing_tables_indexes_and_unique_constraints_are_created(tmp_path: Path) -> None:
@@ -401,17 +404,21 @@ def test_head_read_from_the_files_is_alembics_head() -> None:
 
 
 def test_a_store_at_head_starts_without_loading_alembic(tmp_path: Path) -> None:
-    """Alembic and Mako cost the service ~11 MiB of RSS: only a store that must change
-    loads them."""
+    """Alembic and Mako cost the service ~11 MiB of RSS: a store at head does not load
+    them, and the service migrates a store that must change in a child process."""
     import subprocess
     import sys
 
     Store(f"sqlite:///{tmp_path / 'at-head.db'}").close()
+    new = tmp_path / "new.db"
     code = (
         "import sys\n"
         "from workspace.store import Store\n"
         f"Store('sqlite:///{tmp_path / 'at-head.db'}').close()\n"
+        f"Store('sqlite:///{new}', migrate_in_child=True).close()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    # The new store was migrated (by the child) all the same.
+    assert revision(create_engine(f"sqlite:///{new}")) == migrations.head()

@@ -54,7 +54,7 @@ class Service:
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-        self.store = Store(cfg.db_url)
+        self.store = Store(cfg.db_url, migrate_in_child=True)
         self.notifier = Notifier()
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
         self.server = rpc.server(cfg.max_workers)

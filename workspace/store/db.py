@@ -35,7 +35,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, migrate_in_child: bool = False) -> None:
+        """``migrate_in_child``: run a needed schema migration in a child process (the
+        service does, so that it never keeps Alembic in memory); else in this process."""
         self.url = url
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
@@ -46,7 +48,10 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        migrations.upgrade(self.engine)
+        if migrate_in_child:
+            migrations.upgrade_in_child(self.engine)
+        else:
+            migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.write_lock = threading.RLock()
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,6 +103,42 @@ def upgrade(engine: Engine) -> list[str]:
                 conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                 conn.commit()
     return changed
+
+
+def at_head(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        if VERSION_TABLE not in inspect(conn).get_table_names():
+            return False
+        return _version(conn) == head()
+
+
+URL_ENV = "WS_STORE_URL"
+
+
+def upgrade_in_child(engine: Engine) -> None:
+    """``upgrade``, run in a short-lived child process when the database is one another
+    process can open (a file or a server), so that the service never loads Alembic and
+    Mako (about 11 MiB it would keep for its whole life). The URL travels in the
+    environment, not on a command line others can read."""
+    if at_head(engine):
+        return
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        upgrade(engine)
+        return
+    env = {**os.environ, URL_ENV: url.render_as_string(hide_password=False)}
+    done = subprocess.run(
+        [sys.executable, "-m", "workspace.store.migrations", "upgrade", "--url-from-env"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in done.stderr.splitlines():
+        log.info("migration: %s", line)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"store migration failed: {last[0]}")
 
 
 def _version(conn: Connection) -> str | None:

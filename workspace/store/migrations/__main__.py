@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     rev.add_argument("--autogenerate", action="store_true", help="diff the models and head")
     rev.add_argument("--url", default="", help="compare with this database (default: scratch)")
     up = sub.add_parser("upgrade", help="bring a database to head (as the service does)")
-    up.add_argument("--url", required=True)
+    src = up.add_mutually_exclusive_group(required=True)
+    src.add_argument("--url")
+    src.add_argument(
+        "--url-from-env", action="store_true", help=f"the URL is in ${migrations.URL_ENV}"
+    )
     up.add_argument("--sql", action="store_true", help="print the DDL instead (offline)")
     cur = sub.add_parser("current", help="the revision a database is at")
     cur.add_argument("--url", required=True)
@@ -75,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "upgrade" and args.sql:
         command.upgrade(migrations.config(url=args.url), "head", sql=True)
     elif args.cmd == "upgrade":
-        engine = create_engine(args.url)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        url = os.environ[migrations.URL_ENV] if args.url_from_env else args.url
+        engine = create_engine(url)
         try:
             migrations.upgrade(engine)
         finally:
