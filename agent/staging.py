@@ -23,7 +23,7 @@ from agent.backoff import Backoff, Retries
 from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.gate import TrustGate
 from workspace.domain.model import CacheRecord, NodeOrders, Order
-from workspace.errors import ImageError, WorkspaceError
+from workspace.errors import ImageError, Unavailable, WorkspaceError
 
 log = logging.getLogger("agent")
 
@@ -109,6 +109,8 @@ class Staging:
                 ) from exc
             except ImageError as exc:
                 raise ImageError(f"image {order.image or '?'}: {exc.message}") from exc
+            except Unavailable as exc:
+                raise Unavailable(f"image {order.image or '?'}: {exc.message}") from exc
         if set(wanted) - before:
             self.on_cached()  # the service learns at once that this node holds them
         return paths

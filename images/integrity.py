@@ -74,6 +74,8 @@ class Stamps:
     def __init__(self, stamp_dir: Path) -> None:
         self.dir = stamp_dir
         stamp_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in stamp_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)  # a record half-written when a process died
         self._lock = threading.Lock()
         self._memo: dict[str, Stamp | None] = {}
 
