@@ -12,11 +12,16 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agent.audit import AuditSpool
 from agent.cache import BlobCache, BlobCorrupted, Source
+from agent.gate import TrustGate
 from agent.peers import PeerChannels, PeerServer
+from agent.staging import Staging
 from images import integrity
+from images.model import Mode, Partition
 from workspace.config import TlsConfig
-from workspace.errors import FailedPrecondition, NotFound, Unavailable
+from workspace.domain.model import Desired, Disk, Order
+from workspace.errors import FailedPrecondition, ImageError, NotFound, Unavailable
 from workspace.store.blobs import BlobRepository
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -166,6 +171,41 @@ def test_cache_blob_of_an_older_agent_is_hashed_once(tmp_path: Path, hashes: Has
     assert got is not None and got.rehashed and got.intact
     assert BlobCache(tmp_path / "cache").check(DIGEST) == integrity.Check(True, False)
     assert hashes.count == 1
+
+
+def staging(tmp_path: Path) -> tuple[Staging, AuditSpool]:
+    (tmp_path / "state").mkdir()
+    spool = AuditSpool(tmp_path / "state")
+    cache = BlobCache(tmp_path / "cache")
+    stage = Staging(cache, TrustGate("n1", spool), lambda a: served(), served(), 1, lambda: None)
+    return stage, spool
+
+
+def order(wid: str) -> Order:
+    root = Partition("root", Mode.COW, DIGEST, len(DATA), "raw")
+    return Order(wid, wid, wid, Desired.RUNNING, 1, 512, "img:1", (Disk(root),), ())
+
+
+def test_staging_audits_a_rehash_and_refuses_a_corrupted_blob(tmp_path: Path) -> None:
+    stage, spool = staging(tmp_path)
+    try:
+        path = stage.ensure(order("w1"))[DIGEST]  # fetched: hashed while written
+        stage.ensure(order("w2"))  # unchanged: a hit, nothing to audit
+        assert spool.pending() == []
+        touch(path)
+        assert stage.ensure(order("w3")) == {DIGEST: path}
+        (allow,) = spool.pending()
+        assert (allow.action, allow.verdict, allow.workspace_id) == ("cache-hit", "allow", "w3")
+        assert "re-hashed (its mtime_ns, ctime_ns changed): intact" in allow.reason
+        flip(path)
+        with pytest.raises(ImageError, match=r"image img:1: cached blob .* does not match"):
+            stage.ensure(order("w4"))
+        deny = spool.pending()[-1]
+        assert (deny.action, deny.verdict, deny.digest) == ("cache-hit", "deny", DIGEST)
+        assert "does not match its digest (modified on disk" in deny.reason
+        assert stage.ensure(order("w5"))[DIGEST].read_bytes() == DATA  # fetched again
+    finally:
+        stage.close()
 
 
 def test_peer_refuses_to_serve_a_corrupted_blob(tmp_path: Path) -> None:
