@@ -1,13 +1,15 @@
 """Integrity at rest, end to end on the fake driver: a byte flipped in the node's cached
 blob, or in the service's repository, after a first boot of a signed image under
 enforce; the next create is refused with the reason, nothing is defined, and the audit
-says why. Real service + fake-driver agent over gRPC."""
+says why; an import of a modified repository blob is refused. Real service +
+fake-driver agent over gRPC."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -16,7 +18,7 @@ from images import signing
 from tests.functional.harness import WS, Site, wait_for
 from workspace.store import Image
 from workspace.store.mapping import image_spec
-from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
+from workspace.v1 import common_pb2, images_pb2, trust_pb2, trust_pb2_grpc
 
 IMAGE = "app:1"
 DATA = bytes(range(256)) * 256
@@ -128,3 +130,21 @@ def test_flipped_byte_in_the_repository_refuses_the_fetch(signed_site: Site) -> 
     assert site.stubs.upload(DATA) == digest  # pushed again: the retry boots
     site.stubs.wait_state(w2.id, WS.WORKSPACE_STATE_RUNNING, timeout_s=40)
     assert digests.of_file(site.agents["node1"].cache.path(digest)) == digest
+
+
+def test_import_of_a_modified_repository_blob_is_refused(site: Site) -> None:
+    digest = site.stubs.upload(DATA)
+    flip(Path(site.cfg.blob_dir) / "sha256" / digests.hex_of(digest))
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.images.ImportImage(
+            images_pb2.ImportImageRequest(
+                name="later:1",
+                partitions=[
+                    common_pb2.Partition(
+                        name="root", digest=digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
+                    )
+                ],
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"repository blob {digest} does not match its digest" in str(err.value.details())
