@@ -27,8 +27,6 @@ class TrustGate:
         self._lock = threading.Lock()
         self._policy: signing.Policy | None = None
         self._stop_running_on_revoke = False
-        # digest → the policy version the cached blob was last re-hashed under.
-        self._hashed_under: dict[str, int] = {}
 
     @property
     def stop_running_on_revoke(self) -> bool:
@@ -79,18 +77,11 @@ class TrustGate:
             verdict.reason,
         )
 
-    def rehash_due(self, digest: str) -> int | None:
-        """The policy version under which the cached ``digest`` must be re-hashed before
-        use, or None (no policy, or already re-hashed under this version)."""
+    def audit_blob(self, order: Order, digest: str, intact: bool, reason: str) -> None:
+        """Audit the check of a cached blob before ``order`` uses it ("cache-hit"):
+        allow when a re-hash found it intact, deny when it no longer matches its digest
+        (with or without a policy: a corrupted blob is never booted)."""
         with self._lock:
-            policy = self._policy
-            done = self._hashed_under.get(digest)
-        if policy is None or done == policy.version:
-            return None
-        return policy.version
-
-    def hashed(self, digest: str) -> None:
-        """``digest`` was just fetched or found intact under the current policy."""
-        with self._lock:
-            if self._policy is not None:
-                self._hashed_under[digest] = self._policy.version
+            version = self._policy.version if self._policy is not None else 0
+        verdict = signing.Verdict(intact, intact, reason, "", version)
+        self.record("cache-hit", order, verdict, digest)

@@ -7,8 +7,10 @@ order and finally the service (see ``Staging.sources``). The receiving cache has
 every byte, so a peer is never trusted: a bad or failed one only costs a retry
 from the next source.
 
-A peer serves only blobs that are complete in its cache and that it has verified
-(re-hashed once after its own restart): it never relays a transfer in progress.
+A peer serves only blobs that are complete in its cache and intact: before each
+transfer it checks the blob's stat against the one recorded when it was verified and
+re-hashes it if that changed (a corrupted one is quarantined and refused with
+DATA_LOSS). It never relays a transfer in progress.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from agent.cache import BlobCache, Source
+from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.cache.blobs import CHUNK_BYTES
 from workspace import rpc
 from workspace.config import TlsConfig
@@ -49,7 +51,11 @@ class PeersServicer(nodes_pb2_grpc.PeersServicer):
             path = self.cache.path(digest)
         except ImageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-        if not self.cache.verify(digest):
+        try:
+            held = self.cache.check(digest) is not None
+        except BlobCorrupted as exc:
+            context.abort(grpc.StatusCode.DATA_LOSS, f"node {self.node}: {exc.message}")
+        if not held:
             context.abort(grpc.StatusCode.NOT_FOUND, f"node {self.node} does not hold {digest}")
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below; stays readable if evicted

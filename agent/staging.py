@@ -2,8 +2,11 @@
 
 For an order, every blob it uses (disks, kernel, initrd) is pinned to the workspace,
 then found in the cache or fetched from the peers the service named (in its order) and
-finally the service itself. A cached blob not yet re-hashed under the current trust
-policy version is re-hashed first (a corrupted one is fetched again, and audited).
+finally the service itself. Every use of a cached blob checks it first: its stat
+against the one recorded when it was verified, a re-hash only when that changed
+(``images.integrity``). A blob that no longer matches its digest is quarantined, the
+order refused (nothing is defined) and the decision audited ("cache-hit", deny); the
+next attempt fetches it again.
 Prefetch (``ws-admin cache preload``) fetches the blobs the service lists in the
 background, with the agent's backoff between failed attempts.
 """
@@ -17,11 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from agent.backoff import Backoff, Retries
-from agent.cache import BlobCache, Source
+from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.gate import TrustGate
-from images import signing
 from workspace.domain.model import CacheRecord, NodeOrders, Order
-from workspace.errors import ImageError, WorkspaceError
+from workspace.errors import ImageError, Unavailable, WorkspaceError
 
 log = logging.getLogger("agent")
 
@@ -96,33 +98,29 @@ class Staging:
         before = set(self.cache.digests())
         paths: dict[str, Path] = {}
         for digest, (size, peers) in wanted.items():
-            self._rehash_if_due(order, digest)
             try:
+                self._check_cached(order, digest)
                 paths[digest] = self.cache.ensure(digest, self.sources(peers), size)
+            except BlobCorrupted as exc:
+                self.gate.audit_blob(order, digest, False, exc.message)
+                log.error("workspace %s refused: %s", order.workspace_id, exc.message)
+                raise ImageError(
+                    f"image {order.image or '?'}: {exc.message}; refused, nothing was booted"
+                ) from exc
             except ImageError as exc:
                 raise ImageError(f"image {order.image or '?'}: {exc.message}") from exc
-            self.gate.hashed(digest)
+            except Unavailable as exc:
+                raise Unavailable(f"image {order.image or '?'}: {exc.message}") from exc
         if set(wanted) - before:
             self.on_cached()  # the service learns at once that this node holds them
         return paths
 
-    def _rehash_if_due(self, order: Order, digest: str) -> None:
-        """Re-hash a cached blob not yet verified under the current policy version; a
-        corrupted one is deleted (``ensure`` then fetches it again) and audited."""
-        version = self.gate.rehash_due(digest)
-        if version is None:
-            return
-        intact = self.cache.rehash(digest)
-        if intact is None:
-            return  # not cached: the fetch hashes it while streaming
-        if intact:
-            reason = f"cached blob {digest} re-hashed: intact"
-        else:
-            reason = f"cached blob {digest} does not match its digest; discarded, fetching it again"
-            log.error("workspace %s: %s", order.workspace_id, reason)
-        self.gate.record(
-            "cache-hit", order, signing.Verdict(intact, intact, reason, "", version), digest
-        )
+    def _check_cached(self, order: Order, digest: str) -> None:
+        """Check a cached blob before this use (one stat; a re-hash if its file changed
+        since it was verified, audited). Raises BlobCorrupted if it no longer matches."""
+        checked = self.cache.check(digest)
+        if checked is not None and checked.rehashed:
+            self.gate.audit_blob(order, digest, True, f"cached {checked.describe(digest)}")
 
     # -- pins --------------------------------------------------------------------------
 

@@ -5,13 +5,18 @@ In one run, in a temporary directory (default under /var/tmp):
 
 1. writes a 64 MiB and a 2 GiB file of random bytes (real data: nothing sparse), and
    puts both into a BlobCache (the agent's cache) as blobs;
-2. cache hit: N times, ``BlobCache.ensure`` (a hit: index lookup + utime) and
+2. cache hit: N times, ``BlobCache.ensure`` (a hit: index lookup, a stat compared with
+   the one recorded when the blob was verified, utime of the record) and
    ``images.qemu_img.create_overlay`` (qemu-img create -f qcow2 -b BASE -F raw) of a
    fresh overlay, exactly what the agent does to prepare a cow disk whose base is
    cached -> median ``hit_64mib_ms``, ``hit_2gib_ms``; next to it ``cp_2gib_ms``, a plain
    ``cp`` of the 2 GiB file (the cost of preparing the disk by copying). Also
-   ``hit_2gib_after_restart_ms``: the first hit after an agent restart, which re-hashes
-   the blob once (corruption check);
+   ``hit_2gib_after_restart_ms``: the first hit after an agent restart (the record is
+   reloaded; nothing is read while the blob's stat is unchanged);
+   the verification on a hit, alone: ``verify_hit_2gib_us``, median of
+   ``BlobCache.check`` (one stat compared with the record) next to
+   ``rehash_2gib_ms``, the same check after the blob's mtime moved (a full re-hash:
+   what every hit would cost without the record);
 3. transfer: starts a real service (subprocess), uploads the 2 GiB file (or --transfer-mib
    of it), then times one ``Nodes.FetchBlob`` stream into an empty BlobCache through the
    agent's own fetch path (agent.peers.service_source: gRPC over a unix socket, hash while
@@ -94,6 +99,32 @@ def hit_ms(cache: BlobCache, digest: str, work: Path, repeat: int) -> float:
     return statistics.median(times) * 1000
 
 
+def verify_us(cache: BlobCache, digest: str, repeat: int) -> float:
+    """Median microseconds of the integrity check a hit does (stat vs the record)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        checked = cache.check(digest)
+        times.append(time.perf_counter() - t0)
+        assert checked is not None and not checked.rehashed
+    return statistics.median(times) * 1e6
+
+
+def rehash_ms(cache: BlobCache, digest: str, repeat: int) -> float:
+    """Median milliseconds of the same check when the blob's stat changed (touched, not
+    modified): a full re-hash."""
+    path = cache.path(digest)
+    times = []
+    for _ in range(repeat):
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+        t0 = time.perf_counter()
+        checked = cache.check(digest)
+        times.append(time.perf_counter() - t0)
+        assert checked is not None and checked.rehashed and checked.intact
+    return statistics.median(times) * 1000
+
+
 def cp_s(src: Path, dst: Path) -> float:
     """Seconds for ``cp SRC DST``; DST is kept until the end of the run (see below)."""
     t0 = time.perf_counter()
@@ -159,8 +190,10 @@ def main() -> int:
             "hit_2gib_ms": hit_ms(cache, digests["big"], work, args.repeat),
             "cp_2gib_ms": statistics.median(cp_s(big, work / f"cp-{i}") for i in range(3)) * 1000,
         }
-        restarted = BlobCache(tmp / "cache")  # an agent restart: entries unverified
+        restarted = BlobCache(tmp / "cache")  # an agent restart: records reloaded
         figures["hit_2gib_after_restart_ms"] = hit_ms(restarted, digests["big"], work, 1)
+        figures["verify_hit_2gib_us"] = verify_us(cache, digests["big"], args.repeat * 50)
+        figures["rehash_2gib_ms"] = rehash_ms(cache, digests["big"], 3)
 
         took = transfer(tmp, big)
         size_mb = big.stat().st_size / 1e6

@@ -1,5 +1,5 @@
 """The node's content-addressed blob cache."""
 
-from agent.cache.blobs import BlobCache, Fetcher, Source
+from agent.cache.blobs import BlobCache, BlobCorrupted, Fetcher, Source
 
-__all__ = ["BlobCache", "Fetcher", "Source"]
+__all__ = ["BlobCache", "BlobCorrupted", "Fetcher", "Source"]

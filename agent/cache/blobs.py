@@ -10,16 +10,20 @@ sends wrong bytes is caught by the hash and the next one starts again from zero.
 Budget and LRU: the cache holds at most ``budget_bytes`` (0: no limit), counting
 complete blobs and the transfers in progress. Before a transfer grows past it, the
 least recently used blobs that no workspace pins are deleted; when pinned blobs
-alone fill the budget the fetch fails with ResourceExhausted. The last-use time of
-a blob is its file's mtime (set with utime on every use, so it survives restarts
-with no index file that could disagree with the directory); blob content is never
-modified, so the mtime carries no other meaning.
+alone fill the budget the fetch fails with ResourceExhausted.
 
-Restart: the directory is re-listed (``_reindex``). Every entry starts out
-unverified and is re-hashed before its first use (or before a peer is served from
-it); a corrupted entry is logged, deleted and fetched again. Re-hashing lazily
-keeps start-up O(entries) however large the cache is; the cost (one read of the
-blob, ~1 s per GB) falls on the first workspace that uses it after a restart.
+Integrity at every use (``images.integrity``): when a blob hashes to its digest (at
+download, or a re-hash), its stat is recorded in ``<root>/verified/<hex>``. Every use
+(a hit, a peer served) compares the blob's stat with that record and re-hashes only
+when it changed; a blob that no longer matches is moved to ``<root>/quarantine/``
+and the use fails with ``BlobCorrupted`` (the next ``ensure`` fetches it again). The
+last-use time of a blob is its record file's mtime (set with utime on every use, so
+it survives restarts); the blob file itself is never touched, so its own mtime and
+ctime move only when someone writes to it.
+
+Restart: the directory is re-listed (``_reindex``) and nothing is read: a blob whose
+record still matches its stat is used at once; one without a record (cached by an
+older agent) is re-hashed at its first use.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cache.pins import Pins
-from images.digest import DigestError, Hasher, from_hex, hex_of, is_valid, of_file
+from images import integrity
+from images.digest import DigestError, Hasher, from_hex, hex_of, is_valid
 from workspace.domain.model import CacheRecord
 from workspace.errors import ImageError, ResourceExhausted, Unavailable, WorkspaceError
 
@@ -43,6 +48,8 @@ log = logging.getLogger("agent.cache")
 CHUNK_BYTES = 1024 * 1024
 # Partial transfers untouched for this long are deleted at start (nobody will resume them).
 PARTIAL_MAX_AGE_S = 24 * 3600
+# Quarantined (corrupted) blobs are kept this long for inspection, then deleted at start.
+QUARANTINE_MAX_AGE_S = 7 * 24 * 3600
 
 # fetch(digest, offset) → chunks from that offset on
 Fetcher = Callable[[str, int], Iterable[bytes]]
@@ -60,6 +67,15 @@ class Source:
 class _Entry:
     size_bytes: int
     last_used: float
+
+
+class BlobCorrupted(ImageError):
+    """A cached blob no longer matches its digest: moved to quarantine, not used."""
+
+    def __init__(self, message: str, digest: str, moved_to: Path | None) -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.moved_to = moved_to
 
 
 class _BadData(ImageError):
@@ -90,13 +106,15 @@ class BlobCache:
         self.clock = clock  # wall clock for last-use times (tests pass their own)
         self.blob_dir = root / "blobs" / "sha256"
         self.partial_dir = root / "partial"
+        self.quarantine_dir = root / "quarantine"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._entries: dict[str, _Entry] = {}  # hex → entry
-        self._verified: set[str] = set()  # hex of entries hashed by this process
+        # hex → the stat of the blob when it last hashed to its digest (persistent).
+        self.stamps = integrity.Stamps(root / "verified")
         self._reserved: dict[str, int] = {}  # hex → bytes of a transfer in progress
         self.pins = Pins(root / "pins")
         # Bytes received per source kind ("peer", "service", …): for tests and benchmarks.
@@ -113,17 +131,25 @@ class BlobCache:
                 path.unlink(missing_ok=True)
                 continue
             st = path.stat()
-            self._entries[name] = _Entry(st.st_size, st.st_mtime)
+            self._entries[name] = _Entry(st.st_size, self._last_use(name, st.st_mtime))
+        for name in self.stamps.names():
+            if name not in self._entries:
+                self.stamps.drop(name)  # its blob is gone (evicted before a crash)
         now = self.clock()
         for path in self.partial_dir.iterdir():
             if now - path.stat().st_mtime > PARTIAL_MAX_AGE_S:
                 log.info("removing stale partial transfer %s", path)
                 path.unlink(missing_ok=True)
+        if self.quarantine_dir.is_dir():
+            for path in self.quarantine_dir.iterdir():
+                if now - path.stat().st_mtime > QUARANTINE_MAX_AGE_S:
+                    log.info("removing quarantined blob %s (kept a week)", path)
+                    path.unlink(missing_ok=True)
         used = sum(e.size_bytes for e in self._entries.values())
         budget = fmt_bytes(self.budget_bytes) if self.budget_bytes else "unlimited"
         log.info(
-            "blob cache %s: %d blob(s), %s (budget %s, %d pinned); each is re-hashed "
-            "before its first use",
+            "blob cache %s: %d blob(s), %s (budget %s, %d pinned); each is checked against "
+            "its verified stat at every use",
             self.root,
             len(self._entries),
             fmt_bytes(used),
@@ -154,15 +180,20 @@ class BlobCache:
                 for h, e in sorted(self._entries.items())
             ]
 
+    def _last_use(self, hx: str, blob_mtime: float) -> float:
+        """The last use of a blob: its record's mtime (the blob's own, if it has none)."""
+        try:
+            return self.stamps.path(hx).stat().st_mtime
+        except FileNotFoundError:
+            return blob_mtime
+
     def _touch(self, hx: str) -> None:
         now = self.clock()
-        try:
-            os.utime(self.blob_dir / hx, (now, now))
-        except FileNotFoundError:
-            return
         entry = self._entries.get(hx)
         if entry is not None:
             entry.last_used = now
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.stamps.path(hx), (now, now))
 
     # -- pins --------------------------------------------------------------------------
 
@@ -203,74 +234,75 @@ class BlobCache:
         if callable(sources):
             sources = [Source("fetcher", sources)]
         with self._lock:
-            if hx in self._entries and hx in self._verified and final.exists():
+            present = hx in self._entries
+        if present and self._unchanged(hx):  # the O(1) hit: one stat, no lock held long
+            with self._lock:
                 self._touch(hx)
-                return final
+            return final
         with self._digest_lock(digest):
-            if self._check(hx):  # present (maybe fetched by another thread meanwhile) and good
+            if self._check(hx) is not None:  # present (maybe fetched meanwhile) and intact
                 with self._lock:
                     self._touch(hx)
                 return final
             self._fetch(digest, hx, list(sources), size_bytes)
             return final
 
-    def verify(self, digest: str) -> bool:
-        """Whether the blob is cached and intact (re-hashing it once per agent run)."""
-        hx = _hex(digest)
-        if not self.has(digest):
-            return False
-        with self._digest_lock(digest):
-            return self._check(hx)
-
-    def rehash(self, digest: str) -> bool | None:
-        """Re-hash a cached blob now, even if this process verified it before.
-
-        None: not cached; True: intact; False: corrupted (deleted, fetched again by
-        the next ``ensure``). The agent calls it on a cache hit not yet verified
-        under the current trust policy version."""
+    def check(self, digest: str) -> integrity.Check | None:
+        """Check a cached blob before a use: None when it is not cached; else whether it
+        had to be re-hashed (its stat changed since it was verified). A blob that does
+        not match its digest is quarantined and BlobCorrupted raised."""
         hx = _hex(digest)
         if not self.has(digest):
             return None
+        if self._unchanged(hx):
+            return integrity.Check(True, False)
         with self._digest_lock(digest):
-            with self._lock:
-                self._verified.discard(hx)
             return self._check(hx)
 
-    def _check(self, hx: str) -> bool:
-        """Is the entry present and intact? Called with the digest's lock held."""
+    def verify(self, digest: str) -> bool:
+        """Whether the blob is cached and intact (False, and quarantined, if corrupted)."""
+        try:
+            return self.check(digest) is not None
+        except BlobCorrupted:
+            return False
+
+    def _unchanged(self, hx: str) -> bool:
+        """The blob's stat equals its record: it is what was hashed."""
+        try:
+            st = os.stat(self.blob_dir / hx)
+        except FileNotFoundError:
+            return False
+        return self.stamps.get(hx) == integrity.Stamp.of(st)
+
+    def _check(self, hx: str) -> integrity.Check | None:
+        """None if the entry is absent; its check (re-hashing if its stat changed) if
+        present; BlobCorrupted if it is not intact. Called with the digest's lock held."""
         with self._lock:
             present = hx in self._entries
-            verified = hx in self._verified
+        if not present:
+            return None
         final = self.blob_dir / hx
-        if present and not final.exists():
+        try:
+            got = integrity.check(final, hx, self.stamps)
+        except FileNotFoundError:
             log.warning("cached blob sha256:%s disappeared from %s", hx, final)
             self._forget(hx)
-            return False
-        if not present or verified:
-            return present
-        try:
-            got = of_file(final)
-        except FileNotFoundError:
-            self._forget(hx)  # evicted meanwhile
-            return False
-        if got == from_hex(hx):
-            with self._lock:
-                self._verified.add(hx)
-            return True
-        log.error(
-            "cached blob sha256:%s is corrupted (its content hashes to %s); deleted, it "
-            "will be fetched again",
-            hx,
-            got,
-        )
-        final.unlink(missing_ok=True)
+            return None
+        digest = from_hex(hx)
+        if got.intact:
+            if got.rehashed:
+                log.info("cached %s", got.describe(digest))
+            return got
+        moved = integrity.quarantine(final, hx, self.quarantine_dir)
         self._forget(hx)
-        return False
+        message = f"cached {got.describe(digest)}; moved to {moved}, it will be fetched again"
+        log.error("%s", message)
+        raise BlobCorrupted(message, digest, moved)
 
     def _forget(self, hx: str) -> None:
         with self._lock:
             self._entries.pop(hx, None)
-            self._verified.discard(hx)
+        self.stamps.drop(hx)
 
     def _fetch(self, digest: str, hx: str, sources: list[Source], size_bytes: int) -> None:
         errors: list[str] = []
@@ -366,11 +398,11 @@ class BlobCache:
         os.chmod(partial, 0o644)
         final = self.blob_dir / hx
         os.replace(partial, final)
+        integrity.record(final, hx, self.stamps)  # what was just hashed
         now = self.clock()
-        os.utime(final, (now, now))
         with self._lock:
             self._entries[hx] = _Entry(offset, now)
-            self._verified.add(hx)
+            self._touch(hx)
             self._reserved.pop(hx, None)
         log.info("cached blob %s (%d bytes) from %s", digest, offset, src.name)
 
@@ -392,8 +424,8 @@ class BlobCache:
                 if used <= self.budget_bytes:
                     break
                 size = self._entries.pop(victim).size_bytes
-                self._verified.discard(victim)
                 (self.blob_dir / victim).unlink(missing_ok=True)
+                self.stamps.drop(victim)
                 used -= size
                 log.info("evicted blob sha256:%s (%d bytes, least recently used)", victim, size)
             if used <= self.budget_bytes:

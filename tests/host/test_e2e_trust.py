@@ -2,7 +2,7 @@
 
 A real site (`ws-admin site up --driver libvirt`, private libvirtd, QEMU TCG) with the
 test appliance: signed under enforce it boots; a flipped byte in the repository's blob
-is refused by the node (no VM boots); an unsigned image is refused under enforce, and
+is refused (no VM boots); an unsigned image is refused under enforce, and
 under warn it boots and the audit (service and node) says why it should not have.
 The tests run in file order on one site (module scope).
 """
@@ -102,7 +102,7 @@ def test_flipped_byte_in_the_repository_blob_is_refused_by_the_node(site: TrustS
         wid = site.create("tampered", SIGNED)
         ws = site.stubs.wait_state(wid, WS.WORKSPACE_STATE_FAILED, BOOT_S)
         assert f"image {SIGNED}" in ws.reason and digest in ws.reason, ws.reason
-        assert "hash to" in ws.reason, ws.reason
+        assert "does not match its digest" in ws.reason, ws.reason  # the repository's check
         assert f"ws-{wid}" not in site.domains()  # no VM was defined, let alone booted
     finally:
         blob.write_bytes(original)

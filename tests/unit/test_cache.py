@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import BlobCache, Source
+from agent.cache import BlobCache, BlobCorrupted, Source
 from workspace.errors import ImageError, ResourceExhausted, Unavailable
 
 
@@ -356,30 +356,33 @@ def test_restart_reindexes_with_last_use_and_pins(tmp_path: Path) -> None:
     assert set(again.digests()) == {b, c, d}
 
 
-def test_corrupted_entry_is_detected_before_use_and_fetched_again(
+def test_corrupted_entry_is_refused_at_its_next_use_then_fetched_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     d, data = blob(2, 1000)
     cache = cache_at(tmp_path)
     cache.ensure(d, Served({d: data}))
     path = cache.path(d)
-    os.chmod(path, 0o644)
     with open(path, "r+b") as f:
         f.seek(500)
         f.write(b"bitrot")
 
-    again = cache_at(tmp_path)  # restart: entries are unverified
+    again = cache_at(tmp_path)  # after a restart too
     assert again.has(d)
     fetch = Served({d: data})
-    with caplog.at_level(logging.ERROR, logger="agent.cache"):
-        assert again.ensure(d, fetch).read_bytes() == data
-    assert fetch.calls == [(d, 0)]
-    assert "is corrupted" in caplog.text
-    # verified now: a second use neither re-hashes into trouble nor fetches
-    assert again.ensure(d, fetch) == path and len(fetch.calls) == 1
+    with (
+        caplog.at_level(logging.ERROR, logger="agent.cache"),
+        pytest.raises(BlobCorrupted, match="does not match its digest"),
+    ):
+        again.ensure(d, fetch)
+    assert fetch.calls == []  # refused, not silently replaced
+    assert "does not match its digest" in caplog.text
+    # the next use fetches it again; then it is a plain hit
+    assert again.ensure(d, fetch).read_bytes() == data
+    assert again.ensure(d, fetch) == path and fetch.calls == [(d, 0)]
 
 
-def test_verify_deletes_a_corrupted_entry(tmp_path: Path) -> None:
+def test_verify_quarantines_a_corrupted_entry(tmp_path: Path) -> None:
     d, data = blob(2, 1000)
     cache_at(tmp_path).ensure(d, Served({d: data}))
     path = cache_at(tmp_path).path(d)
@@ -387,6 +390,7 @@ def test_verify_deletes_a_corrupted_entry(tmp_path: Path) -> None:
     again = cache_at(tmp_path)
     assert not again.verify(d)
     assert not again.has(d) and not path.exists()
+    assert [p.read_bytes() for p in again.quarantine_dir.iterdir()] == [b"truncated"]
 
 
 def test_intact_entry_is_used_without_fetching_after_restart(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from images import formats, manifest
 from images.model import ImageSpec, Mode, Partition
 from workspace.domain.layout import blank_partition
-from workspace.domain.model import ImageView, RepositoryUsage
+from workspace.domain.model import AuditRecord, ImageView, RepositoryUsage
 from workspace.domain.states import State
 from workspace.errors import (
     AlreadyExists,
@@ -41,6 +41,37 @@ class Catalog:
     def __init__(self, env: Env, blobs: BlobRepository) -> None:
         self.env = env
         self.blobs = blobs
+        blobs.on_bad.append(self.audit_bad_blob)
+
+    def audit_bad_blob(self, digest: str, reason: str) -> None:
+        """A repository blob no longer matches its digest: an audit entry (deny) for each
+        image made of it, so `ws-admin audit` shows why its creates fail."""
+        if not self.env.check_trust:
+            return
+        with self.env.store.write() as s:
+            names = [
+                img.name
+                for img in s.execute(select(Image).order_by(Image.name)).scalars()
+                if digest in image_spec(img).digests()
+            ]
+            version = trust.settings(s).version
+            trust.record_audit(
+                self.env,
+                s,
+                [
+                    AuditRecord(
+                        at=self.env.clock(),
+                        where="service",
+                        action="repository",
+                        image=name,
+                        digest=digest,
+                        policy_version=version,
+                        verdict="deny",
+                        reason=reason,
+                    )
+                    for name in names or [""]
+                ],
+            )
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -68,9 +99,14 @@ class Catalog:
         return [d for d in wanted if not self.blobs.has(check_digest(d))]
 
     def _need_blob(self, digest: str, what: str) -> int:
+        """The size of an uploaded blob, checked first (re-hashed if its file changed)."""
         check_digest(digest)
         if not self.blobs.has(digest):
             raise NotFound(f"{what}: blob {digest} has not been uploaded")
+        try:
+            self.blobs.check(digest)
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(f"{what}: {exc.message}") from None
         return self.blobs.size(digest)
 
     def _sizes(self, s: Session, digests: Iterable[str]) -> dict[str, int]:

@@ -1,14 +1,28 @@
-"""The service's content-addressed blob repository: <blob_dir>/sha256/<hex>."""
+"""The service's content-addressed blob repository: <blob_dir>/sha256/<hex>.
+
+Integrity at rest (``images.integrity``): when a blob is stored, the stat of its file
+is recorded in ``<blob_dir>/verified/<hex>``; before a blob is served (``read``) or
+inspected for an import (``checked_size``), its stat is compared with that record and
+it is re-hashed only when it changed. A blob that no longer matches its digest is
+moved to ``<blob_dir>/bad/`` (logged at ERROR; ``bad`` lists them) and the use
+refused with FailedPrecondition; uploading the same content again (``ws image push``
+sends it, since the repository no longer has it) puts it back.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from images import digest as digests
-from workspace.errors import InvalidArgument, NotFound
+from images import integrity
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger("workspace.store.blobs")
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -26,6 +40,12 @@ class BlobRepository:
         self.root = root
         (root / "sha256").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.bad_dir = root / "bad"
+        self.stamps = integrity.Stamps(root / "verified")
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}  # hex → held while re-hashing it
+        # Called with (digest, reason) when a blob is found bad (the catalog audits it).
+        self.on_bad: list[Callable[[str, str], None]] = []
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digests.hex_of(check_digest(digest))
@@ -56,8 +76,11 @@ class BlobRepository:
             raise
 
     def commit(self, tmp: Path, digest: str) -> None:
-        """Rename a received temp file to its content address (atomic)."""
-        os.replace(tmp, self.path(digest))
+        """Rename a received temp file to its content address (atomic), and record what
+        was hashed."""
+        path = self.path(digest)
+        os.replace(tmp, path)
+        integrity.record(path, digests.hex_of(digest), self.stamps)
 
     def put(self, chunks: Iterable[bytes], max_bytes: int) -> tuple[str, int]:
         """Store a stream; hash while writing, rename atomically. Returns (digest, size)."""
@@ -75,13 +98,65 @@ class BlobRepository:
             self.path(digest).unlink()
         except FileNotFoundError:
             return False
+        finally:
+            self.stamps.drop(digests.hex_of(digest))
         return True
 
-    def read(self, digest: str, offset: int = 0) -> Iterator[bytes]:
+    def check(self, digest: str) -> integrity.Check:
+        """Is the stored blob still what was hashed? One stat when it is unchanged since
+        it was verified, else a re-hash. NotFound if absent; FailedPrecondition (the blob
+        moved to ``bad/``) if it no longer matches its digest."""
         path = self.path(digest)
-        if not path.exists():
-            raise NotFound(f"blob {digest} is not in the repository")
-        with open(path, "rb") as f:
+        hx = digests.hex_of(digest)
+        with self._lock:
+            lock = self._locks.setdefault(hx, threading.Lock())
+        with lock:  # N nodes asking for a changed blob: one re-hash
+            try:
+                got = integrity.check(path, hx, self.stamps)
+            except FileNotFoundError:
+                raise NotFound(self._missing(digest)) from None
+            if got.intact:
+                if got.rehashed:
+                    log.info("repository %s", got.describe(digest))
+                return got
+            moved = integrity.quarantine(path, hx, self.bad_dir)
+        message = (
+            f"repository {got.describe(digest)}; moved to {moved}; refused: push the image "
+            "again to restore it"
+        )
+        log.error("%s", message)
+        for hook in self.on_bad:
+            try:
+                hook(digest, message)
+            except Exception:
+                log.exception("cannot record that blob %s is bad", digest)
+        raise FailedPrecondition(message)
+
+    def _missing(self, digest: str) -> str:
+        hx = digests.hex_of(digest)
+        bad = sorted(self.bad_dir.glob(f"{hx}.*")) if self.bad_dir.is_dir() else []
+        if bad:
+            return (
+                f"blob {digest} was taken out of the repository: it no longer matched its "
+                f"digest (moved to {bad[-1]}); push the image again to restore it"
+            )
+        return f"blob {digest} is not in the repository"
+
+    def bad(self) -> list[Path]:
+        """Blobs moved aside because they no longer matched their digest (newest last)."""
+        if not self.bad_dir.is_dir():
+            return []
+        return sorted(self.bad_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+
+    def read(self, digest: str, offset: int = 0) -> Iterator[bytes]:
+        """The blob's bytes from ``offset``, after ``check`` (raised at the first chunk)."""
+        self.check(digest)
+        path = self.path(digest)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise NotFound(self._missing(digest)) from None
+        with f:
             f.seek(offset)
             while chunk := f.read(CHUNK_BYTES):
                 yield chunk

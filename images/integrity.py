@@ -1,0 +1,154 @@
+"""Integrity at rest at O(1) cost: a blob is re-hashed only when its file changed.
+
+When a content-addressed blob hashes to its digest, the file's stat at that moment —
+inode, size, mtime and ctime in nanoseconds (a ``Stamp``) — is recorded in a sidecar
+file ``<stamp_dir>/<hex>`` (written atomically; it survives restarts). At every later
+use the current stat is compared with the record: equal, the blob is what was hashed
+(one ``stat``); different, it is hashed again. Any write through the filesystem moves
+mtime and ctime, and ctime cannot be set back from user space, so a flipped byte is
+caught at the next use. What it does not catch: writes below the filesystem (to the
+block device, bit rot) and someone who rewrites the sidecar too; see
+docs/design/cache.md. fs-verity would cover those, where the kernel has it.
+
+Used by the node's cache (``agent/cache``) and the service's repository
+(``workspace/store/blobs.py``). This module imports neither ``workspace`` nor ``agent``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from images.digest import from_hex, of_file
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a blob's file looked like when it last hashed to its digest."""
+
+    ino: int
+    size_bytes: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def differences(self, other: Stamp) -> list[str]:
+        """The fields that differ from ``other`` (for messages)."""
+        return [k for k, v in asdict(self).items() if asdict(other)[k] != v]
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of checking one blob: ``intact`` or not; ``rehashed`` when its stat
+    had changed (or was never recorded) and it was read again; ``changed`` names the
+    stat fields that had moved; ``got`` is what a re-hash found."""
+
+    intact: bool
+    rehashed: bool
+    changed: tuple[str, ...] = ()
+    got: str = ""
+
+    def describe(self, digest: str) -> str:
+        if self.intact:
+            if not self.rehashed:
+                return f"blob {digest} unchanged since it was verified"
+            why = f"its {', '.join(self.changed)} changed" if self.changed else "never verified"
+            return f"blob {digest} re-hashed ({why}): intact"
+        return (
+            f"blob {digest} does not match its digest (modified on disk: it hashes to {self.got})"
+        )
+
+
+class Stamps:
+    """The sidecar records of one blob directory, also kept in memory (this process is
+    their only writer). A record that is missing or unreadable means "not verified"."""
+
+    def __init__(self, stamp_dir: Path) -> None:
+        self.dir = stamp_dir
+        stamp_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in stamp_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)  # a record half-written when a process died
+        self._lock = threading.Lock()
+        self._memo: dict[str, Stamp | None] = {}
+
+    def path(self, hx: str) -> Path:
+        return self.dir / hx
+
+    def get(self, hx: str) -> Stamp | None:
+        with self._lock:
+            if hx in self._memo:
+                return self._memo[hx]
+        stamp = self._read(hx)
+        with self._lock:
+            self._memo.setdefault(hx, stamp)
+            return self._memo[hx]
+
+    def _read(self, hx: str) -> Stamp | None:
+        try:
+            raw = json.loads(self.path(hx).read_text())
+            return Stamp(
+                int(raw["ino"]), int(raw["size_bytes"]), int(raw["mtime_ns"]), int(raw["ctime_ns"])
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, hx: str, stamp: Stamp) -> None:
+        """Record ``stamp`` for ``hx`` atomically (temp file + rename)."""
+        tmp = self.dir / f".{hx}.{threading.get_ident()}.tmp"
+        tmp.write_text(json.dumps(asdict(stamp), sort_keys=True))
+        os.replace(tmp, self.path(hx))
+        with self._lock:
+            self._memo[hx] = stamp
+
+    def drop(self, hx: str) -> None:
+        with self._lock:
+            self._memo[hx] = None
+        self.path(hx).unlink(missing_ok=True)
+
+    def names(self) -> list[str]:
+        """The hex names that have a record file (strays included)."""
+        return [p.name for p in self.dir.iterdir() if not p.name.startswith(".")]
+
+
+def check(path: Path, hx: str, stamps: Stamps) -> Check:
+    """Is the blob at ``path`` (named by its digest's ``hx``) intact? One ``stat`` when it
+    is unchanged since its record; else a re-hash, recorded when it matches.
+
+    Raises FileNotFoundError when the file is gone. A mismatch drops the record; the
+    caller decides what to do with the file (``quarantine``)."""
+    stamp = Stamp.of(os.stat(path))
+    recorded = stamps.get(hx)
+    if recorded == stamp:
+        return Check(True, False)
+    changed = tuple(recorded.differences(stamp)) if recorded is not None else ()
+    got = of_file(path)
+    if got != from_hex(hx):
+        stamps.drop(hx)
+        return Check(False, True, changed, got)
+    if Stamp.of(os.stat(path)) == stamp:  # not written to while we read it
+        stamps.put(hx, stamp)
+    return Check(True, True, changed, got)
+
+
+def record(path: Path, hx: str, stamps: Stamps) -> None:
+    """Record the stat of a blob the caller has just hashed (written, renamed in place)."""
+    stamps.put(hx, Stamp.of(os.stat(path)))
+
+
+def quarantine(path: Path, hx: str, quarantine_dir: Path) -> Path | None:
+    """Move a bad blob aside (kept for inspection, out of use): its new path, or None
+    when it was already gone."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    dest = quarantine_dir / f"{hx}.{time.time_ns()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, dest)
+        return dest
+    return None
