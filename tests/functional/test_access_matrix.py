@@ -363,3 +363,152 @@ def test_denial_matrix(world: World) -> None:
                 wrong.append(f"{svc}/{method} by {caller_name}: {code.name}, expected {word}")
     assert not wrong, "\n".join(wrong)
     assert time.monotonic() - started < 60
+
+
+# -- what the matrix cannot say: whose objects, which node, when revoked -----------------------
+
+
+def code_of(fn: Callable[[], Any]) -> grpc.StatusCode:
+    try:
+        fn()
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def listed(c: Caller) -> set[str]:
+    return {w.name for w in c.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces}
+
+
+def test_another_project_neither_sees_nor_touches_a_workspace(world: World) -> None:
+    b, wid = world.callers["B"], world.workspace_id
+    for ref in (wid, "wa"):
+        assert code_of(lambda r=ref: b.ws.GetWorkspace(
+            workspaces_pb2.GetWorkspaceRequest(id=r))) is grpc.StatusCode.NOT_FOUND  # fmt: skip
+        assert code_of(lambda r=ref: b.ws.DestroyWorkspace(
+            workspaces_pb2.WorkspaceRef(id=r))) is grpc.StatusCode.NOT_FOUND  # fmt: skip
+        assert code_of(lambda r=ref: b.ws.GetConsole(
+            workspaces_pb2.GetConsoleRequest(id=r))) is grpc.StatusCode.NOT_FOUND  # fmt: skip
+    assert "wa" not in listed(b)
+    a_view = world.callers["A"].ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=wid))
+    assert a_view.desired_state == common_pb2.DESIRED_STATE_RUNNING  # B's destroy did nothing
+    # ... nor its image.
+    images = b.images.ListImages(images_pb2.ListImagesRequest()).images
+    assert "img-a" not in {i.name for i in images}
+    create = workspaces_pb2.CreateWorkspaceRequest(name="wb", image="img-a")
+    assert code_of(lambda: b.ws.CreateWorkspace(create)) is grpc.StatusCode.NOT_FOUND
+
+
+def test_the_same_project_sees_the_workspace_and_its_image(world: World) -> None:
+    c = world.callers["C"]
+    for ref in (world.workspace_id, "wa"):
+        got = c.ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=ref))
+        assert (got.id, got.owner, got.project) == (world.workspace_id, "alice", "p")
+    assert "wa" in listed(c)
+    assert "img-a" in {i.name for i in c.images.ListImages(images_pb2.ListImagesRequest()).images}
+
+
+def test_only_admins_list_every_user(world: World) -> None:
+    everyone = workspaces_pb2.ListWorkspacesRequest(all_users=True)
+    admin = world.callers["admin"]
+    assert "wa" in {w.name for w in admin.ws.ListWorkspaces(everyone).workspaces}
+    assert "wa" not in listed(admin)  # by default, an admin's own and projects' only
+    b = world.callers["B"]
+    assert code_of(lambda: b.ws.ListWorkspaces(everyone)) is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_project_not_yours_is_refused(world: World) -> None:
+    b = world.callers["B"]
+    theirs = workspaces_pb2.CreateWorkspaceRequest(name="x", image="img-a", project="p")
+    assert code_of(lambda: b.ws.CreateWorkspace(theirs)) is grpc.StatusCode.NOT_FOUND
+    world.callers["admin"].projects.CreateProject(projects_pb2.Project(name="p"))
+    err = None
+    try:
+        b.ws.CreateWorkspace(theirs)
+    except grpc.RpcError as exc:
+        err = exc
+    assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "not a member of project 'p'" in err.details()
+    assert "x" not in listed(b)
+
+
+def test_a_node_acts_only_for_itself(world: World) -> None:
+    n1, n2 = world.callers["n1"], world.callers["n2"]
+    watch = nodes_pb2.WatchAssignmentsRequest(node="n1")
+    err = None
+    try:
+        first(n2.nodes.WatchAssignments(watch, timeout=T))
+    except grpc.RpcError as exc:
+        err = exc
+    assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "cannot act for node 'n1'" in err.details()
+    # n1 reads its own: A's workspace, with its user data and addresses.
+    orders = first(n1.nodes.WatchAssignments(watch, timeout=T))
+    assert [a.workspace_id for a in orders.assignments] == [world.workspace_id]
+    # Blobs: only those of its orders.
+    stray = "sha256:" + "0" * 64
+    fetch = nodes_pb2.FetchBlobRequest(node="n1", digest=stray)
+    assert code_of(lambda: first(n1.nodes.FetchBlob(fetch))) is grpc.StatusCode.PERMISSION_DENIED
+    # Consoles: only of workspaces placed on it.
+    push = nodes_pb2.PushConsoleRequest(node="n1", workspace_id="nope", data=b"x")
+    assert code_of(lambda: n1.nodes.PushConsole(push)) is grpc.StatusCode.NOT_FOUND
+
+
+def test_node_audit_records_are_stored_as_the_service_saw_them(world: World) -> None:
+    forged = trust_pb2.AuditEntry(
+        where="service", action="boot", verdict="allow", reason="forged-by-n1"
+    )
+    world.callers["n1"].nodes.ReportStatus(nodes_pb2.ReportStatusRequest(node="n1", audit=[forged]))
+    entries = world.callers["admin"].trust.ListAudit(trust_pb2.ListAuditRequest(limit=50)).entries
+    mine = [e for e in entries if e.reason == "forged-by-n1"]
+    assert [e.where for e in mine] == ["node:n1"]
+
+
+def test_a_node_name_stays_with_its_certificate_until_revoked(world: World) -> None:
+    old_dir = world.tmp / "id-n3-old"
+    old = world.ca.issue(Identity(Kind.NODE, "n3"), old_dir)
+    new_dir = world.tmp / "id-n3-new"
+    world.ca.issue(Identity(Kind.NODE, "n3"), new_dir)
+    register = nodes_pb2.RegisterRequest(node="n3", hypervisor="fake", cpus=1, memory_mib=1024)
+    first_cert, second = world.connect(old_dir), world.connect(new_dir)
+    try:
+        first_cert.nodes.Register(register)
+        err = None
+        try:
+            second.nodes.Register(register)
+        except grpc.RpcError as exc:
+            err = exc
+        assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "registered with another certificate" in err.details()
+        watch = nodes_pb2.WatchAssignmentsRequest(node="n3")
+        assert (
+            code_of(lambda: first(second.nodes.WatchAssignments(watch, timeout=T)))
+            is grpc.StatusCode.PERMISSION_DENIED
+        )
+        # The old certificate revoked: the new one takes the name, the old is refused.
+        world.ca.revoke(str(old.serial))
+        second.nodes.Register(register)
+        assert code_of(lambda: first_cert.nodes.Register(register)) is (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+    finally:
+        first_cert.channel.close()
+        second.channel.close()
+
+
+def test_a_revoked_user_is_refused_at_once(world: World) -> None:
+    d_dir = world.tmp / "id-dave"
+    world.ca.issue(Identity(Kind.USER, "dave"), d_dir)
+    dave = world.connect(d_dir)
+    try:
+        assert listed(dave) == set()
+        world.ca.revoke("dave")
+        err = None
+        try:
+            listed(dave)
+        except grpc.RpcError as exc:
+            err = exc
+        assert err is not None and err.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in err.details()
+    finally:
+        dave.channel.close()
