@@ -1,0 +1,73 @@
+"""`ws-admin project create|add-user|list`, `ws-admin image publish|unpublish` and
+`ws quota` against a real in-process service, through the CLIs' main functions."""
+
+from __future__ import annotations
+
+import json
+from types import ModuleType
+
+import pytest
+
+from tests.functional.harness import Site
+from workspace.cli import admin, ws
+from workspace.client import Client
+
+
+def run(
+    module: ModuleType, site: Site, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str, str]:
+    try:
+        code = module.main(list(argv), connect=lambda _s: Client(site.address))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_projects_from_the_command_line(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        admin, ready_site, capsys,
+        "project", "create", "phys",
+        "--quota", "instances=2,vcpus=4,memory-mib=4096,disk-gib=10,image-bytes=1000000",
+        "--default-lease", "8h", "--max-lease", "72h", "--on-expiry", "destroy",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "phys" in out and "instances=2" in out and "destroy" in out
+    assert run(admin, ready_site, capsys, "project", "add-user", "phys", "local")[0] == 0
+    code, out, _ = run(admin, ready_site, capsys, "-o", "json", "project", "list")
+    (listed,) = json.loads(out)
+    assert listed["name"] == "phys" and listed["users"] == ["local"]
+    assert listed["default_lease_s"] == 8 * 3600 and listed["max_lease_s"] == 72 * 3600
+    assert listed["quota"]["instances"] == 2
+    # ws create charges the caller's only project; ws quota shows use and limits.
+    assert run(ws, ready_site, capsys, "create", "--image", "img", "--name", "a")[0] == 0
+    code, out, _ = run(ws, ready_site, capsys, "quota")
+    assert code == 0
+    row = next(line.split() for line in out.splitlines() if " instances " in f" {line} ")
+    assert row == ["phys", "instances", "1", "2"]
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "quota")
+    assert json.loads(out)[0]["used"]["vcpus"] == 1
+
+
+def test_project_refusals_on_the_command_line(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(admin, ready_site, capsys, "project", "create", "p", "--quota", "cpus=2")
+    assert code == 2 and "instances" in err
+    code, _, err = run(admin, ready_site, capsys, "project", "create", "p", "--max-lease", "soon")
+    assert code == 2 and "not a duration" in err
+    code, _, err = run(ws, ready_site, capsys, "create", "--image", "img", "--project", "nope")
+    assert code == 1 and "project 'nope' does not exist" in err
+    code, _, err = run(admin, ready_site, capsys, "project", "add-user", "nope", "ana")
+    assert code == 1 and "does not exist" in err
+
+
+def test_publish_and_unpublish(ready_site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(admin, ready_site, capsys, "image", "publish", "img")
+    assert code == 0 and "img is public" in out
+    code, out, _ = run(admin, ready_site, capsys, "image", "unpublish", "img")
+    assert code == 0 and "private" in out
+    code, _, err = run(admin, ready_site, capsys, "image", "publish", "nope")
+    assert code == 1 and "not found" in err
