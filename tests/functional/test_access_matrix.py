@@ -512,3 +512,21 @@ def test_a_revoked_user_is_refused_at_once(world: World) -> None:
         assert "revoked" in err.details()
     finally:
         dave.channel.close()
+
+
+def test_a_revoked_node_loses_its_order_stream(world: World) -> None:
+    n4_dir = world.tmp / "id-n4"
+    world.ca.issue(Identity(Kind.NODE, "n4"), n4_dir)
+    n4 = world.connect(n4_dir)
+    try:
+        n4.nodes.Register(nodes_pb2.RegisterRequest(node="n4", cpus=1, memory_mib=512))
+        stream = n4.nodes.WatchAssignments(nodes_pb2.WatchAssignmentsRequest(node="n4"))
+        assert next(stream).assignments is not None
+        world.ca.revoke("n4")
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            next(stream)
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert time.monotonic() - started < 15
+    finally:
+        n4.channel.close()

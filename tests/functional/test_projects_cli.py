@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -71,3 +72,17 @@ def test_publish_and_unpublish(ready_site: Site, capsys: pytest.CaptureFixture[s
     assert code == 0 and "private" in out
     code, _, err = run(admin, ready_site, capsys, "image", "publish", "nope")
     assert code == 1 and "not found" in err
+
+
+def test_push_into_a_project(
+    site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 65536)
+    assert run(admin, site, capsys, "project", "create", "phys")[0] == 0
+    code, _, err = run(ws, site, capsys, "image", "push", "tool:1", str(disk), "--project", "phys")
+    assert code == 0, err
+    code, out, _ = run(ws, site, capsys, "-o", "json", "image", "show", "tool:1")
+    assert json.loads(out)["project"] == "phys"
+    code, _, err = run(ws, site, capsys, "image", "push", "tool:2", str(disk), "--project", "nope")
+    assert code == 1 and "project 'nope' does not exist" in err

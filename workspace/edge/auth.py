@@ -175,9 +175,14 @@ class Authenticator:
         if not pems:
             raise Unauthenticated("no client certificate: call with an identity of the site CA")
         who = self._parse(bytes(pems[0]))
-        if self.revocations is not None and self.revocations.is_revoked(who.serial):
-            raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
+        self.check_revoked(who)
         return who
+
+    def check_revoked(self, who: Identity) -> None:
+        """Unauthenticated if ``who``'s certificate is revoked now (long streams call this
+        as they go: a revoked caller's stream ends within a poll interval)."""
+        if who.serial and self.revocations is not None and self.revocations.is_revoked(who.serial):
+            raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
 
     def authorize(self, context: grpc.ServicerContext, method: str) -> Identity:
         """The caller, if the role ``method`` needs is theirs; else PermissionDenied."""

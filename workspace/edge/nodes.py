@@ -82,6 +82,7 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         seen = notifier.generation(node)
         yield self.assignments(node, serial)
         while context.is_active() and not notifier.closed:
+            self.auth.check_revoked(who)
             gen = notifier.wait_node(node, seen, STREAM_POLL_S)
             if gen != seen:
                 seen = gen

@@ -179,6 +179,7 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                     workspace=v1.workspace_to_proto(ws), initial=True
                 )
             while context.is_active() and not notifier.closed:
+                self.auth.check_revoked(who)
                 try:
                     ev = watcher.events.get(timeout=STREAM_POLL_S)
                 except queue.Empty:
