@@ -86,3 +86,19 @@ def test_push_into_a_project(
     assert json.loads(out)["project"] == "phys"
     code, _, err = run(ws, site, capsys, "image", "push", "tool:2", str(disk), "--project", "nope")
     assert code == 1 and "project 'nope' does not exist" in err
+
+
+def test_a_cluster_over_quota_from_the_command_line(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quota = ["--quota", "instances=1"]
+    assert run(admin, ready_site, capsys, "project", "create", "p", *quota)[0] == 0
+    member = "w=img,count=2,memory-mib=64"
+    code, _, err = run(
+        ws, ready_site, capsys, "cluster", "create", "c", "--member", member, "--project", "p"
+    )
+    assert code == 1 and "instances quota of project p" in err
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "cluster", "list")
+    assert code == 0 and json.loads(out) == []
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list")
+    assert json.loads(out) == []

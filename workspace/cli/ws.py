@@ -212,6 +212,8 @@ class Commands(common.ClientCommands):
 
     def cluster_create(self, args: argparse.Namespace) -> int:
         req = cluster_request(args)
+        if args.project:
+            req.project = args.project
         client = self.client(args)
         c = client.create_cluster(req, request_id=args.request_id)
         if args.wait:
@@ -313,6 +315,9 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
     )
     p.add_argument("name", nargs="?", help="cluster name (with --spec: replaces the file's)")
     p.add_argument("--spec", metavar="FILE", help="cluster spec, .toml or .json")
+    p.add_argument(
+        "--project", metavar="P", help="the project charged (default: yours, if you have one)"
+    )
     p.add_argument(
         "--member",
         action="append",
