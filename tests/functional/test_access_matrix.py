@@ -530,3 +530,18 @@ def test_a_revoked_node_loses_its_order_stream(world: World) -> None:
         assert time.monotonic() - started < 15
     finally:
         n4.channel.close()
+
+
+def test_an_admins_image_outside_projects_is_a_site_image(world: World) -> None:
+    admin, b = world.callers["admin"], world.callers["B"]
+    digest = admin.images.UploadBlob(iter([images_pb2.BlobChunk(data=b"\1" * 4096)])).digest
+    part = common_pb2.Partition(name="root", digest=digest, format="raw")
+    site_image = images_pb2.ImportImageRequest(name="site:1", partitions=[part])
+    shown = admin.images.ImportImage(site_image)
+    assert shown.public and shown.project == ""
+    assert "site:1" in {i.name for i in b.images.ListImages(images_pb2.ListImagesRequest()).images}
+    # A user's image is not: B's own image stays private to B (and B's project q).
+    mine = b.images.ImportImage(images_pb2.ImportImageRequest(name="bob:1", partitions=[part]))
+    assert (mine.public, mine.project) == (False, "q")
+    a_images = world.callers["A"].images.ListImages(images_pb2.ListImagesRequest()).images
+    assert "bob:1" not in {i.name for i in a_images}

@@ -174,10 +174,13 @@ def test_project_requests_are_checked(site: Site) -> None:
 
 def test_publish_makes_an_image_public(ready_site: Site) -> None:
     images = ready_site.stubs.images
+    # The admin's image outside any project is a site image, public from the start.
+    assert images.GetImage(images_pb2.GetImageRequest(name="img")).public
+    hidden = images.SetImagePublic(images_pb2.SetImagePublicRequest(name="img", public=False))
+    assert not hidden.public
     assert not images.GetImage(images_pb2.GetImageRequest(name="img")).public
     shown = images.SetImagePublic(images_pb2.SetImagePublicRequest(name="img", public=True))
     assert shown.public
-    assert images.GetImage(images_pb2.GetImageRequest(name="img")).public
     refused(
         lambda: images.SetImagePublic(images_pb2.SetImagePublicRequest(name="nope", public=True)),
         grpc.StatusCode.NOT_FOUND,

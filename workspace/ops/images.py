@@ -190,7 +190,8 @@ class Catalog:
     def import_image(self, who: Identity | str, req: ImageSpec, project: str = "") -> ImageView:
         """Add an image of the caller made of uploaded blobs (partitions: format "" is the
         default), in ``project`` (default: the caller's only one); private to its owner
-        and project until an admin makes it public."""
+        and project until an admin makes it public (an admin's image outside any
+        project is public from the start: a site image)."""
         env = self.env
         owner = as_identity(who).name
         parts = self._check_import(req)
@@ -206,7 +207,10 @@ class Catalog:
         )
         quota = env.cfg.limits.repo_quota_bytes_per_user
         with env.store.write() as s:
-            img.project = resolve_project(s, as_identity(who), project)
+            ident = as_identity(who)
+            img.project = resolve_project(s, ident, project)
+            # An admin's image outside any project is a site image: every user sees it.
+            img.public = ident.admin and not img.project
             if s.get(Image, req.image) is not None:
                 raise AlreadyExists(f"image {req.image!r} already exists; pick a new version")
             digests = set(spec.digests())
