@@ -193,3 +193,20 @@ def test_a_node_acts_only_for_the_node_it_names() -> None:
     assert node_name(Identity(Kind.USER, "local", admin=True), True, "n2") == "n2"
     with pytest.raises(PermissionDenied):
         node_name(Identity(Kind.USER, "root", admin=True), False, "n1")
+
+
+def test_a_crl_that_does_not_verify_keeps_the_revocations_read_before(
+    ca: pki.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = authenticator(ca)
+    pem = cert(ca, Identity(Kind.USER, "ana"))
+    ca.revoke("ana")
+    with pytest.raises(Unauthenticated):
+        auth.identify(Ctx(pem))  # type: ignore[arg-type]
+    # A CRL signed by another CA replaces the site's: refused, said in the log, and the
+    # revocation read before still holds.
+    other = pki.init(tmp_path / "other")
+    (ca.dir / "crl.pem").write_bytes((other.dir / "crl.pem").read_bytes() + b"\n")
+    with pytest.raises(Unauthenticated):
+        auth.identify(Ctx(pem))  # type: ignore[arg-type]
+    assert "does not verify" in caplog.text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -29,6 +30,7 @@ from workspace.errors import PermissionDenied
 from workspace.identity import Identity, Kind
 from workspace.pki import Revocations
 
+log = logging.getLogger("workspace.edge.auth")
 # Parsed client certificates kept (by their PEM bytes).
 CERT_CACHE_SIZE = 1024
 
@@ -139,6 +141,7 @@ class Authenticator:
         self.revocations = Revocations(tls.crl_file, ca_file) if tls.crl_file else None
         self._cache: OrderedDict[bytes, Identity | PermissionDenied] = OrderedDict()
         self._lock = threading.Lock()
+        self._crl_error = ""
 
     @property
     def insecure(self) -> bool:
@@ -181,7 +184,15 @@ class Authenticator:
     def check_revoked(self, who: Identity) -> None:
         """Unauthenticated if ``who``'s certificate is revoked now (long streams call this
         as they go: a revoked caller's stream ends within a poll interval)."""
-        if who.serial and self.revocations is not None and self.revocations.is_revoked(who.serial):
+        crl = self.revocations
+        if not who.serial or crl is None:
+            return
+        revoked = crl.is_revoked(who.serial)
+        if crl.error != self._crl_error:  # said once per new problem (or its end)
+            self._crl_error = crl.error
+            if crl.error:
+                log.error("%s; the revocations read before stay in force", crl.error)
+        if revoked:
             raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
 
     def authorize(self, context: grpc.ServicerContext, method: str) -> Identity:
@@ -200,7 +211,9 @@ class Authenticator:
         elif not who.is_user:
             raise PermissionDenied(f"{method} is for users; {who.principal} is not one")
         elif role is Role.ADMIN and not who.admin:
-            raise PermissionDenied(f"{method} needs the admin role; {who.principal} has not")
+            raise PermissionDenied(
+                f"{method} needs the admin role, which {who.principal} does not have"
+            )
         return who
 
 
