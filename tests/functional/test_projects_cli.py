@@ -12,6 +12,7 @@ import pytest
 from tests.functional.harness import Site
 from workspace.cli import admin, ws
 from workspace.client import Client
+from workspace.v1 import workspaces_pb2
 
 
 def run(
@@ -102,3 +103,18 @@ def test_a_cluster_over_quota_from_the_command_line(
     assert code == 0 and json.loads(out) == []
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list")
     assert json.loads(out) == []
+
+
+def test_quota_without_projects_and_list_all_users(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(ws, ready_site, capsys, "quota")
+    assert code == 0 and "you belong to no project" in out
+    # Another user's workspace: only an admin's --all-users lists it.
+    ready_site.service.workspaces.create(  # type: ignore[union-attr]
+        "ana", workspaces_pb2.CreateWorkspaceRequest(name="anas", image="img")
+    )
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list")
+    assert [w["name"] for w in json.loads(out)] == []
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list", "--all-users")
+    assert [(w["name"], w["owner"]) for w in json.loads(out)] == [("anas", "ana")]
