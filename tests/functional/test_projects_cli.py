@@ -85,6 +85,8 @@ def test_push_into_a_project(
     assert code == 0, err
     code, out, _ = run(ws, site, capsys, "-o", "json", "image", "show", "tool:1")
     assert json.loads(out)["project"] == "phys"
+    code, out, _ = run(ws, site, capsys, "image", "show", "tool:1")
+    assert code == 0 and ["project", "phys"] in [line.split() for line in out.splitlines()]
     code, _, err = run(ws, site, capsys, "image", "push", "tool:2", str(disk), "--project", "nope")
     assert code == 1 and "project 'nope' does not exist" in err
 
