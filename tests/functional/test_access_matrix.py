@@ -545,3 +545,23 @@ def test_an_admins_image_outside_projects_is_a_site_image(world: World) -> None:
     assert (mine.public, mine.project) == (False, "q")
     a_images = world.callers["A"].images.ListImages(images_pb2.ListImagesRequest()).images
     assert "bob:1" not in {i.name for i in a_images}
+
+
+def test_an_admin_removing_a_node_frees_its_name(world: World) -> None:
+    dirs = [world.tmp / "id-n5-a", world.tmp / "id-n5-b"]
+    for d in dirs:
+        world.ca.issue(Identity(Kind.NODE, "n5"), d)
+    old, new = (world.connect(d) for d in dirs)
+    register = nodes_pb2.RegisterRequest(node="n5", hypervisor="fake", cpus=1, memory_mib=512)
+    try:
+        old.nodes.Register(register)
+        assert code_of(lambda: new.nodes.Register(register)) is grpc.StatusCode.PERMISSION_DENIED
+        world.callers["admin"].admin.RemoveNode(admin_pb2.NodeRef(name="n5"))
+        new.nodes.Register(register)
+        # Now the name is the new certificate's: the old one may not act for it.
+        report = nodes_pb2.ReportStatusRequest(node="n5", full=True)
+        assert code_of(lambda: old.nodes.ReportStatus(report)) is grpc.StatusCode.PERMISSION_DENIED
+        new.nodes.ReportStatus(report)
+    finally:
+        old.channel.close()
+        new.channel.close()
