@@ -31,6 +31,7 @@ from workspace.client_images import ImagesClientMixin
 from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
 from workspace.client_images import blank_partition as blank_partition  # re-exported
+from workspace.client_projects import ProjectsClientMixin
 from workspace.config import TlsConfig
 from workspace.site import record as site_record
 from workspace.v1 import (
@@ -40,6 +41,7 @@ from workspace.v1 import (
     clusters_pb2_grpc,
     common_pb2,
     images_pb2_grpc,
+    projects_pb2_grpc,
     trust_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
@@ -189,7 +191,7 @@ def tls_from_env() -> TlsConfig | None:
     return tls if tls.enabled else None
 
 
-class Client(ImagesClientMixin):
+class Client(ImagesClientMixin, ProjectsClientMixin):
     """A connection to one workspace service. Thread-safe; close() when done."""
 
     def __init__(self, address: str, tls: TlsConfig | None = None, timeout_s: float = 30.0) -> None:
@@ -201,6 +203,7 @@ class Client(ImagesClientMixin):
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._clusters = clusters_pb2_grpc.ClustersStub(self._channel)
         self._trust = trust_pb2_grpc.TrustStub(self._channel)
+        self._projects = projects_pb2_grpc.ProjectsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @classmethod
@@ -285,6 +288,7 @@ class Client(ImagesClientMixin):
         wait_for_capacity_s: int = 0,
         extra_partitions: Sequence[common_pb2.Partition] = (),
         grow_bytes: Mapping[str, int] | None = None,
+        project: str = "",
     ) -> common_pb2.Workspace:
         """Create a workspace; idempotent by ``request_id`` (a fresh uuid4 if not given).
 
@@ -312,6 +316,7 @@ class Client(ImagesClientMixin):
             wait_for_capacity_s=wait_for_capacity_s,
             extra_partitions=list(extra_partitions),
             grow_bytes=dict(grow_bytes or {}),
+            project=project,
         )
         return self._create(self._workspaces.CreateWorkspace, req)
 
@@ -319,16 +324,23 @@ class Client(ImagesClientMixin):
         return self._call(self._workspaces.GetWorkspace, workspaces_pb2.GetWorkspaceRequest(id=id))
 
     def list_workspaces(
-        self, include_terminated: bool = False, page_size: int = LIST_PAGE_SIZE
+        self,
+        include_terminated: bool = False,
+        page_size: int = LIST_PAGE_SIZE,
+        all_users: bool = False,
     ) -> list[common_pb2.Workspace]:
-        """Every workspace, fetched page by page (oldest first)."""
+        """Every workspace the caller sees (theirs and their projects'; an admin's
+        ``all_users``: everyone's), fetched page by page (oldest first)."""
         out: list[common_pb2.Workspace] = []
         token = ""
         while True:
             resp = self._call(
                 self._workspaces.ListWorkspaces,
                 workspaces_pb2.ListWorkspacesRequest(
-                    include_terminated=include_terminated, page_size=page_size, page_token=token
+                    include_terminated=include_terminated,
+                    page_size=page_size,
+                    page_token=token,
+                    all_users=all_users,
                 ),
             )
             out.extend(resp.workspaces)

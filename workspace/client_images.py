@@ -86,13 +86,17 @@ class ImagesClientMixin:
         kernel_digest: str = "",
         initrd_digest: str = "",
         cmdline: str = "",
+        project: str = "",
     ) -> images_pb2.Image:
+        """Register an image of uploaded blobs, in ``project`` (default: the caller's only
+        project); private to its owner and project until an admin publishes it."""
         req = images_pb2.ImportImageRequest(
             name=name,
             partitions=list(partitions),
             kernel_digest=kernel_digest,
             initrd_digest=initrd_digest,
             cmdline=cmdline,
+            project=project,
         )
         return self._call(self._images.ImportImage, req)
 
@@ -176,6 +180,7 @@ class ImagesClientMixin:
         name: str,
         manifest: image_manifest.Manifest,
         progress: PushProgress | None = None,
+        project: str = "",
     ) -> PushResult:
         """Push an image: hash its files locally, ask which blobs the service lacks, send
         only those, then import the manifest. A re-push of the same files sends nothing.
@@ -191,7 +196,10 @@ class ImagesClientMixin:
             uploaded, sent = self._send_missing(digests, progress)
             try:
                 image = self.import_image(
-                    name, _push_partitions(manifest, digests, fmts), *_boot(manifest, digests)
+                    name,
+                    _push_partitions(manifest, digests, fmts),
+                    *_boot(manifest, digests),
+                    project=project,
                 )
             except errors.NotFound:
                 # A blob vanished between HasBlobs and the import (a DeleteImage of

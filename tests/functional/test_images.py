@@ -334,8 +334,13 @@ def test_only_the_owner_deletes(tmp_path: Path) -> None:
         digest = site.stubs.upload(b"\0" * 512)
         part = common_pb2.Partition(name="root", digest=digest, format="raw", mode=COW)
         catalog.import_image("alice", images_pb2.ImportImageRequest(name="al:1", partitions=[part]))
-        from workspace.errors import PermissionDenied
+        from workspace.errors import NotFound, PermissionDenied
 
+        # Private to alice: bob does not see it at all.
+        with pytest.raises(NotFound, match="not found"):
+            catalog.delete_image("bob", "al:1")
+        # Public: bob sees it, but it is still alice's.
+        catalog.catalog.set_public("al:1", True)
         with pytest.raises(PermissionDenied, match="belongs to alice"):
             catalog.delete_image("bob", "al:1")
         assert catalog.delete_image("alice", "al:1").name == "al:1"

@@ -111,8 +111,10 @@ class FakeClient:
         if self.fail is not None:
             raise self.fail
 
-    def list_workspaces(self, include_terminated: bool = False) -> list[common_pb2.Workspace]:
-        self._do("list", include_terminated=include_terminated)
+    def list_workspaces(
+        self, include_terminated: bool = False, all_users: bool = False
+    ) -> list[common_pb2.Workspace]:
+        self._do("list", include_terminated=include_terminated, all_users=all_users)
         return [_ws()]
 
     def get_workspace(self, id: str) -> common_pb2.Workspace:
@@ -181,7 +183,7 @@ def test_list_json_and_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["list", "--all", "--output", "json"], client) == 0
     data = json.loads(capsys.readouterr().out)
     assert data[0]["state"] == "RUNNING" and data[0]["memory_mib"] == 512
-    assert client.calls == [("list", ((), {"include_terminated": True}))]
+    assert client.calls == [("list", ((), {"include_terminated": True, "all_users": False}))]
     assert _run(["list"], FakeClient()) == 0
     assert capsys.readouterr().out.split()[8:11] == ["w1", "alpha", "RUNNING"]
 

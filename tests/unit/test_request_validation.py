@@ -108,6 +108,8 @@ def build_site(
         name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
     )
     catalog.import_image(OWNER, images_pb2.ImportImageRequest(name="img", partitions=[part]))
+    # Several users create from it here: a site image every user sees.
+    catalog.catalog.set_public("img", True)
     nodes = Nodes(env, catalog.blobs)
     if register:
         nodes.register(

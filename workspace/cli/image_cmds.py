@@ -60,7 +60,7 @@ class ImageCommands:
         m = _manifest(args)
         client = self.client_for(args)
         progress = render.PushProgress(self.prog)
-        result: PushResult = client.push_image(args.name, m, progress)
+        result: PushResult = client.push_image(args.name, m, progress, project=args.project or "")
         print(
             f"{self.prog}: pushed {result.image.name}: {len(result.uploaded)} blob(s) sent "
             f"({render.fmt_bytes(result.sent_bytes)}), {len(result.skipped)} already there",
@@ -119,6 +119,9 @@ def register(
     q.add_argument("--kernel", metavar="F", help="kernel for direct boot (with PATH)")
     q.add_argument("--initrd", metavar="F", help="initrd for direct boot (with PATH)")
     q.add_argument("--cmdline", metavar="S", help="kernel command line (with PATH)")
+    q.add_argument(
+        "--project", metavar="P", help="the image's project (default: yours, if you have one)"
+    )
     q.set_defaults(func=cmds.push)
 
     q = sub.add_parser("list", parents=[parent], help="list images")

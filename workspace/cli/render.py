@@ -214,6 +214,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("cluster", ws.cluster),
         ("role", ws.role),
         ("owner", ws.owner),
+        ("project", ws.project),
         ("reboot_count", ws.reboot_count or ""),
         ("request_id", ws.request_id),
         ("created_at", fmt_time(ws.created_at)),
@@ -406,6 +407,8 @@ def image_text(img: images_pb2.Image) -> str:
         [
             ("name", img.name),
             ("owner", img.owner),
+            ("project", img.project),
+            ("public", "yes" if img.public else ""),
             ("created_at", fmt_time(img.created_at)),
             ("total", fmt_bytes(img.total_bytes)),
             ("kernel", img.kernel_digest),

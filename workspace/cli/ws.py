@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from workspace.cli import clusterspec, common, image_cmds, render, trust_cmds
+from workspace.cli import clusterspec, common, image_cmds, project_cmds, render, trust_cmds
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
@@ -137,6 +137,7 @@ class Commands(common.ClientCommands):
             wait_for_capacity_s=args.wait_for_capacity or 0,
             extra_partitions=extra_partitions,
             grow_bytes=grow_bytes,
+            project=args.project or "",
         )
         if args.wait:
             ws = client.wait_for_state(
@@ -149,7 +150,9 @@ class Commands(common.ClientCommands):
         return common.EXIT_OK
 
     def list(self, args: argparse.Namespace) -> int:
-        items = self.client(args).list_workspaces(include_terminated=args.all)
+        items = self.client(args).list_workspaces(
+            include_terminated=args.all, all_users=args.all_users
+        )
         render.emit(args, items, render.workspace_rows(items) if items else "")
         return common.EXIT_OK
 
@@ -209,6 +212,8 @@ class Commands(common.ClientCommands):
 
     def cluster_create(self, args: argparse.Namespace) -> int:
         req = cluster_request(args)
+        if args.project:
+            req.project = args.project
         client = self.client(args)
         c = client.create_cluster(req, request_id=args.request_id)
         if args.wait:
@@ -311,6 +316,9 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
     p.add_argument("name", nargs="?", help="cluster name (with --spec: replaces the file's)")
     p.add_argument("--spec", metavar="FILE", help="cluster spec, .toml or .json")
     p.add_argument(
+        "--project", metavar="P", help="the project charged (default: yours, if you have one)"
+    )
+    p.add_argument(
         "--member",
         action="append",
         type=clusterspec.member_arg,
@@ -401,12 +409,16 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     image_cmds.add_disk_options(p)
     _add_capacity_wait(p)
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
+    p.add_argument(
+        "--project", metavar="P", help="the project charged (default: yours, if you have one)"
+    )
     p.add_argument("--wait", action="store_true", help="wait until the workspace is RUNNING")
     _add_create_timeout(p)
     p.set_defaults(func=cmds.create)
 
     p = sub.add_parser("list", parents=[parent], help="list workspaces")
     p.add_argument("--all", action="store_true", help="include terminated workspaces")
+    p.add_argument("--all-users", action="store_true", help="(admins) every user's, not only yours")
     p.set_defaults(func=cmds.list)
 
     p = sub.add_parser("show", parents=[parent], help="show one workspace")
@@ -446,6 +458,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
 
     image_sub = image_cmds.register(sub, parent, cmds.client, PROG)
     trust_cmds.register_image(image_sub, parent, cmds.client)
+    project_cmds.register_user(sub, parent, cmds.client)
     return parser
 
 

@@ -159,6 +159,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         reboot_count=w.reboot_count,
         cluster=w.cluster,
         role=w.role,
+        project=w.project,
     )
 
 
@@ -180,6 +181,7 @@ def create_from_proto(req: workspaces_pb2.CreateWorkspaceRequest) -> CreateReque
         ),
         request_id=req.request_id,
         wait_for_capacity_s=req.wait_for_capacity_s,
+        project=req.project,
     )
 
 
@@ -222,6 +224,7 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
         request_id=req.request_id,
         wait_for_capacity_s=req.wait_for_capacity_s,
         request_hash=hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest(),
+        project=req.project,
     )
 
 
@@ -239,6 +242,7 @@ def cluster_to_proto(c: ClusterView) -> clusters_pb2.Cluster:
         created_at=ts(c.created_at),
         updated_at=ts(c.updated_at),
         spec=[member_to_proto(m) for m in c.spec],
+        project=c.project,
     )
 
 
@@ -267,6 +271,8 @@ def image_to_proto(img: ImageView) -> images_pb2.Image:
         owner=img.owner,
         created_at=ts(img.created_at),
         total_bytes=img.total_bytes,
+        project=img.project,
+        public=img.public,
     )
 
 

@@ -116,6 +116,7 @@ class WorkspaceView:
     cluster: str = ""
     role: str = ""
     waiting: bool = False  # queued for capacity (state PENDING, no node yet)
+    project: str = ""  # the project it is charged to ("": none)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,8 @@ class CreateRequest:
     spec: CreateSpec
     request_id: str = ""
     wait_for_capacity_s: int = 0
+    # The project asked for ("": the caller's only project, if exactly one).
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -322,6 +325,7 @@ class ClusterRequest:
     request_id: str = ""
     wait_for_capacity_s: int = 0
     request_hash: str = ""  # of the request as sent (the edge computes it)
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -340,6 +344,7 @@ class ClusterView:
     created_at: float
     updated_at: float
     spec: tuple[MemberSpec, ...]
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -418,6 +423,8 @@ class ImageView:
     owner: str
     created_at: float
     total_bytes: int = 0
+    project: str = ""
+    public: bool = False
 
 
 @dataclass(frozen=True)

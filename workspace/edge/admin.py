@@ -6,15 +6,20 @@ import grpc
 
 from workspace.codec import node as codec_node
 from workspace.codec import v1
+from workspace.edge import auth
 from workspace.edge.calls import unary
+from workspace.identity import Identity
 from workspace.ops import networks, nodes, queue
 from workspace.ops.unit import Env
 from workspace.v1 import admin_pb2, admin_pb2_grpc
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
+    SERVICE = "workspace.v1.Admin"
+
     def __init__(self, env: Env) -> None:
         self.env = env
+        self.auth = auth.for_config(env.cfg)
 
     def create_network(self, request: admin_pb2.Network) -> admin_pb2.Network:
         return v1.network_to_proto(
@@ -23,32 +28,32 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @unary
     def DrainNode(
-        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.Node:
         return v1.node_to_proto(nodes.set_drained(self.env, request.name, True))
 
     @unary
     def EnableNode(
-        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.Node:
         return v1.node_to_proto(nodes.set_drained(self.env, request.name, False))
 
     @unary
     def RemoveNode(
-        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.Node:
         return v1.node_to_proto(nodes.remove(self.env, request.name))
 
     @unary
     def ListQueue(
-        self, request: admin_pb2.ListQueueRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.ListQueueRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.ListQueueResponse:
         entries = [v1.queue_entry_to_proto(e) for e in queue.list_queue(self.env)]
         return admin_pb2.ListQueueResponse(entries=entries)
 
     @unary
     def GetSchedulerInput(
-        self, request: admin_pb2.SchedulerInputRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.SchedulerInputRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.SchedulerInput:
         text = nodes.scheduler_input(
             self.env,
@@ -62,33 +67,33 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @unary
     def ListNodes(
-        self, request: admin_pb2.ListNodesRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.ListNodesRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.ListNodesResponse:
         listed = [v1.node_to_proto(n) for n in nodes.list_nodes(self.env)]
         return admin_pb2.ListNodesResponse(nodes=listed)
 
     @unary
     def ListCache(
-        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext
+        self, request: admin_pb2.NodeRef, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.ListCacheResponse:
         return codec_node.node_cache_to_proto(nodes.list_cache(self.env, request.name))
 
     @unary
     def PreloadImage(
-        self, request: admin_pb2.PreloadImageRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.PreloadImageRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.PreloadImageResponse:
         done, digests = nodes.preload(self.env, request.image, list(request.nodes))
         return admin_pb2.PreloadImageResponse(nodes=done, digests=digests)
 
     @unary
     def CreateNetwork(
-        self, request: admin_pb2.Network, context: grpc.ServicerContext
+        self, request: admin_pb2.Network, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.Network:
         return self.create_network(request)
 
     @unary
     def ListNetworks(
-        self, request: admin_pb2.ListNetworksRequest, context: grpc.ServicerContext
+        self, request: admin_pb2.ListNetworksRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.ListNetworksResponse:
         listed = [v1.network_to_proto(n) for n in networks.list_networks(self.env)]
         return admin_pb2.ListNetworksResponse(networks=listed)

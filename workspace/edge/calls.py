@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import grpc
 
 from workspace import rpc_status
+from workspace.edge.auth import Authenticator, Unauthenticated, method_name
 from workspace.errors import WorkspaceError
+from workspace.identity import Identity
 
 log = logging.getLogger("workspace.edge")
-F = TypeVar("F", bound=Callable[..., Any])
 
 # How often a stream wakes up to check that its client is still there.
 STREAM_POLL_S = 5.0
@@ -21,6 +22,8 @@ STREAM_POLL_S = 5.0
 
 def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     """End the call with the status of ``exc`` (INTERNAL, logged, if unexpected)."""
+    if isinstance(exc, Unauthenticated):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
     if isinstance(exc, WorkspaceError):
         if not exc.expected:
             log.error("%s failed: %s", method, exc.message)
@@ -29,32 +32,51 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {exc}")
 
 
-def unary(fn: F) -> F:
+class Guarded(Protocol):
+    """A servicer whose RPCs are wrapped below: its service's full name, its authenticator."""
+
+    SERVICE: str
+    auth: Authenticator
+
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _caller(self: object, context: grpc.ServicerContext, name: str) -> Identity:
+    servicer = cast(Guarded, self)
+    return servicer.auth.authorize(context, method_name(servicer.SERVICE, name))
+
+
+def unary(
+    fn: Callable[[S, Req, grpc.ServicerContext, Identity], Resp],
+) -> Callable[[S, Req, grpc.ServicerContext], Resp]:
+    """An RPC ``fn(self, request, context, who)``: the caller is identified and checked
+    against the access rule of the RPC (edge/auth.py) before ``fn`` runs."""
+
     @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
-            return fn(self, request, context)
+            return fn(self, request, context, _caller(self, context, fn.__name__))
+        except Exception as exc:
+            abort(context, exc, fn.__name__)
+            raise
+
+    return wrapper
+
+
+def stream(
+    fn: Callable[[S, Req, grpc.ServicerContext, Identity], Iterator[Resp]],
+) -> Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]]:
+    """A server-streaming RPC ``fn(self, request, context, who)``, guarded as ``unary``."""
+
+    @functools.wraps(fn)
+    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
+        try:
+            who = _caller(self, context, fn.__name__)
+            yield from fn(self, request, context, who)
         except Exception as exc:
             abort(context, exc, fn.__name__)
 
-    return wrapper  # type: ignore[return-value]
-
-
-def stream(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from fn(self, request, context)
-        except Exception as exc:
-            abort(context, exc, fn.__name__)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def caller(context: grpc.ServicerContext, default: str) -> str:
-    """The identity of the caller: the certificate's CN under mTLS, else the default."""
-    auth = context.auth_context()
-    cns = auth.get("x509_common_name") if auth else None
-    if cns:
-        return str(cns[0].decode())
-    return default
+    return wrapper

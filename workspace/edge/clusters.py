@@ -6,60 +6,69 @@ import grpc
 
 from workspace.codec import v1
 from workspace.domain.states import Op
-from workspace.edge.calls import caller, unary
+from workspace.edge import auth
+from workspace.edge.calls import unary
+from workspace.identity import Identity
 from workspace.ops import clusters
 from workspace.ops.unit import Env
 from workspace.v1 import clusters_pb2, clusters_pb2_grpc
 
 
 class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
+    SERVICE = "workspace.v1.Clusters"
+
     def __init__(self, env: Env) -> None:
         self.env = env
-        self.default_owner = env.cfg.default_owner
+        self.auth = auth.for_config(env.cfg)
 
-    def _owner(self, context: grpc.ServicerContext) -> str:
-        return caller(context, self.default_owner)
-
-    def create(self, owner: str, req: clusters_pb2.CreateClusterRequest) -> clusters_pb2.Cluster:
-        view = clusters.create(self.env, owner, v1.cluster_request_from_proto(req))
+    def create(
+        self, who: Identity | str, req: clusters_pb2.CreateClusterRequest
+    ) -> clusters_pb2.Cluster:
+        view = clusters.create(self.env, who, v1.cluster_request_from_proto(req))
         return v1.cluster_to_proto(view)
 
-    def operate(self, owner: str, ref: str, op: Op) -> clusters_pb2.Cluster:
-        return v1.cluster_to_proto(clusters.operate(self.env, owner, ref, op))
+    def operate(self, who: Identity | str, ref: str, op: Op) -> clusters_pb2.Cluster:
+        return v1.cluster_to_proto(clusters.operate(self.env, who, ref, op))
 
     @unary
     def CreateCluster(
-        self, request: clusters_pb2.CreateClusterRequest, context: grpc.ServicerContext
+        self,
+        request: clusters_pb2.CreateClusterRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> clusters_pb2.Cluster:
-        return self.create(self._owner(context), request)
+        return self.create(who, request)
 
     @unary
     def GetCluster(
-        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext, who: Identity
     ) -> clusters_pb2.Cluster:
-        return v1.cluster_to_proto(clusters.get(self.env, self._owner(context), request.id))
+        return v1.cluster_to_proto(clusters.get(self.env, who, request.id))
 
     @unary
     def ListClusters(
-        self, request: clusters_pb2.ListClustersRequest, context: grpc.ServicerContext
+        self,
+        request: clusters_pb2.ListClustersRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> clusters_pb2.ListClustersResponse:
-        rows = clusters.list_clusters(self.env, self._owner(context), request.include_terminated)
+        rows = clusters.list_clusters(self.env, who, request.include_terminated, request.all_users)
         return clusters_pb2.ListClustersResponse(clusters=[v1.cluster_to_proto(c) for c in rows])
 
     @unary
     def StartCluster(
-        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext, who: Identity
     ) -> clusters_pb2.Cluster:
-        return self.operate(self._owner(context), request.id, Op.START)
+        return self.operate(who, request.id, Op.START)
 
     @unary
     def StopCluster(
-        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext, who: Identity
     ) -> clusters_pb2.Cluster:
-        return self.operate(self._owner(context), request.id, Op.STOP)
+        return self.operate(who, request.id, Op.STOP)
 
     @unary
     def DestroyCluster(
-        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext
+        self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext, who: Identity
     ) -> clusters_pb2.Cluster:
-        return self.operate(self._owner(context), request.id, Op.DESTROY)
+        return self.operate(who, request.id, Op.DESTROY)

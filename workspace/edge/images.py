@@ -7,23 +7,24 @@ from collections.abc import Iterable, Iterator
 import grpc
 
 from workspace.codec import v1
-from workspace.edge.calls import abort, caller, unary
+from workspace.edge import auth
+from workspace.edge.calls import unary
+from workspace.identity import Identity
 from workspace.ops.images import Catalog
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import images_pb2, images_pb2_grpc
 
 
 class ImagesServicer(images_pb2_grpc.ImagesServicer):
+    SERVICE = "workspace.v1.Images"
+
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.default_owner = catalog.env.cfg.default_owner
+        self.auth = auth.for_config(catalog.env.cfg)
 
     @property
     def blobs(self) -> BlobRepository:
         return self.catalog.blobs
-
-    def _owner(self, context: grpc.ServicerContext) -> str:
-        return caller(context, self.default_owner)
 
     # -- messages in, messages out ---------------------------------------------------------
 
@@ -31,57 +32,71 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         digest, size = self.catalog.upload_blob(chunks)
         return images_pb2.BlobRef(digest=digest, size_bytes=size)
 
-    def import_image(self, owner: str, req: images_pb2.ImportImageRequest) -> images_pb2.Image:
-        view = self.catalog.import_image(owner, v1.image_request_from_proto(req))
+    def import_image(
+        self, who: Identity | str, req: images_pb2.ImportImageRequest
+    ) -> images_pb2.Image:
+        view = self.catalog.import_image(who, v1.image_request_from_proto(req), req.project)
         return v1.image_to_proto(view)
 
-    def delete_image(self, owner: str, name: str) -> images_pb2.Image:
-        return v1.image_to_proto(self.catalog.delete_image(owner, name))
+    def delete_image(self, who: Identity | str, name: str) -> images_pb2.Image:
+        return v1.image_to_proto(self.catalog.delete_image(who, name))
 
     # -- RPCs ------------------------------------------------------------------------------
 
+    @unary
     def UploadBlob(
-        self, request_iterator: Iterator[images_pb2.BlobChunk], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[images_pb2.BlobChunk],
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> images_pb2.BlobRef:
-        try:
-            return self.upload_blob(c.data for c in request_iterator)
-        except Exception as exc:
-            abort(context, exc, "UploadBlob")
-            raise
+        return self.upload_blob(c.data for c in request_iterator)
 
     @unary
     def ImportImage(
-        self, request: images_pb2.ImportImageRequest, context: grpc.ServicerContext
+        self, request: images_pb2.ImportImageRequest, context: grpc.ServicerContext, who: Identity
     ) -> images_pb2.Image:
-        return self.import_image(self._owner(context), request)
+        return self.import_image(who, request)
 
     @unary
     def ListImages(
-        self, request: images_pb2.ListImagesRequest, context: grpc.ServicerContext
+        self, request: images_pb2.ListImagesRequest, context: grpc.ServicerContext, who: Identity
     ) -> images_pb2.ListImagesResponse:
-        images = [v1.image_to_proto(i) for i in self.catalog.list_images()]
+        images = [v1.image_to_proto(i) for i in self.catalog.list_images(who)]
         return images_pb2.ListImagesResponse(images=images)
 
     @unary
     def GetImage(
-        self, request: images_pb2.GetImageRequest, context: grpc.ServicerContext
+        self, request: images_pb2.GetImageRequest, context: grpc.ServicerContext, who: Identity
     ) -> images_pb2.Image:
-        return v1.image_to_proto(self.catalog.get_image(request.name))
+        return v1.image_to_proto(self.catalog.get_image(who, request.name))
 
     @unary
     def HasBlobs(
-        self, request: images_pb2.HasBlobsRequest, context: grpc.ServicerContext
+        self, request: images_pb2.HasBlobsRequest, context: grpc.ServicerContext, who: Identity
     ) -> images_pb2.HasBlobsResponse:
         return images_pb2.HasBlobsResponse(missing=self.catalog.has_blobs(request.digests))
 
     @unary
     def DeleteImage(
-        self, request: images_pb2.GetImageRequest, context: grpc.ServicerContext
+        self, request: images_pb2.GetImageRequest, context: grpc.ServicerContext, who: Identity
     ) -> images_pb2.Image:
-        return self.delete_image(self._owner(context), request.name)
+        return self.delete_image(who, request.name)
 
     @unary
     def GetRepositoryUsage(
-        self, request: images_pb2.RepositoryUsageRequest, context: grpc.ServicerContext
+        self,
+        request: images_pb2.RepositoryUsageRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> images_pb2.RepositoryUsage:
-        return v1.usage_to_proto(self.catalog.repository_usage(self._owner(context)))
+        return v1.usage_to_proto(self.catalog.repository_usage(who))
+
+    @unary
+    def SetImagePublic(
+        self,
+        request: images_pb2.SetImagePublicRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> images_pb2.Image:
+        return v1.image_to_proto(self.catalog.set_public(request.name, request.public))

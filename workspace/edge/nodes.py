@@ -1,4 +1,10 @@
-"""The Nodes API (agents): registration, the order stream, reports, consoles, blobs."""
+"""The Nodes API (agents): registration, the order stream, reports, consoles, blobs.
+
+Every call acts for the node its certificate names (``auth.node_name``): a request naming
+another node is refused and changes nothing. The node name is bound to the certificate
+that registered it (ops/reports.py). Without TLS (insecure mode) the request's node is
+taken as given.
+"""
 
 from __future__ import annotations
 
@@ -7,68 +13,99 @@ from collections.abc import Iterator
 import grpc
 
 from workspace.codec import node as codec_node
+from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
+from workspace.identity import Identity
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.ops import consoles, liveness, reports
 from workspace.ops.unit import Env
 from workspace.store.blobs import BlobRepository
 
 
+def _serial(who: Identity) -> int:
+    return who.serial if who.is_node else 0
+
+
 class NodesServicer(nodes_pb2_grpc.NodesServicer):
+    SERVICE = "workspace.node.v1.Nodes"
+
     def __init__(self, env: Env, blobs: BlobRepository) -> None:
         self.env = env
         self.blobs = blobs
+        self.auth = auth.for_config(env.cfg)
 
     # -- messages in, messages out ---------------------------------------------------------
 
-    def register(self, req: nodes_pb2.RegisterRequest) -> nodes_pb2.RegisterResponse:
-        interval = reports.register(self.env, codec_node.node_info_from_proto(req))
+    def register(
+        self, req: nodes_pb2.RegisterRequest, cert_serial: int = 0
+    ) -> nodes_pb2.RegisterResponse:
+        revocations = self.auth.revocations
+        interval = reports.register(
+            self.env,
+            codec_node.node_info_from_proto(req),
+            cert_serial,
+            revocations.is_revoked if revocations is not None else lambda _serial: False,
+        )
         return nodes_pb2.RegisterResponse(heartbeat_interval_s=interval)
 
-    def assignments(self, node: str) -> nodes_pb2.AssignmentSet:
-        return codec_node.node_orders_to_proto(reports.orders(self.env, node))
+    def assignments(self, node: str, cert_serial: int = 0) -> nodes_pb2.AssignmentSet:
+        return codec_node.node_orders_to_proto(reports.orders(self.env, node, cert_serial))
 
-    def report(self, req: nodes_pb2.ReportStatusRequest) -> None:
-        reports.report(self.env, codec_node.report_from_proto(req))
+    def report(self, req: nodes_pb2.ReportStatusRequest, cert_serial: int = 0) -> None:
+        reports.report(self.env, codec_node.report_from_proto(req), cert_serial)
 
     def check_liveness(self) -> list[str]:
         return liveness.check_liveness(self.env)
+
+    def _node(self, who: Identity, asked: str) -> str:
+        return auth.node_name(who, self.auth.insecure, asked)
 
     # -- RPCs ------------------------------------------------------------------------------
 
     @unary
     def Register(
-        self, request: nodes_pb2.RegisterRequest, context: grpc.ServicerContext
+        self, request: nodes_pb2.RegisterRequest, context: grpc.ServicerContext, who: Identity
     ) -> nodes_pb2.RegisterResponse:
-        return self.register(request)
+        self._node(who, request.node)
+        return self.register(request, _serial(who))
 
     @stream
     def WatchAssignments(
-        self, request: nodes_pb2.WatchAssignmentsRequest, context: grpc.ServicerContext
+        self,
+        request: nodes_pb2.WatchAssignmentsRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> Iterator[nodes_pb2.AssignmentSet]:
+        node = self._node(who, request.node)
+        serial = _serial(who)
         notifier = self.env.notifier
-        seen = notifier.generation(request.node)
-        yield self.assignments(request.node)
+        seen = notifier.generation(node)
+        yield self.assignments(node, serial)
         while context.is_active() and not notifier.closed:
-            gen = notifier.wait_node(request.node, seen, STREAM_POLL_S)
+            self.auth.check_revoked(who)
+            gen = notifier.wait_node(node, seen, STREAM_POLL_S)
             if gen != seen:
                 seen = gen
-                yield self.assignments(request.node)
+                yield self.assignments(node, serial)
 
     @unary
     def ReportStatus(
-        self, request: nodes_pb2.ReportStatusRequest, context: grpc.ServicerContext
+        self, request: nodes_pb2.ReportStatusRequest, context: grpc.ServicerContext, who: Identity
     ) -> nodes_pb2.ReportStatusResponse:
-        self.report(request)
+        self._node(who, request.node)
+        self.report(request, _serial(who))
         return nodes_pb2.ReportStatusResponse()
 
     @unary
     def PushConsole(
-        self, request: nodes_pb2.PushConsoleRequest, context: grpc.ServicerContext
+        self, request: nodes_pb2.PushConsoleRequest, context: grpc.ServicerContext, who: Identity
     ) -> nodes_pb2.PushConsoleResponse:
+        node = self._node(who, request.node)
+        if who.is_node:
+            reports.check_node(self.env, node, who.serial)
         offset = consoles.push_console(
             self.env,
-            request.node,
+            node,
             request.workspace_id,
             request.offset,
             request.data,
@@ -78,8 +115,11 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
 
     @stream
     def FetchBlob(
-        self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext
+        self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext, who: Identity
     ) -> Iterator[nodes_pb2.BlobData]:
+        node = self._node(who, request.node)
+        if who.is_node:
+            reports.may_fetch(self.env, node, request.digest, who.serial)
         repo = self.blobs
         total = repo.size(request.digest) if repo.has(request.digest) else 0
         for chunk in repo.read(request.digest, request.offset):

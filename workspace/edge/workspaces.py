@@ -1,7 +1,8 @@
 """The Workspaces API: decode with the codec, call an operation, encode the answer.
 
 The plain methods (``create``, ``get``, ...) speak messages without a gRPC context (the
-caller is given); the RPC methods add the caller's identity and the error mapping.
+caller is given: an Identity, or a user name); the RPC methods get the caller's identity
+and the error mapping from ``calls.unary``/``stream`` (edge/auth.py says who may call).
 """
 
 from __future__ import annotations
@@ -14,145 +15,171 @@ import grpc
 from workspace.codec import v1
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Op
-from workspace.edge.calls import STREAM_POLL_S, caller, stream, unary
+from workspace.edge import auth
+from workspace.edge.calls import STREAM_POLL_S, stream, unary
 from workspace.errors import InvalidArgument
-from workspace.ops import consoles, create, operate, queries
+from workspace.identity import Identity
+from workspace.ops import consoles, create, operate, projects, queries
 from workspace.ops.unit import Env
 from workspace.v1 import common_pb2, workspaces_pb2, workspaces_pb2_grpc
 
 
 class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
+    SERVICE = "workspace.v1.Workspaces"
+
     def __init__(self, env: Env) -> None:
         self.env = env
-        self.default_owner = env.cfg.default_owner
+        self.auth = auth.for_config(env.cfg)
 
     # -- messages in, messages out ---------------------------------------------------------
 
     def create(
-        self, owner: str, req: workspaces_pb2.CreateWorkspaceRequest
+        self, who: Identity | str, req: workspaces_pb2.CreateWorkspaceRequest
     ) -> common_pb2.Workspace:
-        return v1.workspace_to_proto(create.create(self.env, owner, v1.create_from_proto(req)))
+        return v1.workspace_to_proto(create.create(self.env, who, v1.create_from_proto(req)))
 
-    def get(self, owner: str, ref: str) -> common_pb2.Workspace:
-        return v1.workspace_to_proto(queries.get(self.env, owner, ref))
+    def get(self, who: Identity | str, ref: str) -> common_pb2.Workspace:
+        return v1.workspace_to_proto(queries.get(self.env, who, ref))
 
-    def list(self, owner: str | None, include_terminated: bool) -> list[common_pb2.Workspace]:
+    def list(self, who: Identity | str, include_terminated: bool) -> list[common_pb2.Workspace]:
         return [
-            v1.workspace_to_proto(w) for w in queries.list_all(self.env, owner, include_terminated)
+            v1.workspace_to_proto(w) for w in queries.list_all(self.env, who, include_terminated)
         ]
 
     def list_page(
-        self, owner: str | None, include_terminated: bool, page_size: int = 0, page_token: str = ""
+        self,
+        who: Identity | str,
+        include_terminated: bool,
+        page_size: int = 0,
+        page_token: str = "",
+        all_users: bool = False,
     ) -> tuple[Sequence[common_pb2.Workspace], str]:
-        rows, token = queries.list_page(self.env, owner, include_terminated, page_size, page_token)
+        rows, token = queries.list_page(
+            self.env, who, include_terminated, page_size, page_token, all_users
+        )
         return [v1.workspace_to_proto(w) for w in rows], token
 
     def operate(
-        self, owner: str, ref: str, op: Op, timeout_s: int = 0, force: bool = False
+        self, who: Identity | str, ref: str, op: Op, timeout_s: int = 0, force: bool = False
     ) -> common_pb2.Workspace:
-        return v1.workspace_to_proto(operate.operate(self.env, owner, ref, op, timeout_s, force))
+        return v1.workspace_to_proto(operate.operate(self.env, who, ref, op, timeout_s, force))
 
-    def console(self, owner: str, ref: str, tail_bytes: int) -> bytes:
-        return consoles.console(self.env, owner, ref, tail_bytes)
+    def console(self, who: Identity | str, ref: str, tail_bytes: int) -> bytes:
+        return consoles.console(self.env, who, ref, tail_bytes)
 
     # -- RPCs ------------------------------------------------------------------------------
 
-    def _owner(self, context: grpc.ServicerContext) -> str:
-        return caller(context, self.default_owner)
-
     @unary
     def CreateWorkspace(
-        self, request: workspaces_pb2.CreateWorkspaceRequest, context: grpc.ServicerContext
+        self,
+        request: workspaces_pb2.CreateWorkspaceRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> common_pb2.Workspace:
-        return self.create(self._owner(context), request)
+        return self.create(who, request)
 
     @unary
     def GetWorkspace(
-        self, request: workspaces_pb2.GetWorkspaceRequest, context: grpc.ServicerContext
+        self,
+        request: workspaces_pb2.GetWorkspaceRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> common_pb2.Workspace:
-        return self.get(self._owner(context), request.id)
+        return self.get(who, request.id)
 
     @unary
     def ListWorkspaces(
-        self, request: workspaces_pb2.ListWorkspacesRequest, context: grpc.ServicerContext
+        self,
+        request: workspaces_pb2.ListWorkspacesRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> workspaces_pb2.ListWorkspacesResponse:
         rows, token = self.list_page(
-            self._owner(context),
+            who,
             request.include_terminated,
             request.page_size,
             request.page_token,
+            request.all_users,
         )
         return workspaces_pb2.ListWorkspacesResponse(workspaces=rows, next_page_token=token)
 
     def _op(
-        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext, op: Op
+        self, request: workspaces_pb2.WorkspaceRef, who: Identity, op: Op
     ) -> common_pb2.Workspace:
-        return self.operate(self._owner(context), request.id, op)
+        return self.operate(who, request.id, op)
 
     @unary
     def StartWorkspace(
-        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext
+        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext, who: Identity
     ) -> common_pb2.Workspace:
-        return self._op(request, context, Op.START)
+        return self._op(request, who, Op.START)
 
     @unary
     def StopWorkspace(
-        self, request: workspaces_pb2.StopWorkspaceRequest, context: grpc.ServicerContext
+        self,
+        request: workspaces_pb2.StopWorkspaceRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> common_pb2.Workspace:
         if request.timeout_s < 0:
             raise InvalidArgument("timeout_s must not be negative")
-        return self.operate(
-            self._owner(context), request.id, Op.STOP, request.timeout_s, request.force
-        )
+        return self.operate(who, request.id, Op.STOP, request.timeout_s, request.force)
 
     @unary
     def RebootWorkspace(
-        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext
+        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext, who: Identity
     ) -> common_pb2.Workspace:
-        return self._op(request, context, Op.REBOOT)
+        return self._op(request, who, Op.REBOOT)
 
     @unary
     def PauseWorkspace(
-        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext
+        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext, who: Identity
     ) -> common_pb2.Workspace:
-        return self._op(request, context, Op.PAUSE)
+        return self._op(request, who, Op.PAUSE)
 
     @unary
     def ResumeWorkspace(
-        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext
+        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext, who: Identity
     ) -> common_pb2.Workspace:
-        return self._op(request, context, Op.RESUME)
+        return self._op(request, who, Op.RESUME)
 
     @unary
     def DestroyWorkspace(
-        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext
+        self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext, who: Identity
     ) -> common_pb2.Workspace:
-        return self._op(request, context, Op.DESTROY)
+        return self._op(request, who, Op.DESTROY)
 
     @stream
     def WatchWorkspaces(
-        self, request: workspaces_pb2.WatchWorkspacesRequest, context: grpc.ServicerContext
+        self,
+        request: workspaces_pb2.WatchWorkspacesRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> Iterator[workspaces_pb2.WorkspaceEvent]:
-        owner = self._owner(context)
         notifier = self.env.notifier
         target = ""
         if request.id:
-            target = queries.get(self.env, owner, request.id).id
+            target = queries.get(self.env, who, request.id).id
+        with self.env.store.read() as s:
+            seen = projects.scope(s, who)
 
         def accepts(ws: WorkspaceView) -> bool:
-            return ws.owner == owner and (not target or ws.id == target)
+            if target:
+                return ws.id == target
+            return ws.owner == who.name or (bool(ws.project) and ws.project in seen.projects)
 
         watcher = notifier.subscribe(accepts)
         try:
             if target:
-                initial = [queries.get(self.env, owner, target)]
+                initial = [queries.get(self.env, who, target)]
             else:
-                initial = queries.list_all(self.env, owner, request.include_terminated)
+                initial = queries.list_all(self.env, who, request.include_terminated)
             for ws in initial:
                 yield workspaces_pb2.WorkspaceEvent(
                     workspace=v1.workspace_to_proto(ws), initial=True
                 )
             while context.is_active() and not notifier.closed:
+                self.auth.check_revoked(who)
                 try:
                     ev = watcher.events.get(timeout=STREAM_POLL_S)
                 except queue.Empty:
@@ -169,7 +196,10 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
 
     @unary
     def GetConsole(
-        self, request: workspaces_pb2.GetConsoleRequest, context: grpc.ServicerContext
+        self,
+        request: workspaces_pb2.GetConsoleRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
     ) -> workspaces_pb2.ConsoleOutput:
-        data = self.console(self._owner(context), request.id, request.tail_bytes)
+        data = self.console(who, request.id, request.tail_bytes)
         return workspaces_pb2.ConsoleOutput(data=data)

@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session
 from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
+from workspace.identity import Identity
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
 from workspace.ops.create import check_networks, check_spec, new_row
 from workspace.ops.lifecycle import resolve_owned
+from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Workspace
 from workspace.store.mapping import cluster_view, set_reason, spec_column, workspace_views
@@ -37,8 +39,8 @@ def view(s: Session, c: Cluster) -> ClusterView:
     return cluster_view(c, workspace_views(s, members_of(s, c.id)))
 
 
-def _resolve(s: Session, owner: str, ref: str) -> Cluster:
-    return resolve_owned(s, Cluster, owner, ref, "cluster", "ws cluster list")
+def _resolve(s: Session, who: Identity | str, ref: str) -> Cluster:
+    return resolve_owned(s, Cluster, who, ref, "cluster", "ws cluster list")
 
 
 def check_request(req: ClusterRequest) -> None:
@@ -69,7 +71,7 @@ def check_request(req: ClusterRequest) -> None:
 
 
 def _member_rows(
-    env: Env, s: Session, owner: str, cid: str, req: ClusterRequest
+    env: Env, s: Session, sc: Scope, cid: str, req: ClusterRequest, project: str
 ) -> list[Workspace]:
     rows: list[Workspace] = []
     for m in req.members:
@@ -91,14 +93,18 @@ def _member_rows(
                 spec = replace(spec, networks=check_networks(s, spec.networks))
             except WorkspaceError as exc:
                 raise type(exc)(f"cluster {req.name}, member {m.role}: {exc.message}") from exc
-            rows.append(new_row(env, s, owner, spec, uuid.uuid4().hex, ""))
+            rows.append(new_row(env, s, sc, spec, uuid.uuid4().hex, "", project))
     return rows
 
 
-def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
+def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
+    """Create a cluster of the caller: all members placed, queued, or refused whole (also
+    when they would take its project over a quota)."""
     check_request(req)
     with write(env) as u:
         s = u.s
+        sc = scope(s, who)
+        owner = sc.name
         if req.request_id:
             prior = s.execute(
                 select(Cluster).where(Cluster.owner == owner, Cluster.request_id == req.request_id)
@@ -119,12 +125,14 @@ def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
         ).first()
         if clash is not None:
             raise AlreadyExists(f"you already have a cluster named {req.name!r}")
+        project = resolve_project(s, sc.who, req.project)
         cid = "c" + uuid.uuid4().hex[:11]
         now = env.clock()
         c = Cluster(
             id=cid,
             name=req.name,
             owner=owner,
+            project=project,
             request_id=req.request_id or uuid.uuid4().hex,
             request_hash=req.request_hash,
             state=ClusterState.PENDING.value,
@@ -137,7 +145,8 @@ def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
             updated_at=now,
         )
         s.add(c)
-        rows = _member_rows(env, s, owner, cid, req)
+        rows = _member_rows(env, s, sc, cid, req, project)
+        check_workspace_quota(s, project, f"cannot create cluster {req.name}")
         touched = admit(
             env,
             s,
@@ -163,23 +172,29 @@ def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
     return shown
 
 
-def get(env: Env, owner: str, ref: str) -> ClusterView:
+def get(env: Env, who: Identity | str, ref: str) -> ClusterView:
     with env.store.read() as s:
-        return view(s, _resolve(s, owner, ref))
+        return view(s, _resolve(s, who, ref))
 
 
-def list_clusters(env: Env, owner: str, include_terminated: bool) -> list[ClusterView]:
+def list_clusters(
+    env: Env, who: Identity | str, include_terminated: bool, all_users: bool = False
+) -> list[ClusterView]:
+    """The caller's clusters and their projects' (an admin's ``all_users``: everyone's)."""
     with env.store.read() as s:
-        q = select(Cluster).where(Cluster.owner == owner).order_by(Cluster.created_at)
+        q = select(Cluster).order_by(Cluster.created_at)
+        where = scope(s, who).clause(Cluster, all_users)
+        if where is not None:
+            q = q.where(where)
         if not include_terminated:
             q = q.where(Cluster.state != ClusterState.TERMINATED.value)
         return [view(s, c) for c in s.execute(q).scalars()]
 
 
-def operate(env: Env, owner: str, ref: str, op: Op) -> ClusterView:
+def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
     with write(env) as u:
         s = u.s
-        c = _resolve(s, owner, ref)
+        c = _resolve(s, who, ref)
         changed: list[Workspace] = []
         refusals: list[str] = []
         for m in members_of(s, c.id):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from workspace.errors import NotFound
+from workspace.identity import Identity
 from workspace.ops.lifecycle import resolve_workspace
 from workspace.ops.unit import Env
 from workspace.store import ConsoleLog, Workspace
 
 
-def console(env: Env, owner: str, ref: str, tail_bytes: int) -> bytes:
+def console(env: Env, who: Identity | str, ref: str, tail_bytes: int) -> bytes:
     """The console output kept for a workspace (its last ``tail_bytes`` if > 0)."""
     with env.store.read() as s:
-        ws = resolve_workspace(s, owner, ref)
+        ws = resolve_workspace(s, who, ref)
         row = s.get(ConsoleLog, ws.id)
         data = bytes(row.data) if row is not None else b""
     return data[-tail_bytes:] if tail_bytes > 0 else data

@@ -30,8 +30,10 @@ from workspace.domain.layout import disk_layout
 from workspace.domain.model import CreateRequest, CreateSpec, WorkspaceView
 from workspace.domain.states import Desired, State
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound
+from workspace.identity import Identity
 from workspace.ops import trust
 from workspace.ops.admission import admit
+from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
 from workspace.ops.unit import Env, write
 from workspace.store import Image, Network, Workspace
 from workspace.store.mapping import bind_spec, image_spec, shown_reason, workspace_views
@@ -106,6 +108,8 @@ def request_hash(req: CreateRequest) -> str:
             for x in spec.extra_partitions
         ]
         fields += [extra, sorted(spec.grow_bytes.items())]
+    if req.project:
+        fields += [["project", req.project]]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
@@ -123,12 +127,14 @@ def find_prior(s: Session, owner: str, request_id: str, hash_: str) -> Workspace
     return prior
 
 
-def prerequisites(env: Env, s: Session, owner: str, wid: str, spec: CreateSpec) -> ImageSpec:
+def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -> ImageSpec:
     """What the store must allow for a checked ``spec`` whose networks exist: the image
-    exists, the trust policy allows it, the disk options fit it, the name is free.
-    Returns the image as the workspace binds to it (its disks laid out)."""
+    exists and the caller may use it, the trust policy allows it, the disk options fit
+    it, the name is free. Returns the image as the workspace binds to it (its disks
+    laid out)."""
+    owner = sc.name
     image = s.get(Image, spec.image)
-    if image is None:
+    if image is None or not (image.public or sc.sees(image.owner, image.project)):
         raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
     if env.check_trust:
         trust.check_launch(env, s, owner, image, "create", workspace_id=wid)
@@ -157,6 +163,7 @@ def insert_row(
     bound: ImageSpec,
     request_id: str,
     hash_: str,
+    project: str = "",
 ) -> Workspace:
     """The PENDING workspace row (not placed yet)."""
     now = env.clock()
@@ -164,6 +171,7 @@ def insert_row(
         id=wid,
         name=spec.name,
         owner=owner,
+        project=project,
         request_id=request_id,
         request_hash=hash_,
         image=bound.image,
@@ -193,23 +201,32 @@ def insert_row(
 
 
 def new_row(
-    env: Env, s: Session, owner: str, spec: CreateSpec, request_id: str, hash_: str, wid: str = ""
+    env: Env,
+    s: Session,
+    sc: Scope,
+    spec: CreateSpec,
+    request_id: str,
+    hash_: str,
+    project: str = "",
 ) -> Workspace:
     """Prerequisites, then the row: a checked ``spec`` (with its networks) made a PENDING
-    workspace."""
-    wid = wid or uuid.uuid4().hex[:12]
-    bound = prerequisites(env, s, owner, wid, spec)
-    return insert_row(env, s, owner, wid, spec, bound, request_id, hash_)
+    workspace of the caller, in ``project``."""
+    wid = uuid.uuid4().hex[:12]
+    bound = prerequisites(env, s, sc, wid, spec)
+    return insert_row(env, s, sc.name, wid, spec, bound, request_id, hash_, project)
 
 
-def create(env: Env, owner: str, req: CreateRequest) -> WorkspaceView:
-    """Create one workspace: placed now, queued (``wait_for_capacity_s``), or refused.
+def create(env: Env, who: Identity | str, req: CreateRequest) -> WorkspaceView:
+    """Create one workspace of the caller: placed now, queued (``wait_for_capacity_s``),
+    or refused (also when it would take its project over a quota).
 
     The argument checks run inside the transaction, after the idempotency check, so a
     retried request always gets what it got the first time."""
     hash_ = request_hash(req)
     wid = uuid.uuid4().hex[:12]
     with write(env) as u:
+        sc = scope(u.s, who)
+        owner = sc.name
         # 1. idempotency
         prior = find_prior(u.s, owner, req.request_id, hash_)
         if prior is not None:
@@ -222,11 +239,13 @@ def create(env: Env, owner: str, req: CreateRequest) -> WorkspaceView:
         spec = replace(
             spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
         )
-        bound = prerequisites(env, u.s, owner, wid, spec)
+        project = resolve_project(u.s, sc.who, req.project)
+        bound = prerequisites(env, u.s, sc, wid, spec)
         # 4. execution; the events go out after the commit
         ws = insert_row(
-            env, u.s, owner, wid, spec, bound, req.request_id or uuid.uuid4().hex, hash_
+            env, u.s, owner, wid, spec, bound, req.request_id or uuid.uuid4().hex, hash_, project
         )
+        check_workspace_quota(u.s, project, f"cannot create {spec.name}")
         touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
         u.changed(ws)
         u.nodes(*touched)

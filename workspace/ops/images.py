@@ -13,6 +13,7 @@ from images.model import ImageSpec, Mode, Partition
 from workspace.domain.layout import blank_partition
 from workspace.domain.model import AuditRecord, ImageView, RepositoryUsage
 from workspace.domain.states import State
+from workspace.domain.tenancy import ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -22,10 +23,19 @@ from workspace.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from workspace.ops import trust
+from workspace.identity import Identity
+from workspace.ops import projects, trust
 from workspace.ops.lifecycle import image_users
+from workspace.ops.projects import (
+    as_identity,
+    limits_of,
+    memberships,
+    refuse_over,
+    resolve_project,
+    scope,
+)
 from workspace.ops.unit import Env
-from workspace.store import Blob, Image, Workspace
+from workspace.store import Blob, Image, Project, Workspace
 from workspace.store.blobs import BlobRepository, check_digest
 from workspace.store.mapping import bound_spec, image_spec, partitions_column
 
@@ -124,13 +134,29 @@ class Catalog:
         rows = s.execute(select(Image).where(Image.owner == owner)).scalars()
         return {d for img in rows for d in image_spec(img).digests()}
 
+    @staticmethod
+    def _project_digests(s: Session, project: str) -> set[str]:
+        rows = s.execute(select(Image).where(Image.project == project)).scalars()
+        return {d for img in rows for d in image_spec(img).digests()}
+
+    def project_bytes(self, s: Session, project: str) -> int:
+        """Bytes of the distinct blobs the project's images reference."""
+        return sum(self._sizes(s, self._project_digests(s, project)).values())
+
     # -- images ------------------------------------------------------------------------------
 
     def _views(self, s: Session, rows: Sequence[Image]) -> list[ImageView]:
         specs = [image_spec(img) for img in rows]
         sizes = self._sizes(s, {d for spec in specs for d in spec.digests()})
         return [
-            ImageView(spec, img.owner, img.created_at, sum(sizes.get(d, 0) for d in spec.digests()))
+            ImageView(
+                spec,
+                img.owner,
+                img.created_at,
+                sum(sizes.get(d, 0) for d in spec.digests()),
+                img.project or "",
+                bool(img.public),
+            )
             for img, spec in zip(rows, specs, strict=True)
         ]
 
@@ -197,9 +223,13 @@ class Catalog:
             self._need_blob(req.initrd_digest, f"image {req.image}, initrd")
         return tuple(parts)
 
-    def import_image(self, owner: str, req: ImageSpec) -> ImageView:
-        """Add an image made of uploaded blobs (partitions: format "" is the default)."""
+    def import_image(self, who: Identity | str, req: ImageSpec, project: str = "") -> ImageView:
+        """Add an image of the caller made of uploaded blobs (partitions: format "" is the
+        default), in ``project`` (default: the caller's only one); private to its owner
+        and project until an admin makes it public (an admin's image outside any
+        project is public from the start: a site image)."""
         env = self.env
+        owner = as_identity(who).name
         parts = self._check_import(req)
         spec = ImageSpec(req.image, parts, req.kernel_digest, req.initrd_digest, req.cmdline)
         img = Image(
@@ -213,6 +243,10 @@ class Catalog:
         )
         quota = env.cfg.limits.repo_quota_bytes_per_user
         with env.store.write() as s:
+            ident = as_identity(who)
+            img.project = resolve_project(s, ident, project)
+            # An admin's image outside any project is a site image: every user sees it.
+            img.public = ident.admin and not img.project
             if s.get(Image, req.image) is not None:
                 raise AlreadyExists(f"image {req.image!r} already exists; pick a new version")
             digests = set(spec.digests())
@@ -230,36 +264,62 @@ class Catalog:
                         f"image {req.image} adds {after - used}; delete images "
                         "(`ws image delete NAME`) or ask the site for a larger quota"
                     )
+            self._check_project_bytes(s, img.project, digests, req.image)
             s.add(img)
             s.flush()
             shown = self._views(s, [img])[0]
         log.info("image %s imported by %s (%d bytes)", req.image, owner, shown.total_bytes)
         return shown
 
-    def list_images(self) -> list[ImageView]:
-        with self.env.store.read() as s:
-            rows = s.execute(select(Image).order_by(Image.name)).scalars().all()
-            return self._views(s, rows)
+    def _check_project_bytes(self, s: Session, project: str, digests: set[str], name: str) -> None:
+        p = s.get(Project, project) if project else None
+        if p is None or not p.quota_image_bytes:
+            return
+        have = self._project_digests(s, project)
+        after = sum(self._sizes(s, have | digests).values())
+        refuse_over(project, limits_of(p), Quota(image_bytes=after), f"cannot import {name}")
 
-    def get_image(self, name: str) -> ImageView:
+    def list_images(self, who: Identity | str) -> list[ImageView]:
+        """The images the caller sees: public ones, their own, their projects' (admins: all)."""
         with self.env.store.read() as s:
+            sc = scope(s, who)
+            rows = s.execute(select(Image).order_by(Image.name)).scalars().all()
+            return self._views(s, [i for i in rows if i.public or sc.sees(i.owner, i.project)])
+
+    def _visible(self, s: Session, who: Identity | str, name: str) -> Image:
+        img = s.get(Image, name)
+        if img is None or not (img.public or scope(s, who).sees(img.owner, img.project)):
+            raise NotFound(f"image {name!r} not found; `ws image list` shows them")
+        return img
+
+    def get_image(self, who: Identity | str, name: str) -> ImageView:
+        with self.env.store.read() as s:
+            return self._views(s, [self._visible(s, who, name)])[0]
+
+    def set_public(self, name: str, public: bool) -> ImageView:
+        """(admins) Make an image visible to every user, or private to its project again."""
+        with self.env.store.write() as s:
             img = s.get(Image, name)
             if img is None:
                 raise NotFound(f"image {name!r} not found; `ws image list` shows them")
-            return self._views(s, [img])[0]
+            img.public = public
+            s.flush()
+            shown = self._views(s, [img])[0]
+        log.info("image %s made %s", name, "public" if public else "private")
+        return shown
 
-    def delete_image(self, owner: str, name: str) -> ImageView:
+    def delete_image(self, who: Identity | str, name: str) -> ImageView:
         """Remove an image; refused while a live workspace uses it. Blobs that no other
         image (and no live workspace) references are removed from the repository."""
         env = self.env
+        ident = as_identity(who)
+        owner = ident.name
         # The write lock is held until the files are gone, so an upload of the same
         # content cannot slip in between the commit and the removal.
         with env.store.write_lock:
             with env.store.write() as s:
-                img = s.get(Image, name)
-                if img is None:
-                    raise NotFound(f"image {name!r} not found; `ws image list` shows them")
-                if img.owner != owner:
+                img = self._visible(s, ident, name)
+                if img.owner != owner and not ident.admin:
                     raise PermissionDenied(
                         f"image {name} belongs to {img.owner}; only its owner can delete it"
                     )
@@ -296,7 +356,16 @@ class Catalog:
         )
         return view
 
-    def repository_usage(self, owner: str) -> RepositoryUsage:
+    def quotas(self, who: Identity | str) -> list[ProjectUse]:
+        """The caller's projects: their limits and use (image bytes counted here)."""
+        ident = as_identity(who)
+        with self.env.store.read() as s:
+            mine = memberships(s, ident)
+            counted = [(p, self.project_bytes(s, p)) for p in mine]
+        return projects.quotas(self.env, ident, counted)
+
+    def repository_usage(self, who: Identity | str) -> RepositoryUsage:
+        owner = as_identity(who).name
         with self.env.store.read() as s:
             owned = self._owned_digests(s, owner)
             used = sum(self._sizes(s, owned).values())

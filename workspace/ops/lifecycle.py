@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from workspace.domain.states import Desired, NodeState, State
 from workspace.errors import InvalidArgument, NotFound
+from workspace.identity import Identity
+from workspace.ops.projects import scope
 from workspace.ops.unit import Env
 from workspace.store import Cluster, IpAllocation, Node, Workspace
 from workspace.store.mapping import set_reason
@@ -20,30 +22,33 @@ Owned = TypeVar("Owned", Workspace, Cluster)
 
 
 def resolve_owned(
-    s: Session, model: type[Owned], owner: str, ref: str, what: str, list_cmd: str
+    s: Session, model: type[Owned], who: Identity | str, ref: str, what: str, list_cmd: str
 ) -> Owned:
-    """The caller's ``model`` row named by id or by name; by name, a live one before the
-    newest terminated one."""
+    """The ``model`` row named by id or by name that the caller may see (their own, their
+    projects', any for an admin); by name, the caller's own before others', a live one
+    before the newest terminated one. What the caller may not see is NOT_FOUND."""
     if not ref:
         raise InvalidArgument(f"give a {what} id or name")
+    sc = scope(s, who)
     row = s.get(model, ref)
-    if row is not None and row.owner == owner:
+    if row is not None and sc.sees(row.owner, row.project):
         return row
-    rows = list(
-        s.execute(
-            select(model)
-            .where(model.owner == owner, model.name == ref)
-            .order_by(model.created_at.desc())
+    rows = [
+        r
+        for r in s.execute(
+            select(model).where(model.name == ref).order_by(model.created_at.desc())
         ).scalars()
-    )
+        if sc.sees(r.owner, r.project)
+    ]
+    rows.sort(key=lambda r: r.owner != sc.name)  # stable: the caller's own first
     live = [r for r in rows if r.state != State.TERMINATED.value]
     if live or rows:
         return (live or rows)[0]
     raise NotFound(f"no {what} {ref!r}; `{list_cmd}` shows yours")
 
 
-def resolve_workspace(s: Session, owner: str, ref: str) -> Workspace:
-    return resolve_owned(s, Workspace, owner, ref, "workspace", "ws list")
+def resolve_workspace(s: Session, who: Identity | str, ref: str) -> Workspace:
+    return resolve_owned(s, Workspace, who, ref, "workspace", "ws list")
 
 
 def node_down(s: Session, name: str) -> bool:

@@ -7,6 +7,7 @@ import logging
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State, apply_op
 from workspace.errors import FailedPrecondition
+from workspace.identity import Identity
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import node_down, release, resolve_workspace
 from workspace.ops.unit import Env, write
@@ -16,11 +17,11 @@ log = logging.getLogger("workspace.ops.operate")
 
 
 def operate(
-    env: Env, owner: str, ref: str, op: Op, timeout_s: int = 0, force: bool = False
+    env: Env, who: Identity | str, ref: str, op: Op, timeout_s: int = 0, force: bool = False
 ) -> WorkspaceView:
     """Apply ``op``: the desired state changes now; the node makes it real."""
     with write(env) as u:
-        ws = resolve_workspace(u.s, owner, ref)
+        ws = resolve_workspace(u.s, who, ref)
         if not ws.node and op is not Op.DESTROY and ws.state == State.PENDING.value:
             raise FailedPrecondition(
                 f"workspace {ws.name} is waiting for capacity; destroy it to cancel"

@@ -10,32 +10,37 @@ from sqlalchemy import select
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
 from workspace.errors import InvalidArgument
+from workspace.identity import Identity
 from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.projects import scope
 from workspace.ops.unit import Env
 from workspace.store import Workspace
 from workspace.store.mapping import workspace_views
 
 
-def get(env: Env, owner: str, ref: str) -> WorkspaceView:
+def get(env: Env, who: Identity | str, ref: str) -> WorkspaceView:
     with env.store.read() as s:
-        return workspace_views(s, [resolve_workspace(s, owner, ref)])[0]
+        return workspace_views(s, [resolve_workspace(s, who, ref)])[0]
 
 
 def list_page(
     env: Env,
-    owner: str | None,
+    who: Identity | str,
     include_terminated: bool,
     page_size: int = 0,
     page_token: str = "",
+    all_users: bool = False,
 ) -> tuple[Sequence[WorkspaceView], str]:
     """(one page, oldest first, the token of the next page or "" after the last); with
-    page_size 0, every workspace."""
+    page_size 0, every workspace the caller sees: theirs and their projects' (an admin's
+    ``all_users``: everyone's)."""
     if page_size < 0:
         raise InvalidArgument("page_size must not be negative")
     with env.store.read() as s:
         q = select(Workspace).order_by(Workspace.created_at, Workspace.id)
-        if owner is not None:
-            q = q.where(Workspace.owner == owner)
+        where = scope(s, who).clause(Workspace, all_users)
+        if where is not None:
+            q = q.where(where)
         if not include_terminated:
             q = q.where(Workspace.state != State.TERMINATED.value)
         if page_token:
@@ -53,8 +58,10 @@ def list_page(
         return workspace_views(s, rows), token
 
 
-def list_all(env: Env, owner: str | None, include_terminated: bool) -> list[WorkspaceView]:
-    return [*list_page(env, owner, include_terminated)[0]]
+def list_all(
+    env: Env, who: Identity | str, include_terminated: bool, all_users: bool = False
+) -> list[WorkspaceView]:
+    return [*list_page(env, who, include_terminated, all_users=all_users)[0]]
 
 
 def encode_token(created_at: float, wid: str) -> str:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, State, state_from_report
-from workspace.errors import InvalidArgument, NotFound
+from workspace.errors import InvalidArgument, NotFound, PermissionDenied
 from workspace.ops import trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
@@ -30,8 +32,32 @@ def _back(node: Node) -> None:
     log.info("node %s is back (%s)", node.name, node.state)
 
 
-def register(env: Env, info: NodeInfo) -> int:
-    """Record a node (new, or back after a restart); returns its heartbeat interval."""
+def serial_text(serial: int) -> str:
+    """How a certificate serial is stored (hex; serials are up to 159 bits)."""
+    return f"{serial:x}" if serial else ""
+
+
+def check_bound(node: Node, serial: int) -> None:
+    """A node certificate may act for ``node`` only if it is the one bound to it
+    (``serial`` 0: a service without TLS, nothing to check)."""
+    if serial and node.cert_serial and node.cert_serial != serial_text(serial):
+        raise PermissionDenied(
+            f"node {node.name} is registered with another certificate (serial "
+            f"0x{node.cert_serial}); revoke that one (`ws-admin pki revoke`) or remove the "
+            f"node (`ws-admin node remove {node.name}`) first"
+        )
+
+
+def register(
+    env: Env,
+    info: NodeInfo,
+    cert_serial: int = 0,
+    is_revoked: Callable[[int], bool] = lambda _serial: False,
+) -> int:
+    """Record a node (new, or back after a restart); returns its heartbeat interval.
+
+    The name is bound to the certificate (``cert_serial``) that first registers it; a
+    re-issued certificate takes it over only once the bound one is revoked."""
     if not info.name or len(info.name) > 255:
         raise InvalidArgument("a node name is required")
     if info.cpus < 1 or info.memory_mib < 1:
@@ -39,6 +65,16 @@ def register(env: Env, info: NodeInfo) -> int:
     now = env.clock()
     with write(env) as u:
         node = u.s.get(Node, info.name)
+        if node is not None and node.cert_serial and cert_serial:
+            if not is_revoked(int(node.cert_serial, 16)):
+                check_bound(node, cert_serial)
+            elif node.cert_serial != serial_text(cert_serial):
+                log.warning(
+                    "node %s: certificate 0x%s is revoked; now bound to 0x%s",
+                    info.name,
+                    node.cert_serial,
+                    serial_text(cert_serial),
+                )
         if node is None:
             node = Node(name=info.name, used_cpus=0, used_memory_mib=0, state=NodeState.READY.value)
             u.s.add(node)
@@ -60,6 +96,8 @@ def register(env: Env, info: NodeInfo) -> int:
         node.cached_digests = list(info.cached_digests)
         node.peer_address = info.peer_address
         node.last_heartbeat = now
+        if cert_serial:
+            node.cert_serial = serial_text(cert_serial)
         u.nodes(info.name)
         u.capacity()
     return env.cfg.heartbeat_interval_s
@@ -68,12 +106,14 @@ def register(env: Env, info: NodeInfo) -> int:
 # -- orders ----------------------------------------------------------------------------------
 
 
-def orders(env: Env, node_name: str) -> NodeOrders:
-    """Everything ``node_name`` should make real now."""
+def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
+    """Everything ``node_name`` should make real now (asked with ``cert_serial``: only
+    the certificate bound to the node may read them)."""
     with env.store.read() as s:
         node = s.get(Node, node_name)
         if node is None:
             raise NotFound(f"node {node_name} is not registered")
+        check_bound(node, cert_serial)
         rows = (
             s.execute(
                 select(Workspace)
@@ -158,6 +198,36 @@ def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list
     }
 
 
+def check_node(env: Env, node_name: str, cert_serial: int) -> None:
+    """NotFound if the node is not registered; PermissionDenied if it is bound to another
+    certificate."""
+    with env.store.read() as s:
+        node = s.get(Node, node_name)
+        if node is None:
+            raise NotFound(f"node {node_name} is not registered; register first")
+        check_bound(node, cert_serial)
+
+
+def may_fetch(env: Env, node_name: str, digest: str, cert_serial: int = 0) -> None:
+    """PermissionDenied unless ``digest`` is a blob of an order assigned to the node, or
+    on its prefetch list."""
+    with env.store.read() as s:
+        node = s.get(Node, node_name)
+        if node is None:
+            raise NotFound(f"node {node_name} is not registered")
+        check_bound(node, cert_serial)
+        if digest in (node.prefetch or ()):
+            return
+        for w in s.execute(
+            select(Workspace).where(
+                Workspace.node == node_name, Workspace.state != State.TERMINATED.value
+            )
+        ).scalars():
+            if digest in bound_spec(w).digests():
+                return
+    raise PermissionDenied(f"blob {digest} is not assigned to node {node_name}")
+
+
 # -- reports ---------------------------------------------------------------------------------
 
 
@@ -206,11 +276,14 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
     return seen
 
 
-def report(env: Env, r: NodeReport) -> None:
+def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
+    """Apply a node's report. Its audit records are stored as the service saw them come:
+    from ``node:<name>``, whatever they say."""
     with write(env) as u:
         node = u.s.get(Node, r.node)
         if node is None:
             raise NotFound(f"node {r.node} is not registered; register first")
+        check_bound(node, cert_serial)
         if r.full:
             _heartbeat(env, node, r)
         seen = _observe(env, u, r)
@@ -226,5 +299,5 @@ def report(env: Env, r: NodeReport) -> None:
                     release(env, u.s, ws, "destroyed")
                     u.changed(ws)
         if r.audit and env.check_trust:
-            trust.record_audit(env, u.s, r.audit)
+            trust.record_audit(env, u.s, [replace(a, where=f"node:{r.node}") for a in r.audit])
         refresh(env, u, u.changed_clusters())

@@ -32,6 +32,8 @@ from workspace.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from workspace.identity import Identity
+from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
 from workspace.store.mapping import image_spec
@@ -350,11 +352,16 @@ def _status(image_name: str, envs: Sequence[str], v: signing.Verdict) -> Signatu
     )
 
 
-def signatures(env: Env, image_name: str) -> SignatureStatus:
+def _visible_image(s: Session, who: Identity | str, image_name: str) -> Image:
+    img = s.get(Image, image_name)
+    if img is None or not (img.public or scope(s, who).sees(img.owner, img.project)):
+        raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+    return img
+
+
+def signatures(env: Env, who: Identity | str, image_name: str) -> SignatureStatus:
     with env.store.read() as s:
-        img = s.get(Image, image_name)
-        if img is None:
-            raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        img = _visible_image(s, who, image_name)
         envs = envelopes(s, image_name)
         return _status(image_name, envs, _verdict(env, s, img, envs))
 
@@ -379,16 +386,20 @@ def _signed_key_ids(envelope: str, what: str) -> tuple[object, list[str]]:
     return signed, kids
 
 
-def add_signature(env: Env, owner: str, image_name: str, envelope: str) -> SignatureStatus:
+def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str) -> SignatureStatus:
     """Attach ``envelope`` to the image after checking it against the image's manifest
     and the policy: refused if it is malformed, covers another manifest, or (under
     enforce) is not by a trusted key; under warn an untrusted one is kept and audited."""
     if len(envelope.encode()) > MAX_ENVELOPE_BYTES:
         raise InvalidArgument(f"the envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
+    ident = as_identity(who)
+    owner = ident.name
     with env.store.write() as s:
-        img = s.get(Image, image_name)
-        if img is None:
-            raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        img = _visible_image(s, ident, image_name)
+        if img.owner != owner and not ident.admin:
+            raise PermissionDenied(
+                f"image {image_name} belongs to {img.owner}; only its owner or an admin can sign it"
+            )
         what = f"signature for image {image_name}"
         signed, kids = _signed_key_ids(envelope, what)
         if signed != signing.statement(image_spec(img)):

@@ -19,6 +19,7 @@ from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
 from workspace.edge.images import ImagesServicer
 from workspace.edge.nodes import NodesServicer
+from workspace.edge.projects import ProjectsServicer
 from workspace.edge.trust import TrustServicer
 from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError
@@ -37,6 +38,8 @@ from workspace.v1 import (
     clusters_pb2_grpc,
     images_pb2,
     images_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
     trust_pb2,
     trust_pb2_grpc,
     workspaces_pb2,
@@ -65,12 +68,14 @@ class Service:
         self.admin = AdminServicer(self.env)
         self.nodes = NodesServicer(self.env, self.catalog.blobs)
         self.trust = TrustServicer(self.env)
+        self.projects = ProjectsServicer(self.catalog.catalog)
         workspaces_pb2_grpc.add_WorkspacesServicer_to_server(self.workspaces, self.server)
         images_pb2_grpc.add_ImagesServicer_to_server(self.catalog, self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
         clusters_pb2_grpc.add_ClustersServicer_to_server(self.clusters, self.server)
         nodes_pb2_grpc.add_NodesServicer_to_server(self.nodes, self.server)
         trust_pb2_grpc.add_TrustServicer_to_server(self.trust, self.server)
+        projects_pb2_grpc.add_ProjectsServicer_to_server(self.projects, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
@@ -80,6 +85,7 @@ class Service:
             clusters_pb2.DESCRIPTOR.services_by_name["Clusters"].full_name,
             nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
             trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name,
+            projects_pb2.DESCRIPTOR.services_by_name["Projects"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

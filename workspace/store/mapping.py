@@ -143,6 +143,7 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         cluster=ws.cluster or "",
         role=ws.role or "",
         waiting=bool(ws.wait_reason),
+        project=ws.project or "",
     )
 
 
@@ -177,6 +178,7 @@ def cluster_view(c: Cluster, members: Sequence[WorkspaceView]) -> ClusterView:
         created_at=c.created_at,
         updated_at=c.updated_at,
         spec=member_specs(c),
+        project=c.project or "",
     )
 
 

@@ -50,6 +50,10 @@ class Node(Base):
     cache_budget_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     # Digests `ws-admin cache preload` asked this node to fetch; dropped once reported cached.
     prefetch: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The serial (hex) of the node certificate that registered this name ("" = none yet,
+    # or a service without TLS); another certificate may take the name only once this one
+    # is revoked, or after `ws-admin node remove`.
+    cert_serial: Mapped[str] = mapped_column(String(64), default="")
 
 
 class Network(Base):

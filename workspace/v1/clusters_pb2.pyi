@@ -180,12 +180,14 @@ class CreateClusterRequest(_message.Message):
     AFFINITY_FIELD_NUMBER: _builtins.int
     ON_FAILURE_FIELD_NUMBER: _builtins.int
     WAIT_FOR_CAPACITY_S_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     name: _builtins.str
     affinity: Global___Affinity.ValueType
     on_failure: Global___FailurePolicy.ValueType
     wait_for_capacity_s: _builtins.int
     """Wait this long in the queue for capacity instead of failing at once (0: fail at once)."""
+    project: _builtins.str
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterMember]: ...
     def __init__(
@@ -197,10 +199,11 @@ class CreateClusterRequest(_message.Message):
         affinity: Global___Affinity.ValueType = ...,
         on_failure: Global___FailurePolicy.ValueType = ...,
         wait_for_capacity_s: _builtins.int = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "members", b"members", "name", b"name", "on_failure", b"on_failure", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "members", b"members", "name", b"name", "on_failure", b"on_failure", "project", b"project", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,6 +245,7 @@ class Cluster(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -250,6 +254,7 @@ class Cluster(_message.Message):
     affinity: Global___Affinity.ValueType
     on_failure: Global___FailurePolicy.ValueType
     request_id: _builtins.str
+    project: _builtins.str
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Workspace]: ...
     @_builtins.property
@@ -273,10 +278,11 @@ class Cluster(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         spec: _abc.Iterable[Global___ClusterMember] | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "created_at", b"created_at", "id", b"id", "members", b"members", "name", b"name", "on_failure", b"on_failure", "owner", b"owner", "reason", b"reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "created_at", b"created_at", "id", b"id", "members", b"members", "name", b"name", "on_failure", b"on_failure", "owner", b"owner", "project", b"project", "reason", b"reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,15 +293,19 @@ class ListClustersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCLUDE_TERMINATED_FIELD_NUMBER: _builtins.int
+    ALL_USERS_FIELD_NUMBER: _builtins.int
     include_terminated: _builtins.bool
+    all_users: _builtins.bool
+    """Admins only: every user's clusters."""
     def __init__(
         self,
         *,
         include_terminated: _builtins.bool = ...,
+        all_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_terminated", b"include_terminated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "include_terminated", b"include_terminated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -155,6 +155,8 @@ class Image(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kernel_digest: _builtins.str
     initrd_digest: _builtins.str
@@ -162,6 +164,9 @@ class Image(_message.Message):
     owner: _builtins.str
     total_bytes: _builtins.int
     """sum of the image's blob sizes"""
+    project: _builtins.str
+    public: _builtins.bool
+    """Visible to every user (else only to its owner and its project's members)."""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Partition]: ...
     @_builtins.property
@@ -177,10 +182,12 @@ class Image(_message.Message):
         owner: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         total_bytes: _builtins.int = ...,
+        project: _builtins.str = ...,
+        public: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "created_at", b"created_at", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "name", b"name", "owner", b"owner", "partitions", b"partitions", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "created_at", b"created_at", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "name", b"name", "owner", b"owner", "partitions", b"partitions", "project", b"project", "public", b"public", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,10 +202,13 @@ class ImportImageRequest(_message.Message):
     KERNEL_DIGEST_FIELD_NUMBER: _builtins.int
     INITRD_DIGEST_FIELD_NUMBER: _builtins.int
     CMDLINE_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kernel_digest: _builtins.str
     initrd_digest: _builtins.str
     cmdline: _builtins.str
+    project: _builtins.str
+    """The project the image belongs to (its image-bytes quota applies)."""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Partition]: ...
     def __init__(
@@ -209,10 +219,11 @@ class ImportImageRequest(_message.Message):
         kernel_digest: _builtins.str = ...,
         initrd_digest: _builtins.str = ...,
         cmdline: _builtins.str = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "name", b"name", "partitions", b"partitions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "name", b"name", "partitions", b"partitions", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +263,28 @@ class ListImagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListImagesResponse: _TypeAlias = ListImagesResponse  # noqa: Y015
+
+@_typing.final
+class SetImagePublicRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    public: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        public: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "public", b"public"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetImagePublicRequest: _TypeAlias = SetImagePublicRequest  # noqa: Y015
 
 @_typing.final
 class GetImageRequest(_message.Message):

@@ -69,6 +69,11 @@ class ImagesStub:
                 request_serializer=workspace_dot_v1_dot_images__pb2.RepositoryUsageRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_images__pb2.RepositoryUsage.FromString,
                 _registered_method=True)
+        self.SetImagePublic = channel.unary_unary(
+                '/workspace.v1.Images/SetImagePublic',
+                request_serializer=workspace_dot_v1_dot_images__pb2.SetImagePublicRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_images__pb2.Image.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
@@ -120,6 +125,13 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetImagePublic(self, request, context):
+        """Admins: make an image visible to every user, or private to its project again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +169,11 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.GetRepositoryUsage,
                     request_deserializer=workspace_dot_v1_dot_images__pb2.RepositoryUsageRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_images__pb2.RepositoryUsage.SerializeToString,
+            ),
+            'SetImagePublic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetImagePublic,
+                    request_deserializer=workspace_dot_v1_dot_images__pb2.SetImagePublicRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_images__pb2.Image.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +365,33 @@ class Images:
             '/workspace.v1.Images/GetRepositoryUsage',
             workspace_dot_v1_dot_images__pb2.RepositoryUsageRequest.SerializeToString,
             workspace_dot_v1_dot_images__pb2.RepositoryUsage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetImagePublic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Images/SetImagePublic',
+            workspace_dot_v1_dot_images__pb2.SetImagePublicRequest.SerializeToString,
+            workspace_dot_v1_dot_images__pb2.Image.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,8 @@ class ImagesStub:
     DeleteImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.Image]
     """Refused while a live workspace uses the image."""
     GetRepositoryUsage: _grpc.UnaryUnaryMultiCallable[_images_pb2.RepositoryUsageRequest, _images_pb2.RepositoryUsage]
+    SetImagePublic: _grpc.UnaryUnaryMultiCallable[_images_pb2.SetImagePublicRequest, _images_pb2.Image]
+    """Admins: make an image visible to every user, or private to its project again."""
 
 @_typing.type_check_only
 class ImagesAsyncStub(ImagesStub):
@@ -59,6 +61,8 @@ class ImagesAsyncStub(ImagesStub):
     DeleteImage: _aio.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.Image]  # type: ignore[assignment]
     """Refused while a live workspace uses the image."""
     GetRepositoryUsage: _aio.UnaryUnaryMultiCallable[_images_pb2.RepositoryUsageRequest, _images_pb2.RepositoryUsage]  # type: ignore[assignment]
+    SetImagePublic: _aio.UnaryUnaryMultiCallable[_images_pb2.SetImagePublicRequest, _images_pb2.Image]  # type: ignore[assignment]
+    """Admins: make an image visible to every user, or private to its project again."""
 
 class ImagesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -114,5 +118,13 @@ class ImagesServicer(metaclass=_abc_1.ABCMeta):
         request: _images_pb2.RepositoryUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.RepositoryUsage, _abc.Awaitable[_images_pb2.RepositoryUsage]]: ...
+
+    @_abc_1.abstractmethod
+    def SetImagePublic(
+        self,
+        request: _images_pb2.SetImagePublicRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.Image, _abc.Awaitable[_images_pb2.Image]]:
+        """Admins: make an image visible to every user, or private to its project again."""
 
 def add_ImagesServicer_to_server(servicer: ImagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

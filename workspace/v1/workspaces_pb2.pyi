@@ -74,6 +74,7 @@ class CreateWorkspaceRequest(_message.Message):
     WAIT_FOR_CAPACITY_S_FIELD_NUMBER: _builtins.int
     EXTRA_PARTITIONS_FIELD_NUMBER: _builtins.int
     GROW_BYTES_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key: a retry with the same id returns the same
     workspace; the same id with different parameters is refused.
@@ -85,6 +86,8 @@ class CreateWorkspaceRequest(_message.Message):
     user_data: _builtins.bytes
     wait_for_capacity_s: _builtins.int
     """Wait this long in the queue for capacity instead of failing at once (0: fail at once)."""
+    project: _builtins.str
+    """The project charged (its quotas apply); "": the caller's only project, if exactly one."""
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -113,10 +116,11 @@ class CreateWorkspaceRequest(_message.Message):
         wait_for_capacity_s: _builtins.int = ...,
         extra_partitions: _abc.Iterable[_common_pb2.Partition] | None = ...,
         grow_bytes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "project", b"project", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,21 +200,25 @@ class ListWorkspacesRequest(_message.Message):
     INCLUDE_TERMINATED_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ALL_USERS_FIELD_NUMBER: _builtins.int
     include_terminated: _builtins.bool
     page_size: _builtins.int
     """At most this many per response (0: all of them); oldest first."""
     page_token: _builtins.str
     """next_page_token of the previous response; empty for the first page."""
+    all_users: _builtins.bool
+    """Admins only: every user's workspaces (default: yours and your projects')."""
     def __init__(
         self,
         *,
         include_terminated: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        all_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_terminated", b"include_terminated", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "include_terminated", b"include_terminated", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,158 @@
+"""Projects and quotas on the command line.
+
+    ws-admin project create P [--quota instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N]
+                              [--default-lease 8h] [--max-lease 72h] [--on-expiry stop|destroy]
+    ws-admin project add-user P NAME
+    ws-admin project list
+    ws-admin image publish NAME | unpublish NAME     make an image visible to every user, or not
+    ws quota                                          your projects: use and limits
+
+Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from workspace.cli import common, render
+from workspace.client_projects import LEASE_ACTIONS, QUOTA_FIELDS
+
+DURATION_RE = re.compile(r"(\d+)([smhd]?)")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def quota_arg(text: str) -> dict[str, int]:
+    """--quota instances=N,vcpus=N,...: each a known name with a whole number >= 0."""
+    out: dict[str, int] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in QUOTA_FIELDS:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: give NAME=N with NAME one of {', '.join(QUOTA_FIELDS)}"
+            )
+        if not value.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r}: {name} must be a whole number >= 0")
+        out[name] = int(value)
+    return out
+
+
+def duration_arg(text: str) -> int:
+    """8h, 30m, 2d, 90s or plain seconds -> seconds."""
+    m = DURATION_RE.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 8h, 30m, 2d)")
+    return int(m.group(1)) * UNIT_S[m.group(2)]
+
+
+def _quota(q: Any) -> str:
+    parts = [f"{name}={getattr(q, field)}" for name, field in QUOTA_FIELDS.items()]
+    return ",".join(p for p in parts if not p.endswith("=0")) or "no limits"
+
+
+def project_rows(projects: list[Any]) -> str:
+    return render.table(
+        ["NAME", "QUOTA", "DEFAULT-LEASE", "MAX-LEASE", "ON-EXPIRY", "USERS"],
+        [
+            [
+                p.name,
+                _quota(p.quota),
+                f"{p.default_lease_s}s" if p.default_lease_s else "-",
+                f"{p.max_lease_s}s" if p.max_lease_s else "-",
+                "destroy" if p.on_expiry == LEASE_ACTIONS["destroy"] else "stop",
+                ",".join(p.users) or "-",
+            ]
+            for p in projects
+        ],
+    )
+
+
+def quota_rows(uses: list[Any]) -> str:
+    rows = []
+    for u in uses:
+        for name, field in QUOTA_FIELDS.items():
+            limit = getattr(u.limits, field)
+            rows.append([u.project, name, getattr(u.used, field), limit or "-"])
+    return render.table(["PROJECT", "QUOTA", "USED", "LIMIT"], rows)
+
+
+def register_admin(
+    subparsers: Any,
+    images: Any,
+    parent: argparse.ArgumentParser,
+    client_for: common.ClientFor,
+) -> None:
+    """Add `project create|add-user|list` to ws-admin, `publish`/`unpublish` to its
+    `image` subcommands (``images``)."""
+
+    def create(args: argparse.Namespace) -> int:
+        p = client_for(args).create_project(
+            args.name,
+            args.quota or {},
+            args.default_lease or 0,
+            args.max_lease or 0,
+            args.on_expiry,
+        )
+        render.emit(args, p, project_rows([p]))
+        return common.EXIT_OK
+
+    def add_user(args: argparse.Namespace) -> int:
+        p = client_for(args).add_project_user(args.name, args.user)
+        render.emit(args, p, f"user {args.user} is in project {p.name}")
+        return common.EXIT_OK
+
+    def list_(args: argparse.Namespace) -> int:
+        listed = client_for(args).list_projects()
+        render.emit(args, listed, project_rows(listed) if listed else "")
+        return common.EXIT_OK
+
+    def publish(args: argparse.Namespace) -> int:
+        public = args.image_command == "publish"
+        img = client_for(args).set_image_public(args.name, public)
+        word = "public: every user sees it" if public else "private to its owner and project"
+        render.emit(args, img, f"image {img.name} is {word}")
+        return common.EXIT_OK
+
+    p = subparsers.add_parser("project", parents=[parent], help="projects: quotas and members")
+    sub = p.add_subparsers(dest="project_command", metavar="COMMAND", required=True)
+    q = sub.add_parser("create", parents=[parent], help="make a project")
+    q.add_argument("name", metavar="P")
+    q.add_argument(
+        "--quota",
+        type=quota_arg,
+        metavar="instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N",
+        help="limits (0 or left out: no limit)",
+    )
+    q.add_argument("--default-lease", type=duration_arg, metavar="8h", help="a new workspace's")
+    q.add_argument("--max-lease", type=duration_arg, metavar="72h", help="the longest allowed")
+    q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS), default="stop")
+    q.set_defaults(func=create)
+    q = sub.add_parser("add-user", parents=[parent], help="add a user to a project")
+    q.add_argument("name", metavar="P")
+    q.add_argument("user", metavar="NAME")
+    q.set_defaults(func=add_user)
+    q = sub.add_parser("list", parents=[parent], help="every project")
+    q.set_defaults(func=list_)
+    for name, text in (
+        ("publish", "make an image visible to every user"),
+        ("unpublish", "make an image private to its owner and project again"),
+    ):
+        q = images.add_parser(name, parents=[parent], help=text)
+        q.add_argument("name", help="image name (name:version)")
+        q.set_defaults(func=publish)
+
+
+def register_user(
+    subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
+) -> None:
+    """Add `quota` to ws."""
+
+    def quota(args: argparse.Namespace) -> int:
+        uses = client_for(args).quota()
+        text = quota_rows(uses) if uses else "you belong to no project (no project quota applies)"
+        render.emit(args, uses, text)
+        return common.EXIT_OK
+
+    p = subparsers.add_parser("quota", parents=[parent], help="your projects: use and limits")
+    p.set_defaults(func=quota)

@@ -1,0 +1,69 @@
+"""The projects half of the Python client (``Client`` inherits it): projects, members and
+quotas (admins), the caller's quota, and making images public (admins)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from workspace.v1 import images_pb2, images_pb2_grpc, projects_pb2, projects_pb2_grpc
+
+T = TypeVar("T")
+
+# Quota names as `ws-admin project create --quota` spells them -> Quota fields.
+QUOTA_FIELDS = {
+    "instances": "instances",
+    "vcpus": "vcpus",
+    "memory-mib": "memory_mib",
+    "disk-gib": "disk_gib",
+    "image-bytes": "image_bytes",
+}
+LEASE_ACTIONS = {
+    "stop": projects_pb2.LEASE_ACTION_STOP,
+    "destroy": projects_pb2.LEASE_ACTION_DESTROY,
+}
+
+
+class ProjectsClientMixin:
+    """Needs ``_call``, ``_projects`` and ``_images`` from the Client."""
+
+    _projects: projects_pb2_grpc.ProjectsStub
+    _images: images_pb2_grpc.ImagesStub
+
+    def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
+        raise NotImplementedError
+
+    def create_project(
+        self,
+        name: str,
+        quota: Mapping[str, int] | None = None,
+        default_lease_s: int = 0,
+        max_lease_s: int = 0,
+        on_expiry: str = "stop",
+    ) -> projects_pb2.Project:
+        """(admins) A new project; ``quota`` keys as QUOTA_FIELDS names them (0 = no limit)."""
+        fields = {QUOTA_FIELDS.get(k, k): v for k, v in (quota or {}).items()}
+        req = projects_pb2.Project(
+            name=name,
+            quota=projects_pb2.Quota(**fields),
+            default_lease_s=default_lease_s,
+            max_lease_s=max_lease_s,
+            on_expiry=LEASE_ACTIONS[on_expiry],
+        )
+        return self._call(self._projects.CreateProject, req)
+
+    def add_project_user(self, project: str, user: str) -> projects_pb2.Project:
+        req = projects_pb2.ProjectUserRequest(project=project, user=user)
+        return self._call(self._projects.AddProjectUser, req)
+
+    def list_projects(self) -> list[projects_pb2.Project]:
+        resp = self._call(self._projects.ListProjects, projects_pb2.ListProjectsRequest())
+        return list(resp.projects)
+
+    def quota(self) -> list[projects_pb2.ProjectQuota]:
+        """The caller's projects: each one's limits and what it uses."""
+        return list(self._call(self._projects.GetQuota, projects_pb2.GetQuotaRequest()).projects)
+
+    def set_image_public(self, name: str, public: bool = True) -> images_pb2.Image:
+        req = images_pb2.SetImagePublicRequest(name=name, public=public)
+        return self._call(self._images.SetImagePublic, req)

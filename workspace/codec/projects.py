@@ -1,0 +1,52 @@
+"""Projects and quotas: proto (workspace.v1 Projects) ⇄ domain (workspace/domain/tenancy.py)."""
+
+from __future__ import annotations
+
+from workspace.domain.tenancy import LeaseAction, ProjectSpec, ProjectUse, Quota
+from workspace.v1 import projects_pb2
+
+
+def quota_to_proto(q: Quota) -> projects_pb2.Quota:
+    return projects_pb2.Quota(
+        instances=q.instances,
+        vcpus=q.vcpus,
+        memory_mib=q.memory_mib,
+        disk_gib=q.disk_gib,
+        image_bytes=q.image_bytes,
+    )
+
+
+def quota_from_proto(q: projects_pb2.Quota) -> Quota:
+    return Quota(q.instances, q.vcpus, q.memory_mib, q.disk_gib, q.image_bytes)
+
+
+def project_from_proto(p: projects_pb2.Project) -> ProjectSpec:
+    action = (
+        LeaseAction.DESTROY
+        if p.on_expiry == projects_pb2.LEASE_ACTION_DESTROY
+        else (LeaseAction.STOP)
+    )
+    return ProjectSpec(
+        name=p.name,
+        quota=quota_from_proto(p.quota),
+        default_lease_s=p.default_lease_s,
+        max_lease_s=p.max_lease_s,
+        on_expiry=action,
+    )
+
+
+def project_to_proto(p: ProjectSpec) -> projects_pb2.Project:
+    return projects_pb2.Project(
+        name=p.name,
+        quota=quota_to_proto(p.quota),
+        default_lease_s=p.default_lease_s,
+        max_lease_s=p.max_lease_s,
+        on_expiry=projects_pb2.LeaseAction.Value(f"LEASE_ACTION_{p.on_expiry.value}"),
+        users=list(p.users),
+    )
+
+
+def use_to_proto(u: ProjectUse) -> projects_pb2.ProjectQuota:
+    return projects_pb2.ProjectQuota(
+        project=u.project, limits=quota_to_proto(u.limits), used=quota_to_proto(u.used)
+    )

@@ -1,0 +1,252 @@
+"""Who is calling, and may they call this: identities from client certificates, and the
+one table of every RPC and the role it needs.
+
+Every caller is an ``Identity`` (workspace/identity.py) taken from its client certificate
+(mutual TLS with the site CA), checked against the site's CRL on every call. Without TLS
+(a service started with ``insecure = true`` on loopback or a unix socket) every caller is
+the admin user ``default_owner``.
+
+Roles (``Role``): ADMIN is a user certificate with the admin role; USER is any user (what
+they may touch is decided by the operations: their own objects and their projects');
+NODE is a node certificate, acting only for the node it names (edge/nodes.py); OPEN needs
+no identity (health). ``RULES`` names the role of every RPC; an RPC missing from it is
+refused (and tests/unit/test_access.py fails).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import grpc
+
+from workspace import identity
+from workspace.config import ServiceConfig, TlsConfig
+from workspace.errors import PermissionDenied
+from workspace.identity import Identity, Kind
+from workspace.pki import Revocations
+
+log = logging.getLogger("workspace.edge.auth")
+# Parsed client certificates kept (by their PEM bytes).
+CERT_CACHE_SIZE = 1024
+
+
+class Unauthenticated(PermissionDenied):
+    """No usable certificate: none, or one the site revoked (UNAUTHENTICATED)."""
+
+
+class Role(enum.Enum):
+    OPEN = "open"
+    USER = "user"
+    ADMIN = "admin"
+    NODE = "node"
+
+
+def _rules() -> dict[str, Role]:
+    u, a, n = Role.USER, Role.ADMIN, Role.NODE
+    table: dict[str, dict[str, Role]] = {
+        "workspace.v1.Workspaces": {
+            "CreateWorkspace": u,
+            "GetWorkspace": u,
+            "ListWorkspaces": u,
+            "StartWorkspace": u,
+            "StopWorkspace": u,
+            "RebootWorkspace": u,
+            "PauseWorkspace": u,
+            "ResumeWorkspace": u,
+            "DestroyWorkspace": u,
+            "WatchWorkspaces": u,
+            "GetConsole": u,
+        },
+        "workspace.v1.Clusters": {
+            "CreateCluster": u,
+            "GetCluster": u,
+            "ListClusters": u,
+            "StartCluster": u,
+            "StopCluster": u,
+            "DestroyCluster": u,
+        },
+        "workspace.v1.Images": {
+            "UploadBlob": u,
+            "ImportImage": u,
+            "ListImages": u,
+            "GetImage": u,
+            "HasBlobs": u,
+            "DeleteImage": u,
+            "GetRepositoryUsage": u,
+            "SetImagePublic": a,
+        },
+        "workspace.v1.Trust": {
+            # A signature must verify against a key the site trusts; only an image's
+            # owner (or an admin) may attach one.
+            "AddSignature": u,
+            "GetSignatures": u,
+            "GetPolicy": u,
+            "AddKey": a,
+            "RevokeKey": a,
+            "RevokeDigest": a,
+            "SetMode": a,
+            "ListAudit": a,
+        },
+        "workspace.v1.Admin": {
+            "ListNodes": a,
+            "CreateNetwork": a,
+            "ListNetworks": u,
+            "DrainNode": a,
+            "EnableNode": a,
+            "RemoveNode": a,
+            "ListQueue": a,
+            "GetSchedulerInput": a,
+            "ListCache": a,
+            "PreloadImage": a,
+        },
+        "workspace.v1.Projects": {
+            "CreateProject": a,
+            "AddProjectUser": a,
+            "ListProjects": a,
+            "GetQuota": u,
+        },
+        "workspace.node.v1.Nodes": {
+            "Register": n,
+            "WatchAssignments": n,
+            "ReportStatus": n,
+            "PushConsole": n,
+            "FetchBlob": n,
+        },
+        "grpc.health.v1.Health": {"Check": Role.OPEN, "Watch": Role.OPEN, "List": Role.OPEN},
+    }
+    return {f"/{svc}/{m}": role for svc, methods in table.items() for m, role in methods.items()}
+
+
+RULES: dict[str, Role] = _rules()
+
+
+def method_name(service: str, method: str) -> str:
+    return f"/{service}/{method}"
+
+
+class Authenticator:
+    """Identifies callers of one service (cached certificates, the CRL re-read on change)."""
+
+    def __init__(self, tls: TlsConfig, default_owner: str) -> None:
+        self.tls_enabled = tls.enabled
+        self.insecure_identity = Identity(Kind.USER, default_owner, admin=True)
+        ca_file = tls.ca_file or (
+            str(Path(tls.identity_dir) / "ca.pem") if tls.identity_dir else ""
+        )
+        self.revocations = Revocations(tls.crl_file, ca_file) if tls.crl_file else None
+        self._cache: OrderedDict[bytes, Identity | PermissionDenied] = OrderedDict()
+        self._lock = threading.Lock()
+        self._crl_error = ""
+
+    @property
+    def insecure(self) -> bool:
+        """No TLS: every caller is the admin user ``default_owner`` (development, tests)."""
+        return not self.tls_enabled
+
+    def _parse(self, pem: bytes) -> Identity:
+        with self._lock:
+            hit = self._cache.get(pem)
+            if hit is not None:
+                self._cache.move_to_end(pem)
+        if hit is None:
+            try:
+                hit = identity.from_pem(pem)
+            except PermissionDenied as exc:
+                hit = exc
+            except ValueError as exc:
+                hit = PermissionDenied(f"the client certificate cannot be read: {exc}")
+            with self._lock:
+                self._cache[pem] = hit
+                while len(self._cache) > CERT_CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        if isinstance(hit, PermissionDenied):
+            raise PermissionDenied(hit.message)
+        return hit
+
+    def identify(self, context: grpc.ServicerContext) -> Identity:
+        """The caller: from its client certificate (refused if it has none, names no
+        identity, or is revoked), or the insecure-mode admin without TLS."""
+        if self.insecure:
+            return self.insecure_identity
+        auth = context.auth_context() or {}
+        pems = auth.get("x509_pem_cert")
+        if not pems:
+            raise Unauthenticated("no client certificate: call with an identity of the site CA")
+        who = self._parse(bytes(pems[0]))
+        self.check_revoked(who)
+        return who
+
+    def check_revoked(self, who: Identity) -> None:
+        """Unauthenticated if ``who``'s certificate is revoked now (long streams call this
+        as they go: a revoked caller's stream ends within a poll interval)."""
+        crl = self.revocations
+        if not who.serial or crl is None:
+            return
+        revoked = crl.is_revoked(who.serial)
+        if crl.error != self._crl_error:  # said once per new problem (or its end)
+            self._crl_error = crl.error
+            if crl.error:
+                log.error("%s; the revocations read before stay in force", crl.error)
+        if revoked:
+            raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
+
+    def authorize(self, context: grpc.ServicerContext, method: str) -> Identity:
+        """The caller, if the role ``method`` needs is theirs; else PermissionDenied."""
+        role = RULES.get(method)
+        if role is None:
+            raise PermissionDenied(f"{method} has no access rule; refused")
+        if role is Role.OPEN:
+            return self.insecure_identity if self.insecure else Identity(Kind.SERVICE, "anonymous")
+        who = self.identify(context)
+        if self.insecure:
+            return who
+        if role is Role.NODE:
+            if not who.is_node:
+                raise PermissionDenied(f"{method} is for node agents; {who.principal} is not one")
+        elif not who.is_user:
+            raise PermissionDenied(f"{method} is for users; {who.principal} is not one")
+        elif role is Role.ADMIN and not who.admin:
+            raise PermissionDenied(
+                f"{method} needs the admin role, which {who.principal} does not have"
+            )
+        return who
+
+
+@functools.lru_cache(maxsize=16)
+def authenticator(tls: TlsConfig, default_owner: str) -> Authenticator:
+    """The one Authenticator of a service's config (shared by its servicers)."""
+    return Authenticator(tls, default_owner)
+
+
+def for_config(cfg: ServiceConfig) -> Authenticator:
+    return authenticator(cfg.tls, cfg.default_owner)
+
+
+def identify(
+    context: grpc.ServicerContext, cfg: ServiceConfig, revocations: Revocations | None = None
+) -> Identity:
+    """The caller of ``context`` under ``cfg`` (``revocations``: the CRL to check, default
+    the one ``cfg.tls.crl_file`` names)."""
+    found = for_config(cfg).identify(context)
+    if revocations is not None and revocations.is_revoked(found.serial):
+        raise Unauthenticated(f"the certificate of {found.principal} has been revoked")
+    return found
+
+
+def node_name(who: Identity, insecure: bool, asked: str) -> str:
+    """The node a Nodes call acts for: the one its certificate names (``asked`` must be it).
+    Without TLS (insecure), the node the request names."""
+    if who.is_node:
+        if asked != who.name:
+            raise PermissionDenied(
+                f"this certificate is node {who.name}'s; it cannot act for node {asked!r}"
+            )
+        return who.name
+    if insecure:
+        return asked
+    raise PermissionDenied(f"{who.principal} is not a node")

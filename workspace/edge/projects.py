@@ -1,0 +1,53 @@
+"""The Projects API: projects and members (admins), quotas (every user's own)."""
+
+from __future__ import annotations
+
+import grpc
+
+from workspace.codec import projects as codec
+from workspace.edge import auth
+from workspace.edge.calls import unary
+from workspace.identity import Identity
+from workspace.ops import projects
+from workspace.ops.images import Catalog
+from workspace.v1 import projects_pb2, projects_pb2_grpc
+
+
+class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
+    SERVICE = "workspace.v1.Projects"
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.env = catalog.env
+        self.auth = auth.for_config(self.env.cfg)
+
+    @unary
+    def CreateProject(
+        self, request: projects_pb2.Project, context: grpc.ServicerContext, who: Identity
+    ) -> projects_pb2.Project:
+        spec = projects.create_project(self.env, codec.project_from_proto(request))
+        return codec.project_to_proto(spec)
+
+    @unary
+    def AddProjectUser(
+        self, request: projects_pb2.ProjectUserRequest, context: grpc.ServicerContext, who: Identity
+    ) -> projects_pb2.Project:
+        spec = projects.add_user(self.env, request.project, request.user)
+        return codec.project_to_proto(spec)
+
+    @unary
+    def ListProjects(
+        self,
+        request: projects_pb2.ListProjectsRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> projects_pb2.ListProjectsResponse:
+        listed = [codec.project_to_proto(p) for p in projects.list_projects(self.env)]
+        return projects_pb2.ListProjectsResponse(projects=listed)
+
+    @unary
+    def GetQuota(
+        self, request: projects_pb2.GetQuotaRequest, context: grpc.ServicerContext, who: Identity
+    ) -> projects_pb2.GetQuotaResponse:
+        uses = [codec.use_to_proto(u) for u in self.catalog.quotas(who)]
+        return projects_pb2.GetQuotaResponse(projects=uses)

@@ -1,0 +1,261 @@
+"""Tenancy: who sees what (owners, projects, admins), projects and their quotas.
+
+A user sees their own objects and those of their projects (the projects named in their
+certificate and the ``project_members`` rows); an admin sees everything. Quotas
+(instances, vcpus, memory, disk, image bytes; 0 = no limit) are checked inside the
+transaction that adds the rows, so a refused request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, false, or_, select
+from sqlalchemy.orm import Session
+
+from workspace.domain.states import State
+from workspace.domain.tenancy import LeaseAction, ProjectSpec, ProjectUse, Quota
+from workspace.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from workspace.identity import NAME_RE, Identity, Kind
+from workspace.ops.unit import Env
+from workspace.store import Project, ProjectMember, Workspace
+from workspace.store.mapping import bound_spec
+
+log = logging.getLogger("workspace.ops.projects")
+
+GIB = 1024**3
+# The quota names as `ws-admin project create --quota` spells them.
+QUOTA_NAMES = {
+    "instances": "instances",
+    "vcpus": "vcpus",
+    "memory_mib": "memory-mib",
+    "disk_gib": "disk-gib",
+    "image_bytes": "image-bytes",
+}
+
+
+def as_identity(who: Identity | str) -> Identity:
+    """A caller given by name (plain methods, tests) is a user with no projects."""
+    return who if isinstance(who, Identity) else Identity(Kind.USER, who)
+
+
+# -- visibility ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one caller may see: their objects, their projects' objects; admins all."""
+
+    who: Identity
+    projects: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return self.who.name
+
+    def sees(self, owner: str, project: str) -> bool:
+        return (
+            self.who.admin
+            or (self.who.is_user and owner == self.who.name)
+            or (bool(project) and project in self.projects)
+        )
+
+    def clause(self, model: Any, all_users: bool = False) -> ColumnElement[bool] | None:
+        """A WHERE clause for rows of ``model`` (owner, project) this caller lists; None:
+        every row (an admin asking for all users)."""
+        if all_users:
+            if not self.who.admin:
+                raise PermissionDenied("only admins may list every user's objects")
+            return None
+        if not self.who.is_user:
+            return false()
+        mine = model.owner == self.who.name
+        return or_(mine, model.project.in_(sorted(self.projects))) if self.projects else mine
+
+
+def memberships(s: Session, who: Identity) -> frozenset[str]:
+    """The projects ``who`` belongs to: those of its certificate and its member rows."""
+    if not who.is_user:
+        return frozenset()
+    rows = s.execute(select(ProjectMember.project).where(ProjectMember.user == who.name))
+    return frozenset(who.projects) | frozenset(rows.scalars())
+
+
+def scope(s: Session, who: Identity | str) -> Scope:
+    ident = as_identity(who)
+    return Scope(ident, memberships(s, ident))
+
+
+def resolve_project(s: Session, who: Identity, asked: str) -> str:
+    """The project a new object of ``who`` belongs to: the one asked for (which must be
+    one of theirs), else their only project, else "" (none)."""
+    mine = memberships(s, who)
+    if asked:
+        if asked in mine:
+            return asked
+        if s.get(Project, asked) is None:
+            raise NotFound(f"project {asked!r} does not exist; `ws quota` shows yours")
+        if who.admin:
+            return asked
+        raise PermissionDenied(f"you are not a member of project {asked!r}")
+    return next(iter(mine)) if len(mine) == 1 else ""
+
+
+# -- quotas ----------------------------------------------------------------------------------
+
+
+def limits_of(p: Project) -> Quota:
+    return Quota(
+        p.quota_instances, p.quota_vcpus, p.quota_memory_mib, p.quota_disk_gib, p.quota_image_bytes
+    )
+
+
+def disk_bytes(w: Workspace) -> int:
+    return sum(p.virtual_size_bytes or p.size_bytes for p in bound_spec(w).partitions)
+
+
+def workspace_use(s: Session, project: str) -> Quota:
+    """What the project's live workspaces (placed or waiting) hold; image bytes not counted."""
+    rows = s.execute(
+        select(Workspace).where(
+            Workspace.project == project, Workspace.state != State.TERMINATED.value
+        )
+    ).scalars()
+    n = cpus = mem = disk = 0
+    for w in rows:
+        n += 1
+        cpus += w.cpus
+        mem += w.memory_mib
+        disk += disk_bytes(w)
+    return Quota(n, cpus, mem, math.ceil(disk / GIB))
+
+
+def refuse_over(project: str, limits: Quota, used: Quota, label: str) -> None:
+    """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none)."""
+    over = limits.exceeded(used)
+    if over:
+        name = over[0]
+        raise ResourceExhausted(
+            f"{label}: the {QUOTA_NAMES[name]} quota of project {project} would be exceeded "
+            f"({getattr(used, name)} asked in all, the limit is {getattr(limits, name)}); "
+            "`ws quota` shows use and limits"
+        )
+
+
+def check_workspace_quota(s: Session, project: str, label: str) -> None:
+    """After the new rows were added (flushed): refuse if the project is over a quota."""
+    if not project:
+        return
+    p = s.get(Project, project)
+    if p is None:
+        return
+    limits = limits_of(p)
+    if limits.instances or limits.vcpus or limits.memory_mib or limits.disk_gib:
+        refuse_over(project, limits, workspace_use(s, project), label)
+
+
+# -- projects (admins) -----------------------------------------------------------------------
+
+
+def _check_name(what: str, name: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"{what} name {name!r} is not valid: 1-63 of a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _spec(s: Session, p: Project) -> ProjectSpec:
+    users = s.execute(
+        select(ProjectMember.user)
+        .where(ProjectMember.project == p.name)
+        .order_by(ProjectMember.user)
+    ).scalars()
+    return ProjectSpec(
+        p.name,
+        limits_of(p),
+        p.default_lease_s,
+        p.max_lease_s,
+        LeaseAction(p.lease_action),
+        tuple(users),
+    )
+
+
+def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
+    _check_name("project", spec.name)
+    q = spec.quota
+    for field, value in vars(q).items():
+        if value < 0:
+            raise InvalidArgument(f"quota {QUOTA_NAMES[field]} must not be negative")
+    if spec.default_lease_s < 0 or spec.max_lease_s < 0:
+        raise InvalidArgument("lease durations must not be negative")
+    if spec.max_lease_s and spec.default_lease_s > spec.max_lease_s:
+        raise InvalidArgument("the default lease is longer than the maximum lease")
+    with env.store.write() as s:
+        if s.get(Project, spec.name) is not None:
+            raise AlreadyExists(f"project {spec.name!r} already exists")
+        row = Project(
+            name=spec.name,
+            quota_instances=q.instances,
+            quota_vcpus=q.vcpus,
+            quota_memory_mib=q.memory_mib,
+            quota_disk_gib=q.disk_gib,
+            quota_image_bytes=q.image_bytes,
+            default_lease_s=spec.default_lease_s,
+            max_lease_s=spec.max_lease_s,
+            lease_action=spec.on_expiry.value,
+            created_at=env.clock(),
+        )
+        s.add(row)
+        s.flush()
+        shown = _spec(s, row)
+    log.info("project %s created (%s)", spec.name, q)
+    return shown
+
+
+def add_user(env: Env, project: str, user: str) -> ProjectSpec:
+    _check_name("user", user)
+    with env.store.write() as s:
+        p = s.get(Project, project)
+        if p is None:
+            raise NotFound(f"project {project!r} does not exist; `ws-admin project list`")
+        if s.get(ProjectMember, (project, user)) is None:
+            s.add(ProjectMember(project=project, user=user))
+            s.flush()
+            log.info("user %s added to project %s", user, project)
+        return _spec(s, p)
+
+
+def list_projects(env: Env) -> list[ProjectSpec]:
+    with env.store.read() as s:
+        return [_spec(s, p) for p in s.execute(select(Project).order_by(Project.name)).scalars()]
+
+
+def quotas(
+    env: Env, who: Identity, image_bytes: Iterable[tuple[str, int]] = ()
+) -> list[ProjectUse]:
+    """The caller's projects with their limits and use (``image_bytes``: (project, bytes)
+    as the catalog counts them)."""
+    images = dict(image_bytes)
+    with env.store.read() as s:
+        out = []
+        for name in sorted(memberships(s, who)):
+            p = s.get(Project, name)
+            limits = limits_of(p) if p is not None else Quota()
+            use = workspace_use(s, name)
+            used = Quota(
+                use.instances, use.vcpus, use.memory_mib, use.disk_gib, images.get(name, 0)
+            )
+            out.append(ProjectUse(name, limits, used))
+        return out
