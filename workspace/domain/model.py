@@ -92,6 +92,10 @@ class CreateSpec:
     grow_bytes: Mapping[str, int] = field(default_factory=dict)
     cluster: str = ""
     role: str = ""
+    # The project charged ("" = none); provisional until the caller's identity decides it.
+    project: str = ""
+    # Lease length in seconds (0 = the project's default); ops/leases.py.
+    lease_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class WorkspaceView:
     cluster: str = ""
     role: str = ""
     waiting: bool = False  # queued for capacity (state PENDING, no node yet)
+    lease_expires_at: float = 0.0  # epoch s; 0 = no lease
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ def insert_row(
         id=wid,
         name=spec.name,
         owner=owner,
+        project=spec.project,
         request_id=request_id,
         request_hash=hash_,
         image=bound.image,

@@ -143,6 +143,7 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         cluster=ws.cluster or "",
         role=ws.role or "",
         waiting=bool(ws.wait_reason),
+        lease_expires_at=ws.lease_expires_at or 0.0,
     )
 
 
