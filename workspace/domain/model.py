@@ -327,6 +327,7 @@ class ClusterRequest:
     request_id: str = ""
     wait_for_capacity_s: int = 0
     request_hash: str = ""  # of the request as sent (the edge computes it)
+    lease_s: int = 0  # every member's lease (0 = the project's default)
 
 
 @dataclass(frozen=True)

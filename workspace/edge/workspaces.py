@@ -16,9 +16,9 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Op
 from workspace.edge.calls import STREAM_POLL_S, caller, stream, unary
 from workspace.errors import InvalidArgument
-from workspace.ops import consoles, create, operate, queries
+from workspace.ops import consoles, create, leases, operate, queries, usage
 from workspace.ops.unit import Env
-from workspace.v1 import common_pb2, workspaces_pb2, workspaces_pb2_grpc
+from workspace.v1 import common_pb2, usage_pb2, workspaces_pb2, workspaces_pb2_grpc
 
 
 class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
@@ -54,6 +54,15 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
 
     def console(self, owner: str, ref: str, tail_bytes: int) -> bytes:
         return consoles.console(self.env, owner, ref, tail_bytes)
+
+    def extend_lease(
+        self, owner: str, req: workspaces_pb2.ExtendLeaseRequest
+    ) -> common_pb2.Workspace:
+        return v1.workspace_to_proto(leases.extend(self.env, owner, req.id, req.add_s))
+
+    def usage(self, owner: str, req: usage_pb2.GetUsageRequest) -> usage_pb2.UsageReport:
+        since, until, by = v1.usage_query_from_proto(req)
+        return v1.usage_report_to_proto(usage.report(self.env, owner, since, until, by))
 
     # -- RPCs ------------------------------------------------------------------------------
 
@@ -173,3 +182,15 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
     ) -> workspaces_pb2.ConsoleOutput:
         data = self.console(self._owner(context), request.id, request.tail_bytes)
         return workspaces_pb2.ConsoleOutput(data=data)
+
+    @unary
+    def ExtendLease(
+        self, request: workspaces_pb2.ExtendLeaseRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Workspace:
+        return self.extend_lease(self._owner(context), request)
+
+    @unary
+    def GetUsage(
+        self, request: usage_pb2.GetUsageRequest, context: grpc.ServicerContext
+    ) -> usage_pb2.UsageReport:
+        return self.usage(self._owner(context), request)

@@ -85,6 +85,7 @@ def _member_rows(
                 user_data=m.user_data,
                 cluster=cid,
                 role=m.role,
+                lease_s=req.lease_s,
             )
             try:
                 spec = check_spec(asked, env.cfg.limits)

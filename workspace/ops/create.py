@@ -32,6 +32,7 @@ from workspace.domain.states import Desired, State
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.ops import trust
 from workspace.ops.admission import admit
+from workspace.ops.leases import lease_end
 from workspace.ops.unit import Env, write
 from workspace.store import Image, Network, Workspace
 from workspace.store.mapping import bind_spec, image_spec, shown_reason, workspace_views
@@ -106,6 +107,8 @@ def request_hash(req: CreateRequest) -> str:
             for x in spec.extra_partitions
         ]
         fields += [extra, sorted(spec.grow_bytes.items())]
+    if spec.lease_s:
+        fields += [["lease_s", spec.lease_s]]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
@@ -165,6 +168,8 @@ def insert_row(
         name=spec.name,
         owner=owner,
         project=spec.project,
+        lease_expires_at=lease_end(s, spec.project, spec.lease_s, now),
+        lease_warned=False,
         request_id=request_id,
         request_hash=hash_,
         image=bound.image,
