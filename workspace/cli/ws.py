@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from workspace.cli import clusterspec, common, image_cmds, render, trust_cmds
+from workspace.cli import clusterspec, common, image_cmds, render, trust_cmds, usage_cmds
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
@@ -96,6 +96,8 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
         req.on_failure = args.on_failure
     if args.wait_for_capacity is not None:
         req.wait_for_capacity_s = args.wait_for_capacity
+    if args.lease is not None:
+        req.lease_s = args.lease
     try:
         clusterspec.check(req, args.spec or "")
     except clusterspec.SpecError as exc:
@@ -137,6 +139,7 @@ class Commands(common.ClientCommands):
             wait_for_capacity_s=args.wait_for_capacity or 0,
             extra_partitions=extra_partitions,
             grow_bytes=grow_bytes,
+            lease_s=args.lease or 0,
         )
         if args.wait:
             ws = client.wait_for_state(
@@ -342,6 +345,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         help="a node label every member needs (repeatable)",
     )
     _add_capacity_wait(p)
+    usage_cmds.add_lease_option(p, "every member")
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
     p.add_argument(
         "--wait",
@@ -400,6 +404,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     )
     image_cmds.add_disk_options(p)
     _add_capacity_wait(p)
+    usage_cmds.add_lease_option(p, "the workspace")
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
     p.add_argument("--wait", action="store_true", help="wait until the workspace is RUNNING")
     _add_create_timeout(p)
@@ -443,6 +448,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.watch)
 
     _add_cluster_parsers(sub, parent, cmds)
+    usage_cmds.register_ws(sub, parent, cmds.client)
 
     image_sub = image_cmds.register(sub, parent, cmds.client, PROG)
     trust_cmds.register_image(image_sub, parent, cmds.client)
