@@ -220,3 +220,14 @@ def test_durations_read_well() -> None:
         "72h",
         "26h1s",
     ]
+
+
+def test_a_lost_workspace_is_stopped_once_its_node_is_back(site: Site) -> None:
+    wid = make(site, "a", lease_s=HOUR)
+    site.clock.now += HOUR
+    assert site.nodes.check_liveness() == ["n1"]
+    assert row(site, wid).state == State.LOST.value
+    assert leases.check(env(site)).expired == []  # LOST cannot be stopped: not yet
+    site.report(wid, RUNNING, full=True)  # the node is back
+    assert leases.check(env(site)).expired == [wid]
+    assert row(site, wid).desired_state == Desired.STOPPED.value

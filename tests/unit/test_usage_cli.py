@@ -18,9 +18,10 @@ from workspace.cli import admin, common, ws
 from workspace.client import Client
 from workspace.domain.leases import iso_time
 from workspace.edge.admin import AdminServicer
+from workspace.edge.clusters import ClustersServicer
 from workspace.node.v1 import nodes_pb2
 from workspace.store import Project
-from workspace.v1 import admin_pb2_grpc, workspaces_pb2_grpc
+from workspace.v1 import admin_pb2_grpc, clusters_pb2_grpc, workspaces_pb2_grpc
 
 HOUR = 3600.0
 OWNER = "local"  # without TLS every caller is the configured default owner
@@ -55,6 +56,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     server = rpc.server(8)
     workspaces_pb2_grpc.add_WorkspacesServicer_to_server(site.core, server)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(site.core.env), server)
+    clusters_pb2_grpc.add_ClustersServicer_to_server(ClustersServicer(site.core.env), server)
     address = f"unix:{tmp_path / 'svc.sock'}"
     rpc.bind(server, address)
     server.start()
@@ -81,6 +83,14 @@ def test_create_with_a_lease_and_show_it(
     assert served.ws("show", "a", "-o", "json") == 0
     shown = json.loads(out(capsys))
     assert shown["lease_expires_at"] == iso_time(now + 5.5 * HOUR)
+
+
+def test_cluster_create_with_a_lease(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    end = iso_time(served.site.clock.now + 2 * HOUR)
+    argv = ["cluster", "create", "c1", "--member", "head=img", "--member", "w=img,count=2"]
+    assert served.ws(*argv, "--lease", "2h", "-o", "json") == 0
+    members = json.loads(out(capsys))["members"]
+    assert [m["lease_expires_at"] for m in members] == [end] * 3
 
 
 def test_no_lease_shows_none(served: Served, capsys: pytest.CaptureFixture[str]) -> None:

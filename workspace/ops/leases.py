@@ -93,18 +93,17 @@ def _acts_on(ws: Workspace, action: LeaseAction) -> bool:
     return action is LeaseAction.DESTROY or ws.desired_state != Desired.STOPPED.value
 
 
-def _leased(s: Session, before: float) -> list[Workspace]:
-    return list(
-        s.execute(
-            select(Workspace)
-            .where(
-                Workspace.lease_expires_at > 0,
-                Workspace.lease_expires_at <= before,
-                Workspace.state != State.TERMINATED.value,
-            )
-            .order_by(Workspace.lease_expires_at, Workspace.id)
-        ).scalars()
+def _leased(s: Session, before: float, unwarned: bool = False) -> list[Workspace]:
+    """Live workspaces whose lease ends by ``before`` (only those not warned yet)."""
+    q = select(Workspace).where(
+        Workspace.lease_expires_at > 0,
+        Workspace.lease_expires_at <= before,
+        Workspace.state != State.TERMINATED.value,
+        Workspace.desired_state != Desired.TERMINATED.value,
     )
+    if unwarned:
+        q = q.where(Workspace.lease_warned.is_(False))
+    return list(s.execute(q.order_by(Workspace.lease_expires_at, Workspace.id)).scalars())
 
 
 def check(env: Env) -> Round:
@@ -113,9 +112,9 @@ def check(env: Env) -> Round:
     done = Round()
     now = env.clock()
     with write(env) as u:
-        for ws in _leased(u.s, now + env.cfg.lease_warning_s):
+        for ws in _leased(u.s, now + env.cfg.lease_warning_s, unwarned=True):
             end = ws.lease_expires_at
-            if ws.lease_warned or end <= now or not _acts_on(ws, policy(u.s, ws.project).action):
+            if end <= now or not _acts_on(ws, policy(u.s, ws.project).action):
                 continue
             ws.lease_warned = True
             if not ws.wait_reason:  # a queued workspace keeps saying why it waits
@@ -123,8 +122,8 @@ def check(env: Env) -> Round:
             u.changed(ws)
             done.warned.append(ws.id)
             log.info("workspace %s (%s): lease ends at %s", ws.id, ws.name, iso_time(end))
-    with env.store.read() as s:
-        due = [ws.id for ws in _leased(s, now)]
+    with env.store.read() as s:  # a write only for those expiry acts on
+        due = [ws.id for ws in _leased(s, now) if _acts_on(ws, policy(s, ws.project).action)]
     for wid in due:
         if _expire(env, wid, now):
             done.expired.append(wid)
