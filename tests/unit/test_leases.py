@@ -231,3 +231,18 @@ def test_a_lost_workspace_is_stopped_once_its_node_is_back(site: Site) -> None:
     site.report(wid, RUNNING, full=True)  # the node is back
     assert leases.check(env(site)).expired == [wid]
     assert row(site, wid).desired_state == Desired.STOPPED.value
+
+
+def test_a_cluster_start_leaves_members_whose_lease_ended(site: Site) -> None:
+    members = (MemberSpec(role="head", image="img"),)
+    c = clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=HOUR))
+    (wid,) = [m.id for m in c.members]
+    site.report(wid, RUNNING)
+    site.clock.now += HOUR
+    assert leases.check(env(site)).expired == [wid]
+    site.report(wid, STOPPED)
+    with pytest.raises(FailedPrecondition, match="lease ended at"):
+        clusters.operate(env(site), "alice", "c1", Op.START)
+    leases.extend(env(site), "alice", wid, HOUR)
+    clusters.operate(env(site), "alice", "c1", Op.START)
+    assert row(site, wid).desired_state == Desired.RUNNING.value

@@ -22,6 +22,7 @@ from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
 from workspace.ops.create import check_networks, check_spec, new_row
 from workspace.ops.lifecycle import resolve_owned
+from workspace.ops.operate import check_lease
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Workspace
 from workspace.store.mapping import cluster_view, set_reason, spec_column, workspace_views
@@ -187,6 +188,8 @@ def operate(env: Env, owner: str, ref: str, op: Op) -> ClusterView:
             if op is Op.DESTROY and m.desired_state == Desired.TERMINATED.value:
                 continue
             try:
+                if op is Op.START:
+                    check_lease(env, m, op)
                 t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
             except FailedPrecondition as exc:
                 refusals.append(exc.message)
