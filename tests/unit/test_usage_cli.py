@@ -21,9 +21,16 @@ from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
 from workspace.node.v1 import nodes_pb2
 from workspace.store import Project
-from workspace.v1 import admin_pb2_grpc, clusters_pb2_grpc, workspaces_pb2_grpc
+from workspace.v1 import (
+    admin_pb2_grpc,
+    clusters_pb2_grpc,
+    common_pb2,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
 
 HOUR = 3600.0
+WS = common_pb2.WorkspaceState
 OWNER = "local"  # without TLS every caller is the configured default owner
 
 
@@ -179,3 +186,61 @@ def test_times_and_durations() -> None:
     assert common.point_in_time("2026-11-01T01:00+01:00", now) == 1_793_491_200.0
     assert common.duration_s("1h30m") == 5400
     assert common.duration_s("90") == 90
+
+
+class _Events:
+    def __init__(self, events: list[workspaces_pb2.WorkspaceEvent]) -> None:
+        self.it = iter(events)
+
+    def __iter__(self) -> _Events:
+        return self
+
+    def __next__(self) -> workspaces_pb2.WorkspaceEvent:
+        return next(self.it)
+
+    def close(self) -> None:
+        pass
+
+
+class _WatchClient:
+    """What `ws watch` calls, answering a lease's life as the service reports it."""
+
+    def __init__(self, steps: list[tuple[int, str]]) -> None:
+        self.steps = steps
+
+    def get_workspace(self, ref: str) -> common_pb2.Workspace:
+        return common_pb2.Workspace(id="w1", name=ref)
+
+    def watch(self, ws_id: str, **kw: object) -> _Events:
+        return _Events(
+            [
+                workspaces_pb2.WorkspaceEvent(
+                    workspace=common_pb2.Workspace(id="w1", name="a", state=st, reason=why)
+                )
+                for st, why in self.steps
+            ]
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def test_watch_shows_the_lease_warning_but_not_its_clearing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    steps = [
+        (WS.WORKSPACE_STATE_RUNNING, ""),
+        (WS.WORKSPACE_STATE_RUNNING, "lease ends at 2026-11-30T08:00:00Z"),
+        (WS.WORKSPACE_STATE_RUNNING, ""),  # the node's next report clears the reason
+        (WS.WORKSPACE_STATE_STOPPING, "lease expired at 2026-11-30T08:00:00Z"),
+        (WS.WORKSPACE_STATE_STOPPED, ""),
+    ]
+    client = _WatchClient(steps)
+    assert ws.main(["-o", "json", "watch", "a"], connect=lambda _s: client) == 0  # type: ignore[arg-type,return-value]
+    shown = [json.loads(line)["workspace"] for line in out(capsys).splitlines()]
+    assert [(w["state"], w["reason"]) for w in shown] == [
+        ("RUNNING", ""),
+        ("RUNNING", "lease ends at 2026-11-30T08:00:00Z"),
+        ("STOPPING", "lease expired at 2026-11-30T08:00:00Z"),
+        ("STOPPED", ""),
+    ]

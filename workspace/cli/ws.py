@@ -193,14 +193,18 @@ class Commands(common.ClientCommands):
             ws_id = client.get_workspace(args.id).id
         else:
             client.health()  # fail now (exit 3) rather than retry silently
-        seen: dict[str, int] = {}
+        # A line per change of state, or of reason to a new one (a lease warning changes
+        # only the reason; a reason merely cleared is not news).
+        seen: dict[str, tuple[int, str]] = {}
         events = client.watch(ws_id, include_terminated=args.all or bool(ws_id), reconnect=True)
         try:
             for event in events:
                 ws = event.workspace
-                if seen.get(ws.id) == ws.state:
+                before = seen.get(ws.id)
+                if before and before[0] == ws.state and ws.reason in ("", before[1]):
+                    seen[ws.id] = (ws.state, ws.reason)
                     continue
-                seen[ws.id] = ws.state
+                seen[ws.id] = (ws.state, ws.reason)
                 render.watch_event(args, event)
         except KeyboardInterrupt:
             return common.EXIT_OK
