@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from workspace import errors, rpc, rpc_status
@@ -43,6 +44,7 @@ from workspace.v1 import (
     images_pb2_grpc,
     projects_pb2_grpc,
     trust_pb2_grpc,
+    usage_pb2,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -289,6 +291,7 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
         extra_partitions: Sequence[common_pb2.Partition] = (),
         grow_bytes: Mapping[str, int] | None = None,
         project: str = "",
+        lease_s: int = 0,
     ) -> common_pb2.Workspace:
         """Create a workspace; idempotent by ``request_id`` (a fresh uuid4 if not given).
 
@@ -300,6 +303,9 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
         ``extra_partitions`` adds blank disks to the image's (``blank_partition`` makes
         one); ``grow_bytes`` gives cow partitions of the image a larger virtual size
         (partition name -> bytes). Both are checked against the site's limits.
+
+        ``lease_s``: the workspace is stopped (or destroyed, per its project) that many
+        seconds from now; 0 = the project's default lease.
 
         A create that fails with UNAVAILABLE is retried once with the same request id,
         so a lost answer never makes a second workspace.
@@ -317,6 +323,7 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
             extra_partitions=list(extra_partitions),
             grow_bytes=dict(grow_bytes or {}),
             project=project,
+            lease_s=lease_s,
         )
         return self._create(self._workspaces.CreateWorkspace, req)
 
@@ -372,6 +379,26 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
     def get_console(self, id: str, tail_bytes: int = 0) -> bytes:
         req = workspaces_pb2.GetConsoleRequest(id=id, tail_bytes=tail_bytes)
         return bytes(self._call(self._workspaces.GetConsole, req).data)
+
+    def extend_lease(self, id: str, add_s: int) -> common_pb2.Workspace:
+        """The workspace's lease ends ``add_s`` seconds later (from now, once it ended)."""
+        req = workspaces_pb2.ExtendLeaseRequest(id=id, add_s=add_s)
+        return self._call(self._workspaces.ExtendLease, req)
+
+    def get_usage(
+        self, since: float = 0.0, until: float = 0.0, by: str = "workspace", all_users: bool = False
+    ) -> usage_pb2.UsageReport:
+        """Core-, memory-GiB- and disk-GiB-hours in [since, until) (epoch s; 0 = from the
+        first record / until now) per workspace, user or project: the caller's own and
+        their projects', or with ``all_users`` every workspace (Admin.GetUsage)."""
+        req = usage_pb2.GetUsageRequest(
+            since=_timestamp(since),
+            until=_timestamp(until),
+            by=usage_pb2.UsageGrouping.Value(f"USAGE_GROUPING_{by.upper()}"),
+        )
+        if all_users:
+            return self._call(self._admin.GetUsage, req)
+        return self._call(self._workspaces.GetUsage, req)
 
     def watch(
         self,
@@ -515,6 +542,7 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
         on_failure: int | str = 0,
         wait_for_capacity_s: int = 0,
         request_id: str | None = None,
+        lease_s: int = 0,
     ) -> clusters_pb2.Cluster:
         """Create a virtual cluster, placed all or nothing; idempotent by request id.
 
@@ -525,8 +553,8 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
         UNAVAILABLE with the same request id, like create_workspace.
         """
         if request is not None:
-            given = (name, tuple(members), affinity, on_failure, wait_for_capacity_s)
-            if given != ("", (), 0, 0, 0):
+            given = (name, tuple(members), affinity, on_failure, wait_for_capacity_s, lease_s)
+            if given != ("", (), 0, 0, 0, 0):
                 raise TypeError("create_cluster: give a request or keywords, not both")
             req = clusters_pb2.CreateClusterRequest()
             req.CopyFrom(request)
@@ -539,6 +567,7 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
                 affinity=affinity_value(affinity),  # type: ignore[arg-type]
                 on_failure=failure_policy_value(on_failure),  # type: ignore[arg-type]
                 wait_for_capacity_s=wait_for_capacity_s,
+                lease_s=lease_s,
             )
         if request_id:
             req.request_id = request_id
@@ -701,6 +730,14 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
             requirements=dict(requirements or {}),
         )
         return self._call(self._admin.GetSchedulerInput, req).json
+
+
+def _timestamp(epoch_s: float) -> Timestamp | None:
+    if not epoch_s:
+        return None
+    t = Timestamp()
+    t.FromNanoseconds(int(epoch_s * 1e9))
+    return t
 
 
 def _names(states: Iterable[int]) -> str:

@@ -105,9 +105,21 @@ class ServiceConfig:
     # insecure = true, and only on loopback or a unix socket (development and tests).
     default_owner: str = "local"
     insecure: bool = False
+    # How often the lease loop looks for leases ending soon (warning) or ended (expiry).
+    lease_check_interval_s: float = 30.0
+    # A workspace is warned this long before its lease ends.
+    lease_warning_s: int = 3600
     tls: TlsConfig = field(default_factory=TlsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        if not self.lease_check_interval_s > 0:
+            raise ConfigError(
+                f"lease_check_interval_s: must be more than 0, got {self.lease_check_interval_s}"
+            )
+        if self.lease_warning_s < 0:
+            raise ConfigError(f"lease_warning_s: must be 0 or more, got {self.lease_warning_s}")
 
     @property
     def db_url(self) -> str:

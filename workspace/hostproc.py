@@ -194,6 +194,16 @@ def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S)
 # -- stop -------------------------------------------------------------------------------
 
 
+def _gone(pid: int, still_ours: Callable[[int], bool]) -> bool:
+    """Whether a signalled process has gone. One on its way out already shows an empty
+    command line (so it no longer matches) while it still exists: that is not gone yet."""
+    if not process_alive(pid):
+        return True
+    if still_ours(pid):
+        return False
+    return bool(process_cmdline(pid))  # alive with another command line: the pid was reused
+
+
 def terminate_all(
     pids: Sequence[int],
     still_ours: Callable[[int], bool],
@@ -219,7 +229,7 @@ def terminate_all(
         while True:
             for pid in targets:
                 reap(pid)
-            if not any(still_ours(pid) for pid in targets):
+            if all(_gone(pid, still_ours) for pid in targets):
                 break
             if time.monotonic() >= deadline:
                 break
@@ -259,11 +269,6 @@ def stop_session(pid: int, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S) 
     if outcome is Stopped.NOT_OURS:
         return f"pid {pid} is no longer ours (left alone)"
     text = str(outcome)
-    # A process on its way out already shows an empty command line (so it no longer
-    # matches) before it is gone: give it a moment to become a zombie and be reaped.
-    deadline = time.monotonic() + KILL_WAIT_S
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL_S)
     # Its session id is its pid. While the leader is gone, no other process can hold
     # that pid, so the members left are our daemon's children.
     if not process_alive(pid):

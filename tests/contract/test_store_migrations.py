@@ -14,6 +14,7 @@ revision (docs/design/store.md, "Adding a migration").
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,16 @@ from alembic.util import CommandError
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import Engine
 
-from workspace.store import Base, IpAllocation, Network, Node, Store, Workspace, migrations
+from workspace.store import (
+    Base,
+    IpAllocation,
+    Network,
+    Node,
+    Store,
+    UsageInterval,
+    Workspace,
+    migrations,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TODAY = FIXTURES / "store_schema_49a6878.sql"
@@ -422,3 +432,37 @@ def test_a_store_at_head_starts_without_loading_alembic(tmp_path: Path) -> None:
     assert out.stdout.strip() == "[]"
     # The new store was migrated (by the child) all the same.
     assert revision(create_engine(f"sqlite:///{new}")) == migrations.head()
+
+
+def test_workspaces_holding_capacity_get_an_open_usage_interval(tmp_path: Path) -> None:
+    """0005: a live placed workspace is metered from the upgrade on (disk from its bound
+    image's partitions); a queued or terminated one is not."""
+    path = tmp_path / "metered.db"
+    make_db(path, TODAY)
+    con = sqlite3.connect(path)
+    spec = '{"partitions": [{"name": "root", "size_bytes": 4096, "format": "raw"}]}'
+    con.execute("UPDATE workspaces SET image_spec = ?", (spec,))
+    base = dict(next(v for t, v in ROWS if t == "workspaces"))
+    for wid, node, state in (("ws2", "", "PENDING"), ("ws3", "n1", "TERMINATED")):
+        row = dict(base, id=wid, name=wid, request_id=wid, node=node, state=state)
+        con.execute(
+            f"INSERT INTO workspaces ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+    con.commit()
+    con.close()
+    before = time.time()
+    store = Store(f"sqlite:///{path}")
+    try:
+        with store.read() as s:
+            (iv,) = s.execute(select(UsageInterval)).scalars()
+        assert (iv.workspace_id, iv.owner, iv.cpus, iv.memory_mib, iv.disk_bytes) == (
+            "ws1",
+            "alice",
+            2,
+            2048,
+            4096,
+        )
+        assert iv.ended_at == 0 and iv.started_at >= before
+    finally:
+        store.close()

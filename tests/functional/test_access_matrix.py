@@ -40,6 +40,7 @@ from workspace.v1 import (
     projects_pb2_grpc,
     trust_pb2,
     trust_pb2_grpc,
+    usage_pb2,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -225,6 +226,10 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         workspaces_pb2.WatchWorkspacesRequest(id=NOPE), timeout=T))),
     (WS, "GetConsole", USER, lambda c, w: c.ws.GetConsole(
         workspaces_pb2.GetConsoleRequest(id=NOPE), timeout=T)),
+    (WS, "ExtendLease", USER, lambda c, w: c.ws.ExtendLease(
+        workspaces_pb2.ExtendLeaseRequest(id=NOPE, add_s=60), timeout=T)),
+    (WS, "GetUsage", USER, lambda c, w: c.ws.GetUsage(
+        usage_pb2.GetUsageRequest(), timeout=T)),
     (CL, "CreateCluster", USER, lambda c, w: c.clusters.CreateCluster(
         clusters_pb2.CreateClusterRequest(name="BAD"), timeout=T)),
     (CL, "GetCluster", USER, lambda c, w: c.clusters.GetCluster(
@@ -289,6 +294,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         admin_pb2.NodeRef(name=NOPE), timeout=T)),
     (AD, "PreloadImage", ADMIN, lambda c, w: c.admin.PreloadImage(
         admin_pb2.PreloadImageRequest(image=NOPE), timeout=T)),
+    (AD, "GetUsage", ADMIN, lambda c, w: c.admin.GetUsage(
+        usage_pb2.GetUsageRequest(), timeout=T)),
     (PR, "CreateProject", ADMIN, lambda c, w: c.projects.CreateProject(
         projects_pb2.Project(name=""), timeout=T)),
     (PR, "AddProjectUser", ADMIN, lambda c, w: c.projects.AddProjectUser(

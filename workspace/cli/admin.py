@@ -16,7 +16,15 @@ from typing import Any
 
 from images import manifest as image_manifest
 from workspace import errors
-from workspace.cli import cache_cmds, clusterspec, common, project_cmds, render, trust_cmds
+from workspace.cli import (
+    cache_cmds,
+    clusterspec,
+    common,
+    project_cmds,
+    render,
+    trust_cmds,
+    usage_cmds,
+)
 from workspace.client import Client
 from workspace.site import local
 from workspace.v1 import common_pb2, images_pb2
@@ -366,6 +374,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     cache_cmds.register(sub, parent, cmds.client)
     project_cmds.register_admin(sub, images, parent, cmds.client)
     trust_cmds.register_admin(sub, parent, cmds.client)
+    usage_cmds.register_admin(sub, parent, cmds.client)
 
     site = group("site", "the local all-in-one site (service + one agent)")
     sub.choices["site"].description = local.STATE_RULE

@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from workspace import errors
@@ -57,7 +60,10 @@ def cli_main(
 ) -> int:
     """One CLI invocation: parse, run the handler, close the client."""
     cmds = commands(connect or default_connect)
-    args = build_parser(cmds).parse_args(argv)
+    parser = build_parser(cmds)
+    args = parser.parse_args(argv)
+    if getattr(args, "output", "text") == "csv" and not getattr(args, "csv", False):
+        parser.error("--output csv is only for usage reports (`ws usage`, `ws-admin usage`)")
     try:
         return run(prog, args.func, args)
     finally:
@@ -128,6 +134,48 @@ def seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
     return value
+
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DURATION_FORMAT = "e.g. 8h, 90m, 1h30m, 7d (units s, m, h, d, w)"
+
+
+def duration_s(text: str) -> int:
+    """``8h``, ``1h30m``, ``7d``, ``45s`` (or plain seconds) as seconds, more than 0."""
+    t = text.strip().lower()
+    if t.isdigit():
+        value = int(t)
+    elif t and _DURATION_PART.sub("", t) == "":
+        value = sum(int(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(t))
+    else:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} ({DURATION_FORMAT})")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a duration must be more than 0, got {text!r}")
+    return value
+
+
+def point_in_time(text: str, now: float | None = None) -> float:
+    """An ISO date or time (``2026-11-01``, ``2026-11-01T08:00``; UTC unless it says
+    otherwise), ``now``, or a duration ago (``7d``, ``24h``), as epoch seconds."""
+    t = text.strip()
+    now = time.time() if now is None else now
+    if t.lower() == "now":
+        return now
+    try:
+        return now - duration_s(t)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        when = datetime.fromisoformat(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (an ISO date such as 2026-11-01 or 2026-11-01T08:00Z, "
+            "now, or a duration ago such as 7d or 24h)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 # -- running a command -------------------------------------------------------------------

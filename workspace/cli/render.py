@@ -17,6 +17,8 @@ JSON mode), so stdout holds only the result.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import re
@@ -38,10 +40,12 @@ from workspace.v1 import (
     common_pb2,
     images_pb2,
     trust_pb2,
+    usage_pb2,
     workspaces_pb2,
 )
 
-FORMATS = ("text", "json")
+# csv: usage reports only (workspace/cli/common.py refuses it elsewhere).
+FORMATS = ("text", "json", "csv")
 
 _DESIRED = common_pb2.DesiredState.DESCRIPTOR
 _AFFINITY = clusters_pb2.Affinity.DESCRIPTOR
@@ -208,6 +212,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("cpus", ws.cpus),
         ("memory_mib", ws.memory_mib),
         ("node", ws.node),
+        ("lease_ends", lease_end_text(ws)),
     ]
     pairs += [("nic", _nic_text(n)) for n in ws.nics]
     pairs += [
@@ -238,6 +243,18 @@ def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
         for ws in items
     ]
     return table(["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"], rows)
+
+
+def lease_end_text(ws: common_pb2.Workspace) -> str:
+    """When the lease ends ("" = no lease), "(ended)" once it has."""
+    if not ws.HasField("lease_expires_at"):
+        return ""
+    ended = " (ended)" if ws.lease_expires_at.seconds <= time.time() else ""
+    return fmt_time(ws.lease_expires_at) + ended
+
+
+def lease_line(ws: common_pb2.Workspace) -> str:
+    return f"{_label(ws)}: lease ends at {fmt_time(ws.lease_expires_at)}"
 
 
 def state_line(ws: common_pb2.Workspace) -> str:
@@ -676,3 +693,56 @@ class PushProgress:
 
     def _line(self, text: str) -> None:
         print(f"{self.prog}: {text}", file=self.stream, flush=True)
+
+
+# -- usage -------------------------------------------------------------------------------
+
+_USAGE_FIGURES = ("core_hours", "memory_gib_hours", "disk_gib_hours")
+
+
+def _usage_columns(r: usage_pb2.UsageReport) -> tuple[list[str], list[list[str]]]:
+    """The group's columns of a usage report: header and one row per group."""
+    by = enum_name(usage_pb2.UsageGrouping.DESCRIPTOR, r.by)
+    if by == "USER":
+        return ["user"], [[row.key] for row in r.rows]
+    if by == "PROJECT":
+        return ["project"], [[row.key] for row in r.rows]
+    head = ["workspace", "name", "owner", "project"]
+    return head, [[row.key, row.name, row.owner, row.project] for row in r.rows]
+
+
+def _figures(row: usage_pb2.UsageRow) -> list[float]:
+    return [row.core_hours, row.memory_gib_hours, row.disk_gib_hours]
+
+
+def usage_report_text(r: usage_pb2.UsageReport) -> str:
+    """The window it covers, then a table (figures to 2 decimals; "-" for no project)."""
+    since = fmt_time(r.since) if r.HasField("since") else "the first record"
+    window = f"usage from {since} to {fmt_time(r.until)}"
+    if not r.rows:
+        return f"{window}: none"
+    head, groups = _usage_columns(r)
+    rows = [
+        [c or "-" for c in group] + [f"{v:.2f}" for v in _figures(row)]
+        for group, row in zip(groups, r.rows, strict=True)
+    ]
+    return window + "\n" + table([h.upper() for h in [*head, *_USAGE_FIGURES]], rows)
+
+
+def usage_csv(r: usage_pb2.UsageReport) -> str:
+    """A header line and one line per group; figures at full precision."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    head, groups = _usage_columns(r)
+    w.writerow([*head, *_USAGE_FIGURES])
+    for group, row in zip(groups, r.rows, strict=True):
+        w.writerow([*group, *(repr(v) for v in _figures(row))])
+    return out.getvalue().rstrip("\n")
+
+
+def usage_report(args: argparse.Namespace, r: usage_pb2.UsageReport) -> None:
+    """`ws usage` / `ws-admin usage` in the chosen format (text, json or csv)."""
+    if getattr(args, "output", "text") == "csv":
+        print(usage_csv(r))
+    else:
+        emit(args, r, usage_report_text(r))

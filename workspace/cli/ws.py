@@ -10,7 +10,15 @@ import argparse
 import sys
 from typing import Any
 
-from workspace.cli import clusterspec, common, image_cmds, project_cmds, render, trust_cmds
+from workspace.cli import (
+    clusterspec,
+    common,
+    image_cmds,
+    project_cmds,
+    render,
+    trust_cmds,
+    usage_cmds,
+)
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
@@ -96,6 +104,8 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
         req.on_failure = args.on_failure
     if args.wait_for_capacity is not None:
         req.wait_for_capacity_s = args.wait_for_capacity
+    if args.lease is not None:
+        req.lease_s = args.lease
     try:
         clusterspec.check(req, args.spec or "")
     except clusterspec.SpecError as exc:
@@ -138,6 +148,7 @@ class Commands(common.ClientCommands):
             extra_partitions=extra_partitions,
             grow_bytes=grow_bytes,
             project=args.project or "",
+            lease_s=args.lease or 0,
         )
         if args.wait:
             ws = client.wait_for_state(
@@ -193,14 +204,18 @@ class Commands(common.ClientCommands):
             ws_id = client.get_workspace(args.id).id
         else:
             client.health()  # fail now (exit 3) rather than retry silently
-        seen: dict[str, int] = {}
+        # A line per change of state, or of reason to a new one (a lease warning changes
+        # only the reason; a reason merely cleared is not news).
+        seen: dict[str, tuple[int, str]] = {}
         events = client.watch(ws_id, include_terminated=args.all or bool(ws_id), reconnect=True)
         try:
             for event in events:
                 ws = event.workspace
-                if seen.get(ws.id) == ws.state:
+                before = seen.get(ws.id)
+                if before and before[0] == ws.state and ws.reason in ("", before[1]):
+                    seen[ws.id] = (ws.state, ws.reason)
                     continue
-                seen[ws.id] = ws.state
+                seen[ws.id] = (ws.state, ws.reason)
                 render.watch_event(args, event)
         except KeyboardInterrupt:
             return common.EXIT_OK
@@ -350,6 +365,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         help="a node label every member needs (repeatable)",
     )
     _add_capacity_wait(p)
+    usage_cmds.add_lease_option(p, "every member")
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
     p.add_argument(
         "--wait",
@@ -408,6 +424,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     )
     image_cmds.add_disk_options(p)
     _add_capacity_wait(p)
+    usage_cmds.add_lease_option(p, "the workspace")
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
     p.add_argument(
         "--project", metavar="P", help="the project charged (default: yours, if you have one)"
@@ -455,6 +472,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.watch)
 
     _add_cluster_parsers(sub, parent, cmds)
+    usage_cmds.register_ws(sub, parent, cmds.client)
 
     image_sub = image_cmds.register(sub, parent, cmds.client, PROG)
     trust_cmds.register_image(image_sub, parent, cmds.client)

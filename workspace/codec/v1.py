@@ -26,8 +26,17 @@ from workspace.domain.model import (
     WorkspaceView,
 )
 from workspace.domain.states import Desired, FailurePolicy, State
+from workspace.domain.usage import Grouping, UsageReport
 from workspace.scheduler.model import Affinity
-from workspace.v1 import admin_pb2, clusters_pb2, common_pb2, images_pb2, trust_pb2, workspaces_pb2
+from workspace.v1 import (
+    admin_pb2,
+    clusters_pb2,
+    common_pb2,
+    images_pb2,
+    trust_pb2,
+    usage_pb2,
+    workspaces_pb2,
+)
 
 _MODE_PREFIX = "PARTITION_MODE_"
 
@@ -160,6 +169,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         cluster=w.cluster,
         role=w.role,
         project=w.project,
+        lease_expires_at=_ts_or_none(w.lease_expires_at),
     )
 
 
@@ -178,6 +188,7 @@ def create_from_proto(req: workspaces_pb2.CreateWorkspaceRequest) -> CreateReque
                 request_partition_from_proto(x, Mode.BLANK) for x in req.extra_partitions
             ),
             grow_bytes=dict(req.grow_bytes),
+            lease_s=req.lease_s,
         ),
         request_id=req.request_id,
         wait_for_capacity_s=req.wait_for_capacity_s,
@@ -225,6 +236,7 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
         wait_for_capacity_s=req.wait_for_capacity_s,
         request_hash=hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest(),
         project=req.project,
+        lease_s=req.lease_s,
     )
 
 
@@ -376,4 +388,45 @@ def signatures_to_proto(s: SignatureStatus) -> trust_pb2.ImageSignatures:
         reason=s.reason,
         key_id=s.key_id,
         policy_version=s.policy_version,
+    )
+
+
+# -- usage -----------------------------------------------------------------------------------
+
+_GROUPING_TO_PROTO = {
+    g: usage_pb2.UsageGrouping.Value(f"USAGE_GROUPING_{g.name}") for g in Grouping
+}
+
+
+def grouping_from_proto(value: usage_pb2.UsageGrouping.ValueType) -> Grouping:
+    """UNSPECIFIED means per workspace."""
+    if value == usage_pb2.USAGE_GROUPING_UNSPECIFIED:
+        return Grouping.WORKSPACE
+    return Grouping[usage_pb2.UsageGrouping.Name(value).removeprefix("USAGE_GROUPING_")]
+
+
+def usage_query_from_proto(req: usage_pb2.GetUsageRequest) -> tuple[float, float, Grouping]:
+    """(since, until, grouping); unset times are 0 (from the first record, until now)."""
+    since = epoch(req.since) if req.HasField("since") else 0.0
+    until = epoch(req.until) if req.HasField("until") else 0.0
+    return since, until, grouping_from_proto(req.by)
+
+
+def usage_report_to_proto(r: UsageReport) -> usage_pb2.UsageReport:
+    return usage_pb2.UsageReport(
+        since=_ts_or_none(r.since),
+        until=ts(r.until),
+        by=_GROUPING_TO_PROTO[r.by],
+        rows=[
+            usage_pb2.UsageRow(
+                key=row.key,
+                name=row.name,
+                owner=row.owner,
+                project=row.project,
+                core_hours=row.core_hours,
+                memory_gib_hours=row.memory_gib_hours,
+                disk_gib_hours=row.disk_gib_hours,
+            )
+            for row in r.rows
+        ],
     )

@@ -92,6 +92,8 @@ class CreateSpec:
     grow_bytes: Mapping[str, int] = field(default_factory=dict)
     cluster: str = ""
     role: str = ""
+    # Lease length in seconds (0 = the project's default); ops/leases.py.
+    lease_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class WorkspaceView:
     role: str = ""
     waiting: bool = False  # queued for capacity (state PENDING, no node yet)
     project: str = ""  # the project it is charged to ("": none)
+    lease_expires_at: float = 0.0  # epoch s; 0 = no lease
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,7 @@ class ClusterRequest:
     wait_for_capacity_s: int = 0
     request_hash: str = ""  # of the request as sent (the edge computes it)
     project: str = ""
+    lease_s: int = 0  # every member's lease (0 = the project's default)
 
 
 @dataclass(frozen=True)

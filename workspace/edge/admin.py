@@ -9,9 +9,9 @@ from workspace.codec import v1
 from workspace.edge import auth
 from workspace.edge.calls import unary
 from workspace.identity import Identity
-from workspace.ops import networks, nodes, queue
+from workspace.ops import networks, nodes, queue, usage
 from workspace.ops.unit import Env
-from workspace.v1 import admin_pb2, admin_pb2_grpc
+from workspace.v1 import admin_pb2, admin_pb2_grpc, usage_pb2
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
@@ -25,6 +25,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return v1.network_to_proto(
             networks.create_network(self.env, v1.network_from_proto(request))
         )
+
+    def usage(self, request: usage_pb2.GetUsageRequest) -> usage_pb2.UsageReport:
+        """Every workspace's usage."""
+        since, until, by = v1.usage_query_from_proto(request)
+        return v1.usage_report_to_proto(usage.report(self.env, None, since, until, by))
+
+    @unary
+    def GetUsage(
+        self, request: usage_pb2.GetUsageRequest, context: grpc.ServicerContext, who: Identity
+    ) -> usage_pb2.UsageReport:
+        return self.usage(request)
 
     @unary
     def DrainNode(

@@ -61,6 +61,8 @@ def _rules() -> dict[str, Role]:
             "DestroyWorkspace": u,
             "WatchWorkspaces": u,
             "GetConsole": u,
+            "ExtendLease": u,
+            "GetUsage": u,
         },
         "workspace.v1.Clusters": {
             "CreateCluster": u,
@@ -103,6 +105,7 @@ def _rules() -> dict[str, Role]:
             "GetSchedulerInput": a,
             "ListCache": a,
             "PreloadImage": a,
+            "GetUsage": a,
         },
         "workspace.v1.Projects": {
             "CreateProject": a,

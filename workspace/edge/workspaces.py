@@ -19,9 +19,9 @@ from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import consoles, create, operate, projects, queries
+from workspace.ops import consoles, create, leases, operate, projects, queries, usage
 from workspace.ops.unit import Env
-from workspace.v1 import common_pb2, workspaces_pb2, workspaces_pb2_grpc
+from workspace.v1 import common_pb2, usage_pb2, workspaces_pb2, workspaces_pb2_grpc
 
 
 class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
@@ -66,6 +66,16 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
 
     def console(self, who: Identity | str, ref: str, tail_bytes: int) -> bytes:
         return consoles.console(self.env, who, ref, tail_bytes)
+
+    def extend_lease(
+        self, who: Identity | str, req: workspaces_pb2.ExtendLeaseRequest
+    ) -> common_pb2.Workspace:
+        return v1.workspace_to_proto(leases.extend(self.env, who, req.id, req.add_s))
+
+    def usage(self, who: Identity | str, req: usage_pb2.GetUsageRequest) -> usage_pb2.UsageReport:
+        """The caller's usage and their projects'."""
+        since, until, by = v1.usage_query_from_proto(req)
+        return v1.usage_report_to_proto(usage.report_for(self.env, who, since, until, by))
 
     # -- RPCs ------------------------------------------------------------------------------
 
@@ -203,3 +213,18 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
     ) -> workspaces_pb2.ConsoleOutput:
         data = self.console(who, request.id, request.tail_bytes)
         return workspaces_pb2.ConsoleOutput(data=data)
+
+    @unary
+    def ExtendLease(
+        self,
+        request: workspaces_pb2.ExtendLeaseRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> common_pb2.Workspace:
+        return self.extend_lease(who, request)
+
+    @unary
+    def GetUsage(
+        self, request: usage_pb2.GetUsageRequest, context: grpc.ServicerContext, who: Identity
+    ) -> usage_pb2.UsageReport:
+        return self.usage(who, request)

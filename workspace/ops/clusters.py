@@ -23,6 +23,7 @@ from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
 from workspace.ops.create import check_networks, check_spec, new_row
 from workspace.ops.lifecycle import resolve_owned
+from workspace.ops.operate import check_lease
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Workspace
@@ -87,6 +88,7 @@ def _member_rows(
                 user_data=m.user_data,
                 cluster=cid,
                 role=m.role,
+                lease_s=req.lease_s,
             )
             try:
                 spec = check_spec(asked, env.cfg.limits)
@@ -201,6 +203,8 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             if op is Op.DESTROY and m.desired_state == Desired.TERMINATED.value:
                 continue
             try:
+                if op is Op.START:
+                    check_lease(env, m, op)
                 t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
             except FailedPrecondition as exc:
                 refusals.append(exc.message)

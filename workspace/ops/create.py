@@ -33,6 +33,7 @@ from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops import trust
 from workspace.ops.admission import admit
+from workspace.ops.leases import lease_end
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
 from workspace.ops.unit import Env, write
 from workspace.store import Image, Network, Workspace
@@ -110,6 +111,8 @@ def request_hash(req: CreateRequest) -> str:
         fields += [extra, sorted(spec.grow_bytes.items())]
     if req.project:
         fields += [["project", req.project]]
+    if spec.lease_s:
+        fields += [["lease_s", spec.lease_s]]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
@@ -172,6 +175,8 @@ def insert_row(
         name=spec.name,
         owner=owner,
         project=project,
+        lease_expires_at=lease_end(s, project, spec.lease_s, now),
+        lease_warned=False,
         request_id=request_id,
         request_hash=hash_,
         image=bound.image,

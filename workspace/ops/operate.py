@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from workspace.domain.leases import iso_time
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State, apply_op
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import node_down, release, resolve_workspace
-from workspace.ops.unit import Env, write
+from workspace.ops.unit import Env, UnitOfWork, write
+from workspace.store import Workspace
 from workspace.store.mapping import set_reason
 
 log = logging.getLogger("workspace.ops.operate")
@@ -22,27 +24,55 @@ def operate(
     """Apply ``op``: the desired state changes now; the node makes it real."""
     with write(env) as u:
         ws = resolve_workspace(u.s, who, ref)
-        if not ws.node and op is not Op.DESTROY and ws.state == State.PENDING.value:
-            raise FailedPrecondition(
-                f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
-            )
-        t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
-        ws.desired_state = t.desired.value
-        ws.state = t.state.value
-        ws.updated_at = env.clock()
-        if op in (Op.START, Op.DESTROY):
-            set_reason(ws, "")
-        if op is Op.STOP:
-            ws.stop_timeout_s = timeout_s if timeout_s > 0 else env.cfg.default_stop_timeout_s
-            ws.force_stop = force
-        elif op is Op.DESTROY:
-            ws.force_stop = force
-        elif op is Op.REBOOT:
-            ws.reboot_count += 1
-        if op is Op.DESTROY and node_down(u.s, ws.node):
-            release(env, u.s, ws, "destroyed (its node was not reachable)")
-        u.changed(ws)
-        u.nodes(ws.node)
-        refresh(env, u, {ws.cluster})
+        act(env, u, ws, op, timeout_s, force)
     log.info("workspace %s (%s): %s requested", ws.id, ws.name, op.value)
     return u.view(ws.id)
+
+
+def act(
+    env: Env,
+    u: UnitOfWork,
+    ws: Workspace,
+    op: Op,
+    timeout_s: int = 0,
+    force: bool = False,
+    reason: str = "",
+) -> None:
+    """``op`` on a row already found (a user's request, or the service's own: lease
+    expiry), inside ``u``; ``reason`` (if given) is what the workspace shows."""
+    if not ws.node and op is not Op.DESTROY and ws.state == State.PENDING.value:
+        raise FailedPrecondition(
+            f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
+        )
+    if op in (Op.START, Op.RESUME):
+        check_lease(env, ws, op)
+    t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
+    ws.desired_state = t.desired.value
+    ws.state = t.state.value
+    ws.updated_at = env.clock()
+    if op in (Op.START, Op.DESTROY):
+        set_reason(ws, "")
+    if reason:
+        set_reason(ws, reason)
+    if op is Op.STOP:
+        ws.stop_timeout_s = timeout_s if timeout_s > 0 else env.cfg.default_stop_timeout_s
+        ws.force_stop = force
+    elif op is Op.DESTROY:
+        ws.force_stop = force
+    elif op is Op.REBOOT:
+        ws.reboot_count += 1
+    if op is Op.DESTROY and node_down(u.s, ws.node):
+        release(env, u.s, ws, reason or "destroyed (its node was not reachable)")
+    u.changed(ws)
+    u.nodes(ws.node)
+    refresh(env, u, {ws.cluster})
+
+
+def check_lease(env: Env, ws: Workspace, op: Op) -> None:
+    """A workspace whose lease has ended does not run again until the lease is extended."""
+    end = ws.lease_expires_at or 0.0
+    if end and end <= env.clock():
+        raise FailedPrecondition(
+            f"cannot {op.value} workspace {ws.name}: its lease ended at {iso_time(end)}; "
+            f"`ws lease extend {ws.name} DURATION` first"
+        )

@@ -2,9 +2,10 @@
 
 An operation opens ``write(env)``, changes rows through ``u.s`` and names what it
 changed (``u.changed(rows)``, ``u.nodes(names)``). When the block ends the changed
-workspaces are read back as views inside the transaction (one NIC query for all),
-the transaction commits, and only then are the events published: watchers see the
-views, the nodes' assignment streams wake, the queue wakes if capacity was freed.
+workspaces' usage intervals are recorded (ops/metering.py) and they are read back as
+views, inside the transaction (one NIC query for all); the transaction commits, and only
+then are the events published: watchers see the views, the nodes' assignment streams
+wake, the queue wakes if capacity was freed.
 A failed operation publishes nothing.
 """
 
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from workspace.config import ServiceConfig
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
+from workspace.ops import metering
 from workspace.ops.events import Notifier
 from workspace.store import Store, Workspace
 from workspace.store.mapping import workspace_views
@@ -54,8 +56,9 @@ class Env:
 class UnitOfWork:
     """One write transaction (``s``) and what to publish after it commits."""
 
-    def __init__(self, s: Session) -> None:
+    def __init__(self, s: Session, clock: Callable[[], float] = time.time) -> None:
         self.s = s
+        self.clock = clock
         self._rows: dict[str, Workspace] = {}
         self._nodes: set[str] = set()
         self._capacity = False
@@ -80,8 +83,11 @@ class UnitOfWork:
         return self.views[wid]
 
     def seal(self) -> None:
-        """Read the changed workspaces back as views (still inside the transaction)."""
-        self.views = {v.id: v for v in workspace_views(self.s, list(self._rows.values()))}
+        """Record the changed workspaces' usage and read them back as views (still inside
+        the transaction)."""
+        rows = list(self._rows.values())
+        metering.record(self.s, rows, self.clock())
+        self.views = {v.id: v for v in workspace_views(self.s, rows)}
 
     def publish(self, notifier: Notifier) -> None:
         freed = self._capacity
@@ -97,7 +103,7 @@ class UnitOfWork:
 def write(env: Env) -> Iterator[UnitOfWork]:
     """A unit of work: commit, then publish its events (nothing if it raised)."""
     with env.store.write() as s:
-        u = UnitOfWork(s)
+        u = UnitOfWork(s, env.clock)
         yield u
         u.seal()
     u.publish(env.notifier)

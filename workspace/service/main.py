@@ -25,7 +25,7 @@ from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.ops import liveness, queue
+from workspace.ops import leases, liveness, queue
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
 from workspace.ops.unit import Env
@@ -94,6 +94,7 @@ class Service:
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._watch_nodes, name="liveness", daemon=True)
         self._queue_thread = threading.Thread(target=self._run_queue, name="queue", daemon=True)
+        self._lease_thread = threading.Thread(target=self._run_leases, name="leases", daemon=True)
 
     def start(self) -> None:
         if self.cfg.listen.startswith("unix:"):
@@ -105,6 +106,7 @@ class Service:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._monitor.start()
         self._queue_thread.start()
+        self._lease_thread.start()
         log.info("workspace-service listening on %s (store %s)", self.cfg.listen, self.cfg.db_url)
 
     def _watch_nodes(self) -> None:
@@ -125,6 +127,13 @@ class Service:
                 queue.process(self.env)
             except Exception:
                 log.exception("capacity queue pass failed")
+
+    def _run_leases(self) -> None:
+        while not self._stop.wait(self.cfg.lease_check_interval_s):
+            try:
+                leases.check(self.env)
+            except Exception:
+                log.exception("lease check failed")
 
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()

@@ -12,6 +12,7 @@ from workspace.store.models import (
     Node,
     Project,
     ProjectMember,
+    UsageInterval,
     Workspace,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "Project",
     "ProjectMember",
     "Store",
+    "UsageInterval",
     "Workspace",
 ]

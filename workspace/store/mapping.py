@@ -144,6 +144,7 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         role=ws.role or "",
         waiting=bool(ws.wait_reason),
         project=ws.project or "",
+        lease_expires_at=ws.lease_expires_at or 0.0,
     )
 
 

@@ -294,3 +294,30 @@ class ProjectMember(Base):
 
     project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
     user: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+# -- usage (ops/metering.py records, ops/usage.py reports) -----------------------------------
+
+
+class UsageInterval(Base):
+    """A stretch of time in which one workspace consumed a constant amount (the rule:
+    workspace/domain/usage.py); ``ended_at`` 0 = still open. Kept after the workspace."""
+
+    __tablename__ = "usage_intervals"
+    __table_args__ = (
+        Index("ix_usage_workspace_end", "workspace_id", "ended_at"),
+        Index("ix_usage_owner", "owner"),
+        Index("ix_usage_project", "project"),
+        Index("ix_usage_started", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(String(32))
+    workspace_name: Mapped[str] = mapped_column(String(63))
+    owner: Mapped[str] = mapped_column(String(255))
+    project: Mapped[str] = mapped_column(String(64), default="")
+    cpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float] = mapped_column(Float, default=0.0)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from workspace.v1 import admin_pb2 as workspace_dot_v1_dot_admin__pb2
+from workspace.v1 import usage_pb2 as workspace_dot_v1_dot_usage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -84,6 +85,11 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_admin__pb2.PreloadImageRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.PreloadImageResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/workspace.v1.Admin/GetUsage',
+                request_serializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -154,6 +160,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Usage of every workspace (docs/design/usage.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +219,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.PreloadImage,
                     request_deserializer=workspace_dot_v1_dot_admin__pb2.PreloadImageRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.PreloadImageResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_usage__pb2.UsageReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +496,33 @@ class Admin:
             '/workspace.v1.Admin/PreloadImage',
             workspace_dot_v1_dot_admin__pb2.PreloadImageRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.PreloadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/GetUsage',
+            workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
+            workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
             options,
             channel_credentials,
             insecure,

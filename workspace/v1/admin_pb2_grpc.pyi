@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from workspace.v1 import admin_pb2 as _admin_pb2
+from workspace.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -46,6 +47,8 @@ class AdminStub:
     """What a node's blob cache holds (as last reported by its agent)."""
     PreloadImage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PreloadImageRequest, _admin_pb2.PreloadImageResponse]
     """Ask nodes to fetch an image's blobs into their caches ahead of use."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]
+    """Usage of every workspace (docs/design/usage.md)."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -65,6 +68,8 @@ class AdminAsyncStub(AdminStub):
     """What a node's blob cache holds (as last reported by its agent)."""
     PreloadImage: _aio.UnaryUnaryMultiCallable[_admin_pb2.PreloadImageRequest, _admin_pb2.PreloadImageResponse]  # type: ignore[assignment]
     """Ask nodes to fetch an image's blobs into their caches ahead of use."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]  # type: ignore[assignment]
+    """Usage of every workspace (docs/design/usage.md)."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -141,5 +146,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PreloadImageResponse, _abc.Awaitable[_admin_pb2.PreloadImageResponse]]:
         """Ask nodes to fetch an image's blobs into their caches ahead of use."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _usage_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.UsageReport, _abc.Awaitable[_usage_pb2.UsageReport]]:
+        """Usage of every workspace (docs/design/usage.md)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

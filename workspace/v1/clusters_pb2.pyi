@@ -181,6 +181,7 @@ class CreateClusterRequest(_message.Message):
     ON_FAILURE_FIELD_NUMBER: _builtins.int
     WAIT_FOR_CAPACITY_S_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    LEASE_S_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     name: _builtins.str
     affinity: Global___Affinity.ValueType
@@ -188,6 +189,8 @@ class CreateClusterRequest(_message.Message):
     wait_for_capacity_s: _builtins.int
     """Wait this long in the queue for capacity instead of failing at once (0: fail at once)."""
     project: _builtins.str
+    lease_s: _builtins.int
+    """Every member's lease in seconds (0 = the project's default)."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterMember]: ...
     def __init__(
@@ -200,10 +203,11 @@ class CreateClusterRequest(_message.Message):
         on_failure: Global___FailurePolicy.ValueType = ...,
         wait_for_capacity_s: _builtins.int = ...,
         project: _builtins.str = ...,
+        lease_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "members", b"members", "name", b"name", "on_failure", b"on_failure", "project", b"project", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "lease_s", b"lease_s", "members", b"members", "name", b"name", "on_failure", b"on_failure", "project", b"project", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

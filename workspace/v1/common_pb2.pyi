@@ -200,6 +200,7 @@ class Workspace(_message.Message):
     CLUSTER_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -222,6 +223,10 @@ class Workspace(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def lease_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the lease ends (the workspace is stopped or destroyed); unset = no lease."""
+
     def __init__(
         self,
         *,
@@ -243,10 +248,11 @@ class Workspace(_message.Message):
         cluster: _builtins.str = ...,
         role: _builtins.str = ...,
         project: _builtins.str = ...,
+        lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "id", b"id", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,6 +75,7 @@ class CreateWorkspaceRequest(_message.Message):
     EXTRA_PARTITIONS_FIELD_NUMBER: _builtins.int
     GROW_BYTES_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    LEASE_S_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key: a retry with the same id returns the same
     workspace; the same id with different parameters is refused.
@@ -88,6 +89,10 @@ class CreateWorkspaceRequest(_message.Message):
     """Wait this long in the queue for capacity instead of failing at once (0: fail at once)."""
     project: _builtins.str
     """The project charged (its quotas apply); "": the caller's only project, if exactly one."""
+    lease_s: _builtins.int
+    """Lease in seconds: the workspace is stopped (or destroyed) then; 0 = the project's
+    default. Longer than the project's maximum is refused.
+    """
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -117,10 +122,11 @@ class CreateWorkspaceRequest(_message.Message):
         extra_partitions: _abc.Iterable[_common_pb2.Partition] | None = ...,
         grow_bytes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         project: _builtins.str = ...,
+        lease_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "project", b"project", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "lease_s", b"lease_s", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "project", b"project", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,6 +323,29 @@ class GetConsoleRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetConsoleRequest: _TypeAlias = GetConsoleRequest  # noqa: Y015
+
+@_typing.final
+class ExtendLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADD_S_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """workspace id or name"""
+    add_s: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        add_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_s", b"add_s", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendLeaseRequest: _TypeAlias = ExtendLeaseRequest  # noqa: Y015
 
 @_typing.final
 class ConsoleOutput(_message.Message):

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from workspace.v1 import common_pb2 as workspace_dot_v1_dot_common__pb2
+from workspace.v1 import usage_pb2 as workspace_dot_v1_dot_usage__pb2
 from workspace.v1 import workspaces_pb2 as workspace_dot_v1_dot_workspaces__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -90,6 +91,16 @@ class WorkspacesStub:
                 request_serializer=workspace_dot_v1_dot_workspaces__pb2.GetConsoleRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_workspaces__pb2.ConsoleOutput.FromString,
                 _registered_method=True)
+        self.ExtendLease = channel.unary_unary(
+                '/workspace.v1.Workspaces/ExtendLease',
+                request_serializer=workspace_dot_v1_dot_workspaces__pb2.ExtendLeaseRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_common__pb2.Workspace.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/workspace.v1.Workspaces/GetUsage',
+                request_serializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
+                _registered_method=True)
 
 
 class WorkspacesServicer:
@@ -161,6 +172,20 @@ class WorkspacesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtendLease(self, request, context):
+        """The owner: the lease ends add_s later (never beyond the project's maximum from now).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """Usage of the caller's workspaces (and their projects').
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspacesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +243,16 @@ def add_WorkspacesServicer_to_server(servicer, server):
                     servicer.GetConsole,
                     request_deserializer=workspace_dot_v1_dot_workspaces__pb2.GetConsoleRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_workspaces__pb2.ConsoleOutput.SerializeToString,
+            ),
+            'ExtendLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendLease,
+                    request_deserializer=workspace_dot_v1_dot_workspaces__pb2.ExtendLeaseRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_common__pb2.Workspace.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_usage__pb2.UsageReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +552,60 @@ class Workspaces:
             '/workspace.v1.Workspaces/GetConsole',
             workspace_dot_v1_dot_workspaces__pb2.GetConsoleRequest.SerializeToString,
             workspace_dot_v1_dot_workspaces__pb2.ConsoleOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Workspaces/ExtendLease',
+            workspace_dot_v1_dot_workspaces__pb2.ExtendLeaseRequest.SerializeToString,
+            workspace_dot_v1_dot_common__pb2.Workspace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Workspaces/GetUsage',
+            workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
+            workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from workspace.v1 import common_pb2 as _common_pb2
+from workspace.v1 import usage_pb2 as _usage_pb2
 from workspace.v1 import workspaces_pb2 as _workspaces_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -43,6 +44,10 @@ class WorkspacesStub:
     DestroyWorkspace: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.WorkspaceRef, _common_pb2.Workspace]
     WatchWorkspaces: _grpc.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspacesRequest, _workspaces_pb2.WorkspaceEvent]
     GetConsole: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.GetConsoleRequest, _workspaces_pb2.ConsoleOutput]
+    ExtendLease: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.ExtendLeaseRequest, _common_pb2.Workspace]
+    """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]
+    """Usage of the caller's workspaces (and their projects')."""
 
 @_typing.type_check_only
 class WorkspacesAsyncStub(WorkspacesStub):
@@ -58,6 +63,10 @@ class WorkspacesAsyncStub(WorkspacesStub):
     DestroyWorkspace: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.WorkspaceRef, _common_pb2.Workspace]  # type: ignore[assignment]
     WatchWorkspaces: _aio.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspacesRequest, _workspaces_pb2.WorkspaceEvent]  # type: ignore[assignment]
     GetConsole: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.GetConsoleRequest, _workspaces_pb2.ConsoleOutput]  # type: ignore[assignment]
+    ExtendLease: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.ExtendLeaseRequest, _common_pb2.Workspace]  # type: ignore[assignment]
+    """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]  # type: ignore[assignment]
+    """Usage of the caller's workspaces (and their projects')."""
 
 class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -136,5 +145,21 @@ class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
         request: _workspaces_pb2.GetConsoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspaces_pb2.ConsoleOutput, _abc.Awaitable[_workspaces_pb2.ConsoleOutput]]: ...
+
+    @_abc_1.abstractmethod
+    def ExtendLease(
+        self,
+        request: _workspaces_pb2.ExtendLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Workspace, _abc.Awaitable[_common_pb2.Workspace]]:
+        """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _usage_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.UsageReport, _abc.Awaitable[_usage_pb2.UsageReport]]:
+        """Usage of the caller's workspaces (and their projects')."""
 
 def add_WorkspacesServicer_to_server(servicer: WorkspacesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,6 +1,6 @@
 """access: the node certificate a node name is bound to
 
-Revision ID: 0004_access
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-29 23:07:56.158514
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_access"
+revision = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None

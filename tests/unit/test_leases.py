@@ -1,0 +1,256 @@
+"""Leases with an injected clock: set at create from the project's policy, extended by
+the owner, warned and then stopped or destroyed by the lease loop (a real SQLite store,
+the operations and the servicers' plain methods; no gRPC)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.unit.test_request_validation import Site, build_site
+from workspace.config import ConfigError, ServiceConfig, load
+from workspace.domain.leases import duration_text, iso_time
+from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
+from workspace.domain.states import Desired, Op, State
+from workspace.domain.usage import Grouping
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
+from workspace.identity import Identity, Kind
+from workspace.node.v1 import nodes_pb2
+from workspace.ops import clusters, create, leases, usage
+from workspace.ops.unit import Env
+from workspace.store import Project, Workspace
+from workspace.v1 import common_pb2
+
+HOUR = 3600
+RUNNING = nodes_pb2.OBSERVED_STATE_RUNNING
+STOPPED = nodes_pb2.OBSERVED_STATE_STOPPED
+ABSENT = nodes_pb2.OBSERVED_STATE_ABSENT
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    s = build_site(tmp_path, cpus=16, memory_mib=32768)
+    with s.store.write() as tx:
+        tx.add(Project(name="physics", default_lease_s=8 * HOUR, max_lease_s=72 * HOUR))
+        tx.add(Project(name="chem", max_lease_s=4 * HOUR, lease_action="DESTROY"))
+        tx.add(Project(name="open"))
+    return s
+
+
+def env(site: Site) -> Env:
+    return site.core.env
+
+
+def member(user: str, project: str) -> Identity:
+    """A user whose certificate names ``project`` (none for "")."""
+    return Identity(Kind.USER, user, projects=(project,) if project else ())
+
+
+def make(site: Site, name: str, project: str = "physics", lease_s: int = 0) -> str:
+    spec = CreateSpec(image="img", name=name, lease_s=lease_s)
+    wid = create.create(
+        env(site), member("alice", project), CreateRequest(spec, project=project)
+    ).id
+    site.report(wid, RUNNING)
+    return wid
+
+
+def row(site: Site, wid: str) -> Workspace:
+    with site.store.read() as s:
+        ws = s.get(Workspace, wid)
+        assert ws is not None
+        return ws
+
+
+def test_no_project_and_a_project_without_policy_mean_no_lease(site: Site) -> None:
+    for project in ("", "open"):
+        wid = make(site, f"w-{project or 'none'}", project)
+        assert site.core.get("alice", wid).lease_expires_at.seconds == 0
+    site.clock.now += 1000 * HOUR
+    assert leases.check(env(site)) == leases.Round()
+    assert {w.desired_state for w in site.workspaces()} == {Desired.RUNNING.value}
+
+
+def test_the_projects_default_lease(site: Site) -> None:
+    wid = make(site, "a")
+    assert row(site, wid).lease_expires_at == site.clock.now + 8 * HOUR
+    shown = site.core.get("alice", wid)
+    assert shown.lease_expires_at.seconds == int(site.clock.now + 8 * HOUR)
+
+
+def test_a_maximum_without_a_default_is_the_lease(site: Site) -> None:
+    wid = make(site, "a", "chem")
+    assert row(site, wid).lease_expires_at == site.clock.now + 4 * HOUR
+
+
+def test_a_lease_asked_for_is_kept(site: Site) -> None:
+    wid = make(site, "a", lease_s=2 * HOUR)
+    assert row(site, wid).lease_expires_at == site.clock.now + 2 * HOUR
+
+
+def test_a_lease_over_the_maximum_is_refused_and_nothing_is_made(site: Site) -> None:
+    spec = CreateSpec(image="img", name="long", lease_s=73 * HOUR)
+    with pytest.raises(InvalidArgument, match="physics's maximum lease of 72h"):
+        create.create(env(site), member("alice", "physics"), CreateRequest(spec, project="physics"))
+    assert site.workspaces() == []
+    with pytest.raises(InvalidArgument, match="negative"):
+        create.create(env(site), "alice", CreateRequest(CreateSpec("img", lease_s=-1)))
+
+
+def test_every_cluster_member_gets_the_lease(site: Site) -> None:
+    members = (MemberSpec(role="head", image="img"), MemberSpec(role="w", image="img", count=2))
+    c = clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=HOUR))
+    assert [m.lease_expires_at for m in c.members] == [site.clock.now + HOUR] * 3
+
+
+def test_extend(site: Site) -> None:
+    wid = make(site, "a")
+    end = row(site, wid).lease_expires_at
+    shown = leases.extend(env(site), "alice", "a", 4 * HOUR)
+    assert shown.lease_expires_at == end + 4 * HOUR
+    assert row(site, wid).lease_expires_at == end + 4 * HOUR
+
+
+def test_extend_never_beyond_the_maximum_from_now(site: Site) -> None:
+    wid = make(site, "a")  # 8h of a 72h maximum
+    with pytest.raises(InvalidArgument, match="extended by at most 64h"):
+        leases.extend(env(site), "alice", "a", 65 * HOUR)
+    site.clock.now += 7 * HOUR
+    leases.extend(env(site), "alice", "a", 71 * HOUR)  # 72h from now
+    assert row(site, wid).lease_expires_at == site.clock.now + 72 * HOUR
+
+
+def test_extend_of_someone_elses_workspace_is_not_found(site: Site) -> None:
+    make(site, "a")
+    with pytest.raises(NotFound):
+        leases.extend(env(site), "bob", "a", HOUR)
+
+
+@pytest.mark.parametrize(
+    ("project", "add_s", "message"),
+    [("physics", 0, "more than 0"), ("physics", -5, "more than 0"), ("open", 60, "no lease")],
+)
+def test_bad_extends_are_refused(site: Site, project: str, add_s: int, message: str) -> None:
+    wid = make(site, "a", project)
+    before = row(site, wid).lease_expires_at
+    with pytest.raises(InvalidArgument, match=message):
+        leases.extend(env(site), "alice", "a", add_s)
+    assert row(site, wid).lease_expires_at == before
+
+
+def test_warn_then_stop(site: Site) -> None:
+    wid = make(site, "a", lease_s=2 * HOUR)
+    end = row(site, wid).lease_expires_at
+    watcher = env(site).notifier.subscribe(lambda v: v.id == wid)
+    site.clock.now += HOUR - 1  # more than lease_warning_s (1 h) before the end
+    assert leases.check(env(site)) == leases.Round()
+    site.clock.now += 1
+    assert leases.check(env(site)).warned == [wid]
+    event = watcher.events.get_nowait()
+    assert event is not None and event.reason == f"lease ends at {iso_time(end)}"
+    assert event.state is State.RUNNING
+    assert leases.check(env(site)) == leases.Round()  # warned once
+    site.clock.now = end
+    assert leases.check(env(site)).expired == [wid]
+    shown = site.core.get("alice", wid)
+    assert shown.reason == f"lease expired at {iso_time(end)}"
+    ws = row(site, wid)
+    assert (ws.desired_state, ws.state) == (Desired.STOPPED.value, State.STOPPING.value)
+    # the node is told, as for a user's stop
+    (order,) = site.nodes.assignments("n1").assignments
+    assert order.desired == common_pb2.DESIRED_STATE_STOPPED
+    site.report(wid, STOPPED)
+    site.clock.now += HOUR
+    assert leases.check(env(site)) == leases.Round()
+    assert row(site, wid).state == State.STOPPED.value
+
+
+def test_an_ended_lease_must_be_extended_before_a_start(site: Site) -> None:
+    wid = make(site, "a", lease_s=HOUR)
+    site.clock.now += HOUR
+    leases.check(env(site))
+    site.report(wid, STOPPED)
+    with pytest.raises(FailedPrecondition, match=r"lease ended at .*ws lease extend a"):
+        site.core.operate("alice", wid, Op.START)
+    leases.extend(env(site), "alice", wid, HOUR)
+    site.core.operate("alice", wid, Op.START)
+    assert row(site, wid).lease_expires_at == site.clock.now + HOUR
+
+
+def test_warn_then_destroy(site: Site) -> None:
+    wid = make(site, "a", "chem", lease_s=2 * HOUR)
+    site.clock.now += HOUR
+    assert leases.check(env(site)).warned == [wid]
+    site.clock.now += HOUR
+    assert leases.check(env(site)).expired == [wid]
+    assert row(site, wid).desired_state == Desired.TERMINATED.value
+    site.report(wid, ABSENT)
+    ws = row(site, wid)
+    assert ws.state == State.TERMINATED.value
+    assert site.node_usage() == (0, 0)
+    # usage stopped at the expiry
+    site.clock.now += 10 * HOUR
+    (r,) = usage.report(env(site), "alice", by=Grouping.WORKSPACE).rows
+    assert r.core_hours == pytest.approx(2.0)
+
+
+def test_a_stopped_workspace_is_not_warned_when_expiry_stops(site: Site) -> None:
+    wid = make(site, "a", lease_s=HOUR)
+    site.core.operate("alice", wid, Op.STOP)
+    site.report(wid, STOPPED)
+    site.clock.now += 2 * HOUR
+    assert leases.check(env(site)) == leases.Round()
+
+
+def test_a_queued_workspace_is_destroyed_at_expiry(tmp_path: Path) -> None:
+    site = build_site(tmp_path, cpus=1, memory_mib=1024)
+    spec = CreateSpec(image="img", name="big", memory_mib=4096, lease_s=HOUR)
+    wid = create.create(site.core.env, "alice", CreateRequest(spec, wait_for_capacity_s=9999)).id
+    site.clock.now += HOUR
+    assert leases.check(site.core.env).expired == [wid]
+    with site.store.read() as s:
+        ws = s.execute(select(Workspace)).scalar_one()
+        assert ws.state == State.TERMINATED.value
+
+
+@pytest.mark.parametrize(("key", "value"), [("lease_check_interval_s", 0), ("lease_warning_s", -1)])
+def test_bad_lease_config_is_refused(key: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load(ServiceConfig, None, **{key: value})
+
+
+def test_durations_read_well() -> None:
+    assert [duration_text(s) for s in (45, 90 * 60, 72 * HOUR, 26 * HOUR + 1)] == [
+        "45s",
+        "1h30m",
+        "72h",
+        "26h1s",
+    ]
+
+
+def test_a_lost_workspace_is_stopped_once_its_node_is_back(site: Site) -> None:
+    wid = make(site, "a", lease_s=HOUR)
+    site.clock.now += HOUR
+    assert site.nodes.check_liveness() == ["n1"]
+    assert row(site, wid).state == State.LOST.value
+    assert leases.check(env(site)).expired == []  # LOST cannot be stopped: not yet
+    site.report(wid, RUNNING, full=True)  # the node is back
+    assert leases.check(env(site)).expired == [wid]
+    assert row(site, wid).desired_state == Desired.STOPPED.value
+
+
+def test_a_cluster_start_leaves_members_whose_lease_ended(site: Site) -> None:
+    members = (MemberSpec(role="head", image="img"),)
+    c = clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=HOUR))
+    (wid,) = [m.id for m in c.members]
+    site.report(wid, RUNNING)
+    site.clock.now += HOUR
+    assert leases.check(env(site)).expired == [wid]
+    site.report(wid, STOPPED)
+    with pytest.raises(FailedPrecondition, match="lease ended at"):
+        clusters.operate(env(site), "alice", "c1", Op.START)
+    leases.extend(env(site), "alice", wid, HOUR)
+    clusters.operate(env(site), "alice", "c1", Op.START)
+    assert row(site, wid).desired_state == Desired.RUNNING.value

@@ -1,0 +1,246 @@
+"""`ws create --lease`, `ws lease extend`, `ws show`, `ws usage` and `ws-admin usage`
+through the real client, gRPC and servicers, over a store with an injected clock."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.unit.test_request_validation import Site, build_site
+from workspace import rpc
+from workspace.cli import admin, common, ws
+from workspace.client import Client
+from workspace.domain.leases import iso_time
+from workspace.edge.admin import AdminServicer
+from workspace.edge.clusters import ClustersServicer
+from workspace.node.v1 import nodes_pb2
+from workspace.store import Project
+from workspace.v1 import (
+    admin_pb2_grpc,
+    clusters_pb2_grpc,
+    common_pb2,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
+
+HOUR = 3600.0
+WS = common_pb2.WorkspaceState
+OWNER = "local"  # without TLS every caller is the configured default owner
+
+
+class Served:
+    """The site served over gRPC; each CLI invocation gets (and closes) its own client."""
+
+    def __init__(self, site: Site, server: grpc.Server, address: str) -> None:
+        self.site = site
+        self.server = server
+        self.address = address
+        self.client = Client(address)
+
+    def ws(self, *argv: str) -> int:
+        return ws.main(list(argv), connect=lambda _s: Client(self.address))
+
+    def admin(self, *argv: str) -> int:
+        return admin.main(list(argv), connect=lambda _s: Client(self.address))
+
+    def running(self, name: str) -> str:
+        wid = self.client.get_workspace(name).id
+        self.site.report(wid, nodes_pb2.OBSERVED_STATE_RUNNING)
+        return wid
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    site = build_site(tmp_path, cpus=16, memory_mib=32768)
+    with site.store.write() as s:
+        s.add(Project(name="physics", default_lease_s=8 * 3600, max_lease_s=72 * 3600))
+    server = rpc.server(8)
+    workspaces_pb2_grpc.add_WorkspacesServicer_to_server(site.core, server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(site.core.env), server)
+    clusters_pb2_grpc.add_ClustersServicer_to_server(ClustersServicer(site.core.env), server)
+    address = f"unix:{tmp_path / 'svc.sock'}"
+    rpc.bind(server, address)
+    server.start()
+    served = Served(site, server, address)
+    try:
+        yield served
+    finally:
+        served.client.close()
+        server.stop(0).wait()
+
+
+def out(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().out
+
+
+def test_create_with_a_lease_and_show_it(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = served.site.clock.now
+    assert served.ws("create", "--image", "img", "--name", "a", "--lease", "1h30m") == 0
+    assert f"lease_ends  {iso_time(now + 1.5 * HOUR)}" in out(capsys)
+    assert served.ws("lease", "extend", "a", "4h") == 0
+    assert out(capsys).strip().endswith(f"lease ends at {iso_time(now + 5.5 * HOUR)}")
+    assert served.ws("show", "a", "-o", "json") == 0
+    shown = json.loads(out(capsys))
+    assert shown["lease_expires_at"] == iso_time(now + 5.5 * HOUR)
+
+
+def test_cluster_create_with_a_lease(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    end = iso_time(served.site.clock.now + 2 * HOUR)
+    argv = ["cluster", "create", "c1", "--member", "head=img", "--member", "w=img,count=2"]
+    assert served.ws(*argv, "--lease", "2h", "-o", "json") == 0
+    members = json.loads(out(capsys))["members"]
+    assert [m["lease_expires_at"] for m in members] == [end] * 3
+
+
+def test_no_lease_shows_none(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    assert served.ws("create", "--image", "img", "--name", "a") == 0
+    assert "lease_ends" not in out(capsys)
+
+
+def test_bad_leases_are_refused_by_the_cli(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        served.ws("create", "--image", "img", "--lease", "8 hours")
+    assert exc.value.code == common.EXIT_USAGE
+    assert "not a duration" in capsys.readouterr().err
+    served.ws("create", "--image", "img", "--name", "a")
+    assert served.ws("lease", "extend", "a", "1h") == common.EXIT_REQUEST
+    assert "has no lease" in capsys.readouterr().err
+    assert served.ws("lease", "extend", "nope", "1h") == common.EXIT_REQUEST
+    assert "no workspace 'nope'" in capsys.readouterr().err
+
+
+def test_usage_csv_json_and_text(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = served.site.clock.now
+    served.ws("create", "--image", "img", "--name", "a", "--cpus", "2", "--memory-mib", "1024")
+    wid = served.running("a")
+    served.site.clock.now += 2 * HOUR
+    served.ws("destroy", "a")
+    served.site.report(wid, nodes_pb2.OBSERVED_STATE_ABSENT)
+    out(capsys)
+    assert served.ws("usage", "-o", "csv") == 0
+    rows = list(csv.reader(io.StringIO(out(capsys))))
+    assert rows[0] == [
+        "workspace",
+        "name",
+        "owner",
+        "project",
+        "core_hours",
+        "memory_gib_hours",
+        "disk_gib_hours",
+    ]
+    assert rows[1][:4] == [wid, "a", OWNER, ""]
+    assert [float(x) for x in rows[1][4:6]] == [4.0, 2.0]
+    # clipped: the second hour only, from an ISO time to a relative one
+    since = iso_time(t0 + HOUR)
+    assert served.ws("usage", "--since", since, "--until", iso_time(t0 + 2 * HOUR)) == 0
+    text = out(capsys)
+    assert text.splitlines()[0] == f"usage from {since} to {iso_time(t0 + 2 * HOUR)}"
+    assert "2.00" in text and "1.00" in text
+    assert served.admin("usage", "--by", "user", "-o", "json") == 0
+    report = json.loads(out(capsys))
+    assert report["by"] == "USER"
+    assert [(r["key"], r["core_hours"]) for r in report["rows"]] == [(OWNER, 4.0)]
+
+
+def test_csv_is_only_for_usage(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        served.ws("list", "-o", "csv")
+    assert exc.value.code == common.EXIT_USAGE
+    assert "only for usage reports" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--since", "yesterday"], "not a time"),
+        (["--since", "2026-11-02", "--until", "2026-11-01"], "later than --since"),
+    ],
+)
+def test_bad_usage_windows_are_refused(
+    served: Served, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    try:
+        code = served.ws("usage", *argv)
+    except SystemExit as exc:
+        code = int(str(exc.code))
+    assert code == common.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_times_and_durations() -> None:
+    now = 1_800_000_000.0
+    assert common.point_in_time("7d", now) == now - 7 * 86400
+    assert common.point_in_time("24h", now) == now - 86400
+    assert common.point_in_time("now", now) == now
+    assert common.point_in_time("2026-11-01", now) == 1_793_491_200.0
+    assert common.point_in_time("2026-11-01T01:00+01:00", now) == 1_793_491_200.0
+    assert common.duration_s("1h30m") == 5400
+    assert common.duration_s("90") == 90
+
+
+class _Events:
+    def __init__(self, events: list[workspaces_pb2.WorkspaceEvent]) -> None:
+        self.it = iter(events)
+
+    def __iter__(self) -> _Events:
+        return self
+
+    def __next__(self) -> workspaces_pb2.WorkspaceEvent:
+        return next(self.it)
+
+    def close(self) -> None:
+        pass
+
+
+class _WatchClient:
+    """What `ws watch` calls, answering a lease's life as the service reports it."""
+
+    def __init__(self, steps: list[tuple[int, str]]) -> None:
+        self.steps = steps
+
+    def get_workspace(self, ref: str) -> common_pb2.Workspace:
+        return common_pb2.Workspace(id="w1", name=ref)
+
+    def watch(self, ws_id: str, **kw: object) -> _Events:
+        return _Events(
+            [
+                workspaces_pb2.WorkspaceEvent(
+                    workspace=common_pb2.Workspace(id="w1", name="a", state=st, reason=why)
+                )
+                for st, why in self.steps
+            ]
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def test_watch_shows_the_lease_warning_but_not_its_clearing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    steps = [
+        (WS.WORKSPACE_STATE_RUNNING, ""),
+        (WS.WORKSPACE_STATE_RUNNING, "lease ends at 2026-11-30T08:00:00Z"),
+        (WS.WORKSPACE_STATE_RUNNING, ""),  # the node's next report clears the reason
+        (WS.WORKSPACE_STATE_STOPPING, "lease expired at 2026-11-30T08:00:00Z"),
+        (WS.WORKSPACE_STATE_STOPPED, ""),
+    ]
+    client = _WatchClient(steps)
+    assert ws.main(["-o", "json", "watch", "a"], connect=lambda _s: client) == 0  # type: ignore[arg-type,return-value]
+    shown = [json.loads(line)["workspace"] for line in out(capsys).splitlines()]
+    assert [(w["state"], w["reason"]) for w in shown] == [
+        ("RUNNING", ""),
+        ("RUNNING", "lease ends at 2026-11-30T08:00:00Z"),
+        ("STOPPING", "lease expired at 2026-11-30T08:00:00Z"),
+        ("STOPPED", ""),
+    ]

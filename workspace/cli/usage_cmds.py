@@ -1,0 +1,92 @@
+"""Leases and usage on the command line: `ws lease extend`, `ws usage`, `ws-admin usage`
+(docs/design/usage.md). `ws create --lease` and `ws cluster create --lease` are in ws.py."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from workspace.cli import common, render
+
+GROUPINGS = ("workspace", "user", "project")
+TIME_FORMAT = "an ISO date or time (UTC unless given), now, or a duration ago: 7d, 24h"
+
+
+def add_lease_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--lease",
+        type=common.duration_s,
+        metavar="DURATION",
+        help=f"stop (or destroy, per the project) {what} after DURATION, "
+        f"{common.DURATION_FORMAT}; default: the project's lease",
+    )
+
+
+def _time(text: str) -> float:
+    return common.point_in_time(text)
+
+
+def _add_usage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=_time, metavar="T", help=f"from T: {TIME_FORMAT}")
+    p.add_argument("--until", type=_time, metavar="T", help=f"up to T (default now): {TIME_FORMAT}")
+    p.add_argument(
+        "--by", choices=GROUPINGS, default="workspace", help="one row per ... (default workspace)"
+    )
+    p.set_defaults(csv=True)
+
+
+def _usage(client_for: common.ClientFor, all_users: bool) -> common.Handler:
+    def run(args: argparse.Namespace) -> int:
+        since, until = args.since or 0.0, args.until or 0.0
+        if since and until and until <= since:
+            raise common.UsageError("--until must be later than --since")
+        r = client_for(args).get_usage(since, until, args.by, all_users=all_users)
+        render.usage_report(args, r)
+        return common.EXIT_OK
+
+    return run
+
+
+def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `lease extend` and `usage` to ws."""
+
+    def extend(args: argparse.Namespace) -> int:
+        ws = client_for(args).extend_lease(args.id, args.duration)
+        render.emit(args, ws, render.lease_line(ws))
+        return common.EXIT_OK
+
+    p = sub.add_parser("lease", parents=[parent], help="workspace leases")
+    lsub = p.add_subparsers(dest="lease_command", metavar="COMMAND", required=True)
+    q = lsub.add_parser(
+        "extend",
+        parents=[parent],
+        help="make a workspace's lease end later",
+        description="The lease ends DURATION later (from now, if it has ended); never "
+        "more than the project's maximum lease from now.",
+    )
+    q.add_argument("id", help="workspace id or name")
+    q.add_argument("duration", type=common.duration_s, help=common.DURATION_FORMAT)
+    q.set_defaults(func=extend)
+
+    p = sub.add_parser(
+        "usage",
+        parents=[parent],
+        help="core-, memory- and disk-hours of your workspaces (and your projects')",
+        description="Core-hours, memory-GiB-hours and disk-GiB-hours in [--since, --until) "
+        "per workspace, user or project; -o json or -o csv for machines.",
+    )
+    _add_usage_options(p)
+    p.set_defaults(func=_usage(client_for, all_users=False))
+
+
+def register_admin(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `usage` (every workspace) to ws-admin."""
+    p = sub.add_parser(
+        "usage",
+        parents=[parent],
+        help="core-, memory- and disk-hours of every workspace",
+        description="Core-hours, memory-GiB-hours and disk-GiB-hours of every workspace in "
+        "[--since, --until), per workspace, user or project; -o json or -o csv.",
+    )
+    _add_usage_options(p)
+    p.set_defaults(func=_usage(client_for, all_users=True))

@@ -1,0 +1,118 @@
+"""Usage: what a workspace consumes in each state, and the figures over a time window.
+
+The rule (docs/design/usage.md): memory and disk count from the moment capacity is
+claimed on a node (SCHEDULED) until the workspace is TERMINATED and its claim released,
+whatever it does in between (the node keeps them for it); CPUs count only while the
+workspace is RUNNING. Pure functions: the store records intervals of constant
+consumption (ops/metering.py), ops/usage.py adds them up with these.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from workspace.domain.states import State
+
+SECONDS_PER_HOUR = 3600.0
+MIB_PER_GIB = 1024
+BYTES_PER_GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Consumption:
+    """What a workspace holds at one moment (all 0: nothing)."""
+
+    cpus: int = 0
+    memory_mib: int = 0
+    disk_bytes: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.cpus or self.memory_mib or self.disk_bytes)
+
+
+NOTHING = Consumption()
+
+
+def consumption(
+    state: State, node: str, cpus: int, memory_mib: int, disk_bytes: int
+) -> Consumption:
+    """What a workspace in ``state`` on ``node`` ("" = not placed) consumes."""
+    if not node or state in (State.PENDING, State.TERMINATED):
+        return NOTHING
+    return Consumption(cpus if state is State.RUNNING else 0, memory_mib, disk_bytes)
+
+
+class Grouping(enum.StrEnum):
+    WORKSPACE = "workspace"
+    USER = "user"
+    PROJECT = "project"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A stretch of constant consumption of one workspace; ``ended_at`` 0 = still open."""
+
+    workspace_id: str
+    workspace_name: str
+    owner: str
+    project: str
+    use: Consumption
+    started_at: float
+    ended_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Totals of one workspace, user or project over the window."""
+
+    key: str  # workspace id, user or project ("" = no project)
+    name: str = ""  # the workspace's name (grouping by workspace)
+    owner: str = ""  # grouping by workspace or user
+    project: str = ""  # grouping by workspace or project
+    core_hours: float = 0.0
+    memory_gib_hours: float = 0.0
+    disk_gib_hours: float = 0.0
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    since: float  # epoch s (0 = from the first record)
+    until: float  # epoch s
+    by: Grouping
+    rows: tuple[UsageRow, ...]
+
+
+def overlap_s(iv: Interval, since: float, until: float, now: float) -> float:
+    """Seconds of ``iv`` inside [since, until); an open interval runs until ``now``."""
+    end = iv.ended_at if iv.ended_at else now
+    return max(0.0, min(end, until) - max(iv.started_at, since))
+
+
+def totals(
+    intervals: Iterable[Interval], since: float, until: float, now: float, by: Grouping
+) -> tuple[UsageRow, ...]:
+    """The intervals clipped to [since, until) and summed per workspace, user or project,
+    sorted by key (only groups with some use)."""
+    sums: dict[str, list[float]] = {}
+    meta: dict[str, tuple[str, str, str]] = {}
+    for iv in intervals:
+        hours = overlap_s(iv, since, until, now) / SECONDS_PER_HOUR
+        if hours <= 0:
+            continue
+        if by is Grouping.WORKSPACE:
+            key, info = iv.workspace_id, (iv.workspace_name, iv.owner, iv.project)
+        elif by is Grouping.USER:
+            key, info = iv.owner, ("", iv.owner, "")
+        else:
+            key, info = iv.project, ("", "", iv.project)
+        acc = sums.setdefault(key, [0.0, 0.0, 0.0])
+        acc[0] += iv.use.cpus * hours
+        acc[1] += iv.use.memory_mib / MIB_PER_GIB * hours
+        acc[2] += iv.use.disk_bytes / BYTES_PER_GIB * hours
+        meta[key] = info
+    return tuple(
+        UsageRow(key, *meta[key], core_hours=c, memory_gib_hours=m, disk_gib_hours=d)
+        for key, (c, m, d) in sorted(sums.items())
+    )

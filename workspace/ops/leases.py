@@ -1,0 +1,159 @@
+"""Leases: a workspace's lifetime, from its project's policy (docs/design/usage.md).
+
+A new workspace's lease is set at create (``lease_end``); its owner may extend it
+(``extend``); the service's lease loop (``check``) warns before the end and, at the
+end, stops or destroys the workspace through the same path as a user's request
+(``operate.act``), so its node acts on it like on any other stop or destroy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workspace.domain.leases import LeaseAction, extended_end, iso_time, new_lease_end
+from workspace.domain.model import WorkspaceView
+from workspace.domain.states import Desired, Op, State
+from workspace.errors import FailedPrecondition
+from workspace.identity import Identity
+from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.operate import act
+from workspace.ops.unit import Env, write
+from workspace.store import Project, Workspace
+from workspace.store.mapping import set_reason
+
+log = logging.getLogger("workspace.ops.leases")
+
+# The reason a workspace shows once warned, and after the end.
+WARNING = "lease ends at "
+EXPIRED = "lease expired at "
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A project's lease settings (no project: no lease, expiry stops)."""
+
+    default_s: int = 0
+    max_s: int = 0
+    action: LeaseAction = LeaseAction.STOP
+
+
+def policy(s: Session, project: str) -> Policy:
+    p = s.get(Project, project) if project else None
+    if p is None:
+        return Policy()
+    action = LeaseAction.DESTROY if p.lease_action == "DESTROY" else LeaseAction.STOP
+    return Policy(p.default_lease_s or 0, p.max_lease_s or 0, action)
+
+
+def lease_end(s: Session, project: str, requested_s: int, now: float) -> float:
+    """When a new workspace of ``project`` asking for ``requested_s`` (0 = the default)
+    must end; 0 = never. InvalidArgument beyond the project's maximum."""
+    pol = policy(s, project)
+    return new_lease_end(requested_s, pol.default_s, pol.max_s, now, project)
+
+
+def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView:
+    """The owner's workspace's lease, ``add_s`` longer (never beyond the maximum from now)."""
+    with write(env) as u:
+        ws = resolve_workspace(u.s, who, ref)
+        if ws.state == State.TERMINATED.value or ws.desired_state == Desired.TERMINATED.value:
+            raise FailedPrecondition(f"workspace {ws.name} is destroyed; its lease is over")
+        now = env.clock()
+        pol = policy(u.s, ws.project)
+        ws.lease_expires_at = extended_end(
+            ws.name, ws.lease_expires_at or 0.0, add_s, pol.max_s, now, ws.project
+        )
+        ws.lease_warned = False
+        if ws.reason.startswith(WARNING):
+            set_reason(ws, "")
+        ws.updated_at = now
+        u.changed(ws)
+    log.info("workspace %s (%s): lease extended to %s", ws.id, ws.name, ws.lease_expires_at)
+    return u.view(ws.id)
+
+
+# -- the lease loop --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one pass of the lease loop did (workspace ids)."""
+
+    warned: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+
+
+def _acts_on(ws: Workspace, action: LeaseAction) -> bool:
+    """Whether expiry would do anything to ``ws``."""
+    if ws.state == State.TERMINATED.value or ws.desired_state == Desired.TERMINATED.value:
+        return False
+    return action is LeaseAction.DESTROY or ws.desired_state != Desired.STOPPED.value
+
+
+def _leased(s: Session, before: float, unwarned: bool = False) -> list[Workspace]:
+    """Live workspaces whose lease ends by ``before`` (only those not warned yet)."""
+    q = select(Workspace).where(
+        Workspace.lease_expires_at > 0,
+        Workspace.lease_expires_at <= before,
+        Workspace.state != State.TERMINATED.value,
+        Workspace.desired_state != Desired.TERMINATED.value,
+    )
+    if unwarned:
+        q = q.where(Workspace.lease_warned.is_(False))
+    return list(s.execute(q.order_by(Workspace.lease_expires_at, Workspace.id)).scalars())
+
+
+def check(env: Env) -> Round:
+    """Warn the workspaces whose lease ends within ``lease_warning_s``; stop or destroy
+    those whose lease has ended (each in its own transaction)."""
+    done = Round()
+    now = env.clock()
+    with write(env) as u:
+        for ws in _leased(u.s, now + env.cfg.lease_warning_s, unwarned=True):
+            end = ws.lease_expires_at
+            if end <= now or not _acts_on(ws, policy(u.s, ws.project).action):
+                continue
+            ws.lease_warned = True
+            if not ws.wait_reason:  # a queued workspace keeps saying why it waits
+                set_reason(ws, WARNING + iso_time(end))
+            u.changed(ws)
+            done.warned.append(ws.id)
+            log.info("workspace %s (%s): lease ends at %s", ws.id, ws.name, iso_time(end))
+    with env.store.read() as s:  # a write only for those expiry acts on
+        due = [ws.id for ws in _leased(s, now) if _acts_on(ws, policy(s, ws.project).action)]
+    for wid in due:
+        if _expire(env, wid, now):
+            done.expired.append(wid)
+    return done
+
+
+def _expire(env: Env, wid: str, now: float) -> bool:
+    """Stop or destroy one workspace whose lease has ended; False if there was nothing
+    to do (or it cannot be done now, e.g. its node is lost: tried again next pass)."""
+    with write(env) as u:
+        ws = u.s.get(Workspace, wid)
+        if ws is None or not ws.lease_expires_at or ws.lease_expires_at > now:
+            return False
+        action = policy(u.s, ws.project).action
+        if not _acts_on(ws, action):
+            return False
+        waiting = not ws.node and ws.state == State.PENDING.value
+        op = Op.DESTROY if action is LeaseAction.DESTROY or waiting else Op.STOP
+        ws.lease_warned = True
+        try:
+            act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at))
+        except FailedPrecondition as exc:
+            log.debug("workspace %s: lease expired, but %s", wid, exc.message)
+            return False
+    log.warning(
+        "workspace %s (%s): lease expired at %s: %s",
+        wid,
+        ws.name,
+        iso_time(ws.lease_expires_at),
+        op.value,
+    )
+    return True

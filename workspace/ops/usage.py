@@ -1,0 +1,71 @@
+"""Usage reports: core-, memory-GiB- and disk-GiB-hours per workspace, user or project
+over a window, from the intervals recorded at every state change (ops/metering.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import or_, select
+
+from workspace.domain.usage import Consumption, Grouping, Interval, UsageReport, totals
+from workspace.errors import InvalidArgument
+from workspace.identity import Identity
+from workspace.ops.projects import scope
+from workspace.ops.unit import Env
+from workspace.store import UsageInterval
+
+
+def check_window(since: float, until: float) -> None:
+    if since < 0 or until < 0:
+        raise InvalidArgument("since and until must not be before 1970")
+    if until and until <= since:
+        raise InvalidArgument("until must be later than since")
+
+
+def report(
+    env: Env,
+    owner: str | None,
+    since: float = 0.0,
+    until: float = 0.0,
+    by: Grouping = Grouping.WORKSPACE,
+    projects: Sequence[str] = (),
+) -> UsageReport:
+    """Usage in [since, until) (until 0 = now): of ``owner``'s workspaces and those of
+    ``projects`` (``owner`` None: every workspace). Open intervals count until now."""
+    check_window(since, until)
+    now = env.clock()
+    until = until or now
+    q = select(UsageInterval).where(
+        UsageInterval.started_at < until,
+        or_(UsageInterval.ended_at == 0, UsageInterval.ended_at > since),
+    )
+    if owner is not None:
+        mine = UsageInterval.owner == owner
+        q = q.where(or_(mine, UsageInterval.project.in_(projects)) if projects else mine)
+    with env.store.read() as s:
+        intervals = [
+            Interval(
+                iv.workspace_id,
+                iv.workspace_name,
+                iv.owner,
+                iv.project,
+                Consumption(iv.cpus, iv.memory_mib, iv.disk_bytes),
+                iv.started_at,
+                iv.ended_at,
+            )
+            for iv in s.execute(q).scalars()
+        ]
+    return UsageReport(since, until, by, totals(intervals, since, until, now, by))
+
+
+def report_for(
+    env: Env,
+    who: Identity | str,
+    since: float = 0.0,
+    until: float = 0.0,
+    by: Grouping = Grouping.WORKSPACE,
+) -> UsageReport:
+    """Usage of ``who``'s workspaces and of their projects' (certificate and membership)."""
+    with env.store.read() as s:
+        sc = scope(s, who)
+    return report(env, sc.name, since, until, by, sorted(sc.projects))
