@@ -21,6 +21,8 @@ import tomli_w
 from workspace.errors import ConfigError
 
 T = TypeVar("T")
+# 3/4 of workspace.rpc.MAX_MESSAGE_BYTES (16 MiB): the most one node's orders may take.
+MAX_NODE_ORDERS_BYTES = 12 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,26 @@ class LimitsConfig:
     # Largest virtual size a create may give a partition: an extra blank one, or a cow
     # partition it grows.
     max_grow_bytes: int = 1024**4
+    # Longest kernel command line of an image (bytes).
+    max_cmdline_bytes: int = 4096
+    # Signatures one image may carry.
+    max_signatures_per_image: int = 16
+    # Longest wait for capacity a create or cluster may ask for (seconds).
+    max_wait_for_capacity_s: int = 7 * 24 * 3600
+    # Bytes of orders (user-data, cmdlines, signatures, ...) one node may be sent at once:
+    # placement refuses a workspace beyond it. At most MAX_NODE_ORDERS_BYTES (3/4 of the
+    # 16 MiB message limit; the rest is room for the trust policy).
+    max_node_orders_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
+            raise ConfigError(
+                f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
+                f"and {MAX_NODE_ORDERS_BYTES} (3/4 of the gRPC message limit)"
+            )
+        for key in ("max_cmdline_bytes", "max_signatures_per_image", "max_wait_for_capacity_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"limits.{key}: must not be negative, got {getattr(self, key)}")
         if not 1 <= self.max_name_len <= 63:
             raise ConfigError(
                 f"limits.max_name_len: {self.max_name_len} is not between 1 and 63 "

@@ -20,7 +20,7 @@ from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
-from workspace.ops.create import check_networks, check_spec, new_row
+from workspace.ops.create import check_networks, check_spec, check_wait, new_row
 from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Workspace
@@ -97,6 +97,7 @@ def _member_rows(
 
 def create(env: Env, owner: str, req: ClusterRequest) -> ClusterView:
     check_request(req)
+    check_wait(req.wait_for_capacity_s, env.cfg.limits)
     with write(env) as u:
         s = u.s
         if req.request_id:

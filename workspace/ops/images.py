@@ -138,6 +138,12 @@ class Catalog:
             raise InvalidArgument(f"image {req.image}: nothing to boot (no partition, no kernel)")
         if bool(req.initrd_digest) and not req.kernel_digest:
             raise InvalidArgument(f"image {req.image}: an initrd needs a kernel")
+        limit = self.env.cfg.limits.max_cmdline_bytes
+        if len(req.cmdline.encode()) > limit:
+            raise InvalidArgument(
+                f"image {req.image}: the kernel cmdline is {len(req.cmdline.encode())} bytes, "
+                f"more than the {limit} allowed (limits.max_cmdline_bytes)"
+            )
         if len(req.partitions) > manifest.MAX_PARTITIONS:
             raise InvalidArgument(
                 f"image {req.image}: at most {manifest.MAX_PARTITIONS} partitions, "

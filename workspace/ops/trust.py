@@ -47,8 +47,6 @@ from workspace.store.models import (
 
 log = logging.getLogger("workspace.ops.trust")
 
-# Signatures one image may carry.
-MAX_SIGNATURES = 16
 MAX_ENVELOPE_BYTES = 65536
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10000
@@ -408,8 +406,11 @@ def add_signature(env: Env, owner: str, image_name: str, envelope: str) -> Signa
             _record_surviving(env, s, [entry])
             raise PermissionDenied(f"{what} refused: {problem}")
         if envelope not in have:
-            if len(have) >= MAX_SIGNATURES:
-                raise ResourceExhausted(f"image {image_name} already has {len(have)} signatures")
+            if len(have) >= env.cfg.limits.max_signatures_per_image:
+                raise ResourceExhausted(
+                    f"image {image_name} already has {len(have)} signatures, the most one "
+                    "image may carry (limits.max_signatures_per_image)"
+                )
             s.add(
                 ImageSignature(
                     image=image_name, envelope=envelope, key_id=kids[0], added_at=env.clock()
