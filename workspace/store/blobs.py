@@ -88,3 +88,28 @@ class BlobRepository:
 
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
+
+    def mtime(self, digest: str) -> float:
+        return self.path(digest).stat().st_mtime
+
+    def digests(self) -> list[str]:
+        """Every digest held (files named by a sha256 hex)."""
+        out = []
+        for p in (self.root / "sha256").iterdir():
+            try:
+                out.append(digests.check(f"sha256:{p.name}"))
+            except digests.DigestError:
+                continue
+        return out
+
+    def remove_stale_temp(self, before: float) -> int:
+        """Delete temp files of uploads last written before ``before`` (left by a crash)."""
+        n = 0
+        for p in (self.root / "tmp").iterdir():
+            try:
+                if p.stat().st_mtime < before:
+                    p.unlink()
+                    n += 1
+            except FileNotFoundError:
+                continue
+        return n
