@@ -55,7 +55,9 @@ class Service:
 
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
-        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        # The store and the blobs are the service's alone (file modes: store/db.py, blobs.py).
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(cfg.data_dir).chmod(0o700)
         self.store = Store(cfg.db_url)
         self.notifier = Notifier()
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)

@@ -24,8 +24,10 @@ def check_digest(digest: str) -> str:
 class BlobRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        # Only the service reads blobs (it serves them): 0700 directories, 0600 files.
+        for d in (root, root / "sha256", root / "tmp"):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digests.hex_of(check_digest(digest))
@@ -49,7 +51,7 @@ class BlobRepository:
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)
             return Path(tmp), h.digest(), h.size_bytes
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
