@@ -145,3 +145,39 @@ def test_500_idle_watches_from_one_user_starve_neither_nodes_nor_other_users(
             c.cancel()
         for s in (root, alice, bob):
             s.channel.close()
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused_at_once(tmp_path: Path) -> None:
+    from tests.functional.harness import Site as PlainSite
+
+    site = PlainSite(tmp_path, max_concurrent_rpcs=2)
+    # An agent holds its assignment stream on the Nodes API's own server: not counted.
+    site.add_agent("node1")
+    watches = [
+        site.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest()) for _ in range(2)
+    ]
+    try:
+        wait_for(
+            lambda: (
+                site.service is not None
+                and site.service.stream_cap.counter.open_streams("user:local") == 2
+            ),
+            what="two watches open",
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            site.stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        watches.pop().cancel()
+        wait_for(
+            lambda: (
+                site.service is not None
+                and site.service.stream_cap.counter.open_streams("user:local") == 1
+            ),
+            what="a watch closed",
+        )
+        again = site.stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest(), timeout=10)
+        assert list(again.workspaces) == []
+    finally:
+        for w in watches:
+            w.cancel()
+        site.close()
