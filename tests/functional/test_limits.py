@@ -14,6 +14,7 @@ from images import signing
 from tests.functional.harness import WS, Site
 from workspace.codec.v1 import image_spec_from_proto
 from workspace.node.v1 import nodes_pb2
+from workspace.ops.order_size import node_orders_bytes
 from workspace.v1 import (
     clusters_pb2,
     clusters_pb2_grpc,
@@ -89,17 +90,24 @@ def two_signature_site(tmp_path: Path) -> Iterator[Site]:
         site.close()
 
 
-def test_signatures_per_image_are_capped_by_config(two_signature_site: Site) -> None:
-    site = two_signature_site
+def _envelopes(site: Site, image: str, n: int) -> list[str]:
+    """``n`` signatures of ``image`` by ``n`` keys the site trusts."""
     trust = trust_pb2_grpc.TrustStub(site.stubs.channel)
     manifest = image_spec_from_proto(
-        site.stubs.images.GetImage(images_pb2.GetImageRequest(name="img"))
+        site.stubs.images.GetImage(images_pb2.GetImageRequest(name=image))
     )
     envelopes = []
-    for _ in range(3):
+    for _ in range(n):
         private_pem, public_pem = signing.generate_key()
         trust.AddKey(trust_pb2.AddKeyRequest(public_key_pem=public_pem, image_patterns=["*"]))
         envelopes.append(signing.sign(manifest, signing.load_private_key(private_pem)))
+    return envelopes
+
+
+def test_signatures_per_image_are_capped_by_config(two_signature_site: Site) -> None:
+    site = two_signature_site
+    trust = trust_pb2_grpc.TrustStub(site.stubs.channel)
+    envelopes = _envelopes(site, "img", 3)
     for env in envelopes[:2]:
         trust.AddSignature(trust_pb2.AddSignatureRequest(image="img", envelope_json=env))
     err = _refused(
@@ -164,7 +172,36 @@ def test_orders_that_would_overflow_a_nodes_message_are_refused_at_placement(
     aset = _first_set(site, "node1")
     assert [a.name for a in aset.assignments] == ["first"]
     assert aset.ByteSize() < 16 * MiB
+    # The bound placement used covers what the node is really sent, and closely.
+    bare = nodes_pb2.AssignmentSet(
+        generation=aset.generation, prefetch=aset.prefetch, policy=aset.policy
+    )
+    sent = aset.ByteSize() - bare.ByteSize()
+    assert site.service is not None
+    with site.service.store.read() as s:
+        bound = node_orders_bytes(s, "node1")
+    assert sent <= bound <= sent * 1.01 + 4096
     small = site.stubs.create(name="small", image="img")
     site.stubs.wait_state(small.id, WS.WORKSPACE_STATE_RUNNING)
     site.stubs.ws.DestroyWorkspace(site.stubs.ref(first.id))
     site.stubs.wait_state(first.id, WS.WORKSPACE_STATE_TERMINATED)
+
+
+def test_the_orders_bound_covers_signed_images_with_nics(ready_site: Site) -> None:
+    site = ready_site
+    trust = trust_pb2_grpc.TrustStub(site.stubs.channel)
+    for env in _envelopes(site, "img", 2):
+        trust.AddSignature(trust_pb2.AddSignatureRequest(image="img", envelope_json=env))
+    for i in range(3):
+        w = site.stubs.create(name=f"w{i}", user_data=b"#cloud-config\n" * (i + 1))
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    aset = _first_set(site, "node1")
+    assert len(aset.assignments) == 3 and all(a.envelopes_json for a in aset.assignments)
+    bare = nodes_pb2.AssignmentSet(
+        generation=aset.generation, prefetch=aset.prefetch, policy=aset.policy
+    )
+    sent = aset.ByteSize() - bare.ByteSize()
+    assert ready_site.service is not None
+    with ready_site.service.store.read() as s:
+        bound = node_orders_bytes(s, "node1")
+    assert sent <= bound <= sent * 1.5 + 1024

@@ -17,15 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from images.model import ImageSpec
 from workspace.config import LimitsConfig
-from workspace.domain.model import Nic, Order
+from workspace.domain.model import Disk, Nic, Order
+from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
-from workspace.ops.reports import build_orders, live_rows
-from workspace.store import Workspace
+from workspace.ops import trust
+from workspace.ops.reports import MAX_SOURCES
+from workspace.store import Network, Node, Workspace
 
 FIELD_BYTES = 2 + 5  # tag + length of a string, bytes or message field
 NUMBER_BYTES = 2 + 10  # tag + the longest varint
@@ -70,6 +76,118 @@ def order_bytes(order: Order) -> int:
     return _field_bytes(order)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """What an order's size depends on beyond its fixed-size numbers."""
+
+    id: str
+    name: str
+    image: str
+    image_spec: Mapping[str, Any]
+    user_data_bytes: int
+    networks: tuple[str, ...]
+
+
+class _Sizer:
+    """Upper bounds of orders from plain columns, without loading user-data or building
+    Orders: one order is the bound of its skeleton (numbers, strings, partitions; cached
+    per image spec) plus its user-data, NICs (the longest addresses, the network's
+    bridge, subnet and DNS), peer sources (MAX_SOURCES of the longest peer address per
+    blob) and its image's signatures."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        longest = s.execute(select(func.max(func.length(Node.peer_address)))).scalar()
+        self.source_bytes = MAX_SOURCES * (FIELD_BYTES + int(longest or 0))
+        self._skeletons: dict[str, int] = {}
+        self._nics: dict[str, int] = {}
+        self._envelopes: dict[str, int] = {}
+
+    def row_bytes(self, r: _Row) -> int:
+        key = json.dumps([r.image, r.image_spec], sort_keys=True)
+        skeleton = self._skeletons.get(key)
+        if skeleton is None:
+            spec = ImageSpec.from_dict(r.image_spec or {}, r.image)
+            order = Order(
+                workspace_id="",
+                name="",
+                hostname="",
+                desired=Desired.RUNNING,
+                cpus=0,
+                memory_mib=0,
+                image=r.image,
+                disks=tuple(Disk(p) for p in spec.partitions),
+                nics=(),
+                kernel_digest=spec.kernel_digest,
+                initrd_digest=spec.initrd_digest,
+                cmdline=spec.cmdline,
+                verified_digests=tuple(spec.digests()),
+            )
+            blobs = sum(1 for p in spec.partitions if p.digest)
+            skeleton = self._skeletons[key] = order_bytes(order) + blobs * self.source_bytes
+        return (
+            skeleton
+            + len(r.id.encode())
+            + 2 * len(r.name.encode())
+            + r.user_data_bytes
+            + sum(self._nic_bytes(n) for n in r.networks)
+            + self._envelope_bytes(r.image)
+        )
+
+    def _nic_bytes(self, network: str) -> int:
+        if network not in self._nics:
+            net = self.s.get(Network, network)
+            nic = dataclasses.replace(
+                _UNALLOCATED_NIC,
+                network=network,
+                bridge=net.bridge if net else _UNALLOCATED_NIC.bridge,
+                subnet=net.subnet if net else _UNALLOCATED_NIC.subnet,
+                dns=tuple(net.dns or ()) if net else (),
+            )
+            self._nics[network] = _field_bytes(max(nic, _UNALLOCATED_NIC, key=_field_bytes))
+        return self._nics[network]
+
+    def _envelope_bytes(self, image: str) -> int:
+        if image not in self._envelopes:
+            self._envelopes[image] = sum(
+                FIELD_BYTES + len(e.encode()) for e in trust.envelopes(self.s, image)
+            )
+        return self._envelopes[image]
+
+
+def node_orders_bytes(s: Session, node: str) -> int:
+    """An upper bound of the orders ``node`` is sent now (its live workspaces), summed in
+    SQL over workspaces of one image spec and one set of networks (no user-data loaded)."""
+    sizer = _Sizer(s)
+    spec_text = cast(Workspace.image_spec, Text)
+    nets_text = cast(Workspace.networks, Text)
+    q = (
+        select(
+            Workspace.image,
+            spec_text,
+            nets_text,
+            func.count(),
+            func.sum(func.length(Workspace.id)),
+            func.sum(func.length(Workspace.name)),
+            func.sum(func.coalesce(func.length(Workspace.user_data), 0)),
+        )
+        .where(
+            Workspace.node == node,
+            Workspace.desired_state != Desired.TERMINATED.value,
+            Workspace.state != State.TERMINATED.value,
+        )
+        .group_by(Workspace.image, spec_text, nets_text)
+    )
+    total = 0
+    for image, spec, nets, count, ids, names, user_data in s.execute(q):
+        one = _Row("", "", image, json.loads(spec or "{}"), 0, tuple(json.loads(nets or "[]")))
+        # The bound of one such order with empty id, name and user-data, times the count,
+        # plus the real lengths (the "" fields already counted their tag and length).
+        total += count * sizer.row_bytes(one) + int(ids or 0) + 2 * int(names or 0)
+        total += int(user_data or 0)
+    return total
+
+
 def check_orders_fit(
     s: Session, limits: LimitsConfig, rows: Sequence[Workspace], nodes: Sequence[str]
 ) -> None:
@@ -79,14 +197,21 @@ def check_orders_fit(
     by_node: dict[str, list[Workspace]] = {}
     for ws, node in zip(rows, nodes, strict=True):
         by_node.setdefault(node, []).append(ws)
+    sizer = _Sizer(s)
     for node, new in by_node.items():
-        have = sum(map(order_bytes, build_orders(s, node, live_rows(s, node))))
+        have = node_orders_bytes(s, node)
         total = have
-        for ws, order in zip(new, build_orders(s, node, new), strict=True):
-            nics = tuple(
-                dataclasses.replace(_UNALLOCATED_NIC, network=n) for n in ws.networks or ()
+        for ws in new:
+            size = sizer.row_bytes(
+                _Row(
+                    ws.id,
+                    ws.name,
+                    ws.image,
+                    ws.image_spec or {},
+                    len(ws.user_data or b""),
+                    tuple(ws.networks or ()),
+                )
             )
-            size = order_bytes(dataclasses.replace(order, nics=nics))
             total += size
             if total > budget:
                 raise OrdersTooLarge(
