@@ -205,3 +205,40 @@ def test_the_orders_bound_covers_signed_images_with_nics(ready_site: Site) -> No
     with ready_site.service.store.read() as s:
         bound = node_orders_bytes(s, "node1")
     assert sent <= bound <= sent * 1.5 + 1024
+
+
+@pytest.fixture
+def small_orders_site(tmp_path: Path) -> Iterator[Site]:
+    site = Site(tmp_path, limits={"max_node_orders_bytes": 4096})
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1")
+        yield site
+    finally:
+        site.close()
+
+
+def test_a_signature_that_would_overflow_a_nodes_orders_is_refused(
+    small_orders_site: Site,
+) -> None:
+    site = small_orders_site
+    ids = [site.stubs.create(name=f"w{i}").id for i in range(3)]
+    for wid in ids:
+        site.stubs.wait_state(wid, WS.WORKSPACE_STATE_RUNNING)
+    trust = trust_pb2_grpc.TrustStub(site.stubs.channel)
+    (envelope,) = _envelopes(site, "img", 1)
+    err = _refused(
+        trust.AddSignature, trust_pb2.AddSignatureRequest(image="img", envelope_json=envelope)
+    )
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "image img: the signature would take node node1's orders to" in err.details()
+    assert "3 workspace(s) of the image there" in err.details()
+    sigs = trust.GetSignatures(trust_pb2.ImageSignaturesRequest(image="img"))
+    assert list(sigs.envelopes_json) == []
+    # Once fewer workspaces of the image are there, it fits.
+    for wid in ids[:2]:
+        site.stubs.ws.DestroyWorkspace(site.stubs.ref(wid))
+        site.stubs.wait_state(wid, WS.WORKSPACE_STATE_TERMINATED)
+    trust.AddSignature(trust_pb2.AddSignatureRequest(image="img", envelope_json=envelope))
+    assert _first_set(site, "node1").assignments[0].envelopes_json == [envelope]

@@ -29,10 +29,11 @@ from workspace.config import LimitsConfig
 from workspace.domain.model import Disk, Nic, Order
 from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
-from workspace.ops import trust
-from workspace.ops.reports import MAX_SOURCES
 from workspace.store import Network, Node, Workspace
+from workspace.store.models import ImageSignature
 
+# Peers named as sources of one blob in an order (ops/reports.py names them).
+MAX_SOURCES = 3
 FIELD_BYTES = 2 + 5  # tag + length of a string, bytes or message field
 NUMBER_BYTES = 2 + 10  # tag + the longest varint
 # A NIC not allocated yet: the longest address, MAC, gateway, bridge and subnet.
@@ -149,8 +150,9 @@ class _Sizer:
 
     def _envelope_bytes(self, image: str) -> int:
         if image not in self._envelopes:
+            q = select(ImageSignature.envelope).where(ImageSignature.image == image)
             self._envelopes[image] = sum(
-                FIELD_BYTES + len(e.encode()) for e in trust.envelopes(self.s, image)
+                FIELD_BYTES + len(e.encode()) for e in self.s.execute(q).scalars()
             )
         return self._envelopes[image]
 
@@ -221,3 +223,29 @@ def check_orders_fit(
                     f"(limits.max_node_orders_bytes; {have} bytes are already there); "
                     "use a smaller user-data or kernel cmdline"
                 )
+
+
+def check_signature_fits(s: Session, limits: LimitsConfig, image: str, envelope: str) -> None:
+    """Refuse (OrdersTooLarge) a new signature of ``image`` that would take a node's
+    orders past ``limits.max_node_orders_bytes``: every order of the image carries the
+    image's signatures, so it grows each of them."""
+    extra = FIELD_BYTES + len(envelope.encode())
+    q = (
+        select(Workspace.node, func.count())
+        .where(
+            Workspace.image == image,
+            Workspace.node != "",
+            Workspace.desired_state != Desired.TERMINATED.value,
+            Workspace.state != State.TERMINATED.value,
+        )
+        .group_by(Workspace.node)
+    )
+    for node, count in s.execute(q):
+        have = node_orders_bytes(s, node)
+        if have + count * extra > limits.max_node_orders_bytes:
+            raise OrdersTooLarge(
+                f"image {image}: the signature would take node {node}'s orders to "
+                f"{have + count * extra} bytes ({count} workspace(s) of the image there, "
+                f"each sent its signatures), over the {limits.max_node_orders_bytes} bytes "
+                "one node may be sent (limits.max_node_orders_bytes)"
+            )

@@ -15,14 +15,12 @@ from workspace.errors import InvalidArgument, NotFound
 from workspace.ops import trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
+from workspace.ops.order_size import MAX_SOURCES
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
 from workspace.store.mapping import bound_spec, cache_column, nics, set_reason, shown_reason
 
 log = logging.getLogger("workspace.ops.reports")
-
-# Peers named as sources of one blob in an order.
-MAX_SOURCES = 3
 
 
 def _back(node: Node) -> None:

@@ -32,6 +32,7 @@ from workspace.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from workspace.ops.order_size import check_signature_fits
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
 from workspace.store.mapping import image_spec
@@ -411,6 +412,7 @@ def add_signature(env: Env, owner: str, image_name: str, envelope: str) -> Signa
                     f"image {image_name} already has {len(have)} signatures, the most one "
                     "image may carry (limits.max_signatures_per_image)"
                 )
+            check_signature_fits(s, env.cfg.limits, image_name, envelope)
             s.add(
                 ImageSignature(
                     image=image_name, envelope=envelope, key_id=kids[0], added_at=env.clock()
