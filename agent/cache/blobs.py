@@ -122,6 +122,8 @@ class BlobCache:
                 path.unlink(missing_ok=True)
                 continue
             st = path.stat()
+            if st.st_mode & 0o077:  # cached by an agent that wrote blobs 0644
+                os.chmod(path, 0o600)
             self._entries[name] = _Entry(st.st_size, st.st_mtime)
         now = self.clock()
         for path in self.partial_dir.iterdir():

@@ -64,6 +64,18 @@ def test_the_blob_repository_is_private(tmp_path: Path) -> None:
         assert mode(d) == 0o700
 
 
+def test_blobs_stored_world_readable_before_are_made_private(tmp_path: Path) -> None:
+    repo = BlobRepository(tmp_path / "blobs")
+    digest, _ = repo.put([b"old" * 1000], 1 << 20)
+    repo.path(digest).chmod(0o644)
+    cache = BlobCache(tmp_path / "cache")
+    cached = cache.ensure(digest, [Source("service", lambda d, offset: repo.read(d, offset))], 3000)
+    cached.chmod(0o644)
+    BlobRepository(tmp_path / "blobs")
+    BlobCache(tmp_path / "cache")
+    assert mode(repo.path(digest)) == mode(cached) == 0o600
+
+
 def test_the_agents_cache_files_are_private_and_its_dirs_traverse_only(tmp_path: Path) -> None:
     data = b"base" * 4096
     digest = digests.of_bytes(data)

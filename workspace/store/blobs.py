@@ -28,6 +28,9 @@ class BlobRepository:
         for d in (root, root / "sha256", root / "tmp"):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(d, 0o700)
+        for p in (root / "sha256").iterdir():  # stored 0644 by earlier versions
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
 
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digests.hex_of(check_digest(digest))
