@@ -18,13 +18,21 @@ _TARGETS = "abcdefghijklmnopqrstuvwxyz"
 _NO_SIZE_LIMIT = 1 << 62
 
 
+# Directories on QEMU's path (this root, each workspace's) are 0711: QEMU runs as an
+# unprivileged user (libvirt-qemu) and must traverse them to open the disks libvirt
+# hands it, but nobody else may list them; every file in them is 0600 (libvirt's
+# dynamic ownership chowns a running domain's disks to QEMU's user and back).
+DIR_MODE = 0o711
+FILE_MODE = 0o600
+
+
 class WorkspaceFiles:
     """<root>/<workspace id>/: overlays, blank disks, console.log, agent.json."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        os.chmod(root, 0o755)
+        root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        os.chmod(root, DIR_MODE)
 
     def dir(self, workspace_id: str) -> Path:
         return self.root / workspace_id
@@ -41,8 +49,8 @@ class WorkspaceFiles:
     def prepare(self, order: Order, base_paths: dict[str, Path]) -> tuple[DiskSpec, ...]:
         """Create this workspace's disks; ``base_paths`` maps digests to cached blobs."""
         d = self.dir(order.workspace_id)
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o755)
+        d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        os.chmod(d, DIR_MODE)
         disks: list[DiskSpec] = []
         for index, disk in enumerate(order.disks):
             p = disk.partition
@@ -69,7 +77,7 @@ class WorkspaceFiles:
                 path = d / f"{p.name}.qcow2"
                 path.unlink(missing_ok=True)
                 qemu_img.create_overlay(base_paths[p.digest], p.format, path, p.virtual_size_bytes)
-                os.chmod(path, 0o644)
+                os.chmod(path, FILE_MODE)
                 disks.append(DiskSpec(str(path), "qcow2", target))
             except (qemu_img.QemuImgError, mkfs.MkfsError, formats.UnsafeImage, OSError) as exc:
                 raise DriverError(f"workspace {order.workspace_id}: disk {p.name}: {exc}") from exc
@@ -86,7 +94,7 @@ class WorkspaceFiles:
             mkfs.create_ext4(path, size, label=p.name)
         else:
             qemu_img.create_blank(path, size, fmt)
-        os.chmod(path, 0o644)
+        os.chmod(path, FILE_MODE)
         return DiskSpec(str(path), fmt, target)
 
     # -- small per-workspace agent state (survives restarts) ---------------------------
@@ -100,7 +108,9 @@ class WorkspaceFiles:
 
     def save_state(self, workspace_id: str, state: dict[str, int]) -> None:
         d = self.dir(workspace_id)
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         tmp = d / "agent.json.tmp"
-        tmp.write_text(json.dumps(state))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state))
         os.replace(tmp, d / "agent.json")

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from benchmarks._common import emit, rss_mib, start_service, summary, timed
 from tests.functional.harness import Stubs
 from workspace import rpc
+from workspace.config import node_address_for
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import workspaces_pb2
 
@@ -45,7 +46,7 @@ def main() -> None:
 
 
 def run(sock: str, pid: int, args: argparse.Namespace) -> None:
-    stubs = Stubs(rpc.channel(sock))
+    stubs = Stubs(rpc.channel(sock), rpc.channel(node_address_for(sock)))
     stubs.network("default", "10.213.0.0/16")
     stubs.import_image("img")
     stubs.nodes.Register(

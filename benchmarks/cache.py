@@ -53,6 +53,7 @@ from benchmarks._common import emit, start_service
 from images import qemu_img
 from images.digest import of_file
 from workspace import rpc
+from workspace.config import node_address_for
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.v1 import images_pb2, images_pb2_grpc
 
@@ -147,9 +148,10 @@ def transfer(tmp: Path, src: Path) -> float:
 
         say(f"uploading {src.stat().st_size // MIB} MiB to the service")
         digest = images.UploadBlob(chunks(), timeout=600).digest
-        nodes = nodes_pb2_grpc.NodesStub(channel)
+        node_address = node_address_for(address)  # the service's Nodes API
+        nodes = nodes_pb2_grpc.NodesStub(rpc.channel(node_address))
         cache = BlobCache(tmp / "transfer-cache")
-        source = service_source("bench", lambda: nodes, address)
+        source = service_source("bench", lambda: nodes, node_address)
         t0 = time.perf_counter()
         cache.ensure(digest, [source], src.stat().st_size)
         took = time.perf_counter() - t0

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import ROOT, emit, start_service
 from tests.functional.harness import WS, Stubs, write_toml
 from workspace import rpc
+from workspace.config import node_address_for
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
 MIB = 1024 * 1024
@@ -212,6 +213,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ws-bench-prop-", dir=args.dir))
     proc, service = start_service(tmp, "heartbeat_interval_s = 1\n")
     stubs = Stubs(rpc.channel(service))
+    service = node_address_for(service)  # what the agents dial: the Nodes API
     try:
         stubs.network()
         say(f"uploading a {args.size_mib} MiB image")

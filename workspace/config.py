@@ -21,6 +21,8 @@ import tomli_w
 from workspace.errors import ConfigError
 
 T = TypeVar("T")
+# 3/4 of workspace.rpc.MAX_MESSAGE_BYTES (16 MiB): the most one node's orders may take.
+MAX_NODE_ORDERS_BYTES = 12 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,26 @@ class LimitsConfig:
     # Largest virtual size a create may give a partition: an extra blank one, or a cow
     # partition it grows.
     max_grow_bytes: int = 1024**4
+    # Longest kernel command line of an image (bytes).
+    max_cmdline_bytes: int = 4096
+    # Signatures one image may carry.
+    max_signatures_per_image: int = 16
+    # Longest wait for capacity a create or cluster may ask for (seconds).
+    max_wait_for_capacity_s: int = 7 * 24 * 3600
+    # Bytes of orders (user-data, cmdlines, signatures, ...) one node may be sent at once:
+    # placement refuses a workspace beyond it. At most MAX_NODE_ORDERS_BYTES (3/4 of the
+    # 16 MiB message limit; the rest is room for the trust policy).
+    max_node_orders_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
+            raise ConfigError(
+                f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
+                f"and {MAX_NODE_ORDERS_BYTES} (3/4 of the gRPC message limit)"
+            )
+        for key in ("max_cmdline_bytes", "max_signatures_per_image", "max_wait_for_capacity_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"limits.{key}: must not be negative, got {getattr(self, key)}")
         if not 1 <= self.max_name_len <= 63:
             raise ConfigError(
                 f"limits.max_name_len: {self.max_name_len} is not between 1 and 63 "
@@ -87,14 +107,40 @@ class LimitsConfig:
             )
 
 
+def node_address_for(listen: str) -> str:
+    """The default Nodes API address beside the client API's: ``unix:/x/service.sock`` ->
+    ``unix:/x/nodes.sock``; ``host:7070`` -> ``host:7071`` (port 0 stays 0: any port)."""
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix:")
+        slash = path.rfind("/")
+        return f"unix:{path[: slash + 1]}nodes.sock"
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen: {listen!r} is neither host:port nor unix:/path")
+    return f"{host}:{int(port) + 1 if int(port) else 0}"
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     # "host:port" for TCP, "unix:/path/to/socket" for a unix socket.
     listen: str = "127.0.0.1:7070"
+    # The Nodes API (agents) on a server of its own: its own address and worker threads,
+    # so clients can never starve agents' streams, reports and heartbeats. Empty: next
+    # to ``listen`` (unix:/x/service.sock -> unix:/x/nodes.sock, host:7070 -> host:7071).
+    node_listen: str = ""
     # SQLAlchemy URL; empty means sqlite:///<data_dir>/service.db
     database_url: str = ""
     data_dir: str = "/var/lib/workspace/service"
+    # Worker threads of the client API (each open watch or upload holds one).
     max_workers: int = 256
+    # Client calls running or queued at once; beyond it RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: int = 512
+    # Open streams (watches, uploads, ...) of one identity; beyond it RESOURCE_EXHAUSTED.
+    max_streams_per_caller: int = 64
+    # Worker threads of the Nodes API (each agent's assignment stream holds one).
+    node_max_workers: int = 256
+    # A blob uploaded but referenced by no image is deleted once it is this old.
+    blob_grace_s: int = 3600
     heartbeat_interval_s: int = 5
     # A node silent for longer than this is DOWN and its workspaces LOST.
     node_grace_s: int = 40
@@ -120,6 +166,22 @@ class ServiceConfig:
             )
         if self.lease_warning_s < 0:
             raise ConfigError(f"lease_warning_s: must be 0 or more, got {self.lease_warning_s}")
+        for key in ("max_workers", "max_concurrent_rpcs", "max_streams_per_caller"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        if self.node_max_workers < 1:
+            raise ConfigError(f"node_max_workers: must be at least 1, got {self.node_max_workers}")
+        if self.blob_grace_s < 0:
+            raise ConfigError(f"blob_grace_s: must not be negative, got {self.blob_grace_s}")
+        if self.node_address == self.listen and not self.listen.endswith(":0"):
+            raise ConfigError(
+                f"node_listen: the Nodes API needs an address of its own, not {self.listen}"
+            )
+
+    @property
+    def node_address(self) -> str:
+        """Where the Nodes API listens: ``node_listen``, or next to ``listen``."""
+        return self.node_listen or node_address_for(self.listen)
 
     @property
     def db_url(self) -> str:
@@ -166,7 +228,9 @@ class NodeNetworkConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     node: str = field(default_factory=socket.gethostname)
-    service: str = "127.0.0.1:7070"
+    # The service's Nodes API (its ``node_listen``; by default the port after the client
+    # API's, or nodes.sock beside its service.sock).
+    service: str = "127.0.0.1:7071"
     driver: str = "fake"
     state_dir: str = "/var/lib/workspace/agent"
     # Empty: <state_dir>/cache

@@ -6,6 +6,7 @@ from a TlsConfig: when it is set, both sides use mutual TLS; no call site change
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
@@ -46,11 +47,19 @@ def channel(address: str, tls: TlsConfig | None = None) -> grpc.Channel:
     return grpc.insecure_channel(address, options=_OPTIONS)
 
 
-def server(max_workers: int = 64) -> grpc.Server:
+def server(
+    max_workers: int = 64,
+    maximum_concurrent_rpcs: int | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    thread_name_prefix: str = "rpc",
+) -> grpc.Server:
+    """A server with its own pool of ``max_workers`` threads; calls beyond
+    ``maximum_concurrent_rpcs`` (running or queued) are refused with RESOURCE_EXHAUSTED."""
     return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix),
         options=_SERVER_OPTIONS,
-        maximum_concurrent_rpcs=None,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
 
 

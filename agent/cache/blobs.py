@@ -107,9 +107,18 @@ class BlobCache:
         self.blob_dir = root / "blobs" / "sha256"
         self.partial_dir = root / "partial"
         self.quarantine_dir = root / "quarantine"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(root, 0o755)
+        # QEMU (an unprivileged user) opens cached bases, kernels and initrds through
+        # root/blobs/sha256: those directories are traverse-only for others (0711), the
+        # files 0600 (libvirt's dynamic ownership chowns the ones a domain uses). Partial
+        # downloads stay private (0700).
+        for d, mode in (
+            (root, 0o711),
+            (root / "blobs", 0o711),
+            (self.blob_dir, 0o711),
+            (self.partial_dir, 0o700),
+        ):
+            d.mkdir(parents=True, exist_ok=True, mode=mode)
+            os.chmod(d, mode)
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._entries: dict[str, _Entry] = {}  # hex → entry
@@ -131,6 +140,8 @@ class BlobCache:
                 path.unlink(missing_ok=True)
                 continue
             st = path.stat()
+            if st.st_mode & 0o077:  # cached by an agent that wrote blobs 0644
+                os.chmod(path, 0o600)
             self._entries[name] = _Entry(st.st_size, self._last_use(name, st.st_mtime))
         for name in self.stamps.names():
             if name not in self._entries:
@@ -395,7 +406,7 @@ class BlobCache:
             raise _BadData(
                 f"blob {digest}: the bytes from {src.name} hash to {got}; discarded", resumed
             )
-        os.chmod(partial, 0o644)
+        os.chmod(partial, 0o600)
         final = self.blob_dir / hx
         os.replace(partial, final)
         integrity.record(final, hx, self.stamps)  # what was just hashed

@@ -48,6 +48,8 @@ def wait_for(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "cond
 @dataclass
 class Stubs:
     channel: grpc.Channel
+    # The Nodes API's own server (``node_listen``); None: the same channel.
+    node_channel: grpc.Channel | None = None
     ws: workspaces_pb2_grpc.WorkspacesStub = field(init=False)
     images: images_pb2_grpc.ImagesStub = field(init=False)
     admin: admin_pb2_grpc.AdminStub = field(init=False)
@@ -57,7 +59,9 @@ class Stubs:
         self.ws = workspaces_pb2_grpc.WorkspacesStub(self.channel)
         self.images = images_pb2_grpc.ImagesStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
-        self.nodes = nodes_pb2_grpc.NodesStub(self.channel)
+        if self.node_channel is None:
+            self.node_channel = self.channel
+        self.nodes = nodes_pb2_grpc.NodesStub(self.node_channel)
 
     # -- conveniences used by many tests -------------------------------------------------
 
@@ -127,11 +131,17 @@ class Site:
         self.service: Service | None = None
         self.agents: dict[str, Agent] = {}
         self.start_service()
-        self.stubs = Stubs(rpc.channel(self.cfg.listen))
+        self.stubs = Stubs(rpc.channel(self.cfg.listen), rpc.channel(self.cfg.node_address))
 
     @property
     def address(self) -> str:
+        """The client API."""
         return self.cfg.listen
+
+    @property
+    def node_address(self) -> str:
+        """The Nodes API, which agents dial."""
+        return self.cfg.node_address
 
     def start_service(self) -> None:
         self.service = Service(self.cfg)
@@ -143,7 +153,7 @@ class Site:
             self.service = None
 
     def add_agent(self, node: str = "node1", **kw: Any) -> Agent:
-        cfg = agent_config(self.tmp, node, self.address, **kw)
+        cfg = agent_config(self.tmp, node, self.node_address, **kw)
         agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
         agent.start()
         self.agents[node] = agent
@@ -163,6 +173,8 @@ class Site:
         for node in list(self.agents):
             self.stop_agent(node)
         self.stubs.channel.close()
+        if self.stubs.node_channel is not None:
+            self.stubs.node_channel.close()
         self.stop_service()
 
 

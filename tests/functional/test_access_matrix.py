@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.functional.harness import service_config
 from workspace import pki
+from workspace.config import ServiceConfig
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.service.main import Service
@@ -66,9 +67,15 @@ class Caller:
     projects: projects_pb2_grpc.ProjectsStub
     nodes: nodes_pb2_grpc.NodesStub
     health: health_pb2_grpc.HealthStub
+    node_channel: grpc.Channel
+
+    def close(self) -> None:
+        self.channel.close()
+        self.node_channel.close()
 
     @classmethod
-    def of(cls, channel: grpc.Channel) -> Caller:
+    def of(cls, channel: grpc.Channel, node_channel: grpc.Channel) -> Caller:
+        """Stubs on the client API's channel; the Nodes API has a server of its own."""
         return cls(
             channel,
             workspaces_pb2_grpc.WorkspacesStub(channel),
@@ -77,19 +84,23 @@ class Caller:
             trust_pb2_grpc.TrustStub(channel),
             admin_pb2_grpc.AdminStub(channel),
             projects_pb2_grpc.ProjectsStub(channel),
-            nodes_pb2_grpc.NodesStub(channel),
+            nodes_pb2_grpc.NodesStub(node_channel),
             health_pb2_grpc.HealthStub(channel),
+            node_channel,
         )
 
 
-def connect(address: str, ca_file: Path, identity_dir: Path | None) -> Caller:
+def connect(cfg: ServiceConfig, ca_file: Path, identity_dir: Path | None) -> Caller:
     creds = grpc.ssl_channel_credentials(
         root_certificates=ca_file.read_bytes(),
         private_key=(identity_dir / "key.pem").read_bytes() if identity_dir else None,
         certificate_chain=(identity_dir / "cert.pem").read_bytes() if identity_dir else None,
     )
     options = [("grpc.ssl_target_name_override", "localhost")]
-    return Caller.of(grpc.secure_channel(address, creds, options=options))
+    return Caller.of(
+        grpc.secure_channel(cfg.listen, creds, options=options),
+        grpc.secure_channel(cfg.node_address, creds, options=options),
+    )
 
 
 @dataclass
@@ -103,7 +114,7 @@ class World:
     tmp: Path
 
     def connect(self, identity_dir: Path | None) -> Caller:
-        return connect(self.service.cfg.listen, self.ca.dir / "ca.pem", identity_dir)
+        return connect(self.service.cfg, self.ca.dir / "ca.pem", identity_dir)
 
 
 def issue(ca: pki.CA, tmp: Path, label: str, ident: Identity, hosts: tuple[str, ...] = ()) -> Path:
@@ -139,8 +150,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     service = Service(cfg)
     service.start()
-    callers = {"none": connect(cfg.listen, ca.dir / "ca.pem", None)}
-    callers.update({label: connect(cfg.listen, ca.dir / "ca.pem", d) for label, d in dirs.items()})
+    callers = {"none": connect(cfg, ca.dir / "ca.pem", None)}
+    callers.update({label: connect(cfg, ca.dir / "ca.pem", d) for label, d in dirs.items()})
     try:
         admin, a, n1 = callers["admin"], callers["A"], callers["n1"]
         admin.admin.CreateNetwork(admin_pb2.Network(name="default", subnet="10.77.0.0/24"))
@@ -169,7 +180,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(service, ca, dirs, callers, ws.id, digest, tmp)
     finally:
         for c in callers.values():
-            c.channel.close()
+            c.close()
         service.stop(0)
 
 
@@ -499,8 +510,8 @@ def test_a_node_name_stays_with_its_certificate_until_revoked(world: World) -> N
             grpc.StatusCode.UNAUTHENTICATED
         )
     finally:
-        first_cert.channel.close()
-        second.channel.close()
+        first_cert.close()
+        second.close()
 
 
 def test_a_revoked_user_is_refused_at_once(world: World) -> None:
@@ -518,7 +529,7 @@ def test_a_revoked_user_is_refused_at_once(world: World) -> None:
         assert err is not None and err.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in err.details()
     finally:
-        dave.channel.close()
+        dave.close()
 
 
 def test_a_revoked_node_loses_its_order_stream(world: World) -> None:
@@ -536,7 +547,7 @@ def test_a_revoked_node_loses_its_order_stream(world: World) -> None:
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert time.monotonic() - started < 15
     finally:
-        n4.channel.close()
+        n4.close()
 
 
 def test_an_admins_image_outside_projects_is_a_site_image(world: World) -> None:
@@ -570,5 +581,5 @@ def test_an_admin_removing_a_node_frees_its_name(world: World) -> None:
         assert code_of(lambda: old.nodes.ReportStatus(report)) is grpc.StatusCode.PERMISSION_DENIED
         new.nodes.ReportStatus(report)
     finally:
-        old.channel.close()
-        new.channel.close()
+        old.close()
+        new.close()

@@ -40,7 +40,7 @@ class Daemons:
             agent_config(
                 tmp,
                 "node1",
-                self.sock,
+                f"unix:{tmp / 'nodes.sock'}",  # the service's node_listen beside svc.sock
                 state_dir=str(self.agent_state),
                 cpus=16,
                 memory_mib=32768,

@@ -32,7 +32,9 @@ def test_site_configs_load(tmp_path: Path, driver: str) -> None:
     write_configs(site.dir, site.address, site.node_specs(), driver, "qemu", {"local": URI})
     svc = config.load(ServiceConfig, site.service_config)
     agent = config.load(AgentConfig, site.agent_config)
-    assert svc.listen == agent.service == f"unix:{site.dir}/service.sock"
+    assert svc.listen == f"unix:{site.dir}/service.sock"
+    # Agents dial the Nodes API's own socket, which the service listens on.
+    assert agent.service == svc.node_address == f"unix:{site.dir}/nodes.sock"
     assert svc.data_dir.startswith(str(site.dir)) and agent.state_dir.startswith(str(site.dir))
     assert (agent.driver, agent.node, agent.networks[0].name) == (driver, "local", "default")
     if driver == "libvirt":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar, cast
 
@@ -21,15 +22,21 @@ STREAM_POLL_S = 5.0
 
 
 def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
-    """End the call with the status of ``exc`` (INTERNAL, logged, if unexpected)."""
+    """End the call with the status of ``exc``. An unexpected exception becomes INTERNAL
+    with the method and an incident id, never its text (which may show paths, SQL or
+    other users' data): the text and traceback go to the log under the same id."""
     if isinstance(exc, Unauthenticated):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
     if isinstance(exc, WorkspaceError):
         if not exc.expected:
             log.error("%s failed: %s", method, exc.message)
         context.abort(rpc_status.status_of(exc), exc.message)
-    log.exception("%s failed unexpectedly", method)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {exc}")
+    incident = uuid.uuid4().hex[:12]
+    log.exception("%s failed unexpectedly (incident %s)", method, incident)
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {method} (incident {incident}); the service's log has the details",
+    )
 
 
 class Guarded(Protocol):

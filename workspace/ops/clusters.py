@@ -21,7 +21,7 @@ from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from workspace.identity import Identity
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
-from workspace.ops.create import check_networks, check_spec, new_row
+from workspace.ops.create import check_networks, check_spec, check_wait, new_row
 from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.operate import check_lease
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
@@ -103,6 +103,7 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
     """Create a cluster of the caller: all members placed, queued, or refused whole (also
     when they would take its project over a quota)."""
     check_request(req)
+    check_wait(req.wait_for_capacity_s, env.cfg.limits)
     with write(env) as u:
         s = u.s
         sc = scope(s, who)

@@ -54,6 +54,15 @@ def check_name(name: str, lim: LimitsConfig) -> None:
         )
 
 
+def check_wait(wait_s: int, lim: LimitsConfig) -> None:
+    """A wait for capacity of 0 to ``max_wait_for_capacity_s``, or InvalidArgument."""
+    if not 0 <= wait_s <= lim.max_wait_for_capacity_s:
+        raise InvalidArgument(
+            f"wait_for_capacity_s must be between 0 and {lim.max_wait_for_capacity_s} s "
+            f"(limits.max_wait_for_capacity_s), got {wait_s}"
+        )
+
+
 def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
     """The spec with its defaults filled in, or InvalidArgument saying what is wrong."""
     if spec.name:
@@ -237,8 +246,7 @@ def create(env: Env, who: Identity | str, req: CreateRequest) -> WorkspaceView:
         if prior is not None:
             return workspace_views(u.s, [prior])[0]
         # 2. arguments
-        if req.wait_for_capacity_s < 0:
-            raise InvalidArgument("wait_for_capacity_s must not be negative")
+        check_wait(req.wait_for_capacity_s, env.cfg.limits)
         spec = check_spec(req.spec, env.cfg.limits)
         # 3. prerequisites
         spec = replace(

@@ -94,12 +94,53 @@ class Catalog:
             # file between the rename and the row.
             with env.store.write() as s:
                 self.blobs.commit(tmp, digest)
-                if s.get(Blob, digest) is None:
+                row = s.get(Blob, digest)
+                if row is None:
                     s.add(Blob(digest=digest, size_bytes=size, created_at=env.clock()))
+                else:  # uploaded again: its grace period starts again
+                    row.created_at = env.clock()
         finally:
             tmp.unlink(missing_ok=True)
         log.info("blob %s stored (%d bytes)", digest, size)
+        self.collect_blobs()
         return digest, size
+
+    def collect_blobs(self) -> list[str]:
+        """Delete the blobs that no image and no live workspace references and that were
+        uploaded more than ``blob_grace_s`` ago (files without a row: by their mtime);
+        returns their digests. Runs after each upload: unimported blobs only ever come
+        from uploads, so they never pile up beyond one grace period's worth."""
+        env = self.env
+        cutoff = env.clock() - env.cfg.blob_grace_s
+        with env.store.write_lock:
+            with env.store.write() as s:
+                uploaded = {
+                    d: at for d, at in s.execute(select(Blob.digest, Blob.created_at)).all()
+                }
+                for d in self.blobs.digests():
+                    if d not in uploaded:
+                        uploaded[d] = self.blobs.mtime(d)
+                old = {d for d, at in uploaded.items() if at < cutoff}
+                if not old:
+                    return []
+                gone = sorted(old - _referenced(s))
+                for d in gone:
+                    row = s.get(Blob, d)
+                    if row is not None:
+                        s.delete(row)
+            freed = sum(self.blobs.size(d) for d in gone if self.blobs.has(d))
+            for d in gone:
+                self.blobs.remove(d)
+            self.blobs.remove_stale_temp(cutoff)
+        if gone:
+            log.info(
+                "%d blob(s) never imported removed after %d s (%d bytes): %s",
+                len(gone),
+                env.cfg.blob_grace_s,
+                freed,
+                ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
+            )
+        return gone
 
     def has_blobs(self, digests: Iterable[str]) -> list[str]:
         """The digests (in the order given, once each) the repository does not hold."""
@@ -200,6 +241,12 @@ class Catalog:
             raise InvalidArgument(f"image {req.image}: nothing to boot (no partition, no kernel)")
         if bool(req.initrd_digest) and not req.kernel_digest:
             raise InvalidArgument(f"image {req.image}: an initrd needs a kernel")
+        limit = self.env.cfg.limits.max_cmdline_bytes
+        if len(req.cmdline.encode()) > limit:
+            raise InvalidArgument(
+                f"image {req.image}: the kernel cmdline is {len(req.cmdline.encode())} bytes, "
+                f"more than the {limit} allowed (limits.max_cmdline_bytes)"
+            )
         if len(req.partitions) > manifest.MAX_PARTITIONS:
             raise InvalidArgument(
                 f"image {req.image}: at most {manifest.MAX_PARTITIONS} partitions, "
@@ -336,14 +383,7 @@ class Catalog:
                 s.delete(img)
                 trust.delete_signatures(s, name)
                 s.flush()
-                still: set[str] = set()
-                for other in s.execute(select(Image)).scalars():
-                    still |= set(image_spec(other).digests())
-                for w in s.execute(
-                    select(Workspace).where(Workspace.state != State.TERMINATED.value)
-                ).scalars():
-                    still |= set(bound_spec(w).digests())
-                gone = sorted(mine - still)
+                gone = sorted(mine - _referenced(s))
                 for d in gone:
                     row = s.get(Blob, d)
                     if row is not None:
@@ -370,3 +410,14 @@ class Catalog:
             owned = self._owned_digests(s, owner)
             used = sum(self._sizes(s, owned).values())
         return RepositoryUsage(owner, used, self.env.cfg.limits.repo_quota_bytes_per_user)
+
+
+def _referenced(s: Session) -> set[str]:
+    """The digests an image or a live workspace uses."""
+    still: set[str] = set()
+    for img in s.execute(select(Image)).scalars():
+        still |= set(image_spec(img).digests())
+    live = select(Workspace).where(Workspace.state != State.TERMINATED.value)
+    for w in s.execute(live).scalars():
+        still |= set(bound_spec(w).digests())
+    return still

@@ -21,6 +21,7 @@ from workspace import ipam, scheduler
 from workspace.config import ServiceConfig
 from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
+from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
 from workspace.store import IpAllocation, Network, Node, Workspace
 from workspace.store.mapping import bound_spec, set_reason
 
@@ -96,6 +97,10 @@ def place_rows(
         what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
         raise NoPlacement(f"{what} does not fit: {result.reason()}")
     _check_addresses(s, rows)
+    try:  # the node's orders must still fit in one message (ops/order_size.py)
+        check_orders_fit(s, cfg.limits, rows, [p.node or "" for p in result.placements])
+    except OrdersTooLarge as exc:
+        raise NoPlacement(exc.message) from exc
     # Nothing below can fail for want of capacity: the caller's transaction stays whole.
     touched: list[str] = []
     for ws, p in zip(rows, result.placements, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -16,14 +16,12 @@ from workspace.errors import InvalidArgument, NotFound, PermissionDenied
 from workspace.ops import trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
+from workspace.ops.order_size import MAX_SOURCES
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
 from workspace.store.mapping import bound_spec, cache_column, nics, set_reason, shown_reason
 
 log = logging.getLogger("workspace.ops.reports")
-
-# Peers named as sources of one blob in an order.
-MAX_SOURCES = 3
 
 
 def _back(node: Node) -> None:
@@ -106,6 +104,62 @@ def register(
 # -- orders ----------------------------------------------------------------------------------
 
 
+def live_rows(s: Session, node_name: str) -> list[Workspace]:
+    """The workspaces ``node_name`` should hold (not terminated, nor to be)."""
+    return list(
+        s.execute(
+            select(Workspace)
+            .where(
+                Workspace.node == node_name,
+                Workspace.desired_state != Desired.TERMINATED.value,
+                Workspace.state != State.TERMINATED.value,
+            )
+            .order_by(Workspace.id)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def build_orders(
+    s: Session, node_name: str, rows: Sequence[Workspace], with_envelopes: bool = True
+) -> tuple[Order, ...]:
+    """The order of each row as ``node_name`` is sent it (its NICs as allocated now)."""
+    nics_of = nics(s, [w.id for w in rows])
+    specs = {w.id: bound_spec(w) for w in rows}
+    envelopes: dict[str, tuple[str, ...]] = {}
+    if with_envelopes:
+        for w in rows:
+            if w.image not in envelopes:
+                envelopes[w.image] = tuple(trust.envelopes(s, w.image))
+    wanted = {p.digest for spec in specs.values() for p in spec.partitions if p.digest}
+    sources = peer_sources(s, node_name, wanted)
+    return tuple(
+        Order(
+            workspace_id=w.id,
+            name=w.name,
+            hostname=w.name,
+            desired=Desired(w.desired_state),
+            cpus=w.cpus,
+            memory_mib=w.memory_mib,
+            image=w.image,
+            disks=tuple(Disk(p, tuple(sources.get(p.digest, ()))) for p in specs[w.id].partitions),
+            nics=nics_of.get(w.id, ()),
+            kernel_digest=specs[w.id].kernel_digest,
+            initrd_digest=specs[w.id].initrd_digest,
+            cmdline=specs[w.id].cmdline,
+            reboot_count=w.reboot_count,
+            stop_timeout_s=w.stop_timeout_s,
+            force_stop=w.force_stop,
+            user_data=w.user_data,
+            # Bound order: what the service verified at create.
+            envelopes=envelopes.get(w.image, ()),
+            verified_digests=tuple(specs[w.id].digests()),
+        )
+        for w in rows
+    )
+
+
 def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
     """Everything ``node_name`` should make real now (asked with ``cert_serial``: only
     the certificate bound to the node may read them)."""
@@ -114,55 +168,8 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
         if node is None:
             raise NotFound(f"node {node_name} is not registered")
         check_bound(node, cert_serial)
-        rows = (
-            s.execute(
-                select(Workspace)
-                .where(
-                    Workspace.node == node_name,
-                    Workspace.desired_state != Desired.TERMINATED.value,
-                    Workspace.state != State.TERMINATED.value,
-                )
-                .order_by(Workspace.id)
-            )
-            .scalars()
-            .all()
-        )
-        nics_of = nics(s, [w.id for w in rows])
-        specs = {w.id: bound_spec(w) for w in rows}
+        out = build_orders(s, node_name, live_rows(s, node_name), env.check_trust)
         policy, stop_on_revoke = trust.node_policy(s) if env.check_trust else (None, False)
-        envelopes: dict[str, tuple[str, ...]] = {}
-        if env.check_trust:
-            for w in rows:
-                if w.image not in envelopes:
-                    envelopes[w.image] = tuple(trust.envelopes(s, w.image))
-        wanted = {p.digest for spec in specs.values() for p in spec.partitions if p.digest}
-        sources = peer_sources(s, node_name, wanted)
-        out = tuple(
-            Order(
-                workspace_id=w.id,
-                name=w.name,
-                hostname=w.name,
-                desired=Desired(w.desired_state),
-                cpus=w.cpus,
-                memory_mib=w.memory_mib,
-                image=w.image,
-                disks=tuple(
-                    Disk(p, tuple(sources.get(p.digest, ()))) for p in specs[w.id].partitions
-                ),
-                nics=nics_of[w.id],
-                kernel_digest=specs[w.id].kernel_digest,
-                initrd_digest=specs[w.id].initrd_digest,
-                cmdline=specs[w.id].cmdline,
-                reboot_count=w.reboot_count,
-                stop_timeout_s=w.stop_timeout_s,
-                force_stop=w.force_stop,
-                user_data=w.user_data,
-                # Bound order: what the service verified at create.
-                envelopes=envelopes.get(w.image, ()),
-                verified_digests=tuple(specs[w.id].digests()),
-            )
-            for w in rows
-        )
         cached = set(node.cached_digests or ())
         return NodeOrders(
             generation=env.notifier.generation(node_name),

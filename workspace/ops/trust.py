@@ -33,6 +33,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
+from workspace.ops.order_size import check_signature_fits
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
@@ -49,8 +50,6 @@ from workspace.store.models import (
 
 log = logging.getLogger("workspace.ops.trust")
 
-# Signatures one image may carry.
-MAX_SIGNATURES = 16
 MAX_ENVELOPE_BYTES = 65536
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10000
@@ -419,8 +418,12 @@ def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str)
             _record_surviving(env, s, [entry])
             raise PermissionDenied(f"{what} refused: {problem}")
         if envelope not in have:
-            if len(have) >= MAX_SIGNATURES:
-                raise ResourceExhausted(f"image {image_name} already has {len(have)} signatures")
+            if len(have) >= env.cfg.limits.max_signatures_per_image:
+                raise ResourceExhausted(
+                    f"image {image_name} already has {len(have)} signatures, the most one "
+                    "image may carry (limits.max_signatures_per_image)"
+                )
+            check_signature_fits(s, env.cfg.limits, image_name, envelope)
             s.add(
                 ImageSignature(
                     image=image_name, envelope=envelope, key_id=kids[0], added_at=env.clock()

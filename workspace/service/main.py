@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -18,13 +19,14 @@ from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
 from workspace.edge.images import ImagesServicer
+from workspace.edge.limits import StreamCap
 from workspace.edge.nodes import NodesServicer
 from workspace.edge.projects import ProjectsServicer
 from workspace.edge.trust import TrustServicer
 from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError
 from workspace.log import setup as setup_logging
-from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+from workspace.node.v1 import nodes_pb2_grpc
 from workspace.ops import leases, liveness, queue
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
@@ -56,11 +58,20 @@ class Service:
 
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
-        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        # The store and the blobs are the service's alone (file modes: store/db.py, blobs.py).
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(cfg.data_dir).chmod(0o700)
         self.store = Store(cfg.db_url, migrate_in_child=True)
         self.notifier = Notifier()
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
-        self.server = rpc.server(cfg.max_workers)
+        # Clients and agents on two servers, each with its own threads (limits: the
+        # stream cap per identity; node_server: the Nodes API, never starved by clients).
+        self.stream_cap = StreamCap(cfg.max_streams_per_caller, cfg.default_owner)
+        self.server = rpc.server(cfg.max_workers, cfg.max_concurrent_rpcs, [self.stream_cap])
+        self.node_stream_cap = StreamCap(cfg.max_streams_per_caller, cfg.default_owner)
+        self.node_server = rpc.server(
+            cfg.node_max_workers, None, [self.node_stream_cap], thread_name_prefix="nodes"
+        )
         # The servicers: each decodes, calls an operation (workspace/ops), encodes.
         self.workspaces = WorkspacesServicer(self.env)
         self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)))
@@ -73,17 +84,17 @@ class Service:
         images_pb2_grpc.add_ImagesServicer_to_server(self.catalog, self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
         clusters_pb2_grpc.add_ClustersServicer_to_server(self.clusters, self.server)
-        nodes_pb2_grpc.add_NodesServicer_to_server(self.nodes, self.server)
+        nodes_pb2_grpc.add_NodesServicer_to_server(self.nodes, self.node_server)
         trust_pb2_grpc.add_TrustServicer_to_server(self.trust, self.server)
         projects_pb2_grpc.add_ProjectsServicer_to_server(self.projects, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.node_server)
         names = [
             workspaces_pb2.DESCRIPTOR.services_by_name["Workspaces"].full_name,
             images_pb2.DESCRIPTOR.services_by_name["Images"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             clusters_pb2.DESCRIPTOR.services_by_name["Clusters"].full_name,
-            nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
             trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name,
             projects_pb2.DESCRIPTOR.services_by_name["Projects"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -91,23 +102,27 @@ class Service:
         ]
         reflection.enable_server_reflection(names, self.server)
         self.port = 0
+        self.node_port = 0
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._watch_nodes, name="liveness", daemon=True)
         self._queue_thread = threading.Thread(target=self._run_queue, name="queue", daemon=True)
         self._lease_thread = threading.Thread(target=self._run_leases, name="leases", daemon=True)
 
     def start(self) -> None:
-        if self.cfg.listen.startswith("unix:"):
-            Path(self.cfg.listen.removeprefix("unix:").removeprefix("//")).unlink(missing_ok=True)
-        self.port = rpc.bind(self.server, self.cfg.listen, self.cfg.tls)
-        if self.port == 0 and not self.cfg.listen.startswith("unix:"):
-            raise ConfigError(f"listen: cannot bind {self.cfg.listen}")
+        self.port = _bind(self.server, "listen", self.cfg.listen, self.cfg)
+        self.node_port = _bind(self.node_server, "node_listen", self.cfg.node_address, self.cfg)
+        self.node_server.start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._monitor.start()
         self._queue_thread.start()
         self._lease_thread.start()
-        log.info("workspace-service listening on %s (store %s)", self.cfg.listen, self.cfg.db_url)
+        log.info(
+            "workspace-service listening on %s, nodes on %s (store %s)",
+            self.cfg.listen,
+            self.cfg.node_address,
+            self.cfg.db_url,
+        )
 
     def _watch_nodes(self) -> None:
         interval = max(0.5, min(5.0, self.cfg.node_grace_s / 4))
@@ -140,10 +155,21 @@ class Service:
         self.health.enter_graceful_shutdown()
         self.notifier.close()
         self.server.stop(grace_s).wait()
+        self.node_server.stop(grace_s).wait()
         self.store.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+def _bind(server: grpc.Server, key: str, address: str, cfg: ServiceConfig) -> int:
+    """Bind ``server`` to ``address`` (config ``key``); returns the port (0: unix socket)."""
+    if address.startswith("unix:"):
+        Path(address.removeprefix("unix:").removeprefix("//")).unlink(missing_ok=True)
+    port = rpc.bind(server, address, cfg.tls)
+    if port == 0 and not address.startswith("unix:"):
+        raise ConfigError(f"{key}: cannot bind {address}")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,8 @@ def service_config(site_dir: Path, address: str) -> ServiceConfig:
     return ServiceConfig(
         # A unix socket: reachable from outside the site's network namespace.
         listen=address,
+        # Agents dial the Nodes API on a socket of its own (nodes.sock beside it).
+        node_listen=config.node_address_for(address),
         # The store (SQLite) and the image blobs.
         data_dir=str(site_dir / "service"),
         heartbeat_interval_s=5,
@@ -85,7 +87,7 @@ def service_config(site_dir: Path, address: str) -> ServiceConfig:
 def agent_config(
     spec: NodeSpec, address: str, driver: str, libvirt_uri: str, virt_type: str
 ) -> AgentConfig:
-    """The agent of one node of a local site.
+    """The agent of one node of a local site (``address``: the service's Nodes API).
 
     Capacity 0 = what this host has (every node of a site of several announces all of
     it). With the fake driver there is no traffic: no bridge address, no DHCP server,
@@ -136,5 +138,6 @@ def write_configs(
         head = header(site_dir, AGENT_CONFIG)
         if len(specs) > 1:
             head += f"Node {i} of {len(specs)} on this machine.\n"
-        cfg = agent_config(spec, address, driver, libvirt_uris.get(spec.name, ""), virt_type)
+        node_address = config.node_address_for(address)  # the service's node_listen
+        cfg = agent_config(spec, node_address, driver, libvirt_uris.get(spec.name, ""), virt_type)
         config.write(spec.config, cfg, head, skip_defaults=False)

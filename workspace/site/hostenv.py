@@ -56,6 +56,8 @@ from workspace.hostproc import (
     stop_process,
     terminate_all,
 )
+from workspace.site import qemu_access
+from workspace.site.qemu_access import QEMU_GROUP, QEMU_USER
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +93,22 @@ VIRTLOGD_CONF = """\
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
 """
 
-# QEMU runs as root: no file needs to be chowned or made readable for another user,
-# whatever directory the agent keeps disks, kernels and console logs in. libvirt still
-# drops QEMU's capabilities (clear_emulator_capabilities), so files owned by another
-# user must be readable by "other".
-QEMU_CONF = """\
+# QEMU runs as an unprivileged user (workspace.site.qemu_access: libvirt-qemu, group
+# kvm for /dev/kvm). libvirt's DAC driver, always stacked by a privileged libvirtd,
+# chowns the files of a running domain (disks and their backing files, kernel, initrd)
+# to that user and back; remember_owner keeps a reference count in xattrs, so a base
+# shared by several domains goes back to its owner only when the last one stops. Only
+# the MAC drivers are off (security_driver = "none"): AppArmor would write profiles
+# into the host's /etc/apparmor.d, outside the site, from a libvirtd that is not the
+# host's. Console logs are written by virtlogd (root).
+QEMU_CONF = f"""\
 # Written by workspace.site.hostenv for this site's private libvirtd.
-user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
+# QEMU runs unprivileged; libvirt chowns each domain's files to it while it runs.
+user = "{QEMU_USER}"
+group = "{QEMU_GROUP}"
+dynamic_ownership = 1
+remember_owner = 1
+# No MAC driver (AppArmor, SELinux) for a private libvirtd; DAC above stays on.
 security_driver = "none"
 stdio_handler = "logd"
 """
@@ -209,8 +217,9 @@ def check_host() -> list[str]:
     for tool in ("ip", "unshare", "nsenter", "libvirtd", "virtlogd"):
         if shutil.which(tool) is None:
             problems.append(f"{tool} not found")
-    # libvirt's QEMU driver resolves its build-time user and group at start-up, even
-    # when qemu.conf says root (Debian builds with libvirt-qemu:libvirt-qemu).
+    # QEMU runs as libvirt-qemu (group kvm), and libvirt's QEMU driver also resolves its
+    # build-time group at start-up (Debian builds with libvirt-qemu:libvirt-qemu); up()
+    # creates them where missing (qemu_access.ensure_account).
     try:
         pwd.getpwnam("libvirt-qemu")
     except KeyError:
@@ -277,6 +286,9 @@ class HostEnv:
 
     def up(self) -> None:
         """Create what is missing: namespace, config, daemons; wait until libvirtd answers."""
+        if os.geteuid() == 0:
+            for made in qemu_access.ensure_account():
+                log.info("created %s (QEMU of the site runs as %s)", made, QEMU_USER)
         problems = check_host()
         if problems:
             raise errors.FailedPrecondition(
@@ -290,6 +302,9 @@ class HostEnv:
                 f"({self.libvirt_socket}: more than {UNIX_PATH_MAX} bytes); use a shorter one"
             )
         with self._locked():
+            # QEMU (unprivileged) must be able to reach the site's disks and kernels.
+            for d in qemu_access.ensure_traversable(self.site_dir):
+                log.warning("gave %s search permission (ACL --x) on %s", QEMU_USER, d)
             create_netns(self.netns)
             self._write_config()
             inode = netns_inode(self.netns)

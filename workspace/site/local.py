@@ -118,6 +118,7 @@ SITE_ENTRIES = (
     f".{SERVICE_CONFIG}.tmp",
     "service.log",
     "service.sock",
+    "nodes.sock",  # the service's Nodes API (agents)
     "service",  # the service's data_dir: database and image blobs
     NODES_DIR,
 )
@@ -483,9 +484,10 @@ class LocalSite:
         status.wait_nodes_ready(self.address, names, started, deadline, self._log_of)
 
     def _remove_socket(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
-                self.socket_path.unlink()
+        for path in (self.socket_path, self.dir / "nodes.sock"):  # clients', agents'
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
 
     # -- stop --------------------------------------------------------------------------
 

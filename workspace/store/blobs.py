@@ -38,8 +38,13 @@ def check_digest(digest: str) -> str:
 class BlobRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        # Only the service reads blobs (it serves them): 0700 directories, 0600 files.
+        for d in (root, root / "sha256", root / "tmp"):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
+        for p in (root / "sha256").iterdir():  # stored 0644 by earlier versions
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
         self.bad_dir = root / "bad"
         self.stamps = integrity.Stamps(root / "verified")
         self._lock = threading.Lock()
@@ -69,7 +74,7 @@ class BlobRepository:
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)
             return Path(tmp), h.digest(), h.size_bytes
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -163,3 +168,28 @@ class BlobRepository:
 
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
+
+    def mtime(self, digest: str) -> float:
+        return self.path(digest).stat().st_mtime
+
+    def digests(self) -> list[str]:
+        """Every digest held (files named by a sha256 hex)."""
+        out = []
+        for p in (self.root / "sha256").iterdir():
+            try:
+                out.append(digests.check(f"sha256:{p.name}"))
+            except digests.DigestError:
+                continue
+        return out
+
+    def remove_stale_temp(self, before: float) -> int:
+        """Delete temp files of uploads last written before ``before`` (left by a crash)."""
+        n = 0
+        for p in (self.root / "tmp").iterdir():
+            try:
+                if p.stat().st_mtime < before:
+                    p.unlink()
+                    n += 1
+            except FileNotFoundError:
+                continue
+        return n

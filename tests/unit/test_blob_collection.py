@@ -1,0 +1,89 @@
+"""Blobs uploaded but never imported are collected after blob_grace_s (injected clock)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from images.model import ImageSpec, Mode, Partition
+from workspace.config import ServiceConfig, load
+from workspace.ops.events import Notifier
+from workspace.ops.images import Catalog
+from workspace.ops.unit import Env
+from workspace.store import Blob, Store
+from workspace.store.blobs import BlobRepository
+
+GRACE_S = 3600
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> tuple[Catalog, Clock]:
+    cfg = load(ServiceConfig, None, data_dir=str(tmp_path), blob_grace_s=GRACE_S)
+    clock = Clock()
+    env = Env.of(cfg, Store(f"sqlite:///{tmp_path}/db.sqlite"), Notifier(), clock=clock)
+    return Catalog(env, BlobRepository(tmp_path / "blobs")), clock
+
+
+def _rows(c: Catalog) -> set[str]:
+    with c.env.store.read() as s:
+        return set(s.execute(select(Blob.digest)).scalars())
+
+
+def _import(c: Catalog, name: str, digest: str) -> None:
+    part = Partition("root", Mode.COW, digest, format="raw")
+    c.import_image("alice", ImageSpec(name, (part,)))
+
+
+def test_an_unimported_blob_is_collected_once_its_grace_is_over(
+    catalog: tuple[Catalog, Clock],
+) -> None:
+    c, clock = catalog
+    kept, orphan = (c.upload_blob([bytes([i]) * 4096])[0] for i in (1, 2))
+    _import(c, "img", kept)
+
+    clock.now += GRACE_S  # exactly the grace: not yet
+    assert c.collect_blobs() == []
+    assert c.blobs.has(orphan)
+
+    clock.now += 1
+    fresh = c.upload_blob([b"\x03" * 4096])[0]  # each upload collects
+    assert not c.blobs.has(orphan) and orphan not in _rows(c)
+    # The imported blob and the one just uploaded (its grace starts now) stay.
+    assert c.blobs.has(kept) and c.blobs.has(fresh)
+    assert _rows(c) == {kept, fresh}
+    # A blob uploaded before the grace ended can still be imported.
+    clock.now += GRACE_S - 1
+    _import(c, "late", fresh)
+    clock.now += GRACE_S + 1
+    assert c.collect_blobs() == []
+    assert c.blobs.has(fresh)
+
+
+def test_uploading_a_blob_again_restarts_its_grace(catalog: tuple[Catalog, Clock]) -> None:
+    c, clock = catalog
+    d = c.upload_blob([b"\x05" * 4096])[0]
+    clock.now += GRACE_S + 1
+    assert c.upload_blob([b"\x05" * 4096])[0] == d
+    assert c.blobs.has(d)
+    _import(c, "img", d)
+
+
+def test_a_file_without_a_row_is_collected_by_its_age(
+    catalog: tuple[Catalog, Clock], tmp_path: Path
+) -> None:
+    c, clock = catalog
+    stray, _ = c.blobs.put([b"\x07" * 4096], 1 << 20)  # a crash between file and row
+    assert stray not in _rows(c)
+    clock.now = c.blobs.mtime(stray) + GRACE_S + 1
+    assert c.collect_blobs() == [stray]
+    assert not c.blobs.has(stray)

@@ -1,0 +1,113 @@
+"""Files the service and the agent write are 0600 and their directories 0700 (0711 where
+QEMU, an unprivileged user, must traverse to a disk), whatever the umask (022 here)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from agent.cache import BlobCache
+from agent.cache.blobs import Source
+from agent.disks import WorkspaceFiles
+from images import digest as digests
+from images.model import Mode, Partition
+from workspace.domain.model import Disk, Order
+from workspace.domain.states import Desired
+from workspace.store import Store
+from workspace.store.blobs import BlobRepository
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+@pytest.fixture(autouse=True)
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_the_service_database_and_its_wal_are_private(tmp_path: Path) -> None:
+    db = tmp_path / "service" / "service.db"
+    store = Store(f"sqlite:///{db}")
+    try:
+        with store.write() as s:
+            s.execute(text("CREATE TABLE t (x INTEGER)"))
+        files = [db, db.with_name("service.db-wal"), db.with_name("service.db-shm")]
+        assert all(f.exists() for f in files)
+        assert [mode(f) for f in files] == [0o600] * 3
+        assert mode(db.parent) == 0o700
+    finally:
+        store.close()
+
+
+def test_an_existing_world_readable_database_is_made_private(tmp_path: Path) -> None:
+    db = tmp_path / "service.db"
+    db.touch(mode=0o644)
+    Store(f"sqlite:///{db}").close()
+    assert mode(db) == 0o600
+
+
+def test_the_blob_repository_is_private(tmp_path: Path) -> None:
+    repo = BlobRepository(tmp_path / "blobs")
+    digest, _ = repo.put([b"data" * 1000], 1 << 20)
+    assert mode(repo.path(digest)) == 0o600
+    for d in (tmp_path / "blobs", tmp_path / "blobs" / "sha256", tmp_path / "blobs" / "tmp"):
+        assert mode(d) == 0o700
+
+
+def test_blobs_stored_world_readable_before_are_made_private(tmp_path: Path) -> None:
+    repo = BlobRepository(tmp_path / "blobs")
+    digest, _ = repo.put([b"old" * 1000], 1 << 20)
+    repo.path(digest).chmod(0o644)
+    cache = BlobCache(tmp_path / "cache")
+    cached = cache.ensure(digest, [Source("service", lambda d, offset: repo.read(d, offset))], 3000)
+    cached.chmod(0o644)
+    BlobRepository(tmp_path / "blobs")
+    BlobCache(tmp_path / "cache")
+    assert mode(repo.path(digest)) == mode(cached) == 0o600
+
+
+def test_the_agents_cache_files_are_private_and_its_dirs_traverse_only(tmp_path: Path) -> None:
+    data = b"base" * 4096
+    digest = digests.of_bytes(data)
+    cache = BlobCache(tmp_path / "cache")
+    src = Source("service", lambda d, offset: iter([data[offset:]]))
+    path = cache.ensure(digest, [src], len(data))
+    assert mode(path) == 0o600
+    assert mode(tmp_path / "cache" / "partial") == 0o700
+    for d in (tmp_path / "cache", tmp_path / "cache" / "blobs", path.parent):
+        assert mode(d) == 0o711
+
+
+def test_overlays_blank_disks_and_state_are_private(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\0" * 1024 * 1024)
+    files = WorkspaceFiles(tmp_path / "workspaces")
+    order = Order(
+        workspace_id="w1",
+        name="w1",
+        hostname="w1",
+        desired=Desired.RUNNING,
+        cpus=1,
+        memory_mib=64,
+        image="img",
+        disks=(
+            Disk(Partition("root", Mode.COW, "sha256:" + "a" * 64, 1 << 20, "raw", 1 << 20)),
+            Disk(Partition("scratch", Mode.BLANK, "", 1 << 20, "qcow2", 1 << 20)),
+        ),
+        nics=(),
+    )
+    disks = files.prepare(order, {"sha256:" + "a" * 64: base})
+    files.save_state("w1", {"reboots": 1})
+    made = [Path(d.path) for d in disks] + [files.dir("w1") / "agent.json"]
+    assert [mode(p) for p in made] == [0o600] * 3
+    assert mode(files.root) == mode(files.dir("w1")) == 0o711

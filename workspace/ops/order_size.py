@@ -1,0 +1,251 @@
+"""A node's orders must always fit in one message: a size bound checked at placement.
+
+A node receives its whole desired state as one AssignmentSet. If that message grew past
+the gRPC message limit, the node would never receive another set (other users' stops
+and destroys included). So placement refuses a workspace whose order would take its
+node's orders over ``limits.max_node_orders_bytes`` (by default half the message limit;
+the rest is room for the trust policy and prefetch list).
+
+``wire_bytes`` is an upper bound of the protobuf encoding of a domain value, computed
+without protobuf (this is below the edge): every string or bytes field costs its length
+plus at most 2 bytes of tag and 5 of length; every number 2 + 10; every nested message
+its own bound plus 7. The codec's field numbers are all below 2048, so each tag fits in
+2 bytes. ``tests/unit/test_order_size.py`` checks the bound against the real encoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Text, cast, func, select
+from sqlalchemy.orm import Session
+
+from images.model import ImageSpec
+from workspace.config import LimitsConfig
+from workspace.domain.model import Disk, Nic, Order
+from workspace.domain.states import Desired, State
+from workspace.errors import ResourceExhausted
+from workspace.store import Network, Node, Workspace
+from workspace.store.models import ImageSignature
+
+# Peers named as sources of one blob in an order (ops/reports.py names them).
+MAX_SOURCES = 3
+FIELD_BYTES = 2 + 5  # tag + length of a string, bytes or message field
+NUMBER_BYTES = 2 + 10  # tag + the longest varint
+# A NIC not allocated yet: the longest address, MAC, gateway, bridge and subnet.
+_IP6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+_UNALLOCATED_NIC = Nic("", _IP6, "ff:ff:ff:ff:ff:ff", 128, _IP6, "x" * 15, _IP6 + "/128")
+
+
+class OrdersTooLarge(ResourceExhausted):
+    """Placing the workspace would take its node's orders past the message limit."""
+
+
+def wire_bytes(value: object) -> int:
+    """An upper bound of the encoded size of ``value`` as a protobuf field's payload."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, bool | int | float | enum.Enum):
+        return 10
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(_field_bytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    raise TypeError(f"no wire size for {type(value).__name__}")
+
+
+def _field_bytes(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, Mapping):
+        return sum(FIELD_BYTES * 2 + wire_bytes(k) + _field_bytes(v) for k, v in value.items())
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
+        return sum(_field_bytes(v) for v in value)
+    if isinstance(value, bool | int | float | enum.Enum):
+        return NUMBER_BYTES
+    return FIELD_BYTES + wire_bytes(value)
+
+
+def order_bytes(order: Order) -> int:
+    """An upper bound of one order's share of its node's AssignmentSet."""
+    return _field_bytes(order)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    """What an order's size depends on beyond its fixed-size numbers."""
+
+    id: str
+    name: str
+    image: str
+    image_spec: Mapping[str, Any]
+    user_data_bytes: int
+    networks: tuple[str, ...]
+
+
+class _Sizer:
+    """Upper bounds of orders from plain columns, without loading user-data or building
+    Orders: one order is the bound of its skeleton (numbers, strings, partitions; cached
+    per image spec) plus its user-data, NICs (the longest addresses, the network's
+    bridge, subnet and DNS), peer sources (MAX_SOURCES of the longest peer address per
+    blob) and its image's signatures."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        longest = s.execute(select(func.max(func.length(Node.peer_address)))).scalar()
+        self.source_bytes = MAX_SOURCES * (FIELD_BYTES + int(longest or 0))
+        self._skeletons: dict[str, int] = {}
+        self._nics: dict[str, int] = {}
+        self._envelopes: dict[str, int] = {}
+
+    def row_bytes(self, r: _Row) -> int:
+        key = json.dumps([r.image, r.image_spec], sort_keys=True)
+        skeleton = self._skeletons.get(key)
+        if skeleton is None:
+            spec = ImageSpec.from_dict(r.image_spec or {}, r.image)
+            order = Order(
+                workspace_id="",
+                name="",
+                hostname="",
+                desired=Desired.RUNNING,
+                cpus=0,
+                memory_mib=0,
+                image=r.image,
+                disks=tuple(Disk(p) for p in spec.partitions),
+                nics=(),
+                kernel_digest=spec.kernel_digest,
+                initrd_digest=spec.initrd_digest,
+                cmdline=spec.cmdline,
+                verified_digests=tuple(spec.digests()),
+            )
+            blobs = sum(1 for p in spec.partitions if p.digest)
+            skeleton = self._skeletons[key] = order_bytes(order) + blobs * self.source_bytes
+        return (
+            skeleton
+            + len(r.id.encode())
+            + 2 * len(r.name.encode())
+            + r.user_data_bytes
+            + sum(self._nic_bytes(n) for n in r.networks)
+            + self._envelope_bytes(r.image)
+        )
+
+    def _nic_bytes(self, network: str) -> int:
+        if network not in self._nics:
+            net = self.s.get(Network, network)
+            nic = dataclasses.replace(
+                _UNALLOCATED_NIC,
+                network=network,
+                bridge=net.bridge if net else _UNALLOCATED_NIC.bridge,
+                subnet=net.subnet if net else _UNALLOCATED_NIC.subnet,
+                dns=tuple(net.dns or ()) if net else (),
+            )
+            self._nics[network] = _field_bytes(max(nic, _UNALLOCATED_NIC, key=_field_bytes))
+        return self._nics[network]
+
+    def _envelope_bytes(self, image: str) -> int:
+        if image not in self._envelopes:
+            q = select(ImageSignature.envelope).where(ImageSignature.image == image)
+            self._envelopes[image] = sum(
+                FIELD_BYTES + len(e.encode()) for e in self.s.execute(q).scalars()
+            )
+        return self._envelopes[image]
+
+
+def node_orders_bytes(s: Session, node: str) -> int:
+    """An upper bound of the orders ``node`` is sent now (its live workspaces), summed in
+    SQL over workspaces of one image spec and one set of networks (no user-data loaded)."""
+    sizer = _Sizer(s)
+    spec_text = cast(Workspace.image_spec, Text)
+    nets_text = cast(Workspace.networks, Text)
+    q = (
+        select(
+            Workspace.image,
+            spec_text,
+            nets_text,
+            func.count(),
+            func.sum(func.length(Workspace.id)),
+            func.sum(func.length(Workspace.name)),
+            func.sum(func.coalesce(func.length(Workspace.user_data), 0)),
+        )
+        .where(
+            Workspace.node == node,
+            Workspace.desired_state != Desired.TERMINATED.value,
+            Workspace.state != State.TERMINATED.value,
+        )
+        .group_by(Workspace.image, spec_text, nets_text)
+    )
+    total = 0
+    for image, spec, nets, count, ids, names, user_data in s.execute(q):
+        one = _Row("", "", image, json.loads(spec or "{}"), 0, tuple(json.loads(nets or "[]")))
+        # The bound of one such order with empty id, name and user-data, times the count,
+        # plus the real lengths (the "" fields already counted their tag and length).
+        total += count * sizer.row_bytes(one) + int(ids or 0) + 2 * int(names or 0)
+        total += int(user_data or 0)
+    return total
+
+
+def check_orders_fit(
+    s: Session, limits: LimitsConfig, rows: Sequence[Workspace], nodes: Sequence[str]
+) -> None:
+    """Refuse (OrdersTooLarge) before anything is claimed if placing ``rows`` on ``nodes``
+    (one node per row) would take a node's orders past ``limits.max_node_orders_bytes``."""
+    budget = limits.max_node_orders_bytes
+    by_node: dict[str, list[Workspace]] = {}
+    for ws, node in zip(rows, nodes, strict=True):
+        by_node.setdefault(node, []).append(ws)
+    sizer = _Sizer(s)
+    for node, new in by_node.items():
+        have = node_orders_bytes(s, node)
+        total = have
+        for ws in new:
+            size = sizer.row_bytes(
+                _Row(
+                    ws.id,
+                    ws.name,
+                    ws.image,
+                    ws.image_spec or {},
+                    len(ws.user_data or b""),
+                    tuple(ws.networks or ()),
+                )
+            )
+            total += size
+            if total > budget:
+                raise OrdersTooLarge(
+                    f"{ws.name} does not fit on node {node}: its order ({size} bytes, "
+                    f"mostly user-data, kernel cmdline and signatures) would take the node's "
+                    f"orders to {total} bytes, over the {budget} bytes one node may be sent "
+                    f"(limits.max_node_orders_bytes; {have} bytes are already there); "
+                    "use a smaller user-data or kernel cmdline"
+                )
+
+
+def check_signature_fits(s: Session, limits: LimitsConfig, image: str, envelope: str) -> None:
+    """Refuse (OrdersTooLarge) a new signature of ``image`` that would take a node's
+    orders past ``limits.max_node_orders_bytes``: every order of the image carries the
+    image's signatures, so it grows each of them."""
+    extra = FIELD_BYTES + len(envelope.encode())
+    q = (
+        select(Workspace.node, func.count())
+        .where(
+            Workspace.image == image,
+            Workspace.node != "",
+            Workspace.desired_state != Desired.TERMINATED.value,
+            Workspace.state != State.TERMINATED.value,
+        )
+        .group_by(Workspace.node)
+    )
+    for node, count in s.execute(q):
+        have = node_orders_bytes(s, node)
+        if have + count * extra > limits.max_node_orders_bytes:
+            raise OrdersTooLarge(
+                f"image {image}: the signature would take node {node}'s orders to "
+                f"{have + count * extra} bytes ({count} workspace(s) of the image there, "
+                f"each sent its signatures), over the {limits.max_node_orders_bytes} bytes "
+                "one node may be sent (limits.max_node_orders_bytes)"
+            )
