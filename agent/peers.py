@@ -9,6 +9,11 @@ from the next source.
 
 A peer serves only blobs that are complete in its cache and that it has verified
 (re-hashed once after its own restart): it never relays a transfer in progress.
+
+With TLS (``[tls]`` of the agent) the peer server requires a client certificate of
+the site CA and serves only node identities (``workspace://node/NAME``) whose
+certificate the CRL (``tls.crl_file``, re-read when it changes) does not revoke; the
+peer client presents the agent's own node identity.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import grpc
 
 from agent.cache import BlobCache, Source
 from agent.cache.blobs import CHUNK_BYTES
-from workspace import rpc
+from workspace import identity, pki, rpc
 from workspace.config import TlsConfig
-from workspace.errors import ImageError, Unavailable
+from workspace.errors import ImageError, PermissionDenied, Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 log = logging.getLogger("agent.peers")
@@ -34,16 +39,63 @@ FETCH_TIMEOUT_S = 3600.0
 SERVE_PARALLEL = 8
 
 
+class PeerGate:
+    """Who may fetch from this peer: with TLS, only unrevoked node identities."""
+
+    def __init__(self, tls: TlsConfig) -> None:
+        self.secure = tls.enabled
+        self.revocations: pki.Revocations | None = None
+        if tls.enabled and tls.crl_file:
+            self.revocations = pki.Revocations(tls.crl_file, str(rpc.tls_files(tls).ca_file))
+
+    def caller(self, context: grpc.ServicerContext) -> str:
+        """The calling node's name ('' without TLS); aborts the call when refused."""
+        if not self.secure:
+            return ""
+        name, refusal = self.check(rpc.peer_certificate(context))
+        if refusal:
+            log.warning("refused a blob fetch: %s", refusal)
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED if not name else grpc.StatusCode.PERMISSION_DENIED
+            )
+            context.abort(code, refusal)
+        return name
+
+    def check(self, pem: bytes | None) -> tuple[str, str]:
+        """(the caller's principal or '', why it is refused or '') for a client certificate."""
+        if pem is None:
+            return "", "peers serve only callers presenting a certificate of the site CA"
+        try:
+            who = identity.from_pem(pem)
+        except PermissionDenied as exc:
+            return "?", exc.message
+        except ValueError:
+            return "?", "the client certificate cannot be read"
+        if not who.is_node:
+            return (
+                who.principal,
+                f"peers serve blobs only to node identities, not to {who.principal}",
+            )
+        if self.revocations is not None and self.revocations.is_revoked(who.serial):
+            return (
+                who.principal,
+                f"the certificate of {who.principal} (serial {who.serial:#x}) is revoked",
+            )
+        return who.name, ""
+
+
 class PeersServicer(nodes_pb2_grpc.PeersServicer):
-    def __init__(self, cache: BlobCache, node: str) -> None:
+    def __init__(self, cache: BlobCache, node: str, gate: PeerGate | None = None) -> None:
         self.cache = cache
         self.node = node
+        self.gate = gate or PeerGate(TlsConfig())
         self.served_bytes = 0
         self._lock = threading.Lock()
 
     def FetchBlob(
         self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[nodes_pb2.BlobData]:
+        caller = self.gate.caller(context) or request.node
         digest = request.digest
         try:
             path = self.cache.path(digest)
@@ -63,7 +115,7 @@ class PeersServicer(nodes_pb2_grpc.PeersServicer):
                     f"offset {request.offset} is outside {digest} ({total} bytes)",
                 )
             f.seek(request.offset)
-            log.info("serving %s from byte %d to %s", digest, request.offset, request.node)
+            log.info("serving %s from byte %d to %s", digest, request.offset, caller)
             while chunk := f.read(CHUNK_BYTES):
                 with self._lock:
                     self.served_bytes += len(chunk)
@@ -78,7 +130,7 @@ class PeerServer:
     ) -> None:
         self.listen = listen
         self.advertise = advertise
-        self.servicer = PeersServicer(cache, node)
+        self.servicer = PeersServicer(cache, node, PeerGate(tls))
         self.server = rpc.server(SERVE_PARALLEL)
         nodes_pb2_grpc.add_PeersServicer_to_server(self.servicer, self.server)
         self.tls = tls

@@ -12,6 +12,12 @@ reached). A few helpers build on the RPCs: ``upload_blob`` (1 MiB chunks),
 Where the service is (``Client.from_env``): an explicit address, else
 ``$WS_SERVICE``, else the local all-in-one site (``site.json`` in ``$WS_SITE_DIR``
 or ``~/.local/share/workspace/site``).
+
+Who calls (``resolve_tls``): an explicit identity directory (``identity=DIR``, ``ws
+--identity DIR``), else ``$WS_IDENTITY``, else the files in ``$WS_TLS_CA``/``_CERT``/
+``_KEY``, else -- when the address is the local site's -- the admin identity that
+site issued (named in its site.json). Without any, the channel is plaintext, which
+only a service started with ``insecure = true`` accepts.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from workspace.v1 import (
 T = TypeVar("T")
 
 SERVICE_ENV = "WS_SERVICE"
+# An identity directory (ws-admin pki issue ... --out DIR) to call the service with.
+IDENTITY_ENV = "WS_IDENTITY"
 # Optional mutual-TLS material for the client (paths); all empty means plaintext.
 TLS_ENV = ("WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY")
 CHUNK_BYTES = 1024 * 1024
@@ -189,12 +197,49 @@ def tls_from_env() -> TlsConfig | None:
     return tls if tls.enabled else None
 
 
+def identity_tls(identity_dir: str | os.PathLike[str]) -> TlsConfig:
+    """The client TlsConfig of an identity directory (ConfigError when it is not one)."""
+    d = os.path.expanduser(os.fspath(identity_dir))
+    if not os.path.isdir(d):
+        raise errors.ConfigError(
+            f"identity directory {d} not found; make one with `ws-admin pki issue ... --out DIR`"
+        )
+    tls = TlsConfig(identity_dir=d)
+    rpc.tls_files(tls)  # a clear error now for a directory missing one of its files
+    return tls
+
+
+def resolve_tls(address: str, identity: str | None = None) -> TlsConfig | None:
+    """Who to call ``address`` as: ``identity``, else $WS_IDENTITY, else $WS_TLS_*, else
+    the local site's admin identity when ``address`` is that site's (None: plaintext)."""
+    chosen = identity or os.environ.get(IDENTITY_ENV, "").strip()
+    if chosen:
+        return identity_tls(chosen)
+    env = tls_from_env()
+    if env is not None:
+        return env
+    record = site_record.read_record(site_record.default_site_dir())
+    if record is not None and record.identity_dir and record.address == address:
+        return identity_tls(record.identity_dir)
+    return None
+
+
 class Client(ImagesClientMixin):
     """A connection to one workspace service. Thread-safe; close() when done."""
 
-    def __init__(self, address: str, tls: TlsConfig | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        tls: TlsConfig | None = None,
+        timeout_s: float = 30.0,
+        identity: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """``identity``: an identity directory to call as (instead of ``tls``)."""
+        if identity is not None:
+            tls = identity_tls(identity)
         self.address = address
         self.timeout_s = timeout_s
+        self.tls = tls
         self._channel = rpc.channel(address, tls)
         self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
@@ -209,9 +254,14 @@ class Client(ImagesClientMixin):
         service: str | None = None,
         tls: TlsConfig | None = None,
         timeout_s: float = 30.0,
+        identity: str | None = None,
     ) -> Client:
-        """A client for ``service``, else $WS_SERVICE, else the local site."""
-        return cls(resolve_address(service), tls or tls_from_env(), timeout_s)
+        """A client for ``service``, else $WS_SERVICE, else the local site; as
+        ``identity`` (or ``tls``), else as ``resolve_tls`` finds."""
+        address = resolve_address(service)
+        if identity or tls is None:
+            tls = resolve_tls(address, identity)
+        return cls(address, tls, timeout_s)
 
     def close(self) -> None:
         self._channel.close()
@@ -235,8 +285,15 @@ class Client(ImagesClientMixin):
         if code == grpc.StatusCode.UNAVAILABLE and (
             not details or any(m in details.lower() for m in _CONNECT_MARKERS)
         ):
+            hint = (
+                ""
+                if self.tls is not None
+                else f" (no identity given: a service with mutual TLS needs --identity DIR "
+                f"or ${IDENTITY_ENV})"
+            )
             return errors.Unavailable(
-                f"cannot reach the workspace service at {self.address}: {details or 'unavailable'}"
+                f"cannot reach the workspace service at {self.address}: "
+                f"{details or 'unavailable'}{hint}"
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.Unavailable(

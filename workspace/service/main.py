@@ -90,6 +90,11 @@ class Service:
         self._queue_thread = threading.Thread(target=self._run_queue, name="queue", daemon=True)
 
     def start(self) -> None:
+        # Refuses plaintext unless insecure = true, and then anywhere but loopback/unix.
+        plaintext = rpc.check_listen(self.cfg.listen, self.cfg.tls, self.cfg.insecure)
+        if plaintext:
+            log.warning(rpc.insecure_warning("workspace-service", self.cfg.listen))
+            log.warning("INSECURE: every caller acts as the admin user %r", self.cfg.default_owner)
         if self.cfg.listen.startswith("unix:"):
             Path(self.cfg.listen.removeprefix("unix:").removeprefix("//")).unlink(missing_ok=True)
         self.port = rpc.bind(self.server, self.cfg.listen, self.cfg.tls)
@@ -99,7 +104,12 @@ class Service:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._monitor.start()
         self._queue_thread.start()
-        log.info("workspace-service listening on %s (store %s)", self.cfg.listen, self.cfg.db_url)
+        log.info(
+            "workspace-service listening on %s (%s; store %s)",
+            self.cfg.listen,
+            "plaintext" if plaintext else "mutual TLS",
+            self.cfg.db_url,
+        )
 
     def _watch_nodes(self) -> None:
         interval = max(0.5, min(5.0, self.cfg.node_grace_s / 4))

@@ -5,6 +5,10 @@
 ``workspace.config.write`` (tomli-w): every key, so a file shows all that its
 daemon runs with, and it loads back equal with ``workspace.config.load``. They are
 rewritten at every ``site up``.
+
+With the site's identities (``workspace.site.identities``) every hop uses mutual TLS
+and checks the site's CRL; without them (only where tests ask for it) the configs say
+``insecure = true``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from workspace.config import (
     LibvirtConfig,
     NodeNetworkConfig,
     ServiceConfig,
+    TlsConfig,
 )
+from workspace.site.identities import SiteIdentities
 from workspace.site.record import AGENT_CONFIG, AGENT_LOG
 
 SERVICE_CONFIG = "service.toml"
@@ -69,8 +75,9 @@ def header(site_dir: Path, name: str) -> str:
     )
 
 
-def service_config(site_dir: Path, address: str) -> ServiceConfig:
-    """The service of a local site: on the site's unix socket, its data in the site."""
+def service_config(site_dir: Path, address: str, tls: TlsConfig | None = None) -> ServiceConfig:
+    """The service of a local site: on the site's unix socket, its data in the site;
+    mutual TLS with ``tls`` (its service identity), else plaintext (insecure)."""
     return ServiceConfig(
         # A unix socket: reachable from outside the site's network namespace.
         listen=address,
@@ -79,11 +86,18 @@ def service_config(site_dir: Path, address: str) -> ServiceConfig:
         heartbeat_interval_s=5,
         node_grace_s=40,
         log_level="INFO",
+        insecure=tls is None,
+        tls=tls or TlsConfig(),
     )
 
 
 def agent_config(
-    spec: NodeSpec, address: str, driver: str, libvirt_uri: str, virt_type: str
+    spec: NodeSpec,
+    address: str,
+    driver: str,
+    libvirt_uri: str,
+    virt_type: str,
+    tls: TlsConfig | None = None,
 ) -> AgentConfig:
     """The agent of one node of a local site.
 
@@ -113,6 +127,8 @@ def agent_config(
         ],
         fake=FakeDriverConfig(persist=True),
         libvirt=LibvirtConfig() if fake else LibvirtConfig(uri=libvirt_uri, virt_type=virt_type),
+        insecure=tls is None,
+        tls=tls or TlsConfig(),
     )
 
 
@@ -123,11 +139,14 @@ def write_configs(
     driver: str,
     virt_type: str,
     libvirt_uris: Mapping[str, str],
+    identities: SiteIdentities | None = None,
 ) -> None:
-    """service.toml and each node's agent.toml (``libvirt_uris``: node -> its libvirtd)."""
+    """service.toml and each node's agent.toml (``libvirt_uris``: node -> its libvirtd);
+    over mutual TLS with ``identities``, else plaintext (insecure = true)."""
+    svc_tls = identities.tls(identities.service) if identities is not None else None
     config.write(
         site_dir / SERVICE_CONFIG,
-        service_config(site_dir, address),
+        service_config(site_dir, address, svc_tls),
         header(site_dir, SERVICE_CONFIG),
         skip_defaults=False,
     )
@@ -136,5 +155,6 @@ def write_configs(
         head = header(site_dir, AGENT_CONFIG)
         if len(specs) > 1:
             head += f"Node {i} of {len(specs)} on this machine.\n"
-        cfg = agent_config(spec, address, driver, libvirt_uris.get(spec.name, ""), virt_type)
+        tls = identities.tls(identities.nodes[spec.name]) if identities is not None else None
+        cfg = agent_config(spec, address, driver, libvirt_uris.get(spec.name, ""), virt_type, tls)
         config.write(spec.config, cfg, head, skip_defaults=False)

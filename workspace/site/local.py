@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from workspace import config, errors, hostproc
-from workspace.config import AgentConfig
-from workspace.site import hostenv, status
+from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.site import hostenv, identities, status
 from workspace.site.configs import (
     DEFAULT_NETWORK as DEFAULT_NETWORK,  # re-exported
 )
@@ -120,6 +120,8 @@ SITE_ENTRIES = (
     "service.sock",
     "service",  # the service's data_dir: database and image blobs
     NODES_DIR,
+    identities.PKI_DIR,  # the site CA (kept across down/up)
+    identities.IDENTITIES_DIR,  # the service's, nodes' and admin's identity directories
 )
 NODE_ENTRIES = (
     AGENT_CONFIG,
@@ -416,7 +418,9 @@ class LocalSite:
         # From here on the site has state: what it is made with is kept (setup.json).
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
-        self._write_configs(uris)
+        ids = identities.ensure(self.dir, self.owner, [spec.name for spec in specs])
+        rec.identity_dir = str(ids.admin)
+        self._write_configs(uris, ids)
         service_prefix = prefixes[specs[0].name] if rec.service_netns else []
         started: list[tuple[str, Any]] = []
         deadline = time.monotonic() + timeout_s
@@ -447,11 +451,29 @@ class LocalSite:
             raise
         return UpResult(rec, already_running=False)
 
-    def _write_configs(self, libvirt_uris: dict[str, str]) -> None:
+    def _write_configs(self, libvirt_uris: dict[str, str], ids: identities.SiteIdentities) -> None:
         """service.toml and each node's agent.toml (``libvirt_uris``: node -> URI)."""
         write_configs(
-            self.dir, self.address, self.node_specs(), self.driver, self.virt_type, libvirt_uris
+            self.dir,
+            self.address,
+            self.node_specs(),
+            self.driver,
+            self.virt_type,
+            libvirt_uris,
+            ids,
         )
+
+    @property
+    def owner(self) -> str:
+        """The admin user the site issues an identity to (the service's default_owner)."""
+        return ServiceConfig().default_owner
+
+    def client_tls(self) -> TlsConfig | None:
+        """The admin identity of the running site (None: a site from before identities)."""
+        rec = read_record(self.dir)
+        if rec is None or not rec.identity_dir:
+            return None
+        return TlsConfig(identity_dir=rec.identity_dir)
 
     def _abort(self, rec: SiteRecord, started: list[tuple[str, Any]]) -> None:
         """Stop what this start launched (it did not come up)."""
@@ -473,14 +495,16 @@ class LocalSite:
         return next((s.log for s in self.node_specs() if s.name == name), self.agent_log)
 
     def _wait_healthy(self, started: list[tuple[str, Any]], deadline: float) -> None:
-        status.wait_healthy(self.address, started, deadline, self._log_of)
+        status.wait_healthy(self.address, started, deadline, self._log_of, self.client_tls())
 
     def _ensure_network(self) -> None:
-        status.ensure_network(self.address, self._say)
+        status.ensure_network(self.address, self._say, self.client_tls())
 
     def _wait_node_ready(self, started: list[tuple[str, Any]], deadline: float) -> None:
         names = [spec.name for spec in self.node_specs()]
-        status.wait_nodes_ready(self.address, names, started, deadline, self._log_of)
+        status.wait_nodes_ready(
+            self.address, names, started, deadline, self._log_of, self.client_tls()
+        )
 
     def _remove_socket(self) -> None:
         with contextlib.suppress(FileNotFoundError):
