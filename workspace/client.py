@@ -15,9 +15,10 @@ or ``~/.local/share/workspace/site``).
 
 Who calls (``resolve_tls``): an explicit identity directory (``identity=DIR``, ``ws
 --identity DIR``), else ``$WS_IDENTITY``, else the files in ``$WS_TLS_CA``/``_CERT``/
-``_KEY``, else -- when the address is the local site's -- the admin identity that
-site issued (named in its site.json). Without any, the channel is plaintext, which
-only a service started with ``insecure = true`` accepts.
+``_KEY``, else -- when the address is a local site's (the default one, or the one
+whose socket it is) -- the admin identity that site issued (named in its site.json).
+Without any, the channel is plaintext, which only a service started with ``insecure =
+true`` accepts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -211,16 +213,22 @@ def identity_tls(identity_dir: str | os.PathLike[str]) -> TlsConfig:
 
 def resolve_tls(address: str, identity: str | None = None) -> TlsConfig | None:
     """Who to call ``address`` as: ``identity``, else $WS_IDENTITY, else $WS_TLS_*, else
-    the local site's admin identity when ``address`` is that site's (None: plaintext)."""
+    the admin identity of the local site at ``address`` (the default site, or the one
+    whose unix socket ``address`` is) (None: plaintext)."""
     chosen = identity or os.environ.get(IDENTITY_ENV, "").strip()
     if chosen:
         return identity_tls(chosen)
     env = tls_from_env()
     if env is not None:
         return env
-    record = site_record.read_record(site_record.default_site_dir())
-    if record is not None and record.identity_dir and record.address == address:
-        return identity_tls(record.identity_dir)
+    # A local site: the default one, or the one whose socket this is.
+    dirs = [site_record.default_site_dir()]
+    if rpc.is_unix(address):
+        dirs.append(Path(address.removeprefix("unix:").removeprefix("//")).parent)
+    for site_dir in dirs:
+        record = site_record.read_record(site_dir)
+        if record is not None and record.identity_dir and record.address == address:
+            return identity_tls(record.identity_dir)
     return None
 
 

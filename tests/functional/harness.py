@@ -2,7 +2,7 @@
 
 ``Site`` runs plaintext on a unix socket with ``insecure = true`` (every caller is the
 admin user ``default_owner``): the fast functional tests. ``TlsSite`` runs the same
-over mutual TLS with a CA of its own (``TestPki``, one per test module is enough):
+over mutual TLS with a CA of its own (``SitePki``, one per test module is enough):
 ``site.identity("alice", projects=("physics",))`` issues a user identity on demand
 and returns stubs bound to it; agents present node identities.
 """
@@ -184,7 +184,7 @@ class Site:
         self.stop_service()
 
 
-class TestPki:
+class SitePki:
     """A site CA in ``dir`` and the identity directories issued from it, made on demand."""
 
     def __init__(self, dir: Path) -> None:
@@ -223,7 +223,7 @@ class TlsSite(Site):
     and checks the CRL; ``stubs`` are the admin user ``default_owner``'s; agents present
     node identities issued on demand."""
 
-    def __init__(self, tmp: Path, test_pki: TestPki, **service_kw: Any) -> None:
+    def __init__(self, tmp: Path, test_pki: SitePki, **service_kw: Any) -> None:
         self.pki = test_pki
         self.channels: list[grpc.Channel] = []
         service_kw.setdefault("tls", config.to_dict(test_pki.tls(test_pki.service())))

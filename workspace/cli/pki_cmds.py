@@ -22,7 +22,7 @@ from typing import Any
 
 from workspace import pki
 from workspace.cli import common, render
-from workspace.identity import Identity, Kind
+from workspace.identity import NAME_RE, Identity, Kind
 from workspace.site import record as site_record
 
 PKI_ENV = "WS_PKI_DIR"
@@ -74,6 +74,12 @@ def issue(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise common.UsageError(f"--out {out} exists and is not empty; choose a new directory")
     ca = pki.CA(_ca_dir(args))
+    for project in args.project or () if kind is Kind.USER else ():
+        if not NAME_RE.fullmatch(project):
+            raise common.UsageError(
+                f"--project {project!r} is not a valid project name "
+                "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+            )
     if kind is Kind.USER:
         who = Identity(kind, args.name, args.admin, tuple(sorted(set(args.project or ()))))
         hosts: list[str] = []
