@@ -18,10 +18,13 @@ peer client presents the agent's own node identity.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 
@@ -137,6 +140,11 @@ class PeerServer:
         self.address = ""
 
     def start(self) -> str:
+        if rpc.is_unix(self.listen):  # a socket left by a killed agent
+            path = Path(self.listen.removeprefix("unix:").removeprefix("//"))
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
         port = rpc.bind(self.server, self.listen, self.tls)
         if not self.listen.startswith("unix:") and port == 0:
             raise Unavailable(f"cannot listen for peers on {self.listen}")

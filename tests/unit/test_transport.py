@@ -158,3 +158,28 @@ def test_client_picks_its_identity(
     assert tls is not None and tls.identity_dir == str(admin)  # the flag before that
     with pytest.raises(ConfigError, match="not found"):
         client.resolve_tls(addr, str(tmp_path / "nope"))
+
+
+def test_site_configs_use_the_site_identities(tmp_path: Path) -> None:
+    from workspace.site import local
+    from workspace.site.configs import write_configs
+
+    site = local.LocalSite(tmp_path / "s", driver="fake", nodes=2)
+    site.dir.mkdir()
+    specs = site.node_specs()
+    ids = identities.ensure(site.dir, "local", [s.name for s in specs])
+    write_configs(site.dir, site.address, specs, "fake", "qemu", {}, ids)
+    svc = config.load(ServiceConfig, site.service_config)
+    assert not svc.insecure and svc.tls.identity_dir == str(ids.service)
+    assert svc.tls.crl_file == str(site.dir / "pki" / "crl.pem")
+    for spec in specs:
+        agent = config.load(AgentConfig, spec.config)
+        assert not agent.insecure and agent.tls.identity_dir == str(ids.nodes[spec.name])
+        assert pki.identity_of_dir(agent.tls.identity_dir).name == spec.name
+        # several nodes: each serves peers on a socket in its own directory
+        assert agent.peer_listen == f"unix:{spec.dir}/peers.sock"
+    one = local.LocalSite(tmp_path / "one", driver="fake")
+    one.dir.mkdir()
+    write_configs(one.dir, one.address, one.node_specs(), "fake", "qemu", {})
+    agent = config.load(AgentConfig, one.agent_config)
+    assert agent.insecure and agent.peer_listen == ""  # no identities given: plaintext

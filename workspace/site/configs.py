@@ -30,6 +30,9 @@ from workspace.site.identities import SiteIdentities
 from workspace.site.record import AGENT_CONFIG, AGENT_LOG
 
 SERVICE_CONFIG = "service.toml"
+PEER_SOCKET = "peers.sock"
+# sun_path is 108 bytes including the terminating NUL.
+UNIX_PATH_MAX = 107
 DRIVERS = ("fake", "libvirt")
 
 
@@ -98,6 +101,7 @@ def agent_config(
     libvirt_uri: str,
     virt_type: str,
     tls: TlsConfig | None = None,
+    peer_listen: str = "",
 ) -> AgentConfig:
     """The agent of one node of a local site.
 
@@ -129,7 +133,17 @@ def agent_config(
         libvirt=LibvirtConfig() if fake else LibvirtConfig(uri=libvirt_uri, virt_type=virt_type),
         insecure=tls is None,
         tls=tls or TlsConfig(),
+        # Several nodes: each serves its cached blobs to the others on a unix socket in
+        # its directory (reachable across the nodes' network namespaces).
+        peer_listen=peer_listen,
     )
+
+
+def peer_socket(spec: NodeSpec) -> str:
+    """Where the node of ``spec`` serves peers on a site of several nodes ('' if the
+    path is too long for a unix socket)."""
+    path = spec.dir / PEER_SOCKET
+    return f"unix:{path}" if len(str(path)) <= UNIX_PATH_MAX else ""
 
 
 def write_configs(
@@ -156,5 +170,8 @@ def write_configs(
         if len(specs) > 1:
             head += f"Node {i} of {len(specs)} on this machine.\n"
         tls = identities.tls(identities.nodes[spec.name]) if identities is not None else None
-        cfg = agent_config(spec, address, driver, libvirt_uris.get(spec.name, ""), virt_type, tls)
+        peers = peer_socket(spec) if len(specs) > 1 else ""
+        cfg = agent_config(
+            spec, address, driver, libvirt_uris.get(spec.name, ""), virt_type, tls, peers
+        )
         config.write(spec.config, cfg, head, skip_defaults=False)

@@ -48,7 +48,9 @@ from workspace.site.configs import (
 )
 from workspace.site.configs import (
     DRIVERS,
+    PEER_SOCKET,
     SERVICE_CONFIG,
+    UNIX_PATH_MAX,
     NodeSpec,
     write_configs,
 )
@@ -95,8 +97,6 @@ NODES_DIR = "nodes"  # <site>/nodes/<node>/ on a site of several nodes
 MAX_NODES = 16
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 90.0
-# sun_path is 108 bytes including the terminating NUL.
-UNIX_PATH_MAX = 107
 
 STATE_RULE = (
     "A site keeps its state (database, images, the agents' state and VMs' disks) and "
@@ -132,6 +132,7 @@ NODE_ENTRIES = (
     "hostenv.json",
     ".hostenv.json.tmp",
     "hostenv.lock",
+    PEER_SOCKET,  # a node's peer server on a site of several nodes
 )
 LOCK_FILE = "site.lock"
 
