@@ -98,7 +98,8 @@ class PeersServicer(nodes_pb2_grpc.PeersServicer):
     def FetchBlob(
         self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[nodes_pb2.BlobData]:
-        caller = self.gate.caller(context) or request.node
+        node = self.gate.caller(context)
+        caller = f"node {node} (certificate)" if node else f"{request.node!r} (unauthenticated)"
         digest = request.digest
         try:
             path = self.cache.path(digest)
