@@ -153,13 +153,19 @@ def is_loopback(address: str) -> bool:
 def check_listen(address: str, tls: TlsConfig | None, insecure: bool, what: str = "listen") -> bool:
     """Whether ``address`` may be served (or dialled) as configured; True when plaintext.
 
-    With TLS anything goes (the files are checked here, so a missing one is a clear
-    error at start rather than at the first call). Without TLS: ConfigError unless
-    ``insecure`` is set, and ConfigError for a TCP address that is not loopback even
-    then. The caller logs ``INSECURE_WARNING`` when this returns True.
+    With TLS anything goes (the files, and the CRL if one is named, are checked here,
+    so a missing one is a clear error at start rather than at the first call).
+    Without TLS: ConfigError unless ``insecure`` is set, and ConfigError for a TCP
+    address that is not loopback even then. The caller logs ``insecure_warning(...)``
+    when this returns True.
     """
     if tls is not None and tls.enabled:
         tls_files(tls)
+        if tls.crl_file and not Path(tls.crl_file).expanduser().is_file():
+            raise ConfigError(
+                f"tls.crl_file {tls.crl_file} not found; copy the site CA's crl.pem there "
+                "(`ws-admin pki init` makes it, `ws-admin pki revoke` re-signs it)"
+            )
         return False
     if not insecure:
         raise ConfigError(

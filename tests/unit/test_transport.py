@@ -65,6 +65,12 @@ def test_tls_from_an_identity_dir(ca: pki.CA, tmp_path: Path) -> None:
 def test_tls_material_missing_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"key\.pem not found.*ws-admin pki issue"):
         rpc.check_listen("0.0.0.0:1", TlsConfig(identity_dir=str(tmp_path)), False)
+    d = tmp_path / "id"
+    pki.init(tmp_path / "ca2").issue(Identity(Kind.SERVICE, "head"), d)
+    with pytest.raises(ConfigError, match=r"crl_file /nope/crl\.pem not found"):
+        rpc.check_listen(
+            "0.0.0.0:1", TlsConfig(identity_dir=str(d), crl_file="/nope/crl.pem"), False
+        )
     with pytest.raises(ConfigError, match="key_file not set"):
         rpc.tls_files(TlsConfig(ca_file="a", cert_file="b"))
 
