@@ -65,7 +65,8 @@ class PeerGate:
         return name
 
     def check(self, pem: bytes | None) -> tuple[str, str]:
-        """(the caller's principal or '', why it is refused or '') for a client certificate."""
+        """(who, why refused) for a client certificate: (node name, '') when it may
+        fetch; ('', reason) without a certificate; (principal or '?', reason) otherwise."""
         if pem is None:
             return "", "peers serve only callers presenting a certificate of the site CA"
         try:

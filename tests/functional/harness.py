@@ -223,10 +223,10 @@ class TlsSite(Site):
     and checks the CRL; ``stubs`` are the admin user ``default_owner``'s; agents present
     node identities issued on demand."""
 
-    def __init__(self, tmp: Path, test_pki: SitePki, **service_kw: Any) -> None:
-        self.pki = test_pki
+    def __init__(self, tmp: Path, site_pki: SitePki, **service_kw: Any) -> None:
+        self.pki = site_pki
         self.channels: list[grpc.Channel] = []
-        service_kw.setdefault("tls", config.to_dict(test_pki.tls(test_pki.service())))
+        service_kw.setdefault("tls", config.to_dict(site_pki.tls(site_pki.service())))
         super().__init__(tmp, **service_kw)
 
     def client_tls(self) -> TlsConfig:
