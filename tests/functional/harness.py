@@ -31,9 +31,11 @@ from workspace.service.main import Service
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    clusters_pb2_grpc,
     common_pb2,
     images_pb2,
     images_pb2_grpc,
+    trust_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -60,12 +62,16 @@ class Stubs:
     images: images_pb2_grpc.ImagesStub = field(init=False)
     admin: admin_pb2_grpc.AdminStub = field(init=False)
     nodes: nodes_pb2_grpc.NodesStub = field(init=False)
+    clusters: clusters_pb2_grpc.ClustersStub = field(init=False)
+    trust: trust_pb2_grpc.TrustStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.ws = workspaces_pb2_grpc.WorkspacesStub(self.channel)
         self.images = images_pb2_grpc.ImagesStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.nodes = nodes_pb2_grpc.NodesStub(self.channel)
+        self.clusters = clusters_pb2_grpc.ClustersStub(self.channel)
+        self.trust = trust_pb2_grpc.TrustStub(self.channel)
 
     # -- conveniences used by many tests -------------------------------------------------
 
