@@ -37,6 +37,8 @@ def check_transport(cfg: AgentConfig) -> None:
         cfg.peer_listen, cfg.tls, cfg.insecure, what="peer_listen"
     ):
         log.warning(rpc.insecure_warning("workspace-agent (peer server)", cfg.peer_listen))
+    elif cfg.peer_listen and not cfg.tls.crl_file:
+        log.warning("[tls] crl_file is not set: peers with revoked certificates are served")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,8 @@ class Service:
         if plaintext:
             log.warning(rpc.insecure_warning("workspace-service", self.cfg.listen))
             log.warning("INSECURE: every caller acts as the admin user %r", self.cfg.default_owner)
+        elif not self.cfg.tls.crl_file:
+            log.warning("[tls] crl_file is not set: revoked certificates are not refused")
         if self.cfg.listen.startswith("unix:"):
             Path(self.cfg.listen.removeprefix("unix:").removeprefix("//")).unlink(missing_ok=True)
         self.port = rpc.bind(self.server, self.cfg.listen, self.cfg.tls)
