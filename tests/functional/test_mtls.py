@@ -12,10 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.functional.harness import WS, SitePki, Stubs, TlsSite
+from tests.functional.harness import WS, SitePki, Stubs, TlsSite, wait_for
 from tests.functional.test_cli import ok, run
 from workspace import config, pki, rpc
 from workspace.cli import ws
+from workspace.client import Client
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.v1 import admin_pb2, images_pb2
@@ -57,6 +58,12 @@ def test_a_site_over_mutual_tls_runs_a_workspace(tls_site: TlsSite) -> None:
     w = site.stubs.create(name="w1")
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     assert list_nodes(site.identity("alice")) == ["node1"]
+    # the Python client, as a user identity directory
+    with Client(site.address, identity=site.pki.user("alice")) as alice:
+        mine = alice.create_workspace("img", name="a1")
+        assert "a1" in [w.name for w in alice.list_workspaces()]
+        running = WS.WORKSPACE_STATE_RUNNING
+        wait_for(lambda: alice.get_workspace(mine.id).state == running, what="a1 RUNNING")
 
 
 def test_a_client_without_a_certificate_cannot_connect(tls_site: TlsSite) -> None:
