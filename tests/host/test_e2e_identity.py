@@ -28,7 +28,6 @@ from images.appliance import Appliance
 from tests.functional.harness import wait_for
 from tests.host.test_e2e_site import BOOT_S, run
 from workspace import pki, rpc
-from workspace.client import resolve_tls
 from workspace.config import TlsConfig
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.v1 import workspaces_pb2, workspaces_pb2_grpc
@@ -64,7 +63,8 @@ class IdSite:
         return (self.node_dir(node) / "agent.log").read_text(errors="replace")
 
     def console(self, wid: str) -> str:
-        ch = rpc.channel(self.address, resolve_tls(self.address))
+        """The console of alice's workspace ``wid``, read as alice."""
+        ch = rpc.channel(self.address, TlsConfig(identity_dir=str(self.alice)))
         try:
             stub = workspaces_pb2_grpc.WorkspacesStub(ch)
             req = workspaces_pb2.GetConsoleRequest(id=wid)
@@ -152,7 +152,7 @@ def test_a_user_runs_a_vm_and_the_next_node_fetches_its_blob_from_a_peer(site: I
         cached = re.findall(
             r"cached blob sha256:\S+ \(\d+ bytes\) from (\S+)", site.agent_log(other)
         )
-        assert "peer" in cached, cached
+        assert cached and set(cached) == {"peer"}, cached
         site.ws("destroy", "a2", "--wait", "--timeout", "60")
     finally:
         site.admin("node", "enable", first)
