@@ -189,3 +189,47 @@ def test_site_configs_use_the_site_identities(tmp_path: Path) -> None:
     write_configs(one.dir, one.address, one.node_specs(), "fake", "qemu", {})
     agent = config.load(AgentConfig, one.agent_config)
     assert agent.insecure and agent.peer_listen == ""  # no identities given: plaintext
+
+
+def test_site_up_talks_to_its_service_as_its_admin_from_the_first_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libvirt site writes its record before the namespaces exist; that record (and
+    the start's own client) must already name the admin identity — else restarting
+    only an agent of a running site talks plaintext to its mTLS service."""
+    from workspace.site import local
+    from workspace.site.record import read_record
+
+    seen: dict[str, object] = {}
+
+    class Env:
+        libvirt_uri = "qemu+unix:///system?socket=/tmp/x"
+
+        def up(self) -> None:
+            rec = read_record(tmp_path)
+            seen["record"] = rec.identity_dir if rec is not None else None
+
+        def down(self) -> None: ...
+
+        def run_prefix(self) -> list[str]:
+            return []
+
+        def running(self) -> bool:
+            return False
+
+    class Proc:
+        pid = 0
+
+        def poll(self) -> None:
+            return None
+
+    site = local.LocalSite(tmp_path, driver="libvirt")
+    monkeypatch.setattr(site, "_hostenv", lambda *a: Env())
+    monkeypatch.setattr(site, "_spawn", lambda *a: Proc())
+    monkeypatch.setattr(site, "_wait_healthy", lambda *a: seen.update(tls=site.client_tls()))
+    for name in ("_ensure_network", "_wait_node_ready"):
+        monkeypatch.setattr(site, name, lambda *a: None)
+    rec = site.up().record
+    admin = str(tmp_path / "identities" / "admin-local")
+    assert rec.identity_dir == admin and seen["record"] == admin
+    assert seen["tls"] == TlsConfig(identity_dir=admin)

@@ -193,6 +193,8 @@ class LocalSite:
         self.nodes = nodes or 1
         self.node = node
         self._say = say or (lambda _msg: None)
+        # The site's CA and identities, once `up` has made or found them.
+        self.identities: identities.SiteIdentities | None = None
 
     # -- paths -------------------------------------------------------------------------
 
@@ -383,6 +385,10 @@ class LocalSite:
         specs = self.node_specs()
         libvirt = self.driver == "libvirt"
         old_pids = {a.node: a.pid for a in old.agents} if old is not None else {}
+        # The CA and identities first: every record written from here on names the
+        # admin identity, which the start itself uses to talk to the service.
+        ids = identities.ensure(self.dir, self.owner, [spec.name for spec in specs])
+        self.identities = ids
         rec = SiteRecord(
             dir=str(self.dir),
             address=self.address,
@@ -390,6 +396,7 @@ class LocalSite:
             service_pid=old.service_pid if old is not None and svc_alive else 0,
             virt_type=self.virt_type if libvirt else "",
             started_at=time.time(),
+            identity_dir=str(ids.admin),
             agents=[
                 AgentRecord(
                     node=spec.name,
@@ -419,8 +426,6 @@ class LocalSite:
         # From here on the site has state: what it is made with is kept (setup.json).
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
-        ids = identities.ensure(self.dir, self.owner, [spec.name for spec in specs])
-        rec.identity_dir = str(ids.admin)
         self._write_configs(uris, ids)
         service_prefix = prefixes[specs[0].name] if rec.service_netns else []
         started: list[tuple[str, Any]] = []
@@ -470,7 +475,10 @@ class LocalSite:
         return ServiceConfig().default_owner
 
     def client_tls(self) -> TlsConfig | None:
-        """The admin identity of the running site (None: a site from before identities)."""
+        """The admin identity of the site: the one this start issued, else the running
+        site's record's (None: a site from before identities)."""
+        if self.identities is not None:
+            return TlsConfig(identity_dir=str(self.identities.admin))
         rec = read_record(self.dir)
         if rec is None or not rec.identity_dir:
             return None
