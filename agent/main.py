@@ -12,7 +12,7 @@ from types import FrameType
 from agent.agent import Agent
 from agent.netsetup import Networking, NullNetworking
 from agent.virt import make_driver
-from workspace import config
+from workspace import config, rpc
 from workspace.config import AgentConfig
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
@@ -26,6 +26,19 @@ def make_networking(cfg: AgentConfig) -> Networking:
     from agent.net.node import BridgeNetworking
 
     return BridgeNetworking(cfg)
+
+
+def check_transport(cfg: AgentConfig) -> None:
+    """Refuse plaintext to the service and to peers unless insecure = true (and then
+    anywhere but loopback or a unix socket); warn loudly when plaintext is used."""
+    if rpc.check_listen(cfg.service, cfg.tls, cfg.insecure, what="service"):
+        log.warning(rpc.insecure_warning("workspace-agent (to the service)", cfg.service))
+    if cfg.peer_listen and rpc.check_listen(
+        cfg.peer_listen, cfg.tls, cfg.insecure, what="peer_listen"
+    ):
+        log.warning(rpc.insecure_warning("workspace-agent (peer server)", cfg.peer_listen))
+    elif cfg.peer_listen and not cfg.tls.crl_file:
+        log.warning("[tls] crl_file is not set: peers with revoked certificates are served")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workspace-agent: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, f"workspace-agent[{cfg.node}]")
+    try:
+        check_transport(cfg)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 1
     try:
         agent = Agent(cfg, make_driver(cfg), make_networking(cfg))
     except WorkspaceError as exc:

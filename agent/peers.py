@@ -11,22 +11,30 @@ A peer serves only blobs that are complete in its cache and intact: before each
 transfer it checks the blob's stat against the one recorded when it was verified and
 re-hashes it if that changed (a corrupted one is quarantined and refused with
 DATA_LOSS). It never relays a transfer in progress.
+
+With TLS (``[tls]`` of the agent) the peer server requires a client certificate of
+the site CA and serves only node identities (``workspace://node/NAME``) whose
+certificate the CRL (``tls.crl_file``, re-read when it changes) does not revoke; the
+peer client presents the agent's own node identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 
 from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.cache.blobs import CHUNK_BYTES
-from workspace import rpc
+from workspace import identity, pki, rpc
 from workspace.config import TlsConfig
-from workspace.errors import ImageError, Unavailable
+from workspace.errors import ImageError, PermissionDenied, Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 log = logging.getLogger("agent.peers")
@@ -36,16 +44,65 @@ FETCH_TIMEOUT_S = 3600.0
 SERVE_PARALLEL = 8
 
 
+class PeerGate:
+    """Who may fetch from this peer: with TLS, only unrevoked node identities."""
+
+    def __init__(self, tls: TlsConfig) -> None:
+        self.secure = tls.enabled
+        self.revocations: pki.Revocations | None = None
+        if tls.enabled and tls.crl_file:
+            self.revocations = pki.Revocations(tls.crl_file, str(rpc.tls_files(tls).ca_file))
+
+    def caller(self, context: grpc.ServicerContext) -> str:
+        """The calling node's name ('' without TLS); aborts the call when refused."""
+        if not self.secure:
+            return ""
+        name, refusal = self.check(rpc.peer_certificate(context))
+        if refusal:
+            log.warning("refused a blob fetch: %s", refusal)
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED if not name else grpc.StatusCode.PERMISSION_DENIED
+            )
+            context.abort(code, refusal)
+        return name
+
+    def check(self, pem: bytes | None) -> tuple[str, str]:
+        """(who, why refused) for a client certificate: (node name, '') when it may
+        fetch; ('', reason) without a certificate; (principal or '?', reason) otherwise."""
+        if pem is None:
+            return "", "peers serve only callers presenting a certificate of the site CA"
+        try:
+            who = identity.from_pem(pem)
+        except PermissionDenied as exc:
+            return "?", exc.message
+        except ValueError:
+            return "?", "the client certificate cannot be read"
+        if not who.is_node:
+            return (
+                who.principal,
+                f"peers serve blobs only to node identities, not to {who.principal}",
+            )
+        if self.revocations is not None and self.revocations.is_revoked(who.serial):
+            return (
+                who.principal,
+                f"the certificate of {who.principal} (serial {who.serial:#x}) is revoked",
+            )
+        return who.name, ""
+
+
 class PeersServicer(nodes_pb2_grpc.PeersServicer):
-    def __init__(self, cache: BlobCache, node: str) -> None:
+    def __init__(self, cache: BlobCache, node: str, gate: PeerGate | None = None) -> None:
         self.cache = cache
         self.node = node
+        self.gate = gate or PeerGate(TlsConfig())
         self.served_bytes = 0
         self._lock = threading.Lock()
 
     def FetchBlob(
         self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[nodes_pb2.BlobData]:
+        node = self.gate.caller(context)
+        caller = f"node {node} (certificate)" if node else f"{request.node!r} (unauthenticated)"
         digest = request.digest
         try:
             path = self.cache.path(digest)
@@ -69,7 +126,7 @@ class PeersServicer(nodes_pb2_grpc.PeersServicer):
                     f"offset {request.offset} is outside {digest} ({total} bytes)",
                 )
             f.seek(request.offset)
-            log.info("serving %s from byte %d to %s", digest, request.offset, request.node)
+            log.info("serving %s from byte %d to %s", digest, request.offset, caller)
             while chunk := f.read(CHUNK_BYTES):
                 with self._lock:
                     self.served_bytes += len(chunk)
@@ -84,13 +141,18 @@ class PeerServer:
     ) -> None:
         self.listen = listen
         self.advertise = advertise
-        self.servicer = PeersServicer(cache, node)
+        self.servicer = PeersServicer(cache, node, PeerGate(tls))
         self.server = rpc.server(SERVE_PARALLEL)
         nodes_pb2_grpc.add_PeersServicer_to_server(self.servicer, self.server)
         self.tls = tls
         self.address = ""
 
     def start(self) -> str:
+        if rpc.is_unix(self.listen):  # a socket left by a killed agent
+            path = Path(self.listen.removeprefix("unix:").removeprefix("//"))
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
         port = rpc.bind(self.server, self.listen, self.tls)
         if not self.listen.startswith("unix:") and port == 0:
             raise Unavailable(f"cannot listen for peers on {self.listen}")

@@ -50,7 +50,7 @@ def start_service(tmp: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], 
     conf = tmp / "service.toml"
     conf.write_text(
         f'listen = "{sock}"\ndata_dir = "{tmp / "data"}"\nlog_level = "WARNING"\n'
-        f"node_grace_s = 3600\n{extra}"
+        f"node_grace_s = 3600\ninsecure = true\n{extra}"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(tmp / "service.log", "wb")  # noqa: SIM115 - lives as long as the process

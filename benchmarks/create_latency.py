@@ -53,6 +53,7 @@ from benchmarks._common import ROOT, emit
 from images.appliance import READY_PREFIX, build
 from tests.functional.harness import WS, Stubs
 from workspace import rpc
+from workspace.client import resolve_tls
 from workspace.site.hostenv import HostEnv
 from workspace.v1 import workspaces_pb2
 
@@ -178,7 +179,7 @@ class Bench:
             "--appliance",
             str(appliance_dir),
         )
-        self.stubs = Stubs(rpc.channel(address))
+        self.stubs = Stubs(rpc.channel(address, resolve_tls(address)))
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self.conn = libvirt.open(self.uri)
         self.scratch.mkdir(mode=0o755)

@@ -84,6 +84,7 @@ class Agents:
                 "log_level": "INFO",
                 "peer_listen": f"unix:{tmp / (name + '-peers.sock')}" if peers else "",
                 "labels": {"node": name},
+                "insecure": True,
             }
             path = write_toml(tmp / f"{name}.toml", conf)
             self.logs[name] = tmp / f"{name}.log"

@@ -9,9 +9,7 @@ reached). A few helpers build on the RPCs: ``upload_blob`` (1 MiB chunks),
 ``wait_for_state`` (level-triggered: watch events plus a periodic re-read),
 ``wait_for_cluster_state`` (polls GetCluster) and ``health``.
 
-Where the service is (``Client.from_env``): an explicit address, else
-``$WS_SERVICE``, else the local all-in-one site (``site.json`` in ``$WS_SITE_DIR``
-or ``~/.local/share/workspace/site``).
+Where the service is and who calls it: ``workspace/client_address.py``.
 """
 
 from __future__ import annotations
@@ -28,13 +26,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from workspace import errors, rpc, rpc_status
+from workspace.client_address import IDENTITY_ENV as IDENTITY_ENV  # re-exported
+from workspace.client_address import SERVICE_ENV as SERVICE_ENV  # re-exported
+from workspace.client_address import TLS_ENV as TLS_ENV  # re-exported
+from workspace.client_address import ServiceNotConfigured as ServiceNotConfigured
+from workspace.client_address import identity_tls as identity_tls  # re-exported
+from workspace.client_address import resolve_address as resolve_address  # re-exported
+from workspace.client_address import resolve_tls as resolve_tls  # re-exported
+from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_images import ImagesClientMixin
 from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
 from workspace.client_images import blank_partition as blank_partition  # re-exported
 from workspace.client_projects import ProjectsClientMixin
 from workspace.config import TlsConfig
-from workspace.site import record as site_record
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -51,9 +56,6 @@ from workspace.v1 import (
 
 T = TypeVar("T")
 
-SERVICE_ENV = "WS_SERVICE"
-# Optional mutual-TLS material for the client (paths); all empty means plaintext.
-TLS_ENV = ("WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY")
 CHUNK_BYTES = 1024 * 1024
 # list_workspaces asks for this many per page.
 LIST_PAGE_SIZE = 500
@@ -90,12 +92,6 @@ _CONNECT_MARKERS = (
     "connect failed",
     "permission denied",
 )
-
-
-class ServiceNotConfigured(errors.Unavailable):
-    """No service address was given and no local site exists."""
-
-    expected = True
 
 
 class WaitTimeout(errors.WorkspaceError):
@@ -169,36 +165,22 @@ def failure_policy_value(value: int | str) -> int:
     return _enum_value(clusters_pb2.FailurePolicy, "FAILURE_POLICY_", FAILURE_POLICIES, value)
 
 
-def resolve_address(service: str | None = None) -> str:
-    """The service address: ``service``, else $WS_SERVICE, else the local site."""
-    if service:
-        return service
-    env = os.environ.get(SERVICE_ENV, "").strip()
-    if env:
-        return env
-    site_dir = site_record.default_site_dir()
-    record = site_record.read_record(site_dir)
-    if record is not None and record.address:
-        return record.address
-    raise ServiceNotConfigured(
-        "no workspace service configured: pass --service ADDR (host:port or unix:/path), "
-        f"set {SERVICE_ENV}=ADDR, or start a local site with `ws-admin site up` "
-        f"(looked for {site_dir / site_record.SITE_FILE})"
-    )
-
-
-def tls_from_env() -> TlsConfig | None:
-    ca, cert, key = (os.environ.get(name, "") for name in TLS_ENV)
-    tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key)
-    return tls if tls.enabled else None
-
-
 class Client(ImagesClientMixin, ProjectsClientMixin):
     """A connection to one workspace service. Thread-safe; close() when done."""
 
-    def __init__(self, address: str, tls: TlsConfig | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        tls: TlsConfig | None = None,
+        timeout_s: float = 30.0,
+        identity: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """``identity``: an identity directory to call as (instead of ``tls``)."""
+        if identity is not None:
+            tls = identity_tls(identity)
         self.address = address
         self.timeout_s = timeout_s
+        self.tls = tls
         self._channel = rpc.channel(address, tls)
         self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
@@ -214,9 +196,14 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
         service: str | None = None,
         tls: TlsConfig | None = None,
         timeout_s: float = 30.0,
+        identity: str | None = None,
     ) -> Client:
-        """A client for ``service``, else $WS_SERVICE, else the local site."""
-        return cls(resolve_address(service), tls or tls_from_env(), timeout_s)
+        """A client for ``service``, else $WS_SERVICE, else the local site; as
+        ``identity`` (or ``tls``), else as ``resolve_tls`` finds."""
+        address = resolve_address(service)
+        if identity or tls is None:
+            tls = resolve_tls(address, identity)
+        return cls(address, tls, timeout_s)
 
     def close(self) -> None:
         self._channel.close()
@@ -240,8 +227,15 @@ class Client(ImagesClientMixin, ProjectsClientMixin):
         if code == grpc.StatusCode.UNAVAILABLE and (
             not details or any(m in details.lower() for m in _CONNECT_MARKERS)
         ):
+            hint = (
+                ""
+                if self.tls is not None
+                else f" (no identity given: a service with mutual TLS needs --identity DIR "
+                f"or ${IDENTITY_ENV})"
+            )
             return errors.Unavailable(
-                f"cannot reach the workspace service at {self.address}: {details or 'unavailable'}"
+                f"cannot reach the workspace service at {self.address}: "
+                f"{details or 'unavailable'}{hint}"
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.Unavailable(

@@ -124,6 +124,8 @@ class CA:
         is reached at; they go into the certificate as DNS/IP subjectAltNames.
         """
         check_name(identity.kind, identity.name)
+        for project in identity.projects:
+            check_name(Kind.USER, project)
         out = _private_dir(Path(out_dir))
         if (out / KEY).exists():
             raise AlreadyExists(f"{out} already holds an identity; choose another --out")

@@ -1,20 +1,39 @@
 """Every gRPC channel and server is built here, from config.
 
 Addresses are "host:port" (TCP) or "unix:/path" (a unix socket). Credentials come
-from a TlsConfig: when it is set, both sides use mutual TLS; no call site changes.
+from a TlsConfig: when it is set, both sides use mutual TLS with the site CA; no call
+site changes. A TlsConfig names either an identity directory (``identity_dir``:
+ca.pem, cert.pem, key.pem, as ``ws-admin pki issue`` writes it) or the three files.
+
+Plaintext is for development and tests only: ``check_listen`` refuses it unless the
+config says ``insecure = true``, and even then only on loopback or a unix socket.
+Over a unix socket with TLS the client checks the server's certificate for the name
+``localhost`` (``UNIX_TARGET_NAME``): the local site issues its service that name.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Sequence
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 
 from workspace.config import TlsConfig
+from workspace.errors import ConfigError
+
+log = logging.getLogger("workspace.rpc")
 
 # Generous message size: console tails and blob chunks.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The name a TLS client expects in the certificate of a server on a unix socket.
+UNIX_TARGET_NAME = "localhost"
+# The key of the peer's certificate (PEM) in a call's auth context.
+PEER_CERT_KEY = "x509_pem_cert"
 _OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -30,20 +49,63 @@ _SERVER_OPTIONS = [
 ]
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+@dataclass(frozen=True)
+class TlsFiles:
+    """The three files of one side of mutual TLS."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def tls_files(tls: TlsConfig) -> TlsFiles:
+    """The CA, certificate and key files ``tls`` names (from ``identity_dir`` for the
+    ones it does not name itself); ConfigError naming what is missing."""
+    ca, cert, key = tls.ca_file, tls.cert_file, tls.key_file
+    if tls.identity_dir:
+        d = Path(tls.identity_dir).expanduser()
+        ca, cert, key = (
+            ca or str(d / "ca.pem"),
+            cert or str(d / "cert.pem"),
+            key or str(d / "key.pem"),
+        )
+    named = {"ca_file": ca, "cert_file": cert, "key_file": key}
+    unnamed = [k for k, v in named.items() if not v]
+    if unnamed:
+        raise ConfigError(
+            f"tls: {', '.join(unnamed)} not set (give identity_dir, or all of "
+            "ca_file, cert_file and key_file)"
+        )
+    missing = [v for v in named.values() if not Path(v).expanduser().is_file()]
+    if missing:
+        where = f" (identity_dir {tls.identity_dir})" if tls.identity_dir else ""
+        raise ConfigError(
+            f"tls: {', '.join(missing)} not found{where}; "
+            "make an identity directory with `ws-admin pki issue`"
+        )
+    return TlsFiles(Path(ca).expanduser(), Path(cert).expanduser(), Path(key).expanduser())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"tls: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def channel(address: str, tls: TlsConfig | None = None) -> grpc.Channel:
     """A client channel to ``address`` with the credentials ``tls`` describes."""
     if tls is not None and tls.enabled:
+        files = tls_files(tls)
         creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(tls.ca_file),
-            private_key=_read(tls.key_file) if tls.key_file else None,
-            certificate_chain=_read(tls.cert_file) if tls.cert_file else None,
+            root_certificates=_read(files.ca_file),
+            private_key=_read(files.key_file),
+            certificate_chain=_read(files.cert_file),
         )
-        return grpc.secure_channel(address, creds, options=_OPTIONS)
+        options: list[tuple[str, Any]] = list(_OPTIONS)
+        if is_unix(address):
+            options.append(("grpc.ssl_target_name_override", UNIX_TARGET_NAME))
+        return grpc.secure_channel(address, creds, options=options)
     return grpc.insecure_channel(address, options=_OPTIONS)
 
 
@@ -64,12 +126,78 @@ def server(
 
 
 def bind(srv: grpc.Server, address: str, tls: TlsConfig | None = None) -> int:
-    """Bind ``srv`` to ``address``; returns the port (0 for unix sockets)."""
+    """Bind ``srv`` to ``address``; returns the port (0 for unix sockets).
+
+    With ``tls`` the server presents its certificate and requires every client to
+    present one signed by the same CA (mutual TLS)."""
     if tls is not None and tls.enabled:
+        files = tls_files(tls)
         creds = grpc.ssl_server_credentials(
-            [(_read(tls.key_file), _read(tls.cert_file))],
-            root_certificates=_read(tls.ca_file),
+            [(_read(files.key_file), _read(files.cert_file))],
+            root_certificates=_read(files.ca_file),
             require_client_auth=True,
         )
         return srv.add_secure_port(address, creds)
     return srv.add_insecure_port(address)
+
+
+def is_unix(address: str) -> bool:
+    return address.startswith("unix:")
+
+
+def is_loopback(address: str) -> bool:
+    """True for a unix socket or a TCP address on a loopback interface."""
+    if is_unix(address):
+        return True
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(address: str, tls: TlsConfig | None, insecure: bool, what: str = "listen") -> bool:
+    """Whether ``address`` may be served (or dialled) as configured; True when plaintext.
+
+    With TLS anything goes (the files, and the CRL if one is named, are checked here,
+    so a missing one is a clear error at start rather than at the first call).
+    Without TLS: ConfigError unless ``insecure`` is set, and ConfigError for a TCP
+    address that is not loopback even then. The caller logs ``insecure_warning(...)``
+    when this returns True.
+    """
+    if tls is not None and tls.enabled:
+        tls_files(tls)
+        if tls.crl_file and not Path(tls.crl_file).expanduser().is_file():
+            raise ConfigError(
+                f"tls.crl_file {tls.crl_file} not found; copy the site CA's crl.pem there "
+                "(`ws-admin pki init` makes it, `ws-admin pki revoke` re-signs it)"
+            )
+        return False
+    if not insecure:
+        raise ConfigError(
+            f"{what} {address}: no TLS configured; set [tls] identity_dir (an identity "
+            "directory from `ws-admin pki issue`), or insecure = true for a development "
+            "setup on loopback or a unix socket"
+        )
+    if not is_loopback(address):
+        raise ConfigError(
+            f"{what} {address}: insecure = true allows plaintext only on a loopback "
+            "address or a unix socket; configure [tls] to use this address"
+        )
+    return True
+
+
+def insecure_warning(process: str, address: str) -> str:
+    return (
+        f"INSECURE: {process} runs WITHOUT TLS on {address} (insecure = true): no caller "
+        "is authenticated; use this only for development and tests"
+    )
+
+
+def peer_certificate(context: grpc.ServicerContext) -> bytes | None:
+    """The PEM certificate the caller presented (None without TLS or without one)."""
+    values = context.auth_context().get(PEER_CERT_KEY) or []
+    return bytes(values[0]) if values else None

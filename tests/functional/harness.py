@@ -1,4 +1,11 @@
-"""A real service and fake-driver agents, in-process or as subprocesses, over real gRPC."""
+"""A real service and fake-driver agents, in-process or as subprocesses, over real gRPC.
+
+``Site`` runs plaintext on a unix socket with ``insecure = true`` (every caller is the
+admin user ``default_owner``): the fast functional tests. ``TlsSite`` runs the same
+over mutual TLS with a CA of its own (``SitePki``, one per test module is enough):
+``site.identity("alice", projects=("physics",))`` issues a user identity on demand
+and returns stubs bound to it; agents present node identities.
+"""
 
 from __future__ import annotations
 
@@ -16,16 +23,19 @@ import grpc
 
 from agent.agent import Agent
 from agent.virt.fake import FakeDriver
-from workspace import config, hostproc, rpc
-from workspace.config import AgentConfig, ServiceConfig
+from workspace import config, hostproc, pki, rpc
+from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.service.main import Service
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    clusters_pb2_grpc,
     common_pb2,
     images_pb2,
     images_pb2_grpc,
+    trust_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -54,6 +64,8 @@ class Stubs:
     images: images_pb2_grpc.ImagesStub = field(init=False)
     admin: admin_pb2_grpc.AdminStub = field(init=False)
     nodes: nodes_pb2_grpc.NodesStub = field(init=False)
+    clusters: clusters_pb2_grpc.ClustersStub = field(init=False)
+    trust: trust_pb2_grpc.TrustStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.ws = workspaces_pb2_grpc.WorkspacesStub(self.channel)
@@ -62,6 +74,8 @@ class Stubs:
         if self.node_channel is None:
             self.node_channel = self.channel
         self.nodes = nodes_pb2_grpc.NodesStub(self.node_channel)
+        self.clusters = clusters_pb2_grpc.ClustersStub(self.channel)
+        self.trust = trust_pb2_grpc.TrustStub(self.channel)
 
     # -- conveniences used by many tests -------------------------------------------------
 
@@ -110,6 +124,7 @@ def service_config(tmp: Path, **kw: Any) -> ServiceConfig:
     kw.setdefault("data_dir", str(tmp / "service"))
     kw.setdefault("heartbeat_interval_s", 1)
     kw.setdefault("default_stop_timeout_s", 2)
+    kw.setdefault("insecure", "tls" not in kw)
     return config.load(ServiceConfig, None, **kw)
 
 
@@ -119,6 +134,7 @@ def agent_config(tmp: Path, node: str, service: str, **kw: Any) -> AgentConfig:
     kw.setdefault("memory_mib", 16384)
     kw.setdefault("disk_gib", 100)
     kw.setdefault("resync_interval_s", 1.0)
+    kw.setdefault("insecure", "tls" not in kw)
     return config.from_dict(AgentConfig, {"node": node, "service": service, "driver": "fake", **kw})
 
 
@@ -131,7 +147,18 @@ class Site:
         self.service: Service | None = None
         self.agents: dict[str, Agent] = {}
         self.start_service()
-        self.stubs = Stubs(rpc.channel(self.cfg.listen), rpc.channel(self.cfg.node_address))
+        tls = self.client_tls()
+        self.stubs = Stubs(
+            rpc.channel(self.cfg.listen, tls), rpc.channel(self.cfg.node_address, tls)
+        )
+
+    def client_tls(self) -> TlsConfig | None:
+        """What the site's own stubs (an admin) connect with (None: plaintext)."""
+        return None
+
+    def agent_kw(self, node: str) -> dict[str, Any]:
+        """Extra agent config for ``node`` (its identity on a TLS site)."""
+        return {}
 
     @property
     def address(self) -> str:
@@ -153,7 +180,7 @@ class Site:
             self.service = None
 
     def add_agent(self, node: str = "node1", **kw: Any) -> Agent:
-        cfg = agent_config(self.tmp, node, self.node_address, **kw)
+        cfg = agent_config(self.tmp, node, self.node_address, **{**self.agent_kw(node), **kw})
         agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
         agent.start()
         self.agents[node] = agent
@@ -176,6 +203,80 @@ class Site:
         if self.stubs.node_channel is not None:
             self.stubs.node_channel.close()
         self.stop_service()
+
+
+class SitePki:
+    """A site CA in ``dir`` and the identity directories issued from it, made on demand."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+        self.ca = pki.init(dir / "ca")
+        self._issued: dict[tuple[Identity, tuple[str, ...]], Path] = {}
+
+    @property
+    def crl_file(self) -> Path:
+        return self.ca.dir / pki.CRL
+
+    def issue(self, who: Identity, hosts: tuple[str, ...] = ()) -> Path:
+        """The identity directory of ``who`` (issued once per identity and hosts)."""
+        key = (who, hosts)
+        if key not in self._issued:
+            out = self.dir / "ids" / f"{who.kind.value}-{who.name}-{len(self._issued)}"
+            self.ca.issue(who, out, hosts)
+            self._issued[key] = out
+        return self._issued[key]
+
+    def user(self, name: str, admin: bool = False, projects: tuple[str, ...] = ()) -> Path:
+        return self.issue(Identity(Kind.USER, name, admin, tuple(sorted(projects))))
+
+    def node(self, name: str) -> Path:
+        return self.issue(Identity(Kind.NODE, name), ("localhost",))
+
+    def service(self) -> Path:
+        return self.issue(Identity(Kind.SERVICE, "localhost"), ("localhost",))
+
+    def tls(self, identity_dir: Path) -> TlsConfig:
+        return TlsConfig(identity_dir=str(identity_dir), crl_file=str(self.crl_file))
+
+
+class TlsSite(Site):
+    """A ``Site`` over mutual TLS: the service presents a service identity (``localhost``)
+    and checks the CRL; ``stubs`` are the admin user ``default_owner``'s; agents present
+    node identities issued on demand."""
+
+    def __init__(self, tmp: Path, site_pki: SitePki, **service_kw: Any) -> None:
+        self.pki = site_pki
+        self.channels: list[grpc.Channel] = []
+        service_kw.setdefault("tls", config.to_dict(site_pki.tls(site_pki.service())))
+        super().__init__(tmp, **service_kw)
+
+    def client_tls(self) -> TlsConfig:
+        return self.pki.tls(self.pki.user(self.cfg.default_owner, admin=True))
+
+    def agent_kw(self, node: str) -> dict[str, Any]:
+        tls = self.pki.tls(self.pki.node(node))
+        return {"tls": config.to_dict(tls)}
+
+    def identity(
+        self, name: str, admin: bool = False, projects: tuple[str, ...] = (), kind: str = "user"
+    ) -> Stubs:
+        """Stubs bound to the identity ``kind``/``name`` (issued now if not yet)."""
+        if Kind(kind) is Kind.USER:
+            d = self.pki.user(name, admin, projects)
+        else:
+            d = self.pki.issue(Identity(Kind(kind), name), ("localhost",))
+        stubs = Stubs(rpc.channel(self.address, self.pki.tls(d)))
+        self.channels.append(stubs.channel)
+        return stubs
+
+    def revoke(self, name: str) -> None:
+        """Revoke every certificate issued to ``name`` (the service re-reads the CRL)."""
+        self.pki.ca.revoke(name)
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.close()
+        super().close()
 
 
 class Proc:

@@ -30,6 +30,7 @@ from images.appliance import Appliance
 from tests.functional.harness import WS, Stubs, wait_for
 from tests.host.test_e2e_site import run as site_run
 from workspace import rpc
+from workspace.client import resolve_tls
 from workspace.site.hostenv import HostEnv, netns_exists, pid_netns_inode
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
 
@@ -54,7 +55,8 @@ class ClusterSite:
         assert out.returncode == 0, out.stderr + out.stdout
         self.record = json.loads((self.dir / "site.json").read_text())
         if self.stubs is None:
-            self.stubs = Stubs(rpc.channel(str(self.record["address"])))
+            address = str(self.record["address"])
+            self.stubs = Stubs(rpc.channel(address, resolve_tls(address)))
             self.clusters = clusters_pb2_grpc.ClustersStub(self.stubs.channel)
 
     @property

@@ -24,6 +24,7 @@ import pytest
 from images.appliance import Appliance
 from tests.functional.harness import WS, Stubs, wait_for
 from workspace import rpc
+from workspace.client import resolve_tls
 from workspace.v1 import admin_pb2, workspaces_pb2
 
 pytestmark = pytest.mark.host
@@ -64,7 +65,8 @@ class E2ESite:
         assert out.returncode == 0, out.stderr + out.stdout
         self.record = json.loads((self.dir / "site.json").read_text())
         if self.stubs is None:
-            self.stubs = Stubs(rpc.channel(str(self.record["address"])))
+            address = str(self.record["address"])
+            self.stubs = Stubs(rpc.channel(address, resolve_tls(address)))
 
     def ws(self, *args: str) -> str:
         out = run("workspace.cli.ws", "--service", str(self.record["address"]), *args, check=False)

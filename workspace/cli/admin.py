@@ -20,6 +20,7 @@ from workspace.cli import (
     cache_cmds,
     clusterspec,
     common,
+    pki_cmds,
     project_cmds,
     render,
     trust_cmds,
@@ -242,6 +243,8 @@ class Commands(common.ClientCommands):
         print(f"local site {head} in {site.dir} (driver {rec.driver})")
         print(f"  service  pid {rec.service_pid}  {rec.address}  (log {site.service_log})")
         print(f"  agent    pid {rec.agent_pid}  node {rec.node}  (log {site.agent_log})")
+        if rec.identity_dir:
+            print(f"  identity {rec.identity_dir}  (mutual TLS; ws uses it by default)")
         print()
         if found:
             print("use it:   ws list            (ws finds this site by default)")
@@ -274,6 +277,9 @@ class Commands(common.ClientCommands):
                 f"  service  pid {svc['pid']} {run(svc)}  {st['address']}  "
                 f"health {st['health'] or '-'}"
             )
+            ident = st.get("identity") or {}
+            who = ident.get("principal") or ident.get("note") or "-"
+            print(f"  identity {who}  {ident.get('dir', '')}".rstrip())
             for agent in st.get("agents", []):
                 print(
                     f"  agent    pid {agent['pid']} {run(agent)}  node {agent['node']} "
@@ -375,6 +381,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     project_cmds.register_admin(sub, images, parent, cmds.client)
     trust_cmds.register_admin(sub, parent, cmds.client)
     usage_cmds.register_admin(sub, parent, cmds.client)
+    pki_cmds.register(sub, parent)
 
     site = group("site", "the local all-in-one site (service + one agent)")
     sub.choices["site"].description = local.STATE_RULE

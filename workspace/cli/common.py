@@ -28,8 +28,9 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
-# Builds the client for a --service value (None: from the environment / local site).
-Connect = Callable[[str | None], Client]
+# Builds the client for a --service value (None: from the environment / local site);
+# called with a second argument, the --identity directory, when one was given.
+Connect = Callable[..., Client]
 # The connected client for a command's parsed arguments (ClientCommands.client).
 ClientFor = Callable[[argparse.Namespace], Client]
 
@@ -43,7 +44,11 @@ class ClientCommands:
 
     def client(self, args: argparse.Namespace) -> Client:
         if self._client is None:
-            self._client = self._connect(args.service)
+            identity = getattr(args, "identity", None)
+            if identity:
+                self._client = self._connect(args.service, identity)
+            else:
+                self._client = self._connect(args.service)
         return self._client
 
     def close(self) -> None:
@@ -82,13 +87,20 @@ class UsageError(Exception):
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
-    """--service and --output; on subcommands they default to "not given" so the
+    """--service, --identity and --output; on subcommands they default to "not given" so the
     values given before the subcommand are kept."""
     parser.add_argument(
         "--service",
         metavar="ADDR",
         default=argparse.SUPPRESS if sub else None,
         help="service address, host:port or unix:/path (default: $WS_SERVICE, else the local site)",
+    )
+    parser.add_argument(
+        "--identity",
+        metavar="DIR",
+        default=argparse.SUPPRESS if sub else None,
+        help="identity directory (ca.pem, cert.pem, key.pem from `ws-admin pki issue`) to "
+        "call the service with (default: $WS_IDENTITY, else the local site's admin identity)",
     )
     parser.add_argument(
         "--output",
@@ -217,5 +229,5 @@ def run(prog: str, handler: Handler, args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
-def default_connect(service: str | None) -> Client:
-    return Client.from_env(service)
+def default_connect(service: str | None, identity: str | None = None) -> Client:
+    return Client.from_env(service, identity=identity)

@@ -109,6 +109,14 @@ class Service:
         self._lease_thread = threading.Thread(target=self._run_leases, name="leases", daemon=True)
 
     def start(self) -> None:
+        # Refuses plaintext unless insecure = true, and then anywhere but loopback/unix.
+        plaintext = rpc.check_listen(self.cfg.listen, self.cfg.tls, self.cfg.insecure)
+        rpc.check_listen(self.cfg.node_address, self.cfg.tls, self.cfg.insecure)
+        if plaintext:
+            log.warning(rpc.insecure_warning("workspace-service", self.cfg.listen))
+            log.warning("INSECURE: every caller acts as the admin user %r", self.cfg.default_owner)
+        elif not self.cfg.tls.crl_file:
+            log.warning("[tls] crl_file is not set: revoked certificates are not refused")
         self.port = _bind(self.server, "listen", self.cfg.listen, self.cfg)
         self.node_port = _bind(self.node_server, "node_listen", self.cfg.node_address, self.cfg)
         self.node_server.start()
@@ -118,9 +126,10 @@ class Service:
         self._queue_thread.start()
         self._lease_thread.start()
         log.info(
-            "workspace-service listening on %s, nodes on %s (store %s)",
+            "workspace-service listening on %s, nodes on %s (%s; store %s)",
             self.cfg.listen,
             self.cfg.node_address,
+            "plaintext" if plaintext else "mutual TLS",
             self.cfg.db_url,
         )
 

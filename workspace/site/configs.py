@@ -5,6 +5,10 @@
 ``workspace.config.write`` (tomli-w): every key, so a file shows all that its
 daemon runs with, and it loads back equal with ``workspace.config.load``. They are
 rewritten at every ``site up``.
+
+With the site's identities (``workspace.site.identities``) every hop uses mutual TLS
+and checks the site's CRL; without them (only where tests ask for it) the configs say
+``insecure = true``.
 """
 
 from __future__ import annotations
@@ -20,10 +24,15 @@ from workspace.config import (
     LibvirtConfig,
     NodeNetworkConfig,
     ServiceConfig,
+    TlsConfig,
 )
+from workspace.site.identities import SiteIdentities
 from workspace.site.record import AGENT_CONFIG, AGENT_LOG
 
 SERVICE_CONFIG = "service.toml"
+PEER_SOCKET = "peers.sock"
+# sun_path is 108 bytes including the terminating NUL.
+UNIX_PATH_MAX = 107
 DRIVERS = ("fake", "libvirt")
 
 
@@ -69,8 +78,9 @@ def header(site_dir: Path, name: str) -> str:
     )
 
 
-def service_config(site_dir: Path, address: str) -> ServiceConfig:
-    """The service of a local site: on the site's unix socket, its data in the site."""
+def service_config(site_dir: Path, address: str, tls: TlsConfig | None = None) -> ServiceConfig:
+    """The service of a local site: on the site's unix socket, its data in the site;
+    mutual TLS with ``tls`` (its service identity), else plaintext (insecure)."""
     return ServiceConfig(
         # A unix socket: reachable from outside the site's network namespace.
         listen=address,
@@ -81,11 +91,19 @@ def service_config(site_dir: Path, address: str) -> ServiceConfig:
         heartbeat_interval_s=5,
         node_grace_s=40,
         log_level="INFO",
+        insecure=tls is None,
+        tls=tls or TlsConfig(),
     )
 
 
 def agent_config(
-    spec: NodeSpec, address: str, driver: str, libvirt_uri: str, virt_type: str
+    spec: NodeSpec,
+    address: str,
+    driver: str,
+    libvirt_uri: str,
+    virt_type: str,
+    tls: TlsConfig | None = None,
+    peer_listen: str = "",
 ) -> AgentConfig:
     """The agent of one node of a local site (``address``: the service's Nodes API).
 
@@ -115,7 +133,19 @@ def agent_config(
         ],
         fake=FakeDriverConfig(persist=True),
         libvirt=LibvirtConfig() if fake else LibvirtConfig(uri=libvirt_uri, virt_type=virt_type),
+        insecure=tls is None,
+        tls=tls or TlsConfig(),
+        # Several nodes: each serves its cached blobs to the others on a unix socket in
+        # its directory (reachable across the nodes' network namespaces).
+        peer_listen=peer_listen,
     )
+
+
+def peer_socket(spec: NodeSpec) -> str:
+    """Where the node of ``spec`` serves peers on a site of several nodes ('' if the
+    path is too long for a unix socket)."""
+    path = spec.dir / PEER_SOCKET
+    return f"unix:{path}" if len(str(path)) <= UNIX_PATH_MAX else ""
 
 
 def write_configs(
@@ -125,11 +155,14 @@ def write_configs(
     driver: str,
     virt_type: str,
     libvirt_uris: Mapping[str, str],
+    identities: SiteIdentities | None = None,
 ) -> None:
-    """service.toml and each node's agent.toml (``libvirt_uris``: node -> its libvirtd)."""
+    """service.toml and each node's agent.toml (``libvirt_uris``: node -> its libvirtd);
+    over mutual TLS with ``identities``, else plaintext (insecure = true)."""
+    svc_tls = identities.tls(identities.service) if identities is not None else None
     config.write(
         site_dir / SERVICE_CONFIG,
-        service_config(site_dir, address),
+        service_config(site_dir, address, svc_tls),
         header(site_dir, SERVICE_CONFIG),
         skip_defaults=False,
     )
@@ -139,5 +172,9 @@ def write_configs(
         if len(specs) > 1:
             head += f"Node {i} of {len(specs)} on this machine.\n"
         node_address = config.node_address_for(address)  # the service's node_listen
-        cfg = agent_config(spec, node_address, driver, libvirt_uris.get(spec.name, ""), virt_type)
+        tls = identities.tls(identities.nodes[spec.name]) if identities is not None else None
+        peers = peer_socket(spec) if len(specs) > 1 else ""
+        cfg = agent_config(
+            spec, node_address, driver, libvirt_uris.get(spec.name, ""), virt_type, tls, peers
+        )
         config.write(spec.config, cfg, head, skip_defaults=False)

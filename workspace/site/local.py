@@ -41,14 +41,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from workspace import config, errors, hostproc
-from workspace.config import AgentConfig
-from workspace.site import hostenv, status
+from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.site import hostenv, identities, status
 from workspace.site.configs import (
     DEFAULT_NETWORK as DEFAULT_NETWORK,  # re-exported
 )
 from workspace.site.configs import (
     DRIVERS,
+    PEER_SOCKET,
     SERVICE_CONFIG,
+    UNIX_PATH_MAX,
     NodeSpec,
     write_configs,
 )
@@ -95,8 +97,6 @@ NODES_DIR = "nodes"  # <site>/nodes/<node>/ on a site of several nodes
 MAX_NODES = 16
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 90.0
-# sun_path is 108 bytes including the terminating NUL.
-UNIX_PATH_MAX = 107
 
 STATE_RULE = (
     "A site keeps its state (database, images, the agents' state and VMs' disks) and "
@@ -121,6 +121,8 @@ SITE_ENTRIES = (
     "nodes.sock",  # the service's Nodes API (agents)
     "service",  # the service's data_dir: database and image blobs
     NODES_DIR,
+    identities.PKI_DIR,  # the site CA (kept across down/up)
+    identities.IDENTITIES_DIR,  # the service's, nodes' and admin's identity directories
 )
 NODE_ENTRIES = (
     AGENT_CONFIG,
@@ -131,6 +133,7 @@ NODE_ENTRIES = (
     "hostenv.json",
     ".hostenv.json.tmp",
     "hostenv.lock",
+    PEER_SOCKET,  # a node's peer server on a site of several nodes
 )
 LOCK_FILE = "site.lock"
 
@@ -191,6 +194,8 @@ class LocalSite:
         self.nodes = nodes or 1
         self.node = node
         self._say = say or (lambda _msg: None)
+        # The site's CA and identities, once `up` has made or found them.
+        self.identities: identities.SiteIdentities | None = None
 
     # -- paths -------------------------------------------------------------------------
 
@@ -381,6 +386,10 @@ class LocalSite:
         specs = self.node_specs()
         libvirt = self.driver == "libvirt"
         old_pids = {a.node: a.pid for a in old.agents} if old is not None else {}
+        # The CA and identities first: every record written from here on names the
+        # admin identity, which the start itself uses to talk to the service.
+        ids = identities.ensure(self.dir, self.owner, [spec.name for spec in specs])
+        self.identities = ids
         rec = SiteRecord(
             dir=str(self.dir),
             address=self.address,
@@ -388,6 +397,7 @@ class LocalSite:
             service_pid=old.service_pid if old is not None and svc_alive else 0,
             virt_type=self.virt_type if libvirt else "",
             started_at=time.time(),
+            identity_dir=str(ids.admin),
             agents=[
                 AgentRecord(
                     node=spec.name,
@@ -417,7 +427,7 @@ class LocalSite:
         # From here on the site has state: what it is made with is kept (setup.json).
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
-        self._write_configs(uris)
+        self._write_configs(uris, ids)
         service_prefix = prefixes[specs[0].name] if rec.service_netns else []
         started: list[tuple[str, Any]] = []
         deadline = time.monotonic() + timeout_s
@@ -448,11 +458,32 @@ class LocalSite:
             raise
         return UpResult(rec, already_running=False)
 
-    def _write_configs(self, libvirt_uris: dict[str, str]) -> None:
+    def _write_configs(self, libvirt_uris: dict[str, str], ids: identities.SiteIdentities) -> None:
         """service.toml and each node's agent.toml (``libvirt_uris``: node -> URI)."""
         write_configs(
-            self.dir, self.address, self.node_specs(), self.driver, self.virt_type, libvirt_uris
+            self.dir,
+            self.address,
+            self.node_specs(),
+            self.driver,
+            self.virt_type,
+            libvirt_uris,
+            ids,
         )
+
+    @property
+    def owner(self) -> str:
+        """The admin user the site issues an identity to (the service's default_owner)."""
+        return ServiceConfig().default_owner
+
+    def client_tls(self) -> TlsConfig | None:
+        """The admin identity of the site: the one this start issued, else the running
+        site's record's (None: a site from before identities)."""
+        if self.identities is not None:
+            return TlsConfig(identity_dir=str(self.identities.admin))
+        rec = read_record(self.dir)
+        if rec is None or not rec.identity_dir:
+            return None
+        return TlsConfig(identity_dir=rec.identity_dir)
 
     def _abort(self, rec: SiteRecord, started: list[tuple[str, Any]]) -> None:
         """Stop what this start launched (it did not come up)."""
@@ -474,14 +505,16 @@ class LocalSite:
         return next((s.log for s in self.node_specs() if s.name == name), self.agent_log)
 
     def _wait_healthy(self, started: list[tuple[str, Any]], deadline: float) -> None:
-        status.wait_healthy(self.address, started, deadline, self._log_of)
+        status.wait_healthy(self.address, started, deadline, self._log_of, self.client_tls())
 
     def _ensure_network(self) -> None:
-        status.ensure_network(self.address, self._say)
+        status.ensure_network(self.address, self._say, self.client_tls())
 
     def _wait_node_ready(self, started: list[tuple[str, Any]], deadline: float) -> None:
         names = [spec.name for spec in self.node_specs()]
-        status.wait_nodes_ready(self.address, names, started, deadline, self._log_of)
+        status.wait_nodes_ready(
+            self.address, names, started, deadline, self._log_of, self.client_tls()
+        )
 
     def _remove_socket(self) -> None:
         for path in (self.socket_path, self.dir / "nodes.sock"):  # clients', agents'

@@ -71,6 +71,8 @@ class SiteRecord:
     ``netns`` are node 1's, kept for readers of the one-node format; a record without
     ``agents`` (written before there could be several) reads as that one node.
     ``service_netns`` is the namespace the service runs in ("" = the host's).
+    ``identity_dir`` is the admin identity the site issued to the user who started it
+    (clients use it for this site's address when given no other identity).
     """
 
     dir: str
@@ -84,6 +86,7 @@ class SiteRecord:
     started_at: float = 0.0
     agents: list[AgentRecord] = dataclasses.field(default_factory=list)
     service_netns: str = ""
+    identity_dir: str = ""
 
     def sync_first_node(self) -> None:
         """Copy node 1 into the one-node fields."""

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from workspace import errors, hostproc
+from workspace import errors, hostproc, pki
 from workspace.client import Client
+from workspace.config import TlsConfig
 from workspace.site.configs import DEFAULT_NETWORK
 from workspace.site.record import SiteError, SiteRecord
 from workspace.v1 import admin_pb2
@@ -63,10 +64,12 @@ def check_started(started: Started, log_of: LogOf) -> None:
             )
 
 
-def wait_healthy(address: str, started: Started, deadline: float, log_of: LogOf) -> None:
+def wait_healthy(
+    address: str, started: Started, deadline: float, log_of: LogOf, tls: TlsConfig | None = None
+) -> None:
     """Until the service at ``address`` says SERVING (or ``deadline``, monotonic)."""
     last = ""
-    with Client(address, timeout_s=2.0) as client:
+    with Client(address, tls, timeout_s=2.0) as client:
         while True:
             check_started(started, log_of)
             try:
@@ -85,9 +88,9 @@ def wait_healthy(address: str, started: Started, deadline: float, log_of: LogOf)
             time.sleep(0.1)
 
 
-def ensure_network(address: str, say: Callable[[str], None]) -> None:
+def ensure_network(address: str, say: Callable[[str], None], tls: TlsConfig | None = None) -> None:
     """Create the default network unless the service has one."""
-    with Client(address, timeout_s=5.0) as client:
+    with Client(address, tls, timeout_s=5.0) as client:
         if client.list_networks():
             return
         net = DEFAULT_NETWORK
@@ -97,13 +100,18 @@ def ensure_network(address: str, say: Callable[[str], None]) -> None:
 
 
 def wait_nodes_ready(
-    address: str, names: Sequence[str], started: Started, deadline: float, log_of: LogOf
+    address: str,
+    names: Sequence[str],
+    started: Started,
+    deadline: float,
+    log_of: LogOf,
+    tls: TlsConfig | None = None,
 ) -> None:
     """Until every node of ``names`` is registered and READY."""
     ready = admin_pb2.NodeState.NODE_STATE_READY
     waiting = list(names)
     last = "not registered"
-    with Client(address, timeout_s=5.0) as client:
+    with Client(address, tls, timeout_s=5.0) as client:
         while True:
             check_started(started, log_of)
             try:
@@ -124,6 +132,18 @@ def wait_nodes_ready(
                     f"last lines of {log}:\n{log_tail(log)}"
                 )
             time.sleep(0.2)
+
+
+def identity_of(rec: SiteRecord) -> dict[str, str]:
+    """The admin identity the site issued (what `ws` uses here without --identity)."""
+    if not rec.identity_dir:
+        return {"dir": "", "principal": "", "note": "plaintext (a site from before identities)"}
+    try:
+        who = pki.identity_of_dir(rec.identity_dir)
+    except errors.WorkspaceError as exc:
+        return {"dir": rec.identity_dir, "principal": "", "note": exc.message}
+    role = " (admin)" if who.admin else ""
+    return {"dir": rec.identity_dir, "principal": who.principal + role, "note": ""}
 
 
 def report(
@@ -149,11 +169,13 @@ def report(
         },
         agent={"pid": first.pid, "running": running[first.node], "log": str(first.log)},
     )
+    out["identity"] = identity_of(rec)
+    tls = TlsConfig(identity_dir=rec.identity_dir) if rec.identity_dir else None
     health = ""
     states: dict[str, str] = {}
     if svc:
         try:
-            with Client(rec.address, timeout_s=3.0) as client:
+            with Client(rec.address, tls, timeout_s=3.0) as client:
                 health = client.health()
                 for n in client.list_nodes():
                     states[n.name] = node_state_name(n)

@@ -1,0 +1,213 @@
+"""Mutual TLS on every hop, through the real service and fake-driver agents:
+a site over mTLS (service, agents, peers), refusals of callers without a certificate
+or with one of another CA, the peer server's node-only rule, and how `ws` picks the
+identity it calls with (--identity, $WS_IDENTITY)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.functional.harness import WS, SitePki, Stubs, TlsSite, wait_for
+from tests.functional.test_cli import ok, run
+from workspace import config, pki, rpc
+from workspace.cli import ws
+from workspace.client import Client
+from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+from workspace.v1 import admin_pb2, images_pb2
+
+KIB = 1024
+
+
+@pytest.fixture(scope="module")
+def site_pki(tmp_path_factory: pytest.TempPathFactory) -> SitePki:
+    """One CA for the module; identities are issued on demand."""
+    return SitePki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_site(tmp_path: Path, site_pki: SitePki) -> Iterator[TlsSite]:
+    s = TlsSite(tmp_path, site_pki)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def list_nodes(stubs: Stubs) -> list[str]:
+    return [n.name for n in stubs.admin.ListNodes(admin_pb2.ListNodesRequest(), timeout=5).nodes]
+
+
+def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()  # type: ignore[operator]
+    return err.value.code()  # type: ignore[no-any-return]
+
+
+def test_a_site_over_mutual_tls_runs_a_workspace(tls_site: TlsSite) -> None:
+    site = tls_site
+    assert site.cfg.tls.enabled and not site.cfg.insecure
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1")  # registers with its node certificate and streams its orders
+    w = site.stubs.create(name="w1")
+    site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    assert list_nodes(site.identity("ops", admin=True)) == ["node1"]
+    assert code_of(lambda: list_nodes(site.identity("alice"))) == grpc.StatusCode.PERMISSION_DENIED
+    # the Python client, as a user identity directory
+    with Client(site.address, identity=site.pki.user("alice")) as alice:
+        mine = alice.create_workspace("img", name="a1")
+        assert "a1" in [w.name for w in alice.list_workspaces()]
+        running = WS.WORKSPACE_STATE_RUNNING
+        wait_for(lambda: alice.get_workspace(mine.id).state == running, what="a1 RUNNING")
+
+
+def test_a_client_without_a_certificate_cannot_connect(tls_site: TlsSite) -> None:
+    plain = Stubs(rpc.channel(tls_site.address))
+    try:
+        assert code_of(lambda: list_nodes(plain)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        plain.channel.close()
+
+
+def test_a_certificate_of_another_ca_is_refused(tls_site: TlsSite, tmp_path: Path) -> None:
+    other = SitePki(tmp_path / "other")
+    stranger = rpc.tls_files(other.tls(other.user("local", admin=True)))
+    # The client trusts the site's CA (so only the service can refuse) but presents an
+    # admin certificate of another CA: the handshake fails.
+    tls = TlsConfig(
+        ca_file=str(tls_site.pki.ca.dir / pki.CA_CERT),
+        cert_file=str(stranger.cert_file),
+        key_file=str(stranger.key_file),
+    )
+    foreign = Stubs(rpc.channel(tls_site.address, tls))
+    try:
+        assert code_of(lambda: list_nodes(foreign)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        foreign.channel.close()
+    assert list_nodes(tls_site.stubs) == []  # the site's own admin still gets in
+
+
+def _peer_fetch(address: str, tls: TlsConfig, digest: str) -> bytes:
+    ch = rpc.channel(address, tls)
+    try:
+        stub = nodes_pb2_grpc.PeersStub(ch)
+        req = nodes_pb2.FetchBlobRequest(node="x", digest=digest)
+        return b"".join(m.data for m in stub.FetchBlob(req, timeout=10))
+    finally:
+        ch.close()
+
+
+def test_peers_fetch_over_mtls_and_serve_only_unrevoked_nodes(
+    tls_site: TlsSite, tmp_path: Path
+) -> None:
+    site = tls_site
+    site.stubs.network()
+    site.stubs.import_image("img", bytes([9]) * 2 * 1024 * KIB)
+    digest = str(
+        site.stubs.images.GetImage(images_pb2.GetImageRequest(name="img")).partitions[0].digest
+    )
+    for node in ("p1", "p2"):
+        site.add_agent(
+            node, labels={"node": node}, peer_listen=f"unix:{tmp_path / (node + '-peers.sock')}"
+        )
+    w1 = site.stubs.create(name="w1", requirements={"node": "p1"})
+    site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
+    # p2 gets the blob from p1 over mutual TLS, not from the service
+    assert site.service is not None
+    copy = site.service.catalog.blobs.path(digest)
+    os.rename(copy, copy.with_name("hidden"))
+    try:
+        w2 = site.stubs.create(name="w2", requirements={"node": "p2"})
+        site.stubs.wait_state(w2.id, WS.WORKSPACE_STATE_RUNNING)
+    finally:
+        os.rename(copy.with_name("hidden"), copy)
+    assert site.agents["p2"].cache.received_bytes == {"peer": 2 * 1024 * KIB}
+
+    p1 = site.agents["p1"].peer_address
+    node_tls = site.pki.tls(site.pki.node("p3"))
+    assert _peer_fetch(p1, node_tls, digest) == bytes([9]) * 2 * 1024 * KIB
+    # a user (even an admin) is no node: refused
+    admin_tls = site.pki.tls(site.pki.user("local", admin=True))
+    with pytest.raises(grpc.RpcError) as err:
+        _peer_fetch(p1, admin_tls, digest)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "only to node identities" in (err.value.details() or "")
+    # no certificate: the handshake fails
+    with pytest.raises(grpc.RpcError) as err:
+        _peer_fetch(p1, TlsConfig(), digest)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # a revoked node: refused at its next call, without restarting p1
+    site.revoke("p3")
+    with pytest.raises(grpc.RpcError) as err:
+        _peer_fetch(p1, node_tls, digest)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "revoked" in (err.value.details() or "")
+
+
+def _ws(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = ws.main(args)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_ws_identity_flag_and_env_pick_the_identity(
+    tls_site: TlsSite,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    site = tls_site
+    monkeypatch.setenv("WS_SITE_DIR", str(tmp_path / "no-site"))
+    for name in ("WS_SERVICE", "WS_IDENTITY", "WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    good = str(site.pki.user("alice"))
+    foreign = str(SitePki(tmp_path / "other").user("alice"))
+    svc = ["--service", site.address]
+
+    code, text = _ws([*svc, "list"], capsys)  # no identity at all
+    assert code == 3 and "--identity" in text
+    assert _ws([*svc, "--identity", good, "list"], capsys)[0] == 0
+    monkeypatch.setenv("WS_IDENTITY", good)
+    assert _ws([*svc, "list"], capsys)[0] == 0
+    monkeypatch.setenv("WS_IDENTITY", foreign)
+    assert _ws([*svc, "list"], capsys)[0] == 3  # the env names a stranger
+    assert _ws([*svc, "--identity", good, "list"], capsys)[0] == 0  # the flag wins
+    code, text = _ws([*svc, "--identity", str(tmp_path / "nope"), "list"], capsys)
+    assert code == 1 and "identity directory" in text and "not found" in text
+
+
+def test_the_local_site_runs_mtls_and_works_without_flags(tmp_path: Path) -> None:
+    """`ws-admin site up --driver fake`: its own CA and identities, every hop over mTLS,
+    and `ws` finds the admin identity through the site record; other users get theirs
+    with `ws-admin pki issue` from the site's CA without flags."""
+    d = tmp_path / "site"
+    ok(d, "admin", "site", "up", "--driver", "fake")
+    try:
+        svc = config.load(ServiceConfig, d / "service.toml")
+        agent = config.load(AgentConfig, d / "agent.toml")
+        assert not svc.insecure and not agent.insecure
+        assert svc.tls.identity_dir and svc.tls.crl_file == str(d / "pki" / "crl.pem")
+        assert pki.identity_of_dir(agent.tls.identity_dir).principal == "node:local"
+        assert ok(d, "ws", "list").code == 0  # no --service, no --identity
+        st = ok(d, "admin", "site", "status", "-o", "json").json()
+        assert st["identity"]["principal"] == "user:local (admin)"  # type: ignore[index]
+        assert "identity user:local (admin)" in ok(d, "admin", "site", "status").out
+
+        alice = tmp_path / "alice"
+        ok(d, "admin", "pki", "issue", "user", "alice", "--out", str(alice))
+        assert ok(d, "ws", "--identity", str(alice), "list").code == 0
+        plain = Stubs(rpc.channel(f"unix:{d}/service.sock"))
+        try:
+            assert code_of(lambda: list_nodes(plain)) == grpc.StatusCode.UNAVAILABLE
+        finally:
+            plain.channel.close()
+    finally:
+        r = run(d, "admin", "site", "down", "--purge")
+    assert r.code == 0 and "pki" in r.out and "identities" in r.out
+    assert not (d / "pki").exists()

@@ -1,0 +1,111 @@
+"""`ws-admin pki init|issue|revoke|list`: what each writes and says, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workspace import pki
+from workspace.cli import admin
+from workspace.identity import Kind
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = admin.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_init_issue_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca = str(tmp_path / "ca")
+    code, out, _ = run(capsys, "pki", "init", "--dir", ca, "-o", "json")
+    assert code == 0 and json.loads(out)["crl_file"] == f"{ca}/crl.pem"
+
+    a = tmp_path / "alice"
+    code, out, _ = run(
+        capsys, "-o", "json", "pki", "issue", "user", "alice", "--admin",
+        "--project", "physics", "--project", "bio", "--out", str(a), "--dir", ca,
+    )  # fmt: skip
+    assert code == 0
+    issued = json.loads(out)
+    assert issued["uris"] == [
+        "workspace://user/alice",
+        "workspace://role/admin",
+        "workspace://project/bio",
+        "workspace://project/physics",
+    ]
+    who = pki.identity_of_dir(a)
+    assert (who.kind, who.name, who.admin, who.projects) == (
+        Kind.USER, "alice", True, ("bio", "physics"),
+    )  # fmt: skip
+    assert (a / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert a.stat().st_mode & 0o777 == 0o700
+
+    n = tmp_path / "n1"
+    code, out, _ = run(
+        capsys, "pki", "issue", "node", "n1", "--host", "n1.example", "--host", "10.0.0.5",
+        "--out", str(n), "--dir", ca,
+    )  # fmt: skip
+    assert code == 0 and "issued node:n1" in out
+    assert pki.identity_of_dir(n).is_node
+    s = tmp_path / "svc"
+    assert run(capsys, "pki", "issue", "service", "head", "head.example", "--out", str(s),
+               "--dir", ca)[0] == 0  # fmt: skip
+    assert pki.identity_of_dir(s).name == "head"
+
+    code, out, _ = run(capsys, "pki", "list", "--dir", ca, "-o", "json")
+    rows = {r["name"]: r for r in json.loads(out)["issued"]}
+    assert set(rows) == {"alice", "n1", "head"} and not any(r["revoked"] for r in rows.values())
+
+    code, out, _ = run(capsys, "pki", "revoke", "alice", "--dir", ca)
+    assert code == 0 and "revoked user:alice" in out
+    revoked = pki.Revocations(f"{ca}/crl.pem", f"{ca}/ca.pem").serials()
+    assert revoked == {who.serial}
+    # by serial, in hex as `pki list` shows it
+    code, out, _ = run(capsys, "pki", "revoke", rows["n1"]["serial"], "--dir", ca)
+    assert code == 0 and "node:n1" in out
+    code, out, _ = run(capsys, "pki", "list", "--dir", ca)
+    assert out.count("revoked") == 2 and "valid" in out
+
+
+def test_default_ca_dir_is_the_local_sites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WS_PKI_DIR", raising=False)
+    monkeypatch.setenv("WS_SITE_DIR", str(tmp_path / "site"))
+    assert run(capsys, "pki", "init")[0] == 0
+    assert (tmp_path / "site" / "pki" / "ca.key").exists()
+    monkeypatch.setenv("WS_PKI_DIR", str(tmp_path / "elsewhere"))
+    assert run(capsys, "pki", "init")[0] == 0
+    assert (tmp_path / "elsewhere" / "ca.pem").exists()
+
+
+def test_errors_are_clear_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = str(tmp_path / "ca")
+    out = tmp_path / "x"
+    code, _, err = run(capsys, "pki", "issue", "user", "alice", "--out", str(out), "--dir", ca)
+    assert code == 1 and "no site CA" in err and "ws-admin pki init" in err
+    assert not out.exists()
+    assert run(capsys, "pki", "init", "--dir", ca)[0] == 0
+    code, _, err = run(capsys, "pki", "init", "--dir", ca)
+    assert code == 1 and "already holds a CA" in err
+    for bad in ("Alice", "al ice", "_x", "a" * 64, "alice\n"):
+        code, _, err = run(capsys, "pki", "issue", "user", bad, "--out", str(out), "--dir", ca)
+        assert code == 1 and "not a valid user name" in err, bad
+        assert not out.exists()
+    code, _, err = run(
+        capsys, "pki", "issue", "user", "bob", "--project", "Bad!", "--out", str(out), "--dir", ca
+    )
+    assert code == 2 and "not a valid project name" in err
+    out.mkdir()
+    (out / "notes").write_text("mine")
+    code, _, err = run(capsys, "pki", "issue", "user", "bob", "--out", str(out), "--dir", ca)
+    assert code == 2 and "not empty" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes"]
+    code, _, err = run(capsys, "pki", "revoke", "nobody", "--dir", ca)
+    assert code == 1 and "no certificate named 'nobody'" in err
+    assert json.loads(run(capsys, "pki", "list", "--dir", ca, "-o", "json")[1])["issued"] == []

@@ -1,0 +1,235 @@
+"""Plaintext only when said and only on loopback (rpc.check_listen), at the start of
+the service and the agent; TLS material from identity directories; the peer server's
+rule (node identities, not revoked); the local site's identities; how clients pick
+their identity."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agent import main as agent_main
+from agent.peers import PeerGate
+from workspace import client, config, pki, rpc
+from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.errors import ConfigError
+from workspace.identity import Identity, Kind
+from workspace.service import main as service_main
+from workspace.site import identities
+from workspace.site.record import SiteRecord, write_record
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> pki.CA:
+    return pki.init(tmp_path_factory.mktemp("ca") / "ca")
+
+
+def issue(ca: pki.CA, tmp: Path, who: Identity) -> Path:
+    out = tmp / f"{who.kind.value}-{who.name}"
+    ca.issue(who, out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "address", ["unix:/tmp/x.sock", "127.0.0.1:7070", "localhost:7070", "[::1]:7070", "127.8.9.1:1"]
+)
+def test_insecure_is_allowed_on_loopback_and_unix_sockets(address: str) -> None:
+    assert rpc.check_listen(address, TlsConfig(), insecure=True) is True
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:7070", "10.1.2.3:7070", "[::]:7070", "head:7070"])
+def test_insecure_is_refused_off_loopback(address: str) -> None:
+    with pytest.raises(ConfigError, match="only on a loopback address or a unix socket"):
+        rpc.check_listen(address, TlsConfig(), insecure=True)
+
+
+@pytest.mark.parametrize("address", ["unix:/tmp/x.sock", "127.0.0.1:7070", "0.0.0.0:7070"])
+def test_plaintext_without_insecure_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match=r"no TLS configured.*insecure = true"):
+        rpc.check_listen(address, None, insecure=False)
+
+
+def test_tls_from_an_identity_dir(ca: pki.CA, tmp_path: Path) -> None:
+    d = issue(ca, tmp_path, Identity(Kind.SERVICE, "head"))
+    files = rpc.tls_files(TlsConfig(identity_dir=str(d)))
+    assert (files.ca_file.name, files.cert_file.name, files.key_file.name) == (
+        "ca.pem",
+        "cert.pem",
+        "key.pem",
+    )
+    assert rpc.check_listen("0.0.0.0:7070", TlsConfig(identity_dir=str(d)), False) is False
+
+
+def test_tls_material_missing_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"key\.pem not found.*ws-admin pki issue"):
+        rpc.check_listen("0.0.0.0:1", TlsConfig(identity_dir=str(tmp_path)), False)
+    d = tmp_path / "id"
+    pki.init(tmp_path / "ca2").issue(Identity(Kind.SERVICE, "head"), d)
+    with pytest.raises(ConfigError, match=r"crl_file /nope/crl\.pem not found"):
+        rpc.check_listen(
+            "0.0.0.0:1", TlsConfig(identity_dir=str(d), crl_file="/nope/crl.pem"), False
+        )
+    with pytest.raises(ConfigError, match="key_file not set"):
+        rpc.tls_files(TlsConfig(ca_file="a", cert_file="b"))
+
+
+def test_service_refuses_to_start_in_plaintext(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    config.write(cfg, ServiceConfig(listen="0.0.0.0:0", data_dir=str(tmp_path / "d")))
+    assert service_main.main(["--config", str(cfg)]) == 1
+    config.write(cfg, ServiceConfig(listen="0.0.0.0:0", data_dir=str(tmp_path), insecure=True))
+    assert service_main.main(["--config", str(cfg)]) == 1
+
+
+def test_service_warns_loudly_when_insecure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = ServiceConfig(listen=f"unix:{tmp_path}/s.sock", data_dir=str(tmp_path), insecure=True)
+    svc = service_main.Service(cfg)
+    with caplog.at_level(logging.WARNING):
+        svc.start()
+    svc.stop(0)
+    assert any("INSECURE" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_agent_refuses_plaintext(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigError, match="no TLS configured"):
+        agent_main.check_transport(AgentConfig(service="unix:/x.sock"))
+    with pytest.raises(ConfigError, match=r"peer_listen 0\.0\.0\.0:7071"):
+        agent_main.check_transport(
+            AgentConfig(service="unix:/x.sock", peer_listen="0.0.0.0:7071", insecure=True)
+        )
+    with pytest.raises(ConfigError, match="service head:7070"):
+        agent_main.check_transport(AgentConfig(service="head:7070", insecure=True))
+    with caplog.at_level(logging.WARNING):
+        agent_main.check_transport(AgentConfig(service="127.0.0.1:7070", insecure=True))
+    assert "INSECURE" in caplog.text
+
+
+def test_peer_gate_serves_only_unrevoked_nodes(ca: pki.CA, tmp_path: Path) -> None:
+    me = issue(ca, tmp_path, Identity(Kind.NODE, "n1"))
+    gate = PeerGate(TlsConfig(identity_dir=str(me), crl_file=str(ca.dir / pki.CRL)))
+
+    def pem(who: Identity) -> bytes:
+        return (issue(ca, tmp_path, who) / pki.CERT).read_bytes()
+
+    assert gate.check(pem(Identity(Kind.NODE, "n2"))) == ("n2", "")
+    assert "only to node identities" in gate.check(pem(Identity(Kind.USER, "bob", True)))[1]
+    assert "only to node identities" in gate.check(pem(Identity(Kind.SERVICE, "head")))[1]
+    assert gate.check(None)[1]
+    n3 = pem(Identity(Kind.NODE, "n3"))
+    assert gate.check(n3)[1] == ""
+    ca.revoke("n3")
+    assert "revoked" in gate.check(n3)[1]
+    # without TLS there is nobody to check (plaintext is only allowed with insecure)
+    assert PeerGate(TlsConfig()).secure is False
+
+
+def test_site_identities_are_made_once_and_renewed_when_revoked(tmp_path: Path) -> None:
+    first = identities.ensure(tmp_path, "local", ["n1", "n2"])
+    who = pki.identity_of_dir(first.admin)
+    assert (who.kind, who.name, who.admin) == (Kind.USER, "local", True)
+    assert pki.identity_of_dir(first.service).name == "localhost"
+    assert sorted(first.nodes) == ["n1", "n2"]
+    again = identities.ensure(tmp_path, "local", ["n1", "n2"])
+    assert pki.identity_of_dir(again.admin).serial == who.serial  # kept
+    assert (first.admin / pki.KEY).stat().st_mode & 0o777 == 0o600
+    pki.CA(first.ca_dir).revoke("local")
+    renewed = identities.ensure(tmp_path, "local", ["n1", "n2"])
+    assert pki.identity_of_dir(renewed.admin).serial != who.serial
+
+
+def test_client_picks_its_identity(
+    ca: pki.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("WS_IDENTITY", *client.TLS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.setenv("WS_SITE_DIR", str(site))
+    alice = issue(ca, tmp_path, Identity(Kind.USER, "alice"))
+    admin = issue(ca, tmp_path, Identity(Kind.USER, "local", True))
+    addr = f"unix:{site}/service.sock"
+    assert client.resolve_tls(addr) is None  # no site, nothing given: plaintext
+    write_record(site, SiteRecord(str(site), addr, "fake", identity_dir=str(admin)))
+    tls = client.resolve_tls(addr)
+    assert tls is not None and tls.identity_dir == str(admin)  # the site's admin
+    assert client.resolve_tls("other:7070") is None  # not for another service
+    monkeypatch.setenv("WS_IDENTITY", str(alice))
+    tls = client.resolve_tls(addr)
+    assert tls is not None and tls.identity_dir == str(alice)  # $WS_IDENTITY first
+    tls = client.resolve_tls(addr, str(admin))
+    assert tls is not None and tls.identity_dir == str(admin)  # the flag before that
+    with pytest.raises(ConfigError, match="not found"):
+        client.resolve_tls(addr, str(tmp_path / "nope"))
+
+
+def test_site_configs_use_the_site_identities(tmp_path: Path) -> None:
+    from workspace.site import local
+    from workspace.site.configs import write_configs
+
+    site = local.LocalSite(tmp_path / "s", driver="fake", nodes=2)
+    site.dir.mkdir()
+    specs = site.node_specs()
+    ids = identities.ensure(site.dir, "local", [s.name for s in specs])
+    write_configs(site.dir, site.address, specs, "fake", "qemu", {}, ids)
+    svc = config.load(ServiceConfig, site.service_config)
+    assert not svc.insecure and svc.tls.identity_dir == str(ids.service)
+    assert svc.tls.crl_file == str(site.dir / "pki" / "crl.pem")
+    for spec in specs:
+        agent = config.load(AgentConfig, spec.config)
+        assert not agent.insecure and agent.tls.identity_dir == str(ids.nodes[spec.name])
+        assert pki.identity_of_dir(agent.tls.identity_dir).name == spec.name
+        # several nodes: each serves peers on a socket in its own directory
+        assert agent.peer_listen == f"unix:{spec.dir}/peers.sock"
+    one = local.LocalSite(tmp_path / "one", driver="fake")
+    one.dir.mkdir()
+    write_configs(one.dir, one.address, one.node_specs(), "fake", "qemu", {})
+    agent = config.load(AgentConfig, one.agent_config)
+    assert agent.insecure and agent.peer_listen == ""  # no identities given: plaintext
+
+
+def test_site_up_talks_to_its_service_as_its_admin_from_the_first_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libvirt site writes its record before the namespaces exist; that record (and
+    the start's own client) must already name the admin identity — else restarting
+    only an agent of a running site talks plaintext to its mTLS service."""
+    from workspace.site import local
+    from workspace.site.record import read_record
+
+    seen: dict[str, object] = {}
+
+    class Env:
+        libvirt_uri = "qemu+unix:///system?socket=/tmp/x"
+
+        def up(self) -> None:
+            rec = read_record(tmp_path)
+            seen["record"] = rec.identity_dir if rec is not None else None
+
+        def down(self) -> None: ...
+
+        def run_prefix(self) -> list[str]:
+            return []
+
+        def running(self) -> bool:
+            return False
+
+    class Proc:
+        pid = 0
+
+        def poll(self) -> None:
+            return None
+
+    site = local.LocalSite(tmp_path, driver="libvirt")
+    monkeypatch.setattr(site, "_hostenv", lambda *a: Env())
+    monkeypatch.setattr(site, "_spawn", lambda *a: Proc())
+    monkeypatch.setattr(site, "_wait_healthy", lambda *a: seen.update(tls=site.client_tls()))
+    for name in ("_ensure_network", "_wait_node_ready"):
+        monkeypatch.setattr(site, name, lambda *a: None)
+    rec = site.up().record
+    admin = str(tmp_path / "identities" / "admin-local")
+    assert rec.identity_dir == admin and seen["record"] == admin
+    assert seen["tls"] == TlsConfig(identity_dir=admin)

@@ -1,0 +1,179 @@
+"""The site PKI (`ws-admin pki ...`): a thin CLI over ``workspace/pki.py``.
+
+    ws-admin pki init [--dir D]                  make the site CA
+    ws-admin pki issue user NAME [--admin] [--project P]... --out DIR
+    ws-admin pki issue node NAME --out DIR [--host H]...
+    ws-admin pki issue service HOST... --out DIR
+    ws-admin pki revoke NAME|SERIAL               re-signs crl.pem
+    ws-admin pki list                             what was issued, and what is revoked
+
+The CA directory is ``--dir``, else ``$WS_PKI_DIR``, else ``pki/`` in the local
+site's directory (where ``ws-admin site up`` makes its CA). Nothing here talks to
+the service: copy the new ``crl.pem`` to where the service and the agents read it
+(``[tls] crl_file``); they re-read it when it changes. See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from workspace import pki
+from workspace.cli import common, render
+from workspace.identity import NAME_RE, Identity, Kind
+from workspace.site import record as site_record
+
+PKI_ENV = "WS_PKI_DIR"
+
+
+def default_ca_dir() -> Path:
+    env = os.environ.get(PKI_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return site_record.default_site_dir() / "pki"
+
+
+def _ca_dir(args: argparse.Namespace) -> Path:
+    return Path(args.dir).expanduser() if getattr(args, "dir", None) else default_ca_dir()
+
+
+def _issued_dict(row: pki.Issued) -> dict[str, Any]:
+    return {
+        "serial": f"{row.serial:#x}",
+        "kind": row.kind,
+        "name": row.name,
+        "not_after": row.not_after,
+        "revoked": row.revoked,
+    }
+
+
+def init(args: argparse.Namespace) -> int:
+    d = _ca_dir(args)
+    ca = pki.init(d)
+    out = {
+        "dir": str(ca.dir),
+        "ca_file": str(ca.dir / pki.CA_CERT),
+        "crl_file": str(ca.dir / pki.CRL),
+    }
+    render.emit(
+        args,
+        out,
+        f"site CA made in {ca.dir}\n"
+        f"  CA certificate {out['ca_file']} (every party trusts it)\n"
+        f"  CRL            {out['crl_file']} (copy it to each [tls] crl_file)\n"
+        f"  key            {ca.dir / pki.CA_KEY} (keep it secret; offline if you can)",
+    )
+    return common.EXIT_OK
+
+
+def issue(args: argparse.Namespace) -> int:
+    kind = Kind(args.kind)
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise common.UsageError(f"--out {out} exists and is not empty; choose a new directory")
+    ca = pki.CA(_ca_dir(args))
+    for project in args.project or () if kind is Kind.USER else ():
+        if not NAME_RE.fullmatch(project):
+            raise common.UsageError(
+                f"--project {project!r} is not a valid project name "
+                "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+            )
+    if kind is Kind.USER:
+        who = Identity(kind, args.name, args.admin, tuple(sorted(set(args.project or ()))))
+        hosts: list[str] = []
+    elif kind is Kind.NODE:
+        who, hosts = Identity(kind, args.name), list(args.host or ())
+    else:
+        who, hosts = Identity(kind, args.hosts[0]), list(args.hosts)
+    row = ca.issue(who, out, hosts)
+    data = {**_issued_dict(row), "uris": who.uris(), "hosts": hosts, "dir": str(out)}
+    text = (
+        f"issued {who.principal}{' (admin)' if who.admin else ''} serial {row.serial:#x}, "
+        f"valid until {row.not_after}\n"
+        f"  identity directory {out} (ca.pem, cert.pem, key.pem 0600)"
+    )
+    if kind is Kind.USER:
+        text += f"\n  use it: ws --identity {out} ...   or   export WS_IDENTITY={out}"
+    else:
+        text += f'\n  use it: [tls] identity_dir = "{out}" in the {kind.value}\'s config'
+    render.emit(args, data, text)
+    return common.EXIT_OK
+
+
+def revoke(args: argparse.Namespace) -> int:
+    ca = pki.CA(_ca_dir(args))
+    rows = ca.revoke(args.ref)
+    crl = ca.dir / pki.CRL
+    data = {"revoked": [_issued_dict(r) for r in rows], "crl_file": str(crl)}
+    lines = [f"revoked {r.kind}:{r.name} serial {r.serial:#x}" for r in rows]
+    lines.append(f"published {crl}: copy it to every [tls] crl_file (re-read on change)")
+    render.emit(args, data, "\n".join(lines))
+    return common.EXIT_OK
+
+
+def list_issued(args: argparse.Namespace) -> int:
+    ca = pki.CA(_ca_dir(args))
+    rows = ca.issued()
+    data = {"dir": str(ca.dir), "issued": [_issued_dict(r) for r in rows]}
+    text = render.table(
+        ["SERIAL", "KIND", "NAME", "NOT AFTER", "STATE"],
+        [
+            (f"{r.serial:#x}", r.kind, r.name, r.not_after, "revoked" if r.revoked else "valid")
+            for r in rows
+        ],
+    )
+    render.emit(args, data, text if rows else f"nothing issued yet by the CA in {ca.dir}")
+    return common.EXIT_OK
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add `pki init|issue|revoke|list` to ``sub``, the subparsers of ws-admin."""
+    dir_help = f"CA directory (default: ${PKI_ENV}, else pki/ in the local site's directory)"
+    top = sub.add_parser("pki", parents=[parent], help="the site CA: issue and revoke identities")
+    top.description = __doc__.split("\n\n")[1] if __doc__ else None
+    top.formatter_class = argparse.RawDescriptionHelpFormatter
+    pki_sub = top.add_subparsers(dest="pki_command", metavar="COMMAND", required=True)
+
+    p = pki_sub.add_parser("init", parents=[parent], help="make the site CA")
+    p.add_argument("--dir", help=dir_help)
+    p.set_defaults(func=init)
+
+    p = pki_sub.add_parser("issue", parents=[parent], help="issue an identity directory")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    out_help = "write ca.pem, cert.pem and key.pem here (a new or empty directory)"
+    q = kinds.add_parser("user", parents=[parent], help="a user (optionally an admin)")
+    q.add_argument("name")
+    q.add_argument("--admin", action="store_true", help="a site admin")
+    q.add_argument(
+        "--project", action="append", metavar="P", help="a project the user belongs to (repeat)"
+    )
+    q.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    q.add_argument("--dir", help=dir_help)
+    q.set_defaults(func=issue)
+    q = kinds.add_parser("node", parents=[parent], help="a node agent")
+    q.add_argument("name")
+    q.add_argument(
+        "--host",
+        action="append",
+        metavar="H",
+        help="a name or address other agents reach its peer server at (repeat)",
+    )
+    q.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    q.add_argument("--dir", help=dir_help)
+    q.set_defaults(func=issue)
+    q = kinds.add_parser("service", parents=[parent], help="the service")
+    q.add_argument("hosts", nargs="+", metavar="HOST", help="names and addresses it is reached at")
+    q.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    q.add_argument("--dir", help=dir_help)
+    q.set_defaults(func=issue)
+
+    p = pki_sub.add_parser("revoke", parents=[parent], help="revoke by name or serial")
+    p.add_argument("ref", metavar="NAME|SERIAL", help="every certificate of NAME, or one serial")
+    p.add_argument("--dir", help=dir_help)
+    p.set_defaults(func=revoke)
+
+    p = pki_sub.add_parser("list", parents=[parent], help="what was issued")
+    p.add_argument("--dir", help=dir_help)
+    p.set_defaults(func=list_issued)

@@ -1,0 +1,89 @@
+"""Where the service is and who calls it, for the client and the CLIs.
+
+Where (``resolve_address``): an explicit address, else ``$WS_SERVICE``, else the local
+all-in-one site (``site.json`` in ``$WS_SITE_DIR`` or ``~/.local/share/workspace/site``).
+
+Who (``resolve_tls``): an explicit identity directory (``identity=DIR``, ``ws --identity
+DIR``), else ``$WS_IDENTITY``, else the files in ``$WS_TLS_CA``/``_CERT``/``_KEY``,
+else -- when the address is a local site's (the default one, or the one whose socket it
+is) -- the admin identity that site issued (named in its site.json). Without any, the
+channel is plaintext, which only a service started with ``insecure = true`` accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from workspace import errors, rpc
+from workspace.config import TlsConfig
+from workspace.site import record as site_record
+
+SERVICE_ENV = "WS_SERVICE"
+# An identity directory (ws-admin pki issue ... --out DIR) to call the service with.
+IDENTITY_ENV = "WS_IDENTITY"
+# Optional mutual-TLS material for the client (paths); all empty means plaintext.
+TLS_ENV = ("WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY")
+
+
+class ServiceNotConfigured(errors.Unavailable):
+    """No service address was given and no local site exists."""
+
+    expected = True
+
+
+def resolve_address(service: str | None = None) -> str:
+    """The service address: ``service``, else $WS_SERVICE, else the local site."""
+    if service:
+        return service
+    env = os.environ.get(SERVICE_ENV, "").strip()
+    if env:
+        return env
+    site_dir = site_record.default_site_dir()
+    record = site_record.read_record(site_dir)
+    if record is not None and record.address:
+        return record.address
+    raise ServiceNotConfigured(
+        "no workspace service configured: pass --service ADDR (host:port or unix:/path), "
+        f"set {SERVICE_ENV}=ADDR, or start a local site with `ws-admin site up` "
+        f"(looked for {site_dir / site_record.SITE_FILE})"
+    )
+
+
+def tls_from_env() -> TlsConfig | None:
+    ca, cert, key = (os.environ.get(name, "") for name in TLS_ENV)
+    tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key)
+    return tls if tls.enabled else None
+
+
+def identity_tls(identity_dir: str | os.PathLike[str]) -> TlsConfig:
+    """The client TlsConfig of an identity directory (ConfigError when it is not one)."""
+    d = os.path.expanduser(os.fspath(identity_dir))
+    if not os.path.isdir(d):
+        raise errors.ConfigError(
+            f"identity directory {d} not found; make one with `ws-admin pki issue ... --out DIR`"
+        )
+    tls = TlsConfig(identity_dir=d)
+    rpc.tls_files(tls)  # a clear error now for a directory missing one of its files
+    return tls
+
+
+def resolve_tls(address: str, identity: str | None = None) -> TlsConfig | None:
+    """Who to call ``address`` as: ``identity``, else $WS_IDENTITY, else $WS_TLS_*, else
+    the admin identity of the local site at ``address`` (the default site, or the one
+    whose unix socket ``address`` is) (None: plaintext)."""
+    chosen = identity or os.environ.get(IDENTITY_ENV, "").strip()
+    if chosen:
+        return identity_tls(chosen)
+    env = tls_from_env()
+    if env is not None:
+        return env
+    # A local site: the default one, or the one whose socket this is.
+    dirs = [site_record.default_site_dir()]
+    if rpc.is_unix(address):
+        dirs.append(Path(address.removeprefix("unix:").removeprefix("//")).parent)
+    for site_dir in dirs:
+        record = site_record.read_record(site_dir)
+        if record is not None and record.identity_dir and record.address == address:
+            return identity_tls(record.identity_dir)
+    return None

@@ -1,0 +1,98 @@
+"""The local site's PKI: its CA, and the identities of its service, nodes and admin.
+
+``ws-admin site up`` makes the site CA in ``<site>/pki`` once (the default CA
+directory of ``ws-admin pki``, so ``ws-admin pki issue user alice --out A`` issues
+from it without flags) and keeps it across ``site down``/``site up``; ``site down
+--purge`` removes it. Identity directories live in ``<site>/identities/``:
+
+    service        workspace://service/localhost (the service's socket is checked
+                   for the name ``localhost``: see ``workspace.rpc``)
+    node-NAME      workspace://node/NAME, one per agent (also named ``localhost``,
+                   for peer servers on unix sockets)
+    admin-OWNER    workspace://user/OWNER + role admin: the user who ran ``site up``;
+                   ``ws`` finds it through the site record
+
+An identity is issued once and reused while its certificate is of this CA, names
+what it should and is not revoked; otherwise it is issued anew.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from workspace import pki
+from workspace.config import TlsConfig
+from workspace.identity import Identity, Kind, from_pem
+
+PKI_DIR = "pki"
+IDENTITIES_DIR = "identities"
+SERVICE_HOST = "localhost"
+# An identity that expires sooner than this is issued anew at `site up`.
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class SiteIdentities:
+    """Where the site's CA and identity directories are."""
+
+    ca_dir: Path
+    service: Path
+    admin: Path
+    nodes: dict[str, Path]
+
+    @property
+    def crl_file(self) -> Path:
+        return self.ca_dir / pki.CRL
+
+    def tls(self, identity_dir: Path) -> TlsConfig:
+        return TlsConfig(identity_dir=str(identity_dir), crl_file=str(self.crl_file))
+
+
+def ca_dir(site_dir: Path) -> Path:
+    return site_dir / PKI_DIR
+
+
+def ensure(site_dir: Path, owner: str, nodes: list[str]) -> SiteIdentities:
+    """The site's CA (made if missing) and its identities (issued if missing or stale)."""
+    d = ca_dir(site_dir)
+    ca = pki.CA(d) if (d / pki.CA_KEY).exists() else pki.init(d, "workspace local site CA")
+    ids = site_dir / IDENTITIES_DIR
+    ids.mkdir(mode=0o700, exist_ok=True)
+    service = _ensure_one(ca, Identity(Kind.SERVICE, SERVICE_HOST), ids / "service")
+    admin = _ensure_one(ca, Identity(Kind.USER, owner, admin=True), ids / f"admin-{owner}")
+    node_dirs = {
+        name: _ensure_one(ca, Identity(Kind.NODE, name), ids / f"node-{name}") for name in nodes
+    }
+    return SiteIdentities(d, service, admin, node_dirs)
+
+
+def _ensure_one(ca: pki.CA, who: Identity, out: Path) -> Path:
+    if not _current(ca, who, out):
+        if out.exists():
+            shutil.rmtree(out)
+        ca.issue(who, out, hosts=(SERVICE_HOST,))
+    return out
+
+
+def _current(ca: pki.CA, who: Identity, out: Path) -> bool:
+    """Whether ``out`` holds a usable identity ``who`` of ``ca``."""
+    try:
+        ca_file, cert_file, _key_file = pki.load_identity_dir(out)
+        pem = cert_file.read_bytes()
+        cert = x509.load_pem_x509_certificate(pem)
+        held = from_pem(pem)
+    except Exception:  # missing, unreadable or foreign: issue anew
+        return False
+    revoked = {r.serial for r in ca.issued() if r.revoked}
+    return (
+        cert.issuer == ca.cert.subject
+        and ca_file.read_bytes() == (ca.dir / pki.CA_CERT).read_bytes()
+        and cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + RENEW_BEFORE
+        and (held.kind, held.name, held.admin) == (who.kind, who.name, who.admin)
+        and held.serial not in revoked
+    )
