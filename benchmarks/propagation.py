@@ -40,9 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import ROOT, emit, start_service
-from tests.functional.harness import WS, Stubs, write_toml
-from workspace import rpc
-from workspace.config import node_address_for
+from tests.functional.harness import WS, Stubs, write_config
+from workspace import config, rpc
+from workspace.config import AgentConfig, node_address_for
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
 MIB = 1024 * 1024
@@ -86,7 +86,7 @@ class Agents:
                 "labels": {"node": name},
                 "insecure": True,
             }
-            path = write_toml(tmp / f"{name}.toml", conf)
+            path = write_config(tmp / f"{name}.toml", config.from_dict(AgentConfig, conf))
             self.logs[name] = tmp / f"{name}.log"
             with open(self.logs[name], "wb") as log:
                 self.procs.append(
