@@ -12,23 +12,16 @@ order on one site (module scope). The fast twin: tests/functional/test_integrity
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from images import digest as digests
-from images import signing
 from images.appliance import Appliance
 from tests.functional.harness import WS
 from tests.host.test_e2e_site import BOOT_S, run
-from tests.host.test_e2e_trust import TrustSite
-from workspace.codec.v1 import image_spec_from_proto as manifest_from_proto
-from workspace.v1 import trust_pb2
+from tests.host.test_e2e_trust import TrustSite, enforcing_site
 
 pytestmark = pytest.mark.host
 SIGNED = "appliance"
@@ -70,28 +63,8 @@ def flip(path: Path, at: int = 4096) -> None:
 
 @pytest.fixture(scope="module")
 def site(appliance: Appliance) -> Iterator[IntegritySite]:
-    site_dir = Path(tempfile.mkdtemp(prefix="ws-e2e-integrity-", dir="/var/tmp"))
-    site_dir.chmod(0o755)
-    s = IntegritySite(site_dir)
-    try:
-        s.up()
-        s.import_appliance(SIGNED, appliance)
-        key = Ed25519PrivateKey.generate()
-        s.trust.AddKey(
-            trust_pb2.AddKeyRequest(
-                public_key_pem=signing.public_pem(key), image_patterns=["appliance"]
-            )
-        )
-        envelope = signing.sign(manifest_from_proto(s.image(SIGNED)), key)
-        s.trust.AddSignature(trust_pb2.AddSignatureRequest(image=SIGNED, envelope_json=envelope))
-        s.trust.SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE))
+    with enforcing_site(IntegritySite, "ws-e2e-integrity-", appliance) as s:
         yield s
-    finally:
-        run("workspace.cli.admin", "site", "down", "--dir", str(site_dir), check=False)
-        if s.stubs is not None:
-            s.stubs.channel.close()
-        if not os.environ.get("WS_KEEP_SITE"):
-            shutil.rmtree(site_dir, ignore_errors=True)
 
 
 def test_first_boot_caches_the_signed_appliance(site: IntegritySite) -> None:

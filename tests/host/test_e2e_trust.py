@@ -9,11 +9,13 @@ The tests run in file order on one site (module scope).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -63,11 +65,16 @@ class TrustSite(E2ESite):
         return self.virsh("list", "--all", "--name")
 
 
-@pytest.fixture(scope="module")
-def site(appliance: Appliance) -> Iterator[TrustSite]:
-    site_dir = Path(tempfile.mkdtemp(prefix="ws-e2e-trust-", dir="/var/tmp"))
+S = TypeVar("S", bound=TrustSite)
+
+
+@contextlib.contextmanager
+def enforcing_site(cls: type[S], prefix: str, appliance: Appliance) -> Iterator[S]:
+    """A libvirt site under ``enforce`` with the appliance imported as SIGNED and signed
+    by a key trusted for it; taken down (and removed) afterwards."""
+    site_dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     site_dir.chmod(0o755)
-    s = TrustSite(site_dir)
+    s = cls(site_dir)
     try:
         s.up()
         s.import_appliance(SIGNED, appliance)
@@ -87,6 +94,12 @@ def site(appliance: Appliance) -> Iterator[TrustSite]:
             s.stubs.channel.close()
         if not os.environ.get("WS_KEEP_SITE"):
             shutil.rmtree(site_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site(appliance: Appliance) -> Iterator[TrustSite]:
+    with enforcing_site(TrustSite, "ws-e2e-trust-", appliance) as s:
+        yield s
 
 
 def test_flipped_byte_in_the_repository_blob_is_refused_by_the_node(site: TrustSite) -> None:
