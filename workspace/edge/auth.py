@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from workspace import identity
+from workspace import identity, rpc
 from workspace.config import ServiceConfig, TlsConfig
 from workspace.errors import PermissionDenied
 from workspace.identity import Identity, Kind
@@ -176,11 +176,10 @@ class Authenticator:
         identity, or is revoked), or the insecure-mode admin without TLS."""
         if self.insecure:
             return self.insecure_identity
-        auth = context.auth_context() or {}
-        pems = auth.get("x509_pem_cert")
-        if not pems:
+        pem = rpc.peer_certificate(context)
+        if pem is None:
             raise Unauthenticated("no client certificate: call with an identity of the site CA")
-        who = self._parse(bytes(pems[0]))
+        who = self._parse(pem)
         self.check_revoked(who)
         return who
 

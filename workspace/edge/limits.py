@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from workspace import rpc
 from workspace.errors import PermissionDenied
 from workspace.identity import from_pem
 
@@ -30,16 +31,15 @@ log = logging.getLogger("workspace.edge.limits")
 def caller_key(context: grpc.ServicerContext, default_owner: str) -> str:
     """Whom a call counts against: ``user:alice`` / ``node:n1`` from the peer
     certificate, ``user:<default_owner>`` without one."""
-    auth = context.auth_context() or {}
-    pems = auth.get("x509_pem_cert")
-    if not pems:
+    pem = rpc.peer_certificate(context)
+    if pem is None:
         return f"user:{default_owner}"
     try:
-        return from_pem(pems[0]).principal
+        return from_pem(pem).principal
     except (PermissionDenied, ValueError):
         # A certificate naming no identity: the access checks refuse its calls; until
         # then it is counted by its fingerprint, never together with anyone else.
-        return "cert:" + hashlib.sha256(pems[0]).hexdigest()[:16]
+        return "cert:" + hashlib.sha256(pem).hexdigest()[:16]
 
 
 class StreamCounter:

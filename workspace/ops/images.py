@@ -124,13 +124,8 @@ class Catalog:
                 if not old:
                     return []
                 gone = sorted(old - _referenced(s))
-                for d in gone:
-                    row = s.get(Blob, d)
-                    if row is not None:
-                        s.delete(row)
-            freed = sum(self.blobs.size(d) for d in gone if self.blobs.has(d))
-            for d in gone:
-                self.blobs.remove(d)
+                _delete_rows(s, gone)
+            freed = self._remove_files(gone)
             self.blobs.remove_stale_temp(cutoff)
         if gone:
             log.info(
@@ -141,6 +136,15 @@ class Catalog:
                 ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
             )
         return gone
+
+    def _remove_files(self, digests: Iterable[str]) -> int:
+        """Remove these blobs' files from the repository; returns the bytes freed."""
+        freed = 0
+        for d in digests:
+            if self.blobs.has(d):
+                freed += self.blobs.size(d)
+                self.blobs.remove(d)
+        return freed
 
     def has_blobs(self, digests: Iterable[str]) -> list[str]:
         """The digests (in the order given, once each) the repository does not hold."""
@@ -384,13 +388,8 @@ class Catalog:
                 trust.delete_signatures(s, name)
                 s.flush()
                 gone = sorted(mine - _referenced(s))
-                for d in gone:
-                    row = s.get(Blob, d)
-                    if row is not None:
-                        s.delete(row)
-            freed = sum(self.blobs.size(d) for d in gone if self.blobs.has(d))
-            for d in gone:
-                self.blobs.remove(d)
+                _delete_rows(s, gone)
+            freed = self._remove_files(gone)
         log.info(
             "image %s deleted by %s; %d blob(s) removed (%d bytes)", name, owner, len(gone), freed
         )
@@ -410,6 +409,14 @@ class Catalog:
             owned = self._owned_digests(s, owner)
             used = sum(self._sizes(s, owned).values())
         return RepositoryUsage(owner, used, self.env.cfg.limits.repo_quota_bytes_per_user)
+
+
+def _delete_rows(s: Session, digests: Iterable[str]) -> None:
+    """Forget these blobs in the store (their files go after the commit)."""
+    for d in digests:
+        row = s.get(Blob, d)
+        if row is not None:
+            s.delete(row)
 
 
 def _referenced(s: Session) -> set[str]:
