@@ -8,7 +8,7 @@ from images.model import Mode, Partition
 from workspace import config, rpc
 from workspace.codec import node as codec
 from workspace.config import LimitsConfig
-from workspace.domain.model import Disk, Nic, NodeOrders, Order
+from workspace.domain.model import Disk, Nic, NodeOrders, Order, Seed
 from workspace.domain.states import Desired
 from workspace.errors import ConfigError
 from workspace.ops.order_size import order_bytes
@@ -39,7 +39,7 @@ def _order(i: int, user_data: bytes = b"", cmdline: str = "", envelopes: int = 0
         reboot_count=2**31,
         stop_timeout_s=60,
         force_stop=True,
-        user_data=user_data,
+        seed=Seed(b"", user_data, b"") if user_data else None,
         envelopes=tuple("{" + "e" * 4000 + "}" for _ in range(envelopes)),
         verified_digests=(DIGEST,) * 3,
     )

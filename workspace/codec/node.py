@@ -10,6 +10,7 @@ from workspace.domain.model import (
     AuditRecord,
     CacheRecord,
     Disk,
+    ExecOutcome,
     Nic,
     NodeCache,
     NodeInfo,
@@ -17,6 +18,7 @@ from workspace.domain.model import (
     NodeReport,
     Observation,
     Order,
+    Seed,
 )
 from workspace.domain.states import Observed
 from workspace.node.v1 import nodes_pb2
@@ -83,6 +85,38 @@ def disk_from_proto(d: nodes_pb2.DiskAssignment) -> Disk:
     )
 
 
+def seed_to_proto(seed: Seed | None) -> nodes_pb2.CloudSeed | None:
+    if seed is None:
+        return None
+    return nodes_pb2.CloudSeed(
+        meta_data=seed.meta_data, user_data=seed.user_data, network_config=seed.network_config
+    )
+
+
+def seed_from_proto(m: nodes_pb2.CloudSeed) -> Seed:
+    return Seed(meta_data=m.meta_data, user_data=m.user_data, network_config=m.network_config)
+
+
+def exec_outcome_to_proto(o: ExecOutcome) -> nodes_pb2.ExecOutcome:
+    return nodes_pb2.ExecOutcome(
+        exit_code=o.exit_code,
+        stdout=o.stdout,
+        stderr=o.stderr,
+        timed_out=o.timed_out,
+        truncated=o.truncated,
+    )
+
+
+def exec_outcome_from_proto(m: nodes_pb2.ExecOutcome) -> ExecOutcome:
+    return ExecOutcome(
+        exit_code=m.exit_code,
+        stdout=m.stdout,
+        stderr=m.stderr,
+        timed_out=m.timed_out,
+        truncated=m.truncated,
+    )
+
+
 def order_to_proto(o: Order) -> nodes_pb2.Assignment:
     return nodes_pb2.Assignment(
         workspace_id=o.workspace_id,
@@ -99,7 +133,7 @@ def order_to_proto(o: Order) -> nodes_pb2.Assignment:
         reboot_count=o.reboot_count,
         stop_timeout_s=o.stop_timeout_s,
         force_stop=o.force_stop,
-        user_data=o.user_data,
+        seed=seed_to_proto(o.seed),
         image=o.image,
         envelopes_json=list(o.envelopes),
         verified_digests=list(o.verified_digests),
@@ -123,7 +157,7 @@ def order_from_proto(a: nodes_pb2.Assignment) -> Order:
         reboot_count=a.reboot_count,
         stop_timeout_s=a.stop_timeout_s,
         force_stop=a.force_stop,
-        user_data=a.user_data,
+        seed=seed_from_proto(a.seed) if a.HasField("seed") else None,
         envelopes=tuple(a.envelopes_json),
         verified_digests=tuple(a.verified_digests),
     )

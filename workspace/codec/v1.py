@@ -170,6 +170,8 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         role=w.role,
         project=w.project,
         lease_expires_at=_ts_or_none(w.lease_expires_at),
+        host_keys=list(w.host_keys),
+        login_user=w.login_user,
     )
 
 

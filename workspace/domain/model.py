@@ -120,6 +120,51 @@ class WorkspaceView:
     waiting: bool = False  # queued for capacity (state PENDING, no node yet)
     project: str = ""  # the project it is charged to ("": none)
     lease_expires_at: float = 0.0  # epoch s; 0 = no lease
+    host_keys: tuple[str, ...] = ()  # the guest's SSH host public keys (vouched for)
+    login_user: str = ""  # the account `ws ssh` logs in as ("": no contextualization)
+
+
+@dataclass(frozen=True)
+class Seed:
+    """cloud-init NoCloud documents for one workspace (``workspace/domain/seed.py``
+    renders them; the agent writes them to a ``cidata`` ISO)."""
+
+    meta_data: bytes
+    user_data: bytes
+    network_config: bytes
+
+    def size(self) -> int:
+        return len(self.meta_data) + len(self.user_data) + len(self.network_config)
+
+
+@dataclass(frozen=True)
+class SshKeyView:
+    """One of a user's SSH public keys."""
+
+    fingerprint: str  # "SHA256:..."
+    public_key: str  # one authorized_keys line
+    comment: str
+    added_at: float
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    """What a command run through the guest agent did."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """An ExecOutcome of a named workspace (what the API returns)."""
+
+    workspace_id: str
+    name: str
+    outcome: ExecOutcome
 
 
 @dataclass(frozen=True)
@@ -141,7 +186,7 @@ class Order:
     reboot_count: int = 0
     stop_timeout_s: int = 60
     force_stop: bool = False
-    user_data: bytes = b""
+    seed: Seed | None = None  # the NoCloud seed (None: the image takes none)
     envelopes: tuple[str, ...] = ()  # the image's DSSE signature envelopes (JSON)
     verified_digests: tuple[str, ...] = ()  # blobs the service checked against the policy
 

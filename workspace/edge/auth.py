@@ -119,6 +119,14 @@ def _rules() -> dict[str, Role]:
             "ReportStatus": n,
             "PushConsole": n,
             "FetchBlob": n,
+            "Tasks": n,
+        },
+        # Keys are the caller's own.
+        "workspace.v1.Keys": {"AddSshKey": u, "ListSshKeys": u, "RemoveSshKey": u},
+        "workspace.v1.Guests": {
+            # The owner's workspaces (or any, for an admin): checked by the operation.
+            "Exec": u,
+            "AttachConsole": u,
         },
         "grpc.health.v1.Health": {"Check": Role.OPEN, "Watch": Role.OPEN, "List": Role.OPEN},
     }

@@ -15,6 +15,7 @@ import grpc
 from workspace.codec import node as codec_node
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
+from workspace.errors import Unavailable
 from workspace.identity import Identity
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.ops import consoles, liveness, reports
@@ -112,6 +113,17 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
             request.reset,
         )
         return nodes_pb2.PushConsoleResponse(next_offset=offset)
+
+    @stream
+    def Tasks(
+        self,
+        request: Iterator[nodes_pb2.TaskReply],
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> Iterator[nodes_pb2.Task]:
+        # Filled in by the task hub (exec, interactive consoles).
+        raise Unavailable("this service does not send tasks to agents yet")
+        yield  # pragma: no cover
 
     @stream
     def FetchBlob(

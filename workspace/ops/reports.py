@@ -151,7 +151,6 @@ def build_orders(
             reboot_count=w.reboot_count,
             stop_timeout_s=w.stop_timeout_s,
             force_stop=w.force_stop,
-            user_data=w.user_data,
             # Bound order: what the service verified at create.
             envelopes=envelopes.get(w.image, ()),
             verified_digests=tuple(specs[w.id].digests()),

@@ -27,7 +27,7 @@ from workspace.v1 import common_pb2 as workspace_dot_v1_dot_common__pb2
 from workspace.v1 import trust_pb2 as workspace_dot_v1_dot_trust__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dworkspace/node/v1/nodes.proto\x12\x11workspace.node.v1\x1a\x18workspace/v1/admin.proto\x1a\x19workspace/v1/common.proto\x1a\x18workspace/v1/trust.proto\"\xad\x02\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\nhypervisor\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12\x10\n\x08networks\x18\x06 \x03(\t\x12>\n\x06labels\x18\x07 \x03(\x0b\x32..workspace.node.v1.RegisterRequest.LabelsEntry\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x16\n\x0e\x63\x61\x63hed_digests\x18\t \x03(\t\x12\x14\n\x0cpeer_address\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x05\"\'\n\x17WatchAssignmentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"\xb8\x01\n\x0e\x44iskAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.workspace.v1.PartitionMode\x12\x0c\n\x04\x65xt4\x18\x06 \x01(\x08\x12\x1a\n\x12virtual_size_bytes\x18\x07 \x01(\x03\x12\x0f\n\x07sources\x18\x08 \x03(\t\"\x8b\x01\n\rNicAssignment\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x12\n\nprefix_len\x18\x05 \x01(\x05\x12\x0f\n\x07gateway\x18\x06 \x01(\t\x12\x0b\n\x03\x64ns\x18\x07 \x03(\t\x12\x0e\n\x06subnet\x18\x08 \x01(\t\"\xc8\x03\n\nAssignment\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12+\n\x07\x64\x65sired\x18\x04 \x01(\x0e\x32\x1a.workspace.v1.DesiredState\x12\x0c\n\x04\x63pus\x18\x05 \x01(\x05\x12\x12\n\nmemory_mib\x18\x06 \x01(\x03\x12\x30\n\x05\x64isks\x18\x07 \x03(\x0b\x32!.workspace.node.v1.DiskAssignment\x12\x15\n\rkernel_digest\x18\x08 \x01(\t\x12\x15\n\rinitrd_digest\x18\t \x01(\t\x12\x0f\n\x07\x63mdline\x18\n \x01(\t\x12.\n\x04nics\x18\x0b \x03(\x0b\x32 .workspace.node.v1.NicAssignment\x12\x14\n\x0creboot_count\x18\x0c \x01(\x03\x12\x16\n\x0estop_timeout_s\x18\r \x01(\x05\x12\x12\n\nforce_stop\x18\x0e \x01(\x08\x12\x11\n\tuser_data\x18\x0f \x01(\x0c\x12\r\n\x05image\x18\x10 \x01(\t\x12\x16\n\x0e\x65nvelopes_json\x18\x11 \x03(\t\x12\x18\n\x10verified_digests\x18\x12 \x03(\t\"\x94\x01\n\rAssignmentSet\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12\x32\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x1d.workspace.node.v1.Assignment\x12\x10\n\x08prefetch\x18\x03 \x03(\t\x12)\n\x06policy\x18\x04 \x01(\x0b\x32\x19.workspace.v1.TrustPolicy\"j\n\x11ObservedWorkspace\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .workspace.node.v1.ObservedState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf1\x01\n\x13ReportStatusRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12\x38\n\nworkspaces\x18\x03 \x03(\x0b\x32$.workspace.node.v1.ObservedWorkspace\x12\x16\n\x0e\x63\x61\x63hed_digests\x18\x04 \x03(\t\x12\'\n\x05\x61udit\x18\x07 \x03(\x0b\x32\x18.workspace.v1.AuditEntry\x12\'\n\x05\x63\x61\x63he\x18\x05 \x03(\x0b\x32\x18.workspace.v1.CacheEntry\x12\x1a\n\x12\x63\x61\x63he_budget_bytes\x18\x06 \x01(\x03\"\x16\n\x14ReportStatusResponse\"e\n\x12PushConsoleRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05reset\x18\x05 \x01(\x08\"*\n\x13PushConsoleResponse\x12\x13\n\x0bnext_offset\x18\x01 \x01(\x03\"@\n\x10\x46\x65tchBlobRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\",\n\x08\x42lobData\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03*\x92\x02\n\rObservedState\x12\x1e\n\x1aOBSERVED_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aOBSERVED_STATE_PROPAGATING\x10\x01\x12\x1b\n\x17OBSERVED_STATE_STARTING\x10\x02\x12\x1a\n\x16OBSERVED_STATE_RUNNING\x10\x03\x12\x19\n\x15OBSERVED_STATE_PAUSED\x10\x04\x12\x1b\n\x17OBSERVED_STATE_STOPPING\x10\x05\x12\x1a\n\x16OBSERVED_STATE_STOPPED\x10\x06\x12\x19\n\x15OBSERVED_STATE_ABSENT\x10\x07\x12\x19\n\x15OBSERVED_STATE_FAILED\x10\x08\x32\xd0\x03\n\x05Nodes\x12S\n\x08Register\x12\".workspace.node.v1.RegisterRequest\x1a#.workspace.node.v1.RegisterResponse\x12\x62\n\x10WatchAssignments\x12*.workspace.node.v1.WatchAssignmentsRequest\x1a .workspace.node.v1.AssignmentSet0\x01\x12_\n\x0cReportStatus\x12&.workspace.node.v1.ReportStatusRequest\x1a\'.workspace.node.v1.ReportStatusResponse\x12\\\n\x0bPushConsole\x12%.workspace.node.v1.PushConsoleRequest\x1a&.workspace.node.v1.PushConsoleResponse\x12O\n\tFetchBlob\x12#.workspace.node.v1.FetchBlobRequest\x1a\x1b.workspace.node.v1.BlobData0\x01\x32X\n\x05Peers\x12O\n\tFetchBlob\x12#.workspace.node.v1.FetchBlobRequest\x1a\x1b.workspace.node.v1.BlobData0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dworkspace/node/v1/nodes.proto\x12\x11workspace.node.v1\x1a\x18workspace/v1/admin.proto\x1a\x19workspace/v1/common.proto\x1a\x18workspace/v1/trust.proto\"\xad\x02\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\nhypervisor\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12\x10\n\x08networks\x18\x06 \x03(\t\x12>\n\x06labels\x18\x07 \x03(\x0b\x32..workspace.node.v1.RegisterRequest.LabelsEntry\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x16\n\x0e\x63\x61\x63hed_digests\x18\t \x03(\t\x12\x14\n\x0cpeer_address\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x05\"\'\n\x17WatchAssignmentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"\xb8\x01\n\x0e\x44iskAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.workspace.v1.PartitionMode\x12\x0c\n\x04\x65xt4\x18\x06 \x01(\x08\x12\x1a\n\x12virtual_size_bytes\x18\x07 \x01(\x03\x12\x0f\n\x07sources\x18\x08 \x03(\t\"\x8b\x01\n\rNicAssignment\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x12\n\nprefix_len\x18\x05 \x01(\x05\x12\x0f\n\x07gateway\x18\x06 \x01(\t\x12\x0b\n\x03\x64ns\x18\x07 \x03(\t\x12\x0e\n\x06subnet\x18\x08 \x01(\t\"\xe7\x03\n\nAssignment\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12+\n\x07\x64\x65sired\x18\x04 \x01(\x0e\x32\x1a.workspace.v1.DesiredState\x12\x0c\n\x04\x63pus\x18\x05 \x01(\x05\x12\x12\n\nmemory_mib\x18\x06 \x01(\x03\x12\x30\n\x05\x64isks\x18\x07 \x03(\x0b\x32!.workspace.node.v1.DiskAssignment\x12\x15\n\rkernel_digest\x18\x08 \x01(\t\x12\x15\n\rinitrd_digest\x18\t \x01(\t\x12\x0f\n\x07\x63mdline\x18\n \x01(\t\x12.\n\x04nics\x18\x0b \x03(\x0b\x32 .workspace.node.v1.NicAssignment\x12\x14\n\x0creboot_count\x18\x0c \x01(\x03\x12\x16\n\x0estop_timeout_s\x18\r \x01(\x05\x12\x12\n\nforce_stop\x18\x0e \x01(\x08\x12\r\n\x05image\x18\x10 \x01(\t\x12\x16\n\x0e\x65nvelopes_json\x18\x11 \x03(\t\x12\x18\n\x10verified_digests\x18\x12 \x03(\t\x12*\n\x04seed\x18\x13 \x01(\x0b\x32\x1c.workspace.node.v1.CloudSeedJ\x04\x08\x0f\x10\x10\"I\n\tCloudSeed\x12\x11\n\tmeta_data\x18\x01 \x01(\x0c\x12\x11\n\tuser_data\x18\x02 \x01(\x0c\x12\x16\n\x0enetwork_config\x18\x03 \x01(\x0c\"\x94\x01\n\rAssignmentSet\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12\x32\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x1d.workspace.node.v1.Assignment\x12\x10\n\x08prefetch\x18\x03 \x03(\t\x12)\n\x06policy\x18\x04 \x01(\x0b\x32\x19.workspace.v1.TrustPolicy\"j\n\x11ObservedWorkspace\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .workspace.node.v1.ObservedState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf1\x01\n\x13ReportStatusRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12\x38\n\nworkspaces\x18\x03 \x03(\x0b\x32$.workspace.node.v1.ObservedWorkspace\x12\x16\n\x0e\x63\x61\x63hed_digests\x18\x04 \x03(\t\x12\'\n\x05\x61udit\x18\x07 \x03(\x0b\x32\x18.workspace.v1.AuditEntry\x12\'\n\x05\x63\x61\x63he\x18\x05 \x03(\x0b\x32\x18.workspace.v1.CacheEntry\x12\x1a\n\x12\x63\x61\x63he_budget_bytes\x18\x06 \x01(\x03\"\x16\n\x14ReportStatusResponse\"e\n\x12PushConsoleRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05reset\x18\x05 \x01(\x08\"*\n\x13PushConsoleResponse\x12\x13\n\x0bnext_offset\x18\x01 \x01(\x03\"@\n\x10\x46\x65tchBlobRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\",\n\x08\x42lobData\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"\xcc\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12+\n\x04\x65xec\x18\x03 \x01(\x0b\x32\x1b.workspace.node.v1.ExecTaskH\x00\x12\x36\n\x0c\x63onsole_open\x18\x04 \x01(\x0b\x32\x1e.workspace.node.v1.ConsoleOpenH\x00\x12\x17\n\rconsole_input\x18\x05 \x01(\x0cH\x00\x12\x17\n\rconsole_close\x18\x06 \x01(\x08H\x00\x42\x06\n\x04kind\":\n\x08\x45xecTask\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05stdin\x18\x02 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x03 \x01(\x05\"\r\n\x0b\x43onsoleOpen\"\xc5\x01\n\tTaskReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12.\n\x04\x65xec\x18\x03 \x01(\x0b\x32\x1e.workspace.node.v1.ExecOutcomeH\x00\x12\x18\n\x0e\x63onsole_output\x18\x04 \x01(\x0cH\x00\x12\x18\n\x0e\x63onsole_closed\x18\x05 \x01(\tH\x00\x12-\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1c.workspace.node.v1.TaskErrorH\x00\x42\x06\n\x04kind\"f\n\x0b\x45xecOutcome\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x0e\n\x06stderr\x18\x03 \x01(\x0c\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"*\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*\x92\x02\n\rObservedState\x12\x1e\n\x1aOBSERVED_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aOBSERVED_STATE_PROPAGATING\x10\x01\x12\x1b\n\x17OBSERVED_STATE_STARTING\x10\x02\x12\x1a\n\x16OBSERVED_STATE_RUNNING\x10\x03\x12\x19\n\x15OBSERVED_STATE_PAUSED\x10\x04\x12\x1b\n\x17OBSERVED_STATE_STOPPING\x10\x05\x12\x1a\n\x16OBSERVED_STATE_STOPPED\x10\x06\x12\x19\n\x15OBSERVED_STATE_ABSENT\x10\x07\x12\x19\n\x15OBSERVED_STATE_FAILED\x10\x08\x32\x94\x04\n\x05Nodes\x12S\n\x08Register\x12\".workspace.node.v1.RegisterRequest\x1a#.workspace.node.v1.RegisterResponse\x12\x62\n\x10WatchAssignments\x12*.workspace.node.v1.WatchAssignmentsRequest\x1a .workspace.node.v1.AssignmentSet0\x01\x12_\n\x0cReportStatus\x12&.workspace.node.v1.ReportStatusRequest\x1a\'.workspace.node.v1.ReportStatusResponse\x12\\\n\x0bPushConsole\x12%.workspace.node.v1.PushConsoleRequest\x1a&.workspace.node.v1.PushConsoleResponse\x12O\n\tFetchBlob\x12#.workspace.node.v1.FetchBlobRequest\x1a\x1b.workspace.node.v1.BlobData0\x01\x12\x42\n\x05Tasks\x12\x1c.workspace.node.v1.TaskReply\x1a\x17.workspace.node.v1.Task(\x01\x30\x01\x32X\n\x05Peers\x12O\n\tFetchBlob\x12#.workspace.node.v1.FetchBlobRequest\x1a\x1b.workspace.node.v1.BlobData0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_OBSERVEDSTATE']._serialized_start=2101
-  _globals['_OBSERVEDSTATE']._serialized_end=2375
+  _globals['_OBSERVEDSTATE']._serialized_start=2837
+  _globals['_OBSERVEDSTATE']._serialized_end=3111
   _globals['_REGISTERREQUEST']._serialized_start=132
   _globals['_REGISTERREQUEST']._serialized_end=433
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=388
@@ -51,25 +51,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NICASSIGNMENT']._serialized_start=714
   _globals['_NICASSIGNMENT']._serialized_end=853
   _globals['_ASSIGNMENT']._serialized_start=856
-  _globals['_ASSIGNMENT']._serialized_end=1312
-  _globals['_ASSIGNMENTSET']._serialized_start=1315
-  _globals['_ASSIGNMENTSET']._serialized_end=1463
-  _globals['_OBSERVEDWORKSPACE']._serialized_start=1465
-  _globals['_OBSERVEDWORKSPACE']._serialized_end=1571
-  _globals['_REPORTSTATUSREQUEST']._serialized_start=1574
-  _globals['_REPORTSTATUSREQUEST']._serialized_end=1815
-  _globals['_REPORTSTATUSRESPONSE']._serialized_start=1817
-  _globals['_REPORTSTATUSRESPONSE']._serialized_end=1839
-  _globals['_PUSHCONSOLEREQUEST']._serialized_start=1841
-  _globals['_PUSHCONSOLEREQUEST']._serialized_end=1942
-  _globals['_PUSHCONSOLERESPONSE']._serialized_start=1944
-  _globals['_PUSHCONSOLERESPONSE']._serialized_end=1986
-  _globals['_FETCHBLOBREQUEST']._serialized_start=1988
-  _globals['_FETCHBLOBREQUEST']._serialized_end=2052
-  _globals['_BLOBDATA']._serialized_start=2054
-  _globals['_BLOBDATA']._serialized_end=2098
-  _globals['_NODES']._serialized_start=2378
-  _globals['_NODES']._serialized_end=2842
-  _globals['_PEERS']._serialized_start=2844
-  _globals['_PEERS']._serialized_end=2932
+  _globals['_ASSIGNMENT']._serialized_end=1343
+  _globals['_CLOUDSEED']._serialized_start=1345
+  _globals['_CLOUDSEED']._serialized_end=1418
+  _globals['_ASSIGNMENTSET']._serialized_start=1421
+  _globals['_ASSIGNMENTSET']._serialized_end=1569
+  _globals['_OBSERVEDWORKSPACE']._serialized_start=1571
+  _globals['_OBSERVEDWORKSPACE']._serialized_end=1677
+  _globals['_REPORTSTATUSREQUEST']._serialized_start=1680
+  _globals['_REPORTSTATUSREQUEST']._serialized_end=1921
+  _globals['_REPORTSTATUSRESPONSE']._serialized_start=1923
+  _globals['_REPORTSTATUSRESPONSE']._serialized_end=1945
+  _globals['_PUSHCONSOLEREQUEST']._serialized_start=1947
+  _globals['_PUSHCONSOLEREQUEST']._serialized_end=2048
+  _globals['_PUSHCONSOLERESPONSE']._serialized_start=2050
+  _globals['_PUSHCONSOLERESPONSE']._serialized_end=2092
+  _globals['_FETCHBLOBREQUEST']._serialized_start=2094
+  _globals['_FETCHBLOBREQUEST']._serialized_end=2158
+  _globals['_BLOBDATA']._serialized_start=2160
+  _globals['_BLOBDATA']._serialized_end=2204
+  _globals['_TASK']._serialized_start=2207
+  _globals['_TASK']._serialized_end=2411
+  _globals['_EXECTASK']._serialized_start=2413
+  _globals['_EXECTASK']._serialized_end=2471
+  _globals['_CONSOLEOPEN']._serialized_start=2473
+  _globals['_CONSOLEOPEN']._serialized_end=2486
+  _globals['_TASKREPLY']._serialized_start=2489
+  _globals['_TASKREPLY']._serialized_end=2686
+  _globals['_EXECOUTCOME']._serialized_start=2688
+  _globals['_EXECOUTCOME']._serialized_end=2790
+  _globals['_TASKERROR']._serialized_start=2792
+  _globals['_TASKERROR']._serialized_end=2834
+  _globals['_NODES']._serialized_start=3114
+  _globals['_NODES']._serialized_end=3646
+  _globals['_PEERS']._serialized_start=3648
+  _globals['_PEERS']._serialized_end=3736
 # @@protoc_insertion_point(module_scope)

@@ -270,10 +270,10 @@ class Assignment(_message.Message):
     REBOOT_COUNT_FIELD_NUMBER: _builtins.int
     STOP_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     FORCE_STOP_FIELD_NUMBER: _builtins.int
-    USER_DATA_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     ENVELOPES_JSON_FIELD_NUMBER: _builtins.int
     VERIFIED_DIGESTS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     name: _builtins.str
     hostname: _builtins.str
@@ -288,7 +288,6 @@ class Assignment(_message.Message):
     """Incremented by each RebootWorkspace; the agent reboots when it grows."""
     stop_timeout_s: _builtins.int
     force_stop: _builtins.bool
-    user_data: _builtins.bytes
     image: _builtins.str
     """Bound order: the image, its signature envelopes, and the exact digests the service
     verified (disks, kernel, initrd); the agent boots nothing else.
@@ -301,6 +300,12 @@ class Assignment(_message.Message):
     def envelopes_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def verified_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def seed(self) -> Global___CloudSeed:
+        """The NoCloud seed the agent writes to a read-only `cidata` ISO and attaches as the
+        last disk; unset for images without contextualization.
+        """
+
     def __init__(
         self,
         *,
@@ -318,18 +323,45 @@ class Assignment(_message.Message):
         reboot_count: _builtins.int = ...,
         stop_timeout_s: _builtins.int = ...,
         force_stop: _builtins.bool = ...,
-        user_data: _builtins.bytes = ...,
         image: _builtins.str = ...,
         envelopes_json: _abc.Iterable[_builtins.str] | None = ...,
         verified_digests: _abc.Iterable[_builtins.str] | None = ...,
+        seed: Global___CloudSeed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "cpus", b"cpus", "desired", b"desired", "disks", b"disks", "envelopes_json", b"envelopes_json", "force_stop", b"force_stop", "hostname", b"hostname", "image", b"image", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "reboot_count", b"reboot_count", "stop_timeout_s", b"stop_timeout_s", "user_data", b"user_data", "verified_digests", b"verified_digests", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "cpus", b"cpus", "desired", b"desired", "disks", b"disks", "envelopes_json", b"envelopes_json", "force_stop", b"force_stop", "hostname", b"hostname", "image", b"image", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "reboot_count", b"reboot_count", "seed", b"seed", "stop_timeout_s", b"stop_timeout_s", "verified_digests", b"verified_digests", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
+
+@_typing.final
+class CloudSeed(_message.Message):
+    """cloud-init's NoCloud documents, rendered by the service (workspace/domain/seed.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    META_DATA_FIELD_NUMBER: _builtins.int
+    USER_DATA_FIELD_NUMBER: _builtins.int
+    NETWORK_CONFIG_FIELD_NUMBER: _builtins.int
+    meta_data: _builtins.bytes
+    user_data: _builtins.bytes
+    network_config: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        meta_data: _builtins.bytes = ...,
+        user_data: _builtins.bytes = ...,
+        network_config: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meta_data", b"meta_data", "network_config", b"network_config", "user_data", b"user_data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloudSeed: _TypeAlias = CloudSeed  # noqa: Y015
 
 @_typing.final
 class AssignmentSet(_message.Message):
@@ -553,3 +585,186 @@ class BlobData(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BlobData: _TypeAlias = BlobData  # noqa: Y015
+
+@_typing.final
+class Task(_message.Message):
+    """-- Tasks: service -> agent --------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    EXEC_FIELD_NUMBER: _builtins.int
+    CONSOLE_OPEN_FIELD_NUMBER: _builtins.int
+    CONSOLE_INPUT_FIELD_NUMBER: _builtins.int
+    CONSOLE_CLOSE_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    workspace_id: _builtins.str
+    console_input: _builtins.bytes
+    """Keystrokes for an open console (task_id is the console_open's)."""
+    console_close: _builtins.bool
+    """The client detached: close the console (task_id is the console_open's)."""
+    @_builtins.property
+    def exec(self) -> Global___ExecTask: ...
+    @_builtins.property
+    def console_open(self) -> Global___ConsoleOpen: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        workspace_id: _builtins.str = ...,
+        exec: Global___ExecTask | None = ...,
+        console_open: Global___ConsoleOpen | None = ...,
+        console_input: _builtins.bytes = ...,
+        console_close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console_close", b"console_close", "console_input", b"console_input", "console_open", b"console_open", "exec", b"exec", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_close", b"console_close", "console_input", b"console_input", "console_open", b"console_open", "exec", b"exec", "kind", b"kind", "task_id", b"task_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_open", "console_input", "console_close"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class ExecTask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARGV_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    stdin: _builtins.bytes
+    timeout_s: _builtins.int
+    """Give up (and report timed_out) after this long; the service's default when 0."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        stdin: _builtins.bytes = ...,
+        timeout_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "stdin", b"stdin", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecTask: _TypeAlias = ExecTask  # noqa: Y015
+
+@_typing.final
+class ConsoleOpen(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleOpen: _TypeAlias = ConsoleOpen  # noqa: Y015
+
+@_typing.final
+class TaskReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    EXEC_FIELD_NUMBER: _builtins.int
+    CONSOLE_OUTPUT_FIELD_NUMBER: _builtins.int
+    CONSOLE_CLOSED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    node: _builtins.str
+    """The first message on the stream only: the node this agent serves."""
+    console_output: _builtins.bytes
+    """Bytes from the guest's serial console (task_id is the console_open's)."""
+    console_closed: _builtins.str
+    """The console ended (guest stopped, closed, error); text says why."""
+    @_builtins.property
+    def exec(self) -> Global___ExecOutcome: ...
+    @_builtins.property
+    def error(self) -> Global___TaskError:
+        """The task could not be run at all; the code is a google.rpc code number
+        (FAILED_PRECONDITION: not running or no guest agent; NOT_FOUND: no such domain).
+        """
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        node: _builtins.str = ...,
+        exec: Global___ExecOutcome | None = ...,
+        console_output: _builtins.bytes = ...,
+        console_closed: _builtins.str = ...,
+        error: Global___TaskError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "node", b"node", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_output", "console_closed", "error"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___TaskReply: _TypeAlias = TaskReply  # noqa: Y015
+
+@_typing.final
+class ExecOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    exit_code: _builtins.int
+    stdout: _builtins.bytes
+    stderr: _builtins.bytes
+    timed_out: _builtins.bool
+    truncated: _builtins.bool
+    """The guest agent caps captured output; true when some of it was cut."""
+    def __init__(
+        self,
+        *,
+        exit_code: _builtins.int = ...,
+        stdout: _builtins.bytes = ...,
+        stderr: _builtins.bytes = ...,
+        timed_out: _builtins.bool = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "stderr", b"stderr", "stdout", b"stdout", "timed_out", b"timed_out", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecOutcome: _TypeAlias = ExecOutcome  # noqa: Y015
+
+@_typing.final
+class TaskError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskError: _TypeAlias = TaskError  # noqa: Y015

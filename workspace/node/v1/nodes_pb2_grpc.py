@@ -61,6 +61,11 @@ class NodesStub:
                 request_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.FetchBlobRequest.SerializeToString,
                 response_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.BlobData.FromString,
                 _registered_method=True)
+        self.Tasks = channel.stream_stream(
+                '/workspace.node.v1.Nodes/Tasks',
+                request_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.TaskReply.SerializeToString,
+                response_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.Task.FromString,
+                _registered_method=True)
 
 
 class NodesServicer:
@@ -98,6 +103,15 @@ class NodesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tasks(self, request_iterator, context):
+        """Imperative work on a node's guests (exec through the guest agent, interactive
+        consoles). The agent opens it; its first message is a hello naming the node, the
+        service then sends tasks and the agent answers each by task_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +139,11 @@ def add_NodesServicer_to_server(servicer, server):
                     servicer.FetchBlob,
                     request_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.FetchBlobRequest.FromString,
                     response_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.BlobData.SerializeToString,
+            ),
+            'Tasks': grpc.stream_stream_rpc_method_handler(
+                    servicer.Tasks,
+                    request_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.TaskReply.FromString,
+                    response_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.Task.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +283,33 @@ class Nodes:
             '/workspace.node.v1.Nodes/FetchBlob',
             workspace_dot_node_dot_v1_dot_nodes__pb2.FetchBlobRequest.SerializeToString,
             workspace_dot_node_dot_v1_dot_nodes__pb2.BlobData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tasks(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/workspace.node.v1.Nodes/Tasks',
+            workspace_dot_node_dot_v1_dot_nodes__pb2.TaskReply.SerializeToString,
+            workspace_dot_node_dot_v1_dot_nodes__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,11 @@ class NodesStub:
     ReportStatus: _grpc.UnaryUnaryMultiCallable[_nodes_pb2.ReportStatusRequest, _nodes_pb2.ReportStatusResponse]
     PushConsole: _grpc.UnaryUnaryMultiCallable[_nodes_pb2.PushConsoleRequest, _nodes_pb2.PushConsoleResponse]
     FetchBlob: _grpc.UnaryStreamMultiCallable[_nodes_pb2.FetchBlobRequest, _nodes_pb2.BlobData]
+    Tasks: _grpc.StreamStreamMultiCallable[_nodes_pb2.TaskReply, _nodes_pb2.Task]
+    """Imperative work on a node's guests (exec through the guest agent, interactive
+    consoles). The agent opens it; its first message is a hello naming the node, the
+    service then sends tasks and the agent answers each by task_id.
+    """
 
 @_typing.type_check_only
 class NodesAsyncStub(NodesStub):
@@ -53,6 +58,11 @@ class NodesAsyncStub(NodesStub):
     ReportStatus: _aio.UnaryUnaryMultiCallable[_nodes_pb2.ReportStatusRequest, _nodes_pb2.ReportStatusResponse]  # type: ignore[assignment]
     PushConsole: _aio.UnaryUnaryMultiCallable[_nodes_pb2.PushConsoleRequest, _nodes_pb2.PushConsoleResponse]  # type: ignore[assignment]
     FetchBlob: _aio.UnaryStreamMultiCallable[_nodes_pb2.FetchBlobRequest, _nodes_pb2.BlobData]  # type: ignore[assignment]
+    Tasks: _aio.StreamStreamMultiCallable[_nodes_pb2.TaskReply, _nodes_pb2.Task]  # type: ignore[assignment]
+    """Imperative work on a node's guests (exec through the guest agent, interactive
+    consoles). The agent opens it; its first message is a hello naming the node, the
+    service then sends tasks and the agent answers each by task_id.
+    """
 
 class NodesServicer(metaclass=_abc_1.ABCMeta):
     """The agent API: an agent dials the service, registers its node and then
@@ -93,6 +103,17 @@ class NodesServicer(metaclass=_abc_1.ABCMeta):
         request: _nodes_pb2.FetchBlobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_nodes_pb2.BlobData], _abc.AsyncIterator[_nodes_pb2.BlobData]]: ...
+
+    @_abc_1.abstractmethod
+    def Tasks(
+        self,
+        request_iterator: _MaybeAsyncIterator[_nodes_pb2.TaskReply],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nodes_pb2.Task], _abc.AsyncIterator[_nodes_pb2.Task]]:
+        """Imperative work on a node's guests (exec through the guest agent, interactive
+        consoles). The agent opens it; its first message is a hello naming the node, the
+        service then sends tasks and the agent answers each by task_id.
+        """
 
 def add_NodesServicer_to_server(servicer: NodesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
