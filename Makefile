@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev,libvirt]'
+	$(VPY) -m pip install -q -e '.[dev,libvirt,postgresql]'
 	touch $@
 
 protos: venv
