@@ -26,6 +26,7 @@ from agent.disks import WorkspaceFiles
 from agent.executor import Executor
 from agent.gate import TrustGate
 from agent.link import Link
+from agent.metrics import AgentMetrics
 from agent.netsetup import Networking, NullNetworking
 from agent.peers import PeerChannels, PeerServer
 from agent.staging import Staging
@@ -77,6 +78,8 @@ class Agent:
             self.files, self.link, lambda: list(self.executor.orders()), self.stop_event
         )
         self._threads: list[threading.Thread] = []
+        self.metrics: AgentMetrics | None = None
+        self.metrics_url = ""
 
     @property
     def peer_address(self) -> str:
@@ -86,6 +89,9 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.cfg.metrics_listen:
+            self.metrics = AgentMetrics(self.cfg.node, self.cache, self.executor, self.driver)
+            self.metrics_url = self.metrics.serve(self.cfg.metrics_listen).url
         if self.cfg.peer_listen:
             self.peer_server = PeerServer(
                 self.cache,
@@ -113,6 +119,8 @@ class Agent:
         if self.peer_server is not None:
             self.peer_server.stop()
         self.peers.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.net.close()
         self.driver.close()
 

@@ -84,6 +84,8 @@ class Executor:
         self._failures = Retries(OP_RETRY)
         self._last_want: dict[str, Want] = {}
         self._last_actual: dict[str, DomainState] = {}
+        # Operations run, by (action, "ok" | "error") (agent/metrics.py reads them).
+        self.operations: dict[tuple[str, str], int] = {}
         driver.set_event_callback(self._on_event)
 
     def close(self) -> None:
@@ -195,11 +197,13 @@ class Executor:
 
     def _run(self, wid: str, action: Action, order: Order | None) -> None:
         try:
-            log.info("workspace %s: %s", wid, action.value)
+            log.info("workspace %s: %s", wid, action.value, extra={"workspace": wid})
             self._execute(wid, action, order)
             self._failures.forget(wid)
             self.status.clear(wid)
+            self._count(action, "ok")
         except Exception as exc:
+            self._count(action, "error")
             reason = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
             count, delay = self._failures.failed(wid)
             log.error(
@@ -209,6 +213,7 @@ class Executor:
                 count,
                 delay,
                 reason,
+                extra={"workspace": wid},
             )
             self.status.set(wid, Observed.FAILED, f"{action.value} failed: {reason}")
             if not isinstance(exc, WorkspaceError):
@@ -218,6 +223,11 @@ class Executor:
                 self._busy.discard(wid)
             self.report([wid])
             self.wake.set()
+
+    def _count(self, action: Action, result: str) -> None:
+        with self._lock:
+            key = (action.value, result)
+            self.operations[key] = self.operations.get(key, 0) + 1
 
     def _set_status(self, wid: str, state: Observed) -> None:
         self.status.set(wid, state)

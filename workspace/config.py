@@ -107,6 +107,26 @@ class LimitsConfig:
             )
 
 
+def check_log_format(fmt: str) -> None:
+    if fmt not in ("text", "json"):
+        raise ConfigError(f'log_format: {fmt!r} is neither "text" nor "json"')
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_retention(text: str) -> tuple[int, float]:
+    """``event_retention``: (events to keep, 0 = any number; seconds to keep, 0 = any)."""
+    t = text.strip().lower()
+    if t.isdigit() and int(t) > 0:
+        return int(t), 0.0
+    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isdigit() and int(t[:-1]) > 0:
+        return 0, float(int(t[:-1]) * _UNITS[t[-1]])
+    raise ConfigError(
+        f"event_retention: {text!r} is neither a count (100000) nor a duration (30d, 12h, 90m)"
+    )
+
+
 def node_address_for(listen: str) -> str:
     """The default Nodes API address beside the client API's: ``unix:/x/service.sock`` ->
     ``unix:/x/nodes.sock``; ``host:7070`` -> ``host:7071`` (port 0 stays 0: any port)."""
@@ -147,6 +167,14 @@ class ServiceConfig:
     default_stop_timeout_s: int = 60
     console_keep_bytes: int = 256 * 1024
     log_level: str = "INFO"
+    # "text" (one line per record) or "json" (one JSON object per line, with workspace,
+    # node and request ids when known).
+    log_format: str = "text"
+    # Prometheus /metrics on this address ("127.0.0.1:9464"); empty = no metrics.
+    metrics_listen: str = ""
+    # Site events kept (`ws-admin events`): a duration ("30d", "12h", "90m") or a count
+    # of the newest events ("100000").
+    event_retention: str = "30d"
     # Without TLS, every caller is the admin user ``default_owner``: allowed only with
     # insecure = true, and only on loopback or a unix socket (development and tests).
     default_owner: str = "local"
@@ -173,6 +201,8 @@ class ServiceConfig:
             raise ConfigError(f"node_max_workers: must be at least 1, got {self.node_max_workers}")
         if self.blob_grace_s < 0:
             raise ConfigError(f"blob_grace_s: must not be negative, got {self.blob_grace_s}")
+        check_log_format(self.log_format)
+        parse_retention(self.event_retention)
         if self.node_address == self.listen and not self.listen.endswith(":0"):
             raise ConfigError(
                 f"node_listen: the Nodes API needs an address of its own, not {self.listen}"
@@ -258,12 +288,19 @@ class AgentConfig:
     # this host's name, port 0 by the port bound).
     peer_advertise: str = ""
     log_level: str = "INFO"
+    # "text" or "json" (one JSON object per line), as the service's.
+    log_format: str = "text"
+    # Prometheus /metrics on this address ("127.0.0.1:9465"); empty = no metrics.
+    metrics_listen: str = ""
     # Plaintext to the service and from peers: only with insecure = true, and only on
     # loopback or unix sockets (development and tests).
     insecure: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
     fake: FakeDriverConfig = field(default_factory=FakeDriverConfig)
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+
+    def __post_init__(self) -> None:
+        check_log_format(self.log_format)
 
     @property
     def cache_path(self) -> Path:

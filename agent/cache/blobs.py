@@ -128,6 +128,9 @@ class BlobCache:
         self.pins = Pins(root / "pins")
         # Bytes received per source kind ("peer", "service", …): for tests and benchmarks.
         self.received_bytes: dict[str, int] = {}
+        # Lookups answered from the cache / that needed a fetch (agent/metrics.py).
+        self.hits = 0
+        self.misses = 0
         self._reindex()
 
     # -- index -------------------------------------------------------------------------
@@ -249,12 +252,16 @@ class BlobCache:
         if present and self._unchanged(hx):  # the O(1) hit: one stat, no lock held long
             with self._lock:
                 self._touch(hx)
+                self.hits += 1
             return final
         with self._digest_lock(digest):
             if self._check(hx) is not None:  # present (maybe fetched meanwhile) and intact
                 with self._lock:
                     self._touch(hx)
+                    self.hits += 1
                 return final
+            with self._lock:
+                self.misses += 1
             self._fetch(digest, hx, list(sources), size_bytes)
             return final
 

@@ -307,6 +307,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         admin_pb2.PreloadImageRequest(image=NOPE), timeout=T)),
     (AD, "GetUsage", ADMIN, lambda c, w: c.admin.GetUsage(
         usage_pb2.GetUsageRequest(), timeout=T)),
+    (AD, "WatchEvents", ADMIN, lambda c, w: first(c.admin.WatchEvents(
+        admin_pb2.WatchEventsRequest(), timeout=T))),
     (PR, "CreateProject", ADMIN, lambda c, w: c.projects.CreateProject(
         projects_pb2.Project(name=""), timeout=T)),
     (PR, "AddProjectUser", ADMIN, lambda c, w: c.projects.AddProjectUser(

@@ -20,6 +20,7 @@ from workspace.cli import (
     cache_cmds,
     clusterspec,
     common,
+    event_cmds,
     pki_cmds,
     project_cmds,
     render,
@@ -277,6 +278,7 @@ class Commands(common.ClientCommands):
                 f"  service  pid {svc['pid']} {run(svc)}  {st['address']}  "
                 f"health {st['health'] or '-'}"
             )
+            _metrics_line(svc, "service")
             ident = st.get("identity") or {}
             who = ident.get("principal") or ident.get("note") or "-"
             print(f"  identity {who}  {ident.get('dir', '')}".rstrip())
@@ -285,7 +287,15 @@ class Commands(common.ClientCommands):
                     f"  agent    pid {agent['pid']} {run(agent)}  node {agent['node']} "
                     f"{agent['state']}"
                 )
+                _metrics_line(agent, f"agent {agent['node']}")
         return common.EXIT_OK if st["state"] == "running" else common.EXIT_UNREACHABLE
+
+
+def _metrics_line(proc: dict[str, Any], what: str) -> None:
+    """``metrics: URL`` of one process of the site (if it has metrics)."""
+    if proc.get("metrics"):
+        where = f", in network namespace {proc['netns']}" if proc.get("netns") else ""
+        print(f"  metrics: {proc['metrics']}  ({what}{where})")
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -381,6 +391,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     project_cmds.register_admin(sub, images, parent, cmds.client)
     trust_cmds.register_admin(sub, parent, cmds.client)
     usage_cmds.register_admin(sub, parent, cmds.client)
+    event_cmds.register(sub, parent, cmds.client)
     pki_cmds.register(sub, parent)
 
     site = group("site", "the local all-in-one site (service + one agent)")

@@ -1,15 +1,19 @@
-"""The Admin API: nodes, networks, caches, the capacity queue, the scheduler's input."""
+"""The Admin API: nodes, networks, caches, the capacity queue, the scheduler's input, site
+events."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
+from workspace.codec import events as codec_events
 from workspace.codec import node as codec_node
 from workspace.codec import v1
 from workspace.edge import auth
-from workspace.edge.calls import unary
+from workspace.edge.calls import stream, unary
 from workspace.identity import Identity
-from workspace.ops import networks, nodes, queue, usage
+from workspace.ops import networks, nodes, queue, site_events, usage
 from workspace.ops.unit import Env
 from workspace.v1 import admin_pb2, admin_pb2_grpc, usage_pb2
 
@@ -108,3 +112,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListNetworksResponse:
         listed = [v1.network_to_proto(n) for n in networks.list_networks(self.env)]
         return admin_pb2.ListNetworksResponse(networks=listed)
+
+    @stream
+    def WatchEvents(
+        self, request: admin_pb2.WatchEventsRequest, context: grpc.ServicerContext, who: Identity
+    ) -> Iterator[admin_pb2.SiteEvent]:
+        since, follow = codec_events.watch_request_from_proto(request)
+        for e in site_events.watch(self.env, since, follow, lambda: not context.is_active()):
+            yield codec_events.event_to_proto(e)

@@ -106,6 +106,7 @@ def _rules() -> dict[str, Role]:
             "ListCache": a,
             "PreloadImage": a,
             "GetUsage": a,
+            "WatchEvents": a,
         },
         "workspace.v1.Projects": {
             "CreateProject": a,

@@ -10,10 +10,10 @@ from typing import Protocol, TypeVar, cast
 
 import grpc
 
-from workspace import rpc_status
+from workspace import callctx, rpc_status
 from workspace.edge.auth import Authenticator, Unauthenticated, method_name
 from workspace.errors import WorkspaceError
-from workspace.identity import Identity
+from workspace.identity import Identity, Kind
 
 log = logging.getLogger("workspace.edge")
 
@@ -56,6 +56,17 @@ def _caller(self: object, context: grpc.ServicerContext, name: str) -> Identity:
     return servicer.auth.authorize(context, method_name(servicer.SERVICE, name))
 
 
+def _context(who: Identity, method: str, request: object) -> dict[str, str]:
+    """The call context (workspace/callctx.py) of a call: who, what, which ids."""
+    out = {"who": who.principal, "method": method}
+    rid = getattr(request, "request_id", "")
+    if isinstance(rid, str) and rid:
+        out["request_id"] = rid
+    if who.kind is Kind.NODE:
+        out["node"] = who.name
+    return out
+
+
 def unary(
     fn: Callable[[S, Req, grpc.ServicerContext, Identity], Resp],
 ) -> Callable[[S, Req, grpc.ServicerContext], Resp]:
@@ -65,7 +76,9 @@ def unary(
     @functools.wraps(fn)
     def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
-            return fn(self, request, context, _caller(self, context, fn.__name__))
+            who = _caller(self, context, fn.__name__)
+            with callctx.bound(**_context(who, fn.__name__, request)):
+                return fn(self, request, context, who)
         except Exception as exc:
             abort(context, exc, fn.__name__)
             raise
@@ -82,7 +95,8 @@ def stream(
     def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
         try:
             who = _caller(self, context, fn.__name__)
-            yield from fn(self, request, context, who)
+            with callctx.bound(**_context(who, fn.__name__, request)):
+                yield from fn(self, request, context, who)
         except Exception as exc:
             abort(context, exc, fn.__name__)
 

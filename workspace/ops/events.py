@@ -1,16 +1,21 @@
 """Events after commit: per-node assignment generations, the capacity counter that wakes
-the queue, and workspace watchers (who receive WorkspaceViews)."""
+the queue, workspace watchers (who receive WorkspaceViews), and site events (a counter
+that wakes `WatchEvents` streams, which read the journal table, and listeners such as
+the service's metrics)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from workspace.domain.events import SiteEvent
 from workspace.domain.model import WorkspaceView
 
+log = logging.getLogger("workspace.ops.events")
 _WATCH_QUEUE_MAX = 10_000
 
 
@@ -31,6 +36,8 @@ class Notifier:
         self._watchers: set[Watcher] = set()
         self._wlock = threading.Lock()
         self._closed = False
+        self._site_events = 0
+        self._event_listeners: list[Callable[[Sequence[SiteEvent]], None]] = []
 
     # -- nodes -------------------------------------------------------------------------
 
@@ -64,6 +71,33 @@ class Notifier:
         with self._cond:
             self._cond.wait_for(lambda: self._closed or self._capacity != seen, timeout_s)
             return self._capacity
+
+    # -- site events (ops/site_events.py) --------------------------------------------------
+
+    def on_site_events(self, listener: Callable[[Sequence[SiteEvent]], None]) -> None:
+        """Call ``listener`` with the events of every commit that wrote some."""
+        self._event_listeners.append(listener)
+
+    def site_events(self, events: Sequence[SiteEvent]) -> None:
+        if not events:
+            return
+        with self._cond:
+            self._site_events += 1
+            self._cond.notify_all()
+        for listener in self._event_listeners:
+            try:
+                listener(events)
+            except Exception:
+                log.exception("a site-event listener failed")
+
+    def site_event_generation(self) -> int:
+        with self._cond:
+            return self._site_events
+
+    def wait_site_events(self, seen: int, timeout_s: float) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._site_events != seen, timeout_s)
+            return self._site_events
 
     # -- workspace watchers ------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.leases import LeaseAction, extended_end, iso_time, new_lease_end
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State
@@ -22,7 +23,7 @@ from workspace.identity import Identity
 from workspace.ops.lifecycle import resolve_workspace
 from workspace.ops.operate import act
 from workspace.ops.unit import Env, write
-from workspace.store import Project, Workspace
+from workspace.store import Project, Workspace, journal
 from workspace.store.mapping import set_reason
 
 log = logging.getLogger("workspace.ops.leases")
@@ -149,6 +150,20 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         except FailedPrecondition as exc:
             log.debug("workspace %s: lease expired, but %s", wid, exc.message)
             return False
+        journal.add(
+            u.s,
+            SiteEvent(
+                at=now,
+                kind=Kind.LEASE_EXPIRED.value,
+                who="system",
+                workspace_id=ws.id,
+                workspace_name=ws.name,
+                node=ws.node,
+                cluster=ws.cluster,
+                state=op.value,
+                reason=EXPIRED + iso_time(ws.lease_expires_at),
+            ),
+        )
     log.warning(
         "workspace %s (%s): lease expired at %s: %s",
         wid,

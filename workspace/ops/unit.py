@@ -5,8 +5,10 @@ changed (``u.changed(rows)``, ``u.nodes(names)``). When the block ends the chang
 workspaces' usage intervals are recorded (ops/metering.py) and they are read back as
 views, inside the transaction (one NIC query for all); the transaction commits, and only
 then are the events published: watchers see the views, the nodes' assignment streams
-wake, the queue wakes if capacity was freed.
-A failed operation publishes nothing.
+wake, the queue wakes if capacity was freed, the site events the transaction wrote
+(store/journal.py) reach `WatchEvents` streams and the metrics.
+A failed operation publishes nothing, but a refusal (no capacity, a quota, trust) is
+recorded as a site event of its own (ops/refusals.py).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from workspace.config import ServiceConfig
+from workspace.domain.events import SiteEvent
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
-from workspace.ops import metering
+from workspace.errors import WorkspaceError
+from workspace.ops import metering, refusals
 from workspace.ops.events import Notifier
-from workspace.store import Store, Workspace
+from workspace.store import Store, Workspace, journal
 from workspace.store.mapping import workspace_views
 
 
@@ -63,10 +67,16 @@ class UnitOfWork:
         self._nodes: set[str] = set()
         self._capacity = False
         self.views: dict[str, WorkspaceView] = {}
+        # The site events this transaction writes (the list grows with each flush).
+        self.events: list[SiteEvent] = journal.events_of(s)
 
     def changed(self, *rows: Workspace) -> None:
         for w in rows:
             self._rows[w.id] = w
+
+    def rows(self) -> list[Workspace]:
+        """The workspaces named changed so far."""
+        return list(self._rows.values())
 
     def changed_clusters(self) -> set[str]:
         """The clusters of the changed workspaces (their state may follow)."""
@@ -97,13 +107,24 @@ class UnitOfWork:
         notifier.node_changed(*sorted(self._nodes))
         if freed:
             notifier.capacity_changed()
+        notifier.site_events(self.events)
 
 
 @contextmanager
 def write(env: Env) -> Iterator[UnitOfWork]:
     """A unit of work: commit, then publish its events (nothing if it raised)."""
-    with env.store.write() as s:
-        u = UnitOfWork(s, env.clock)
-        yield u
-        u.seal()
+    refused: list[SiteEvent] = []
+    try:
+        with env.store.write() as s:
+            u = UnitOfWork(s, env.clock)
+            try:
+                yield u
+                u.seal()
+            except WorkspaceError as exc:
+                # Read before the rollback expires the rows.
+                refused = refusals.refused(exc, u.events, u.rows(), env.clock())
+                raise
+    finally:
+        if refused:
+            refusals.record(env.store, env.notifier, refused)
     u.publish(env.notifier)

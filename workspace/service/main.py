@@ -27,10 +27,11 @@ from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
-from workspace.ops import leases, liveness, queue
+from workspace.ops import leases, liveness, queue, site_events
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
 from workspace.ops.unit import Env
+from workspace.service.metrics import ServiceMetrics
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
@@ -51,6 +52,8 @@ from workspace.v1 import (
 log = logging.getLogger("workspace.service")
 # The queue is also retried this often (deadlines, capacity freed by a node coming back).
 QUEUE_POLL_S = 2.0
+# Site events beyond `event_retention` are deleted this often.
+EVENT_PRUNE_S = 300.0
 
 
 class Service:
@@ -66,11 +69,19 @@ class Service:
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
         # Clients and agents on two servers, each with its own threads (limits: the
         # stream cap per identity; node_server: the Nodes API, never starved by clients).
+        # Metrics (metrics_listen; service/metrics.py): RPCs counted by an interceptor on
+        # both servers, site events by a notifier listener.
+        self.metrics = ServiceMetrics(self.env) if cfg.metrics_listen else None
+        counted = [self.metrics.rpc] if self.metrics else []
+        if self.metrics:
+            self.notifier.on_site_events(self.metrics.on_events)
         self.stream_cap = StreamCap(cfg.max_streams_per_caller, cfg.default_owner)
-        self.server = rpc.server(cfg.max_workers, cfg.max_concurrent_rpcs, [self.stream_cap])
+        self.server = rpc.server(
+            cfg.max_workers, cfg.max_concurrent_rpcs, [*counted, self.stream_cap]
+        )
         self.node_stream_cap = StreamCap(cfg.max_streams_per_caller, cfg.default_owner)
         self.node_server = rpc.server(
-            cfg.node_max_workers, None, [self.node_stream_cap], thread_name_prefix="nodes"
+            cfg.node_max_workers, None, [*counted, self.node_stream_cap], thread_name_prefix="nodes"
         )
         # The servicers: each decodes, calls an operation (workspace/ops), encodes.
         self.workspaces = WorkspacesServicer(self.env)
@@ -107,6 +118,8 @@ class Service:
         self._monitor = threading.Thread(target=self._watch_nodes, name="liveness", daemon=True)
         self._queue_thread = threading.Thread(target=self._run_queue, name="queue", daemon=True)
         self._lease_thread = threading.Thread(target=self._run_leases, name="leases", daemon=True)
+        self._prune_thread = threading.Thread(target=self._prune_events, name="events", daemon=True)
+        self.metrics_url = ""
 
     def start(self) -> None:
         # Refuses plaintext unless insecure = true, and then anywhere but loopback/unix.
@@ -119,12 +132,15 @@ class Service:
             log.warning("[tls] crl_file is not set: revoked certificates are not refused")
         self.port = _bind(self.server, "listen", self.cfg.listen, self.cfg)
         self.node_port = _bind(self.node_server, "node_listen", self.cfg.node_address, self.cfg)
+        if self.metrics is not None:
+            self.metrics_url = self.metrics.serve(self.cfg.metrics_listen).url
         self.node_server.start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._monitor.start()
         self._queue_thread.start()
         self._lease_thread.start()
+        self._prune_thread.start()
         log.info(
             "workspace-service listening on %s, nodes on %s (%s; store %s)",
             self.cfg.listen,
@@ -159,12 +175,23 @@ class Service:
             except Exception:
                 log.exception("lease check failed")
 
+    def _prune_events(self) -> None:
+        while True:
+            try:
+                site_events.prune(self.env)
+            except Exception:
+                log.exception("pruning site events failed")
+            if self._stop.wait(EVENT_PRUNE_S):
+                return
+
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.notifier.close()
         self.server.stop(grace_s).wait()
         self.node_server.stop(grace_s).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
 
     def wait(self) -> None:
@@ -192,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"workspace-service: {exc}", file=sys.stderr)
         return 2
-    setup_logging(cfg.log_level, "workspace-service")
+    setup_logging(cfg.log_level, "workspace-service", cfg.log_format)
     svc = Service(cfg)
     done = threading.Event()
 

@@ -78,9 +78,12 @@ def header(site_dir: Path, name: str) -> str:
     )
 
 
-def service_config(site_dir: Path, address: str, tls: TlsConfig | None = None) -> ServiceConfig:
+def service_config(
+    site_dir: Path, address: str, tls: TlsConfig | None = None, metrics_listen: str = ""
+) -> ServiceConfig:
     """The service of a local site: on the site's unix socket, its data in the site;
-    mutual TLS with ``tls`` (its service identity), else plaintext (insecure)."""
+    mutual TLS with ``tls`` (its service identity), else plaintext (insecure); its
+    metrics on ``metrics_listen`` (loopback)."""
     return ServiceConfig(
         # A unix socket: reachable from outside the site's network namespace.
         listen=address,
@@ -93,6 +96,7 @@ def service_config(site_dir: Path, address: str, tls: TlsConfig | None = None) -
         log_level="INFO",
         insecure=tls is None,
         tls=tls or TlsConfig(),
+        metrics_listen=metrics_listen,
     )
 
 
@@ -104,6 +108,7 @@ def agent_config(
     virt_type: str,
     tls: TlsConfig | None = None,
     peer_listen: str = "",
+    metrics_listen: str = "",
 ) -> AgentConfig:
     """The agent of one node of a local site (``address``: the service's Nodes API).
 
@@ -138,6 +143,7 @@ def agent_config(
         # Several nodes: each serves its cached blobs to the others on a unix socket in
         # its directory (reachable across the nodes' network namespaces).
         peer_listen=peer_listen,
+        metrics_listen=metrics_listen,
     )
 
 
@@ -156,13 +162,16 @@ def write_configs(
     virt_type: str,
     libvirt_uris: Mapping[str, str],
     identities: SiteIdentities | None = None,
+    metrics: Mapping[str, str] | None = None,
 ) -> None:
     """service.toml and each node's agent.toml (``libvirt_uris``: node -> its libvirtd);
-    over mutual TLS with ``identities``, else plaintext (insecure = true)."""
+    over mutual TLS with ``identities``, else plaintext (insecure = true); ``metrics``:
+    "service" and node names -> their metrics_listen (none: no metrics)."""
     svc_tls = identities.tls(identities.service) if identities is not None else None
+    metrics = metrics or {}
     config.write(
         site_dir / SERVICE_CONFIG,
-        service_config(site_dir, address, svc_tls),
+        service_config(site_dir, address, svc_tls, metrics.get("service", "")),
         header(site_dir, SERVICE_CONFIG),
         skip_defaults=False,
     )
@@ -175,6 +184,13 @@ def write_configs(
         tls = identities.tls(identities.nodes[spec.name]) if identities is not None else None
         peers = peer_socket(spec) if len(specs) > 1 else ""
         cfg = agent_config(
-            spec, node_address, driver, libvirt_uris.get(spec.name, ""), virt_type, tls, peers
+            spec,
+            node_address,
+            driver,
+            libvirt_uris.get(spec.name, ""),
+            virt_type,
+            tls,
+            peers,
+            metrics.get(spec.name, ""),
         )
         config.write(spec.config, cfg, head, skip_defaults=False)

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from workspace import config, errors, hostproc
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
-from workspace.site import hostenv, identities, status
+from workspace.site import hostenv, identities, metrics_ports, status
 from workspace.site.configs import (
     DEFAULT_NETWORK as DEFAULT_NETWORK,  # re-exported
 )
@@ -427,7 +427,11 @@ class LocalSite:
         # From here on the site has state: what it is made with is kept (setup.json).
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
-        self._write_configs(uris, ids)
+        metrics = metrics_ports.addresses(old, [spec.name for spec in specs])
+        rec.service_metrics = metrics_ports.url(metrics[metrics_ports.SERVICE])
+        for agent in rec.agents:
+            agent.metrics = metrics_ports.url(metrics[agent.node])
+        self._write_configs(uris, ids, metrics)
         service_prefix = prefixes[specs[0].name] if rec.service_netns else []
         started: list[tuple[str, Any]] = []
         deadline = time.monotonic() + timeout_s
@@ -458,8 +462,14 @@ class LocalSite:
             raise
         return UpResult(rec, already_running=False)
 
-    def _write_configs(self, libvirt_uris: dict[str, str], ids: identities.SiteIdentities) -> None:
-        """service.toml and each node's agent.toml (``libvirt_uris``: node -> URI)."""
+    def _write_configs(
+        self,
+        libvirt_uris: dict[str, str],
+        ids: identities.SiteIdentities,
+        metrics: dict[str, str] | None = None,
+    ) -> None:
+        """service.toml and each node's agent.toml (``libvirt_uris``: node -> URI;
+        ``metrics``: "service" and node -> metrics_listen)."""
         write_configs(
             self.dir,
             self.address,
@@ -468,6 +478,7 @@ class LocalSite:
             self.virt_type,
             libvirt_uris,
             ids,
+            metrics,
         )
 
     @property

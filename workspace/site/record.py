@@ -53,6 +53,8 @@ class AgentRecord:
     pid: int = 0
     netns: str = ""
     dir: str = ""
+    # Its Prometheus endpoint (http://127.0.0.1:PORT/metrics; in ``netns`` if it has one).
+    metrics: str = ""
 
     @property
     def config(self) -> Path:
@@ -87,6 +89,8 @@ class SiteRecord:
     agents: list[AgentRecord] = dataclasses.field(default_factory=list)
     service_netns: str = ""
     identity_dir: str = ""
+    # The service's Prometheus endpoint (in ``service_netns`` if it has one).
+    service_metrics: str = ""
 
     def sync_first_node(self) -> None:
         """Copy node 1 into the one-node fields."""

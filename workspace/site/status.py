@@ -166,6 +166,7 @@ def report(
             "running": svc,
             "log": str(service_log),
             "netns": rec.service_netns,
+            "metrics": rec.service_metrics,
         },
         agent={"pid": first.pid, "running": running[first.node], "log": str(first.log)},
     )
@@ -191,6 +192,7 @@ def report(
             "state": states.get(a.node, "UNKNOWN"),
             "netns": a.netns,
             "log": str(a.log),
+            "metrics": a.metrics,
         }
         for a in rec.agents
     ]

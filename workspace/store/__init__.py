@@ -15,12 +15,14 @@ from workspace.store.models import (
     UsageInterval,
     Workspace,
 )
+from workspace.store.site_events import EventRow
 
 __all__ = [
     "Base",
     "Blob",
     "Cluster",
     "ConsoleLog",
+    "EventRow",
     "Image",
     "IpAllocation",
     "Network",

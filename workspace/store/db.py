@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from workspace.store import migrations
+from workspace.store import journal, migrations
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,6 +66,7 @@ class Store:
         else:
             migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        journal.install(self._sessions)
         self.write_lock = threading.RLock()
 
     @contextmanager

@@ -40,6 +40,92 @@ NODE_STATE_DOWN: NodeState.ValueType  # 3
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final
+class WatchEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    follow: _builtins.bool
+    """keep the stream open for new events"""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """unset: from the oldest kept"""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class SiteEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    WHO_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """increasing; the order of commits"""
+    kind: _builtins.str
+    """e.g. workspace.state, node.state, trust.decision"""
+    who: _builtins.str
+    """the caller (user:alice, node:n1) or "system" """
+    workspace_id: _builtins.str
+    workspace_name: _builtins.str
+    node: _builtins.str
+    cluster: _builtins.str
+    subject: _builtins.str
+    """another thing named: an image, a key, a project"""
+    state: _builtins.str
+    """the new state (or verdict), where there is one"""
+    previous: _builtins.str
+    """the state before"""
+    reason: _builtins.str
+    """why"""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        who: _builtins.str = ...,
+        workspace_id: _builtins.str = ...,
+        workspace_name: _builtins.str = ...,
+        node: _builtins.str = ...,
+        cluster: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        state: _builtins.str = ...,
+        previous: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "id", b"id", "kind", b"kind", "node", b"node", "previous", b"previous", "reason", b"reason", "state", b"state", "subject", b"subject", "time", b"time", "who", b"who", "workspace_id", b"workspace_id", "workspace_name", b"workspace_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteEvent: _TypeAlias = SiteEvent  # noqa: Y015
+
+@_typing.final
 class CacheEntry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

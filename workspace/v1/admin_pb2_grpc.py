@@ -90,6 +90,11 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/workspace.v1.Admin/WatchEvents',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -167,6 +172,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Site events (state changes, placements, refusals, nodes, trust, quotas, leases):
+        those since `since` (kept for `event_retention`), then, with `follow`, new ones as
+        they happen (docs/design/observability.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +238,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_usage__pb2.UsageReport.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +542,33 @@ class Admin:
             '/workspace.v1.Admin/GetUsage',
             workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
             workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/workspace.v1.Admin/WatchEvents',
+            workspace_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
             options,
             channel_credentials,
             insecure,

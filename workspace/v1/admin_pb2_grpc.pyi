@@ -49,6 +49,11 @@ class AdminStub:
     """Ask nodes to fetch an image's blobs into their caches ahead of use."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]
     """Usage of every workspace (docs/design/usage.md)."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.SiteEvent]
+    """Site events (state changes, placements, refusals, nodes, trust, quotas, leases):
+    those since `since` (kept for `event_retention`), then, with `follow`, new ones as
+    they happen (docs/design/observability.md).
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -70,6 +75,11 @@ class AdminAsyncStub(AdminStub):
     """Ask nodes to fetch an image's blobs into their caches ahead of use."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]  # type: ignore[assignment]
     """Usage of every workspace (docs/design/usage.md)."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchEventsRequest, _admin_pb2.SiteEvent]  # type: ignore[assignment]
+    """Site events (state changes, placements, refusals, nodes, trust, quotas, leases):
+    those since `since` (kept for `event_retention`), then, with `follow`, new ones as
+    they happen (docs/design/observability.md).
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -154,5 +164,16 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.UsageReport, _abc.Awaitable[_usage_pb2.UsageReport]]:
         """Usage of every workspace (docs/design/usage.md)."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _admin_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.SiteEvent], _abc.AsyncIterator[_admin_pb2.SiteEvent]]:
+        """Site events (state changes, placements, refusals, nodes, trust, quotas, leases):
+        those since `since` (kept for `event_retention`), then, with `follow`, new ones as
+        they happen (docs/design/observability.md).
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,176 @@
+"""Prometheus metrics of a real service and a fake-driver agent: scraped over HTTP,
+accepted by `promtool check metrics`, and counting what happened."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.functional.harness import WS, Site, wait_for
+
+LOOPBACK_ANY = "127.0.0.1:0"
+DASHBOARD = Path(__file__).resolve().parents[2] / "conf" / "grafana-dashboard.json"
+
+
+@pytest.fixture
+def metered(tmp_path: Path) -> Iterator[Site]:
+    s = Site(tmp_path, metrics_listen=LOOPBACK_ANY)
+    try:
+        s.stubs.network()
+        s.stubs.import_image("img")
+        s.add_agent("node1", metrics_listen=LOOPBACK_ANY)
+        yield s
+    finally:
+        s.close()
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        return str(r.read().decode())
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def promtool_check(text: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus; `make install-deps`)")
+    r = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (r.stdout + r.stderr).strip(), r.stdout + r.stderr  # no lint complaints
+
+
+def test_service_and_agent_metrics_pass_promtool_and_count(metered: Site) -> None:
+    assert metered.service is not None
+    service_url = metered.service.metrics_url
+    agent_url = metered.agents["node1"].metrics_url
+    assert service_url.startswith("http://127.0.0.1:") and service_url.endswith("/metrics")
+    assert agent_url.startswith("http://127.0.0.1:") and agent_url != service_url
+
+    ws = metered.stubs.create(name="alpha")
+    metered.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    with pytest.raises(grpc.RpcError):
+        metered.stubs.create(name="huge", cpus=64, memory_mib=1024)
+
+    text = wait_for(
+        lambda: (
+            (t := scrape(service_url))
+            and value(t, "workspace_create_to_running_seconds_count") >= 1
+            and t
+        ),
+        what="create -> running observed",
+    )
+    promtool_check(text)
+    ok = value(
+        text,
+        "workspace_rpc_requests_total",
+        service="workspace.v1.Workspaces",
+        method="CreateWorkspace",
+        code="OK",
+    )
+    assert ok == 1
+    refused = value(
+        text,
+        "workspace_rpc_requests_total",
+        service="workspace.v1.Workspaces",
+        method="CreateWorkspace",
+        code="RESOURCE_EXHAUSTED",
+    )
+    assert refused == 1
+    assert (
+        value(
+            text,
+            "workspace_rpc_duration_seconds_count",
+            service="workspace.v1.Workspaces",
+            method="CreateWorkspace",
+            code="OK",
+        )
+        == 1
+    )
+    assert value(text, "workspace_workspaces", state="RUNNING") == 1
+    assert value(text, "workspace_placements_total", source="request") == 1
+    assert value(text, "workspace_refusals_total", reason="capacity") == 1
+    assert value(text, "workspace_node_cpus", node="node1") == 8
+    assert value(text, "workspace_node_memory_bytes", node="node1") == 16384 * 1024 * 1024
+    assert value(text, "workspace_node_used_cpus", node="node1") >= 1
+    assert value(text, "workspace_nodes", state="READY") == 1
+    assert value(text, "workspace_queue_depth") == 0
+    assert value(text, "workspace_leader") == 1
+    # the Nodes API is counted too
+    assert (
+        value(
+            text,
+            "workspace_rpc_requests_total",
+            service="workspace.node.v1.Nodes",
+            method="Register",
+            code="OK",
+        )
+        >= 1
+    )
+
+    agent_text = wait_for(
+        lambda: (
+            (t := scrape(agent_url))
+            and value(t, "workspace_agent_operations_total", action="create", result="ok") >= 1
+            and t
+        ),
+        what="the agent's create counted",
+    )
+    promtool_check(agent_text)
+    assert value(agent_text, "workspace_agent_domains", state="running") == 1
+    assert value(agent_text, "workspace_agent_cache_misses_total") >= 1
+    assert value(agent_text, "workspace_agent_blob_transfer_bytes_total", source="service") == 65536
+    assert value(agent_text, "workspace_agent_blob_transfer_bytes_total", source="peer") == 0
+    assert value(agent_text, "workspace_agent_cache_used_bytes") == 65536
+
+    # The Grafana dashboard reads only metrics that exist.
+    exposed = {name for name, _labels in samples(text) | samples(agent_text)}
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"workspace_[a-z_]+", e)}
+    assert used and used <= exposed, used - exposed
+
+
+def test_queue_metrics(metered: Site) -> None:
+    assert metered.service is not None
+    url = metered.service.metrics_url
+    big = metered.stubs.create(name="big", cpus=1, memory_mib=12000)
+    metered.stubs.create(name="later", cpus=1, memory_mib=8000, wait_for_capacity_s=60)
+    text = scrape(url)
+    assert value(text, "workspace_queue_depth") == 1
+    assert value(text, "workspace_queue_oldest_wait_seconds") >= 0
+    metered.stubs.ws.DestroyWorkspace(metered.stubs.ref(big.id))
+    text = wait_for(
+        lambda: (t := scrape(url)) and value(t, "workspace_queue_wait_seconds_count") == 1 and t,
+        what="the queue wait observed",
+    )
+    assert value(text, "workspace_placements_total", source="queue") == 1
+    assert value(text, "workspace_queue_depth") == 0
+
+
+def test_metrics_are_off_by_default(ready_site: Site) -> None:
+    assert ready_site.service is not None
+    assert ready_site.service.metrics is None and ready_site.service.metrics_url == ""
+    assert ready_site.agents["node1"].metrics_url == ""

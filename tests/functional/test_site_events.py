@@ -1,0 +1,122 @@
+"""Site events through the real service: state changes, placements, refusals, nodes,
+leases — each with who and why, kept in the journal and followed as they happen."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.functional.harness import WS, Site, wait_for
+from workspace.codec import events as codec_events
+from workspace.domain.events import SiteEvent
+from workspace.v1 import admin_pb2
+
+
+def events(site: Site, since: float = 0.0) -> list[SiteEvent]:
+    req = codec_events.watch_request_to_proto(since, False)
+    return [codec_events.event_from_proto(p) for p in site.stubs.admin.WatchEvents(req)]
+
+
+def kinds(evs: list[SiteEvent], name: str) -> list[str]:
+    return [e.kind for e in evs if e.workspace_name == name]
+
+
+def test_a_create_leaves_created_placed_and_state_events(ready_site: Site) -> None:
+    ws = ready_site.stubs.create(name="alpha")
+    ready_site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    evs = wait_for(
+        lambda: (
+            (e := events(ready_site))
+            and any(x.kind == "workspace.state" and x.state == "RUNNING" for x in e)
+            and e
+        ),
+        what="the RUNNING event",
+    )
+    mine = [e for e in evs if e.workspace_id == ws.id and e.kind.startswith("workspace.")]
+    assert [e.kind for e in mine][:2] == ["workspace.created", "workspace.placed"]
+    assert mine[0].who == "user:local" and mine[0].subject == "img"
+    assert mine[1].node == "node1"
+    states = [(e.previous, e.state) for e in mine if e.kind == "workspace.state"]
+    assert states[-1][1] == "RUNNING", states
+    assert [b for _a, b in states][-3:] == ["PROPAGATING", "STARTING", "RUNNING"], states
+    running = next(e for e in mine if e.state == "RUNNING")
+    assert running.who == "user:local"  # the node's report; insecure: every caller is `local`
+    ids = [e.id for e in evs]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    # trust decisions, by the service at create and by the node at boot (warn mode)
+    trust = [e for e in evs if e.kind == "trust.decision" and e.workspace_id == ws.id]
+    assert {e.who for e in trust} >= {"user:local", "node:node1"}
+    assert all(e.subject == "img" and "not signed" in e.reason for e in trust)
+    # the node registered
+    assert any(e.kind == "node.registered" and e.node == "node1" for e in evs)
+
+
+def test_a_refusal_is_an_event_though_nothing_else_is_kept(ready_site: Site) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        ready_site.stubs.create(name="huge", cpus=64, memory_mib=1024)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    evs = events(ready_site)
+    refused = [e for e in evs if e.workspace_name == "huge"]
+    assert [e.kind for e in refused] == ["workspace.refused"]
+    assert refused[0].state == "capacity" and "cannot place" in refused[0].reason
+    assert refused[0].who == "user:local" and refused[0].workspace_id == ""
+
+
+def test_queued_then_placed_from_the_queue(ready_site: Site) -> None:
+    big = ready_site.stubs.create(name="big", cpus=1, memory_mib=12000)
+    waiting = ready_site.stubs.create(name="later", cpus=1, memory_mib=8000, wait_for_capacity_s=60)
+    assert waiting.state == WS.WORKSPACE_STATE_PENDING
+    assert kinds(events(ready_site), "later") == ["workspace.created", "workspace.queued"]
+    ready_site.stubs.ws.DestroyWorkspace(ready_site.stubs.ref(big.id))
+    wait_for(
+        lambda: "workspace.placed" in kinds(events(ready_site), "later"), what="placed from queue"
+    )
+    placed = [e for e in events(ready_site) if e.workspace_name == "later"]
+    assert any(e.kind == "workspace.placed" and e.subject == "queue" for e in placed)
+
+
+def test_follow_streams_new_events_and_since_filters(ready_site: Site) -> None:
+    got: list[SiteEvent] = []
+    call = ready_site.stubs.admin.WatchEvents(
+        codec_events.watch_request_to_proto(time.time() + 0.5, True)
+    )
+
+    def read() -> None:
+        try:
+            for p in call:
+                got.append(codec_events.event_from_proto(p))
+        except grpc.RpcError:
+            pass
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    ready_site.stubs.create(name="followed")
+    wait_for(lambda: "workspace.created" in kinds(got, "followed"), what="a followed event")
+    call.cancel()
+    t.join(5)
+    assert not any(e.kind == "node.registered" for e in got)  # before --since
+
+
+def test_node_down_and_drain_are_events(tmp_path: Path) -> None:
+    site = Site(tmp_path, node_grace_s=2)
+    try:
+        site.stubs.network()
+        site.add_agent("n1")
+        site.stubs.admin.DrainNode(admin_pb2.NodeRef(name="n1"))
+        site.stop_agent("n1")
+        evs = wait_for(
+            lambda: (e := events(site)) and any(x.state == "DOWN" for x in e) and e,
+            timeout_s=30,
+            what="node DOWN",
+        )
+        nodes = [(e.kind, e.previous, e.state, e.who) for e in evs if e.node == "n1"]
+        assert ("node.state", "READY", "DRAINING", "user:local") in nodes
+        down = next(e for e in evs if e.state == "DOWN")
+        assert down.who == "system" and "no heartbeat" in down.reason
+    finally:
+        site.close()

@@ -1,0 +1,149 @@
+"""Formatting and parsing of the observability parts: JSON log lines, the call context,
+`event_retention`, event lines of `ws-admin events`, refusal kinds, the journal, the
+metrics address."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from workspace import callctx
+from workspace.cli import event_cmds
+from workspace.config import ServiceConfig, load, parse_retention
+from workspace.domain.events import Refusal, SiteEvent
+from workspace.errors import ConfigError, InvalidArgument, PermissionDenied, ResourceExhausted
+from workspace.log import JsonFormatter
+from workspace.metrics_http import split_address
+from workspace.ops.refusals import refusal_of
+from workspace.store import EventRow, Node, Store, journal
+
+
+def record(msg: str = "hello %s", *args: object, **extra: object) -> logging.LogRecord:
+    r = logging.LogRecord("workspace.ops", logging.INFO, __file__, 1, msg, args or ("x",), None)
+    for k, v in extra.items():
+        setattr(r, k, v)
+    return r
+
+
+def test_a_json_line_has_time_level_logger_message() -> None:
+    out = json.loads(JsonFormatter("workspace-service").format(record()))
+    assert out["level"] == "INFO" and out["logger"] == "workspace.ops"
+    assert out["message"] == "hello x" and out["time"].endswith("+00:00")
+    assert "workspace" not in out and "caller" not in out
+
+
+def test_ids_come_from_extra_or_the_call_context() -> None:
+    f = JsonFormatter("s")
+    assert json.loads(f.format(record(workspace="w1", node="n1")))["workspace"] == "w1"
+    with callctx.bound(who="user:alice", method="CreateWorkspace", request_id="r1"):
+        callctx.note(workspace="w2")
+        out = json.loads(f.format(record()))
+        assert out["workspace"] == "w2" and out["request_id"] == "r1"
+        assert out["caller"] == "user:alice" and out["method"] == "CreateWorkspace"
+        assert json.loads(f.format(record(workspace="w3")))["workspace"] == "w3"  # extra wins
+    assert callctx.current() == callctx.CallContext()  # reset after the call
+    callctx.note(workspace="w4")  # outside a call: not kept
+    assert callctx.current().workspace == ""
+
+
+def test_an_exception_is_one_field_of_the_same_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        r = record()
+        r.exc_info = sys.exc_info()
+    line = JsonFormatter("s").format(r)
+    assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
+
+
+def test_log_format_is_checked() -> None:
+    with pytest.raises(ConfigError, match="log_format"):
+        load(ServiceConfig, None, log_format="xml")
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("30d", (0, 30 * 86400.0)),
+        ("12h", (0, 43200.0)),
+        ("90m", (0, 5400.0)),
+        ("1000", (1000, 0.0)),
+    ],
+)
+def test_event_retention(text: str, want: tuple[int, float]) -> None:
+    assert parse_retention(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "0", "d", "-5d", "3w", "1.5d"])
+def test_a_bad_event_retention_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="event_retention"):
+        parse_retention(text)
+
+
+def test_an_event_line_says_who_what_and_why() -> None:
+    e = SiteEvent(
+        at=0.0,
+        kind="workspace.state",
+        who="node:n1",
+        workspace_id="abc",
+        workspace_name="alpha",
+        node="n1",
+        state="RUNNING",
+        previous="STARTING",
+        reason="booted",
+        id=7,
+    )
+    assert event_cmds.line(e) == (
+        "1970-01-01T00:00:00Z  workspace.state  workspace alpha (abc)  node n1  "
+        "STARTING -> RUNNING  by node:n1: booted"
+    )
+    d = event_cmds.as_dict(e)
+    assert list(d)[:2] == ["id", "time"] and d["time"] == "1970-01-01T00:00:00Z"
+    assert "elapsed_s" not in d and "at" not in d and d["who"] == "node:n1"
+
+
+def test_refusal_kinds() -> None:
+    assert refusal_of(ResourceExhausted("cannot place x: no node")) is Refusal.CAPACITY
+    assert refusal_of(ResourceExhausted("x: the vcpus quota of project p ...")) is Refusal.QUOTA
+    assert refusal_of(PermissionDenied("image i is not trusted: ...")) is Refusal.TRUST
+    assert refusal_of(PermissionDenied("only its owner")) is None
+    assert refusal_of(InvalidArgument("bad name")) is None
+
+
+def test_the_journal_records_node_changes_in_the_same_transaction(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        with store.write() as s:
+            s.add(Node(name="n1", hypervisor="fake", cpus=4, memory_mib=1024, state="READY"))
+        with callctx.bound(who="user:admin", method="DrainNode"), store.write() as s:
+            node = s.get(Node, "n1")
+            assert node is not None
+            node.state = "DRAINING"
+            written = journal.events_of(s)  # grows with the flush at commit
+        with pytest.raises(RuntimeError), store.write() as s:
+            node = s.get(Node, "n1")
+            assert node is not None
+            node.state = "DOWN"
+            s.flush()
+            raise RuntimeError("rolled back: its event too")
+        with store.read() as s:
+            rows = [(r.kind, r.node, r.previous, r.state, r.who) for r in s.query(EventRow)]
+        assert rows == [
+            ("node.registered", "n1", "", "READY", "system"),
+            ("node.state", "n1", "READY", "DRAINING", "user:admin"),
+        ]
+        assert [e.kind for e in written] == ["node.state"]
+    finally:
+        store.close()
+
+
+def test_metrics_addresses() -> None:
+    assert split_address("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert split_address("[::1]:0") == ("::1", 0)
+    for bad in ("9464", "host:", ":9464", "h:99999"):
+        with pytest.raises(ConfigError, match="metrics_listen"):
+            split_address(bad)

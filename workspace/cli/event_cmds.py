@@ -1,0 +1,83 @@
+"""`ws-admin events`: the site's events — who did what, and why (docs/design/observability.md)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from workspace.cli import common, render
+from workspace.domain.events import SiteEvent
+
+TIME_FORMAT = "an RFC 3339 time (2026-11-30T08:00:00Z), or a duration ago: 10m, 24h, 7d"
+
+
+def iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def as_dict(e: SiteEvent) -> dict[str, Any]:
+    """An event as JSON-ready data: every field, ``time`` in RFC 3339."""
+    data = dataclasses.asdict(e)
+    data.pop("elapsed_s", None)
+    data["time"] = iso(data.pop("at"))
+    return {"id": data.pop("id"), "time": data.pop("time"), **data}
+
+
+def line(e: SiteEvent) -> str:
+    """One event as one line: time, kind, what, the state change, who, and why."""
+    what = e.workspace_name or e.workspace_id
+    if e.workspace_name and e.workspace_id:
+        what = f"{e.workspace_name} ({e.workspace_id})"
+    parts = [iso(e.at), e.kind]
+    if what:
+        parts.append(f"workspace {what}")
+    if e.cluster:
+        parts.append(f"cluster {e.cluster}")
+    if e.node:
+        parts.append(f"node {e.node}")
+    if e.subject:
+        parts.append(e.subject)
+    if e.state:
+        parts.append(f"{e.previous or '-'} -> {e.state}" if e.previous else e.state)
+    parts.append(f"by {e.who}")
+    text = "  ".join(parts)
+    return f"{text}: {e.reason}" if e.reason else text
+
+
+def _since(text: str) -> float:
+    return common.point_in_time(text)
+
+
+def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `events` to ws-admin."""
+
+    def run(args: argparse.Namespace) -> int:
+        events = client_for(args).watch_events(args.since or 0.0, args.follow)
+        try:
+            for e in events:
+                if render.wants_json(args):
+                    render.print_json_line(as_dict(e))
+                else:
+                    print(line(e), flush=True)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            events.close()
+            sys.stdout.flush()
+        return common.EXIT_OK
+
+    p = sub.add_parser(
+        "events",
+        parents=[parent],
+        help="site events: state changes, placements, refusals, nodes, trust, quotas, leases",
+        description="Site events, oldest first, each with its time, who (the caller, a node, "
+        "or system), what (kind, workspace, node, cluster) and why. --follow keeps "
+        "printing new ones; -o json prints one JSON object per line. Events are kept for "
+        "the service's event_retention.",
+    )
+    p.add_argument("--since", type=_since, metavar="T", help=f"from T: {TIME_FORMAT}")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.set_defaults(func=run)

@@ -1,0 +1,53 @@
+"""Site events: domain ⇄ workspace.v1 (Admin.WatchEvents)."""
+
+from __future__ import annotations
+
+from workspace.codec.v1 import epoch, ts
+from workspace.domain.events import SiteEvent
+from workspace.v1 import admin_pb2
+
+
+def watch_request_to_proto(since: float, follow: bool) -> admin_pb2.WatchEventsRequest:
+    req = admin_pb2.WatchEventsRequest(follow=follow)
+    if since:
+        req.since.CopyFrom(ts(since))
+    return req
+
+
+def watch_request_from_proto(req: admin_pb2.WatchEventsRequest) -> tuple[float, bool]:
+    """(since, follow); an unset ``since`` is 0 (from the oldest kept)."""
+    return (epoch(req.since) if req.HasField("since") else 0.0), req.follow
+
+
+def event_to_proto(e: SiteEvent) -> admin_pb2.SiteEvent:
+    return admin_pb2.SiteEvent(
+        id=e.id,
+        time=ts(e.at),
+        kind=e.kind,
+        who=e.who,
+        workspace_id=e.workspace_id,
+        workspace_name=e.workspace_name,
+        node=e.node,
+        cluster=e.cluster,
+        subject=e.subject,
+        state=e.state,
+        previous=e.previous,
+        reason=e.reason,
+    )
+
+
+def event_from_proto(p: admin_pb2.SiteEvent) -> SiteEvent:
+    return SiteEvent(
+        id=p.id,
+        at=epoch(p.time),
+        kind=p.kind,
+        who=p.who,
+        workspace_id=p.workspace_id,
+        workspace_name=p.workspace_name,
+        node=p.node,
+        cluster=p.cluster,
+        subject=p.subject,
+        state=p.state,
+        previous=p.previous,
+        reason=p.reason,
+    )

@@ -1,0 +1,51 @@
+"""Site events: what happened at the site, by whom and why (ops/site_events.py,
+store/journal.py; `ws-admin events`)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.StrEnum):
+    WORKSPACE_CREATED = "workspace.created"
+    WORKSPACE_STATE = "workspace.state"
+    WORKSPACE_PLACED = "workspace.placed"
+    WORKSPACE_QUEUED = "workspace.queued"
+    WORKSPACE_REFUSED = "workspace.refused"
+    QUOTA_REFUSED = "quota.refused"
+    NODE_REGISTERED = "node.registered"
+    NODE_STATE = "node.state"
+    NODE_REMOVED = "node.removed"
+    TRUST_DECISION = "trust.decision"
+    LEASE_WARNING = "lease.warning"
+    LEASE_EXTENDED = "lease.extended"
+    LEASE_EXPIRED = "lease.expired"
+
+
+class Refusal(enum.StrEnum):
+    """Why a request was refused, as few words as a metric label may carry."""
+
+    CAPACITY = "capacity"
+    QUOTA = "quota"
+    TRUST = "trust"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class SiteEvent:
+    at: float
+    kind: str
+    who: str
+    workspace_id: str = ""
+    workspace_name: str = ""
+    node: str = ""
+    cluster: str = ""
+    subject: str = ""
+    state: str = ""
+    previous: str = ""
+    reason: str = ""
+    id: int = 0
+    # Not stored: seconds since the workspace was created, on its first RUNNING and on a
+    # placement from the queue (metrics: create → running, queue wait).
+    elapsed_s: float = 0.0

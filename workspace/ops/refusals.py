@@ -1,0 +1,73 @@
+"""Refused requests as site events: a refusal rolls its transaction back (nothing of the
+request is kept), so the unit of work (ops/unit.py) records it here, in a transaction of
+its own, and publishes it. Only refusals are recorded — no capacity, over a quota, an
+untrusted image — not mistakes in a request (invalid arguments, unknown names)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from workspace import callctx
+from workspace.domain.events import Kind, Refusal, SiteEvent
+from workspace.errors import PermissionDenied, ResourceExhausted, WorkspaceError
+from workspace.ops.events import Notifier
+from workspace.store import Store, Workspace, journal
+
+log = logging.getLogger("workspace.ops.refusals")
+
+
+def refusal_of(exc: BaseException) -> Refusal | None:
+    """Which kind of refusal ``exc`` is (None: not a refusal)."""
+    if isinstance(exc, ResourceExhausted):
+        return Refusal.QUOTA if " quota " in exc.message else Refusal.CAPACITY
+    if isinstance(exc, PermissionDenied) and "trust" in exc.message:
+        return Refusal.TRUST
+    return None
+
+
+def refused(
+    exc: WorkspaceError, written: Iterable[SiteEvent], rows: Iterable[Workspace], now: float
+) -> list[SiteEvent]:
+    """One event per workspace the refused request would have made (or one for the request
+    if none was known yet); [] if ``exc`` is not a refusal."""
+    why = refusal_of(exc)
+    if why is None:
+        return []
+    kind = (Kind.QUOTA_REFUSED if why is Refusal.QUOTA else Kind.WORKSPACE_REFUSED).value
+    who = callctx.current().who
+    seen: dict[str, SiteEvent] = {}
+    for e in written:
+        if e.kind == Kind.WORKSPACE_CREATED.value:
+            seen[e.workspace_id] = e
+    subjects = [(e.workspace_id, e.workspace_name, e.cluster, e.subject) for e in seen.values()]
+    for w in rows:
+        if w.id not in seen:
+            subjects.append((w.id, w.name, w.cluster or "", w.image or ""))
+    if not subjects:
+        subjects = [("", "", "", "")]
+    return [
+        SiteEvent(
+            at=now,
+            kind=kind,
+            who=who,
+            workspace_id="",  # the id was never kept: it names nothing
+            workspace_name=name,
+            cluster=cluster,
+            subject=image,
+            state=why.value,
+            reason=exc.message,
+        )
+        for _wid, name, cluster, image in subjects
+    ]
+
+
+def record(store: Store, notifier: Notifier, events: list[SiteEvent]) -> None:
+    """Write and publish refusal events; never raises (the refusal itself is the answer)."""
+    try:
+        with store.write() as s:
+            for e in events:
+                journal.add(s, e)
+        notifier.site_events(events)
+    except Exception:
+        log.exception("cannot record a refusal as a site event")

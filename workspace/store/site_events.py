@@ -1,0 +1,31 @@
+"""The site-event table (written by store/journal.py, read by ops/site_events.py).
+
+Kept apart from models.py, on the same metadata: ``workspace.store`` imports it, so the
+migrations and ``Base.metadata`` know it."""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from workspace.store.models import Base
+
+
+class EventRow(Base):
+    """One site event; ``id`` orders them by commit (bounded by ``event_retention``)."""
+
+    __tablename__ = "site_events"
+    __table_args__ = (Index("ix_event_at", "at"), Index("ix_event_workspace", "workspace_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    who: Mapped[str] = mapped_column(String(255), default="")
+    workspace_id: Mapped[str] = mapped_column(String(32), default="")
+    workspace_name: Mapped[str] = mapped_column(String(63), default="")
+    node: Mapped[str] = mapped_column(String(255), default="")
+    cluster: Mapped[str] = mapped_column(String(32), default="")
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    state: Mapped[str] = mapped_column(String(16), default="")
+    previous: Mapped[str] = mapped_column(String(16), default="")
+    reason: Mapped[str] = mapped_column(String(1024), default="")
