@@ -77,11 +77,17 @@ def unary(
     def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
             who = _caller(self, context, fn.__name__)
-            with callctx.bound(**_context(who, fn.__name__, request)):
-                return fn(self, request, context, who)
         except Exception as exc:
             abort(context, exc, fn.__name__)
             raise
+        # The call's context (workspace/callctx.py) holds for its log lines, its error
+        # too, and names the caller of the site events it causes.
+        with callctx.bound(**_context(who, fn.__name__, request)):
+            try:
+                return fn(self, request, context, who)
+            except Exception as exc:
+                abort(context, exc, fn.__name__)
+                raise
 
     return wrapper
 
@@ -95,9 +101,13 @@ def stream(
     def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
         try:
             who = _caller(self, context, fn.__name__)
-            with callctx.bound(**_context(who, fn.__name__, request)):
-                yield from fn(self, request, context, who)
         except Exception as exc:
             abort(context, exc, fn.__name__)
+            return
+        with callctx.bound(**_context(who, fn.__name__, request)):
+            try:
+                yield from fn(self, request, context, who)
+            except Exception as exc:
+                abort(context, exc, fn.__name__)
 
     return wrapper

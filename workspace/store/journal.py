@@ -94,7 +94,7 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
 
 def _ws_event(ws: Workspace, who: str, kind: Kind, **kw: Any) -> SiteEvent:
     return SiteEvent(
-        at=float(ws.updated_at or ws.created_at or 0.0),
+        at=time.time(),
         kind=kind.value,
         who=who,
         workspace_id=ws.id,
