@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.start()
+    try:
+        agent.start()
+    except ConfigError as exc:  # e.g. metrics_listen cannot be bound
+        log.error("cannot start: %s", exc.message)
+        agent.stop()
+        return 1
     log.info("agent for node %s started (driver %s, service %s)", cfg.node, cfg.driver, cfg.service)
     done.wait()
     agent.stop()

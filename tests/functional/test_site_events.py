@@ -120,3 +120,28 @@ def test_node_down_and_drain_are_events(tmp_path: Path) -> None:
         assert down.who == "system" and "no heartbeat" in down.reason
     finally:
         site.close()
+
+
+def test_retention_keeps_the_newest_events(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from workspace.ops import site_events
+
+    site = Site(tmp_path, event_retention="3")
+    try:
+        site.stubs.network()
+        for i in range(3):
+            site.add_agent(f"n{i}")
+        site.stubs.admin.DrainNode(admin_pb2.NodeRef(name="n0"))
+        site.stubs.admin.EnableNode(admin_pb2.NodeRef(name="n0"))
+        assert site.service is not None
+        env = site.service.env
+        before = events(site)
+        assert len(before) == 5
+        assert site_events.prune(env) == 2
+        assert [e.id for e in events(site)] == [e.id for e in before[-3:]]
+        # a duration: everything older goes
+        later = replace(env, cfg=replace(env.cfg, event_retention="1m"), clock=lambda: 1e12)
+        assert site_events.prune(later) == 3 and events(site) == []
+    finally:
+        site.close()
