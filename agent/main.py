@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"workspace-agent: {exc}", file=sys.stderr)
         return 2
-    setup_logging(cfg.log_level, f"workspace-agent[{cfg.node}]", cfg.log_format)
+    setup_logging(cfg.log_level, f"workspace-agent[{cfg.node}]", cfg.log_format, node=cfg.node)
     try:
         check_transport(cfg)
     except ConfigError as exc:

@@ -21,9 +21,13 @@ IDS = ("workspace", "node", "request_id")
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, process_name: str) -> None:
+    """``defaults``: ids every line of the process carries unless a record or the call
+    context names another (an agent's ``node``)."""
+
+    def __init__(self, process_name: str, defaults: dict[str, str] | None = None) -> None:
         super().__init__()
         self.process_name = process_name
+        self.defaults = dict(defaults or {})
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -36,7 +40,7 @@ class JsonFormatter(logging.Formatter):
         }
         ctx = callctx.current()
         for key in IDS:
-            value = getattr(record, key, "") or getattr(ctx, key, "")
+            value = getattr(record, key, "") or getattr(ctx, key, "") or self.defaults.get(key)
             if value:
                 out[key] = str(value)
         if ctx.method:
@@ -48,10 +52,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def setup(level: str = "INFO", name: str = "workspace", fmt: str = "text") -> None:
+def setup(level: str = "INFO", name: str = "workspace", fmt: str = "text", **ids: str) -> None:
+    """Log to stderr at ``level``, as ``fmt`` ("text" or "json"); ``ids`` (e.g. an agent's
+    ``node``) go into every JSON line."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter(name))
+        handler.setFormatter(JsonFormatter(name, ids))
     else:
         handler.setFormatter(
             logging.Formatter(

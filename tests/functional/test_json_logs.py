@@ -76,3 +76,4 @@ def test_json_logs_name_the_workspace_of_a_create(tmp_path: Path) -> None:
     assert created[0]["method"] == "CreateWorkspace" and created[0]["caller"] == "user:local"
     agent_lines = json_lines(tmp_path / "a.log")
     assert any(x.get("workspace") == ws.id for x in agent_lines), agent_lines
+    assert all(x.get("node") == "node1" for x in agent_lines)

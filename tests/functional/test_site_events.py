@@ -145,3 +145,17 @@ def test_retention_keeps_the_newest_events(tmp_path: Path) -> None:
         assert site_events.prune(later) == 3 and events(site) == []
     finally:
         site.close()
+
+
+def test_an_image_over_the_repository_quota_is_a_quota_refusal(tmp_path: Path) -> None:
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 3 * 1024 * 1024})
+    try:
+        site.stubs.import_image("a", b"a" * 2 * 1024 * 1024)
+        with pytest.raises(grpc.RpcError) as err:
+            site.stubs.import_image("b", b"b" * 2 * 1024 * 1024)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        (refused,) = [e for e in events(site) if e.kind == "quota.refused"]
+        assert refused.subject == "b" and refused.state == "quota"
+        assert "repository quota of local exceeded" in refused.reason
+    finally:
+        site.close()

@@ -50,6 +50,12 @@ def test_ids_come_from_extra_or_the_call_context() -> None:
     assert callctx.current().workspace == ""
 
 
+def test_process_wide_ids() -> None:
+    f = JsonFormatter("workspace-agent[n1]", {"node": "n1"})
+    assert json.loads(f.format(record()))["node"] == "n1"
+    assert json.loads(f.format(record(node="n2")))["node"] == "n2"
+
+
 def test_an_exception_is_one_field_of_the_same_line() -> None:
     try:
         raise ValueError("boom")

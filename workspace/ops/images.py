@@ -24,7 +24,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
-from workspace.ops import projects, trust
+from workspace.ops import projects, refusals, trust
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
     as_identity,
@@ -293,7 +293,8 @@ class Catalog:
             created_at=env.clock(),
         )
         quota = env.cfg.limits.repo_quota_bytes_per_user
-        with env.store.write() as s:
+        over_quota = refusals.recorded(env.store, env.notifier, env.clock, req.image)
+        with over_quota, env.store.write() as s:
             ident = as_identity(who)
             img.project = resolve_project(s, ident, project)
             # An admin's image outside any project is a site image: every user sees it.

@@ -5,8 +5,9 @@ untrusted image — not mistakes in a request (invalid arguments, unknown names)
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from workspace import callctx
 from workspace.domain.events import Kind, Refusal, SiteEvent
@@ -27,10 +28,14 @@ def refusal_of(exc: BaseException) -> Refusal | None:
 
 
 def refused(
-    exc: WorkspaceError, written: Iterable[SiteEvent], rows: Iterable[Workspace], now: float
+    exc: WorkspaceError,
+    written: Iterable[SiteEvent],
+    rows: Iterable[Workspace],
+    now: float,
+    subject: str = "",
 ) -> list[SiteEvent]:
-    """One event per workspace the refused request would have made (or one for the request
-    if none was known yet); [] if ``exc`` is not a refusal."""
+    """One event per workspace the refused request would have made (or one for the request,
+    naming ``subject``, if none was known); [] if ``exc`` is not a refusal."""
     why = refusal_of(exc)
     if why is None:
         return []
@@ -45,7 +50,7 @@ def refused(
         if w.id not in seen:
             subjects.append((w.id, w.name, w.cluster or "", w.image or ""))
     if not subjects:
-        subjects = [("", "", "", "")]
+        subjects = [("", "", "", subject)]
     return [
         SiteEvent(
             at=now,
@@ -71,3 +76,17 @@ def record(store: Store, notifier: Notifier, events: list[SiteEvent]) -> None:
         notifier.site_events(events)
     except Exception:
         log.exception("cannot record a refusal as a site event")
+
+
+@contextlib.contextmanager
+def recorded(
+    store: Store, notifier: Notifier, clock: Callable[[], float], subject: str
+) -> Iterator[None]:
+    """Record a refusal raised in the block (outside a unit of work: an image import)."""
+    try:
+        yield
+    except WorkspaceError as exc:
+        events = refused(exc, (), (), clock(), subject)
+        if events:
+            record(store, notifier, events)
+        raise
