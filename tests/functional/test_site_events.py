@@ -159,3 +159,23 @@ def test_an_image_over_the_repository_quota_is_a_quota_refusal(tmp_path: Path) -
         assert "repository quota of local exceeded" in refused.reason
     finally:
         site.close()
+
+
+def test_lease_warning_and_expiry_are_events(tmp_path: Path) -> None:
+    site = Site(tmp_path, lease_check_interval_s=0.2, lease_warning_s=2)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1")
+        ws = site.stubs.create(name="short", lease_s=3)
+        site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_STOPPED, timeout_s=30)
+        evs = [e for e in events(site) if e.workspace_id == ws.id]
+        kinds_ = [e.kind for e in evs]
+        assert kinds_.index("lease.warning") < kinds_.index("lease.expired")
+        expired = next(e for e in evs if e.kind == "lease.expired")
+        assert expired.who == "system" and expired.state == "stop"
+        assert expired.reason.startswith("lease expired at ")
+        stopping = next(e for e in evs if e.kind == "workspace.state" and e.state == "STOPPING")
+        assert stopping.who == "system" and stopping.reason.startswith("lease expired at ")
+    finally:
+        site.close()

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.functional.test_cli import ok, run, wait_gone
+from tests.functional.test_cli import ROOT, cli_env, ok, run, wait_gone
 from tests.functional.test_metrics import promtool_check, value
 from workspace.site import local
 
@@ -54,6 +58,26 @@ def test_site_up_serves_metrics_and_events(tmp_path: Path) -> None:
         assert reg["node"] == "local" and reg["time"].endswith("Z") and reg["who"]
         future = ok(d, "admin", "events", "--since", "2999-01-01T00:00:00Z").out
         assert future == ""
+
+        # --follow: new events as they happen (the process is ours: stopped by its pid)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "workspace.cli.admin", "events", "-f", "--since", now],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=cli_env(d),
+            cwd=ROOT,
+        )
+        try:
+            time.sleep(1.0)
+            ok(d, "admin", "node", "drain", "local")
+            assert follow.stdout is not None
+            line = follow.stdout.readline()
+            assert "node.state" in line and "READY -> DRAINING" in line, line
+        finally:
+            follow.terminate()
+            follow.wait(10)
+        ok(d, "admin", "node", "enable", "local")
     finally:
         record = local.read_record(d)
         run(d, "admin", "site", "down", "--dir", str(d))
