@@ -28,29 +28,20 @@ def refusal_of(exc: BaseException) -> Refusal | None:
 
 
 def refused(
-    exc: WorkspaceError,
-    written: Iterable[SiteEvent],
-    rows: Iterable[Workspace],
-    now: float,
-    subject: str = "",
+    exc: WorkspaceError, rows: Iterable[Workspace], now: float, subject: str = ""
 ) -> list[SiteEvent]:
-    """One event per workspace the refused request would have made (or one for the request,
-    naming ``subject``, if none was known); [] if ``exc`` is not a refusal."""
+    """One event per workspace the refused request would have made (``rows``: those made
+    or changed before it was refused), or one naming ``subject`` if there were none;
+    [] if ``exc`` is not a refusal."""
     why = refusal_of(exc)
     if why is None:
         return []
     kind = (Kind.QUOTA_REFUSED if why is Refusal.QUOTA else Kind.WORKSPACE_REFUSED).value
     who = callctx.current().who
-    seen: dict[str, SiteEvent] = {}
-    for e in written:
-        if e.kind == Kind.WORKSPACE_CREATED.value:
-            seen[e.workspace_id] = e
-    subjects = [(e.workspace_id, e.workspace_name, e.cluster, e.subject) for e in seen.values()]
+    subjects: dict[str, tuple[str, str, str]] = {}
     for w in rows:
-        if w.id not in seen:
-            subjects.append((w.id, w.name, w.cluster or "", w.image or ""))
-    if not subjects:
-        subjects = [("", "", "", subject)]
+        subjects.setdefault(w.id, (w.name, w.cluster or "", w.image or ""))
+    named = list(subjects.values()) or [("", "", subject)]
     return [
         SiteEvent(
             at=now,
@@ -63,7 +54,7 @@ def refused(
             state=why.value,
             reason=exc.message,
         )
-        for _wid, name, cluster, image in subjects
+        for name, cluster, image in named
     ]
 
 
@@ -86,7 +77,7 @@ def recorded(
     try:
         yield
     except WorkspaceError as exc:
-        events = refused(exc, (), (), clock(), subject)
+        events = refused(exc, (), clock(), subject)
         if events:
             record(store, notifier, events)
         raise

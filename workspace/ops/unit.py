@@ -122,7 +122,8 @@ def write(env: Env) -> Iterator[UnitOfWork]:
                 u.seal()
             except WorkspaceError as exc:
                 # Read before the rollback expires the rows.
-                refused = refusals.refused(exc, u.events, u.rows(), env.clock())
+                made = journal.created(u.s) + u.rows()
+                refused = refusals.refused(exc, made, env.clock())
                 raise
     finally:
         if refused:

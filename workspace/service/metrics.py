@@ -99,7 +99,9 @@ class ServiceMetrics:
         """Count a commit's site events (a Notifier listener)."""
         for e in events:
             self.site_events.labels(e.kind).inc()
-            if e.kind == Kind.WORKSPACE_PLACED:
+            if e.kind == Kind.WORKSPACE_CREATED and e.node:  # created and placed at once
+                self.placements.labels("request").inc()
+            elif e.kind == Kind.WORKSPACE_PLACED:
                 self.placements.labels("queue" if e.subject == "queue" else "request").inc()
                 if e.subject == "queue":
                     self.queue_wait.observe(e.elapsed_s)

@@ -1,7 +1,13 @@
 """The site-event journal: every flush of a session turns the changes it carries into
-site events, written in the same transaction (so an event exists exactly when its change
-does) and listed in ``session.info[EVENTS]`` for the unit of work to publish after commit
-(ops/unit.py → Notifier.site_events).
+site events; just before the transaction commits they are written, in one statement, in
+the same transaction (so an event exists exactly when its change does) and listed in
+``session.info[EVENTS]`` for the unit of work to publish after commit (ops/unit.py →
+Notifier.site_events).
+
+A workspace created in the transaction gets one ``workspace.created`` event with what it
+is at commit (its state, and its node: the placement) rather than one per step the
+transaction took it through (and a ``workspace.queued`` one if it waits for capacity):
+the create path writes two rows, this and its trust decision.
 
 What is seen, whoever wrote it (an operation's unit of work or a plain ``Store.write``):
 workspaces created, changing state, placed on a node, queued for capacity, warned of and
@@ -16,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import event, inspect, select
+from sqlalchemy import event, insert, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace import callctx
@@ -24,41 +30,80 @@ from workspace.domain.events import Kind, SiteEvent
 from workspace.store.models import Audit, Node, Workspace
 from workspace.store.site_events import EventRow
 
-# session.info key: the SiteEvents the session's flushes wrote.
+# session.info keys: the SiteEvents the session's transactions wrote (published after
+# commit), those still to write at commit, the workspaces created in this transaction.
 EVENTS = "site_events"
+_PENDING = "site_events_pending"
+_CREATED = "site_events_created"
 _RUNNING = "RUNNING"
 
 
 def install(sessions: sessionmaker[Session]) -> None:
     event.listen(sessions, "before_flush", _before_flush)
+    event.listen(sessions, "before_commit", _before_commit)
+    event.listen(sessions, "after_rollback", _after_rollback)
 
 
 def events_of(s: Session) -> list[SiteEvent]:
-    """The events written in ``s`` so far (the same list keeps growing with its flushes)."""
+    """The events ``s`` wrote (the same list grows as its transactions commit)."""
     found: list[SiteEvent] = s.info.setdefault(EVENTS, [])
     return found
 
 
-def row_of(e: SiteEvent) -> EventRow:
-    return EventRow(
-        at=e.at,
-        kind=e.kind,
-        who=e.who[:255],
-        workspace_id=e.workspace_id,
-        workspace_name=e.workspace_name,
-        node=e.node[:255],
-        cluster=e.cluster,
-        subject=e.subject[:255],
-        state=e.state[:16],
-        previous=e.previous[:16],
-        reason=e.reason[:1024],
-    )
+def _pending(s: Session) -> list[SiteEvent | Workspace]:
+    """Events to write at commit; a Workspace stands for its created event."""
+    found: list[SiteEvent | Workspace] = s.info.setdefault(_PENDING, [])
+    return found
+
+
+def row_of(e: SiteEvent) -> dict[str, Any]:
+    return {
+        "at": e.at,
+        "kind": e.kind,
+        "who": e.who[:255],
+        "workspace_id": e.workspace_id,
+        "workspace_name": e.workspace_name,
+        "node": e.node[:255],
+        "cluster": e.cluster,
+        "subject": e.subject[:255],
+        "state": e.state[:16],
+        "previous": e.previous[:16],
+        "reason": e.reason[:1024],
+    }
 
 
 def add(s: Session, e: SiteEvent) -> None:
-    """Write ``e`` in ``s``'s transaction (and list it for publication)."""
-    s.add(row_of(e))
-    events_of(s).append(e)
+    """Write ``e`` in ``s``'s transaction, when it commits (and list it for publication)."""
+    _pending(s).append(e)
+
+
+def created(s: Session) -> list[Workspace]:
+    """The workspaces made in ``s``'s transaction so far (flushed)."""
+    made: dict[str, tuple[Workspace, str, float]] = s.info.get(_CREATED, {})
+    return [w for w, _who, _at in made.values()]
+
+
+def _before_commit(s: Session) -> None:
+    if not s.info.get(_PENDING) and not (s.new or s.dirty or s.deleted):
+        return
+    s.flush()  # the last changes become events too
+    pending = s.info.pop(_PENDING, [])
+    created: dict[str, tuple[Workspace, str, float]] = s.info.pop(_CREATED, {})
+    out: list[SiteEvent] = []
+    for item in pending:
+        if isinstance(item, Workspace):
+            _ws, who, at = created[item.id]
+            out.extend(_created(item, who, at))
+        else:
+            out.append(item)
+    if out:
+        s.connection().execute(insert(EventRow), [row_of(e) for e in out])
+        events_of(s).extend(out)
+
+
+def _after_rollback(s: Session) -> None:
+    s.info.pop(_PENDING, None)
+    s.info.pop(_CREATED, None)
 
 
 def _change(obj: Any, attr: str) -> tuple[Any, Any] | None:
@@ -71,30 +116,32 @@ def _change(obj: Any, attr: str) -> tuple[Any, Any] | None:
 
 
 def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
-    out: list[SiteEvent] = []
+    out = _pending(s)
     who = callctx.current().who
+    created: dict[str, tuple[Workspace, str, float]] = s.info.setdefault(_CREATED, {})
     for obj in s.new:
         if isinstance(obj, Workspace):
-            out.extend(_created(obj, who))
+            callctx.note(workspace=obj.id)
+            created[obj.id] = (obj, who, time.time())
+            out.append(obj)  # its event is made at commit, from what it is then
         elif isinstance(obj, Node):
             out.append(_node(obj, who, Kind.NODE_REGISTERED, "", "registered"))
         elif isinstance(obj, Audit):
             out.append(_trust(obj, who))
     for obj in s.dirty:
         if isinstance(obj, Workspace):
-            out.extend(_workspace_changes(s, obj, who))
+            if obj.id not in created:
+                out.extend(_workspace_changes(s, obj, who))
         elif isinstance(obj, Node) and (ch := _change(obj, "state")) is not None:
             out.append(_node(obj, who, Kind.NODE_STATE, str(ch[0] or ""), _node_why(obj)))
     for obj in s.deleted:
         if isinstance(obj, Node):
             out.append(_node(obj, who, Kind.NODE_REMOVED, obj.state, "removed"))
-    for e in out:
-        add(s, e)
 
 
-def _ws_event(ws: Workspace, who: str, kind: Kind, **kw: Any) -> SiteEvent:
+def _ws_event(ws: Workspace, who: str, kind: Kind, at: float = 0.0, **kw: Any) -> SiteEvent:
     return SiteEvent(
-        at=time.time(),
+        at=at or time.time(),
         kind=kind.value,
         who=who,
         workspace_id=ws.id,
@@ -105,13 +152,12 @@ def _ws_event(ws: Workspace, who: str, kind: Kind, **kw: Any) -> SiteEvent:
     )
 
 
-def _created(ws: Workspace, who: str) -> list[SiteEvent]:
-    callctx.note(workspace=ws.id)
-    out = [_ws_event(ws, who, Kind.WORKSPACE_CREATED, subject=ws.image, state=ws.state)]
-    if ws.node:
-        out.append(_ws_event(ws, who, Kind.WORKSPACE_PLACED, state=ws.state))
-    elif ws.wait_reason:
-        out.append(_ws_event(ws, who, Kind.WORKSPACE_QUEUED, reason=ws.wait_reason))
+def _created(ws: Workspace, who: str, at: float) -> list[SiteEvent]:
+    """A workspace made in this transaction, as it is at commit: its node (if any) is
+    where it was placed."""
+    out = [_ws_event(ws, who, Kind.WORKSPACE_CREATED, at, subject=ws.image, state=ws.state)]
+    if not ws.node and ws.wait_reason:
+        out.append(_ws_event(ws, who, Kind.WORKSPACE_QUEUED, at, reason=ws.wait_reason))
     return out
 
 
