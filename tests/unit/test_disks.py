@@ -87,9 +87,12 @@ def test_the_seed_is_the_last_disk_raw_and_read_only(tmp_path: Path) -> None:
     assert files.prepare(order, paths) == disks
     assert seed_path.read_bytes() == before
 
-    # Removing the workspace's files (REMOVE after undefine) takes the seed with them.
-    files.remove("w1")
-    assert not seed_path.exists() and "w1" not in files.existing()
+    # A restarted agent finds the workspace's files (the seed with them) where they were;
+    # removing them (REMOVE after undefine) takes the seed too.
+    again = WorkspaceFiles(tmp_path / "workspaces")
+    assert "w1" in again.existing() and again.seed_iso("w1") == seed_path
+    again.remove("w1")
+    assert not seed_path.exists() and "w1" not in again.existing()
 
 
 def test_without_a_seed_no_iso_is_attached_and_a_stale_one_goes(tmp_path: Path) -> None:
