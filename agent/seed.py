@@ -15,25 +15,15 @@ these machines; it needs no IDE/SATA/SCSI controller and no CD-ROM driver in the
 the disk letters simply continue after the image's partitions. cloud-init does not care
 about the device type, only the label.
 
-The bytes are deterministic for the same seed: every timestamp pycdlib writes (volume
-descriptors, directory records, Rock Ridge) is ``SEED_EPOCH`` in UTC, whatever the clock
-and the host's time zone, so a CREATE that rewrites the file after a restart writes the
-same image.
+The image is written once, at create; a CREATE after the domain vanished writes it again
+from the same seed (its timestamps are the build's; nothing reads them).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from time import struct_time
-from types import ModuleType
-from typing import Any
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
@@ -44,8 +34,6 @@ from workspace.errors import DriverError
 VOLUME_ID = "cidata"
 # A seed is a few KiB of YAML; anything near this bound is a mistake upstream.
 SEED_MAX_BYTES = 16 * 1024 * 1024
-# 2000-01-01T00:00:00Z: every timestamp in the image.
-SEED_EPOCH = 946684800.0
 FILE_MODE = 0o600  # like every per-workspace file (agent/disks.py)
 
 # (name cloud-init reads, ISO 9660 level-1 name, Seed field); the Rock Ridge and Joliet
@@ -95,26 +83,25 @@ def build_seed_iso(seed: Seed) -> bytes:
     iso = pycdlib.PyCdlib()
     out = io.BytesIO()
     try:
-        with _fixed_clock():
-            iso.new(
-                interchange_level=1,
-                vol_ident=VOLUME_ID,
-                sys_ident="LINUX",
-                joliet=3,
-                rock_ridge="1.09",
+        iso.new(
+            interchange_level=1,
+            vol_ident=VOLUME_ID,
+            sys_ident="LINUX",
+            joliet=3,
+            rock_ridge="1.09",
+        )
+        for name, iso_name, field in _FILES:
+            data: bytes = getattr(seed, field)
+            if name in _OPTIONAL and not data:
+                continue
+            iso.add_fp(
+                io.BytesIO(data),
+                len(data),
+                f"/{iso_name}",
+                rr_name=name,
+                joliet_path=f"/{name}",
             )
-            for name, iso_name, field in _FILES:
-                data: bytes = getattr(seed, field)
-                if name in _OPTIONAL and not data:
-                    continue
-                iso.add_fp(
-                    io.BytesIO(data),
-                    len(data),
-                    f"/{iso_name}",
-                    rr_name=name,
-                    joliet_path=f"/{name}",
-                )
-            iso.write_fp(out)
+        iso.write_fp(out)
     except PyCdlibException as exc:
         raise DriverError(f"NoCloud seed: cannot build the ISO image: {exc}") from exc
     finally:
@@ -153,50 +140,3 @@ def volume_id(iso: pycdlib.PyCdlib) -> str:
     """The primary volume identifier of an open ISO, trailing blanks dropped."""
     raw: bytes = iso.pvd.volume_identifier
     return raw.decode("ascii", "replace").rstrip(" \0")
-
-
-# -- deterministic timestamps ------------------------------------------------------------
-
-
-class _FixedClock:
-    """Stands in for the ``time`` module inside pycdlib: now is always SEED_EPOCH, and
-    local time is UTC (so the image does not depend on the host's time zone)."""
-
-    def __init__(self, real: ModuleType) -> None:
-        self._real = real
-
-    def time(self) -> float:
-        return SEED_EPOCH
-
-    def localtime(self, secs: float | None = None) -> struct_time:
-        return self._real.gmtime(SEED_EPOCH if secs is None else secs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-_clock_lock = threading.Lock()
-
-
-@contextmanager
-def _fixed_clock() -> Iterator[None]:
-    """While held, every pycdlib module that reads the clock reads ``_FixedClock``.
-
-    pycdlib takes its timestamps from ``time.time()`` (some only when the image is
-    written) and offers no parameter for them; only pycdlib's own module globals are
-    swapped, never the ``time`` module, and one image is built at a time."""
-    with _clock_lock:
-        swapped = [
-            m
-            for name, m in list(sys.modules.items())
-            if (name == "pycdlib" or name.startswith("pycdlib."))
-            and getattr(m, "time", None) is time
-        ]
-        clock = _FixedClock(time)
-        for m in swapped:
-            m.time = clock  # type: ignore[attr-defined]
-        try:
-            yield
-        finally:
-            for m in swapped:
-                m.time = time  # type: ignore[attr-defined]

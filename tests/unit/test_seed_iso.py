@@ -7,8 +7,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,25 +112,6 @@ def test_blkid_finds_the_label_cloud_init_looks_for(tmp_path: Path) -> None:
     fields = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert fields["TYPE"] == "iso9660"
     assert fields["LABEL"] == VOLUME_ID
-
-
-def test_the_same_seed_gives_the_same_bytes_whatever_the_clock_and_time_zone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    first = build_seed_iso(SEED)
-    monkeypatch.setattr(time, "time", lambda: 1234567890.5)
-    monkeypatch.setenv("TZ", "America/Los_Angeles")
-    time.tzset()
-    try:
-        second = build_seed_iso(SEED)
-    finally:
-        monkeypatch.undo()
-        time.tzset()
-    assert first == second
-    assert build_seed_iso(Seed(META, USER + b"# more\n", NET)) != first
-    # pycdlib's modules read the real clock again afterwards.
-    pyc = [m for n, m in sys.modules.items() if n.startswith("pycdlib.") and hasattr(m, "time")]
-    assert pyc and all(m.time is time for m in pyc)
 
 
 def test_written_atomically_and_private(tmp_path: Path, umask_022: None) -> None:
