@@ -474,6 +474,8 @@ class ImageView:
     total_bytes: int = 0
     project: str = ""
     public: bool = False
+    context: str = "none"  # "none" | "nocloud" (a cloud-init seed)
+    login_user: str = ""  # the account `ws ssh` logs in as ("": none)
 
 
 @dataclass(frozen=True)
