@@ -130,7 +130,8 @@ class Seed:
     renders them; the agent writes them to a ``cidata`` ISO)."""
 
     meta_data: bytes
-    user_data: bytes
+    # Holds the guest's private host key (and a cluster's key): never in a repr or a log.
+    user_data: bytes = field(repr=False)
     network_config: bytes
 
     def size(self) -> int:
