@@ -90,6 +90,8 @@ class LimitsConfig:
     # placement refuses a workspace beyond it. At most MAX_NODE_ORDERS_BYTES (3/4 of the
     # 16 MiB message limit; the rest is room for the trust policy).
     max_node_orders_bytes: int = 8 * 1024 * 1024
+    # SSH public keys one user may store (`ws key add`).
+    max_ssh_keys_per_user: int = 32
 
     def __post_init__(self) -> None:
         if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
@@ -97,7 +99,12 @@ class LimitsConfig:
                 f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
                 f"and {MAX_NODE_ORDERS_BYTES} (3/4 of the gRPC message limit)"
             )
-        for key in ("max_cmdline_bytes", "max_signatures_per_image", "max_wait_for_capacity_s"):
+        for key in (
+            "max_cmdline_bytes",
+            "max_signatures_per_image",
+            "max_wait_for_capacity_s",
+            "max_ssh_keys_per_user",
+        ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"limits.{key}: must not be negative, got {getattr(self, key)}")
         if not 1 <= self.max_name_len <= 63:
@@ -105,6 +112,33 @@ class LimitsConfig:
                 f"limits.max_name_len: {self.max_name_len} is not between 1 and 63 "
                 "(a name becomes the VM's hostname)"
             )
+
+
+# Where Debian's cloud-init package keeps the schema of cloud-config documents.
+CLOUD_CONFIG_SCHEMA = (
+    "/usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json"
+)
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """What the service puts into every workspace's NoCloud seed (docs/design/
+    contextualization.md)."""
+
+    # A file of the site's vendor-data (a #cloud-config document, a #! script or a MIME
+    # multi-part), read at start and put first into every seed's user-data ("": none).
+    vendor_data_file: str = ""
+    # The JSON schema #cloud-config user-data is checked against at create: "auto" (cloud-
+    # init's own, if its package is installed), a path, or "none" (YAML syntax only).
+    cloud_config_schema: str = "auto"
+
+    def schema_path(self) -> str:
+        """The schema file to check with ("": none)."""
+        if self.cloud_config_schema == "none":
+            return ""
+        if self.cloud_config_schema == "auto":
+            return CLOUD_CONFIG_SCHEMA if os.path.exists(CLOUD_CONFIG_SCHEMA) else ""
+        return self.cloud_config_schema
 
 
 def node_address_for(listen: str) -> str:
@@ -158,6 +192,7 @@ class ServiceConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
 
     def __post_init__(self) -> None:
         if not self.lease_check_interval_s > 0:

@@ -14,6 +14,7 @@ from workspace.cli import (
     clusterspec,
     common,
     image_cmds,
+    key_cmds,
     project_cmds,
     render,
     trust_cmds,
@@ -477,6 +478,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     image_sub = image_cmds.register(sub, parent, cmds.client, PROG)
     trust_cmds.register_image(image_sub, parent, cmds.client)
     project_cmds.register_user(sub, parent, cmds.client)
+    key_cmds.register(sub, parent, cmds.client)
     return parser
 
 

@@ -19,6 +19,7 @@ from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
 from workspace.edge.images import ImagesServicer
+from workspace.edge.keys import KeysServicer
 from workspace.edge.limits import StreamCap
 from workspace.edge.nodes import NodesServicer
 from workspace.edge.projects import ProjectsServicer
@@ -34,6 +35,8 @@ from workspace.ops.unit import Env
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
     clusters_pb2,
@@ -80,6 +83,7 @@ class Service:
         self.nodes = NodesServicer(self.env, self.catalog.blobs)
         self.trust = TrustServicer(self.env)
         self.projects = ProjectsServicer(self.catalog.catalog)
+        self.keys = KeysServicer(self.env)
         workspaces_pb2_grpc.add_WorkspacesServicer_to_server(self.workspaces, self.server)
         images_pb2_grpc.add_ImagesServicer_to_server(self.catalog, self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
@@ -87,6 +91,7 @@ class Service:
         nodes_pb2_grpc.add_NodesServicer_to_server(self.nodes, self.node_server)
         trust_pb2_grpc.add_TrustServicer_to_server(self.trust, self.server)
         projects_pb2_grpc.add_ProjectsServicer_to_server(self.projects, self.server)
+        access_pb2_grpc.add_KeysServicer_to_server(self.keys, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.node_server)
@@ -97,6 +102,7 @@ class Service:
             clusters_pb2.DESCRIPTOR.services_by_name["Clusters"].full_name,
             trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name,
             projects_pb2.DESCRIPTOR.services_by_name["Projects"].full_name,
+            access_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

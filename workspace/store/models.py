@@ -114,6 +114,10 @@ class Image(Base):
     kernel_digest: Mapped[str] = mapped_column(String(80), default="")
     initrd_digest: Mapped[str] = mapped_column(String(80), default="")
     cmdline: Mapped[str] = mapped_column(String(4096), default="")
+    # How it takes deploy-time information: "none" or "nocloud" (a cloud-init seed), and
+    # the account `ws ssh` logs in as ("" = none).
+    context: Mapped[str] = mapped_column(String(16), default="none")
+    login_user: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -156,6 +160,19 @@ class Workspace(Base):
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     cluster: Mapped[str] = mapped_column(String(64), default="")
     role: Mapped[str] = mapped_column(String(64), default="")
+    # Contextualization, copied from the image at create (it may be deleted later): "none"
+    # or "nocloud", and the login user.
+    context: Mapped[str] = mapped_column(String(16), default="none")
+    login_user: Mapped[str] = mapped_column(String(64), default="")
+    # The guest's SSH host key pair (ed25519) the service made and vouches for ("": none);
+    # the private key (OpenSSH PEM) goes only into the seed.
+    host_key_private: Mapped[str] = mapped_column(String(4096), default="")
+    host_key_public: Mapped[str] = mapped_column(String(1024), default="")
+    # The owner's SSH public keys at create (authorized_keys lines).
+    authorized_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # An upper bound of the seed's bytes without the site's vendor-data (ops/order_size.py;
+    # 0 = no seed).
+    seed_bytes: Mapped[int] = mapped_column(Integer, default=0)
     # What placement needs, kept so a queued workspace can be placed later.
     networks: Mapped[list[str]] = mapped_column(JSON, default=list)
     requirements: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
@@ -187,8 +204,25 @@ class Cluster(Base):
     # [{"role","image","cpus","memory_mib","count","networks","requirements","user_data_hex"}]
     spec: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     wait_deadline: Mapped[float] = mapped_column(Float, default=0.0)
+    # The cluster's own SSH key pair (ed25519): members log in to each other with it.
+    key_private: Mapped[str] = mapped_column(String(4096), default="")
+    key_public: Mapped[str] = mapped_column(String(1024), default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SshKey(Base):
+    """One SSH public key of a user (`ws key add`); it goes into their new workspaces."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (UniqueConstraint("owner", "fingerprint", name="uq_ssh_key_per_owner"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    public_key: Mapped[str] = mapped_column(String(16384))
+    comment: Mapped[str] = mapped_column(String(1024), default="")
+    added_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class ConsoleLog(Base):
