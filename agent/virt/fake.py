@@ -88,7 +88,7 @@ class FakeDriver(Driver):
 
     def _changed(self, workspace_id: str) -> None:
         dom = self._domains.get(workspace_id)
-        if dom is None or dom.state is not DomainState.RUNNING:
+        if dom is None or dom.state is DomainState.SHUTOFF:
             for console in list(self._consoles.get(workspace_id, ())):
                 console.close()  # the guest is gone: its consoles end
         self._save()

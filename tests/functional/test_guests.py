@@ -284,7 +284,7 @@ def test_console_attach_round_trip(client: Client) -> None:
 
 
 def test_console_attach_through_the_cli(
-    box: Site, capfdbinary: pytest.CaptureFixture[bytes]
+    box: Site, capfdbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r, w = os.pipe()
 
@@ -296,14 +296,12 @@ def test_console_attach_through_the_cli(
         os.close(w)
 
     threading.Thread(target=type_in, daemon=True).start()
-    with Client(box.address) as c:
-        from workspace.cli import guest_cmds
-
-        assert guest_cmds.attach(c, "box", stdin_fd=r) == 0
-    os.close(r)
+    with os.fdopen(r, "rb") as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert ws.main(["--service", box.address, "console", "box", "--attach"]) == 0
     out, err = capfdbinary.readouterr()
     assert b"box login: root\r\n" in out
-    assert b"Ctrl-] detaches" in err and b"detached" in err
+    assert b"Ctrl-] detaches" in err and b"ws: detached" in err
 
 
 def test_console_attach_to_a_stopped_workspace_is_refused(box: Site, client: Client) -> None:

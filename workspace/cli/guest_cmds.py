@@ -254,32 +254,42 @@ def cluster_exec_cmd(args: argparse.Namespace, client: Client, late: _OptionPars
 # -- ws console --attach -----------------------------------------------------------------
 
 
-def _keystrokes(fd: int, detached: threading.Event) -> Iterator[bytes]:
-    """Bytes read from ``fd`` until Ctrl-] (which sets ``detached``) or end of input."""
-    q: queue.Queue[bytes | None] = queue.Queue()
+class Keystrokes:
+    """Bytes read from ``fd`` (a thread of its own) until Ctrl-] (``detached``), the end
+    of input, or ``close``; iterate to get them."""
 
-    def reader() -> None:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.detached = threading.Event()
+        self._q: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(target=self._read, name="console-stdin", daemon=True).start()
+
+    def _read(self) -> None:
         try:
             while True:
-                data = os.read(fd, 1024)
+                data = os.read(self.fd, 1024)
                 if not data:
                     break
                 before, hit, _ = data.partition(DETACH)
                 if before:
-                    q.put(before)
+                    self._q.put(before)
                 if hit:
-                    detached.set()
+                    self.detached.set()
                     break
         except OSError:
             pass
-        q.put(None)
+        self._q.put(None)
 
-    threading.Thread(target=reader, name="console-stdin", daemon=True).start()
-    while True:
-        item = q.get()
-        if item is None:
-            return
-        yield item
+    def close(self) -> None:
+        """The session ended: end the iteration (the reader thread may stay blocked)."""
+        self._q.put(None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            yield item
 
 
 @contextlib.contextmanager
@@ -309,15 +319,18 @@ def attach(
     """Relay the console of ``ref``: input to the guest, its output to ``out``."""
     fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     sink = out if out is not None else sys.stdout.buffer
-    detached = threading.Event()
-    with raw_terminal(fd) as tty_mode:
-        nl = "\r\n" if tty_mode else "\n"
-        sys.stderr.write(f"ws: attached to the console of {ref}; Ctrl-] detaches{nl}")
-        sys.stderr.flush()
-        for data in client.attach_console(ref, _keystrokes(fd, detached)):
-            sink.write(data)
-            sink.flush()
-    print(f"\nws: {'detached' if detached.is_set() else 'the console ended'}", file=sys.stderr)
+    keys = Keystrokes(fd)
+    try:
+        with raw_terminal(fd) as tty_mode:
+            nl = "\r\n" if tty_mode else "\n"
+            sys.stderr.write(f"ws: attached to the console of {ref}; Ctrl-] detaches{nl}")
+            sys.stderr.flush()
+            for data in client.attach_console(ref, keys):
+                sink.write(data)
+                sink.flush()
+    finally:
+        keys.close()
+    print(f"\nws: {'detached' if keys.detached.is_set() else 'the console ended'}", file=sys.stderr)
     return common.EXIT_OK
 
 
