@@ -119,7 +119,7 @@ class ConsoleLink:
         self._closed = True
         self.hub.forget(self.task_id)
         _offer(self.events, ConsoleClosed(""), force=True)  # wakes a reader of ``next``
-        if not self.line.closed:
+        with contextlib.suppress(Unavailable):  # the agent's stream is gone: nothing to close
             self.line.send(Task(self.task_id, self.workspace_id, ConsoleClose()))
 
 
@@ -181,7 +181,7 @@ class TaskHub:
             # The client does not read: end its session, here and on the agent.
             self.forget(reply.task_id)
             _offer(p.events, ConsoleClosed("the client fell too far behind"), force=True)
-            if not line.closed:
+            with contextlib.suppress(Unavailable):
                 line.send(Task(reply.task_id, "", ConsoleClose()))
 
     def connected(self, node: str) -> bool:
