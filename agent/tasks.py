@@ -55,13 +55,22 @@ DEFAULT_TIMEOUT_S = 60
 
 
 class _Console:
-    """One open console session and the thread pumping its output."""
+    """One console session: keystrokes waiting for the guest (written by a thread of
+    its own, so the stream reader never waits on a guest), the session once open."""
 
-    def __init__(self, task_id: str, workspace_id: str, session: ConsoleSession) -> None:
+    def __init__(self, task_id: str, workspace_id: str) -> None:
         self.task_id = task_id
         self.workspace_id = workspace_id
-        self.session = session
+        self.input: queue.Queue[bytes | None] = queue.Queue()
         self.closed = threading.Event()
+        self.session: ConsoleSession | None = None
+
+    def close(self) -> None:
+        self.closed.set()
+        self.input.put(None)
+        session = self.session
+        if session is not None:
+            session.close()
 
 
 class Tasks:
@@ -158,27 +167,24 @@ class Tasks:
             except RuntimeError:  # shutting down
                 self.reply(task.task_id, TaskError(INTERNAL_CODE, "the agent is stopping"))
         elif isinstance(kind, ConsoleOpen):
+            console = _Console(task.task_id, task.workspace_id)
+            with self._lock:
+                self._consoles[task.task_id] = console
             threading.Thread(
                 target=self._console,
-                args=(task.task_id, task.workspace_id),
+                args=(console,),
                 name=f"console-{task.workspace_id}",
                 daemon=True,
             ).start()
-        elif isinstance(kind, ConsoleInput):
+        elif isinstance(kind, ConsoleInput | ConsoleClose):
             with self._lock:
-                console = self._consoles.get(task.task_id)
-            if console is not None:
-                try:
-                    console.session.write(kind.data)
-                except WorkspaceError as exc:
-                    log.info("console of %s: %s", self._label(console.workspace_id), exc.message)
-                    console.session.close()
-        elif isinstance(kind, ConsoleClose):
-            with self._lock:
-                console = self._consoles.get(task.task_id)
-            if console is not None:
-                console.closed.set()
-                console.session.close()
+                found = self._consoles.get(task.task_id)
+            if found is None:
+                return
+            if isinstance(kind, ConsoleInput):
+                found.input.put(kind.data)
+            else:
+                found.close()
 
     def _exec(self, task_id: str, workspace_id: str, task: ExecTask) -> None:
         label = self._label(workspace_id)
@@ -206,22 +212,27 @@ class Tasks:
         )
         self.reply(task_id, outcome)
 
-    def _console(self, task_id: str, workspace_id: str) -> None:
-        label = self._label(workspace_id)
+    def _console(self, console: _Console) -> None:
+        task_id, label = console.task_id, self._label(console.workspace_id)
         try:
-            session = self.driver.open_console(workspace_id)
-        except WorkspaceError as exc:
-            log.info("console of %s not opened: %s", label, exc.message)
-            self.reply(task_id, error_of(exc))
-            return
+            session = self.driver.open_console(console.workspace_id)
         except Exception as exc:
-            log.exception("console of %s failed to open", label)
-            self.reply(task_id, TaskError(INTERNAL_CODE, f"the agent failed: {exc}"))
+            with self._lock:
+                self._consoles.pop(task_id, None)
+            if isinstance(exc, WorkspaceError):
+                log.info("console of %s not opened: %s", label, exc.message)
+                self.reply(task_id, error_of(exc))
+            else:
+                log.exception("console of %s failed to open", label)
+                self.reply(task_id, TaskError(INTERNAL_CODE, f"the agent failed: {exc}"))
             return
-        console = _Console(task_id, workspace_id, session)
-        with self._lock:
-            self._consoles[task_id] = console
+        console.session = session
+        if console.closed.is_set():  # detached while it opened
+            session.close()
         log.info("console of %s attached", label)
+        threading.Thread(
+            target=self._keystrokes, args=(console, session), name="console-in", daemon=True
+        ).start()
         reason = "the console ended (the guest stopped, or another session took it over)"
         try:
             while not self.stop.is_set():
@@ -237,19 +248,31 @@ class Tasks:
             log.exception("console of %s failed", label)
             reason = "the agent's console relay failed"
         finally:
-            session.close()
+            console.close()
             with self._lock:
                 self._consoles.pop(task_id, None)
             self.reply(task_id, ConsoleClosed(reason))
             log.info("console of %s detached: %s", label, reason)
+
+    def _keystrokes(self, console: _Console, session: ConsoleSession) -> None:
+        """Write what the client typed, in order, until the session ends."""
+        while True:
+            data = console.input.get()
+            if data is None or console.closed.is_set():
+                return
+            try:
+                session.write(data)
+            except WorkspaceError as exc:
+                log.info("console of %s: %s", self._label(console.workspace_id), exc.message)
+                session.close()
+                return
 
     def _close_consoles(self, why: str) -> None:
         with self._lock:
             consoles = list(self._consoles.values())
         for c in consoles:
             log.info("closing the console of %s: %s", self._label(c.workspace_id), why)
-            c.closed.set()
-            c.session.close()
+            c.close()
 
 
 def _drain(outbox: queue.Queue[nodes_pb2.TaskReply | None]) -> Iterator[nodes_pb2.TaskReply]:

@@ -6,24 +6,36 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
+from agent.tasks import Tasks
 from agent.virt import fake_guest, guest_agent
+from agent.virt.base import ConsoleSession, DomainSpec
+from agent.virt.fake import FakeDriver
 from agent.virt.libvirt_guest import agent_error
 from workspace import errors
 from workspace.cli import guest_cmds, ws
+from workspace.codec import guests as codec_guests
+from workspace.config import AgentConfig, FakeDriverConfig
 from workspace.domain.model import ExecOutcome
 from workspace.domain.tasks import (
     FAILED_PRECONDITION,
+    NOT_FOUND,
+    ConsoleClose,
     ConsoleClosed,
+    ConsoleInput,
+    ConsoleOpen,
     ConsoleOutput,
     ExecTask,
+    Task,
     TaskError,
     TaskReply,
 )
@@ -441,3 +453,59 @@ def test_a_console_session_through_the_hub() -> None:
     assert link.next(1) == ConsoleClosed("guest stopped")
     link.close()
     assert link.next(0.1) == ConsoleClosed("")  # a reader of the link wakes up
+
+
+# -- the agent's side of the task stream -------------------------------------------------------
+
+
+class SlowConsoleDriver(FakeDriver):
+    """A fake driver whose consoles take a moment to open (keystrokes arrive first)."""
+
+    def open_console(self, workspace_id: str) -> ConsoleSession:
+        time.sleep(0.3)
+        return super().open_console(workspace_id)
+
+
+def agent_tasks(tmp_path: Path) -> tuple[Tasks, FakeDriver, queue.Queue[Any]]:
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path))
+    driver = SlowConsoleDriver(FakeDriverConfig(persist=False, no_guest_agent=["bare"]))
+    tasks = Tasks(cfg, driver, threading.Event(), lambda _t: True)
+    outbox: queue.Queue[Any] = queue.Queue()
+    tasks._outbox = outbox  # what run() sets up for a live stream
+    for wid, name in (("w1", "box"), ("w2", "bare")):
+        driver.define(DomainSpec(wid, name, 1, 64, hostname=name))
+        driver.start(wid)
+    return tasks, driver, outbox
+
+
+def replies(outbox: queue.Queue[Any], task_id: str, until: type) -> list[Any]:
+    got: list[Any] = []
+    while True:
+        reply = codec_guests.reply_from_proto(outbox.get(timeout=5))
+        if reply.task_id == task_id:
+            got.append(reply.kind)
+            if isinstance(reply.kind, until):
+                return got
+
+
+def test_the_agent_answers_execs_and_keeps_early_keystrokes(tmp_path: Path) -> None:
+    tasks, _driver, outbox = agent_tasks(tmp_path)
+    try:
+        tasks.take(Task("e1", "w1", ExecTask(("hostname",))))
+        assert replies(outbox, "e1", ExecOutcome) == [ExecOutcome(0, b"box\n")]
+        tasks.take(Task("e2", "w2", ExecTask(("true",))))
+        (err,) = replies(outbox, "e2", TaskError)
+        assert err.code == FAILED_PRECONDITION and "no QEMU guest agent" in err.message
+        tasks.take(Task("e3", "nope", ExecTask(("true",))))
+        assert replies(outbox, "e3", TaskError)[0].code == NOT_FOUND
+        # keystrokes sent right after the open, before the console is open, are kept
+        tasks.take(Task("c1", "w1", ConsoleOpen()))
+        tasks.take(Task("c1", "w1", ConsoleInput(b"root\r")))
+        seen = b""
+        while b"root\r\n" not in seen:
+            (out,) = replies(outbox, "c1", ConsoleOutput)
+            seen += out.data
+        tasks.take(Task("c1", "w1", ConsoleClose()))
+        assert replies(outbox, "c1", ConsoleClosed)[-1] == ConsoleClosed("detached")
+    finally:
+        tasks.close()
