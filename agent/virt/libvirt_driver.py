@@ -621,8 +621,10 @@ class LibvirtDriver(Driver):
                 try:
                     return str(libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0))
                 except libvirt.libvirtError as exc:
-                    if self._conn.drop_if_dead(conn):
-                        raise  # _run retries once on a fresh connection
+                    # A dead connection: _run retries once on a fresh one -- but never a
+                    # guest-exec, which may have started the command already.
+                    if command["execute"] != "guest-exec" and self._conn.drop_if_dead(conn):
+                        raise
                     raise agent_error(exc, name) from exc
 
             reply = json.loads(self._run("run a command in", workspace_id, fn))

@@ -109,7 +109,7 @@ class LibvirtConsole(ConsoleSession):
         try:
             return self._out.get(timeout=timeout_s)
         except queue.Empty:
-            return None
+            return b"" if self._ended else None
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
