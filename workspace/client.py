@@ -34,6 +34,7 @@ from workspace.client_address import identity_tls as identity_tls  # re-exported
 from workspace.client_address import resolve_address as resolve_address  # re-exported
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
+from workspace.client_guests import GuestsClientMixin
 from workspace.client_images import ImagesClientMixin
 from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
@@ -167,7 +168,7 @@ def failure_policy_value(value: int | str) -> int:
     return _enum_value(clusters_pb2.FailurePolicy, "FAILURE_POLICY_", FAILURE_POLICIES, value)
 
 
-class Client(ImagesClientMixin, ProjectsClientMixin, KeysClientMixin):
+class Client(ImagesClientMixin, ProjectsClientMixin, KeysClientMixin, GuestsClientMixin):
     """A connection to one workspace service. Thread-safe; close() when done."""
 
     def __init__(

@@ -92,6 +92,12 @@ class LimitsConfig:
     max_node_orders_bytes: int = 8 * 1024 * 1024
     # SSH public keys one user may store (`ws key add`).
     max_ssh_keys_per_user: int = 32
+    # `ws exec`: bytes of a command line (all arguments), of its stdin; the longest
+    # --timeout, and the timeout of a command given none (seconds).
+    max_exec_argv_bytes: int = 64 * 1024
+    max_exec_stdin_bytes: int = 1024 * 1024
+    max_exec_timeout_s: int = 3600
+    exec_default_timeout_s: int = 60
 
     def __post_init__(self) -> None:
         if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
@@ -107,6 +113,14 @@ class LimitsConfig:
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"limits.{key}: must not be negative, got {getattr(self, key)}")
+        for key in ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"limits.{key}: must be at least 1, got {getattr(self, key)}")
+        if not 1 <= self.exec_default_timeout_s <= self.max_exec_timeout_s:
+            raise ConfigError(
+                f"limits.exec_default_timeout_s: {self.exec_default_timeout_s} is not between "
+                f"1 and limits.max_exec_timeout_s ({self.max_exec_timeout_s})"
+            )
         if not 1 <= self.max_name_len <= 63:
             raise ConfigError(
                 f"limits.max_name_len: {self.max_name_len} is not between 1 and 63 "
@@ -237,6 +251,8 @@ class FakeDriverConfig:
     fail_create: list[str] = field(default_factory=list)
     # Workspace names (fnmatch patterns) that ignore an ACPI shutdown request.
     ignore_shutdown: list[str] = field(default_factory=list)
+    # Workspace names (fnmatch patterns) whose guest has no guest agent (exec fails).
+    no_guest_agent: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -284,6 +300,10 @@ class AgentConfig:
     # Blob cache size limit in bytes (least recently used unpinned blobs are evicted to
     # stay under it); 0 = unlimited.
     cache_budget_bytes: int = 20 * 1024**3
+    # Commands run in guests at once (`ws exec`; more wait their turn), and the most
+    # stdout and stderr (each) kept of one command: the rest is cut (truncated).
+    exec_parallel: int = 4
+    exec_max_output_bytes: int = 1024 * 1024
     # Blobs fetched at once for `ws-admin cache preload` (in the background).
     prefetch_parallel: int = 2
     # Serve complete cached blobs to other agents on this address ("host:port",

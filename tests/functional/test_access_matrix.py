@@ -71,6 +71,7 @@ class Caller:
     health: health_pb2_grpc.HealthStub
     node_channel: grpc.Channel
     keys: access_pb2_grpc.KeysStub
+    guests: access_pb2_grpc.GuestsStub
 
     def close(self) -> None:
         self.channel.close()
@@ -91,6 +92,7 @@ class Caller:
             health_pb2_grpc.HealthStub(channel),
             node_channel,
             access_pb2_grpc.KeysStub(channel),
+            access_pb2_grpc.GuestsStub(channel),
         )
 
 
@@ -207,6 +209,7 @@ def audit_entry() -> trust_pb2.AuditEntry:
 
 NOPE = "does-not-exist"
 KY = "workspace.v1.Keys"
+GU = "workspace.v1.Guests"
 WS, CL, IM, TR, AD, PR, ND = (
     "workspace.v1.Workspaces",
     "workspace.v1.Clusters",
@@ -337,6 +340,14 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         timeout=T)),
     (ND, "FetchBlob", NODE, lambda c, w: first(c.nodes.FetchBlob(
         nodes_pb2.FetchBlobRequest(node="n1", digest=w.image_digest), timeout=T))),
+    # The hello, then the agent closes its side: the service ends the stream at once.
+    (ND, "Tasks", NODE, lambda c, w: first(c.nodes.Tasks(
+        iter([nodes_pb2.TaskReply(node="n1")]), timeout=T))),
+    # A workspace that is not running (NOT_FOUND for others): past authorization.
+    (GU, "Exec", USER, lambda c, w: c.guests.Exec(
+        access_pb2.ExecRequest(id=NOPE, argv=["true"]), timeout=T)),
+    (GU, "AttachConsole", USER, lambda c, w: first(c.guests.AttachConsole(
+        iter([access_pb2.ConsoleInput(id=NOPE)]), timeout=T))),
     ("grpc.health.v1.Health", "Check", OPEN, lambda c, w: c.health.Check(
         health_pb2.HealthCheckRequest(), timeout=T)),
     ("grpc.health.v1.Health", "List", OPEN, lambda c, w: c.health.List(
@@ -373,6 +384,10 @@ def all_rpcs() -> set[str]:
         for m in node_protos.DESCRIPTOR.services_by_name["Nodes"].methods
     }
     names |= {f"{KY}/{m.name}" for m in access_pb2.DESCRIPTOR.services_by_name["Keys"].methods}
+    names |= {
+        f"workspace.v1.Guests/{m.name}"
+        for m in access_pb2.DESCRIPTOR.services_by_name["Guests"].methods
+    }
     return names
 
 

@@ -14,6 +14,7 @@ from workspace.config import TlsConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.auth import RULES, Authenticator, Role, Unauthenticated, node_name
 from workspace.edge.clusters import ClustersServicer
+from workspace.edge.guests import GuestsServicer
 from workspace.edge.images import ImagesServicer
 from workspace.edge.keys import KeysServicer
 from workspace.edge.nodes import NodesServicer
@@ -42,6 +43,7 @@ SERVICERS: list[Any] = [
     ProjectsServicer,
     NodesServicer,
     KeysServicer,
+    GuestsServicer,
 ]
 PROTOS = [
     workspaces_pb2,
