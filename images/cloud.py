@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ PACKAGES = (
     "iproute2",
     "locales",
     "sudo",
+    "dbus",  # systemctl/hostnamectl for the login user; without it: "Failed to connect to bus"
     # for the in-guest checks of the tests and benchmarks
     "iputils-ping",
     "iperf3",
@@ -445,6 +447,7 @@ def _check_host() -> None:
 
 
 def _make(out: Path, work: Path, inputs_sha256: str) -> CloudAppliance:
+    started = time.monotonic()
     sources = host_sources()
     if not sources:
         raise CloudApplianceError(
@@ -481,6 +484,7 @@ def _make(out: Path, work: Path, inputs_sha256: str) -> CloudAppliance:
         "root_size_bytes": appliance.root.stat().st_size,
         "virtual_size_bytes": DISK_SIZE_BYTES,
         "inputs_sha256": inputs_sha256,
+        "build_seconds": round(time.monotonic() - started, 1),
     }
     _write_atomic(appliance.record, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return appliance

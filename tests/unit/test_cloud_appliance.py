@@ -38,6 +38,7 @@ def test_packages_are_what_the_issue_needs_and_nothing_twice() -> None:
         "iproute2",
         "locales",
         "sudo",
+        "dbus",
         "iputils-ping",
         "iperf3",
     }
