@@ -91,6 +91,7 @@ DPKG_OPTIONS = (
     "path-include=/usr/share/locale/locale.alias",
 )
 _TAIL_LINES = 30
+_TERM_GRACE_S = 60.0
 
 CLOUD_CFG = f"""\
 # Written by images/cloud.py: the workspace service's cloud appliance.
@@ -301,22 +302,56 @@ def _tool(name: str, package: str) -> str:
 
 
 def _run(args: Sequence[str], what: str, timeout_s: float) -> None:
+    """Run a step; on failure, its last lines of output in the error. A step that runs
+    too long gets SIGTERM first, so mmdebstrap can unmount what it mounted in the tree."""
+    proc = subprocess.Popen(
+        list(args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     try:
-        proc = subprocess.run(
-            list(args),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=timeout_s,
-            check=False,
-        )
+        output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
-        raise CloudApplianceError(f"{what} timed out after {timeout_s:.0f} s") from exc
+        proc.terminate()
+        try:
+            proc.communicate(timeout=_TERM_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise CloudApplianceError(f"{what} timed out after {timeout_s:g} s") from exc
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-_TAIL_LINES:])
+        tail = "\n".join(output.splitlines()[-_TAIL_LINES:])
         raise CloudApplianceError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def mounts_below(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
+    """Mount points at or below ``path`` (mmdebstrap binds the host's /dev files and /sys
+    into the tree while it runs; a killed mmdebstrap may leave them there)."""
+    top = str(path)
+    found = []
+    for line in mountinfo.read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        if point == top or point.startswith(top + "/"):
+            found.append(point)
+    return found
+
+
+def remove_work(work: Path) -> bool:
+    """Remove a work directory, never through a mount point (rmtree would delete the
+    host's files, or its cgroups under /sys). Mounts are detached first; if any remain,
+    the directory is left and False returned."""
+    for point in sorted(mounts_below(work), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
+    if mounts_below(work):
+        return False
+    shutil.rmtree(work, ignore_errors=True)
+    return True
 
 
 # --- the tree ------------------------------------------------------------------------
@@ -506,10 +541,14 @@ def build(out_dir: Path | str | None = None, *, rebuild: bool = False) -> CloudA
             return found
         _check_host()
         for stale in out.glob(".build-*"):  # left by a killed build (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            if not remove_work(stale):
+                raise CloudApplianceError(
+                    f"{stale} still has mounts in it ({', '.join(mounts_below(stale))}):"
+                    " unmount them, then remove it"
+                )
         work = out / f".build-{os.getpid()}"
         work.mkdir()
         try:
             return _make(out, work, digest)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_work(work)  # if a mount is left, the next build refuses to go on

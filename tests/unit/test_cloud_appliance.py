@@ -375,3 +375,55 @@ def test_main_without_cloud_still_needs_out() -> None:
         appliance.main([])
     with pytest.raises(SystemExit):
         appliance.main(["--out", "/tmp/x", "--rebuild"])
+
+
+def test_a_step_that_runs_too_long_is_stopped() -> None:
+    started = time.monotonic()
+    with pytest.raises(cloud.CloudApplianceError, match="timed out after 0.5 s"):
+        cloud._run(["sleep", "30"], "mmdebstrap", 0.5)
+    assert time.monotonic() - started < 10.0
+
+
+# --- never delete through a mount ----------------------------------------------------
+
+
+def test_mounts_below(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw - ext4 /dev/vda rw\n"
+        "90 22 0:5 / /var/tmp/c/.build-7/tree/sys rw - sysfs sysfs rw\n"
+        "91 22 0:6 /null /var/tmp/c/.build-7/tree/dev/null rw - devtmpfs udev rw\n"
+        "92 22 0:7 / /var/tmp/c/.build-77 rw - tmpfs tmpfs rw\n"
+        "93 22 0:8 / /var/tmp/c/.build-7/with\\040space rw - tmpfs tmpfs rw\n"
+    )
+    assert cloud.mounts_below(Path("/var/tmp/c/.build-7"), mountinfo) == [
+        "/var/tmp/c/.build-7/tree/sys",
+        "/var/tmp/c/.build-7/tree/dev/null",
+        "/var/tmp/c/.build-7/with space",
+    ]
+    assert cloud.mounts_below(Path("/srv"), mountinfo) == []
+
+
+def test_remove_work_leaves_a_directory_with_mounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / ".build-1"
+    (work / "tree/sys").mkdir(parents=True)
+    unmounted: list[list[str]] = []
+    monkeypatch.setattr(cloud, "mounts_below", lambda path: [str(work / "tree/sys")])
+    monkeypatch.setattr(cloud.subprocess, "run", lambda args, **kw: unmounted.append(args))
+    assert cloud.remove_work(work) is False
+    assert work.exists() and unmounted == [["umount", "--lazy", str(work / "tree/sys")]]
+    monkeypatch.setattr(cloud, "mounts_below", lambda path: [])
+    assert cloud.remove_work(work) is True and not work.exists()
+
+
+def test_a_stale_work_directory_with_mounts_stops_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".build-5").mkdir()
+    monkeypatch.setattr(cloud, "_check_host", lambda: None)
+    monkeypatch.setattr(cloud, "remove_work", lambda work: False)
+    monkeypatch.setattr(cloud, "mounts_below", lambda path: [f"{path}/tree/sys"])
+    with pytest.raises(cloud.CloudApplianceError, match="still has mounts"):
+        cloud.build(tmp_path)
