@@ -501,7 +501,8 @@ def _make(out: Path, work: Path, inputs_sha256: str) -> CloudAppliance:
     with raw.open("wb") as f:
         f.truncate(DISK_SIZE_BYTES)
     _run(mkfs_command(tree, raw), "mkfs.ext4", 600.0)
-    shutil.rmtree(tree)
+    if not remove_work(tree):
+        raise CloudApplianceError(f"mmdebstrap left mounts in {tree}: {mounts_below(tree)}")
     _run(convert_command(raw, work / ROOT_NAME), "qemu-img convert", 600.0)
     raw.unlink()
 

@@ -379,7 +379,7 @@ def test_main_without_cloud_still_needs_out() -> None:
 
 def test_a_step_that_runs_too_long_is_stopped() -> None:
     started = time.monotonic()
-    with pytest.raises(cloud.CloudApplianceError, match="timed out after 0.5 s"):
+    with pytest.raises(cloud.CloudApplianceError, match=r"timed out after 0\.5 s"):
         cloud._run(["sleep", "30"], "mmdebstrap", 0.5)
     assert time.monotonic() - started < 10.0
 
