@@ -3,8 +3,11 @@
 SQLite runs in WAL mode with synchronous=FULL (a commit is durable when it returns)
 and busy timeouts. All writing transactions are serialised by one lock in this
 process: SQLite has a single writer anyway, and it keeps a placement, its IP
-allocations and its capacity claim in one atomic step. With PostgreSQL the unique
-constraints remain the last line of defence.
+allocations and its capacity claim in one atomic step. On PostgreSQL (psycopg 3) every
+writing transaction also takes a transaction-level advisory lock first, so the writers
+of all processes on the database take turns the same way (``engines.serialize_writes``);
+the unique constraints remain the last line of defence. A database that cannot be
+reached raises ``Unavailable`` (UNAVAILABLE to clients), never an internal error.
 
 On start the schema is brought to the newest Alembic revision (``workspace.store.migrations``),
 for a new database and an existing one alike.
@@ -24,7 +27,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from workspace.store import migrations
+from workspace.errors import InvalidArgument, Unavailable
+from workspace.store import bounds, engines, migrations
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -47,18 +51,35 @@ def private_database(path: Path) -> None:
             os.chmod(p, 0o600)
 
 
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn "the database cannot be reached" into ``Unavailable``: the caller may retry
+    (a create with the same request id gets what the first attempt made, if it was
+    committed after all); a NUL character in a text value into ``InvalidArgument``."""
+    try:
+        yield
+    except Exception as exc:
+        if engines.nul_in_text(exc):
+            raise InvalidArgument("text values must not contain NUL characters") from exc
+        if engines.unavailable(exc):
+            raise Unavailable(
+                "the service's database cannot be reached right now; try again "
+                "(a retried request with the same request id is not done twice)"
+            ) from exc
+        raise
+
+
 class Store:
     def __init__(self, url: str, migrate_in_child: bool = False) -> None:
         """``migrate_in_child``: run a needed schema migration in a child process (the
         service does, so that it never keeps Alembic in memory); else in this process."""
+        url = engines.normalize_url(url)
         self.url = url
-        kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 private_database(Path(path))
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
-        self.engine: Engine = create_engine(url, **kwargs)
+        self.engine: Engine = create_engine(url, **engines.engine_options(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if migrate_in_child:
@@ -66,17 +87,19 @@ class Store:
         else:
             migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "before_flush", bounds.check_flush)
         self.write_lock = threading.RLock()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._sessions() as session:
+        with _translated(), self._sessions() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One serialised read-write transaction; commits on success, rolls back on error."""
-        with self.write_lock, self._sessions() as session, session.begin():
+        with self.write_lock, _translated(), self._sessions() as session, session.begin():
+            engines.serialize_writes(session)
             yield session
 
     def close(self) -> None:

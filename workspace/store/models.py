@@ -84,7 +84,8 @@ class IpAllocation(Base):
     network: Mapped[str] = mapped_column(ForeignKey("networks.name"))
     ip: Mapped[str] = mapped_column(String(64))
     # The address as an integer: the lowest free one is found without parsing strings.
-    ip_int: Mapped[int] = mapped_column(Integer, default=0)
+    # 64-bit: IPv4 addresses from 128.0.0.0 on do not fit PostgreSQL's 32-bit INTEGER.
+    ip_int: Mapped[int] = mapped_column(BigInteger, default=0)
     mac: Mapped[str] = mapped_column(String(17))
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
     nic_index: Mapped[int] = mapped_column(Integer, default=0)
@@ -195,8 +196,8 @@ class ConsoleLog(Base):
     __tablename__ = "console_logs"
 
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
-    # Offset in the node's console log just past `data`.
-    total_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # Offset in the node's console log just past `data` (64-bit: a log outgrows 2 GiB).
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
 
 
