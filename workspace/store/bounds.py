@@ -31,6 +31,7 @@ TRUNCATED = frozenset(
         ("workspaces", "wait_reason"),
         ("clusters", "reason"),
         ("trust_audit", "reason"),
+        ("trust_audit", "source"),
         ("trust_audit", "digest"),
     }
 )

@@ -16,19 +16,23 @@ for a new database and an existing one alike.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace.errors import InvalidArgument, Unavailable
 from workspace.store import bounds, engines, migrations
+
+log = logging.getLogger("workspace.store")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -51,24 +55,6 @@ def private_database(path: Path) -> None:
             os.chmod(p, 0o600)
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    """Turn "the database cannot be reached" into ``Unavailable``: the caller may retry
-    (a create with the same request id gets what the first attempt made, if it was
-    committed after all); a NUL character in a text value into ``InvalidArgument``."""
-    try:
-        yield
-    except Exception as exc:
-        if engines.nul_in_text(exc):
-            raise InvalidArgument("text values must not contain NUL characters") from exc
-        if engines.unavailable(exc):
-            raise Unavailable(
-                "the service's database cannot be reached right now; try again "
-                "(a retried request with the same request id is not done twice)"
-            ) from exc
-        raise
-
-
 class Store:
     def __init__(self, url: str, migrate_in_child: bool = False) -> None:
         """``migrate_in_child``: run a needed schema migration in a child process (the
@@ -89,16 +75,53 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self._sessions, "before_flush", bounds.check_flush)
         self.write_lock = threading.RLock()
+        # The database did not answer the last time it was asked (``Unavailable``), and
+        # when it last came back (time.time(); 0: never away).
+        self._away = False
+        self._back_at = 0.0
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Turn "the database cannot be reached" into ``Unavailable``: the caller may retry
+        (a create with the same request id gets what the first attempt made, if it was
+        committed after all); a NUL character in a text value into ``InvalidArgument``."""
+        try:
+            yield
+        except Exception as exc:
+            if engines.nul_in_text(exc):
+                raise InvalidArgument("text values must not contain NUL characters") from exc
+            if engines.unavailable(exc):
+                if not self._away:
+                    log.warning("the store's database cannot be reached: %s", exc)
+                self._away = True
+                raise Unavailable(
+                    "the service's database cannot be reached right now; try again "
+                    "(a retried request with the same request id is not done twice)"
+                ) from exc
+            raise
+        if self._away:
+            self._away = False
+            self._back_at = time.time()
+            log.warning("the store's database answers again")
+
+    def reachable_since(self) -> float:
+        """When the database last came back after an outage (0: never away), asking it
+        first if it was away at the last try; raises ``Unavailable`` while it still is.
+        Node liveness counts heartbeats from then on: agents could not report meanwhile."""
+        if self._away:
+            with self.read() as s:
+                s.execute(text("SELECT 1"))
+        return self._back_at
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with _translated(), self._sessions() as session:
+        with self._translated(), self._sessions() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One serialised read-write transaction; commits on success, rolls back on error."""
-        with self.write_lock, _translated(), self._sessions() as session, session.begin():
+        with self.write_lock, self._translated(), self._sessions() as session, session.begin():
             engines.serialize_writes(session)
             yield session
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -114,7 +115,8 @@ class Image(Base):
     partitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     kernel_digest: Mapped[str] = mapped_column(String(80), default="")
     initrd_digest: Mapped[str] = mapped_column(String(80), default="")
-    cmdline: Mapped[str] = mapped_column(String(4096), default="")
+    # Unbounded: limits.max_cmdline_bytes (configurable) is the bound.
+    cmdline: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
 
 

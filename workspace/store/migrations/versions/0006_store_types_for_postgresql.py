@@ -1,10 +1,12 @@
-"""ip int bigint: addresses and console offsets as 64-bit integers
+"""store types for postgresql: 64-bit addresses and console offsets, unbounded cmdline
 
 ``ip_allocations.ip_int`` was INTEGER, 32-bit signed on PostgreSQL: addresses from
 128.0.0.0 on (192.168.0.0/16, 172.16.0.0/12) did not fit. ``console_logs.total_bytes``
-(an offset in a node's console log) outgrows 2 GiB the same way. Both become BIGINT;
-existing rows keep their values (PostgreSQL converts in place; SQLite, where INTEGER and
-BIGINT are one type, copies the table in batch mode).
+(an offset in a node's console log) outgrows 2 GiB the same way. Both become BIGINT.
+``images.cmdline`` was VARCHAR(4096), but ``limits.max_cmdline_bytes`` may allow more
+(PostgreSQL enforces the length; SQLite never did): it becomes TEXT. Existing rows keep
+their values (PostgreSQL converts in place; SQLite, where these are one type each,
+copies the tables in batch mode).
 
 Revision ID: 0006
 Revises: 0005
@@ -32,6 +34,14 @@ def upgrade() -> None:
             existing_nullable=False,
         )
 
+    with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.alter_column(
+            "cmdline",
+            existing_type=sa.String(length=4096),
+            type_=sa.Text(),
+            existing_nullable=False,
+        )
+
     with op.batch_alter_table("ip_allocations", schema=None) as batch_op:
         batch_op.alter_column(
             "ip_int", existing_type=sa.INTEGER(), type_=sa.BigInteger(), existing_nullable=False
@@ -45,6 +55,14 @@ def downgrade() -> None:
     with op.batch_alter_table("ip_allocations", schema=None) as batch_op:
         batch_op.alter_column(
             "ip_int", existing_type=sa.BigInteger(), type_=sa.INTEGER(), existing_nullable=False
+        )
+
+    with op.batch_alter_table("images", schema=None) as batch_op:
+        batch_op.alter_column(
+            "cmdline",
+            existing_type=sa.Text(),
+            type_=sa.String(length=4096),
+            existing_nullable=False,
         )
 
     with op.batch_alter_table("console_logs", schema=None) as batch_op:
