@@ -27,6 +27,7 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -53,6 +54,18 @@ def bindir() -> Path | None:
     return Path(max(found, key=version)).parent
 
 
+def _base_dir() -> str:
+    """Where the server's directory goes: the temporary directory, if the ``postgres``
+    user can reach it when we are root (TMPDIR may be under /root), else /tmp."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() != 0:
+        return str(base)
+    for d in (base, *base.parents):
+        if not d.stat().st_mode & stat.S_IXOTH:
+            return "/tmp"
+    return str(base)
+
+
 def _die_with_parent() -> None:
     """In the server's process before exec: a fast shutdown if the test process dies
     (PR_SET_PDEATHSIG), so a killed test run leaves no server behind."""
@@ -66,7 +79,7 @@ class PgServer:
         if found is None:
             raise FileNotFoundError("PostgreSQL's server binaries (initdb, postgres) not found")
         self.bin = found
-        self.root = root or Path(tempfile.mkdtemp(prefix="ws-pg-"))
+        self.root = root or Path(tempfile.mkdtemp(prefix="ws-pg-", dir=_base_dir()))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
         self.log = self.root / "postgres.log"

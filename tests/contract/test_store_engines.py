@@ -19,15 +19,27 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from tests.conftest import db_name
 from tests.contract.store_world import OWNER, Snapshot, World
+from tests.contract.test_store_migrations import ROWS
 from tests.pg import PgServer
 from workspace.domain.states import Op
 from workspace.errors import InvalidArgument, ResourceExhausted
 from workspace.node.v1 import nodes_pb2
-from workspace.store import Base, Blob, ConsoleLog, Node, Store, Workspace, migrations
+from workspace.store import (
+    Base,
+    Blob,
+    ConsoleLog,
+    IpAllocation,
+    Network,
+    Node,
+    Store,
+    Workspace,
+    migrations,
+)
+from workspace.store.engines import normalize_url
 from workspace.v1 import clusters_pb2
 
 ENGINES = ["sqlite", "postgresql"]
@@ -353,3 +365,57 @@ def test_concurrent_creates_through_several_processes_place_exactly_once(
     finally:
         for w in worlds:
             w.close()
+
+
+def test_addresses_stored_before_0006_keep_their_values(make_url: MakeUrl) -> None:
+    """A store at revision 0005 (ip_int INTEGER) with an allocation: after the upgrade its
+    row is intact, and addresses above 128.0.0.0 fit."""
+    from alembic import command
+
+    url = make_url(empty=True)
+    engine = create_engine(normalize_url(url))
+    ws = dict(next(v for t, v in ROWS if t == "workspaces"))
+    ws.update(image_spec={"partitions": []}, networks=["old"], requirements={})
+    net = dict(next(v for t, v in ROWS if t == "networks"), name="old", dns=[])
+    alloc = dict(next(v for t, v in ROWS if t == "ip_allocations"), network="old")
+    del alloc["id"]  # from the table's sequence, as the service inserts
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.config(conn), "0005")
+            conn.execute(Network.__table__.insert(), net)
+            conn.execute(Workspace.__table__.insert(), ws)
+            conn.execute(IpAllocation.__table__.insert(), alloc)
+    finally:
+        engine.dispose()
+    store = Store(url)
+    try:
+        with store.read() as s:
+            (a,) = s.execute(select(IpAllocation)).scalars()
+            assert (a.ip, a.ip_int, a.workspace_id) == ("10.1.0.2", 167837698, "ws1")
+        high = "192.168.255.254"
+        with store.write() as s:
+            s.add(
+                IpAllocation(
+                    network="old",
+                    ip=high,
+                    ip_int=int(ipaddress.ip_address(high)),
+                    mac="52:54:00:00:00:09",
+                    workspace_id="ws1",
+                    nic_index=1,
+                )
+            )
+        with store.read() as s:
+            got = sorted(s.execute(select(IpAllocation.ip_int)).scalars())
+        assert got == [167837698, 3232301054]
+    finally:
+        store.close()
+
+
+def test_the_postgresql_ddl_can_be_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """``upgrade --sql`` (offline: no server) prints what a PostgreSQL store would get."""
+    from workspace.store.migrations.__main__ import main
+
+    assert main(["upgrade", "--url", "postgresql://ws@/ws?host=/nonexistent", "--sql"]) == 0
+    out = capsys.readouterr().out
+    assert "CREATE TABLE ip_allocations" in out
+    assert "ALTER TABLE ip_allocations ALTER COLUMN ip_int TYPE BIGINT" in out

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace.errors import InvalidArgument, Unavailable
@@ -79,6 +79,11 @@ class Store:
         # when it last came back (time.time(); 0: never away).
         self._away = False
         self._back_at = 0.0
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
