@@ -440,3 +440,17 @@ def test_the_postgresql_ddl_can_be_printed(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "CREATE TABLE ip_allocations" in out
     assert "ALTER TABLE ip_allocations ALTER COLUMN ip_int TYPE BIGINT" in out
+
+
+def test_postgresql_connections_are_named_and_pinged(pg_server: PgServer, pg_head: str) -> None:
+    name = db_name("named")
+    store = Store(pg_server.database(name, template=pg_head))
+    try:
+        assert store.url.startswith("postgresql+psycopg://")
+        assert store.engine.pool._pre_ping  # type: ignore[attr-defined]
+        with store.read() as s:
+            got = s.execute(text("SELECT current_setting('application_name')")).scalar()
+        assert got == "workspace-service"
+    finally:
+        store.close()
+        pg_server.drop(name)

@@ -41,6 +41,7 @@ MAX_OVERFLOW = 24
 POOL_TIMEOUT_S = 10
 POOL_RECYCLE_S = 1800
 CONNECT_TIMEOUT_S = 5
+APPLICATION_NAME = "workspace-service"
 
 # SQLSTATE classes and codes that mean the server is away or not accepting work now:
 # 08 connection exception, 53 insufficient resources (too many connections), 57P01-03
@@ -74,7 +75,11 @@ def engine_options(url: str) -> dict[str, Any]:
             "max_overflow": MAX_OVERFLOW,
             "pool_timeout": POOL_TIMEOUT_S,
             "pool_recycle": POOL_RECYCLE_S,
-            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+            # the name admins see in pg_stat_activity
+            "connect_args": {
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "application_name": APPLICATION_NAME,
+            },
         }
     return {}
 
