@@ -143,7 +143,7 @@ class Service:
             self.cfg.listen,
             self.cfg.node_address,
             "plaintext" if plaintext else "mutual TLS",
-            self.cfg.db_url,
+            self.store.display_url,
         )
 
     def _watch_nodes(self) -> None:

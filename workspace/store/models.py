@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -84,7 +85,8 @@ class IpAllocation(Base):
     network: Mapped[str] = mapped_column(ForeignKey("networks.name"))
     ip: Mapped[str] = mapped_column(String(64))
     # The address as an integer: the lowest free one is found without parsing strings.
-    ip_int: Mapped[int] = mapped_column(Integer, default=0)
+    # 64-bit: IPv4 addresses from 128.0.0.0 on do not fit PostgreSQL's 32-bit INTEGER.
+    ip_int: Mapped[int] = mapped_column(BigInteger, default=0)
     mac: Mapped[str] = mapped_column(String(17))
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
     nic_index: Mapped[int] = mapped_column(Integer, default=0)
@@ -113,7 +115,8 @@ class Image(Base):
     partitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     kernel_digest: Mapped[str] = mapped_column(String(80), default="")
     initrd_digest: Mapped[str] = mapped_column(String(80), default="")
-    cmdline: Mapped[str] = mapped_column(String(4096), default="")
+    # Unbounded: limits.max_cmdline_bytes (configurable) is the bound.
+    cmdline: Mapped[str] = mapped_column(Text, default="")
     # How it takes deploy-time information: "none" or "nocloud" (a cloud-init seed), and
     # the account `ws ssh` logs in as ("" = none).
     context: Mapped[str] = mapped_column(String(16), default="none")
@@ -229,8 +232,8 @@ class ConsoleLog(Base):
     __tablename__ = "console_logs"
 
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
-    # Offset in the node's console log just past `data`.
-    total_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # Offset in the node's console log just past `data` (64-bit: a log outgrows 2 GiB).
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
 
 
