@@ -7,6 +7,8 @@
 - ``TrustGate`` (agent.gate): the policy held, verdicts, audit records spooled in the
   state dir (``AuditSpool``, agent.audit) until the service acknowledges them.
 - ``Consoles`` (agent.consoles): console logs pushed to the service.
+- ``Tasks`` (agent.tasks): the task stream: commands run through guest agents,
+  interactive consoles.
 
 See docs/design/agent.md for how an order flows through them.
 """
@@ -30,6 +32,7 @@ from agent.metrics import AgentMetrics
 from agent.netsetup import Networking, NullNetworking
 from agent.peers import PeerChannels, PeerServer
 from agent.staging import Staging
+from agent.tasks import Tasks
 from agent.virt.base import Driver
 from images import signing
 from workspace.config import AgentConfig
@@ -77,9 +80,14 @@ class Agent:
         self.consoles = Consoles(
             self.files, self.link, lambda: list(self.executor.orders()), self.stop_event
         )
+        self.tasks = Tasks(cfg, driver, self.stop_event, self.link.wait_connected, self._name_of)
         self._threads: list[threading.Thread] = []
         self.metrics: AgentMetrics | None = None
         self.metrics_url = ""
+
+    def _name_of(self, workspace_id: str) -> str:
+        order = self.executor.orders().get(workspace_id)
+        return order.name if order is not None else ""
 
     @property
     def peer_address(self) -> str:
@@ -106,6 +114,7 @@ class Agent:
             (self.executor.run, "reconcile"),
             (self.link.heartbeats, "heartbeat"),
             (self.consoles.run, "console"),
+            (self.tasks.run, "tasks"),
         ):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -114,6 +123,7 @@ class Agent:
     def stop(self) -> None:
         self.stop_event.set()
         self.link.close()
+        self.tasks.close()
         self.executor.close()
         self.staging.close()
         if self.peer_server is not None:

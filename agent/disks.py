@@ -7,13 +7,15 @@ import os
 import shutil
 from pathlib import Path
 
+from agent.seed import check_seed_size, write_seed_iso
 from agent.virt.base import DiskSpec
 from images import formats, mkfs, qemu_img
 from images.model import Mode, Partition
 from workspace.domain.model import Order
 from workspace.errors import DriverError
 
-_TARGETS = "abcdefghijklmnopqrstuvwxyz"
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SEED_ISO = "seed.iso"
 # The virtual size limit is the service's business (checked at import).
 _NO_SIZE_LIMIT = 1 << 62
 
@@ -26,8 +28,19 @@ DIR_MODE = 0o711
 FILE_MODE = 0o600
 
 
+def disk_target(index: int) -> str:
+    """The virtio target of the disk at ``index``: vda..vdz, then vdaa, vdab, ... (as
+    Linux names them; a workspace may have 26 partitions and a seed after them)."""
+    letters = ""
+    n = index + 1
+    while n:
+        n, r = divmod(n - 1, len(_LETTERS))
+        letters = _LETTERS[r] + letters
+    return "vd" + letters
+
+
 class WorkspaceFiles:
-    """<root>/<workspace id>/: overlays, blank disks, console.log, agent.json."""
+    """<root>/<workspace id>/: overlays, blank disks, seed.iso, console.log, agent.json."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -40,6 +53,10 @@ class WorkspaceFiles:
     def console_log(self, workspace_id: str) -> Path:
         return self.dir(workspace_id) / "console.log"
 
+    def seed_iso(self, workspace_id: str) -> Path:
+        """The workspace's NoCloud seed image (``agent/seed.py``), when its order has one."""
+        return self.dir(workspace_id) / SEED_ISO
+
     def existing(self) -> set[str]:
         return {p.name for p in self.root.iterdir() if p.is_dir()}
 
@@ -47,14 +64,23 @@ class WorkspaceFiles:
         shutil.rmtree(self.dir(workspace_id), ignore_errors=True)
 
     def prepare(self, order: Order, base_paths: dict[str, Path]) -> tuple[DiskSpec, ...]:
-        """Create this workspace's disks; ``base_paths`` maps digests to cached blobs."""
+        """Create this workspace's disks; ``base_paths`` maps digests to cached blobs.
+
+        One disk per partition, in order, then (when the order has a seed) the NoCloud
+        seed ISO as the last one: a raw virtio disk, read-only, written again at every
+        create. A seed over the node's limit is refused before anything is made."""
+        if order.seed is not None:
+            try:
+                check_seed_size(order.seed)
+            except DriverError as exc:
+                raise DriverError(f"workspace {order.workspace_id}: {exc.message}") from exc
         d = self.dir(order.workspace_id)
         d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         os.chmod(d, DIR_MODE)
         disks: list[DiskSpec] = []
         for index, disk in enumerate(order.disks):
             p = disk.partition
-            target = "vd" + _TARGETS[index]
+            target = disk_target(index)
             try:
                 if p.mode is not Mode.BLANK:
                     # Checked at import by the service too; the node does not rely on it
@@ -81,6 +107,16 @@ class WorkspaceFiles:
                 disks.append(DiskSpec(str(path), "qcow2", target))
             except (qemu_img.QemuImgError, mkfs.MkfsError, formats.UnsafeImage, OSError) as exc:
                 raise DriverError(f"workspace {order.workspace_id}: disk {p.name}: {exc}") from exc
+        if order.seed is not None:
+            path = self.seed_iso(order.workspace_id)
+            try:
+                write_seed_iso(path, order.seed)
+            except (DriverError, OSError) as exc:
+                reason = exc.message if isinstance(exc, DriverError) else f"{exc}"
+                raise DriverError(f"workspace {order.workspace_id}: {reason}") from exc
+            disks.append(DiskSpec(str(path), "raw", disk_target(len(disks)), readonly=True))
+        else:
+            self.seed_iso(order.workspace_id).unlink(missing_ok=True)
         return tuple(disks)
 
     @staticmethod

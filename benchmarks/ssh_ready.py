@@ -199,7 +199,7 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("ssh_ready: run as root (network namespaces, libvirtd)")
     say("building (or reusing) the cloud appliance")
-    image = cloud.build(cloud.DEFAULT_DIR)
+    image = cloud.build()
     tmp = Path(tempfile.mkdtemp(prefix="ws-bench-ssh-", dir="/var/tmp"))
     tmp.chmod(0o711)
     site = Site(tmp / "site", tmp)

@@ -28,6 +28,9 @@ once it is seen the lines before it are there too). The guest then idles until t
 button is pressed, prints ``WORKSPACE-POWEROFF`` and powers off. The domain needs
 ``<features><acpi/></features>`` and a serial console on ttyS0.
 
+``python -m images.appliance --cloud [--out DIR] [--rebuild]`` builds the Debian cloud
+appliance instead (cloud-init, SSH, qemu-guest-agent; see ``images/cloud.py``).
+
 The build is deterministic (fixed cpio metadata, gzip mtime 0) and cached: nothing is
 rebuilt while ``appliance.json`` records the digest of the same inputs (kernel, modules,
 busybox and this file). This module imports neither ``workspace`` nor ``agent``.
@@ -51,6 +54,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from images import cloud
 
 CMDLINE = "console=ttyS0 quiet"
 DISK_SIZE_MIB = 16
@@ -460,10 +465,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m images.appliance", description="Build the test appliance."
     )
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (required without --cloud)"
+    )
     parser.add_argument("--kernel-version", default=None, help="default: newest in /boot")
     parser.add_argument("--disk-size-mib", type=int, default=DISK_SIZE_MIB)
+    parser.add_argument(
+        "--cloud",
+        action="store_true",
+        help="build the Debian cloud appliance (images/cloud.py) instead; --out defaults "
+        f"to ${cloud.CACHE_ENV} or {cloud.DEFAULT_OUT}",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="--cloud: ignore the cache")
     args = parser.parse_args(argv)
+    if args.cloud:
+        return _main_cloud(args.out, args.rebuild)
+    if args.out is None:
+        parser.error("--out is required (without --cloud)")
+    if args.rebuild:
+        parser.error(
+            "--rebuild is for --cloud (the busybox appliance rebuilds when its inputs change)"
+        )
     try:
         appliance = build(
             args.out, kernel_version=args.kernel_version, disk_size_mib=args.disk_size_mib
@@ -472,6 +494,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     record = {k: str(v) for k, v in dataclasses.asdict(appliance).items()}
+    print(json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
+def _main_cloud(out: Path | None, rebuild: bool) -> int:
+    try:
+        built = cloud.build(out, rebuild=rebuild)
+    except cloud.CloudApplianceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    record = {k: str(v) for k, v in dataclasses.asdict(built).items()}
     print(json.dumps(record, indent=2, sort_keys=True))
     return 0
 

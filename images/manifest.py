@@ -6,6 +6,8 @@ too) with a manifest listing its partitions. The manifest file (see docs/images.
     kernel = "vmlinuz"            # optional: direct boot (paths relative to this file)
     initrd = "initrd.img"         # optional, needs a kernel
     cmdline = "console=ttyS0"     # optional, needs a kernel
+    context = "nocloud"           # optional: "none" (default) or "nocloud" (cloud-init seed)
+    login_user = "debian"         # optional: the account `ws ssh` logs in as
 
     [[partitions]]
     name = "root"                 # [a-z0-9][a-z0-9_-]{0,31}, unique in the image
@@ -57,7 +59,9 @@ _UNITS = {
     "tib": 1024**4,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
-_TOP_KEYS = frozenset({"kernel", "initrd", "cmdline", "partitions"})
+_TOP_KEYS = frozenset({"kernel", "initrd", "cmdline", "partitions", "context", "login_user"})
+CONTEXTS = ("none", "nocloud")
+LOGIN_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PART_KEYS = frozenset({"name", "file", "mode", "format", "size", "ext4"})
 
 
@@ -120,6 +124,9 @@ class Manifest:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
+    # How the image takes deploy-time information: "none" or "nocloud" (a NoCloud seed).
+    context: str = "none"
+    login_user: str = ""  # the account `ws ssh` logs in as ("": none)
 
     def files(self) -> list[Path]:
         """Every local file the push sends (disks, kernel, initrd), in manifest order."""
@@ -200,11 +207,22 @@ def parse(data: Mapping[str, Any], base_dir: Path) -> Manifest:
         raise ManifestError("initrd and cmdline need a kernel")
     if not parts and not kernel:
         raise ManifestError("nothing to boot: no partition and no kernel")
+    context = _str(data, "context", "manifest") or "none"
+    if context not in CONTEXTS:
+        raise ManifestError(f"context {context!r} is not one of {', '.join(CONTEXTS)}")
+    login_user = _str(data, "login_user", "manifest")
+    if login_user and not LOGIN_USER_RE.match(login_user):
+        raise ManifestError(
+            f"login_user {login_user!r} is not a user name (1-32 of a-z, 0-9, '_', '-'; "
+            "first a-z or '_')"
+        )
     return Manifest(
         parts,
         _path(base_dir, kernel) if kernel else None,
         _path(base_dir, initrd) if initrd else None,
         cmdline,
+        context,
+        login_user,
     )
 
 

@@ -35,13 +35,16 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_events import EventsClientMixin
+from workspace.client_guests import GuestsClientMixin
 from workspace.client_images import ImagesClientMixin
 from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
 from workspace.client_images import blank_partition as blank_partition  # re-exported
+from workspace.client_keys import KeysClientMixin
 from workspace.client_projects import ProjectsClientMixin
 from workspace.config import TlsConfig
 from workspace.v1 import (
+    access_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
     clusters_pb2,
@@ -166,7 +169,9 @@ def failure_policy_value(value: int | str) -> int:
     return _enum_value(clusters_pb2.FailurePolicy, "FAILURE_POLICY_", FAILURE_POLICIES, value)
 
 
-class Client(ImagesClientMixin, ProjectsClientMixin, EventsClientMixin):
+class Client(
+    ImagesClientMixin, ProjectsClientMixin, KeysClientMixin, GuestsClientMixin, EventsClientMixin
+):
     """A connection to one workspace service. Thread-safe; close() when done."""
 
     def __init__(
@@ -189,6 +194,7 @@ class Client(ImagesClientMixin, ProjectsClientMixin, EventsClientMixin):
         self._clusters = clusters_pb2_grpc.ClustersStub(self._channel)
         self._trust = trust_pb2_grpc.TrustStub(self._channel)
         self._projects = projects_pb2_grpc.ProjectsStub(self._channel)
+        self._keys = access_pb2_grpc.KeysStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @classmethod

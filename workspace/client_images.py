@@ -87,9 +87,13 @@ class ImagesClientMixin:
         initrd_digest: str = "",
         cmdline: str = "",
         project: str = "",
+        context: str = "",
+        login_user: str = "",
     ) -> images_pb2.Image:
         """Register an image of uploaded blobs, in ``project`` (default: the caller's only
-        project); private to its owner and project until an admin publishes it."""
+        project); private to its owner and project until an admin publishes it.
+        ``context``: "none" (default) or "nocloud" (it takes a cloud-init seed: user-data,
+        SSH keys); ``login_user``: the account `ws ssh` logs in as."""
         req = images_pb2.ImportImageRequest(
             name=name,
             partitions=list(partitions),
@@ -97,6 +101,8 @@ class ImagesClientMixin:
             initrd_digest=initrd_digest,
             cmdline=cmdline,
             project=project,
+            context=context,
+            login_user=login_user,
         )
         return self._call(self._images.ImportImage, req)
 
@@ -200,6 +206,8 @@ class ImagesClientMixin:
                     _push_partitions(manifest, digests, fmts),
                     *_boot(manifest, digests),
                     project=project,
+                    context=manifest.context,
+                    login_user=manifest.login_user,
                 )
             except errors.NotFound:
                 # A blob vanished between HasBlobs and the import (a DeleteImage of

@@ -90,6 +90,14 @@ class LimitsConfig:
     # placement refuses a workspace beyond it. At most MAX_NODE_ORDERS_BYTES (3/4 of the
     # 16 MiB message limit; the rest is room for the trust policy).
     max_node_orders_bytes: int = 8 * 1024 * 1024
+    # SSH public keys one user may store (`ws key add`).
+    max_ssh_keys_per_user: int = 32
+    # `ws exec`: bytes of a command line (all arguments), of its stdin; the longest
+    # --timeout, and the timeout of a command given none (seconds).
+    max_exec_argv_bytes: int = 64 * 1024
+    max_exec_stdin_bytes: int = 1024 * 1024
+    max_exec_timeout_s: int = 3600
+    exec_default_timeout_s: int = 60
 
     def __post_init__(self) -> None:
         if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
@@ -97,9 +105,22 @@ class LimitsConfig:
                 f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
                 f"and {MAX_NODE_ORDERS_BYTES} (3/4 of the gRPC message limit)"
             )
-        for key in ("max_cmdline_bytes", "max_signatures_per_image", "max_wait_for_capacity_s"):
+        for key in (
+            "max_cmdline_bytes",
+            "max_signatures_per_image",
+            "max_wait_for_capacity_s",
+            "max_ssh_keys_per_user",
+        ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"limits.{key}: must not be negative, got {getattr(self, key)}")
+        for key in ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"limits.{key}: must be at least 1, got {getattr(self, key)}")
+        if not 1 <= self.exec_default_timeout_s <= self.max_exec_timeout_s:
+            raise ConfigError(
+                f"limits.exec_default_timeout_s: {self.exec_default_timeout_s} is not between "
+                f"1 and limits.max_exec_timeout_s ({self.max_exec_timeout_s})"
+            )
         if not 1 <= self.max_name_len <= 63:
             raise ConfigError(
                 f"limits.max_name_len: {self.max_name_len} is not between 1 and 63 "
@@ -125,6 +146,33 @@ def parse_retention(text: str) -> tuple[int, float]:
     raise ConfigError(
         f"event_retention: {text!r} is neither a count (100000) nor a duration (30d, 12h, 90m)"
     )
+
+
+# Where Debian's cloud-init package keeps the schema of cloud-config documents.
+CLOUD_CONFIG_SCHEMA = (
+    "/usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json"
+)
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """What the service puts into every workspace's NoCloud seed (docs/design/
+    contextualization.md)."""
+
+    # A file of the site's vendor-data (a #cloud-config document, a #! script or a MIME
+    # multi-part), read at start and put first into every seed's user-data ("": none).
+    vendor_data_file: str = ""
+    # The JSON schema #cloud-config user-data is checked against at create: "auto" (cloud-
+    # init's own, if its package is installed), a path, or "none" (YAML syntax only).
+    cloud_config_schema: str = "auto"
+
+    def schema_path(self) -> str:
+        """The schema file to check with ("": none)."""
+        if self.cloud_config_schema == "none":
+            return ""
+        if self.cloud_config_schema == "auto":
+            return CLOUD_CONFIG_SCHEMA if os.path.exists(CLOUD_CONFIG_SCHEMA) else ""
+        return self.cloud_config_schema
 
 
 def node_address_for(listen: str) -> str:
@@ -186,6 +234,7 @@ class ServiceConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
 
     def __post_init__(self) -> None:
         if not self.lease_check_interval_s > 0:
@@ -232,6 +281,8 @@ class FakeDriverConfig:
     fail_create: list[str] = field(default_factory=list)
     # Workspace names (fnmatch patterns) that ignore an ACPI shutdown request.
     ignore_shutdown: list[str] = field(default_factory=list)
+    # Workspace names (fnmatch patterns) whose guest has no guest agent (exec fails).
+    no_guest_agent: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -279,6 +330,10 @@ class AgentConfig:
     # Blob cache size limit in bytes (least recently used unpinned blobs are evicted to
     # stay under it); 0 = unlimited.
     cache_budget_bytes: int = 20 * 1024**3
+    # Commands run in guests at once (`ws exec`; more wait their turn), and the most
+    # stdout and stderr (each) kept of one command: the rest is cut (truncated).
+    exec_parallel: int = 4
+    exec_max_output_bytes: int = 1024 * 1024
     # Blobs fetched at once for `ws-admin cache preload` (in the background).
     prefetch_parallel: int = 2
     # Serve complete cached blobs to other agents on this address ("host:port",

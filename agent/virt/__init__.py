@@ -15,5 +15,5 @@ def make_driver(cfg: AgentConfig) -> Driver:
     if cfg.driver == "libvirt":
         from agent.virt.libvirt_driver import LibvirtDriver
 
-        return LibvirtDriver(cfg.libvirt, cfg.state_dir)
+        return LibvirtDriver(cfg.libvirt, cfg.state_dir, cfg.exec_max_output_bytes)
     raise ConfigError(f"driver: unknown driver {cfg.driver!r} (choose fake or libvirt)")

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from workspace.domain.model import ExecOutcome
+from workspace.errors import FailedPrecondition
 
 
 class DomainState(enum.Enum):
@@ -76,6 +79,24 @@ class DomainInfo:
 EventCallback = Callable[[str], None]
 
 
+class ConsoleSession(ABC):
+    """An interactive serial console, both ways (``Driver.open_console``). Thread-safe:
+    one thread reads while another writes or closes."""
+
+    @abstractmethod
+    def read(self, timeout_s: float) -> bytes | None:
+        """Console output: bytes; b"" once the console ended (EOF, for good); None when
+        nothing came within ``timeout_s``."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Keystrokes to the guest (raises DriverError once the console is gone)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Let go of the console (idempotent); a blocked ``read`` returns b""."""
+
+
 class Driver(ABC):
     """Lifecycle of the domains this agent owns. Raise DriverError on failure."""
 
@@ -122,6 +143,23 @@ class Driver(ABC):
         """Power off if needed and remove the definition. No error if absent.
 
         Disk files belong to the agent, which removes them itself."""
+
+    # -- inside the guest (optional: the defaults say this driver cannot) ---------------
+
+    def exec(
+        self, workspace_id: str, argv: Sequence[str], stdin: bytes, timeout_s: float
+    ) -> ExecOutcome:
+        """Run ``argv`` in the guest through its guest agent and wait up to ``timeout_s``.
+
+        Raises FailedPrecondition when the domain is not running or no guest agent
+        answers, NotFound when there is no such domain. A command the guest cannot start
+        (not found) is an outcome with exit code 127, as a shell would say."""
+        raise FailedPrecondition(f"the {self.hypervisor} driver cannot run commands in guests")
+
+    def open_console(self, workspace_id: str) -> ConsoleSession:
+        """The domain's serial console, both ways (FailedPrecondition when not running).
+        The read-only console log keeps being written alongside."""
+        raise FailedPrecondition(f"the {self.hypervisor} driver has no interactive consoles")
 
     def set_event_callback(self, callback: EventCallback | None) -> None:  # noqa: B027
         """Register a callback for lifecycle events (optional speed-up)."""

@@ -31,6 +31,10 @@ _UUID_NAMESPACE = uuid.UUID("5b0f0f3e-7c1e-4c0a-9d57-2f1b7f6c9a11")
 
 _DISK_FORMATS = frozenset({"raw", "qcow2"})
 
+# The virtio-serial port qemu-ga opens in the guest (/dev/virtio-ports/<name>); libvirt
+# talks to it for qemu-agent-command (ws exec) when the name is this one.
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 
@@ -116,6 +120,14 @@ def _console(parent: ET.Element, spec: DomainSpec) -> None:
     _sub(console, "target", type="serial", port="0")
 
 
+def _guest_agent(parent: ET.Element) -> None:
+    # No <source>: libvirt (since 1.0.6) picks the host side's UNIX socket path itself
+    # and connects to it, and adds the virtio-serial controller the port needs.
+    # Every domain has it; a guest without qemu-ga simply never answers on it.
+    channel = _sub(parent, "channel", type="unix")
+    _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+
+
 def build_domain_xml(spec: DomainSpec, cfg: LibvirtConfig, uuid_str: str = "") -> str:
     """The domain XML for ``spec``; ``uuid_str`` overrides the derived UUID."""
     if cfg.virt_type not in {"kvm", "qemu"}:
@@ -147,6 +159,7 @@ def build_domain_xml(spec: DomainSpec, cfg: LibvirtConfig, uuid_str: str = "") -
     for nic in spec.nics:
         _nic(devices, nic)
     _console(devices, spec)
+    _guest_agent(devices)
     _sub(devices, "memballoon", model="none")
     ET.indent(dom, space="  ")
     return ET.tostring(dom, encoding="unicode") + "\n"

@@ -15,9 +15,11 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from agent.virt.base import (
+    ConsoleSession,
     DiskSpec,
     DomainInfo,
     DomainSpec,
@@ -26,8 +28,11 @@ from agent.virt.base import (
     EventCallback,
     NicSpec,
 )
+from agent.virt.fake_guest import FakeConsole
+from agent.virt.fake_guest import run as run_in_guest
 from workspace.config import FakeDriverConfig
-from workspace.errors import DriverError
+from workspace.domain.model import ExecOutcome
+from workspace.errors import DriverError, FailedPrecondition, NotFound
 
 
 @dataclasses.dataclass
@@ -51,6 +56,7 @@ class FakeDriver(Driver):
         self._lock = threading.RLock()
         self._domains: dict[str, _Domain] = {}
         self._callback: EventCallback | None = None
+        self._consoles: dict[str, list[FakeConsole]] = {}
         self._path = Path(state_dir) / "fake-domains.json" if state_dir and cfg.persist else None
         self._load()
 
@@ -81,6 +87,10 @@ class FakeDriver(Driver):
         os.replace(tmp, self._path)
 
     def _changed(self, workspace_id: str) -> None:
+        dom = self._domains.get(workspace_id)
+        if dom is None or dom.state is DomainState.SHUTOFF:
+            for console in list(self._consoles.get(workspace_id, ())):
+                console.close()  # the guest is gone: its consoles end
         self._save()
         cb = self._callback
         if cb is not None:
@@ -197,6 +207,46 @@ class FakeDriver(Driver):
         with self._lock:
             if self._domains.pop(workspace_id, None) is not None:
                 self._changed(workspace_id)
+
+    # -- inside the guest --------------------------------------------------------------
+
+    def _running(self, workspace_id: str) -> _Domain:
+        dom = self._domains.get(workspace_id)
+        if dom is None:
+            raise NotFound(f"fake: no domain for workspace {workspace_id} on this node")
+        if dom.state is not DomainState.RUNNING:
+            raise FailedPrecondition(f"workspace {dom.spec.name} is not running")
+        return dom
+
+    def exec(
+        self, workspace_id: str, argv: Sequence[str], stdin: bytes, timeout_s: float
+    ) -> ExecOutcome:
+        with self._lock:
+            dom = self._running(workspace_id)
+            name, host = dom.spec.name, dom.spec.hostname or dom.spec.name
+        if any(fnmatch.fnmatchcase(name, pat) for pat in self._cfg.no_guest_agent):
+            raise FailedPrecondition(
+                f"no QEMU guest agent answers in workspace {name} "
+                "(the image needs qemu-guest-agent)"
+            )
+        return run_in_guest(argv, stdin, timeout_s, host)
+
+    def open_console(self, workspace_id: str) -> ConsoleSession:
+        with self._lock:
+            dom = self._running(workspace_id)
+            console = FakeConsole(
+                dom.spec.hostname or dom.spec.name, lambda c: self._forget(workspace_id, c)
+            )
+            self._consoles.setdefault(workspace_id, []).append(console)
+            return console
+
+    def _forget(self, workspace_id: str, console: FakeConsole) -> None:
+        with self._lock:
+            left = [c for c in self._consoles.get(workspace_id, []) if c is not console]
+            if left:
+                self._consoles[workspace_id] = left
+            else:
+                self._consoles.pop(workspace_id, None)
 
     # -- test helpers (a person's actions behind the agent's back) ---------------------
 

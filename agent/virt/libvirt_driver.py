@@ -24,19 +24,32 @@ state is behind locks). Design points:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import libvirt
+import libvirt_qemu  # type: ignore[import-untyped]
 
-from agent.virt.base import DomainInfo, DomainSpec, DomainState, Driver, EventCallback, domain_name
+from agent.virt.base import (
+    ConsoleSession,
+    DomainInfo,
+    DomainSpec,
+    DomainState,
+    Driver,
+    EventCallback,
+    domain_name,
+)
 from agent.virt.domain_xml import METADATA_NS, Ownership, build_domain_xml, parse_ownership
+from agent.virt.guest_agent import exec_command
+from agent.virt.libvirt_guest import LibvirtConsole, agent_error
 from workspace.config import LibvirtConfig
-from workspace.errors import DriverError
+from workspace.domain.model import ExecOutcome
+from workspace.errors import DriverError, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +268,11 @@ class LibvirtConnection:
 
 
 class LibvirtDriver(Driver):
-    def __init__(self, cfg: LibvirtConfig, state_dir: str) -> None:
+    def __init__(
+        self, cfg: LibvirtConfig, state_dir: str, max_output_bytes: int = 1024 * 1024
+    ) -> None:
         self._cfg = cfg
+        self._max_output_bytes = max_output_bytes
         # libvirt keeps the domains' state itself: nothing of ours lives in state_dir.
         del state_dir
         self.hypervisor = cfg.virt_type
@@ -579,6 +595,62 @@ class LibvirtDriver(Driver):
                     raise
 
         self._run("undefine", workspace_id, fn)
+
+    # -- inside the guest --------------------------------------------------------------
+
+    def _running_domain(self, conn: Any, workspace_id: str) -> tuple[Any, str]:
+        """The workspace's running domain and the workspace's name."""
+        found = self._owned(conn, workspace_id)
+        if found is None:
+            raise NotFound(f"workspace {workspace_id} has no domain on this node")
+        dom, own = found
+        name = own.name or workspace_id
+        state = dom.state(0)[0]
+        if _STATES.get(state) is not DomainState.RUNNING:
+            raise FailedPrecondition(
+                f"workspace {name} is not running ({_STATE_NAMES.get(state, state)})"
+            )
+        return dom, name
+
+    def exec(
+        self, workspace_id: str, argv: Sequence[str], stdin: bytes, timeout_s: float
+    ) -> ExecOutcome:
+        def call(command: dict[str, Any], timeout: int) -> dict[str, Any]:
+            def fn(conn: Any) -> str:
+                dom, name = self._running_domain(conn, workspace_id)
+                try:
+                    return str(libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0))
+                except libvirt.libvirtError as exc:
+                    # A dead connection: _run retries once on a fresh one -- but never a
+                    # guest-exec, which may have started the command already.
+                    if command["execute"] != "guest-exec" and self._conn.drop_if_dead(conn):
+                        raise
+                    raise agent_error(exc, name) from exc
+
+            reply = json.loads(self._run("run a command in", workspace_id, fn))
+            if not isinstance(reply, dict):
+                raise DriverError(f"libvirt: the guest agent answered {reply!r}")
+            return reply
+
+        return exec_command(call, argv, stdin, timeout_s, self._max_output_bytes)
+
+    def open_console(self, workspace_id: str) -> ConsoleSession:
+        def fn(conn: Any) -> ConsoleSession:
+            dom, name = self._running_domain(conn, workspace_id)
+            stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            try:
+                # FORCE: a new attach takes the console from an earlier one (which then
+                # ends); SAFE: only where libvirt can keep sessions apart (QEMU can).
+                dom.openConsole(
+                    None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE | libvirt.VIR_DOMAIN_CONSOLE_SAFE
+                )
+                return LibvirtConsole(stream, name)
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                raise
+
+        return self._run("open the console of", workspace_id, fn)
 
     def host_capacity(self) -> tuple[int, int]:
         # getInfo: [model, memory MiB, cpus, MHz, NUMA nodes, sockets, cores, threads]

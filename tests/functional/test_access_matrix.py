@@ -30,6 +30,8 @@ from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.service.main import Service
 from workspace.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
     clusters_pb2,
@@ -68,6 +70,8 @@ class Caller:
     nodes: nodes_pb2_grpc.NodesStub
     health: health_pb2_grpc.HealthStub
     node_channel: grpc.Channel
+    keys: access_pb2_grpc.KeysStub
+    guests: access_pb2_grpc.GuestsStub
 
     def close(self) -> None:
         self.channel.close()
@@ -87,6 +91,8 @@ class Caller:
             nodes_pb2_grpc.NodesStub(node_channel),
             health_pb2_grpc.HealthStub(channel),
             node_channel,
+            access_pb2_grpc.KeysStub(channel),
+            access_pb2_grpc.GuestsStub(channel),
         )
 
 
@@ -202,6 +208,8 @@ def audit_entry() -> trust_pb2.AuditEntry:
 
 
 NOPE = "does-not-exist"
+KY = "workspace.v1.Keys"
+GU = "workspace.v1.Guests"
 WS, CL, IM, TR, AD, PR, ND = (
     "workspace.v1.Workspaces",
     "workspace.v1.Clusters",
@@ -317,6 +325,12 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         projects_pb2.ListProjectsRequest(), timeout=T)),
     (PR, "GetQuota", USER, lambda c, w: c.projects.GetQuota(
         projects_pb2.GetQuotaRequest(), timeout=T)),
+    (KY, "AddSshKey", USER, lambda c, w: c.keys.AddSshKey(
+        access_pb2.AddSshKeyRequest(public_key="not a key"), timeout=T)),
+    (KY, "ListSshKeys", USER, lambda c, w: c.keys.ListSshKeys(
+        access_pb2.ListSshKeysRequest(), timeout=T)),
+    (KY, "RemoveSshKey", USER, lambda c, w: c.keys.RemoveSshKey(
+        access_pb2.RemoveSshKeyRequest(key=NOPE), timeout=T)),
     (ND, "Register", NODE, lambda c, w: c.nodes.Register(
         nodes_pb2.RegisterRequest(node="n1"), timeout=T)),
     (ND, "WatchAssignments", NODE, lambda c, w: first(c.nodes.WatchAssignments(
@@ -328,6 +342,14 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         timeout=T)),
     (ND, "FetchBlob", NODE, lambda c, w: first(c.nodes.FetchBlob(
         nodes_pb2.FetchBlobRequest(node="n1", digest=w.image_digest), timeout=T))),
+    # The hello, then the agent closes its side: the service ends the stream at once.
+    (ND, "Tasks", NODE, lambda c, w: first(c.nodes.Tasks(
+        iter([nodes_pb2.TaskReply(node="n1")]), timeout=T))),
+    # A workspace that is not running (NOT_FOUND for others): past authorization.
+    (GU, "Exec", USER, lambda c, w: c.guests.Exec(
+        access_pb2.ExecRequest(id=NOPE, argv=["true"]), timeout=T)),
+    (GU, "AttachConsole", USER, lambda c, w: first(c.guests.AttachConsole(
+        iter([access_pb2.ConsoleInput(id=NOPE)]), timeout=T))),
     ("grpc.health.v1.Health", "Check", OPEN, lambda c, w: c.health.Check(
         health_pb2.HealthCheckRequest(), timeout=T)),
     ("grpc.health.v1.Health", "List", OPEN, lambda c, w: c.health.List(
@@ -362,6 +384,11 @@ def all_rpcs() -> set[str]:
     names |= {
         f"workspace.node.v1.Nodes/{m.name}"
         for m in node_protos.DESCRIPTOR.services_by_name["Nodes"].methods
+    }
+    names |= {f"{KY}/{m.name}" for m in access_pb2.DESCRIPTOR.services_by_name["Keys"].methods}
+    names |= {
+        f"workspace.v1.Guests/{m.name}"
+        for m in access_pb2.DESCRIPTOR.services_by_name["Guests"].methods
     }
     return names
 

@@ -34,7 +34,7 @@ def _refused(fn, *args, **kw) -> grpc.RpcError:  # type: ignore[no-untyped-def]
     return err.value
 
 
-def _kernel_image(site: Site, name: str, cmdline: str) -> images_pb2.Image:
+def _kernel_image(site: Site, name: str, cmdline: str, context: str = "") -> images_pb2.Image:
     kernel = site.stubs.upload(b"\x7fELF kernel")
     root = site.stubs.upload(b"\0" * 65536)
     return site.stubs.images.ImportImage(
@@ -47,8 +47,15 @@ def _kernel_image(site: Site, name: str, cmdline: str) -> images_pb2.Image:
             ],
             kernel_digest=kernel,
             cmdline=cmdline,
+            context=context,
         )
     )
+
+
+def _script(size: int) -> bytes:
+    """User-data of ``size`` bytes: a shell script (the rest a comment)."""
+    head = b"#!/bin/sh\n#"
+    return head + b"u" * (size - len(head))
 
 
 def _image_names(site: Site) -> set[str]:
@@ -123,7 +130,8 @@ def test_signatures_per_image_are_capped_by_config(two_signature_site: Site) -> 
 @pytest.fixture
 def big_orders_site(tmp_path: Path) -> Iterator[Site]:
     # Large enough that two such workspaces would take one node's AssignmentSet past the
-    # 16 MiB message limit (6 MiB of user-data + a 3 MiB cmdline each).
+    # 16 MiB message limit (6 MiB of user-data, 8 MiB in the seed as base64, + a 3 MiB
+    # cmdline each).
     # The node's budget is raised to its most (12 MiB) so that one such workspace fits.
     limits = {
         "max_user_data_bytes": 6 * MiB,
@@ -154,11 +162,11 @@ def test_orders_that_would_overflow_a_nodes_message_are_refused_at_placement(
 ) -> None:
     site = big_orders_site
     site.add_agent("node1")
-    _kernel_image(site, "big", "c" * 3 * MiB)
-    first = site.stubs.create(name="first", image="big", user_data=b"u" * 6 * MiB)
+    _kernel_image(site, "big", "c" * 3 * MiB, "nocloud")
+    first = site.stubs.create(name="first", image="big", user_data=_script(6 * MiB))
     site.stubs.wait_state(first.id, WS.WORKSPACE_STATE_RUNNING)
 
-    err = _refused(site.stubs.create, name="second", image="big", user_data=b"u" * 6 * MiB)
+    err = _refused(site.stubs.create, name="second", image="big", user_data=_script(6 * MiB))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "second does not fit on node node1" in err.details()
     assert "limits.max_node_orders_bytes" in err.details()
@@ -190,10 +198,12 @@ def test_orders_that_would_overflow_a_nodes_message_are_refused_at_placement(
 def test_the_orders_bound_covers_signed_images_with_nics(ready_site: Site) -> None:
     site = ready_site
     trust = trust_pb2_grpc.TrustStub(site.stubs.channel)
-    for env in _envelopes(site, "img", 2):
-        trust.AddSignature(trust_pb2.AddSignatureRequest(image="img", envelope_json=env))
+    _kernel_image(site, "cloud", "console=ttyS0", "nocloud")
+    for env in _envelopes(site, "cloud", 2):
+        trust.AddSignature(trust_pb2.AddSignatureRequest(image="cloud", envelope_json=env))
     for i in range(3):
-        w = site.stubs.create(name=f"w{i}", user_data=b"#cloud-config\n" * (i + 1))
+        user_data = b"#cloud-config\n" * (i + 1)
+        w = site.stubs.create(name=f"w{i}", image="cloud", user_data=user_data)
         site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     aset = _first_set(site, "node1")
     assert len(aset.assignments) == 3 and all(a.envelopes_json for a in aset.assignments)

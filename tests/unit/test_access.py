@@ -14,7 +14,9 @@ from workspace.config import TlsConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.auth import RULES, Authenticator, Role, Unauthenticated, node_name
 from workspace.edge.clusters import ClustersServicer
+from workspace.edge.guests import GuestsServicer
 from workspace.edge.images import ImagesServicer
+from workspace.edge.keys import KeysServicer
 from workspace.edge.nodes import NodesServicer
 from workspace.edge.projects import ProjectsServicer
 from workspace.edge.trust import TrustServicer
@@ -23,6 +25,7 @@ from workspace.errors import PermissionDenied
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import (
+    access_pb2,
     admin_pb2,
     clusters_pb2,
     images_pb2,
@@ -39,8 +42,19 @@ SERVICERS: list[Any] = [
     AdminServicer,
     ProjectsServicer,
     NodesServicer,
+    KeysServicer,
+    GuestsServicer,
 ]
-PROTOS = [workspaces_pb2, clusters_pb2, images_pb2, trust_pb2, admin_pb2, projects_pb2, health_pb2]
+PROTOS = [
+    workspaces_pb2,
+    clusters_pb2,
+    images_pb2,
+    trust_pb2,
+    admin_pb2,
+    projects_pb2,
+    health_pb2,
+    access_pb2,
+]
 
 
 def served_rpcs() -> set[str]:

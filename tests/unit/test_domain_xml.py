@@ -14,6 +14,7 @@ import pytest
 
 from agent.virt.base import DiskSpec, DomainSpec, NicSpec
 from agent.virt.domain_xml import (
+    GUEST_AGENT_CHANNEL,
     METADATA_NS,
     Ownership,
     build_domain_xml,
@@ -61,6 +62,20 @@ DISK_BOOT = DomainSpec(
     hostname="batch-worker",
 )
 
+WITH_SEED = DomainSpec(
+    workspace_id="w-0003",
+    name="cloud-box",
+    cpus=1,
+    memory_mib=1024,
+    disks=(
+        DiskSpec("/var/lib/workspace/agent/disks/w-0003/root.qcow2", "qcow2", "vda"),
+        DiskSpec("/var/lib/workspace/agent/disks/w-0003/seed.iso", "raw", "vdb", readonly=True),
+    ),
+    nics=(NicSpec(mac="52:54:00:00:00:03", bridge="wsbr-default", ip="10.10.0.13"),),
+    console_log="/var/lib/workspace/agent/disks/w-0003/console.log",
+    hostname="cloud-box",
+)
+
 QEMU = LibvirtConfig(virt_type="qemu")
 KVM = LibvirtConfig(virt_type="kvm", emulator="/usr/bin/qemu-system-x86_64")
 
@@ -79,6 +94,7 @@ def check_golden(name: str, text: str) -> None:
         ("direct_boot_2nics_qemu.xml", DIRECT_BOOT, QEMU),
         ("direct_boot_2nics_kvm.xml", DIRECT_BOOT, KVM),
         ("disk_boot_cow_readonly_kvm.xml", DISK_BOOT, KVM),
+        ("disk_boot_seed_qemu.xml", WITH_SEED, QEMU),
     ],
 )
 def test_golden(golden: str, spec: DomainSpec, cfg: LibvirtConfig) -> None:
@@ -118,6 +134,31 @@ def test_disks_always_name_their_format() -> None:
     bad = DomainSpec("w-3", "bad", 1, 64, disks=(DiskSpec("/x", "", "vda"),))
     with pytest.raises(DriverError, match="format"):
         build_domain_xml(bad, QEMU)
+
+
+def test_the_seed_is_a_read_only_raw_virtio_disk_not_shared() -> None:
+    root = ET.fromstring(build_domain_xml(WITH_SEED, QEMU))
+    seed = root.findall("devices/disk")[-1]
+    assert seed.get("device") == "disk"
+    assert seed.find("driver").get("type") == "raw"  # type: ignore[union-attr]
+    assert seed.find("target").attrib == {"dev": "vdb", "bus": "virtio"}  # type: ignore[union-attr]
+    assert seed.find("readonly") is not None and seed.find("shareable") is None
+
+
+@pytest.mark.parametrize("spec", [DIRECT_BOOT, DISK_BOOT, WITH_SEED])
+def test_every_domain_has_the_guest_agent_channel(spec: DomainSpec) -> None:
+    root = ET.fromstring(build_domain_xml(spec, QEMU))
+    channels = root.findall("devices/channel")
+    assert len(channels) == 1
+    channel = channels[0]
+    assert channel.get("type") == "unix"
+    target = channel.find("target")
+    assert target is not None
+    assert target.attrib == {"type": "virtio", "name": GUEST_AGENT_CHANNEL}
+    assert GUEST_AGENT_CHANNEL == "org.qemu.guest_agent.0"
+    # libvirt picks the socket path and adds the virtio-serial controller itself.
+    assert channel.find("source") is None
+    assert root.find("devices/controller") is None
 
 
 def test_invalid_size_and_virt_type_rejected() -> None:

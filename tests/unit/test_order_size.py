@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from images.model import Mode, Partition
 from workspace import config, rpc
 from workspace.codec import node as codec
 from workspace.config import LimitsConfig
+from workspace.domain import seed
 from workspace.domain.model import Disk, Nic, NodeOrders, Order, Seed
 from workspace.domain.states import Desired
 from workspace.errors import ConfigError
-from workspace.ops.order_size import order_bytes
+from workspace.ops import keys, order_size, seeds
+from workspace.ops.order_size import FIELD_BYTES, order_bytes
+from workspace.store import Cluster, Network, Store, Workspace
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -74,3 +79,90 @@ def test_the_largest_orders_budget_leaves_room_for_the_policy() -> None:
     assert LimitsConfig().max_node_orders_bytes <= config.MAX_NODE_ORDERS_BYTES
     with pytest.raises(ConfigError, match="max_node_orders_bytes: 12582913 is not between"):
         LimitsConfig(max_node_orders_bytes=config.MAX_NODE_ORDERS_BYTES + 1)
+
+
+# -- seeds -------------------------------------------------------------------------------------
+
+
+def _member(name: str, role: str, networks: list[str], user_data: bytes) -> Workspace:
+    return Workspace(
+        id=f"{abs(hash(name)) % 16**12:012x}",
+        name=name,
+        owner="alice",
+        role=role,
+        cluster="c1",
+        context="nocloud",
+        login_user="debian",
+        user_data=user_data,
+        networks=networks,
+        authorized_keys=[USER_KEY] * 3,
+    )
+
+
+USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFVZbZ3EXhyOoC1P1Sb7GbhLWyH1sVrRfQ2KDW4H7WeS a@b"
+
+
+@pytest.mark.parametrize("members", [1, 3, 40])
+def test_a_seeds_bound_covers_the_seed_it_becomes(tmp_path: Path, members: int) -> None:
+    """``seeds.set_cluster_bounds`` at create (addresses not allocated yet) is never below
+    the seed rendered once the members are placed, and the order bound of a seeded row
+    covers the seed's encoding with the site's vendor-data."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    vendor = b"#cloud-config\npackages: [htop, tmux]\n"
+    with store.write() as s:
+        for name, subnet in (("default", "10.0.0.0/16"), ("storage", "192.168.100.0/24")):
+            s.add(
+                Network(
+                    name=name,
+                    subnet=subnet,
+                    gateway="",
+                    range_start="",
+                    range_end="",
+                    bridge="br",
+                    mac_prefix="52:54:00",
+                    dns=["10.0.0.1", "10.0.0.2"],
+                )
+            )
+        s.flush()
+        cluster = Cluster(id="c1", name="mpi", spec=[])
+        cluster.key_private, cluster.key_public = keys.new_key_pair()
+        rows = []
+        for i in range(members):
+            role = "head" if i == 0 else "worker"
+            index = 0 if i == 0 else i - 1
+            w = _member(f"mpi-{role}-{index}", role, ["default", "storage"], b"#!/bin/sh\nx\n")
+            w.host_key_private, w.host_key_public = keys.new_key_pair()
+            rows.append(w)
+        seeds.set_cluster_bounds(s, cluster, rows)
+        roster = seed.Roster(
+            "mpi",
+            tuple(
+                seed.Member(
+                    w.name,
+                    w.role,
+                    seed.member_index(w.name),
+                    (f"10.0.{i // 250}.{i % 250 + 2}", f"192.168.100.{i % 250 + 2}"),
+                    w.host_key_public,
+                )
+                for i, w in enumerate(rows)
+            ),
+            cluster.key_private,
+            cluster.key_public,
+        )
+        vendor_bytes = len(seed.multipart(seed.parts_of(vendor, "vendor-data")))
+        for i, w in enumerate(rows):
+            nics = (
+                Nic("default", roster.members[i].addresses[0], "52:54:00:00:00:01", 16, "10.0.0.1",
+                    dns=("10.0.0.1", "10.0.0.2")),
+                Nic("storage", roster.members[i].addresses[1], "52:54:00:00:00:02", 24, ""),
+            )  # fmt: skip
+            real = seed.render(
+                w.name, w.id, nics, w.user_data, vendor, w.authorized_keys,
+                (w.host_key_private, w.host_key_public), "debian", roster,
+            )  # fmt: skip
+            encoded = codec.seed_to_proto(real)
+            assert encoded is not None
+            bound = order_size.seed_bytes(w.seed_bytes, 1, vendor_bytes)
+            assert encoded.ByteSize() + FIELD_BYTES <= bound
+            assert bound <= (encoded.ByteSize() + FIELD_BYTES) * 1.2 + 1024  # and close
+    store.close()

@@ -205,9 +205,14 @@ def test_memory_bounds_are_inclusive(site: Site) -> None:
 
 
 def test_user_data_too_large(site: Site) -> None:
+    ref = site.catalog.upload_blob(iter([b"\0" * 4096]))
+    part = common_pb2.Partition(name="root", digest=ref.digest, format="raw")
+    req = images_pb2.ImportImageRequest(name="cloud", partitions=[part], context="nocloud")
+    site.catalog.import_image(OWNER, req)
+    script = b"#!/bin/sh\n#"
     with pytest.raises(InvalidArgument, match="user data is larger than 65536 bytes"):
-        site.create(user_data=b"x" * 65537)
-    assert site.create(user_data=b"x" * 65536).id
+        site.create(image="cloud", user_data=script + b"x" * (65537 - len(script)))
+    assert site.create(image="cloud", user_data=script + b"x" * (65536 - len(script))).id
 
 
 def test_image_required(site: Site) -> None:

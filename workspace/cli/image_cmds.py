@@ -27,9 +27,18 @@ from workspace.v1 import common_pb2
 def _manifest(args: argparse.Namespace) -> image_manifest.Manifest:
     try:
         if args.manifest:
-            if args.path or args.format or args.kernel or args.initrd or args.cmdline:
+            if (
+                args.path
+                or args.format
+                or args.kernel
+                or args.initrd
+                or args.cmdline
+                or args.context
+                or args.login_user
+            ):
                 raise common.UsageError(
-                    "--manifest FILE replaces PATH, --format, --kernel, --initrd and --cmdline"
+                    "--manifest FILE replaces PATH, --format, --kernel, --initrd, --cmdline, "
+                    "--context and --login-user"
                 )
             return image_manifest.load(args.manifest)
         if not args.path:
@@ -42,6 +51,8 @@ def _manifest(args: argparse.Namespace) -> image_manifest.Manifest:
             Path(args.kernel).resolve() if args.kernel else None,
             Path(args.initrd).resolve() if args.initrd else None,
             args.cmdline or "",
+            args.context or "none",
+            args.login_user or "",
         )
     except image_manifest.ManifestError as exc:
         raise errors.InvalidArgument(str(exc)) from None
@@ -119,6 +130,13 @@ def register(
     q.add_argument("--kernel", metavar="F", help="kernel for direct boot (with PATH)")
     q.add_argument("--initrd", metavar="F", help="initrd for direct boot (with PATH)")
     q.add_argument("--cmdline", metavar="S", help="kernel command line (with PATH)")
+    q.add_argument(
+        "--context",
+        choices=image_manifest.CONTEXTS,
+        help="how it takes deploy-time information: none (default) or nocloud (cloud-init: "
+        "user-data, SSH keys, cluster roster)",
+    )
+    q.add_argument("--login-user", metavar="U", help="the account `ws ssh` logs in as")
     q.add_argument(
         "--project", metavar="P", help="the image's project (default: yours, if you have one)"
     )

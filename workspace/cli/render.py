@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from workspace.client import cluster_state_name, state_name
+from workspace.domain.sshkeys import fingerprint
 from workspace.v1 import (
     admin_pb2,
     clusters_pb2,
@@ -221,6 +222,10 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("owner", ws.owner),
         ("project", ws.project),
         ("reboot_count", ws.reboot_count or ""),
+        ("login_user", ws.login_user),
+    ]
+    pairs += [("host_key", f"{fingerprint(k)} ({k.split()[0]})") for k in ws.host_keys if k]
+    pairs += [
         ("request_id", ws.request_id),
         ("created_at", fmt_time(ws.created_at)),
         ("updated_at", fmt_time(ws.updated_at)),
@@ -431,6 +436,8 @@ def image_text(img: images_pb2.Image) -> str:
             ("kernel", img.kernel_digest),
             ("initrd", img.initrd_digest),
             ("cmdline", img.cmdline),
+            ("context", img.context or "none"),
+            ("login_user", img.login_user),
         ]
     )
     parts = table(

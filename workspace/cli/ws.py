@@ -13,7 +13,9 @@ from typing import Any
 from workspace.cli import (
     clusterspec,
     common,
+    guest_cmds,
     image_cmds,
+    key_cmds,
     project_cmds,
     render,
     trust_cmds,
@@ -173,6 +175,8 @@ class Commands(common.ClientCommands):
         return common.EXIT_OK
 
     def console(self, args: argparse.Namespace) -> int:
+        if args.attach:
+            return guest_cmds.attach(self.client(args), args.id)
         data = self.client(args).get_console(args.id, tail_bytes=args.tail or 0)
         render.console(args, args.id, data)
         return common.EXIT_OK
@@ -399,6 +403,8 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         )
         p.set_defaults(func=cmds.cluster_action)
 
+    guest_cmds.register_cluster(csub, parent, cmds.client)
+
 
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -447,6 +453,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument(
         "--tail", type=common.non_negative_int, metavar="BYTES", help="only the last BYTES"
     )
+    guest_cmds.add_attach_option(p)
     p.set_defaults(func=cmds.console)
 
     for name, (_, state, text) in ACTIONS.items():
@@ -471,12 +478,14 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include terminated workspaces")
     p.set_defaults(func=cmds.watch)
 
+    guest_cmds.register(sub, parent, cmds.client)
     _add_cluster_parsers(sub, parent, cmds)
     usage_cmds.register_ws(sub, parent, cmds.client)
 
     image_sub = image_cmds.register(sub, parent, cmds.client, PROG)
     trust_cmds.register_image(image_sub, parent, cmds.client)
     project_cmds.register_user(sub, parent, cmds.client)
+    key_cmds.register(sub, parent, cmds.client)
     return parser
 
 

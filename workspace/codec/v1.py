@@ -287,6 +287,8 @@ def image_to_proto(img: ImageView) -> images_pb2.Image:
         total_bytes=img.total_bytes,
         project=img.project,
         public=img.public,
+        context=img.context,
+        login_user=img.login_user,
     )
 
 

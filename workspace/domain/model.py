@@ -130,7 +130,8 @@ class Seed:
     renders them; the agent writes them to a ``cidata`` ISO)."""
 
     meta_data: bytes
-    user_data: bytes
+    # Holds the guest's private host key (and a cluster's key): never in a repr or a log.
+    user_data: bytes = field(repr=False)
     network_config: bytes
 
     def size(self) -> int:
@@ -474,6 +475,8 @@ class ImageView:
     total_bytes: int = 0
     project: str = ""
     public: bool = False
+    context: str = "none"  # "none" | "nocloud" (a cloud-init seed)
+    login_user: str = ""  # the account `ws ssh` logs in as ("": none)
 
 
 @dataclass(frozen=True)

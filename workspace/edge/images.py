@@ -35,7 +35,9 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     def import_image(
         self, who: Identity | str, req: images_pb2.ImportImageRequest
     ) -> images_pb2.Image:
-        view = self.catalog.import_image(who, v1.image_request_from_proto(req), req.project)
+        view = self.catalog.import_image(
+            who, v1.image_request_from_proto(req), req.project, req.context, req.login_user
+        )
         return v1.image_to_proto(view)
 
     def delete_image(self, who: Identity | str, name: str) -> images_pb2.Image:

@@ -8,19 +8,24 @@ taken as given.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 
 import grpc
 
+from workspace.codec import guests as codec_guests
 from workspace.codec import node as codec_node
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
-from workspace.errors import Unavailable
 from workspace.identity import Identity
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.ops import consoles, liveness, reports
+from workspace.ops.taskhub import AgentLine, TaskHub
 from workspace.ops.unit import Env
 from workspace.store.blobs import BlobRepository
+
+log = logging.getLogger("workspace.edge.nodes")
 
 
 def _serial(who: Identity) -> int:
@@ -30,9 +35,11 @@ def _serial(who: Identity) -> int:
 class NodesServicer(nodes_pb2_grpc.NodesServicer):
     SERVICE = "workspace.node.v1.Nodes"
 
-    def __init__(self, env: Env, blobs: BlobRepository) -> None:
+    def __init__(self, env: Env, blobs: BlobRepository, hub: TaskHub | None = None) -> None:
         self.env = env
         self.blobs = blobs
+        # The agents' task streams (exec, interactive consoles): shared with Guests.
+        self.hub = hub if hub is not None else TaskHub()
         self.auth = auth.for_config(env.cfg)
 
     # -- messages in, messages out ---------------------------------------------------------
@@ -121,9 +128,40 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> Iterator[nodes_pb2.Task]:
-        # Filled in by the task hub (exec, interactive consoles).
-        raise Unavailable("this service does not send tasks to agents yet")
-        yield  # pragma: no cover
+        # The hello names the node (the certificate's, under TLS); then tasks go out as
+        # operations make them and replies come in on a thread of their own.
+        hello = next(request, None)
+        if hello is None:
+            return
+        node = self._node(who, hello.node)
+        if who.is_node:
+            reports.check_node(self.env, node, who.serial)
+        line = self.hub.connect(node)
+        threading.Thread(
+            target=self._replies, args=(request, line), name=f"tasks-{node}", daemon=True
+        ).start()
+        try:
+            while context.is_active() and not line.closed and not self.env.notifier.closed:
+                self.auth.check_revoked(who)
+                task = line.next(STREAM_POLL_S)
+                if task is not None:
+                    yield codec_guests.task_to_proto(task)
+        finally:
+            self.hub.disconnect(line)
+
+    def _replies(self, request: Iterator[nodes_pb2.TaskReply], line: AgentLine) -> None:
+        """Hand every reply of one agent stream to the hub until the stream ends."""
+        why = "the agent closed it"
+        try:
+            for reply in request:
+                self.hub.deliver(line, codec_guests.reply_from_proto(reply))
+        except grpc.RpcError:
+            why = "the stream broke"
+        except Exception:
+            log.exception("task replies from node %s failed", line.node)
+            why = "a reply could not be read"
+        finally:
+            self.hub.disconnect(line, why)
 
     @stream
     def FetchBlob(

@@ -19,6 +19,7 @@ from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
+from workspace.ops import keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
 from workspace.ops.create import check_networks, check_spec, check_wait, new_row
@@ -26,7 +27,7 @@ from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.operate import check_lease
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
 from workspace.ops.unit import Env, write
-from workspace.store import Cluster, Workspace
+from workspace.store import Cluster, Image, Workspace
 from workspace.store.mapping import cluster_view, set_reason, spec_column, workspace_views
 
 log = logging.getLogger("workspace.ops.clusters")
@@ -93,6 +94,9 @@ def _member_rows(
             try:
                 spec = check_spec(asked, env.cfg.limits)
                 spec = replace(spec, networks=check_networks(s, spec.networks))
+                image = s.get(Image, spec.image)
+                if image is not None and i == 0:
+                    seeds.check_user_data(env.cfg, image, spec.user_data)
             except WorkspaceError as exc:
                 raise type(exc)(f"cluster {req.name}, member {m.role}: {exc.message}") from exc
             rows.append(new_row(env, s, sc, spec, uuid.uuid4().hex, "", project))
@@ -149,6 +153,9 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
         )
         s.add(c)
         rows = _member_rows(env, s, sc, cid, req, project)
+        if any(w.context == seeds.NOCLOUD for w in rows):
+            c.key_private, c.key_public = keys.new_key_pair()
+        seeds.set_cluster_bounds(s, c, rows)
         check_workspace_quota(s, project, f"cannot create cluster {req.name}")
         touched = admit(
             env,

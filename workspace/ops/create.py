@@ -5,8 +5,9 @@
 2. argument checks (``check_spec``): what can be said without the store;
 3. prerequisites (``check_networks``, ``prerequisites``): the networks and the image
    exist, the trust policy allows the image, the disk options fit it, the name is free;
-4. execution (``insert_row``, then ``admission.admit``): the row, placed, queued or
-   refused in the same transaction; the events go out after the commit.
+4. execution (``insert_row``, then ``admission.admit``): the row (with what the image's
+   context asks for: ops/seeds.py ``contextualize``, which also checks the user-data),
+   placed, queued or refused in the same transaction; the events go out after the commit.
 
 Cluster creates (ops/clusters.py) run steps 2-4 per member (``new_row`` is 3 + 4's row).
 """
@@ -31,7 +32,7 @@ from workspace.domain.model import CreateRequest, CreateSpec, WorkspaceView
 from workspace.domain.states import Desired, State
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
-from workspace.ops import trust
+from workspace.ops import seeds, trust
 from workspace.ops.admission import admit
 from workspace.ops.leases import lease_end
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
@@ -209,6 +210,11 @@ def insert_row(
         updated_at=now,
     )
     bind_spec(ws, bound)
+    image = s.get(Image, bound.image)
+    if image is not None:  # prerequisites found it
+        seeds.contextualize(env.cfg, s, ws, image)
+        if not spec.cluster:  # a member's bound needs its roster: ops/clusters.py
+            seeds.set_bound(s, ws)
     s.add(ws)
     s.flush()
     return ws

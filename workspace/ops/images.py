@@ -24,7 +24,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
-from workspace.ops import projects, refusals, trust
+from workspace.ops import projects, refusals, seeds, trust
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
     as_identity,
@@ -201,6 +201,8 @@ class Catalog:
                 sum(sizes.get(d, 0) for d in spec.digests()),
                 img.project or "",
                 bool(img.public),
+                img.context or "none",
+                img.login_user or "",
             )
             for img, spec in zip(rows, specs, strict=True)
         ]
@@ -274,13 +276,23 @@ class Catalog:
             self._need_blob(req.initrd_digest, f"image {req.image}, initrd")
         return tuple(parts)
 
-    def import_image(self, who: Identity | str, req: ImageSpec, project: str = "") -> ImageView:
+    def import_image(
+        self,
+        who: Identity | str,
+        req: ImageSpec,
+        project: str = "",
+        context: str = "",
+        login_user: str = "",
+    ) -> ImageView:
         """Add an image of the caller made of uploaded blobs (partitions: format "" is the
         default), in ``project`` (default: the caller's only one); private to its owner
         and project until an admin makes it public (an admin's image outside any
-        project is public from the start: a site image)."""
+        project is public from the start: a site image). ``context``: how it takes
+        deploy-time information ("" or "none": not at all; "nocloud": a cloud-init seed),
+        ``login_user`` the account `ws ssh` logs in as."""
         env = self.env
         owner = as_identity(who).name
+        context, login_user = seeds.check_context(context, login_user, req.image)
         parts = self._check_import(req)
         spec = ImageSpec(req.image, parts, req.kernel_digest, req.initrd_digest, req.cmdline)
         img = Image(
@@ -290,6 +302,8 @@ class Catalog:
             kernel_digest=req.kernel_digest,
             initrd_digest=req.initrd_digest,
             cmdline=req.cmdline,
+            context=context,
+            login_user=login_user,
             created_at=env.clock(),
         )
         quota = env.cfg.limits.repo_quota_bytes_per_user

@@ -21,8 +21,10 @@ def check_liveness(env: Env) -> list[str]:
     """Mark nodes silent for longer than the grace period DOWN; their workspaces LOST."""
     now = env.clock()
     cutoff = now - env.cfg.node_grace_s
-    if env.started_at > cutoff:
-        return []  # give agents a grace period after a service restart
+    if max(env.started_at, env.store.reachable_since()) > cutoff:
+        # give agents a grace period after a service restart, and after the store's
+        # database was away (their heartbeats could not be recorded meanwhile)
+        return []
     down: list[str] = []
     with write(env) as u:
         for node in u.s.execute(

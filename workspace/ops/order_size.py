@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Text, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from images.model import ImageSpec
@@ -35,10 +35,20 @@ from workspace.store.models import ImageSignature
 # Peers named as sources of one blob in an order (ops/reports.py names them).
 MAX_SOURCES = 3
 FIELD_BYTES = 2 + 5  # tag + length of a string, bytes or message field
+# The seed message in an order and its three fields.
+SEED_FIELDS_BYTES = 4 * FIELD_BYTES
 NUMBER_BYTES = 2 + 10  # tag + the longest varint
 # A NIC not allocated yet: the longest address, MAC, gateway, bridge and subnet.
 _IP6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 _UNALLOCATED_NIC = Nic("", _IP6, "ff:ff:ff:ff:ff:ff", 128, _IP6, "x" * 15, _IP6 + "/128")
+
+
+def seed_bytes(bound: int, count: int = 1, vendor_bytes: int = 0) -> int:
+    """An upper bound of ``count`` seeds whose stored bounds (``seed_bytes`` columns) sum
+    to ``bound``, with their fields and the site's vendor-data (``vendor_bytes``)."""
+    if not count:
+        return 0
+    return bound + count * (SEED_FIELDS_BYTES + vendor_bytes)
 
 
 class OrdersTooLarge(ResourceExhausted):
@@ -85,7 +95,7 @@ class _Row:
     name: str
     image: str
     image_spec: Mapping[str, Any]
-    user_data_bytes: int
+    seed_bytes: int  # the row's bound of its seed without vendor-data (0: no seed)
     networks: tuple[str, ...]
 
 
@@ -96,8 +106,10 @@ class _Sizer:
     bridge, subnet and DNS), peer sources (MAX_SOURCES of the longest peer address per
     blob) and its image's signatures."""
 
-    def __init__(self, s: Session) -> None:
+    def __init__(self, s: Session, vendor_bytes: int = 0) -> None:
         self.s = s
+        # What the site's vendor-data adds to every seed.
+        self.vendor_bytes = vendor_bytes
         longest = s.execute(select(func.max(func.length(Node.peer_address)))).scalar()
         self.source_bytes = MAX_SOURCES * (FIELD_BYTES + int(longest or 0))
         self._skeletons: dict[str, int] = {}
@@ -130,10 +142,13 @@ class _Sizer:
             skeleton
             + len(r.id.encode())
             + 2 * len(r.name.encode())
-            + r.user_data_bytes
+            + self.seed_bytes(r.seed_bytes)
             + sum(self._nic_bytes(n) for n in r.networks)
             + self._envelope_bytes(r.image)
         )
+
+    def seed_bytes(self, bound: int, count: int = 1) -> int:
+        return seed_bytes(bound, count, self.vendor_bytes)
 
     def _nic_bytes(self, network: str) -> int:
         if network not in self._nics:
@@ -157,10 +172,11 @@ class _Sizer:
         return self._envelopes[image]
 
 
-def node_orders_bytes(s: Session, node: str) -> int:
+def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
     """An upper bound of the orders ``node`` is sent now (its live workspaces), summed in
-    SQL over workspaces of one image spec and one set of networks (no user-data loaded)."""
-    sizer = _Sizer(s)
+    SQL over workspaces of one image spec and one set of networks (no user-data loaded).
+    A seed counts its bound stored at create (``seed_bytes``) and ``vendor_bytes``."""
+    sizer = _Sizer(s, vendor_bytes)
     spec_text = cast(Workspace.image_spec, Text)
     nets_text = cast(Workspace.networks, Text)
     q = (
@@ -171,7 +187,8 @@ def node_orders_bytes(s: Session, node: str) -> int:
             func.count(),
             func.sum(func.length(Workspace.id)),
             func.sum(func.length(Workspace.name)),
-            func.sum(func.coalesce(func.length(Workspace.user_data), 0)),
+            func.sum(Workspace.seed_bytes),
+            func.sum(case((Workspace.seed_bytes > 0, 1), else_=0)),
         )
         .where(
             Workspace.node == node,
@@ -181,27 +198,32 @@ def node_orders_bytes(s: Session, node: str) -> int:
         .group_by(Workspace.image, spec_text, nets_text)
     )
     total = 0
-    for image, spec, nets, count, ids, names, user_data in s.execute(q):
+    for image, spec, nets, count, ids, names, seed_bytes, seeded in s.execute(q):
         one = _Row("", "", image, json.loads(spec or "{}"), 0, tuple(json.loads(nets or "[]")))
         # The bound of one such order with empty id, name and user-data, times the count,
         # plus the real lengths (the "" fields already counted their tag and length).
         total += count * sizer.row_bytes(one) + int(ids or 0) + 2 * int(names or 0)
-        total += int(user_data or 0)
+        total += sizer.seed_bytes(int(seed_bytes or 0), int(seeded or 0))
     return total
 
 
 def check_orders_fit(
-    s: Session, limits: LimitsConfig, rows: Sequence[Workspace], nodes: Sequence[str]
+    s: Session,
+    limits: LimitsConfig,
+    rows: Sequence[Workspace],
+    nodes: Sequence[str],
+    vendor_bytes: int = 0,
 ) -> None:
     """Refuse (OrdersTooLarge) before anything is claimed if placing ``rows`` on ``nodes``
-    (one node per row) would take a node's orders past ``limits.max_node_orders_bytes``."""
+    (one node per row) would take a node's orders past ``limits.max_node_orders_bytes``
+    (``vendor_bytes``: what the site's vendor-data adds to each seed)."""
     budget = limits.max_node_orders_bytes
     by_node: dict[str, list[Workspace]] = {}
     for ws, node in zip(rows, nodes, strict=True):
         by_node.setdefault(node, []).append(ws)
-    sizer = _Sizer(s)
+    sizer = _Sizer(s, vendor_bytes)
     for node, new in by_node.items():
-        have = node_orders_bytes(s, node)
+        have = node_orders_bytes(s, node, vendor_bytes)
         total = have
         for ws in new:
             size = sizer.row_bytes(
@@ -210,7 +232,7 @@ def check_orders_fit(
                     ws.name,
                     ws.image,
                     ws.image_spec or {},
-                    len(ws.user_data or b""),
+                    ws.seed_bytes or 0,
                     tuple(ws.networks or ()),
                 )
             )
@@ -221,7 +243,8 @@ def check_orders_fit(
                     f"mostly user-data, kernel cmdline and signatures) would take the node's "
                     f"orders to {total} bytes, over the {budget} bytes one node may be sent "
                     f"(limits.max_node_orders_bytes; {have} bytes are already there); "
-                    "use a smaller user-data or kernel cmdline"
+                    "use a smaller user-data or kernel cmdline (a cluster member's seed "
+                    "also lists every member)"
                 )
 
 

@@ -21,6 +21,7 @@ from workspace import ipam, scheduler
 from workspace.config import ServiceConfig
 from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
+from workspace.ops import seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
 from workspace.store import IpAllocation, Network, Node, Workspace
 from workspace.store.mapping import bound_spec, set_reason
@@ -98,7 +99,8 @@ def place_rows(
         raise NoPlacement(f"{what} does not fit: {result.reason()}")
     _check_addresses(s, rows)
     try:  # the node's orders must still fit in one message (ops/order_size.py)
-        check_orders_fit(s, cfg.limits, rows, [p.node or "" for p in result.placements])
+        placed = [p.node or "" for p in result.placements]
+        check_orders_fit(s, cfg.limits, rows, placed, seeds.vendor_bytes(cfg))
     except OrdersTooLarge as exc:
         raise NoPlacement(exc.message) from exc
     # Nothing below can fail for want of capacity: the caller's transaction stays whole.

@@ -10,10 +10,11 @@ from dataclasses import replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from workspace.config import ServiceConfig
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, State, state_from_report
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied
-from workspace.ops import trust
+from workspace.ops import seeds, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
 from workspace.ops.order_size import MAX_SOURCES
@@ -122,10 +123,16 @@ def live_rows(s: Session, node_name: str) -> list[Workspace]:
 
 
 def build_orders(
-    s: Session, node_name: str, rows: Sequence[Workspace], with_envelopes: bool = True
+    s: Session,
+    node_name: str,
+    rows: Sequence[Workspace],
+    with_envelopes: bool = True,
+    cfg: ServiceConfig | None = None,
 ) -> tuple[Order, ...]:
-    """The order of each row as ``node_name`` is sent it (its NICs as allocated now)."""
+    """The order of each row as ``node_name`` is sent it (its NICs as allocated now; with
+    ``cfg``, the NoCloud seed of each workspace whose image takes one)."""
     nics_of = nics(s, [w.id for w in rows])
+    seed_of = seeds.seeds(cfg, s, rows, nics_of) if cfg is not None else {}
     specs = {w.id: bound_spec(w) for w in rows}
     envelopes: dict[str, tuple[str, ...]] = {}
     if with_envelopes:
@@ -151,6 +158,7 @@ def build_orders(
             reboot_count=w.reboot_count,
             stop_timeout_s=w.stop_timeout_s,
             force_stop=w.force_stop,
+            seed=seed_of.get(w.id),
             # Bound order: what the service verified at create.
             envelopes=envelopes.get(w.image, ()),
             verified_digests=tuple(specs[w.id].digests()),
@@ -167,7 +175,7 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
         if node is None:
             raise NotFound(f"node {node_name} is not registered")
         check_bound(node, cert_serial)
-        out = build_orders(s, node_name, live_rows(s, node_name), env.check_trust)
+        out = build_orders(s, node_name, live_rows(s, node_name), env.check_trust, env.cfg)
         policy, stop_on_revoke = trust.node_policy(s) if env.check_trust else (None, False)
         cached = set(node.cached_digests or ())
         return NodeOrders(

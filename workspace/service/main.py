@@ -18,7 +18,9 @@ from workspace import config, rpc
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
+from workspace.edge.guests import GuestsServicer
 from workspace.edge.images import ImagesServicer
+from workspace.edge.keys import KeysServicer
 from workspace.edge.limits import StreamCap
 from workspace.edge.nodes import NodesServicer
 from workspace.edge.projects import ProjectsServicer
@@ -30,11 +32,14 @@ from workspace.node.v1 import nodes_pb2_grpc
 from workspace.ops import leases, liveness, queue, site_events
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
+from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
     clusters_pb2,
@@ -88,9 +93,13 @@ class Service:
         self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)))
         self.clusters = ClustersServicer(self.env)
         self.admin = AdminServicer(self.env)
-        self.nodes = NodesServicer(self.env, self.catalog.blobs)
+        # The agents' task streams: exec and interactive consoles go through them.
+        self.hub = TaskHub()
+        self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub)
+        self.guests = GuestsServicer(self.env, self.hub)
         self.trust = TrustServicer(self.env)
         self.projects = ProjectsServicer(self.catalog.catalog)
+        self.keys = KeysServicer(self.env)
         workspaces_pb2_grpc.add_WorkspacesServicer_to_server(self.workspaces, self.server)
         images_pb2_grpc.add_ImagesServicer_to_server(self.catalog, self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
@@ -98,6 +107,8 @@ class Service:
         nodes_pb2_grpc.add_NodesServicer_to_server(self.nodes, self.node_server)
         trust_pb2_grpc.add_TrustServicer_to_server(self.trust, self.server)
         projects_pb2_grpc.add_ProjectsServicer_to_server(self.projects, self.server)
+        access_pb2_grpc.add_KeysServicer_to_server(self.keys, self.server)
+        access_pb2_grpc.add_GuestsServicer_to_server(self.guests, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.node_server)
@@ -108,6 +119,8 @@ class Service:
             clusters_pb2.DESCRIPTOR.services_by_name["Clusters"].full_name,
             trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name,
             projects_pb2.DESCRIPTOR.services_by_name["Projects"].full_name,
+            access_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
+            access_pb2.DESCRIPTOR.services_by_name["Guests"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -146,7 +159,7 @@ class Service:
             self.cfg.listen,
             self.cfg.node_address,
             "plaintext" if plaintext else "mutual TLS",
-            self.cfg.db_url,
+            self.store.display_url,
         )
 
     def _watch_nodes(self) -> None:

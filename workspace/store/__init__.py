@@ -12,6 +12,7 @@ from workspace.store.models import (
     Node,
     Project,
     ProjectMember,
+    SshKey,
     UsageInterval,
     Workspace,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Node",
     "Project",
     "ProjectMember",
+    "SshKey",
     "Store",
     "UsageInterval",
     "Workspace",

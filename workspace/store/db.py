@@ -3,8 +3,11 @@
 SQLite runs in WAL mode with synchronous=FULL (a commit is durable when it returns)
 and busy timeouts. All writing transactions are serialised by one lock in this
 process: SQLite has a single writer anyway, and it keeps a placement, its IP
-allocations and its capacity claim in one atomic step. With PostgreSQL the unique
-constraints remain the last line of defence.
+allocations and its capacity claim in one atomic step. On PostgreSQL (psycopg 3) every
+writing transaction also takes a transaction-level advisory lock first, so the writers
+of all processes on the database take turns the same way (``engines.serialize_writes``);
+the unique constraints remain the last line of defence. A database that cannot be
+reached raises ``Unavailable`` (UNAVAILABLE to clients), never an internal error.
 
 On start the schema is brought to the newest Alembic revision (``workspace.store.migrations``),
 for a new database and an existing one alike.
@@ -13,18 +16,23 @@ for a new database and an existing one alike.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from workspace.store import journal, migrations
+from workspace.errors import InvalidArgument, Unavailable
+from workspace.store import bounds, engines, journal, migrations
+
+log = logging.getLogger("workspace.store")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -51,14 +59,13 @@ class Store:
     def __init__(self, url: str, migrate_in_child: bool = False) -> None:
         """``migrate_in_child``: run a needed schema migration in a child process (the
         service does, so that it never keeps Alembic in memory); else in this process."""
+        url = engines.normalize_url(url)
         self.url = url
-        kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 private_database(Path(path))
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
-        self.engine: Engine = create_engine(url, **kwargs)
+        self.engine: Engine = create_engine(url, **engines.engine_options(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if migrate_in_child:
@@ -66,18 +73,62 @@ class Store:
         else:
             migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "before_flush", bounds.check_flush)
         journal.install(self._sessions)
         self.write_lock = threading.RLock()
+        # The database did not answer the last time it was asked (``Unavailable``), and
+        # when it last came back (time.time(); 0: never away).
+        self._away = False
+        self._back_at = 0.0
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Turn "the database cannot be reached" into ``Unavailable``: the caller may retry
+        (a create with the same request id gets what the first attempt made, if it was
+        committed after all); a NUL character in a text value into ``InvalidArgument``."""
+        try:
+            yield
+        except Exception as exc:
+            if engines.nul_in_text(exc):
+                raise InvalidArgument("text values must not contain NUL characters") from exc
+            if engines.unavailable(exc):
+                if not self._away:
+                    log.warning("the store's database cannot be reached: %s", exc)
+                self._away = True
+                raise Unavailable(
+                    "the service's database cannot be reached right now; try again "
+                    "(a retried request with the same request id is not done twice)"
+                ) from exc
+            raise
+        if self._away:
+            self._away = False
+            self._back_at = time.time()
+            log.warning("the store's database answers again")
+
+    def reachable_since(self) -> float:
+        """When the database last came back after an outage (0: never away), asking it
+        first if it was away at the last try; raises ``Unavailable`` while it still is.
+        Node liveness counts heartbeats from then on: agents could not report meanwhile."""
+        if self._away:
+            with self.read() as s:
+                s.execute(text("SELECT 1"))
+        return self._back_at
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._sessions() as session:
+        with self._translated(), self._sessions() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One serialised read-write transaction; commits on success, rolls back on error."""
-        with self.write_lock, self._sessions() as session, session.begin():
+        with self.write_lock, self._translated(), self._sessions() as session, session.begin():
+            engines.serialize_writes(session)
             yield session
 
     def close(self) -> None:

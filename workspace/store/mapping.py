@@ -145,6 +145,8 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         waiting=bool(ws.wait_reason),
         project=ws.project or "",
         lease_expires_at=ws.lease_expires_at or 0.0,
+        host_keys=(ws.host_key_public,) if ws.host_key_public else (),
+        login_user=ws.login_user or "",
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -84,7 +85,8 @@ class IpAllocation(Base):
     network: Mapped[str] = mapped_column(ForeignKey("networks.name"))
     ip: Mapped[str] = mapped_column(String(64))
     # The address as an integer: the lowest free one is found without parsing strings.
-    ip_int: Mapped[int] = mapped_column(Integer, default=0)
+    # 64-bit: IPv4 addresses from 128.0.0.0 on do not fit PostgreSQL's 32-bit INTEGER.
+    ip_int: Mapped[int] = mapped_column(BigInteger, default=0)
     mac: Mapped[str] = mapped_column(String(17))
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
     nic_index: Mapped[int] = mapped_column(Integer, default=0)
@@ -113,7 +115,12 @@ class Image(Base):
     partitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     kernel_digest: Mapped[str] = mapped_column(String(80), default="")
     initrd_digest: Mapped[str] = mapped_column(String(80), default="")
-    cmdline: Mapped[str] = mapped_column(String(4096), default="")
+    # Unbounded: limits.max_cmdline_bytes (configurable) is the bound.
+    cmdline: Mapped[str] = mapped_column(Text, default="")
+    # How it takes deploy-time information: "none" or "nocloud" (a cloud-init seed), and
+    # the account `ws ssh` logs in as ("" = none).
+    context: Mapped[str] = mapped_column(String(16), default="none")
+    login_user: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -156,6 +163,19 @@ class Workspace(Base):
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     cluster: Mapped[str] = mapped_column(String(64), default="")
     role: Mapped[str] = mapped_column(String(64), default="")
+    # Contextualization, copied from the image at create (it may be deleted later): "none"
+    # or "nocloud", and the login user.
+    context: Mapped[str] = mapped_column(String(16), default="none")
+    login_user: Mapped[str] = mapped_column(String(64), default="")
+    # The guest's SSH host key pair (ed25519) the service made and vouches for ("": none);
+    # the private key (OpenSSH PEM) goes only into the seed.
+    host_key_private: Mapped[str] = mapped_column(String(4096), default="")
+    host_key_public: Mapped[str] = mapped_column(String(1024), default="")
+    # The owner's SSH public keys at create (authorized_keys lines).
+    authorized_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # An upper bound of the seed's bytes without the site's vendor-data (ops/order_size.py;
+    # 0 = no seed).
+    seed_bytes: Mapped[int] = mapped_column(Integer, default=0)
     # What placement needs, kept so a queued workspace can be placed later.
     networks: Mapped[list[str]] = mapped_column(JSON, default=list)
     requirements: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
@@ -187,16 +207,33 @@ class Cluster(Base):
     # [{"role","image","cpus","memory_mib","count","networks","requirements","user_data_hex"}]
     spec: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     wait_deadline: Mapped[float] = mapped_column(Float, default=0.0)
+    # The cluster's own SSH key pair (ed25519): members log in to each other with it.
+    key_private: Mapped[str] = mapped_column(String(4096), default="")
+    key_public: Mapped[str] = mapped_column(String(1024), default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SshKey(Base):
+    """One SSH public key of a user (`ws key add`); it goes into their new workspaces."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (UniqueConstraint("owner", "fingerprint", name="uq_ssh_key_per_owner"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    public_key: Mapped[str] = mapped_column(String(16384))
+    comment: Mapped[str] = mapped_column(String(1024), default="")
+    added_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class ConsoleLog(Base):
     __tablename__ = "console_logs"
 
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
-    # Offset in the node's console log just past `data`.
-    total_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # Offset in the node's console log just past `data` (64-bit: a log outgrows 2 GiB).
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
 
 

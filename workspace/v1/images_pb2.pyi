@@ -157,6 +157,8 @@ class Image(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    LOGIN_USER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kernel_digest: _builtins.str
     initrd_digest: _builtins.str
@@ -167,6 +169,12 @@ class Image(_message.Message):
     project: _builtins.str
     public: _builtins.bool
     """Visible to every user (else only to its owner and its project's members)."""
+    context: _builtins.str
+    """How the image takes deploy-time information: "none" (it takes none: no user-data,
+    no keys) or "nocloud" (cloud-init's NoCloud seed: user-data, SSH keys, roster).
+    """
+    login_user: _builtins.str
+    """The account `ws ssh` logs in as ("": none)."""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Partition]: ...
     @_builtins.property
@@ -184,10 +192,12 @@ class Image(_message.Message):
         total_bytes: _builtins.int = ...,
         project: _builtins.str = ...,
         public: _builtins.bool = ...,
+        context: _builtins.str = ...,
+        login_user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "created_at", b"created_at", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "name", b"name", "owner", b"owner", "partitions", b"partitions", "project", b"project", "public", b"public", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "context", b"context", "created_at", b"created_at", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "login_user", b"login_user", "name", b"name", "owner", b"owner", "partitions", b"partitions", "project", b"project", "public", b"public", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,12 +213,17 @@ class ImportImageRequest(_message.Message):
     INITRD_DIGEST_FIELD_NUMBER: _builtins.int
     CMDLINE_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    LOGIN_USER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kernel_digest: _builtins.str
     initrd_digest: _builtins.str
     cmdline: _builtins.str
     project: _builtins.str
     """The project the image belongs to (its image-bytes quota applies)."""
+    context: _builtins.str
+    """"none" ("" = none) or "nocloud"; see Image.context."""
+    login_user: _builtins.str
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Partition]: ...
     def __init__(
@@ -220,10 +235,12 @@ class ImportImageRequest(_message.Message):
         initrd_digest: _builtins.str = ...,
         cmdline: _builtins.str = ...,
         project: _builtins.str = ...,
+        context: _builtins.str = ...,
+        login_user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "name", b"name", "partitions", b"partitions", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "context", b"context", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "login_user", b"login_user", "name", b"name", "partitions", b"partitions", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
+import workspace.store.engines as engines
+
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -154,6 +156,8 @@ def _upgrade(conn: Connection, sqlite: bool) -> list[str]:
             # that a failed migration leaves the store as it was (and two starting services
             # take turns).
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:  # PostgreSQL: the same turns, through an advisory lock
+            engines.lock_migrations(conn)
         changed: list[str] = []
         tables = set(inspect(conn).get_table_names())
         before = _version(conn) if VERSION_TABLE in tables else None

@@ -22,7 +22,7 @@ from pathlib import Path
 from alembic import command
 from sqlalchemy import create_engine
 
-from workspace.store import migrations
+from workspace.store import engines, migrations
 
 
 def next_revision_id() -> str:
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     cur.add_argument("--url", required=True)
     sub.add_parser("history", help="list the revisions")
     args = parser.parse_args(argv)
+    if getattr(args, "url", None):
+        args.url = engines.normalize_url(args.url)
     if args.cmd == "revision":
         revision(args.message, args.autogenerate, args.url)
     elif args.cmd == "upgrade" and args.sql:
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "upgrade":
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         url = os.environ[migrations.URL_ENV] if args.url_from_env else args.url
-        engine = create_engine(url)
+        url = engines.normalize_url(url)
+        engine = create_engine(url, **engines.engine_options(url))
         try:
             migrations.upgrade(engine)
         finally:

@@ -16,6 +16,7 @@ from alembic.operations import ops
 from sqlalchemy import DefaultClause, create_engine
 from sqlalchemy.engine import Connection
 
+import workspace.store.engines as engines
 from workspace.store.migrations import defaults
 from workspace.store.models import Base
 
@@ -62,7 +63,7 @@ def _configure(connection: Connection, in_transaction: bool = False) -> None:
 
 def run_offline() -> None:
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"),
+        url=engines.normalize_url(config.get_main_option("sqlalchemy.url") or ""),
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
@@ -78,7 +79,7 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    engine = create_engine(engines.normalize_url(config.get_main_option("sqlalchemy.url") or ""))
     try:
         with engine.connect() as conn:
             _configure(conn)

@@ -56,7 +56,10 @@ def _disk_bytes(spec: Any) -> int:
 
 def _backfill() -> None:
     """Open an interval, from now, for each workspace holding capacity at the upgrade
-    (the rule of workspace/domain/usage.py, written out: migrations do not import it)."""
+    (the rule of workspace/domain/usage.py, written out: migrations do not import it).
+    Offline (``upgrade --sql``) there are no rows to read: nothing to write."""
+    if op.get_context().as_sql:
+        return
     ws = sa.table(
         "workspaces",
         sa.column("id", sa.String),

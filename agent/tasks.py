@@ -1,0 +1,291 @@
+"""The agent's task stream (``Nodes.Tasks``): commands run in guests and interactive
+consoles, as the service asks.
+
+Opened once the link has registered, on a channel of its own with the link's TLS; the
+first message is a hello naming the node. Each exec runs in a small worker pool (the
+stream reader never waits for a guest) and is answered by task id with its outcome or
+a TaskError (google.rpc codes: FAILED_PRECONDITION when the guest is not running or has
+no guest agent, NOT_FOUND when there is no such domain). A console is a session under
+its task id: a thread pumps the guest's output as ``console_output`` replies until EOF
+or ``console_close``, then says ``console_closed`` with the reason. A broken stream
+closes every console and reconnects after the agent's backoff (crash-only: the service
+failed whatever was waiting).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from agent.backoff import Backoff
+from agent.virt.base import ConsoleSession, Driver
+from workspace import rpc
+from workspace.codec import guests as codec
+from workspace.config import AgentConfig
+from workspace.domain.model import ExecOutcome
+from workspace.domain.tasks import INTERNAL as INTERNAL_CODE
+from workspace.domain.tasks import (
+    ConsoleClose,
+    ConsoleClosed,
+    ConsoleInput,
+    ConsoleOpen,
+    ConsoleOutput,
+    ExecTask,
+    ReplyKind,
+    Task,
+    TaskError,
+    TaskReply,
+    error_of,
+)
+from workspace.errors import WorkspaceError
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+
+log = logging.getLogger("agent.tasks")
+
+RECONNECT = Backoff(0.5, 5.0)
+# A console's output is read in slices this long (and stops this soon after a close).
+CONSOLE_POLL_S = 0.25
+# A command asked to run with no timeout (the service always sends one).
+DEFAULT_TIMEOUT_S = 60
+
+
+class _Console:
+    """One console session: keystrokes waiting for the guest (written by a thread of
+    its own, so the stream reader never waits on a guest), the session once open."""
+
+    def __init__(self, task_id: str, workspace_id: str) -> None:
+        self.task_id = task_id
+        self.workspace_id = workspace_id
+        self.input: queue.Queue[bytes | None] = queue.Queue()
+        self.closed = threading.Event()
+        self.session: ConsoleSession | None = None
+
+    def close(self) -> None:
+        self.closed.set()
+        self.input.put(None)
+        session = self.session
+        if session is not None:
+            session.close()
+
+
+class Tasks:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        driver: Driver,
+        stop: threading.Event,
+        ready: Callable[[float], bool],
+        name_of: Callable[[str], str] = lambda wid: wid,
+    ) -> None:
+        """``ready(timeout_s)``: whether the link has registered (the service refuses a
+        task stream of a node it does not know); ``name_of``: a workspace's name for logs."""
+        self.cfg = cfg
+        self.driver = driver
+        self.stop = stop
+        self.ready = ready
+        self.name_of = name_of
+        self._pool = ThreadPoolExecutor(max(1, cfg.exec_parallel), thread_name_prefix="exec")
+        self._lock = threading.Lock()
+        self._consoles: dict[str, _Console] = {}
+        self._outbox: queue.Queue[nodes_pb2.TaskReply | None] | None = None
+
+    def _label(self, workspace_id: str) -> str:
+        name = self.name_of(workspace_id)
+        return f"{name} ({workspace_id})" if name and name != workspace_id else workspace_id
+
+    # -- the stream --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Keep a task stream open until ``stop`` (a thread of its own)."""
+        failures = 0
+        while not self.stop.is_set():
+            if not self.ready(1.0):
+                continue
+            channel = rpc.channel(self.cfg.service, self.cfg.tls)
+            outbox: queue.Queue[nodes_pb2.TaskReply | None] = queue.Queue()
+            with self._lock:
+                self._outbox = outbox
+            outbox.put(nodes_pb2.TaskReply(node=self.cfg.node))
+            done = threading.Event()
+            try:
+                stream = nodes_pb2_grpc.NodesStub(channel).Tasks(_drain(outbox))
+                threading.Thread(
+                    target=_cancel_on, args=(self.stop, done, stream), daemon=True
+                ).start()
+                log.info("task stream to %s open", self.cfg.service)
+                for msg in stream:
+                    failures = 0
+                    task = codec.task_from_proto(msg)
+                    if task is not None:
+                        self.take(task)
+            except grpc.RpcError as exc:
+                if not self.stop.is_set():
+                    code = exc.code() if hasattr(exc, "code") else exc
+                    log.warning(
+                        "task stream to %s: %s; reopening in %.1f s",
+                        self.cfg.service,
+                        code,
+                        RECONNECT.delay_s(failures + 1),
+                    )
+            except Exception:
+                if not self.stop.is_set():
+                    log.exception("task stream failed; reopening")
+            finally:
+                done.set()
+                with self._lock:
+                    self._outbox = None
+                outbox.put(None)
+                self._close_consoles("the agent's connection to the service broke")
+                channel.close()
+            failures += 1
+            self.stop.wait(RECONNECT.delay_s(failures))
+
+    def close(self) -> None:
+        self._close_consoles("the agent is stopping")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reply(self, task_id: str, kind: ReplyKind) -> None:
+        """Send an answer (dropped when the stream is gone: the service gave up on it)."""
+        with self._lock:
+            outbox = self._outbox
+        if outbox is not None:
+            outbox.put(codec.reply_to_proto(TaskReply(task_id, kind)))
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def take(self, task: Task) -> None:
+        """Dispatch one task; never blocks on a guest."""
+        kind = task.kind
+        if isinstance(kind, ExecTask):
+            try:
+                self._pool.submit(self._exec, task.task_id, task.workspace_id, kind)
+            except RuntimeError:  # shutting down
+                self.reply(task.task_id, TaskError(INTERNAL_CODE, "the agent is stopping"))
+        elif isinstance(kind, ConsoleOpen):
+            console = _Console(task.task_id, task.workspace_id)
+            with self._lock:
+                self._consoles[task.task_id] = console
+            threading.Thread(
+                target=self._console,
+                args=(console,),
+                name=f"console-{task.workspace_id}",
+                daemon=True,
+            ).start()
+        elif isinstance(kind, ConsoleInput | ConsoleClose):
+            with self._lock:
+                found = self._consoles.get(task.task_id)
+            if found is None:
+                return
+            if isinstance(kind, ConsoleInput):
+                found.input.put(kind.data)
+            else:
+                found.close()
+
+    def _exec(self, task_id: str, workspace_id: str, task: ExecTask) -> None:
+        label = self._label(workspace_id)
+        argv0 = task.argv[0] if task.argv else ""
+        try:
+            if not task.argv:
+                raise WorkspaceError("no command given")
+            outcome: ExecOutcome = self.driver.exec(
+                workspace_id, task.argv, task.stdin, task.timeout_s or DEFAULT_TIMEOUT_S
+            )
+        except WorkspaceError as exc:
+            log.info("exec %s in %s refused: %s", argv0, label, exc.message)
+            self.reply(task_id, error_of(exc))
+            return
+        except Exception as exc:
+            log.exception("exec %s in %s failed", argv0, label)
+            self.reply(task_id, TaskError(INTERNAL_CODE, f"the agent failed: {exc}"))
+            return
+        log.info(
+            "exec %s in %s: exit %d%s",
+            argv0,
+            label,
+            outcome.exit_code,
+            " (timed out)" if outcome.timed_out else "",
+        )
+        self.reply(task_id, outcome)
+
+    def _console(self, console: _Console) -> None:
+        task_id, label = console.task_id, self._label(console.workspace_id)
+        try:
+            session = self.driver.open_console(console.workspace_id)
+        except Exception as exc:
+            with self._lock:
+                self._consoles.pop(task_id, None)
+            if isinstance(exc, WorkspaceError):
+                log.info("console of %s not opened: %s", label, exc.message)
+                self.reply(task_id, error_of(exc))
+            else:
+                log.exception("console of %s failed to open", label)
+                self.reply(task_id, TaskError(INTERNAL_CODE, f"the agent failed: {exc}"))
+            return
+        console.session = session
+        if console.closed.is_set():  # detached while it opened
+            session.close()
+        log.info("console of %s attached", label)
+        threading.Thread(
+            target=self._keystrokes, args=(console, session), name="console-in", daemon=True
+        ).start()
+        reason = "the console ended (the guest stopped, or another session took it over)"
+        try:
+            while not self.stop.is_set():
+                data = session.read(CONSOLE_POLL_S)
+                if data is None:
+                    continue
+                if not data:
+                    if console.closed.is_set():
+                        reason = "detached"
+                    break
+                self.reply(task_id, ConsoleOutput(data))
+        except Exception:
+            log.exception("console of %s failed", label)
+            reason = "the agent's console relay failed"
+        finally:
+            console.close()
+            with self._lock:
+                self._consoles.pop(task_id, None)
+            self.reply(task_id, ConsoleClosed(reason))
+            log.info("console of %s detached: %s", label, reason)
+
+    def _keystrokes(self, console: _Console, session: ConsoleSession) -> None:
+        """Write what the client typed, in order, until the session ends."""
+        while True:
+            data = console.input.get()
+            if data is None or console.closed.is_set():
+                return
+            try:
+                session.write(data)
+            except WorkspaceError as exc:
+                log.info("console of %s: %s", self._label(console.workspace_id), exc.message)
+                session.close()
+                return
+
+    def _close_consoles(self, why: str) -> None:
+        with self._lock:
+            consoles = list(self._consoles.values())
+        for c in consoles:
+            log.info("closing the console of %s: %s", self._label(c.workspace_id), why)
+            c.close()
+
+
+def _drain(outbox: queue.Queue[nodes_pb2.TaskReply | None]) -> Iterator[nodes_pb2.TaskReply]:
+    while True:
+        item = outbox.get()
+        if item is None:
+            return
+        yield item
+
+
+def _cancel_on(stop: threading.Event, done: threading.Event, stream: grpc.Future) -> None:
+    """Cancel ``stream`` when the agent stops (ends when the stream ends first)."""
+    while not done.is_set():
+        if stop.wait(1.0):
+            stream.cancel()
+            return

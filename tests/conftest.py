@@ -1,0 +1,58 @@
+"""Fixtures every test directory may use: a real PostgreSQL server (tests/pg.py).
+
+``pg_server``: one server for the whole session, started on first use (about half a
+second: initdb, then the server on a unix socket of its own; no TCP), stopped by its pid
+at the end. Skipped where PostgreSQL's server is not installed (``make deps`` installs it).
+``pg_url``: a database of its own for the requesting test module.
+``pg_head``: the name of a database migrated to the newest revision, a template:
+``pg_server.database(name, template=pg_head)`` is a store at head in milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.pg import PgServer, bindir
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    if bindir() is None:
+        pytest.skip("PostgreSQL's server is not installed (make deps installs it)")
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def db_name(hint: str) -> str:
+    """A database name unique in this session, readable in the server's log."""
+    slug = re.sub(r"[^a-z0-9_]", "_", hint.lower())[-40:]
+    return f"t{next(_names)}_{slug}"
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = db_name(request.module.__name__.rsplit(".", 1)[-1])
+    url = pg_server.database(name)
+    try:
+        yield url
+    finally:
+        pg_server.drop(name)
+
+
+@pytest.fixture(scope="session")
+def pg_head(pg_server: PgServer) -> str:
+    from workspace.store import Store
+
+    name = "ws_head"
+    Store(pg_server.database(name)).close()
+    return name

@@ -1,0 +1,460 @@
+"""The store contract, on SQLite and on a real PostgreSQL (tests/pg.py): every behaviour
+of the service that rests on the database engine holds on both.
+
+Each test gets a store of its own at head: a new SQLite file, or a PostgreSQL database
+copied from a migrated template (``pg_head``). Migrations themselves start from empty.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, inspect, select, text
+
+from tests.conftest import db_name
+from tests.contract.store_world import OWNER, Snapshot, World
+from tests.contract.test_store_migrations import ROWS
+from tests.pg import PgServer
+from workspace.domain.states import Op
+from workspace.errors import InvalidArgument, ResourceExhausted
+from workspace.node.v1 import nodes_pb2
+from workspace.store import (
+    Base,
+    Blob,
+    ConsoleLog,
+    IpAllocation,
+    Network,
+    Node,
+    Store,
+    Workspace,
+    migrations,
+)
+from workspace.store.engines import normalize_url
+from workspace.v1 import clusters_pb2
+
+ENGINES = ["sqlite", "postgresql"]
+
+# A store URL for a test: fresh (empty) or at head.
+MakeUrl = Callable[..., str]
+
+
+@pytest.fixture(params=ENGINES)
+def make_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeUrl]:
+    made: list[str] = []
+    if request.param == "sqlite":
+
+        def sqlite(empty: bool = False) -> str:
+            made.append(f"store{len(made)}.db")
+            return f"sqlite:///{tmp_path / made[-1]}"
+
+        yield sqlite
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    head: str = request.getfixturevalue("pg_head")
+
+    def postgresql(empty: bool = False) -> str:
+        name = db_name(request.node.name)
+        made.append(name)
+        return server.database(name, template="" if empty else head)
+
+    yield postgresql
+    for name in made:
+        server.drop(name)
+
+
+@pytest.fixture
+def world(make_url: MakeUrl, tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path / "w", make_url())
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def standard(w: World, subnet: str = "10.20.0.0/24", nodes: int = 1, memory: int = 65536) -> None:
+    w.network(subnet)
+    w.image()
+    for i in range(nodes):
+        w.node(f"n{i}", cpus=64, memory_mib=memory, networks=("default",))
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+def test_migrations_from_empty_to_head_match_the_models(make_url: MakeUrl) -> None:
+    store = Store(make_url(empty=True))
+    try:
+        with store.engine.connect() as conn:
+            assert migrations.current(conn) == migrations.head()
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, Base.metadata) == []
+    finally:
+        store.close()
+
+
+def dump(store: Store) -> dict[str, Any]:
+    """Every table's columns and rows."""
+    out: dict[str, Any] = {}
+    with store.engine.connect() as conn:
+        insp = inspect(conn)
+        for table in sorted(insp.get_table_names()):
+            cols = [(c["name"], str(c["type"])) for c in insp.get_columns(table)]
+            rows = conn.execute(text(f'SELECT * FROM "{table}"')).all()
+            out[table] = (cols, sorted(map(repr, rows)))
+    return out
+
+
+def test_a_migration_run_twice_is_a_no_op(world: World) -> None:
+    standard(world)
+    world.create("a", networks=["default"])
+    before = dump(world.store)
+    assert migrations.upgrade(world.store.engine) == []
+    assert dump(world.store) == before
+    world.store.close()
+    world.store = Store(world.url)  # a service starting again on it
+    assert dump(world.store) == before
+
+
+def test_services_starting_together_migrate_once(make_url: MakeUrl) -> None:
+    """Several services starting on one empty database at once: one migrates, the others
+    wait for it and find the store at head."""
+    url = make_url(empty=True)
+    errors: list[BaseException] = []
+    stores: list[Store] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        try:
+            s = Store(url)
+            with lock:
+                stores.append(s)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    # SQLite: BEGIN IMMEDIATE takes turns; PostgreSQL: the migration advisory lock
+    assert not errors, errors
+    store = Store(url)
+    try:
+        with store.engine.connect() as conn:
+            assert migrations.current(conn) == migrations.head()
+    finally:
+        store.close()
+
+
+# -- placement: capacity and addresses -------------------------------------------------------
+
+
+@pytest.mark.parametrize("subnet", ["192.168.7.0/24", "172.16.0.0/12", "10.9.0.0/26"])
+def test_creates_take_capacity_and_addresses_from_any_ipv4_pool(world: World, subnet: str) -> None:
+    standard(world, subnet)
+    made = [world.create(f"w{i}", networks=["default"], memory_mib=256) for i in range(5)]
+    net = ipaddress.ip_network(subnet)
+    ips = [w.nics[0].ip for w in made]
+    assert len(set(ips)) == 5
+    assert all(ipaddress.ip_address(ip) in net for ip in ips)
+    snap = world.snapshot()
+    snap.check()
+    # ip_int is the address itself, above 2**31 for 192.168 and 172.16
+    assert sorted(a.ip_int for a in snap.allocations) == sorted(
+        int(ipaddress.ip_address(ip)) for ip in ips
+    )
+    assert snap.nodes["n0"].used_cpus == 5
+
+
+def test_destroy_releases_address_and_capacity(world: World) -> None:
+    standard(world, "192.168.50.0/29")  # .1 gateway, .2 - .6: 5 addresses
+    made = [world.create(f"w{i}", networks=["default"], memory_mib=256) for i in range(5)]
+    with pytest.raises(ResourceExhausted, match="no free address"):
+        world.create("extra", networks=["default"], memory_mib=256)
+    gone = made[2]
+    world.core.operate(OWNER, gone.id, Op.DESTROY)
+    world.absent("n0", gone.id)
+    snap = world.snapshot()
+    assert snap.workspaces[gone.id].state == "TERMINATED"
+    snap.check()
+    assert snap.nodes["n0"].used_cpus == 4
+    again = world.create("again", networks=["default"], memory_mib=256)
+    assert again.nics[0].ip == gone.nics[0].ip  # the lowest free address, reused
+    world.snapshot().check()
+
+
+def test_a_cluster_is_placed_whole_or_not_at_all(world: World) -> None:
+    standard(world, "172.16.0.0/24", nodes=2, memory=2048)
+    member = clusters_pb2.ClusterMember(
+        role="worker", image="img", cpus=1, memory_mib=900, count=5, networks=["default"]
+    )
+    with pytest.raises(ResourceExhausted):
+        world.clusters.create(
+            OWNER, clusters_pb2.CreateClusterRequest(request_id="c1", name="big", members=[member])
+        )
+    snap = world.snapshot()
+    assert snap.workspaces == {} and snap.allocations == []
+    assert all(n.used_cpus == n.used_memory_mib == 0 for n in snap.nodes.values())
+    member.count = 2
+    c = world.clusters.create(
+        OWNER, clusters_pb2.CreateClusterRequest(request_id="c2", name="small", members=[member])
+    )
+    snap = world.snapshot()
+    assert len(snap.live()) == 2 and all(w.cluster == c.id for w in snap.live().values())
+    snap.check()
+
+
+def test_request_ids_are_idempotent(world: World) -> None:
+    standard(world)
+    first = world.create("a", request_id="r-1", networks=["default"])
+    again = world.create("a", request_id="r-1", networks=["default"])
+    assert again.id == first.id
+    with pytest.raises(InvalidArgument, match="already used"):
+        world.create("b", request_id="r-1", networks=["default"])
+    assert len(world.snapshot().workspaces) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("request_id", "r" * 129, "request id is too long"),
+        ("request_id", "r\x00x", "NUL"),
+    ],
+)
+def test_values_that_do_not_fit_a_column_are_refused_alike(
+    world: World, field: str, value: str, message: str
+) -> None:
+    """PostgreSQL enforces VARCHAR lengths and refuses NULs; SQLite does neither: the
+    store refuses both the same way, as InvalidArgument, with nothing written."""
+    standard(world)
+    with pytest.raises(InvalidArgument, match=message):
+        world.create("a", **{field: value})
+    assert world.snapshot().workspaces == {}
+
+
+def test_messages_are_cut_to_fit(world: World) -> None:
+    standard(world)
+    w = world.create("a")
+    with world.store.write() as s:
+        row = s.get(Workspace, w.id)
+        assert row is not None
+        row.reason = "x\x00" * 3000
+    with world.store.read() as s:
+        row = s.get(Workspace, w.id)
+        assert row is not None
+        assert len(row.reason) == 1024 and "\x00" not in row.reason and row.reason[-1] == "…"
+
+
+# -- types -----------------------------------------------------------------------------------
+
+
+def test_json_binary_float_and_64_bit_columns_round_trip(world: World) -> None:
+    standard(world)
+    labels = {"rack": "b7", "ünïcode": "✓", "quote": 'it\'s "x"', "nested-ish": "[1, 2]"}
+    world.nodes.register(
+        nodes_pb2.RegisterRequest(
+            node="labelled",
+            hypervisor="fake",
+            cpus=2,
+            memory_mib=4096,
+            labels=labels,
+            networks=["default"],
+        )
+    )
+    user_data = bytes(range(256)) * 256  # 64 KiB, every byte value (NULs too)
+    w = world.create("big", requirements={"rack": "b7"})
+    now = time.time()
+    with world.store.write() as s:
+        # Stored as given (create checks its format; the column must keep every byte).
+        placed = s.get(Workspace, w.id)
+        assert placed is not None
+        placed.user_data = user_data
+        s.add(Blob(digest="sha256:" + "f" * 64, size_bytes=5 * 2**32 + 7, created_at=now))
+        s.add(ConsoleLog(workspace_id=w.id, total_bytes=3 * 2**31, data=b"\x00\xff" * 1000))
+    with world.store.read() as s:
+        node = s.get(Node, "labelled")
+        assert node is not None and node.labels == labels
+        row = s.get(Workspace, w.id)
+        assert row is not None
+        assert row.user_data == user_data
+        assert row.requirements == {"rack": "b7"}
+        assert row.node == "labelled"
+        assert isinstance(row.created_at, float) and abs(row.created_at - time.time()) < 60
+        blob = s.get(Blob, "sha256:" + "f" * 64)
+        assert blob is not None and (blob.size_bytes, blob.created_at) == (5 * 2**32 + 7, now)
+        log = s.get(ConsoleLog, w.id)
+        assert log is not None and (log.total_bytes, log.data) == (3 * 2**31, b"\x00\xff" * 1000)
+
+
+# -- exactly-once under concurrency ----------------------------------------------------------
+
+
+def hammer(worlds: list[World], plans: list[list[int]]) -> tuple[set[str], int]:
+    """Each plan runs in a thread of its own (thread i on ``worlds[i % len]``): creates of
+    the given memory sizes. Returns the ids acknowledged and the number refused."""
+    acked: set[str] = set()
+    refused = 0
+    lock = threading.Lock()
+    start = threading.Barrier(len(plans))
+
+    def run(t: int, sizes: list[int]) -> None:
+        nonlocal refused
+        w = worlds[t % len(worlds)]
+        start.wait()
+        for i, mem in enumerate(sizes):
+            try:
+                got = w.create(f"t{t}-{i}", networks=["default"], memory_mib=mem)
+            except ResourceExhausted:
+                with lock:
+                    refused += 1
+                continue
+            with lock:
+                acked.add(got.id)
+
+    with ThreadPoolExecutor(len(plans)) as ex:
+        for f in [ex.submit(run, t, p) for t, p in enumerate(plans)]:
+            f.result()
+    return acked, refused
+
+
+def check_outcome(snap: Snapshot, acked: set[str]) -> None:
+    snap.check()
+    # every acknowledged create is stored, and nothing else is
+    assert set(snap.workspaces) == acked
+    assert all(w.node for w in snap.workspaces.values())
+
+
+# Per thread: the memory sizes of its creates (a mix that runs the nodes out of memory
+# and the pool out of addresses in most examples).
+plans_st = st.lists(
+    st.lists(st.sampled_from((128, 256, 512, 700)), min_size=2, max_size=5),
+    min_size=8,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(plans=plans_st)
+def test_concurrent_creates_place_exactly_once(
+    make_url: MakeUrl, tmp_path_factory: pytest.TempPathFactory, plans: list[list[int]]
+) -> None:
+    """Many threads create at once on a small pool of nodes and addresses: no address or
+    MAC twice, no node over capacity, every acknowledged create stored (and nothing
+    else)."""
+    world = World(tmp_path_factory.mktemp("w"), make_url())
+    try:
+        standard(world, "192.168.3.0/27", nodes=3, memory=3000)  # 29 addresses
+        acked, _refused = hammer([world], plans)
+        assert acked
+        check_outcome(world.snapshot(), acked)
+    finally:
+        world.close()
+
+
+def test_concurrent_creates_through_several_processes_place_exactly_once(
+    make_url: MakeUrl, tmp_path: Path
+) -> None:
+    """Three stores (three services' engines and write locks) on one database: placement
+    is still exactly-once, because the database serialises the writers (PostgreSQL's
+    advisory lock). SQLite has one writer process by design: skipped there."""
+    url = make_url()
+    if url.startswith("sqlite"):
+        pytest.skip("one service process per SQLite store")
+    first = World(tmp_path / "r0", url)
+    worlds = [first, first.replica("r1"), first.replica("r2")]
+    try:
+        standard(first, "172.16.8.0/26", nodes=3, memory=4000)  # 61 addresses
+        rnd = random.Random(7)
+        plans = [[rnd.choice((256, 512, 700)) for _ in range(4)] for _ in range(12)]
+        acked, refused = hammer(worlds, plans)
+        assert acked and refused
+        check_outcome(first.snapshot(), acked)
+    finally:
+        for w in worlds:
+            w.close()
+
+
+def test_addresses_stored_before_0007_keep_their_values(make_url: MakeUrl) -> None:
+    """A store at revision 0006 (ip_int INTEGER) with an allocation: after the upgrade its
+    row is intact, and addresses above 128.0.0.0 fit."""
+    from alembic import command
+
+    url = make_url(empty=True)
+    engine = create_engine(normalize_url(url))
+    ws = dict(next(v for t, v in ROWS if t == "workspaces"))
+    ws.update(image_spec={"partitions": []}, networks=["old"], requirements={})
+    net = dict(next(v for t, v in ROWS if t == "networks"), name="old", dns=[])
+    alloc = dict(next(v for t, v in ROWS if t == "ip_allocations"), network="old")
+    del alloc["id"]  # from the table's sequence, as the service inserts
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.config(conn), "0006")
+            conn.execute(Network.__table__.insert(), net)
+            conn.execute(Workspace.__table__.insert(), ws)
+            conn.execute(IpAllocation.__table__.insert(), alloc)
+    finally:
+        engine.dispose()
+    store = Store(url)
+    try:
+        with store.read() as s:
+            (a,) = s.execute(select(IpAllocation)).scalars()
+            assert (a.ip, a.ip_int, a.workspace_id) == ("10.1.0.2", 167837698, "ws1")
+        high = "192.168.255.254"
+        with store.write() as s:
+            s.add(
+                IpAllocation(
+                    network="old",
+                    ip=high,
+                    ip_int=int(ipaddress.ip_address(high)),
+                    mac="52:54:00:00:00:09",
+                    workspace_id="ws1",
+                    nic_index=1,
+                )
+            )
+        with store.read() as s:
+            got = sorted(s.execute(select(IpAllocation.ip_int)).scalars())
+        assert got == [167837698, 3232301054]
+    finally:
+        store.close()
+
+
+def test_the_postgresql_ddl_can_be_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """``upgrade --sql`` (offline: no server) prints what a PostgreSQL store would get."""
+    from workspace.store.migrations.__main__ import main
+
+    assert main(["upgrade", "--url", "postgresql://ws@/ws?host=/nonexistent", "--sql"]) == 0
+    out = capsys.readouterr().out
+    assert "CREATE TABLE ip_allocations" in out
+    assert "ALTER TABLE ip_allocations ALTER COLUMN ip_int TYPE BIGINT" in out
+
+
+def test_postgresql_connections_are_named_and_pinged(pg_server: PgServer, pg_head: str) -> None:
+    name = db_name("named")
+    store = Store(pg_server.database(name, template=pg_head))
+    try:
+        assert store.url.startswith("postgresql+psycopg://")
+        assert store.engine.pool._pre_ping  # type: ignore[attr-defined]
+        with store.read() as s:
+            got = s.execute(text("SELECT current_setting('application_name')")).scalar()
+        assert got == "workspace-service"
+    finally:
+        store.close()
+        pg_server.drop(name)

@@ -1,0 +1,330 @@
+"""End to end on real VMs: into the guest, as a scientist would get there.
+
+An all-in-one site (`ws-admin site up --driver libvirt`) in its own network namespace, the
+Debian cloud appliance pushed with `ws image push`, the user's SSH key added with
+`ws key add`, and a 3-member virtual cluster booted from it with a user-data script.
+Everything below goes through the `ws` CLI, the way a user types it:
+
+* `ws ssh` logs in to every member with the user's key and strict host key checking
+  against the host keys the service generated (a wrong key is refused by ssh);
+* every member's /etc/hosts lists all three members; member 0 logs in to member 2 with
+  the cluster's own key (what MPI launchers need), strictly too;
+* the user-data script ran; `cloud-init status` says done;
+* `ws exec` and `ws cluster exec` run commands through the QEMU guest agent (exit codes,
+  one member made to fail, a timeout, a stopped member, an image without a guest agent);
+* `ws console --attach` talks to the serial console both ways;
+* destroying the cluster leaves no seed ISO on the node.
+
+The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
+shared by the tests of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from images import cloud
+from images.appliance import Appliance
+
+pytestmark = pytest.mark.host
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = "ctx"
+MEMBERS = ("ctx-head-0", "ctx-worker-0", "ctx-worker-1")
+READY_S = 420.0  # three cloud-init boots at once under TCG on two cores
+MARKER = "user-data-ran"
+USER_DATA = f"""#!/bin/sh
+echo {MARKER} $(hostname) > /var/tmp/user-data.out
+"""
+
+
+class CloudSite:
+    """A local site with the cloud image; ``ws``/``ws_admin`` run the CLIs against it."""
+
+    def __init__(self, site_dir: Path, home: Path) -> None:
+        self.dir = site_dir
+        self.home = home
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            WS_SITE_DIR=str(site_dir),
+            HOME=str(home),
+        )
+        self.key = home / ".ssh" / "id_ed25519"
+
+    def cli(
+        self, module: str, *args: str, stdin: str | None = None, timeout: float = 300.0
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+            input=stdin,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ws(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return self.cli("workspace.cli.ws", *args, **kw)  # type: ignore[arg-type]
+
+    def ok(self, *args: str) -> str:
+        out = self.ws(*args)
+        assert out.returncode == 0, f"ws {' '.join(args)}: {out.stderr}{out.stdout}"
+        return out.stdout
+
+    def admin(self, *args: str) -> str:
+        out = self.cli("workspace.cli.admin", *args)
+        assert out.returncode == 0, f"ws-admin {' '.join(args)}: {out.stderr}{out.stdout}"
+        return out.stdout
+
+    def show(self, name: str) -> dict[str, object]:
+        shown: dict[str, object] = json.loads(self.ok("-o", "json", "show", name))
+        return shown
+
+    def ssh(self, name: str, *cmd: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return self.ws("ssh", "-i", str(self.key), name, "--", *cmd, timeout=timeout)
+
+    def node_workspace_dirs(self) -> Path:
+        record = json.loads((self.dir / "site.json").read_text())
+        return Path(str(record["agents"][0]["dir"]))
+
+
+def wait_ssh(site: CloudSite, names: tuple[str, ...], timeout_s: float) -> None:
+    """Until `ws ssh NAME -- cloud-init status --wait` succeeds on every member."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(names)
+    last = ""
+    while pending and time.monotonic() < deadline:
+        name = pending[0]
+        out = site.ssh(name, "cloud-init", "status", "--wait", timeout=120.0)
+        if out.returncode == 0:
+            pending.pop(0)
+            continue
+        last = out.stderr + out.stdout
+        time.sleep(3.0)
+    assert not pending, f"no SSH into {pending} after {timeout_s:.0f} s; last: {last}"
+
+
+@pytest.fixture(scope="module")
+def cloud_image() -> cloud.CloudAppliance:
+    return cloud.build()
+
+
+@pytest.fixture(scope="module")
+def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[CloudSite]:
+    site_dir = Path(tempfile.mkdtemp(prefix="ws-ctx-", dir="/var/tmp"))
+    site_dir.chmod(0o755)  # dnsmasq (as nobody) reads hosts files below it
+    home = Path(tempfile.mkdtemp(prefix="ws-ctx-home-"))
+    s = CloudSite(site_dir, home)
+    try:
+        s.key.parent.mkdir(mode=0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scientist", "-f", str(s.key)],
+            check=True,
+        )
+        s.admin("site", "up", "--driver", "libvirt", "--dir", str(site_dir))
+        s.ok("image", "push", "cloud", "--manifest", str(cloud_image.manifest))
+        s.admin("image", "import", "appliance", "--appliance", str(appliance.manifest.parent))
+        s.ok("key", "add", f"{s.key}.pub")
+        spec = site_dir / "ctx.toml"
+        spec.write_text(
+            f'name = "{CLUSTER}"\n'
+            "[[members]]\n"
+            'role = "head"\nimage = "cloud"\nmemory_mib = 768\n'
+            f"user_data = '''{USER_DATA}'''\n"
+            "[[members]]\n"
+            'role = "worker"\nimage = "cloud"\nmemory_mib = 768\ncount = 2\n'
+            f"user_data = '''{USER_DATA}'''\n"
+        )
+        s.ok("cluster", "create", "--spec", str(spec), "--wait", "--timeout", "300")
+        wait_ssh(s, MEMBERS, READY_S)
+        yield s
+    finally:
+        s.cli("workspace.cli.admin", "site", "down", "--dir", str(site_dir))
+        if os.environ.get("WS_KEEP_SITE"):
+            print(f"\nkept site directory {site_dir}")
+        else:
+            shutil.rmtree(site_dir, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_ssh_logs_in_to_every_member_with_the_users_key(site: CloudSite) -> None:
+    for name in MEMBERS:
+        out = site.ssh(name, "hostname")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == name
+        shown = site.show(name)
+        assert shown["login_user"] == "debian"
+        whoami = site.ssh(name, "id", "-un")
+        assert whoami.stdout.strip() == "debian"
+
+
+def test_host_keys_are_checked_strictly(site: CloudSite, tmp_path: Path) -> None:
+    """Each guest presents exactly the host key the service shows for it: ssh with that
+    key succeeds, and with another member's key for the same address ssh refuses."""
+    head, worker = site.show(MEMBERS[0]), site.show(MEMBERS[2])
+    head_keys, worker_keys = head["host_keys"], worker["host_keys"]
+    assert isinstance(head_keys, list) and isinstance(worker_keys, list)
+    assert head_keys and worker_keys and set(head_keys).isdisjoint(worker_keys)
+    nics = head["nics"]
+    assert isinstance(nics, list)
+    address = nics[0]["ip"]
+    printed = site.ok("ssh", "--print", MEMBERS[0], "--", "true")
+    # The command `ws ssh` runs checks host keys strictly against its own known_hosts.
+    assert "StrictHostKeyChecking=yes" in printed
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text("".join(f"{address} {k}\n" for k in worker_keys))
+    netns = json.loads((site.dir / "site.json").read_text())["agents"][0]["netns"]
+    options = ["BatchMode=yes", "StrictHostKeyChecking=yes", f"UserKnownHostsFile={wrong}"]
+    options.append("GlobalKnownHostsFile=/dev/null")
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, "ssh", "-i", str(site.key)]
+        + [f"-o{o}" for o in options]
+        + [f"debian@{address}", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=site.env,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "host key" in proc.stderr.lower()
+
+
+def test_every_member_knows_every_member(site: CloudSite) -> None:
+    addresses = {}
+    for name in MEMBERS:
+        nics = site.show(name)["nics"]
+        assert isinstance(nics, list)
+        addresses[name] = nics[0]["ip"]
+    for name in MEMBERS:
+        hosts = site.ssh(name, "cat", "/etc/hosts").stdout
+        for other, address in addresses.items():
+            assert re.search(rf"^{re.escape(address)}\s+{other}\b", hosts, re.M), (name, hosts)
+        roster = json.loads(site.ssh(name, "cat", "/etc/workspace/cluster.json").stdout)
+        assert roster["cluster"] == CLUSTER
+        assert {m["name"] for m in roster["members"]} == set(MEMBERS)
+        me = [m for m in roster["members"] if m["name"] == name]
+        assert len(me) == 1 and (roster["role"], roster["index"]) == (me[0]["role"], me[0]["index"])
+
+
+def test_member_0_logs_in_to_member_2_with_the_cluster_key(site: CloudSite) -> None:
+    out = site.ssh(
+        MEMBERS[0],
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        MEMBERS[2],
+        "hostname",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == MEMBERS[2]
+
+
+def test_user_data_ran_and_cloud_init_is_done(site: CloudSite) -> None:
+    for name in MEMBERS:
+        assert site.ssh(name, "cat", "/var/tmp/user-data.out").stdout.split() == [MARKER, name]
+        status = site.ssh(name, "cloud-init", "status")
+        assert "status: done" in status.stdout, status.stdout + status.stderr
+
+
+def test_exec_through_the_guest_agent(site: CloudSite) -> None:
+    out = site.ws("exec", MEMBERS[1], "--", "cat", "/etc/hostname")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == MEMBERS[1]
+    failed = site.ws("exec", MEMBERS[1], "--", "sh", "-c", "echo oops >&2; exit 3")
+    assert failed.returncode == 3 and "oops" in failed.stderr
+    shown = json.loads(site.ok("-o", "json", "exec", MEMBERS[1], "--", "echo", "hi"))
+    assert (shown["exit_code"], shown["stdout"], shown["timed_out"]) == (0, "hi\n", False)
+    slow = site.ws("exec", MEMBERS[1], "--timeout", "2", "--", "sleep", "30")
+    assert slow.returncode == 124 and "ran past its timeout" in slow.stderr
+
+
+def test_cluster_exec_reports_every_member(site: CloudSite) -> None:
+    cmd = ("--", "sh", "-c", f'test "$(hostname)" != {MEMBERS[2]}')
+    out = site.ws("cluster", "exec", CLUSTER, *cmd)
+    assert out.returncode != 0
+    for name in MEMBERS:
+        assert name in out.stdout
+    report = json.loads(site.ws("-o", "json", "cluster", "exec", CLUSTER, *cmd).stdout)
+    codes = {m["name"]: m["exit_code"] for m in report["members"]}
+    assert codes == {MEMBERS[0]: 0, MEMBERS[1]: 0, MEMBERS[2]: 1}
+    workers = site.ws("cluster", "exec", CLUSTER, "--role", "worker", "--", "true")
+    assert workers.returncode == 0 and MEMBERS[0] not in workers.stdout
+
+
+def test_interactive_console(site: CloudSite) -> None:
+    """Keystrokes reach the serial console and its answers come back; Ctrl-] detaches.
+    Enter until the guest's getty shows its login prompt, then a user name: the guest
+    echoes it and asks for the password."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workspace.cli.ws", "console", "--attach", MEMBERS[0]],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=site.env,
+        cwd=ROOT,
+    )
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None and stdout is not None
+    seen = bytearray()
+
+    def read() -> None:
+        while chunk := os.read(stdout.fileno(), 4096):
+            seen.extend(chunk)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def until(text: bytes, keys: bytes) -> bool:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and text not in seen:
+            stdin.write(keys)
+            stdin.flush()
+            time.sleep(1.0)
+        return text in seen
+
+    try:
+        assert until(b"login:", b"\r"), bytes(seen)
+        assert until(b"Password:", b"nobody-here\r"), bytes(seen)
+        assert b"nobody-here" in seen  # echoed by the guest's terminal
+        stdin.write(b"\x1d")
+        stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_exec_refusals(site: CloudSite) -> None:
+    """No guest agent (the busybox appliance), and a stopped workspace: clear errors."""
+    site.ok("create", "--image", "appliance", "--name", "bare", "--memory-mib", "256", "--wait")
+    out = site.ws("exec", "bare", "--timeout", "10", "--", "true")
+    assert out.returncode != 0 and "guest agent" in out.stderr
+    site.ok("stop", "bare", "--wait", "--force")
+    out = site.ws("exec", "bare", "--", "true")
+    assert out.returncode != 0 and "STOPPED" in out.stderr
+    site.ok("destroy", "bare", "--wait")
+
+
+def test_destroy_leaves_no_seed(site: CloudSite) -> None:
+    root = site.node_workspace_dirs()
+    assert list(root.rglob("seed.iso")), "the members' seeds should exist while they run"
+    site.ok("cluster", "destroy", CLUSTER, "--wait")
+    assert not list(root.rglob("seed.iso"))

@@ -1,0 +1,511 @@
+"""`ws exec`, `ws cluster exec`, `ws ssh` without a service (a fake client), and the
+pieces under them that need no service: the guest agent protocol of the libvirt driver,
+what its errors mean, the fake guest, the service's task hub."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from agent.tasks import Tasks
+from agent.virt import fake_guest, guest_agent
+from agent.virt.base import ConsoleSession, DomainSpec
+from agent.virt.fake import FakeDriver
+from agent.virt.libvirt_guest import agent_error
+from workspace import errors
+from workspace.cli import guest_cmds, ws
+from workspace.codec import guests as codec_guests
+from workspace.config import AgentConfig, FakeDriverConfig
+from workspace.domain.model import ExecOutcome
+from workspace.domain.tasks import (
+    FAILED_PRECONDITION,
+    NOT_FOUND,
+    ConsoleClose,
+    ConsoleClosed,
+    ConsoleInput,
+    ConsoleOpen,
+    ConsoleOutput,
+    ExecTask,
+    Task,
+    TaskError,
+    TaskReply,
+)
+from workspace.ops.taskhub import TaskHub
+from workspace.site import record as site_record
+from workspace.v1 import access_pb2, clusters_pb2, common_pb2
+
+RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
+STOPPED = common_pb2.WorkspaceState.WORKSPACE_STATE_STOPPED
+HOST_KEYS = [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly root@box",
+    "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBFake",
+]
+
+
+class FakeClient:
+    address = "unix:/nowhere/service.sock"
+
+    def __init__(self, workspaces: list[common_pb2.Workspace] | None = None) -> None:
+        self.workspaces = {w.name: w for w in workspaces or []}
+        self.calls: list[tuple[str, list[str], bytes, int]] = []
+        self.results: dict[str, Any] = {}
+        self.cluster: clusters_pb2.Cluster | None = None
+
+    def get_workspace(self, ref: str) -> common_pb2.Workspace:
+        if ref not in self.workspaces:
+            raise errors.NotFound(f"no workspace {ref!r}")
+        return self.workspaces[ref]
+
+    def get_cluster(self, ref: str) -> clusters_pb2.Cluster:
+        assert self.cluster is not None
+        return self.cluster
+
+    def exec(
+        self, ref: str, argv: list[str], stdin: bytes = b"", timeout_s: int = 0
+    ) -> access_pb2.ExecResult:
+        self.calls.append((ref, list(argv), stdin, timeout_s))
+        r = self.results.get(ref, access_pb2.ExecResult(name=ref, stdout=b"ok\n"))
+        if isinstance(r, Exception):
+            raise r
+        return r  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        pass
+
+
+def run(client: FakeClient, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = ws.main(list(argv), connect=lambda *_a: client)  # type: ignore[arg-type, return-value]
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def box(**kw: Any) -> common_pb2.Workspace:
+    w = common_pb2.Workspace(
+        id="abc123", name="box", state=RUNNING, node="n1", login_user="debian", **kw
+    )
+    w.nics.add(network="default", ip="10.213.0.5")
+    return w
+
+
+# -- ws exec -------------------------------------------------------------------------------
+
+
+def test_exec_parses_options_before_and_after_the_name(capsys: pytest.CaptureFixture[str]) -> None:
+    c = FakeClient()
+    assert run(c, capsys, "exec", "box", "--timeout", "5", "--", "echo", "--timeout", "x")[0] == 0
+    assert run(c, capsys, "exec", "--timeout", "7", "box", "--", "ls", "-l")[0] == 0
+    assert run(c, capsys, "exec", "box", "--", "--weird")[0] == 0
+    assert c.calls == [
+        ("box", ["echo", "--timeout", "x"], b"", 5),
+        ("box", ["ls", "-l"], b"", 7),
+        ("box", ["--weird"], b"", 0),
+    ]
+    rc, _, err = run(c, capsys, "exec", "box", "--timeout", "5", "echo")
+    assert rc == 2 and "after `--`" in err
+    rc, _, err = run(c, capsys, "exec", "box")
+    assert rc == 2 and "give a command" in err
+
+
+def test_exec_writes_the_output_and_exits_with_the_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    c = FakeClient()
+    c.results["box"] = access_pb2.ExecResult(name="box", exit_code=3, stdout=b"o\n", stderr=b"e\n")
+    assert run(c, capsys, "exec", "box", "--", "x") == (3, "o\n", "e\n")
+    c.results["box"] = access_pb2.ExecResult(name="box", exit_code=124, timed_out=True)
+    rc, _, err = run(c, capsys, "exec", "box", "--", "sleep", "9")
+    assert rc == 124 and "ran past its timeout" in err
+    c.results["box"] = access_pb2.ExecResult(name="box", stdout=b"\xff\xfeok", truncated=True)
+    rc, out, err = run(c, capsys, "-o", "json", "exec", "box", "--", "x")
+    assert rc == 0 and "was cut" in err
+    assert json.loads(out)["stdout"] == "\ufffd\ufffdok" and json.loads(out)["truncated"]
+
+
+# -- ws cluster exec -----------------------------------------------------------------------
+
+
+def test_cluster_exec_reports_failures_and_sums_up(capsys: pytest.CaptureFixture[str]) -> None:
+    c = FakeClient()
+    c.cluster = clusters_pb2.Cluster(name="mpi")
+    for name, role, state in (
+        ("mpi-head-0", "head", RUNNING),
+        ("mpi-worker-0", "worker", RUNNING),
+        ("mpi-worker-1", "worker", RUNNING),
+        ("mpi-worker-2", "worker", STOPPED),
+    ):
+        c.cluster.members.add(id=name, name=name, role=role, state=state)
+    c.results["mpi-worker-0"] = access_pb2.ExecResult(name="mpi-worker-0", exit_code=1)
+    c.results["mpi-worker-1"] = errors.FailedPrecondition("no QEMU guest agent answers")
+    rc, out, _ = run(c, capsys, "cluster", "exec", "mpi", "--", "true")
+    assert rc == 1
+    assert out.splitlines()[-1] == (
+        "4 members: 1 exited 0, 3 failed (mpi-worker-0: exit 1; mpi-worker-1: no QEMU guest "
+        "agent answers; mpi-worker-2: not running (STOPPED))"
+    )
+    assert "== mpi-head-0 (head): exit 0\nok\n" in out
+    assert {call[0] for call in c.calls} == {"mpi-head-0", "mpi-worker-0", "mpi-worker-1"}
+    rc, out, _ = run(c, capsys, "cluster", "exec", "mpi", "--role", "head", "--", "true")
+    assert rc == 0 and out.splitlines()[-1] == "1 member: 1 exited 0"
+
+
+# -- ws ssh --------------------------------------------------------------------------------
+
+
+def test_ssh_print_builds_a_strict_command_and_known_hosts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+    c = FakeClient([box(host_keys=HOST_KEYS)])
+    rc, out, _ = run(c, capsys, "ssh", "box", "--print", "-i", "/u/k", "--", "uname", "-a")
+    assert rc == 0
+    argv = out.split()
+    known = Path(argv[argv.index("-o") + 3].split("=", 1)[1])
+    assert argv == [
+        "ssh",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "UpdateHostKeys=no",
+        "-l", "debian",
+        "-i", "/u/k",
+        "--", "10.213.0.5", "uname", "-a",
+    ]  # fmt: skip
+    assert known.read_text() == (
+        "10.213.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnly\n"
+        "10.213.0.5 ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBFake\n"
+    )
+    assert stat.S_IMODE(known.stat().st_mode) == 0o600
+    assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700
+    rc, out, _ = run(c, capsys, "-o", "json", "ssh", "box", "--print", "--user", "root")
+    doc = json.loads(out)
+    assert doc["command"][doc["command"].index("-l") + 1] == "root"
+    assert doc["known_hosts"].count("10.213.0.5 ") == 2
+
+
+def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    c = FakeClient([box()])
+    rc, _, err = run(c, capsys, "ssh", "box")
+    assert rc == 1
+    assert "box's image takes no contextualization; `ws exec box -- CMD`" in err
+    c = FakeClient([box(host_keys=HOST_KEYS)])
+    c.workspaces["box"].state = STOPPED
+    rc, _, err = run(c, capsys, "ssh", "box", "--print")
+    assert rc == 1 and "box is STOPPED" in err
+
+
+def test_ssh_enters_the_nodes_namespace_of_a_local_site(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    address = f"unix:{site_dir / 'service.sock'}"
+    rec = site_record.SiteRecord(
+        dir=str(site_dir),
+        address=address,
+        driver="libvirt",
+        agents=[site_record.AgentRecord("n1", netns="ws-site-n1")],
+    )
+    site_record.write_record(site_dir, rec)
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "elsewhere"))
+    assert guest_cmds.site_netns(address, "n1") == "ws-site-n1"
+    assert guest_cmds.site_netns(address, "n2") == ""
+    assert guest_cmds.site_netns("127.0.0.1:7070", "n1") == ""
+    cmd = guest_cmds.ssh_command(box(host_keys=HOST_KEYS), "/k", netns="ws-site-n1")
+    assert cmd[:5] == ["ip", "netns", "exec", "ws-site-n1", "ssh"]
+
+
+# -- the guest agent protocol (libvirt driver) -----------------------------------------------
+
+
+class Agent:
+    """qemu-ga as the driver sees it: JSON commands in, JSON replies out."""
+
+    def __init__(self, statuses: list[dict[str, Any]], fail: str = "") -> None:
+        self.statuses = statuses
+        self.fail = fail
+        self.sent: list[dict[str, Any]] = []
+
+    def __call__(self, command: dict[str, Any], timeout: int) -> dict[str, Any]:
+        self.sent.append(command)
+        if command["execute"] == "guest-exec":
+            if self.fail:
+                raise guest_agent.CommandFailed(self.fail)
+            return {"return": {"pid": 42}}
+        return {"return": self.statuses.pop(0) if self.statuses else {"exited": False}}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_guest_exec_then_status_until_exited() -> None:
+    agent = Agent(
+        [
+            {"exited": False},
+            {"exited": True, "exitcode": 3, "out-data": b64(b"out"), "err-data": b64(b"err")},
+        ]
+    )
+    got = guest_agent.exec_command(agent, ["sh", "-c", "x"], b"in", 10, 1024, sleep=lambda _s: None)
+    assert got == ExecOutcome(exit_code=3, stdout=b"out", stderr=b"err")
+    assert agent.sent[0] == {
+        "execute": "guest-exec",
+        "arguments": {
+            "path": "sh",
+            "arg": ["-c", "x"],
+            "capture-output": True,
+            "input-data": b64(b"in"),
+        },
+    }
+    assert agent.sent[1] == {"execute": "guest-exec-status", "arguments": {"pid": 42}}
+
+
+def test_guest_exec_signal_truncation_and_missing_commands() -> None:
+    killed = guest_agent.exec_command(
+        Agent([{"exited": True, "signal": 9}]), ["x"], b"", 10, 1024, sleep=lambda _s: None
+    )
+    assert killed.exit_code == 137
+    long = guest_agent.exec_command(
+        Agent([{"exited": True, "exitcode": 0, "out-data": b64(b"x" * 100)}]),
+        ["x"],
+        b"",
+        10,
+        10,
+        sleep=lambda _s: None,
+    )
+    assert long.stdout == b"x" * 10 and long.truncated
+    cut = guest_agent.exec_command(
+        Agent([{"exited": True, "exitcode": 0, "err-truncated": True}]), ["x"], b"", 10, 10
+    )
+    assert cut.truncated
+    missing = guest_agent.exec_command(
+        Agent([], fail="Failed to execute child process “nope” (No such file or directory)"),
+        ["nope"],
+        b"",
+        10,
+        10,
+    )
+    assert missing.exit_code == 127 and b"No such file" in missing.stderr
+    denied = guest_agent.exec_command(
+        Agent([], fail="Failed to execute child process “x” (Permission denied)"), ["x"], b"", 1, 1
+    )
+    assert denied.exit_code == 126
+
+
+def test_guest_exec_past_the_timeout_is_killed_and_reported() -> None:
+    now = [0.0]
+    agent = Agent([])
+    got = guest_agent.exec_command(
+        agent,
+        ["sleep", "99"],
+        b"",
+        2,
+        10,
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
+    assert got.timed_out and got.exit_code == 124
+    assert agent.sent[-1] == {
+        "execute": "guest-exec",
+        "arguments": {"path": "kill", "arg": ["-KILL", "42"]},
+    }
+
+
+class LibvirtError(libvirt.libvirtError):
+    def __init__(self, code: int, message: str) -> None:
+        Exception.__init__(self, message)
+        self.code, self.text = code, message
+
+    def get_error_code(self) -> int:
+        return self.code
+
+    def get_error_message(self) -> str:
+        return self.text
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "cls", "text"),
+    [
+        (
+            libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+            "Guest agent is not responding: QEMU guest agent is not connected",
+            errors.FailedPrecondition,
+            "no QEMU guest agent answers in workspace box (the image needs qemu-guest-agent)",
+        ),
+        (
+            libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+            "argument unsupported: QEMU guest agent is not configured",
+            errors.FailedPrecondition,
+            "no QEMU guest agent answers in workspace box",
+        ),
+        (
+            libvirt.VIR_ERR_OPERATION_INVALID,
+            "Requested operation is not valid: domain is not running",
+            errors.FailedPrecondition,
+            "workspace box is not running",
+        ),
+        (
+            libvirt.VIR_ERR_INTERNAL_ERROR,
+            "internal error: unable to execute QEMU agent command 'guest-exec': "
+            "Failed to execute child process “nope” (No such file or directory)",
+            guest_agent.CommandFailed,
+            "Failed to execute child process “nope” (No such file or directory)",
+        ),
+        (libvirt.VIR_ERR_NO_DOMAIN, "gone", errors.DriverError, "gone"),
+    ],
+)
+def test_what_a_failed_agent_command_means(code: int, message: str, cls: type, text: str) -> None:
+    err = agent_error(LibvirtError(code, message), "box")
+    assert type(err) is cls
+    assert text in str(err)
+
+
+# -- the fake guest ----------------------------------------------------------------------------
+
+
+def test_the_fake_guest_runs_a_few_commands_faithfully() -> None:
+    def go(*argv: str, stdin: bytes = b"", timeout: float = 10) -> ExecOutcome:
+        return fake_guest.run(argv, stdin, timeout, "box", sleep=lambda _s: None)
+
+    assert go("echo", "a", "b") == ExecOutcome(0, b"a b\n")
+    assert go("false").exit_code == 1
+    assert go("/bin/hostname").stdout == b"box\n"
+    assert go("sh", "-c", "echo x >&2; exit 5") == ExecOutcome(5, b"", b"x\n")
+    assert go("sleep", "30", timeout=1).timed_out
+    assert not go("sleep", "0.5").timed_out
+    assert go("frobnicate") == ExecOutcome(127, b"", b"sh: 1: frobnicate: not found\n")
+
+
+def test_the_fake_console_echoes_and_ends() -> None:
+    closed: list[object] = []
+    c = fake_guest.FakeConsole("box", closed.append)
+    assert b"box login: " in (c.read(1) or b"")
+    assert c.read(0.01) is None
+    c.write(b"root\r")
+    assert c.read(1) == b"root\r\n"
+    c.close()
+    assert c.read(1) == b"" and closed == [c]
+    with pytest.raises(errors.DriverError):
+        c.write(b"x")
+
+
+# -- the task hub ------------------------------------------------------------------------------
+
+
+def test_the_hub_answers_an_exec_by_task_id() -> None:
+    hub = TaskHub()
+    line = hub.connect("n1")
+
+    def agent() -> None:
+        task = line.next(5)
+        assert task is not None and isinstance(task.kind, ExecTask)
+        hub.deliver(line, TaskReply(task.task_id, ExecOutcome(0, b"hi")))
+
+    threading.Thread(target=agent).start()
+    assert hub.exec("n1", "w1", ExecTask(("echo",)), 5) == ExecOutcome(0, b"hi")
+
+
+def test_the_hub_fails_tasks_of_a_dropped_stream_and_unknown_nodes() -> None:
+    hub = TaskHub()
+    with pytest.raises(errors.Unavailable, match="node n1's agent is not connected; try again"):
+        hub.exec("n1", "w1", ExecTask(("true",)), 1)
+    line = hub.connect("n1")
+    threading.Timer(0.2, lambda: hub.disconnect(line)).start()
+    with pytest.raises(errors.Unavailable, match="went away"):
+        hub.exec("n1", "w1", ExecTask(("true",)), 5)
+    assert not hub.connected("n1")
+    # an answer refused by the agent
+    line = hub.connect("n1")
+
+    def refuse() -> None:
+        task = line.next(5)
+        assert task is not None
+        hub.deliver(line, TaskReply(task.task_id, TaskError(FAILED_PRECONDITION, "not running")))
+
+    threading.Thread(target=refuse).start()
+    with pytest.raises(errors.FailedPrecondition, match="not running"):
+        hub.exec("n1", "w1", ExecTask(("true",)), 5)
+    # a second stream of the same node replaces the first
+    second = hub.connect("n1")
+    assert line.closed and not second.closed and hub.connected("n1")
+
+
+def test_a_console_session_through_the_hub() -> None:
+    hub = TaskHub()
+    line = hub.connect("n1")
+    link = hub.open_console("n1", "w1")
+    opened = line.next(1)
+    assert opened is not None and opened.task_id == link.task_id
+    hub.deliver(line, TaskReply(link.task_id, ConsoleOutput(b"login: ")))
+    assert link.next(1) == ConsoleOutput(b"login: ")
+    link.send(b"x")
+    typed = line.next(1)
+    assert typed is not None and typed.kind.data == b"x"  # type: ignore[union-attr]
+    hub.deliver(line, TaskReply(link.task_id, ConsoleClosed("guest stopped")))
+    assert link.next(1) == ConsoleClosed("guest stopped")
+    link.close()
+    assert link.next(0.1) == ConsoleClosed("")  # a reader of the link wakes up
+
+
+# -- the agent's side of the task stream -------------------------------------------------------
+
+
+class SlowConsoleDriver(FakeDriver):
+    """A fake driver whose consoles take a moment to open (keystrokes arrive first)."""
+
+    def open_console(self, workspace_id: str) -> ConsoleSession:
+        time.sleep(0.3)
+        return super().open_console(workspace_id)
+
+
+def agent_tasks(tmp_path: Path) -> tuple[Tasks, FakeDriver, queue.Queue[Any]]:
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path))
+    driver = SlowConsoleDriver(FakeDriverConfig(persist=False, no_guest_agent=["bare"]))
+    tasks = Tasks(cfg, driver, threading.Event(), lambda _t: True)
+    outbox: queue.Queue[Any] = queue.Queue()
+    tasks._outbox = outbox  # what run() sets up for a live stream
+    for wid, name in (("w1", "box"), ("w2", "bare")):
+        driver.define(DomainSpec(wid, name, 1, 64, hostname=name))
+        driver.start(wid)
+    return tasks, driver, outbox
+
+
+def replies(outbox: queue.Queue[Any], task_id: str, until: type) -> list[Any]:
+    got: list[Any] = []
+    while True:
+        reply = codec_guests.reply_from_proto(outbox.get(timeout=5))
+        if reply.task_id == task_id:
+            got.append(reply.kind)
+            if isinstance(reply.kind, until):
+                return got
+
+
+def test_the_agent_answers_execs_and_keeps_early_keystrokes(tmp_path: Path) -> None:
+    tasks, _driver, outbox = agent_tasks(tmp_path)
+    try:
+        tasks.take(Task("e1", "w1", ExecTask(("hostname",))))
+        assert replies(outbox, "e1", ExecOutcome) == [ExecOutcome(0, b"box\n")]
+        tasks.take(Task("e2", "w2", ExecTask(("true",))))
+        (err,) = replies(outbox, "e2", TaskError)
+        assert err.code == FAILED_PRECONDITION and "no QEMU guest agent" in err.message
+        tasks.take(Task("e3", "nope", ExecTask(("true",))))
+        assert replies(outbox, "e3", TaskError)[0].code == NOT_FOUND
+        # keystrokes sent right after the open, before the console is open, are kept
+        tasks.take(Task("c1", "w1", ConsoleOpen()))
+        tasks.take(Task("c1", "w1", ConsoleInput(b"root\r")))
+        seen = b""
+        while b"root\r\n" not in seen:
+            (out,) = replies(outbox, "c1", ConsoleOutput)
+            seen += out.data
+        tasks.take(Task("c1", "w1", ConsoleClose()))
+        assert replies(outbox, "c1", ConsoleClosed)[-1] == ConsoleClosed("detached")
+    finally:
+        tasks.close()

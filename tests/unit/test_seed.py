@@ -1,0 +1,313 @@
+"""The NoCloud seed (workspace/domain/seed.py): each document, the MIME structure and the
+order of its parts, the roster of a 3-member cluster, and cloud-init's own merging of
+the parts (with the cloud-init installed on this machine, when there is one)."""
+
+from __future__ import annotations
+
+import email
+import json
+import subprocess
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from workspace.domain import seed
+from workspace.domain.model import Nic
+from workspace.ops.keys import new_key_pair
+
+USER_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFVZbZ3EXhyOoC1P1Sb7GbhLWyH1sVrRfQ2KDW4H7WeS me@laptop"
+)
+NIC = Nic(
+    "default",
+    "10.0.0.5",
+    "52:54:00:12:34:56",
+    24,
+    "10.0.0.1",
+    "wsbr0",
+    "10.0.0.0/24",
+    ("10.0.0.1",),
+)
+NIC2 = Nic("storage", "10.9.0.7", "52:54:00:ab:cd:ef", 24, "10.9.0.1", "wsbr1", "10.9.0.0/24")
+HOST = new_key_pair()
+CLUSTER = new_key_pair()
+CLOUD_INIT = Path("/usr/lib/python3/dist-packages/cloudinit/mergers/__init__.py")
+
+
+def parts(user_data: bytes) -> list[Message]:
+    msg = email.message_from_bytes(user_data)
+    assert msg.is_multipart() and msg.get_content_type() == "multipart/mixed"
+    return [p for p in msg.walk() if not p.is_multipart()]
+
+
+def payload(p: Message) -> bytes:
+    data = p.get_payload(decode=True)
+    assert isinstance(data, bytes)
+    return data
+
+
+def own_config(user_data: bytes) -> dict[str, Any]:
+    """The service's part (the last one), parsed as cloud-init parses it (YAML)."""
+    last = parts(user_data)[-1]
+    assert last.get_content_type() == "text/cloud-config"
+    assert last.get_filename() == "workspace.cfg"
+    text = payload(last).decode()
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def files(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in cfg["write_files"]}
+
+
+def three_members() -> seed.Roster:
+    keys = [new_key_pair()[1] for _ in range(3)]
+    return seed.Roster(
+        "mpi",
+        (
+            seed.Member("mpi-head-0", "head", 0, ("10.0.0.5",), keys[0]),
+            seed.Member("mpi-worker-0", "worker", 0, ("10.0.0.6",), keys[1]),
+            seed.Member("mpi-worker-1", "worker", 1, ("10.0.0.7", "10.9.0.7"), keys[2]),
+        ),
+        *CLUSTER,
+    )
+
+
+# -- meta-data and network-config -------------------------------------------------------------
+
+
+def test_meta_data_names_the_instance_and_the_host() -> None:
+    s = seed.render("box", "0123456789ab", (NIC,))
+    assert yaml.safe_load(s.meta_data) == {"instance-id": "0123456789ab", "local-hostname": "box"}
+
+
+def test_network_config_matches_every_nic_by_mac_with_its_static_address() -> None:
+    doc = yaml.safe_load(seed.network_config((NIC, NIC2)))
+    assert doc["version"] == 2
+    nic0, nic1 = doc["ethernets"]["nic0"], doc["ethernets"]["nic1"]
+    # The MAC stays a string (YAML 1.1 would read 52:54:00:12:34:56 as a number).
+    assert nic0["match"] == {"macaddress": "52:54:00:12:34:56"}
+    assert nic0["addresses"] == ["10.0.0.5/24"]
+    assert nic0["routes"] == [{"to": "0.0.0.0/0", "via": "10.0.0.1"}]
+    assert nic0["nameservers"] == {"addresses": ["10.0.0.1"]}
+    # One default route only: the first NIC's.
+    assert nic1["match"] == {"macaddress": "52:54:00:ab:cd:ef"}
+    assert nic1["addresses"] == ["10.9.0.7/24"] and "routes" not in nic1
+
+
+def test_an_ipv6_nic_gets_an_ipv6_default_route() -> None:
+    nic = Nic("v6", "fd00::5", "52:54:00:00:00:01", 64, "fd00::1")
+    doc = yaml.safe_load(seed.network_config((nic,)))
+    assert doc["ethernets"]["nic0"]["routes"] == [{"to": "::/0", "via": "fd00::1"}]
+
+
+# -- user-data: the MIME document --------------------------------------------------------------
+
+
+def test_user_data_parts_in_order_vendor_user_service() -> None:
+    vendor = b"#cloud-config\npackages: [htop]\n"
+    user = b"#!/bin/sh\necho hello > /tmp/hello\n"
+    s = seed.render("box", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian")
+    got = parts(s.user_data)
+    assert [p.get_content_type() for p in got] == [
+        "text/cloud-config",
+        "text/x-shellscript",
+        "text/cloud-config",
+    ]
+    assert [p.get_filename() for p in got] == ["vendor-data", "user-data", "workspace.cfg"]
+    # The user's and the site's documents exactly as given.
+    assert payload(got[0]) == vendor
+    assert payload(got[1]) == user
+
+
+def test_the_service_part_carries_the_host_key_and_the_authorized_keys() -> None:
+    s = seed.render("box", "id1", (NIC,), b"", b"", [USER_KEY], HOST, "debian")
+    cfg = own_config(s.user_data)
+    assert cfg["merge_how"] == seed.MERGE_HOW
+    assert cfg["hostname"] == "box"
+    assert cfg["ssh_keys"] == {"ed25519_private": HOST[0], "ed25519_public": HOST[1]}
+    assert cfg["ssh_deletekeys"] is True and cfg["ssh_genkeytypes"] == []
+    assert cfg["ssh_authorized_keys"] == [USER_KEY]
+    assert cfg["disable_root"] is True
+    assert "/etc/workspace/workspace.json" in files(cfg)
+    assert "manage_etc_hosts" not in cfg  # a single workspace: the image's default
+
+
+def test_a_users_multipart_document_is_flattened_into_its_parts() -> None:
+    user = (
+        b'Content-Type: multipart/mixed; boundary="XX"\nMIME-Version: 1.0\n\n'
+        b"--XX\nContent-Type: text/cloud-config\n"
+        b'Content-Disposition: attachment; filename="a.cfg"\n'
+        b"Merge-Type: list(append)+dict(recurse_array)+str()\n\n"
+        b"#cloud-config\nruncmd: [[touch, /tmp/a]]\n"
+        b"--XX\nContent-Type: text/x-shellscript\n\n#!/bin/sh\necho b\n--XX--\n"
+    )
+    s = seed.render("box", "id1", (NIC,), user, b"", [], HOST, "debian")
+    got = parts(s.user_data)
+    assert [p.get_content_type() for p in got] == [
+        "text/cloud-config",
+        "text/x-shellscript",
+        "text/cloud-config",
+    ]
+    assert got[0].get_filename() == "a.cfg"
+    assert got[0]["Merge-Type"] == "list(append)+dict(recurse_array)+str()"
+    # The line break before a boundary belongs to the boundary (RFC 2046).
+    assert payload(got[0]) == b"#cloud-config\nruncmd: [[touch, /tmp/a]]"
+    assert payload(got[1]).startswith(b"#!/bin/sh\necho b")
+
+
+def test_the_seed_is_the_same_bytes_for_the_same_inputs() -> None:
+    def one() -> bytes:
+        s = seed.render("box", "id1", (NIC,), b"#!/bin/sh\n", b"", [USER_KEY], HOST, "debian")
+        return s.meta_data + s.user_data + s.network_config
+
+    assert one() == one()
+
+
+def test_no_private_key_without_a_host_key() -> None:
+    cfg = own_config(seed.render("box", "id1", (NIC,)).user_data)
+    assert "ssh_keys" not in cfg and "ssh_deletekeys" not in cfg
+
+
+# -- a cluster member: the roster ---------------------------------------------------------------
+
+
+def test_a_member_of_three_knows_every_member() -> None:
+    roster = three_members()
+    s = seed.render(
+        "mpi-worker-1", "id3", (NIC, NIC2), b"", b"", [USER_KEY], HOST, "debian", roster
+    )
+    cfg = own_config(s.user_data)
+    written = files(cfg)
+    assert cfg["manage_etc_hosts"] is False
+
+    hosts = written["/etc/hosts"]["content"].splitlines()
+    assert hosts[0] == "127.0.0.1 localhost"
+    assert hosts[-3:] == [
+        "10.0.0.5 mpi-head-0 head-0",
+        "10.0.0.6 mpi-worker-0 worker-0",
+        "10.0.0.7 mpi-worker-1 worker-1",
+    ]
+
+    about = json.loads(written["/etc/workspace/cluster.json"]["content"])
+    assert (about["cluster"], about["name"], about["role"], about["index"]) == (
+        "mpi",
+        "mpi-worker-1",
+        "worker",
+        1,
+    )
+    assert about["members"] == [
+        {"name": "mpi-head-0", "role": "head", "index": 0, "addresses": ["10.0.0.5"]},
+        {"name": "mpi-worker-0", "role": "worker", "index": 0, "addresses": ["10.0.0.6"]},
+        {
+            "name": "mpi-worker-1",
+            "role": "worker",
+            "index": 1,
+            "addresses": ["10.0.0.7", "10.9.0.7"],
+        },
+    ]
+
+    known = written["/etc/ssh/ssh_known_hosts"]["content"].splitlines()
+    assert len(known) == 3
+    for line, m in zip(known, roster.members, strict=True):
+        names, key = line.split(" ", 1)
+        assert names.split(",") == [m.name, m.alias, *m.addresses]
+        assert key == " ".join(m.host_key.split()[:2])
+
+    # The cluster's key: authorized everywhere, the private half the login user's.
+    assert cfg["ssh_authorized_keys"] == [USER_KEY, CLUSTER[1]]
+    private = written["/home/debian/.ssh/id_ed25519"]
+    assert private["content"] == CLUSTER[0]
+    assert (private["owner"], private["permissions"], private["defer"]) == (
+        "debian:debian",
+        "0600",
+        True,
+    )
+    assert written["/home/debian/.ssh/id_ed25519.pub"]["defer"] is True
+
+
+def test_member_index_comes_from_the_name() -> None:
+    assert seed.member_index("my-mpi-big-worker-12") == 12
+    assert seed.member_index("odd") == 0
+
+
+# -- cloud-init's own merging of the parts ------------------------------------------------------
+
+MERGE_SCRIPT = r"""
+import email, json, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from cloudinit import mergers
+from cloudinit.handlers.cloud_config import DEF_MERGERS, MERGE_HEADER
+msg = email.message_from_bytes(sys.stdin.buffer.read())
+buf = {}
+for part in msg.walk():
+    if part.is_multipart() or part.get_content_type() != "text/cloud-config":
+        continue
+    payload = part.get_payload(decode=True).decode()
+    import yaml
+    doc = yaml.safe_load(payload)
+    chosen = mergers.dict_extract_mergers(doc)
+    chosen += mergers.string_extract_mergers(part.get(MERGE_HEADER, ""))
+    buf = mergers.construct(chosen or DEF_MERGERS).merge(buf, doc)
+print(json.dumps(buf))
+"""
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
+    """The user's write_files and runcmd survive; the service's files, keys and host key
+    are added; a value the user set on purpose (hostname) stays the user's."""
+    user = (
+        b"#cloud-config\n"
+        b"hostname: mine\n"
+        b"runcmd: [[touch, /tmp/ran]]\n"
+        b"ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn other@x]\n"
+        b"write_files:\n- path: /etc/motd\n  content: hello\n"
+    )
+    vendor = b"#cloud-config\nwrite_files:\n- path: /etc/vendor\n  content: site\n"
+    s = seed.render(
+        "mpi-head-0", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian", three_members()
+    )
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", MERGE_SCRIPT],
+        input=s.user_data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    merged = json.loads(out.stdout)
+    paths = [f["path"] for f in merged["write_files"]]
+    # The user's part replaces the vendor's list (cloud-init's default), ours is appended.
+    assert paths[0] == "/etc/motd"
+    assert {"/etc/hosts", "/etc/workspace/cluster.json", "/etc/ssh/ssh_known_hosts"} <= set(paths)
+    assert merged["runcmd"] == [["touch", "/tmp/ran"]]
+    assert merged["ssh_keys"]["ed25519_private"] == HOST[0]
+    assert merged["ssh_genkeytypes"] == [] and merged["ssh_deletekeys"] is True
+    assert merged["ssh_authorized_keys"][1:] == [USER_KEY, CLUSTER[1]]
+    assert merged["hostname"] == "mine"
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+def test_cloud_init_reads_our_user_data_as_multipart() -> None:
+    """cloud-init's own user-data processor splits the document into our parts."""
+    s = seed.render("box", "id1", (NIC,), b"#!/bin/sh\necho hi\n", b"", [USER_KEY], HOST, "debian")
+    script = (
+        "import sys\n"
+        "sys.path.append('/usr/lib/python3/dist-packages')\n"
+        "from cloudinit.user_data import UserDataProcessor\n"
+        "msg = UserDataProcessor({}).process(sys.stdin.buffer.read())\n"
+        "print([p.get_content_type() for p in msg.walk() if not p.is_multipart()])\n"
+    )
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", script],
+        input=s.user_data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.decode().strip() == "['text/x-shellscript', 'text/cloud-config']"

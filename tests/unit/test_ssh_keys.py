@@ -1,0 +1,121 @@
+"""SSH public keys (workspace/ops/keys.py ``parse``, workspace/domain/sshkeys.py): the
+accepted types, fingerprints as ``ssh-keygen -l`` prints them, clear refusals, and the
+key pairs the service makes for guests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from workspace.domain import sshkeys
+from workspace.errors import InvalidArgument
+from workspace.ops import keys
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="no ssh-keygen")
+
+
+def keygen(tmp: Path, kind: str, bits: int = 0, comment: str = "me@laptop") -> Path:
+    path = tmp / f"id_{kind}_{bits}"
+    args = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", comment, "-f", str(path)]
+    if bits:
+        args += ["-b", str(bits)]
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+    return path
+
+
+def keygen_fingerprint(path: Path) -> str:
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return out.split()[1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "bits"),
+    [("ed25519", 0), ("ecdsa", 256), ("ecdsa", 384), ("ecdsa", 521), ("rsa", 2048), ("rsa", 3072)],
+)
+def test_accepted_keys_and_their_fingerprints_match_ssh_keygen(
+    tmp_path: Path, kind: str, bits: int
+) -> None:
+    path = keygen(tmp_path, kind, bits)
+    text = path.with_suffix(".pub").read_text()
+    line = keys.parse(text)
+    assert line.fingerprint == keygen_fingerprint(path.with_suffix(".pub"))
+    assert line.comment == "me@laptop"
+    assert line.line() == text.strip()
+
+
+def test_a_comment_with_spaces_is_kept(tmp_path: Path) -> None:
+    path = keygen(tmp_path, "ed25519", comment="Jane Doe laptop")
+    assert keys.parse(path.with_suffix(".pub").read_text()).comment == "Jane Doe laptop"
+
+
+def test_a_short_rsa_key_is_refused(tmp_path: Path) -> None:
+    path = keygen(tmp_path, "rsa", 1024)
+    with pytest.raises(InvalidArgument, match="RSA key of 1024 bits is too weak"):
+        keys.parse(path.with_suffix(".pub").read_text())
+
+
+def test_a_private_key_is_named_as_such(tmp_path: Path) -> None:
+    path = keygen(tmp_path, "ed25519")
+    with pytest.raises(InvalidArgument) as info:
+        keys.parse(path.read_text())
+    assert info.value.message == "that is a private key; give the .pub file"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "not an SSH public key (got nothing)"),
+        ("hello", "not an SSH public key (expected one line: TYPE BASE64 [COMMENT])"),
+        (
+            "ssh-ed25519 !!!notbase64",
+            "not an SSH public key (the key's second field is not base64)",
+        ),
+        (
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIFVZbZ3EXhyOoC1P1Sb7GbhLWyH1sVrRfQ2KDW4H7WeS",
+            "does not match its type 'ssh-rsa'",
+        ),
+        ("ssh-dss AAAAB3NzaC1kc3MAAACBAP", "not an SSH public key"),
+        ("a b\nc d\n", "not an SSH public key (got 2 lines)"),
+    ],
+)
+def test_anything_else_is_refused_saying_what_was_expected(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        keys.parse(text)
+    assert message in info.value.message
+    assert "ssh-ed25519" in info.value.message or "not accepted" in info.value.message
+
+
+def test_a_dsa_key_type_is_not_accepted() -> None:
+    blob = b"\x00\x00\x00\x07ssh-dss" + b"\x00" * 16
+    import base64
+
+    with pytest.raises(InvalidArgument, match="SSH key type 'ssh-dss' is not accepted"):
+        keys.parse(f"ssh-dss {base64.b64encode(blob).decode()} old")
+
+
+def test_a_generated_host_key_pair_is_one_openssh_reads(tmp_path: Path) -> None:
+    private, public = keys.new_key_pair()
+    assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert public.startswith("ssh-ed25519 AAAA")
+    path = tmp_path / "host"
+    path.write_text(private)
+    path.chmod(0o600)
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(path)], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert derived[:2] == public.split()[:2]
+    (tmp_path / "host.pub").write_text(public + "\n")
+    assert sshkeys.fingerprint(public) == keygen_fingerprint(tmp_path / "host.pub")
+
+
+def test_fingerprint_of_an_unreadable_line() -> None:
+    assert sshkeys.fingerprint("nonsense") == "?"

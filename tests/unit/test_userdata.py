@@ -1,0 +1,144 @@
+"""User-data checks at create (workspace/domain/userdata.py): every accepted and refused
+form, and the text of a schema error (with cloud-init's own schema when installed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workspace.config import CLOUD_CONFIG_SCHEMA, ContextConfig
+from workspace.domain import userdata
+from workspace.errors import InvalidArgument
+
+SCHEMA = ContextConfig().schema_path()
+needs_schema = pytest.mark.skipif(not SCHEMA, reason="cloud-init's schema is not installed")
+
+
+def multipart(*parts: tuple[str, bytes]) -> bytes:
+    out = b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n'
+    for ctype, body in parts:
+        out += f"--B\nContent-Type: {ctype}\n\n".encode() + body + b"\n"
+    return out + b"--B--\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"#cloud-config\n",
+        b"#cloud-config\nruncmd:\n- [touch, /tmp/x]\npackages: [htop]\n",
+        b"#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: hi\n",
+        b"#!/bin/sh\necho hello\n",
+        b"#!/usr/bin/env python3\nprint('hi')\n",
+        b"#cloud-boothook\n#!/bin/sh\necho early\n",
+        multipart(
+            ("text/cloud-config", b"#cloud-config\nruncmd: [[ls]]"),
+            ("text/x-shellscript", b"#!/bin/sh\nls"),
+        ),
+        multipart(("text/plain", b"#!/bin/sh\nls")),
+    ],
+    ids=[
+        "empty",
+        "empty-cloud-config",
+        "cloud-config",
+        "write-files",
+        "script",
+        "python-script",
+        "boothook",
+        "multipart",
+        "multipart-plain-script",
+    ],
+)
+def test_accepted(data: bytes) -> None:
+    userdata.check(data, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"hello world\n", "user-data is not accepted: expected a #cloud-config document"),
+        (b"#include\nhttp://x/y\n", "expected a #cloud-config document, a #! script"),
+        (b"\x1f\x8b\x08\x00gzip", "user-data is not accepted"),
+        (b"#cloud-config\n- a\n- b\n", "user-data: #cloud-config: expected a mapping of keys"),
+        (b"#cloud-config\nruncmd: [oops\n", "user-data: #cloud-config: not valid YAML (line 3"),
+        (b"#cloud-config\nkey: \xff\n", "a #cloud-config document must be UTF-8"),
+        (
+            multipart(("text/cloud-config", b"#cloud-config\n[1, 2]")),
+            "user-data: part 1 (text/cloud-config): #cloud-config: expected a mapping",
+        ),
+        (
+            multipart(("text/x-include-url", b"http://example.org/x")),
+            "user-data: part 1 (text/x-include-url): this part type is not accepted",
+        ),
+        (
+            multipart(("text/plain", b"just words")),
+            "user-data: part 1 (text/plain): expected a #cloud-config document",
+        ),
+        (
+            b"MIME-Version: 1.0\nContent-Type: text/plain\n\n#!/bin/sh\n",
+            "a MIME document that is not multi-part",
+        ),
+    ],
+    ids=[
+        "plain-text",
+        "include",
+        "gzip",
+        "yaml-list",
+        "bad-yaml",
+        "not-utf8",
+        "multipart-list",
+        "multipart-include",
+        "multipart-text",
+        "mime-single",
+    ],
+)
+def test_refused(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(data, SCHEMA)
+    assert message in info.value.message
+
+
+@needs_schema
+def test_a_schema_error_names_the_key_and_the_problem() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(b"#cloud-config\nruncmd: 5\n", SCHEMA)
+    assert info.value.message == "user-data: #cloud-config: runcmd: 5 is not of type 'array'"
+
+
+@needs_schema
+def test_a_nested_schema_error_names_its_path() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(b"#cloud-config\nwrite_files:\n- path: 3\n", SCHEMA)
+    assert "write_files.0.path: 3 is not of type 'string'" in info.value.message
+
+
+@needs_schema
+def test_a_multipart_cloud_config_part_is_checked_against_the_schema() -> None:
+    data = multipart(
+        ("text/x-shellscript", b"#!/bin/sh\nls"), ("text/cloud-config", b"#cloud-config\nruncmd: 5")
+    )
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(data, SCHEMA)
+    assert info.value.message == (
+        "user-data: part 2 (text/cloud-config): #cloud-config: runcmd: 5 is not of type 'array'"
+    )
+
+
+def test_without_a_schema_only_the_yaml_is_checked() -> None:
+    userdata.check(b"#cloud-config\nruncmd: 5\n", "")
+    assert ContextConfig(cloud_config_schema="none").schema_path() == ""
+
+
+def test_auto_finds_cloud_inits_schema_when_installed() -> None:
+    import os
+
+    expected = CLOUD_CONFIG_SCHEMA if os.path.exists(CLOUD_CONFIG_SCHEMA) else ""
+    assert ContextConfig().schema_path() == expected
+    assert ContextConfig(cloud_config_schema="/x.json").schema_path() == "/x.json"
+
+
+def test_kinds() -> None:
+    assert userdata.kind(b"  #cloud-config\n") == "cloud-config"
+    assert userdata.kind(b"#!/bin/bash") == "script"
+    assert userdata.kind(b"#cloud-boothook") == "boothook"
+    assert userdata.kind(b"Content-Type: multipart/mixed; boundary=x") == "multipart"
+    assert userdata.kind(b"{}") == ""

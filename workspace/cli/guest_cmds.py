@@ -1,0 +1,522 @@
+"""Into a workspace from the command line.
+
+    ws exec NAME [--timeout S] [--stdin] -- CMD [ARG...]     through the QEMU guest agent
+    ws cluster exec NAME [--role R] [--sequential] [--timeout S] -- CMD [ARG...]
+    ws console NAME --attach                                  the serial console; Ctrl-] leaves
+    ws ssh NAME [--user U] [-i KEY] [--print] [-- CMD...]     host keys vouched for by the service
+
+``ws exec`` exits with the command's exit code (124 when it ran past --timeout, as
+timeout(1) does). ``ws cluster exec`` exits 0 only when every member's command exited 0.
+Output follows workspace/cli/render.py (--output json), other exit codes
+workspace/cli/common.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import queue
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from workspace import errors
+from workspace.cli import common, render
+from workspace.client import Client, state_name
+from workspace.site import record as site_record
+from workspace.v1 import access_pb2, common_pb2
+
+# timeout(1)'s exit code for a command that ran past its time.
+EXIT_TIMED_OUT = 124
+# Ctrl-]: leaves an attached console (as telnet and virsh console do).
+DETACH = b"\x1d"
+RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
+# Members run at once by `ws cluster exec` (in parallel by default).
+CLUSTER_PARALLEL = 16
+
+
+# -- the command after `--` ----------------------------------------------------------------
+
+
+class _OptionParser(argparse.ArgumentParser):
+    """Parses options given between NAME and ``--``; errors instead of exiting."""
+
+    def __init__(self) -> None:
+        super().__init__(add_help=False, prog="ws")
+        self.option_names: set[str] = set()
+
+    def add(self, *names: str, **kw: Any) -> None:
+        self.option_names.update(names)
+        self.add_argument(*names, default=argparse.SUPPRESS, **kw)
+
+    def error(self, message: str) -> Any:
+        raise common.UsageError(message)
+
+
+def _command(
+    args: argparse.Namespace, options: _OptionParser, what: str, required: bool = True
+) -> list[str]:
+    """The command of ``args.command`` (everything after NAME): options given after NAME
+    and before ``--`` are parsed into ``args`` with ``options``."""
+    rest = list(args.command or [])
+    if rest and rest[0].startswith("-") and "--" in rest:
+        i = rest.index("--")
+        head, rest = rest[:i], rest[i + 1 :]
+        try:
+            options.parse_args(head, namespace=args)
+        except SystemExit as exc:
+            raise common.UsageError(f"cannot read the options {shlex.join(head)}") from exc
+    elif rest and rest[0] in options.option_names:
+        if required:
+            raise common.UsageError(f"put the command after `--`: {what} NAME [OPTIONS] -- CMD")
+        options.parse_args(rest, namespace=args)  # options only, no command
+        rest = []
+    if required and not rest:
+        raise common.UsageError(f"give a command to run: {what} NAME -- CMD [ARG...]")
+    return rest
+
+
+def _add(p: argparse.ArgumentParser, late: _OptionParser, *names: str, **kw: Any) -> None:
+    """An option both before NAME (``p``) and between NAME and ``--`` (``late``)."""
+    p.add_argument(*names, **kw)
+    late.add(*names, **{k: v for k, v in kw.items() if k != "default"})
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace")
+
+
+# -- ws exec -----------------------------------------------------------------------------
+
+
+def result_json(r: access_pb2.ExecResult) -> dict[str, Any]:
+    return {
+        "workspace": r.workspace_id,
+        "name": r.name,
+        "exit_code": r.exit_code,
+        "stdout": _text(r.stdout),
+        "stderr": _text(r.stderr),
+        "timed_out": r.timed_out,
+        "truncated": r.truncated,
+    }
+
+
+def _write(stream: Any, data: bytes) -> None:
+    stream.flush()
+    buf = getattr(stream, "buffer", None)
+    if buf is not None:
+        buf.write(data)
+        buf.flush()
+    else:
+        stream.write(_text(data))
+
+
+def exec_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
+    argv = _command(args, late, "ws exec")
+    stdin = sys.stdin.buffer.read() if args.stdin else b""
+    r = client.exec(args.id, argv, stdin, int(args.timeout or 0))
+    if render.wants_json(args):
+        render.print_json(result_json(r))
+    else:
+        _write(sys.stdout, r.stdout)
+        _write(sys.stderr, r.stderr)
+    if r.truncated:
+        print(f"ws: the output of {argv[0]} in {r.name} was cut (too long)", file=sys.stderr)
+    if r.timed_out:
+        print(
+            f"ws: {argv[0]} in {r.name} ran past its timeout; it was asked to stop "
+            "(it may still run)",
+            file=sys.stderr,
+        )
+        return EXIT_TIMED_OUT
+    return int(r.exit_code)
+
+
+# -- ws cluster exec ---------------------------------------------------------------------
+
+
+@dataclass
+class MemberRun:
+    """What one member's command did, or why it did not run."""
+
+    workspace: str
+    name: str
+    role: str
+    result: access_pb2.ExecResult | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and not self.result.timed_out and self.result.exit_code == 0
+
+    @property
+    def status(self) -> str:
+        if self.result is None:
+            return self.error
+        if self.result.timed_out:
+            return "timed out"
+        return f"exit {self.result.exit_code}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"workspace": self.workspace, "name": self.name, "role": self.role}
+        if self.result is not None:
+            out.update(result_json(self.result))
+            out["error"] = ""
+        else:
+            out.update(exit_code=None, stdout="", stderr="", timed_out=False, truncated=False)
+            out["error"] = self.error
+        return out
+
+
+def summary(runs: Sequence[MemberRun]) -> str:
+    """ "3 members: 2 exited 0, 1 failed (w-1: exit 1)"."""
+    ok = [r for r in runs if r.ok]
+    bad = [r for r in runs if not r.ok]
+    word = "member" if len(runs) == 1 else "members"
+    text = f"{len(runs)} {word}: {len(ok)} exited 0"
+    if bad:
+        short = "; ".join(f"{r.name}: {r.status.splitlines()[0] if r.status else '?'}" for r in bad)
+        text += f", {len(bad)} failed ({short})"
+    return text
+
+
+def run_members(
+    client: Client,
+    members: Sequence[common_pb2.Workspace],
+    argv: Sequence[str],
+    stdin: bytes,
+    timeout_s: int,
+    parallel: bool,
+) -> list[MemberRun]:
+    """The command on every member, in members' order; failures are kept, never raised."""
+
+    def one(m: common_pb2.Workspace) -> MemberRun:
+        run = MemberRun(m.id, m.name, m.role)
+        if m.state != RUNNING:
+            run.error = f"not running ({state_name(m.state)})"
+            return run
+        try:
+            run.result = client.exec(m.id, argv, stdin, timeout_s)
+        except errors.WorkspaceError as exc:
+            run.error = exc.message
+        return run
+
+    if not parallel or len(members) < 2:
+        return [one(m) for m in members]
+    with ThreadPoolExecutor(min(CLUSTER_PARALLEL, len(members))) as pool:
+        return list(pool.map(one, members))
+
+
+def cluster_exec_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
+    argv = _command(args, late, "ws cluster exec")
+    stdin = sys.stdin.buffer.read() if args.stdin else b""
+    cluster = client.get_cluster(args.name)
+    members = [m for m in cluster.members if not args.role or m.role == args.role]
+    if not members:
+        role = f" with role {args.role}" if args.role else ""
+        raise errors.NotFound(f"cluster {cluster.name} has no members{role}")
+    runs = run_members(client, members, argv, stdin, int(args.timeout or 0), not args.sequential)
+    line = summary(runs)
+    if render.wants_json(args):
+        render.print_json(
+            {
+                "cluster": cluster.name,
+                "members": [r.to_json() for r in runs],
+                "summary": {
+                    "members": len(runs),
+                    "exited_0": sum(r.ok for r in runs),
+                    "failed": [r.name for r in runs if not r.ok],
+                    "text": line,
+                },
+            }
+        )
+    else:
+        for r in runs:
+            print(f"== {r.name} ({r.role or '-'}): {r.status}", flush=True)
+            if r.result is not None:
+                out = r.result.stdout
+                _write(sys.stdout, out if not out or out.endswith(b"\n") else out + b"\n")
+                _write(sys.stderr, r.result.stderr)
+        print(line)
+    return common.EXIT_OK if all(r.ok for r in runs) else common.EXIT_REQUEST
+
+
+# -- ws console --attach -----------------------------------------------------------------
+
+
+class Keystrokes:
+    """Bytes read from ``fd`` (a thread of its own) until Ctrl-] (``detached``), the end
+    of input, or ``close``; iterate to get them."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.detached = threading.Event()
+        self._q: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(target=self._read, name="console-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                data = os.read(self.fd, 1024)
+                if not data:
+                    break
+                before, hit, _ = data.partition(DETACH)
+                if before:
+                    self._q.put(before)
+                if hit:
+                    self.detached.set()
+                    break
+        except OSError:
+            pass
+        self._q.put(None)
+
+    def close(self) -> None:
+        """The session ended: end the iteration (the reader thread may stay blocked)."""
+        self._q.put(None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            yield item
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[bool]:
+    """``fd`` in raw mode while inside (restored on the way out, errors included);
+    yields whether it is a terminal at all."""
+    if not os.isatty(fd):
+        yield False
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def attach(
+    client: Client,
+    ref: str,
+    stdin_fd: int | None = None,
+    out: BinaryIO | None = None,
+) -> int:
+    """Relay the console of ``ref``: input to the guest, its output to ``out``."""
+    fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
+    sink = out if out is not None else sys.stdout.buffer
+    keys = Keystrokes(fd)
+    try:
+        with raw_terminal(fd) as tty_mode:
+            nl = "\r\n" if tty_mode else "\n"
+            sys.stderr.write(f"ws: attached to the console of {ref}; Ctrl-] detaches{nl}")
+            sys.stderr.flush()
+            for data in client.attach_console(ref, keys):
+                sink.write(data)
+                sink.flush()
+    finally:
+        keys.close()
+    print(f"\nws: {'detached' if keys.detached.is_set() else 'the console ended'}", file=sys.stderr)
+    return common.EXIT_OK
+
+
+# -- ws ssh ------------------------------------------------------------------------------
+
+
+def known_hosts_lines(address: str, host_keys: Sequence[str]) -> str:
+    """known_hosts lines for ``address``: each key's type and base64 (comments dropped)."""
+    lines = []
+    for key in host_keys:
+        parts = key.split()
+        if len(parts) >= 2:
+            lines.append(f"{address} {parts[0]} {parts[1]}\n")
+    return "".join(lines)
+
+
+def site_netns(client_address: str, node: str) -> str:
+    """The network namespace of ``node`` when ``client_address`` is a local site's whose
+    record names one ("" otherwise: the VM is reachable from here)."""
+    dirs = [site_record.default_site_dir()]
+    if client_address.startswith("unix:"):
+        dirs.append(Path(client_address.removeprefix("unix:").removeprefix("//")).parent)
+    for d in dirs:
+        try:
+            rec = site_record.read_record(d)
+        except errors.WorkspaceError:
+            continue
+        if rec is None or rec.address != client_address:
+            continue
+        for agent in rec.agents:
+            if agent.node == node and agent.netns:
+                return agent.netns
+    return ""
+
+
+def ssh_command(
+    ws: common_pb2.Workspace,
+    known_hosts: str,
+    user: str = "",
+    key: str = "",
+    command: Sequence[str] = (),
+    netns: str = "",
+) -> list[str]:
+    """The ssh command line that logs in to ``ws`` checking its host keys against
+    ``known_hosts`` only (strict: no trust on first use)."""
+    address = ws_address(ws)
+    login = user or ws.login_user
+    if not login:
+        raise errors.FailedPrecondition(f"workspace {ws.name} names no login user; give --user")
+    cmd = [
+        "ssh",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "UpdateHostKeys=no",
+        "-l", login,
+    ]  # fmt: skip
+    if key:
+        cmd += ["-i", key]
+    cmd += ["--", address, *command]
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
+def ws_address(ws: common_pb2.Workspace) -> str:
+    for nic in ws.nics:
+        if nic.ip:
+            return str(nic.ip)
+    raise errors.FailedPrecondition(f"workspace {ws.name} has no address yet")
+
+
+def check_ssh(ws: common_pb2.Workspace) -> None:
+    if not ws.host_keys:
+        raise errors.FailedPrecondition(
+            f"workspace {ws.name}'s image takes no contextualization; "
+            f"`ws exec {ws.name} -- CMD` or `ws console {ws.name} --attach` reach it"
+        )
+    if ws.state != RUNNING:
+        raise errors.FailedPrecondition(f"workspace {ws.name} is {state_name(ws.state)}")
+
+
+def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
+    command = _command(args, late, "ws ssh", required=False)
+    ws = client.get_workspace(args.id)
+    check_ssh(ws)
+    netns = site_netns(client.address, ws.node)
+    tmp = Path(tempfile.mkdtemp(prefix="ws-ssh-"))  # mode 0700
+    known = tmp / "known_hosts"
+    fd = os.open(known, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(known_hosts_lines(ws_address(ws), ws.host_keys))
+    cmd = ssh_command(ws, str(known), args.user or "", args.key or "", command, netns)
+    if args.print:  # the file stays, for the command printed
+        if render.wants_json(args):
+            render.print_json({"command": cmd, "known_hosts": known.read_text()})
+        else:
+            print(shlex.join(cmd))
+        return common.EXIT_OK
+    try:
+        if shutil.which(cmd[0]) is None:
+            raise errors.FailedPrecondition(f"{cmd[0]} is not installed here")
+        return _run_in_foreground(cmd)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_in_foreground(cmd: list[str]) -> int:
+    """Run ``cmd`` with our terminal; its exit code is ours (Ctrl-C is its to handle)."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.run(cmd, check=False).returncode
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `exec` and `ssh` to ws."""
+    late = _OptionParser()
+    p = sub.add_parser(
+        "exec",
+        parents=[parent],
+        help="run a command in a workspace through its guest agent",
+        description="Run CMD in a running workspace through the QEMU guest agent (no network "
+        "needed) and print its stdout and stderr; ws exits with the command's exit code "
+        f"({EXIT_TIMED_OUT} if it ran past --timeout).",
+    )
+    p.add_argument("id", metavar="NAME", help="workspace name or id")
+    _add_exec_options(p, late)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(func=lambda a: exec_cmd(a, client_for(a), late))
+
+    ssh_late = _OptionParser()
+    p = sub.add_parser(
+        "ssh",
+        parents=[parent],
+        help="log in to a workspace with SSH, checking the host keys the service vouches for",
+    )
+    p.add_argument("id", metavar="NAME", help="workspace name or id")
+    _add(p, ssh_late, "--user", "-l", metavar="U", help="log in as U (default: the image's user)")
+    _add(p, ssh_late, "-i", dest="key", metavar="KEY", help="the private key file to use")
+    _add(p, ssh_late, "--print", action="store_true", help="print the ssh command, do not run it")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(func=lambda a: ssh_cmd(a, client_for(a), ssh_late))
+
+
+def _add_exec_options(p: argparse.ArgumentParser, late: _OptionParser) -> None:
+    _add(
+        p,
+        late,
+        "--timeout",
+        type=common.positive_int,
+        metavar="S",
+        help="give up after S seconds (default: the service's, 60 s unless the site says)",
+    )
+    _add(p, late, "--stdin", action="store_true", help="send our stdin to the command")
+    # The global options, after NAME too (before `--`).
+    late.add("--output", "-o", choices=render.FORMATS)
+
+
+def register_cluster(
+    csub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
+) -> None:
+    """Add `cluster exec` to ws."""
+    late = _OptionParser()
+    p = csub.add_parser(
+        "exec",
+        parents=[parent],
+        help="run a command on every member of a cluster (in parallel)",
+        description="Run CMD on every running member (or those of --role) through their "
+        "guest agents; print each member's exit code and output, then a summary. Exits 0 "
+        "only when every member's command exited 0; a member that failed, timed out, is "
+        "not running or has no guest agent is reported as failed.",
+    )
+    p.add_argument("name", metavar="NAME", help="cluster name or id")
+    _add(p, late, "--role", metavar="R", help="only the members of role R")
+    _add(p, late, "--sequential", action="store_true", help="one member after another")
+    _add_exec_options(p, late)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(func=lambda a: cluster_exec_cmd(a, client_for(a), late))
+
+
+def add_attach_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--attach",
+        action="store_true",
+        help="the interactive serial console, both ways (Ctrl-] detaches)",
+    )

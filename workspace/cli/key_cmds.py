@@ -1,0 +1,92 @@
+"""SSH keys on the command line: yours go into every new workspace of yours.
+
+    ws key add FILE|-        store a public key (an id_ed25519.pub; - reads stdin)
+    ws key list              your keys: fingerprint, type, comment, when added
+    ws key remove KEY        by fingerprint (SHA256:...) or a comment naming exactly one key
+
+Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from workspace.cli import common, render
+
+
+def key_rows(keys: Sequence[Any]) -> str:
+    """`ws key list`."""
+    return render.table(
+        ["FINGERPRINT", "TYPE", "COMMENT", "ADDED"],
+        [
+            [
+                k.fingerprint,
+                k.public_key.split()[0] if k.public_key else "-",
+                k.comment or "-",
+                render.fmt_time(k.added_at),
+            ]
+            for k in keys
+        ],
+    )
+
+
+def key_text(k: Any) -> str:
+    """One key: `ws key add|remove`."""
+    return render.fields(
+        [
+            ("fingerprint", k.fingerprint),
+            ("type", k.public_key.split()[0] if k.public_key else ""),
+            ("comment", k.comment),
+            ("added_at", render.fmt_time(k.added_at)),
+        ]
+    )
+
+
+def _read(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(65536)
+    except OSError as exc:
+        raise common.UsageError(f"{path}: {exc.strerror or exc}") from None
+
+
+def register(
+    subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
+) -> None:
+    """Add `key add|list|remove` to ws."""
+
+    def add(args: argparse.Namespace) -> int:
+        k = client_for(args).add_ssh_key(_read(args.file))
+        render.emit(args, k, key_text(k))
+        return common.EXIT_OK
+
+    def list_(args: argparse.Namespace) -> int:
+        keys = client_for(args).list_ssh_keys()
+        text = key_rows(keys) if keys else "you have no SSH keys; add one with `ws key add FILE`"
+        render.emit(args, keys, text)
+        return common.EXIT_OK
+
+    def remove(args: argparse.Namespace) -> int:
+        k = client_for(args).remove_ssh_key(args.key)
+        render.emit(args, k, f"removed SSH key {k.fingerprint} ({k.comment or 'no comment'})")
+        return common.EXIT_OK
+
+    p = subparsers.add_parser(
+        "key", parents=[parent], help="your SSH public keys (they go into new workspaces)"
+    )
+    sub = p.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
+    q = sub.add_parser("add", parents=[parent], help="store an SSH public key")
+    q.add_argument(
+        "file", metavar="FILE", help="the public key file (e.g. ~/.ssh/id_ed25519.pub), - for stdin"
+    )
+    q.set_defaults(func=add)
+    q = sub.add_parser("list", parents=[parent], help="your SSH public keys")
+    q.set_defaults(func=list_)
+    q = sub.add_parser("remove", parents=[parent], help="remove one of your SSH keys")
+    q.add_argument("key", metavar="KEY", help="its fingerprint (SHA256:...) or its comment")
+    q.set_defaults(func=remove)

@@ -1,0 +1,290 @@
+"""A workspace's cloud-init NoCloud seed, rendered from plain inputs (pure: no store, no
+protos). docs/design/contextualization.md says what goes in and why.
+
+* ``meta-data``: instance-id (the workspace id) and local-hostname (JSON, which is YAML).
+* ``network-config``: version 2, every NIC matched by its MAC, its address from the
+  pool set statically (with the gateway's default route and the DNS servers).
+* ``user-data``: one MIME multi-part document: the site's vendor-data, then the user's
+  user-data exactly as given (a multi-part one is flattened into its parts), then the
+  service's own cloud-config, last, with ``merge_how`` ``dict(no_replace,recurse_list)+
+  list(append)+str()``: its lists (write_files, ssh_authorized_keys) are appended to the
+  user's, its mappings merged key by key, and a value the user set on purpose stays.
+
+The service's part carries the guest's SSH host key (``ssh_keys``, with
+``ssh_deletekeys`` and no generated types, so the guest has exactly the key the service
+vouches for), the authorized keys and, for a cluster member, the roster: /etc/hosts,
+/etc/workspace/cluster.json, /etc/ssh/ssh_known_hosts and the cluster's key pair for the
+login user. It is written as JSON (valid YAML, and fast for a large roster).
+"""
+
+from __future__ import annotations
+
+import email.encoders
+import email.message
+import email.policy
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+
+import yaml
+
+from workspace.domain import userdata
+from workspace.domain.model import Nic, Seed
+
+# How the service's part merges onto the user's parts (cloud-init's mergers).
+MERGE_HOW = "dict(no_replace,recurse_list)+list(append)+str()"
+LOCALHOST_LINES = (
+    "127.0.0.1 localhost",
+    "::1 localhost ip6-localhost ip6-loopback",
+    "ff02::1 ip6-allnodes",
+    "ff02::2 ip6-allrouters",
+)
+# MIME subtypes of user-data documents by their kind (workspace/domain/userdata.py).
+SUBTYPES = {
+    "cloud-config": "cloud-config",
+    "script": "x-shellscript",
+    "boothook": "cloud-boothook",
+}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of a cluster as every member sees it."""
+
+    name: str  # <cluster>-<role>-<i>
+    role: str
+    index: int  # within its role
+    addresses: tuple[str, ...]  # one per NIC, in NIC order
+    host_key: str = ""  # its SSH host public key line ("": none)
+
+    @property
+    def alias(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+@dataclass(frozen=True)
+class Roster:
+    """A cluster: its name, every member, and its own SSH key pair."""
+
+    cluster: str
+    members: tuple[Member, ...]
+    key_private: str = ""
+    key_public: str = ""
+
+
+def member_index(name: str) -> int:
+    """The index of a member within its role, from its name ``<cluster>-<role>-<i>``."""
+    tail = name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+# -- the three documents -----------------------------------------------------------------
+
+
+def meta_data(instance_id: str, hostname: str) -> bytes:
+    return json.dumps({"instance-id": instance_id, "local-hostname": hostname}, indent=2).encode()
+
+
+def _default_route(ip: str) -> str:
+    return "::/0" if ":" in ip else "0.0.0.0/0"
+
+
+def network_config(nics: Sequence[Nic]) -> bytes:
+    """Version 2: each NIC by MAC, static from the pool; the first NIC with a gateway
+    carries the default route."""
+    ethernets: dict[str, object] = {}
+    routed = False
+    for i, nic in enumerate(nics):
+        eth: dict[str, object] = {"match": {"macaddress": nic.mac.lower()}}
+        if nic.ip:
+            eth["addresses"] = [f"{nic.ip}/{nic.prefix_len}"]
+            if nic.gateway and not routed:
+                eth["routes"] = [{"to": _default_route(nic.ip), "via": nic.gateway}]
+                routed = True
+            if nic.dns:
+                eth["nameservers"] = {"addresses": list(nic.dns)}
+        else:
+            eth["dhcp4"] = True
+        ethernets[f"nic{i}"] = eth
+    doc = {"version": 2, "ethernets": ethernets}
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).encode()
+
+
+def _hosts(roster: Roster) -> str:
+    lines = list(LOCALHOST_LINES)
+    for m in roster.members:
+        if m.addresses:
+            lines.append(f"{m.addresses[0]} {m.name} {m.alias}")
+    return "\n".join(lines) + "\n"
+
+
+def _known_hosts(roster: Roster) -> str:
+    lines = []
+    for m in roster.members:
+        if m.host_key:
+            names = ",".join([m.name, m.alias, *m.addresses])
+            lines.append(f"{names} {_key_only(m.host_key)}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _key_only(line: str) -> str:
+    """``TYPE BASE64`` of a public key line (its comment dropped)."""
+    return " ".join(line.split()[:2])
+
+
+def cluster_json(roster: Roster, me: Member) -> str:
+    doc = {
+        "cluster": roster.cluster,
+        "name": me.name,
+        "role": me.role,
+        "index": me.index,
+        "members": [
+            {"name": m.name, "role": m.role, "index": m.index, "addresses": list(m.addresses)}
+            for m in roster.members
+        ],
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def _home(user: str) -> str:
+    return f"/home/{user}" if user and user != "root" else "/root"
+
+
+def system_config(
+    hostname: str,
+    instance_id: str,
+    authorized_keys: Sequence[str],
+    host_key: tuple[str, str],
+    login_user: str,
+    roster: Roster | None,
+) -> dict[str, object]:
+    """The service's own cloud-config (as a mapping)."""
+    private, public = host_key
+    cfg: dict[str, object] = {
+        "merge_how": MERGE_HOW,
+        "hostname": hostname,
+        "preserve_hostname": False,
+        "disable_root": True,
+    }
+    if private:
+        cfg["ssh_deletekeys"] = True
+        cfg["ssh_genkeytypes"] = []
+        cfg["ssh_keys"] = {"ed25519_private": private, "ed25519_public": public}
+    keys = [*authorized_keys]
+    files: list[dict[str, object]] = []
+    if roster is None:
+        about = {"name": hostname, "id": instance_id}
+        files.append(_file("/etc/workspace/workspace.json", json.dumps(about) + "\n", "0644"))
+    else:
+        me = next((m for m in roster.members if m.name == hostname), None)
+        if me is None:
+            me = Member(hostname, "", member_index(hostname), ())
+        cfg["manage_etc_hosts"] = False
+        files.append(_file("/etc/hosts", _hosts(roster), "0644"))
+        files.append(_file("/etc/workspace/cluster.json", cluster_json(roster, me), "0644"))
+        known = _known_hosts(roster)
+        if known:
+            files.append(_file("/etc/ssh/ssh_known_hosts", known, "0644"))
+        if roster.key_private:
+            keys.append(roster.key_public)
+            home = _home(login_user)
+            owner = f"{login_user}:{login_user}" if login_user else "root:root"
+            for path, content, mode in (
+                (f"{home}/.ssh/id_ed25519", roster.key_private, "0600"),
+                (f"{home}/.ssh/id_ed25519.pub", roster.key_public + "\n", "0644"),
+            ):
+                f = _file(path, content, mode)
+                f["owner"] = owner
+                f["defer"] = True  # after the login user exists
+                files.append(f)
+    if keys:
+        cfg["ssh_authorized_keys"] = keys
+    cfg["write_files"] = files
+    return cfg
+
+
+def _file(path: str, content: str, mode: str) -> dict[str, object]:
+    return {"path": path, "content": content, "permissions": mode, "owner": "root:root"}
+
+
+# -- user-data: the MIME multi-part document ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    subtype: str  # text/<subtype>
+    payload: bytes
+    filename: str
+    merge_type: str = ""
+
+
+def parts_of(data: bytes, filename: str) -> list[Part]:
+    """A user-data document as MIME parts: one for a plain document, the leaf parts of a
+    multi-part one (with their own types, filenames and merge types)."""
+    if not data:
+        return []
+    found = userdata.kind(data)
+    if found != "multipart":
+        return [Part(SUBTYPES.get(found, "plain"), data, filename)]
+    msg = email.message_from_bytes(data)
+    out = []
+    for i, p in enumerate((p for p in msg.walk() if not p.is_multipart()), 1):
+        raw = p.get_payload(decode=True)
+        payload = raw if isinstance(raw, bytes) else b""
+        merge = str(p.get("Merge-Type") or p.get("X-Merge-Type") or "")
+        name = p.get_filename() or f"{filename}-{i}"
+        out.append(Part(p.get_content_subtype(), payload, name, merge))
+    return out
+
+
+def _mime_part(p: Part) -> MIMENonMultipart:
+    part = MIMENonMultipart("text", p.subtype, charset="utf-8")
+    part.set_payload(p.payload)
+    email.encoders.encode_base64(part)
+    part.add_header("Content-Disposition", "attachment", filename=p.filename)
+    if p.merge_type:
+        part["Merge-Type"] = p.merge_type
+    return part
+
+
+def multipart(parts: Sequence[Part]) -> bytes:
+    """The parts as one MIME multi-part document, byte for byte the same for the same
+    parts (the boundary is derived from their content)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.subtype.encode() + b"\0" + p.filename.encode() + b"\0" + p.payload)
+    boundary = "==ws-" + h.hexdigest()[:32]
+    msg = MIMEMultipart("mixed", boundary=boundary)
+    for p in parts:
+        msg.attach(_mime_part(p))
+    return msg.as_bytes(policy=email.policy.SMTP.clone(linesep="\n"))
+
+
+def render(
+    hostname: str,
+    instance_id: str,
+    nics: Sequence[Nic],
+    user_data: bytes = b"",
+    vendor_data: bytes = b"",
+    authorized_keys: Sequence[str] = (),
+    host_key: tuple[str, str] = ("", ""),
+    login_user: str = "",
+    roster: Roster | None = None,
+) -> Seed:
+    """The seed of one workspace. ``host_key``: (OpenSSH PEM private, public line);
+    ``roster``: the cluster the workspace is a member of (None: a single workspace)."""
+    cfg = system_config(hostname, instance_id, authorized_keys, host_key, login_user, roster)
+    own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
+    parts = [
+        *parts_of(vendor_data, "vendor-data"),
+        *parts_of(user_data, "user-data"),
+        Part("cloud-config", own, "workspace.cfg"),
+    ]
+    return Seed(
+        meta_data=meta_data(instance_id, hostname),
+        user_data=multipart(parts),
+        network_config=network_config(nics),
+    )

@@ -1,0 +1,105 @@
+"""Imperative work on a node's guests (``Nodes.Tasks``), as domain values: what the
+service asks of an agent, and what the agent answers.
+
+An exec is one task and one answer (an ``ExecOutcome`` or a ``TaskError``). A console is
+a session under one task id: ``ConsoleOpen``, then ``ConsoleInput``s in and
+``ConsoleOutput``s out until ``ConsoleClose`` (the client left) or ``ConsoleClosed``
+(the console ended, or could not be opened). Codes of ``TaskError`` are google.rpc code
+numbers, so both ends map them to the same error classes (``error_of``/``exception_of``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workspace import errors
+from workspace.domain.model import ExecOutcome
+
+
+@dataclass(frozen=True)
+class ExecTask:
+    argv: tuple[str, ...]
+    stdin: bytes = b""
+    timeout_s: int = 0
+
+
+@dataclass(frozen=True)
+class ConsoleOpen:
+    pass
+
+
+@dataclass(frozen=True)
+class ConsoleInput:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ConsoleClose:
+    pass
+
+
+TaskKind = ExecTask | ConsoleOpen | ConsoleInput | ConsoleClose
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    workspace_id: str
+    kind: TaskKind
+
+
+@dataclass(frozen=True)
+class ConsoleOutput:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ConsoleClosed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskError:
+    code: int  # a google.rpc code number
+    message: str
+
+
+ReplyKind = ExecOutcome | ConsoleOutput | ConsoleClosed | TaskError
+
+
+@dataclass(frozen=True)
+class TaskReply:
+    task_id: str
+    kind: ReplyKind | None
+    node: str = ""  # the hello (first message of a stream) only
+
+
+# google.rpc.Code numbers of the errors a task can end with.
+INVALID_ARGUMENT = 3
+NOT_FOUND = 5
+PERMISSION_DENIED = 7
+FAILED_PRECONDITION = 9
+INTERNAL = 13
+UNAVAILABLE = 14
+_CODES: dict[type[errors.WorkspaceError], int] = {
+    errors.InvalidArgument: INVALID_ARGUMENT,
+    errors.NotFound: NOT_FOUND,
+    errors.PermissionDenied: PERMISSION_DENIED,
+    errors.FailedPrecondition: FAILED_PRECONDITION,
+    errors.Unavailable: UNAVAILABLE,
+}
+_CLASSES = {code: cls for cls, code in _CODES.items()}
+
+
+def error_of(exc: errors.WorkspaceError) -> TaskError:
+    """The TaskError an agent answers for ``exc`` (INTERNAL for anything unexpected)."""
+    for cls in type(exc).__mro__:
+        code = _CODES.get(cls)
+        if code is not None:
+            return TaskError(code, exc.message)
+    return TaskError(INTERNAL, exc.message)
+
+
+def exception_of(err: TaskError) -> errors.WorkspaceError:
+    """The error a TaskError means on the service (a plain WorkspaceError if unknown)."""
+    return _CLASSES.get(err.code, errors.WorkspaceError)(err.message)

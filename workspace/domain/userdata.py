@@ -1,0 +1,149 @@
+"""User-data checks at create, before anything is stored (pure: no store, no protos).
+
+Accepted (what cloud-init runs without fetching anything): a ``#cloud-config`` document
+(YAML that parses to a mapping and, when a schema is given, passes cloud-init's JSON
+schema), a ``#!`` script, a ``#cloud-boothook``, or a MIME multi-part document of these
+(each cloud-config part checked the same way). Anything else is refused with a message
+naming the accepted formats. The schema is large: it is loaded once per path.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import functools
+import json
+from typing import Any
+
+import jsonschema
+import yaml
+
+from workspace.errors import InvalidArgument
+
+CLOUD_CONFIG = "#cloud-config"
+BOOTHOOK = "#cloud-boothook"
+FORMATS = (
+    "a #cloud-config document, a #! script, a #cloud-boothook, "
+    "or a MIME multi-part document of these"
+)
+# MIME part types cloud-init runs, by what the part's content starts with.
+PART_TYPES = {
+    "text/cloud-config": CLOUD_CONFIG,
+    "text/x-shellscript": "#!",
+    "text/cloud-boothook": BOOTHOOK,
+}
+# Errors of one document named at most (the rest are counted).
+MAX_ERRORS = 3
+
+
+def kind(data: bytes) -> str:
+    """What a user-data document is: "cloud-config", "script", "boothook", "multipart",
+    or "" (none of them)."""
+    head = data.lstrip()[:256]
+    if head.startswith(CLOUD_CONFIG.encode()):
+        return "cloud-config"
+    if head.startswith(BOOTHOOK.encode()):
+        return "boothook"
+    if head.startswith(b"#!"):
+        return "script"
+    low = head.lower()
+    if low.startswith(b"content-type: multipart/") or low.startswith(b"mime-version:"):
+        return "multipart"
+    return ""
+
+
+@functools.lru_cache(maxsize=4)
+def load_schema(path: str) -> jsonschema.protocols.Validator | None:
+    """A validator of cloud-init's schema at ``path`` (loaded once; None: no path)."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        schema = json.load(f)
+    cls = jsonschema.validators.validator_for(schema)
+    validator: jsonschema.protocols.Validator = cls(schema)
+    return validator
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return f"{path}: " if path else ""
+
+
+def cloud_config_errors(text: str, validator: Any) -> list[str]:
+    """What is wrong with a #cloud-config document ([]: nothing)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return [f"not valid YAML{where}: {problem}"]
+    if doc is None:
+        return []
+    if not isinstance(doc, dict):
+        return [f"expected a mapping of keys (such as runcmd:), got a {type(doc).__name__}"]
+    if validator is None:
+        return []
+    errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+    out = [f"{_where(e)}{e.message}" for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        out.append(f"and {len(errors) - MAX_ERRORS} more")
+    return out
+
+
+def _decoded(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{what}: a #cloud-config document must be UTF-8") from None
+
+
+def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
+    what = f"user-data: part {i} ({part.get_content_type()})"
+    raw = part.get_payload(decode=True)
+    data = raw if isinstance(raw, bytes) else b""
+    found = kind(data)
+    wanted = PART_TYPES.get(part.get_content_type())
+    if wanted is None and part.get_content_type() not in ("text/plain", "text/x-not-multipart"):
+        raise InvalidArgument(f"{what}: this part type is not accepted; use {FORMATS}")
+    if found in ("", "multipart"):
+        raise InvalidArgument(f"{what}: expected {FORMATS}")
+    if found == "cloud-config":
+        errors = cloud_config_errors(_decoded(data, what), validator)
+        if errors:
+            raise InvalidArgument(f"{what}: #cloud-config: {'; '.join(errors)}")
+
+
+def _check_multipart(data: bytes, validator: Any) -> None:
+    msg = email.message_from_bytes(data)
+    if not msg.is_multipart():
+        raise InvalidArgument(f"user-data: a MIME document that is not multi-part; use {FORMATS}")
+    parts = [p for p in msg.walk() if not p.is_multipart()]
+    if not parts:
+        raise InvalidArgument("user-data: a MIME multi-part document without parts")
+    for i, part in enumerate(parts, 1):
+        _check_part(part, i, validator)
+
+
+def check(data: bytes, schema_path: str = "") -> None:
+    """InvalidArgument unless ``data`` is empty or an accepted user-data document
+    (``schema_path``: cloud-init's JSON schema to check #cloud-config against, "" none)."""
+    if not data:
+        return
+    _check_cached(bytes(data), schema_path)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_cached(data: bytes, schema_path: str) -> None:
+    # Cached: the members of one cluster role share their user-data. Only successes are
+    # cached (an exception is not).
+    validator = load_schema(schema_path)
+    found = kind(data)
+    if found == "cloud-config":
+        errors = cloud_config_errors(_decoded(data, "user-data"), validator)
+        if errors:
+            raise InvalidArgument(f"user-data: #cloud-config: {'; '.join(errors)}")
+    elif found == "multipart":
+        _check_multipart(data, validator)
+    elif not found:
+        raise InvalidArgument(f"user-data is not accepted: expected {FORMATS}")

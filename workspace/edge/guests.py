@@ -1,0 +1,99 @@
+"""The Guests API: commands through the guest agent, the interactive serial console.
+
+Both are relayed to the workspace's node over its agent's task stream (``ops/guests.py``,
+``ops/taskhub.py``); who may is decided there (the owner and admins).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from workspace.codec import guests as codec_guests
+from workspace.domain.tasks import ConsoleClosed, ConsoleOutput, TaskError, exception_of
+from workspace.edge import auth
+from workspace.edge.calls import STREAM_POLL_S, stream, unary
+from workspace.errors import InvalidArgument, WorkspaceError
+from workspace.identity import Identity
+from workspace.ops import guests
+from workspace.ops.taskhub import ConsoleLink, TaskHub
+from workspace.ops.unit import Env
+from workspace.v1 import access_pb2, access_pb2_grpc
+
+log = logging.getLogger("workspace.edge.guests")
+
+
+class GuestsServicer(access_pb2_grpc.GuestsServicer):
+    SERVICE = "workspace.v1.Guests"
+
+    def __init__(self, env: Env, hub: TaskHub) -> None:
+        self.env = env
+        self.hub = hub
+        self.auth = auth.for_config(env.cfg)
+
+    @unary
+    def Exec(
+        self, request: access_pb2.ExecRequest, context: grpc.ServicerContext, who: Identity
+    ) -> access_pb2.ExecResult:
+        result = guests.exec(
+            self.env,
+            self.hub,
+            who,
+            request.id,
+            list(request.argv),
+            request.stdin,
+            request.timeout_s,
+        )
+        return codec_guests.exec_result_to_proto(result)
+
+    @stream
+    def AttachConsole(
+        self,
+        request: Iterator[access_pb2.ConsoleInput],
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> Iterator[access_pb2.ConsoleChunk]:
+        first = next(request, None)
+        if first is None:
+            return
+        if not first.id:
+            raise InvalidArgument("the first console message must name the workspace (id)")
+        link = guests.open_console(self.env, self.hub, who, first.id)
+        try:
+            if first.data:
+                link.send(first.data)
+            threading.Thread(
+                target=_keystrokes, args=(request, link), name="console-in", daemon=True
+            ).start()
+            while context.is_active() and not self.env.notifier.closed:
+                self.auth.check_revoked(who)
+                event = link.next(STREAM_POLL_S)
+                if isinstance(event, ConsoleOutput):
+                    yield access_pb2.ConsoleChunk(data=event.data)
+                elif isinstance(event, ConsoleClosed):
+                    if event.reason:
+                        yield access_pb2.ConsoleChunk(
+                            data=f"\r\n[console closed: {event.reason}]\r\n".encode()
+                        )
+                    return
+                elif isinstance(event, TaskError):
+                    raise exception_of(event)
+        finally:
+            link.close()
+
+
+def _keystrokes(request: Iterator[access_pb2.ConsoleInput], link: ConsoleLink) -> None:
+    """The client's input to the guest until the client stops sending (detaches)."""
+    try:
+        for msg in request:
+            if msg.data:
+                link.send(msg.data)
+    except grpc.RpcError:
+        pass
+    except WorkspaceError as exc:  # the agent went away: the output side says so
+        log.info("console input for %s stopped: %s", link.workspace_id, exc.message)
+    finally:
+        link.close()

@@ -1,0 +1,102 @@
+"""Into a running guest: a command through its guest agent (``exec``), the interactive
+serial console (``open_console``). Both go to the node's agent over its task stream
+(``ops/taskhub.py``); the service keeps nothing of them.
+
+Only the workspace's owner and admins may: project members see each other's workspaces
+but do not get into them (PERMISSION_DENIED); others do not see it at all (NOT_FOUND).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workspace.domain.model import ExecResult
+from workspace.domain.states import State
+from workspace.domain.tasks import ExecTask
+from workspace.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from workspace.identity import Identity
+from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.projects import as_identity
+from workspace.ops.taskhub import ConsoleLink, TaskHub
+from workspace.ops.unit import Env
+
+# How much longer than the command's timeout the service waits for the agent's answer
+# (the agent's queue, the guest agent's own calls).
+ANSWER_GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A running workspace the caller may get into, and where it runs."""
+
+    workspace_id: str
+    name: str
+    node: str
+
+
+def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
+    """The caller's running workspace ``ref`` (any one's for an admin)."""
+    ident = as_identity(who)
+    with env.store.read() as s:
+        ws = resolve_workspace(s, ident, ref)
+        wid, name, owner, state, node = ws.id, ws.name, ws.owner, ws.state, ws.node
+    if not (ident.admin or (ident.is_user and owner == ident.name)):
+        raise PermissionDenied(f"only {owner} (the owner) and admins may {what} workspace {name}")
+    if state != State.RUNNING.value or not node:
+        hint = f"; `ws start {name}` first" if state == State.STOPPED.value else ""
+        raise FailedPrecondition(f"workspace {name} is {state}{hint}")
+    return Target(wid, name, node)
+
+
+def check_exec(env: Env, argv: Sequence[str], stdin: bytes, timeout_s: int) -> int:
+    """Refuse a request beyond the limits; returns the timeout to use."""
+    limits = env.cfg.limits
+    if not argv or not argv[0]:
+        raise InvalidArgument("give a command to run (`ws exec NAME -- CMD [ARG...]`)")
+    size = sum(len(a.encode()) for a in argv)
+    if size > limits.max_exec_argv_bytes:
+        raise InvalidArgument(
+            f"the command line is {size} bytes; at most {limits.max_exec_argv_bytes} "
+            "(limits.max_exec_argv_bytes)"
+        )
+    if len(stdin) > limits.max_exec_stdin_bytes:
+        raise InvalidArgument(
+            f"stdin is {len(stdin)} bytes; at most {limits.max_exec_stdin_bytes} "
+            "(limits.max_exec_stdin_bytes)"
+        )
+    if timeout_s == 0:
+        return limits.exec_default_timeout_s
+    if not 1 <= timeout_s <= limits.max_exec_timeout_s:
+        raise InvalidArgument(
+            f"timeout {timeout_s} s is not between 1 and {limits.max_exec_timeout_s} s "
+            "(limits.max_exec_timeout_s)"
+        )
+    return timeout_s
+
+
+def exec(
+    env: Env,
+    hub: TaskHub,
+    who: Identity | str,
+    ref: str,
+    argv: Sequence[str],
+    stdin: bytes = b"",
+    timeout_s: int = 0,
+) -> ExecResult:
+    """Run ``argv`` in workspace ``ref`` through its guest agent; its exit code, output
+    and whether it timed out. FailedPrecondition when the workspace is not running or
+    has no guest agent; Unavailable when its node's agent is not connected."""
+    timeout = check_exec(env, argv, stdin, timeout_s)
+    t = target(env, who, ref, "run commands in")
+    outcome = hub.exec(
+        t.node, t.workspace_id, ExecTask(tuple(argv), stdin, timeout), timeout + ANSWER_GRACE_S
+    )
+    return ExecResult(t.workspace_id, t.name, outcome)
+
+
+def open_console(env: Env, hub: TaskHub, who: Identity | str, ref: str) -> ConsoleLink:
+    """The interactive console of workspace ``ref``: send keystrokes with ``send``, read
+    ``next`` until a ConsoleClosed, ``close`` when the client leaves."""
+    t = target(env, who, ref, "attach to the console of")
+    return hub.open_console(t.node, t.workspace_id)

@@ -1,0 +1,259 @@
+"""The service's end of every agent's ``Nodes.Tasks`` stream: which nodes' agents are
+connected, the tasks waiting to go to each, and the answers coming back by task id.
+
+The edge (``edge/nodes.py``) owns the gRPC stream: on a hello it ``connect``s the node
+(an earlier stream of the same node is dropped), sends what ``AgentLine.next`` gives,
+hands every reply to ``deliver`` and ``disconnect``s when the stream ends. Operations
+(``ops/guests.py``) call ``exec`` (one task, one answer, a deadline) and ``open_console``
+(a session of many messages under one task id). A node whose agent is not connected is
+UNAVAILABLE at once; a stream that drops fails every task still waiting on it with
+UNAVAILABLE. Only domain values cross this module (``workspace/domain/tasks.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from workspace.domain.model import ExecOutcome
+from workspace.domain.tasks import UNAVAILABLE as UNAVAILABLE_CODE
+from workspace.domain.tasks import (
+    ConsoleClose,
+    ConsoleClosed,
+    ConsoleInput,
+    ConsoleOpen,
+    ConsoleOutput,
+    ExecTask,
+    ReplyKind,
+    Task,
+    TaskError,
+    TaskReply,
+    exception_of,
+)
+from workspace.errors import Unavailable
+
+log = logging.getLogger("workspace.ops.tasks")
+
+# Console replies kept for a slow client before its session is ended.
+CONSOLE_BACKLOG = 4096
+
+# What a console session gets: output, its end, or why it could not go on (TaskError).
+ConsoleEvent = ConsoleOutput | ConsoleClosed | TaskError
+
+
+class AgentLine:
+    """One connected agent stream: the tasks waiting to be sent on it."""
+
+    _serials = itertools.count(1)
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.serial = next(self._serials)
+        self._out: queue.Queue[Task | None] = queue.Queue()
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def send(self, task: Task) -> None:
+        if self.closed:
+            raise Unavailable(f"node {self.node}'s agent is not connected; try again")
+        self._out.put(task)
+
+    def next(self, timeout_s: float) -> Task | None:
+        """The next task to send (None: none within ``timeout_s``, or the line closed)."""
+        if self.closed:
+            return None
+        try:
+            return self._out.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._closed.set()
+        self._out.put(None)  # wakes the sender
+
+
+@dataclass
+class _Pending:
+    line: AgentLine
+    future: Future[ExecOutcome] | None = None
+    events: queue.Queue[ConsoleEvent] | None = None
+
+
+class ConsoleLink:
+    """The service's side of one console session on a node's agent."""
+
+    def __init__(self, hub: TaskHub, line: AgentLine, task_id: str, workspace_id: str) -> None:
+        self.hub = hub
+        self.line = line
+        self.task_id = task_id
+        self.workspace_id = workspace_id
+        self.events: queue.Queue[ConsoleEvent] = queue.Queue(CONSOLE_BACKLOG)
+        self._closed = False
+
+    def send(self, data: bytes) -> None:
+        """Keystrokes to the guest (Unavailable once the agent's stream is gone)."""
+        self.line.send(Task(self.task_id, self.workspace_id, ConsoleInput(data)))
+
+    def next(self, timeout_s: float) -> ConsoleEvent | None:
+        """Output; ConsoleClosed once the session ended, TaskError if it could not be
+        opened or its agent went away; None if nothing came within ``timeout_s``."""
+        try:
+            return self.events.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """The client left: tell the agent (if it is still there), forget the session."""
+        if self._closed:
+            return
+        self._closed = True
+        self.hub.forget(self.task_id)
+        _offer(self.events, ConsoleClosed(""), force=True)  # wakes a reader of ``next``
+        with contextlib.suppress(Unavailable):  # the agent's stream is gone: nothing to close
+            self.line.send(Task(self.task_id, self.workspace_id, ConsoleClose()))
+
+
+class TaskHub:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: dict[str, AgentLine] = {}
+        self._pending: dict[str, _Pending] = {}
+
+    # -- the agents' streams (the edge) ------------------------------------------------
+
+    def connect(self, node: str) -> AgentLine:
+        """A new stream of ``node``'s agent; one it had before is dropped."""
+        line = AgentLine(node)
+        with self._lock:
+            old = self._lines.get(node)
+            self._lines[node] = line
+        if old is not None:
+            self.disconnect(old, "a new stream of the same agent replaced it")
+        log.info("node %s's agent opened its task stream", node)
+        return line
+
+    def disconnect(self, line: AgentLine, why: str = "the stream ended") -> None:
+        """The stream ended: its tasks still waiting fail with UNAVAILABLE."""
+        with self._lock:
+            if self._lines.get(line.node) is line:
+                del self._lines[line.node]
+            orphans = [(tid, p) for tid, p in self._pending.items() if p.line is line]
+            for tid, _ in orphans:
+                del self._pending[tid]
+        if line.closed and not orphans:
+            return
+        line.close()
+        message = f"node {line.node}'s agent went away ({why}); try again"
+        for _, p in orphans:
+            if p.future is not None and not p.future.done():
+                p.future.set_exception(Unavailable(message))
+            if p.events is not None:
+                _offer(p.events, TaskError(UNAVAILABLE_CODE, message), force=True)
+        log.info("node %s's task stream closed: %s", line.node, why)
+
+    def deliver(self, line: AgentLine, reply: TaskReply) -> None:
+        """An agent's answer (ignored when no task of that line waits for it)."""
+        with self._lock:
+            p = self._pending.get(reply.task_id)
+            if p is None or p.line is not line:
+                return
+            ends = p.future is not None or isinstance(reply.kind, ConsoleClosed | TaskError)
+            if ends:
+                del self._pending[reply.task_id]
+        kind = reply.kind
+        if p.future is not None:
+            _settle(p.future, kind)
+        elif (
+            p.events is not None
+            and isinstance(kind, ConsoleOutput | ConsoleClosed | TaskError)
+            and not _offer(p.events, kind)
+        ):
+            # The client does not read: end its session, here and on the agent.
+            self.forget(reply.task_id)
+            _offer(p.events, ConsoleClosed("the client fell too far behind"), force=True)
+            with contextlib.suppress(Unavailable):
+                line.send(Task(reply.task_id, "", ConsoleClose()))
+
+    def connected(self, node: str) -> bool:
+        with self._lock:
+            return node in self._lines
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._pending.pop(task_id, None)
+
+    # -- what operations ask -----------------------------------------------------------
+
+    def _line(self, node: str) -> AgentLine:
+        with self._lock:
+            line = self._lines.get(node)
+        if line is None or line.closed:
+            raise Unavailable(f"node {node}'s agent is not connected; try again")
+        return line
+
+    def exec(self, node: str, workspace_id: str, task: ExecTask, wait_s: float) -> ExecOutcome:
+        """Run ``task`` on ``node``'s agent and wait up to ``wait_s`` for its answer."""
+        line = self._line(node)
+        task_id = uuid.uuid4().hex
+        future: Future[ExecOutcome] = Future()
+        with self._lock:
+            self._pending[task_id] = _Pending(line, future=future)
+        try:
+            line.send(Task(task_id, workspace_id, task))
+            return future.result(timeout=wait_s)
+        except FutureTimeout:
+            raise Unavailable(
+                f"node {node}'s agent did not answer within {wait_s:g} s; try again"
+            ) from None
+        finally:
+            self.forget(task_id)
+
+    def open_console(self, node: str, workspace_id: str) -> ConsoleLink:
+        """Ask ``node``'s agent to open the workspace's console; its output (or why it
+        could not) comes as the link's events."""
+        line = self._line(node)
+        task_id = uuid.uuid4().hex
+        link = ConsoleLink(self, line, task_id, workspace_id)
+        with self._lock:
+            self._pending[task_id] = _Pending(line, events=link.events)
+        try:
+            line.send(Task(task_id, workspace_id, ConsoleOpen()))
+        except Unavailable:
+            self.forget(task_id)
+            raise
+        return link
+
+
+def _settle(future: Future[ExecOutcome], kind: ReplyKind | None) -> None:
+    if future.done():
+        return
+    if isinstance(kind, ExecOutcome):
+        future.set_result(kind)
+    elif isinstance(kind, TaskError):
+        future.set_exception(exception_of(kind))
+    else:
+        future.set_exception(Unavailable(f"the agent answered an exec with {kind!r}"))
+
+
+def _offer(q: queue.Queue[ConsoleEvent], event: ConsoleEvent, force: bool = False) -> bool:
+    """Queue ``event``; False when the queue is full (``force``: make room for it)."""
+    try:
+        q.put_nowait(event)
+        return True
+    except queue.Full:
+        if not force:
+            return False
+    with contextlib.suppress(queue.Empty):
+        q.get_nowait()
+    q.put_nowait(event)
+    return True
