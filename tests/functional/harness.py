@@ -85,11 +85,16 @@ class Stubs:
         )
         return str(self.images.UploadBlob(chunks).digest)
 
-    def import_image(self, name: str, data: bytes = b"\0" * 65536, fmt: str = "raw") -> None:
+    def import_image(
+        self, name: str, data: bytes = b"\0" * 65536, fmt: str = "raw", context: str = ""
+    ) -> None:
+        """``context="nocloud"``: workspaces of it get a NoCloud seed (and may have user-data)."""
         digest = self.upload(data)
         self.images.ImportImage(
             images_pb2.ImportImageRequest(
                 name=name,
+                context=context,
+                login_user="debian" if context == "nocloud" else "",
                 partitions=[
                     common_pb2.Partition(
                         name="root", digest=digest, format=fmt, mode=common_pb2.PARTITION_MODE_COW

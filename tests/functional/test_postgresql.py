@@ -24,9 +24,9 @@ def pg_site(tmp_path: Path, pg_url: str) -> Iterator[Site]:
 def test_a_workspace_lives_and_dies_on_postgresql(pg_site: Site) -> None:
     site = pg_site
     site.stubs.network(subnet="192.168.122.0/24")
-    site.stubs.import_image("img")
+    site.stubs.import_image("img", context="nocloud")
     site.add_agent("node1")
-    ask = {"name": "alpha", "request_id": "r-alpha", "user_data": b"\0#cloud-config\n"}
+    ask = {"name": "alpha", "request_id": "r-alpha", "user_data": b"#!/bin/sh\necho \xff\xfe\n"}
     w = site.stubs.create(**ask)
     assert w.nics[0].ip.startswith("192.168.122.")
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
