@@ -141,7 +141,7 @@ def bare_domain(site: Site, name: str, tmp: Path) -> tuple[str, str, list[str]]:
         elif path.suffix == ".qcow2" and path.parent.name == str(shown["id"]):
             info = json.loads(
                 subprocess.run(
-                    ["qemu-img", "info", "--output", "json", str(path)],
+                    ["qemu-img", "info", "-U", "--output", "json", str(path)],
                     capture_output=True,
                     text=True,
                     check=True,
@@ -169,7 +169,7 @@ def bare_to_ssh(site: Site, xml: str, address: str, keys: list[str], tmp: Path) 
     path = tmp / "bare.xml"
     path.write_text(xml)
     overlay = next((tmp / "bare").glob("*.qcow2"))
-    fresh = tmp / "bare" / "pristine.qcow2"
+    fresh = tmp / "bare" / "pristine"
     if not fresh.exists():
         shutil.copyfile(overlay, fresh)  # an overlay nothing has booted from yet
     shutil.copyfile(fresh, overlay)
