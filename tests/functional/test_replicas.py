@@ -1,0 +1,146 @@
+"""Several service replicas on one PostgreSQL (docs/design/replicas.md): in-process
+services sharing one database (and one data directory, for the blobs): exactly-once
+placement under concurrent creates through three replicas, a watch on one replica seeing
+a create made on another, and the leader lock moving when its holder dies or is cut off
+from the database."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.functional.harness import WS, Site, wait_for
+from tests.pg import PgServer
+from workspace.service.replicas import LEADER_LOCK, conninfo
+from workspace.store.engines import LOCK_CLASS
+from workspace.v1 import workspaces_pb2
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A database of its own for each test."""
+    name = f"replicas_{uuid.uuid4().hex[:8]}"
+    try:
+        yield pg_server.database(name)
+    finally:
+        pg_server.drop(name)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Site]]:
+    shared = tmp_path / "data"
+    sites: list[Site] = []
+    try:
+        for name in ("a", "b", "c"):
+            d = tmp_path / name
+            d.mkdir()
+            sites.append(Site(d, database_url=pg_url, data_dir=str(shared)))
+        yield sites
+    finally:
+        for s in sites:
+            s.close()
+
+
+def leaders(sites: list[Site]) -> list[int]:
+    return [i for i, s in enumerate(sites) if s.service is not None and s.service.leader.acting()]
+
+
+def test_concurrent_creates_through_three_replicas_are_placed_once(replicas: list[Site]) -> None:
+    a = replicas[0]
+    a.stubs.network(subnet="192.168.50.0/24")
+    a.stubs.import_image("img")
+    for n in ("n1", "n2"):
+        a.add_agent(n, cpus=8, memory_mib=8 * 1024)
+    acked: dict[str, str] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def creator(site: Site, k: int) -> None:
+        for i in range(8):
+            rid = f"r-{k}-{i}"
+            try:
+                w = site.stubs.create(request_id=rid, cpus=1, memory_mib=1024)
+            except Exception as exc:  # capacity refusals are expected past 16
+                if "RESOURCE_EXHAUSTED" not in str(exc) and "capacity" not in str(exc):
+                    errors.append(exc)
+                continue
+            with lock:
+                acked[rid] = w.id
+            # the same request through another replica returns the same workspace
+            again = replicas[(k + 1) % 3].stubs.create(request_id=rid, cpus=1, memory_mib=1024)
+            assert again.id == w.id
+
+    threads = [threading.Thread(target=creator, args=(replicas[k % 3], k)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    views = {w.id: w for w in a.stubs.ws.ListWorkspaces(_list()).workspaces}
+    assert set(acked.values()) <= set(views)
+    ips = [w.nics[0].ip for w in views.values()]
+    assert len(ips) == len(set(ips)), "an address was handed out twice"
+    per_node: dict[str, int] = {}
+    for w in views.values():
+        per_node[w.node] = per_node.get(w.node, 0) + w.memory_mib
+    assert all(m <= 8 * 1024 for m in per_node.values()), per_node
+    assert 8 <= len(acked) <= 16  # at most the capacity of two 8-cpu, 8 GiB nodes
+
+
+def _list() -> workspaces_pb2.ListWorkspacesRequest:
+    return workspaces_pb2.ListWorkspacesRequest(page_size=1000)
+
+
+def test_a_watch_on_one_replica_sees_a_create_on_another(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.51.0/24")
+    a.stubs.import_image("img")
+    a.add_agent("n1")
+    seen: list[str] = []
+    stream = a.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+
+    def follow() -> None:
+        for ev in stream:
+            seen.append(ev.workspace.name)
+
+    threading.Thread(target=follow, daemon=True).start()
+    time.sleep(0.3)
+    w = b.stubs.create(name="from-b", request_id=str(uuid.uuid4()))
+    wait_for(lambda: "from-b" in seen, 5, "the watch on A to see B's create")
+    # and the agent, whose stream is on A, runs it
+    a.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    stream.cancel()
+
+
+def test_the_leader_moves_when_it_dies_or_loses_its_session(
+    replicas: list[Site], pg_url: str
+) -> None:
+    first = wait_for(lambda: leaders(replicas), 10, "a leader")
+    assert len(first) == 1
+    old = first[0]
+    replicas[old].stop_service()  # dies: its session ends
+    t0 = time.monotonic()
+    second = wait_for(lambda: leaders(replicas), 10, "another leader")
+    assert len(second) == 1 and second[0] != old
+    assert time.monotonic() - t0 < 5
+    # Cut the leader off: terminate its lock session from another connection.
+    now = second[0]
+    svc = replicas[now].service
+    assert svc is not None
+    with psycopg.connect(conninfo(svc.store.engine), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND classid = %s AND objid = %s AND granted",
+            (LOCK_CLASS, LEADER_LOCK),
+        )
+    t0 = time.monotonic()
+    wait_for(lambda: not svc.leader.acting(), 5, "the cut-off leader to stop acting")
+    third = wait_for(lambda: leaders(replicas), 10, "a leader again")
+    assert len(third) == 1
+    assert time.monotonic() - t0 < 8
