@@ -15,11 +15,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.functional.harness import WS, Site, wait_for
+from agent.agent import Agent
+from agent.virt.fake import FakeDriver
+from tests.functional.harness import WS, Site, agent_config, wait_for
 from tests.pg import PgServer
+from workspace.client import Client
 from workspace.service.replicas import LEADER_LOCK, conninfo
 from workspace.store.engines import LOCK_CLASS
-from workspace.v1 import workspaces_pb2
+from workspace.v1 import admin_pb2, workspaces_pb2
 
 
 @pytest.fixture
@@ -45,6 +48,16 @@ def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Site]]:
     finally:
         for s in sites:
             s.close()
+
+
+def agent_on(site: Site, node: str, service: str) -> Agent:
+    """A fake agent dialing ``service`` (an address list), stopped with ``site``."""
+    cfg = agent_config(site.tmp, node, service)
+    agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
+    agent.start()
+    site.agents[node] = agent
+    wait_for(lambda: agent.link.connected(), 10, f"{node} connected")
+    return agent
 
 
 def leaders(sites: list[Site]) -> list[int]:
@@ -144,3 +157,54 @@ def test_the_leader_moves_when_it_dies_or_loses_its_session(
     third = wait_for(lambda: leaders(replicas), 10, "a leader again")
     assert len(third) == 1
     assert time.monotonic() - t0 < 8
+
+
+def test_exec_through_another_replica_reaches_the_agent(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.52.0/24")
+    a.stubs.import_image("img")
+    a.add_agent("n1")  # its task stream is on A
+    a.stubs.create(name="box", request_id="r-box")
+    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
+    svc_a = a.service
+    assert svc_a is not None
+    wait_for(lambda: svc_a.hub.connected("n1"), 10, "n1's task stream on A")
+    with Client(b.address) as c:
+        r = c.exec("box", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert (r.exit_code, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+        big = c.exec("box", ["cat"], stdin=b"x" * 5000)  # an answer in several parts
+        assert big.stdout == b"x" * 5000
+        assert c.exec("box", ["no-such-command"]).exit_code == 127
+
+
+def test_a_client_with_an_address_list_fails_over(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.53.0/24")
+    a.stubs.import_image("img")
+    b.add_agent("n1")
+    with Client(f"{a.address},{b.address}") as c:
+        w = c.create_workspace("img", name="one", request_id="r-one")
+        a.stop_service()  # the first address dies
+        assert c.get_workspace(w.id).name == "one"  # served by B
+        again = c.create_workspace("img", name="one", request_id="r-one")
+        assert again.id == w.id  # idempotent across replicas
+        assert c.create_workspace("img", name="two").name == "two"
+
+
+def test_an_agent_with_an_address_list_reconnects_without_going_down(
+    replicas: list[Site],
+) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.54.0/24")
+    a.stubs.import_image("img")
+    agent_on(a, "n1", f"{a.node_address},{b.node_address}")
+    a.stubs.create(name="box", request_id="r-box")
+    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
+    a.stop_service()
+    svc_b = b.service
+    assert svc_b is not None
+    wait_for(lambda: svc_b.hub.connected("n1"), 10, "n1's task stream on B")
+    w = b.stubs.create(name="after", request_id="r-after")
+    b.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING, 15)  # orders through B
+    nodes = b.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    assert [n.state for n in nodes] == [admin_pb2.NODE_STATE_READY]

@@ -36,6 +36,7 @@ from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
+from workspace.service.task_relay import TaskForwarder
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
@@ -102,6 +103,8 @@ class Service:
         self.admin = AdminServicer(self.env)
         # The agents' task streams: exec and interactive consoles go through them.
         self.hub = TaskHub()
+        # On replicas, an exec for an agent connected to another replica goes through it.
+        self.forwarder = TaskForwarder(self.hub, self.relay) if self.relay else None
         self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub)
         self.guests = GuestsServicer(self.env, self.hub)
         self.trust = TrustServicer(self.env)
@@ -158,6 +161,8 @@ class Service:
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.relay is not None:
+            if self.forwarder is not None:
+                self.forwarder.start()
             self.relay.start()
         self.leader.start()
         self._monitor.start()

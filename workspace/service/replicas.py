@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -41,6 +42,8 @@ from workspace.store.mapping import workspace_views
 log = logging.getLogger("workspace.service.replicas")
 
 CHANNEL = "workspace_changes"
+# Tasks forwarded to the replica that holds an agent's stream (service/task_relay.py).
+TASKS_CHANNEL = "workspace_tasks"
 # PostgreSQL refuses payloads of 8000 bytes or more; ids are sent in batches under this.
 PAYLOAD_MAX = 7000
 # The fallback re-check of workspaces changed elsewhere (missed notifications).
@@ -89,6 +92,9 @@ class Relay:
         self._conns: list[Any] = []
         self.listening = threading.Event()
         self.received = 0
+        # Messages sent as they are (not coalesced), and who handles those received.
+        self._raw: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.on_task: Callable[[str], None] | None = None
 
     def start(self) -> None:
         self.notifier.set_relay(self.offer)
@@ -110,6 +116,11 @@ class Relay:
             self._pending.add(change)
         self._wake.set()
 
+    def send(self, channel: str, payload: str) -> None:
+        """NOTIFY ``channel`` with ``payload`` (under 8000 bytes) from the sender thread."""
+        self._raw.put((channel, payload))
+        self._wake.set()
+
     def _take(self) -> _Pending | None:
         with self._lock:
             p, self._pending = self._pending, _Pending()
@@ -121,13 +132,18 @@ class Relay:
             self._wake.wait(1.0)
             self._wake.clear()
             pending = self._take()
-            if pending is None:
+            raw: list[tuple[str, str]] = []
+            while not self._raw.empty():
+                raw.append(self._raw.get_nowait())
+            if pending is None and not raw:
                 continue
             try:
                 if conn is None or conn.closed:
                     conn = _connect(self.dsn, "workspace-service notify")
                     self._conns.append(conn)
-                for payload in pending.payloads(self.replica_id):
+                for channel, payload in raw:
+                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                for payload in pending.payloads(self.replica_id) if pending else ():
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
             except Exception as exc:
                 # Lost: the others find it at their next re-check.
@@ -148,6 +164,7 @@ class Relay:
                 conn = _connect(self.dsn, "workspace-service listen")
                 self._conns.append(conn)
                 conn.execute(f"LISTEN {CHANNEL}")
+                conn.execute(f"LISTEN {TASKS_CHANNEL}")
                 # Whatever happened while not listening: every stream re-reads.
                 self.notifier.resync()
                 self.listening.set()
@@ -155,7 +172,11 @@ class Relay:
                 while not self._stop.is_set():
                     left = max(0.05, next_check - time.monotonic())
                     for n in conn.notifies(timeout=left, stop_after=64):
-                        self._apply(n.payload)
+                        if n.channel == TASKS_CHANNEL:
+                            if self.on_task is not None:
+                                self.on_task(n.payload)
+                        else:
+                            self._apply(n.payload)
                     if time.monotonic() >= next_check:
                         since = self._recheck(since)
                         next_check = time.monotonic() + RESYNC_S
