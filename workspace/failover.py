@@ -51,9 +51,13 @@ class FailoverChannel(grpc.Channel):
         """The address calls go to now."""
         return self.addresses[self._current]
 
-    def current(self) -> tuple[int, grpc.Channel]:
+    @property
+    def channels(self) -> list[grpc.Channel]:
+        return list(self._channels)
+
+    def current(self) -> int:
         with self._lock:
-            return self._current, self._channels[self._current]
+            return self._current
 
     def failed(self, index: int) -> None:
         """The channel at ``index`` failed: move on (unless another call already did)."""
@@ -97,13 +101,12 @@ class _Callable:
         self, ch: FailoverChannel, kind: str, method: str, args: tuple[Any, ...], kw: Any
     ) -> None:
         self.ch = ch
-        self.kind = kind
-        self.method = method
-        self.args = args
-        self.kw = kw
+        # Made now, as a stub makes them: grpc crashes the process when one is made on a
+        # channel already closed (a call on a closed channel only fails).
+        self._calls = [getattr(c, kind)(method, *args, **kw) for c in ch.channels]
 
-    def _on(self, channel: grpc.Channel) -> Any:
-        return getattr(channel, self.kind)(self.method, *self.args, **self.kw)
+    def _on(self, index: int) -> Any:
+        return self._calls[index]
 
 
 class _Unary(_Callable):
@@ -126,15 +129,14 @@ class _Unary(_Callable):
         return self._attempts(lambda mc: mc.with_call(request, *args, **kw))
 
     def future(self, request: Any, *args: Any, **kw: Any) -> Any:
-        _, channel = self.ch.current()
-        return self._on(channel).future(request, *args, **kw)
+        return self._on(self.ch.current()).future(request, *args, **kw)
 
     def _attempts(self, call: Callable[[Any], Any]) -> Any:
         tries = len(self.ch.addresses) if self.retry else 1
         for attempt in range(tries):
-            index, channel = self.ch.current()
+            index = self.ch.current()
             try:
-                return call(self._on(channel))
+                return call(self._on(index))
             except grpc.RpcError as exc:
                 if not _unavailable(exc):
                     raise
@@ -146,8 +148,8 @@ class _Unary(_Callable):
 
 class _Streaming(_Callable):
     def __call__(self, request: Any, *args: Any, **kw: Any) -> Any:
-        index, channel = self.ch.current()
-        return _Stream(self._on(channel)(request, *args, **kw), lambda: self.ch.failed(index))
+        index = self.ch.current()
+        return _Stream(self._on(index)(request, *args, **kw), lambda: self.ch.failed(index))
 
 
 class _Stream:
