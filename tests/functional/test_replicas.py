@@ -19,6 +19,7 @@ from agent.agent import Agent
 from agent.virt.fake import FakeDriver
 from tests.functional.harness import WS, Site, agent_config, wait_for
 from tests.pg import PgServer
+from workspace.cli import ws
 from workspace.client import Client
 from workspace.service.replicas import LEADER_LOCK, conninfo
 from workspace.store.engines import LOCK_CLASS
@@ -177,7 +178,9 @@ def test_exec_through_another_replica_reaches_the_agent(replicas: list[Site]) ->
         assert c.exec("box", ["no-such-command"]).exit_code == 127
 
 
-def test_a_client_with_an_address_list_fails_over(replicas: list[Site]) -> None:
+def test_a_client_with_an_address_list_fails_over(
+    replicas: list[Site], capsys: pytest.CaptureFixture[str]
+) -> None:
     a, b = replicas[0], replicas[1]
     a.stubs.network(subnet="192.168.53.0/24")
     a.stubs.import_image("img")
@@ -189,6 +192,10 @@ def test_a_client_with_an_address_list_fails_over(replicas: list[Site]) -> None:
         again = c.create_workspace("img", name="one", request_id="r-one")
         assert again.id == w.id  # idempotent across replicas
         assert c.create_workspace("img", name="two").name == "two"
+    # ws --service A,B with A gone
+    assert ws.main(["--service", f"{a.address},{b.address}", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "one" in out and "two" in out
 
 
 def test_an_agent_with_an_address_list_reconnects_without_going_down(

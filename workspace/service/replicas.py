@@ -86,7 +86,7 @@ class Relay:
         self.dsn = conninfo(engine)
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
-        self._pending = _Pending()
+        self._pending = PendingChanges()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._conns: list[Any] = []
@@ -121,9 +121,9 @@ class Relay:
         self._raw.put((channel, payload))
         self._wake.set()
 
-    def _take(self) -> _Pending | None:
+    def _take(self) -> PendingChanges | None:
         with self._lock:
-            p, self._pending = self._pending, _Pending()
+            p, self._pending = self._pending, PendingChanges()
         return p if p else None
 
     def _send_loop(self) -> None:
@@ -236,7 +236,7 @@ class Relay:
         return now
 
 
-class _Pending:
+class PendingChanges:
     def __init__(self) -> None:
         self.nodes: set[str] = set()
         self.workspaces: set[str] = set()
@@ -254,24 +254,27 @@ class _Pending:
 
     def payloads(self, replica_id: str) -> list[str]:
         """JSON payloads under PAYLOAD_MAX: flags and nodes in the first, ids spread."""
+
+        def dumps(value: object) -> str:
+            return json.dumps(value, separators=(",", ":"))
+
         out: list[str] = []
-        head: dict[str, Any] = {"r": replica_id}
+        msg: dict[str, Any] = {"r": replica_id, "n": [], "w": []}
         if self.capacity:
-            head["c"] = 1
+            msg["c"] = 1
         if self.site_events:
-            head["e"] = 1
-        msg: dict[str, Any] = dict(head, n=[], w=[])
-        size = len(json.dumps(msg))
+            msg["e"] = 1
+        size = len(dumps(msg))
         items = [("n", n) for n in sorted(self.nodes)] + [("w", w) for w in sorted(self.workspaces)]
         for key, value in items:
-            cost = len(json.dumps(value)) + 1
+            cost = len(dumps(value)) + 1
             if size + cost > PAYLOAD_MAX:
-                out.append(json.dumps(msg))
+                out.append(dumps(msg))
                 msg = {"r": replica_id, "n": [], "w": []}
-                size = len(json.dumps(msg))
+                size = len(dumps(msg))
             msg[key].append(value)
             size += cost
-        out.append(json.dumps(msg))
+        out.append(dumps(msg))
         return out
 
 
