@@ -2,8 +2,10 @@
 
 An agent's ``Nodes.Tasks`` stream is connected to one replica; ``ws exec`` may arrive at
 any. The receiving replica (``TaskForwarder.exec``, the hub's ``elsewhere``) sends the
-task on PostgreSQL's ``workspace_tasks`` channel; the replica holding the node's stream
-answers at once that it has it (``ack``), runs the task through its hub and sends the
+task on PostgreSQL's ``workspace_tasks`` channel; a replica holding the node's stream
+answers at once that it has it (``ack``); the sender tells the first one to answer to run
+it (``go``: two replicas that both still hold a stream of the node -- an old one not yet
+seen broken -- never both run it); that one runs the task through its hub and sends the
 outcome (or the error) back, in parts when it is larger than one notification. No replica
 acknowledging within ``ACK_S`` means no replica has the agent: UNAVAILABLE, as on one
 replica. Interactive consoles are not forwarded (the client is told to try again, and a
@@ -54,6 +56,8 @@ class TaskForwarder:
         self.relay = relay
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}
+        # Execs this replica offered to run (acked), waiting for their ``go``.
+        self._offered: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def start(self) -> None:
         self.relay.on_task = self.received
@@ -107,19 +111,32 @@ class TaskForwarder:
         op = msg.get("op")
         if op == "exec":
             if self.hub.connected(str(msg.get("node", ""))):
-                self._reply(msg["from"], msg["id"], {"op": "ack"})
-                threading.Thread(
-                    target=self._run, args=(msg,), name="forwarded-exec", daemon=True
-                ).start()
+                now = time.monotonic()
+                with self._lock:
+                    self._offered = {
+                        k: v for k, v in self._offered.items() if now - v[0] < 2 * ACK_S
+                    }
+                    self._offered[str(msg["id"])] = (now, msg)
+                self._reply(msg["from"], msg["id"], {"op": "ack", "by": self.relay.replica_id})
             return
         if msg.get("to") != self.relay.replica_id:
+            return
+        if op == "go":
+            with self._lock:
+                offered = self._offered.pop(str(msg.get("id", "")), None)
+            if offered is not None:
+                threading.Thread(
+                    target=self._run, args=(offered[1],), name="forwarded-exec", daemon=True
+                ).start()
             return
         with self._lock:
             w = self._waiting.get(str(msg.get("id", "")))
         if w is None:
             return
         if op == "ack":
-            w.acked.set()
+            if not w.acked.is_set():
+                w.acked.set()
+                self._reply(str(msg.get("by", "")), str(msg["id"]), {"op": "go"})
         elif op == "part":
             w.parts[int(msg["i"])] = str(msg["d"])
             if len(w.parts) == int(msg["n"]):
@@ -173,8 +190,6 @@ class TaskForwarder:
         parts = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)] or [""]
         for i, part in enumerate(parts):
             self._reply(msg["from"], msg["id"], {"op": "part", "i": i, "n": len(parts), "d": part})
-            if i and i % 50 == 0:
-                time.sleep(0)  # let the sender thread keep up
 
     def _reply(self, to: str, tid: str, body: dict[str, Any]) -> None:
         self.relay.send(TASKS_CHANNEL, json.dumps({**body, "to": to, "id": tid}))
