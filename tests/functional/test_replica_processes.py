@@ -1,7 +1,7 @@
 """Two ``workspace-service`` processes on one PostgreSQL, an agent process and clients
-with both addresses: kill -9 of a replica under load (docs/design/replicas.md). Every
-acknowledged create survives, nothing is made twice, the agent reconnects to the other
-replica and is never marked DOWN, and the background loops move to the survivor."""
+with both addresses: kill -9 of the leading replica under load (docs/design/replicas.md).
+Every acknowledged create survives, nothing is made twice, the agent reconnects to the
+other replica and is never marked DOWN, and the leader lock moves to the survivor."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.functional.harness import (
@@ -25,6 +26,8 @@ from tests.functional.harness import (
 from tests.pg import PgServer
 from workspace import errors, rpc
 from workspace.client import Client
+from workspace.service.replicas import LEADER_LOCK
+from workspace.store.engines import LOCK_CLASS
 from workspace.v1 import admin_pb2
 
 
@@ -67,14 +70,18 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
         agent_config(tmp_path, "node1", nodes_both, cpus=256, memory_mib=1 << 20),
     )
     agent: Proc | None = None
-    stubs_b = Stubs(rpc.channel(socks["b"]))
+    stubs = {name: Stubs(rpc.channel(sock)) for name, sock in socks.items()}
     try:
         for s in socks.values():
             wait_for(lambda s=s: Path(s[5:]).exists(), what=f"{s}")
-        stubs_b.network(subnet="192.168.60.0/22")
-        stubs_b.import_image("img")
+        stubs["b"].network(subnet="192.168.60.0/22")
+        stubs["b"].import_image("img")
         agent = Proc(["-m", "agent.main", "--config", str(agent_conf)], tmp_path / "agent.log")
-        wait_for(lambda: _node_states(stubs_b) == [admin_pb2.NODE_STATE_READY], what="READY")
+        wait_for(lambda: _node_states(stubs["b"]) == [admin_pb2.NODE_STATE_READY], what="READY")
+        pids = {p.popen.pid: name for name, p in procs.items()}
+        leader = wait_for(lambda: pids.get(_leader_pid(pg_url), ""), 10, "a leader")
+        survivor = "b" if leader == "a" else "a"
+        stubs_s = stubs[survivor]
 
         acked: dict[str, str] = {}
         failed: list[str] = []
@@ -100,7 +107,10 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
         for t in threads:
             t.start()
         wait_for(lambda: len(acked) >= 20, 20, "creates under way")
-        procs["a"].kill9()  # mid-create
+        procs[leader].kill9()  # mid-create
+        t0 = time.monotonic()
+        wait_for(lambda: _leader_pid(pg_url) == procs[survivor].popen.pid, 10, "the survivor leads")
+        assert time.monotonic() - t0 < 5
         before = len(acked)
         wait_for(lambda: len(acked) >= before + 20, 20, "creates going on through B")
         stop.set()
@@ -123,17 +133,29 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
         # The agent is on B now: the last create runs, and the node never went DOWN
         # (node_grace_s = 6: the survivor's loops would have marked it by now).
         last = max(acked, key=lambda r: (int(r[1 : r.index("-")]), int(r.split("-")[1])))
-        stubs_b.wait_state(acked[last], WS.WORKSPACE_STATE_RUNNING, 30)
+        stubs_s.wait_state(acked[last], WS.WORKSPACE_STATE_RUNNING, 30)
         time.sleep(3)
-        assert _node_states(stubs_b) == [admin_pb2.NODE_STATE_READY]
-        events = list(stubs_b.admin.WatchEvents(admin_pb2.WatchEventsRequest(follow=False)))
+        assert _node_states(stubs_s) == [admin_pb2.NODE_STATE_READY]
+        events = list(stubs_s.admin.WatchEvents(admin_pb2.WatchEventsRequest(follow=False)))
         assert not [e for e in events if e.kind == "node.state" and "DOWN" in e.state.upper()]
     finally:
-        stubs_b.channel.close()
+        for st in stubs.values():
+            st.channel.close()
         if agent is not None:
             agent.terminate()
         for p in procs.values():
             p.terminate()
+
+
+def _leader_pid(url: str) -> int:
+    """The pid of the replica holding the leader lock (its session's application_name)."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
+            (LOCK_CLASS, LEADER_LOCK),
+        ).fetchone()
+    return int(row[0].rsplit(" ", 1)[-1]) if row else 0
 
 
 def _node_states(stubs: Stubs) -> list[int]:

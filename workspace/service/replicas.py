@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -345,7 +346,8 @@ class Leader:
         while not self._stop.is_set():
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = _connect(self.dsn, "workspace-service leader")
+                    # the pid names the replica in pg_stat_activity (who leads)
+                    self._conn = _connect(self.dsn, f"workspace-service leader {os.getpid()}")
                 if not self._held:
                     row = self._conn.execute(
                         "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LEADER_LOCK)
