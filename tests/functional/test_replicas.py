@@ -215,3 +215,34 @@ def test_an_agent_with_an_address_list_reconnects_without_going_down(
     b.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING, 15)  # orders through B
     nodes = b.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
     assert [n.state for n in nodes] == [admin_pb2.NODE_STATE_READY]
+
+
+def test_a_listener_cut_off_reconnects_and_misses_nothing(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.55.0/24")
+    a.stubs.import_image("img")
+    a.add_agent("n1")
+    svc_a = a.service
+    assert svc_a is not None and svc_a.relay is not None
+    relay = svc_a.relay
+    wait_for(relay.listening.is_set, 5, "A listening")
+    seen: list[str] = []
+    stream = a.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+
+    def follow() -> None:
+        for ev in stream:
+            seen.append(ev.workspace.name)
+
+    threading.Thread(target=follow, daemon=True).start()
+    with psycopg.connect(relay.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'workspace-service listen' AND pid <> pg_backend_pid()"
+        )
+        # made while (some) listeners are away: the re-check or the reconnect finds it
+        b.stubs.create(name="while-away", request_id=str(uuid.uuid4()))
+    wait_for(lambda: "while-away" in seen, 15, "the watch on A to see it anyway")
+    wait_for(relay.listening.is_set, 5, "A listening again")
+    b.stubs.create(name="after", request_id=str(uuid.uuid4()))
+    wait_for(lambda: "after" in seen, 5, "the watch on A to see the next one")
+    stream.cancel()

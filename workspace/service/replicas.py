@@ -166,8 +166,10 @@ class Relay:
                 self._conns.append(conn)
                 conn.execute(f"LISTEN {CHANNEL}")
                 conn.execute(f"LISTEN {TASKS_CHANNEL}")
-                # Whatever happened while not listening: every stream re-reads.
+                # Whatever happened while not listening: every stream re-reads, and the
+                # watchers get the workspaces updated since the last re-check.
                 self.notifier.resync()
+                since = self._recheck(since)
                 self.listening.set()
                 next_check = time.monotonic() + RESYNC_S
                 while not self._stop.is_set():
