@@ -6,12 +6,14 @@ from the database."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 
@@ -120,8 +122,9 @@ def test_a_watch_on_one_replica_sees_a_create_on_another(replicas: list[Site]) -
     stream = a.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
 
     def follow() -> None:
-        for ev in stream:
-            seen.append(ev.workspace.name)
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+            for ev in stream:
+                seen.append(ev.workspace.name)
 
     threading.Thread(target=follow, daemon=True).start()
     time.sleep(0.3)
@@ -230,8 +233,9 @@ def test_a_listener_cut_off_reconnects_and_misses_nothing(replicas: list[Site]) 
     stream = a.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
 
     def follow() -> None:
-        for ev in stream:
-            seen.append(ev.workspace.name)
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+            for ev in stream:
+                seen.append(ev.workspace.name)
 
     threading.Thread(target=follow, daemon=True).start()
     with psycopg.connect(relay.dsn, autocommit=True) as conn:
