@@ -50,7 +50,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="ws-bench-replicas-") as tmp:
         root = Path(tmp)
-        pg = PgServer(root / "pg")
+        pg = PgServer()  # a directory of its own that the postgres user can reach
         pg.start()
         sites: list[Site] = []
         try:
@@ -78,7 +78,7 @@ def run(sites: list[Site], creates: int) -> None:
     a.stubs.import_image("img")
     a.stubs.nodes.Register(
         nodes_pb2.RegisterRequest(
-            node="sim1", hypervisor="fake", cpus=100_000, memory_mib=1 << 40, networks=["default"]
+            node="sim1", hypervisor="fake", cpus=100_000, memory_mib=1 << 30, networks=["default"]
         )
     )
     health = health_pb2_grpc.HealthStub(a.stubs.channel)
