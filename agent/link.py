@@ -22,7 +22,7 @@ from agent.backoff import Backoff
 from agent.cache import BlobCache, Source
 from agent.peers import service_source
 from images import signing
-from workspace import rpc
+from workspace import failover, rpc
 from workspace.codec import node as codec
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeInfo, NodeOrders, Observation
@@ -102,8 +102,9 @@ class Link:
         """Register and follow the order stream (a thread of its own), until ``stop``."""
         failures = 0
         done: threading.Event | None = None
+        turn = 0  # which replica of a list to try first (failover.rotated)
         while not self.stop.is_set():
-            channel = rpc.channel(self.cfg.service, self.cfg.tls)
+            channel = rpc.channel(failover.rotated(self.cfg.service, turn), self.cfg.tls)
             try:
                 stub = nodes_pb2_grpc.NodesStub(channel)
                 req = codec.node_info_to_proto(self.node.node_info(), AGENT_VERSION)
@@ -142,6 +143,7 @@ class Link:
                 self._stub = None
                 channel.close()
             failures += 1
+            turn += 1
             self.stop.wait(RECONNECT.delay_s(failures))
 
     def _cancel_on_stop(self, stream: grpc.Future) -> threading.Event:

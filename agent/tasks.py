@@ -24,7 +24,7 @@ import grpc
 
 from agent.backoff import Backoff
 from agent.virt.base import ConsoleSession, Driver
-from workspace import rpc
+from workspace import failover, rpc
 from workspace.codec import guests as codec
 from workspace.config import AgentConfig
 from workspace.domain.model import ExecOutcome
@@ -103,10 +103,11 @@ class Tasks:
     def run(self) -> None:
         """Keep a task stream open until ``stop`` (a thread of its own)."""
         failures = 0
+        turn = 0  # which replica of a list to try first (failover.rotated)
         while not self.stop.is_set():
             if not self.ready(1.0):
                 continue
-            channel = rpc.channel(self.cfg.service, self.cfg.tls)
+            channel = rpc.channel(failover.rotated(self.cfg.service, turn), self.cfg.tls)
             outbox: queue.Queue[nodes_pb2.TaskReply | None] = queue.Queue()
             with self._lock:
                 self._outbox = outbox
@@ -143,6 +144,7 @@ class Tasks:
                 self._close_consoles("the agent's connection to the service broke")
                 channel.close()
             failures += 1
+            turn += 1
             self.stop.wait(RECONNECT.delay_s(failures))
 
     def close(self) -> None:

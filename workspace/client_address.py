@@ -2,6 +2,8 @@
 
 Where (``resolve_address``): an explicit address, else ``$WS_SERVICE``, else the local
 all-in-one site (``site.json`` in ``$WS_SITE_DIR`` or ``~/.local/share/workspace/site``).
+An address may be a comma-separated list of service replicas (``svc1:7070,svc2:7070``):
+the channel uses one at a time and fails over (``workspace/failover.py``).
 
 Who (``resolve_tls``): an explicit identity directory (``identity=DIR``, ``ws --identity
 DIR``), else ``$WS_IDENTITY``, else the files in ``$WS_TLS_CA``/``_CERT``/``_KEY``,

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from workspace import failover
 from workspace.config import TlsConfig
 from workspace.errors import ConfigError
 
@@ -94,7 +95,13 @@ def _read(path: Path) -> bytes:
 
 
 def channel(address: str, tls: TlsConfig | None = None) -> grpc.Channel:
-    """A client channel to ``address`` with the credentials ``tls`` describes."""
+    """A client channel to ``address`` with the credentials ``tls`` describes; to a
+    comma-separated list of addresses (replicas), one that fails over (failover.py)."""
+    if "," in address:
+        addresses = failover.split(address)
+        if len(addresses) > 1:
+            return failover.FailoverChannel(addresses, [channel(a, tls) for a in addresses])
+        address = addresses[0] if addresses else address
     if tls is not None and tls.enabled:
         files = tls_files(tls)
         creds = grpc.ssl_channel_credentials(
@@ -146,7 +153,10 @@ def is_unix(address: str) -> bool:
 
 
 def is_loopback(address: str) -> bool:
-    """True for a unix socket or a TCP address on a loopback interface."""
+    """True for a unix socket or a TCP address on a loopback interface (for a list of
+    addresses: every one)."""
+    if "," in address:
+        return all(is_loopback(a) for a in failover.split(address))
     if is_unix(address):
         return True
     host = address.rsplit(":", 1)[0] if ":" in address else address

@@ -93,7 +93,8 @@ def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) ->
         "--service",
         metavar="ADDR",
         default=argparse.SUPPRESS if sub else None,
-        help="service address, host:port or unix:/path (default: $WS_SERVICE, else the local site)",
+        help="service address, host:port or unix:/path; several replicas: comma-separated, "
+        "tried in turn (default: $WS_SERVICE, else the local site)",
     )
     parser.add_argument(
         "--identity",

@@ -19,6 +19,17 @@ log = logging.getLogger("workspace.ops.events")
 _WATCH_QUEUE_MAX = 10_000
 
 
+@dataclass(frozen=True)
+class Change:
+    """What one local publish changed, as other replicas need it (``set_relay``): node
+    names, workspace ids, whether capacity was freed, whether site events were written."""
+
+    nodes: tuple[str, ...] = ()
+    workspaces: tuple[str, ...] = ()
+    capacity: bool = False
+    site_events: bool = False
+
+
 @dataclass(eq=False)
 class Watcher:
     accepts: Callable[[WorkspaceView], bool]
@@ -38,34 +49,67 @@ class Notifier:
         self._closed = False
         self._site_events = 0
         self._event_listeners: list[Callable[[Sequence[SiteEvent]], None]] = []
+        # Added to every node's generation: ``resync`` moves them all at once.
+        self._epoch = 0
+        self._relay: Callable[[Change], None] | None = None
+
+    # -- other replicas (service/replicas.py) --------------------------------------------
+
+    def set_relay(self, relay: Callable[[Change], None] | None) -> None:
+        """Hand every local change to ``relay`` too (PostgreSQL: a NOTIFY to the other
+        replicas). Changes applied with ``remote=True`` are not relayed again."""
+        self._relay = relay
+
+    def _out(self, change: Change) -> None:
+        relay = self._relay
+        if relay is not None:
+            try:
+                relay(change)
+            except Exception:
+                log.exception("relaying a change to the other replicas failed")
+
+    def resync(self) -> None:
+        """Wake every stream as if everything had changed (a missed notification, a
+        reconnected listener): node streams resend their whole state, the queue runs, site
+        event streams re-read the journal."""
+        with self._cond:
+            self._epoch += 1
+            self._capacity += 1
+            self._site_events += 1
+            self._cond.notify_all()
 
     # -- nodes -------------------------------------------------------------------------
 
-    def node_changed(self, *nodes: str) -> None:
+    def node_changed(self, *nodes: str, remote: bool = False) -> None:
         with self._cond:
             for n in nodes:
                 if n:
                     self._generations[n] = self._generations.get(n, 0) + 1
             self._cond.notify_all()
+        if not remote and any(nodes):
+            self._out(Change(nodes=tuple(n for n in nodes if n)))
 
     def generation(self, node: str) -> int:
         with self._cond:
-            return self._generations.get(node, 0)
+            return self._generations.get(node, 0) + self._epoch
 
     def wait_node(self, node: str, seen: int, timeout_s: float) -> int:
         """Block until the node's generation moves past ``seen`` (or timeout/close)."""
         with self._cond:
             self._cond.wait_for(
-                lambda: self._closed or self._generations.get(node, 0) != seen, timeout_s
+                lambda: self._closed or self._generations.get(node, 0) + self._epoch != seen,
+                timeout_s,
             )
-            return self._generations.get(node, 0)
+            return self._generations.get(node, 0) + self._epoch
 
     # -- capacity (wakes the queue) -----------------------------------------------------
 
-    def capacity_changed(self) -> None:
+    def capacity_changed(self, remote: bool = False) -> None:
         with self._cond:
             self._capacity += 1
             self._cond.notify_all()
+        if not remote:
+            self._out(Change(capacity=True))
 
     def wait_capacity(self, seen: int, timeout_s: float) -> int:
         with self._cond:
@@ -89,6 +133,14 @@ class Notifier:
                 listener(events)
             except Exception:
                 log.exception("a site-event listener failed")
+        self._out(Change(site_events=True))
+
+    def site_events_elsewhere(self) -> None:
+        """Another replica wrote site events: wake the streams (listeners such as the
+        metrics count only this replica's own)."""
+        with self._cond:
+            self._site_events += 1
+            self._cond.notify_all()
 
     def site_event_generation(self) -> int:
         with self._cond:
@@ -111,7 +163,12 @@ class Notifier:
         with self._wlock:
             self._watchers.discard(w)
 
-    def workspace_changed(self, ws: WorkspaceView) -> None:
+    def watching(self) -> bool:
+        """Whether any workspace stream is open (else remote changes need no reading)."""
+        with self._wlock:
+            return bool(self._watchers)
+
+    def workspace_changed(self, ws: WorkspaceView, remote: bool = False) -> None:
         with self._wlock:
             watchers = list(self._watchers)
         for w in watchers:
@@ -120,6 +177,8 @@ class Notifier:
                     w.events.put_nowait(ws)
                 except queue.Full:
                     w.overflowed = True
+        if not remote:
+            self._out(Change(workspaces=(ws.id,)))
 
     def close(self) -> None:
         with self._cond:

@@ -8,6 +8,11 @@ hands every reply to ``deliver`` and ``disconnect``s when the stream ends. Opera
 (a session of many messages under one task id). A node whose agent is not connected is
 UNAVAILABLE at once; a stream that drops fails every task still waiting on it with
 UNAVAILABLE. Only domain values cross this module (``workspace/domain/tasks.py``).
+
+Replicas: an agent's stream is connected to one replica. An exec for a node whose agent
+is not connected here goes to ``elsewhere`` when one is set (``service/task_relay.py``:
+through PostgreSQL to the replica that holds the stream, which runs it with
+``forward=False`` and sends the answer back).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Protocol
 
 from workspace.domain.model import ExecOutcome
 from workspace.domain.tasks import UNAVAILABLE as UNAVAILABLE_CODE
@@ -123,11 +129,20 @@ class ConsoleLink:
             self.line.send(Task(self.task_id, self.workspace_id, ConsoleClose()))
 
 
+class Elsewhere(Protocol):
+    """Where a task goes when the node's agent is connected to another replica."""
+
+    def exec(self, node: str, workspace_id: str, task: ExecTask, wait_s: float) -> ExecOutcome:
+        """Run ``task`` on ``node``'s agent through the replica that holds its stream."""
+        ...
+
+
 class TaskHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lines: dict[str, AgentLine] = {}
         self._pending: dict[str, _Pending] = {}
+        self.elsewhere: Elsewhere | None = None
 
     # -- the agents' streams (the edge) ------------------------------------------------
 
@@ -201,8 +216,14 @@ class TaskHub:
             raise Unavailable(f"node {node}'s agent is not connected; try again")
         return line
 
-    def exec(self, node: str, workspace_id: str, task: ExecTask, wait_s: float) -> ExecOutcome:
-        """Run ``task`` on ``node``'s agent and wait up to ``wait_s`` for its answer."""
+    def exec(
+        self, node: str, workspace_id: str, task: ExecTask, wait_s: float, forward: bool = True
+    ) -> ExecOutcome:
+        """Run ``task`` on ``node``'s agent and wait up to ``wait_s`` for its answer
+        (``forward``: through another replica when the agent is not connected here)."""
+        elsewhere = self.elsewhere
+        if forward and elsewhere is not None and not self.connected(node):
+            return elsewhere.exec(node, workspace_id, task, wait_s)
         line = self._line(node)
         task_id = uuid.uuid4().hex
         future: Future[ExecOutcome] = Future()

@@ -35,6 +35,8 @@ from workspace.ops.images import Catalog
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
+from workspace.service.replicas import Leader, Relay
+from workspace.service.task_relay import TaskForwarder
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
@@ -72,6 +74,11 @@ class Service:
         self.store = Store(cfg.db_url, migrate_in_child=True)
         self.notifier = Notifier()
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
+        # Replicas (service/replicas.py): on PostgreSQL, changes reach the other replicas'
+        # streams by NOTIFY, and the background loops run only on the leader.
+        postgres = self.store.engine.dialect.name == "postgresql"
+        self.relay = Relay(self.env, self.store.engine) if postgres else None
+        self.leader = Leader(self.store.engine if postgres else None)
         # Clients and agents on two servers, each with its own threads (limits: the
         # stream cap per identity; node_server: the Nodes API, never starved by clients).
         # Metrics (metrics_listen; service/metrics.py): RPCs counted by an interceptor on
@@ -80,6 +87,7 @@ class Service:
         counted = [self.metrics.rpc] if self.metrics else []
         if self.metrics:
             self.notifier.on_site_events(self.metrics.on_events)
+            self.metrics.leader.set_function(lambda: 1.0 if self.leader.acting() else 0.0)
         self.stream_cap = StreamCap(cfg.max_streams_per_caller, cfg.default_owner)
         self.server = rpc.server(
             cfg.max_workers, cfg.max_concurrent_rpcs, [*counted, self.stream_cap]
@@ -95,6 +103,8 @@ class Service:
         self.admin = AdminServicer(self.env)
         # The agents' task streams: exec and interactive consoles go through them.
         self.hub = TaskHub()
+        # On replicas, an exec for an agent connected to another replica goes through it.
+        self.forwarder = TaskForwarder(self.hub, self.relay) if self.relay else None
         self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub)
         self.guests = GuestsServicer(self.env, self.hub)
         self.trust = TrustServicer(self.env)
@@ -150,6 +160,11 @@ class Service:
         self.node_server.start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if self.relay is not None:
+            if self.forwarder is not None:
+                self.forwarder.start()
+            self.relay.start()
+        self.leader.start()
         self._monitor.start()
         self._queue_thread.start()
         self._lease_thread.start()
@@ -165,6 +180,8 @@ class Service:
     def _watch_nodes(self) -> None:
         interval = max(0.5, min(5.0, self.cfg.node_grace_s / 4))
         while not self._stop.wait(interval):
+            if not self.leader.acting():
+                continue
             try:
                 liveness.check_liveness(self.env)
             except Exception:
@@ -176,6 +193,8 @@ class Service:
             seen = self.notifier.wait_capacity(seen, QUEUE_POLL_S)
             if self._stop.is_set():
                 return
+            if not self.leader.acting():
+                continue
             try:
                 queue.process(self.env)
             except Exception:
@@ -183,6 +202,8 @@ class Service:
 
     def _run_leases(self) -> None:
         while not self._stop.wait(self.cfg.lease_check_interval_s):
+            if not self.leader.acting():
+                continue
             try:
                 leases.check(self.env)
             except Exception:
@@ -190,15 +211,20 @@ class Service:
 
     def _prune_events(self) -> None:
         while True:
-            try:
-                site_events.prune(self.env)
-            except Exception:
-                log.exception("pruning site events failed")
-            if self._stop.wait(EVENT_PRUNE_S):
+            # The first pass once leader, then every EVENT_PRUNE_S.
+            if self.leader.wait_acting(EVENT_PRUNE_S):
+                try:
+                    site_events.prune(self.env)
+                except Exception:
+                    log.exception("pruning site events failed")
+            if self._stop.wait(EVENT_PRUNE_S if self.leader.acting() else 0):
                 return
 
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()
+        self.leader.close()
+        if self.relay is not None:
+            self.relay.close()
         self.health.enter_graceful_shutdown()
         self.notifier.close()
         self.server.stop(grace_s).wait()

@@ -10,7 +10,7 @@ in one process: the tests).
   and every event by kind.
 * Read at scrape time (ops/gauges.py, a GROUP BY and two small queries): workspaces by
   state, the queue's depth and oldest wait, each node's capacity and use, nodes by state.
-* ``workspace_leader``: 1 (one service process; replicas will drive it).
+* ``workspace_leader``: 1 while this replica runs the background loops (service/replicas.py).
 """
 
 from __future__ import annotations

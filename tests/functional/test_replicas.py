@@ -1,0 +1,252 @@
+"""Several service replicas on one PostgreSQL (docs/design/replicas.md): in-process
+services sharing one database (and one data directory, for the blobs): exactly-once
+placement under concurrent creates through three replicas, a watch on one replica seeing
+a create made on another, and the leader lock moving when its holder dies or is cut off
+from the database."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from agent.agent import Agent
+from agent.virt.fake import FakeDriver
+from tests.functional.harness import WS, Site, agent_config, wait_for
+from tests.pg import PgServer
+from workspace.cli import ws
+from workspace.client import Client
+from workspace.service.replicas import LEADER_LOCK, conninfo
+from workspace.store.engines import LOCK_CLASS
+from workspace.v1 import admin_pb2, workspaces_pb2
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A database of its own for each test."""
+    name = f"replicas_{uuid.uuid4().hex[:8]}"
+    try:
+        yield pg_server.database(name)
+    finally:
+        pg_server.drop(name)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Site]]:
+    shared = tmp_path / "data"
+    sites: list[Site] = []
+    try:
+        for name in ("a", "b", "c"):
+            d = tmp_path / name
+            d.mkdir()
+            sites.append(Site(d, database_url=pg_url, data_dir=str(shared)))
+        yield sites
+    finally:
+        for s in sites:
+            s.close()
+
+
+def agent_on(site: Site, node: str, service: str) -> Agent:
+    """A fake agent dialing ``service`` (an address list), stopped with ``site``."""
+    cfg = agent_config(site.tmp, node, service)
+    agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
+    agent.start()
+    site.agents[node] = agent
+    wait_for(lambda: agent.link.connected(), 10, f"{node} connected")
+    return agent
+
+
+def leaders(sites: list[Site]) -> list[int]:
+    return [i for i, s in enumerate(sites) if s.service is not None and s.service.leader.acting()]
+
+
+def test_concurrent_creates_through_three_replicas_are_placed_once(replicas: list[Site]) -> None:
+    a = replicas[0]
+    a.stubs.network(subnet="192.168.50.0/24")
+    a.stubs.import_image("img")
+    for n in ("n1", "n2"):
+        a.add_agent(n, cpus=8, memory_mib=8 * 1024)
+    acked: dict[str, str] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def creator(site: Site, k: int) -> None:
+        for i in range(8):
+            rid = f"r-{k}-{i}"
+            try:
+                w = site.stubs.create(request_id=rid, cpus=1, memory_mib=1024)
+            except Exception as exc:  # capacity refusals are expected past 16
+                if "RESOURCE_EXHAUSTED" not in str(exc) and "capacity" not in str(exc):
+                    errors.append(exc)
+                continue
+            with lock:
+                acked[rid] = w.id
+            # the same request through another replica returns the same workspace
+            again = replicas[(k + 1) % 3].stubs.create(request_id=rid, cpus=1, memory_mib=1024)
+            assert again.id == w.id
+
+    threads = [threading.Thread(target=creator, args=(replicas[k % 3], k)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    views = {w.id: w for w in a.stubs.ws.ListWorkspaces(_list()).workspaces}
+    assert set(acked.values()) <= set(views)
+    ips = [w.nics[0].ip for w in views.values()]
+    assert len(ips) == len(set(ips)), "an address was handed out twice"
+    per_node: dict[str, int] = {}
+    for w in views.values():
+        per_node[w.node] = per_node.get(w.node, 0) + w.memory_mib
+    assert all(m <= 8 * 1024 for m in per_node.values()), per_node
+    assert 8 <= len(acked) <= 16  # at most the capacity of two 8-cpu, 8 GiB nodes
+
+
+def _list() -> workspaces_pb2.ListWorkspacesRequest:
+    return workspaces_pb2.ListWorkspacesRequest(page_size=1000)
+
+
+def test_a_watch_on_one_replica_sees_a_create_on_another(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.51.0/24")
+    a.stubs.import_image("img")
+    a.add_agent("n1")
+    seen: list[str] = []
+    stream = a.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+
+    def follow() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+            for ev in stream:
+                seen.append(ev.workspace.name)
+
+    threading.Thread(target=follow, daemon=True).start()
+    time.sleep(0.3)
+    w = b.stubs.create(name="from-b", request_id=str(uuid.uuid4()))
+    wait_for(lambda: "from-b" in seen, 5, "the watch on A to see B's create")
+    # and the agent, whose stream is on A, runs it
+    a.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    stream.cancel()
+
+
+def test_the_leader_moves_when_it_dies_or_loses_its_session(
+    replicas: list[Site], pg_url: str
+) -> None:
+    first = wait_for(lambda: leaders(replicas), 10, "a leader")
+    assert len(first) == 1
+    old = first[0]
+    replicas[old].stop_service()  # dies: its session ends
+    t0 = time.monotonic()
+    second = wait_for(lambda: leaders(replicas), 10, "another leader")
+    assert len(second) == 1 and second[0] != old
+    assert time.monotonic() - t0 < 5
+    # Cut the leader off: terminate its lock session from another connection.
+    now = second[0]
+    svc = replicas[now].service
+    assert svc is not None
+    with psycopg.connect(conninfo(svc.store.engine), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND classid = %s AND objid = %s AND granted",
+            (LOCK_CLASS, LEADER_LOCK),
+        )
+    t0 = time.monotonic()
+    wait_for(lambda: not svc.leader.acting(), 5, "the cut-off leader to stop acting")
+    third = wait_for(lambda: leaders(replicas), 10, "a leader again")
+    assert len(third) == 1
+    assert time.monotonic() - t0 < 8
+
+
+def test_exec_through_another_replica_reaches_the_agent(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.52.0/24")
+    a.stubs.import_image("img")
+    a.add_agent("n1")  # its task stream is on A
+    a.stubs.create(name="box", request_id="r-box")
+    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
+    svc_a = a.service
+    assert svc_a is not None
+    wait_for(lambda: svc_a.hub.connected("n1"), 10, "n1's task stream on A")
+    with Client(b.address) as c:
+        r = c.exec("box", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert (r.exit_code, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+        big = c.exec("box", ["cat"], stdin=b"x" * 5000)  # an answer in several parts
+        assert big.stdout == b"x" * 5000
+        assert c.exec("box", ["no-such-command"]).exit_code == 127
+
+
+def test_a_client_with_an_address_list_fails_over(
+    replicas: list[Site], capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.53.0/24")
+    a.stubs.import_image("img")
+    b.add_agent("n1")
+    with Client(f"{a.address},{b.address}") as c:
+        w = c.create_workspace("img", name="one", request_id="r-one")
+        a.stop_service()  # the first address dies
+        assert c.get_workspace(w.id).name == "one"  # served by B
+        again = c.create_workspace("img", name="one", request_id="r-one")
+        assert again.id == w.id  # idempotent across replicas
+        assert c.create_workspace("img", name="two").name == "two"
+    # ws --service A,B with A gone
+    assert ws.main(["--service", f"{a.address},{b.address}", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "one" in out and "two" in out
+
+
+def test_an_agent_with_an_address_list_reconnects_without_going_down(
+    replicas: list[Site],
+) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.54.0/24")
+    a.stubs.import_image("img")
+    agent_on(a, "n1", f"{a.node_address},{b.node_address}")
+    a.stubs.create(name="box", request_id="r-box")
+    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
+    a.stop_service()
+    svc_b = b.service
+    assert svc_b is not None
+    wait_for(lambda: svc_b.hub.connected("n1"), 10, "n1's task stream on B")
+    w = b.stubs.create(name="after", request_id="r-after")
+    b.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING, 15)  # orders through B
+    nodes = b.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    assert [n.state for n in nodes] == [admin_pb2.NODE_STATE_READY]
+
+
+def test_a_listener_cut_off_reconnects_and_misses_nothing(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.55.0/24")
+    a.stubs.import_image("img")
+    a.add_agent("n1")
+    svc_a = a.service
+    assert svc_a is not None and svc_a.relay is not None
+    relay = svc_a.relay
+    wait_for(relay.listening.is_set, 5, "A listening")
+    seen: list[str] = []
+    stream = a.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+
+    def follow() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+            for ev in stream:
+                seen.append(ev.workspace.name)
+
+    threading.Thread(target=follow, daemon=True).start()
+    with psycopg.connect(relay.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'workspace-service listen' AND pid <> pg_backend_pid()"
+        )
+        # made while (some) listeners are away: the re-check or the reconnect finds it
+        b.stubs.create(name="while-away", request_id=str(uuid.uuid4()))
+    wait_for(lambda: "while-away" in seen, 15, "the watch on A to see it anyway")
+    wait_for(relay.listening.is_set, 5, "A listening again")
+    b.stubs.create(name="after", request_id=str(uuid.uuid4()))
+    wait_for(lambda: "after" in seen, 5, "the watch on A to see the next one")
+    stream.cancel()

@@ -1,0 +1,93 @@
+"""Execs forwarded between replicas (service/task_relay.py) over a fake channel: the
+answer comes back whole, errors keep their class, and when two replicas both still hold
+a stream of the node only one runs the command."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+import pytest
+
+from workspace.domain.model import ExecOutcome
+from workspace.domain.tasks import ExecTask
+from workspace.errors import NotFound, Unavailable
+from workspace.service.task_relay import TaskForwarder
+
+
+class Bus:
+    """Every message to every forwarder, in order, on one thread (as LISTEN delivers)."""
+
+    def __init__(self) -> None:
+        self.members: list[TaskForwarder] = []
+        self.q: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while (payload := self.q.get()) is not None:
+            for m in self.members:
+                m.received(payload)
+
+
+class FakeRelay:
+    def __init__(self, bus: Bus, rid: str) -> None:
+        self.bus = bus
+        self.replica_id = rid
+        self.on_task: Any = None
+
+    def send(self, channel: str, payload: str) -> None:
+        self.bus.q.put(payload)
+
+
+class FakeHub:
+    def __init__(self, nodes: set[str], answer: Any) -> None:
+        self.nodes = nodes
+        self.answer = answer
+        self.runs = 0
+        self.elsewhere: Any = None
+
+    def connected(self, node: str) -> bool:
+        return node in self.nodes
+
+    def exec(
+        self, node: str, workspace_id: str, task: ExecTask, wait_s: float, forward: bool = True
+    ) -> ExecOutcome:
+        assert not forward
+        self.runs += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return ExecOutcome(0, stdout=task.stdin * 3, stderr=b"e")
+
+
+def replicas(*hubs: FakeHub) -> list[TaskForwarder]:
+    bus = Bus()
+    out = []
+    for i, hub in enumerate(hubs):
+        f = TaskForwarder(hub, FakeRelay(bus, f"r{i}"))  # type: ignore[arg-type]
+        bus.members.append(f)
+        out.append(f)
+    return out
+
+
+def test_the_answer_comes_back_in_parts_and_errors_keep_their_class() -> None:
+    origin, _ = replicas(FakeHub(set(), None), FakeHub({"n1"}, None))
+    out = origin.exec("n1", "w1", ExecTask(("cat",), stdin=b"x" * 4000), 5)
+    assert out.stdout == b"x" * 12000 and out.stderr == b"e"
+    origin2, _ = replicas(FakeHub(set(), None), FakeHub({"n1"}, NotFound("no such file")))
+    with pytest.raises(NotFound, match="no such file"):
+        origin2.exec("n1", "w1", ExecTask(("x",)), 5)
+
+
+def test_no_replica_with_the_agent_is_unavailable() -> None:
+    origin, _ = replicas(FakeHub(set(), None), FakeHub({"other"}, None))
+    with pytest.raises(Unavailable, match="not connected"):
+        origin.exec("n1", "w1", ExecTask(("true",)), 5)
+
+
+def test_two_replicas_holding_the_node_run_it_once() -> None:
+    a, b = FakeHub({"n1"}, None), FakeHub({"n1"}, None)
+    origin, _, _ = replicas(FakeHub(set(), None), a, b)
+    for _ in range(5):
+        assert origin.exec("n1", "w1", ExecTask(("true",), stdin=b"1"), 5).stdout == b"111"
+    assert a.runs + b.runs == 5

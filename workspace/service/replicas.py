@@ -1,0 +1,373 @@
+"""Several service processes on one PostgreSQL (docs/design/replicas.md).
+
+``Relay``: what one replica commits wakes the streams of every other. After each commit
+the notifier hands the change (node names, workspace ids, capacity freed, site events
+written) to the relay; a sender thread coalesces what is pending and sends it as one
+``NOTIFY workspace_changes`` on a connection of its own (no statement is added to the
+writer's transaction). Every replica ``LISTEN``s on another dedicated connection and
+applies what others sent to its local notifier: node generations, the capacity counter,
+the site-event counter, and the workspaces re-read from the store for its watchers.
+Notifications can be missed (a writer killed between commit and NOTIFY, a listener
+reconnecting): on reconnect every stream is woken as if everything had changed, and every
+``RESYNC_S`` the workspaces updated since the last pass wake their node and watchers.
+
+``Leader``: the background loops run on the replica that holds a session-level advisory
+lock on a dedicated connection; the holder checks the connection every ``CHECK_S`` and
+acts only while its last good check is younger than ``LEASE_S``, so a replica cut off
+from the database (its check failing or hanging) stops acting within seconds. SQLite (one
+process) is always the leader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from workspace.ops.events import Change, Notifier
+from workspace.ops.unit import Env
+from workspace.store import Workspace
+from workspace.store.engines import LOCK_CLASS
+from workspace.store.mapping import workspace_views
+
+log = logging.getLogger("workspace.service.replicas")
+
+CHANNEL = "workspace_changes"
+# Tasks forwarded to the replica that holds an agent's stream (service/task_relay.py).
+TASKS_CHANNEL = "workspace_tasks"
+# PostgreSQL refuses payloads of 8000 bytes or more; ids are sent in batches under this.
+PAYLOAD_MAX = 7000
+# The fallback re-check of workspaces changed elsewhere (missed notifications).
+RESYNC_S = 5.0
+# The leader's lock (the store's write lock is 1, migrations 2).
+LEADER_LOCK = 3
+CHECK_S = 1.0
+LEASE_S = 3.0
+CONNECT_TIMEOUT_S = 3
+RETRY_S = 1.0
+
+
+def conninfo(engine: Engine) -> str:
+    """A libpq URI for the store's database (psycopg itself, outside SQLAlchemy's pool)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _connect(dsn: str, name: str) -> Any:
+    import psycopg  # only on PostgreSQL
+
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name=name,
+        # a peer that vanished is noticed within seconds on TCP (ignored on unix sockets)
+        keepalives_idle=2,
+        keepalives_interval=1,
+        keepalives_count=2,
+        tcp_user_timeout=int(LEASE_S * 1000),
+    )
+
+
+class Relay:
+    """NOTIFY what this replica changed, LISTEN for what the others did."""
+
+    def __init__(self, env: Env, engine: Engine, replica_id: str = "") -> None:
+        self.env = env
+        self.notifier: Notifier = env.notifier
+        self.dsn = conninfo(engine)
+        self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        self._lock = threading.Lock()
+        self._pending = PendingChanges()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._conns: list[Any] = []
+        self.listening = threading.Event()
+        self.received = 0
+        # Messages sent as they are (not coalesced), and who handles those received.
+        self._raw: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.on_task: Callable[[str], None] | None = None
+
+    def start(self) -> None:
+        self.notifier.set_relay(self.offer)
+        threading.Thread(target=self._send_loop, name="notify-send", daemon=True).start()
+        threading.Thread(target=self._listen_loop, name="notify-listen", daemon=True).start()
+
+    def close(self) -> None:
+        self.notifier.set_relay(None)
+        self._stop.set()
+        self._wake.set()
+        for c in list(self._conns):
+            with contextlib.suppress(Exception):
+                c.close()
+
+    # -- sending -----------------------------------------------------------------------
+
+    def offer(self, change: Change) -> None:
+        with self._lock:
+            self._pending.add(change)
+        self._wake.set()
+
+    def send(self, channel: str, payload: str) -> None:
+        """NOTIFY ``channel`` with ``payload`` (under 8000 bytes) from the sender thread."""
+        self._raw.put((channel, payload))
+        self._wake.set()
+
+    def _take(self) -> PendingChanges | None:
+        with self._lock:
+            p, self._pending = self._pending, PendingChanges()
+        return p if p else None
+
+    def _send_loop(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            pending = self._take()
+            raw: list[tuple[str, str]] = []
+            while not self._raw.empty():
+                raw.append(self._raw.get_nowait())
+            if pending is None and not raw:
+                continue
+            try:
+                if conn is None or conn.closed:
+                    conn = _connect(self.dsn, "workspace-service notify")
+                    self._conns.append(conn)
+                for channel, payload in raw:
+                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                for payload in pending.payloads(self.replica_id) if pending else ():
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            except Exception as exc:
+                # Lost: the others find it at their next re-check.
+                log.warning("cannot notify the other replicas: %s", exc)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+                self._stop.wait(RETRY_S)
+
+    # -- listening ---------------------------------------------------------------------
+
+    def _listen_loop(self) -> None:
+        since = self.env.clock()
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = _connect(self.dsn, "workspace-service listen")
+                self._conns.append(conn)
+                conn.execute(f"LISTEN {CHANNEL}")
+                conn.execute(f"LISTEN {TASKS_CHANNEL}")
+                # Whatever happened while not listening: every stream re-reads, and the
+                # watchers get the workspaces updated since the last re-check.
+                self.notifier.resync()
+                since = self._recheck(since)
+                self.listening.set()
+                next_check = time.monotonic() + RESYNC_S
+                while not self._stop.is_set():
+                    left = max(0.05, next_check - time.monotonic())
+                    for n in conn.notifies(timeout=left, stop_after=64):
+                        if n.channel == TASKS_CHANNEL:
+                            if self.on_task is not None:
+                                self.on_task(n.payload)
+                        else:
+                            self._apply(n.payload)
+                    if time.monotonic() >= next_check:
+                        since = self._recheck(since)
+                        next_check = time.monotonic() + RESYNC_S
+            except Exception as exc:
+                if not self._stop.is_set():
+                    log.warning("listening to the other replicas failed: %s; reconnecting", exc)
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    with contextlib.suppress(ValueError):
+                        self._conns.remove(conn)
+            self._stop.wait(RETRY_S)
+
+    def _apply(self, payload: str) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            return
+        if msg.get("r") == self.replica_id:
+            return  # ours: applied locally already
+        self.received += 1
+        nodes = [str(n) for n in msg.get("n", ())]
+        if nodes:
+            self.notifier.node_changed(*nodes, remote=True)
+        if msg.get("c"):
+            self.notifier.capacity_changed(remote=True)
+        if msg.get("e"):
+            self.notifier.site_events_elsewhere()
+        ids = [str(i) for i in msg.get("w", ())]
+        if ids and self.notifier.watching():
+            with self.env.store.read() as s:
+                rows = list(s.execute(select(Workspace).where(Workspace.id.in_(ids))).scalars())
+                views = workspace_views(s, rows)
+            for v in views:
+                self.notifier.workspace_changed(v, remote=True)
+
+    def _recheck(self, since: float) -> float:
+        """Wake the nodes and watchers of the workspaces updated since ``since`` (minus a
+        margin for the replicas' clocks): what a missed notification would have said."""
+        now = self.env.clock()
+        with self.env.store.read() as s:
+            rows = list(
+                s.execute(
+                    select(Workspace).where(Workspace.updated_at >= since - RESYNC_S)
+                ).scalars()
+            )
+            views = workspace_views(s, rows) if rows and self.notifier.watching() else []
+        nodes = sorted({r.node for r in rows if r.node})
+        if nodes:
+            self.notifier.node_changed(*nodes, remote=True)
+        if rows:
+            self.notifier.capacity_changed(remote=True)
+        for v in views:
+            self.notifier.workspace_changed(v, remote=True)
+        return now
+
+
+class PendingChanges:
+    def __init__(self) -> None:
+        self.nodes: set[str] = set()
+        self.workspaces: set[str] = set()
+        self.capacity = False
+        self.site_events = False
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes or self.workspaces or self.capacity or self.site_events)
+
+    def add(self, c: Change) -> None:
+        self.nodes.update(c.nodes)
+        self.workspaces.update(c.workspaces)
+        self.capacity = self.capacity or c.capacity
+        self.site_events = self.site_events or c.site_events
+
+    def payloads(self, replica_id: str) -> list[str]:
+        """JSON payloads under PAYLOAD_MAX: flags and nodes in the first, ids spread."""
+
+        def dumps(value: object) -> str:
+            return json.dumps(value, separators=(",", ":"))
+
+        out: list[str] = []
+        msg: dict[str, Any] = {"r": replica_id, "n": [], "w": []}
+        if self.capacity:
+            msg["c"] = 1
+        if self.site_events:
+            msg["e"] = 1
+        size = len(dumps(msg))
+        items = [("n", n) for n in sorted(self.nodes)] + [("w", w) for w in sorted(self.workspaces)]
+        for key, value in items:
+            cost = len(dumps(value)) + 1
+            if size + cost > PAYLOAD_MAX:
+                out.append(dumps(msg))
+                msg = {"r": replica_id, "n": [], "w": []}
+                size = len(dumps(msg))
+            msg[key].append(value)
+            size += cost
+        out.append(dumps(msg))
+        return out
+
+
+class Leader:
+    """Who runs the background loops: ``acting()`` is true while this replica holds the
+    leader lock and its connection answered within ``LEASE_S``."""
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        on_change: Callable[[bool], None] = lambda _held: None,
+    ) -> None:
+        """``engine`` None (SQLite): always the leader."""
+        self.dsn = conninfo(engine) if engine is not None else ""
+        self.on_change = on_change
+        self._held = engine is None
+        self._ok_at = 0.0
+        self._stop = threading.Event()
+        self._conn: Any = None
+        self._changed = threading.Condition()
+
+    def start(self) -> None:
+        if not self.dsn:
+            self.on_change(True)
+            return
+        threading.Thread(target=self._run, name="leader", daemon=True).start()
+
+    def acting(self) -> bool:
+        if not self.dsn:
+            return True
+        return self._held and time.monotonic() - self._ok_at < LEASE_S
+
+    def wait_acting(self, timeout_s: float) -> bool:
+        """Block until this replica acts as leader (or ``timeout_s``); returns acting()."""
+        end = time.monotonic() + timeout_s
+        with self._changed:
+            while not self.acting() and not self._stop.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(min(left, CHECK_S))
+        return self.acting()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._set(False)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()  # the session ends: the lock is free for another replica
+
+    def _set(self, held: bool) -> None:
+        if held == self._held:
+            return
+        self._held = held
+        with self._changed:
+            self._changed.notify_all()
+        if held:
+            log.info("this replica is now the leader (runs the background loops)")
+        else:
+            log.warning("this replica is no longer the leader")
+        try:
+            self.on_change(held)
+        except Exception:
+            log.exception("leader change hook failed")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._conn is None or self._conn.closed:
+                    # the pid names the replica in pg_stat_activity (who leads)
+                    self._conn = _connect(self.dsn, f"workspace-service leader {os.getpid()}")
+                if not self._held:
+                    row = self._conn.execute(
+                        "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LEADER_LOCK)
+                    ).fetchone()
+                    if row and row[0]:
+                        self._ok_at = time.monotonic()
+                        self._set(True)
+                else:
+                    # The lock is ours as long as this session lives; the check proves it.
+                    self._conn.execute("SELECT 1").fetchone()
+                    self._ok_at = time.monotonic()
+            except Exception as exc:
+                # Lost the connection, so the lock with it: stop acting first.
+                self._set(False)
+                if not self._stop.is_set():
+                    log.warning("leader connection: %s; trying again", exc)
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            self._stop.wait(CHECK_S)

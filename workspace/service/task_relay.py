@@ -1,0 +1,195 @@
+"""Execs for an agent connected to another replica (docs/design/replicas.md).
+
+An agent's ``Nodes.Tasks`` stream is connected to one replica; ``ws exec`` may arrive at
+any. The receiving replica (``TaskForwarder.exec``, the hub's ``elsewhere``) sends the
+task on PostgreSQL's ``workspace_tasks`` channel; a replica holding the node's stream
+answers at once that it has it (``ack``); the sender tells the first one to answer to run
+it (``go``: two replicas that both still hold a stream of the node -- an old one not yet
+seen broken -- never both run it); that one runs the task through its hub and sends the
+outcome (or the error) back, in parts when it is larger than one notification. No replica
+acknowledging within ``ACK_S`` means no replica has the agent: UNAVAILABLE, as on one
+replica. Interactive consoles are not forwarded (the client is told to try again, and a
+replica holding the stream serves them).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from workspace.domain.model import ExecOutcome
+from workspace.domain.tasks import ExecTask, TaskError, error_of, exception_of
+from workspace.errors import Unavailable, WorkspaceError
+from workspace.ops.taskhub import TaskHub
+from workspace.service.replicas import TASKS_CHANNEL, Relay
+
+log = logging.getLogger("workspace.service.tasks")
+
+# How long the sender waits for the replica holding the stream to say it has it.
+ACK_S = 2.0
+# Base64 characters of an answer per notification (under PostgreSQL's 8000 bytes).
+PART_CHARS = 6000
+
+
+@dataclass
+class _Waiting:
+    acked: threading.Event = field(default_factory=threading.Event)
+    parts: dict[int, str] = field(default_factory=dict)
+    answer: Future[ExecOutcome] = field(default_factory=Future)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class TaskForwarder:
+    def __init__(self, hub: TaskHub, relay: Relay) -> None:
+        self.hub = hub
+        self.relay = relay
+        self._lock = threading.Lock()
+        self._waiting: dict[str, _Waiting] = {}
+        # Execs this replica offered to run (acked), waiting for their ``go``.
+        self._offered: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def start(self) -> None:
+        self.relay.on_task = self.received
+        self.hub.elsewhere = self
+
+    # -- the replica the exec arrived at ----------------------------------------------------
+
+    def exec(self, node: str, workspace_id: str, task: ExecTask, wait_s: float) -> ExecOutcome:
+        tid = uuid.uuid4().hex
+        w = _Waiting()
+        with self._lock:
+            self._waiting[tid] = w
+        msg = {
+            "op": "exec",
+            "id": tid,
+            "from": self.relay.replica_id,
+            "node": node,
+            "ws": workspace_id,
+            "argv": list(task.argv),
+            "stdin": _b64(task.stdin),
+            "timeout": task.timeout_s,
+            "wait": wait_s,
+        }
+        try:
+            payload = json.dumps(msg)
+            if len(payload) >= 7900:
+                raise Unavailable(
+                    f"node {node}'s agent is connected to another replica and the command "
+                    "is too large to forward; try again"
+                )
+            self.relay.send(TASKS_CHANNEL, payload)
+            if not w.acked.wait(ACK_S):
+                raise Unavailable(f"node {node}'s agent is not connected; try again")
+            try:
+                return w.answer.result(timeout=wait_s + ACK_S)
+            except FutureTimeout:
+                raise Unavailable(
+                    f"node {node}'s agent did not answer within {wait_s:g} s; try again"
+                ) from None
+        finally:
+            with self._lock:
+                self._waiting.pop(tid, None)
+
+    # -- every replica: what the channel brings -------------------------------------------
+
+    def received(self, payload: str) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            return
+        op = msg.get("op")
+        if op == "exec":
+            if self.hub.connected(str(msg.get("node", ""))):
+                now = time.monotonic()
+                with self._lock:
+                    self._offered = {
+                        k: v for k, v in self._offered.items() if now - v[0] < 2 * ACK_S
+                    }
+                    self._offered[str(msg["id"])] = (now, msg)
+                self._reply(msg["from"], msg["id"], {"op": "ack", "by": self.relay.replica_id})
+            return
+        if msg.get("to") != self.relay.replica_id:
+            return
+        if op == "go":
+            with self._lock:
+                offered = self._offered.pop(str(msg.get("id", "")), None)
+            if offered is not None:
+                threading.Thread(
+                    target=self._run, args=(offered[1],), name="forwarded-exec", daemon=True
+                ).start()
+            return
+        with self._lock:
+            w = self._waiting.get(str(msg.get("id", "")))
+        if w is None:
+            return
+        if op == "ack":
+            if not w.acked.is_set():
+                w.acked.set()
+                self._reply(str(msg.get("by", "")), str(msg["id"]), {"op": "go"})
+        elif op == "part":
+            w.parts[int(msg["i"])] = str(msg["d"])
+            if len(w.parts) == int(msg["n"]):
+                text = base64.b64decode("".join(w.parts[i] for i in range(len(w.parts))))
+                self._settle(w, json.loads(text))
+
+    def _settle(self, w: _Waiting, answer: dict[str, Any]) -> None:
+        if w.answer.done():
+            return
+        if "error" in answer:
+            code, message = answer["error"]
+            w.answer.set_exception(exception_of(TaskError(int(code), str(message))))
+            return
+        w.answer.set_result(
+            ExecOutcome(
+                exit_code=int(answer["exit_code"]),
+                stdout=base64.b64decode(answer["stdout"]),
+                stderr=base64.b64decode(answer["stderr"]),
+                timed_out=bool(answer["timed_out"]),
+                truncated=bool(answer["truncated"]),
+            )
+        )
+
+    # -- the replica holding the agent's stream ---------------------------------------------
+
+    def _run(self, msg: dict[str, Any]) -> None:
+        task = ExecTask(
+            argv=tuple(str(a) for a in msg.get("argv", ())),
+            stdin=base64.b64decode(msg.get("stdin", "")),
+            timeout_s=int(msg.get("timeout", 0)),
+        )
+        answer: dict[str, Any]
+        try:
+            out = self.hub.exec(
+                str(msg["node"]), str(msg["ws"]), task, float(msg["wait"]), forward=False
+            )
+            answer = {
+                "exit_code": out.exit_code,
+                "stdout": _b64(out.stdout),
+                "stderr": _b64(out.stderr),
+                "timed_out": out.timed_out,
+                "truncated": out.truncated,
+            }
+        except WorkspaceError as exc:
+            e = error_of(exc)
+            answer = {"error": [e.code, e.message]}
+        except Exception as exc:
+            log.exception("a forwarded exec failed")
+            answer = {"error": [13, f"the exec failed on the replica holding the agent: {exc}"]}
+        text = _b64(json.dumps(answer).encode())
+        parts = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)] or [""]
+        for i, part in enumerate(parts):
+            self._reply(msg["from"], msg["id"], {"op": "part", "i": i, "n": len(parts), "d": part})
+
+    def _reply(self, to: str, tid: str, body: dict[str, Any]) -> None:
+        self.relay.send(TASKS_CHANNEL, json.dumps({**body, "to": to, "id": tid}))
