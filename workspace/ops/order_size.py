@@ -172,11 +172,21 @@ class _Sizer:
         return self._envelopes[image]
 
 
+def sizer_of(s: Session, vendor_bytes: int = 0) -> _Sizer:
+    """The transaction's sizer (one per session and ``vendor_bytes``: what it caches, the
+    longest peer address, NIC and signature bounds, is read once per transaction)."""
+    key = ("order_size.sizer", vendor_bytes)
+    sizer = s.info.get(key)
+    if sizer is None:
+        sizer = s.info[key] = _Sizer(s, vendor_bytes)
+    return sizer  # type: ignore[no-any-return]
+
+
 def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
     """An upper bound of the orders ``node`` is sent now (its live workspaces), summed in
     SQL over workspaces of one image spec and one set of networks (no user-data loaded).
     A seed counts its bound stored at create (``seed_bytes``) and ``vendor_bytes``."""
-    sizer = _Sizer(s, vendor_bytes)
+    sizer = sizer_of(s, vendor_bytes)
     spec_text = cast(Workspace.image_spec, Text)
     nets_text = cast(Workspace.networks, Text)
     q = (
@@ -221,7 +231,7 @@ def check_orders_fit(
     by_node: dict[str, list[Workspace]] = {}
     for ws, node in zip(rows, nodes, strict=True):
         by_node.setdefault(node, []).append(ws)
-    sizer = _Sizer(s, vendor_bytes)
+    sizer = sizer_of(s, vendor_bytes)
     for node, new in by_node.items():
         have = node_orders_bytes(s, node, vendor_bytes)
         total = have

@@ -145,14 +145,7 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
     if net is None:
         raise NoPlacement(f"network {net_name!r} no longer exists")
     pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix)
-    used = list(
-        s.execute(
-            select(IpAllocation.ip_int)
-            .where(IpAllocation.network == net_name)
-            .order_by(IpAllocation.ip_int)
-        ).scalars()
-    )
-    ip = ipam.pick_address_int(pool, used)
+    ip = lowest_free(s, pool, net_name)
     if ip is None:
         raise NoPlacement(f"network {net_name!r} has no free address left")
     for _ in range(64):
@@ -172,6 +165,41 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
         )
     )
     s.flush()
+
+
+def lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> str | None:
+    """The lowest free address of the network's range (``ipam.pick_address_int``).
+
+    One aggregate over the (network, ip_int) index first: when the range's used
+    addresses are dense from its start (the usual case: addresses are handed out lowest
+    first), the next one is right after the highest, and no address is loaded. Only
+    when there is a hole (a workspace was destroyed) are the used addresses read."""
+    first = int(netaddr.IPAddress(pool.range_start))
+    last = int(netaddr.IPAddress(pool.range_end))
+    gw = int(netaddr.IPAddress(pool.gateway))
+    in_range = (
+        IpAllocation.network == net_name,
+        IpAllocation.ip_int >= first,
+        IpAllocation.ip_int <= last,
+    )
+    count, top = s.execute(
+        select(func.count(), func.max(IpAllocation.ip_int)).where(*in_range)
+    ).one()
+    if not count:
+        candidate = first + 1 if first == gw else first
+        return str(netaddr.IPAddress(candidate)) if candidate <= last else None
+    span = int(top) - first + 1 - (1 if first <= gw <= int(top) else 0)
+    if span == count:  # dense from the start: the next free one follows the highest
+        candidate = int(top) + 1
+        if candidate == gw:
+            candidate += 1
+        return str(netaddr.IPAddress(candidate)) if candidate <= last else None
+    used = list(
+        s.execute(
+            select(IpAllocation.ip_int).where(*in_range).order_by(IpAllocation.ip_int)
+        ).scalars()
+    )
+    return ipam.pick_address_int(pool, used)
 
 
 def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: ServiceConfig) -> bool:
