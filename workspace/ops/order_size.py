@@ -179,7 +179,7 @@ def sizer_of(s: Session, vendor_bytes: int = 0) -> _Sizer:
     sizer = s.info.get(key)
     if sizer is None:
         sizer = s.info[key] = _Sizer(s, vendor_bytes)
-    return sizer  # type: ignore[no-any-return]
+    return sizer
 
 
 def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
