@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,3 +76,74 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def concurrent(
+    fn: Callable[[int], object], clients: int, per_client: int
+) -> tuple[float, list[float]]:
+    """``clients`` threads each making ``per_client`` sequential calls ``fn(i)`` (``i``
+    unique over all calls): (calls per second over the whole run, every call's latency
+    in seconds)."""
+    import threading
+
+    lat: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+
+    def client(k: int) -> None:
+        mine = []
+        start.wait()
+        for j in range(per_client):
+            t0 = time.perf_counter()
+            fn(k * per_client + j)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return len(lat) / (time.perf_counter() - t0), lat
+
+
+class Database:
+    """Where a benchmark's service keeps its store: SQLite in the run's directory (the
+    default), or a throwaway PostgreSQL server started the way tests/pg.py does (its own
+    data directory and unix socket, stopped by its pid) but with fsync on, as a site runs
+    it (``--database postgresql``)."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        self.server: Any = None  # tests.pg.PgServer (imported only when used)
+        if kind == "postgresql":
+            sys.path.insert(0, str(ROOT))
+            from tests.pg import PgServer
+
+            server = PgServer(durable=True)
+            server.start()
+            self.server = server
+            self.url = server.database("bench")
+        else:
+            (tmp / "data").mkdir(exist_ok=True)
+            self.url = f"sqlite:///{tmp / 'data' / 'service.db'}"
+
+    def config(self) -> str:
+        """The service.toml line that points the service at it."""
+        return f'database_url = "{self.url}"\n'
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def add_database_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the store's engine (postgresql: a throwaway server, fsync on)",
+    )

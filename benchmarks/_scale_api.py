@@ -5,7 +5,10 @@ their addresses and claims) before the service starts, since creating 20,000 wor
 through the API would only measure durable commits. Then, against the running service:
 Get latency, List latency for one page of 500 (list_p99_ms: what `ws list` asks per
 round trip) and for all 20,000 in one response (list_all_p99_ms), single creates (each a
-real placement over 1,000 nodes plus IP allocation, one durable commit), and the RSS.
+real placement over 1,000 nodes plus IP allocation, one durable commit), creates from 16
+client threads at once (``api_create16_rps``, ``api_create16_p99_ms``: each acknowledged
+after its durable commit), and the RSS. The store is SQLite, or a throwaway PostgreSQL
+server (``database="postgresql"``: benchmarks/_common.py ``Database``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import netaddr
 from sqlalchemy import insert
 
-from benchmarks._common import percentile, rss_mib, start_service, timed
+from benchmarks._common import Database, concurrent, percentile, rss_mib, start_service, timed
 from tests.functional.harness import Stubs
 from workspace import rpc
 from workspace.store import Image, IpAllocation, Network, Node, Store, Workspace
@@ -160,51 +163,73 @@ def api_figures(
     requests: int = 1000,
     lists: int = 10,
     creates: int = 200,
+    database: str = "sqlite",
+    clients: int = 16,
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ws-scale-") as tmp:
-        data = Path(tmp) / "data"
-        data.mkdir()
-        t0 = time.perf_counter()
-        ids = populate(f"sqlite:///{data / 'service.db'}", n_nodes, n_workspaces, seed)
-        fill_s = time.perf_counter() - t0
-        proc, sock = start_service(Path(tmp))
+        db = Database(database, Path(tmp))
         try:
-            stubs = Stubs(rpc.channel(sock))
-            rng = random.Random(seed)
-            get = timed(
-                lambda: stubs.ws.GetWorkspace(
-                    workspaces_pb2.GetWorkspaceRequest(id=rng.choice(ids))
-                ),
-                requests,
+            return measure(
+                db, Path(tmp), n_nodes, n_workspaces, seed, requests, lists, creates, clients
             )
-            lreq = workspaces_pb2.ListWorkspacesRequest()
-            count = len(stubs.ws.ListWorkspaces(lreq).workspaces)
-            # What `ws list` does per round trip: one page of 500 (oldest first) ...
-            preq = workspaces_pb2.ListWorkspacesRequest(page_size=500)
-            page = timed(lambda: stubs.ws.ListWorkspaces(preq), requests // 10)
-            # ... and everything in one response (page_size 0).
-            lst = timed(lambda: stubs.ws.ListWorkspaces(lreq), lists)
-            counter = iter(range(10**9))
-            create = timed(
-                lambda: stubs.create(name=f"new{next(counter)}", memory_mib=512), creates
-            )
-            figures = {
-                "api_nodes": float(n_nodes),
-                "api_workspaces_listed": float(count),
-                "store_fill_s": fill_s,
-                "get_p50_ms": percentile(get, 50) * 1000,
-                "get_p99_ms": percentile(get, 99) * 1000,
-                "list_p50_ms": percentile(page, 50) * 1000,
-                "list_p99_ms": percentile(page, 99) * 1000,
-                "list_all_p50_ms": percentile(lst, 50) * 1000,
-                "list_all_p99_ms": percentile(lst, 99) * 1000,
-                "create_at_scale_p50_ms": percentile(create, 50) * 1000,
-                "create_at_scale_p99_ms": percentile(create, 99) * 1000,
-                "api_creates_per_s": len(create) / sum(create),
-                "service_rss_mib": rss_mib(proc.pid),
-            }
-            stubs.channel.close()
-            return figures
         finally:
-            proc.terminate()
-            proc.wait(10)
+            db.close()
+
+
+def measure(
+    db: Database,
+    tmp: Path,
+    n_nodes: int,
+    n_workspaces: int,
+    seed: int,
+    requests: int,
+    lists: int,
+    creates: int,
+    clients: int,
+) -> dict[str, float]:
+    t0 = time.perf_counter()
+    ids = populate(db.url, n_nodes, n_workspaces, seed)
+    fill_s = time.perf_counter() - t0
+    proc, sock = start_service(tmp, db.config())
+    try:
+        stubs = Stubs(rpc.channel(sock))
+        rng = random.Random(seed)
+        get = timed(
+            lambda: stubs.ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=rng.choice(ids))),
+            requests,
+        )
+        lreq = workspaces_pb2.ListWorkspacesRequest()
+        count = len(stubs.ws.ListWorkspaces(lreq).workspaces)
+        # What `ws list` does per round trip: one page of 500 (oldest first) ...
+        preq = workspaces_pb2.ListWorkspacesRequest(page_size=500)
+        page = timed(lambda: stubs.ws.ListWorkspaces(preq), requests // 10)
+        # ... and everything in one response (page_size 0).
+        lst = timed(lambda: stubs.ws.ListWorkspaces(lreq), lists)
+        counter = iter(range(10**9))
+        create = timed(lambda: stubs.create(name=f"new{next(counter)}", memory_mib=512), creates)
+        rate, lat = concurrent(
+            lambda i: stubs.create(name=f"par{i}", memory_mib=512), clients, creates // 4
+        )
+        figures = {
+            "api_nodes": float(n_nodes),
+            "api_workspaces_listed": float(count),
+            "store_fill_s": fill_s,
+            "get_p50_ms": percentile(get, 50) * 1000,
+            "get_p99_ms": percentile(get, 99) * 1000,
+            "list_p50_ms": percentile(page, 50) * 1000,
+            "list_p99_ms": percentile(page, 99) * 1000,
+            "list_all_p50_ms": percentile(lst, 50) * 1000,
+            "list_all_p99_ms": percentile(lst, 99) * 1000,
+            "create_at_scale_p50_ms": percentile(create, 50) * 1000,
+            "create_at_scale_p99_ms": percentile(create, 99) * 1000,
+            "api_creates_per_s": len(create) / sum(create),
+            "api_create16_rps": rate,
+            "api_create16_p50_ms": percentile(lat, 50) * 1000,
+            "api_create16_p99_ms": percentile(lat, 99) * 1000,
+            "service_rss_mib": rss_mib(proc.pid),
+        }
+        stubs.channel.close()
+        return figures
+    finally:
+        proc.terminate()
+        proc.wait(10)

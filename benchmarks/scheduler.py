@@ -16,7 +16,10 @@ Pure scheduler figures (no service, no store), with a same-run baseline:
 
 Then the service at the same scale (``benchmarks/_scale_api.py``; skip with ``--no-api``):
 ``get_p99_ms``, ``list_p99_ms`` (a page of 500) and ``list_all_p99_ms`` (all in one
-response), single creates over 1,000 nodes, ``service_rss_mib``.
+response), single creates over 1,000 nodes, creates from 16 clients at once
+(``api_create16_rps``, ``api_create16_p99_ms``), ``service_rss_mib``. With ``--database
+postgresql`` the service's store is a throwaway PostgreSQL server (fsync on); the names
+printed are the same.
 
 Prints name=value lines.
 """
@@ -33,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import emit
+from benchmarks._common import add_database_option, emit
 from workspace.config import SchedulerConfig
 from workspace.scheduler import (
     Affinity,
@@ -178,7 +181,7 @@ def api_figures(args: argparse.Namespace) -> dict[str, float]:
     """Service-level figures at the same scale: see benchmarks/_scale_api.py."""
     from benchmarks._scale_api import api_figures as measure
 
-    return measure(args.nodes, args.workspaces, args.seed)
+    return measure(args.nodes, args.workspaces, args.seed, database=args.database)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the service-level figures (get/list p99, RSS; see _scale_api.py)",
     )
+    add_database_option(p)
     args = p.parse_args(argv)
     figures = scheduler_figures(args)
     if args.api:

@@ -74,7 +74,12 @@ def _die_with_parent() -> None:
 
 
 class PgServer:
-    def __init__(self, root: Path | None = None, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path | None = None, bin_dir: Path | None = None, durable: bool = False
+    ) -> None:
+        """``durable``: the server fsyncs its commits (benchmarks/: what a site runs); the
+        tests' server does not."""
+        self.durable = durable
         found = bin_dir or bindir()
         if found is None:
             raise FileNotFoundError("PostgreSQL's server binaries (initdb, postgres) not found")
@@ -136,10 +141,7 @@ class PgServer:
                     "shared_buffers=32MB",
                     # Tests restart the server, they do not crash the machine: commits
                     # stay durable across a server stop or kill without fsync.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
+                    *(() if self.durable else ("-c", "fsync=off", "-c", "full_page_writes=off")),
                 ],
                 stdout=log,
                 stderr=log,

@@ -7,6 +7,7 @@ copied from a migrated template (``pg_head``). Migrations themselves start from 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import threading
@@ -28,8 +29,10 @@ from tests.contract.store_world import OWNER, Snapshot, World
 from tests.contract.test_store_migrations import ROWS
 from tests.pg import PgServer
 from workspace.domain.states import Op
-from workspace.errors import InvalidArgument, ResourceExhausted
+from workspace.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from workspace.node.v1 import nodes_pb2
+from workspace.ops import group_commit, order_size
+from workspace.ops.unit import UnitOfWork
 from workspace.store import (
     Base,
     Blob,
@@ -42,6 +45,7 @@ from workspace.store import (
     migrations,
 )
 from workspace.store.engines import normalize_url
+from workspace.store.site_events import EventRow
 from workspace.v1 import clusters_pb2
 
 ENGINES = ["sqlite", "postgresql"]
@@ -458,3 +462,120 @@ def test_postgresql_connections_are_named_and_pinged(pg_server: PgServer, pg_hea
     finally:
         store.close()
         pg_server.drop(name)
+
+
+# -- group commit: creates arriving together share one transaction ------------------------------
+
+
+def batched(world: World, creates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Run ``creates`` (name → CreateWorkspaceRequest fields) as one batch: a first create
+    leads and waits for the write lock the test holds, the others queue behind it and
+    are committed together in the next transaction. Returns name → workspace or error."""
+    group = group_commit.of(world.env)
+    out: dict[str, Any] = {}
+
+    def one(name: str, kw: dict[str, Any]) -> None:
+        try:
+            out[name] = world.create(kw.pop("name", name), **kw)
+        except Exception as exc:  # the outcome under test
+            out[name] = exc
+
+    batches = group.batches
+    with world.store.write_lock:
+        lead = threading.Thread(target=one, args=("lead", {"memory_mib": 128}))
+        lead.start()
+        while group.waiting():  # the leader took itself, and waits for the lock
+            time.sleep(0.01)
+        threads = [threading.Thread(target=one, args=(n, kw)) for n, kw in creates.items()]
+        for queued, t in enumerate(threads, 1):  # queued in this order
+            t.start()
+            while group.waiting() < queued:
+                time.sleep(0.005)
+    for t in [lead, *threads]:
+        t.join(30)
+    assert group.batches == batches + 2  # the leader's, then all the others in one
+    return out
+
+
+def test_a_refused_create_does_not_poison_its_batch(world: World) -> None:
+    """One batch: valid creates, an invalid one, one that does not fit, one whose name
+    an earlier create of the same batch took, and a retry of one of them. Each refused
+    create is answered with its own error and leaves nothing behind (no row, claim,
+    address or created event); the others are placed, exactly once; the capacity refusal
+    is a site event; the retry gets what the first made."""
+    standard(world, "192.168.7.0/28", nodes=2, memory=4000)
+    got = batched(
+        world,
+        {
+            "a": {"memory_mib": 256},
+            "bad": {"memory_mib": 256, "cpus": 10_000},
+            "b": {"memory_mib": 256},
+            "huge": {"memory_mib": 8000},
+            "c": {"memory_mib": 256},
+            "a-again": {"name": "a", "memory_mib": 256, "request_id": "r-again"},
+            "a-retry": {"name": "a", "memory_mib": 256},
+        },
+    )
+    assert isinstance(got["bad"], InvalidArgument)
+    assert isinstance(got["huge"], ResourceExhausted)
+    assert isinstance(got["a-again"], AlreadyExists)
+    assert got["a-retry"] == got["a"]  # the same request id: what the first one made
+    del got["a-retry"]
+    placed = {n: w for n, w in got.items() if not isinstance(w, Exception)}
+    assert set(placed) == {"lead", "a", "b", "c"}
+    snap = world.snapshot()
+    check_outcome(snap, {w.id for w in placed.values()})
+    assert len({w.nics[0].ip for w in placed.values()}) == 4
+    with world.store.read() as s:
+        rows = s.execute(select(EventRow.kind, EventRow.workspace_name)).all()
+    created = sorted(n for k, n in rows if k == "workspace.created")
+    assert created == ["a", "b", "c", "lead"]
+    assert [n for k, n in rows if k == "workspace.refused"] == ["huge"]
+
+
+def test_a_batch_that_fails_to_commit_acknowledges_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's transaction fails after its creates ran (here: sealing it raises, as
+    a commit that fails would): every create of the batch gets the error, nothing of
+    them is stored, no capacity is claimed; the next batch works."""
+    standard(world, "10.30.0.0/24", nodes=1)
+    world.create("before", memory_mib=128)
+    real = UnitOfWork.seal
+    failing = {"on": True}
+
+    def seal(u: UnitOfWork) -> None:
+        if failing["on"] and len(u.rows()) > 1:
+            raise RuntimeError("the disk went away")
+        real(u)
+
+    monkeypatch.setattr(UnitOfWork, "seal", seal)
+    got = batched(world, {f"x{i}": {"memory_mib": 128} for i in range(4)})
+    assert not isinstance(got["lead"], Exception)  # its own batch, before
+    for i in range(4):
+        assert isinstance(got[f"x{i}"], RuntimeError)
+    snap = world.snapshot()
+    check_outcome(snap, {w.id for w in snap.workspaces.values() if w.name in ("before", "lead")})
+    assert {w.name for w in snap.workspaces.values()} == {"before", "lead"}
+    failing["on"] = False
+    assert world.create("after", memory_mib=128).nics
+
+
+def test_a_batch_keeps_each_node_s_orders_within_their_bound(world: World) -> None:
+    """Within a batch a node's orders' size is a running total (read once, then each
+    create placed there adds its own): the creates that would take the node past
+    limits.max_node_orders_bytes are refused, exactly as one by one."""
+    standard(world, "10.40.0.0/24", nodes=1)
+    world.create("first", memory_mib=128)
+    with world.store.read() as s:
+        one = order_size.node_orders_bytes(s, "n0")
+    cfg = world.env.cfg
+    limits = dataclasses.replace(cfg.limits, max_node_orders_bytes=one * 3 + one // 2)
+    world.core.env = dataclasses.replace(world.env, cfg=dataclasses.replace(cfg, limits=limits))
+    got = batched(world, {f"y{i}": {"memory_mib": 128} for i in range(4)})
+    # "first" and the batch's leader are there: room for one more of the four
+    placed = [n for n, w in got.items() if not isinstance(w, Exception)]
+    assert sorted(placed) == ["lead", "y0"]
+    assert all(isinstance(got[f"y{i}"], ResourceExhausted) for i in range(1, 4))
+    with world.store.read() as s:
+        assert order_size.node_orders_bytes(s, "n0") <= limits.max_node_orders_bytes

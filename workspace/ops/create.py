@@ -19,7 +19,9 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,15 +34,16 @@ from workspace.domain.model import CreateRequest, CreateSpec, WorkspaceView
 from workspace.domain.states import Desired, State
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
-from workspace.ops import seeds, trust
+from workspace.ops import group_commit, seeds, trust
 from workspace.ops.admission import admit
 from workspace.ops.leases import lease_end
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
-from workspace.ops.unit import Env, write
+from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Image, Network, Workspace
-from workspace.store.mapping import bind_spec, image_spec, shown_reason, workspace_views
+from workspace.store.mapping import bind_spec, image_spec, workspace_views
 
 log = logging.getLogger("workspace.ops.create")
+T = TypeVar("T")
 
 # A workspace name becomes the VM's hostname: one DNS label (its length: limits.max_name_len).
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
@@ -91,12 +94,21 @@ def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
 def check_networks(s: Session, networks: tuple[str, ...]) -> tuple[str, ...]:
     """The networks a workspace joins ("default", if it exists and none is named); each
     must exist."""
-    if not networks and s.get(Network, "default") is not None:
+    if not networks and keep(s, s.get(Network, "default")) is not None:
         networks = ("default",)
     for n in networks:
-        if s.get(Network, n) is None:
+        if keep(s, s.get(Network, n)) is None:
             raise NotFound(f"network {n!r} does not exist; `ws-admin network list` shows them")
     return networks
+
+
+def keep(s: Session, row: T) -> T:
+    """``row``, held for the rest of the transaction: the session's identity map holds
+    rows weakly, and placement, sizing and the seed read the same network and image
+    again (``s.get`` of a held row sends no statement)."""
+    if row is not None:
+        s.info.setdefault("create.held", []).append(row)
+    return row
 
 
 def request_hash(req: CreateRequest) -> str:
@@ -146,7 +158,7 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     it, the name is free. Returns the image as the workspace binds to it (its disks
     laid out)."""
     owner = sc.name
-    image = s.get(Image, spec.image)
+    image = keep(s, s.get(Image, spec.image))
     if image is None or not (image.public or sc.sees(image.owner, image.project)):
         raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
     if env.check_trust:
@@ -241,35 +253,50 @@ def create(env: Env, who: Identity | str, req: CreateRequest) -> WorkspaceView:
     or refused (also when it would take its project over a quota).
 
     The argument checks run inside the transaction, after the idempotency check, so a
-    retried request always gets what it got the first time."""
+    retried request always gets what it got the first time. Creates arriving together
+    share one transaction and one durable commit, each in a SAVEPOINT of its own
+    (ops/group_commit.py); each is answered after that commit."""
     hash_ = request_hash(req)
+    return group_commit.of(env).run(env, lambda u: create_in(env, u, who, req, hash_))
+
+
+def create_in(
+    env: Env, u: UnitOfWork, who: Identity | str, req: CreateRequest, hash_: str
+) -> Callable[[], WorkspaceView]:
+    """Steps 1-4 of a create in the unit of work ``u``; returns what answers the caller
+    once ``u`` committed."""
     wid = uuid.uuid4().hex[:12]
-    with write(env) as u:
-        sc = scope(u.s, who)
-        owner = sc.name
-        # 1. idempotency
-        prior = find_prior(u.s, owner, req.request_id, hash_)
-        if prior is not None:
-            return workspace_views(u.s, [prior])[0]
-        # 2. arguments
-        check_wait(req.wait_for_capacity_s, env.cfg.limits)
-        spec = check_spec(req.spec, env.cfg.limits)
-        # 3. prerequisites
-        spec = replace(
-            spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
-        )
-        project = resolve_project(u.s, sc.who, req.project)
-        bound = prerequisites(env, u.s, sc, wid, spec)
-        # 4. execution; the events go out after the commit
-        ws = insert_row(
-            env, u.s, owner, wid, spec, bound, req.request_id or uuid.uuid4().hex, hash_, project
-        )
-        check_workspace_quota(u.s, project, f"cannot create {spec.name}")
-        touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
-        u.changed(ws)
-        u.nodes(*touched)
-    if touched:
-        log.info("workspace %s (%s) scheduled on node %s", wid, spec.name, ws.node)
-    else:
-        log.info("workspace %s (%s) waits for capacity: %s", wid, spec.name, shown_reason(ws))
-    return u.view(ws.id)
+    sc = scope(u.s, who)
+    owner = sc.name
+    # 1. idempotency
+    prior = find_prior(u.s, owner, req.request_id, hash_)
+    if prior is not None:
+        view = workspace_views(u.s, [prior])[0]
+        return lambda: view
+    # 2. arguments
+    check_wait(req.wait_for_capacity_s, env.cfg.limits)
+    spec = check_spec(req.spec, env.cfg.limits)
+    # 3. prerequisites
+    spec = replace(
+        spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
+    )
+    project = resolve_project(u.s, sc.who, req.project)
+    bound = prerequisites(env, u.s, sc, wid, spec)
+    # 4. execution; the events go out after the commit
+    ws = insert_row(
+        env, u.s, owner, wid, spec, bound, req.request_id or uuid.uuid4().hex, hash_, project
+    )
+    check_workspace_quota(u.s, project, f"cannot create {spec.name}")
+    touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
+    u.changed(ws)
+    u.nodes(*touched)
+
+    def answer() -> WorkspaceView:
+        view = u.view(wid)
+        if touched:
+            log.info("workspace %s (%s) scheduled on node %s", wid, spec.name, view.node)
+        else:
+            log.info("workspace %s (%s) waits for capacity: %s", wid, spec.name, view.reason)
+        return view
+
+    return answer

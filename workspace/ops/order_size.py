@@ -172,11 +172,34 @@ class _Sizer:
         return self._envelopes[image]
 
 
+# s.info key: running totals of the nodes' orders in this transaction (node → bytes), on
+# while a batch of creates runs (ops/group_commit.py): a node's total is read from the
+# store once per batch, then each create placed there adds its order's bound.
+TOTALS_KEY = "order_size.totals"
+
+
+def keep_totals(s: Session) -> None:
+    """Keep running totals for the rest of ``s``'s transaction; call again after rolling
+    back to a SAVEPOINT (they start over from the store). Only for a transaction whose
+    only change to the nodes' orders is placing rows checked here."""
+    s.info[TOTALS_KEY] = {}
+
+
+def sizer_of(s: Session, vendor_bytes: int = 0) -> _Sizer:
+    """The transaction's sizer (one per session and ``vendor_bytes``: what it caches, the
+    longest peer address, NIC and signature bounds, is read once per transaction)."""
+    key = ("order_size.sizer", vendor_bytes)
+    sizer = s.info.get(key)
+    if sizer is None:
+        sizer = s.info[key] = _Sizer(s, vendor_bytes)
+    return sizer
+
+
 def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
     """An upper bound of the orders ``node`` is sent now (its live workspaces), summed in
     SQL over workspaces of one image spec and one set of networks (no user-data loaded).
     A seed counts its bound stored at create (``seed_bytes``) and ``vendor_bytes``."""
-    sizer = _Sizer(s, vendor_bytes)
+    sizer = sizer_of(s, vendor_bytes)
     spec_text = cast(Workspace.image_spec, Text)
     nets_text = cast(Workspace.networks, Text)
     q = (
@@ -218,12 +241,15 @@ def check_orders_fit(
     (one node per row) would take a node's orders past ``limits.max_node_orders_bytes``
     (``vendor_bytes``: what the site's vendor-data adds to each seed)."""
     budget = limits.max_node_orders_bytes
+    totals: dict[str, int] | None = s.info.get(TOTALS_KEY)
     by_node: dict[str, list[Workspace]] = {}
     for ws, node in zip(rows, nodes, strict=True):
         by_node.setdefault(node, []).append(ws)
-    sizer = _Sizer(s, vendor_bytes)
+    sizer = sizer_of(s, vendor_bytes)
     for node, new in by_node.items():
-        have = node_orders_bytes(s, node, vendor_bytes)
+        have = totals.get(node) if totals is not None else None
+        if have is None:
+            have = node_orders_bytes(s, node, vendor_bytes)
         total = have
         for ws in new:
             size = sizer.row_bytes(
@@ -246,6 +272,8 @@ def check_orders_fit(
                     "use a smaller user-data or kernel cmdline (a cluster member's seed "
                     "also lists every member)"
                 )
+        if totals is not None:
+            totals[node] = total
 
 
 def check_signature_fits(s: Session, limits: LimitsConfig, image: str, envelope: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import netaddr
 from sqlalchemy import func, select
@@ -33,7 +34,44 @@ class NoPlacement(ResourceExhausted):
     """The group does not fit now (it may later)."""
 
 
+# s.info key: the transaction's node views, kept while it places (ops/group_commit.py
+# turns it on for a batch of creates, whose only node changes are place_rows' claims).
+NODES_KEY = "placement.node_views"
+
+
+def keep_node_views(s: Session) -> None:
+    """Read the nodes once for the rest of ``s``'s transaction: ``place_rows`` keeps the
+    views up to date with its claims. Only for a transaction that changes nodes through
+    ``place_rows`` alone; ``forget_node_views`` after rolling back to a SAVEPOINT."""
+    s.info.setdefault(NODES_KEY, None)
+
+
+def forget_node_views(s: Session) -> None:
+    if NODES_KEY in s.info:
+        s.info[NODES_KEY] = None
+
+
 def node_views(s: Session) -> list[scheduler.NodeView]:
+    """Every node as the scheduler sees it (the transaction's kept views, if it keeps them)."""
+    if NODES_KEY not in s.info:
+        return _read_node_views(s)
+    kept: dict[str, scheduler.NodeView] | None = s.info[NODES_KEY]
+    if kept is None:
+        kept = s.info[NODES_KEY] = {n.name: n for n in _read_node_views(s)}
+    return list(kept.values())
+
+
+def _claimed(s: Session, name: str, cpus: int, memory_mib: int) -> None:
+    """Keep the transaction's view of node ``name`` (if kept) in step with a claim."""
+    kept: dict[str, scheduler.NodeView] | None = s.info.get(NODES_KEY)
+    if kept is not None and name in kept:
+        v = kept[name]
+        kept[name] = replace(
+            v, used_cpus=v.used_cpus + cpus, used_memory_mib=v.used_memory_mib + memory_mib
+        )
+
+
+def _read_node_views(s: Session) -> list[scheduler.NodeView]:
     # Plain columns, not ORM entities: this runs on every placement over every node.
     cols = (
         Node.name,
@@ -110,6 +148,7 @@ def place_rows(
         assert node is not None and p.node is not None
         node.used_cpus += p.claimed_cpus
         node.used_memory_mib += p.claimed_memory_mib
+        _claimed(s, p.node, p.claimed_cpus, p.claimed_memory_mib)
         ws.node = p.node
         ws.claimed_cpus = p.claimed_cpus
         ws.claimed_memory_mib = p.claimed_memory_mib
@@ -145,14 +184,7 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
     if net is None:
         raise NoPlacement(f"network {net_name!r} no longer exists")
     pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix)
-    used = list(
-        s.execute(
-            select(IpAllocation.ip_int)
-            .where(IpAllocation.network == net_name)
-            .order_by(IpAllocation.ip_int)
-        ).scalars()
-    )
-    ip = ipam.pick_address_int(pool, used)
+    ip = lowest_free(s, pool, net_name)
     if ip is None:
         raise NoPlacement(f"network {net_name!r} has no free address left")
     for _ in range(64):
@@ -172,6 +204,41 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
         )
     )
     s.flush()
+
+
+def lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> str | None:
+    """The lowest free address of the network's range (``ipam.pick_address_int``).
+
+    One aggregate over the (network, ip_int) index first: when the range's used
+    addresses are dense from its start (the usual case: addresses are handed out lowest
+    first), the next one is right after the highest, and no address is loaded. Only
+    when there is a hole (a workspace was destroyed) are the used addresses read."""
+    first = int(netaddr.IPAddress(pool.range_start))
+    last = int(netaddr.IPAddress(pool.range_end))
+    gw = int(netaddr.IPAddress(pool.gateway))
+    in_range = (
+        IpAllocation.network == net_name,
+        IpAllocation.ip_int >= first,
+        IpAllocation.ip_int <= last,
+    )
+    count, top = s.execute(
+        select(func.count(), func.max(IpAllocation.ip_int)).where(*in_range)
+    ).one()
+    if not count:
+        candidate = first + 1 if first == gw else first
+        return str(netaddr.IPAddress(candidate)) if candidate <= last else None
+    span = int(top) - first + 1 - (1 if first <= gw <= int(top) else 0)
+    if span == count:  # dense from the start: the next free one follows the highest
+        candidate = int(top) + 1
+        if candidate == gw:
+            candidate += 1
+        return str(netaddr.IPAddress(candidate)) if candidate <= last else None
+    used = list(
+        s.execute(
+            select(IpAllocation.ip_int).where(*in_range).order_by(IpAllocation.ip_int)
+        ).scalars()
+    )
+    return ipam.pick_address_int(pool, used)
 
 
 def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: ServiceConfig) -> bool:

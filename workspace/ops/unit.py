@@ -89,6 +89,18 @@ class UnitOfWork:
         """Capacity appeared (a node came or came back): wake the queue."""
         self._capacity = True
 
+    def mark(self) -> tuple[frozenset[str], frozenset[str], tuple[int, frozenset[str]]]:
+        """What was named changed so far and where the journal is: ``rewind`` returns to
+        it after a SAVEPOINT begun here rolled back (ops/group_commit.py)."""
+        return frozenset(self._rows), frozenset(self._nodes), journal.mark(self.s)
+
+    def rewind(self, at: tuple[frozenset[str], frozenset[str], tuple[int, frozenset[str]]]) -> None:
+        rows, nodes, journal_at = at
+        for wid in set(self._rows) - rows:
+            del self._rows[wid]
+        self._nodes &= nodes
+        journal.rewind(self.s, journal_at)
+
     def view(self, wid: str) -> WorkspaceView:
         return self.views[wid]
 

@@ -110,6 +110,11 @@ class Store:
             self._back_at = time.time()
             log.warning("the store's database answers again")
 
+    def translated(self) -> contextlib.AbstractContextManager[None]:
+        """What ``read`` and ``write`` turn a database error into, for a block inside one
+        (ops/group_commit.py: one create of a batch, answered with its own error)."""
+        return self._translated()
+
     def reachable_since(self) -> float:
         """When the database last came back after an outage (0: never away), asking it
         first if it was away at the last try; raises ``Unavailable`` while it still is.

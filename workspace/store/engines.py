@@ -93,6 +93,22 @@ def serialize_writes(session: Session) -> None:
         )
 
 
+def open_transaction(session: Session) -> None:
+    """Make the session's transaction a real one from here on, before its first SAVEPOINT.
+
+    pysqlite (in its default mode) sends BEGIN only before the first INSERT, UPDATE or
+    DELETE; a SAVEPOINT sent before that would open the transaction itself, and its
+    RELEASE would commit it: each SAVEPOINT of a batch would be committed on its own.
+    So on SQLite an explicit BEGIN goes first (deferred, as pysqlite's own: the write
+    lock is taken at the first write). PostgreSQL's transaction is open already."""
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    conn = session.connection()
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        conn.exec_driver_sql("BEGIN")
+
+
 def lock_migrations(conn: Connection) -> None:
     """On PostgreSQL, make services migrating one database take turns (the lock goes with
     the caller's transaction); SQLite's ``BEGIN IMMEDIATE`` does the same there."""

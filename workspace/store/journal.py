@@ -83,6 +83,20 @@ def created(s: Session) -> list[Workspace]:
     return [w for w, _who, _at in made.values()]
 
 
+def mark(s: Session) -> tuple[int, frozenset[str]]:
+    """Where ``s``'s transaction is in the journal, to ``rewind`` to after rolling back a
+    SAVEPOINT begun here (ops/group_commit.py: one create of a batch refused)."""
+    return len(_pending(s)), frozenset(s.info.get(_CREATED, {}))
+
+
+def rewind(s: Session, at: tuple[int, frozenset[str]]) -> None:
+    """Forget the events noted since ``mark`` returned ``at`` (their changes were rolled back)."""
+    del _pending(s)[at[0] :]
+    made: dict[str, Any] = s.info.get(_CREATED, {})
+    for wid in set(made) - at[1]:
+        del made[wid]
+
+
 def _before_commit(s: Session) -> None:
     if not s.info.get(_PENDING) and not (s.new or s.dirty or s.deleted):
         return
