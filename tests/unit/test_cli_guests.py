@@ -189,6 +189,10 @@ def test_ssh_print_builds_a_strict_command_and_known_hosts(
     doc = json.loads(out)
     assert doc["command"][doc["command"].index("-l") + 1] == "root"
     assert doc["known_hosts"].count("10.213.0.5 ") == 2
+    # --retry: ssh tries to connect up to N times, a second apart, while the guest boots.
+    rc, out, _ = run(c, capsys, "ssh", "box", "--retry", "90", "--print")
+    argv = out.split()
+    assert argv[argv.index("--") - 2 :] == ["-o", "ConnectionAttempts=90", "--", "10.213.0.5"]
 
 
 def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture[str]) -> None:

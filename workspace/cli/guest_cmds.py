@@ -373,9 +373,11 @@ def ssh_command(
     key: str = "",
     command: Sequence[str] = (),
     netns: str = "",
+    attempts: int = 0,
 ) -> list[str]:
     """The ssh command line that logs in to ``ws`` checking its host keys against
-    ``known_hosts`` only (strict: no trust on first use)."""
+    ``known_hosts`` only (strict: no trust on first use). ``attempts``: how often ssh
+    tries to connect, a second apart (a guest still booting; 0: ssh's default, once)."""
     address = ws_address(ws)
     login = user or ws.login_user
     if not login:
@@ -390,6 +392,8 @@ def ssh_command(
     ]  # fmt: skip
     if key:
         cmd += ["-i", key]
+    if attempts:
+        cmd += ["-o", f"ConnectionAttempts={attempts}"]
     cmd += ["--", address, *command]
     return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
 
@@ -421,7 +425,9 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     fd = os.open(known, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(known_hosts_lines(ws_address(ws), ws.host_keys))
-    cmd = ssh_command(ws, str(known), args.user or "", args.key or "", command, netns)
+    cmd = ssh_command(
+        ws, str(known), args.user or "", args.key or "", command, netns, args.retry or 0
+    )
     if args.print:  # the file stays, for the command printed
         if render.wants_json(args):
             render.print_json({"command": cmd, "known_hosts": known.read_text()})
@@ -474,6 +480,15 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     _add(p, ssh_late, "--user", "-l", metavar="U", help="log in as U (default: the image's user)")
     _add(p, ssh_late, "-i", dest="key", metavar="KEY", help="the private key file to use")
     _add(p, ssh_late, "--print", action="store_true", help="print the ssh command, do not run it")
+    _add(
+        p,
+        ssh_late,
+        "--retry",
+        type=common.positive_int,
+        metavar="N",
+        help="try to connect up to N times, a second apart, while the guest boots "
+        "(ssh's ConnectionAttempts)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=lambda a: ssh_cmd(a, client_for(a), ssh_late))
 
