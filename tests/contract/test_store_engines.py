@@ -29,6 +29,7 @@ from tests.contract.store_world import OWNER, Snapshot, World
 from tests.contract.test_store_migrations import ROWS
 from tests.pg import PgServer
 from workspace.domain.states import Op
+from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from workspace.node.v1 import nodes_pb2
 from workspace.ops import group_commit, order_size
@@ -45,6 +46,7 @@ from workspace.store import (
     migrations,
 )
 from workspace.store.engines import normalize_url
+from workspace.store.models import Audit
 from workspace.store.site_events import EventRow
 from workspace.v1 import clusters_pb2
 
@@ -531,6 +533,24 @@ def test_a_refused_create_does_not_poison_its_batch(world: World) -> None:
     created = sorted(n for k, n in rows if k == "workspace.created")
     assert created == ["a", "b", "c", "lead"]
     assert [n for k, n in rows if k == "workspace.refused"] == ["huge"]
+
+
+def test_a_refused_create_keeps_its_trust_decision_and_the_batch_goes_on(world: World) -> None:
+    """With the trust policy on, every create records its decision (an audit row). A create
+    of a batch refused after its decision (it does not fit) rolls back to its SAVEPOINT:
+    its decision is put back into the batch's transaction (recorded once, not in a
+    transaction of its own, which would wait for the lock the batch holds), and the batch
+    commits."""
+    world.env = dataclasses.replace(world.env, check_trust=True)
+    world.core = WorkspacesServicer(world.env)
+    standard(world, "192.168.8.0/28", nodes=1, memory=4000)
+    got = batched(world, {"a": {"memory_mib": 256}, "huge": {"memory_mib": 8000}})
+    assert isinstance(got["huge"], ResourceExhausted)
+    assert not isinstance(got["a"], Exception)
+    with world.store.read() as s:
+        audited = s.execute(select(Audit.action, Audit.workspace_id)).all()
+    assert [a for a, _ in audited].count("create") == 3  # lead, a, huge: once each
+    assert len({w for _, w in audited}) == 3
 
 
 def test_a_batch_that_fails_to_commit_acknowledges_nothing(

@@ -29,7 +29,7 @@ from typing import Generic, TypeVar
 
 from workspace.domain.events import SiteEvent
 from workspace.errors import WorkspaceError
-from workspace.ops import order_size, placement, refusals
+from workspace.ops import order_size, placement, refusals, trust
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Store, engines, journal
 
@@ -137,6 +137,7 @@ class GroupCommit:
 def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent]) -> None:
     """One create of a batch in its SAVEPOINT (run in its caller's context)."""
     at = u.mark()
+    audited = trust.audit_mark(u.s)
     before = {w.id for w in journal.created(u.s)}
     savepoint = u.s.begin_nested()
     try:
@@ -150,6 +151,7 @@ def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent])
             made += [w for w in u.rows() if w.id not in at[0] and w not in made]
             refused.extend(refusals.refused(exc, made, env.clock()))
         savepoint.rollback()
+        trust.restore_audit(u.s, audited)  # its trust decisions stay recorded
         u.rewind(at)
         placement.forget_node_views(u.s)  # its claims were rolled back
         order_size.keep_totals(u.s)

@@ -313,17 +313,27 @@ def _entry(
     )
 
 
+# Session.info key: the audit rows (as values) added in the session's transaction, in
+# order; a group commit puts a rolled-back create's rows back (``restore_audit``).
+SURVIVING = "workspace.surviving_audit"
+
+
 def _record_surviving(env: Env, s: Session, rows: list[Audit]) -> None:
     """Add ``rows`` to ``s``; should its transaction roll back (a refused create),
-    write them again in a transaction of their own: every decision is recorded."""
+    write them again in a transaction of their own: every decision is recorded.
+
+    A SAVEPOINT rolled back (one create of a group commit, ops/group_commit.py) is not
+    the transaction's end: the batch puts that create's rows back into the transaction
+    that goes on (``restore_audit``), and this writes them only if that one rolls back."""
     for r in rows:
         s.add(r)
     done = [False]
     # The rows' values, readable after the rollback expires them.
     snapshot = [{c: getattr(r, c) for c in AUDIT_FIELDS} for r in rows]
+    s.info.setdefault(SURVIVING, []).extend(snapshot)
 
-    def after_rollback(_session: Session) -> None:
-        if done[0]:
+    def after_rollback(session: Session) -> None:
+        if done[0] or session.in_nested_transaction():
             return
         done[0] = True
         try:
@@ -338,6 +348,18 @@ def _record_surviving(env: Env, s: Session, rows: list[Audit]) -> None:
 
     event.listen(s, "after_rollback", after_rollback)
     event.listen(s, "after_commit", after_commit)
+
+
+def audit_mark(s: Session) -> int:
+    """How many audit rows the session's transaction has added so far."""
+    return len(s.info.get(SURVIVING, ()))
+
+
+def restore_audit(s: Session, mark: int) -> None:
+    """After a SAVEPOINT rolled back: add again the audit rows recorded since ``mark``
+    (the decisions of the create that was undone stay recorded with the batch)."""
+    for values in s.info.get(SURVIVING, [])[mark:]:
+        s.add(Audit(**values))
 
 
 def _status(image_name: str, envs: Sequence[str], v: signing.Verdict) -> SignatureStatus:
