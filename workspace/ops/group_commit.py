@@ -11,8 +11,9 @@ its create: an acknowledgement stays durable.
 A create refused (a validation, a quota, no capacity) or failing otherwise rolls back to
 its SAVEPOINT: its rows, claims, addresses and site events are gone and the others of
 the batch go on; its refusal is recorded as a site event after the batch (ops/refusals.py),
-as a lone create's is. If the transaction itself fails (the commit, the database going
-away), every create of the batch gets that error: nothing of it is acknowledged.
+as a lone create's is. If the transaction itself fails (the commit, or the database going
+away, even in the middle of one create), every create of the batch gets that error
+(UNAVAILABLE for the database): nothing of it is acknowledged.
 
 Placement stays exactly-once: the batch is one serialised write transaction like any
 other (the store's write lock, and PostgreSQL's advisory lock), and each create in it
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from workspace.domain.events import SiteEvent
-from workspace.errors import WorkspaceError
+from workspace.errors import Unavailable, WorkspaceError
 from workspace.ops import order_size, placement, refusals, trust
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Store, engines, journal
@@ -122,6 +123,11 @@ class GroupCommit:
                 u.seal()
             self.committed += sum(1 for i in batch if i.error is None)
         except BaseException as exc:
+            if not isinstance(exc, WorkspaceError) and engines.unavailable(exc):
+                exc = Unavailable(
+                    "the service's database cannot be reached right now; try again "
+                    "(a retried request with the same request id is not done twice)"
+                )
             for item in batch:  # nothing of the batch was committed
                 item.error = item.error or exc
         else:
@@ -144,6 +150,10 @@ def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent])
         with env.store.translated():
             item.finish = item.fn(u)
             savepoint.commit()
+    except Unavailable:
+        # The database went away: the batch's transaction is gone with it, so the batch
+        # ends here and every create of it gets this error (``_batch``).
+        raise
     except Exception as exc:
         if isinstance(exc, WorkspaceError):
             # Read before the rollback expires the rows (as ops/unit.py ``write`` does).
