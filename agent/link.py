@@ -76,6 +76,7 @@ class Link:
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self._stub: nodes_pb2_grpc.NodesStub | None = None
         self._connected = threading.Event()
+        self._report_lock = threading.Lock()
         # Send the next full report now rather than at the next heartbeat.
         self._report_soon = threading.Event()
 
@@ -165,6 +166,13 @@ class Link:
     def report(self, ids: list[str] | None = None) -> None:
         """Send an incremental report for ``ids``, or a full one (a heartbeat) for None,
         with the audit records not yet acknowledged."""
+        # One report at a time, observed and sent in turn: a report observed earlier (a
+        # heartbeat taken while an operation still ran) must never reach the service
+        # after one observed later, or it would set an older state again.
+        with self._report_lock:
+            self._report(ids)
+
+    def _report(self, ids: list[str] | None) -> None:
         stub = self._stub
         if stub is None:
             return
