@@ -124,10 +124,7 @@ class GroupCommit:
             self.committed += sum(1 for i in batch if i.error is None)
         except BaseException as exc:
             if not isinstance(exc, WorkspaceError) and engines.unavailable(exc):
-                exc = Unavailable(
-                    "the service's database cannot be reached right now; try again "
-                    "(a retried request with the same request id is not done twice)"
-                )
+                exc = engines.away()
             for item in batch:  # nothing of the batch was committed
                 item.error = item.error or exc
         else:

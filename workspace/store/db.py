@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from workspace.errors import InvalidArgument, Unavailable
+from workspace.errors import InvalidArgument
 from workspace.store import bounds, engines, journal, migrations
 
 log = logging.getLogger("workspace.store")
@@ -100,10 +100,7 @@ class Store:
                 if not self._away:
                     log.warning("the store's database cannot be reached: %s", exc)
                 self._away = True
-                raise Unavailable(
-                    "the service's database cannot be reached right now; try again "
-                    "(a retried request with the same request id is not done twice)"
-                ) from exc
+                raise engines.away() from exc
             raise
         if self._away:
             self._away = False

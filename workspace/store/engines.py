@@ -24,6 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session
 
+from workspace.errors import Unavailable
+
 PSYCOPG = "postgresql+psycopg"
 
 # The advisory locks of the store, as (classid, objid) pairs of pg_advisory_xact_lock(int,
@@ -122,6 +124,14 @@ def nul_in_text(exc: BaseException) -> bool:
     """Whether ``exc`` is PostgreSQL's (psycopg's) refusal of a NUL character in a text
     parameter, e.g. a name looked up: the caller's mistake (SQLite just finds nothing)."""
     return isinstance(exc, sa_exc.DataError) and "NUL (0x00)" in str(exc.orig)
+
+
+def away() -> Unavailable:
+    """The error a caller gets while the database cannot be reached (``unavailable``)."""
+    return Unavailable(
+        "the service's database cannot be reached right now; try again "
+        "(a retried request with the same request id is not done twice)"
+    )
 
 
 def unavailable(exc: BaseException) -> bool:
