@@ -304,6 +304,10 @@ class NodeNetworkConfig:
     bridge_address: str = "gateway"
     # Run a dnsmasq for this network's bridge on this node.
     dhcp: bool = True
+    # A host interface the agent attaches to the bridge (a VLAN sub-interface of it when
+    # the network has a VLAN id), so the network reaches other nodes; "" = no uplink.
+    # No other host interface is ever touched.
+    uplink: str = ""
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,10 @@ class AgentConfig:
     cpus: int = 0
     memory_mib: int = 0
     disk_gib: int = 0
+    # Guaranteed-bandwidth capacity the scheduler may promise on this node (0 = none
+    # declared: --disk-mbps/--net-mbps requests are then not bounded by the node).
+    disk_mbps: int = 0
+    net_mbps: int = 0
     hypervisor: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     networks: list[NodeNetworkConfig] = field(default_factory=lambda: [NodeNetworkConfig()])

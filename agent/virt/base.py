@@ -11,6 +11,7 @@ worker threads, never from an event loop.
 from __future__ import annotations
 
 import enum
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class NicSpec:
     mac: str
     bridge: str
     ip: str = ""  # informational (metadata, fake console); DHCP hands it out
+    # The host-side tap device (``tap_name``): the node's filter rules name it.
+    tap: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,14 @@ class DomainSpec:
 def domain_name(workspace_id: str) -> str:
     """The hypervisor-side name of a workspace's domain."""
     return f"ws-{workspace_id}"
+
+
+def tap_name(workspace_id: str, index: int) -> str:
+    """The host-side tap device of a workspace's NIC number ``index`` (at most 15
+    characters, stable across agent restarts, distinct per workspace and NIC): the
+    node's nftables rules match on it (agent/net/filter.py)."""
+    digest = hashlib.sha256(workspace_id.encode()).hexdigest()[:10]
+    return f"wst{digest}{index:x}"[:15]
 
 
 @dataclass(frozen=True)

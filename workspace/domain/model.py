@@ -14,6 +14,7 @@ from typing import Any
 
 from images.model import ImageSpec, Mode, Partition
 from images.signing import Policy
+from workspace.domain.netpolicy import AllowRule, Connectivity, Limits
 from workspace.domain.states import (
     ClusterState,
     Desired,
@@ -67,6 +68,7 @@ class Nic:
     bridge: str = ""
     subnet: str = ""
     dns: tuple[str, ...] = ()
+    vlan: int = 0  # the network's 802.1Q id on the node's uplink (0: untagged)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,11 @@ class CreateSpec:
     role: str = ""
     # Lease length in seconds (0 = the project's default); ops/leases.py.
     lease_s: int = 0
+    # None: the default (a cluster's, else OPEN); workspace/domain/netpolicy.py.
+    connectivity: Connectivity | None = None
+    allow: tuple[AllowRule, ...] = ()
+    # As asked; unset limits take the project's, then the site's defaults at create.
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,9 @@ class WorkspaceView:
     lease_expires_at: float = 0.0  # epoch s; 0 = no lease
     host_keys: tuple[str, ...] = ()  # the guest's SSH host public keys (vouched for)
     login_user: str = ""  # the account `ws ssh` logs in as ("": no contextualization)
+    connectivity: Connectivity = Connectivity.OPEN
+    allow: tuple[AllowRule, ...] = ()
+    limits: Limits = field(default_factory=Limits)  # as enforced (defaults applied)
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,12 @@ class Order:
     seed: Seed | None = None  # the NoCloud seed (None: the image takes none)
     envelopes: tuple[str, ...] = ()  # the image's DSSE signature envelopes (JSON)
     verified_digests: tuple[str, ...] = ()  # blobs the service checked against the policy
+    connectivity: Connectivity = Connectivity.OPEN
+    allow: tuple[AllowRule, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    # CLUSTER connectivity: the addresses of every member of the workspace's cluster
+    # (on every node), its own included; what the node's filter lets through.
+    peers: tuple[str, ...] = ()
 
     def spec(self) -> ImageSpec:
         """The order's image as the agent will build it (every disk, kernel, initrd)."""
@@ -229,6 +245,9 @@ class NodeInfo:
     cached_digests: tuple[str, ...] = ()
     peer_address: str = ""
     state: NodeState = NodeState.READY
+    # Declared capacity for guaranteed bandwidth (0: undeclared, nothing promised).
+    disk_mbps: int = 0  # MB/s over all local disks
+    net_mbps: int = 0  # Mbit/s per direction over all NICs
 
 
 @dataclass(frozen=True)
@@ -321,6 +340,7 @@ class NetworkInfo:
     mac_prefix: str = ""
     dns: tuple[str, ...] = ()
     allocated: int = 0
+    vlan: int = 0  # 802.1Q id (1-4094) on nodes' uplinks; 0 = untagged
 
 
 @dataclass(frozen=True)
@@ -376,6 +396,10 @@ class ClusterRequest:
     request_hash: str = ""  # of the request as sent (the edge computes it)
     project: str = ""
     lease_s: int = 0  # every member's lease (0 = the project's default)
+    # Every member's connectivity, allow rules and limits (as in CreateSpec).
+    connectivity: Connectivity | None = None
+    allow: tuple[AllowRule, ...] = ()
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
