@@ -24,7 +24,7 @@ from agent.netsetup import Networking
 from agent.reconcile import Action, Want, plan
 from agent.staging import Staging
 from agent.status import StatusBoard
-from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec
+from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec, tap_name
 from workspace.domain.model import Observation, Order
 from workspace.domain.states import Desired, Observed
 from workspace.errors import WorkspaceError
@@ -45,12 +45,16 @@ def domain_spec(
         cpus=order.cpus,
         memory_mib=order.memory_mib,
         disks=disks,
-        nics=tuple(NicSpec(n.mac, n.bridge, n.ip) for n in order.nics),
+        nics=tuple(
+            NicSpec(n.mac, n.bridge, n.ip, tap_name(order.workspace_id, i))
+            for i, n in enumerate(order.nics)
+        ),
         kernel=str(paths[order.kernel_digest]) if order.kernel_digest else "",
         initrd=str(paths[order.initrd_digest]) if order.initrd_digest else "",
         cmdline=order.cmdline,
         console_log=str(console_log),
         hostname=order.hostname,
+        limits=order.limits,
     )
 
 

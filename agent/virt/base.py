@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from workspace.domain.model import ExecOutcome
+from workspace.domain.netpolicy import Limits
 from workspace.errors import FailedPrecondition
 
 
@@ -59,6 +60,9 @@ class DomainSpec:
     cmdline: str = ""
     console_log: str = ""  # path of the serial console log file
     hostname: str = ""
+    # Enforced by the hypervisor: cputune, iotune on every writable disk, bandwidth
+    # on every NIC (0 = not limited).
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def domain_name(self) -> str:

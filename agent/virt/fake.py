@@ -32,6 +32,7 @@ from agent.virt.fake_guest import FakeConsole
 from agent.virt.fake_guest import run as run_in_guest
 from workspace.config import FakeDriverConfig
 from workspace.domain.model import ExecOutcome
+from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError, FailedPrecondition, NotFound
 
 
@@ -45,7 +46,8 @@ class _Domain:
 def _spec_from_json(d: dict[str, object]) -> DomainSpec:
     disks = tuple(DiskSpec(**x) for x in d.pop("disks", []))  # type: ignore[attr-defined]
     nics = tuple(NicSpec(**x) for x in d.pop("nics", []))  # type: ignore[attr-defined]
-    return DomainSpec(disks=disks, nics=nics, **d)  # type: ignore[arg-type]
+    limits = Limits(**d.pop("limits", {}))  # type: ignore[arg-type]
+    return DomainSpec(disks=disks, nics=nics, limits=limits, **d)  # type: ignore[arg-type]
 
 
 class FakeDriver(Driver):
