@@ -1,35 +1,46 @@
-"""Bridges and DHCP on a libvirt node, projected from the node's desired state.
+"""Bridges, uplinks, the packet filter and DHCP on a libvirt node, projected from the
+node's desired state.
 
 Each pass (level-triggered, from the reconcile loop): every network this node
 serves and that some workspace uses gets its bridge (created if absent, with the
-configured address so dnsmasq can answer), and one dnsmasq per bridge whose hosts
+configured address so dnsmasq can answer) and, when the node's config names an
+uplink for it, the uplink (or its VLAN sub-interface) attached; the node's nftables
+ruleset (agent/net/filter.py: anti-spoofing and connectivity of every NIC) is
+rendered from the orders and applied when it changed (always once per process: the
+path that rebuilds it after an agent restart); and one dnsmasq per bridge whose hosts
 file lists exactly the NICs of this node's workspaces on that bridge. Nothing on
-the host network is touched beyond the configured bridges.
+the host network is touched beyond the configured bridges and uplinks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import netaddr
 
 from agent.net.bridge import ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer
+from agent.net.filter import BridgeSpec, NicRule, apply_ruleset, nic_rules, render_nics
+from agent.net.uplink import ensure_uplink
 from workspace.config import AgentConfig, NodeNetworkConfig
-from workspace.domain.model import Nic, Order
-from workspace.errors import ConfigError
+from workspace.domain.model import NetworkInfo, Nic, Order
+from workspace.errors import ConfigError, WorkspaceError
 
 log = logging.getLogger("agent.net")
 
 
 def bridge_cidr(net: NodeNetworkConfig, nic: Nic) -> str | None:
     """The address the node gives the network's bridge, or None for none."""
+    return _cidr(net, nic.gateway, nic.prefix_len)
+
+
+def _cidr(net: NodeNetworkConfig, gateway: str, prefix_len: int) -> str | None:
     if net.bridge_address == "":
         return None
     if net.bridge_address == "gateway":
-        return f"{nic.gateway}/{nic.prefix_len}"
+        return f"{gateway}/{prefix_len}" if gateway else None
     try:
         netaddr.IPNetwork(net.bridge_address)
     except (netaddr.AddrFormatError, ValueError) as exc:
@@ -41,12 +52,58 @@ def bridge_cidr(net: NodeNetworkConfig, nic: Nic) -> str | None:
 
 
 class BridgeNetworking:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, *, netns: str | None = None) -> None:
         self.cfg = cfg
+        self.netns = netns  # tests: work in this network namespace, not our own
         self.state_dir = Path(cfg.state_dir) / "dhcp"
         self.nets = {n.name: n for n in cfg.networks}
         self.servers: dict[str, DhcpServer] = {}
         self.bridges_done: dict[str, str | None] = {}
+        self.uplinks_done: dict[str, tuple[str, int, str]] = {}  # bridge -> (uplink, vlan, port)
+        # Bridges joined to an uplink before any workspace used them (``join``).
+        self.joined: dict[str, BridgeSpec] = {}
+        self.ruleset: str | None = None  # the last ruleset applied by this process
+        self._last_nics: list[NicRule] = []
+
+    def join(self, networks: Iterable[NetworkInfo]) -> None:
+        """Make the bridge of every configured network with an uplink and attach the
+        uplink, before any workspace uses it (agent start: the node joins the L2)."""
+        errs: list[WorkspaceError] = []
+        for info in networks:
+            net = self.nets.get(info.name)
+            if net is None or not net.uplink or not info.bridge:
+                continue
+            prefix = int(netaddr.IPNetwork(info.subnet).prefixlen)
+            try:
+                self._bridge(info.bridge, _cidr(net, info.gateway, prefix))
+                self.joined[info.bridge] = self._uplink(info.bridge, net, info.vlan, info.gateway)
+            except WorkspaceError as exc:
+                errs.append(exc)
+        self._filter(self._last_nics, self.joined.values())
+        if errs:
+            raise errs[0]
+
+    def _bridge(self, bridge: str, cidr: str | None) -> None:
+        if self.bridges_done.get(bridge, "-") != cidr:
+            if self.netns:
+                ensure_bridge(bridge, cidr, netns=self.netns)
+            else:
+                ensure_bridge(bridge, cidr)
+            self.bridges_done[bridge] = cidr
+            log.info("bridge %s ready (%s)", bridge, cidr or "no address")
+
+    def _uplink(self, bridge: str, net: NodeNetworkConfig, vlan: int, gateway: str) -> BridgeSpec:
+        done = self.uplinks_done.get(bridge)
+        if done is None or done[:2] != (net.uplink, vlan):
+            try:
+                port = ensure_uplink(bridge, net.uplink, vlan, netns=self.netns, node=self.cfg.node)
+            except WorkspaceError as exc:
+                log.error("network %s (bridge %s): %s", net.name, bridge, exc.message)
+                raise
+            self.uplinks_done[bridge] = done = (net.uplink, vlan, port)
+            log.info("bridge %s: uplink %s attached", bridge, port)
+        local_gw = gateway if net.bridge_address == "gateway" else ""
+        return BridgeSpec(bridge, done[2], local_gw)
 
     def sync(self, orders: Sequence[Order]) -> None:
         per_bridge: dict[str, list[DhcpHost]] = {}
@@ -65,23 +122,26 @@ class BridgeNetworking:
                     DhcpHost(mac=nic.mac, ip=nic.ip, hostname=order.hostname or order.name)
                 )
                 first_nic.setdefault(nic.bridge, nic)
+        errs: list[WorkspaceError] = []
+        specs = dict(self.joined)
+        for bridge, nic in first_nic.items():
+            net = self.nets[nic.network]
+            self._bridge(bridge, bridge_cidr(net, nic))
+            if net.uplink:
+                try:
+                    specs[bridge] = self._uplink(bridge, net, nic.vlan, nic.gateway)
+                except WorkspaceError as exc:
+                    errs.append(exc)
+        # The filter before DHCP: no VM gets an address on a bridge that is not guarded.
+        self._last_nics = nic_rules(orders, served=self.nets)
+        self._filter(self._last_nics, specs.values())
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             cidr = bridge_cidr(net, nic)
-            if self.bridges_done.get(bridge, "-") != cidr:
-                ensure_bridge(bridge, cidr)
-                self.bridges_done[bridge] = cidr
-                log.info("bridge %s ready (%s)", bridge, cidr or "no address")
             if net.dhcp and cidr is not None:
                 server = self.servers.get(bridge)
                 if server is None:
-                    server = DhcpServer(
-                        bridge,
-                        self.state_dir / bridge,
-                        nic.subnet,
-                        router=nic.gateway or None,
-                        dns_servers=tuple(nic.dns),
-                    )
+                    server = self._dhcp(bridge, nic)
                     self.servers[bridge] = server
                 if server.set_hosts(per_bridge[bridge]):
                     log.info("dhcp on %s: %d host(s)", bridge, len(per_bridge[bridge]))
@@ -90,7 +150,27 @@ class BridgeNetworking:
         for bridge, server in self.servers.items():
             if bridge not in first_nic:
                 server.set_hosts([])
+        if errs:
+            raise errs[0]
+
+    def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> None:
+        script = render_nics(nics, bridges)
+        if script == self.ruleset:
+            return
+        apply_ruleset(script, self.netns)
+        first = self.ruleset is None
+        self.ruleset = script
+        log.info("filter rules %s: %d NIC(s)", "applied" if first else "replaced", len(nics))
+
+    def _dhcp(self, bridge: str, nic: Nic) -> DhcpServer:
+        args = (bridge, self.state_dir / bridge, nic.subnet)
+        router, dns = nic.gateway or None, tuple(nic.dns)
+        if self.netns:
+            prefix = ("ip", "netns", "exec", self.netns)
+            return DhcpServer(*args, router=router, dns_servers=dns, command_prefix=prefix)
+        return DhcpServer(*args, router=router, dns_servers=dns)
 
     def close(self) -> None:
         # dnsmasq outlives the agent on purpose (VMs keep their leases); nothing to stop.
+        # The filter rules stay too: the VMs keep running, guarded, until the next agent.
         return None
