@@ -14,6 +14,7 @@ the host network is touched beyond the configured bridges and uplinks.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -64,14 +65,25 @@ class BridgeNetworking:
         self.joined: dict[str, BridgeSpec] = {}
         self.ruleset: str | None = None  # the last ruleset applied by this process
         self._last_nics: list[NicRule] = []
+        # Uplinked networks seen in orders, remembered across restarts so a restarted
+        # agent rejoins their L2 before (and without) any workspace on them.
+        self.memory_path = Path(cfg.state_dir) / "uplinks.json"
+        self.remembered = self._load_memory()
+        self._rejoined = False
 
     def join(self, networks: Iterable[NetworkInfo]) -> None:
         """Make the bridge of every configured network with an uplink and attach the
         uplink, before any workspace uses it (agent start: the node joins the L2)."""
+        errs = self._join(networks)
+        self._filter(self._last_nics, self.joined.values())
+        if errs:
+            raise errs[0]
+
+    def _join(self, networks: Iterable[NetworkInfo]) -> list[WorkspaceError]:
         errs: list[WorkspaceError] = []
         for info in networks:
             net = self.nets.get(info.name)
-            if net is None or not net.uplink or not info.bridge:
+            if net is None or not net.uplink or not info.bridge or not info.subnet:
                 continue
             prefix = int(netaddr.IPNetwork(info.subnet).prefixlen)
             try:
@@ -79,9 +91,35 @@ class BridgeNetworking:
                 self.joined[info.bridge] = self._uplink(info.bridge, net, info.vlan, info.gateway)
             except WorkspaceError as exc:
                 errs.append(exc)
-        self._filter(self._last_nics, self.joined.values())
-        if errs:
-            raise errs[0]
+            else:
+                self._remember(info)
+        return errs
+
+    def _load_memory(self) -> dict[str, NetworkInfo]:
+        try:
+            raw = json.loads(self.memory_path.read_text())
+            return {name: NetworkInfo(name=name, **fields) for name, fields in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring %s: %s", self.memory_path, exc)
+            return {}
+
+    def _remember(self, info: NetworkInfo) -> None:
+        if self.remembered.get(info.name) == info:
+            return
+        self.remembered[info.name] = info
+        data = {
+            n.name: {"subnet": n.subnet, "gateway": n.gateway, "bridge": n.bridge, "vlan": n.vlan}
+            for n in self.remembered.values()
+        }
+        try:
+            self.memory_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.memory_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            tmp.replace(self.memory_path)
+        except OSError as exc:
+            log.warning("cannot record uplinked networks in %s: %s", self.memory_path, exc)
 
     def _bridge(self, bridge: str, cidr: str | None) -> None:
         if self.bridges_done.get(bridge, "-") != cidr:
@@ -123,18 +161,20 @@ class BridgeNetworking:
                 )
                 first_nic.setdefault(nic.bridge, nic)
         errs: list[WorkspaceError] = []
-        specs = dict(self.joined)
+        if not self._rejoined:  # the first pass of this process: rejoin what we knew
+            self._rejoined = True
+            errs += self._join(self.remembered.values())
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             self._bridge(bridge, bridge_cidr(net, nic))
             if net.uplink:
-                try:
-                    specs[bridge] = self._uplink(bridge, net, nic.vlan, nic.gateway)
-                except WorkspaceError as exc:
-                    errs.append(exc)
+                info = NetworkInfo(
+                    nic.network, nic.subnet, nic.gateway, bridge=bridge, vlan=nic.vlan
+                )
+                errs += self._join([info])
         # The filter before DHCP: no VM gets an address on a bridge that is not guarded.
         self._last_nics = nic_rules(orders, served=self.nets)
-        self._filter(self._last_nics, specs.values())
+        self._filter(self._last_nics, self.joined.values())
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             cidr = bridge_cidr(net, nic)
