@@ -305,6 +305,32 @@ def _blame(script: str, stderr: str) -> str:
     return ""
 
 
+BR_NF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+def bridged_ipv4_filtered(netns: str | None = None) -> bool:
+    """Whether bridged IPv4 traverses the inet hooks here (br_netfilter loaded and
+    ``net.bridge.bridge-nf-call-iptables`` = 1): CLUSTER and OUTBOUND need it."""
+    try:
+        if netns:
+            argv = ["ip", "netns", "exec", netns, "cat", BR_NF_SYSCTL]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            text = proc.stdout if proc.returncode == 0 else ""
+        else:
+            with open(BR_NF_SYSCTL) as f:
+                text = f.read()
+    except OSError:
+        return False
+    return text.strip() == "1"
+
+
+BR_NF_ADVICE = (
+    "CLUSTER and OUTBOUND connectivity need bridged IPv4 to pass the inet hooks:"
+    " modprobe br_netfilter and sysctl net.bridge.bridge-nf-call-iptables=1"
+    " (docs/design/network-policy.md)"
+)
+
+
 def apply_ruleset(script: str, netns: str | None = None, *, nft: str = "nft") -> None:
     """Load ``script`` with ``nft -f -`` (in ``netns`` if given). Atomic: on any error
     the previous ruleset stays whole. Raises FilterError naming the culprit."""

@@ -23,7 +23,16 @@ import netaddr
 
 from agent.net.bridge import ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer
-from agent.net.filter import BridgeSpec, NicRule, apply_ruleset, nic_rules, render_nics
+from agent.net.filter import (
+    BR_NF_ADVICE,
+    BridgeSpec,
+    FilterError,
+    NicRule,
+    apply_ruleset,
+    bridged_ipv4_filtered,
+    nic_rules,
+    render_nics,
+)
 from agent.net.uplink import ensure_uplink
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import NetworkInfo, Nic, Order
@@ -74,8 +83,9 @@ class BridgeNetworking:
     def join(self, networks: Iterable[NetworkInfo]) -> None:
         """Make the bridge of every configured network with an uplink and attach the
         uplink, before any workspace uses it (agent start: the node joins the L2)."""
-        errs = self._join(networks)
-        self._filter(self._last_nics, self.joined.values())
+        errs: list[WorkspaceError] = self._join(networks)
+        if trouble := self._filter(self._last_nics, self.joined.values()):
+            errs.append(trouble)
         if errs:
             raise errs[0]
 
@@ -174,7 +184,8 @@ class BridgeNetworking:
                 errs += self._join([info])
         # The filter before DHCP: no VM gets an address on a bridge that is not guarded.
         self._last_nics = nic_rules(orders, served=self.nets)
-        self._filter(self._last_nics, self.joined.values())
+        if trouble := self._filter(self._last_nics, self.joined.values()):
+            errs.append(trouble)
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             cidr = bridge_cidr(net, nic)
@@ -193,14 +204,24 @@ class BridgeNetworking:
         if errs:
             raise errs[0]
 
-    def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> None:
+    def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> FilterError | None:
+        """Apply the ruleset if it changed (FilterError raised when it could not be);
+        a FilterError returned when it is applied but the policy cannot hold here."""
         script = render_nics(nics, bridges)
         if script == self.ruleset:
-            return
+            return None
         apply_ruleset(script, self.netns)
+        restricted = sorted({n.workspace_id for n in nics if n.restricted})
+        if restricted and not bridged_ipv4_filtered(self.netns):
+            # Anti-spoofing holds; the policy of these would not: fail loudly (the
+            # ruleset is applied again, and checked, on the next pass).
+            msg = f"workspace(s) {', '.join(restricted)} not isolated: {BR_NF_ADVICE}"
+            log.error("%s", msg)
+            return FilterError(msg)
         first = self.ruleset is None
         self.ruleset = script
         log.info("filter rules %s: %d NIC(s)", "applied" if first else "replaced", len(nics))
+        return None
 
     def _dhcp(self, bridge: str, nic: Nic) -> DhcpServer:
         args = (bridge, self.state_dir / bridge, nic.subnet)

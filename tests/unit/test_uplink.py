@@ -5,17 +5,19 @@ tests/host/test_net_policy.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
 from agent.net import node
+from agent.net.filter import FilterError
 from agent.net.uplink import vlan_ifname
 from agent.virt.base import tap_name
 from workspace import errors
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import NetworkInfo, Nic, Order
+from workspace.domain.netpolicy import Connectivity
 from workspace.domain.states import Desired
 
 
@@ -119,3 +121,17 @@ def test_a_missing_uplink_is_an_error_after_the_rest_is_done(host: Host, tmp_pat
     assert host.uplinks == [("wsbr-b", "eth1", 0)]
     (script,) = host.rulesets  # every VM guarded all the same
     assert f"from_{tap_name('w1', 0)}" in script and f"from_{tap_name('w2', 0)}" in script
+
+
+def test_policy_without_br_netfilter_is_an_error(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: False)
+    net = node.BridgeNetworking(cfg(tmp_path, a=""))
+    open_vm = order("w1", "a", "wsbr-a", "10.0.0.5", 0)
+    net.sync([open_vm])  # OPEN only: anti-spoofing needs no br_netfilter
+    cluster = replace(order("w2", "a", "wsbr-a", "10.0.0.6", 0), connectivity=Connectivity.CLUSTER)
+    for _ in range(2):  # applied (anti-spoofing holds), reported, and checked again
+        with pytest.raises(FilterError, match=r"w2 not isolated: .*br_netfilter"):
+            net.sync([open_vm, cluster])
+    assert len(host.rulesets) == 3
