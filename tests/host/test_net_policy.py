@@ -13,10 +13,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -559,3 +561,61 @@ def test_an_uplink_that_does_not_exist(node: Node) -> None:
     with pytest.raises(errors.FailedPrecondition, match="uplink eth9 does not exist on node n1"):
         node.add_vm("w-a", "10.214.0.11")
     assert f"from_{tap_name('w-a', 0)}" in chains(node.netns)
+
+
+def test_cluster_members_on_two_nodes(tmp_path: Path, switch: str) -> None:
+    na = make_node(tmp_path, uplink="up0", name="na")
+    nb = make_node(tmp_path, uplink="up0", name="nb")
+    try:
+        plug_uplink(na, switch, "pa")
+        plug_uplink(nb, switch, "pb")
+        members = ("10.214.0.51", "10.214.0.52")
+        x = na.add_vm("w-x", members[0], Connectivity.CLUSTER, peers=members)
+        y = nb.add_vm("w-y", members[1], Connectivity.CLUSTER, peers=members)
+        z = nb.add_vm("w-z", "10.214.0.53")  # beside y, not a member
+        assert x.ping(y.ip) and y.ping(x.ip)
+        assert not z.ping(x.ip) and not x.ping(z.ip)
+        assert not z.ping(y.ip)
+    finally:
+        na.close()
+        nb.close()
+
+
+LEASE_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] && echo "BOUND ip=$ip router=$router"
+exit 0
+"""
+
+
+def test_dhcp_and_the_gateway_work_in_every_mode() -> None:
+    state = Path(tempfile.mkdtemp(prefix="wsnf-", dir="/var/tmp"))
+    state.chmod(0o755)  # dnsmasq (as nobody) reads its hosts file below it
+    script = state / "lease.sh"
+    script.write_text(LEASE_SCRIPT)
+    script.chmod(0o755)
+    n = make_node(state, name="n1")
+    net = NodeNetworkConfig(name="default", dhcp=True)
+    n.cfg = AgentConfig(node="n1", state_dir=str(state / "agent"), networks=[net])
+    agent = n.agent()
+    try:
+        modes = {
+            "w-open": Connectivity.OPEN,
+            "w-clu": Connectivity.CLUSTER,
+            "w-out": Connectivity.OUTBOUND,
+        }
+        vms = [
+            n.add_vm(wid, f"10.214.0.{61 + i}", conn) for i, (wid, conn) in enumerate(modes.items())
+        ]
+        for vm in vms:
+            ip("-n", vm.netns, "addr", "flush", "dev", "eth0")  # no address: ask DHCP
+            udhcpc = f"udhcpc -i eth0 -s {script} -q -n -t 5 -T 1"
+            out = in_ns(vm.netns, "busybox", *udhcpc.split()).stdout
+            assert f"BOUND ip={vm.ip} router={GW}" in out, (vm.workspace_id, out)
+            ip("-n", vm.netns, "addr", "add", f"{vm.ip}/{PREFIX}", "dev", "eth0")
+            ip("-n", vm.netns, "route", "replace", "default", "via", GW)
+            assert vm.ping(GW), vm.workspace_id  # the gateway answers in every mode
+    finally:
+        for server in agent.servers.values():
+            server.stop()
+        n.close()
+        shutil.rmtree(state, ignore_errors=True)
