@@ -242,6 +242,7 @@ def test_a_vm_cannot_use_another_vms_address(node: Node) -> None:
     assert a.ping(GW)  # the node's gateway answers, too
     ip("-n", a.netns, "addr", "add", "10.214.0.12/32", "dev", "eth0")
     assert not a.ping(c.ip, src="10.214.0.12")
+    assert not a.ping(GW, src="10.214.0.12")  # nor towards the node itself
     assert a.ping(c.ip)  # its own address still works
 
 
