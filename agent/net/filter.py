@@ -23,6 +23,7 @@ docs/design/network-policy.md for the why; in short:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import subprocess
@@ -76,10 +77,13 @@ class NicRule:
     connectivity: Connectivity
     allow: tuple[AllowRule, ...]
     peers: tuple[str, ...]
+    # Why this NIC's values cannot be rendered ("" = they can): such a NIC's tap gets a
+    # chain that drops everything it sends (fail closed, the others are unaffected).
+    blocked: str = ""
 
     @property
     def restricted(self) -> bool:
-        return self.connectivity is not Connectivity.OPEN
+        return not self.blocked and self.connectivity is not Connectivity.OPEN
 
 
 def nic_rules(orders: Iterable[Order], served: Iterable[str] | None = None) -> list[NicRule]:
@@ -94,18 +98,41 @@ def nic_rules(orders: Iterable[Order], served: Iterable[str] | None = None) -> l
     return sorted(out, key=lambda r: r.tap)
 
 
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _nic_rule(order: Order, index: int, nic: Nic) -> NicRule:
+    mac = nic.mac.lower()
+    blocked = ""
+    if not _MAC.match(mac):
+        blocked = f"MAC {nic.mac!r} is not a MAC address"
+    elif not _ipv4(nic.ip):
+        blocked = f"address {nic.ip!r} is not an IPv4 address"
+    elif not _IFNAME.match(nic.bridge):
+        blocked = f"bridge {nic.bridge!r} is not an interface name"
+    elif nic.gateway and not _ipv4(nic.gateway):
+        blocked = f"gateway {nic.gateway!r} is not an IPv4 address"
     return NicRule(
         tap=tap_name(order.workspace_id, index),
         workspace_id=order.workspace_id,
         index=index,
-        mac=nic.mac.lower(),
+        mac=mac,
         ip=nic.ip,
         bridge=nic.bridge,
         gateway=nic.gateway,
         connectivity=order.connectivity,
         allow=tuple(sorted(set(order.allow))),
-        peers=tuple(sorted(set(order.peers) - {nic.ip})),
+        peers=tuple(sorted({p for p in order.peers if _ipv4(p)} - {nic.ip})),
+        blocked=blocked,
     )
 
 
@@ -142,8 +169,8 @@ class _Script:
 
     def chain(self, name: str, rules: Sequence[str], hook: str = "", comment: str = "") -> None:
         self.add(f"chain {name} {{", 1)
-        if comment:
-            self.add(f"# {comment}", 2)
+        if comment:  # one line whatever the values hold
+            self.add("# " + "".join(c if c.isprintable() else "?" for c in comment), 2)
         if hook:
             self.add(hook, 2)
         for rule in rules:
@@ -152,6 +179,8 @@ class _Script:
 
 
 def _from_chain(nic: NicRule, mark: int) -> list[str]:
+    if nic.blocked:
+        return ["drop"]
     rules = []
     if nic.restricted:
         rules.append(f"meta mark set {mark:#010x}")
@@ -254,6 +283,8 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
         )
     for n in nics:
         where = f"workspace {n.workspace_id} nic {n.index} bridge {n.bridge}"
+        if n.blocked:
+            where = f"workspace {n.workspace_id} nic {n.index}: blocked, {n.blocked}"
         s.chain(f"from_{n.tap}", _from_chain(n, marks[n.tap]), comment=where)
         if n.restricted:
             s.chain(f"to_{n.tap}", _to_chain(n), comment=where)

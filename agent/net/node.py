@@ -184,6 +184,15 @@ class BridgeNetworking:
                 errs += self._join([info])
         # The filter before DHCP: no VM gets an address on a bridge that is not guarded.
         self._last_nics = nic_rules(orders, served=self.nets)
+        for n in self._last_nics:
+            if n.blocked:
+                log.error(
+                    "workspace %s: NIC %d sends nothing: %s",
+                    n.workspace_id,
+                    n.index,
+                    n.blocked,
+                    extra={"workspace": n.workspace_id},
+                )
         if trouble := self._filter(self._last_nics, self.joined.values()):
             errs.append(trouble)
         for bridge, nic in first_nic.items():

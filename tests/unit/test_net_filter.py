@@ -225,3 +225,14 @@ def test_too_many_nics(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nf, "MAX_NICS", 1)
     with pytest.raises(FilterError):
         render([OUTBOUND])
+
+
+def test_a_nic_with_bad_values_is_cut_off_and_the_others_keep_their_rules() -> None:
+    bad = order("w-bad", nic("10.0.0.9", "52:54:00:zz:00:09"), conn=Connectivity.CLUSTER)
+    text = render([OPEN, bad])
+    assert _chain(text, f"from_{tap_name('w-bad', 0)}") == ["drop"]
+    assert "zz" not in text.replace("'52:54:00:zz:00:09'", "")
+    assert f"in_{tap_name('w-bad', 0)}" not in text
+    assert "ether saddr != 52:54:00:00:00:05 drop" in text
+    (rule,) = nic_rules([order("w-x", nic("10.0.0.9", "52:54:00:00:00:09", bridge='br"x'))])
+    assert rule.blocked.startswith("bridge")
