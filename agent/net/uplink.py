@@ -70,17 +70,17 @@ def ensure_uplink(
             raise errors.FailedPrecondition(f"bridge {bridge} does not exist{_where(node)}")
         br_index = int(br["index"])
         parent_index = int(parent["index"])
+        if link_kind(parent) == "bridge":
+            raise errors.FailedPrecondition(
+                f"uplink {uplink}{_where(node)} is a bridge; name a physical, bond or veth"
+                " interface"
+            )
         if vlan == 0:
             port = parent
         else:
-            if link_kind(parent) == "bridge":
-                raise errors.FailedPrecondition(
-                    f"uplink {uplink}{_where(node)} is a bridge; name a physical or bond interface"
-                )
             name = vlan_ifname(uplink, vlan)
             port = lookup_link(ipr, name)
             if port is None:
-                _refuse_stealing(parent, br_index, bridge, uplink, node, vlan)
                 try:
                     ipr.link("add", ifname=name, kind="vlan", link=parent_index, vlan_id=vlan)
                 except NetlinkError as exc:
@@ -114,23 +114,15 @@ def ensure_uplink(
         if vlan and not parent["flags"] & _IFF_UP:
             ipr.link("set", index=parent_index, state="up")
         if not master:
-            ipr.link("set", index=port_index, master=br_index)
+            try:
+                ipr.link("set", index=port_index, master=br_index)
+            except NetlinkError as exc:
+                raise errors.FailedPrecondition(
+                    f"cannot attach {port_name} to {bridge}{_where(node)}: {exc}"
+                ) from exc
         if not port["flags"] & _IFF_UP:
             ipr.link("set", index=port_index, state="up")
         return port_name
-
-
-def _refuse_stealing(
-    parent: Any, br_index: int, bridge: str, uplink: str, node: str, vlan: int
-) -> None:
-    # A VLAN sub-interface of a port enslaved to some bridge never sees its frames
-    # (the bridge takes them first): refuse rather than make a port that cannot work.
-    master = parent.get_attr("IFLA_MASTER")
-    if master and int(master) != br_index:
-        raise errors.FailedPrecondition(
-            f"uplink {uplink}{_where(node)} is attached to another bridge; cannot give"
-            f" VLAN {vlan} to {bridge} through it"
-        )
 
 
 def uplink_port(uplink: str, vlan: int) -> str:

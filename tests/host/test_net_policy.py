@@ -620,3 +620,21 @@ def test_dhcp_and_the_gateway_work_in_every_mode() -> None:
             server.stop()
         n.close()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_an_uplink_is_never_stolen(node: Node) -> None:
+    for br in (BRIDGE, "wsnfother"):
+        ip("-n", node.netns, "link", "add", br, "type", "bridge")
+    ip("-n", node.netns, "link", "add", "up0", "type", "veth", "peer", "name", "up0p")
+    ip("-n", node.netns, "link", "set", "up0", "master", "wsnfother")
+    before = links(node.netns)
+    with pytest.raises(errors.FailedPrecondition, match="already attached to wsnfother"):
+        ensure_uplink(BRIDGE, "up0", 0, netns=node.netns, node="n1")
+    with pytest.raises(errors.FailedPrecondition, match="is a bridge"):
+        ensure_uplink(BRIDGE, "wsnfother", 0, netns=node.netns, node="n1")
+    assert links(node.netns) == before
+    ip("-n", node.netns, "link", "set", "up0", "nomaster")
+    assert ensure_uplink(BRIDGE, "up0", 0, netns=node.netns, node="n1") == "up0"
+    assert ensure_uplink(BRIDGE, "up0", 0, netns=node.netns, node="n1") == "up0"
+    link = json.loads(ip("-n", node.netns, "-j", "link", "show", "up0"))[0]
+    assert link["master"] == BRIDGE and "UP" in link["flags"]
