@@ -113,6 +113,7 @@ def ensure_uplink(
             )
         if vlan and not parent["flags"] & _IFF_UP:
             ipr.link("set", index=parent_index, state="up")
+        _detach_stale(ipr, br_index, parent_index, port_index)
         if not master:
             try:
                 ipr.link("set", index=port_index, master=br_index)
@@ -123,6 +124,20 @@ def ensure_uplink(
         if not port["flags"] & _IFF_UP:
             ipr.link("set", index=port_index, state="up")
         return port_name
+
+
+def _detach_stale(ipr: Any, br_index: int, parent_index: int, port_index: int) -> None:
+    """Detach from the bridge what an earlier VLAN id of the same uplink attached there
+    (the uplink itself, or another of its VLAN sub-interfaces): the network's VLAN
+    changed, and the old one must not stay bridged into it. Only detached, never
+    deleted; nothing else is looked at."""
+    for link in ipr.get_links():
+        index = int(link["index"])
+        if index == port_index or int(link.get_attr("IFLA_MASTER") or 0) != br_index:
+            continue
+        vlan_of = _vlan_of(link)
+        if index == parent_index or (vlan_of is not None and vlan_of[0] == parent_index):
+            ipr.link("set", index=index, master=0)
 
 
 def uplink_port(uplink: str, vlan: int) -> str:
