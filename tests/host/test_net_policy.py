@@ -72,7 +72,9 @@ class Vm:
 
     def ping(self, dst: str, src: str = "") -> bool:
         opts = ["-I", src] if src else []
-        return in_ns(self.netns, "ping", "-c", "1", "-W", "1", *opts, dst).returncode == 0
+        # three tries: the first may go to a neighbour entry still being resolved
+        argv = ["ping", "-c", "3", "-i", "0.2", "-W", "1", *opts, dst]
+        return in_ns(self.netns, *argv).returncode == 0
 
     def connect(self, dst: str, port: int) -> bool:
         code = f"import socket; socket.create_connection(({dst!r}, {port}), timeout=2).close()"
