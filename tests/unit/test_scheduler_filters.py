@@ -75,10 +75,11 @@ def test_filter_order_is_cheap_first() -> None:
         "requirements",
         "cpu",
         "memory",
+        "bandwidth",
         "hard-anti-affinity",
         "hard-affinity",
     ]
-    assert [f.static for f in FILTERS] == [True] * 3 + [False] * 4
+    assert [f.static for f in FILTERS] == [True] * 3 + [False] * 5
 
 
 # -- each filter's reason ---------------------------------------------------------------

@@ -223,6 +223,9 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("project", ws.project),
         ("reboot_count", ws.reboot_count or ""),
         ("login_user", ws.login_user),
+        # connectivity, then the allow rules ("policy": no wider than the other keys)
+        ("policy", ws.connectivity + (f"; allow {','.join(ws.allow)}" if ws.allow else "")),
+        ("limits", limits_text(ws.limits)),
     ]
     pairs += [("host_key", f"{fingerprint(k)} ({k.split()[0]})") for k in ws.host_keys if k]
     pairs += [
@@ -231,6 +234,12 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("updated_at", fmt_time(ws.updated_at)),
     ]
     return fields(pairs)
+
+
+def limits_text(lim: common_pb2.Limits) -> str:
+    """``cpu_percent=25 net_mbps=50`` (the set ones; "" for none)."""
+    names = ("cpu_percent", "cpu_weight", "disk_mbps", "disk_iops", "net_mbps")
+    return " ".join(f"{n}={getattr(lim, n)}" for n in names if getattr(lim, n))
 
 
 def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
@@ -565,11 +574,13 @@ def network_rows(nets: Sequence[admin_pb2.Network]) -> str:
             n.bridge or "-",
             n.mac_prefix or "-",
             ",".join(n.dns) or "-",
+            n.vlan or "-",
             n.allocated,
         ]
         for n in nets
     ]
-    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "ALLOCATED"]
+    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "VLAN"]
+    headers.append("ALLOCATED")
     return table(headers, rows)
 
 

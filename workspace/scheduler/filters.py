@@ -148,6 +148,28 @@ class MemoryFilter(Filter):
         return [h for h in hosts if h.free_memory_mib >= claim]
 
 
+class BandwidthFilter(Filter):
+    """A node that declared disk or network capacity (``disk_mbps``/``net_mbps`` in its
+    agent config) is never promised more: the request's reservation (its limits per
+    writable disk and per NIC) fits in what the node's workspaces leave free."""
+
+    name = "bandwidth"
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        return req.disk_mbps > 0 or req.net_mbps > 0
+
+    def reason(self, req: Request, ctx: Context) -> str:
+        return "have too little free bandwidth"
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        ok = host.free_disk_mbps >= req.disk_mbps and host.free_net_mbps >= req.net_mbps
+        return None if ok else self.reason(req, ctx)
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        disk, net = req.disk_mbps, req.net_mbps
+        return [h for h in hosts if h.free_disk_mbps >= disk and h.free_net_mbps >= net]
+
+
 class HardAntiAffinityFilter(Filter):
     """HARD_ANTI: a node already holding a member of the group is rejected."""
 
@@ -213,6 +235,7 @@ STATIC_FILTERS: tuple[Filter, ...] = (StateFilter(), NetworkFilter(), Requiremen
 DYNAMIC_FILTERS: tuple[Filter, ...] = (
     CpuFilter(),
     MemoryFilter(),
+    BandwidthFilter(),
     HardAntiAffinityFilter(),
     HardAffinityFilter(),
 )

@@ -535,6 +535,7 @@ class Network(_message.Message):
     MAC_PREFIX_FIELD_NUMBER: _builtins.int
     DNS_FIELD_NUMBER: _builtins.int
     ALLOCATED_FIELD_NUMBER: _builtins.int
+    VLAN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     subnet: _builtins.str
     """CIDR, e.g. 10.77.0.0/24"""
@@ -549,6 +550,8 @@ class Network(_message.Message):
     """three octets, e.g. 52:54:00"""
     allocated: _builtins.int
     """output only"""
+    vlan: _builtins.int
+    """802.1Q id on the nodes' uplinks (1-4094); 0 = untagged"""
     @_builtins.property
     def dns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -563,10 +566,11 @@ class Network(_message.Message):
         mac_prefix: _builtins.str = ...,
         dns: _abc.Iterable[_builtins.str] | None = ...,
         allocated: _builtins.int = ...,
+        vlan: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "bridge", b"bridge", "dns", b"dns", "gateway", b"gateway", "mac_prefix", b"mac_prefix", "name", b"name", "range_end", b"range_end", "range_start", b"range_start", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "bridge", b"bridge", "dns", b"dns", "gateway", b"gateway", "mac_prefix", b"mac_prefix", "name", b"name", "range_end", b"range_end", "range_start", b"range_start", "subnet", b"subnet", "vlan", b"vlan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
