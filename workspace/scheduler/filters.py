@@ -162,12 +162,19 @@ class BandwidthFilter(Filter):
         return "have too little free bandwidth"
 
     def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
-        ok = host.free_disk_mbps >= req.disk_mbps and host.free_net_mbps >= req.net_mbps
-        return None if ok else self.reason(req, ctx)
+        # A kind of bandwidth the request does not reserve never rejects (even on a node
+        # already over its declared capacity, e.g. after the declaration was lowered).
+        disk_ok = req.disk_mbps <= 0 or host.free_disk_mbps >= req.disk_mbps
+        net_ok = req.net_mbps <= 0 or host.free_net_mbps >= req.net_mbps
+        return None if disk_ok and net_ok else self.reason(req, ctx)
 
     def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
         disk, net = req.disk_mbps, req.net_mbps
-        return [h for h in hosts if h.free_disk_mbps >= disk and h.free_net_mbps >= net]
+        return [
+            h
+            for h in hosts
+            if (disk <= 0 or h.free_disk_mbps >= disk) and (net <= 0 or h.free_net_mbps >= net)
+        ]
 
 
 class HardAntiAffinityFilter(Filter):
