@@ -386,3 +386,35 @@ def test_project_defaults_from_the_cli(site: Site, capsys: Any) -> None:
         (p,) = [p for p in client.list_projects() if p.name == "lab"]
     assert isinstance(p, projects_pb2.Project)
     assert p.default_limits == common_pb2.Limits(disk_mbps=5)
+
+
+def test_cli_cluster_create_with_policy(ready_site: Site, capsys: Any) -> None:
+    site = ready_site
+    code, out, err = run(
+        ws,
+        site,
+        capsys,
+        "cluster",
+        "create",
+        "cli-grp",
+        "--member",
+        "w=img,count=2",
+        "--connectivity",
+        "cluster",
+        "--allow",
+        "udp/5000-5010",
+        "--net-mbps",
+        "5",
+    )
+    assert code == 0, err
+    with Client(site.address) as client:
+        c = client.get_cluster("cli-grp")
+    ips = sorted(m.nics[0].ip for m in c.members)
+    for m in c.members:
+        assert (m.connectivity, list(m.allow), m.limits.net_mbps) == (
+            "cluster",
+            ["udp/5000-5010"],
+            5,
+        )
+        order = node_order(site, "node1", m.id, lambda o: len(o.peers) == 2)
+        assert sorted(order.peers) == ips
