@@ -390,7 +390,7 @@ def test_project_defaults_from_the_cli(site: Site, capsys: Any) -> None:
 
 def test_cli_cluster_create_with_policy(ready_site: Site, capsys: Any) -> None:
     site = ready_site
-    code, out, err = run(
+    code, _, err = run(
         ws,
         site,
         capsys,
