@@ -113,19 +113,6 @@ def peers(s: Session, rows: Sequence[Workspace]) -> dict[str, tuple[str, ...]]:
     return {w.id: ordered[w.cluster] for w in rows if w.cluster in ordered}
 
 
-def cluster_nodes(s: Session, clusters: set[str]) -> set[str]:
-    """The nodes holding live members of these clusters (their orders carry peers)."""
-    if not clusters:
-        return set()
-    q = select(Workspace.node).where(
-        Workspace.cluster.in_(sorted(clusters)),
-        Workspace.node != "",
-        Workspace.state != State.TERMINATED.value,
-        Workspace.connectivity == Connectivity.CLUSTER.value,
-    )
-    return set(s.execute(q).scalars())
-
-
 # -- ws update -------------------------------------------------------------------------------
 
 
