@@ -418,3 +418,21 @@ def test_cli_cluster_create_with_policy(ready_site: Site, capsys: Any) -> None:
         )
         order = node_order(site, "node1", m.id, lambda o: len(o.peers) == 2)
         assert sorted(order.peers) == ips
+
+
+def test_node_list_shows_declared_and_reserved_bandwidth(site: Site, capsys: Any) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", net_mbps=100, disk_mbps=400)
+    site.stubs.create(name="a", limits=common_pb2.Limits(net_mbps=30, disk_mbps=50))
+    (n,) = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    assert (n.net_mbps, n.used_net_mbps, n.disk_mbps, n.used_disk_mbps) == (100, 30, 400, 50)
+    code, out, _ = run(admin, site, capsys, "node", "list")
+    assert code == 0 and "BANDWIDTH" in out and "net=30/100,disk=50/400" in out
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref("a"))
+    wait_for(
+        lambda: (
+            site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0].used_net_mbps == 0
+        ),
+        what="the reservation released",
+    )

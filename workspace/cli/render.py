@@ -556,12 +556,24 @@ def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
             f"{n.used_memory_mib}/{n.memory_mib}",
             n.workspaces,
             ",".join(n.networks) or "-",
+            _bandwidth(n),
             fmt_time(n.last_heartbeat) or "-",
         ]
         for n in nodes
     ]
     headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
-    return table([*headers, "HEARTBEAT"], rows)
+    return table([*headers, "BANDWIDTH", "HEARTBEAT"], rows)
+
+
+def _bandwidth(n: admin_pb2.Node) -> str:
+    """Reserved/declared bandwidth, ``net=100/1000,disk=20/500`` (Mbit/s, MB/s; "-": none
+    declared)."""
+    parts = []
+    if n.net_mbps:
+        parts.append(f"net={n.used_net_mbps}/{n.net_mbps}")
+    if n.disk_mbps:
+        parts.append(f"disk={n.used_disk_mbps}/{n.disk_mbps}")
+    return ",".join(parts) or "-"
 
 
 def network_rows(nets: Sequence[admin_pb2.Network]) -> str:

@@ -356,6 +356,10 @@ def node_to_proto(n: NodeStatus) -> admin_pb2.Node:
         labels=dict(n.labels),
         networks=list(n.networks),
         workspaces=n.workspaces,
+        disk_mbps=n.disk_mbps,
+        net_mbps=n.net_mbps,
+        used_disk_mbps=n.used_disk_mbps,
+        used_net_mbps=n.used_net_mbps,
     )
 
 

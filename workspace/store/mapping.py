@@ -238,6 +238,10 @@ def node_status(n: Node, workspaces: int) -> NodeStatus:
         labels=dict(n.labels or {}),
         networks=tuple(n.networks or ()),
         workspaces=workspaces,
+        disk_mbps=n.disk_mbps or 0,
+        net_mbps=n.net_mbps or 0,
+        used_disk_mbps=n.used_disk_mbps or 0,
+        used_net_mbps=n.used_net_mbps or 0,
     )
 
 

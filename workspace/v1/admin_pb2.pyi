@@ -448,6 +448,10 @@ class Node(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     WORKSPACES_FIELD_NUMBER: _builtins.int
+    DISK_MBPS_FIELD_NUMBER: _builtins.int
+    NET_MBPS_FIELD_NUMBER: _builtins.int
+    USED_DISK_MBPS_FIELD_NUMBER: _builtins.int
+    USED_NET_MBPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     hypervisor: _builtins.str
     cpus: _builtins.int
@@ -457,6 +461,13 @@ class Node(_message.Message):
     used_memory_mib: _builtins.int
     state: Global___NodeState.ValueType
     workspaces: _builtins.int
+    disk_mbps: _builtins.int
+    """Declared guaranteed-bandwidth capacity (0: none declared) and what the node's
+    workspaces reserve (their limits per writable disk / per NIC).
+    """
+    net_mbps: _builtins.int
+    used_disk_mbps: _builtins.int
+    used_net_mbps: _builtins.int
     @_builtins.property
     def last_heartbeat(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -478,10 +489,14 @@ class Node(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         networks: _abc.Iterable[_builtins.str] | None = ...,
         workspaces: _builtins.int = ...,
+        disk_mbps: _builtins.int = ...,
+        net_mbps: _builtins.int = ...,
+        used_disk_mbps: _builtins.int = ...,
+        used_net_mbps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "disk_gib", b"disk_gib", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "state", b"state", "used_cpus", b"used_cpus", "used_memory_mib", b"used_memory_mib", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_mib", b"memory_mib", "name", b"name", "net_mbps", b"net_mbps", "networks", b"networks", "state", b"state", "used_cpus", b"used_cpus", "used_disk_mbps", b"used_disk_mbps", "used_memory_mib", b"used_memory_mib", "used_net_mbps", b"used_net_mbps", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
