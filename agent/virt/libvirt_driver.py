@@ -24,17 +24,20 @@ state is behind locks). Design points:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import libvirt
 import libvirt_qemu  # type: ignore[import-untyped]
 
+import agent.virt.limits as lim
 from agent.virt.base import (
     ConsoleSession,
     DomainInfo,
@@ -44,11 +47,19 @@ from agent.virt.base import (
     EventCallback,
     domain_name,
 )
-from agent.virt.domain_xml import METADATA_NS, Ownership, build_domain_xml, parse_ownership
+from agent.virt.domain_xml import (
+    METADATA_NS,
+    METADATA_PREFIX,
+    Ownership,
+    build_domain_xml,
+    ownership_xml,
+    parse_ownership,
+)
 from agent.virt.guest_agent import exec_command
 from agent.virt.libvirt_guest import LibvirtConsole, agent_error
 from workspace.config import LibvirtConfig
 from workspace.domain.model import ExecOutcome
+from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -102,6 +113,22 @@ _UNDEFINE_FLAGS = (
 )
 
 _POLL_S = 0.5
+
+
+def _devices(xml: str) -> tuple[list[str], list[str]]:
+    """(targets of the writable disks, MACs of the NICs) of a domain's XML."""
+    root = ET.fromstring(xml)
+    disks = [
+        str(d.find("target").get("dev"))  # type: ignore[union-attr]
+        for d in root.findall("devices/disk")
+        if d.get("device", "disk") == "disk"
+        and d.find("readonly") is None
+        and d.find("target") is not None
+    ]
+    macs = [
+        str(m.get("address")) for m in root.findall("devices/interface/mac") if m.get("address")
+    ]
+    return disks, macs
 
 
 def _code(exc: libvirt.libvirtError) -> int:
@@ -276,6 +303,8 @@ class LibvirtDriver(Driver):
         # libvirt keeps the domains' state itself: nothing of ours lives in state_dir.
         del state_dir
         self.hypervisor = cfg.virt_type
+        # libvirt's <shares> means cpu.weight on a cgroup v2 host, cpu.shares on v1.
+        self._cgroup_v2 = lim.cgroup_v2()
         self._lock = threading.Lock()
         # Domain name -> workspace id of domains known to be ours (for events).
         self._owned_names: dict[str, str] = {}
@@ -390,6 +419,7 @@ class LibvirtDriver(Driver):
                 "name": own.name,
                 "hostname": own.hostname,
             },
+            limits=own.limits,
         )
 
     def _state(self, workspace_id: str, op: str) -> DomainState | None:
@@ -495,7 +525,7 @@ class LibvirtDriver(Driver):
                         f"{name} exists that this agent does not own; remove or rename it"
                     )
                 uuid_str = existing.UUIDString()
-            xml = build_domain_xml(spec, self._cfg, uuid_str)
+            xml = build_domain_xml(spec, self._cfg, uuid_str, cgroup_v2=self._cgroup_v2)
             self._remember(name, spec.workspace_id)
             conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
 
@@ -595,6 +625,35 @@ class LibvirtDriver(Driver):
                     raise
 
         self._run("undefine", workspace_id, fn)
+
+    def set_limits(self, workspace_id: str, limits: Limits) -> None:
+        """CPU tuning, every writable disk's throttle and every NIC's bandwidth, live
+        (when running) and in the persistent definition; then our metadata, which is
+        what ``get`` reports and the agent compares with the order."""
+
+        def fn(conn: Any) -> None:
+            found = self._owned(conn, workspace_id)
+            if found is None:
+                raise DriverError(
+                    f"libvirt: set limits of workspace {workspace_id}: "
+                    f"no domain {domain_name(workspace_id)} is defined"
+                )
+            dom, own = found
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            disks, macs = _devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            dom.setSchedulerParametersFlags(lim.scheduler_params(limits, self._cgroup_v2), flags)
+            for target in disks:
+                dom.setBlockIoTune(target, lim.block_params(limits), flags)
+            for mac in macs:
+                dom.setInterfaceParameters(mac, lim.interface_params(limits), flags)
+            record = ownership_xml(dataclasses.replace(own, limits=limits))
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, record, METADATA_PREFIX, METADATA_NS, flags
+            )
+
+        self._run("set limits of", workspace_id, fn)
 
     # -- inside the guest --------------------------------------------------------------
 
