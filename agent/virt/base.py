@@ -60,8 +60,8 @@ class DomainSpec:
     cmdline: str = ""
     console_log: str = ""  # path of the serial console log file
     hostname: str = ""
-    # Enforced by the hypervisor: cputune, iotune on every writable disk, bandwidth
-    # on every NIC (0 = not limited).
+    # Enforced by the hypervisor: cputune, iotune on every writable disk, a policer on
+    # every NIC's tap (0 = not limited).
     limits: Limits = field(default_factory=Limits)
 
     @property

@@ -177,7 +177,6 @@ def build_domain_xml(
         _disk(devices, disk, spec.limits)
     for nic in spec.nics:
         _nic(devices, nic)
-        lim.bandwidth_xml(devices[-1], spec.limits)  # the <interface> just made
     _console(devices, spec)
     _guest_agent(devices)
     _sub(devices, "memballoon", model="none")

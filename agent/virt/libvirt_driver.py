@@ -38,6 +38,7 @@ import libvirt
 import libvirt_qemu  # type: ignore[import-untyped]
 
 import agent.virt.limits as lim
+import agent.virt.netshape as netshape
 from agent.virt.base import (
     ConsoleSession,
     DomainInfo,
@@ -116,7 +117,8 @@ _POLL_S = 0.5
 
 
 def _devices(xml: str) -> tuple[list[str], list[str]]:
-    """(targets of the writable disks, MACs of the NICs) of a domain's XML."""
+    """(targets of the writable disks, host tap devices of the NICs) of a domain's XML
+    (a defined domain's NICs name their taps only if we named them)."""
     root = ET.fromstring(xml)
     disks = [
         str(d.find("target").get("dev"))  # type: ignore[union-attr]
@@ -125,10 +127,8 @@ def _devices(xml: str) -> tuple[list[str], list[str]]:
         and d.find("readonly") is None
         and d.find("target") is not None
     ]
-    macs = [
-        str(m.get("address")) for m in root.findall("devices/interface/mac") if m.get("address")
-    ]
-    return disks, macs
+    taps = [str(t.get("dev")) for t in root.findall("devices/interface/target") if t.get("dev")]
+    return disks, taps
 
 
 def _code(exc: libvirt.libvirtError) -> int:
@@ -533,6 +533,7 @@ class LibvirtDriver(Driver):
 
     def start(self, workspace_id: str) -> None:
         self._run("start", workspace_id, lambda c: self._require(c, workspace_id, "start").create())
+        self._shape()  # its taps exist now
 
     def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -574,6 +575,7 @@ class LibvirtDriver(Driver):
                     raise
 
         self._run("destroy", workspace_id, fn)
+        self._shape_quietly()
 
     def reboot(self, workspace_id: str) -> None:
         def fn(conn: Any) -> None:
@@ -625,11 +627,12 @@ class LibvirtDriver(Driver):
                     raise
 
         self._run("undefine", workspace_id, fn)
+        self._shape_quietly()
 
     def set_limits(self, workspace_id: str, limits: Limits) -> None:
-        """CPU tuning, every writable disk's throttle and every NIC's bandwidth, live
-        (when running) and in the persistent definition; then our metadata, which is
-        what ``get`` reports and the agent compares with the order."""
+        """CPU tuning and every writable disk's throttle, live (when running) and in the
+        persistent definition; then our metadata, which is what ``get`` reports and the
+        agent compares with the order, and which the NICs' policers follow."""
 
         def fn(conn: Any) -> None:
             found = self._owned(conn, workspace_id)
@@ -642,18 +645,44 @@ class LibvirtDriver(Driver):
             flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
             if dom.isActive():
                 flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-            disks, macs = _devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            disks, _ = _devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             dom.setSchedulerParametersFlags(lim.scheduler_params(limits, self._cgroup_v2), flags)
             for target in disks:
                 dom.setBlockIoTune(target, lim.block_params(limits), flags)
-            for mac in macs:
-                dom.setInterfaceParameters(mac, lim.interface_params(limits), flags)
             record = ownership_xml(dataclasses.replace(own, limits=limits))
             dom.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT, record, METADATA_PREFIX, METADATA_NS, flags
             )
 
         self._run("set limits of", workspace_id, fn)
+        self._shape()
+
+    def _shape_quietly(self) -> None:
+        """``_shape`` after a domain went away: a policer left behind is only untidy."""
+        try:
+            self._shape()
+        except DriverError as exc:
+            log.warning("libvirt: %s", exc)
+
+    def _shape(self) -> None:
+        """Police the taps of every running domain of ours that has a network limit, and
+        no other (agent/virt/netshape.py; the taps are in this process's namespace)."""
+
+        def fn(conn: Any) -> dict[str, int]:
+            taps: dict[str, int] = {}
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                try:
+                    own = self._ownership(dom)
+                    if own is None or not own.limits.net_mbps:
+                        continue
+                    for tap in _devices(dom.XMLDesc(0))[1]:
+                        taps[tap] = own.limits.net_mbps
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return taps
+
+        netshape.apply(self._run("list the network limits on", "", fn))
 
     # -- inside the guest --------------------------------------------------------------
 

@@ -8,9 +8,9 @@ parameters, one mapping for both (docs/design/limits.md).
   (2..262144, 1024 = normal), so on v1 the weight is scaled by 1024/100.
 * ``disk_mbps``/``disk_iops`` -> ``<iotune><total_bytes_sec>``/``<total_iops_sec>`` on
   every writable disk (QEMU's block throttling; read + write together).
-* ``net_mbps`` -> ``<bandwidth>`` inbound and outbound on every NIC (libvirt sets tc on
-  the tap: an HTB class towards the guest, an ingress policer from it). Units are
-  KiB/s for average/peak and KiB for burst.
+* ``net_mbps`` is not in the domain XML: libvirt's ``<bandwidth>`` needs tc modules
+  (sfq, the police action) that not every kernel has, and a domain with it then does not
+  start at all; the driver polices each tap with nftables instead (agent/virt/netshape.py).
 
 Pure: no libvirt calls.
 """
@@ -28,11 +28,6 @@ CPU_PERIOD_US = 100_000
 NO_QUOTA = -1
 # The default shares of a cgroup: v2 cpu.weight, v1 cpu.shares.
 DEFAULT_SHARES = {True: 100, False: 1024}
-# The burst of a NIC's shaping, in seconds' worth of its rate: large enough that TCP
-# through the ingress policer keeps close to the rate (a tiny bucket makes it drop
-# whole windows and fall well below), small enough to add ~1 % to a 10 s transfer.
-BURST_S = 0.1
-MIN_BURST_KIB = 64
 
 
 def cgroup_v2() -> bool:
@@ -55,13 +50,6 @@ def cpu_shares(weight: int, v2: bool) -> int:
 def bytes_per_s(mbps: int) -> int:
     """MB/s (10^6 bytes, as dd and fio print them) in bytes/s."""
     return mbps * 1_000_000
-
-
-def net_kib(mbps: int) -> tuple[int, int, int]:
-    """(average KiB/s, peak KiB/s, burst KiB) of ``mbps`` Mbit/s for libvirt's bandwidth."""
-    average = max(1, round(mbps * 1_000_000 / 8 / 1024))
-    burst = max(MIN_BURST_KIB, round(average * BURST_S))
-    return average, average, burst
 
 
 # -- the domain XML ---------------------------------------------------------------------
@@ -97,16 +85,6 @@ def iotune_xml(disk: ET.Element, limits: Limits) -> None:
         _sub(tune, "total_iops_sec", str(limits.disk_iops))
 
 
-def bandwidth_xml(iface: ET.Element, limits: Limits) -> None:
-    """``<bandwidth>`` in an ``<interface>`` for the network limit, both directions."""
-    if not limits.net_mbps:
-        return
-    average, peak, burst = net_kib(limits.net_mbps)
-    bw = _sub(iface, "bandwidth")
-    for way in ("inbound", "outbound"):
-        _sub(bw, way, average=str(average), peak=str(peak), burst=str(burst))
-
-
 # -- the live API (virDomainSetSchedulerParametersFlags and friends) ---------------------
 
 
@@ -127,17 +105,6 @@ def block_params(limits: Limits) -> dict[str, Any]:
         "total_bytes_sec": bytes_per_s(limits.disk_mbps),
         "total_iops_sec": limits.disk_iops,
     }
-
-
-def interface_params(limits: Limits) -> dict[str, Any]:
-    """``setInterfaceParameters`` parameters (average 0 = no shaping)."""
-    average, peak, burst = net_kib(limits.net_mbps) if limits.net_mbps else (0, 0, 0)
-    out: dict[str, Any] = {}
-    for way in ("inbound", "outbound"):
-        out[f"{way}.average"] = average
-        out[f"{way}.peak"] = peak
-        out[f"{way}.burst"] = burst
-    return out
 
 
 # -- recorded in our metadata ----------------------------------------------------------
