@@ -642,17 +642,22 @@ class LibvirtDriver(Driver):
                     f"no domain {domain_name(workspace_id)} is defined"
                 )
             dom, own = found
-            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            # One flag at a time: the bindings read the current values first, with the
+            # same flags, and a read refuses LIVE|CONFIG together.
+            affect = [libvirt.VIR_DOMAIN_AFFECT_CONFIG]
             if dom.isActive():
-                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+                affect.insert(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
             disks, _ = _devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            dom.setSchedulerParametersFlags(lim.scheduler_params(limits, self._cgroup_v2), flags)
-            for target in disks:
-                dom.setBlockIoTune(target, lim.block_params(limits), flags)
             record = ownership_xml(dataclasses.replace(own, limits=limits))
-            dom.setMetadata(
-                libvirt.VIR_DOMAIN_METADATA_ELEMENT, record, METADATA_PREFIX, METADATA_NS, flags
-            )
+            for flags in affect:
+                dom.setSchedulerParametersFlags(
+                    lim.scheduler_params(limits, self._cgroup_v2), flags
+                )
+                for target in disks:
+                    dom.setBlockIoTune(target, lim.block_params(limits), flags)
+                dom.setMetadata(
+                    libvirt.VIR_DOMAIN_METADATA_ELEMENT, record, METADATA_PREFIX, METADATA_NS, flags
+                )
 
         self._run("set limits of", workspace_id, fn)
         self._shape()
