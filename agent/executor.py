@@ -21,7 +21,7 @@ from agent.backoff import Backoff, Retries
 from agent.disks import WorkspaceFiles
 from agent.gate import TrustGate
 from agent.netsetup import Networking
-from agent.reconcile import Action, Want, plan
+from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
 from agent.status import StatusBoard
 from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec, tap_name
@@ -148,7 +148,8 @@ class Executor:
             desired = dict(self._desired)
             busy = set(self._busy)
         self.net.sync(list(desired.values()))
-        actual = {d.workspace_id: d.state for d in self.driver.list_domains()}
+        domains = self.driver.list_domains()
+        actual = {d.workspace_id: d.state for d in domains}
         leftovers = self.files.existing()
         present = set(actual) | leftovers | busy
         self.staging.sync_pins(desired, present)
@@ -159,7 +160,12 @@ class Executor:
         for wid, want in wants.items():
             if self._last_want.get(wid) != want:
                 self.status.drop_note(wid)  # the owner asked for something new
-        for wid, action in plan(wants, actual, leftovers, applied).items():
+        actions = plan(wants, actual, leftovers, applied)
+        limits = {wid: o.limits for wid, o in desired.items()}
+        have = {d.workspace_id: d.limits for d in domains}
+        for wid in limit_changes(limits, have, set(actions)):
+            actions[wid] = Action.LIMITS  # e.g. after `ws update --cpu-percent`
+        for wid, action in actions.items():
             if wid in busy:
                 continue
             self._note_repair(wid, action, wants.get(wid))
@@ -219,7 +225,11 @@ class Executor:
                 reason,
                 extra={"workspace": wid},
             )
-            self.status.set(wid, Observed.FAILED, f"{action.value} failed: {reason}")
+            if action is Action.LIMITS:
+                # The VM itself is fine: say so on it, retry with the backoff.
+                self.status.note(wid, f"its new limits could not be applied: {reason}")
+            else:
+                self.status.set(wid, Observed.FAILED, f"{action.value} failed: {reason}")
             if not isinstance(exc, WorkspaceError):
                 log.debug("traceback", exc_info=True)
         finally:
@@ -268,6 +278,11 @@ class Executor:
             state = self.files.load_state(wid)
             state["reboot_count"] = order.reboot_count
             self.files.save_state(wid, state)
+        elif action is Action.LIMITS:
+            assert order is not None
+            d.set_limits(wid, order.limits)
+            self.status.drop_note(wid)  # a failure's note, if an earlier try failed
+            log.info("workspace %s: limits now %s", wid, order.limits.as_dict())
         elif action is Action.REMOVE:
             self._set_status(wid, Observed.STOPPING)
             d.undefine(wid)

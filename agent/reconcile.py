@@ -7,6 +7,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from agent.virt.base import DomainState
+from workspace.domain.netpolicy import Limits
 from workspace.domain.states import Desired
 
 
@@ -19,6 +20,7 @@ class Action(enum.Enum):
     RESUME = "resume"
     REBOOT = "reboot"
     REMOVE = "remove"  # power off, undefine, delete its files
+    LIMITS = "limits"  # apply the order's limits to the domain, live and persistently
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,20 @@ def plan(
     for wid in (set(actual) | set(leftovers)) - set(desired):
         out[wid] = Action.REMOVE
     return out
+
+
+def limit_changes(
+    wanted: Mapping[str, Limits],
+    have: Mapping[str, Limits | None],
+    planned: Set[str],
+) -> set[str]:
+    """Workspaces whose domain's limits differ from the order's (``wanted``).
+
+    ``have``: the limits each existing domain reports (None: its driver cannot tell,
+    so nothing is changed); ``planned``: workspaces with another action this pass
+    (a create defines the new limits anyway; the rest wait for the next pass)."""
+    return {
+        wid
+        for wid, limits in wanted.items()
+        if wid not in planned and have.get(wid) is not None and have[wid] != limits
+    }

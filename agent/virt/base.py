@@ -60,8 +60,8 @@ class DomainSpec:
     cmdline: str = ""
     console_log: str = ""  # path of the serial console log file
     hostname: str = ""
-    # Enforced by the hypervisor: cputune, iotune on every writable disk, bandwidth
-    # on every NIC (0 = not limited).
+    # Enforced by the hypervisor: cputune, iotune on every writable disk, a policer on
+    # every NIC's tap (0 = not limited).
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -88,6 +88,9 @@ class DomainInfo:
     state: DomainState
     reason: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    # The limits the domain has now (as defined or last set live); None: this driver
+    # does not know, and the agent never tries to change them.
+    limits: Limits | None = None
 
 
 # Called (from any thread) with a workspace id when a domain's state changed.
@@ -158,6 +161,12 @@ class Driver(ABC):
         """Power off if needed and remove the definition. No error if absent.
 
         Disk files belong to the agent, which removes them itself."""
+
+    def set_limits(self, workspace_id: str, limits: Limits) -> None:
+        """Give a defined domain new limits, now (if it runs) and in its definition;
+        afterwards ``get(...).limits == limits``. Only called for drivers whose
+        DomainInfo reports limits."""
+        raise FailedPrecondition(f"the {self.hypervisor} driver cannot change limits")
 
     # -- inside the guest (optional: the defaults say this driver cannot) ---------------
 

@@ -6,7 +6,9 @@ ElementTree in a fixed element order, so the same spec always gives the same tex
 
 Ownership: every domain we define carries, under ``<metadata>``, an element in our
 own namespace (``urn:workspace-service:domain:1``, prefix ``ws``) with the
-workspace id, name and hostname. A restarted agent lists only the domains that
+workspace id, name and hostname (and the limits the domain was defined with, or last
+set live: ``<ws:limits cpu_percent=".." .../>``, which the agent compares with the
+order's). A restarted agent lists only the domains that
 carry it, so it never touches a domain someone else defined on the same host.
 """
 
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import agent.virt.limits as lim
 from agent.virt.base import DiskSpec, DomainSpec, NicSpec
 from workspace.config import LibvirtConfig
+from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError
 
 METADATA_NS = "urn:workspace-service:domain:1"
@@ -35,6 +39,9 @@ _DISK_FORMATS = frozenset({"raw", "qcow2"})
 # talks to it for qemu-agent-command (ws exec) when the name is this one.
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
+# The element of our metadata that records the domain's limits.
+LIMITS_TAG = "limits"
+
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 
@@ -45,6 +52,8 @@ class Ownership:
     workspace_id: str
     name: str = ""
     hostname: str = ""
+    # The limits the domain has (as defined or last set live; none if not recorded).
+    limits: Limits = field(default_factory=Limits)
 
 
 def domain_uuid(workspace_id: str) -> str:
@@ -69,6 +78,8 @@ def _metadata(parent: ET.Element, spec: DomainSpec) -> None:
     _sub(ws, _q("id"), spec.workspace_id)
     _sub(ws, _q("name"), spec.name)
     _sub(ws, _q("hostname"), spec.hostname)
+    if spec.limits:
+        _sub(ws, _q(LIMITS_TAG), **lim.limits_attrs(spec.limits))
 
 
 def _os(parent: ET.Element, spec: DomainSpec, cfg: LibvirtConfig) -> None:
@@ -85,7 +96,7 @@ def _os(parent: ET.Element, spec: DomainSpec, cfg: LibvirtConfig) -> None:
         _sub(os_el, "boot", dev="hd")
 
 
-def _disk(parent: ET.Element, disk: DiskSpec) -> None:
+def _disk(parent: ET.Element, disk: DiskSpec, limits: Limits) -> None:
     if disk.format not in _DISK_FORMATS:
         # Never let QEMU probe a format: an unknown one is a bug upstream of us.
         raise DriverError(
@@ -97,6 +108,10 @@ def _disk(parent: ET.Element, disk: DiskSpec) -> None:
     _sub(el, "target", dev=disk.target, bus="virtio")
     if disk.readonly:
         _sub(el, "readonly")
+    else:
+        # Throttle what the guest writes (and reads) of its own disks; the read-only
+        # seed and partitions shared read-only are left alone.
+        lim.iotune_xml(el, limits)
     if disk.shareable:
         _sub(el, "shareable")
 
@@ -130,8 +145,11 @@ def _guest_agent(parent: ET.Element) -> None:
     _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
 
 
-def build_domain_xml(spec: DomainSpec, cfg: LibvirtConfig, uuid_str: str = "") -> str:
-    """The domain XML for ``spec``; ``uuid_str`` overrides the derived UUID."""
+def build_domain_xml(
+    spec: DomainSpec, cfg: LibvirtConfig, uuid_str: str = "", *, cgroup_v2: bool = False
+) -> str:
+    """The domain XML for ``spec``; ``uuid_str`` overrides the derived UUID;
+    ``cgroup_v2``: the host's cgroups are v2 (scales ``<shares>``, agent.virt.limits)."""
     if cfg.virt_type not in {"kvm", "qemu"}:
         raise DriverError(f"libvirt virt_type {cfg.virt_type!r}: use 'kvm' or 'qemu'")
     if spec.cpus < 1 or spec.memory_mib < 1:
@@ -146,6 +164,7 @@ def build_domain_xml(spec: DomainSpec, cfg: LibvirtConfig, uuid_str: str = "") -
     _metadata(dom, spec)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.cpus))
+    lim.cputune_xml(dom, spec.limits, cgroup_v2)
     _os(dom, spec, cfg)
     features = _sub(dom, "features")
     _sub(features, "acpi")
@@ -157,7 +176,7 @@ def build_domain_xml(spec: DomainSpec, cfg: LibvirtConfig, uuid_str: str = "") -
     if cfg.emulator:
         _sub(devices, "emulator", cfg.emulator)
     for disk in spec.disks:
-        _disk(devices, disk)
+        _disk(devices, disk, spec.limits)
     for nic in spec.nics:
         _nic(devices, nic)
     _console(devices, spec)
@@ -195,8 +214,22 @@ def parse_ownership(xml: str) -> Ownership | None:
     workspace_id = _text(el, f"{prefix}id").strip()
     if not workspace_id:
         return None
+    limits_el = el.find(f"{prefix}{LIMITS_TAG}")
     return Ownership(
         workspace_id=workspace_id,
         name=_text(el, f"{prefix}name"),
         hostname=_text(el, f"{prefix}hostname"),
+        limits=lim.limits_from_attrs(dict(limits_el.attrib)) if limits_el is not None else Limits(),
     )
+
+
+def ownership_xml(own: Ownership) -> str:
+    """Our metadata element for ``virDomainSetMetadata`` (libvirt puts it in our
+    namespace itself): how a live limit change updates what the domain records."""
+    el = ET.Element(METADATA_ROOT)
+    _sub(el, "id", own.workspace_id)
+    _sub(el, "name", own.name)
+    _sub(el, "hostname", own.hostname)
+    if own.limits:
+        _sub(el, LIMITS_TAG, **lim.limits_attrs(own.limits))
+    return ET.tostring(el, encoding="unicode")

@@ -60,6 +60,8 @@ class FakeDriver(Driver):
         self._callback: EventCallback | None = None
         self._consoles: dict[str, list[FakeConsole]] = {}
         self._path = Path(state_dir) / "fake-domains.json" if state_dir and cfg.persist else None
+        # Every live limit change: (workspace id, new limits, domain state then) (tests).
+        self.limit_changes: list[tuple[str, Limits, DomainState]] = []
         self._load()
 
     # -- persistence -------------------------------------------------------------------
@@ -127,12 +129,14 @@ class FakeDriver(Driver):
 
     def list_domains(self) -> list[DomainInfo]:
         with self._lock:
-            return [DomainInfo(wid, d.state) for wid, d in self._domains.items()]
+            return [
+                DomainInfo(wid, d.state, limits=d.spec.limits) for wid, d in self._domains.items()
+            ]
 
     def get(self, workspace_id: str) -> DomainInfo | None:
         with self._lock:
             d = self._domains.get(workspace_id)
-            return None if d is None else DomainInfo(workspace_id, d.state)
+            return None if d is None else DomainInfo(workspace_id, d.state, limits=d.spec.limits)
 
     def define(self, spec: DomainSpec) -> None:
         if any(fnmatch.fnmatchcase(spec.name, pat) for pat in self._cfg.fail_create):
@@ -204,6 +208,13 @@ class FakeDriver(Driver):
                 raise DriverError(f"fake: cannot resume {workspace_id}: {dom.state.value}")
             dom.state = DomainState.RUNNING
             self._changed(workspace_id)
+
+    def set_limits(self, workspace_id: str, limits: Limits) -> None:
+        with self._lock:
+            dom = self._get(workspace_id)
+            dom.spec = dataclasses.replace(dom.spec, limits=limits)
+            self.limit_changes.append((workspace_id, limits, dom.state))
+            self._save()
 
     def undefine(self, workspace_id: str) -> None:
         with self._lock:

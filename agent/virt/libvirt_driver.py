@@ -24,17 +24,21 @@ state is behind locks). Design points:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import libvirt
 import libvirt_qemu  # type: ignore[import-untyped]
 
+import agent.virt.limits as lim
+import agent.virt.netshape as netshape
 from agent.virt.base import (
     ConsoleSession,
     DomainInfo,
@@ -44,11 +48,19 @@ from agent.virt.base import (
     EventCallback,
     domain_name,
 )
-from agent.virt.domain_xml import METADATA_NS, Ownership, build_domain_xml, parse_ownership
+from agent.virt.domain_xml import (
+    METADATA_NS,
+    METADATA_PREFIX,
+    Ownership,
+    build_domain_xml,
+    ownership_xml,
+    parse_ownership,
+)
 from agent.virt.guest_agent import exec_command
 from agent.virt.libvirt_guest import LibvirtConsole, agent_error
 from workspace.config import LibvirtConfig
 from workspace.domain.model import ExecOutcome
+from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -102,6 +114,21 @@ _UNDEFINE_FLAGS = (
 )
 
 _POLL_S = 0.5
+
+
+def _devices(xml: str) -> tuple[list[str], list[str]]:
+    """(targets of the writable disks, host tap devices of the NICs) of a domain's XML
+    (a defined domain's NICs name their taps only if we named them)."""
+    root = ET.fromstring(xml)
+    disks = [
+        str(d.find("target").get("dev"))  # type: ignore[union-attr]
+        for d in root.findall("devices/disk")
+        if d.get("device", "disk") == "disk"
+        and d.find("readonly") is None
+        and d.find("target") is not None
+    ]
+    taps = [str(t.get("dev")) for t in root.findall("devices/interface/target") if t.get("dev")]
+    return disks, taps
 
 
 def _code(exc: libvirt.libvirtError) -> int:
@@ -276,6 +303,8 @@ class LibvirtDriver(Driver):
         # libvirt keeps the domains' state itself: nothing of ours lives in state_dir.
         del state_dir
         self.hypervisor = cfg.virt_type
+        # libvirt's <shares> means cpu.weight on a cgroup v2 host, cpu.shares on v1.
+        self._cgroup_v2 = lim.cgroup_v2()
         self._lock = threading.Lock()
         # Domain name -> workspace id of domains known to be ours (for events).
         self._owned_names: dict[str, str] = {}
@@ -390,6 +419,7 @@ class LibvirtDriver(Driver):
                 "name": own.name,
                 "hostname": own.hostname,
             },
+            limits=own.limits,
         )
 
     def _state(self, workspace_id: str, op: str) -> DomainState | None:
@@ -495,7 +525,7 @@ class LibvirtDriver(Driver):
                         f"{name} exists that this agent does not own; remove or rename it"
                     )
                 uuid_str = existing.UUIDString()
-            xml = build_domain_xml(spec, self._cfg, uuid_str)
+            xml = build_domain_xml(spec, self._cfg, uuid_str, cgroup_v2=self._cgroup_v2)
             self._remember(name, spec.workspace_id)
             conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
 
@@ -503,6 +533,7 @@ class LibvirtDriver(Driver):
 
     def start(self, workspace_id: str) -> None:
         self._run("start", workspace_id, lambda c: self._require(c, workspace_id, "start").create())
+        self._shape()  # its taps exist now
 
     def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -544,6 +575,7 @@ class LibvirtDriver(Driver):
                     raise
 
         self._run("destroy", workspace_id, fn)
+        self._shape_quietly()
 
     def reboot(self, workspace_id: str) -> None:
         def fn(conn: Any) -> None:
@@ -595,6 +627,67 @@ class LibvirtDriver(Driver):
                     raise
 
         self._run("undefine", workspace_id, fn)
+        self._shape_quietly()
+
+    def set_limits(self, workspace_id: str, limits: Limits) -> None:
+        """CPU tuning and every writable disk's throttle, live (when running) and in the
+        persistent definition; then our metadata, which is what ``get`` reports and the
+        agent compares with the order, and which the NICs' policers follow."""
+
+        def fn(conn: Any) -> None:
+            found = self._owned(conn, workspace_id)
+            if found is None:
+                raise DriverError(
+                    f"libvirt: set limits of workspace {workspace_id}: "
+                    f"no domain {domain_name(workspace_id)} is defined"
+                )
+            dom, own = found
+            # One flag at a time: the bindings read the current values first, with the
+            # same flags, and a read refuses LIVE|CONFIG together.
+            affect = [libvirt.VIR_DOMAIN_AFFECT_CONFIG]
+            if dom.isActive():
+                affect.insert(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            disks, _ = _devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            record = ownership_xml(dataclasses.replace(own, limits=limits))
+            for flags in affect:
+                dom.setSchedulerParametersFlags(
+                    lim.scheduler_params(limits, self._cgroup_v2), flags
+                )
+                for target in disks:
+                    dom.setBlockIoTune(target, lim.block_params(limits), flags)
+                dom.setMetadata(
+                    libvirt.VIR_DOMAIN_METADATA_ELEMENT, record, METADATA_PREFIX, METADATA_NS, flags
+                )
+
+        self._run("set limits of", workspace_id, fn)
+        self._shape()
+
+    def _shape_quietly(self) -> None:
+        """``_shape`` after a domain went away: a policer left behind is only untidy."""
+        try:
+            self._shape()
+        except DriverError as exc:
+            log.warning("libvirt: %s", exc)
+
+    def _shape(self) -> None:
+        """Police the taps of every running domain of ours that has a network limit, and
+        no other (agent/virt/netshape.py; the taps are in this process's namespace)."""
+
+        def fn(conn: Any) -> dict[str, int]:
+            taps: dict[str, int] = {}
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                try:
+                    own = self._ownership(dom)
+                    if own is None or not own.limits.net_mbps:
+                        continue
+                    for tap in _devices(dom.XMLDesc(0))[1]:
+                        taps[tap] = own.limits.net_mbps
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return taps
+
+        netshape.apply(self._run("list the network limits on", "", fn))
 
     # -- inside the guest --------------------------------------------------------------
 

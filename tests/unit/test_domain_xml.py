@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,13 @@ from agent.virt.domain_xml import (
     Ownership,
     build_domain_xml,
     domain_uuid,
+    ownership_xml,
     parse_ownership,
 )
+from agent.virt.limits import block_params, scheduler_params
+from agent.virt.netshape import ruleset
 from workspace.config import LibvirtConfig
+from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -229,3 +234,100 @@ def test_ownership_from_libvirt_forms() -> None:
 )
 def test_foreign_domains_are_not_ours(xml: str) -> None:
     assert parse_ownership(xml) is None
+
+
+# -- limits (agent/virt/limits.py) ------------------------------------------------------
+
+LIMITED = replace(
+    WITH_SEED,
+    disks=(
+        *WITH_SEED.disks,
+        DiskSpec("/var/lib/workspace/agent/cache/blobs/sha256/cd34", "raw", "vdc", True, True),
+        DiskSpec("/var/lib/workspace/agent/disks/w-0003/scratch.qcow2", "qcow2", "vdd"),
+    ),
+    nics=(*WITH_SEED.nics, NicSpec(mac="52:54:00:00:01:03", bridge="wsbr-storage")),
+    limits=Limits(cpu_percent=25, cpu_weight=200, disk_mbps=10, disk_iops=500, net_mbps=20),
+)
+
+
+def test_golden_limits() -> None:
+    check_golden("limits_qemu.xml", build_domain_xml(LIMITED, QEMU))
+
+
+def test_cpu_limits_map_to_cputune() -> None:
+    root = ET.fromstring(build_domain_xml(LIMITED, QEMU))
+    assert root.findtext("cputune/period") == "100000"
+    assert root.findtext("cputune/quota") == "25000"  # per vCPU: 25 % of a host CPU
+    assert root.findtext("cputune/shares") == "2048"  # cgroup v1: weight 200 = 2x 1024
+    v2 = ET.fromstring(build_domain_xml(LIMITED, QEMU, cgroup_v2=True))
+    assert v2.findtext("cputune/shares") == "200"  # cgroup v2: cpu.weight as is
+    only_weight = replace(LIMITED, limits=Limits(cpu_weight=50))
+    tune = ET.fromstring(build_domain_xml(only_weight, QEMU)).find("cputune")
+    assert tune is not None and [c.tag for c in tune] == ["shares"]
+
+
+def test_iotune_on_every_writable_disk_only() -> None:
+    root = ET.fromstring(build_domain_xml(LIMITED, QEMU))
+    tuned = {
+        d.find("target").get("dev"): d.find("iotune")  # type: ignore[union-attr]
+        for d in root.findall("devices/disk")
+    }
+    assert tuned["vdb"] is None and tuned["vdc"] is None  # the seed, a shared partition
+    for dev in ("vda", "vdd"):
+        tune = tuned[dev]
+        assert tune is not None
+        assert tune.findtext("total_bytes_sec") == "10000000"
+        assert tune.findtext("total_iops_sec") == "500"
+
+
+def test_no_bandwidth_element_nics_are_policed_by_nftables() -> None:
+    # libvirt's <bandwidth> needs tc's sfq and police, which some kernels lack (a
+    # domain with it then does not start): agent/virt/netshape.py polices the taps.
+    root = ET.fromstring(build_domain_xml(LIMITED, QEMU))
+    assert len(root.findall("devices/interface")) == 2
+    assert root.find(".//bandwidth") is None
+
+
+def test_tap_policers() -> None:
+    HEAD = "table bridge ws_shape\ndelete table bridge ws_shape\n"
+    text = ruleset({"wst0123456789a0": 20, "wstffff0": 0, "vnet3": 1})
+    assert text.startswith(HEAD)
+    assert "wstffff0" not in text  # 0 = not limited
+    # 20 Mbit/s = 2 500 000 bytes/s, a burst of 100 ms of it; 1 Mbit/s: at least 64 KiB.
+    assert "limit wst0123456789a0_in { rate over 2500000 bytes/second burst 250000 bytes }" in text
+    assert "limit vnet3_out { rate over 125000 bytes/second burst 65536 bytes }" in text
+    assert 'iifname "vnet3" limit name "vnet3_out" drop' in text
+    assert 'oifname "vnet3" limit name "vnet3_in" drop' in text
+    for chain in ("forward", "input", "output"):
+        assert f"type filter hook {chain} priority 0; policy accept;" in text
+    assert ruleset({}) == HEAD
+
+
+def test_no_limits_no_elements() -> None:
+    root = ET.fromstring(build_domain_xml(WITH_SEED, QEMU))
+    assert root.find("cputune") is None
+    assert root.find(".//iotune") is None and root.find(".//bandwidth") is None
+    assert root.find(f"metadata/{{{METADATA_NS}}}workspace/{{{METADATA_NS}}}limits") is None
+
+
+def test_limits_recorded_in_ownership() -> None:
+    own = parse_ownership(build_domain_xml(LIMITED, QEMU))
+    assert own is not None and own.limits == LIMITED.limits
+    assert parse_ownership(build_domain_xml(WITH_SEED, QEMU)) == Ownership(
+        "w-0003", "cloud-box", "cloud-box"
+    )
+    # What a live change writes back with virDomainSetMetadata reads the same.
+    changed = Ownership("w-0003", "cloud-box", "cloud-box", Limits(net_mbps=5))
+    assert parse_ownership(ownership_xml(changed)) == changed
+    assert parse_ownership(ownership_xml(Ownership("w-1"))) == Ownership("w-1")
+
+
+def test_live_parameters_clear_what_is_unset() -> None:
+    v1 = scheduler_params(Limits(cpu_percent=30), v2=False)
+    assert v1 == {"cpu_shares": 1024, "vcpu_period": 100000, "vcpu_quota": 30000}
+    assert scheduler_params(Limits(), v2=True) == {
+        "cpu_shares": 100,
+        "vcpu_period": 100000,
+        "vcpu_quota": -1,
+    }
+    assert block_params(Limits(disk_mbps=3)) == {"total_bytes_sec": 3000000, "total_iops_sec": 0}

@@ -289,6 +289,10 @@ class Commands(common.ClientCommands):
                     f"{agent['state']}"
                 )
                 _metrics_line(agent, f"agent {agent['node']}")
+            if st.get("switch"):
+                sw = st["switch"]
+                there = "" if sw["exists"] else " MISSING"
+                print(f"  switch   network namespace {sw['netns']}{there} (L2 between the nodes)")
         return common.EXIT_OK if st["state"] == "running" else common.EXIT_UNREACHABLE
 
 

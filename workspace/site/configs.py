@@ -28,6 +28,7 @@ from workspace.config import (
 )
 from workspace.site.identities import SiteIdentities
 from workspace.site.record import AGENT_CONFIG, AGENT_LOG
+from workspace.site.switch import UPLINK
 
 SERVICE_CONFIG = "service.toml"
 PEER_SOCKET = "peers.sock"
@@ -109,6 +110,7 @@ def agent_config(
     tls: TlsConfig | None = None,
     peer_listen: str = "",
     metrics_listen: str = "",
+    uplink: str = "",
 ) -> AgentConfig:
     """The agent of one node of a local site (``address``: the service's Nodes API).
 
@@ -116,7 +118,9 @@ def agent_config(
     it). With the fake driver there is no traffic: no bridge address, no DHCP server,
     and fake domains survive an agent restart, as libvirt's do. With libvirt the bridge
     lives in the node's network namespace and the agent uses the node's private
-    libvirtd (``workspace.site.hostenv``).
+    libvirtd (``workspace.site.hostenv``); ``uplink``: the interface of the node's
+    namespace that leads to the site's switch (several nodes), attached by the agent to
+    the network's bridge.
     """
     fake = driver == "fake"
     return AgentConfig(
@@ -134,6 +138,7 @@ def agent_config(
                 name=DEFAULT_NETWORK.name,
                 bridge_address="" if fake else "gateway",
                 dhcp=not fake,
+                uplink=uplink,
             )
         ],
         fake=FakeDriverConfig(persist=True),
@@ -192,5 +197,7 @@ def write_configs(
             tls,
             peers,
             metrics.get(spec.name, ""),
+            # The switch between the nodes (workspace.site.switch).
+            UPLINK if driver == "libvirt" and len(specs) > 1 else "",
         )
         config.write(spec.config, cfg, head, skip_defaults=False)

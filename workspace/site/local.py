@@ -15,8 +15,10 @@ site's own network namespace (``workspace.site.hostenv``).
 ``--nodes N`` (N > 1) simulates N hosts: agents ``local-1`` .. ``local-N``, each with
 its files in ``<site>/nodes/<node>/`` and, with the libvirt driver, its own network
 namespace and private libvirtd (so its own ``wsbr0`` bridge and dnsmasq); the
-service then runs in the host's network namespace. The namespaces are not connected
-to each other (no L2 between nodes). See docs/design/host-environment.md.
+service then runs in the host's network namespace. A switch namespace connects the
+nodes' namespaces (one L2 segment: each node's ``uplink0``, which its agent attaches to
+the site network's bridge; ``workspace.site.switch``). See
+docs/design/host-environment.md.
 
 ``site down`` stops exactly the recorded processes (after checking that each pid
 still runs our command line: never by name), removes the namespaces of a libvirt
@@ -71,6 +73,7 @@ from workspace.site.record import (
     write_setup,
 )
 from workspace.site.status import AGENT_MODULE, SERVICE_MODULE, agent_matcher, service_matcher
+from workspace.site.switch import Switch, switch_netns
 
 __all__ = [
     "AGENT_MODULE",
@@ -373,7 +376,13 @@ class LocalSite:
         """True unless a node's namespace or private libvirtd is gone (libvirt sites)."""
         if rec.driver != "libvirt":
             return True
+        if rec.switch_netns and not self._switch(rec).running():
+            return False
         return all(self._node_env(a.netns, a.dir).running() for a in rec.agents if a.netns)
+
+    def _switch(self, rec: SiteRecord) -> Switch:
+        """The switch between the nodes of ``rec`` (a libvirt site of several nodes)."""
+        return Switch(rec.switch_netns, [a.netns for a in rec.agents], DEFAULT_NETWORK.gateway)
 
     def _start(
         self,
@@ -415,6 +424,8 @@ class LocalSite:
             # A one-node site keeps its service in the node's namespace (as it always
             # did); with several nodes it runs in the host's: it needs no network.
             rec.service_netns = specs[0].netns if len(specs) == 1 else ""
+            # Several nodes: one L2 segment between them (workspace.site.switch).
+            rec.switch_netns = switch_netns(self.netns_name) if len(specs) > 1 else ""
             # Recorded first, so that `site down` can clean up a half-made host env.
             write_record(self.dir, rec)
             for spec in specs:
@@ -424,6 +435,9 @@ class LocalSite:
                 env.up()
                 prefixes[spec.name] = list(env.run_prefix())
                 uris[spec.name] = env.libvirt_uri
+            if rec.switch_netns:
+                self._say(f"setting up switch namespace {rec.switch_netns} between the nodes")
+                self._switch(rec).up()
         # From here on the site has state: what it is made with is kept (setup.json).
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
@@ -576,6 +590,9 @@ class LocalSite:
         if not any(a.netns for a in rec.agents) and rec.netns:
             self._hostenv(rec.netns).down()  # a record from before per-node namespaces
             done.append(f"network namespace {rec.netns}: removed with its VMs")
+        if rec.switch_netns:
+            self._switch(rec).down()
+            done.append(f"switch namespace {rec.switch_netns}: removed with its links")
         self._remove_socket()
         (self.dir / SITE_FILE).unlink(missing_ok=True)
         return done
@@ -587,6 +604,8 @@ class LocalSite:
             hostproc.pid_if_ours(a.pid or None, agent_matcher(a.config)) is not None
             for a in rec.agents
         ):
+            return True
+        if rec.switch_netns and hostenv.netns_exists(rec.switch_netns):
             return True
         return rec.driver == "libvirt" and any(
             self._node_env(a.netns, a.dir).running() for a in rec.agents if a.netns

@@ -91,6 +91,8 @@ class SiteRecord:
     identity_dir: str = ""
     # The service's Prometheus endpoint (in ``service_netns`` if it has one).
     service_metrics: str = ""
+    # The namespace of the switch between the nodes (libvirt, several nodes; else "").
+    switch_netns: str = ""
 
     def sync_first_node(self) -> None:
         """Copy node 1 into the one-node fields."""

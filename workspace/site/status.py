@@ -17,6 +17,7 @@ from workspace import errors, hostproc, pki
 from workspace.client import Client
 from workspace.config import TlsConfig
 from workspace.site.configs import DEFAULT_NETWORK
+from workspace.site.hostenv import netns_exists
 from workspace.site.record import SiteError, SiteRecord
 from workspace.v1 import admin_pb2
 
@@ -170,6 +171,8 @@ def report(
         },
         agent={"pid": first.pid, "running": running[first.node], "log": str(first.log)},
     )
+    if rec.switch_netns:
+        out["switch"] = {"netns": rec.switch_netns, "exists": netns_exists(rec.switch_netns)}
     out["identity"] = identity_of(rec)
     tls = TlsConfig(identity_dir=rec.identity_dir) if rec.identity_dir else None
     health = ""
@@ -201,6 +204,7 @@ def report(
         and all(running.values())
         and health == "SERVING"
         and all(states.get(a.node) == "READY" for a in rec.agents)
+        and (not rec.switch_netns or out["switch"]["exists"])
     )
     out["state"] = "running" if ok else "degraded"
     return out

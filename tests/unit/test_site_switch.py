@@ -1,0 +1,80 @@
+"""The switch between the nodes of a local libvirt site, without namespaces: the
+launcher's wiring (record, configs, up/down order) and the switch's pure parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.test_site import FakeEnv, _no_daemons
+from workspace import config
+from workspace.config import AgentConfig
+from workspace.site import local, switch
+from workspace.site.configs import write_configs
+
+
+class FakeSwitch:
+    def __init__(self, calls: list[Any], netns: str, nodes: list[str], gateway: str) -> None:
+        self.calls = calls
+        self.args = (netns, nodes, gateway)
+
+    def up(self) -> None:
+        self.calls.append(("switch up", *self.args))
+
+    def down(self) -> None:
+        self.calls.append(("switch down", *self.args))
+
+    def running(self) -> bool:
+        return False
+
+
+def test_several_libvirt_nodes_get_a_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Any] = []
+    site = local.LocalSite(tmp_path, driver="libvirt", nodes=2)
+    _no_daemons(site, calls, monkeypatch)
+    monkeypatch.setattr(site, "_hostenv", lambda ns, d=None: calls.append(ns) or FakeEnv(calls))
+    monkeypatch.setattr(
+        local, "Switch", lambda netns, nodes, gw: FakeSwitch(calls, netns, list(nodes), gw)
+    )
+    rec = site.up().record
+    nodes = [f"{site.netns_name}-1", f"{site.netns_name}-2"]
+    sw = f"{site.netns_name}-sw"
+    assert rec.switch_netns == sw and local.read_record(tmp_path) == rec
+    # The nodes' namespaces first, then the switch that plugs into them, then daemons.
+    assert calls[:5] == [nodes[0], "up", nodes[1], "up", ("switch up", sw, nodes, "10.213.0.1")]
+    agents = [config.load(AgentConfig, s.config) for s in site.node_specs()]
+    assert [a.networks[0].uplink for a in agents] == ["uplink0", "uplink0"]
+    calls.clear()
+    done = site.down()
+    assert f"switch namespace {sw}: removed with its links" in done
+    assert calls[-1] == ("switch down", sw, nodes, "10.213.0.1")
+
+
+def test_one_node_or_fake_sites_have_no_switch(tmp_path: Path) -> None:
+    for driver, nodes in (("libvirt", 1), ("fake", 3)):
+        site = local.LocalSite(tmp_path / f"{driver}{nodes}", driver=driver, nodes=nodes)
+        site.dir.mkdir()
+        uris = {s.name: "qemu+unix:///system?socket=/x" for s in site.node_specs()}
+        write_configs(site.dir, site.address, site.node_specs(), driver, "qemu", uris)
+        for spec in site.node_specs():
+            assert config.load(AgentConfig, spec.config).networks[0].uplink == ""
+
+
+def test_switch_names_and_rules() -> None:
+    assert switch.switch_netns("ws-1234abcd") == "ws-1234abcd-sw"
+    assert switch.port_name(3) == "p3"
+    text = switch.rules("10.213.0.1")
+    assert "udp dport { 67, 68 } drop" in text  # each node's dnsmasq serves its own VMs
+    assert "arp saddr ip 10.213.0.1 drop" in text  # and each bridge is its VMs' gateway
+    assert text.startswith("table bridge ws_switch\ndelete table bridge ws_switch\n")
+
+
+def test_veth_indices() -> None:
+    line = "7: p1@if6: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master wssw0"
+    assert switch._indices(line) == (7, 6)
+    with pytest.raises(ValueError):
+        switch._indices("3: wssw0: <BROADCAST> mtu 1500")
