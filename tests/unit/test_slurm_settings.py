@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import json
 from pathlib import Path
 
@@ -219,3 +220,15 @@ def test_a_rules_own_user_data_comes_first(tmp_path: Path) -> None:
     data = context.user_data(s.resolve("c1"), s).decode()
     assert data.startswith("Content-Type: multipart/mixed")
     assert data.index("x-shellscript") < data.index("cloud-config")
+
+
+def test_the_shipped_examples_parse() -> None:
+    conf = Path(__file__).resolve().parents[2] / "conf" / "slurm"
+    s = load(conf / "ws-slurm.toml")
+    assert s.controller and s.identity and len(s.rules) == 2
+    assert s.resolve("cloud3").cpus == 2
+    assert s.resolve("bigmem1", frozenset({"bigmem"})).memory_mib == 32768
+    data = context.user_data(s.resolve("cloud3"), s)
+    assert data == context.user_data(s.resolve("cloud3"), s)  # stable bytes
+    parts = [p.get_payload(decode=True) for p in email.message_from_bytes(data).walk()]
+    assert any(b"/etc/motd" in p for p in parts if isinstance(p, bytes))

@@ -20,6 +20,7 @@ own part (SSH keys, the cluster roster) as for any workspace.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shlex
 from email.mime.multipart import MIMEMultipart
@@ -96,7 +97,10 @@ def user_data(spec: NodeSpec, s: Settings) -> bytes:
     ours = cloud_config(spec, s)
     if not spec.user_data.strip():
         return ours.encode()
-    outer = MIMEMultipart()
+    # The boundary comes from the content: the same node gets the same bytes every time
+    # (its create's request id is derived from them).
+    digest = hashlib.sha256((spec.user_data + "\0" + ours).encode()).hexdigest()[:32]
+    outer = MIMEMultipart(boundary=f"ws-slurm-{digest}")
     for i, text in enumerate((spec.user_data, ours)):
         subtype = "cloud-config" if text.lstrip().startswith("#cloud-config") else "x-shellscript"
         part = MIMEText(text, subtype, "utf-8")

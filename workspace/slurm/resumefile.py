@@ -14,8 +14,15 @@ Slurm 22.05 (``src/slurmctld/power_save.c``) writes JSON like::
 
 ``features`` is the job's constraint expression (``--constraint``, e.g.
 ``bigmem&ib`` or ``[rack1|rack2]``), ``nodes_resume`` the job's nodes being powered up
-now. Older releases named them ``nodes`` and ``all_nodes``; both spellings are read. The
-file is temporary (it goes when slurmctld stops): read it first thing.
+now. Debian 12's Slurm 22.05.8 writes less, under older names (seen here)::
+
+    {"jobs":[{"job_id":1,"nodes":"c[1-2]"},{"job_id":2,"nodes":"b[1-2]"}],
+     "all_nodes":"b[1-2],c[1-2]"}
+
+so both spellings are read and every other key is optional (without ``features`` the
+nodes' own features, from ``scontrol show node``, choose the mapping rule). The file is
+temporary (``/proc/<slurmctld>/fd/N``, gone when slurmctld stops): it is read first
+thing.
 """
 
 from __future__ import annotations
