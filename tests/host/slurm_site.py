@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "10.213.0.1"  # the local site's bridge address (workspace/site/configs.py)
 NODE_MEMORY_MIB = 640
-DUMMY = "wssl-ctl"
+DUMMY = "wssl-ctl"  # and wssl-ctlp, its veth peer
 DUMMY_ADDRESS = "198.18.213.1/32"  # a benchmarking range: never routed anywhere
 SUSPEND_TIME_S = 60
 RESUME_TIMEOUT_S = 600
@@ -204,12 +204,14 @@ class SlurmSite:
         # workspace; until then the namespace has no address but loopback, and slurmctld's
         # getaddrinfo(NULL, AI_ADDRCONFIG) for its listening socket fails. A dummy link
         # with an unrelated address of our own lets it bind 0.0.0.0:6817 now; the guests
-        # reach it on the bridge's address once that exists.
-        subprocess.run(["ip", "-n", self.netns, "link", "add", DUMMY, "type", "dummy"],
+        # reach it on the bridge's address once that exists. (A veth pair: this kernel has
+        # no dummy driver.) Both ends go with the namespace at site down.
+        ip = ["ip", "-n", self.netns]
+        subprocess.run([*ip, "link", "add", DUMMY, "type", "veth", "peer", "name", f"{DUMMY}p"],
                        check=True)  # fmt: skip
-        subprocess.run(["ip", "-n", self.netns, "addr", "add", DUMMY_ADDRESS, "dev", DUMMY],
-                       check=True)  # fmt: skip
-        subprocess.run(["ip", "-n", self.netns, "link", "set", DUMMY, "up"], check=True)
+        subprocess.run([*ip, "addr", "add", DUMMY_ADDRESS, "dev", DUMMY], check=True)
+        subprocess.run([*ip, "link", "set", f"{DUMMY}p", "up"], check=True)
+        subprocess.run([*ip, "link", "set", DUMMY, "up"], check=True)
         conf = self.slurm_dir / "slurm.conf"
         log = (self.slurm_dir / "slurmctld.out").open("wb")
         self.slurmctld = subprocess.Popen(
