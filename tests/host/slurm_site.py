@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "10.213.0.1"  # the local site's bridge address (workspace/site/configs.py)
 NODE_MEMORY_MIB = 640
 DUMMY = "wssl-ctl"  # and wssl-ctlp, its veth peer
-DUMMY_ADDRESS = "198.18.213.1/32"  # a benchmarking range: never routed anywhere
 SUSPEND_TIME_S = 60
 RESUME_TIMEOUT_S = 600
 BIG_RESUME_TIMEOUT_S = 40
@@ -202,14 +201,15 @@ class SlurmSite:
     def start_slurmctld(self) -> None:
         # The agent makes the site's bridge (and its gateway address) only for a first
         # workspace; until then the namespace has no address but loopback, and slurmctld's
-        # getaddrinfo(NULL, AI_ADDRCONFIG) for its listening socket fails. A dummy link
-        # with an unrelated address of our own lets it bind 0.0.0.0:6817 now; the guests
-        # reach it on the bridge's address once that exists. (A veth pair: this kernel has
-        # no dummy driver.) Both ends go with the namespace at site down.
+        # getaddrinfo(NULL, AI_ADDRCONFIG) for its listening socket fails, and its clients
+        # (sinfo, sbatch) cannot reach SlurmctldHost's address. The gateway address as a
+        # /32 on a link of our own lets it bind 0.0.0.0:6817 and be reached now; the agent
+        # adds the same address (/24) to the bridge later, which Linux allows. (A veth pair:
+        # this kernel has no dummy driver.) Both ends go with the namespace at site down.
         ip = ["ip", "-n", self.netns]
         subprocess.run([*ip, "link", "add", DUMMY, "type", "veth", "peer", "name", f"{DUMMY}p"],
                        check=True)  # fmt: skip
-        subprocess.run([*ip, "addr", "add", DUMMY_ADDRESS, "dev", DUMMY], check=True)
+        subprocess.run([*ip, "addr", "add", f"{GATEWAY}/32", "dev", DUMMY], check=True)
         subprocess.run([*ip, "link", "set", f"{DUMMY}p", "up"], check=True)
         subprocess.run([*ip, "link", "set", DUMMY, "up"], check=True)
         conf = self.slurm_dir / "slurm.conf"

@@ -313,3 +313,28 @@ def test_plan_groups_keeps_job_order_and_lone_nodes() -> None:
     f = ResumeFile(jobs=(Job(1, ("a", "b")), Job(2, ("c", "zz"))))
     groups = plan_groups(["a", "b", "c", "d"], f)
     assert [(g.job_id, g.nodes) for g in groups] == [(1, ("a", "b")), (2, ("c",)), (None, ("d",))]
+
+
+def test_runs_with_stdio_closed_as_slurmctld_runs_it(run: Run) -> None:
+    """slurmctld closes its programs' stdin, stdout and stderr; ws-slurm still logs."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    (run.tmp / "slurm.toml").write_text(
+        run.config.read_text() + 'service = "unix:/nonexistent/ws.sock"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "workspace.slurm", "--config", str(run.config), "suspend", "c1"],
+        env={"PYTHONPATH": str(root), "PATH": os.environ.get("PATH", "")},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: [os.close(fd) for fd in (0, 1, 2)],
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 3, run.text() if run.log.exists() else "no log"
+    assert "suspend c1 (1 node(s))" in run.text()
+    assert "cannot reach" in run.text() or "cannot be reached" in run.text()

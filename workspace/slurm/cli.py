@@ -83,10 +83,24 @@ def setup_logging(path: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
-    if sys.stderr.isatty():
+    if sys.stderr is not None and sys.stderr.isatty():
         tty = logging.StreamHandler(sys.stderr)
         tty.setFormatter(fmt)
         root.addHandler(tty)
+
+
+def ensure_std_fds() -> None:
+    """slurmctld runs its programs with stdin, stdout and stderr closed: point them at
+    /dev/null, so that no file opened later takes their numbers (a child such as scontrol
+    would inherit it as its stdin or stdout)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
 
 
 def read_resume_text(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
@@ -145,6 +159,7 @@ def main(
     client: program.Service | None = None,
     scontrol: Scontrol | None = None,
 ) -> int:
+    ensure_std_fds()
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     raw_resume = read_resume_text() if args.command == "resume" else ("", None)
