@@ -338,3 +338,17 @@ def test_runs_with_stdio_closed_as_slurmctld_runs_it(run: Run) -> None:
     assert proc.returncode == 3, run.text() if run.log.exists() else "no log"
     assert "suspend c1 (1 node(s))" in run.text()
     assert "cannot reach" in run.text() or "cannot be reached" in run.text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "args"),
+    [
+        (["/usr/local/sbin/ws-slurm-resume", "c[1-2]"], ["resume", "c[1-2]"]),
+        (["ws-slurm-resume-fail", "c1"], ["resume-fail", "c1"]),
+        (["ws-slurm-suspend", "c1"], ["suspend", "c1"]),
+        (["ws-slurm", "check", "c1"], ["check", "c1"]),
+        (["ws-slurm-other", "x"], ["x"]),
+    ],
+)
+def test_the_command_is_implied_by_the_programs_name(argv: list[str], args: list[str]) -> None:
+    assert cli.implied_command(argv) == args

@@ -5,6 +5,11 @@
     ws-slurm [--config FILE] resume-fail HOSTLIST...
     ws-slurm [--config FILE] check [HOSTLIST...]   what resume would create (no changes)
 
+Called as ``ws-slurm-resume``, ``ws-slurm-suspend`` or ``ws-slurm-resume-fail`` (symlinks
+to ws-slurm), the command is implied: those names can be slurm.conf's ResumeProgram,
+SuspendProgram and ResumeFailProgram as they are (the config file is then $WS_SLURM_CONFIG
+or /etc/workspace/slurm.toml).
+
 slurmctld discards what its programs print, so everything goes to the log file
 (``log_file`` in the config, default /var/log/ws-slurm.log; one line per event, with the
 pid). Exit codes: 0 done, 1 something failed (the log says what), 2 usage or config
@@ -89,6 +94,20 @@ def setup_logging(path: str) -> None:
         root.addHandler(tty)
 
 
+COMMANDS = ("resume", "suspend", "resume-fail")
+
+
+def implied_command(argv: list[str]) -> list[str]:
+    """The arguments, with the command taken from the program's name when it is called
+    as ``ws-slurm-resume``, ``ws-slurm-suspend`` or ``ws-slurm-resume-fail`` (symlinks to
+    ws-slurm: slurm.conf's programs take no arguments of their own)."""
+    name = Path(argv[0]).name if argv else ""
+    command = name.removeprefix(f"{PROG}-")
+    if name.startswith(f"{PROG}-") and command in COMMANDS:
+        return [command, *argv[1:]]
+    return argv[1:]
+
+
 def ensure_std_fds() -> None:
     """slurmctld runs its programs with stdin, stdout and stderr closed: point them at
     /dev/null, so that no file opened later takes their numbers (a child such as scontrol
@@ -160,6 +179,8 @@ def main(
     scontrol: Scontrol | None = None,
 ) -> int:
     ensure_std_fds()
+    if argv is None:
+        argv = implied_command(sys.argv)
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     raw_resume = read_resume_text() if args.command == "resume" else ("", None)
