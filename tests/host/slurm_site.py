@@ -53,6 +53,11 @@ memory_mib = {NODE_MEMORY_MIB}
 
 
 def slurm_conf(d: Path, host: str) -> str:
+    """The controller's slurm.conf; ws-slurm writes the same file into the guests
+    (``slurm_conf_file``): with ``AuthType=auth/none`` slurmd cannot run configless, for
+    its configuration request is authenticated with munge before it knows the AuthType.
+    The b nodes never boot: placeholder addresses spare slurmctld resolving their names
+    (each failed lookup blocks it for seconds)."""
     return f"""\
 # Written by tests/host/slurm_site.py: a controller with cloud nodes only.
 ClusterName=wssl
@@ -87,7 +92,8 @@ ResumeRate=0
 SuspendRate=0
 TreeWidth=65533
 NodeName=c[1-2] CPUs=1 State=CLOUD Feature=cloud
-NodeName=b[1-2] CPUs=1 State=CLOUD Feature=huge
+NodeName=b1 NodeAddr=127.0.0.2 CPUs=1 State=CLOUD Feature=huge
+NodeName=b2 NodeAddr=127.0.0.3 CPUs=1 State=CLOUD Feature=huge
 PartitionName=cloud Nodes=c[1-2] Default=YES MaxTime=INFINITE State=UP
 PartitionName=big Nodes=b[1-2] ResumeTimeout={BIG_RESUME_TIMEOUT_S} State=UP
 """
@@ -173,6 +179,7 @@ class SlurmSite:
             f'service = "{self.address}"\n'
             f'identity = "{self.identity}"\n'
             f'controller = "{GATEWAY}"\n'
+            f'slurm_conf_file = "{d / "slurm.conf"}"\n'
             'mapping_file = "nodes.toml"\n'
             f'log_file = "{self.ws_slurm_log}"\n'
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 
 from workspace.slurm.hostlist import expand_all
@@ -76,7 +77,14 @@ class Scontrol:
                     found[node] = frozenset(f for f in raw.split(",") if f)
         return found
 
-    def set_address(self, node: str, address: str) -> bool:
-        """Tell slurmctld where ``node`` is; False if that could not be done."""
-        out = self._run("update", f"NodeName={node}", f"NodeAddr={address}", f"NodeHostname={node}")
-        return out is not None
+    def set_address(self, node: str, address: str, tries: int = 3) -> bool:
+        """Tell slurmctld where ``node`` is; False if that could not be done. Tried again
+        when it fails: a busy slurmctld can time an update out (seen while it was trying
+        to resolve the names of other powered-down nodes)."""
+        args = ("update", f"NodeName={node}", f"NodeAddr={address}", f"NodeHostname={node}")
+        for attempt in range(tries):
+            if self._run(*args) is not None:
+                return True
+            if attempt + 1 < tries:
+                time.sleep(1.0)
+        return False
