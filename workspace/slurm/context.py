@@ -7,7 +7,8 @@ Two ways for slurmd to get slurm.conf (``docs/design/slurm.md``):
   current: nothing to copy when slurm.conf changes;
 * **a written slurm.conf** (``slurm_conf_file`` in the config): the file's text goes into
   ``/etc/slurm/slurm.conf`` and slurmd runs ``-N NODE`` with it (for a controller that does
-  not serve its configuration).
+  not serve its configuration, or with ``AuthType=auth/none``: a configless slurmd's
+  configuration request is authenticated with munge before it knows the AuthType).
 
 The document is a ``#cloud-config``: the node's hostname is its Slurm node name,
 ``/etc/default/slurmd`` holds slurmd's options (Debian's unit reads it), a drop-in lets
