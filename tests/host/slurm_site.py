@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "10.213.0.1"  # the local site's bridge address (workspace/site/configs.py)
 NODE_MEMORY_MIB = 640
+MUNGE_SOCKET = "/run/munge/munge.socket.2"
 DUMMY = "wssl-ctl"  # and wssl-ctlp, its veth peer
 SUSPEND_TIME_S = 60
 RESUME_TIMEOUT_S = 600
@@ -52,7 +53,7 @@ memory_mib = {NODE_MEMORY_MIB}
 """
 
 
-def slurm_conf(d: Path, host: str) -> str:
+def slurm_conf(d: Path, host: str, auth: str = "none") -> str:
     """The controller's slurm.conf; ws-slurm writes the same file into the guests
     (``slurm_conf_file``): with ``AuthType=auth/none`` slurmd cannot run configless, for
     its configuration request is authenticated with munge before it knows the AuthType.
@@ -64,8 +65,8 @@ ClusterName=wssl
 SlurmctldHost={host}({GATEWAY})
 SlurmUser=root
 SlurmdUser=root
-AuthType=auth/none
-CredType=cred/none
+AuthType=auth/{auth}
+CredType=cred/{auth}
 StateSaveLocation={d}/state
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile={d}/slurmctld.pid
@@ -91,6 +92,8 @@ SuspendTimeout=30
 ResumeRate=0
 SuspendRate=0
 TreeWidth=65533
+# Powered-down cloud nodes are hidden from sinfo and scontrol without this.
+PrivateData=cloud
 NodeName=c[1-2] CPUs=1 State=CLOUD Feature=cloud
 NodeName=b1 NodeAddr=127.0.0.2 CPUs=1 State=CLOUD Feature=huge
 NodeName=b2 NodeAddr=127.0.0.3 CPUs=1 State=CLOUD Feature=huge
@@ -109,7 +112,12 @@ exec {python} -m workspace.slurm --config {config} {command} "$@"
 
 
 class SlurmSite:
-    def __init__(self, keep: bool = False) -> None:
+    def __init__(self, keep: bool = False, auth: str = "none") -> None:
+        """``auth="munge"``: munged runs on this host (its default socket) with a key of
+        the test's, ws-slurm gives the guests that key (``munge_key_file``) and slurmd runs
+        configless; ``"none"``: no munge, slurm.conf written into the guests."""
+        self.auth = auth
+        self.munged: subprocess.Popen[bytes] | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="wssl-", dir="/var/tmp"))
         self.dir.chmod(0o755)  # dnsmasq (as nobody) reads hosts files below the site
         self.site_dir = self.dir / "site"
@@ -179,12 +187,16 @@ class SlurmSite:
             f'service = "{self.address}"\n'
             f'identity = "{self.identity}"\n'
             f'controller = "{GATEWAY}"\n'
-            f'slurm_conf_file = "{d / "slurm.conf"}"\n'
             'mapping_file = "nodes.toml"\n'
             f'log_file = "{self.ws_slurm_log}"\n'
+            + (
+                f'slurm_conf_file = "{d / "slurm.conf"}"\n'
+                if self.auth == "none"
+                else f'munge_key_file = "{d / "munge" / "munge.key"}"\n'
+            )
         )
         conf = d / "slurm.conf"
-        conf.write_text(slurm_conf(d, socket.gethostname().split(".")[0]))
+        conf.write_text(slurm_conf(d, socket.gethostname().split(".")[0], self.auth))
         for command, what in (
             ("resume", "ResumeProgram"),
             ("suspend", "SuspendProgram"),
@@ -203,6 +215,39 @@ class SlurmSite:
             )
             script.chmod(0o755)
 
+    # -- munge -------------------------------------------------------------------------------
+
+    def start_munged(self) -> None:
+        """munged on its default socket (the guests' and Slurm's default), with our key;
+        refused when one already runs there."""
+        if Path(MUNGE_SOCKET).exists():
+            raise FileExistsError(f"{MUNGE_SOCKET} exists: another munged runs on this host")
+        d = self.slurm_dir / "munge"
+        d.mkdir(mode=0o700)
+        key = d / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        Path(MUNGE_SOCKET).parent.mkdir(mode=0o755, exist_ok=True)
+        self.munged = subprocess.Popen(
+            ["munged", "-F", "--force", f"--key-file={key}", f"--log-file={d / 'munged.log'}",
+             f"--pid-file={d / 'munged.pid'}", f"--seed-file={d / 'munged.seed'}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait(lambda: Path(MUNGE_SOCKET).exists(), 30, "munged's socket", poll_s=0.2)
+
+    def stop_munged(self) -> None:
+        proc, self.munged = self.munged, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
     # -- slurmctld ---------------------------------------------------------------------------
 
     def start_slurmctld(self) -> None:
@@ -219,6 +264,8 @@ class SlurmSite:
         subprocess.run([*ip, "addr", "add", f"{GATEWAY}/32", "dev", DUMMY], check=True)
         subprocess.run([*ip, "link", "set", f"{DUMMY}p", "up"], check=True)
         subprocess.run([*ip, "link", "set", DUMMY, "up"], check=True)
+        if self.auth == "munge" and self.munged is None:
+            self.start_munged()
         conf = self.slurm_dir / "slurm.conf"
         log = (self.slurm_dir / "slurmctld.out").open("wb")
         self.slurmctld = subprocess.Popen(
@@ -272,6 +319,11 @@ class SlurmSite:
         m = re.search(r"JobState=(\S+)", out)
         return m[1] if m else ""
 
+    def job_nodes(self, job: int) -> str:
+        out = self.slurm("scontrol", "show", "job", "-o", str(job), check=False).stdout
+        m = re.search(r" NodeList=(\S+)", out)
+        return m[1] if m else ""
+
     def node_state(self, node: str) -> dict[str, str]:
         out = self.slurm("scontrol", "show", "node", "-o", node).stdout
         return dict(w.split("=", 1) for w in out.split() if "=" in w)
@@ -296,6 +348,7 @@ class SlurmSite:
 
     def down(self) -> None:
         self.stop_slurmctld()
+        self.stop_munged()
         if self.site_dir.exists():
             self.cli("workspace.cli.admin", "site", "down", "--dir", str(self.site_dir))
         if self.keep:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import pytest
 
 from images import cloud_slurm
+from images.cloud import CloudAppliance
 from tests.host.slurm_site import (
     BIG_RESUME_TIMEOUT_S,
     SUSPEND_TIME_S,
@@ -40,17 +41,41 @@ JOB_TIMEOUT_S = 900.0  # two cloud-init boots at once under TCG on two shared co
 
 
 @pytest.fixture(scope="module")
-def site() -> Iterator[SlurmSite]:
-    image = cloud_slurm.build()
+def vm_lock() -> Iterator[None]:
+    """The host's real-VM lock, held for the module (Slurm decides when VMs boot)."""
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        s = SlurmSite(keep=bool(os.environ.get("WS_KEEP_SITE")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def image() -> CloudAppliance:
+    return cloud_slurm.build()
+
+
+def _site(image: CloudAppliance, auth: str) -> Iterator[SlurmSite]:
+    s = SlurmSite(keep=bool(os.environ.get("WS_KEEP_SITE")), auth=auth)
+    try:
+        s.up(image.manifest)
         try:
-            s.up(image.manifest)
             s.start_slurmctld()
-            yield s
-        finally:
-            s.down()
+        except FileExistsError as exc:
+            pytest.skip(str(exc))
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="module")
+def site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
+    """AuthType=auth/none; slurm.conf written into the guests."""
+    yield from _site(image, "none")
+
+
+@pytest.fixture
+def munge_site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
+    """AuthType=auth/munge; configless slurmd; the munge key in the user-data."""
+    yield from _site(image, "munge")
 
 
 def test_a_job_that_cannot_be_placed_runs_resume_fail_and_leaves_nothing(
@@ -128,3 +153,27 @@ def test_sbatch_bursts_onto_two_workspaces_that_are_destroyed_when_idle(
     assert site.clusters() == []
     log = site.tail("ws-slurm.log", 400)
     assert "suspend: node c1: workspace" in log and "suspend: node c2: workspace" in log
+
+
+def test_configless_slurmd_with_munge_on_a_lone_node(munge_site: SlurmSite) -> None:
+    """The default mode: slurmd --conf-server, munge with the key ws-slurm delivers; a
+    one-node job's node is one workspace named after the node."""
+    site = munge_site
+    job = site.sbatch("-N", "1", "-p", "cloud", "-o", "/tmp/job-%j.out", "--wrap", "hostname")
+    try:
+        state = wait(
+            lambda: (s := site.job_state(job)) in ("COMPLETED", "FAILED", "CANCELLED") and s,
+            JOB_TIMEOUT_S,
+            f"job {job} to end",
+            poll_s=3.0,
+        )
+        assert state == "COMPLETED", site.diagnostics()
+    except AssertionError:
+        print(site.diagnostics())
+        raise
+    node = site.job_nodes(job)
+    assert node in ("c1", "c2")
+    assert [w["name"] for w in site.workspaces()] == [node]
+    out = site.ws("exec", node, "--", "cat", f"/tmp/job-{job}.out", "/etc/default/slurmd")
+    assert out.split("\n")[0] == node, out
+    assert f"--conf-server 10.213.0.1:6817 -N {node}" in out
