@@ -1,0 +1,174 @@
+"""ws-slurm against a real service with a fake node: the creates the service accepts (the
+user-data passes its cloud-config checks), one cluster per job placed all-or-nothing,
+suspend and resume-fail leaving nothing, and idempotent retries."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.functional.harness import Site, wait_for
+from workspace.client import Client
+from workspace.slurm import cli
+from workspace.slurm.hostlist import expand_all
+from workspace.slurm.scontrol import Scontrol
+from workspace.v1 import clusters_pb2, common_pb2
+
+WS = common_pb2.WorkspaceState
+MAPPING = """
+[[node]]
+feature = "huge"
+image = "slurm"
+memory_mib = 65536
+
+[[node]]
+names = "c[1-8]"
+image = "slurm"
+cpus = 1
+memory_mib = 1024
+"""
+
+
+class RecordingScontrol(Scontrol):
+    def __init__(self) -> None:
+        super().__init__("scontrol-not-here")
+        self.addresses: dict[str, str] = {}
+
+    def hostnames(self, exprs: Any) -> list[str]:
+        return expand_all(exprs)
+
+    def features(self, nodes: Any) -> dict[str, frozenset[str]]:
+        return {n: frozenset() for n in nodes}
+
+    def set_address(self, node: str, address: str) -> bool:
+        self.addresses[node] = address
+        return True
+
+
+class Slurm:
+    def __init__(self, site: Site, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.site = site
+        self.tmp = tmp
+        self.monkeypatch = monkeypatch
+        self.log = tmp / "ws-slurm.log"
+        (tmp / "nodes.toml").write_text(MAPPING)
+        self.config = tmp / "slurm.toml"
+        self.config.write_text(
+            f'service = "{site.address}"\ncontroller = "10.213.0.1"\n'
+            f'mapping_file = "nodes.toml"\nlog_file = "{self.log}"\n'
+        )
+        self.client = Client(site.address)
+        self.scontrol = RecordingScontrol()
+
+    def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:
+        if jobs is None:
+            self.monkeypatch.delenv("SLURM_RESUME_FILE", raising=False)
+        else:
+            f = self.tmp / "resume.json"
+            f.write_text(json.dumps({"all_nodes_resume": "", "jobs": jobs}))
+            self.monkeypatch.setenv("SLURM_RESUME_FILE", str(f))
+        return cli.main(["--config", str(self.config), *argv], None, self.scontrol)
+
+    def live(self) -> dict[str, common_pb2.Workspace]:
+        return {w.name: w for w in self.client.list_workspaces()}
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    yield
+    logger = logging.getLogger("ws-slurm")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+
+@pytest.fixture
+def slurm(site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Slurm]:
+    site.stubs.network()
+    site.stubs.import_image("slurm", context="nocloud")
+    site.add_agent("node1", cpus=8, memory_mib=4096)
+    s = Slurm(site, tmp_path, monkeypatch)
+    try:
+        yield s
+    finally:
+        s.client.close()
+
+
+def test_a_two_node_job_is_one_cluster_and_suspend_removes_it(slurm: Slurm) -> None:
+    jobs = [{"job_id": 42, "nodes_resume": "c[1-2]", "features": None}]
+    assert slurm("resume", "c[1-2]", jobs=jobs) == 0, slurm.log.read_text()
+    live = slurm.live()
+    assert set(live) == {"slurm-42-c1-0", "slurm-42-c2-0"}
+    (cluster,) = slurm.client.list_clusters()
+    assert cluster.name == "slurm-42"
+    assert {m.role for m in cluster.members} == {"c1", "c2"}
+    for name in live:
+        slurm.site.stubs.wait_state(name, WS.WORKSPACE_STATE_RUNNING)
+    assert slurm.scontrol.addresses == {w.role: w.nics[0].ip for w in live.values()}
+    # Slurm retries: nothing new.
+    assert slurm("resume", "c[1-2]", jobs=jobs) == 0
+    assert set(slurm.live()) == set(live)
+    assert len(slurm.client.list_clusters()) == 1
+
+    assert slurm("suspend", "c[1-2]") == 0
+    wait_for(lambda: not slurm.live(), what="the workspaces to go")
+    wait_for(
+        lambda: not slurm.client.list_clusters(),
+        what="the cluster to be TERMINATED",
+    )
+    # Powered up again for the same (requeued) job: a new cluster.
+    assert slurm("resume", "c[1-2]", jobs=jobs) == 0, slurm.log.read_text()
+    assert set(slurm.live()) == {"slurm-42-1-c1-0", "slurm-42-1-c2-0"}
+    assert slurm("suspend", "c[1-2]") == 0
+
+
+def test_lone_nodes_and_resume_fail(slurm: Slurm) -> None:
+    assert slurm("resume", "c3,c4") == 0, slurm.log.read_text()
+    assert set(slurm.live()) == {"c3", "c4"}
+    assert slurm("resume-fail", "c[3-4]") == 0
+    wait_for(lambda: not slurm.live(), what="the workspaces to go")
+    assert slurm("suspend", "c[3-4]") == 0
+    assert "suspend: node c3 has no workspace; nothing to do" in slurm.log.read_text()
+
+
+def test_a_job_that_does_not_fit_leaves_nothing(slurm: Slurm) -> None:
+    # Two 1 GiB nodes fit, five do not: the cluster is refused whole.
+    jobs = [{"job_id": 7, "nodes_resume": "c[1-5]"}]
+    assert slurm("resume", "c[1-5]", jobs=jobs) == 1
+    assert slurm.live() == {}
+    assert slurm.client.list_clusters() == []
+    text = slurm.log.read_text()
+    assert "job 7: the service refused the create" in text
+    # A feature mapped to more memory than the node has.
+    jobs = [{"job_id": 8, "nodes_resume": "c[1-2]", "features": "huge"}]
+    assert slurm("resume", "c[1-2]", jobs=jobs) == 1
+    assert slurm.live() == {}
+    assert slurm.client.list_clusters(include_terminated=False) == []
+
+
+def test_unmapped_nodes_create_nothing_for_their_job(slurm: Slurm) -> None:
+    jobs = [{"job_id": 9, "nodes_resume": "c1,gpu1"}]
+    assert slurm("resume", "c1,gpu1", jobs=jobs) == 1
+    assert slurm.live() == {}
+    assert "Slurm node gpu1 (features: none) maps to no image" in slurm.log.read_text()
+
+
+def test_a_cluster_state_is_terminated_after_all_members_are_suspended(slurm: Slurm) -> None:
+    jobs = [{"job_id": 11, "nodes_resume": "c[5-6]"}]
+    assert slurm("resume", "c[5-6]", jobs=jobs) == 0
+    assert slurm("suspend", "c5") == 0
+    assert slurm("suspend", "c6") == 0
+    clusters = wait_for(
+        lambda: [
+            c
+            for c in slurm.client.list_clusters(include_terminated=True)
+            if c.state == clusters_pb2.CLUSTER_STATE_TERMINATED
+        ],
+        what="the cluster to be TERMINATED",
+    )
+    assert clusters[0].name == "slurm-11"

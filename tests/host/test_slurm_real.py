@@ -1,0 +1,179 @@
+"""Real Slurm on real VMs: Debian's slurmctld bursts onto workspaces through ws-slurm.
+
+A one-node local libvirt site, the Slurm appliance pushed by a batch user, slurmctld in
+the site's network namespace with cloud nodes whose ResumeProgram, SuspendProgram and
+ResumeFailProgram run ws-slurm (tests/host/slurm_site.py):
+
+* a job on nodes that cannot be placed (feature ``huge`` maps to more memory than the
+  node has): ws-slurm's resume fails and creates nothing, Slurm runs ResumeFailProgram
+  after the partition's ResumeTimeout, and nothing is left behind;
+* ``sbatch -N 2 --wrap 'srun hostname'``: two workspaces boot (one cluster), their slurmd
+  register (configless, with the node name ws-slurm gave them), the job's output lists
+  both hostnames; after SuspendTime the workspaces are destroyed and Slurm shows the
+  nodes powered down.
+
+VMs boot only under ``flock /tmp/ws-realvm.lock`` (held for the module: Slurm decides
+when they boot). ``WS_KEEP_SITE=1`` keeps the directory (logs) afterwards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from images import cloud_slurm
+from images.cloud import CloudAppliance
+from tests.host.slurm_site import (
+    BIG_RESUME_TIMEOUT_S,
+    SUSPEND_TIME_S,
+    SlurmSite,
+    wait,
+)
+
+pytestmark = pytest.mark.host
+
+LOCK = "/tmp/ws-realvm.lock"
+JOB_TIMEOUT_S = 900.0  # two cloud-init boots at once under TCG on two shared cores
+
+
+@pytest.fixture(scope="module")
+def vm_lock() -> Iterator[None]:
+    """The host's real-VM lock, held for the module (Slurm decides when VMs boot)."""
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="module")
+def image() -> CloudAppliance:
+    return cloud_slurm.build()
+
+
+def _site(image: CloudAppliance, auth: str) -> Iterator[SlurmSite]:
+    s = SlurmSite(keep=bool(os.environ.get("WS_KEEP_SITE")), auth=auth)
+    try:
+        s.up(image.manifest)
+        try:
+            s.start_slurmctld()
+        except FileExistsError as exc:
+            pytest.skip(str(exc))
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="module")
+def site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
+    """AuthType=auth/none; slurm.conf written into the guests."""
+    yield from _site(image, "none")
+
+
+@pytest.fixture
+def munge_site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
+    """AuthType=auth/munge; configless slurmd; the munge key in the user-data."""
+    yield from _site(image, "munge")
+
+
+def test_a_job_that_cannot_be_placed_runs_resume_fail_and_leaves_nothing(
+    site: SlurmSite,
+) -> None:
+    job = site.sbatch("-N", "2", "-p", "big", "--wrap", "hostname")
+    try:
+        wait(
+            lambda: "resume b[1-2]" in site.tail("ws-slurm.log", 200),
+            60,
+            "Slurm to run ws-slurm resume for b[1-2]",
+        )
+        wait(
+            lambda: "resume-fail b[1-2]" in site.tail("ws-slurm.log", 200),
+            BIG_RESUME_TIMEOUT_S + 120,
+            "Slurm to run ResumeFailProgram for b[1-2]",
+        )
+        text = site.tail("ws-slurm.log", 200)
+    except AssertionError:
+        print(site.diagnostics())
+        raise
+    finally:
+        site.slurm("scancel", str(job), check=False)
+    assert "the service refused the create" in text
+    assert "resume-fail: node b1 has no workspace; nothing to do" in text
+    assert site.workspaces() == []
+    assert site.clusters() == []
+
+
+def test_sbatch_bursts_onto_two_workspaces_that_are_destroyed_when_idle(
+    site: SlurmSite,
+) -> None:
+    submitted = time.monotonic()
+    job = site.sbatch("-N", "2", "-p", "cloud", "-o", "/tmp/job-%j.out", "--wrap",
+                      "srun hostname")  # fmt: skip
+    try:
+        wait(lambda: len(site.workspaces()) == 2, 120, "two workspaces")
+        state = wait(
+            lambda: (s := site.job_state(job)) in ("COMPLETED", "FAILED", "CANCELLED") and s,
+            JOB_TIMEOUT_S,
+            f"job {job} to end",
+            poll_s=3.0,
+        )
+        ended = time.monotonic() - submitted
+        assert state == "COMPLETED", site.diagnostics()
+        members = {str(w["name"]): w for w in site.workspaces()}
+        assert set(members) == {f"slurm-{job}-c1-0", f"slurm-{job}-c2-0"}
+        # The batch script ran on the first node: its output file is there.
+        out = site.ws("exec", f"slurm-{job}-c1-0", "--", "cat", f"/tmp/job-{job}.out")
+        assert sorted(out.split()) == ["c1", "c2"], out
+        for node in ("c1", "c2"):
+            shown = site.node_state(node)
+            ws = members[f"slurm-{job}-{node}-0"]
+            nics = ws["nics"]
+            assert isinstance(nics, list)
+            assert shown["NodeAddr"] == nics[0]["ip"]
+        print(f"\njob {job}: submit to end {ended:.1f} s")
+    except AssertionError:
+        print(site.diagnostics())
+        raise
+
+    # Idle for SuspendTime: Slurm suspends the nodes, ws-slurm destroys the workspaces.
+    try:
+        wait(lambda: site.workspaces() == [], SUSPEND_TIME_S + 240, "the workspaces to go")
+        wait(
+            lambda: all("POWERED_DOWN" in site.node_state(n)["State"] for n in ("c1", "c2")),
+            120,
+            "c1, c2 to be POWERED_DOWN",
+        )
+    except AssertionError:
+        print(site.diagnostics())
+        raise
+    sinfo = site.slurm("sinfo", "-h", "-p", "cloud", "-o", "%t %N").stdout
+    assert "idle~" in sinfo or "POWERED_DOWN" in sinfo.upper() or "~" in sinfo, sinfo
+    assert site.clusters() == []
+    log = site.tail("ws-slurm.log", 400)
+    assert "suspend: node c1: workspace" in log and "suspend: node c2: workspace" in log
+
+
+def test_configless_slurmd_with_munge_on_a_lone_node(munge_site: SlurmSite) -> None:
+    """The default mode: slurmd --conf-server, munge with the key ws-slurm delivers; a
+    one-node job's node is one workspace named after the node."""
+    site = munge_site
+    job = site.sbatch("-N", "1", "-p", "cloud", "-o", "/tmp/job-%j.out", "--wrap", "hostname")
+    try:
+        state = wait(
+            lambda: (s := site.job_state(job)) in ("COMPLETED", "FAILED", "CANCELLED") and s,
+            JOB_TIMEOUT_S,
+            f"job {job} to end",
+            poll_s=3.0,
+        )
+        assert state == "COMPLETED", site.diagnostics()
+    except AssertionError:
+        print(site.diagnostics())
+        raise
+    node = site.job_nodes(job)
+    assert node in ("c1", "c2")
+    assert [w["name"] for w in site.workspaces()] == [node]
+    out = site.ws("exec", node, "--", "cat", f"/tmp/job-{job}.out", "/etc/default/slurmd")
+    assert out.split("\n")[0] == node, out
+    assert f"--conf-server 10.213.0.1:6817 -N {node}" in out

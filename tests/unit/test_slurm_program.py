@@ -1,0 +1,354 @@
+"""ws-slurm resume/suspend/resume-fail against a fake service: grouping by job, the
+mapping, idempotency (Slurm retries) and the error paths, through ``cli.main``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workspace import errors
+from workspace.slurm import cli
+from workspace.slurm.hostlist import expand_all
+from workspace.slurm.program import REQUEST_PREFIX, node_of, plan_groups
+from workspace.slurm.resumefile import Job, ResumeFile
+from workspace.slurm.scontrol import Scontrol
+from workspace.v1 import clusters_pb2, common_pb2
+
+WS = common_pb2.WorkspaceState
+DS = common_pb2.DesiredState
+
+MAPPING = """
+[[node]]
+feature = "huge"
+image = "slurm"
+memory_mib = 999999
+
+[[node]]
+names = "c[1-9]"
+image = "slurm"
+cpus = 1
+memory_mib = 512
+"""
+
+
+class FakeService:
+    """Workspaces and clusters by request id, a memory capacity, names unique while live."""
+
+    def __init__(self, capacity_mib: int = 4096) -> None:
+        self.capacity_mib = capacity_mib
+        self.workspaces: list[common_pb2.Workspace] = []
+        self.by_request: dict[str, Any] = {}
+        self.calls: list[str] = []
+        self.unreachable = False
+        self.next_ip = 10
+
+    def _check(self) -> None:
+        if self.unreachable:
+            raise errors.Unavailable("cannot reach the workspace service at unix:/x.sock")
+
+    def live(self) -> list[common_pb2.Workspace]:
+        return [w for w in self.workspaces if w.state != WS.WORKSPACE_STATE_TERMINATED]
+
+    def list_workspaces(self, include_terminated: bool = False) -> list[common_pb2.Workspace]:
+        self._check()
+        self.calls.append("list")
+        return list(self.workspaces if include_terminated else self.live())
+
+    def _new(self, name: str, memory_mib: int, rid: str, **kw: Any) -> common_pb2.Workspace:
+        ws = common_pb2.Workspace(
+            id=f"w{self.next_ip}",
+            name=name,
+            memory_mib=memory_mib,
+            request_id=rid,
+            state=WS.WORKSPACE_STATE_PROPAGATING,
+            node="node1",
+            **kw,
+        )
+        ws.nics.add(ip=f"10.213.0.{self.next_ip}")
+        self.next_ip += 1
+        return ws
+
+    def _fits(self, need: int) -> None:
+        used = sum(w.memory_mib for w in self.live())
+        if used + need > self.capacity_mib:
+            raise errors.ResourceExhausted(f"no node has {need} MiB free")
+
+    def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace:
+        self._check()
+        rid = kw["request_id"]
+        self.calls.append(f"create {kw['name']}")
+        if rid in self.by_request:
+            return self.by_request[rid]
+        if any(w.name == kw["name"] for w in self.live()):
+            raise errors.AlreadyExists(f"you already have a workspace named {kw['name']!r}")
+        self._fits(kw["memory_mib"])
+        ws = self._new(kw["name"], kw["memory_mib"], rid)
+        self.workspaces.append(ws)
+        self.by_request[rid] = ws
+        return ws
+
+    def create_cluster(self, req: clusters_pb2.CreateClusterRequest, /) -> clusters_pb2.Cluster:
+        self._check()
+        self.calls.append(f"cluster {req.name}")
+        if req.request_id in self.by_request:
+            prior = self.by_request[req.request_id]
+            current = [w for w in self.workspaces if w.cluster == prior.id]
+            return clusters_pb2.Cluster(id=prior.id, name=prior.name, members=current)
+        self._fits(sum(m.memory_mib for m in req.members))
+        cid = f"c{len(self.by_request)}"
+        members = [
+            self._new(f"{req.name}-{m.role}-0", m.memory_mib, "x", cluster=cid, role=m.role)
+            for m in req.members
+        ]
+        self.workspaces.extend(members)
+        cluster = clusters_pb2.Cluster(id=cid, name=req.name, members=members)
+        self.by_request[req.request_id] = cluster
+        return cluster
+
+    def destroy_workspace(self, id: str) -> common_pb2.Workspace:
+        self._check()
+        self.calls.append(f"destroy {id}")
+        for w in self.workspaces:
+            if w.id == id:
+                w.state = WS.WORKSPACE_STATE_TERMINATED
+                w.desired_state = DS.DESIRED_STATE_TERMINATED
+                return w
+        raise errors.NotFound(f"workspace {id} not found")
+
+
+class FakeScontrol(Scontrol):
+    def __init__(self, features: dict[str, frozenset[str]] | None = None) -> None:
+        super().__init__("scontrol-not-here")
+        self.node_features = features or {}
+        self.addresses: dict[str, str] = {}
+
+    def hostnames(self, exprs: Any) -> list[str]:
+        return expand_all(exprs)
+
+    def features(self, nodes: Any) -> dict[str, frozenset[str]]:
+        return {n: self.node_features.get(n, frozenset()) for n in nodes}
+
+    def set_address(self, node: str, address: str) -> bool:
+        self.addresses[node] = address
+        return True
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    yield
+    logger = logging.getLogger("ws-slurm")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+
+class Run:
+    def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp = tmp
+        self.monkeypatch = monkeypatch
+        self.service = FakeService()
+        self.scontrol = FakeScontrol()
+        self.log = tmp / "ws-slurm.log"
+        (tmp / "nodes.toml").write_text(MAPPING)
+        self.config = tmp / "slurm.toml"
+        self.config.write_text(
+            f'controller = "10.213.0.1"\nmapping_file = "nodes.toml"\nlog_file = "{self.log}"\n'
+        )
+        monkeypatch.delenv("SLURM_RESUME_FILE", raising=False)
+
+    def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:
+        if jobs is not None:
+            f = self.tmp / "resume.json"
+            f.write_text(json.dumps({"all_nodes_resume": "", "jobs": jobs}))
+            self.monkeypatch.setenv("SLURM_RESUME_FILE", str(f))
+        else:
+            self.monkeypatch.delenv("SLURM_RESUME_FILE", raising=False)
+        return cli.main(
+            ["--config", str(self.config), *argv], client=self.service, scontrol=self.scontrol
+        )
+
+    def names(self) -> list[str]:
+        return sorted(w.name for w in self.service.live())
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    return Run(tmp_path, monkeypatch)
+
+
+def test_lone_nodes_are_workspaces_named_after_them(run: Run) -> None:
+    assert run("resume", "c[1-2]") == 0
+    assert run.names() == ["c1", "c2"]
+    assert all(w.request_id.startswith(REQUEST_PREFIX) for w in run.service.live())
+    assert run.scontrol.addresses == {"c1": "10.213.0.10", "c2": "10.213.0.11"}
+    assert "resume c[1-2] (2 node(s))" in run.text()
+
+
+def test_a_jobs_nodes_are_one_cluster(run: Run) -> None:
+    jobs = [{"job_id": 17, "nodes_resume": "c[1-2]", "features": None}]
+    assert run("resume", "c[1-3]", jobs=jobs) == 0
+    assert "cluster slurm-17" in run.service.calls
+    assert run.names() == ["c3", "slurm-17-c1-0", "slurm-17-c2-0"]
+    assert {node_of(w, "slurm-") for w in run.service.live()} == {"c1", "c2", "c3"}
+    assert set(run.scontrol.addresses) == {"c1", "c2", "c3"}
+    assert "job 17: cluster slurm-17" in run.text()
+
+
+def test_resume_again_creates_nothing(run: Run) -> None:
+    jobs = [{"job_id": 17, "nodes_resume": "c[1-2]"}]
+    assert run("resume", "c[1-3]", jobs=jobs) == 0
+    calls = len(run.service.calls)
+    assert run("resume", "c[1-3]", jobs=jobs) == 0
+    assert run.service.calls[calls:] == ["list"]
+    assert len(run.service.live()) == 3
+    assert "node c1 already has workspace slurm-17-c1-0" in run.text()
+
+
+def test_suspend_then_resume_makes_new_workspaces(run: Run) -> None:
+    jobs = [{"job_id": 5, "nodes_resume": "c[1-2]"}]
+    assert run("resume", "c[1-2],c4", jobs=jobs) == 0
+    assert run("suspend", "c[1-2],c4") == 0
+    assert run.service.live() == []
+    # The same job id and nodes again (a requeued job): fresh request ids, fresh cluster.
+    assert run("resume", "c[1-2],c4", jobs=jobs) == 0
+    assert run.names() == ["c4", "slurm-5-1-c1-0", "slurm-5-1-c2-0"]
+
+
+def test_a_node_that_maps_to_no_image_fails_its_job_only(run: Run) -> None:
+    jobs = [
+        {"job_id": 1, "nodes_resume": "c1,x9"},
+        {"job_id": 2, "nodes_resume": "c[2-3]"},
+    ]
+    assert run("resume", "c[1-3],x9", jobs=jobs) == 1
+    assert run.names() == ["slurm-2-c2-0", "slurm-2-c3-0"]
+    text = run.text()
+    assert "job 1: Slurm node x9 (features: none) maps to no image" in text
+    assert "nothing created for job 1" in text
+
+
+def test_features_choose_the_rule(run: Run) -> None:
+    # The job asks for "huge": its rule wants more memory than there is, so the whole job
+    # is refused and nothing of it exists.
+    jobs = [{"job_id": 3, "nodes_resume": "c[1-2]", "features": "huge"}]
+    assert run("resume", "c[1-2]", jobs=jobs) == 1
+    assert run.names() == []
+    assert "job 3: the service refused the create: no node has" in run.text()
+    # The node's own features count too (scontrol show node).
+    run.scontrol.node_features = {"c5": frozenset({"huge"})}
+    assert run("resume", "c5") == 1
+    assert run.names() == []
+
+
+def test_quota_or_capacity_refusal_leaves_nothing(run: Run) -> None:
+    run.service.capacity_mib = 600
+    jobs = [{"job_id": 8, "nodes_resume": "c[1-2]"}]
+    assert run("resume", "c[1-2]", jobs=jobs) == 1
+    assert run.names() == []
+    assert "job 8: the service refused the create" in run.text()
+
+
+def test_suspend_of_unknown_nodes_succeeds(run: Run) -> None:
+    assert run("suspend", "c[7-8]") == 0
+    assert "suspend: node c7 has no workspace; nothing to do" in run.text()
+
+
+def test_resume_fail_destroys_what_resume_made(run: Run) -> None:
+    jobs = [{"job_id": 9, "nodes_resume": "c[1-2]"}]
+    assert run("resume", "c[1-2]", jobs=jobs) == 0
+    assert run("resume-fail", "c[1-2]") == 0
+    assert run.names() == []
+    assert "resume-fail: node c2: workspace slurm-9-c2-0" in run.text()
+
+
+def test_other_workspaces_are_left_alone(run: Run) -> None:
+    run.service.workspaces.append(
+        common_pb2.Workspace(id="mine", name="c1", request_id="user-made")
+    )
+    assert run("suspend", "c1") == 0
+    assert run.names() == ["c1"]
+
+
+def test_unreachable_service(run: Run) -> None:
+    run.service.unreachable = True
+    assert run("resume", "c1") == 3
+    assert "the workspace service cannot be reached" in run.text()
+    assert run("suspend", "c1") == 3
+
+
+def test_config_errors_exit_2(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    (run.tmp / "nodes.toml").write_text("[[node]]\n")
+    assert run("resume", "c1") == 2
+    assert "has no image" in capsys.readouterr().err
+    assert "has no image" in run.text()
+
+
+def test_an_unreadable_resume_file_resumes_nodes_one_by_one(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = run.tmp / "bad.json"
+    bad.write_text("{")
+    monkeypatch.setenv("SLURM_RESUME_FILE", str(bad))
+    assert cli.main(["--config", str(run.config), "resume", "c[1-2]"], run.service,
+                    run.scontrol) == 0  # fmt: skip
+    assert run.names() == ["c1", "c2"]
+    assert "nodes are resumed one by one" in run.text()
+
+
+def test_check_prints_the_mapping(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("check", "c1,x1") == 1
+    out = capsys.readouterr().out
+    assert "c1: image slurm, cpus 1, memory_mib 512 (rule 2)" in out
+    assert "x1: Slurm node x1" in out
+
+
+def test_plan_groups_keeps_job_order_and_lone_nodes() -> None:
+    f = ResumeFile(jobs=(Job(1, ("a", "b")), Job(2, ("c", "zz"))))
+    groups = plan_groups(["a", "b", "c", "d"], f)
+    assert [(g.job_id, g.nodes) for g in groups] == [(1, ("a", "b")), (2, ("c",)), (None, ("d",))]
+
+
+def test_runs_with_stdio_closed_as_slurmctld_runs_it(run: Run) -> None:
+    """slurmctld closes its programs' stdin, stdout and stderr; ws-slurm still logs."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    (run.tmp / "slurm.toml").write_text(
+        run.config.read_text() + 'service = "unix:/nonexistent/ws.sock"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "workspace.slurm", "--config", str(run.config), "suspend", "c1"],
+        env={"PYTHONPATH": str(root), "PATH": os.environ.get("PATH", "")},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: [os.close(fd) for fd in (0, 1, 2)],
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 3, run.text() if run.log.exists() else "no log"
+    assert "suspend c1 (1 node(s))" in run.text()
+    assert "cannot reach" in run.text() or "cannot be reached" in run.text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "args"),
+    [
+        (["/usr/local/sbin/ws-slurm-resume", "c[1-2]"], ["resume", "c[1-2]"]),
+        (["ws-slurm-resume-fail", "c1"], ["resume-fail", "c1"]),
+        (["ws-slurm-suspend", "c1"], ["suspend", "c1"]),
+        (["ws-slurm", "check", "c1"], ["check", "c1"]),
+        (["ws-slurm-other", "x"], ["x"]),
+    ],
+)
+def test_the_command_is_implied_by_the_programs_name(argv: list[str], args: list[str]) -> None:
+    assert cli.implied_command(argv) == args

@@ -1,0 +1,234 @@
+"""ws-slurm's config and mapping files, SLURM_RESUME_FILE and the node user-data."""
+
+from __future__ import annotations
+
+import email
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workspace.slurm import context
+from workspace.slurm.resumefile import ResumeFileError, feature_names, parse
+from workspace.slurm.settings import ConfigError, Settings, Unmapped, load, parse_rules
+
+MAPPING = """
+[[node]]
+feature = "bigmem"
+image = "slurm-big"
+cpus = 4
+memory_mib = 16384
+
+[[node]]
+names = "gpu[01-04]"
+image = "slurm-gpu"
+requirements = { gpu = "1" }
+
+[[node]]
+names = "c*"
+image = "slurm"
+cpus = 1
+memory_mib = 1024
+"""
+
+
+def write_config(tmp: Path, mapping: str = MAPPING, **extra: object) -> Path:
+    (tmp / "nodes.toml").write_text(mapping)
+    values: dict[str, object] = {
+        "service": "unix:/x.sock",
+        "controller": "10.0.0.1",
+        "mapping_file": "nodes.toml",
+        **extra,
+    }
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp / "slurm.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_rules_are_tried_in_order(tmp_path: Path) -> None:
+    s = load(write_config(tmp_path))
+    assert s.mapping_file == "nodes.toml" and len(s.rules) == 3
+    big = s.resolve("c1", frozenset({"bigmem"}))
+    assert (big.image, big.cpus, big.memory_mib, big.rule) == ("slurm-big", 4, 16384, 0)
+    plain = s.resolve("c7")
+    assert (plain.image, plain.cpus, plain.memory_mib) == ("slurm", 1, 1024)
+    gpu = s.resolve("gpu03")
+    assert gpu.image == "slurm-gpu" and gpu.requirements == {"gpu": "1"}
+
+
+def test_a_node_no_rule_matches_is_named(tmp_path: Path) -> None:
+    s = load(write_config(tmp_path))
+    with pytest.raises(Unmapped, match=r"Slurm node gpu09 \(features: ib\) maps to no image"):
+        s.resolve("gpu09", frozenset({"ib"}))
+
+
+def test_a_rule_with_no_condition_matches_everything() -> None:
+    rules = parse_rules({"node": [{"image": "any"}]}, "m")
+    assert Settings(rules=tuple(rules)).resolve("x1").image == "any"
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ('[[node]]\nimage = "a"\nimgae = "b"\n', "unknown key 'imgae'"),
+        ("[[node]]\ncpus = 2\n", "has no image"),
+        ('[[node]]\nimage = "a"\ncpus = -1\n', "cpus must not be negative"),
+        ('[[node]]\nimage = "a"\nnames = "c[1-"\n', "names:"),
+        ('[[node]]\nimage = "a"\ncpus = "two"\n', "cpus has the wrong type"),
+        ('[[nodes]]\nimage = "a"\n', "only \\[\\[node\\]\\]"),
+        ("[[node]\n", "not valid TOML"),
+    ],
+)
+def test_bad_mapping_files_are_refused(tmp_path: Path, mapping: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write_config(tmp_path, mapping))
+
+
+def test_bad_config_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'sevice'"):
+        load(write_config(tmp_path, sevice="x"))
+    with pytest.raises(ConfigError, match="affinity 'sideways'"):
+        load(write_config(tmp_path, affinity="sideways"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.toml")
+    path = write_config(tmp_path, mapping_file="/nonexistent/nodes.toml")
+    with pytest.raises(ConfigError, match=r"mapping file /nonexistent/nodes\.toml does not exist"):
+        load(path)
+    assert load(path, need_mapping=False).controller == "10.0.0.1"
+
+
+# -- SLURM_RESUME_FILE ---------------------------------------------------------------------
+
+RESUME = {
+    "all_nodes_resume": "cloud[1-3,7-8]",
+    "jobs": [
+        {
+            "extra": "An arbitrary string from --extra",
+            "features": "c1,c2",
+            "job_id": 140814,
+            "nodes_alloc": "cloud[1-4]",
+            "nodes_resume": "cloud[1-3]",
+            "oversubscribe": "OK",
+            "partition": "cloud",
+            "reservation": "resv_1234",
+        },
+        {
+            "extra": None,
+            "features": None,
+            "job_id": 140815,
+            "nodes_alloc": "cloud[7-8]",
+            "nodes_resume": "cloud[7-8]",
+            "oversubscribe": "OK",
+            "partition": "cloud",
+            "reservation": None,
+        },
+    ],
+}
+
+
+def test_resume_file_as_slurm_writes_it() -> None:
+    f = parse(json.dumps(RESUME))
+    assert f.all_nodes == ("cloud1", "cloud2", "cloud3", "cloud7", "cloud8")
+    first, second = f.jobs
+    assert first.job_id == 140814 and first.nodes == ("cloud1", "cloud2", "cloud3")
+    assert first.features == {"c1", "c2"} and first.partition == "cloud"
+    assert first.extra == "An arbitrary string from --extra"
+    assert second.features == frozenset() and second.extra == ""
+
+
+def test_resume_file_older_key_names() -> None:
+    f = parse(json.dumps({"all_nodes": "c[1-2]", "jobs": [{"job_id": 1, "nodes": "c[1-2]"}]}))
+    assert f.all_nodes == ("c1", "c2") and f.jobs[0].nodes == ("c1", "c2")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "not JSON"),
+        ("[]", "not a JSON object"),
+        ('{"jobs": {}}', "jobs is not a list"),
+        ('{"jobs": [{"job_id": "7"}]}', "job_id is not a number"),
+        ('{"jobs": [{"job_id": 7, "nodes_resume": "c[1-"}]}', "nodes_resume"),
+    ],
+)
+def test_bad_resume_files(text: str, message: str) -> None:
+    with pytest.raises(ResumeFileError, match=message):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ("bigmem", {"bigmem"}),
+        ("bigmem&ib", {"bigmem", "ib"}),
+        ("[rack1|rack2]", {"rack1", "rack2"}),
+        ("[rack1*2&rack2*4]", {"rack1", "rack2"}),
+        ("(a|b)&c", {"a", "b", "c"}),
+        (None, set()),
+    ],
+)
+def test_feature_names(expr: str | None, names: set[str]) -> None:
+    assert feature_names(expr) == names
+
+
+# -- user-data -----------------------------------------------------------------------------
+
+
+def test_configless_user_data_starts_slurmd_with_the_node_name(tmp_path: Path) -> None:
+    s = load(write_config(tmp_path))
+    data = context.user_data(s.resolve("c1"), s).decode()
+    assert data.startswith("#cloud-config\n")
+    doc = yaml.safe_load(data)
+    assert doc["hostname"] == "c1"
+    files = {f["path"]: f for f in doc["write_files"]}
+    opts = files["/etc/default/slurmd"]["content"]
+    assert opts == 'SLURMD_OPTIONS="--conf-server 10.0.0.1:6817 -N c1"\n'
+    assert "ConditionPathExists=\n" in files[context.SLURMD_DROPIN_PATH]["content"]
+    assert doc["runcmd"] == [["systemctl", "daemon-reload"], ["systemctl", "start", "slurmd"]]
+
+
+def test_written_config_and_munge_key(tmp_path: Path) -> None:
+    (tmp_path / "slurm.conf").write_text("ClusterName=x\n")
+    (tmp_path / "munge.key").write_bytes(b"\x00secret")
+    s = load(
+        write_config(
+            tmp_path,
+            slurm_conf_file=str(tmp_path / "slurm.conf"),
+            munge_key_file=str(tmp_path / "munge.key"),
+        )
+    )
+    doc = yaml.safe_load(context.user_data(s.resolve("c2"), s))
+    files = {f["path"]: f for f in doc["write_files"]}
+    assert files["/etc/default/slurmd"]["content"] == 'SLURMD_OPTIONS="-N c2"\n'
+    assert files["/etc/slurm/slurm.conf"]["content"] == "ClusterName=x\n"
+    key = files["/etc/munge/munge.key"]
+    assert key["encoding"] == "b64" and key["permissions"] == "0400"
+    assert ["systemctl", "restart", "munge"] in doc["runcmd"]
+
+
+def test_user_data_needs_a_controller_or_a_config(tmp_path: Path) -> None:
+    s = load(write_config(tmp_path, controller=""))
+    with pytest.raises(context.ContextError, match="no controller"):
+        context.user_data(s.resolve("c1"), s)
+
+
+def test_a_rules_own_user_data_comes_first(tmp_path: Path) -> None:
+    mapping = '[[node]]\nimage = "slurm"\nuser_data = "#!/bin/sh\\necho hi\\n"\n'
+    s = load(write_config(tmp_path, mapping))
+    data = context.user_data(s.resolve("c1"), s).decode()
+    assert data.startswith("Content-Type: multipart/mixed")
+    assert data.index("x-shellscript") < data.index("cloud-config")
+
+
+def test_the_shipped_examples_parse() -> None:
+    conf = Path(__file__).resolve().parents[2] / "conf" / "slurm"
+    s = load(conf / "ws-slurm.toml")
+    assert s.controller and s.identity and len(s.rules) == 2
+    assert s.resolve("cloud3").cpus == 2
+    assert s.resolve("bigmem1", frozenset({"bigmem"})).memory_mib == 32768
+    data = context.user_data(s.resolve("cloud3"), s)
+    assert data == context.user_data(s.resolve("cloud3"), s)  # stable bytes
+    parts = [p.get_payload(decode=True) for p in email.message_from_bytes(data).walk()]
+    assert any(b"/etc/motd" in p for p in parts if isinstance(p, bytes))

@@ -1,0 +1,238 @@
+"""ws-slurm: Slurm's ResumeProgram, SuspendProgram and ResumeFailProgram on workspaces.
+
+    ws-slurm [--config FILE] resume HOSTLIST...
+    ws-slurm [--config FILE] suspend HOSTLIST...
+    ws-slurm [--config FILE] resume-fail HOSTLIST...
+    ws-slurm [--config FILE] check [HOSTLIST...]   what resume would create (no changes)
+
+Called as ``ws-slurm-resume``, ``ws-slurm-suspend`` or ``ws-slurm-resume-fail`` (symlinks
+to ws-slurm), the command is implied: those names can be slurm.conf's ResumeProgram,
+SuspendProgram and ResumeFailProgram as they are (the config file is then $WS_SLURM_CONFIG
+or /etc/workspace/slurm.toml).
+
+slurmctld discards what its programs print, so everything goes to the log file
+(``log_file`` in the config, default /var/log/ws-slurm.log; one line per event, with the
+pid). Exit codes: 0 done, 1 something failed (the log says what), 2 usage or config
+error, 3 the service cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import cast
+
+from workspace import errors
+from workspace.client import Client
+from workspace.slurm import program
+from workspace.slurm.context import ContextError, user_data
+from workspace.slurm.hostlist import HostlistError
+from workspace.slurm.resumefile import RESUME_FILE_ENV, ResumeFile, ResumeFileError
+from workspace.slurm.resumefile import parse as parse_resume
+from workspace.slurm.scontrol import Scontrol
+from workspace.slurm.settings import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    ConfigError,
+    Settings,
+    Unmapped,
+    load,
+)
+
+PROG = "ws-slurm"
+EXIT_USAGE = 2
+log = logging.getLogger("ws-slurm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Slurm power-saving programs that run Slurm nodes as workspaces",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("resume", "create workspaces for the nodes (ResumeProgram)"),
+        ("suspend", "destroy the nodes' workspaces (SuspendProgram)"),
+        ("resume-fail", "destroy what a failed resume made (ResumeFailProgram)"),
+        ("check", "print what resume would create for the nodes; change nothing"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("hostlist", nargs="*" if name == "check" else "+", metavar="HOSTLIST")
+    return parser
+
+
+def setup_logging(path: str) -> None:
+    """Log lines to ``path`` (made if missing); stderr too, for a person at a terminal."""
+    root = logging.getLogger("ws-slurm")
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    fmt = logging.Formatter(
+        f"%(asctime)s {PROG}[{os.getpid()}] %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"
+    )
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path)
+    except OSError as exc:
+        print(f"{PROG}: cannot write the log file {path}: {exc}", file=sys.stderr)
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if sys.stderr is not None and sys.stderr.isatty():
+        tty = logging.StreamHandler(sys.stderr)
+        tty.setFormatter(fmt)
+        root.addHandler(tty)
+
+
+COMMANDS = ("resume", "suspend", "resume-fail")
+
+
+def implied_command(argv: list[str]) -> list[str]:
+    """The arguments, with the command taken from the program's name when it is called
+    as ``ws-slurm-resume``, ``ws-slurm-suspend`` or ``ws-slurm-resume-fail`` (symlinks to
+    ws-slurm: slurm.conf's programs take no arguments of their own)."""
+    name = Path(argv[0]).name if argv else ""
+    command = name.removeprefix(f"{PROG}-")
+    if name.startswith(f"{PROG}-") and command in COMMANDS:
+        return [command, *argv[1:]]
+    return argv[1:]
+
+
+def ensure_std_fds() -> None:
+    """slurmctld runs its programs with stdin, stdout and stderr closed: point them at
+    /dev/null, so that no file opened later takes their numbers (a child such as scontrol
+    would inherit it as its stdin or stdout)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+
+
+def read_resume_text(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(path, text) of the resume file Slurm named: read at once, for it is temporary.
+    The text is None when no file was named or it cannot be read (the path is kept)."""
+    env = os.environ if environ is None else environ
+    path = env.get(RESUME_FILE_ENV, "").strip()
+    if not path:
+        return "", None
+    try:
+        return path, Path(path).read_text()
+    except OSError as exc:
+        return path, f"\0{exc.strerror or exc}"
+
+
+def resume_file(path: str, text: str | None) -> ResumeFile | None:
+    """The parsed resume file, or None (none given, or unusable: logged)."""
+    if not path or text is None:
+        return None
+    if text.startswith("\0"):
+        log.warning("%s %s cannot be read (%s): nodes are resumed one by one", RESUME_FILE_ENV,
+                    path, text[1:])  # fmt: skip
+        return None
+    try:
+        return parse_resume(text)
+    except ResumeFileError as exc:
+        log.warning("%s %s: %s: nodes are resumed one by one", RESUME_FILE_ENV, path, exc)
+        return None
+
+
+def connect(s: Settings) -> Client:
+    return Client.from_env(s.service or None, identity=s.identity or None, timeout_s=s.timeout_s)
+
+
+def check(s: Settings, scontrol: Scontrol, nodes: list[str]) -> int:
+    """Print each node's mapping (and its user-data size); nonzero if any is unmapped."""
+    features = scontrol.features(nodes)
+    status = 0
+    for n in nodes:
+        try:
+            spec = s.resolve(n, features.get(n, frozenset()))
+            size = len(user_data(spec, s))
+        except (Unmapped, ContextError) as exc:
+            print(f"{n}: {exc}")
+            status = program.EXIT_FAILED
+            continue
+        print(
+            f"{n}: image {spec.image}, cpus {spec.cpus or 'default'}, memory_mib "
+            f"{spec.memory_mib or 'default'} (rule {spec.rule + 1}), user-data {size} bytes"
+        )
+    return status
+
+
+def main(
+    argv: list[str] | None = None,
+    client: program.Service | None = None,
+    scontrol: Scontrol | None = None,
+) -> int:
+    ensure_std_fds()
+    if argv is None:
+        argv = implied_command(sys.argv)
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    raw_resume = read_resume_text() if args.command == "resume" else ("", None)
+    path = args.config or os.environ.get(CONFIG_ENV) or str(DEFAULT_CONFIG)
+    try:
+        s = load(path)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        try:
+            setup_logging(load(path, need_mapping=False).log_file)
+        except ConfigError:
+            return EXIT_USAGE
+        log.error("%s %s: %s", args.command, " ".join(args.hostlist), exc)
+        return EXIT_USAGE
+    setup_logging(s.log_file)
+    resume = resume_file(*raw_resume)
+    sc = scontrol or Scontrol(s.scontrol)
+    try:
+        nodes = sc.hostnames(args.hostlist)
+    except HostlistError as exc:
+        log.error("%s %s: %s", args.command, " ".join(args.hostlist), exc)
+        return EXIT_USAGE
+    if args.command == "check":
+        return check(s, sc, nodes)
+    log.info(
+        "%s %s (%d node(s)%s)",
+        args.command,
+        " ".join(args.hostlist),
+        len(nodes),
+        f", {len(resume.jobs)} job(s) in {RESUME_FILE_ENV}" if resume else "",
+    )
+    own = client is None
+    try:
+        # Client is a Service (its create methods take more keywords than the protocol).
+        service = client if client is not None else cast(program.Service, connect(s))
+    except errors.WorkspaceError as exc:
+        log.error("%s: %s", args.command, exc.message)
+        return program.EXIT_UNREACHABLE
+    try:
+        prog = program.Program(service, s, sc)
+        if args.command == "resume":
+            code = prog.resume(nodes, resume)
+        else:
+            code = prog.destroy(nodes, args.command)
+    except errors.Unavailable as exc:
+        log.error("%s: the workspace service cannot be reached: %s", args.command, exc.message)
+        code = program.EXIT_UNREACHABLE
+    except errors.WorkspaceError as exc:
+        log.error("%s: %s", args.command, exc.message)
+        code = program.EXIT_FAILED
+    finally:
+        if own and isinstance(service, Client):
+            service.close()
+    log.info("%s done in %.2f s, exit %d", args.command, time.monotonic() - started, code)
+    return code

@@ -1,0 +1,318 @@
+"""What ``ws-slurm resume|suspend|resume-fail`` do, over the client library.
+
+* **resume**: the nodes are grouped by job (SLURM_RESUME_FILE); each group's nodes that
+  have no workspace yet are mapped (features, mapping file) and created — one workspace
+  for a lone node, one virtual cluster for a job's several nodes, so the service places
+  them all or none in one decision. Each new node's address goes to slurmctld
+  (``scontrol update NodeAddr=``). It returns once the creates are accepted; booting is
+  covered by Slurm's ResumeTimeout.
+* **suspend**: every workspace of the nodes is destroyed; a node without one is fine.
+* **resume-fail**: the same as suspend: what a failed resume made is destroyed, so nothing
+  is left behind.
+
+Idempotent: the existing workspaces are listed first (one call) and a node that has a
+live one is not created again; each create carries a request id derived from its nodes
+and spec, so a create whose answer was lost and is sent again makes nothing new.
+
+Which workspace is a node's: a lone node's workspace is named after the node (and made
+with a ``ws-slurm-`` request id); a job's cluster is ``<prefix><job>`` and its members
+``<prefix><job>-<node>-0`` with role ``<node>``. Hostnames are node names in both cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from workspace import errors
+from workspace.slurm.context import ContextError, user_data
+from workspace.slurm.resumefile import ResumeFile
+from workspace.slurm.scontrol import Scontrol
+from workspace.slurm.settings import NodeSpec, Settings, Unmapped
+from workspace.v1 import clusters_pb2, common_pb2
+
+log = logging.getLogger("ws-slurm")
+WS = common_pb2.WorkspaceState
+DS = common_pb2.DesiredState
+REQUEST_PREFIX = "ws-slurm-"
+# Workspace and cluster names (ops/create.py, ops/clusters.py).
+WORKSPACE_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+ROLE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
+CLUSTER_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
+MAX_TRIES = 8
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_UNREACHABLE = 3
+
+
+class Service(Protocol):
+    """The part of ``workspace.client.Client`` ws-slurm uses (tests pass a fake)."""
+
+    def list_workspaces(self, include_terminated: bool = ...) -> list[common_pb2.Workspace]: ...
+
+    def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace: ...
+
+    def create_cluster(
+        self, request: clusters_pb2.CreateClusterRequest, /
+    ) -> clusters_pb2.Cluster: ...
+
+    def destroy_workspace(self, id: str) -> common_pb2.Workspace: ...
+
+
+@dataclass(frozen=True)
+class Group:
+    """Nodes created together: a job's nodes, or one node resumed without a job."""
+
+    nodes: tuple[str, ...]
+    job_id: int | None = None
+    features: frozenset[str] = frozenset()
+
+    @property
+    def what(self) -> str:
+        return f"job {self.job_id}" if self.job_id is not None else f"node {self.nodes[0]}"
+
+
+def plan_groups(nodes: Sequence[str], resume: ResumeFile | None) -> list[Group]:
+    """The nodes to resume, grouped by the job they were resumed for (in the resume
+    file's order); nodes of no job are groups of their own."""
+    wanted = dict.fromkeys(nodes)
+    groups: list[Group] = []
+    for job in resume.jobs if resume is not None else ():
+        mine = tuple(n for n in job.nodes if n in wanted)
+        if mine:
+            groups.append(Group(mine, job.job_id, job.features))
+            for n in mine:
+                wanted.pop(n)
+    groups.extend(Group((n,)) for n in wanted)
+    return groups
+
+
+def node_of(ws: common_pb2.Workspace, prefix: str) -> str | None:
+    """The Slurm node a workspace is, or None if ws-slurm did not make it."""
+    member = ws.cluster and ws.role and ws.name.startswith(prefix)
+    if member and ws.name.endswith(f"-{ws.role}-0"):
+        return ws.role
+    if ws.request_id.startswith(REQUEST_PREFIX):
+        return ws.name
+    return None
+
+
+def _gone(ws: common_pb2.Workspace) -> bool:
+    return ws.state == WS.WORKSPACE_STATE_TERMINATED or (
+        ws.desired_state == DS.DESIRED_STATE_TERMINATED
+    )
+
+
+def request_id(group: Group, specs: Sequence[NodeSpec], data: Sequence[bytes], gen: int) -> str:
+    """Stable for the same nodes, job, specs and generation."""
+    h = hashlib.sha256()
+    body = {
+        "job": group.job_id,
+        "nodes": [[s.node, s.image, s.cpus, s.memory_mib, dict(s.requirements)] for s in specs],
+    }
+    h.update(json.dumps(body, sort_keys=True).encode())
+    for d in data:
+        h.update(hashlib.sha256(d).digest())
+    return f"{REQUEST_PREFIX}{h.hexdigest()[:32]}-{gen}"
+
+
+class Program:
+    def __init__(self, client: Service, settings: Settings, scontrol: Scontrol) -> None:
+        self.client = client
+        self.s = settings
+        self.scontrol = scontrol
+
+    # -- what exists ---------------------------------------------------------------------
+
+    def _by_node(self, include_terminated: bool) -> dict[str, list[common_pb2.Workspace]]:
+        found: dict[str, list[common_pb2.Workspace]] = {}
+        for ws in self.client.list_workspaces(include_terminated=include_terminated):
+            node = node_of(ws, self.s.cluster_prefix)
+            if node is not None:
+                found.setdefault(node, []).append(ws)
+        return found
+
+    # -- resume --------------------------------------------------------------------------
+
+    def resume(self, nodes: Sequence[str], resume: ResumeFile | None) -> int:
+        groups = plan_groups(nodes, resume)
+        history = self._by_node(include_terminated=True)
+        live = {n: [w for w in ws if not _gone(w)] for n, ws in history.items()}
+        todo_nodes = [n for n in nodes if not live.get(n)]
+        features = self.scontrol.features(todo_nodes) if todo_nodes else {}
+        failed = 0
+        for group in groups:
+            for n in group.nodes:
+                for ws in live.get(n, []):
+                    log.info(
+                        "%s: node %s already has workspace %s (%s): not created again",
+                        group.what,
+                        n,
+                        ws.name,
+                        WS.Name(ws.state).removeprefix("WORKSPACE_STATE_"),
+                    )
+                    self._tell_address(n, ws)
+            todo = tuple(n for n in group.nodes if not live.get(n))
+            if not todo:
+                continue
+            gen = max(len(history.get(n, [])) for n in todo)
+            if not self._resume_group(Group(todo, group.job_id, group.features), features, gen):
+                failed += 1
+        return EXIT_FAILED if failed else EXIT_OK
+
+    def _resume_group(
+        self, group: Group, node_features: Mapping[str, frozenset[str]], gen: int
+    ) -> bool:
+        try:
+            specs = [
+                self.s.resolve(n, group.features | node_features.get(n, frozenset()))
+                for n in group.nodes
+            ]
+            data = [user_data(spec, self.s) for spec in specs]
+        except (Unmapped, ContextError) as exc:
+            log.error("%s: %s; nothing created for %s", group.what, exc, group.what)
+            return False
+        bad = [n for n in group.nodes if not WORKSPACE_NAME_RE.fullmatch(n)]
+        if bad:
+            log.error(
+                "%s: Slurm node name(s) %s cannot be workspace names (lowercase letters, "
+                "digits and '-', at most 63); nothing created",
+                group.what,
+                ", ".join(bad),
+            )
+            return False
+        together = len(specs) > 1 and all(ROLE_RE.fullmatch(n) for n in group.nodes)
+        if len(specs) > 1 and not together:
+            log.warning(
+                "%s: node names longer than 16 characters cannot be cluster roles: "
+                "its nodes are created one by one, not all-or-nothing",
+                group.what,
+            )
+        try:
+            if together:
+                made = self._create_cluster(group, specs, data, gen)
+            else:
+                made = []
+                for spec, d in zip(specs, data, strict=True):
+                    made.append(self._create_one(group, spec, d, gen))
+        except errors.Unavailable:
+            raise
+        except errors.WorkspaceError as exc:
+            log.error("%s: the service refused the create: %s", group.what, exc.message)
+            return False
+        for node, ws in made:
+            log.info(
+                "%s: node %s is workspace %s (%s) on %s, address %s",
+                group.what,
+                node,
+                ws.name,
+                ws.id,
+                ws.node or "-",
+                ws.nics[0].ip if ws.nics else "-",
+            )
+            self._tell_address(node, ws)
+        return True
+
+    def _create_one(
+        self, group: Group, spec: NodeSpec, data: bytes, gen: int
+    ) -> tuple[str, common_pb2.Workspace]:
+        for g in range(gen, gen + MAX_TRIES):
+            ws = self.client.create_workspace(
+                spec.image,
+                name=spec.node,
+                cpus=spec.cpus,
+                memory_mib=spec.memory_mib,
+                networks=list(self.s.networks),
+                user_data=data,
+                request_id=request_id(Group((spec.node,), group.job_id), [spec], [data], g),
+                requirements=dict(spec.requirements),
+                project=self.s.project,
+                lease_s=self.s.lease_s,
+            )
+            if not _gone(ws):
+                return spec.node, ws
+            # The request id named an earlier, destroyed workspace of this node: a new one.
+        raise errors.FailedPrecondition(f"node {spec.node}: no fresh request id found")
+
+    def cluster_name(self, group: Group, gen: int) -> str:
+        base = f"{self.s.cluster_prefix}{group.job_id}"
+        name = base if gen == 0 else f"{base}-{gen}"
+        if not CLUSTER_NAME_RE.fullmatch(name):
+            raise errors.InvalidArgument(f"cluster name {name!r} is not valid")
+        return name
+
+    def _create_cluster(
+        self, group: Group, specs: Sequence[NodeSpec], data: Sequence[bytes], gen: int
+    ) -> list[tuple[str, common_pb2.Workspace]]:
+        for g in range(gen, gen + MAX_TRIES):
+            req = clusters_pb2.CreateClusterRequest(
+                request_id=request_id(group, specs, data, g),
+                name=self.cluster_name(group, g),
+                affinity=_affinity(self.s.affinity),
+                project=self.s.project,
+                lease_s=self.s.lease_s,
+            )
+            for spec, d in zip(specs, data, strict=True):
+                req.members.add(
+                    role=spec.node,
+                    image=spec.image,
+                    cpus=spec.cpus,
+                    memory_mib=spec.memory_mib,
+                    count=1,
+                    networks=list(self.s.networks),
+                    requirements=dict(spec.requirements),
+                    user_data=d,
+                )
+            try:
+                cluster = self.client.create_cluster(req)
+            except errors.AlreadyExists:
+                continue  # an earlier cluster of this job still lives: the next name
+            members = [m for m in cluster.members if not _gone(m)]
+            if cluster.state == clusters_pb2.CLUSTER_STATE_TERMINATED or not members:
+                continue  # the request id named an earlier, destroyed cluster
+            log.info("%s: cluster %s (%s) created", group.what, cluster.name, cluster.id)
+            return [(m.role, m) for m in members]
+        raise errors.FailedPrecondition(f"{group.what}: no fresh cluster name found")
+
+    def _tell_address(self, node: str, ws: common_pb2.Workspace) -> None:
+        ip = ws.nics[0].ip if ws.nics else ""
+        if not ip:
+            log.warning("node %s: workspace %s has no address yet", node, ws.name)
+            return
+        if not self.scontrol.set_address(node, ip):
+            log.warning("node %s: could not tell slurmctld its address %s", node, ip)
+
+    # -- suspend, resume-fail --------------------------------------------------------------
+
+    def destroy(self, nodes: Sequence[str], why: str) -> int:
+        live = self._by_node(include_terminated=False)
+        failed = 0
+        for n in nodes:
+            mine = [w for w in live.get(n, []) if not _gone(w)]
+            if not mine:
+                log.info("%s: node %s has no workspace; nothing to do", why, n)
+                continue
+            for ws in mine:
+                try:
+                    self.client.destroy_workspace(ws.id)
+                except errors.NotFound:
+                    log.info("%s: node %s: workspace %s is already gone", why, n, ws.name)
+                    continue
+                except errors.Unavailable:
+                    raise
+                except errors.WorkspaceError as exc:
+                    log.error("%s: node %s: cannot destroy %s: %s", why, n, ws.name, exc.message)
+                    failed += 1
+                    continue
+                log.info("%s: node %s: workspace %s (%s) destroyed", why, n, ws.name, ws.id)
+        return EXIT_FAILED if failed else EXIT_OK
+
+
+def _affinity(name: str) -> clusters_pb2.Affinity.ValueType:
+    return clusters_pb2.Affinity.Value("AFFINITY_" + name.upper().replace("-", "_"))

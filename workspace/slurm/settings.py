@@ -1,0 +1,244 @@
+"""ws-slurm's configuration: the service, the batch identity, the controller, and the
+mapping from Slurm nodes to workspaces.
+
+The config file (``/etc/workspace/slurm.toml``, or ``--config``)::
+
+    service = "ws.example.org:7000"      # or "unix:/path"; replicas comma-separated
+    identity = "/etc/workspace/slurm-identity"   # ws-admin pki issue user slurm --out ...
+    log_file = "/var/log/ws-slurm.log"
+    controller = "10.0.0.1"              # slurmctld's address, as the VMs reach it
+    controller_port = 6817
+    mapping_file = "/etc/workspace/slurm-nodes.toml"
+    # optional: project, networks, affinity, lease_s, munge_key_file, slurm_conf_file,
+    #           scontrol, cluster_prefix, timeout_s
+
+The mapping file: rules tried in order, the first that matches a node wins::
+
+    [[node]]
+    feature = "bigmem"         # a feature of the job (SLURM_RESUME_FILE) or of the node
+    image = "slurm-bigmem"
+    cpus = 4
+    memory_mib = 16384
+
+    [[node]]
+    names = "c[1-16]"          # a hostlist expression, or a glob ("c*")
+    image = "slurm"
+    cpus = 1
+    memory_mib = 1024
+    user_data = '''#cloud-config
+    packages_extra: ...'''      # more cloud-config, merged with ws-slurm's own
+
+A rule without ``names`` and ``feature`` matches every node (a default, put it last).
+Unknown keys are errors: a typo never silently changes what is created.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workspace.slurm.hostlist import HostlistError, expand
+
+DEFAULT_CONFIG = Path("/etc/workspace/slurm.toml")
+DEFAULT_LOG = "/var/log/ws-slurm.log"
+DEFAULT_MAPPING = "/etc/workspace/slurm-nodes.toml"
+CONFIG_ENV = "WS_SLURM_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The config or mapping file is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One mapping rule: which nodes (names and/or feature), and what they become."""
+
+    image: str
+    cpus: int = 0
+    memory_mib: int = 0
+    names: str = ""
+    feature: str = ""
+    user_data: str = ""
+    requirements: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, node: str, features: frozenset[str]) -> bool:
+        if self.feature and self.feature not in features:
+            return False
+        return not self.names or _names_match(self.names, node)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What one Slurm node becomes: the rule's values for that node."""
+
+    node: str
+    image: str
+    cpus: int
+    memory_mib: int
+    user_data: str
+    requirements: Mapping[str, str]
+    rule: int  # index of the rule that matched (for the log)
+
+
+class Unmapped(LookupError):
+    """No rule matches a node."""
+
+    def __init__(self, node: str, features: frozenset[str]) -> None:
+        shown = ",".join(sorted(features)) or "none"
+        super().__init__(
+            f"Slurm node {node} (features: {shown}) maps to no image: add a [[node]] rule "
+            "for it to the mapping file"
+        )
+        self.node = node
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str = ""
+    identity: str = ""
+    log_file: str = DEFAULT_LOG
+    controller: str = ""
+    controller_port: int = 6817
+    mapping_file: str = DEFAULT_MAPPING
+    project: str = ""
+    networks: Sequence[str] = ()
+    affinity: str = "none"
+    lease_s: int = 0
+    munge_key_file: str = ""
+    slurm_conf_file: str = ""
+    scontrol: str = "scontrol"
+    cluster_prefix: str = "slurm-"
+    timeout_s: float = 30.0
+    rules: Sequence[Rule] = ()
+
+    def resolve(self, node: str, features: frozenset[str] = frozenset()) -> NodeSpec:
+        """The first rule that matches ``node`` with ``features``; Unmapped if none."""
+        for i, rule in enumerate(self.rules):
+            if rule.matches(node, features):
+                return NodeSpec(
+                    node=node,
+                    image=rule.image,
+                    cpus=rule.cpus,
+                    memory_mib=rule.memory_mib,
+                    user_data=rule.user_data,
+                    requirements=dict(rule.requirements),
+                    rule=i,
+                )
+        raise Unmapped(node, features)
+
+
+def _names_match(pattern: str, node: str) -> bool:
+    if any(ch in pattern for ch in "*?") and "[" not in pattern:
+        return fnmatch.fnmatchcase(node, pattern)
+    try:
+        return node in expand(pattern)
+    except HostlistError:
+        return fnmatch.fnmatchcase(node, pattern)
+
+
+_SETTINGS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "service": str,
+    "identity": str,
+    "log_file": str,
+    "controller": str,
+    "controller_port": int,
+    "mapping_file": str,
+    "project": str,
+    "networks": list,
+    "affinity": str,
+    "lease_s": int,
+    "munge_key_file": str,
+    "slurm_conf_file": str,
+    "scontrol": str,
+    "cluster_prefix": str,
+    "timeout_s": (int, float),
+}
+_RULE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "image": str,
+    "cpus": int,
+    "memory_mib": int,
+    "names": str,
+    "feature": str,
+    "user_data": str,
+    "requirements": dict,
+}
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def _check(data: Mapping[str, Any], keys: Mapping[str, Any], where: str) -> None:
+    for key, value in data.items():
+        if key not in keys:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(keys)})")
+        want = keys[key]
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+
+
+def parse_rules(data: Mapping[str, Any], where: str) -> list[Rule]:
+    """The ``[[node]]`` rules of a mapping file's data."""
+    extra = set(data) - {"node"}
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(extra))} (only [[node]])")
+    raw = data.get("node", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: node must be a list of tables ([[node]])")
+    rules: list[Rule] = []
+    for i, item in enumerate(raw):
+        at = f"{where}: [[node]] #{i + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at} is not a table")
+        _check(item, _RULE_KEYS, at)
+        if not item.get("image"):
+            raise ConfigError(f"{at} has no image")
+        for key in ("cpus", "memory_mib"):
+            if item.get(key, 0) < 0:
+                raise ConfigError(f"{at}: {key} must not be negative")
+        names = item.get("names", "")
+        if names and "[" in names:
+            try:
+                expand(names)
+            except HostlistError as exc:
+                raise ConfigError(f"{at}: names: {exc}") from None
+        reqs = {str(k): str(v) for k, v in item.get("requirements", {}).items()}
+        rules.append(Rule(**{**item, "requirements": reqs}))
+    return rules
+
+
+def parse(data: Mapping[str, Any], where: str, rules: Sequence[Rule] = ()) -> Settings:
+    _check(data, _SETTINGS_KEYS, where)
+    values = dict(data)
+    if "networks" in values:
+        values["networks"] = tuple(str(n) for n in values["networks"])
+    if "timeout_s" in values:
+        values["timeout_s"] = float(values["timeout_s"])
+    if values.get("affinity", "none") not in ("none", "soft-anti", "hard-anti", "soft", "hard"):
+        raise ConfigError(f"{where}: affinity {values['affinity']!r} is not a known affinity")
+    return Settings(**values, rules=tuple(rules))
+
+
+def load(path: Path | str, *, need_mapping: bool = True) -> Settings:
+    """The config file at ``path`` and the mapping file it names."""
+    path = Path(path)
+    data = _read(path, "config file")
+    base = parse(data, str(path))
+    if not need_mapping:
+        return base
+    mapping = Path(base.mapping_file)
+    if not mapping.is_absolute():
+        mapping = path.parent / mapping
+    rules = parse_rules(_read(mapping, "mapping file"), str(mapping))
+    return parse(data, str(path), rules)
