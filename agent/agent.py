@@ -150,6 +150,8 @@ class Agent:
             labels=dict(self.cfg.labels),
             cached_digests=tuple(self.cache.digests()),
             peer_address=self.peer_address,
+            disk_mbps=self.cfg.disk_mbps,
+            net_mbps=self.cfg.net_mbps,
         )
 
     def take_orders(self, orders: NodeOrders, policy: signing.Policy | None) -> None:

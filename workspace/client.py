@@ -41,6 +41,7 @@ from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
 from workspace.client_images import blank_partition as blank_partition  # re-exported
 from workspace.client_keys import KeysClientMixin
+from workspace.client_policy import PolicyClientMixin, limits_message
 from workspace.client_projects import ProjectsClientMixin
 from workspace.config import TlsConfig
 from workspace.v1 import (
@@ -170,7 +171,12 @@ def failure_policy_value(value: int | str) -> int:
 
 
 class Client(
-    ImagesClientMixin, ProjectsClientMixin, KeysClientMixin, GuestsClientMixin, EventsClientMixin
+    ImagesClientMixin,
+    ProjectsClientMixin,
+    KeysClientMixin,
+    GuestsClientMixin,
+    EventsClientMixin,
+    PolicyClientMixin,
 ):
     """A connection to one workspace service. Thread-safe; close() when done."""
 
@@ -293,6 +299,9 @@ class Client(
         grow_bytes: Mapping[str, int] | None = None,
         project: str = "",
         lease_s: int = 0,
+        connectivity: str = "",
+        allow: Sequence[str] = (),
+        limits: Mapping[str, int] | None = None,
     ) -> common_pb2.Workspace:
         """Create a workspace; idempotent by ``request_id`` (a fresh uuid4 if not given).
 
@@ -307,6 +316,9 @@ class Client(
 
         ``lease_s``: the workspace is stopped (or destroyed, per its project) that many
         seconds from now; 0 = the project's default lease.
+
+        ``connectivity`` ("open", "cluster", "outbound"; "" = the default), ``allow``
+        (rules such as "tcp/22") and ``limits`` ({"net_mbps": 50, ...}; 0 = the default).
 
         A create that fails with UNAVAILABLE is retried once with the same request id,
         so a lost answer never makes a second workspace.
@@ -325,6 +337,9 @@ class Client(
             grow_bytes=dict(grow_bytes or {}),
             project=project,
             lease_s=lease_s,
+            connectivity=connectivity,
+            allow=list(allow),
+            limits=limits_message(limits),
         )
         return self._create(self._workspaces.CreateWorkspace, req)
 
@@ -544,6 +559,9 @@ class Client(
         wait_for_capacity_s: int = 0,
         request_id: str | None = None,
         lease_s: int = 0,
+        connectivity: str = "",
+        allow: Sequence[str] = (),
+        limits: Mapping[str, int] | None = None,
     ) -> clusters_pb2.Cluster:
         """Create a virtual cluster, placed all or nothing; idempotent by request id.
 
@@ -555,7 +573,7 @@ class Client(
         """
         if request is not None:
             given = (name, tuple(members), affinity, on_failure, wait_for_capacity_s, lease_s)
-            if given != ("", (), 0, 0, 0, 0):
+            if given != ("", (), 0, 0, 0, 0) or connectivity or allow or limits:
                 raise TypeError("create_cluster: give a request or keywords, not both")
             req = clusters_pb2.CreateClusterRequest()
             req.CopyFrom(request)
@@ -569,6 +587,9 @@ class Client(
                 on_failure=failure_policy_value(on_failure),  # type: ignore[arg-type]
                 wait_for_capacity_s=wait_for_capacity_s,
                 lease_s=lease_s,
+                connectivity=connectivity,
+                allow=list(allow),
+                limits=limits_message(limits),
             )
         if request_id:
             req.request_id = request_id
@@ -681,8 +702,10 @@ class Client(
         bridge: str = "",
         mac_prefix: str = "",
         dns: Sequence[str] = (),
+        vlan: int = 0,
     ) -> admin_pb2.Network:
         net = admin_pb2.Network(
+            vlan=vlan,
             name=name,
             subnet=subnet,
             gateway=gateway,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from workspace.client_policy import limits_message
 from workspace.v1 import images_pb2, images_pb2_grpc, projects_pb2, projects_pb2_grpc
 
 T = TypeVar("T")
@@ -40,8 +41,10 @@ class ProjectsClientMixin:
         default_lease_s: int = 0,
         max_lease_s: int = 0,
         on_expiry: str = "stop",
+        default_limits: Mapping[str, int] | None = None,
     ) -> projects_pb2.Project:
-        """(admins) A new project; ``quota`` keys as QUOTA_FIELDS names them (0 = no limit)."""
+        """(admins) A new project; ``quota`` keys as QUOTA_FIELDS names them (0 = no limit);
+        ``default_limits`` ({"net_mbps": 50, ...}) for its workspaces that ask for none."""
         fields = {QUOTA_FIELDS.get(k, k): v for k, v in (quota or {}).items()}
         req = projects_pb2.Project(
             name=name,
@@ -49,8 +52,18 @@ class ProjectsClientMixin:
             default_lease_s=default_lease_s,
             max_lease_s=max_lease_s,
             on_expiry=LEASE_ACTIONS[on_expiry],
+            default_limits=limits_message(default_limits),
         )
         return self._call(self._projects.CreateProject, req)
+
+    def set_project_defaults(
+        self, project: str, default_limits: Mapping[str, int]
+    ) -> projects_pb2.Project:
+        """(admins) The project's default limits become exactly ``default_limits``."""
+        req = projects_pb2.SetProjectDefaultsRequest(
+            project=project, default_limits=limits_message(default_limits)
+        )
+        return self._call(self._projects.SetProjectDefaults, req)
 
     def add_project_user(self, project: str, user: str) -> projects_pb2.Project:
         req = projects_pb2.ProjectUserRequest(project=project, user=user)

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from workspace.errors import ConfigError
+from workspace.domain.netpolicy import Connectivity, Limits
+from workspace.errors import ConfigError, InvalidArgument
 
 T = TypeVar("T")
 # 3/4 of workspace.rpc.MAX_MESSAGE_BYTES (16 MiB): the most one node's orders may take.
@@ -175,6 +176,35 @@ class ContextConfig:
         return self.cloud_config_schema
 
 
+@dataclass(frozen=True)
+class DefaultsConfig:
+    """The site's defaults for new workspaces (a project's own defaults come first;
+    workspace/domain/netpolicy.py): limits (0 = not limited) and the connectivity."""
+
+    cpu_percent: int = 0
+    cpu_weight: int = 0
+    disk_mbps: int = 0
+    disk_iops: int = 0
+    net_mbps: int = 0
+    connectivity: str = "open"
+
+    def __post_init__(self) -> None:
+        try:
+            Connectivity.parse(self.connectivity)
+            self.limits().validate("defaults")
+        except InvalidArgument as e:
+            raise ConfigError(str(e)) from None
+
+    def limits(self) -> Limits:
+        return Limits(
+            cpu_percent=self.cpu_percent,
+            cpu_weight=self.cpu_weight,
+            disk_mbps=self.disk_mbps,
+            disk_iops=self.disk_iops,
+            net_mbps=self.net_mbps,
+        )
+
+
 def node_address_for(listen: str) -> str:
     """The default Nodes API address beside the client API's: ``unix:/x/service.sock`` ->
     ``unix:/x/nodes.sock``; ``host:7070`` -> ``host:7071`` (port 0 stays 0: any port)."""
@@ -235,6 +265,7 @@ class ServiceConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
 
     def __post_init__(self) -> None:
         if not self.lease_check_interval_s > 0:

@@ -21,26 +21,24 @@ _IFF_UP = 0x1
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
-def _check_name(name: str) -> None:
+def check_ifname(name: str, what: str = "bridge name") -> None:
     if not _IFNAME.match(name):
-        raise errors.InvalidArgument(
-            f"bridge name {name!r}: 1 to 15 letters, digits, '_', '.', '-'"
-        )
+        raise errors.InvalidArgument(f"{what} {name!r}: 1 to 15 letters, digits, '_', '.', '-'")
 
 
-def _ipr(netns: str | None) -> IPRoute:
+def open_iproute(netns: str | None) -> IPRoute:
     try:
         return IPRoute(netns=netns, flags=0) if netns else IPRoute()
     except FileNotFoundError as exc:
         raise errors.FailedPrecondition(f"network namespace {netns!r} does not exist") from exc
 
 
-def _kind(link: Any) -> str | None:
+def link_kind(link: Any) -> str | None:
     info = link.get_attr("IFLA_LINKINFO")
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
-def _lookup(ipr: IPRoute, name: str) -> Any | None:
+def lookup_link(ipr: IPRoute, name: str) -> Any | None:
     indexes = ipr.link_lookup(ifname=name)
     if not indexes:
         return None
@@ -54,22 +52,22 @@ def ensure_bridge(name: str, address_cidr: str | None = None, *, netns: str | No
     Idempotent; other addresses and other links are left alone. Returns the ifindex.
     Raises FailedPrecondition if ``name`` exists and is not a bridge.
     """
-    _check_name(name)
+    check_ifname(name)
     iface = ipaddress.ip_interface(address_cidr) if address_cidr else None
-    with _ipr(netns) as ipr:
-        link = _lookup(ipr, name)
+    with open_iproute(netns) as ipr:
+        link = lookup_link(ipr, name)
         if link is None:
             try:
                 ipr.link("add", ifname=name, kind="bridge")
             except NetlinkError as exc:
                 if exc.code != _EEXIST:  # created meanwhile by someone else: fine
                     raise
-            link = _lookup(ipr, name)
+            link = lookup_link(ipr, name)
             if link is None:
                 raise errors.Unavailable(f"bridge {name} vanished right after being created")
-        if _kind(link) != "bridge":
+        if link_kind(link) != "bridge":
             raise errors.FailedPrecondition(
-                f"{name} exists and is a {_kind(link) or 'physical'} link, not a bridge;"
+                f"{name} exists and is a {link_kind(link) or 'physical'} link, not a bridge;"
                 " choose another bridge name for the network"
             )
         index = int(link["index"])
@@ -91,20 +89,20 @@ def ensure_bridge(name: str, address_cidr: str | None = None, *, netns: str | No
 
 
 def bridge_exists(name: str, *, netns: str | None = None) -> bool:
-    _check_name(name)
-    with _ipr(netns) as ipr:
-        link = _lookup(ipr, name)
-        return link is not None and _kind(link) == "bridge"
+    check_ifname(name)
+    with open_iproute(netns) as ipr:
+        link = lookup_link(ipr, name)
+        return link is not None and link_kind(link) == "bridge"
 
 
 def delete_bridge(name: str, *, netns: str | None = None) -> bool:
     """Delete bridge ``name``; False if it did not exist. Refuses to delete a non-bridge."""
-    _check_name(name)
-    with _ipr(netns) as ipr:
-        link = _lookup(ipr, name)
+    check_ifname(name)
+    with open_iproute(netns) as ipr:
+        link = lookup_link(ipr, name)
         if link is None:
             return False
-        if _kind(link) != "bridge":
+        if link_kind(link) != "bridge":
             raise errors.FailedPrecondition(f"{name} is not a bridge; not deleting it")
         try:
             ipr.link("del", index=int(link["index"]))

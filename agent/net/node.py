@@ -1,35 +1,56 @@
-"""Bridges and DHCP on a libvirt node, projected from the node's desired state.
+"""Bridges, uplinks, the packet filter and DHCP on a libvirt node, projected from the
+node's desired state.
 
 Each pass (level-triggered, from the reconcile loop): every network this node
 serves and that some workspace uses gets its bridge (created if absent, with the
-configured address so dnsmasq can answer), and one dnsmasq per bridge whose hosts
+configured address so dnsmasq can answer) and, when the node's config names an
+uplink for it, the uplink (or its VLAN sub-interface) attached; the node's nftables
+ruleset (agent/net/filter.py: anti-spoofing and connectivity of every NIC) is
+rendered from the orders and applied when it changed (always once per process: the
+path that rebuilds it after an agent restart); and one dnsmasq per bridge whose hosts
 file lists exactly the NICs of this node's workspaces on that bridge. Nothing on
-the host network is touched beyond the configured bridges.
+the host network is touched beyond the configured bridges and uplinks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import netaddr
 
 from agent.net.bridge import ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer
+from agent.net.filter import (
+    BR_NF_ADVICE,
+    BridgeSpec,
+    FilterError,
+    NicRule,
+    apply_ruleset,
+    bridged_ipv4_filtered,
+    nic_rules,
+    render_nics,
+)
+from agent.net.uplink import ensure_uplink
 from workspace.config import AgentConfig, NodeNetworkConfig
-from workspace.domain.model import Nic, Order
-from workspace.errors import ConfigError
+from workspace.domain.model import NetworkInfo, Nic, Order
+from workspace.errors import ConfigError, WorkspaceError
 
 log = logging.getLogger("agent.net")
 
 
 def bridge_cidr(net: NodeNetworkConfig, nic: Nic) -> str | None:
     """The address the node gives the network's bridge, or None for none."""
+    return _cidr(net, nic.gateway, nic.prefix_len)
+
+
+def _cidr(net: NodeNetworkConfig, gateway: str, prefix_len: int) -> str | None:
     if net.bridge_address == "":
         return None
     if net.bridge_address == "gateway":
-        return f"{nic.gateway}/{nic.prefix_len}"
+        return f"{gateway}/{prefix_len}" if gateway else None
     try:
         netaddr.IPNetwork(net.bridge_address)
     except (netaddr.AddrFormatError, ValueError) as exc:
@@ -41,12 +62,96 @@ def bridge_cidr(net: NodeNetworkConfig, nic: Nic) -> str | None:
 
 
 class BridgeNetworking:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, *, netns: str | None = None) -> None:
         self.cfg = cfg
+        self.netns = netns  # tests: work in this network namespace, not our own
         self.state_dir = Path(cfg.state_dir) / "dhcp"
         self.nets = {n.name: n for n in cfg.networks}
         self.servers: dict[str, DhcpServer] = {}
         self.bridges_done: dict[str, str | None] = {}
+        self.uplinks_done: dict[str, tuple[str, int, str]] = {}  # bridge -> (uplink, vlan, port)
+        # Bridges joined to an uplink before any workspace used them (``join``).
+        self.joined: dict[str, BridgeSpec] = {}
+        self.ruleset: str | None = None  # the last ruleset applied by this process
+        self._last_nics: list[NicRule] = []
+        # Uplinked networks seen in orders, remembered across restarts so a restarted
+        # agent rejoins their L2 before (and without) any workspace on them.
+        self.memory_path = Path(cfg.state_dir) / "uplinks.json"
+        self.remembered = self._load_memory()
+        self._rejoined = False
+
+    def join(self, networks: Iterable[NetworkInfo]) -> None:
+        """Make the bridge of every configured network with an uplink and attach the
+        uplink, before any workspace uses it (agent start: the node joins the L2)."""
+        errs: list[WorkspaceError] = self._join(networks)
+        if trouble := self._filter(self._last_nics, self.joined.values()):
+            errs.append(trouble)
+        if errs:
+            raise errs[0]
+
+    def _join(self, networks: Iterable[NetworkInfo]) -> list[WorkspaceError]:
+        errs: list[WorkspaceError] = []
+        for info in networks:
+            net = self.nets.get(info.name)
+            if net is None or not net.uplink or not info.bridge or not info.subnet:
+                continue
+            prefix = int(netaddr.IPNetwork(info.subnet).prefixlen)
+            try:
+                self._bridge(info.bridge, _cidr(net, info.gateway, prefix))
+                self.joined[info.bridge] = self._uplink(info.bridge, net, info.vlan, info.gateway)
+            except WorkspaceError as exc:
+                errs.append(exc)
+            else:
+                self._remember(info)
+        return errs
+
+    def _load_memory(self) -> dict[str, NetworkInfo]:
+        try:
+            raw = json.loads(self.memory_path.read_text())
+            return {name: NetworkInfo(name=name, **fields) for name, fields in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring %s: %s", self.memory_path, exc)
+            return {}
+
+    def _remember(self, info: NetworkInfo) -> None:
+        if self.remembered.get(info.name) == info:
+            return
+        self.remembered[info.name] = info
+        data = {
+            n.name: {"subnet": n.subnet, "gateway": n.gateway, "bridge": n.bridge, "vlan": n.vlan}
+            for n in self.remembered.values()
+        }
+        try:
+            self.memory_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.memory_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            tmp.replace(self.memory_path)
+        except OSError as exc:
+            log.warning("cannot record uplinked networks in %s: %s", self.memory_path, exc)
+
+    def _bridge(self, bridge: str, cidr: str | None) -> None:
+        if self.bridges_done.get(bridge, "-") != cidr:
+            if self.netns:
+                ensure_bridge(bridge, cidr, netns=self.netns)
+            else:
+                ensure_bridge(bridge, cidr)
+            self.bridges_done[bridge] = cidr
+            log.info("bridge %s ready (%s)", bridge, cidr or "no address")
+
+    def _uplink(self, bridge: str, net: NodeNetworkConfig, vlan: int, gateway: str) -> BridgeSpec:
+        done = self.uplinks_done.get(bridge)
+        if done is None or done[:2] != (net.uplink, vlan):
+            try:
+                port = ensure_uplink(bridge, net.uplink, vlan, netns=self.netns, node=self.cfg.node)
+            except WorkspaceError as exc:
+                log.error("network %s (bridge %s): %s", net.name, bridge, exc.message)
+                raise
+            self.uplinks_done[bridge] = done = (net.uplink, vlan, port)
+            log.info("bridge %s: uplink %s attached", bridge, port)
+        local_gw = gateway if net.bridge_address == "gateway" else ""
+        return BridgeSpec(bridge, done[2], local_gw)
 
     def sync(self, orders: Sequence[Order]) -> None:
         per_bridge: dict[str, list[DhcpHost]] = {}
@@ -65,23 +170,38 @@ class BridgeNetworking:
                     DhcpHost(mac=nic.mac, ip=nic.ip, hostname=order.hostname or order.name)
                 )
                 first_nic.setdefault(nic.bridge, nic)
+        errs: list[WorkspaceError] = []
+        if not self._rejoined:  # the first pass of this process: rejoin what we knew
+            self._rejoined = True
+            errs += self._join(self.remembered.values())
+        for bridge, nic in first_nic.items():
+            net = self.nets[nic.network]
+            self._bridge(bridge, bridge_cidr(net, nic))
+            if net.uplink:
+                info = NetworkInfo(
+                    nic.network, nic.subnet, nic.gateway, bridge=bridge, vlan=nic.vlan
+                )
+                errs += self._join([info])
+        # The filter before DHCP: no VM gets an address on a bridge that is not guarded.
+        self._last_nics = nic_rules(orders, served=self.nets)
+        for n in self._last_nics:
+            if n.blocked:
+                log.error(
+                    "workspace %s: NIC %d sends nothing: %s",
+                    n.workspace_id,
+                    n.index,
+                    n.blocked,
+                    extra={"workspace": n.workspace_id},
+                )
+        if trouble := self._filter(self._last_nics, self.joined.values()):
+            errs.append(trouble)
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             cidr = bridge_cidr(net, nic)
-            if self.bridges_done.get(bridge, "-") != cidr:
-                ensure_bridge(bridge, cidr)
-                self.bridges_done[bridge] = cidr
-                log.info("bridge %s ready (%s)", bridge, cidr or "no address")
             if net.dhcp and cidr is not None:
                 server = self.servers.get(bridge)
                 if server is None:
-                    server = DhcpServer(
-                        bridge,
-                        self.state_dir / bridge,
-                        nic.subnet,
-                        router=nic.gateway or None,
-                        dns_servers=tuple(nic.dns),
-                    )
+                    server = self._dhcp(bridge, nic)
                     self.servers[bridge] = server
                 if server.set_hosts(per_bridge[bridge]):
                     log.info("dhcp on %s: %d host(s)", bridge, len(per_bridge[bridge]))
@@ -90,7 +210,37 @@ class BridgeNetworking:
         for bridge, server in self.servers.items():
             if bridge not in first_nic:
                 server.set_hosts([])
+        if errs:
+            raise errs[0]
+
+    def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> FilterError | None:
+        """Apply the ruleset if it changed (FilterError raised when it could not be);
+        a FilterError returned when it is applied but the policy cannot hold here."""
+        script = render_nics(nics, bridges)
+        if script == self.ruleset:
+            return None
+        apply_ruleset(script, self.netns)
+        restricted = sorted({n.workspace_id for n in nics if n.restricted})
+        if restricted and not bridged_ipv4_filtered(self.netns):
+            # Anti-spoofing holds; the policy of these would not: fail loudly (the
+            # ruleset is applied again, and checked, on the next pass).
+            msg = f"workspace(s) {', '.join(restricted)} not isolated: {BR_NF_ADVICE}"
+            log.error("%s", msg)
+            return FilterError(msg)
+        first = self.ruleset is None
+        self.ruleset = script
+        log.info("filter rules %s: %d NIC(s)", "applied" if first else "replaced", len(nics))
+        return None
+
+    def _dhcp(self, bridge: str, nic: Nic) -> DhcpServer:
+        args = (bridge, self.state_dir / bridge, nic.subnet)
+        router, dns = nic.gateway or None, tuple(nic.dns)
+        if self.netns:
+            prefix = ("ip", "netns", "exec", self.netns)
+            return DhcpServer(*args, router=router, dns_servers=dns, command_prefix=prefix)
+        return DhcpServer(*args, router=router, dns_servers=dns)
 
     def close(self) -> None:
         # dnsmasq outlives the agent on purpose (VMs keep their leases); nothing to stop.
+        # The filter rules stay too: the VMs keep running, guarded, until the next agent.
         return None

@@ -120,6 +120,8 @@ def _nic(parent: ET.Element, nic: NicSpec) -> None:
     el = _sub(parent, "interface", type="bridge")
     _sub(el, "mac", address=nic.mac)
     _sub(el, "source", bridge=nic.bridge)
+    if nic.tap:  # the host tap's name: the node's filter rules (agent/net/filter.py) use it
+        _sub(el, "target", dev=nic.tap)
     _sub(el, "model", type="virtio")
 
 

@@ -22,7 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import MetaData, Table, create_engine, inspect, select, text
 
 from tests.conftest import db_name
 from tests.contract.store_world import OWNER, Snapshot, World
@@ -39,7 +39,6 @@ from workspace.store import (
     Blob,
     ConsoleLog,
     IpAllocation,
-    Network,
     Node,
     Store,
     Workspace,
@@ -413,9 +412,11 @@ def test_addresses_stored_before_0007_keep_their_values(make_url: MakeUrl) -> No
     try:
         with engine.begin() as conn:
             command.upgrade(migrations.config(conn), "0006")
-            conn.execute(Network.__table__.insert(), net)
-            conn.execute(Workspace.__table__.insert(), ws)
-            conn.execute(IpAllocation.__table__.insert(), alloc)
+            # The tables as they were at 0006 (today's models have columns added since,
+            # with defaults an INSERT through them would name).
+            old = MetaData()
+            for table, row in (("networks", net), ("workspaces", ws), ("ip_allocations", alloc)):
+                conn.execute(Table(table, old, autoload_with=conn).insert(), row)
     finally:
         engine.dispose()
     store = Store(url)

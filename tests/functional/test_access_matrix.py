@@ -247,6 +247,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         workspaces_pb2.GetConsoleRequest(id=NOPE), timeout=T)),
     (WS, "ExtendLease", USER, lambda c, w: c.ws.ExtendLease(
         workspaces_pb2.ExtendLeaseRequest(id=NOPE, add_s=60), timeout=T)),
+    (WS, "UpdateWorkspace", USER, lambda c, w: c.ws.UpdateWorkspace(
+        workspaces_pb2.UpdateWorkspaceRequest(id=NOPE, connectivity="cluster"), timeout=T)),
     (WS, "GetUsage", USER, lambda c, w: c.ws.GetUsage(
         usage_pb2.GetUsageRequest(), timeout=T)),
     (CL, "CreateCluster", USER, lambda c, w: c.clusters.CreateCluster(
@@ -325,6 +327,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         projects_pb2.ListProjectsRequest(), timeout=T)),
     (PR, "GetQuota", USER, lambda c, w: c.projects.GetQuota(
         projects_pb2.GetQuotaRequest(), timeout=T)),
+    (PR, "SetProjectDefaults", ADMIN, lambda c, w: c.projects.SetProjectDefaults(
+        projects_pb2.SetProjectDefaultsRequest(project=NOPE), timeout=T)),
     (KY, "AddSshKey", USER, lambda c, w: c.keys.AddSshKey(
         access_pb2.AddSshKeyRequest(public_key="not a key"), timeout=T)),
     (KY, "ListSshKeys", USER, lambda c, w: c.keys.ListSshKeys(

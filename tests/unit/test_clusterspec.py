@@ -298,3 +298,18 @@ def test_enum_names() -> None:
         affinity_value("anti")
     with pytest.raises(ValueError, match="not one of keep, teardown"):
         failure_policy_value("unspecified")
+
+
+def test_toml_spec_carries_connectivity_allow_and_limits() -> None:
+    req = clusterspec.parse_toml(
+        'name = "grp"\nconnectivity = "cluster"\nallow = ["tcp/22", "icmp"]\n'
+        "limits = { cpu_percent = 25, net_mbps = 50 }\n"
+        '[[members]]\nrole = "w"\nimage = "img"\n'
+    )
+    assert req.connectivity == "cluster"
+    assert list(req.allow) == ["tcp/22", "icmp"]
+    assert (req.limits.cpu_percent, req.limits.net_mbps, req.limits.disk_mbps) == (25, 50, 0)
+    with pytest.raises(clusterspec.SpecError, match="limits: speed: unknown"):
+        clusterspec.parse_toml(
+            'name = "g"\nlimits = { speed = 1 }\n[[members]]\nrole = "w"\nimage = "i"\n'
+        )

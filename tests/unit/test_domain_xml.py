@@ -38,8 +38,12 @@ DIRECT_BOOT = DomainSpec(
     memory_mib=1024,
     disks=(DiskSpec("/var/lib/workspace/agent/disks/w-0001/vda.qcow2", "qcow2", "vda"),),
     nics=(
-        NicSpec(mac="52:54:00:00:00:01", bridge="wsbr-default", ip="10.10.0.11"),
-        NicSpec(mac="52:54:00:00:01:01", bridge="wsbr-storage", ip="10.20.0.11"),
+        NicSpec(
+            mac="52:54:00:00:00:01", bridge="wsbr-default", ip="10.10.0.11", tap="wst0123456789a0"
+        ),
+        NicSpec(
+            mac="52:54:00:00:01:01", bridge="wsbr-storage", ip="10.20.0.11", tap="wst0123456789a1"
+        ),
     ),
     kernel="/var/lib/workspace/agent/boot/vmlinuz",
     initrd="/var/lib/workspace/agent/boot/initrd.gz",

@@ -32,6 +32,14 @@ class FakeDhcp:
         return 1
 
 
+@pytest.fixture(autouse=True)
+def _no_nft(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Never load filter rules into the test host's own namespace."""
+    applied: list[str] = []
+    monkeypatch.setattr(node, "apply_ruleset", lambda script, netns=None: applied.append(script))
+    return applied
+
+
 def _order(wid: str, *nics: Nic) -> Order:
     return Order(wid, wid, f"host-{wid}", Desired.RUNNING, 1, 512, "img", (), nics)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from workspace.codec import node as codec
 from workspace.config import LimitsConfig
 from workspace.domain import seed
 from workspace.domain.model import Disk, Nic, NodeOrders, Order, Seed
+from workspace.domain.netpolicy import Connectivity, Limits, parse_rules
 from workspace.domain.states import Desired
 from workspace.errors import ConfigError
 from workspace.ops import keys, order_size, seeds
@@ -21,8 +23,10 @@ from workspace.store import Cluster, Network, Store, Workspace
 DIGEST = "sha256:" + "ab" * 32
 
 
-def _order(i: int, user_data: bytes = b"", cmdline: str = "", envelopes: int = 0) -> Order:
-    return Order(
+def _order(
+    i: int, user_data: bytes = b"", cmdline: str = "", envelopes: int = 0, policy: bool = False
+) -> Order:
+    order = Order(
         workspace_id=f"{i:012x}",
         name=f"ws-{i}",
         hostname=f"ws-{i}",
@@ -48,6 +52,18 @@ def _order(i: int, user_data: bytes = b"", cmdline: str = "", envelopes: int = 0
         envelopes=tuple("{" + "e" * 4000 + "}" for _ in range(envelopes)),
         verified_digests=(DIGEST,) * 3,
     )
+    if not policy:
+        return order
+    return replace(
+        order,
+        nics=tuple(replace(n, vlan=4094) for n in order.nics),
+        connectivity=Connectivity.OUTBOUND,
+        allow=parse_rules(
+            ["tcp/65534-65535:255.255.255.255/32", "icmp", "udp/53", "any:10.0.0.0/8"]
+        ),
+        limits=Limits(100, 10000, 100_000, 10_000_000, 400_000),
+        peers=tuple(f"10.{k // 250}.{k % 250}.255" for k in range(200)),
+    )
 
 
 def _encoded(orders: tuple[Order, ...]) -> int:
@@ -63,8 +79,9 @@ def _encoded(orders: tuple[Order, ...]) -> int:
         (_order(1, b"u" * 300, "console=ttyS0"),),
         (_order(1, b"u" * 5_000_000, "c" * 100_000, envelopes=16), _order(2, b"v" * 200)),
         tuple(_order(i, b"x" * 127, "y" * 129, envelopes=1) for i in range(50)),
+        tuple(_order(i, b"x" * 127, policy=True) for i in range(20)),
     ],
-    ids=["plain", "small", "large", "many"],
+    ids=["plain", "small", "large", "many", "policy"],
 )
 def test_the_bound_covers_the_encoding_closely(orders: tuple[Order, ...]) -> None:
     real = _encoded(orders)

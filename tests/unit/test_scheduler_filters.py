@@ -75,10 +75,11 @@ def test_filter_order_is_cheap_first() -> None:
         "requirements",
         "cpu",
         "memory",
+        "bandwidth",
         "hard-anti-affinity",
         "hard-affinity",
     ]
-    assert [f.static for f in FILTERS] == [True] * 3 + [False] * 4
+    assert [f.static for f in FILTERS] == [True] * 3 + [False] * 5
 
 
 # -- each filter's reason ---------------------------------------------------------------
@@ -195,6 +196,10 @@ views_st = st.lists(
         labels=st.sampled_from([{}, {"gpu": "a100"}, {"gpu": "h100", "zone": "b"}]),
         networks=st.sampled_from([(), ("default",), ("default", "dmz")]),
         cached_digests=st.sampled_from([frozenset(), frozenset({D1}), frozenset({D1, D2})]),
+        net_mbps=st.sampled_from([0, 0, 100, 1000]),
+        used_net_mbps=st.integers(0, 200),
+        disk_mbps=st.sampled_from([0, 500]),
+        used_disk_mbps=st.integers(0, 600),
     ),
     max_size=10,
     unique_by=lambda n: n.name,
@@ -206,6 +211,8 @@ req_st = st.builds(
     networks=st.sampled_from([(), ("default",), ("dmz", "default")]),
     digests=st.sampled_from([(), (D1,), (D1, D2)]),
     requirements=st.sampled_from([{}, {"gpu": "a100"}, {"hypervisor": "xen"}]),
+    net_mbps=st.sampled_from([0, 0, 50, 100]),
+    disk_mbps=st.sampled_from([0, 0, 100]),
 )
 
 

@@ -152,6 +152,7 @@ class Commands(common.ClientCommands):
             bridge=args.bridge or "",
             mac_prefix=args.mac_prefix or "",
             dns=args.dns or [],
+            vlan=args.vlan or 0,
         )
         render.emit(args, net, render.network_rows([net]))
         return common.EXIT_OK
@@ -372,6 +373,12 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument("--bridge", metavar="BR", help="bridge name on every node")
     p.add_argument("--mac-prefix", metavar="XX:XX:XX", help="first three MAC octets")
     p.add_argument("--dns", action="append", metavar="IP", help="DNS server (repeatable)")
+    p.add_argument(
+        "--vlan",
+        type=common.non_negative_int,
+        metavar="N",
+        help="802.1Q id (1-4094) on the nodes' uplinks (default: untagged)",
+    )
     p.set_defaults(func=cmds.network_create)
     p = nets.add_parser("list", parents=[parent], help="list networks")
     p.set_defaults(func=cmds.network_list)

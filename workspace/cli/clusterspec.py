@@ -50,7 +50,18 @@ from workspace.client import (
 from workspace.v1 import clusters_pb2
 
 MEMBER_FORMAT = "ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M]"
-TOP_KEYS = ("name", "affinity", "on_failure", "wait_for_capacity_s", "members")
+TOP_KEYS = (
+    "name",
+    "affinity",
+    "on_failure",
+    "wait_for_capacity_s",
+    "connectivity",
+    "allow",
+    "limits",
+    "members",
+)
+# Every member's limits: limits = { cpu_percent = 25, net_mbps = 50 } (0: the default).
+LIMIT_KEYS = ("cpu_percent", "cpu_weight", "disk_mbps", "disk_iops", "net_mbps")
 MEMBER_KEYS = (
     "role",
     "image",
@@ -332,6 +343,7 @@ class _Builder:
             req.wait_for_capacity_s = self._int(
                 data["wait_for_capacity_s"], "wait_for_capacity_s", 0
             )
+        self.policy(data, req)
         members = data.get("members")
         if members is None:
             raise self.fail("members", "missing: add at least one [[members]] table")
@@ -347,6 +359,24 @@ class _Builder:
                 raise self.fail("role", f"{member.role!r} is already used by members[{first}]", i)
             req.members.append(member)
         return req
+
+    def policy(self, data: dict[str, Any], req: clusters_pb2.CreateClusterRequest) -> None:
+        """connectivity, allow and limits: every member's (the service checks values)."""
+        if "connectivity" in data:
+            req.connectivity = self._str(data["connectivity"], "connectivity")
+        if "allow" in data:
+            rules = data["allow"]
+            if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+                raise self.fail("allow", 'must be a list of rules, e.g. ["tcp/22"]')
+            req.allow.extend(rules)
+        if "limits" in data:
+            limits = data["limits"]
+            if not isinstance(limits, dict):
+                raise self.fail("limits", "must be a table, e.g. { net_mbps = 50 }")
+            for key, value in limits.items():
+                if key not in LIMIT_KEYS:
+                    raise self.fail("limits", f"{key}: unknown (known: {', '.join(LIMIT_KEYS)})")
+                setattr(req.limits, key, self._int(value, f"limits.{key}", 0))
 
     def member(self, data: dict[str, Any], i: int) -> clusters_pb2.ClusterMember:
         self._unknown(data, MEMBER_KEYS, i)

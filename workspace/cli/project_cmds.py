@@ -2,6 +2,7 @@
 
     ws-admin project create P [--quota instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N]
                               [--default-lease 8h] [--max-lease 72h] [--on-expiry stop|destroy]
+    ws-admin project set P [--default-cpu-percent N] [--default-net-mbps N] ...
     ws-admin project add-user P NAME
     ws-admin project list
     ws-admin image publish NAME | unpublish NAME     make an image visible to every user, or not
@@ -17,6 +18,7 @@ import re
 from typing import Any
 
 from workspace.cli import common, render
+from workspace.client_policy import LIMIT_NAMES
 from workspace.client_projects import LEASE_ACTIONS, QUOTA_FIELDS
 
 DURATION_RE = re.compile(r"(\d+)([smhd]?)")
@@ -51,9 +53,24 @@ def _quota(q: Any) -> str:
     return ",".join(p for p in parts if not p.endswith("=0")) or "no limits"
 
 
+def add_default_limits(p: argparse.ArgumentParser, unset: str) -> None:
+    for name in LIMIT_NAMES:
+        p.add_argument(
+            "--default-" + name.replace("_", "-"),
+            dest="default_" + name,
+            type=common.non_negative_int,
+            metavar="N",
+            help=f"a new workspace's {name} when it asks for none ({unset})",
+        )
+
+
+def default_limits(args: argparse.Namespace) -> dict[str, int]:
+    return {n: getattr(args, "default_" + n) for n in LIMIT_NAMES if getattr(args, "default_" + n)}
+
+
 def project_rows(projects: list[Any]) -> str:
     return render.table(
-        ["NAME", "QUOTA", "DEFAULT-LEASE", "MAX-LEASE", "ON-EXPIRY", "USERS"],
+        ["NAME", "QUOTA", "DEFAULT-LEASE", "MAX-LEASE", "ON-EXPIRY", "DEFAULT-LIMITS", "USERS"],
         [
             [
                 p.name,
@@ -61,6 +78,7 @@ def project_rows(projects: list[Any]) -> str:
                 f"{p.default_lease_s}s" if p.default_lease_s else "-",
                 f"{p.max_lease_s}s" if p.max_lease_s else "-",
                 "destroy" if p.on_expiry == LEASE_ACTIONS["destroy"] else "stop",
+                render.limits_text(p.default_limits) or "-",
                 ",".join(p.users) or "-",
             ]
             for p in projects
@@ -93,7 +111,13 @@ def register_admin(
             args.default_lease or 0,
             args.max_lease or 0,
             args.on_expiry,
+            default_limits(args),
         )
+        render.emit(args, p, project_rows([p]))
+        return common.EXIT_OK
+
+    def set_(args: argparse.Namespace) -> int:
+        p = client_for(args).set_project_defaults(args.name, default_limits(args))
         render.emit(args, p, project_rows([p]))
         return common.EXIT_OK
 
@@ -127,7 +151,14 @@ def register_admin(
     q.add_argument("--default-lease", type=duration_arg, metavar="8h", help="a new workspace's")
     q.add_argument("--max-lease", type=duration_arg, metavar="72h", help="the longest allowed")
     q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS), default="stop")
+    add_default_limits(q, "default: the site's")
     q.set_defaults(func=create)
+    q = sub.add_parser(
+        "set", parents=[parent], help="replace a project's default limits (those left out: none)"
+    )
+    q.add_argument("name", metavar="P")
+    add_default_limits(q, "left out: the site's")
+    q.set_defaults(func=set_)
     q = sub.add_parser("add-user", parents=[parent], help="add a user to a project")
     q.add_argument("name", metavar="P")
     q.add_argument("user", metavar="NAME")

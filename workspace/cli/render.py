@@ -223,6 +223,9 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("project", ws.project),
         ("reboot_count", ws.reboot_count or ""),
         ("login_user", ws.login_user),
+        # connectivity, then the allow rules ("policy": no wider than the other keys)
+        ("policy", ws.connectivity + (f"; allow {','.join(ws.allow)}" if ws.allow else "")),
+        ("limits", limits_text(ws.limits)),
     ]
     pairs += [("host_key", f"{fingerprint(k)} ({k.split()[0]})") for k in ws.host_keys if k]
     pairs += [
@@ -231,6 +234,12 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("updated_at", fmt_time(ws.updated_at)),
     ]
     return fields(pairs)
+
+
+def limits_text(lim: common_pb2.Limits) -> str:
+    """``cpu_percent=25 net_mbps=50`` (the set ones; "" for none)."""
+    names = ("cpu_percent", "cpu_weight", "disk_mbps", "disk_iops", "net_mbps")
+    return " ".join(f"{n}={getattr(lim, n)}" for n in names if getattr(lim, n))
 
 
 def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
@@ -547,12 +556,24 @@ def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
             f"{n.used_memory_mib}/{n.memory_mib}",
             n.workspaces,
             ",".join(n.networks) or "-",
+            _bandwidth(n),
             fmt_time(n.last_heartbeat) or "-",
         ]
         for n in nodes
     ]
     headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
-    return table([*headers, "HEARTBEAT"], rows)
+    return table([*headers, "BANDWIDTH", "HEARTBEAT"], rows)
+
+
+def _bandwidth(n: admin_pb2.Node) -> str:
+    """Reserved/declared bandwidth, ``net=100/1000,disk=20/500`` (Mbit/s, MB/s; "-": none
+    declared)."""
+    parts = []
+    if n.net_mbps:
+        parts.append(f"net={n.used_net_mbps}/{n.net_mbps}")
+    if n.disk_mbps:
+        parts.append(f"disk={n.used_disk_mbps}/{n.disk_mbps}")
+    return ",".join(parts) or "-"
 
 
 def network_rows(nets: Sequence[admin_pb2.Network]) -> str:
@@ -565,11 +586,13 @@ def network_rows(nets: Sequence[admin_pb2.Network]) -> str:
             n.bridge or "-",
             n.mac_prefix or "-",
             ",".join(n.dns) or "-",
+            n.vlan or "-",
             n.allocated,
         ]
         for n in nets
     ]
-    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "ALLOCATED"]
+    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "VLAN"]
+    headers.append("ALLOCATED")
     return table(headers, rows)
 
 

@@ -16,6 +16,7 @@ from workspace.cli import (
     guest_cmds,
     image_cmds,
     key_cmds,
+    policy_cmds,
     project_cmds,
     render,
     trust_cmds,
@@ -108,6 +109,13 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
         req.wait_for_capacity_s = args.wait_for_capacity
     if args.lease is not None:
         req.lease_s = args.lease
+    if args.connectivity:
+        req.connectivity = args.connectivity
+    if args.allow:
+        del req.allow[:]
+        req.allow.extend(args.allow)
+    for name, value in policy_cmds.limits_of(args).items():
+        setattr(req.limits, name, value)
     try:
         clusterspec.check(req, args.spec or "")
     except clusterspec.SpecError as exc:
@@ -151,6 +159,7 @@ class Commands(common.ClientCommands):
             grow_bytes=grow_bytes,
             project=args.project or "",
             lease_s=args.lease or 0,
+            **policy_cmds.policy_kwargs(args),
         )
         if args.wait:
             ws = client.wait_for_state(
@@ -370,6 +379,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
     )
     _add_capacity_wait(p)
     usage_cmds.add_lease_option(p, "every member")
+    policy_cmds.add_policy_options(p, "every member")
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
     p.add_argument(
         "--wait",
@@ -431,6 +441,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     image_cmds.add_disk_options(p)
     _add_capacity_wait(p)
     usage_cmds.add_lease_option(p, "the workspace")
+    policy_cmds.add_policy_options(p, "the workspace")
     p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a fresh uuid4)")
     p.add_argument(
         "--project", metavar="P", help="the project charged (default: yours, if you have one)"
@@ -478,6 +489,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include terminated workspaces")
     p.set_defaults(func=cmds.watch)
 
+    policy_cmds.register(sub, parent, cmds.client)
     guest_cmds.register(sub, parent, cmds.client)
     _add_cluster_parsers(sub, parent, cmds)
     usage_cmds.register_ws(sub, parent, cmds.client)

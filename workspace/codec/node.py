@@ -20,6 +20,7 @@ from workspace.domain.model import (
     Order,
     Seed,
 )
+from workspace.domain.netpolicy import AllowRule, Connectivity
 from workspace.domain.states import Observed
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import admin_pb2, trust_pb2
@@ -40,6 +41,7 @@ def nic_to_proto(n: Nic) -> nodes_pb2.NicAssignment:
         gateway=n.gateway,
         dns=list(n.dns),
         subnet=n.subnet,
+        vlan=n.vlan,
     )
 
 
@@ -53,6 +55,7 @@ def nic_from_proto(n: nodes_pb2.NicAssignment) -> Nic:
         bridge=n.bridge,
         subnet=n.subnet,
         dns=tuple(n.dns),
+        vlan=n.vlan,
     )
 
 
@@ -137,6 +140,10 @@ def order_to_proto(o: Order) -> nodes_pb2.Assignment:
         image=o.image,
         envelopes_json=list(o.envelopes),
         verified_digests=list(o.verified_digests),
+        connectivity=o.connectivity.value,
+        allow=[str(r) for r in o.allow],
+        limits=v1.limits_to_proto(o.limits),
+        peers=list(o.peers),
     )
 
 
@@ -160,6 +167,10 @@ def order_from_proto(a: nodes_pb2.Assignment) -> Order:
         seed=seed_from_proto(a.seed) if a.HasField("seed") else None,
         envelopes=tuple(a.envelopes_json),
         verified_digests=tuple(a.verified_digests),
+        connectivity=Connectivity.parse(a.connectivity),
+        allow=tuple(AllowRule.parse(r) for r in a.allow),
+        limits=v1.limits_from_proto(a.limits),
+        peers=tuple(a.peers),
     )
 
 
@@ -311,6 +322,8 @@ def node_info_to_proto(n: NodeInfo, agent_version: str = "") -> nodes_pb2.Regist
         agent_version=agent_version,
         cached_digests=list(n.cached_digests),
         peer_address=n.peer_address,
+        disk_mbps=n.disk_mbps,
+        net_mbps=n.net_mbps,
     )
 
 
@@ -325,6 +338,8 @@ def node_info_from_proto(r: nodes_pb2.RegisterRequest) -> NodeInfo:
         labels=dict(r.labels),
         cached_digests=tuple(r.cached_digests),
         peer_address=r.peer_address,
+        disk_mbps=r.disk_mbps,
+        net_mbps=r.net_mbps,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workspace.codec.v1 import limits_from_proto, limits_to_proto
 from workspace.domain.tenancy import LeaseAction, ProjectSpec, ProjectUse, Quota
 from workspace.v1 import projects_pb2
 
@@ -32,6 +33,7 @@ def project_from_proto(p: projects_pb2.Project) -> ProjectSpec:
         default_lease_s=p.default_lease_s,
         max_lease_s=p.max_lease_s,
         on_expiry=action,
+        default_limits=limits_from_proto(p.default_limits),
     )
 
 
@@ -43,6 +45,7 @@ def project_to_proto(p: ProjectSpec) -> projects_pb2.Project:
         max_lease_s=p.max_lease_s,
         on_expiry=projects_pb2.LeaseAction.Value(f"LEASE_ACTION_{p.on_expiry.value}"),
         users=list(p.users),
+        default_limits=limits_to_proto(p.default_limits),
     )
 
 

@@ -25,6 +25,7 @@ from workspace.domain.model import (
     TrustSettingsView,
     WorkspaceView,
 )
+from workspace.domain.netpolicy import Connectivity, Limits, PolicyUpdate, parse_rules
 from workspace.domain.states import Desired, FailurePolicy, State
 from workspace.domain.usage import Grouping, UsageReport
 from workspace.scheduler.model import Affinity
@@ -149,6 +150,26 @@ def nic_to_proto(n: Nic) -> common_pb2.Nic:
     )
 
 
+def limits_to_proto(limits: Limits) -> common_pb2.Limits:
+    return common_pb2.Limits(**limits.as_dict())
+
+
+def limits_from_proto(m: common_pb2.Limits) -> Limits:
+    """As given (not validated: the operation names a bad one)."""
+    return Limits(
+        cpu_percent=m.cpu_percent,
+        cpu_weight=m.cpu_weight,
+        disk_mbps=m.disk_mbps,
+        disk_iops=m.disk_iops,
+        net_mbps=m.net_mbps,
+    )
+
+
+def connectivity_from_proto(text: str) -> Connectivity | None:
+    """None for "" (the default); InvalidArgument for an unknown one."""
+    return Connectivity.parse(text) if text else None
+
+
 def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
     return common_pb2.Workspace(
         id=w.id,
@@ -172,6 +193,9 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         lease_expires_at=_ts_or_none(w.lease_expires_at),
         host_keys=list(w.host_keys),
         login_user=w.login_user,
+        connectivity=w.connectivity.value,
+        allow=[str(r) for r in w.allow],
+        limits=limits_to_proto(w.limits),
     )
 
 
@@ -191,10 +215,24 @@ def create_from_proto(req: workspaces_pb2.CreateWorkspaceRequest) -> CreateReque
             ),
             grow_bytes=dict(req.grow_bytes),
             lease_s=req.lease_s,
+            connectivity=connectivity_from_proto(req.connectivity),
+            allow=parse_rules(req.allow),
+            limits=limits_from_proto(req.limits),
         ),
         request_id=req.request_id,
         wait_for_capacity_s=req.wait_for_capacity_s,
         project=req.project,
+    )
+
+
+def update_from_proto(req: workspaces_pb2.UpdateWorkspaceRequest) -> PolicyUpdate:
+    """`ws update`: InvalidArgument for an unknown connectivity or a rule that does not
+    parse (naming it)."""
+    return PolicyUpdate(
+        ref=req.id,
+        connectivity=connectivity_from_proto(req.connectivity),
+        allow=parse_rules(req.allow) if req.set_allow else None,
+        limits=limits_from_proto(req.limits),
     )
 
 
@@ -239,6 +277,9 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
         request_hash=hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest(),
         project=req.project,
         lease_s=req.lease_s,
+        connectivity=connectivity_from_proto(req.connectivity),
+        allow=parse_rules(req.allow),
+        limits=limits_from_proto(req.limits),
     )
 
 
@@ -315,6 +356,10 @@ def node_to_proto(n: NodeStatus) -> admin_pb2.Node:
         labels=dict(n.labels),
         networks=list(n.networks),
         workspaces=n.workspaces,
+        disk_mbps=n.disk_mbps,
+        net_mbps=n.net_mbps,
+        used_disk_mbps=n.used_disk_mbps,
+        used_net_mbps=n.used_net_mbps,
     )
 
 
@@ -329,6 +374,7 @@ def network_to_proto(n: NetworkInfo) -> admin_pb2.Network:
         mac_prefix=n.mac_prefix,
         dns=list(n.dns),
         allocated=n.allocated,
+        vlan=n.vlan,
     )
 
 
@@ -342,6 +388,7 @@ def network_from_proto(n: admin_pb2.Network) -> NetworkInfo:
         bridge=n.bridge,
         mac_prefix=n.mac_prefix,
         dns=tuple(n.dns),
+        vlan=n.vlan,
     )
 
 

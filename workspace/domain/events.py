@@ -13,6 +13,8 @@ class Kind(enum.StrEnum):
     WORKSPACE_PLACED = "workspace.placed"
     WORKSPACE_QUEUED = "workspace.queued"
     WORKSPACE_REFUSED = "workspace.refused"
+    # `ws update`: connectivity, allow rules or limits changed (reason: what changed).
+    WORKSPACE_UPDATED = "workspace.updated"
     QUOTA_REFUSED = "quota.refused"
     NODE_REGISTERED = "node.registered"
     NODE_STATE = "node.state"

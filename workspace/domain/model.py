@@ -315,6 +315,11 @@ class NodeStatus:
     labels: Mapping[str, str]
     networks: tuple[str, ...]
     workspaces: int
+    # Declared guaranteed-bandwidth capacity (0: none) and what its workspaces reserve.
+    disk_mbps: int = 0
+    net_mbps: int = 0
+    used_disk_mbps: int = 0
+    used_net_mbps: int = 0
 
 
 @dataclass(frozen=True)

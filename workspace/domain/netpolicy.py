@@ -162,3 +162,15 @@ class Limits:
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True)
+class PolicyUpdate:
+    """`ws update`: what changes on a live workspace. ``connectivity`` None and
+    ``allow`` None leave them as they are (``allow`` () removes every rule); each
+    non-zero limit replaces the workspace's."""
+
+    ref: str
+    connectivity: Connectivity | None = None
+    allow: tuple[AllowRule, ...] | None = None
+    limits: Limits = Limits()

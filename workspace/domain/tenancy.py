@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from workspace.domain.netpolicy import Limits
 
 
 class LeaseAction(enum.StrEnum):
@@ -40,6 +42,8 @@ class ProjectSpec:
     max_lease_s: int = 0
     on_expiry: LeaseAction = LeaseAction.STOP
     users: tuple[str, ...] = ()  # members recorded by the service (output only)
+    # Limits of its new workspaces that ask for none (0: the site's default).
+    default_limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)

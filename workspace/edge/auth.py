@@ -63,6 +63,7 @@ def _rules() -> dict[str, Role]:
             "GetConsole": u,
             "ExtendLease": u,
             "GetUsage": u,
+            "UpdateWorkspace": u,
         },
         "workspace.v1.Clusters": {
             "CreateCluster": u,
@@ -113,6 +114,7 @@ def _rules() -> dict[str, Role]:
             "AddProjectUser": a,
             "ListProjects": a,
             "GetQuota": u,
+            "SetProjectDefaults": a,
         },
         "workspace.node.v1.Nodes": {
             "Register": n,

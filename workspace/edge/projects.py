@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from workspace.codec import projects as codec
+from workspace.codec.v1 import limits_from_proto
 from workspace.edge import auth
 from workspace.edge.calls import unary
 from workspace.identity import Identity
@@ -44,6 +45,16 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
     ) -> projects_pb2.ListProjectsResponse:
         listed = [codec.project_to_proto(p) for p in projects.list_projects(self.env)]
         return projects_pb2.ListProjectsResponse(projects=listed)
+
+    @unary
+    def SetProjectDefaults(
+        self,
+        request: projects_pb2.SetProjectDefaultsRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> projects_pb2.Project:
+        limits = limits_from_proto(request.default_limits)
+        return codec.project_to_proto(projects.set_defaults(self.env, request.project, limits))
 
     @unary
     def GetQuota(

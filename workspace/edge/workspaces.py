@@ -19,7 +19,16 @@ from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import consoles, create, leases, operate, projects, queries, usage
+from workspace.ops import (
+    consoles,
+    create,
+    leases,
+    netpolicy,
+    operate,
+    projects,
+    queries,
+    usage,
+)
 from workspace.ops.unit import Env
 from workspace.v1 import common_pb2, usage_pb2, workspaces_pb2, workspaces_pb2_grpc
 
@@ -71,6 +80,11 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
         self, who: Identity | str, req: workspaces_pb2.ExtendLeaseRequest
     ) -> common_pb2.Workspace:
         return v1.workspace_to_proto(leases.extend(self.env, who, req.id, req.add_s))
+
+    def update(
+        self, who: Identity | str, req: workspaces_pb2.UpdateWorkspaceRequest
+    ) -> common_pb2.Workspace:
+        return v1.workspace_to_proto(netpolicy.update(self.env, who, v1.update_from_proto(req)))
 
     def usage(self, who: Identity | str, req: usage_pb2.GetUsageRequest) -> usage_pb2.UsageReport:
         """The caller's usage and their projects'."""
@@ -228,3 +242,12 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
         self, request: usage_pb2.GetUsageRequest, context: grpc.ServicerContext, who: Identity
     ) -> usage_pb2.UsageReport:
         return self.usage(who, request)
+
+    @unary
+    def UpdateWorkspace(
+        self,
+        request: workspaces_pb2.UpdateWorkspaceRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> common_pb2.Workspace:
+        return self.update(who, request)

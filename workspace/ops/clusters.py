@@ -70,6 +70,7 @@ def check_request(req: ClusterRequest) -> None:
         total += m.count or 1
     if total > MAX_MEMBERS:
         raise InvalidArgument(f"cluster {req.name}: {total} members; at most {MAX_MEMBERS}")
+    req.limits.validate(f"cluster {req.name}")
 
 
 def _member_rows(
@@ -90,6 +91,9 @@ def _member_rows(
                 cluster=cid,
                 role=m.role,
                 lease_s=req.lease_s,
+                connectivity=req.connectivity,
+                allow=req.allow,
+                limits=req.limits,
             )
             try:
                 spec = check_spec(asked, env.cfg.limits)

@@ -34,7 +34,7 @@ from workspace.domain.model import CreateRequest, CreateSpec, WorkspaceView
 from workspace.domain.states import Desired, State
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
-from workspace.ops import group_commit, seeds, trust
+from workspace.ops import group_commit, netpolicy, seeds, trust
 from workspace.ops.admission import admit
 from workspace.ops.leases import lease_end
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
@@ -88,6 +88,7 @@ def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
         raise InvalidArgument(f"at most {lim.max_nics} networks per workspace")
     if len(set(spec.networks)) != len(spec.networks):
         raise InvalidArgument("a network is named twice")
+    spec.limits.validate()
     return replace(spec, cpus=cpus, memory_mib=memory)
 
 
@@ -135,6 +136,15 @@ def request_hash(req: CreateRequest) -> str:
         fields += [["project", req.project]]
     if spec.lease_s:
         fields += [["lease_s", spec.lease_s]]
+    if spec.connectivity is not None or spec.allow or spec.limits:
+        fields += [
+            [
+                "policy",
+                spec.connectivity.value if spec.connectivity else "",
+                [str(r) for r in sorted(set(spec.allow))],
+                spec.limits.as_dict(),
+            ]
+        ]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
@@ -222,6 +232,7 @@ def insert_row(
         updated_at=now,
     )
     bind_spec(ws, bound)
+    netpolicy.apply(env.cfg, s, ws, spec, project)
     image = s.get(Image, bound.image)
     if image is not None:  # prerequisites found it
         seeds.contextualize(env.cfg, s, ws, image)

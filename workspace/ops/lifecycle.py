@@ -68,8 +68,12 @@ def release(env: Env, s: Session, ws: Workspace, reason: str) -> None:
         if node is not None:
             node.used_cpus = max(0, node.used_cpus - ws.claimed_cpus)
             node.used_memory_mib = max(0, node.used_memory_mib - ws.claimed_memory_mib)
+            node.used_disk_mbps = max(0, (node.used_disk_mbps or 0) - (ws.claimed_disk_mbps or 0))
+            node.used_net_mbps = max(0, (node.used_net_mbps or 0) - (ws.claimed_net_mbps or 0))
     ws.claimed_cpus = 0
     ws.claimed_memory_mib = 0
+    ws.claimed_disk_mbps = 0
+    ws.claimed_net_mbps = 0
     ws.state = State.TERMINATED.value
     ws.desired_state = Desired.TERMINATED.value
     set_reason(ws, reason)

@@ -37,6 +37,10 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
             raise InvalidArgument(
                 f"network {req.name}: DNS server {d!r} is not an address"
             ) from exc
+    if not (req.vlan == 0 or 1 <= req.vlan <= 4094):
+        raise InvalidArgument(
+            f"network {req.name}: VLAN id {req.vlan} is out of range 1..4094 (0: untagged)"
+        )
     with env.store.write() as s:
         if s.get(Network, req.name) is not None:
             raise AlreadyExists(f"network {req.name!r} already exists")
@@ -49,9 +53,16 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
             bridge=bridge,
             mac_prefix=pool.mac_prefix,
             dns=list(req.dns),
+            vlan=req.vlan,
         )
         s.add(net)
-    log.info("network %s created (%s, bridge %s)", req.name, pool.subnet, bridge)
+    log.info(
+        "network %s created (%s, bridge %s%s)",
+        req.name,
+        pool.subnet,
+        bridge,
+        f", VLAN {req.vlan}" if req.vlan else "",
+    )
     return network_info(net, 0)
 
 

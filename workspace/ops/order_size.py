@@ -7,9 +7,12 @@ node's orders over ``limits.max_node_orders_bytes`` (by default half the message
 the rest is room for the trust policy and prefetch list).
 
 ``wire_bytes`` is an upper bound of the protobuf encoding of a domain value, computed
-without protobuf (this is below the edge): every string or bytes field costs its length
-plus at most 2 bytes of tag and 5 of length; every number 2 + 10; every nested message
-its own bound plus 7. The codec's field numbers are all below 2048, so each tag fits in
+without protobuf (this is below the edge): every string field costs its length plus 2
+bytes of tag and its length's varint (many are short: peers' addresses, allow rules),
+bytes fields their length plus at most 2 + 5; every number 2 + 10; every nested message
+its own bound plus 7. A CLUSTER workspace's order lists every member's addresses
+(``PEER_BYTES`` each, counted from the cluster's allocations and the members placed
+with it). The codec's field numbers are all below 2048, so each tag fits in
 2 bytes. ``tests/unit/test_order_size.py`` checks the bound against the real encoding.
 """
 
@@ -29,7 +32,7 @@ from workspace.config import LimitsConfig
 from workspace.domain.model import Disk, Nic, Order
 from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
-from workspace.store import Network, Node, Workspace
+from workspace.store import IpAllocation, Network, Node, Workspace
 from workspace.store.models import ImageSignature
 
 # Peers named as sources of one blob in an order (ops/reports.py names them).
@@ -41,6 +44,9 @@ NUMBER_BYTES = 2 + 10  # tag + the longest varint
 # A NIC not allocated yet: the longest address, MAC, gateway, bridge and subnet.
 _IP6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 _UNALLOCATED_NIC = Nic("", _IP6, "ff:ff:ff:ff:ff:ff", 128, _IP6, "x" * 15, _IP6 + "/128")
+# One address of Order.peers (a CLUSTER workspace's order lists every member's).
+PEER_BYTES = FIELD_BYTES + len(_IP6)
+CLUSTER = "cluster"  # Workspace.connectivity of a workspace whose order carries peers
 
 
 def seed_bytes(bound: int, count: int = 1, vendor_bytes: int = 0) -> int:
@@ -70,9 +76,16 @@ def wire_bytes(value: object) -> int:
     raise TypeError(f"no wire size for {type(value).__name__}")
 
 
+def _varint_bytes(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
 def _field_bytes(value: object) -> int:
     if value is None:
         return 0
+    if isinstance(value, str):  # tag + the length's varint + the text (many are short)
+        n = len(value.encode())
+        return 2 + _varint_bytes(n) + n
     if isinstance(value, Mapping):
         return sum(FIELD_BYTES * 2 + wire_bytes(k) + _field_bytes(v) for k, v in value.items())
     if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
@@ -97,6 +110,7 @@ class _Row:
     image_spec: Mapping[str, Any]
     seed_bytes: int  # the row's bound of its seed without vendor-data (0: no seed)
     networks: tuple[str, ...]
+    allow: tuple[str, ...] = ()  # its allow rules (canonical texts)
 
 
 class _Sizer:
@@ -145,6 +159,7 @@ class _Sizer:
             + self.seed_bytes(r.seed_bytes)
             + sum(self._nic_bytes(n) for n in r.networks)
             + self._envelope_bytes(r.image)
+            + sum(FIELD_BYTES + len(a.encode()) for a in r.allow)
         )
 
     def seed_bytes(self, bound: int, count: int = 1) -> int:
@@ -202,11 +217,13 @@ def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
     sizer = sizer_of(s, vendor_bytes)
     spec_text = cast(Workspace.image_spec, Text)
     nets_text = cast(Workspace.networks, Text)
+    allow_text = cast(Workspace.allow, Text)
     q = (
         select(
             Workspace.image,
             spec_text,
             nets_text,
+            allow_text,
             func.count(),
             func.sum(func.length(Workspace.id)),
             func.sum(func.length(Workspace.name)),
@@ -218,16 +235,73 @@ def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
             Workspace.desired_state != Desired.TERMINATED.value,
             Workspace.state != State.TERMINATED.value,
         )
-        .group_by(Workspace.image, spec_text, nets_text)
+        .group_by(Workspace.image, spec_text, nets_text, allow_text)
     )
-    total = 0
-    for image, spec, nets, count, ids, names, seed_bytes, seeded in s.execute(q):
-        one = _Row("", "", image, json.loads(spec or "{}"), 0, tuple(json.loads(nets or "[]")))
+    total = peers_bytes(s, node)
+    for image, spec, nets, allow, count, ids, names, seed_bytes, seeded in s.execute(q):
+        one = _Row(
+            "",
+            "",
+            image,
+            json.loads(spec or "{}"),
+            0,
+            tuple(json.loads(nets or "[]")),
+            tuple(json.loads(allow or "[]")),
+        )
         # The bound of one such order with empty id, name and user-data, times the count,
         # plus the real lengths (the "" fields already counted their tag and length).
         total += count * sizer.row_bytes(one) + int(ids or 0) + 2 * int(names or 0)
         total += sizer.seed_bytes(int(seed_bytes or 0), int(seeded or 0))
     return total
+
+
+def _live() -> tuple[Any, ...]:
+    return (
+        Workspace.desired_state != Desired.TERMINATED.value,
+        Workspace.state != State.TERMINATED.value,
+    )
+
+
+def cluster_rows_on(s: Session, node: str) -> dict[str, int]:
+    """Cluster → how many of its CLUSTER-connectivity members ``node`` holds."""
+    q = (
+        select(Workspace.cluster, func.count())
+        .where(Workspace.node == node, Workspace.cluster != "", Workspace.connectivity == CLUSTER)
+        .where(*_live())
+        .group_by(Workspace.cluster)
+    )
+    return {c: int(n) for c, n in s.execute(q)}
+
+
+def cluster_addresses(s: Session, clusters: Sequence[str]) -> dict[str, int]:
+    """Cluster → how many addresses its live members hold now."""
+    if not clusters:
+        return {}
+    q = (
+        select(Workspace.cluster, func.count(IpAllocation.id))
+        .join(IpAllocation, IpAllocation.workspace_id == Workspace.id)
+        .where(Workspace.cluster.in_(sorted(clusters)), Workspace.state != State.TERMINATED.value)
+        .group_by(Workspace.cluster)
+    )
+    return {c: int(n) for c, n in s.execute(q)}
+
+
+def peers_bytes(s: Session, node: str) -> int:
+    """An upper bound of the peers the CLUSTER workspaces on ``node`` are sent."""
+    on_node = cluster_rows_on(s, node)
+    have = cluster_addresses(s, list(on_node))
+    return sum(n * have.get(c, 0) * PEER_BYTES for c, n in on_node.items())
+
+
+def _new_peers(s: Session, rows: Sequence[Workspace]) -> tuple[dict[str, int], dict[str, int]]:
+    """For the clusters of ``rows`` (being placed, not yet addressed): how many
+    addresses each will have, and how many ``rows`` add."""
+    added: dict[str, int] = {}
+    for ws in rows:
+        if ws.cluster:
+            added[ws.cluster] = added.get(ws.cluster, 0) + len(ws.networks or ())
+    have = cluster_addresses(s, list(added))
+    return {c: have.get(c, 0) + n for c, n in added.items()}, added
 
 
 def check_orders_fit(
@@ -246,11 +320,15 @@ def check_orders_fit(
     for ws, node in zip(rows, nodes, strict=True):
         by_node.setdefault(node, []).append(ws)
     sizer = sizer_of(s, vendor_bytes)
+    peers_after, peers_added = _new_peers(s, rows)
     for node, new in by_node.items():
         have = totals.get(node) if totals is not None else None
         if have is None:
             have = node_orders_bytes(s, node, vendor_bytes)
         total = have
+        if peers_added:  # the node's CLUSTER members of these clusters list the new ones
+            on_node = cluster_rows_on(s, node)
+            total += sum(on_node.get(c, 0) * n * PEER_BYTES for c, n in peers_added.items())
         for ws in new:
             size = sizer.row_bytes(
                 _Row(
@@ -260,8 +338,11 @@ def check_orders_fit(
                     ws.image_spec or {},
                     ws.seed_bytes or 0,
                     tuple(ws.networks or ()),
+                    tuple(ws.allow or ()),
                 )
             )
+            if ws.cluster and ws.connectivity == CLUSTER:
+                size += peers_after.get(ws.cluster, 0) * PEER_BYTES
             total += size
             if total > budget:
                 raise OrdersTooLarge(

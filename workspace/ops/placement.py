@@ -22,7 +22,7 @@ from workspace import ipam, scheduler
 from workspace.config import ServiceConfig
 from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
-from workspace.ops import seeds
+from workspace.ops import netpolicy, seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
 from workspace.store import IpAllocation, Network, Node, Workspace
 from workspace.store.mapping import bound_spec, set_reason
@@ -61,13 +61,19 @@ def node_views(s: Session) -> list[scheduler.NodeView]:
     return list(kept.values())
 
 
-def _claimed(s: Session, name: str, cpus: int, memory_mib: int) -> None:
+def _claimed(
+    s: Session, name: str, cpus: int, memory_mib: int, disk_mbps: int = 0, net_mbps: int = 0
+) -> None:
     """Keep the transaction's view of node ``name`` (if kept) in step with a claim."""
     kept: dict[str, scheduler.NodeView] | None = s.info.get(NODES_KEY)
     if kept is not None and name in kept:
         v = kept[name]
         kept[name] = replace(
-            v, used_cpus=v.used_cpus + cpus, used_memory_mib=v.used_memory_mib + memory_mib
+            v,
+            used_cpus=v.used_cpus + cpus,
+            used_memory_mib=v.used_memory_mib + memory_mib,
+            used_disk_mbps=v.used_disk_mbps + disk_mbps,
+            used_net_mbps=v.used_net_mbps + net_mbps,
         )
 
 
@@ -84,6 +90,10 @@ def _read_node_views(s: Session) -> list[scheduler.NodeView]:
         Node.labels,
         Node.networks,
         Node.cached_digests,
+        Node.disk_mbps,
+        Node.net_mbps,
+        Node.used_disk_mbps,
+        Node.used_net_mbps,
     )
     return [
         scheduler.NodeView(
@@ -97,10 +107,27 @@ def _read_node_views(s: Session) -> list[scheduler.NodeView]:
             labels=dict(labels or {}),
             networks=tuple(nets or ()),
             cached_digests=frozenset(cached or ()),
+            disk_mbps=disk or 0,
+            net_mbps=net or 0,
+            used_disk_mbps=udisk or 0,
+            used_net_mbps=unet or 0,
         )
-        for name, state, cpus, mem, ucpu, umem, hyp, labels, nets, cached in s.execute(
-            select(*cols).order_by(Node.name)
-        )
+        for (
+            name,
+            state,
+            cpus,
+            mem,
+            ucpu,
+            umem,
+            hyp,
+            labels,
+            nets,
+            cached,
+            disk,
+            net,
+            udisk,
+            unet,
+        ) in s.execute(select(*cols).order_by(Node.name))
     ]
 
 
@@ -108,6 +135,7 @@ def request_for(ws: Workspace) -> scheduler.Request:
     """What the scheduler places for one workspace row (its partitions' blobs count for
     cache affinity)."""
     digests = tuple(p.digest for p in bound_spec(ws).partitions if p.digest)
+    disk_mbps, net_mbps = netpolicy.reservation(ws)
     return scheduler.Request(
         ws.cpus,
         ws.memory_mib,
@@ -115,6 +143,8 @@ def request_for(ws: Workspace) -> scheduler.Request:
         digests,
         dict(ws.requirements or {}),
         member=ws.name,
+        disk_mbps=disk_mbps,
+        net_mbps=net_mbps,
     )
 
 
@@ -143,12 +173,16 @@ def place_rows(
         raise NoPlacement(exc.message) from exc
     # Nothing below can fail for want of capacity: the caller's transaction stays whole.
     touched: list[str] = []
-    for ws, p in zip(rows, result.placements, strict=True):
+    for ws, req, p in zip(rows, requests, result.placements, strict=True):
         node = s.get(Node, p.node)
         assert node is not None and p.node is not None
         node.used_cpus += p.claimed_cpus
         node.used_memory_mib += p.claimed_memory_mib
-        _claimed(s, p.node, p.claimed_cpus, p.claimed_memory_mib)
+        node.used_disk_mbps = (node.used_disk_mbps or 0) + req.disk_mbps
+        node.used_net_mbps = (node.used_net_mbps or 0) + req.net_mbps
+        _claimed(s, p.node, p.claimed_cpus, p.claimed_memory_mib, req.disk_mbps, req.net_mbps)
+        ws.claimed_disk_mbps = req.disk_mbps
+        ws.claimed_net_mbps = req.net_mbps
         ws.node = p.node
         ws.claimed_cpus = p.claimed_cpus
         ws.claimed_memory_mib = p.claimed_memory_mib
@@ -251,5 +285,7 @@ def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: Servi
         hypervisor=node.hypervisor,
         labels=node.labels,
         networks=node.networks,
+        disk_mbps=node.disk_mbps,
+        net_mbps=node.net_mbps,
     )
     return scheduler.place([empty], req, cfg.scheduler).node is not None

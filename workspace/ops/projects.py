@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, or_, select
 from sqlalchemy.orm import Session
 
+from workspace.domain.netpolicy import Limits
 from workspace.domain.states import State
 from workspace.domain.tenancy import LeaseAction, ProjectSpec, ProjectUse, Quota
 from workspace.errors import (
@@ -29,7 +30,7 @@ from workspace.errors import (
 from workspace.identity import NAME_RE, Identity, Kind
 from workspace.ops.unit import Env
 from workspace.store import Project, ProjectMember, Workspace
-from workspace.store.mapping import bound_spec
+from workspace.store.mapping import bound_spec, limits_column
 
 log = logging.getLogger("workspace.ops.projects")
 
@@ -189,6 +190,7 @@ def _spec(s: Session, p: Project) -> ProjectSpec:
         p.max_lease_s,
         LeaseAction(p.lease_action),
         tuple(users),
+        Limits.from_dict(p.default_limits or {}),
     )
 
 
@@ -202,6 +204,7 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
         raise InvalidArgument("lease durations must not be negative")
     if spec.max_lease_s and spec.default_lease_s > spec.max_lease_s:
         raise InvalidArgument("the default lease is longer than the maximum lease")
+    spec.default_limits.validate(f"project {spec.name}: default limits")
     with env.store.write() as s:
         if s.get(Project, spec.name) is not None:
             raise AlreadyExists(f"project {spec.name!r} already exists")
@@ -215,6 +218,7 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
             default_lease_s=spec.default_lease_s,
             max_lease_s=spec.max_lease_s,
             lease_action=spec.on_expiry.value,
+            default_limits=limits_column(spec.default_limits),
             created_at=env.clock(),
         )
         s.add(row)
@@ -234,6 +238,19 @@ def add_user(env: Env, project: str, user: str) -> ProjectSpec:
             s.add(ProjectMember(project=project, user=user))
             s.flush()
             log.info("user %s added to project %s", user, project)
+        return _spec(s, p)
+
+
+def set_defaults(env: Env, project: str, defaults: Limits) -> ProjectSpec:
+    """A project's default limits become ``defaults`` (each 0: the site's default)."""
+    defaults.validate(f"project {project}: default limits")
+    with env.store.write() as s:
+        p = s.get(Project, project)
+        if p is None:
+            raise NotFound(f"project {project!r} does not exist; `ws-admin project list`")
+        p.default_limits = limits_column(defaults)
+        s.flush()
+        log.info("project %s: default limits %s", project, limits_column(defaults) or "none")
         return _spec(s, p)
 
 

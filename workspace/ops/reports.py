@@ -14,13 +14,22 @@ from workspace.config import ServiceConfig
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, State, state_from_report
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied
-from workspace.ops import seeds, trust
+from workspace.ops import netpolicy, seeds, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
 from workspace.ops.order_size import MAX_SOURCES
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
-from workspace.store.mapping import bound_spec, cache_column, nics, set_reason, shown_reason
+from workspace.store.mapping import (
+    allow_rules,
+    bound_spec,
+    cache_column,
+    connectivity,
+    limits,
+    nics,
+    set_reason,
+    shown_reason,
+)
 
 log = logging.getLogger("workspace.ops.reports")
 
@@ -75,7 +84,14 @@ def register(
                     serial_text(cert_serial),
                 )
         if node is None:
-            node = Node(name=info.name, used_cpus=0, used_memory_mib=0, state=NodeState.READY.value)
+            node = Node(
+                name=info.name,
+                used_cpus=0,
+                used_memory_mib=0,
+                used_disk_mbps=0,
+                used_net_mbps=0,
+                state=NodeState.READY.value,
+            )
             u.s.add(node)
             log.info(
                 "node %s registered (%s, %d cpus, %d MiB)",
@@ -94,6 +110,8 @@ def register(
         node.networks = list(info.networks)
         node.cached_digests = list(info.cached_digests)
         node.peer_address = info.peer_address
+        node.disk_mbps = max(0, info.disk_mbps)
+        node.net_mbps = max(0, info.net_mbps)
         node.last_heartbeat = now
         if cert_serial:
             node.cert_serial = serial_text(cert_serial)
@@ -141,6 +159,7 @@ def build_orders(
                 envelopes[w.image] = tuple(trust.envelopes(s, w.image))
     wanted = {p.digest for spec in specs.values() for p in spec.partitions if p.digest}
     sources = peer_sources(s, node_name, wanted)
+    peers = netpolicy.peers(s, rows)
     return tuple(
         Order(
             workspace_id=w.id,
@@ -162,6 +181,10 @@ def build_orders(
             # Bound order: what the service verified at create.
             envelopes=envelopes.get(w.image, ()),
             verified_digests=tuple(specs[w.id].digests()),
+            connectivity=connectivity(w),
+            allow=allow_rules(w),
+            limits=limits(w),
+            peers=peers.get(w.id, ()),
         )
         for w in rows
     )

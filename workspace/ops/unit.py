@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.config import ServiceConfig
@@ -29,6 +30,9 @@ from workspace.ops import metering, refusals
 from workspace.ops.events import Notifier
 from workspace.store import Store, Workspace, journal
 from workspace.store.mapping import workspace_views
+
+# A cluster member's addresses appear (placed) or go (terminated) in these states.
+_PEERS_MOVE = (State.SCHEDULED.value, State.TERMINATED.value)
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,25 @@ class UnitOfWork:
 
     def seal(self) -> None:
         """Record the changed workspaces' usage and read them back as views (still inside
-        the transaction)."""
+        the transaction); the nodes of clusters whose addresses changed get new orders."""
         rows = list(self._rows.values())
+        self._peers_moved(rows)
         metering.record(self.s, rows, self.clock())
         self.views = {v.id: v for v in workspace_views(self.s, rows)}
+
+    def _peers_moved(self, rows: list[Workspace]) -> None:
+        """A cluster member placed (addresses allocated) or terminated (released): the
+        CLUSTER-connectivity members' orders carry every member's addresses (Order.peers),
+        so the nodes holding them are sent their orders again."""
+        clusters = {w.cluster for w in rows if w.cluster and w.state in _PEERS_MOVE and w.node}
+        if clusters:
+            q = select(Workspace.node).where(
+                Workspace.cluster.in_(sorted(clusters)),
+                Workspace.node != "",
+                Workspace.state != State.TERMINATED.value,
+                Workspace.connectivity == "cluster",
+            )
+            self._nodes.update(self.s.execute(q).scalars())
 
     def publish(self, notifier: Notifier) -> None:
         freed = self._capacity

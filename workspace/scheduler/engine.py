@@ -108,21 +108,21 @@ def place_group_on(
     weighers = weighers_for(snapshot.cfg)
     group = group_context(snapshot, requests, affinity)
     results: list[MemberPlacement | None] = [None] * len(requests)
-    taken: list[tuple[HostState, int, int]] = []
+    taken: list[tuple[HostState, Request, int]] = []
     try:
         for placed, i in enumerate(placement_order(requests, snapshot.cfg)):
             req = requests[i]
             ctx = member_context(snapshot, req, affinity, placed, group)
             host, rejected = choose(snapshot, req, ctx, weighers)
             if host is None:
-                for h, cpus, memory in reversed(taken):
-                    snapshot.release(h, cpus, memory)
+                for h, r, memory in reversed(taken):
+                    snapshot.release(h, r.cpus, memory, r.disk_mbps, r.net_mbps)
                 label = member_label(req, i)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("member %s does not fit: %s", label, dict(rejected))
                 return GroupPlacement(None, label, i, dict(rejected))
-            snapshot.consume(host, req.cpus, ctx.memory_claim_mib)
-            taken.append((host, req.cpus, ctx.memory_claim_mib))
+            snapshot.consume(host, req.cpus, ctx.memory_claim_mib, req.disk_mbps, req.net_mbps)
+            taken.append((host, req, ctx.memory_claim_mib))
             results[i] = MemberPlacement(host.name, req.cpus, ctx.memory_claim_mib)
     finally:
         snapshot.end_group(h for h, _, _ in taken)
@@ -136,7 +136,7 @@ def place_on(snapshot: Snapshot, req: Request) -> Placement:
     host, rejected = choose(snapshot, req, ctx, weighers)
     if host is None:
         return Placement(None, rejected=dict(rejected))
-    snapshot.consume(host, req.cpus, ctx.memory_claim_mib)
+    snapshot.consume(host, req.cpus, ctx.memory_claim_mib, req.disk_mbps, req.net_mbps)
     snapshot.end_group((host,))
     return Placement(host.name, req.cpus, ctx.memory_claim_mib, dict(rejected))
 

@@ -237,7 +237,7 @@ def explain(
         if host is None:
             failure = GroupPlacement(None, labels[i], i, dict(rejected))
             break
-        snapshot.consume(host, req.cpus, ctx.memory_claim_mib)
+        snapshot.consume(host, req.cpus, ctx.memory_claim_mib, req.disk_mbps, req.net_mbps)
         results[i] = MemberPlacement(host.name, req.cpus, ctx.memory_claim_mib)
     placement = failure or GroupPlacement([results[i] for i in range(len(requests))])
     not_tried = tuple(labels[i] for i in order[len(steps) :]) if failure else ()

@@ -148,6 +148,35 @@ class MemoryFilter(Filter):
         return [h for h in hosts if h.free_memory_mib >= claim]
 
 
+class BandwidthFilter(Filter):
+    """A node that declared disk or network capacity (``disk_mbps``/``net_mbps`` in its
+    agent config) is never promised more: the request's reservation (its limits per
+    writable disk and per NIC) fits in what the node's workspaces leave free."""
+
+    name = "bandwidth"
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        return req.disk_mbps > 0 or req.net_mbps > 0
+
+    def reason(self, req: Request, ctx: Context) -> str:
+        return "have too little free bandwidth"
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        # A kind of bandwidth the request does not reserve never rejects (even on a node
+        # already over its declared capacity, e.g. after the declaration was lowered).
+        disk_ok = req.disk_mbps <= 0 or host.free_disk_mbps >= req.disk_mbps
+        net_ok = req.net_mbps <= 0 or host.free_net_mbps >= req.net_mbps
+        return None if disk_ok and net_ok else self.reason(req, ctx)
+
+    def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
+        disk, net = req.disk_mbps, req.net_mbps
+        return [
+            h
+            for h in hosts
+            if (disk <= 0 or h.free_disk_mbps >= disk) and (net <= 0 or h.free_net_mbps >= net)
+        ]
+
+
 class HardAntiAffinityFilter(Filter):
     """HARD_ANTI: a node already holding a member of the group is rejected."""
 
@@ -213,6 +242,7 @@ STATIC_FILTERS: tuple[Filter, ...] = (StateFilter(), NetworkFilter(), Requiremen
 DYNAMIC_FILTERS: tuple[Filter, ...] = (
     CpuFilter(),
     MemoryFilter(),
+    BandwidthFilter(),
     HardAntiAffinityFilter(),
     HardAffinityFilter(),
 )

@@ -24,6 +24,12 @@ class NodeView:
     labels: dict[str, str] = field(default_factory=dict)
     networks: tuple[str, ...] = ()
     cached_digests: frozenset[str] = frozenset()
+    # Declared guaranteed-bandwidth capacity (0: none declared, nothing bounded) and what
+    # the node's workspaces reserve (ops/netpolicy.py ``reservation``).
+    disk_mbps: int = 0
+    net_mbps: int = 0
+    used_disk_mbps: int = 0
+    used_net_mbps: int = 0
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class Request:
     # Label requirements, e.g. {"hypervisor": "xen"}; "hypervisor" matches the node's type.
     requirements: dict[str, str] = field(default_factory=dict)
     member: str = ""
+    # Bandwidth reserved on the node: disk MB/s (per writable disk, summed) and network
+    # Mbit/s (per NIC, summed); 0: none.
+    disk_mbps: int = 0
+    net_mbps: int = 0
 
 
 class Affinity(enum.IntEnum):

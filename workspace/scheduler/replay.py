@@ -40,6 +40,11 @@ VERSION = 1
 ReplayInput = tuple[list[NodeView], list[Request], SchedulerConfig, Affinity]
 
 
+# Bandwidth keys: written only when set (inputs from before them stay byte-identical).
+_NODE_BANDWIDTH = ("disk_mbps", "net_mbps", "used_disk_mbps", "used_net_mbps")
+_REQUEST_BANDWIDTH = ("disk_mbps", "net_mbps")
+
+
 def _node_dict(n: NodeView) -> dict[str, Any]:
     return {
         "name": n.name,
@@ -52,7 +57,7 @@ def _node_dict(n: NodeView) -> dict[str, Any]:
         "labels": dict(sorted(n.labels.items())),
         "networks": list(n.networks),
         "cached_digests": sorted(n.cached_digests),
-    }
+    } | {k: getattr(n, k) for k in _NODE_BANDWIDTH if getattr(n, k)}
 
 
 def _request_dict(r: Request) -> dict[str, Any]:
@@ -63,7 +68,7 @@ def _request_dict(r: Request) -> dict[str, Any]:
         "networks": list(r.networks),
         "digests": list(r.digests),
         "requirements": dict(sorted(r.requirements.items())),
-    }
+    } | {k: getattr(r, k) for k in _REQUEST_BANDWIDTH if getattr(r, k)}
 
 
 def to_dict(
@@ -129,9 +134,10 @@ def _check_keys(obj: Any, required: set[str], optional: set[str], where: str) ->
 
 def _node(obj: Any, where: str) -> NodeView:
     optional = {"used_cpus", "used_memory_mib", "hypervisor", "labels", "networks"}
-    _check_keys(obj, {"name", "state", "cpus", "memory_mib"}, optional | {"cached_digests"}, where)
+    optional |= {"cached_digests", *_NODE_BANDWIDTH}
+    _check_keys(obj, {"name", "state", "cpus", "memory_mib"}, optional, where)
     d = {"used_cpus": 0, "used_memory_mib": 0, "hypervisor": "", "labels": {}, "networks": []}
-    d |= {"cached_digests": []} | obj
+    d |= {"cached_digests": []} | dict.fromkeys(_NODE_BANDWIDTH, 0) | obj
     return NodeView(
         name=_get(d, "name", str, where),
         state=_get(d, "state", str, where),
@@ -143,13 +149,18 @@ def _node(obj: Any, where: str) -> NodeView:
         labels=_string_map(d, "labels", where),
         networks=_strings(d, "networks", where),
         cached_digests=frozenset(_strings(d, "cached_digests", where)),
+        disk_mbps=_get(d, "disk_mbps", int, where),
+        net_mbps=_get(d, "net_mbps", int, where),
+        used_disk_mbps=_get(d, "used_disk_mbps", int, where),
+        used_net_mbps=_get(d, "used_net_mbps", int, where),
     )
 
 
 def _request(obj: Any, where: str) -> Request:
-    optional = {"member", "networks", "digests", "requirements"}
+    optional = {"member", "networks", "digests", "requirements", *_REQUEST_BANDWIDTH}
     _check_keys(obj, {"cpus", "memory_mib"}, optional, where)
-    d: dict[str, Any] = {"member": "", "networks": [], "digests": [], "requirements": {}} | obj
+    d: dict[str, Any] = {"member": "", "networks": [], "digests": [], "requirements": {}}
+    d |= dict.fromkeys(_REQUEST_BANDWIDTH, 0) | obj
     return Request(
         cpus=_get(d, "cpus", int, where),
         memory_mib=_get(d, "memory_mib", int, where),
@@ -157,6 +168,8 @@ def _request(obj: Any, where: str) -> Request:
         digests=_strings(d, "digests", where),
         requirements=_string_map(d, "requirements", where),
         member=_get(d, "member", str, where),
+        disk_mbps=_get(d, "disk_mbps", int, where),
+        net_mbps=_get(d, "net_mbps", int, where),
     )
 
 

@@ -34,6 +34,9 @@ class StaticFilter(Protocol):
     ) -> Counter[str]: ...
 
 
+# The free bandwidth of a node that declared no capacity: never the reason to refuse.
+UNBOUNDED = 1 << 62
+
 ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
@@ -43,7 +46,9 @@ class HostState:
     __slots__ = (
         "cpu_capacity",
         "free_cpus",
+        "free_disk_mbps",
         "free_memory_mib",
+        "free_net_mbps",
         "group_members",
         "memory_capacity_mib",
         "name",
@@ -62,6 +67,11 @@ class HostState:
         self.memory_capacity_mib = memory_capacity_mib
         self.free_cpus = cpu_capacity - view.used_cpus
         self.free_memory_mib = memory_capacity_mib - view.used_memory_mib
+        # Bandwidth still free to promise (UNBOUNDED: the node declared none).
+        self.free_disk_mbps = (
+            view.disk_mbps - view.used_disk_mbps if view.disk_mbps > 0 else UNBOUNDED
+        )
+        self.free_net_mbps = view.net_mbps - view.used_net_mbps if view.net_mbps > 0 else UNBOUNDED
         self.group_members = 0  # members of the group being placed now
 
     @classmethod
@@ -187,14 +197,22 @@ class Snapshot:
 
     # -- consumption ----------------------------------------------------------------------
 
-    def consume(self, host: HostState, cpus: int, memory_mib: int) -> None:
+    def consume(
+        self, host: HostState, cpus: int, memory_mib: int, disk_mbps: int = 0, net_mbps: int = 0
+    ) -> None:
         host.free_cpus -= cpus
         host.free_memory_mib -= memory_mib
+        host.free_disk_mbps -= disk_mbps
+        host.free_net_mbps -= net_mbps
         host.group_members += 1
 
-    def release(self, host: HostState, cpus: int, memory_mib: int) -> None:
+    def release(
+        self, host: HostState, cpus: int, memory_mib: int, disk_mbps: int = 0, net_mbps: int = 0
+    ) -> None:
         host.free_cpus += cpus
         host.free_memory_mib += memory_mib
+        host.free_disk_mbps += disk_mbps
+        host.free_net_mbps += net_mbps
         host.group_members -= 1
 
     def end_group(self, hosts: Iterable[HostState]) -> None:

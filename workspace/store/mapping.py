@@ -23,6 +23,7 @@ from workspace.domain.model import (
     NodeStatus,
     WorkspaceView,
 )
+from workspace.domain.netpolicy import AllowRule, Connectivity, Limits
 from workspace.domain.states import ClusterState, Desired, FailurePolicy, NodeState, State
 from workspace.scheduler.model import Affinity
 from workspace.store.models import Cluster, Image, IpAllocation, Network, Node, Workspace
@@ -102,6 +103,7 @@ def nics(s: Session, ids: Sequence[str]) -> dict[str, tuple[Nic, ...]]:
             Network.bridge,
             Network.subnet,
             Network.dns,
+            Network.vlan,
         )
         .join(Network, Network.name == IpAllocation.network)
         .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
@@ -112,15 +114,45 @@ def nics(s: Session, ids: Sequence[str]) -> dict[str, tuple[Nic, ...]]:
         q = q.where(IpAllocation.workspace_id.in_(ids))
     prefix: dict[str, int] = {}
     dns: dict[str, tuple[str, ...]] = {}
-    for wid, ip, mac, net, gateway, bridge, subnet, servers in s.execute(q):
+    for wid, ip, mac, net, gateway, bridge, subnet, servers, vlan in s.execute(q):
         out = found.get(wid)
         if out is None:
             continue
         if net not in prefix:
             prefix[net] = ipam.prefix_len(subnet)
             dns[net] = tuple(servers or ())
-        out.append(Nic(net, ip, mac, prefix[net], gateway, bridge, subnet, dns[net]))
+        out.append(Nic(net, ip, mac, prefix[net], gateway, bridge, subnet, dns[net], vlan or 0))
     return {wid: tuple(v) for wid, v in found.items()}
+
+
+# -- network policy and limits ---------------------------------------------------------------
+
+CONNECTIVITY = {c.value: c for c in Connectivity}
+
+
+def connectivity(ws: Workspace) -> Connectivity:
+    return CONNECTIVITY.get(ws.connectivity or "open", Connectivity.OPEN)
+
+
+def allow_rules(ws: Workspace) -> tuple[AllowRule, ...]:
+    """The stored rules (canonical texts written by ``set_policy``)."""
+    return tuple(AllowRule.parse(t) for t in ws.allow or ())
+
+
+def limits(ws: Workspace) -> Limits:
+    return Limits.from_dict(ws.limits or {})
+
+
+def set_policy(ws: Workspace, conn: Connectivity, rules: Iterable[AllowRule], lim: Limits) -> None:
+    """Store connectivity, allow rules (canonical, sorted) and the enforced limits."""
+    ws.connectivity = conn.value
+    ws.allow = [str(r) for r in sorted(set(rules))]
+    ws.limits = lim.as_dict()
+
+
+def limits_column(lim: Limits) -> dict[str, int]:
+    """The stored form of limits (a project's ``default_limits``): only the set ones."""
+    return {k: v for k, v in lim.as_dict().items() if v}
 
 
 def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
@@ -147,6 +179,9 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         lease_expires_at=ws.lease_expires_at or 0.0,
         host_keys=(ws.host_key_public,) if ws.host_key_public else (),
         login_user=ws.login_user or "",
+        connectivity=connectivity(ws),
+        allow=allow_rules(ws),
+        limits=limits(ws),
     )
 
 
@@ -203,6 +238,10 @@ def node_status(n: Node, workspaces: int) -> NodeStatus:
         labels=dict(n.labels or {}),
         networks=tuple(n.networks or ()),
         workspaces=workspaces,
+        disk_mbps=n.disk_mbps or 0,
+        net_mbps=n.net_mbps or 0,
+        used_disk_mbps=n.used_disk_mbps or 0,
+        used_net_mbps=n.used_net_mbps or 0,
     )
 
 
@@ -241,4 +280,5 @@ def network_info(n: Network, allocated: int) -> NetworkInfo:
         mac_prefix=n.mac_prefix,
         dns=tuple(n.dns or ()),
         allocated=allocated,
+        vlan=n.vlan or 0,
     )

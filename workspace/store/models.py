@@ -55,6 +55,12 @@ class Node(Base):
     # or a service without TLS); another certificate may take the name only once this one
     # is revoked, or after `ws-admin node remove`.
     cert_serial: Mapped[str] = mapped_column(String(64), default="")
+    # Declared guaranteed-bandwidth capacity (0 = none declared: nothing bounded), and
+    # what the workspaces on it reserve (ops/netpolicy.py ``reservation``).
+    disk_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    net_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    used_disk_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    used_net_mbps: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Network(Base):
@@ -68,6 +74,8 @@ class Network(Base):
     bridge: Mapped[str] = mapped_column(String(15))
     mac_prefix: Mapped[str] = mapped_column(String(8))
     dns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # 802.1Q id on the nodes' uplinks (1-4094); 0 = untagged.
+    vlan: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class IpAllocation(Base):
@@ -153,6 +161,9 @@ class Workspace(Base):
     # What the placement claimed on the node, released on termination.
     claimed_cpus: Mapped[int] = mapped_column(Integer, default=0)
     claimed_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    # The bandwidth reserved on the node (ops/netpolicy.py ``reservation``), released too.
+    claimed_disk_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_net_mbps: Mapped[int] = mapped_column(Integer, default=0)
     node: Mapped[str] = mapped_column(String(255), default="")
     state: Mapped[str] = mapped_column(String(16))
     desired_state: Mapped[str] = mapped_column(String(16))
@@ -183,6 +194,12 @@ class Workspace(Base):
     wait_reason: Mapped[str] = mapped_column(String(1024), default="")
     # Waiting for capacity (state PENDING) until this time; 0 = not waiting.
     wait_deadline: Mapped[float] = mapped_column(Float, default=0.0)
+    # Network policy (workspace/domain/netpolicy.py): "open" | "cluster" | "outbound", the
+    # allow rules as canonical texts, and the limits as enforced (the defaults applied:
+    # {"cpu_percent", "cpu_weight", "disk_mbps", "disk_iops", "net_mbps"}, 0 = none).
+    connectivity: Mapped[str] = mapped_column(String(16), default="open")
+    allow: Mapped[list[str]] = mapped_column(JSON, default=list)
+    limits: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -322,6 +339,9 @@ class Project(Base):
     default_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
     max_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_action: Mapped[str] = mapped_column(String(16), default="STOP")
+    # Default limits of new workspaces ({"cpu_percent", ..., "net_mbps"}; 0/absent = the
+    # site's default).
+    default_limits: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 

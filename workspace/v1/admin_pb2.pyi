@@ -448,6 +448,10 @@ class Node(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     WORKSPACES_FIELD_NUMBER: _builtins.int
+    DISK_MBPS_FIELD_NUMBER: _builtins.int
+    NET_MBPS_FIELD_NUMBER: _builtins.int
+    USED_DISK_MBPS_FIELD_NUMBER: _builtins.int
+    USED_NET_MBPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     hypervisor: _builtins.str
     cpus: _builtins.int
@@ -457,6 +461,13 @@ class Node(_message.Message):
     used_memory_mib: _builtins.int
     state: Global___NodeState.ValueType
     workspaces: _builtins.int
+    disk_mbps: _builtins.int
+    """Declared guaranteed-bandwidth capacity (0: none declared) and what the node's
+    workspaces reserve (their limits per writable disk / per NIC).
+    """
+    net_mbps: _builtins.int
+    used_disk_mbps: _builtins.int
+    used_net_mbps: _builtins.int
     @_builtins.property
     def last_heartbeat(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -478,10 +489,14 @@ class Node(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         networks: _abc.Iterable[_builtins.str] | None = ...,
         workspaces: _builtins.int = ...,
+        disk_mbps: _builtins.int = ...,
+        net_mbps: _builtins.int = ...,
+        used_disk_mbps: _builtins.int = ...,
+        used_net_mbps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "disk_gib", b"disk_gib", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "state", b"state", "used_cpus", b"used_cpus", "used_memory_mib", b"used_memory_mib", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_mib", b"memory_mib", "name", b"name", "net_mbps", b"net_mbps", "networks", b"networks", "state", b"state", "used_cpus", b"used_cpus", "used_disk_mbps", b"used_disk_mbps", "used_memory_mib", b"used_memory_mib", "used_net_mbps", b"used_net_mbps", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -535,6 +550,7 @@ class Network(_message.Message):
     MAC_PREFIX_FIELD_NUMBER: _builtins.int
     DNS_FIELD_NUMBER: _builtins.int
     ALLOCATED_FIELD_NUMBER: _builtins.int
+    VLAN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     subnet: _builtins.str
     """CIDR, e.g. 10.77.0.0/24"""
@@ -549,6 +565,8 @@ class Network(_message.Message):
     """three octets, e.g. 52:54:00"""
     allocated: _builtins.int
     """output only"""
+    vlan: _builtins.int
+    """802.1Q id on the nodes' uplinks (1-4094); 0 = untagged"""
     @_builtins.property
     def dns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -563,10 +581,11 @@ class Network(_message.Message):
         mac_prefix: _builtins.str = ...,
         dns: _abc.Iterable[_builtins.str] | None = ...,
         allocated: _builtins.int = ...,
+        vlan: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "bridge", b"bridge", "dns", b"dns", "gateway", b"gateway", "mac_prefix", b"mac_prefix", "name", b"name", "range_end", b"range_end", "range_start", b"range_start", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "bridge", b"bridge", "dns", b"dns", "gateway", b"gateway", "mac_prefix", b"mac_prefix", "name", b"name", "range_end", b"range_end", "range_start", b"range_start", "subnet", b"subnet", "vlan", b"vlan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -182,6 +182,9 @@ class CreateClusterRequest(_message.Message):
     WAIT_FOR_CAPACITY_S_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     LEASE_S_FIELD_NUMBER: _builtins.int
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     name: _builtins.str
     affinity: Global___Affinity.ValueType
@@ -191,8 +194,14 @@ class CreateClusterRequest(_message.Message):
     project: _builtins.str
     lease_s: _builtins.int
     """Every member's lease in seconds (0 = the project's default)."""
+    connectivity: _builtins.str
+    """Every member's connectivity ("" = the default), allow rules and limits."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterMember]: ...
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def limits(self) -> _common_pb2.Limits: ...
     def __init__(
         self,
         *,
@@ -204,10 +213,13 @@ class CreateClusterRequest(_message.Message):
         wait_for_capacity_s: _builtins.int = ...,
         project: _builtins.str = ...,
         lease_s: _builtins.int = ...,
+        connectivity: _builtins.str = ...,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        limits: _common_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "lease_s", b"lease_s", "members", b"members", "name", b"name", "on_failure", b"on_failure", "project", b"project", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "allow", b"allow", "connectivity", b"connectivity", "lease_s", b"lease_s", "limits", b"limits", "members", b"members", "name", b"name", "on_failure", b"on_failure", "project", b"project", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

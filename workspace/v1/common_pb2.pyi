@@ -179,6 +179,46 @@ class Nic(_message.Message):
 Global___Nic: _TypeAlias = Nic  # noqa: Y015
 
 @_typing.final
+class Limits(_message.Message):
+    """Resource limits (workspace/domain/netpolicy.py); 0 = none (in a request: the default,
+    the project's, then the site's).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    CPU_WEIGHT_FIELD_NUMBER: _builtins.int
+    DISK_MBPS_FIELD_NUMBER: _builtins.int
+    DISK_IOPS_FIELD_NUMBER: _builtins.int
+    NET_MBPS_FIELD_NUMBER: _builtins.int
+    cpu_percent: _builtins.int
+    """CFS quota: % of each vCPU's time (1-100)"""
+    cpu_weight: _builtins.int
+    """relative CPU shares (1-10000; 100 = normal)"""
+    disk_mbps: _builtins.int
+    """MB/s per disk, read + write"""
+    disk_iops: _builtins.int
+    """I/O operations per second per disk"""
+    net_mbps: _builtins.int
+    """Mbit/s per NIC, each direction"""
+    def __init__(
+        self,
+        *,
+        cpu_percent: _builtins.int = ...,
+        cpu_weight: _builtins.int = ...,
+        disk_mbps: _builtins.int = ...,
+        disk_iops: _builtins.int = ...,
+        net_mbps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "cpu_weight", b"cpu_weight", "disk_iops", b"disk_iops", "disk_mbps", b"disk_mbps", "net_mbps", b"net_mbps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
 class Workspace(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -203,6 +243,9 @@ class Workspace(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     HOST_KEYS_FIELD_NUMBER: _builtins.int
     LOGIN_USER_FIELD_NUMBER: _builtins.int
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -221,6 +264,8 @@ class Workspace(_message.Message):
     project: _builtins.str
     login_user: _builtins.str
     """The account `ws ssh` logs in as (the image's default cloud-init user)."""
+    connectivity: _builtins.str
+    """"open" | "cluster" | "outbound" (workspace/domain/netpolicy.py)."""
     @_builtins.property
     def nics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nic]: ...
     @_builtins.property
@@ -237,6 +282,14 @@ class Workspace(_message.Message):
         and delivered in the NoCloud seed: `ws ssh` trusts exactly these. Empty for images
         without contextualization.
         """
+
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allow rules in canonical form ("tcp/22", "tcp/8000-8100:10.0.0.0/8")."""
+
+    @_builtins.property
+    def limits(self) -> Global___Limits:
+        """The limits as enforced (the defaults applied); 0 = not limited."""
 
     def __init__(
         self,
@@ -262,10 +315,13 @@ class Workspace(_message.Message):
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         host_keys: _abc.Iterable[_builtins.str] | None = ...,
         login_user: _builtins.str = ...,
+        connectivity: _builtins.str = ...,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        limits: Global___Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

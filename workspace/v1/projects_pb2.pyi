@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from workspace.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -81,6 +82,7 @@ class Project(_message.Message):
     MAX_LEASE_S_FIELD_NUMBER: _builtins.int
     ON_EXPIRY_FIELD_NUMBER: _builtins.int
     USERS_FIELD_NUMBER: _builtins.int
+    DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     default_lease_s: _builtins.int
     """Lifetime of a new workspace and the longest one may ask for (seconds; 0 = none)."""
@@ -92,6 +94,10 @@ class Project(_message.Message):
     def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """output only: the members recorded by the service"""
 
+    @_builtins.property
+    def default_limits(self) -> _common_pb2.Limits:
+        """Limits of a new workspace of the project that asks for none (0: the site's default)."""
+
     def __init__(
         self,
         *,
@@ -101,14 +107,40 @@ class Project(_message.Message):
         max_lease_s: _builtins.int = ...,
         on_expiry: Global___LeaseAction.ValueType = ...,
         users: _abc.Iterable[_builtins.str] | None = ...,
+        default_limits: _common_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_lease_s", b"default_lease_s", "max_lease_s", b"max_lease_s", "name", b"name", "on_expiry", b"on_expiry", "quota", b"quota", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_lease_s", b"default_lease_s", "default_limits", b"default_limits", "max_lease_s", b"max_lease_s", "name", b"name", "on_expiry", b"on_expiry", "quota", b"quota", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Project: _TypeAlias = Project  # noqa: Y015
+
+@_typing.final
+class SetProjectDefaultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    @_builtins.property
+    def default_limits(self) -> _common_pb2.Limits:
+        """The project's default limits become exactly these (0: the site's default)."""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        default_limits: _common_pb2.Limits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProjectDefaultsRequest: _TypeAlias = SetProjectDefaultsRequest  # noqa: Y015
 
 @_typing.final
 class ProjectUserRequest(_message.Message):

@@ -55,6 +55,11 @@ class ProjectsStub:
                 request_serializer=workspace_dot_v1_dot_projects__pb2.GetQuotaRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_projects__pb2.GetQuotaResponse.FromString,
                 _registered_method=True)
+        self.SetProjectDefaults = channel.unary_unary(
+                '/workspace.v1.Projects/SetProjectDefaults',
+                request_serializer=workspace_dot_v1_dot_projects__pb2.SetProjectDefaultsRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_projects__pb2.Project.FromString,
+                _registered_method=True)
 
 
 class ProjectsServicer:
@@ -87,6 +92,13 @@ class ProjectsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetProjectDefaults(self, request, context):
+        """Admins: replace a project's default limits of new workspaces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProjectsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_ProjectsServicer_to_server(servicer, server):
                     servicer.GetQuota,
                     request_deserializer=workspace_dot_v1_dot_projects__pb2.GetQuotaRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_projects__pb2.GetQuotaResponse.SerializeToString,
+            ),
+            'SetProjectDefaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProjectDefaults,
+                    request_deserializer=workspace_dot_v1_dot_projects__pb2.SetProjectDefaultsRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_projects__pb2.Project.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +237,33 @@ class Projects:
             '/workspace.v1.Projects/GetQuota',
             workspace_dot_v1_dot_projects__pb2.GetQuotaRequest.SerializeToString,
             workspace_dot_v1_dot_projects__pb2.GetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProjectDefaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Projects/SetProjectDefaults',
+            workspace_dot_v1_dot_projects__pb2.SetProjectDefaultsRequest.SerializeToString,
+            workspace_dot_v1_dot_projects__pb2.Project.FromString,
             options,
             channel_credentials,
             insecure,

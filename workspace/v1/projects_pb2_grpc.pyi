@@ -39,6 +39,8 @@ class ProjectsStub:
     ListProjects: _grpc.UnaryUnaryMultiCallable[_projects_pb2.ListProjectsRequest, _projects_pb2.ListProjectsResponse]
     GetQuota: _grpc.UnaryUnaryMultiCallable[_projects_pb2.GetQuotaRequest, _projects_pb2.GetQuotaResponse]
     """Any user: the caller's projects, their use and limits."""
+    SetProjectDefaults: _grpc.UnaryUnaryMultiCallable[_projects_pb2.SetProjectDefaultsRequest, _projects_pb2.Project]
+    """Admins: replace a project's default limits of new workspaces."""
 
 @_typing.type_check_only
 class ProjectsAsyncStub(ProjectsStub):
@@ -51,6 +53,8 @@ class ProjectsAsyncStub(ProjectsStub):
     ListProjects: _aio.UnaryUnaryMultiCallable[_projects_pb2.ListProjectsRequest, _projects_pb2.ListProjectsResponse]  # type: ignore[assignment]
     GetQuota: _aio.UnaryUnaryMultiCallable[_projects_pb2.GetQuotaRequest, _projects_pb2.GetQuotaResponse]  # type: ignore[assignment]
     """Any user: the caller's projects, their use and limits."""
+    SetProjectDefaults: _aio.UnaryUnaryMultiCallable[_projects_pb2.SetProjectDefaultsRequest, _projects_pb2.Project]  # type: ignore[assignment]
+    """Admins: replace a project's default limits of new workspaces."""
 
 class ProjectsServicer(metaclass=_abc_1.ABCMeta):
     """Projects: the unit of quotas, lease policy and image sharing."""
@@ -84,5 +88,13 @@ class ProjectsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_projects_pb2.GetQuotaResponse, _abc.Awaitable[_projects_pb2.GetQuotaResponse]]:
         """Any user: the caller's projects, their use and limits."""
+
+    @_abc_1.abstractmethod
+    def SetProjectDefaults(
+        self,
+        request: _projects_pb2.SetProjectDefaultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_projects_pb2.Project, _abc.Awaitable[_projects_pb2.Project]]:
+        """Admins: replace a project's default limits of new workspaces."""
 
 def add_ProjectsServicer_to_server(servicer: ProjectsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

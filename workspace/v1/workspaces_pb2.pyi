@@ -76,6 +76,9 @@ class CreateWorkspaceRequest(_message.Message):
     GROW_BYTES_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     LEASE_S_FIELD_NUMBER: _builtins.int
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key: a retry with the same id returns the same
     workspace; the same id with different parameters is refused.
@@ -93,6 +96,8 @@ class CreateWorkspaceRequest(_message.Message):
     """Lease in seconds: the workspace is stopped (or destroyed) then; 0 = the project's
     default. Longer than the project's maximum is refused.
     """
+    connectivity: _builtins.str
+    """"open" | "cluster" | "outbound"; "" = the default (the project's or site's)."""
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -106,6 +111,14 @@ class CreateWorkspaceRequest(_message.Message):
     @_builtins.property
     def grow_bytes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Grow cow partitions of the image: partition name -> new virtual size in bytes."""
+
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allow rules for incoming traffic: PROTO[/PORT[-PORT]][:CIDR], e.g. "tcp/22"."""
+
+    @_builtins.property
+    def limits(self) -> _common_pb2.Limits:
+        """Limits; each 0 takes the project's default, else the site's."""
 
     def __init__(
         self,
@@ -123,14 +136,57 @@ class CreateWorkspaceRequest(_message.Message):
         grow_bytes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         project: _builtins.str = ...,
         lease_s: _builtins.int = ...,
+        connectivity: _builtins.str = ...,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        limits: _common_pb2.Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "lease_s", b"lease_s", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "project", b"project", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "lease_s", b"lease_s", "limits", b"limits", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "project", b"project", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateWorkspaceRequest: _TypeAlias = CreateWorkspaceRequest  # noqa: Y015
+
+@_typing.final
+class UpdateWorkspaceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    SET_ALLOW_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """workspace id or name"""
+    connectivity: _builtins.str
+    """"" = unchanged."""
+    set_allow: _builtins.bool
+    """When set_allow: the allow rules become exactly these (none when empty);
+    otherwise they are unchanged.
+    """
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def limits(self) -> _common_pb2.Limits:
+        """Each non-zero limit replaces the workspace's; 0 = unchanged."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        connectivity: _builtins.str = ...,
+        set_allow: _builtins.bool = ...,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        limits: _common_pb2.Limits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "id", b"id", "limits", b"limits", "set_allow", b"set_allow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWorkspaceRequest: _TypeAlias = UpdateWorkspaceRequest  # noqa: Y015
 
 @_typing.final
 class GetWorkspaceRequest(_message.Message):

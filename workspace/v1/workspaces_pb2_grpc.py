@@ -101,6 +101,11 @@ class WorkspacesStub:
                 request_serializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
                 _registered_method=True)
+        self.UpdateWorkspace = channel.unary_unary(
+                '/workspace.v1.Workspaces/UpdateWorkspace',
+                request_serializer=workspace_dot_v1_dot_workspaces__pb2.UpdateWorkspaceRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_common__pb2.Workspace.FromString,
+                _registered_method=True)
 
 
 class WorkspacesServicer:
@@ -186,6 +191,14 @@ class WorkspacesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateWorkspace(self, request, context):
+        """The owner (or an admin): change connectivity, allow rules and limits of a live
+        workspace; the node's filter and domain follow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspacesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +266,11 @@ def add_WorkspacesServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=workspace_dot_v1_dot_usage__pb2.GetUsageRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_usage__pb2.UsageReport.SerializeToString,
+            ),
+            'UpdateWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWorkspace,
+                    request_deserializer=workspace_dot_v1_dot_workspaces__pb2.UpdateWorkspaceRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_common__pb2.Workspace.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -606,6 +624,33 @@ class Workspaces:
             '/workspace.v1.Workspaces/GetUsage',
             workspace_dot_v1_dot_usage__pb2.GetUsageRequest.SerializeToString,
             workspace_dot_v1_dot_usage__pb2.UsageReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Workspaces/UpdateWorkspace',
+            workspace_dot_v1_dot_workspaces__pb2.UpdateWorkspaceRequest.SerializeToString,
+            workspace_dot_v1_dot_common__pb2.Workspace.FromString,
             options,
             channel_credentials,
             insecure,

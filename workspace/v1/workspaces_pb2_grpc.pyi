@@ -48,6 +48,10 @@ class WorkspacesStub:
     """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]
     """Usage of the caller's workspaces (and their projects')."""
+    UpdateWorkspace: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.UpdateWorkspaceRequest, _common_pb2.Workspace]
+    """The owner (or an admin): change connectivity, allow rules and limits of a live
+    workspace; the node's filter and domain follow.
+    """
 
 @_typing.type_check_only
 class WorkspacesAsyncStub(WorkspacesStub):
@@ -67,6 +71,10 @@ class WorkspacesAsyncStub(WorkspacesStub):
     """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]  # type: ignore[assignment]
     """Usage of the caller's workspaces (and their projects')."""
+    UpdateWorkspace: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.UpdateWorkspaceRequest, _common_pb2.Workspace]  # type: ignore[assignment]
+    """The owner (or an admin): change connectivity, allow rules and limits of a live
+    workspace; the node's filter and domain follow.
+    """
 
 class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -161,5 +169,15 @@ class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.UsageReport, _abc.Awaitable[_usage_pb2.UsageReport]]:
         """Usage of the caller's workspaces (and their projects')."""
+
+    @_abc_1.abstractmethod
+    def UpdateWorkspace(
+        self,
+        request: _workspaces_pb2.UpdateWorkspaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Workspace, _abc.Awaitable[_common_pb2.Workspace]]:
+        """The owner (or an admin): change connectivity, allow rules and limits of a live
+        workspace; the node's filter and domain follow.
+        """
 
 def add_WorkspacesServicer_to_server(servicer: WorkspacesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -89,6 +89,8 @@ class RegisterRequest(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CACHED_DIGESTS_FIELD_NUMBER: _builtins.int
     PEER_ADDRESS_FIELD_NUMBER: _builtins.int
+    DISK_MBPS_FIELD_NUMBER: _builtins.int
+    NET_MBPS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     hypervisor: _builtins.str
     """"kvm" | "qemu" | "xen" | "fake" """
@@ -98,6 +100,12 @@ class RegisterRequest(_message.Message):
     agent_version: _builtins.str
     peer_address: _builtins.str
     """Where other agents reach this agent's Peers service; empty: it serves no peers."""
+    disk_mbps: _builtins.int
+    """Guaranteed-bandwidth capacity the scheduler may promise (0: none declared).
+    MB/s over all local disks
+    """
+    net_mbps: _builtins.int
+    """Mbit/s per direction over all NICs"""
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """network names this node can attach to"""
@@ -119,10 +127,12 @@ class RegisterRequest(_message.Message):
         agent_version: _builtins.str = ...,
         cached_digests: _abc.Iterable[_builtins.str] | None = ...,
         peer_address: _builtins.str = ...,
+        disk_mbps: _builtins.int = ...,
+        net_mbps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cached_digests", b"cached_digests", "cpus", b"cpus", "disk_gib", b"disk_gib", "hypervisor", b"hypervisor", "labels", b"labels", "memory_mib", b"memory_mib", "networks", b"networks", "node", b"node", "peer_address", b"peer_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cached_digests", b"cached_digests", "cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "memory_mib", b"memory_mib", "net_mbps", b"net_mbps", "networks", b"networks", "node", b"node", "peer_address", b"peer_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +233,7 @@ class NicAssignment(_message.Message):
     GATEWAY_FIELD_NUMBER: _builtins.int
     DNS_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
+    VLAN_FIELD_NUMBER: _builtins.int
     network: _builtins.str
     bridge: _builtins.str
     mac: _builtins.str
@@ -230,6 +241,8 @@ class NicAssignment(_message.Message):
     prefix_len: _builtins.int
     gateway: _builtins.str
     subnet: _builtins.str
+    vlan: _builtins.int
+    """the network's 802.1Q id on the node's uplink (0: untagged)"""
     @_builtins.property
     def dns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -243,10 +256,11 @@ class NicAssignment(_message.Message):
         gateway: _builtins.str = ...,
         dns: _abc.Iterable[_builtins.str] | None = ...,
         subnet: _builtins.str = ...,
+        vlan: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "dns", b"dns", "gateway", b"gateway", "ip", b"ip", "mac", b"mac", "network", b"network", "prefix_len", b"prefix_len", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "dns", b"dns", "gateway", b"gateway", "ip", b"ip", "mac", b"mac", "network", b"network", "prefix_len", b"prefix_len", "subnet", b"subnet", "vlan", b"vlan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,6 +288,10 @@ class Assignment(_message.Message):
     ENVELOPES_JSON_FIELD_NUMBER: _builtins.int
     VERIFIED_DIGESTS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     name: _builtins.str
     hostname: _builtins.str
@@ -292,6 +310,8 @@ class Assignment(_message.Message):
     """Bound order: the image, its signature envelopes, and the exact digests the service
     verified (disks, kernel, initrd); the agent boots nothing else.
     """
+    connectivity: _builtins.str
+    """"open" | "cluster" | "outbound" ("" = open)."""
     @_builtins.property
     def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskAssignment]: ...
     @_builtins.property
@@ -304,6 +324,20 @@ class Assignment(_message.Message):
     def seed(self) -> Global___CloudSeed:
         """The NoCloud seed the agent writes to a read-only `cidata` ISO and attaches as the
         last disk; unset for images without contextualization.
+        """
+
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allow rules (incoming), canonical text: "tcp/22", "any:10.1.0.0/16"."""
+
+    @_builtins.property
+    def limits(self) -> _common_pb2.Limits:
+        """The limits to enforce (defaults already applied; 0 = not limited)."""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CLUSTER connectivity: every address of every member of the workspace's cluster
+        (on every node), its own included.
         """
 
     def __init__(
@@ -327,10 +361,14 @@ class Assignment(_message.Message):
         envelopes_json: _abc.Iterable[_builtins.str] | None = ...,
         verified_digests: _abc.Iterable[_builtins.str] | None = ...,
         seed: Global___CloudSeed | None = ...,
+        connectivity: _builtins.str = ...,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        limits: _common_pb2.Limits | None = ...,
+        peers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "cpus", b"cpus", "desired", b"desired", "disks", b"disks", "envelopes_json", b"envelopes_json", "force_stop", b"force_stop", "hostname", b"hostname", "image", b"image", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "reboot_count", b"reboot_count", "seed", b"seed", "stop_timeout_s", b"stop_timeout_s", "verified_digests", b"verified_digests", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "cmdline", b"cmdline", "connectivity", b"connectivity", "cpus", b"cpus", "desired", b"desired", "disks", b"disks", "envelopes_json", b"envelopes_json", "force_stop", b"force_stop", "hostname", b"hostname", "image", b"image", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "limits", b"limits", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "peers", b"peers", "reboot_count", b"reboot_count", "seed", b"seed", "stop_timeout_s", b"stop_timeout_s", "verified_digests", b"verified_digests", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,385 @@
+"""The node's packet filter: anti-spoofing and connectivity policy, as ONE nftables script.
+
+``render(orders, bridges)`` is pure: from the node's whole desired state it renders a
+script that replaces our two tables in one transaction (``nft -f`` is atomic), and
+``apply_ruleset`` loads it. No other table is ever touched. See
+docs/design/network-policy.md for the why; in short:
+
+* ``table bridge ws_guard`` (hooks forward/input/output, priority -200) sees every frame
+  a VM's tap sends or receives. Per NIC a chain ``from_<tap>`` lets through only frames
+  with the NIC's MAC, ARP with its MAC and IP (or 0.0.0.0, probes), IPv4 from its IP (or
+  a DHCP discover from 0.0.0.0), no DHCP server replies; everything else (IPv6, VLAN-
+  tagged frames, other ethertypes) is dropped. A NIC with CLUSTER or OUTBOUND
+  connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``) and a
+  chain ``to_<tap>`` that delivers it only IPv4 for its own address (and DHCP replies)
+  and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local.
+* ``table inet ws_policy`` (hooks forward/input/output, priority 0) is where conntrack
+  works: bridged IPv4 reaches it through br_netfilter. The mark names the sending NIC
+  (``out_<tap>``: a CLUSTER NIC may only talk to its peers, its gateway and DHCP, and
+  answer what came in); the bridge and destination address name the receiving NIC
+  (``in_<tap>``: replies, DHCP, the gateway, the peers for CLUSTER, allow rules, and
+  nothing else).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from agent.virt.base import tap_name
+from workspace import errors
+from workspace.domain.model import Nic, Order
+from workspace.domain.netpolicy import AllowRule, Connectivity
+
+log = logging.getLogger("agent.net.filter")
+
+GUARD_TABLE = "ws_guard"
+POLICY_TABLE = "ws_policy"
+# Marks we put on frames from restricted NICs: "WS" in the high half, the NIC's id in
+# the low half (ids are per ruleset; a frame carries its mark only through one node).
+MARK_BASE = 0x57530000
+MAX_NICS = 0xFFFF
+
+
+class FilterError(errors.FailedPrecondition):
+    """The node's filter rules could not be applied (the message names what)."""
+
+
+@dataclass(frozen=True, order=True)
+class BridgeSpec:
+    """A bridge of this node as the filter needs it.
+
+    ``uplink_port``: the interface attached to it towards other nodes ("" = none);
+    ``local_gateway``: the gateway address every node's bridge holds (a distributed
+    gateway, kept node-local), "" when the bridge has no shared gateway address.
+    """
+
+    bridge: str
+    uplink_port: str = ""
+    local_gateway: str = ""
+
+
+@dataclass(frozen=True, order=True)
+class NicRule:
+    """One NIC of one workspace, with what the filter needs of its order."""
+
+    tap: str
+    workspace_id: str
+    index: int
+    mac: str
+    ip: str
+    bridge: str
+    gateway: str
+    connectivity: Connectivity
+    allow: tuple[AllowRule, ...]
+    peers: tuple[str, ...]
+    # Why this NIC's values cannot be rendered ("" = they can): such a NIC's tap gets a
+    # chain that drops everything it sends (fail closed, the others are unaffected).
+    blocked: str = ""
+
+    @property
+    def restricted(self) -> bool:
+        return not self.blocked and self.connectivity is not Connectivity.OPEN
+
+
+def nic_rules(orders: Iterable[Order], served: Iterable[str] | None = None) -> list[NicRule]:
+    """Every NIC of these orders (of the networks in ``served``, if given), by tap name."""
+    nets = set(served) if served is not None else None
+    out = []
+    for order in orders:
+        for i, nic in enumerate(order.nics):
+            if nets is not None and nic.network not in nets:
+                continue
+            out.append(_nic_rule(order, i, nic))
+    return sorted(out, key=lambda r: r.tap)
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _nic_rule(order: Order, index: int, nic: Nic) -> NicRule:
+    mac = nic.mac.lower()
+    blocked = ""
+    if not _MAC.match(mac):
+        blocked = f"MAC {nic.mac!r} is not a MAC address"
+    elif not _ipv4(nic.ip):
+        blocked = f"address {nic.ip!r} is not an IPv4 address"
+    elif not _IFNAME.match(nic.bridge):
+        blocked = f"bridge {nic.bridge!r} is not an interface name"
+    elif nic.gateway and not _ipv4(nic.gateway):
+        blocked = f"gateway {nic.gateway!r} is not an IPv4 address"
+    return NicRule(
+        tap=tap_name(order.workspace_id, index),
+        workspace_id=order.workspace_id,
+        index=index,
+        mac=mac,
+        ip=nic.ip,
+        bridge=nic.bridge,
+        gateway=nic.gateway,
+        connectivity=order.connectivity,
+        allow=tuple(sorted(set(order.allow))),
+        peers=tuple(sorted({p for p in order.peers if _ipv4(p)} - {nic.ip})),
+        blocked=blocked,
+    )
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _set(items: Iterable[str]) -> str:
+    return "{ " + ", ".join(items) + " }"
+
+
+def _allow(rule: AllowRule) -> str:
+    src = "" if rule.source == "0.0.0.0/0" else f"ip saddr {rule.source} "
+    if rule.protocol in ("tcp", "udp"):
+        ports = ""
+        if rule.port_min:
+            ports = f" {rule.protocol} dport {rule.port_min}"
+            if rule.port_max != rule.port_min:
+                ports += f"-{rule.port_max}"
+        if ports:
+            return f"{src}{ports.strip()} accept"
+        return f"{src}meta l4proto {rule.protocol} accept"
+    if rule.protocol == "icmp":
+        return f"{src}meta l4proto icmp accept"
+    return f"{src}accept"
+
+
+class _Script:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, text: str, depth: int = 0) -> None:
+        self.lines.append("\t" * depth + text)
+
+    def chain(self, name: str, rules: Sequence[str], hook: str = "", comment: str = "") -> None:
+        self.add(f"chain {name} {{", 1)
+        if comment:  # one line whatever the values hold
+            self.add("# " + "".join(c if c.isprintable() else "?" for c in comment), 2)
+        if hook:
+            self.add(hook, 2)
+        for rule in rules:
+            self.add(rule, 2)
+        self.add("}", 1)
+
+
+def _from_chain(nic: NicRule, mark: int) -> list[str]:
+    if nic.blocked:
+        return ["drop"]
+    rules = []
+    if nic.restricted:
+        rules.append(f"meta mark set {mark:#010x}")
+    rules += [
+        f"ether saddr != {nic.mac} drop",
+        f"ether type arp arp saddr ether != {nic.mac} drop",
+        f"ether type arp arp saddr ip != {_set(sorted({'0.0.0.0', nic.ip}))} drop",
+        "ether type arp return",
+        "ether type ip udp sport 67 drop",
+        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return",
+        f"ether type ip ip saddr != {nic.ip} drop",
+        "ether type ip return",
+        "drop",  # IPv6, VLAN-tagged frames and every other ethertype
+    ]
+    return rules
+
+
+def _to_chain(nic: NicRule) -> list[str]:
+    return [
+        "ether type arp return",
+        f"ether type ip ip daddr {nic.ip} return",
+        "ether type ip udp sport 67 udp dport 68 return",
+        "drop",
+    ]
+
+
+def _out_chain(nic: NicRule) -> list[str]:
+    # Only CLUSTER NICs have one: OUTBOUND may send anywhere. ``return``, not accept:
+    # the receiving NIC's own ``in_`` chain must still see what passes here.
+    rules = [
+        "udp sport 68 udp dport 67 return",
+        f"ip daddr {nic.gateway} return" if nic.gateway else "",
+        f"ip daddr {_set(nic.peers)} return" if nic.peers else "",
+        "ct state established,related return",
+        "drop",
+    ]
+    return [r for r in rules if r]
+
+
+def _in_chain(nic: NicRule) -> list[str]:
+    rules = [
+        "ct state established,related accept",
+        "udp sport 67 udp dport 68 accept",
+        f"ip saddr {nic.gateway} accept" if nic.gateway else "",
+    ]
+    if nic.connectivity is Connectivity.CLUSTER and nic.peers:
+        rules.append(f"ip saddr {_set(nic.peers)} accept")
+    rules += [_allow(r) for r in nic.allow]
+    rules.append("drop")
+    return [r for r in rules if r]
+
+
+def _uplink_rules(bridges: Sequence[BridgeSpec], hook: str) -> list[str]:
+    """Keep a distributed gateway node-local: nothing of the node leaves through the
+    uplink, no ARP for the gateway address crosses it."""
+    rules = []
+    for b in bridges:
+        if not (b.uplink_port and b.local_gateway):
+            continue
+        port, gw = _q(b.uplink_port), b.local_gateway
+        if hook == "output":
+            rules.append(f"oifname {port} drop")
+        else:
+            rules.append(f"iifname {port} ether type arp arp daddr ip {gw} drop")
+            rules.append(f"iifname {port} ether type arp arp saddr ip {gw} drop")
+        if hook == "forward":
+            rules.append(f"oifname {port} ether type arp arp daddr ip {gw} drop")
+    return rules
+
+
+def render(orders: Iterable[Order], bridges: Iterable[BridgeSpec] = ()) -> str:
+    """The whole ruleset of a node: both tables, replaced in one transaction."""
+    return render_nics(nic_rules(orders), bridges)
+
+
+def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> str:
+    if len(nics) > MAX_NICS:
+        raise FilterError(f"{len(nics)} NICs on one node: the filter marks at most {MAX_NICS}")
+    brs = sorted(set(bridges))
+    marks = {n.tap: MARK_BASE | (i + 1) for i, n in enumerate(nics)}
+    restricted = [n for n in nics if n.restricted]
+    s = _Script()
+    s.add("# workspace-agent: the node's filter (agent/net/filter.py); replaced as a whole")
+    # add + delete + define: one transaction replacing the table whether it existed or not.
+    s.add(f"add table bridge {GUARD_TABLE}")
+    s.add(f"delete table bridge {GUARD_TABLE}")
+    s.add(f"table bridge {GUARD_TABLE} {{")
+    from_map = _set(f"{_q(n.tap)} : jump from_{n.tap}" for n in nics)
+    to_map = _set(f"{_q(n.tap)} : jump to_{n.tap}" for n in restricted)
+    for hook in ("forward", "input", "output"):
+        rules = _uplink_rules(brs, hook)
+        if nics and hook in ("forward", "input"):
+            rules.append(f"iifname vmap {from_map}")
+        if restricted and hook in ("forward", "output"):
+            rules.append(f"oifname vmap {to_map}")
+        s.chain(
+            f"guard_{hook}",
+            rules,
+            hook=f"type filter hook {hook} priority -200; policy accept;",
+        )
+    for n in nics:
+        where = f"workspace {n.workspace_id} nic {n.index} bridge {n.bridge}"
+        if n.blocked:
+            where = f"workspace {n.workspace_id} nic {n.index}: blocked, {n.blocked}"
+        s.chain(f"from_{n.tap}", _from_chain(n, marks[n.tap]), comment=where)
+        if n.restricted:
+            s.chain(f"to_{n.tap}", _to_chain(n), comment=where)
+    s.add("}")
+    s.add(f"add table inet {POLICY_TABLE}")
+    s.add(f"delete table inet {POLICY_TABLE}")
+    s.add(f"table inet {POLICY_TABLE} {{")
+    cluster = [n for n in restricted if n.connectivity is Connectivity.CLUSTER]
+    out_map = _set(f"{marks[n.tap]:#010x} : jump out_{n.tap}" for n in cluster)
+    in_map = _set(f"{_q(n.bridge)} . {n.ip} : jump in_{n.tap}" for n in restricted)
+    for hook in ("forward", "input", "output"):
+        rules = []
+        if cluster and hook in ("forward", "input"):
+            rules.append(f"meta mark vmap {out_map}")
+        if restricted and hook in ("forward", "output"):
+            rules.append(f"oifname . ip daddr vmap {in_map}")
+        s.chain(
+            f"policy_{hook}",
+            rules,
+            hook=f"type filter hook {hook} priority 0; policy accept;",
+        )
+    for n in restricted:
+        where = f"workspace {n.workspace_id} nic {n.index} bridge {n.bridge}"
+        if n.connectivity is Connectivity.CLUSTER:
+            s.chain(f"out_{n.tap}", _out_chain(n), comment=where)
+        s.chain(f"in_{n.tap}", _in_chain(n), comment=where)
+    s.add("}")
+    return "\n".join(s.lines) + "\n"
+
+
+_ERR_LINE = re.compile(r"^[^:\n]*:(\d+):\d+(?:-\d+)?: Error: (.*)$", re.M)
+
+
+def _blame(script: str, stderr: str) -> str:
+    """What the first error of ``nft`` is about: the workspace/bridge comment of the
+    chain holding the failing line, if any."""
+    m = _ERR_LINE.search(stderr)
+    if not m:
+        return ""
+    lines = script.splitlines()
+    lineno = int(m[1])
+    for i in range(min(lineno, len(lines)) - 1, -1, -1):
+        text = lines[i].strip()
+        if text.startswith("# workspace "):
+            return text[2:]
+        if text.startswith("chain ") and i < lineno - 1:
+            # a chain without a comment (a hook chain): name it
+            return f"chain {text.split()[1]}"
+    return ""
+
+
+BR_NF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+def bridged_ipv4_filtered(netns: str | None = None) -> bool:
+    """Whether bridged IPv4 traverses the inet hooks here (br_netfilter loaded and
+    ``net.bridge.bridge-nf-call-iptables`` = 1): CLUSTER and OUTBOUND need it."""
+    try:
+        if netns:
+            argv = ["ip", "netns", "exec", netns, "cat", BR_NF_SYSCTL]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            text = proc.stdout if proc.returncode == 0 else ""
+        else:
+            with open(BR_NF_SYSCTL) as f:
+                text = f.read()
+    except OSError:
+        return False
+    return text.strip() == "1"
+
+
+BR_NF_ADVICE = (
+    "CLUSTER and OUTBOUND connectivity need bridged IPv4 to pass the inet hooks:"
+    " modprobe br_netfilter and sysctl net.bridge.bridge-nf-call-iptables=1"
+    " (docs/design/network-policy.md)"
+)
+
+
+def apply_ruleset(script: str, netns: str | None = None, *, nft: str = "nft") -> None:
+    """Load ``script`` with ``nft -f -`` (in ``netns`` if given). Atomic: on any error
+    the previous ruleset stays whole. Raises FilterError naming the culprit."""
+    argv = [nft, "-f", "-"]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    try:
+        proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError as exc:
+        raise FilterError(
+            f"{exc.filename or nft} not found: install nftables (apt-get install nftables);"
+            " the node cannot filter its VMs' traffic without it"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FilterError("nft -f did not finish within 60 s") from exc
+    if proc.returncode != 0:
+        err = proc.stderr.strip() or f"exit code {proc.returncode}"
+        culprit = _blame(script, proc.stderr)
+        where = f" ({culprit})" if culprit else ""
+        log.error("filter rules not applied%s: %s", where, err)
+        raise FilterError(f"filter rules not applied{where}: {err.splitlines()[0]}")

@@ -1,0 +1,238 @@
+"""The node's nftables ruleset rendered from orders (agent/net/filter.py), against golden
+files, and the apply path with ``nft`` replaced. The syntax of the rendered text is
+checked by the real ``nft -c`` in tests/host/test_net_policy.py.
+
+Regenerate the golden files after an intended change with
+``UPDATE_GOLDEN=1 pytest tests/unit/test_net_filter.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.net import filter as nf
+from agent.net.filter import BridgeSpec, FilterError, apply_ruleset, nic_rules, render
+from agent.virt.base import tap_name
+from workspace.domain.model import Nic, Order
+from workspace.domain.netpolicy import Connectivity, parse_rules
+from workspace.domain.states import Desired
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def nic(ip: str, mac: str, bridge: str = "wsbr0", network: str = "default") -> Nic:
+    return Nic(network, ip, mac, 24, "10.0.0.1", bridge, "10.0.0.0/24")
+
+
+def order(
+    wid: str,
+    *nics: Nic,
+    conn: Connectivity = Connectivity.OPEN,
+    allow: tuple[str, ...] = (),
+    peers: tuple[str, ...] = (),
+) -> Order:
+    return Order(
+        wid,
+        wid,
+        wid,
+        Desired.RUNNING,
+        1,
+        512,
+        "img",
+        (),
+        nics,
+        connectivity=conn,
+        allow=parse_rules(allow),
+        peers=peers,
+    )
+
+
+OPEN = order("w-open", nic("10.0.0.5", "52:54:00:00:00:05"))
+CLUSTER = order(
+    "w-clu",
+    nic("10.0.0.6", "52:54:00:00:00:06"),
+    conn=Connectivity.CLUSTER,
+    allow=("tcp/22",),
+    peers=("10.0.0.7", "10.0.0.6", "10.0.9.9"),
+)
+OUTBOUND = order(
+    "w-out",
+    nic("10.0.0.8", "52:54:00:00:00:08"),
+    nic("10.5.0.8", "52:54:00:00:05:08", bridge="wsbr5", network="storage"),
+    conn=Connectivity.OUTBOUND,
+    allow=("tcp/8000-8100:10.0.0.0/8", "icmp", "udp/53", "any:10.1.0.0/16"),
+)
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_open_only_guards() -> None:
+    text = render([OPEN])
+    golden("netfilter_open.nft", text)
+    tap = tap_name("w-open", 0)
+    assert f"from_{tap}" in text
+    assert f"to_{tap}" not in text and "meta mark set" not in text
+    assert "out_" not in text and "in_" not in text
+
+
+def test_every_policy_and_an_uplink() -> None:
+    bridges = [BridgeSpec("wsbr0", "eth1.100", "10.0.0.1"), BridgeSpec("wsbr5", "eth1")]
+    golden("netfilter_policies.nft", render([OUTBOUND, CLUSTER, OPEN], bridges))
+
+
+def test_empty_node_still_replaces_both_tables() -> None:
+    text = render([])
+    golden("netfilter_empty.nft", text)
+    for family, table in (("bridge", "ws_guard"), ("inet", "ws_policy")):
+        assert f"add table {family} {table}\ndelete table {family} {table}\n" in text
+
+
+def test_deterministic_whatever_the_order_of_orders() -> None:
+    assert render([OPEN, CLUSTER, OUTBOUND]) == render([OUTBOUND, OPEN, CLUSTER])
+
+
+def test_anti_spoofing_of_each_nic() -> None:
+    text = render([OUTBOUND])
+    for i, (ip, mac) in enumerate(
+        [("10.0.0.8", "52:54:00:00:00:08"), ("10.5.0.8", "52:54:00:00:05:08")]
+    ):
+        chain = _chain(text, f"from_{tap_name('w-out', i)}")
+        assert f"ether saddr != {mac} drop" in chain
+        assert f"ether type arp arp saddr ether != {mac} drop" in chain
+        assert f"ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }} drop" in chain
+        assert f"ether type ip ip saddr != {ip} drop" in chain
+        assert "ether type ip udp sport 67 drop" in chain
+        assert chain[-1] == "drop"  # IPv6, VLAN tags, other ethertypes
+        # the DHCP discover (from 0.0.0.0) passes before the source check
+        discover = next(i for i, r in enumerate(chain) if "ip saddr 0.0.0.0" in r)
+        assert discover < chain.index(f"ether type ip ip saddr != {ip} drop")
+
+
+def test_cluster_chains() -> None:
+    text = render([CLUSTER])
+    tap = tap_name("w-clu", 0)
+    out = _chain(text, f"out_{tap}")
+    # its own address is not a peer; every verdict but the last is return (the
+    # receiver's chain must still run)
+    assert "ip daddr { 10.0.0.7, 10.0.9.9 } return" in out
+    assert "ip daddr 10.0.0.1 return" in out and out[-1] == "drop"
+    assert not any(r.endswith("accept") for r in out)
+    inn = _chain(text, f"in_{tap}")
+    assert inn[0] == "ct state established,related accept"
+    assert "ip saddr { 10.0.0.7, 10.0.9.9 } accept" in inn
+    assert "tcp dport 22 accept" in inn and inn[-1] == "drop"
+    assert f'"wsbr0" . 10.0.0.6 : jump in_{tap}' in text
+    assert f"0x57530001 : jump out_{tap}" in text
+
+
+def test_outbound_chains() -> None:
+    text = render([OUTBOUND])
+    assert "out_" not in text.split("table inet")[1].replace("policy_output", "")
+    inn = _chain(text, f"in_{tap_name('w-out', 0)}")
+    assert inn == [
+        "ct state established,related accept",
+        "udp sport 67 udp dport 68 accept",
+        "ip saddr 10.0.0.1 accept",
+        "ip saddr 10.1.0.0/16 accept",
+        "meta l4proto icmp accept",
+        "ip saddr 10.0.0.0/8 tcp dport 8000-8100 accept",
+        "udp dport 53 accept",
+        "drop",
+    ]
+
+
+def test_distributed_gateway_kept_local() -> None:
+    text = render([OPEN], [BridgeSpec("wsbr0", "eth1.100", "10.0.0.1")])
+    assert 'oifname "eth1.100" drop' in _chain(text, "guard_output")
+    fwd = _chain(text, "guard_forward")
+    assert 'iifname "eth1.100" ether type arp arp daddr ip 10.0.0.1 drop' in fwd
+    assert 'iifname "eth1.100" ether type arp arp daddr ip 10.0.0.1 drop' in _chain(
+        text, "guard_input"
+    )
+    # an uplink without a shared gateway address: the node may talk through it
+    assert "eth1" not in render([OPEN], [BridgeSpec("wsbr0", "eth1")])
+
+
+def test_unserved_networks_are_left_out() -> None:
+    rules = nic_rules([OUTBOUND], served={"default"})
+    assert [r.bridge for r in rules] == ["wsbr0"]
+
+
+def _chain(text: str, name: str) -> list[str]:
+    lines = text.splitlines()
+    start = lines.index(f"\tchain {name} {{")
+    body = []
+    for line in lines[start + 1 :]:
+        if line == "\t}":
+            break
+        line = line.strip()
+        if not line.startswith(("#", "type filter")):
+            body.append(line)
+    return body
+
+
+# -- applying -----------------------------------------------------------------------------
+
+
+class Proc:
+    def __init__(self, rc: int, stderr: str = "") -> None:
+        self.returncode, self.stderr, self.stdout = rc, stderr, ""
+
+
+def test_apply_runs_nft_in_the_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[list[str], str]] = []
+
+    def run(argv: list[str], **kw: Any) -> Proc:
+        calls.append((argv, kw["input"]))
+        return Proc(0)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    apply_ruleset("table bridge x {}\n", "wsnf-1")
+    assert calls == [(["ip", "netns", "exec", "wsnf-1", "nft", "-f", "-"], "table bridge x {}\n")]
+    apply_ruleset("t\n")
+    assert calls[-1][0] == ["nft", "-f", "-"]
+
+
+def test_apply_error_names_the_workspace(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = render([OPEN, CLUSTER])
+    line = text.splitlines().index("\t\tether type ip ip saddr != 10.0.0.6 drop") + 1
+    err = f"/dev/stdin:{line}:3-20: Error: Could not process rule: No such file or directory\n"
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: Proc(1, err))
+    with pytest.raises(FilterError) as info:
+        apply_ruleset(text)
+    assert "workspace w-clu nic 0 bridge wsbr0" in info.value.message
+    assert "workspace w-clu nic 0 bridge wsbr0" in caplog.text
+
+
+def test_apply_without_nft(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FilterError, match="install nftables"):
+        apply_ruleset("t\n", nft="/nonexistent/nft")
+
+
+def test_too_many_nics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nf, "MAX_NICS", 1)
+    with pytest.raises(FilterError):
+        render([OUTBOUND])
+
+
+def test_a_nic_with_bad_values_is_cut_off_and_the_others_keep_their_rules() -> None:
+    bad = order("w-bad", nic("10.0.0.9", "52:54:00:zz:00:09"), conn=Connectivity.CLUSTER)
+    text = render([OPEN, bad])
+    assert _chain(text, f"from_{tap_name('w-bad', 0)}") == ["drop"]
+    assert "zz" not in text.replace("'52:54:00:zz:00:09'", "")
+    assert f"in_{tap_name('w-bad', 0)}" not in text
+    assert "ether saddr != 52:54:00:00:00:05 drop" in text
+    (rule,) = nic_rules([order("w-x", nic("10.0.0.9", "52:54:00:00:00:09", bridge='br"x'))])
+    assert rule.blocked.startswith("bridge")

@@ -1,0 +1,137 @@
+"""Uplinks and the filter as BridgeNetworking drives them (agent/net/node.py), with the
+host side (pyroute2, nft, dnsmasq) replaced by recorders; the real thing is in
+tests/host/test_net_policy.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from agent.net import node
+from agent.net.filter import FilterError
+from agent.net.uplink import vlan_ifname
+from agent.virt.base import tap_name
+from workspace import errors
+from workspace.config import AgentConfig, NodeNetworkConfig
+from workspace.domain.model import NetworkInfo, Nic, Order
+from workspace.domain.netpolicy import Connectivity
+from workspace.domain.states import Desired
+
+
+@dataclass
+class Host:
+    bridges: list[tuple[str, str | None]] = field(default_factory=list)
+    uplinks: list[tuple[str, str, int]] = field(default_factory=list)
+    rulesets: list[str] = field(default_factory=list)
+    missing: set[str] = field(default_factory=set)
+
+
+@pytest.fixture
+def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    h = Host()
+
+    def ensure_uplink(bridge: str, uplink: str, vlan: int, **kw: object) -> str:
+        if uplink in h.missing:
+            raise errors.FailedPrecondition(f"uplink {uplink} does not exist on node {kw['node']}")
+        h.uplinks.append((bridge, uplink, vlan))
+        return vlan_ifname(uplink, vlan) if vlan else uplink
+
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: h.bridges.append((b, cidr)))
+    monkeypatch.setattr(node, "ensure_uplink", ensure_uplink)
+    monkeypatch.setattr(node, "apply_ruleset", lambda script, netns=None: h.rulesets.append(script))
+    yield h
+
+
+def cfg(tmp_path: Path, **nets: str) -> AgentConfig:
+    networks = [
+        NodeNetworkConfig(name=name, uplink=uplink, dhcp=False) for name, uplink in nets.items()
+    ]
+    return AgentConfig(node="n1", state_dir=str(tmp_path), networks=networks)
+
+
+def order(wid: str, network: str, bridge: str, ip: str, vlan: int) -> Order:
+    nic = Nic(network, ip, "52:54:00:00:00:05", 24, "10.0.0.1", bridge, "10.0.0.0/24", vlan=vlan)
+    return Order(wid, wid, wid, Desired.RUNNING, 1, 512, "img", (), (nic,))
+
+
+def test_vlan_interface_names() -> None:
+    assert vlan_ifname("eth1", 100) == "eth1.100"
+    long = vlan_ifname("enp1s0f1np1", 4094)
+    assert len(long) <= 15 and long.endswith(".4094") and long == vlan_ifname("enp1s0f1np1", 4094)
+    assert vlan_ifname("enp1s0f1np1", 4094) != vlan_ifname("enp1s0f0np0", 4094)
+
+
+def test_uplinks_follow_the_orders(host: Host, tmp_path: Path) -> None:
+    net = node.BridgeNetworking(cfg(tmp_path, a="eth1", b="eth1", c=""))
+    orders = [
+        order("w1", "a", "wsbr-a", "10.0.0.5", 100),
+        order("w2", "b", "wsbr-b", "10.0.0.6", 200),
+        order("w3", "c", "wsbr-c", "10.0.0.7", 0),  # no uplink configured
+    ]
+    net.sync(orders)
+    assert sorted(host.uplinks) == [("wsbr-a", "eth1", 100), ("wsbr-b", "eth1", 200)]
+    (script,) = host.rulesets
+    assert 'oifname "eth1.100" drop' in script and 'oifname "eth1.200" drop' in script
+    assert f"from_{tap_name('w3', 0)}" in script
+    net.sync(orders)  # nothing changed: nothing touched, nothing applied
+    assert len(host.uplinks) == 2 and len(host.rulesets) == 1
+    net.sync(orders[:2])  # w3 gone: a new ruleset without it
+    assert len(host.rulesets) == 2 and f"from_{tap_name('w3', 0)}" not in host.rulesets[-1]
+
+
+def test_a_restarted_agent_rejoins_and_reapplies(host: Host, tmp_path: Path) -> None:
+    config = cfg(tmp_path, a="eth1")
+    node.BridgeNetworking(config).sync([order("w1", "a", "wsbr-a", "10.0.0.5", 100)])
+    host.uplinks.clear()
+    host.bridges.clear()
+    # restarted, and no workspace on the network any more: the node stays in its L2
+    again = node.BridgeNetworking(config)
+    again.sync([])
+    assert host.uplinks == [("wsbr-a", "eth1", 100)]
+    assert host.bridges == [("wsbr-a", "10.0.0.1/24")]
+    assert len(host.rulesets) == 2  # applied once by each process
+    assert 'oifname "eth1.100" drop' in host.rulesets[-1]
+
+
+def test_join_before_any_workspace(host: Host, tmp_path: Path) -> None:
+    net = node.BridgeNetworking(cfg(tmp_path, a="eth1", b=""))
+    net.join(
+        [
+            NetworkInfo("a", "10.0.0.0/24", "10.0.0.1", bridge="wsbr-a", vlan=7),
+            NetworkInfo("b", "10.1.0.0/24", "10.1.0.1", bridge="wsbr-b"),  # no uplink
+            NetworkInfo("z", "10.2.0.0/24", "10.2.0.1", bridge="wsbr-z"),  # not served
+        ]
+    )
+    assert host.uplinks == [("wsbr-a", "eth1", 7)]
+    assert host.bridges == [("wsbr-a", "10.0.0.1/24")]
+
+
+def test_a_missing_uplink_is_an_error_after_the_rest_is_done(host: Host, tmp_path: Path) -> None:
+    host.missing.add("eth9")
+    net = node.BridgeNetworking(cfg(tmp_path, a="eth9", b="eth1"))
+    orders = [
+        order("w1", "a", "wsbr-a", "10.0.0.5", 0),
+        order("w2", "b", "wsbr-b", "10.0.0.6", 0),
+    ]
+    with pytest.raises(errors.FailedPrecondition, match="uplink eth9 does not exist on node n1"):
+        net.sync(orders)
+    assert host.uplinks == [("wsbr-b", "eth1", 0)]
+    (script,) = host.rulesets  # every VM guarded all the same
+    assert f"from_{tap_name('w1', 0)}" in script and f"from_{tap_name('w2', 0)}" in script
+
+
+def test_policy_without_br_netfilter_is_an_error(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: False)
+    net = node.BridgeNetworking(cfg(tmp_path, a=""))
+    open_vm = order("w1", "a", "wsbr-a", "10.0.0.5", 0)
+    net.sync([open_vm])  # OPEN only: anti-spoofing needs no br_netfilter
+    cluster = replace(order("w2", "a", "wsbr-a", "10.0.0.6", 0), connectivity=Connectivity.CLUSTER)
+    for _ in range(2):  # applied (anti-spoofing holds), reported, and checked again
+        with pytest.raises(FilterError, match=r"w2 not isolated: .*br_netfilter"):
+            net.sync([open_vm, cluster])
+    assert len(host.rulesets) == 3

@@ -1,0 +1,52 @@
+"""The network-policy half of the Python client (``Client`` inherits it): `ws update` of
+a workspace's connectivity, allow rules and limits, and the ``Limits`` message a create
+carries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from workspace.v1 import common_pb2, workspaces_pb2, workspaces_pb2_grpc
+
+T = TypeVar("T")
+
+# The limits a request may set (0: the default): flags are --cpu-percent etc.
+LIMIT_NAMES = ("cpu_percent", "cpu_weight", "disk_mbps", "disk_iops", "net_mbps")
+
+
+def limits_message(limits: Mapping[str, int] | None) -> common_pb2.Limits:
+    """``{"net_mbps": 50}`` → a Limits message (unknown names are a TypeError)."""
+    given = dict(limits or {})
+    unknown = sorted(set(given) - set(LIMIT_NAMES))
+    if unknown:
+        raise TypeError(f"unknown limit(s) {', '.join(unknown)}; use {', '.join(LIMIT_NAMES)}")
+    return common_pb2.Limits(**{k: int(v) for k, v in given.items()})
+
+
+class PolicyClientMixin:
+    """Needs ``_call`` and ``_workspaces`` from the Client."""
+
+    _workspaces: workspaces_pb2_grpc.WorkspacesStub
+
+    def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
+        raise NotImplementedError
+
+    def update_workspace(
+        self,
+        id: str,
+        connectivity: str = "",
+        allow: Sequence[str] | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> common_pb2.Workspace:
+        """Change a live workspace (yours, or any as an admin): ``connectivity`` ("" =
+        unchanged), ``allow`` (None = unchanged; a list, even empty, replaces the rules)
+        and ``limits`` (each non-zero one replaces the workspace's). The node follows."""
+        req = workspaces_pb2.UpdateWorkspaceRequest(
+            id=id,
+            connectivity=connectivity,
+            set_allow=allow is not None,
+            allow=list(allow or ()),
+            limits=limits_message(limits),
+        )
+        return self._call(self._workspaces.UpdateWorkspace, req)
