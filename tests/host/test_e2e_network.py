@@ -47,7 +47,9 @@ import pytest
 from images import cloud
 from tests.host.test_limits_real import vcpu_seconds
 
-pytestmark = pytest.mark.host
+# TCG boots on a shared machine can outlast the suite's default 300 s per test,
+# which pytest-timeout charges the module's fixture to the first test.
+pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 REALVM_LOCK = "/tmp/ws-realvm.lock"
