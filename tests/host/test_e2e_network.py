@@ -45,8 +45,11 @@ from pathlib import Path
 import pytest
 
 from images import cloud
+from tests.host.test_limits_real import vcpu_seconds
 
-pytestmark = pytest.mark.host
+# TCG boots on a shared machine can outlast the suite's default 300 s per test,
+# which pytest-timeout charges the module's fixture to the first test.
+pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 REALVM_LOCK = "/tmp/ws-realvm.lock"
@@ -332,12 +335,23 @@ def test_limits_hold(site: Site) -> None:
     def run(name: str) -> None:
         counts[name] = int(site.sh(name, loop, timeout=90).strip())
 
+    ids = {name: str(site.show(name)["id"]) for name in (OUTBOUND, OUTSIDER)}
     with realvm_lock():
         threads = [threading.Thread(target=run, args=(n,)) for n in (OUTBOUND, OUTSIDER)]
+        before = {n: vcpu_seconds(ids[n]) for n in ids}
+        t0 = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        wall = time.monotonic() - t0
+        share = {n: (vcpu_seconds(ids[n]) - before[n]) / wall for n in ids}
     ratio = counts[OUTBOUND] / counts[OUTSIDER]
-    print(f"busy loop: cpu_percent 25 did {ratio:.0%} of the unlimited's work")
-    assert ratio <= 0.35
+    print(
+        f"busy loop: cpu_percent 25 did {ratio:.0%} of the unlimited's work; vCPU threads "
+        f"on the host: {share[OUTBOUND]:.0%} and {share[OUTSIDER]:.0%} of a CPU"
+    )
+    # As in test_limits_real: the cap measured on the host, and the work per CPU-second
+    # the unlimited guest really got (the two cores are shared).
+    assert share[OUTBOUND] <= 0.30
+    assert ratio * share[OUTSIDER] <= 0.35

@@ -49,7 +49,9 @@ from workspace.domain.netpolicy import Limits
 from workspace.errors import FailedPrecondition
 from workspace.site.hostenv import HostEnv
 
-pytestmark = pytest.mark.host
+# TCG boots on a shared machine can outlast the suite's default 300 s per test,
+# which pytest-timeout charges the module's fixture to the first test.
+pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
 
 APPLIANCE = Path(os.environ.get("WS_CLOUD_APPLIANCE", "/var/tmp/ws-cloud-appliance"))
 REALVM_LOCK = "/tmp/ws-realvm.lock"

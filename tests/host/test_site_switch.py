@@ -97,7 +97,7 @@ def wait_until(pred: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 
 def test_the_switch_joins_the_nodes(net: Net) -> None:
     assert not ping(net.vms[0], "10.213.0.12", tries=1)  # separate hosts without a switch
-    net.switch.up()
+    assert net.switch.up() == net.nodes  # both uplinks are new
     assert net.switch.running()
     net.attach_uplinks()
     assert ping(net.vms[0], "10.213.0.12") and ping(net.vms[1], "10.213.0.11")
@@ -112,7 +112,7 @@ def test_the_switch_joins_the_nodes(net: Net) -> None:
     assert BRIDGE in ip("-n", net.switch.netns, "-o", "link", "show", "p1")
 
     before = ip("-n", net.switch.netns, "-o", "link", "show")
-    net.switch.up()  # idempotent: the same links, still connected
+    assert net.switch.up() == []  # idempotent: the same links, still connected
     assert ip("-n", net.switch.netns, "-o", "link", "show") == before
     assert ping(net.vms[0], "10.213.0.12")
 
@@ -125,7 +125,7 @@ def test_a_node_made_anew_is_plugged_in_again_and_down_cleans_up(net: Net) -> No
     # Its port goes with it (a namespace is cleaned up asynchronously).
     assert wait_until(lambda: not net.switch.running())
     net.make_node(1)
-    net.switch.up()
+    assert net.switch.up() == [net.nodes[1]]  # its agent must attach the new uplink
     net.attach_uplinks()
     assert ping(net.vms[0], "10.213.0.12")
 

@@ -20,8 +20,9 @@ class FakeSwitch:
         self.calls = calls
         self.args = (netns, nodes, gateway)
 
-    def up(self) -> None:
+    def up(self) -> list[str]:
         self.calls.append(("switch up", *self.args))
+        return list(self.args[1])  # every uplink new (no agent runs yet: none restarted)
 
     def down(self) -> None:
         self.calls.append(("switch down", *self.args))
@@ -78,3 +79,33 @@ def test_veth_indices() -> None:
     assert switch._indices(line) == (7, 6)
     with pytest.raises(ValueError):
         switch._indices("3: wssw0: <BROADCAST> mtu 1500")
+
+
+def test_a_running_agent_whose_uplink_is_new_starts_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`site up` on a running site whose switch is gone (or predates switches): the
+    switch is made, and the agents on nodes whose uplink0 is new are restarted (an
+    agent attaches its uplink once)."""
+    calls: list[Any] = []
+    site = local.LocalSite(tmp_path, driver="libvirt", nodes=2)
+    _no_daemons(site, calls, monkeypatch)
+    monkeypatch.setattr(site, "_hostenv", lambda ns, d=None: FakeEnv(calls))
+    nodes = [f"{site.netns_name}-1", f"{site.netns_name}-2"]
+    new_uplinks = [nodes[1]]
+    monkeypatch.setattr(local, "Switch", lambda netns, n, gw: FakeSwitch(calls, netns, list(n), gw))
+    monkeypatch.setattr(FakeSwitch, "up", lambda self: list(new_uplinks))
+    rec = site.up().record
+    for i, agent in enumerate(rec.agents):
+        agent.pid = 101 + i  # both agents run now
+    local.write_record(tmp_path, rec)
+    monkeypatch.setattr(local.hostproc, "pid_if_ours", lambda pid, m: pid if pid else None)
+    stopped: list[int] = []
+    monkeypatch.setattr(
+        local.hostproc, "stop_session", lambda pid, m, *a: stopped.append(pid) or "stopped"
+    )
+    calls.clear()
+    site.up()
+    assert stopped == [102]  # local-2's uplink0 is new; local-1's agent keeps running
+    agents = [c for c in calls if isinstance(c, tuple) and c[0] == local.AGENT_MODULE]
+    assert [str(c[1]) for c in agents] == [str(site.node_specs()[1].config)]

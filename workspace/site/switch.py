@@ -82,16 +82,18 @@ class Switch:
         self.nodes = list(nodes)
         self.gateway = gateway
 
-    def up(self) -> None:
+    def up(self) -> list[str]:
+        """Make what is missing; the node namespaces that got a new ``uplink0`` (an agent
+        already running there attached the old one, if any, and must attach this one)."""
         hostenv.create_netns(self.netns)
         if not _has_link(self.netns, BRIDGE):
             _ip("-n", self.netns, "link", "add", BRIDGE, "type", "bridge")
         _ip("-n", self.netns, "link", "set", BRIDGE, "up")
         self._rules()
-        for i, node in enumerate(self.nodes, 1):
-            self._plug(port_name(i), node)
+        return [node for i, node in enumerate(self.nodes, 1) if self._plug(port_name(i), node)]
 
-    def _plug(self, port: str, node: str) -> None:
+    def _plug(self, port: str, node: str) -> bool:
+        """Connect ``node`` to ``port``; True if the pair was made now."""
         if not hostenv.netns_exists(node):
             raise errors.FailedPrecondition(
                 f"switch {self.netns}: node namespace {node} does not exist"
@@ -111,6 +113,7 @@ class Switch:
             )
         _ip("-n", self.netns, "link", "set", port, "master", BRIDGE, "up")
         _ip("-n", node, "link", "set", UPLINK, "up")
+        return not here
 
     def _paired(self, port: str, node: str) -> bool:
         """True if ``port`` and the node's ``uplink0`` are the two ends of one pair."""
