@@ -141,15 +141,18 @@ class BridgeNetworking:
             log.info("bridge %s ready (%s)", bridge, cidr or "no address")
 
     def _uplink(self, bridge: str, net: NodeNetworkConfig, vlan: int, gateway: str) -> BridgeSpec:
+        # Every pass, not once: a port detached or re-made behind the agent's back (a
+        # switch re-plugged, a veth recreated) is attached again. Idempotent and cheap
+        # (a few netlink lookups).
         done = self.uplinks_done.get(bridge)
-        if done is None or done[:2] != (net.uplink, vlan):
-            try:
-                port = ensure_uplink(bridge, net.uplink, vlan, netns=self.netns, node=self.cfg.node)
-            except WorkspaceError as exc:
-                log.error("network %s (bridge %s): %s", net.name, bridge, exc.message)
-                raise
-            self.uplinks_done[bridge] = done = (net.uplink, vlan, port)
+        try:
+            port = ensure_uplink(bridge, net.uplink, vlan, netns=self.netns, node=self.cfg.node)
+        except WorkspaceError as exc:
+            log.error("network %s (bridge %s): %s", net.name, bridge, exc.message)
+            raise
+        if done != (net.uplink, vlan, port):
             log.info("bridge %s: uplink %s attached", bridge, port)
+        self.uplinks_done[bridge] = done = (net.uplink, vlan, port)
         local_gw = gateway if net.bridge_address == "gateway" else ""
         return BridgeSpec(bridge, done[2], local_gw)
 

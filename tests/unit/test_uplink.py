@@ -76,8 +76,9 @@ def test_uplinks_follow_the_orders(host: Host, tmp_path: Path) -> None:
     (script,) = host.rulesets
     assert 'oifname "eth1.100" drop' in script and 'oifname "eth1.200" drop' in script
     assert f"from_{tap_name('w3', 0)}" in script
-    net.sync(orders)  # nothing changed: nothing touched, nothing applied
-    assert len(host.uplinks) == 2 and len(host.rulesets) == 1
+    net.sync(orders)  # nothing changed: the uplinks checked again (level-triggered,
+    # ensure_uplink is idempotent), the ruleset not re-applied
+    assert host.uplinks[2:] == host.uplinks[:2] and len(host.rulesets) == 1
     net.sync(orders[:2])  # w3 gone: a new ruleset without it
     assert len(host.rulesets) == 2 and f"from_{tap_name('w3', 0)}" not in host.rulesets[-1]
 
