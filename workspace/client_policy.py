@@ -38,15 +38,18 @@ class PolicyClientMixin:
         connectivity: str = "",
         allow: Sequence[str] | None = None,
         limits: Mapping[str, int] | None = None,
+        reset_limits: Sequence[str] = (),
     ) -> common_pb2.Workspace:
         """Change a live workspace (yours, or any as an admin): ``connectivity`` ("" =
         unchanged), ``allow`` (None = unchanged; a list, even empty, replaces the rules)
-        and ``limits`` (each non-zero one replaces the workspace's). The node follows."""
+        and ``limits`` (each non-zero one replaces the workspace's); ``reset_limits``
+        names limits put back to their default. The node follows."""
         req = workspaces_pb2.UpdateWorkspaceRequest(
             id=id,
             connectivity=connectivity,
             set_allow=allow is not None,
             allow=list(allow or ()),
             limits=limits_message(limits),
+            reset_limits=list(reset_limits),
         )
         return self._call(self._workspaces.UpdateWorkspace, req)

@@ -111,6 +111,22 @@ def test_defaults_site_then_project_then_request(tmp_path: Path) -> None:
         assert p.default_limits == common_pb2.Limits(disk_iops=300)
         later = client.create_workspace("img", name="later", project="phys")
         assert later.limits == common_pb2.Limits(disk_iops=300, net_mbps=100, cpu_weight=50)
+        # `ws update --reset`: a limit goes back to the project's default, else the
+        # site's, else none
+        u = client.update_workspace(
+            "asked", limits={"cpu_weight": 500}, reset_limits=["net_mbps", "cpu_percent"]
+        )
+        assert u.limits == common_pb2.Limits(net_mbps=100, cpu_weight=500, disk_iops=0)
+        want = Limits(cpu_weight=500, net_mbps=100)
+        node_order(site, "node1", u.id, lambda o: o.limits == want)
+        for kw, needle in (
+            ({"reset_limits": ["ram"]}, "reset 'ram'"),
+            ({"reset_limits": ["cpu_weight"], "limits": {"cpu_weight": 9}}, "not both"),
+        ):
+            with pytest.raises(InvalidArgument) as exc:
+                client.update_workspace("asked", **kw)
+            assert needle in str(exc.value)
+        assert site.stubs.get("asked").limits == u.limits
         client.close()
     finally:
         site.close()

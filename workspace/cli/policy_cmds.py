@@ -4,6 +4,7 @@
                   [--cpu-percent N] [--cpu-weight N] [--disk-mbps N] [--disk-iops N]
                   [--net-mbps N]                         (the same on `ws cluster create`)
     ws update NAME [--connectivity C] [--allow RULE ...] [--no-allow] [--cpu-percent N ...]
+                   [--reset LIMIT ...]
 
 A RULE opens incoming traffic: PROTO[/PORT[-PORT]][:CIDR], e.g. tcp/22,
 tcp/8000-8100:10.0.0.0/8, icmp, any:10.1.0.0/16. The service checks rules and limits and
@@ -79,11 +80,14 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
             raise common.UsageError("--no-allow and --allow cannot be combined")
         allow = [] if args.no_allow else (list(args.allow) if args.allow else None)
         limits = limits_of(args)
-        if not (args.connectivity or allow is not None or limits):
+        reset = [n.replace("-", "_") for n in args.reset or ()]
+        if not (args.connectivity or allow is not None or limits or reset):
             raise common.UsageError(
-                "nothing to change: give --connectivity, --allow, --no-allow or a limit"
+                "nothing to change: give --connectivity, --allow, --no-allow, a limit or --reset"
             )
-        ws = client_for(args).update_workspace(args.id, args.connectivity or "", allow, limits)
+        ws = client_for(args).update_workspace(
+            args.id, args.connectivity or "", allow, limits, reset
+        )
         render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
 
@@ -102,4 +106,12 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     )
     p.add_argument("--no-allow", action="store_true", help="remove every allow rule")
     add_limit_options(p, "default: unchanged")
+    p.add_argument(
+        "--reset",
+        action="append",
+        metavar="LIMIT",
+        choices=[n.replace("_", "-") for n in LIMIT_NAMES],
+        help="put LIMIT (e.g. cpu-percent) back to its default: the project's, else the "
+        "site's, else none (repeatable)",
+    )
     p.set_defaults(func=update)

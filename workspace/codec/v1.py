@@ -233,6 +233,7 @@ def update_from_proto(req: workspaces_pb2.UpdateWorkspaceRequest) -> PolicyUpdat
         connectivity=connectivity_from_proto(req.connectivity),
         allow=parse_rules(req.allow) if req.set_allow else None,
         limits=limits_from_proto(req.limits),
+        reset=tuple(dict.fromkeys(req.reset_limits)),
     )
 
 

@@ -174,3 +174,14 @@ class PolicyUpdate:
     connectivity: Connectivity | None = None
     allow: tuple[AllowRule, ...] | None = None
     limits: Limits = Limits()
+    # Limits put back to their default (the project's, else the site's).
+    reset: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.reset:
+            if name not in LIMIT_RANGES:
+                raise InvalidArgument(
+                    f"reset {name!r}: not a limit; use one of {', '.join(LIMIT_RANGES)}"
+                )
+            if getattr(self.limits, name):
+                raise InvalidArgument(f"{name}: give a new value or reset it, not both")

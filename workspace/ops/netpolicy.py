@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import netaddr
 from sqlalchemy import select
@@ -179,10 +180,14 @@ def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
         if ws.state == State.TERMINATED.value or ws.desired_state == Desired.TERMINATED.value:
             raise FailedPrecondition(f"workspace {ws.name} is destroyed; nothing to update")
         old = (connectivity(ws), allow_rules(ws), limits(ws))
+        lim = upd.limits.over(old[2])
+        if upd.reset:
+            defaults = project_limits(u.s, ws.project or "").over(env.cfg.defaults.limits())
+            lim = replace(lim, **{n: getattr(defaults, n) for n in upd.reset})
         new = (
             upd.connectivity or old[0],
             old[1] if upd.allow is None else tuple(sorted(set(upd.allow))),
-            upd.limits.over(old[2]),
+            lim,
         )
         what = _changes(old, new)
         if what:

@@ -157,6 +157,7 @@ class UpdateWorkspaceRequest(_message.Message):
     SET_ALLOW_FIELD_NUMBER: _builtins.int
     ALLOW_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    RESET_LIMITS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """workspace id or name"""
     connectivity: _builtins.str
@@ -171,6 +172,12 @@ class UpdateWorkspaceRequest(_message.Message):
     def limits(self) -> _common_pb2.Limits:
         """Each non-zero limit replaces the workspace's; 0 = unchanged."""
 
+    @_builtins.property
+    def reset_limits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits put back to their default (the project's, else the site's; none if neither),
+        by name: "cpu_percent", "cpu_weight", "disk_mbps", "disk_iops", "net_mbps".
+        """
+
     def __init__(
         self,
         *,
@@ -179,10 +186,11 @@ class UpdateWorkspaceRequest(_message.Message):
         set_allow: _builtins.bool = ...,
         allow: _abc.Iterable[_builtins.str] | None = ...,
         limits: _common_pb2.Limits | None = ...,
+        reset_limits: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "id", b"id", "limits", b"limits", "set_allow", b"set_allow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "id", b"id", "limits", b"limits", "reset_limits", b"reset_limits", "set_allow", b"set_allow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
