@@ -15,7 +15,6 @@ import shutil
 import tempfile
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import pytest
 
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
-from agent.virt import libvirt_driver
 from agent.virt.base import DiskSpec, DomainSpec
 from agent.virt.libvirt_driver import LibvirtDriver
 from tests.host.test_libvirt_driver_real import URI, Daemons
@@ -57,30 +55,11 @@ def cloud_guest() -> Iterator[tuple[Path, dict[str, str]]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def with_agent_channel(build):  # type: ignore[no-untyped-def]
-    def build_with_channel(spec: DomainSpec, cfg: LibvirtConfig, uuid_str: str = "") -> str:
-        xml = build(spec, cfg, uuid_str)
-        if "org.qemu.guest_agent.0" in xml:
-            return str(xml)
-        dom = ET.fromstring(xml)
-        devices = dom.find("devices")
-        assert devices is not None
-        channel = ET.SubElement(devices, "channel", type="unix")
-        ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
-        return ET.tostring(dom, encoding="unicode")
-
-    return build_with_channel
-
-
 def test_exec_through_a_real_guest_agent(
     libvirtd: Daemons,
     cloud_guest: tuple[Path, dict[str, str]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     work, meta = cloud_guest
-    monkeypatch.setattr(
-        libvirt_driver, "build_domain_xml", with_agent_channel(libvirt_driver.build_domain_xml)
-    )
     wid = f"hosttest-{uuid.uuid4().hex[:8]}"
     spec = DomainSpec(
         workspace_id=wid,
