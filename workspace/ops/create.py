@@ -291,7 +291,7 @@ def create_in(
     spec = replace(
         spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
     )
-    project = resolve_project(u.s, sc.who, req.project)
+    project = resolve_project(u.s, sc.who, req.project, sc.projects)
     bound = prerequisites(env, u.s, sc, wid, spec)
     # 4. execution; the events go out after the commit
     ws = insert_row(

@@ -121,6 +121,7 @@ class GroupCommit:
                 for item in batch:
                     item.ctx.run(_one, env, u, item, refused)
                 u.seal()
+            order_size.remember(s)  # the nodes' bounds at the generation just committed
             self.committed += sum(1 for i in batch if i.error is None)
         except BaseException as exc:
             if not isinstance(exc, WorkspaceError) and engines.unavailable(exc):

@@ -13,9 +13,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import delete, event, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from images import signing
@@ -113,6 +116,7 @@ def _bump(u: UnitOfWork) -> TrustSettings:
         row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
         u.s.add(row)
     row.version += 1
+    u.s.info[_BUMPED] = True  # this transaction's policy is not cached (``_policy``)
     u.nodes(*u.s.execute(select(Node.name)).scalars())
     return row
 
@@ -135,7 +139,37 @@ def node_policy(s: Session) -> tuple[signing.Policy, bool]:
     return _policy(s, st), bool(st.stop_running_on_revoke)
 
 
+# The policy last read, per database (engine), with the version it was read at: every
+# change to the keys, the revoked digests or the mode bumps the version (``_bump``, in
+# the same transaction; versions grow one by one under the write lock), so the policy of
+# one committed version never changes and a create reads only the settings row.
+# Another replica's change shows as a new version. A transaction that bumped the
+# version neither reads nor fills the cache (it may still roll back).
+_BUMPED = "trust.bumped"
+_cache: weakref.WeakKeyDictionary[Engine, tuple[int, bool, signing.Policy]] = (
+    weakref.WeakKeyDictionary()
+)
+_cache_lock = threading.Lock()
+
+
 def _policy(s: Session, st: TrustSettings) -> signing.Policy:
+    bind = s.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    version, enforce = int(st.version), st.mode == "ENFORCE"
+    bumped = s.info.get(_BUMPED, False)
+    if not bumped:
+        with _cache_lock:
+            hit = _cache.get(engine)
+        if hit is not None and hit[0] == version and hit[1] == enforce:
+            return hit[2]
+    read = _read_policy(s, st)
+    if not bumped:
+        with _cache_lock:
+            _cache[engine] = (version, enforce, read)
+    return read
+
+
+def _read_policy(s: Session, st: TrustSettings) -> signing.Policy:
     keys = tuple(
         signing.Key(
             key_id=k.key_id,
