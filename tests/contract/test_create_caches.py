@@ -112,3 +112,20 @@ def test_another_replica_s_trust_change_reaches_the_cached_policy(
     trust.set_mode(other.env, enforce=True, stop_on_revoke=False)
     with world.store.read() as s:
         assert trust.policy(s).enforce
+
+
+def test_node_views_follow_another_replica_s_nodes_and_claims(world: World, other: World) -> None:
+    """The node views a batch reuses (ops/placement.py, validated by the nodes
+    generation): a node another replica registers is used at once, and its claims are
+    never double-booked."""
+    standard(world, "10.42.0.0/24", nodes=1, memory=4000)
+    world.create("a", memory_mib=1024)
+    world.create("b", memory_mib=128)  # its views came from the cache
+    other.node("n1", cpus=64, memory_mib=4000, networks=("default",))
+    assert world.create("big", memory_mib=3500).node == "n1"
+    assert other.create("c", memory_mib=2000).node == "n0"
+    # n0 has 4000 - 1024 - 128 - 2000 = 848 left, n1 500: only a replica that saw
+    # "c" knows neither fits
+    with pytest.raises(ResourceExhausted):
+        world.create("d", memory_mib=1000)
+    world.snapshot().check()

@@ -122,6 +122,7 @@ class GroupCommit:
                     item.ctx.run(_one, env, u, item, refused)
                 u.seal()
             order_size.remember(s)  # the nodes' bounds at the generation just committed
+            placement.remember_node_views(s)  # and the nodes as the scheduler sees them
             self.committed += sum(1 for i in batch if i.error is None)
         except BaseException as exc:
             if not isinstance(exc, WorkspaceError) and engines.unavailable(exc):

@@ -10,12 +10,15 @@ transaction rolls back: nothing is half-placed.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import netaddr
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from workspace import ipam, scheduler
@@ -24,7 +27,7 @@ from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
 from workspace.ops import netpolicy, seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
-from workspace.store import IpAllocation, Network, Node, Workspace
+from workspace.store import IpAllocation, Network, Node, Workspace, orders_gen
 from workspace.store.mapping import bound_spec, set_reason
 
 log = logging.getLogger("workspace.ops.placement")
@@ -57,8 +60,53 @@ def node_views(s: Session) -> list[scheduler.NodeView]:
         return _read_node_views(s)
     kept: dict[str, scheduler.NodeView] | None = s.info[NODES_KEY]
     if kept is None:
-        kept = s.info[NODES_KEY] = {n.name: n for n in _read_node_views(s)}
+        kept = s.info[NODES_KEY] = {n.name: n for n in _cached_node_views(s)}
     return list(kept.values())
+
+
+# The node views last read or committed, per database (engine), with the nodes
+# generation they are at (store/orders_gen.py: any change to a node as the scheduler sees
+# it, in any replica, gives it a new random value). NodeViews are immutable.
+_views: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[scheduler.NodeView, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+_views_lock = threading.Lock()
+
+
+def _engine(s: Session) -> Engine:
+    bind = s.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def _cached_node_views(s: Session) -> list[scheduler.NodeView]:
+    """The node views: the cached ones while the nodes generation is theirs (one read),
+    else read (and cached, unless this transaction changed a node already)."""
+    gen = orders_gen.nodes_generation(s)  # autoflushes first
+    fresh = gen is not None and not orders_gen.nodes_pending(s)
+    engine = _engine(s)
+    if fresh:
+        with _views_lock:
+            hit = _views.get(engine)
+        if hit is not None and hit[0] == gen:
+            return list(hit[1])
+    views = _read_node_views(s)
+    if fresh and gen is not None:
+        with _views_lock:
+            _views[engine] = (gen, tuple(views))
+    return views
+
+
+def remember_node_views(s: Session) -> None:
+    """After ``s`` committed a transaction that kept its node views (``keep_node_views``)
+    and changed nodes only by placing: its views are the nodes at the new generation."""
+    after = s.info.get(orders_gen.NODES_AFTER)
+    kept: dict[str, scheduler.NodeView] | None = s.info.get(NODES_KEY)
+    if after is None or kept is None:
+        return
+    gen, claims_only = after
+    if claims_only:
+        with _views_lock:
+            _views[_engine(s)] = (gen, tuple(kept.values()))
 
 
 def _claimed(

@@ -73,6 +73,16 @@ class Node(Base):
     orders_gen: Mapped[int] = mapped_column(BigInteger, default=new_gen, server_default="0")
 
 
+class Generation(Base):
+    """A named generation: a new random value whenever what it names changed ("nodes":
+    a node's row as the scheduler sees it; store/orders_gen.py)."""
+
+    __tablename__ = "generations"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=new_gen)
+
+
 class Network(Base):
     __tablename__ = "networks"
 
