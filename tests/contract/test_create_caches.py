@@ -7,18 +7,20 @@ both engines; the "other replica" is a second store (engine) on the same databas
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
 
-from tests.contract.store_world import World
+from tests.contract.store_world import OWNER, World
 from tests.contract.test_store_engines import (  # noqa: F401 - fixtures
     batched,
     make_url,
     standard,
     world,
 )
+from workspace.domain.states import Op
 from workspace.errors import ResourceExhausted
 from workspace.ops import order_size, trust
 from workspace.store import Node, Workspace
@@ -128,4 +130,33 @@ def test_node_views_follow_another_replica_s_nodes_and_claims(world: World, othe
     # "c" knows neither fits
     with pytest.raises(ResourceExhausted):
         world.create("d", memory_mib=1000)
+    world.snapshot().check()
+
+
+def test_a_batch_hands_out_addresses_lowest_first_once_each(world: World) -> None:
+    """A batch keeps each network's count and highest address in step with its own
+    allocations (one aggregate per batch); a hole left by a destroyed workspace is
+    filled first, a refused create's address is handed out again, none twice."""
+    standard(world, "10.43.0.0/24", nodes=1, memory=8000)
+    made = [world.create(f"p{i}", memory_mib=128) for i in range(3)]
+    world.core.operate(OWNER, made[1].id, Op.DESTROY)
+    world.absent("n0", made[1].id)
+    got = batched(
+        world,
+        {
+            "a": {"memory_mib": 128},
+            "huge": {"memory_mib": 100_000},
+            "b": {"memory_mib": 128},
+            "c": {"memory_mib": 128},
+        },
+    )
+    assert isinstance(got["huge"], ResourceExhausted)
+    ips = sorted(
+        int(ipaddress.ip_address(w.nics[0].ip))
+        for n, w in got.items()
+        if not isinstance(w, Exception)
+    )
+    held = {int(ipaddress.ip_address(m.nics[0].ip)) for m in (made[0], made[2])}
+    assert len(set(ips)) == 4 and not held & set(ips)
+    assert int(ipaddress.ip_address(made[1].nics[0].ip)) in ips  # the hole, filled
     world.snapshot().check()

@@ -100,9 +100,17 @@ def audit_record(row: Audit) -> AuditRecord:
 # -- the policy ------------------------------------------------------------------------------
 
 
+# s.info keys: the settings row is absent (a new site; read once per transaction, until
+# ``_bump`` adds it); image → its envelopes as read in this transaction (a create batch
+# reads each image's once; adding or deleting a signature forgets them).
+_NO_SETTINGS = "trust.no_settings"
+_ENVELOPES = "trust.envelopes"
+
+
 def settings(s: Session) -> TrustSettings:
-    row = s.get(TrustSettings, 1)
+    row = None if s.info.get(_NO_SETTINGS) else s.get(TrustSettings, 1)
     if row is None:
+        s.info[_NO_SETTINGS] = True
         # A new site: WARN, no keys, version 0.
         row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
     return row
@@ -111,6 +119,7 @@ def settings(s: Session) -> TrustSettings:
 def _bump(u: UnitOfWork) -> TrustSettings:
     """A new policy version; every agent gets it at once after the commit (it rides on
     the assignment stream)."""
+    u.s.info.pop(_NO_SETTINGS, None)
     row = u.s.get(TrustSettings, 1)
     if row is None:
         row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
@@ -305,6 +314,13 @@ def set_mode(env: Env, enforce: bool, stop_on_revoke: bool) -> TrustSettingsView
 
 
 def envelopes(s: Session, image_name: str) -> list[str]:
+    read: dict[str, list[str]] = s.info.setdefault(_ENVELOPES, {})
+    if image_name not in read:
+        read[image_name] = _read_envelopes(s, image_name)
+    return list(read[image_name])
+
+
+def _read_envelopes(s: Session, image_name: str) -> list[str]:
     return list(
         s.execute(
             select(ImageSignature.envelope)
@@ -317,6 +333,7 @@ def envelopes(s: Session, image_name: str) -> list[str]:
 
 
 def delete_signatures(s: Session, image_name: str) -> None:
+    s.info.pop(_ENVELOPES, None)
     s.execute(delete(ImageSignature).where(ImageSignature.image == image_name))
 
 
@@ -485,6 +502,7 @@ def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str)
                     image=image_name, envelope=envelope, key_id=kids[0], added_at=env.clock()
                 )
             )
+            s.info.pop(_ENVELOPES, None)  # read again below
         s.add(entry)
         s.flush()
         envs = envelopes(s, image_name)

@@ -86,6 +86,13 @@ def nodes_pending(s: Session) -> bool:
     return s.info.get(NODES_CHANGED) is not None
 
 
+def claimed(s: Session) -> None:
+    """A claim was added to a node's row without the ORM (ops/placement.py ``claim``):
+    the nodes generation changes at the commit, as for a flushed claim."""
+    if s.info.get(NODES_CHANGED) is None:
+        s.info[NODES_CHANGED] = "claims"
+
+
 def _node_change(s: Session, obj: Node, new_or_deleted: bool) -> None:
     if new_or_deleted:
         s.info[NODES_CHANGED] = "other"
