@@ -160,3 +160,21 @@ def test_a_batch_hands_out_addresses_lowest_first_once_each(world: World) -> Non
     assert len(set(ips)) == 4 and not held & set(ips)
     assert int(ipaddress.ip_address(made[1].nics[0].ip)) in ips  # the hole, filled
     world.snapshot().check()
+
+
+def test_a_create_queued_in_a_batch_keeps_its_turn_in_that_batch(world: World) -> None:
+    """The waiting requests are read once per batch, and again once one of its creates
+    queues: a later create of the same batch may not take the capacity it waits for."""
+    standard(world, "10.44.0.0/24", nodes=1, memory=4000)
+    got = batched(
+        world,
+        {
+            "before": {"memory_mib": 128},
+            "big": {"memory_mib": 3900, "wait_for_capacity_s": 60},
+            "small": {"memory_mib": 128},
+        },
+    )
+    assert not isinstance(got["before"], Exception) and got["before"].node == "n0"
+    assert not isinstance(got["big"], Exception) and not got["big"].node  # waits
+    assert isinstance(got["small"], ResourceExhausted)
+    assert "waiting for capacity" in str(got["small"])

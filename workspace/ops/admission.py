@@ -98,13 +98,35 @@ def rows_of(s: Session, entry: Entry) -> list[Workspace]:
     return sorted(live, key=lambda w: (w.role, w.name))
 
 
+# s.info key: the requests waiting, read once per transaction that keeps them (a batch
+# of creates, ops/group_commit.py): its creates add none, but one that queues
+# (``admit`` forgets them then), and a SAVEPOINT rolled back forgets them.
+WAITING_KEY = "admission.waiting"
+
+
+def keep_waiting(s: Session) -> None:
+    s.info.setdefault(WAITING_KEY, None)
+
+
+def forget_waiting(s: Session) -> None:
+    if WAITING_KEY in s.info:
+        s.info[WAITING_KEY] = None
+
+
 def useless_to_head(
     s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()
 ) -> tuple[set[str] | None, int]:
     """(nodes a newcomer may use, how many requests wait); (None, 0) if nothing waits."""
     # A cluster some of whose members are excluded is excluded whole.
     clusters = {w.cluster for w in (s.get(Workspace, i) for i in exclude) if w and w.cluster}
-    waiting = [e for e in entries(s, exclude) if e.kind != "cluster" or e.id not in clusters]
+    kept: list[Entry] | None = s.info.get(WAITING_KEY)
+    if kept is None:
+        kept = entries(s, exclude)
+        if WAITING_KEY in s.info:
+            s.info[WAITING_KEY] = kept
+    waiting = [
+        e for e in kept if not (e.ids & exclude) and (e.kind != "cluster" or e.id not in clusters)
+    ]
     if not waiting:
         return None, 0
     return nodes_useless_to(s, cfg, rows_of(s, waiting[0])), len(waiting)
@@ -152,4 +174,5 @@ def admit(
         deadline = env.clock() + wait_s
         for w in rows:
             set_waiting(w, why, deadline)
+        forget_waiting(s)  # these wait now
         return []
