@@ -15,9 +15,10 @@ import weakref
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import cast
 
 import netaddr
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
@@ -259,20 +260,23 @@ def claim(s: Session, node: str, cpus: int, memory_mib: int, disk_mbps: int, net
     """Add a claim to ``node``'s row: one UPDATE relative to what the row holds (the row
     is not loaded: its JSON columns are large). A copy of the row the session holds is
     expired, so it reads the new values; the nodes generation changes at the commit."""
-    done = s.execute(
-        update(Node)
-        .where(Node.name == node)
-        .values(
-            used_cpus=Node.used_cpus + cpus,
-            used_memory_mib=Node.used_memory_mib + memory_mib,
-            used_disk_mbps=func.coalesce(Node.used_disk_mbps, 0) + disk_mbps,
-            used_net_mbps=func.coalesce(Node.used_net_mbps, 0) + net_mbps,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if not done.rowcount:  # type: ignore[attr-defined]
-        raise NoPlacement(f"node {node} no longer exists")
     held = s.identity_map.get(identity_key(Node, node))
+    if held is not None:
+        s.flush()  # its changes first: a claim it still holds would overwrite this one
+    table = cast(Table, Node.__table__)
+    nodes = table.c
+    done = s.connection().execute(  # Core, not the ORM's bulk UPDATE: a third of the cost
+        update(table)
+        .where(nodes.name == node)
+        .values(
+            used_cpus=nodes.used_cpus + cpus,
+            used_memory_mib=nodes.used_memory_mib + memory_mib,
+            used_disk_mbps=func.coalesce(nodes.used_disk_mbps, 0) + disk_mbps,
+            used_net_mbps=func.coalesce(nodes.used_net_mbps, 0) + net_mbps,
+        )
+    )
+    if not done.rowcount:
+        raise NoPlacement(f"node {node} no longer exists")
     if held is not None:
         s.expire(held, list(orders_gen.CLAIMS))
     orders_gen.claimed(s)
