@@ -50,37 +50,45 @@ class Entry:
     affinity: scheduler.Affinity = scheduler.Affinity.NONE
 
 
-def entries(s: Session) -> list[Entry]:
-    """Everything waiting, oldest first."""
-    rows = s.execute(
-        select(Workspace)
+def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
+    """Everything waiting, oldest first, but the workspaces ``exclude`` names. Plain
+    columns, not ORM entities: every create asks."""
+    q = (
+        select(
+            Workspace.id,
+            Workspace.cluster,
+            Workspace.name,
+            Workspace.owner,
+            Workspace.created_at,
+            Workspace.wait_deadline,
+        )
         .where(
             Workspace.state == State.PENDING.value,
             Workspace.node == "",
             Workspace.desired_state != Desired.TERMINATED.value,
         )
         .order_by(Workspace.created_at, Workspace.id)
-    ).scalars()
+    )
+    if exclude:
+        q = q.where(Workspace.id.not_in(sorted(exclude)))
     out: dict[str, Entry] = {}
-    for w in rows:
-        if w.cluster:
-            e = out.get(w.cluster)
+    for wid, cluster, name, owner, created_at, wait_deadline in s.execute(q):
+        if cluster:
+            e = out.get(cluster)
             if e is None:
-                c = s.get(Cluster, w.cluster)
-                e = out[w.cluster] = Entry(
+                c = s.get(Cluster, cluster)
+                e = out[cluster] = Entry(
                     "cluster",
-                    w.cluster,
-                    c.name if c else w.cluster,
-                    w.owner,
-                    c.created_at if c else w.created_at,
-                    w.wait_deadline,
+                    cluster,
+                    c.name if c else cluster,
+                    owner,
+                    c.created_at if c else created_at,
+                    wait_deadline,
                     affinity=scheduler.Affinity[c.affinity] if c else scheduler.Affinity.NONE,
                 )
-            e.ids.add(w.id)
+            e.ids.add(wid)
         else:
-            out[w.id] = Entry(
-                "workspace", w.id, w.name, w.owner, w.created_at, w.wait_deadline, {w.id}
-            )
+            out[wid] = Entry("workspace", wid, name, owner, created_at, wait_deadline, {wid})
     return sorted(out.values(), key=lambda e: (e.queued_at, e.id))
 
 
@@ -90,11 +98,35 @@ def rows_of(s: Session, entry: Entry) -> list[Workspace]:
     return sorted(live, key=lambda w: (w.role, w.name))
 
 
+# s.info key: the requests waiting, read once per transaction that keeps them (a batch
+# of creates, ops/group_commit.py): its creates add none, but one that queues
+# (``admit`` forgets them then), and a SAVEPOINT rolled back forgets them.
+WAITING_KEY = "admission.waiting"
+
+
+def keep_waiting(s: Session) -> None:
+    s.info.setdefault(WAITING_KEY, None)
+
+
+def forget_waiting(s: Session) -> None:
+    if WAITING_KEY in s.info:
+        s.info[WAITING_KEY] = None
+
+
 def useless_to_head(
     s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()
 ) -> tuple[set[str] | None, int]:
     """(nodes a newcomer may use, how many requests wait); (None, 0) if nothing waits."""
-    waiting = [e for e in entries(s) if not (e.ids & exclude)]
+    # A cluster some of whose members are excluded is excluded whole.
+    clusters = {w.cluster for w in (s.get(Workspace, i) for i in exclude) if w and w.cluster}
+    kept: list[Entry] | None = s.info.get(WAITING_KEY)
+    if kept is None:
+        kept = entries(s, exclude)
+        if WAITING_KEY in s.info:
+            s.info[WAITING_KEY] = kept
+    waiting = [
+        e for e in kept if not (e.ids & exclude) and (e.kind != "cluster" or e.id not in clusters)
+    ]
     if not waiting:
         return None, 0
     return nodes_useless_to(s, cfg, rows_of(s, waiting[0])), len(waiting)
@@ -142,4 +174,5 @@ def admit(
         deadline = env.clock() + wait_s
         for w in rows:
             set_waiting(w, why, deadline)
+        forget_waiting(s)  # these wait now
         return []

@@ -37,7 +37,13 @@ from workspace.identity import Identity
 from workspace.ops import group_commit, netpolicy, seeds, trust
 from workspace.ops.admission import admit
 from workspace.ops.leases import lease_end
-from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
+from workspace.ops.projects import (
+    Scope,
+    as_identity,
+    check_workspace_quota,
+    resolve_project,
+    scope,
+)
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Image, Network, Workspace
 from workspace.store.mapping import bind_spec, image_spec, workspace_views
@@ -271,13 +277,23 @@ def create(env: Env, who: Identity | str, req: CreateRequest) -> WorkspaceView:
     return group_commit.of(env).run(env, lambda u: create_in(env, u, who, req, hash_))
 
 
+def batch_scope(u: UnitOfWork, who: Identity | str) -> Scope:
+    """``who``'s scope, read once per transaction (creates change no memberships)."""
+    ident = as_identity(who)
+    scopes: dict[Identity, Scope] = u.s.info.setdefault("create.scopes", {})
+    found = scopes.get(ident)
+    if found is None:
+        found = scopes[ident] = scope(u.s, ident)
+    return found
+
+
 def create_in(
     env: Env, u: UnitOfWork, who: Identity | str, req: CreateRequest, hash_: str
 ) -> Callable[[], WorkspaceView]:
     """Steps 1-4 of a create in the unit of work ``u``; returns what answers the caller
     once ``u`` committed."""
     wid = uuid.uuid4().hex[:12]
-    sc = scope(u.s, who)
+    sc = batch_scope(u, who)
     owner = sc.name
     # 1. idempotency
     prior = find_prior(u.s, owner, req.request_id, hash_)
@@ -291,7 +307,7 @@ def create_in(
     spec = replace(
         spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
     )
-    project = resolve_project(u.s, sc.who, req.project)
+    project = resolve_project(u.s, sc.who, req.project, sc.projects)
     bound = prerequisites(env, u.s, sc, wid, spec)
     # 4. execution; the events go out after the commit
     ws = insert_row(

@@ -30,7 +30,7 @@ from typing import Generic, TypeVar
 
 from workspace.domain.events import SiteEvent
 from workspace.errors import Unavailable, WorkspaceError
-from workspace.ops import order_size, placement, refusals, trust
+from workspace.ops import admission, order_size, placement, refusals, trust
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Store, engines, journal
 
@@ -116,11 +116,14 @@ class GroupCommit:
             with env.store.write() as s:
                 engines.open_transaction(s)  # the SAVEPOINTs below must not commit
                 placement.keep_node_views(s)  # read the nodes once per batch
+                admission.keep_waiting(s)  # and the requests waiting
                 order_size.keep_totals(s)  # and each node's orders' size
                 u = UnitOfWork(s, env.clock)
                 for item in batch:
                     item.ctx.run(_one, env, u, item, refused)
                 u.seal()
+            order_size.remember(s)  # the nodes' bounds at the generation just committed
+            placement.remember_node_views(s)  # and the nodes as the scheduler sees them
             self.committed += sum(1 for i in batch if i.error is None)
         except BaseException as exc:
             if not isinstance(exc, WorkspaceError) and engines.unavailable(exc):
@@ -161,6 +164,7 @@ def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent])
         trust.restore_audit(u.s, audited)  # its trust decisions stay recorded
         u.rewind(at)
         placement.forget_node_views(u.s)  # its claims were rolled back
+        admission.forget_waiting(u.s)
         order_size.keep_totals(u.s)
         item.error = exc
 

@@ -21,10 +21,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Text, case, cast, func, select
+from sqlalchemy import Text, and_, case, cast, func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from images.model import ImageSpec
@@ -32,7 +35,7 @@ from workspace.config import LimitsConfig
 from workspace.domain.model import Disk, Nic, Order
 from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
-from workspace.store import IpAllocation, Network, Node, Workspace
+from workspace.store import IpAllocation, Network, Node, Workspace, orders_gen
 from workspace.store.models import ImageSignature
 
 # Peers named as sources of one blob in an order (ops/reports.py names them).
@@ -113,6 +116,12 @@ class _Row:
     allow: tuple[str, ...] = ()  # its allow rules (canonical texts)
 
 
+# Skeleton bounds by (image and spec, source bytes): a pure function of them, kept across
+# transactions (bounded).
+_skeletons: dict[tuple[str, int], int] = {}
+MAX_SKELETONS = 4096
+
+
 class _Sizer:
     """Upper bounds of orders from plain columns, without loading user-data or building
     Orders: one order is the bound of its skeleton (numbers, strings, partitions; cached
@@ -126,13 +135,12 @@ class _Sizer:
         self.vendor_bytes = vendor_bytes
         longest = s.execute(select(func.max(func.length(Node.peer_address)))).scalar()
         self.source_bytes = MAX_SOURCES * (FIELD_BYTES + int(longest or 0))
-        self._skeletons: dict[str, int] = {}
         self._nics: dict[str, int] = {}
         self._envelopes: dict[str, int] = {}
 
     def row_bytes(self, r: _Row) -> int:
-        key = json.dumps([r.image, r.image_spec], sort_keys=True)
-        skeleton = self._skeletons.get(key)
+        key = (json.dumps([r.image, r.image_spec], sort_keys=True), self.source_bytes)
+        skeleton = _skeletons.get(key)
         if skeleton is None:
             spec = ImageSpec.from_dict(r.image_spec or {}, r.image)
             order = Order(
@@ -151,7 +159,10 @@ class _Sizer:
                 verified_digests=tuple(spec.digests()),
             )
             blobs = sum(1 for p in spec.partitions if p.digest)
-            skeleton = self._skeletons[key] = order_bytes(order) + blobs * self.source_bytes
+            skeleton = order_bytes(order) + blobs * self.source_bytes
+            if len(_skeletons) >= MAX_SKELETONS:
+                _skeletons.clear()
+            _skeletons[key] = skeleton
         return (
             skeleton
             + len(r.id.encode())
@@ -193,6 +204,74 @@ class _Sizer:
 TOTALS_KEY = "order_size.totals"
 
 
+# Bounds of the nodes' orders computed in earlier transactions, per database: (node,
+# vendor_bytes, source_bytes) → (the node's orders_gen then, the bound). Valid while the
+# node's generation is that one (store/orders_gen.py: any change to what the node is sent
+# gives it a new random one, in whichever replica it is made).
+_bounds: weakref.WeakKeyDictionary[Engine, dict[tuple[str, int, int], tuple[int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+_bounds_lock = threading.Lock()
+# s.info key: node → (vendor_bytes, source_bytes) of its running total (``remember``).
+_TOTALS_KEYS = "order_size.totals_keys"
+
+
+def _engine(s: Session) -> Engine:
+    bind = s.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def _cached(s: Session) -> dict[tuple[str, int, int], tuple[int, int]]:
+    return _cached_for(_engine(s))
+
+
+def _cached_for(engine: Engine) -> dict[tuple[str, int, int], tuple[int, int]]:
+    """The cached bounds of ``engine``'s database (tests read them)."""
+    with _bounds_lock:
+        found = _bounds.get(engine)
+        if found is None:
+            found = _bounds[engine] = {}
+        return found
+
+
+def node_bound(s: Session, node: str, vendor_bytes: int = 0) -> int:
+    """``node_orders_bytes``, from the cache when the node's generation is the one it was
+    computed at (one read of ``Node.orders_gen``); computed and cached otherwise. A node
+    this transaction changed already is always computed (its generation changes only at
+    the commit)."""
+    sizer = sizer_of(s, vendor_bytes)
+    key = (node, vendor_bytes, sizer.source_bytes)
+    gen = s.execute(select(Node.orders_gen).where(Node.name == node)).scalar()  # autoflushes
+    fresh = bool(gen) and not orders_gen.pending(s, node)
+    cache = _cached(s)
+    if fresh:
+        hit = cache.get(key)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+    total = node_orders_bytes(s, node, vendor_bytes)
+    if fresh:
+        with _bounds_lock:
+            cache[key] = (int(gen or 0), total)
+    return total
+
+
+def remember(s: Session) -> None:
+    """After ``s`` committed (a batch whose running totals were kept, ``keep_totals``):
+    the totals are the bounds of the nodes at the generation the commit gave them."""
+    after = s.info.get(orders_gen.AFTER)
+    totals: dict[str, int] | None = s.info.get(TOTALS_KEY)
+    keys: dict[str, tuple[int, int]] = s.info.get(_TOTALS_KEYS, {})
+    if after is None or not totals:
+        return
+    gen, bumped = after
+    cache = _cached(s)
+    with _bounds_lock:
+        for node, total in totals.items():
+            if node in keys and (bumped is None or node in bumped):
+                vendor_bytes, source_bytes = keys[node]
+                cache[(node, vendor_bytes, source_bytes)] = (gen, total)
+
+
 def keep_totals(s: Session) -> None:
     """Keep running totals for the rest of ``s``'s transaction; call again after rolling
     back to a SAVEPOINT (they start over from the store). Only for a transaction whose
@@ -229,6 +308,9 @@ def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
             func.sum(func.length(Workspace.name)),
             func.sum(Workspace.seed_bytes),
             func.sum(case((Workspace.seed_bytes > 0, 1), else_=0)),
+            func.sum(
+                case((and_(Workspace.cluster != "", Workspace.connectivity == CLUSTER), 1), else_=0)
+            ),
         )
         .where(
             Workspace.node == node,
@@ -237,8 +319,10 @@ def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
         )
         .group_by(Workspace.image, spec_text, nets_text, allow_text)
     )
-    total = peers_bytes(s, node)
-    for image, spec, nets, allow, count, ids, names, seed_bytes, seeded in s.execute(q):
+    total = 0
+    listing_peers = 0  # CLUSTER members on the node: only then are peers counted
+    for image, spec, nets, allow, count, ids, names, seed_bytes, seeded, cl in s.execute(q):
+        listing_peers += int(cl or 0)
         one = _Row(
             "",
             "",
@@ -252,6 +336,8 @@ def node_orders_bytes(s: Session, node: str, vendor_bytes: int = 0) -> int:
         # plus the real lengths (the "" fields already counted their tag and length).
         total += count * sizer.row_bytes(one) + int(ids or 0) + 2 * int(names or 0)
         total += sizer.seed_bytes(int(seed_bytes or 0), int(seeded or 0))
+    if listing_peers:
+        total += peers_bytes(s, node)
     return total
 
 
@@ -324,7 +410,9 @@ def check_orders_fit(
     for node, new in by_node.items():
         have = totals.get(node) if totals is not None else None
         if have is None:
-            have = node_orders_bytes(s, node, vendor_bytes)
+            have = node_bound(s, node, vendor_bytes)
+        if totals is not None:
+            s.info.setdefault(_TOTALS_KEYS, {})[node] = (vendor_bytes, sizer.source_bytes)
         total = have
         if peers_added:  # the node's CLUSTER members of these clusters list the new ones
             on_node = cluster_rows_on(s, node)

@@ -10,13 +10,18 @@ transaction rolls back: nothing is half-placed.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import cast
 
 import netaddr
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from workspace import ipam, scheduler
 from workspace.config import ServiceConfig
@@ -24,7 +29,7 @@ from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
 from workspace.ops import netpolicy, seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
-from workspace.store import IpAllocation, Network, Node, Workspace
+from workspace.store import IpAllocation, Network, Node, Workspace, orders_gen
 from workspace.store.mapping import bound_spec, set_reason
 
 log = logging.getLogger("workspace.ops.placement")
@@ -39,16 +44,31 @@ class NoPlacement(ResourceExhausted):
 NODES_KEY = "placement.node_views"
 
 
+# s.info key, with NODES_KEY: what the transaction's allocations left of each network:
+# ("used", network) → addresses held; (network, first, last) → (count, highest) of its
+# range while the range is dense from its start (``lowest_free``).
+ADDRESSES_KEY = "placement.addresses"
+
+
 def keep_node_views(s: Session) -> None:
     """Read the nodes once for the rest of ``s``'s transaction: ``place_rows`` keeps the
-    views up to date with its claims. Only for a transaction that changes nodes through
-    ``place_rows`` alone; ``forget_node_views`` after rolling back to a SAVEPOINT."""
+    views up to date with its claims (and the networks' use with its allocations). Only
+    for a transaction that changes nodes and addresses through ``place_rows`` alone;
+    ``forget_node_views`` after rolling back to a SAVEPOINT."""
     s.info.setdefault(NODES_KEY, None)
+    s.info.setdefault(ADDRESSES_KEY, {})
 
 
 def forget_node_views(s: Session) -> None:
     if NODES_KEY in s.info:
         s.info[NODES_KEY] = None
+        s.info[ADDRESSES_KEY] = {}
+
+
+def _addresses(s: Session) -> dict[tuple[object, ...], object] | None:
+    """The transaction's kept address counts (None: it keeps none)."""
+    kept: dict[tuple[object, ...], object] | None = s.info.get(ADDRESSES_KEY)
+    return kept
 
 
 def node_views(s: Session) -> list[scheduler.NodeView]:
@@ -57,8 +77,53 @@ def node_views(s: Session) -> list[scheduler.NodeView]:
         return _read_node_views(s)
     kept: dict[str, scheduler.NodeView] | None = s.info[NODES_KEY]
     if kept is None:
-        kept = s.info[NODES_KEY] = {n.name: n for n in _read_node_views(s)}
+        kept = s.info[NODES_KEY] = {n.name: n for n in _cached_node_views(s)}
     return list(kept.values())
+
+
+# The node views last read or committed, per database (engine), with the nodes
+# generation they are at (store/orders_gen.py: any change to a node as the scheduler sees
+# it, in any replica, gives it a new random value). NodeViews are immutable.
+_views: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[scheduler.NodeView, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+_views_lock = threading.Lock()
+
+
+def _engine(s: Session) -> Engine:
+    bind = s.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def _cached_node_views(s: Session) -> list[scheduler.NodeView]:
+    """The node views: the cached ones while the nodes generation is theirs (one read),
+    else read (and cached, unless this transaction changed a node already)."""
+    gen = orders_gen.nodes_generation(s)  # autoflushes first
+    fresh = gen is not None and not orders_gen.nodes_pending(s)
+    engine = _engine(s)
+    if fresh:
+        with _views_lock:
+            hit = _views.get(engine)
+        if hit is not None and hit[0] == gen:
+            return list(hit[1])
+    views = _read_node_views(s)
+    if fresh and gen is not None:
+        with _views_lock:
+            _views[engine] = (gen, tuple(views))
+    return views
+
+
+def remember_node_views(s: Session) -> None:
+    """After ``s`` committed a transaction that kept its node views (``keep_node_views``)
+    and changed nodes only by placing: its views are the nodes at the new generation."""
+    after = s.info.get(orders_gen.NODES_AFTER)
+    kept: dict[str, scheduler.NodeView] | None = s.info.get(NODES_KEY)
+    if after is None or kept is None:
+        return
+    gen, claims_only = after
+    if claims_only:
+        with _views_lock:
+            _views[_engine(s)] = (gen, tuple(kept.values()))
 
 
 def _claimed(
@@ -174,12 +239,8 @@ def place_rows(
     # Nothing below can fail for want of capacity: the caller's transaction stays whole.
     touched: list[str] = []
     for ws, req, p in zip(rows, requests, result.placements, strict=True):
-        node = s.get(Node, p.node)
-        assert node is not None and p.node is not None
-        node.used_cpus += p.claimed_cpus
-        node.used_memory_mib += p.claimed_memory_mib
-        node.used_disk_mbps = (node.used_disk_mbps or 0) + req.disk_mbps
-        node.used_net_mbps = (node.used_net_mbps or 0) + req.net_mbps
+        assert p.node is not None
+        claim(s, p.node, p.claimed_cpus, p.claimed_memory_mib, req.disk_mbps, req.net_mbps)
         _claimed(s, p.node, p.claimed_cpus, p.claimed_memory_mib, req.disk_mbps, req.net_mbps)
         ws.claimed_disk_mbps = req.disk_mbps
         ws.claimed_net_mbps = req.net_mbps
@@ -195,6 +256,32 @@ def place_rows(
     return touched
 
 
+def claim(s: Session, node: str, cpus: int, memory_mib: int, disk_mbps: int, net_mbps: int) -> None:
+    """Add a claim to ``node``'s row: one UPDATE relative to what the row holds (the row
+    is not loaded: its JSON columns are large). A copy of the row the session holds is
+    expired, so it reads the new values; the nodes generation changes at the commit."""
+    held = s.identity_map.get(identity_key(Node, node))
+    if held is not None:
+        s.flush()  # its changes first: a claim it still holds would overwrite this one
+    table = cast(Table, Node.__table__)
+    nodes = table.c
+    done = s.connection().execute(  # Core, not the ORM's bulk UPDATE: a third of the cost
+        update(table)
+        .where(nodes.name == node)
+        .values(
+            used_cpus=nodes.used_cpus + cpus,
+            used_memory_mib=nodes.used_memory_mib + memory_mib,
+            used_disk_mbps=func.coalesce(nodes.used_disk_mbps, 0) + disk_mbps,
+            used_net_mbps=func.coalesce(nodes.used_net_mbps, 0) + net_mbps,
+        )
+    )
+    if not done.rowcount:
+        raise NoPlacement(f"node {node} no longer exists")
+    if held is not None:
+        s.expire(held, list(orders_gen.CLAIMS))
+    orders_gen.claimed(s)
+
+
 def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
     """Refuse before anything is claimed if a network cannot address every NIC."""
     need = Counter(n for w in rows for n in (w.networks or ()))
@@ -203,9 +290,16 @@ def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
         if net is None:
             raise NoPlacement(f"network {net_name!r} no longer exists")
         pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, "")
-        used = s.execute(
-            select(func.count()).select_from(IpAllocation).where(IpAllocation.network == net_name)
-        ).scalar_one()
+        kept = _addresses(s)
+        used = kept.get(("used", net_name)) if kept is not None else None
+        if not isinstance(used, int):
+            used = s.execute(
+                select(func.count())
+                .select_from(IpAllocation)
+                .where(IpAllocation.network == net_name)
+            ).scalar_one()
+            if kept is not None:
+                kept[("used", net_name)] = used
         if ipam.pool_size(pool) - used < count:
             raise NoPlacement(
                 f"network {net_name!r} has no free address left "
@@ -238,6 +332,10 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
         )
     )
     s.flush()
+    kept = _addresses(s)
+    used = kept.get(("used", net_name)) if kept is not None else None
+    if kept is not None and isinstance(used, int):
+        kept[("used", net_name)] = used + 1
 
 
 def lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> str | None:
@@ -255,18 +353,32 @@ def lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> str | None:
         IpAllocation.ip_int >= first,
         IpAllocation.ip_int <= last,
     )
-    count, top = s.execute(
-        select(func.count(), func.max(IpAllocation.ip_int)).where(*in_range)
-    ).one()
+    # In a transaction that keeps them (a batch of creates), the range's count and
+    # highest as the previous allocation left them: it is the one that took the address
+    # returned here (``allocate``; a SAVEPOINT rolled back forgets them).
+    kept = _addresses(s)
+    key = (net_name, first, last)
+    hit = kept.pop(key, None) if kept is not None else None
+    if isinstance(hit, tuple):
+        count, top = hit
+    else:
+        count, top = s.execute(
+            select(func.count(), func.max(IpAllocation.ip_int)).where(*in_range)
+        ).one()
+    candidate: int | None = None
     if not count:
         candidate = first + 1 if first == gw else first
-        return str(netaddr.IPAddress(candidate)) if candidate <= last else None
-    span = int(top) - first + 1 - (1 if first <= gw <= int(top) else 0)
-    if span == count:  # dense from the start: the next free one follows the highest
+    elif int(top) - first + 1 - (1 if first <= gw <= int(top) else 0) == count:
+        # dense from the start: the next free one follows the highest
         candidate = int(top) + 1
         if candidate == gw:
             candidate += 1
-        return str(netaddr.IPAddress(candidate)) if candidate <= last else None
+    if candidate is not None:
+        if candidate > last:
+            return None
+        if kept is not None:
+            kept[key] = (int(count or 0) + 1, candidate)
+        return str(netaddr.IPAddress(candidate))
     used = list(
         s.execute(
             select(IpAllocation.ip_int).where(*in_range).order_by(IpAllocation.ip_int)

@@ -97,10 +97,14 @@ def scope(s: Session, who: Identity | str) -> Scope:
     return Scope(ident, memberships(s, ident))
 
 
-def resolve_project(s: Session, who: Identity, asked: str) -> str:
+def resolve_project(
+    s: Session, who: Identity, asked: str, mine: frozenset[str] | None = None
+) -> str:
     """The project a new object of ``who`` belongs to: the one asked for (which must be
-    one of theirs), else their only project, else "" (none)."""
-    mine = memberships(s, who)
+    one of theirs), else their only project, else "" (none). ``mine``: ``who``'s
+    memberships if already read in this transaction (``Scope.projects``)."""
+    if mine is None:
+        mine = memberships(s, who)
     if asked:
         if asked in mine:
             return asked

@@ -13,9 +13,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import delete, event, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from images import signing
@@ -97,9 +100,17 @@ def audit_record(row: Audit) -> AuditRecord:
 # -- the policy ------------------------------------------------------------------------------
 
 
+# s.info keys: the settings row is absent (a new site; read once per transaction, until
+# ``_bump`` adds it); image → its envelopes as read in this transaction (a create batch
+# reads each image's once; adding or deleting a signature forgets them).
+_NO_SETTINGS = "trust.no_settings"
+_ENVELOPES = "trust.envelopes"
+
+
 def settings(s: Session) -> TrustSettings:
-    row = s.get(TrustSettings, 1)
+    row = None if s.info.get(_NO_SETTINGS) else s.get(TrustSettings, 1)
     if row is None:
+        s.info[_NO_SETTINGS] = True
         # A new site: WARN, no keys, version 0.
         row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
     return row
@@ -108,11 +119,13 @@ def settings(s: Session) -> TrustSettings:
 def _bump(u: UnitOfWork) -> TrustSettings:
     """A new policy version; every agent gets it at once after the commit (it rides on
     the assignment stream)."""
+    u.s.info.pop(_NO_SETTINGS, None)
     row = u.s.get(TrustSettings, 1)
     if row is None:
         row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
         u.s.add(row)
     row.version += 1
+    u.s.info[_BUMPED] = True  # this transaction's policy is not cached (``_policy``)
     u.nodes(*u.s.execute(select(Node.name)).scalars())
     return row
 
@@ -135,7 +148,37 @@ def node_policy(s: Session) -> tuple[signing.Policy, bool]:
     return _policy(s, st), bool(st.stop_running_on_revoke)
 
 
+# The policy last read, per database (engine), with the version it was read at: every
+# change to the keys, the revoked digests or the mode bumps the version (``_bump``, in
+# the same transaction; versions grow one by one under the write lock), so the policy of
+# one committed version never changes and a create reads only the settings row.
+# Another replica's change shows as a new version. A transaction that bumped the
+# version neither reads nor fills the cache (it may still roll back).
+_BUMPED = "trust.bumped"
+_cache: weakref.WeakKeyDictionary[Engine, tuple[int, bool, signing.Policy]] = (
+    weakref.WeakKeyDictionary()
+)
+_cache_lock = threading.Lock()
+
+
 def _policy(s: Session, st: TrustSettings) -> signing.Policy:
+    bind = s.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    version, enforce = int(st.version), st.mode == "ENFORCE"
+    bumped = s.info.get(_BUMPED, False)
+    if not bumped:
+        with _cache_lock:
+            hit = _cache.get(engine)
+        if hit is not None and hit[0] == version and hit[1] == enforce:
+            return hit[2]
+    read = _read_policy(s, st)
+    if not bumped:
+        with _cache_lock:
+            _cache[engine] = (version, enforce, read)
+    return read
+
+
+def _read_policy(s: Session, st: TrustSettings) -> signing.Policy:
     keys = tuple(
         signing.Key(
             key_id=k.key_id,
@@ -271,6 +314,13 @@ def set_mode(env: Env, enforce: bool, stop_on_revoke: bool) -> TrustSettingsView
 
 
 def envelopes(s: Session, image_name: str) -> list[str]:
+    read: dict[str, list[str]] = s.info.setdefault(_ENVELOPES, {})
+    if image_name not in read:
+        read[image_name] = _read_envelopes(s, image_name)
+    return list(read[image_name])
+
+
+def _read_envelopes(s: Session, image_name: str) -> list[str]:
     return list(
         s.execute(
             select(ImageSignature.envelope)
@@ -283,6 +333,7 @@ def envelopes(s: Session, image_name: str) -> list[str]:
 
 
 def delete_signatures(s: Session, image_name: str) -> None:
+    s.info.pop(_ENVELOPES, None)
     s.execute(delete(ImageSignature).where(ImageSignature.image == image_name))
 
 
@@ -451,6 +502,7 @@ def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str)
                     image=image_name, envelope=envelope, key_id=kids[0], added_at=env.clock()
                 )
             )
+            s.info.pop(_ENVELOPES, None)  # read again below
         s.add(entry)
         s.flush()
         envs = envelopes(s, image_name)

@@ -4,6 +4,7 @@ through workspace/store/mapping.py."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +26,12 @@ from workspace.domain.states import NodeState
 
 class Base(DeclarativeBase):
     pass
+
+
+def new_gen() -> int:
+    """A fresh ``Node.orders_gen``: random (never 0, the migrated rows' value), so a node
+    removed and registered again never repeats a generation a cache may hold."""
+    return secrets.randbits(62) + 1
 
 
 class Node(Base):
@@ -61,6 +68,19 @@ class Node(Base):
     net_mbps: Mapped[int] = mapped_column(Integer, default=0)
     used_disk_mbps: Mapped[int] = mapped_column(Integer, default=0)
     used_net_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    # A new random value whenever what the node is sent may have changed (its workspaces,
+    # a network, a signature): validates a cached bound of its orders (store/orders_gen.py).
+    orders_gen: Mapped[int] = mapped_column(BigInteger, default=new_gen, server_default="0")
+
+
+class Generation(Base):
+    """A named generation: a new random value whenever what it names changed ("nodes":
+    a node's row as the scheduler sees it; store/orders_gen.py)."""
+
+    __tablename__ = "generations"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=new_gen)
 
 
 class Network(Base):

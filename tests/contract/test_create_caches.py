@@ -1,0 +1,180 @@
+# ruff: noqa: F811 - the fixtures imported from test_store_engines are parameters here
+"""What a create reuses across transactions stays right when anything else writes: a
+node's orders bound (ops/order_size.py, validated by ``Node.orders_gen``,
+store/orders_gen.py) and the trust policy (ops/trust.py, validated by its version). On
+both engines; the "other replica" is a second store (engine) on the same database."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from tests.contract.store_world import OWNER, World
+from tests.contract.test_store_engines import (  # noqa: F401 - fixtures
+    batched,
+    make_url,
+    standard,
+    world,
+)
+from workspace.domain.states import Op
+from workspace.errors import ResourceExhausted
+from workspace.ops import order_size, trust
+from workspace.store import Node, Workspace
+from workspace.store.models import ImageSignature
+
+SHA = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def other(world: World) -> Iterator[World]:
+    o = world.replica("other")
+    try:
+        yield o
+    finally:
+        o.close()
+
+
+def bound(w: World, node: str = "n0") -> tuple[int, int]:
+    """(the bound as a create sees it, possibly cached; the bound summed afresh)."""
+    with w.store.read() as s:
+        return order_size.node_bound(s, node), order_size.node_orders_bytes(s, node)
+
+
+def test_a_create_leaves_the_node_s_bound_cached_at_its_new_generation(world: World) -> None:
+    standard(world)
+    world.create("a", memory_mib=128)
+    world.create("b", memory_mib=128)
+    with world.store.read() as s:
+        gen = s.execute(select(Node.orders_gen).where(Node.name == "n0")).scalar_one()
+        fresh = order_size.node_orders_bytes(s, "n0")
+    cached = order_size._cached_for(world.store.engine)
+    hits = [v for k, v in cached.items() if k[0] == "n0"]
+    assert hits and hits[0][0] == gen
+    assert hits[0][1] >= fresh  # the running total: an upper bound, as summed afresh
+    assert bound(world)[0] == hits[0][1]  # reused, not summed again
+
+
+def test_another_replica_s_writes_invalidate_the_cached_bound(world: World, other: World) -> None:
+    """A create, a change of a workspace (any module's ORM write), a signature and a
+    destroy made through another store: the next create's bound is the fresh one."""
+    standard(world)
+    world.create("a", memory_mib=128)
+    before, _ = bound(world)
+    other.create("b", memory_mib=128)
+    got, fresh = bound(world)
+    assert got == fresh and got > before
+    with other.store.write() as s:
+        ws = s.execute(select(Workspace).where(Workspace.name == "b")).scalar_one()
+        ws.name = "b" * 60
+    got, fresh = bound(world)
+    assert got == fresh and got > before
+    with other.store.write() as s:
+        s.add(ImageSignature(image="img", envelope="e" * 4000))
+    got2, fresh = bound(world)
+    assert got2 == fresh and got2 >= got + 2 * 4000  # both workspaces carry it
+    with other.store.write() as s:
+        for ws in s.execute(select(Workspace)).scalars():
+            ws.state = "TERMINATED"
+    got, fresh = bound(world)
+    assert got == fresh and got < got2
+
+
+def test_a_batch_with_a_refused_create_caches_what_was_committed(world: World) -> None:
+    """A create refused in a batch (its SAVEPOINT rolled back) leaves the others' total
+    right: the cached bound is the committed one's upper bound, and the limit holds."""
+    standard(world, "10.41.0.0/24", nodes=1)
+    world.create("first", memory_mib=128)
+    one = bound(world)[1]
+    cfg = world.env.cfg
+    limits = dataclasses.replace(cfg.limits, max_node_orders_bytes=one * 3 + one // 2)
+    world.core.env = dataclasses.replace(world.env, cfg=dataclasses.replace(cfg, limits=limits))
+    got = batched(world, {"huge": {"memory_mib": 200_000}, "y0": {"memory_mib": 128}})
+    assert isinstance(got["huge"], ResourceExhausted)
+    cached, fresh = bound(world)
+    assert fresh <= cached <= fresh + 64  # running totals vs one sum: the same order
+    with pytest.raises(ResourceExhausted):  # "first", "lead", "y0": no room for a 4th
+        world.create("z", memory_mib=128)
+
+
+def test_another_replica_s_trust_change_reaches_the_cached_policy(
+    world: World, other: World
+) -> None:
+    standard(world)
+    with world.store.read() as s:
+        first = trust.policy(s)
+        assert trust.policy(s) is first  # cached at its version
+    trust.revoke_digest(other.env, SHA)
+    with world.store.read() as s:
+        now = trust.policy(s)
+    assert SHA in now.revoked_digests and now.version == first.version + 1
+    trust.set_mode(other.env, enforce=True, stop_on_revoke=False)
+    with world.store.read() as s:
+        assert trust.policy(s).enforce
+
+
+def test_node_views_follow_another_replica_s_nodes_and_claims(world: World, other: World) -> None:
+    """The node views a batch reuses (ops/placement.py, validated by the nodes
+    generation): a node another replica registers is used at once, and its claims are
+    never double-booked."""
+    standard(world, "10.42.0.0/24", nodes=1, memory=4000)
+    world.create("a", memory_mib=1024)
+    world.create("b", memory_mib=128)  # its views came from the cache
+    other.node("n1", cpus=64, memory_mib=4000, networks=("default",))
+    assert world.create("big", memory_mib=3500).node == "n1"
+    assert other.create("c", memory_mib=2000).node == "n0"
+    # n0 has 4000 - 1024 - 128 - 2000 = 848 left, n1 500: only a replica that saw
+    # "c" knows neither fits
+    with pytest.raises(ResourceExhausted):
+        world.create("d", memory_mib=1000)
+    world.snapshot().check()
+
+
+def test_a_batch_hands_out_addresses_lowest_first_once_each(world: World) -> None:
+    """A batch keeps each network's count and highest address in step with its own
+    allocations (one aggregate per batch); a hole left by a destroyed workspace is
+    filled first, a refused create's address is handed out again, none twice."""
+    standard(world, "10.43.0.0/24", nodes=1, memory=8000)
+    made = [world.create(f"p{i}", memory_mib=128) for i in range(3)]
+    world.core.operate(OWNER, made[1].id, Op.DESTROY)
+    world.absent("n0", made[1].id)
+    got = batched(
+        world,
+        {
+            "a": {"memory_mib": 128},
+            "huge": {"memory_mib": 100_000},
+            "b": {"memory_mib": 128},
+            "c": {"memory_mib": 128},
+        },
+    )
+    assert isinstance(got["huge"], ResourceExhausted)
+    ips = sorted(
+        int(ipaddress.ip_address(w.nics[0].ip))
+        for n, w in got.items()
+        if not isinstance(w, Exception)
+    )
+    held = {int(ipaddress.ip_address(m.nics[0].ip)) for m in (made[0], made[2])}
+    assert len(set(ips)) == 4 and not held & set(ips)
+    assert int(ipaddress.ip_address(made[1].nics[0].ip)) in ips  # the hole, filled
+    world.snapshot().check()
+
+
+def test_a_create_queued_in_a_batch_keeps_its_turn_in_that_batch(world: World) -> None:
+    """The waiting requests are read once per batch, and again once one of its creates
+    queues: a later create of the same batch may not take the capacity it waits for."""
+    standard(world, "10.44.0.0/24", nodes=1, memory=4000)
+    got = batched(
+        world,
+        {
+            "before": {"memory_mib": 128},
+            "big": {"memory_mib": 3900, "wait_for_capacity_s": 60},
+            "small": {"memory_mib": 128},
+        },
+    )
+    assert not isinstance(got["before"], Exception) and got["before"].node == "n0"
+    assert not isinstance(got["big"], Exception) and not got["big"].node  # waits
+    assert isinstance(got["small"], ResourceExhausted)
+    assert "waiting for capacity" in str(got["small"])

@@ -1,0 +1,148 @@
+"""Generations that validate what a create caches across transactions.
+
+Node orders generations: ``Node.orders_gen`` takes a new random value in every
+transaction that may change what a node is sent, so a bound of a node's orders computed
+once (ops/order_size.py) can be reused while the node's generation is the one it was
+computed at: one read of one column instead of summing the node's workspaces.
+
+Bumped at commit, from what the session flushed (so every writer through the store's
+sessions is covered, whatever module it is in, and whichever replica it runs in):
+
+* a workspace inserted, changed or deleted: its node, and the node it left;
+* a network or an image signature added, changed or deleted: every node (NIC and
+  signature bounds are part of every order);
+
+one UPDATE per transaction, all bumped nodes taking the same new value (recorded in
+``s.info[AFTER]`` with the nodes bumped, None: all, for the writer to update its cache
+after the commit). Bumping more than
+needed only costs a recomputation. A write that bypasses the ORM (a Core UPDATE of
+workspaces, raw SQL) is not seen: the store has none; keep it so (or call ``touch``).
+
+The nodes generation (``Generation`` "nodes"): a new random value at the commit of any
+transaction that flushed a node added, removed or changed in what the scheduler sees
+(``VIEW``): ops/placement.py reuses its node views while it holds. ``s.info[NODES_AFTER]``
+is the value it took, and whether the transaction changed nodes only in their claims
+(``CLAIMS``: what placement itself keeps its views in step with).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import event, inspect, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from workspace.store.models import Generation, ImageSignature, Network, Node, Workspace, new_gen
+
+# s.info keys: the nodes to bump at commit; True: every node; the value they took.
+NODES = "orders_gen.nodes"
+ALL = "orders_gen.all"
+AFTER = "orders_gen.after"
+NODES_CHANGED = "orders_gen.nodes_changed"  # None | "claims" | "other"
+NODES_AFTER = "orders_gen.nodes_after"
+NODES_ROW = "nodes"  # the Generation row's name
+
+# A node's columns as the scheduler sees them (ops/placement.py ``_read_node_views``).
+CLAIMS = ("used_cpus", "used_memory_mib", "used_disk_mbps", "used_net_mbps")
+VIEW = (
+    "name",
+    "state",
+    "cpus",
+    "memory_mib",
+    "hypervisor",
+    "labels",
+    "networks",
+    "cached_digests",
+    "disk_mbps",
+    "net_mbps",
+    *CLAIMS,
+)
+
+
+def install(sessions: sessionmaker[Session]) -> None:
+    # Nothing is forgotten on a rollback: a SAVEPOINT rolled back leaves the bumps of
+    # the rest of the transaction due, and the store's sessions live one transaction.
+    event.listen(sessions, "before_flush", _before_flush)
+    event.listen(sessions, "before_commit", _before_commit)
+
+
+def touch(s: Session, *nodes: str, every: bool = False) -> None:
+    """Bump ``nodes`` (or every node) at ``s``'s commit."""
+    s.info.setdefault(NODES, set()).update(n for n in nodes if n)
+    if every:
+        s.info[ALL] = True
+
+
+def pending(s: Session, node: str) -> bool:
+    """Whether ``s``'s transaction has flushed a change that bumps ``node`` at commit."""
+    return bool(s.info.get(ALL)) or node in s.info.get(NODES, ())
+
+
+def nodes_generation(s: Session) -> int | None:
+    """The nodes generation as ``s`` sees it (None: no such row)."""
+    return s.execute(select(Generation.value).where(Generation.name == NODES_ROW)).scalar()
+
+
+def nodes_pending(s: Session) -> bool:
+    """Whether ``s``'s transaction flushed a change to a node's view (bumped at commit)."""
+    return s.info.get(NODES_CHANGED) is not None
+
+
+def claimed(s: Session) -> None:
+    """A claim was added to a node's row without the ORM (ops/placement.py ``claim``):
+    the nodes generation changes at the commit, as for a flushed claim."""
+    if s.info.get(NODES_CHANGED) is None:
+        s.info[NODES_CHANGED] = "claims"
+
+
+def _node_change(s: Session, obj: Node, new_or_deleted: bool) -> None:
+    if new_or_deleted:
+        s.info[NODES_CHANGED] = "other"
+        return
+    state = inspect(obj)
+    changed = [a for a in VIEW if state.attrs[a].history.has_changes()]
+    if not changed:
+        return
+    if any(a not in CLAIMS for a in changed):
+        s.info[NODES_CHANGED] = "other"
+    elif s.info.get(NODES_CHANGED) is None:
+        s.info[NODES_CHANGED] = "claims"
+
+
+def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
+    nodes: set[str] = s.info.setdefault(NODES, set())
+    for group, dirty in ((s.new, False), (s.dirty, True), (s.deleted, False)):
+        for obj in group:
+            if isinstance(obj, Node):
+                _node_change(s, obj, not dirty)
+            elif isinstance(obj, Workspace):
+                nodes.add(obj.node or "")
+                hist = inspect(obj).attrs.node.history
+                nodes.update(n for n in hist.deleted if n)
+            elif isinstance(obj, Network | ImageSignature):
+                s.info[ALL] = True
+    nodes.discard("")
+
+
+def _before_commit(s: Session) -> None:
+    if s.in_nested_transaction():  # a SAVEPOINT: the bumps wait for the transaction's end
+        return
+    s.info.pop(AFTER, None)
+    s.info.pop(NODES_AFTER, None)
+    if s.new or s.dirty or s.deleted:
+        s.flush()
+    changed = s.info.pop(NODES_CHANGED, None)
+    if changed is not None:
+        value = new_gen()
+        s.connection().execute(
+            update(Generation).where(Generation.name == NODES_ROW).values(value=value)
+        )
+        s.info[NODES_AFTER] = (value, changed == "claims")
+    nodes: set[str] = s.info.pop(NODES, set())
+    every = s.info.pop(ALL, False)
+    if not nodes and not every:
+        return
+    gen = new_gen()
+    q = update(Node).values(orders_gen=gen)
+    if not every:
+        q = q.where(Node.name.in_(sorted(nodes)))
+    s.connection().execute(q)
+    s.info[AFTER] = (gen, None if every else frozenset(nodes))
