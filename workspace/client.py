@@ -302,6 +302,7 @@ class Client(
         connectivity: str = "",
         allow: Sequence[str] = (),
         limits: Mapping[str, int] | None = None,
+        preemptible: bool = False,
     ) -> common_pb2.Workspace:
         """Create a workspace; idempotent by ``request_id`` (a fresh uuid4 if not given).
 
@@ -319,6 +320,8 @@ class Client(
 
         ``connectivity`` ("open", "cluster", "outbound"; "" = the default), ``allow``
         (rules such as "tcp/22") and ``limits`` ({"net_mbps": 50, ...}; 0 = the default).
+        ``preemptible``: the preemptible class (destroyed, reason PREEMPTED, when a
+        normal request needs its place).
 
         A create that fails with UNAVAILABLE is retried once with the same request id,
         so a lost answer never makes a second workspace.
@@ -340,6 +343,7 @@ class Client(
             connectivity=connectivity,
             allow=list(allow),
             limits=limits_message(limits),
+            preemptible=preemptible,
         )
         return self._create(self._workspaces.CreateWorkspace, req)
 
@@ -562,6 +566,7 @@ class Client(
         connectivity: str = "",
         allow: Sequence[str] = (),
         limits: Mapping[str, int] | None = None,
+        preemptible: bool = False,
     ) -> clusters_pb2.Cluster:
         """Create a virtual cluster, placed all or nothing; idempotent by request id.
 
@@ -573,7 +578,7 @@ class Client(
         """
         if request is not None:
             given = (name, tuple(members), affinity, on_failure, wait_for_capacity_s, lease_s)
-            if given != ("", (), 0, 0, 0, 0) or connectivity or allow or limits:
+            if given != ("", (), 0, 0, 0, 0) or connectivity or allow or limits or preemptible:
                 raise TypeError("create_cluster: give a request or keywords, not both")
             req = clusters_pb2.CreateClusterRequest()
             req.CopyFrom(request)
@@ -588,6 +593,7 @@ class Client(
                 wait_for_capacity_s=wait_for_capacity_s,
                 lease_s=lease_s,
                 connectivity=connectivity,
+                preemptible=preemptible,
                 allow=list(allow),
                 limits=limits_message(limits),
             )

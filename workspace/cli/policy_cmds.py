@@ -56,6 +56,13 @@ def add_policy_options(p: argparse.ArgumentParser, what: str) -> None:
         help=f"open incoming traffic: {RULE_HELP} (repeatable)",
     )
     add_limit_options(p, "default: the project's, else the site's")
+    p.add_argument(
+        "--preemptible",
+        action="store_true",
+        help=f"make {what} preemptible: it runs on capacity nobody else is using and is "
+        "stopped and destroyed (reason PREEMPTED) when a normal request needs its place; "
+        "counted apart in quotas and usage",
+    )
 
 
 def limits_of(args: argparse.Namespace) -> dict[str, int]:
@@ -69,6 +76,7 @@ def policy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "connectivity": args.connectivity or "",
         "allow": list(args.allow or ()),
         "limits": limits_of(args),
+        "preemptible": bool(getattr(args, "preemptible", False)),
     }
 
 

@@ -221,6 +221,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("role", ws.role),
         ("owner", ws.owner),
         ("project", ws.project),
+        ("class", "preemptible" if ws.preemptible else ""),
         ("reboot_count", ws.reboot_count or ""),
         ("login_user", ws.login_user),
         # connectivity, then the allow rules ("policy": no wider than the other keys)

@@ -116,6 +116,8 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
         req.allow.extend(args.allow)
     for name, value in policy_cmds.limits_of(args).items():
         setattr(req.limits, name, value)
+    if args.preemptible:
+        req.preemptible = True
     try:
         clusterspec.check(req, args.spec or "")
     except clusterspec.SpecError as exc:

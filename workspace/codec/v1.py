@@ -196,6 +196,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         connectivity=w.connectivity.value,
         allow=[str(r) for r in w.allow],
         limits=limits_to_proto(w.limits),
+        preemptible=w.preemptible,
     )
 
 
@@ -218,6 +219,7 @@ def create_from_proto(req: workspaces_pb2.CreateWorkspaceRequest) -> CreateReque
             connectivity=connectivity_from_proto(req.connectivity),
             allow=parse_rules(req.allow),
             limits=limits_from_proto(req.limits),
+            preemptible=req.preemptible,
         ),
         request_id=req.request_id,
         wait_for_capacity_s=req.wait_for_capacity_s,
@@ -281,6 +283,7 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
         connectivity=connectivity_from_proto(req.connectivity),
         allow=parse_rules(req.allow),
         limits=limits_from_proto(req.limits),
+        preemptible=req.preemptible,
     )
 
 
@@ -299,6 +302,7 @@ def cluster_to_proto(c: ClusterView) -> clusters_pb2.Cluster:
         updated_at=ts(c.updated_at),
         spec=[member_to_proto(m) for m in c.spec],
         project=c.project,
+        preemptible=c.preemptible,
     )
 
 

@@ -101,6 +101,9 @@ class CreateSpec:
     allow: tuple[AllowRule, ...] = ()
     # As asked; unset limits take the project's, then the site's defaults at create.
     limits: Limits = field(default_factory=Limits)
+    # The preemptible class: placed only on capacity the normal class leaves free, and
+    # stopped and destroyed (PREEMPTED) when a normal request needs its place.
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class WorkspaceView:
     connectivity: Connectivity = Connectivity.OPEN
     allow: tuple[AllowRule, ...] = ()
     limits: Limits = field(default_factory=Limits)  # as enforced (defaults applied)
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -405,6 +409,7 @@ class ClusterRequest:
     connectivity: Connectivity | None = None
     allow: tuple[AllowRule, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    preemptible: bool = False  # every member is of the preemptible class
 
 
 @dataclass(frozen=True)
@@ -424,6 +429,7 @@ class ClusterView:
     updated_at: float
     spec: tuple[MemberSpec, ...]
     project: str = ""
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)

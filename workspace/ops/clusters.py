@@ -94,6 +94,7 @@ def _member_rows(
                 connectivity=req.connectivity,
                 allow=req.allow,
                 limits=req.limits,
+                preemptible=req.preemptible,
             )
             try:
                 spec = check_spec(asked, env.cfg.limits)
@@ -151,6 +152,8 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
             affinity=req.affinity.name,
             on_failure=req.on_failure.value,
             spec=spec_column(req.members),
+            preemptible=req.preemptible,
+            autoscale={},
             wait_deadline=0.0,
             created_at=now,
             updated_at=now,

@@ -151,6 +151,8 @@ def request_hash(req: CreateRequest) -> str:
                 spec.limits.as_dict(),
             ]
         ]
+    if spec.preemptible:
+        fields += [["preemptible"]]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
@@ -234,6 +236,9 @@ def insert_row(
         wait_deadline=0.0,
         cluster=spec.cluster,
         role=spec.role,
+        preemptible=spec.preemptible,
+        preempt_grace_s=-1,
+        preempted_by="",
         created_at=now,
         updated_at=now,
     )

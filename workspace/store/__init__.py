@@ -2,6 +2,7 @@
 
 from workspace.store.db import Store
 from workspace.store.models import (
+    Backfill,
     Base,
     Blob,
     Cluster,
@@ -19,6 +20,7 @@ from workspace.store.models import (
 from workspace.store.site_events import EventRow
 
 __all__ = [
+    "Backfill",
     "Base",
     "Blob",
     "Cluster",

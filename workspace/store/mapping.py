@@ -182,6 +182,7 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         connectivity=connectivity(ws),
         allow=allow_rules(ws),
         limits=limits(ws),
+        preemptible=bool(ws.preemptible),
     )
 
 
@@ -217,6 +218,7 @@ def cluster_view(c: Cluster, members: Sequence[WorkspaceView]) -> ClusterView:
         updated_at=c.updated_at,
         spec=member_specs(c),
         project=c.project or "",
+        preemptible=bool(c.preemptible),
     )
 
 

@@ -159,6 +159,7 @@ class Workspace(Base):
         Index("ix_ws_node", "node"),
         Index("ix_ws_owner_name", "owner", "name"),
         Index("ix_ws_state", "state"),
+        Index("ix_ws_updated", "updated_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -220,6 +221,14 @@ class Workspace(Base):
     connectivity: Mapped[str] = mapped_column(String(16), default="open")
     allow: Mapped[list[str]] = mapped_column(JSON, default=list)
     limits: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    # The preemptible class (workspace/domain/model.py CreateSpec.preemptible).
+    preemptible: Mapped[bool] = mapped_column(default=False)
+    # How long a preempted workspace gets to power off after ACPI before it is forced;
+    # -1 = the site's ``preempt_grace_s``.
+    preempt_grace_s: Mapped[int] = mapped_column(Integer, default=-1)
+    # Set on a victim: the workspace whose placement preempted it ("" = not preempted).
+    # That workspace's order is held back from its node until every victim is gone.
+    preempted_by: Mapped[str] = mapped_column(String(32), default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -247,6 +256,11 @@ class Cluster(Base):
     # The cluster's own SSH key pair (ed25519): members log in to each other with it.
     key_private: Mapped[str] = mapped_column(String(4096), default="")
     key_public: Mapped[str] = mapped_column(String(1024), default="")
+    # Every member is of the preemptible class.
+    preemptible: Mapped[bool] = mapped_column(default=False)
+    # Elastic clusters: role → {"min", "max", "signal", "cooldown_s", "last_action_at",
+    # "last": {the last decision and why}}; {} = not autoscaled.
+    autoscale: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -355,6 +369,10 @@ class Project(Base):
     quota_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     quota_disk_gib: Mapped[int] = mapped_column(BigInteger, default=0)
     quota_image_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The preemptible class is counted apart, against these (0 = no limit).
+    quota_preemptible_instances: Mapped[int] = mapped_column(Integer, default=0)
+    quota_preemptible_vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    quota_preemptible_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     # Lifetimes of new workspaces (seconds; 0 = none) and what expiry does: STOP | DESTROY.
     default_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
     max_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -398,3 +416,24 @@ class UsageInterval(Base):
     disk_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float] = mapped_column(Float, default=0.0)
+    # Consumed by a workspace of the preemptible class (reported apart).
+    preemptible: Mapped[bool] = mapped_column(default=False)
+
+
+class Backfill(Base):
+    """`ws-admin backfill set IMAGE --max N`: keep up to N preemptible workspaces of IMAGE
+    on idle capacity; they yield at once (grace_s) to real requests."""
+
+    __tablename__ = "backfill"
+
+    image: Mapped[str] = mapped_column(String(255), primary_key=True)
+    max_count: Mapped[int] = mapped_column(Integer, default=0)
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=512)
+    networks: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Seconds a backfill VM gets after ACPI before it is forced off when preempted.
+    grace_s: Mapped[int] = mapped_column(Integer, default=0)
+    # The principal and project the backfill workspaces belong to.
+    owner: Mapped[str] = mapped_column(String(255), default="")
+    project: Mapped[str] = mapped_column(String(64), default="")
+    updated_at: Mapped[float] = mapped_column(Float, default=0.0)

@@ -185,6 +185,7 @@ class CreateClusterRequest(_message.Message):
     CONNECTIVITY_FIELD_NUMBER: _builtins.int
     ALLOW_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     name: _builtins.str
     affinity: Global___Affinity.ValueType
@@ -196,6 +197,8 @@ class CreateClusterRequest(_message.Message):
     """Every member's lease in seconds (0 = the project's default)."""
     connectivity: _builtins.str
     """Every member's connectivity ("" = the default), allow rules and limits."""
+    preemptible: _builtins.bool
+    """Every member is of the preemptible class (CreateWorkspaceRequest.preemptible)."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterMember]: ...
     @_builtins.property
@@ -216,10 +219,11 @@ class CreateClusterRequest(_message.Message):
         connectivity: _builtins.str = ...,
         allow: _abc.Iterable[_builtins.str] | None = ...,
         limits: _common_pb2.Limits | None = ...,
+        preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "allow", b"allow", "connectivity", b"connectivity", "lease_s", b"lease_s", "limits", b"limits", "members", b"members", "name", b"name", "on_failure", b"on_failure", "project", b"project", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "allow", b"allow", "connectivity", b"connectivity", "lease_s", b"lease_s", "limits", b"limits", "members", b"members", "name", b"name", "on_failure", b"on_failure", "preemptible", b"preemptible", "project", b"project", "request_id", b"request_id", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,6 +266,7 @@ class Cluster(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -271,6 +276,7 @@ class Cluster(_message.Message):
     on_failure: Global___FailurePolicy.ValueType
     request_id: _builtins.str
     project: _builtins.str
+    preemptible: _builtins.bool
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Workspace]: ...
     @_builtins.property
@@ -295,10 +301,11 @@ class Cluster(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         spec: _abc.Iterable[Global___ClusterMember] | None = ...,
         project: _builtins.str = ...,
+        preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "created_at", b"created_at", "id", b"id", "members", b"members", "name", b"name", "on_failure", b"on_failure", "owner", b"owner", "project", b"project", "reason", b"reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "created_at", b"created_at", "id", b"id", "members", b"members", "name", b"name", "on_failure", b"on_failure", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -246,6 +246,7 @@ class Workspace(_message.Message):
     CONNECTIVITY_FIELD_NUMBER: _builtins.int
     ALLOW_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -266,6 +267,8 @@ class Workspace(_message.Message):
     """The account `ws ssh` logs in as (the image's default cloud-init user)."""
     connectivity: _builtins.str
     """"open" | "cluster" | "outbound" (workspace/domain/netpolicy.py)."""
+    preemptible: _builtins.bool
+    """The preemptible class (CreateWorkspaceRequest.preemptible)."""
     @_builtins.property
     def nics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Nic]: ...
     @_builtins.property
@@ -318,10 +321,11 @@ class Workspace(_message.Message):
         connectivity: _builtins.str = ...,
         allow: _abc.Iterable[_builtins.str] | None = ...,
         limits: Global___Limits | None = ...,
+        preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -79,6 +79,7 @@ class CreateWorkspaceRequest(_message.Message):
     CONNECTIVITY_FIELD_NUMBER: _builtins.int
     ALLOW_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key: a retry with the same id returns the same
     workspace; the same id with different parameters is refused.
@@ -98,6 +99,11 @@ class CreateWorkspaceRequest(_message.Message):
     """
     connectivity: _builtins.str
     """"open" | "cluster" | "outbound"; "" = the default (the project's or site's)."""
+    preemptible: _builtins.bool
+    """Preemptible class: runs on capacity the normal class is not using and is stopped
+    and destroyed (reason PREEMPTED) when a normal request needs its place. Counted
+    apart in quotas and usage.
+    """
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -139,10 +145,11 @@ class CreateWorkspaceRequest(_message.Message):
         connectivity: _builtins.str = ...,
         allow: _abc.Iterable[_builtins.str] | None = ...,
         limits: _common_pb2.Limits | None = ...,
+        preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "lease_s", b"lease_s", "limits", b"limits", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "project", b"project", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "cpus", b"cpus", "extra_partitions", b"extra_partitions", "grow_bytes", b"grow_bytes", "image", b"image", "lease_s", b"lease_s", "limits", b"limits", "memory_mib", b"memory_mib", "name", b"name", "networks", b"networks", "preemptible", b"preemptible", "project", b"project", "request_id", b"request_id", "requirements", b"requirements", "user_data", b"user_data", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
