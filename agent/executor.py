@@ -33,6 +33,8 @@ log = logging.getLogger("agent")
 
 OP_RETRY = Backoff(2.0, 60.0)
 DEFAULT_STOP_TIMEOUT_S = 60
+# What a workspace cannot do while one of its networks is not ready on the node.
+NEEDS_NETWORK = frozenset({Action.CREATE, Action.START, Action.RESUME})
 
 
 def domain_spec(
@@ -147,7 +149,7 @@ class Executor:
                 return  # never act before the service said what should exist
             desired = dict(self._desired)
             busy = set(self._busy)
-        self.net.sync(list(desired.values()))
+        broken = self.net.sync(list(desired.values()))
         domains = self.driver.list_domains()
         actual = {d.workspace_id: d.state for d in domains}
         leftovers = self.files.existing()
@@ -168,6 +170,8 @@ class Executor:
         for wid, action in actions.items():
             if wid in busy:
                 continue
+            if action in NEEDS_NETWORK and self._network_broken(desired.get(wid), broken):
+                continue
             self._note_repair(wid, action, wants.get(wid))
             if self._failures.waiting(wid) and action is not Action.REMOVE:
                 continue
@@ -177,6 +181,26 @@ class Executor:
         with self._lock:
             self._last_want = wants
             self._last_actual = actual
+
+    def _network_broken(self, order: Order | None, broken: Mapping[str, str]) -> bool:
+        """True (and the workspace reported FAILED, saying why) if ``order`` has a NIC on
+        a network the node could not make ready; it is tried again on the next pass."""
+        if order is None or not broken:
+            return False
+        why = next(
+            (
+                f"network {n.network}: {broken[n.network]}"
+                for n in order.nics
+                if n.network in broken
+            ),
+            "",
+        )
+        if not why:
+            return False
+        if self.status.get(order.workspace_id) != (Observed.FAILED, why):
+            self.status.set(order.workspace_id, Observed.FAILED, why)
+            self.pool.submit(self.report, [order.workspace_id])
+        return True
 
     def _forget_failed(self, desired: Mapping[str, Order], present: set[str]) -> None:
         """A create that failed before anything reached the host (refused by the trust

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from workspace.domain.model import Order
 
 
 class Networking(Protocol):
-    def sync(self, orders: Sequence[Order]) -> None:
-        """Make bridges and DHCP entries match the NICs of these workspaces."""
+    def sync(self, orders: Sequence[Order]) -> Mapping[str, str]:
+        """Make bridges and DHCP entries match the NICs of these workspaces; returns the
+        networks that could not be made ready (name → why). Their workspaces wait; the
+        others go on. Raises only for what concerns every workspace (the filter)."""
 
     def close(self) -> None:
         """Stop what this object started (DHCP servers); leave bridges."""
@@ -19,8 +21,8 @@ class Networking(Protocol):
 class NullNetworking:
     """For the fake driver: no bridges, no DHCP."""
 
-    def sync(self, orders: Sequence[Order]) -> None:
-        return None
+    def sync(self, orders: Sequence[Order]) -> Mapping[str, str]:
+        return {}
 
     def close(self) -> None:
         return None

@@ -31,6 +31,11 @@ class StatusBoard:
         with self._lock:
             self._overrides[workspace_id] = (state, reason)
 
+    def get(self, workspace_id: str) -> tuple[Observed, str] | None:
+        """The override of ``workspace_id`` (state, reason), if any."""
+        with self._lock:
+            return self._overrides.get(workspace_id)
+
     def clear(self, workspace_id: str) -> None:
         """The operation succeeded: the driver's view holds again."""
         with self._lock:

@@ -78,7 +78,6 @@ class BridgeNetworking:
         # agent rejoins their L2 before (and without) any workspace on them.
         self.memory_path = Path(cfg.state_dir) / "uplinks.json"
         self.remembered = self._load_memory()
-        self._rejoined = False
 
     def join(self, networks: Iterable[NetworkInfo]) -> None:
         """Make the bridge of every configured network with an uplink and attach the
@@ -90,7 +89,11 @@ class BridgeNetworking:
             raise errs[0]
 
     def _join(self, networks: Iterable[NetworkInfo]) -> list[WorkspaceError]:
-        errs: list[WorkspaceError] = []
+        return list(self._join_each(networks).values())
+
+    def _join_each(self, networks: Iterable[NetworkInfo]) -> dict[str, WorkspaceError]:
+        """Join each uplinked network; the ones that failed (name → error)."""
+        errs: dict[str, WorkspaceError] = {}
         for info in networks:
             net = self.nets.get(info.name)
             if net is None or not net.uplink or not info.bridge or not info.subnet:
@@ -100,7 +103,7 @@ class BridgeNetworking:
                 self._bridge(info.bridge, _cidr(net, info.gateway, prefix))
                 self.joined[info.bridge] = self._uplink(info.bridge, net, info.vlan, info.gateway)
             except WorkspaceError as exc:
-                errs.append(exc)
+                errs[info.name] = exc
             else:
                 self._remember(info)
         return errs
@@ -156,7 +159,13 @@ class BridgeNetworking:
         local_gw = gateway if net.bridge_address == "gateway" else ""
         return BridgeSpec(bridge, done[2], local_gw)
 
-    def sync(self, orders: Sequence[Order]) -> None:
+    def sync(self, orders: Sequence[Order]) -> dict[str, str]:
+        """Bridges, uplinks, the filter and DHCP for ``orders``; returns the networks that
+        could not be made ready (name → why): only their workspaces wait. Uplinked
+        networks the node knew (``uplinks.json``) are joined on every pass too, so a
+        port re-made behind the agent's back is attached again without a restart. A
+        ruleset that cannot be applied (or a policy that cannot hold) raises: it
+        concerns every workspace."""
         per_bridge: dict[str, list[DhcpHost]] = {}
         first_nic: dict[str, Nic] = {}
         for order in orders:
@@ -173,18 +182,23 @@ class BridgeNetworking:
                     DhcpHost(mac=nic.mac, ip=nic.ip, hostname=order.hostname or order.name)
                 )
                 first_nic.setdefault(nic.bridge, nic)
-        errs: list[WorkspaceError] = []
-        if not self._rejoined:  # the first pass of this process: rejoin what we knew
-            self._rejoined = True
-            errs += self._join(self.remembered.values())
+        broken: dict[str, WorkspaceError] = {}
+        in_use = {nic.network for nic in first_nic.values()}
+        # What the node knew and no workspace uses now: kept joined (errors only logged).
+        self._join_each(n for n in list(self.remembered.values()) if n.name not in in_use)
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
-            self._bridge(bridge, bridge_cidr(net, nic))
+            try:
+                self._bridge(bridge, bridge_cidr(net, nic))
+            except WorkspaceError as exc:
+                log.error("network %s (bridge %s): %s", nic.network, bridge, exc.message)
+                broken[nic.network] = exc
+                continue
             if net.uplink:
                 info = NetworkInfo(
                     nic.network, nic.subnet, nic.gateway, bridge=bridge, vlan=nic.vlan
                 )
-                errs += self._join([info])
+                broken.update(self._join_each([info]))
         # The filter before DHCP: no VM gets an address on a bridge that is not guarded.
         self._last_nics = nic_rules(orders, served=self.nets)
         for n in self._last_nics:
@@ -196,10 +210,11 @@ class BridgeNetworking:
                     n.blocked,
                     extra={"workspace": n.workspace_id},
                 )
-        if trouble := self._filter(self._last_nics, self.joined.values()):
-            errs.append(trouble)
+        trouble = self._filter(self._last_nics, self.joined.values())
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
+            if nic.network in broken:
+                continue
             cidr = bridge_cidr(net, nic)
             if net.dhcp and cidr is not None:
                 server = self.servers.get(bridge)
@@ -213,8 +228,9 @@ class BridgeNetworking:
         for bridge, server in self.servers.items():
             if bridge not in first_nic:
                 server.set_hosts([])
-        if errs:
-            raise errs[0]
+        if trouble:
+            raise trouble
+        return {name: exc.message for name, exc in broken.items()}
 
     def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> FilterError | None:
         """Apply the ruleset if it changed (FilterError raised when it could not be);

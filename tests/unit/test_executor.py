@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from images import signing
 from images.digest import of_bytes
 from images.model import Mode, Partition
 from workspace.config import FakeDriverConfig
-from workspace.domain.model import Disk, Observation, Order
+from workspace.domain.model import Disk, Nic, Observation, Order
 from workspace.domain.states import Desired, Observed
 
 BLOB = bytes(range(256)) * 16
@@ -146,3 +147,31 @@ def test_a_refused_order_fails_before_anything_is_fetched(parts: Parts) -> None:
     assert parts.fetched == 0 and parts.driver.list_domains() == []
     (record,) = parts.audit.pending()
     assert (record.action, record.verdict, record.workspace_id) == ("boot", "deny", "w1")
+
+
+class _OneNetworkDown(NullNetworking):
+    """Networking whose network "lab" cannot be made ready (e.g. its uplink is missing)."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def sync(self, orders: Any) -> dict[str, str]:
+        return {"lab": "uplink eth9 does not exist on node n1"} if self.down else {}
+
+
+def test_a_network_that_is_not_ready_holds_only_its_workspaces(parts: Parts) -> None:
+    net = _OneNetworkDown()
+    parts.executor.net = net
+    ex = parts.executor
+    lab = Nic("lab", "10.0.0.5", "52:54:00:00:00:05", 24, "10.0.0.1", "wsbr-lab", "10.0.0.0/24")
+    held = replace(_order(), workspace_id="w2", name="two", hostname="two", nics=(lab,))
+    ex.take([_order(), held])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.RUNNING)])
+    (seen,) = ex.observe(["w2"])
+    assert seen.state is Observed.FAILED
+    assert seen.reason == "network lab: uplink eth9 does not exist on node n1"
+    assert parts.driver.get("w2") is None  # nothing made for it
+    net.down = False  # the admin fixes the uplink: the next pass creates it
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w2"]) == [Observation("w2", Observed.RUNNING)])

@@ -437,15 +437,9 @@ class LocalSite:
                 uris[spec.name] = env.libvirt_uri
             if rec.switch_netns:
                 self._say(f"setting up switch namespace {rec.switch_netns} between the nodes")
-                replugged = self._switch(rec).up()
-                # An agent attaches its uplink once: one that runs on a node whose
-                # uplink0 is new (the switch was missing) starts again below.
-                for agent in rec.agents:
-                    if agent.netns in replugged and agent.node in agents_alive:
-                        outcome = hostproc.stop_session(agent.pid, agent_matcher(agent.config))
-                        self._say(f"agent {agent.node}: {outcome} (its uplink is new)")
-                        agents_alive.discard(agent.node)
-                        agent.pid = 0
+                # An agent running on a node whose uplink0 is new attaches it on its next
+                # pass (it joins its uplinked networks on every pass).
+                self._switch(rec).up()
         # From here on the site has state: what it is made with is kept (setup.json).
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
