@@ -2,7 +2,10 @@
 
     ws-admin project create P [--quota instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N]
                               [--default-lease 8h] [--max-lease 72h] [--on-expiry stop|destroy]
+                              [--quota-preemptible-instances N] [--quota-preemptible-vcpus N]
+                              [--quota-preemptible-memory-mib N]
     ws-admin project set P [--default-cpu-percent N] [--default-net-mbps N] ...
+                           [--quota-preemptible-instances N] ...
     ws-admin project add-user P NAME
     ws-admin project list
     ws-admin image publish NAME | unpublish NAME     make an image visible to every user, or not
@@ -19,7 +22,7 @@ from typing import Any
 
 from workspace.cli import common, render
 from workspace.client_policy import LIMIT_NAMES
-from workspace.client_projects import LEASE_ACTIONS, QUOTA_FIELDS
+from workspace.client_projects import LEASE_ACTIONS, PREEMPTIBLE_QUOTAS, QUOTA_FIELDS
 
 DURATION_RE = re.compile(r"(\d+)([smhd]?)")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -68,6 +71,30 @@ def default_limits(args: argparse.Namespace) -> dict[str, int]:
     return {n: getattr(args, "default_" + n) for n in LIMIT_NAMES if getattr(args, "default_" + n)}
 
 
+def add_preemptible_quotas(p: argparse.ArgumentParser, unset: str) -> None:
+    """--quota-preemptible-instances/-vcpus/-memory-mib: the preemptible class's quotas,
+    counted apart from the normal ones (0: no limit)."""
+    for name in PREEMPTIBLE_QUOTAS:
+        p.add_argument(
+            "--quota-" + name,
+            dest="quota_" + QUOTA_FIELDS[name],
+            type=common.non_negative_int,
+            metavar="N",
+            help=f"the preemptible class's {name.removeprefix('preemptible-')} quota "
+            f"(0: no limit; {unset})",
+        )
+
+
+def preemptible_quotas(args: argparse.Namespace) -> dict[str, int]:
+    """The --quota-preemptible-* options given: {"preemptible-vcpus": N, ...}."""
+    out = {}
+    for name in PREEMPTIBLE_QUOTAS:
+        value = getattr(args, "quota_" + QUOTA_FIELDS[name])
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def project_rows(projects: list[Any]) -> str:
     return render.table(
         ["NAME", "QUOTA", "DEFAULT-LEASE", "MAX-LEASE", "ON-EXPIRY", "DEFAULT-LIMITS", "USERS"],
@@ -107,7 +134,7 @@ def register_admin(
     def create(args: argparse.Namespace) -> int:
         p = client_for(args).create_project(
             args.name,
-            args.quota or {},
+            {**(args.quota or {}), **preemptible_quotas(args)},
             args.default_lease or 0,
             args.max_lease or 0,
             args.on_expiry,
@@ -117,7 +144,18 @@ def register_admin(
         return common.EXIT_OK
 
     def set_(args: argparse.Namespace) -> int:
-        p = client_for(args).set_project_defaults(args.name, default_limits(args))
+        client = client_for(args)
+        given = preemptible_quotas(args)
+        limits = default_limits(args)
+        if given:
+            # Those left out stay as they are; default limits stay unless some are given.
+            known = [p for p in client.list_projects() if p.name == args.name]
+            now = {n: getattr(known[0].quota, QUOTA_FIELDS[n]) for n in PREEMPTIBLE_QUOTAS}
+            p = client.set_project_preemptible_quota(
+                args.name, {**now, **given} if known else given, limits or None
+            )
+        else:
+            p = client.set_project_defaults(args.name, limits)
         render.emit(args, p, project_rows([p]))
         return common.EXIT_OK
 
@@ -152,12 +190,17 @@ def register_admin(
     q.add_argument("--max-lease", type=duration_arg, metavar="72h", help="the longest allowed")
     q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS), default="stop")
     add_default_limits(q, "default: the site's")
+    add_preemptible_quotas(q, "left out: no limit")
     q.set_defaults(func=create)
     q = sub.add_parser(
-        "set", parents=[parent], help="replace a project's default limits (those left out: none)"
+        "set",
+        parents=[parent],
+        help="replace a project's default limits (those left out: none), or set its "
+        "preemptible quotas (those left out stay; the default limits stay unless given)",
     )
     q.add_argument("name", metavar="P")
     add_default_limits(q, "left out: the site's")
+    add_preemptible_quotas(q, "left out: unchanged")
     q.set_defaults(func=set_)
     q = sub.add_parser("add-user", parents=[parent], help="add a user to a project")
     q.add_argument("name", metavar="P")

@@ -53,8 +53,14 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> projects_pb2.Project:
-        limits = limits_from_proto(request.default_limits)
-        return codec.project_to_proto(projects.set_defaults(self.env, request.project, limits))
+        limits = None if request.keep_default_limits else limits_from_proto(request.default_limits)
+        preemptible = (
+            codec.quota_from_proto(request.preemptible_quota)
+            if request.HasField("preemptible_quota")
+            else None
+        )
+        spec = projects.set_defaults(self.env, request.project, limits, preemptible)
+        return codec.project_to_proto(spec)
 
     @unary
     def GetQuota(
