@@ -5,6 +5,7 @@ an hour there), so what each pass does is exact; one test leaves it to the loop.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,11 @@ import grpc
 import pytest
 
 from tests.functional.harness import WS, Site, SitePki, TlsSite, wait_for
+from tests.functional.test_projects_cli import run
+from workspace.cli import admin
 from workspace.domain.tenancy import BACKFILL_OWNER
 from workspace.ops.backfill import Backfiller
+from workspace.store import Workspace
 from workspace.v1 import (
     admin_pb2,
     common_pb2,
@@ -102,9 +106,7 @@ def test_the_grace_of_the_entry_is_the_workspaces(bsite: Site) -> None:
     set_(bsite, max=1, grace_s=42)
     assert fill(bsite) == 1
     assert bsite.service is not None
-    from workspace.store import Workspace  # the column has no API field of its own yet
-
-    with bsite.service.store.read() as s:
+    with bsite.service.store.read() as s:  # preempt_grace_s is not in the API (yet)
         rows = [w for w in s.query(Workspace).all() if w.owner == BACKFILL_OWNER]
         assert [(w.preemptible, w.preempt_grace_s) for w in rows] == [(True, 42)]
 
@@ -268,3 +270,35 @@ def test_only_admins_see_or_touch_backfill_workspaces(tmp_path: Path) -> None:
         assert [w.id for w in backfill_live(site)] == [made.id]  # untouched
     finally:
         site.close()
+
+
+def test_backfill_on_the_command_line(bsite: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        admin, bsite, capsys,
+        "backfill", "set", "img", "--max", "2", "--cpus", "2", "--memory-mib", "1024",
+        "--network", "default", "--grace", "5",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "backfill img: at most 2 preemptible workspace(s)" in out
+    assert fill(bsite) == 2
+    code, out, _ = run(admin, bsite, capsys, "backfill", "list")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split()[:4] == ["IMAGE", "MAX", "LIVE", "RUNNING"]
+    assert row.split()[:3] == ["img", "2", "2"] and "default" in row and "5s" in row
+    code, out, _ = run(admin, bsite, capsys, "-o", "json", "backfill", "list")
+    [e] = json.loads(out)
+    assert (e["image"], e["max"], e["live"], e["grace_s"]) == ("img", 2, 2, 5)
+    assert e["owner"] == BACKFILL_OWNER and e["networks"] == ["default"]
+    # Bad input: argparse (exit 2) or the service (exit 1), each saying why.
+    code, _, err = run(admin, bsite, capsys, "backfill", "set", "img", "--max", "-1")
+    assert code == 2 and "must be 0 or more" in err
+    code, _, err = run(admin, bsite, capsys, "backfill", "set", "nope", "--max", "1")
+    assert code == 1 and "image 'nope' not found" in err
+    code, _, err = run(admin, bsite, capsys, "backfill", "clear", "nope")
+    assert code == 1 and "no backfill entry" in err
+    assert [x.max for x in entries(bsite)] == [2]  # unchanged
+    code, out, _ = run(admin, bsite, capsys, "-o", "json", "backfill", "clear", "img")
+    assert code == 0 and json.loads(out)["live"] == 2
+    code, out, _ = run(admin, bsite, capsys, "backfill", "list")
+    assert code == 0 and "no backfill entries" in out
