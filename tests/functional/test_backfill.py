@@ -102,13 +102,17 @@ def test_fills_up_to_max_and_no_more(bsite: Site) -> None:
     assert (listed.live, listed.running) == (3, 3)
 
 
-def test_the_grace_of_the_entry_is_the_workspaces(bsite: Site) -> None:
-    set_(bsite, max=1, grace_s=42)
+def test_the_grace_of_the_entry_is_the_workspaces_and_no_lease(bsite: Site) -> None:
+    projects = projects_pb2_grpc.ProjectsStub(bsite.stubs.channel)
+    projects.CreateProject(projects_pb2.Project(name="grid", default_lease_s=3600))
+    set_(bsite, max=1, grace_s=42, project="grid")
     assert fill(bsite) == 1
     assert bsite.service is not None
     with bsite.service.store.read() as s:  # preempt_grace_s is not in the API (yet)
         rows = [w for w in s.query(Workspace).all() if w.owner == BACKFILL_OWNER]
         assert [(w.preemptible, w.preempt_grace_s) for w in rows] == [(True, 42)]
+        # The project's lease does not apply: the site keeps it while the entry wants it.
+        assert [w.lease_expires_at for w in rows] == [0.0]
 
 
 def test_only_idle_capacity_is_used(bsite: Site) -> None:

@@ -283,6 +283,9 @@ class Backfiller:
                 )
             ).scalar_one()
             made.preempt_grace_s = spec.grace_s
+            # The site runs it while the entry wants it: no project lease (a lease's STOP
+            # would leave it holding its claim, counted, never replaced).
+            made.lease_expires_at = 0.0
             return answer
 
         return group_commit.of(env).run(env, one)
