@@ -99,9 +99,11 @@ class ProjectsClientMixin:
         resp = self._call(self._projects.ListProjects, projects_pb2.ListProjectsRequest())
         return list(resp.projects)
 
-    def quota(self) -> list[projects_pb2.ProjectQuota]:
-        """The caller's projects: each one's limits and what it uses."""
-        return list(self._call(self._projects.GetQuota, projects_pb2.GetQuotaRequest()).projects)
+    def quota(self, project: str = "") -> list[projects_pb2.ProjectQuota]:
+        """The caller's projects (or only ``project``: a member's, any for an admin): each
+        one's limits and what it uses, the preemptible class apart."""
+        req = projects_pb2.GetQuotaRequest(project=project)
+        return list(self._call(self._projects.GetQuota, req).projects)
 
     def set_image_public(self, name: str, public: bool = True) -> images_pb2.Image:
         req = images_pb2.SetImagePublicRequest(name=name, public=public)

@@ -5,15 +5,22 @@ Each refusal names its quota and leaves nothing behind."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.functional.harness import Site
+from tests.functional.harness import Site, SitePki, TlsSite
 from tests.functional.test_projects import make, names, projects, refused, used_cpus
 from tests.functional.test_projects_cli import run
 from workspace.cli import admin, ws
-from workspace.v1 import clusters_pb2, clusters_pb2_grpc, common_pb2, projects_pb2
+from workspace.v1 import (
+    clusters_pb2,
+    clusters_pb2_grpc,
+    common_pb2,
+    projects_pb2,
+    projects_pb2_grpc,
+)
 
 
 def test_preemptible_workspaces_count_against_the_preemptible_quota_only(
@@ -164,3 +171,44 @@ def test_preemptible_quotas_on_the_command_line(
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "quota")
     used = json.loads(out)[0]["used"]
     assert (used["instances"], used["preemptible_instances"]) == (0, 1)
+
+
+def test_project_show_prints_both_classes(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make(ready_site, instances=5, preemptible_vcpus=8)
+    ready_site.stubs.create(name="n", project="p", cpus=1)
+    ready_site.stubs.create(name="a", project="p", cpus=3, preemptible=True)
+    code, out, err = run(admin, ready_site, capsys, "project", "show", "p")
+    assert code == 0, err
+    rows = {tuple(line.split()) for line in out.splitlines()}
+    assert ("p", "instances", "1", "5") in rows
+    assert ("p", "vcpus", "1", "-") in rows
+    assert ("p", "preemptible-instances", "1", "-") in rows
+    assert ("p", "preemptible-vcpus", "3", "8") in rows
+    code, out, _ = run(admin, ready_site, capsys, "-o", "json", "project", "show", "p")
+    shown = json.loads(out)
+    assert shown["project"]["quota"]["preemptible_vcpus"] == 8
+    assert shown["quota"]["used"]["preemptible_vcpus"] == 3 and shown["quota"]["used"]["vcpus"] == 1
+    # `ws project show` (here the caller is the admin `local`): use and quotas.
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "project", "show", "p")
+    assert code == 0 and json.loads(out)["used"]["preemptible_instances"] == 1
+    code, _, err = run(ws, ready_site, capsys, "project", "show", "nope")
+    assert code == 1 and "project 'nope' does not exist" in err
+
+
+def test_project_quota_of_one_project_is_for_members_only(tmp_path: Path) -> None:
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        make(site, name="p", preemptible_instances=2)
+        make(site, name="q")
+        alice = projects_pb2_grpc.ProjectsStub(site.identity("alice", projects=("p",)).channel)
+        [mine] = alice.GetQuota(projects_pb2.GetQuotaRequest(project="p")).projects
+        assert (mine.project, mine.limits.preemptible_instances) == ("p", 2)
+        why = refused(
+            lambda: alice.GetQuota(projects_pb2.GetQuotaRequest(project="q")),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        assert "not a member of project 'q'" in why
+    finally:
+        site.close()

@@ -8,6 +8,8 @@
                            [--quota-preemptible-instances N] ...
     ws-admin project add-user P NAME
     ws-admin project list
+    ws-admin project show P                           one project: settings, use and quotas
+    ws project show P                                 one of your projects: use and quotas
     ws-admin image publish NAME | unpublish NAME     make an image visible to every user, or not
     ws quota                                          your projects: use and limits
 
@@ -114,12 +116,26 @@ def project_rows(projects: list[Any]) -> str:
 
 
 def quota_rows(uses: list[Any]) -> str:
+    """One row per project and quota, the normal class's first, then the preemptible
+    class's (counted apart)."""
     rows = []
     for u in uses:
         for name, field in QUOTA_FIELDS.items():
             limit = getattr(u.limits, field)
             rows.append([u.project, name, getattr(u.used, field), limit or "-"])
     return render.table(["PROJECT", "QUOTA", "USED", "LIMIT"], rows)
+
+
+def show(client: Any, args: argparse.Namespace, admin: bool) -> int:
+    """`project show P`: its use and quotas, both classes (an admin: its settings too)."""
+    uses = client.quota(args.name)
+    if not admin:
+        render.emit(args, uses[0], quota_rows(uses))
+        return common.EXIT_OK
+    spec = next(p for p in client.list_projects() if p.name == args.name)
+    data = {"project": render.plain(spec), "quota": render.plain(uses[0])}
+    render.emit(args, data, project_rows([spec]) + "\n\n" + quota_rows(uses))
+    return common.EXIT_OK
 
 
 def register_admin(
@@ -208,6 +224,11 @@ def register_admin(
     q.set_defaults(func=add_user)
     q = sub.add_parser("list", parents=[parent], help="every project")
     q.set_defaults(func=list_)
+    q = sub.add_parser(
+        "show", parents=[parent], help="one project: settings, and use and quotas of both classes"
+    )
+    q.add_argument("name", metavar="P")
+    q.set_defaults(func=lambda args: show(client_for(args), args, admin=True))
     for name, text in (
         ("publish", "make an image visible to every user"),
         ("unpublish", "make an image private to its owner and project again"),
@@ -220,7 +241,7 @@ def register_admin(
 def register_user(
     subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
 ) -> None:
-    """Add `quota` to ws."""
+    """Add `quota` and `project show` to ws."""
 
     def quota(args: argparse.Namespace) -> int:
         uses = client_for(args).quota()
@@ -230,3 +251,10 @@ def register_user(
 
     p = subparsers.add_parser("quota", parents=[parent], help="your projects: use and limits")
     p.set_defaults(func=quota)
+    p = subparsers.add_parser("project", parents=[parent], help="your projects")
+    sub = p.add_subparsers(dest="project_command", metavar="COMMAND", required=True)
+    q = sub.add_parser(
+        "show", parents=[parent], help="one of your projects: use and quotas of both classes"
+    )
+    q.add_argument("name", metavar="P")
+    q.set_defaults(func=lambda args: show(client_for(args), args, admin=False))

@@ -66,5 +66,5 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
     def GetQuota(
         self, request: projects_pb2.GetQuotaRequest, context: grpc.ServicerContext, who: Identity
     ) -> projects_pb2.GetQuotaResponse:
-        uses = [codec.use_to_proto(u) for u in self.catalog.quotas(who)]
+        uses = [codec.use_to_proto(u) for u in self.catalog.quotas(who, request.project)]
         return projects_pb2.GetQuotaResponse(projects=uses)

@@ -308,15 +308,28 @@ def list_projects(env: Env) -> list[ProjectSpec]:
         return [_spec(s, p) for p in s.execute(select(Project).order_by(Project.name)).scalars()]
 
 
+def shown_projects(s: Session, who: Identity, project: str = "") -> list[str]:
+    """The projects whose quotas ``who`` asks for: all of theirs (``project`` ""), or
+    ``project`` if they are a member or an admin (NotFound / PermissionDenied if not)."""
+    mine = memberships(s, who)
+    if not project:
+        return sorted(mine)
+    if s.get(Project, project) is None:
+        raise NotFound(f"project {project!r} does not exist; `ws quota` shows yours")
+    if project not in mine and not who.admin:
+        raise PermissionDenied(f"you are not a member of project {project!r}")
+    return [project]
+
+
 def quotas(
-    env: Env, who: Identity, image_bytes: Iterable[tuple[str, int]] = ()
+    env: Env, who: Identity, image_bytes: Iterable[tuple[str, int]] = (), project: str = ""
 ) -> list[ProjectUse]:
-    """The caller's projects with their limits and use (``image_bytes``: (project, bytes)
-    as the catalog counts them)."""
+    """The caller's projects (or only ``project``) with their limits and use, each class
+    apart (``image_bytes``: (project, bytes) as the catalog counts them)."""
     images = dict(image_bytes)
     with env.store.read() as s:
         out = []
-        for name in sorted(memberships(s, who)):
+        for name in shown_projects(s, who, project):
             p = s.get(Project, name)
             limits = limits_of(p) if p is not None else Quota()
             use = workspace_use(s, name)

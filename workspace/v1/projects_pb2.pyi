@@ -227,12 +227,19 @@ Global___ListProjectsResponse: _TypeAlias = ListProjectsResponse  # noqa: Y015
 class GetQuotaRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PROJECT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """"": every project of the caller; a project: that one only (a member's, or any for
+    an admin).
+    """
     def __init__(
         self,
+        *,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
