@@ -8,14 +8,15 @@ through the group commit) of a preemptible workspace with ``wait_for_capacity_s`
 while it fits — and only while nothing waits in the capacity queue, checked in the
 create's own transaction, so backfill never takes capacity a waiting request could use
 and never delays it. A create that does not fit (no idle capacity, a quota) stops the
-entry's pass and is not tried again until the nodes' capacity or the entry changes:
-a pass where nothing changed reads three small queries and writes nothing.
+entry's pass and is not tried again until the nodes' capacity or the entry changes (or
+``RETRY_S`` passed):
+a pass where nothing changed reads a few small queries and writes nothing. While any
+request waits, a pass creates nothing and writes nothing (it may still destroy extras).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,9 @@ from workspace.store import Backfill, Image, Node, Project, Workspace
 
 log = logging.getLogger("workspace.ops.backfill")
 
+# A create that did not fit is tried again at least this often (seconds), even if
+# neither the entry nor the nodes' capacity changed.
+RETRY_S = 300.0
 # Who creates backfill workspaces: the site principal, acting with an admin's reach (any
 # image the admin named, any project), never a user.
 BACKFILL = Identity(Kind.USER, BACKFILL_OWNER, admin=True)
@@ -193,19 +197,25 @@ class Backfiller:
 
     env: Env
     blocked: dict[str, tuple[object, ...]] = field(default_factory=dict)
-    clock: Callable[[], float] = time.monotonic
+    # The nodes' capacity as this pass last read it (None: read it again).
+    seen: tuple[object, ...] | None = None
 
     def run(self) -> int:
         """One pass; returns how many workspaces it created or destroyed."""
+        self.seen = None
         with self.env.store.read() as s:
             entries = [(_spec(r), r.updated_at) for r in s.execute(select(Backfill)).scalars()]
             counts = _counts(s)
+            # Read here too (the create checks it again in its own transaction), so a pass
+            # while requests wait writes nothing.
+            short = any(counts.get(e.image, (0, 0))[0] < e.max_count for e, _ in entries)
+            waiting = short and bool(admission.entries(s))
         acted = 0
         for spec, updated in entries:
             live = counts.get(spec.image, (0, 0))[0]
             if live > spec.max_count:
                 acted += self._shrink(spec)
-            elif live < spec.max_count:
+            elif live < spec.max_count and not waiting:
                 acted += self._grow(spec, updated, live)
         return acted
 
@@ -223,7 +233,9 @@ class Backfiller:
     def _grow(self, spec: BackfillSpec, updated: float, live: int) -> int:
         made = 0
         while live + made < spec.max_count:
-            key = (updated, *self._capacity())
+            # Tried again when the entry or the nodes' capacity changed, or RETRY_S passed
+            # (what else may let it fit: a quota raised, a trust policy changed).
+            key = (updated, int(self.env.clock() // RETRY_S), *self._capacity())
             if self.blocked.get(spec.image) == key:
                 break
             try:
@@ -231,19 +243,30 @@ class Backfiller:
             except (QueueWaits, Stale):
                 break
             except WorkspaceError as exc:
-                self.blocked[spec.image] = (updated, *self._capacity())
+                self.blocked[spec.image] = key  # rolled back: the capacity is as read
                 log.info("backfill %s: no more for now: %s", spec.image, exc)
                 break
+            self.seen = None  # it took some
             self.blocked.pop(spec.image, None)
             log.info("backfill %s: %s (%s) on %s", spec.image, view.name, view.id, view.node)
             made += 1
         return made
 
     def _capacity(self) -> tuple[object, ...]:
-        """What decides whether a backfill create can fit: each node's state and use."""
-        with self.env.store.read() as s:
-            q = select(Node.name, Node.state, Node.used_cpus, Node.used_memory_mib, Node.cpus)
-            return tuple(tuple(r) for r in s.execute(q.order_by(Node.name)))
+        """What decides whether a backfill create can fit: each node's state, size and
+        use (read once per pass, and again after a create)."""
+        if self.seen is None:
+            with self.env.store.read() as s:
+                q = select(
+                    Node.name,
+                    Node.state,
+                    Node.cpus,
+                    Node.memory_mib,
+                    Node.used_cpus,
+                    Node.used_memory_mib,
+                )
+                self.seen = tuple(tuple(r) for r in s.execute(q.order_by(Node.name)))
+        return self.seen
 
     def _create_one(self, spec: BackfillSpec) -> WorkspaceView:
         """One preemptible workspace of ``spec``, placed now, in one transaction that
