@@ -16,8 +16,9 @@ import pytest
 from tests.functional.harness import WS, Site, SitePki, TlsSite, wait_for
 from tests.functional.test_projects_cli import run
 from workspace.cli import admin
+from workspace.domain.backfill import BackfillSpec
 from workspace.domain.tenancy import BACKFILL_OWNER
-from workspace.ops.backfill import Backfiller
+from workspace.ops.backfill import Backfiller, QueueWaits, Stale
 from workspace.store import Workspace
 from workspace.v1 import (
     admin_pb2,
@@ -136,6 +137,13 @@ def test_a_waiting_request_makes_backfill_create_nothing(bsite: Site) -> None:
     set_(bsite, max=3, memory_mib=1024)
     assert fill(bsite) == 0
     assert backfill_live(bsite) == []
+    # The create's own transaction checks it too (a request may start waiting between
+    # the pass's read and the create).
+    assert bsite.service is not None
+    spec = BackfillSpec("img", 3, 1, 1024, ("default",), 0, "")
+    with pytest.raises(QueueWaits):
+        Backfiller(bsite.service.env).create_one(spec)
+    assert backfill_live(bsite) == []
     assert bsite.stubs.get("big").state == WS.WORKSPACE_STATE_PENDING
     # Once nothing waits (the request was cancelled), idle capacity is backfilled.
     bsite.stubs.ws.DestroyWorkspace(bsite.stubs.ref(waiting.id))
@@ -157,6 +165,19 @@ def test_lowering_max_destroys_the_newest_extras(bsite: Site) -> None:
     set_(bsite, max=2)
     assert fill(bsite) == 1
     assert [w.name for w in backfill_live(bsite)] == ["backfill-img-1", "backfill-img-2"]
+
+
+def test_a_create_for_an_entry_changed_or_full_meanwhile_makes_nothing(bsite: Site) -> None:
+    set_(bsite, max=1, memory_mib=512)
+    assert fill(bsite) == 1
+    assert bsite.service is not None
+    filler = Backfiller(bsite.service.env)
+    full = BackfillSpec("img", 1, 1, 512, ("default",), 0, "")
+    changed = BackfillSpec("img", 2, 1, 256, ("default",), 0, "")  # not the stored one
+    for spec in (full, changed):
+        with pytest.raises(Stale):
+            filler.create_one(spec)
+    assert len(backfill_live(bsite)) == 1
 
 
 def test_clear_destroys_every_workspace_of_the_entry(bsite: Site) -> None:

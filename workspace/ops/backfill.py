@@ -239,7 +239,7 @@ class Backfiller:
             if self.blocked.get(spec.image) == key:
                 break
             try:
-                view = self._create_one(spec)
+                view = self.create_one(spec)
             except (QueueWaits, Stale):
                 break
             except WorkspaceError as exc:
@@ -268,7 +268,7 @@ class Backfiller:
                 self.seen = tuple(tuple(r) for r in s.execute(q.order_by(Node.name)))
         return self.seen
 
-    def _create_one(self, spec: BackfillSpec) -> WorkspaceView:
+    def create_one(self, spec: BackfillSpec) -> WorkspaceView:
         """One preemptible workspace of ``spec``, placed now, in one transaction that
         also checks the queue is empty and the entry still wants one more."""
         env = self.env
