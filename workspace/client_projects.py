@@ -18,7 +18,12 @@ QUOTA_FIELDS = {
     "memory-mib": "memory_mib",
     "disk-gib": "disk_gib",
     "image-bytes": "image_bytes",
+    # The preemptible class, counted apart (its workspaces count only against these).
+    "preemptible-instances": "preemptible_instances",
+    "preemptible-vcpus": "preemptible_vcpus",
+    "preemptible-memory-mib": "preemptible_memory_mib",
 }
+PREEMPTIBLE_QUOTAS = ("preemptible-instances", "preemptible-vcpus", "preemptible-memory-mib")
 LEASE_ACTIONS = {
     "stop": projects_pb2.LEASE_ACTION_STOP,
     "destroy": projects_pb2.LEASE_ACTION_DESTROY,
@@ -65,6 +70,27 @@ class ProjectsClientMixin:
         )
         return self._call(self._projects.SetProjectDefaults, req)
 
+    def set_project_preemptible_quota(
+        self,
+        project: str,
+        quota: Mapping[str, int],
+        default_limits: Mapping[str, int] | None = None,
+    ) -> projects_pb2.Project:
+        """(admins) The project's preemptible quotas become exactly ``quota``
+        ({"preemptible-instances": 4, ...}; left out: 0 = no limit); its default limits
+        become ``default_limits`` if given, else stay."""
+        unknown = set(quota) - set(PREEMPTIBLE_QUOTAS)
+        if unknown:
+            raise ValueError(f"not a preemptible quota: {', '.join(sorted(unknown))}")
+        fields = {QUOTA_FIELDS[k]: v for k, v in quota.items()}
+        req = projects_pb2.SetProjectDefaultsRequest(
+            project=project,
+            default_limits=limits_message(default_limits or {}),
+            keep_default_limits=default_limits is None,
+            preemptible_quota=projects_pb2.Quota(**fields),
+        )
+        return self._call(self._projects.SetProjectDefaults, req)
+
     def add_project_user(self, project: str, user: str) -> projects_pb2.Project:
         req = projects_pb2.ProjectUserRequest(project=project, user=user)
         return self._call(self._projects.AddProjectUser, req)
@@ -73,9 +99,11 @@ class ProjectsClientMixin:
         resp = self._call(self._projects.ListProjects, projects_pb2.ListProjectsRequest())
         return list(resp.projects)
 
-    def quota(self) -> list[projects_pb2.ProjectQuota]:
-        """The caller's projects: each one's limits and what it uses."""
-        return list(self._call(self._projects.GetQuota, projects_pb2.GetQuotaRequest()).projects)
+    def quota(self, project: str = "") -> list[projects_pb2.ProjectQuota]:
+        """The caller's projects (or only ``project``: a member's, any for an admin): each
+        one's limits and what it uses, the preemptible class apart."""
+        req = projects_pb2.GetQuotaRequest(project=project)
+        return list(self._call(self._projects.GetQuota, req).projects)
 
     def set_image_public(self, name: str, public: bool = True) -> images_pb2.Image:
         req = images_pb2.SetImagePublicRequest(name=name, public=public)

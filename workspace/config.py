@@ -259,6 +259,8 @@ class ServiceConfig:
     insecure: bool = False
     # How often the lease loop looks for leases ending soon (warning) or ended (expiry).
     lease_check_interval_s: float = 30.0
+    # How often the leader's backfill pass runs (docs/design/backfill.md).
+    backfill_interval_s: float = 10.0
     # A workspace is warned this long before its lease ends.
     lease_warning_s: int = 3600
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -271,6 +273,10 @@ class ServiceConfig:
         if not self.lease_check_interval_s > 0:
             raise ConfigError(
                 f"lease_check_interval_s: must be more than 0, got {self.lease_check_interval_s}"
+            )
+        if not self.backfill_interval_s > 0:
+            raise ConfigError(
+                f"backfill_interval_s: must be more than 0, got {self.backfill_interval_s}"
             )
         if self.lease_warning_s < 0:
             raise ConfigError(f"lease_warning_s: must be 0 or more, got {self.lease_warning_s}")

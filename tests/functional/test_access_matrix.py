@@ -319,6 +319,12 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         usage_pb2.GetUsageRequest(), timeout=T)),
     (AD, "WatchEvents", ADMIN, lambda c, w: first(c.admin.WatchEvents(
         admin_pb2.WatchEventsRequest(), timeout=T))),
+    (AD, "SetBackfill", ADMIN, lambda c, w: c.admin.SetBackfill(
+        admin_pb2.BackfillEntry(image=NOPE, max=1), timeout=T)),
+    (AD, "ListBackfill", ADMIN, lambda c, w: c.admin.ListBackfill(
+        admin_pb2.ListBackfillRequest(), timeout=T)),
+    (AD, "ClearBackfill", ADMIN, lambda c, w: c.admin.ClearBackfill(
+        admin_pb2.ClearBackfillRequest(image=NOPE), timeout=T)),
     (PR, "CreateProject", ADMIN, lambda c, w: c.projects.CreateProject(
         projects_pb2.Project(name=""), timeout=T)),
     (PR, "AddProjectUser", ADMIN, lambda c, w: c.projects.AddProjectUser(

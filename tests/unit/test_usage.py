@@ -130,3 +130,28 @@ def test_a_workspace_waiting_for_capacity_consumes_nothing(tmp_path: Path) -> No
 def test_a_bad_window_is_refused(site: Site, since: float, until: float, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         usage.report(site.core.env, "alice", since, until)
+
+
+def test_the_preemptible_class_is_counted_apart(site: Site) -> None:
+    normal = run(site, "a")
+    spec = CreateSpec(image="img", name="p", cpus=2, memory_mib=1024, preemptible=True)
+    who = Identity(Kind.USER, "alice")
+    pre = create.create(site.core.env, who, CreateRequest(spec)).id
+    site.report(pre, RUNNING)
+    site.clock.now += 2 * HOUR
+    r = rows(site)
+    # The normal class's figures are unchanged by the preemptible workspace ...
+    assert (r[normal].core_hours, r[normal].preemptible_core_hours) == (pytest.approx(4.0), 0.0)
+    assert r[normal].preemptible_memory_gib_hours == 0.0
+    # ... and the preemptible one's are in their own figures only.
+    assert (r[pre].core_hours, r[pre].memory_gib_hours) == (0.0, 0.0)
+    assert r[pre].preemptible_core_hours == pytest.approx(4.0)
+    assert r[pre].preemptible_memory_gib_hours == pytest.approx(2.0)
+    assert r[pre].preemptible_disk_gib_hours == pytest.approx(2 * ROOT_BYTES / BYTES_PER_GIB)
+    by_user = rows(site, by=Grouping.USER)["alice"]
+    assert by_user.core_hours == pytest.approx(4.0)
+    assert by_user.preemptible_core_hours == pytest.approx(4.0)
+    with site.store.read() as s:
+        intervals = s.execute(select(UsageInterval)).scalars()
+        flags = {iv.workspace_id: iv.preemptible for iv in intervals}
+    assert flags == {normal: False, pre: True}

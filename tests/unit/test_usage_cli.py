@@ -137,6 +137,9 @@ def test_usage_csv_json_and_text(served: Served, capsys: pytest.CaptureFixture[s
         "core_hours",
         "memory_gib_hours",
         "disk_gib_hours",
+        "preemptible_core_hours",
+        "preemptible_memory_gib_hours",
+        "preemptible_disk_gib_hours",
     ]
     assert rows[1][:4] == [wid, "a", OWNER, ""]
     assert [float(x) for x in rows[1][4:6]] == [4.0, 2.0]

@@ -17,6 +17,7 @@ from typing import Any
 from images import manifest as image_manifest
 from workspace import errors
 from workspace.cli import (
+    backfill_cmds,
     cache_cmds,
     clusterspec,
     common,
@@ -403,6 +404,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     trust_cmds.register_admin(sub, parent, cmds.client)
     usage_cmds.register_admin(sub, parent, cmds.client)
     event_cmds.register(sub, parent, cmds.client)
+    backfill_cmds.register(sub, parent, cmds.client)
     pki_cmds.register(sub, parent)
 
     site = group("site", "the local all-in-one site (service + one agent)")

@@ -2,9 +2,14 @@
 
     ws-admin project create P [--quota instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N]
                               [--default-lease 8h] [--max-lease 72h] [--on-expiry stop|destroy]
+                              [--quota-preemptible-instances N] [--quota-preemptible-vcpus N]
+                              [--quota-preemptible-memory-mib N]
     ws-admin project set P [--default-cpu-percent N] [--default-net-mbps N] ...
+                           [--quota-preemptible-instances N] ...
     ws-admin project add-user P NAME
     ws-admin project list
+    ws-admin project show P                           one project: settings, use and quotas
+    ws project show P                                 one of your projects: use and quotas
     ws-admin image publish NAME | unpublish NAME     make an image visible to every user, or not
     ws quota                                          your projects: use and limits
 
@@ -19,7 +24,7 @@ from typing import Any
 
 from workspace.cli import common, render
 from workspace.client_policy import LIMIT_NAMES
-from workspace.client_projects import LEASE_ACTIONS, QUOTA_FIELDS
+from workspace.client_projects import LEASE_ACTIONS, PREEMPTIBLE_QUOTAS, QUOTA_FIELDS
 
 DURATION_RE = re.compile(r"(\d+)([smhd]?)")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -68,6 +73,30 @@ def default_limits(args: argparse.Namespace) -> dict[str, int]:
     return {n: getattr(args, "default_" + n) for n in LIMIT_NAMES if getattr(args, "default_" + n)}
 
 
+def add_preemptible_quotas(p: argparse.ArgumentParser, unset: str) -> None:
+    """--quota-preemptible-instances/-vcpus/-memory-mib: the preemptible class's quotas,
+    counted apart from the normal ones (0: no limit)."""
+    for name in PREEMPTIBLE_QUOTAS:
+        p.add_argument(
+            "--quota-" + name,
+            dest="quota_" + QUOTA_FIELDS[name],
+            type=common.non_negative_int,
+            metavar="N",
+            help=f"the preemptible class's {name.removeprefix('preemptible-')} quota "
+            f"(0: no limit; {unset})",
+        )
+
+
+def preemptible_quotas(args: argparse.Namespace) -> dict[str, int]:
+    """The --quota-preemptible-* options given: {"preemptible-vcpus": N, ...}."""
+    out = {}
+    for name in PREEMPTIBLE_QUOTAS:
+        value = getattr(args, "quota_" + QUOTA_FIELDS[name])
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def project_rows(projects: list[Any]) -> str:
     return render.table(
         ["NAME", "QUOTA", "DEFAULT-LEASE", "MAX-LEASE", "ON-EXPIRY", "DEFAULT-LIMITS", "USERS"],
@@ -87,12 +116,26 @@ def project_rows(projects: list[Any]) -> str:
 
 
 def quota_rows(uses: list[Any]) -> str:
+    """One row per project and quota, the normal class's first, then the preemptible
+    class's (counted apart)."""
     rows = []
     for u in uses:
         for name, field in QUOTA_FIELDS.items():
             limit = getattr(u.limits, field)
             rows.append([u.project, name, getattr(u.used, field), limit or "-"])
     return render.table(["PROJECT", "QUOTA", "USED", "LIMIT"], rows)
+
+
+def show(client: Any, args: argparse.Namespace, admin: bool) -> int:
+    """`project show P`: its use and quotas, both classes (an admin: its settings too)."""
+    uses = client.quota(args.name)
+    if not admin:
+        render.emit(args, uses[0], quota_rows(uses))
+        return common.EXIT_OK
+    spec = next(p for p in client.list_projects() if p.name == args.name)
+    data = {"project": render.plain(spec), "quota": render.plain(uses[0])}
+    render.emit(args, data, project_rows([spec]) + "\n\n" + quota_rows(uses))
+    return common.EXIT_OK
 
 
 def register_admin(
@@ -107,7 +150,7 @@ def register_admin(
     def create(args: argparse.Namespace) -> int:
         p = client_for(args).create_project(
             args.name,
-            args.quota or {},
+            {**(args.quota or {}), **preemptible_quotas(args)},
             args.default_lease or 0,
             args.max_lease or 0,
             args.on_expiry,
@@ -117,7 +160,18 @@ def register_admin(
         return common.EXIT_OK
 
     def set_(args: argparse.Namespace) -> int:
-        p = client_for(args).set_project_defaults(args.name, default_limits(args))
+        client = client_for(args)
+        given = preemptible_quotas(args)
+        limits = default_limits(args)
+        if given:
+            # Those left out stay as they are; default limits stay unless some are given.
+            known = [p for p in client.list_projects() if p.name == args.name]
+            now = {n: getattr(known[0].quota, QUOTA_FIELDS[n]) for n in PREEMPTIBLE_QUOTAS}
+            p = client.set_project_preemptible_quota(
+                args.name, {**now, **given} if known else given, limits or None
+            )
+        else:
+            p = client.set_project_defaults(args.name, limits)
         render.emit(args, p, project_rows([p]))
         return common.EXIT_OK
 
@@ -152,12 +206,17 @@ def register_admin(
     q.add_argument("--max-lease", type=duration_arg, metavar="72h", help="the longest allowed")
     q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS), default="stop")
     add_default_limits(q, "default: the site's")
+    add_preemptible_quotas(q, "left out: no limit")
     q.set_defaults(func=create)
     q = sub.add_parser(
-        "set", parents=[parent], help="replace a project's default limits (those left out: none)"
+        "set",
+        parents=[parent],
+        help="replace a project's default limits (those left out: none), or set its "
+        "preemptible quotas (those left out stay; the default limits stay unless given)",
     )
     q.add_argument("name", metavar="P")
     add_default_limits(q, "left out: the site's")
+    add_preemptible_quotas(q, "left out: unchanged")
     q.set_defaults(func=set_)
     q = sub.add_parser("add-user", parents=[parent], help="add a user to a project")
     q.add_argument("name", metavar="P")
@@ -165,6 +224,11 @@ def register_admin(
     q.set_defaults(func=add_user)
     q = sub.add_parser("list", parents=[parent], help="every project")
     q.set_defaults(func=list_)
+    q = sub.add_parser(
+        "show", parents=[parent], help="one project: settings, and use and quotas of both classes"
+    )
+    q.add_argument("name", metavar="P")
+    q.set_defaults(func=lambda args: show(client_for(args), args, admin=True))
     for name, text in (
         ("publish", "make an image visible to every user"),
         ("unpublish", "make an image private to its owner and project again"),
@@ -177,7 +241,7 @@ def register_admin(
 def register_user(
     subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
 ) -> None:
-    """Add `quota` to ws."""
+    """Add `quota` and `project show` to ws."""
 
     def quota(args: argparse.Namespace) -> int:
         uses = client_for(args).quota()
@@ -187,3 +251,10 @@ def register_user(
 
     p = subparsers.add_parser("quota", parents=[parent], help="your projects: use and limits")
     p.set_defaults(func=quota)
+    p = subparsers.add_parser("project", parents=[parent], help="your projects")
+    sub = p.add_subparsers(dest="project_command", metavar="COMMAND", required=True)
+    q = sub.add_parser(
+        "show", parents=[parent], help="one of your projects: use and quotas of both classes"
+    )
+    q.add_argument("name", metavar="P")
+    q.set_defaults(func=lambda args: show(client_for(args), args, admin=False))

@@ -728,7 +728,9 @@ class PushProgress:
 
 # -- usage -------------------------------------------------------------------------------
 
-_USAGE_FIGURES = ("core_hours", "memory_gib_hours", "disk_gib_hours")
+_NORMAL_FIGURES = ("core_hours", "memory_gib_hours", "disk_gib_hours")
+# The preemptible class, counted apart.
+_USAGE_FIGURES = _NORMAL_FIGURES + tuple("preemptible_" + f for f in _NORMAL_FIGURES)
 
 
 def _usage_columns(r: usage_pb2.UsageReport) -> tuple[list[str], list[list[str]]]:
@@ -743,7 +745,7 @@ def _usage_columns(r: usage_pb2.UsageReport) -> tuple[list[str], list[list[str]]
 
 
 def _figures(row: usage_pb2.UsageRow) -> list[float]:
-    return [row.core_hours, row.memory_gib_hours, row.disk_gib_hours]
+    return [getattr(row, f) for f in _USAGE_FIGURES]
 
 
 def usage_report_text(r: usage_pb2.UsageReport) -> str:
@@ -753,11 +755,12 @@ def usage_report_text(r: usage_pb2.UsageReport) -> str:
     if not r.rows:
         return f"{window}: none"
     head, groups = _usage_columns(r)
+    n = 6 if any(any(_figures(row)[3:]) for row in r.rows) else 3  # preemptible: if any
     rows = [
-        [c or "-" for c in group] + [f"{v:.2f}" for v in _figures(row)]
+        [c or "-" for c in group] + [f"{v:.2f}" for v in _figures(row)[:n]]
         for group, row in zip(groups, r.rows, strict=True)
     ]
-    return window + "\n" + table([h.upper() for h in [*head, *_USAGE_FIGURES]], rows)
+    return window + "\n" + table([h.upper() for h in [*head, *_USAGE_FIGURES[:n]]], rows)
 
 
 def usage_csv(r: usage_pb2.UsageReport) -> str:

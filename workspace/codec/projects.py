@@ -14,11 +14,23 @@ def quota_to_proto(q: Quota) -> projects_pb2.Quota:
         memory_mib=q.memory_mib,
         disk_gib=q.disk_gib,
         image_bytes=q.image_bytes,
+        preemptible_instances=q.preemptible_instances,
+        preemptible_vcpus=q.preemptible_vcpus,
+        preemptible_memory_mib=q.preemptible_memory_mib,
     )
 
 
 def quota_from_proto(q: projects_pb2.Quota) -> Quota:
-    return Quota(q.instances, q.vcpus, q.memory_mib, q.disk_gib, q.image_bytes)
+    return Quota(
+        q.instances,
+        q.vcpus,
+        q.memory_mib,
+        q.disk_gib,
+        q.image_bytes,
+        q.preemptible_instances,
+        q.preemptible_vcpus,
+        q.preemptible_memory_mib,
+    )
 
 
 def project_from_proto(p: projects_pb2.Project) -> ProjectSpec:

@@ -482,6 +482,9 @@ def usage_report_to_proto(r: UsageReport) -> usage_pb2.UsageReport:
                 core_hours=row.core_hours,
                 memory_gib_hours=row.memory_gib_hours,
                 disk_gib_hours=row.disk_gib_hours,
+                preemptible_core_hours=row.preemptible_core_hours,
+                preemptible_memory_gib_hours=row.preemptible_memory_gib_hours,
+                preemptible_disk_gib_hours=row.preemptible_disk_gib_hours,
             )
             for row in r.rows
         ],

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from workspace.domain.netpolicy import Limits
 
+# The site principal that owns backfill workspaces (docs/design/backfill.md): not a name
+# a user certificate can carry (identity.NAME_RE has no ':'); only admins see its objects.
+BACKFILL_OWNER = "site:backfill"
+
 
 class LeaseAction(enum.StrEnum):
     """What a workspace's lease expiry does (stored by name in projects.lease_action)."""
@@ -15,23 +19,44 @@ class LeaseAction(enum.StrEnum):
     DESTROY = "DESTROY"
 
 
+# Every quota, in the order they are checked and shown.
+QUOTA_FIELDS = (
+    "instances",
+    "vcpus",
+    "memory_mib",
+    "disk_gib",
+    "image_bytes",
+    "preemptible_instances",
+    "preemptible_vcpus",
+    "preemptible_memory_mib",
+)
+
+
 @dataclass(frozen=True)
 class Quota:
-    """Limits of a project (0 = no limit), or what it uses."""
+    """Limits of a project (0 = no limit), or what it uses.
+
+    The preemptible class is counted apart: its workspaces count against the
+    ``preemptible_*`` figures only, normal ones against instances, vcpus, memory_mib
+    and disk_gib only (preemptible workspaces hold no disk quota: preemption frees it).
+    """
 
     instances: int = 0
     vcpus: int = 0
     memory_mib: int = 0
     disk_gib: int = 0
     image_bytes: int = 0
+    preemptible_instances: int = 0
+    preemptible_vcpus: int = 0
+    preemptible_memory_mib: int = 0
 
     def exceeded(self, used: Quota) -> list[str]:
         """The names of the limits ``used`` goes over (``instances``, ``vcpus``, ...)."""
-        return [
-            name
-            for name in ("instances", "vcpus", "memory_mib", "disk_gib", "image_bytes")
-            if 0 < getattr(self, name) < getattr(used, name)
-        ]
+        return [name for name in QUOTA_FIELDS if 0 < getattr(self, name) < getattr(used, name)]
+
+    def limits_workspaces(self) -> bool:
+        """Whether any limit applies to workspaces (all but image_bytes)."""
+        return any(getattr(self, n) for n in QUOTA_FIELDS if n != "image_bytes")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Interval:
     use: Consumption
     started_at: float
     ended_at: float = 0.0
+    preemptible: bool = False  # consumed by a workspace of the preemptible class
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class UsageRow:
     core_hours: float = 0.0
     memory_gib_hours: float = 0.0
     disk_gib_hours: float = 0.0
+    # The preemptible class, counted apart (the figures above are the normal class's).
+    preemptible_core_hours: float = 0.0
+    preemptible_memory_gib_hours: float = 0.0
+    preemptible_disk_gib_hours: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ def totals(
     intervals: Iterable[Interval], since: float, until: float, now: float, by: Grouping
 ) -> tuple[UsageRow, ...]:
     """The intervals clipped to [since, until) and summed per workspace, user or project,
-    sorted by key (only groups with some use)."""
+    sorted by key (only groups with some use); the preemptible class's apart."""
     sums: dict[str, list[float]] = {}
     meta: dict[str, tuple[str, str, str]] = {}
     for iv in intervals:
@@ -107,12 +112,22 @@ def totals(
             key, info = iv.owner, ("", iv.owner, "")
         else:
             key, info = iv.project, ("", "", iv.project)
-        acc = sums.setdefault(key, [0.0, 0.0, 0.0])
-        acc[0] += iv.use.cpus * hours
-        acc[1] += iv.use.memory_mib / MIB_PER_GIB * hours
-        acc[2] += iv.use.disk_bytes / BYTES_PER_GIB * hours
+        acc = sums.setdefault(key, [0.0] * 6)
+        at = 3 if iv.preemptible else 0
+        acc[at] += iv.use.cpus * hours
+        acc[at + 1] += iv.use.memory_mib / MIB_PER_GIB * hours
+        acc[at + 2] += iv.use.disk_bytes / BYTES_PER_GIB * hours
         meta[key] = info
     return tuple(
-        UsageRow(key, *meta[key], core_hours=c, memory_gib_hours=m, disk_gib_hours=d)
-        for key, (c, m, d) in sorted(sums.items())
+        UsageRow(
+            key,
+            *meta[key],
+            core_hours=c,
+            memory_gib_hours=m,
+            disk_gib_hours=d,
+            preemptible_core_hours=pc,
+            preemptible_memory_gib_hours=pm,
+            preemptible_disk_gib_hours=pd,
+        )
+        for key, (c, m, d, pc, pm, pd) in sorted(sums.items())
     )

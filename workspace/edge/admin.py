@@ -1,5 +1,5 @@
 """The Admin API: nodes, networks, caches, the capacity queue, the scheduler's input, site
-events."""
+events, backfill."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from collections.abc import Iterator
 
 import grpc
 
+from workspace.codec import backfill as codec_backfill
 from workspace.codec import events as codec_events
 from workspace.codec import node as codec_node
 from workspace.codec import v1
 from workspace.edge import auth
 from workspace.edge.calls import stream, unary
 from workspace.identity import Identity
-from workspace.ops import networks, nodes, queue, site_events, usage
+from workspace.ops import backfill, networks, nodes, queue, site_events, usage
 from workspace.ops.unit import Env
 from workspace.v1 import admin_pb2, admin_pb2_grpc, usage_pb2
 
@@ -120,3 +121,23 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         since, follow = codec_events.watch_request_from_proto(request)
         for e in site_events.watch(self.env, since, follow, lambda: not context.is_active()):
             yield codec_events.event_to_proto(e)
+
+    @unary
+    def SetBackfill(
+        self, request: admin_pb2.BackfillEntry, context: grpc.ServicerContext, who: Identity
+    ) -> admin_pb2.BackfillEntry:
+        view = backfill.set_entry(self.env, codec_backfill.entry_from_proto(request))
+        return codec_backfill.entry_to_proto(view)
+
+    @unary
+    def ListBackfill(
+        self, request: admin_pb2.ListBackfillRequest, context: grpc.ServicerContext, who: Identity
+    ) -> admin_pb2.ListBackfillResponse:
+        listed = [codec_backfill.entry_to_proto(v) for v in backfill.list_entries(self.env)]
+        return admin_pb2.ListBackfillResponse(entries=listed)
+
+    @unary
+    def ClearBackfill(
+        self, request: admin_pb2.ClearBackfillRequest, context: grpc.ServicerContext, who: Identity
+    ) -> admin_pb2.BackfillEntry:
+        return codec_backfill.entry_to_proto(backfill.clear_entry(self.env, request.image))

@@ -108,6 +108,9 @@ def _rules() -> dict[str, Role]:
             "PreloadImage": a,
             "GetUsage": a,
             "WatchEvents": a,
+            "SetBackfill": a,
+            "ListBackfill": a,
+            "ClearBackfill": a,
         },
         "workspace.v1.Projects": {
             "CreateProject": a,

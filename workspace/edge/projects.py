@@ -53,12 +53,18 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> projects_pb2.Project:
-        limits = limits_from_proto(request.default_limits)
-        return codec.project_to_proto(projects.set_defaults(self.env, request.project, limits))
+        limits = None if request.keep_default_limits else limits_from_proto(request.default_limits)
+        preemptible = (
+            codec.quota_from_proto(request.preemptible_quota)
+            if request.HasField("preemptible_quota")
+            else None
+        )
+        spec = projects.set_defaults(self.env, request.project, limits, preemptible)
+        return codec.project_to_proto(spec)
 
     @unary
     def GetQuota(
         self, request: projects_pb2.GetQuotaRequest, context: grpc.ServicerContext, who: Identity
     ) -> projects_pb2.GetQuotaResponse:
-        uses = [codec.use_to_proto(u) for u in self.catalog.quotas(who)]
+        uses = [codec.use_to_proto(u) for u in self.catalog.quotas(who, request.project)]
         return projects_pb2.GetQuotaResponse(projects=uses)

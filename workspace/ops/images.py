@@ -29,7 +29,6 @@ from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
     as_identity,
     limits_of,
-    memberships,
     refuse_over,
     resolve_project,
     scope,
@@ -410,13 +409,14 @@ class Catalog:
         )
         return view
 
-    def quotas(self, who: Identity | str) -> list[ProjectUse]:
-        """The caller's projects: their limits and use (image bytes counted here)."""
+    def quotas(self, who: Identity | str, project: str = "") -> list[ProjectUse]:
+        """The caller's projects (or only ``project``): their limits and use (image bytes
+        counted here)."""
         ident = as_identity(who)
         with self.env.store.read() as s:
-            mine = memberships(s, ident)
-            counted = [(p, self.project_bytes(s, p)) for p in mine]
-        return projects.quotas(self.env, ident, counted)
+            shown = projects.shown_projects(s, ident, project)
+            counted = [(p, self.project_bytes(s, p)) for p in shown]
+        return projects.quotas(self.env, ident, counted, project)
 
     def repository_usage(self, who: Identity | str) -> RepositoryUsage:
         owner = as_identity(who).name

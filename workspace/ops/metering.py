@@ -65,6 +65,7 @@ def record(s: Session, rows: Sequence[Workspace], now: float) -> None:
                     disk_bytes=use.disk_bytes,
                     started_at=now,
                     ended_at=0.0,
+                    preemptible=bool(ws.preemptible),
                 )
             )
     s.flush()

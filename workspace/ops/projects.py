@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, or_, select
+from sqlalchemy import ColumnElement, and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import State
-from workspace.domain.tenancy import LeaseAction, ProjectSpec, ProjectUse, Quota
+from workspace.domain.tenancy import BACKFILL_OWNER, LeaseAction, ProjectSpec, ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -42,6 +42,9 @@ QUOTA_NAMES = {
     "memory_mib": "memory-mib",
     "disk_gib": "disk-gib",
     "image_bytes": "image-bytes",
+    "preemptible_instances": "preemptible-instances",
+    "preemptible_vcpus": "preemptible-vcpus",
+    "preemptible_memory_mib": "preemptible-memory-mib",
 }
 
 
@@ -65,10 +68,11 @@ class Scope:
         return self.who.name
 
     def sees(self, owner: str, project: str) -> bool:
+        # The site's backfill workspaces are the admins' alone, whatever their project.
         return (
             self.who.admin
             or (self.who.is_user and owner == self.who.name)
-            or (bool(project) and project in self.projects)
+            or (bool(project) and project in self.projects and owner != BACKFILL_OWNER)
         )
 
     def clause(self, model: Any, all_users: bool = False) -> ColumnElement[bool] | None:
@@ -81,7 +85,10 @@ class Scope:
         if not self.who.is_user:
             return false()
         mine = model.owner == self.who.name
-        return or_(mine, model.project.in_(sorted(self.projects))) if self.projects else mine
+        if not self.projects:
+            return mine
+        theirs = and_(model.project.in_(sorted(self.projects)), model.owner != BACKFILL_OWNER)
+        return or_(mine, theirs)
 
 
 def memberships(s: Session, who: Identity) -> frozenset[str]:
@@ -121,7 +128,14 @@ def resolve_project(
 
 def limits_of(p: Project) -> Quota:
     return Quota(
-        p.quota_instances, p.quota_vcpus, p.quota_memory_mib, p.quota_disk_gib, p.quota_image_bytes
+        p.quota_instances,
+        p.quota_vcpus,
+        p.quota_memory_mib,
+        p.quota_disk_gib,
+        p.quota_image_bytes,
+        p.quota_preemptible_instances or 0,
+        p.quota_preemptible_vcpus or 0,
+        p.quota_preemptible_memory_mib or 0,
     )
 
 
@@ -130,19 +144,33 @@ def disk_bytes(w: Workspace) -> int:
 
 
 def workspace_use(s: Session, project: str) -> Quota:
-    """What the project's live workspaces (placed or waiting) hold; image bytes not counted."""
+    """What the project's live workspaces (placed or waiting) hold, each class apart;
+    image bytes not counted."""
     rows = s.execute(
         select(Workspace).where(
             Workspace.project == project, Workspace.state != State.TERMINATED.value
         )
     ).scalars()
-    n = cpus = mem = disk = 0
+    n = cpus = mem = disk = pn = pcpus = pmem = 0
     for w in rows:
+        if w.preemptible:
+            pn += 1
+            pcpus += w.cpus
+            pmem += w.memory_mib
+            continue
         n += 1
         cpus += w.cpus
         mem += w.memory_mib
         disk += disk_bytes(w)
-    return Quota(n, cpus, mem, math.ceil(disk / GIB))
+    return Quota(
+        n,
+        cpus,
+        mem,
+        math.ceil(disk / GIB),
+        preemptible_instances=pn,
+        preemptible_vcpus=pcpus,
+        preemptible_memory_mib=pmem,
+    )
 
 
 def refuse_over(project: str, limits: Quota, used: Quota, label: str) -> None:
@@ -165,7 +193,7 @@ def check_workspace_quota(s: Session, project: str, label: str) -> None:
     if p is None:
         return
     limits = limits_of(p)
-    if limits.instances or limits.vcpus or limits.memory_mib or limits.disk_gib:
+    if limits.limits_workspaces():
         refuse_over(project, limits, workspace_use(s, project), label)
 
 
@@ -219,6 +247,9 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
             quota_memory_mib=q.memory_mib,
             quota_disk_gib=q.disk_gib,
             quota_image_bytes=q.image_bytes,
+            quota_preemptible_instances=q.preemptible_instances,
+            quota_preemptible_vcpus=q.preemptible_vcpus,
+            quota_preemptible_memory_mib=q.preemptible_memory_mib,
             default_lease_s=spec.default_lease_s,
             max_lease_s=spec.max_lease_s,
             lease_action=spec.on_expiry.value,
@@ -245,16 +276,30 @@ def add_user(env: Env, project: str, user: str) -> ProjectSpec:
         return _spec(s, p)
 
 
-def set_defaults(env: Env, project: str, defaults: Limits) -> ProjectSpec:
-    """A project's default limits become ``defaults`` (each 0: the site's default)."""
-    defaults.validate(f"project {project}: default limits")
+def set_defaults(
+    env: Env, project: str, defaults: Limits | None, preemptible: Quota | None = None
+) -> ProjectSpec:
+    """A project's default limits become ``defaults`` (each 0: the site's default; None:
+    they stay), its preemptible quotas those of ``preemptible`` (None: they stay)."""
+    if defaults is not None:
+        defaults.validate(f"project {project}: default limits")
+    if preemptible is not None:
+        for field in ("preemptible_instances", "preemptible_vcpus", "preemptible_memory_mib"):
+            if getattr(preemptible, field) < 0:
+                raise InvalidArgument(f"quota {QUOTA_NAMES[field]} must not be negative")
     with env.store.write() as s:
         p = s.get(Project, project)
         if p is None:
             raise NotFound(f"project {project!r} does not exist; `ws-admin project list`")
-        p.default_limits = limits_column(defaults)
+        if defaults is not None:
+            p.default_limits = limits_column(defaults)
+            log.info("project %s: default limits %s", project, limits_column(defaults) or "none")
+        if preemptible is not None:
+            p.quota_preemptible_instances = preemptible.preemptible_instances
+            p.quota_preemptible_vcpus = preemptible.preemptible_vcpus
+            p.quota_preemptible_memory_mib = preemptible.preemptible_memory_mib
+            log.info("project %s: preemptible quotas %s", project, preemptible)
         s.flush()
-        log.info("project %s: default limits %s", project, limits_column(defaults) or "none")
         return _spec(s, p)
 
 
@@ -263,20 +308,31 @@ def list_projects(env: Env) -> list[ProjectSpec]:
         return [_spec(s, p) for p in s.execute(select(Project).order_by(Project.name)).scalars()]
 
 
+def shown_projects(s: Session, who: Identity, project: str = "") -> list[str]:
+    """The projects whose quotas ``who`` asks for: all of theirs (``project`` ""), or
+    ``project`` if they are a member or an admin (NotFound / PermissionDenied if not)."""
+    mine = memberships(s, who)
+    if not project:
+        return sorted(mine)
+    if s.get(Project, project) is None:
+        raise NotFound(f"project {project!r} does not exist; `ws quota` shows yours")
+    if project not in mine and not who.admin:
+        raise PermissionDenied(f"you are not a member of project {project!r}")
+    return [project]
+
+
 def quotas(
-    env: Env, who: Identity, image_bytes: Iterable[tuple[str, int]] = ()
+    env: Env, who: Identity, image_bytes: Iterable[tuple[str, int]] = (), project: str = ""
 ) -> list[ProjectUse]:
-    """The caller's projects with their limits and use (``image_bytes``: (project, bytes)
-    as the catalog counts them)."""
+    """The caller's projects (or only ``project``) with their limits and use, each class
+    apart (``image_bytes``: (project, bytes) as the catalog counts them)."""
     images = dict(image_bytes)
     with env.store.read() as s:
         out = []
-        for name in sorted(memberships(s, who)):
+        for name in shown_projects(s, who, project):
             p = s.get(Project, name)
             limits = limits_of(p) if p is not None else Quota()
             use = workspace_use(s, name)
-            used = Quota(
-                use.instances, use.vcpus, use.memory_mib, use.disk_gib, images.get(name, 0)
-            )
+            used = replace(use, image_bytes=images.get(name, 0))
             out.append(ProjectUse(name, limits, used))
         return out

@@ -52,6 +52,7 @@ def report(
                 Consumption(iv.cpus, iv.memory_mib, iv.disk_bytes),
                 iv.started_at,
                 iv.ended_at,
+                bool(iv.preemptible),
             )
             for iv in s.execute(q).scalars()
         ]

@@ -30,6 +30,7 @@ from workspace.errors import ConfigError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.ops import leases, liveness, queue, site_events
+from workspace.ops.backfill import Backfiller
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
 from workspace.ops.taskhub import TaskHub
@@ -142,6 +143,9 @@ class Service:
         self._queue_thread = threading.Thread(target=self._run_queue, name="queue", daemon=True)
         self._lease_thread = threading.Thread(target=self._run_leases, name="leases", daemon=True)
         self._prune_thread = threading.Thread(target=self._prune_events, name="events", daemon=True)
+        self._backfill_thread = threading.Thread(
+            target=self._run_backfill, name="backfill", daemon=True
+        )
         self.metrics_url = ""
 
     def start(self) -> None:
@@ -169,6 +173,7 @@ class Service:
         self._queue_thread.start()
         self._lease_thread.start()
         self._prune_thread.start()
+        self._backfill_thread.start()
         log.info(
             "workspace-service listening on %s, nodes on %s (%s; store %s)",
             self.cfg.listen,
@@ -208,6 +213,17 @@ class Service:
                 leases.check(self.env)
             except Exception:
                 log.exception("lease check failed")
+
+    def _run_backfill(self) -> None:
+        """Backfill (ops/backfill.py) on the leader, every backfill_interval_s."""
+        filler = Backfiller(self.env)
+        while not self._stop.wait(self.cfg.backfill_interval_s):
+            if not self.leader.acting():
+                continue
+            try:
+                filler.run()
+            except Exception:
+                log.exception("backfill pass failed")
 
     def _prune_events(self) -> None:
         while True:

@@ -40,6 +40,117 @@ NODE_STATE_DOWN: NodeState.ValueType  # 3
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final
+class BackfillEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    GRACE_S_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    max: _builtins.int
+    """how many workspaces at most (0: none, the entry stays)"""
+    cpus: _builtins.int
+    """0: 1"""
+    memory_mib: _builtins.int
+    """0: 512"""
+    grace_s: _builtins.int
+    """seconds after ACPI before a preempted one is forced off"""
+    project: _builtins.str
+    """the project its workspaces count against ("" = none)"""
+    owner: _builtins.str
+    """output only: the site principal that owns them"""
+    live: _builtins.int
+    """output only: its workspaces not destroyed"""
+    running: _builtins.int
+    """output only: those RUNNING now"""
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: "default" if it exists"""
+
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        max: _builtins.int = ...,
+        cpus: _builtins.int = ...,
+        memory_mib: _builtins.int = ...,
+        networks: _abc.Iterable[_builtins.str] | None = ...,
+        grace_s: _builtins.int = ...,
+        project: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        live: _builtins.int = ...,
+        running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "grace_s", b"grace_s", "image", b"image", "live", b"live", "max", b"max", "memory_mib", b"memory_mib", "networks", b"networks", "owner", b"owner", "project", b"project", "running", b"running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackfillEntry: _TypeAlias = BackfillEntry  # noqa: Y015
+
+@_typing.final
+class ListBackfillRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBackfillRequest: _TypeAlias = ListBackfillRequest  # noqa: Y015
+
+@_typing.final
+class ListBackfillResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackfillEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___BackfillEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBackfillResponse: _TypeAlias = ListBackfillResponse  # noqa: Y015
+
+@_typing.final
+class ClearBackfillRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearBackfillRequest: _TypeAlias = ClearBackfillRequest  # noqa: Y015
+
+@_typing.final
 class WatchEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -95,6 +95,21 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
                 _registered_method=True)
+        self.SetBackfill = channel.unary_unary(
+                '/workspace.v1.Admin/SetBackfill',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.FromString,
+                _registered_method=True)
+        self.ListBackfill = channel.unary_unary(
+                '/workspace.v1.Admin/ListBackfill',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.ListBackfillRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.ListBackfillResponse.FromString,
+                _registered_method=True)
+        self.ClearBackfill = channel.unary_unary(
+                '/workspace.v1.Admin/ClearBackfill',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.ClearBackfillRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -181,6 +196,27 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBackfill(self, request, context):
+        """Backfill (docs/design/backfill.md): keep idle capacity busy with up to `max`
+        preemptible workspaces of an image; they never delay a request waiting for capacity.
+        Set adds or replaces the image's entry; Clear removes it and destroys its workspaces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBackfill(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearBackfill(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +279,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=workspace_dot_v1_dot_admin__pb2.WatchEventsRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.SerializeToString,
+            ),
+            'SetBackfill': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBackfill,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.SerializeToString,
+            ),
+            'ListBackfill': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackfill,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.ListBackfillRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.ListBackfillResponse.SerializeToString,
+            ),
+            'ClearBackfill': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearBackfill,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.ClearBackfillRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -569,6 +620,87 @@ class Admin:
             '/workspace.v1.Admin/WatchEvents',
             workspace_dot_v1_dot_admin__pb2.WatchEventsRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBackfill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/SetBackfill',
+            workspace_dot_v1_dot_admin__pb2.BackfillEntry.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.BackfillEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackfill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/ListBackfill',
+            workspace_dot_v1_dot_admin__pb2.ListBackfillRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.ListBackfillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearBackfill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/ClearBackfill',
+            workspace_dot_v1_dot_admin__pb2.ClearBackfillRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.BackfillEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,13 @@ class AdminStub:
     those since `since` (kept for `event_retention`), then, with `follow`, new ones as
     they happen (docs/design/observability.md).
     """
+    SetBackfill: _grpc.UnaryUnaryMultiCallable[_admin_pb2.BackfillEntry, _admin_pb2.BackfillEntry]
+    """Backfill (docs/design/backfill.md): keep idle capacity busy with up to `max`
+    preemptible workspaces of an image; they never delay a request waiting for capacity.
+    Set adds or replaces the image's entry; Clear removes it and destroys its workspaces.
+    """
+    ListBackfill: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListBackfillRequest, _admin_pb2.ListBackfillResponse]
+    ClearBackfill: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearBackfillRequest, _admin_pb2.BackfillEntry]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -80,6 +87,13 @@ class AdminAsyncStub(AdminStub):
     those since `since` (kept for `event_retention`), then, with `follow`, new ones as
     they happen (docs/design/observability.md).
     """
+    SetBackfill: _aio.UnaryUnaryMultiCallable[_admin_pb2.BackfillEntry, _admin_pb2.BackfillEntry]  # type: ignore[assignment]
+    """Backfill (docs/design/backfill.md): keep idle capacity busy with up to `max`
+    preemptible workspaces of an image; they never delay a request waiting for capacity.
+    Set adds or replaces the image's entry; Clear removes it and destroys its workspaces.
+    """
+    ListBackfill: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListBackfillRequest, _admin_pb2.ListBackfillResponse]  # type: ignore[assignment]
+    ClearBackfill: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearBackfillRequest, _admin_pb2.BackfillEntry]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -175,5 +189,30 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         those since `since` (kept for `event_retention`), then, with `follow`, new ones as
         they happen (docs/design/observability.md).
         """
+
+    @_abc_1.abstractmethod
+    def SetBackfill(
+        self,
+        request: _admin_pb2.BackfillEntry,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.BackfillEntry, _abc.Awaitable[_admin_pb2.BackfillEntry]]:
+        """Backfill (docs/design/backfill.md): keep idle capacity busy with up to `max`
+        preemptible workspaces of an image; they never delay a request waiting for capacity.
+        Set adds or replaces the image's entry; Clear removes it and destroys its workspaces.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBackfill(
+        self,
+        request: _admin_pb2.ListBackfillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListBackfillResponse, _abc.Awaitable[_admin_pb2.ListBackfillResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClearBackfill(
+        self,
+        request: _admin_pb2.ClearBackfillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.BackfillEntry, _abc.Awaitable[_admin_pb2.BackfillEntry]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

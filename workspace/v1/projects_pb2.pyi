@@ -50,11 +50,20 @@ class Quota(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _builtins.int
     DISK_GIB_FIELD_NUMBER: _builtins.int
     IMAGE_BYTES_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_INSTANCES_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_VCPUS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_MEMORY_MIB_FIELD_NUMBER: _builtins.int
     instances: _builtins.int
     vcpus: _builtins.int
     memory_mib: _builtins.int
     disk_gib: _builtins.int
     image_bytes: _builtins.int
+    preemptible_instances: _builtins.int
+    """The preemptible class is counted apart: its workspaces count against these and
+    not against instances/vcpus/memory_mib/disk_gib (and normal ones not against these).
+    """
+    preemptible_vcpus: _builtins.int
+    preemptible_memory_mib: _builtins.int
     def __init__(
         self,
         *,
@@ -63,10 +72,13 @@ class Quota(_message.Message):
         memory_mib: _builtins.int = ...,
         disk_gib: _builtins.int = ...,
         image_bytes: _builtins.int = ...,
+        preemptible_instances: _builtins.int = ...,
+        preemptible_vcpus: _builtins.int = ...,
+        preemptible_memory_mib: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_gib", b"disk_gib", "image_bytes", b"image_bytes", "instances", b"instances", "memory_mib", b"memory_mib", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_gib", b"disk_gib", "image_bytes", b"image_bytes", "instances", b"instances", "memory_mib", b"memory_mib", "preemptible_instances", b"preemptible_instances", "preemptible_memory_mib", b"preemptible_memory_mib", "preemptible_vcpus", b"preemptible_vcpus", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,20 +135,32 @@ class SetProjectDefaultsRequest(_message.Message):
 
     PROJECT_FIELD_NUMBER: _builtins.int
     DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_QUOTA_FIELD_NUMBER: _builtins.int
+    KEEP_DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
     project: _builtins.str
+    keep_default_limits: _builtins.bool
+    """The default limits stay as they are (default_limits is ignored)."""
     @_builtins.property
     def default_limits(self) -> _common_pb2.Limits:
         """The project's default limits become exactly these (0: the site's default)."""
+
+    @_builtins.property
+    def preemptible_quota(self) -> Global___Quota:
+        """Set: the project's preemptible quotas become its preemptible_* fields (the others
+        are ignored). Unset: they stay.
+        """
 
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         default_limits: _common_pb2.Limits | None = ...,
+        preemptible_quota: Global___Quota | None = ...,
+        keep_default_limits: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "preemptible_quota", b"preemptible_quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "keep_default_limits", b"keep_default_limits", "preemptible_quota", b"preemptible_quota", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,12 +227,19 @@ Global___ListProjectsResponse: _TypeAlias = ListProjectsResponse  # noqa: Y015
 class GetQuotaRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PROJECT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """"": every project of the caller; a project: that one only (a member's, or any for
+    an admin).
+    """
     def __init__(
         self,
+        *,
+        project: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

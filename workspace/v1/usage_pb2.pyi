@@ -84,6 +84,9 @@ class UsageRow(_message.Message):
     CORE_HOURS_FIELD_NUMBER: _builtins.int
     MEMORY_GIB_HOURS_FIELD_NUMBER: _builtins.int
     DISK_GIB_HOURS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_CORE_HOURS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_MEMORY_GIB_HOURS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_DISK_GIB_HOURS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The workspace id, user or project ("" = no project) of this row."""
     name: _builtins.str
@@ -95,6 +98,12 @@ class UsageRow(_message.Message):
     core_hours: _builtins.float
     memory_gib_hours: _builtins.float
     disk_gib_hours: _builtins.float
+    preemptible_core_hours: _builtins.float
+    """The preemptible class, counted apart: core_hours, memory_gib_hours and
+    disk_gib_hours above are the normal class's only; these are the preemptible class's.
+    """
+    preemptible_memory_gib_hours: _builtins.float
+    preemptible_disk_gib_hours: _builtins.float
     def __init__(
         self,
         *,
@@ -105,10 +114,13 @@ class UsageRow(_message.Message):
         core_hours: _builtins.float = ...,
         memory_gib_hours: _builtins.float = ...,
         disk_gib_hours: _builtins.float = ...,
+        preemptible_core_hours: _builtins.float = ...,
+        preemptible_memory_gib_hours: _builtins.float = ...,
+        preemptible_disk_gib_hours: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["core_hours", b"core_hours", "disk_gib_hours", b"disk_gib_hours", "key", b"key", "memory_gib_hours", b"memory_gib_hours", "name", b"name", "owner", b"owner", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["core_hours", b"core_hours", "disk_gib_hours", b"disk_gib_hours", "key", b"key", "memory_gib_hours", b"memory_gib_hours", "name", b"name", "owner", b"owner", "preemptible_core_hours", b"preemptible_core_hours", "preemptible_disk_gib_hours", b"preemptible_disk_gib_hours", "preemptible_memory_gib_hours", b"preemptible_memory_gib_hours", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
