@@ -94,6 +94,8 @@ class Unmapped(LookupError):
             "for it to the mapping file"
         )
         self.node = node
+        # For the node's reason in Slurm (sinfo -R): short.
+        self.short = f"node {node} (features: {shown}) maps to no image in the mapping file"
 
 
 @dataclass(frozen=True)
