@@ -87,12 +87,12 @@ def _returned(site: SlurmSite, nodes: str, names: tuple[str, ...]) -> None:
     site.slurm("scontrol", "update", f"NodeName={nodes}", "State=RESUME")
     for n in names:
         state = wait(
-            lambda n=n: "DOWN" not in (s := site.node_state(n)["State"]) and s,
+            lambda n=n: "DOWN" not in (s := site.node_state(n)["State"]).split("+") and s,
             60,
             f"{n} to be returned to service",
             poll_s=1.0,
         )
-        assert "POWERED_DOWN" in state and state.startswith("IDLE"), state
+        assert state.startswith("IDLE+") and "POWERED_DOWN" in state.split("+"), state
         assert site.node_reason(n) == ""
 
 
@@ -121,7 +121,7 @@ def test_a_job_that_cannot_be_placed_marks_its_nodes_down_with_the_reason(
                 120,
                 f"{n} to be POWERED_DOWN",
             )
-            assert "DOWN+" in site.node_state(n)["State"]
+            assert site.node_state(n)["State"].startswith("DOWN+")
         # The job is requeued, waiting for its nodes, not lost.
         assert site.job_state(job) == "PENDING"
         text = site.tail("ws-slurm.log", 200)
