@@ -419,3 +419,12 @@ def test_scontrol_failure_is_a_warning_not_an_error(tmp_path: Path) -> None:
     fake.write_text('#!/bin/sh\necho "Invalid node name specified" >&2\nexit 1\n')
     fake.chmod(0o755)
     assert not Scontrol(str(fake)).set_down(["zz1"], "why", tries=1)
+
+
+def test_without_scontrol_a_refusal_is_logged_and_quick(run: Run) -> None:
+    run.scontrol = Scontrol("scontrol-not-here")  # the real class, no scontrol on PATH
+    run.service.capacity_mib = 100
+    assert run("resume", "c1") == 1
+    text = run.text()
+    assert "scontrol update NodeName=c1 State=DOWN" in text and "is not on PATH" in text
+    assert "could not mark c1 DOWN in Slurm (reason: node c1: the service refused" in text

@@ -114,7 +114,10 @@ class Scontrol:
     def _update(self, args: Sequence[str], tries: int) -> bool:
         """``scontrol update ARGS``, tried again when it fails: a busy slurmctld can time
         an update out (seen while it was trying to resolve the names of other
-        powered-down nodes)."""
+        powered-down nodes). Without scontrol at all: False at once, no retries."""
+        if not self.available:
+            log.warning("scontrol %s: %s is not on PATH", " ".join(args), self.command)
+            return False
         for attempt in range(tries):
             if self._run(*args) is not None:
                 return True
