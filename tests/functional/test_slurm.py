@@ -1,6 +1,7 @@
 """ws-slurm against a real service with a fake node: the creates the service accepts (the
 user-data passes its cloud-config checks), one cluster per job placed all-or-nothing,
-suspend and resume-fail leaving nothing, and idempotent retries."""
+suspend and resume-fail leaving nothing, idempotent retries, and the faults: what is
+marked DOWN in Slurm (a fake scontrol records it) and why."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.functional.harness import Site, wait_for
 from workspace.client import Client
 from workspace.slurm import cli
 from workspace.slurm.hostlist import expand_all
-from workspace.slurm.scontrol import Scontrol
+from workspace.slurm.scontrol import Scontrol, reason_text
 from workspace.v1 import clusters_pb2, common_pb2
 
 WS = common_pb2.WorkspaceState
@@ -25,6 +26,20 @@ MAPPING = """
 feature = "huge"
 image = "slurm"
 memory_mib = 65536
+
+[[node]]
+feature = "nosd"
+image = "slurm"
+cpus = 1
+memory_mib = 512
+user_data = '''#cloud-config
+bootcmd:
+  - [systemctl, mask, slurmd]
+'''
+
+[[node]]
+feature = "ghost"
+image = "no-such-image"
 
 [[node]]
 names = "c[1-8]"
@@ -38,6 +53,8 @@ class RecordingScontrol(Scontrol):
     def __init__(self) -> None:
         super().__init__("scontrol-not-here")
         self.addresses: dict[str, str] = {}
+        self.down: dict[str, str] = {}  # node -> reason, as scontrol would set it
+        self.powered_down: list[str] = []
 
     def hostnames(self, exprs: Any) -> list[str]:
         return expand_all(exprs)
@@ -45,8 +62,16 @@ class RecordingScontrol(Scontrol):
     def features(self, nodes: Any) -> dict[str, frozenset[str]]:
         return {n: frozenset() for n in nodes}
 
-    def set_address(self, node: str, address: str) -> bool:
+    def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         self.addresses[node] = address
+        return True
+
+    def set_down(self, nodes: Any, reason: str, tries: int = 3) -> bool:
+        self.down.update({n: reason_text(reason) for n in nodes})
+        return True
+
+    def power_down(self, nodes: Any, tries: int = 3) -> bool:
+        self.powered_down.extend(nodes)
         return True
 
 
@@ -91,7 +116,8 @@ def _reset_logging() -> Iterator[None]:
 def slurm(site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Slurm]:
     site.stubs.network()
     site.stubs.import_image("slurm", context="nocloud")
-    site.add_agent("node1", cpus=8, memory_mib=4096)
+    # Workspaces named c8 (a lone node) or slurm-*-c8-0 (a job's member) fail to start.
+    site.add_agent("node1", cpus=8, memory_mib=4096, fake={"fail_create": ["c8", "*-c8-0"]})
     s = Slurm(site, tmp_path, monkeypatch)
     try:
         yield s
@@ -133,7 +159,7 @@ def test_lone_nodes_and_resume_fail(slurm: Slurm) -> None:
     assert slurm("resume-fail", "c[3-4]") == 0
     wait_for(lambda: not slurm.live(), what="the workspaces to go")
     assert slurm("suspend", "c[3-4]") == 0
-    assert "suspend: node c3 has no workspace; nothing to do" in slurm.log.read_text()
+    assert "suspend: nodes c[3-4] have no workspace; nothing to do" in slurm.log.read_text()
 
 
 def test_a_job_that_does_not_fit_leaves_nothing(slurm: Slurm) -> None:
@@ -155,7 +181,76 @@ def test_unmapped_nodes_create_nothing_for_their_job(slurm: Slurm) -> None:
     jobs = [{"job_id": 9, "nodes_resume": "c1,gpu1"}]
     assert slurm("resume", "c1,gpu1", jobs=jobs) == 1
     assert slurm.live() == {}
+    assert slurm.client.list_clusters(include_terminated=True) == []
     assert "Slurm node gpu1 (features: none) maps to no image" in slurm.log.read_text()
+    # gpu1 is DOWN with why, at once (its job is requeued); c1 is only powered down.
+    assert slurm.scontrol.down == {
+        "gpu1": "ws: node gpu1 (features: none) maps to no image in the mapping file"
+    }
+    assert slurm.scontrol.powered_down == ["c1", "gpu1"]
+
+
+def test_a_refused_resume_marks_its_nodes_down_with_the_services_reason(slurm: Slurm) -> None:
+    # More nodes than the node has memory for: the service refuses the cluster whole.
+    jobs = [{"job_id": 7, "nodes_resume": "c[1-5]"}]
+    assert slurm("resume", "c[1-5]", jobs=jobs) == 1
+    assert slurm.live() == {}
+    assert set(slurm.scontrol.down) == {"c1", "c2", "c3", "c4", "c5"}
+    reason = slurm.scontrol.down["c1"]
+    assert reason.startswith("ws: job 7: the service refused: "), reason
+    assert "have too little free memory" in reason, reason
+    assert slurm.scontrol.powered_down == ["c1", "c2", "c3", "c4", "c5"]
+    # An image the service does not know.
+    slurm.scontrol.features = lambda nodes: {n: frozenset({"ghost"}) for n in nodes}  # type: ignore[method-assign]
+    assert slurm("resume", "c6") == 1
+    assert slurm.live() == {}
+    assert slurm.scontrol.down["c6"].startswith("ws: node c6: the service refused: ")
+    assert "no-such-image" in slurm.scontrol.down["c6"]
+
+
+def test_resume_for_nodes_that_exist_duplicates_nothing(slurm: Slurm) -> None:
+    assert slurm("resume", "c1") == 0
+    first = slurm.live()["c1"]
+    # Again alone, then as part of a job with a new node: c1 is not made again.
+    assert slurm("resume", "c1") == 0
+    jobs = [{"job_id": 3, "nodes_resume": "c[1-2]"}]
+    assert slurm("resume", "c[1-2]", jobs=jobs) == 0, slurm.log.read_text()
+    live = slurm.live()
+    assert set(live) == {"c1", "c2"}
+    assert live["c1"].id == first.id
+    assert slurm.client.list_clusters() == []  # only c2 was new: a lone workspace
+    text = slurm.log.read_text()
+    assert "job 3: node c1 already has workspace c1" in text
+    assert slurm.scontrol.down == {}
+
+
+def test_suspend_for_unknown_nodes_is_one_line_and_exit_0(slurm: Slurm) -> None:
+    assert slurm("resume", "c1") == 0
+    assert slurm("suspend", "c[1-8],zz[1-100]") == 0
+    wait_for(lambda: not slurm.live(), what="c1 to go")
+    lines = [line for line in slurm.log.read_text().splitlines() if "no workspace" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("suspend: nodes c[2-8],zz[1-100] have no workspace; nothing to do")
+    assert slurm.scontrol.down == {}
+
+
+def test_a_workspace_that_fails_to_boot_marks_its_node_down_with_its_reason(
+    slurm: Slurm,
+) -> None:
+    jobs = [{"job_id": 12, "nodes_resume": "c[7-8]"}]
+    assert slurm("resume", "c[7-8]", jobs=jobs) == 0  # accepted: booting is Slurm's wait
+    failed = slurm.site.stubs.wait_state("slurm-12-c8-0", WS.WORKSPACE_STATE_FAILED)
+    slurm.site.stubs.wait_state("slurm-12-c7-0", WS.WORKSPACE_STATE_RUNNING)
+    # ResumeTimeout passes (c8 never registers; c7 waits with it): Slurm runs resume-fail.
+    assert slurm("resume-fail", "c[7-8]") == 0
+    wait_for(lambda: not slurm.live(), what="the job's workspaces to go")
+    assert slurm.scontrol.down == {
+        "c8": reason_text(f"workspace slurm-12-c8-0 FAILED: {failed.reason}"),
+        "c7": "ws: did not register in ResumeTimeout (workspace slurm-12-c7-0 was RUNNING)",
+    }
+    assert "injected failure" in slurm.scontrol.down["c8"]
+    text = slurm.log.read_text()
+    assert "resume-fail: c8 marked DOWN in Slurm: workspace slurm-12-c8-0 FAILED" in text
 
 
 def test_a_cluster_state_is_terminated_after_all_members_are_suspended(slurm: Slurm) -> None:
@@ -172,3 +267,11 @@ def test_a_cluster_state_is_terminated_after_all_members_are_suspended(slurm: Sl
         what="the cluster to be TERMINATED",
     )
     assert clusters[0].name == "slurm-11"
+
+
+def test_a_rules_own_cloud_config_is_accepted_by_the_service(slurm: Slurm) -> None:
+    """The host test's node that boots but never registers (slurmd masked at boot)."""
+    slurm.scontrol.features = lambda nodes: {n: frozenset({"nosd"}) for n in nodes}  # type: ignore[method-assign]
+    assert slurm("resume", "c5") == 0, slurm.log.read_text()
+    assert set(slurm.live()) == {"c5"}
+    assert slurm("suspend", "c5") == 0

@@ -10,9 +10,11 @@
   listening on the bridge's gateway address, ``AuthType=auth/none`` and
   ``CredType=cred/none`` (no munge), ``SlurmUser=root``, its state, log and pid files in
   the temporary directory, with two partitions of cloud nodes: ``cloud`` (``c[1-2]``,
-  booted as workspaces) and ``big`` (``b[1-2]``, feature ``huge``, mapped to more memory
-  than the node has: their resume fails, ResumeFailProgram runs after the partition's
-  short ResumeTimeout).
+  booted as workspaces), ``big`` (``b[1-2]``, feature ``huge``, mapped to more memory
+  than the node has: their resume is refused, ws-slurm marks them DOWN with the reason)
+  and ``dud`` (``d1``, feature ``nosd``: its workspace boots the Slurm image with slurmd
+  masked, so it never registers; ResumeFailProgram runs after the partition's short
+  ResumeTimeout).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ DUMMY = "wssl-ctl"  # and wssl-ctlp, its veth peer
 SUSPEND_TIME_S = 60
 RESUME_TIMEOUT_S = 600
 BIG_RESUME_TIMEOUT_S = 40
+DUD_RESUME_TIMEOUT_S = 30
 
 MAPPING = f"""\
 # Written by tests/host/slurm_site.py
@@ -44,6 +47,17 @@ feature = "huge"
 image = "slurm"
 cpus = 1
 memory_mib = 524288  # within the service's limit, more than the node has
+
+[[node]]
+feature = "nosd"
+image = "slurm"
+cpus = 1
+memory_mib = {NODE_MEMORY_MIB}
+# Boots, but slurmd never starts: the node never registers.
+user_data = '''#cloud-config
+bootcmd:
+  - [systemctl, mask, slurmd]
+'''
 
 [[node]]
 names = "c[1-2]"
@@ -97,8 +111,10 @@ PrivateData=cloud
 NodeName=c[1-2] CPUs=1 State=CLOUD Feature=cloud
 NodeName=b1 NodeAddr=127.0.0.2 CPUs=1 State=CLOUD Feature=huge
 NodeName=b2 NodeAddr=127.0.0.3 CPUs=1 State=CLOUD Feature=huge
+NodeName=d1 CPUs=1 State=CLOUD Feature=nosd
 PartitionName=cloud Nodes=c[1-2] Default=YES MaxTime=INFINITE State=UP
 PartitionName=big Nodes=b[1-2] ResumeTimeout={BIG_RESUME_TIMEOUT_S} State=UP
+PartitionName=dud Nodes=d1 ResumeTimeout={DUD_RESUME_TIMEOUT_S} State=UP
 """
 
 
@@ -327,6 +343,17 @@ class SlurmSite:
     def node_state(self, node: str) -> dict[str, str]:
         out = self.slurm("scontrol", "show", "node", "-o", node).stdout
         return dict(w.split("=", 1) for w in out.split() if "=" in w)
+
+    def node_reason(self, node: str) -> str:
+        """The node's Reason (without scontrol's ``[user@time]``), "" if none."""
+        out = self.slurm("scontrol", "show", "node", "-o", node).stdout
+        m = re.search(r" Reason=(.*?)(?: \[[^\]]*\])?\s*$", out)
+        return m[1] if m else ""
+
+    def sinfo_reasons(self) -> dict[str, str]:
+        """``sinfo -R``: node -> reason (full width)."""
+        out = self.slurm("sinfo", "-R", "-N", "-h", "-o", "%N|%E").stdout
+        return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
     def tail(self, name: str, lines: int = 40) -> str:
         try:

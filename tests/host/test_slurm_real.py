@@ -5,8 +5,12 @@ the site's network namespace with cloud nodes whose ResumeProgram, SuspendProgra
 ResumeFailProgram run ws-slurm (tests/host/slurm_site.py):
 
 * a job on nodes that cannot be placed (feature ``huge`` maps to more memory than the
-  node has): ws-slurm's resume fails and creates nothing, Slurm runs ResumeFailProgram
-  after the partition's ResumeTimeout, and nothing is left behind;
+  node has): ws-slurm's resume is refused and creates nothing, and marks the nodes DOWN
+  with the service's reason at once (``sinfo -R``); the job is requeued, not lost;
+  ``scontrol update State=RESUME`` returns the nodes;
+* a node whose workspace boots but whose slurmd never registers (feature ``nosd``: slurmd
+  masked): after the partition's short ResumeTimeout Slurm runs ResumeFailProgram, which
+  destroys the workspace and marks the node DOWN with ``ws: did not register ...``;
 * ``sbatch -N 2 --wrap 'srun hostname'``: two workspaces boot (one cluster), their slurmd
   register (configless, with the node name ws-slurm gave them), the job's output lists
   both hostnames; after SuspendTime the workspaces are destroyed and Slurm shows the
@@ -28,7 +32,7 @@ import pytest
 from images import cloud_slurm
 from images.cloud import CloudAppliance
 from tests.host.slurm_site import (
-    BIG_RESUME_TIMEOUT_S,
+    DUD_RESUME_TIMEOUT_S,
     SUSPEND_TIME_S,
     SlurmSite,
     wait,
@@ -78,7 +82,21 @@ def munge_site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
     yield from _site(image, "munge")
 
 
-def test_a_job_that_cannot_be_placed_runs_resume_fail_and_leaves_nothing(
+def _returned(site: SlurmSite, nodes: str, names: tuple[str, ...]) -> None:
+    """What README "Slurm" tells the admin: State=RESUME; the nodes are idle~ again."""
+    site.slurm("scontrol", "update", f"NodeName={nodes}", "State=RESUME")
+    for n in names:
+        state = wait(
+            lambda n=n: "DOWN" not in (s := site.node_state(n)["State"]).split("+") and s,
+            60,
+            f"{n} to be returned to service",
+            poll_s=1.0,
+        )
+        assert state.startswith("IDLE+") and "POWERED_DOWN" in state.split("+"), state
+        assert site.node_reason(n) == ""
+
+
+def test_a_job_that_cannot_be_placed_marks_its_nodes_down_with_the_reason(
     site: SlurmSite,
 ) -> None:
     job = site.sbatch("-N", "2", "-p", "big", "--wrap", "hostname")
@@ -89,20 +107,76 @@ def test_a_job_that_cannot_be_placed_runs_resume_fail_and_leaves_nothing(
             "Slurm to run ws-slurm resume for b[1-2]",
         )
         wait(
-            lambda: "resume-fail b[1-2]" in site.tail("ws-slurm.log", 200),
-            BIG_RESUME_TIMEOUT_S + 120,
-            "Slurm to run ResumeFailProgram for b[1-2]",
+            lambda: all(site.node_reason(n).startswith("ws: ") for n in ("b1", "b2")),
+            60,
+            "b1, b2 to be DOWN with ws-slurm's reason",
+            poll_s=1.0,
         )
+        reasons = site.sinfo_reasons()
+        # Powered down at once: no POWERING_UP until ResumeTimeout (which would replace
+        # the reason with "ResumeTimeout reached" and run ResumeFailProgram).
+        for n in ("b1", "b2"):
+            wait(
+                lambda n=n: "POWERED_DOWN" in site.node_state(n)["State"],
+                120,
+                f"{n} to be POWERED_DOWN",
+            )
+            assert site.node_state(n)["State"].startswith("DOWN+")
+        # The job is requeued, waiting for its nodes, not lost.
+        assert site.job_state(job) == "PENDING"
         text = site.tail("ws-slurm.log", 200)
     except AssertionError:
         print(site.diagnostics())
         raise
     finally:
         site.slurm("scancel", str(job), check=False)
+    expected = f"ws: job {job}: the service refused: cannot place cluster slurm-{job}"
+    assert reasons["b1"].startswith(expected), reasons
+    assert reasons["b2"] == reasons["b1"]
+    assert "have too little free memory" in reasons["b1"], reasons
     assert "the service refused the create" in text
-    assert "resume-fail: node b1 has no workspace; nothing to do" in text
+    assert "b[1-2] marked DOWN in Slurm" in text
+    assert "resume-fail b[1-2]" not in text
     assert site.workspaces() == []
     assert site.clusters() == []
+    _returned(site, "b[1-2]", ("b1", "b2"))
+
+
+def test_a_node_that_never_registers_is_down_with_the_reason_and_leaves_nothing(
+    site: SlurmSite,
+) -> None:
+    job = site.sbatch("-N", "1", "-p", "dud", "--wrap", "hostname")
+    try:
+        wait(
+            lambda: [w for w in site.workspaces() if w["name"] == "d1"],
+            120,
+            "d1's workspace",
+        )
+        wait(
+            lambda: "resume-fail d1" in site.tail("ws-slurm.log", 200),
+            DUD_RESUME_TIMEOUT_S + 180,
+            "Slurm to run ResumeFailProgram for d1",
+        )
+        wait(
+            lambda: site.node_reason("d1").startswith("ws: "),
+            60,
+            "d1 to be DOWN with ws-slurm's reason",
+            poll_s=1.0,
+        )
+        reason = site.sinfo_reasons()["d1"]
+        state = site.node_state("d1")["State"]
+        wait(lambda: site.workspaces() == [], 120, "d1's workspace to go")
+        job_state = site.job_state(job)
+    except AssertionError:
+        print(site.diagnostics())
+        raise
+    finally:
+        site.slurm("scancel", str(job), check=False)
+    assert reason.startswith("ws: did not register in ResumeTimeout (workspace d1 was "), reason
+    assert state.startswith("DOWN"), state
+    assert job_state == "PENDING"  # requeued by Slurm, not lost
+    assert "resume-fail: node d1: workspace d1" in site.tail("ws-slurm.log", 200)
+    _returned(site, "d1", ("d1",))
 
 
 def test_sbatch_bursts_onto_two_workspaces_that_are_destroyed_when_idle(

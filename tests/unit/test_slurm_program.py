@@ -16,7 +16,7 @@ from workspace.slurm import cli
 from workspace.slurm.hostlist import expand_all
 from workspace.slurm.program import REQUEST_PREFIX, node_of, plan_groups
 from workspace.slurm.resumefile import Job, ResumeFile
-from workspace.slurm.scontrol import Scontrol
+from workspace.slurm.scontrol import Scontrol, reason_text
 from workspace.v1 import clusters_pb2, common_pb2
 
 WS = common_pb2.WorkspaceState
@@ -126,6 +126,8 @@ class FakeScontrol(Scontrol):
         super().__init__("scontrol-not-here")
         self.node_features = features or {}
         self.addresses: dict[str, str] = {}
+        self.down: dict[str, str] = {}  # node -> its reason, as scontrol would set it
+        self.powered_down: list[str] = []
 
     def hostnames(self, exprs: Any) -> list[str]:
         return expand_all(exprs)
@@ -133,8 +135,16 @@ class FakeScontrol(Scontrol):
     def features(self, nodes: Any) -> dict[str, frozenset[str]]:
         return {n: self.node_features.get(n, frozenset()) for n in nodes}
 
-    def set_address(self, node: str, address: str) -> bool:
+    def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         self.addresses[node] = address
+        return True
+
+    def set_down(self, nodes: Any, reason: str, tries: int = 3) -> bool:
+        self.down.update({n: reason_text(reason) for n in nodes})
+        return True
+
+    def power_down(self, nodes: Any, tries: int = 3) -> bool:
+        self.powered_down.extend(nodes)
         return True
 
 
@@ -232,6 +242,13 @@ def test_a_node_that_maps_to_no_image_fails_its_job_only(run: Run) -> None:
     text = run.text()
     assert "job 1: Slurm node x9 (features: none) maps to no image" in text
     assert "nothing created for job 1" in text
+    # The node at fault is DOWN with why (its job is requeued now); its job's other
+    # node is only powered down, free for other jobs.
+    assert run.scontrol.down == {
+        "x9": "ws: node x9 (features: none) maps to no image in the mapping file"
+    }
+    assert run.scontrol.powered_down == ["c1", "x9"]
+    assert "x9 marked DOWN in Slurm: node x9 (features: none) maps to no image" in text
 
 
 def test_features_choose_the_rule(run: Run) -> None:
@@ -253,19 +270,44 @@ def test_quota_or_capacity_refusal_leaves_nothing(run: Run) -> None:
     assert run("resume", "c[1-2]", jobs=jobs) == 1
     assert run.names() == []
     assert "job 8: the service refused the create" in run.text()
+    reason = "ws: job 8: the service refused: no node has 1024 MiB free"
+    assert run.scontrol.down == {"c1": reason, "c2": reason}
+    assert run.scontrol.powered_down == ["c1", "c2"]
+
+
+def test_an_unreachable_service_marks_the_nodes_down(run: Run) -> None:
+    run.service.unreachable = True
+    assert run("resume", "c[1-2]") == 3
+    assert set(run.scontrol.down) == {"c1", "c2"}
+    assert "cannot reach the workspace service" in run.scontrol.down["c1"]
+    assert run("resume-fail", "c3") == 3
+    assert run.scontrol.down["c3"].startswith(
+        "ws: did not register in ResumeTimeout; the workspace service cannot be reached"
+    )
 
 
 def test_suspend_of_unknown_nodes_succeeds(run: Run) -> None:
-    assert run("suspend", "c[7-8]") == 0
-    assert "suspend: node c7 has no workspace; nothing to do" in run.text()
+    assert run("suspend", "c[1-9]") == 0
+    # One line for them all, not one per node.
+    lines = [line for line in run.text().splitlines() if "no workspace" in line]
+    assert len(lines) == 1
+    assert lines[0].endswith("suspend: nodes c[1-9] have no workspace; nothing to do")
+    assert run.scontrol.down == {} and run.scontrol.powered_down == []
 
 
 def test_resume_fail_destroys_what_resume_made(run: Run) -> None:
     jobs = [{"job_id": 9, "nodes_resume": "c[1-2]"}]
     assert run("resume", "c[1-2]", jobs=jobs) == 0
-    assert run("resume-fail", "c[1-2]") == 0
+    run.service.workspaces[0].state = WS.WORKSPACE_STATE_FAILED
+    run.service.workspaces[0].reason = "qemu: could not open disk"
+    assert run("resume-fail", "c[1-3]") == 0
     assert run.names() == []
     assert "resume-fail: node c2: workspace slurm-9-c2-0" in run.text()
+    assert run.scontrol.down == {
+        "c1": "ws: workspace slurm-9-c1-0 FAILED: qemu: could not open disk",
+        "c2": "ws: did not register in ResumeTimeout (workspace slurm-9-c2-0 was PROPAGATING)",
+        "c3": "ws: did not register in ResumeTimeout (it had no workspace)",
+    }
 
 
 def test_other_workspaces_are_left_alone(run: Run) -> None:
@@ -352,3 +394,37 @@ def test_runs_with_stdio_closed_as_slurmctld_runs_it(run: Run) -> None:
 )
 def test_the_command_is_implied_by_the_programs_name(argv: list[str], args: list[str]) -> None:
     assert cli.implied_command(argv) == args
+
+
+def test_scontrol_command_lines(tmp_path: Path) -> None:
+    """What ws-slurm runs: a fake scontrol on PATH records its arguments."""
+    record = tmp_path / "argv"
+    fake = tmp_path / "scontrol"
+    fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
+    fake.chmod(0o755)
+    sc = Scontrol(str(fake))
+    long = "the service refused:\n" + "x" * 300
+    assert sc.set_down(["c1", "c2", "c3"], long)
+    assert sc.power_down(["c1", "c2"])
+    down, power = record.read_text().splitlines()
+    args = down.split("|")
+    assert args[:3] == ["update", "NodeName=c[1-3]", "State=DOWN"]
+    assert args[3].startswith("Reason=ws: the service refused: xxx")
+    assert len(args[3]) == len("Reason=") + 200 and args[3].endswith("...")
+    assert power == "update|NodeName=c[1-2]|State=POWER_DOWN|"
+
+
+def test_scontrol_failure_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    fake = tmp_path / "scontrol"
+    fake.write_text('#!/bin/sh\necho "Invalid node name specified" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    assert not Scontrol(str(fake)).set_down(["zz1"], "why", tries=1)
+
+
+def test_without_scontrol_a_refusal_is_logged_and_quick(run: Run) -> None:
+    run.scontrol = Scontrol("scontrol-not-here")  # the real class, no scontrol on PATH
+    run.service.capacity_mib = 100
+    assert run("resume", "c1") == 1
+    text = run.text()
+    assert "scontrol update NodeName=c1 State=DOWN" in text and "is not on PATH" in text
+    assert "could not mark c1 DOWN in Slurm (reason: node c1: the service refused" in text

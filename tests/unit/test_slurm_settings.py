@@ -87,16 +87,35 @@ def test_bad_mapping_files_are_refused(tmp_path: Path, mapping: str, message: st
 
 
 def test_bad_config_files_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown key 'sevice'"):
+    with pytest.raises(
+        ConfigError, match=r"slurm\.toml: unknown key\(s\) sevice \(known: service,"
+    ):
         load(write_config(tmp_path, sevice="x"))
-    with pytest.raises(ConfigError, match="affinity 'sideways'"):
+    with pytest.raises(ConfigError, match="affinity 'sideways' is not a known affinity"):
         load(write_config(tmp_path, affinity="sideways"))
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="controller_port: expected int, got '6817'"):
+        load(write_config(tmp_path, controller_port="6817"))
+    with pytest.raises(ConfigError, match=r"networks\[0\]: expected str"):
+        load(write_config(tmp_path, networks=[1]))
+    with pytest.raises(ConfigError, match=r"missing\.toml not found"):
         load(tmp_path / "missing.toml")
     path = write_config(tmp_path, mapping_file="/nonexistent/nodes.toml")
     with pytest.raises(ConfigError, match=r"mapping file /nonexistent/nodes\.toml does not exist"):
         load(path)
     assert load(path, need_mapping=False).controller == "10.0.0.1"
+
+
+def test_config_values_and_defaults(tmp_path: Path) -> None:
+    s = load(write_config(tmp_path, networks=["a", "b"], timeout_s=5, affinity="soft-anti"))
+    assert s.networks == ["a", "b"] and s.timeout_s == 5.0 and s.affinity == "soft-anti"
+    assert (s.controller_port, s.cluster_prefix, s.lease_s) == (6817, "slurm-", 0)
+    assert s.log_file == "/var/log/ws-slurm.log"
+
+
+def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
+    # (Permission denied takes the same path; as root every file is readable.)
+    with pytest.raises(ConfigError, match=r"config file .*: Is a directory"):
+        load(tmp_path)
 
 
 # -- SLURM_RESUME_FILE ---------------------------------------------------------------------

@@ -77,6 +77,9 @@ def setup_logging(path: str) -> None:
     root = logging.getLogger("ws-slurm")
     root.setLevel(logging.INFO)
     root.propagate = False
+    for old in list(root.handlers):  # called again in one process: no line written twice
+        root.removeHandler(old)
+        old.close()
     fmt = logging.Formatter(
         f"%(asctime)s {PROG}[{os.getpid()}] %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"
     )
@@ -223,6 +226,8 @@ def main(
         prog = program.Program(service, s, sc)
         if args.command == "resume":
             code = prog.resume(nodes, resume)
+        elif args.command == "resume-fail":
+            code = prog.resume_fail(nodes)
         else:
             code = prog.destroy(nodes, args.command)
     except errors.Unavailable as exc:

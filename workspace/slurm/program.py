@@ -5,10 +5,13 @@
   for a lone node, one virtual cluster for a job's several nodes, so the service places
   them all or none in one decision. Each new node's address goes to slurmctld
   (``scontrol update NodeAddr=``). It returns once the creates are accepted; booting is
-  covered by Slurm's ResumeTimeout.
+  covered by Slurm's ResumeTimeout. A group that cannot be created (a node no rule maps,
+  the service's refusal: quota, capacity, unknown image) is marked DOWN in Slurm with
+  the reason and powered down at once: its job is requeued now, not after ResumeTimeout.
 * **suspend**: every workspace of the nodes is destroyed; a node without one is fine.
-* **resume-fail**: the same as suspend: what a failed resume made is destroyed, so nothing
-  is left behind.
+* **resume-fail**: what a failed resume made is destroyed, so nothing is left behind, and
+  each node is marked DOWN with why (the workspace's failure reason, or that slurmd did
+  not register in ResumeTimeout).
 
 Idempotent: the existing workspaces are listed first (one call) and a node that has a
 live one is not created again; each create carries a request id derived from its nodes
@@ -31,6 +34,7 @@ from typing import Any, Protocol
 
 from workspace import errors
 from workspace.slurm.context import ContextError, user_data
+from workspace.slurm.hostlist import compress
 from workspace.slurm.resumefile import ResumeFile
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import NodeSpec, Settings, Unmapped
@@ -142,12 +146,16 @@ class Program:
 
     def resume(self, nodes: Sequence[str], resume: ResumeFile | None) -> int:
         groups = plan_groups(nodes, resume)
-        history = self._by_node(include_terminated=True)
+        try:
+            history = self._by_node(include_terminated=True)
+        except errors.Unavailable as exc:
+            self._refuse(nodes, nodes, f"the workspace service cannot be reached: {exc.message}")
+            raise
         live = {n: [w for w in ws if not _gone(w)] for n, ws in history.items()}
         todo_nodes = [n for n in nodes if not live.get(n)]
         features = self.scontrol.features(todo_nodes) if todo_nodes else {}
         failed = 0
-        for group in groups:
+        for i, group in enumerate(groups):
             for n in group.nodes:
                 for ws in live.get(n, []):
                     log.info(
@@ -162,21 +170,53 @@ class Program:
             if not todo:
                 continue
             gen = max(len(history.get(n, [])) for n in todo)
-            if not self._resume_group(Group(todo, group.job_id, group.features), features, gen):
+            try:
+                ok = self._resume_group(Group(todo, group.job_id, group.features), features, gen)
+            except errors.Unavailable as exc:
+                # This group and the ones not tried yet cannot be made now.
+                rest = [n for g in groups[i:] for n in g.nodes if not live.get(n)]
+                self._refuse(rest, rest, f"the workspace service cannot be reached: {exc.message}")
+                raise
+            if not ok:
                 failed += 1
         return EXIT_FAILED if failed else EXIT_OK
+
+    def _refuse(self, group_nodes: Sequence[str], down: Sequence[str], reason: str) -> None:
+        """A group that cannot be created: ``down`` (the nodes at fault: all of them, or
+        those no rule maps) DOWN with ``reason``, so their job is requeued now and the admin
+        sees why (``sinfo -R``); then every node of the group powered down, so none waits
+        POWERING_UP for ResumeTimeout (which would overwrite the reason)."""
+        if down and not self.scontrol.set_down(down, reason):
+            log.warning("could not mark %s DOWN in Slurm (reason: %s)", compress(down), reason)
+        elif down:
+            log.info("%s marked DOWN in Slurm: %s", compress(down), reason)
+        if group_nodes and not self.scontrol.power_down(group_nodes):
+            log.warning("could not power %s down in Slurm", compress(group_nodes))
 
     def _resume_group(
         self, group: Group, node_features: Mapping[str, frozenset[str]], gen: int
     ) -> bool:
+        specs: list[NodeSpec] = []
+        unmapped: list[Unmapped] = []
+        for n in group.nodes:
+            try:
+                specs.append(self.s.resolve(n, group.features | node_features.get(n, frozenset())))
+            except Unmapped as missing:
+                unmapped.append(missing)
+        if unmapped:
+            for um in unmapped:
+                log.error("%s: %s; nothing created for %s", group.what, um, group.what)
+            self._refuse(
+                group.nodes,
+                [e.node for e in unmapped],
+                "; ".join(e.short for e in unmapped),
+            )
+            return False
         try:
-            specs = [
-                self.s.resolve(n, group.features | node_features.get(n, frozenset()))
-                for n in group.nodes
-            ]
             data = [user_data(spec, self.s) for spec in specs]
-        except (Unmapped, ContextError) as exc:
+        except ContextError as exc:
             log.error("%s: %s; nothing created for %s", group.what, exc, group.what)
+            self._refuse(group.nodes, group.nodes, str(exc))
             return False
         bad = [n for n in group.nodes if not WORKSPACE_NAME_RE.fullmatch(n)]
         if bad:
@@ -186,6 +226,7 @@ class Program:
                 group.what,
                 ", ".join(bad),
             )
+            self._refuse(group.nodes, bad, "the node name cannot be a workspace name")
             return False
         together = len(specs) > 1 and all(ROLE_RE.fullmatch(n) for n in group.nodes)
         if len(specs) > 1 and not together:
@@ -205,6 +246,9 @@ class Program:
             raise
         except errors.WorkspaceError as exc:
             log.error("%s: the service refused the create: %s", group.what, exc.message)
+            self._refuse(
+                group.nodes, group.nodes, f"{group.what}: the service refused: {exc.message}"
+            )
             return False
         for node, ws in made:
             log.info(
@@ -291,12 +335,51 @@ class Program:
     # -- suspend, resume-fail --------------------------------------------------------------
 
     def destroy(self, nodes: Sequence[str], why: str) -> int:
-        live = self._by_node(include_terminated=False)
+        """Suspend: every workspace of ``nodes`` destroyed; nodes without one are fine."""
+        return self._destroy(nodes, self._by_node(include_terminated=False), why)
+
+    def resume_fail(self, nodes: Sequence[str]) -> int:
+        """What the failed resume made destroyed; each node DOWN with why (Slurm has marked
+        it DOWN with "ResumeTimeout reached": ours says what happened to its workspace)."""
+        try:
+            live = self._by_node(include_terminated=False)
+        except errors.Unavailable as exc:
+            self._mark_down(
+                {
+                    n: "did not register in ResumeTimeout; the workspace service cannot be "
+                    f"reached to clean up: {exc.message}"
+                    for n in nodes
+                }
+            )
+            raise
+        reasons = {n: fail_reason(n, [w for w in live.get(n, []) if not _gone(w)]) for n in nodes}
+        code = self._destroy(nodes, live, "resume-fail")
+        self._mark_down(reasons)
+        return code
+
+    def _mark_down(self, reasons: Mapping[str, str]) -> None:
+        by_reason: dict[str, list[str]] = {}
+        for n, r in reasons.items():
+            by_reason.setdefault(r, []).append(n)
+        for reason, nodes in by_reason.items():
+            if self.scontrol.set_down(nodes, reason):
+                log.info("resume-fail: %s marked DOWN in Slurm: %s", compress(nodes), reason)
+            else:
+                log.warning(
+                    "resume-fail: could not mark %s DOWN in Slurm (reason: %s)",
+                    compress(nodes),
+                    reason,
+                )
+
+    def _destroy(
+        self, nodes: Sequence[str], live: Mapping[str, list[common_pb2.Workspace]], why: str
+    ) -> int:
         failed = 0
+        unknown: list[str] = []
         for n in nodes:
             mine = [w for w in live.get(n, []) if not _gone(w)]
             if not mine:
-                log.info("%s: node %s has no workspace; nothing to do", why, n)
+                unknown.append(n)
                 continue
             for ws in mine:
                 try:
@@ -311,7 +394,30 @@ class Program:
                     failed += 1
                     continue
                 log.info("%s: node %s: workspace %s (%s) destroyed", why, n, ws.name, ws.id)
+        if unknown:
+            # One line however many: a suspend of many unknown nodes is no error storm.
+            log.info(
+                "%s: %s %s %s no workspace; nothing to do",
+                why,
+                "node" if len(unknown) == 1 else "nodes",
+                compress(unknown),
+                "has" if len(unknown) == 1 else "have",
+            )
         return EXIT_FAILED if failed else EXIT_OK
+
+
+def fail_reason(node: str, mine: Sequence[common_pb2.Workspace]) -> str:
+    """Why a node's resume failed, from its workspace: what the admin reads in
+    ``sinfo -R`` (after ``ws: ``)."""
+    for ws in mine:
+        if ws.state in (WS.WORKSPACE_STATE_FAILED, WS.WORKSPACE_STATE_LOST):
+            state = WS.Name(ws.state).removeprefix("WORKSPACE_STATE_")
+            return f"workspace {ws.name} {state}: {ws.reason or 'no reason given'}"
+    if mine:
+        ws = mine[0]
+        state = WS.Name(ws.state).removeprefix("WORKSPACE_STATE_")
+        return f"did not register in ResumeTimeout (workspace {ws.name} was {state})"
+    return "did not register in ResumeTimeout (it had no workspace)"
 
 
 def _affinity(name: str) -> clusters_pb2.Affinity.ValueType:

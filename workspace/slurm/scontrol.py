@@ -3,7 +3,13 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 
 * ``scontrol show hostnames EXPR``: the controller's own expansion of a hostlist;
 * ``scontrol show node -o NODES``: the nodes' features (``AvailableFeatures``);
-* ``scontrol update NodeName=X NodeAddr=IP NodeHostname=X``: where a new node is.
+* ``scontrol update NodeName=X NodeAddr=IP NodeHostname=X``: where a new node is;
+* ``scontrol update NodeName=NODES State=DOWN Reason=...``: a node that cannot run (its
+  resume was refused, or it failed): the admin sees why in ``sinfo -R``, and its job is
+  requeued at once;
+* ``scontrol update NodeName=NODES State=POWER_DOWN``: a node whose resume was refused
+  stops POWERING_UP now (else Slurm waits for ResumeTimeout and overwrites the reason
+  with "ResumeTimeout reached").
 """
 
 from __future__ import annotations
@@ -14,10 +20,21 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 
-from workspace.slurm.hostlist import expand_all
+from workspace.slurm.hostlist import compress, expand_all
 
 log = logging.getLogger("ws-slurm")
 TIMEOUT_S = 20.0
+REASON_PREFIX = "ws: "
+MAX_REASON = 200
+
+
+def reason_text(text: str) -> str:
+    """A node reason as ws-slurm sets it: ``ws: ...``, one line, at most 200 characters
+    (``sinfo -R`` shows the first 20, ``scontrol show node`` all of it)."""
+    one = " ".join(text.split())
+    if len(one) > MAX_REASON - len(REASON_PREFIX):
+        one = one[: MAX_REASON - len(REASON_PREFIX) - 3] + "..."
+    return REASON_PREFIX + one
 
 
 class Scontrol:
@@ -78,10 +95,29 @@ class Scontrol:
         return found
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
-        """Tell slurmctld where ``node`` is; False if that could not be done. Tried again
-        when it fails: a busy slurmctld can time an update out (seen while it was trying
-        to resolve the names of other powered-down nodes)."""
+        """Tell slurmctld where ``node`` is; False if that could not be done."""
         args = ("update", f"NodeName={node}", f"NodeAddr={address}", f"NodeHostname={node}")
+        return self._update(args, tries)
+
+    def set_down(self, nodes: Sequence[str], reason: str, tries: int = 3) -> bool:
+        """Mark ``nodes`` DOWN with ``reason`` (``reason_text``): their jobs are requeued,
+        and the nodes stay DOWN until an admin returns them (``State=RESUME``)."""
+        args = ("update", f"NodeName={compress(nodes)}", "State=DOWN",
+                f"Reason={reason_text(reason)}")  # fmt: skip
+        return self._update(args, tries)
+
+    def power_down(self, nodes: Sequence[str], tries: int = 3) -> bool:
+        """Power ``nodes`` down now (slurmctld runs SuspendProgram for them); a DOWN node
+        keeps its state and reason."""
+        return self._update(("update", f"NodeName={compress(nodes)}", "State=POWER_DOWN"), tries)
+
+    def _update(self, args: Sequence[str], tries: int) -> bool:
+        """``scontrol update ARGS``, tried again when it fails: a busy slurmctld can time
+        an update out (seen while it was trying to resolve the names of other
+        powered-down nodes). Without scontrol at all: False at once, no retries."""
+        if not self.available:
+            log.warning("scontrol %s: %s is not on PATH", " ".join(args), self.command)
+            return False
         for attempt in range(tries):
             if self._run(*args) is not None:
                 return True

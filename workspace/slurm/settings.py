@@ -30,17 +30,23 @@ The mapping file: rules tried in order, the first that matches a node wins::
 
 A rule without ``names`` and ``feature`` matches every node (a default, put it last).
 Unknown keys are errors: a typo never silently changes what is created.
+
+The config file is read like every config file of the project (``workspace/config.py``:
+TOML into a frozen dataclass, unknown keys and wrong types refused); the mapping file's
+``[[node]]`` rules have their own checks here (each error names the rule's number).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workspace import config, errors
 from workspace.slurm.hostlist import HostlistError, expand
 
 DEFAULT_CONFIG = Path("/etc/workspace/slurm.toml")
@@ -49,8 +55,9 @@ DEFAULT_MAPPING = "/etc/workspace/slurm-nodes.toml"
 CONFIG_ENV = "WS_SLURM_CONFIG"
 
 
-class ConfigError(ValueError):
-    """The config or mapping file is wrong; the message names the file and the key."""
+# The config or mapping file is wrong; the message names the file and the key.
+ConfigError = errors.ConfigError
+AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 
 
 @dataclass(frozen=True)
@@ -94,26 +101,55 @@ class Unmapped(LookupError):
             "for it to the mapping file"
         )
         self.node = node
+        # For the node's reason in Slurm (sinfo -R): short.
+        self.short = f"node {node} (features: {shown}) maps to no image in the mapping file"
 
 
 @dataclass(frozen=True)
-class Settings:
+class SlurmConfig:
+    """The config file's keys (``conf/slurm/ws-slurm.toml`` documents each)."""
+
+    # The workspace service ("host:port", "unix:/path"; replicas comma-separated).
     service: str = ""
+    # The batch user's identity directory (ws-admin pki issue user slurm --out DIR).
     identity: str = ""
+    # slurmctld discards what its programs print: everything goes here.
     log_file: str = DEFAULT_LOG
+    # slurmctld's address as the guests reach it (configless slurmd --conf-server).
     controller: str = ""
     controller_port: int = 6817
+    # The [[node]] rules (relative to the config file's directory).
     mapping_file: str = DEFAULT_MAPPING
+    # The project the workspaces count against ("" = the user's default).
     project: str = ""
-    networks: Sequence[str] = ()
+    # Each node's networks ([] = the site's default).
+    networks: list[str] = field(default_factory=list)
+    # A job's nodes: none, soft-anti, hard-anti, soft, hard.
     affinity: str = "none"
+    # Each workspace's lease (0 = the project's default).
     lease_s: int = 0
+    # Delivered to the guests (auth/munge).
     munge_key_file: str = ""
+    # Written into the guests instead of configless slurmd.
     slurm_conf_file: str = ""
     scontrol: str = "scontrol"
+    # A job's cluster is <cluster_prefix><job id>.
     cluster_prefix: str = "slurm-"
+    # Per call to the service.
     timeout_s: float = 30.0
-    rules: Sequence[Rule] = ()
+
+    def __post_init__(self) -> None:
+        if self.affinity not in AFFINITIES:
+            raise ConfigError(
+                f"affinity {self.affinity!r} is not a known affinity ({', '.join(AFFINITIES)})"
+            )
+
+
+@dataclass(frozen=True)
+class Settings(SlurmConfig):
+    """The config file's values and the mapping file's rules."""
+
+    rules: tuple[Rule, ...] = ()
 
     def resolve(self, node: str, features: frozenset[str] = frozenset()) -> NodeSpec:
         """The first rule that matches ``node`` with ``features``; Unmapped if none."""
@@ -140,23 +176,6 @@ def _names_match(pattern: str, node: str) -> bool:
         return fnmatch.fnmatchcase(node, pattern)
 
 
-_SETTINGS_KEYS: dict[str, type | tuple[type, ...]] = {
-    "service": str,
-    "identity": str,
-    "log_file": str,
-    "controller": str,
-    "controller_port": int,
-    "mapping_file": str,
-    "project": str,
-    "networks": list,
-    "affinity": str,
-    "lease_s": int,
-    "munge_key_file": str,
-    "slurm_conf_file": str,
-    "scontrol": str,
-    "cluster_prefix": str,
-    "timeout_s": (int, float),
-}
 _RULE_KEYS: dict[str, type | tuple[type, ...]] = {
     "image": str,
     "cpus": int,
@@ -218,27 +237,28 @@ def parse_rules(data: Mapping[str, Any], where: str) -> list[Rule]:
     return rules
 
 
-def parse(data: Mapping[str, Any], where: str, rules: Sequence[Rule] = ()) -> Settings:
-    _check(data, _SETTINGS_KEYS, where)
-    values = dict(data)
-    if "networks" in values:
-        values["networks"] = tuple(str(n) for n in values["networks"])
-    if "timeout_s" in values:
-        values["timeout_s"] = float(values["timeout_s"])
-    if values.get("affinity", "none") not in ("none", "soft-anti", "hard-anti", "soft", "hard"):
-        raise ConfigError(f"{where}: affinity {values['affinity']!r} is not a known affinity")
-    return Settings(**values, rules=tuple(rules))
+def load_config(path: Path | str) -> SlurmConfig:
+    """The config file (``workspace/config.py``'s loader); a ConfigError names the file."""
+    try:
+        return config.load(SlurmConfig, path)
+    except ConfigError as exc:
+        if "unknown key" in exc.message:
+            known = ", ".join(f.name for f in dataclasses.fields(SlurmConfig))
+            raise ConfigError(f"{exc.message} (known: {known})") from None
+        raise
+    except OSError as exc:  # not found is a ConfigError already; this is e.g. EACCES
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
 
 
 def load(path: Path | str, *, need_mapping: bool = True) -> Settings:
     """The config file at ``path`` and the mapping file it names."""
     path = Path(path)
-    data = _read(path, "config file")
-    base = parse(data, str(path))
+    base = load_config(path)
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(SlurmConfig)}
     if not need_mapping:
-        return base
+        return Settings(**values)
     mapping = Path(base.mapping_file)
     if not mapping.is_absolute():
         mapping = path.parent / mapping
     rules = parse_rules(_read(mapping, "mapping file"), str(mapping))
-    return parse(data, str(path), rules)
+    return Settings(**values, rules=tuple(rules))
