@@ -29,9 +29,10 @@ from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
-from workspace.ops import leases, liveness, queue, site_events
+from workspace.ops import autoscale, leases, liveness, queue, site_events
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
+from workspace.ops.rosters import RosterPusher
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
@@ -107,6 +108,9 @@ class Service:
         self.forwarder = TaskForwarder(self.hub, self.relay) if self.relay else None
         self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub)
         self.guests = GuestsServicer(self.env, self.hub)
+        # Elastic clusters: running members learn changed rosters (on the leader).
+        self.rosters = RosterPusher(self.env, self.hub.exec)
+        self.clusters.on_scaled = self.rosters.poke
         self.trust = TrustServicer(self.env)
         self.projects = ProjectsServicer(self.catalog.catalog)
         self.keys = KeysServicer(self.env)
@@ -142,6 +146,12 @@ class Service:
         self._queue_thread = threading.Thread(target=self._run_queue, name="queue", daemon=True)
         self._lease_thread = threading.Thread(target=self._run_leases, name="leases", daemon=True)
         self._prune_thread = threading.Thread(target=self._prune_events, name="events", daemon=True)
+        self._roster_thread = threading.Thread(
+            target=self._push_rosters, name="rosters", daemon=True
+        )
+        self._autoscale_thread = threading.Thread(
+            target=self._run_autoscale, name="autoscale", daemon=True
+        )
         self.metrics_url = ""
 
     def start(self) -> None:
@@ -169,6 +179,8 @@ class Service:
         self._queue_thread.start()
         self._lease_thread.start()
         self._prune_thread.start()
+        self._roster_thread.start()
+        self._autoscale_thread.start()
         log.info(
             "workspace-service listening on %s, nodes on %s (%s; store %s)",
             self.cfg.listen,
@@ -209,6 +221,31 @@ class Service:
             except Exception:
                 log.exception("lease check failed")
 
+    def _push_rosters(self) -> None:
+        while not self._stop.is_set():
+            self.rosters.wait(self.cfg.roster_push_interval_s)
+            if self._stop.is_set():
+                return
+            if not self.leader.acting():
+                self.rosters.applied.clear()  # a later term starts from nothing known
+                continue
+            try:
+                self.rosters.run_once()
+            except Exception:
+                log.exception("roster push pass failed")
+
+    def _run_autoscale(self) -> None:
+        while not self._stop.wait(self.cfg.autoscale_interval_s):
+            if not self.leader.acting():
+                continue
+            try:
+                if any(
+                    o.decision.action in ("grew", "shrank") for o in autoscale.evaluate(self.env)
+                ):
+                    self.rosters.poke()
+            except Exception:
+                log.exception("autoscale pass failed")
+
     def _prune_events(self) -> None:
         while True:
             # The first pass once leader, then every EVENT_PRUNE_S.
@@ -222,6 +259,7 @@ class Service:
 
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()
+        self.rosters.poke()
         self.leader.close()
         if self.relay is not None:
             self.relay.close()
