@@ -16,9 +16,11 @@ A signal runs outside any transaction; the scale it asks for runs in one of its 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -119,23 +121,30 @@ def set_autoscale(
 
 
 def _run(argv: list[str], env: dict[str, str] | None, timeout_s: float) -> str:
+    """stdout of ``argv``; SignalError if it fails or runs past ``timeout_s`` (then its
+    whole process group is killed: a script's children too)."""
     try:
-        p = subprocess.run(
+        p = subprocess.Popen(
             argv,
-            capture_output=True,
-            timeout=timeout_s,
-            env=env,
-            check=False,
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired as exc:
-        raise SignalError(f"{argv[0]} ran longer than {timeout_s:g} s") from exc
     except OSError as exc:
         raise SignalError(f"{argv[0]}: {exc.strerror or exc}") from exc
+    try:
+        out, err = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(OSError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise SignalError(f"{argv[0]} ran longer than {timeout_s:g} s") from exc
     if p.returncode != 0:
-        err = p.stderr[:400].decode(errors="replace").strip().splitlines()
-        raise SignalError(f"{argv[0]} exited {p.returncode}" + (f": {err[-1]}" if err else ""))
-    return p.stdout[:MAX_OUTPUT].decode(errors="replace")
+        lines = err[:400].decode(errors="replace").strip().splitlines()
+        raise SignalError(f"{argv[0]} exited {p.returncode}" + (f": {lines[-1]}" if lines else ""))
+    return out[:MAX_OUTPUT].decode(errors="replace")
 
 
 def read_command(
