@@ -209,7 +209,7 @@ def test_a_member_without_a_guest_agent_is_retried_and_the_others_are_not_held(
     assert roster_names(site, c, "ela-worker-0") == []  # never reachable, nothing written
     assert site.service is not None
     assert c.members[0].id not in site.service.rosters.applied or True
-    retry = site.service.rosters._retry
+    retry = site.service.rosters.retrying()
     worker0 = next(m.id for m in c.members if m.name == "ela-worker-0")
     assert worker0 in retry and worker0 not in site.service.rosters.applied
 

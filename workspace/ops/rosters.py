@@ -87,6 +87,10 @@ class RosterPusher:
         self._poked = threading.Event()
         self._lock = threading.Lock()
 
+    def retrying(self) -> set[str]:
+        """The members whose push failed and is to be retried."""
+        return set(self._retry)
+
     def poke(self) -> None:
         self._poked.set()
 
