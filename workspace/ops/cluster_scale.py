@@ -127,8 +127,11 @@ def scale_in(
     else:
         removed = _shrink(env, u, role, mine, previous, count)
     _set_count(c, role, count)
-    # Every member's seed now carries the new roster: their bounds follow.
-    seeds.set_cluster_bounds(s, c, live(members_of(s, c.id)))
+    # Every member's seed now carries the new roster: their bounds follow, and their
+    # nodes' orders (and cached order-size bounds) are renewed.
+    kept = live(members_of(s, c.id))
+    seeds.set_cluster_bounds(s, c, kept)
+    u.nodes(*(w.node for w in kept if w.node))
     refresh(env, u, {c.id})
     c.updated_at = env.clock()
     arrow = f"{role} {previous} → {count}"
