@@ -8,8 +8,11 @@ import calendar
 import pytest
 
 from agent.virt import fake_guest
+from workspace import config
+from workspace.config import ServiceConfig
 from workspace.domain import elastic, seed
 from workspace.domain.elastic import AutoscaleInfo, Decision
+from workspace.errors import ConfigError
 from workspace.ops.rosters import write_argv
 
 T0 = calendar.timegm((2026, 11, 30, 10, 2, 11))
@@ -91,3 +94,18 @@ def test_the_fake_guest_keeps_files_written_through_exec() -> None:
     assert out.exit_code == 0, out.stderr
     assert files == {"/etc/hosts": b"1.2.3.4 a\n"}
     assert fake_guest.run(["cat", "/etc/hosts"], b"", 5, "g", files=files).stdout == b"1.2.3.4 a\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("autoscale_interval_s", 0, "autoscale_interval_s: must be more than 0"),
+        ("autoscale_command_timeout_s", -1, "autoscale_command_timeout_s: must be more than 0"),
+        ("roster_push_interval_s", 0, "roster_push_interval_s: must be more than 0"),
+        ("autoscale_cooldown_s", -5, "autoscale_cooldown_s: must be 0 or more"),
+        ("squeue_command", "", "squeue_command: must not be empty"),
+    ],
+)
+def test_bad_elastic_config_keys_are_named(key: str, value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config.load(ServiceConfig, None, **{key: value})
