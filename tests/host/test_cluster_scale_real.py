@@ -72,12 +72,21 @@ class CloudSite:
         out = self.cli("workspace.cli.ws", "exec", name, "--", "cat", path, timeout=120)
         return out.stdout if out.returncode == 0 else ""
 
-    def booted(self, name: str) -> bool:
-        out = self.cli(
-            "workspace.cli.ws", "exec", name, "--timeout", "300", "--",
-            "cloud-init", "status", "--wait", timeout=400,
-        )  # fmt: skip
-        return out.returncode in (0, 2)  # 2: done with recoverable errors
+    def booted(self, name: str, timeout_s: float = BOOT_S) -> str:
+        """Until ``cloud-init status --wait`` answers through the guest agent (which starts
+        a while after the domain runs); "" when it did, else the last error."""
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            out = self.cli(
+                "workspace.cli.ws", "exec", name, "--timeout", "300", "--",
+                "cloud-init", "status", "--wait", timeout=400,
+            )  # fmt: skip
+            if out.returncode in (0, 2):  # 2: done with recoverable errors
+                return ""
+            last = out.stderr + out.stdout
+            time.sleep(5.0)
+        return last or "timed out"
 
 
 def roster(site: CloudSite, name: str) -> set[str]:
@@ -124,7 +133,7 @@ def site() -> Iterator[CloudSite]:
                 "--wait", "--timeout", str(int(BOOT_S)), timeout=BOOT_S + 60,
             )  # fmt: skip
             for name in OLD:
-                assert s.booted(name), f"{name}: cloud-init did not finish"
+                assert not (why := s.booted(name)), f"{name}: cloud-init did not finish: {why}"
             yield s
         finally:
             s.cli("workspace.cli.admin", "site", "down", "--dir", str(site_dir))
@@ -142,7 +151,7 @@ def test_grow_then_shrink_rewrites_the_running_members_rosters(site: CloudSite) 
     )  # fmt: skip
     assert f"added {NEW}" in out
     everyone = {*OLD, NEW}
-    assert site.booted(NEW)
+    assert not (why := site.booted(NEW)), why
     assert roster(site, NEW) == everyone and hosts(site, NEW) == everyone  # from its seed
     for name in OLD:
         wait(lambda n=name: roster(site, n) == everyone, ROSTER_S, f"{name}'s cluster.json")

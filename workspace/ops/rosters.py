@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 
@@ -109,12 +109,26 @@ class RosterPusher:
         )
         with self.env.store.read() as s:
             found = list(s.execute(q))
-            by_cluster = seeds.rosters(s, {r[3] for r in found})
+            cids = {r[3] for r in found}
+            by_cluster = seeds.rosters(s, cids)
+            # Members being destroyed (a shrink) leave the roster at once, not once gone.
+            doomed = set(
+                s.execute(
+                    select(Workspace.name).where(
+                        Workspace.cluster.in_(sorted(cids)),
+                        Workspace.desired_state == Desired.TERMINATED.value,
+                        Workspace.state != State.TERMINATED.value,
+                    )
+                ).scalars()
+            )
         out = []
         for wid, name, node, cid in found:
             roster = by_cluster.get(cid)
             if roster is None:
                 continue
+            if doomed:
+                kept = tuple(m for m in roster.members if m.name not in doomed)
+                roster = replace(roster, members=kept)
             files = tuple(seed.roster_files(roster, name))
             out.append(Target(wid, name, node, cid, files, seed.roster_digest(files)))
         return out
