@@ -302,6 +302,18 @@ def test_a_member_failing_during_a_scale_is_reported(site: Site) -> None:
     assert site.stubs.get("ela-worker-0").state == WS.WORKSPACE_STATE_RUNNING  # kept (KEEP)
 
 
+def test_ws_cluster_scale_wait_names_the_member_that_failed(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site.add_agent("node1", fake={"fail_create": ["ela-worker-2"]})
+    make(site)
+    running(site)
+    argv = ["--service", site.address, "cluster", "scale", "ela", "--role", "worker"]
+    assert ws_cli.main([*argv, "--count", "3", "--wait", "--timeout", "60"]) == 1
+    err = capsys.readouterr().err
+    assert "cluster ela FAILED during the scale" in err and "ela-worker-2" in err
+
+
 def test_a_scale_waits_for_capacity_when_asked(site: Site) -> None:
     site.add_agent("node1", cpus=4, memory_mib=1024)
     make(site)
