@@ -35,6 +35,7 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_backfill import BackfillClientMixin
+from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
 from workspace.client_guests import GuestsClientMixin
 from workspace.client_images import ImagesClientMixin
@@ -179,6 +180,7 @@ class Client(
     EventsClientMixin,
     PolicyClientMixin,
     BackfillClientMixin,
+    ElasticClientMixin,
 ):
     """A connection to one workspace service. Thread-safe; close() when done."""
 

@@ -263,6 +263,16 @@ class ServiceConfig:
     backfill_interval_s: float = 10.0
     # A workspace is warned this long before its lease ends.
     lease_warning_s: int = 3600
+    # Elastic clusters (docs/design/elastic-clusters.md): how often the leader evaluates
+    # each autoscaled role; the cool-down of an autoscaler set without one; how long a
+    # ``command:`` signal may run; Slurm's queue command for ``slurm-queue`` signals (a
+    # path or a name on PATH); how often the leader pushes changed rosters to running
+    # members (and retries those it could not reach).
+    autoscale_interval_s: float = 15.0
+    autoscale_cooldown_s: int = 60
+    autoscale_command_timeout_s: float = 10.0
+    squeue_command: str = "squeue"
+    roster_push_interval_s: float = 5.0
     tls: TlsConfig = field(default_factory=TlsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -280,6 +290,19 @@ class ServiceConfig:
             )
         if self.lease_warning_s < 0:
             raise ConfigError(f"lease_warning_s: must be 0 or more, got {self.lease_warning_s}")
+        for key in (
+            "autoscale_interval_s",
+            "autoscale_command_timeout_s",
+            "roster_push_interval_s",
+        ):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}: must be more than 0, got {getattr(self, key)}")
+        if self.autoscale_cooldown_s < 0:
+            raise ConfigError(
+                f"autoscale_cooldown_s: must be 0 or more, got {self.autoscale_cooldown_s}"
+            )
+        if not self.squeue_command:
+            raise ConfigError("squeue_command: must not be empty")
         for key in ("max_workers", "max_concurrent_rpcs", "max_streams_per_caller"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")

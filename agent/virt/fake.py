@@ -41,6 +41,8 @@ class _Domain:
     spec: DomainSpec
     state: DomainState = DomainState.SHUTOFF
     boots: int = 0
+    # The guest's files written through exec (``cat > PATH``); kept in memory only.
+    files: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
 
 def _spec_from_json(d: dict[str, object]) -> DomainSpec:
@@ -237,12 +239,13 @@ class FakeDriver(Driver):
         with self._lock:
             dom = self._running(workspace_id)
             name, host = dom.spec.name, dom.spec.hostname or dom.spec.name
+            files = dom.files
         if any(fnmatch.fnmatchcase(name, pat) for pat in self._cfg.no_guest_agent):
             raise FailedPrecondition(
                 f"no QEMU guest agent answers in workspace {name} "
                 "(the image needs qemu-guest-agent)"
             )
-        return run_in_guest(argv, stdin, timeout_s, host)
+        return run_in_guest(argv, stdin, timeout_s, host, files=files)
 
     def open_console(self, workspace_id: str) -> ConsoleSession:
         with self._lock:
@@ -262,6 +265,12 @@ class FakeDriver(Driver):
                 self._consoles.pop(workspace_id, None)
 
     # -- test helpers (a person's actions behind the agent's back) ---------------------
+
+    def guest_file(self, workspace_id: str, path: str) -> bytes | None:
+        """A file written in the guest through exec (None: none)."""
+        with self._lock:
+            d = self._domains.get(workspace_id)
+            return None if d is None else d.files.get(path)
 
     def spec_of(self, workspace_id: str) -> DomainSpec | None:
         with self._lock:

@@ -6,7 +6,9 @@ timeout (``sleep``), a console that prints a login banner and echoes what is typ
 
 Commands: ``echo ARGS``, ``true``, ``false``, ``hostname``, ``cat /etc/hostname``,
 ``cat`` (stdin to stdout), ``sleep S``, ``uname [-a]``, ``exit N`` and ``sh -c SCRIPT``
-where SCRIPT is such commands joined by ``;`` (``echo X >&2`` writes to stderr).
+where SCRIPT is such commands joined by ``;`` (``echo X >&2`` writes to stderr). Files:
+``cat > PATH`` (stdin to a file), ``cat PATH``, ``mv [-f] A B``, ``mkdir -p``,
+``chmod`` and ``set -e`` (no-ops); ``command`` finds nothing (exit 1).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class _Run:
     out: list[str] = field(default_factory=list)
     err: list[str] = field(default_factory=list)
     timed_out: bool = False
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class _Exit(Exception):
@@ -65,6 +68,23 @@ def _command(run: _Run, argv: Sequence[str]) -> int:
     if name == "cat" and not args:
         sink.append(run.stdin.decode(errors="replace"))
         return 0
+    if name == "cat" and len(args) == 2 and args[0] == ">":
+        run.files[args[1]] = run.stdin
+        return 0
+    if name == "cat" and args[0] in run.files:
+        sink.append(run.files[args[0]].decode(errors="replace"))
+        return 0
+    if name == "mv":
+        paths = [a for a in args if not a.startswith("-")]
+        if len(paths) != 2 or paths[0] not in run.files:
+            run.err.append(f"mv: cannot move {paths[0] if paths else ''!r}\n")
+            return 1
+        run.files[paths[1]] = run.files.pop(paths[0])
+        return 0
+    if name in ("mkdir", "chmod", "set"):
+        return 0
+    if name == "command":
+        return 1
     if name == "cat":
         run.err.append(f"cat: {args[0]}: No such file or directory\n")
         return 1
@@ -98,9 +118,13 @@ def run(
     hostname: str,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    files: dict[str, bytes] | None = None,
 ) -> ExecOutcome:
-    """What ``argv`` does in a fake guest named ``hostname``."""
-    r = _Run(hostname, stdin, clock() + timeout_s, sleep, clock)
+    """What ``argv`` does in a fake guest named ``hostname`` (``files``: its files,
+    changed in place)."""
+    r = _Run(
+        hostname, stdin, clock() + timeout_s, sleep, clock, files={} if files is None else files
+    )
     try:
         code = _command(r, argv)
     except _Exit as e:

@@ -263,6 +263,10 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         clusters_pb2.ClusterRef(id=NOPE), timeout=T)),
     (CL, "DestroyCluster", USER, lambda c, w: c.clusters.DestroyCluster(
         clusters_pb2.ClusterRef(id=NOPE), timeout=T)),
+    (CL, "ScaleCluster", USER, lambda c, w: c.clusters.ScaleCluster(
+        clusters_pb2.ScaleClusterRequest(id=NOPE, role="worker", count=1), timeout=T)),
+    (CL, "SetAutoscale", USER, lambda c, w: c.clusters.SetAutoscale(
+        clusters_pb2.SetAutoscaleRequest(id=NOPE, role="worker", off=True), timeout=T)),
     (IM, "UploadBlob", USER, lambda c, w: c.images.UploadBlob(
         iter([images_pb2.BlobChunk(data=b"x")]), timeout=T)),
     (IM, "ImportImage", USER, lambda c, w: c.images.ImportImage(

@@ -33,6 +33,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from workspace.cli.elastic_text import autoscale_line
 from workspace.client import cluster_state_name, state_name
 from workspace.domain.sshkeys import fingerprint
 from workspace.v1 import (
@@ -376,6 +377,8 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
         ],
     )
     parts = [head]
+    if c.autoscale:
+        parts.append("\n".join(autoscale_line(a) for a in c.autoscale))
     if c.spec:
         parts.append(spec)
     if c.members:

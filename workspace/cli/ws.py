@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from workspace.cli import (
+    cluster_cmds,
     clusterspec,
     common,
     guest_cmds,
@@ -416,6 +417,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         p.set_defaults(func=cmds.cluster_action)
 
     guest_cmds.register_cluster(csub, parent, cmds.client)
+    cluster_cmds.register(csub, parent, cmds.client)
 
 
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:

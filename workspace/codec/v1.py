@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from images.model import ImageSpec, Mode, Partition
+from workspace.domain.elastic import AutoscaleInfo, ScaleResult
 from workspace.domain.model import (
     ClusterRequest,
     ClusterView,
@@ -303,6 +304,33 @@ def cluster_to_proto(c: ClusterView) -> clusters_pb2.Cluster:
         spec=[member_to_proto(m) for m in c.spec],
         project=c.project,
         preemptible=c.preemptible,
+        autoscale=[autoscale_to_proto(a) for a in c.autoscale],
+    )
+
+
+def autoscale_to_proto(a: AutoscaleInfo) -> clusters_pb2.AutoscaleInfo:
+    out = clusters_pb2.AutoscaleInfo(
+        role=a.role, min=a.min, max=a.max, signal=a.signal, cooldown_s=a.cooldown_s
+    )
+    if a.last_action_at:
+        out.last_action_at.CopyFrom(ts(a.last_action_at))
+    if a.last is not None:
+        out.decided_at.CopyFrom(ts(a.last.at))
+        out.wanted = a.last.wanted
+        out.current = a.last.current
+        out.action = a.last.action
+        out.detail = a.last.detail
+    return out
+
+
+def scale_to_proto(c: ClusterView, r: ScaleResult) -> clusters_pb2.ScaleClusterResponse:
+    return clusters_pb2.ScaleClusterResponse(
+        cluster=cluster_to_proto(c),
+        previous=r.previous,
+        count=r.count,
+        added=list(r.added),
+        removed=list(r.removed),
+        message=r.message,
     )
 
 

@@ -23,6 +23,8 @@ class Kind(enum.StrEnum):
     LEASE_WARNING = "lease.warning"
     LEASE_EXTENDED = "lease.extended"
     LEASE_EXPIRED = "lease.expired"
+    # A cluster role grew or shrank (reason: by whom/what and why; subject: the role).
+    CLUSTER_SCALED = "cluster.scaled"
 
 
 class Refusal(enum.StrEnum):

@@ -14,6 +14,7 @@ from typing import Any
 
 from images.model import ImageSpec, Mode, Partition
 from images.signing import Policy
+from workspace.domain.elastic import AutoscaleInfo
 from workspace.domain.netpolicy import AllowRule, Connectivity, Limits
 from workspace.domain.states import (
     ClusterState,
@@ -430,6 +431,7 @@ class ClusterView:
     spec: tuple[MemberSpec, ...]
     project: str = ""
     preemptible: bool = False
+    autoscale: tuple[AutoscaleInfo, ...] = ()  # roles that scale on a signal
 
 
 @dataclass(frozen=True)

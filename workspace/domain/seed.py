@@ -149,6 +149,29 @@ def cluster_json(roster: Roster, me: Member) -> str:
     return json.dumps(doc, indent=1) + "\n"
 
 
+def roster_files(roster: Roster, hostname: str) -> list[tuple[str, str]]:
+    """(path, content) of the roster files of member ``hostname`` (mode 0644): /etc/hosts,
+    /etc/workspace/cluster.json and /etc/ssh/ssh_known_hosts ("" when no member has a
+    host key). A first boot writes them from the seed; a scale rewrites them in the
+    running members (ops/rosters.py)."""
+    me = next((m for m in roster.members if m.name == hostname), None)
+    if me is None:
+        me = Member(hostname, "", member_index(hostname), ())
+    return [
+        ("/etc/hosts", _hosts(roster)),
+        ("/etc/workspace/cluster.json", cluster_json(roster, me)),
+        ("/etc/ssh/ssh_known_hosts", _known_hosts(roster)),
+    ]
+
+
+def roster_digest(files: Sequence[tuple[str, str]]) -> str:
+    """A digest of roster files (what a running member was last given)."""
+    h = hashlib.sha256()
+    for path, content in files:
+        h.update(path.encode() + b"\0" + content.encode() + b"\0")
+    return h.hexdigest()
+
+
 def _home(user: str) -> str:
     return f"/home/{user}" if user and user != "root" else "/root"
 
@@ -179,15 +202,10 @@ def system_config(
         about = {"name": hostname, "id": instance_id}
         files.append(_file("/etc/workspace/workspace.json", json.dumps(about) + "\n", "0644"))
     else:
-        me = next((m for m in roster.members if m.name == hostname), None)
-        if me is None:
-            me = Member(hostname, "", member_index(hostname), ())
         cfg["manage_etc_hosts"] = False
-        files.append(_file("/etc/hosts", _hosts(roster), "0644"))
-        files.append(_file("/etc/workspace/cluster.json", cluster_json(roster, me), "0644"))
-        known = _known_hosts(roster)
-        if known:
-            files.append(_file("/etc/ssh/ssh_known_hosts", known, "0644"))
+        for path, content in roster_files(roster, hostname):
+            if content:
+                files.append(_file(path, content, "0644"))
         if roster.key_private:
             keys.append(roster.key_public)
             home = _home(login_user)

@@ -72,6 +72,8 @@ def _rules() -> dict[str, Role]:
             "StartCluster": u,
             "StopCluster": u,
             "DestroyCluster": u,
+            "ScaleCluster": u,
+            "SetAutoscale": u,
         },
         "workspace.v1.Images": {
             "UploadBlob": u,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from workspace.codec import v1
@@ -9,7 +11,7 @@ from workspace.domain.states import Op
 from workspace.edge import auth
 from workspace.edge.calls import unary
 from workspace.identity import Identity
-from workspace.ops import clusters
+from workspace.ops import autoscale, cluster_scale, clusters
 from workspace.ops.unit import Env
 from workspace.v1 import clusters_pb2, clusters_pb2_grpc
 
@@ -20,6 +22,8 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
     def __init__(self, env: Env) -> None:
         self.env = env
         self.auth = auth.for_config(env.cfg)
+        # Called after a scale changed members (the leader's roster pusher, if here).
+        self.on_scaled: Callable[[], None] | None = None
 
     def create(
         self, who: Identity | str, req: clusters_pb2.CreateClusterRequest
@@ -72,3 +76,37 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
         self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext, who: Identity
     ) -> clusters_pb2.Cluster:
         return self.operate(who, request.id, Op.DESTROY)
+
+    @unary
+    def ScaleCluster(
+        self,
+        request: clusters_pb2.ScaleClusterRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> clusters_pb2.ScaleClusterResponse:
+        view, result = cluster_scale.scale(
+            self.env, who, request.id, request.role, request.count, request.wait_for_capacity_s
+        )
+        if self.on_scaled is not None and (result.added or result.removed):
+            self.on_scaled()
+        return v1.scale_to_proto(view, result)
+
+    @unary
+    def SetAutoscale(
+        self,
+        request: clusters_pb2.SetAutoscaleRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> clusters_pb2.Cluster:
+        view = autoscale.set_autoscale(
+            self.env,
+            who,
+            request.id,
+            request.role,
+            request.off,
+            request.min,
+            request.max,
+            request.signal,
+            request.cooldown_s,
+        )
+        return v1.cluster_to_proto(view)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from workspace.domain import seed
 from workspace.domain.states import ClusterState, Desired, FailurePolicy, State
 from workspace.ops.lifecycle import node_down, release
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Cluster, Workspace
-from workspace.store.mapping import set_reason, shown_reason
+from workspace.store.mapping import member_specs, set_reason, shown_reason
 
 log = logging.getLogger("workspace.ops.clusters")
 
@@ -20,10 +21,39 @@ log = logging.getLogger("workspace.ops.clusters")
 _KEEPS_REASON = (ClusterState.TERMINATING, ClusterState.TERMINATED)
 
 
-def cluster_state(members: Sequence[Workspace], current: ClusterState) -> tuple[ClusterState, str]:
-    """The cluster's state (and reason) from its members' states."""
+def current_members(
+    members: Sequence[Workspace], counts: Mapping[str, int] | None
+) -> list[Workspace]:
+    """The members that make the cluster's state: without those a scale removed (being
+    destroyed, at an index at or above their role's count) or replaced (terminated, with
+    a newer member of the same name). All of them if none would be left."""
+    if counts is None:
+        return list(members)
+    names = {m.name for m in members if m.state != State.TERMINATED.value}
+    kept = [
+        m
+        for m in members
+        if not (
+            m.desired_state == Desired.TERMINATED.value
+            and (
+                seed.member_index(m.name) >= counts.get(m.role, 0)
+                or (m.state == State.TERMINATED.value and m.name in names)
+            )
+        )
+    ]
+    return kept or list(members)
+
+
+def cluster_state(
+    members: Sequence[Workspace],
+    current: ClusterState,
+    counts: Mapping[str, int] | None = None,
+) -> tuple[ClusterState, str]:
+    """The cluster's state (and reason) from its members' states. ``counts``: each
+    role's count (the cluster's spec), to leave out the members a scale removed."""
     if current is ClusterState.TERMINATED or not members:
         return current, ""
+    members = current_members(members, counts)
     states = [State(m.state) for m in members]
     if all(s is State.TERMINATED for s in states):
         return ClusterState.TERMINATED, ""
@@ -73,7 +103,8 @@ def refresh(env: Env, u: UnitOfWork, cluster_ids: Iterable[str]) -> None:
         if c is None:
             continue
         members = list(s.execute(select(Workspace).where(Workspace.cluster == cid)).scalars())
-        state, reason = cluster_state(members, ClusterState(c.state))
+        counts = {m.role: m.count for m in member_specs(c)}
+        state, reason = cluster_state(members, ClusterState(c.state), counts)
         if state is ClusterState.FAILED and FailurePolicy(c.on_failure) is FailurePolicy.TEARDOWN:
             log.warning("cluster %s (%s) failed (%s): tearing it down", cid, c.name, reason)
             for m in members:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from workspace.domain import elastic
 from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
@@ -38,10 +39,18 @@ MAX_MEMBERS = 1000
 
 
 def view(s: Session, c: Cluster) -> ClusterView:
-    return cluster_view(c, workspace_views(s, members_of(s, c.id)))
+    """The cluster as shown: its members (but those a scale removed, once they are gone,
+    while the cluster lives) and its autoscaled roles."""
+    members = members_of(s, c.id)
+    if c.state != ClusterState.TERMINATED.value:
+        shown = [m for m in members if m.state != State.TERMINATED.value]
+        members = shown or members
+    return replace(
+        cluster_view(c, workspace_views(s, members)), autoscale=elastic.infos(c.autoscale)
+    )
 
 
-def _resolve(s: Session, who: Identity | str, ref: str) -> Cluster:
+def resolve(s: Session, who: Identity | str, ref: str) -> Cluster:
     return resolve_owned(s, Cluster, who, ref, "cluster", "ws cluster list")
 
 
@@ -191,7 +200,7 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
 
 def get(env: Env, who: Identity | str, ref: str) -> ClusterView:
     with env.store.read() as s:
-        return view(s, _resolve(s, who, ref))
+        return view(s, resolve(s, who, ref))
 
 
 def list_clusters(
@@ -211,7 +220,7 @@ def list_clusters(
 def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
     with write(env) as u:
         s = u.s
-        c = _resolve(s, who, ref)
+        c = resolve(s, who, ref)
         changed: list[Workspace] = []
         refusals: list[str] = []
         for m in members_of(s, c.id):

@@ -29,10 +29,11 @@ from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
-from workspace.ops import leases, liveness, queue, site_events
+from workspace.ops import autoscale, leases, liveness, queue, site_events
 from workspace.ops.backfill import Backfiller
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
+from workspace.ops.rosters import RosterPusher
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
@@ -108,6 +109,9 @@ class Service:
         self.forwarder = TaskForwarder(self.hub, self.relay) if self.relay else None
         self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub)
         self.guests = GuestsServicer(self.env, self.hub)
+        # Elastic clusters: running members learn changed rosters (on the leader).
+        self.rosters = RosterPusher(self.env, self.hub.exec)
+        self.clusters.on_scaled = self.rosters.poke
         self.trust = TrustServicer(self.env)
         self.projects = ProjectsServicer(self.catalog.catalog)
         self.keys = KeysServicer(self.env)
@@ -146,6 +150,12 @@ class Service:
         self._backfill_thread = threading.Thread(
             target=self._run_backfill, name="backfill", daemon=True
         )
+        self._roster_thread = threading.Thread(
+            target=self._push_rosters, name="rosters", daemon=True
+        )
+        self._autoscale_thread = threading.Thread(
+            target=self._run_autoscale, name="autoscale", daemon=True
+        )
         self.metrics_url = ""
 
     def start(self) -> None:
@@ -174,6 +184,8 @@ class Service:
         self._lease_thread.start()
         self._prune_thread.start()
         self._backfill_thread.start()
+        self._roster_thread.start()
+        self._autoscale_thread.start()
         log.info(
             "workspace-service listening on %s, nodes on %s (%s; store %s)",
             self.cfg.listen,
@@ -225,6 +237,31 @@ class Service:
             except Exception:
                 log.exception("backfill pass failed")
 
+    def _push_rosters(self) -> None:
+        while not self._stop.is_set():
+            self.rosters.wait(self.cfg.roster_push_interval_s)
+            if self._stop.is_set():
+                return
+            if not self.leader.acting():
+                self.rosters.applied.clear()  # a later term starts from nothing known
+                continue
+            try:
+                self.rosters.run_once()
+            except Exception:
+                log.exception("roster push pass failed")
+
+    def _run_autoscale(self) -> None:
+        while not self._stop.wait(self.cfg.autoscale_interval_s):
+            if not self.leader.acting():
+                continue
+            try:
+                if any(
+                    o.decision.action in ("grew", "shrank") for o in autoscale.evaluate(self.env)
+                ):
+                    self.rosters.poke()
+            except Exception:
+                log.exception("autoscale pass failed")
+
     def _prune_events(self) -> None:
         while True:
             # The first pass once leader, then every EVENT_PRUNE_S.
@@ -238,6 +275,7 @@ class Service:
 
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()
+        self.rosters.poke()
         self.leader.close()
         if self.relay is not None:
             self.relay.close()

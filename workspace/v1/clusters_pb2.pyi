@@ -267,6 +267,7 @@ class Cluster(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     PREEMPTIBLE_FIELD_NUMBER: _builtins.int
+    AUTOSCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -285,6 +286,10 @@ class Cluster(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def spec(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterMember]: ...
+    @_builtins.property
+    def autoscale(self) -> _containers.RepeatedCompositeFieldContainer[Global___AutoscaleInfo]:
+        """The roles that scale on a signal, each with its last decision."""
+
     def __init__(
         self,
         *,
@@ -302,14 +307,190 @@ class Cluster(_message.Message):
         spec: _abc.Iterable[Global___ClusterMember] | None = ...,
         project: _builtins.str = ...,
         preemptible: _builtins.bool = ...,
+        autoscale: _abc.Iterable[Global___AutoscaleInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "created_at", b"created_at", "id", b"id", "members", b"members", "name", b"name", "on_failure", b"on_failure", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "autoscale", b"autoscale", "created_at", b"created_at", "id", b"id", "members", b"members", "name", b"name", "on_failure", b"on_failure", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "request_id", b"request_id", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class ScaleClusterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_CAPACITY_S_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """cluster id or name"""
+    role: _builtins.str
+    count: _builtins.int
+    """the role's new member count (0 removes every member of the role)"""
+    wait_for_capacity_s: _builtins.int
+    """Wait this long in the queue for capacity instead of failing at once (0: fail at once)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        count: _builtins.int = ...,
+        wait_for_capacity_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "id", b"id", "role", b"role", "wait_for_capacity_s", b"wait_for_capacity_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleClusterRequest: _TypeAlias = ScaleClusterRequest  # noqa: Y015
+
+@_typing.final
+class ScaleClusterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    previous: _builtins.int
+    """the role's count before"""
+    count: _builtins.int
+    """its count now"""
+    message: _builtins.str
+    """one line: what happened ("already 3: nothing to do", ...)"""
+    @_builtins.property
+    def cluster(self) -> Global___Cluster: ...
+    @_builtins.property
+    def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """names of the new members"""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """names of the members being destroyed"""
+
+    def __init__(
+        self,
+        *,
+        cluster: Global___Cluster | None = ...,
+        previous: _builtins.int = ...,
+        count: _builtins.int = ...,
+        added: _abc.Iterable[_builtins.str] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "cluster", b"cluster", "count", b"count", "message", b"message", "previous", b"previous", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleClusterResponse: _TypeAlias = ScaleClusterResponse  # noqa: Y015
+
+@_typing.final
+class SetAutoscaleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    OFF_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    COOLDOWN_S_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """cluster id or name"""
+    role: _builtins.str
+    off: _builtins.bool
+    """turn the role's autoscaler off (the other fields are ignored)"""
+    min: _builtins.int
+    max: _builtins.int
+    signal: _builtins.str
+    """"slurm-queue", "slurm-queue:PARTITION" or "command:/ABS/PATH" """
+    cooldown_s: _builtins.int
+    """0 = the service's default (autoscale_cooldown_s)"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        off: _builtins.bool = ...,
+        min: _builtins.int = ...,
+        max: _builtins.int = ...,
+        signal: _builtins.str = ...,
+        cooldown_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_s", b"cooldown_s", "id", b"id", "max", b"max", "min", b"min", "off", b"off", "role", b"role", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAutoscaleRequest: _TypeAlias = SetAutoscaleRequest  # noqa: Y015
+
+@_typing.final
+class AutoscaleInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    COOLDOWN_S_FIELD_NUMBER: _builtins.int
+    LAST_ACTION_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    WANTED_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    min: _builtins.int
+    max: _builtins.int
+    signal: _builtins.str
+    cooldown_s: _builtins.int
+    wanted: _builtins.int
+    """what the signal wanted (-1: the signal failed)"""
+    current: _builtins.int
+    """the role's count then"""
+    action: _builtins.str
+    """"grew", "shrank", "hold", "failed", "steady" """
+    detail: _builtins.str
+    """one line: why"""
+    @_builtins.property
+    def last_action_at(self) -> _timestamp_pb2.Timestamp:
+        """the last change it made (unset: none)"""
+
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp:
+        """The last decision."""
+
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        min: _builtins.int = ...,
+        max: _builtins.int = ...,
+        signal: _builtins.str = ...,
+        cooldown_s: _builtins.int = ...,
+        last_action_at: _timestamp_pb2.Timestamp | None = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        wanted: _builtins.int = ...,
+        current: _builtins.int = ...,
+        action: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "last_action_at", b"last_action_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cooldown_s", b"cooldown_s", "current", b"current", "decided_at", b"decided_at", "detail", b"detail", "last_action_at", b"last_action_at", "max", b"max", "min", b"min", "role", b"role", "signal", b"signal", "wanted", b"wanted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleInfo: _TypeAlias = AutoscaleInfo  # noqa: Y015
 
 @_typing.final
 class ListClustersRequest(_message.Message):

@@ -65,6 +65,16 @@ class ClustersStub:
                 request_serializer=workspace_dot_v1_dot_clusters__pb2.ClusterRef.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
                 _registered_method=True)
+        self.ScaleCluster = channel.unary_unary(
+                '/workspace.v1.Clusters/ScaleCluster',
+                request_serializer=workspace_dot_v1_dot_clusters__pb2.ScaleClusterRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_clusters__pb2.ScaleClusterResponse.FromString,
+                _registered_method=True)
+        self.SetAutoscale = channel.unary_unary(
+                '/workspace.v1.Clusters/SetAutoscale',
+                request_serializer=workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
+                _registered_method=True)
 
 
 class ClustersServicer:
@@ -107,6 +117,21 @@ class ClustersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScaleCluster(self, request, context):
+        """Grow or shrink one role to a count (new members all-or-nothing; shrink removes the
+        highest indices first); running members learn the new roster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAutoscale(self, request, context):
+        """Turn a role's autoscaler on (min, max, signal, cool-down) or off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClustersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +163,16 @@ def add_ClustersServicer_to_server(servicer, server):
             'DestroyCluster': grpc.unary_unary_rpc_method_handler(
                     servicer.DestroyCluster,
                     request_deserializer=workspace_dot_v1_dot_clusters__pb2.ClusterRef.FromString,
+                    response_serializer=workspace_dot_v1_dot_clusters__pb2.Cluster.SerializeToString,
+            ),
+            'ScaleCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleCluster,
+                    request_deserializer=workspace_dot_v1_dot_clusters__pb2.ScaleClusterRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_clusters__pb2.ScaleClusterResponse.SerializeToString,
+            ),
+            'SetAutoscale': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAutoscale,
+                    request_deserializer=workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_clusters__pb2.Cluster.SerializeToString,
             ),
     }
@@ -303,6 +338,60 @@ class Clusters:
             target,
             '/workspace.v1.Clusters/DestroyCluster',
             workspace_dot_v1_dot_clusters__pb2.ClusterRef.SerializeToString,
+            workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Clusters/ScaleCluster',
+            workspace_dot_v1_dot_clusters__pb2.ScaleClusterRequest.SerializeToString,
+            workspace_dot_v1_dot_clusters__pb2.ScaleClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAutoscale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Clusters/SetAutoscale',
+            workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.SerializeToString,
             workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
             options,
             channel_credentials,

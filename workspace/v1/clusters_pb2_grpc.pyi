@@ -39,6 +39,12 @@ class ClustersStub:
     StartCluster: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.ClusterRef, _clusters_pb2.Cluster]
     StopCluster: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.ClusterRef, _clusters_pb2.Cluster]
     DestroyCluster: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.ClusterRef, _clusters_pb2.Cluster]
+    ScaleCluster: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.ScaleClusterRequest, _clusters_pb2.ScaleClusterResponse]
+    """Grow or shrink one role to a count (new members all-or-nothing; shrink removes the
+    highest indices first); running members learn the new roster.
+    """
+    SetAutoscale: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.SetAutoscaleRequest, _clusters_pb2.Cluster]
+    """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
 
 @_typing.type_check_only
 class ClustersAsyncStub(ClustersStub):
@@ -51,6 +57,12 @@ class ClustersAsyncStub(ClustersStub):
     StartCluster: _aio.UnaryUnaryMultiCallable[_clusters_pb2.ClusterRef, _clusters_pb2.Cluster]  # type: ignore[assignment]
     StopCluster: _aio.UnaryUnaryMultiCallable[_clusters_pb2.ClusterRef, _clusters_pb2.Cluster]  # type: ignore[assignment]
     DestroyCluster: _aio.UnaryUnaryMultiCallable[_clusters_pb2.ClusterRef, _clusters_pb2.Cluster]  # type: ignore[assignment]
+    ScaleCluster: _aio.UnaryUnaryMultiCallable[_clusters_pb2.ScaleClusterRequest, _clusters_pb2.ScaleClusterResponse]  # type: ignore[assignment]
+    """Grow or shrink one role to a count (new members all-or-nothing; shrink removes the
+    highest indices first); running members learn the new roster.
+    """
+    SetAutoscale: _aio.UnaryUnaryMultiCallable[_clusters_pb2.SetAutoscaleRequest, _clusters_pb2.Cluster]  # type: ignore[assignment]
+    """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
 
 class ClustersServicer(metaclass=_abc_1.ABCMeta):
     """Virtual clusters: groups of workspaces placed all-or-nothing and managed together."""
@@ -96,5 +108,23 @@ class ClustersServicer(metaclass=_abc_1.ABCMeta):
         request: _clusters_pb2.ClusterRef,
         context: _ServicerContext,
     ) -> _typing.Union[_clusters_pb2.Cluster, _abc.Awaitable[_clusters_pb2.Cluster]]: ...
+
+    @_abc_1.abstractmethod
+    def ScaleCluster(
+        self,
+        request: _clusters_pb2.ScaleClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clusters_pb2.ScaleClusterResponse, _abc.Awaitable[_clusters_pb2.ScaleClusterResponse]]:
+        """Grow or shrink one role to a count (new members all-or-nothing; shrink removes the
+        highest indices first); running members learn the new roster.
+        """
+
+    @_abc_1.abstractmethod
+    def SetAutoscale(
+        self,
+        request: _clusters_pb2.SetAutoscaleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clusters_pb2.Cluster, _abc.Awaitable[_clusters_pb2.Cluster]]:
+        """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
 
 def add_ClustersServicer_to_server(servicer: ClustersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

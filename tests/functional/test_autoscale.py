@@ -1,0 +1,268 @@
+"""Autoscaled cluster roles over the real service (fake driver): a command signal, a
+Slurm-queue signal (a stand-in squeue here; tests/host/test_slurm_real.py has the real
+one), clamping to [min, max], the cool-down, a failing signal, and bad settings. The
+passes are run directly (``autoscale.evaluate``) except in the one test of the leader's
+own loop."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.functional.harness import Site, wait_for
+from workspace.cli import render
+from workspace.cli import ws as ws_cli
+from workspace.ops import autoscale
+from workspace.v1 import clusters_pb2, clusters_pb2_grpc
+
+CS = clusters_pb2.ClusterState
+IMG = "aimg"
+
+
+def make_site(tmp_path: Path, **kw: Any) -> Site:
+    kw.setdefault("autoscale_interval_s", 3600)
+    kw.setdefault("autoscale_cooldown_s", 0)  # a cool-down only where a test sets one
+    s = Site(tmp_path, roster_push_interval_s=0.2, **kw)
+    s.stubs.network()
+    s.stubs.import_image(IMG, context="nocloud")
+    s.add_agent("node1")
+    stub(s).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="auto",
+            members=[
+                clusters_pb2.ClusterMember(role="head", image=IMG, memory_mib=128),
+                clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=128, count=2),
+            ],
+        )
+    )
+    return s
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    s = make_site(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def stub(site: Site) -> clusters_pb2_grpc.ClustersStub:
+    return clusters_pb2_grpc.ClustersStub(site.stubs.channel)
+
+
+def get(site: Site) -> clusters_pb2.Cluster:
+    return stub(site).GetCluster(clusters_pb2.ClusterRef(id="auto"))
+
+
+def workers(site: Site) -> list[str]:
+    return sorted(m.name for m in get(site).members if m.role == "worker")
+
+
+def script(tmp_path: Path, body: str, name: str = "signal") -> Path:
+    p = tmp_path / name
+    p.write_text("#!/bin/sh\n" + body + "\n")
+    p.chmod(p.stat().st_mode | stat.S_IXUSR)
+    return p
+
+
+def counter(tmp_path: Path) -> tuple[Path, Path]:
+    """A signal that prints what the file ``want`` holds (and logs its environment)."""
+    want = tmp_path / "want"
+    want.write_text("2\n")
+    env_log = tmp_path / "env"
+    p = script(tmp_path, f"env | grep ^WS_ | sort > {env_log}\ncat {want}")
+    return p, want
+
+
+def set_auto(site: Site, **kw: Any) -> clusters_pb2.Cluster:
+    kw.setdefault("role", "worker")
+    return stub(site).SetAutoscale(clusters_pb2.SetAutoscaleRequest(id="auto", **kw))
+
+
+def evaluate(site: Site) -> autoscale.Outcome:
+    assert site.service is not None
+    (out,) = autoscale.evaluate(site.service.env)
+    return out
+
+
+def info(site: Site) -> clusters_pb2.AutoscaleInfo:
+    (a,) = get(site).autoscale
+    return a
+
+
+def test_command_signal_grows_and_shrinks_within_min_and_max(site: Site, tmp_path: Path) -> None:
+    sig, want = counter(tmp_path)
+    c = set_auto(site, min=1, max=4, signal=f"command:{sig}", cooldown_s=0)
+    assert [(a.role, a.min, a.max, a.signal) for a in c.autoscale] == [
+        ("worker", 1, 4, f"command:{sig}")
+    ]
+    want.write_text("3\n")
+    d = evaluate(site).decision
+    assert (d.action, d.wanted, d.current) == ("grew", 3, 2)
+    assert workers(site) == ["auto-worker-0", "auto-worker-1", "auto-worker-2"]
+    env = (tmp_path / "env").read_text().split()
+    assert env == ["WS_CLUSTER=auto", "WS_CURRENT=2", "WS_MAX=4", "WS_MIN=1", "WS_ROLE=worker"]
+
+    want.write_text("10\n")  # clamped to max
+    d = evaluate(site).decision
+    assert d.action == "grew" and "signal wants 10 (clamped to 4), have 3" in d.detail
+    assert len(workers(site)) == 4
+
+    want.write_text("0\n")  # clamped to min; the highest indices go first
+    d = evaluate(site).decision
+    assert d.action == "shrank" and "(clamped to 1)" in d.detail
+    wait_for(lambda: workers(site) == ["auto-worker-0"], what="shrunk to min")
+
+    d = evaluate(site).decision
+    assert d.action == "steady" and "no change" in d.detail
+    # `ws cluster show` explains the last decision in one line.
+    line = render.cluster_text(get(site)).splitlines()
+    shown = [x for x in line if x.startswith("autoscale worker")]
+    assert len(shown) == 1
+    assert shown[0].startswith(
+        f"autoscale worker 1..4 on command:{sig}, cool-down 0 s; last decision"
+    )
+    assert shown[0].endswith("signal wants 0 (clamped to 1), have 1: no change")
+
+
+def test_cool_down_holds_a_change(site: Site, tmp_path: Path) -> None:
+    sig, want = counter(tmp_path)
+    set_auto(site, min=1, max=5, signal=f"command:{sig}", cooldown_s=3600)
+    want.write_text("3\n")
+    assert evaluate(site).decision.action == "grew"  # the first change needs no cool-down
+    first = info(site)
+    assert first.last_action_at.seconds > 0
+    want.write_text("5\n")
+    d = evaluate(site).decision
+    assert d.action == "hold" and "hold, cool-down until" in d.detail
+    assert len(workers(site)) == 3
+    a = info(site)
+    assert a.action == "hold" and a.wanted == 5 and a.current == 3
+    assert a.last_action_at == first.last_action_at
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("echo boom >&2; exit 3", "exited 3: boom"),
+        ("echo lots", "printed 'lots', not a count"),
+        ("sleep 30 & sleep 30; wait", "ran longer than 1 s"),
+    ],
+)
+def test_a_failing_signal_changes_nothing_and_says_why(
+    tmp_path: Path, body: str, match: str
+) -> None:
+    s = make_site(tmp_path, autoscale_command_timeout_s=1)
+    try:
+        sig = script(tmp_path, body)
+        set_auto(s, min=0, max=4, signal=f"command:{sig}", cooldown_s=0)
+        before = workers(s)
+        d = evaluate(s).decision
+        assert d.action == "failed" and d.wanted == -1
+        assert d.detail.startswith("signal failed: ") and match in d.detail
+        assert d.detail.endswith("; no change")
+        assert workers(s) == before
+        assert match in info(s).detail
+    finally:
+        s.close()
+
+
+def test_slurm_queue_signal_sums_pending_and_running_nodes(tmp_path: Path) -> None:
+    args = tmp_path / "args"
+    squeue = script(tmp_path, f'echo "$@" > {args}\nprintf "2\\n1\\n"', name="squeue")
+    s = make_site(tmp_path, squeue_command=str(squeue))
+    try:
+        set_auto(s, min=0, max=8, signal="slurm-queue:debug", cooldown_s=0)
+        d = evaluate(s).decision
+        assert (d.action, d.wanted) == ("grew", 3)
+        assert args.read_text().split() == [
+            "-h",
+            "-t",
+            "PENDING,RUNNING",
+            "-o",
+            "%D",
+            "-p",
+            "debug",
+        ]
+        assert len(workers(s)) == 3
+    finally:
+        s.close()
+
+
+def test_the_leader_loop_scales_on_its_own(tmp_path: Path) -> None:
+    s = make_site(tmp_path, autoscale_interval_s=0.2)
+    try:
+        sig = script(tmp_path, "echo 4")
+        set_auto(s, min=0, max=6, signal=f"command:{sig}", cooldown_s=0)
+        wait_for(lambda: len(workers(s)) == 4, what="grown by the loop")
+        wait_for(lambda: info(s).action == "steady", what="a steady decision")
+    finally:
+        s.close()
+
+
+def test_a_refused_grow_is_a_decision_too(tmp_path: Path) -> None:
+    s = make_site(tmp_path)
+    try:
+        sig = script(tmp_path, "echo 900")
+        set_auto(s, min=0, max=900, signal=f"command:{sig}", cooldown_s=0)
+        before = workers(s)
+        d = evaluate(s).decision
+        assert d.action == "failed" and "refused: cannot place" in d.detail
+        assert workers(s) == before
+    finally:
+        s.close()
+
+
+def refused(site: Site, code: grpc.StatusCode, **kw: Any) -> str:
+    with pytest.raises(grpc.RpcError) as err:
+        set_auto(site, **kw)
+    assert err.value.code() == code, err.value.details()
+    return str(err.value.details())
+
+
+def test_bad_settings_are_refused_and_store_nothing(site: Site, tmp_path: Path) -> None:
+    sig = script(tmp_path, "echo 1")
+    plain = tmp_path / "plain"
+    plain.write_text("echo 1\n")
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    cases = [
+        (dict(min=1, max=3, signal="command:relative/path"), "give the command's absolute path"),
+        (dict(min=1, max=3, signal=f"command:{tmp_path}/nope"), "does not exist"),
+        (dict(min=1, max=3, signal=f"command:{plain}"), "is not executable"),
+        (dict(min=1, max=3, signal="cpu-load"), "is not one of slurm-queue"),
+        (dict(min=3, max=1, signal=f"command:{sig}"), "give 0 <= --min <= --max, not 3..1"),
+        (dict(min=0, max=5000, signal=f"command:{sig}"), "above the cluster member limit (1000)"),
+        (dict(min=0, max=2, signal=f"command:{sig}", cooldown_s=-1), "cool-down must be 0 or more"),
+        (dict(role="nope", min=0, max=2, signal=f"command:{sig}"), "has no role 'nope'"),
+    ]
+    for kw, match in cases:
+        assert match in refused(site, bad, **kw), kw
+    assert list(get(site).autoscale) == []
+
+
+def test_ws_cluster_autoscale_cli(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sig = script(tmp_path, "echo 2")
+    base = ["--service", site.address]
+    argv = ["cluster", "autoscale", "auto", "--role", "worker", "--min", "1", "--max", "3"]
+    assert ws_cli.main([*base, *argv, "--signal", f"command:{sig}", "--cooldown", "30"]) == 0
+    out = capsys.readouterr().out
+    assert f"cluster auto: autoscale worker 1..3 on command:{sig}, cool-down 30 s" in out
+    assert "no decision yet" in out
+    assert ws_cli.main([*base, "-o", "json", "cluster", "show", "auto"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["autoscale"][0]["role"] == "worker" and data["autoscale"][0]["max"] == 3
+    assert ws_cli.main([*base, *argv]) == 1
+    assert "give --min, --max and --signal (or --off)" in capsys.readouterr().err
+    off = ["cluster", "autoscale", "auto", "--role", "worker", "--off"]
+    assert ws_cli.main([*base, *off]) == 0
+    assert "autoscale worker: off" in capsys.readouterr().out
+    assert list(get(site).autoscale) == []

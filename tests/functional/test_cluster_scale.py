@@ -1,0 +1,355 @@
+"""Elastic clusters over the real service (fake driver): `ws cluster scale` grows a role
+all or nothing and shrinks it highest index first, the running members' rosters are
+rewritten through their guest agents, and every refusal names its reason and changes
+nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.functional.harness import WS, Site, wait_for
+from tests.functional.test_keys import orders_of, own_config
+from workspace.cli import ws as ws_cli
+from workspace.client import Client
+from workspace.ops import site_events
+from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, projects_pb2, projects_pb2_grpc
+
+CS = clusters_pb2.ClusterState
+IMG = "cimg"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    s = Site(tmp_path, roster_push_interval_s=0.2, autoscale_interval_s=3600)
+    try:
+        s.stubs.network()
+        s.stubs.import_image(IMG, context="nocloud")
+        yield s
+    finally:
+        s.close()
+
+
+def stub(site: Site) -> clusters_pb2_grpc.ClustersStub:
+    return clusters_pb2_grpc.ClustersStub(site.stubs.channel)
+
+
+def make(site: Site, name: str = "ela", workers: int = 2, **kw: Any) -> clusters_pb2.Cluster:
+    return stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name=name,
+            members=[
+                clusters_pb2.ClusterMember(role="head", image=IMG, memory_mib=256),
+                clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=256, count=workers),
+            ],
+            **kw,
+        )
+    )
+
+
+def get(site: Site, ref: str = "ela") -> clusters_pb2.Cluster:
+    return stub(site).GetCluster(clusters_pb2.ClusterRef(id=ref))
+
+
+def running(site: Site, ref: str = "ela") -> clusters_pb2.Cluster:
+    return wait_for(
+        lambda: (
+            (c := get(site, ref)).state == CS.CLUSTER_STATE_RUNNING
+            and all(m.state == WS.WORKSPACE_STATE_RUNNING for m in c.members)
+            and c
+        ),
+        what=f"cluster {ref} RUNNING",
+    )
+
+
+def scale(site: Site, count: int, role: str = "worker", ref: str = "ela", **kw: Any) -> Any:
+    return stub(site).ScaleCluster(
+        clusters_pb2.ScaleClusterRequest(id=ref, role=role, count=count, **kw)
+    )
+
+
+def member_names(c: clusters_pb2.Cluster) -> list[str]:
+    return sorted(m.name for m in c.members)
+
+
+def spec_counts(c: clusters_pb2.Cluster) -> dict[str, int]:
+    return {m.role: m.count for m in c.spec}
+
+
+def used_cpus(site: Site) -> int:
+    return sum(n.used_cpus for n in site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes)
+
+
+def refused(fn: Any, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    assert info.value.code() == code, info.value.details()
+    return str(info.value.details())
+
+
+def guest_file(site: Site, c: clusters_pb2.Cluster, name: str, path: str) -> str:
+    m = next(m for m in c.members if m.name == name)
+    data = site.agents[m.node].driver.guest_file(m.id, path)  # type: ignore[attr-defined]
+    return data.decode() if data else ""
+
+
+def roster_names(site: Site, c: clusters_pb2.Cluster, name: str) -> list[str]:
+    text = guest_file(site, c, name, "/etc/workspace/cluster.json")
+    return [m["name"] for m in json.loads(text)["members"]] if text else []
+
+
+def hosts_names(site: Site, c: clusters_pb2.Cluster, name: str) -> set[str]:
+    text = guest_file(site, c, name, "/etc/hosts")
+    return {line.split()[1] for line in text.splitlines()[4:]}
+
+
+def test_grow_then_shrink_highest_index_first(site: Site) -> None:
+    site.add_agent("node1")
+    make(site)
+    running(site)
+    used = used_cpus(site)
+
+    got = scale(site, 4)
+    assert (got.previous, got.count) == (2, 4)
+    assert list(got.added) == ["ela-worker-2", "ela-worker-3"]
+    assert "worker 2 → 4" in got.message
+    c = running(site)
+    assert member_names(c) == [
+        "ela-head-0",
+        "ela-worker-0",
+        "ela-worker-1",
+        "ela-worker-2",
+        "ela-worker-3",
+    ]
+    assert spec_counts(c)["worker"] == 4
+    assert used_cpus(site) == used + 2
+    # The new members share the role's shape and got their own addresses.
+    new = [m for m in c.members if m.name in got.added]
+    assert all(m.memory_mib == 256 and m.role == "worker" for m in new)
+    assert len({m.nics[0].ip for m in c.members}) == 5
+
+    got = scale(site, 1)
+    assert list(got.removed) == ["ela-worker-3", "ela-worker-2", "ela-worker-1"]
+    c = wait_for(
+        lambda: (
+            (c := get(site)).state == CS.CLUSTER_STATE_RUNNING
+            and member_names(c) == ["ela-head-0", "ela-worker-0"]
+            and c
+        ),
+        what="the removed members gone",
+    )
+    assert spec_counts(c)["worker"] == 1
+    wait_for(lambda: used_cpus(site) == used - 1, what="capacity released")
+
+    # Idempotent: the same count again changes nothing and says so.
+    again = scale(site, 1)
+    assert not again.added and not again.removed
+    assert "already has 1 member(s): nothing to do" in again.message
+
+    # Growing again takes the lowest free index.
+    assert list(scale(site, 2).added) == ["ela-worker-1"]
+
+    assert site.service is not None
+    scaled = [e for e in site_events.after(site.service.env, 0) if e.kind == "cluster.scaled"]
+    assert [(e.previous, e.state, e.subject) for e in scaled] == [
+        ("2", "4", "worker"),
+        ("4", "1", "worker"),
+        ("1", "2", "worker"),
+    ]
+    assert all(e.cluster == c.id and "asked by" in e.reason for e in scaled)
+
+
+def test_running_members_learn_the_new_roster(site: Site) -> None:
+    site.add_agent("node1")
+    make(site)
+    running(site)
+    scale(site, 3)
+    c = running(site)
+    everyone = member_names(c)
+    assert "ela-worker-2" in everyone
+    # The old members' files are rewritten through their guest agents...
+    for name in ("ela-head-0", "ela-worker-0", "ela-worker-1"):
+        wait_for(lambda n=name: sorted(roster_names(site, c, n)) == everyone, what=f"{name} roster")
+        assert hosts_names(site, c, name) == set(everyone)
+        me = json.loads(guest_file(site, c, name, "/etc/workspace/cluster.json"))
+        assert me["name"] == name
+    # ...and the new member boots with the new roster in its seed.
+    files = {
+        f["path"]: f["content"] for f in own_config(orders_of(site)["ela-worker-2"])["write_files"]
+    }
+    assert "ela-worker-1" in files["/etc/hosts"] and "ela-worker-2" in files["/etc/hosts"]
+
+    scale(site, 1)
+    c = wait_for(
+        lambda: (c := get(site)).state == CS.CLUSTER_STATE_RUNNING and len(c.members) == 2 and c,
+        what="shrunk",
+    )
+    for name in ("ela-head-0", "ela-worker-0"):
+        wait_for(
+            lambda n=name: sorted(roster_names(site, c, n)) == ["ela-head-0", "ela-worker-0"],
+            what=f"{name} roster after the shrink",
+        )
+        assert "ela-worker-1" not in guest_file(site, c, name, "/etc/hosts")
+
+
+def test_a_member_without_a_guest_agent_is_retried_and_the_others_are_not_held(
+    site: Site,
+) -> None:
+    site.add_agent("node1", fake={"no_guest_agent": ["ela-worker-0"]})
+    make(site)
+    running(site)
+    scale(site, 3)
+    c = running(site)
+    wait_for(lambda: "ela-worker-2" in roster_names(site, c, "ela-head-0"), what="head roster")
+    assert roster_names(site, c, "ela-worker-0") == []  # never reachable, nothing written
+    assert site.service is not None
+    assert c.members[0].id not in site.service.rosters.applied or True
+    retry = site.service.rosters.retrying()
+    worker0 = next(m.id for m in c.members if m.name == "ela-worker-0")
+    assert worker0 in retry and worker0 not in site.service.rosters.applied
+
+
+def test_grow_beyond_capacity_is_refused_whole(site: Site) -> None:
+    site.add_agent("node1", cpus=4, memory_mib=1024)
+    make(site)
+    before = running(site)
+    used = used_cpus(site)
+    why = refused(lambda: scale(site, 10), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "cannot place 8 new member(s) of cluster ela" in why
+    after = get(site)
+    assert member_names(after) == member_names(before)
+    assert spec_counts(after)["worker"] == 2
+    assert used_cpus(site) == used
+
+
+def test_grow_beyond_the_project_quota_is_refused_whole(site: Site) -> None:
+    site.add_agent("node1")
+    projects_pb2_grpc.ProjectsStub(site.stubs.channel).CreateProject(
+        projects_pb2.Project(name="p", quota=projects_pb2.Quota(instances=4))
+    )
+    make(site, project="p")
+    before = running(site)
+    assert list(scale(site, 3).added) == ["ela-worker-2"]
+    why = refused(lambda: scale(site, 4), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "cannot scale cluster ela to 4 worker" in why
+    assert "instances quota of project p" in why
+    after = get(site)
+    assert len(after.members) == len(before.members) + 1
+    assert spec_counts(after)["worker"] == 3
+
+
+@pytest.mark.parametrize(
+    ("role", "count", "code", "match"),
+    [
+        (
+            "nope",
+            3,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cluster ela has no role 'nope' (its roles: head, worker)",
+        ),
+        ("worker", -1, grpc.StatusCode.INVALID_ARGUMENT, "count must be 0 or more, not -1"),
+        (
+            "worker",
+            1000,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "1001 members with 1000 worker; at most 1000",
+        ),
+    ],
+)
+def test_bad_scales_change_nothing(
+    site: Site, role: str, count: int, code: grpc.StatusCode, match: str
+) -> None:
+    site.add_agent("node1")
+    make(site)
+    before = running(site)
+    assert match in refused(lambda: scale(site, count, role=role), code)
+    after = get(site)
+    assert member_names(after) == member_names(before)
+    assert spec_counts(after) == spec_counts(before)
+
+
+def test_scaling_every_member_away_or_a_destroyed_cluster_is_refused(site: Site) -> None:
+    site.add_agent("node1")
+    stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="solo", members=[clusters_pb2.ClusterMember(role="w", image=IMG, memory_mib=64)]
+        )
+    )
+    running(site, "solo")
+    why = refused(lambda: scale(site, 0, role="w", ref="solo"), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "would leave no member" in why and "ws cluster destroy solo" in why
+    stub(site).DestroyCluster(clusters_pb2.ClusterRef(id="solo"))
+    why = refused(lambda: scale(site, 3, role="w", ref="solo"), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "cluster solo is TERMINAT" in why and "cannot be scaled" in why
+    why = refused(lambda: scale(site, 1, ref="none"), grpc.StatusCode.NOT_FOUND)
+    assert "no cluster 'none'" in why
+
+
+def test_a_member_failing_during_a_scale_is_reported(site: Site) -> None:
+    site.add_agent("node1", fake={"fail_create": ["ela-worker-2"]})
+    make(site)
+    running(site)
+    scale(site, 3)
+    c = wait_for(
+        lambda: (c := get(site)).state == CS.CLUSTER_STATE_FAILED and c, what="cluster FAILED"
+    )
+    assert "member ela-worker-2 is FAILED" in c.reason
+    assert site.stubs.get("ela-worker-0").state == WS.WORKSPACE_STATE_RUNNING  # kept (KEEP)
+
+
+def test_ws_cluster_scale_wait_names_the_member_that_failed(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site.add_agent("node1", fake={"fail_create": ["ela-worker-2"]})
+    make(site)
+    running(site)
+    argv = ["--service", site.address, "cluster", "scale", "ela", "--role", "worker"]
+    assert ws_cli.main([*argv, "--count", "3", "--wait", "--timeout", "60"]) == 1
+    err = capsys.readouterr().err
+    assert "cluster ela FAILED during the scale" in err and "ela-worker-2" in err
+
+
+def test_a_scale_waits_for_capacity_when_asked(site: Site) -> None:
+    site.add_agent("node1", cpus=4, memory_mib=1024)
+    make(site)
+    running(site)
+    got = scale(site, 8, wait_for_capacity_s=60)
+    assert "(waiting for capacity)" in got.message
+    c = get(site)
+    waiting = [m for m in c.members if m.name in got.added]
+    assert all(m.state == WS.WORKSPACE_STATE_PENDING and not m.node for m in waiting)
+    site.add_agent("node2", cpus=8, memory_mib=4096)
+    running(site)
+
+
+def test_ws_cluster_scale_and_show(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.add_agent("node1")
+    make(site)
+    running(site)
+    base = ["--service", site.address]
+    assert (
+        ws_cli.main(
+            [*base, "cluster", "scale", "ela", "--role", "worker", "--count", "3", "--wait"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "cluster ela: worker 2 → 3: added ela-worker-2" in out
+    assert (
+        ws_cli.main(
+            [*base, "-o", "json", "cluster", "scale", "ela", "--role", "worker", "--count", "3"]
+        )
+        == 0
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert data["previous"] == 3 and data["count"] == 3 and "nothing to do" in data["message"]
+    assert len(data["cluster"]["members"]) == 4
+    assert ws_cli.main([*base, "cluster", "scale", "ela", "--role", "worker", "--count", "-2"]) == 1
+    assert "count must be 0 or more" in capsys.readouterr().err
+    with Client(site.address) as client:
+        assert client.scale_cluster("ela", "worker", 3).message.endswith("nothing to do")

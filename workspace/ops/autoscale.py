@@ -1,0 +1,275 @@
+"""Autoscaled roles: set or clear a role's autoscaler, and the leader's pass that asks
+each role's signal for a count and scales to it (clamped to [min, max], after the
+cool-down since the last change). Every decision — a change, a hold, a failing signal —
+is stored in ``Cluster.autoscale[role]["last"]`` and ``ws cluster show`` explains it.
+docs/design/elastic-clusters.md.
+
+Signals:
+
+* ``command:/PATH`` runs PATH (no shell) with WS_CLUSTER, WS_ROLE, WS_CURRENT, WS_MIN and
+  WS_MAX set, for at most ``autoscale_command_timeout_s``; it prints the wanted count;
+* ``slurm-queue[:PARTITION]`` runs ``squeue_command`` and wants the nodes of the jobs
+  PENDING and RUNNING (in PARTITION).
+
+A signal runs outside any transaction; the scale it asks for runs in one of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from sqlalchemy import select
+
+from workspace.config import ServiceConfig
+from workspace.domain import elastic
+from workspace.domain.elastic import AutoscaleInfo, Decision, Signal
+from workspace.domain.model import ClusterView
+from workspace.domain.states import ClusterState
+from workspace.errors import InvalidArgument, WorkspaceError
+from workspace.identity import Identity
+from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
+from workspace.ops.cluster_state import members_of
+from workspace.ops.clusters import MAX_MEMBERS, resolve, view
+from workspace.ops.unit import Env, write
+from workspace.store import Cluster
+
+log = logging.getLogger("workspace.ops.autoscale")
+
+# Output of a signal read (bytes).
+MAX_OUTPUT = 64 * 1024
+_IDLE = (ClusterState.STOPPED.value, ClusterState.STOPPING.value)
+_GONE = (ClusterState.TERMINATING.value, ClusterState.TERMINATED.value)
+
+
+class SignalError(Exception):
+    """A signal gave no count (the message says why)."""
+
+
+def check_signal(text: str) -> Signal:
+    try:
+        sig = elastic.parse_signal(text)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
+    if sig.kind == elastic.COMMAND:
+        if not os.path.isfile(sig.arg):
+            raise InvalidArgument(
+                f"signal {text!r}: {sig.arg} does not exist (on the service host)"
+            )
+        if not os.access(sig.arg, os.X_OK):
+            raise InvalidArgument(f"signal {text!r}: {sig.arg} is not executable")
+    return sig
+
+
+def set_autoscale(
+    env: Env,
+    who: Identity | str,
+    ref: str,
+    role: str,
+    off: bool = False,
+    min_count: int = 0,
+    max_count: int = 0,
+    signal: str = "",
+    cooldown_s: int = 0,
+) -> ClusterView:
+    """Turn the autoscaler of ``role`` on (or change it), or ``off``."""
+    with write(env) as u:
+        c = resolve(u.s, who, ref)
+        check_scalable(c)
+        role_spec(c, role)
+        stored = dict(c.autoscale or {})
+        if off:
+            stored.pop(role, None)
+        else:
+            if not 0 <= min_count <= max_count:
+                raise InvalidArgument(
+                    f"autoscale {role}: give 0 <= --min <= --max, not {min_count}..{max_count}"
+                )
+            if max_count > MAX_MEMBERS:
+                raise InvalidArgument(
+                    f"autoscale {role}: --max {max_count} is above the cluster member limit "
+                    f"({MAX_MEMBERS})"
+                )
+            if cooldown_s < 0:
+                raise InvalidArgument(f"autoscale {role}: the cool-down must be 0 or more")
+            sig = check_signal(signal)
+            old = stored.get(role) or {}
+            info = AutoscaleInfo(
+                role,
+                min_count,
+                max_count,
+                sig.text,
+                cooldown_s or env.cfg.autoscale_cooldown_s,
+                float(old.get("last_action_at", 0.0)),
+                Decision.from_dict(old["last"]) if old.get("last") else None,
+            )
+            stored[role] = info.to_dict()
+        c.autoscale = stored
+        c.updated_at = env.clock()
+        shown = view(u.s, c)
+    log.info("cluster %s (%s): autoscale %s %s", c.id, c.name, role, "off" if off else "set")
+    return shown
+
+
+# -- signals ---------------------------------------------------------------------------------
+
+
+def _run(argv: list[str], env: dict[str, str] | None, timeout_s: float) -> str:
+    """stdout of ``argv``; SignalError if it fails or runs past ``timeout_s`` (then its
+    whole process group is killed: a script's children too)."""
+    try:
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise SignalError(f"{argv[0]}: {exc.strerror or exc}") from exc
+    try:
+        out, err = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(OSError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise SignalError(f"{argv[0]} ran longer than {timeout_s:g} s") from exc
+    if p.returncode != 0:
+        lines = err[:400].decode(errors="replace").strip().splitlines()
+        raise SignalError(f"{argv[0]} exited {p.returncode}" + (f": {lines[-1]}" if lines else ""))
+    return out[:MAX_OUTPUT].decode(errors="replace")
+
+
+def read_command(
+    cfg: ServiceConfig, path: str, cluster: str, a: AutoscaleInfo, current: int
+) -> int:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "WS_CLUSTER": cluster,
+        "WS_ROLE": a.role,
+        "WS_CURRENT": str(current),
+        "WS_MIN": str(a.min),
+        "WS_MAX": str(a.max),
+    }
+    out = _run([path], env, cfg.autoscale_command_timeout_s).strip()
+    try:
+        return int(out.split()[0] if out else "")
+    except ValueError as exc:
+        raise SignalError(f"{path} printed {out[:40]!r}, not a count") from exc
+
+
+def read_slurm(cfg: ServiceConfig, partition: str) -> int:
+    argv = [*shlex.split(cfg.squeue_command), "-h", "-t", "PENDING,RUNNING", "-o", "%D"]
+    if partition:
+        argv += ["-p", partition]
+    out = _run(argv, None, cfg.autoscale_command_timeout_s)
+    total = 0
+    for line in out.split():
+        try:
+            total += int(line)
+        except ValueError as exc:
+            raise SignalError(f"squeue printed {line[:40]!r}, not a node count") from exc
+    return total
+
+
+def read_signal(cfg: ServiceConfig, cluster: str, a: AutoscaleInfo, current: int) -> int:
+    sig = elastic.parse_signal(a.signal)
+    if sig.kind == elastic.COMMAND:
+        return read_command(cfg, sig.arg, cluster, a, current)
+    return read_slurm(cfg, sig.arg)
+
+
+# -- the leader's pass -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    cluster: str
+    role: str
+    decision: Decision
+
+
+Reader = Callable[[ServiceConfig, str, AutoscaleInfo, int], int]
+
+
+def evaluate(env: Env, reader: Reader = read_signal) -> list[Outcome]:
+    """One pass over every autoscaled role; each one's decision."""
+    with env.store.read() as s:
+        found = [
+            (c.id, c.name, c.state, elastic.infos(c.autoscale))
+            for c in s.execute(select(Cluster).where(Cluster.state.not_in(_GONE))).scalars()
+            if c.autoscale
+        ]
+        counts = {
+            (cid, a.role): len(live([m for m in members_of(s, cid) if m.role == a.role]))
+            for cid, _n, _st, infos in found
+            for a in infos
+        }
+    out = []
+    for cid, name, state, infos in found:
+        for a in infos:
+            current = counts[(cid, a.role)]
+            out.append(Outcome(cid, a.role, _one(env, reader, cid, name, state, a, current)))
+    return out
+
+
+def _one(
+    env: Env, reader: Reader, cid: str, name: str, state: str, a: AutoscaleInfo, current: int
+) -> Decision:
+    now = env.clock()
+    if state in _IDLE:
+        d = Decision(now, -1, current, elastic.HOLD, f"hold: cluster is {state}")
+        _record(env, cid, a.role, d, changed=False)
+        return d
+    try:
+        wanted = reader(env.cfg, name, a, current)
+    except SignalError as exc:
+        d = Decision(now, -1, current, elastic.FAILED, f"signal failed: {exc}; no change")
+        _record(env, cid, a.role, d, changed=False)
+        log.warning("cluster %s, autoscale %s: %s", name, a.role, d.detail)
+        return d
+    target, action, detail = elastic.decide(a, wanted, current, now)
+    d = Decision(now, wanted, current, action, detail)
+    if target == current:
+        _record(env, cid, a.role, d, changed=False)
+        return d
+    try:
+        with write(env) as u:
+            c = u.s.get(Cluster, cid)
+            if c is None:
+                return d
+            scale_in(env, u, c, a.role, target, 0, f"autoscale: {detail}")
+            _store(c, a.role, d, env.clock())
+    except WorkspaceError as exc:
+        d = replace(d, action=elastic.FAILED, detail=f"{detail} refused: {exc.message}")
+        _record(env, cid, a.role, d, changed=False)
+        log.warning("cluster %s, autoscale %s: %s", name, a.role, d.detail)
+        return d
+    log.info("cluster %s, autoscale %s: %s", name, a.role, detail)
+    return d
+
+
+def _store(c: Cluster, role: str, d: Decision, action_at: float) -> None:
+    stored = dict(c.autoscale or {})
+    entry = dict(stored.get(role) or {})
+    if not entry:
+        return  # turned off meanwhile
+    entry["last"] = d.to_dict()
+    if action_at:
+        entry["last_action_at"] = action_at
+    stored[role] = entry
+    c.autoscale = stored
+
+
+def _record(env: Env, cid: str, role: str, d: Decision, changed: bool) -> None:
+    with env.store.write() as s:
+        c = s.get(Cluster, cid)
+        if c is not None:
+            _store(c, role, d, env.clock() if changed else 0.0)

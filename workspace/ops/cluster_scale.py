@@ -1,0 +1,245 @@
+"""Elastic clusters: one role of a cluster grown or shrunk to a count.
+
+Grow: the new members (``<cluster>-<role>-<i>`` at the lowest free indices, alike the
+role's) are made and admitted in one transaction, all or none — placed now, queued for
+capacity, or refused whole (capacity, a project quota) with nothing changed. Shrink: the
+members of highest index are destroyed first. Either way the stored spec count follows,
+the cluster's state is recomputed, a ``cluster.scaled`` site event says who, what and
+why, and the running members learn the new roster (ops/rosters.py). A scale to the
+count the role has is a no-op that says so. docs/design/elastic-clusters.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import replace
+
+from workspace import callctx
+from workspace.domain import seed
+from workspace.domain.elastic import ScaleResult
+from workspace.domain.events import Kind, SiteEvent
+from workspace.domain.model import ClusterView, CreateSpec, MemberSpec
+from workspace.domain.netpolicy import Limits
+from workspace.domain.states import ClusterState, Desired, State
+from workspace.errors import FailedPrecondition, InvalidArgument, WorkspaceError
+from workspace.identity import Identity
+from workspace.ops import keys, seeds
+from workspace.ops.admission import admit
+from workspace.ops.cluster_state import destroy_member, members_of, refresh
+from workspace.ops.clusters import MAX_MEMBERS, resolve, view
+from workspace.ops.create import check_networks, check_spec, check_wait, new_row
+from workspace.ops.projects import check_workspace_quota, scope
+from workspace.ops.unit import Env, UnitOfWork, write
+from workspace.scheduler import Affinity
+from workspace.store import Cluster, Image, Workspace, journal
+from workspace.store.mapping import member_specs, spec_column, workspace_views
+
+log = logging.getLogger("workspace.ops.clusters")
+
+_GONE = (ClusterState.TERMINATING.value, ClusterState.TERMINATED.value)
+
+
+def live(rows: list[Workspace]) -> list[Workspace]:
+    """Members not being destroyed."""
+    return [
+        w
+        for w in rows
+        if w.desired_state != Desired.TERMINATED.value and w.state != State.TERMINATED.value
+    ]
+
+
+def role_spec(c: Cluster, role: str) -> MemberSpec:
+    specs = member_specs(c)
+    for m in specs:
+        if m.role == role:
+            return m
+    roles = ", ".join(m.role for m in specs) or "none"
+    raise InvalidArgument(f"cluster {c.name} has no role {role!r} (its roles: {roles})")
+
+
+def check_scalable(c: Cluster) -> None:
+    if c.state in _GONE:
+        raise FailedPrecondition(f"cluster {c.name} is {c.state}: it cannot be scaled")
+
+
+def check_count(c: Cluster, role: str, count: int, others: int) -> None:
+    if count < 0:
+        raise InvalidArgument(
+            f"cluster {c.name}, role {role}: count must be 0 or more, not {count}"
+        )
+    if others + count == 0:
+        raise InvalidArgument(
+            f"cluster {c.name}: scaling {role} to 0 would leave no member; "
+            f"`ws cluster destroy {c.name}` removes the cluster"
+        )
+    if others + count > MAX_MEMBERS:
+        raise InvalidArgument(
+            f"cluster {c.name}: {others + count} members with {count} {role}; at most {MAX_MEMBERS}"
+        )
+
+
+def scale(
+    env: Env,
+    who: Identity | str,
+    ref: str,
+    role: str,
+    count: int,
+    wait_s: int = 0,
+    why: str = "",
+) -> tuple[ClusterView, ScaleResult]:
+    """Scale role ``role`` of cluster ``ref`` to ``count`` members. ``why``: for the
+    site event (the autoscaler's decision; "" = asked by the caller)."""
+    check_wait(wait_s, env.cfg.limits)
+    with write(env) as u:
+        c = resolve(u.s, who, ref)
+        result = scale_in(env, u, c, role, count, wait_s, why)
+        shown = view(u.s, c)
+    if result.added or result.removed:
+        log.info("cluster %s (%s): %s", c.id, c.name, result.message)
+    return shown, result
+
+
+def scale_in(
+    env: Env, u: UnitOfWork, c: Cluster, role: str, count: int, wait_s: int, why: str
+) -> ScaleResult:
+    """The scale in ``u``'s transaction (the autoscaler calls it too)."""
+    s = u.s
+    check_scalable(c)
+    spec = role_spec(c, role)
+    members = members_of(s, c.id)
+    mine = live([w for w in members if w.role == role])
+    others = len(live([w for w in members if w.role != role]))
+    check_count(c, role, count, others)
+    previous = len(mine)
+    if count == previous:
+        return ScaleResult(
+            previous,
+            count,
+            (),
+            (),
+            f"role {role} of cluster {c.name} already has {count} member(s): nothing to do",
+        )
+    added: list[Workspace] = []
+    removed: list[Workspace] = []
+    if count > previous:
+        added = _grow(env, u, c, spec, members, mine, count - previous, wait_s)
+    else:
+        removed = _shrink(env, u, role, mine, previous, count)
+    _set_count(c, role, count)
+    # Every member's seed now carries the new roster: their bounds follow, and their
+    # nodes' orders (and cached order-size bounds) are renewed.
+    kept = live(members_of(s, c.id))
+    seeds.set_cluster_bounds(s, c, kept)
+    u.nodes(*(w.node for w in kept if w.node))
+    refresh(env, u, {c.id})
+    c.updated_at = env.clock()
+    arrow = f"{role} {previous} → {count}"
+    if added:
+        message = f"cluster {c.name}: {arrow}: added {', '.join(w.name for w in added)}"
+        if not any(w.node for w in added):
+            message += " (waiting for capacity)"
+    else:
+        message = f"cluster {c.name}: {arrow}: removing {', '.join(w.name for w in removed)}"
+    journal.add(
+        s,
+        SiteEvent(
+            at=env.clock(),
+            kind=Kind.CLUSTER_SCALED.value,
+            who=callctx.current().who,
+            cluster=c.id,
+            subject=role,
+            state=str(count),
+            previous=str(previous),
+            reason=f"{message}; {why or 'asked by ' + callctx.current().who}",
+        ),
+    )
+    return ScaleResult(
+        previous, count, tuple(w.name for w in added), tuple(w.name for w in removed), message
+    )
+
+
+def _set_count(c: Cluster, role: str, count: int) -> None:
+    c.spec = spec_column(replace(m, count=count) if m.role == role else m for m in member_specs(c))
+
+
+def free_indices(members: list[Workspace], role: str, n: int) -> list[int]:
+    """The ``n`` lowest indices no member of ``role`` holds (one being destroyed still
+    holds its name until it is gone)."""
+    taken = {
+        seed.member_index(w.name)
+        for w in members
+        if w.role == role and w.state != State.TERMINATED.value
+    }
+    out: list[int] = []
+    i = 0
+    while len(out) < n:
+        if i not in taken:
+            out.append(i)
+        i += 1
+    return out
+
+
+def _grow(
+    env: Env,
+    u: UnitOfWork,
+    c: Cluster,
+    spec: MemberSpec,
+    members: list[Workspace],
+    mine: list[Workspace],
+    n: int,
+    wait_s: int,
+) -> list[Workspace]:
+    s = u.s
+    sc = scope(s, c.owner)
+    template = workspace_views(s, [(mine or live(members) or members)[0]])[0] if members else None
+    rows: list[Workspace] = []
+    for i in free_indices(members, spec.role, n):
+        asked = CreateSpec(
+            image=spec.image,
+            name=f"{c.name}-{spec.role}-{i}",
+            cpus=spec.cpus,
+            memory_mib=spec.memory_mib,
+            networks=spec.networks,
+            requirements=dict(spec.requirements),
+            user_data=spec.user_data,
+            cluster=c.id,
+            role=spec.role,
+            connectivity=template.connectivity if template else None,
+            allow=template.allow if template else (),
+            limits=template.limits if template else Limits(),
+            preemptible=bool(c.preemptible),
+        )
+        try:
+            checked = check_spec(asked, env.cfg.limits)
+            checked = replace(checked, networks=check_networks(s, checked.networks))
+            image = s.get(Image, checked.image)
+            if image is not None and not rows:
+                seeds.check_user_data(env.cfg, image, checked.user_data)
+            rows.append(new_row(env, s, sc, checked, uuid.uuid4().hex, "", c.project))
+        except WorkspaceError as exc:
+            raise type(exc)(
+                f"cannot scale cluster {c.name}, role {spec.role}: {exc.message}"
+            ) from exc
+    if any(w.context == seeds.NOCLOUD for w in rows) and not c.key_private:
+        c.key_private, c.key_public = keys.new_key_pair()
+    s.flush()
+    check_workspace_quota(
+        s, c.project, f"cannot scale cluster {c.name} to {len(mine) + n} {spec.role}"
+    )
+    label = f"{n} new member(s) of cluster {c.name}"
+    touched = admit(env, s, rows, Affinity[c.affinity], wait_s, label)
+    u.changed(*rows)
+    u.nodes(*touched)
+    return rows
+
+
+def _shrink(
+    env: Env, u: UnitOfWork, role: str, mine: list[Workspace], previous: int, count: int
+) -> list[Workspace]:
+    doomed = sorted(mine, key=lambda w: seed.member_index(w.name), reverse=True)[: previous - count]
+    for w in doomed:
+        destroy_member(env, u.s, w, f"cluster scaled: {role} {previous} → {count}")
+    u.changed(*doomed)
+    u.nodes(*(w.node for w in doomed if w.node))
+    return doomed
