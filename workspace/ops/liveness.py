@@ -44,11 +44,12 @@ def check_liveness(env: Env) -> list[str]:
                     release(env, u.s, ws, "destroyed (its node went down)")
                 else:
                     ws.state = State.LOST.value
-                    set_reason(
-                        ws,
-                        f"node {node.name} stopped reporting; the workspace was not "
-                        "restarted elsewhere",
-                    )
+                    if not ws.preempted_by:  # a victim keeps its PREEMPTED reason
+                        set_reason(
+                            ws,
+                            f"node {node.name} stopped reporting; the workspace was not "
+                            "restarted elsewhere",
+                        )
                     ws.updated_at = now
                 u.changed(ws)
         refresh(env, u, u.changed_clusters())

@@ -1,0 +1,204 @@
+"""Preemption as a pure function: the fewest preemptible victims that make a request fit.
+
+Given the nodes, the preemptible workspaces running on them (``Victim``: plain values,
+their claims) and a request that does not fit on free capacity, ``plan`` answers where
+each member goes and which victims each member displaces, or None if even preempting
+every victim would not make the whole request fit (all-or-nothing, like ``place_group``).
+
+Rules (docs/design/preemption.md):
+
+* one member: the victims all come from the node it goes to; the node and victims are
+  those with the FEWEST victims, then the least capacity preempted (memory, then vCPUs),
+  then the scheduler's own weighing among the nodes still tied (each with its best set
+  released); on one node, equal sets are broken by the caller's victim order (``rank``:
+  the caller puts the newest first, the least work lost);
+* every filter still applies (state, networks, labels, bandwidth, affinity): a set is
+  accepted only if the scheduler's dynamic filters pass the node with the set released;
+* a group: members in the scheduler's order (largest first); a member that fits on free
+  capacity takes it, else it takes its fewest victims, which are released from the
+  snapshot as chosen (a greedy per member: the total may not be the global minimum);
+* on a node with many victims the exact search is bounded (``MAX_SETS`` candidate sets
+  per node and member); past it the node's victims are taken largest first until it fits.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from workspace.config import SchedulerConfig
+from workspace.scheduler.engine import choose, group_context, member_context, placement_order
+from workspace.scheduler.filters import DYNAMIC_FILTERS, STATIC_FILTERS
+from workspace.scheduler.model import Affinity, GroupPlacement, MemberPlacement, NodeView, Request
+from workspace.scheduler.snapshot import Context, HostState, Snapshot
+from workspace.scheduler.weighers import weighers_for
+
+# Candidate victim sets tried per node and member before falling back to largest first.
+MAX_SETS = 4096
+
+
+@dataclass(frozen=True)
+class Victim:
+    """A preemptible workspace that may be stopped: its node and what it claims there."""
+
+    id: str
+    node: str
+    cpus: int
+    memory_mib: int  # claimed: guest memory and hypervisor overhead
+    disk_mbps: int = 0
+    net_mbps: int = 0
+    rank: int = 0  # the caller's preference among equals (lower: preempted first)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where every member goes, and the victims each member displaced (by member index)."""
+
+    placement: GroupPlacement
+    displaced: dict[int, tuple[Victim, ...]] = field(default_factory=dict)
+
+    @property
+    def victims(self) -> list[Victim]:
+        return [v for i in sorted(self.displaced) for v in self.displaced[i]]
+
+
+def cost(victims: Iterable[Victim]) -> tuple[int, int, int]:
+    """How much a set preempts, smaller first: count, then memory, then vCPUs."""
+    vs = list(victims)
+    return (len(vs), sum(v.memory_mib for v in vs), sum(v.cpus for v in vs))
+
+
+def _free(host: HostState, vs: Iterable[Victim], sign: int = 1) -> None:
+    for v in vs:
+        host.free_cpus += sign * v.cpus
+        host.free_memory_mib += sign * v.memory_mib
+        host.free_disk_mbps += sign * v.disk_mbps
+        host.free_net_mbps += sign * v.net_mbps
+
+
+def _fits(host: HostState, req: Request, ctx: Context) -> bool:
+    """Whether the dynamic filters pass ``host`` for ``req`` as it is now."""
+    return all(f.host_passes(host, req, ctx) is None for f in DYNAMIC_FILTERS if f.active(req, ctx))
+
+
+def _with(host: HostState, vs: Sequence[Victim], req: Request, ctx: Context) -> bool:
+    _free(host, vs)
+    try:
+        return _fits(host, req, ctx)
+    finally:
+        _free(host, vs, -1)
+
+
+def fewest_on(
+    host: HostState, victims: Sequence[Victim], req: Request, ctx: Context
+) -> tuple[Victim, ...] | None:
+    """The fewest of ``victims`` (then the least capacity, then the lowest ranks) whose
+    release lets ``req`` pass on ``host``; None if releasing all of them is not enough."""
+    if not victims or not _with(host, victims, req, ctx):
+        return None
+    ordered = sorted(victims, key=lambda v: (v.rank, v.id))
+    tried = 0
+    for k in range(1, len(ordered) + 1):
+        best: tuple[Victim, ...] | None = None
+        best_key: tuple[object, ...] = ()
+        for combo in itertools.combinations(ordered, k):
+            tried += 1
+            if tried > MAX_SETS:
+                return best or _largest_first(host, ordered, req, ctx)
+            if _with(host, combo, req, ctx):
+                key = (*cost(combo)[1:], tuple(v.rank for v in combo))
+                if best is None or key < best_key:
+                    best, best_key = combo, key
+        if best is not None:
+            return best
+    return tuple(ordered)  # not reached: all of them fit
+
+
+def _largest_first(
+    host: HostState, victims: Sequence[Victim], req: Request, ctx: Context
+) -> tuple[Victim, ...]:
+    taken: list[Victim] = []
+    for v in sorted(victims, key=lambda v: (-v.memory_mib, -v.cpus, v.rank, v.id)):
+        taken.append(v)
+        if _with(host, taken, req, ctx):
+            break
+    return tuple(taken)
+
+
+def fewest(
+    snapshot: Snapshot,
+    req: Request,
+    ctx: Context,
+    by_node: dict[str, list[Victim]],
+) -> tuple[HostState, tuple[Victim, ...]] | None:
+    """The node and victims for one request that does not fit on free capacity."""
+    hosts, _ = snapshot.static_candidates(req, ctx, STATIC_FILTERS)
+    found: list[tuple[tuple[int, int, int], HostState, tuple[Victim, ...]]] = []
+    for h in hosts:
+        mine = by_node.get(h.name)
+        if mine:
+            got = fewest_on(h, mine, req, ctx)
+            if got is not None:
+                found.append((cost(got), h, got))
+    if not found:
+        return None
+    least = min(c for c, _, _ in found)
+    tied = [(h, got) for c, h, got in found if c == least]
+    if len(tied) == 1:
+        return tied[0]
+    # The scheduler's weighing among the tied nodes, each with its set released (no
+    # other node passes: the request did not fit without preemption).
+    for h, got in tied:
+        _free(h, got)
+    try:
+        host, _ = choose(snapshot, req, ctx, weighers_for(snapshot.cfg))
+    finally:
+        for h, got in tied:
+            _free(h, got, -1)
+    for h, got in tied:
+        if h is host:
+            return h, got
+    return tied[0]  # not reached
+
+
+def plan(
+    nodes: Iterable[NodeView],
+    victims: Iterable[Victim],
+    requests: Sequence[Request],
+    cfg: SchedulerConfig,
+    affinity: Affinity = Affinity.NONE,
+) -> Plan | None:
+    """Place every request, preempting the fewest victims needed (None: cannot, even so)."""
+    snapshot = Snapshot(nodes, cfg)
+    by_node: dict[str, list[Victim]] = {}
+    for v in victims:
+        if v.node in snapshot.by_name:
+            by_node.setdefault(v.node, []).append(v)
+    weighers = weighers_for(cfg)
+    group = group_context(snapshot, requests, affinity)
+    results: list[MemberPlacement | None] = [None] * len(requests)
+    displaced: dict[int, tuple[Victim, ...]] = {}
+    taken: list[HostState] = []
+    try:
+        for placed, i in enumerate(placement_order(requests, cfg)):
+            req = requests[i]
+            ctx = member_context(snapshot, req, affinity, placed, group)
+            host, _ = choose(snapshot, req, ctx, weighers)
+            if host is None:
+                found = fewest(snapshot, req, ctx, by_node)
+                if found is None:
+                    return None
+                host, chosen = found
+                _free(host, chosen)
+                left = by_node[host.name]
+                by_node[host.name] = [v for v in left if v not in chosen]
+                displaced[i] = chosen
+            snapshot.consume(host, req.cpus, ctx.memory_claim_mib, req.disk_mbps, req.net_mbps)
+            taken.append(host)
+            results[i] = MemberPlacement(host.name, req.cpus, ctx.memory_claim_mib)
+    finally:
+        snapshot.end_group(taken)
+    if not displaced:
+        return None  # it fits without preemption: the caller's own placement answers
+    return Plan(GroupPlacement([r for r in results if r is not None]), displaced)
