@@ -3,6 +3,7 @@ takes the capacity of the fewest preemptible workspaces; nothing is double-booke
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 
 from agent.virt.base import DomainState
 from tests.functional.harness import WS, Site, wait_for
+from workspace.scheduler.explain import explain_file
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc
 
 # 1024 MiB guests claim 1098 MiB (overhead): three fill a 4096 MiB node (802 MiB left).
@@ -187,8 +189,10 @@ def test_cluster_preempts_all_or_nothing(site: Site) -> None:
     preempted = [w for w in ps if site.stubs.get(w.id).reason.startswith("PREEMPTED")]
     assert len(preempted) == 4
     wait_for(
-        lambda: clusters(site).GetCluster(clusters_pb2.ClusterRef(id="mpi")).state
-        == clusters_pb2.CLUSTER_STATE_RUNNING,
+        lambda: (
+            clusters(site).GetCluster(clusters_pb2.ClusterRef(id="mpi")).state
+            == clusters_pb2.CLUSTER_STATE_RUNNING
+        ),
         what="cluster RUNNING",
     )
     for w in preempted:
@@ -281,3 +285,22 @@ def test_victims_node_down_mid_preemption_is_not_stuck(tmp_path: Path) -> None:
             site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     finally:
         site.close()
+
+
+def test_scheduler_input_carries_the_victims_and_explain_says_preemption(
+    site: Site, tmp_path: Path
+) -> None:
+    site.add_agent("node1", **NODE)
+    ps = [make(site, f"p{i}") for i in range(3)]
+    text = site.stubs.admin.GetSchedulerInput(
+        admin_pb2.SchedulerInputRequest(memory_mib=2048, networks=["default"])
+    ).json
+    doc = json.loads(text)
+    assert sorted(v["id"] for v in doc["victims"]) == sorted(w.id for w in ps)
+    path = tmp_path / "input.json"
+    path.write_text(text)
+    result = explain_file(path)
+    assert result.placement.placements is None
+    assert "by preempting 2 preemptible workspace(s)" in result.render_text()
+    # nothing was preempted by asking
+    assert all(site.stubs.get(w.id).reason == "" for w in ps)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workspace.config import SchedulerConfig
-from workspace.scheduler import Affinity, NodeView, Request, place, place_group
-from workspace.scheduler.preempt import Victim, cost, plan
+from workspace.errors import InvalidArgument
+from workspace.scheduler import Affinity, NodeView, Request, place, place_group, replay
+from workspace.scheduler.explain import explain_file
+from workspace.scheduler.preempt import Victim, cost, plan, victims_to_dicts
 
 # No overhead and no overcommit: the arithmetic in the tests is the node's.
 CFG = SchedulerConfig(
@@ -175,3 +180,43 @@ def test_property_the_plan_fits_and_no_smaller_set_would(
     assert place_group(after, [req], CFG).placements is not None  # it fits
     placed = p.placement.placements
     assert placed is not None and all(v.node == placed[0].node for v in p.victims)
+
+
+def test_explain_says_what_preemption_would_do(tmp_path: Path) -> None:
+    vs = [vic("b0", "b", cpus=4, memory_mib=4096), vic("b1", "b", cpus=4, memory_mib=4096)]
+    nodes = [node("b", vs)]
+    doc = replay.to_dict(nodes, [REQ], CFG)
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(doc))
+    assert "Preemption" not in explain_file(path).render_text()  # no victims given
+    doc["victims"] = victims_to_dicts(vs)
+    path.write_text(json.dumps(doc))
+    result = explain_file(path)
+    assert result.placement.placements is None  # not on free capacity
+    text = result.render_text()
+    assert (
+        "Preemption: a normal request would be placed on b by preempting 1 preemptible "
+        "workspace(s): b0 on b" in text
+    )
+    assert result.to_dict()["preemption"]["victims"] == [{"id": "b0", "node": "b"}]
+    doc["requests"][0]["memory_mib"] = 16384
+    path.write_text(json.dumps(doc))
+    assert "would not fit by preemption either" in explain_file(path).render_text()
+
+
+def test_explain_refuses_malformed_victims(tmp_path: Path) -> None:
+    doc = replay.to_dict([node("b", [])], [REQ], CFG)
+    path = tmp_path / "input.json"
+    for bad, why in (
+        ([{"id": "x"}], "input.victims[0]: needs id, node, cpus and memory_mib"),
+        (
+            [{"id": "x", "node": "b", "cpus": 1, "memory_mib": 1, "colour": 1}],
+            "unknown key(s) colour",
+        ),
+        ([{"id": "x", "node": "b", "cpus": "1", "memory_mib": 1}], "the rest integers"),
+        ({"id": "x"}, "input.victims: must be a list"),
+    ):
+        path.write_text(json.dumps(doc | {"victims": bad}))
+        with pytest.raises(InvalidArgument) as err:
+            explain_file(path)
+        assert why in err.value.message

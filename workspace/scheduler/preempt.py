@@ -26,8 +26,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from workspace.config import SchedulerConfig
+from workspace.errors import InvalidArgument
 from workspace.scheduler.engine import choose, group_context, member_context, placement_order
 from workspace.scheduler.filters import DYNAMIC_FILTERS, STATIC_FILTERS
 from workspace.scheduler.model import Affinity, GroupPlacement, MemberPlacement, NodeView, Request
@@ -61,6 +63,37 @@ class Plan:
     @property
     def victims(self) -> list[Victim]:
         return [v for i in sorted(self.displaced) for v in self.displaced[i]]
+
+
+def victims_to_dicts(victims: Iterable[Victim]) -> list[dict[str, Any]]:
+    """Victims as the scheduler's replay input carries them (key ``victims``, optional)."""
+    return [
+        {"id": v.id, "node": v.node, "cpus": v.cpus, "memory_mib": v.memory_mib}
+        | {k: getattr(v, k) for k in ("disk_mbps", "net_mbps", "rank") if getattr(v, k)}
+        for v in victims
+    ]
+
+
+def victims_from(data: Any) -> list[Victim]:
+    """The ``victims`` of a replay input (none if absent); InvalidArgument if malformed."""
+    raw = data.get("victims", []) if isinstance(data, dict) else []
+    if not isinstance(raw, list):
+        raise InvalidArgument("input.victims: must be a list")
+    out: list[Victim] = []
+    ints = ("cpus", "memory_mib", "disk_mbps", "net_mbps", "rank")
+    for i, d in enumerate(raw):
+        where = f"input.victims[{i}]"
+        if not isinstance(d, dict) or not {"id", "node", "cpus", "memory_mib"} <= set(d):
+            raise InvalidArgument(f"{where}: needs id, node, cpus and memory_mib")
+        unknown = set(d) - {"id", "node", *ints}
+        if unknown:
+            raise InvalidArgument(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        if not all(isinstance(d.get(k, 0), int) for k in ints) or not all(
+            isinstance(d[k], str) for k in ("id", "node")
+        ):
+            raise InvalidArgument(f"{where}: id and node are strings, the rest integers")
+        out.append(Victim(**d))
+    return out
 
 
 def cost(victims: Iterable[Victim]) -> tuple[int, int, int]:
