@@ -304,3 +304,40 @@ def test_scheduler_input_carries_the_victims_and_explain_says_preemption(
     assert "by preempting 2 preemptible workspace(s)" in result.render_text()
     # nothing was preempted by asking
     assert all(site.stubs.get(w.id).reason == "" for w in ps)
+
+
+def test_concurrent_creates_never_share_a_victim_nor_double_book(site: Site) -> None:
+    site.add_agent("node1", cpus=8, memory_mib=8192)
+    ps = [make(site, f"p{i}") for i in range(7)]  # 7 x 1098 MiB of 8192
+    for w in ps:
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    results: dict[int, object] = {}
+
+    def create(i: int) -> None:
+        try:
+            results[i] = make(site, f"n{i}", preemptible=False)
+        except grpc.RpcError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = [r for r in results.values() if not isinstance(r, grpc.RpcError)]
+    refused = [r for r in results.values() if isinstance(r, grpc.RpcError)]
+    assert made and len(made) + len(refused) == 10
+    assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+    made_ids = {w.id for w in made}  # type: ignore[attr-defined]
+    victims = [w for w in ps if site.stubs.get(w.id).reason.startswith("PREEMPTED")]
+    # every victim was taken by one create that was answered with its workspace
+    for w in victims:
+        assert site.stubs.get(w.id).reason.rsplit("(", 1)[1].rstrip(")") in made_ids
+    for wid in made_ids:
+        site.stubs.wait_state(wid, WS.WORKSPACE_STATE_RUNNING)
+    for w in victims:
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+    live = len(made_ids) + len(ps) - len(victims)
+    assert live * 1098 <= 8192  # never more than fit
+    assert node_used(site, "node1") == (live, live * 1098)
+    assert len(running_ids(site, "node1")) == live
