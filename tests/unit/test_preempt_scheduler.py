@@ -220,3 +220,16 @@ def test_explain_refuses_malformed_victims(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument) as err:
             explain_file(path)
         assert why in err.value.message
+
+
+def test_capacity_of_pending_victims_counts_and_they_are_not_victims_again() -> None:
+    gone = vic("gone", "a", cpus=2, memory_mib=4096)  # preempted earlier, still stopping
+    vs = [vic("v", "a", cpus=2, memory_mib=4096)]
+    n = node("a", [gone, *vs])  # full: 8192 of 8192
+    p = plan([n], vs, [REQ], CFG, pending=[gone])
+    assert p is not None and p.victims == [] and p.pending_nodes == {"a"}
+    big = Request(2, 8192, ("default",))
+    p = plan([n], vs, [big], CFG, pending=[gone])
+    assert p is not None and [v.id for v in p.victims] == ["v"]
+    assert plan([n], vs, [REQ], CFG) is not None  # without pending: v is needed
+    assert plan([node("b", [])], [], [REQ], CFG, pending=[gone]) is None  # elsewhere

@@ -21,9 +21,10 @@ preemptible workspaces, in the transaction that places it (docs/design/preemptio
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from workspace import callctx, scheduler
@@ -38,6 +39,12 @@ from workspace.store.mapping import set_reason
 log = logging.getLogger("workspace.ops.preempt")
 
 PREEMPTED = "PREEMPTED"
+# ``preempted_by`` of a normal workspace placed by preemption: its order is held back
+# from its node while any workspace preempted there is not TERMINATED (a normal
+# workspace is never a victim: the column is free for this mark).
+HELD = "+held"
+# States of a held workspace: placed, not yet sent (or its node DOWN since).
+_HOLDABLE = (State.SCHEDULED.value, State.LOST.value)
 # States in which a victim runs a guest that may shut down on ACPI.
 _GRACEFUL = (State.RUNNING.value, State.STOPPING.value)
 
@@ -50,6 +57,40 @@ def grace_s(cfg_grace: int, ws: Workspace) -> int:
     """The victim's own grace if set (>= 0), else the site's ``preempt_grace_s``."""
     own = ws.preempt_grace_s if ws.preempt_grace_s is not None else -1
     return own if own >= 0 else cfg_grace
+
+
+def is_victim(ws: Workspace) -> bool:
+    return bool(ws.preemptible and ws.preempted_by)
+
+
+def _victim(w: Workspace, rank: int = 0) -> Victim:
+    return Victim(
+        w.id,
+        w.node,
+        w.claimed_cpus,
+        w.claimed_memory_mib,
+        w.claimed_disk_mbps or 0,
+        w.claimed_net_mbps or 0,
+        rank,
+    )
+
+
+def _going(nodes: Sequence[str]) -> ColumnElement[bool]:
+    """Preempted workspaces on ``nodes`` that are not TERMINATED yet."""
+    return and_(
+        Workspace.node.in_(nodes),
+        Workspace.preemptible.is_(True),
+        Workspace.preempted_by != "",
+        Workspace.state != State.TERMINATED.value,
+    )
+
+
+def in_flight(s: Session, nodes: Iterable[str]) -> list[Victim]:
+    """Workspaces preempted on ``nodes`` and not gone yet (they still hold their claims)."""
+    names = sorted(set(nodes))
+    if not names:
+        return []
+    return [_victim(w) for w in s.execute(select(Workspace).where(_going(names))).scalars()]
 
 
 def candidates(s: Session, nodes: Iterable[str]) -> tuple[list[Victim], dict[str, Workspace]]:
@@ -72,19 +113,7 @@ def candidates(s: Session, nodes: Iterable[str]) -> tuple[list[Victim], dict[str
         ).scalars()
     )
     rows = [w for w in rows if w.claimed_cpus or w.claimed_memory_mib]
-    victims = [
-        Victim(
-            w.id,
-            w.node,
-            w.claimed_cpus,
-            w.claimed_memory_mib,
-            w.claimed_disk_mbps or 0,
-            w.claimed_net_mbps or 0,
-            rank,
-        )
-        for rank, w in enumerate(rows)
-    ]
-    return victims, {w.id: w for w in rows}
+    return [_victim(w, rank) for rank, w in enumerate(rows)], {w.id: w for w in rows}
 
 
 def place_preempting(
@@ -105,9 +134,11 @@ def place_preempting(
         keep = set(allowed)
         nodes = [n for n in nodes if n.name in keep]
     victims, by_id = candidates(s, (n.name for n in nodes))
-    if not victims:
+    going = in_flight(s, (n.name for n in nodes))
+    if not victims and not going:
         return None
-    found = plan(nodes, victims, [request_for(w) for w in rows], env.cfg.scheduler, affinity)
+    requests = [request_for(w) for w in rows]
+    found = plan(nodes, victims, requests, env.cfg.scheduler, affinity, going)
     if found is None:
         return None
     # The request first (it may still be refused: addresses, order size; then nothing
@@ -174,7 +205,19 @@ def _apply(
                 grace if w.desired_state == Desired.STOPPED.value else 0,
             )
             lines.append(f"{w.owner}'s {w.name} ({w.id}) on {w.node}")
-        set_reason(by, waiting_reason(len(displaced)))
+    # Every member on a node where workspaces are on their way out waits for them all.
+    waiting = {v.node for v in found.victims} | set(found.pending_nodes)
+    s.flush()
+    going = Counter(v.node for v in in_flight(s, waiting))
+    for by in rows:
+        if by.node in waiting:
+            by.preempted_by = HELD
+            set_reason(by, waiting_reason(going[by.node]))
+    if found.pending_nodes:
+        lines.append(
+            "and the capacity of workspace(s) already stopping on "
+            + ", ".join(sorted(found.pending_nodes))
+        )
     first = rows[0]
     what = f"cluster member(s) of {first.cluster}" if first.cluster else first.name
     journal.add(
@@ -188,7 +231,7 @@ def _apply(
             node=",".join(sorted({r.node for r in rows})),
             cluster=first.cluster or "",
             subject=first.owner,
-            state=str(len(lines)),
+            state=str(len(found.victims)),
             reason=f"{what} of {first.owner} did not fit on free capacity; preempted "
             + "; ".join(lines),
         ),
@@ -199,25 +242,28 @@ def waiting_reason(count: int) -> str:
     return f"waiting for {count} preempted workspace(s) to stop"
 
 
-def held(s: Session, node: str) -> dict[str, int]:
-    """Workspace id → how many of the workspaces it preempted on ``node`` are not
-    TERMINATED yet: its order is held back from the node until 0."""
-    q = (
-        select(Workspace.preempted_by, func.count())
-        .where(
-            Workspace.node == node,
-            Workspace.preempted_by != "",
-            Workspace.state != State.TERMINATED.value,
-        )
-        .group_by(Workspace.preempted_by)
+def going_count(s: Session, node: str) -> int:
+    q = select(func.count()).select_from(Workspace).where(_going([node]))
+    return int(s.execute(q).scalar_one())
+
+
+def held(s: Session, node: str) -> set[str]:
+    """The workspaces on ``node`` whose orders are held back: placed by preemption
+    (``HELD``), not sent yet, while any workspace preempted there is not TERMINATED."""
+    if not going_count(s, node):
+        return set()
+    q = select(Workspace.id).where(
+        Workspace.node == node,
+        Workspace.preempted_by == HELD,
+        Workspace.state.in_(_HOLDABLE),
     )
-    return {str(by): int(n) for by, n in s.execute(q)}
+    return set(s.execute(q).scalars())
 
 
 def observed(env: Env, u: UnitOfWork, ws: Workspace, new: State | None) -> bool:
     """A report about a preempted workspace (not TERMINATED by it); True if handled
     here: a victim keeps its PREEMPTED reason, and one STOPPED (or FAILED) is destroyed."""
-    if not ws.preempted_by or ws.state == State.TERMINATED.value:
+    if not is_victim(ws) or ws.state == State.TERMINATED.value:
         return False
     if new in (State.STOPPED, State.FAILED) and ws.desired_state != Desired.TERMINATED.value:
         ws.desired_state = Desired.TERMINATED.value
@@ -237,29 +283,28 @@ def observed(env: Env, u: UnitOfWork, ws: Workspace, new: State | None) -> bool:
 
 def end_reason(ws: Workspace, default: str) -> str:
     """What a workspace shows once TERMINATED: a victim keeps its PREEMPTED reason."""
-    return ws.reason if ws.preempted_by and ws.reason.startswith(PREEMPTED) else default
+    return ws.reason if is_victim(ws) and ws.reason.startswith(PREEMPTED) else default
 
 
 def terminated(u: UnitOfWork, ws: Workspace) -> None:
-    """A victim is gone: when its preemptor has no victim left on the node, the node is
-    sent its orders again (now with the preemptor) and the preemptor stops waiting."""
-    if not ws.preempted_by:
+    """A victim is gone: when no workspace preempted on its node is left, the workspaces
+    held there lose their mark and the node is sent its orders again (now with them);
+    else their reason counts what is left."""
+    if not is_victim(ws):
         return
     u.s.flush()
-    left = held(u.s, ws.node).get(ws.preempted_by, 0)
-    if left:
-        by = u.s.get(Workspace, ws.preempted_by)
-        if by is not None and by.state == State.SCHEDULED.value:
-            set_reason(by, waiting_reason(left))
-            u.changed(by)
-        return
-    by = u.s.get(Workspace, ws.preempted_by)
-    if by is not None and by.reason.startswith("waiting for"):
-        set_reason(by, "")
+    left = going_count(u.s, ws.node)
+    q = select(Workspace).where(Workspace.node == ws.node, Workspace.preempted_by == HELD)
+    for by in u.s.execute(q).scalars():
+        if left:
+            if by.state in _HOLDABLE and by.reason.startswith("waiting for"):
+                set_reason(by, waiting_reason(left))
+                u.changed(by)
+            continue
+        by.preempted_by = ""
+        if by.reason.startswith("waiting for"):
+            set_reason(by, "")
         u.changed(by)
-    u.nodes(ws.node)
-    log.info(
-        "the last workspace preempted for %s on node %s is gone: its order goes out",
-        ws.preempted_by,
-        ws.node,
-    )
+    if not left:
+        u.nodes(ws.node)
+        log.info("the last workspace preempted on node %s is gone: held orders go out", ws.node)

@@ -212,13 +212,10 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
 
 
 def without_held(s: Session, node_name: str, rows: list[Workspace]) -> list[Workspace]:
-    """``rows`` but those held back until the workspaces they preempted are gone (and
-    the other members on the node of a cluster that is held: ops/preempt.py)."""
+    """``rows`` but those held back until the workspaces preempted on the node are gone
+    (ops/preempt.py)."""
     waiting = preempt.held(s, node_name)
-    if not waiting:
-        return rows
-    clusters = {w.cluster for w in rows if w.id in waiting and w.cluster}
-    return [w for w in rows if w.id not in waiting and not (w.cluster and w.cluster in clusters)]
+    return [w for w in rows if w.id not in waiting] if waiting else rows
 
 
 def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list[str]]:

@@ -59,6 +59,9 @@ class Plan:
 
     placement: GroupPlacement
     displaced: dict[int, tuple[Victim, ...]] = field(default_factory=dict)
+    # Nodes whose capacity of victims already on their way out (``pending``) was counted
+    # as free: a member placed there must wait for them too.
+    pending_nodes: frozenset[str] = frozenset()
 
     @property
     def victims(self) -> list[Victim]:
@@ -201,9 +204,20 @@ def plan(
     requests: Sequence[Request],
     cfg: SchedulerConfig,
     affinity: Affinity = Affinity.NONE,
+    pending: Iterable[Victim] = (),
 ) -> Plan | None:
-    """Place every request, preempting the fewest victims needed (None: cannot, even so)."""
+    """Place every request, preempting the fewest victims needed (None: cannot, even so).
+
+    ``pending``: workspaces preempted earlier that still hold their claims until they
+    are gone; their capacity counts as free here (the caller holds a member placed on
+    their node back until they are gone), but they are not victims again."""
     snapshot = Snapshot(nodes, cfg)
+    pending_nodes: set[str] = set()
+    for v in pending:
+        host = snapshot.by_name.get(v.node)
+        if host is not None:
+            _free(host, (v,))
+            pending_nodes.add(v.node)
     by_node: dict[str, list[Victim]] = {}
     for v in victims:
         if v.node in snapshot.by_name:
@@ -232,6 +246,8 @@ def plan(
             results[i] = MemberPlacement(host.name, req.cpus, ctx.memory_claim_mib)
     finally:
         snapshot.end_group(taken)
-    if not displaced:
+    members = [r for r in results if r is not None]
+    waits = frozenset(m.node for m in members) & pending_nodes
+    if not displaced and not waits:
         return None  # it fits without preemption: the caller's own placement answers
-    return Plan(GroupPlacement([r for r in results if r is not None]), displaced)
+    return Plan(GroupPlacement(members), displaced, waits)
