@@ -14,6 +14,7 @@ import pytest
 
 from agent.virt.base import DomainState
 from tests.functional.harness import WS, Site, wait_for
+from tests.functional.test_metrics import promtool_check, scrape, value
 from workspace.scheduler.explain import explain_file
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc
 
@@ -367,3 +368,24 @@ def test_capacity_of_workspaces_already_stopping_goes_to_the_next_request(site: 
     assert site.stubs.get(spared[0].id).state == WS.WORKSPACE_STATE_RUNNING
     decisions = [e for e in events(site) if e.kind == "preemption"]
     assert len(decisions) == 2 and "already stopping on node1" in decisions[1].reason
+
+
+def test_preemptions_are_counted_in_the_metrics(tmp_path: Path) -> None:
+    site = Site(tmp_path, metrics_listen="127.0.0.1:0", preempt_grace_s=2)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", **NODE)
+        for i in range(3):
+            make(site, f"p{i}")
+        make(site, "normal", memory_mib=2048, preemptible=False)  # two victims
+        assert site.service is not None
+        url = site.service.metrics_url
+        text = wait_for(
+            lambda: (t := scrape(url)) and value(t, "workspace_preempted_total") == 2 and t,
+            what="two preempted counted",
+        )
+        assert value(text, "workspace_preemptions_total") == 1
+        promtool_check(text)
+    finally:
+        site.close()
