@@ -16,7 +16,7 @@ from agent.virt.base import DomainState
 from tests.functional.harness import WS, Site, wait_for
 from tests.functional.test_metrics import promtool_check, scrape, value
 from workspace.scheduler.explain import explain_file
-from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc
+from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
 
 # 1024 MiB guests claim 1098 MiB (overhead): three fill a 4096 MiB node (802 MiB left).
 SMALL = 1024
@@ -389,3 +389,38 @@ def test_preemptions_are_counted_in_the_metrics(tmp_path: Path) -> None:
         promtool_check(text)
     finally:
         site.close()
+
+
+def test_the_victims_owner_sees_it_in_a_watch_and_a_queued_preemptible_never_preempts(
+    site: Site,
+) -> None:
+    site.add_agent("node1", **NODE)
+    ps = [make(site, f"p{i}") for i in range(3)]
+    for w in ps:
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    # a preemptible request that waits for capacity: stays PENDING, preempts nobody
+    waiting = make(site, "patient", wait_for_capacity_s=60)
+    assert waiting.state == WS.WORKSPACE_STATE_PENDING
+    assert all(site.stubs.get(w.id).reason == "" for w in ps)
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(waiting.id))
+    seen: list[tuple[str, int, str]] = []
+    stream = site.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+    done = threading.Event()
+
+    def follow() -> None:
+        for ev in stream:
+            w = ev.workspace
+            seen.append((w.id, w.state, w.reason))
+            if w.state == WS.WORKSPACE_STATE_TERMINATED and w.reason.startswith("PREEMPTED"):
+                done.set()
+                return
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    make(site, "normal", memory_mib=SMALL, preemptible=False)
+    assert done.wait(20)
+    stream.cancel()
+    (victim,) = [w.id for w in ps if site.stubs.get(w.id).reason.startswith("PREEMPTED")]
+    mine = [(st, r) for wid, st, r in seen if wid == victim]
+    assert (WS.WORKSPACE_STATE_STOPPING, mine[-1][1]) in mine
+    assert mine[-1][0] == WS.WORKSPACE_STATE_TERMINATED and mine[-1][1].startswith("PREEMPTED")
