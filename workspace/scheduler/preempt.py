@@ -24,6 +24,7 @@ Rules (docs/design/preemption.md):
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,29 +127,86 @@ def _with(host: HostState, vs: Sequence[Victim], req: Request, ctx: Context) -> 
         _free(host, vs, -1)
 
 
+def _prefix_tops(victims: Sequence[Victim]) -> list[list[int]]:
+    """Per resource (vCPUs, memory, disk, network): the sums of its k largest, k = 0..n."""
+    out = []
+    for d in ("cpus", "memory_mib", "disk_mbps", "net_mbps"):
+        sums = [0]
+        for x in sorted((getattr(v, d) for v in victims), reverse=True):
+            sums.append(sums[-1] + x)
+        out.append(sums)
+    return out
+
+
+def _top_k_passes(
+    host: HostState, tops: list[list[int]], k: int, req: Request, ctx: Context
+) -> bool:
+    """A necessary condition for some ``k`` victims to fit: the filters pass with each
+    resource released by its own ``k`` largest (``_prefix_tops``; the filters are
+    monotone, one resource each), which no real set of ``k`` can beat."""
+    c, m, d, n = (dim[k] for dim in tops)
+    host.free_cpus += c
+    host.free_memory_mib += m
+    host.free_disk_mbps += d
+    host.free_net_mbps += n
+    try:
+        return _fits(host, req, ctx)
+    finally:
+        host.free_cpus -= c
+        host.free_memory_mib -= m
+        host.free_disk_mbps -= d
+        host.free_net_mbps -= n
+
+
+def _shape(v: Victim) -> tuple[int, int, int, int]:
+    return (v.cpus, v.memory_mib, v.disk_mbps, v.net_mbps)
+
+
 def fewest_on(
-    host: HostState, victims: Sequence[Victim], req: Request, ctx: Context
+    host: HostState,
+    victims: Sequence[Victim],
+    req: Request,
+    ctx: Context,
+    most: int | None = None,
 ) -> tuple[Victim, ...] | None:
     """The fewest of ``victims`` (then the least capacity, then the lowest ranks) whose
-    release lets ``req`` pass on ``host``; None if releasing all of them is not enough."""
+    release lets ``req`` pass on ``host``; None if releasing all of them is not enough
+    (or more than ``most`` would be needed).
+
+    Victims of one shape (vCPUs, memory, bandwidth) are interchangeable but for their
+    rank, so sets are enumerated as multisets of shapes (the lowest ranks of each shape
+    taken), sizes that cannot work are skipped by ``_top_k_passes``, and the search
+    stops after ``MAX_SETS`` sets (then largest first)."""
     if not victims or not _with(host, victims, req, ctx):
         return None
     ordered = sorted(victims, key=lambda v: (v.rank, v.id))
+    by_shape: dict[tuple[int, int, int, int], list[Victim]] = {}
+    for v in ordered:
+        by_shape.setdefault(_shape(v), []).append(v)
+    shapes = list(by_shape)
+    limit = len(ordered) if most is None else min(most, len(ordered))
+    tops = _prefix_tops(ordered)
     tried = 0
-    for k in range(1, len(ordered) + 1):
+    for k in range(1, limit + 1):
+        if not _top_k_passes(host, tops, k, req, ctx):
+            continue
         best: tuple[Victim, ...] | None = None
         best_key: tuple[object, ...] = ()
-        for combo in itertools.combinations(ordered, k):
+        for pick in itertools.combinations_with_replacement(range(len(shapes)), k):
+            counts = Counter(pick)
+            if any(n > len(by_shape[shapes[i]]) for i, n in counts.items()):
+                continue
             tried += 1
             if tried > MAX_SETS:
                 return best or _largest_first(host, ordered, req, ctx)
+            combo = tuple(v for i, n in sorted(counts.items()) for v in by_shape[shapes[i]][:n])
             if _with(host, combo, req, ctx):
-                key = (*cost(combo)[1:], tuple(v.rank for v in combo))
+                key = (*cost(combo)[1:], tuple(sorted(v.rank for v in combo)))
                 if best is None or key < best_key:
                     best, best_key = combo, key
         if best is not None:
             return best
-    return tuple(ordered)  # not reached: all of them fit
+    return None
 
 
 def _largest_first(
@@ -171,12 +229,14 @@ def fewest(
     """The node and victims for one request that does not fit on free capacity."""
     hosts, _ = snapshot.static_candidates(req, ctx, STATIC_FILTERS)
     found: list[tuple[tuple[int, int, int], HostState, tuple[Victim, ...]]] = []
+    most: int | None = None  # the fewest found so far: no node needs be searched past it
     for h in hosts:
         mine = by_node.get(h.name)
         if mine:
-            got = fewest_on(h, mine, req, ctx)
+            got = fewest_on(h, mine, req, ctx, most)
             if got is not None:
                 found.append((cost(got), h, got))
+                most = len(got) if most is None else min(most, len(got))
     if not found:
         return None
     least = min(c for c, _, _ in found)
