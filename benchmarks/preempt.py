@@ -8,10 +8,9 @@ baseline:
 * ``place_fail_ms``: the ordinary placement of a normal 4 GiB request that does not fit
   (what every such request already pays before preemption is tried: the baseline);
 * ``preempt_plan_ms``: ``scheduler.preempt.plan`` for the same request (the fewest
-  victims: 4 on one node, exact search);
+  victims: 3 on one node, exact search; ``preempt_victims``);
 * ``preempt_plan_cluster8_ms``: an 8-member cluster of 4 GiB members, hard anti-affinity;
-* ``preempt_plan_big_ms``: a 12 GiB request (12 victims of 14 on a node: the exact search
-  hits its bound, ``MAX_SETS``, on every node, then takes them largest first).
+* ``preempt_plan_big_ms``: a 12 GiB request (11 victims of a node's 14).
 
     .venv/bin/python benchmarks/preempt.py [--nodes 1000] [--repeat 5]
 
