@@ -424,3 +424,25 @@ def test_the_victims_owner_sees_it_in_a_watch_and_a_queued_preemptible_never_pre
     mine = [(st, r) for wid, st, r in seen if wid == victim]
     assert (WS.WORKSPACE_STATE_STOPPING, mine[-1][1]) in mine
     assert mine[-1][0] == WS.WORKSPACE_STATE_TERMINATED and mine[-1][1].startswith("PREEMPTED")
+
+
+def test_preemption_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    site = Site(tmp_path, database_url=pg_url, preempt_grace_s=2)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", **NODE)
+        ps = [make(site, f"p{i}") for i in range(3)]
+        for w in ps:
+            site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        watch = Overlap(site, "node1", 3)
+        new = make(site, "normal", memory_mib=2048, preemptible=False)
+        assert "waiting for 2 preempted workspace(s) to stop" in new.reason
+        site.stubs.wait_state(new.id, WS.WORKSPACE_STATE_RUNNING)
+        victims = [w for w in ps if site.stubs.get(w.id).reason.startswith("PREEMPTED")]
+        assert len(victims) == 2
+        for w in victims:
+            site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+        assert watch.close() <= 3
+    finally:
+        site.close()
