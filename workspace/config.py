@@ -243,6 +243,9 @@ class ServiceConfig:
     # A node silent for longer than this is DOWN and its workspaces LOST.
     node_grace_s: int = 40
     default_stop_timeout_s: int = 60
+    # Seconds a preempted workspace gets to shut down after ACPI before it is forced off
+    # (a workspace's own ``preempt_grace_s`` >= 0 wins); docs/design/preemption.md.
+    preempt_grace_s: int = 30
     console_keep_bytes: int = 256 * 1024
     log_level: str = "INFO"
     # "text" (one line per record) or "json" (one JSON object per line, with workspace,
@@ -288,6 +291,8 @@ class ServiceConfig:
             raise ConfigError(
                 f"backfill_interval_s: must be more than 0, got {self.backfill_interval_s}"
             )
+        if self.preempt_grace_s < 0:
+            raise ConfigError(f"preempt_grace_s: must be 0 or more, got {self.preempt_grace_s}")
         if self.lease_warning_s < 0:
             raise ConfigError(f"lease_warning_s: must be 0 or more, got {self.lease_warning_s}")
         for key in (

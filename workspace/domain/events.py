@@ -16,6 +16,10 @@ class Kind(enum.StrEnum):
     # `ws update`: connectivity, allow rules or limits changed (reason: what changed).
     WORKSPACE_UPDATED = "workspace.updated"
     QUOTA_REFUSED = "quota.refused"
+    # A normal request took preemptible workspaces' capacity (reason: the victims), and
+    # each victim (subject: its owner); ops/preempt.py.
+    PREEMPTION = "preemption"
+    WORKSPACE_PREEMPTED = "workspace.preempted"
     NODE_REGISTERED = "node.registered"
     NODE_STATE = "node.state"
     NODE_REMOVED = "node.removed"

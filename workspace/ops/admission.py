@@ -31,6 +31,7 @@ from workspace.ops.placement import (
     place_rows,
     request_for,
 )
+from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env
 from workspace.store import Cluster, Workspace
 from workspace.store.mapping import set_waiting
@@ -166,6 +167,9 @@ def admit(
     try:
         return place_rows(s, env.cfg, rows, affinity, allowed)
     except NoPlacement as exc:
+        preempted = place_preempting(env, s, rows, affinity, allowed)  # ops/preempt.py
+        if preempted is not None:
+            return preempted
         why = exc.message
         if ahead:
             why += f" (without delaying the {ahead} request(s) waiting for capacity)"

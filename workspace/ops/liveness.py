@@ -8,6 +8,7 @@ import logging
 from sqlalchemy import select
 
 from workspace.domain.states import Desired, NodeState, State
+from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
 from workspace.ops.unit import Env, write
@@ -41,14 +42,16 @@ def check_liveness(env: Env) -> list[str]:
                 )
             ).scalars():
                 if ws.desired_state == Desired.TERMINATED.value:
-                    release(env, u.s, ws, "destroyed (its node went down)")
+                    release(env, u.s, ws, preempt.end_reason(ws, "destroyed (its node went down)"))
+                    preempt.terminated(u, ws)
                 else:
                     ws.state = State.LOST.value
-                    set_reason(
-                        ws,
-                        f"node {node.name} stopped reporting; the workspace was not "
-                        "restarted elsewhere",
-                    )
+                    if not (ws.preemptible and ws.preempted_by):  # a victim keeps its reason
+                        set_reason(
+                            ws,
+                            f"node {node.name} stopped reporting; the workspace was not "
+                            "restarted elsewhere",
+                        )
                     ws.updated_at = now
                 u.changed(ws)
         refresh(env, u, u.changed_clusters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -12,8 +13,11 @@ from workspace import scheduler
 from workspace.domain.model import NodeCache, NodeStatus
 from workspace.domain.states import NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
+from workspace.ops import preempt
 from workspace.ops.placement import node_views
 from workspace.ops.unit import Env, write
+from workspace.scheduler import replay
+from workspace.scheduler.preempt import victims_to_dicts
 from workspace.store import Image, Node, Workspace
 from workspace.store.mapping import cache_records, image_spec, node_state, node_status
 
@@ -96,6 +100,7 @@ def scheduler_input(
                 raise NotFound(f"image {image!r} not found")
             digests = tuple(p.digest for p in image_spec(img).partitions if p.digest)
         nodes = node_views(s)
+        victims, _ = preempt.candidates(s, (n.name for n in nodes))
     request = scheduler.Request(
         cpus or 1,
         memory_mib or 512,
@@ -104,7 +109,10 @@ def scheduler_input(
         dict(requirements),
         member="request",
     )
-    return scheduler.to_json(nodes, [request], env.cfg.scheduler, scheduler.Affinity.NONE)
+    doc = replay.to_dict(nodes, [request], env.cfg.scheduler, scheduler.Affinity.NONE)
+    if victims:  # what preemption could take (explain says what it would do)
+        doc["victims"] = victims_to_dicts(victims)
+    return json.dumps(doc, indent=1) + "\n"
 
 
 def list_cache(env: Env, name: str) -> NodeCache:

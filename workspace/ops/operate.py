@@ -9,6 +9,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State, apply_op
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
+from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import node_down, release, resolve_workspace
 from workspace.ops.unit import Env, UnitOfWork, write
@@ -63,6 +64,7 @@ def act(
         ws.reboot_count += 1
     if op is Op.DESTROY and node_down(u.s, ws.node):
         release(env, u.s, ws, reason or "destroyed (its node was not reachable)")
+        preempt.terminated(u, ws)
     u.changed(ws)
     u.nodes(ws.node)
     refresh(env, u, {ws.cluster})

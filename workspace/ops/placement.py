@@ -219,14 +219,19 @@ def place_rows(
     rows: Sequence[Workspace],
     affinity: scheduler.Affinity = scheduler.Affinity.NONE,
     allowed_nodes: Iterable[str] | None = None,
+    plan: scheduler.GroupPlacement | None = None,
 ) -> list[str]:
-    """Place ``rows`` all-or-nothing; returns the nodes touched. Raises NoPlacement."""
-    nodes = node_views(s)
-    if allowed_nodes is not None:
-        allowed = set(allowed_nodes)
-        nodes = [n for n in nodes if n.name in allowed]
+    """Place ``rows`` all-or-nothing; returns the nodes touched. Raises NoPlacement.
+    ``plan``: where they go, already decided (ops/preempt.py), instead of the scheduler."""
     requests = [request_for(w) for w in rows]
-    result = scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
+    if plan is not None:
+        result = plan
+    else:
+        nodes = node_views(s)
+        if allowed_nodes is not None:
+            allowed = set(allowed_nodes)
+            nodes = [n for n in nodes if n.name in allowed]
+        result = scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
     if result.placements is None:
         what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
         raise NoPlacement(f"{what} does not fit: {result.reason()}")

@@ -10,6 +10,7 @@ from workspace.domain.states import State
 from workspace.ops.admission import entries, nodes_useless_to, rows_of
 from workspace.ops.cluster_state import refresh
 from workspace.ops.placement import NoPlacement, place_rows
+from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env, write
 from workspace.store.mapping import set_reason, set_waiting
 
@@ -39,11 +40,15 @@ def process(env: Env) -> int:
                 try:
                     touched = place_rows(u.s, env.cfg, rows, e.affinity, allowed)
                 except NoPlacement as exc:
-                    for w in rows:
-                        set_waiting(w, exc.message)
-                    if allowed is None:
-                        allowed = nodes_useless_to(u.s, env.cfg, rows)
-                    continue
+                    preempted = place_preempting(env, u.s, rows, e.affinity, allowed)
+                    if preempted is not None:
+                        touched = preempted
+                    else:
+                        for w in rows:
+                            set_waiting(w, exc.message)
+                        if allowed is None:
+                            allowed = nodes_useless_to(u.s, env.cfg, rows)
+                        continue
                 placed += 1
                 u.nodes(*touched)
                 log.info(

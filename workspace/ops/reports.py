@@ -14,7 +14,7 @@ from workspace.config import ServiceConfig
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, State, state_from_report
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied
-from workspace.ops import netpolicy, seeds, trust
+from workspace.ops import netpolicy, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
 from workspace.ops.order_size import MAX_SOURCES
@@ -198,7 +198,8 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
         if node is None:
             raise NotFound(f"node {node_name} is not registered")
         check_bound(node, cert_serial)
-        out = build_orders(s, node_name, live_rows(s, node_name), env.check_trust, env.cfg)
+        rows = without_held(s, node_name, live_rows(s, node_name))
+        out = build_orders(s, node_name, rows, env.check_trust, env.cfg)
         policy, stop_on_revoke = trust.node_policy(s) if env.check_trust else (None, False)
         cached = set(node.cached_digests or ())
         return NodeOrders(
@@ -208,6 +209,13 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
             policy=policy,
             stop_running_on_revoke=stop_on_revoke,
         )
+
+
+def without_held(s: Session, node_name: str, rows: list[Workspace]) -> list[Workspace]:
+    """``rows`` but those held back until the workspaces preempted on the node are gone
+    (ops/preempt.py)."""
+    waiting = preempt.held(s, node_name)
+    return [w for w in rows if w.id not in waiting] if waiting else rows
 
 
 def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list[str]]:
@@ -294,8 +302,11 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             continue
         new = state_from_report(State(ws.state), Desired(ws.desired_state), obs.state)
         if new is State.TERMINATED:
-            release(env, u.s, ws, "destroyed")
+            release(env, u.s, ws, preempt.end_reason(ws, "destroyed"))
             u.changed(ws)
+            preempt.terminated(u, ws)
+            continue
+        if preempt.observed(env, u, ws, new):
             continue
         old_reason = shown_reason(ws)
         reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
@@ -333,8 +344,9 @@ def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
                 )
             ).scalars():
                 if ws.id not in seen:
-                    release(env, u.s, ws, "destroyed")
+                    release(env, u.s, ws, preempt.end_reason(ws, "destroyed"))
                     u.changed(ws)
+                    preempt.terminated(u, ws)
         if r.audit and env.check_trust:
             trust.record_audit(env, u.s, [replace(a, where=f"node:{r.node}") for a in r.audit])
         refresh(env, u, u.changed_clusters())

@@ -31,6 +31,15 @@ from workspace.ops.events import Notifier
 from workspace.store import Store, Workspace, journal
 from workspace.store.mapping import workspace_views
 
+# s.info key: workspaces an operation changed below its unit of work (ops/preempt.py:
+# the victims of a placement), named changed when the unit is sealed.
+ALSO_CHANGED = "unit.also_changed"
+
+
+def note_changed(s: Session, *rows: Workspace) -> None:
+    s.info.setdefault(ALSO_CHANGED, {}).update((w.id, w) for w in rows)
+
+
 # A cluster member's addresses appear (placed) or go (terminated) in these states.
 _PEERS_MOVE = (State.SCHEDULED.value, State.TERMINATED.value)
 
@@ -111,6 +120,7 @@ class UnitOfWork:
     def seal(self) -> None:
         """Record the changed workspaces' usage and read them back as views (still inside
         the transaction); the nodes of clusters whose addresses changed get new orders."""
+        self.changed(*self.s.info.pop(ALSO_CHANGED, {}).values())
         rows = list(self._rows.values())
         self._peers_moved(rows)
         metering.record(self.s, rows, self.clock())

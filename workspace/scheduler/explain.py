@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from workspace.config import SchedulerConfig
-from workspace.errors import WorkspaceError
+from workspace.errors import InvalidArgument, WorkspaceError
 from workspace.scheduler.engine import choose, group_context, member_context, placement_order
 from workspace.scheduler.filters import FILTERS
 from workspace.scheduler.model import (
@@ -32,7 +32,8 @@ from workspace.scheduler.model import (
     Request,
     member_label,
 )
-from workspace.scheduler.replay import from_json
+from workspace.scheduler.preempt import Plan, Victim, plan, victims_from
+from workspace.scheduler.replay import from_dict_input
 from workspace.scheduler.snapshot import Context, HostState, Snapshot
 from workspace.scheduler.weighers import scores, weighers_for
 
@@ -94,6 +95,23 @@ class Explanation:
     placement: GroupPlacement
     steps: tuple[MemberExplanation, ...]  # placement order; ends at the member that failed
     not_tried: tuple[str, ...]  # members left after a failure
+    # With victims in the input and no placement on free capacity: what preemption would
+    # do (None: it could not place it either); unset: no victims given.
+    preemption: Plan | None = None
+    victims_given: bool = False
+
+    def preemption_text(self) -> str:
+        if not self.victims_given or self.placement.placements is not None:
+            return ""
+        if self.preemption is None:
+            return "a normal request would not fit by preemption either"
+        where = self.preemption.placement.placements or []
+        parts = [f"{v.id} on {v.node}" for v in self.preemption.victims]
+        nodes = ", ".join(sorted({m.node for m in where}))
+        return (
+            f"a normal request would be placed on {nodes} by preempting "
+            f"{len(parts)} preemptible workspace(s): {', '.join(parts)}"
+        )
 
     def headline(self) -> str:
         setting = f"policy {self.policy}, affinity {self.affinity.name}, {self.node_count} node(s)"
@@ -134,6 +152,9 @@ class Explanation:
         if self.not_tried:
             lines.append("")
             lines.append(f"Not tried (an earlier member did not fit): {', '.join(self.not_tried)}")
+        if self.preemption_text():
+            lines.append("")
+            lines.append(f"Preemption: {self.preemption_text()}")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +180,23 @@ class Explanation:
             ],
             "steps": [s.to_dict() for s in self.steps],
             "not_tried": list(self.not_tried),
+        } | self._preemption_dict()
+
+    def _preemption_dict(self) -> dict[str, Any]:
+        if not self.victims_given or self.placement.placements is not None:
+            return {}
+        pre = self.preemption
+        if pre is None or pre.placement.placements is None:
+            return {"preemption": None}
+        return {
+            "preemption": {
+                "placements": [
+                    {"member": label, "node": m.node}
+                    for label, m in zip(self.labels, pre.placement.placements, strict=True)
+                ],
+                "victims": [{"id": v.id, "node": v.node} for v in pre.victims],
+                "text": self.preemption_text(),
+            }
         }
 
 
@@ -208,8 +246,10 @@ def explain(
     requests: Sequence[Request],
     cfg: SchedulerConfig,
     affinity: Affinity = Affinity.NONE,
+    victims: Sequence[Victim] | None = None,
 ) -> Explanation:
-    """The placement of ``requests`` on ``nodes`` and every node's verdict for each request."""
+    """The placement of ``requests`` on ``nodes`` and every node's verdict for each request;
+    with ``victims`` (preemptible workspaces), what preemption would do if it does not fit."""
     snapshot = Snapshot(nodes, cfg)
     weighers = weighers_for(cfg)
     group = group_context(snapshot, requests, affinity)
@@ -249,13 +289,20 @@ def explain(
         placement=placement,
         steps=tuple(steps),
         not_tried=not_tried,
+        preemption=plan(nodes, victims, requests, cfg, affinity) if victims and failure else None,
+        victims_given=victims is not None and bool(victims),
     )
 
 
 def explain_file(path: str | Path) -> Explanation:
     """Replay a file written by ``to_json`` ("-" reads stdin). Raises InvalidArgument, OSError."""
     text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
-    return explain(*from_json(text))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"not valid JSON: {exc}") from exc
+    nodes, requests, cfg, affinity = from_dict_input(data)
+    return explain(nodes, requests, cfg, affinity, victims_from(data))
 
 
 def main(argv: list[str] | None = None) -> int:

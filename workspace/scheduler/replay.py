@@ -174,7 +174,8 @@ def _request(obj: Any, where: str) -> Request:
 
 
 def from_dict_input(data: Any) -> ReplayInput:
-    _check_keys(data, {"version", "nodes", "requests"}, {"config", "affinity"}, "input")
+    # "victims": preemptible workspaces (workspace/scheduler/preempt.py ``victims_from``)
+    _check_keys(data, {"version", "nodes", "requests"}, {"config", "affinity", "victims"}, "input")
     if data["version"] != VERSION:
         raise InvalidArgument(
             f"input: unsupported version {data['version']!r}; this scheduler reads {VERSION}"

@@ -80,6 +80,14 @@ class ServiceMetrics:
             buckets=START_BUCKETS,
             registry=r,
         )
+        self.preemptions = Counter(
+            "workspace_preemptions",
+            "Normal requests placed by preempting preemptible workspaces",
+            registry=r,
+        )
+        self.preempted = Counter(
+            "workspace_preempted", "Preemptible workspaces preempted", registry=r
+        )
         self.site_events = Counter(
             "workspace_site_events", "Site events recorded, by kind", ["kind"], registry=r
         )
@@ -105,6 +113,10 @@ class ServiceMetrics:
                 self.placements.labels("queue" if e.subject == "queue" else "request").inc()
                 if e.subject == "queue":
                     self.queue_wait.observe(e.elapsed_s)
+            elif e.kind == Kind.PREEMPTION:
+                self.preemptions.inc()
+            elif e.kind == Kind.WORKSPACE_PREEMPTED:
+                self.preempted.inc()
             elif e.kind in (Kind.WORKSPACE_REFUSED, Kind.QUOTA_REFUSED):
                 self.refusals.labels(e.state or "other").inc()
             elif e.kind == Kind.WORKSPACE_STATE and e.state == State.RUNNING and e.elapsed_s:
