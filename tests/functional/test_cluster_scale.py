@@ -353,3 +353,29 @@ def test_ws_cluster_scale_and_show(site: Site, capsys: pytest.CaptureFixture[str
     assert "count must be 0 or more" in capsys.readouterr().err
     with Client(site.address) as client:
         assert client.scale_cluster("ela", "worker", 3).message.endswith("nothing to do")
+
+
+def test_grown_members_keep_the_clusters_hard_affinity(site: Site) -> None:
+    """HARD_ANTI: a new member goes to a node none of the others is on, and a grow past
+    the nodes left is refused whole; HARD: new members join the others' node."""
+    for node in ("n1", "n2", "n3", "n4"):
+        site.add_agent(node)
+    make(site, "anti", workers=1, affinity=clusters_pb2.AFFINITY_HARD_ANTI)
+    running(site, "anti")
+    scale(site, 3, ref="anti")
+    c = running(site, "anti")
+    assert len(c.members) == 4 and len({m.node for m in c.members}) == 4
+    with pytest.raises(grpc.RpcError) as err:
+        scale(site, 4, ref="anti")
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert member_names(get(site, "anti")) == [
+        "anti-head-0",
+        "anti-worker-0",
+        "anti-worker-1",
+        "anti-worker-2",
+    ]
+
+    make(site, "pack", workers=1, affinity=clusters_pb2.AFFINITY_HARD)
+    (node,) = {m.node for m in running(site, "pack").members}
+    scale(site, 3, ref="pack")
+    assert {m.node for m in running(site, "pack").members} == {node}

@@ -149,6 +149,37 @@ def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
     return list(seen.values())
 
 
+def pinned_nodes(
+    s: Session, rows: list[Workspace], affinity: scheduler.Affinity, allowed: set[str] | None
+) -> set[str] | None:
+    """``allowed`` narrowed for new members of a cluster that already has placed ones (a
+    `ws cluster scale` grow): with HARD affinity they go to the node the others are on,
+    with HARD_ANTI to nodes none of the others is on. The scheduler sees only the group
+    it places, so the members already placed are kept in by the nodes it may use."""
+    cluster = rows[0].cluster if rows else ""
+    if not cluster or affinity not in (scheduler.Affinity.HARD, scheduler.Affinity.HARD_ANTI):
+        return allowed
+    mine = {w.id for w in rows}
+    taken = {
+        node
+        for wid, node in s.execute(
+            select(Workspace.id, Workspace.node).where(
+                Workspace.cluster == cluster,
+                Workspace.node != "",
+                Workspace.desired_state != Desired.TERMINATED.value,
+            )
+        )
+        if wid not in mine
+    }
+    if not taken:
+        return allowed
+    if affinity is scheduler.Affinity.HARD:
+        within = taken
+    else:
+        within = {n.name for n in node_views(s)} - taken
+    return within if allowed is None else allowed & within
+
+
 def admit(
     env: Env,
     s: Session,
@@ -164,6 +195,7 @@ def admit(
     oldest waiting request could never use, so it cannot delay it.
     """
     allowed, ahead = useless_to_head(s, env.cfg, exclude={w.id for w in rows})
+    allowed = pinned_nodes(s, rows, affinity, allowed)
     try:
         return place_rows(s, env.cfg, rows, affinity, allowed)
     except NoPlacement as exc:

@@ -7,7 +7,7 @@ import logging
 
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
-from workspace.ops.admission import entries, nodes_useless_to, rows_of
+from workspace.ops.admission import entries, nodes_useless_to, pinned_nodes, rows_of
 from workspace.ops.cluster_state import refresh
 from workspace.ops.placement import NoPlacement, place_rows
 from workspace.ops.preempt import place_preempting
@@ -37,10 +37,11 @@ def process(env: Env) -> int:
                     w.updated_at = now
                 log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
             else:
+                usable = pinned_nodes(u.s, rows, e.affinity, allowed)
                 try:
-                    touched = place_rows(u.s, env.cfg, rows, e.affinity, allowed)
+                    touched = place_rows(u.s, env.cfg, rows, e.affinity, usable)
                 except NoPlacement as exc:
-                    preempted = place_preempting(env, u.s, rows, e.affinity, allowed)
+                    preempted = place_preempting(env, u.s, rows, e.affinity, usable)
                     if preempted is not None:
                         touched = preempted
                     else:
