@@ -327,3 +327,38 @@ def test_backfill_on_the_command_line(bsite: Site, capsys: pytest.CaptureFixture
     assert code == 0 and json.loads(out)["live"] == 2
     code, out, _ = run(admin, bsite, capsys, "backfill", "list")
     assert code == 0 and "no backfill entries" in out
+
+
+def test_a_real_request_takes_the_place_of_backfill_at_once(bsite: Site) -> None:
+    """Backfill fills the node; a normal create that does not fit preempts the fewest
+    backfill VMs (grace 0: forced off at once), runs, and is never double-booked."""
+    set_(bsite, max=8, cpus=1, memory_mib=3072, grace_s=0)
+    while fill(bsite):
+        pass
+    filled = backfill_live(bsite)
+    assert len(filled) >= 4  # 16 GiB: as many 3 GiB VMs as fit with their overhead
+    wait_for(
+        lambda: all(w.state == WS.WORKSPACE_STATE_RUNNING for w in backfill_live(bsite)),
+        what="backfill RUNNING",
+    )
+    ws = bsite.stubs.ws.CreateWorkspace(
+        workspaces_pb2.CreateWorkspaceRequest(name="real", image="img", memory_mib=4096)
+    )
+    assert ws.node == "node1"
+    wait_for(
+        lambda: (
+            bsite.stubs.ws.GetWorkspace(workspaces_pb2.WorkspaceRef(id=ws.id)).state
+            == WS.WORKSPACE_STATE_RUNNING
+        ),
+        what="the real request RUNNING",
+    )
+    listed = bsite.stubs.ws.ListWorkspaces(
+        workspaces_pb2.ListWorkspacesRequest(all_users=True, include_terminated=True)
+    ).workspaces
+    gone = [
+        w for w in listed if w.owner == BACKFILL_OWNER and w.state == WS.WORKSPACE_STATE_TERMINATED
+    ]
+    assert len(gone) == 2  # 4 GiB + overhead needs two 3 GiB VMs' place, no more
+    assert all(w.reason.startswith("PREEMPTED") for w in gone)
+    node = bsite.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
+    assert node.used_memory_mib <= node.memory_mib
