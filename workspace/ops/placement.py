@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import cast
 
 import netaddr
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, bindparam, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
@@ -29,8 +29,8 @@ from workspace.domain.states import State
 from workspace.errors import ResourceExhausted
 from workspace.ops import netpolicy, seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
-from workspace.store import IpAllocation, Network, Node, Workspace, orders_gen
-from workspace.store.mapping import bound_spec, set_reason
+from workspace.store import IpAllocation, Network, Node, Workspace, macs, orders_gen
+from workspace.store.mapping import bound_spec, insert_allocation, insert_workspace, set_reason
 
 log = logging.getLogger("workspace.ops.placement")
 
@@ -38,6 +38,10 @@ log = logging.getLogger("workspace.ops.placement")
 class NoPlacement(ResourceExhausted):
     """The group does not fit now (it may later)."""
 
+
+# MACs drawn for one NIC at most before giving up: only MACs taken outside the counter
+# (store/macs.py) are skipped.
+MAC_TRIES = 1000
 
 # s.info key: the transaction's node views, kept while it places (ops/group_commit.py
 # turns it on for a batch of creates, whose only node changes are place_rows' claims).
@@ -250,10 +254,28 @@ def place_rows(
         ws.state = State.SCHEDULED.value
         set_reason(ws, "")
         ws.wait_deadline = 0.0
+        state = inspect(ws)
+        if state.transient:  # a new row, inserted once placed (ops/create.py)
+            insert_workspace(s, ws)
+        elif state.pending:  # its addresses refer to it
+            s.flush()
         for index, net_name in enumerate(ws.networks or ()):
             allocate(s, ws, net_name, index)
         touched.append(p.node)
     return touched
+
+
+_NODES = cast(Table, Node.__table__)
+_CLAIM = (
+    update(_NODES)
+    .where(_NODES.c.name == bindparam("node"))
+    .values(
+        used_cpus=_NODES.c.used_cpus + bindparam("add_cpus"),
+        used_memory_mib=_NODES.c.used_memory_mib + bindparam("mem"),
+        used_disk_mbps=func.coalesce(_NODES.c.used_disk_mbps, 0) + bindparam("disk"),
+        used_net_mbps=func.coalesce(_NODES.c.used_net_mbps, 0) + bindparam("net"),
+    )
+)
 
 
 def claim(s: Session, node: str, cpus: int, memory_mib: int, disk_mbps: int, net_mbps: int) -> None:
@@ -263,17 +285,9 @@ def claim(s: Session, node: str, cpus: int, memory_mib: int, disk_mbps: int, net
     held = s.identity_map.get(identity_key(Node, node))
     if held is not None:
         s.flush()  # its changes first: a claim it still holds would overwrite this one
-    table = cast(Table, Node.__table__)
-    nodes = table.c
-    done = s.connection().execute(  # Core, not the ORM's bulk UPDATE: a third of the cost
-        update(table)
-        .where(nodes.name == node)
-        .values(
-            used_cpus=nodes.used_cpus + cpus,
-            used_memory_mib=nodes.used_memory_mib + memory_mib,
-            used_disk_mbps=func.coalesce(nodes.used_disk_mbps, 0) + disk_mbps,
-            used_net_mbps=func.coalesce(nodes.used_net_mbps, 0) + net_mbps,
-        )
+    done = s.connection().execute(  # Core, built once: a tenth of the ORM's bulk UPDATE
+        _CLAIM,
+        {"node": node, "add_cpus": cpus, "mem": memory_mib, "disk": disk_mbps, "net": net_mbps},
     )
     if not done.rowcount:
         raise NoPlacement(f"node {node} no longer exists")
@@ -315,23 +329,19 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
     ip = lowest_free(s, pool, net_name)
     if ip is None:
         raise NoPlacement(f"network {net_name!r} has no free address left")
-    for _ in range(64):
-        mac = ipam.make_mac(pool.mac_prefix)
-        if s.execute(select(IpAllocation.id).where(IpAllocation.mac == mac)).first() is None:
+    ip_int = int(netaddr.IPAddress(ip))
+    # The MAC from its prefix's counter (store/macs.py); one taken anyway is skipped.
+    for _ in range(MAC_TRIES):
+        mac = macs.draw(s, pool.mac_prefix)
+        if insert_allocation(s, net_name, ip, ip_int, mac, ws.id, index):
             break
+        taken = select(IpAllocation.id).where(
+            IpAllocation.network == net_name, IpAllocation.ip == ip
+        )
+        if s.connection().execute(taken).first() is not None:
+            raise NoPlacement(f"network {net_name!r}: address {ip} is taken")
     else:
         raise NoPlacement(f"network {net_name!r}: could not find a free MAC address")
-    s.add(
-        IpAllocation(
-            network=net_name,
-            ip=ip,
-            ip_int=int(netaddr.IPAddress(ip)),
-            mac=mac,
-            workspace_id=ws.id,
-            nic_index=index,
-        )
-    )
-    s.flush()
     kept = _addresses(s)
     used = kept.get(("used", net_name)) if kept is not None else None
     if kept is not None and isinstance(used, int):
