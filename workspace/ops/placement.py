@@ -48,6 +48,10 @@ MAC_TRIES = 1000
 NODES_KEY = "placement.node_views"
 
 
+# s.info key, with NODES_KEY: the scheduler's snapshot of the kept views, consumed by
+# each placement as its claims are made (``_schedule``); dropped with the views.
+SNAPSHOT_KEY = "placement.snapshot"
+
 # s.info key, with NODES_KEY: what the transaction's allocations left of each network:
 # ("used", network) → addresses held; (network, first, last) → (count, highest) of its
 # range while the range is dense from its start (``lowest_free``).
@@ -64,9 +68,12 @@ def keep_node_views(s: Session) -> None:
 
 
 def forget_node_views(s: Session) -> None:
+    """After a rollback to a SAVEPOINT, or anything changing the nodes' capacity but
+    ``place_rows``: the kept views (and snapshot) are read again when next needed."""
     if NODES_KEY in s.info:
         s.info[NODES_KEY] = None
         s.info[ADDRESSES_KEY] = {}
+        s.info.pop(SNAPSHOT_KEY, None)
 
 
 def _addresses(s: Session) -> dict[tuple[object, ...], object] | None:
@@ -225,24 +232,59 @@ def place_rows(
     allowed_nodes: Iterable[str] | None = None,
 ) -> list[str]:
     """Place ``rows`` all-or-nothing; returns the nodes touched. Raises NoPlacement."""
+    requests = [request_for(w) for w in rows]
+    result = _schedule(s, cfg, requests, affinity, allowed_nodes)
+    if result.placements is None:
+        what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
+        raise NoPlacement(f"{what} does not fit: {result.reason()}")
+    try:
+        return _take(s, cfg, rows, requests, result.placements)
+    except BaseException:
+        s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made
+        raise
+
+
+def _schedule(
+    s: Session,
+    cfg: ServiceConfig,
+    requests: list[scheduler.Request],
+    affinity: scheduler.Affinity,
+    allowed_nodes: Iterable[str] | None,
+) -> scheduler.GroupPlacement:
+    """The scheduler's placement of ``requests``: on the transaction's kept snapshot if it
+    keeps its node views (a batch of creates: the snapshot is built once, its static
+    answers memoised, and consumed by each placement as the claims are made), else on a
+    fresh one."""
+    if allowed_nodes is None and NODES_KEY in s.info:
+        snapshot: scheduler.Snapshot | None = s.info.get(SNAPSHOT_KEY)
+        if snapshot is None:
+            snapshot = s.info[SNAPSHOT_KEY] = scheduler.Snapshot(node_views(s), cfg.scheduler)
+        return scheduler.place_group_on(snapshot, requests, affinity)
     nodes = node_views(s)
     if allowed_nodes is not None:
         allowed = set(allowed_nodes)
         nodes = [n for n in nodes if n.name in allowed]
-    requests = [request_for(w) for w in rows]
-    result = scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
-    if result.placements is None:
-        what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
-        raise NoPlacement(f"{what} does not fit: {result.reason()}")
+        s.info.pop(SNAPSHOT_KEY, None)  # these claims are not in it
+    return scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
+
+
+def _take(
+    s: Session,
+    cfg: ServiceConfig,
+    rows: Sequence[Workspace],
+    requests: list[scheduler.Request],
+    placements: list[scheduler.MemberPlacement],
+) -> list[str]:
+    """Claim what the scheduler placed: capacity, addresses, the node of each row."""
     _check_addresses(s, rows)
     try:  # the node's orders must still fit in one message (ops/order_size.py)
-        placed = [p.node or "" for p in result.placements]
+        placed = [p.node or "" for p in placements]
         check_orders_fit(s, cfg.limits, rows, placed, seeds.vendor_bytes(cfg))
     except OrdersTooLarge as exc:
         raise NoPlacement(exc.message) from exc
     # Nothing below can fail for want of capacity: the caller's transaction stays whole.
     touched: list[str] = []
-    for ws, req, p in zip(rows, requests, result.placements, strict=True):
+    for ws, req, p in zip(rows, requests, placements, strict=True):
         assert p.node is not None
         claim(s, p.node, p.claimed_cpus, p.claimed_memory_mib, req.disk_mbps, req.net_mbps)
         _claimed(s, p.node, p.claimed_cpus, p.claimed_memory_mib, req.disk_mbps, req.net_mbps)
