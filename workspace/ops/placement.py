@@ -9,6 +9,7 @@ transaction rolls back: nothing is half-placed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -18,7 +19,7 @@ from dataclasses import replace
 from typing import cast
 
 import netaddr
-from sqlalchemy import Table, bindparam, func, inspect, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
@@ -338,6 +339,55 @@ def claim(s: Session, node: str, cpus: int, memory_mib: int, disk_mbps: int, net
     orders_gen.claimed(s)
 
 
+_ALLOCS = cast(Table, IpAllocation.__table__).c
+_IN_RANGE = _ALLOCS.ip_int.between(bindparam("first"), bindparam("last"))
+# A network's addresses held, and of its range how many and the highest: one scan.
+_USE = select(
+    func.count(),
+    func.coalesce(func.sum(case((_IN_RANGE, 1), else_=0)), 0),
+    func.max(case((_IN_RANGE, _ALLOCS.ip_int), else_=None)),
+).where(_ALLOCS.network == bindparam("net"))
+_RANGE_USED = (
+    select(_ALLOCS.ip_int)
+    .where(_ALLOCS.network == bindparam("net"), _IN_RANGE)
+    .order_by(_ALLOCS.ip_int)
+)
+_TAKEN = select(_ALLOCS.id).where(
+    _ALLOCS.network == bindparam("net"), _ALLOCS.ip == bindparam("ip")
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _range_of(range_start: str, range_end: str, gateway: str) -> tuple[int, int, int]:
+    """(first, last, gateway) of a pool as integers."""
+    return (
+        int(netaddr.IPAddress(range_start)),
+        int(netaddr.IPAddress(range_end)),
+        int(netaddr.IPAddress(gateway)),
+    )
+
+
+def _flushed(s: Session) -> Connection:
+    """``s``'s connection, after flushing rows it added or deleted (addresses freed by
+    the ORM count as freed): the address queries below are Core, which does not flush."""
+    if s.new or s.deleted:
+        s.flush()
+    return s.connection()
+
+
+def _use(s: Session, pool: ipam.Pool, net_name: str) -> tuple[int, int, int | None]:
+    """(addresses the network holds, of them in its range, the highest in its range)."""
+    first, last, _gw = _range_of(pool.range_start, pool.range_end, pool.gateway)
+    used, in_range, top = (
+        _flushed(s).execute(_USE, {"net": net_name, "first": first, "last": last}).one()
+    )
+    kept = _addresses(s)
+    if kept is not None:
+        kept[("used", net_name)] = int(used)
+        kept[(net_name, first, last)] = (int(in_range), top)
+    return int(used), int(in_range), top
+
+
 def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
     """Refuse before anything is claimed if a network cannot address every NIC."""
     need = Counter(n for w in rows for n in (w.networks or ()))
@@ -349,17 +399,12 @@ def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
         kept = _addresses(s)
         used = kept.get(("used", net_name)) if kept is not None else None
         if not isinstance(used, int):
-            used = s.execute(
-                select(func.count())
-                .select_from(IpAllocation)
-                .where(IpAllocation.network == net_name)
-            ).scalar_one()
-            if kept is not None:
-                kept[("used", net_name)] = used
-        if ipam.pool_size(pool) - used < count:
+            used = _use(s, pool, net_name)[0]
+        first, last, gw = _range_of(pool.range_start, pool.range_end, pool.gateway)
+        free = last - first + 1 - (1 if first <= gw <= last else 0) - used
+        if free < count:
             raise NoPlacement(
-                f"network {net_name!r} has no free address left "
-                f"({count} needed, {ipam.pool_size(pool) - used} free)"
+                f"network {net_name!r} has no free address left ({count} needed, {free} free)"
             )
 
 
@@ -368,19 +413,16 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
     if net is None:
         raise NoPlacement(f"network {net_name!r} no longer exists")
     pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix)
-    ip = lowest_free(s, pool, net_name)
-    if ip is None:
+    found = _lowest_free(s, pool, net_name)
+    if found is None:
         raise NoPlacement(f"network {net_name!r} has no free address left")
-    ip_int = int(netaddr.IPAddress(ip))
+    ip, ip_int = found
     # The MAC from its prefix's counter (store/macs.py); one taken anyway is skipped.
     for _ in range(MAC_TRIES):
         mac = macs.draw(s, pool.mac_prefix)
         if insert_allocation(s, net_name, ip, ip_int, mac, ws.id, index):
             break
-        taken = select(IpAllocation.id).where(
-            IpAllocation.network == net_name, IpAllocation.ip == ip
-        )
-        if s.connection().execute(taken).first() is not None:
+        if s.connection().execute(_TAKEN, {"net": net_name, "ip": ip}).first() is not None:
             raise NoPlacement(f"network {net_name!r}: address {ip} is taken")
     else:
         raise NoPlacement(f"network {net_name!r}: could not find a free MAC address")
@@ -391,20 +433,19 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
 
 
 def lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> str | None:
-    """The lowest free address of the network's range (``ipam.pick_address_int``).
+    """The lowest free address of the network's range (``ipam.pick_address_int``)."""
+    found = _lowest_free(s, pool, net_name)
+    return found[0] if found is not None else None
 
-    One aggregate over the (network, ip_int) index first: when the range's used
+
+def _lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> tuple[str, int] | None:
+    """The lowest free address of the network's range, as text and integer.
+
+    One aggregate over the network's addresses first (``_use``): when the range's used
     addresses are dense from its start (the usual case: addresses are handed out lowest
     first), the next one is right after the highest, and no address is loaded. Only
     when there is a hole (a workspace was destroyed) are the used addresses read."""
-    first = int(netaddr.IPAddress(pool.range_start))
-    last = int(netaddr.IPAddress(pool.range_end))
-    gw = int(netaddr.IPAddress(pool.gateway))
-    in_range = (
-        IpAllocation.network == net_name,
-        IpAllocation.ip_int >= first,
-        IpAllocation.ip_int <= last,
-    )
+    first, last, gw = _range_of(pool.range_start, pool.range_end, pool.gateway)
     # In a transaction that keeps them (a batch of creates), the range's count and
     # highest as the previous allocation left them: it is the one that took the address
     # returned here (``allocate``; a SAVEPOINT rolled back forgets them).
@@ -414,9 +455,9 @@ def lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> str | None:
     if isinstance(hit, tuple):
         count, top = hit
     else:
-        count, top = s.execute(
-            select(func.count(), func.max(IpAllocation.ip_int)).where(*in_range)
-        ).one()
+        _used, count, top = _use(s, pool, net_name)
+        if kept is not None:
+            kept.pop(key, None)
     candidate: int | None = None
     if not count:
         candidate = first + 1 if first == gw else first
@@ -430,13 +471,12 @@ def lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> str | None:
             return None
         if kept is not None:
             kept[key] = (int(count or 0) + 1, candidate)
-        return str(netaddr.IPAddress(candidate))
+        return str(netaddr.IPAddress(candidate)), candidate
     used = list(
-        s.execute(
-            select(IpAllocation.ip_int).where(*in_range).order_by(IpAllocation.ip_int)
-        ).scalars()
+        _flushed(s).execute(_RANGE_USED, {"net": net_name, "first": first, "last": last}).scalars()
     )
-    return ipam.pick_address_int(pool, used)
+    ip = ipam.pick_address_int(pool, used)
+    return (ip, int(netaddr.IPAddress(ip))) if ip is not None else None
 
 
 def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: ServiceConfig) -> bool:
