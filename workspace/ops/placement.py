@@ -75,6 +75,7 @@ def forget_node_views(s: Session) -> None:
         s.info[NODES_KEY] = None
         s.info[ADDRESSES_KEY] = {}
         s.info.pop(SNAPSHOT_KEY, None)
+        s.info.pop(VIEWS_GEN_KEY, None)
 
 
 def _addresses(s: Session) -> dict[tuple[object, ...], object] | None:
@@ -100,6 +101,14 @@ _views: weakref.WeakKeyDictionary[Engine, tuple[int, tuple[scheduler.NodeView, .
     weakref.WeakKeyDictionary()
 )
 _views_lock = threading.Lock()
+# With them, the scheduler's snapshot a batch of creates left (``remember_node_views``):
+# the next batch takes it (exclusively: it consumes it) instead of building one, if the
+# views it keeps are the cached ones of the same generation.
+_snapshots: weakref.WeakKeyDictionary[Engine, tuple[int, scheduler.Snapshot]] = (
+    weakref.WeakKeyDictionary()
+)
+# s.info key: the nodes generation of the cached views the transaction keeps.
+VIEWS_GEN_KEY = "placement.views_gen"
 
 
 def _engine(s: Session) -> Engine:
@@ -117,6 +126,7 @@ def _cached_node_views(s: Session) -> list[scheduler.NodeView]:
         with _views_lock:
             hit = _views.get(engine)
         if hit is not None and hit[0] == gen:
+            s.info[VIEWS_GEN_KEY] = gen
             return list(hit[1])
     views = _read_node_views(s)
     if fresh and gen is not None:
@@ -134,8 +144,11 @@ def remember_node_views(s: Session) -> None:
         return
     gen, claims_only = after
     if claims_only:
+        snapshot: scheduler.Snapshot | None = s.info.get(SNAPSHOT_KEY)
         with _views_lock:
             _views[_engine(s)] = (gen, tuple(kept.values()))
+            if snapshot is not None:
+                _snapshots[_engine(s)] = (gen, snapshot)
 
 
 def _claimed(
@@ -259,7 +272,7 @@ def _schedule(
     if allowed_nodes is None and NODES_KEY in s.info:
         snapshot: scheduler.Snapshot | None = s.info.get(SNAPSHOT_KEY)
         if snapshot is None:
-            snapshot = s.info[SNAPSHOT_KEY] = scheduler.Snapshot(node_views(s), cfg.scheduler)
+            snapshot = s.info[SNAPSHOT_KEY] = _snapshot(s, cfg)
         return scheduler.place_group_on(snapshot, requests, affinity)
     nodes = node_views(s)
     if allowed_nodes is not None:
@@ -267,6 +280,19 @@ def _schedule(
         nodes = [n for n in nodes if n.name in allowed]
         s.info.pop(SNAPSHOT_KEY, None)  # these claims are not in it
     return scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
+
+
+def _snapshot(s: Session, cfg: ServiceConfig) -> scheduler.Snapshot:
+    """A snapshot of the kept views: the one the last batch left if they are the cached
+    views of its generation (taken out of the cache: it is consumed), else a new one."""
+    nodes = node_views(s)
+    gen = s.info.get(VIEWS_GEN_KEY)
+    if gen is not None:
+        with _views_lock:
+            hit = _snapshots.pop(_engine(s), None)
+        if hit is not None and hit[0] == gen and hit[1].cfg == cfg.scheduler:
+            return hit[1]
+    return scheduler.Snapshot(nodes, cfg.scheduler)
 
 
 def _take(
