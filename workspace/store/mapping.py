@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, inspect, select
+from sqlalchemy import Table, bindparam, insert, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -91,34 +91,36 @@ def shown_reason(ws: Workspace) -> str:
 # -- workspaces ------------------------------------------------------------------------------
 
 
+_A = cast(Table, IpAllocation.__table__).c
+_N = cast(Table, Network.__table__).c
+# Built once (building a statement costs more than running it).
+_NICS = (
+    select(
+        _A.workspace_id, _A.ip, _A.mac, _N.name, _N.gateway, _N.bridge, _N.subnet, _N.dns, _N.vlan
+    )
+    .join_from(IpAllocation.__table__, Network.__table__, _N.name == _A.network)
+    .order_by(_A.workspace_id, _A.nic_index)
+)
+_NICS_OF = _NICS.where(_A.workspace_id.in_(bindparam("ids", expanding=True)))
+
+
 def nics(s: Session, ids: Sequence[str]) -> dict[str, tuple[Nic, ...]]:
     """The NICs of these workspaces (every id is a key), in NIC order: one query, plain
     columns (this runs for every list, event and order set)."""
     found: dict[str, list[Nic]] = {i: [] for i in ids}
     if not ids:
         return {}
-    q = (
-        select(
-            IpAllocation.workspace_id,
-            IpAllocation.ip,
-            IpAllocation.mac,
-            Network.name,
-            Network.gateway,
-            Network.bridge,
-            Network.subnet,
-            Network.dns,
-            Network.vlan,
-        )
-        .join(Network, Network.name == IpAllocation.network)
-        .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
-    )
+    if s.autoflush:
+        s.flush()  # as the ORM's autoflush would (addresses deleted count as gone)
     # Large lists read every allocation once instead of binding thousands of ids
     # (SQLite caps the number of bound parameters).
     if len(ids) <= 500:
-        q = q.where(IpAllocation.workspace_id.in_(ids))
+        rows = s.connection().execute(_NICS_OF, {"ids": list(ids)})
+    else:
+        rows = s.connection().execute(_NICS)
     prefix: dict[str, int] = {}
     dns: dict[str, tuple[str, ...]] = {}
-    for wid, ip, mac, net, gateway, bridge, subnet, servers, vlan in s.execute(q):
+    for wid, ip, mac, net, gateway, bridge, subnet, servers, vlan in rows:
         out = found.get(wid)
         if out is None:
             continue
