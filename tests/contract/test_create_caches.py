@@ -22,7 +22,7 @@ from tests.contract.test_store_engines import (  # noqa: F401 - fixtures
 )
 from workspace.domain.states import Op
 from workspace.errors import ResourceExhausted
-from workspace.ops import order_size, trust
+from workspace.ops import order_size, placement, trust
 from workspace.store import Node, Workspace
 from workspace.store.models import ImageSignature
 
@@ -130,6 +130,37 @@ def test_node_views_follow_another_replica_s_nodes_and_claims(world: World, othe
     # "c" knows neither fits
     with pytest.raises(ResourceExhausted):
         world.create("d", memory_mib=1000)
+    world.snapshot().check()
+
+
+def test_the_scheduler_snapshot_a_batch_leaves_is_the_next_one_s(world: World) -> None:
+    """A batch places on one scheduler snapshot; the next batch of the same replica takes
+    it over while the nodes generation is the one it left (ops/placement.py): it counts
+    every claim made since. A batch with a refused create builds the next one afresh."""
+    standard(world, "10.45.0.0/24", nodes=1, memory=4000)
+    engine = world.store.engine
+
+    def used() -> tuple[int, int]:
+        """(what the remembered snapshot counts as used, what the node's row holds)."""
+        with world.store.read() as s:
+            row = s.execute(select(Node.used_memory_mib)).scalar_one()
+        return placement._snapshots[engine][1].by_name["n0"].used_memory_mib, row
+
+    world.create("a", memory_mib=1024)
+    first = placement._snapshots[engine][1]
+    world.create("b", memory_mib=1024)
+    world.create("c", memory_mib=1024)
+    assert placement._snapshots[engine][1] is first  # taken over, not built again
+    counted, row = used()
+    assert counted == row > 3 * 1024
+    with pytest.raises(ResourceExhausted):
+        world.create("huge", memory_mib=3000)
+    with pytest.raises(ResourceExhausted):  # a fourth GiB (and its overhead) does not fit
+        world.create("d", memory_mib=1024)
+    world.create("e", memory_mib=128)
+    assert placement._snapshots[engine][1] is not first
+    counted, row = used()
+    assert counted == row
     world.snapshot().check()
 
 

@@ -108,6 +108,22 @@ def make_mac(prefix: str, rng: random.Random | None = None) -> str:
     return prefix + "".join(f":{r.randrange(256):02x}" for _ in range(3))
 
 
+# A MAC prefix is 3 octets: 24 bits of suffix per prefix.
+MAC_SUFFIXES = 1 << 24
+
+
+def mac_of(prefix: str, n: int) -> str:
+    """The MAC of ``prefix`` (3 octets) whose suffix is ``n`` modulo 2**24 (a counter
+    past its last suffix starts again from the first)."""
+    n %= MAC_SUFFIXES
+    return f"{prefix}:{n >> 16:02x}:{(n >> 8) & 255:02x}:{n & 255:02x}"
+
+
+def mac_suffix(mac: str) -> int:
+    """The 24-bit suffix of ``mac`` (its last 3 octets)."""
+    return int(mac[-8:].replace(":", ""), 16)
+
+
 def pool_size(pool: Pool) -> int:
     first = int(netaddr.IPAddress(pool.range_start))
     last = int(netaddr.IPAddress(pool.range_end))

@@ -118,13 +118,15 @@ def useless_to_head(
     s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()
 ) -> tuple[set[str] | None, int]:
     """(nodes a newcomer may use, how many requests wait); (None, 0) if nothing waits."""
-    # A cluster some of whose members are excluded is excluded whole.
-    clusters = {w.cluster for w in (s.get(Workspace, i) for i in exclude) if w and w.cluster}
     kept: list[Entry] | None = s.info.get(WAITING_KEY)
     if kept is None:
         kept = entries(s, exclude)
         if WAITING_KEY in s.info:
             s.info[WAITING_KEY] = kept
+    if not kept:
+        return None, 0
+    # A cluster some of whose members are excluded is excluded whole.
+    clusters = {w.cluster for w in (s.get(Workspace, i) for i in exclude) if w and w.cluster}
     waiting = [
         e for e in kept if not (e.ids & exclude) and (e.kind != "cluster" or e.id not in clusters)
     ]

@@ -21,9 +21,9 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, inspect, select
 from sqlalchemy.orm import Session
 
 from images.model import ImageSpec
@@ -46,7 +46,7 @@ from workspace.ops.projects import (
 )
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Image, Network, Workspace
-from workspace.store.mapping import bind_spec, image_spec, workspace_views
+from workspace.store.mapping import bind_spec, image_spec, insert_workspace, workspace_views
 
 log = logging.getLogger("workspace.ops.create")
 T = TypeVar("T")
@@ -156,18 +156,34 @@ def request_hash(req: CreateRequest) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
+# The create path's queries, built once (building one costs more than running it).
+_WS = cast(Table, Workspace.__table__).c
+_PRIOR = select(_WS.id, _WS.request_hash).where(
+    _WS.owner == bindparam("owner"), _WS.request_id == bindparam("request_id")
+)
+_CLASH = (
+    select(_WS.id)
+    .where(
+        _WS.owner == bindparam("owner"),
+        _WS.name == bindparam("name"),
+        _WS.state != State.TERMINATED.value,
+    )
+    .limit(1)
+)
+
+
 def find_prior(s: Session, owner: str, request_id: str, hash_: str) -> Workspace | None:
     """The workspace an earlier request with this id made, if any."""
     if not request_id:
         return None
-    prior = s.execute(
-        select(Workspace).where(Workspace.owner == owner, Workspace.request_id == request_id)
-    ).scalar_one_or_none()
-    if prior is not None and prior.request_hash != hash_:
+    found = s.connection().execute(_PRIOR, {"owner": owner, "request_id": request_id}).first()
+    if found is None:
+        return None
+    if found[1] != hash_:
         raise InvalidArgument(
             f"request id {request_id!r} was already used for a different request; use a new id"
         )
-    return prior
+    return s.get(Workspace, found[0])
 
 
 def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -> ImageSpec:
@@ -185,13 +201,9 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     partitions = disk_layout(
         image.name, source.partitions, spec.extra_partitions, spec.grow_bytes, env.cfg.limits
     )
-    clash = s.execute(
-        select(Workspace.id).where(
-            Workspace.owner == owner,
-            Workspace.name == spec.name,
-            Workspace.state != State.TERMINATED.value,
-        )
-    ).first()
+    if any(isinstance(w, Workspace) for w in (*s.new, *s.dirty)):
+        s.flush()  # rows of this transaction not written yet count too
+    clash = s.connection().execute(_CLASH, {"owner": owner, "name": spec.name}).first()
     if clash is not None:
         raise AlreadyExists(f"you already have a workspace named {spec.name!r} ({clash[0]})")
     return replace(source, partitions=partitions)
@@ -208,7 +220,26 @@ def insert_row(
     hash_: str,
     project: str = "",
 ) -> Workspace:
-    """The PENDING workspace row (not placed yet)."""
+    """The PENDING workspace row (not placed yet), flushed."""
+    ws = build_row(env, s, owner, wid, spec, bound, request_id, hash_, project)
+    s.add(ws)
+    s.flush()
+    return ws
+
+
+def build_row(
+    env: Env,
+    s: Session,
+    owner: str,
+    wid: str,
+    spec: CreateSpec,
+    bound: ImageSpec,
+    request_id: str,
+    hash_: str,
+    project: str = "",
+) -> Workspace:
+    """The PENDING workspace row (not placed yet), not in the session: placement inserts
+    it once placed (ops/placement.py ``place_rows``, store/mapping.py ``insert_workspace``)."""
     now = env.clock()
     ws = Workspace(
         id=wid,
@@ -249,8 +280,6 @@ def insert_row(
         seeds.contextualize(env.cfg, s, ws, image)
         if not spec.cluster:  # a member's bound needs its roster: ops/clusters.py
             seeds.set_bound(s, ws)
-    s.add(ws)
-    s.flush()
     return ws
 
 
@@ -314,13 +343,18 @@ def create_in(
     )
     project = resolve_project(u.s, sc.who, req.project, sc.projects)
     bound = prerequisites(env, u.s, sc, wid, spec)
-    # 4. execution; the events go out after the commit
-    ws = insert_row(
+    # 4. execution; the events go out after the commit. The row is inserted once placed
+    # (one INSERT: ops/placement.py) or queued; in a project first, its quotas count it.
+    ws = build_row(
         env, u.s, owner, wid, spec, bound, req.request_id or uuid.uuid4().hex, hash_, project
     )
-    check_workspace_quota(u.s, project, f"cannot create {spec.name}")
+    u.changed(ws)  # a refusal names it (ops/group_commit.py)
+    if project:
+        insert_workspace(u.s, ws)
+        check_workspace_quota(u.s, project, f"cannot create {spec.name}")
     touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
-    u.changed(ws)
+    if inspect(ws).transient:  # queued
+        insert_workspace(u.s, ws)
     u.nodes(*touched)
 
     def answer() -> WorkspaceView:

@@ -155,12 +155,15 @@ def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent])
         # ends here and every create of it gets this error (``_batch``).
         raise
     except Exception as exc:
+        made = [w for w in journal.created(u.s) if w.id not in before]
+        made += [w for w in u.rows() if w.id not in at[0] and w not in made]
         if isinstance(exc, WorkspaceError):
             # Read before the rollback expires the rows (as ops/unit.py ``write`` does).
-            made = [w for w in journal.created(u.s) if w.id not in before]
-            made += [w for w in u.rows() if w.id not in at[0] and w not in made]
             refused.extend(refusals.refused(exc, made, env.clock()))
         savepoint.rollback()
+        for w in made:  # rows inserted without the ORM (store/mapping.py) leave too
+            if w in u.s:
+                u.s.expunge(w)
         trust.restore_audit(u.s, audited)  # its trust decisions stay recorded
         u.rewind(at)
         placement.forget_node_views(u.s)  # its claims were rolled back

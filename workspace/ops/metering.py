@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.domain.usage import Consumption, consumption
-from workspace.store import UsageInterval, Workspace
-from workspace.store.mapping import STATES, bound_spec
+from workspace.store import UsageInterval, Workspace, journal
+from workspace.store.mapping import STATES, bound_spec, insert_new
 
 # Ids bound per query (SQLite caps the number of bound parameters).
 CHUNK = 500
@@ -42,7 +42,11 @@ def record(s: Session, rows: Sequence[Workspace], now: float) -> None:
     """Close the open interval of each row whose consumption changed and open the next."""
     if not rows:
         return
-    open_ = _open_intervals(s, [w.id for w in rows])
+    # A workspace made in this transaction has no interval yet (the unit of work records
+    # once, at its end: ops/unit.py).
+    made = {w.id for w in journal.created(s)}
+    open_ = _open_intervals(s, [w.id for w in rows if w.id not in made])
+    new: list[UsageInterval] = []
     for ws in rows:
         use = use_of(ws)
         cur = open_.get(ws.id)
@@ -54,7 +58,7 @@ def record(s: Session, rows: Sequence[Workspace], now: float) -> None:
             else:
                 cur.ended_at = now
         if use:
-            s.add(
+            new.append(
                 UsageInterval(
                     workspace_id=ws.id,
                     workspace_name=ws.name,
@@ -68,4 +72,5 @@ def record(s: Session, rows: Sequence[Workspace], now: float) -> None:
                     preemptible=bool(ws.preemptible),
                 )
             )
+    insert_new(s, new)  # one statement (store/mapping.py)
     s.flush()

@@ -40,7 +40,7 @@ from workspace.ops.order_size import check_signature_fits
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
-from workspace.store.mapping import image_spec
+from workspace.store.mapping import image_spec, insert_audits
 from workspace.store.models import (
     Audit,
     Image,
@@ -369,19 +369,25 @@ def _entry(
 SURVIVING = "workspace.surviving_audit"
 
 
+# Session.info key: the session's transaction has the listeners of ``_record_surviving``.
+_LISTENING = "workspace.surviving_audit.listening"
+
+
 def _record_surviving(env: Env, s: Session, rows: list[Audit]) -> None:
-    """Add ``rows`` to ``s``; should its transaction roll back (a refused create),
-    write them again in a transaction of their own: every decision is recorded.
+    """Insert ``rows`` in ``s``'s transaction (one Core statement: store/mapping.py
+    ``insert_audits``); should it roll back (a refused create), write every decision
+    it recorded again in a transaction of their own: every decision is recorded.
 
     A SAVEPOINT rolled back (one create of a group commit, ops/group_commit.py) is not
     the transaction's end: the batch puts that create's rows back into the transaction
     that goes on (``restore_audit``), and this writes them only if that one rolls back."""
-    for r in rows:
-        s.add(r)
+    insert_audits(s, rows)
+    # The rows' values (as inserted), readable whatever happens to the transaction.
+    s.info.setdefault(SURVIVING, []).extend({c: getattr(r, c) for c in AUDIT_FIELDS} for r in rows)
+    if s.info.get(_LISTENING):
+        return
+    s.info[_LISTENING] = True
     done = [False]
-    # The rows' values, readable after the rollback expires them.
-    snapshot = [{c: getattr(r, c) for c in AUDIT_FIELDS} for r in rows]
-    s.info.setdefault(SURVIVING, []).extend(snapshot)
 
     def after_rollback(session: Session) -> None:
         if done[0] or session.in_nested_transaction():
@@ -389,7 +395,7 @@ def _record_surviving(env: Env, s: Session, rows: list[Audit]) -> None:
         done[0] = True
         try:
             with env.store.write() as w:
-                for values in snapshot:
+                for values in session.info.get(SURVIVING, []):
                     w.add(Audit(**values))
         except Exception:
             log.exception("cannot record the audit of a refused operation")

@@ -71,7 +71,24 @@ def check_flush(session: Session, _context: Any, _instances: Any) -> None:
             if truncated:
                 setattr(obj, key, fit(value, length))
                 continue
-            field = key.replace("_", " ")
-            if "\x00" in value:
-                raise InvalidArgument(f"{field} must not contain a NUL character")
-            raise InvalidArgument(f"{field} is too long: {len(value)} characters, at most {length}")
+            _refuse(key, value, length)
+
+
+def check_row(mapper: Mapper[Any], values: dict[str, Any]) -> None:
+    """``check_flush`` for a row inserted without the ORM (store/mapping.py): ``values``
+    by attribute; a message too long is cut in ``values``."""
+    for key, length, truncated in _bounded(mapper):
+        value = values.get(key)
+        if not isinstance(value, str) or (len(value) <= length and "\x00" not in value):
+            continue
+        if truncated:
+            values[key] = fit(value, length)
+            continue
+        _refuse(key, value, length)
+
+
+def _refuse(key: str, value: str, length: int) -> None:
+    field = key.replace("_", " ")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain a NUL character")
+    raise InvalidArgument(f"{field} is too long: {len(value)} characters, at most {length}")

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace.errors import InvalidArgument
-from workspace.store import bounds, engines, journal, migrations, orders_gen
+from workspace.store import bounds, engines, journal, macs, migrations, orders_gen
 
 log = logging.getLogger("workspace.store")
 
@@ -76,6 +76,7 @@ class Store:
         event.listen(self._sessions, "before_flush", bounds.check_flush)
         journal.install(self._sessions)
         orders_gen.install(self._sessions)
+        macs.install(self._sessions)
         self.write_lock = threading.RLock()
         # The database did not answer the last time it was asked (``Unavailable``), and
         # when it last came back (time.time(); 0: never away).

@@ -77,6 +77,20 @@ def add(s: Session, e: SiteEvent) -> None:
     _pending(s).append(e)
 
 
+def inserted(s: Session, ws: Workspace) -> None:
+    """``ws`` was inserted without the ORM's flush (store/mapping.py ``insert_workspace``):
+    its created event is made at commit, as a flushed new row's."""
+    callctx.note(workspace=ws.id)
+    s.info.setdefault(_CREATED, {})[ws.id] = (ws, callctx.current().who, time.time())
+    _pending(s).append(ws)
+
+
+def audited(s: Session, a: Audit) -> None:
+    """The trust decision ``a`` was inserted without the ORM's flush (store/mapping.py
+    ``insert_audits``): its event, as a flushed one's."""
+    _pending(s).append(_trust(a, callctx.current().who))
+
+
 def created(s: Session) -> list[Workspace]:
     """The workspaces made in ``s``'s transaction so far (flushed)."""
     made: dict[str, tuple[Workspace, str, float]] = s.info.get(_CREATED, {})
@@ -98,6 +112,8 @@ def rewind(s: Session, at: tuple[int, frozenset[str]]) -> None:
 
 
 def _before_commit(s: Session) -> None:
+    if s.in_nested_transaction():  # a SAVEPOINT: the events are written with the transaction
+        return
     if not s.info.get(_PENDING) and not (s.new or s.dirty or s.deleted):
         return
     s.flush()  # the last changes become events too
@@ -116,6 +132,8 @@ def _before_commit(s: Session) -> None:
 
 
 def _after_rollback(s: Session) -> None:
+    if s.in_nested_transaction():  # a SAVEPOINT: its creator rewinds (``rewind``)
+        return
     s.info.pop(_PENDING, None)
     s.info.pop(_CREATED, None)
 

@@ -7,10 +7,13 @@ built here, once, from the allocation rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, bindparam, insert, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from images.model import ImageSpec, Partition
 from workspace import ipam
@@ -26,7 +29,8 @@ from workspace.domain.model import (
 from workspace.domain.netpolicy import AllowRule, Connectivity, Limits
 from workspace.domain.states import ClusterState, Desired, FailurePolicy, NodeState, State
 from workspace.scheduler.model import Affinity
-from workspace.store.models import Cluster, Image, IpAllocation, Network, Node, Workspace
+from workspace.store import bounds, journal, orders_gen
+from workspace.store.models import Audit, Cluster, Image, IpAllocation, Network, Node, Workspace
 
 # What the API shows before the reason a request waits for capacity.
 WAITING = "waiting for capacity: "
@@ -87,34 +91,36 @@ def shown_reason(ws: Workspace) -> str:
 # -- workspaces ------------------------------------------------------------------------------
 
 
+_A = cast(Table, IpAllocation.__table__).c
+_N = cast(Table, Network.__table__).c
+# Built once (building a statement costs more than running it).
+_NICS = (
+    select(
+        _A.workspace_id, _A.ip, _A.mac, _N.name, _N.gateway, _N.bridge, _N.subnet, _N.dns, _N.vlan
+    )
+    .join_from(IpAllocation.__table__, Network.__table__, _N.name == _A.network)
+    .order_by(_A.workspace_id, _A.nic_index)
+)
+_NICS_OF = _NICS.where(_A.workspace_id.in_(bindparam("ids", expanding=True)))
+
+
 def nics(s: Session, ids: Sequence[str]) -> dict[str, tuple[Nic, ...]]:
     """The NICs of these workspaces (every id is a key), in NIC order: one query, plain
     columns (this runs for every list, event and order set)."""
     found: dict[str, list[Nic]] = {i: [] for i in ids}
     if not ids:
         return {}
-    q = (
-        select(
-            IpAllocation.workspace_id,
-            IpAllocation.ip,
-            IpAllocation.mac,
-            Network.name,
-            Network.gateway,
-            Network.bridge,
-            Network.subnet,
-            Network.dns,
-            Network.vlan,
-        )
-        .join(Network, Network.name == IpAllocation.network)
-        .order_by(IpAllocation.workspace_id, IpAllocation.nic_index)
-    )
+    if s.autoflush:
+        s.flush()  # as the ORM's autoflush would (addresses deleted count as gone)
     # Large lists read every allocation once instead of binding thousands of ids
     # (SQLite caps the number of bound parameters).
     if len(ids) <= 500:
-        q = q.where(IpAllocation.workspace_id.in_(ids))
+        rows = s.connection().execute(_NICS_OF, {"ids": list(ids)})
+    else:
+        rows = s.connection().execute(_NICS)
     prefix: dict[str, int] = {}
     dns: dict[str, tuple[str, ...]] = {}
-    for wid, ip, mac, net, gateway, bridge, subnet, servers, vlan in s.execute(q):
+    for wid, ip, mac, net, gateway, bridge, subnet, servers, vlan in rows:
         out = found.get(wid)
         if out is None:
             continue
@@ -284,3 +290,126 @@ def network_info(n: Network, allocated: int) -> NetworkInfo:
         allocated=allocated,
         vlan=n.vlan or 0,
     )
+
+
+# -- inserts of the create path --------------------------------------------------------------
+# Core statements, built once: building a statement costs more than running it, and the
+# ORM's flush of a new row several times more (docs/design/control-plane.md, round three).
+
+_WORKSPACES = cast(Table, Workspace.__table__)
+_INSERT_WORKSPACE = insert(_WORKSPACES)
+_ALLOCATIONS = cast(Table, IpAllocation.__table__)
+# An address whose MAC (or address) is taken already is not inserted: no row returned
+# (rowcount is no witness: with RETURNING psycopg gives -1).
+_INSERT_ALLOCATION = {
+    "sqlite": sqlite.insert(_ALLOCATIONS).on_conflict_do_nothing().returning(_ALLOCATIONS.c.id),
+    "postgresql": postgresql.insert(_ALLOCATIONS)
+    .on_conflict_do_nothing()
+    .returning(_ALLOCATIONS.c.id),
+}
+
+
+_Column = tuple[str, Callable[[], Any] | None, Any]
+
+
+def _defaults(model: Any) -> tuple[_Column, ...]:
+    """(attribute, default factory or None, default value) of each column of ``model``."""
+    out: list[_Column] = []
+    for attr in inspect(model).column_attrs:
+        default = attr.columns[0].default
+        arg = getattr(default, "arg", None)
+        if callable(arg):
+            out.append((attr.key, functools.partial(arg, None), None))
+        else:
+            out.append((attr.key, None, arg))
+    return tuple(out)
+
+
+_WORKSPACE_COLUMNS = _defaults(Workspace)
+_AUDIT_COLUMNS = tuple(c for c in _defaults(Audit) if c[0] != "id")  # id: autoincrement
+_INSERT_AUDIT = insert(cast(Table, Audit.__table__))
+
+
+def _values(row: Any, columns: tuple[_Column, ...]) -> dict[str, Any]:
+    """The values of a new ORM object's ``columns`` as a Core INSERT takes them: one left
+    unset takes its column's default, on the object too; strings checked as a flush
+    checks them (store/bounds.py: a message too long is cut, on the object too)."""
+    values: dict[str, Any] = {}
+    held = row.__dict__  # what was set on the new object (no instrumented reads: faster)
+    for key, factory, default in columns:
+        value = held.get(key)
+        if value is None and (factory is not None or default is not None):
+            value = factory() if factory is not None else default
+        values[key] = value
+    bounds.check_row(inspect(type(row)), values)
+    for key, value in values.items():
+        if held.get(key) is not value:
+            setattr(row, key, value)
+    return values
+
+
+def insert_workspace(s: Session, ws: Workspace) -> None:
+    """INSERT the new row ``ws`` (not in ``s``) in one Core statement, every column given
+    (``_values``); then ``ws`` is in ``s`` as a row loaded from the database would be.
+    What the ORM's flush would have done besides is done here: the created event
+    (store/journal.py) and the node's orders generation (store/orders_gen.py)."""
+    values = _values(ws, _WORKSPACE_COLUMNS)
+    s.connection().execute(_INSERT_WORKSPACE, values)
+    make_transient_to_detached(ws)
+    s.add(ws)
+    journal.inserted(s, ws)
+    orders_gen.touch(s, ws.node)
+
+
+def insert_allocation(
+    s: Session, network: str, ip: str, ip_int: int, mac: str, workspace_id: str, nic_index: int
+) -> bool:
+    """INSERT one NIC's address in one Core statement; False (nothing inserted) if its MAC
+    or its address is taken already."""
+    conn = s.connection()
+    values = {
+        "network": network,
+        "ip": ip,
+        "ip_int": ip_int,
+        "mac": mac,
+        "workspace_id": workspace_id,
+        "nic_index": nic_index,
+    }
+    statement = _INSERT_ALLOCATION.get(conn.dialect.name)
+    if statement is None:  # no ON CONFLICT: a taken one raises
+        conn.execute(insert(_ALLOCATIONS), values)
+        return True
+    return conn.execute(statement, values).first() is not None
+
+
+_NEW_COLUMNS: dict[type, tuple[Table, tuple[_Column, ...]]] = {}
+
+
+def insert_new(s: Session, rows: Sequence[Any]) -> None:
+    """INSERT new ORM objects of one model (not in ``s``; they stay out of it) in one
+    Core statement (``_values``; an autoincremented id is left to the database). Only
+    for rows nothing else follows when flushed (store/journal.py, store/orders_gen.py):
+    usage intervals (ops/metering.py)."""
+    if not rows:
+        return
+    model = type(rows[0])
+    found = _NEW_COLUMNS.get(model)
+    if found is None:
+        table = cast(Table, model.__table__)
+        auto = {c.key for c in table.primary_key.columns if c.autoincrement is True}
+        found = _NEW_COLUMNS[model] = (
+            table,
+            tuple(c for c in _defaults(model) if c[0] not in auto),
+        )
+    table, columns = found
+    s.connection().execute(insert(table), [_values(r, columns) for r in rows])
+
+
+def insert_audits(s: Session, rows: Sequence[Audit]) -> None:
+    """INSERT new trust decisions (not in ``s``; they stay out of it) in one Core
+    statement (``_values``), with their site events as a flush would make them."""
+    if not rows:
+        return
+    s.connection().execute(_INSERT_AUDIT, [_values(a, _AUDIT_COLUMNS) for a in rows])
+    for a in rows:
+        journal.audited(s, a)

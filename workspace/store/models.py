@@ -98,6 +98,16 @@ class Network(Base):
     vlan: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class MacCounter(Base):
+    """The next MAC address suffix (24 bits, counted on past 2**24) of a MAC prefix: MACs
+    are drawn from it in order (store/macs.py) instead of at random and checked."""
+
+    __tablename__ = "mac_counters"
+
+    prefix: Mapped[str] = mapped_column(String(8), primary_key=True)
+    next: Mapped[int] = mapped_column(BigInteger)
+
+
 class IpAllocation(Base):
     """One address of a pool bound to one NIC. The unique constraints are the guarantee."""
 

@@ -27,7 +27,9 @@ is the value it took, and whether the transaction changed nodes only in their cl
 
 from __future__ import annotations
 
-from sqlalchemy import event, inspect, select, update
+from typing import cast
+
+from sqlalchemy import Table, bindparam, event, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace.store.models import Generation, ImageSignature, Network, Node, Workspace, new_gen
@@ -76,9 +78,27 @@ def pending(s: Session, node: str) -> bool:
     return bool(s.info.get(ALL)) or node in s.info.get(NODES, ())
 
 
+_GENERATIONS = cast(Table, Generation.__table__)
+_NODES = cast(Table, Node.__table__)
+# Statements built once (building one costs more than running it).
+_READ_NODES_GEN = select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == NODES_ROW)
+_BUMP_NODES_GEN = (
+    update(_GENERATIONS).where(_GENERATIONS.c.name == NODES_ROW).values(value=bindparam("gen"))
+)
+_BUMP_SOME = (
+    update(_NODES)
+    .where(_NODES.c.name.in_(bindparam("names", expanding=True)))
+    .values(orders_gen=bindparam("gen"))
+)
+_BUMP_EVERY = update(_NODES).values(orders_gen=bindparam("gen"))
+
+
 def nodes_generation(s: Session) -> int | None:
     """The nodes generation as ``s`` sees it (None: no such row)."""
-    return s.execute(select(Generation.value).where(Generation.name == NODES_ROW)).scalar()
+    if s.autoflush:
+        s.flush()  # as the ORM's autoflush would (nothing to do: cheap)
+    value = s.connection().execute(_READ_NODES_GEN).scalar()
+    return int(value) if value is not None else None
 
 
 def nodes_pending(s: Session) -> bool:
@@ -132,17 +152,15 @@ def _before_commit(s: Session) -> None:
     changed = s.info.pop(NODES_CHANGED, None)
     if changed is not None:
         value = new_gen()
-        s.connection().execute(
-            update(Generation).where(Generation.name == NODES_ROW).values(value=value)
-        )
+        s.connection().execute(_BUMP_NODES_GEN, {"gen": value})
         s.info[NODES_AFTER] = (value, changed == "claims")
     nodes: set[str] = s.info.pop(NODES, set())
     every = s.info.pop(ALL, False)
     if not nodes and not every:
         return
     gen = new_gen()
-    q = update(Node).values(orders_gen=gen)
-    if not every:
-        q = q.where(Node.name.in_(sorted(nodes)))
-    s.connection().execute(q)
+    if every:
+        s.connection().execute(_BUMP_EVERY, {"gen": gen})
+    else:
+        s.connection().execute(_BUMP_SOME, {"gen": gen, "names": sorted(nodes)})
     s.info[AFTER] = (gen, None if every else frozenset(nodes))
