@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -102,9 +102,10 @@ class Node:
         self.net = BridgeNetworking(self.cfg, netns=self.netns)
         return self.net
 
-    def sync(self) -> None:
+    def sync(self) -> Mapping[str, str]:
+        """The agent's network pass; the networks it could not make ready (name → why)."""
         assert self.net is not None
-        self.net.sync(sorted(self.orders.values(), key=lambda o: o.workspace_id))
+        return self.net.sync(sorted(self.orders.values(), key=lambda o: o.workspace_id))
 
     def add_vm(
         self,
@@ -557,12 +558,15 @@ def test_an_uplink_that_does_not_exist(node: Node) -> None:
         ensure_uplink(BRIDGE, "eth9", 0, netns=node.netns, node="n1")
     assert links(node.netns) == before
 
-    # through the agent's pass: a clear error, and the VMs are guarded all the same
+    # through the agent's pass: the network is reported not ready with a clear reason
+    # (only its workspaces wait), and the VMs are guarded all the same
     bad = NodeNetworkConfig(name="default", dhcp=False, uplink="eth9")
     node.cfg = AgentConfig(node="n1", state_dir=node.cfg.state_dir, networks=[bad])
     node.agent()
-    with pytest.raises(errors.FailedPrecondition, match="uplink eth9 does not exist on node n1"):
-        node.add_vm("w-a", "10.214.0.11")
+    node.add_vm("w-a", "10.214.0.11")
+    broken = node.sync()
+    assert list(broken) == ["default"]
+    assert "uplink eth9 does not exist on node n1" in broken["default"]
     assert f"from_{tap_name('w-a', 0)}" in chains(node.netns)
 
 
