@@ -8,8 +8,6 @@ loop runs on a real site. Boots hold /tmp/ws-realvm.lock (one booting helper at 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ import pytest
 
 from images.appliance import Appliance
 from tests.functional.harness import WS, Stubs, wait_for
+from tests.host.realsite import realvm_lock
 from tests.host.test_e2e_site import run
 from workspace import rpc
 from workspace.client import resolve_tls
@@ -30,18 +29,7 @@ from workspace.site.hostenv import HostEnv
 from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
 
 pytestmark = pytest.mark.host
-REALVM_LOCK = "/tmp/ws-realvm.lock"
 BOOT_S = 240.0
-
-
-@contextlib.contextmanager
-def realvm_lock() -> Iterator[None]:
-    with open(REALVM_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class BackfillSite:

@@ -14,13 +14,7 @@ Boots hold ``/tmp/ws-realvm.lock`` (the whole module: one booted site, two waves
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,45 +22,19 @@ from pathlib import Path
 import pytest
 
 from images import cloud
+from tests.host.realsite import CliSite, local_site, realvm_lock
 
 pytestmark = pytest.mark.host
 
-ROOT = Path(__file__).resolve().parents[2]
-LOCK = "/tmp/ws-realvm.lock"
 OLD = ("wse-worker-0", "wse-worker-1")
 NEW = "wse-worker-2"
 BOOT_S = 600.0  # cloud-init boots under TCG on two shared cores
 ROSTER_S = 300.0
 
 
-class CloudSite:
-    def __init__(self, site_dir: Path) -> None:
-        self.dir = site_dir
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), WS_SITE_DIR=str(site_dir))
-        self.env.pop("WS_IDENTITY", None)
-
-    def cli(
-        self, module: str, *args: str, timeout: float = 900.0
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=timeout,
-            check=False,
-        )
-
-    def ok(self, *args: str, timeout: float = 900.0) -> str:
-        out = self.cli("workspace.cli.ws", *args, timeout=timeout)
-        assert out.returncode == 0, f"ws {' '.join(args)}: {out.stderr}{out.stdout}"
-        return out.stdout
-
-    def admin(self, *args: str) -> str:
-        out = self.cli("workspace.cli.admin", *args)
-        assert out.returncode == 0, f"ws-admin {' '.join(args)}: {out.stderr}{out.stdout}"
-        return out.stdout
+class CloudSite(CliSite):
+    def __init__(self, site_dir: Path, home: Path) -> None:
+        super().__init__(site_dir, home, timeout_s=900.0)
 
     def cat(self, name: str, path: str) -> str:
         out = self.cli("workspace.cli.ws", "exec", name, "--", "cat", path, timeout=120)
@@ -120,27 +88,17 @@ def wait(pred, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-
 @pytest.fixture(scope="module")
 def site() -> Iterator[CloudSite]:
     image = cloud.build()
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        site_dir = Path(tempfile.mkdtemp(prefix="wse-", dir="/var/tmp"))
-        site_dir.chmod(0o755)  # dnsmasq (as nobody) reads hosts files below it
-        s = CloudSite(site_dir)
-        try:
-            s.admin("site", "up", "--driver", "libvirt", "--dir", str(site_dir))
-            s.ok("image", "push", "cloud", "--manifest", str(image.manifest))
-            s.ok(
-                "cluster", "create", "wse", "--member", "worker=cloud,count=2,memory-mib=640",
-                "--wait", "--timeout", str(int(BOOT_S)), timeout=BOOT_S + 60,
-            )  # fmt: skip
-            for name in OLD:
-                assert not (why := s.booted(name)), f"{name}: cloud-init did not finish: {why}"
-            yield s
-        finally:
-            s.cli("workspace.cli.admin", "site", "down", "--dir", str(site_dir))
-            if os.environ.get("WS_KEEP_SITE"):
-                print(f"\nkept site directory {site_dir}")
-            else:
-                shutil.rmtree(site_dir, ignore_errors=True)
+    with realvm_lock(), local_site("wse") as (site_dir, home):
+        s = CloudSite(site_dir, home)
+        s.admin("site", "up", "--driver", "libvirt", "--dir", str(site_dir))
+        s.ok("image", "push", "cloud", "--manifest", str(image.manifest))
+        s.ok(
+            "cluster", "create", "wse", "--member", "worker=cloud,count=2,memory-mib=640",
+            "--wait", "--timeout", str(int(BOOT_S)), timeout=BOOT_S + 60,
+        )  # fmt: skip
+        for name in OLD:
+            assert not (why := s.booted(name)), f"{name}: cloud-init did not finish: {why}"
+        yield s
 
 
 def test_grow_then_shrink_rewrites_the_running_members_rosters(site: CloudSite) -> None:

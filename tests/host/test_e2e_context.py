@@ -24,10 +24,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -37,10 +35,10 @@ import pytest
 
 from images import cloud
 from images.appliance import Appliance
+from tests.host.realsite import ROOT, CliSite, local_site
 
 pytestmark = pytest.mark.host
 
-ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = "ctx"
 MEMBERS = ("ctx-head-0", "ctx-worker-0", "ctx-worker-1")
 READY_S = 420.0  # three cloud-init boots at once under TCG on two cores
@@ -50,50 +48,12 @@ echo {MARKER} $(hostname) > /var/tmp/user-data.out
 """
 
 
-class CloudSite:
-    """A local site with the cloud image; ``ws``/``ws_admin`` run the CLIs against it."""
+class CloudSite(CliSite):
+    """A local site with the cloud image and the scientist's SSH key."""
 
     def __init__(self, site_dir: Path, home: Path) -> None:
-        self.dir = site_dir
-        self.home = home
-        self.env = dict(
-            os.environ,
-            PYTHONPATH=str(ROOT),
-            WS_SITE_DIR=str(site_dir),
-            HOME=str(home),
-        )
+        super().__init__(site_dir, home)
         self.key = home / ".ssh" / "id_ed25519"
-
-    def cli(
-        self, module: str, *args: str, stdin: str | None = None, timeout: float = 300.0
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            input=stdin,
-            timeout=timeout,
-            check=False,
-        )
-
-    def ws(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return self.cli("workspace.cli.ws", *args, **kw)  # type: ignore[arg-type]
-
-    def ok(self, *args: str) -> str:
-        out = self.ws(*args)
-        assert out.returncode == 0, f"ws {' '.join(args)}: {out.stderr}{out.stdout}"
-        return out.stdout
-
-    def admin(self, *args: str) -> str:
-        out = self.cli("workspace.cli.admin", *args)
-        assert out.returncode == 0, f"ws-admin {' '.join(args)}: {out.stderr}{out.stdout}"
-        return out.stdout
-
-    def show(self, name: str) -> dict[str, object]:
-        shown: dict[str, object] = json.loads(self.ok("-o", "json", "show", name))
-        return shown
 
     def ssh(self, name: str, *cmd: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return self.ws("ssh", "-i", str(self.key), name, "--", *cmd, timeout=timeout)
@@ -126,11 +86,8 @@ def cloud_image() -> cloud.CloudAppliance:
 
 @pytest.fixture(scope="module")
 def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[CloudSite]:
-    site_dir = Path(tempfile.mkdtemp(prefix="ws-ctx-", dir="/var/tmp"))
-    site_dir.chmod(0o755)  # dnsmasq (as nobody) reads hosts files below it
-    home = Path(tempfile.mkdtemp(prefix="ws-ctx-home-"))
-    s = CloudSite(site_dir, home)
-    try:
+    with local_site("ws-ctx") as (site_dir, home):
+        s = CloudSite(site_dir, home)
         s.key.parent.mkdir(mode=0o700)
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "scientist", "-f", str(s.key)],
@@ -153,13 +110,6 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
         s.ok("cluster", "create", "--spec", str(spec), "--wait", "--timeout", "300")
         wait_ssh(s, MEMBERS, READY_S)
         yield s
-    finally:
-        s.cli("workspace.cli.admin", "site", "down", "--dir", str(site_dir))
-        if os.environ.get("WS_KEEP_SITE"):
-            print(f"\nkept site directory {site_dir}")
-        else:
-            shutil.rmtree(site_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_ssh_logs_in_to_every_member_with_the_users_key(site: CloudSite) -> None:

@@ -28,15 +28,9 @@ Boots and the CPU measurement hold /tmp/ws-realvm.lock.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -45,14 +39,13 @@ from pathlib import Path
 import pytest
 
 from images import cloud
+from tests.host.realsite import CliSite, local_site, realvm_lock
 from tests.host.test_limits_real import vcpu_seconds
 
 # TCG boots on a shared machine can outlast the suite's default 300 s per test,
 # which pytest-timeout charges the module's fixture to the first test.
 pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[2]
-REALVM_LOCK = "/tmp/ws-realvm.lock"
 CLUSTER = "net"
 MEMBERS = tuple(f"{CLUSTER}-node-{i}" for i in range(4))
 OUTSIDER = "outsider"
@@ -63,77 +56,16 @@ MEMORY = "640"
 Proc = subprocess.CompletedProcess[str]
 
 
-@contextlib.contextmanager
-def realvm_lock() -> Iterator[None]:
-    with open(REALVM_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-class Site:
+class Site(CliSite):
     def __init__(self, site_dir: Path, home: Path) -> None:
-        self.dir = site_dir
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), WS_SITE_DIR=str(site_dir))
-        self.env["HOME"] = str(home)
+        super().__init__(site_dir, home)
         self.ips: dict[str, str] = {}
         self.macs: dict[str, str] = {}
         self.nodes: dict[str, str] = {}
 
-    def cli(
-        self, module: str, *args: str, timeout: float = 300.0
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=timeout,
-            check=False,
-        )
-
-    def ok(self, *args: str, timeout: float = 300.0) -> str:
-        out = self.cli("workspace.cli.ws", *args, timeout=timeout)
-        assert out.returncode == 0, f"ws {' '.join(args)}: {out.stderr}{out.stdout}"
-        return out.stdout
-
-    def admin(self, *args: str) -> str:
-        out = self.cli("workspace.cli.admin", *args)
-        assert out.returncode == 0, f"ws-admin {' '.join(args)}: {out.stderr}{out.stdout}"
-        return out.stdout
-
-    def show(self, name: str) -> dict[str, object]:
-        shown: dict[str, object] = json.loads(self.ok("-o", "json", "show", name))
-        return shown
-
-    def run(
-        self, name: str, script: str, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[str]:
-        """``ws exec NAME -- sh -c SCRIPT`` (as root in the guest, via the guest agent)."""
-        return self.cli(
-            "workspace.cli.ws",
-            "exec",
-            name,
-            "--timeout",
-            str(int(timeout)),
-            "--",
-            "sh",
-            "-c",
-            script,
-            timeout=timeout + 60,
-        )
-
-    def sh(self, name: str, script: str, timeout: float = 60.0) -> str:
-        out = self.run(name, script, timeout)
-        assert out.returncode == 0, f"{name}: {script}: {out.stderr}{out.stdout}"
-        return out.stdout
-
     def ping(self, name: str, target: str, source: str = "") -> bool:
         via = f"-I {source} " if source else ""
-        return self.run(name, f"ping -c 2 -W 2 {via}{target}").returncode == 0
+        return self.exec(name, f"ping -c 2 -W 2 {via}{target}").returncode == 0
 
     def connects(self, name: str, target: str, port: int) -> bool:
         """An HTTP GET from ``name`` to ``target:port`` answers within 5 s."""
@@ -141,7 +73,7 @@ class Site:
             "python3 -c 'import urllib.request,sys\n"
             f'urllib.request.urlopen("http://{target}:{port}/", timeout=5).read()\''
         )
-        return self.run(name, script, timeout=30).returncode == 0
+        return self.exec(name, script, timeout=30).returncode == 0
 
 
 def wait_guests(site: Site, names: tuple[str, ...], timeout_s: float) -> None:
@@ -149,7 +81,7 @@ def wait_guests(site: Site, names: tuple[str, ...], timeout_s: float) -> None:
     pending = list(names)
     last = ""
     while pending and time.monotonic() < deadline:
-        out = site.run(pending[0], "true", timeout=20)
+        out = site.exec(pending[0], "true", timeout=20)
         if out.returncode == 0:
             pending.pop(0)
             continue
@@ -161,12 +93,9 @@ def wait_guests(site: Site, names: tuple[str, ...], timeout_s: float) -> None:
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     image = cloud.build()
-    site_dir = Path(tempfile.mkdtemp(prefix="ws-net-", dir="/var/tmp"))
-    site_dir.chmod(0o755)
-    home = Path(tempfile.mkdtemp(prefix="ws-net-home-"))
-    s = Site(site_dir, home)
     everyone = (*MEMBERS, OUTSIDER, OUTBOUND)
-    try:
+    with local_site("ws-net") as (site_dir, home):
+        s = Site(site_dir, home)
         s.admin("site", "up", "--driver", "libvirt", "--nodes", "2", "--dir", str(site_dir))
         s.ok("image", "push", "cloud", "--manifest", str(image.manifest))
         with realvm_lock():
@@ -189,13 +118,6 @@ def site() -> Iterator[Site]:
             s.macs[name] = str(nics[0]["mac"]).lower()
             s.nodes[name] = str(shown["node"])
         yield s
-    finally:
-        s.cli("workspace.cli.admin", "site", "down", "--dir", str(site_dir))
-        if os.environ.get("WS_KEEP_SITE"):
-            print(f"\nkept site directory {site_dir}")
-        else:
-            shutil.rmtree(site_dir, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_the_site_has_a_switch_and_the_cluster_spans_both_nodes(site: Site) -> None:
@@ -232,7 +154,7 @@ def test_a_stolen_address_gets_nothing_back(site: Site) -> None:
         assert not site.ping(thief, site.ips[target], source=site.ips[owner])
         assert site.ping(thief, site.ips[target], source=site.ips[thief])
     finally:
-        site.run(thief, f"ip addr del {site.ips[owner]}/32 dev {dev}")
+        site.exec(thief, f"ip addr del {site.ips[owner]}/32 dev {dev}")
 
 
 FORGE = """

@@ -20,7 +20,6 @@ printed (``-s``) and recorded in docs/design/limits.md.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -43,6 +42,7 @@ import agent.virt.netshape as netshape
 from agent.virt.base import DiskSpec, DomainSpec, NicSpec, tap_name
 from agent.virt.libvirt_driver import LibvirtDriver
 from tests.host.conftest import unique_name
+from tests.host.realsite import realvm_lock
 from workspace.config import LibvirtConfig
 from workspace.domain.model import ExecOutcome
 from workspace.domain.netpolicy import Limits
@@ -54,7 +54,6 @@ from workspace.site.hostenv import HostEnv
 pytestmark = [pytest.mark.host, pytest.mark.timeout(1800)]
 
 APPLIANCE = Path(os.environ.get("WS_CLOUD_APPLIANCE", "/var/tmp/ws-cloud-appliance"))
-REALVM_LOCK = "/tmp/ws-realvm.lock"
 AGENT_WAIT_S = 300.0
 BRIDGE = "wsbr0"
 LIMITED = Limits(cpu_percent=25, disk_mbps=10, net_mbps=20)
@@ -65,16 +64,6 @@ class Guest:
     wid: str
     ip: str
     limits: Limits
-
-
-@contextlib.contextmanager
-def realvm_lock() -> Iterator[None]:
-    with open(REALVM_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sh(driver: LibvirtDriver, guest: Guest, script: str, timeout_s: float = 120) -> str:

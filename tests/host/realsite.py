@@ -1,0 +1,116 @@
+"""What the real-VM host tests share: the lock that keeps two boots apart, and a local
+site driven through the `ws` and `ws-admin` CLIs as a user types them.
+
+* ``realvm_lock()``: held while guests boot (or while a measurement must not share the
+  CPU with a boot), so two modules never boot at the same moment on two cores.
+* ``local_site(prefix)``: a site directory under /var/tmp (0755: dnsmasq, as nobody,
+  reads hosts files below it) and a HOME of its own; on exit `ws-admin site down` and
+  both removed (``WS_KEEP_SITE=1`` keeps the site directory for a post-mortem).
+* ``CliSite``: the CLIs as subprocesses against that site (``WS_SITE_DIR``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+REALVM_LOCK = "/tmp/ws-realvm.lock"
+
+Proc = subprocess.CompletedProcess[str]
+
+
+@contextlib.contextmanager
+def realvm_lock() -> Iterator[None]:
+    with open(REALVM_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class CliSite:
+    """A local site; ``cli`` runs a CLI module against it with its own HOME."""
+
+    def __init__(self, site_dir: Path, home: Path, timeout_s: float = 300.0) -> None:
+        self.dir = site_dir
+        self.home = home
+        self.timeout_s = timeout_s
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), WS_SITE_DIR=str(site_dir))
+        self.env["HOME"] = str(home)
+        self.env.pop("WS_IDENTITY", None)
+
+    def cli(
+        self, module: str, *args: str, stdin: str | None = None, timeout: float | None = None
+    ) -> Proc:
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+            input=stdin,
+            timeout=timeout or self.timeout_s,
+            check=False,
+        )
+
+    def ws(self, *args: str, stdin: str | None = None, timeout: float | None = None) -> Proc:
+        return self.cli("workspace.cli.ws", *args, stdin=stdin, timeout=timeout)
+
+    def ok(self, *args: str, timeout: float | None = None) -> str:
+        out = self.ws(*args, timeout=timeout)
+        assert out.returncode == 0, f"ws {' '.join(args)}: {out.stderr}{out.stdout}"
+        return out.stdout
+
+    def admin(self, *args: str) -> str:
+        out = self.cli("workspace.cli.admin", *args)
+        assert out.returncode == 0, f"ws-admin {' '.join(args)}: {out.stderr}{out.stdout}"
+        return out.stdout
+
+    def show(self, name: str) -> dict[str, object]:
+        shown: dict[str, object] = json.loads(self.ok("-o", "json", "show", name))
+        return shown
+
+    def exec(self, name: str, script: str, timeout: float = 60.0) -> Proc:
+        """``ws exec NAME -- sh -c SCRIPT`` (as root in the guest, via its guest agent)."""
+        return self.ws(
+            *("exec", name, "--timeout", str(int(timeout)), "--", "sh", "-c", script),
+            timeout=timeout + 60,
+        )
+
+    def sh(self, name: str, script: str, timeout: float = 60.0) -> str:
+        out = self.exec(name, script, timeout)
+        assert out.returncode == 0, f"{name}: {script}: {out.stderr}{out.stdout}"
+        return out.stdout
+
+
+@contextlib.contextmanager
+def local_site(prefix: str) -> Iterator[tuple[Path, Path]]:
+    """(site directory, HOME) for one module's site; the site is taken down at the end."""
+    site_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/var/tmp"))
+    site_dir.chmod(0o755)
+    home = Path(tempfile.mkdtemp(prefix=f"{prefix}-home-"))
+    try:
+        yield site_dir, home
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "workspace.cli.admin", "site", "down", "--dir", str(site_dir)],
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            cwd=ROOT,
+            check=False,
+        )
+        if os.environ.get("WS_KEEP_SITE"):
+            print(f"\nkept site directory {site_dir}")
+        else:
+            shutil.rmtree(site_dir, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
