@@ -19,6 +19,7 @@ from tests.functional.harness import Site, wait_for
 from workspace.cli import render
 from workspace.cli import ws as ws_cli
 from workspace.ops import autoscale
+from workspace.store import Cluster
 from workspace.v1 import clusters_pb2, clusters_pb2_grpc
 
 CS = clusters_pb2.ClusterState
@@ -130,6 +131,14 @@ def test_command_signal_grows_and_shrinks_within_min_and_max(site: Site, tmp_pat
         f"autoscale worker 1..4 on command:{sig}, cool-down 0 s; last decision"
     )
     assert shown[0].endswith("signal wants 0 (clamped to 1), have 1: no change")
+
+    # The same decision again is not written again: it keeps the time it was first made.
+    assert site.service is not None
+    with site.service.env.store.read() as s:
+        before = s.get(Cluster, get(site).id).autoscale["worker"]["last"]
+    assert evaluate(site).decision.action == "steady"
+    with site.service.env.store.read() as s:
+        assert s.get(Cluster, get(site).id).autoscale["worker"]["last"] == before
 
 
 def test_cool_down_holds_a_change(site: Site, tmp_path: Path) -> None:

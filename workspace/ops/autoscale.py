@@ -269,7 +269,19 @@ def _store(c: Cluster, role: str, d: Decision, action_at: float) -> None:
 
 
 def _record(env: Env, cid: str, role: str, d: Decision, changed: bool) -> None:
+    """Store ``d`` as the role's last decision, unless it says what the stored one says
+    (a steady role costs one read a pass, not a write: ``at`` stays when it first said so)."""
+    if not changed:
+        with env.store.read() as s:
+            c = s.get(Cluster, cid)
+            last = ((c.autoscale or {}).get(role) or {}).get("last") if c is not None else None
+            if last and _same(Decision.from_dict(last), d):
+                return
     with env.store.write() as s:
         c = s.get(Cluster, cid)
         if c is not None:
             _store(c, role, d, env.clock() if changed else 0.0)
+
+
+def _same(a: Decision, b: Decision) -> bool:
+    return (a.wanted, a.current, a.action, a.detail) == (b.wanted, b.current, b.action, b.detail)
