@@ -1,6 +1,6 @@
 """Consoles relayed between replicas (service/console_relay.py) over a fake channel that
 can reorder and lose messages: output is applied in order, a lost message ends the session
-with UNAVAILABLE on both sides (never a silent gap), and when two replicas both hold a
+with UNAVAILABLE on both sides (never a silent gap), so does a holder gone silent, and when two replicas both hold a
 stream of the node only one opens the console."""
 
 from __future__ import annotations
@@ -140,3 +140,31 @@ def test_no_replica_holding_the_node_is_unavailable(monkeypatch: pytest.MonkeyPa
     _bus, (origin, _other) = replicas(2)
     with pytest.raises(Unavailable, match="not connected"):
         origin.open_console("n1", "w1")
+
+
+def test_lost_keystrokes_end_the_session_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_relay, "PING_S", 0.2)
+    bus, (origin, holder) = replicas(2)
+    line = holder.connect("n1")
+    bus.filter = lambda m: not (m.get("op") == "cin" and m.get("s") == 0)  # lost
+    link = origin.open_console("n1", "w1")
+    opened(line)
+    link.send(b"x")
+    close = line.next(5)  # the holder saw the gap at the client's next ping
+    assert close is not None and isinstance(close.kind, ConsoleClose)
+    ev = link.next(5)
+    assert isinstance(ev, TaskError) and "lost part of its stream" in ev.message
+
+
+def test_a_holder_gone_silent_ends_the_client_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_relay, "PING_S", 0.2)
+    monkeypatch.setattr(console_relay, "IDLE_S", 0.8)
+    bus, (origin, holder) = replicas(2)
+    line = holder.connect("n1")
+    link = origin.open_console("n1", "w1")
+    opened(line)
+    bus.filter = lambda m: m.get("by") != "r1"  # the holder's replica died
+    ev = link.next(5)
+    assert isinstance(ev, TaskError) and "stopped answering for 0.8 s" in ev.message
+    close = line.next(5)  # told so (had the holder been alive), it let the console go
+    assert close is not None and isinstance(close.kind, ConsoleClose)

@@ -165,11 +165,7 @@ class ConsoleRelay:
         # holder side: sessions offered (waiting for ``cgo``) and held
         self._offered: dict[str, tuple[float, dict[str, Any]]] = {}
         self._held: dict[str, _Held] = {}
-        self._stop = threading.Event()
         self._keeping = False
-
-    def close(self) -> None:
-        self._stop.set()
 
     def _keep_alive(self) -> None:
         """Start the keeper (under ``_lock``): it runs while there are sessions."""
@@ -219,9 +215,10 @@ class ConsoleRelay:
                 }
             ),
         )
-        ok = acked.wait(ACK_S)
+        acked.wait(ACK_S)
         with self._lock:
             self._acked.pop(session.sid, None)
+            ok = bool(session.peer)  # a ``cgo`` went out (even at the last moment)
             if not ok:
                 self._clients.pop(session.sid, None)
         if not ok:
@@ -333,7 +330,7 @@ class ConsoleRelay:
         if op == "cclose":
             self._end_held(held)
         elif op == "cping":
-            self._check_gap(session, msg, lambda _why: self._end_held(held))
+            self._check_gap(session, msg, lambda why: self._end_held(held, why))
         elif op == "cin":
             for m in session.take(msg):
                 try:
@@ -342,17 +339,22 @@ class ConsoleRelay:
                     return  # the agent went away: the pump tells the client
         return
 
-    def _end_held(self, held: _Held) -> None:
+    def _end_held(self, held: _Held, why: str = "") -> None:
+        """End the session here and on the agent (``why``: tell the client side too)."""
         with self._lock:
-            self._held.pop(held.session.sid, None)
+            known = self._held.pop(held.session.sid, None) is not None
         held.done.set()
+        if known and why:
+            message = f"the console session through this replica {why}; try again"
+            body = {"op": "cerr", "code": UNAVAILABLE_CODE, "message": message}
+            self.numbered(held.session, body)
         held.link.close()
 
     def _pump(self, held: _Held) -> None:
         """The console's output (and its end) to the client side, in numbered chunks."""
         session, link = held.session, held.link
         try:
-            while not held.done.is_set() and not self._stop.is_set():
+            while not held.done.is_set():
                 event = link.next(PING_S / 2)
                 if event is None or held.done.is_set():
                     continue
@@ -409,7 +411,8 @@ class ConsoleRelay:
 
     def _keep(self) -> None:
         """Pings for sessions with nothing to say; sessions silent for ``IDLE_S`` end."""
-        while not self._stop.wait(PING_S / 2):
+        while True:
+            time.sleep(PING_S / 2)
             now = time.monotonic()
             with self._lock:
                 clients = list(self._clients.values())
@@ -430,7 +433,7 @@ class ConsoleRelay:
                 s = h.session
                 if now - s.heard > IDLE_S:
                     log.info("console session %s: the client side went silent", s.sid)
-                    self._end_held(h)
+                    self._end_held(h, f"heard nothing from the client for {IDLE_S:g} s")
                 elif now - s.said >= PING_S:
                     with s.lock:
                         self._send(s, {"op": "hping", "n": s.sent})
