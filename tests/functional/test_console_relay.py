@@ -4,7 +4,9 @@ PostgreSQL, a fake agent connected to replica B, every attach made through repli
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from tests.functional.harness import WS, Site, wait_for
 from tests.pg import PgServer
 from workspace import errors
+from workspace.cli import ws
 from workspace.client import Client
 from workspace.service import console_relay
 from workspace.service.main import Service
@@ -119,6 +122,30 @@ def test_attach_through_the_replica_without_the_agent(two: tuple[Site, Site]) ->
             for data in c.attach_console("box", iter(())):
                 again += data
             assert again == b"" or b"Debian GNU/Linux 12 box ttyS0" in again
+
+
+def test_ws_console_attach_through_the_replica_without_the_agent(
+    two: tuple[Site, Site],
+    capfdbinary: pytest.CaptureFixture[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, _b = two
+    r, w = os.pipe()
+
+    def type_in() -> None:
+        time.sleep(1.0)
+        os.write(w, b"root\r")
+        time.sleep(1.0)
+        os.write(w, b"\x1d")  # Ctrl-]
+        os.close(w)
+
+    threading.Thread(target=type_in, daemon=True).start()
+    with os.fdopen(r, "rb") as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert ws.main(["--service", a.address, "console", "box", "--attach"]) == 0
+    out, err = capfdbinary.readouterr()
+    assert b"box login: root\r\n" in out
+    assert b"ws: detached" in err
 
 
 def test_a_burst_of_output_arrives_complete_and_in_order(two: tuple[Site, Site]) -> None:

@@ -1,7 +1,7 @@
 """Consoles relayed between replicas (service/console_relay.py) over a fake channel that
 can reorder and lose messages: output is applied in order, a lost message ends the session
-with UNAVAILABLE on both sides (never a silent gap), so does a holder gone silent, and when two replicas both hold a
-stream of the node only one opens the console."""
+with UNAVAILABLE on both sides (never a silent gap), so does a holder gone silent, and
+when two replicas both hold a stream of the node only one opens the console."""
 
 from __future__ import annotations
 
