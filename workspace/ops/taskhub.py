@@ -9,10 +9,11 @@ hands every reply to ``deliver`` and ``disconnect``s when the stream ends. Opera
 UNAVAILABLE at once; a stream that drops fails every task still waiting on it with
 UNAVAILABLE. Only domain values cross this module (``workspace/domain/tasks.py``).
 
-Replicas: an agent's stream is connected to one replica. An exec for a node whose agent
-is not connected here goes to ``elsewhere`` when one is set (``service/task_relay.py``:
-through PostgreSQL to the replica that holds the stream, which runs it with
-``forward=False`` and sends the answer back).
+Replicas: an agent's stream is connected to one replica. An exec or a console for a node
+whose agent is not connected here goes to ``elsewhere`` when one is set
+(``service/task_relay.py``, ``service/console_relay.py``: through PostgreSQL to the
+replica that holds the stream, which runs it with ``forward=False`` and sends the answer,
+or the console's output, back).
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ class Elsewhere(Protocol):
         """Run ``task`` on ``node``'s agent through the replica that holds its stream."""
         ...
 
+    def open_console(self, node: str, workspace_id: str) -> ConsoleLink:
+        """A console session on ``node``'s agent through the replica that holds its stream."""
+        ...
+
 
 class TaskHub:
     def __init__(self) -> None:
@@ -239,9 +244,13 @@ class TaskHub:
         finally:
             self.forget(task_id)
 
-    def open_console(self, node: str, workspace_id: str) -> ConsoleLink:
+    def open_console(self, node: str, workspace_id: str, forward: bool = True) -> ConsoleLink:
         """Ask ``node``'s agent to open the workspace's console; its output (or why it
-        could not) comes as the link's events."""
+        could not) comes as the link's events (``forward``: through another replica when
+        the agent is not connected here)."""
+        elsewhere = self.elsewhere
+        if forward and elsewhere is not None and not self.connected(node):
+            return elsewhere.open_console(node, workspace_id)
         line = self._line(node)
         task_id = uuid.uuid4().hex
         link = ConsoleLink(self, line, task_id, workspace_id)

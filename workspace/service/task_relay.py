@@ -8,8 +8,8 @@ it (``go``: two replicas that both still hold a stream of the node -- an old one
 seen broken -- never both run it); that one runs the task through its hub and sends the
 outcome (or the error) back, in parts when it is larger than one notification. No replica
 acknowledging within ``ACK_S`` means no replica has the agent: UNAVAILABLE, as on one
-replica. Interactive consoles are not forwarded (the client is told to try again, and a
-replica holding the stream serves them).
+replica. Interactive consoles go the same way, as sessions (``service/console_relay.py``,
+whose messages this relay hands over).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from typing import Any
 from workspace.domain.model import ExecOutcome
 from workspace.domain.tasks import ExecTask, TaskError, error_of, exception_of
 from workspace.errors import Unavailable, WorkspaceError
-from workspace.ops.taskhub import TaskHub
+from workspace.ops.taskhub import ConsoleLink, TaskHub
+from workspace.service import console_relay
+from workspace.service.console_relay import ConsoleRelay
 from workspace.service.replicas import TASKS_CHANNEL, Relay
 
 log = logging.getLogger("workspace.service.tasks")
@@ -58,10 +60,15 @@ class TaskForwarder:
         self._waiting: dict[str, _Waiting] = {}
         # Execs this replica offered to run (acked), waiting for their ``go``.
         self._offered: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Interactive consoles: sessions through the same channel.
+        self.consoles = ConsoleRelay(hub, relay)
 
     def start(self) -> None:
         self.relay.on_task = self.received
         self.hub.elsewhere = self
+
+    def open_console(self, node: str, workspace_id: str) -> ConsoleLink:
+        return self.consoles.open(node, workspace_id)
 
     # -- the replica the exec arrived at ----------------------------------------------------
 
@@ -109,6 +116,9 @@ class TaskForwarder:
         except ValueError:
             return
         op = msg.get("op")
+        if op in console_relay.OPS:
+            self.consoles.received(msg)
+            return
         if op == "exec":
             if self.hub.connected(str(msg.get("node", ""))):
                 now = time.monotonic()
