@@ -24,7 +24,9 @@ import pytest
 from images import cloud
 from tests.host.realsite import CliSite, local_site, realvm_lock
 
-pytestmark = pytest.mark.host
+# Cloud-init boots under TCG on a shared machine can outlast the suite's default 300 s
+# per test (pytest-timeout charges the module's fixture to the first test).
+pytestmark = [pytest.mark.host, pytest.mark.timeout(1200)]
 
 OLD = ("wse-worker-0", "wse-worker-1")
 NEW = "wse-worker-2"

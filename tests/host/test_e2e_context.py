@@ -35,9 +35,11 @@ import pytest
 
 from images import cloud
 from images.appliance import Appliance
-from tests.host.realsite import ROOT, CliSite, local_site
+from tests.host.realsite import ROOT, CliSite, local_site, realvm_lock
 
-pytestmark = pytest.mark.host
+# TCG boots on a shared machine can outlast the suite's default 300 s per test, which
+# pytest-timeout charges the module's fixture to the first test.
+pytestmark = [pytest.mark.host, pytest.mark.timeout(1200)]
 
 CLUSTER = "ctx"
 MEMBERS = ("ctx-head-0", "ctx-worker-0", "ctx-worker-1")
@@ -107,8 +109,9 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
             'role = "worker"\nimage = "cloud"\nmemory_mib = 768\ncount = 2\n'
             f"user_data = '''{USER_DATA}'''\n"
         )
-        s.ok("cluster", "create", "--spec", str(spec), "--wait", "--timeout", "300")
-        wait_ssh(s, MEMBERS, READY_S)
+        with realvm_lock():
+            s.ok("cluster", "create", "--spec", str(spec), "--wait", "--timeout", "300")
+            wait_ssh(s, MEMBERS, READY_S)
         yield s
 
 
