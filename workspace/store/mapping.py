@@ -55,8 +55,10 @@ def run(
 ) -> CursorResult[Any]:
     """A Core statement (columns, not entities) in ``s``'s transaction, as ``s.execute``
     runs it (pending changes flushed first, when the session autoflushes) but without
-    the ORM's execution layer: half the cost of a small query. For statements built once
-    that every call of a hot path runs."""
+    the ORM's execution layer: half the cost of a small query. For reads built once that
+    every call of a hot path runs; a write through it bypasses the flush listeners (it
+    must call ``orders_gen.touch``/``claimed`` and the journal itself, as the inserts
+    below do)."""
     if s.autoflush:
         s.flush()
     return s.connection().execute(statement, params)
