@@ -34,7 +34,7 @@ from workspace.ops.placement import (
 from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env
 from workspace.store import Cluster, Workspace
-from workspace.store.mapping import set_waiting
+from workspace.store.mapping import run, set_waiting
 
 
 @dataclass
@@ -51,29 +51,33 @@ class Entry:
     affinity: scheduler.Affinity = scheduler.Affinity.NONE
 
 
+# The waiting requests' query, built once: every create asks it.
+_WAITING = (
+    select(
+        Workspace.id,
+        Workspace.cluster,
+        Workspace.name,
+        Workspace.owner,
+        Workspace.created_at,
+        Workspace.wait_deadline,
+    )
+    .where(
+        Workspace.state == State.PENDING.value,
+        Workspace.node == "",
+        Workspace.desired_state != Desired.TERMINATED.value,
+    )
+    .order_by(Workspace.created_at, Workspace.id)
+)
+
+
 def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
     """Everything waiting, oldest first, but the workspaces ``exclude`` names. Plain
     columns, not ORM entities: every create asks."""
-    q = (
-        select(
-            Workspace.id,
-            Workspace.cluster,
-            Workspace.name,
-            Workspace.owner,
-            Workspace.created_at,
-            Workspace.wait_deadline,
-        )
-        .where(
-            Workspace.state == State.PENDING.value,
-            Workspace.node == "",
-            Workspace.desired_state != Desired.TERMINATED.value,
-        )
-        .order_by(Workspace.created_at, Workspace.id)
-    )
+    q = _WAITING
     if exclude:
         q = q.where(Workspace.id.not_in(sorted(exclude)))
     out: dict[str, Entry] = {}
-    for wid, cluster, name, owner, created_at, wait_deadline in s.execute(q):
+    for wid, cluster, name, owner, created_at, wait_deadline in run(s, q).all():
         if cluster:
             e = out.get(cluster)
             if e is None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from workspace.domain.states import Desired, NodeState, State
 from workspace.errors import InvalidArgument, NotFound
 from workspace.identity import Identity
-from workspace.ops.projects import scope
+from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env
 from workspace.store import Cluster, IpAllocation, Node, Workspace
 from workspace.store.mapping import set_reason
@@ -29,8 +29,12 @@ def resolve_owned(
     before the newest terminated one. What the caller may not see is NOT_FOUND."""
     if not ref:
         raise InvalidArgument(f"give a {what} id or name")
-    sc = scope(s, who)
+    ident = as_identity(who)
     row = s.get(model, ref)
+    # The caller's own row, or any for an admin: seen whatever their projects (not read).
+    if row is not None and (ident.admin or (ident.is_user and row.owner == ident.name)):
+        return row
+    sc = scope(s, ident)
     if row is not None and sc.sees(row.owner, row.project):
         return row
     rows = [

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Text, and_, case, cast, func, select
+from sqlalchemy import Text, and_, bindparam, case, cast, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,7 @@ from workspace.domain.model import Disk, Nic, Order
 from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
 from workspace.store import IpAllocation, Network, Node, Workspace, orders_gen
+from workspace.store.mapping import run
 from workspace.store.models import ImageSignature
 
 # Peers named as sources of one blob in an order (ops/reports.py names them).
@@ -122,6 +123,16 @@ _skeletons: dict[tuple[str, int], int] = {}
 MAX_SKELETONS = 4096
 
 
+# s.info key: image → its signature envelopes as read in this transaction (ops/trust.py
+# fills and forgets it; a create's trust check reads them before its order is sized).
+ENVELOPES_READ = "trust.envelopes"
+
+# Statements every create runs, built once (building one costs more than running it).
+_LONGEST_PEER = select(func.max(func.length(Node.peer_address)))
+_ENVELOPES = select(ImageSignature.envelope).where(ImageSignature.image == bindparam("image"))
+_ORDERS_GEN = select(Node.orders_gen).where(Node.name == bindparam("node"))
+
+
 class _Sizer:
     """Upper bounds of orders from plain columns, without loading user-data or building
     Orders: one order is the bound of its skeleton (numbers, strings, partitions; cached
@@ -133,7 +144,7 @@ class _Sizer:
         self.s = s
         # What the site's vendor-data adds to every seed.
         self.vendor_bytes = vendor_bytes
-        longest = s.execute(select(func.max(func.length(Node.peer_address)))).scalar()
+        longest = run(s, _LONGEST_PEER).scalar()
         self.source_bytes = MAX_SOURCES * (FIELD_BYTES + int(longest or 0))
         self._nics: dict[str, int] = {}
         self._envelopes: dict[str, int] = {}
@@ -191,10 +202,10 @@ class _Sizer:
 
     def _envelope_bytes(self, image: str) -> int:
         if image not in self._envelopes:
-            q = select(ImageSignature.envelope).where(ImageSignature.image == image)
-            self._envelopes[image] = sum(
-                FIELD_BYTES + len(e.encode()) for e in self.s.execute(q).scalars()
-            )
+            found = self.s.info.get(ENVELOPES_READ, {}).get(image)
+            if found is None:
+                found = run(self.s, _ENVELOPES, {"image": image}).scalars().all()
+            self._envelopes[image] = sum(FIELD_BYTES + len(e.encode()) for e in found)
         return self._envelopes[image]
 
 
@@ -241,7 +252,7 @@ def node_bound(s: Session, node: str, vendor_bytes: int = 0) -> int:
     the commit)."""
     sizer = sizer_of(s, vendor_bytes)
     key = (node, vendor_bytes, sizer.source_bytes)
-    gen = s.execute(select(Node.orders_gen).where(Node.name == node)).scalar()  # autoflushes
+    gen = run(s, _ORDERS_GEN, {"node": node}).scalar()  # autoflushes
     fresh = bool(gen) and not orders_gen.pending(s, node)
     cache = _cached(s)
     if fresh:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, false, or_, select
 from sqlalchemy.orm import Session
 
 from workspace.domain.netpolicy import Limits
@@ -30,7 +30,7 @@ from workspace.errors import (
 from workspace.identity import NAME_RE, Identity, Kind
 from workspace.ops.unit import Env
 from workspace.store import Project, ProjectMember, Workspace
-from workspace.store.mapping import bound_spec, limits_column
+from workspace.store.mapping import bound_spec, limits_column, run
 
 log = logging.getLogger("workspace.ops.projects")
 
@@ -91,11 +91,15 @@ class Scope:
         return or_(mine, theirs)
 
 
+# Every call asks it: built once (building a statement costs more than running it).
+_MEMBER_OF = select(ProjectMember.project).where(ProjectMember.user == bindparam("user"))
+
+
 def memberships(s: Session, who: Identity) -> frozenset[str]:
     """The projects ``who`` belongs to: those of its certificate and its member rows."""
     if not who.is_user:
         return frozenset()
-    rows = s.execute(select(ProjectMember.project).where(ProjectMember.user == who.name))
+    rows = run(s, _MEMBER_OF, {"user": who.name})
     return frozenset(who.projects) | frozenset(rows.scalars())
 
 

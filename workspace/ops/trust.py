@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, event, select
+from sqlalchemy import bindparam, delete, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -36,11 +36,11 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
-from workspace.ops.order_size import check_signature_fits
+from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
-from workspace.store.mapping import image_spec, insert_audits
+from workspace.store.mapping import image_spec, insert_audits, run
 from workspace.store.models import (
     Audit,
     Image,
@@ -104,7 +104,7 @@ def audit_record(row: Audit) -> AuditRecord:
 # ``_bump`` adds it); image → its envelopes as read in this transaction (a create batch
 # reads each image's once; adding or deleting a signature forgets them).
 _NO_SETTINGS = "trust.no_settings"
-_ENVELOPES = "trust.envelopes"
+_ENVELOPES = ENVELOPES_READ  # order-size bounds use them too (ops/order_size.py)
 
 
 def settings(s: Session) -> TrustSettings:
@@ -320,16 +320,16 @@ def envelopes(s: Session, image_name: str) -> list[str]:
     return list(read[image_name])
 
 
+# Every create of a trust-checked site asks it: built once.
+_IMAGE_ENVELOPES = (
+    select(ImageSignature.envelope)
+    .where(ImageSignature.image == bindparam("image"))
+    .order_by(ImageSignature.id)
+)
+
+
 def _read_envelopes(s: Session, image_name: str) -> list[str]:
-    return list(
-        s.execute(
-            select(ImageSignature.envelope)
-            .where(ImageSignature.image == image_name)
-            .order_by(ImageSignature.id)
-        )
-        .scalars()
-        .all()
-    )
+    return list(run(s, _IMAGE_ENVELOPES, {"image": image_name}).scalars().all())
 
 
 def delete_signatures(s: Session, image_name: str) -> None:

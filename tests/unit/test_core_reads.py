@@ -1,0 +1,68 @@
+"""Hot reads run as Core statements (store/mapping.py ``run``) answer as the ORM did:
+what the transaction added and did not flush yet counts; a caller's own workspace and
+an admin's view need no memberships, anyone else's still does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workspace.errors import NotFound
+from workspace.identity import Identity, Kind
+from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.projects import memberships
+from workspace.store import Project, ProjectMember, Store, Workspace
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def test_memberships_see_a_member_added_in_the_same_transaction(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    alice = Identity(Kind.USER, "alice")
+    with store.write() as s:
+        s.add(Project(name="p1"))
+        s.add(ProjectMember(project="p1", user="alice"))  # pending, not flushed
+        assert memberships(s, alice) == frozenset({"p1"})
+    with store.read() as s:
+        assert memberships(s, alice) == frozenset({"p1"})
+        assert memberships(s, Identity(Kind.USER, "bob")) == frozenset()
+
+
+def _workspace(wid: str, owner: str, project: str = "") -> Workspace:
+    return Workspace(
+        id=wid,
+        name=wid,
+        owner=owner,
+        project=project,
+        request_id=wid,
+        request_hash="",
+        image="img",
+        cpus=1,
+        memory_mib=64,
+        state="PENDING",
+        desired_state="RUNNING",
+        created_at=1.0,
+        updated_at=1.0,
+    )
+
+
+def test_who_sees_a_workspace_by_id(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with store.write() as s:
+        s.add(Project(name="p1"))
+        s.add(ProjectMember(project="p1", user="bob"))
+        s.add(_workspace("w-alice", "alice", "p1"))
+        s.add(_workspace("w-carol", "carol"))
+    alice = Identity(Kind.USER, "alice")
+    bob = Identity(Kind.USER, "bob")  # a member of p1 by his member row
+    admin = Identity(Kind.USER, "root", admin=True)
+    with store.read() as s:
+        assert resolve_workspace(s, alice, "w-alice").id == "w-alice"
+        assert resolve_workspace(s, bob, "w-alice").id == "w-alice"
+        assert resolve_workspace(s, admin, "w-carol").id == "w-carol"
+        for who, ref in ((bob, "w-carol"), (alice, "w-carol")):
+            with pytest.raises(NotFound, match=f"no workspace '{ref}'"):
+                resolve_workspace(s, who, ref)
