@@ -22,6 +22,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from images.appliance import Appliance
+from tests.functional.harness import Stubs
+from workspace import rpc
+from workspace.client import resolve_tls
+from workspace.site.hostenv import HostEnv
+
 ROOT = Path(__file__).resolve().parents[2]
 REALVM_LOCK = "/tmp/ws-realvm.lock"
 
@@ -114,3 +120,66 @@ def local_site(prefix: str) -> Iterator[tuple[Path, Path]]:
         else:
             shutil.rmtree(site_dir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+class StubsSite:
+    """A 1-node libvirt local site with gRPC stubs to it (as an admin), for tests that
+    check the node's libvirtd directly; ``appliance_site`` makes one."""
+
+    def __init__(self, site_dir: Path) -> None:
+        self.dir = site_dir
+        self.record: dict[str, object] = {}
+        self.stubs: Stubs | None = None
+
+    @property
+    def address(self) -> str:
+        return str(self.record["address"])
+
+    def up(self) -> None:
+        out = self.admin("site", "up", "--driver", "libvirt", "--dir", str(self.dir))
+        assert out.returncode == 0, out.stderr + out.stdout
+        self.record = json.loads((self.dir / "site.json").read_text())
+        self.stubs = Stubs(rpc.channel(self.address, resolve_tls(self.address)))
+
+    def admin(self, *argv: str) -> Proc:
+        """`ws-admin ARGV` (against this site's service once it is up)."""
+        service = ("--service", self.address) if self.record else ()
+        return subprocess.run(
+            [sys.executable, "-m", "workspace.cli.admin", *service, *argv],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            cwd=ROOT,
+            timeout=300,
+            check=False,
+        )
+
+    def running(self) -> list[str]:
+        """The domains the node's libvirtd runs now."""
+        uri = HostEnv(self.dir, str(self.record["netns"])).libvirt_uri
+        out = subprocess.run(
+            ["virsh", "-c", uri, "list", "--name"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        return [n for n in out.split() if n]
+
+
+@contextlib.contextmanager
+def appliance_site(prefix: str, appliance: Appliance) -> Iterator[StubsSite]:
+    """A ``StubsSite`` with the busybox appliance imported, made under the real-VM lock;
+    taken down at the end."""
+    with realvm_lock(), local_site(prefix) as (site_dir, _home):
+        s = StubsSite(site_dir)
+        try:
+            s.up()
+            out = s.admin(
+                "image", "import", "appliance", "--appliance", str(appliance.manifest.parent)
+            )
+            assert out.returncode == 0, out.stderr
+            yield s
+        finally:
+            if s.stubs is not None:
+                s.stubs.channel.close()

@@ -13,87 +13,32 @@ the graceful path; the forced one (a guest ignoring ACPI) is tested on the fake 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from images.appliance import Appliance
-from tests.functional.harness import WS, Stubs, wait_for
-from tests.host.realsite import realvm_lock
-from tests.host.test_e2e_site import run
-from workspace import rpc
-from workspace.client import resolve_tls
+from tests.functional.harness import WS, wait_for
+from tests.host.realsite import StubsSite, appliance_site
 from workspace.config import SchedulerConfig
 from workspace.scheduler import Request, memory_claim_mib
-from workspace.site.hostenv import HostEnv
 from workspace.v1 import admin_pb2, workspaces_pb2
 
 pytestmark = pytest.mark.host
 BOOT_S = 240.0
 
 
-class PreemptSite:
-    def __init__(self, site_dir: Path) -> None:
-        self.dir = site_dir
-        self.record: dict[str, object] = {}
-        self.stubs: Stubs | None = None
-
-    def up(self) -> None:
-        out = run(
-            "workspace.cli.admin", "site", "up", "--driver", "libvirt", "--dir", str(self.dir),
-            check=False,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr + out.stdout
-        self.record = json.loads((self.dir / "site.json").read_text())
-        address = str(self.record["address"])
-        self.stubs = Stubs(rpc.channel(address, resolve_tls(address)))
-
-    def running(self) -> list[str]:
-        uri = HostEnv(self.dir, str(self.record["netns"])).libvirt_uri
-        out = subprocess.run(
-            ["virsh", "-c", uri, "list", "--name"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        return [n for n in out.split() if n]
-
-
 @pytest.fixture(scope="module")
-def site(appliance: Appliance) -> Iterator[PreemptSite]:
-    site_dir = Path(tempfile.mkdtemp(prefix="wsp-", dir="/var/tmp"))
-    site_dir.chmod(0o755)  # dnsmasq (as nobody) reads hosts files below it
-    s = PreemptSite(site_dir)
-    try:
-        with realvm_lock():
-            s.up()
-            out = run(
-                "workspace.cli.admin", "--service", str(s.record["address"]),
-                "image", "import", "appliance", "--appliance", str(appliance.manifest.parent),
-                check=False,
-            )  # fmt: skip
-            assert out.returncode == 0, out.stderr
-            yield s
-    finally:
-        run("workspace.cli.admin", "site", "down", "--dir", str(site_dir), check=False)
-        if s.stubs is not None:
-            s.stubs.channel.close()
-        if not os.environ.get("WS_KEEP_SITE"):
-            shutil.rmtree(site_dir, ignore_errors=True)
+def site(appliance: Appliance) -> Iterator[StubsSite]:
+    with appliance_site("wsp", appliance) as s:
+        yield s
 
 
 class MostRunning:
     """Polls the node's libvirtd for running domains in a thread; keeps the most seen."""
 
-    def __init__(self, site: PreemptSite) -> None:
+    def __init__(self, site: StubsSite) -> None:
         self.site = site
         self.most = 0
         self.seen: list[list[str]] = []
@@ -115,7 +60,7 @@ class MostRunning:
         return self.most
 
 
-def test_a_normal_create_preempts_on_a_full_node(site: PreemptSite) -> None:
+def test_a_normal_create_preempts_on_a_full_node(site: StubsSite) -> None:
     stubs = site.stubs
     assert stubs is not None
     (node,) = stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
