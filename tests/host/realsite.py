@@ -7,6 +7,7 @@ site driven through the `ws` and `ws-admin` CLIs as a user types them.
   reads hosts files below it) and a HOME of its own; on exit `ws-admin site down` and
   both removed (``WS_KEEP_SITE=1`` keeps the site directory for a post-mortem).
 * ``CliSite``: the CLIs as subprocesses against that site (``WS_SITE_DIR``).
+* ``vcpu_seconds(id)``: the CPU a workspace's vCPU threads used so far, read on the host.
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ ROOT = Path(__file__).resolve().parents[2]
 REALVM_LOCK = "/tmp/ws-realvm.lock"
 
 Proc = subprocess.CompletedProcess[str]
+
+
+def vcpu_seconds(wid: str) -> float:
+    """CPU seconds (user + system) the domain's vCPU threads used so far, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if f"guest=ws-{wid}," not in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            for task in (proc / "task").iterdir():
+                if (task / "comm").read_text().startswith("CPU "):
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / ticks
+        except OSError:
+            continue
+    return total
 
 
 @contextlib.contextmanager

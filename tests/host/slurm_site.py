@@ -8,7 +8,8 @@
   ResumeProgram, SuspendProgram and ResumeFailProgram (``python -m workspace.slurm``);
 * slurmctld (``-D``, its pid recorded; stopped by that pid) inside the site's namespace,
   listening on the bridge's gateway address, ``AuthType=auth/none`` and
-  ``CredType=cred/none`` (no munge), ``SlurmUser=root``, its state, log and pid files in
+  ``CredType=cred/none`` (no munge; slurm.conf written into the guests) or, with
+  ``auth="munge"``, munge and configless slurmd; ``SlurmUser=root``, its state, log and pid files in
   the temporary directory, with two partitions of cloud nodes: ``cloud`` (``c[1-2]``,
   booted as workspaces), ``big`` (``b[1-2]``, feature ``huge``, mapped to more memory
   than the node has: their resume is refused, ws-slurm marks them DOWN with the reason)
@@ -35,7 +36,7 @@ GATEWAY = "10.213.0.1"  # the local site's bridge address (workspace/site/config
 NODE_MEMORY_MIB = 640
 MUNGE_SOCKET = "/run/munge/munge.socket.2"
 DUMMY = "wssl-ctl"  # and wssl-ctlp, its veth peer
-SUSPEND_TIME_S = 60
+SUSPEND_TIME_S = 40
 RESUME_TIMEOUT_S = 600
 BIG_RESUME_TIMEOUT_S = 40
 DUD_RESUME_TIMEOUT_S = 30

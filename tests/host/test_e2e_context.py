@@ -13,6 +13,10 @@ Everything below goes through the `ws` CLI, the way a user types it:
 * `ws exec` and `ws cluster exec` run commands through the QEMU guest agent (exit codes,
   one member made to fail, a timeout, a stopped member, an image without a guest agent);
 * `ws console --attach` talks to the serial console both ways;
+* `ws cluster scale ctx --role worker --count 3 --wait`: the new member boots with the
+  three-worker roster in its seed, and the running members' /etc/hosts and
+  /etc/workspace/cluster.json are rewritten through their guest agents to list it;
+  `--count 2` removes it and the rosters drop it again;
 * destroying the cluster leaves no seed ISO on the node.
 
 The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
@@ -43,6 +47,9 @@ pytestmark = [pytest.mark.host, pytest.mark.timeout(1200)]
 
 CLUSTER = "ctx"
 MEMBERS = ("ctx-head-0", "ctx-worker-0", "ctx-worker-1")
+GROWN = "ctx-worker-2"  # what `ws cluster scale ... --count 3` adds
+ALL = {*MEMBERS, GROWN}
+ROSTER_S = 300.0  # the service pushes a roster within seconds; a retry waits longer
 READY_S = 420.0  # three cloud-init boots at once under TCG on two cores
 MARKER = "user-data-ran"
 USER_DATA = f"""#!/bin/sh
@@ -274,6 +281,49 @@ def test_exec_refusals(site: CloudSite) -> None:
     out = site.ws("exec", "bare", "--", "true")
     assert out.returncode != 0 and "STOPPED" in out.stderr
     site.ok("destroy", "bare", "--wait")
+
+
+def _roster(site: CloudSite, name: str) -> tuple[set[str], set[str]]:
+    """The members named by ``name``'s /etc/workspace/cluster.json and /etc/hosts."""
+    text = site.ws("exec", name, "--", "cat", "/etc/workspace/cluster.json").stdout
+    try:
+        listed = {m["name"] for m in json.loads(text)["members"]}
+    except (ValueError, KeyError):
+        listed = set()
+    hosts = site.ws("exec", name, "--", "cat", "/etc/hosts").stdout
+    named = {p[1] for p in map(str.split, hosts.splitlines()) if len(p) > 1 and p[1] in ALL}
+    return listed, named
+
+
+def _rosters_become(site: CloudSite, names: tuple[str, ...], want: set[str]) -> None:
+    deadline = time.monotonic() + ROSTER_S
+    pending = list(names)
+    last: tuple[set[str], set[str]] = (set(), set())
+    while pending:
+        last = _roster(site, pending[0])
+        if last == (want, want):
+            pending.pop(0)
+            continue
+        assert time.monotonic() < deadline, (pending[0], last, want)
+        time.sleep(3.0)
+
+
+def test_scale_grows_and_shrinks_and_the_running_members_learn_it(site: CloudSite) -> None:
+    with realvm_lock():
+        out = site.ok("cluster", "scale", CLUSTER, "--role", "worker", "--count", "3", "--wait",
+                      "--timeout", "600", timeout=660)  # fmt: skip
+        assert f"added {GROWN}" in out
+        wait_ssh(site, (GROWN,), READY_S)
+    _rosters_become(site, (GROWN,), ALL)  # from its seed
+    _rosters_become(site, MEMBERS, ALL)  # pushed through the guest agents
+    me = json.loads(site.ws("exec", MEMBERS[1], "--", "cat", "/etc/workspace/cluster.json").stdout)
+    assert me["name"] == MEMBERS[1]
+
+    out = site.ok("cluster", "scale", CLUSTER, "--role", "worker", "--count", "2", "--wait")
+    assert f"removing {GROWN}" in out
+    shown = json.loads(site.ok("-o", "json", "cluster", "show", CLUSTER))
+    assert sorted(m["name"] for m in shown["members"]) == sorted(MEMBERS)
+    _rosters_become(site, MEMBERS, set(MEMBERS))
 
 
 def test_destroy_leaves_no_seed(site: CloudSite) -> None:

@@ -12,9 +12,15 @@ ResumeFailProgram run ws-slurm (tests/host/slurm_site.py):
   masked): after the partition's short ResumeTimeout Slurm runs ResumeFailProgram, which
   destroys the workspace and marks the node DOWN with ``ws: did not register ...``;
 * ``sbatch -N 2 --wrap 'srun hostname'``: two workspaces boot (one cluster), their slurmd
-  register (configless, with the node name ws-slurm gave them), the job's output lists
-  both hostnames; after SuspendTime the workspaces are destroyed and Slurm shows the
-  nodes powered down.
+  register (configless, with the node name ws-slurm gave them, authenticated by munge
+  with the key ws-slurm delivered), the job's output lists both hostnames; after
+  SuspendTime the workspaces are destroyed and Slurm shows the nodes powered down.
+
+The site runs the mode the README recommends: AuthType=auth/munge (munged on this host
+with a key of the test's) and configless slurmd. The other mode (``auth/none``,
+slurm.conf written into the guests: the user-data is checked in
+tests/unit/test_slurm_settings.py) booted real guests here too until session 6, on a
+site of its own; benchmarks/slurm_burst.py still runs it.
 
 VMs boot only under ``flock /tmp/ws-realvm.lock`` (held for the module: Slurm decides
 when they boot). ``WS_KEEP_SITE=1`` keeps the directory (logs) afterwards.
@@ -33,6 +39,7 @@ from images import cloud_slurm
 from images.cloud import CloudAppliance
 from tests.host.slurm_site import (
     DUD_RESUME_TIMEOUT_S,
+    GATEWAY,
     SUSPEND_TIME_S,
     SlurmSite,
     wait,
@@ -57,8 +64,10 @@ def image() -> CloudAppliance:
     return cloud_slurm.build()
 
 
-def _site(image: CloudAppliance, auth: str) -> Iterator[SlurmSite]:
-    s = SlurmSite(keep=bool(os.environ.get("WS_KEEP_SITE")), auth=auth)
+@pytest.fixture(scope="module")
+def site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
+    """AuthType=auth/munge; configless slurmd; the munge key in the user-data."""
+    s = SlurmSite(keep=bool(os.environ.get("WS_KEEP_SITE")), auth="munge")
     try:
         s.up(image.manifest)
         try:
@@ -68,18 +77,6 @@ def _site(image: CloudAppliance, auth: str) -> Iterator[SlurmSite]:
         yield s
     finally:
         s.down()
-
-
-@pytest.fixture(scope="module")
-def site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
-    """AuthType=auth/none; slurm.conf written into the guests."""
-    yield from _site(image, "none")
-
-
-@pytest.fixture
-def munge_site(vm_lock: None, image: CloudAppliance) -> Iterator[SlurmSite]:
-    """AuthType=auth/munge; configless slurmd; the munge key in the user-data."""
-    yield from _site(image, "munge")
 
 
 def _returned(site: SlurmSite, nodes: str, names: tuple[str, ...]) -> None:
@@ -200,6 +197,10 @@ def test_sbatch_bursts_onto_two_workspaces_that_are_destroyed_when_idle(
         # The batch script ran on the first node: its output file is there.
         out = site.ws("exec", f"slurm-{job}-c1-0", "--", "cat", f"/tmp/job-{job}.out")
         assert sorted(out.split()) == ["c1", "c2"], out
+        # Configless: slurmd asked the controller for its configuration, as the node
+        # ws-slurm named it.
+        conf = site.ws("exec", f"slurm-{job}-c2-0", "--", "cat", "/etc/default/slurmd")
+        assert f"--conf-server {GATEWAY}:6817 -N c2" in conf, conf
         for node in ("c1", "c2"):
             shown = site.node_state(node)
             ws = members[f"slurm-{job}-{node}-0"]
@@ -227,27 +228,3 @@ def test_sbatch_bursts_onto_two_workspaces_that_are_destroyed_when_idle(
     assert site.clusters() == []
     log = site.tail("ws-slurm.log", 400)
     assert "suspend: node c1: workspace" in log and "suspend: node c2: workspace" in log
-
-
-def test_configless_slurmd_with_munge_on_a_lone_node(munge_site: SlurmSite) -> None:
-    """The default mode: slurmd --conf-server, munge with the key ws-slurm delivers; a
-    one-node job's node is one workspace named after the node."""
-    site = munge_site
-    job = site.sbatch("-N", "1", "-p", "cloud", "-o", "/tmp/job-%j.out", "--wrap", "hostname")
-    try:
-        state = wait(
-            lambda: (s := site.job_state(job)) in ("COMPLETED", "FAILED", "CANCELLED") and s,
-            JOB_TIMEOUT_S,
-            f"job {job} to end",
-            poll_s=3.0,
-        )
-        assert state == "COMPLETED", site.diagnostics()
-    except AssertionError:
-        print(site.diagnostics())
-        raise
-    node = site.job_nodes(job)
-    assert node in ("c1", "c2")
-    assert [w["name"] for w in site.workspaces()] == [node]
-    out = site.ws("exec", node, "--", "cat", f"/tmp/job-{job}.out", "/etc/default/slurmd")
-    assert out.split("\n")[0] == node, out
-    assert f"--conf-server 10.213.0.1:6817 -N {node}" in out
