@@ -47,7 +47,7 @@ test-host: venv
 
 # The README's test command: installs what the tests need (Debian 12, root), then runs all tests.
 test: deps venv check-protos lint typecheck
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q --durations=25 tests
 
 demo: deps venv
 	$(VENV)/bin/python -m workspace.demo

@@ -11,7 +11,9 @@ The service runs as its own process (SQLite store, unix socket); one simulated n
 Prints name=value lines: health_rps, get_rps, get_p99_ms, list_p99_ms, create_rps, ...,
 create_vs_health_p50_ratio (one client), and create16_rps / create16_p50_ms /
 create16_p99_ms: creates from 16 client threads at once (``--clients``), each
-acknowledged after its durable commit. ``--database postgresql`` runs the same against
+acknowledged after its durable commit; create_service_cpu_ms and
+create16_service_cpu_ms: the service process's CPU (all its threads, from /proc) per
+create in each of those two runs. ``--database postgresql`` runs the same against
 a throwaway PostgreSQL server (fsync on; the names printed are the same).
 """
 
@@ -31,6 +33,7 @@ from benchmarks._common import (
     Database,
     add_database_option,
     concurrent,
+    cpu_s,
     emit,
     percentile,
     rss_mib,
@@ -93,14 +96,18 @@ def run(sock: str, pid: int, args: argparse.Namespace) -> None:
     lreq = workspaces_pb2.ListWorkspacesRequest()
     figures |= summary("list", timed(lambda: stubs.ws.ListWorkspaces(lreq), 50))
     counter = iter(range(10**9))
+    cpu0 = cpu_s(pid)
     figures |= summary(
         "create",
         timed(lambda: stubs.create(name=f"new{next(counter)}", memory_mib=64), args.creates),
     )
+    figures["create_service_cpu_ms"] = (cpu_s(pid) - cpu0) / args.creates * 1000
     per_client = max(1, args.creates // args.clients) * 2
+    cpu0 = cpu_s(pid)
     rate, lat = concurrent(
         lambda i: stubs.create(name=f"par{i}", memory_mib=64), args.clients, per_client
     )
+    figures["create16_service_cpu_ms"] = (cpu_s(pid) - cpu0) / len(lat) * 1000
     figures["create16_rps"] = rate
     figures["create16_p50_ms"] = percentile(lat, 50) * 1000
     figures["create16_p99_ms"] = percentile(lat, 99) * 1000
