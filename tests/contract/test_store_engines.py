@@ -552,6 +552,11 @@ def test_a_refused_create_keeps_its_trust_decision_and_the_batch_goes_on(world: 
         audited = s.execute(select(Audit.action, Audit.workspace_id)).all()
     assert [a for a, _ in audited].count("create") == 3  # lead, a, huge: once each
     assert len({w for _, w in audited}) == 3
+    # ... and each decision is one site event (the refused create's too).
+    with world.store.read() as s:
+        kinds = s.execute(select(EventRow.kind, EventRow.workspace_id)).all()
+    decided = [w for k, w in kinds if k == "trust.decision"]
+    assert sorted(decided) == sorted(w for _, w in audited)
 
 
 def test_a_batch_that_fails_to_commit_acknowledges_nothing(
