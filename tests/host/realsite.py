@@ -7,6 +7,7 @@ site driven through the `ws` and `ws-admin` CLIs as a user types them.
   reads hosts files below it) and a HOME of its own; on exit `ws-admin site down` and
   both removed (``WS_KEEP_SITE=1`` keeps the site directory for a post-mortem).
 * ``CliSite``: the CLIs as subprocesses against that site (``WS_SITE_DIR``).
+* ``run_module(module, *args)``: ``python -m`` a project module, its output captured.
 * ``vcpu_seconds(id)``: the CPU a workspace's vCPU threads used so far, read on the host.
 """
 
@@ -64,6 +65,27 @@ def realvm_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def run_module(
+    module: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float | None = 300.0,
+) -> Proc:
+    """``python -m MODULE ARGS`` from the project's root (its output captured as text;
+    ``env``: default this process's, with the project on PYTHONPATH)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        input=stdin,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class CliSite:
     """A local site; ``cli`` runs a CLI module against it with its own HOME."""
 
@@ -78,15 +100,8 @@ class CliSite:
     def cli(
         self, module: str, *args: str, stdin: str | None = None, timeout: float | None = None
     ) -> Proc:
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            input=stdin,
-            timeout=timeout or self.timeout_s,
-            check=False,
+        return run_module(
+            module, *args, env=self.env, stdin=stdin, timeout=timeout or self.timeout_s
         )
 
     def ws(self, *args: str, stdin: str | None = None, timeout: float | None = None) -> Proc:
@@ -128,13 +143,7 @@ def local_site(prefix: str) -> Iterator[tuple[Path, Path]]:
     try:
         yield site_dir, home
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "workspace.cli.admin", "site", "down", "--dir", str(site_dir)],
-            capture_output=True,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            cwd=ROOT,
-            check=False,
-        )
+        run_module("workspace.cli.admin", "site", "down", "--dir", str(site_dir), timeout=None)
         if os.environ.get("WS_KEEP_SITE"):
             print(f"\nkept site directory {site_dir}")
         else:
@@ -164,15 +173,7 @@ class StubsSite:
     def admin(self, *argv: str) -> Proc:
         """`ws-admin ARGV` (against this site's service once it is up)."""
         service = ("--service", self.address) if self.record else ()
-        return subprocess.run(
-            [sys.executable, "-m", "workspace.cli.admin", *service, *argv],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            cwd=ROOT,
-            timeout=300,
-            check=False,
-        )
+        return run_module("workspace.cli.admin", *service, *argv)
 
     def running(self) -> list[str]:
         """The domains the node's libvirtd runs now."""
