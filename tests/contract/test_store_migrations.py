@@ -14,6 +14,7 @@ revision (docs/design/store.md, "Adding a migration").
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from workspace.store import (
     Base,
@@ -332,6 +334,59 @@ def test_a_failed_migration_leaves_the_store_as_it_was(
     with pytest.raises(RuntimeError, match="interrupted"):
         Store(f"sqlite:///{path}")
     assert schema(create_engine(f"sqlite:///{path}")) == before
+
+
+def _held_write_lock(path: Path, seconds: float) -> threading.Thread:
+    """Another process's migration, as SQLite sees it: a write lock held for ``seconds``."""
+    held = threading.Event()
+
+    def hold() -> None:
+        con = sqlite3.connect(path, isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        con.execute("COMMIT")
+        con.close()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    return t
+
+
+def test_a_starting_service_outwaits_another_ones_migration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The write lock is held past SQLite's busy timeout (here 0.1 s, 10 s in a Store): the
+    upgrade keeps waiting instead of failing with "database is locked", then migrates."""
+    path = tmp_path / "busy.db"
+    sqlite3.connect(path).close()
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
+    holder = _held_write_lock(path, 1.5)
+    try:
+        with caplog.at_level("INFO", logger="workspace.store"):
+            migrations.upgrade(engine)
+        assert revision(engine) == migrations.head()
+        assert "locked by another process" in caplog.text
+    finally:
+        holder.join()
+        engine.dispose()
+
+
+def test_the_wait_for_another_migration_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stuck.db"
+    sqlite3.connect(path).close()
+    monkeypatch.setattr(migrations, "START_WAIT_S", 0.5)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
+    holder = _held_write_lock(path, 2.0)
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            migrations.upgrade(engine)
+    finally:
+        holder.join()
+        engine.dispose()
 
 
 def test_store_keeps_its_sqlite_settings(tmp_path: Path) -> None:

@@ -134,6 +134,16 @@ def away() -> Unavailable:
     )
 
 
+def sqlite_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked": another connection held the write
+    lock for longer than the busy timeout (e.g. another service migrating the store)."""
+    return (
+        isinstance(exc, sa_exc.OperationalError)
+        and type(exc.orig).__module__.startswith("sqlite3")
+        and "database is locked" in str(exc.orig)
+    )
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached (or cannot take work) now."""
     if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
@@ -146,7 +156,7 @@ def unavailable(exc: BaseException) -> bool:
         return False
     orig = exc.orig
     if type(orig).__module__.startswith("sqlite3"):
-        return "database is locked" in str(orig)
+        return sqlite_busy(exc)
     state = getattr(orig, "sqlstate", None)
     if state is None:  # raised by the client library: no server answered
         return True

@@ -14,11 +14,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 import workspace.store.engines as engines
 
@@ -83,9 +85,28 @@ def current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+# How long a starting service waits for another one's migration of the same SQLite file
+# (beyond SQLite's own busy timeout, which a migration on a loaded machine can outlast).
+START_WAIT_S = 300.0
+
+
 def upgrade(engine: Engine) -> list[str]:
     """Bring the database to the newest revision in one transaction; a no-op when it is
-    there already. Returns what the adoption of a pre-migrations store changed (else [])."""
+    there already. Returns what the adoption of a pre-migrations store changed (else []).
+    While another process holds the SQLite file's write lock (its own migration), waits
+    for it, up to ``START_WAIT_S``; PostgreSQL waits on its advisory lock instead."""
+    deadline = time.monotonic() + START_WAIT_S
+    while True:
+        try:
+            return _upgrade_once(engine)
+        except OperationalError as exc:
+            if not engines.sqlite_busy(exc) or time.monotonic() > deadline:
+                raise
+            log.info("the store is locked by another process (migrating?); waiting")
+            time.sleep(0.5)
+
+
+def _upgrade_once(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:
