@@ -50,6 +50,7 @@ class Agent:
         self.net: Networking = networking or NullNetworking()
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o711)  # QEMU crosses it to the disks below; nobody lists it
         self.stop_event = threading.Event()
         self.cache = BlobCache(cfg.cache_path, cfg.cache_budget_bytes)
         self.files = WorkspaceFiles(state / "workspaces")

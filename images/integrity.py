@@ -73,7 +73,8 @@ class Stamps:
 
     def __init__(self, stamp_dir: Path) -> None:
         self.dir = stamp_dir
-        stamp_dir.mkdir(parents=True, exist_ok=True)
+        stamp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(stamp_dir, 0o700)  # the agent's alone (QEMU never reads it)
         for tmp in stamp_dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)  # a record half-written when a process died
         self._lock = threading.Lock()

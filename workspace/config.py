@@ -6,6 +6,7 @@ There is no global config object: each daemon loads its own and passes it down.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -544,9 +545,14 @@ def to_toml(cfg: Any, header: str = "", *, skip_defaults: bool = True) -> str:
 def write(
     path: str | os.PathLike[str], cfg: Any, header: str = "", *, skip_defaults: bool = True
 ) -> Path:
-    """Write ``cfg`` to ``path`` as TOML (atomically); returns the path."""
+    """Write ``cfg`` to ``path`` as TOML (atomically, readable by its owner only: a
+    ``database_url`` may carry a password); returns the path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_toml(cfg, header, skip_defaults=skip_defaults))
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(to_toml(cfg, header, skip_defaults=skip_defaults))
     tmp.replace(path)
     return path

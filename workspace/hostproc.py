@@ -165,8 +165,11 @@ def spawn_daemon(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a session of its own, stdout and stderr appended to ``log_path``."""
-    with open(log_path, "ab") as log:
+    """Start ``argv`` in a session of its own, stdout and stderr appended to ``log_path``
+    (made 0600: a daemon's log names users, workspaces and addresses)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

@@ -23,7 +23,8 @@ class Pins:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)  # the agent's alone (QEMU never reads it)
         self._by_owner: dict[str, frozenset[str]] = {}
         self._load()
 

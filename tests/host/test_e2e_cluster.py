@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -281,6 +282,10 @@ def test_site_down_stops_every_node(site: ClusterSite) -> None:
     assert not (site.dir / "site.json").exists()
 
 
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def test_fake_driver_site_of_three_nodes(tmp_path: Path) -> None:
     """--nodes with the fake driver: N agents, no namespace; up/status/down per node."""
     d = tmp_path / "site"
@@ -293,6 +298,21 @@ def test_fake_driver_site_of_three_nodes(tmp_path: Path) -> None:
         assert not any(a["netns"] for a in agents) and rec["netns"] == ""
         assert (rec["node"], rec["agent_pid"]) == ("local-1", agents[0]["pid"])
         assert len({a["dir"] for a in agents}) == 3
+        for a in agents:  # what up printed names every node's agent and its log
+            assert f"pid {a['pid']}  node {a['node']}  (log {a['dir']}/agent.log)" in out.stdout
+        # nothing others may read or list: directories traverse-only (QEMU crosses them),
+        # configs, logs and records the owner's; only certificates and sockets are open
+        assert {mode(p) for p in (d, d / "nodes", *(Path(a["dir"]) for a in agents))} == {0o711}
+        for p in (d / "service.toml", d / "service.log", d / "site.json", d / "site.lock"):
+            assert mode(p) == 0o600, p
+        for a in agents:
+            assert mode(Path(a["dir"], "agent.toml")) == mode(Path(a["dir"], "agent.log")) == 0o600
+        readable = [
+            p
+            for p in d.rglob("*")
+            if p.stat().st_mode & 0o006 and not (p.suffix == ".pem" or p.is_socket())
+        ]
+        assert readable == []
         for a in agents:
             assert f'state_dir = "{a["dir"]}/agent"' in Path(a["dir"], "agent.toml").read_text()
         # another node count while it runs is refused; the same (or none) is "already running"

@@ -245,7 +245,8 @@ class Commands(common.ClientCommands):
         where = "" if found else f" --dir {site.dir}"
         print(f"local site {head} in {site.dir} (driver {rec.driver})")
         print(f"  service  pid {rec.service_pid}  {rec.address}  (log {site.service_log})")
-        print(f"  agent    pid {rec.agent_pid}  node {rec.node}  (log {site.agent_log})")
+        for agent in rec.agents:
+            print(f"  agent    pid {agent.pid}  node {agent.node}  (log {agent.log})")
         if rec.identity_dir:
             print(f"  identity {rec.identity_dir}  (mutual TLS; ws uses it by default)")
         print()

@@ -27,7 +27,7 @@ from workspace.config import (
     TlsConfig,
 )
 from workspace.site.identities import SiteIdentities
-from workspace.site.record import AGENT_CONFIG, AGENT_LOG
+from workspace.site.record import AGENT_CONFIG, AGENT_LOG, site_directory
 from workspace.site.switch import UPLINK
 
 SERVICE_CONFIG = "service.toml"
@@ -181,7 +181,9 @@ def write_configs(
         skip_defaults=False,
     )
     for i, spec in enumerate(specs, 1):
-        spec.dir.mkdir(parents=True, exist_ok=True)
+        if spec.dir != site_dir:
+            site_directory(spec.dir.parent)  # nodes/
+        site_directory(spec.dir)
         head = header(site_dir, AGENT_CONFIG)
         if len(specs) > 1:
             head += f"Node {i} of {len(specs)} on this machine.\n"

@@ -69,6 +69,7 @@ from workspace.site.record import (
     default_site_dir,
     read_record,
     read_setup,
+    site_directory,
     write_record,
     write_setup,
 )
@@ -251,8 +252,8 @@ class LocalSite:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / LOCK_FILE, "w") as f:
+        site_directory(self.dir)
+        with os.fdopen(os.open(self.dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

@@ -134,9 +134,21 @@ def _read_json(path: Path, what: str) -> dict[str, Any] | None:
     return data
 
 
+def site_directory(path: Path) -> None:
+    """Make ``path`` (the site's directory or a node's in it) if missing, and 0711: its
+    owner's, searchable by QEMU's user on its way to a disk below, listable by nobody
+    else (docs/design/host-environment.md, Permissions)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o711)
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` at once, readable by its owner only."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
