@@ -100,26 +100,28 @@ def audit_record(row: Audit) -> AuditRecord:
 # -- the policy ------------------------------------------------------------------------------
 
 
-# s.info keys: the settings row is absent (a new site; read once per transaction, until
-# ``_bump`` adds it); image → its envelopes as read in this transaction (a create batch
-# reads each image's once; adding or deleting a signature forgets them).
-_NO_SETTINGS = "trust.no_settings"
+# s.info keys: the settings row, or on a new site the defaults that stand in for it
+# (looked up once per transaction: every create of a batch asks; ``_bump`` forgets it);
+# image → its envelopes as read in this transaction (a create batch reads each image's
+# once; adding or deleting a signature forgets them).
+_SETTINGS = "trust.settings"
 _ENVELOPES = ENVELOPES_READ  # order-size bounds use them too (ops/order_size.py)
 
 
 def settings(s: Session) -> TrustSettings:
-    row = None if s.info.get(_NO_SETTINGS) else s.get(TrustSettings, 1)
+    row: TrustSettings | None = s.info.get(_SETTINGS)
     if row is None:
-        s.info[_NO_SETTINGS] = True
-        # A new site: WARN, no keys, version 0.
-        row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
+        # A new site: WARN, no keys, version 0 (not added: ``_bump`` adds the row).
+        row = s.info[_SETTINGS] = s.get(TrustSettings, 1) or TrustSettings(
+            id=1, version=0, mode="WARN", stop_running_on_revoke=False
+        )
     return row
 
 
 def _bump(u: UnitOfWork) -> TrustSettings:
     """A new policy version; every agent gets it at once after the commit (it rides on
     the assignment stream)."""
-    u.s.info.pop(_NO_SETTINGS, None)
+    u.s.info.pop(_SETTINGS, None)
     row = u.s.get(TrustSettings, 1)
     if row is None:
         row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
