@@ -379,3 +379,18 @@ def test_grown_members_keep_the_clusters_hard_affinity(site: Site) -> None:
     (node,) = {m.node for m in running(site, "pack").members}
     scale(site, 3, ref="pack")
     assert {m.node for m in running(site, "pack").members} == {node}
+
+
+def test_grown_members_end_with_the_clusters_lease(site: Site) -> None:
+    """A cluster made with a 2-hour lease, grown later: the new member ends when the
+    others do, not two hours (or the project's default) after the grow."""
+    site.add_agent("node1")
+    make(site, "leased", workers=1, lease_s=7200)
+    before = running(site, "leased")
+    ends = {m.name: m.lease_expires_at.ToSeconds() for m in before.members}
+    assert len(set(ends.values())) == 1 and next(iter(ends.values())) > 0, ends
+    scale(site, 2, ref="leased")
+    after = running(site, "leased")
+    grown = {m.name: m.lease_expires_at.ToSeconds() for m in after.members}
+    assert sorted(grown) == ["leased-head-0", "leased-worker-0", "leased-worker-1"]
+    assert set(grown.values()) == set(ends.values())

@@ -216,7 +216,13 @@ def _grow(
             image = s.get(Image, checked.image)
             if image is not None and not rows:
                 seeds.check_user_data(env.cfg, image, checked.user_data)
-            rows.append(new_row(env, s, sc, checked, uuid.uuid4().hex, "", c.project))
+            row = new_row(env, s, sc, checked, uuid.uuid4().hex, "", c.project)
+            if template is not None and template.lease_expires_at:
+                # The cluster ends when its members do: a new one shares their lease
+                # (which was within the project's maximum when it was set, and so is
+                # now), not a new default lease from now.
+                row.lease_expires_at = template.lease_expires_at
+            rows.append(row)
         except WorkspaceError as exc:
             raise type(exc)(
                 f"cannot scale cluster {c.name}, role {spec.role}: {exc.message}"
