@@ -303,7 +303,8 @@ def test_fake_driver_site_of_three_nodes(tmp_path: Path) -> None:
         # nothing others may read or list: directories traverse-only (QEMU crosses them),
         # configs, logs and records the owner's; only certificates and sockets are open
         assert {mode(p) for p in (d, d / "nodes", *(Path(a["dir"]) for a in agents))} == {0o711}
-        for p in (d / "service.toml", d / "service.log", d / "site.json", d / "site.lock"):
+        files = ("service.toml", "service.log", "site.json", "setup.json", "site.lock")
+        for p in (d / name for name in files):
             assert mode(p) == 0o600, p
         for a in agents:
             assert mode(Path(a["dir"], "agent.toml")) == mode(Path(a["dir"], "agent.log")) == 0o600

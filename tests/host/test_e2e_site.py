@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,17 @@ def test_console_ip_equals_the_allocated_ip(site: E2ESite) -> None:
     line = wait_for(lambda: site.ready_lines(wid), BOOT_S, "the READY line")[0]
     assert line == f"WORKSPACE-READY ip={ip} hostname=vm1"
     assert shown["nics"][0]["mac"].lower() in site.hosts_file().lower()
+
+
+def test_the_site_keeps_its_files_to_its_owner(site: E2ESite) -> None:
+    """With a VM running from it (the test above): the directories QEMU crosses are
+    traverse-only, what names users, workspaces and addresses is the owner's."""
+    assert stat.S_IMODE(site.dir.stat().st_mode) == 0o711
+    assert stat.S_IMODE((site.dir / "agent").stat().st_mode) == 0o711
+    for name in ("service.toml", "service.log", "agent.toml", "agent.log", "site.json"):
+        assert stat.S_IMODE((site.dir / name).stat().st_mode) == 0o600, name
+    for name in ("hostenv.json", "hostenv.lock", "setup.json", "site.lock"):
+        assert stat.S_IMODE((site.dir / name).stat().st_mode) == 0o600, name
 
 
 def test_stop_start_pause_resume_reboot(site: E2ESite) -> None:

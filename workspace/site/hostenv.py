@@ -58,6 +58,7 @@ from workspace.hostproc import (
 )
 from workspace.site import qemu_access
 from workspace.site.qemu_access import QEMU_GROUP, QEMU_USER
+from workspace.site.record import private_file
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ class HostEnv:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.site_dir.mkdir(parents=True, exist_ok=True)
-        with (self.site_dir / "hostenv.lock").open("w") as lock:
+        with private_file(self.site_dir / "hostenv.lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
@@ -522,7 +523,8 @@ class HostEnv:
         }
         path = self.site_dir / "hostenv.json"
         tmp = path.with_name(".hostenv.json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        with private_file(tmp, truncate=True) as f:
+            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
 
     def _log_tail(self, lines: int = 15) -> str:

@@ -67,6 +67,7 @@ from workspace.site.record import (
     SiteRecord,
     SiteSetup,
     default_site_dir,
+    private_file,
     read_record,
     read_setup,
     site_directory,
@@ -253,7 +254,9 @@ class LocalSite:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         site_directory(self.dir)
-        with os.fdopen(os.open(self.dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(self.dir / SETUP_FILE, 0o600)  # one written before it was made 0600
+        with private_file(self.dir / LOCK_FILE) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

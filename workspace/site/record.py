@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from workspace import errors
 
@@ -142,12 +142,18 @@ def site_directory(path: Path) -> None:
     os.chmod(path, 0o711)
 
 
+def private_file(path: Path, truncate: bool = False) -> TextIO:
+    """``path`` opened for writing (created if missing, emptied if ``truncate``), made
+    0600 whatever mode an older release left it with."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else 0), 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """``text`` into ``path`` at once, readable by its owner only."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with private_file(tmp, truncate=True) as f:
         f.write(text)
     os.replace(tmp, path)
 
