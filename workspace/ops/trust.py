@@ -16,6 +16,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, delete, event, select
 from sqlalchemy.engine import Engine
@@ -56,18 +57,11 @@ log = logging.getLogger("workspace.ops.trust")
 MAX_ENVELOPE_BYTES = 65536
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10000
-AUDIT_FIELDS = (
-    "at",
-    "source",
-    "action",
-    "image",
-    "digest",
-    "key_id",
-    "policy_version",
-    "verdict",
-    "reason",
-    "workspace_id",
-)
+# One trust decision as the audit stores it: a row's values by column, all but its id
+# (at, source, action, image, digest, key_id, policy_version, verdict, reason,
+# workspace_id). Decisions are written with Core (store/mapping.py ``insert_audits``):
+# every create makes one, so no ORM object is built for it.
+Decision = dict[str, Any]
 
 
 def signers(envelopes: Iterable[str]) -> list[str]:
@@ -350,20 +344,20 @@ def _entry(
     action: str,
     envs: Sequence[str],
     workspace_id: str = "",
-) -> Audit:
+) -> Decision:
     kid = verdict.key_id or next(iter(signers(envs)), "")
-    return Audit(
-        at=env.clock(),
-        source="service",
-        action=action,
-        image=img.name,
-        digest=",".join(image_spec(img).digests()),
-        key_id=kid,
-        policy_version=verdict.policy_version,
-        verdict=verdict.word,
-        reason=verdict.reason,
-        workspace_id=workspace_id,
-    )
+    return {
+        "at": env.clock(),
+        "source": "service",
+        "action": action,
+        "image": img.name,
+        "digest": ",".join(image_spec(img).digests()),
+        "key_id": kid,
+        "policy_version": verdict.policy_version,
+        "verdict": verdict.word,
+        "reason": verdict.reason,
+        "workspace_id": workspace_id,
+    }
 
 
 # Session.info key: the audit rows (as values) added in the session's transaction, in
@@ -375,7 +369,7 @@ SURVIVING = "workspace.surviving_audit"
 _LISTENING = "workspace.surviving_audit.listening"
 
 
-def _record_surviving(env: Env, s: Session, rows: list[Audit]) -> None:
+def _record_surviving(env: Env, s: Session, rows: list[Decision]) -> None:
     """Insert ``rows`` in ``s``'s transaction (one Core statement: store/mapping.py
     ``insert_audits``); should it roll back (a refused create), write every decision
     it recorded again in a transaction of their own: every decision is recorded.
@@ -383,9 +377,9 @@ def _record_surviving(env: Env, s: Session, rows: list[Audit]) -> None:
     A SAVEPOINT rolled back (one create of a group commit, ops/group_commit.py) is not
     the transaction's end: the batch puts that create's rows back into the transaction
     that goes on (``restore_audit``), and this writes them only if that one rolls back."""
-    insert_audits(s, rows)
-    # The rows' values (as inserted), readable whatever happens to the transaction.
-    s.info.setdefault(SURVIVING, []).extend({c: getattr(r, c) for c in AUDIT_FIELDS} for r in rows)
+    # The rows' values (as inserted: cut to their columns' sizes), readable whatever
+    # happens to the transaction.
+    s.info.setdefault(SURVIVING, []).extend(insert_audits(s, rows))
     if s.info.get(_LISTENING):
         return
     s.info[_LISTENING] = True
@@ -511,7 +505,7 @@ def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str)
                 )
             )
             s.info.pop(_ENVELOPES, None)  # read again below
-        s.add(entry)
+        s.add(Audit(**entry))
         s.flush()
         envs = envelopes(s, image_name)
         total = _verdict(env, s, img, envs)
@@ -568,19 +562,19 @@ def check_launch(
 
 def record_audit(env: Env, s: Session, records: Iterable[AuditRecord]) -> None:
     """Record decisions (e.g. an agent's, reported with its status) in ``s``."""
-    rows = [
-        Audit(
-            at=r.at or env.clock(),
-            source=r.where or "service",
-            action=r.action,
-            image=r.image,
-            digest=r.digest,
-            key_id=r.key_id,
-            policy_version=r.policy_version,
-            verdict=r.verdict,
-            reason=r.reason[:2048],
-            workspace_id=r.workspace_id,
-        )
+    rows: list[Decision] = [
+        {
+            "at": r.at or env.clock(),
+            "source": r.where or "service",
+            "action": r.action,
+            "image": r.image,
+            "digest": r.digest,
+            "key_id": r.key_id,
+            "policy_version": r.policy_version,
+            "verdict": r.verdict,
+            "reason": r.reason[:2048],
+            "workspace_id": r.workspace_id,
+        }
         for r in records
     ]
     if rows:

@@ -20,6 +20,7 @@ records them in one of their own. Who: the caller of the RPC (workspace/callctx.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import event, insert, inspect, select
@@ -85,9 +86,9 @@ def inserted(s: Session, ws: Workspace) -> None:
     _pending(s).append(ws)
 
 
-def audited(s: Session, a: Audit) -> None:
-    """The trust decision ``a`` was inserted without the ORM's flush (store/mapping.py
-    ``insert_audits``): its event, as a flushed one's."""
+def audited(s: Session, a: Mapping[str, Any]) -> None:
+    """The trust decision ``a`` (an audit row's values) was inserted without the ORM's
+    flush (store/mapping.py ``insert_audits``): its event, as a flushed one's."""
     _pending(s).append(_trust(a, callctx.current().who))
 
 
@@ -159,7 +160,7 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
         elif isinstance(obj, Node):
             out.append(_node(obj, who, Kind.NODE_REGISTERED, "", "registered"))
         elif isinstance(obj, Audit):
-            out.append(_trust(obj, who))
+            out.append(_trust({k: getattr(obj, k) for k in _TRUST_FIELDS}, who))
     for obj in s.dirty:
         if isinstance(obj, Workspace):
             if obj.id not in created:
@@ -257,15 +258,19 @@ def _node(node: Node, who: str, kind: Kind, previous: str, reason: str) -> SiteE
     )
 
 
-def _trust(a: Audit, who: str) -> SiteEvent:
-    source = a.source or "service"
+_TRUST_FIELDS = ("source", "at", "workspace_id", "image", "verdict", "action", "reason")
+
+
+def _trust(a: Mapping[str, Any], who: str) -> SiteEvent:
+    source = a.get("source") or "service"
+    action, reason = a.get("action"), a.get("reason") or ""
     return SiteEvent(
-        at=float(a.at or 0.0),
+        at=float(a.get("at") or 0.0),
         kind=Kind.TRUST_DECISION.value,
         who=who if source == "service" else source,
-        workspace_id=a.workspace_id or "",
+        workspace_id=a.get("workspace_id") or "",
         node="" if source == "service" else source.removeprefix("node:"),
-        subject=a.image or "",
-        state=a.verdict or "",
-        reason=f"{a.action}: {a.reason}" if a.action else a.reason or "",
+        subject=a.get("image") or "",
+        state=a.get("verdict") or "",
+        reason=f"{action}: {reason}" if action else reason,
     )

@@ -8,7 +8,7 @@ built here, once, from the allocation rows.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVarTuple, cast, overload
 
 from sqlalchemy import CursorResult, Executable, Table, bindparam, insert, inspect, select
@@ -351,7 +351,6 @@ def _defaults(model: Any) -> tuple[_Column, ...]:
 
 
 _WORKSPACE_COLUMNS = _defaults(Workspace)
-_AUDIT_COLUMNS = tuple(c for c in _defaults(Audit) if c[0] != "id")  # id: autoincrement
 _INSERT_AUDIT = insert(cast(Table, Audit.__table__))
 
 
@@ -430,11 +429,17 @@ def insert_new(s: Session, rows: Sequence[Any]) -> None:
     s.connection().execute(insert(table), [_values(r, columns) for r in rows])
 
 
-def insert_audits(s: Session, rows: Sequence[Audit]) -> None:
-    """INSERT new trust decisions (not in ``s``; they stay out of it) in one Core
-    statement (``_values``), with their site events as a flush would make them."""
-    if not rows:
-        return
-    s.connection().execute(_INSERT_AUDIT, [_values(a, _AUDIT_COLUMNS) for a in rows])
-    for a in rows:
-        journal.audited(s, a)
+def insert_audits(s: Session, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """INSERT new trust decisions (an audit row's values by column, all given but its id)
+    in one Core statement, with their site events as a flush would make them. Returns
+    the values inserted: strings cut as a flush cuts them (store/bounds.py)."""
+    values = [dict(a) for a in rows]
+    if not values:
+        return values
+    mapper = inspect(Audit)
+    for v in values:
+        bounds.check_row(mapper, v)
+    s.connection().execute(_INSERT_AUDIT, values)
+    for v in values:
+        journal.audited(s, v)
+    return values
