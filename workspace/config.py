@@ -6,7 +6,6 @@ There is no global config object: each daemon loads its own and passes it down.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import socket
@@ -21,6 +20,7 @@ import tomli_w
 
 from workspace.domain.netpolicy import Connectivity, Limits
 from workspace.errors import ConfigError, InvalidArgument
+from workspace.files import write_private
 
 T = TypeVar("T")
 # 3/4 of workspace.rpc.MAX_MESSAGE_BYTES (16 MiB): the most one node's orders may take.
@@ -548,11 +548,5 @@ def write(
     """Write ``cfg`` to ``path`` as TOML (atomically, readable by its owner only: a
     ``database_url`` may carry a password); returns the path."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(to_toml(cfg, header, skip_defaults=skip_defaults))
-    tmp.replace(path)
+    write_private(path, to_toml(cfg, header, skip_defaults=skip_defaults))
     return path

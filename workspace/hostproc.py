@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from workspace import errors
+from workspace.files import private_fd
 
 STOP_TIMEOUT_S = 15.0
 KILL_WAIT_S = 5.0
@@ -167,9 +168,7 @@ def spawn_daemon(
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own, stdout and stderr appended to ``log_path``
     (made 0600: a daemon's log names users, workspaces and addresses)."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "ab") as log:
+    with os.fdopen(private_fd(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
         return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from workspace.files import write_private
 from workspace.identity import Identity, Kind, check_name, from_pem
 
 CA_CERT = "ca.pem"
@@ -47,17 +48,6 @@ CRL_DAYS = 30
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600 from the start, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _private_dir(path: Path) -> Path:
@@ -107,7 +97,7 @@ class CA:
 
     def _save(self, rows: Iterable[Issued]) -> None:
         data = [r.__dict__ for r in sorted(rows, key=lambda r: r.serial)]
-        _write_private(self.dir / INDEX, json.dumps(data, indent=1).encode())
+        write_private(self.dir / INDEX, json.dumps(data, indent=1).encode(), sync=True)
 
     # -- issuing ------------------------------------------------------------------------------
 
@@ -170,7 +160,7 @@ class CA:
             )
             .sign(self.key, hashes.SHA256())
         )
-        _write_private(out / KEY, _key_pem(key))
+        write_private(out / KEY, _key_pem(key), sync=True)
         (out / CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (out / CA_CERT).write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         row = Issued(
@@ -265,7 +255,7 @@ def init(ca_dir: str | os.PathLike[str], name: str = "workspace site CA") -> CA:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(d / CA_KEY, _key_pem(key))
+    write_private(d / CA_KEY, _key_pem(key), sync=True)
     (d / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     ca = CA(d)
     ca.publish_crl([])

@@ -47,6 +47,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from workspace import errors
+from workspace.files import open_private, write_private
 from workspace.hostproc import (
     Matcher,
     cmdline_has,
@@ -58,7 +59,6 @@ from workspace.hostproc import (
 )
 from workspace.site import qemu_access
 from workspace.site.qemu_access import QEMU_GROUP, QEMU_USER
-from workspace.site.record import private_file
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class HostEnv:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.site_dir.mkdir(parents=True, exist_ok=True)
-        with private_file(self.site_dir / "hostenv.lock") as lock:
+        with open_private(self.site_dir / "hostenv.lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
@@ -521,11 +521,9 @@ class HostEnv:
             "run_prefix": self.run_prefix(),
             "pids": {d: self.pid(d) for d in DAEMONS},
         }
-        path = self.site_dir / "hostenv.json"
-        tmp = path.with_name(".hostenv.json.tmp")
-        with private_file(tmp, truncate=True) as f:
-            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_private(
+            self.site_dir / "hostenv.json", json.dumps(record, indent=2, sort_keys=True) + "\n"
+        )
 
     def _log_tail(self, lines: int = 15) -> str:
         out = []

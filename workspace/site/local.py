@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from workspace import config, errors, hostproc
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.files import open_private
 from workspace.site import hostenv, identities, metrics_ports, status
 from workspace.site.configs import (
     DEFAULT_NETWORK as DEFAULT_NETWORK,  # re-exported
@@ -67,7 +68,6 @@ from workspace.site.record import (
     SiteRecord,
     SiteSetup,
     default_site_dir,
-    private_file,
     read_record,
     read_setup,
     site_directory,
@@ -116,8 +116,10 @@ STATE_RULE = (
 # `site down --purge` removes. Nothing else there is touched.
 SITE_ENTRIES = (
     SITE_FILE,
-    SITE_FILE + ".tmp",
+    f".{SITE_FILE}.tmp",
+    SITE_FILE + ".tmp",  # the name an older release wrote it through
     SETUP_FILE,
+    f".{SETUP_FILE}.tmp",
     SETUP_FILE + ".tmp",
     SERVICE_CONFIG,
     f".{SERVICE_CONFIG}.tmp",
@@ -256,7 +258,7 @@ class LocalSite:
         site_directory(self.dir)
         with contextlib.suppress(FileNotFoundError):
             os.chmod(self.dir / SETUP_FILE, 0o600)  # one written before it was made 0600
-        with private_file(self.dir / LOCK_FILE) as f:
+        with open_private(self.dir / LOCK_FILE) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

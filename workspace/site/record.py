@@ -18,9 +18,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from workspace import errors
+from workspace.files import write_private
 
 SITE_ENV = "WS_SITE_DIR"
 SITE_FILE = "site.json"
@@ -142,22 +143,6 @@ def site_directory(path: Path) -> None:
     os.chmod(path, 0o711)
 
 
-def private_file(path: Path, truncate: bool = False) -> TextIO:
-    """``path`` opened for writing (created if missing, emptied if ``truncate``), made
-    0600 whatever mode an older release left it with."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else 0), 0o600)
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "w")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """``text`` into ``path`` at once, readable by its owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    with private_file(tmp, truncate=True) as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def read_record(site_dir: str | os.PathLike[str]) -> SiteRecord | None:
     """The site record in ``site_dir``, or None when no site was started there."""
     path = Path(site_dir) / SITE_FILE
@@ -182,7 +167,7 @@ def read_record(site_dir: str | os.PathLike[str]) -> SiteRecord | None:
 
 
 def write_record(site_dir: Path, record: SiteRecord) -> None:
-    _write_atomic(Path(site_dir) / SITE_FILE, record.to_json())
+    write_private(Path(site_dir) / SITE_FILE, record.to_json())
 
 
 def read_setup(site_dir: str | os.PathLike[str]) -> SiteSetup | None:
@@ -202,4 +187,4 @@ def read_setup(site_dir: str | os.PathLike[str]) -> SiteSetup | None:
 
 
 def write_setup(site_dir: Path, setup: SiteSetup) -> None:
-    _write_atomic(Path(site_dir) / SETUP_FILE, setup.to_json())
+    write_private(Path(site_dir) / SETUP_FILE, setup.to_json())
