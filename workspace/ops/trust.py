@@ -105,11 +105,14 @@ _ENVELOPES = ENVELOPES_READ  # order-size bounds use them too (ops/order_size.py
 def settings(s: Session) -> TrustSettings:
     row: TrustSettings | None = s.info.get(_SETTINGS)
     if row is None:
-        # A new site: WARN, no keys, version 0 (not added: ``_bump`` adds the row).
-        row = s.info[_SETTINGS] = s.get(TrustSettings, 1) or TrustSettings(
-            id=1, version=0, mode="WARN", stop_running_on_revoke=False
-        )
+        # A new site has no row: its defaults stand in (not added; ``_bump`` adds it).
+        row = s.info[_SETTINGS] = s.get(TrustSettings, 1) or _new_site_settings()
     return row
+
+
+def _new_site_settings() -> TrustSettings:
+    """A new site's trust settings: WARN, no keys, version 0."""
+    return TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
 
 
 def _bump(u: UnitOfWork) -> TrustSettings:
@@ -118,7 +121,7 @@ def _bump(u: UnitOfWork) -> TrustSettings:
     u.s.info.pop(_SETTINGS, None)
     row = u.s.get(TrustSettings, 1)
     if row is None:
-        row = TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
+        row = _new_site_settings()
         u.s.add(row)
     row.version += 1
     u.s.info[_BUMPED] = True  # this transaction's policy is not cached (``_policy``)
