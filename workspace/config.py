@@ -25,6 +25,8 @@ from workspace.files import write_private
 T = TypeVar("T")
 # 3/4 of workspace.rpc.MAX_MESSAGE_BYTES (16 MiB): the most one node's orders may take.
 MAX_NODE_ORDERS_BYTES = 12 * 1024 * 1024
+# The longest site maximum lease (limits.max_lease_s): a lease's end stays a date.
+MAX_LEASE_S = 1000 * 365 * 86400
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class LimitsConfig:
     max_signatures_per_image: int = 16
     # Longest wait for capacity a create or cluster may ask for (seconds).
     max_wait_for_capacity_s: int = 7 * 24 * 3600
+    # Longest lease any workspace may ask for or be extended to, from now (seconds; a
+    # project's maximum may be shorter). 10 years; at most MAX_LEASE_S.
+    max_lease_s: int = 10 * 365 * 86400
     # Bytes of orders (user-data, cmdlines, signatures, ...) one node may be sent at once:
     # placement refuses a workspace beyond it. At most MAX_NODE_ORDERS_BYTES (3/4 of the
     # 16 MiB message limit; the rest is room for the trust policy).
@@ -122,6 +127,11 @@ class LimitsConfig:
             raise ConfigError(
                 f"limits.exec_default_timeout_s: {self.exec_default_timeout_s} is not between "
                 f"1 and limits.max_exec_timeout_s ({self.max_exec_timeout_s})"
+            )
+        if not 1 <= self.max_lease_s <= MAX_LEASE_S:
+            raise ConfigError(
+                f"limits.max_lease_s: {self.max_lease_s} is not between 1 and {MAX_LEASE_S} "
+                "(1000 years)"
             )
         if not 1 <= self.max_name_len <= 63:
             raise ConfigError(

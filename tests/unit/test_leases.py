@@ -4,23 +4,27 @@ the operations and the servicers' plain methods; no gRPC)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from tests.unit.test_request_validation import Site, build_site
+from workspace.codec import v1
 from workspace.config import ConfigError, ServiceConfig, load
 from workspace.domain.leases import duration_text, iso_time
 from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
 from workspace.domain.states import Desired, Op, State
+from workspace.domain.tenancy import ProjectSpec
 from workspace.domain.usage import Grouping
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, create, leases, usage
+from workspace.ops import clusters, create, leases, projects, usage
 from workspace.ops.unit import Env
 from workspace.store import Project, Workspace
+from workspace.store.site_events import EventRow
 from workspace.v1 import common_pb2
 
 HOUR = 3600
@@ -140,6 +144,22 @@ def test_bad_extends_are_refused(site: Site, project: str, add_s: int, message: 
     assert row(site, wid).lease_expires_at == before
 
 
+def test_a_lease_over_before_any_warning_ends_without_one(site: Site) -> None:
+    """A lease shorter than a pass of the lease loop: expired, and no warning after
+    (one once came after the expiry, saying it had expired)."""
+    wid = make(site, "a", lease_s=10)
+    site.clock.now += 20
+    assert leases.check(env(site)).expired == [wid]
+    site.clock.now += HOUR
+    assert leases.check(env(site)) == leases.Round()
+    with site.store.read() as s:
+        kinds = s.execute(
+            select(EventRow.kind).where(EventRow.workspace_id == wid).order_by(EventRow.id)
+        ).scalars()
+        lease_kinds = [k for k in kinds if k.startswith("lease.")]
+    assert lease_kinds == ["lease.expired"]
+
+
 def test_warn_then_stop(site: Site) -> None:
     wid = make(site, "a", lease_s=2 * HOUR)
     end = row(site, wid).lease_expires_at
@@ -254,3 +274,64 @@ def test_a_cluster_start_leaves_members_whose_lease_ended(site: Site) -> None:
     leases.extend(env(site), "alice", wid, HOUR)
     clusters.operate(env(site), "alice", "c1", Op.START)
     assert row(site, wid).desired_state == Desired.RUNNING.value
+
+
+# -- the site's maximum lease (limits.max_lease_s) --------------------------------------------
+
+YEAR = 365 * 24 * HOUR
+
+
+def test_a_lease_beyond_the_sites_maximum_is_refused_and_nothing_is_made(site: Site) -> None:
+    """Without a project maximum, a lease is still bounded: a lease of 999999999999 days
+    once made a row whose end no timestamp could hold (every list failed after)."""
+    for project, user in (("", "alice"), ("open", "alice")):
+        spec = CreateSpec(image="img", name="forever", lease_s=999999999999 * 24 * HOUR)
+        with pytest.raises(InvalidArgument, match=r"the site's maximum lease of 87600h"):
+            create.create(env(site), member(user, project), CreateRequest(spec, project=project))
+    assert site.workspaces() == []
+    members = (MemberSpec(role="w", image="img"),)
+    with pytest.raises(InvalidArgument, match=r"limits\.max_lease_s"):
+        clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=11 * YEAR))
+    assert site.workspaces() == []
+    # Up to it is fine; the list shows it.
+    wid = make(site, "long", "open", lease_s=10 * YEAR)
+    assert row(site, wid).lease_expires_at == site.clock.now + 10 * YEAR
+    assert [w.name for w in site.core.list("alice", False)] == ["long"]
+
+
+def test_an_extend_beyond_the_sites_maximum_is_refused(site: Site) -> None:
+    wid = make(site, "a", "physics")  # the project's maximum (72h) is the tighter one
+    with pytest.raises(InvalidArgument, match="physics's maximum lease of 72h"):
+        leases.extend(env(site), "alice", "a", 10**12)
+    short = dataclasses.replace(
+        site.core.env, cfg=load(ServiceConfig, None, limits={"max_lease_s": 24 * HOUR})
+    )
+    with pytest.raises(InvalidArgument, match=r"site's maximum lease of 24h.*at most 16h"):
+        leases.extend(short, "alice", "a", 17 * HOUR)
+    before = row(site, wid).lease_expires_at
+    with pytest.raises(InvalidArgument, match=r"by 24000000000000h goes beyond"):
+        leases.extend(short, "alice", "a", 10**12 * 24 * HOUR)
+    assert row(site, wid).lease_expires_at == before
+    leases.extend(short, "alice", "a", 16 * HOUR)
+    assert row(site, wid).lease_expires_at == site.clock.now + 24 * HOUR
+
+
+def test_a_project_lease_beyond_the_sites_maximum_is_refused(site: Site) -> None:
+    for spec in (
+        ProjectSpec("p1", max_lease_s=11 * YEAR),
+        ProjectSpec("p2", default_lease_s=11 * YEAR),
+    ):
+        with pytest.raises(InvalidArgument, match="longer than the site's maximum lease"):
+            projects.create_project(env(site), spec)
+
+
+@pytest.mark.parametrize("value", [0, 1001 * YEAR])
+def test_a_site_maximum_lease_out_of_range_is_refused(value: int) -> None:
+    with pytest.raises(ConfigError, match=r"limits\.max_lease_s"):
+        load(ServiceConfig, None, limits={"max_lease_s": value})
+
+
+def test_a_time_no_timestamp_holds_is_shown_as_the_last_it_can() -> None:
+    """A row stored before leases had a site maximum still lists."""
+    assert v1.ts(8.64e16).ToJsonString() == "9999-12-31T23:59:59Z"
+    assert v1.ts(1.5e9).seconds == 1500000000

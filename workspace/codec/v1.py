@@ -43,8 +43,19 @@ from workspace.v1 import (
 _MODE_PREFIX = "PARTITION_MODE_"
 
 
+# What a Timestamp can hold: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_TS_MIN_S = -62135596800
+_TS_MAX_S = 253402300799
+
+
 def ts(epoch_s: float) -> Timestamp:
+    """``epoch_s`` as a Timestamp; a time beyond what one holds (a lease stored before
+    leases had a site maximum) is shown as the last (or first) time it can hold, not
+    an error for every list that includes it."""
     t = Timestamp()
+    if not _TS_MIN_S < epoch_s < _TS_MAX_S:
+        t.seconds = _TS_MAX_S if epoch_s > 0 else _TS_MIN_S
+        return t
     t.FromNanoseconds(int(epoch_s * 1e9))
     return t
 

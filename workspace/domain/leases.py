@@ -32,44 +32,66 @@ def duration_text(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
-def _limit(project: str, max_s: int) -> str:
+def _limit(project: str, max_s: int, site_max_s: int) -> tuple[int, str]:
+    """The longest lease (0: none) and how to name it: the project's maximum, or the
+    site's (``limits.max_lease_s``) where that is shorter or the project sets none."""
+    if site_max_s and (not max_s or site_max_s < max_s):
+        return site_max_s, (
+            f"the site's maximum lease of {duration_text(site_max_s)} (limits.max_lease_s)"
+        )
     where = f"project {project}'s" if project else "the"
-    return f"{where} maximum lease of {duration_text(max_s)}"
+    return max_s, f"{where} maximum lease of {duration_text(max_s)}"
 
 
 def new_lease_end(
-    requested_s: int, default_s: int, max_s: int, now: float, project: str = ""
+    requested_s: int,
+    default_s: int,
+    max_s: int,
+    now: float,
+    project: str = "",
+    site_max_s: int = 0,
 ) -> float:
     """When a new workspace's lease ends (0 = no lease).
 
     ``requested_s`` 0 takes the project's default; a project with a maximum and no
-    default gives the maximum; longer than the maximum is refused."""
+    default gives the maximum; longer than the maximum (the project's, or the site's
+    ``site_max_s`` for any lease asked for) is refused."""
     if requested_s < 0:
         raise InvalidArgument(f"a lease must not be negative, got {requested_s} s")
     if requested_s == 0:
         requested_s = min(default_s, max_s) if default_s and max_s else default_s or max_s
-    if max_s and requested_s > max_s:
-        raise InvalidArgument(
-            f"a lease of {duration_text(requested_s)} is longer than {_limit(project, max_s)}"
-        )
+    longest, named = _limit(project, max_s, site_max_s)
+    if longest and requested_s > longest:
+        raise InvalidArgument(f"a lease of {duration_text(requested_s)} is longer than {named}")
     return now + requested_s if requested_s else 0.0
 
 
 def extended_end(
-    name: str, current_end: float, add_s: int, max_s: int, now: float, project: str = ""
+    name: str,
+    current_end: float,
+    add_s: int,
+    max_s: int,
+    now: float,
+    project: str = "",
+    site_max_s: int = 0,
 ) -> float:
     """The end of a lease extended by ``add_s`` (from its end, or from now once it has
-    ended); never more than the project's maximum from now."""
+    ended); never more than the project's maximum (or the site's) from now."""
     if add_s <= 0:
         raise InvalidArgument(f"extend a lease by more than 0 s, got {add_s} s")
     if not current_end:
         raise InvalidArgument(f"workspace {name} has no lease; there is nothing to extend")
-    end = max(current_end, now) + add_s
-    if max_s and end > now + max_s:
-        room = max(0, int(now + max_s - max(current_end, now)))
+    longest, named = _limit(project, max_s, site_max_s)
+    start = max(current_end, now)
+    if longest and start + add_s > now + longest:
+        room = f"it can be extended by at most {duration_text(max(0, now + longest - start))}"
+        if add_s > longest:  # (its end may be past what a date can say)
+            raise InvalidArgument(
+                f"extending the lease of workspace {name} by {duration_text(add_s)} goes "
+                f"beyond {named}; {room}"
+            )
         raise InvalidArgument(
-            f"the lease of workspace {name} would end at {iso_time(end)}, more than "
-            f"{_limit(project, max_s)} from now; it can be extended by at most "
-            f"{duration_text(room)}"
+            f"the lease of workspace {name} would end at {iso_time(start + add_s)}, more "
+            f"than {named} from now; {room}"
         )
-    return end
+    return start + add_s

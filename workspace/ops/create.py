@@ -246,7 +246,7 @@ def build_row(
         name=spec.name,
         owner=owner,
         project=project,
-        lease_expires_at=lease_end(s, project, spec.lease_s, now),
+        lease_expires_at=lease_end(s, project, spec.lease_s, now, env.cfg.limits.max_lease_s),
         lease_warned=False,
         request_id=request_id,
         request_hash=hash_,

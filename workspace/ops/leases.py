@@ -50,11 +50,12 @@ def policy(s: Session, project: str) -> Policy:
     return Policy(p.default_lease_s or 0, p.max_lease_s or 0, action)
 
 
-def lease_end(s: Session, project: str, requested_s: int, now: float) -> float:
+def lease_end(s: Session, project: str, requested_s: int, now: float, site_max_s: int) -> float:
     """When a new workspace of ``project`` asking for ``requested_s`` (0 = the default)
-    must end; 0 = never. InvalidArgument beyond the project's maximum."""
+    must end; 0 = never. InvalidArgument beyond the project's maximum, or the site's
+    (``limits.max_lease_s``)."""
     pol = policy(s, project)
-    return new_lease_end(requested_s, pol.default_s, pol.max_s, now, project)
+    return new_lease_end(requested_s, pol.default_s, pol.max_s, now, project, site_max_s)
 
 
 def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView:
@@ -66,14 +67,22 @@ def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView
         now = env.clock()
         pol = policy(u.s, ws.project)
         ws.lease_expires_at = extended_end(
-            ws.name, ws.lease_expires_at or 0.0, add_s, pol.max_s, now, ws.project
+            ws.name,
+            ws.lease_expires_at or 0.0,
+            add_s,
+            pol.max_s,
+            now,
+            ws.project,
+            env.cfg.limits.max_lease_s,
         )
         ws.lease_warned = False
         if ws.reason.startswith(WARNING):
             set_reason(ws, "")
         ws.updated_at = now
         u.changed(ws)
-    log.info("workspace %s (%s): lease extended to %s", ws.id, ws.name, ws.lease_expires_at)
+    log.info(
+        "workspace %s (%s): lease extended to %s", ws.id, ws.name, iso_time(ws.lease_expires_at)
+    )
     return u.view(ws.id)
 
 
@@ -144,7 +153,6 @@ def _expire(env: Env, wid: str, now: float) -> bool:
             return False
         waiting = not ws.node and ws.state == State.PENDING.value
         op = Op.DESTROY if action is LeaseAction.DESTROY or waiting else Op.STOP
-        ws.lease_warned = True
         try:
             act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at))
         except FailedPrecondition as exc:

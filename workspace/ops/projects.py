@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, false, or_, select
 from sqlalchemy.orm import Session
 
+from workspace.domain.leases import duration_text
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import State
 from workspace.domain.tenancy import BACKFILL_OWNER, LeaseAction, ProjectSpec, ProjectUse, Quota
@@ -240,6 +241,13 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
         raise InvalidArgument("lease durations must not be negative")
     if spec.max_lease_s and spec.default_lease_s > spec.max_lease_s:
         raise InvalidArgument("the default lease is longer than the maximum lease")
+    site_max = env.cfg.limits.max_lease_s
+    for what, value in (("default", spec.default_lease_s), ("maximum", spec.max_lease_s)):
+        if value > site_max:
+            raise InvalidArgument(
+                f"the {what} lease of {duration_text(value)} is longer than the site's "
+                f"maximum lease of {duration_text(site_max)} (limits.max_lease_s)"
+            )
     spec.default_limits.validate(f"project {spec.name}: default limits")
     with env.store.write() as s:
         if s.get(Project, spec.name) is not None:

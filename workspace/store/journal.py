@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from workspace import callctx
 from workspace.domain.events import Kind, SiteEvent
+from workspace.domain.leases import iso_time
 from workspace.store.models import Audit, Node, Workspace
 from workspace.store.site_events import EventRow
 
@@ -226,7 +227,7 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
         out.append(_ws_event(ws, who, Kind.LEASE_WARNING, reason=ws.reason))
     extended = _change(ws, "lease_expires_at")
     if extended is not None and extended[0] and extended[1] > extended[0]:
-        out.append(_ws_event(ws, who, Kind.LEASE_EXTENDED, reason=f"until {extended[1]:.0f}"))
+        out.append(_ws_event(ws, who, Kind.LEASE_EXTENDED, reason=f"until {iso_time(extended[1])}"))
     return out
 
 
