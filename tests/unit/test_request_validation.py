@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from workspace.config import ServiceConfig, load
+from workspace.domain.model import ClusterRequest, MemberSpec
 from workspace.domain.states import Op
 from workspace.edge.admin import AdminServicer
 from workspace.edge.images import ImagesServicer as Catalog
@@ -23,7 +24,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import queue
+from workspace.ops import clusters, queue
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog as CatalogOps
 from workspace.ops.unit import Env
@@ -163,9 +164,22 @@ def test_invalid_name(site: Site, name: str) -> None:
     assert site.workspaces() == []
 
 
-@pytest.mark.parametrize("name", ["a", "7", "web-1", "a" * 63])
+@pytest.mark.parametrize("name", ["a", "7", "web-1", "a" * 63, "dcc005af50d", "dcc005af50d5a"])
 def test_valid_name(site: Site, name: str) -> None:
     assert site.create(name=name).name == name
+
+
+def test_a_name_like_an_id_is_refused(site: Site) -> None:
+    """`ws show REF` takes an id first: a workspace named like another one's id could
+    not be reached by its name, and `ws destroy NAME` would destroy the other one."""
+    first = site.create(name="alpha")
+    for name in (first.id, "0123456789ab"):
+        with pytest.raises(InvalidArgument, match="looks like an id"):
+            site.create(name=name)
+    members = (MemberSpec(role="w", image="img"),)
+    with pytest.raises(InvalidArgument, match="cluster name 'c0123456789a' looks like an id"):
+        clusters.create(site.core.env, "alice", ClusterRequest("c0123456789a", members))
+    assert [w.name for w in site.workspaces()] == ["alpha"]
 
 
 @pytest.mark.parametrize("name", ["web\n", "web1\n", "\nweb"])

@@ -23,7 +23,7 @@ from workspace.identity import Identity
 from workspace.ops import keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
-from workspace.ops.create import check_networks, check_spec, check_wait, new_row
+from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
 from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.operate import check_lease
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
@@ -59,6 +59,7 @@ def check_request(req: ClusterRequest) -> None:
         raise InvalidArgument(
             f"cluster name {req.name!r} is not valid: 1-40 lowercase letters, digits and '-'"
         )
+    check_not_id("cluster", req.name)
     if not req.members:
         raise InvalidArgument(f"cluster {req.name}: no members")
     if req.wait_for_capacity_s < 0:

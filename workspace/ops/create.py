@@ -56,12 +56,26 @@ NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 DEFAULT_MEMORY_MIB = 512
 
 
+# What the id of a workspace or a cluster looks like: a name like it is refused, since
+# `ws show NAME` (any reference) would take it for another one's id.
+ID_RE = re.compile(r"[0-9a-f]{12}")
+
+
+def check_not_id(kind: str, name: str) -> None:
+    if ID_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"{kind} name {name!r} looks like an id (12 hexadecimal digits), and a "
+            "reference to it would be taken for one; choose another name"
+        )
+
+
 def check_name(name: str, lim: LimitsConfig) -> None:
     if len(name) > lim.max_name_len or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"name {name!r} is not valid: use 1-{lim.max_name_len} lowercase letters, "
             "digits and '-' (it becomes the VM's hostname)"
         )
+    check_not_id("workspace", name)
 
 
 def check_wait(wait_s: int, lim: LimitsConfig) -> None:
