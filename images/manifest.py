@@ -89,6 +89,10 @@ def parse_ref(text: str) -> ImageRef:
     return ImageRef(name, version)
 
 
+# The largest size a request can carry (the API's signed 64-bit byte counts).
+MAX_SIZE = 2**63 - 1
+
+
 def parse_size(value: object, what: str = "size") -> int:
     """Bytes from an integer or a string such as ``"32MiB"``, ``"10G"`` (binary units)."""
     if isinstance(value, bool):
@@ -103,6 +107,8 @@ def parse_size(value: object, what: str = "size") -> int:
         )
     if size <= 0:
         raise ManifestError(f"{what}: must be more than 0 bytes, got {value!r}")
+    if size > MAX_SIZE:
+        raise ManifestError(f"{what}: {value!r} is larger than any disk ({MAX_SIZE} bytes)")
     return size
 
 

@@ -349,8 +349,15 @@ def test_ws_cluster_scale_and_show(site: Site, capsys: pytest.CaptureFixture[str
     data = json.loads(capsys.readouterr().out)
     assert data["previous"] == 3 and data["count"] == 3 and "nothing to do" in data["message"]
     assert len(data["cluster"]["members"]) == 4
-    assert ws_cli.main([*base, "cluster", "scale", "ela", "--role", "worker", "--count", "-2"]) == 1
-    assert "count must be 0 or more" in capsys.readouterr().err
+    # A count no cluster can have is a usage error (exit 2), told before asking.
+    for bad in ("-2", "99999999999999999999"):
+        argv = [*base, "cluster", "scale", "ela", "--role", "worker", "--count", bad]
+        with pytest.raises(SystemExit) as exited:
+            ws_cli.main(argv)
+        assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--count: must be 0 or more, got -2" in err
+    assert "--count: must be at most 2147483647" in err and "Traceback" not in err
     with Client(site.address) as client:
         assert client.scale_cluster("ela", "worker", 3).message.endswith("nothing to do")
 
@@ -394,3 +401,4 @@ def test_grown_members_end_with_the_clusters_lease(site: Site) -> None:
     grown = {m.name: m.lease_expires_at.ToSeconds() for m in after.members}
     assert sorted(grown) == ["leased-head-0", "leased-worker-0", "leased-worker-1"]
     assert set(grown.values()) == set(ends.values())
+

@@ -16,6 +16,7 @@ from workspace.client import Client, ServiceNotConfigured, WaitTimeout
 from workspace.v1 import common_pb2
 
 WS = common_pb2.WorkspaceState
+HUGE = "99999999999999999999"
 
 
 def _ws(state: int = WS.WORKSPACE_STATE_RUNNING, **kw: Any) -> common_pb2.Workspace:
@@ -79,13 +80,27 @@ def test_create_arguments() -> None:
         ["console", "w1", "--tail", "-1"],
         ["image"],
         [],
+        # Numbers no request can carry: a usage error, not a traceback while building it.
+        *(
+            ["create", "--image", "x", flag, HUGE]
+            for flag in ("--cpus", "--memory-mib", "--wait-for-capacity", "--net-mbps")
+        ),
+        ["create", "--image", "x", "--cpu-percent", "99999999999"],
+        ["create", "--image", "x", "--grow", f"root:{HUGE}GiB"],
+        ["create", "--image", "x", "--blank", f"scratch:{HUGE}GiB"],
+        ["create", "--image", "x", "--lease", f"{HUGE}d"],
+        ["stop", "w1", "--timeout", HUGE],
+        ["lease", "extend", "w1", "999999999999d"],
+        ["cluster", "create", "c", "--member", f"w=img,count={HUGE}"],
+        ["cluster", "scale", "c", "--role", "w", "--count", HUGE],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
     assert exc.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
 
 
 def test_stop_has_shutdown_timeout_and_force() -> None:

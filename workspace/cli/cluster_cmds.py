@@ -96,7 +96,13 @@ def register(csub: Any, parent: argparse.ArgumentParser, client_for: common.Clie
     )
     p.add_argument("name", metavar="NAME", help="cluster name or id")
     p.add_argument("--role", required=True, metavar="ROLE")
-    p.add_argument("--count", required=True, type=int, metavar="N", help="the role's new count")
+    p.add_argument(
+        "--count",
+        required=True,
+        type=common.non_negative_int,
+        metavar="N",
+        help="the role's new count",
+    )
     p.add_argument(
         "--wait-for-capacity",
         type=common.non_negative_int,
@@ -128,8 +134,8 @@ def register(csub: Any, parent: argparse.ArgumentParser, client_for: common.Clie
     )
     p.add_argument("name", metavar="NAME", help="cluster name or id")
     p.add_argument("--role", required=True, metavar="ROLE")
-    p.add_argument("--min", type=int, metavar="A")
-    p.add_argument("--max", type=int, metavar="B")
+    p.add_argument("--min", type=common.non_negative_int, metavar="A")
+    p.add_argument("--max", type=common.non_negative_int, metavar="B")
     p.add_argument("--signal", metavar="SIGNAL", help="slurm-queue[:PARTITION] or command:PATH")
     p.add_argument(
         "--cooldown",

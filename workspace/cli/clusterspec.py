@@ -41,6 +41,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from workspace import errors
+from workspace.cli import common
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
@@ -110,9 +111,10 @@ def member_arg(text: str) -> clusters_pb2.ClusterMember:
             value = int(raw.strip())
         except ValueError:
             value = 0
-        if value < 1:
+        if not 1 <= value <= common.MAX_NUMBER:
             raise argparse.ArgumentTypeError(
-                f"{key} must be a whole number of at least 1, got {raw.strip()!r} in {text!r}"
+                f"{key} must be a whole number from 1 to {common.MAX_NUMBER}, got "
+                f"{raw.strip()!r} in {text!r}"
             )
         values[key] = value
     return clusters_pb2.ClusterMember(
@@ -315,6 +317,8 @@ class _Builder:
             raise self.fail(
                 field, f"must be a whole number of at least {minimum}, got {_show(value)}", index
             )
+        if value > common.MAX_NUMBER:
+            raise self.fail(field, f"must be at most {common.MAX_NUMBER}, got {value}", index)
         return value
 
     def _unknown(self, data: Mapping[str, Any], known: tuple[str, ...], index: int | None) -> None:

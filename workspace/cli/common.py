@@ -119,24 +119,32 @@ def options_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def positive_int(text: str) -> int:
+# The largest number any numeric option takes (the API's 32-bit fields): a larger one is
+# a usage error here, not a failure to build the request.
+MAX_NUMBER = 2**31 - 1
+
+
+def bounded_int(text: str, low: int) -> int:
+    """``text`` as a whole number from ``low`` to MAX_NUMBER (ArgumentTypeError if not)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 1, got {value}" if low == 1 else f"must be 0 or more, got {value}"
+        )
+    if value > MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_NUMBER}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return bounded_int(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return bounded_int(text, 0)
 
 
 def seconds(text: str) -> float:
@@ -144,8 +152,10 @@ def seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value <= 0:
+    if not value > 0:  # (NaN too)
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    if value > MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_NUMBER} seconds, got {text}")
     return value
 
 
@@ -165,6 +175,10 @@ def duration_s(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} ({DURATION_FORMAT})")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"a duration must be more than 0, got {text!r}")
+    if value > MAX_NUMBER:
+        raise argparse.ArgumentTypeError(
+            f"a duration must be at most {MAX_NUMBER} s (68 years), got {text!r}"
+        )
     return value
 
 

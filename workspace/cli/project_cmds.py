@@ -19,15 +19,14 @@ Output follows workspace/cli/render.py (--output json), exit codes workspace/cli
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 from workspace.cli import common, render
 from workspace.client_policy import LIMIT_NAMES
 from workspace.client_projects import LEASE_ACTIONS, PREEMPTIBLE_QUOTAS, QUOTA_FIELDS
 
-DURATION_RE = re.compile(r"(\d+)([smhd]?)")
-UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The largest quota (the API's signed 64-bit counts).
+MAX_QUOTA = 2**63 - 1
 
 
 def quota_arg(text: str) -> dict[str, int]:
@@ -39,18 +38,12 @@ def quota_arg(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(
                 f"{item!r}: give NAME=N with NAME one of {', '.join(QUOTA_FIELDS)}"
             )
-        if not value.isdigit():
-            raise argparse.ArgumentTypeError(f"{item!r}: {name} must be a whole number >= 0")
+        if not value.isdigit() or int(value) > MAX_QUOTA:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: {name} must be a whole number from 0 to {MAX_QUOTA}"
+            )
         out[name] = int(value)
     return out
-
-
-def duration_arg(text: str) -> int:
-    """8h, 30m, 2d, 90s or plain seconds -> seconds."""
-    m = DURATION_RE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 8h, 30m, 2d)")
-    return int(m.group(1)) * UNIT_S[m.group(2)]
 
 
 def _quota(q: Any) -> str:
@@ -202,8 +195,10 @@ def register_admin(
         metavar="instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N",
         help="limits (0 or left out: no limit)",
     )
-    q.add_argument("--default-lease", type=duration_arg, metavar="8h", help="a new workspace's")
-    q.add_argument("--max-lease", type=duration_arg, metavar="72h", help="the longest allowed")
+    q.add_argument(
+        "--default-lease", type=common.duration_s, metavar="8h", help="a new workspace's"
+    )
+    q.add_argument("--max-lease", type=common.duration_s, metavar="72h", help="the longest allowed")
     q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS), default="stop")
     add_default_limits(q, "default: the site's")
     add_preemptible_quotas(q, "left out: no limit")
