@@ -402,3 +402,35 @@ def test_grown_members_end_with_the_clusters_lease(site: Site) -> None:
     assert sorted(grown) == ["leased-head-0", "leased-worker-0", "leased-worker-1"]
     assert set(grown.values()) == set(ends.values())
 
+
+def test_a_member_destroyed_on_its_own_leaves_the_cluster(site: Site) -> None:
+    """`ws destroy` of one member (as a Slurm suspend does) once left the cluster
+    TERMINATING for good: no stop, start or scale worked after. The member leaves the
+    cluster; the others keep it RUNNING, and a scale brings the member back."""
+    site.add_agent("node1")
+    make(site, "rep", workers=2)
+    running(site, "rep")
+    gone = next(m for m in get(site, "rep").members if m.name == "rep-worker-1")
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(gone.id))
+    site.stubs.wait_state(gone.id, WS.WORKSPACE_STATE_TERMINATED)
+    c = get(site, "rep")
+    assert c.state == CS.CLUSTER_STATE_RUNNING, c
+    live = [m.name for m in c.members if m.state != WS.WORKSPACE_STATE_TERMINATED]
+    assert sorted(live) == ["rep-head-0", "rep-worker-0"]
+    # The others can be stopped and started as a cluster, and scaled back.
+    stub(site).StopCluster(clusters_pb2.ClusterRef(id="rep"))
+    wait_for(lambda: get(site, "rep").state == CS.CLUSTER_STATE_STOPPED, what="rep STOPPED")
+    stub(site).StartCluster(clusters_pb2.ClusterRef(id="rep"))
+    running(site, "rep")
+    assert list(scale(site, 2, ref="rep").added) == ["rep-worker-1"]
+    c = running(site, "rep")
+    assert sorted(m.name for m in c.members if m.state == WS.WORKSPACE_STATE_RUNNING) == [
+        "rep-head-0",
+        "rep-worker-0",
+        "rep-worker-1",
+    ]
+    # Destroying every member one by one ends the cluster.
+    for m in c.members:
+        if m.state != WS.WORKSPACE_STATE_TERMINATED:
+            site.stubs.ws.DestroyWorkspace(site.stubs.ref(m.id))
+    wait_for(lambda: get(site, "rep").state == CS.CLUSTER_STATE_TERMINATED, what="rep TERMINATED")

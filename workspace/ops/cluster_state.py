@@ -57,8 +57,15 @@ def cluster_state(
     states = [State(m.state) for m in members]
     if all(s is State.TERMINATED for s in states):
         return ClusterState.TERMINATED, ""
-    if any(m.desired_state == Desired.TERMINATED.value for m in members):
+    going = [m for m in members if m.desired_state == Desired.TERMINATED.value]
+    if going and len(going) == len(members):
         return ClusterState.TERMINATING, ""
+    if going:
+        # Members destroyed one by one (`ws destroy`, a Slurm suspend, a preemption)
+        # have left the cluster; the others make its state (`ws cluster scale` adds
+        # members again at the free indices).
+        members = [m for m in members if m.desired_state != Desired.TERMINATED.value]
+        states = [State(m.state) for m in members]
     bad = [m for m in members if State(m.state) in (State.FAILED, State.LOST)]
     if bad:
         m = bad[0]
