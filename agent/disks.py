@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from agent.seed import check_seed_size, write_seed_iso
 from agent.virt.base import DiskSpec
@@ -135,14 +136,14 @@ class WorkspaceFiles:
 
     # -- small per-workspace agent state (survives restarts) ---------------------------
 
-    def load_state(self, workspace_id: str) -> dict[str, int]:
+    def load_state(self, workspace_id: str) -> dict[str, Any]:
         try:
-            data: dict[str, int] = json.loads((self.dir(workspace_id) / "agent.json").read_text())
+            data: dict[str, Any] = json.loads((self.dir(workspace_id) / "agent.json").read_text())
             return data
         except (FileNotFoundError, ValueError):
             return {}
 
-    def save_state(self, workspace_id: str, state: dict[str, int]) -> None:
+    def save_state(self, workspace_id: str, state: dict[str, Any]) -> None:
         d = self.dir(workspace_id)
         d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         tmp = d / "agent.json.tmp"

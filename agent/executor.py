@@ -33,6 +33,8 @@ log = logging.getLogger("agent")
 
 OP_RETRY = Backoff(2.0, 60.0)
 DEFAULT_STOP_TIMEOUT_S = 60
+# A workspace's agent state (agent.json): the trust verdict word it runs under.
+TRUST_KEY = "trust"
 # What a workspace cannot do while one of its networks is not ready on the node.
 NEEDS_NETWORK = frozenset({Action.CREATE, Action.START, Action.RESUME})
 
@@ -277,8 +279,8 @@ class Executor:
             assert order is not None
             self.create(order)
         elif action is Action.START:
-            if order is not None:
-                self.gate.check(order, "start")  # signatures only: the disks exist already
+            if order is not None:  # signatures only: the disks exist already
+                self._booted_under(wid, self.gate.check(order, "start"))
             self._set_status(wid, Observed.STARTING)
             d.start(wid)
         elif action is Action.STOP:
@@ -321,11 +323,11 @@ class Executor:
         Raises what stopped it (PermissionDenied when the trust policy refuses it)."""
         wid = order.workspace_id
         self._set_status(wid, Observed.PROPAGATING)
-        self.gate.check(order, "boot")
+        word = self.gate.check(order, "boot")
         paths = self.staging.ensure(order)
         disks = self.files.prepare(order, paths)
         spec = domain_spec(order, disks, paths, self.files.console_log(wid))
-        self.files.save_state(wid, {"reboot_count": order.reboot_count})
+        self.files.save_state(wid, {"reboot_count": order.reboot_count, TRUST_KEY: word})
         self._set_status(wid, Observed.STARTING)
         self.driver.define(spec)
         if order.desired in (Desired.RUNNING, Desired.PAUSED):
@@ -338,6 +340,13 @@ class Executor:
         )
 
     # -- trust: VMs running when a new policy arrives ----------------------------------
+
+    def _booted_under(self, wid: str, word: str) -> None:
+        """Keep the trust verdict ``wid`` runs under ("allow", "warn"; "": no policy)."""
+        state = self.files.load_state(wid)
+        if state.get(TRUST_KEY) != word:
+            state[TRUST_KEY] = word
+            self.files.save_state(wid, state)
 
     def recheck_running(self) -> None:
         """Check the running VMs again (in the pool): a new policy version arrived."""
@@ -355,10 +364,18 @@ class Executor:
         for wid in sorted(running & set(desired)):
             order = desired[wid]
             verdict = self.gate.verdict(order)
-            if verdict is None or verdict.trusted:
+            if verdict is None:
                 continue
-            self.gate.record("running", order, verdict)
             stop = self.gate.stop_running_on_revoke and not verdict.allowed
+            was = self.files.load_state(wid).get(TRUST_KEY)
+            # Nothing new: the verdict it booted (or was last checked) under. An agent
+            # restarting gets the policy as new, and the VMs it finds running have not
+            # lost any trust they had.
+            if verdict.trusted or (verdict.word == was and not stop):
+                self._booted_under(wid, verdict.word)
+                continue
+            self._booted_under(wid, verdict.word)
+            self.gate.record("running", order, verdict)
             note = (
                 f"image {order.image} is no longer trusted under policy version "
                 f"{verdict.policy_version} ({verdict.reason}); "

@@ -58,14 +58,15 @@ class TrustGate:
     def record(self, action: str, order: Order, verdict: signing.Verdict, digest: str = "") -> None:
         self.audit.add(trust.audit_record(self.node, action, order, verdict, time.time(), digest))
 
-    def check(self, order: Order, action: str) -> None:
-        """Verify ``order`` against the policy held; raise (nothing boots) when it denies."""
+    def check(self, order: Order, action: str) -> str:
+        """Verify ``order`` against the policy held; raise (nothing boots) when it denies.
+        Returns the verdict's word ("allow" or "warn"; "" without a policy)."""
         verdict = self.verdict(order)
         if verdict is None:
-            return
+            return ""
         self.record(action, order, verdict)
         if verdict.trusted:
-            return
+            return verdict.word
         if not verdict.allowed:
             raise PermissionDenied(
                 f"image {order.image or '?'} refused on this node: {verdict.reason}"
@@ -76,6 +77,7 @@ class TrustGate:
             order.image,
             verdict.reason,
         )
+        return verdict.word
 
     def audit_blob(self, order: Order, digest: str, intact: bool, reason: str) -> None:
         """Audit the check of a cached blob before ``order`` uses it ("cache-hit"):

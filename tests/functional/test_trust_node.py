@@ -215,3 +215,31 @@ def test_audit_records_spooled_before_a_crash_reach_the_service_once_after_resta
     assert sorted(reasons) == ["unsent before the crash #1", "unsent before the crash #2"]
     assert len(_node_audit(site, "boot")) == 1
     assert site.agents["node1"].audit.pending() == []  # acknowledged: gone from the spool
+
+
+def test_an_agent_restart_reports_no_loss_of_trust_that_did_not_happen(site: Site) -> None:
+    """Warn mode, an unsigned image: the VM booted with a warning. A restarted agent
+    gets the same policy as if new; it once noted every such VM "no longer trusted".
+    A real change after the restart is still reported."""
+    site.stubs.network()
+    site.stubs.import_image(IMAGE, bytes(range(256)) * 256)
+    site.add_agent("node1")
+    w1 = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
+    site.stop_agent("node1")
+    again = site.add_agent("node1")
+    wait_for(
+        lambda: w1.id in {d.workspace_id for d in again.driver.list_domains()},
+        what="the running VM found again",
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        w = site.stubs.get(w1.id)
+        assert w.state == WS.WORKSPACE_STATE_RUNNING and "trusted" not in w.reason, w.reason
+        time.sleep(0.2)
+    _enforce(site)  # now it would not boot: that is news
+    noted = wait_for(
+        lambda: "no longer trusted" in (w := site.stubs.get(w1.id)).reason and w,
+        what="the running VM to be reported",
+    )
+    assert "the VM keeps running" in noted.reason
