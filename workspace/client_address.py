@@ -45,6 +45,11 @@ def resolve_address(service: str | None = None) -> str:
     record = site_record.read_record(site_dir)
     if record is not None and record.address:
         return record.address
+    if (site_dir / site_record.SETUP_FILE).exists():
+        raise ServiceNotConfigured(
+            f"the local site in {site_dir} is down: `ws-admin site up` starts it again "
+            f"(or pass --service ADDR, or set {SERVICE_ENV}=ADDR, for another service)"
+        )
     raise ServiceNotConfigured(
         "no workspace service configured: pass --service ADDR (host:port or unix:/path), "
         f"set {SERVICE_ENV}=ADDR, or start a local site with `ws-admin site up` "

@@ -49,6 +49,18 @@ def test_address_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert resolve_address("flag:2") == "flag:2"
 
 
+def test_a_local_site_that_is_down_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `ws-admin site down` the site's setup stays but its record goes: the error
+    says the site is down, not that no service is configured."""
+    monkeypatch.setenv(record.SITE_ENV, str(tmp_path))
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    (tmp_path / record.SETUP_FILE).write_text("{}")
+    with pytest.raises(ServiceNotConfigured, match=f"the local site in {tmp_path} is down"):
+        resolve_address(None)
+
+
 def test_default_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(record.SITE_ENV, raising=False)
     assert record.default_site_dir() == Path.home() / ".local/share/workspace/site"
