@@ -161,6 +161,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         admin, a, n1 = callers["admin"], callers["A"], callers["n1"]
         admin.admin.CreateNetwork(admin_pb2.Network(name="default", subnet="10.77.0.0/24"))
+        for project in ("p", "q"):  # the projects the certificates name
+            admin.projects.CreateProject(projects_pb2.Project(name=project))
         n1.nodes.Register(
             nodes_pb2.RegisterRequest(
                 node="n1", hypervisor="fake", cpus=8, memory_mib=8192, networks=["default"]
@@ -480,9 +482,9 @@ def test_only_admins_list_every_user(world: World) -> None:
 
 def test_a_project_not_yours_is_refused(world: World) -> None:
     b = world.callers["B"]
+    nobodys = workspaces_pb2.CreateWorkspaceRequest(name="x", image="img-a", project="nope")
+    assert code_of(lambda: b.ws.CreateWorkspace(nobodys)) is grpc.StatusCode.NOT_FOUND
     theirs = workspaces_pb2.CreateWorkspaceRequest(name="x", image="img-a", project="p")
-    assert code_of(lambda: b.ws.CreateWorkspace(theirs)) is grpc.StatusCode.NOT_FOUND
-    world.callers["admin"].projects.CreateProject(projects_pb2.Project(name="p"))
     err = None
     try:
         b.ws.CreateWorkspace(theirs)

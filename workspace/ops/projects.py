@@ -118,14 +118,22 @@ def resolve_project(
     if mine is None:
         mine = memberships(s, who)
     if asked:
-        if asked in mine:
-            return asked
+        # A certificate may name a project no admin made: it has no quota, so nothing
+        # is charged to it (the row is read once per transaction: the session holds it).
         if s.get(Project, asked) is None:
             raise NotFound(f"project {asked!r} does not exist; `ws quota` shows yours")
-        if who.admin:
+        if asked in mine or who.admin:
             return asked
         raise PermissionDenied(f"you are not a member of project {asked!r}")
-    return next(iter(mine)) if len(mine) == 1 else ""
+    if len(mine) != 1:
+        return ""
+    only = next(iter(mine))
+    if s.get(Project, only) is None:
+        raise NotFound(
+            f"project {only!r}, named by your certificate, does not exist; an admin "
+            f"makes it with `ws-admin project create {only}`"
+        )
+    return only
 
 
 # -- quotas ----------------------------------------------------------------------------------
