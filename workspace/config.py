@@ -25,6 +25,8 @@ from workspace.files import write_private
 T = TypeVar("T")
 # 3/4 of workspace.rpc.MAX_MESSAGE_BYTES (16 MiB): the most one node's orders may take.
 MAX_NODE_ORDERS_BYTES = 12 * 1024 * 1024
+# What [scheduler] policy may name (workspace/scheduler/weighers.py POLICIES).
+SCHEDULER_POLICIES = ("pack", "spread", "first")
 # The longest site maximum lease (limits.max_lease_s): a lease's end stays a date.
 MAX_LEASE_S = 1000 * 365 * 86400
 
@@ -62,6 +64,24 @@ class SchedulerConfig:
     # Memory kept back on every node for the host itself.
     reserved_memory_mib: int = 0
     reserved_cpus: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in SCHEDULER_POLICIES:
+            raise ConfigError(
+                f"scheduler.policy: {self.policy!r} is not one of {', '.join(SCHEDULER_POLICIES)}"
+            )
+        for key in ("cpu_overcommit", "memory_overcommit"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"scheduler.{key}: must be more than 0, got {getattr(self, key)}")
+        for key in (
+            "overhead_fixed_mib",
+            "overhead_per_gib_mib",
+            "overhead_per_vcpu_mib",
+            "reserved_memory_mib",
+            "reserved_cpus",
+        ):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"scheduler.{key}: must be 0 or more, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,18 @@ class LimitsConfig:
 def check_log_format(fmt: str) -> None:
     if fmt not in ("text", "json"):
         raise ConfigError(f'log_format: {fmt!r} is neither "text" nor "json"')
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_log_level(level: str) -> None:
+    if level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+
+# The SQLAlchemy dialects the store runs on (docs/design/store.md).
+DATABASE_SCHEMES = ("sqlite", "postgresql")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -327,7 +359,17 @@ class ServiceConfig:
         if self.blob_grace_s < 0:
             raise ConfigError(f"blob_grace_s: must not be negative, got {self.blob_grace_s}")
         check_log_format(self.log_format)
+        check_log_level(self.log_level)
         parse_retention(self.event_retention)
+        for key in ("heartbeat_interval_s", "node_grace_s"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        scheme = self.database_url.partition(":")[0].partition("+")[0]
+        if self.database_url and scheme not in DATABASE_SCHEMES:
+            raise ConfigError(
+                f"database_url: a {scheme or '?'}: URL; the store runs on "
+                "sqlite:///PATH or postgresql://..."
+            )
         if self.node_address == self.listen and not self.listen.endswith(":0"):
             raise ConfigError(
                 f"node_listen: the Nodes API needs an address of its own, not {self.listen}"
@@ -440,6 +482,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         check_log_format(self.log_format)
+        check_log_level(self.log_level)
 
     @property
     def cache_path(self) -> Path:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from workspace import rpc_status
 from workspace.config import (
+    SCHEDULER_POLICIES,
     AgentConfig,
     FakeDriverConfig,
     LibvirtConfig,
@@ -20,6 +23,7 @@ from workspace.config import (
     load,
 )
 from workspace.errors import ConfigError
+from workspace.scheduler import weighers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -247,3 +251,34 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
     path.write_text("[limits]\nmax_name_len = 64\n")
     with pytest.raises(ConfigError, match="max_name_len: 64 is not between 1 and 63"):
         load(ServiceConfig, path)
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "named"),
+    [
+        (ServiceConfig, {"log_level": "LOUD"}, "log_level: 'LOUD' is not one of DEBUG"),
+        (AgentConfig, {"log_level": "chatty"}, "log_level: 'chatty' is not one of"),
+        (ServiceConfig, {"database_url": "mysql://x"}, "database_url: a mysql: URL"),
+        (ServiceConfig, {"scheduler": {"policy": "random"}}, "scheduler.policy: 'random'"),
+        (ServiceConfig, {"scheduler": {"cpu_overcommit": 0}}, "scheduler.cpu_overcommit"),
+        (ServiceConfig, {"scheduler": {"reserved_cpus": -1}}, "scheduler.reserved_cpus"),
+        (ServiceConfig, {"heartbeat_interval_s": 0}, "heartbeat_interval_s: must be at least 1"),
+        (ServiceConfig, {"node_grace_s": 0}, "node_grace_s: must be at least 1"),
+    ],
+)
+def test_values_a_daemon_cannot_run_with_are_refused_at_load(
+    tmp_path: Path, cls: type, values: dict[str, object], named: str
+) -> None:
+    """Each once started: a traceback later (log_level, database_url), or every create
+    failing with an internal error (an unknown scheduler policy)."""
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps(values))
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load(cls, path)
+
+
+def test_the_scheduler_policies_a_config_names_are_the_schedulers() -> None:
+    assert set(SCHEDULER_POLICIES) == set(weighers.POLICIES)
+    assert load(ServiceConfig, None, scheduler={"policy": "spread"}).scheduler.policy == "spread"
+    assert load(ServiceConfig, None, log_level="debug").log_level == "debug"
+    assert load(ServiceConfig, None, database_url="postgresql+psycopg://h/db").database_url
