@@ -230,3 +230,18 @@ def test_console_prints_the_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["console", "w1", "--tail", "100"], client) == 0
     assert capsys.readouterr().out == "boot\nREADY\n"
     assert client.calls[0][1][1] == {"tail_bytes": 100}
+
+
+def test_a_binary_file_where_text_is_read_is_one_line(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A binary manifest once ended in a UnicodeDecodeError traceback."""
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    code = ws.main(
+        ["image", "push", "m:1", "--manifest", str(binary)],
+        connect=lambda _s: pytest.fail("read before connecting"),
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err == "ws: error: a file given is not UTF-8 text (invalid start byte at byte 0)\n"

@@ -239,6 +239,10 @@ def run(prog: str, handler: Handler, args: argparse.Namespace) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         error(prog, f"{where}{exc.strerror or exc}")
         return EXIT_REQUEST
+    except UnicodeDecodeError as exc:
+        # A file given where text is read (a key, a manifest, a spec) is binary.
+        error(prog, f"a file given is not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return EXIT_REQUEST
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

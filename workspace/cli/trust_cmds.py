@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from images import signing
+from workspace import errors
 from workspace.cli import common, render
 
 
@@ -96,7 +97,10 @@ def register_admin(
     """Add `trust add|list|revoke|mode` and `audit` to ws-admin."""
 
     def add(args: argparse.Namespace) -> int:
-        pem = Path(args.pubfile).read_text()
+        try:
+            pem = Path(args.pubfile).read_text()
+        except UnicodeDecodeError:
+            raise errors.InvalidArgument(f"{args.pubfile}: not a PEM public key (binary)") from None
         p = client_for(args).add_trust_key(pem, args.images, args.expires or 0.0, args.comment)
         render.emit(args, p, render.policy_text(p))
         return 0
