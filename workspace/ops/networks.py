@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from collections.abc import Iterable
 
 import netaddr
 from sqlalchemy import func, select
@@ -21,13 +23,41 @@ NET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
+def bridge_for(name: str) -> str:
+    """A network's bridge when none is given: ``wsbr-NAME``; a name too long for a
+    15-character interface name keeps its first 5 characters and 5 of its hash (the
+    network names' first 10 characters alone would give two networks one bridge)."""
+    whole = f"wsbr-{name}"
+    if len(whole) <= 15:
+        return whole
+    return f"wsbr-{name[:5]}{hashlib.sha256(name.encode()).hexdigest()[:5]}"
+
+
+def check_apart(name: str, subnet: str, bridge: str, others: Iterable[Network]) -> None:
+    """Two networks share neither a bridge (their DHCP servers and gateways would be on
+    one segment) nor addresses (a node holds every network's gateway on its bridge:
+    overlapping subnets would be two routes to the same addresses)."""
+    mine = netaddr.IPNetwork(subnet)
+    for other in others:
+        if other.bridge == bridge:
+            raise AlreadyExists(
+                f"network {name}: bridge {bridge} is network {other.name}'s already; "
+                "give another (--bridge)"
+            )
+        theirs = netaddr.IPNetwork(other.subnet)
+        if mine.first <= theirs.last and theirs.first <= mine.last:
+            raise InvalidArgument(
+                f"network {name}: subnet {subnet} overlaps network {other.name}'s {other.subnet}"
+            )
+
+
 def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     if not NET_NAME_RE.fullmatch(req.name):
         raise InvalidArgument(f"network name {req.name!r}: lowercase letters, digits, '-'")
     pool = ipam.validate_network(
         req.name, req.subnet, req.gateway, req.range_start, req.range_end, req.mac_prefix
     )
-    bridge = req.bridge or f"wsbr-{req.name}"[:15]
+    bridge = req.bridge or bridge_for(req.name)
     if not BRIDGE_RE.fullmatch(bridge):
         raise InvalidArgument(f"network {req.name}: bridge name {bridge!r} is not valid")
     for d in req.dns:
@@ -44,6 +74,7 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     with env.store.write() as s:
         if s.get(Network, req.name) is not None:
             raise AlreadyExists(f"network {req.name!r} already exists")
+        check_apart(req.name, pool.subnet, bridge, s.execute(select(Network)).scalars())
         net = Network(
             name=req.name,
             subnet=pool.subnet,
