@@ -70,30 +70,53 @@ class ProjectsClientMixin:
         )
         return self._call(self._projects.SetProjectDefaults, req)
 
-    def set_project_preemptible_quota(
+    def set_project(
         self,
         project: str,
-        quota: Mapping[str, int],
+        *,
         default_limits: Mapping[str, int] | None = None,
+        quota: Mapping[str, int] | None = None,
+        leases: tuple[int, int, str] | None = None,
     ) -> projects_pb2.Project:
-        """(admins) The project's preemptible quotas become exactly ``quota``
-        ({"preemptible-instances": 4, ...}; left out: 0 = no limit); its default limits
-        become ``default_limits`` if given, else stay."""
-        unknown = set(quota) - set(PREEMPTIBLE_QUOTAS)
+        """(admins) Change what is given of a project's settings; what is None stays.
+        ``default_limits`` become exactly these; ``quota`` (QUOTA_FIELDS names) replaces
+        the quotas of each class it names a quota of (the normal class's, the
+        preemptible class's; a quota of that class left out: 0 = no limit); ``leases``
+        (default s, maximum s, "stop" or "destroy" at expiry) replaces the lease policy.
+        A lower quota refuses new workspaces; those running stay."""
+        unknown = set(quota or {}) - set(QUOTA_FIELDS)
         if unknown:
-            raise ValueError(f"not a preemptible quota: {', '.join(sorted(unknown))}")
-        fields = {QUOTA_FIELDS[k]: v for k, v in quota.items()}
+            raise ValueError(f"not a quota: {', '.join(sorted(unknown))}")
         req = projects_pb2.SetProjectDefaultsRequest(
             project=project,
             default_limits=limits_message(default_limits or {}),
             keep_default_limits=default_limits is None,
-            preemptible_quota=projects_pb2.Quota(**fields),
         )
+        for field, names in (
+            (req.quota, [n for n in QUOTA_FIELDS if n not in PREEMPTIBLE_QUOTAS]),
+            (req.preemptible_quota, list(PREEMPTIBLE_QUOTAS)),
+        ):
+            given = {QUOTA_FIELDS[n]: (quota or {})[n] for n in names if n in (quota or {})}
+            if given:
+                field.CopyFrom(projects_pb2.Quota(**given))
+        if leases is not None:
+            req.leases.CopyFrom(
+                projects_pb2.LeasePolicy(
+                    default_lease_s=leases[0],
+                    max_lease_s=leases[1],
+                    on_expiry=LEASE_ACTIONS[leases[2]],
+                )
+            )
         return self._call(self._projects.SetProjectDefaults, req)
 
     def add_project_user(self, project: str, user: str) -> projects_pb2.Project:
         req = projects_pb2.ProjectUserRequest(project=project, user=user)
         return self._call(self._projects.AddProjectUser, req)
+
+    def remove_project_user(self, project: str, user: str) -> projects_pb2.Project:
+        """(admins) Take ``user`` out of ``project``'s recorded members."""
+        req = projects_pb2.ProjectUserRequest(project=project, user=user)
+        return self._call(self._projects.RemoveProjectUser, req)
 
     def list_projects(self) -> list[projects_pb2.Project]:
         resp = self._call(self._projects.ListProjects, projects_pb2.ListProjectsRequest())

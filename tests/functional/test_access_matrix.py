@@ -341,6 +341,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         projects_pb2.GetQuotaRequest(), timeout=T)),
     (PR, "SetProjectDefaults", ADMIN, lambda c, w: c.projects.SetProjectDefaults(
         projects_pb2.SetProjectDefaultsRequest(project=NOPE), timeout=T)),
+    (PR, "RemoveProjectUser", ADMIN, lambda c, w: c.projects.RemoveProjectUser(
+        projects_pb2.ProjectUserRequest(project=NOPE, user="x"), timeout=T)),
     (KY, "AddSshKey", USER, lambda c, w: c.keys.AddSshKey(
         access_pb2.AddSshKeyRequest(public_key="not a key"), timeout=T)),
     (KY, "ListSshKeys", USER, lambda c, w: c.keys.ListSshKeys(

@@ -120,3 +120,50 @@ def test_quota_without_projects_and_list_all_users(
     assert [w["name"] for w in json.loads(out)] == []
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list", "--all-users")
     assert [(w["name"], w["owner"]) for w in json.loads(out)] == [("anas", "ana")]
+
+
+def test_a_projects_quotas_leases_and_members_change_after_it_is_made(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once `project create` had run, only the default limits and the preemptible
+    quotas could change (`project set --quota` was an ambiguous option), and no member
+    could be taken out."""
+    site = ready_site
+    args = ("--quota", "instances=1,vcpus=8", "--max-lease", "72h", "--default-lease", "8h")
+    assert run(admin, site, capsys, "project", "create", "phys", *args)[0] == 0
+    assert run(admin, site, capsys, "project", "add-user", "phys", "local")[0] == 0
+    assert run(ws, site, capsys, "create", "--image", "img", "--name", "a")[0] == 0
+    code, _, err = run(ws, site, capsys, "create", "--image", "img", "--name", "b")
+    assert code == 1 and "instances quota of project phys" in err
+    # Raise one quota: the other of its class and the lease policy stay.
+    code, out, err = run(
+        admin, site, capsys, "-o", "json", "project", "set", "phys", "--quota", "instances=3"
+    )
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["quota"]["instances"] == 3 and shown["quota"]["vcpus"] == 8
+    assert shown["max_lease_s"] == 72 * 3600 and shown["default_lease_s"] == 8 * 3600
+    assert run(ws, site, capsys, "create", "--image", "img", "--name", "b")[0] == 0
+    # The lease policy: what is given changes.
+    code, out, err = run(
+        admin, site, capsys, "-o", "json", "project", "set", "phys",
+        "--max-lease", "1h30m", "--default-lease", "1h", "--on-expiry", "destroy",
+    )  # fmt: skip
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["default_lease_s"], shown["max_lease_s"]) == (3600, 5400)
+    assert shown["on_expiry"] == "DESTROY" and shown["quota"]["instances"] == 3
+    code, _, err = run(ws, site, capsys, "create", "--image", "img", "--name", "c", "--lease", "2h")
+    assert code == 1 and "maximum lease of 1h30m" in err
+    # Bad settings change nothing.
+    for bad in (("--default-lease", "2h"), ("--max-lease", "4000d")):
+        code, _, err = run(admin, site, capsys, "project", "set", "phys", *bad)
+        assert code == 1 and "lease" in err, err
+    # A member taken out is no member.
+    code, out, err = run(admin, site, capsys, "project", "remove-user", "phys", "local")
+    assert code == 0 and "no longer a recorded member" in out, err
+    code, out, _ = run(admin, site, capsys, "-o", "json", "project", "list")
+    (listed,) = json.loads(out)
+    assert listed["users"] == [] and listed["max_lease_s"] == 5400
+    code, _, err = run(admin, site, capsys, "project", "remove-user", "phys", "local")
+    assert code == 1 and "not a recorded member" in err

@@ -153,19 +153,42 @@ def register_admin(
         return common.EXIT_OK
 
     def set_(args: argparse.Namespace) -> int:
+        """What is given changes; the rest stays (a quota left out of a class keeps
+        its value). Nothing given at all: the default limits become none."""
         client = client_for(args)
-        given = preemptible_quotas(args)
-        limits = default_limits(args)
-        if given:
-            # Those left out stay as they are; default limits stay unless some are given.
-            known = [p for p in client.list_projects() if p.name == args.name]
-            now = {n: getattr(known[0].quota, QUOTA_FIELDS[n]) for n in PREEMPTIBLE_QUOTAS}
-            p = client.set_project_preemptible_quota(
-                args.name, {**now, **given} if known else given, limits or None
+        limits_given = any(getattr(args, "default_" + n) is not None for n in LIMIT_NAMES)
+        quota = {**(args.quota or {}), **preemptible_quotas(args)}
+        lease_given = (args.default_lease, args.max_lease, args.on_expiry) != (None,) * 3
+        known = next((p for p in client.list_projects() if p.name == args.name), None)
+        normal = [n for n in QUOTA_FIELDS if n not in PREEMPTIBLE_QUOTAS]
+        for names in (normal, PREEMPTIBLE_QUOTAS):
+            if known is not None and any(k in names for k in quota):
+                # The quotas of a class named but left out keep their values.
+                quota = {**{n: getattr(known.quota, QUOTA_FIELDS[n]) for n in names}, **quota}
+        leases = None
+        if lease_given:
+            was = (
+                (known.default_lease_s, known.max_lease_s, known.on_expiry) if known else (0, 0, 0)
             )
-        else:
-            p = client.set_project_defaults(args.name, limits)
+            action = "destroy" if was[2] == LEASE_ACTIONS["destroy"] else "stop"
+            leases = (
+                was[0] if args.default_lease is None else args.default_lease,
+                was[1] if args.max_lease is None else args.max_lease,
+                args.on_expiry or action,
+            )
+        nothing = not (limits_given or quota or lease_given)
+        p = client.set_project(
+            args.name,
+            default_limits=default_limits(args) if limits_given or nothing else None,
+            quota=quota or None,
+            leases=leases,
+        )
         render.emit(args, p, project_rows([p]))
+        return common.EXIT_OK
+
+    def remove_user(args: argparse.Namespace) -> int:
+        p = client_for(args).remove_project_user(args.name, args.user)
+        render.emit(args, p, f"user {args.user} is no longer a recorded member of {p.name}")
         return common.EXIT_OK
 
     def add_user(args: argparse.Namespace) -> int:
@@ -206,10 +229,20 @@ def register_admin(
     q = sub.add_parser(
         "set",
         parents=[parent],
-        help="replace a project's default limits (those left out: none), or set its "
-        "preemptible quotas (those left out stay; the default limits stay unless given)",
+        help="change a project's quotas, lease policy or default limits: what is given "
+        "changes, the rest stays (default limits given replace them all; with no option "
+        "at all they become none)",
     )
     q.add_argument("name", metavar="P")
+    q.add_argument(
+        "--quota",
+        type=quota_arg,
+        metavar="instances=N,vcpus=N,...",
+        help="quotas to change (0: no limit); those left out stay",
+    )
+    q.add_argument("--default-lease", type=common.duration_s, metavar="8h")
+    q.add_argument("--max-lease", type=common.duration_s, metavar="72h")
+    q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS))
     add_default_limits(q, "left out: the site's")
     add_preemptible_quotas(q, "left out: unchanged")
     q.set_defaults(func=set_)
@@ -217,6 +250,15 @@ def register_admin(
     q.add_argument("name", metavar="P")
     q.add_argument("user", metavar="NAME")
     q.set_defaults(func=add_user)
+    q = sub.add_parser(
+        "remove-user",
+        parents=[parent],
+        help="take a user out of a project's recorded members (a certificate naming the "
+        "project still counts: revoke it)",
+    )
+    q.add_argument("name", metavar="P")
+    q.add_argument("user", metavar="NAME")
+    q.set_defaults(func=remove_user)
     q = sub.add_parser("list", parents=[parent], help="every project")
     q.set_defaults(func=list_)
     q = sub.add_parser(

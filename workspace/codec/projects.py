@@ -33,12 +33,13 @@ def quota_from_proto(q: projects_pb2.Quota) -> Quota:
     )
 
 
+def lease_action_from_proto(value: projects_pb2.LeaseAction.ValueType) -> LeaseAction:
+    """UNSPECIFIED is STOP."""
+    return LeaseAction.DESTROY if value == projects_pb2.LEASE_ACTION_DESTROY else LeaseAction.STOP
+
+
 def project_from_proto(p: projects_pb2.Project) -> ProjectSpec:
-    action = (
-        LeaseAction.DESTROY
-        if p.on_expiry == projects_pb2.LEASE_ACTION_DESTROY
-        else (LeaseAction.STOP)
-    )
+    action = lease_action_from_proto(p.on_expiry)
     return ProjectSpec(
         name=p.name,
         quota=quota_from_proto(p.quota),

@@ -120,6 +120,7 @@ def _rules() -> dict[str, Role]:
             "ListProjects": a,
             "GetQuota": u,
             "SetProjectDefaults": a,
+            "RemoveProjectUser": a,
         },
         "workspace.node.v1.Nodes": {
             "Register": n,

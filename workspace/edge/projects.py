@@ -59,7 +59,26 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
             if request.HasField("preemptible_quota")
             else None
         )
-        spec = projects.set_defaults(self.env, request.project, limits, preemptible)
+        quota = codec.quota_from_proto(request.quota) if request.HasField("quota") else None
+        leases = (
+            (
+                request.leases.default_lease_s,
+                request.leases.max_lease_s,
+                codec.lease_action_from_proto(request.leases.on_expiry),
+            )
+            if request.HasField("leases")
+            else None
+        )
+        spec = projects.set_defaults(
+            self.env, request.project, limits, preemptible, quota=quota, leases=leases
+        )
+        return codec.project_to_proto(spec)
+
+    @unary
+    def RemoveProjectUser(
+        self, request: projects_pb2.ProjectUserRequest, context: grpc.ServicerContext, who: Identity
+    ) -> projects_pb2.Project:
+        spec = projects.remove_user(self.env, request.project, request.user)
         return codec.project_to_proto(spec)
 
     @unary

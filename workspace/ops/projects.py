@@ -239,23 +239,31 @@ def _spec(s: Session, p: Project) -> ProjectSpec:
     )
 
 
-def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
-    _check_name("project", spec.name)
-    q = spec.quota
-    for field, value in vars(q).items():
-        if value < 0:
+def _check_quota(q: Quota, fields: Iterable[str]) -> None:
+    for field in fields:
+        if getattr(q, field) < 0:
             raise InvalidArgument(f"quota {QUOTA_NAMES[field]} must not be negative")
-    if spec.default_lease_s < 0 or spec.max_lease_s < 0:
+
+
+def _check_leases(env: Env, default_s: int, max_s: int) -> None:
+    if default_s < 0 or max_s < 0:
         raise InvalidArgument("lease durations must not be negative")
-    if spec.max_lease_s and spec.default_lease_s > spec.max_lease_s:
+    if max_s and default_s > max_s:
         raise InvalidArgument("the default lease is longer than the maximum lease")
     site_max = env.cfg.limits.max_lease_s
-    for what, value in (("default", spec.default_lease_s), ("maximum", spec.max_lease_s)):
+    for what, value in (("default", default_s), ("maximum", max_s)):
         if value > site_max:
             raise InvalidArgument(
                 f"the {what} lease of {duration_text(value)} is longer than the site's "
                 f"maximum lease of {duration_text(site_max)} (limits.max_lease_s)"
             )
+
+
+def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
+    _check_name("project", spec.name)
+    q = spec.quota
+    _check_quota(q, vars(q))
+    _check_leases(env, spec.default_lease_s, spec.max_lease_s)
     spec.default_limits.validate(f"project {spec.name}: default limits")
     with env.store.write() as s:
         if s.get(Project, spec.name) is not None:
@@ -296,17 +304,49 @@ def add_user(env: Env, project: str, user: str) -> ProjectSpec:
         return _spec(s, p)
 
 
+def remove_user(env: Env, project: str, user: str) -> ProjectSpec:
+    """Take ``user`` out of ``project``'s recorded members (a certificate naming the
+    project still makes its holder a member: revoke it for that)."""
+    with env.store.write() as s:
+        p = s.get(Project, project)
+        if p is None:
+            raise NotFound(f"project {project!r} does not exist; `ws-admin project list`")
+        row = s.get(ProjectMember, (project, user))
+        if row is None:
+            raise NotFound(f"user {user!r} is not a recorded member of project {project!r}")
+        s.delete(row)
+        s.flush()
+        log.info("user %s removed from project %s", user, project)
+        return _spec(s, p)
+
+
+# The quotas of each class, as set apart (``set_defaults``).
+NORMAL_QUOTAS = ("instances", "vcpus", "memory_mib", "disk_gib", "image_bytes")
+PREEMPTIBLE_QUOTAS = ("preemptible_instances", "preemptible_vcpus", "preemptible_memory_mib")
+
+
 def set_defaults(
-    env: Env, project: str, defaults: Limits | None, preemptible: Quota | None = None
+    env: Env,
+    project: str,
+    defaults: Limits | None,
+    preemptible: Quota | None = None,
+    *,
+    quota: Quota | None = None,
+    leases: tuple[int, int, LeaseAction] | None = None,
 ) -> ProjectSpec:
-    """A project's default limits become ``defaults`` (each 0: the site's default; None:
-    they stay), its preemptible quotas those of ``preemptible`` (None: they stay)."""
+    """Change what is given of a project's settings (None: it stays): its default limits
+    become ``defaults`` (each 0: the site's default), its preemptible quotas those of
+    ``preemptible``, its normal quotas those of ``quota``, its lease policy ``leases``
+    (default, maximum, action at expiry). A lower quota refuses new workspaces beyond
+    it; those running stay."""
     if defaults is not None:
         defaults.validate(f"project {project}: default limits")
     if preemptible is not None:
-        for field in ("preemptible_instances", "preemptible_vcpus", "preemptible_memory_mib"):
-            if getattr(preemptible, field) < 0:
-                raise InvalidArgument(f"quota {QUOTA_NAMES[field]} must not be negative")
+        _check_quota(preemptible, PREEMPTIBLE_QUOTAS)
+    if quota is not None:
+        _check_quota(quota, NORMAL_QUOTAS)
+    if leases is not None:
+        _check_leases(env, leases[0], leases[1])
     with env.store.write() as s:
         p = s.get(Project, project)
         if p is None:
@@ -314,11 +354,15 @@ def set_defaults(
         if defaults is not None:
             p.default_limits = limits_column(defaults)
             log.info("project %s: default limits %s", project, limits_column(defaults) or "none")
-        if preemptible is not None:
-            p.quota_preemptible_instances = preemptible.preemptible_instances
-            p.quota_preemptible_vcpus = preemptible.preemptible_vcpus
-            p.quota_preemptible_memory_mib = preemptible.preemptible_memory_mib
-            log.info("project %s: preemptible quotas %s", project, preemptible)
+        for given, fields in ((preemptible, PREEMPTIBLE_QUOTAS), (quota, NORMAL_QUOTAS)):
+            if given is not None:
+                for field in fields:
+                    setattr(p, f"quota_{field}", getattr(given, field))
+                log.info("project %s: quotas %s", project, limits_of(p))
+        if leases is not None:
+            p.default_lease_s, p.max_lease_s = leases[0], leases[1]
+            p.lease_action = leases[2].value
+            log.info("project %s: leases %s", project, leases)
         s.flush()
         return _spec(s, p)
 

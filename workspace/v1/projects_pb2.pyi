@@ -137,6 +137,8 @@ class SetProjectDefaultsRequest(_message.Message):
     DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
     PREEMPTIBLE_QUOTA_FIELD_NUMBER: _builtins.int
     KEEP_DEFAULT_LIMITS_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     keep_default_limits: _builtins.bool
     """The default limits stay as they are (default_limits is ignored)."""
@@ -150,6 +152,17 @@ class SetProjectDefaultsRequest(_message.Message):
         are ignored). Unset: they stay.
         """
 
+    @_builtins.property
+    def quota(self) -> Global___Quota:
+        """Set: the project's quotas of the normal class become its instances, vcpus,
+        memory_mib, disk_gib and image_bytes (0 = no limit; the others are ignored).
+        Unset: they stay.
+        """
+
+    @_builtins.property
+    def leases(self) -> Global___LeasePolicy:
+        """Set: the project's lease policy becomes this. Unset: it stays."""
+
     def __init__(
         self,
         *,
@@ -157,14 +170,43 @@ class SetProjectDefaultsRequest(_message.Message):
         default_limits: _common_pb2.Limits | None = ...,
         preemptible_quota: Global___Quota | None = ...,
         keep_default_limits: _builtins.bool = ...,
+        quota: Global___Quota | None = ...,
+        leases: Global___LeasePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "preemptible_quota", b"preemptible_quota"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "leases", b"leases", "preemptible_quota", b"preemptible_quota", "quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "keep_default_limits", b"keep_default_limits", "preemptible_quota", b"preemptible_quota", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_limits", b"default_limits", "keep_default_limits", b"keep_default_limits", "leases", b"leases", "preemptible_quota", b"preemptible_quota", "project", b"project", "quota", b"quota"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetProjectDefaultsRequest: _TypeAlias = SetProjectDefaultsRequest  # noqa: Y015
+
+@_typing.final
+class LeasePolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFAULT_LEASE_S_FIELD_NUMBER: _builtins.int
+    MAX_LEASE_S_FIELD_NUMBER: _builtins.int
+    ON_EXPIRY_FIELD_NUMBER: _builtins.int
+    default_lease_s: _builtins.int
+    """0 = none"""
+    max_lease_s: _builtins.int
+    """0 = none"""
+    on_expiry: Global___LeaseAction.ValueType
+    def __init__(
+        self,
+        *,
+        default_lease_s: _builtins.int = ...,
+        max_lease_s: _builtins.int = ...,
+        on_expiry: Global___LeaseAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_lease_s", b"default_lease_s", "max_lease_s", b"max_lease_s", "on_expiry", b"on_expiry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeasePolicy: _TypeAlias = LeasePolicy  # noqa: Y015
 
 @_typing.final
 class ProjectUserRequest(_message.Message):

@@ -60,6 +60,11 @@ class ProjectsStub:
                 request_serializer=workspace_dot_v1_dot_projects__pb2.SetProjectDefaultsRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_projects__pb2.Project.FromString,
                 _registered_method=True)
+        self.RemoveProjectUser = channel.unary_unary(
+                '/workspace.v1.Projects/RemoveProjectUser',
+                request_serializer=workspace_dot_v1_dot_projects__pb2.ProjectUserRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_projects__pb2.Project.FromString,
+                _registered_method=True)
 
 
 class ProjectsServicer:
@@ -93,7 +98,15 @@ class ProjectsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetProjectDefaults(self, request, context):
-        """Admins: replace a project's default limits of new workspaces.
+        """Admins: change a project's settings (default limits, quotas, lease policy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveProjectUser(self, request, context):
+        """Admins: take a user out of a project (its recorded members; a certificate's
+        projects stay with the certificate).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +138,11 @@ def add_ProjectsServicer_to_server(servicer, server):
             'SetProjectDefaults': grpc.unary_unary_rpc_method_handler(
                     servicer.SetProjectDefaults,
                     request_deserializer=workspace_dot_v1_dot_projects__pb2.SetProjectDefaultsRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_projects__pb2.Project.SerializeToString,
+            ),
+            'RemoveProjectUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveProjectUser,
+                    request_deserializer=workspace_dot_v1_dot_projects__pb2.ProjectUserRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_projects__pb2.Project.SerializeToString,
             ),
     }
@@ -263,6 +281,33 @@ class Projects:
             target,
             '/workspace.v1.Projects/SetProjectDefaults',
             workspace_dot_v1_dot_projects__pb2.SetProjectDefaultsRequest.SerializeToString,
+            workspace_dot_v1_dot_projects__pb2.Project.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveProjectUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Projects/RemoveProjectUser',
+            workspace_dot_v1_dot_projects__pb2.ProjectUserRequest.SerializeToString,
             workspace_dot_v1_dot_projects__pb2.Project.FromString,
             options,
             channel_credentials,

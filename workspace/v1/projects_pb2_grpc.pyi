@@ -40,7 +40,11 @@ class ProjectsStub:
     GetQuota: _grpc.UnaryUnaryMultiCallable[_projects_pb2.GetQuotaRequest, _projects_pb2.GetQuotaResponse]
     """Any user: the caller's projects, their use and limits."""
     SetProjectDefaults: _grpc.UnaryUnaryMultiCallable[_projects_pb2.SetProjectDefaultsRequest, _projects_pb2.Project]
-    """Admins: replace a project's default limits of new workspaces."""
+    """Admins: change a project's settings (default limits, quotas, lease policy)."""
+    RemoveProjectUser: _grpc.UnaryUnaryMultiCallable[_projects_pb2.ProjectUserRequest, _projects_pb2.Project]
+    """Admins: take a user out of a project (its recorded members; a certificate's
+    projects stay with the certificate).
+    """
 
 @_typing.type_check_only
 class ProjectsAsyncStub(ProjectsStub):
@@ -54,7 +58,11 @@ class ProjectsAsyncStub(ProjectsStub):
     GetQuota: _aio.UnaryUnaryMultiCallable[_projects_pb2.GetQuotaRequest, _projects_pb2.GetQuotaResponse]  # type: ignore[assignment]
     """Any user: the caller's projects, their use and limits."""
     SetProjectDefaults: _aio.UnaryUnaryMultiCallable[_projects_pb2.SetProjectDefaultsRequest, _projects_pb2.Project]  # type: ignore[assignment]
-    """Admins: replace a project's default limits of new workspaces."""
+    """Admins: change a project's settings (default limits, quotas, lease policy)."""
+    RemoveProjectUser: _aio.UnaryUnaryMultiCallable[_projects_pb2.ProjectUserRequest, _projects_pb2.Project]  # type: ignore[assignment]
+    """Admins: take a user out of a project (its recorded members; a certificate's
+    projects stay with the certificate).
+    """
 
 class ProjectsServicer(metaclass=_abc_1.ABCMeta):
     """Projects: the unit of quotas, lease policy and image sharing."""
@@ -95,6 +103,16 @@ class ProjectsServicer(metaclass=_abc_1.ABCMeta):
         request: _projects_pb2.SetProjectDefaultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_projects_pb2.Project, _abc.Awaitable[_projects_pb2.Project]]:
-        """Admins: replace a project's default limits of new workspaces."""
+        """Admins: change a project's settings (default limits, quotas, lease policy)."""
+
+    @_abc_1.abstractmethod
+    def RemoveProjectUser(
+        self,
+        request: _projects_pb2.ProjectUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_projects_pb2.Project, _abc.Awaitable[_projects_pb2.Project]]:
+        """Admins: take a user out of a project (its recorded members; a certificate's
+        projects stay with the certificate).
+        """
 
 def add_ProjectsServicer_to_server(servicer: ProjectsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
