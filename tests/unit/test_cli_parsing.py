@@ -144,6 +144,10 @@ class FakeClient:
         self._do("stop", id, timeout_s=timeout_s, force=force)
         return _ws(WS.WORKSPACE_STATE_STOPPING)
 
+    def pause_workspace(self, id: str) -> Any:
+        self._do("pause", id)  # the node has not acted yet
+        return _ws(desired_state=common_pb2.DESIRED_STATE_PAUSED)
+
     def wait_for_state(self, id: str, states: Any, timeout_s: float, on_change: Any) -> Any:
         self._do("wait", id, states=list(states), timeout_s=timeout_s)
         final = _ws(next(iter(states)))
@@ -245,3 +249,13 @@ def test_a_binary_file_where_text_is_read_is_one_line(
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert err == "ws: error: a file given is not UTF-8 text (invalid start byte at byte 0)\n"
+
+
+def test_an_action_not_waited_for_says_what_was_requested(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ws pause` printed "RUNNING" alone, which read as if nothing had happened."""
+    assert _run(["pause", "w1"], FakeClient()) == 0
+    assert capsys.readouterr().out == "alpha (w1): RUNNING, PAUSED requested\n"
+    assert _run(["pause", "w1", "--wait"], FakeClient()) == 0
+    assert capsys.readouterr().out == "alpha (w1): PAUSED\n"

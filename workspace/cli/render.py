@@ -278,6 +278,16 @@ def state_line(ws: common_pb2.Workspace) -> str:
     return f"{_label(ws)}: {state_name(ws.state)}{reason}"
 
 
+def requested_line(ws: common_pb2.Workspace) -> str:
+    """The state line of a workspace just asked to change: with what was asked while the
+    node has not acted yet (`ws pause`: "RUNNING, PAUSED requested")."""
+    desired, state = enum_name(_DESIRED, ws.desired_state), state_name(ws.state)
+    if desired in ("UNSPECIFIED", state) or state not in ("RUNNING", "PAUSED", "STOPPED"):
+        return state_line(ws)  # (a state on its way, STOPPING, says so itself)
+    reason = f"  ({ws.reason})" if ws.reason else ""
+    return f"{_label(ws)}: {state_name(ws.state)}, {desired} requested{reason}"
+
+
 def watch_event(args: argparse.Namespace, event: workspaces_pb2.WorkspaceEvent) -> None:
     """One `ws watch` event: a compact JSON object per line, or a timestamped state line."""
     if wants_json(args):

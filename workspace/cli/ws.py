@@ -210,7 +210,7 @@ class Commands(common.ClientCommands):
             ws = client.wait_for_state(
                 ws.id or args.id, [target], wait_s, render.workspace_progress(args, PROG)
             )
-        render.emit(args, ws, render.state_line(ws))
+        render.emit(args, ws, render.requested_line(ws))
         return common.EXIT_OK
 
     def watch(self, args: argparse.Namespace) -> int:
