@@ -430,17 +430,20 @@ class Client(
         include_terminated: bool = False,
         reconnect: bool = False,
         timeout_s: float | None = None,
+        on_outage: Callable[[str], None] | None = None,
     ) -> Generator[workspaces_pb2.WorkspaceEvent, None, None]:
         """Workspace events: first a snapshot (``initial``), then every change.
 
         With ``reconnect`` a dropped stream (service restart, network blip) is
         re-opened with back-off and starts again with a fresh snapshot; otherwise the
-        iterator ends when the stream does. ``timeout_s`` bounds the whole watch.
-        Closing the iterator cancels the stream.
+        iterator ends when the stream does. ``on_outage`` is told once when the stream
+        is lost (the reason) and once when events flow again (""). ``timeout_s``
+        bounds the whole watch. Closing the iterator cancels the stream.
         """
         req = workspaces_pb2.WatchWorkspacesRequest(id=id, include_terminated=include_terminated)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         backoff = 0.5
+        away = False
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -449,6 +452,9 @@ class Client(
             try:
                 for event in call:
                     backoff = 0.5
+                    if away and on_outage is not None:
+                        on_outage("")
+                    away = False
                     yield event
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -456,6 +462,9 @@ class Client(
                     return
                 if not (reconnect and code == grpc.StatusCode.UNAVAILABLE):
                     raise self._error(exc) from None
+                if not away and on_outage is not None:
+                    on_outage(exc.details() or code.name)
+                away = True
             finally:
                 call.cancel()
             if not reconnect:

@@ -203,3 +203,17 @@ def test_wait_for_state_fails_and_times_out(
         client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 0.5)
     gone = client.wait_for_state("gone", [WS.WORKSPACE_STATE_TERMINATED], 1)
     assert gone.state == WS.WORKSPACE_STATE_TERMINATED
+
+
+def test_a_watch_tells_of_an_outage_once_and_of_its_end(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """`ws watch` once went silent while the service was away."""
+    client, wsvc, _ = served
+    wsvc.drop_first_watch = True
+    told: list[str] = []
+    events = client.watch(reconnect=True, on_outage=told.append)
+    first = next(events)
+    events.close()
+    assert first.initial and wsvc.watches == 2
+    assert told == ["socket closed", ""]

@@ -223,7 +223,16 @@ class Commands(common.ClientCommands):
         # A line per change of state, or of reason to a new one (a lease warning changes
         # only the reason; a reason merely cleared is not news).
         seen: dict[str, tuple[int, str]] = {}
-        events = client.watch(ws_id, include_terminated=args.all or bool(ws_id), reconnect=True)
+
+        def outage(why: str) -> None:
+            if why:
+                print(f"{PROG}: watch: lost the service ({why}); retrying", file=sys.stderr)
+            else:
+                print(f"{PROG}: watch: the service answers again", file=sys.stderr)
+
+        events = client.watch(
+            ws_id, include_terminated=args.all or bool(ws_id), reconnect=True, on_outage=outage
+        )
         try:
             for event in events:
                 ws = event.workspace
