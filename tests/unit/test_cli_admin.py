@@ -59,6 +59,16 @@ class FakeClient:
         self._do("get_scheduler_input", **kw)
         return '{"version": 1}'
 
+    def get_image(self, name: str) -> Any:
+        self._do("get_image", name)
+        if name != "taken":
+            raise errors.NotFound(f"no image {name!r}")
+        return object()
+
+    def upload_blob(self, path: Any, progress: Any = None) -> Any:
+        self._do("upload_blob", str(path))
+        raise AssertionError("uploaded")
+
     def close(self) -> None:
         pass
 
@@ -120,6 +130,27 @@ def test_admin_image_import_detects_the_format_as_push_does(
     err = capsys.readouterr().err
     assert err.startswith("ws-admin: error: ") and "vmdk, not raw or qcow2; convert" in err
     assert client.calls == []
+
+
+def test_admin_image_import_says_what_is_wrong_before_uploading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A taken or invalid name was said only after the whole disk was uploaded; an
+    empty file was imported; a directory was "no such file"."""
+    client = FakeClient()
+    disk, empty = tmp_path / "d.raw", tmp_path / "e.raw"
+    disk.write_bytes(bytes(4096))
+    empty.write_bytes(b"")
+    cases = [
+        (["taken", str(disk)], "image 'taken' already exists"),
+        (["Bad:Name:x", str(disk)], "is not NAME:VERSION"),
+        (["i", str(empty)], f"{empty}: is empty"),
+        (["i", str(tmp_path)], f"{tmp_path}: is a directory, not a file"),
+    ]
+    for args, said in cases:
+        assert _admin(["image", "import", *args, "--format", "raw"], client) == 1
+        assert said in capsys.readouterr().err
+    assert all(call != "upload_blob" for call, _ in client.calls)
 
 
 # -- ws-admin: nodes, queue, schedule --------------------------------------------------

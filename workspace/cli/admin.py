@@ -8,6 +8,7 @@ the scheduler) and run a local site.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -45,6 +46,16 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return image_manifest.detect_format(path)
     except image_manifest.ManifestError as exc:
         raise errors.InvalidArgument(str(exc)) from None
+
+
+def check_file(path: str) -> None:
+    """A file to upload: there, a file, not empty (InvalidArgument saying which not)."""
+    if os.path.isdir(path):
+        raise errors.InvalidArgument(f"{path}: is a directory, not a file")
+    if not os.path.isfile(path):
+        raise errors.InvalidArgument(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise errors.InvalidArgument(f"{path}: is empty")
 
 
 def read_appliance(directory: str | os.PathLike[str]) -> dict[str, str]:
@@ -188,12 +199,20 @@ class Commands(common.ClientCommands):
             disk, fmt = args.file, args.format
             kernel, initrd, cmdline = args.kernel or "", args.initrd or "", args.cmdline or ""
         for path in (disk, kernel, initrd):
-            if path and not os.path.isfile(path):
-                raise errors.InvalidArgument(f"{path}: no such file")
+            if path:
+                check_file(path)
         fmt = fmt or detect_format(disk)
         if fmt not in ("raw", "qcow2"):
             raise errors.InvalidArgument(f"disk format must be raw or qcow2, not {fmt!r}")
+        try:
+            image_manifest.parse_ref(args.name)
+        except image_manifest.ManifestError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
         client = self.client(args)
+        # Said before gigabytes are uploaded (the import says it again, race-free).
+        with contextlib.suppress(errors.NotFound):
+            client.get_image(args.name)
+            raise errors.AlreadyExists(f"image {args.name!r} already exists; pick a new version")
         ref = self._upload(client, disk, "disk")
         kernel_ref = self._upload(client, kernel, "kernel") if kernel else None
         initrd_ref = self._upload(client, initrd, "initrd") if initrd else None
