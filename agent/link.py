@@ -77,6 +77,7 @@ class Link:
         self._stub: nodes_pb2_grpc.NodesStub | None = None
         self._connected = threading.Event()
         self._report_lock = threading.Lock()
+        self._unknown_told = False  # the service said it does not know this node
         # Send the next full report now rather than at the next heartbeat.
         self._report_soon = threading.Event()
 
@@ -193,11 +194,23 @@ class Link:
             stub.ReportStatus(req, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:
             self.audit.failed(batch)  # sent with the next report
-            log.warning("report to service failed: %s", exc.code() if hasattr(exc, "code") else exc)
+            code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.NOT_FOUND:
+                # The site no longer knows this node (`ws-admin node remove`): said once,
+                # not at every heartbeat.
+                (log.debug if self._unknown_told else log.error)(
+                    "the service does not know node %s (removed with `ws-admin node remove`?): "
+                    "its reports are refused; stop this agent, or restart it to register again",
+                    self.cfg.node,
+                )
+                self._unknown_told = True
+                return
+            log.warning("report to service failed: %s", code or exc)
             return
         except BaseException:
             self.audit.failed(batch)
             raise
+        self._unknown_told = False
         self.audit.acked(batch)
 
     def heartbeats(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import grpc
 import pytest
 
@@ -211,3 +214,20 @@ def test_cluster_waits_whole_and_is_never_partly_started(site: Site) -> None:
     assert all(m.state == WS.WORKSPACE_STATE_PENDING and not m.node for m in c.members)
     site.stubs.ws.DestroyWorkspace(site.stubs.ref(hog.id))
     wait_for(lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+
+
+def test_an_agent_whose_node_was_removed_says_so_once(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its reports are refused (NOT_FOUND); it once logged a bare 'report to service
+    failed: NOT_FOUND' at every heartbeat, with no word of why."""
+    site.stubs.network()
+    site.add_agent("node1")
+    caplog.set_level(logging.DEBUG, logger="agent")
+    site.stubs.admin.RemoveNode(admin_pb2.NodeRef(name="node1"))
+    said = "the service does not know node node1 (removed with `ws-admin node remove`?)"
+    wait_for(lambda: any(said in r.getMessage() for r in caplog.records), what="a refusal")
+    time.sleep(3.5)  # three more heartbeats (1 s in this harness)
+    told = [r for r in caplog.records if said in r.getMessage()]
+    assert [r.levelno for r in told if r.levelno > logging.DEBUG] == [logging.ERROR]
+    assert not any("NOT_FOUND" in r.getMessage() for r in caplog.records)
