@@ -16,7 +16,7 @@ from workspace.errors import InvalidArgument
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
 from workspace.ops import create, usage
-from workspace.store import UsageInterval
+from workspace.store import Project, UsageInterval
 
 HOUR = 3600.0
 ROOT_BYTES = 4096  # the test image's one raw partition
@@ -26,7 +26,10 @@ STOPPED = nodes_pb2.OBSERVED_STATE_STOPPED
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
-    return build_site(tmp_path, cpus=8, memory_mib=16384)
+    s = build_site(tmp_path, cpus=8, memory_mib=16384)
+    with s.store.write() as tx:  # the projects the certificates below name
+        tx.add_all([Project(name="physics"), Project(name="chem")])
+    return s
 
 
 def run(site: Site, name: str, owner: str = "alice", project: str = "", cpus: int = 2) -> str:

@@ -135,14 +135,15 @@ class Limits:
     disk_iops: int = 0
     net_mbps: int = 0
 
-    def validate(self, where: str = "limits") -> Limits:
-        """Self if every set limit is in range; InvalidArgument naming the limit if not."""
+    def validate(self, where: str = "limits", flag: str = "--") -> Limits:
+        """Self if every set limit is in range; InvalidArgument naming the limit if not
+        (as the option ``flag`` + its name sets it: --cpu-percent, --default-cpu-percent)."""
         for f in fields(self):
             value = getattr(self, f.name)
             lo, hi = LIMIT_RANGES[f.name]
             if value != 0 and not lo <= value <= hi:
-                flag = "--" + f.name.replace("_", "-")
-                raise InvalidArgument(f"{where}: {flag} {value} is out of range {lo}..{hi}")
+                option = flag + f.name.replace("_", "-")
+                raise InvalidArgument(f"{where}: {option} {value} is out of range {lo}..{hi}")
         return self
 
     def over(self, defaults: Limits) -> Limits:

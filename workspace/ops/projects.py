@@ -264,7 +264,7 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
     q = spec.quota
     _check_quota(q, vars(q))
     _check_leases(env, spec.default_lease_s, spec.max_lease_s)
-    spec.default_limits.validate(f"project {spec.name}: default limits")
+    spec.default_limits.validate(f"project {spec.name}: default limits", "--default-")
     with env.store.write() as s:
         if s.get(Project, spec.name) is not None:
             raise AlreadyExists(f"project {spec.name!r} already exists")
@@ -340,7 +340,7 @@ def set_defaults(
     (default, maximum, action at expiry). A lower quota refuses new workspaces beyond
     it; those running stay."""
     if defaults is not None:
-        defaults.validate(f"project {project}: default limits")
+        defaults.validate(f"project {project}: default limits", "--default-")
     if preemptible is not None:
         _check_quota(preemptible, PREEMPTIBLE_QUOTAS)
     if quota is not None:
