@@ -103,6 +103,12 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in err and "Traceback" not in err
 
 
+def test_an_empty_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--name ""` once made a workspace named ws-ID without a word."""
+    code = ws.main(["create", "--image", "x", "--name", ""], connect=lambda _s: FakeClient())  # type: ignore[arg-type, return-value]
+    assert code == 2 and "--name is empty" in capsys.readouterr().err
+
+
 def test_stop_has_shutdown_timeout_and_force() -> None:
     a = _parse(["stop", "w1", "--timeout", "5", "--force", "--wait", "--wait-timeout", "9"])
     assert (a.id, a.timeout, a.force, a.wait, a.wait_timeout) == ("w1", 5, True, True, 9.0)

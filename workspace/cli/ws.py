@@ -135,6 +135,8 @@ class Commands(common.ClientCommands):
     """Handlers; each returns the exit code."""
 
     def create(self, args: argparse.Namespace) -> int:
+        if args.name is not None and not args.name.strip():
+            raise common.UsageError("--name is empty: give a name, or leave it out for ws-ID")
         user_data = b""
         if args.user_data:
             if args.user_data == "-":
