@@ -105,6 +105,9 @@ def test_libvirt_site_runs_through_hostenv(tmp_path: Path, monkeypatch: pytest.M
 
 def test_down_without_a_site(tmp_path: Path) -> None:
     assert local.LocalSite(tmp_path).down() == [f"no site running in {tmp_path.resolve()}"]
+    # Never set up here: absent (it once said "stopped"); set up and down: stopped.
+    assert local.LocalSite(tmp_path).status()["state"] == "absent"
+    (tmp_path / local.SETUP_FILE).write_text("{}")
     assert local.LocalSite(tmp_path).status()["state"] == "stopped"
 
 

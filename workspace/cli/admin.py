@@ -288,7 +288,9 @@ class Commands(common.ClientCommands):
         if render.wants_json(args):
             render.print_json(st)
         elif st["state"] == "stopped":
-            print(f"local site in {st['dir']}: stopped")
+            print(f"local site in {st['dir']}: stopped (`ws-admin site up` starts it)")
+        elif st["state"] == "absent":
+            print(f"no local site in {st['dir']} (`ws-admin site up` makes one)")
         else:
             svc = st["service"]
 

@@ -647,8 +647,9 @@ class LocalSite:
     def status(self) -> dict[str, Any]:
         """What runs, whether the service answers and in which state every node is."""
         rec = read_record(self.dir)
-        if rec is None:
-            return {"dir": str(self.dir), "state": "stopped"}
+        if rec is None:  # stopped, or never set up here
+            made = (self.dir / SETUP_FILE).exists()
+            return {"dir": str(self.dir), "state": "stopped" if made else "absent"}
         matches = service_matcher(self.service_config)
         return status.report(rec, self.dir, matches, self.service_log)
 
