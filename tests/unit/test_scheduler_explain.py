@@ -142,7 +142,7 @@ def test_optional_keys_take_defaults() -> None:
         ({"version": 2}, "unsupported version 2"),
         ({"extra": 1}, "unknown key(s) extra"),
         ({"affinity": "SIDEWAYS"}, "unknown affinity 'SIDEWAYS'"),
-        ({"config": {"policy": "random"}}, "unknown policy 'random'"),
+        ({"config": {"policy": "random"}}, "scheduler.policy: 'random' is not one of"),
         ({"config": {"cpu_overcommit": "lots"}}, "input.config"),
         ({"config": {"colour": "blue"}}, "unknown key(s) colour"),
         ({"nodes": [{"name": "a"}]}, "nodes[0]: missing key(s) cpus, memory_mib, state"),

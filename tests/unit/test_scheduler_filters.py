@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workspace.config import SchedulerConfig
+from workspace.errors import ConfigError
 from workspace.scheduler import (
     FILTERS,
     Affinity,
@@ -263,8 +264,8 @@ def test_batch_paths_agree_with_the_reference(
 
 
 def test_unknown_policy_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown scheduler policy 'random'"):
-        place([node("a")], Request(1, 512), SchedulerConfig(policy="random"))
+    with pytest.raises(ConfigError, match=r"scheduler\.policy: 'random' is not one of"):
+        SchedulerConfig(policy="random")
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("pack", "b"), ("spread", "c"), ("first", "a")])

@@ -33,7 +33,6 @@ from typing import Any
 from workspace.config import SchedulerConfig, from_dict
 from workspace.errors import ConfigError, InvalidArgument
 from workspace.scheduler.model import Affinity, NodeView, Request
-from workspace.scheduler.weighers import POLICIES
 
 VERSION = 1
 
@@ -183,11 +182,7 @@ def from_dict_input(data: Any) -> ReplayInput:
     try:
         cfg = from_dict(SchedulerConfig, data.get("config", {}))
     except ConfigError as exc:
-        raise InvalidArgument(f"input.config: {exc.message}") from exc
-    if cfg.policy not in POLICIES:
-        raise InvalidArgument(
-            f"input.config.policy: unknown policy {cfg.policy!r}; use one of {', '.join(POLICIES)}"
-        )
+        raise InvalidArgument(f"input.config: {exc.message}") from exc  # (a policy too)
     try:
         affinity = Affinity.parse(_get({"affinity": "NONE"} | data, "affinity", str, "input"))
     except ValueError as exc:
