@@ -12,6 +12,7 @@ import socket
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,18 +71,19 @@ class SchedulerConfig:
             raise ConfigError(
                 f"scheduler.policy: {self.policy!r} is not one of {', '.join(SCHEDULER_POLICIES)}"
             )
-        for key in ("cpu_overcommit", "memory_overcommit"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"scheduler.{key}: must be more than 0, got {getattr(self, key)}")
-        for key in (
-            "overhead_fixed_mib",
-            "overhead_per_gib_mib",
-            "overhead_per_vcpu_mib",
-            "reserved_memory_mib",
-            "reserved_cpus",
-        ):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"scheduler.{key}: must be 0 or more, got {getattr(self, key)}")
+        check_min(self, "scheduler.", ("cpu_overcommit", "memory_overcommit"), 0, above=True)
+        check_min(
+            self,
+            "scheduler.",
+            (
+                "overhead_fixed_mib",
+                "overhead_per_gib_mib",
+                "overhead_per_vcpu_mib",
+                "reserved_memory_mib",
+                "reserved_cpus",
+            ),
+            0,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,17 +134,23 @@ class LimitsConfig:
                 f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
                 f"and {MAX_NODE_ORDERS_BYTES} (3/4 of the gRPC message limit)"
             )
-        for key in (
-            "max_cmdline_bytes",
-            "max_signatures_per_image",
-            "max_wait_for_capacity_s",
-            "max_ssh_keys_per_user",
-        ):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"limits.{key}: must not be negative, got {getattr(self, key)}")
-        for key in ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"limits.{key}: must be at least 1, got {getattr(self, key)}")
+        check_min(
+            self,
+            "limits.",
+            (
+                "max_cmdline_bytes",
+                "max_signatures_per_image",
+                "max_wait_for_capacity_s",
+                "max_ssh_keys_per_user",
+            ),
+            0,
+        )
+        check_min(
+            self,
+            "limits.",
+            ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s"),
+            1,
+        )
         if not 1 <= self.exec_default_timeout_s <= self.max_exec_timeout_s:
             raise ConfigError(
                 f"limits.exec_default_timeout_s: {self.exec_default_timeout_s} is not between "
@@ -158,6 +166,19 @@ class LimitsConfig:
                 f"limits.max_name_len: {self.max_name_len} is not between 1 and 63 "
                 "(a name becomes the VM's hostname)"
             )
+
+
+def check_min(
+    cfg: object, section: str, keys: Iterable[str], low: float, above: bool = False
+) -> None:
+    """ConfigError naming the first of ``keys`` of ``cfg`` (a table ``section``, "limits."
+    or "" for the top) below ``low``, or with ``above`` not more than it (NaN neither)."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if value > low if above else value >= low:
+            continue
+        need = f"more than {low:g}" if above else ("0 or more" if low == 0 else f"at least {low:g}")
+        raise ConfigError(f"{section}{key}: must be {need}, got {value}")
 
 
 def check_log_format(fmt: str) -> None:
@@ -326,44 +347,34 @@ class ServiceConfig:
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
 
     def __post_init__(self) -> None:
-        if not self.lease_check_interval_s > 0:
-            raise ConfigError(
-                f"lease_check_interval_s: must be more than 0, got {self.lease_check_interval_s}"
-            )
-        if not self.backfill_interval_s > 0:
-            raise ConfigError(
-                f"backfill_interval_s: must be more than 0, got {self.backfill_interval_s}"
-            )
-        if self.preempt_grace_s < 0:
-            raise ConfigError(f"preempt_grace_s: must be 0 or more, got {self.preempt_grace_s}")
-        if self.lease_warning_s < 0:
-            raise ConfigError(f"lease_warning_s: must be 0 or more, got {self.lease_warning_s}")
-        for key in (
+        more_than_0 = (
+            "lease_check_interval_s",
+            "backfill_interval_s",
             "autoscale_interval_s",
             "autoscale_command_timeout_s",
             "roster_push_interval_s",
-        ):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key}: must be more than 0, got {getattr(self, key)}")
-        if self.autoscale_cooldown_s < 0:
-            raise ConfigError(
-                f"autoscale_cooldown_s: must be 0 or more, got {self.autoscale_cooldown_s}"
-            )
+        )
+        check_min(self, "", more_than_0, 0, above=True)
+        check_min(
+            self,
+            "",
+            ("preempt_grace_s", "lease_warning_s", "autoscale_cooldown_s", "blob_grace_s"),
+            0,
+        )
+        at_least_1 = (
+            "max_workers",
+            "max_concurrent_rpcs",
+            "max_streams_per_caller",
+            "node_max_workers",
+            "heartbeat_interval_s",
+            "node_grace_s",
+        )
+        check_min(self, "", at_least_1, 1)
         if not self.squeue_command:
             raise ConfigError("squeue_command: must not be empty")
-        for key in ("max_workers", "max_concurrent_rpcs", "max_streams_per_caller"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
-        if self.node_max_workers < 1:
-            raise ConfigError(f"node_max_workers: must be at least 1, got {self.node_max_workers}")
-        if self.blob_grace_s < 0:
-            raise ConfigError(f"blob_grace_s: must not be negative, got {self.blob_grace_s}")
         check_log_format(self.log_format)
         check_log_level(self.log_level)
         parse_retention(self.event_retention)
-        for key in ("heartbeat_interval_s", "node_grace_s"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
         scheme = self.database_url.partition(":")[0].partition("+")[0]
         if self.database_url and scheme not in DATABASE_SCHEMES:
             raise ConfigError(

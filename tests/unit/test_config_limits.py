@@ -39,8 +39,8 @@ def test_agents_dial_the_nodes_api_by_default() -> None:
         ("max_streams_per_caller = 0", "max_streams_per_caller: must be at least 1"),
         ("max_concurrent_rpcs = 0", "max_concurrent_rpcs: must be at least 1"),
         ("node_max_workers = 0", "node_max_workers: must be at least 1"),
-        ("blob_grace_s = -1", "blob_grace_s: must not be negative"),
-        ("[limits]\nmax_cmdline_bytes = -1", "limits.max_cmdline_bytes: must not be negative"),
+        ("blob_grace_s = -1", "blob_grace_s: must be 0 or more"),
+        ("[limits]\nmax_cmdline_bytes = -1", "limits.max_cmdline_bytes: must be 0 or more"),
         ("[limits]\nmax_node_orders_bytes = 0", "max_node_orders_bytes: 0 is not between"),
     ],
 )
