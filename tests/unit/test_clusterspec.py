@@ -231,6 +231,7 @@ def test_bad_json_specs(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(clusterspec.SpecError) as exc:
         clusterspec.load(_write(tmp_path, text, "c.json"))
     assert expected in exc.value.message and str(tmp_path / "c.json") in exc.value.message
+    assert "\n" not in exc.value.message  # one line (protobuf's lists every field after)
 
 
 # -- --member, --require, enum names -------------------------------------------------

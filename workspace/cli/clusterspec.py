@@ -233,7 +233,9 @@ def parse_json(
     try:
         json_format.ParseDict(data, req)
     except json_format.ParseError as exc:
-        raise SpecError(f"{where}: {exc}") from None
+        # protobuf's message lists every field of the message on lines of its own
+        first = str(exc).splitlines()[0] if str(exc) else "not a CreateClusterRequest"
+        raise SpecError(f"{where}: {first}") from None
     if name:
         req.name = name
     check(req, where)

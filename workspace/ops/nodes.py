@@ -75,8 +75,9 @@ def remove(env: Env, name: str) -> NodeStatus:
         shown = _status(s, node)
         if shown.workspaces:
             raise FailedPrecondition(
-                f"node {name} still holds {shown.workspaces} workspace(s); drain it and "
-                "move or destroy them first"
+                f"node {name} still holds {shown.workspaces} workspace(s); drain it "
+                f"(`ws-admin node drain {name}`) and destroy them first (`ws list --all-users` "
+                "shows them); then stop its agent"
             )
         s.delete(node)
     log.info("node %s removed", name)
