@@ -108,7 +108,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) ->
         "-o",
         choices=render.FORMATS,
         default=argparse.SUPPRESS if sub else "text",
-        help="output format (default: text)",
+        help="output format: text (default), json (every command), csv (usage reports)",
     )
 
 
