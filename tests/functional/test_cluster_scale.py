@@ -415,6 +415,7 @@ def test_a_member_destroyed_on_its_own_leaves_the_cluster(site: Site) -> None:
     site.stubs.wait_state(gone.id, WS.WORKSPACE_STATE_TERMINATED)
     c = get(site, "rep")
     assert c.state == CS.CLUSTER_STATE_RUNNING, c
+    assert c.reason.startswith("rep-worker-1 was destroyed on its own")  # not silently
     live = [m.name for m in c.members if m.state != WS.WORKSPACE_STATE_TERMINATED]
     assert sorted(live) == ["rep-head-0", "rep-worker-0"]
     # The others can be stopped and started as a cluster, and scaled back.
@@ -424,6 +425,7 @@ def test_a_member_destroyed_on_its_own_leaves_the_cluster(site: Site) -> None:
     running(site, "rep")
     assert list(scale(site, 2, ref="rep").added) == ["rep-worker-1"]
     c = running(site, "rep")
+    assert c.reason == ""
     assert sorted(m.name for m in c.members if m.state == WS.WORKSPACE_STATE_RUNNING) == [
         "rep-head-0",
         "rep-worker-0",

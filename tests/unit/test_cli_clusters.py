@@ -16,7 +16,7 @@ from tests.unit.cluster_examples import cluster as _cluster
 from tests.unit.cluster_examples import member as _member
 from tests.unit.cluster_examples import write_spec as _write
 from workspace import errors
-from workspace.cli import ws
+from workspace.cli import render, ws
 from workspace.client import ClusterWaitTimeout
 from workspace.v1 import clusters_pb2, common_pb2
 
@@ -304,3 +304,11 @@ def test_cluster_errors_are_one_line(
     assert _run(argv, FakeClient(fail=exc)) == code
     out = capsys.readouterr()
     assert out.out == "" and out.err == f"ws: error: {exc}\n"
+
+
+def test_running_counts_against_what_the_spec_asks_for() -> None:
+    """A member destroyed on its own is missing: RUNNING 1/2, not 1/1."""
+    c = clusters_pb2.Cluster(name="d", id="c1", state=clusters_pb2.CLUSTER_STATE_RUNNING)
+    c.spec.add(role="w", image="tiny", count=2)
+    c.members.add(name="d-w-1", role="w", state=common_pb2.WORKSPACE_STATE_RUNNING)
+    assert render.cluster_state_line(c) == "cluster d (c1): RUNNING, 1/2 members RUNNING"

@@ -329,8 +329,10 @@ def _cluster_label(c: clusters_pb2.Cluster) -> str:
 
 
 def _running(c: clusters_pb2.Cluster) -> str:
+    """Members RUNNING of those the spec asks for (a member destroyed on its own is
+    missing from them: 1/2), or of those listed if there is no spec."""
     up = sum(1 for m in c.members if m.state == _RUNNING)
-    return f"{up}/{len(c.members)}"
+    return f"{up}/{sum(m.count for m in c.spec) or len(c.members)}"
 
 
 def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:

@@ -62,10 +62,23 @@ def cluster_state(
         return ClusterState.TERMINATING, ""
     if going:
         # Members destroyed one by one (`ws destroy`, a Slurm suspend, a preemption)
-        # have left the cluster; the others make its state (`ws cluster scale` adds
-        # members again at the free indices).
+        # have left the cluster; the others make its state, and its reason says who
+        # left (`ws cluster scale` adds members again at the free indices).
         members = [m for m in members if m.desired_state != Desired.TERMINATED.value]
-        states = [State(m.state) for m in members]
+        state, reason = _state_of(members)
+        names = ", ".join(sorted(m.name for m in going))
+        one = len(going) == 1
+        left = (
+            f"{names} {'was' if one else 'were'} destroyed on {'its' if one else 'their'} "
+            "own; `ws cluster scale` puts members back"
+        )
+        return state, f"{reason}; {left}" if reason else left
+    return _state_of(members)
+
+
+def _state_of(members: Sequence[Workspace]) -> tuple[ClusterState, str]:
+    """The state (and reason) of a cluster whose members are all staying."""
+    states = [State(m.state) for m in members]
     bad = [m for m in members if State(m.state) in (State.FAILED, State.LOST)]
     if bad:
         m = bad[0]
