@@ -155,6 +155,17 @@ def test_a_projects_quotas_leases_and_members_change_after_it_is_made(
     assert shown["on_expiry"] == "DESTROY" and shown["quota"]["instances"] == 3
     code, _, err = run(ws, site, capsys, "create", "--image", "img", "--name", "c", "--lease", "2h")
     assert code == 1 and "maximum lease of 1h30m" in err
+    # Nothing given changes nothing (it once wiped the default limits); 0 is no lease.
+    code, _, err = run(admin, site, capsys, "project", "set", "phys")
+    assert code == 2 and "nothing to change" in err
+    code, out, err = run(
+        admin, site, capsys, "-o", "json", "project", "set", "phys", "--max-lease", "none"
+    )
+    assert code == 0 and json.loads(out)["max_lease_s"] == 0, err
+    code, out, err = run(
+        admin, site, capsys, "-o", "json", "project", "set", "phys", "--max-lease", "1h30m"
+    )
+    assert code == 0 and json.loads(out)["max_lease_s"] == 5400, err
     # Bad settings change nothing.
     for bad in (("--default-lease", "2h"), ("--max-lease", "4000d")):
         code, _, err = run(admin, site, capsys, "project", "set", "phys", *bad)

@@ -11,7 +11,7 @@ from tests.unit.test_request_validation import Site, build_site
 from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
 from workspace.errors import NotFound
 from workspace.identity import Identity, Kind
-from workspace.ops import clusters, create
+from workspace.ops import clusters, create, projects
 from workspace.store import Project
 
 
@@ -45,3 +45,11 @@ def test_a_project_no_admin_made_takes_nothing(site: Site) -> None:
     made = create.create(env, user("physics"), CreateRequest(CreateSpec(image="img", name="p1")))
     assert made.project == "physics"
     assert [w.name for w in site.workspaces()] == ["p1"]
+
+
+def test_quota_shows_only_projects_that_exist(site: Site) -> None:
+    """`ws quota` listed a certificate's project no admin made, as if it had no limits."""
+    env = site.core.env
+    assert projects.quotas(env, user("nonexist")) == []
+    shown = projects.quotas(env, user("physics", "nonexist"))
+    assert [(u.project, u.limits.instances) for u in shown] == [("physics", 1)]

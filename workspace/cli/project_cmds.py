@@ -46,6 +46,13 @@ def quota_arg(text: str) -> dict[str, int]:
     return out
 
 
+def lease_arg(text: str) -> int:
+    """A lease duration of ``project set`` (common.duration_s), or 0 / none: no lease."""
+    if text.strip().lower() in ("0", "none"):
+        return 0
+    return common.duration_s(text)
+
+
 def _quota(q: Any) -> str:
     parts = [f"{name}={getattr(q, field)}" for name, field in QUOTA_FIELDS.items()]
     return ",".join(p for p in parts if not p.endswith("=0")) or "no limits"
@@ -154,7 +161,7 @@ def register_admin(
 
     def set_(args: argparse.Namespace) -> int:
         """What is given changes; the rest stays (a quota left out of a class keeps
-        its value). Nothing given at all: the default limits become none."""
+        its value)."""
         client = client_for(args)
         limits_given = any(getattr(args, "default_" + n) is not None for n in LIMIT_NAMES)
         quota = {**(args.quota or {}), **preemptible_quotas(args)}
@@ -176,10 +183,14 @@ def register_admin(
                 was[1] if args.max_lease is None else args.max_lease,
                 args.on_expiry or action,
             )
-        nothing = not (limits_given or quota or lease_given)
+        if not (limits_given or quota or lease_given):
+            raise common.UsageError(
+                "nothing to change: give --quota, --default-lease, --max-lease, --on-expiry, "
+                "--default-* limits (0 each: none) or --quota-preemptible-*"
+            )
         p = client.set_project(
             args.name,
-            default_limits=default_limits(args) if limits_given or nothing else None,
+            default_limits=default_limits(args) if limits_given else None,
             quota=quota or None,
             leases=leases,
         )
@@ -230,8 +241,7 @@ def register_admin(
         "set",
         parents=[parent],
         help="change a project's quotas, lease policy or default limits: what is given "
-        "changes, the rest stays (default limits given replace them all; with no option "
-        "at all they become none)",
+        "changes, the rest stays (default limits given replace them all)",
     )
     q.add_argument("name", metavar="P")
     q.add_argument(
@@ -240,8 +250,8 @@ def register_admin(
         metavar="instances=N,vcpus=N,...",
         help="quotas to change (0: no limit); those left out stay",
     )
-    q.add_argument("--default-lease", type=common.duration_s, metavar="8h")
-    q.add_argument("--max-lease", type=common.duration_s, metavar="72h")
+    q.add_argument("--default-lease", type=lease_arg, metavar="8h", help="0 or none: none")
+    q.add_argument("--max-lease", type=lease_arg, metavar="72h", help="0 or none: none")
     q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS))
     add_default_limits(q, "left out: the site's")
     add_preemptible_quotas(q, "left out: unchanged")

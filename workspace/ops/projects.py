@@ -395,7 +395,9 @@ def quotas(
         out = []
         for name in shown_projects(s, who, project):
             p = s.get(Project, name)
-            limits = limits_of(p) if p is not None else Quota()
+            if p is None:  # named by a certificate only: it takes no workspace
+                continue
+            limits = limits_of(p)
             use = workspace_use(s, name)
             used = replace(use, image_bytes=images.get(name, 0))
             out.append(ProjectUse(name, limits, used))
