@@ -371,10 +371,9 @@ class Executor:
             # Nothing new: the verdict it booted (or was last checked) under. An agent
             # restarting gets the policy as new, and the VMs it finds running have not
             # lost any trust they had.
-            if verdict.trusted or (verdict.word == was and not stop):
-                self._booted_under(wid, verdict.word)
-                continue
             self._booted_under(wid, verdict.word)
+            if verdict.trusted or (verdict.word == was and not stop):
+                continue
             self.gate.record("running", order, verdict)
             note = (
                 f"image {order.image} is no longer trusted under policy version "

@@ -84,7 +84,8 @@ class ProjectsClientMixin:
         preemptible class's; a quota of that class left out: 0 = no limit); ``leases``
         (default s, maximum s, "stop" or "destroy" at expiry) replaces the lease policy.
         A lower quota refuses new workspaces; those running stay."""
-        unknown = set(quota or {}) - set(QUOTA_FIELDS)
+        asked = dict(quota or {})
+        unknown = set(asked) - set(QUOTA_FIELDS)
         if unknown:
             raise ValueError(f"not a quota: {', '.join(sorted(unknown))}")
         req = projects_pb2.SetProjectDefaultsRequest(
@@ -96,7 +97,7 @@ class ProjectsClientMixin:
             (req.quota, [n for n in QUOTA_FIELDS if n not in PREEMPTIBLE_QUOTAS]),
             (req.preemptible_quota, list(PREEMPTIBLE_QUOTAS)),
         ):
-            given = {QUOTA_FIELDS[n]: (quota or {})[n] for n in names if n in (quota or {})}
+            given = {QUOTA_FIELDS[n]: asked[n] for n in names if n in asked}
             if given:
                 field.CopyFrom(projects_pb2.Quota(**given))
         if leases is not None:

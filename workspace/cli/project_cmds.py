@@ -166,7 +166,11 @@ def register_admin(
         limits_given = any(getattr(args, "default_" + n) is not None for n in LIMIT_NAMES)
         quota = {**(args.quota or {}), **preemptible_quotas(args)}
         lease_given = (args.default_lease, args.max_lease, args.on_expiry) != (None,) * 3
-        known = next((p for p in client.list_projects() if p.name == args.name), None)
+        known = (
+            next((p for p in client.list_projects() if p.name == args.name), None)
+            if quota or lease_given  # (what is left out of them stays as it is)
+            else None
+        )
         normal = [n for n in QUOTA_FIELDS if n not in PREEMPTIBLE_QUOTAS]
         for names in (normal, PREEMPTIBLE_QUOTAS):
             if known is not None and any(k in names for k in quota):

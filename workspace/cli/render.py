@@ -273,9 +273,9 @@ def lease_line(ws: common_pb2.Workspace) -> str:
     return f"{_label(ws)}: lease ends at {fmt_time(ws.lease_expires_at)}"
 
 
-def state_line(ws: common_pb2.Workspace) -> str:
+def state_line(ws: common_pb2.Workspace, asked: str = "") -> str:
     reason = f"  ({ws.reason})" if ws.reason else ""
-    return f"{_label(ws)}: {state_name(ws.state)}{reason}"
+    return f"{_label(ws)}: {state_name(ws.state)}{asked}{reason}"
 
 
 def requested_line(ws: common_pb2.Workspace) -> str:
@@ -284,8 +284,7 @@ def requested_line(ws: common_pb2.Workspace) -> str:
     desired, state = enum_name(_DESIRED, ws.desired_state), state_name(ws.state)
     if desired in ("UNSPECIFIED", state) or state not in ("RUNNING", "PAUSED", "STOPPED"):
         return state_line(ws)  # (a state on its way, STOPPING, says so itself)
-    reason = f"  ({ws.reason})" if ws.reason else ""
-    return f"{_label(ws)}: {state_name(ws.state)}, {desired} requested{reason}"
+    return state_line(ws, f", {desired} requested")
 
 
 def watch_event(args: argparse.Namespace, event: workspaces_pb2.WorkspaceEvent) -> None:

@@ -32,13 +32,16 @@ def duration_text(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
+def site_maximum(site_max_s: int) -> str:
+    """How a refusal names the site's maximum lease."""
+    return f"the site's maximum lease of {duration_text(site_max_s)} (limits.max_lease_s)"
+
+
 def _limit(project: str, max_s: int, site_max_s: int) -> tuple[int, str]:
     """The longest lease (0: none) and how to name it: the project's maximum, or the
     site's (``limits.max_lease_s``) where that is shorter or the project sets none."""
     if site_max_s and (not max_s or site_max_s < max_s):
-        return site_max_s, (
-            f"the site's maximum lease of {duration_text(site_max_s)} (limits.max_lease_s)"
-        )
+        return site_max_s, site_maximum(site_max_s)
     where = f"project {project}'s" if project else "the"
     return max_s, f"{where} maximum lease of {duration_text(max_s)}"
 

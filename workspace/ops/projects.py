@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, false, or_, select
 from sqlalchemy.orm import Session
 
-from workspace.domain.leases import duration_text
+from workspace.domain.leases import duration_text, site_maximum
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import State
 from workspace.domain.tenancy import BACKFILL_OWNER, LeaseAction, ProjectSpec, ProjectUse, Quota
@@ -254,8 +254,8 @@ def _check_leases(env: Env, default_s: int, max_s: int) -> None:
     for what, value in (("default", default_s), ("maximum", max_s)):
         if value > site_max:
             raise InvalidArgument(
-                f"the {what} lease of {duration_text(value)} is longer than the site's "
-                f"maximum lease of {duration_text(site_max)} (limits.max_lease_s)"
+                f"the {what} lease of {duration_text(value)} is longer than "
+                + site_maximum(site_max)
             )
 
 
