@@ -51,4 +51,4 @@ def note(**fields: str) -> None:
     outside a call nothing changes (a loop's context would keep them)."""
     ctx = _current.get()
     if ctx.method:
-        _current.set(replace(ctx, **fields))
+        _current.set(CallContext(**{**ctx.__dict__, **fields}))  # replace() costs 3x

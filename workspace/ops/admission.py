@@ -34,7 +34,8 @@ from workspace.ops.placement import (
 from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env
 from workspace.store import Cluster, Workspace
-from workspace.store.mapping import run, set_waiting
+from workspace.store.mapping import flushed, set_waiting
+from workspace.store.prepared import Prepared
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Entry:
 
 
 # The waiting requests' query, built once: every create asks it.
-_WAITING = (
+_WAITING = Prepared(
     select(
         Workspace.id,
         Workspace.cluster,
@@ -73,11 +74,10 @@ _WAITING = (
 def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
     """Everything waiting, oldest first, but the workspaces ``exclude`` names. Plain
     columns, not ORM entities: every create asks."""
-    q = _WAITING
-    if exclude:
-        q = q.where(Workspace.id.not_in(sorted(exclude)))
     out: dict[str, Entry] = {}
-    for wid, cluster, name, owner, created_at, wait_deadline in run(s, q).all():
+    for wid, cluster, name, owner, created_at, wait_deadline in _WAITING.rows(flushed(s)):
+        if wid in exclude:
+            continue
         if cluster:
             e = out.get(cluster)
             if e is None:

@@ -46,7 +46,15 @@ from workspace.ops.projects import (
 )
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Image, Network, Workspace
-from workspace.store.mapping import bind_spec, image_spec, insert_workspace, workspace_views
+from workspace.store.mapping import (
+    bind_spec,
+    held,
+    image_spec,
+    insert_workspace,
+    new_workspace,
+    workspace_views,
+)
+from workspace.store.prepared import Prepared
 
 log = logging.getLogger("workspace.ops.create")
 T = TypeVar("T")
@@ -115,21 +123,12 @@ def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
 def check_networks(s: Session, networks: tuple[str, ...]) -> tuple[str, ...]:
     """The networks a workspace joins ("default", if it exists and none is named); each
     must exist."""
-    if not networks and keep(s, s.get(Network, "default")) is not None:
+    if not networks and held(s, Network, "default") is not None:
         networks = ("default",)
     for n in networks:
-        if keep(s, s.get(Network, n)) is None:
+        if held(s, Network, n) is None:
             raise NotFound(f"network {n!r} does not exist; `ws-admin network list` shows them")
     return networks
-
-
-def keep(s: Session, row: T) -> T:
-    """``row``, held for the rest of the transaction: the session's identity map holds
-    rows weakly, and placement, sizing and the seed read the same network and image
-    again (``s.get`` of a held row sends no statement)."""
-    if row is not None:
-        s.info.setdefault("create.held", []).append(row)
-    return row
 
 
 def request_hash(req: CreateRequest) -> str:
@@ -172,10 +171,12 @@ def request_hash(req: CreateRequest) -> str:
 
 # The create path's queries, built once (building one costs more than running it).
 _WS = cast(Table, Workspace.__table__).c
-_PRIOR = select(_WS.id, _WS.request_hash).where(
-    _WS.owner == bindparam("owner"), _WS.request_id == bindparam("request_id")
+_PRIOR = Prepared(
+    select(_WS.id, _WS.request_hash).where(
+        _WS.owner == bindparam("owner"), _WS.request_id == bindparam("request_id")
+    )
 )
-_CLASH = (
+_CLASH = Prepared(
     select(_WS.id)
     .where(
         _WS.owner == bindparam("owner"),
@@ -190,7 +191,7 @@ def find_prior(s: Session, owner: str, request_id: str, hash_: str) -> Workspace
     """The workspace an earlier request with this id made, if any."""
     if not request_id:
         return None
-    found = s.connection().execute(_PRIOR, {"owner": owner, "request_id": request_id}).first()
+    found = _PRIOR.first(s.connection(), {"owner": owner, "request_id": request_id})
     if found is None:
         return None
     if found[1] != hash_:
@@ -206,7 +207,7 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     it, the name is free. Returns the image as the workspace binds to it (its disks
     laid out)."""
     owner = sc.name
-    image = keep(s, s.get(Image, spec.image))
+    image = held(s, Image, spec.image)
     if image is None or not (image.public or sc.sees(image.owner, image.project)):
         raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
     if env.check_trust:
@@ -217,7 +218,7 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     )
     if any(isinstance(w, Workspace) for w in (*s.new, *s.dirty)):
         s.flush()  # rows of this transaction not written yet count too
-    clash = s.connection().execute(_CLASH, {"owner": owner, "name": spec.name}).first()
+    clash = _CLASH.first(s.connection(), {"owner": owner, "name": spec.name})
     if clash is not None:
         raise AlreadyExists(f"you already have a workspace named {spec.name!r} ({clash[0]})")
     return replace(source, partitions=partitions)
@@ -255,7 +256,7 @@ def build_row(
     """The PENDING workspace row (not placed yet), not in the session: placement inserts
     it once placed (ops/placement.py ``place_rows``, store/mapping.py ``insert_workspace``)."""
     now = env.clock()
-    ws = Workspace(
+    ws = new_workspace(
         id=wid,
         name=spec.name,
         owner=owner,
@@ -289,7 +290,7 @@ def build_row(
     )
     bind_spec(ws, bound)
     netpolicy.apply(env.cfg, s, ws, spec, project)
-    image = s.get(Image, bound.image)
+    image = held(s, Image, bound.image)
     if image is not None:  # prerequisites found it
         seeds.contextualize(env.cfg, s, ws, image)
         if not spec.cluster:  # a member's bound needs its roster: ops/clusters.py

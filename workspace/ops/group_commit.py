@@ -28,11 +28,14 @@ import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from sqlalchemy import text
+
 from workspace.domain.events import SiteEvent
 from workspace.errors import Unavailable, WorkspaceError
 from workspace.ops import admission, order_size, placement, refusals, trust
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Store, engines, journal
+from workspace.store.prepared import Prepared
 
 R = TypeVar("R")
 
@@ -140,7 +143,9 @@ class GroupCommit:
                 item.wake.set()
 
 
-_SAVEPOINT = "ws_create"
+_SAVEPOINT = Prepared(text("SAVEPOINT ws_create"))
+_RELEASE = Prepared(text("RELEASE SAVEPOINT ws_create"))
+_ROLLBACK_TO = Prepared(text("ROLLBACK TO SAVEPOINT ws_create"))
 
 
 def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent]) -> None:
@@ -154,12 +159,12 @@ def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent])
     # the refusal below expunges and expires.
     u.s.flush()  # what came before belongs to the batch, not to this create
     conn = u.s.connection()
-    conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+    _SAVEPOINT.write(conn, {})
     try:
         with env.store.translated():
             item.finish = item.fn(u)
             u.s.flush()
-            conn.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            _RELEASE.write(conn, {})
     except Unavailable:
         # The database went away: the batch's transaction is gone with it, so the batch
         # ends here and every create of it gets this error (``_batch``).
@@ -172,8 +177,8 @@ def _one(env: Env, u: UnitOfWork, item: _Item[object], refused: list[SiteEvent])
         if isinstance(exc, WorkspaceError):
             # Read before the rollback expires the rows (as ops/unit.py ``write`` does).
             refused.extend(refusals.refused(exc, made, env.clock()))
-        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-        conn.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        _ROLLBACK_TO.write(conn, {})
+        _RELEASE.write(conn, {})
         for obj in list(u.s.new):  # added by this create, never written
             u.s.expunge(obj)
         u.s.expire_all()  # what it changed in loaded rows reads again from the database

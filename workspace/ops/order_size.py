@@ -36,8 +36,9 @@ from workspace.domain.model import Disk, Nic, Order
 from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
 from workspace.store import IpAllocation, Network, Node, Workspace, orders_gen
-from workspace.store.mapping import run
+from workspace.store.mapping import flushed
 from workspace.store.models import ImageSignature
+from workspace.store.prepared import Prepared
 
 # Peers named as sources of one blob in an order (ops/reports.py names them).
 MAX_SOURCES = 3
@@ -128,9 +129,11 @@ MAX_SKELETONS = 4096
 ENVELOPES_READ = "trust.envelopes"
 
 # Statements every create runs, built once (building one costs more than running it).
-_LONGEST_PEER = select(func.max(func.length(Node.peer_address)))
-_ENVELOPES = select(ImageSignature.envelope).where(ImageSignature.image == bindparam("image"))
-_ORDERS_GEN = select(Node.orders_gen).where(Node.name == bindparam("node"))
+_LONGEST_PEER = Prepared(select(func.max(func.length(Node.peer_address))))
+_ENVELOPES = Prepared(
+    select(ImageSignature.envelope).where(ImageSignature.image == bindparam("image"))
+)
+_ORDERS_GEN = Prepared(select(Node.orders_gen).where(Node.name == bindparam("node")))
 
 
 class _Sizer:
@@ -144,7 +147,7 @@ class _Sizer:
         self.s = s
         # What the site's vendor-data adds to every seed.
         self.vendor_bytes = vendor_bytes
-        longest = run(s, _LONGEST_PEER).scalar()
+        longest = _LONGEST_PEER.scalar(flushed(s))
         self.source_bytes = MAX_SOURCES * (FIELD_BYTES + int(longest or 0))
         self._nics: dict[str, int] = {}
         self._envelopes: dict[str, int] = {}
@@ -204,7 +207,7 @@ class _Sizer:
         if image not in self._envelopes:
             found = self.s.info.get(ENVELOPES_READ, {}).get(image)
             if found is None:
-                found = run(self.s, _ENVELOPES, {"image": image}).scalars().all()
+                found = [r[0] for r in _ENVELOPES.rows(flushed(self.s), {"image": image})]
             self._envelopes[image] = sum(FIELD_BYTES + len(e.encode()) for e in found)
         return self._envelopes[image]
 
@@ -252,7 +255,7 @@ def node_bound(s: Session, node: str, vendor_bytes: int = 0) -> int:
     the commit)."""
     sizer = sizer_of(s, vendor_bytes)
     key = (node, vendor_bytes, sizer.source_bytes)
-    gen = run(s, _ORDERS_GEN, {"node": node}).scalar()  # autoflushes
+    gen = _ORDERS_GEN.scalar(flushed(s), {"node": node})
     fresh = bool(gen) and not orders_gen.pending(s, node)
     cache = _cached(s)
     if fresh:

@@ -31,7 +31,14 @@ from workspace.errors import ResourceExhausted
 from workspace.ops import netpolicy, seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
 from workspace.store import IpAllocation, Network, Node, Workspace, macs, orders_gen
-from workspace.store.mapping import bound_spec, insert_allocation, insert_workspace, set_reason
+from workspace.store.mapping import (
+    bound_spec,
+    held,
+    insert_allocation,
+    insert_workspace,
+    set_reason,
+)
+from workspace.store.prepared import Prepared
 
 log = logging.getLogger("workspace.ops.placement")
 
@@ -341,7 +348,7 @@ def _take(
 
 
 _NODES = cast(Table, Node.__table__)
-_CLAIM = (
+_CLAIM = Prepared(
     update(_NODES)
     .where(_NODES.c.name == bindparam("node"))
     .values(
@@ -360,11 +367,11 @@ def claim(s: Session, node: str, cpus: int, memory_mib: int, disk_mbps: int, net
     held = s.identity_map.get(identity_key(Node, node))
     if held is not None:
         s.flush()  # its changes first: a claim it still holds would overwrite this one
-    done = s.connection().execute(  # Core, built once: a tenth of the ORM's bulk UPDATE
-        _CLAIM,
+    done = _CLAIM.write(  # Core, built once: a tenth of the ORM's bulk UPDATE
+        s.connection(),
         {"node": node, "add_cpus": cpus, "mem": memory_mib, "disk": disk_mbps, "net": net_mbps},
     )
-    if not done.rowcount:
+    if not done:
         raise NoPlacement(f"node {node} no longer exists")
     if held is not None:
         s.expire(held, list(orders_gen.CLAIMS))
@@ -374,18 +381,20 @@ def claim(s: Session, node: str, cpus: int, memory_mib: int, disk_mbps: int, net
 _ALLOCS = cast(Table, IpAllocation.__table__).c
 _IN_RANGE = _ALLOCS.ip_int.between(bindparam("first"), bindparam("last"))
 # A network's addresses held, and of its range how many and the highest: one scan.
-_USE = select(
-    func.count(),
-    func.coalesce(func.sum(case((_IN_RANGE, 1), else_=0)), 0),
-    func.max(case((_IN_RANGE, _ALLOCS.ip_int), else_=None)),
-).where(_ALLOCS.network == bindparam("net"))
-_RANGE_USED = (
+_USE = Prepared(
+    select(
+        func.count(),
+        func.coalesce(func.sum(case((_IN_RANGE, 1), else_=0)), 0),
+        func.max(case((_IN_RANGE, _ALLOCS.ip_int), else_=None)),
+    ).where(_ALLOCS.network == bindparam("net"))
+)
+_RANGE_USED = Prepared(
     select(_ALLOCS.ip_int)
     .where(_ALLOCS.network == bindparam("net"), _IN_RANGE)
     .order_by(_ALLOCS.ip_int)
 )
-_TAKEN = select(_ALLOCS.id).where(
-    _ALLOCS.network == bindparam("net"), _ALLOCS.ip == bindparam("ip")
+_TAKEN = Prepared(
+    select(_ALLOCS.id).where(_ALLOCS.network == bindparam("net"), _ALLOCS.ip == bindparam("ip"))
 )
 
 
@@ -410,9 +419,7 @@ def _flushed(s: Session) -> Connection:
 def _use(s: Session, pool: ipam.Pool, net_name: str) -> tuple[int, int, int | None]:
     """(addresses the network holds, of them in its range, the highest in its range)."""
     first, last, _gw = _range_of(pool.range_start, pool.range_end, pool.gateway)
-    used, in_range, top = (
-        _flushed(s).execute(_USE, {"net": net_name, "first": first, "last": last}).one()
-    )
+    used, in_range, top = _USE.rows(_flushed(s), {"net": net_name, "first": first, "last": last})[0]
     kept = _addresses(s)
     if kept is not None:
         kept[("used", net_name)] = int(used)
@@ -424,7 +431,7 @@ def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
     """Refuse before anything is claimed if a network cannot address every NIC."""
     need = Counter(n for w in rows for n in (w.networks or ()))
     for net_name, count in need.items():
-        net = s.get(Network, net_name)
+        net = held(s, Network, net_name)
         if net is None:
             raise NoPlacement(f"network {net_name!r} no longer exists")
         pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, "")
@@ -441,7 +448,7 @@ def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
 
 
 def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
-    net = s.get(Network, net_name)
+    net = held(s, Network, net_name)
     if net is None:
         raise NoPlacement(f"network {net_name!r} no longer exists")
     pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix)
@@ -454,7 +461,7 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
         mac = macs.draw(s, pool.mac_prefix)
         if insert_allocation(s, net_name, ip, ip_int, mac, ws.id, index):
             break
-        if s.connection().execute(_TAKEN, {"net": net_name, "ip": ip}).first() is not None:
+        if _TAKEN.first(s.connection(), {"net": net_name, "ip": ip}) is not None:
             raise NoPlacement(f"network {net_name!r}: address {ip} is taken")
     else:
         raise NoPlacement(f"network {net_name!r}: could not find a free MAC address")
@@ -504,9 +511,9 @@ def _lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> tuple[str, int] 
         if kept is not None:
             kept[key] = (int(count or 0) + 1, candidate)
         return str(netaddr.IPAddress(candidate)), candidate
-    used = list(
-        _flushed(s).execute(_RANGE_USED, {"net": net_name, "first": first, "last": last}).scalars()
-    )
+    used = [
+        r[0] for r in _RANGE_USED.rows(_flushed(s), {"net": net_name, "first": first, "last": last})
+    ]
     ip = ipam.pick_address_int(pool, used)
     return (ip, int(netaddr.IPAddress(ip))) if ip is not None else None
 

@@ -31,7 +31,8 @@ from workspace.errors import (
 from workspace.identity import NAME_RE, Identity, Kind
 from workspace.ops.unit import Env
 from workspace.store import Project, ProjectMember, Workspace
-from workspace.store.mapping import bound_spec, limits_column, run
+from workspace.store.mapping import bound_spec, flushed, limits_column
+from workspace.store.prepared import Prepared
 
 log = logging.getLogger("workspace.ops.projects")
 
@@ -93,15 +94,15 @@ class Scope:
 
 
 # Every call asks it: built once (building a statement costs more than running it).
-_MEMBER_OF = select(ProjectMember.project).where(ProjectMember.user == bindparam("user"))
+_MEMBER_OF = Prepared(select(ProjectMember.project).where(ProjectMember.user == bindparam("user")))
 
 
 def memberships(s: Session, who: Identity) -> frozenset[str]:
     """The projects ``who`` belongs to: those of its certificate and its member rows."""
     if not who.is_user:
         return frozenset()
-    rows = run(s, _MEMBER_OF, {"user": who.name})
-    return frozenset(who.projects) | frozenset(rows.scalars())
+    rows = _MEMBER_OF.rows(flushed(s), {"user": who.name})
+    return frozenset(who.projects) | frozenset(r[0] for r in rows)
 
 
 def scope(s: Session, who: Identity | str) -> Scope:

@@ -41,7 +41,7 @@ from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
-from workspace.store.mapping import image_spec, insert_audits, run
+from workspace.store.mapping import flushed, image_spec, insert_audits
 from workspace.store.models import (
     Audit,
     Image,
@@ -51,6 +51,7 @@ from workspace.store.models import (
     TrustKey,
     TrustSettings,
 )
+from workspace.store.prepared import Prepared
 
 log = logging.getLogger("workspace.ops.trust")
 
@@ -320,7 +321,7 @@ def envelopes(s: Session, image_name: str) -> list[str]:
 
 
 # Every create of a trust-checked site asks it: built once.
-_IMAGE_ENVELOPES = (
+_IMAGE_ENVELOPES = Prepared(
     select(ImageSignature.envelope)
     .where(ImageSignature.image == bindparam("image"))
     .order_by(ImageSignature.id)
@@ -328,7 +329,7 @@ _IMAGE_ENVELOPES = (
 
 
 def _read_envelopes(s: Session, image_name: str) -> list[str]:
-    return list(run(s, _IMAGE_ENVELOPES, {"image": image_name}).scalars().all())
+    return [r[0] for r in _IMAGE_ENVELOPES.rows(flushed(s), {"image": image_name})]
 
 
 def delete_signatures(s: Session, image_name: str) -> None:

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, insert, inspect, select
+from sqlalchemy import Table, event, insert, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace import callctx
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.leases import iso_time
 from workspace.store.models import Audit, Node, Workspace
+from workspace.store.prepared import Prepared
 from workspace.store.site_events import EventRow
 
 # session.info keys: the SiteEvents the session's transactions wrote (published after
@@ -38,6 +39,7 @@ EVENTS = "site_events"
 _PENDING = "site_events_pending"
 _CREATED = "site_events_created"
 _RUNNING = "RUNNING"
+_INSERT_EVENT = Prepared(insert(cast(Table, EventRow.__table__)))  # built once
 
 
 def install(sessions: sessionmaker[Session]) -> None:
@@ -129,7 +131,7 @@ def _before_commit(s: Session) -> None:
         else:
             out.append(item)
     if out:
-        s.connection().execute(insert(EventRow), [row_of(e) for e in out])
+        _INSERT_EVENT.write(s.connection(), [row_of(e) for e in out])
         events_of(s).extend(out)
 
 

@@ -31,19 +31,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from workspace import ipam
 from workspace.store.models import IpAllocation, MacCounter
+from workspace.store.prepared import Prepared
 
 # s.info key: prefix → the next suffix this transaction draws.
 KEPT = "macs.next"
 
 _counters = cast(Table, MacCounter.__table__)
-_READ = select(_counters.c.next).where(_counters.c.prefix == bindparam("prefix"))
+_READ = Prepared(select(_counters.c.next).where(_counters.c.prefix == bindparam("prefix")))
 # The highest MAC of a prefix (fixed-width lowercase hex: string order is numeric order;
 # a range over the unique index on mac).
-_HIGHEST = select(func.max(IpAllocation.mac)).where(
-    IpAllocation.mac >= bindparam("low"), IpAllocation.mac <= bindparam("high")
+_HIGHEST = Prepared(
+    select(func.max(IpAllocation.mac)).where(
+        IpAllocation.mac >= bindparam("low"), IpAllocation.mac <= bindparam("high")
+    )
 )
-_WRITE = update(_counters).where(_counters.c.prefix == bindparam("p")).values(next=bindparam("n"))
-_ADD = insert(_counters)
+_WRITE = Prepared(
+    update(_counters).where(_counters.c.prefix == bindparam("p")).values(next=bindparam("n"))
+)
+_ADD = Prepared(insert(_counters))
 
 
 def install(sessions: sessionmaker[Session]) -> None:
@@ -62,12 +67,10 @@ def draw(s: Session, prefix: str) -> str:
 
 def _start(s: Session, prefix: str) -> int:
     conn = s.connection()
-    n = conn.execute(_READ, {"prefix": prefix}).scalar()
+    n = _READ.scalar(conn, {"prefix": prefix})
     if n is not None:
         return int(n)
-    top = conn.execute(
-        _HIGHEST, {"low": f"{prefix}:00:00:00", "high": f"{prefix}:ff:ff:ff"}
-    ).scalar()
+    top = _HIGHEST.scalar(conn, {"low": f"{prefix}:00:00:00", "high": f"{prefix}:ff:ff:ff"})
     return ipam.mac_suffix(top) + 1 if top else 0
 
 
@@ -80,5 +83,5 @@ def _before_commit(s: Session) -> None:
     conn = s.connection()
     for prefix, n in sorted(kept.items()):
         # A row added by a SAVEPOINT that rolled back is gone: add it again.
-        if not conn.execute(_WRITE, {"p": prefix, "n": n}).rowcount:
-            conn.execute(_ADD, {"prefix": prefix, "next": n})
+        if not _WRITE.write(conn, {"p": prefix, "n": n}):
+            _ADD.write(conn, {"prefix": prefix, "next": n})

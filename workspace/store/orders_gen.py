@@ -33,6 +33,7 @@ from sqlalchemy import Table, bindparam, event, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace.store.models import Generation, ImageSignature, Network, Node, Workspace, new_gen
+from workspace.store.prepared import Prepared
 
 # s.info keys: the nodes to bump at commit; True: every node; the value they took.
 NODES = "orders_gen.nodes"
@@ -81,8 +82,8 @@ def pending(s: Session, node: str) -> bool:
 _GENERATIONS = cast(Table, Generation.__table__)
 _NODES = cast(Table, Node.__table__)
 # Statements built once (building one costs more than running it).
-_READ_NODES_GEN = select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == NODES_ROW)
-_BUMP_NODES_GEN = (
+_READ_NODES_GEN = Prepared(select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == NODES_ROW))
+_BUMP_NODES_GEN = Prepared(
     update(_GENERATIONS).where(_GENERATIONS.c.name == NODES_ROW).values(value=bindparam("gen"))
 )
 _BUMP_SOME = (
@@ -90,14 +91,17 @@ _BUMP_SOME = (
     .where(_NODES.c.name.in_(bindparam("names", expanding=True)))
     .values(orders_gen=bindparam("gen"))
 )
-_BUMP_EVERY = update(_NODES).values(orders_gen=bindparam("gen"))
+_BUMP_ONE = Prepared(
+    update(_NODES).where(_NODES.c.name == bindparam("node")).values(orders_gen=bindparam("gen"))
+)
+_BUMP_EVERY = Prepared(update(_NODES).values(orders_gen=bindparam("gen")))
 
 
 def nodes_generation(s: Session) -> int | None:
     """The nodes generation as ``s`` sees it (None: no such row)."""
     if s.autoflush:
         s.flush()  # as the ORM's autoflush would (nothing to do: cheap)
-    value = s.connection().execute(_READ_NODES_GEN).scalar()
+    value = _READ_NODES_GEN.scalar(s.connection())
     return int(value) if value is not None else None
 
 
@@ -152,7 +156,7 @@ def _before_commit(s: Session) -> None:
     changed = s.info.pop(NODES_CHANGED, None)
     if changed is not None:
         value = new_gen()
-        s.connection().execute(_BUMP_NODES_GEN, {"gen": value})
+        _BUMP_NODES_GEN.write(s.connection(), {"gen": value})
         s.info[NODES_AFTER] = (value, changed == "claims")
     nodes: set[str] = s.info.pop(NODES, set())
     every = s.info.pop(ALL, False)
@@ -160,7 +164,9 @@ def _before_commit(s: Session) -> None:
         return
     gen = new_gen()
     if every:
-        s.connection().execute(_BUMP_EVERY, {"gen": gen})
+        _BUMP_EVERY.write(s.connection(), {"gen": gen})
+    elif len(nodes) == 1:
+        _BUMP_ONE.write(s.connection(), {"gen": gen, "node": next(iter(nodes))})
     else:
         s.connection().execute(_BUMP_SOME, {"gen": gen, "names": sorted(nodes)})
     s.info[AFTER] = (gen, None if every else frozenset(nodes))
