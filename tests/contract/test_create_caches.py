@@ -1,7 +1,8 @@
 # ruff: noqa: F811 - the fixtures imported from test_store_engines are parameters here
 """What a create reuses across transactions stays right when anything else writes: a
 node's orders bound (ops/order_size.py, validated by ``Node.orders_gen``,
-store/orders_gen.py) and the trust policy (ops/trust.py, validated by its version). On
+store/orders_gen.py), the trust policy (ops/trust.py, validated by its version), the
+networks and images (store/held.py, validated by the catalog generation). On
 both engines; the "other replica" is a second store (engine) on the same database."""
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from tests.contract.test_store_engines import (  # noqa: F401 - fixtures
     world,
 )
 from workspace.domain.states import Op
-from workspace.errors import ResourceExhausted
+from workspace.errors import AlreadyExists, NotFound, ResourceExhausted
 from workspace.ops import order_size, placement, trust
 from workspace.store import Node, Workspace
-from workspace.store.models import ImageSignature
+from workspace.store.models import Image, ImageSignature, Network
 
 SHA = "sha256:" + "ab" * 32
 
@@ -114,6 +115,41 @@ def test_another_replica_s_trust_change_reaches_the_cached_policy(
     trust.set_mode(other.env, enforce=True, stop_on_revoke=False)
     with world.store.read() as s:
         assert trust.policy(s).enforce
+
+
+def test_networks_and_images_a_create_keeps_follow_any_writer(world: World, other: World) -> None:
+    """The network and image rows a service keeps between creates (store/held.py): a
+    change made through another replica, or through this one, reaches the next create."""
+    standard(world, "10.42.0.0/24")
+    first = world.create("a")
+    assert ipaddress.ip_address(first.nics[0].ip) < ipaddress.ip_address("10.42.0.100")
+    with other.store.write() as s:  # another replica narrows the pool
+        net = s.get(Network, "default")
+        assert net is not None
+        net.range_start = "10.42.0.100"
+    assert world.create("b").nics[0].ip == "10.42.0.100"
+    with world.store.write() as s:  # and this one, again
+        net = s.get(Network, "default")
+        assert net is not None
+        net.range_start = "10.42.0.200"
+    assert world.create("c").nics[0].ip == "10.42.0.200"
+    with other.store.write() as s:  # the image goes
+        image = s.get(Image, "img")
+        assert image is not None
+        s.delete(image)
+    with pytest.raises(NotFound, match="image 'img' not found"):
+        world.create("d")
+    world.image()  # imported again
+    assert world.create("e").image == "img"
+
+
+def test_a_kept_row_survives_a_transaction_that_rolled_back(world: World) -> None:
+    """A create refused after it read the network and the image leaves them usable."""
+    standard(world, "10.43.0.0/24")
+    world.create("a")
+    with pytest.raises(AlreadyExists):
+        world.create("a", request_id="again")  # the name is taken: rolled back
+    assert world.create("b").nics[0].ip.startswith("10.43.0.")
 
 
 def test_node_views_follow_another_replica_s_nodes_and_claims(world: World, other: World) -> None:

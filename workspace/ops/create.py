@@ -46,9 +46,9 @@ from workspace.ops.projects import (
 )
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Image, Network, Workspace
+from workspace.store.held import held
 from workspace.store.mapping import (
     bind_spec,
-    held,
     image_spec,
     insert_workspace,
     new_workspace,

@@ -31,9 +31,9 @@ from workspace.errors import ResourceExhausted
 from workspace.ops import netpolicy, seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
 from workspace.store import IpAllocation, Network, Node, Workspace, macs, orders_gen
+from workspace.store.held import held
 from workspace.store.mapping import (
     bound_spec,
-    held,
     insert_allocation,
     insert_workspace,
     set_reason,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, TypeVarTuple, cast, overload
+from typing import Any, TypeVarTuple, cast, overload
 
 from sqlalchemy import (
     Connection,
@@ -70,24 +70,6 @@ def run(
     journal itself, as the inserts below do). Reads built once that every call of a hot
     path runs are ``Prepared`` (store/prepared.py) and run on ``flushed(s)``."""
     return flushed(s).execute(statement, params)
-
-
-M = TypeVar("M")
-_HELD = "mapping.held"
-
-
-def held(s: Session, model: type[M], key: str) -> M | None:
-    """``s.get(model, key)``, held for the rest of the transaction: the identity map
-    holds rows weakly, and a create reads the same network and image several times (a
-    lookup here costs a hundredth of ``s.get``'s, even of a row in the identity map).
-    Only for rows the transaction does not delete (networks and images in a create)."""
-    rows: dict[tuple[type, str], Any] = s.info.setdefault(_HELD, {})
-    found = rows.get((model, key))
-    if found is None:
-        found = s.get(model, key)
-        if found is not None:
-            rows[(model, key)] = found
-    return cast(M | None, found)
 
 
 def flushed(s: Session) -> Connection:

@@ -32,7 +32,15 @@ from typing import cast
 from sqlalchemy import Table, bindparam, event, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from workspace.store.models import Generation, ImageSignature, Network, Node, Workspace, new_gen
+from workspace.store.models import (
+    Generation,
+    Image,
+    ImageSignature,
+    Network,
+    Node,
+    Workspace,
+    new_gen,
+)
 from workspace.store.prepared import Prepared
 
 # s.info keys: the nodes to bump at commit; True: every node; the value they took.
@@ -42,7 +50,11 @@ AFTER = "orders_gen.after"
 NODES_CHANGED = "orders_gen.nodes_changed"  # None | "claims" | "other"
 NODES_AFTER = "orders_gen.nodes_after"
 NODES_ROW = "nodes"  # the Generation row's name
+CATALOG_ROW = "catalog"  # networks and images (store/held.py)
+CATALOG_CHANGED = "orders_gen.catalog_changed"
 
+# What store/held.py keeps between transactions: a change to one bumps the catalog.
+KEPT = (Network, Image)
 # A node's columns as the scheduler sees them (ops/placement.py ``_read_node_views``).
 CLAIMS = ("used_cpus", "used_memory_mib", "used_disk_mbps", "used_net_mbps")
 VIEW = (
@@ -83,6 +95,10 @@ _GENERATIONS = cast(Table, Generation.__table__)
 _NODES = cast(Table, Node.__table__)
 # Statements built once (building one costs more than running it).
 _READ_NODES_GEN = Prepared(select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == NODES_ROW))
+_READ_CATALOG_GEN = Prepared(select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == CATALOG_ROW))
+_BUMP_CATALOG_GEN = Prepared(
+    update(_GENERATIONS).where(_GENERATIONS.c.name == CATALOG_ROW).values(value=bindparam("gen"))
+)
 _BUMP_NODES_GEN = Prepared(
     update(_GENERATIONS).where(_GENERATIONS.c.name == NODES_ROW).values(value=bindparam("gen"))
 )
@@ -103,6 +119,20 @@ def nodes_generation(s: Session) -> int | None:
         s.flush()  # as the ORM's autoflush would (nothing to do: cheap)
     value = _READ_NODES_GEN.scalar(s.connection())
     return int(value) if value is not None else None
+
+
+def catalog_generation(s: Session) -> int | None:
+    """The catalog generation as ``s`` sees it (None: no such row)."""
+    value = _READ_CATALOG_GEN.scalar(s.connection())
+    return int(value) if value is not None else None
+
+
+def catalog_pending(s: Session) -> bool:
+    """Whether ``s``'s transaction changed a network or an image (bumped at commit),
+    pending changes included."""
+    if s.info.get(CATALOG_CHANGED):
+        return True
+    return any(isinstance(o, KEPT) for group in (s.new, s.dirty, s.deleted) for o in group)
 
 
 def nodes_pending(s: Session) -> bool:
@@ -143,6 +173,8 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
                 nodes.update(n for n in hist.deleted if n)
             elif isinstance(obj, Network | ImageSignature):
                 s.info[ALL] = True
+            if isinstance(obj, KEPT):
+                s.info[CATALOG_CHANGED] = True
     nodes.discard("")
 
 
@@ -153,6 +185,8 @@ def _before_commit(s: Session) -> None:
     s.info.pop(NODES_AFTER, None)
     if s.new or s.dirty or s.deleted:
         s.flush()
+    if s.info.pop(CATALOG_CHANGED, None):
+        _BUMP_CATALOG_GEN.write(s.connection(), {"gen": new_gen()})
     changed = s.info.pop(NODES_CHANGED, None)
     if changed is not None:
         value = new_gen()
