@@ -16,9 +16,10 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, event, select
+from sqlalchemy import Integer, bindparam, cast, delete, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -103,12 +104,35 @@ _SETTINGS = "trust.settings"
 _ENVELOPES = ENVELOPES_READ  # order-size bounds use them too (ops/order_size.py)
 
 
-def settings(s: Session) -> TrustSettings:
-    row: TrustSettings | None = s.info.get(_SETTINGS)
-    if row is None:
-        # A new site has no row: its defaults stand in (not added; ``_bump`` adds it).
-        row = s.info[_SETTINGS] = s.get(TrustSettings, 1) or _new_site_settings()
-    return row
+@dataclass(frozen=True)
+class Settings:
+    """The trust settings row as read (ops read it; only ``_bump`` writes the row)."""
+
+    version: int
+    mode: str  # WARN | ENFORCE
+    stop_running_on_revoke: bool
+
+
+# A new site has no row: its defaults stand in (``_bump`` adds the row).
+_NEW_SITE = Settings(0, "WARN", False)
+# Every transaction of creates reads it: built once, plain columns (no ORM row).
+_READ_SETTINGS = Prepared(
+    select(
+        TrustSettings.version,
+        TrustSettings.mode,
+        cast(TrustSettings.stop_running_on_revoke, Integer),
+    ).where(TrustSettings.id == 1)
+)
+
+
+def settings(s: Session) -> Settings:
+    """The settings as ``s``'s transaction sees them, read once per transaction."""
+    found: Settings | None = s.info.get(_SETTINGS)
+    if found is None:
+        row = _READ_SETTINGS.first(flushed(s))
+        found = Settings(int(row[0]), str(row[1]), bool(row[2])) if row else _NEW_SITE
+        s.info[_SETTINGS] = found
+    return found
 
 
 def _new_site_settings() -> TrustSettings:
@@ -161,7 +185,7 @@ _cache: weakref.WeakKeyDictionary[Engine, tuple[int, bool, signing.Policy]] = (
 _cache_lock = threading.Lock()
 
 
-def _policy(s: Session, st: TrustSettings) -> signing.Policy:
+def _policy(s: Session, st: Settings) -> signing.Policy:
     bind = s.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
     version, enforce = int(st.version), st.mode == "ENFORCE"
@@ -178,7 +202,7 @@ def _policy(s: Session, st: TrustSettings) -> signing.Policy:
     return read
 
 
-def _read_policy(s: Session, st: TrustSettings) -> signing.Policy:
+def _read_policy(s: Session, st: Settings) -> signing.Policy:
     keys = tuple(
         signing.Key(
             key_id=k.key_id,
