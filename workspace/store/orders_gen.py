@@ -94,13 +94,12 @@ def pending(s: Session, node: str) -> bool:
 _GENERATIONS = cast(Table, Generation.__table__)
 _NODES = cast(Table, Node.__table__)
 # Statements built once (building one costs more than running it).
-_READ_NODES_GEN = Prepared(select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == NODES_ROW))
-_READ_CATALOG_GEN = Prepared(select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == CATALOG_ROW))
-_BUMP_CATALOG_GEN = Prepared(
-    update(_GENERATIONS).where(_GENERATIONS.c.name == CATALOG_ROW).values(value=bindparam("gen"))
-)
-_BUMP_NODES_GEN = Prepared(
-    update(_GENERATIONS).where(_GENERATIONS.c.name == NODES_ROW).values(value=bindparam("gen"))
+# A generations row by its name (NODES_ROW, CATALOG_ROW): read, and given a new value.
+_READ_GEN = Prepared(select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == bindparam("name")))
+_BUMP_GEN = Prepared(
+    update(_GENERATIONS)
+    .where(_GENERATIONS.c.name == bindparam("name"))
+    .values(value=bindparam("gen"))
 )
 _BUMP_SOME = (
     update(_NODES)
@@ -117,13 +116,16 @@ def nodes_generation(s: Session) -> int | None:
     """The nodes generation as ``s`` sees it (None: no such row)."""
     if s.autoflush:
         s.flush()  # as the ORM's autoflush would (nothing to do: cheap)
-    value = _READ_NODES_GEN.scalar(s.connection())
-    return int(value) if value is not None else None
+    return _generation(s, NODES_ROW)
 
 
 def catalog_generation(s: Session) -> int | None:
     """The catalog generation as ``s`` sees it (None: no such row)."""
-    value = _READ_CATALOG_GEN.scalar(s.connection())
+    return _generation(s, CATALOG_ROW)
+
+
+def _generation(s: Session, name: str) -> int | None:
+    value = _READ_GEN.scalar(s.connection(), {"name": name})
     return int(value) if value is not None else None
 
 
@@ -186,11 +188,11 @@ def _before_commit(s: Session) -> None:
     if s.new or s.dirty or s.deleted:
         s.flush()
     if s.info.pop(CATALOG_CHANGED, None):
-        _BUMP_CATALOG_GEN.write(s.connection(), {"gen": new_gen()})
+        _BUMP_GEN.write(s.connection(), {"name": CATALOG_ROW, "gen": new_gen()})
     changed = s.info.pop(NODES_CHANGED, None)
     if changed is not None:
         value = new_gen()
-        _BUMP_NODES_GEN.write(s.connection(), {"gen": value})
+        _BUMP_GEN.write(s.connection(), {"name": NODES_ROW, "gen": value})
         s.info[NODES_AFTER] = (value, changed == "claims")
     nodes: set[str] = s.info.pop(NODES, set())
     every = s.info.pop(ALL, False)
