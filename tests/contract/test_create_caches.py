@@ -24,7 +24,7 @@ from tests.contract.test_store_engines import (  # noqa: F401 - fixtures
 from workspace.domain.states import Op
 from workspace.errors import AlreadyExists, NotFound, ResourceExhausted
 from workspace.ops import order_size, placement, trust
-from workspace.store import Node, Workspace
+from workspace.store import Node, Workspace, orders_gen
 from workspace.store.models import Image, ImageSignature, Network
 
 SHA = "sha256:" + "ab" * 32
@@ -245,3 +245,50 @@ def test_a_create_queued_in_a_batch_keeps_its_turn_in_that_batch(world: World) -
     assert not isinstance(got["big"], Exception) and not got["big"].node  # waits
     assert isinstance(got["small"], ResourceExhausted)
     assert "waiting for capacity" in str(got["small"])
+
+
+def _ip(w: object) -> int:
+    return int(ipaddress.ip_address(w.nics[0].ip))  # type: ignore[attr-defined]
+
+
+def test_address_counts_a_create_keeps_follow_any_writer(world: World, other: World) -> None:
+    """Each network's address counts a batch of creates leaves (ops/placement.py,
+    validated by the addresses generation) start the next batch: an address another
+    replica allocates or releases, or this one releases, is seen by the next create."""
+    standard(world, "10.46.0.0/24", nodes=1, memory=8000)
+    engine = world.store.engine
+    a = world.create("a", memory_mib=128)
+    gen = placement._counts[engine][0]
+    b = world.create("b", memory_mib=128)  # from the counts "a" left
+    assert _ip(b) == _ip(a) + 1
+    assert placement._counts[engine][0] != gen  # kept again, at the new generation
+    c = other.create("c", memory_mib=128)  # another replica allocates
+    assert _ip(c) == _ip(b) + 1
+    d = world.create("d", memory_mib=128)  # not the address "c" holds
+    assert _ip(d) == _ip(c) + 1
+    other.core.operate(OWNER, b.id, Op.DESTROY)  # another replica releases one
+    other.absent("n0", b.id)
+    assert _ip(world.create("e", memory_mib=128)) == _ip(b)  # the hole, filled first
+    world.core.operate(OWNER, d.id, Op.DESTROY)  # and this one
+    world.absent("n0", d.id)
+    assert _ip(world.create("f", memory_mib=128)) == _ip(d)
+    world.snapshot().check()
+
+
+def test_a_batch_with_a_refused_create_keeps_the_committed_address_counts(world: World) -> None:
+    """A batch in which a create was refused (its SAVEPOINT rolled back, the batch's
+    counts read again) leaves the counts of what it committed: the next create, started
+    from them, gets the next address."""
+    standard(world, "10.47.0.0/24", nodes=1, memory=8000)
+    a = world.create("a", memory_mib=128)
+    got = batched(
+        world,
+        {"x": {"memory_mib": 128}, "x2": {"memory_mib": 128, "name": "x", "request_id": "x2"}},
+    )
+    assert isinstance(got["x2"], AlreadyExists)
+    assert not isinstance(got["x"], Exception) and _ip(got["x"]) == _ip(a) + 2  # after "lead"
+    with world.store.read() as s:
+        gen = orders_gen.addresses_generation(s)
+    assert placement._counts[world.store.engine][0] == gen  # what the next batch starts from
+    assert _ip(world.create("b", memory_mib=128)) == _ip(a) + 3
+    world.snapshot().check()

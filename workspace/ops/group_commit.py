@@ -127,6 +127,7 @@ class GroupCommit:
                 u.seal()
             order_size.remember(s)  # the nodes' bounds at the generation just committed
             placement.remember_node_views(s)  # and the nodes as the scheduler sees them
+            placement.remember_addresses(s)  # and the networks' address counts
             self.committed += sum(1 for i in batch if i.error is None)
         except BaseException as exc:
             if not isinstance(exc, WorkspaceError) and engines.unavailable(exc):

@@ -85,12 +85,6 @@ def forget_node_views(s: Session) -> None:
         s.info.pop(VIEWS_GEN_KEY, None)
 
 
-def _addresses(s: Session) -> dict[tuple[object, ...], object] | None:
-    """The transaction's kept address counts (None: it keeps none)."""
-    kept: dict[tuple[object, ...], object] | None = s.info.get(ADDRESSES_KEY)
-    return kept
-
-
 def node_views(s: Session) -> list[scheduler.NodeView]:
     """Every node as the scheduler sees it (the transaction's kept views, if it keeps them)."""
     if NODES_KEY not in s.info:
@@ -156,6 +150,51 @@ def remember_node_views(s: Session) -> None:
             _views[_engine(s)] = (gen, tuple(kept.values()))
             if snapshot is not None:
                 _snapshots[_engine(s)] = (gen, snapshot)
+
+
+# s.info key, with ADDRESSES_KEY: the kept counts were started (from the cache, if it
+# held), and the addresses generation they were started at.
+ADDRESSES_GEN_KEY = "placement.addresses_gen"
+
+# The networks' address counts (ADDRESSES_KEY's entries) a batch of creates committed,
+# per database (engine), with the addresses generation they are at (store/orders_gen.py:
+# any address allocated or released, in any replica, gives it a new random value). The
+# next batch starts from them while the generation holds: no aggregate over a network's
+# addresses, whose cost grows with the network.
+_counts: weakref.WeakKeyDictionary[Engine, tuple[int, dict[tuple[object, ...], object]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _addresses(s: Session) -> dict[tuple[object, ...], object] | None:
+    """The transaction's kept address counts (None: it keeps none). The first time in a
+    transaction that changed no address yet: the counts the last batch committed, if
+    the addresses generation is still theirs."""
+    kept: dict[tuple[object, ...], object] | None = s.info.get(ADDRESSES_KEY)
+    if kept is None or ADDRESSES_GEN_KEY in s.info:
+        return kept
+    s.info[ADDRESSES_GEN_KEY] = None
+    if orders_gen.addresses_pending(s):
+        return kept
+    gen = orders_gen.addresses_generation(s)
+    s.info[ADDRESSES_GEN_KEY] = gen
+    with _views_lock:
+        hit = _counts.get(_engine(s))
+    if gen is not None and hit is not None and hit[0] == gen:
+        kept.update(hit[1])
+    return kept
+
+
+def remember_addresses(s: Session) -> None:
+    """After ``s`` committed a transaction that kept its address counts and changed
+    addresses only by placing (``allocate``): its counts are the networks' at the new
+    addresses generation."""
+    after = s.info.get(orders_gen.ADDRESSES_AFTER)
+    kept: dict[tuple[object, ...], object] | None = s.info.get(ADDRESSES_KEY)
+    if after is None or kept is None or not after[1]:
+        return
+    with _views_lock:
+        _counts[_engine(s)] = (after[0], dict(kept))
 
 
 def _claimed(
@@ -460,6 +499,7 @@ def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:
     for _ in range(MAC_TRIES):
         mac = macs.draw(s, pool.mac_prefix)
         if insert_allocation(s, net_name, ip, ip_int, mac, ws.id, index):
+            orders_gen.allocated(s)
             break
         if _TAKEN.first(s.connection(), {"net": net_name, "ip": ip}) is not None:
             raise NoPlacement(f"network {net_name!r}: address {ip} is taken")

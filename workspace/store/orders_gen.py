@@ -23,6 +23,12 @@ transaction that flushed a node added, removed or changed in what the scheduler 
 (``VIEW``): ops/placement.py reuses its node views while it holds. ``s.info[NODES_AFTER]``
 is the value it took, and whether the transaction changed nodes only in their claims
 (``CLAIMS``: what placement itself keeps its views in step with).
+
+The addresses generation (``Generation`` "addresses"): a new random value at the commit
+of any transaction that added, changed or removed an address (``IpAllocation``): flushed
+by the ORM, or inserted by placement's Core statement (``allocated``). ops/placement.py
+keeps each network's address counts while it holds; ``s.info[ADDRESSES_AFTER]`` is the
+value it took, and whether placement's allocations were the only change.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from workspace.store.models import (
     Generation,
     Image,
     ImageSignature,
+    IpAllocation,
     Network,
     Node,
     Workspace,
@@ -52,6 +59,9 @@ NODES_AFTER = "orders_gen.nodes_after"
 NODES_ROW = "nodes"  # the Generation row's name
 CATALOG_ROW = "catalog"  # networks and images (store/held.py)
 CATALOG_CHANGED = "orders_gen.catalog_changed"
+ADDRESSES_ROW = "addresses"  # ip_allocations (ops/placement.py)
+ADDRESSES_CHANGED = "orders_gen.addresses_changed"  # None | "allocations" | "other"
+ADDRESSES_AFTER = "orders_gen.addresses_after"
 
 # What store/held.py keeps between transactions: a change to one bumps the catalog.
 KEPT = (Network, Image)
@@ -124,6 +134,26 @@ def catalog_generation(s: Session) -> int | None:
     return _generation(s, CATALOG_ROW)
 
 
+def addresses_generation(s: Session) -> int | None:
+    """The addresses generation as ``s`` sees it (None: no such row)."""
+    return _generation(s, ADDRESSES_ROW)
+
+
+def addresses_pending(s: Session) -> bool:
+    """Whether ``s``'s transaction changed an address (bumped at commit), pending
+    changes included."""
+    if s.info.get(ADDRESSES_CHANGED) is not None:
+        return True
+    return any(isinstance(o, IpAllocation) for group in (s.new, s.dirty, s.deleted) for o in group)
+
+
+def allocated(s: Session) -> None:
+    """An address was inserted without the ORM (ops/placement.py ``allocate``): the
+    addresses generation changes at the commit, as for a flushed one."""
+    if s.info.get(ADDRESSES_CHANGED) is None:
+        s.info[ADDRESSES_CHANGED] = "allocations"
+
+
 def _generation(s: Session, name: str) -> int | None:
     value = _READ_GEN.scalar(s.connection(), {"name": name})
     return int(value) if value is not None else None
@@ -175,6 +205,8 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
                 nodes.update(n for n in hist.deleted if n)
             elif isinstance(obj, Network | ImageSignature):
                 s.info[ALL] = True
+            elif isinstance(obj, IpAllocation):
+                s.info[ADDRESSES_CHANGED] = "other"
             if isinstance(obj, KEPT):
                 s.info[CATALOG_CHANGED] = True
     nodes.discard("")
@@ -185,10 +217,16 @@ def _before_commit(s: Session) -> None:
         return
     s.info.pop(AFTER, None)
     s.info.pop(NODES_AFTER, None)
+    s.info.pop(ADDRESSES_AFTER, None)
     if s.new or s.dirty or s.deleted:
         s.flush()
     if s.info.pop(CATALOG_CHANGED, None):
         _BUMP_GEN.write(s.connection(), {"name": CATALOG_ROW, "gen": new_gen()})
+    addresses = s.info.pop(ADDRESSES_CHANGED, None)
+    if addresses is not None:
+        value = new_gen()
+        _BUMP_GEN.write(s.connection(), {"name": ADDRESSES_ROW, "gen": value})
+        s.info[ADDRESSES_AFTER] = (value, addresses == "allocations")
     changed = s.info.pop(NODES_CHANGED, None)
     if changed is not None:
         value = new_gen()
