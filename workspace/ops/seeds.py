@@ -91,7 +91,8 @@ def check_user_data(cfg: ServiceConfig, image: Image, user_data: bytes) -> None:
     user-data is not an accepted document."""
     if user_data and (image.context or NONE) == NONE:
         raise InvalidArgument(f"image {image.name} takes no user-data (its context is none)")
-    userdata.check(user_data, cfg.context.schema_path())
+    if user_data:  # (finding the schema looks at the file system)
+        userdata.check(user_data, cfg.context.schema_path())
 
 
 def contextualize(cfg: ServiceConfig, s: Session, ws: Workspace, image: Image) -> None:

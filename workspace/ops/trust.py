@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, cast, delete, event, select
+from sqlalchemy import Integer, bindparam, cast, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,7 @@ from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
+from workspace.store.db import on_rollback
 from workspace.store.mapping import flushed, image_spec, insert_audits
 from workspace.store.models import (
     Audit,
@@ -411,12 +412,8 @@ def _record_surviving(env: Env, s: Session, rows: list[Decision]) -> None:
     if s.info.get(_LISTENING):
         return
     s.info[_LISTENING] = True
-    done = [False]
 
     def after_rollback(session: Session) -> None:
-        if done[0] or session.in_nested_transaction():
-            return
-        done[0] = True
         try:
             with env.store.write() as w:
                 for values in session.info.get(SURVIVING, []):
@@ -424,11 +421,7 @@ def _record_surviving(env: Env, s: Session, rows: list[Decision]) -> None:
         except Exception:
             log.exception("cannot record the audit of a refused operation")
 
-    def after_commit(_session: Session) -> None:
-        done[0] = True
-
-    event.listen(s, "after_rollback", after_rollback)
-    event.listen(s, "after_commit", after_commit)
+    on_rollback(s, after_rollback)
 
 
 def audit_mark(s: Session) -> int:

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,27 @@ from workspace.errors import InvalidArgument
 from workspace.store import bounds, engines, journal, macs, migrations, orders_gen
 
 log = logging.getLogger("workspace.store")
+
+# s.info key: what to run should the session's transaction roll back (``on_rollback``).
+_ON_ROLLBACK = "store.on_rollback"
+
+
+def on_rollback(s: Session, fn: Callable[[Session], None]) -> None:
+    """Run ``fn(s)`` once after ``s``'s transaction rolled back (its own, not a
+    SAVEPOINT's); forgotten when it commits. One listener for every session, installed
+    with the store: listening on a session of its own cost a create more than its SQL."""
+    s.info.setdefault(_ON_ROLLBACK, []).append(fn)
+
+
+def _after_rollback(s: Session) -> None:
+    if s.in_nested_transaction():
+        return
+    for fn in s.info.pop(_ON_ROLLBACK, ()):
+        fn(s)
+
+
+def _after_commit(s: Session) -> None:
+    s.info.pop(_ON_ROLLBACK, None)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -77,6 +98,8 @@ class Store:
         journal.install(self._sessions)
         orders_gen.install(self._sessions)
         macs.install(self._sessions)
+        event.listen(self._sessions, "after_rollback", _after_rollback)
+        event.listen(self._sessions, "after_commit", _after_commit)
         self.write_lock = threading.RLock()
         # The database did not answer the last time it was asked (``Unavailable``), and
         # when it last came back (time.time(); 0: never away).

@@ -86,15 +86,39 @@ def flushed(s: Session) -> Connection:
 # -- images and a workspace's copy of one ----------------------------------------------------
 
 
+# A row's attribute (not a column): the spec last parsed from it, with the column value
+# it was parsed from. A create asks for its image's and its workspace's spec several
+# times (trust, placement, usage, the order's size), and parsing costs each time.
+_SPEC_MEMO = "_ws_spec_memo"
+
+
+def _memo(row: Any, source: object, key: tuple[object, ...]) -> Any:
+    """What ``_remember`` kept on ``row`` for this very ``source`` object (a JSON column
+    read or assigned as a whole: a new value is a new object) and ``key``."""
+    memo = row.__dict__.get(_SPEC_MEMO)
+    if memo is not None and memo[0] is source and memo[1] == key:
+        return memo[2]
+    return None
+
+
+def _remember(row: Any, source: object, key: tuple[object, ...], spec: object) -> None:
+    row.__dict__[_SPEC_MEMO] = (source, key, spec)
+
+
 def image_spec(img: Image) -> ImageSpec:
     """The image row as the ImageSpec a signature covers and a workspace binds to."""
-    return ImageSpec(
-        img.name,
-        tuple(Partition.from_dict(p) for p in img.partitions or ()),
-        img.kernel_digest,
-        img.initrd_digest,
-        img.cmdline,
-    )
+    key = (img.name, img.kernel_digest, img.initrd_digest, img.cmdline)
+    found: ImageSpec | None = _memo(img, img.partitions, key)
+    if found is None:
+        found = ImageSpec(
+            img.name,
+            tuple(Partition.from_dict(p) for p in img.partitions or ()),
+            img.kernel_digest,
+            img.initrd_digest,
+            img.cmdline,
+        )
+        _remember(img, img.partitions, key, found)
+    return found
 
 
 def partitions_column(parts: Iterable[Partition]) -> list[dict[str, object]]:
@@ -104,7 +128,12 @@ def partitions_column(parts: Iterable[Partition]) -> list[dict[str, object]]:
 
 def bound_spec(ws: Workspace) -> ImageSpec:
     """The image a workspace was made from, as it was at create (the bound order)."""
-    return ImageSpec.from_dict(ws.image_spec or {}, ws.image)
+    key = (ws.image,)
+    found: ImageSpec | None = _memo(ws, ws.image_spec, key)
+    if found is None:
+        found = ImageSpec.from_dict(ws.image_spec or {}, ws.image)
+        _remember(ws, ws.image_spec, key, found)
+    return found
 
 
 def bind_spec(ws: Workspace, spec: ImageSpec) -> None:

@@ -55,13 +55,20 @@ class _Compiled:
     names: tuple[str, ...]  # the driver's parameter names (named paramstyles)
     binds: tuple[_Bind, ...]
 
+    def __post_init__(self) -> None:
+        # The binds as plain tuples: this runs for every statement of every create.
+        plan = tuple((b.key, b.default, b.process) for b in self.binds)
+        object.__setattr__(self, "_plan", plan)
+
     def parameters(self, given: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        values = []
-        for b in self.binds:
-            value = given.get(b.key, b.default)
+        values: list[Any] = []
+        append = values.append
+        get = given.get
+        for key, default, process in self._plan:  # type: ignore[attr-defined]
+            value = get(key, default)
             if value is _REQUIRED:
-                raise KeyError(f"parameter {b.key!r} is required")
-            values.append(b.process(value) if b.process is not None else value)
+                raise KeyError(f"parameter {key!r} is required")
+            append(value if process is None else process(value))
         if self.positional:
             return tuple(values)
         return dict(zip(self.names, values, strict=True))
@@ -109,6 +116,7 @@ class Prepared:
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
+        self._is_insert = bool(getattr(statement, "is_insert", False))
         self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled | None] = {}
         self._lock = threading.Lock()
 
@@ -147,13 +155,14 @@ class Prepared:
         sets: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[list-item,assignment]
         if not sets:
             return [], 0
-        keys = tuple(sets[0]) if getattr(self.statement, "is_insert", False) else ()
-        compiled = self._for(conn.dialect, keys)
+        keys = tuple(sets[0]) if self._is_insert else ()
+        dialect = conn.dialect
+        compiled = self._for(dialect, keys)
         if compiled is None:
             result = conn.execute(self.statement, list(sets) if many else sets[0])
         else:
             values = [compiled.parameters(p) for p in sets]
-            if conn.dialect.name == "sqlite":
+            if dialect.name == "sqlite":
                 return _sqlite(conn, compiled.sql, values, many, fetch)
             result = conn.exec_driver_sql(compiled.sql, values if many else values[0])
         return ([tuple(r) for r in result] if fetch else []), result.rowcount
