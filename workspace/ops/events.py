@@ -41,7 +41,14 @@ class Watcher:
 
 class Notifier:
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # One lock; a condition per thing waited for, so a change wakes only the threads
+        # waiting for it: a node's agent stream waits on its node's own condition (with a
+        # thousand agents connected, one shared condition woke all of them for each
+        # create), the capacity queue on capacity, event streams on site events.
+        self._lock = threading.Lock()
+        self._capacity_cond = threading.Condition(self._lock)
+        self._events_cond = threading.Condition(self._lock)
+        self._node_conds: dict[str, threading.Condition] = {}
         self._generations: dict[str, int] = {}
         self._capacity = 0
         self._watchers: set[Watcher] = set()
@@ -72,31 +79,43 @@ class Notifier:
         """Wake every stream as if everything had changed (a missed notification, a
         reconnected listener): node streams resend their whole state, the queue runs, site
         event streams re-read the journal."""
-        with self._cond:
+        with self._lock:
             self._epoch += 1
             self._capacity += 1
             self._site_events += 1
-            self._cond.notify_all()
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Every waiting thread (the lock held)."""
+        self._capacity_cond.notify_all()
+        self._events_cond.notify_all()
+        for cond in self._node_conds.values():
+            cond.notify_all()
 
     # -- nodes -------------------------------------------------------------------------
 
     def node_changed(self, *nodes: str, remote: bool = False) -> None:
-        with self._cond:
+        with self._lock:
             for n in nodes:
                 if n:
                     self._generations[n] = self._generations.get(n, 0) + 1
-            self._cond.notify_all()
+                    cond = self._node_conds.get(n)
+                    if cond is not None:
+                        cond.notify_all()
         if not remote and any(nodes):
             self._out(Change(nodes=tuple(n for n in nodes if n)))
 
     def generation(self, node: str) -> int:
-        with self._cond:
+        with self._lock:
             return self._generations.get(node, 0) + self._epoch
 
     def wait_node(self, node: str, seen: int, timeout_s: float) -> int:
         """Block until the node's generation moves past ``seen`` (or timeout/close)."""
-        with self._cond:
-            self._cond.wait_for(
+        with self._lock:
+            cond = self._node_conds.get(node)
+            if cond is None:
+                cond = self._node_conds[node] = threading.Condition(self._lock)
+            cond.wait_for(
                 lambda: self._closed or self._generations.get(node, 0) + self._epoch != seen,
                 timeout_s,
             )
@@ -105,15 +124,15 @@ class Notifier:
     # -- capacity (wakes the queue) -----------------------------------------------------
 
     def capacity_changed(self, remote: bool = False) -> None:
-        with self._cond:
+        with self._capacity_cond:
             self._capacity += 1
-            self._cond.notify_all()
+            self._capacity_cond.notify_all()
         if not remote:
             self._out(Change(capacity=True))
 
     def wait_capacity(self, seen: int, timeout_s: float) -> int:
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._capacity != seen, timeout_s)
+        with self._capacity_cond:
+            self._capacity_cond.wait_for(lambda: self._closed or self._capacity != seen, timeout_s)
             return self._capacity
 
     # -- site events (ops/site_events.py) --------------------------------------------------
@@ -125,9 +144,9 @@ class Notifier:
     def site_events(self, events: Sequence[SiteEvent]) -> None:
         if not events:
             return
-        with self._cond:
+        with self._lock:
             self._site_events += 1
-            self._cond.notify_all()
+            self._events_cond.notify_all()
         for listener in self._event_listeners:
             try:
                 listener(events)
@@ -138,17 +157,17 @@ class Notifier:
     def site_events_elsewhere(self) -> None:
         """Another replica wrote site events: wake the streams (listeners such as the
         metrics count only this replica's own)."""
-        with self._cond:
+        with self._lock:
             self._site_events += 1
-            self._cond.notify_all()
+            self._events_cond.notify_all()
 
     def site_event_generation(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._site_events
 
     def wait_site_events(self, seen: int, timeout_s: float) -> int:
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._site_events != seen, timeout_s)
+        with self._lock:
+            self._events_cond.wait_for(lambda: self._closed or self._site_events != seen, timeout_s)
             return self._site_events
 
     # -- workspace watchers ------------------------------------------------------------
@@ -181,9 +200,9 @@ class Notifier:
             self._out(Change(workspaces=(ws.id,)))
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._wake_all()
         with self._wlock:
             for w in self._watchers:
                 with contextlib.suppress(queue.Full):
