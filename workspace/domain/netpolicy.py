@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import netaddr
 
@@ -138,31 +138,33 @@ class Limits:
     def validate(self, where: str = "limits", flag: str = "--") -> Limits:
         """Self if every set limit is in range; InvalidArgument naming the limit if not
         (as the option ``flag`` + its name sets it: --cpu-percent, --default-cpu-percent)."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            lo, hi = LIMIT_RANGES[f.name]
+        for name in _LIMIT_NAMES:
+            value = getattr(self, name)
+            lo, hi = LIMIT_RANGES[name]
             if value != 0 and not lo <= value <= hi:
-                option = flag + f.name.replace("_", "-")
+                option = flag + name.replace("_", "-")
                 raise InvalidArgument(f"{where}: {option} {value} is out of range {lo}..{hi}")
         return self
 
     def over(self, defaults: Limits) -> Limits:
         """These limits, each unset one taken from ``defaults``."""
-        return replace(
-            self,
-            **{f.name: getattr(self, f.name) or getattr(defaults, f.name) for f in fields(self)},
-        )
+        if not defaults:
+            return self
+        return Limits(*(getattr(self, n) or getattr(defaults, n) for n in _LIMIT_NAMES))
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {n: getattr(self, n) for n in _LIMIT_NAMES}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, int]) -> Limits:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: int(v) for k, v in d.items() if k in known})
+        return cls(**{k: int(v) for k, v in d.items() if k in _LIMIT_NAMES})
 
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self))
+        return any(getattr(self, n) for n in _LIMIT_NAMES)
+
+
+# Limits' fields, in order (looked up on every create: ``fields`` costs each time).
+_LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from workspace.domain.usage import Consumption, consumption
 from workspace.store import UsageInterval, Workspace, journal
-from workspace.store.mapping import STATES, bound_spec, insert_new
+from workspace.store.mapping import STATES, bound_spec, insert_new, new_row
 
 # Ids bound per query (SQLite caps the number of bound parameters).
 CHUNK = 500
@@ -59,7 +59,8 @@ def record(s: Session, rows: Sequence[Workspace], now: float) -> None:
                 cur.ended_at = now
         if use:
             new.append(
-                UsageInterval(
+                new_row(
+                    UsageInterval,
                     workspace_id=ws.id,
                     workspace_name=ws.name,
                     owner=ws.owner,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -327,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    # What start-up made (modules, the servers, the caches) lives as long as the process:
+    # out of the collector's way, a full collection no longer walks it (it cost a create
+    # about 4 % of its time).
+    gc.freeze()
     done.wait()
     svc.stop()
     return 0

@@ -110,10 +110,9 @@ def open_transaction(session: Session) -> None:
     lock is taken at the first write). PostgreSQL's transaction is open already."""
     if session.get_bind().dialect.name != "sqlite":
         return
-    conn = session.connection()
-    dbapi = conn.connection.dbapi_connection
+    dbapi = session.connection().connection.dbapi_connection
     if dbapi is not None and not dbapi.in_transaction:
-        conn.exec_driver_sql("BEGIN")
+        dbapi.execute("BEGIN")  # (SQLAlchemy keeps no state of its own about it)
 
 
 def lock_migrations(conn: Connection) -> None:

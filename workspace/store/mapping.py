@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVarTuple, cast, overload
+from typing import Any, TypeVar, TypeVarTuple, cast, overload
 
 from sqlalchemy import (
     Connection,
@@ -47,6 +47,7 @@ from workspace.store.models import Audit, Cluster, Image, IpAllocation, Network,
 from workspace.store.prepared import Prepared
 
 _Ts = TypeVarTuple("_Ts")
+M = TypeVar("M")
 
 # What the API shows before the reason a request waits for capacity.
 WAITING = "waiting for capacity: "
@@ -431,6 +432,13 @@ def new_workspace(**values: Any) -> Workspace:
     ws = cast(Workspace, _NEW_WORKSPACE.new_instance())
     ws.__dict__.update(values)
     return ws
+
+
+def new_row(model: type[M], **values: Any) -> M:
+    """A new row of ``model`` made as ``new_workspace`` makes one: for ``insert_new``."""
+    row = cast(M, inspect(model).class_manager.new_instance())
+    row.__dict__.update(values)
+    return row
 
 
 def _values(row: Any, columns: tuple[_Column, ...]) -> dict[str, Any]:

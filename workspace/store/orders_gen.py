@@ -87,6 +87,7 @@ def install(sessions: sessionmaker[Session]) -> None:
     # the rest of the transaction due, and the store's sessions live one transaction.
     event.listen(sessions, "before_flush", _before_flush)
     event.listen(sessions, "before_commit", _before_commit)
+    event.listen(sessions, "after_rollback", _after_rollback)
 
 
 def touch(s: Session, *nodes: str, every: bool = False) -> None:
@@ -104,8 +105,9 @@ def pending(s: Session, node: str) -> bool:
 _GENERATIONS = cast(Table, Generation.__table__)
 _NODES = cast(Table, Node.__table__)
 # Statements built once (building one costs more than running it).
-# A generations row by its name (NODES_ROW, CATALOG_ROW): read, and given a new value.
-_READ_GEN = Prepared(select(_GENERATIONS.c.value).where(_GENERATIONS.c.name == bindparam("name")))
+# The generations rows (NODES_ROW, CATALOG_ROW, ADDRESSES_ROW): read, and one given a new
+# value.
+_READ_ALL = Prepared(select(_GENERATIONS.c.name, _GENERATIONS.c.value))
 _BUMP_GEN = Prepared(
     update(_GENERATIONS)
     .where(_GENERATIONS.c.name == bindparam("name"))
@@ -154,9 +156,16 @@ def allocated(s: Session) -> None:
         s.info[ADDRESSES_CHANGED] = "allocations"
 
 
+# s.info key: every generations row as the transaction read them (once: they change only
+# at commits, this one's included).
+_READ = "orders_gen.read"
+
+
 def _generation(s: Session, name: str) -> int | None:
-    value = _READ_GEN.scalar(s.connection(), {"name": name})
-    return int(value) if value is not None else None
+    read: dict[str, int] | None = s.info.get(_READ)
+    if read is None:
+        read = s.info[_READ] = {n: int(v) for n, v in _READ_ALL.rows(s.connection())}
+    return read.get(name)
 
 
 def catalog_pending(s: Session) -> bool:
@@ -217,6 +226,7 @@ def _before_commit(s: Session) -> None:
         return
     s.info.pop(AFTER, None)
     s.info.pop(NODES_AFTER, None)
+    s.info.pop(_READ, None)
     s.info.pop(ADDRESSES_AFTER, None)
     if s.new or s.dirty or s.deleted:
         s.flush()
@@ -244,3 +254,8 @@ def _before_commit(s: Session) -> None:
     else:
         s.connection().execute(_BUMP_SOME, {"gen": gen, "names": sorted(nodes)})
     s.info[AFTER] = (gen, None if every else frozenset(nodes))
+
+
+def _after_rollback(s: Session) -> None:
+    if not s.in_nested_transaction():  # the next transaction reads the generations again
+        s.info.pop(_READ, None)
