@@ -69,12 +69,7 @@ def engine_options(url: str) -> dict[str, Any]:
     """Keyword arguments of ``create_engine`` for ``url`` (already normalized)."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        return {
-            "connect_args": {"check_same_thread": False, "timeout": 10},
-            # The connection used last goes out first: its page cache is warm (SQLite
-            # empties a connection's cache when another one has written since).
-            "pool_use_lifo": True,
-        }
+        return {"connect_args": {"check_same_thread": False, "timeout": 10}}
     if backend == "postgresql":
         return {
             "pool_pre_ping": True,
