@@ -7,8 +7,9 @@ threads waiting as those streams do (one per node), then makes ``--changes`` cha
 one node each, and measures the process's CPU per change (all threads, from
 ``time.process_time``).
 
-Same-run baseline: as many ``resync`` calls, which wake every stream at once. Each
-change cost that much while all streams waited on one shared condition.
+Same-run baseline: ``resync`` calls (a tenth as many, each given more time to settle),
+which wake every stream at once. Each change cost about that much while all streams
+waited on one shared condition.
 
     .venv/bin/python benchmarks/notify.py [--streams 1000] [--changes 300]
 
