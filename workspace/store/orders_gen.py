@@ -144,16 +144,21 @@ def addresses_generation(s: Session) -> int | None:
 def addresses_pending(s: Session) -> bool:
     """Whether ``s``'s transaction changed an address (bumped at commit), pending
     changes included."""
-    if s.info.get(ADDRESSES_CHANGED) is not None:
-        return True
-    return any(isinstance(o, IpAllocation) for group in (s.new, s.dirty, s.deleted) for o in group)
+    return _pending(s, ADDRESSES_CHANGED, IpAllocation)
 
 
 def allocated(s: Session) -> None:
     """An address was inserted without the ORM (ops/placement.py ``allocate``): the
     addresses generation changes at the commit, as for a flushed one."""
-    if s.info.get(ADDRESSES_CHANGED) is None:
-        s.info[ADDRESSES_CHANGED] = "allocations"
+    s.info.setdefault(ADDRESSES_CHANGED, "allocations")
+
+
+def _pending(s: Session, flag: str, kinds: type | tuple[type, ...]) -> bool:
+    """Whether the flush listener set ``flag`` in ``s``'s transaction, or ``s`` holds an
+    unflushed change to an object of ``kinds``."""
+    if s.info.get(flag) is not None:
+        return True
+    return any(isinstance(o, kinds) for group in (s.new, s.dirty, s.deleted) for o in group)
 
 
 # s.info key: every generations row as the transaction read them (once: they change only
@@ -171,9 +176,7 @@ def _generation(s: Session, name: str) -> int | None:
 def catalog_pending(s: Session) -> bool:
     """Whether ``s``'s transaction changed a network or an image (bumped at commit),
     pending changes included."""
-    if s.info.get(CATALOG_CHANGED):
-        return True
-    return any(isinstance(o, KEPT) for group in (s.new, s.dirty, s.deleted) for o in group)
+    return _pending(s, CATALOG_CHANGED, KEPT)
 
 
 def nodes_pending(s: Session) -> bool:
@@ -184,8 +187,7 @@ def nodes_pending(s: Session) -> bool:
 def claimed(s: Session) -> None:
     """A claim was added to a node's row without the ORM (ops/placement.py ``claim``):
     the nodes generation changes at the commit, as for a flushed claim."""
-    if s.info.get(NODES_CHANGED) is None:
-        s.info[NODES_CHANGED] = "claims"
+    s.info.setdefault(NODES_CHANGED, "claims")
 
 
 def _node_change(s: Session, obj: Node, new_or_deleted: bool) -> None:
@@ -232,16 +234,8 @@ def _before_commit(s: Session) -> None:
         s.flush()
     if s.info.pop(CATALOG_CHANGED, None):
         _BUMP_GEN.write(s.connection(), {"name": CATALOG_ROW, "gen": new_gen()})
-    addresses = s.info.pop(ADDRESSES_CHANGED, None)
-    if addresses is not None:
-        value = new_gen()
-        _BUMP_GEN.write(s.connection(), {"name": ADDRESSES_ROW, "gen": value})
-        s.info[ADDRESSES_AFTER] = (value, addresses == "allocations")
-    changed = s.info.pop(NODES_CHANGED, None)
-    if changed is not None:
-        value = new_gen()
-        _BUMP_GEN.write(s.connection(), {"name": NODES_ROW, "gen": value})
-        s.info[NODES_AFTER] = (value, changed == "claims")
+    _bump_row(s, ADDRESSES_ROW, ADDRESSES_CHANGED, ADDRESSES_AFTER, "allocations")
+    _bump_row(s, NODES_ROW, NODES_CHANGED, NODES_AFTER, "claims")
     nodes: set[str] = s.info.pop(NODES, set())
     every = s.info.pop(ALL, False)
     if not nodes and not every:
@@ -254,6 +248,16 @@ def _before_commit(s: Session) -> None:
     else:
         s.connection().execute(_BUMP_SOME, {"gen": gen, "names": sorted(nodes)})
     s.info[AFTER] = (gen, None if every else frozenset(nodes))
+
+
+def _bump_row(s: Session, row: str, changed_key: str, after_key: str, only: str) -> None:
+    """If ``s`` changed what generations row ``row`` validates (``changed_key``), give it
+    a new value; ``s.info[after_key]``: (that value, whether ``only`` was the change)."""
+    changed = s.info.pop(changed_key, None)
+    if changed is not None:
+        value = new_gen()
+        _BUMP_GEN.write(s.connection(), {"name": row, "gen": value})
+        s.info[after_key] = (value, changed == only)
 
 
 def _after_rollback(s: Session) -> None:
