@@ -396,6 +396,7 @@ def test_store_keeps_its_sqlite_settings(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
     finally:
         store.close()
 

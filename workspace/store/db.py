@@ -62,6 +62,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
+    # Temporary tables in memory: an INSERT ... RETURNING (an allocated address) keeps its
+    # returned rows in one, and SQLite's default opened and removed a file for it each
+    # time, about 0.1 ms; the service's temporary data is small.
+    cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
 
 
