@@ -131,8 +131,8 @@ def test_only_idle_capacity_is_used(bsite: Site) -> None:
 
 def test_a_waiting_request_makes_backfill_create_nothing(bsite: Site) -> None:
     bsite.stubs.create(name="small", memory_mib=4096)
-    # Needs the whole node: it waits for capacity (12 of 16 GiB are free).
-    waiting = bsite.stubs.create(name="big", memory_mib=16384, wait_for_capacity_s=600)
+    # Needs most of the node: it waits for capacity (12 of 16 GiB are free).
+    waiting = bsite.stubs.create(name="big", memory_mib=13000, wait_for_capacity_s=600)
     assert waiting.state == WS.WORKSPACE_STATE_PENDING
     set_(bsite, max=3, memory_mib=1024)
     assert fill(bsite) == 0

@@ -200,6 +200,55 @@ def test_queued_request_fails_at_its_deadline(site: Site) -> None:
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
 
 
+def test_a_request_no_node_could_ever_hold_is_refused_at_once_not_queued(site: Site) -> None:
+    """Waiting only helps what some node could hold once emptied: a request larger than
+    every node (even a drained one) or on a network no node has is refused now, with
+    the reason, and leaves nothing behind (no row, no queue entry, the name free)."""
+    site.stubs.network()
+    site.stubs.network("other", "10.77.0.0/24")
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    site.add_agent("node2", cpus=8, memory_mib=8192)  # 32 vCPUs at 4x
+    site.stubs.create(name="hog", memory_mib=1800, cpus=2)
+    site.stubs.admin.DrainNode(admin_pb2.NodeRef(name="node2"))  # it may come back
+    for kwargs in ({"cpus": 64}, {"memory_mib": 16384}, {"networks": ["other"]}):
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            site.stubs.create(name="huge", wait_for_capacity_s=600, **kwargs)
+        assert time.monotonic() - t0 < 10  # not the 600 s asked for
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "no node of the site could hold it" in (err.value.details() or "")
+    assert list(site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries) == []
+    names = [
+        w.name
+        for w in site.stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces
+    ]
+    assert names == ["hog"]
+    # What the drained node could hold once back still waits for it.
+    w = site.stubs.create(name="huge", memory_mib=6000, wait_for_capacity_s=600)
+    assert w.state == WS.WORKSPACE_STATE_PENDING
+
+
+def test_a_cluster_member_no_node_could_ever_hold_is_named_and_nothing_is_kept(
+    site: Site,
+) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=4, memory_mib=4096)
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name="c",
+                members=[member("head", memory_mib=512), member("w", count=2, cpus=64)],
+                wait_for_capacity_s=600,
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no node of the site could hold member c-w-0 " in (err.value.details() or "")
+    listed = stub(site).ListClusters(clusters_pb2.ListClustersRequest()).clusters
+    assert list(listed) == []
+
+
 def test_cluster_waits_whole_and_is_never_partly_started(site: Site) -> None:
     site.stubs.network()
     site.stubs.import_image("img")

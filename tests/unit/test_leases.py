@@ -226,13 +226,15 @@ def test_a_stopped_workspace_is_not_warned_when_expiry_stops(site: Site) -> None
 
 def test_a_queued_workspace_is_destroyed_at_expiry(tmp_path: Path) -> None:
     site = build_site(tmp_path, cpus=1, memory_mib=1024)
-    spec = CreateSpec(image="img", name="big", memory_mib=4096, lease_s=HOUR)
+    hog = CreateSpec(image="img", name="hog", memory_mib=512)
+    create.create(site.core.env, "alice", CreateRequest(hog))
+    spec = CreateSpec(image="img", name="big", memory_mib=512, lease_s=HOUR)
     wid = create.create(site.core.env, "alice", CreateRequest(spec, wait_for_capacity_s=9999)).id
     site.clock.now += HOUR
     assert leases.check(site.core.env).expired == [wid]
     with site.store.read() as s:
-        ws = s.execute(select(Workspace)).scalar_one()
-        assert ws.state == State.TERMINATED.value
+        ws = s.get(Workspace, wid)
+        assert ws is not None and ws.state == State.TERMINATED.value
 
 
 @pytest.mark.parametrize(("key", "value"), [("lease_check_interval_s", 0), ("lease_warning_s", -1)])

@@ -288,8 +288,9 @@ def test_no_memory_capacity_names_the_filter(site: Site) -> None:
 
 def test_queue_state_is_a_field(site: Site) -> None:
     """Why a request waits is stored as such; the API's text is derived from it."""
-    ws = site.create(name="big", memory_mib=8192, wait_for_capacity_s=60)
-    (row,) = site.workspaces()
+    site.create(name="hog", memory_mib=6000)
+    ws = site.create(name="big", memory_mib=4096, wait_for_capacity_s=60)
+    (row,) = [w for w in site.workspaces() if w.name == "big"]
     assert row.wait_reason.startswith("big does not fit: ")
     assert "too little free memory" in row.wait_reason
     assert row.reason == ""
@@ -299,7 +300,7 @@ def test_queue_state_is_a_field(site: Site) -> None:
     assert entry.reason == row.wait_reason
     site.clock.now += 61
     assert queue.process(site.core.env) == 0
-    (row,) = site.workspaces()
+    (row,) = [w for w in site.workspaces() if w.name == "big"]
     assert (row.state, row.wait_reason) == ("FAILED", "")
     assert site.core.get(OWNER, ws.id).reason == f"no capacity in time: {entry.reason}"
     assert queue.list_queue(site.core.env) == []

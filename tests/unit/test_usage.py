@@ -120,7 +120,9 @@ def test_a_user_sees_their_own_and_their_projects(site: Site) -> None:
 
 def test_a_workspace_waiting_for_capacity_consumes_nothing(tmp_path: Path) -> None:
     site = build_site(tmp_path, cpus=1, memory_mib=2048)
-    spec = CreateSpec(image="img", name="big", cpus=1, memory_mib=4096)
+    hog = CreateSpec(image="img", name="hog", cpus=1, memory_mib=1024)
+    create.create(site.core.env, "bob", CreateRequest(hog))  # (not alice's usage)
+    spec = CreateSpec(image="img", name="big", cpus=1, memory_mib=1024)
     create.create(site.core.env, "alice", CreateRequest(spec, wait_for_capacity_s=3600))
     site.clock.now += HOUR
     assert rows(site) == {}

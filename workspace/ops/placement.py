@@ -26,7 +26,7 @@ from sqlalchemy.orm.util import identity_key
 
 from workspace import ipam, scheduler
 from workspace.config import ServiceConfig
-from workspace.domain.states import State
+from workspace.domain.states import NodeState, State
 from workspace.errors import ResourceExhausted
 from workspace.ops import netpolicy, seeds
 from workspace.ops.order_size import OrdersTooLarge, check_orders_fit
@@ -558,11 +558,17 @@ def _lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> tuple[str, int] 
     return (ip, int(netaddr.IPAddress(ip))) if ip is not None else None
 
 
-def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: ServiceConfig) -> bool:
-    """Whether ``node`` could host ``req`` if it were empty (static properties + size)."""
+def could_ever_host(
+    node: scheduler.NodeView,
+    req: scheduler.Request,
+    cfg: ServiceConfig,
+    any_state: bool = False,
+) -> bool:
+    """Whether ``node`` could host ``req`` if it were empty (static properties + size);
+    with ``any_state``, also if it were READY (a DOWN or DRAINING node may come back)."""
     empty = scheduler.NodeView(
         name=node.name,
-        state=node.state,
+        state=NodeState.READY.value if any_state else node.state,
         cpus=node.cpus,
         memory_mib=node.memory_mib,
         hypervisor=node.hypervisor,
