@@ -229,6 +229,23 @@ def test_a_request_no_node_could_ever_hold_is_refused_at_once_not_queued(site: S
     assert w.state == WS.WORKSPACE_STATE_PENDING
 
 
+def test_a_queued_request_fails_when_the_last_node_that_could_hold_it_is_removed(
+    site: Site,
+) -> None:
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    site.add_agent("node2", cpus=8, memory_mib=8192)
+    site.stubs.admin.DrainNode(admin_pb2.NodeRef(name="node2"))
+    w = site.stubs.create(name="big", memory_mib=6000, wait_for_capacity_s=600)
+    assert w.state == WS.WORKSPACE_STATE_PENDING  # node2 may be enabled again
+    site.stop_agent("node2")
+    site.stubs.admin.RemoveNode(admin_pb2.NodeRef(name="node2"))
+    got = site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_FAILED, timeout_s=30)
+    assert got.reason.startswith("no node of the site can hold it any more: big does not fit")
+    assert list(site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries) == []
+
+
 def test_a_cluster_member_no_node_could_ever_hold_is_named_and_nothing_is_kept(
     site: Site,
 ) -> None:

@@ -1,5 +1,6 @@
 """The capacity queue: place waiting requests when capacity appears, oldest first, with
-backfill that cannot delay the head (ops/admission.py); fail them at their deadline."""
+backfill that cannot delay the head (ops/admission.py); fail them at their deadline, or
+as soon as no registered node could ever hold them (the nodes that could were removed)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import logging
 
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
-from workspace.ops.admission import entries, nodes_useless_to, pinned_nodes, rows_of
+from workspace.ops.admission import (
+    entries,
+    never_fits,
+    nodes_useless_to,
+    pinned_nodes,
+    rows_of,
+)
 from workspace.ops.cluster_state import refresh
 from workspace.ops.placement import NoPlacement, place_rows
 from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env, write
+from workspace.store import Workspace
 from workspace.store.mapping import set_reason, set_waiting
 
 log = logging.getLogger("workspace.ops.queue")
@@ -30,38 +38,48 @@ def process(env: Env) -> int:
                 continue
             now = env.clock()
             if e.deadline and now > e.deadline:
-                for w in rows:
-                    w.state = State.FAILED.value
-                    set_reason(w, f"no capacity in time: {w.wait_reason}")
-                    w.wait_deadline = 0.0
-                    w.updated_at = now
+                _fail(rows, now, "no capacity in time: ")
                 log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
             else:
                 usable = pinned_nodes(u.s, rows, e.affinity, allowed)
+                touched: list[str] | None
                 try:
                     touched = place_rows(u.s, env.cfg, rows, e.affinity, usable)
                 except NoPlacement as exc:
-                    preempted = place_preempting(env, u.s, rows, e.affinity, usable)
-                    if preempted is not None:
-                        touched = preempted
-                    else:
+                    touched = place_preempting(env, u.s, rows, e.affinity, usable)
+                    never = never_fits(u.s, env.cfg, rows) if touched is None else None
+                    if touched is None and never is None:
                         for w in rows:
                             set_waiting(w, exc.message)
                         if allowed is None:
                             allowed = nodes_useless_to(u.s, env.cfg, rows)
                         continue
-                placed += 1
-                u.nodes(*touched)
-                log.info(
-                    "%s %s (%s) placed from the queue on %s",
-                    e.kind,
-                    e.id,
-                    e.name,
-                    sorted(set(touched)),
-                )
+                if touched is None:
+                    why = f"no node of the site can hold {never} any more"
+                    _fail(rows, now, why + ": ")
+                    log.warning("%s %s (%s) failed: %s", e.kind, e.id, e.name, why)
+                else:
+                    placed += 1
+                    u.nodes(*touched)
+                    log.info(
+                        "%s %s (%s) placed from the queue on %s",
+                        e.kind,
+                        e.id,
+                        e.name,
+                        sorted(set(touched)),
+                    )
             u.changed(*rows)
             refresh(env, u, u.changed_clusters())
     return placed
+
+
+def _fail(rows: list[Workspace], now: float, why: str) -> None:
+    """The waiting ``rows`` FAILED, their reason ``why`` and why they waited."""
+    for w in rows:
+        w.state = State.FAILED.value
+        set_reason(w, f"{why}{w.wait_reason}")
+        w.wait_deadline = 0.0
+        w.updated_at = now
 
 
 def list_queue(env: Env) -> list[QueueEntry]:
