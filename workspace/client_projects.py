@@ -119,6 +119,12 @@ class ProjectsClientMixin:
         req = projects_pb2.ProjectUserRequest(project=project, user=user)
         return self._call(self._projects.RemoveProjectUser, req)
 
+    def delete_project(self, name: str) -> projects_pb2.Project:
+        """(admins) Forget a project nothing live belongs to; returns it as it was."""
+        return self._call(
+            self._projects.DeleteProject, projects_pb2.DeleteProjectRequest(name=name)
+        )
+
     def list_projects(self) -> list[projects_pb2.Project]:
         resp = self._call(self._projects.ListProjects, projects_pb2.ListProjectsRequest())
         return list(resp.projects)

@@ -343,6 +343,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         projects_pb2.SetProjectDefaultsRequest(project=NOPE), timeout=T)),
     (PR, "RemoveProjectUser", ADMIN, lambda c, w: c.projects.RemoveProjectUser(
         projects_pb2.ProjectUserRequest(project=NOPE, user="x"), timeout=T)),
+    (PR, "DeleteProject", ADMIN, lambda c, w: c.projects.DeleteProject(
+        projects_pb2.DeleteProjectRequest(name=NOPE), timeout=T)),
     (KY, "AddSshKey", USER, lambda c, w: c.keys.AddSshKey(
         access_pb2.AddSshKeyRequest(public_key="not a key"), timeout=T)),
     (KY, "ListSshKeys", USER, lambda c, w: c.keys.ListSshKeys(

@@ -178,3 +178,50 @@ def test_a_projects_quotas_leases_and_members_change_after_it_is_made(
     assert listed["users"] == [] and listed["max_lease_s"] == 5400
     code, _, err = run(admin, site, capsys, "project", "remove-user", "phys", "local")
     assert code == 1 and "not a recorded member" in err
+
+
+def test_a_project_is_deleted_once_nothing_live_belongs_to_it(
+    ready_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    site = ready_site
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 65536)
+    assert run(admin, site, capsys, "project", "create", "phys")[0] == 0
+    assert run(admin, site, capsys, "project", "add-user", "phys", "local")[0] == 0
+    assert run(ws, site, capsys, "image", "push", "tool:1", str(disk), "--project", "phys")[0] == 0
+    code, out, err = run(ws, site, capsys, "-o", "json", "create", "--image", "img", "--name", "a")
+    assert code == 0, err
+    wid = json.loads(out)["id"]
+    assert (
+        run(admin, site, capsys, "backfill", "set", "img", "--max", "0", "--project", "phys")[0]
+        == 0
+    )
+
+    # Refused, with each thing that still belongs to it and how to end it; nothing changes.
+    code, _, err = run(admin, site, capsys, "project", "delete", "phys")
+    assert code == 1, err
+    assert "1 workspace(s) not terminated" in err
+    assert "1 image(s)" in err and "backfill of img" in err
+    code, out, _ = run(admin, site, capsys, "-o", "json", "project", "list")
+    assert [(p["name"], p["users"]) for p in json.loads(out)] == [("phys", ["local"])]
+
+    assert run(ws, site, capsys, "destroy", wid, "--wait")[0] == 0
+    assert run(ws, site, capsys, "image", "delete", "tool:1")[0] == 0
+    code, _, err = run(admin, site, capsys, "project", "delete", "phys")
+    assert code == 1 and "still has backfill of img" in err, err
+    assert "workspace(s)" not in err and "image(s)" not in err
+    assert run(admin, site, capsys, "backfill", "clear", "img")[0] == 0
+
+    code, out, err = run(admin, site, capsys, "-o", "json", "project", "delete", "phys")
+    assert code == 0, err
+    assert json.loads(out)["name"] == "phys" and json.loads(out)["users"] == ["local"]
+    code, out, _ = run(admin, site, capsys, "-o", "json", "project", "list")
+    assert json.loads(out) == []
+    # Its past usage is still reported under its name; it takes nothing new.
+    code, out, err = run(admin, site, capsys, "-o", "json", "usage", "--by", "project")
+    assert code == 0, err
+    assert "phys" in [r["key"] for r in json.loads(out)["rows"]]
+    code, _, err = run(ws, site, capsys, "create", "--image", "img", "--project", "phys")
+    assert code == 1 and "project 'phys' does not exist" in err
+    code, _, err = run(admin, site, capsys, "project", "delete", "phys")
+    assert code == 1 and "does not exist" in err

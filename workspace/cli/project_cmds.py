@@ -206,6 +206,13 @@ def register_admin(
         render.emit(args, p, f"user {args.user} is no longer a recorded member of {p.name}")
         return common.EXIT_OK
 
+    def delete(args: argparse.Namespace) -> int:
+        p = client_for(args).delete_project(args.name)
+        render.emit(
+            args, p, f"project {p.name} deleted (with its {len(p.users)} recorded member(s))"
+        )
+        return common.EXIT_OK
+
     def add_user(args: argparse.Namespace) -> int:
         p = client_for(args).add_project_user(args.name, args.user)
         render.emit(args, p, f"user {args.user} is in project {p.name}")
@@ -273,6 +280,14 @@ def register_admin(
     q.add_argument("name", metavar="P")
     q.add_argument("user", metavar="NAME")
     q.set_defaults(func=remove_user)
+    q = sub.add_parser(
+        "delete",
+        parents=[parent],
+        help="forget a project nothing live belongs to (no workspace but terminated ones, "
+        "no image, no backfill); its past usage stays reported under its name",
+    )
+    q.add_argument("name", metavar="P")
+    q.set_defaults(func=delete)
     q = sub.add_parser("list", parents=[parent], help="every project")
     q.set_defaults(func=list_)
     q = sub.add_parser(

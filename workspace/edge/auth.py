@@ -121,6 +121,7 @@ def _rules() -> dict[str, Role]:
             "GetQuota": u,
             "SetProjectDefaults": a,
             "RemoveProjectUser": a,
+            "DeleteProject": a,
         },
         "workspace.node.v1.Nodes": {
             "Register": n,

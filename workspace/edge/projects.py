@@ -87,3 +87,12 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
     ) -> projects_pb2.GetQuotaResponse:
         uses = [codec.use_to_proto(u) for u in self.catalog.quotas(who, request.project)]
         return projects_pb2.GetQuotaResponse(projects=uses)
+
+    @unary
+    def DeleteProject(
+        self,
+        request: projects_pb2.DeleteProjectRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> projects_pb2.Project:
+        return codec.project_to_proto(projects.delete_project(self.env, request.name))

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, false, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from workspace.domain.leases import duration_text, site_maximum
@@ -23,6 +23,7 @@ from workspace.domain.states import State
 from workspace.domain.tenancy import BACKFILL_OWNER, LeaseAction, ProjectSpec, ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -30,7 +31,7 @@ from workspace.errors import (
 )
 from workspace.identity import NAME_RE, Identity, Kind
 from workspace.ops.unit import Env
-from workspace.store import Project, ProjectMember, Workspace
+from workspace.store import Backfill, Image, Project, ProjectMember, Workspace
 from workspace.store.mapping import bound_spec, flushed, limits_column
 from workspace.store.prepared import Prepared
 
@@ -319,6 +320,41 @@ def remove_user(env: Env, project: str, user: str) -> ProjectSpec:
         s.flush()
         log.info("user %s removed from project %s", user, project)
         return _spec(s, p)
+
+
+def delete_project(env: Env, name: str) -> ProjectSpec:
+    """Forget ``name`` and its recorded members, if nothing live belongs to it: no
+    workspace but terminated ones, no image, no backfill entry (FAILED_PRECONDITION
+    names what does, and how to end it). Terminated workspaces and usage intervals keep
+    the name: past usage is still reported under it. Returns the project as it was."""
+    with env.store.write() as s:
+        p = s.get(Project, name)
+        if p is None:
+            raise NotFound(f"project {name!r} does not exist; `ws-admin project list`")
+        live = s.scalar(
+            select(func.count())
+            .select_from(Workspace)
+            .where(Workspace.project == name, Workspace.state != State.TERMINATED.value)
+        )
+        images = s.scalar(select(func.count()).select_from(Image).where(Image.project == name))
+        backfill = s.scalars(select(Backfill.image).where(Backfill.project == name)).all()
+        held = []
+        if live:
+            held.append(f"{live} workspace(s) not terminated (`ws list --all-users`; destroy them)")
+        if images:
+            held.append(f"{images} image(s) (`ws image list`; delete them)")
+        if backfill:
+            held.append(
+                f"backfill of {', '.join(sorted(backfill))} (`ws-admin backfill clear IMAGE`)"
+            )
+        if held:
+            raise FailedPrecondition(f"project {name!r} still has " + "; ".join(held))
+        shown = _spec(s, p)
+        s.execute(delete(ProjectMember).where(ProjectMember.project == name))
+        s.delete(p)
+        s.flush()
+    log.info("project %s deleted (its %d recorded member(s) with it)", name, len(shown.users))
+    return shown
 
 
 # The quotas of each class, as set apart (``set_defaults``).

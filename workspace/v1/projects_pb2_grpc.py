@@ -65,6 +65,11 @@ class ProjectsStub:
                 request_serializer=workspace_dot_v1_dot_projects__pb2.ProjectUserRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_projects__pb2.Project.FromString,
                 _registered_method=True)
+        self.DeleteProject = channel.unary_unary(
+                '/workspace.v1.Projects/DeleteProject',
+                request_serializer=workspace_dot_v1_dot_projects__pb2.DeleteProjectRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_projects__pb2.Project.FromString,
+                _registered_method=True)
 
 
 class ProjectsServicer:
@@ -112,6 +117,15 @@ class ProjectsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteProject(self, request, context):
+        """Admins: forget a project that nothing live belongs to any more (no workspace but
+        terminated ones, no image, no backfill entry); its members go with it. Returns it
+        as it was. Past usage stays reported under its name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProjectsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +157,11 @@ def add_ProjectsServicer_to_server(servicer, server):
             'RemoveProjectUser': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveProjectUser,
                     request_deserializer=workspace_dot_v1_dot_projects__pb2.ProjectUserRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_projects__pb2.Project.SerializeToString,
+            ),
+            'DeleteProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProject,
+                    request_deserializer=workspace_dot_v1_dot_projects__pb2.DeleteProjectRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_projects__pb2.Project.SerializeToString,
             ),
     }
@@ -308,6 +327,33 @@ class Projects:
             target,
             '/workspace.v1.Projects/RemoveProjectUser',
             workspace_dot_v1_dot_projects__pb2.ProjectUserRequest.SerializeToString,
+            workspace_dot_v1_dot_projects__pb2.Project.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Projects/DeleteProject',
+            workspace_dot_v1_dot_projects__pb2.DeleteProjectRequest.SerializeToString,
             workspace_dot_v1_dot_projects__pb2.Project.FromString,
             options,
             channel_credentials,

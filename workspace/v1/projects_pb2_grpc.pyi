@@ -45,6 +45,11 @@ class ProjectsStub:
     """Admins: take a user out of a project (its recorded members; a certificate's
     projects stay with the certificate).
     """
+    DeleteProject: _grpc.UnaryUnaryMultiCallable[_projects_pb2.DeleteProjectRequest, _projects_pb2.Project]
+    """Admins: forget a project that nothing live belongs to any more (no workspace but
+    terminated ones, no image, no backfill entry); its members go with it. Returns it
+    as it was. Past usage stays reported under its name.
+    """
 
 @_typing.type_check_only
 class ProjectsAsyncStub(ProjectsStub):
@@ -62,6 +67,11 @@ class ProjectsAsyncStub(ProjectsStub):
     RemoveProjectUser: _aio.UnaryUnaryMultiCallable[_projects_pb2.ProjectUserRequest, _projects_pb2.Project]  # type: ignore[assignment]
     """Admins: take a user out of a project (its recorded members; a certificate's
     projects stay with the certificate).
+    """
+    DeleteProject: _aio.UnaryUnaryMultiCallable[_projects_pb2.DeleteProjectRequest, _projects_pb2.Project]  # type: ignore[assignment]
+    """Admins: forget a project that nothing live belongs to any more (no workspace but
+    terminated ones, no image, no backfill entry); its members go with it. Returns it
+    as it was. Past usage stays reported under its name.
     """
 
 class ProjectsServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +123,17 @@ class ProjectsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_projects_pb2.Project, _abc.Awaitable[_projects_pb2.Project]]:
         """Admins: take a user out of a project (its recorded members; a certificate's
         projects stay with the certificate).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteProject(
+        self,
+        request: _projects_pb2.DeleteProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_projects_pb2.Project, _abc.Awaitable[_projects_pb2.Project]]:
+        """Admins: forget a project that nothing live belongs to any more (no workspace but
+        terminated ones, no image, no backfill entry); its members go with it. Returns it
+        as it was. Past usage stays reported under its name.
         """
 
 def add_ProjectsServicer_to_server(servicer: ProjectsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
