@@ -27,6 +27,7 @@ from workspace.errors import ResourceExhausted
 from workspace.ops.placement import (
     NoPlacement,
     could_ever_host,
+    never_placed,
     node_views,
     place_rows,
     request_for,
@@ -146,19 +147,6 @@ def nodes_useless_to(s: Session, cfg: ServiceConfig, rows: list[Workspace]) -> s
     return {n.name for n in node_views(s) if not any(could_ever_host(n, r, cfg) for r in shapes)}
 
 
-def never_fits(s: Session, cfg: ServiceConfig, rows: list[Workspace]) -> str | None:
-    """What no registered node could ever hold (its size, networks, labels or hypervisor
-    do not allow it, whatever the node's state and load), as a reason names it; None if
-    each row fits some node, or if no node is registered yet (the site is being built)."""
-    nodes = node_views(s)
-    if not nodes:
-        return None
-    for req in distinct([request_for(w) for w in rows]):
-        if not any(could_ever_host(n, req, cfg, any_state=True) for n in nodes):
-            return f"member {req.member}" if rows[0].cluster else "it"
-    return None
-
-
 def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
     """One request per distinct shape (members of one role are alike)."""
     seen: dict[tuple[object, ...], scheduler.Request] = {}
@@ -226,11 +214,11 @@ def admit(
             why += f" (without delaying the {ahead} request(s) waiting for capacity)"
         if wait_s <= 0:
             raise ResourceExhausted(f"cannot place {label}: {why}") from exc
-        never = never_fits(s, env.cfg, rows)
+        never = never_placed(s, env.cfg, rows, affinity)
         if never is not None:
             raise ResourceExhausted(
-                f"cannot place {label}: {why}; not queued: no node of the site could hold "
-                f"{never} even if it were empty and READY, so waiting would not help"
+                f"cannot place {label}: {why}; not queued: even with every node of the "
+                f"site empty and READY, {never}, so waiting would not help"
             ) from exc
         deadline = env.clock() + wait_s
         for w in rows:

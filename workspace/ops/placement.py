@@ -301,13 +301,18 @@ def place_rows(
     else:
         result = _schedule(s, cfg, requests, affinity, allowed_nodes)
     if result.placements is None:
-        what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
-        raise NoPlacement(f"{what} does not fit: {result.reason()}")
+        raise NoPlacement(unplaced(rows, result))
     try:
         return _take(s, cfg, rows, requests, result.placements)
     except BaseException:
         s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made
         raise
+
+
+def unplaced(rows: Sequence[Workspace], result: scheduler.GroupPlacement) -> str:
+    """Why the scheduler placed none of ``rows``: the member that did not fit and why."""
+    what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
+    return f"{what} does not fit: {result.reason()}"
 
 
 def _schedule(
@@ -558,17 +563,32 @@ def _lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> tuple[str, int] 
     return (ip, int(netaddr.IPAddress(ip))) if ip is not None else None
 
 
-def could_ever_host(
-    node: scheduler.NodeView,
-    req: scheduler.Request,
-    cfg: ServiceConfig,
-    any_state: bool = False,
-) -> bool:
-    """Whether ``node`` could host ``req`` if it were empty (static properties + size);
-    with ``any_state``, also if it were READY (a DOWN or DRAINING node may come back)."""
-    empty = scheduler.NodeView(
+def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: ServiceConfig) -> bool:
+    """Whether ``node`` could host ``req`` if it were empty (static properties + size)."""
+    return scheduler.place([_emptied(node)], req, cfg.scheduler).node is not None
+
+
+def never_placed(
+    s: Session, cfg: ServiceConfig, rows: Sequence[Workspace], affinity: scheduler.Affinity
+) -> str | None:
+    """Why ``rows`` (with ``affinity``) would not fit even if every registered node were
+    empty and READY (a drained or DOWN node may come back); None if they would, or if no
+    node is registered yet (the site is being built)."""
+    nodes = node_views(s)
+    if not nodes:
+        return None
+    ready = NodeState.READY.value
+    emptied = [replace(_emptied(n), state=ready) for n in nodes]
+    requests = [request_for(w) for w in rows]
+    result = scheduler.place_group(emptied, requests, cfg.scheduler, affinity)
+    return None if result.placements is not None else unplaced(rows, result)
+
+
+def _emptied(node: scheduler.NodeView) -> scheduler.NodeView:
+    """``node`` as it would be with nothing on it."""
+    return scheduler.NodeView(
         name=node.name,
-        state=NodeState.READY.value if any_state else node.state,
+        state=node.state,
         cpus=node.cpus,
         memory_mib=node.memory_mib,
         hypervisor=node.hypervisor,
@@ -577,4 +597,3 @@ def could_ever_host(
         disk_mbps=node.disk_mbps,
         net_mbps=node.net_mbps,
     )
-    return scheduler.place([empty], req, cfg.scheduler).node is not None

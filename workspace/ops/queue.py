@@ -8,15 +8,9 @@ import logging
 
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
-from workspace.ops.admission import (
-    entries,
-    never_fits,
-    nodes_useless_to,
-    pinned_nodes,
-    rows_of,
-)
+from workspace.ops.admission import entries, nodes_useless_to, pinned_nodes, rows_of
 from workspace.ops.cluster_state import refresh
-from workspace.ops.placement import NoPlacement, place_rows
+from workspace.ops.placement import NoPlacement, never_placed, place_rows
 from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env, write
 from workspace.store import Workspace
@@ -38,7 +32,7 @@ def process(env: Env) -> int:
                 continue
             now = env.clock()
             if e.deadline and now > e.deadline:
-                _fail(rows, now, "no capacity in time: ")
+                _fail(rows, now)
                 log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
             else:
                 usable = pinned_nodes(u.s, rows, e.affinity, allowed)
@@ -47,7 +41,9 @@ def process(env: Env) -> int:
                     touched = place_rows(u.s, env.cfg, rows, e.affinity, usable)
                 except NoPlacement as exc:
                     touched = place_preempting(env, u.s, rows, e.affinity, usable)
-                    never = never_fits(u.s, env.cfg, rows) if touched is None else None
+                    never = (
+                        never_placed(u.s, env.cfg, rows, e.affinity) if touched is None else None
+                    )
                     if touched is None and never is None:
                         for w in rows:
                             set_waiting(w, exc.message)
@@ -55,8 +51,8 @@ def process(env: Env) -> int:
                             allowed = nodes_useless_to(u.s, env.cfg, rows)
                         continue
                 if touched is None:
-                    why = f"no node of the site can hold {never} any more"
-                    _fail(rows, now, why + ": ")
+                    why = f"no longer fits even with every node of the site empty: {never}"
+                    _fail(rows, now, why)
                     log.warning("%s %s (%s) failed: %s", e.kind, e.id, e.name, why)
                 else:
                     placed += 1
@@ -73,11 +69,11 @@ def process(env: Env) -> int:
     return placed
 
 
-def _fail(rows: list[Workspace], now: float, why: str) -> None:
-    """The waiting ``rows`` FAILED, their reason ``why`` and why they waited."""
+def _fail(rows: list[Workspace], now: float, reason: str = "") -> None:
+    """The waiting ``rows`` FAILED: for ``reason``, else for their time being up."""
     for w in rows:
         w.state = State.FAILED.value
-        set_reason(w, f"{why}{w.wait_reason}")
+        set_reason(w, reason or f"no capacity in time: {w.wait_reason}")
         w.wait_deadline = 0.0
         w.updated_at = now
 
