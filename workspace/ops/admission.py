@@ -31,6 +31,7 @@ from workspace.ops.placement import (
     node_views,
     place_rows,
     request_for,
+    shape_of,
 )
 from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env
@@ -151,8 +152,7 @@ def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
     """One request per distinct shape (members of one role are alike)."""
     seen: dict[tuple[object, ...], scheduler.Request] = {}
     for r in requests:
-        key = (r.cpus, r.memory_mib, r.networks, tuple(sorted(r.requirements.items())))
-        seen.setdefault(key, r)
+        seen.setdefault(shape_of(r), r)
     return list(seen.values())
 
 
@@ -214,11 +214,11 @@ def admit(
             why += f" (without delaying the {ahead} request(s) waiting for capacity)"
         if wait_s <= 0:
             raise ResourceExhausted(f"cannot place {label}: {why}") from exc
-        never = never_placed(s, env.cfg, rows, affinity)
+        never = never_placed(s, env.cfg, rows)
         if never is not None:
             raise ResourceExhausted(
-                f"cannot place {label}: {why}; not queued: even with every node of the "
-                f"site empty and READY, {never}, so waiting would not help"
+                f"cannot place {label}: {why}; not queued: even on an empty, READY node of "
+                f"the site, {never}, so waiting would not help"
             ) from exc
         deadline = env.clock() + wait_s
         for w in rows:

@@ -568,20 +568,34 @@ def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: Servi
     return scheduler.place([_emptied(node)], req, cfg.scheduler).node is not None
 
 
-def never_placed(
-    s: Session, cfg: ServiceConfig, rows: Sequence[Workspace], affinity: scheduler.Affinity
-) -> str | None:
-    """Why ``rows`` (with ``affinity``) would not fit even if every registered node were
-    empty and READY (a drained or DOWN node may come back); None if they would, or if no
-    node is registered yet (the site is being built)."""
+def never_placed(s: Session, cfg: ServiceConfig, rows: Sequence[Workspace]) -> str | None:
+    """Why one of ``rows`` would not fit even alone on an empty, READY node of the site (a
+    drained or DOWN node may come back): larger than every node, or asking for networks
+    or labels none has. None if each would, or if no node is registered yet (the site is
+    being built). A group whose VMs each fit somewhere but not all together is not
+    judged here: nodes may be added to the site while it waits."""
     nodes = node_views(s)
     if not nodes:
         return None
     ready = NodeState.READY.value
     emptied = [replace(_emptied(n), state=ready) for n in nodes]
-    requests = [request_for(w) for w in rows]
-    result = scheduler.place_group(emptied, requests, cfg.scheduler, affinity)
-    return None if result.placements is not None else unplaced(rows, result)
+    seen: set[tuple[object, ...]] = set()
+    for w in rows:
+        req = request_for(w)
+        shape = shape_of(req)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        result = scheduler.place_group(emptied, [req], cfg.scheduler)
+        if result.placements is None:
+            what = f"member {w.name}" if w.cluster else w.name
+            return f"{what} does not fit: {result.reason()}"
+    return None
+
+
+def shape_of(req: scheduler.Request) -> tuple[object, ...]:
+    """What makes two requests alike to the scheduler (members of one role are)."""
+    return (req.cpus, req.memory_mib, req.networks, tuple(sorted(req.requirements.items())))
 
 
 def _emptied(node: scheduler.NodeView) -> scheduler.NodeView:

@@ -41,9 +41,7 @@ def process(env: Env) -> int:
                     touched = place_rows(u.s, env.cfg, rows, e.affinity, usable)
                 except NoPlacement as exc:
                     touched = place_preempting(env, u.s, rows, e.affinity, usable)
-                    never = (
-                        never_placed(u.s, env.cfg, rows, e.affinity) if touched is None else None
-                    )
+                    never = never_placed(u.s, env.cfg, rows) if touched is None else None
                     if touched is None and never is None:
                         for w in rows:
                             set_waiting(w, exc.message)
@@ -51,7 +49,7 @@ def process(env: Env) -> int:
                             allowed = nodes_useless_to(u.s, env.cfg, rows)
                         continue
                 if touched is None:
-                    why = f"no longer fits even with every node of the site empty: {never}"
+                    why = f"no longer fits even on an empty node of the site: {never}"
                     _fail(rows, now, why)
                     log.warning("%s %s (%s) failed: %s", e.kind, e.id, e.name, why)
                 else:
