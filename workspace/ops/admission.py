@@ -27,11 +27,11 @@ from workspace.errors import ResourceExhausted
 from workspace.ops.placement import (
     NoPlacement,
     could_ever_host,
+    distinct,
     never_placed,
     node_views,
     place_rows,
     request_for,
-    shape_of,
 )
 from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env
@@ -146,14 +146,6 @@ def nodes_useless_to(s: Session, cfg: ServiceConfig, rows: list[Workspace]) -> s
     cannot delay these."""
     shapes = distinct([request_for(w) for w in rows])
     return {n.name for n in node_views(s) if not any(could_ever_host(n, r, cfg) for r in shapes)}
-
-
-def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
-    """One request per distinct shape (members of one role are alike)."""
-    seen: dict[tuple[object, ...], scheduler.Request] = {}
-    for r in requests:
-        seen.setdefault(shape_of(r), r)
-    return list(seen.values())
 
 
 def pinned_nodes(

@@ -301,18 +301,13 @@ def place_rows(
     else:
         result = _schedule(s, cfg, requests, affinity, allowed_nodes)
     if result.placements is None:
-        raise NoPlacement(unplaced(rows, result))
+        what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
+        raise NoPlacement(f"{what} does not fit: {result.reason()}")
     try:
         return _take(s, cfg, rows, requests, result.placements)
     except BaseException:
         s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made
         raise
-
-
-def unplaced(rows: Sequence[Workspace], result: scheduler.GroupPlacement) -> str:
-    """Why the scheduler placed none of ``rows``: the member that did not fit and why."""
-    what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
-    return f"{what} does not fit: {result.reason()}"
 
 
 def _schedule(
@@ -579,23 +574,21 @@ def never_placed(s: Session, cfg: ServiceConfig, rows: Sequence[Workspace]) -> s
         return None
     ready = NodeState.READY.value
     emptied = [replace(_emptied(n), state=ready) for n in nodes]
-    seen: set[tuple[object, ...]] = set()
-    for w in rows:
-        req = request_for(w)
-        shape = shape_of(req)
-        if shape in seen:
-            continue
-        seen.add(shape)
+    for req in distinct([request_for(w) for w in rows]):
         result = scheduler.place_group(emptied, [req], cfg.scheduler)
         if result.placements is None:
-            what = f"member {w.name}" if w.cluster else w.name
+            what = f"member {req.member}" if rows[0].cluster else req.member
             return f"{what} does not fit: {result.reason()}"
     return None
 
 
-def shape_of(req: scheduler.Request) -> tuple[object, ...]:
-    """What makes two requests alike to the scheduler (members of one role are)."""
-    return (req.cpus, req.memory_mib, req.networks, tuple(sorted(req.requirements.items())))
+def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
+    """One request per distinct shape (members of one role are alike)."""
+    seen: dict[tuple[object, ...], scheduler.Request] = {}
+    for r in requests:
+        key = (r.cpus, r.memory_mib, r.networks, tuple(sorted(r.requirements.items())))
+        seen.setdefault(key, r)
+    return list(seen.values())
 
 
 def _emptied(node: scheduler.NodeView) -> scheduler.NodeView:

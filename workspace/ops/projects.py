@@ -331,11 +331,8 @@ def delete_project(env: Env, name: str) -> ProjectSpec:
         p = s.get(Project, name)
         if p is None:
             raise NotFound(f"project {name!r} does not exist; `ws-admin project list`")
-        live = s.scalar(
-            select(func.count())
-            .select_from(Workspace)
-            .where(Workspace.project == name, Workspace.state != State.TERMINATED.value)
-        )
+        used = workspace_use(s, name)
+        live = used.instances + used.preemptible_instances
         images = s.scalar(select(func.count()).select_from(Image).where(Image.project == name))
         backfill = s.scalars(select(Backfill.image).where(Backfill.project == name)).all()
         held = []
