@@ -131,6 +131,21 @@ def test_admin_lists(site_dir: Path) -> None:
     assert IMAGE in ok(site_dir, "admin", "image", "list").out
 
 
+def test_an_empty_list_says_so_on_stderr_only(site_dir: Path) -> None:
+    # Nothing in stdout for a script to mistake for a row; the person reading is told
+    # what is empty and how to fill it.
+    for module, args, hint in [
+        ("ws", ["cluster", "list"], "no clusters; `ws cluster create"),
+        ("ws", ["key", "list"], "you have no SSH keys; add one with `ws key add"),
+        ("admin", ["project", "list"], "no projects; `ws-admin project create"),
+        ("admin", ["queue"], "no requests wait for capacity"),
+    ]:
+        r = ok(site_dir, module, *args)
+        assert r.out == "" and r.err.startswith(hint), r
+        assert ok(site_dir, module, *args, "-o", "json").json() == []
+        assert run(site_dir, module, *args, "-o", "json").err == ""
+
+
 def test_lifecycle_through_the_cli(site_dir: Path) -> None:
     r = ok(site_dir, "ws", "create", "--image", IMAGE, "--name", "cli-life", "--wait")
     assert "RUNNING" in r.err  # state changes reported on stderr while waiting

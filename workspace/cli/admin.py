@@ -86,7 +86,12 @@ class Commands(common.ClientCommands):
 
     def node_list(self, args: argparse.Namespace) -> int:
         nodes = self.client(args).list_nodes()
-        render.emit(args, nodes, render.node_rows(nodes) if nodes else "")
+        render.emit_list(
+            args,
+            nodes,
+            render.node_rows,
+            "no nodes; a workspace-agent registers its node when it starts",
+        )
         return common.EXIT_OK
 
     def node_state(self, args: argparse.Namespace) -> int:
@@ -108,7 +113,7 @@ class Commands(common.ClientCommands):
 
     def queue(self, args: argparse.Namespace) -> int:
         entries = self.client(args).list_queue()
-        render.emit(args, entries, render.queue_rows(entries) if entries else "")
+        render.emit_list(args, entries, render.queue_rows, "no requests wait for capacity")
         return common.EXIT_OK
 
     def schedule_dump(self, args: argparse.Namespace) -> int:
@@ -171,7 +176,12 @@ class Commands(common.ClientCommands):
 
     def network_list(self, args: argparse.Namespace) -> int:
         nets = self.client(args).list_networks()
-        render.emit(args, nets, render.network_rows(nets) if nets else "")
+        render.emit_list(
+            args,
+            nets,
+            render.network_rows,
+            "no networks; `ws-admin network create NAME --subnet CIDR` makes one",
+        )
         return common.EXIT_OK
 
     # images
@@ -235,7 +245,7 @@ class Commands(common.ClientCommands):
 
     def image_list(self, args: argparse.Namespace) -> int:
         images = self.client(args).list_images()
-        render.emit(args, images, render.image_rows(images) if images else "")
+        render.emit_list(args, images, render.image_rows, render.NO_IMAGES)
         return common.EXIT_OK
 
     # the local site

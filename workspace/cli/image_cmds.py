@@ -83,7 +83,7 @@ class ImageCommands:
 
     def list(self, args: argparse.Namespace) -> int:
         images = self.client_for(args).list_images()
-        render.emit(args, images, render.image_rows(images) if images else "")
+        render.emit_list(args, images, render.image_rows, render.NO_IMAGES)
         return common.EXIT_OK
 
     def show(self, args: argparse.Namespace) -> int:

@@ -67,8 +67,9 @@ def register(
 
     def list_(args: argparse.Namespace) -> int:
         keys = client_for(args).list_ssh_keys()
-        text = key_rows(keys) if keys else "you have no SSH keys; add one with `ws key add FILE`"
-        render.emit(args, keys, text)
+        render.emit_list(
+            args, keys, key_rows, "you have no SSH keys; add one with `ws key add FILE`"
+        )
         return common.EXIT_OK
 
     def remove(args: argparse.Namespace) -> int:

@@ -220,7 +220,9 @@ def register_admin(
 
     def list_(args: argparse.Namespace) -> int:
         listed = client_for(args).list_projects()
-        render.emit(args, listed, project_rows(listed) if listed else "")
+        render.emit_list(
+            args, listed, project_rows, "no projects; `ws-admin project create NAME` makes one"
+        )
         return common.EXIT_OK
 
     def publish(args: argparse.Namespace) -> int:

@@ -56,6 +56,9 @@ _NODE_STATE = admin_pb2.NodeState.DESCRIPTOR
 _PARTITION_MODE = common_pb2.PartitionMode.DESCRIPTOR
 _RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
 
+# What an empty image list says (ws and ws-admin).
+NO_IMAGES = "no images; `ws image push NAME:VERSION DISK` adds one"
+
 
 # -- the format --------------------------------------------------------------------------
 
@@ -72,6 +75,18 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print_json(plain(data))
     elif text:
         print(text)
+
+
+def emit_list(
+    args: argparse.Namespace, items: Sequence[Any], rows: Callable[[Any], str], none: str
+) -> None:
+    """Print a list command's result: ``items`` as a JSON array, else the text ``rows``
+    makes of them. An empty list prints nothing on stdout (a script reading it sees no
+    rows), and ``none`` on stderr: what is empty and how to fill it."""
+    if items or wants_json(args):
+        emit(args, items, rows(items) if items else "")
+    else:
+        print(none, file=sys.stderr)
 
 
 # -- protobuf to plain data --------------------------------------------------------------

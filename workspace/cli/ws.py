@@ -180,7 +180,9 @@ class Commands(common.ClientCommands):
         items = self.client(args).list_workspaces(
             include_terminated=args.all, all_users=args.all_users
         )
-        render.emit(args, items, render.workspace_rows(items) if items else "")
+        render.emit_list(
+            args, items, render.workspace_rows, "no workspaces; `ws create --image IMAGE` makes one"
+        )
         return common.EXIT_OK
 
     def show(self, args: argparse.Namespace) -> int:
@@ -270,7 +272,12 @@ class Commands(common.ClientCommands):
 
     def cluster_list(self, args: argparse.Namespace) -> int:
         items = self.client(args).list_clusters(include_terminated=args.all)
-        render.emit(args, items, render.cluster_rows(items) if items else "")
+        render.emit_list(
+            args,
+            items,
+            render.cluster_rows,
+            "no clusters; `ws cluster create --member ROLE=IMAGE` makes one",
+        )
         return common.EXIT_OK
 
     def cluster_show(self, args: argparse.Namespace) -> int:
