@@ -188,6 +188,24 @@ def test_lifecycle_through_the_cli(site_dir: Path) -> None:
     failed(site_dir, 1, "destroy", wid, match="destroyed")
 
 
+def test_several_workspaces_at_once(site_dir: Path) -> None:
+    for name in ("cli-many-a", "cli-many-b"):
+        ok(site_dir, "ws", "create", "--image", IMAGE, "--name", name, "--wait")
+    # One the service refuses is named on stderr; the others are stopped all the same.
+    r = run(site_dir, "ws", "stop", "cli-many-a", "no-such-ws", "cli-many-b", "--wait")
+    assert r.code == 1, r
+    assert r.err.count("ws: error: ") == 1 and "ws: error: no-such-ws: " in r.err, r.err
+    assert [line.split(": ")[-1] for line in r.out.splitlines()] == ["STOPPED", "STOPPED"], r.out
+    for name in ("cli-many-a", "cli-many-b"):
+        assert ok(site_dir, "ws", "-o", "json", "show", name).json()["state"] == "STOPPED"  # type: ignore[index]
+    # Several in JSON: an array of what was asked, in the order given.
+    done = ok(site_dir, "ws", "destroy", "cli-many-b", "cli-many-a", "--wait", "-o", "json").json()
+    assert [(w["name"], w["state"]) for w in done] == [  # type: ignore[union-attr, index]
+        ("cli-many-b", "TERMINATED"),
+        ("cli-many-a", "TERMINATED"),
+    ]
+
+
 def test_create_with_request_id_is_idempotent(site_dir: Path) -> None:
     args = ["-o", "json", "create", "--image", IMAGE, "--name", "cli-idem", "--request-id", "r-1"]
     first = ok(site_dir, "ws", *args).json()

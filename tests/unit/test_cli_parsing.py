@@ -111,10 +111,10 @@ def test_an_empty_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_stop_has_shutdown_timeout_and_force() -> None:
     a = _parse(["stop", "w1", "--timeout", "5", "--force", "--wait", "--wait-timeout", "9"])
-    assert (a.id, a.timeout, a.force, a.wait, a.wait_timeout) == ("w1", 5, True, True, 9.0)
+    assert (a.id, a.timeout, a.force, a.wait, a.wait_timeout) == (["w1"], 5, True, True, 9.0)
     for cmd in ("start", "reboot", "pause", "resume", "destroy"):
-        a = _parse([cmd, "w1", "--wait", "--timeout", "7"])
-        assert (a.command, a.wait, a.timeout) == (cmd, True, 7.0)
+        a = _parse([cmd, "w1", "w2", "--wait", "--timeout", "7"])
+        assert (a.command, a.id, a.wait, a.timeout) == (cmd, ["w1", "w2"], True, 7.0)
         assert not hasattr(a, "force")
 
 
@@ -193,6 +193,17 @@ def test_errors_are_one_line_with_exit_code(
     assert out.out == ""
     assert out.err == f"ws: error: {exc}\n"
     assert client.closed
+
+
+def test_several_workspaces_stop_at_an_unreachable_service(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A refusal of one of several is named and the rest go on (tests/functional/test_cli.py);
+    # a service that cannot be reached ends the command at once.
+    client = FakeClient(fail=errors.Unavailable("cannot reach the workspace service at h:1"))
+    assert _run(["stop", "a", "b", "c"], client) == 3
+    assert [c[0] for c in client.calls] == ["stop"]
+    assert capsys.readouterr().err == "ws: error: cannot reach the workspace service at h:1\n"
 
 
 def test_connect_failure_exits_3(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
+from workspace import errors
 from workspace.cli import (
     cluster_cmds,
     clusterspec,
@@ -32,6 +35,7 @@ from workspace.client import (
 from workspace.v1 import clusters_pb2, common_pb2
 
 PROG = "ws"
+T = TypeVar("T")
 WS = common_pb2.WorkspaceState
 CS = clusters_pb2.ClusterState
 
@@ -198,12 +202,17 @@ class Commands(common.ClientCommands):
         return common.EXIT_OK
 
     def action(self, args: argparse.Namespace) -> int:
+        """start/stop/reboot/pause/resume/destroy of one workspace or several: each is
+        asked in turn, then (--wait) waited for under one deadline."""
         method, target, _ = ACTIONS[args.command]
         client = self.client(args)
-        if args.command == "stop":
-            ws = client.stop_workspace(args.id, timeout_s=args.timeout or 0, force=args.force)
-        else:
-            ws = getattr(client, method)(args.id)
+
+        def ask(ref: str, _: None) -> common_pb2.Workspace:
+            if args.command == "stop":
+                return client.stop_workspace(ref, timeout_s=args.timeout or 0, force=args.force)
+            return cast(common_pb2.Workspace, getattr(client, method)(ref))
+
+        asked, ok = _each(args.id, [(ref, None) for ref in args.id], ask)
         if args.wait:
             if args.wait_timeout:
                 wait_s = args.wait_timeout
@@ -211,11 +220,21 @@ class Commands(common.ClientCommands):
                 wait_s = max(DEFAULT_WAIT_S, (args.timeout or 0) + 60.0)
             else:
                 wait_s = args.timeout or DEFAULT_WAIT_S
-            ws = client.wait_for_state(
-                ws.id or args.id, [target], wait_s, render.workspace_progress(args, PROG)
-            )
-        render.emit(args, ws, render.requested_line(ws))
-        return common.EXIT_OK
+            deadline = time.monotonic() + wait_s
+
+            def wait(ref: str, ws: common_pb2.Workspace) -> common_pb2.Workspace:
+                left = max(0.0, deadline - time.monotonic())
+                progress = render.workspace_progress(args, PROG)
+                return client.wait_for_state(ws.id or ref, [target], left, progress)
+
+            asked, waited_ok = _each(args.id, asked, wait)
+            ok = ok and waited_ok
+        done = [ws for _, ws in asked]
+        if len(args.id) == 1:
+            render.emit(args, done[0], render.requested_line(done[0]))
+        else:
+            render.emit(args, done, "\n".join(render.requested_line(ws) for ws in done))
+        return common.EXIT_OK if ok else common.EXIT_REQUEST
 
     def watch(self, args: argparse.Namespace) -> int:
         client = self.client(args)
@@ -298,6 +317,27 @@ class Commands(common.ClientCommands):
             )
         render.emit(args, c, render.cluster_state_line(c))
         return common.EXIT_OK
+
+
+def _each(
+    refs: list[str],
+    items: list[tuple[str, T]],
+    call: Callable[[str, T], common_pb2.Workspace],
+) -> tuple[list[tuple[str, common_pb2.Workspace]], bool]:
+    """``call(ref, item)`` for each of ``items``: the workspaces it returned, and whether
+    none was refused. With several ``refs`` a refusal is named on stderr and the others
+    go on; with one, and whenever the service cannot be reached, it is raised."""
+    out: list[tuple[str, common_pb2.Workspace]] = []
+    ok = True
+    for ref, item in items:
+        try:
+            out.append((ref, call(ref, item)))
+        except errors.WorkspaceError as exc:
+            if len(refs) == 1 or isinstance(exc, errors.Unavailable):
+                raise
+            common.error(PROG, f"{ref}: {exc.message}")
+            ok = False
+    return out, ok
 
 
 def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) -> float:
@@ -491,7 +531,12 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
 
     for name, (_, state, text) in ACTIONS.items():
         p = sub.add_parser(name, parents=[parent], help=text)
-        p.add_argument("id", help="workspace id or name")
+        p.add_argument(
+            "id",
+            nargs="+",
+            metavar="ID",
+            help="workspace id or name; several: each in turn, a JSON array with -o json",
+        )
         if name == "stop":
             p.add_argument(
                 "--timeout",
