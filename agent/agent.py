@@ -35,6 +35,7 @@ from agent.staging import Staging
 from agent.tasks import Tasks
 from agent.virt.base import Driver
 from images import signing
+from workspace import version
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeInfo, NodeOrders, Observation
 
@@ -153,6 +154,7 @@ class Agent:
             peer_address=self.peer_address,
             disk_mbps=self.cfg.disk_mbps,
             net_mbps=self.cfg.net_mbps,
+            agent_version=version.version(),
         )
 
     def take_orders(self, orders: NodeOrders, policy: signing.Policy | None) -> None:

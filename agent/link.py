@@ -31,7 +31,6 @@ from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 log = logging.getLogger("agent")
 
-AGENT_VERSION = "0.1.0"
 RECONNECT = Backoff(0.5, 5.0)
 CALL_TIMEOUT_S = 10
 DEFAULT_HEARTBEAT_S = 5.0
@@ -109,7 +108,7 @@ class Link:
             channel = rpc.channel(failover.rotated(self.cfg.service, turn), self.cfg.tls)
             try:
                 stub = nodes_pb2_grpc.NodesStub(channel)
-                req = codec.node_info_to_proto(self.node.node_info(), AGENT_VERSION)
+                req = codec.node_info_to_proto(self.node.node_info())
                 resp = stub.Register(req, timeout=CALL_TIMEOUT_S)
                 self.heartbeat_s = float(resp.heartbeat_interval_s or DEFAULT_HEARTBEAT_S)
                 self._stub = stub

@@ -12,7 +12,7 @@ from types import FrameType
 from agent.agent import Agent
 from agent.netsetup import Networking, NullNetworking
 from agent.virt import make_driver
-from workspace import config, rpc
+from workspace import config, rpc, version
 from workspace.config import AgentConfig
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
@@ -43,6 +43,7 @@ def check_transport(cfg: AgentConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="workspace-agent", description=__doc__)
+    version.add_option(p)
     p.add_argument("--config", help="TOML config file (see conf/agent.toml)")
     p.add_argument("--service", help="override `service` (host:port or unix:/path)")
     p.add_argument("--node", help="override `node` (the node name)")
@@ -86,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc.message)
         agent.stop()
         return 1
-    log.info("agent for node %s started (driver %s, service %s)", cfg.node, cfg.driver, cfg.service)
+    log.info(
+        "workspace-agent %s for node %s started (driver %s, service %s)",
+        version.version(),
+        cfg.node,
+        cfg.driver,
+        cfg.service,
+    )
     done.wait()
     agent.stop()
     return 0

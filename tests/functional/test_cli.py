@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,26 @@ def test_admin_lists(site_dir: Path) -> None:
     text = ok(site_dir, "ws", "image", "show", IMAGE).out
     assert "root" in text and "COW" in text
     assert IMAGE in ok(site_dir, "admin", "image", "list").out
+
+
+def test_every_program_and_node_says_its_version(site_dir: Path) -> None:
+    release = metadata.version("workspace-service")
+    for prog, module in [
+        ("ws", "workspace.cli.ws"),
+        ("ws-admin", "workspace.cli.admin"),
+        ("workspace-service", "workspace.service.main"),
+        ("workspace-agent", "agent.main"),
+        ("ws-slurm", "workspace.slurm"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, cwd=ROOT
+        )
+        assert (proc.returncode, proc.stdout) == (0, f"{prog} {release}\n"), proc
+    # The agent registers with its release: an admin sees which node runs which.
+    (node,) = ok(site_dir, "admin", "node", "list", "-o", "json").json()  # type: ignore[misc]
+    assert node["agent_version"] == release
+    header, row = ok(site_dir, "admin", "node", "list").out.splitlines()
+    assert header.split()[-1] == "AGENT" and row.split()[-1] == release
 
 
 def test_an_empty_list_says_so_on_stderr_only(site_dir: Path) -> None:

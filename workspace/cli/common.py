@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from workspace import errors
+from workspace import errors, version
 from workspace.cli import render
 from workspace.client import Client
 
@@ -110,6 +110,8 @@ def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) ->
         default=argparse.SUPPRESS if sub else "text",
         help="output format: text (default), json (every command), csv (usage reports)",
     )
+    if not sub:
+        version.add_option(parser)
 
 
 def options_parent() -> argparse.ArgumentParser:

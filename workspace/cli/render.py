@@ -588,11 +588,12 @@ def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
             ",".join(n.networks) or "-",
             _bandwidth(n),
             fmt_time(n.last_heartbeat) or "-",
+            n.agent_version or "-",
         ]
         for n in nodes
     ]
     headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
-    return table([*headers, "BANDWIDTH", "HEARTBEAT"], rows)
+    return table([*headers, "BANDWIDTH", "HEARTBEAT", "AGENT"], rows)
 
 
 def _bandwidth(n: admin_pb2.Node) -> str:

@@ -310,7 +310,7 @@ def cache_from_proto(c: admin_pb2.CacheEntry) -> CacheRecord:
     return CacheRecord(c.digest, c.size_bytes, c.last_used.ToNanoseconds() / 1e9, c.pinned)
 
 
-def node_info_to_proto(n: NodeInfo, agent_version: str = "") -> nodes_pb2.RegisterRequest:
+def node_info_to_proto(n: NodeInfo) -> nodes_pb2.RegisterRequest:
     return nodes_pb2.RegisterRequest(
         node=n.name,
         hypervisor=n.hypervisor,
@@ -319,7 +319,7 @@ def node_info_to_proto(n: NodeInfo, agent_version: str = "") -> nodes_pb2.Regist
         disk_gib=n.disk_gib,
         networks=list(n.networks),
         labels=dict(n.labels),
-        agent_version=agent_version,
+        agent_version=n.agent_version,
         cached_digests=list(n.cached_digests),
         peer_address=n.peer_address,
         disk_mbps=n.disk_mbps,
@@ -340,6 +340,7 @@ def node_info_from_proto(r: nodes_pb2.RegisterRequest) -> NodeInfo:
         peer_address=r.peer_address,
         disk_mbps=r.disk_mbps,
         net_mbps=r.net_mbps,
+        agent_version=r.agent_version,
     )
 
 

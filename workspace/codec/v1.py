@@ -404,6 +404,7 @@ def node_to_proto(n: NodeStatus) -> admin_pb2.Node:
         net_mbps=n.net_mbps,
         used_disk_mbps=n.used_disk_mbps,
         used_net_mbps=n.used_net_mbps,
+        agent_version=n.agent_version,
     )
 
 

@@ -253,6 +253,7 @@ class NodeInfo:
     # Declared capacity for guaranteed bandwidth (0: undeclared, nothing promised).
     disk_mbps: int = 0  # MB/s over all local disks
     net_mbps: int = 0  # Mbit/s per direction over all NICs
+    agent_version: str = ""  # the agent's release ("" from an agent that does not say)
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,7 @@ class NodeStatus:
     net_mbps: int = 0
     used_disk_mbps: int = 0
     used_net_mbps: int = 0
+    agent_version: str = ""  # as the node's agent last registered
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ def register(
         node.peer_address = info.peer_address
         node.disk_mbps = max(0, info.disk_mbps)
         node.net_mbps = max(0, info.net_mbps)
+        node.agent_version = info.agent_version[:64]
         node.last_heartbeat = now
         if cert_serial:
             node.cert_serial = serial_text(cert_serial)

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workspace import config, rpc
+from workspace import config, rpc, version
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
@@ -188,7 +188,8 @@ class Service:
         self._roster_thread.start()
         self._autoscale_thread.start()
         log.info(
-            "workspace-service listening on %s, nodes on %s (%s; store %s)",
+            "workspace-service %s listening on %s, nodes on %s (%s; store %s)",
+            version.version(),
             self.cfg.listen,
             self.cfg.node_address,
             "plaintext" if plaintext else "mutual TLS",
@@ -304,6 +305,7 @@ def _bind(server: grpc.Server, key: str, address: str, cfg: ServiceConfig) -> in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="workspace-service", description=__doc__)
+    version.add_option(p)
     p.add_argument("--config", help="TOML config file (see conf/service.toml)")
     p.add_argument("--listen", help="override `listen` (host:port or unix:/path)")
     p.add_argument("--data-dir", help="override `data_dir`")

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
-from workspace import errors
+from workspace import errors, version
 from workspace.client import Client
 from workspace.slurm import program
 from workspace.slurm.context import ContextError, user_data
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Slurm power-saving programs that run Slurm nodes as workspaces",
     )
+    version.add_option(parser)
     parser.add_argument(
         "--config",
         metavar="FILE",

@@ -341,6 +341,7 @@ def node_status(n: Node, workspaces: int) -> NodeStatus:
         net_mbps=n.net_mbps or 0,
         used_disk_mbps=n.used_disk_mbps or 0,
         used_net_mbps=n.used_net_mbps or 0,
+        agent_version=n.agent_version or "",
     )
 
 

@@ -71,6 +71,8 @@ class Node(Base):
     # A new random value whenever what the node is sent may have changed (its workspaces,
     # a network, a signature): validates a cached bound of its orders (store/orders_gen.py).
     orders_gen: Mapped[int] = mapped_column(BigInteger, default=new_gen, server_default="0")
+    # The release of the node's agent, as it last registered ("" = it did not say).
+    agent_version: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class Generation(Base):
