@@ -146,3 +146,45 @@ def _answers(stubs: Stubs) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def test_one_service_per_sqlite_store_and_a_restart_after_kill_9(tmp_path: Path) -> None:
+    d = Daemons(tmp_path)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    refused: Proc | None = None
+    try:
+        wait_for(lambda: _answers(stubs), what="the first service answering")
+        stubs.network()
+        # A second service on the same store (its own socket) refuses to start and says
+        # which process has it; the first goes on serving.
+        second = write_config(
+            tmp_path / "second.toml",
+            service_config(
+                tmp_path,
+                listen=f"unix:{tmp_path / 'second.sock'}",
+                data_dir=str(tmp_path / "service"),
+            ),
+        )
+        log = tmp_path / "second.log"
+        refused = Proc(["-m", "workspace.service.main", "--config", str(second)], log)
+        assert refused.popen.wait(60) == 1
+        assert d.service is not None
+        text = log.read_text()
+        assert "is in use by another workspace-service" in text, text
+        assert f"(pid {d.service.popen.pid})" in text, text
+        assert (
+            _answers(stubs) and stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
+        )
+        # The lock dies with its holder: after kill -9 a new service starts at once.
+        d.service.kill9()
+        d.start_service()
+        wait_for(lambda: _answers(stubs), what="the restarted service answering")
+        assert [
+            n.name for n in stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
+        ] == ["default"]
+    finally:
+        stubs.channel.close()
+        if refused is not None:
+            refused.terminate()  # (only if it did start after all)
+        d.stop()

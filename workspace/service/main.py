@@ -40,7 +40,7 @@ from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
-from workspace.store import Store
+from workspace.store import Store, sole
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
     access_pb2,
@@ -74,7 +74,15 @@ class Service:
         # The store and the blobs are the service's alone (file modes: store/db.py, blobs.py).
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(cfg.data_dir).chmod(0o700)
-        self.store = Store(cfg.db_url, migrate_in_child=True)
+        # A SQLite store is this process's alone (store/sole.py): a second service on it
+        # refuses to start.
+        self.sole = sole.hold(cfg.db_url)
+        try:
+            self.store = Store(cfg.db_url, migrate_in_child=True)
+        except BaseException:
+            if self.sole is not None:
+                self.sole.release()
+            raise
         self.notifier = Notifier()
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
         # Replicas (service/replicas.py): on PostgreSQL, changes reach the other replicas'
@@ -288,6 +296,8 @@ class Service:
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
+        if self.sole is not None:
+            self.sole.release()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -316,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workspace-service: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, "workspace-service", cfg.log_format)
-    svc = Service(cfg)
+    try:
+        svc = Service(cfg)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 1
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
