@@ -7,12 +7,13 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from agent.agent import Agent
 from agent.netsetup import Networking, NullNetworking
 from agent.virt import make_driver
-from workspace import config, rpc, version
+from workspace import config, rpc, sole, version
 from workspace.config import AgentConfig
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.log_level, f"workspace-agent[{cfg.node}]", cfg.log_format, node=cfg.node)
     try:
         check_transport(cfg)
+        # The node's VMs, bridges and dnsmasq are this process's alone (workspace/sole.py):
+        # a second agent on the state directory refuses to start; the lock dies with us.
+        Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+        node_lock = sole.hold_node(cfg.state_dir)
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
         return 1
@@ -96,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     done.wait()
     agent.stop()
+    node_lock.release()
     return 0
 
 

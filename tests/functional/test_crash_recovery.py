@@ -152,7 +152,7 @@ def test_one_service_per_sqlite_store_and_a_restart_after_kill_9(tmp_path: Path)
     d = Daemons(tmp_path)
     d.start_service()
     stubs = Stubs(rpc.channel(d.sock))
-    refused: Proc | None = None
+    refused: list[Proc] = []
     try:
         wait_for(lambda: _answers(stubs), what="the first service answering")
         stubs.network()
@@ -167,8 +167,8 @@ def test_one_service_per_sqlite_store_and_a_restart_after_kill_9(tmp_path: Path)
             ),
         )
         log = tmp_path / "second.log"
-        refused = Proc(["-m", "workspace.service.main", "--config", str(second)], log)
-        assert refused.popen.wait(60) == 1
+        refused.append(Proc(["-m", "workspace.service.main", "--config", str(second)], log))
+        assert refused[-1].popen.wait(60) == 1
         assert d.service is not None
         text = log.read_text()
         assert "is in use by another workspace-service" in text, text
@@ -176,15 +176,37 @@ def test_one_service_per_sqlite_store_and_a_restart_after_kill_9(tmp_path: Path)
         assert (
             _answers(stubs) and stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
         )
-        # The lock dies with its holder: after kill -9 a new service starts at once.
+        # Likewise a second agent on the node's state directory (the first one's twin).
+        d.start_agent()
+        wait_for(lambda: _ready(stubs), what="node READY")
+        refused.append(
+            Proc(["-m", "agent.main", "--config", str(d.agent_conf)], tmp_path / "twin.log")
+        )
+        assert refused[-1].popen.wait(60) == 1
+        assert d.agent is not None
+        text = (tmp_path / "twin.log").read_text()
+        assert f"is in use by another workspace-agent (pid {d.agent.popen.pid})" in text, text
+        # The locks die with their holders: after kill -9 each starts again at once.
+        d.agent.kill9()
+        d.start_agent()
+        wait_for(lambda: _starts(tmp_path / "agent.log") == 2, what="the agent started again")
         d.service.kill9()
         d.start_service()
         wait_for(lambda: _answers(stubs), what="the restarted service answering")
-        assert [
-            n.name for n in stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
-        ] == ["default"]
+        networks = stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
+        assert [n.name for n in networks] == ["default"]
     finally:
         stubs.channel.close()
-        if refused is not None:
-            refused.terminate()  # (only if it did start after all)
+        for p in refused:
+            p.terminate()  # (only if it did start after all)
         d.stop()
+
+
+def _ready(stubs: Stubs) -> bool:
+    nodes = stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    return any(n.state == admin_pb2.NODE_STATE_READY for n in nodes)
+
+
+def _starts(log: Path) -> int:
+    """How many times the agent logging to ``log`` started."""
+    return log.read_text().count("for node node1 started") if log.exists() else 0

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workspace import config, rpc, version
+from workspace import config, rpc, sole, version
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
@@ -40,7 +40,7 @@ from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
-from workspace.store import Store, sole
+from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
     access_pb2,
@@ -74,9 +74,9 @@ class Service:
         # The store and the blobs are the service's alone (file modes: store/db.py, blobs.py).
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(cfg.data_dir).chmod(0o700)
-        # A SQLite store is this process's alone (store/sole.py): a second service on it
-        # refuses to start.
-        self.sole = sole.hold(cfg.db_url)
+        # A SQLite store is this process's alone (workspace/sole.py): a second service on
+        # it refuses to start.
+        self.sole = sole.hold_store(cfg.db_url)
         try:
             self.store = Store(cfg.db_url, migrate_in_child=True)
         except BaseException:
