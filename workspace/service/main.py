@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -27,7 +28,7 @@ from workspace.edge.nodes import NodesServicer
 from workspace.edge.projects import ProjectsServicer
 from workspace.edge.trust import TrustServicer
 from workspace.edge.workspaces import WorkspacesServicer
-from workspace.errors import ConfigError
+from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.ops import autoscale, leases, liveness, queue, site_events
@@ -37,6 +38,7 @@ from workspace.ops.images import Catalog
 from workspace.ops.rosters import RosterPusher
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
+from workspace.service import backup
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
@@ -313,18 +315,46 @@ def _bind(server: grpc.Server, key: str, address: str, cfg: ServiceConfig) -> in
     return port
 
 
+def _backup_command(cfg: ServiceConfig, command: str, where: Path) -> int:
+    """``workspace-service backup|restore DIR`` (service/backup.py): one line on stdout
+    saying what was copied; errors on stderr, exit 1."""
+    started = time.monotonic()
+    try:
+        act = backup.backup if command == "backup" else backup.restore
+        done = act(cfg, where)
+    except WorkspaceError as exc:
+        print(f"workspace-service: error: {exc.message}", file=sys.stderr)
+        return 1
+    print(backup.summary("backed up" if command == "backup" else "restored", where, done, started))
+    for digest in done.bad:
+        print(
+            f"workspace-service: error: blob {digest} does not match its content: left out",
+            file=sys.stderr,
+        )
+    return 1 if done.bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="workspace-service", description=__doc__)
     version.add_option(p)
     p.add_argument("--config", help="TOML config file (see conf/service.toml)")
     p.add_argument("--listen", help="override `listen` (host:port or unix:/path)")
     p.add_argument("--data-dir", help="override `data_dir`")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", help="(none: serve)")
+    b = sub.add_parser(
+        "backup", help="copy the store and the image blobs into DIR (while the service runs)"
+    )
+    b.add_argument("dir", metavar="DIR")
+    r = sub.add_parser("restore", help="put the backup in DIR in place (the service stopped)")
+    r.add_argument("dir", metavar="DIR")
     args = p.parse_args(argv)
     try:
         cfg = config.load(ServiceConfig, args.config, listen=args.listen, data_dir=args.data_dir)
     except ConfigError as exc:
         print(f"workspace-service: {exc}", file=sys.stderr)
         return 2
+    if args.command:
+        return _backup_command(cfg, args.command, Path(args.dir))
     setup_logging(cfg.log_level, "workspace-service", cfg.log_format)
     try:
         svc = Service(cfg)

@@ -1,0 +1,199 @@
+"""Back up a service's state and put it back: ``workspace-service backup|restore DIR``.
+
+What a site needs to rebuild its control plane is the store (every workspace, node,
+network, image, project, key and event) and the image blobs (``<data_dir>/blobs``).
+Agents rebuild the rest from their orders.
+
+* ``backup DIR`` runs beside a running service. The SQLite store is copied with SQLite's
+  online backup API in one step, so the copy is one consistent snapshot however busy the
+  service is; the copy must pass ``PRAGMA integrity_check``. Blobs are content-addressed
+  and never change, so each is copied once (a later backup into the same DIR copies only
+  new ones) and hashed on the way: a blob that no longer matches its digest is named and
+  left out, and the backup exits 1.
+* ``restore DIR`` needs the service stopped: it takes the store's lock (workspace/sole.py),
+  so it refuses while a service runs. It checks the copy (integrity, a revision this
+  release knows), puts it in place (the old store's WAL files removed first: they belong
+  to the old file) and copies back the blobs the service lacks, checking each. A copy
+  from an older release is migrated forward when the service starts.
+
+A PostgreSQL store is backed up with PostgreSQL's own tools (``pg_dump``); both commands
+say so and change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from images import digest as digests
+from workspace import sole
+from workspace.config import ServiceConfig
+from workspace.errors import ConfigError, FailedPrecondition
+from workspace.store import migrations
+
+STORE_FILE = "service.db"
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass
+class Copied:
+    """What one backup or restore copied."""
+
+    revision: str
+    workspaces: int
+    blobs: int = 0  # copied now
+    blob_bytes: int = 0
+    kept: int = 0  # already there
+    bad: tuple[str, ...] = ()  # digests that did not match their content: left out
+
+
+def _sqlite_file(cfg: ServiceConfig) -> Path:
+    u = make_url(cfg.db_url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        raise ConfigError(
+            "the store is PostgreSQL: back it up with pg_dump (and restore with pg_restore), "
+            f"and copy {cfg.blob_dir} beside it"
+        )
+    return Path(u.database)
+
+
+def backup(cfg: ServiceConfig, dest: Path) -> Copied:
+    """A consistent copy of the store and every good blob in ``dest`` (made 0700)."""
+    src = _sqlite_file(cfg)
+    if not src.exists():
+        raise FailedPrecondition(f"there is no store at {src}: nothing to back up")
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(dest, 0o700)
+    fd, tmp = tempfile.mkstemp(dir=dest, prefix=".store-")
+    os.close(fd)
+    try:
+        source = sqlite3.connect(src)
+        copy = sqlite3.connect(tmp)
+        try:
+            source.backup(copy)  # all pages in one step: one snapshot
+            # A plain file, readable alone (a WAL-mode file wants its -shm beside it); the
+            # service switches it back to WAL when it opens it.
+            copy.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            source.close()
+            copy.close()
+        os.chmod(tmp, 0o600)
+        done = _check_store(Path(tmp))
+        os.replace(tmp, dest / STORE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _copy_blobs(cfg.blob_dir / "sha256", dest / "blobs" / "sha256", done)
+    return done
+
+
+def restore(cfg: ServiceConfig, source: Path) -> Copied:
+    """Put the backup in ``source`` in place of the store, and the blobs it lacks back;
+    FailedPrecondition while a service runs on the store (nothing is changed then)."""
+    target = _sqlite_file(cfg)
+    copy = source / STORE_FILE
+    if not copy.exists():
+        raise FailedPrecondition(f"{source} holds no backup ({STORE_FILE} is missing)")
+    done = _check_store(copy)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        held = sole.hold_store(cfg.db_url)
+    except ConfigError as exc:
+        raise FailedPrecondition(f"stop the service first: {exc.message}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".restore-")
+        os.close(fd)
+        try:
+            shutil.copyfile(copy, tmp)
+            os.chmod(tmp, 0o600)
+            for suffix in ("-wal", "-shm", "-journal"):  # the old file's, not this one's
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        blobs = cfg.blob_dir / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _copy_blobs(source / "blobs" / "sha256", blobs, done)
+    finally:
+        if held is not None:
+            held.release()
+    return done
+
+
+def _check_store(path: Path) -> Copied:
+    """The revision and live workspaces of the store copy at ``path``, or
+    FailedPrecondition if it is damaged or newer than this release."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        verdict = con.execute("PRAGMA integrity_check").fetchone()[0]
+        if verdict != "ok":
+            raise FailedPrecondition(f"the store copy {path} is damaged: {verdict}")
+        (revision,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        (live,) = con.execute(
+            "SELECT count(*) FROM workspaces WHERE state != 'TERMINATED'"
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise FailedPrecondition(f"{path} is not a store of this service: {exc}") from None
+    finally:
+        con.close()
+    if int(revision) > int(migrations.head()):
+        raise FailedPrecondition(
+            f"the store copy is at revision {revision}, made by a newer release than this "
+            f"one (at {migrations.head()})"
+        )
+    return Copied(revision=revision, workspaces=live)
+
+
+def _copy_blobs(src: Path, dst: Path, done: Copied) -> None:
+    """Each blob of ``src`` that ``dst`` lacks, hashed on the way (0600 files)."""
+    if not src.is_dir():
+        return
+    dst.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bad: list[str] = []
+    for blob in sorted(src.iterdir()):
+        try:
+            digest = digests.from_hex(blob.name)
+        except digests.DigestError:
+            continue  # not a blob
+        there = dst / blob.name
+        if there.exists() and there.stat().st_size == blob.stat().st_size:
+            done.kept += 1
+            continue
+        fd, tmp = tempfile.mkstemp(dir=dst, prefix=".blob-")
+        try:
+            h = digests.Hasher()
+            with open(blob, "rb") as f, os.fdopen(fd, "wb") as out:
+                while chunk := f.read(CHUNK_BYTES):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if h.digest() != digest:
+                bad.append(digest)
+                Path(tmp).unlink()
+                continue
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, there)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        done.blobs += 1
+        done.blob_bytes += h.size_bytes
+    done.bad = tuple(bad)
+
+
+def summary(verb: str, where: Path, done: Copied, started: float) -> str:
+    """One line saying what a backup or restore did."""
+    return (
+        f"{verb} the store (revision {done.revision}, {done.workspaces} live workspaces) and "
+        f"{done.blobs} blobs ({done.blob_bytes / 2**20:.1f} MiB; {done.kept} already there) "
+        f"{'to' if verb == 'backed up' else 'from'} {where} in {time.monotonic() - started:.1f} s"
+    )
