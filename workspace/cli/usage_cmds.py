@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from workspace.cli import common, render
+from workspace.cli.usage_text import usage_report
 
 GROUPINGS = ("workspace", "user", "project")
 TIME_FORMAT = "an ISO date or time (UTC unless given), now, or a duration ago: 7d, 24h"
@@ -41,7 +42,7 @@ def _usage(client_for: common.ClientFor, all_users: bool) -> common.Handler:
         if since and until and until <= since:
             raise common.UsageError("--until must be later than --since")
         r = client_for(args).get_usage(since, until, args.by, all_users=all_users)
-        render.usage_report(args, r)
+        usage_report(args, r)
         return common.EXIT_OK
 
     return run
