@@ -16,8 +16,6 @@ import fcntl
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from workspace.errors import ConfigError
 
 
@@ -49,15 +47,12 @@ def hold(path: Path, what: str, holder: str, rule: str) -> Held:
     return Held(fd, path)
 
 
-def hold_store(url: str) -> Held | None:
-    """Take the SQLite store at ``url`` for this service process (None: not a SQLite
-    file; PostgreSQL takes any number of replicas)."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
+def hold_store(database: Path) -> Held:
+    """Take the SQLite store in the file ``database`` for this service process
+    (PostgreSQL takes any number of replicas: nothing to hold there)."""
     return hold(
-        Path(u.database + ".lock"),
-        f"the SQLite store {u.database}",
+        Path(f"{database}.lock"),
+        f"the SQLite store {database}",
         "workspace-service",
         "one service process per SQLite store (several replicas need PostgreSQL: database_url)",
     )

@@ -30,13 +30,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from images import digest as digests
 from workspace import sole
 from workspace.config import ServiceConfig
 from workspace.errors import ConfigError, FailedPrecondition
-from workspace.store import migrations
+from workspace.store import engines, migrations
+from workspace.store.blobs import BlobRepository
 
 STORE_FILE = "service.db"
 CHUNK_BYTES = 1024 * 1024
@@ -55,13 +54,13 @@ class Copied:
 
 
 def _sqlite_file(cfg: ServiceConfig) -> Path:
-    u = make_url(cfg.db_url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+    path = engines.sqlite_file(cfg.db_url)
+    if path is None:
         raise ConfigError(
             "the store is PostgreSQL: back it up with pg_dump (and restore with pg_restore), "
             f"and copy {cfg.blob_dir} beside it"
         )
-    return Path(u.database)
+    return path
 
 
 def backup(cfg: ServiceConfig, dest: Path) -> Copied:
@@ -90,7 +89,7 @@ def backup(cfg: ServiceConfig, dest: Path) -> Copied:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _copy_blobs(cfg.blob_dir / "sha256", dest / "blobs" / "sha256", done)
+    _copy_blobs(cfg.blob_dir / "sha256", BlobRepository(dest / "blobs"), done)
     return done
 
 
@@ -104,7 +103,7 @@ def restore(cfg: ServiceConfig, source: Path) -> Copied:
     done = _check_store(copy)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        held = sole.hold_store(cfg.db_url)
+        held = sole.hold_store(target)
     except ConfigError as exc:
         raise FailedPrecondition(f"stop the service first: {exc.message}") from None
     try:
@@ -119,12 +118,9 @@ def restore(cfg: ServiceConfig, source: Path) -> Copied:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        blobs = cfg.blob_dir / "sha256"
-        blobs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _copy_blobs(source / "blobs" / "sha256", blobs, done)
+        _copy_blobs(source / "blobs" / "sha256", BlobRepository(cfg.blob_dir), done)
     finally:
-        if held is not None:
-            held.release()
+        held.release()
     return done
 
 
@@ -152,48 +148,43 @@ def _check_store(path: Path) -> Copied:
     return Copied(revision=revision, workspaces=live)
 
 
-def _copy_blobs(src: Path, dst: Path, done: Copied) -> None:
-    """Each blob of ``src`` that ``dst`` lacks, hashed on the way (0600 files)."""
+def _copy_blobs(src: Path, dst: BlobRepository, done: Copied) -> None:
+    """Each blob in the folder ``src`` that ``dst`` lacks, through the repository's own
+    receive and commit (hashed on the way, 0600, renamed into place); one that does not
+    hash to its name is left out and named in ``done.bad``."""
     if not src.is_dir():
         return
-    dst.mkdir(parents=True, exist_ok=True, mode=0o700)
     bad: list[str] = []
     for blob in sorted(src.iterdir()):
         try:
             digest = digests.from_hex(blob.name)
         except digests.DigestError:
             continue  # not a blob
-        there = dst / blob.name
-        if there.exists() and there.stat().st_size == blob.stat().st_size:
+        size = blob.stat().st_size
+        if dst.has(digest) and dst.size(digest) == size:
             done.kept += 1
             continue
-        fd, tmp = tempfile.mkstemp(dir=dst, prefix=".blob-")
+        with open(blob, "rb") as f:
+            tmp, got, copied = dst.receive(iter(lambda: f.read(CHUNK_BYTES), b""), size)
+        if got != digest:
+            tmp.unlink()
+            bad.append(digest)
+            continue
         try:
-            h = digests.Hasher()
-            with open(blob, "rb") as f, os.fdopen(fd, "wb") as out:
-                while chunk := f.read(CHUNK_BYTES):
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if h.digest() != digest:
-                bad.append(digest)
-                Path(tmp).unlink()
-                continue
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, there)
+            dst.commit(tmp, digest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         done.blobs += 1
-        done.blob_bytes += h.size_bytes
+        done.blob_bytes += copied
     done.bad = tuple(bad)
 
 
-def summary(verb: str, where: Path, done: Copied, started: float) -> str:
-    """One line saying what a backup or restore did."""
+def summary(command: str, where: Path, done: Copied, started: float) -> str:
+    """One line saying what ``command`` (backup or restore) did."""
+    verb, direction = ("backed up", "to") if command == "backup" else ("restored", "from")
     return (
         f"{verb} the store (revision {done.revision}, {done.workspaces} live workspaces) and "
         f"{done.blobs} blobs ({done.blob_bytes / 2**20:.1f} MiB; {done.kept} already there) "
-        f"{'to' if verb == 'backed up' else 'from'} {where} in {time.monotonic() - started:.1f} s"
+        f"{direction} {where} in {time.monotonic() - started:.1f} s"
     )

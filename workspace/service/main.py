@@ -42,7 +42,7 @@ from workspace.service import backup
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
-from workspace.store import Store
+from workspace.store import Store, engines
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
     access_pb2,
@@ -78,7 +78,8 @@ class Service:
         Path(cfg.data_dir).chmod(0o700)
         # A SQLite store is this process's alone (workspace/sole.py): a second service on
         # it refuses to start.
-        self.sole = sole.hold_store(cfg.db_url)
+        database = engines.sqlite_file(cfg.db_url)
+        self.sole = sole.hold_store(database) if database is not None else None
         try:
             self.store = Store(cfg.db_url, migrate_in_child=True)
         except BaseException:
@@ -325,7 +326,7 @@ def _backup_command(cfg: ServiceConfig, command: str, where: Path) -> int:
     except WorkspaceError as exc:
         print(f"workspace-service: error: {exc.message}", file=sys.stderr)
         return 1
-    print(backup.summary("backed up" if command == "backup" else "restored", where, done, started))
+    print(backup.summary(command, where, done, started))
     for digest in done.bad:
         print(
             f"workspace-service: error: blob {digest} does not match its content: left out",

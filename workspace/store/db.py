@@ -86,10 +86,9 @@ class Store:
         service does, so that it never keeps Alembic in memory); else in this process."""
         url = engines.normalize_url(url)
         self.url = url
-        if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                private_database(Path(path))
+        path = engines.sqlite_file(url)
+        if path is not None:
+            private_database(path)
         self.engine: Engine = create_engine(url, **engines.engine_options(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -63,6 +64,14 @@ def normalize_url(url: str) -> str:
 
 def is_postgresql(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store (None: PostgreSQL, or SQLite in memory)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
 
 
 def engine_options(url: str) -> dict[str, Any]:
