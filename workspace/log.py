@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +53,36 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
+
+
+class Throttle:
+    """At most one line per key and ``interval_s`` for messages that would otherwise repeat
+    at every call (a warning each create of an unsigned image). ``due(key)`` is None while
+    the key is muted, else how many were muted since its last line (0 the first time), for
+    the line to say so."""
+
+    def __init__(
+        self, interval_s: float, clock: Callable[[], float] = time.monotonic, size: int = 4096
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.size = size  # keys remembered at most (the oldest are forgotten first)
+        self._lock = threading.Lock()
+        self._keys: dict[Hashable, list[float]] = {}  # key -> [last line's time, muted]
+
+    def due(self, key: Hashable) -> int | None:
+        now = self.clock()
+        with self._lock:
+            seen = self._keys.get(key)
+            if seen is not None and now - seen[0] < self.interval_s:
+                seen[1] += 1
+                return None
+            muted = int(seen[1]) if seen is not None else 0
+            self._keys.pop(key, None)
+            if len(self._keys) >= self.size:
+                del self._keys[next(iter(self._keys))]
+            self._keys[key] = [now, 0]
+            return muted
 
 
 def setup(level: str = "INFO", name: str = "workspace", fmt: str = "text", **ids: str) -> None:

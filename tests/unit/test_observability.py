@@ -16,7 +16,7 @@ from workspace.cli import event_cmds
 from workspace.config import ServiceConfig, load, parse_retention
 from workspace.domain.events import Refusal, SiteEvent
 from workspace.errors import ConfigError, InvalidArgument, PermissionDenied, ResourceExhausted
-from workspace.log import JsonFormatter
+from workspace.log import JsonFormatter, Throttle
 from workspace.metrics_http import split_address
 from workspace.ops.refusals import refusal_of
 from workspace.store import EventRow, Node, Store, journal
@@ -153,3 +153,37 @@ def test_metrics_addresses() -> None:
     for bad in ("9464", "host:", ":9464", "h:99999"):
         with pytest.raises(ConfigError, match="metrics_listen"):
             split_address(bad)
+
+
+def test_a_throttle_lets_one_line_per_key_and_interval_through() -> None:
+    now = [100.0]
+    t = Throttle(300.0, clock=lambda: now[0], size=2)
+    assert t.due("a") == 0  # the first one is logged
+    assert t.due("a") is None and t.due("a") is None  # then muted, counted
+    assert t.due("b") == 0  # another key has its own interval
+    now[0] += 300.0
+    assert t.due("a") == 2  # the next line says how many were muted
+    assert t.due("a") is None
+    assert t.due("c") == 0  # a third key: the oldest ("b") is forgotten
+    assert t.due("a") is None
+    assert t.due("b") == 0
+
+
+def test_warn_mode_logs_an_untrusted_launch_once_and_audits_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+
+    from tests.unit.test_request_validation import build_site
+    from workspace.ops import trust
+
+    site = build_site(tmp_path)
+    site.core.env = dataclasses.replace(site.core.env, check_trust=True)
+    with caplog.at_level(logging.WARNING, logger="workspace.ops.trust"):
+        for i in range(4):
+            site.create(name=f"w{i}", memory_mib=64)
+    lines = [r.getMessage() for r in caplog.records if "warn mode" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "untrusted image img allowed (warn mode): image img is not signed" in lines[0]
+    decisions = [a for a in trust.list_audit(site.core.env) if a.action == "create"]
+    assert len(decisions) == 4 and {a.verdict for a in decisions} == {"warn"}

@@ -571,13 +571,20 @@ def check_launch(
             f"v{v.policy_version} enforces signatures; `ws image verify {image_row.name}`)"
         )
     if not v.trusted:
-        log.warning(
-            "%s by %s of untrusted image %s allowed (warn mode): %s",
-            action,
-            owner,
-            image_row.name,
-            v.reason,
-        )
+        # One line per caller, image and reason every five minutes, not one per create:
+        # each decision is in the audit regardless.
+        muted = env.warned.due((action, owner, image_row.name, v.reason))
+        if muted is not None:
+            log.warning(
+                "%s by %s of untrusted image %s allowed (warn mode): %s%s",
+                action,
+                owner,
+                image_row.name,
+                v.reason,
+                f" ({muted} more since this was last logged; every one is in the audit)"
+                if muted
+                else "",
+            )
     return v
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from workspace.domain.events import SiteEvent
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
 from workspace.errors import WorkspaceError
+from workspace.log import Throttle
 from workspace.ops import metering, refusals
 from workspace.ops.events import Notifier
 from workspace.store import Store, Workspace, journal
@@ -57,6 +58,9 @@ class Env:
     check_trust: bool = False
     # When the service started: nodes get a grace period after it (ops/liveness.py).
     started_at: float = 0.0
+    # Warnings that would repeat at every call, one line per key and five minutes
+    # (warn mode's untrusted launches, ops/trust.py).
+    warned: Throttle = field(default_factory=lambda: Throttle(300.0), compare=False)
 
     @classmethod
     def of(
