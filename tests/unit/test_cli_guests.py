@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import queue
 import stat
 import threading
@@ -59,6 +60,10 @@ class FakeClient:
         self.calls: list[tuple[str, list[str], bytes, int]] = []
         self.results: dict[str, Any] = {}
         self.cluster: clusters_pb2.Cluster | None = None
+        self.keys: list[access_pb2.SshKey] = []
+
+    def list_ssh_keys(self) -> list[access_pb2.SshKey]:
+        return self.keys
 
     def get_workspace(self, ref: str) -> common_pb2.Workspace:
         if ref not in self.workspaces:
@@ -204,6 +209,36 @@ def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture
     c.workspaces["box"].state = STOPPED
     rc, _, err = run(c, capsys, "ssh", "box", "--print")
     assert rc == 1 and "box is STOPPED" in err
+
+
+def test_a_failed_login_says_when_the_caller_has_no_key(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An ssh that cannot log in the way ssh says it (its exit code from SSH_EXIT).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(
+        "#!/bin/sh\necho 'debian@10.213.0.5: Permission denied (publickey).' >&2\n"
+        'exit "$SSH_EXIT"\n'
+    )
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+    c = FakeClient([box(host_keys=HOST_KEYS)])
+    hint = "ws: you have no SSH key at the service (`ws key list` is empty)"
+    monkeypatch.setenv("SSH_EXIT", "255")
+    rc, _, err = run(c, capfd, "ssh", "box")  # type: ignore[arg-type]
+    assert rc == 255
+    assert err.startswith("debian@10.213.0.5: Permission denied (publickey).\n" + hint)
+    assert "`ws exec box -- CMD` and `ws console box --attach` reach this one" in err
+    # With a key at the service, ssh's own word stands; so does a command's own exit code.
+    c.keys = [access_pb2.SshKey(fingerprint="SHA256:x")]
+    rc, _, err = run(c, capfd, "ssh", "box")  # type: ignore[arg-type]
+    assert rc == 255 and hint not in err
+    c.keys = []
+    monkeypatch.setenv("SSH_EXIT", "3")
+    rc, _, err = run(c, capfd, "ssh", "box", "--", "false")  # type: ignore[arg-type]
+    assert rc == 3 and hint not in err
 
 
 def test_ssh_enters_the_nodes_namespace_of_a_local_site(

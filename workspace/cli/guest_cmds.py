@@ -437,9 +437,33 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     try:
         if shutil.which(cmd[0]) is None:
             raise errors.FailedPrecondition(f"{cmd[0]} is not installed here")
-        return _run_in_foreground(cmd)
+        rc = _run_in_foreground(cmd)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if rc == SSH_FAILED:
+        _hint_without_keys(client, ws.name)
+    return rc
+
+
+# ssh's own exit code when it could not connect or log in (the command's code otherwise).
+SSH_FAILED = 255
+
+
+def _hint_without_keys(client: Client, name: str) -> None:
+    """After a failed login: say so if the caller has no SSH key at the service, the
+    usual reason a scientist cannot log in (ssh itself only says "Permission denied")."""
+    try:
+        if client.list_ssh_keys():
+            return
+    except errors.WorkspaceError:
+        return  # the hint is a courtesy; ssh's own message stands
+    print(
+        "ws: you have no SSH key at the service (`ws key list` is empty), and a workspace "
+        "takes its owner's keys when it is created: `ws key add ~/.ssh/id_ed25519.pub`, "
+        f"then create a new one; `ws exec {name} -- CMD` and `ws console {name} --attach` "
+        "reach this one without a key",
+        file=sys.stderr,
+    )
 
 
 def _run_in_foreground(cmd: list[str]) -> int:
