@@ -273,6 +273,17 @@ def test_backup_while_serving_and_restore_after_the_store_is_lost(tmp_path: Path
         r = _service_cmd(d.service_conf, "backup", tmp_path / "backup2")
         assert r.returncode == 1 and f"blob sha256:{blob.name} does not match" in r.stderr, r
         assert not (tmp_path / "backup2" / "blobs" / "sha256" / blob.name).exists()
+
+        # A restore puts a whole copy in place of the damaged one, and keeps the bad one aside.
+        d.service.terminate()
+        r = _service_cmd(d.service_conf, "restore", dest)
+        assert r.returncode == 0 and "1 damaged there and replaced" in r.stdout, r
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+        (aside,) = (tmp_path / "service" / "blobs" / "bad").iterdir()
+        assert aside.read_bytes() == bytes(data)
+        d.start_service()
+        wait_for(lambda: _answers(stubs), what="the service answering after the repair")
+        stubs.wait_state(stubs.create(name="whole").id, WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
     finally:
         stubs.channel.close()
         d.stop()

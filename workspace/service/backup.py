@@ -13,8 +13,10 @@ Agents rebuild the rest from their orders.
 * ``restore DIR`` needs the service stopped: it takes the store's lock (workspace/sole.py),
   so it refuses while a service runs. It checks the copy (integrity, a revision this
   release knows), puts it in place (the old store's WAL files removed first: they belong
-  to the old file) and copies back the blobs the service lacks, checking each. A copy
-  from an older release is migrated forward when the service starts.
+  to the old file) and copies back the blobs the service lacks or holds damaged (one
+  changed since it was hashed is hashed again; a mismatch is moved to ``blobs/bad/``),
+  checking each copy. A copy from an older release is migrated forward when the service
+  starts.
 
 A PostgreSQL store is backed up with PostgreSQL's own tools (``pg_dump``); both commands
 say so and change nothing.
@@ -50,6 +52,7 @@ class Copied:
     blobs: int = 0  # copied now
     blob_bytes: int = 0
     kept: int = 0  # already there
+    replaced: int = 0  # there but damaged: moved aside and copied again
     bad: tuple[str, ...] = ()  # digests that did not match their content: left out
 
 
@@ -149,9 +152,9 @@ def _check_store(path: Path) -> Copied:
 
 
 def _copy_blobs(src: Path, dst: BlobRepository, done: Copied) -> None:
-    """Each blob in the folder ``src`` that ``dst`` lacks, through the repository's own
-    receive and commit (hashed on the way, 0600, renamed into place); one that does not
-    hash to its name is left out and named in ``done.bad``."""
+    """Each blob in the folder ``src`` that ``dst`` lacks or holds damaged, through the
+    repository's own receive and commit (hashed on the way, 0600, renamed into place); one
+    that does not hash to its name is left out and named in ``done.bad``."""
     if not src.is_dir():
         return
     bad: list[str] = []
@@ -162,8 +165,12 @@ def _copy_blobs(src: Path, dst: BlobRepository, done: Copied) -> None:
             continue  # not a blob
         size = blob.stat().st_size
         if dst.has(digest) and dst.size(digest) == size:
-            done.kept += 1
-            continue
+            try:
+                dst.check(digest)  # one stat, unless it changed since it was hashed
+                done.kept += 1
+                continue
+            except FailedPrecondition:
+                done.replaced += 1  # moved to the repository's bad/; the copy takes its place
         with open(blob, "rb") as f:
             tmp, got, copied = dst.receive(iter(lambda: f.read(CHUNK_BYTES), b""), size)
         if got != digest:
@@ -185,6 +192,7 @@ def summary(command: str, where: Path, done: Copied, started: float) -> str:
     verb, direction = ("backed up", "to") if command == "backup" else ("restored", "from")
     return (
         f"{verb} the store (revision {done.revision}, {done.workspaces} live workspaces) and "
-        f"{done.blobs} blobs ({done.blob_bytes / 2**20:.1f} MiB; {done.kept} already there) "
-        f"{direction} {where} in {time.monotonic() - started:.1f} s"
+        f"{done.blobs} blobs ({done.blob_bytes / 2**20:.1f} MiB; {done.kept} already there"
+        + (f", {done.replaced} damaged there and replaced" if done.replaced else "")
+        + f") {direction} {where} in {time.monotonic() - started:.1f} s"
     )
