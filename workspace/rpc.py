@@ -59,9 +59,9 @@ class TlsFiles:
     key_file: Path
 
 
-def tls_files(tls: TlsConfig) -> TlsFiles:
-    """The CA, certificate and key files ``tls`` names (from ``identity_dir`` for the
-    ones it does not name itself); ConfigError naming what is missing."""
+def named_tls_files(tls: TlsConfig) -> tuple[str, str, str]:
+    """The (CA, certificate, key) paths ``tls`` names, from ``identity_dir`` for the ones
+    it does not name itself ("" for one named nowhere); not checked to exist."""
     ca, cert, key = tls.ca_file, tls.cert_file, tls.key_file
     if tls.identity_dir:
         d = Path(tls.identity_dir).expanduser()
@@ -70,6 +70,13 @@ def tls_files(tls: TlsConfig) -> TlsFiles:
             cert or str(d / "cert.pem"),
             key or str(d / "key.pem"),
         )
+    return ca, cert, key
+
+
+def tls_files(tls: TlsConfig) -> TlsFiles:
+    """The CA, certificate and key files ``tls`` names (from ``identity_dir`` for the
+    ones it does not name itself); ConfigError naming what is missing."""
+    ca, cert, key = named_tls_files(tls)
     named = {"ca_file": ca, "cert_file": cert, "key_file": key}
     unnamed = [k for k, v in named.items() if not v]
     if unnamed:

@@ -15,13 +15,14 @@ from pathlib import Path
 from tests.functional.harness import (
     WS,
     Proc,
+    SitePki,
     Stubs,
     agent_config,
     service_config,
     wait_for,
     write_config,
 )
-from workspace import rpc
+from workspace import config, rpc
 from workspace.v1 import admin_pb2, workspaces_pb2
 
 
@@ -287,6 +288,53 @@ def test_backup_while_serving_and_restore_after_the_store_is_lost(tmp_path: Path
     finally:
         stubs.channel.close()
         d.stop()
+
+
+def test_a_tls_service_comes_back_from_its_backup_with_its_identity(tmp_path: Path) -> None:
+    """Mutual TLS: the backup holds the files the service's [tls] names; a restore on a
+    lost disk puts back the missing ones (never over one in place), and the service
+    starts and serves its users under the same identity."""
+    site_pki = SitePki(tmp_path / "pki")
+    ident = site_pki.service()
+    cfg = service_config(
+        tmp_path, data_dir=str(tmp_path / "service"), tls=config.to_dict(site_pki.tls(ident))
+    )
+    conf = write_config(tmp_path / "service.toml", cfg)
+    user_tls = site_pki.tls(site_pki.user(cfg.default_owner, admin=True))
+    stubs = Stubs(rpc.channel(cfg.listen, user_tls))
+    dest = tmp_path / "backup"
+    argv = ["-m", "workspace.service.main", "--config", str(conf)]
+    service = Proc(argv, tmp_path / "svc.log")
+    try:
+        wait_for(lambda: _answers(stubs), what="the service answering over TLS")
+        stubs.network("physics", "10.7.0.0/24")
+        r = _service_cmd(conf, "backup", dest)
+        assert r.returncode == 0, r
+        assert "with the TLS files ca.pem, cert.pem, key.pem, crl.pem in" in r.stdout, r
+        saved = dest / "tls" / "key.pem"
+        assert saved.read_bytes() == (ident / "key.pem").read_bytes()
+        assert (dest / "tls").stat().st_mode & 0o777 == 0o700
+        assert saved.stat().st_mode & 0o777 == 0o600
+
+        # The disk with the data directory and the service's identity is lost.
+        service.kill9()
+        shutil.rmtree(tmp_path / "service")
+        shutil.rmtree(ident)
+        r = _service_cmd(conf, "restore", dest)
+        assert r.returncode == 0, r
+        assert "put back the TLS files ca.pem, cert.pem, key.pem (1 already there" in r.stdout
+        assert (ident / "key.pem").stat().st_mode & 0o777 == 0o600
+        service = Proc(argv, tmp_path / "svc.log")
+        wait_for(lambda: _answers(stubs), what="the restored service answering over TLS")
+        nets = stubs.admin.ListNetworks(admin_pb2.ListNetworksRequest()).networks
+        assert [n.name for n in nets] == ["physics"]
+        # A second restore leaves the files in place alone.
+        service.terminate()
+        r = _service_cmd(conf, "restore", dest)
+        assert r.returncode == 0 and "put back no TLS file (4 already there" in r.stdout, r
+    finally:
+        stubs.channel.close()
+        service.terminate()
 
 
 def test_backup_of_a_postgresql_store_points_at_pg_dump(tmp_path: Path) -> None:

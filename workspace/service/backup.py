@@ -1,8 +1,10 @@
 """Back up a service's state and put it back: ``workspace-service backup|restore DIR``.
 
 What a site needs to rebuild its control plane is the store (every workspace, node,
-network, image, project, key and event) and the image blobs (``<data_dir>/blobs``).
-Agents rebuild the rest from their orders.
+network, image, project, key and event), the image blobs (``<data_dir>/blobs``) and,
+under mutual TLS, the service's own identity (the CA certificate, its certificate and
+key, the CRL: the files its ``[tls]`` names; never the CA's private key, which the
+service does not hold). Agents rebuild the rest from their orders.
 
 * ``backup DIR`` runs beside a running service. The SQLite store is copied with SQLite's
   online backup API in one step, so the copy is one consistent snapshot however busy the
@@ -16,7 +18,8 @@ Agents rebuild the rest from their orders.
   to the old file) and copies back the blobs the service lacks or holds damaged (one
   changed since it was hashed is hashed again; a mismatch is moved to ``blobs/bad/``),
   checking each copy. A copy from an older release is migrated forward when the service
-  starts.
+  starts. TLS files are put back only where the config names one that is missing: a
+  certificate renewed since the backup is never replaced by the older one.
 
 A PostgreSQL store is backed up with PostgreSQL's own tools (``pg_dump``); both commands
 say so and change nothing.
@@ -29,17 +32,18 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from images import digest as digests
-from workspace import sole
+from workspace import rpc, sole
 from workspace.config import ServiceConfig
 from workspace.errors import ConfigError, FailedPrecondition
 from workspace.store import engines, migrations
 from workspace.store.blobs import BlobRepository
 
 STORE_FILE = "service.db"
+TLS_DIR = "tls"
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -54,6 +58,8 @@ class Copied:
     kept: int = 0  # already there
     replaced: int = 0  # there but damaged: moved aside and copied again
     bad: tuple[str, ...] = ()  # digests that did not match their content: left out
+    tls: list[str] = field(default_factory=list)  # TLS files copied (by their backup name)
+    tls_kept: int = 0  # TLS files a restore found in place (left as they are)
 
 
 def _sqlite_file(cfg: ServiceConfig) -> Path:
@@ -93,6 +99,12 @@ def backup(cfg: ServiceConfig, dest: Path) -> Copied:
         Path(tmp).unlink(missing_ok=True)
         raise
     _copy_blobs(cfg.blob_dir / "sha256", BlobRepository(dest / "blobs"), done)
+    tls_dir = dest / TLS_DIR
+    for name, path in _tls_paths(cfg).items():
+        if path.is_file():
+            tls_dir.mkdir(mode=0o700, exist_ok=True)
+            _write_private(tls_dir / name, path.read_bytes())
+            done.tls.append(name)
     return done
 
 
@@ -122,9 +134,42 @@ def restore(cfg: ServiceConfig, source: Path) -> Copied:
             Path(tmp).unlink(missing_ok=True)
             raise
         _copy_blobs(source / "blobs" / "sha256", BlobRepository(cfg.blob_dir), done)
+        for name, path in _tls_paths(cfg).items():
+            saved = source / TLS_DIR / name
+            if not saved.is_file():
+                continue
+            if path.exists():
+                done.tls_kept += 1
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(path, saved.read_bytes())
+            done.tls.append(name)
     finally:
         held.release()
     return done
+
+
+def _tls_paths(cfg: ServiceConfig) -> dict[str, Path]:
+    """The TLS files the service's config names, by their name in a backup."""
+    if not cfg.tls.enabled:
+        return {}
+    ca, cert, key = rpc.named_tls_files(cfg.tls)
+    named = {"ca.pem": ca, "cert.pem": cert, "key.pem": key, "crl.pem": cfg.tls.crl_file}
+    return {name: Path(p).expanduser() for name, p in named.items() if p}
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """``data`` as the file ``path``, 0600, whole or not at all (a temp file renamed)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _check_store(path: Path) -> Copied:
@@ -194,5 +239,15 @@ def summary(command: str, where: Path, done: Copied, started: float) -> str:
         f"{verb} the store (revision {done.revision}, {done.workspaces} live workspaces) and "
         f"{done.blobs} blobs ({done.blob_bytes / 2**20:.1f} MiB; {done.kept} already there"
         + (f", {done.replaced} damaged there and replaced" if done.replaced else "")
-        + f") {direction} {where} in {time.monotonic() - started:.1f} s"
+        + f") {direction} {where}{_tls_summary(command, done)} in "
+        f"{time.monotonic() - started:.1f} s"
     )
+
+
+def _tls_summary(command: str, done: Copied) -> str:
+    if command == "backup":
+        return f", with the TLS files {', '.join(done.tls)}" if done.tls else ""
+    if not done.tls and not done.tls_kept:
+        return ""
+    back = f"put back the TLS files {', '.join(done.tls)}" if done.tls else "put back no TLS file"
+    return f"; {back} ({done.tls_kept} already there, left as they are)"
