@@ -272,7 +272,14 @@ def test_limits_hold(site: Site) -> None:
             count = int(site.sh(OUTBOUND, loop, timeout=90).strip())
             return count, (vcpu_seconds(vm_id) - before) / (time.monotonic() - t0)
 
-    free_count, free_share = busy()
+    # The uncapped run is the yardstick: it must have had most of a host CPU. On a host
+    # busy with something else for a moment (one CI run: 33 % of a CPU uncapped, so a
+    # 25 % cap could not slow it by half) it is measured again, a few times at most.
+    for _ in range(3):
+        free_count, free_share = busy()
+        if free_share >= 0.6:
+            break
+        time.sleep(5)
     site.ok("update", OUTBOUND, "--cpu-percent", "25")
     deadline = time.monotonic() + 60
     while _quota(site, OUTBOUND) != 25000:
