@@ -39,6 +39,7 @@ from images import digest as digests
 from workspace import rpc, sole
 from workspace.config import ServiceConfig
 from workspace.errors import ConfigError, FailedPrecondition
+from workspace.files import write_private
 from workspace.store import engines, migrations
 from workspace.store.blobs import BlobRepository
 
@@ -103,7 +104,7 @@ def backup(cfg: ServiceConfig, dest: Path) -> Copied:
     for name, path in _tls_paths(cfg).items():
         if path.is_file():
             tls_dir.mkdir(mode=0o700, exist_ok=True)
-            _write_private(tls_dir / name, path.read_bytes())
+            write_private(tls_dir / name, path.read_bytes(), sync=True)
             done.tls.append(name)
     return done
 
@@ -142,7 +143,7 @@ def restore(cfg: ServiceConfig, source: Path) -> Copied:
                 done.tls_kept += 1
                 continue
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_private(path, saved.read_bytes())
+            write_private(path, saved.read_bytes(), sync=True)
             done.tls.append(name)
     finally:
         held.release()
@@ -156,20 +157,6 @@ def _tls_paths(cfg: ServiceConfig) -> dict[str, Path]:
     ca, cert, key = rpc.named_tls_files(cfg.tls)
     named = {"ca.pem": ca, "cert.pem": cert, "key.pem": key, "crl.pem": cfg.tls.crl_file}
     return {name: Path(p).expanduser() for name, p in named.items() if p}
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """``data`` as the file ``path``, 0600, whole or not at all (a temp file renamed)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_store(path: Path) -> Copied:
