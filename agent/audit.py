@@ -1,6 +1,7 @@
 """Trust decisions taken on the node, kept until the service has them.
 
-Each record is appended (and fsynced) to ``<state_dir>/audit.jsonl`` before it is
+Each record is appended (and fsynced) to ``<state_dir>/audit.jsonl`` (0600: it names
+owners, workspaces and images) before it is
 queued for sending; the file is rewritten without the records the service acknowledged
 (a ReportStatus that succeeded), and is empty when nothing is outstanding. A restarted
 agent reads the file back and sends what it holds, so an entry taken just before a
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workspace.domain.model import AuditRecord
+from workspace.files import private_fd, write_private
 
 log = logging.getLogger("agent.audit")
 
@@ -64,7 +66,7 @@ class AuditSpool:
         """Spool ``record`` on disk, then queue it for the next report."""
         line = json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n"
         with self._lock:
-            with open(self.path, "a") as f:
+            with os.fdopen(private_fd(self.path, os.O_WRONLY | os.O_APPEND), "a") as f:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
@@ -100,10 +102,7 @@ class AuditSpool:
 
     def _rewrite(self) -> None:
         """The file := the unacknowledged records (called with the lock held)."""
-        tmp = self.path.with_name(FILE_NAME + ".tmp")
-        with open(tmp, "w") as f:
-            for record in self._unacked.values():
-                f.write(json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        lines = (
+            json.dumps(dataclasses.asdict(r), sort_keys=True) + "\n" for r in self._unacked.values()
+        )
+        write_private(self.path, "".join(lines), sync=True)

@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from workspace.files import write_private
+
 log = logging.getLogger("agent.cache")
 
 _OWNER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -60,9 +62,7 @@ class Pins:
         if self._by_owner.get(owner) == digests:
             return
         path = self.root / owner
-        tmp = path.with_name(owner + ".tmp")
-        tmp.write_text(json.dumps(sorted(digests)))
-        os.replace(tmp, path)
+        write_private(path, json.dumps(sorted(digests)))
         self._by_owner[owner] = digests
 
     def drop(self, owner: str) -> frozenset[str]:

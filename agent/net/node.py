@@ -37,6 +37,7 @@ from agent.net.uplink import ensure_uplink
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import NetworkInfo, Nic, Order
 from workspace.errors import ConfigError, WorkspaceError
+from workspace.files import write_private
 
 log = logging.getLogger("agent.net")
 
@@ -128,9 +129,7 @@ class BridgeNetworking:
         }
         try:
             self.memory_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.memory_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            tmp.replace(self.memory_path)
+            write_private(self.memory_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
         except OSError as exc:
             log.warning("cannot record uplinked networks in %s: %s", self.memory_path, exc)
 

@@ -62,3 +62,19 @@ def test_a_line_cut_short_by_a_crash_is_dropped(tmp_path: Path) -> None:
     with spool.path.open("a") as f:
         f.write('{"at": 1.0, "where": "node:n1", "act')
     assert AuditSpool(tmp_path).pending() == [_record(1)]
+
+
+def test_the_spool_is_only_the_agents_to_read(tmp_path: Path) -> None:
+    """The records name owners, workspaces and images: 0600 when written, rewritten,
+    and when an older agent had left the file readable by all."""
+    spool = AuditSpool(tmp_path)
+    spool.add(_record(1))
+    assert spool.path.stat().st_mode & 0o777 == 0o600
+    spool.acked(spool.take())
+    assert spool.path.stat().st_mode & 0o777 == 0o600
+    spool.path.chmod(0o644)
+    spool.add(_record(2))
+    assert spool.path.stat().st_mode & 0o777 == 0o600
+    spool.path.chmod(0o644)
+    assert AuditSpool(tmp_path).pending() == [_record(2)]  # read back, rewritten
+    assert spool.path.stat().st_mode & 0o777 == 0o600

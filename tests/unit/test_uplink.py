@@ -151,3 +151,11 @@ def test_policy_without_br_netfilter_is_an_error(
         with pytest.raises(FilterError, match=r"w2 not isolated: .*br_netfilter"):
             net.sync([open_vm, cluster])
     assert len(host.rulesets) == 3
+
+
+def test_the_remembered_networks_are_only_the_agents_to_read(host: Host, tmp_path: Path) -> None:
+    config = cfg(tmp_path, a="eth1")
+    net = node.BridgeNetworking(config)
+    net.sync([order("w1", "a", "wsbr-a", "10.0.0.5", 0)])
+    assert net.memory_path.stat().st_mode & 0o777 == 0o600
+    assert list(net.memory_path.parent.glob("*.tmp")) == []
