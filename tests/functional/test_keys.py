@@ -190,12 +190,14 @@ def test_a_nocloud_workspace_has_host_keys_and_a_seed_with_the_users_key(
     # The busybox image takes none.
     plain = site.stubs.create(name="plain", image="img")
     assert list(plain.host_keys) == [] and plain.login_user == ""
+    assert list(w.ssh_keys) == [sshkeys.fingerprint(pub)]  # which keys the guest takes
     assert orders_of(site)["plain"].seed is None
     # ws show prints the login user and the host key's fingerprint.
     code, out, _ = run(ws, site, capsys, "show", "box")
     assert code == 0
     assert "login_user" in out and "debian" in out
     assert f"{sshkeys.fingerprint(host_key)} (ssh-ed25519)" in out
+    assert ["ssh_key", sshkeys.fingerprint(pub)] in [line.split() for line in out.splitlines()]
     # A key added later goes into later workspaces only.
     with Client(site.address) as c:
         later = keygen(tmp_path, "b", "later").with_suffix(".pub").read_text().strip()
@@ -204,6 +206,11 @@ def test_a_nocloud_workspace_has_host_keys_and_a_seed_with_the_users_key(
     orders = orders_of(site)
     assert own_config(orders["box"])["ssh_authorized_keys"] == [pub]
     assert own_config(orders["box2"])["ssh_authorized_keys"] == [pub, later]
+    # and the API says so, for each (what `ws ssh` tells a caller whose key is not in it).
+    with Client(site.address) as c:
+        shown = {x.name: list(x.ssh_keys) for x in c.list_workspaces()}
+    fps = [sshkeys.fingerprint(pub), sshkeys.fingerprint(later)]
+    assert (shown["box"], shown["box2"], shown["plain"]) == (fps[:1], fps, [])
 
 
 def _payloads(order: Order) -> list[bytes]:

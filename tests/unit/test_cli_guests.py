@@ -211,7 +211,7 @@ def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture
     assert rc == 1 and "box is STOPPED" in err
 
 
-def test_a_failed_login_says_when_the_caller_has_no_key(
+def test_a_failed_login_says_when_none_of_the_callers_keys_is_in_the_guest(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # An ssh that cannot log in the way ssh says it (its exit code from SSH_EXIT).
@@ -225,20 +225,32 @@ def test_a_failed_login_says_when_the_caller_has_no_key(
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
     c = FakeClient([box(host_keys=HOST_KEYS)])
-    hint = "ws: you have no SSH key at the service (`ws key list` is empty)"
+    no_key = "ws: you have no SSH key at the service (`ws key list` is empty)"
     monkeypatch.setenv("SSH_EXIT", "255")
     rc, _, err = run(c, capfd, "ssh", "box")  # type: ignore[arg-type]
     assert rc == 255
-    assert err.startswith("debian@10.213.0.5: Permission denied (publickey).\n" + hint)
-    assert "`ws exec box -- CMD` and `ws console box --attach` reach this one" in err
-    # With a key at the service, ssh's own word stands; so does a command's own exit code.
-    c.keys = [access_pb2.SshKey(fingerprint="SHA256:x")]
+    assert err.startswith("debian@10.213.0.5: Permission denied (publickey).\n" + no_key)
+    assert "a key added later reaches only new workspaces" in err
+    assert "`ws exec box -- CMD` and `ws console box --attach` reach it" in err
+    # A key added after the workspace was created: ws says which keys the guest has.
+    c.keys = [access_pb2.SshKey(fingerprint="SHA256:new")]
+    c.workspaces = {"box": box(host_keys=HOST_KEYS, ssh_keys=["SHA256:old"])}
     rc, _, err = run(c, capfd, "ssh", "box")  # type: ignore[arg-type]
-    assert rc == 255 and hint not in err
+    assert rc == 255 and no_key not in err
+    assert (
+        "ws: none of your SSH keys at the service is in box: it was given its owner's "
+        "keys when it was created (SHA256:old)" in err
+    )
+    assert "`ws ssh -i FILE box`" in err
+    # The guest has one of the caller's keys: ssh's own word stands; so does a command's
+    # own exit code.
+    c.keys.append(access_pb2.SshKey(fingerprint="SHA256:old"))
+    rc, _, err = run(c, capfd, "ssh", "box")  # type: ignore[arg-type]
+    assert rc == 255 and "ws:" not in err
     c.keys = []
     monkeypatch.setenv("SSH_EXIT", "3")
     rc, _, err = run(c, capfd, "ssh", "box", "--", "false")  # type: ignore[arg-type]
-    assert rc == 3 and hint not in err
+    assert rc == 3 and "ws:" not in err
 
 
 def test_ssh_enters_the_nodes_namespace_of_a_local_site(

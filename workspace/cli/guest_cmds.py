@@ -441,7 +441,7 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if rc == SSH_FAILED:
-        _hint_without_keys(client, ws.name)
+        _hint_about_keys(client, ws)
     return rc
 
 
@@ -449,19 +449,29 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
 SSH_FAILED = 255
 
 
-def _hint_without_keys(client: Client, name: str) -> None:
-    """After a failed login: say so if the caller has no SSH key at the service, the
-    usual reason a scientist cannot log in (ssh itself only says "Permission denied")."""
+def _hint_about_keys(client: Client, ws: common_pb2.Workspace) -> None:
+    """After a failed login: say so if none of the caller's SSH keys at the service is
+    in the guest, the usual reason a scientist cannot log in (ssh itself only says
+    "Permission denied")."""
     try:
-        if client.list_ssh_keys():
-            return
+        mine = {k.fingerprint for k in client.list_ssh_keys()}
     except errors.WorkspaceError:
         return  # the hint is a courtesy; ssh's own message stands
+    reach = f"`ws exec {ws.name} -- CMD` and `ws console {ws.name} --attach` reach it without a key"
+    if not mine:
+        why = "you have no SSH key at the service (`ws key list` is empty)"
+    elif not mine & set(ws.ssh_keys):
+        had = ", ".join(ws.ssh_keys) or "none"
+        why = (
+            f"none of your SSH keys at the service is in {ws.name}: it was given its "
+            f"owner's keys when it was created ({had})"
+        )
+    else:
+        return  # it has one of them: something else failed, as ssh said
     print(
-        "ws: you have no SSH key at the service (`ws key list` is empty), and a workspace "
-        "takes its owner's keys when it is created: `ws key add ~/.ssh/id_ed25519.pub`, "
-        f"then create a new one; `ws exec {name} -- CMD` and `ws console {name} --attach` "
-        "reach this one without a key",
+        f"ws: {why}, and a key added later reaches only new workspaces: `ws key add "
+        f"~/.ssh/id_ed25519.pub`, then create a new one, or log in with a key it has "
+        f"(`ws ssh -i FILE {ws.name}`); {reach}",
         file=sys.stderr,
     )
 

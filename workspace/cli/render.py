@@ -242,6 +242,8 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("limits", limits_text(ws.limits)),
     ]
     pairs += [("host_key", f"{fingerprint(k)} ({k.split()[0]})") for k in ws.host_keys if k]
+    if ws.login_user:  # a guest ws ssh logs in to: the keys it takes
+        pairs += [("ssh_key", k) for k in ws.ssh_keys] or [("ssh_key", "none")]
     pairs += [
         ("request_id", ws.request_id),
         ("created_at", fmt_time(ws.created_at)),

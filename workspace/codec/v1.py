@@ -205,6 +205,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         lease_expires_at=_ts_or_none(w.lease_expires_at),
         host_keys=list(w.host_keys),
         login_user=w.login_user,
+        ssh_keys=list(w.ssh_keys),
         connectivity=w.connectivity.value,
         allow=[str(r) for r in w.allow],
         limits=limits_to_proto(w.limits),

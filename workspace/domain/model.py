@@ -133,6 +133,7 @@ class WorkspaceView:
     lease_expires_at: float = 0.0  # epoch s; 0 = no lease
     host_keys: tuple[str, ...] = ()  # the guest's SSH host public keys (vouched for)
     login_user: str = ""  # the account `ws ssh` logs in as ("": no contextualization)
+    ssh_keys: tuple[str, ...] = ()  # fingerprints of the keys it was given (its owner's then)
     connectivity: Connectivity = Connectivity.OPEN
     allow: tuple[AllowRule, ...] = ()
     limits: Limits = field(default_factory=Limits)  # as enforced (defaults applied)

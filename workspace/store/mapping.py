@@ -30,6 +30,7 @@ from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from images.model import ImageSpec, Partition
 from workspace import ipam
+from workspace.domain import sshkeys
 from workspace.domain.model import (
     CacheRecord,
     ClusterView,
@@ -252,6 +253,11 @@ def limits_column(lim: Limits) -> dict[str, int]:
     return {k: v for k, v in lim.as_dict().items() if v}
 
 
+# A user's few keys are in each of their workspaces: each line's fingerprint is worked
+# out once (a list of thousands of workspaces would otherwise hash every one again).
+_key_fingerprint = functools.lru_cache(maxsize=4096)(sshkeys.fingerprint)
+
+
 def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
     return WorkspaceView(
         id=ws.id,
@@ -276,6 +282,7 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         lease_expires_at=ws.lease_expires_at or 0.0,
         host_keys=(ws.host_key_public,) if ws.host_key_public else (),
         login_user=ws.login_user or "",
+        ssh_keys=tuple(_key_fingerprint(k) for k in ws.authorized_keys or ()),
         connectivity=connectivity(ws),
         allow=allow_rules(ws),
         limits=limits(ws),

@@ -243,6 +243,7 @@ class Workspace(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     HOST_KEYS_FIELD_NUMBER: _builtins.int
     LOGIN_USER_FIELD_NUMBER: _builtins.int
+    SSH_KEYS_FIELD_NUMBER: _builtins.int
     CONNECTIVITY_FIELD_NUMBER: _builtins.int
     ALLOW_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
@@ -287,6 +288,12 @@ class Workspace(_message.Message):
         """
 
     @_builtins.property
+    def ssh_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fingerprints ("SHA256:...") of the SSH keys the guest was given: its owner's keys
+        when it was created (a key added later reaches only workspaces created after it).
+        """
+
+    @_builtins.property
     def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allow rules in canonical form ("tcp/22", "tcp/8000-8100:10.0.0.0/8")."""
 
@@ -318,6 +325,7 @@ class Workspace(_message.Message):
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         host_keys: _abc.Iterable[_builtins.str] | None = ...,
         login_user: _builtins.str = ...,
+        ssh_keys: _abc.Iterable[_builtins.str] | None = ...,
         connectivity: _builtins.str = ...,
         allow: _abc.Iterable[_builtins.str] | None = ...,
         limits: Global___Limits | None = ...,
@@ -325,7 +333,7 @@ class Workspace(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "ssh_keys", b"ssh_keys", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
