@@ -114,6 +114,17 @@ def test_admin_lists(site_dir: Path) -> None:
     assert [(n["name"], n["state"], n["hypervisor"]) for n in nodes] == [  # type: ignore[index, union-attr]
         ("local", "READY", "fake")
     ]
+    # What may be placed there, the default overcommit (4 vCPUs per CPU, memory 1:1)
+    # applied; the table counts use against it, not against the hardware.
+    (node,) = nodes  # type: ignore[misc]
+    assert (node["cpu_capacity"], node["memory_capacity_mib"]) == (
+        4 * node["cpus"],
+        node["memory_mib"],
+    )
+    header, row = ok(site_dir, "admin", "node", "list").out.splitlines()
+    cells = dict(zip(header.split(), row.split(), strict=False))
+    used = node.get("used_cpus", 0)
+    assert cells["CPUS"] == f"{used}/{4 * node['cpus']}"
     nets = ok(site_dir, "admin", "-o", "json", "network", "list").json()
     net = nets[0]  # type: ignore[index]
     assert (net["name"], net["subnet"], net["gateway"], net["bridge"]) == (

@@ -37,6 +37,7 @@ def test_projects_from_the_command_line(
     )  # fmt: skip
     assert code == 0, err
     assert "phys" in out and "instances=2" in out and "destroy" in out
+    assert out.splitlines()[1].split()[2:5] == ["8h", "72h", "destroy"]  # as they were given
     assert run(admin, ready_site, capsys, "project", "add-user", "phys", "local")[0] == 0
     code, out, _ = run(admin, ready_site, capsys, "-o", "json", "project", "list")
     (listed,) = json.loads(out)
@@ -105,6 +106,14 @@ def test_a_cluster_over_quota_from_the_command_line(
     assert code == 0 and json.loads(out) == []
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list")
     assert json.loads(out) == []
+    # One that fits is shown as the project's.
+    member = "w=img,count=1,memory-mib=64"
+    code, _, err = run(
+        ws, ready_site, capsys, "cluster", "create", "c", "--member", member, "--project", "p"
+    )
+    assert code == 0, err
+    code, out, _ = run(ws, ready_site, capsys, "cluster", "show", "c")
+    assert ["project", "p"] in [line.split() for line in out.splitlines()]
 
 
 def test_quota_without_projects_and_list_all_users(

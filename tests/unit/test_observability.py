@@ -15,7 +15,13 @@ from workspace import callctx
 from workspace.cli import event_cmds
 from workspace.config import ServiceConfig, load, parse_retention
 from workspace.domain.events import Refusal, SiteEvent
-from workspace.errors import ConfigError, InvalidArgument, PermissionDenied, ResourceExhausted
+from workspace.errors import (
+    AlreadyExists,
+    ConfigError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from workspace.log import JsonFormatter, Throttle
 from workspace.metrics_http import split_address
 from workspace.ops.refusals import refusal_of
@@ -187,3 +193,24 @@ def test_warn_mode_logs_an_untrusted_launch_once_and_audits_each(
     assert "untrusted image img allowed (warn mode): image img is not signed" in lines[0]
     decisions = [a for a in trust.list_audit(site.core.env) if a.action == "create"]
     assert len(decisions) == 4 and {a.verdict for a in decisions} == {"warn"}
+
+
+def test_a_create_refused_for_its_name_takes_no_trust_decision(tmp_path: Path) -> None:
+    """The audit names the workspace each decision was for: a request refused for what it
+    asked (a name in use) is refused before the trust check, and leaves no decision about
+    a workspace that never was; one refused later (no capacity) keeps its decision."""
+    import dataclasses
+
+    from tests.unit.test_request_validation import build_site
+    from workspace.ops import trust
+
+    site = build_site(tmp_path)
+    site.core.env = dataclasses.replace(site.core.env, check_trust=True)
+    box = site.create(name="box", memory_mib=64)
+    with pytest.raises(AlreadyExists):
+        site.create(name="box", memory_mib=64)
+    with pytest.raises(ResourceExhausted):
+        site.create(name="huge", memory_mib=16384)
+    decisions = [a for a in trust.list_audit(site.core.env) if a.action == "create"]
+    assert len(decisions) == 2, decisions  # box's, huge's; none for the second box
+    assert box.id in {a.workspace_id for a in decisions}

@@ -24,6 +24,7 @@ from typing import Any
 from workspace.cli import common, render
 from workspace.client_policy import LIMIT_NAMES
 from workspace.client_projects import LEASE_ACTIONS, PREEMPTIBLE_QUOTAS, QUOTA_FIELDS
+from workspace.domain.leases import duration_text
 
 # The largest quota (the API's signed 64-bit counts).
 MAX_QUOTA = 2**63 - 1
@@ -104,8 +105,8 @@ def project_rows(projects: list[Any]) -> str:
             [
                 p.name,
                 _quota(p.quota),
-                f"{p.default_lease_s}s" if p.default_lease_s else "-",
-                f"{p.max_lease_s}s" if p.max_lease_s else "-",
+                duration_text(p.default_lease_s) if p.default_lease_s else "-",
+                duration_text(p.max_lease_s) if p.max_lease_s else "-",
                 "destroy" if p.on_expiry == LEASE_ACTIONS["destroy"] else "stop",
                 render.limits_text(p.default_limits) or "-",
                 ",".join(p.users) or "-",
@@ -235,7 +236,7 @@ def register_admin(
     p = subparsers.add_parser("project", parents=[parent], help="projects: quotas and members")
     sub = p.add_subparsers(dest="project_command", metavar="COMMAND", required=True)
     q = sub.add_parser("create", parents=[parent], help="make a project")
-    q.add_argument("name", metavar="P")
+    q.add_argument("name", metavar="P", help="the project's name")
     q.add_argument(
         "--quota",
         type=quota_arg,
@@ -256,7 +257,7 @@ def register_admin(
         help="change a project's quotas, lease policy or default limits: what is given "
         "changes, the rest stays (default limits given replace them all)",
     )
-    q.add_argument("name", metavar="P")
+    q.add_argument("name", metavar="P", help="the project's name")
     q.add_argument(
         "--quota",
         type=quota_arg,
@@ -270,7 +271,7 @@ def register_admin(
     add_preemptible_quotas(q, "left out: unchanged")
     q.set_defaults(func=set_)
     q = sub.add_parser("add-user", parents=[parent], help="add a user to a project")
-    q.add_argument("name", metavar="P")
+    q.add_argument("name", metavar="P", help="the project's name")
     q.add_argument("user", metavar="NAME")
     q.set_defaults(func=add_user)
     q = sub.add_parser(
@@ -279,7 +280,7 @@ def register_admin(
         help="take a user out of a project's recorded members (a certificate naming the "
         "project still counts: revoke it)",
     )
-    q.add_argument("name", metavar="P")
+    q.add_argument("name", metavar="P", help="the project's name")
     q.add_argument("user", metavar="NAME")
     q.set_defaults(func=remove_user)
     q = sub.add_parser(
@@ -288,14 +289,14 @@ def register_admin(
         help="forget a project nothing live belongs to (no workspace but terminated ones, "
         "no image, no backfill); its past usage stays reported under its name",
     )
-    q.add_argument("name", metavar="P")
+    q.add_argument("name", metavar="P", help="the project's name")
     q.set_defaults(func=delete)
     q = sub.add_parser("list", parents=[parent], help="every project")
     q.set_defaults(func=list_)
     q = sub.add_parser(
         "show", parents=[parent], help="one project: settings, and use and quotas of both classes"
     )
-    q.add_argument("name", metavar="P")
+    q.add_argument("name", metavar="P", help="the project's name")
     q.set_defaults(func=lambda args: show(client_for(args), args, admin=True))
     for name, text in (
         ("publish", "make an image visible to every user"),
@@ -324,5 +325,5 @@ def register_user(
     q = sub.add_parser(
         "show", parents=[parent], help="one of your projects: use and quotas of both classes"
     )
-    q.add_argument("name", metavar="P")
+    q.add_argument("name", metavar="P", help="the project's name")
     q.set_defaults(func=lambda args: show(client_for(args), args, admin=False))

@@ -406,6 +406,8 @@ def node_to_proto(n: NodeStatus) -> admin_pb2.Node:
         used_disk_mbps=n.used_disk_mbps,
         used_net_mbps=n.used_net_mbps,
         agent_version=n.agent_version,
+        cpu_capacity=n.cpu_capacity,
+        memory_capacity_mib=n.memory_capacity_mib,
     )
 
 

@@ -328,6 +328,9 @@ class NodeStatus:
     used_disk_mbps: int = 0
     used_net_mbps: int = 0
     agent_version: str = ""  # as the node's agent last registered
+    # What the scheduler may place there (overcommit and reservations applied).
+    cpu_capacity: int = 0
+    memory_capacity_mib: int = 0
 
 
 @dataclass(frozen=True)

@@ -210,8 +210,6 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     image = held(s, Image, spec.image)
     if image is None or not (image.public or sc.sees(image.owner, image.project)):
         raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
-    if env.check_trust:
-        trust.check_launch(env, s, owner, image, "create", workspace_id=wid)
     source = image_spec(image)
     partitions = disk_layout(
         image.name, source.partitions, spec.extra_partitions, spec.grow_bytes, env.cfg.limits
@@ -221,6 +219,10 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     clash = _CLASH.first(s.connection(), {"owner": owner, "name": spec.name})
     if clash is not None:
         raise AlreadyExists(f"you already have a workspace named {spec.name!r} ({clash[0]})")
+    # Last: a request refused for what it asked (its disks, its name) takes no trust
+    # decision, which the audit would keep naming a workspace that never was.
+    if env.check_trust:
+        trust.check_launch(env, s, owner, image, "create", workspace_id=wid)
     return replace(source, partitions=partitions)
 
 

@@ -31,13 +31,14 @@ def _get(s: Session, name: str) -> Node:
     return node
 
 
-def _status(s: Session, node: Node) -> NodeStatus:
+def _status(env: Env, s: Session, node: Node) -> NodeStatus:
     count = s.execute(
         select(func.count())
         .select_from(Workspace)
         .where(Workspace.node == node.name, Workspace.state != State.TERMINATED.value)
     ).scalar_one()
-    return node_status(node, int(count))
+    cap = scheduler.capacity(node.cpus, node.memory_mib, env.cfg.scheduler)
+    return node_status(node, int(count), cap)
 
 
 def list_nodes(env: Env) -> list[NodeStatus]:
@@ -50,7 +51,11 @@ def list_nodes(env: Env) -> list[NodeStatus]:
             ).all()
         )
         return [
-            node_status(n, int(counts.get(n.name, 0)))
+            node_status(
+                n,
+                int(counts.get(n.name, 0)),
+                scheduler.capacity(n.cpus, n.memory_mib, env.cfg.scheduler),
+            )
             for n in s.execute(select(Node).order_by(Node.name)).scalars()
         ]
 
@@ -62,7 +67,7 @@ def set_drained(env: Env, name: str, drained: bool) -> NodeStatus:
         node.drained = drained
         if node_state(node) is not NodeState.DOWN:
             node.state = (NodeState.DRAINING if drained else NodeState.READY).value
-        shown = _status(u.s, node)
+        shown = _status(env, u.s, node)
         if not drained:
             u.capacity()
     log.info("node %s %s", name, "draining: no new work" if drained else "enabled")
@@ -72,7 +77,7 @@ def set_drained(env: Env, name: str, drained: bool) -> NodeStatus:
 def remove(env: Env, name: str) -> NodeStatus:
     with env.store.write() as s:
         node = _get(s, name)
-        shown = _status(s, node)
+        shown = _status(env, s, node)
         if shown.workspaces:
             raise FailedPrecondition(
                 f"node {name} still holds {shown.workspaces} workspace(s); drain it "

@@ -27,7 +27,7 @@ from workspace.scheduler.model import (
     overhead_mib,
 )
 from workspace.scheduler.replay import from_json, to_json
-from workspace.scheduler.snapshot import Snapshot
+from workspace.scheduler.snapshot import Snapshot, capacity
 from workspace.scheduler.weighers import Weigher, weighers_for
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Weigher",
     "affinity_from_proto",
     "affinity_to_proto",
+    "capacity",
     "from_json",
     "memory_claim_mib",
     "overhead_mib",

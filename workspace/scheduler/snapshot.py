@@ -40,6 +40,15 @@ UNBOUNDED = 1 << 62
 ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
+def capacity(cpus: int, memory_mib: int, cfg: SchedulerConfig) -> tuple[int, int]:
+    """What may be placed on a node of ``cpus`` and ``memory_mib``: vCPUs and MiB, the
+    overcommit ratios and the reservations of ``cfg`` applied."""
+    return (
+        int(cpus * cfg.cpu_overcommit) - cfg.reserved_cpus,
+        int(memory_mib * cfg.memory_overcommit) - cfg.reserved_memory_mib,
+    )
+
+
 class HostState:
     """One node during a placement: its view plus what is still free (mutable scratch)."""
 
@@ -76,12 +85,7 @@ class HostState:
 
     @classmethod
     def of(cls, view: NodeView, rank: int, cfg: SchedulerConfig) -> HostState:
-        return cls(
-            view,
-            rank,
-            int(view.cpus * cfg.cpu_overcommit) - cfg.reserved_cpus,
-            int(view.memory_mib * cfg.memory_overcommit) - cfg.reserved_memory_mib,
-        )
+        return cls(view, rank, *capacity(view.cpus, view.memory_mib, cfg))
 
     @property
     def used_cpus(self) -> int:
@@ -133,17 +137,7 @@ class Snapshot:
             if a.name == b.name:
                 raise ValueError(f"node {a.name!r} appears twice in the snapshot")
         self.cfg = cfg
-        cpu_ratio, cpu_reserved = cfg.cpu_overcommit, cfg.reserved_cpus
-        mem_ratio, mem_reserved = cfg.memory_overcommit, cfg.reserved_memory_mib
-        self.hosts = [
-            HostState(
-                view,
-                rank,
-                int(view.cpus * cpu_ratio) - cpu_reserved,
-                int(view.memory_mib * mem_ratio) - mem_reserved,
-            )
-            for rank, view in enumerate(ordered)
-        ]
+        self.hosts = [HostState.of(view, rank, cfg) for rank, view in enumerate(ordered)]
         self.by_name = {h.name: h for h in self.hosts}
         # Scale for the pack/spread weights: free memory / scale is within [0, 1].
         self.memory_scale_mib = max([1, *(h.memory_capacity_mib for h in self.hosts)])

@@ -330,7 +330,8 @@ def node_state(n: Node) -> NodeState:
     return NodeState(n.state)
 
 
-def node_status(n: Node, workspaces: int) -> NodeStatus:
+def node_status(n: Node, workspaces: int, capacity: tuple[int, int]) -> NodeStatus:
+    """``capacity``: what the scheduler may place there, vCPUs and MiB."""
     return NodeStatus(
         name=n.name,
         hypervisor=n.hypervisor,
@@ -349,6 +350,8 @@ def node_status(n: Node, workspaces: int) -> NodeStatus:
         used_disk_mbps=n.used_disk_mbps or 0,
         used_net_mbps=n.used_net_mbps or 0,
         agent_version=n.agent_version or "",
+        cpu_capacity=capacity[0],
+        memory_capacity_mib=capacity[1],
     )
 
 
