@@ -47,6 +47,12 @@ class Unavailable(WorkspaceError):
     """A service or node could not be reached; worth retrying."""
 
 
+class Stopping(Unavailable):
+    """The service is stopping (a stream it ends): nothing went wrong, retry elsewhere."""
+
+    expected = True
+
+
 class ConfigError(WorkspaceError):
     """A configuration file or value is wrong; raised at start-up."""
 

@@ -599,6 +599,25 @@ def test_a_revoked_node_loses_its_order_stream(world: World) -> None:
         n4.close()
 
 
+def test_a_revoked_admin_loses_the_site_event_stream(world: World) -> None:
+    e_dir = world.tmp / "id-erin"
+    world.ca.issue(Identity(Kind.USER, "erin", admin=True), e_dir)
+    erin = world.connect(e_dir)
+    try:
+        events = erin.admin.WatchEvents(admin_pb2.WatchEventsRequest(follow=True))
+        assert next(events).kind  # what happened so far streams
+        world.ca.revoke("erin")
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in events:  # the rest of the history, then following
+                pass
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in (info.value.details() or "")
+        assert time.monotonic() - started < 15
+    finally:
+        erin.close()
+
+
 def test_an_admins_image_outside_projects_is_a_site_image(world: World) -> None:
     admin, b = world.callers["admin"], world.callers["B"]
     digest = admin.images.UploadBlob(iter([images_pb2.BlobChunk(data=b"\1" * 4096)])).digest

@@ -217,7 +217,11 @@ def test_lifecycle_through_the_cli(site_dir: Path) -> None:
     assert r.json()["state"] == "TERMINATED"  # type: ignore[index]
     assert wid not in ok(site_dir, "ws", "list").out
     assert wid in ok(site_dir, "ws", "list", "--all").out
-    failed(site_dir, 1, "destroy", wid, match="destroyed")
+    # Destroyed already: a destroy again shows it so (a retried one must not fail); a
+    # start is refused with the reason.
+    again = ok(site_dir, "ws", "destroy", wid, "-o", "json").json()
+    assert again["state"] == "TERMINATED"  # type: ignore[index]
+    failed(site_dir, 1, "start", wid, match="was destroyed")
 
 
 def test_several_workspaces_at_once(site_dir: Path) -> None:

@@ -10,6 +10,8 @@ import pytest
 from tests.functional.harness import WS, Site, wait_for
 from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
+DS = common_pb2.DesiredState
+
 
 def rpc_error(fn, *args, **kw) -> grpc.RpcError:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as err:
@@ -84,12 +86,13 @@ def test_destroy_twice_and_operations_on_destroyed(ready_site: Site) -> None:
     s = ready_site.stubs
     w = s.create(name="gone")
     s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
-    s.ws.DestroyWorkspace(s.ref(w.id))
-    err = rpc_error(s.ws.DestroyWorkspace, s.ref(w.id))
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    first = s.ws.DestroyWorkspace(s.ref(w.id))
+    # Again (a retry whose answer was lost): the workspace as it is, not an error.
+    again = s.ws.DestroyWorkspace(s.ref(w.id))
+    assert again.desired_state == first.desired_state == DS.DESIRED_STATE_TERMINATED
     s.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+    assert s.ws.DestroyWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_TERMINATED
     for call in (
-        s.ws.DestroyWorkspace,
         s.ws.StartWorkspace,
         s.ws.RebootWorkspace,
         s.ws.PauseWorkspace,
@@ -104,11 +107,20 @@ def test_invalid_transitions(ready_site: Site) -> None:
     s = ready_site.stubs
     w = s.create(name="trans")
     s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
-    err = rpc_error(s.ws.ResumeWorkspace, s.ref(w.id))
+    s.ws.PauseWorkspace(s.ref(w.id))
+    s.wait_state(w.id, WS.WORKSPACE_STATE_PAUSED)
+    err = rpc_error(s.ws.RebootWorkspace, s.ref(w.id))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "it is RUNNING" in err.details()
+    assert "it is PAUSED" in err.details()
     err = rpc_error(s.ws.StartWorkspace, s.ref(w.id))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "only a STOPPED or FAILED workspace can be started" in err.details()
+    # What is already so is not refused: a retried (or making-sure) request.
+    assert s.ws.PauseWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_PAUSED
+    s.ws.ResumeWorkspace(s.ref(w.id))
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    assert s.ws.ResumeWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_RUNNING
+    assert s.ws.StartWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_RUNNING
 
 
 def test_unknown_workspace(ready_site: Site) -> None:

@@ -442,16 +442,23 @@ def test_released_address_is_reused(site: Site) -> None:
 
 
 def test_destroy_twice(site: Site) -> None:
+    """A second destroy (a retry whose first answer was lost) answers the workspace as
+    it is, changes nothing and publishes nothing."""
     ws = site.create(name="web1")
-    site.core.operate(OWNER, ws.id, Op.DESTROY)
+    first = site.core.operate(OWNER, ws.id, Op.DESTROY)
+    events = site.core.env.notifier.subscribe(lambda w: True)
+    again = site.core.operate(OWNER, ws.id, Op.DESTROY)
+    assert again == first and again.desired_state == DS.DESIRED_STATE_TERMINATED
+    assert events.events.empty()
     with pytest.raises(FailedPrecondition, match="web1 is being destroyed"):
-        site.core.operate(OWNER, ws.id, Op.DESTROY)
+        site.core.operate(OWNER, ws.id, Op.START)
     site.report(ws.id, nodes_pb2.OBSERVED_STATE_ABSENT)
-    with pytest.raises(FailedPrecondition, match="web1 was destroyed"):
-        site.core.operate(OWNER, ws.id, Op.DESTROY)
+    done = site.core.operate(OWNER, ws.id, Op.DESTROY)
+    assert done.state == WS.WORKSPACE_STATE_TERMINATED
+    assert site.allocations() == []
 
 
-@pytest.mark.parametrize("op", list(Op), ids=str)
+@pytest.mark.parametrize("op", [op for op in Op if op is not Op.DESTROY], ids=str)
 def test_operations_on_destroyed_workspace(site: Site, op: Op) -> None:
     ws = site.create(name="web1")
     site.destroy(ws.id)
@@ -486,8 +493,8 @@ def test_other_owner_cannot_see_or_operate(site: Site) -> None:
 def test_stop_then_start(site: Site) -> None:
     ws = site.create(name="web1")
     site.report(ws.id, nodes_pb2.OBSERVED_STATE_RUNNING)
-    with pytest.raises(FailedPrecondition, match="cannot start workspace web1: it is RUNNING"):
-        site.core.operate(OWNER, "web1", Op.START)
+    # Started already: answered as it is (a retried or a making-sure start).
+    assert site.core.operate(OWNER, "web1", Op.START).state == WS.WORKSPACE_STATE_RUNNING
     stopped = site.core.operate(OWNER, "web1", Op.STOP, timeout_s=5)
     assert stopped.desired_state == DS.DESIRED_STATE_STOPPED
     site.report(ws.id, nodes_pb2.OBSERVED_STATE_STOPPED)
@@ -496,3 +503,46 @@ def test_stop_then_start(site: Site) -> None:
     # A stopped workspace keeps its address and claim.
     assert len(site.allocations()) == 1
     assert site.node_usage() == (1, 512 + 73)
+
+
+def test_a_stop_asked_again_while_it_stops_forces_it_or_changes_nothing(site: Site) -> None:
+    from workspace.ops import reports
+
+    ws = site.create(name="web1")
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    site.core.operate(OWNER, "web1", Op.STOP, timeout_s=600)
+    (order,) = reports.orders(site.core.env, "n1").orders
+    assert (order.stop_timeout_s, order.force_stop) == (600, False)
+    # The guest ignores the shutdown: `ws stop --force` while it stops pulls the plug.
+    again = site.core.operate(OWNER, "web1", Op.STOP, force=True)
+    assert again.state == WS.WORKSPACE_STATE_STOPPING
+    (order,) = reports.orders(site.core.env, "n1").orders
+    assert order.force_stop
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_STOPPED)
+    events = site.core.env.notifier.subscribe(lambda w: True)
+    assert site.core.operate(OWNER, "web1", Op.STOP).state == WS.WORKSPACE_STATE_STOPPED
+    assert events.events.empty()  # stopped already: nothing changed
+
+
+def test_a_cluster_create_retried_after_a_limit_changed_gets_the_same_cluster(
+    site: Site,
+) -> None:
+    """As a workspace's create: the request id is looked up before the arguments are
+    checked again, so a retry gets what the first request got."""
+    from workspace.domain.model import ClusterRequest, MemberSpec
+    from workspace.ops import clusters
+
+    req = ClusterRequest(
+        name="duo",
+        members=(MemberSpec("w", "img", memory_mib=64, count=2),),
+        request_id="r-duo",
+        request_hash="h",
+        wait_for_capacity_s=600,
+    )
+    env = site.core.env
+    first = clusters.create(env, OWNER, req)
+    lim = replace(env.cfg.limits, max_wait_for_capacity_s=60)
+    stricter = replace(env, cfg=replace(env.cfg, limits=lim))
+    assert clusters.create(stricter, OWNER, req).id == first.id
+    with pytest.raises(InvalidArgument, match="max_wait_for_capacity_s"):
+        clusters.create(stricter, OWNER, replace(req, request_id="r-new", name="trio"))

@@ -55,7 +55,19 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     """Add `events` to ws-admin."""
 
     def run(args: argparse.Namespace) -> int:
-        events = client_for(args).watch_events(args.since or 0.0, args.follow)
+        client = client_for(args)
+        if args.follow:
+            client.health()  # fail now (exit 3) rather than retry silently
+
+        def outage(why: str) -> None:
+            if why:
+                print(f"ws-admin: events: lost the service ({why}); retrying", file=sys.stderr)
+            else:
+                print("ws-admin: events: the service answers again", file=sys.stderr)
+
+        events = client.watch_events(
+            args.since or 0.0, args.follow, reconnect=True, on_outage=outage
+        )
         try:
             for e in events:
                 if render.wants_json(args):

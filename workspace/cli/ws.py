@@ -545,7 +545,11 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
                 help="seconds to wait for a clean shutdown before powering off "
                 "(default: the service's)",
             )
-            p.add_argument("--force", action="store_true", help="power off at once")
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="power off at once (also while an earlier stop still waits)",
+            )
         _add_wait(p, state_name(state), timeout_flag=name != "stop")
         p.set_defaults(func=cmds.action)
 

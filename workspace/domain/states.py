@@ -87,7 +87,8 @@ BOOTING = frozenset({State.PENDING, State.SCHEDULED, State.PROPAGATING, State.ST
 
 _ALLOWED: dict[Op, frozenset[State]] = {
     Op.START: frozenset({State.STOPPED, State.FAILED}),
-    Op.STOP: frozenset({*BOOTING, State.RUNNING, State.PAUSED, State.FAILED}),
+    # Also while it stops: a second stop sets its timeout and --force anew.
+    Op.STOP: frozenset({*BOOTING, State.RUNNING, State.PAUSED, State.FAILED, State.STOPPING}),
     Op.REBOOT: frozenset({State.RUNNING}),
     Op.PAUSE: frozenset({State.RUNNING}),
     Op.RESUME: frozenset({State.PAUSED}),
@@ -105,18 +106,36 @@ _EFFECT: dict[Op, tuple[Desired, State | None]] = {
 }
 
 
+# An operation whose effect was already asked for, and holds or is under way: accepted
+# again, changing nothing. A client that lost the first answer retries it, on another
+# replica too (workspace/failover.py), and a script may simply make sure.
+_ALREADY: dict[Op, tuple[Desired, frozenset[State]]] = {
+    Op.START: (Desired.RUNNING, frozenset({*BOOTING, State.RUNNING})),
+    Op.STOP: (Desired.STOPPED, frozenset({State.STOPPED})),
+    Op.PAUSE: (Desired.PAUSED, frozenset({State.PAUSED})),
+    Op.RESUME: (Desired.RUNNING, frozenset({State.RUNNING})),
+}
+
+
 @dataclass(frozen=True)
 class Transition:
     desired: Desired
     state: State
 
 
-def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") -> Transition:
-    """The effect of a user operation, or FailedPrecondition saying why it is refused."""
+def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") -> Transition | None:
+    """The effect of a user operation; None when it was already asked for (nothing
+    changes: ``_ALREADY``, and a destroy once destroy was asked); FailedPrecondition
+    saying why it is refused."""
     if desired is Desired.TERMINATED:
+        if op is Op.DESTROY:
+            return None
         if state is State.TERMINATED:
             raise FailedPrecondition(f"{name} was destroyed; nothing to {op.value}")
         raise FailedPrecondition(f"{name} is being destroyed; it cannot {op.value}")
+    already = _ALREADY.get(op)
+    if already is not None and desired is already[0] and state in already[1]:
+        return None
     if state not in _ALLOWED[op]:
         hint = {
             Op.START: "only a STOPPED or FAILED workspace can be started",

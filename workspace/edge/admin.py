@@ -12,7 +12,7 @@ from workspace.codec import events as codec_events
 from workspace.codec import node as codec_node
 from workspace.codec import v1
 from workspace.edge import auth
-from workspace.edge.calls import stream, unary
+from workspace.edge.calls import stopping, stream, unary
 from workspace.identity import Identity
 from workspace.ops import backfill, networks, nodes, queue, site_events, usage
 from workspace.ops.unit import Env
@@ -119,8 +119,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.WatchEventsRequest, context: grpc.ServicerContext, who: Identity
     ) -> Iterator[admin_pb2.SiteEvent]:
         since, follow = codec_events.watch_request_from_proto(request)
-        for e in site_events.watch(self.env, since, follow, lambda: not context.is_active()):
+
+        def gone() -> bool:
+            self.auth.check_revoked(who)  # a revoked admin's stream ends (UNAUTHENTICATED)
+            return not context.is_active()
+
+        for e in site_events.watch(self.env, since, follow, gone):
             yield codec_events.event_to_proto(e)
+        if follow and self.env.notifier.closed and context.is_active():
+            raise stopping()
 
     @unary
     def SetBackfill(

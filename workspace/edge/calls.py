@@ -12,7 +12,7 @@ import grpc
 
 from workspace import callctx, rpc_status
 from workspace.edge.auth import Authenticator, Unauthenticated, method_name
-from workspace.errors import WorkspaceError
+from workspace.errors import Stopping, WorkspaceError
 from workspace.identity import Identity, Kind
 
 log = logging.getLogger("workspace.edge")
@@ -90,6 +90,15 @@ def unary(
                 raise
 
     return wrapper
+
+
+def stopping() -> Stopping:
+    """What a watch ends with when the service stops: UNAVAILABLE, as after any outage, so
+    that its client watches again (on another replica, or here once the service is back)
+    rather than take the end for the last word."""
+    return Stopping(
+        "the service is stopping; watch again (another replica, or this one once it is back)"
+    )
 
 
 def stream(

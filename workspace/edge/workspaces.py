@@ -16,7 +16,7 @@ from workspace.codec import v1
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Op
 from workspace.edge import auth
-from workspace.edge.calls import STREAM_POLL_S, stream, unary
+from workspace.edge.calls import STREAM_POLL_S, stopping, stream, unary
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
 from workspace.ops import (
@@ -209,12 +209,14 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                 except queue.Empty:
                     continue
                 if ev is None:
-                    return
+                    break  # the service stops
                 if watcher.overflowed:
                     context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED, "watch fell too far behind; re-open it"
                     )
                 yield workspaces_pb2.WorkspaceEvent(workspace=v1.workspace_to_proto(ev))
+            if notifier.closed and context.is_active():
+                raise stopping()
         finally:
             notifier.unsubscribe(watcher)
 

@@ -120,9 +120,10 @@ def _member_rows(
 
 def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
     """Create a cluster of the caller: all members placed, queued, or refused whole (also
-    when they would take its project over a quota)."""
-    check_request(req)
-    check_wait(req.wait_for_capacity_s, env.cfg.limits)
+    when they would take its project over a quota).
+
+    The argument checks come after the request id is looked up, as a workspace's create
+    does: a retried request gets what the first one got, also after a limit changed."""
     with write(env) as u:
         s = u.s
         sc = scope(s, who)
@@ -138,6 +139,8 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
                         "for a different request; use a new id"
                     )
                 return view(s, prior)
+        check_request(req)
+        check_wait(req.wait_for_capacity_s, env.cfg.limits)
         clash = s.execute(
             select(Cluster.id).where(
                 Cluster.owner == owner,
@@ -224,15 +227,17 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
         c = resolve(s, who, ref)
         changed: list[Workspace] = []
         refusals: list[str] = []
+        already = 0  # members the op was already asked for (nothing to change)
         for m in members_of(s, c.id):
-            if op is Op.DESTROY and m.desired_state == Desired.TERMINATED.value:
-                continue
             try:
                 if op is Op.START:
                     check_lease(env, m, op)
                 t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
             except FailedPrecondition as exc:
                 refusals.append(exc.message)
+                continue
+            if t is None:
+                already += 1
                 continue
             if op is Op.DESTROY:
                 destroy_member(env, s, m, "")
@@ -242,7 +247,8 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
                     set_reason(m, "")
                 m.updated_at = env.clock()
             changed.append(m)
-        if not changed:
+        if not changed and (refusals or not already):
+            # Nothing done, and not because it was all done already (a retried request).
             why = refusals[0] if refusals else "it has no member to act on"
             raise FailedPrecondition(f"cannot {op.value} cluster {c.name}: {why}")
         if op is Op.START and c.state == ClusterState.FAILED.value:

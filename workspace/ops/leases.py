@@ -154,7 +154,8 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         waiting = not ws.node and ws.state == State.PENDING.value
         op = Op.DESTROY if action is LeaseAction.DESTROY or waiting else Op.STOP
         try:
-            act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at))
+            if not act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at)):
+                return False  # already stopped or being destroyed
         except FailedPrecondition as exc:
             log.debug("workspace %s: lease expired, but %s", wid, exc.message)
             return False

@@ -14,7 +14,7 @@ from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import node_down, release, resolve_workspace
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Workspace
-from workspace.store.mapping import set_reason
+from workspace.store.mapping import set_reason, workspace_views
 
 log = logging.getLogger("workspace.ops.operate")
 
@@ -22,10 +22,13 @@ log = logging.getLogger("workspace.ops.operate")
 def operate(
     env: Env, who: Identity | str, ref: str, op: Op, timeout_s: int = 0, force: bool = False
 ) -> WorkspaceView:
-    """Apply ``op``: the desired state changes now; the node makes it real."""
+    """Apply ``op``: the desired state changes now; the node makes it real. An ``op``
+    already asked for changes nothing and answers the workspace as it is."""
     with write(env) as u:
         ws = resolve_workspace(u.s, who, ref)
-        act(env, u, ws, op, timeout_s, force)
+        if not act(env, u, ws, op, timeout_s, force):
+            log.info("workspace %s (%s): %s asked again (nothing to change)", ws.id, ws.name, op)
+            return workspace_views(u.s, [ws])[0]
     log.info("workspace %s (%s): %s requested", ws.id, ws.name, op.value)
     return u.view(ws.id)
 
@@ -38,9 +41,10 @@ def act(
     timeout_s: int = 0,
     force: bool = False,
     reason: str = "",
-) -> None:
+) -> bool:
     """``op`` on a row already found (a user's request, or the service's own: lease
-    expiry), inside ``u``; ``reason`` (if given) is what the workspace shows."""
+    expiry), inside ``u``; ``reason`` (if given) is what the workspace shows. False: the
+    op was already asked for, and nothing changed."""
     if not ws.node and op is not Op.DESTROY and ws.state == State.PENDING.value:
         raise FailedPrecondition(
             f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
@@ -48,6 +52,8 @@ def act(
     if op in (Op.START, Op.RESUME):
         check_lease(env, ws, op)
     t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
+    if t is None:
+        return False
     ws.desired_state = t.desired.value
     ws.state = t.state.value
     ws.updated_at = env.clock()
@@ -68,6 +74,7 @@ def act(
     u.changed(ws)
     u.nodes(ws.node)
     refresh(env, u, {ws.cluster})
+    return True
 
 
 def check_lease(env: Env, ws: Workspace, op: Op) -> None:
