@@ -3,34 +3,19 @@ fake driver): what a program written from the README does."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.functional.harness import ROOT, WS, Site
+from tests.functional.doc_examples import marked_block, run_example
+from tests.functional.harness import WS, Site
 from workspace.v1 import workspaces_pb2
-
-
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"test_readme_client\.py -->\n```python\n(.*?)```", text, re.S)
-    assert m, "README has no Python client example marked for this test"
-    return m.group(1)
 
 
 def test_the_readme_python_example_runs(site: Site, tmp_path: Path) -> None:
     site.stubs.network()
     site.stubs.import_image("tiny")
     site.add_agent("node1")
-    script = tmp_path / "example.py"
-    script.write_text(readme_example())
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WS_SERVICE=site.cfg.listen, HOME=str(tmp_path))
-    env.pop("WS_IDENTITY", None)
-    out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
-    )
+    code = marked_block("README.md", "test_readme_client.py")
+    out = run_example(code, tmp_path, {"WS_SERVICE": site.cfg.listen})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "beta node1 ['10.213.0.2']"

@@ -1,0 +1,78 @@
+"""docs/api.md, checked against a site (the fake driver): its Python example run exactly
+as printed, as the development site's admin (plaintext) and as a user identity over
+mutual TLS; and the services it lists are the ones the service reflects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from tests.functional.doc_examples import marked_block, run_example
+from tests.functional.harness import ROOT, WS, Site, SitePki, TlsSite
+from workspace.v1 import images_pb2, workspaces_pb2
+
+DOC = "docs/api.md"
+
+
+def example() -> str:
+    return marked_block(DOC, "test_api_doc.py")
+
+
+def prepare(site: Site) -> None:
+    """The network, a public image `tiny` (a user sees it too) and one node."""
+    site.stubs.network()
+    site.stubs.import_image("tiny")
+    site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="tiny", public=True))
+    site.add_agent("node1")
+
+
+def check_run(site: Site, tmp: Path, env: dict[str, str], owner: str) -> None:
+    out = run_example(example(), tmp, {"WS_SERVICE": site.address, **env})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "created gamma and the retry returned it again: True",
+        "refused: INVALID_ARGUMENT request id 'job-18-gamma' was already used for a "
+        "different request; use a new id",
+        "gamma WORKSPACE_STATE_RUNNING node1 ['10.213.0.2']",
+        "listed gamma WORKSPACE_STATE_RUNNING",
+        "NOT_FOUND: no workspace 'no-such-workspace'; `ws list` shows yours",
+        "destroying gamma WORKSPACE_STATE_STOPPING",
+    ]
+    # One workspace came of the three creates, the caller's, and the example destroyed it.
+    every = workspaces_pb2.ListWorkspacesRequest(include_terminated=True, all_users=True)
+    made = site.stubs.ws.ListWorkspaces(every).workspaces
+    assert [(w.name, w.owner, w.request_id) for w in made] == [("gamma", owner, "job-18-gamma")]
+    site.stubs.wait_state(made[0].id, WS.WORKSPACE_STATE_TERMINATED)
+
+
+def test_the_example_runs_on_a_development_site(site: Site, tmp_path: Path) -> None:
+    prepare(site)
+    check_run(site, tmp_path, {}, site.cfg.default_owner)
+
+
+def test_the_example_runs_as_a_user_over_mutual_tls(tmp_path: Path) -> None:
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        prepare(site)
+        alice = site.pki.user("alice")
+        assert sorted(p.name for p in alice.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        check_run(site, run_dir, {"WS_IDENTITY": str(alice)}, "alice")
+    finally:
+        site.close()
+
+
+def test_the_services_listed_are_the_ones_reflected(site: Site) -> None:
+    reflected = ProtoReflectionDescriptorDatabase(site.stubs.channel).get_services()
+    text = (ROOT / DOC).read_text()
+    for name in reflected:
+        if name != "grpc.reflection.v1alpha.ServerReflection":
+            assert f"`{name}`" in text, f"{DOC} does not list the service {name}"
+    health = health_pb2_grpc.HealthStub(site.stubs.channel)
+    served = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+    assert served == health_pb2.HealthCheckResponse.SERVING
