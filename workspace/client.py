@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from workspace import errors, rpc, rpc_status
+from workspace import client_streams, errors, rpc, rpc_status
 from workspace.client_address import IDENTITY_ENV as IDENTITY_ENV  # re-exported
 from workspace.client_address import SERVICE_ENV as SERVICE_ENV  # re-exported
 from workspace.client_address import TLS_ENV as TLS_ENV  # re-exported
@@ -441,36 +441,14 @@ class Client(
         bounds the whole watch. Closing the iterator cancels the stream.
         """
         req = workspaces_pb2.WatchWorkspacesRequest(id=id, include_terminated=include_terminated)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        backoff = 0.5
-        away = False
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            call = self._workspaces.WatchWorkspaces(req, timeout=remaining)
-            try:
-                for event in call:
-                    backoff = 0.5
-                    if away and on_outage is not None:
-                        on_outage("")
-                    away = False
-                    yield event
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
-                    return
-                if not (reconnect and code == grpc.StatusCode.UNAVAILABLE):
-                    raise self._error(exc) from None
-                if not away and on_outage is not None:
-                    on_outage(exc.details() or code.name)
-                away = True
-            finally:
-                call.cancel()
-            if not reconnect:
-                return
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        yield from client_streams.reopening(
+            lambda remaining: self._workspaces.WatchWorkspaces(req, timeout=remaining),
+            self._error,
+            reconnect,
+            timeout_s,
+            on_outage,
+            again_after_end=True,
+        )
 
     def wait_for_state(
         self,

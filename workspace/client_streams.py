@@ -1,0 +1,63 @@
+"""Server streams the Python client opens again after an outage (``Client.watch``,
+``Client.watch_events``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+import grpc
+
+from workspace import errors
+
+# Back-off between attempts to open a lost stream again (seconds): first, and at most.
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 5.0
+
+
+def reopening(
+    open_call: Callable[[float | None], Any],
+    error: Callable[[grpc.RpcError], errors.WorkspaceError],
+    reconnect: bool,
+    timeout_s: float | None = None,
+    on_outage: Callable[[str], None] | None = None,
+    again_after_end: bool = False,
+) -> Generator[Any, None, None]:
+    """The messages of the stream ``open_call(remaining timeout)`` opens.
+
+    With ``reconnect``, a stream lost to an outage (UNAVAILABLE: the service stopping or
+    restarting, a replica dying; the channel moves on to the next one of an address
+    list) is opened again with back-off, and with ``again_after_end`` also one that
+    ended. ``open_call`` is called anew each time (it may start where the last stream
+    stopped). ``on_outage`` is told once when the stream is lost (why) and once when
+    messages flow again (""). ``timeout_s`` bounds the whole; reaching it just ends.
+    Another error is raised as ``error`` makes it."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    backoff, away = FIRST_BACKOFF_S, False
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        call = open_call(remaining)
+        try:
+            for message in call:
+                if away and on_outage is not None:
+                    on_outage("")
+                backoff, away = FIRST_BACKOFF_S, False
+                yield message
+            if not (reconnect and again_after_end):
+                return
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
+                return
+            if not (reconnect and code == grpc.StatusCode.UNAVAILABLE):
+                raise error(exc) from None
+            if not away and on_outage is not None:
+                on_outage(exc.details() or code.name)
+            away = True
+        finally:
+            call.cancel()
+        time.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
