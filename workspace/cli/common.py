@@ -218,6 +218,20 @@ def error(prog: str, message: str) -> None:
         print(rest, file=sys.stderr)
 
 
+def outage_notice(what: str) -> Callable[[str], None]:
+    """An ``on_outage`` for a stream the client re-opens (``Client.watch``,
+    ``Client.watch_events``): one line on stderr when it is lost, one when it is back;
+    ``what`` names the command (``ws: watch``)."""
+
+    def notice(why: str) -> None:
+        if why:
+            print(f"{what}: lost the service ({why}); retrying", file=sys.stderr)
+        else:
+            print(f"{what}: the service answers again", file=sys.stderr)
+
+    return notice
+
+
 def exit_code(exc: errors.WorkspaceError) -> int:
     return EXIT_UNREACHABLE if isinstance(exc, errors.Unavailable) else EXIT_REQUEST
 

@@ -58,15 +58,11 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         client = client_for(args)
         if args.follow:
             client.health()  # fail now (exit 3) rather than retry silently
-
-        def outage(why: str) -> None:
-            if why:
-                print(f"ws-admin: events: lost the service ({why}); retrying", file=sys.stderr)
-            else:
-                print("ws-admin: events: the service answers again", file=sys.stderr)
-
         events = client.watch_events(
-            args.since or 0.0, args.follow, reconnect=True, on_outage=outage
+            args.since or 0.0,
+            args.follow,
+            reconnect=True,
+            on_outage=common.outage_notice("ws-admin: events"),
         )
         try:
             for e in events:

@@ -247,14 +247,11 @@ class Commands(common.ClientCommands):
         # only the reason; a reason merely cleared is not news).
         seen: dict[str, tuple[int, str]] = {}
 
-        def outage(why: str) -> None:
-            if why:
-                print(f"{PROG}: watch: lost the service ({why}); retrying", file=sys.stderr)
-            else:
-                print(f"{PROG}: watch: the service answers again", file=sys.stderr)
-
         events = client.watch(
-            ws_id, include_terminated=args.all or bool(ws_id), reconnect=True, on_outage=outage
+            ws_id,
+            include_terminated=args.all or bool(ws_id),
+            reconnect=True,
+            on_outage=common.outage_notice(f"{PROG}: watch"),
         )
         try:
             for event in events:

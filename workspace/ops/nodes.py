@@ -37,8 +37,13 @@ def _status(env: Env, s: Session, node: Node) -> NodeStatus:
         .select_from(Workspace)
         .where(Workspace.node == node.name, Workspace.state != State.TERMINATED.value)
     ).scalar_one()
+    return _shown(env, node, int(count))
+
+
+def _shown(env: Env, node: Node, workspaces: int) -> NodeStatus:
+    """``node`` as the admin API shows it: with what the scheduler may place there."""
     cap = scheduler.capacity(node.cpus, node.memory_mib, env.cfg.scheduler)
-    return node_status(node, int(count), cap)
+    return node_status(node, workspaces, cap)
 
 
 def list_nodes(env: Env) -> list[NodeStatus]:
@@ -51,11 +56,7 @@ def list_nodes(env: Env) -> list[NodeStatus]:
             ).all()
         )
         return [
-            node_status(
-                n,
-                int(counts.get(n.name, 0)),
-                scheduler.capacity(n.cpus, n.memory_mib, env.cfg.scheduler),
-            )
+            _shown(env, n, int(counts.get(n.name, 0)))
             for n in s.execute(select(Node).order_by(Node.name)).scalars()
         ]
 
