@@ -23,12 +23,17 @@ def open_private(path: Path) -> TextIO:
 
 def write_private(path: Path, data: str | bytes, *, sync: bool = False) -> None:
     """``data`` into ``path`` at once (through ``.<name>.tmp`` beside it), 0600 from the
-    start; ``sync``: on disk before it replaces ``path``."""
+    start; ``sync``: on disk before it replaces ``path``. A write that fails (a full
+    disk) leaves ``path`` as it was and no ``.tmp`` behind."""
     tmp = path.with_name(f".{path.name}.tmp")
     raw = data.encode() if isinstance(data, str) else data
-    with os.fdopen(private_fd(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
-        f.write(raw)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(private_fd(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+            f.write(raw)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -111,3 +111,22 @@ def test_overlays_blank_disks_and_state_are_private(tmp_path: Path) -> None:
     made = [Path(d.path) for d in disks] + [files.dir("w1") / "agent.json"]
     assert [mode(p) for p in made] == [0o600] * 3
     assert mode(files.root) == mode(files.dir("w1")) == 0o711
+
+
+def test_a_private_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workspace import files
+
+    path = tmp_path / "uplinks.json"
+    files.write_private(path, "old")
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        files.write_private(path, "new", sync=True)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uplinks.json"]
+    assert mode(path) == 0o600

@@ -199,6 +199,22 @@ def test_an_ended_lease_must_be_extended_before_a_start(site: Site) -> None:
     assert row(site, wid).lease_expires_at == site.clock.now + HOUR
 
 
+def test_a_start_of_a_running_workspace_whose_lease_just_ended_changes_nothing(
+    site: Site,
+) -> None:
+    """Between the lease's end and the next expiry pass the workspace still runs: a start
+    is already in effect (as for any running workspace), not refused for the lease; the
+    pass then stops it as usual."""
+    wid = make(site, "a", lease_s=HOUR)
+    site.clock.now += HOUR
+    site.core.operate("alice", wid, Op.START)
+    assert (row(site, wid).desired_state, row(site, wid).state) == (
+        Desired.RUNNING.value,
+        State.RUNNING.value,
+    )
+    assert leases.check(env(site)).expired == [wid]
+
+
 def test_warn_then_destroy(site: Site) -> None:
     wid = make(site, "a", "chem", lease_s=2 * HOUR)
     site.clock.now += HOUR

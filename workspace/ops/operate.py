@@ -49,11 +49,11 @@ def act(
         raise FailedPrecondition(
             f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
         )
+    t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
+    if t is None:  # already so: also a running workspace whose lease just ended
+        return False
     if op in (Op.START, Op.RESUME):
         check_lease(env, ws, op)
-    t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
-    if t is None:
-        return False
     ws.desired_state = t.desired.value
     ws.state = t.state.value
     ws.updated_at = env.clock()
