@@ -222,17 +222,20 @@ class Relay:
         """Wake the nodes and watchers of the workspaces updated since ``since`` (minus a
         margin for the replicas' clocks): what a missed notification would have said."""
         now = self.env.clock()
+        recent = Workspace.updated_at >= since - RESYNC_S
+        views = []
         with self.env.store.read() as s:
-            rows = list(
-                s.execute(
-                    select(Workspace).where(Workspace.updated_at >= since - RESYNC_S)
-                ).scalars()
-            )
-            views = workspace_views(s, rows) if rows and self.notifier.watching() else []
-        nodes = sorted({r.node for r in rows if r.node})
+            # Only the nodes, unless a watcher wants the workspaces themselves: under a
+            # steady stream of creates this pass covers thousands of rows, and loading
+            # each whole (its JSON columns) cost a replica more than the notifications.
+            changed = list(s.execute(select(Workspace.id, Workspace.node).where(recent)))
+            if changed and self.notifier.watching():
+                rows = list(s.execute(select(Workspace).where(recent)).scalars())
+                views = workspace_views(s, rows)
+        nodes = sorted({node for _id, node in changed if node})
         if nodes:
             self.notifier.node_changed(*nodes, remote=True)
-        if rows:
+        if changed:
             self.notifier.capacity_changed(remote=True)
         for v in views:
             self.notifier.workspace_changed(v, remote=True)
