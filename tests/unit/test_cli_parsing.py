@@ -93,6 +93,10 @@ def test_create_arguments() -> None:
         ["lease", "extend", "w1", "999999999999d"],
         ["cluster", "create", "c", "--member", f"w=img,count={HUGE}"],
         ["cluster", "scale", "c", "--role", "w", "--count", HUGE],
+        # A limit of 0 would be read as "not given": the default on create, nothing on update.
+        ["create", "--image", "x", "--net-mbps", "0"],
+        ["update", "w1", "--cpu-percent", "0"],
+        ["cluster", "create", "c", "--member", "w=img", "--disk-iops", "0"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
