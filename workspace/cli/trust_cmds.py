@@ -125,7 +125,7 @@ def register_admin(
 
     def audit(args: argparse.Namespace) -> int:
         entries = client_for(args).list_audit(args.limit or 0, args.image or "")
-        render.emit(args, entries, render.audit_text(entries))
+        render.emit_list(args, entries, render.audit_text, "no trust decisions recorded")
         return 0
 
     p = subparsers.add_parser("trust", parents=[parent], help="the site's image trust policy")
