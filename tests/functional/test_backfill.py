@@ -321,7 +321,7 @@ def test_backfill_on_the_command_line(bsite: Site, capsys: pytest.CaptureFixture
     code, _, err = run(admin, bsite, capsys, "backfill", "set", "nope", "--max", "1")
     assert code == 1 and "image 'nope' not found" in err
     code, _, err = run(admin, bsite, capsys, "backfill", "clear", "nope")
-    assert code == 1 and "no backfill entry" in err
+    assert code == 1 and "no backfill entry for image 'nope'; `ws-admin backfill list` shows" in err
     assert [x.max for x in entries(bsite)] == [2]  # unchanged
     code, out, _ = run(admin, bsite, capsys, "-o", "json", "backfill", "clear", "img")
     assert code == 0 and json.loads(out)["live"] == 2

@@ -64,7 +64,7 @@ def test_project_refusals_on_the_command_line(
     code, _, err = run(ws, ready_site, capsys, "create", "--image", "img", "--project", "nope")
     assert code == 1 and "project 'nope' does not exist" in err
     code, _, err = run(admin, ready_site, capsys, "project", "add-user", "nope", "ana")
-    assert code == 1 and "does not exist" in err
+    assert code == 1 and "does not exist; `ws-admin project list` shows them\n" in err
 
 
 def test_publish_and_unpublish(ready_site: Site, capsys: pytest.CaptureFixture[str]) -> None:
