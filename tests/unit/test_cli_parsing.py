@@ -289,6 +289,9 @@ def test_an_action_not_waited_for_says_what_was_requested(
         (["image", "verify"], "Exits 0 when it is trusted, 1 when it is not"),
         (["exec"], "exits with the command's exit code"),
         (["cluster", "exec"], "Exits 0 only when every member's command exited 0"),
+        # Two options with one meaning say so (their help was word for word the same).
+        (["start"], "--wait-timeout S the same as --timeout"),
+        (["stop"], "(default 300, or --timeout plus 60 when that is longer)"),
     ],
 )
 def test_help_names_exit_codes_that_carry_meaning(
