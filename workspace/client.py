@@ -94,6 +94,7 @@ _CONNECT_MARKERS = (
     "no such file",
     "socket closed",
     "dns resolution",
+    "errors resolving",
     "broken pipe",
     "goaway",
     "connect failed",

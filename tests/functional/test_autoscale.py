@@ -269,7 +269,7 @@ def test_ws_cluster_autoscale_cli(
     assert ws_cli.main([*base, "-o", "json", "cluster", "show", "auto"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["autoscale"][0]["role"] == "worker" and data["autoscale"][0]["max"] == 3
-    assert ws_cli.main([*base, *argv]) == 1
+    assert ws_cli.main([*base, *argv]) == 2  # a usage error
     assert "give --min, --max and --signal (or --off)" in capsys.readouterr().err
     off = ["cluster", "autoscale", "auto", "--role", "worker", "--off"]
     assert ws_cli.main([*base, *off]) == 0

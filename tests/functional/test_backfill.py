@@ -321,12 +321,12 @@ def test_backfill_on_the_command_line(bsite: Site, capsys: pytest.CaptureFixture
     code, _, err = run(admin, bsite, capsys, "backfill", "set", "nope", "--max", "1")
     assert code == 1 and "image 'nope' not found" in err
     code, _, err = run(admin, bsite, capsys, "backfill", "clear", "nope")
-    assert code == 1 and "no backfill entry" in err
+    assert code == 1 and "no backfill entry for image 'nope'; `ws-admin backfill list` shows" in err
     assert [x.max for x in entries(bsite)] == [2]  # unchanged
     code, out, _ = run(admin, bsite, capsys, "-o", "json", "backfill", "clear", "img")
     assert code == 0 and json.loads(out)["live"] == 2
-    code, out, _ = run(admin, bsite, capsys, "backfill", "list")
-    assert code == 0 and "no backfill entries" in out
+    code, out, err = run(admin, bsite, capsys, "backfill", "list")
+    assert code == 0 and out == "" and "no backfill entries" in err
 
 
 def test_a_real_request_takes_the_place_of_backfill_at_once(bsite: Site) -> None:

@@ -294,3 +294,7 @@ def test_cli_keygen_sign_verify_trust_audit(
     assert admin_cli.main([*svc, "audit", "--image", "img", "--limit", "5"]) == 0
     out = capsys.readouterr().out
     assert "deny" in out and "allow" in out and kid[:16] in out
+    # None for an image: nothing on stdout (not a bare header), why on stderr.
+    assert admin_cli.main([*svc, "audit", "--image", "nope"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no trust decisions" in err

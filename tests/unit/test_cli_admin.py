@@ -298,3 +298,14 @@ def test_admin_parsing_new_commands() -> None:
     ):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
+
+
+def test_events_since_help_names_what_it_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ws-admin events --since` takes what `ws usage --since` does (a date, now, a
+    duration ago); its help once named only RFC 3339 times and durations."""
+    with pytest.raises(SystemExit):
+        admin.main(["events", "--help"], connect=lambda _s: pytest.fail("no client for --help"))
+    text = " ".join(capsys.readouterr().out.split())
+    assert "an ISO date or time (2026-11-01," in text and "now" in text
+    parser = admin.build_parser(admin.Commands(lambda _s: None))  # type: ignore[arg-type, return-value]
+    assert parser.parse_args(["events", "--since", "2026-11-01"]).since == 1793491200.0

@@ -121,6 +121,14 @@ def test_cluster_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixt
             ["create", "--image", "i", "--require", "gpu=1", "--require", "gpu=2"],
             "--require gpu is given twice",
         ),
+        (
+            ["cluster", "autoscale", "c", "--role", "w", "--min", "1", "--max", "2"],
+            "give --min, --max and --signal (or --off)",
+        ),
+        (
+            ["cluster", "autoscale", "c", "--role", "w", "--off", "--max", "4", "--cooldown", "0"],
+            "--off cannot be combined with --max, --cooldown",
+        ),
     ],
 )
 def test_cluster_usage_checks_exit_2(

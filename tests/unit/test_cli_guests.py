@@ -194,6 +194,9 @@ def test_ssh_print_builds_a_strict_command_and_known_hosts(
     doc = json.loads(out)
     assert doc["command"][doc["command"].index("-l") + 1] == "root"
     assert doc["known_hosts"].count("10.213.0.5 ") == 2
+    # -o json after NAME, as `ws exec NAME -o json` takes it (was: unrecognized arguments)
+    rc, out, _ = run(c, capsys, "ssh", "box", "--print", "-o", "json")
+    assert rc == 0 and json.loads(out)["command"][0] == "ssh"
     # --retry: ssh tries to connect up to N times, a second apart, while the guest boots.
     rc, out, _ = run(c, capsys, "ssh", "box", "--retry", "90", "--print")
     argv = out.split()

@@ -93,6 +93,10 @@ def test_create_arguments() -> None:
         ["lease", "extend", "w1", "999999999999d"],
         ["cluster", "create", "c", "--member", f"w=img,count={HUGE}"],
         ["cluster", "scale", "c", "--role", "w", "--count", HUGE],
+        # A limit of 0 would be read as "not given": the default on create, nothing on update.
+        ["create", "--image", "x", "--net-mbps", "0"],
+        ["update", "w1", "--cpu-percent", "0"],
+        ["cluster", "create", "c", "--member", "w=img", "--disk-iops", "0"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,3 +280,24 @@ def test_an_action_not_waited_for_says_what_was_requested(
     assert capsys.readouterr().out == "alpha (w1): RUNNING, PAUSED requested\n"
     assert _run(["pause", "w1", "--wait"], FakeClient()) == 0
     assert capsys.readouterr().out == "alpha (w1): PAUSED\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # Commands whose exit code is not only "0 done, 1 refused" say what it is.
+        (["image", "verify"], "Exits 0 when it is trusted, 1 when it is not"),
+        (["exec"], "exits with the command's exit code"),
+        (["cluster", "exec"], "Exits 0 only when every member's command exited 0"),
+        # Two options with one meaning say so (their help was word for word the same).
+        (["start"], "--wait-timeout S the same as --timeout"),
+        (["stop"], "(default 300, or --timeout plus 60 when that is longer)"),
+    ],
+)
+def test_help_names_exit_codes_that_carry_meaning(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ws.main([*argv, "--help"], connect=lambda _s: pytest.fail("no client for --help"))
+    assert exc.value.code == 0
+    assert says in " ".join(capsys.readouterr().out.split())

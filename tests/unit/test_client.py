@@ -139,6 +139,9 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
         client.get_workspace("nope")
     with pytest.raises(errors.Unavailable, match="cannot reach the workspace service"):
         Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
+    # A name that does not resolve (a typo in $WS_SERVICE) says the same, not grpc's words.
+    with pytest.raises(errors.Unavailable, match="cannot reach the workspace service at no-"):
+        Client("no-such-host.invalid:1", timeout_s=2).list_workspaces()
 
 
 def test_create_retries_once_with_the_same_request_id(

@@ -60,7 +60,12 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
 
     def list_(args: argparse.Namespace) -> int:
         entries = client_for(args).list_backfill()
-        render.emit(args, entries, entry_rows(entries) if entries else "no backfill entries")
+        render.emit_list(
+            args,
+            entries,
+            entry_rows,
+            "no backfill entries; `ws-admin backfill set IMAGE --max N` adds one",
+        )
         return common.EXIT_OK
 
     def clear(args: argparse.Namespace) -> int:

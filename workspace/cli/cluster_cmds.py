@@ -66,8 +66,21 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
 
 
 def autoscale_cmd(args: argparse.Namespace, client: Client) -> int:
-    if not args.off and (args.min is None or args.max is None or not args.signal):
-        raise errors.InvalidArgument("give --min, --max and --signal (or --off)")
+    if args.off:
+        given = [
+            flag
+            for flag, value in (
+                ("--min", args.min),
+                ("--max", args.max),
+                ("--signal", args.signal),
+                ("--cooldown", args.cooldown),
+            )
+            if value is not None
+        ]
+        if given:
+            raise common.UsageError(f"--off cannot be combined with {', '.join(given)}")
+    elif args.min is None or args.max is None or not args.signal:
+        raise common.UsageError("give --min, --max and --signal (or --off)")
     c = client.set_autoscale(
         args.name,
         args.role,

@@ -174,7 +174,7 @@ def duration_s(text: str) -> int:
     elif t and _DURATION_PART.sub("", t) == "":
         value = sum(int(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(t))
     else:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} ({DURATION_FORMAT})")
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}; {DURATION_FORMAT}")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"a duration must be more than 0, got {text!r}")
     if value > MAX_NUMBER:
@@ -182,6 +182,13 @@ def duration_s(text: str) -> int:
             f"a duration must be at most {MAX_NUMBER} s (68 years), got {text!r}"
         )
     return value
+
+
+# What point_in_time takes, for --since/--until help.
+TIME_FORMAT = (
+    "an ISO date or time (2026-11-01, 2026-11-30T08:00:00Z; UTC unless it says), now, "
+    "or a duration ago: 10m, 24h, 7d"
+)
 
 
 def point_in_time(text: str, now: float | None = None) -> float:
@@ -198,10 +205,7 @@ def point_in_time(text: str, now: float | None = None) -> float:
     try:
         when = datetime.fromisoformat(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a time: {text!r} (an ISO date such as 2026-11-01 or 2026-11-01T08:00Z, "
-            "now, or a duration ago such as 7d or 24h)"
-        ) from None
+        raise argparse.ArgumentTypeError(f"not a time: {text!r}; give {TIME_FORMAT}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()

@@ -11,8 +11,6 @@ from typing import Any
 from workspace.cli import common, render
 from workspace.domain.events import SiteEvent
 
-TIME_FORMAT = "an RFC 3339 time (2026-11-30T08:00:00Z), or a duration ago: 10m, 24h, 7d"
-
 
 def iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -45,10 +43,6 @@ def line(e: SiteEvent) -> str:
     parts.append(f"by {e.who}")
     text = "  ".join(parts)
     return f"{text}: {e.reason}" if e.reason else text
-
-
-def _since(text: str) -> float:
-    return common.point_in_time(text)
 
 
 def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
@@ -86,6 +80,8 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "printing new ones; -o json prints one JSON object per line. Events are kept for "
         "the service's event_retention.",
     )
-    p.add_argument("--since", type=_since, metavar="T", help=f"from T: {TIME_FORMAT}")
+    p.add_argument(
+        "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
+    )
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.set_defaults(func=run)

@@ -523,6 +523,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         help="try to connect up to N times, a second apart, while the guest boots "
         "(ssh's ConnectionAttempts)",
     )
+    _add_late_output(ssh_late)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=lambda a: ssh_cmd(a, client_for(a), ssh_late))
 
@@ -537,7 +538,11 @@ def _add_exec_options(p: argparse.ArgumentParser, late: _OptionParser) -> None:
         help="give up after S seconds (default: the service's, 60 s unless the site says)",
     )
     _add(p, late, "--stdin", action="store_true", help="send our stdin to the command")
-    # The global options, after NAME too (before `--`).
+    _add_late_output(late)
+
+
+def _add_late_output(late: _OptionParser) -> None:
+    """The global --output, after NAME too (before `--`), as on every other command."""
     late.add("--output", "-o", choices=render.FORMATS)
 
 

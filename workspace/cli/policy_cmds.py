@@ -31,11 +31,13 @@ _LIMIT_HELP = {
 
 
 def add_limit_options(p: argparse.ArgumentParser, default: str) -> None:
+    # At least 1: the API reads 0 as "not given", so a 0 here would quietly take the
+    # default (create) or change nothing (update) rather than lift the limit.
     for name in LIMIT_NAMES:
         p.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=common.non_negative_int,
+            type=common.positive_int,
             metavar="N",
             help=f"{_LIMIT_HELP[name]} ({default})",
         )
@@ -113,7 +115,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         help=f"the allow rules become these: {RULE_HELP} (repeatable)",
     )
     p.add_argument("--no-allow", action="store_true", help="remove every allow rule")
-    add_limit_options(p, "default: unchanged")
+    add_limit_options(p, "default: unchanged; --reset puts it back to the default")
     p.add_argument(
         "--reset",
         action="append",

@@ -314,8 +314,9 @@ def register_user(
 
     def quota(args: argparse.Namespace) -> int:
         uses = client_for(args).quota()
-        text = quota_rows(uses) if uses else "you belong to no project (no project quota applies)"
-        render.emit(args, uses, text)
+        render.emit_list(
+            args, uses, quota_rows, "you belong to no project (no project quota applies)"
+        )
         return common.EXIT_OK
 
     p = subparsers.add_parser("quota", parents=[parent], help="your projects: use and limits")

@@ -82,7 +82,11 @@ def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common
     q.add_argument("--key", required=True, metavar="FILE", help="private key (ws image keygen)")
     q.set_defaults(func=sign)
     q = sub.add_parser(
-        "verify", parents=[parent], help="an image's signatures and the site's verdict"
+        "verify",
+        parents=[parent],
+        help="an image's signatures and the site's verdict",
+        description="Show an image's signatures and whether the site's trust policy trusts "
+        "it. Exits 0 when it is trusted, 1 when it is not (the verdict says why).",
     )
     q.add_argument("name", help="image name")
     q.set_defaults(func=verify)
@@ -125,7 +129,7 @@ def register_admin(
 
     def audit(args: argparse.Namespace) -> int:
         entries = client_for(args).list_audit(args.limit or 0, args.image or "")
-        render.emit(args, entries, render.audit_text(entries))
+        render.emit_list(args, entries, render.audit_text, "no trust decisions recorded")
         return 0
 
     p = subparsers.add_parser("trust", parents=[parent], help="the site's image trust policy")

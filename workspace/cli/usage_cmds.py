@@ -10,7 +10,6 @@ from workspace.cli import common, render
 from workspace.cli.usage_text import usage_report
 
 GROUPINGS = ("workspace", "user", "project")
-TIME_FORMAT = "an ISO date or time (UTC unless given), now, or a duration ago: 7d, 24h"
 
 
 def add_lease_option(p: argparse.ArgumentParser, what: str) -> None:
@@ -23,13 +22,16 @@ def add_lease_option(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _time(text: str) -> float:
-    return common.point_in_time(text)
-
-
 def _add_usage_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", type=_time, metavar="T", help=f"from T: {TIME_FORMAT}")
-    p.add_argument("--until", type=_time, metavar="T", help=f"up to T (default now): {TIME_FORMAT}")
+    p.add_argument(
+        "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
+    )
+    p.add_argument(
+        "--until",
+        type=common.point_in_time,
+        metavar="T",
+        help=f"up to T (default now): {common.TIME_FORMAT}",
+    )
     p.add_argument(
         "--by", choices=GROUPINGS, default="workspace", help="one row per ... (default workspace)"
     )

@@ -358,7 +358,11 @@ def _add_wait(p: argparse.ArgumentParser, state: str, timeout_flag: bool) -> Non
         "--wait-timeout",
         type=common.seconds,
         metavar="S",
-        help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g})",
+        help="the same as --timeout (the name ws stop takes, where --timeout is the clean "
+        "shutdown's)"
+        if timeout_flag
+        else f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g}, or --timeout "
+        "plus 60 when that is longer)",
     )
 
 
