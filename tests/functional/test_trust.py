@@ -233,6 +233,8 @@ def test_policy_version_grows_and_audit_lists_decisions(
         trust.RevokeKey(trust_pb2.RevokeKeyRequest(key_id=signing.key_id(public))).version
     )
     assert versions == sorted(set(versions)) and versions[0] == 0 and len(versions) == 6
+    # the mode it already has: nothing changes, no new version for every agent
+    assert trust.SetMode(trust_pb2.SetModeRequest(mode=WARN)).version == versions[-1]
     ready_site.stubs.create(name="one")
     trust.SetMode(trust_pb2.SetModeRequest(mode=ENFORCE))
     _refused(ready_site, "two")

@@ -325,10 +325,14 @@ def revoke_digest(env: Env, digest: str) -> TrustSettingsView:
 
 
 def set_mode(env: Env, enforce: bool, stop_on_revoke: bool) -> TrustSettingsView:
+    mode = "ENFORCE" if enforce else "WARN"
     with write(env) as u:
         s = u.s
+        now = settings(s)
+        if (now.mode, now.stop_running_on_revoke) == (mode, stop_on_revoke):
+            return settings_view(s)  # already so: no new policy version for the agents
         st = _bump(u)
-        st.mode = "ENFORCE" if enforce else "WARN"
+        st.mode = mode
         st.stop_running_on_revoke = stop_on_revoke
         s.flush()
         log.info("trust: mode %s (policy v%d)", st.mode, st.version)
