@@ -121,8 +121,13 @@ def test_extend_never_beyond_the_maximum_from_now(site: Site) -> None:
     wid = make(site, "a")  # 8h of a 72h maximum
     with pytest.raises(InvalidArgument, match="extended by at most 64h"):
         leases.extend(env(site), "alice", "a", 65 * HOUR)
-    site.clock.now += 7 * HOUR
-    leases.extend(env(site), "alice", "a", 71 * HOUR)  # 72h from now
+    end = row(site, wid).lease_expires_at
+    site.clock.now += 7 * HOUR + 27  # the room is 71h27s: said to the minute below
+    with pytest.raises(InvalidArgument, match=r"extended by at most 71h$"):
+        leases.extend(env(site), "alice", "a", 72 * HOUR)
+    leases.extend(env(site), "alice", "a", 71 * HOUR)  # as it said: it fits
+    assert row(site, wid).lease_expires_at == end + 71 * HOUR
+    leases.extend(env(site), "alice", "a", 27)  # 72h from now
     assert row(site, wid).lease_expires_at == site.clock.now + 72 * HOUR
 
 

@@ -87,7 +87,10 @@ def extended_end(
     longest, named = _limit(project, max_s, site_max_s)
     start = max(current_end, now)
     if longest and start + add_s > now + longest:
-        room = f"it can be extended by at most {duration_text(max(0, now + longest - start))}"
+        left = max(0, int(now + longest - start))
+        if left >= 3600:  # to the minute below: "156h14m", not "156h14m27s"
+            left -= left % 60
+        room = f"it can be extended by at most {duration_text(left)}"
         if add_s > longest:  # (its end may be past what a date can say)
             raise InvalidArgument(
                 f"extending the lease of workspace {name} by {duration_text(add_s)} goes "
