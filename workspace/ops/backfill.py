@@ -33,6 +33,7 @@ from workspace.identity import Identity, Kind
 from workspace.ops import admission, group_commit
 from workspace.ops.create import check_networks, check_spec, create_in, request_hash
 from workspace.ops.operate import act
+from workspace.ops.projects import no_such_project
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Backfill, Image, Node, Project, Workspace
 
@@ -73,7 +74,7 @@ def check_entry(env: Env, s: Session, spec: BackfillSpec) -> BackfillSpec:
         raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
     networks = check_networks(s, checked.networks)
     if spec.project and s.get(Project, spec.project) is None:
-        raise NotFound(f"project {spec.project!r} does not exist; `ws-admin project list`")
+        raise no_such_project(spec.project)
     return replace(spec, cpus=checked.cpus, memory_mib=checked.memory_mib, networks=networks)
 
 
@@ -164,7 +165,9 @@ def clear_entry(env: Env, image: str) -> BackfillView:
     with write(env) as u:
         row = u.s.get(Backfill, image)
         if row is None:
-            raise NotFound(f"no backfill entry for image {image!r}; `ws-admin backfill list`")
+            raise NotFound(
+                f"no backfill entry for image {image!r}; `ws-admin backfill list` shows them"
+            )
         spec, owner = _spec(row), row.owner
         gone = destroy(env, u, live_rows(u.s, image), "backfill entry cleared")
         u.s.delete(row)

@@ -37,6 +37,12 @@ from workspace.store.prepared import Prepared
 
 log = logging.getLogger("workspace.ops.projects")
 
+
+def no_such_project(name: str) -> NotFound:
+    """The error for an admin's command naming a project that does not exist."""
+    return NotFound(f"project {name!r} does not exist; `ws-admin project list` shows them")
+
+
 GIB = 1024**3
 # The quota names as `ws-admin project create --quota` spells them.
 QUOTA_NAMES = {
@@ -298,7 +304,7 @@ def add_user(env: Env, project: str, user: str) -> ProjectSpec:
     with env.store.write() as s:
         p = s.get(Project, project)
         if p is None:
-            raise NotFound(f"project {project!r} does not exist; `ws-admin project list`")
+            raise no_such_project(project)
         if s.get(ProjectMember, (project, user)) is None:
             s.add(ProjectMember(project=project, user=user))
             s.flush()
@@ -312,7 +318,7 @@ def remove_user(env: Env, project: str, user: str) -> ProjectSpec:
     with env.store.write() as s:
         p = s.get(Project, project)
         if p is None:
-            raise NotFound(f"project {project!r} does not exist; `ws-admin project list`")
+            raise no_such_project(project)
         row = s.get(ProjectMember, (project, user))
         if row is None:
             raise NotFound(f"user {user!r} is not a recorded member of project {project!r}")
@@ -330,7 +336,7 @@ def delete_project(env: Env, name: str) -> ProjectSpec:
     with env.store.write() as s:
         p = s.get(Project, name)
         if p is None:
-            raise NotFound(f"project {name!r} does not exist; `ws-admin project list`")
+            raise no_such_project(name)
         used = workspace_use(s, name)
         live = used.instances + used.preemptible_instances
         images = s.scalar(select(func.count()).select_from(Image).where(Image.project == name))
@@ -384,7 +390,7 @@ def set_defaults(
     with env.store.write() as s:
         p = s.get(Project, project)
         if p is None:
-            raise NotFound(f"project {project!r} does not exist; `ws-admin project list`")
+            raise no_such_project(project)
         if defaults is not None:
             p.default_limits = limits_column(defaults)
             log.info("project %s: default limits %s", project, limits_column(defaults) or "none")
