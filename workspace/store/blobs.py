@@ -162,6 +162,11 @@ class BlobRepository:
         except FileNotFoundError:
             raise NotFound(self._missing(digest)) from None
         with f:
+            size = os.fstat(f.fileno()).st_size
+            if not 0 <= offset <= size:
+                raise InvalidArgument(
+                    f"offset {offset} is outside blob {digest} ({size} bytes): give 0 to {size}"
+                )
             f.seek(offset)
             while chunk := f.read(CHUNK_BYTES):
                 yield chunk
