@@ -16,7 +16,7 @@ def watch_request_to_proto(since: float, follow: bool) -> admin_pb2.WatchEventsR
 
 def watch_request_from_proto(req: admin_pb2.WatchEventsRequest) -> tuple[float, bool]:
     """(since, follow); an unset ``since`` is 0 (from the oldest kept)."""
-    return (epoch(req.since) if req.HasField("since") else 0.0), req.follow
+    return (epoch(req.since, "since") if req.HasField("since") else 0.0), req.follow
 
 
 def event_to_proto(e: SiteEvent) -> admin_pb2.SiteEvent:

@@ -247,7 +247,8 @@ def observed_from_proto(value: nodes_pb2.ObservedState.ValueType) -> Observed | 
     """None for UNSPECIFIED (a report that says nothing)."""
     if value == nodes_pb2.OBSERVED_STATE_UNSPECIFIED:
         return None
-    return Observed(nodes_pb2.ObservedState.Name(value).removeprefix(_OBSERVED_PREFIX))
+    name = v1.enum_name(nodes_pb2.ObservedState.DESCRIPTOR, value, "observed state")
+    return Observed(name.removeprefix(_OBSERVED_PREFIX))
 
 
 def observation_to_proto(o: Observation) -> nodes_pb2.ObservedWorkspace:
@@ -278,7 +279,7 @@ def audit_to_proto(a: AuditRecord) -> trust_pb2.AuditEntry:
 
 def audit_from_proto(a: trust_pb2.AuditEntry) -> AuditRecord:
     return AuditRecord(
-        at=a.at.ToNanoseconds() / 1e9,
+        at=v1.epoch(a.at, "audit entry at"),
         where=a.where,
         action=a.action,
         image=a.image,
@@ -307,7 +308,7 @@ def node_cache_to_proto(c: NodeCache) -> admin_pb2.ListCacheResponse:
 
 
 def cache_from_proto(c: admin_pb2.CacheEntry) -> CacheRecord:
-    return CacheRecord(c.digest, c.size_bytes, c.last_used.ToNanoseconds() / 1e9, c.pinned)
+    return CacheRecord(c.digest, c.size_bytes, v1.epoch(c.last_used, "cache last_used"), c.pinned)
 
 
 def node_info_to_proto(n: NodeInfo) -> nodes_pb2.RegisterRequest:

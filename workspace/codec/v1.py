@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from images.model import ImageSpec, Mode, Partition
@@ -29,6 +30,7 @@ from workspace.domain.model import (
 from workspace.domain.netpolicy import Connectivity, Limits, PolicyUpdate, parse_rules
 from workspace.domain.states import Desired, FailurePolicy, State
 from workspace.domain.usage import Grouping, UsageReport
+from workspace.errors import InvalidArgument
 from workspace.scheduler.model import Affinity
 from workspace.v1 import (
     admin_pb2,
@@ -60,6 +62,16 @@ def ts(epoch_s: float) -> Timestamp:
     return t
 
 
+def enum_name(enum: EnumDescriptor, value: int, what: str) -> str:
+    """The name of ``value`` in ``enum``. A number the proto does not define (a wrong one, or
+    a newer client's) is the caller's error, named with the numbers that are known."""
+    found = enum.values_by_number.get(value)
+    if found is None:
+        known = ", ".join(f"{v.name} ({v.number})" for v in enum.values if v.number)
+        raise InvalidArgument(f"unknown {what} {value}; one of {known}")
+    return found.name
+
+
 def mode_to_proto(mode: Mode) -> common_pb2.PartitionMode.ValueType:
     return common_pb2.PartitionMode.Value(_MODE_PREFIX + mode.value)
 
@@ -68,7 +80,8 @@ def mode_from_proto(value: common_pb2.PartitionMode.ValueType, default: Mode = M
     """UNSPECIFIED becomes ``default``."""
     if value == common_pb2.PARTITION_MODE_UNSPECIFIED:
         return default
-    return Mode(common_pb2.PartitionMode.Name(value).removeprefix(_MODE_PREFIX))
+    name = enum_name(common_pb2.PartitionMode.DESCRIPTOR, value, "partition mode")
+    return Mode(name.removeprefix(_MODE_PREFIX))
 
 
 # Enum ⇄ enum by table: these run for every workspace of every list and event.
@@ -88,7 +101,8 @@ def desired_from_proto(value: common_pb2.DesiredState.ValueType) -> Desired:
     """UNSPECIFIED (an order from a service that did not say) means RUNNING."""
     if value == common_pb2.DESIRED_STATE_UNSPECIFIED:
         return Desired.RUNNING
-    return Desired(common_pb2.DesiredState.Name(value).removeprefix("DESIRED_STATE_"))
+    name = enum_name(common_pb2.DesiredState.DESCRIPTOR, value, "desired state")
+    return Desired(name.removeprefix("DESIRED_STATE_"))
 
 
 def partition_to_proto(p: Partition) -> common_pb2.Partition:
@@ -130,7 +144,15 @@ def partitions_to_proto(parts: Iterable[Partition]) -> list[common_pb2.Partition
     return [partition_to_proto(p) for p in parts]
 
 
-def epoch(t: Timestamp) -> float:
+def epoch(t: Timestamp, what: str = "time") -> float:
+    """Seconds since the epoch of ``t``; a Timestamp no time can be (before year 1, after
+    9999, nanos outside 0..999999999) is the caller's error, named by ``what``."""
+    if not (_TS_MIN_S <= t.seconds <= _TS_MAX_S and 0 <= t.nanos <= 999_999_999):
+        raise InvalidArgument(
+            f"{what} is not a valid time (seconds {t.seconds}, nanos {t.nanos}): seconds "
+            f"must be from {_TS_MIN_S} to {_TS_MAX_S} (years 1 to 9999), nanos from 0 to "
+            "999999999"
+        )
     return t.ToNanoseconds() / 1e9
 
 
@@ -284,7 +306,11 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
             )
             for m in req.members
         ),
-        affinity=Affinity[clusters_pb2.Affinity.Name(req.affinity).removeprefix("AFFINITY_")],
+        affinity=Affinity[
+            enum_name(clusters_pb2.Affinity.DESCRIPTOR, req.affinity, "affinity").removeprefix(
+                "AFFINITY_"
+            )
+        ],
         on_failure=FailurePolicy.TEARDOWN
         if req.on_failure == clusters_pb2.FAILURE_POLICY_TEARDOWN
         else FailurePolicy.KEEP,
@@ -501,13 +527,14 @@ def grouping_from_proto(value: usage_pb2.UsageGrouping.ValueType) -> Grouping:
     """UNSPECIFIED means per workspace."""
     if value == usage_pb2.USAGE_GROUPING_UNSPECIFIED:
         return Grouping.WORKSPACE
-    return Grouping[usage_pb2.UsageGrouping.Name(value).removeprefix("USAGE_GROUPING_")]
+    name = enum_name(usage_pb2.UsageGrouping.DESCRIPTOR, value, "usage grouping")
+    return Grouping[name.removeprefix("USAGE_GROUPING_")]
 
 
 def usage_query_from_proto(req: usage_pb2.GetUsageRequest) -> tuple[float, float, Grouping]:
     """(since, until, grouping); unset times are 0 (from the first record, until now)."""
-    since = epoch(req.since) if req.HasField("since") else 0.0
-    until = epoch(req.until) if req.HasField("until") else 0.0
+    since = epoch(req.since, "since") if req.HasField("since") else 0.0
+    until = epoch(req.until, "until") if req.HasField("until") else 0.0
     return since, until, grouping_from_proto(req.by)
 
 

@@ -48,7 +48,9 @@ class TrustServicer(trust_pb2_grpc.TrustServicer):
     def AddKey(
         self, request: trust_pb2.AddKeyRequest, context: grpc.ServicerContext, who: Identity
     ) -> trust_pb2.TrustPolicy:
-        expires = v1.epoch(request.expires_at) if request.HasField("expires_at") else 0.0
+        expires = (
+            v1.epoch(request.expires_at, "expires_at") if request.HasField("expires_at") else 0.0
+        )
         view = trust.add_key(
             self.env,
             request.public_key_pem,
