@@ -719,6 +719,11 @@ class Client(
         resp = self._call(self._admin.ListNetworks, admin_pb2.ListNetworksRequest())
         return list(resp.networks)
 
+    def delete_network(self, name: str) -> admin_pb2.Network:
+        """Remove network ``name``; refused while a workspace, cluster or backfill entry
+        uses it."""
+        return self._call(self._admin.DeleteNetwork, admin_pb2.NetworkRef(name=name))
+
     def drain_node(self, name: str) -> admin_pb2.Node:
         """Give node ``name`` no new work; what runs there keeps running."""
         return self._call(self._admin.DrainNode, admin_pb2.NodeRef(name=name))

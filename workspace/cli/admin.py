@@ -184,6 +184,11 @@ class Commands(common.ClientCommands):
         )
         return common.EXIT_OK
 
+    def network_delete(self, args: argparse.Namespace) -> int:
+        net = self.client(args).delete_network(args.name)
+        render.emit(args, net, f"network {net.name} ({net.subnet}) deleted")
+        return common.EXIT_OK
+
     # images
 
     def _upload(self, client: Client, path: str, what: str) -> images_pb2.BlobRef:
@@ -415,6 +420,16 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.network_create)
     p = nets.add_parser("list", parents=[parent], help="list networks")
     p.set_defaults(func=cmds.network_list)
+    p = nets.add_parser(
+        "delete",
+        parents=[parent],
+        help="remove a network no workspace, cluster or backfill entry uses",
+        description="Remove a network. Refused while a workspace (not TERMINATED), a "
+        "cluster or a backfill entry uses it; the nodes keep their bridge until their "
+        "agent.toml drops it.",
+    )
+    p.add_argument("name")
+    p.set_defaults(func=cmds.network_delete)
 
     images = group("image", "images")
     p = images.add_parser("import", parents=[parent], help="upload a disk image and register it")

@@ -114,6 +114,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         listed = [v1.network_to_proto(n) for n in networks.list_networks(self.env)]
         return admin_pb2.ListNetworksResponse(networks=listed)
 
+    @unary
+    def DeleteNetwork(
+        self, request: admin_pb2.NetworkRef, context: grpc.ServicerContext, who: Identity
+    ) -> admin_pb2.Network:
+        return v1.network_to_proto(networks.delete_network(self.env, request.name))
+
     @stream
     def WatchEvents(
         self, request: admin_pb2.WatchEventsRequest, context: grpc.ServicerContext, who: Identity

@@ -101,6 +101,7 @@ def _rules() -> dict[str, Role]:
             "ListNodes": a,
             "CreateNetwork": a,
             "ListNetworks": u,
+            "DeleteNetwork": a,
             "DrainNode": a,
             "EnableNode": a,
             "RemoveNode": a,

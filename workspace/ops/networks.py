@@ -9,12 +9,14 @@ from collections.abc import Iterable
 
 import netaddr
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from workspace import ipam
 from workspace.domain.model import NetworkInfo
-from workspace.errors import AlreadyExists, InvalidArgument
+from workspace.domain.states import ClusterState, State
+from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from workspace.ops.unit import Env
-from workspace.store import IpAllocation, Network
+from workspace.store import Backfill, Cluster, IpAllocation, Network, Node, Workspace
 from workspace.store.mapping import network_info
 
 log = logging.getLogger("workspace.ops.networks")
@@ -108,3 +110,73 @@ def list_networks(env: Env) -> list[NetworkInfo]:
             network_info(n, int(counts.get(n.name, 0)))
             for n in s.execute(select(Network).order_by(Network.name)).scalars()
         ]
+
+
+def delete_network(env: Env, name: str) -> NetworkInfo:
+    """Remove a network no one uses: no workspace that is not TERMINATED holds an address
+    in it or waits for one, no cluster that is not TERMINATED has members on it (a scale
+    up would need it) and no backfill entry names it. Refused (FAILED_PRECONDITION)
+    naming what uses it; NOT_FOUND if there is no such network. The nodes' agents keep
+    their bridge until their own configuration drops it."""
+    with env.store.write() as s:
+        net = s.get(Network, name)
+        if net is None:
+            raise NotFound(f"network {name!r} not found; `ws-admin network list` shows them")
+        users = _users(s, name)
+        if users:
+            raise FailedPrecondition(
+                f"network {name} is in use by {'; '.join(users)}; destroy or change those first"
+            )
+        info = network_info(net, 0)
+        s.delete(net)
+        serving = sorted(
+            n for n, nets in s.execute(select(Node.name, Node.networks)) if name in nets
+        )
+    log.info(
+        "network %s deleted (%s, bridge %s)%s",
+        name,
+        info.subnet,
+        info.bridge,
+        f"; nodes {', '.join(serving)} still list it in their agent.toml" if serving else "",
+    )
+    return info
+
+
+def _users(s: Session, name: str, shown: int = 3) -> list[str]:
+    """What uses network ``name``, as phrases ("workspaces a, b (2)"); [] when nothing."""
+
+    def phrase(what: str, names: list[str]) -> str:
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        return f"{what} {', '.join(sorted(names)[:shown])}{more}"
+
+    live = s.execute(
+        select(Workspace.name, Workspace.owner, Workspace.networks).where(
+            Workspace.state != State.TERMINATED.value
+        )
+    )
+    workspaces = [f"{n} ({o})" for n, o, nets in live if name in (nets or ())]
+    held = s.scalar(select(func.count()).where(IpAllocation.network == name)) or 0
+    if held and not workspaces:  # released with their workspace: not expected, but kept
+        workspaces = [f"{held} address(es) not released yet"]
+    clusters = [
+        f"{n} ({o})"
+        for n, o, spec in s.execute(
+            select(Cluster.name, Cluster.owner, Cluster.spec).where(
+                Cluster.state != ClusterState.TERMINATED.value
+            )
+        )
+        if any(name in (m.get("networks") or ()) for m in spec or ())
+    ]
+    backfill = [
+        image
+        for image, nets in s.execute(select(Backfill.image, Backfill.networks))
+        if name in (nets or ())
+    ]
+    out = []
+    if workspaces:
+        out.append(phrase("workspaces", workspaces))
+    if clusters:
+        out.append(phrase("clusters", clusters))
+    if backfill:
+        out.append(phrase("the backfill entries of images", backfill))
+    return out

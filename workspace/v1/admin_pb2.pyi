@@ -731,6 +731,25 @@ class ListNetworksRequest(_message.Message):
 Global___ListNetworksRequest: _TypeAlias = ListNetworksRequest  # noqa: Y015
 
 @_typing.final
+class NetworkRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkRef: _TypeAlias = NetworkRef  # noqa: Y015
+
+@_typing.final
 class ListNetworksResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

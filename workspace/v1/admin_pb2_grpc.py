@@ -50,6 +50,11 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_admin__pb2.ListNetworksRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.ListNetworksResponse.FromString,
                 _registered_method=True)
+        self.DeleteNetwork = channel.unary_unary(
+                '/workspace.v1.Admin/DeleteNetwork',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.NetworkRef.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.Network.FromString,
+                _registered_method=True)
         self.DrainNode = channel.unary_unary(
                 '/workspace.v1.Admin/DrainNode',
                 request_serializer=workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
@@ -129,6 +134,13 @@ class AdminServicer:
 
     def ListNetworks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNetwork(self, request, context):
+        """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -234,6 +246,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListNetworks,
                     request_deserializer=workspace_dot_v1_dot_admin__pb2.ListNetworksRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'DeleteNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNetwork,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.NetworkRef.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.Network.SerializeToString,
             ),
             'DrainNode': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNode,
@@ -377,6 +394,33 @@ class Admin:
             '/workspace.v1.Admin/ListNetworks',
             workspace_dot_v1_dot_admin__pb2.ListNetworksRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/DeleteNetwork',
+            workspace_dot_v1_dot_admin__pb2.NetworkRef.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.Network.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,8 @@ class AdminStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]
     CreateNetwork: _grpc.UnaryUnaryMultiCallable[_admin_pb2.Network, _admin_pb2.Network]
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]
+    DeleteNetwork: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NetworkRef, _admin_pb2.Network]
+    """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it."""
     DrainNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]
     """A draining node gets no new work; its workspaces keep running."""
     EnableNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]
@@ -68,6 +70,8 @@ class AdminAsyncStub(AdminStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]  # type: ignore[assignment]
     CreateNetwork: _aio.UnaryUnaryMultiCallable[_admin_pb2.Network, _admin_pb2.Network]  # type: ignore[assignment]
     ListNetworks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]  # type: ignore[assignment]
+    DeleteNetwork: _aio.UnaryUnaryMultiCallable[_admin_pb2.NetworkRef, _admin_pb2.Network]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it."""
     DrainNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]  # type: ignore[assignment]
     """A draining node gets no new work; its workspaces keep running."""
     EnableNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]  # type: ignore[assignment]
@@ -116,6 +120,14 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListNetworksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListNetworksResponse, _abc.Awaitable[_admin_pb2.ListNetworksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteNetwork(
+        self,
+        request: _admin_pb2.NetworkRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Network, _abc.Awaitable[_admin_pb2.Network]]:
+        """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it."""
 
     @_abc_1.abstractmethod
     def DrainNode(
