@@ -248,6 +248,8 @@ def test_ws_admin_cache_list_and_preload(
     assert admin.main([*svc, "cache", "preload", "img", "--nodes", "node1"]) == 0
     assert "1 blob(s) to be fetched in the background by node1" in capsys.readouterr().out
     wait_for(lambda: digest in cached(site, "node1"), what="node1 to hold the blob")
+    assert admin.main([*svc, "cache", "preload", "img", "--nodes", "node1"]) == 0
+    assert capsys.readouterr().out == "image img: already cached on node1\n"
 
     assert admin.main([*svc, "cache", "list", "node1", "-o", "json"]) == 0
     data = json.loads(capsys.readouterr().out)

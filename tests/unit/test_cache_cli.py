@@ -20,6 +20,7 @@ class FakeClient:
     def __init__(self, fail: errors.WorkspaceError | None = None) -> None:
         self.fail = fail
         self.calls: list[tuple[str, Any]] = []
+        self.cached: list[str] = []
 
     def list_cache(self, node: str) -> admin_pb2.ListCacheResponse:
         self.calls.append(("list", node))
@@ -35,7 +36,9 @@ class FakeClient:
         self.calls.append(("preload", (image, nodes)))
         if self.fail:
             raise self.fail
-        return admin_pb2.PreloadImageResponse(nodes=nodes or ["n1", "n2"], digests=[D1, D2])
+        return admin_pb2.PreloadImageResponse(
+            nodes=nodes or ["n1", "n2"], digests=[D1, D2], cached=self.cached
+        )
 
 
 def run(client: FakeClient, *argv: str) -> int:
@@ -75,11 +78,29 @@ def test_preload_with_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "2 blob(s) to be fetched in the background by n1, n3" in capsys.readouterr().out
 
 
+def test_preload_names_the_nodes_that_hold_the_image_already(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = FakeClient()
+    client.cached = ["n1"]
+    assert run(client, "cache", "preload", "img:1", "--nodes", "n1,n3") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("image img:1: already cached on n1; 2 blob(s) to be fetched")
+    assert "background by n3;" in out
+    client.cached = ["n1", "n3"]
+    assert run(client, "cache", "preload", "img:1", "--nodes", "n1,n3") == 0
+    assert capsys.readouterr().out == "image img:1: already cached on n1, n3\n"
+
+
 def test_preload_every_node_json(capsys: pytest.CaptureFixture[str]) -> None:
     client = FakeClient()
     assert run(client, "--output", "json", "cache", "preload", "img:1") == 0
     assert client.calls == [("preload", ("img:1", []))]
-    assert json.loads(capsys.readouterr().out) == {"nodes": ["n1", "n2"], "digests": [D1, D2]}
+    assert json.loads(capsys.readouterr().out) == {
+        "nodes": ["n1", "n2"],
+        "digests": [D1, D2],
+        "cached": [],
+    }
 
 
 def test_bad_node_list_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,12 +36,15 @@ class CacheCommands:
 
     def preload(self, args: argparse.Namespace) -> int:
         resp = self.client_for(args).preload_image(args.image, args.nodes or [])
-        text = (
-            f"image {args.image}: {len(resp.digests)} blob(s) to be fetched in the "
-            f"background by {', '.join(resp.nodes)}; `{PROG} cache list NODE` shows "
-            "what a node holds"
-        )
-        render.emit(args, resp, text)
+        cached = list(resp.cached)
+        fetching = [n for n in resp.nodes if n not in cached]
+        said = [f"already cached on {', '.join(cached)}"] if cached else []
+        if fetching:
+            said.append(
+                f"{len(resp.digests)} blob(s) to be fetched in the background by "
+                f"{', '.join(fetching)}; `{PROG} cache list NODE` shows what a node holds"
+            )
+        render.emit(args, resp, f"image {args.image}: " + "; ".join(said))
         return common.EXIT_OK
 
 

@@ -98,8 +98,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def PreloadImage(
         self, request: admin_pb2.PreloadImageRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.PreloadImageResponse:
-        done, digests = nodes.preload(self.env, request.image, list(request.nodes))
-        return admin_pb2.PreloadImageResponse(nodes=done, digests=digests)
+        done, digests, cached = nodes.preload(self.env, request.image, list(request.nodes))
+        return admin_pb2.PreloadImageResponse(nodes=done, digests=digests, cached=cached)
 
     @unary
     def CreateNetwork(

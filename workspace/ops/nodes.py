@@ -134,9 +134,9 @@ def list_cache(env: Env, name: str) -> NodeCache:
         )
 
 
-def preload(env: Env, image: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
+def preload(env: Env, image: str, names: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
     """Ask nodes (default: every READY one) to fetch an image's blobs ahead of use:
-    (the nodes, the digests).
+    (the nodes, the digests, those of the nodes that reported all of them cached).
 
     The digests go on each node's prefetch list, sent with its orders, and leave it
     once the node reports them cached."""
@@ -159,7 +159,10 @@ def preload(env: Env, image: str, names: Sequence[str]) -> tuple[list[str], list
             )
             if not nodes:
                 raise FailedPrecondition("no node is READY to preload the image onto")
+        cached = []
         for node in nodes:
+            if set(digests) <= set(node.cached_digests or ()):
+                cached.append(node.name)
             have = set(node.cached_digests or ()) | set(node.prefetch or ())
             add = [d for d in digests if d not in have]
             if add:
@@ -167,4 +170,4 @@ def preload(env: Env, image: str, names: Sequence[str]) -> tuple[list[str], list
         done = [n.name for n in nodes]
         u.nodes(*done)
     log.info("image %s: preload on %s", image, ", ".join(done))
-    return done, digests
+    return done, digests, cached
