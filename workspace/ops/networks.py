@@ -143,7 +143,8 @@ def delete_network(env: Env, name: str) -> NetworkInfo:
 
 
 def _users(s: Session, name: str, shown: int = 3) -> list[str]:
-    """What uses network ``name``, as phrases ("workspaces a, b (2)"); [] when nothing."""
+    """What uses network ``name``, as phrases ("workspaces a (alice), b (bob) and 2
+    more"); [] when nothing."""
 
     def phrase(what: str, names: list[str]) -> str:
         more = f" and {len(names) - shown} more" if len(names) > shown else ""
