@@ -487,7 +487,9 @@ def batched(world: World, creates: dict[str, dict[str, Any]]) -> dict[str, Any]:
     with world.store.write_lock:
         lead = threading.Thread(target=one, args=("lead", {"memory_mib": 128}))
         lead.start()
-        while group.waiting():  # the leader took itself, and waits for the lock
+        # The leader took itself off the queue and started its batch, which waits for
+        # the lock. (Not `while group.waiting()`: that is 0 before the leader queued.)
+        while group.batches == batches:
             time.sleep(0.01)
         threads = [threading.Thread(target=one, args=(n, kw)) for n, kw in creates.items()]
         for queued, t in enumerate(threads, 1):  # queued in this order
