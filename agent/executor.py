@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from agent.backoff import Backoff, Retries
@@ -33,8 +34,10 @@ log = logging.getLogger("agent")
 
 OP_RETRY = Backoff(2.0, 60.0)
 DEFAULT_STOP_TIMEOUT_S = 60
-# A workspace's agent state (agent.json): the trust verdict word it runs under.
+# A workspace's agent state (agent.json): the trust verdict word it runs under, and the
+# reboots carried out (the highest Order.reboot_count acted on).
 TRUST_KEY = "trust"
+REBOOTS_KEY = "reboot_count"
 # What a workspace cannot do while one of its networks is not ready on the node.
 NEEDS_NETWORK = frozenset({Action.CREATE, Action.START, Action.RESUME})
 
@@ -119,10 +122,21 @@ class Executor:
             return self._last_actual.get(workspace_id)
 
     def observe(self, ids: Sequence[str] | None = None) -> list[Observation]:
-        """What to report of ``ids``, or of every workspace the node knows of (None)."""
+        """What to report of ``ids``, or of every workspace the node knows of (None):
+        each with the reboots carried out (``applied_reboots``)."""
         # Never call the driver while holding our lock: drivers call back into us.
         domains = {d.workspace_id: d for d in self.driver.list_domains()}
-        return self.status.observe(ids, domains, self.orders())
+        return [
+            replace(o, applied_reboot_count=self.applied_reboots(o.workspace_id))
+            for o in self.status.observe(ids, domains, self.orders())
+        ]
+
+    def applied_reboots(self, workspace_id: str) -> int:
+        """The reboots carried out of those the orders asked for: the highest
+        ``Order.reboot_count`` acted on (a create takes its order's), kept in the
+        workspace's agent state (agent.json) across agent restarts; 0 without one."""
+        count = self.files.load_state(workspace_id).get(REBOOTS_KEY, 0)
+        return count if isinstance(count, int) else 0
 
     def _on_event(self, workspace_id: str) -> None:
         with self._lock:
@@ -160,7 +174,7 @@ class Executor:
         self._forget_failed(desired, present)
         self.staging.kick_prefetch()
         wants = {wid: Want(o.desired, o.reboot_count, o.force_stop) for wid, o in desired.items()}
-        applied = {wid: self.files.load_state(wid).get("reboot_count", 0) for wid in actual}
+        applied = {wid: self.applied_reboots(wid) for wid in actual}
         for wid, want in wants.items():
             if self._last_want.get(wid) != want:
                 self.status.drop_note(wid)  # the owner asked for something new
@@ -302,8 +316,8 @@ class Executor:
             assert order is not None
             d.reboot(wid)
             state = self.files.load_state(wid)
-            state["reboot_count"] = order.reboot_count
-            self.files.save_state(wid, state)
+            state[REBOOTS_KEY] = order.reboot_count
+            self.files.save_state(wid, state)  # reported by _run, once the reboot is done
         elif action is Action.LIMITS:
             assert order is not None
             d.set_limits(wid, order.limits)
@@ -327,7 +341,8 @@ class Executor:
         paths = self.staging.ensure(order)
         disks = self.files.prepare(order, paths)
         spec = domain_spec(order, disks, paths, self.files.console_log(wid))
-        self.files.save_state(wid, {"reboot_count": order.reboot_count, TRUST_KEY: word})
+        # A fresh boot carries out every reboot asked for so far.
+        self.files.save_state(wid, {REBOOTS_KEY: order.reboot_count, TRUST_KEY: word})
         self._set_status(wid, Observed.STARTING)
         self.driver.define(spec)
         if order.desired in (Desired.RUNNING, Desired.PAUSED):

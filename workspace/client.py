@@ -5,9 +5,11 @@ one RPC of ``workspace.v1`` (Workspaces, Clusters, Images, Admin) and returns th
 protobuf message the service sent. gRPC errors come back as ``workspace.errors`` classes,
 so callers catch ``WorkspaceError`` (``Unavailable`` when the service cannot be
 reached). A few helpers build on the RPCs: ``upload_blob`` (1 MiB chunks),
-``watch`` (an event iterator that can survive a service restart),
-``wait_for_state`` (level-triggered: watch events plus a periodic re-read),
-``wait_for_cluster_state`` (polls GetCluster) and ``health``.
+``watch`` (an event iterator that can survive a service restart), ``health``, and the
+waits (``workspace/client_waits.py``): ``wait_until`` a condition on a workspace holds
+(level-triggered: watch events plus a periodic re-read), ``wait_for_state``,
+``wait_for_reboot`` (the node carried a reboot out) and ``wait_for_cluster_state``
+(polls GetCluster).
 
 Where the service is and who calls it: ``workspace/client_address.py``.
 """
@@ -45,6 +47,19 @@ from workspace.client_images import blank_partition as blank_partition  # re-exp
 from workspace.client_keys import KeysClientMixin
 from workspace.client_policy import PolicyClientMixin, limits_message
 from workspace.client_projects import ProjectsClientMixin
+from workspace.client_waits import CLUSTER_POLL_S as CLUSTER_POLL_S  # re-exported
+from workspace.client_waits import CS as CS  # re-exported
+from workspace.client_waits import FINAL_STATES as FINAL_STATES  # re-exported
+from workspace.client_waits import RESYNC_S as RESYNC_S  # re-exported
+from workspace.client_waits import WS as WS  # re-exported
+from workspace.client_waits import ClusterWaitFailed as ClusterWaitFailed  # re-exported
+from workspace.client_waits import ClusterWaitTimeout as ClusterWaitTimeout  # re-exported
+from workspace.client_waits import WaitFailed as WaitFailed  # re-exported
+from workspace.client_waits import WaitsClientMixin
+from workspace.client_waits import WaitTimeout as WaitTimeout  # re-exported
+from workspace.client_waits import cluster_state_name as cluster_state_name  # re-exported
+from workspace.client_waits import rebooted as rebooted  # re-exported
+from workspace.client_waits import state_name as state_name  # re-exported
 from workspace.config import TlsConfig
 from workspace.v1 import (
     access_pb2_grpc,
@@ -66,21 +81,6 @@ T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
 # list_workspaces asks for this many per page.
 LIST_PAGE_SIZE = 500
-# wait_for_state re-reads the workspace at least this often, whatever the events say.
-RESYNC_S = 30.0
-
-WS = common_pb2.WorkspaceState
-# States a workspace does not leave by itself: waiting for anything else is hopeless.
-FINAL_STATES = frozenset({WS.WORKSPACE_STATE_FAILED, WS.WORKSPACE_STATE_TERMINATED})
-# States that end a wait unless asked for (LOST may recover, but a waiter should know).
-_FAILED_STATES = frozenset({*FINAL_STATES, WS.WORKSPACE_STATE_LOST})
-
-CS = clusters_pb2.ClusterState
-# Cluster states that end a wait unless asked for.
-_CLUSTER_FAILED_STATES = frozenset({CS.CLUSTER_STATE_FAILED, CS.CLUSTER_STATE_TERMINATED})
-# wait_for_cluster_state reads the cluster this often.
-CLUSTER_POLL_S = 0.5
-
 # Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 FAILURE_POLICIES = ("keep", "teardown")
@@ -100,58 +100,6 @@ _CONNECT_MARKERS = (
     "connect failed",
     "permission denied",
 )
-
-
-class WaitTimeout(errors.WorkspaceError):
-    """A wait for a workspace state ran out of time (the workspace is left as it is)."""
-
-    expected = True
-
-    def __init__(self, message: str, workspace: common_pb2.Workspace | None = None) -> None:
-        super().__init__(message)
-        self.workspace = workspace
-
-
-class WaitFailed(errors.FailedPrecondition):
-    """The workspace reached a state it will not leave towards the one waited for."""
-
-    def __init__(self, message: str, workspace: common_pb2.Workspace) -> None:
-        super().__init__(message)
-        self.workspace = workspace
-
-
-class ClusterWaitTimeout(WaitTimeout):
-    """A wait for a cluster state ran out of time (the cluster is left as it is)."""
-
-    def __init__(self, message: str, cluster: clusters_pb2.Cluster | None = None) -> None:
-        super().__init__(message)
-        self.cluster = cluster
-
-
-class ClusterWaitFailed(errors.FailedPrecondition):
-    """The cluster reached a state it will not leave towards the one waited for."""
-
-    def __init__(self, message: str, cluster: clusters_pb2.Cluster) -> None:
-        super().__init__(message)
-        self.cluster = cluster
-
-
-def state_name(value: int) -> str:
-    """``WORKSPACE_STATE_RUNNING`` -> ``RUNNING`` (unknown numbers stay numbers)."""
-    try:
-        name = WS.Name(value)  # type: ignore[arg-type]
-    except ValueError:
-        return str(value)
-    return name.removeprefix("WORKSPACE_STATE_")
-
-
-def cluster_state_name(value: int) -> str:
-    """``CLUSTER_STATE_RUNNING`` -> ``RUNNING`` (unknown numbers stay numbers)."""
-    try:
-        name = CS.Name(value)  # type: ignore[arg-type]
-    except ValueError:
-        return str(value)
-    return name.removeprefix("CLUSTER_STATE_")
 
 
 def _enum_value(enum: Any, prefix: str, choices: Sequence[str], value: int | str) -> int:
@@ -174,6 +122,7 @@ def failure_policy_value(value: int | str) -> int:
 
 
 class Client(
+    WaitsClientMixin,
     ImagesClientMixin,
     ProjectsClientMixin,
     KeysClientMixin,
@@ -451,96 +400,6 @@ class Client(
             again_after_end=True,
         )
 
-    def wait_for_state(
-        self,
-        id: str,
-        states: Iterable[int],
-        timeout_s: float = 300.0,
-        on_change: Callable[[common_pb2.Workspace], None] | None = None,
-    ) -> common_pb2.Workspace:
-        """Block until workspace ``id`` is in one of ``states``; return it.
-
-        Built on WatchWorkspaces; a dropped stream is re-opened, and the workspace is
-        re-read at least every RESYNC_S seconds (events only speed things up).
-        ``on_change`` sees the workspace first and then at each state change. Raises
-        WaitFailed when it reaches FAILED, TERMINATED or LOST (unless waited for) and
-        WaitTimeout after ``timeout_s``. A workspace that vanishes while TERMINATED is
-        waited for counts as terminated.
-        """
-        wanted = frozenset(states)
-        deadline = time.monotonic() + timeout_s
-        last: list[common_pb2.Workspace] = []
-
-        def reached(ws: common_pb2.Workspace) -> bool:
-            if (not last or last[-1].state != ws.state) and on_change is not None:
-                on_change(ws)
-            last[:] = [ws]
-            if ws.state in wanted:
-                return True
-            if ws.state in _FAILED_STATES:
-                reason = f": {ws.reason}" if ws.reason else ""
-                raise WaitFailed(
-                    f"workspace {ws.name or ws.id} is {state_name(ws.state)}{reason} "
-                    f"(waited for {_names(wanted)})",
-                    ws,
-                )
-            return False
-
-        def vanished() -> common_pb2.Workspace:
-            if WS.WORKSPACE_STATE_TERMINATED in wanted:
-                gone = common_pb2.Workspace()
-                if last:
-                    gone.CopyFrom(last[-1])
-                gone.id = gone.id or id
-                gone.state = WS.WORKSPACE_STATE_TERMINATED
-                return gone
-            raise errors.NotFound(f"workspace {id} no longer exists")
-
-        try:
-            current = self.get_workspace(id)
-        except errors.NotFound:
-            return vanished()
-        if reached(current):
-            return current
-        ws_id = current.id
-        req = workspaces_pb2.WatchWorkspacesRequest(id=ws_id, include_terminated=True)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                ws = last[-1] if last else None
-                now = f"; it is {state_name(ws.state)}" if ws is not None else ""
-                raise WaitTimeout(
-                    f"timed out after {timeout_s:g} s waiting for workspace {id} to be "
-                    f"{_names(wanted)}{now}",
-                    ws,
-                )
-            call = self._workspaces.WatchWorkspaces(req, timeout=min(remaining, RESYNC_S))
-            try:
-                for event in call:
-                    if event.workspace.id == ws_id and reached(event.workspace):
-                        return event.workspace
-                # The service ended the stream: do not spin if it keeps doing so.
-                time.sleep(min(0.2, max(remaining, 0.0)))
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.NOT_FOUND:
-                    return vanished()
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    time.sleep(min(1.0, max(remaining, 0.0)))
-                elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise self._error(exc) from None
-            finally:
-                call.cancel()
-            # Level-triggered: whatever the stream did, look at the workspace itself.
-            try:
-                current = self.get_workspace(ws_id)
-            except errors.NotFound:
-                return vanished()
-            except errors.Unavailable:
-                continue
-            if reached(current):
-                return current
-
     # -- Clusters ----------------------------------------------------------------------
 
     def create_cluster(
@@ -613,70 +472,6 @@ class Client(
 
     def destroy_cluster(self, id: str) -> clusters_pb2.Cluster:
         return self._call(self._clusters.DestroyCluster, clusters_pb2.ClusterRef(id=id))
-
-    def wait_for_cluster_state(
-        self,
-        ref: str,
-        states: Iterable[int],
-        timeout_s: float = 300.0,
-        on_change: Callable[[clusters_pb2.Cluster], None] | None = None,
-        poll_s: float = CLUSTER_POLL_S,
-    ) -> clusters_pb2.Cluster:
-        """Block until cluster ``ref`` (id or name) is in one of ``states``; return it.
-
-        Polls GetCluster every ``poll_s`` seconds (an unreachable service is retried
-        until the deadline). ``on_change`` sees the cluster first and then whenever its
-        state or a member's state changes. Raises ClusterWaitFailed when it reaches
-        FAILED or TERMINATED (unless waited for) and ClusterWaitTimeout after
-        ``timeout_s``. A cluster that vanishes while TERMINATED is waited for counts as
-        terminated.
-        """
-        wanted = frozenset(states)
-        deadline = time.monotonic() + timeout_s
-        last: list[clusters_pb2.Cluster] = []
-
-        def key(c: clusters_pb2.Cluster) -> tuple[object, ...]:
-            return (c.state, tuple((m.name, m.state) for m in c.members))
-
-        while True:
-            try:
-                current: clusters_pb2.Cluster | None = self.get_cluster(ref)
-            except errors.NotFound:
-                if CS.CLUSTER_STATE_TERMINATED not in wanted:
-                    raise errors.NotFound(f"cluster {ref} no longer exists") from None
-                gone = clusters_pb2.Cluster()
-                if last:
-                    gone.CopyFrom(last[-1])
-                gone.id = gone.id or ref
-                gone.state = CS.CLUSTER_STATE_TERMINATED
-                return gone
-            except errors.Unavailable:
-                current = None
-            if current is not None:
-                if (not last or key(last[-1]) != key(current)) and on_change is not None:
-                    on_change(current)
-                last[:] = [current]
-                ref = current.id or ref
-                if current.state in wanted:
-                    return current
-                if current.state in _CLUSTER_FAILED_STATES:
-                    reason = f": {current.reason}" if current.reason else ""
-                    raise ClusterWaitFailed(
-                        f"cluster {current.name or current.id} is "
-                        f"{cluster_state_name(current.state)}{reason} "
-                        f"(waited for {_cluster_names(wanted)})",
-                        current,
-                    )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                c = last[-1] if last else None
-                now = f"; it is {cluster_state_name(c.state)}" if c is not None else ""
-                raise ClusterWaitTimeout(
-                    f"timed out after {timeout_s:g} s waiting for cluster {ref} to be "
-                    f"{_cluster_names(wanted)}{now}",
-                    c,
-                )
-            time.sleep(min(poll_s, remaining))
 
     # -- Admin -------------------------------------------------------------------------
 
@@ -765,14 +560,6 @@ def _timestamp(epoch_s: float) -> Timestamp | None:
     t = Timestamp()
     t.FromNanoseconds(int(epoch_s * 1e9))
     return t
-
-
-def _names(states: Iterable[int]) -> str:
-    return " or ".join(sorted(state_name(s) for s in states))
-
-
-def _cluster_names(states: Iterable[int]) -> str:
-    return " or ".join(sorted(cluster_state_name(s) for s in states))
 
 
 def _member(fields: Mapping[str, Any]) -> clusters_pb2.ClusterMember:

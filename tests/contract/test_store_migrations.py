@@ -211,6 +211,7 @@ def test_todays_store_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
             ws = s.execute(select(Workspace)).scalar_one()
             assert (ws.id, ws.node, ws.state, ws.user_data) == ("ws1", "n1", "RUNNING", b"hi")
             assert ws.image_spec == {"partitions": []}
+            assert ws.applied_reboot_count == -1  # 0016: unknown until its node reports
             allocs = s.execute(select(IpAllocation).order_by(IpAllocation.id)).scalars().all()
             assert [(a.ip, a.ip_int, a.nic_index) for a in allocs] == [
                 ("10.1.0.2", 167837698, 0),

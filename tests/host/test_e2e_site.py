@@ -189,7 +189,10 @@ def test_stop_start_pause_resume_reboot(site: E2ESite) -> None:
     s.wait_state(wid, WS.WORKSPACE_STATE_RUNNING, 30)
     assert "running" in site.virsh("domstate", f"ws-{wid}")
 
-    s.ws.RebootWorkspace(s.ref(wid))
+    # RUNNING before and after: --wait returns once the node reports the reboot done.
+    out = site.ws("--output", "json", "reboot", "vm1", "--wait", "--timeout", str(int(BOOT_S)))
+    done = json.loads(out)
+    assert (done["state"], done["reboot_count"], done["applied_reboot_count"]) == ("RUNNING", 1, 1)
     wait_for(lambda: len(site.ready_lines(wid)) == 3, BOOT_S, "a READY line after reboot")
     assert s.get(wid).state == WS.WORKSPACE_STATE_RUNNING
 

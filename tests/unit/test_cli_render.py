@@ -126,3 +126,21 @@ def test_image_view() -> None:
         "sha256:" + "a" * 64,
     ]
     assert lines[head + 2].split() == ["scratch", "BLANK", "ext4", "raw", "-", "1.0", "MiB", "-"]
+
+
+def test_reboots_asked_and_carried_out() -> None:
+    asked = _ws(desired_state=common_pb2.DESIRED_STATE_RUNNING, reboot_count=3)
+    # An agent that predates the count: nothing to show of it, as before.
+    assert render.requested_line(asked) == "alpha (w1): RUNNING"
+    assert "reboot_count  3 (its node does not report them carried out)" in render.workspace_text(
+        asked
+    )
+    asked.applied_reboot_count = 2
+    assert render.requested_line(asked) == "alpha (w1): RUNNING, reboot requested"
+    assert "reboot_count  3 (2 carried out)" in render.workspace_text(asked)
+    data = render.to_dict(asked)
+    assert (data["reboot_count"], data["applied_reboot_count"]) == (3, 2)  # numbers, not text
+    asked.applied_reboot_count = 3
+    assert render.requested_line(asked) == "alpha (w1): RUNNING"
+    assert "reboot_count" not in render.workspace_text(_ws(applied_reboot_count=0))
+    assert "applied_reboot_count" not in render.to_dict(_ws())  # unset: the node never said

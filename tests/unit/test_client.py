@@ -15,7 +15,14 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from workspace import errors, rpc
-from workspace.client import Client, ServiceNotConfigured, WaitFailed, WaitTimeout, resolve_address
+from workspace.client import (
+    Client,
+    ServiceNotConfigured,
+    WaitFailed,
+    WaitTimeout,
+    rebooted,
+    resolve_address,
+)
 from workspace.site import record
 from workspace.v1 import (
     common_pb2,
@@ -76,8 +83,13 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.creates: list[str] = []
         self.fail_creates = 0
         self.states = [WS.WORKSPACE_STATE_PENDING]
+        # What GetWorkspace and the watch show, when more than a state matters.
+        self.views: list[common_pb2.Workspace] = []
         self.drop_first_watch = False
         self.watches = 0
+
+    def _shown(self) -> list[common_pb2.Workspace]:
+        return self.views or [_ws(state) for state in self.states]
 
     def CreateWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
         self.creates.append(request.request_id)
@@ -89,16 +101,17 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
         if request.id not in ("w1", "alpha"):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
-        return _ws(self.states[0])
+        return self._shown()[0]
 
     def WatchWorkspaces(self, request: Any, context: Any) -> Iterator[Any]:
         self.watches += 1
         if self.drop_first_watch and self.watches == 1:
             context.abort(grpc.StatusCode.UNAVAILABLE, "socket closed")
-        yield workspaces_pb2.WorkspaceEvent(workspace=_ws(self.states[0]), initial=True)
-        for state in self.states[1:]:
+        first, *rest = self._shown()
+        yield workspaces_pb2.WorkspaceEvent(workspace=first, initial=True)
+        for ws in rest:
             time.sleep(0.01)
-            yield workspaces_pb2.WorkspaceEvent(workspace=_ws(state))
+            yield workspaces_pb2.WorkspaceEvent(workspace=ws)
         while context.is_active():
             time.sleep(0.01)
 
@@ -206,6 +219,62 @@ def test_wait_for_state_fails_and_times_out(
         client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 0.5)
     gone = client.wait_for_state("gone", [WS.WORKSPACE_STATE_TERMINATED], 1)
     assert gone.state == WS.WORKSPACE_STATE_TERMINATED
+
+
+def test_wait_for_reboot_waits_for_the_node_to_carry_it_out(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    client, wsvc, _ = served
+    running = WS.WORKSPACE_STATE_RUNNING
+    wsvc.views = [
+        _ws(running, reboot_count=2, applied_reboot_count=1),  # RUNNING all along
+        _ws(running, reboot_count=2, applied_reboot_count=1),
+        _ws(running, reboot_count=2, applied_reboot_count=2),
+    ]
+    seen: list[tuple[int, int]] = []
+    w = client.wait_for_reboot(
+        "alpha", 2, 10, lambda x: seen.append((x.state, x.applied_reboot_count))
+    )
+    assert w.applied_reboot_count == 2 and rebooted(w, 2) is True
+    assert seen == [(running, 1), (running, 2)]  # each change of the count, once
+    # Not carried out in time: the timeout says how far it got.
+    wsvc.views = [_ws(running, reboot_count=2, applied_reboot_count=1)]
+    with pytest.raises(
+        WaitTimeout, match="RUNNING with reboot 2 carried out; it is RUNNING, 1 of 2"
+    ):
+        client.wait_for_reboot("alpha", 2, 0.5)
+    # Stopped before the reboot came: it will not come while it is stopped.
+    wsvc.views = [
+        _ws(running, reboot_count=2, applied_reboot_count=1),
+        _ws(
+            WS.WORKSPACE_STATE_STOPPING,
+            reboot_count=2,
+            applied_reboot_count=1,
+            desired_state=common_pb2.DESIRED_STATE_STOPPED,
+        ),
+    ]
+    with pytest.raises(WaitFailed, match="is to be STOPPED now, no longer RUNNING"):
+        client.wait_for_reboot("alpha", 2, 10)
+
+
+def test_wait_for_reboot_cannot_confirm_on_a_node_that_does_not_report_reboots(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """An agent older than ObservedWorkspace.applied_reboot_count: RUNNING is all a
+    waiter can have, as before; ``rebooted`` says None (unknown) rather than False."""
+    client, wsvc, _ = served
+    wsvc.views = [_ws(WS.WORKSPACE_STATE_RUNNING, reboot_count=2)]
+    w = client.wait_for_reboot("alpha", 2, 10)
+    assert not w.HasField("applied_reboot_count") and rebooted(w, 2) is None
+
+
+def test_wait_until_takes_any_condition(served: tuple[Client, FakeWorkspaces, FakeImages]) -> None:
+    client, wsvc, _ = served
+    wsvc.views = [_ws(reason=""), _ws(reason="lease ends soon")]
+    w = client.wait_until("alpha", lambda x: bool(x.reason), "warned", 10)
+    assert w.reason == "lease ends soon"
+    with pytest.raises(WaitTimeout, match="to be warned; it is RUNNING"):
+        client.wait_until("alpha", lambda x: x.cpus > 1, "warned", 0.3)
 
 
 def test_a_watch_tells_of_an_outage_once_and_of_its_end(

@@ -85,6 +85,11 @@ def _nothing() -> None:
     return None
 
 
+def observed(wid: str, state: Observed, reason: str = "", reboots: int = 0) -> Observation:
+    """What the executor reports of ``wid``: every report says the reboots carried out."""
+    return Observation(wid, state, reason, applied_reboot_count=reboots)
+
+
 @pytest.fixture
 def parts(tmp_path: Path) -> Iterator[Parts]:
     p = Parts(tmp_path)
@@ -106,9 +111,9 @@ def test_an_order_becomes_a_running_domain_and_is_reported(parts: Parts) -> None
     assert parts.driver.list_domains() == []
 
     ex.take([_order()])
-    assert ex.observe(["w1"]) == [Observation("w1", Observed.PROPAGATING)]
+    assert ex.observe(["w1"]) == [observed("w1", Observed.PROPAGATING)]
     ex.reconcile_once()
-    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.RUNNING)])
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
     assert ["w1"] in parts.reports
     assert parts.cache.has(DIGEST) and parts.cache.pin_owners() == {"w1"}
     assert (parts.files.dir("w1") / "root.qcow2").exists()
@@ -122,15 +127,15 @@ def test_orders_that_stop_then_drop_a_workspace(parts: Parts) -> None:
     ex = parts.executor
     ex.take([_order()])
     ex.reconcile_once()
-    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.RUNNING)])
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
 
     ex.take([_order(Desired.STOPPED, stop_timeout_s=1)])
     ex.reconcile_once()
-    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.STOPPED)])
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.STOPPED)])
 
     ex.take([])
     ex.reconcile_once()
-    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.ABSENT)])
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.ABSENT)])
     assert parts.driver.get("w1") is None
     assert not parts.files.dir("w1").exists()
     assert parts.cache.pin_owners() == set()
@@ -167,11 +172,64 @@ def test_a_network_that_is_not_ready_holds_only_its_workspaces(parts: Parts) -> 
     held = replace(_order(), workspace_id="w2", name="two", hostname="two", nics=(lab,))
     ex.take([_order(), held])
     ex.reconcile_once()
-    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.RUNNING)])
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
     (seen,) = ex.observe(["w2"])
     assert seen.state is Observed.FAILED
     assert seen.reason == "network lab: uplink eth9 does not exist on node n1"
     assert parts.driver.get("w2") is None  # nothing made for it
     net.down = False  # the admin fixes the uplink: the next pass creates it
     ex.reconcile_once()
-    wait_for(lambda: ex.observe(["w2"]) == [Observation("w2", Observed.RUNNING)])
+    wait_for(lambda: ex.observe(["w2"]) == [observed("w2", Observed.RUNNING)])
+
+
+def test_a_reboot_is_reported_carried_out_once_the_driver_did_it(parts: Parts) -> None:
+    ex, driver = parts.executor, parts.driver
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+
+    held, entered = threading.Event(), threading.Event()
+    reboot = driver.reboot
+
+    def slow_reboot(wid: str) -> None:
+        entered.set()
+        assert held.wait(10)
+        reboot(wid)
+
+    driver.reboot = slow_reboot  # type: ignore[method-assign]
+    ex.take([_order(reboot_count=1)])  # `ws reboot`
+    parts.reports.clear()
+    ex.reconcile_once()
+    assert entered.wait(10)
+    assert ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)]  # under way: not yet
+    held.set()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)])
+    wait_for(lambda: ["w1"] in parts.reports)  # said at once, not at the next heartbeat
+    ex.reconcile_once()
+    assert ex.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)]  # once
+
+    # An agent restarted on the same state directory says the same before any pass.
+    again = Executor(
+        driver, parts.files, NullNetworking(), parts.staging, parts.gate, _ignore, 1, 60.0,
+        parts.stop,
+    )  # fmt: skip
+    try:
+        assert again.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)]
+    finally:
+        again.close()
+
+
+def test_a_create_carries_out_the_reboots_asked_before_it(parts: Parts) -> None:
+    """A domain made anew (say, after it disappeared) boots fresh: no reboot follows."""
+    ex, driver = parts.executor, parts.driver
+    reboots: list[str] = []
+    driver.reboot = reboots.append  # type: ignore[method-assign]
+    ex.take([_order(reboot_count=3)])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=3)])
+    ex.reconcile_once()
+    assert reboots == []
+
+
+def _ignore(ids: list[str]) -> None:
+    return None

@@ -10,8 +10,7 @@ import pytest
 
 from agent.reconcile import limit_changes
 from agent.virt.base import DomainState
-from tests.unit.test_executor import Parts, _order, wait_for
-from workspace.domain.model import Observation
+from tests.unit.test_executor import Parts, _order, observed, wait_for
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import Desired, Observed
 
@@ -38,7 +37,7 @@ def parts(tmp_path: Path) -> Iterator[Parts]:
 def _running(parts: Parts, limits: Limits) -> None:
     parts.executor.take([_order(limits=limits)])
     parts.executor.reconcile_once()
-    wait_for(lambda: parts.executor.observe(["w1"]) == [Observation("w1", Observed.RUNNING)])
+    wait_for(lambda: parts.executor.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
 
 
 def test_new_limits_reach_a_running_domain_once(parts: Parts) -> None:
@@ -59,7 +58,7 @@ def test_new_limits_reach_a_running_domain_once(parts: Parts) -> None:
     ex.reconcile_once()
     ex.reconcile_once()
     assert len(driver.limit_changes) == 1  # level-triggered: applied once, then equal
-    assert ex.observe(["w1"]) == [Observation("w1", Observed.RUNNING)]
+    assert ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)]
 
 
 def test_limits_of_a_stopped_domain_change_its_definition(parts: Parts) -> None:
@@ -67,7 +66,7 @@ def test_limits_of_a_stopped_domain_change_its_definition(parts: Parts) -> None:
     _running(parts, Limits())
     ex.take([_order(Desired.STOPPED, stop_timeout_s=1)])
     ex.reconcile_once()
-    wait_for(lambda: ex.observe(["w1"]) == [Observation("w1", Observed.STOPPED)])
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.STOPPED)])
     ex.take([_order(Desired.STOPPED, stop_timeout_s=1, limits=SLOW)])
     ex.reconcile_once()
     wait_for(lambda: driver.limit_changes)

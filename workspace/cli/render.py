@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from workspace.cli.elastic_text import autoscale_line
-from workspace.client import cluster_state_name, state_name
+from workspace.client import cluster_state_name, rebooted, state_name
 from workspace.domain.sshkeys import fingerprint
 from workspace.v1 import (
     admin_pb2,
@@ -235,7 +235,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("owner", ws.owner),
         ("project", ws.project),
         ("class", "preemptible" if ws.preemptible else ""),
-        ("reboot_count", ws.reboot_count or ""),
+        ("reboot_count", reboots_text(ws)),
         ("login_user", ws.login_user),
         # connectivity, then the allow rules ("policy": no wider than the other keys)
         ("policy", ws.connectivity + (f"; allow {','.join(ws.allow)}" if ws.allow else "")),
@@ -250,6 +250,16 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("updated_at", fmt_time(ws.updated_at)),
     ]
     return fields(pairs)
+
+
+def reboots_text(ws: common_pb2.Workspace) -> str:
+    """``3 (2 carried out)``: the reboots asked for, and of those the ones the node
+    carried out, when it says ("": none asked)."""
+    if not ws.reboot_count:
+        return ""
+    if not ws.HasField("applied_reboot_count"):
+        return f"{ws.reboot_count} (its node does not report them carried out)"
+    return f"{ws.reboot_count} ({ws.applied_reboot_count} carried out)"
 
 
 def limits_text(lim: common_pb2.Limits) -> str:
@@ -294,8 +304,11 @@ def state_line(ws: common_pb2.Workspace, asked: str = "") -> str:
 
 def requested_line(ws: common_pb2.Workspace) -> str:
     """The state line of a workspace just asked to change: with what was asked while the
-    node has not acted yet (`ws pause`: "RUNNING, PAUSED requested")."""
+    node has not acted yet (`ws pause`: "RUNNING, PAUSED requested"; `ws reboot`:
+    "RUNNING, reboot requested" until its node reports the reboot carried out)."""
     desired, state = enum_name(_DESIRED, ws.desired_state), state_name(ws.state)
+    if state == "RUNNING" and desired == state and rebooted(ws, ws.reboot_count) is False:
+        return state_line(ws, ", reboot requested")
     if desired in ("UNSPECIFIED", state) or state not in ("RUNNING", "PAUSED", "STOPPED"):
         return state_line(ws)  # (a state on its way, STOPPING, says so itself)
     return state_line(ws, f", {desired} requested")
@@ -330,6 +343,25 @@ def workspace_progress(
 
     def on_change(ws: common_pb2.Workspace) -> None:
         _say(prog, state_line(ws))
+
+    return on_change
+
+
+def reboot_progress(
+    args: argparse.Namespace, prog: str, reboot_count: int
+) -> Callable[[common_pb2.Workspace], None] | None:
+    """``on_change`` for Client.wait_for_reboot: a line on stderr whenever the state or
+    the reboots carried out change ("RUNNING, reboot requested", "RUNNING, rebooted";
+    none for JSON)."""
+    if wants_json(args):
+        return None
+
+    def on_change(ws: common_pb2.Workspace) -> None:
+        done = rebooted(ws, reboot_count)
+        _say(
+            prog,
+            state_line(ws, "" if done is None else ", rebooted" if done else ", reboot requested"),
+        )
 
     return on_change
 

@@ -29,7 +29,9 @@ from workspace.cli import (
 from workspace.client import (
     AFFINITIES,
     FAILURE_POLICIES,
+    Client,
     cluster_state_name,
+    rebooted,
     state_name,
 )
 from workspace.v1 import clusters_pb2, common_pb2
@@ -52,6 +54,12 @@ ACTIONS: dict[str, tuple[str, int, str]] = {
         "destroy a workspace and its disks",
     ),
 }
+# What `ws reboot --wait` waits for (the workspace is RUNNING before and after).
+REBOOT_WAIT = (
+    "its node reports the reboot carried out and the workspace is RUNNING (a node whose "
+    "agent predates that report cannot confirm it: then only until RUNNING, and stderr "
+    "says so)"
+)
 # Cluster commands: (client method, state --wait waits for, help).
 CLUSTER_ACTIONS: dict[str, tuple[str, int, str]] = {
     "start": ("start_cluster", CS.CLUSTER_STATE_RUNNING, "start a stopped cluster's members"),
@@ -224,6 +232,8 @@ class Commands(common.ClientCommands):
 
             def wait(ref: str, ws: common_pb2.Workspace) -> common_pb2.Workspace:
                 left = max(0.0, deadline - time.monotonic())
+                if args.command == "reboot":
+                    return _wait_rebooted(client, args, ws.id or ref, ws.reboot_count, left)
                 progress = render.workspace_progress(args, PROG)
                 return client.wait_for_state(ws.id or ref, [target], left, progress)
 
@@ -337,6 +347,24 @@ def _each(
     return out, ok
 
 
+def _wait_rebooted(
+    client: Client, args: argparse.Namespace, ref: str, reboot_count: int, wait_s: float
+) -> common_pb2.Workspace:
+    """`ws reboot --wait`: until the node reports reboot ``reboot_count`` carried out and
+    the workspace RUNNING. A node whose agent does not report reboots (an older release)
+    cannot confirm it: then RUNNING is enough, as before, and stderr says so."""
+    progress = render.reboot_progress(args, PROG, reboot_count)
+    ws = client.wait_for_reboot(ref, reboot_count, wait_s, progress)
+    if rebooted(ws, reboot_count) is None:
+        print(
+            f"{PROG}: {render.state_line(ws)}, but the reboot cannot be confirmed: its node's "
+            "agent does not report the reboots it carries out (a release older than the "
+            "service's)",
+            file=sys.stderr,
+        )
+    return ws
+
+
 def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) -> float:
     """--timeout, else the default plus the time the request may wait for capacity."""
     return float(args.timeout or DEFAULT_WAIT_S + (wait_for_capacity_s or 0))
@@ -345,8 +373,8 @@ def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) ->
 # -- parser ------------------------------------------------------------------------------
 
 
-def _add_wait(p: argparse.ArgumentParser, state: str, timeout_flag: bool) -> None:
-    p.add_argument("--wait", action="store_true", help=f"wait until the workspace is {state}")
+def _add_wait(p: argparse.ArgumentParser, until: str, timeout_flag: bool) -> None:
+    p.add_argument("--wait", action="store_true", help=f"wait until {until}")
     if timeout_flag:
         p.add_argument(
             "--timeout",
@@ -551,7 +579,8 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
                 action="store_true",
                 help="power off at once (also while an earlier stop still waits)",
             )
-        _add_wait(p, state_name(state), timeout_flag=name != "stop")
+        until = REBOOT_WAIT if name == "reboot" else f"the workspace is {state_name(state)}"
+        _add_wait(p, until, timeout_flag=name != "stop")
         p.set_defaults(func=cmds.action)
 
     p = sub.add_parser(

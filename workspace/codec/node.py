@@ -253,13 +253,23 @@ def observed_from_proto(value: nodes_pb2.ObservedState.ValueType) -> Observed | 
 
 def observation_to_proto(o: Observation) -> nodes_pb2.ObservedWorkspace:
     return nodes_pb2.ObservedWorkspace(
-        workspace_id=o.workspace_id, state=observed_to_proto(o.state), reason=o.reason
+        workspace_id=o.workspace_id,
+        state=observed_to_proto(o.state),
+        reason=o.reason,
+        applied_reboot_count=o.applied_reboot_count,  # None leaves it unset
     )
 
 
 def observation_from_proto(o: nodes_pb2.ObservedWorkspace) -> Observation | None:
+    """None for an unknown state; ``applied_reboot_count`` None when the node did not
+    send it (an older agent) or sent a negative count."""
     state = observed_from_proto(o.state)
-    return None if state is None else Observation(o.workspace_id, state, o.reason)
+    if state is None:
+        return None
+    applied = o.applied_reboot_count if o.HasField("applied_reboot_count") else None
+    return Observation(
+        o.workspace_id, state, o.reason, applied if applied is None or applied >= 0 else None
+    )
 
 
 def audit_to_proto(a: AuditRecord) -> trust_pb2.AuditEntry:

@@ -221,6 +221,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         created_at=ts(w.created_at),
         updated_at=ts(w.updated_at),
         reboot_count=w.reboot_count,
+        applied_reboot_count=w.applied_reboot_count,  # None leaves it unset
         cluster=w.cluster,
         role=w.role,
         project=w.project,

@@ -126,6 +126,8 @@ class WorkspaceView:
     created_at: float
     updated_at: float
     reboot_count: int = 0
+    # Of those, the reboots its node reported carried out (None: the node never said).
+    applied_reboot_count: int | None = None
     cluster: str = ""
     role: str = ""
     waiting: bool = False  # queued for capacity (state PENDING, no node yet)
@@ -235,6 +237,9 @@ class Observation:
     workspace_id: str
     state: Observed
     reason: str = ""
+    # The reboots the node carried out of those its orders asked for (the highest
+    # Order.reboot_count it acted on); None: not said (an agent older than this field).
+    applied_reboot_count: int | None = None
 
 
 @dataclass(frozen=True)

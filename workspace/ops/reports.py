@@ -27,6 +27,7 @@ from workspace.store.mapping import (
     connectivity,
     limits,
     nics,
+    set_applied_reboots,
     set_reason,
     shown_reason,
 )
@@ -309,17 +310,21 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             continue
         if preempt.observed(env, u, ws, new):
             continue
+        # Watchers see a reboot carried out (`ws reboot --wait` waits for it).
+        rebooted = set_applied_reboots(ws, obs.applied_reboot_count)
         old_reason = shown_reason(ws)
         reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
         if new is State.RUNNING and not obs.reason:
             reason = ""
-        if new is not None and (new.value != ws.state or reason != old_reason):
+        moved = new is not None and (new.value != ws.state or reason != old_reason)
+        if new is not None and moved:
             if new is State.FAILED and ws.state != State.FAILED.value:
                 log.warning(
                     "workspace %s (%s) failed on node %s: %s", ws.id, ws.name, r.node, obs.reason
                 )
             ws.state = new.value
             set_reason(ws, reason)
+        if moved or rebooted:
             ws.updated_at = env.clock()
             u.changed(ws)
     return seen

@@ -258,6 +258,27 @@ def limits_column(lim: Limits) -> dict[str, int]:
 _key_fingerprint = functools.lru_cache(maxsize=4096)(sshkeys.fingerprint)
 
 
+def applied_reboots(ws: Workspace) -> int | None:
+    """The reboots the node reported carried out (None: it never said)."""
+    n = ws.applied_reboot_count
+    return None if n is None or n < 0 else n
+
+
+def set_applied_reboots(ws: Workspace, reported: int | None) -> bool:
+    """Keep the count of reboots the node says it carried out; True if it changed.
+
+    The count never goes back (a late or repeated report, from another replica's time
+    say) and never exceeds the reboots asked for; None (an older agent says nothing)
+    changes nothing."""
+    if reported is None:
+        return False
+    n = min(reported, ws.reboot_count or 0)
+    if n <= (ws.applied_reboot_count if ws.applied_reboot_count is not None else -1):
+        return False
+    ws.applied_reboot_count = n
+    return True
+
+
 def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
     return WorkspaceView(
         id=ws.id,
@@ -275,6 +296,7 @@ def workspace_view(ws: Workspace, nics_of: tuple[Nic, ...]) -> WorkspaceView:
         created_at=ws.created_at,
         updated_at=ws.updated_at,
         reboot_count=ws.reboot_count or 0,
+        applied_reboot_count=applied_reboots(ws),
         cluster=ws.cluster or "",
         role=ws.role or "",
         waiting=bool(ws.wait_reason),

@@ -202,6 +202,9 @@ class Workspace(Base):
     desired_state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(String(1024), default="")
     reboot_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Of those, the reboots the node reported carried out (never more than reboot_count,
+    # never going back); -1 = not reported (an agent older than the report's field).
+    applied_reboot_count: Mapped[int] = mapped_column(Integer, default=-1)
     stop_timeout_s: Mapped[int] = mapped_column(Integer, default=60)
     force_stop: Mapped[bool] = mapped_column(default=False)
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")

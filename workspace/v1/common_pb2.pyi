@@ -237,6 +237,7 @@ class Workspace(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REBOOT_COUNT_FIELD_NUMBER: _builtins.int
+    APPLIED_REBOOT_COUNT_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
@@ -261,6 +262,14 @@ class Workspace(_message.Message):
     """Why the workspace is in its state (FAILED, LOST) or what it is waiting for."""
     request_id: _builtins.str
     reboot_count: _builtins.int
+    """Reboots asked for so far (each RebootWorkspace adds one; it returns the new count)."""
+    applied_reboot_count: _builtins.int
+    """How many of those reboots the node has carried out, as its agent last reported: the
+    reboot RebootWorkspace returned reboot_count N for has happened once this is N or
+    more (reboots asked in quick succession may be carried out by one). Unset while the
+    node has not said, and always where its agent predates this field
+    (ObservedWorkspace.applied_reboot_count): then nothing tells when a reboot happened.
+    """
     cluster: _builtins.str
     role: _builtins.str
     project: _builtins.str
@@ -319,6 +328,7 @@ class Workspace(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         reboot_count: _builtins.int = ...,
+        applied_reboot_count: _builtins.int | None = ...,
         cluster: _builtins.str = ...,
         role: _builtins.str = ...,
         project: _builtins.str = ...,
@@ -331,10 +341,12 @@ class Workspace(_message.Message):
         limits: Global___Limits | None = ...,
         preemptible: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count", "applied_reboot_count", b"applied_reboot_count", "created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "ssh_keys", b"ssh_keys", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count", "allow", b"allow", "applied_reboot_count", b"applied_reboot_count", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "ssh_keys", b"ssh_keys", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__applied_reboot_count: _TypeAlias = _typing.Literal["applied_reboot_count"]  # noqa: Y015
+    _WhichOneofArgType__applied_reboot_count: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__applied_reboot_count) -> _WhichOneofReturnType__applied_reboot_count | None: ...
 
 Global___Workspace: _TypeAlias = Workspace  # noqa: Y015

@@ -443,21 +443,31 @@ class ObservedWorkspace(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    APPLIED_REBOOT_COUNT_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     state: Global___ObservedState.ValueType
     reason: _builtins.str
+    applied_reboot_count: _builtins.int
+    """The reboots the node has carried out of those asked for: the highest
+    Assignment.reboot_count it acted on (a create counts as having carried out the
+    reboots asked before it). Set by every agent that knows this field, 0 included;
+    unset from an older agent, and then the service cannot tell when a reboot happened.
+    """
     def __init__(
         self,
         *,
         workspace_id: _builtins.str = ...,
         state: Global___ObservedState.ValueType = ...,
         reason: _builtins.str = ...,
+        applied_reboot_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count", "applied_reboot_count", b"applied_reboot_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count", "applied_reboot_count", b"applied_reboot_count", "reason", b"reason", "state", b"state", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__applied_reboot_count: _TypeAlias = _typing.Literal["applied_reboot_count"]  # noqa: Y015
+    _WhichOneofArgType__applied_reboot_count: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__applied_reboot_count) -> _WhichOneofReturnType__applied_reboot_count | None: ...
 
 Global___ObservedWorkspace: _TypeAlias = ObservedWorkspace  # noqa: Y015
 

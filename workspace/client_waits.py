@@ -1,0 +1,343 @@
+"""The waits of the Python client (``Client`` inherits them), the errors they raise and
+the short state names they speak in.
+
+``wait_until`` is the one workspace wait: until a condition on the workspace holds,
+level-triggered (watch events plus a periodic re-read). ``wait_for_state`` (one of some
+states) and ``wait_for_reboot`` (the node carried a reboot out) are conditions for it.
+``wait_for_cluster_state`` polls GetCluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import grpc
+
+from workspace import errors
+from workspace.v1 import clusters_pb2, common_pb2, workspaces_pb2, workspaces_pb2_grpc
+
+# wait_until re-reads the workspace at least this often, whatever the events say.
+RESYNC_S = 30.0
+
+WS = common_pb2.WorkspaceState
+# States a workspace does not leave by itself: waiting for anything else is hopeless.
+FINAL_STATES = frozenset({WS.WORKSPACE_STATE_FAILED, WS.WORKSPACE_STATE_TERMINATED})
+# States that end a wait unless asked for (LOST may recover, but a waiter should know).
+_FAILED_STATES = frozenset({*FINAL_STATES, WS.WORKSPACE_STATE_LOST})
+
+CS = clusters_pb2.ClusterState
+# Cluster states that end a wait unless asked for.
+_CLUSTER_FAILED_STATES = frozenset({CS.CLUSTER_STATE_FAILED, CS.CLUSTER_STATE_TERMINATED})
+# wait_for_cluster_state reads the cluster this often.
+CLUSTER_POLL_S = 0.5
+
+
+class WaitTimeout(errors.WorkspaceError):
+    """A wait for a workspace state ran out of time (the workspace is left as it is)."""
+
+    expected = True
+
+    def __init__(self, message: str, workspace: common_pb2.Workspace | None = None) -> None:
+        super().__init__(message)
+        self.workspace = workspace
+
+
+class WaitFailed(errors.FailedPrecondition):
+    """The workspace reached a state it will not leave towards the one waited for."""
+
+    def __init__(self, message: str, workspace: common_pb2.Workspace) -> None:
+        super().__init__(message)
+        self.workspace = workspace
+
+
+class ClusterWaitTimeout(WaitTimeout):
+    """A wait for a cluster state ran out of time (the cluster is left as it is)."""
+
+    def __init__(self, message: str, cluster: clusters_pb2.Cluster | None = None) -> None:
+        super().__init__(message)
+        self.cluster = cluster
+
+
+class ClusterWaitFailed(errors.FailedPrecondition):
+    """The cluster reached a state it will not leave towards the one waited for."""
+
+    def __init__(self, message: str, cluster: clusters_pb2.Cluster) -> None:
+        super().__init__(message)
+        self.cluster = cluster
+
+
+def state_name(value: int) -> str:
+    """``WORKSPACE_STATE_RUNNING`` -> ``RUNNING`` (unknown numbers stay numbers)."""
+    try:
+        name = WS.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+    return name.removeprefix("WORKSPACE_STATE_")
+
+
+def cluster_state_name(value: int) -> str:
+    """``CLUSTER_STATE_RUNNING`` -> ``RUNNING`` (unknown numbers stay numbers)."""
+    try:
+        name = CS.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+    return name.removeprefix("CLUSTER_STATE_")
+
+
+def rebooted(ws: common_pb2.Workspace, reboot_count: int) -> bool | None:
+    """Whether the node has carried out reboot number ``reboot_count`` of ``ws`` (the
+    ``reboot_count`` that ``reboot_workspace`` returned); None when nobody can tell: the
+    workspace's node has not reported the reboots it carried out (its agent predates
+    ``applied_reboot_count``), or the service predates the field."""
+    if not ws.HasField("applied_reboot_count"):
+        return None
+    return ws.applied_reboot_count >= reboot_count
+
+
+def _state(ws: common_pb2.Workspace) -> str:
+    return state_name(ws.state)
+
+
+class WaitsClientMixin:
+    """Needs ``_workspaces``, ``_error``, ``get_workspace`` and ``get_cluster`` from the
+    Client."""
+
+    _workspaces: workspaces_pb2_grpc.WorkspacesStub
+    _error: Callable[[grpc.RpcError], errors.WorkspaceError]
+    get_workspace: Callable[[str], common_pb2.Workspace]
+    get_cluster: Callable[[str], clusters_pb2.Cluster]
+
+    def wait_until(
+        self,
+        id: str,
+        done: Callable[[common_pb2.Workspace], bool],
+        goal: str,
+        timeout_s: float = 300.0,
+        on_change: Callable[[common_pb2.Workspace], None] | None = None,
+        describe: Callable[[common_pb2.Workspace], str] = _state,
+    ) -> common_pb2.Workspace:
+        """Block until ``done(workspace)`` holds for workspace ``id``; return the workspace.
+
+        ``goal`` says what is waited for ("RUNNING"), ``describe`` what the workspace is
+        as far as the wait cares (by default its state name): ``on_change`` sees the
+        workspace first and then whenever that description changes, and a timeout says
+        the last one. Built on WatchWorkspaces; a dropped stream is re-opened, and the
+        workspace is re-read at least every RESYNC_S seconds (events only speed things
+        up). Raises WaitFailed when the workspace reaches FAILED, TERMINATED or LOST
+        without ``done`` holding (``done`` may raise WaitFailed itself: the goal can no
+        longer be reached) and WaitTimeout after ``timeout_s``. A workspace that
+        vanishes is judged as TERMINATED (NotFound unless ``done`` takes that).
+        """
+        deadline = time.monotonic() + timeout_s
+        last: list[common_pb2.Workspace] = []
+
+        def reached(ws: common_pb2.Workspace) -> bool:
+            if (not last or describe(last[-1]) != describe(ws)) and on_change is not None:
+                on_change(ws)
+            last[:] = [ws]
+            if done(ws):
+                return True
+            if ws.state in _FAILED_STATES:
+                reason = f": {ws.reason}" if ws.reason else ""
+                raise WaitFailed(
+                    f"workspace {ws.name or ws.id} is {state_name(ws.state)}{reason} "
+                    f"(waited for {goal})",
+                    ws,
+                )
+            return False
+
+        def vanished() -> common_pb2.Workspace:
+            gone = common_pb2.Workspace()
+            if last:
+                gone.CopyFrom(last[-1])
+            gone.id = gone.id or id
+            gone.state = WS.WORKSPACE_STATE_TERMINATED
+            if done(gone):
+                return gone
+            raise errors.NotFound(f"workspace {id} no longer exists")
+
+        try:
+            current = self.get_workspace(id)
+        except errors.NotFound:
+            return vanished()
+        if reached(current):
+            return current
+        ws_id = current.id
+        req = workspaces_pb2.WatchWorkspacesRequest(id=ws_id, include_terminated=True)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ws = last[-1] if last else None
+                now = f"; it is {describe(ws)}" if ws is not None else ""
+                raise WaitTimeout(
+                    f"timed out after {timeout_s:g} s waiting for workspace {id} to be {goal}{now}",
+                    ws,
+                )
+            call = self._workspaces.WatchWorkspaces(req, timeout=min(remaining, RESYNC_S))
+            try:
+                for event in call:
+                    if event.workspace.id == ws_id and reached(event.workspace):
+                        return event.workspace
+                # The service ended the stream: do not spin if it keeps doing so.
+                time.sleep(min(0.2, max(remaining, 0.0)))
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.NOT_FOUND:
+                    return vanished()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    time.sleep(min(1.0, max(remaining, 0.0)))
+                elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise self._error(exc) from None
+            finally:
+                call.cancel()
+            # Level-triggered: whatever the stream did, look at the workspace itself.
+            try:
+                current = self.get_workspace(ws_id)
+            except errors.NotFound:
+                return vanished()
+            except errors.Unavailable:
+                continue
+            if reached(current):
+                return current
+
+    def wait_for_state(
+        self,
+        id: str,
+        states: Iterable[int],
+        timeout_s: float = 300.0,
+        on_change: Callable[[common_pb2.Workspace], None] | None = None,
+    ) -> common_pb2.Workspace:
+        """Block until workspace ``id`` is in one of ``states``; return it.
+
+        ``on_change`` sees the workspace first and then at each state change. Raises
+        WaitFailed when it reaches FAILED, TERMINATED or LOST (unless waited for) and
+        WaitTimeout after ``timeout_s`` (``wait_until``). A workspace that vanishes while
+        TERMINATED is waited for counts as terminated.
+        """
+        wanted = frozenset(states)
+        return self.wait_until(
+            id, lambda ws: ws.state in wanted, _names(wanted), timeout_s, on_change
+        )
+
+    def wait_for_reboot(
+        self,
+        id: str,
+        reboot_count: int,
+        timeout_s: float = 300.0,
+        on_change: Callable[[common_pb2.Workspace], None] | None = None,
+    ) -> common_pb2.Workspace:
+        """Block until the node has carried out reboot number ``reboot_count`` of
+        workspace ``id`` (the ``reboot_count`` that ``reboot_workspace`` returned: its
+        ``applied_reboot_count`` reaches it) and the workspace is RUNNING; return it.
+
+        A node whose agent does not report the reboots it carries out (a release older
+        than ``applied_reboot_count``) leaves the field unset: then nothing can confirm
+        the reboot, and this waits only for RUNNING, as before; ``rebooted(ws,
+        reboot_count)`` on the workspace returned says None. ``on_change`` sees the
+        workspace first and then whenever its state or its count changes. Raises
+        WaitFailed when the workspace is asked to stop, pause or go before it is back
+        RUNNING rebooted, or reaches FAILED, TERMINATED or LOST, and WaitTimeout after
+        ``timeout_s``.
+        """
+        goal = f"RUNNING with reboot {reboot_count} carried out"
+
+        def done(ws: common_pb2.Workspace) -> bool:
+            if ws.state == WS.WORKSPACE_STATE_RUNNING and rebooted(ws, reboot_count) is not False:
+                return True
+            if ws.desired_state not in (
+                common_pb2.DESIRED_STATE_RUNNING,
+                common_pb2.DESIRED_STATE_UNSPECIFIED,
+            ):
+                desired = common_pb2.DesiredState.Name(ws.desired_state)
+                raise WaitFailed(
+                    f"workspace {ws.name or ws.id} is to be "
+                    f"{desired.removeprefix('DESIRED_STATE_')} now, no longer RUNNING "
+                    f"(waited for {goal}; {_reboots(ws)})",
+                    ws,
+                )
+            return False
+
+        def describe(ws: common_pb2.Workspace) -> str:
+            return f"{state_name(ws.state)}, {_reboots(ws)}"
+
+        return self.wait_until(id, done, goal, timeout_s, on_change, describe)
+
+    def wait_for_cluster_state(
+        self,
+        ref: str,
+        states: Iterable[int],
+        timeout_s: float = 300.0,
+        on_change: Callable[[clusters_pb2.Cluster], None] | None = None,
+        poll_s: float = CLUSTER_POLL_S,
+    ) -> clusters_pb2.Cluster:
+        """Block until cluster ``ref`` (id or name) is in one of ``states``; return it.
+
+        Polls GetCluster every ``poll_s`` seconds (an unreachable service is retried
+        until the deadline). ``on_change`` sees the cluster first and then whenever its
+        state or a member's state changes. Raises ClusterWaitFailed when it reaches
+        FAILED or TERMINATED (unless waited for) and ClusterWaitTimeout after
+        ``timeout_s``. A cluster that vanishes while TERMINATED is waited for counts as
+        terminated.
+        """
+        wanted = frozenset(states)
+        deadline = time.monotonic() + timeout_s
+        last: list[clusters_pb2.Cluster] = []
+
+        def key(c: clusters_pb2.Cluster) -> tuple[object, ...]:
+            return (c.state, tuple((m.name, m.state) for m in c.members))
+
+        while True:
+            try:
+                current: clusters_pb2.Cluster | None = self.get_cluster(ref)
+            except errors.NotFound:
+                if CS.CLUSTER_STATE_TERMINATED not in wanted:
+                    raise errors.NotFound(f"cluster {ref} no longer exists") from None
+                gone = clusters_pb2.Cluster()
+                if last:
+                    gone.CopyFrom(last[-1])
+                gone.id = gone.id or ref
+                gone.state = CS.CLUSTER_STATE_TERMINATED
+                return gone
+            except errors.Unavailable:
+                current = None
+            if current is not None:
+                if (not last or key(last[-1]) != key(current)) and on_change is not None:
+                    on_change(current)
+                last[:] = [current]
+                ref = current.id or ref
+                if current.state in wanted:
+                    return current
+                if current.state in _CLUSTER_FAILED_STATES:
+                    reason = f": {current.reason}" if current.reason else ""
+                    raise ClusterWaitFailed(
+                        f"cluster {current.name or current.id} is "
+                        f"{cluster_state_name(current.state)}{reason} "
+                        f"(waited for {_cluster_names(wanted)})",
+                        current,
+                    )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                c = last[-1] if last else None
+                now = f"; it is {cluster_state_name(c.state)}" if c is not None else ""
+                raise ClusterWaitTimeout(
+                    f"timed out after {timeout_s:g} s waiting for cluster {ref} to be "
+                    f"{_cluster_names(wanted)}{now}",
+                    c,
+                )
+            time.sleep(min(poll_s, remaining))
+
+
+def _reboots(ws: common_pb2.Workspace) -> str:
+    """``2 of 3 reboots carried out`` (or that its node does not say)."""
+    if not ws.HasField("applied_reboot_count"):
+        return "its node does not report reboots carried out"
+    return f"{ws.applied_reboot_count} of {ws.reboot_count} reboots carried out"
+
+
+def _names(states: Iterable[int]) -> str:
+    return " or ".join(sorted(state_name(s) for s in states))
+
+
+def _cluster_names(states: Iterable[int]) -> str:
+    return " or ".join(sorted(cluster_state_name(s) for s in states))
