@@ -270,6 +270,10 @@ def test_watch_prints_state_changes_and_ends_on_ctrl_c(site_dir: Path) -> None:
         text=True,
         env=cli_env(site_dir),
         cwd=ROOT,
+        # Ctrl-C as at a terminal: a runner that started this test in the background
+        # (`cmd &` without job control, or a pytest-xdist worker) passes SIGINT on
+        # ignored, and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         time.sleep(1.0)  # let it subscribe
