@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ class WorkspaceFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # agent.json is read, changed and written from several threads (an operation, a
+        # trust re-check): one at a time, so that neither loses what the other wrote.
+        self._state_lock = threading.RLock()
         root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         os.chmod(root, DIR_MODE)
 
@@ -144,10 +148,20 @@ class WorkspaceFiles:
             return {}
 
     def save_state(self, workspace_id: str, state: dict[str, Any]) -> None:
+        """Replace the workspace's agent state with ``state``."""
         d = self.dir(workspace_id)
-        d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        tmp = d / "agent.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(state))
-        os.replace(tmp, d / "agent.json")
+        with self._state_lock:
+            d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            tmp = d / "agent.json.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(state))
+            os.replace(tmp, d / "agent.json")
+
+    def update_state(self, workspace_id: str, **changes: Any) -> None:
+        """Set these keys of the workspace's agent state, keeping the others (written
+        only if one changes)."""
+        with self._state_lock:
+            state = self.load_state(workspace_id)
+            if any(state.get(key) != value for key, value in changes.items()):
+                self.save_state(workspace_id, {**state, **changes})

@@ -315,9 +315,8 @@ class Executor:
         elif action is Action.REBOOT:
             assert order is not None
             d.reboot(wid)
-            state = self.files.load_state(wid)
-            state[REBOOTS_KEY] = order.reboot_count
-            self.files.save_state(wid, state)  # reported by _run, once the reboot is done
+            # Reported by _run, once the reboot is done.
+            self.files.update_state(wid, **{REBOOTS_KEY: order.reboot_count})
         elif action is Action.LIMITS:
             assert order is not None
             d.set_limits(wid, order.limits)
@@ -358,10 +357,7 @@ class Executor:
 
     def _booted_under(self, wid: str, word: str) -> None:
         """Keep the trust verdict ``wid`` runs under ("allow", "warn"; "": no policy)."""
-        state = self.files.load_state(wid)
-        if state.get(TRUST_KEY) != word:
-            state[TRUST_KEY] = word
-            self.files.save_state(wid, state)
+        self.files.update_state(wid, **{TRUST_KEY: word})
 
     def recheck_running(self) -> None:
         """Check the running VMs again (in the pool): a new policy version arrived."""
