@@ -33,6 +33,12 @@ _CLUSTER_FAILED_STATES = frozenset({CS.CLUSTER_STATE_FAILED, CS.CLUSTER_STATE_TE
 CLUSTER_POLL_S = 0.5
 
 
+def _seconds(t: float) -> str:
+    """A wait's time for a message: to a tenth of a second (what a caller computing its
+    deadline's remainder passes is 0.999995 s, not 1 s)."""
+    return f"{round(t, 1):g}"
+
+
 class WaitTimeout(errors.WorkspaceError):
     """A wait for a workspace state ran out of time (the workspace is left as it is)."""
 
@@ -171,7 +177,8 @@ class WaitsClientMixin:
                 ws = last[-1] if last else None
                 now = f"; it is {describe(ws)}" if ws is not None else ""
                 raise WaitTimeout(
-                    f"timed out after {timeout_s:g} s waiting for workspace {id} to be {goal}{now}",
+                    f"timed out after {_seconds(timeout_s)} s waiting for workspace {id} "
+                    f"to be {goal}{now}",
                     ws,
                 )
             call = self._workspaces.WatchWorkspaces(req, timeout=min(remaining, RESYNC_S))
@@ -321,7 +328,7 @@ class WaitsClientMixin:
                 c = last[-1] if last else None
                 now = f"; it is {cluster_state_name(c.state)}" if c is not None else ""
                 raise ClusterWaitTimeout(
-                    f"timed out after {timeout_s:g} s waiting for cluster {ref} to be "
+                    f"timed out after {_seconds(timeout_s)} s waiting for cluster {ref} to be "
                     f"{_cluster_names(wanted)}{now}",
                     c,
                 )

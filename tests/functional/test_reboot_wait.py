@@ -107,7 +107,7 @@ def test_reboot_wait_of_several_and_a_timeout(
     driver.reboot = lambda wid: time.sleep(2)  # type: ignore[method-assign]
     code, out, err = run(ready_site, capsys, "reboot", "rb-a", "--wait", "--timeout", "1")
     assert code == 1 and out == ""
-    assert "timed out after " in err and " to be RUNNING with reboot 2 carried out" in err
+    assert "timed out after 1 s " in err and " to be RUNNING with reboot 2 carried out" in err
     assert "it is RUNNING, 1 of 2 reboots carried out" in err
 
 
