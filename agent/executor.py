@@ -297,6 +297,8 @@ class Executor:
                 self._booted_under(wid, self.gate.check(order, "start"))
             self._set_status(wid, Observed.STARTING)
             d.start(wid)
+            if order is not None:  # a fresh boot carries out the reboots asked before it
+                self.files.update_state(wid, **{REBOOTS_KEY: order.reboot_count})
         elif action is Action.STOP:
             assert order is not None
             self._set_status(wid, Observed.STOPPING)

@@ -233,3 +233,20 @@ def test_a_create_carries_out_the_reboots_asked_before_it(parts: Parts) -> None:
 
 def _ignore(ids: list[str]) -> None:
     return None
+
+
+def test_a_start_carries_out_the_reboots_asked_while_it_was_off(parts: Parts) -> None:
+    """The VM powered itself off before a pending reboot was acted on: the agent starts
+    it (it should run), and that fresh boot is the reboot; none follows."""
+    ex, driver = parts.executor, parts.driver
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    reboots: list[str] = []
+    driver.reboot = reboots.append  # type: ignore[method-assign]
+    assert driver.shutdown("w1", 1)  # `poweroff` inside the guest
+    ex.take([_order(reboot_count=1)])  # `ws reboot`, asked while it ran
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)])
+    ex.reconcile_once()  # the next pass has nothing to do
+    assert reboots == []
