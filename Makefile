@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: all venv deps protos check-protos lint typecheck test test-fast test-host demo bench clean
+.PHONY: all venv deps protos check-protos lint typecheck bytecode test test-fast test-host demo bench clean
 
 all: venv
 
@@ -43,16 +43,22 @@ typecheck: venv
 # sockets and timers more than they compute, so four share two cores well.
 TEST_WORKERS ?= 4
 
-test-fast: venv
+# Bytecode for the project's modules, written before the tests: where the environment
+# sets PYTHONDONTWRITEBYTECODE, every process they start (services, agents, each `ws`
+# call) would otherwise compile what it imports again.
+bytecode: venv
+	$(VPY) -m compileall -q workspace agent images benchmarks tests
+
+test-fast: venv bytecode
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) -m 'not host' tests
 
-test-host: venv
+test-host: venv bytecode
 	$(VENV)/bin/pytest -q -m host tests
 
 # The README's test command: installs what the tests need (Debian 12, root), then runs all
 # tests: those without real VMs in parallel, then the real-VM ones one at a time (their
 # guests' boots take both cores). Both parts run; it fails if either failed.
-test: deps venv check-protos lint typecheck
+test: deps venv check-protos lint typecheck bytecode
 	rc=0; \
 	$(VENV)/bin/pytest -q --durations=15 -n $(TEST_WORKERS) -m 'not host' tests || rc=$$?; \
 	$(VENV)/bin/pytest -q --durations=25 -m host tests || rc=$$?; \

@@ -189,12 +189,17 @@ class Site:
         agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
         agent.start()
         self.agents[node] = agent
+        # READY with this agent's networks: a node whose agent was just replaced is still
+        # READY with the networks the one before registered until this one registers.
+        networks = sorted(n.name for n in cfg.networks)
         wait_for(
             lambda: any(
-                n.name == node and n.state == admin_pb2.NODE_STATE_READY
+                n.name == node
+                and n.state == admin_pb2.NODE_STATE_READY
+                and sorted(n.networks) == networks
                 for n in self.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
             ),
-            what=f"node {node} READY",
+            what=f"node {node} READY with networks {networks}",
         )
         return agent
 
