@@ -18,6 +18,7 @@ from typing import Any
 from images import manifest as image_manifest
 from workspace import errors
 from workspace.cli import (
+    admin_text,
     backfill_cmds,
     cache_cmds,
     clusterspec,
@@ -89,7 +90,7 @@ class Commands(common.ClientCommands):
         render.emit_list(
             args,
             nodes,
-            render.node_rows,
+            admin_text.node_rows,
             "no nodes; a workspace-agent registers its node when it starts",
         )
         return common.EXIT_OK
@@ -105,7 +106,7 @@ class Commands(common.ClientCommands):
         if args.node_command == "remove":
             text = f"removed node {node.name or args.name}"
         else:
-            text = render.node_rows([node])
+            text = admin_text.node_rows([node])
         render.emit(args, node, text)
         return common.EXIT_OK
 
@@ -113,7 +114,7 @@ class Commands(common.ClientCommands):
 
     def queue(self, args: argparse.Namespace) -> int:
         entries = self.client(args).list_queue()
-        render.emit_list(args, entries, render.queue_rows, "no requests wait for capacity")
+        render.emit_list(args, entries, admin_text.queue_rows, "no requests wait for capacity")
         return common.EXIT_OK
 
     def schedule_dump(self, args: argparse.Namespace) -> int:
@@ -171,7 +172,7 @@ class Commands(common.ClientCommands):
             dns=args.dns or [],
             vlan=args.vlan or 0,
         )
-        render.emit(args, net, render.network_rows([net]))
+        render.emit(args, net, admin_text.network_rows([net]))
         return common.EXIT_OK
 
     def network_list(self, args: argparse.Namespace) -> int:
@@ -179,7 +180,7 @@ class Commands(common.ClientCommands):
         render.emit_list(
             args,
             nets,
-            render.network_rows,
+            admin_text.network_rows,
             "no networks; `ws-admin network create NAME --subnet CIDR` makes one",
         )
         return common.EXIT_OK

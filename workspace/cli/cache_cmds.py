@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from workspace.cli import common, render
+from workspace.cli import admin_text, common, render
 
 PROG = "ws-admin"
 
@@ -31,7 +31,7 @@ class CacheCommands:
 
     def list(self, args: argparse.Namespace) -> int:
         resp = self.client_for(args).list_cache(args.node)
-        render.emit(args, resp, render.cache_text(resp))
+        render.emit(args, resp, admin_text.cache_text(resp))
         return common.EXIT_OK
 
     def preload(self, args: argparse.Namespace) -> int:

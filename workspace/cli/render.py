@@ -10,7 +10,9 @@ Two output formats (``--output`` / ``-o``, default text):
   (``fields``), one line for a state change; the same short enum names as JSON.
 
 A command hands its result to ``emit(args, data, text)``; ``wants_json(args)`` is the
-only place that reads the format. Progress and state-change lines go to stderr (not in
+only place that reads the format. Some text views live beside this module and use its
+helpers: workspace/cli/admin_text.py (nodes, networks, the queue, node caches),
+usage_text.py, elastic_text.py. Progress and state-change lines go to stderr (not in
 JSON mode), so stdout holds only the result.
 """
 
@@ -35,7 +37,6 @@ from workspace.cli.elastic_text import autoscale_line
 from workspace.client import cluster_state_name, rebooted, state_name
 from workspace.domain.sshkeys import fingerprint
 from workspace.v1 import (
-    admin_pb2,
     clusters_pb2,
     common_pb2,
     images_pb2,
@@ -49,7 +50,6 @@ FORMATS = ("text", "json", "csv")
 _DESIRED = common_pb2.DesiredState.DESCRIPTOR
 _AFFINITY = clusters_pb2.Affinity.DESCRIPTOR
 _FAILURE_POLICY = clusters_pb2.FailurePolicy.DESCRIPTOR
-_NODE_STATE = admin_pb2.NodeState.DESCRIPTOR
 _PARTITION_MODE = common_pb2.PartitionMode.DESCRIPTOR
 _RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
 
@@ -604,100 +604,6 @@ def audit_text(entries: Sequence[trust_pb2.AuditEntry]) -> str:
     ]
     headers = ["AT", "WHERE", "ACTION", "IMAGE", "VERDICT", "KEY", "POLICY", "WORKSPACE", "WHY"]
     return table(headers, rows)
-
-
-# -- nodes, networks, the queue, node caches ---------------------------------------------
-
-
-def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
-    rows = [
-        [
-            n.name,
-            enum_name(_NODE_STATE, n.state),
-            n.hypervisor,
-            f"{n.used_cpus}/{n.cpu_capacity or n.cpus}",
-            f"{n.used_memory_mib}/{n.memory_capacity_mib or n.memory_mib}",
-            n.workspaces,
-            ",".join(n.networks) or "-",
-            _bandwidth(n),
-            fmt_time(n.last_heartbeat) or "-",
-            n.agent_version or "-",
-        ]
-        for n in nodes
-    ]
-    headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
-    return table([*headers, "BANDWIDTH", "HEARTBEAT", "AGENT"], rows)
-
-
-def _bandwidth(n: admin_pb2.Node) -> str:
-    """Reserved/declared bandwidth, ``net=100/1000,disk=20/500`` (Mbit/s, MB/s; "-": none
-    declared)."""
-    parts = []
-    if n.net_mbps:
-        parts.append(f"net={n.used_net_mbps}/{n.net_mbps}")
-    if n.disk_mbps:
-        parts.append(f"disk={n.used_disk_mbps}/{n.disk_mbps}")
-    return ",".join(parts) or "-"
-
-
-def network_rows(nets: Sequence[admin_pb2.Network]) -> str:
-    rows = [
-        [
-            n.name,
-            n.subnet,
-            n.gateway or "-",
-            f"{n.range_start}-{n.range_end}" if n.range_start else "-",
-            n.bridge or "-",
-            n.mac_prefix or "-",
-            ",".join(n.dns) or "-",
-            n.vlan or "-",
-            n.allocated,
-        ]
-        for n in nets
-    ]
-    headers = ["NAME", "SUBNET", "GATEWAY", "RANGE", "BRIDGE", "MAC_PREFIX", "DNS", "VLAN"]
-    headers.append("ALLOCATED")
-    return table(headers, rows)
-
-
-def queue_rows(entries: Sequence[admin_pb2.QueueEntry]) -> str:
-    rows = [
-        [
-            e.position,
-            e.kind,
-            e.name or e.id,
-            e.owner or "-",
-            e.cpus,
-            e.memory_mib,
-            fmt_time(e.queued_at) or "-",
-            fmt_time(e.deadline) or "-",
-            e.reason or "-",
-        ]
-        for e in entries
-    ]
-    headers = ["POSITION", "KIND", "NAME", "OWNER", "CPUS", "MEMORY_MIB", "QUEUED", "DEADLINE"]
-    return table([*headers, "REASON"], rows)
-
-
-def cache_text(resp: admin_pb2.ListCacheResponse) -> str:
-    budget = fmt_bytes(resp.budget_bytes) if resp.budget_bytes else "unlimited"
-    pinned = sum(1 for e in resp.entries if e.pinned)
-    head = (
-        f"node {resp.node}: {len(resp.entries)} blob(s), {fmt_bytes(resp.used_bytes)} "
-        f"of {budget} budget, {pinned} pinned (in use by workspaces)"
-    )
-    if not resp.entries:
-        return head
-    rows = [
-        [
-            e.digest,
-            fmt_bytes(e.size_bytes),
-            fmt_time(e.last_used) or "-",
-            "yes" if e.pinned else "no",
-        ]
-        for e in resp.entries
-    ]
-    return head + "\n" + table(["DIGEST", "SIZE", "LAST_USED", "PINNED"], rows)
 
 
 # -- upload progress (stderr) ------------------------------------------------------------
