@@ -210,8 +210,10 @@ def test_lifecycle_through_the_cli(site_dir: Path) -> None:
     assert console.count("WORKSPACE-READY") == 3, console  # create, start, reboot
     tail = ok(site_dir, "ws", "console", wid, "--tail", "10").out
     assert len(tail.rstrip("\n")) <= 10
-    data = ok(site_dir, "ws", "console", wid, "-o", "json").json()
-    assert "WORKSPACE-READY" in data["data"]  # type: ignore[index]
+    data = ok(site_dir, "ws", "console", "cli-life", "-o", "json").json()
+    assert isinstance(data, dict) and "WORKSPACE-READY" in data["data"]
+    # named by its id and name, as `ws show` names it, not by what was typed
+    assert (data["id"], data["name"]) == (wid, "cli-life")
 
     r = ok(site_dir, "ws", "destroy", wid, "--wait", "-o", "json")
     assert r.json()["state"] == "TERMINATED"  # type: ignore[index]

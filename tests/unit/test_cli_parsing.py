@@ -257,6 +257,32 @@ def test_console_prints_the_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert client.calls[0][1][1] == {"tail_bytes": 100}
 
 
+class NamedClient(FakeClient):
+    """Resolves a workspace by id or name, as the service does."""
+
+    def get_workspace(self, id: str) -> common_pb2.Workspace:
+        self._do("get", id)
+        if id not in ("w1", "alpha"):
+            raise errors.NotFound(f"no workspace {id!r}")
+        return _ws()
+
+
+@pytest.mark.parametrize("ref", ["alpha", "w1"])
+def test_console_json_carries_the_workspaces_id_and_name(
+    ref: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws console NAME -o json` once gave the NAME typed as its "id"; now the id and
+    the name, as `ws show NAME -o json` does, and the log is read by that id."""
+    client = NamedClient()
+    assert _run(["console", ref, "-o", "json"], client) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "id": "w1",
+        "name": "alpha",
+        "data": "boot\nREADY",
+    }
+    assert ("console", (("w1",), {"tail_bytes": 0})) in client.calls
+
+
 def test_a_binary_file_where_text_is_read_is_one_line(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

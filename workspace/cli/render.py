@@ -322,12 +322,14 @@ def watch_event(args: argparse.Namespace, event: workspaces_pb2.WorkspaceEvent) 
         print(f"{time.strftime('%H:%M:%S')}  {state_line(event.workspace)}", flush=True)
 
 
-def console(args: argparse.Namespace, ref: str, data: bytes) -> None:
-    """`ws console`: the log's bytes as they are (ending in a newline), or for JSON
-    ``{"id": ref, "data": text}`` (invalid UTF-8 replaced)."""
-    if wants_json(args):
-        print_json({"id": ref, "data": data.decode("utf-8", errors="replace")})
-        return
+def console_dict(ws: common_pb2.Workspace, data: bytes) -> dict[str, str]:
+    """`ws console -o json`: the workspace's id and name (as `ws show` gives them) and
+    its console log as text (invalid UTF-8 replaced)."""
+    return {"id": ws.id, "name": ws.name, "data": data.decode("utf-8", errors="replace")}
+
+
+def console(data: bytes) -> None:
+    """`ws console`: the log's bytes as they are (ending in a newline)."""
     sys.stdout.buffer.write(data)
     if data and not data.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")

@@ -205,8 +205,14 @@ class Commands(common.ClientCommands):
     def console(self, args: argparse.Namespace) -> int:
         if args.attach:
             return guest_cmds.attach(self.client(args), args.id)
-        data = self.client(args).get_console(args.id, tail_bytes=args.tail or 0)
-        render.console(args, args.id, data)
+        client, tail = self.client(args), args.tail or 0
+        if render.wants_json(args):
+            # The JSON names the workspace by its id and name, not by what was typed.
+            ws = client.get_workspace(args.id)
+            data = client.get_console(ws.id, tail_bytes=tail)
+            render.emit(args, render.console_dict(ws, data), "")
+        else:
+            render.console(client.get_console(args.id, tail_bytes=tail))
         return common.EXIT_OK
 
     def action(self, args: argparse.Namespace) -> int:
