@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from workspace.cli import admin, render, ws
-from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
+from workspace.v1 import access_pb2, admin_pb2, common_pb2, images_pb2, workspaces_pb2
 
 WS = common_pb2.WorkspaceState
 
@@ -144,3 +144,75 @@ def test_reboots_asked_and_carried_out() -> None:
     assert render.requested_line(asked) == "alpha (w1): RUNNING"
     assert "reboot_count" not in render.workspace_text(_ws(applied_reboot_count=0))
     assert "applied_reboot_count" not in render.to_dict(_ws())  # unset: the node never said
+
+
+# -- what a table derives, JSON carries too ----------------------------------------------
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3ZgkLYYa1uoAyEeFQ+Tw1anWr4/fvVUcG3cvNcNxdp ana@lab"
+
+
+class CatalogClient:
+    """Two images (one booting its own kernel, one from its disk) and one SSH key."""
+
+    def list_images(self) -> list[images_pb2.Image]:
+        return [_image(), images_pb2.Image(name="plain:1", owner="ana")]
+
+    def get_image(self, name: str) -> images_pb2.Image:
+        return next(img for img in self.list_images() if img.name == name)
+
+    def _key(self) -> access_pb2.SshKey:
+        return access_pb2.SshKey(fingerprint="SHA256:x", public_key=ED25519, comment="ana@lab")
+
+    def list_ssh_keys(self) -> list[access_pb2.SshKey]:
+        return [self._key()]
+
+    def add_ssh_key(self, public_key: str) -> access_pb2.SshKey:
+        return self._key()
+
+    def remove_ssh_key(self, key: str) -> access_pb2.SshKey:
+        return self._key()
+
+    def close(self) -> None:
+        pass
+
+
+def _out(main: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv, connect=lambda *_a: CatalogClient()) == 0
+    return capsys.readouterr().out
+
+
+def _column(text: str, header: str) -> list[str]:
+    """A table's column ``header``: the first word at its offset in each row."""
+    head, *rows = text.splitlines()
+    at = head.index(f" {header} ") + 1
+    return [row[at:].split()[0] for row in rows]
+
+
+@pytest.mark.parametrize("main", [ws.main, admin.main])
+def test_image_json_carries_the_boot_the_table_shows(
+    main: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws image list` showed BOOT (direct or disk) while its JSON had only the raw
+    kernel_digest to derive it from."""
+    listed = json.loads(_out(main, ["image", "list", "-o", "json"], capsys))
+    table = _out(main, ["image", "list"], capsys)
+    assert [img["boot"] for img in listed] == ["direct", "disk"]
+    assert _column(table, "BOOT") == ["direct", "disk"]
+    assert listed[0]["kernel_digest"] == "sha256:" + "k" * 64  # the raw field stays
+    if main is ws.main:  # one image is the same object as in the list
+        shown = json.loads(_out(main, ["image", "show", "plain:1", "-o", "json"], capsys))
+        assert shown == listed[1]
+
+
+def test_ssh_key_json_carries_the_type_the_table_shows(
+    capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    """`ws key list` showed TYPE while its JSON had only the raw public_key line."""
+    listed = json.loads(_out(ws.main, ["key", "list", "-o", "json"], capsys))
+    assert _column(_out(ws.main, ["key", "list"], capsys), "TYPE") == ["ssh-ed25519"]
+    assert listed[0]["type"] == "ssh-ed25519" and listed[0]["public_key"] == ED25519
+    pub = tmp_path / "id.pub"
+    pub.write_text(ED25519)
+    added = json.loads(_out(ws.main, ["key", "add", str(pub), "-o", "json"], capsys))
+    removed = json.loads(_out(ws.main, ["key", "remove", "SHA256:x", "-o", "json"], capsys))
+    assert added == removed == listed[0]

@@ -246,12 +246,12 @@ class Commands(common.ClientCommands):
             initrd_digest=initrd_ref.digest if initrd_ref else "",
             cmdline=cmdline,
         )
-        render.emit(args, img, render.image_text(img))
+        render.emit(args, render.image_dict(img), render.image_text(img))
         return common.EXIT_OK
 
     def image_list(self, args: argparse.Namespace) -> int:
         images = self.client(args).list_images()
-        render.emit_list(args, images, render.image_rows, render.NO_IMAGES)
+        render.emit_list(args, images, render.image_rows, render.NO_IMAGES, render.image_dict)
         return common.EXIT_OK
 
     # the local site

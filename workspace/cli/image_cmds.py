@@ -78,23 +78,23 @@ class ImageCommands:
             file=sys.stderr,
             flush=True,
         )
-        render.emit(args, result.image, render.image_text(result.image))
+        render.emit(args, render.image_dict(result.image), render.image_text(result.image))
         return common.EXIT_OK
 
     def list(self, args: argparse.Namespace) -> int:
         images = self.client_for(args).list_images()
-        render.emit_list(args, images, render.image_rows, render.NO_IMAGES)
+        render.emit_list(args, images, render.image_rows, render.NO_IMAGES, render.image_dict)
         return common.EXIT_OK
 
     def show(self, args: argparse.Namespace) -> int:
         img = self.client_for(args).get_image(args.name)
-        render.emit(args, img, render.image_text(img))
+        render.emit(args, render.image_dict(img), render.image_text(img))
         return common.EXIT_OK
 
     def delete(self, args: argparse.Namespace) -> int:
         img = self.client_for(args).delete_image(args.name)
         text = f"deleted image {img.name} ({render.fmt_bytes(img.total_bytes)})"
-        render.emit(args, img, text)
+        render.emit(args, render.image_dict(img), text)
         return common.EXIT_OK
 
     def usage(self, args: argparse.Namespace) -> int:

@@ -17,6 +17,16 @@ from typing import Any
 from workspace.cli import common, render
 
 
+def key_type(k: Any) -> str:
+    """The key's type, the first word of its line ("ssh-ed25519"; "" if none)."""
+    return next(iter(k.public_key.split()), "")
+
+
+def key_dict(k: Any) -> dict[str, Any]:
+    """A key as JSON: its fields, and ``type`` as the TYPE column shows it."""
+    return {**render.to_dict(k), "type": key_type(k)}
+
+
 def key_rows(keys: Sequence[Any]) -> str:
     """`ws key list`."""
     return render.table(
@@ -24,7 +34,7 @@ def key_rows(keys: Sequence[Any]) -> str:
         [
             [
                 k.fingerprint,
-                k.public_key.split()[0] if k.public_key else "-",
+                key_type(k) or "-",
                 k.comment or "-",
                 render.fmt_time(k.added_at),
             ]
@@ -38,7 +48,7 @@ def key_text(k: Any) -> str:
     return render.fields(
         [
             ("fingerprint", k.fingerprint),
-            ("type", k.public_key.split()[0] if k.public_key else ""),
+            ("type", key_type(k)),
             ("comment", k.comment),
             ("added_at", render.fmt_time(k.added_at)),
         ]
@@ -62,19 +72,21 @@ def register(
 
     def add(args: argparse.Namespace) -> int:
         k = client_for(args).add_ssh_key(_read(args.file))
-        render.emit(args, k, key_text(k))
+        render.emit(args, key_dict(k), key_text(k))
         return common.EXIT_OK
 
     def list_(args: argparse.Namespace) -> int:
         keys = client_for(args).list_ssh_keys()
         render.emit_list(
-            args, keys, key_rows, "you have no SSH keys; add one with `ws key add FILE`"
+            args, keys, key_rows, "you have no SSH keys; add one with `ws key add FILE`", key_dict
         )
         return common.EXIT_OK
 
     def remove(args: argparse.Namespace) -> int:
         k = client_for(args).remove_ssh_key(args.key)
-        render.emit(args, k, f"removed SSH key {k.fingerprint} ({k.comment or 'no comment'})")
+        render.emit(
+            args, key_dict(k), f"removed SSH key {k.fingerprint} ({k.comment or 'no comment'})"
+        )
         return common.EXIT_OK
 
     p = subparsers.add_parser(

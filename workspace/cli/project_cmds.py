@@ -230,7 +230,7 @@ def register_admin(
         public = args.image_command == "publish"
         img = client_for(args).set_image_public(args.name, public)
         word = "public: every user sees it" if public else "private to its owner and project"
-        render.emit(args, img, f"image {img.name} is {word}")
+        render.emit(args, render.image_dict(img), f"image {img.name} is {word}")
         return common.EXIT_OK
 
     p = subparsers.add_parser("project", parents=[parent], help="projects: quotas and members")

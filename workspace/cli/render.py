@@ -75,13 +75,18 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def emit_list(
-    args: argparse.Namespace, items: Sequence[Any], rows: Callable[[Any], str], none: str
+    args: argparse.Namespace,
+    items: Sequence[Any],
+    rows: Callable[[Any], str],
+    none: str,
+    item_json: Callable[[Any], Any] = lambda item: item,
 ) -> None:
-    """Print a list command's result: ``items`` as a JSON array, else the text ``rows``
-    makes of them. An empty list prints nothing on stdout (a script reading it sees no
-    rows), and ``none`` on stderr: what is empty and how to fill it."""
+    """Print a list command's result: ``items`` as a JSON array (each made JSON by
+    ``item_json``, then ``plain``), else the text ``rows`` makes of them. An empty list
+    prints nothing on stdout (a script reading it sees no rows), and ``none`` on stderr:
+    what is empty and how to fill it."""
     if items or wants_json(args):
-        emit(args, items, rows(items) if items else "")
+        emit(args, [item_json(item) for item in items], rows(items) if items else "")
     else:
         print(none, file=sys.stderr)
 
@@ -481,6 +486,16 @@ def cluster_progress(
 # -- images ------------------------------------------------------------------------------
 
 
+def image_boot(img: images_pb2.Image) -> str:
+    """How the image boots: "direct" (its own kernel) or "disk" (its disk's bootloader)."""
+    return "direct" if img.kernel_digest else "disk"
+
+
+def image_dict(img: images_pb2.Image) -> dict[str, Any]:
+    """An image as JSON: its fields, and ``boot`` as the BOOT column shows it."""
+    return {**to_dict(img), "boot": image_boot(img)}
+
+
 def image_rows(images: Sequence[images_pb2.Image]) -> str:
     """`ws image list` and `ws-admin image list`."""
     rows = [
@@ -488,7 +503,7 @@ def image_rows(images: Sequence[images_pb2.Image]) -> str:
             img.name,
             len(img.partitions),
             fmt_bytes(img.total_bytes),
-            "direct" if img.kernel_digest else "disk",
+            image_boot(img),
             img.owner,
             fmt_time(img.created_at),
         ]
