@@ -4,12 +4,34 @@ field order; text tables; one image table and one image view for both CLIs."""
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from workspace.cli import admin, render, ws
-from workspace.v1 import access_pb2, admin_pb2, common_pb2, images_pb2, workspaces_pb2
+from workspace.cli import (
+    admin,
+    admin_text,
+    backfill_cmds,
+    key_cmds,
+    project_cmds,
+    render,
+    usage_text,
+    ws,
+)
+from workspace.v1 import (
+    access_pb2,
+    admin_pb2,
+    clusters_pb2,
+    common_pb2,
+    images_pb2,
+    projects_pb2,
+    trust_pb2,
+    usage_pb2,
+    workspaces_pb2,
+)
 
 WS = common_pb2.WorkspaceState
 
@@ -216,3 +238,56 @@ def test_ssh_key_json_carries_the_type_the_table_shows(
     added = json.loads(_out(ws.main, ["key", "add", str(pub), "-o", "json"], capsys))
     removed = json.loads(_out(ws.main, ["key", "remove", "SHA256:x", "-o", "json"], capsys))
     assert added == removed == listed[0]
+
+
+# -- table headers -----------------------------------------------------------------------
+
+# A header is one upper-case word, or words joined by "_" (MEMORY_MIB, LAST_USED): a
+# script splits the header line on whitespace, and one spelling greps for every table.
+HEADER = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")
+
+
+def test_every_table_header_is_one_spelling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ws-admin backfill list` said MEMORY-MIB where every other table says MEMORY_MIB;
+    `ws-admin project list` DEFAULT-LEASE, `ws-admin pki list` NOT AFTER (two words)."""
+    seen: list[str] = []
+    real = render.table
+
+    def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+        seen.extend(headers)
+        return real(headers, rows)
+
+    for module in (render, admin_text, usage_text):  # (the last two import it by name)
+        monkeypatch.setattr(module, "table", table)
+    render.workspace_rows([_ws()])
+    cluster = clusters_pb2.Cluster(
+        name="c", spec=[clusters_pb2.ClusterMember(role="w")], members=[_ws()]
+    )
+    render.cluster_rows([cluster])
+    render.cluster_text(cluster)
+    render.image_rows([_image()])
+    render.image_text(_image())
+    render.policy_text(trust_pb2.TrustPolicy(keys=[trust_pb2.TrustedKey(key_id="k")]))
+    render.audit_text([trust_pb2.AuditEntry()])
+    admin_text.node_rows([admin_pb2.Node()])
+    admin_text.network_rows([admin_pb2.Network()])
+    admin_text.queue_rows([admin_pb2.QueueEntry()])
+    admin_text.cache_text(admin_pb2.ListCacheResponse(entries=[admin_pb2.CacheEntry()]))
+    key_cmds.key_rows([access_pb2.SshKey(public_key=ED25519)])
+    backfill_cmds.entry_rows([admin_pb2.BackfillEntry()])
+    project_cmds.project_rows([projects_pb2.Project(name="p")])
+    project_cmds.quota_rows([projects_pb2.ProjectQuota(project="p")])
+    for by in (usage_pb2.USAGE_GROUPING_WORKSPACE, usage_pb2.USAGE_GROUPING_USER):
+        usage_text.usage_report_text(usage_pb2.UsageReport(by=by, rows=[usage_pb2.UsageRow()]))
+    ca = str(tmp_path / "ca")
+    for argv in (
+        ["pki", "init", "--dir", ca],
+        ["pki", "issue", "user", "ana", "--out", str(tmp_path / "ana"), "--dir", ca],
+        ["pki", "list", "--dir", ca],
+    ):
+        assert admin.main(argv) == 0
+    capsys.readouterr()
+    assert {"MEMORY_MIB", "MAC_PREFIX", "LAST_USED", "CORE_HOURS", "SERIAL"} <= set(seen)
+    assert [h for h in seen if not HEADER.fullmatch(h)] == []

@@ -19,7 +19,7 @@ from workspace.cli import common, render
 
 def entry_rows(entries: list[Any]) -> str:
     return render.table(
-        ["IMAGE", "MAX", "LIVE", "RUNNING", "CPUS", "MEMORY-MIB", "NETWORKS", "GRACE", "PROJECT"],
+        ["IMAGE", "MAX", "LIVE", "RUNNING", "CPUS", "MEMORY_MIB", "NETWORKS", "GRACE", "PROJECT"],
         [
             [
                 e.image,

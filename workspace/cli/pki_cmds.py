@@ -118,7 +118,7 @@ def list_issued(args: argparse.Namespace) -> int:
     rows = ca.issued()
     data = {"dir": str(ca.dir), "issued": [_issued_dict(r) for r in rows]}
     text = render.table(
-        ["SERIAL", "KIND", "NAME", "NOT AFTER", "STATE"],
+        ["SERIAL", "KIND", "NAME", "NOT_AFTER", "STATE"],
         [
             (f"{r.serial:#x}", r.kind, r.name, r.not_after, "revoked" if r.revoked else "valid")
             for r in rows

@@ -100,7 +100,7 @@ def preemptible_quotas(args: argparse.Namespace) -> dict[str, int]:
 
 def project_rows(projects: list[Any]) -> str:
     return render.table(
-        ["NAME", "QUOTA", "DEFAULT-LEASE", "MAX-LEASE", "ON-EXPIRY", "DEFAULT-LIMITS", "USERS"],
+        ["NAME", "QUOTA", "DEFAULT_LEASE", "MAX_LEASE", "ON_EXPIRY", "DEFAULT_LIMITS", "USERS"],
         [
             [
                 p.name,
