@@ -283,6 +283,29 @@ def test_console_json_carries_the_workspaces_id_and_name(
     assert ("console", (("w1",), {"tail_bytes": 0})) in client.calls
 
 
+def test_keygen_over_an_existing_key_is_refused_not_a_usage_error(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PREFIX.key already there is a refusal (exit 1, as a local file that says no is
+    elsewhere), not a usage error (exit 2); the key stays; --force replaces it."""
+    prefix = str(tmp_path / "me")
+
+    def keygen(*extra: str) -> int:
+        argv = ["image", "keygen", "--out", prefix, *extra]
+        return ws.main(argv, connect=lambda _s: pytest.fail("keygen needs no service"))
+
+    assert keygen() == 0
+    key = (tmp_path / "me.key").read_bytes()
+    capsys.readouterr()
+    assert keygen() == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == f"ws: error: {prefix}.key exists; use --force to replace it\n"
+    assert (tmp_path / "me.key").read_bytes() == key
+    assert keygen("--force") == 0
+    assert (tmp_path / "me.key").read_bytes() != key
+
+
 def test_a_binary_file_where_text_is_read_is_one_line(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -104,7 +104,10 @@ def test_errors_are_clear_and_write_nothing(
     out.mkdir()
     (out / "notes").write_text("mine")
     code, _, err = run(capsys, "pki", "issue", "user", "bob", "--out", str(out), "--dir", ca)
-    assert code == 2 and "not empty" in err
+    # refused as an identity directory already there is (exit 1), not a usage error
+    assert code == 1 and err == f"ws-admin: error: --out {out} exists and is not empty; " + (
+        "choose a new directory\n"
+    )
     assert sorted(p.name for p in out.iterdir()) == ["notes"]
     code, _, err = run(capsys, "pki", "revoke", "nobody", "--dir", ca)
     assert code == 1 and "no certificate named 'nobody'" in err

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workspace import pki
+from workspace import errors, pki
 from workspace.cli import common, render
 from workspace.identity import NAME_RE, Identity, Kind
 from workspace.site import record as site_record
@@ -72,7 +72,8 @@ def issue(args: argparse.Namespace) -> int:
     kind = Kind(args.kind)
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise common.UsageError(f"--out {out} exists and is not empty; choose a new directory")
+        # A refusal (exit 1), as pki.CA.issue's of a directory holding an identity.
+        raise errors.AlreadyExists(f"--out {out} exists and is not empty; choose a new directory")
     ca = pki.CA(_ca_dir(args))
     for project in args.project or () if kind is Kind.USER else ():
         if not NAME_RE.fullmatch(project):

@@ -37,10 +37,11 @@ def date_arg(text: str) -> float:
 
 
 def keygen(args: argparse.Namespace) -> int:
-    private, public = signing.generate_key()
     key_path, pub_path = Path(f"{args.out}.key"), Path(f"{args.out}.pub")
     if key_path.exists() and not args.force:
-        raise common.UsageError(f"{key_path} exists; use --force to replace it")
+        # A refusal, as where any local file says no (exit 1): the command line is valid.
+        raise errors.AlreadyExists(f"{key_path} exists; use --force to replace it")
+    private, public = signing.generate_key()
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(private)
