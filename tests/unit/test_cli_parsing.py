@@ -169,6 +169,10 @@ class FakeClient:
         self._do("console", id, tail_bytes=tail_bytes)
         return b"boot\nREADY"
 
+    def add_ssh_key(self, public_key: str) -> Any:
+        self._do("add_ssh_key", public_key)
+        raise AssertionError("sent")
+
     def close(self) -> None:
         self.closed = True
 
@@ -304,6 +308,23 @@ def test_keygen_over_an_existing_key_is_refused_not_a_usage_error(
     assert (tmp_path / "me.key").read_bytes() == key
     assert keygen("--force") == 0
     assert (tmp_path / "me.key").read_bytes() != key
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_key_add_of_a_file_it_cannot_read_is_refused_not_a_usage_error(
+    what: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws key add FILE` of a FILE it cannot read exited 2 (usage); a file that says no
+    is exit 1, as `--user-data`, `--spec` and `image sign --key` are; nothing is sent."""
+    path = tmp_path / "id_ed25519.pub"
+    if what == "directory":
+        path.mkdir()
+    client = FakeClient()
+    assert _run(["key", "add", str(path)], client) == 1
+    out = capsys.readouterr()
+    reason = "Is a directory" if what == "directory" else "No such file or directory"
+    assert (out.out, out.err) == ("", f"ws: error: {path}: {reason}\n")
+    assert client.calls == []
 
 
 def test_a_binary_file_where_text_is_read_is_one_line(

@@ -56,13 +56,12 @@ def key_text(k: Any) -> str:
 
 
 def _read(path: str) -> str:
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(65536)
-    except OSError as exc:
-        raise common.UsageError(f"{path}: {exc.strerror or exc}") from None
+    """FILE's text, or stdin's for -. A file it cannot read is an OSError, reported as
+    every other local file that says no is ("PATH: No such file or directory", exit 1)."""
+    if path == "-":
+        return sys.stdin.read()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(65536)
 
 
 def register(
@@ -71,7 +70,8 @@ def register(
     """Add `key add|list|remove` to ws."""
 
     def add(args: argparse.Namespace) -> int:
-        k = client_for(args).add_ssh_key(_read(args.file))
+        public_key = _read(args.file)  # before connecting: a file that says no is said first
+        k = client_for(args).add_ssh_key(public_key)
         render.emit(args, key_dict(k), key_text(k))
         return common.EXIT_OK
 
