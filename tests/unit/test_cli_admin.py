@@ -153,6 +153,27 @@ def test_admin_image_import_says_what_is_wrong_before_uploading(
     assert all(call != "upload_blob" for call, _ in client.calls)
 
 
+def test_admin_image_import_of_an_appliance_directory_without_its_json_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No DIR/appliance.json exited 2 (usage) while an invalid one exits 1: both are a
+    local file that says no (exit 1), named; nothing is asked of the service."""
+    client = FakeClient()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "appliance.json").write_text("{")
+    for where in (tmp_path, tmp_path / "nowhere", bad):
+        assert _admin(["image", "import", "i", "--appliance", str(where)], client) == 1
+        out = capsys.readouterr()
+        said = f"ws-admin: error: {where / 'appliance.json'}"
+        if where is bad:
+            assert out.err.startswith(f"{said}: not valid JSON") and out.err.count("\n") == 1
+        else:
+            assert out.err == f"{said} not found: is {where} an appliance directory?\n"
+        assert out.out == ""
+    assert client.calls == []
+
+
 # -- ws-admin: nodes, queue, schedule --------------------------------------------------
 
 

@@ -66,7 +66,10 @@ def read_appliance(directory: str | os.PathLike[str]) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise common.UsageError(f"{path} not found: is {base} an appliance directory?") from None
+        # A local file that says no (exit 1), as an invalid one is; not a usage error.
+        raise errors.InvalidArgument(
+            f"{path} not found: is {base} an appliance directory?"
+        ) from None
     except ValueError as exc:
         raise errors.InvalidArgument(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not data.get("disk"):
