@@ -327,6 +327,46 @@ def test_key_add_of_a_file_it_cannot_read_is_refused_not_a_usage_error(
     assert client.calls == []
 
 
+@pytest.mark.parametrize("given", ["public", "text", "ec", "empty"])
+def test_image_sign_with_a_file_that_is_not_a_private_key_is_refused_clearly(
+    given: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws image sign --key FILE` of a FILE that is no private key exited 2 (usage) with
+    cryptography's words ("Unable to load PEM file. See https://... MalformedFraming"):
+    a local file that says no is exit 1, one line naming it and what --key takes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    assert ws.main(["image", "keygen", "--out", str(tmp_path / "me")]) == 0
+    capsys.readouterr()
+    path = tmp_path / "me.pub"
+    if given == "text":
+        path = tmp_path / "notes.txt"
+        path.write_text("not a key\n")
+    elif given == "ec":
+        path = tmp_path / "ec.pem"
+        path.write_bytes(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    elif given == "empty":
+        path = tmp_path / "empty.key"
+        path.write_bytes(b"")
+    argv = ["image", "sign", "img:1", "--key", str(path)]
+    assert ws.main(argv, connect=lambda _s: pytest.fail("read before connecting")) == 1
+    out = capsys.readouterr()
+    if given == "public":
+        said = (
+            "a public key; sign with the private key (PREFIX.key of `ws image keygen --out PREFIX`)"
+        )
+    else:
+        said = "not a private key of `ws image keygen` (an unencrypted Ed25519 key in PEM)"
+    assert (out.out, out.err) == ("", f"ws: error: {path}: {said}\n")
+
+
 def test_a_binary_file_where_text_is_read_is_one_line(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

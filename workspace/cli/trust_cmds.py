@@ -56,15 +56,27 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def private_key(path: str) -> bytes:
+    """The PEM in ``path`` if it is a private key `ws image sign` can use; else a refusal
+    (exit 1, as any local file that says no), one line naming the file."""
+    pem = Path(path).read_bytes()
+    try:
+        signing.load_private_key(pem)
+    except signing.SignatureError:
+        if b"PUBLIC KEY-----" in pem:  # PREFIX.pub for PREFIX.key, the likely slip
+            what = "a public key; sign with the private key "
+            what += "(PREFIX.key of `ws image keygen --out PREFIX`)"
+        else:
+            what = "not a private key of `ws image keygen` (an unencrypted Ed25519 key in PEM)"
+        raise errors.InvalidArgument(f"{path}: {what}") from None
+    return pem
+
+
 def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
     """Add `keygen`, `sign`, `verify` to ``sub``, the subparsers of `ws image`."""
 
     def sign(args: argparse.Namespace) -> int:
-        try:
-            pem = Path(args.key).read_bytes()
-            signing.load_private_key(pem)
-        except signing.SignatureError as exc:
-            raise common.UsageError(f"{args.key}: {exc}") from None
+        pem = private_key(args.key)  # before connecting
         sigs = client_for(args).sign_image(args.name, pem)
         render.emit(args, sigs, render.signatures_text(sigs))
         return 0
