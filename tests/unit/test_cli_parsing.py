@@ -310,6 +310,31 @@ def test_keygen_over_an_existing_key_is_refused_not_a_usage_error(
     assert (tmp_path / "me.key").read_bytes() != key
 
 
+def test_keygen_over_an_existing_public_key_is_refused_too(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only PREFIX.key was checked: a PREFIX.pub there alone (someone's key to trust,
+    say) was overwritten without a word. It is refused as PREFIX.key is, nothing is
+    written; --force replaces both, a matching pair."""
+    from images import signing
+
+    prefix = tmp_path / "me"
+    pub = tmp_path / "me.pub"
+    pub.write_bytes(b"theirs")
+
+    def keygen(*extra: str) -> int:
+        argv = ["image", "keygen", "--out", str(prefix), *extra]
+        return ws.main(argv, connect=lambda _s: pytest.fail("keygen needs no service"))
+
+    assert keygen() == 1
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", f"ws: error: {pub} exists; use --force to replace it\n")
+    assert pub.read_bytes() == b"theirs" and not (tmp_path / "me.key").exists()
+    assert keygen("--force") == 0
+    private = signing.load_private_key((tmp_path / "me.key").read_bytes())
+    assert pub.read_text() == signing.public_pem(private)
+
+
 @pytest.mark.parametrize("what", ["missing", "directory"])
 def test_key_add_of_a_file_it_cannot_read_is_refused_not_a_usage_error(
     what: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]

@@ -38,9 +38,11 @@ def date_arg(text: str) -> float:
 
 def keygen(args: argparse.Namespace) -> int:
     key_path, pub_path = Path(f"{args.out}.key"), Path(f"{args.out}.pub")
-    if key_path.exists() and not args.force:
-        # A refusal, as where any local file says no (exit 1): the command line is valid.
-        raise errors.AlreadyExists(f"{key_path} exists; use --force to replace it")
+    # Either file there is a refusal (exit 1, as where any local file says no; the command
+    # line is valid): a PREFIX.pub alone may be someone else's key. --force replaces both.
+    for path in (key_path, pub_path):
+        if path.exists() and not args.force:
+            raise errors.AlreadyExists(f"{path} exists; use --force to replace it")
     private, public = signing.generate_key()
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -88,7 +90,9 @@ def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common
 
     q = sub.add_parser("keygen", parents=[parent], help="make an Ed25519 publisher key")
     q.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.key, PREFIX.pub")
-    q.add_argument("--force", action="store_true", help="replace an existing PREFIX.key")
+    q.add_argument(
+        "--force", action="store_true", help="replace an existing PREFIX.key and PREFIX.pub"
+    )
     q.set_defaults(func=keygen)
     q = sub.add_parser("sign", parents=[parent], help="sign an image and attach the signature")
     q.add_argument("name", help="image name")
