@@ -100,7 +100,11 @@ def test_errors_are_clear_and_write_nothing(
     code, _, err = run(
         capsys, "pki", "issue", "user", "bob", "--project", "Bad!", "--out", str(out), "--dir", ca
     )
-    assert code == 2 and "not a valid project name" in err
+    # refused as an invalid user name just above is (exit 1), not a usage error
+    assert code == 1 and err == "ws-admin: error: --project 'Bad!' is not a valid project " + (
+        "name (1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)\n"
+    )
+    assert not out.exists()
     out.mkdir()
     (out / "notes").write_text("mine")
     code, _, err = run(capsys, "pki", "issue", "user", "bob", "--out", str(out), "--dir", ca)

@@ -77,7 +77,9 @@ def issue(args: argparse.Namespace) -> int:
     ca = pki.CA(_ca_dir(args))
     for project in args.project or () if kind is Kind.USER else ():
         if not NAME_RE.fullmatch(project):
-            raise common.UsageError(
+            # A refusal (exit 1), as pki.CA.issue's of an invalid NAME; said here to name
+            # --project (CA.issue would call it a user name).
+            raise errors.InvalidArgument(
                 f"--project {project!r} is not a valid project name "
                 "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
             )
