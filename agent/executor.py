@@ -188,12 +188,12 @@ class Executor:
                 continue
             if action in NEEDS_NETWORK and self._network_broken(desired.get(wid), broken):
                 continue
-            self._note_repair(wid, action, wants.get(wid))
+            note = self._repair_note(wid, action, wants.get(wid))
             if self._failures.waiting(wid) and action is not Action.REMOVE:
                 continue
             with self._lock:
                 self._busy.add(wid)
-            self.pool.submit(self._run, wid, action, desired.get(wid))
+            self.pool.submit(self._run, wid, action, desired.get(wid), note)
         with self._lock:
             self._last_want = wants
             self._last_actual = actual
@@ -228,28 +228,34 @@ class Executor:
         if gone:
             self.pool.submit(self.report, gone)
 
-    def _note_repair(self, wid: str, action: Action, want: Want | None) -> None:
-        """Record (and log) when the host drifted from a desired state it had reached."""
+    def _repair_note(self, wid: str, action: Action, want: Want | None) -> str:
+        """What to say on the workspace (and log now) when the host drifted from a desired
+        state it had reached ("": it did not). The note is shown once the repair worked
+        (``_run``): until then the reports show the domain as it is."""
         if want is None or self._last_want.get(wid) != want:
-            return
+            return ""
         before = self._last_actual.get(wid)
         when = time.strftime("%H:%M:%S")
         if action is Action.START and before in (DomainState.RUNNING, DomainState.PAUSED):
-            note = f"domain was found shut off at {when} (not by us); started again"
+            found, done = f"domain was found shut off at {when} (not by us)", "started again"
         elif action is Action.CREATE and before is not None:
-            note = f"domain had disappeared at {when} (not by us); recreated"
+            found, done = f"domain had disappeared at {when} (not by us)", "recreated"
         else:
-            return
-        log.warning("workspace %s: %s", wid, note)
-        self.status.note(wid, note)
+            return ""
+        log.warning("workspace %s: %s; repairing", wid, found)
+        return f"{found}; {done}"
 
     # -- operations --------------------------------------------------------------------
 
-    def _run(self, wid: str, action: Action, order: Order | None) -> None:
+    def _run(self, wid: str, action: Action, order: Order | None, note: str = "") -> None:
+        """Carry out ``action``; ``note``: what the workspace shows once it worked (a
+        repair's, ``_repair_note``)."""
         try:
             log.info("workspace %s: %s", wid, action.value, extra={"workspace": wid})
             self._execute(wid, action, order)
             self._failures.forget(wid)
+            if note:
+                self.status.note(wid, note)
             self.status.clear(wid)
             self._count(action, "ok")
         except Exception as exc:

@@ -250,3 +250,30 @@ def test_a_start_carries_out_the_reboots_asked_while_it_was_off(parts: Parts) ->
     wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)])
     ex.reconcile_once()  # the next pass has nothing to do
     assert reboots == []
+
+
+def test_a_repair_is_noted_once_it_worked(parts: Parts) -> None:
+    """A domain shut off behind the agent's back is started again; until the start has
+    worked, reports show it as it is (shut off, then starting), not "started again"."""
+    ex, driver, gate = parts.executor, parts.driver, parts.gate
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    ex.reconcile_once()  # the pass that sees it running
+    held, entered = threading.Event(), threading.Event()
+    check = gate.check
+
+    def slow_check(order: Order, what: str) -> Any:
+        entered.set()  # the start's first step: its trust check
+        assert held.wait(10)
+        return check(order, what)
+
+    gate.check = slow_check  # type: ignore[method-assign]
+    driver.destroy("w1")  # as `virsh destroy` would
+    ex.reconcile_once()
+    assert entered.wait(10)
+    assert ex.observe(["w1"]) == [observed("w1", Observed.STOPPED)]  # no note yet
+    held.set()
+    (after,) = wait_for(lambda: (o := ex.observe(["w1"]))[0].state is Observed.RUNNING and o)
+    assert after.reason.startswith("domain was found shut off at ")
+    assert after.reason.endswith("(not by us); started again")

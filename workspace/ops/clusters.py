@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from workspace.domain import elastic
@@ -29,7 +29,16 @@ from workspace.ops.operate import check_lease
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Image, Workspace
-from workspace.store.mapping import cluster_view, set_reason, spec_column, workspace_views
+from workspace.store.mapping import (
+    VIEW_COLUMNS,
+    cluster_view,
+    flushed,
+    set_reason,
+    spec_column,
+    view_row,
+    workspace_views,
+)
+from workspace.store.prepared import Prepared
 
 log = logging.getLogger("workspace.ops.clusters")
 
@@ -38,10 +47,19 @@ ROLE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
 MAX_MEMBERS = 1000
 
 
+# A cluster's members as its view shows them (their view's columns, not ORM rows), in
+# the order of ``members_of``.
+_MEMBER_VIEWS = Prepared(
+    select(*VIEW_COLUMNS)
+    .where(Workspace.cluster == bindparam("cluster"))
+    .order_by(Workspace.role, Workspace.name)
+)
+
+
 def view(s: Session, c: Cluster) -> ClusterView:
     """The cluster as shown: its members (but those a scale removed, once they are gone,
     while the cluster lives) and its autoscaled roles."""
-    members = members_of(s, c.id)
+    members = [view_row(r) for r in _MEMBER_VIEWS.rows(flushed(s), {"cluster": c.id})]
     if c.state != ClusterState.TERMINATED.value:
         shown = [m for m in members if m.state != State.TERMINATED.value]
         members = shown or members

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,23 +28,54 @@ def resolve_owned(
     """The ``model`` row named by id or by name that the caller may see (their own, their
     projects', any for an admin); by name, the caller's own before others', a live one
     before the newest terminated one. What the caller may not see is NOT_FOUND."""
+    return choose_owned(
+        s,
+        who,
+        ref,
+        lambda: s.get(model, ref),
+        lambda: s.execute(
+            select(model).where(model.name == ref).order_by(model.created_at.desc())
+        ).scalars(),
+        what,
+        list_cmd,
+    )
+
+
+class _Ownable(Protocol):
+    @property
+    def owner(self) -> str: ...
+    @property
+    def project(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Ownable)
+
+
+def choose_owned(
+    s: Session,
+    who: Identity | str,
+    ref: str,
+    by_id: Callable[[], R | None],
+    by_name: Callable[[], Iterable[R]],
+    what: str,
+    list_cmd: str,
+) -> R:
+    """``resolve_owned`` with the reads given: the row whose id is ``ref``
+    (``by_id``), and the rows named ``ref``, the newest first (``by_name``): ORM rows,
+    or a view's columns (ops/queries.py)."""
     if not ref:
         raise InvalidArgument(f"give a {what} id or name")
     ident = as_identity(who)
-    row = s.get(model, ref)
+    row = by_id()
     # The caller's own row, or any for an admin: seen whatever their projects (not read).
     if row is not None and (ident.admin or (ident.is_user and row.owner == ident.name)):
         return row
     sc = scope(s, ident)
     if row is not None and sc.sees(row.owner, row.project):
         return row
-    rows = [
-        r
-        for r in s.execute(
-            select(model).where(model.name == ref).order_by(model.created_at.desc())
-        ).scalars()
-        if sc.sees(r.owner, r.project)
-    ]
+    rows = [r for r in by_name() if sc.sees(r.owner, r.project)]
     rows.sort(key=lambda r: r.owner != sc.name)  # stable: the caller's own first
     live = [r for r in rows if r.state != State.TERMINATED.value]
     if live or rows:

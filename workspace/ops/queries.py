@@ -11,16 +11,33 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.lifecycle import choose_owned
 from workspace.ops.projects import scope
 from workspace.ops.unit import Env
 from workspace.store import Workspace
-from workspace.store.mapping import workspace_views
+from workspace.store.mapping import (
+    VIEW_COLUMNS,
+    view_row_by_id,
+    view_rows,
+    view_rows_by_name,
+    workspace_views,
+)
 
 
 def get(env: Env, who: Identity | str, ref: str) -> WorkspaceView:
+    """The view of the workspace ``ref`` names (ops/lifecycle.py ``resolve_owned``): read
+    as the view's columns, not as an ORM row (store/mapping.py ``ViewRow``)."""
     with env.store.read() as s:
-        return workspace_views(s, [resolve_workspace(s, who, ref)])[0]
+        row = choose_owned(
+            s,
+            who,
+            ref,
+            lambda: view_row_by_id(s, ref),
+            lambda: view_rows_by_name(s, ref),
+            "workspace",
+            "ws list",
+        )
+        return workspace_views(s, [row])[0]
 
 
 def list_page(
@@ -37,7 +54,7 @@ def list_page(
     if page_size < 0:
         raise InvalidArgument("page_size must not be negative")
     with env.store.read() as s:
-        q = select(Workspace).order_by(Workspace.created_at, Workspace.id)
+        q = select(*VIEW_COLUMNS).order_by(Workspace.created_at, Workspace.id)
         where = scope(s, who).clause(Workspace, all_users)
         if where is not None:
             q = q.where(where)
@@ -51,7 +68,7 @@ def list_page(
             )
         if page_size:
             q = q.limit(page_size + 1)
-        rows = list(s.execute(q).scalars().all())
+        rows = view_rows(s, q)
         more = bool(page_size) and len(rows) > page_size
         rows = rows[:page_size] if page_size else rows
         token = encode_token(rows[-1].created_at, rows[-1].id) if more else ""
