@@ -38,7 +38,7 @@ from workspace.ops.events import Change, Notifier
 from workspace.ops.unit import Env
 from workspace.store import Workspace
 from workspace.store.engines import LOCK_CLASS
-from workspace.store.mapping import workspace_views
+from workspace.store.mapping import VIEW_COLUMNS, view_rows, workspace_views
 
 log = logging.getLogger("workspace.service.replicas")
 
@@ -213,7 +213,7 @@ class Relay:
         ids = [str(i) for i in msg.get("w", ())]
         if ids and self.notifier.watching():
             with self.env.store.read() as s:
-                rows = list(s.execute(select(Workspace).where(Workspace.id.in_(ids))).scalars())
+                rows = view_rows(s, select(*VIEW_COLUMNS).where(Workspace.id.in_(ids)))
                 views = workspace_views(s, rows)
             for v in views:
                 self.notifier.workspace_changed(v, remote=True)
@@ -227,11 +227,11 @@ class Relay:
         with self.env.store.read() as s:
             # Only the nodes, unless a watcher wants the workspaces themselves: under a
             # steady stream of creates this pass covers thousands of rows, and loading
-            # each whole (its JSON columns) cost a replica more than the notifications.
+            # each whole (its JSON columns) cost a replica more than the notifications;
+            # the watchers get views, read as their columns (store/mapping.py ViewRow).
             changed = list(s.execute(select(Workspace.id, Workspace.node).where(recent)))
             if changed and self.notifier.watching():
-                rows = list(s.execute(select(Workspace).where(recent)).scalars())
-                views = workspace_views(s, rows)
+                views = workspace_views(s, view_rows(s, select(*VIEW_COLUMNS).where(recent)))
         nodes = sorted({node for _id, node in changed if node})
         if nodes:
             self.notifier.node_changed(*nodes, remote=True)
