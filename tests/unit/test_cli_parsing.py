@@ -335,6 +335,29 @@ def test_keygen_over_an_existing_public_key_is_refused_too(
     assert pub.read_text() == signing.public_pem(private)
 
 
+def test_keygen_never_writes_a_private_key_where_a_symlink_points(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A symlink at PREFIX.key (dangling: `exists()` says no) is refused as a file is;
+    --force replaces the link itself, and the file it pointed to gets nothing."""
+    prefix = tmp_path / "me"
+    target = tmp_path / "elsewhere" / "stolen.key"
+    target.parent.mkdir()
+    (tmp_path / "me.key").symlink_to(target)
+
+    def keygen(*extra: str) -> int:
+        argv = ["image", "keygen", "--out", str(prefix), *extra]
+        return ws.main(argv, connect=lambda _s: pytest.fail("keygen needs no service"))
+
+    assert keygen() == 1
+    assert capsys.readouterr().err.startswith(f"ws: error: {prefix}.key exists")
+    assert not target.exists()
+    assert keygen("--force") == 0
+    key = tmp_path / "me.key"
+    assert not key.is_symlink() and key.stat().st_mode & 0o777 == 0o600
+    assert not target.exists()
+
+
 @pytest.mark.parametrize("what", ["missing", "directory"])
 def test_key_add_of_a_file_it_cannot_read_is_refused_not_a_usage_error(
     what: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]

@@ -14,6 +14,7 @@ The envelope format is described in docs/design/trust.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,19 +37,30 @@ def date_arg(text: str) -> float:
 # -- ws image keygen|sign|verify -----------------------------------------------------------
 
 
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """``data`` into a new file ``path`` (what was there removed first, a symlink itself
+    rather than what it points to): a private key never lands where a link sends it."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def keygen(args: argparse.Namespace) -> int:
     key_path, pub_path = Path(f"{args.out}.key"), Path(f"{args.out}.pub")
     # Either file there is a refusal (exit 1, as where any local file says no; the command
     # line is valid): a PREFIX.pub alone may be someone else's key. --force replaces both.
     for path in (key_path, pub_path):
-        if path.exists() and not args.force:
+        if os.path.lexists(path) and not args.force:  # a dangling symlink is there too
             raise errors.AlreadyExists(f"{path} exists; use --force to replace it")
     private, public = signing.generate_key()
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private)
-    os.chmod(key_path, 0o600)
-    pub_path.write_bytes(public)
+    _write_new(key_path, private, 0o600)
+    try:
+        _write_new(pub_path, public, 0o644)
+    except OSError:
+        key_path.unlink()  # no private key without its public half
+        raise
     kid = signing.key_id(public)
     render.emit(
         args,
