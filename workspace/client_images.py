@@ -228,7 +228,7 @@ class ImagesClientMixin:
             if path in out:
                 continue
             if not path.is_file():
-                raise errors.InvalidArgument(f"{path}: no such file")
+                raise errors.InvalidArgument(f"{path}: {_not_a_file(path)}")
 
             def report(done: int, total: int, path: Path = path) -> None:
                 if progress is not None:
@@ -285,6 +285,13 @@ _MODES = {
 }
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be pushed."""
+    if path.is_dir():
+        return "is a directory, not a disk image file"
+    return "no such file" if not path.exists() else "not a regular file"
+
+
 def _formats(manifest: image_manifest.Manifest) -> dict[str, str]:
     """Partition name -> raw | qcow2: as declared, else detected from the file."""
     out: dict[str, str] = {}
@@ -292,7 +299,7 @@ def _formats(manifest: image_manifest.Manifest) -> dict[str, str]:
         if p.file is None:
             continue
         if not p.file.is_file():
-            raise errors.InvalidArgument(f"partition {p.name}: {p.file}: no such file")
+            raise errors.InvalidArgument(f"partition {p.name}: {p.file}: {_not_a_file(p.file)}")
         try:
             out[p.name] = p.format or image_manifest.detect_format(p.file)
         except image_manifest.ManifestError as exc:

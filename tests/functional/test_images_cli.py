@@ -136,6 +136,7 @@ def test_usage_errors(
         (["image", "push", "x:1", "--manifest", str(tmp_path / "m.toml")], 1, "no such file"),
         (["image", "push", "x:1", "--manifest", str(tmp_path / "bad.toml")], 1, "colour"),
         (["image", "push", "x:1", str(vmdk)], 1, "vmdk, not raw or qcow2; convert"),
+        (["image", "push", "x:1", str(tmp_path)], 1, f"{tmp_path}: is a directory, not a disk"),
         (["image", "delete", "nope"], 1, "not found"),
         (["create", "--image", "x", "--blank", "s"], 2, "NAME:SIZE[:ext4]"),
         (["create", "--image", "x", "--blank", "s:1G:xfs"], 2, "NAME:SIZE[:ext4]"),
