@@ -4,7 +4,7 @@ set -eu
 PKGS="python3-venv qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
 libvirt-clients libvirt-dev pkg-config dnsmasq-base busybox-static linux-image-amd64 \
 iproute2 cpio gzip kmod e2fsprogs mmdebstrap openssh-client cloud-init \
-postgresql prometheus nftables iputils-ping iperf3 slurmctld slurm-client"
+postgresql prometheus nftables iputils-ping iperf3 slurmctld slurm-client util-linux"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

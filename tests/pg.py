@@ -19,8 +19,6 @@ on first use) and ``pg_url`` (a database per test module).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import glob
 import os
 import pwd
@@ -64,13 +62,6 @@ def _base_dir() -> str:
         if not d.stat().st_mode & stat.S_IXOTH:
             return "/tmp"
     return str(base)
-
-
-def _die_with_parent() -> None:
-    """In the server's process before exec: a fast shutdown if the test process dies
-    (PR_SET_PDEATHSIG), so a killed test run leaves no server behind."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(1, signal.SIGINT, 0, 0, 0)
 
 
 class PgServer:
@@ -128,6 +119,11 @@ class PgServer:
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(
                 [
+                    # A fast shutdown if the test process dies (PR_SET_PDEATHSIG), so a
+                    # killed test run leaves no server behind. Set by setpriv(1), not a
+                    # preexec_fn: a fork of a test process holding gRPC channels can abort
+                    # in gRPC's fork handlers before it runs anything (grpc#43055).
+                    *("setpriv", "--pdeathsig", "INT", "--"),
                     str(self.bin / "postgres"),
                     "-D",
                     str(self.data),
@@ -146,7 +142,6 @@ class PgServer:
                 stdout=log,
                 stderr=log,
                 cwd=self.root,
-                preexec_fn=_die_with_parent,
                 **self._run_as,
             )
         self.pid = self._proc.pid

@@ -265,17 +265,21 @@ def test_errors_exit_non_zero_with_one_line(site_dir: Path) -> None:
 
 
 def test_watch_prints_state_changes_and_ends_on_ctrl_c(site_dir: Path) -> None:
+    # Ctrl-C as at a terminal: a runner that started this test in the background (`cmd &`
+    # without job control, or a pytest-xdist worker) passes SIGINT on ignored, and Python
+    # then installs no KeyboardInterrupt handler; the child puts it back before it runs
+    # `ws` (`python -m workspace.cli.ws`). Not with a preexec_fn: that forks this process,
+    # which holds gRPC channels, and gRPC's fork handlers then abort the child now and
+    # then before it runs anything ("epoll_wait error: Bad file descriptor", grpc#43055).
+    sigint = "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    ws = sigint + "runpy.run_module('workspace.cli.ws', run_name='__main__', alter_sys=True)"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workspace.cli.ws", "-o", "json", "watch"],
+        [sys.executable, "-c", ws, "-o", "json", "watch"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(site_dir),
         cwd=ROOT,
-        # Ctrl-C as at a terminal: a runner that started this test in the background
-        # (`cmd &` without job control, or a pytest-xdist worker) passes SIGINT on
-        # ignored, and Python then installs no KeyboardInterrupt handler.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         time.sleep(1.0)  # let it subscribe

@@ -367,13 +367,16 @@ def test_runs_with_stdio_closed_as_slurmctld_runs_it(run: Run) -> None:
     (run.tmp / "slurm.toml").write_text(
         run.config.read_text() + 'service = "unix:/nonexistent/ws.sock"\n'
     )
+    # The shell closes 0, 1 and 2 before it runs the program (a preexec_fn would fork this
+    # process, which may hold gRPC channels: gRPC's fork handlers can abort the child).
+    closed = ("sh", "-c", 'exec "$0" "$@" <&- >&- 2>&-')
+    program = (sys.executable, "-m", "workspace.slurm", "--config", str(run.config))
     proc = subprocess.run(
-        [sys.executable, "-m", "workspace.slurm", "--config", str(run.config), "suspend", "c1"],
+        [*closed, *program, "suspend", "c1"],
         env={"PYTHONPATH": str(root), "PATH": os.environ.get("PATH", "")},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: [os.close(fd) for fd in (0, 1, 2)],
         timeout=60,
         check=False,
     )
