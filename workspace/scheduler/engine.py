@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from workspace.config import SchedulerConfig
 from workspace.scheduler.filters import DYNAMIC_FILTERS, STATIC_FILTERS
+from workspace.scheduler.fused import one_pass
 from workspace.scheduler.model import (
     Affinity,
     GroupPlacement,
@@ -86,6 +87,24 @@ def choose(
 ) -> tuple[HostState | None, Counter[str]]:
     """The host for ``req`` (None if none passes) and how many hosts each reason rejected."""
     hosts, static_rejected = snapshot.static_candidates(req, ctx, STATIC_FILTERS)
+    found = one_pass(hosts, req, ctx, weighers)
+    if found is None:
+        return choose_filtered(hosts, static_rejected, req, ctx, weighers)
+    host, dropped = found
+    rejected = static_rejected.copy()
+    rejected.update({reason: n for reason, n in dropped.items() if n})
+    return host, rejected
+
+
+def choose_filtered(
+    hosts: list[HostState],
+    static_rejected: Counter[str],
+    req: Request,
+    ctx: Context,
+    weighers: Sequence[Weigher],
+) -> tuple[HostState | None, Counter[str]]:
+    """``choose`` by the filters' and weighers' own list passes (the reference for
+    ``one_pass``, and what runs when a group's filters or weighers are active)."""
     rejected = static_rejected.copy()
     for f in DYNAMIC_FILTERS:
         if not hosts:
