@@ -67,6 +67,7 @@ def test_the_cli_exits_with_the_commands_exit_code(
     doc = json.loads(out)
     assert rc == 0
     assert doc == {
+        "id": box.stubs.get("box").id,
         "workspace": box.stubs.get("box").id,
         "name": "box",
         "exit_code": 0,
@@ -226,6 +227,8 @@ def test_cluster_exec_reports_every_member_and_the_one_that_failed(
     doc = json.loads(out)
     assert rc == 1
     by_name = {m["name"]: m for m in doc["members"]}
+    for name, member in by_name.items():  # each member's id, as `ws show` gives it
+        assert member["id"] == member["workspace"] == cluster.stubs.get(name).id
     assert by_name["mpi-head-0"]["exit_code"] == 0
     assert by_name["mpi-head-0"]["stdout"] == "mpi-head-0\n"
     assert by_name["mpi-worker-1"]["exit_code"] is None

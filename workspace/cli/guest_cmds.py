@@ -101,7 +101,8 @@ def _text(data: bytes) -> str:
 
 def result_json(r: access_pb2.ExecResult) -> dict[str, Any]:
     return {
-        "workspace": r.workspace_id,
+        "id": r.workspace_id,  # as `ws show` and `ws console` name it
+        "workspace": r.workspace_id,  # the first name of it, kept for scripts
         "name": r.name,
         "exit_code": r.exit_code,
         "stdout": _text(r.stdout),
@@ -168,7 +169,12 @@ class MemberRun:
         return f"exit {self.result.exit_code}"
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"workspace": self.workspace, "name": self.name, "role": self.role}
+        out: dict[str, Any] = {
+            "id": self.workspace,
+            "workspace": self.workspace,
+            "name": self.name,
+            "role": self.role,
+        }
         if self.result is not None:
             out.update(result_json(self.result))
             out["error"] = ""
