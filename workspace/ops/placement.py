@@ -103,8 +103,8 @@ def _kept_views(s: Session) -> dict[str, scheduler.NodeView]:
 # The node views last read or committed, per database (engine), with the nodes
 # generation they are at (store/orders_gen.py: any change to a node as the scheduler sees
 # it, in any replica, gives it a new random value). NodeViews are immutable.
-# By name, in name order; a transaction takes a copy (a dict's copy costs a fraction of
-# building it: a site of 1,000 nodes pays it once per batch).
+# By name (the scheduler's snapshot puts them in name order); a transaction takes a copy (a
+# dict's copy costs a fraction of building it: 1,000 nodes pay it once per batch).
 _views: weakref.WeakKeyDictionary[Engine, tuple[int, dict[str, scheduler.NodeView]]] = (
     weakref.WeakKeyDictionary()
 )
