@@ -96,7 +96,7 @@ def test_one_pass_chooses_as_the_filters_and_weighers_do(
 
 def test_one_pass_stands_aside_for_groups_and_bandwidth() -> None:
     cfg = SchedulerConfig()
-    snapshot = snapshot_of([("READY", 8, 8192, 0, 0, frozenset(), True)] * 1, cfg)
+    snapshot = snapshot_of([("READY", 8, 8192, 0, 0, frozenset(), True)], cfg)
     weighers = weighers_for(cfg)
     hosts = snapshot.hosts
     plain = Request(cpus=1, memory_mib=512)
