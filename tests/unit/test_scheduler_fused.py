@@ -1,7 +1,7 @@
 """The scheduler's one-pass choice (workspace/scheduler/fused.py) against the filters'
 and weighers' own passes (engine.choose_filtered): the same host, ties included, and the
-same rejections, for every policy, with and without cached images; and it stands aside
-where a group's filters or weighers are in play."""
+same rejections, for every policy, with and without cached images, alone and as members
+of soft-affinity groups; and it stands aside where another filter is in play."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def snapshot_of(rows: list[tuple], cfg: SchedulerConfig) -> Snapshot:  # type: i
     digests=st.lists(st.sampled_from(DIGESTS), unique=True, max_size=3),
     networks=st.sampled_from([(), ("default",)]),
     placements=st.integers(0, 6),
+    affinity=st.sampled_from([Affinity.NONE, Affinity.SOFT, Affinity.SOFT_ANTI]),
 )
 def test_one_pass_chooses_as_the_filters_and_weighers_do(
     rows: list[tuple],  # type: ignore[type-arg]
@@ -71,15 +72,17 @@ def test_one_pass_chooses_as_the_filters_and_weighers_do(
     digests: list[str],
     networks: tuple[str, ...],
     placements: int,
+    affinity: Affinity,
 ) -> None:
     cfg = SchedulerConfig(policy=policy)
     snapshot = snapshot_of(rows, cfg)
     weighers = weighers_for(cfg)
     req = Request(cpus=cpus, memory_mib=memory, networks=networks, digests=tuple(digests))
-    # Several placements one after the other, each consuming what it chose: later
-    # choices see hosts with less free, so equal and near-equal weights come up.
-    for _ in range(placements + 1):
-        ctx = member_context(snapshot, req, Affinity.NONE, 0, (0, 0, None))
+    # Several placements one after the other (members of one group), each consuming what
+    # it chose: later choices see hosts with less free, so equal and near-equal weights
+    # come up, and the members placed so far weigh in under soft (anti-)affinity.
+    for placed in range(placements + 1):
+        ctx = member_context(snapshot, req, affinity, placed, (0, 0, None))
         hosts, static_rejected = snapshot.static_candidates(req, ctx, STATIC_FILTERS)
         fused = one_pass(hosts, req, ctx, weighers)
         assert fused is not None
@@ -91,26 +94,20 @@ def test_one_pass_chooses_as_the_filters_and_weighers_do(
         if host is None:
             break
         snapshot.consume(host, req.cpus, ctx.memory_claim_mib)
-        snapshot.end_group([host])
 
 
-def test_one_pass_stands_aside_for_groups_and_bandwidth() -> None:
+def test_one_pass_stands_aside_for_hard_affinity_and_bandwidth() -> None:
     cfg = SchedulerConfig()
     snapshot = snapshot_of([("READY", 8, 8192, 0, 0, frozenset(), True)], cfg)
     weighers = weighers_for(cfg)
     hosts = snapshot.hosts
     plain = Request(cpus=1, memory_mib=512)
-    for affinity, placed in [
-        (Affinity.HARD, 0),
-        (Affinity.HARD_ANTI, 1),
-        (Affinity.SOFT, 1),
-        (Affinity.SOFT_ANTI, 1),
-    ]:
+    for affinity, placed in [(Affinity.HARD, 0), (Affinity.HARD, 1), (Affinity.HARD_ANTI, 1)]:
         ctx = member_context(snapshot, plain, affinity, placed, (1, 600, None))
         assert one_pass(hosts, plain, ctx, weighers) is None, affinity
     reserving = Request(cpus=1, memory_mib=512, disk_mbps=100)
     ctx = member_context(snapshot, reserving, Affinity.NONE, 0, (0, 0, None))
     assert one_pass(hosts, reserving, ctx, weighers) is None
-    # The first member of a soft-affinity group weighs nothing of the group yet.
-    ctx = member_context(snapshot, plain, Affinity.SOFT, 0, (0, 0, None))
+    # The first member of a hard anti-affinity group has no member to keep away from.
+    ctx = member_context(snapshot, plain, Affinity.HARD_ANTI, 0, (0, 0, None))
     assert one_pass(hosts, plain, ctx, weighers) is not None
