@@ -66,14 +66,23 @@ class Identity:
         return out
 
 
-def check_name(kind: Kind | str, name: str) -> str:
-    """``name`` unchanged if it may name an identity of ``kind``, else PermissionDenied."""
+def name_problem(kind: Kind | str, name: str) -> str:
+    """What is wrong with ``name`` as the name of an identity of ``kind`` ("": nothing)."""
     pattern = HOST_RE if Kind(kind) is Kind.SERVICE else NAME_RE
-    if not pattern.fullmatch(name):
-        raise PermissionDenied(
-            f"{name!r} is not a valid {Kind(kind).value} name "
-            "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
-        )
+    if pattern.fullmatch(name):
+        return ""
+    return (
+        f"{name!r} is not a valid {Kind(kind).value} name "
+        "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+    )
+
+
+def check_name(kind: Kind | str, name: str) -> str:
+    """``name`` unchanged if it may name an identity of ``kind``, else PermissionDenied
+    (a certificate presented with such a name is refused)."""
+    problem = name_problem(kind, name)
+    if problem:
+        raise PermissionDenied(problem)
     return name
 
 

@@ -33,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from workspace.files import write_private
-from workspace.identity import Identity, Kind, check_name, from_pem
+from workspace.identity import Identity, Kind, from_pem, name_problem
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -113,9 +113,10 @@ class CA:
         ``hosts`` are the DNS names and addresses a service (or a node serving peers)
         is reached at; they go into the certificate as DNS/IP subjectAltNames.
         """
-        check_name(identity.kind, identity.name)
-        for project in identity.projects:
-            check_name(Kind.USER, project)
+        problems = [name_problem(identity.kind, identity.name)]
+        problems += [name_problem(Kind.USER, p) for p in identity.projects]
+        if any(problems):  # a request the CA refuses: InvalidArgument (exit 1)
+            raise InvalidArgument(next(p for p in problems if p))
         out = _private_dir(Path(out_dir))
         if (out / KEY).exists():
             raise AlreadyExists(f"{out} already holds an identity; choose another --out")

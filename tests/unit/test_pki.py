@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from workspace import identity, pki
-from workspace.errors import AlreadyExists, NotFound, PermissionDenied
+from workspace.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity, Kind
 
 
@@ -68,6 +68,26 @@ def test_a_certificate_with_only_a_common_name_is_refused(tmp_path: Path) -> Non
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize(
+    ("who", "why"),
+    [
+        (Identity(Kind.USER, "Alice"), "'Alice' is not a valid user name"),
+        (Identity(Kind.NODE, "n1/x"), "'n1/x' is not a valid node name"),
+        (Identity(Kind.USER, "alice", projects=("Bad!",)), "'Bad!' is not a valid user name"),
+    ],
+)
+def test_the_ca_refuses_an_invalid_name_as_a_bad_request(
+    tmp_path: Path, who: Identity, why: str
+) -> None:
+    """Asked to issue for a name no certificate may carry, the CA says what is wrong
+    (InvalidArgument: the request, not the caller's rights) and writes nothing."""
+    ca = pki.init(tmp_path / "ca")
+    with pytest.raises(InvalidArgument, match=why):
+        ca.issue(who, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert ca.issued() == []
 
 
 def test_issue_writes_an_identity_directory_with_private_key_files(tmp_path: Path) -> None:
