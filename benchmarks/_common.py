@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,12 @@ def summary(name: str, lat: list[float]) -> dict[str, float]:
         f"{name}_p99_ms": percentile(lat, 99) * 1000,
         f"{name}_mean_ms": statistics.fmean(lat) * 1000,
     }
+
+
+def create_as_clients_do(stubs: Any, **kw: Any) -> Any:
+    """``stubs.create(**kw)`` with a request id of its own, as the Python client and
+    `ws` send every create (so the service checks it: the idempotency lookup counts)."""
+    return stubs.create(request_id=str(uuid.uuid4()), **kw)
 
 
 def emit(figures: dict[str, float]) -> None:

@@ -22,7 +22,15 @@ from pathlib import Path
 import netaddr
 from sqlalchemy import insert
 
-from benchmarks._common import Database, concurrent, percentile, rss_mib, start_service, timed
+from benchmarks._common import (
+    Database,
+    concurrent,
+    create_as_clients_do,
+    percentile,
+    rss_mib,
+    start_service,
+    timed,
+)
 from tests.functional.harness import Stubs
 from workspace import rpc
 from workspace.store import Image, IpAllocation, Network, Node, Store, Workspace
@@ -206,9 +214,13 @@ def measure(
         # ... and everything in one response (page_size 0).
         lst = timed(lambda: stubs.ws.ListWorkspaces(lreq), lists)
         counter = iter(range(10**9))
-        create = timed(lambda: stubs.create(name=f"new{next(counter)}", memory_mib=512), creates)
+        create = timed(
+            lambda: create_as_clients_do(stubs, name=f"new{next(counter)}", memory_mib=512), creates
+        )
         rate, lat = concurrent(
-            lambda i: stubs.create(name=f"par{i}", memory_mib=512), clients, creates // 4
+            lambda i: create_as_clients_do(stubs, name=f"par{i}", memory_mib=512),
+            clients,
+            creates // 4,
         )
         figures = {
             "api_nodes": float(n_nodes),

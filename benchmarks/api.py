@@ -34,6 +34,7 @@ from benchmarks._common import (
     add_database_option,
     concurrent,
     cpu_s,
+    create_as_clients_do,
     emit,
     percentile,
     rss_mib,
@@ -99,13 +100,18 @@ def run(sock: str, pid: int, args: argparse.Namespace) -> None:
     cpu0 = cpu_s(pid)
     figures |= summary(
         "create",
-        timed(lambda: stubs.create(name=f"new{next(counter)}", memory_mib=64), args.creates),
+        timed(
+            lambda: create_as_clients_do(stubs, name=f"new{next(counter)}", memory_mib=64),
+            args.creates,
+        ),
     )
     figures["create_service_cpu_ms"] = (cpu_s(pid) - cpu0) / args.creates * 1000
     per_client = max(1, args.creates // args.clients) * 2
     cpu0 = cpu_s(pid)
     rate, lat = concurrent(
-        lambda i: stubs.create(name=f"par{i}", memory_mib=64), args.clients, per_client
+        lambda i: create_as_clients_do(stubs, name=f"par{i}", memory_mib=64),
+        args.clients,
+        per_client,
     )
     figures["create16_service_cpu_ms"] = (cpu_s(pid) - cpu0) / len(lat) * 1000
     figures["create16_rps"] = rate

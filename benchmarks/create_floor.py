@@ -47,7 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from benchmarks._common import ROOT, cpu_s, emit, percentile, start_service, timed
+from benchmarks._common import (
+    ROOT,
+    cpu_s,
+    create_as_clients_do,
+    emit,
+    percentile,
+    start_service,
+    timed,
+)
 from tests.functional.harness import Stubs
 from workspace import rpc
 from workspace.config import node_address_for
@@ -99,11 +107,11 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         figures = measure(
             stubs.channel,
             proc.pid,
-            lambda: stubs.create(name=next(names), memory_mib=64),
+            lambda: create_as_clients_do(stubs, name=next(names), memory_mib=64),
             args.requests,
             "",
         )
-        reply = stubs.create(name=next(names), memory_mib=64)
+        reply = create_as_clients_do(stubs, name=next(names), memory_mib=64)
         stubs.channel.close()
     finally:
         proc.terminate()
