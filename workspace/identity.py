@@ -66,13 +66,15 @@ class Identity:
         return out
 
 
-def name_problem(kind: Kind | str, name: str) -> str:
-    """What is wrong with ``name`` as the name of an identity of ``kind`` ("": nothing)."""
+def name_problem(kind: Kind | str, name: str, what: str = "") -> str:
+    """What is wrong with ``name`` as the name of an identity of ``kind`` ("": nothing);
+    ``what`` calls it something else in the message (a project's name follows a user's
+    rule)."""
     pattern = HOST_RE if Kind(kind) is Kind.SERVICE else NAME_RE
     if pattern.fullmatch(name):
         return ""
     return (
-        f"{name!r} is not a valid {Kind(kind).value} name "
+        f"{name!r} is not a valid {what or Kind(kind).value} name "
         "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
     )
 

@@ -114,7 +114,7 @@ class CA:
         is reached at; they go into the certificate as DNS/IP subjectAltNames.
         """
         problems = [name_problem(identity.kind, identity.name)]
-        problems += [name_problem(Kind.USER, p) for p in identity.projects]
+        problems += [name_problem(Kind.USER, p, what="project") for p in identity.projects]
         if any(problems):  # a request the CA refuses: InvalidArgument (exit 1)
             raise InvalidArgument(next(p for p in problems if p))
         out = _private_dir(Path(out_dir))

@@ -75,7 +75,7 @@ def _mode(path: Path) -> int:
     [
         (Identity(Kind.USER, "Alice"), "'Alice' is not a valid user name"),
         (Identity(Kind.NODE, "n1/x"), "'n1/x' is not a valid node name"),
-        (Identity(Kind.USER, "alice", projects=("Bad!",)), "'Bad!' is not a valid user name"),
+        (Identity(Kind.USER, "alice", projects=("Bad!",)), "'Bad!' is not a valid project name"),
     ],
 )
 def test_the_ca_refuses_an_invalid_name_as_a_bad_request(
