@@ -113,10 +113,12 @@ class CA:
         ``hosts`` are the DNS names and addresses a service (or a node serving peers)
         is reached at; they go into the certificate as DNS/IP subjectAltNames.
         """
-        problems = [name_problem(identity.kind, identity.name)]
-        problems += [name_problem(Kind.USER, p, what="project") for p in identity.projects]
-        if any(problems):  # a request the CA refuses: InvalidArgument (exit 1)
-            raise InvalidArgument(next(p for p in problems if p))
+        names = [(identity.kind, identity.name, "")]
+        names += [(Kind.USER, p, "project") for p in identity.projects]
+        for kind, name, what in names:
+            problem = name_problem(kind, name, what)
+            if problem:  # a request the CA refuses: InvalidArgument (exit 1)
+                raise InvalidArgument(problem)
         out = _private_dir(Path(out_dir))
         if (out / KEY).exists():
             raise AlreadyExists(f"{out} already holds an identity; choose another --out")

@@ -22,7 +22,7 @@ from typing import Any
 
 from workspace import errors, pki
 from workspace.cli import common, render
-from workspace.identity import NAME_RE, Identity, Kind
+from workspace.identity import Identity, Kind, name_problem
 from workspace.site import record as site_record
 
 PKI_ENV = "WS_PKI_DIR"
@@ -76,13 +76,11 @@ def issue(args: argparse.Namespace) -> int:
         raise errors.AlreadyExists(f"--out {out} exists and is not empty; choose a new directory")
     ca = pki.CA(_ca_dir(args))
     for project in args.project or () if kind is Kind.USER else ():
-        if not NAME_RE.fullmatch(project):
-            # A refusal (exit 1), as pki.CA.issue's of an invalid NAME; said here to name
-            # --project (CA.issue would call it a user name).
-            raise errors.InvalidArgument(
-                f"--project {project!r} is not a valid project name "
-                "(1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
-            )
+        problem = name_problem(Kind.USER, project, what="project")
+        if problem:
+            # A refusal (exit 1), as pki.CA.issue's of an invalid name; said here to name
+            # the option.
+            raise errors.InvalidArgument(f"--project {problem}")
     if kind is Kind.USER:
         who = Identity(kind, args.name, args.admin, tuple(sorted(set(args.project or ()))))
         hosts: list[str] = []
