@@ -17,9 +17,9 @@ real create, in the same run (docs/design/control-plane.md, round fifteen).
    without.
 3. The same client measures health checks and floor creates against it.
 
-Prints name=value lines: health_p50_ms, create_p50_ms, create_vs_health_p50_ratio and
-create_service_cpu_ms (the real service); floor_health_p50_ms, floor_create_p50_ms,
-floor_vs_health_p50_ratio and floor_service_cpu_ms (the floor server); and
+Prints name=value lines: health_p50_ms, create_p50_ms, create_vs_health_p50_ratio,
+health_service_cpu_ms and create_service_cpu_ms (the real service); the same with
+``floor_`` in front (the floor server); and
 create_above_floor_ms, what the real create's own work adds to the floor's p50, with
 logic_budget_ms, what a create within 3x a health check would leave for that work
 (3 x health_p50_ms - floor_create_p50_ms).
@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,9 @@ from workspace.config import node_address_for
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import common_pb2, workspaces_pb2, workspaces_pb2_grpc
 
-# The rows of one workspace a create writes, by table, and the column naming it.
-_COPIED = {
-    "ip_allocations": "workspace_id",
-    "usage_intervals": "workspace_id",
-    "trust_audit": "workspace_id",
-    "site_events": "workspace_id",
-}
+# The tables a create writes rows of besides its workspace row; each row names its
+# workspace in ``workspace_id`` and has an autoincremented ``id``.
+_COPIED = ("ip_allocations", "usage_intervals", "trust_audit", "site_events")
 
 
 def main() -> None:
@@ -152,7 +149,9 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     emit(figures)
 
 
-def measure(channel: grpc.Channel, pid: int, create: Any, n: int, prefix: str) -> dict[str, float]:
+def measure(
+    channel: grpc.Channel, pid: int, create: Callable[[], object], n: int, prefix: str
+) -> dict[str, float]:
     """p50 of health checks and of ``create``, and the server's CPU per call of each."""
     check = health_pb2_grpc.HealthStub(channel).Check
     req = health_pb2.HealthCheckRequest()
@@ -191,8 +190,8 @@ class Floor:
         wid = self.ws_row[self.ws_columns.index("id")]
         self.owner = self.ws_row[self.ws_columns.index("owner")]
         self.copied: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
-        for table, column in _COPIED.items():
-            cur = self.db.execute(f"SELECT * FROM {table} WHERE {column} = ?", (wid,))
+        for table in _COPIED:
+            cur = self.db.execute(f"SELECT * FROM {table} WHERE workspace_id = ?", (wid,))
             self.copied[table] = ([d[0] for d in cur.description], cur.fetchall())
         self.next_ip = self.db.execute("SELECT max(ip_int) FROM ip_allocations").fetchone()[0]
         self.macs = itertools.count(1)
