@@ -348,6 +348,53 @@ def test_only_the_owner_deletes(tmp_path: Path) -> None:
         site.close()
 
 
+def test_a_name_without_its_version_is_refused_naming_the_versions_one_sees(
+    tmp_path: Path,
+) -> None:
+    """`--image al` when only al:1 and al:2 exist: NOT_FOUND naming them, newest first,
+    and never another user's private version; nothing is made."""
+    site = Site(tmp_path)
+    try:
+        service = site.service
+        assert service is not None
+        digest = site.stubs.upload(b"\0" * 512)
+        part = common_pb2.Partition(name="root", digest=digest, format="raw", mode=COW)
+        for owner, name in (("alice", "al:1"), ("alice", "al:2"), ("bob", "al:9")):
+            service.catalog.import_image(
+                owner, images_pb2.ImportImageRequest(name=name, partitions=[part])
+            )
+        from workspace.errors import NotFound
+
+        hint = "(an image is NAME:VERSION); versions of al you can use: al:2, al:1"
+        with pytest.raises(NotFound) as ei:
+            service.workspaces.create(
+                "alice", workspaces_pb2.CreateWorkspaceRequest(image="al", name="x")
+            )
+        assert ei.value.message == f"image 'al' not found {hint}"
+        assert "al:9" not in ei.value.message  # bob's, private
+        assert service.workspaces.list("alice", True) == []
+        # A version that does not exist names the others too; so does `ws image show`.
+        with pytest.raises(NotFound) as ei:
+            service.workspaces.create(
+                "alice", workspaces_pb2.CreateWorkspaceRequest(image="al:3", name="x")
+            )
+        assert ei.value.message == f"image 'al:3' not found {hint}"
+        with pytest.raises(NotFound) as ei:
+            service.catalog.catalog.get_image("alice", "al")
+        assert ei.value.message == f"image 'al' not found {hint}"
+        # The admin (the site's own stubs) sees every version, bob's too.
+        with pytest.raises(grpc.RpcError) as ri:
+            site.stubs.create(image="al", name="y")
+        assert code_of(ri) == grpc.StatusCode.NOT_FOUND
+        assert str(ri.value.details()).endswith("versions of al you can use: al:9, al:2, al:1")
+        # No version of that name at all: the message as before.
+        with pytest.raises(NotFound) as ei:
+            service.catalog.catalog.get_image("alice", "zz")
+        assert ei.value.message == "image 'zz' not found; `ws image list` shows them"
+    finally:
+        site.close()
+
+
 # -- quota -------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from workspace.errors import InvalidArgument, NotFound, WorkspaceError
 from workspace.identity import Identity, Kind
 from workspace.ops import admission, group_commit
 from workspace.ops.create import check_networks, check_spec, create_in, request_hash
+from workspace.ops.image_refs import unknown_image
 from workspace.ops.operate import act
 from workspace.ops.projects import no_such_project
 from workspace.ops.unit import Env, UnitOfWork, write
@@ -71,7 +72,7 @@ def check_entry(env: Env, s: Session, spec: BackfillSpec) -> BackfillSpec:
         env.cfg.limits,
     )
     if s.get(Image, spec.image) is None:
-        raise NotFound(f"image {spec.image!r} not found; `ws image list` shows them")
+        raise unknown_image(s, spec.image)
     networks = check_networks(s, checked.networks)
     if spec.project and s.get(Project, spec.project) is None:
         raise no_such_project(spec.project)

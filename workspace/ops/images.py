@@ -25,6 +25,7 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.ops import projects, refusals, seeds, trust
+from workspace.ops.image_refs import unknown_image
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
     as_identity,
@@ -354,7 +355,8 @@ class Catalog:
     def _visible(self, s: Session, who: Identity | str, name: str) -> Image:
         img = s.get(Image, name)
         if img is None or not (img.public or scope(s, who).sees(img.owner, img.project)):
-            raise NotFound(f"image {name!r} not found; `ws image list` shows them")
+            sc = scope(s, who)
+            raise unknown_image(s, name, lambda i: i.public or sc.sees(i.owner, i.project))
         return img
 
     def get_image(self, who: Identity | str, name: str) -> ImageView:
@@ -366,7 +368,7 @@ class Catalog:
         with self.env.store.write() as s:
             img = s.get(Image, name)
             if img is None:
-                raise NotFound(f"image {name!r} not found; `ws image list` shows them")
+                raise unknown_image(s, name)
             img.public = public
             s.flush()
             shown = self._views(s, [img])[0]

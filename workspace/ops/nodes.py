@@ -14,6 +14,7 @@ from workspace.domain.model import NodeCache, NodeStatus
 from workspace.domain.states import NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.ops import preempt
+from workspace.ops.image_refs import unknown_image
 from workspace.ops.placement import node_views
 from workspace.ops.unit import Env, write
 from workspace.scheduler import replay
@@ -145,7 +146,7 @@ def preload(env: Env, image: str, names: Sequence[str]) -> tuple[list[str], list
     with write(env) as u:
         img = u.s.get(Image, image)
         if img is None:
-            raise NotFound(f"image {image!r} not found; `ws image list` shows them")
+            raise unknown_image(u.s, image)
         digests = image_spec(img).digests()
         if names:
             nodes = [_get(u.s, name) for name in dict.fromkeys(names)]

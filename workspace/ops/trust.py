@@ -38,6 +38,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
+from workspace.ops.image_refs import unknown_image
 from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, UnitOfWork, write
@@ -454,7 +455,8 @@ def _status(image_name: str, envs: Sequence[str], v: signing.Verdict) -> Signatu
 def _visible_image(s: Session, who: Identity | str, image_name: str) -> Image:
     img = s.get(Image, image_name)
     if img is None or not (img.public or scope(s, who).sees(img.owner, img.project)):
-        raise NotFound(f"image {image_name!r} not found; `ws image list` shows them")
+        sc = scope(s, who)
+        raise unknown_image(s, image_name, lambda i: i.public or sc.sees(i.owner, i.project))
     return img
 
 
