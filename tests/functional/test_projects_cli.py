@@ -52,6 +52,8 @@ def test_projects_from_the_command_line(
     assert row == ["phys", "instances", "1", "2"]
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "quota")
     assert json.loads(out)[0]["used"]["vcpus"] == 1
+    # `ws project list`, where a user looks first, lists the same.
+    assert run(ws, ready_site, capsys, "-o", "json", "project", "list")[1] == out
 
 
 def test_project_refusals_on_the_command_line(

@@ -310,7 +310,7 @@ def register_admin(
 def register_user(
     subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
 ) -> None:
-    """Add `quota` and `project show` to ws."""
+    """Add `quota`, `project list` and `project show` to ws."""
 
     def quota(args: argparse.Namespace) -> int:
         uses = client_for(args).quota()
@@ -323,6 +323,10 @@ def register_user(
     p.set_defaults(func=quota)
     p = subparsers.add_parser("project", parents=[parent], help="your projects")
     sub = p.add_subparsers(dest="project_command", metavar="COMMAND", required=True)
+    q = sub.add_parser(
+        "list", parents=[parent], help="the projects you belong to: use and limits (as `ws quota`)"
+    )
+    q.set_defaults(func=quota)
     q = sub.add_parser(
         "show", parents=[parent], help="one of your projects: use and quotas of both classes"
     )
