@@ -36,7 +36,7 @@ from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops import group_commit, netpolicy, seeds, trust
 from workspace.ops.admission import admit
-from workspace.ops.image_refs import unknown_image
+from workspace.ops.image_refs import may_use, unknown_image
 from workspace.ops.leases import lease_end
 from workspace.ops.projects import (
     Scope,
@@ -209,8 +209,8 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     laid out)."""
     owner = sc.name
     image = held(s, Image, spec.image)
-    if image is None or not (image.public or sc.sees(image.owner, image.project)):
-        raise unknown_image(s, spec.image, lambda i: i.public or sc.sees(i.owner, i.project))
+    if image is None or not may_use(sc, image):
+        raise unknown_image(s, spec.image, sc)
     source = image_spec(image)
     partitions = disk_layout(
         image.name, source.partitions, spec.extra_partitions, spec.grow_bytes, env.cfg.limits

@@ -9,30 +9,46 @@ the caller may use, newest first, instead of leaving them to guess.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.errors import NotFound
+from workspace.identity import Identity
+from workspace.ops.projects import Scope, scope
 from workspace.store import Image
 
 # Versions named in the refusal at most (the newest).
 SHOWN = 5
 
 
-def unknown_image(
-    s: Session, name: str, visible: Callable[[Image], bool] | None = None
-) -> NotFound:
-    """NotFound for the image ``name``: the versions of its NAME that ``visible`` lets the
-    caller see (None: every image, for an admin's call), if there are any."""
+def may_use(sc: Scope | None, image: Image) -> bool:
+    """Whether the caller of scope ``sc`` (None: an admin's call) sees ``image``: a
+    public one, their own, their projects'."""
+    return sc is None or image.public or sc.sees(image.owner, image.project)
+
+
+def visible_image(s: Session, who: Identity | str, name: str) -> Image:
+    """The image ``name`` if ``who`` sees it, else ``unknown_image``'s NotFound (the
+    caller's scope is read only when the image is not public)."""
+    img = s.get(Image, name)
+    if img is not None and img.public:
+        return img
+    sc = scope(s, who)
+    if img is None or not may_use(sc, img):
+        raise unknown_image(s, name, sc)
+    return img
+
+
+def unknown_image(s: Session, name: str, sc: Scope | None = None) -> NotFound:
+    """NotFound for the image ``name``: the versions of its NAME the caller of scope
+    ``sc`` sees (None: every image, for an admin's call), if there are any."""
     base = name.split(":", 1)[0]
     found = s.execute(
         select(Image)
         .where(Image.name.startswith(base + ":", autoescape=True))
         .order_by(Image.created_at.desc(), Image.name)
     ).scalars()
-    versions = [i.name for i in found if i.name != name and (visible is None or visible(i))]
+    versions = [i.name for i in found if i.name != name and may_use(sc, i)]
     text = f"image {name!r} not found"
     if not versions:
         return NotFound(f"{text}; `ws image list` shows them")

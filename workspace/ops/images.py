@@ -25,7 +25,7 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.ops import projects, refusals, seeds, trust
-from workspace.ops.image_refs import unknown_image
+from workspace.ops.image_refs import may_use, unknown_image, visible_image
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
     as_identity,
@@ -350,18 +350,11 @@ class Catalog:
         with self.env.store.read() as s:
             sc = scope(s, who)
             rows = s.execute(select(Image).order_by(Image.name)).scalars().all()
-            return self._views(s, [i for i in rows if i.public or sc.sees(i.owner, i.project)])
-
-    def _visible(self, s: Session, who: Identity | str, name: str) -> Image:
-        img = s.get(Image, name)
-        if img is None or not (img.public or scope(s, who).sees(img.owner, img.project)):
-            sc = scope(s, who)
-            raise unknown_image(s, name, lambda i: i.public or sc.sees(i.owner, i.project))
-        return img
+            return self._views(s, [i for i in rows if may_use(sc, i)])
 
     def get_image(self, who: Identity | str, name: str) -> ImageView:
         with self.env.store.read() as s:
-            return self._views(s, [self._visible(s, who, name)])[0]
+            return self._views(s, [visible_image(s, who, name)])[0]
 
     def set_public(self, name: str, public: bool) -> ImageView:
         """(admins) Make an image visible to every user, or private to its project again."""
@@ -385,7 +378,7 @@ class Catalog:
         # content cannot slip in between the commit and the removal.
         with env.store.write_lock:
             with env.store.write() as s:
-                img = self._visible(s, ident, name)
+                img = visible_image(s, ident, name)
                 if img.owner != owner and not ident.admin:
                     raise PermissionDenied(
                         f"image {name} belongs to {img.owner}; only its owner can delete it"

@@ -38,9 +38,9 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
-from workspace.ops.image_refs import unknown_image
+from workspace.ops.image_refs import visible_image
 from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
-from workspace.ops.projects import as_identity, scope
+from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store.blobs import check_digest
 from workspace.store.db import on_rollback
@@ -452,17 +452,9 @@ def _status(image_name: str, envs: Sequence[str], v: signing.Verdict) -> Signatu
     )
 
 
-def _visible_image(s: Session, who: Identity | str, image_name: str) -> Image:
-    img = s.get(Image, image_name)
-    if img is None or not (img.public or scope(s, who).sees(img.owner, img.project)):
-        sc = scope(s, who)
-        raise unknown_image(s, image_name, lambda i: i.public or sc.sees(i.owner, i.project))
-    return img
-
-
 def signatures(env: Env, who: Identity | str, image_name: str) -> SignatureStatus:
     with env.store.read() as s:
-        img = _visible_image(s, who, image_name)
+        img = visible_image(s, who, image_name)
         envs = envelopes(s, image_name)
         return _status(image_name, envs, _verdict(env, s, img, envs))
 
@@ -496,7 +488,7 @@ def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str)
     ident = as_identity(who)
     owner = ident.name
     with env.store.write() as s:
-        img = _visible_image(s, ident, image_name)
+        img = visible_image(s, ident, image_name)
         if img.owner != owner and not ident.admin:
             raise PermissionDenied(
                 f"image {image_name} belongs to {img.owner}; only its owner or an admin can sign it"
