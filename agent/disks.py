@@ -103,7 +103,7 @@ class WorkspaceFiles:
                     )
                     continue
                 if p.mode is Mode.BLANK:
-                    disks.append(self._blank(d, p, target))
+                    disks.append(self._blank(d, p, target, order.workspace_id))
                     continue
                 path = d / f"{p.name}.qcow2"
                 path.unlink(missing_ok=True)
@@ -125,14 +125,15 @@ class WorkspaceFiles:
         return tuple(disks)
 
     @staticmethod
-    def _blank(d: Path, p: Partition, target: str) -> DiskSpec:
-        """An empty disk: qcow2 (or raw) from qemu-img, or a raw file formatted ext4."""
+    def _blank(d: Path, p: Partition, target: str, workspace_id: str) -> DiskSpec:
+        """An empty disk: qcow2 (or raw) from qemu-img, or a raw file formatted ext4 with
+        the filesystem UUID the workspace's seed mounts it by (``mkfs.fs_uuid``)."""
         size = p.virtual_size_bytes or p.size_bytes
         fmt = "raw" if p.ext4 else (p.format or "qcow2")
         path = d / f"{p.name}.{fmt}"
         path.unlink(missing_ok=True)
         if p.ext4:
-            mkfs.create_ext4(path, size, label=p.name)
+            mkfs.create_ext4(path, size, label=p.name, fs_id=mkfs.fs_uuid(workspace_id, p.name))
         else:
             qemu_img.create_blank(path, size, fmt)
         os.chmod(path, FILE_MODE)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 MKFS_EXT4 = "mkfs.ext4"
 _LIMIT_AS_BYTES = 2 * 1024**3
 _LIMIT_CPU_S = 120
 _LABEL_MAX = 16
+# The namespace of the filesystem UUIDs of workspaces' ext4 blank disks (``fs_uuid``).
+_FS_UUID_NAMESPACE = uuid.UUID("5b0f3c2e-8d1a-4e6b-9f27-3c4d5e6f7a80")
 
 
 class MkfsError(RuntimeError):
@@ -30,7 +33,16 @@ def _mkfs() -> str:
     return found
 
 
-def ext4_command(path: Path, label: str = "") -> list[str]:
+def fs_uuid(workspace_id: str, partition: str) -> str:
+    """The filesystem UUID of workspace ``workspace_id``'s ext4 blank ``partition``.
+
+    Derived, not random, so the service can name the filesystem in the guest's seed (its
+    fstab line) before the node makes it; unique per workspace and partition, where a
+    label (16 characters, and possibly also inside an image's own filesystems) is not."""
+    return str(uuid.uuid5(_FS_UUID_NAMESPACE, f"{workspace_id}/{partition}"))
+
+
+def ext4_command(path: Path, label: str = "", fs_id: str = "") -> list[str]:
     args = [
         "prlimit",
         f"--as={_LIMIT_AS_BYTES}",
@@ -43,11 +55,16 @@ def ext4_command(path: Path, label: str = "") -> list[str]:
     ]
     if label:
         args += ["-L", label[:_LABEL_MAX]]
+    if fs_id:
+        args += ["-U", fs_id]
     return [*args, str(path)]
 
 
-def create_ext4(path: Path, size_bytes: int, label: str = "", timeout_s: float = 300.0) -> None:
-    """A sparse raw file of ``size_bytes`` holding an empty ext4 filesystem."""
+def create_ext4(
+    path: Path, size_bytes: int, label: str = "", fs_id: str = "", timeout_s: float = 300.0
+) -> None:
+    """A sparse raw file of ``size_bytes`` holding an empty ext4 filesystem (with UUID
+    ``fs_id``, else a random one)."""
     if size_bytes <= 0:
         raise MkfsError(f"{path}: size must be positive, got {size_bytes}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -57,7 +74,7 @@ def create_ext4(path: Path, size_bytes: int, label: str = "", timeout_s: float =
         os.close(fd)
     try:
         proc = subprocess.run(
-            ext4_command(path, label),
+            ext4_command(path, label, fs_id),
             capture_output=True,
             text=True,
             timeout=timeout_s,

@@ -8,6 +8,7 @@ import json
 import shutil
 import struct
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from images import mkfs
 from images.manifest import Manifest, PartitionSpec
 from tests.functional.harness import WS, Site, wait_for
 from tests.unit.test_formats import qcow2_header
@@ -489,6 +491,8 @@ def test_create_with_extra_blank_and_grown_cow(site: Site, client: Client, tmp_p
         with path.open("rb") as fh:
             fh.seek(1080)
             assert struct.unpack("<H", fh.read(2))[0] == 0xEF53, name  # ext4 magic
+            fh.seek(1024 + 0x68)  # the superblock's s_uuid: what the guest's fstab names
+            assert str(uuid.UUID(bytes=fh.read(16))) == mkfs.fs_uuid(ws.id, name), name
     assert _qemu_img_info(d / "tmp.qcow2", "qcow2")["virtual-size"] == 8 * MiB
     spec = json.loads((Path(agent.cfg.state_dir) / "fake-domains.json").read_text())[ws.id]["spec"]
     flags = [(x["target"], x["format"], x["readonly"], x["shareable"]) for x in spec["disks"]]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from images import mkfs
 from workspace.domain import seed
 from workspace.domain.model import Nic
 from workspace.ops.keys import new_key_pair
@@ -231,6 +232,40 @@ def test_a_member_of_three_knows_every_member() -> None:
     assert written["/home/debian/.ssh/id_ed25519.pub"]["defer"] is True
 
 
+def test_ext4_blank_disks_are_mounted_by_the_uuid_the_node_gives_them() -> None:
+    cfg = own_config(
+        seed.render(
+            "box", "id1", (NIC,), login_user="debian", data_disks=("scratch", "work")
+        ).user_data
+    )
+    assert cfg["mounts"] == [
+        [
+            f"/dev/disk/by-uuid/{mkfs.fs_uuid('id1', name)}",
+            f"/mnt/{name}",
+            "ext4",
+            "defaults,nofail",
+            "0",
+            "2",
+        ]
+        for name in ("scratch", "work")
+    ]
+    # Each workspace's filesystems have their own UUIDs.
+    assert len({mkfs.fs_uuid(w, n) for w in ("id1", "id2") for n in ("scratch", "work")}) == 4
+    ((sh, c, script),) = cfg["runcmd"]
+    assert (sh, c) == ("sh", "-c")
+    assert "for d in /mnt/scratch /mnt/work;" in script and 'chown debian: "$d"' in script
+    assert 'mountpoint -q "$d"' in script and script.endswith("; true")
+
+
+def test_no_mounts_without_ext4_blanks_and_no_chown_for_root() -> None:
+    cfg = own_config(seed.render("box", "id1", (NIC,), login_user="debian").user_data)
+    assert "mounts" not in cfg and "runcmd" not in cfg
+    cfg = own_config(
+        seed.render("box", "id1", (NIC,), login_user="root", data_disks=("s",)).user_data
+    )
+    assert len(cfg["mounts"]) == 1 and "runcmd" not in cfg
+
+
 def test_member_index_comes_from_the_name() -> None:
     assert seed.member_index("my-mpi-big-worker-12") == 12
     assert seed.member_index("odd") == 0
@@ -260,18 +295,29 @@ print(json.dumps(buf))
 
 @pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
 def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
-    """The user's write_files and runcmd survive; the service's files, keys and host key
-    are added; a value the user set on purpose (hostname) stays the user's."""
+    """The user's write_files, runcmd and mounts survive; the service's files, keys, host
+    key, mounts and commands are added; a value the user set on purpose (hostname) stays
+    the user's."""
     user = (
         b"#cloud-config\n"
         b"hostname: mine\n"
         b"runcmd: [[touch, /tmp/ran]]\n"
+        b"mounts: [[/dev/vdz, /data]]\n"
         b"ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn other@x]\n"
         b"write_files:\n- path: /etc/motd\n  content: hello\n"
     )
     vendor = b"#cloud-config\nwrite_files:\n- path: /etc/vendor\n  content: site\n"
     s = seed.render(
-        "mpi-head-0", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian", three_members()
+        "mpi-head-0",
+        "id1",
+        (NIC,),
+        user,
+        vendor,
+        [USER_KEY],
+        HOST,
+        "debian",
+        three_members(),
+        ("scratch",),
     )
     out = subprocess.run(
         ["/usr/bin/python3", "-c", MERGE_SCRIPT],
@@ -285,7 +331,13 @@ def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
     # The user's part replaces the vendor's list (cloud-init's default), ours is appended.
     assert paths[0] == "/etc/motd"
     assert {"/etc/hosts", "/etc/workspace/cluster.json", "/etc/ssh/ssh_known_hosts"} <= set(paths)
-    assert merged["runcmd"] == [["touch", "/tmp/ran"]]
+    # The user's commands run first; the scratch disk's chown after them.
+    assert merged["runcmd"][0] == ["touch", "/tmp/ran"] and len(merged["runcmd"]) == 2
+    assert merged["runcmd"][1][:2] == ["sh", "-c"] and "/mnt/scratch" in merged["runcmd"][1][2]
+    assert [m[:2] for m in merged["mounts"]] == [
+        ["/dev/vdz", "/data"],
+        [f"/dev/disk/by-uuid/{mkfs.fs_uuid('id1', 'scratch')}", "/mnt/scratch"],
+    ]
     assert merged["ssh_keys"]["ed25519_private"] == HOST[0]
     assert merged["ssh_genkeytypes"] == [] and merged["ssh_deletekeys"] is True
     assert merged["ssh_authorized_keys"][1:] == [USER_KEY, CLUSTER[1]]

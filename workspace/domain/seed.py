@@ -12,9 +12,11 @@ protos). docs/design/contextualization.md says what goes in and why.
 
 The service's part carries the guest's SSH host key (``ssh_keys``, with
 ``ssh_deletekeys`` and no generated types, so the guest has exactly the key the service
-vouches for), the authorized keys and, for a cluster member, the roster: /etc/hosts,
-/etc/workspace/cluster.json, /etc/ssh/ssh_known_hosts and the cluster's key pair for the
-login user. It is written as JSON (valid YAML, and fast for a large roster).
+vouches for), the authorized keys, the workspace's ext4 blank disks mounted at
+/mnt/<partition> (``mounts``, by the filesystem UUID the node gives each one, their top
+directory then handed to the login user) and, for a cluster member, the roster:
+/etc/hosts, /etc/workspace/cluster.json, /etc/ssh/ssh_known_hosts and the cluster's key
+pair for the login user. It is written as JSON (valid YAML, and fast for a large roster).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from email.mime.nonmultipart import MIMENonMultipart
 
 import yaml
 
+from images.mkfs import fs_uuid
 from workspace.domain import userdata
 from workspace.domain.model import Nic, Seed
 
@@ -48,6 +51,8 @@ SUBTYPES = {
     "script": "x-shellscript",
     "boothook": "cloud-boothook",
 }
+# Where an ext4 blank disk is mounted in the guest: /mnt/<partition name>.
+MOUNT_ROOT = "/mnt"
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,35 @@ def _home(user: str) -> str:
     return f"/home/{user}" if user and user != "root" else "/root"
 
 
+def mount_point(partition: str) -> str:
+    return f"{MOUNT_ROOT}/{partition}"
+
+
+def _mounts(instance_id: str, data_disks: Sequence[str], login_user: str) -> dict[str, object]:
+    """cloud-config mounting each ext4 blank disk at /mnt/<name> (``nofail``: a guest
+    still boots without it) and giving its top directory to the login user once, at the
+    first boot. cloud-init's ``mounts`` takes a device path, not ``UUID=``; the
+    /dev/disk/by-uuid link names the filesystem the node made (``images.mkfs.fs_uuid``)."""
+    cfg: dict[str, object] = {
+        "mounts": [
+            [
+                f"/dev/disk/by-uuid/{fs_uuid(instance_id, name)}",
+                mount_point(name),
+                "ext4",
+                "defaults,nofail",
+                "0",
+                "2",
+            ]
+            for name in data_disks
+        ]
+    }
+    if login_user and login_user != "root":
+        dirs = " ".join(mount_point(name) for name in data_disks)
+        give = f'for d in {dirs}; do mountpoint -q "$d" && chown {login_user}: "$d"; done; true'
+        cfg["runcmd"] = [["sh", "-c", give]]
+    return cfg
+
+
 def system_config(
     hostname: str,
     instance_id: str,
@@ -183,8 +217,10 @@ def system_config(
     host_key: tuple[str, str],
     login_user: str,
     roster: Roster | None,
+    data_disks: Sequence[str] = (),
 ) -> dict[str, object]:
-    """The service's own cloud-config (as a mapping)."""
+    """The service's own cloud-config (as a mapping). ``data_disks``: the names of the
+    workspace's ext4 blank partitions."""
     private, public = host_key
     cfg: dict[str, object] = {
         "merge_how": MERGE_HOW,
@@ -221,6 +257,8 @@ def system_config(
     if keys:
         cfg["ssh_authorized_keys"] = keys
     cfg["write_files"] = files
+    if data_disks:
+        cfg.update(_mounts(instance_id, data_disks, login_user))
     return cfg
 
 
@@ -291,10 +329,14 @@ def render(
     host_key: tuple[str, str] = ("", ""),
     login_user: str = "",
     roster: Roster | None = None,
+    data_disks: Sequence[str] = (),
 ) -> Seed:
     """The seed of one workspace. ``host_key``: (OpenSSH PEM private, public line);
-    ``roster``: the cluster the workspace is a member of (None: a single workspace)."""
-    cfg = system_config(hostname, instance_id, authorized_keys, host_key, login_user, roster)
+    ``roster``: the cluster the workspace is a member of (None: a single workspace);
+    ``data_disks``: its ext4 blank partitions, mounted at /mnt/<name>."""
+    cfg = system_config(
+        hostname, instance_id, authorized_keys, host_key, login_user, roster, data_disks
+    )
     own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
     parts = [
         *parts_of(vendor_data, "vendor-data"),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from images.model import Mode
 from workspace.config import ServiceConfig
 from workspace.domain import seed, userdata
 from workspace.domain.model import Nic, Seed
@@ -22,7 +23,7 @@ from workspace.domain.states import State
 from workspace.errors import ConfigError, InvalidArgument, WorkspaceError
 from workspace.ops import keys
 from workspace.store import Cluster, Image, Network, Workspace
-from workspace.store.mapping import member_specs, nics
+from workspace.store.mapping import bound_spec, member_specs, nics
 
 log = logging.getLogger("workspace.ops.seeds")
 
@@ -106,6 +107,11 @@ def contextualize(cfg: ServiceConfig, s: Session, ws: Workspace, image: Image) -
         ws.authorized_keys = keys.owner_keys(s, ws.owner)
 
 
+def data_disks(ws: Workspace) -> tuple[str, ...]:
+    """The names of the workspace's ext4 blank partitions (its seed mounts them)."""
+    return tuple(p.name for p in bound_spec(ws).partitions if p.mode is Mode.BLANK and p.ext4)
+
+
 def _longest_ip(s: Session, network: str) -> str:
     net = s.get(Network, network)
     return _IP4 if net is not None and ":" not in net.subnet else _IP6
@@ -137,6 +143,7 @@ def set_bound(s: Session, ws: Workspace, roster: seed.Roster | None = None) -> N
         (ws.host_key_private, ws.host_key_public),
         ws.login_user,
         roster,
+        data_disks(ws),
     )
     members = len(roster.members) if roster else 0
     ws.seed_bytes = rendered.size() + SLACK_BYTES + SLACK_PER_MEMBER * members
@@ -230,5 +237,6 @@ def seeds(
             (w.host_key_private, w.host_key_public),
             w.login_user,
             by_cluster.get(w.cluster) if w.cluster else None,
+            data_disks(w),
         )
     return out
