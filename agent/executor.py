@@ -28,7 +28,7 @@ from agent.status import StatusBoard
 from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec, tap_name
 from workspace.domain.model import Observation, Order
 from workspace.domain.states import Desired, Observed
-from workspace.errors import WorkspaceError
+from workspace.errors import DriverError, WorkspaceError
 
 log = logging.getLogger("agent")
 
@@ -91,7 +91,10 @@ class Executor:
         self._lock = threading.RLock()
         self._desired: dict[str, Order] | None = None  # None: no orders yet
         self.status = StatusBoard()
-        self._busy: set[str] = set()
+        # Workspaces with an operation under way, and which.
+        self._busy: dict[str, Action] = {}
+        # Of those, the ones whose plug was pulled while a stop or reboot waited.
+        self._unplugged: set[str] = set()
         self._failures = Retries(OP_RETRY)
         self._last_want: dict[str, Want] = {}
         self._last_actual: dict[str, DomainState] = {}
@@ -164,12 +167,12 @@ class Executor:
             if self._desired is None:
                 return  # never act before the service said what should exist
             desired = dict(self._desired)
-            busy = set(self._busy)
+            busy = dict(self._busy)
         broken = self.net.sync(list(desired.values()))
         domains = self.driver.list_domains()
         actual = {d.workspace_id: d.state for d in domains}
         leftovers = self.files.existing()
-        present = set(actual) | leftovers | busy
+        present = set(actual) | leftovers | set(busy)
         self.staging.sync_pins(desired, present)
         self._forget_failed(desired, present)
         self.staging.kick_prefetch()
@@ -185,6 +188,8 @@ class Executor:
             actions[wid] = Action.LIMITS  # e.g. after `ws update --cpu-percent`
         for wid, action in actions.items():
             if wid in busy:
+                if action is Action.FORCE_STOP and busy[wid] in (Action.STOP, Action.REBOOT):
+                    self._pull_plug(wid)
                 continue
             if action in NEEDS_NETWORK and self._network_broken(desired.get(wid), broken):
                 continue
@@ -192,11 +197,24 @@ class Executor:
             if self._failures.waiting(wid) and action is not Action.REMOVE:
                 continue
             with self._lock:
-                self._busy.add(wid)
+                self._busy[wid] = action
             self.pool.submit(self._run, wid, action, desired.get(wid), note)
         with self._lock:
             self._last_want = wants
             self._last_actual = actual
+
+    def _pull_plug(self, wid: str) -> None:
+        """A forced stop asked while a stop or reboot still waits for the guest: power
+        the domain off now (once), which ends that wait."""
+        with self._lock:
+            if wid in self._unplugged:
+                return
+            self._unplugged.add(wid)
+        log.info("workspace %s: forced stop while the guest was waited for; powering off", wid)
+        try:
+            self.driver.destroy(wid)
+        except DriverError as exc:
+            log.warning("workspace %s: forced power-off failed: %s", wid, exc.message)
 
     def _network_broken(self, order: Order | None, broken: Mapping[str, str]) -> bool:
         """True (and the workspace reported FAILED, saying why) if ``order`` has a NIC on
@@ -280,7 +298,8 @@ class Executor:
                 log.debug("traceback", exc_info=True)
         finally:
             with self._lock:
-                self._busy.discard(wid)
+                self._busy.pop(wid, None)
+                self._unplugged.discard(wid)
             self.report([wid])
             self.wake.set()
 
@@ -322,7 +341,10 @@ class Executor:
             d.resume(wid)
         elif action is Action.REBOOT:
             assert order is not None
-            d.reboot(wid)
+            timeout_s = order.stop_timeout_s or DEFAULT_STOP_TIMEOUT_S
+            if not d.reboot(wid, float(timeout_s)):
+                log.info("workspace %s did not reboot within %d s; resetting", wid, timeout_s)
+                d.reset(wid)
             # Reported by _run, once the reboot is done.
             self.files.update_state(wid, **{REBOOTS_KEY: order.reboot_count})
         elif action is Action.LIMITS:

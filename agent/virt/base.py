@@ -145,8 +145,14 @@ class Driver(ABC):
         """Power off at once (the domain stays defined). No error if already off."""
 
     @abstractmethod
-    def reboot(self, workspace_id: str) -> None:
-        """Reboot a running domain."""
+    def reboot(self, workspace_id: str, timeout_s: float) -> bool:
+        """Ask a running domain's guest to reboot itself (its services stopped, its disks
+        synced); wait up to timeout_s for it to. True if it did, or if the domain stopped
+        meanwhile; False if the guest ignored it (``reset`` is then the caller's choice)."""
+
+    @abstractmethod
+    def reset(self, workspace_id: str) -> None:
+        """Reset a running domain at once (the reset button: nothing is synced)."""
 
     @abstractmethod
     def suspend(self, workspace_id: str) -> None:

@@ -186,12 +186,29 @@ class FakeDriver(Driver):
                 self._console(dom, "fake: power off (forced)\n")
                 self._changed(workspace_id)
 
-    def reboot(self, workspace_id: str) -> None:
+    def reboot(self, workspace_id: str, timeout_s: float) -> bool:
         with self._lock:
             dom = self._get(workspace_id)
             if dom.state is not DomainState.RUNNING:
                 raise DriverError(f"fake: cannot reboot {workspace_id}: {dom.state.value}")
-            self._console(dom, "fake: reboot\n")
+            if any(fnmatch.fnmatchcase(dom.spec.name, p) for p in self._cfg.ignore_shutdown):
+                ignore = True  # as the ACPI power button: the guest ignores it
+            else:
+                ignore = False
+                self._console(dom, "fake: reboot\n")
+                self._boot(dom)
+                self._changed(workspace_id)
+        if ignore:
+            time.sleep(min(timeout_s, 0.5))
+            return False
+        return True
+
+    def reset(self, workspace_id: str) -> None:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is not DomainState.RUNNING:
+                raise DriverError(f"fake: cannot reset {workspace_id}: {dom.state.value}")
+            self._console(dom, "fake: reset\n")
             self._boot(dom)
             self._changed(workspace_id)
 

@@ -16,9 +16,10 @@ state is behind locks). Design points:
   ownership and calls the agent's callback, so neither a slow callback nor a
   libvirt call ever runs on the event loop thread. The periodic full resync is the
   agent's reconcile pass (``resync_interval_s``), the same for every driver.
-* ``reboot`` is a reset (like the reset button): an ACPI reboot request is ignored
-  by guests without an ACPI handler (our busybox appliance among them). A polite
-  reboot is ``shutdown(timeout_s)`` then ``start``, which the caller can compose.
+* ``reboot`` asks the guest (``virDomainReboot``: the guest agent, else the ACPI
+  button and a restart once it powered off) and waits for the reset QEMU reports;
+  ``reset`` is the reset button, for a guest that did not reboot in time.
+* libvirt's event loop and the connection live in ``libvirt_conn``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ from agent.virt.domain_xml import (
     parse_ownership,
 )
 from agent.virt.guest_agent import exec_command
+from agent.virt.libvirt_conn import EVENT_LOOP, LibvirtConnection
+from agent.virt.libvirt_conn import error_code as _code
+from agent.virt.libvirt_conn import error_message as _message
 from agent.virt.libvirt_guest import LibvirtConsole, agent_error
 from workspace.config import LibvirtConfig
 from workspace.domain.model import ExecOutcome
@@ -131,169 +135,6 @@ def _devices(xml: str) -> tuple[list[str], list[str]]:
     return disks, taps
 
 
-def _code(exc: libvirt.libvirtError) -> int:
-    return int(exc.get_error_code() or 0)
-
-
-def _message(exc: libvirt.libvirtError) -> str:
-    return str(exc.get_error_message() or exc)
-
-
-def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
-    """libvirt prints every error to stderr by default; we raise them instead."""
-
-
-def _wake_timer(_timer: int, _opaque: object) -> None:
-    """A no-op timeout whose only purpose is to make the event loop iterate."""
-
-
-class _EventLoop:
-    """libvirt's default event loop, run by one daemon thread per process.
-
-    The implementation is process-global and must be registered before the first
-    connection is opened. The thread runs while at least one driver uses it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._registered = False
-        self._users = 0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def acquire(self) -> None:
-        with self._lock:
-            if not self._registered:
-                libvirt.registerErrorHandler(_ignore_libvirt_error, None)
-                libvirt.virEventRegisterDefaultImpl()
-                self._registered = True
-            self._users += 1
-            if self._thread is None:
-                self._stop.clear()
-                self._thread = threading.Thread(
-                    target=self._run, name="libvirt-events", daemon=True
-                )
-                self._thread.start()
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            thread = self._thread
-            if self._users > 0 or thread is None:
-                return
-            self._thread = None
-            self._stop.set()
-            # Joined under the lock: a new thread must not start while this one runs.
-            timer = libvirt.virEventAddTimeout(0, _wake_timer, None)
-            thread.join(timeout=5.0)
-            libvirt.virEventRemoveTimeout(timer)
-            if thread.is_alive():
-                log.warning("libvirt event loop thread did not stop within 5 s")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                libvirt.virEventRunDefaultImpl()
-            except libvirt.libvirtError as exc:
-                log.warning("libvirt event loop: %s", _message(exc))
-                time.sleep(0.1)
-
-
-_EVENT_LOOP = _EventLoop()
-
-LifecycleHandler = Callable[[str, int], None]  # (domain name, event)
-
-
-class LibvirtConnection:
-    """One libvirt connection, opened on first use and reopened after it drops.
-
-    On every (re)open it registers the lifecycle event handler and keepalive, so
-    events keep flowing after libvirtd restarts.
-    """
-
-    def __init__(self, uri: str, on_lifecycle: LifecycleHandler) -> None:
-        self._uri = uri
-        self._on_lifecycle = on_lifecycle
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        self._callback_id: int | None = None
-        self._closed = False
-
-    @property
-    def uri(self) -> str:
-        return self._uri
-
-    def get(self) -> Any:
-        """The live connection (a libvirt.virConnect); raises libvirtError if it cannot open."""
-        with self._lock:
-            if self._closed:
-                raise DriverError(f"libvirt: connection to {self._uri} is closed")
-            conn = self._conn
-            if conn is not None:
-                if self._alive(conn):
-                    return conn
-                log.warning("libvirt: connection to %s dropped; reconnecting", self._uri)
-                self._drop_locked()
-            conn = libvirt.open(self._uri)
-            self._setup(conn)
-            self._conn = conn
-            return conn
-
-    def drop_if_dead(self, conn: Any) -> bool:
-        """Forget ``conn`` if it is dead; True if the caller should retry."""
-        if self._alive(conn):
-            return False
-        with self._lock:
-            if self._conn is conn:
-                self._drop_locked()
-        return True
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._drop_locked()
-
-    @staticmethod
-    def _alive(conn: Any) -> bool:
-        try:
-            return bool(conn.isAlive())
-        except libvirt.libvirtError:
-            return False
-
-    def _setup(self, conn: Any) -> None:
-        with contextlib.suppress(libvirt.libvirtError):
-            # Detects a vanished libvirtd (remote connections only; needs the event loop).
-            conn.setKeepAlive(5, 3)
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.registerCloseCallback(self._closed_cb, None)
-        self._callback_id = conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None
-        )
-
-    def _drop_locked(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if self._callback_id is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.domainEventDeregisterAny(self._callback_id)
-            self._callback_id = None
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.unregisterCloseCallback()
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
-
-    def _closed_cb(self, _conn: Any, reason: int, _opaque: object) -> None:
-        # Runs on the event loop thread: only log; the next call reconnects.
-        log.warning("libvirt: connection to %s closed (reason %d)", self._uri, reason)
-
-    def _lifecycle_cb(
-        self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: object
-    ) -> None:
-        # Runs on the event loop thread: no libvirt calls that could block here.
-        self._on_lifecycle(dom.name(), event)
-
-
 class LibvirtDriver(Driver):
     def __init__(
         self, cfg: LibvirtConfig, state_dir: str, max_output_bytes: int = 1024 * 1024
@@ -310,15 +151,17 @@ class LibvirtDriver(Driver):
         self._owned_names: dict[str, str] = {}
         self._callback: EventCallback | None = None
         self._changed = threading.Condition()
+        # Domain name -> the resets libvirt reported (under _changed): a reboot waits for one.
+        self._resets: dict[str, int] = {}
         # (domain name, event); None stops the dispatcher.
         self._events: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._closed = False
-        _EVENT_LOOP.acquire()
+        EVENT_LOOP.acquire()
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="libvirt-dispatch", daemon=True
         )
         self._dispatcher.start()
-        self._conn = LibvirtConnection(cfg.uri, self._on_lifecycle)
+        self._conn = LibvirtConnection(cfg.uri, self._on_lifecycle, self._on_reset)
         try:
             self._conn.get()
         except (libvirt.libvirtError, DriverError) as exc:
@@ -444,6 +287,12 @@ class LibvirtDriver(Driver):
         with self._changed:
             self._changed.notify_all()
 
+    def _on_reset(self, name: str) -> None:
+        # Event loop thread: count it and wake a reboot waiting for it.
+        with self._changed:
+            self._resets[name] = self._resets.get(name, 0) + 1
+            self._changed.notify_all()
+
     def _dispatch(self) -> None:
         while True:
             item = self._events.get()
@@ -460,6 +309,9 @@ class LibvirtDriver(Driver):
             workspace_id = self._owned_names.get(name)
             if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
                 self._owned_names.pop(name, None)
+        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+            with self._changed:
+                self._resets.pop(name, None)
         if workspace_id is None and name.startswith(domain_name("")):
             # Not seen yet (e.g. started behind our back): check its metadata.
             def fn(conn: Any) -> str | None:
@@ -577,18 +429,54 @@ class LibvirtDriver(Driver):
         self._run("destroy", workspace_id, fn)
         self._shape_quietly()
 
-    def reboot(self, workspace_id: str) -> None:
-        def fn(conn: Any) -> None:
-            dom = self._require(conn, workspace_id, "reboot")
-            state = dom.state(0)[0]
-            if _STATES.get(state) is not DomainState.RUNNING:
-                raise DriverError(
-                    f"libvirt: reboot workspace {workspace_id}: domain is "
-                    f"{_STATE_NAMES.get(state, state)}, not running"
-                )
-            dom.reset(0)
+    def _require_running(self, conn: Any, workspace_id: str, op: str) -> Any:
+        dom = self._require(conn, workspace_id, op)
+        state = dom.state(0)[0]
+        if _STATES.get(state) is not DomainState.RUNNING:
+            raise DriverError(
+                f"libvirt: {op} workspace {workspace_id}: domain is "
+                f"{_STATE_NAMES.get(state, state)}, not running"
+            )
+        return dom
 
-        self._run("reboot", workspace_id, fn)
+    def reboot(self, workspace_id: str, timeout_s: float) -> bool:
+        name = domain_name(workspace_id)
+        with self._changed:
+            before = self._resets.get(name, 0)
+
+        def ask(conn: Any) -> bool:
+            dom = self._require_running(conn, workspace_id, "reboot")
+            try:
+                # No flags: libvirt asks the guest agent when one is connected, else it
+                # presses the ACPI power button and starts the guest again once it has
+                # powered off. Either way the guest stops its services and syncs its
+                # disks first, which a reset would not let it do.
+                dom.reboot(0)
+            except libvirt.libvirtError as exc:
+                log.info("libvirt: workspace %s: no clean reboot (%s)", workspace_id, _message(exc))
+                return False
+            return True
+
+        if not self._run("reboot", workspace_id, ask):
+            return False
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._changed:
+                if self._resets.get(name, 0) != before:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(_POLL_S, remaining))
+            if self._state(workspace_id, "reboot") is not DomainState.RUNNING:
+                return True  # stopped meanwhile (a forced stop): nothing left to reset
+
+    def reset(self, workspace_id: str) -> None:
+        self._run(
+            "reset",
+            workspace_id,
+            lambda c: self._require_running(c, workspace_id, "reset").reset(0),
+        )
 
     def suspend(self, workspace_id: str) -> None:
         self._run(
@@ -758,4 +646,4 @@ class LibvirtDriver(Driver):
         self._conn.close()
         self._events.put(None)
         self._dispatcher.join(timeout=5.0)
-        _EVENT_LOOP.release()
+        EVENT_LOOP.release()

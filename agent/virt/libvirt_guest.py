@@ -4,7 +4,7 @@ the interactive console on a libvirt stream.
 The console stream is non-blocking (``virDomainOpenConsole`` wants one for two-way I/O):
 a blocking ``virStreamRecv`` would do the connection's I/O itself and need no event
 loop, but it cannot be woken to close the session. Readable events come from the
-driver's default event loop thread (``libvirt_driver._EventLoop``), which must be
+driver's default event loop thread (``libvirt_conn.EventLoop``), which must be
 running; the callback only reads what is there and queues it. The console log file
 (virtlogd) keeps being written whatever sessions come and go.
 """

@@ -41,10 +41,10 @@ def test_reboot_wait_returns_only_once_the_node_carried_the_reboot_out(
     held, entered = threading.Event(), threading.Event()
     reboot = driver.reboot
 
-    def slow_reboot(wid: str) -> None:  # the hypervisor takes its time
+    def slow_reboot(wid: str, timeout_s: float) -> bool:  # the guest takes its time
         entered.set()
         assert held.wait(30)
-        reboot(wid)
+        return reboot(wid, timeout_s)
 
     driver.reboot = slow_reboot  # type: ignore[method-assign]
     done: dict[str, Any] = {}
@@ -104,7 +104,7 @@ def test_reboot_wait_of_several_and_a_timeout(
     ]
 
     driver = ready_site.agents["node1"].driver
-    driver.reboot = lambda wid: time.sleep(2)  # type: ignore[method-assign]
+    driver.reboot = lambda wid, timeout_s: time.sleep(2) or True  # type: ignore[method-assign]
     code, out, err = run(ready_site, capsys, "reboot", "rb-a", "--wait", "--timeout", "1")
     assert code == 1 and out == ""
     assert "timed out after 1 s " in err and " to be RUNNING with reboot 2 carried out" in err

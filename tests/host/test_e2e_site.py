@@ -195,6 +195,10 @@ def test_stop_start_pause_resume_reboot(site: E2ESite) -> None:
     assert (done["state"], done["reboot_count"], done["applied_reboot_count"]) == ("RUNNING", 1, 1)
     wait_for(lambda: len(site.ready_lines(wid)) == 3, BOOT_S, "a READY line after reboot")
     assert s.get(wid).state == WS.WORKSPACE_STATE_RUNNING
+    # A clean reboot: the guest was asked (its ACPI handler ran, as for the stop) and
+    # rebooted by itself; it was not reset.
+    assert site.console(wid).count("WORKSPACE-POWEROFF") == 2
+    assert "resetting" not in (site.dir / "agent.log").read_text()
 
 
 def test_agent_kill_9_finds_the_vm_again(site: E2ESite) -> None:

@@ -42,13 +42,13 @@ def wait_for(pred: Callable[[], Any], timeout_s: float = 10.0) -> Any:
 
 
 class Parts:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, fake: FakeDriverConfig | None = None) -> None:
         self.reports: list[list[str]] = []
         self.fetched = 0
         self.cache = BlobCache(tmp / "cache")
         self.audit = AuditSpool(tmp)
         self.gate = TrustGate("n1", self.audit)
-        self.driver = FakeDriver(FakeDriverConfig(persist=False))
+        self.driver = FakeDriver(fake or FakeDriverConfig(persist=False))
         self.files = WorkspaceFiles(tmp / "workspaces")
         self.staging = Staging(
             self.cache, self.gate, self._no_peer, Source("service test", self._fetch), 1, _nothing
@@ -191,10 +191,10 @@ def test_a_reboot_is_reported_carried_out_once_the_driver_did_it(parts: Parts) -
     held, entered = threading.Event(), threading.Event()
     reboot = driver.reboot
 
-    def slow_reboot(wid: str) -> None:
+    def slow_reboot(wid: str, timeout_s: float) -> bool:
         entered.set()
         assert held.wait(10)
-        reboot(wid)
+        return reboot(wid, timeout_s)
 
     driver.reboot = slow_reboot  # type: ignore[method-assign]
     ex.take([_order(reboot_count=1)])  # `ws reboot`
@@ -217,6 +217,68 @@ def test_a_reboot_is_reported_carried_out_once_the_driver_did_it(parts: Parts) -
         assert again.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)]
     finally:
         again.close()
+
+
+def test_a_guest_that_ignores_the_reboot_is_reset_after_its_stop_timeout(tmp_path: Path) -> None:
+    """``ws reboot`` asks the guest first (its services stop, its disks are synced);
+    only a guest that does not reboot within the stop timeout is reset."""
+    parts = Parts(tmp_path, FakeDriverConfig(persist=False, ignore_shutdown=["one"]))
+    try:
+        ex = parts.executor
+        ex.take([_order(stop_timeout_s=1)])
+        ex.reconcile_once()
+        wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+        ex.take([_order(stop_timeout_s=1, reboot_count=1)])
+        ex.reconcile_once()
+        wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)])
+        assert "fake: reset" in parts.files.console_log("w1").read_text()
+        assert "fake: reboot" not in parts.files.console_log("w1").read_text()
+    finally:
+        parts.close()
+
+
+def test_a_clean_reboot_is_not_a_reset(parts: Parts) -> None:
+    ex = parts.executor
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    ex.take([_order(reboot_count=1)])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING, reboots=1)])
+    assert "fake: reboot" in parts.files.console_log("w1").read_text()
+    assert "fake: reset" not in parts.files.console_log("w1").read_text()
+
+
+def test_a_forced_stop_ends_a_stop_that_still_waits_for_the_guest(parts: Parts) -> None:
+    """`ws stop --force` while an earlier stop waits (10 minutes here) for a guest that
+    ignores it: the domain is powered off now, not when that wait ends."""
+    ex, driver = parts.executor, parts.driver
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    entered = threading.Event()
+
+    def ignored_shutdown(wid: str, timeout_s: float) -> bool:
+        # As libvirt's: the guest ignores the button; the wait ends when it is off.
+        entered.set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = driver.get(wid)
+            if info is None or info.state is DomainState.SHUTOFF:
+                return True
+            time.sleep(0.02)
+        return False
+
+    driver.shutdown = ignored_shutdown  # type: ignore[method-assign]
+    ex.take([_order(Desired.STOPPED, stop_timeout_s=600)])
+    ex.reconcile_once()
+    assert entered.wait(10)
+    ex.reconcile_once()  # a pass while it waits: no second stop, nothing forced
+    assert driver.get("w1").state is DomainState.RUNNING  # type: ignore[union-attr]
+    ex.take([_order(Desired.STOPPED, stop_timeout_s=600, force_stop=True)])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.STOPPED)])
+    assert "power off (forced)" in parts.files.console_log("w1").read_text()
 
 
 def test_a_create_carries_out_the_reboots_asked_before_it(parts: Parts) -> None:

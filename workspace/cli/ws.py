@@ -45,7 +45,12 @@ CS = clusters_pb2.ClusterState
 ACTIONS: dict[str, tuple[str, int, str]] = {
     "start": ("start_workspace", WS.WORKSPACE_STATE_RUNNING, "start a stopped workspace"),
     "stop": ("stop_workspace", WS.WORKSPACE_STATE_STOPPED, "shut a workspace down"),
-    "reboot": ("reboot_workspace", WS.WORKSPACE_STATE_RUNNING, "reboot a running workspace"),
+    "reboot": (
+        "reboot_workspace",
+        WS.WORKSPACE_STATE_RUNNING,
+        "reboot a running workspace: its guest is asked to reboot (services stopped, disks "
+        "synced); one that has not within its stop timeout is reset",
+    ),
     "pause": ("pause_workspace", WS.WORKSPACE_STATE_PAUSED, "pause a running workspace"),
     "resume": ("resume_workspace", WS.WORKSPACE_STATE_RUNNING, "resume a paused workspace"),
     "destroy": (
