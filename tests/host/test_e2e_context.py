@@ -17,7 +17,11 @@ Everything below goes through the `ws` CLI, the way a user types it:
   three-worker roster in its seed, and the running members' /etc/hosts and
   /etc/workspace/cluster.json are rewritten through their guest agents to list it;
   `--count 2` removes it and the rosters drop it again;
-* destroying the cluster leaves no seed ISO on the node.
+* a single workspace beside them, made with `--blank scratch:1GiB:ext4 --blank raw:64MiB`,
+  has the ext4 disk mounted at /mnt/scratch for the login user and the other left
+  alone; `ws reboot --wait` reboots it cleanly (its previous boot's journal ends with
+  the shutdown) and SSH and the mount come back;
+* destroying the cluster and the workspace leaves no seed ISO on the node.
 
 The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
 shared by the tests of this module.
@@ -48,6 +52,7 @@ pytestmark = [pytest.mark.host, pytest.mark.timeout(1200)]
 CLUSTER = "ctx"
 MEMBERS = ("ctx-head-0", "ctx-worker-0", "ctx-worker-1")
 GROWN = "ctx-worker-2"  # what `ws cluster scale ... --count 3` adds
+SOLO = "scratchy"  # a single workspace with blank disks
 ALL = {*MEMBERS, GROWN}
 ROSTER_S = 300.0  # the service pushes a roster within seconds; a retry waits longer
 READY_S = 420.0  # three cloud-init boots at once under TCG on two cores
@@ -118,7 +123,11 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
         )
         with realvm_lock():
             s.ok("cluster", "create", "--spec", str(spec), "--wait", "--timeout", "300")
-            wait_ssh(s, MEMBERS, READY_S)
+            s.ok(
+                *("create", "--image", "cloud", "--name", SOLO, "--memory-mib", "512"),
+                *("--blank", "scratch:1GiB:ext4", "--blank", "raw:64MiB", "--wait"),
+            )
+            wait_ssh(s, (*MEMBERS, SOLO), READY_S)
         yield s
 
 
@@ -326,8 +335,33 @@ def test_scale_grows_and_shrinks_and_the_running_members_learn_it(site: CloudSit
     _rosters_become(site, MEMBERS, set(MEMBERS))
 
 
+def test_an_ext4_blank_disk_is_mounted_for_the_login_user(site: CloudSite) -> None:
+    # One command line: ssh hands the remote shell its words joined by spaces.
+    out = site.ssh(
+        SOLO,
+        "findmnt -n -r -o FSTYPE,TARGET /mnt/scratch; stat -c %U /mnt/scratch; "
+        "touch /mnt/scratch/mine && echo wrote; lsblk -n -r -o SIZE,FSTYPE,MOUNTPOINT",
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["ext4 /mnt/scratch", "debian", "wrote"], out.stdout
+    disks = [line.split(" ") for line in lines[3:]]
+    assert ["1G", "ext4", "/mnt/scratch"] in disks
+    assert ["64M", "", ""] in disks  # the blank without a filesystem: left to the user
+
+
+def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(site: CloudSite) -> None:
+    site.ok("reboot", SOLO, "--wait", "--timeout", "300")
+    wait_ssh(site, (SOLO,), READY_S)  # the host key survived: sshd starts
+    out = site.ssh(SOLO, "ls /mnt/scratch; sudo journalctl -b -1 -q --no-pager -n 30")
+    assert out.returncode == 0, out.stderr
+    assert "mine" in out.stdout.split()
+    assert "systemd-shutdown" in out.stdout, out.stdout  # shut down, not reset
+
+
 def test_destroy_leaves_no_seed(site: CloudSite) -> None:
     root = site.node_workspace_dirs()
     assert list(root.rglob("seed.iso")), "the members' seeds should exist while they run"
     site.ok("cluster", "destroy", CLUSTER, "--wait")
+    site.ok("destroy", SOLO, "--wait")
     assert not list(root.rglob("seed.iso"))
