@@ -19,8 +19,9 @@ Everything below goes through the `ws` CLI, the way a user types it:
   `--count 2` removes it and the rosters drop it again;
 * a single workspace beside them, made with `--blank scratch:1GiB:ext4 --blank raw:64MiB`,
   has the ext4 disk mounted at /mnt/scratch for the login user and the other left
-  alone; `ws reboot --wait` reboots it cleanly (its previous boot's journal ends with
-  the shutdown) and SSH and the mount come back;
+  alone, a default route through its network's gateway, and a cloud-config that
+  cloud-init's own schema check accepts; `ws reboot --wait` reboots it cleanly (its
+  previous boot's journal ends with the shutdown) and SSH and the mount come back;
 * destroying the cluster and the workspace leaves no seed ISO on the node.
 
 The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
@@ -348,6 +349,13 @@ def test_an_ext4_blank_disk_is_mounted_for_the_login_user(site: CloudSite) -> No
     disks = [line.split(" ") for line in lines[3:]]
     assert ["1G", "ext4", "/mnt/scratch"] in disks
     assert ["64M", "", ""] in disks  # the blank without a filesystem: left to the user
+
+
+def test_the_guest_has_its_default_route_and_a_valid_cloud_config(site: CloudSite) -> None:
+    gateway = site.show(SOLO)["nics"][0]["gateway"]  # type: ignore[index]
+    out = site.ssh(SOLO, "ip -4 route show default; sudo cloud-init schema --system")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0].startswith(f"default via {gateway} "), out.stdout
 
 
 def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(site: CloudSite) -> None:

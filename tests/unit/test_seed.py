@@ -94,17 +94,17 @@ def test_network_config_matches_every_nic_by_mac_with_its_static_address() -> No
     # The MAC stays a string (YAML 1.1 would read 52:54:00:12:34:56 as a number).
     assert nic0["match"] == {"macaddress": "52:54:00:12:34:56"}
     assert nic0["addresses"] == ["10.0.0.5/24"]
-    assert nic0["routes"] == [{"to": "0.0.0.0/0", "via": "10.0.0.1"}]
+    assert nic0["gateway4"] == "10.0.0.1" and "routes" not in nic0
     assert nic0["nameservers"] == {"addresses": ["10.0.0.1"]}
     # One default route only: the first NIC's.
     assert nic1["match"] == {"macaddress": "52:54:00:ab:cd:ef"}
-    assert nic1["addresses"] == ["10.9.0.7/24"] and "routes" not in nic1
+    assert nic1["addresses"] == ["10.9.0.7/24"] and "gateway4" not in nic1
 
 
 def test_an_ipv6_nic_gets_an_ipv6_default_route() -> None:
     nic = Nic("v6", "fd00::5", "52:54:00:00:00:01", 64, "fd00::1")
     doc = yaml.safe_load(seed.network_config((nic,)))
-    assert doc["ethernets"]["nic0"]["routes"] == [{"to": "::/0", "via": "fd00::1"}]
+    assert doc["ethernets"]["nic0"]["gateway6"] == "fd00::1"
 
 
 # -- user-data: the MIME document --------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_the_service_part_carries_the_host_key_and_the_authorized_keys() -> None
     assert cfg["merge_how"] == seed.MERGE_HOW
     assert cfg["hostname"] == "box"
     assert cfg["ssh_keys"] == {"ed25519_private": HOST[0], "ed25519_public": HOST[1]}
-    assert cfg["ssh_deletekeys"] is True and cfg["ssh_genkeytypes"] == []
+    assert cfg["ssh_deletekeys"] is True and cfg["ssh_genkeytypes"] == ["ed25519"]
     assert cfg["ssh_authorized_keys"] == [USER_KEY]
     assert cfg["disable_root"] is True
     assert "/etc/workspace/workspace.json" in files(cfg)
@@ -339,7 +339,7 @@ def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
         [f"/dev/disk/by-uuid/{mkfs.fs_uuid('id1', 'scratch')}", "/mnt/scratch"],
     ]
     assert merged["ssh_keys"]["ed25519_private"] == HOST[0]
-    assert merged["ssh_genkeytypes"] == [] and merged["ssh_deletekeys"] is True
+    assert merged["ssh_genkeytypes"] == ["ed25519"] and merged["ssh_deletekeys"] is True
     assert merged["ssh_authorized_keys"][1:] == [USER_KEY, CLUSTER[1]]
     assert merged["hostname"] == "mine"
 
@@ -363,3 +363,47 @@ def test_cloud_init_reads_our_user_data_as_multipart() -> None:
         timeout=60,
     )
     assert out.stdout.decode().strip() == "['text/x-shellscript', 'text/cloud-config']"
+
+
+RENDER_SCRIPT = r"""
+import sys, yaml
+sys.path.append("/usr/lib/python3/dist-packages")
+from cloudinit.net import eni, network_state
+state = network_state.parse_net_config_data(yaml.safe_load(sys.stdin.read()))
+print(eni.Renderer()._render_interfaces(state))
+"""
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+def test_ifupdown_gets_the_default_route_from_cloud_init() -> None:
+    """What the installed cloud-init writes for ifupdown (the cloud appliance's renderer):
+    the gateway as ifupdown's own line, no `route` command (net-tools is not there)."""
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", RENDER_SCRIPT],
+        input=seed.network_config((NIC, NIC2)),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout.decode()
+    assert "    address 10.0.0.5/24\n" in out and "    address 10.9.0.7/24\n" in out
+    assert out.count("    gateway ") == 1 and "    gateway 10.0.0.1\n" in out
+    assert "route add" not in out
+
+
+@pytest.mark.skipif(not Path("/usr/bin/cloud-init").exists(), reason="no cloud-init here")
+def test_the_services_part_passes_cloud_init_s_schema(tmp_path: Path) -> None:
+    """An invalid key costs the guest a warning at every boot (and hides real ones)."""
+    s = seed.render(
+        "mpi-head-0", "id1", (NIC,), b"", b"", [USER_KEY], HOST, "debian", three_members(),
+        ("scratch",),
+    )  # fmt: skip
+    own = tmp_path / "workspace.cfg"
+    own.write_bytes(payload(parts(s.user_data)[-1]))
+    out = subprocess.run(
+        ["/usr/bin/cloud-init", "schema", "--config-file", str(own)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Valid schema" in out.stdout or "Valid cloud-config" in out.stdout, out.stdout

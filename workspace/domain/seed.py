@@ -93,13 +93,17 @@ def meta_data(instance_id: str, hostname: str) -> bytes:
     return json.dumps({"instance-id": instance_id, "local-hostname": hostname}, indent=2).encode()
 
 
-def _default_route(ip: str) -> str:
-    return "::/0" if ":" in ip else "0.0.0.0/0"
+def _gateway_key(ip: str) -> str:
+    return "gateway6" if ":" in ip else "gateway4"
 
 
 def network_config(nics: Sequence[Nic]) -> bytes:
     """Version 2: each NIC by MAC, static from the pool; the first NIC with a gateway
-    carries the default route."""
+    carries the default route, as ``gateway4``/``gateway6``: cloud-init renders a
+    ``routes`` entry for ifupdown as ``post-up route add ... || true``, which needs
+    net-tools (not in a minimal Debian image, ours included), so the guest silently had
+    no default route; a gateway becomes ifupdown's own ``gateway`` line (and networkd's
+    ``Gateway=``)."""
     ethernets: dict[str, object] = {}
     routed = False
     for i, nic in enumerate(nics):
@@ -107,7 +111,7 @@ def network_config(nics: Sequence[Nic]) -> bytes:
         if nic.ip:
             eth["addresses"] = [f"{nic.ip}/{nic.prefix_len}"]
             if nic.gateway and not routed:
-                eth["routes"] = [{"to": _default_route(nic.ip), "via": nic.gateway}]
+                eth[_gateway_key(nic.ip)] = nic.gateway
                 routed = True
             if nic.dns:
                 eth["nameservers"] = {"addresses": list(nic.dns)}
@@ -230,7 +234,10 @@ def system_config(
     }
     if private:
         cfg["ssh_deletekeys"] = True
-        cfg["ssh_genkeytypes"] = []
+        # Nothing is generated: the ed25519 key is given, and a type whose key exists is
+        # skipped. (An empty list means the same to cc_ssh but fails cloud-init's schema,
+        # minItems 1, which warns "Invalid cloud-config" at every boot.)
+        cfg["ssh_genkeytypes"] = ["ed25519"]
         cfg["ssh_keys"] = {"ed25519_private": private, "ed25519_public": public}
     keys = [*authorized_keys]
     files: list[dict[str, object]] = []
