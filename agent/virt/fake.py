@@ -161,22 +161,26 @@ class FakeDriver(Driver):
             self._boot(dom)
             self._changed(workspace_id)
 
+    def _ignores_the_button(self, dom: _Domain) -> bool:
+        """A guest named in ``ignore_shutdown`` ignores the ACPI button (stop and reboot)."""
+        return any(fnmatch.fnmatchcase(dom.spec.name, p) for p in self._cfg.ignore_shutdown)
+
+    @staticmethod
+    def _ignored(timeout_s: float) -> bool:
+        time.sleep(min(timeout_s, 0.5))  # a short stand-in for the wait
+        return False
+
     def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
         with self._lock:
             dom = self._get(workspace_id)
             if dom.state is DomainState.SHUTOFF:
                 return True
-            if any(fnmatch.fnmatchcase(dom.spec.name, p) for p in self._cfg.ignore_shutdown):
-                ignore = True
-            else:
-                ignore = False
+            ignore = self._ignores_the_button(dom)
+            if not ignore:
                 dom.state = DomainState.SHUTOFF
                 self._console(dom, "fake: power off (ACPI)\n")
                 self._changed(workspace_id)
-        if ignore:
-            time.sleep(min(timeout_s, 0.5))
-            return False
-        return True
+        return self._ignored(timeout_s) if ignore else True
 
     def destroy(self, workspace_id: str) -> None:
         with self._lock:
@@ -191,17 +195,12 @@ class FakeDriver(Driver):
             dom = self._get(workspace_id)
             if dom.state is not DomainState.RUNNING:
                 raise DriverError(f"fake: cannot reboot {workspace_id}: {dom.state.value}")
-            if any(fnmatch.fnmatchcase(dom.spec.name, p) for p in self._cfg.ignore_shutdown):
-                ignore = True  # as the ACPI power button: the guest ignores it
-            else:
-                ignore = False
+            ignore = self._ignores_the_button(dom)
+            if not ignore:
                 self._console(dom, "fake: reboot\n")
                 self._boot(dom)
                 self._changed(workspace_id)
-        if ignore:
-            time.sleep(min(timeout_s, 0.5))
-            return False
-        return True
+        return self._ignored(timeout_s) if ignore else True
 
     def reset(self, workspace_id: str) -> None:
         with self._lock:
