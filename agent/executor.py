@@ -31,6 +31,9 @@ from workspace.domain.states import Desired, Observed
 from workspace.errors import DriverError, WorkspaceError
 
 log = logging.getLogger("agent")
+# What a workspace busy waiting for its guest (a stop, a reboot) gets at once, not after
+# the wait: a forced stop, and its removal (`ws destroy`).
+_UNPLUGS = (Action.FORCE_STOP, Action.REMOVE)
 
 OP_RETRY = Backoff(2.0, 60.0)
 DEFAULT_STOP_TIMEOUT_S = 60
@@ -188,7 +191,7 @@ class Executor:
             actions[wid] = Action.LIMITS  # e.g. after `ws update --cpu-percent`
         for wid, action in actions.items():
             if wid in busy:
-                if action is Action.FORCE_STOP and busy[wid] in (Action.STOP, Action.REBOOT):
+                if action in _UNPLUGS and busy[wid] in (Action.STOP, Action.REBOOT):
                     self._pull_plug(wid)
                 continue
             if action in NEEDS_NETWORK and self._network_broken(desired.get(wid), broken):
@@ -204,8 +207,8 @@ class Executor:
             self._last_actual = actual
 
     def _pull_plug(self, wid: str) -> None:
-        """A forced stop asked while a stop or reboot still waits for the guest: power
-        the domain off now (once), which ends that wait."""
+        """A forced stop (or the workspace's removal) asked while a stop or reboot still
+        waits for the guest: power the domain off now (once), which ends that wait."""
         with self._lock:
             if wid in self._unplugged:
                 return

@@ -249,9 +249,10 @@ def test_a_clean_reboot_is_not_a_reset(parts: Parts) -> None:
     assert "fake: reset" not in parts.files.console_log("w1").read_text()
 
 
-def test_a_forced_stop_ends_a_stop_that_still_waits_for_the_guest(parts: Parts) -> None:
-    """`ws stop --force` while an earlier stop waits (10 minutes here) for a guest that
-    ignores it: the domain is powered off now, not when that wait ends."""
+@pytest.mark.parametrize("then", ["ws stop --force", "ws destroy"])
+def test_a_forced_stop_ends_a_stop_that_still_waits_for_the_guest(parts: Parts, then: str) -> None:
+    """`ws stop --force` (or `ws destroy`) while an earlier stop waits (10 minutes here)
+    for a guest that ignores it: the domain is powered off now, not when that wait ends."""
     ex, driver = parts.executor, parts.driver
     ex.take([_order()])
     ex.reconcile_once()
@@ -275,10 +276,20 @@ def test_a_forced_stop_ends_a_stop_that_still_waits_for_the_guest(parts: Parts) 
     assert entered.wait(10)
     ex.reconcile_once()  # a pass while it waits: no second stop, nothing forced
     assert driver.get("w1").state is DomainState.RUNNING  # type: ignore[union-attr]
+    console = parts.files.console_log("w1")
+    if then == "ws destroy":  # the order goes: the domain and its files are removed
+        ex.take([])
+        ex.reconcile_once()
+        assert "power off (forced)" in wait_for(lambda: console.exists() and console.read_text())
+        # The wait ended, and with it the stop: the next pass removes it.
+        gone = [observed("w1", Observed.ABSENT)]
+        wait_for(lambda: ex.reconcile_once() or ex.observe(["w1"]) == gone)
+        assert parts.driver.get("w1") is None
+        return
     ex.take([_order(Desired.STOPPED, stop_timeout_s=600, force_stop=True)])
     ex.reconcile_once()
     wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.STOPPED)])
-    assert "power off (forced)" in parts.files.console_log("w1").read_text()
+    assert "power off (forced)" in console.read_text()
 
 
 def test_a_create_carries_out_the_reboots_asked_before_it(parts: Parts) -> None:
