@@ -190,32 +190,33 @@ class FakeDriver(Driver):
                 self._console(dom, "fake: power off (forced)\n")
                 self._changed(workspace_id)
 
+    def _to_act_on(self, workspace_id: str, verb: str) -> _Domain:
+        """The running domain ``verb`` acts on (DriverError if it is not running)."""
+        dom = self._get(workspace_id)
+        if dom.state is not DomainState.RUNNING:
+            raise DriverError(f"fake: cannot {verb} {workspace_id}: {dom.state.value}")
+        return dom
+
+    def _boot_again(self, workspace_id: str, dom: _Domain, how: str) -> None:
+        self._console(dom, f"fake: {how}\n")
+        self._boot(dom)
+        self._changed(workspace_id)
+
     def reboot(self, workspace_id: str, timeout_s: float) -> bool:
         with self._lock:
-            dom = self._get(workspace_id)
-            if dom.state is not DomainState.RUNNING:
-                raise DriverError(f"fake: cannot reboot {workspace_id}: {dom.state.value}")
+            dom = self._to_act_on(workspace_id, "reboot")
             ignore = self._ignores_the_button(dom)
             if not ignore:
-                self._console(dom, "fake: reboot\n")
-                self._boot(dom)
-                self._changed(workspace_id)
+                self._boot_again(workspace_id, dom, "reboot")
         return self._ignored(timeout_s) if ignore else True
 
     def reset(self, workspace_id: str) -> None:
         with self._lock:
-            dom = self._get(workspace_id)
-            if dom.state is not DomainState.RUNNING:
-                raise DriverError(f"fake: cannot reset {workspace_id}: {dom.state.value}")
-            self._console(dom, "fake: reset\n")
-            self._boot(dom)
-            self._changed(workspace_id)
+            self._boot_again(workspace_id, self._to_act_on(workspace_id, "reset"), "reset")
 
     def suspend(self, workspace_id: str) -> None:
         with self._lock:
-            dom = self._get(workspace_id)
-            if dom.state is not DomainState.RUNNING:
-                raise DriverError(f"fake: cannot pause {workspace_id}: {dom.state.value}")
+            dom = self._to_act_on(workspace_id, "pause")
             dom.state = DomainState.PAUSED
             self._changed(workspace_id)
 

@@ -395,7 +395,7 @@ class LibvirtDriver(Driver):
             if not dom.isActive():
                 return True
             try:
-                # No guest agent channel is defined, so QEMU presses the ACPI power button.
+                # No flags: the guest agent when one is connected, else the ACPI button.
                 dom.shutdown()
             except libvirt.libvirtError:
                 if not dom.isActive():
@@ -405,15 +405,21 @@ class LibvirtDriver(Driver):
 
         if self._run("shut down", workspace_id, ask):
             return True
-        while True:
-            state = self._state(workspace_id, "shut down")
-            if state is None or state is DomainState.SHUTOFF:
-                return True
+        return self._wait_until(
+            lambda: self._state(workspace_id, "shut down") in (None, DomainState.SHUTOFF),
+            deadline,
+        )
+
+    def _wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
+        """True once ``done()``, False at the deadline; rechecked at each libvirt event
+        (lifecycle or reset) and at least every ``_POLL_S``."""
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             with self._changed:
                 self._changed.wait(min(_POLL_S, remaining))
+        return True
 
     def destroy(self, workspace_id: str) -> None:
         def fn(conn: Any) -> None:
@@ -457,19 +463,15 @@ class LibvirtDriver(Driver):
                 return False
             return True
 
-        if not self._run("reboot", workspace_id, ask):
-            return False
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def rebooted() -> bool:
             with self._changed:
                 if self._resets.get(name, 0) != before:
                     return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(min(_POLL_S, remaining))
-            if self._state(workspace_id, "reboot") is not DomainState.RUNNING:
-                return True  # stopped meanwhile (a forced stop): nothing left to reset
+            # Stopped meanwhile (a forced stop): nothing left to reset either.
+            return self._state(workspace_id, "reboot") is not DomainState.RUNNING
+
+        deadline = time.monotonic() + timeout_s
+        return self._run("reboot", workspace_id, ask) and self._wait_until(rebooted, deadline)
 
     def reset(self, workspace_id: str) -> None:
         self._run(

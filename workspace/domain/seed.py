@@ -11,7 +11,7 @@ protos). docs/design/contextualization.md says what goes in and why.
   user's, its mappings merged key by key, and a value the user set on purpose stays.
 
 The service's part carries the guest's SSH host key (``ssh_keys``, with
-``ssh_deletekeys`` and no generated types, so the guest has exactly the key the service
+``ssh_deletekeys`` and nothing generated, so the guest has exactly the key the service
 vouches for), the authorized keys, the workspace's ext4 blank disks mounted at
 /mnt/<partition> (``mounts``, by the filesystem UUID the node gives each one, their top
 directory then handed to the login user) and, for a cluster member, the roster:
