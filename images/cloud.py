@@ -50,6 +50,7 @@ PACKAGES = (
     "openssh-server",
     "qemu-guest-agent",
     "ifupdown",
+    "resolvconf",  # applies the dns-nameservers lines cloud-init writes for ifupdown
     "isc-dhcp-client",
     "linux-image-cloud-amd64",
     "e2fsprogs",
@@ -378,9 +379,14 @@ def configure_tree(root: Path) -> None:
     _write(etc / "hostname", "localhost\n")
     _write(etc / "machine-id", "", 0o444)
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
-    # The build host's resolver and apt settings are not the guest's.
-    (etc / "resolv.conf").unlink(missing_ok=True)
-    _write(etc / "resolv.conf", "")
+    # The build host's resolver and apt settings are not the guest's. resolvconf made
+    # /etc/resolv.conf its link into /run (written at boot from the NICs' dns-nameservers
+    # lines) and kept the host's file as "original": only that copy goes.
+    resolv = etc / "resolv.conf"
+    if not resolv.is_symlink():
+        resolv.unlink(missing_ok=True)
+        _write(resolv, "")
+    (etc / "resolvconf/resolv.conf.d/original").unlink(missing_ok=True)
     (etc / "apt/apt.conf.d/99mmdebstrap").unlink(missing_ok=True)
     for key in etc.glob("ssh/ssh_host_*"):
         key.unlink()

@@ -15,10 +15,10 @@ docs/design/network-policy.md for the why; in short:
   and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local.
 * ``table inet ws_policy`` (hooks forward/input/output, priority 0) is where conntrack
   works: bridged IPv4 reaches it through br_netfilter. The mark names the sending NIC
-  (``out_<tap>``: a CLUSTER NIC may only talk to its peers, its gateway and DHCP, and
-  answer what came in); the bridge and destination address name the receiving NIC
-  (``in_<tap>``: replies, DHCP, the gateway, the peers for CLUSTER, allow rules, and
-  nothing else).
+  (``out_<tap>``: a CLUSTER NIC may only talk to its peers, its gateway, DHCP and port
+  53 of its network's DNS servers, and answer what came in); the bridge and destination
+  address name the receiving NIC (``in_<tap>``: replies, DHCP, the gateway, the peers
+  for CLUSTER, allow rules, and nothing else).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class NicRule:
     connectivity: Connectivity
     allow: tuple[AllowRule, ...]
     peers: tuple[str, ...]
+    dns: tuple[str, ...] = ()  # its network's DNS servers (IPv4 ones; port 53 only)
     # Why this NIC's values cannot be rendered ("" = they can): such a NIC's tap gets a
     # chain that drops everything it sends (fail closed, the others are unaffected).
     blocked: str = ""
@@ -132,6 +133,7 @@ def _nic_rule(order: Order, index: int, nic: Nic) -> NicRule:
         connectivity=order.connectivity,
         allow=tuple(sorted(set(order.allow))),
         peers=tuple(sorted({p for p in order.peers if _ipv4(p)} - {nic.ip})),
+        dns=tuple(sorted({d for d in nic.dns if _ipv4(d)})),
         blocked=blocked,
     )
 
@@ -213,6 +215,9 @@ def _out_chain(nic: NicRule) -> list[str]:
     rules = [
         "udp sport 68 udp dport 67 return",
         f"ip daddr {nic.gateway} return" if nic.gateway else "",
+        f"ip daddr {_set(nic.dns)} meta l4proto {{ tcp, udp }} th dport 53 return"
+        if nic.dns
+        else "",
         f"ip daddr {_set(nic.peers)} return" if nic.peers else "",
         "ct state established,related return",
         "drop",

@@ -87,6 +87,16 @@ def test_configuration_files(root_raw: Path) -> None:
         )
 
 
+def test_the_resolver_is_resolvconfs_and_nothing_of_the_build_hosts(root_raw: Path) -> None:
+    # ifupdown's dns-nameservers lines (cloud-init's rendering of a network's DNS
+    # servers) reach /etc/resolv.conf only through resolvconf's link into /run.
+    assert exists(root_raw, "/etc/network/if-up.d/000resolvconf")
+    link = debugfs(root_raw, "stat /etc/resolv.conf")
+    assert 'Fast link dest: "../run/resolvconf/resolv.conf"' in link
+    kept = debugfs(root_raw, "ls /etc/resolvconf/resolv.conf.d")
+    assert "head" in kept and "original" not in kept
+
+
 def test_kernel_and_initrd_are_the_images_own(
     cloud_appliance: cloud.CloudAppliance, root_raw: Path, tmp_path: Path
 ) -> None:

@@ -22,6 +22,9 @@ Everything below goes through the `ws` CLI, the way a user types it:
   alone, a default route through its network's gateway, and a cloud-config that
   cloud-init's own schema check accepts; `ws reboot --wait` reboots it cleanly (its
   previous boot's journal ends with the shutdown) and SSH and the mount come back;
+* the site's network names a DNS server (a dnsmasq the test runs on the gateway address,
+  which alone knows one test name): the guests' /etc/resolv.conf lists it and the name
+  resolves in them;
 * destroying the cluster and the workspace leaves no seed ISO on the node.
 
 The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
@@ -45,6 +48,7 @@ import pytest
 from images import cloud
 from images.appliance import Appliance
 from tests.host.realsite import ROOT, CliSite, local_site, realvm_lock
+from workspace.site.configs import DEFAULT_NETWORK
 
 # TCG boots on a shared machine can outlast the suite's default 300 s per test, which
 # pytest-timeout charges the module's fixture to the first test.
@@ -58,6 +62,9 @@ ALL = {*MEMBERS, GROWN}
 ROSTER_S = 300.0  # the service pushes a roster within seconds; a retry waits longer
 READY_S = 420.0  # three cloud-init boots at once under TCG on two cores
 MARKER = "user-data-ran"
+# The network's DNS server: a dnsmasq on the gateway address that knows only this name.
+DNS_NAME = "probe.ws-site.test"
+DNS_ANSWER = "192.0.2.80"
 USER_DATA = f"""#!/bin/sh
 echo {MARKER} $(hostname) > /var/tmp/user-data.out
 """
@@ -99,6 +106,28 @@ def cloud_image() -> cloud.CloudAppliance:
     return cloud.build()
 
 
+def with_dns_server(site: CloudSite) -> subprocess.Popen[bytes]:
+    """The site's network made again with its gateway as DNS server (as an admin would
+    create it on a real site, `--dns`), and a DNS-only dnsmasq answering there, in the
+    node's namespace, for ``DNS_NAME`` alone (nothing is forwarded anywhere). It binds
+    the gateway address when the agent puts it on the bridge (``--bind-dynamic``)."""
+    net = DEFAULT_NETWORK
+    site.admin("network", "delete", net.name)
+    site.admin(
+        *("network", "create", net.name, "--subnet", net.subnet, "--gateway", net.gateway),
+        *("--bridge", net.bridge, "--dns", net.gateway),
+    )
+    netns = json.loads((site.dir / "site.json").read_text())["netns"]
+    log = (site.dir / "dns-server.log").open("wb")
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+         f"--listen-address={net.gateway}", "--bind-dynamic", "--port=53", "--no-resolv",
+         "--no-hosts", f"--host-record={DNS_NAME},{DNS_ANSWER}", "--log-queries",
+         "--log-facility=-"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[CloudSite]:
     with local_site("ws-ctx") as (site_dir, home):
@@ -109,6 +138,7 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
             check=True,
         )
         s.admin("site", "up", "--driver", "libvirt", "--dir", str(site_dir))
+        dns = with_dns_server(s)
         s.ok("image", "push", "cloud", "--manifest", str(cloud_image.manifest))
         s.admin("image", "import", "appliance", "--appliance", str(appliance.manifest.parent))
         s.ok("key", "add", f"{s.key}.pub")
@@ -129,7 +159,11 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
                 *("--blank", "scratch:1GiB:ext4", "--blank", "raw:64MiB", "--wait"),
             )
             wait_ssh(s, (*MEMBERS, SOLO), READY_S)
-        yield s
+        try:
+            yield s
+        finally:
+            dns.terminate()  # by its pid (ip netns exec execs dnsmasq)
+            dns.wait(timeout=30)
 
 
 def test_ssh_logs_in_to_every_member_with_the_users_key(site: CloudSite) -> None:
@@ -356,6 +390,17 @@ def test_the_guest_has_its_default_route_and_a_valid_cloud_config(site: CloudSit
     out = site.ssh(SOLO, "ip -4 route show default; sudo cloud-init schema --system")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.splitlines()[0].startswith(f"default via {gateway} "), out.stdout
+
+
+def test_names_resolve_through_the_networks_dns_server(site: CloudSite) -> None:
+    for name in (SOLO, MEMBERS[1]):
+        out = site.ssh(name, f"cat /etc/resolv.conf; getent hosts {DNS_NAME}")
+        assert out.returncode == 0, out.stderr + out.stdout
+        lines = out.stdout.splitlines()
+        assert f"nameserver {DEFAULT_NETWORK.gateway}" in lines
+        assert lines[-1].split() == [DNS_ANSWER, DNS_NAME]
+    asked = (site.dir / "dns-server.log").read_text()
+    assert f"query[A] {DNS_NAME} from {site.show(SOLO)['nics'][0]['ip']}" in asked  # type: ignore[index]
 
 
 def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(site: CloudSite) -> None:

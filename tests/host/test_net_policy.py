@@ -80,6 +80,13 @@ class Vm:
         code = f"import socket; socket.create_connection(({dst!r}, {port}), timeout=2).close()"
         return py_in(self.netns, code).returncode == 0
 
+    def udp_answered(self, dst: str, port: int) -> bool:
+        code = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.settimeout(2); s.sendto(b'q', ({dst!r}, {port})); s.recvfrom(16)"
+        )
+        return py_in(self.netns, code).returncode == 0
+
     def neighbour(self, addr: str) -> str:
         out = json.loads(in_ns(self.netns, "ip", "-j", "neigh", "show", addr).stdout or "[]")
         return str(out[0].get("lladdr", "")) if out else ""
@@ -115,9 +122,10 @@ class Node:
         allow: tuple[str, ...] = (),
         peers: tuple[str, ...] = (),
         vlan: int = 0,
+        dns: tuple[str, ...] = (),
     ) -> Vm:
         mac = f"52:54:00:d1:00:{int(ip_addr.rsplit('.', 1)[1]):02x}"
-        nic = Nic("default", ip_addr, mac, PREFIX, GW, BRIDGE, SUBNET, vlan=vlan)
+        nic = Nic("default", ip_addr, mac, PREFIX, GW, BRIDGE, SUBNET, dns, vlan=vlan)
         self.orders[wid] = Order(
             wid, wid, wid, Desired.RUNNING, 1, 512, "img", (), (nic,),
             connectivity=conn, allow=parse_rules(allow), peers=peers,
@@ -143,6 +151,17 @@ class Node:
             "import socket, time\n"
             "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
             f"s.bind(('0.0.0.0', {port})); s.listen(64); time.sleep(300)\n"
+        )
+        argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
+        self.procs.append(subprocess.Popen(argv))
+        time.sleep(0.3)
+
+    def udp_echo(self, vm: Vm, port: int) -> None:
+        code = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.bind(('0.0.0.0', {port}))\n"
+            "while True:\n    data, peer = s.recvfrom(512); s.sendto(data, peer)\n"
         )
         argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
         self.procs.append(subprocess.Popen(argv))
@@ -422,6 +441,23 @@ def test_cluster_reaches_its_members_only(node: Node) -> None:
     node.listen(x, 5000)
     assert y.connect(x.ip, 5000)
     assert not z.connect(x.ip, 5000)
+
+
+def test_cluster_reaches_its_networks_dns_server_on_port_53_only(node: Node) -> None:
+    resolver = node.add_vm("w-dns", "10.214.0.53")  # not a member, not the gateway
+    member = node.add_vm(
+        "w-m", "10.214.0.24", Connectivity.CLUSTER, peers=("10.214.0.24",), dns=(resolver.ip,)
+    )
+    other = node.add_vm("w-o", "10.214.0.25", Connectivity.CLUSTER, peers=("10.214.0.25",))
+    node.udp_echo(resolver, 53)
+    node.listen(resolver, 53)
+    node.listen(resolver, 80)
+    assert member.udp_answered(resolver.ip, 53)
+    assert member.connect(resolver.ip, 53)  # DNS over TCP (large answers)
+    assert not member.connect(resolver.ip, 80)
+    assert not member.ping(resolver.ip)
+    # a member whose network names no DNS server reaches none
+    assert not other.udp_answered(resolver.ip, 53)
 
 
 def test_outbound_opens_connections_out_and_accepts_none_but_its_allow_rules(

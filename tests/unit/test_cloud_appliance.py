@@ -31,6 +31,7 @@ def test_packages_are_what_the_issue_needs_and_nothing_twice() -> None:
         "openssh-server",
         "qemu-guest-agent",
         "ifupdown",
+        "resolvconf",  # a network's DNS servers (ifupdown's dns-nameservers lines)
         "isc-dhcp-client",
         "linux-image-cloud-amd64",
         "e2fsprogs",

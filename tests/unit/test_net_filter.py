@@ -25,8 +25,10 @@ from workspace.domain.states import Desired
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def nic(ip: str, mac: str, bridge: str = "wsbr0", network: str = "default") -> Nic:
-    return Nic(network, ip, mac, 24, "10.0.0.1", bridge, "10.0.0.0/24")
+def nic(
+    ip: str, mac: str, bridge: str = "wsbr0", network: str = "default", dns: tuple[str, ...] = ()
+) -> Nic:
+    return Nic(network, ip, mac, 24, "10.0.0.1", bridge, "10.0.0.0/24", dns)
 
 
 def order(
@@ -55,7 +57,7 @@ def order(
 OPEN = order("w-open", nic("10.0.0.5", "52:54:00:00:00:05"))
 CLUSTER = order(
     "w-clu",
-    nic("10.0.0.6", "52:54:00:00:00:06"),
+    nic("10.0.0.6", "52:54:00:00:00:06", dns=("10.0.0.53", "10.9.0.53", "fd00::53")),
     conn=Connectivity.CLUSTER,
     allow=("tcp/22",),
     peers=("10.0.0.7", "10.0.0.6", "10.0.9.9"),
@@ -126,6 +128,9 @@ def test_cluster_chains() -> None:
     # receiver's chain must still run)
     assert "ip daddr { 10.0.0.7, 10.0.9.9 } return" in out
     assert "ip daddr 10.0.0.1 return" in out and out[-1] == "drop"
+    # its network's DNS servers on port 53 only (an IPv6 one has no IPv4 rule to be in)
+    dns = "ip daddr { 10.0.0.53, 10.9.0.53 } meta l4proto { tcp, udp } th dport 53 return"
+    assert dns in out
     assert not any(r.endswith("accept") for r in out)
     inn = _chain(text, f"in_{tap}")
     assert inn[0] == "ct state established,related accept"

@@ -49,7 +49,7 @@ def add_policy_options(p: argparse.ArgumentParser, what: str) -> None:
         "--connectivity",
         choices=CONNECTIVITIES,
         help=f"what {what} may reach: open (default), cluster (only its cluster's members, "
-        "the gateway and DHCP), outbound (connections out only)",
+        "the gateway, DHCP and its network's DNS servers), outbound (connections out only)",
     )
     p.add_argument(
         "--allow",

@@ -6,7 +6,8 @@ policy, libvirt ``cputune``/``iotune``/``bandwidth`` for the limits).
 
 * ``Connectivity.OPEN``: as a plain bridge (anti-spoofing still applies).
 * ``Connectivity.CLUSTER``: only the members of the same cluster, the gateway and DHCP,
-  both ways (plus what allow rules open, and the replies to it).
+  both ways, and port 53 of its network's DNS servers, out (plus what allow rules open,
+  and the replies to it).
 * ``Connectivity.OUTBOUND``: may open connections out; nothing new comes in (replies
   to its own connections do), except what allow rules open.
 
