@@ -44,6 +44,7 @@ from workspace.client_images import ImagesClientMixin
 from workspace.client_images import PushProgress as PushProgress  # re-exported
 from workspace.client_images import PushResult as PushResult  # re-exported
 from workspace.client_images import blank_partition as blank_partition  # re-exported
+from workspace.client_images import parse_blank as parse_blank  # re-exported
 from workspace.client_keys import KeysClientMixin
 from workspace.client_policy import PolicyClientMixin, limits_message
 from workspace.client_projects import ProjectsClientMixin

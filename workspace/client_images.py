@@ -278,6 +278,23 @@ def blank_partition(
     )
 
 
+BLANK_FORMAT = "NAME:SIZE[:ext4]"
+
+
+def parse_blank(text: str) -> common_pb2.Partition:
+    """``NAME:SIZE[:ext4]`` (``scratch:10GiB:ext4``) as an extra blank partition;
+    ValueError saying what is wrong."""
+    name, _, rest = text.partition(":")
+    size_text, _, flag = rest.partition(":")
+    if not name or not size_text or flag not in ("", "ext4"):
+        raise ValueError(f"expected {BLANK_FORMAT}, got {text!r}")
+    try:
+        size = image_manifest.parse_size(size_text, name)
+    except image_manifest.ManifestError as exc:
+        raise ValueError(str(exc)) from None
+    return blank_partition(name, size, ext4=flag == "ext4")
+
+
 _MODES = {
     "cow": common_pb2.PARTITION_MODE_COW,
     "readonly": common_pb2.PARTITION_MODE_READONLY,

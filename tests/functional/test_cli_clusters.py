@@ -138,7 +138,7 @@ def test_cluster_from_flags_and_a_json_spec(site_dir: Path, tmp_path: Path) -> N
         "create",
         "flags",
         "--member",
-        f"a={IMAGE},count=2,memory-mib=64",
+        f"a={IMAGE},count=2,memory-mib=64,blank=scratch:8MiB:ext4,blank=raw:1MiB",
         "--affinity",
         "soft",
         "--on-failure",
@@ -155,6 +155,10 @@ def test_cluster_from_flags_and_a_json_spec(site_dir: Path, tmp_path: Path) -> N
     ]
     assert (c["affinity"], c["on_failure"]) == ("SOFT", "TEARDOWN")
     assert c["spec"][0]["count"] == 2 and c["spec"][0]["networks"] == ["default"]
+    disks = [(x["name"], x.get("ext4", False)) for x in c["spec"][0]["extra_partitions"]]
+    assert disks == [("scratch", True), ("raw", False)]
+    shown = ok(site_dir, "ws", "cluster", "show", "flags").out
+    assert "scratch:8MiB:ext4,raw:1MiB" in shown
     ok(site_dir, "ws", "cluster", "destroy", "flags", "--wait")
 
     spec = tmp_path / "j.json"

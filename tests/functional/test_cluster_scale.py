@@ -18,7 +18,15 @@ from tests.functional.test_keys import orders_of, own_config
 from workspace.cli import ws as ws_cli
 from workspace.client import Client
 from workspace.ops import site_events
-from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, projects_pb2, projects_pb2_grpc
+from workspace.v1 import (
+    admin_pb2,
+    clusters_pb2,
+    clusters_pb2_grpc,
+    common_pb2,
+    projects_pb2,
+    projects_pb2_grpc,
+    workspaces_pb2,
+)
 
 CS = clusters_pb2.ClusterState
 IMG = "cimg"
@@ -162,6 +170,48 @@ def test_grow_then_shrink_highest_index_first(site: Site) -> None:
         ("1", "2", "worker"),
     ]
     assert all(e.cluster == c.id and "asked by" in e.reason for e in scaled)
+
+
+def test_a_roles_blank_disks_are_every_members_the_grown_ones_too(site: Site) -> None:
+    site.add_agent("node1")
+    blank = common_pb2.Partition(
+        name="scratch", size_bytes=8 * 2**20, mode=common_pb2.PARTITION_MODE_BLANK, ext4=True
+    )
+    head = clusters_pb2.ClusterMember(role="head", image=IMG, memory_mib=256)
+    worker = clusters_pb2.ClusterMember(
+        role="worker", image=IMG, memory_mib=256, count=2, extra_partitions=[blank]
+    )
+    stub(site).CreateCluster(clusters_pb2.CreateClusterRequest(name="ela", members=[head, worker]))
+    running(site)
+    assert list(scale(site, 3).added) == ["ela-worker-2"]
+    c = running(site)
+    orders = orders_of(site)
+    disks = {
+        name: [(d.partition.name, d.partition.size_bytes, d.partition.ext4) for d in o.disks]
+        for name, o in orders.items()
+    }
+    assert [d[0] for d in disks["ela-head-0"]] == ["root"]
+    for name in ("ela-worker-0", "ela-worker-1", "ela-worker-2"):
+        assert disks[name][1:] == [("scratch", 8 * 2**20, True)], name
+        mounts = own_config(orders[name])["mounts"]
+        assert [m[1] for m in mounts] == ["/mnt/scratch"], name
+    shown = {m.role: [(x.name, x.size_bytes, x.ext4) for x in m.extra_partitions] for m in c.spec}
+    assert shown == {"head": [], "worker": [("scratch", 8 * 2**20, True)]}
+
+
+def test_a_bad_blank_disk_of_a_role_refuses_the_cluster_whole(site: Site) -> None:
+    site.add_agent("node1")
+    clash = common_pb2.Partition(name="root", size_bytes=2**20)  # the image's own
+    worker = clusters_pb2.ClusterMember(role="worker", image=IMG, extra_partitions=[clash])
+    why = refused(
+        lambda: stub(site).CreateCluster(
+            clusters_pb2.CreateClusterRequest(name="bad", members=[worker])
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert why.startswith("cluster bad, member worker: ") and "already has that name" in why
+    assert not stub(site).ListClusters(clusters_pb2.ListClustersRequest()).clusters
+    assert not site.stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces
 
 
 def test_running_members_learn_the_new_roster(site: Site) -> None:

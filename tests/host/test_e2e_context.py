@@ -17,6 +17,8 @@ Everything below goes through the `ws` CLI, the way a user types it:
   three-worker roster in its seed, and the running members' /etc/hosts and
   /etc/workspace/cluster.json are rewritten through their guest agents to list it;
   `--count 2` removes it and the rosters drop it again;
+* the workers' role asks a blank ext4 disk (`blank = [...]` in the spec): every worker,
+  the grown one too, has it at /mnt/scratch, the head has none;
 * a single workspace beside them, made with `--blank scratch:1GiB:ext4 --blank raw:64MiB`,
   has the ext4 disk mounted at /mnt/scratch for the login user and the other left
   alone, a default route through its network's gateway, and a cloud-config that
@@ -150,6 +152,7 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
             f"user_data = '''{USER_DATA}'''\n"
             "[[members]]\n"
             'role = "worker"\nimage = "cloud"\nmemory_mib = 768\ncount = 2\n'
+            'blank = ["scratch:1GiB:ext4"]\n'
             f"user_data = '''{USER_DATA}'''\n"
         )
         with realvm_lock():
@@ -358,6 +361,7 @@ def test_scale_grows_and_shrinks_and_the_running_members_learn_it(site: CloudSit
                       "--timeout", "600", timeout=660)  # fmt: skip
         assert f"added {GROWN}" in out
         wait_ssh(site, (GROWN,), READY_S)
+    assert _scratch(site, GROWN) == ["ext4 /mnt/scratch", "debian"]  # the role's disk
     _rosters_become(site, (GROWN,), ALL)  # from its seed
     _rosters_become(site, MEMBERS, ALL)  # pushed through the guest agents
     me = json.loads(site.ws("exec", MEMBERS[1], "--", "cat", "/etc/workspace/cluster.json").stdout)
@@ -368,6 +372,22 @@ def test_scale_grows_and_shrinks_and_the_running_members_learn_it(site: CloudSit
     shown = json.loads(site.ok("-o", "json", "cluster", "show", CLUSTER))
     assert sorted(m["name"] for m in shown["members"]) == sorted(MEMBERS)
     _rosters_become(site, MEMBERS, set(MEMBERS))
+
+
+def _scratch(site: CloudSite, name: str) -> list[str]:
+    """What is mounted at /mnt/scratch in ``name`` (fstype, target) and its owner."""
+    out = site.ssh(
+        name, "findmnt -n -r -o FSTYPE,TARGET /mnt/scratch; stat -c %U /mnt/scratch; echo end"
+    )
+    lines = out.stdout.splitlines()
+    assert lines[-1:] == ["end"], (name, out.stderr)  # logged in, the commands ran
+    return lines[:-1]
+
+
+def test_a_roles_blank_disk_is_every_workers_and_not_the_heads(site: CloudSite) -> None:
+    for worker in MEMBERS[1:]:
+        assert _scratch(site, worker) == ["ext4 /mnt/scratch", "debian"], worker
+    assert _scratch(site, MEMBERS[0]) == []
 
 
 def test_an_ext4_blank_disk_is_mounted_for_the_login_user(site: CloudSite) -> None:

@@ -67,7 +67,14 @@ def cluster(state: Any = CS.CLUSTER_STATE_RUNNING, member_state: Any = None) -> 
         spec=[
             clusters_pb2.ClusterMember(role="head", image="a", count=1, cpus=1, memory_mib=256),
             clusters_pb2.ClusterMember(
-                role="worker", image="b", count=1, requirements={"gpu": "1"}
+                role="worker",
+                image="b",
+                count=1,
+                requirements={"gpu": "1"},
+                extra_partitions=[
+                    common_pb2.Partition(name="scratch", size_bytes=10 * 2**30, ext4=True),
+                    common_pb2.Partition(name="raw", size_bytes=1536 * 2**20),
+                ],
             ),
         ],
     )

@@ -267,7 +267,17 @@ def test_cluster_show_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[head + 1].split() == ["mpi-head-0", "head", "RUNNING", "n1", "10.0.0.2"]
     assert lines[head + 2].split() == ["mpi-worker-0", "worker", "RUNNING", "n2", "10.0.0.3"]
     spec = next(line for line in lines if line.startswith("worker "))
-    assert spec.split() == ["worker", "b", "1", "-", "-", "-", "gpu=1"]
+    assert spec.split() == [
+        "worker",
+        "b",
+        "1",
+        "-",
+        "-",
+        "-",
+        "gpu=1",
+        "scratch:10GiB:ext4,raw:1536MiB",
+    ]
+    assert next(line for line in lines if line.startswith("head ")).split()[-1] == "-"
     assert _run(["cluster", "show", "mpi", "-o", "json"], client) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["state"], data["affinity"], data["on_failure"]) == (

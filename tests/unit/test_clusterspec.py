@@ -15,7 +15,7 @@ from tests.unit.cluster_examples import MPI_TOML
 from tests.unit.cluster_examples import write_spec as _write
 from workspace.cli import clusterspec
 from workspace.client import affinity_value, failure_policy_value
-from workspace.v1 import clusters_pb2
+from workspace.v1 import clusters_pb2, common_pb2
 
 # -- TOML specs ----------------------------------------------------------------------
 
@@ -155,6 +155,18 @@ user_data = "plain"
             '[[members]]\nrole = "a"\nimage = "i"\n',
             "spec.toml: name: the cluster needs a name",
         ),
+        (
+            'name = "x"\n[[members]]\nrole = "a"\nimage = "i"\nblank = "s:1GiB"\n',
+            'spec.toml:5: members[0].blank: must be a list, e.g. ["scratch:10GiB:ext4"]',
+        ),
+        (
+            'name = "x"\n[[members]]\nrole = "a"\nimage = "i"\nblank = ["s:1GiB:xfs"]\n',
+            "spec.toml:5: members[0].blank: expected NAME:SIZE[:ext4], got 's:1GiB:xfs'",
+        ),
+        (
+            'name = "x"\n[[members]]\nrole = "a"\nimage = "i"\nblank = ["s:lots"]\n',
+            "spec.toml:5: members[0].blank: s: ",
+        ),
     ],
 )
 def test_bad_toml_specs_name_line_and_field(tmp_path: Path, text: str, expected: str) -> None:
@@ -163,6 +175,22 @@ def test_bad_toml_specs_name_line_and_field(tmp_path: Path, text: str, expected:
         clusterspec.load(path)
     assert exc.value.message.startswith(str(tmp_path / expected)), exc.value.message
     assert "\n" not in exc.value.message
+
+
+def test_blank_disks_of_a_role(tmp_path: Path) -> None:
+    text = (
+        'name = "x"\n[[members]]\nrole = "head"\nimage = "i"\n'
+        '[[members]]\nrole = "w"\nimage = "i"\ncount = 2\n'
+        'blank = ["scratch:10GiB:ext4", "raw:64MiB"]\n'
+    )
+    head, worker = clusterspec.load(_write(tmp_path, text)).members
+    assert list(head.extra_partitions) == []
+    disks = [(p.name, p.size_bytes, p.ext4, p.mode) for p in worker.extra_partitions]
+    blank = common_pb2.PARTITION_MODE_BLANK
+    assert disks == [("scratch", 10 * 2**30, True, blank), ("raw", 64 * 2**20, False, blank)]
+    # the same on the command line: blank= once per disk
+    m = clusterspec.member_arg("w=i,count=2,blank=scratch:10GiB:ext4,blank=raw:64MiB")
+    assert list(m.extra_partitions) == list(worker.extra_partitions) and m.count == 2
 
 
 def test_toml_syntax_error_says_where(tmp_path: Path) -> None:
@@ -267,6 +295,8 @@ def test_member_flag(text: str, want: tuple[str, str, int, int, int]) -> None:
         ("w=img,cpus=-2", "cpus must be"),
         ("w=img,memory-mib=lots", "memory-mib must be"),
         ("w=img,disks=3", "unknown field"),
+        ("w=img,blank=scratch", "blank= in 'w=img,blank=scratch': expected NAME:SIZE"),
+        ("w=img,blank=s:1GiB:btrfs", "expected NAME:SIZE"),
     ],
 )
 def test_bad_member_flag(text: str, match: str) -> None:

@@ -15,14 +15,16 @@ TOML (docs/clusters.md has a full example)::
     memory_mib = 256              # default: the service's
     networks = ["default"]        # default: the service's
     requirements = { gpu = "1" }  # node labels ("hypervisor" = the node's type)
+    blank = ["scratch:10GiB:ext4"]  # blank disks per member, NAME:SIZE[:ext4] (as --blank)
     user_data = "text"            # context for the guest, or
     user_data_file = "ctx.sh"     # ... read from a file (relative to the spec)
 
 A ``.json`` file is a CreateClusterRequest in the protobuf JSON mapping (``user_data``
 base64); ``affinity`` and ``on_failure`` may also be given by their short names there.
 
-Flags: ``--member ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M]`` (a missing field takes the
-default) and ``--require KEY=VALUE``.
+Flags: ``--member ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M][,blank=NAME:SIZE[:ext4]]...``
+(a missing field takes the default; ``blank`` may be given several times) and
+``--require KEY=VALUE``.
 
 Errors are ``SpecError`` (InvalidArgument: exit code 1) naming the file, the line where
 it can be found and the field, e.g. ``mpi.toml:12: members[1].cpus: must be a whole
@@ -47,10 +49,11 @@ from workspace.client import (
     FAILURE_POLICIES,
     affinity_value,
     failure_policy_value,
+    parse_blank,
 )
 from workspace.v1 import clusters_pb2
 
-MEMBER_FORMAT = "ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M]"
+MEMBER_FORMAT = "ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M][,blank=NAME:SIZE[:ext4]]"
 TOP_KEYS = (
     "name",
     "affinity",
@@ -73,6 +76,7 @@ MEMBER_KEYS = (
     "requirements",
     "user_data",
     "user_data_file",
+    "blank",
 )
 
 
@@ -84,10 +88,12 @@ class SpecError(errors.InvalidArgument):
 
 
 def member_arg(text: str) -> clusters_pb2.ClusterMember:
-    """``--member ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M]`` (an argparse type).
+    """``--member ROLE=IMAGE[,count=N][,cpus=N][,memory-mib=M][,blank=...]`` (an argparse
+    type).
 
     Image names may hold ':' (NAME:VERSION), so the fields are named, not positional.
-    Left out: count 1, cpus and memory the service's defaults.
+    Left out: count 1, cpus and memory the service's defaults. ``blank=NAME:SIZE[:ext4]``
+    (repeatable) gives every member of the role a blank disk, as ``ws create --blank``.
     """
     role, sep, rest = text.partition("=")
     role = role.strip()
@@ -100,12 +106,19 @@ def member_arg(text: str) -> clusters_pb2.ClusterMember:
     if not image or "=" in image:
         raise argparse.ArgumentTypeError(f"no IMAGE in {text!r} ({MEMBER_FORMAT})")
     values = {"count": 0, "cpus": 0, "memory-mib": 0}
+    blanks = []
     for field in fields[1:]:
         key, eq, raw = field.partition("=")
         key = key.strip().replace("_", "-")
+        if eq and key == "blank":
+            try:
+                blanks.append(parse_blank(raw.strip()))
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"blank= in {text!r}: {exc}") from None
+            continue
         if not eq or key not in values:
             raise argparse.ArgumentTypeError(
-                f"unknown field {field!r} in {text!r}: use count=, cpus=, memory-mib="
+                f"unknown field {field!r} in {text!r}: use count=, cpus=, memory-mib=, blank="
             )
         try:
             value = int(raw.strip())
@@ -123,6 +136,7 @@ def member_arg(text: str) -> clusters_pb2.ClusterMember:
         count=values["count"] or 1,
         cpus=values["cpus"],
         memory_mib=values["memory-mib"],
+        extra_partitions=blanks,
     )
 
 
@@ -420,6 +434,15 @@ class _Builder:
                         i,
                     )
                 m.requirements[key] = value
+        if "blank" in data:
+            disks = data["blank"]
+            if not isinstance(disks, list) or not all(isinstance(d, str) for d in disks):
+                raise self.fail("blank", 'must be a list, e.g. ["scratch:10GiB:ext4"]', i)
+            for disk in disks:
+                try:
+                    m.extra_partitions.append(parse_blank(disk))
+                except ValueError as exc:
+                    raise self.fail("blank", str(exc), i) from None
         if "user_data" in data and "user_data_file" in data:
             raise self.fail("user_data_file", "give user_data or user_data_file, not both", i)
         if "user_data" in data:

@@ -18,7 +18,7 @@ from typing import Any
 from images import manifest as image_manifest
 from workspace import errors
 from workspace.cli import common, render
-from workspace.client import PushResult, blank_partition
+from workspace.client import PushResult, parse_blank
 from workspace.v1 import common_pb2
 
 # -- commands ----------------------------------------------------------------------------
@@ -162,15 +162,10 @@ def register(
 
 def blank_arg(text: str) -> common_pb2.Partition:
     """``NAME:SIZE[:ext4]`` -> an extra blank partition."""
-    name, _, rest = text.partition(":")
-    size_text, _, flag = rest.partition(":")
-    if not name or not size_text or flag not in ("", "ext4"):
-        raise argparse.ArgumentTypeError(f"expected NAME:SIZE[:ext4], got {text!r}")
     try:
-        size = image_manifest.parse_size(size_text, name)
-    except image_manifest.ManifestError as exc:
+        return parse_blank(text)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return blank_partition(name, size, ext4=flag == "ext4")
 
 
 def grow_arg(text: str) -> tuple[str, int]:

@@ -199,6 +199,16 @@ def fmt_bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def blank_text(p: common_pb2.Partition) -> str:
+    """A blank partition as ``--blank`` takes it: ``scratch:10GiB:ext4``."""
+    size = f"{p.size_bytes}B"
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if p.size_bytes >= factor and p.size_bytes % factor == 0:
+            size = f"{p.size_bytes // factor}{unit}"
+            break
+    return f"{p.name}:{size}{':ext4' if p.ext4 else ''}"
+
+
 def _ips(nics: Iterable[common_pb2.Nic]) -> str:
     return ",".join(n.ip for n in nics if n.ip) or "-"
 
@@ -421,7 +431,7 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
         ]
     )
     spec = table(
-        ["ROLE", "IMAGE", "COUNT", "CPUS", "MEMORY_MIB", "NETWORKS", "REQUIREMENTS"],
+        ["ROLE", "IMAGE", "COUNT", "CPUS", "MEMORY_MIB", "NETWORKS", "REQUIREMENTS", "BLANK"],
         [
             [
                 m.role,
@@ -431,6 +441,7 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
                 m.memory_mib or "-",
                 ",".join(m.networks) or "-",
                 ",".join(f"{k}={v}" for k, v in sorted(m.requirements.items())) or "-",
+                ",".join(blank_text(x) for x in m.extra_partitions) or "-",
             ]
             for m in c.spec
         ],

@@ -288,6 +288,7 @@ def member_to_proto(m: MemberSpec) -> clusters_pb2.ClusterMember:
         networks=list(m.networks),
         requirements=dict(m.requirements),
         user_data=m.user_data,
+        extra_partitions=[partition_to_proto(x) for x in m.extra_partitions],
     )
 
 
@@ -304,6 +305,9 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
                 networks=tuple(m.networks),
                 requirements=dict(m.requirements),
                 user_data=m.user_data,
+                extra_partitions=tuple(
+                    request_partition_from_proto(x, Mode.BLANK) for x in m.extra_partitions
+                ),
             )
             for m in req.members
         ),

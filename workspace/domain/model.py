@@ -376,6 +376,8 @@ class MemberSpec:
     networks: tuple[str, ...] = ()
     requirements: Mapping[str, str] = field(default_factory=dict)
     user_data: bytes = b""
+    # Blank disks every member of the role gets besides its image's (as a create's).
+    extra_partitions: tuple[Partition, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """The stored form (the cluster row's ``spec`` column)."""
@@ -388,6 +390,7 @@ class MemberSpec:
             "networks": list(self.networks),
             "requirements": dict(self.requirements),
             "user_data_hex": self.user_data.hex(),
+            "extra_partitions": [p.to_dict() for p in self.extra_partitions],
         }
 
     @classmethod
@@ -401,6 +404,7 @@ class MemberSpec:
             networks=tuple(d["networks"]),
             requirements=dict(d["requirements"]),
             user_data=bytes.fromhex(str(d.get("user_data_hex", ""))),
+            extra_partitions=tuple(Partition.from_dict(p) for p in d.get("extra_partitions") or ()),
         )
 
 

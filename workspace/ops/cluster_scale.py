@@ -203,6 +203,7 @@ def _grow(
             networks=spec.networks,
             requirements=dict(spec.requirements),
             user_data=spec.user_data,
+            extra_partitions=spec.extra_partitions,
             cluster=c.id,
             role=spec.role,
             connectivity=template.connectivity if template else None,

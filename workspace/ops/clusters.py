@@ -116,6 +116,7 @@ def _member_rows(
                 networks=m.networks,
                 requirements=dict(m.requirements),
                 user_data=m.user_data,
+                extra_partitions=m.extra_partitions,
                 cluster=cid,
                 role=m.role,
                 lease_s=req.lease_s,
@@ -130,9 +131,9 @@ def _member_rows(
                 image = s.get(Image, spec.image)
                 if image is not None and i == 0:
                     seeds.check_user_data(env.cfg, image, spec.user_data)
+                rows.append(new_row(env, s, sc, spec, uuid.uuid4().hex, "", project))
             except WorkspaceError as exc:
                 raise type(exc)(f"cluster {req.name}, member {m.role}: {exc.message}") from exc
-            rows.append(new_row(env, s, sc, spec, uuid.uuid4().hex, "", project))
     return rows
 
 

@@ -138,6 +138,7 @@ class ClusterMember(_message.Message):
     NETWORKS_FIELD_NUMBER: _builtins.int
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
     USER_DATA_FIELD_NUMBER: _builtins.int
+    EXTRA_PARTITIONS_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """e.g. "head", "worker"; members are named <cluster>-<role>-<i>"""
     image: _builtins.str
@@ -150,6 +151,12 @@ class ClusterMember(_message.Message):
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def requirements(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def extra_partitions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Partition]:
+        """Extra blank partitions every member of the role gets (as
+        CreateWorkspaceRequest.extra_partitions: mode BLANK, size_bytes set).
+        """
+
     def __init__(
         self,
         *,
@@ -161,10 +168,11 @@ class ClusterMember(_message.Message):
         networks: _abc.Iterable[_builtins.str] | None = ...,
         requirements: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         user_data: _builtins.bytes = ...,
+        extra_partitions: _abc.Iterable[_common_pb2.Partition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "cpus", b"cpus", "image", b"image", "memory_mib", b"memory_mib", "networks", b"networks", "requirements", b"requirements", "role", b"role", "user_data", b"user_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "cpus", b"cpus", "extra_partitions", b"extra_partitions", "image", b"image", "memory_mib", b"memory_mib", "networks", b"networks", "requirements", b"requirements", "role", b"role", "user_data", b"user_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
