@@ -86,6 +86,33 @@ def user_key() -> Path | None:
     return next((ssh_dir / n for n in PUBLIC_KEYS if (ssh_dir / n).is_file()), None)
 
 
+def next_steps(has_key: bool) -> str:
+    """What to try once the demo ran; without an SSH key, how to get one into a VM (a key
+    added later reaches only workspaces created after it)."""
+    if has_key:
+        ssh = "  ws ssh demo                      ws exec demo -- df -h /\n"
+    else:
+        ssh = (
+            "  ws exec demo -- df -h /          (you have no SSH key, so no `ws ssh demo`)\n"
+            "  ssh-keygen -t ed25519 && ws key add ~/.ssh/id_ed25519.pub\n"
+            "  ws create --image cloud --name mine --wait && ws ssh --retry 120 mine\n"
+        )
+    return (
+        "\nThe site keeps running. Try:\n"
+        "  . .venv/bin/activate\n"
+        f"{ssh}"
+        "  ws console demo --attach         (Ctrl-] detaches)\n"
+        "  ws cluster create mpi --member head=cloud --member worker=cloud,count=2 --wait\n"
+        "  ws cluster exec mpi -- cat /etc/workspace/cluster.json\n"
+        "  ws list   ws stop demo --wait   ws start demo --wait   ws destroy demo\n"
+        "Stop it (removes the namespace and every VM; images and workspaces stay for the\n"
+        "next `ws-admin site up`, which keeps the libvirt driver):\n"
+        "  .venv/bin/ws-admin site down\n"
+        "A clean slate (also removes the site's database, images and disks):\n"
+        "  .venv/bin/ws-admin site down --purge"
+    )
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("demo: run as root (network namespaces, libvirtd, bridges)", file=sys.stderr)
@@ -145,21 +172,7 @@ def main() -> int:
     cli("workspace.cli.ws", "exec", NAME, "--", "uname", "-a")
     if key is not None:
         cli("workspace.cli.ws", "ssh", NAME, "--", "uname", "-a")
-    print(
-        "\nThe site keeps running. Try:\n"
-        "  . .venv/bin/activate\n"
-        "  ws ssh demo                      ws exec demo -- df -h /\n"
-        "  ws console demo --attach         (Ctrl-] detaches)\n"
-        "  ws key add ~/.ssh/id_ed25519.pub  (then new workspaces take that key)\n"
-        "  ws cluster create mpi --member head=cloud --member worker=cloud,count=2 --wait\n"
-        "  ws cluster exec mpi -- cat /etc/workspace/cluster.json\n"
-        "  ws list   ws stop demo --wait   ws start demo --wait   ws destroy demo\n"
-        "Stop it (removes the namespace and every VM; images and workspaces stay for the\n"
-        "next `ws-admin site up`, which keeps the libvirt driver):\n"
-        "  .venv/bin/ws-admin site down\n"
-        "A clean slate (also removes the site's database, images and disks):\n"
-        "  .venv/bin/ws-admin site down --purge"
-    )
+    print(next_steps(key is not None))
     return 0
 
 
