@@ -35,6 +35,7 @@ shared by the tests of this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -108,11 +109,13 @@ def cloud_image() -> cloud.CloudAppliance:
     return cloud.build()
 
 
-def with_dns_server(site: CloudSite) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def dns_server(site: CloudSite) -> Iterator[None]:
     """The site's network made again with its gateway as DNS server (as an admin would
     create it on a real site, `--dns`), and a DNS-only dnsmasq answering there, in the
     node's namespace, for ``DNS_NAME`` alone (nothing is forwarded anywhere). It binds
-    the gateway address when the agent puts it on the bridge (``--bind-dynamic``)."""
+    the gateway address when the agent puts it on the bridge (``--bind-dynamic``); it
+    is stopped by its pid (``ip netns exec`` execs it) however the block ends."""
     net = DEFAULT_NETWORK
     site.admin("network", "delete", net.name)
     site.admin(
@@ -120,19 +123,25 @@ def with_dns_server(site: CloudSite) -> subprocess.Popen[bytes]:
         *("--bridge", net.bridge, "--dns", net.gateway),
     )
     netns = json.loads((site.dir / "site.json").read_text())["netns"]
-    log = (site.dir / "dns-server.log").open("wb")
-    return subprocess.Popen(
-        ["ip", "netns", "exec", netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
-         f"--listen-address={net.gateway}", "--bind-dynamic", "--port=53", "--no-resolv",
-         "--no-hosts", f"--host-record={DNS_NAME},{DNS_ANSWER}", "--log-queries",
-         "--log-facility=-"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with (site.dir / "dns-server.log").open("wb") as log:
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "dnsmasq", "--keep-in-foreground",
+             "--conf-file=/dev/null", f"--listen-address={net.gateway}", "--bind-dynamic",
+             "--port=53", "--no-resolv", "--no-hosts", f"--host-record={DNS_NAME},{DNS_ANSWER}",
+             "--log-queries", "--log-facility=-"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[CloudSite]:
-    with local_site("ws-ctx") as (site_dir, home):
+    with contextlib.ExitStack() as stack:
+        site_dir, home = stack.enter_context(local_site("ws-ctx"))
         s = CloudSite(site_dir, home)
         s.key.parent.mkdir(mode=0o700)
         subprocess.run(
@@ -140,7 +149,7 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
             check=True,
         )
         s.admin("site", "up", "--driver", "libvirt", "--dir", str(site_dir))
-        dns = with_dns_server(s)
+        stack.enter_context(dns_server(s))
         s.ok("image", "push", "cloud", "--manifest", str(cloud_image.manifest))
         s.admin("image", "import", "appliance", "--appliance", str(appliance.manifest.parent))
         s.ok("key", "add", f"{s.key}.pub")
@@ -162,11 +171,7 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
                 *("--blank", "scratch:1GiB:ext4", "--blank", "raw:64MiB", "--wait"),
             )
             wait_ssh(s, (*MEMBERS, SOLO), READY_S)
-        try:
-            yield s
-        finally:
-            dns.terminate()  # by its pid (ip netns exec execs dnsmasq)
-            dns.wait(timeout=30)
+        yield s
 
 
 def test_ssh_logs_in_to_every_member_with_the_users_key(site: CloudSite) -> None:
