@@ -152,9 +152,7 @@ class Node:
             "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
             f"s.bind(('0.0.0.0', {port})); s.listen(64); time.sleep(300)\n"
         )
-        argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
-        self.procs.append(subprocess.Popen(argv))
-        time.sleep(0.3)
+        self._serve(vm, code)
 
     def udp_echo(self, vm: Vm, port: int) -> None:
         code = (
@@ -163,9 +161,13 @@ class Node:
             f"s.bind(('0.0.0.0', {port}))\n"
             "while True:\n    data, peer = s.recvfrom(512); s.sendto(data, peer)\n"
         )
+        self._serve(vm, code)
+
+    def _serve(self, vm: Vm, code: str) -> None:
+        """Python ``code`` running in the VM's namespace until ``close`` (by its pid)."""
         argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
         self.procs.append(subprocess.Popen(argv))
-        time.sleep(0.3)
+        time.sleep(0.3)  # bound before the caller sends
 
     def close(self) -> None:
         for proc in self.procs:
