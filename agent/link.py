@@ -111,8 +111,6 @@ class Link:
                 req = codec.node_info_to_proto(self.node.node_info())
                 resp = stub.Register(req, timeout=CALL_TIMEOUT_S)
                 self.heartbeat_s = float(resp.heartbeat_interval_s or DEFAULT_HEARTBEAT_S)
-                self._stub = stub
-                self._connected.set()
                 log.info("node %s registered with %s", self.cfg.node, self.cfg.service)
                 failures = 0
                 stream = stub.WatchAssignments(
@@ -120,6 +118,13 @@ class Link:
                 )
                 done = self._cancel_on_stop(stream)
                 for aset in stream:
+                    # Connected once the order stream delivers its first set (sent at
+                    # once), not at Register: a node removed in between fails the stream
+                    # and is registered again by the next turn of this loop, and its
+                    # reports and fetches must not run (and be refused) meanwhile.
+                    if not self._connected.is_set():
+                        self._stub = stub
+                        self._connected.set()
                     self.node.take_orders(*decode(aset))
             except grpc.RpcError as exc:
                 if not self.stop.is_set():

@@ -201,6 +201,7 @@ class Site:
             ),
             what=f"node {node} READY with networks {networks}",
         )
+        wait_for(agent.link.connected, what=f"node {node}'s order stream")
         return agent
 
     def stop_agent(self, node: str) -> None:

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from agent import link
 from tests.functional.harness import WS, Site, wait_for
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
 
@@ -318,3 +319,36 @@ def test_an_agent_whose_node_was_removed_says_so_once(
     told = [r for r in caplog.records if said in r.getMessage()]
     assert [r.levelno for r in told if r.levelno > logging.DEBUG] == [logging.ERROR]
     assert not any("NOT_FOUND" in r.getMessage() for r in caplog.records)
+
+
+def test_a_node_removed_between_register_and_stream_registers_again_quietly(
+    site: Site, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent is not connected until its order stream delivers: removed in between,
+    its stream fails, it registers again, and no report was sent (and refused) meanwhile."""
+    site.stubs.network()
+    removed: list[str] = []
+
+    class RemovedFirst(link.nodes_pb2_grpc.NodesStub):
+        def __init__(self, channel: grpc.Channel) -> None:
+            super().__init__(channel)
+            watch = self.WatchAssignments
+
+            def watch_after_removal(req: object, **kw: object) -> object:
+                if not removed:  # the first stream only
+                    site.stubs.admin.RemoveNode(admin_pb2.NodeRef(name=req.node))  # type: ignore[attr-defined]
+                    removed.append(req.node)  # type: ignore[attr-defined]
+                return watch(req, **kw)
+
+            self.WatchAssignments = watch_after_removal  # type: ignore[method-assign]
+
+    monkeypatch.setattr(link.nodes_pb2_grpc, "NodesStub", RemovedFirst)
+    caplog.set_level(logging.DEBUG, logger="agent")
+    agent = site.add_agent("node1")
+    assert removed == ["node1"] and agent.link.connected()
+    said = "the service does not know node node1"
+    assert not any(said in r.getMessage() for r in caplog.records)
+    registered = [r for r in caplog.records if "node node1 registered" in r.getMessage()]
+    assert len(registered) == 2
+    (node,) = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    assert (node.name, node.state) == ("node1", admin_pb2.NODE_STATE_READY)
