@@ -22,7 +22,7 @@ from agent.backoff import Backoff
 from agent.cache import BlobCache, Source
 from agent.peers import service_source
 from images import signing
-from workspace import failover, rpc
+from workspace import failover, rpc, rpc_status
 from workspace.codec import node as codec
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeInfo, NodeOrders, Observation
@@ -131,7 +131,7 @@ class Link:
                     log.warning(
                         "service %s: %s; retrying in %.1f s",
                         self.cfg.service,
-                        exc.code() if hasattr(exc, "code") else exc,
+                        rpc_status.describe(exc),
                         RECONNECT.delay_s(failures + 1),
                     )
             except Exception:
@@ -209,7 +209,7 @@ class Link:
                 )
                 self._unknown_told = True
                 return
-            log.warning("report to service failed: %s", code or exc)
+            log.warning("report to service failed: %s", rpc_status.describe(exc))
             return
         except BaseException:
             self.audit.failed(batch)
@@ -244,5 +244,4 @@ class Link:
         try:
             return int(stub.PushConsole(req, timeout=CALL_TIMEOUT_S).next_offset)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            raise Unavailable(f"console push failed: {code.name if code else exc}") from None
+            raise Unavailable(f"console push failed: {rpc_status.describe(exc)}") from None

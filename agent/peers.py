@@ -32,7 +32,7 @@ import grpc
 
 from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.cache.blobs import CHUNK_BYTES
-from workspace import identity, pki, rpc
+from workspace import identity, pki, rpc, rpc_status
 from workspace.config import TlsConfig
 from workspace.errors import ImageError, PermissionDenied, Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
@@ -191,9 +191,7 @@ def _stream(
                 raise ImageError(f"{where} sent more than the {msg.total_size} bytes it announced")
             yield msg.data
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        raise Unavailable(f"{code.name if code else 'error'}: {details}") from None
+        raise Unavailable(rpc_status.describe(exc)) from None
     finally:
         cancel = getattr(responses, "cancel", None)
         if cancel is not None:

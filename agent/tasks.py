@@ -24,7 +24,7 @@ import grpc
 
 from agent.backoff import Backoff
 from agent.virt.base import ConsoleSession, Driver
-from workspace import failover, rpc
+from workspace import failover, rpc, rpc_status
 from workspace.codec import guests as codec
 from workspace.config import AgentConfig
 from workspace.domain.model import ExecOutcome
@@ -126,11 +126,10 @@ class Tasks:
                         self.take(task)
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
-                    code = exc.code() if hasattr(exc, "code") else exc
                     log.warning(
                         "task stream to %s: %s; reopening in %.1f s",
                         self.cfg.service,
-                        code,
+                        rpc_status.describe(exc),
                         RECONNECT.delay_s(failures + 1),
                     )
             except Exception:

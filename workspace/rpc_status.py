@@ -36,3 +36,13 @@ def from_rpc_error(exc: grpc.RpcError) -> errors.WorkspaceError:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _BY_CODE.get(code, errors.WorkspaceError)
     return cls(details or str(code))
+
+
+def describe(exc: grpc.RpcError) -> str:
+    """A failed call for a log line: its status and what the other side (or gRPC, for a
+    connection that failed) said, e.g. ``UNAVAILABLE: failed to connect to all
+    addresses; ...``."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "error"
+    return f"{name}: {details}" if details else name

@@ -352,3 +352,21 @@ def test_a_node_removed_between_register_and_stream_registers_again_quietly(
     assert len(registered) == 2
     (node,) = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
     assert (node.name, node.state) == ("node1", admin_pb2.NODE_STATE_READY)
+
+
+def test_an_agent_that_lost_its_service_says_why_it_retries(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its log line names the status and what gRPC said, not a bare status code."""
+    site.stubs.network()
+    site.add_agent("node1")
+    caplog.set_level(logging.INFO, logger="agent")
+    site.stop_service()
+    said = f"service {site.node_address}: UNAVAILABLE: "
+    line = wait_for(
+        lambda: next((r.getMessage() for r in caplog.records if said in r.getMessage()), None),
+        what="the reconnect warning",
+    )
+    why = line.split(said, 1)[1]
+    assert "; retrying in " in why and len(why.split("; retrying in ")[0]) > 10, line
+    assert "StatusCode." not in line
