@@ -520,6 +520,24 @@ class Client(
         uses it."""
         return self._call(self._admin.DeleteNetwork, admin_pb2.NetworkRef(name=name))
 
+    def update_network(
+        self,
+        name: str,
+        dns: Sequence[str] | None = None,
+        addresses: tuple[str, str] | None = None,
+    ) -> admin_pb2.Network:
+        """Change network ``name``: its DNS servers (an empty list: none) and the range
+        its addresses are allocated from (first, last; "" for a default); None leaves
+        one as it is."""
+        req = admin_pb2.UpdateNetworkRequest(name=name)
+        if dns is not None:
+            req.set_dns = True
+            req.dns.extend(dns)
+        if addresses is not None:
+            req.set_range = True
+            req.range_start, req.range_end = addresses
+        return self._call(self._admin.UpdateNetwork, req)
+
     def drain_node(self, name: str) -> admin_pb2.Node:
         """Give node ``name`` no new work; what runs there keeps running."""
         return self._call(self._admin.DrainNode, admin_pb2.NodeRef(name=name))

@@ -42,6 +42,7 @@ from workspace import errors
 from workspace.hostproc import (
     cmdline_has,
     pid_if_ours,
+    process_cmdline,
     read_pid_file,
     stop_process,
 )
@@ -213,8 +214,6 @@ class DhcpServer:
             raise errors.InvalidArgument(f"DHCP subnet {subnet!r}: {exc}") from exc
         if not isinstance(net, ipaddress.IPv4Network):
             raise errors.InvalidArgument(f"DHCP subnet {subnet}: only IPv4 is served")
-        if router is not None and ipaddress.IPv4Address(router) not in net:
-            raise errors.InvalidArgument(f"DHCP router {router} is not in {subnet}")
         if lease_time_s < MIN_LEASE_TIME_S:
             raise errors.InvalidArgument(
                 f"DHCP lease time {lease_time_s} s: dnsmasq needs at least {MIN_LEASE_TIME_S} s"
@@ -222,8 +221,9 @@ class DhcpServer:
         self.bridge = bridge
         self.state_dir = Path(state_dir).absolute()
         self.subnet = net
-        self.router = router
-        self.dns_servers = tuple(str(ipaddress.IPv4Address(s)) for s in dns_servers)
+        self.router: str | None = None
+        self.dns_servers: tuple[str, ...] = ()
+        self._set_options(router, dns_servers)
         self.lease_time_s = lease_time_s
         self.user = user
         self.command_prefix = tuple(command_prefix)
@@ -307,8 +307,18 @@ class DhcpServer:
                 os.kill(pid, signal.SIGHUP)
             return True
 
+    def set_options(self, router: str | None, dns_servers: Sequence[str]) -> bool:
+        """Offer this router and these DNS servers from now on; True if they changed.
+        A dnsmasq running with others is restarted by the next ``ensure_running``."""
+        with self._lock:
+            before = (self.router, self.dns_servers)
+            self._set_options(router, dns_servers)
+            return (self.router, self.dns_servers) != before
+
     def ensure_running(self) -> int:
-        """Start dnsmasq unless it runs (call it periodically); returns its pid."""
+        """Start dnsmasq unless it runs with this server's command line (call it
+        periodically; an agent restarted with other options, or ``set_options``, restarts
+        it); returns its pid."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is not None:
                 log.warning(
@@ -319,7 +329,17 @@ class DhcpServer:
                 self._proc = None
             pid = self.pid
             if pid is not None:
-                return pid
+                running = process_cmdline(pid) or []
+                user = next((a[7:] for a in running if a.startswith("--user=")), "nobody")
+                if running[1:] == self.command(user)[1:]:
+                    return pid
+                log.info(
+                    "dnsmasq %s: its options changed (router %s, DNS servers %s); restarting it",
+                    self.bridge,
+                    self.router or "none",
+                    ",".join(self.dns_servers) or "none",
+                )
+                self._stop_locked()
             return self._start_locked()
 
     def stop(self) -> None:
@@ -327,6 +347,12 @@ class DhcpServer:
             self._stop_locked()
 
     # -- internals ---------------------------------------------------------------------
+
+    def _set_options(self, router: str | None, dns_servers: Sequence[str]) -> None:
+        if router is not None and ipaddress.IPv4Address(router) not in self.subnet:
+            raise errors.InvalidArgument(f"DHCP router {router} is not in {self.subnet}")
+        self.router = router
+        self.dns_servers = tuple(str(ipaddress.IPv4Address(s)) for s in dns_servers)
 
     def _make_state_dir(self) -> None:
         self.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -42,6 +42,13 @@ from workspace.files import write_private
 log = logging.getLogger("agent.net")
 
 
+def dhcp_options(nic: Nic) -> tuple[str | None, tuple[str, ...]]:
+    """What a bridge's DHCP server offers, from the first NIC on it: the network's
+    gateway as router and its IPv4 DNS servers (DHCPv4 carries no others)."""
+    dns = tuple(d for d in nic.dns if netaddr.valid_ipv4(d, netaddr.INET_PTON))
+    return nic.gateway or None, dns
+
+
 def bridge_cidr(net: NodeNetworkConfig, nic: Nic) -> str | None:
     """The address the node gives the network's bridge, or None for none."""
     return _cidr(net, nic.gateway, nic.prefix_len)
@@ -220,6 +227,13 @@ class BridgeNetworking:
                 if server is None:
                     server = self._dhcp(bridge, nic)
                     self.servers[bridge] = server
+                elif server.set_options(*dhcp_options(nic)):
+                    log.info(
+                        "dhcp on %s: now offers router %s, DNS servers %s",
+                        bridge,
+                        server.router or "none",
+                        ",".join(server.dns_servers) or "none",
+                    )
                 if server.set_hosts(per_bridge[bridge]):
                     log.info("dhcp on %s: %d host(s)", bridge, len(per_bridge[bridge]))
                 server.ensure_running()
@@ -252,7 +266,7 @@ class BridgeNetworking:
 
     def _dhcp(self, bridge: str, nic: Nic) -> DhcpServer:
         args = (bridge, self.state_dir / bridge, nic.subnet)
-        router, dns = nic.gateway or None, tuple(nic.dns)
+        router, dns = dhcp_options(nic)
         if self.netns:
             prefix = ("ip", "netns", "exec", self.netns)
             return DhcpServer(*args, router=router, dns_servers=dns, command_prefix=prefix)

@@ -309,6 +309,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         admin_pb2.ListNetworksRequest(), timeout=T)),
     (AD, "DeleteNetwork", ADMIN, lambda c, w: c.admin.DeleteNetwork(
         admin_pb2.NetworkRef(name=NOPE), timeout=T)),
+    (AD, "UpdateNetwork", ADMIN, lambda c, w: c.admin.UpdateNetwork(
+        admin_pb2.UpdateNetworkRequest(name=NOPE, set_dns=True), timeout=T)),
     (AD, "DrainNode", ADMIN, lambda c, w: c.admin.DrainNode(
         admin_pb2.NodeRef(name=NOPE), timeout=T)),
     (AD, "EnableNode", ADMIN, lambda c, w: c.admin.EnableNode(

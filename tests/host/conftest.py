@@ -74,6 +74,7 @@ def ip(*args: str) -> str:
 
 
 _LEASE_SCRIPT = """#!/bin/sh
+dns=$(echo $dns | tr ' ' ,)  # several servers: one field
 [ "$1" = bound ] && echo "BOUND ip=$ip mask=$mask router=$router dns=$dns hostname=$hostname"
 exit 0
 """

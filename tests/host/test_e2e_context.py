@@ -26,7 +26,8 @@ Everything below goes through the `ws` CLI, the way a user types it:
   previous boot's journal ends with the shutdown) and SSH and the mount come back;
 * the site's network names a DNS server (a dnsmasq the test runs on the gateway address,
   which alone knows one test name): the guests' /etc/resolv.conf lists it and the name
-  resolves in them;
+  resolves in them; `ws-admin network set --dns` adds a second one: the node's dnsmasq
+  offers both within seconds, and the running guest keeps its first boot's;
 * destroying the cluster and the workspace leaves no seed ISO on the node.
 
 The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
@@ -36,6 +37,7 @@ shared by the tests of this module.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -426,6 +428,38 @@ def test_names_resolve_through_the_networks_dns_server(site: CloudSite) -> None:
         assert lines[-1].split() == [DNS_ANSWER, DNS_NAME]
     asked = (site.dir / "dns-server.log").read_text()
     assert f"query[A] {DNS_NAME} from {site.show(SOLO)['nics'][0]['ip']}" in asked  # type: ignore[index]
+
+
+def test_new_dns_servers_reach_the_nodes_dhcp_server_and_made_guests_keep_theirs(
+    site: CloudSite,
+) -> None:
+    """`ws-admin network set --dns`: the node's real dnsmasq is restarted offering the
+    new list (within seconds: the node is sent its orders again); a guest cloud-init
+    configured keeps what its first boot set, and resolving still works there."""
+    net = DEFAULT_NETWORK
+    other = str(ipaddress.ip_network(net.subnet)[-2])  # in the site's subnet; never asked
+    pid_file = site.node_workspace_dirs() / "agent" / "dhcp" / net.bridge / "dnsmasq.pid"
+
+    def offered() -> str:
+        with contextlib.suppress(OSError, ValueError):
+            argv = Path(f"/proc/{int(pid_file.read_text())}/cmdline").read_bytes().split(b"\0")
+            found = [a.decode() for a in argv if a.startswith(b"--dhcp-option=option:dns")]
+            return found[0] if found else ""
+        return ""
+
+    assert offered() == f"--dhcp-option=option:dns-server,{net.gateway}"
+    out = site.admin("network", "set", net.name, "--dns", net.gateway, "--dns", other)
+    assert f"{net.gateway},{other}" in out
+    want = f"--dhcp-option=option:dns-server,{net.gateway},{other}"
+    deadline = time.monotonic() + 30
+    while offered() != want and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert offered() == want
+    check = site.ssh(SOLO, f"cat /etc/resolv.conf; getent hosts {DNS_NAME}")
+    assert check.returncode == 0, check.stderr + check.stdout
+    assert f"nameserver {other}" not in check.stdout.splitlines()
+    assert check.stdout.splitlines()[-1].split() == [DNS_ANSWER, DNS_NAME]
+    site.admin("network", "set", net.name, "--dns", net.gateway)  # as the module made it
 
 
 def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(site: CloudSite) -> None:

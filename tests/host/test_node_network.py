@@ -161,6 +161,25 @@ def test_dhcp_server_lifecycle(
         )
         assert dnsmasq_pids(ns, server) == [new]
 
+        # The network's DNS servers changed while the agent was away: the agent's new
+        # object finds the dnsmasq running with the old option and restarts it.
+        other = make_server(hostenv, bridge, router=GATEWAY, dns_servers=["10.213.0.54"])
+        assert other.pid == new
+        changed = other.ensure_running()
+        assert changed != new and dnsmasq_pids(ns, server) == [changed]
+        lease = client.lease()
+        assert lease is not None and lease["dns"] == "10.213.0.54"
+        # And while it runs: set_options, then the next pass restarts it.
+        assert other.set_options(GATEWAY, ["10.213.0.55", "10.213.0.56"]) is True
+        assert other.set_options(GATEWAY, ["10.213.0.55", "10.213.0.56"]) is False
+        assert other.pid == changed  # nothing happens before the next pass
+        again = other
+        new = again.ensure_running()
+        assert new != changed and again.ensure_running() == new
+        assert dnsmasq_pids(ns, server) == [new]
+        lease = client.lease()
+        assert lease is not None and lease["dns"] == "10.213.0.55,10.213.0.56"
+
         again.stop()
         assert again.pid is None and server.pid is None
         assert dnsmasq_pids(ns, server) == []

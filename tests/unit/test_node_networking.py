@@ -4,6 +4,7 @@ host side (ip link, dnsmasq) replaced by recorders."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ class FakeDhcp:
     def __init__(self, bridge: str, state_dir: Path, subnet: str, **kw: Any) -> None:
         self.bridge, self.subnet, self.kw = bridge, subnet, kw
         self.hosts: list[DhcpHost] = []
+        self.router, self.dns_servers = kw["router"], kw["dns_servers"]
         FakeDhcp.made.append(self)
+
+    def set_options(self, router: str | None, dns_servers: tuple[str, ...]) -> bool:
+        changed = (router, dns_servers) != (self.router, self.dns_servers)
+        self.router, self.dns_servers = router, dns_servers
+        return changed
 
     def set_hosts(self, entries: Iterable[DhcpHost]) -> bool:
         self.hosts = sorted(entries)
@@ -75,3 +82,28 @@ def test_bridges_and_hosts_follow_the_orders(
     ]
     net.sync([])  # no workspace uses br0 any more: its dnsmasq keeps no hosts
     assert server.hosts == [] and bridges == [("br0", "10.0.0.1/24")]
+
+
+def test_a_networks_new_dns_servers_reach_its_dhcp_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orders' NICs carry the network's servers as they are now: the bridge's DHCP
+    server takes them (it restarts dnsmasq when they differ); IPv6 ones are not offered
+    (DHCPv4 cannot carry them)."""
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: None)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    FakeDhcp.made = []
+    cfg = AgentConfig(
+        node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig(name="default")]
+    )
+    net = node.BridgeNetworking(cfg)
+    nic = _nic("default", "10.0.0.5", "52:54:00:00:00:05", "br0")
+    net.sync([_order("w1", nic)])
+    (server,) = FakeDhcp.made
+    assert (server.router, server.dns_servers) == ("10.0.0.1", ("10.0.0.53",))
+    changed = replace(nic, dns=("10.0.0.54", "2001:db8::53", "10.0.0.55"))
+    net.sync([_order("w1", changed)])
+    assert FakeDhcp.made == [server]  # the same server, told the new options
+    assert (server.router, server.dns_servers) == ("10.0.0.1", ("10.0.0.54", "10.0.0.55"))
+    net.sync([_order("w1", replace(nic, dns=()))])
+    assert server.dns_servers == ()

@@ -159,17 +159,13 @@ class Commands(common.ClientCommands):
         return common.EXIT_OK
 
     def network_create(self, args: argparse.Namespace) -> int:
-        start = end = ""
-        if args.range:
-            start, sep, end = args.range.partition("-")
-            if not sep or not start or not end:
-                raise common.UsageError(f"--range must be START-END, got {args.range!r}")
+        start, end = _range(args.range) if args.range else ("", "")
         net = self.client(args).create_network(
             args.name,
             args.subnet,
             gateway=args.gateway or "",
-            range_start=start.strip(),
-            range_end=end.strip(),
+            range_start=start,
+            range_end=end,
             bridge=args.bridge or "",
             mac_prefix=args.mac_prefix or "",
             dns=args.dns or [],
@@ -186,6 +182,24 @@ class Commands(common.ClientCommands):
             admin_text.network_rows,
             "no networks; `ws-admin network create NAME --subnet CIDR` makes one",
         )
+        return common.EXIT_OK
+
+    def network_set(self, args: argparse.Namespace) -> int:
+        dns = [] if args.no_dns else args.dns
+        addresses = _range(args.range) if args.range else None
+        if dns is None and addresses is None:
+            raise common.UsageError(
+                "say what to change: --dns IP (repeatable), --no-dns or --range START-END"
+            )
+        net = self.client(args).update_network(args.name, dns, addresses)
+        render.emit(args, net, admin_text.network_rows([net]))
+        if dns is not None and net.allocated:  # stderr: the JSON on stdout stays the network
+            print(
+                f"{PROG}: note: workspaces already on {net.name} ({net.allocated} address(es)"
+                " in use) keep the DNS servers cloud-init set at their first boot; DHCP"
+                " clients get the new ones at their next lease",
+                file=sys.stderr,
+            )
         return common.EXIT_OK
 
     def network_delete(self, args: argparse.Namespace) -> int:
@@ -348,6 +362,14 @@ def _metrics_line(proc: dict[str, Any], what: str) -> None:
 # -- parser ------------------------------------------------------------------------------
 
 
+def _range(text: str) -> tuple[str, str]:
+    """``--range START-END`` as (start, end); either may be empty in ``network set``."""
+    start, sep, end = text.partition("-")
+    if not sep or not (start.strip() or end.strip()):
+        raise common.UsageError(f"--range must be START-END, got {text!r}")
+    return start.strip(), end.strip()
+
+
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -424,6 +446,29 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.network_create)
     p = nets.add_parser("list", parents=[parent], help="list networks")
     p.set_defaults(func=cmds.network_list)
+    p = nets.add_parser(
+        "set",
+        parents=[parent],
+        help="change a network's DNS servers or address range",
+        description="Change a network in place. DNS servers: new workspaces get them in "
+        "their seed, the nodes' DHCP servers offer them and the filters of "
+        "--connectivity cluster NICs let DNS through to them at once; a VM already made "
+        "keeps what cloud-init set at its first boot. The range: grown or moved within "
+        "the subnet, refused if an address in use would fall outside it; creates waiting "
+        "for an address are tried again.",
+    )
+    p.add_argument("name")
+    dns = p.add_mutually_exclusive_group()
+    dns.add_argument(
+        "--dns", action="append", metavar="IP", help="DNS server (repeatable; replaces them)"
+    )
+    dns.add_argument("--no-dns", action="store_true", help="no DNS servers")
+    p.add_argument(
+        "--range",
+        metavar="START-END",
+        help="allocatable addresses (an empty side: the default, e.g. 10.0.0.2-)",
+    )
+    p.set_defaults(func=cmds.network_set)
     p = nets.add_parser(
         "delete",
         parents=[parent],

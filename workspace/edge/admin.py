@@ -13,6 +13,7 @@ from workspace.codec import node as codec_node
 from workspace.codec import v1
 from workspace.edge import auth
 from workspace.edge.calls import stopping, stream, unary
+from workspace.errors import InvalidArgument
 from workspace.identity import Identity
 from workspace.ops import backfill, networks, nodes, queue, site_events, usage
 from workspace.ops.unit import Env
@@ -119,6 +120,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.NetworkRef, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.Network:
         return v1.network_to_proto(networks.delete_network(self.env, request.name))
+
+    @unary
+    def UpdateNetwork(
+        self, request: admin_pb2.UpdateNetworkRequest, context: grpc.ServicerContext, who: Identity
+    ) -> admin_pb2.Network:
+        if not (request.set_dns or request.set_range):
+            raise InvalidArgument(f"network {request.name}: nothing to change (set_dns, set_range)")
+        net = networks.update_network(
+            self.env,
+            request.name,
+            dns=list(request.dns) if request.set_dns else None,
+            addresses=(request.range_start, request.range_end) if request.set_range else None,
+        )
+        return v1.network_to_proto(net)
 
     @stream
     def WatchEvents(

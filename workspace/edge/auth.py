@@ -102,6 +102,7 @@ def _rules() -> dict[str, Role]:
             "CreateNetwork": a,
             "ListNetworks": u,
             "DeleteNetwork": a,
+            "UpdateNetwork": a,
             "DrainNode": a,
             "EnableNode": a,
             "RemoveNode": a,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import netaddr
 from sqlalchemy import func, select
@@ -15,6 +15,7 @@ from workspace import ipam
 from workspace.domain.model import NetworkInfo
 from workspace.domain.states import ClusterState, State
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from workspace.ops import seeds, unit
 from workspace.ops.unit import Env
 from workspace.store import Backfill, Cluster, IpAllocation, Network, Node, Workspace
 from workspace.store.mapping import network_info
@@ -53,6 +54,14 @@ def check_apart(name: str, subnet: str, bridge: str, others: Iterable[Network]) 
             )
 
 
+def check_dns(name: str, servers: Iterable[str]) -> None:
+    for d in servers:
+        try:
+            netaddr.IPAddress(d)
+        except (netaddr.AddrFormatError, ValueError) as exc:
+            raise InvalidArgument(f"network {name}: DNS server {d!r} is not an address") from exc
+
+
 def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     if not NET_NAME_RE.fullmatch(req.name):
         raise InvalidArgument(f"network name {req.name!r}: lowercase letters, digits, '-'")
@@ -62,13 +71,7 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     bridge = req.bridge or bridge_for(req.name)
     if not BRIDGE_RE.fullmatch(bridge):
         raise InvalidArgument(f"network {req.name}: bridge name {bridge!r} is not valid")
-    for d in req.dns:
-        try:
-            netaddr.IPAddress(d)
-        except (netaddr.AddrFormatError, ValueError) as exc:
-            raise InvalidArgument(
-                f"network {req.name}: DNS server {d!r} is not an address"
-            ) from exc
+    check_dns(req.name, req.dns)
     if not (req.vlan == 0 or 1 <= req.vlan <= 4094):
         raise InvalidArgument(
             f"network {req.name}: VLAN id {req.vlan} is out of range 1..4094 (0: untagged)"
@@ -140,6 +143,102 @@ def delete_network(env: Env, name: str) -> NetworkInfo:
         f"; nodes {', '.join(serving)} still list it in their agent.toml" if serving else "",
     )
     return info
+
+
+def update_network(
+    env: Env,
+    name: str,
+    *,
+    dns: Sequence[str] | None = None,
+    addresses: tuple[str, str] | None = None,
+) -> NetworkInfo:
+    """Change network ``name`` in place: its DNS servers (``dns``, none: an empty list)
+    and the range addresses are allocated from (``addresses``, first and last; empty
+    ones take the defaults ``create_network`` gives). None leaves a field as it is.
+
+    DNS servers: what is made from the network row follows at once: new workspaces'
+    seeds, every node's orders (so its DHCP server's option and the filters of
+    ``cluster`` NICs), the seeds of workspaces not made on their node yet. A guest
+    already made keeps the servers cloud-init gave it at its first boot; one configured
+    by DHCP gets the new ones at its next lease.
+
+    The range: grown or moved within the subnet, never so that an address in use falls
+    outside it (FAILED_PRECONDITION naming one); creates waiting for an address are
+    tried again."""
+    if dns is not None:
+        check_dns(name, dns)
+    changes: list[str] = []
+    seeded = 0
+    with unit.write(env) as u:
+        s = u.s
+        net = s.get(Network, name)
+        if net is None:
+            raise NotFound(f"network {name!r} not found; `ws-admin network list` shows them")
+        if addresses is not None:
+            pool = ipam.validate_network(
+                name, net.subnet, net.gateway, addresses[0], addresses[1], net.mac_prefix
+            )
+            _check_in_range(s, name, pool)
+            if (pool.range_start, pool.range_end) != (net.range_start, net.range_end):
+                changes.append(
+                    f"range {net.range_start}-{net.range_end} -> "
+                    f"{pool.range_start}-{pool.range_end}"
+                )
+                net.range_start, net.range_end = pool.range_start, pool.range_end
+                u.capacity()  # creates waiting for an address may fit now
+        if dns is not None and tuple(dns) != tuple(net.dns or ()):
+            changes.append(
+                f"DNS servers {', '.join(net.dns or ()) or 'none'} -> {', '.join(dns) or 'none'}"
+            )
+            net.dns = list(dns)  # a new list: the JSON column is seen as changed
+            seeded = seeds.rebound(s, name)
+            # Every node's orders are computed anew (the catalog changed); those with a
+            # workspace on the network are told now.
+            u.nodes(*_nodes_using(s, name))
+        held = s.scalar(select(func.count()).where(IpAllocation.network == name)) or 0
+        info = network_info(net, int(held))
+    if changes:
+        log.info(
+            "network %s: %s%s",
+            name,
+            "; ".join(changes),
+            f" ({seeded} live cloud-init workspace(s) on it keep what their first boot set)"
+            if seeded
+            else "",
+        )
+    return info
+
+
+def _check_in_range(s: Session, name: str, pool: ipam.Pool) -> None:
+    first = int(netaddr.IPAddress(pool.range_start))
+    last = int(netaddr.IPAddress(pool.range_end))
+    outside = (
+        select(IpAllocation.ip, Workspace.name, Workspace.owner)
+        .join(Workspace, Workspace.id == IpAllocation.workspace_id)
+        .where(
+            IpAllocation.network == name,
+            (IpAllocation.ip_int < first) | (IpAllocation.ip_int > last),
+        )
+    )
+    found = s.execute(outside.order_by(IpAllocation.ip_int)).all()
+    if found:
+        ip, wname, owner = found[0]
+        raise FailedPrecondition(
+            f"network {name}: {len(found)} address(es) in use lie outside "
+            f"{pool.range_start}-{pool.range_end} ({ip} of workspace {wname} ({owner})"
+            f"{', ...' if len(found) > 1 else ''}); keep them in the range or destroy "
+            "their workspaces first"
+        )
+
+
+def _nodes_using(s: Session, name: str) -> set[str]:
+    """The nodes holding a live workspace with a NIC on network ``name``."""
+    live = s.execute(
+        select(Workspace.node, Workspace.networks).where(
+            Workspace.state != State.TERMINATED.value, Workspace.node != ""
+        )
+    )
+    return {node for node, nets in live if name in (nets or ())}
 
 
 def _users(s: Session, name: str, shown: int = 3) -> list[str]:

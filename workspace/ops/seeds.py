@@ -177,6 +177,35 @@ def placeholder_roster(s: Session, c: Cluster, rows: Sequence[Workspace]) -> see
     return seed.Roster(c.name, members, c.key_private, c.key_public)
 
 
+def rebound(s: Session, network: str) -> int:
+    """After a change to ``network`` that a seed shows (its DNS servers): the bounds of
+    the live nocloud workspaces on it again, a cluster's members with their whole
+    roster as at create. Returns how many there are."""
+    live = [
+        w
+        for w in s.execute(
+            select(Workspace).where(
+                Workspace.state != State.TERMINATED.value, Workspace.context == NOCLOUD
+            )
+        ).scalars()
+        if network in (w.networks or ())
+    ]
+    clusters = sorted({w.cluster for w in live if w.cluster})
+    for w in live:
+        if not w.cluster:
+            set_bound(s, w)
+    for cid in clusters:
+        c = s.get(Cluster, cid)
+        members = s.execute(
+            select(Workspace).where(
+                Workspace.cluster == cid, Workspace.state != State.TERMINATED.value
+            )
+        ).scalars()
+        if c is not None:
+            set_cluster_bounds(s, c, list(members))
+    return len(live)
+
+
 # -- in a node's orders ----------------------------------------------------------------------
 
 

@@ -756,6 +756,48 @@ class NetworkRef(_message.Message):
 Global___NetworkRef: _TypeAlias = NetworkRef  # noqa: Y015
 
 @_typing.final
+class UpdateNetworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SET_DNS_FIELD_NUMBER: _builtins.int
+    DNS_FIELD_NUMBER: _builtins.int
+    SET_RANGE_FIELD_NUMBER: _builtins.int
+    RANGE_START_FIELD_NUMBER: _builtins.int
+    RANGE_END_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    set_dns: _builtins.bool
+    """With set_dns, the network's DNS servers become `dns` (an empty list: none); new
+    workspaces, the nodes' DHCP servers and the filters of `cluster` NICs follow.
+    """
+    set_range: _builtins.bool
+    """With set_range, addresses are allocated from range_start to range_end (empty: the
+    subnet's first host after the gateway, its last host). Refused (FAILED_PRECONDITION)
+    if an address in use would fall outside; creates waiting for an address try again.
+    """
+    range_start: _builtins.str
+    range_end: _builtins.str
+    @_builtins.property
+    def dns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        set_dns: _builtins.bool = ...,
+        dns: _abc.Iterable[_builtins.str] | None = ...,
+        set_range: _builtins.bool = ...,
+        range_start: _builtins.str = ...,
+        range_end: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dns", b"dns", "name", b"name", "range_end", b"range_end", "range_start", b"range_start", "set_dns", b"set_dns", "set_range", b"set_range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateNetworkRequest: _TypeAlias = UpdateNetworkRequest  # noqa: Y015
+
+@_typing.final
 class ListNetworksResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

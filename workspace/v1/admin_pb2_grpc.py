@@ -55,6 +55,11 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_admin__pb2.NetworkRef.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.Network.FromString,
                 _registered_method=True)
+        self.UpdateNetwork = channel.unary_unary(
+                '/workspace.v1.Admin/UpdateNetwork',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.UpdateNetworkRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.Network.FromString,
+                _registered_method=True)
         self.DrainNode = channel.unary_unary(
                 '/workspace.v1.Admin/DrainNode',
                 request_serializer=workspace_dot_v1_dot_admin__pb2.NodeRef.SerializeToString,
@@ -140,6 +145,14 @@ class AdminServicer:
 
     def DeleteNetwork(self, request, context):
         """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateNetwork(self, request, context):
+        """Change a network in place: its DNS servers, its allocation range
+        (docs/design/network-policy.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,6 +263,11 @@ def add_AdminServicer_to_server(servicer, server):
             'DeleteNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteNetwork,
                     request_deserializer=workspace_dot_v1_dot_admin__pb2.NetworkRef.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.Network.SerializeToString,
+            ),
+            'UpdateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNetwork,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.UpdateNetworkRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.Network.SerializeToString,
             ),
             'DrainNode': grpc.unary_unary_rpc_method_handler(
@@ -420,6 +438,33 @@ class Admin:
             target,
             '/workspace.v1.Admin/DeleteNetwork',
             workspace_dot_v1_dot_admin__pb2.NetworkRef.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.Network.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/UpdateNetwork',
+            workspace_dot_v1_dot_admin__pb2.UpdateNetworkRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.Network.FromString,
             options,
             channel_credentials,

@@ -37,6 +37,10 @@ class AdminStub:
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]
     DeleteNetwork: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NetworkRef, _admin_pb2.Network]
     """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it."""
+    UpdateNetwork: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateNetworkRequest, _admin_pb2.Network]
+    """Change a network in place: its DNS servers, its allocation range
+    (docs/design/network-policy.md).
+    """
     DrainNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]
     """A draining node gets no new work; its workspaces keep running."""
     EnableNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]
@@ -72,6 +76,10 @@ class AdminAsyncStub(AdminStub):
     ListNetworks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]  # type: ignore[assignment]
     DeleteNetwork: _aio.UnaryUnaryMultiCallable[_admin_pb2.NetworkRef, _admin_pb2.Network]  # type: ignore[assignment]
     """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it."""
+    UpdateNetwork: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateNetworkRequest, _admin_pb2.Network]  # type: ignore[assignment]
+    """Change a network in place: its DNS servers, its allocation range
+    (docs/design/network-policy.md).
+    """
     DrainNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]  # type: ignore[assignment]
     """A draining node gets no new work; its workspaces keep running."""
     EnableNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.NodeRef, _admin_pb2.Node]  # type: ignore[assignment]
@@ -128,6 +136,16 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Network, _abc.Awaitable[_admin_pb2.Network]]:
         """Refused (FAILED_PRECONDITION) while a workspace, a cluster or a backfill entry uses it."""
+
+    @_abc_1.abstractmethod
+    def UpdateNetwork(
+        self,
+        request: _admin_pb2.UpdateNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Network, _abc.Awaitable[_admin_pb2.Network]]:
+        """Change a network in place: its DNS servers, its allocation range
+        (docs/design/network-policy.md).
+        """
 
     @_abc_1.abstractmethod
     def DrainNode(
