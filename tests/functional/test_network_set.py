@@ -190,3 +190,33 @@ def test_a_full_range_grows_and_the_waiting_create_is_placed(
     assert admin(site, "network", "set", "small", "--range", "10.213.40.2-") == 0
     capsys.readouterr()
     assert range_of(site, "small") == ("10.213.40.2", "10.213.40.254")
+
+
+def test_a_networks_life_is_in_the_site_events(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Made, changed (what changed, from what to what) and deleted, each by its caller,
+    in `ws-admin events`."""
+    site = ready_site
+    assert admin(site, "network", "create", "lab", "--subnet", "10.213.40.0/24") == 0
+    assert admin(site, "network", "set", "lab", "--dns", NEW[0]) == 0
+    assert admin(site, "network", "set", "lab", "--dns", NEW[0]) == 0  # no change: no event
+    assert admin(site, "network", "set", "lab", "--range", "10.213.40.10-10.213.40.20") == 0
+    assert admin(site, "network", "set", "lab", "--no-dns", "--range=-10.213.40.30") == 0
+    assert admin(site, "network", "delete", "lab") == 0
+    capsys.readouterr()
+    assert admin(site, "events", "--output", "json") == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lab = [(e["kind"], e["reason"]) for e in events if e["subject"] == "lab"]
+    assert lab == [
+        ("network.created", "10.213.40.0/24, range 10.213.40.2-10.213.40.254, bridge wsbr-lab"),
+        ("network.updated", f"DNS servers none -> {NEW[0]}"),
+        ("network.updated", "range 10.213.40.2-10.213.40.254 -> 10.213.40.10-10.213.40.20"),
+        (
+            "network.updated",
+            f"DNS servers {NEW[0]} -> none; range 10.213.40.10-10.213.40.20 -> "
+            "10.213.40.2-10.213.40.30",
+        ),
+        ("network.deleted", "10.213.40.0/24, range 10.213.40.2-10.213.40.30, bridge wsbr-lab"),
+    ]
+    assert {e["who"] for e in events if e["subject"] == "lab"} == {"user:local"}

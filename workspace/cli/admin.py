@@ -466,7 +466,8 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument(
         "--range",
         metavar="START-END",
-        help="allocatable addresses (an empty side: the default, e.g. 10.0.0.2-)",
+        help="allocatable addresses; an empty side keeps the default "
+        "(10.0.0.2-, or --range=-10.0.0.99)",
     )
     p.set_defaults(func=cmds.network_set)
     p = nets.add_parser(

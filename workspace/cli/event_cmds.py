@@ -74,7 +74,8 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     p = sub.add_parser(
         "events",
         parents=[parent],
-        help="site events: state changes, placements, refusals, nodes, trust, quotas, leases",
+        help="site events: state changes, placements, refusals, nodes, networks, trust, "
+        "quotas, leases",
         description="Site events, oldest first, each with its time, who (the caller, a node, "
         "or system), what (kind, workspace, node, cluster) and why. --follow keeps "
         "printing new ones; -o json prints one JSON object per line. Events are kept for "

@@ -29,6 +29,11 @@ class Kind(enum.StrEnum):
     LEASE_EXPIRED = "lease.expired"
     # A cluster role grew or shrank (reason: by whom/what and why; subject: the role).
     CLUSTER_SCALED = "cluster.scaled"
+    # `ws-admin network create/set/delete` (subject: the network; reason: its subnet,
+    # or what changed).
+    NETWORK_CREATED = "network.created"
+    NETWORK_UPDATED = "network.updated"
+    NETWORK_DELETED = "network.deleted"
 
 
 class Refusal(enum.StrEnum):

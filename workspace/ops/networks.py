@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workspace import ipam
+from workspace.domain.events import Kind
 from workspace.domain.model import NetworkInfo
 from workspace.domain.states import ClusterState, State
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -76,7 +77,8 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
         raise InvalidArgument(
             f"network {req.name}: VLAN id {req.vlan} is out of range 1..4094 (0: untagged)"
         )
-    with env.store.write() as s:
+    with unit.write(env) as u:  # its site event is published at commit
+        s = u.s
         if s.get(Network, req.name) is not None:
             raise AlreadyExists(f"network {req.name!r} already exists")
         check_apart(req.name, pool.subnet, bridge, s.execute(select(Network)).scalars())
@@ -121,7 +123,8 @@ def delete_network(env: Env, name: str) -> NetworkInfo:
     up would need it) and no backfill entry names it. Refused (FAILED_PRECONDITION)
     naming what uses it; NOT_FOUND if there is no such network. The nodes' agents keep
     their bridge until their own configuration drops it."""
-    with env.store.write() as s:
+    with unit.write(env) as u:  # its site event is published at commit
+        s = u.s
         net = s.get(Network, name)
         if net is None:
             raise NotFound(f"network {name!r} not found; `ws-admin network list` shows them")
@@ -167,7 +170,6 @@ def update_network(
     tried again."""
     if dns is not None:
         check_dns(name, dns)
-    changes: list[str] = []
     seeded = 0
     with unit.write(env) as u:
         s = u.s
@@ -180,16 +182,9 @@ def update_network(
             )
             _check_in_range(s, name, pool)
             if (pool.range_start, pool.range_end) != (net.range_start, net.range_end):
-                changes.append(
-                    f"range {net.range_start}-{net.range_end} -> "
-                    f"{pool.range_start}-{pool.range_end}"
-                )
                 net.range_start, net.range_end = pool.range_start, pool.range_end
                 u.capacity()  # creates waiting for an address may fit now
         if dns is not None and tuple(dns) != tuple(net.dns or ()):
-            changes.append(
-                f"DNS servers {', '.join(net.dns or ()) or 'none'} -> {', '.join(dns) or 'none'}"
-            )
             net.dns = list(dns)  # a new list: the JSON column is seen as changed
             seeded = seeds.rebound(s, name)
             # Every node's orders are computed anew (the catalog changed); those with a
@@ -197,11 +192,13 @@ def update_network(
             u.nodes(*_nodes_using(s, name))
         held = s.scalar(select(func.count()).where(IpAllocation.network == name)) or 0
         info = network_info(net, int(held))
+    # What changed, as the journal's network.updated event says it.
+    changes = [e.reason for e in u.events if e.kind == Kind.NETWORK_UPDATED.value]
     if changes:
         log.info(
             "network %s: %s%s",
             name,
-            "; ".join(changes),
+            changes[0],
             f" ({seeded} live cloud-init workspace(s) on it keep what their first boot set)"
             if seeded
             else "",

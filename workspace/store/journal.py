@@ -11,10 +11,10 @@ the create path writes two rows, this and its trust decision.
 
 What is seen, whoever wrote it (an operation's unit of work or a plain ``Store.write``):
 workspaces created, changing state, placed on a node, queued for capacity, warned of and
-given longer leases; nodes registered, changing state, removed; trust decisions (every
-``trust_audit`` row). Refusals roll their transaction back, so ops/site_events.py
-records them in one of their own. Who: the caller of the RPC (workspace/callctx.py), or
-"system".
+given longer leases; nodes registered, changing state, removed; networks made, changed
+(their DNS servers, their range), deleted; trust decisions (every ``trust_audit`` row).
+Refusals roll their transaction back, so ops/site_events.py records them in one of their
+own. Who: the caller of the RPC (workspace/callctx.py), or "system".
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from workspace import callctx
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.leases import iso_time
-from workspace.store.models import Audit, Node, Workspace
+from workspace.store.models import Audit, Network, Node, Workspace
 from workspace.store.prepared import Prepared
 from workspace.store.site_events import EventRow
 
@@ -164,15 +164,21 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
             out.append(_node(obj, who, Kind.NODE_REGISTERED, "", "registered"))
         elif isinstance(obj, Audit):
             out.append(_trust({k: getattr(obj, k) for k in _TRUST_FIELDS}, who))
+        elif isinstance(obj, Network):
+            out.append(_network(obj, who, Kind.NETWORK_CREATED, _network_about(obj)))
     for obj in s.dirty:
         if isinstance(obj, Workspace):
             if obj.id not in created:
                 out.extend(_workspace_changes(s, obj, who))
         elif isinstance(obj, Node) and (ch := _change(obj, "state")) is not None:
             out.append(_node(obj, who, Kind.NODE_STATE, str(ch[0] or ""), _node_why(obj)))
+        elif isinstance(obj, Network) and (why := _network_changes(obj)):
+            out.append(_network(obj, who, Kind.NETWORK_UPDATED, why))
     for obj in s.deleted:
         if isinstance(obj, Node):
             out.append(_node(obj, who, Kind.NODE_REMOVED, obj.state, "removed"))
+        elif isinstance(obj, Network):
+            out.append(_network(obj, who, Kind.NETWORK_DELETED, _network_about(obj)))
 
 
 def _ws_event(ws: Workspace, who: str, kind: Kind, at: float = 0.0, **kw: Any) -> SiteEvent:
@@ -259,6 +265,30 @@ def _node(node: Node, who: str, kind: Kind, previous: str, reason: str) -> SiteE
         previous=previous,
         reason=reason,
     )
+
+
+def _network(net: Network, who: str, kind: Kind, reason: str) -> SiteEvent:
+    return SiteEvent(at=time.time(), kind=kind.value, who=who, subject=net.name, reason=reason)
+
+
+def _network_about(net: Network) -> str:
+    vlan = f", VLAN {net.vlan}" if net.vlan else ""
+    return f"{net.subnet}, range {net.range_start}-{net.range_end}, bridge {net.bridge}{vlan}"
+
+
+def _network_changes(net: Network) -> str:
+    """What changed in a network row, as `ws-admin network set` names it."""
+    out = []
+    dns = _change(net, "dns")
+    if dns is not None:
+        out.append(
+            f"DNS servers {', '.join(dns[0] or ()) or 'none'} -> {', '.join(dns[1]) or 'none'}"
+        )
+    start, end = _change(net, "range_start"), _change(net, "range_end")
+    if start is not None or end is not None:
+        old = f"{start[0] if start else net.range_start}-{end[0] if end else net.range_end}"
+        out.append(f"range {old} -> {net.range_start}-{net.range_end}")
+    return "; ".join(out)
 
 
 _TRUST_FIELDS = ("source", "at", "workspace_id", "image", "verdict", "action", "reason")
