@@ -220,3 +220,10 @@ def test_a_networks_life_is_in_the_site_events(
         ("network.deleted", "10.213.40.0/24, range 10.213.40.2-10.213.40.30, bridge wsbr-lab"),
     ]
     assert {e["who"] for e in events if e["subject"] == "lab"} == {"user:local"}
+    assert admin(site, "events") == 0  # one line each, naming the network as such
+    said = [line for line in capsys.readouterr().out.splitlines() if "network.deleted" in line]
+    assert said[0].split("  ")[1:4] == [
+        "network.deleted",
+        "network lab",
+        "by user:local: 10.213.40.0/24, range 10.213.40.2-10.213.40.30, bridge wsbr-lab",
+    ]

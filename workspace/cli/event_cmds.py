@@ -36,8 +36,8 @@ def line(e: SiteEvent) -> str:
         parts.append(f"cluster {e.cluster}")
     if e.node:
         parts.append(f"node {e.node}")
-    if e.subject:
-        parts.append(e.subject)
+    if e.subject:  # a network's events name it as such; others' subject speaks for itself
+        parts.append(f"network {e.subject}" if e.kind.startswith("network.") else e.subject)
     if e.state:
         parts.append(f"{e.previous or '-'} -> {e.state}" if e.previous else e.state)
     parts.append(f"by {e.who}")
