@@ -323,6 +323,14 @@ class Executor:
         elif action is Action.START:
             if order is not None:  # signatures only: the disks exist already
                 self._booted_under(wid, self.gate.check(order, "start"))
+                # The service resizes only stopped workspaces: the size takes effect here.
+                if d.set_size(wid, order.cpus, order.memory_mib):
+                    log.info(
+                        "workspace %s: %d vCPU(s) and %d MiB from this start on",
+                        wid,
+                        order.cpus,
+                        order.memory_mib,
+                    )
             self._set_status(wid, Observed.STARTING)
             d.start(wid)
             if order is not None:  # a fresh boot carries out the reboots asked before it

@@ -39,11 +39,14 @@ class PolicyClientMixin:
         allow: Sequence[str] | None = None,
         limits: Mapping[str, int] | None = None,
         reset_limits: Sequence[str] = (),
+        cpus: int = 0,
+        memory_mib: int = 0,
     ) -> common_pb2.Workspace:
         """Change a live workspace (yours, or any as an admin): ``connectivity`` ("" =
         unchanged), ``allow`` (None = unchanged; a list, even empty, replaces the rules)
         and ``limits`` (each non-zero one replaces the workspace's); ``reset_limits``
-        names limits put back to their default. The node follows."""
+        names limits put back to their default; ``cpus`` and ``memory_mib`` (0 =
+        unchanged) resize a STOPPED one on its node. The node follows."""
         req = workspaces_pb2.UpdateWorkspaceRequest(
             id=id,
             connectivity=connectivity,
@@ -51,5 +54,7 @@ class PolicyClientMixin:
             allow=list(allow or ()),
             limits=limits_message(limits),
             reset_limits=list(reset_limits),
+            cpus=cpus,
+            memory_mib=memory_mib,
         )
         return self._call(self._workspaces.UpdateWorkspace, req)

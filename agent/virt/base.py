@@ -168,6 +168,12 @@ class Driver(ABC):
 
         Disk files belong to the agent, which removes them itself."""
 
+    def set_size(self, workspace_id: str, cpus: int, memory_mib: int) -> bool:
+        """Give a defined, shut-off domain this many vCPUs and this much memory in its
+        definition (seen at its next start); True if they changed. Called before every
+        start: the service resizes stopped workspaces (ops/resize.py)."""
+        raise FailedPrecondition(f"the {self.hypervisor} driver cannot change a domain's size")
+
     def set_limits(self, workspace_id: str, limits: Limits) -> None:
         """Give a defined domain new limits, now (if it runs) and in its definition;
         afterwards ``get(...).limits == limits``. Only called for drivers whose

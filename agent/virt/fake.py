@@ -228,6 +228,17 @@ class FakeDriver(Driver):
             dom.state = DomainState.RUNNING
             self._changed(workspace_id)
 
+    def set_size(self, workspace_id: str, cpus: int, memory_mib: int) -> bool:
+        with self._lock:
+            dom = self._get(workspace_id)
+            if dom.state is not DomainState.SHUTOFF:
+                raise DriverError(f"fake: domain {workspace_id} is {dom.state.value}, not shut off")
+            if (dom.spec.cpus, dom.spec.memory_mib) == (cpus, memory_mib):
+                return False
+            dom.spec = dataclasses.replace(dom.spec, cpus=cpus, memory_mib=memory_mib)
+            self._save()
+            return True
+
     def set_limits(self, workspace_id: str, limits: Limits) -> None:
         with self._lock:
             dom = self._get(workspace_id)
@@ -256,13 +267,13 @@ class FakeDriver(Driver):
         with self._lock:
             dom = self._running(workspace_id)
             name, host = dom.spec.name, dom.spec.hostname or dom.spec.name
-            files = dom.files
+            files, size = dom.files, (dom.spec.cpus, dom.spec.memory_mib)
         if any(fnmatch.fnmatchcase(name, pat) for pat in self._cfg.no_guest_agent):
             raise FailedPrecondition(
                 f"no QEMU guest agent answers in workspace {name} "
                 "(the image needs qemu-guest-agent)"
             )
-        return run_in_guest(argv, stdin, timeout_s, host, files=files)
+        return run_in_guest(argv, stdin, timeout_s, host, files=files, size=size)
 
     def open_console(self, workspace_id: str) -> ConsoleSession:
         with self._lock:

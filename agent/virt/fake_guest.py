@@ -40,6 +40,8 @@ class _Run:
     err: list[str] = field(default_factory=list)
     timed_out: bool = False
     files: dict[str, bytes] = field(default_factory=dict)
+    cpus: int = 1  # what nproc and /proc/meminfo say: the domain's size
+    memory_mib: int = 512
 
 
 class _Exit(Exception):
@@ -71,6 +73,9 @@ def _command(run: _Run, argv: Sequence[str]) -> int:
     if name == "cat" and len(args) == 2 and args[0] == ">":
         run.files[args[1]] = run.stdin
         return 0
+    if name == "cat" and args == ["/proc/meminfo"]:
+        sink.append(f"MemTotal:       {run.memory_mib * 1024} kB\n")
+        return 0
     if name == "cat" and args[0] in run.files:
         sink.append(run.files[args[0]].decode(errors="replace"))
         return 0
@@ -88,6 +93,9 @@ def _command(run: _Run, argv: Sequence[str]) -> int:
     if name == "cat":
         run.err.append(f"cat: {args[0]}: No such file or directory\n")
         return 1
+    if name == "nproc":
+        sink.append(f"{run.cpus}\n")
+        return 0
     if name == "uname":
         sink.append(f"Linux {run.hostname} 6.1.0-fake x86_64 GNU/Linux\n" if args else "Linux\n")
         return 0
@@ -119,11 +127,19 @@ def run(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     files: dict[str, bytes] | None = None,
+    size: tuple[int, int] = (1, 512),
 ) -> ExecOutcome:
     """What ``argv`` does in a fake guest named ``hostname`` (``files``: its files,
-    changed in place)."""
+    changed in place; ``size``: its vCPUs and MiB)."""
     r = _Run(
-        hostname, stdin, clock() + timeout_s, sleep, clock, files={} if files is None else files
+        hostname,
+        stdin,
+        clock() + timeout_s,
+        sleep,
+        clock,
+        files={} if files is None else files,
+        cpus=size[0],
+        memory_mib=size[1],
     )
     try:
         code = _command(r, argv)

@@ -519,6 +519,31 @@ class LibvirtDriver(Driver):
         self._run("undefine", workspace_id, fn)
         self._shape_quietly()
 
+    def set_size(self, workspace_id: str, cpus: int, memory_mib: int) -> bool:
+        """In the persistent definition: the maximum and current vCPUs and memory, each
+        pair set in the order that keeps current <= maximum at every step."""
+
+        def fn(conn: Any) -> bool:
+            dom = self._require(conn, workspace_id, "resize")
+            if dom.isActive():
+                raise DriverError(f"libvirt: resize workspace {workspace_id}: domain is running")
+            root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            have_cpus = int(root.findtext("vcpu") or 0)
+            have_kib = int(root.findtext("memory") or 0)  # libvirt writes KiB
+            kib = memory_mib * 1024
+            if (have_cpus, have_kib) == (cpus, kib):
+                return False
+            config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            vcpus = [config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM, config]
+            for flags in vcpus if cpus > have_cpus else reversed(vcpus):
+                dom.setVcpusFlags(cpus, flags)
+            memory = [config | libvirt.VIR_DOMAIN_MEM_MAXIMUM, config]
+            for flags in memory if kib > have_kib else reversed(memory):
+                dom.setMemoryFlags(kib, flags)
+            return True
+
+        return self._run("resize", workspace_id, fn)
+
     def set_limits(self, workspace_id: str, limits: Limits) -> None:
         """CPU tuning and every writable disk's throttle, live (when running) and in the
         persistent definition; then our metadata, which is what ``get`` reports and the

@@ -21,7 +21,7 @@ from workspace.domain.model import Order
 from workspace.domain.netpolicy import AllowRule, Connectivity, Limits, PolicyUpdate
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from workspace.identity import Identity, Kind
-from workspace.ops import netpolicy
+from workspace.ops import update
 from workspace.v1 import (
     admin_pb2,
     clusters_pb2,
@@ -274,16 +274,16 @@ def test_update_only_by_the_owner_or_an_admin(ready_site: Site) -> None:
     w = site.stubs.create(name="mine")  # the admin `local` owns it
     bob = Identity(Kind.USER, "bob")
     with pytest.raises(NotFound):  # bob cannot even see it
-        netpolicy.update(env, bob, PolicyUpdate(ref=w.id, connectivity=Connectivity.CLUSTER))
+        update.update(env, bob, PolicyUpdate(ref=w.id, connectivity=Connectivity.CLUSTER))
     # a project member sees a project workspace but may not update it
     with Client(site.address) as client:
         client.create_project("shared")
         client.add_project_user("shared", "bob")
     shared = site.stubs.create(name="shared-ws", project="shared")
     with pytest.raises(PermissionDenied, match="only the owner"):
-        netpolicy.update(env, bob, PolicyUpdate(ref=shared.id, connectivity=Connectivity.CLUSTER))
+        update.update(env, bob, PolicyUpdate(ref=shared.id, connectivity=Connectivity.CLUSTER))
     admin_id = Identity(Kind.USER, "root", admin=True)
-    v = netpolicy.update(env, admin_id, PolicyUpdate(ref=shared.id, allow=()))
+    v = update.update(env, admin_id, PolicyUpdate(ref=shared.id, allow=()))
     assert v.allow == ()
 
 

@@ -28,6 +28,8 @@ Everything below goes through the `ws` CLI, the way a user types it:
   which alone knows one test name): the guests' /etc/resolv.conf lists it and the name
   resolves in them; `ws-admin network set --dns` adds a second one: the node's dnsmasq
   offers both within seconds, and the running guest keeps its first boot's;
+* `ws update --cpus 2 --memory-mib 768` on the stopped single workspace: it boots again
+  with 2 vCPUs and the new memory;
 * destroying the cluster and the workspace leaves no seed ISO on the node.
 
 The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
@@ -469,6 +471,21 @@ def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(site: CloudSite) -> N
     assert out.returncode == 0, out.stderr
     assert "mine" in out.stdout.split()
     assert "systemd-shutdown" in out.stdout, out.stdout  # shut down, not reset
+
+
+def test_a_stopped_workspace_resized_boots_with_its_new_size(site: CloudSite) -> None:
+    """`ws update --cpus --memory-mib` on the stopped VM; the next boot has them."""
+    site.ok("stop", SOLO, "--wait", "--timeout", "300")
+    site.ok("update", SOLO, "--cpus", "2", "--memory-mib", "768")
+    shown = site.show(SOLO)
+    assert (shown["cpus"], shown["memory_mib"], shown["state"]) == (2, 768, "STOPPED")
+    site.ok("start", SOLO, "--wait", "--timeout", "300")
+    wait_ssh(site, (SOLO,), READY_S)
+    out = site.exec(SOLO, "nproc; grep MemTotal /proc/meminfo")
+    assert out.returncode == 0, out.stderr
+    cpus, mem = out.stdout.splitlines()
+    assert cpus == "2"
+    assert 512 * 1024 < int(mem.split()[1]) <= 768 * 1024, mem  # kB; the kernel keeps some
 
 
 def test_destroy_leaves_no_seed(site: CloudSite) -> None:

@@ -46,7 +46,8 @@ _DAEMONS = (("virtlogd", "/var/run/virtlogd.pid"), ("libvirtd", "/var/run/libvir
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
-echo {MARKER}
+echo {MARKER} cpus=$(/bin/busybox nproc) \
+  $(/bin/busybox grep MemTotal /proc/meminfo | /bin/busybox tr -s ' ' =)
 exec /bin/busybox sleep 1000
 """
 
@@ -287,11 +288,26 @@ def test_boot_reboot_pause_shutdown_undefine(libvirtd: Daemons, guest_files: Pat
         assert driver.get(wid).state is DomainState.SHUTOFF  # type: ignore[union-attr]
         driver.destroy(wid)  # already off: no-op
 
+        # Resized while shut off (the agent does it before a start): the next boot has
+        # the new vCPUs and memory; the same size again changes nothing.
+        assert "cpus=1 " in log.read_text(errors="replace")
+        assert driver.set_size(wid, 2, 384) is True
+        assert driver.set_size(wid, 2, 384) is False
+
         # A fresh start appends to the same console log too.
         t = time.monotonic()
         driver.start(wid)
         _wait_markers(log, 3)
         timings["restart_boot_s"] = time.monotonic() - t
+        last = [ln for ln in log.read_text(errors="replace").splitlines() if MARKER in ln][-1]
+        assert "cpus=2 " in last, last
+        total_kib = int(last.split("MemTotal:=")[1].split("=")[0])
+        assert 256 * 1024 < total_kib <= 384 * 1024, last  # the kernel keeps some for itself
+        driver.destroy(wid)
+        assert driver.set_size(wid, 1, 256) is True  # smaller: current first, then maximum
+        assert driver.set_size(wid, 1, 256) is False
+        driver.start(wid)
+        _wait_markers(log, 4)
         with lock:
             assert wid in events, "no lifecycle event reached the callback"
 

@@ -91,12 +91,14 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         allow = [] if args.no_allow else (list(args.allow) if args.allow else None)
         limits = limits_of(args)
         reset = [n.replace("-", "_") for n in args.reset or ()]
-        if not (args.connectivity or allow is not None or limits or reset):
+        size = (args.cpus or 0, args.memory_mib or 0)
+        if not (args.connectivity or allow is not None or limits or reset or any(size)):
             raise common.UsageError(
-                "nothing to change: give --connectivity, --allow, --no-allow, a limit or --reset"
+                "nothing to change: give --connectivity, --allow, --no-allow, a limit, "
+                "--reset, --cpus or --memory-mib"
             )
         ws = client_for(args).update_workspace(
-            args.id, args.connectivity or "", allow, limits, reset
+            args.id, args.connectivity or "", allow, limits, reset, *size
         )
         render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
@@ -104,9 +106,22 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     p = sub.add_parser(
         "update",
         parents=[parent],
-        help="change a workspace's connectivity, allow rules or limits (the node follows)",
+        help="change a workspace's connectivity, allow rules or limits (the node follows), "
+        "or the size of a stopped one",
     )
     p.add_argument("id", metavar="NAME", help="workspace id or name")
+    p.add_argument(
+        "--cpus",
+        type=common.positive_int,
+        metavar="N",
+        help="vCPUs (a STOPPED workspace, on its node; seen at its next start)",
+    )
+    p.add_argument(
+        "--memory-mib",
+        type=common.positive_int,
+        metavar="MIB",
+        help="memory in MiB (a STOPPED workspace, on its node; seen at its next start)",
+    )
     p.add_argument("--connectivity", choices=CONNECTIVITIES, help="the new connectivity")
     p.add_argument(
         "--allow",

@@ -272,6 +272,8 @@ def update_from_proto(req: workspaces_pb2.UpdateWorkspaceRequest) -> PolicyUpdat
         allow=parse_rules(req.allow) if req.set_allow else None,
         limits=limits_from_proto(req.limits),
         reset=tuple(dict.fromkeys(req.reset_limits)),
+        cpus=req.cpus,
+        memory_mib=req.memory_mib,
     )
 
 

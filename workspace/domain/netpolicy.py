@@ -172,7 +172,8 @@ _LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 class PolicyUpdate:
     """`ws update`: what changes on a live workspace. ``connectivity`` None and
     ``allow`` None leave them as they are (``allow`` () removes every rule); each
-    non-zero limit replaces the workspace's."""
+    non-zero limit replaces the workspace's; a non-zero ``cpus`` or ``memory_mib``
+    resizes a stopped one."""
 
     ref: str
     connectivity: Connectivity | None = None
@@ -180,6 +181,9 @@ class PolicyUpdate:
     limits: Limits = Limits()
     # Limits put back to their default (the project's, else the site's).
     reset: tuple[str, ...] = ()
+    # A new size (0: unchanged); only while STOPPED (ops/resize.py).
+    cpus: int = 0
+    memory_mib: int = 0
 
     def __post_init__(self) -> None:
         for name in self.reset:

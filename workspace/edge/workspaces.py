@@ -23,10 +23,10 @@ from workspace.ops import (
     consoles,
     create,
     leases,
-    netpolicy,
     operate,
     projects,
     queries,
+    update,
     usage,
 )
 from workspace.ops.unit import Env
@@ -84,7 +84,7 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
     def update(
         self, who: Identity | str, req: workspaces_pb2.UpdateWorkspaceRequest
     ) -> common_pb2.Workspace:
-        return v1.workspace_to_proto(netpolicy.update(self.env, who, v1.update_from_proto(req)))
+        return v1.workspace_to_proto(update.update(self.env, who, v1.update_from_proto(req)))
 
     def usage(self, who: Identity | str, req: usage_pb2.GetUsageRequest) -> usage_pb2.UsageReport:
         """The caller's usage and their projects'."""

@@ -11,17 +11,14 @@
   promises more than a node declared (scheduler/filters.py ``BandwidthFilter``).
 * Orders (``peers``): a CLUSTER workspace's order carries every address of every live
   member of its cluster, on any node, so the node's filter lets exactly those through.
-* `ws update` (``update``): the owner or an admin changes connectivity, allow rules and
-  limits of a live workspace; the row changes and the node's generation is bumped (the
-  agent receives the new order and converges), and a ``workspace.updated`` site event
-  says what changed.
+* `ws update` (ops/update.py): what changed (``changes``), the node's bandwidth for the
+  new limits (``check_bandwidth``) and its reservation (``reserve``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 
 import netaddr
 from sqlalchemy import select
@@ -29,20 +26,13 @@ from sqlalchemy.orm import Session
 
 from images.model import Mode
 from workspace.config import ServiceConfig
-from workspace.domain.events import Kind, SiteEvent
-from workspace.domain.model import CreateSpec, WorkspaceView
-from workspace.domain.netpolicy import AllowRule, Connectivity, Limits, PolicyUpdate
-from workspace.domain.states import Desired, State
-from workspace.errors import FailedPrecondition, PermissionDenied, ResourceExhausted
-from workspace.identity import Identity
-from workspace.ops.lifecycle import resolve_workspace
-from workspace.ops.projects import as_identity
-from workspace.ops.unit import Env, write
-from workspace.store import IpAllocation, Node, Project, Workspace, journal
+from workspace.domain.model import CreateSpec
+from workspace.domain.netpolicy import AllowRule, Connectivity, Limits
+from workspace.domain.states import State
+from workspace.errors import ResourceExhausted
+from workspace.store import IpAllocation, Node, Project, Workspace
 from workspace.store.mapping import (
-    allow_rules,
     bound_spec,
-    connectivity,
     limits,
     set_policy,
 )
@@ -117,7 +107,7 @@ def peers(s: Session, rows: Sequence[Workspace]) -> dict[str, tuple[str, ...]]:
 # -- ws update -------------------------------------------------------------------------------
 
 
-def _changes(
+def changes(
     old: tuple[Connectivity, tuple[AllowRule, ...], Limits],
     new: tuple[Connectivity, tuple[AllowRule, ...], Limits],
 ) -> str:
@@ -131,7 +121,7 @@ def _changes(
     return "; ".join(out)
 
 
-def _check_bandwidth(s: Session, ws: Workspace, lim: Limits) -> None:
+def check_bandwidth(s: Session, ws: Workspace, lim: Limits) -> None:
     """ResourceExhausted if the new limits would reserve more than the node declared."""
     if not ws.node:
         return
@@ -164,53 +154,3 @@ def reserve(s: Session, ws: Workspace, lim: Limits | None = None) -> None:
         node.used_net_mbps = max(0, (node.used_net_mbps or 0) - (ws.claimed_net_mbps or 0) + net)
     ws.claimed_disk_mbps = disk
     ws.claimed_net_mbps = net
-
-
-def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
-    """Change a live workspace's connectivity, allow rules and limits (its owner or an
-    admin). Every check runs before anything changes."""
-    ident = as_identity(who)
-    upd.limits.validate("update")
-    with write(env) as u:
-        ws = resolve_workspace(u.s, ident, upd.ref)
-        if not (ident.admin or ws.owner == ident.name):
-            raise PermissionDenied(
-                f"only the owner of workspace {ws.name} ({ws.owner}) or an admin may update it"
-            )
-        if ws.state == State.TERMINATED.value or ws.desired_state == Desired.TERMINATED.value:
-            raise FailedPrecondition(f"workspace {ws.name} is destroyed; nothing to update")
-        old = (connectivity(ws), allow_rules(ws), limits(ws))
-        lim = upd.limits.over(old[2])
-        if upd.reset:
-            defaults = project_limits(u.s, ws.project or "").over(env.cfg.defaults.limits())
-            lim = replace(lim, **{n: getattr(defaults, n) for n in upd.reset})
-        new = (
-            upd.connectivity or old[0],
-            old[1] if upd.allow is None else tuple(sorted(set(upd.allow))),
-            lim,
-        )
-        what = _changes(old, new)
-        if what:
-            _check_bandwidth(u.s, ws, new[2])
-            set_policy(ws, *new)
-            if ws.node:
-                reserve(u.s, ws)
-            ws.updated_at = env.clock()
-            journal.add(
-                u.s,
-                SiteEvent(
-                    at=env.clock(),
-                    kind=Kind.WORKSPACE_UPDATED.value,
-                    who=ident.name,
-                    workspace_id=ws.id,
-                    workspace_name=ws.name,
-                    node=ws.node or "",
-                    cluster=ws.cluster or "",
-                    reason=what,
-                ),
-            )
-            u.nodes(ws.node)
-        u.changed(ws)
-    if what:
-        log.info("workspace %s (%s) updated: %s", ws.id, ws.name, what)
-    return u.view(ws.id)

@@ -165,6 +165,8 @@ class UpdateWorkspaceRequest(_message.Message):
     ALLOW_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     RESET_LIMITS_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_MIB_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """workspace id or name"""
     connectivity: _builtins.str
@@ -173,6 +175,12 @@ class UpdateWorkspaceRequest(_message.Message):
     """When set_allow: the allow rules become exactly these (none when empty);
     otherwise they are unchanged.
     """
+    cpus: _builtins.int
+    """A new size, only while the workspace is STOPPED (0 = unchanged): it stays on its
+    node, which must hold it beside the rest (RESOURCE_EXHAUSTED otherwise), and the
+    project's quotas count it; the guest sees it at its next start.
+    """
+    memory_mib: _builtins.int
     @_builtins.property
     def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -194,10 +202,12 @@ class UpdateWorkspaceRequest(_message.Message):
         allow: _abc.Iterable[_builtins.str] | None = ...,
         limits: _common_pb2.Limits | None = ...,
         reset_limits: _abc.Iterable[_builtins.str] | None = ...,
+        cpus: _builtins.int = ...,
+        memory_mib: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "id", b"id", "limits", b"limits", "reset_limits", b"reset_limits", "set_allow", b"set_allow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "connectivity", b"connectivity", "cpus", b"cpus", "id", b"id", "limits", b"limits", "memory_mib", b"memory_mib", "reset_limits", b"reset_limits", "set_allow", b"set_allow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

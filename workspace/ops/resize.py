@@ -1,0 +1,91 @@
+"""`ws update NAME --cpus N --memory-mib M`: a stopped workspace's size, changed on its node.
+
+Only while the workspace is STOPPED and meant to stay so: the guest sees its new vCPUs
+and memory at its next start (the agent sets them in the domain's definition before it
+starts it). It stays on its node, which must hold the new size beside what else it holds:
+the scheduler's own filters judge that, on the node as it is with this workspace's claim
+taken off (a DRAINING node counts as READY here: nothing new goes there, but this is
+there already; a DOWN one cannot act, so it refuses). The node's claim and the
+workspace's follow, and the project's quotas count the new size. Moving a workspace to
+another node is not done: its disks live on this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sqlalchemy.orm import Session
+
+from workspace import scheduler
+from workspace.config import ServiceConfig
+from workspace.domain.states import Desired, NodeState, State
+from workspace.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from workspace.ops import placement
+from workspace.ops.projects import check_workspace_quota
+from workspace.scheduler.model import format_rejections
+from workspace.store import Workspace
+
+
+def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib: int) -> str:
+    """Give ``ws`` this size (0: unchanged); what changed, as a site event says it
+    ("cpus 1 -> 2; memory_mib 512 -> 1024"), "" if nothing. Every check runs before
+    anything changes; a quota refusal comes after the flush, and the caller's
+    transaction is rolled back with it."""
+    new_cpus, new_memory = cpus or ws.cpus, memory_mib or ws.memory_mib
+    if (new_cpus, new_memory) == (ws.cpus, ws.memory_mib):
+        return ""
+    lim = cfg.limits
+    if not 1 <= new_cpus <= lim.max_cpus:
+        raise InvalidArgument(f"cpus must be between 1 and {lim.max_cpus}, got {new_cpus}")
+    if not lim.min_memory_mib <= new_memory <= lim.max_memory_mib:
+        raise InvalidArgument(
+            f"memory_mib must be between {lim.min_memory_mib} and {lim.max_memory_mib}, "
+            f"got {new_memory}"
+        )
+    if ws.state != State.STOPPED.value or ws.desired_state != Desired.STOPPED.value:
+        raise FailedPrecondition(
+            f"workspace {ws.name} is {ws.state}: its size changes only while it is STOPPED "
+            f"(`ws stop {ws.name} --wait` first)"
+        )
+    view = next((v for v in placement.node_views(s) if v.name == ws.node), None)
+    if view is None or view.state == NodeState.DOWN.value:
+        raise FailedPrecondition(
+            f"workspace {ws.name}'s node {ws.node or '(none)'} is "
+            f"{'gone' if view is None else 'DOWN'}; it cannot be resized now"
+        )
+    without = replace(
+        view,
+        state=NodeState.READY.value,
+        used_cpus=view.used_cpus - ws.claimed_cpus,
+        used_memory_mib=view.used_memory_mib - ws.claimed_memory_mib,
+        used_disk_mbps=view.used_disk_mbps - (ws.claimed_disk_mbps or 0),
+        used_net_mbps=view.used_net_mbps - (ws.claimed_net_mbps or 0),
+    )
+    req = replace(placement.request_for(ws), cpus=new_cpus, memory_mib=new_memory)
+    fit = scheduler.place([without], req, cfg.scheduler)
+    if fit.node is None:
+        raise ResourceExhausted(
+            f"workspace {ws.name} with {new_cpus} vCPU(s) and {new_memory} MiB does not fit "
+            f"on its node {ws.node}: {format_rejections(fit.rejected)}"
+        )
+    what = "; ".join(
+        f"{name} {old} -> {new}"
+        for name, old, new in (
+            ("cpus", ws.cpus, new_cpus),
+            ("memory_mib", ws.memory_mib, new_memory),
+        )
+        if old != new
+    )
+    placement.claim(
+        s,
+        ws.node,
+        fit.claimed_cpus - ws.claimed_cpus,
+        fit.claimed_memory_mib - ws.claimed_memory_mib,
+        0,
+        0,
+    )
+    ws.cpus, ws.memory_mib = new_cpus, new_memory
+    ws.claimed_cpus, ws.claimed_memory_mib = fit.claimed_cpus, fit.claimed_memory_mib
+    s.flush()
+    check_workspace_quota(s, ws.project or "", f"cannot resize {ws.name}")
+    return what
