@@ -96,19 +96,24 @@ def check_wait(wait_s: int, lim: LimitsConfig) -> None:
         )
 
 
+def check_size(cpus: int, memory_mib: int, lim: LimitsConfig) -> None:
+    """A workspace's size within the site's limits (at create and at a resize)."""
+    if not 1 <= cpus <= lim.max_cpus:
+        raise InvalidArgument(f"cpus must be between 1 and {lim.max_cpus}, got {cpus}")
+    if not lim.min_memory_mib <= memory_mib <= lim.max_memory_mib:
+        raise InvalidArgument(
+            f"memory_mib must be between {lim.min_memory_mib} and {lim.max_memory_mib}, "
+            f"got {memory_mib}"
+        )
+
+
 def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
     """The spec with its defaults filled in, or InvalidArgument saying what is wrong."""
     if spec.name:
         check_name(spec.name, lim)
     cpus = spec.cpus or 1
-    if not 1 <= cpus <= lim.max_cpus:
-        raise InvalidArgument(f"cpus must be between 1 and {lim.max_cpus}, got {spec.cpus}")
     memory = spec.memory_mib or DEFAULT_MEMORY_MIB
-    if not lim.min_memory_mib <= memory <= lim.max_memory_mib:
-        raise InvalidArgument(
-            f"memory_mib must be between {lim.min_memory_mib} and {lim.max_memory_mib}, "
-            f"got {spec.memory_mib}"
-        )
+    check_size(cpus, memory, lim)
     if len(spec.user_data) > lim.max_user_data_bytes:
         raise InvalidArgument(f"user data is larger than {lim.max_user_data_bytes} bytes")
     if not spec.image:

@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 from workspace import scheduler
 from workspace.config import ServiceConfig
 from workspace.domain.states import Desired, NodeState, State
-from workspace.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from workspace.errors import FailedPrecondition, ResourceExhausted
 from workspace.ops import placement
+from workspace.ops.create import check_size
 from workspace.ops.projects import check_workspace_quota
 from workspace.scheduler.model import format_rejections
 from workspace.store import Workspace
@@ -34,14 +35,7 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
     new_cpus, new_memory = cpus or ws.cpus, memory_mib or ws.memory_mib
     if (new_cpus, new_memory) == (ws.cpus, ws.memory_mib):
         return ""
-    lim = cfg.limits
-    if not 1 <= new_cpus <= lim.max_cpus:
-        raise InvalidArgument(f"cpus must be between 1 and {lim.max_cpus}, got {new_cpus}")
-    if not lim.min_memory_mib <= new_memory <= lim.max_memory_mib:
-        raise InvalidArgument(
-            f"memory_mib must be between {lim.min_memory_mib} and {lim.max_memory_mib}, "
-            f"got {new_memory}"
-        )
+    check_size(new_cpus, new_memory, cfg.limits)
     if ws.state != State.STOPPED.value or ws.desired_state != Desired.STOPPED.value:
         raise FailedPrecondition(
             f"workspace {ws.name} is {ws.state}: its size changes only while it is STOPPED "
