@@ -31,6 +31,7 @@ from agent.link import Link
 from agent.metrics import AgentMetrics
 from agent.netsetup import Networking, NullNetworking
 from agent.peers import PeerChannels, PeerServer
+from agent.save import Saver
 from agent.staging import Staging
 from agent.tasks import Tasks
 from agent.virt.base import Driver
@@ -82,7 +83,10 @@ class Agent:
         self.consoles = Consoles(
             self.files, self.link, lambda: list(self.executor.orders()), self.stop_event
         )
-        self.tasks = Tasks(cfg, driver, self.stop_event, self.link.wait_connected, self._name_of)
+        self.saver = Saver(self.files, driver)
+        self.tasks = Tasks(
+            cfg, driver, self.stop_event, self.link.wait_connected, self._name_of, self.saver
+        )
         self._threads: list[threading.Thread] = []
         self.metrics: AgentMetrics | None = None
         self.metrics_url = ""
@@ -111,6 +115,8 @@ class Agent:
                 self.cfg.tls,
             )
             self.staging.own_address = self.peer_server.start()
+        if gone := self.saver.leftovers():
+            log.info("removed %d copy(ies) of disks a save left unfinished", gone)
         for target, name in (
             (self.link.run, "connection"),
             (self.executor.run, "reconcile"),

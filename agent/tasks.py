@@ -7,7 +7,9 @@ stream reader never waits for a guest) and is answered by task id with its outco
 a TaskError (google.rpc codes: FAILED_PRECONDITION when the guest is not running or has
 no guest agent, NOT_FOUND when there is no such domain). A console is a session under
 its task id: a thread pumps the guest's output as ``console_output`` replies until EOF
-or ``console_close``, then says ``console_closed`` with the reason. A broken stream
+or ``console_close``, then says ``console_closed`` with the reason. A save
+(``agent/save.py``) runs in a pool of its own (it may take minutes) and sends its disks
+on the stream's channel (``PutBlob``) before it answers. A broken stream
 closes every console and reconnects after the agent's backoff (crash-only: the service
 failed whatever was waiting).
 """
@@ -23,12 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from agent.backoff import Backoff
+from agent.save import Saver
 from agent.virt.base import ConsoleSession, Driver
 from workspace import failover, rpc, rpc_status
 from workspace.codec import guests as codec
 from workspace.config import AgentConfig
 from workspace.domain.model import ExecOutcome
+from workspace.domain.tasks import FAILED_PRECONDITION as FAILED_PRECONDITION_CODE
 from workspace.domain.tasks import INTERNAL as INTERNAL_CODE
+from workspace.domain.tasks import UNAVAILABLE as UNAVAILABLE_CODE
 from workspace.domain.tasks import (
     ConsoleClose,
     ConsoleClosed,
@@ -37,6 +42,8 @@ from workspace.domain.tasks import (
     ConsoleOutput,
     ExecTask,
     ReplyKind,
+    SaveStarted,
+    SaveTask,
     Task,
     TaskError,
     TaskReply,
@@ -52,6 +59,12 @@ RECONNECT = Backoff(0.5, 5.0)
 CONSOLE_POLL_S = 0.25
 # A command asked to run with no timeout (the service always sends one).
 DEFAULT_TIMEOUT_S = 60
+# The answer to a task of a kind this agent does not know (a service newer than it).
+UNKNOWN_TASK = TaskError(
+    FAILED_PRECONDITION_CODE, "this node's agent does not know this kind of task; upgrade it"
+)
+# Saves one agent runs at once (each reads a disk and sends it; more wait their turn).
+SAVE_PARALLEL = 2
 
 
 class _Console:
@@ -81,9 +94,11 @@ class Tasks:
         stop: threading.Event,
         ready: Callable[[float], bool],
         name_of: Callable[[str], str] = lambda wid: wid,
+        saver: Saver | None = None,
     ) -> None:
         """``ready(timeout_s)``: whether the link has registered (the service refuses a
-        task stream of a node it does not know); ``name_of``: a workspace's name for logs."""
+        task stream of a node it does not know); ``name_of``: a workspace's name for logs;
+        ``saver``: who saves disks (None: saves are refused)."""
         self.cfg = cfg
         self.driver = driver
         self.stop = stop
@@ -93,6 +108,9 @@ class Tasks:
         self._lock = threading.Lock()
         self._consoles: dict[str, _Console] = {}
         self._outbox: queue.Queue[nodes_pb2.TaskReply | None] | None = None
+        self.saver = saver
+        self._saves = ThreadPoolExecutor(SAVE_PARALLEL, thread_name_prefix="save")
+        self._channel: grpc.Channel | None = None
 
     def _label(self, workspace_id: str) -> str:
         name = self.name_of(workspace_id)
@@ -111,6 +129,7 @@ class Tasks:
             outbox: queue.Queue[nodes_pb2.TaskReply | None] = queue.Queue()
             with self._lock:
                 self._outbox = outbox
+                self._channel = channel
             outbox.put(nodes_pb2.TaskReply(node=self.cfg.node))
             done = threading.Event()
             try:
@@ -124,6 +143,8 @@ class Tasks:
                     task = codec.task_from_proto(msg)
                     if task is not None:
                         self.take(task)
+                    elif msg.task_id:  # a kind of task newer than this agent
+                        self.reply(msg.task_id, UNKNOWN_TASK)
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
                     log.warning(
@@ -139,6 +160,7 @@ class Tasks:
                 done.set()
                 with self._lock:
                     self._outbox = None
+                    self._channel = None
                 outbox.put(None)
                 self._close_consoles("the agent's connection to the service broke")
                 channel.close()
@@ -149,6 +171,7 @@ class Tasks:
     def close(self) -> None:
         self._close_consoles("the agent is stopping")
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._saves.shutdown(wait=False, cancel_futures=True)
 
     def reply(self, task_id: str, kind: ReplyKind) -> None:
         """Send an answer (dropped when the stream is gone: the service gave up on it)."""
@@ -167,6 +190,13 @@ class Tasks:
                 self._pool.submit(self._exec, task.task_id, task.workspace_id, kind)
             except RuntimeError:  # shutting down
                 self.reply(task.task_id, TaskError(INTERNAL_CODE, "the agent is stopping"))
+        elif isinstance(kind, SaveTask):
+            try:
+                self._saves.submit(self._save, task.task_id, task.workspace_id, kind)
+            except RuntimeError:  # shutting down
+                self.reply(task.task_id, TaskError(INTERNAL_CODE, "the agent is stopping"))
+                return
+            self.reply(task.task_id, SaveStarted())  # the service waits for this first
         elif isinstance(kind, ConsoleOpen):
             console = _Console(task.task_id, task.workspace_id)
             with self._lock:
@@ -212,6 +242,43 @@ class Tasks:
             " (timed out)" if outcome.timed_out else "",
         )
         self.reply(task_id, outcome)
+
+    def _save(self, task_id: str, workspace_id: str, task: SaveTask) -> None:
+        label = self._label(workspace_id)
+        try:
+            if self.saver is None:
+                raise WorkspaceError("this agent does not save disks")
+            log.info("saving %s: disk(s) %s", label, ", ".join(task.partitions))
+            outcome = self.saver.save(workspace_id, task, self._send)
+        except WorkspaceError as exc:
+            log.warning("saving %s failed: %s", label, exc.message)
+            self.reply(task_id, error_of(exc))
+            return
+        except grpc.RpcError as exc:
+            log.warning("saving %s: sending failed: %s", label, rpc_status.describe(exc))
+            self.reply(task_id, TaskError(UNAVAILABLE_CODE, f"sending the disk failed: {exc}"))
+            return
+        except Exception as exc:
+            log.exception("saving %s failed", label)
+            self.reply(task_id, TaskError(INTERNAL_CODE, f"the agent failed: {exc}"))
+            return
+        log.info("saved %s: %d disk(s) sent", label, len(outcome.partitions))
+        self.reply(task_id, outcome)
+
+    def _send(self, workspace_id: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+        """One saved disk to the service on the task stream's channel."""
+        with self._lock:
+            channel = self._channel
+        if channel is None:
+            raise WorkspaceError("the agent's connection to the service broke")
+
+        def messages() -> Iterator[nodes_pb2.PutBlobChunk]:
+            yield nodes_pb2.PutBlobChunk(node=self.cfg.node, workspace_id=workspace_id)
+            for data in chunks:
+                yield nodes_pb2.PutBlobChunk(data=data)
+
+        got = nodes_pb2_grpc.NodesStub(channel).PutBlob(messages())
+        return got.digest, got.size_bytes
 
     def _console(self, console: _Console) -> None:
         task_id, label = console.task_id, self._label(console.workspace_id)

@@ -18,15 +18,15 @@ class QemuImgError(RuntimeError):
     pass
 
 
-def _command(args: list[str]) -> list[str]:
+def _command(args: list[str], cpu_s: int = _LIMIT_CPU_S) -> list[str]:
     # Limits through prlimit(1) rather than preexec_fn: no fork() of a threaded gRPC process.
-    return ["prlimit", f"--as={_LIMIT_AS_BYTES}", f"--cpu={_LIMIT_CPU_S}", QEMU_IMG, *args]
+    return ["prlimit", f"--as={_LIMIT_AS_BYTES}", f"--cpu={cpu_s}", QEMU_IMG, *args]
 
 
-def _run(args: list[str], timeout_s: float = 120.0) -> str:
+def _run(args: list[str], timeout_s: float = 120.0, cpu_s: int = _LIMIT_CPU_S) -> str:
     try:
         proc = subprocess.run(
-            _command(args),
+            _command(args, cpu_s),
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -61,6 +61,15 @@ def create_overlay(base: Path, base_format: str, path: Path, size_bytes: int = 0
     """
     args = ["create", "-q", "-f", "qcow2", "-b", str(base), "-F", _fmt(base_format), str(path)]
     _run([*args, _size(size_bytes)] if size_bytes else args)
+
+
+def flatten(overlay: Path, path: Path, timeout_s: float) -> None:
+    """``overlay`` (a qcow2, with whatever backing chain its header names) copied into a
+    new self-contained qcow2 ``path`` of the same virtual size; clusters that read as
+    zeros are not written, so the copy stays sparse. CPU time is limited to the
+    timeout (a copy of a large disk takes longer than the other verbs)."""
+    args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2", str(overlay), str(path)]
+    _run(args, timeout_s, max(_LIMIT_CPU_S, int(timeout_s)))
 
 
 def create_blank(path: Path, size_bytes: int, fmt: str = "qcow2") -> None:

@@ -22,6 +22,8 @@ from workspace.v1 import common_pb2, images_pb2, images_pb2_grpc, trust_pb2, tru
 
 T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
+# The longest a save is waited for: the service's default limit, and its grace.
+SAVE_TIMEOUT_S = 3600.0 + 60.0
 
 # progress(step, path, done_bytes, total_bytes); step is "hash", "upload" or "skip".
 PushProgress = Callable[[str, str, int, int], None]
@@ -121,6 +123,16 @@ class ImagesClientMixin:
         """Remove one of your images; refused (FailedPrecondition) while a live workspace
         uses it. Blobs no other image references leave the repository."""
         return self._call(self._images.DeleteImage, images_pb2.GetImageRequest(name=name))
+
+    def save_image(
+        self, workspace: str, image: str, project: str = "", timeout_s: float = SAVE_TIMEOUT_S
+    ) -> images_pb2.Image:
+        """A new image ``image`` (NAME:VERSION) from stopped workspace ``workspace`` (name
+        or id): its cow partitions as they are now, the rest as its image's. Returns once
+        the workspace's node has sent its disks and the image is registered (minutes for
+        large disks; ``timeout_s`` bounds the wait)."""
+        req = images_pb2.SaveImageRequest(workspace=workspace, image=image, project=project)
+        return self._call(self._images.SaveImage, req, timeout_s)
 
     def repository_usage(self) -> images_pb2.RepositoryUsage:
         """Bytes your images take in the repository, and your quota (0: none)."""

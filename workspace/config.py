@@ -127,6 +127,9 @@ class LimitsConfig:
     max_exec_stdin_bytes: int = 1024 * 1024
     max_exec_timeout_s: int = 3600
     exec_default_timeout_s: int = 60
+    # `ws image save`: how long a node may take to flatten and send a workspace's disks
+    # (seconds); the workspace does not start meanwhile.
+    save_timeout_s: int = 3600
 
     def __post_init__(self) -> None:
         if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
@@ -148,7 +151,7 @@ class LimitsConfig:
         check_min(
             self,
             "limits.",
-            ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s"),
+            ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s", "save_timeout_s"),
             1,
         )
         if not 1 <= self.exec_default_timeout_s <= self.max_exec_timeout_s:

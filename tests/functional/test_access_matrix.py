@@ -285,6 +285,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         images_pb2.RepositoryUsageRequest(), timeout=T)),
     (IM, "SetImagePublic", ADMIN, lambda c, w: c.images.SetImagePublic(
         images_pb2.SetImagePublicRequest(name=NOPE, public=True), timeout=T)),
+    (IM, "SaveImage", USER, lambda c, w: c.images.SaveImage(
+        images_pb2.SaveImageRequest(workspace=NOPE, image="saved:1"), timeout=T)),
     (TR, "AddSignature", USER, lambda c, w: c.trust.AddSignature(
         trust_pb2.AddSignatureRequest(image=NOPE, envelope_json="{}"), timeout=T)),
     (TR, "GetSignatures", USER, lambda c, w: c.trust.GetSignatures(
@@ -369,6 +371,9 @@ MATRIX: list[tuple[str, str, str, Call]] = [
     # The hello, then the agent closes its side: the service ends the stream at once.
     (ND, "Tasks", NODE, lambda c, w: first(c.nodes.Tasks(
         iter([nodes_pb2.TaskReply(node="n1")]), timeout=T))),
+    # No save of the workspace under way (FAILED_PRECONDITION): past authorization.
+    (ND, "PutBlob", NODE, lambda c, w: c.nodes.PutBlob(
+        iter([nodes_pb2.PutBlobChunk(node="n1", workspace_id=w.workspace_id)]), timeout=T)),
     # A workspace that is not running (NOT_FOUND for others): past authorization.
     (GU, "Exec", USER, lambda c, w: c.guests.Exec(
         access_pb2.ExecRequest(id=NOPE, argv=["true"]), timeout=T)),

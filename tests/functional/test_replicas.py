@@ -181,6 +181,31 @@ def test_exec_through_another_replica_reaches_the_agent(replicas: list[Site]) ->
         assert c.exec("box", ["no-such-command"]).exit_code == 127
 
 
+def test_a_save_through_another_replica_is_done_by_the_agent_on_its_own(
+    replicas: list[Site],
+) -> None:
+    """The save arrives at B; n1's task stream is on A, which runs it: the agent sends
+    its disk to A (the blob directory is shared), B imports the image."""
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.55.0/24")
+    a.stubs.import_image("img", data=b"base" * 16384)
+    a.add_agent("n1")
+    a.stubs.create(name="box", request_id="r-box")
+    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
+    svc_a = a.service
+    assert svc_a is not None
+    wait_for(lambda: svc_a.hub.connected("n1"), 10, "n1's task stream on A")
+    with Client(b.address) as c:
+        c.stop_workspace("box")
+        b.stubs.wait_state("box", WS.WORKSPACE_STATE_STOPPED)
+        img = c.save_image("box", "img-saved:1")
+        (root,) = img.partitions
+        assert (root.name, root.format) == ("root", "qcow2")
+        assert c.get_image("img-saved:1").partitions[0].digest == root.digest
+        w = c.create_workspace("img-saved:1", name="again")
+    a.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+
+
 def test_a_client_with_an_address_list_fails_over(
     replicas: list[Site], capsys: pytest.CaptureFixture[str]
 ) -> None:

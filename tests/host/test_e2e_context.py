@@ -488,6 +488,30 @@ def test_a_stopped_workspace_resized_boots_with_its_new_size(site: CloudSite) ->
     assert 512 * 1024 < int(mem.split()[1]) <= 768 * 1024, mem  # kB; the kernel keeps some
 
 
+def test_a_stopped_workspace_saved_as_an_image_boots_again_with_what_it_had(
+    site: CloudSite,
+) -> None:
+    """`ws image save` of the stopped VM: a new workspace of the saved image has the file
+    the first one wrote, its own hostname and the host keys the service gave it (ssh
+    checks them strictly), and the first one boots again unchanged."""
+    site.sh(SOLO, "echo kept-by-save > /etc/ws-saved && sync")
+    site.ok("stop", SOLO, "--wait", "--timeout", "300")
+    saved = json.loads(site.ok("-o", "json", "image", "save", SOLO, "cloud-saved:1"))
+    assert [(p["name"], p["format"]) for p in saved["partitions"]] == [("root", "qcow2")]
+    assert (saved["context"], saved["login_user"]) == ("nocloud", "debian")
+    # Both boot at once (TCG on two cores): the copy, and the original again.
+    site.ok("create", "--image", "cloud-saved:1", "--name", "copied", "--memory-mib", "512")
+    site.ok("start", SOLO)
+    wait_ssh(site, ("copied", SOLO), READY_S)
+    out = site.ssh("copied", "cat /etc/ws-saved; hostname")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert out.stdout.split() == ["kept-by-save", "copied"]
+    out = site.ssh(SOLO, "cat /etc/ws-saved; hostname")
+    assert out.stdout.split() == ["kept-by-save", SOLO]
+    site.ok("destroy", "copied", "--wait")
+    site.ok("image", "delete", "cloud-saved:1")
+
+
 def test_destroy_leaves_no_seed(site: CloudSite) -> None:
     root = site.node_workspace_dirs()
     assert list(root.rglob("seed.iso")), "the members' seeds should exist while they run"

@@ -36,10 +36,16 @@ from workspace.domain.tasks import (
     ConsoleOpen,
     ConsoleOutput,
     ExecTask,
+    ReplyKind,
+    SavedPartition,
+    SaveOutcome,
+    SaveStarted,
+    SaveTask,
     Task,
     TaskError,
     TaskReply,
 )
+from workspace.ops import taskhub
 from workspace.ops.taskhub import TaskHub
 from workspace.site import record as site_record
 from workspace.v1 import access_pb2, clusters_pb2, common_pb2
@@ -465,6 +471,52 @@ def test_the_hub_answers_an_exec_by_task_id() -> None:
 
     threading.Thread(target=agent).start()
     assert hub.exec("n1", "w1", ExecTask(("echo",)), 5) == ExecOutcome(0, b"hi")
+
+
+def test_the_hub_answers_a_save_and_refuses_an_answer_of_another_kind() -> None:
+    hub = TaskHub()
+    line = hub.connect("n1")
+    saved = SaveOutcome((SavedPartition("root", "sha256:" + "a" * 64, 42),))
+
+    def agent(answers: list[ReplyKind]) -> None:
+        for answer in answers:
+            task = line.next(5)
+            assert task is not None
+            # What crosses the wire: the task and the answer through their protos.
+            got = codec_guests.task_from_proto(codec_guests.task_to_proto(task))
+            assert got == task
+            reply = codec_guests.reply_to_proto(TaskReply(task.task_id, answer))
+            hub.deliver(line, codec_guests.reply_from_proto(reply))
+
+    threading.Thread(target=agent, args=([saved, saved],)).start()
+    assert hub.save("n1", "w1", SaveTask(("root",), 60), 5) == saved
+    with pytest.raises(errors.Unavailable, match="the agent answered an exec with SaveOutcome"):
+        hub.exec("n1", "w1", ExecTask(("true",)), 5)
+
+
+def test_a_save_an_agent_does_not_take_fails_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent older than saves ignores the task: the caller hears it within
+    SAVE_START_S, not at the save's time limit."""
+    monkeypatch.setattr(taskhub, "SAVE_START_S", 0.3)
+    hub = TaskHub()
+    line = hub.connect("n1")
+    t0 = time.monotonic()
+    with pytest.raises(errors.Unavailable, match=r"did not take the save within 0\.3 s"):
+        hub.save("n1", "w1", SaveTask(("root",), 3600), 3600)
+    assert time.monotonic() - t0 < 30  # not the save's hour
+    assert line.next(1) is not None  # it was sent
+    # One that takes it: the outcome is waited for past SAVE_START_S.
+    saved = SaveOutcome(())
+
+    def agent() -> None:
+        task = line.next(5)
+        assert task is not None
+        hub.deliver(line, TaskReply(task.task_id, SaveStarted()))
+        time.sleep(0.6)
+        hub.deliver(line, TaskReply(task.task_id, saved))
+
+    threading.Thread(target=agent).start()
+    assert hub.save("n1", "w1", SaveTask(("root",), 60), 5) == saved
 
 
 def test_the_hub_fails_tasks_of_a_dropped_stream_and_unknown_nodes() -> None:

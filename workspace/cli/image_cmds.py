@@ -1,9 +1,11 @@
 """`ws image ...`: push (content-addressed, only missing blobs are sent), list, show,
-delete, usage; and the disk options of `ws create` (--blank, --grow).
+delete, usage, save (a stopped workspace's disks as a new image); and the disk options
+of `ws create` (--blank, --grow).
 
     ws image push sci-base:1.2 --manifest sci-base.toml   # partitions from a TOML manifest
     ws image push sci-base:1.2 root.qcow2                 # one cow partition "root"
     ws image list | show NAME | delete NAME | usage
+    ws image save WORKSPACE my-env:1
 
 The manifest format is described in images/manifest.py and docs/images.md.
 """
@@ -19,6 +21,7 @@ from images import manifest as image_manifest
 from workspace import errors
 from workspace.cli import common, render
 from workspace.client import PushResult, parse_blank
+from workspace.client_images import SAVE_TIMEOUT_S
 from workspace.v1 import common_pb2
 
 # -- commands ----------------------------------------------------------------------------
@@ -97,6 +100,29 @@ class ImageCommands:
         render.emit(args, render.image_dict(img), text)
         return common.EXIT_OK
 
+    def save(self, args: argparse.Namespace) -> int:
+        try:
+            image_manifest.parse_ref(args.image)
+        except image_manifest.ManifestError as exc:
+            raise common.UsageError(str(exc)) from None
+        print(
+            f"{self.prog}: saving {args.workspace} as {args.image}: its node copies its "
+            "disks (it cannot start until this ends) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        img = self.client_for(args).save_image(
+            args.workspace, args.image, args.project or "", args.timeout
+        )
+        print(
+            f"{self.prog}: saved {args.workspace} as {img.name} "
+            f"({render.fmt_bytes(img.total_bytes)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        render.emit(args, render.image_dict(img), render.image_text(img))
+        return common.EXIT_OK
+
     def usage(self, args: argparse.Namespace) -> int:
         u = self.client_for(args).repository_usage()
         render.emit(args, u, render.usage_text(u))
@@ -109,7 +135,7 @@ def register(
     client_for: common.ClientFor,
     prog: str = "ws",
 ) -> Any:
-    """Add `image push|list|show|delete|usage` to ``subparsers`` (of the top parser);
+    """Add `image push|list|show|delete|usage|save` to ``subparsers`` (of the top parser);
     returns the subparsers of `image`, where more image commands can be added."""
     cmds = ImageCommands(client_for, prog)
     p = subparsers.add_parser("image", parents=[parent], help="images")
@@ -154,6 +180,32 @@ def register(
     q.set_defaults(func=cmds.delete)
     q = sub.add_parser("usage", parents=[parent], help="your repository bytes and quota")
     q.set_defaults(func=cmds.usage)
+    q = sub.add_parser(
+        "save",
+        parents=[parent],
+        help="make a new image of a stopped workspace's disks",
+        description="Save WORKSPACE (stopped) as image NAME:VERSION: its node copies each "
+        "cow partition as it is now into a self-contained qcow2 and sends it to the "
+        "repository; the image's readonly and blank partitions, kernel, context and login "
+        "user are kept, disks added with `ws create --blank` are not. The workspace cannot "
+        "start until the save ends. The new image is unsigned (`ws image sign` it where the "
+        "site enforces signatures).",
+    )
+    q.add_argument("workspace", metavar="WORKSPACE", help="the workspace (name or id), stopped")
+    q.add_argument("image", metavar="NAME:VERSION", help="the new image, e.g. my-env:1")
+    q.add_argument(
+        "--project",
+        metavar="P",
+        help="the image's project (default: the workspace's)",
+    )
+    q.add_argument(
+        "--timeout",
+        type=float,
+        default=SAVE_TIMEOUT_S,
+        metavar="S",
+        help=f"give up waiting after S seconds (default {SAVE_TIMEOUT_S:g})",
+    )
+    q.set_defaults(func=cmds.save)
     return sub
 
 

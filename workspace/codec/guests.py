@@ -13,6 +13,10 @@ from workspace.domain.tasks import (
     ConsoleOutput,
     ExecTask,
     ReplyKind,
+    SavedPartition,
+    SaveOutcome,
+    SaveStarted,
+    SaveTask,
     Task,
     TaskError,
     TaskKind,
@@ -44,6 +48,8 @@ def task_to_proto(t: Task) -> nodes_pb2.Task:
         m.console_open.SetInParent()
     elif isinstance(k, ConsoleInput):
         m.console_input = k.data
+    elif isinstance(k, SaveTask):
+        m.save.CopyFrom(nodes_pb2.SaveTask(partitions=list(k.partitions), timeout_s=k.timeout_s))
     else:
         m.console_close = True
     return m
@@ -61,6 +67,8 @@ def task_from_proto(m: nodes_pb2.Task) -> Task | None:
         kind = ConsoleInput(m.console_input)
     elif which == "console_close":
         kind = ConsoleClose()
+    elif which == "save":
+        kind = SaveTask(tuple(m.save.partitions), m.save.timeout_s)
     else:
         return None
     return Task(m.task_id, m.workspace_id, kind)
@@ -77,6 +85,17 @@ def reply_to_proto(r: TaskReply) -> nodes_pb2.TaskReply:
         m.console_closed = k.reason
     elif isinstance(k, TaskError):
         m.error.CopyFrom(nodes_pb2.TaskError(code=k.code, message=k.message))
+    elif isinstance(k, SaveStarted):
+        m.save_started = True
+    elif isinstance(k, SaveOutcome):
+        m.saved.CopyFrom(
+            nodes_pb2.SaveOutcome(
+                partitions=[
+                    nodes_pb2.SavedPartition(name=p.name, digest=p.digest, size_bytes=p.size_bytes)
+                    for p in k.partitions
+                ]
+            )
+        )
     return m
 
 
@@ -91,4 +110,10 @@ def reply_from_proto(m: nodes_pb2.TaskReply) -> TaskReply:
         kind = ConsoleClosed(m.console_closed)
     elif which == "error":
         kind = TaskError(m.error.code, m.error.message)
+    elif which == "save_started":
+        kind = SaveStarted()
+    elif which == "saved":
+        kind = SaveOutcome(
+            tuple(SavedPartition(p.name, p.digest, p.size_bytes) for p in m.saved.partitions)
+        )
     return TaskReply(m.task_id, kind, m.node)

@@ -1,6 +1,9 @@
 """Imperative work on a node's guests (``Nodes.Tasks``), as domain values: what the
 service asks of an agent, and what the agent answers.
 
+A save is one task and one answer too: the named cow partitions of a stopped workspace
+flattened and sent to the repository (``SaveOutcome``: each one's digest and size).
+
 An exec is one task and one answer (an ``ExecOutcome`` or a ``TaskError``). A console is
 a session under one task id: ``ConsoleOpen``, then ``ConsoleInput``s in and
 ``ConsoleOutput``s out until ``ConsoleClose`` (the client left) or ``ConsoleClosed``
@@ -38,7 +41,13 @@ class ConsoleClose:
     pass
 
 
-TaskKind = ExecTask | ConsoleOpen | ConsoleInput | ConsoleClose
+@dataclass(frozen=True)
+class SaveTask:
+    partitions: tuple[str, ...]
+    timeout_s: int = 0
+
+
+TaskKind = ExecTask | ConsoleOpen | ConsoleInput | ConsoleClose | SaveTask
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,25 @@ class TaskError:
     message: str
 
 
-ReplyKind = ExecOutcome | ConsoleOutput | ConsoleClosed | TaskError
+@dataclass(frozen=True)
+class SavedPartition:
+    name: str
+    digest: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    partitions: tuple[SavedPartition, ...]
+
+
+@dataclass(frozen=True)
+class SaveStarted:
+    """The agent took a save: its outcome follows (an agent that does not know saves
+    never says so)."""
+
+
+ReplyKind = ExecOutcome | ConsoleOutput | ConsoleClosed | TaskError | SaveOutcome | SaveStarted
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def _rules() -> dict[str, Role]:
             "DeleteImage": u,
             "GetRepositoryUsage": u,
             "SetImagePublic": a,
+            # The workspace's owner (or an admin): checked by the operation.
+            "SaveImage": u,
         },
         "workspace.v1.Trust": {
             # A signature must verify against a key the site trusts; only an image's
@@ -132,6 +134,7 @@ def _rules() -> dict[str, Role]:
             "PushConsole": n,
             "FetchBlob": n,
             "Tasks": n,
+            "PutBlob": n,
         },
         # Keys are the caller's own.
         "workspace.v1.Keys": {"AddSshKey": u, "ListSshKeys": u, "RemoveSshKey": u},

@@ -10,7 +10,9 @@ from workspace.codec import v1
 from workspace.edge import auth
 from workspace.edge.calls import unary
 from workspace.identity import Identity
+from workspace.ops import save
 from workspace.ops.images import Catalog
+from workspace.ops.taskhub import TaskHub
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import images_pb2, images_pb2_grpc
 
@@ -18,8 +20,10 @@ from workspace.v1 import images_pb2, images_pb2_grpc
 class ImagesServicer(images_pb2_grpc.ImagesServicer):
     SERVICE = "workspace.v1.Images"
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, hub: TaskHub | None = None) -> None:
         self.catalog = catalog
+        # The agents' task streams (a save is done by the workspace's node).
+        self.hub = hub if hub is not None else TaskHub()
         self.auth = auth.for_config(catalog.env.cfg)
 
     @property
@@ -102,3 +106,18 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         who: Identity,
     ) -> images_pb2.Image:
         return v1.image_to_proto(self.catalog.set_public(request.name, request.public))
+
+    @unary
+    def SaveImage(
+        self, request: images_pb2.SaveImageRequest, context: grpc.ServicerContext, who: Identity
+    ) -> images_pb2.Image:
+        view = save.save(
+            self.catalog.env,
+            self.hub,
+            self.catalog,
+            who,
+            request.workspace,
+            request.image,
+            request.project,
+        )
+        return v1.image_to_proto(view)

@@ -8,6 +8,7 @@ taken as given.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterator
@@ -18,9 +19,11 @@ from workspace.codec import guests as codec_guests
 from workspace.codec import node as codec_node
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
+from workspace.errors import InvalidArgument
 from workspace.identity import Identity
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.ops import consoles, liveness, reports
+from workspace.ops import consoles, liveness, reports, save
+from workspace.ops.images import Catalog
 from workspace.ops.taskhub import AgentLine, TaskHub
 from workspace.ops.unit import Env
 from workspace.store.blobs import BlobRepository
@@ -35,9 +38,17 @@ def _serial(who: Identity) -> int:
 class NodesServicer(nodes_pb2_grpc.NodesServicer):
     SERVICE = "workspace.node.v1.Nodes"
 
-    def __init__(self, env: Env, blobs: BlobRepository, hub: TaskHub | None = None) -> None:
+    def __init__(
+        self,
+        env: Env,
+        blobs: BlobRepository,
+        hub: TaskHub | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.env = env
         self.blobs = blobs
+        # Where saved disks go (PutBlob); the blobs' own catalog by default.
+        self.catalog = catalog if catalog is not None else Catalog(env, blobs)
         # The agents' task streams (exec, interactive consoles): shared with Guests.
         self.hub = hub if hub is not None else TaskHub()
         self.auth = auth.for_config(env.cfg)
@@ -174,3 +185,28 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         total = repo.size(request.digest) if repo.has(request.digest) else 0
         for chunk in repo.read(request.digest, request.offset):
             yield nodes_pb2.BlobData(data=chunk, total_size=total)
+
+    @unary
+    def PutBlob(
+        self,
+        request_iterator: Iterator[nodes_pb2.PutBlobChunk],
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> nodes_pb2.PutBlobResponse:
+        first = next(request_iterator, None)
+        if first is None:
+            raise InvalidArgument("PutBlob: no message (the first names the node and workspace)")
+        node = self._node(who, first.node)
+        if who.is_node:
+            reports.check_node(self.env, node, who.serial)
+        save.may_send(self.env, node, first.workspace_id)
+        chunks = itertools.chain([first.data], (c.data for c in request_iterator))
+        digest, size = self.catalog.upload_blob(chunks)
+        log.info(
+            "node %s sent %s (%d bytes) of workspace %s's save",
+            node,
+            digest,
+            size,
+            first.workspace_id,
+        )
+        return nodes_pb2.PutBlobResponse(digest=digest, size_bytes=size)

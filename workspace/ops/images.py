@@ -283,13 +283,16 @@ class Catalog:
         project: str = "",
         context: str = "",
         login_user: str = "",
+        site_image: bool = True,
     ) -> ImageView:
         """Add an image of the caller made of uploaded blobs (partitions: format "" is the
         default), in ``project`` (default: the caller's only one); private to its owner
         and project until an admin makes it public (an admin's image outside any
         project is public from the start: a site image). ``context``: how it takes
         deploy-time information ("" or "none": not at all; "nocloud": a cloud-init seed),
-        ``login_user`` the account `ws ssh` logs in as."""
+        ``login_user`` the account `ws ssh` logs in as. ``site_image`` False: an admin's
+        image outside any project stays private too (an admin saving a user's
+        workspace)."""
         env = self.env
         owner = as_identity(who).name
         context, login_user = seeds.check_context(context, login_user, req.image)
@@ -312,7 +315,7 @@ class Catalog:
             ident = as_identity(who)
             img.project = resolve_project(s, ident, project)
             # An admin's image outside any project is a site image: every user sees it.
-            img.public = ident.admin and not img.project
+            img.public = ident.admin and not img.project and site_image
             if s.get(Image, req.image) is not None:
                 raise AlreadyExists(f"image {req.image!r} already exists; pick a new version")
             digests = set(spec.digests())

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.domain.states import Desired, NodeState, State
-from workspace.errors import InvalidArgument, NotFound
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env
@@ -20,6 +20,9 @@ from workspace.store.mapping import set_reason
 log = logging.getLogger("workspace.ops")
 
 Owned = TypeVar("Owned", Workspace, Cluster)
+
+# How much longer than ``limits.save_timeout_s`` a save waits for its node (ops/save.py).
+SAVE_GRACE_S = 30.0
 
 
 def resolve_owned(
@@ -128,3 +131,19 @@ def image_users(s: Session, image_name: str) -> list[Workspace]:
         .scalars()
         .all()
     )
+
+
+def saving(env: Env, ws: Workspace) -> bool:
+    """Whether a save of ``ws`` is under way (ops/save.py; a stale mark does not count)."""
+    if not ws.saving_as:
+        return False
+    return env.clock() - ws.saving_since < env.cfg.limits.save_timeout_s + SAVE_GRACE_S
+
+
+def refuse_while_saving(env: Env, ws: Workspace, what: str) -> None:
+    """FAILED_PRECONDITION while ``ws`` is being saved: its disks must not change."""
+    if saving(env, ws):
+        raise FailedPrecondition(
+            f"workspace {ws.name} is being saved as image {ws.saving_as}; "
+            f"{what} it once the save has ended"
+        )

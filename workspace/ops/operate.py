@@ -11,7 +11,7 @@ from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
 from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
-from workspace.ops.lifecycle import node_down, release, resolve_workspace
+from workspace.ops.lifecycle import node_down, refuse_while_saving, release, resolve_workspace
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Workspace
 from workspace.store.mapping import set_reason, workspace_views
@@ -50,6 +50,8 @@ def act(
             f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
         )
     t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
+    if t is not None and op is Op.START:
+        refuse_while_saving(env, ws, "start")
     if t is None:  # already so: also a running workspace whose lease just ended
         return False
     if op in (Op.START, Op.RESUME):

@@ -5,7 +5,8 @@ The edge (``edge/nodes.py``) owns the gRPC stream: on a hello it ``connect``s th
 (an earlier stream of the same node is dropped), sends what ``AgentLine.next`` gives,
 hands every reply to ``deliver`` and ``disconnect``s when the stream ends. Operations
 (``ops/guests.py``) call ``exec`` (one task, one answer, a deadline) and ``open_console``
-(a session of many messages under one task id). A node whose agent is not connected is
+(a session of many messages under one task id); ``save`` (``ops/save.py``) is one task
+and one answer, as an exec. A node whose agent is not connected is
 UNAVAILABLE at once; a stream that drops fails every task still waiting on it with
 UNAVAILABLE. Only domain values cross this module (``workspace/domain/tasks.py``).
 
@@ -23,11 +24,12 @@ import itertools
 import logging
 import queue
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from workspace.domain.model import ExecOutcome
 from workspace.domain.tasks import UNAVAILABLE as UNAVAILABLE_CODE
@@ -39,6 +41,9 @@ from workspace.domain.tasks import (
     ConsoleOutput,
     ExecTask,
     ReplyKind,
+    SaveOutcome,
+    SaveStarted,
+    SaveTask,
     Task,
     TaskError,
     TaskReply,
@@ -53,6 +58,9 @@ CONSOLE_BACKLOG = 4096
 
 # What a console session gets: output, its end, or why it could not go on (TaskError).
 ConsoleEvent = ConsoleOutput | ConsoleClosed | TaskError
+# The answer of a task of one answer (an exec, a save).
+Answer = ExecOutcome | SaveOutcome
+A = TypeVar("A", ExecOutcome, SaveOutcome)
 
 
 class AgentLine:
@@ -89,11 +97,18 @@ class AgentLine:
         self._out.put(None)  # wakes the sender
 
 
+# How long an agent has to say it took a save (``SaveStarted``): one that does not know
+# saves (older than the service) ignores the task, and the caller learns it now rather
+# than at the save's time limit.
+SAVE_START_S = 15.0
+
+
 @dataclass
 class _Pending:
     line: AgentLine
-    future: Future[ExecOutcome] | None = None
+    future: Future[Answer] | None = None
     events: queue.Queue[ConsoleEvent] | None = None
+    started: threading.Event | None = None  # a save: set when the agent took it
 
 
 class ConsoleLink:
@@ -139,6 +154,10 @@ class Elsewhere(Protocol):
 
     def open_console(self, node: str, workspace_id: str) -> ConsoleLink:
         """A console session on ``node``'s agent through the replica that holds its stream."""
+        ...
+
+    def save(self, node: str, workspace_id: str, task: SaveTask, wait_s: float) -> SaveOutcome:
+        """Run a save on ``node``'s agent through the replica that holds its stream."""
         ...
 
 
@@ -187,6 +206,10 @@ class TaskHub:
             p = self._pending.get(reply.task_id)
             if p is None or p.line is not line:
                 return
+            if isinstance(reply.kind, SaveStarted):
+                if p.started is not None:
+                    p.started.set()
+                return
             ends = p.future is not None or isinstance(reply.kind, ConsoleClosed | TaskError)
             if ends:
                 del self._pending[reply.task_id]
@@ -229,20 +252,46 @@ class TaskHub:
         elsewhere = self.elsewhere
         if forward and elsewhere is not None and not self.connected(node):
             return elsewhere.exec(node, workspace_id, task, wait_s)
+        return self._ask(node, workspace_id, task, wait_s, ExecOutcome)
+
+    def save(
+        self, node: str, workspace_id: str, task: SaveTask, wait_s: float, forward: bool = True
+    ) -> SaveOutcome:
+        """Have ``node``'s agent flatten and send the workspace's partitions ``task``
+        names; waits up to ``wait_s`` (``forward``: as ``exec``)."""
+        elsewhere = self.elsewhere
+        if forward and elsewhere is not None and not self.connected(node):
+            return elsewhere.save(node, workspace_id, task, wait_s)
+        return self._ask(node, workspace_id, task, wait_s, SaveOutcome)
+
+    def _ask(
+        self, node: str, workspace_id: str, task: ExecTask | SaveTask, wait_s: float, want: type[A]
+    ) -> A:
+        """Send a task of one answer and wait up to ``wait_s`` for it."""
         line = self._line(node)
         task_id = uuid.uuid4().hex
-        future: Future[ExecOutcome] = Future()
+        future: Future[Answer] = Future()
+        started = threading.Event() if isinstance(task, SaveTask) else None
         with self._lock:
-            self._pending[task_id] = _Pending(line, future=future)
+            self._pending[task_id] = _Pending(line, future=future, started=started)
         try:
             line.send(Task(task_id, workspace_id, task))
-            return future.result(timeout=wait_s)
+            if started is not None and not _taken(started, future, min(SAVE_START_S, wait_s)):
+                raise Unavailable(
+                    f"node {node}'s agent did not take the save within {SAVE_START_S:g} s "
+                    "(an agent older than the service does not know saves; upgrade it)"
+                )
+            answer = future.result(timeout=wait_s)
         except FutureTimeout:
             raise Unavailable(
                 f"node {node}'s agent did not answer within {wait_s:g} s; try again"
             ) from None
         finally:
             self.forget(task_id)
+        if not isinstance(answer, want):
+            what = "an exec" if isinstance(task, ExecTask) else "a save"
+            raise Unavailable(f"the agent answered {what} with {answer!r}")
+        return answer
 
     def open_console(self, node: str, workspace_id: str, forward: bool = True) -> ConsoleLink:
         """Ask ``node``'s agent to open the workspace's console; its output (or why it
@@ -264,15 +313,26 @@ class TaskHub:
         return link
 
 
-def _settle(future: Future[ExecOutcome], kind: ReplyKind | None) -> None:
+def _taken(started: threading.Event, future: Future[Answer], wait_s: float) -> bool:
+    """Whether the agent took the task within ``wait_s`` (or already answered it)."""
+    deadline = time.monotonic() + wait_s
+    while not started.wait(0.1):
+        if future.done():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+    return True
+
+
+def _settle(future: Future[Answer], kind: ReplyKind | None) -> None:
     if future.done():
         return
-    if isinstance(kind, ExecOutcome):
+    if isinstance(kind, ExecOutcome | SaveOutcome):
         future.set_result(kind)
     elif isinstance(kind, TaskError):
         future.set_exception(exception_of(kind))
     else:
-        future.set_exception(Unavailable(f"the agent answered an exec with {kind!r}"))
+        future.set_exception(Unavailable(f"the agent answered a task with {kind!r}"))
 
 
 def _offer(q: queue.Queue[ConsoleEvent], event: ConsoleEvent, force: bool = False) -> bool:

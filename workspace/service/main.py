@@ -111,15 +111,15 @@ class Service:
             cfg.node_max_workers, None, [*counted, self.node_stream_cap], thread_name_prefix="nodes"
         )
         # The servicers: each decodes, calls an operation (workspace/ops), encodes.
+        # The agents' task streams: exec, interactive consoles and saves go through them.
+        self.hub = TaskHub()
         self.workspaces = WorkspacesServicer(self.env)
-        self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)))
+        self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)), self.hub)
         self.clusters = ClustersServicer(self.env)
         self.admin = AdminServicer(self.env)
-        # The agents' task streams: exec and interactive consoles go through them.
-        self.hub = TaskHub()
         # On replicas, an exec for an agent connected to another replica goes through it.
         self.forwarder = TaskForwarder(self.hub, self.relay) if self.relay else None
-        self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub)
+        self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub, self.catalog.catalog)
         self.guests = GuestsServicer(self.env, self.hub)
         # Elastic clusters: running members learn changed rosters (on the leader).
         self.rosters = RosterPusher(self.env, self.hub.exec)

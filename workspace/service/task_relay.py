@@ -1,4 +1,4 @@
-"""Execs for an agent connected to another replica (docs/design/replicas.md).
+"""Execs and saves for an agent connected to another replica (docs/design/replicas.md).
 
 An agent's ``Nodes.Tasks`` stream is connected to one replica; ``ws exec`` may arrive at
 any. The receiving replica (``TaskForwarder.exec``, the hub's ``elsewhere``) sends the
@@ -26,9 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workspace.domain.model import ExecOutcome
-from workspace.domain.tasks import ExecTask, TaskError, error_of, exception_of
+from workspace.domain.tasks import (
+    ExecTask,
+    SavedPartition,
+    SaveOutcome,
+    SaveTask,
+    TaskError,
+    error_of,
+    exception_of,
+)
 from workspace.errors import Unavailable, WorkspaceError
-from workspace.ops.taskhub import ConsoleLink, TaskHub
+from workspace.ops.taskhub import Answer, ConsoleLink, TaskHub
 from workspace.service import console_relay
 from workspace.service.console_relay import ConsoleRelay
 from workspace.service.replicas import TASKS_CHANNEL, Relay
@@ -45,7 +53,7 @@ PART_CHARS = 6000
 class _Waiting:
     acked: threading.Event = field(default_factory=threading.Event)
     parts: dict[int, str] = field(default_factory=dict)
-    answer: Future[ExecOutcome] = field(default_factory=Future)
+    answer: Future[Answer] = field(default_factory=Future)
 
 
 def _b64(data: bytes) -> str:
@@ -73,6 +81,24 @@ class TaskForwarder:
     # -- the replica the exec arrived at ----------------------------------------------------
 
     def exec(self, node: str, workspace_id: str, task: ExecTask, wait_s: float) -> ExecOutcome:
+        fields = {"argv": list(task.argv), "stdin": _b64(task.stdin), "timeout": task.timeout_s}
+        answer = self._forward(node, workspace_id, fields, wait_s)
+        if not isinstance(answer, ExecOutcome):
+            raise Unavailable(f"the replica holding node {node}'s agent answered {answer!r}")
+        return answer
+
+    def save(self, node: str, workspace_id: str, task: SaveTask, wait_s: float) -> SaveOutcome:
+        fields = {"task": "save", "partitions": list(task.partitions), "timeout": task.timeout_s}
+        answer = self._forward(node, workspace_id, fields, wait_s)
+        if not isinstance(answer, SaveOutcome):
+            raise Unavailable(f"the replica holding node {node}'s agent answered {answer!r}")
+        return answer
+
+    def _forward(
+        self, node: str, workspace_id: str, fields: dict[str, Any], wait_s: float
+    ) -> Answer:
+        """Offer a task of one answer to the replicas (``op`` exec, whatever its kind) and
+        wait for the answer of the one that runs it."""
         tid = uuid.uuid4().hex
         w = _Waiting()
         with self._lock:
@@ -83,10 +109,8 @@ class TaskForwarder:
             "from": self.relay.replica_id,
             "node": node,
             "ws": workspace_id,
-            "argv": list(task.argv),
-            "stdin": _b64(task.stdin),
-            "timeout": task.timeout_s,
             "wait": wait_s,
+            **fields,
         }
         try:
             payload = json.dumps(msg)
@@ -160,6 +184,13 @@ class TaskForwarder:
             code, message = answer["error"]
             w.answer.set_exception(exception_of(TaskError(int(code), str(message))))
             return
+        if "saved" in answer:
+            w.answer.set_result(
+                SaveOutcome(
+                    tuple(SavedPartition(str(n), str(d), int(z)) for n, d, z in answer["saved"])
+                )
+            )
+            return
         w.answer.set_result(
             ExecOutcome(
                 exit_code=int(answer["exit_code"]),
@@ -173,33 +204,42 @@ class TaskForwarder:
     # -- the replica holding the agent's stream ---------------------------------------------
 
     def _run(self, msg: dict[str, Any]) -> None:
+        answer: dict[str, Any]
+        node, wid, wait = str(msg["node"]), str(msg["ws"]), float(msg["wait"])
+        try:
+            if msg.get("task") == "save":
+                save = SaveTask(
+                    tuple(str(p) for p in msg.get("partitions", ())), int(msg.get("timeout", 0))
+                )
+                saved = self.hub.save(node, wid, save, wait, forward=False)
+                answer = {"saved": [[p.name, p.digest, p.size_bytes] for p in saved.partitions]}
+            else:
+                answer = self._run_exec(node, wid, msg, wait)
+        except WorkspaceError as exc:
+            e = error_of(exc)
+            answer = {"error": [e.code, e.message]}
+        except Exception as exc:
+            log.exception("a forwarded task failed")
+            answer = {"error": [13, f"the task failed on the replica holding the agent: {exc}"]}
+        text = _b64(json.dumps(answer).encode())
+        parts = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)] or [""]
+        for i, part in enumerate(parts):
+            self._reply(msg["from"], msg["id"], {"op": "part", "i": i, "n": len(parts), "d": part})
+
+    def _run_exec(self, node: str, wid: str, msg: dict[str, Any], wait: float) -> dict[str, Any]:
         task = ExecTask(
             argv=tuple(str(a) for a in msg.get("argv", ())),
             stdin=base64.b64decode(msg.get("stdin", "")),
             timeout_s=int(msg.get("timeout", 0)),
         )
-        answer: dict[str, Any]
-        try:
-            out = self.hub.exec(
-                str(msg["node"]), str(msg["ws"]), task, float(msg["wait"]), forward=False
-            )
-            answer = {
-                "exit_code": out.exit_code,
-                "stdout": _b64(out.stdout),
-                "stderr": _b64(out.stderr),
-                "timed_out": out.timed_out,
-                "truncated": out.truncated,
-            }
-        except WorkspaceError as exc:
-            e = error_of(exc)
-            answer = {"error": [e.code, e.message]}
-        except Exception as exc:
-            log.exception("a forwarded exec failed")
-            answer = {"error": [13, f"the exec failed on the replica holding the agent: {exc}"]}
-        text = _b64(json.dumps(answer).encode())
-        parts = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)] or [""]
-        for i, part in enumerate(parts):
-            self._reply(msg["from"], msg["id"], {"op": "part", "i": i, "n": len(parts), "d": part})
+        out = self.hub.exec(node, wid, task, wait, forward=False)
+        return {
+            "exit_code": out.exit_code,
+            "stdout": _b64(out.stdout),
+            "stderr": _b64(out.stderr),
+            "timed_out": out.timed_out,
+            "truncated": out.truncated,
+        }
 
     def _reply(self, to: str, tid: str, body: dict[str, Any]) -> None:
         self.relay.send(TASKS_CHANNEL, json.dumps({**body, "to": to, "id": tid}))

@@ -244,6 +244,11 @@ class Workspace(Base):
     # Set on a victim: the workspace whose placement preempted it ("" = not preempted).
     # That workspace's order is held back from its node until every victim is gone.
     preempted_by: Mapped[str] = mapped_column(String(32), default="")
+    # Being saved as this image (ops/save.py; "" = not) since saving_since: it does not
+    # start meanwhile. A mark older than the save's time limit is stale (a service that
+    # died mid-save).
+    saving_as: Mapped[str] = mapped_column(String(255), default="")
+    saving_since: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

@@ -21,6 +21,34 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SaveImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    """The workspace: its name or id."""
+    image: _builtins.str
+    """The new image, NAME:VERSION (must not exist)."""
+    project: _builtins.str
+    """The project it belongs to (default: the workspace's, else the caller's only one)."""
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        image: _builtins.str = ...,
+        project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "project", b"project", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveImageRequest: _TypeAlias = SaveImageRequest  # noqa: Y015
+
+@_typing.final
 class HasBlobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

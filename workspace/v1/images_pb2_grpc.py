@@ -74,6 +74,11 @@ class ImagesStub:
                 request_serializer=workspace_dot_v1_dot_images__pb2.SetImagePublicRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_images__pb2.Image.FromString,
                 _registered_method=True)
+        self.SaveImage = channel.unary_unary(
+                '/workspace.v1.Images/SaveImage',
+                request_serializer=workspace_dot_v1_dot_images__pb2.SaveImageRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_images__pb2.Image.FromString,
+                _registered_method=True)
 
 
 class ImagesServicer:
@@ -132,6 +137,17 @@ class ImagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveImage(self, request, context):
+        """A new image from a STOPPED workspace of the caller's (admins: anyone's): each cow
+        partition is the workspace's disk as it is now, flattened on its node into a
+        self-contained qcow2 and sent to the repository; readonly and blank partitions,
+        the kernel, initrd, cmdline, context and login user are the source image's. The
+        workspace cannot start until the save ends. Unsigned, like any pushed image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +189,11 @@ def add_ImagesServicer_to_server(servicer, server):
             'SetImagePublic': grpc.unary_unary_rpc_method_handler(
                     servicer.SetImagePublic,
                     request_deserializer=workspace_dot_v1_dot_images__pb2.SetImagePublicRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_images__pb2.Image.SerializeToString,
+            ),
+            'SaveImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveImage,
+                    request_deserializer=workspace_dot_v1_dot_images__pb2.SaveImageRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_images__pb2.Image.SerializeToString,
             ),
     }
@@ -391,6 +412,33 @@ class Images:
             target,
             '/workspace.v1.Images/SetImagePublic',
             workspace_dot_v1_dot_images__pb2.SetImagePublicRequest.SerializeToString,
+            workspace_dot_v1_dot_images__pb2.Image.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Images/SaveImage',
+            workspace_dot_v1_dot_images__pb2.SaveImageRequest.SerializeToString,
             workspace_dot_v1_dot_images__pb2.Image.FromString,
             options,
             channel_credentials,

@@ -45,6 +45,13 @@ class ImagesStub:
     GetRepositoryUsage: _grpc.UnaryUnaryMultiCallable[_images_pb2.RepositoryUsageRequest, _images_pb2.RepositoryUsage]
     SetImagePublic: _grpc.UnaryUnaryMultiCallable[_images_pb2.SetImagePublicRequest, _images_pb2.Image]
     """Admins: make an image visible to every user, or private to its project again."""
+    SaveImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.SaveImageRequest, _images_pb2.Image]
+    """A new image from a STOPPED workspace of the caller's (admins: anyone's): each cow
+    partition is the workspace's disk as it is now, flattened on its node into a
+    self-contained qcow2 and sent to the repository; readonly and blank partitions,
+    the kernel, initrd, cmdline, context and login user are the source image's. The
+    workspace cannot start until the save ends. Unsigned, like any pushed image.
+    """
 
 @_typing.type_check_only
 class ImagesAsyncStub(ImagesStub):
@@ -63,6 +70,13 @@ class ImagesAsyncStub(ImagesStub):
     GetRepositoryUsage: _aio.UnaryUnaryMultiCallable[_images_pb2.RepositoryUsageRequest, _images_pb2.RepositoryUsage]  # type: ignore[assignment]
     SetImagePublic: _aio.UnaryUnaryMultiCallable[_images_pb2.SetImagePublicRequest, _images_pb2.Image]  # type: ignore[assignment]
     """Admins: make an image visible to every user, or private to its project again."""
+    SaveImage: _aio.UnaryUnaryMultiCallable[_images_pb2.SaveImageRequest, _images_pb2.Image]  # type: ignore[assignment]
+    """A new image from a STOPPED workspace of the caller's (admins: anyone's): each cow
+    partition is the workspace's disk as it is now, flattened on its node into a
+    self-contained qcow2 and sent to the repository; readonly and blank partitions,
+    the kernel, initrd, cmdline, context and login user are the source image's. The
+    workspace cannot start until the save ends. Unsigned, like any pushed image.
+    """
 
 class ImagesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +140,18 @@ class ImagesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.Image, _abc.Awaitable[_images_pb2.Image]]:
         """Admins: make an image visible to every user, or private to its project again."""
+
+    @_abc_1.abstractmethod
+    def SaveImage(
+        self,
+        request: _images_pb2.SaveImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_images_pb2.Image, _abc.Awaitable[_images_pb2.Image]]:
+        """A new image from a STOPPED workspace of the caller's (admins: anyone's): each cow
+        partition is the workspace's disk as it is now, flattened on its node into a
+        self-contained qcow2 and sent to the repository; readonly and blank partitions,
+        the kernel, initrd, cmdline, context and login user are the source image's. The
+        workspace cannot start until the save ends. Unsigned, like any pushed image.
+        """
 
 def add_ImagesServicer_to_server(servicer: ImagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -646,6 +646,7 @@ class Task(_message.Message):
     CONSOLE_OPEN_FIELD_NUMBER: _builtins.int
     CONSOLE_INPUT_FIELD_NUMBER: _builtins.int
     CONSOLE_CLOSE_FIELD_NUMBER: _builtins.int
+    SAVE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     workspace_id: _builtins.str
     console_input: _builtins.bytes
@@ -656,6 +657,10 @@ class Task(_message.Message):
     def exec(self) -> Global___ExecTask: ...
     @_builtins.property
     def console_open(self) -> Global___ConsoleOpen: ...
+    @_builtins.property
+    def save(self) -> Global___SaveTask:
+        """Flatten these cow partitions of a stopped workspace and send each (PutBlob)."""
+
     def __init__(
         self,
         *,
@@ -665,16 +670,134 @@ class Task(_message.Message):
         console_open: Global___ConsoleOpen | None = ...,
         console_input: _builtins.bytes = ...,
         console_close: _builtins.bool = ...,
+        save: Global___SaveTask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["console_close", b"console_close", "console_input", b"console_input", "console_open", b"console_open", "exec", b"exec", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console_close", b"console_close", "console_input", b"console_input", "console_open", b"console_open", "exec", b"exec", "kind", b"kind", "save", b"save"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_close", b"console_close", "console_input", b"console_input", "console_open", b"console_open", "exec", b"exec", "kind", b"kind", "task_id", b"task_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_close", b"console_close", "console_input", b"console_input", "console_open", b"console_open", "exec", b"exec", "kind", b"kind", "save", b"save", "task_id", b"task_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_open", "console_input", "console_close"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_open", "console_input", "console_close", "save"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class SaveTask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    timeout_s: _builtins.int
+    """Give up after this long (the service's limit)."""
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        partitions: _abc.Iterable[_builtins.str] | None = ...,
+        timeout_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions", "timeout_s", b"timeout_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveTask: _TypeAlias = SaveTask  # noqa: Y015
+
+@_typing.final
+class SavedPartition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    digest: _builtins.str
+    size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SavedPartition: _TypeAlias = SavedPartition  # noqa: Y015
+
+@_typing.final
+class SaveOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SavedPartition]: ...
+    def __init__(
+        self,
+        *,
+        partitions: _abc.Iterable[Global___SavedPartition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveOutcome: _TypeAlias = SaveOutcome  # noqa: Y015
+
+@_typing.final
+class PutBlobChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The first message only: the node sending and the workspace saved."""
+    workspace_id: _builtins.str
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        workspace_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "node", b"node", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutBlobChunk: _TypeAlias = PutBlobChunk  # noqa: Y015
+
+@_typing.final
+class PutBlobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutBlobResponse: _TypeAlias = PutBlobResponse  # noqa: Y015
 
 @_typing.final
 class ExecTask(_message.Message):
@@ -728,6 +851,8 @@ class TaskReply(_message.Message):
     CONSOLE_OUTPUT_FIELD_NUMBER: _builtins.int
     CONSOLE_CLOSED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SAVED_FIELD_NUMBER: _builtins.int
+    SAVE_STARTED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     node: _builtins.str
     """The first message on the stream only: the node this agent serves."""
@@ -735,6 +860,8 @@ class TaskReply(_message.Message):
     """Bytes from the guest's serial console (task_id is the console_open's)."""
     console_closed: _builtins.str
     """The console ended (guest stopped, closed, error); text says why."""
+    save_started: _builtins.bool
+    """The agent took a SaveTask (sent at once; the outcome follows when it is done)."""
     @_builtins.property
     def exec(self) -> Global___ExecOutcome: ...
     @_builtins.property
@@ -742,6 +869,10 @@ class TaskReply(_message.Message):
         """The task could not be run at all; the code is a google.rpc code number
         (FAILED_PRECONDITION: not running or no guest agent; NOT_FOUND: no such domain).
         """
+
+    @_builtins.property
+    def saved(self) -> Global___SaveOutcome:
+        """The partitions of a SaveTask, sent."""
 
     def __init__(
         self,
@@ -752,12 +883,14 @@ class TaskReply(_message.Message):
         console_output: _builtins.bytes = ...,
         console_closed: _builtins.str = ...,
         error: Global___TaskError | None = ...,
+        saved: Global___SaveOutcome | None = ...,
+        save_started: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "save_started", b"save_started", "saved", b"saved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "node", b"node", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "node", b"node", "save_started", b"save_started", "saved", b"saved", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_output", "console_closed", "error"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_output", "console_closed", "error", "saved", "save_started"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -66,6 +66,11 @@ class NodesStub:
                 request_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.TaskReply.SerializeToString,
                 response_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.Task.FromString,
                 _registered_method=True)
+        self.PutBlob = channel.stream_unary(
+                '/workspace.node.v1.Nodes/PutBlob',
+                request_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.PutBlobChunk.SerializeToString,
+                response_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.PutBlobResponse.FromString,
+                _registered_method=True)
 
 
 class NodesServicer:
@@ -112,6 +117,15 @@ class NodesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutBlob(self, request_iterator, context):
+        """A saved disk sent to the repository (SaveTask): the first message names the node
+        and the workspace, which must be on that node and being saved; the service hashes
+        what it receives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +158,11 @@ def add_NodesServicer_to_server(servicer, server):
                     servicer.Tasks,
                     request_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.TaskReply.FromString,
                     response_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.Task.SerializeToString,
+            ),
+            'PutBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutBlob,
+                    request_deserializer=workspace_dot_node_dot_v1_dot_nodes__pb2.PutBlobChunk.FromString,
+                    response_serializer=workspace_dot_node_dot_v1_dot_nodes__pb2.PutBlobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class Nodes:
             '/workspace.node.v1.Nodes/Tasks',
             workspace_dot_node_dot_v1_dot_nodes__pb2.TaskReply.SerializeToString,
             workspace_dot_node_dot_v1_dot_nodes__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/workspace.node.v1.Nodes/PutBlob',
+            workspace_dot_node_dot_v1_dot_nodes__pb2.PutBlobChunk.SerializeToString,
+            workspace_dot_node_dot_v1_dot_nodes__pb2.PutBlobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,11 @@ class NodesStub:
     consoles). The agent opens it; its first message is a hello naming the node, the
     service then sends tasks and the agent answers each by task_id.
     """
+    PutBlob: _grpc.StreamUnaryMultiCallable[_nodes_pb2.PutBlobChunk, _nodes_pb2.PutBlobResponse]
+    """A saved disk sent to the repository (SaveTask): the first message names the node
+    and the workspace, which must be on that node and being saved; the service hashes
+    what it receives.
+    """
 
 @_typing.type_check_only
 class NodesAsyncStub(NodesStub):
@@ -62,6 +67,11 @@ class NodesAsyncStub(NodesStub):
     """Imperative work on a node's guests (exec through the guest agent, interactive
     consoles). The agent opens it; its first message is a hello naming the node, the
     service then sends tasks and the agent answers each by task_id.
+    """
+    PutBlob: _aio.StreamUnaryMultiCallable[_nodes_pb2.PutBlobChunk, _nodes_pb2.PutBlobResponse]  # type: ignore[assignment]
+    """A saved disk sent to the repository (SaveTask): the first message names the node
+    and the workspace, which must be on that node and being saved; the service hashes
+    what it receives.
     """
 
 class NodesServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +123,17 @@ class NodesServicer(metaclass=_abc_1.ABCMeta):
         """Imperative work on a node's guests (exec through the guest agent, interactive
         consoles). The agent opens it; its first message is a hello naming the node, the
         service then sends tasks and the agent answers each by task_id.
+        """
+
+    @_abc_1.abstractmethod
+    def PutBlob(
+        self,
+        request_iterator: _MaybeAsyncIterator[_nodes_pb2.PutBlobChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_nodes_pb2.PutBlobResponse, _abc.Awaitable[_nodes_pb2.PutBlobResponse]]:
+        """A saved disk sent to the repository (SaveTask): the first message names the node
+        and the workspace, which must be on that node and being saved; the service hashes
+        what it receives.
         """
 
 def add_NodesServicer_to_server(servicer: NodesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,105 @@
+"""A stopped workspace's disks saved as a new image's (``SaveTask``; ``ws image save``).
+
+For each cow partition the service names, the workspace's overlay (over its cached base)
+is copied by ``qemu-img convert`` into a self-contained qcow2 next to it and streamed to
+the service (``Nodes.PutBlob``), which hashes it into its repository; the copy is then
+removed. The domain must be shut off: the service marks the workspace so that it does
+not start meanwhile, and the agent checks the domain itself before and after each copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from agent.disks import FILE_MODE, WorkspaceFiles
+from agent.virt.base import DomainState, Driver
+from images import qemu_img
+from workspace.domain.tasks import SavedPartition, SaveOutcome, SaveTask
+from workspace.errors import DriverError, FailedPrecondition, NotFound
+
+log = logging.getLogger("agent.save")
+
+# Bytes of a saved disk per PutBlob message.
+CHUNK_BYTES = 1024 * 1024
+# A save asked for with no time limit (the service always sends one).
+DEFAULT_TIMEOUT_S = 3600
+# The name of a copy being made in the workspace's directory (removed after it is sent,
+# and by an agent that starts again after dying mid-save: ``leftovers``).
+COPY_SUFFIX = ".saving.qcow2"
+
+# Sends one saved disk's bytes; returns the digest and size the service stored.
+Send = Callable[[str, Iterator[bytes]], tuple[str, int]]
+
+
+class Saver:
+    def __init__(self, files: WorkspaceFiles, driver: Driver) -> None:
+        self.files = files
+        self.driver = driver
+
+    def save(self, workspace_id: str, task: SaveTask, send: Send) -> SaveOutcome:
+        """Flatten and send each partition ``task`` names; FailedPrecondition when the
+        domain is not shut off, NotFound when it or a partition's overlay is missing."""
+        deadline = time.monotonic() + (task.timeout_s or DEFAULT_TIMEOUT_S)
+        sent: list[SavedPartition] = []
+        for name in task.partitions:
+            self._check_stopped(workspace_id)
+            overlay = self.files.dir(workspace_id) / f"{name}.qcow2"
+            if "/" in name or not overlay.is_file():
+                raise NotFound(f"workspace {workspace_id} has no disk {name!r} on this node")
+            copy = overlay.with_name(name + COPY_SUFFIX)
+            try:
+                started = time.monotonic()
+                copy.unlink(missing_ok=True)
+                left = deadline - started
+                if left <= 0:
+                    raise DriverError(f"the save ran out of time before disk {name}")
+                qemu_img.flatten(overlay, copy, left)
+                os.chmod(copy, FILE_MODE)
+                self._check_stopped(workspace_id)  # it did not start under the copy
+                digest, size = send(workspace_id, _chunks(copy))
+                log.info(
+                    "workspace %s: disk %s saved as %s (%d bytes) in %.1f s",
+                    workspace_id,
+                    name,
+                    digest,
+                    size,
+                    time.monotonic() - started,
+                )
+                sent.append(SavedPartition(name, digest, size))
+            except qemu_img.QemuImgError as exc:
+                raise DriverError(f"workspace {workspace_id}: disk {name}: {exc}") from exc
+            finally:
+                copy.unlink(missing_ok=True)
+        return SaveOutcome(tuple(sent))
+
+    def _check_stopped(self, workspace_id: str) -> None:
+        info = self.driver.get(workspace_id)
+        if info is None:
+            raise NotFound(f"workspace {workspace_id} is not defined on this node")
+        if info.state is not DomainState.SHUTOFF:
+            raise FailedPrecondition(
+                f"workspace {workspace_id} is {info.state.value} on its node; "
+                "only a shut-off workspace can be saved"
+            )
+
+    def leftovers(self) -> int:
+        """Remove copies an agent that died mid-save left behind; how many."""
+        gone = 0
+        for wid in self.files.existing():
+            for path in self.files.dir(wid).glob("*" + COPY_SUFFIX):
+                path.unlink(missing_ok=True)
+                gone += 1
+        return gone
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while True:
+            data = f.read(CHUNK_BYTES)
+            if not data:
+                return
+            yield data

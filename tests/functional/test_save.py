@@ -1,0 +1,302 @@
+"""`ws image save WORKSPACE NAME:VERSION`: a stopped workspace's disks become a new image
+(real gRPC, fake-driver agents, real qemu-img on the node's real overlay files): what the
+guest wrote is in the image, the image's other partitions are kept, a create's extra
+disks are not, the workspace does not start while it is saved, and every refusal leaves
+no image and a workspace that starts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.functional.harness import WS, Site, wait_for
+from workspace.cli import ws as ws_cli
+from workspace.client import Client
+from workspace.node.v1 import nodes_pb2
+from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("qemu-io") is None or shutil.which("qemu-img") is None,
+    reason="needs qemu-img and qemu-io (qemu-utils)",
+)
+
+KIB = 1024
+# The image's root: 64 KiB of "A", then zeros, 1 MiB in all.
+ROOT = b"A" * 64 * KIB + b"\0" * (1024 - 64) * KIB
+COW = common_pb2.PARTITION_MODE_COW
+READONLY = common_pb2.PARTITION_MODE_READONLY
+BLANK = common_pb2.PARTITION_MODE_BLANK
+
+
+@pytest.fixture
+def env_site(site: Site) -> Site:
+    return with_env(site)
+
+
+def with_env(site: Site) -> Site:
+    """One node; image `env:1` with a cow root, a readonly reference disk and an ext4
+    blank, taking a cloud-init seed; the node's task stream open."""
+    site.stubs.network()
+    root = site.stubs.upload(ROOT)
+    ref = site.stubs.upload(b"R" * 128 * KIB)
+    site.stubs.images.ImportImage(
+        images_pb2.ImportImageRequest(
+            name="env:1",
+            context="nocloud",
+            login_user="debian",
+            partitions=[
+                common_pb2.Partition(name="root", digest=root, format="raw", mode=COW),
+                common_pb2.Partition(name="ref", digest=ref, format="raw", mode=READONLY),
+                common_pb2.Partition(
+                    name="scratch", mode=BLANK, virtual_size_bytes=8 * 1024 * KIB, ext4=True
+                ),
+            ],
+        )
+    )
+    site.add_agent("node1")
+    assert site.service is not None
+    hub = site.service.hub
+    wait_for(lambda: hub.connected("node1"), what="node1's task stream")
+    return site
+
+
+def stopped(site: Site, name: str, **kw: Any) -> common_pb2.Workspace:
+    w = site.stubs.create(name=name, image=kw.pop("image", "env:1"), **kw)
+    site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    site.stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id))
+    return site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
+
+
+def overlay(site: Site, w: common_pb2.Workspace, disk: str = "root") -> Path:
+    path = Path(site.agents[w.node].files.dir(w.id)) / f"{disk}.qcow2"
+    assert path.is_file()
+    return path
+
+
+def guest_writes(path: Path, offset: int, pattern: int, length: int = 64 * KIB) -> None:
+    """What a guest writing to its disk does to the overlay (qemu-io, as QEMU would)."""
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} {length}", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def raw_content(path: Path, tmp: Path) -> bytes:
+    out = tmp / "content.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(path), str(out)], check=True
+    )
+    return out.read_bytes()
+
+
+def save(site: Site, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = ws_cli.main(["image", "save", *argv], connect=lambda _s: Client(site.address))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def images(site: Site) -> list[str]:
+    return sorted(
+        i.name for i in site.stubs.images.ListImages(images_pb2.ListImagesRequest()).images
+    )
+
+
+def starts(site: Site, w: common_pb2.Workspace) -> None:
+    site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=w.id))
+    site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+
+
+def test_what_the_guest_wrote_is_in_the_saved_image_and_a_new_workspace_boots_it(
+    env_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    site = env_site
+    w = stopped(
+        site,
+        "box",
+        extra_partitions=[
+            common_pb2.Partition(name="work", mode=BLANK, virtual_size_bytes=4 * 1024 * KIB)
+        ],
+        grow_bytes={"root": 2 * 1024 * KIB},
+    )
+    guest_writes(overlay(site, w), 64 * KIB, 0x5A)
+    source = site.stubs.images.GetImage(images_pb2.GetImageRequest(name="env:1"))
+
+    code, out, err = save(site, capsys, "box", "env:2", "-o", "json")
+    assert code == 0, err
+    assert "saving box as env:2" in err and "saved box as env:2" in err
+    shown = json.loads(out)
+    assert shown["name"] == "env:2"
+
+    img = site.stubs.images.GetImage(images_pb2.GetImageRequest(name="env:2"))
+    parts = {p.name: p for p in img.partitions}
+    assert list(parts) == ["root", "ref", "scratch"]  # not the create's "work"
+    root = parts["root"]
+    assert (root.mode, root.format) == (COW, "qcow2")
+    assert root.digest != source.partitions[0].digest
+    assert root.virtual_size_bytes == 2 * 1024 * KIB  # grown at create: kept
+    assert parts["ref"] == source.partitions[1]
+    assert parts["scratch"] == source.partitions[2]
+    assert (img.context, img.login_user, img.owner) == ("nocloud", "debian", source.owner)
+
+    # The blob: self-contained, with the base's bytes and the guest's.
+    assert site.service is not None
+    blob = site.service.catalog.blobs.path(root.digest)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", "-f", "qcow2", str(blob)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert "backing-filename" not in info
+    content = raw_content(blob, tmp_path)
+    assert content[: 64 * KIB] == b"A" * 64 * KIB
+    assert content[64 * KIB : 128 * KIB] == b"\x5a" * 64 * KIB
+    assert content[128 * KIB :] == b"\0" * (len(content) - 128 * KIB)
+    # No copy left on the node, and the workspace may start again.
+    assert not list(overlay(site, w).parent.glob("*.saving.qcow2"))
+    starts(site, w)
+
+    # A workspace of the saved image: its node's overlay reads what the guest wrote.
+    w2 = site.stubs.create(name="box2", image="env:2")
+    site.stubs.wait_state(w2.id, WS.WORKSPACE_STATE_RUNNING)
+    assert raw_content(overlay(site, w2), tmp_path)[64 * KIB : 128 * KIB] == b"\x5a" * 64 * KIB
+
+
+def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
+    env_site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = env_site
+    w = stopped(site, "box")
+    copying, go_on = threading.Event(), threading.Event()
+    from agent import save as agent_save
+
+    real = agent_save.qemu_img.flatten
+
+    def slow(overlay: Path, path: Path, timeout_s: float) -> None:
+        copying.set()
+        assert go_on.wait(20)
+        real(overlay, path, timeout_s)
+
+    monkeypatch.setattr(agent_save.qemu_img, "flatten", slow)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        with Client(site.address) as c:
+            result["image"] = c.save_image("box", "env:2")
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert copying.wait(20)
+        with pytest.raises(grpc.RpcError) as start:
+            site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=w.id))
+        assert start.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "being saved as image env:2" in str(start.value.details())
+        with pytest.raises(grpc.RpcError) as again:
+            site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace="box", image="env:3"))
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        go_on.set()
+        t.join(30)
+    assert result["image"].name == "env:2"
+    assert site.stubs.get(w.id).state == WS.WORKSPACE_STATE_STOPPED
+    assert images(site) == ["env:1", "env:2"]
+    starts(site, w)
+
+
+@pytest.mark.parametrize(
+    ("workspace", "image", "code", "words"),
+    [
+        ("box", "env:1", grpc.StatusCode.ALREADY_EXISTS, "already exists"),
+        ("box", "bad name!", grpc.StatusCode.INVALID_ARGUMENT, "is not NAME:VERSION"),
+        ("nobody", "env:2", grpc.StatusCode.NOT_FOUND, "nobody"),
+        ("run", "env:2", grpc.StatusCode.FAILED_PRECONDITION, "only a stopped workspace"),
+    ],
+)
+def test_a_refused_save_makes_no_image_and_leaves_the_workspace_as_it_was(
+    env_site: Site, workspace: str, image: str, code: grpc.StatusCode, words: str
+) -> None:
+    site = env_site
+    w = stopped(site, "box")
+    run = site.stubs.create(name="run", image="env:1")
+    site.stubs.wait_state(run.id, WS.WORKSPACE_STATE_RUNNING)
+    before = images(site)
+    with pytest.raises(grpc.RpcError) as refused:
+        site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace=workspace, image=image))
+    assert refused.value.code() == code
+    assert words in str(refused.value.details())
+    assert images(site) == before
+    assert site.stubs.get(run.id).state == WS.WORKSPACE_STATE_RUNNING
+    starts(site, w)
+
+
+def test_a_node_that_went_away_fails_the_save_and_the_workspace_starts_later(
+    env_site: Site,
+) -> None:
+    site = env_site
+    w = stopped(site, "box")
+    site.stop_agent("node1")
+    with pytest.raises(grpc.RpcError) as gone:
+        site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace="box", image="env:2"))
+    assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "node1's agent" in str(gone.value.details())
+    assert "env:2" not in images(site)
+    site.add_agent("node1")
+    starts(site, w)
+
+
+def test_over_the_repository_quota_the_save_is_refused(tmp_path: Path) -> None:
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 1024 * KIB + 128 * KIB + 1})
+    try:
+        with_env(site)
+        w = stopped(site, "box")
+        guest_writes(overlay(site, w), 0, 0x11, 512 * KIB)
+        with pytest.raises(grpc.RpcError) as over:
+            site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace="box", image="env:2"))
+        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "repository quota" in str(over.value.details())
+        assert "env:2" not in images(site)
+        starts(site, w)
+    finally:
+        site.close()
+
+
+@pytest.mark.parametrize(
+    ("node", "workspace", "code", "words"),
+    [
+        ("node1", "box", grpc.StatusCode.FAILED_PRECONDITION, "no save of workspace"),
+        ("node2", "box", grpc.StatusCode.PERMISSION_DENIED, "is not on node node2"),
+        ("node1", "", grpc.StatusCode.NOT_FOUND, "no workspace (none)"),
+    ],
+)
+def test_a_node_may_send_only_the_disks_of_its_own_save_under_way(
+    env_site: Site, node: str, workspace: str, code: grpc.StatusCode, words: str
+) -> None:
+    site = env_site
+    site.add_agent("node2")
+    w = stopped(site, "box")
+    assert site.service is not None
+    blobs = site.service.catalog.blobs
+    before = set(blobs.digests())
+    chunks = iter(
+        [
+            nodes_pb2.PutBlobChunk(node=node, workspace_id=w.id if workspace else "", data=b"x"),
+            nodes_pb2.PutBlobChunk(data=b"y" * 100),
+        ]
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        site.stubs.nodes.PutBlob(chunks)
+    assert refused.value.code() == code
+    assert words in str(refused.value.details())
+    assert set(blobs.digests()) == before  # nothing stored

@@ -1,0 +1,192 @@
+"""A new image from a stopped workspace (``ws image save``; docs/design/save.md).
+
+The workspace's node flattens each of its cow partitions (its overlay over the cached
+base) into a self-contained qcow2 and sends it to the repository (``Nodes.PutBlob``);
+the service then imports the image as a push would (format checks, quotas) with the
+source image's readonly and blank partitions, kernel, initrd, cmdline, context and login
+user. The blanks a create added (``--blank``) are the workspace's, not its image's, and
+are left out.
+
+While the node works the workspace is marked (``saving_as``): it does not start, so its
+disks do not change under the copy, and a second save of it waits for the first. The
+mark is cleared when the save ends, whatever the outcome; one older than
+``limits.save_timeout_s`` (a service that died mid-save) no longer counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from images import manifest
+from images.model import ImageSpec, Mode, Partition
+from workspace.domain.model import ImageView
+from workspace.domain.states import Desired, State
+from workspace.domain.tasks import SaveTask
+from workspace.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from workspace.identity import Identity
+from workspace.ops.images import Catalog
+from workspace.ops.lifecycle import SAVE_GRACE_S, refuse_while_saving, resolve_workspace, saving
+from workspace.ops.projects import as_identity
+from workspace.ops.taskhub import TaskHub
+from workspace.ops.unit import Env
+from workspace.store import Image, Workspace
+from workspace.store.mapping import bound_spec, image_spec
+
+log = logging.getLogger("workspace.ops.save")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the save needs of the workspace, read when it was marked."""
+
+    workspace_id: str
+    name: str
+    owner: str
+    project: str
+    node: str
+    partitions: tuple[Partition, ...]  # the image's, as the workspace has them
+    spec: ImageSpec
+    context: str
+    login_user: str
+
+
+def save(
+    env: Env,
+    hub: TaskHub,
+    catalog: Catalog,
+    who: Identity | str,
+    ref: str,
+    image: str,
+    project: str = "",
+) -> ImageView:
+    """Make image ``image`` (NAME:VERSION, new) of the caller from stopped workspace
+    ``ref`` (the caller's own; an admin's: anyone's), in ``project`` (default: the
+    workspace's). Returns the image as imported."""
+    ident = as_identity(who)
+    try:
+        manifest.parse_ref(image)
+    except manifest.ManifestError as exc:
+        raise InvalidArgument(str(exc)) from None
+    src = _mark(env, ident, ref, image)
+    limit = env.cfg.limits.save_timeout_s
+    cow = tuple(p.name for p in src.partitions if p.mode is Mode.COW)
+    log.info(
+        "workspace %s (%s) on node %s: saving as image %s for %s (%d partition(s) to flatten)",
+        src.workspace_id,
+        src.name,
+        src.node,
+        image,
+        ident.name,
+        len(cow),
+    )
+    try:
+        sent = {}
+        if cow:
+            outcome = hub.save(
+                src.node, src.workspace_id, SaveTask(cow, limit), limit + SAVE_GRACE_S
+            )
+            sent = {p.name: p.digest for p in outcome.partitions}
+            missing = [n for n in cow if n not in sent]
+            if missing:
+                raise FailedPrecondition(
+                    f"node {src.node} did not send partition(s) {', '.join(missing)} of "
+                    f"workspace {src.name}; try again"
+                )
+        parts = tuple(_image_partition(p, sent) for p in src.partitions)
+        spec = ImageSpec(
+            image, parts, src.spec.kernel_digest, src.spec.initrd_digest, src.spec.cmdline
+        )
+        view = catalog.import_image(
+            ident,
+            spec,
+            project or src.project,
+            src.context,
+            src.login_user,
+            site_image=ident.name == src.owner,
+        )
+    finally:
+        _unmark(env, src.workspace_id, image)
+    log.info(
+        "workspace %s (%s) saved as image %s (%d bytes)",
+        src.workspace_id,
+        src.name,
+        image,
+        view.total_bytes,
+    )
+    return view
+
+
+def may_send(env: Env, node: str, workspace_id: str) -> None:
+    """A node may send a saved disk (``Nodes.PutBlob``) only of a workspace on it that is
+    being saved; anything else is refused before a byte is stored."""
+    with env.store.read() as s:
+        ws = s.get(Workspace, workspace_id) if workspace_id else None
+        if ws is None:
+            raise NotFound(f"no workspace {workspace_id or '(none)'} to send a disk of")
+        if ws.node != node:
+            raise PermissionDenied(f"workspace {workspace_id} is not on node {node}")
+        if not saving(env, ws):
+            raise FailedPrecondition(f"no save of workspace {workspace_id} is under way")
+
+
+def _mark(env: Env, ident: Identity, ref: str, image: str) -> _Source:
+    """Check that the save may go ahead and mark the workspace; what the save needs."""
+    with env.store.write() as s:
+        ws = resolve_workspace(s, ident, ref)
+        if not (ident.admin or (ident.is_user and ws.owner == ident.name)):
+            raise PermissionDenied(
+                f"only {ws.owner} (the owner) and admins may save workspace {ws.name}"
+            )
+        stopped = ws.state == State.STOPPED.value and ws.desired_state == Desired.STOPPED.value
+        if not stopped or not ws.node:
+            raise FailedPrecondition(
+                f"workspace {ws.name} is {ws.state}; only a stopped workspace can be saved "
+                f"(`ws stop {ws.name} --wait` first)"
+            )
+        refuse_while_saving(env, ws, "save")
+        if s.get(Image, image) is not None:
+            raise AlreadyExists(f"image {image!r} already exists; pick a new version")
+        bound = bound_spec(ws)
+        source = s.get(Image, ws.image)
+        # The image's own partitions, as the workspace has them (grown); not the blanks
+        # its create added.
+        own = {p.name for p in image_spec(source).partitions} if source is not None else None
+        partitions = tuple(p for p in bound.partitions if own is None or p.name in own)
+        if not partitions and not bound.kernel_digest:
+            raise FailedPrecondition(f"workspace {ws.name} has nothing to save")
+        ws.saving_as = image
+        ws.saving_since = env.clock()
+        return _Source(
+            ws.id,
+            ws.name,
+            ws.owner,
+            ws.project or "",
+            ws.node,
+            partitions,
+            bound,
+            ws.context or "none",
+            ws.login_user or "",
+        )
+
+
+def _unmark(env: Env, workspace_id: str, image: str) -> None:
+    with env.store.write() as s:
+        ws = s.get(Workspace, workspace_id)
+        if ws is not None and ws.saving_as == image:
+            ws.saving_as = ""
+            ws.saving_since = 0.0
+
+
+def _image_partition(p: Partition, sent: dict[str, str]) -> Partition:
+    """A partition of the new image: a cow one is the flattened copy (qcow2; its sizes
+    are the import's to read), the others are the source image's."""
+    if p.mode is not Mode.COW:
+        return p
+    return Partition(name=p.name, mode=Mode.COW, digest=sent[p.name], format="qcow2")
