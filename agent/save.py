@@ -31,8 +31,9 @@ DEFAULT_TIMEOUT_S = 3600
 # and by an agent that starts again after dying mid-save: ``leftovers``).
 COPY_SUFFIX = ".saving.qcow2"
 
-# Sends one saved disk's bytes; returns the digest and size the service stored.
-Send = Callable[[str, Iterator[bytes]], tuple[str, int]]
+# Sends one saved disk's bytes within a time limit (seconds); returns the digest and
+# size the service stored.
+Send = Callable[[str, Iterator[bytes], float], tuple[str, int]]
 
 
 class Saver:
@@ -60,7 +61,10 @@ class Saver:
                 qemu_img.flatten(overlay, copy, left)
                 os.chmod(copy, FILE_MODE)
                 self._check_stopped(workspace_id)  # it did not start under the copy
-                digest, size = send(workspace_id, _chunks(copy))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DriverError(f"the save ran out of time after copying disk {name}")
+                digest, size = send(workspace_id, _chunks(copy), left)
                 log.info(
                     "workspace %s: disk %s saved as %s (%d bytes) in %.1f s",
                     workspace_id,

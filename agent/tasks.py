@@ -265,7 +265,9 @@ class Tasks:
         log.info("saved %s: %d disk(s) sent", label, len(outcome.partitions))
         self.reply(task_id, outcome)
 
-    def _send(self, workspace_id: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+    def _send(
+        self, workspace_id: str, chunks: Iterator[bytes], timeout_s: float
+    ) -> tuple[str, int]:
         """One saved disk to the service on the task stream's channel."""
         with self._lock:
             channel = self._channel
@@ -277,7 +279,7 @@ class Tasks:
             for data in chunks:
                 yield nodes_pb2.PutBlobChunk(data=data)
 
-        got = nodes_pb2_grpc.NodesStub(channel).PutBlob(messages())
+        got = nodes_pb2_grpc.NodesStub(channel).PutBlob(messages(), timeout=timeout_s)
         return got.digest, got.size_bytes
 
     def _console(self, console: _Console) -> None:

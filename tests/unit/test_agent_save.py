@@ -38,7 +38,8 @@ def node(tmp_path: Path) -> tuple[WorkspaceFiles, FakeDriver, Path]:
 
 
 def collect(into: list[bytes]) -> Send:
-    def send(workspace_id: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+    def send(workspace_id: str, chunks: Iterator[bytes], timeout_s: float) -> tuple[str, int]:
+        assert 0 < timeout_s <= 60
         data = b"".join(chunks)
         into.append(data)
         return "sha256:" + "0" * 64, len(data)
