@@ -33,7 +33,6 @@ from workspace.config import AgentConfig
 from workspace.domain.model import ExecOutcome
 from workspace.domain.tasks import FAILED_PRECONDITION as FAILED_PRECONDITION_CODE
 from workspace.domain.tasks import INTERNAL as INTERNAL_CODE
-from workspace.domain.tasks import UNAVAILABLE as UNAVAILABLE_CODE
 from workspace.domain.tasks import (
     ConsoleClose,
     ConsoleClosed,
@@ -254,9 +253,10 @@ class Tasks:
             log.warning("saving %s failed: %s", label, exc.message)
             self.reply(task_id, error_of(exc))
             return
-        except grpc.RpcError as exc:
+        except grpc.RpcError as exc:  # the service refused the disk, or the link broke
             log.warning("saving %s: sending failed: %s", label, rpc_status.describe(exc))
-            self.reply(task_id, TaskError(UNAVAILABLE_CODE, f"sending the disk failed: {exc}"))
+            err = error_of(rpc_status.from_rpc_error(exc))
+            self.reply(task_id, TaskError(err.code, f"sending the disk failed: {err.message}"))
             return
         except Exception as exc:
             log.exception("saving %s failed", label)

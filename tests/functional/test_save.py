@@ -256,16 +256,35 @@ def test_a_node_that_went_away_fails_the_save_and_the_workspace_starts_later(
     starts(site, w)
 
 
-def test_over_the_repository_quota_the_save_is_refused(tmp_path: Path) -> None:
-    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 1024 * KIB + 128 * KIB + 1})
+@pytest.mark.parametrize(
+    ("limits", "code", "words"),
+    [
+        # What env:1 holds (its root and ref blobs) fits, one byte more; the copy does not.
+        (
+            {"repo_quota_bytes_per_user": 1024 * KIB + 128 * KIB + 1},
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "repository quota of",
+        ),
+        # The node's copy is larger than one upload may be.
+        (
+            {"max_blob_bytes": 1024 * KIB + 256 * KIB},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sending the disk failed: blob exceeds the limit",
+        ),
+    ],
+)
+def test_a_copy_over_the_sites_limits_is_refused(
+    tmp_path: Path, limits: dict[str, int], code: grpc.StatusCode, words: str
+) -> None:
+    site = Site(tmp_path, limits=limits)
     try:
         with_env(site)
         w = stopped(site, "box")
-        guest_writes(overlay(site, w), 0, 0x11, 512 * KIB)
+        guest_writes(overlay(site, w), 0, 0x11, 1024 * KIB)  # every byte of the root
         with pytest.raises(grpc.RpcError) as over:
             site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace="box", image="env:2"))
-        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "repository quota" in str(over.value.details())
+        assert over.value.code() == code
+        assert words in str(over.value.details())
         assert "env:2" not in images(site)
         starts(site, w)
     finally:

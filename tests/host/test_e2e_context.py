@@ -84,22 +84,27 @@ class CloudSite(CliSite):
         super().__init__(site_dir, home)
         self.key = home / ".ssh" / "id_ed25519"
 
-    def ssh(self, name: str, *cmd: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return self.ws("ssh", "-i", str(self.key), name, "--", *cmd, timeout=timeout)
+    def ssh(
+        self, name: str, *cmd: str, timeout: float = 60.0, key: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.ws("ssh", "-i", str(key or self.key), name, "--", *cmd, timeout=timeout)
 
     def node_workspace_dirs(self) -> Path:
         record = json.loads((self.dir / "site.json").read_text())
         return Path(str(record["agents"][0]["dir"]))
 
 
-def wait_ssh(site: CloudSite, names: tuple[str, ...], timeout_s: float) -> None:
-    """Until `ws ssh NAME -- cloud-init status --wait` succeeds on every member."""
+def wait_ssh(
+    site: CloudSite, names: tuple[str, ...], timeout_s: float, key: Path | None = None
+) -> None:
+    """Until `ws ssh NAME -- cloud-init status --wait` succeeds on every member (with
+    ``key``, else the scientist's first key)."""
     deadline = time.monotonic() + timeout_s
     pending = list(names)
     last = ""
     while pending and time.monotonic() < deadline:
         name = pending[0]
-        out = site.ssh(name, "cloud-init", "status", "--wait", timeout=120.0)
+        out = site.ssh(name, "cloud-init", "status", "--wait", timeout=120.0, key=key)
         if out.returncode == 0:
             pending.pop(0)
             continue
@@ -492,24 +497,47 @@ def test_a_stopped_workspace_saved_as_an_image_boots_again_with_what_it_had(
     site: CloudSite,
 ) -> None:
     """`ws image save` of the stopped VM: a new workspace of the saved image has the file
-    the first one wrote, its own hostname and the host keys the service gave it (ssh
-    checks them strictly), and the first one boots again unchanged."""
+    the first one wrote, its own hostname and host keys (ssh checks them strictly), and
+    of the keys the service gave the first one only those it was given itself (the
+    scientist changed keys in between); the first one boots again unchanged."""
     site.sh(SOLO, "echo kept-by-save > /etc/ws-saved && sync")
     site.ok("stop", SOLO, "--wait", "--timeout", "300")
     saved = json.loads(site.ok("-o", "json", "image", "save", SOLO, "cloud-saved:1"))
     assert [(p["name"], p["format"]) for p in saved["partitions"]] == [("root", "qcow2")]
     assert (saved["context"], saved["login_user"]) == ("nocloud", "debian")
-    # Both boot at once (TCG on two cores): the copy, and the original again.
-    site.ok("create", "--image", "cloud-saved:1", "--name", "copied", "--memory-mib", "512")
-    site.ok("start", SOLO)
-    wait_ssh(site, ("copied", SOLO), READY_S)
-    out = site.ssh("copied", "cat /etc/ws-saved; hostname")
+    # The scientist's key changes: the copy gets the new one only.
+    new_key = site.key.with_name("id_new")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "new", "-f", str(new_key)],
+        check=True,
+    )
+    old = json.loads(site.ok("-o", "json", "key", "list"))
+    site.ok("key", "add", f"{new_key}.pub")
+    for k in old:
+        site.ok("key", "remove", k["fingerprint"])
+    try:
+        # Both boot at once (TCG on two cores): the copy, and the original again.
+        site.ok("create", "--image", "cloud-saved:1", "--name", "copied", "--memory-mib", "512")
+        site.ok("start", SOLO)
+        wait_ssh(site, ("copied",), READY_S, key=new_key)
+        wait_ssh(site, (SOLO,), READY_S)
+    finally:
+        site.ok("key", "add", f"{site.key}.pub")
+    out = site.ssh("copied", "cat /etc/ws-saved; hostname; cat ~/.ssh/authorized_keys", key=new_key)
     assert out.returncode == 0, out.stderr + out.stdout
-    assert out.stdout.split() == ["kept-by-save", "copied"]
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["kept-by-save", "copied"]
+    assert any(_blob(new_key) in line for line in lines[2:])
+    assert not any(_blob(site.key) in line for line in lines[2:]), lines
     out = site.ssh(SOLO, "cat /etc/ws-saved; hostname")
     assert out.stdout.split() == ["kept-by-save", SOLO]
     site.ok("destroy", "copied", "--wait")
     site.ok("image", "delete", "cloud-saved:1")
+
+
+def _blob(key: Path) -> str:
+    """The base64 part of a key pair's public key."""
+    return Path(f"{key}.pub").read_text().split()[1]
 
 
 def test_destroy_leaves_no_seed(site: CloudSite) -> None:

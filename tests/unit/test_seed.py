@@ -331,9 +331,12 @@ def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
     # The user's part replaces the vendor's list (cloud-init's default), ours is appended.
     assert paths[0] == "/etc/motd"
     assert {"/etc/hosts", "/etc/workspace/cluster.json", "/etc/ssh/ssh_known_hosts"} <= set(paths)
-    # The user's commands run first; the scratch disk's chown after them.
-    assert merged["runcmd"][0] == ["touch", "/tmp/ran"] and len(merged["runcmd"]) == 2
-    assert merged["runcmd"][1][:2] == ["sh", "-c"] and "/mnt/scratch" in merged["runcmd"][1][2]
+    assert "/etc/workspace/authorized_keys" in paths
+    # The user's commands run first; the keys' pruning and the scratch disk's chown after.
+    assert merged["runcmd"][0] == ["touch", "/tmp/ran"] and len(merged["runcmd"]) == 3
+    assert merged["runcmd"][1][:2] == ["sh", "-c"] and "authorized_keys" in merged["runcmd"][1][2]
+    assert merged["runcmd"][2][:2] == ["sh", "-c"] and "/mnt/scratch" in merged["runcmd"][2][2]
+    assert merged["bootcmd"] == [seed.KEYS_SET_ASIDE]
     assert [m[:2] for m in merged["mounts"]] == [
         ["/dev/vdz", "/data"],
         [f"/dev/disk/by-uuid/{mkfs.fs_uuid('id1', 'scratch')}", "/mnt/scratch"],
@@ -407,3 +410,47 @@ def test_the_services_part_passes_cloud_init_s_schema(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Valid schema" in out.stdout or "Valid cloud-config" in out.stdout, out.stdout
+
+
+def test_a_new_instance_of_a_saved_disk_keeps_only_the_keys_it_was_given(tmp_path: Path) -> None:
+    """The seed's record of the keys a workspace was given, and its pruning script run
+    for real (sh, awk, grep) on what a saved disk's next instance finds: the keys the
+    service gave the first instance and not this one leave authorized_keys; this one's,
+    and a key the user added by hand, stay."""
+    old_key, new_key = USER_KEY, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnewnewnewnewnew new@x"
+    hand = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQhand by-hand"
+    first = own_config(
+        seed.render("box", "id1", (NIC,), authorized_keys=[old_key], login_user="debian").user_data
+    )
+    second = own_config(
+        seed.render("copy", "id2", (NIC,), authorized_keys=[new_key], login_user="debian").user_data
+    )
+    record = next(f for f in first["write_files"] if f["path"] == seed.KEYS_RECORD)
+    assert record["content"] == old_key + "\n" and record["permissions"] == "0600"
+    etc, home = tmp_path / "etc", tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    etc.mkdir()
+    # The disk as saved: the first instance's record; its authorized_keys as cc_ssh left
+    # it, plus a key added by hand; then this instance's boot: set aside, record, append.
+    (etc / "authorized_keys").write_text(record["content"])
+    keys = home / ".ssh" / "authorized_keys"
+    keys.write_text(f"{old_key}\n{hand}\n")
+
+    def local(text: str) -> str:
+        return text.replace("/etc/workspace", str(etc)).replace(
+            "$(getent passwd debian | cut -d: -f6)", str(home)
+        )
+
+    (_per, _instance, _name, *set_aside) = second["bootcmd"][0]
+    subprocess.run([local(a) for a in set_aside], check=True)
+    new_record = next(f for f in second["write_files"] if f["path"] == seed.KEYS_RECORD)
+    (etc / "authorized_keys").write_text(new_record["content"])
+    with keys.open("a") as f:
+        f.write(new_key + "\n")
+    ((sh, c, script),) = second["runcmd"]
+    subprocess.run([sh, c, local(script)], check=True)
+    assert keys.read_text().splitlines() == [hand, new_key]
+    assert sorted(p.name for p in etc.iterdir()) == ["authorized_keys"]
+    # A disk never saved (no record set aside): nothing is touched.
+    subprocess.run([sh, c, local(script)], check=True)
+    assert keys.read_text().splitlines() == [hand, new_key]

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
+from typing import Any
 
 import yaml
 
@@ -189,12 +190,12 @@ def mount_point(partition: str) -> str:
     return f"{MOUNT_ROOT}/{partition}"
 
 
-def _mounts(instance_id: str, data_disks: Sequence[str], login_user: str) -> dict[str, object]:
+def _mounts(instance_id: str, data_disks: Sequence[str], login_user: str) -> dict[str, Any]:
     """cloud-config mounting each ext4 blank disk at /mnt/<name> (``nofail``: a guest
     still boots without it) and giving its top directory to the login user once, at the
     first boot. cloud-init's ``mounts`` takes a device path, not ``UUID=``; the
     /dev/disk/by-uuid link names the filesystem the node made (``images.mkfs.fs_uuid``)."""
-    cfg: dict[str, object] = {
+    cfg: dict[str, Any] = {
         "mounts": [
             [
                 f"/dev/disk/by-uuid/{fs_uuid(instance_id, name)}",
@@ -261,12 +262,51 @@ def system_config(
                 f["owner"] = owner
                 f["defer"] = True  # after the login user exists
                 files.append(f)
+    runcmd: list[list[str]] = []
     if keys:
         cfg["ssh_authorized_keys"] = keys
+        if login_user:
+            files.append(_file(KEYS_RECORD, "".join(k + "\n" for k in keys), "0600"))
+            cfg["bootcmd"] = [KEYS_SET_ASIDE]
+            runcmd.append(["sh", "-c", _prune_script(login_user)])
     cfg["write_files"] = files
     if data_disks:
-        cfg.update(_mounts(instance_id, data_disks, login_user))
+        mounts = _mounts(instance_id, data_disks, login_user)
+        runcmd.extend(mounts.pop("runcmd", []))
+        cfg.update(mounts)
+    if runcmd:
+        cfg["runcmd"] = runcmd
     return cfg
+
+
+# The keys the service gave this instance's login user, recorded in the guest, so that
+# a later instance of a disk saved from it (`ws image save`) can take out the ones it was
+# not given: cloud-init only ever adds to authorized_keys. At a new instance's first
+# boot, before write_files records its own keys, the record found is set aside
+# (``cloud-init-per instance``: once per instance); at its end the set-aside keys this
+# instance was not given leave the login user's authorized_keys (matched by their
+# base64 blob; a key the user put there through user-data or by hand stays).
+KEYS_RECORD = "/etc/workspace/authorized_keys"
+KEYS_PREVIOUS = KEYS_RECORD + ".previous"
+KEYS_SET_ASIDE = [
+    "cloud-init-per",
+    "instance",
+    "workspace-keys-previous",
+    "sh",
+    "-c",
+    f"if [ -f {KEYS_RECORD} ]; then mv -f {KEYS_RECORD} {KEYS_PREVIOUS}; fi",
+]
+
+
+def _prune_script(login_user: str) -> str:
+    return (
+        f"prev={KEYS_PREVIOUS}; [ -f $prev ] || exit 0; "
+        f'home=$(getent passwd {login_user} | cut -d: -f6); f="$home/.ssh/authorized_keys"; '
+        f"awk 'NR==FNR {{keep[$2]=1; next}} !($2 in keep) {{print $2}}' {KEYS_RECORD} $prev"
+        ' > $prev.stale; if [ -s $prev.stale ] && [ -f "$f" ]; then '
+        'grep -vF -f $prev.stale "$f" > "$f.new"; cat "$f.new" > "$f"; rm -f "$f.new"; fi; '
+        "rm -f $prev $prev.stale"
+    )
 
 
 def _file(path: str, content: str, mode: str) -> dict[str, object]:

@@ -105,6 +105,7 @@ class TaskReply:
 INVALID_ARGUMENT = 3
 NOT_FOUND = 5
 PERMISSION_DENIED = 7
+RESOURCE_EXHAUSTED = 8
 FAILED_PRECONDITION = 9
 INTERNAL = 13
 UNAVAILABLE = 14
@@ -112,6 +113,7 @@ _CODES: dict[type[errors.WorkspaceError], int] = {
     errors.InvalidArgument: INVALID_ARGUMENT,
     errors.NotFound: NOT_FOUND,
     errors.PermissionDenied: PERMISSION_DENIED,
+    errors.ResourceExhausted: RESOURCE_EXHAUSTED,
     errors.FailedPrecondition: FAILED_PRECONDITION,
     errors.Unavailable: UNAVAILABLE,
 }
