@@ -8,7 +8,7 @@ user. The blanks a create added (``--blank``) are the workspace's, not its image
 are left out.
 
 While the node works the workspace is marked (``saving_as``): it does not start, so its
-disks do not change under the copy, and a second save of it waits for the first. The
+disks do not change under the copy, and a second save of it is refused. The
 mark is cleared when the save ends, whatever the outcome; one older than
 ``limits.save_timeout_s`` (a service that died mid-save) no longer counts.
 """
@@ -87,7 +87,7 @@ def save(
         len(cow),
     )
     try:
-        sent = {}
+        sent: dict[str, str] = {}
         if cow:
             outcome = hub.save(
                 src.node, src.workspace_id, SaveTask(cow, limit), limit + SAVE_GRACE_S
