@@ -14,6 +14,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+# Random bytes are written in pieces this large.
+WRITE_CHUNK = 4 * MIB
+
+
+def random_file(path: Path, size_mib: int) -> None:
+    """``size_mib`` MiB of random bytes (real data: nothing sparse, nothing compressible)."""
+    with open(path, "wb") as f:
+        left = size_mib * MIB
+        while left:
+            n = min(WRITE_CHUNK, left)
+            f.write(os.urandom(n))
+            left -= n
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.cache import BlobCache, Source
 from agent.peers import service_source
-from benchmarks._common import emit, start_service
+from benchmarks._common import MIB, emit, random_file, start_service
 from images import qemu_img
 from images.digest import of_file
 from workspace import rpc
@@ -57,21 +57,9 @@ from workspace.config import node_address_for
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.v1 import images_pb2, images_pb2_grpc
 
-MIB = 1024 * 1024
-WRITE_CHUNK = 4 * MIB
-
 
 def say(msg: str) -> None:
     print(f"cache: {msg}", file=sys.stderr, flush=True)
-
-
-def random_file(path: Path, size_mib: int) -> None:
-    with open(path, "wb") as f:
-        left = size_mib * MIB
-        while left:
-            n = min(WRITE_CHUNK, left)
-            f.write(os.urandom(n))
-            left -= n
 
 
 def from_file(path: Path) -> Source:

@@ -28,7 +28,6 @@ memory; the figures compare code paths, not the disk.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -39,24 +38,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import emit
+from benchmarks._common import MIB, emit, random_file
 from images.digest import of_file
 from tests.functional.harness import WS, Site, wait_for
 from workspace.client import Client
 from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
 
-MIB = 1024 * 1024
-CHUNK = 4 * MIB
-
 
 def say(msg: str) -> None:
     print(f"save: {msg}", file=sys.stderr, flush=True)
-
-
-def random_file(path: Path, size_mib: int) -> None:
-    with open(path, "wb") as f:
-        for _ in range(size_mib * MIB // CHUNK):
-            f.write(os.urandom(CHUNK))
 
 
 def timed(argv: list[str]) -> float:
