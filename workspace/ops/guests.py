@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from workspace.domain.model import ExecResult
 from workspace.domain.states import State
 from workspace.domain.tasks import ExecTask
-from workspace.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from workspace.errors import FailedPrecondition, InvalidArgument
 from workspace.identity import Identity
-from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.lifecycle import check_owner, resolve_workspace
 from workspace.ops.projects import as_identity
 from workspace.ops.taskhub import ConsoleLink, TaskHub
 from workspace.ops.unit import Env
@@ -41,8 +41,7 @@ def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
     with env.store.read() as s:
         ws = resolve_workspace(s, ident, ref)
         wid, name, owner, state, node = ws.id, ws.name, ws.owner, ws.state, ws.node
-    if not (ident.admin or (ident.is_user and owner == ident.name)):
-        raise PermissionDenied(f"only {owner} (the owner) and admins may {what} workspace {name}")
+    check_owner(ident, owner, name, what)
     if state != State.RUNNING.value or not node:
         hint = f"; `ws start {name}` first" if state == State.STOPPED.value else ""
         raise FailedPrecondition(f"workspace {name} is {state}{hint}")

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.domain.states import Desired, NodeState, State
-from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env
@@ -88,6 +88,18 @@ def choose_owned(
 
 def resolve_workspace(s: Session, who: Identity | str, ref: str) -> Workspace:
     return resolve_owned(s, Workspace, who, ref, "workspace", "ws list")
+
+
+def check_owner(ident: Identity, owner: str, name: str, what: str) -> None:
+    """Only its owner and admins may ``what`` workspace ``name`` (get into it, save it):
+    project members who see it may not."""
+    if not (ident.admin or (ident.is_user and owner == ident.name)):
+        raise PermissionDenied(f"only {owner} (the owner) and admins may {what} workspace {name}")
+
+
+def stopped(ws: Workspace) -> bool:
+    """STOPPED and meant to stay so: its disks are still and its size may change."""
+    return ws.state == State.STOPPED.value and ws.desired_state == Desired.STOPPED.value
 
 
 def node_down(s: Session, name: str) -> bool:

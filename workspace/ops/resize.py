@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 
 from workspace import scheduler
 from workspace.config import ServiceConfig
-from workspace.domain.states import Desired, NodeState, State
+from workspace.domain.states import NodeState
 from workspace.errors import FailedPrecondition, ResourceExhausted
 from workspace.ops import placement
 from workspace.ops.create import check_size
+from workspace.ops.lifecycle import stopped
 from workspace.ops.projects import check_workspace_quota
 from workspace.scheduler.model import format_rejections
 from workspace.store import Workspace
@@ -36,7 +37,7 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
     if (new_cpus, new_memory) == (ws.cpus, ws.memory_mib):
         return ""
     check_size(new_cpus, new_memory, cfg.limits)
-    if ws.state != State.STOPPED.value or ws.desired_state != Desired.STOPPED.value:
+    if not stopped(ws):
         raise FailedPrecondition(
             f"workspace {ws.name} is {ws.state}: its size changes only while it is STOPPED "
             f"(`ws stop {ws.name} --wait` first)"

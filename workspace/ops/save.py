@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from images import manifest
 from images.model import ImageSpec, Mode, Partition
 from workspace.domain.model import ImageView
-from workspace.domain.states import Desired, State
 from workspace.domain.tasks import SaveTask
 from workspace.errors import (
     AlreadyExists,
@@ -32,7 +31,14 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.ops.images import Catalog
-from workspace.ops.lifecycle import SAVE_GRACE_S, refuse_while_saving, resolve_workspace, saving
+from workspace.ops.lifecycle import (
+    SAVE_GRACE_S,
+    check_owner,
+    refuse_while_saving,
+    resolve_workspace,
+    saving,
+    stopped,
+)
 from workspace.ops.projects import as_identity
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
@@ -140,12 +146,8 @@ def _mark(env: Env, ident: Identity, ref: str, image: str) -> _Source:
     """Check that the save may go ahead and mark the workspace; what the save needs."""
     with env.store.write() as s:
         ws = resolve_workspace(s, ident, ref)
-        if not (ident.admin or (ident.is_user and ws.owner == ident.name)):
-            raise PermissionDenied(
-                f"only {ws.owner} (the owner) and admins may save workspace {ws.name}"
-            )
-        stopped = ws.state == State.STOPPED.value and ws.desired_state == Desired.STOPPED.value
-        if not stopped or not ws.node:
+        check_owner(ident, ws.owner, ws.name, "save")
+        if not stopped(ws) or not ws.node:
             raise FailedPrecondition(
                 f"workspace {ws.name} is {ws.state}; only a stopped workspace can be saved "
                 f"(`ws stop {ws.name} --wait` first)"
