@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
-from typing import Any
 
 import yaml
 
@@ -190,29 +189,30 @@ def mount_point(partition: str) -> str:
     return f"{MOUNT_ROOT}/{partition}"
 
 
-def _mounts(instance_id: str, data_disks: Sequence[str], login_user: str) -> dict[str, Any]:
-    """cloud-config mounting each ext4 blank disk at /mnt/<name> (``nofail``: a guest
-    still boots without it) and giving its top directory to the login user once, at the
-    first boot. cloud-init's ``mounts`` takes a device path, not ``UUID=``; the
-    /dev/disk/by-uuid link names the filesystem the node made (``images.mkfs.fs_uuid``)."""
-    cfg: dict[str, Any] = {
-        "mounts": [
-            [
-                f"/dev/disk/by-uuid/{fs_uuid(instance_id, name)}",
-                mount_point(name),
-                "ext4",
-                "defaults,nofail",
-                "0",
-                "2",
-            ]
-            for name in data_disks
+def _mounts(
+    instance_id: str, data_disks: Sequence[str], login_user: str
+) -> tuple[list[list[str]], list[list[str]]]:
+    """cloud-config ``mounts`` entries mounting each ext4 blank disk at /mnt/<name>
+    (``nofail``: a guest still boots without it), and the ``runcmd`` line (if any) giving
+    their top directories to the login user once, at the first boot. cloud-init's
+    ``mounts`` takes a device path, not ``UUID=``; the /dev/disk/by-uuid link names the
+    filesystem the node made (``images.mkfs.fs_uuid``)."""
+    mounts = [
+        [
+            f"/dev/disk/by-uuid/{fs_uuid(instance_id, name)}",
+            mount_point(name),
+            "ext4",
+            "defaults,nofail",
+            "0",
+            "2",
         ]
-    }
-    if login_user and login_user != "root":
-        dirs = " ".join(mount_point(name) for name in data_disks)
-        give = f'for d in {dirs}; do mountpoint -q "$d" && chown {login_user}: "$d"; done; true'
-        cfg["runcmd"] = [["sh", "-c", give]]
-    return cfg
+        for name in data_disks
+    ]
+    if not login_user or login_user == "root":
+        return mounts, []
+    dirs = " ".join(mount_point(name) for name in data_disks)
+    give = f'for d in {dirs}; do mountpoint -q "$d" && chown {login_user}: "$d"; done; true'
+    return mounts, [["sh", "-c", give]]
 
 
 def system_config(
@@ -271,9 +271,8 @@ def system_config(
             runcmd.append(["sh", "-c", _prune_script(login_user)])
     cfg["write_files"] = files
     if data_disks:
-        mounts = _mounts(instance_id, data_disks, login_user)
-        runcmd.extend(mounts.pop("runcmd", []))
-        cfg.update(mounts)
+        cfg["mounts"], chown = _mounts(instance_id, data_disks, login_user)
+        runcmd.extend(chown)
     if runcmd:
         cfg["runcmd"] = runcmd
     return cfg
