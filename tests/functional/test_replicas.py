@@ -163,16 +163,21 @@ def test_the_leader_moves_when_it_dies_or_loses_its_session(
     assert time.monotonic() - t0 < 8
 
 
-def test_exec_through_another_replica_reaches_the_agent(replicas: list[Site]) -> None:
-    a, b = replicas[0], replicas[1]
-    a.stubs.network(subnet="192.168.52.0/24")
+def box_on_a(a: Site, subnet: str) -> None:
+    """A running workspace ``box`` on node n1, whose agent's task stream is on A."""
+    a.stubs.network(subnet=subnet)
     a.stubs.import_image("img")
-    a.add_agent("n1")  # its task stream is on A
+    a.add_agent("n1")
     a.stubs.create(name="box", request_id="r-box")
     a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
     svc_a = a.service
     assert svc_a is not None
     wait_for(lambda: svc_a.hub.connected("n1"), 10, "n1's task stream on A")
+
+
+def test_exec_through_another_replica_reaches_the_agent(replicas: list[Site]) -> None:
+    a, b = replicas[0], replicas[1]
+    box_on_a(a, "192.168.52.0/24")
     with Client(b.address) as c:
         r = c.exec("box", ["sh", "-c", "echo out; echo err >&2; exit 3"])
         assert (r.exit_code, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
@@ -187,14 +192,7 @@ def test_a_save_through_another_replica_is_done_by_the_agent_on_its_own(
     """The save arrives at B; n1's task stream is on A, which runs it: the agent sends
     its disk to A (the blob directory is shared), B imports the image."""
     a, b = replicas[0], replicas[1]
-    a.stubs.network(subnet="192.168.55.0/24")
-    a.stubs.import_image("img", data=b"base" * 16384)
-    a.add_agent("n1")
-    a.stubs.create(name="box", request_id="r-box")
-    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
-    svc_a = a.service
-    assert svc_a is not None
-    wait_for(lambda: svc_a.hub.connected("n1"), 10, "n1's task stream on A")
+    box_on_a(a, "192.168.55.0/24")
     with Client(b.address) as c:
         c.stop_workspace("box")
         b.stubs.wait_state("box", WS.WORKSPACE_STATE_STOPPED)
