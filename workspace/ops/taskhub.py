@@ -24,7 +24,6 @@ import itertools
 import logging
 import queue
 import threading
-import time
 import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -272,11 +271,13 @@ class TaskHub:
         task_id = uuid.uuid4().hex
         future: Future[Answer] = Future()
         started = threading.Event() if isinstance(task, SaveTask) else None
+        if started is not None:  # an answer (or the stream's end) also says it was taken
+            future.add_done_callback(lambda _f: started.set())
         with self._lock:
             self._pending[task_id] = _Pending(line, future=future, started=started)
         try:
             line.send(Task(task_id, workspace_id, task))
-            if started is not None and not _taken(started, future, min(SAVE_START_S, wait_s)):
+            if started is not None and not started.wait(min(SAVE_START_S, wait_s)):
                 raise Unavailable(
                     f"node {node}'s agent did not take the save within {SAVE_START_S:g} s "
                     "(an agent older than the service does not know saves; upgrade it)"
@@ -311,17 +312,6 @@ class TaskHub:
             self.forget(task_id)
             raise
         return link
-
-
-def _taken(started: threading.Event, future: Future[Answer], wait_s: float) -> bool:
-    """Whether the agent took the task within ``wait_s`` (or already answered it)."""
-    deadline = time.monotonic() + wait_s
-    while not started.wait(0.1):
-        if future.done():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-    return True
 
 
 def _settle(future: Future[Answer], kind: ReplyKind | None) -> None:
