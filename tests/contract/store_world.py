@@ -41,7 +41,7 @@ class World:
         self.env = Env.of(cfg, self.store, Notifier())
         self.core = WorkspacesServicer(self.env)
         self.images = ImagesServicer(Catalog(self.env, BlobRepository(tmp / "blobs")))
-        self.nodes = NodesServicer(self.env, self.images.blobs)
+        self.nodes = NodesServicer(self.env, self.images.catalog)
         self.admin = AdminServicer(self.env)
         self.clusters = ClustersServicer(self.env)
 

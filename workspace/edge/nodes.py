@@ -26,7 +26,6 @@ from workspace.ops import consoles, liveness, reports, save
 from workspace.ops.images import Catalog
 from workspace.ops.taskhub import AgentLine, TaskHub
 from workspace.ops.unit import Env
-from workspace.store.blobs import BlobRepository
 
 log = logging.getLogger("workspace.edge.nodes")
 
@@ -38,17 +37,11 @@ def _serial(who: Identity) -> int:
 class NodesServicer(nodes_pb2_grpc.NodesServicer):
     SERVICE = "workspace.node.v1.Nodes"
 
-    def __init__(
-        self,
-        env: Env,
-        blobs: BlobRepository,
-        hub: TaskHub | None = None,
-        catalog: Catalog | None = None,
-    ) -> None:
+    def __init__(self, env: Env, catalog: Catalog, hub: TaskHub | None = None) -> None:
         self.env = env
-        self.blobs = blobs
-        # Where saved disks go (PutBlob); the blobs' own catalog by default.
-        self.catalog = catalog if catalog is not None else Catalog(env, blobs)
+        # The repository: blobs fetched by agents, saved disks they send (PutBlob).
+        self.catalog = catalog
+        self.blobs = catalog.blobs
         # The agents' task streams (exec, interactive consoles): shared with Guests.
         self.hub = hub if hub is not None else TaskHub()
         self.auth = auth.for_config(env.cfg)

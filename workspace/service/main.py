@@ -119,7 +119,7 @@ class Service:
         self.admin = AdminServicer(self.env)
         # On replicas, an exec for an agent connected to another replica goes through it.
         self.forwarder = TaskForwarder(self.hub, self.relay) if self.relay else None
-        self.nodes = NodesServicer(self.env, self.catalog.blobs, self.hub, self.catalog.catalog)
+        self.nodes = NodesServicer(self.env, self.catalog.catalog, self.hub)
         self.guests = GuestsServicer(self.env, self.hub)
         # Elastic clusters: running members learn changed rosters (on the leader).
         self.rosters = RosterPusher(self.env, self.hub.exec)
