@@ -57,7 +57,7 @@ def build(tmp: Path) -> tuple[Core, Nodes]:
         name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
     )
     catalog.import_image(OWNER, images_pb2.ImportImageRequest(name="img", partitions=[part]))
-    nodes = Nodes(env, catalog.blobs)
+    nodes = Nodes(env, catalog.catalog)
     nodes.register(
         nodes_pb2.RegisterRequest(
             node="n1", hypervisor="fake", cpus=64, memory_mib=1024 * 1024, networks=["default"]

@@ -111,7 +111,7 @@ def build_site(
     catalog.import_image(OWNER, images_pb2.ImportImageRequest(name="img", partitions=[part]))
     # Several users create from it here: a site image every user sees.
     catalog.catalog.set_public("img", True)
-    nodes = Nodes(env, catalog.blobs)
+    nodes = Nodes(env, catalog.catalog)
     if register:
         nodes.register(
             nodes_pb2.RegisterRequest(
