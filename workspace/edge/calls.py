@@ -25,6 +25,11 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     """End the call with the status of ``exc``. An unexpected exception becomes INTERNAL
     with the method and an incident id, never its text (which may show paths, SQL or
     other users' data): the text and traceback go to the log under the same id."""
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        # Reading the request stream of a call its client has ended (cancelled, gone):
+        # nobody waits for an answer, and nothing went wrong here.
+        log.info("%s: the client ended the call", method)
+        context.abort(grpc.StatusCode.CANCELLED, "the client ended the call")
     if isinstance(exc, Unauthenticated):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
     if isinstance(exc, WorkspaceError):
