@@ -56,6 +56,8 @@ def test_show_list_and_members_show_what_the_row_holds(world: World) -> None:
         row.host_key_public = KEY
         row.login_user = "debian"
         row.lease_expires_at = 4e9
+        row.saving_as = "img:saved"
+        row.saving_since = 1.0
     member = clusters_pb2.ClusterMember(role="worker", image="img", memory_mib=256, count=2)
     c = world.clusters.create(
         OWNER, clusters_pb2.CreateClusterRequest(request_id="c", name="cl", members=[member])
@@ -65,6 +67,7 @@ def test_show_list_and_members_show_what_the_row_holds(world: World) -> None:
     assert got_odd == want[odd.id]
     assert got_odd.preemptible and got_odd.allow and got_odd.limits.cpu_percent == 50
     assert got_odd.ssh_keys and got_odd.host_keys and got_odd.lease_expires_at == 4e9
+    assert got_odd.saving_as == "img:saved"
     assert (got_odd.reboot_count, got_odd.applied_reboot_count) == (1, 0)
     assert queries.get(world.env, OWNER, plain.id).applied_reboot_count is None
     assert queries.get(world.env, OWNER, "plain") == want[plain.id]  # by name

@@ -19,7 +19,11 @@ import pytest
 from tests.functional.harness import WS, Site, wait_for
 from workspace.cli import ws as ws_cli
 from workspace.client import Client
+from workspace.codec import events as codec_events
+from workspace.domain.events import SiteEvent
 from workspace.node.v1 import nodes_pb2
+from workspace.ops import save as ops_save
+from workspace.store import Workspace
 from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
 
 pytestmark = pytest.mark.skipif(
@@ -97,6 +101,18 @@ def raw_content(path: Path, tmp: Path) -> bytes:
     return out.read_bytes()
 
 
+def show_text(site: Site, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """What `ws show ARGV` prints."""
+    capsys.readouterr()
+    assert ws_cli.main(["show", *argv], connect=lambda _s: Client(site.address)) == 0
+    return capsys.readouterr().out
+
+
+def show(site: Site, capsys: pytest.CaptureFixture[str], name: str) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(show_text(site, capsys, name, "-o", "json"))
+    return shown
+
+
 def save(site: Site, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
     code = ws_cli.main(["image", "save", *argv], connect=lambda _s: Client(site.address))
@@ -108,6 +124,15 @@ def images(site: Site) -> list[str]:
     return sorted(
         i.name for i in site.stubs.images.ListImages(images_pb2.ListImagesRequest()).images
     )
+
+
+def save_events(site: Site, workspace_id: str) -> list[SiteEvent]:
+    """The site events of the saves of ``workspace_id`` and of the images they made."""
+    req = codec_events.watch_request_to_proto(0.0, False)
+    found = [codec_events.event_from_proto(p) for p in site.stubs.admin.WatchEvents(req)]
+    saves = [e for e in found if e.workspace_id == workspace_id and "sav" in e.kind]
+    made = {e.subject for e in saves}
+    return [e for e in found if e in saves or (e.kind == "image.added" and e.subject in made)]
 
 
 def starts(site: Site, w: common_pb2.Workspace) -> None:
@@ -146,6 +171,19 @@ def test_what_the_guest_wrote_is_in_the_saved_image_and_a_new_workspace_boots_it
     assert parts["ref"] == source.partitions[1]
     assert parts["scratch"] == source.partitions[2]
     assert (img.context, img.login_user, img.owner) == ("nocloud", "debian", source.owner)
+    # The save's begin and end, and the image it made, in the site events (by its caller).
+    said = save_events(site, w.id)
+    assert [(e.kind, e.subject) for e in said] == [
+        ("workspace.saving", "env:2"),
+        ("image.added", "env:2"),
+        ("workspace.saved", "env:2"),
+    ]
+    assert said[0].reason == "1 partition(s) to copy" and said[0].node == "node1"
+    assert said[1].reason == "no project, public; partitions root (cow), ref (readonly), " + (
+        "scratch (blank)"
+    )
+    assert said[2].reason == f"{shown['total_bytes']} bytes"
+    assert {e.who for e in said} == {"user:local"}
 
     # The blob: self-contained, with the base's bytes and the guest's.
     assert site.service is not None
@@ -174,7 +212,7 @@ def test_what_the_guest_wrote_is_in_the_saved_image_and_a_new_workspace_boots_it
 
 
 def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
-    env_site: Site, monkeypatch: pytest.MonkeyPatch
+    env_site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site = env_site
     w = stopped(site, "box")
@@ -206,11 +244,16 @@ def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
         with pytest.raises(grpc.RpcError) as again:
             site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace="box", image="env:3"))
         assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # `ws show` says so, in text and JSON.
+        assert show(site, capsys, "box")["saving_as"] == "env:2"
+        assert "saving      as image env:2" in show_text(site, capsys, "box").splitlines()
     finally:
         go_on.set()
         t.join(30)
     assert result["image"].name == "env:2"
     assert site.stubs.get(w.id).state == WS.WORKSPACE_STATE_STOPPED
+    assert show(site, capsys, "box").get("saving_as", "") == ""
+    assert not [x for x in show_text(site, capsys, "box").splitlines() if "saving" in x]
     assert images(site) == ["env:1", "env:2"]
     starts(site, w)
 
@@ -252,6 +295,9 @@ def test_a_node_that_went_away_fails_the_save_and_the_workspace_starts_later(
     assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "node1's agent" in str(gone.value.details())
     assert "env:2" not in images(site)
+    said = save_events(site, w.id)
+    assert [e.kind for e in said] == ["workspace.saving", "workspace.save_failed"]
+    assert said[1].reason == gone.value.details()
     site.add_agent("node1")
     starts(site, w)
 
@@ -319,3 +365,32 @@ def test_a_node_may_send_only_the_disks_of_its_own_save_under_way(
     assert refused.value.code() == code
     assert words in str(refused.value.details())
     assert set(blobs.digests()) == before  # nothing stored
+
+
+def test_a_save_whose_service_died_lapses_and_is_cleared(env_site: Site) -> None:
+    """A mark left by a service that died mid-save stops counting after
+    `limits.save_timeout_s` (the workspace starts); the leader's housekeeping clears it,
+    so `ws show` no longer says it is being saved, with a `workspace.save_failed` event."""
+    site = env_site
+    w = stopped(site, "box")
+    assert site.service is not None
+    env = site.service.env
+    with env.store.write() as s:
+        ws = s.get(Workspace, w.id)
+        assert ws is not None
+        ws.saving_as = "env:2"
+        ws.saving_since = env.clock() - env.cfg.limits.save_timeout_s + 60  # not yet lapsed
+    assert ops_save.clear_lapsed(env) == 0
+    assert site.stubs.get(w.id).saving_as == "env:2"
+    with env.store.write() as s:
+        ws = s.get(Workspace, w.id)
+        assert ws is not None
+        ws.saving_since = env.clock() - env.cfg.limits.save_timeout_s - 60
+    assert ops_save.clear_lapsed(env) == 1
+    assert site.stubs.get(w.id).saving_as == ""
+    said = save_events(site, w.id)
+    assert [(e.kind, e.subject, e.reason) for e in said] == [
+        ("workspace.save_failed", "env:2", "never ended (lapsed)")
+    ]
+    assert said[0].who == "system"
+    starts(site, w)

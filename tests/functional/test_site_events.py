@@ -11,9 +11,10 @@ import grpc
 import pytest
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace.cli import event_cmds
 from workspace.codec import events as codec_events
 from workspace.domain.events import SiteEvent
-from workspace.v1 import admin_pb2
+from workspace.v1 import admin_pb2, images_pb2
 
 
 def events(site: Site, since: float = 0.0) -> list[SiteEvent]:
@@ -161,6 +162,31 @@ def test_an_image_over_the_repository_quota_is_a_quota_refusal(tmp_path: Path) -
         assert "repository quota of local exceeded" in refused.reason
     finally:
         site.close()
+
+
+def test_an_images_life_is_in_the_site_events(ready_site: Site) -> None:
+    """Added (where, who sees it, what it is made of), made private and public again (a
+    change to what it was already is none), deleted: each by its caller, one line each
+    in `ws-admin events`."""
+    site = ready_site
+    site.stubs.import_image("tools:1", b"t" * 4096)  # an admin's, outside any project
+    for public in (True, False, True):
+        site.stubs.images.SetImagePublic(
+            images_pb2.SetImagePublicRequest(name="tools:1", public=public)
+        )
+    site.stubs.images.DeleteImage(images_pb2.GetImageRequest(name="tools:1"))
+    mine = [e for e in events(site) if e.subject == "tools:1"]
+    about = "no project, public; partitions root (cow)"
+    assert [(e.kind, e.reason) for e in mine] == [
+        ("image.added", about),
+        ("image.updated", "public -> private"),
+        ("image.updated", "private -> public"),
+        ("image.deleted", about),
+    ]
+    assert {e.who for e in mine} == {"user:local"}
+    assert not any(e.workspace_id or e.node for e in mine)
+    line = event_cmds.line(mine[-1])
+    assert line.split("  ")[1:4] == ["image.deleted", "image tools:1", f"by user:local: {about}"]
 
 
 def test_lease_warning_and_expiry_are_events(tmp_path: Path) -> None:

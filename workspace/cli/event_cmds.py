@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workspace.cli import common, render
-from workspace.domain.events import SiteEvent
+from workspace.domain.events import Kind, SiteEvent
 
 
 def iso(epoch_s: float) -> str:
@@ -24,6 +24,16 @@ def as_dict(e: SiteEvent) -> dict[str, Any]:
     return {"id": data.pop("id"), "time": data.pop("time"), **data}
 
 
+# What an event's subject is, by its kind or the first word of its kind.
+_NOUNS = {
+    "network": "network",
+    "image": "image",
+    Kind.WORKSPACE_SAVING.value: "as image",
+    Kind.WORKSPACE_SAVED.value: "as image",
+    Kind.WORKSPACE_SAVE_FAILED.value: "as image",
+}
+
+
 def line(e: SiteEvent) -> str:
     """One event as one line: time, kind, what, the state change, who, and why."""
     what = e.workspace_name or e.workspace_id
@@ -36,8 +46,9 @@ def line(e: SiteEvent) -> str:
         parts.append(f"cluster {e.cluster}")
     if e.node:
         parts.append(f"node {e.node}")
-    if e.subject:  # a network's events name it as such; others' subject speaks for itself
-        parts.append(f"network {e.subject}" if e.kind.startswith("network.") else e.subject)
+    if e.subject:  # networks and images are named as such; other subjects speak for themselves
+        noun = _NOUNS.get(e.kind.split(".")[0]) or _NOUNS.get(e.kind, "")
+        parts.append(f"{noun} {e.subject}" if noun else e.subject)
     if e.state:
         parts.append(f"{e.previous or '-'} -> {e.state}" if e.previous else e.state)
     parts.append(f"by {e.who}")
@@ -74,8 +85,8 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     p = sub.add_parser(
         "events",
         parents=[parent],
-        help="site events: state changes, placements, refusals, nodes, networks, trust, "
-        "quotas, leases",
+        help="site events: state changes, placements, refusals, nodes, networks, images, "
+        "trust, quotas, leases",
         description="Site events, oldest first, each with its time, who (the caller, a node, "
         "or system), what (kind, workspace, node, cluster) and why. --follow keeps "
         "printing new ones; -o json prints one JSON object per line. Events are kept for "

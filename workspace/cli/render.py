@@ -255,6 +255,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         # connectivity, then the allow rules ("policy": no wider than the other keys)
         ("policy", ws.connectivity + (f"; allow {','.join(ws.allow)}" if ws.allow else "")),
         ("limits", limits_text(ws.limits)),
+        ("saving", f"as image {ws.saving_as}" if ws.saving_as else ""),
     ]
     pairs += [("host_key", f"{fingerprint(k)} ({k.split()[0]})") for k in ws.host_keys if k]
     if ws.login_user:  # a guest ws ssh logs in to: the keys it takes

@@ -233,6 +233,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         allow=[str(r) for r in w.allow],
         limits=limits_to_proto(w.limits),
         preemptible=w.preemptible,
+        saving_as=w.saving_as,
     )
 
 

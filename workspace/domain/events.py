@@ -34,6 +34,16 @@ class Kind(enum.StrEnum):
     NETWORK_CREATED = "network.created"
     NETWORK_UPDATED = "network.updated"
     NETWORK_DELETED = "network.deleted"
+    # Images pushed, imported or saved; made public or private; deleted (subject: the
+    # image; reason: its project, visibility and size, or what changed).
+    IMAGE_ADDED = "image.added"
+    IMAGE_UPDATED = "image.updated"
+    IMAGE_DELETED = "image.deleted"
+    # `ws image save` (ops/save.py): begun (subject: the image to make), ended with the
+    # image made, or failed (reason: why); a save whose service died lapses (failed).
+    WORKSPACE_SAVING = "workspace.saving"
+    WORKSPACE_SAVED = "workspace.saved"
+    WORKSPACE_SAVE_FAILED = "workspace.save_failed"
 
 
 class Refusal(enum.StrEnum):

@@ -140,6 +140,7 @@ class WorkspaceView:
     allow: tuple[AllowRule, ...] = ()
     limits: Limits = field(default_factory=Limits)  # as enforced (defaults applied)
     preemptible: bool = False
+    saving_as: str = ""  # the image a save under way is making of it ("": none)
 
 
 @dataclass(frozen=True)

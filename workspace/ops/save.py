@@ -10,16 +10,25 @@ are left out.
 While the node works the workspace is marked (``saving_as``): it does not start, so its
 disks do not change under the copy, and a second save of it is refused. The
 mark is cleared when the save ends, whatever the outcome; one older than
-``limits.save_timeout_s`` (a service that died mid-save) no longer counts.
+``limits.save_timeout_s`` (a service that died mid-save) no longer counts, and the
+leader's housekeeping clears it (``clear_lapsed``). Each save is in the site events:
+``workspace.saving`` when it begins, ``workspace.saved`` or ``workspace.save_failed``
+when it ends (the image itself: ``image.added``, store/journal.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from images import manifest
 from images.model import ImageSpec, Mode, Partition
+from workspace import callctx
+from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.model import ImageView
 from workspace.domain.tasks import SaveTask
 from workspace.errors import (
@@ -28,6 +37,7 @@ from workspace.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    WorkspaceError,
 )
 from workspace.identity import Identity
 from workspace.ops.images import Catalog
@@ -42,7 +52,7 @@ from workspace.ops.lifecycle import (
 from workspace.ops.projects import as_identity
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
-from workspace.store import Image, Workspace
+from workspace.store import Image, Workspace, journal
 from workspace.store.mapping import bound_spec, image_spec
 
 log = logging.getLogger("workspace.ops.save")
@@ -117,8 +127,10 @@ def save(
             src.login_user,
             site_image=ident.name == src.owner,
         )
-    finally:
-        _unmark(env, src.workspace_id, image)
+    except BaseException as exc:
+        _unmark(env, src.workspace_id, image, Kind.WORKSPACE_SAVE_FAILED, _why(exc))
+        raise
+    _unmark(env, src.workspace_id, image, Kind.WORKSPACE_SAVED, f"{view.total_bytes} bytes")
     log.info(
         "workspace %s (%s) saved as image %s (%d bytes)",
         src.workspace_id,
@@ -165,6 +177,13 @@ def _mark(env: Env, ident: Identity, ref: str, image: str) -> _Source:
             raise FailedPrecondition(f"workspace {ws.name} has nothing to save")
         ws.saving_as = image
         ws.saving_since = env.clock()
+        _event(
+            s,
+            ws,
+            Kind.WORKSPACE_SAVING,
+            image,
+            f"{sum(p.mode is Mode.COW for p in partitions)} partition(s) to copy",
+        )
         return _Source(
             ws.id,
             ws.name,
@@ -178,12 +197,58 @@ def _mark(env: Env, ident: Identity, ref: str, image: str) -> _Source:
         )
 
 
-def _unmark(env: Env, workspace_id: str, image: str) -> None:
+def _unmark(env: Env, workspace_id: str, image: str, kind: Kind, reason: str) -> None:
     with env.store.write() as s:
         ws = s.get(Workspace, workspace_id)
         if ws is not None and ws.saving_as == image:
             ws.saving_as = ""
             ws.saving_since = 0.0
+            _event(s, ws, kind, image, reason)
+
+
+def clear_lapsed(env: Env) -> int:
+    """Clear the marks of saves that outlived ``limits.save_timeout_s`` (their service
+    died mid-save: nothing else will), each with a ``workspace.save_failed`` event;
+    returns how many."""
+    cut = env.clock() - env.cfg.limits.save_timeout_s - SAVE_GRACE_S
+    with env.store.write() as s:
+        q = select(Workspace).where(Workspace.saving_as != "", Workspace.saving_since < cut)
+        lapsed = list(s.execute(q).scalars())
+        for ws in lapsed:
+            log.warning(
+                "workspace %s (%s): its save as image %s never ended; mark cleared",
+                ws.id,
+                ws.name,
+                ws.saving_as,
+            )
+            _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, "never ended (lapsed)")
+            ws.saving_as = ""
+            ws.saving_since = 0.0
+        return len(lapsed)
+
+
+def _event(s: Session, ws: Workspace, kind: Kind, image: str, reason: str) -> None:
+    journal.add(
+        s,
+        SiteEvent(
+            at=time.time(),
+            kind=kind.value,
+            who=callctx.current().who,
+            workspace_id=ws.id,
+            workspace_name=ws.name,
+            node=ws.node or "",
+            cluster=ws.cluster or "",
+            subject=image,
+            reason=reason,
+        ),
+    )
+
+
+def _why(exc: BaseException) -> str:
+    """A failed save's reason: what its caller was told, or what went wrong."""
+    if isinstance(exc, WorkspaceError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _image_partition(p: Partition, sent: dict[str, str]) -> Partition:

@@ -31,7 +31,7 @@ from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
-from workspace.ops import autoscale, leases, liveness, queue, site_events
+from workspace.ops import autoscale, leases, liveness, queue, save, site_events
 from workspace.ops.backfill import Backfiller
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
@@ -64,7 +64,7 @@ from workspace.v1 import (
 log = logging.getLogger("workspace.service")
 # The queue is also retried this often (deadlines, capacity freed by a node coming back).
 QUEUE_POLL_S = 2.0
-# Site events beyond `event_retention` are deleted this often.
+# Site events beyond `event_retention` are deleted, and lapsed save marks cleared, this often.
 EVENT_PRUNE_S = 300.0
 
 
@@ -276,13 +276,15 @@ class Service:
                 log.exception("autoscale pass failed")
 
     def _prune_events(self) -> None:
+        """Housekeeping: site events past their retention, saves that never ended."""
         while True:
             # The first pass once leader, then every EVENT_PRUNE_S.
             if self.leader.wait_acting(EVENT_PRUNE_S):
                 try:
                     site_events.prune(self.env)
+                    save.clear_lapsed(self.env)
                 except Exception:
-                    log.exception("pruning site events failed")
+                    log.exception("housekeeping pass failed (site events, lapsed saves)")
             if self._stop.wait(EVENT_PRUNE_S if self.leader.acting() else 0):
                 return
 

@@ -12,7 +12,8 @@ the create path writes two rows, this and its trust decision.
 What is seen, whoever wrote it (an operation's unit of work or a plain ``Store.write``):
 workspaces created, changing state, placed on a node, queued for capacity, warned of and
 given longer leases; nodes registered, changing state, removed; networks made, changed
-(their DNS servers, their range), deleted; trust decisions (every ``trust_audit`` row).
+(their DNS servers, their range), deleted; images added, made public or private,
+deleted; trust decisions (every ``trust_audit`` row).
 Refusals roll their transaction back, so ops/site_events.py records them in one of their
 own. Who: the caller of the RPC (workspace/callctx.py), or "system".
 """
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from workspace import callctx
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.leases import iso_time
-from workspace.store.models import Audit, Network, Node, Workspace
+from workspace.store.models import Audit, Image, Network, Node, Workspace
 from workspace.store.prepared import Prepared
 from workspace.store.site_events import EventRow
 
@@ -166,6 +167,8 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
             out.append(_trust({k: getattr(obj, k) for k in _TRUST_FIELDS}, who))
         elif isinstance(obj, Network):
             out.append(_network(obj, who, Kind.NETWORK_CREATED, _network_about(obj)))
+        elif isinstance(obj, Image):
+            out.append(_image(obj, who, Kind.IMAGE_ADDED, _image_about(obj)))
     for obj in s.dirty:
         if isinstance(obj, Workspace):
             if obj.id not in created:
@@ -174,11 +177,16 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
             out.append(_node(obj, who, Kind.NODE_STATE, str(ch[0] or ""), _node_why(obj)))
         elif isinstance(obj, Network) and (why := _network_changes(obj)):
             out.append(_network(obj, who, Kind.NETWORK_UPDATED, why))
+        elif isinstance(obj, Image) and (ch := _change(obj, "public")) is not None:
+            why = f"{_visibility(ch[0])} -> {_visibility(ch[1])}"
+            out.append(_image(obj, who, Kind.IMAGE_UPDATED, why))
     for obj in s.deleted:
         if isinstance(obj, Node):
             out.append(_node(obj, who, Kind.NODE_REMOVED, obj.state, "removed"))
         elif isinstance(obj, Network):
             out.append(_network(obj, who, Kind.NETWORK_DELETED, _network_about(obj)))
+        elif isinstance(obj, Image):
+            out.append(_image(obj, who, Kind.IMAGE_DELETED, _image_about(obj)))
 
 
 def _ws_event(ws: Workspace, who: str, kind: Kind, at: float = 0.0, **kw: Any) -> SiteEvent:
@@ -289,6 +297,24 @@ def _network_changes(net: Network) -> str:
         old = f"{start[0] if start else net.range_start}-{end[0] if end else net.range_end}"
         out.append(f"range {old} -> {net.range_start}-{net.range_end}")
     return "; ".join(out)
+
+
+def _image(img: Image, who: str, kind: Kind, reason: str) -> SiteEvent:
+    return SiteEvent(at=time.time(), kind=kind.value, who=who, subject=img.name, reason=reason)
+
+
+def _visibility(public: object) -> str:
+    return "public" if public else "private"
+
+
+def _image_about(img: Image) -> str:
+    """``project physics, private; partitions root (cow), data (blank)``."""
+    where = f"project {img.project}" if img.project else "no project"
+    parts = ", ".join(
+        f"{p.get('name')} ({str(p.get('mode', '')).lower()})" for p in img.partitions or ()
+    )
+    kernel = "; a kernel" if img.kernel_digest else ""
+    return f"{where}, {_visibility(img.public)}; partitions {parts or 'none'}{kernel}"
 
 
 _TRUST_FIELDS = ("source", "at", "workspace_id", "image", "verdict", "action", "reason")

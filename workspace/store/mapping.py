@@ -311,6 +311,7 @@ def workspace_view(ws: Workspace | ViewRow, nics_of: tuple[Nic, ...]) -> Workspa
         allow=allow_rules(ws),
         limits=limits(ws),
         preemptible=bool(ws.preemptible),
+        saving_as=ws.saving_as or "",
     )
 
 
@@ -323,7 +324,7 @@ class ViewRow(NamedTuple):
     """What a workspace's view shows of its row, read without the ORM: a read that only
     answers with views (``ws show``, ``ws list``). Loading an ORM row costs about ten
     times as much (every column, seven JSON columns decoded, the identity map and its
-    instance state); these are the 27 columns ``workspace_view`` reads, three of them
+    instance state); these are the 28 columns ``workspace_view`` reads, three of them
     JSON, decoded here."""
 
     id: str
@@ -353,6 +354,7 @@ class ViewRow(NamedTuple):
     allow: list[str] | None
     limits: dict[str, int] | None
     preemptible: bool
+    saving_as: str
 
 
 _WS = cast(Table, Workspace.__table__).c
