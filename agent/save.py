@@ -33,7 +33,8 @@ COPY_SUFFIX = ".saving.qcow2"
 
 # Sends one saved disk's bytes within a time limit (seconds); returns the digest and
 # size the service stored.
-Send = Callable[[str, Iterator[bytes], float], tuple[str, int]]
+# (workspace id, disk name, its size, its bytes, seconds left) -> (digest, size)
+Send = Callable[[str, str, int, Iterator[bytes], float], tuple[str, int]]
 
 
 class Saver:
@@ -64,7 +65,7 @@ class Saver:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DriverError(f"the save ran out of time after copying disk {name}")
-                digest, size = send(workspace_id, _chunks(copy), left)
+                digest, size = send(workspace_id, name, copy.stat().st_size, _chunks(copy), left)
                 log.info(
                     "workspace %s: disk %s saved as %s (%d bytes) in %.1f s",
                     workspace_id,

@@ -266,16 +266,19 @@ class Tasks:
         self.reply(task_id, outcome)
 
     def _send(
-        self, workspace_id: str, chunks: Iterator[bytes], timeout_s: float
+        self, workspace_id: str, disk: str, size: int, chunks: Iterator[bytes], timeout_s: float
     ) -> tuple[str, int]:
-        """One saved disk to the service on the task stream's channel."""
+        """One saved disk to the service on the task stream's channel (its first message
+        names the disk and its size: the save's progress)."""
         with self._lock:
             channel = self._channel
         if channel is None:
             raise WorkspaceError("the agent's connection to the service broke")
 
         def messages() -> Iterator[nodes_pb2.PutBlobChunk]:
-            yield nodes_pb2.PutBlobChunk(node=self.cfg.node, workspace_id=workspace_id)
+            yield nodes_pb2.PutBlobChunk(
+                node=self.cfg.node, workspace_id=workspace_id, partition=disk, size_bytes=size
+            )
             for data in chunks:
                 yield nodes_pb2.PutBlobChunk(data=data)
 

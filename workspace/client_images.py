@@ -7,6 +7,7 @@ for the plumbing (``_call``) and the rest of the API.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
 # The longest a save is waited for: the service's default limit, and its grace.
 SAVE_TIMEOUT_S = 3600.0 + 60.0
+# How often a save's workspace is read for its progress (``save_image(on_progress=)``).
+SAVE_POLL_S = 1.0
 
 # progress(step, path, done_bytes, total_bytes); step is "hash", "upload" or "skip".
 PushProgress = Callable[[str, str, int, int], None]
@@ -40,7 +43,7 @@ class PushResult:
 
 
 class ImagesClientMixin:
-    """Needs ``_call``, ``_images`` and ``_trust`` from the Client."""
+    """Needs ``_call``, ``_images``, ``_trust`` and ``get_workspace`` from the Client."""
 
     _images: images_pb2_grpc.ImagesStub
     _trust: trust_pb2_grpc.TrustStub
@@ -49,6 +52,9 @@ class ImagesClientMixin:
         raise NotImplementedError
 
     def _error(self, exc: grpc.RpcError) -> errors.WorkspaceError:
+        raise NotImplementedError
+
+    def get_workspace(self, id: str) -> common_pb2.Workspace:
         raise NotImplementedError
 
     # -- Images ------------------------------------------------------------------------
@@ -125,14 +131,45 @@ class ImagesClientMixin:
         return self._call(self._images.DeleteImage, images_pb2.GetImageRequest(name=name))
 
     def save_image(
-        self, workspace: str, image: str, project: str = "", timeout_s: float = SAVE_TIMEOUT_S
+        self,
+        workspace: str,
+        image: str,
+        project: str = "",
+        timeout_s: float = SAVE_TIMEOUT_S,
+        on_progress: Callable[[common_pb2.Workspace], None] | None = None,
     ) -> images_pb2.Image:
         """A new image ``image`` (NAME:VERSION) from stopped workspace ``workspace`` (name
         or id): its cow partitions as they are now, the rest as its image's. Returns once
         the workspace's node has sent its disks and the image is registered (minutes for
-        large disks; ``timeout_s`` bounds the wait)."""
+        large disks; ``timeout_s`` bounds the wait). ``on_progress``: called with the
+        workspace every ``SAVE_POLL_S`` while the save is under way (``saving_disk``,
+        ``saving_sent_bytes``, ``saving_size_bytes``)."""
         req = images_pb2.SaveImageRequest(workspace=workspace, image=image, project=project)
-        return self._call(self._images.SaveImage, req, timeout_s)
+        if on_progress is None:
+            return self._call(self._images.SaveImage, req, timeout_s)
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                outcome["image"] = self._call(self._images.SaveImage, req, timeout_s)
+            except BaseException as exc:  # raised in the caller's thread below
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="ws-save", daemon=True).start()
+        while not done.wait(SAVE_POLL_S):
+            try:
+                ws = self.get_workspace(workspace)
+            except errors.WorkspaceError:  # a read that failed: the save's answer will say
+                continue
+            if ws.saving_as == image and not done.is_set():
+                on_progress(ws)
+        if "error" in outcome:
+            raise outcome["error"]
+        found: images_pb2.Image = outcome["image"]
+        return found
 
     def repository_usage(self) -> images_pb2.RepositoryUsage:
         """Bytes your images take in the repository, and your quota (0: none)."""

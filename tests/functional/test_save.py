@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import grpc
 import pytest
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace import client_images
+from workspace.cli import render
 from workspace.cli import ws as ws_cli
 from workspace.client import Client
 from workspace.codec import events as codec_events
@@ -246,7 +249,8 @@ def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
         assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         # `ws show` says so, in text and JSON.
         assert show(site, capsys, "box")["saving_as"] == "env:2"
-        assert "saving      as image env:2" in show_text(site, capsys, "box").splitlines()
+        saving = "saving      as image env:2: its node copies its disks"
+        assert saving in show_text(site, capsys, "box").splitlines()
     finally:
         go_on.set()
         t.join(30)
@@ -256,6 +260,72 @@ def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
     assert not [x for x in show_text(site, capsys, "box").splitlines() if "saving" in x]
     assert images(site) == ["env:1", "env:2"]
     starts(site, w)
+
+
+def test_a_saves_progress_is_shown_while_its_disk_is_sent(
+    env_site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the node sends a disk, the workspace says which and how much of it the
+    service has; `ws image save` says so as it goes; none of it stays once saved."""
+    site = env_site
+    w = stopped(site, "box")
+    guest_writes(overlay(site, w), 64 * KIB, 0x5A, 256 * KIB)
+    from agent import save as agent_save
+
+    real_chunks = agent_save._chunks
+    sending, go_on = threading.Event(), threading.Event()
+
+    def held(path: Path) -> Iterator[bytes]:
+        for i, chunk in enumerate(real_chunks(path)):
+            if i == 1:  # the first is with the service: hold the rest
+                sending.set()
+                assert go_on.wait(20)
+            yield chunk
+
+    monkeypatch.setattr(agent_save, "CHUNK_BYTES", 64 * KIB)
+    monkeypatch.setattr(agent_save, "_chunks", held)
+    monkeypatch.setattr(ops_save, "PROGRESS_S", 0.0)
+    monkeypatch.setattr(client_images, "SAVE_POLL_S", 0.05)
+    result: dict[str, int] = {}
+    cli = threading.Thread(
+        target=lambda: result.setdefault(
+            "code",
+            ws_cli.main(["image", "save", "box", "env:2"], connect=lambda _s: Client(site.address)),
+        )
+    )
+    said: list[str] = []
+    cli.start()
+    try:
+        assert sending.wait(20)
+        copy = overlay(site, w).with_name("root" + agent_save.COPY_SUFFIX)
+        size = copy.stat().st_size
+        assert size > 2 * 64 * KIB
+        shown = wait_for(
+            lambda: (ws := site.stubs.get(w.id)).saving_sent_bytes == 64 * KIB and ws,
+            what="the first 64 KiB received",
+        )
+        assert (shown.saving_as, shown.saving_disk, shown.saving_size_bytes) == (
+            "env:2",
+            "root",
+            size,
+        )
+        # ws image save says which disk it sends (said once, when the disk starts) ...
+        wait_for(
+            lambda: said.append(capsys.readouterr().err) or "sending disk root" in "".join(said),
+            what="ws image save's progress line",
+        )
+        # ... and ws show how much of it has come.
+        line = f"saving      as image env:2: disk root, 64.0 KiB of {render.fmt_bytes(size)} sent"
+        assert line in show_text(site, capsys, "box").splitlines()
+    finally:
+        go_on.set()
+        cli.join(30)
+    said.append(capsys.readouterr().err)
+    assert result["code"] == 0
+    assert f"ws: box: sending disk root ({render.fmt_bytes(size)})" in "".join(said).splitlines()
+    after = site.stubs.get(w.id)
+    assert (after.saving_as, after.saving_disk, after.saving_sent_bytes) == ("", "", 0)
+    assert after.saving_size_bytes == 0
 
 
 @pytest.mark.parametrize(

@@ -38,9 +38,12 @@ def node(tmp_path: Path) -> tuple[WorkspaceFiles, FakeDriver, Path]:
 
 
 def collect(into: list[bytes]) -> Send:
-    def send(workspace_id: str, chunks: Iterator[bytes], timeout_s: float) -> tuple[str, int]:
+    def send(
+        workspace_id: str, disk: str, size: int, chunks: Iterator[bytes], timeout_s: float
+    ) -> tuple[str, int]:
         assert 0 < timeout_s <= 60
         data = b"".join(chunks)
+        assert (disk, size) == ("root", len(data))  # the disk named, its size told first
         into.append(data)
         return "sha256:" + "0" * 64, len(data)
 

@@ -111,9 +111,14 @@ class ImageCommands:
             file=sys.stderr,
             flush=True,
         )
-        img = self.client_for(args).save_image(
-            args.workspace, args.image, args.project or "", args.timeout
-        )
+        progress = None if render.wants_json(args) else render.SaveProgress(self.prog)
+        try:
+            img = self.client_for(args).save_image(
+                args.workspace, args.image, args.project or "", args.timeout, progress
+            )
+        finally:
+            if progress is not None:
+                progress.end()
         print(
             f"{self.prog}: saved {args.workspace} as {img.name} "
             f"({render.fmt_bytes(img.total_bytes)})",

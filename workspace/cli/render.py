@@ -255,7 +255,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         # connectivity, then the allow rules ("policy": no wider than the other keys)
         ("policy", ws.connectivity + (f"; allow {','.join(ws.allow)}" if ws.allow else "")),
         ("limits", limits_text(ws.limits)),
-        ("saving", f"as image {ws.saving_as}" if ws.saving_as else ""),
+        ("saving", saving_text(ws)),
     ]
     pairs += [("host_key", f"{fingerprint(k)} ({k.split()[0]})") for k in ws.host_keys if k]
     if ws.login_user:  # a guest ws ssh logs in to: the keys it takes
@@ -266,6 +266,23 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("updated_at", fmt_time(ws.updated_at)),
     ]
     return fields(pairs)
+
+
+def saving_text(ws: common_pb2.Workspace) -> str:
+    """``as image env:2: disk root, 1.0 MiB of 2.0 MiB sent`` ("": no save under way)."""
+    if not ws.saving_as:
+        return ""
+    return f"as image {ws.saving_as}: {save_step(ws)}"
+
+
+def save_step(ws: common_pb2.Workspace) -> str:
+    """Where a save is: its node copying, or a disk being sent (how much of it)."""
+    if not ws.saving_disk:
+        return "its node copies its disks"
+    sent = fmt_bytes(ws.saving_sent_bytes)
+    if ws.saving_size_bytes:
+        sent += f" of {fmt_bytes(ws.saving_size_bytes)}"
+    return f"disk {ws.saving_disk}, {sent} sent"
 
 
 def reboots_text(ws: common_pb2.Workspace) -> str:
@@ -692,6 +709,33 @@ class UploadProgress:
             file=self.stream,
             flush=True,
         )
+
+
+class SaveProgress:
+    """``on_progress(workspace)`` for Client.save_image (`ws image save`): a bar per disk
+    on a terminal while it is sent; otherwise a line when a disk starts to be sent."""
+
+    def __init__(self, prog: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.prog = prog
+        self.stream = stream or sys.stderr
+        self._bar = _Bar(self.stream, width)
+        self._disk = ""
+
+    def __call__(self, ws: common_pb2.Workspace) -> None:
+        if not ws.saving_disk:
+            return
+        if ws.saving_disk != self._disk:
+            self._bar.end()
+            self._disk = ws.saving_disk
+            if not self._bar.tty:
+                size = f" ({fmt_bytes(ws.saving_size_bytes)})" if ws.saving_size_bytes else ""
+                line = f"{self.prog}: {ws.name}: sending disk {ws.saving_disk}{size}"
+                print(line, file=self.stream, flush=True)
+        if ws.saving_size_bytes:
+            self._bar.draw(f"sending  {ws.saving_disk}", ws.saving_sent_bytes, ws.saving_size_bytes)
+
+    def end(self) -> None:
+        self._bar.end()
 
 
 _STEP_WORDS = {"hash": "hashing", "upload": "sending", "skip": "present"}

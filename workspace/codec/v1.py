@@ -234,6 +234,9 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         limits=limits_to_proto(w.limits),
         preemptible=w.preemptible,
         saving_as=w.saving_as,
+        saving_disk=w.saving_disk,
+        saving_sent_bytes=w.saving_sent_bytes,
+        saving_size_bytes=w.saving_size_bytes,
     )
 
 

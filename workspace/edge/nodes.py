@@ -194,7 +194,10 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
             reports.check_node(self.env, node, who.serial)
         save.may_send(self.env, node, first.workspace_id)
         chunks = itertools.chain([first.data], (c.data for c in request_iterator))
-        digest, size = self.catalog.upload_blob(chunks)
+        counted = save.progress(
+            self.env, first.workspace_id, first.partition, max(0, first.size_bytes), chunks
+        )
+        digest, size = self.catalog.upload_blob(counted)
         log.info(
             "node %s sent %s (%d bytes) of workspace %s's save",
             node,

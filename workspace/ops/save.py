@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from images import manifest
@@ -56,6 +57,8 @@ from workspace.store import Image, Workspace, journal
 from workspace.store.mapping import bound_spec, image_spec
 
 log = logging.getLogger("workspace.ops.save")
+# A disk's progress is written to its workspace's row at most this often while it comes.
+PROGRESS_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ def _mark(env: Env, ident: Identity, ref: str, image: str) -> _Source:
             raise FailedPrecondition(f"workspace {ws.name} has nothing to save")
         ws.saving_as = image
         ws.saving_since = env.clock()
+        _clear_progress(ws)
         _event(
             s,
             ws,
@@ -203,6 +207,7 @@ def _unmark(env: Env, workspace_id: str, image: str, kind: Kind, reason: str) ->
         if ws is not None and ws.saving_as == image:
             ws.saving_as = ""
             ws.saving_since = 0.0
+            _clear_progress(ws)
             _event(s, ws, kind, image, reason)
 
 
@@ -224,7 +229,37 @@ def clear_lapsed(env: Env) -> int:
             _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, "never ended (lapsed)")
             ws.saving_as = ""
             ws.saving_since = 0.0
+            _clear_progress(ws)
         return len(lapsed)
+
+
+def progress(
+    env: Env, workspace_id: str, disk: str, size: int, chunks: Iterable[bytes]
+) -> Iterator[bytes]:
+    """``chunks`` of a saved disk as they come, with the bytes received so far of its
+    ``size`` kept on its workspace's row (at the start, at most every ``PROGRESS_S``,
+    at the end): what `ws show` and `ws image save` show of the save."""
+    _progress(env, workspace_id, disk, 0, size)
+    sent, last = 0, time.monotonic()
+    for chunk in chunks:
+        sent += len(chunk)
+        yield chunk
+        if time.monotonic() - last >= PROGRESS_S:
+            _progress(env, workspace_id, disk, sent, size)
+            last = time.monotonic()
+    _progress(env, workspace_id, disk, sent, size)
+
+
+def _progress(env: Env, workspace_id: str, disk: str, sent: int, size: int) -> None:
+    q = update(Workspace).where(Workspace.id == workspace_id, Workspace.saving_as != "")
+    with env.store.write() as s:
+        s.execute(q.values(saving_disk=disk[:32], saving_sent=sent, saving_size=size))
+
+
+def _clear_progress(ws: Workspace) -> None:
+    ws.saving_disk = ""
+    ws.saving_sent = 0
+    ws.saving_size = 0
 
 
 def _event(s: Session, ws: Workspace, kind: Kind, image: str, reason: str) -> None:

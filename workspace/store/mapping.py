@@ -312,6 +312,9 @@ def workspace_view(ws: Workspace | ViewRow, nics_of: tuple[Nic, ...]) -> Workspa
         limits=limits(ws),
         preemptible=bool(ws.preemptible),
         saving_as=ws.saving_as or "",
+        saving_disk=ws.saving_disk or "",
+        saving_sent_bytes=ws.saving_sent or 0,
+        saving_size_bytes=ws.saving_size or 0,
     )
 
 
@@ -324,7 +327,7 @@ class ViewRow(NamedTuple):
     """What a workspace's view shows of its row, read without the ORM: a read that only
     answers with views (``ws show``, ``ws list``). Loading an ORM row costs about ten
     times as much (every column, seven JSON columns decoded, the identity map and its
-    instance state); these are the 28 columns ``workspace_view`` reads, three of them
+    instance state); these are the 31 columns ``workspace_view`` reads, three of them
     JSON, decoded here."""
 
     id: str
@@ -355,6 +358,9 @@ class ViewRow(NamedTuple):
     limits: dict[str, int] | None
     preemptible: bool
     saving_as: str
+    saving_disk: str
+    saving_sent: int
+    saving_size: int
 
 
 _WS = cast(Table, Workspace.__table__).c

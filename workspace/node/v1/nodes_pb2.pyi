@@ -758,20 +758,29 @@ class PutBlobChunk(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """The first message only: the node sending and the workspace saved."""
     workspace_id: _builtins.str
     data: _builtins.bytes
+    partition: _builtins.str
+    """The first message only: which disk this is and its size in bytes (the save's
+    progress, shown by `ws show` and `ws image save`); unset by older agents.
+    """
+    size_bytes: _builtins.int
     def __init__(
         self,
         *,
         node: _builtins.str = ...,
         workspace_id: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        partition: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "node", b"node", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "node", b"node", "partition", b"partition", "size_bytes", b"size_bytes", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
