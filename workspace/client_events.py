@@ -9,7 +9,7 @@ import grpc
 
 from workspace import client_streams, errors
 from workspace.codec import events as codec_events
-from workspace.domain.events import SiteEvent
+from workspace.domain.events import EventFilter, SiteEvent
 from workspace.v1 import admin_pb2_grpc
 
 # How far before the last event seen a re-opened stream starts (seconds).
@@ -29,6 +29,7 @@ class EventsClientMixin:
         timeout_s: float | None = None,
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
+        which: EventFilter | None = None,
     ) -> Generator[SiteEvent, None, None]:
         """(admins) Site events since ``since`` (epoch seconds; 0 = the oldest kept), oldest
         first; with ``follow`` the stream stays open for new ones. Closing the iterator
@@ -39,11 +40,12 @@ class EventsClientMixin:
         (on the next replica of an address list) from the last event seen: none is given
         twice (events are told apart by id), and none committed since is missed.
         ``on_outage`` is told once when the stream is lost (why) and once when events can
-        flow again ("")."""
+        flow again (""). ``which``: only the events of these kinds or families, of this
+        workspace, of this node (InvalidArgument for an unknown kind)."""
         last_id, start = 0, since
 
         def open_call(remaining: float | None) -> Any:
-            req = codec_events.watch_request_to_proto(start, follow)
+            req = codec_events.watch_request_to_proto(start, follow, which)
             return self._admin.WatchEvents(req, timeout=remaining)
 
         stream = client_streams.reopening(

@@ -3,17 +3,20 @@ leases — each with who and why, kept in the journal and followed as they happe
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace.cli import admin as admin_cli
 from workspace.cli import event_cmds
 from workspace.codec import events as codec_events
-from workspace.domain.events import SiteEvent
+from workspace.domain.events import EventFilter, SiteEvent
 from workspace.v1 import admin_pb2, images_pb2
 
 
@@ -103,6 +106,73 @@ def test_follow_streams_new_events_and_since_filters(ready_site: Site) -> None:
     call.cancel()
     t.join(5)
     assert not any(e.kind == "node.registered" for e in got)  # before --since
+
+
+def test_events_are_filtered_by_kind_family_workspace_and_node(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = ready_site
+    for name in ("alpha", "beta"):
+        ws = site.stubs.create(name=name)
+        site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    site.stubs.import_image("tools:1", b"t" * 4096)
+    every = events(site)
+
+    def only(**kw: Any) -> list[SiteEvent]:
+        req = codec_events.watch_request_to_proto(0.0, False, EventFilter(**kw))
+        return [codec_events.event_from_proto(p) for p in site.stubs.admin.WatchEvents(req)]
+
+    state = only(kinds=("workspace.state",), workspace="alpha")
+    assert state == [
+        e for e in every if e.kind == "workspace.state" and e.workspace_name == "alpha"
+    ]
+    assert [e.state for e in state][-1] == "RUNNING"
+    alpha_id = state[0].workspace_id
+    assert only(workspace=alpha_id) == [e for e in every if e.workspace_id == alpha_id]
+    family = only(kinds=("workspace", "image"))  # any of them; a family is its kinds
+    assert family == [e for e in every if e.kind.split(".")[0] in ("workspace", "image")]
+    assert {e.kind for e in family} >= {"workspace.created", "workspace.state", "image.added"}
+    on_node = only(node="node1", kinds=("trust",))
+    assert on_node and all(e.kind == "trust.decision" and e.node == "node1" for e in on_node)
+    assert only(workspace="nobody") == []
+    # An unknown kind: a clear error from the service, and from the CLI before it asks.
+    with pytest.raises(grpc.RpcError) as bad:
+        only(kinds=("imag",))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown event kind(s) 'imag'; kinds and families:" in str(bad.value.details())
+    capsys.readouterr()
+    assert admin_cli.main(["--service", site.address, "events", "--kind", "imag"]) == 2
+    assert "unknown event kind(s) 'imag'" in capsys.readouterr().err
+    argv = ["--service", site.address, "events", "--kind", "image", "-o", "json"]
+    assert admin_cli.main(argv) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["kind"], x["subject"]) for x in lines] == [
+        ("image.added", "img"),  # the site's
+        ("image.added", "tools:1"),
+    ]
+
+
+def test_a_followed_filter_streams_only_what_it_matches(ready_site: Site) -> None:
+    site = ready_site
+    got: list[SiteEvent] = []
+    which = EventFilter(kinds=("image",))
+    call = site.stubs.admin.WatchEvents(codec_events.watch_request_to_proto(0.0, True, which))
+
+    def read() -> None:
+        try:
+            for p in call:
+                got.append(codec_events.event_from_proto(p))
+        except grpc.RpcError:
+            pass
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    site.stubs.create(name="unwanted")
+    site.stubs.import_image("later:1", b"l" * 4096)
+    wait_for(lambda: any(e.subject == "later:1" for e in got), what="the image's event")
+    call.cancel()
+    t.join(5)
+    assert {e.kind for e in got} == {"image.added"}  # the create's events were not sent
 
 
 def test_node_down_and_drain_are_events(tmp_path: Path) -> None:

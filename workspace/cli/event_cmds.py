@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workspace.cli import common, render
-from workspace.domain.events import Kind, SiteEvent
+from workspace.domain.events import EventFilter, Kind, SiteEvent
 
 
 def iso(epoch_s: float) -> str:
@@ -63,11 +63,16 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         client = client_for(args)
         if args.follow:
             client.health()  # fail now (exit 3) rather than retry silently
+        which = EventFilter(tuple(args.kind or ()), args.workspace or "", args.node or "")
+        wrong = which.unknown_kinds()
+        if wrong:  # said before connecting
+            raise common.UsageError(wrong)
         events = client.watch_events(
             args.since or 0.0,
             args.follow,
             reconnect=True,
             on_outage=common.outage_notice("ws-admin: events"),
+            which=which,
         )
         try:
             for e in events:
@@ -89,11 +94,21 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "trust, quotas, leases",
         description="Site events, oldest first, each with its time, who (the caller, a node, "
         "or system), what (kind, workspace, node, cluster) and why. --follow keeps "
-        "printing new ones; -o json prints one JSON object per line. Events are kept for "
-        "the service's event_retention.",
+        "printing new ones; -o json prints one JSON object per line. --kind, --workspace "
+        "and --node keep only the events they match (each given must match). Events are "
+        "kept for the service's event_retention.",
     )
     p.add_argument(
         "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
     )
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "--kind",
+        action="append",
+        metavar="K",
+        help="only events of kind K (workspace.state) or of family K (image: image.added, "
+        "image.deleted, ...); repeatable: any of them",
+    )
+    p.add_argument("--workspace", metavar="W", help="only the events of workspace W (name or id)")
+    p.add_argument("--node", metavar="N", help="only the events of node N")
     p.set_defaults(func=run)

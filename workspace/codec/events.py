@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from workspace.codec.v1 import epoch, ts
-from workspace.domain.events import SiteEvent
+from workspace.domain.events import EventFilter, SiteEvent
 from workspace.v1 import admin_pb2
 
 
-def watch_request_to_proto(since: float, follow: bool) -> admin_pb2.WatchEventsRequest:
-    req = admin_pb2.WatchEventsRequest(follow=follow)
+def watch_request_to_proto(
+    since: float, follow: bool, which: EventFilter | None = None
+) -> admin_pb2.WatchEventsRequest:
+    which = which or EventFilter()
+    req = admin_pb2.WatchEventsRequest(
+        follow=follow, kinds=list(which.kinds), workspace=which.workspace, node=which.node
+    )
     if since:
         req.since.CopyFrom(ts(since))
     return req
 
 
-def watch_request_from_proto(req: admin_pb2.WatchEventsRequest) -> tuple[float, bool]:
-    """(since, follow); an unset ``since`` is 0 (from the oldest kept)."""
-    return (epoch(req.since, "since") if req.HasField("since") else 0.0), req.follow
+def watch_request_from_proto(
+    req: admin_pb2.WatchEventsRequest,
+) -> tuple[float, bool, EventFilter]:
+    """(since, follow, which); an unset ``since`` is 0 (from the oldest kept)."""
+    since = epoch(req.since, "since") if req.HasField("since") else 0.0
+    return since, req.follow, EventFilter(tuple(req.kinds), req.workspace, req.node)
 
 
 def event_to_proto(e: SiteEvent) -> admin_pb2.SiteEvent:

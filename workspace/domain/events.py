@@ -72,3 +72,30 @@ class SiteEvent:
     # Not stored: seconds since the workspace was created, on its first RUNNING and on a
     # placement from the queue (metrics: create → running, queue wait).
     elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """The site events a reader wants: each filter given must match (none: all).
+
+    ``kinds``: a kind (``workspace.state``) or a family, the first word of kinds
+    (``image``: ``image.added``, ``image.deleted``, ...); any of them. ``workspace``: a
+    workspace's id or name. ``node``: a node's name."""
+
+    kinds: tuple[str, ...] = ()
+    workspace: str = ""
+    node: str = ""
+
+    def unknown_kinds(self) -> str:
+        """What is wrong with its kinds ("": nothing): those neither a kind nor a family."""
+        unknown = [k for k in self.kinds if k not in KNOWN_KINDS]
+        if not unknown:
+            return ""
+        return (
+            f"unknown event kind(s) {', '.join(map(repr, unknown))}; kinds and families: "
+            f"{', '.join(sorted(KNOWN_KINDS))}"
+        )
+
+
+# Every kind, and every family (a kind's first word), as ``EventFilter.kinds`` takes them.
+KNOWN_KINDS = frozenset(k.value for k in Kind) | frozenset(k.value.split(".")[0] for k in Kind)

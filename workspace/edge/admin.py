@@ -139,13 +139,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def WatchEvents(
         self, request: admin_pb2.WatchEventsRequest, context: grpc.ServicerContext, who: Identity
     ) -> Iterator[admin_pb2.SiteEvent]:
-        since, follow = codec_events.watch_request_from_proto(request)
+        since, follow, which = codec_events.watch_request_from_proto(request)
 
         def gone() -> bool:
             self.auth.check_revoked(who)  # a revoked admin's stream ends (UNAUTHENTICATED)
             return not context.is_active()
 
-        for e in site_events.watch(self.env, since, follow, gone):
+        for e in site_events.watch(self.env, since, follow, gone, which):
             yield codec_events.event_to_proto(e)
         if follow and self.env.notifier.closed and context.is_active():
             raise stopping()

@@ -5,11 +5,13 @@ each change) since a time, then followed as commits add to it; and its bound
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select
 
 from workspace.config import parse_retention
-from workspace.domain.events import SiteEvent
+from workspace.domain.events import EventFilter, SiteEvent
+from workspace.errors import InvalidArgument
 from workspace.ops.unit import Env
 from workspace.store import EventRow
 
@@ -37,27 +39,79 @@ def view(r: EventRow) -> SiteEvent:
     )
 
 
-def after(env: Env, last_id: int, since: float = 0.0, limit: int = BATCH) -> list[SiteEvent]:
-    """Up to ``limit`` events after id ``last_id`` and at or after ``since``, oldest first."""
-    q = select(EventRow).where(EventRow.id > last_id)
+def after(
+    env: Env,
+    last_id: int,
+    since: float = 0.0,
+    limit: int = BATCH,
+    which: EventFilter | None = None,
+) -> list[SiteEvent]:
+    """Up to ``limit`` events after id ``last_id`` and at or after ``since`` that
+    ``which`` wants, oldest first."""
+    q = _filtered(select(EventRow).where(EventRow.id > last_id), which or EventFilter())
     if since:
         q = q.where(EventRow.at >= since)
     with env.store.read() as s:
         return [view(r) for r in s.execute(q.order_by(EventRow.id).limit(limit)).scalars()]
 
 
+def _page(env: Env, last_id: int, since: float, which: EventFilter) -> tuple[list[SiteEvent], int]:
+    """Up to ``BATCH`` events ``which`` wants after id ``last_id``, and the id to read on
+    from: the last one's, or (a page not full) the newest event's when it was read, so
+    that a filter matching few events does not read the same other rows at each wake."""
+    with env.store.read() as s:
+        # The newest id first: the page below then reads no event after it.
+        top = s.execute(select(func.max(EventRow.id))).scalar() or 0
+        q = _filtered(select(EventRow).where(EventRow.id > last_id, EventRow.id <= top), which)
+        if since:
+            q = q.where(EventRow.at >= since)
+        batch = [view(r) for r in s.execute(q.order_by(EventRow.id).limit(BATCH)).scalars()]
+    return batch, batch[-1].id if len(batch) == BATCH else max(top, last_id)
+
+
+def check_filter(which: EventFilter) -> None:
+    """InvalidArgument for a kind that is neither a kind nor a family of kinds."""
+    wrong = which.unknown_kinds()
+    if wrong:
+        raise InvalidArgument(wrong)
+
+
+def _filtered(q: Select[Any], which: EventFilter) -> Select[Any]:
+    if which.kinds:
+        q = q.where(or_(*(_kind_is(k) for k in which.kinds)))
+    if which.workspace:
+        w = which.workspace
+        q = q.where(or_(EventRow.workspace_id == w, EventRow.workspace_name == w))
+    if which.node:
+        q = q.where(EventRow.node == which.node)
+    return q
+
+
+def _kind_is(kind: str) -> ColumnElement[bool]:
+    """The kind itself, or a kind of that family (its first word and a dot)."""
+    return or_(EventRow.kind == kind, EventRow.kind.startswith(kind + ".", autoescape=True))
+
+
 def watch(
-    env: Env, since: float, follow: bool, gone: Callable[[], bool] = lambda: False
+    env: Env,
+    since: float,
+    follow: bool,
+    gone: Callable[[], bool] = lambda: False,
+    which: EventFilter | None = None,
 ) -> Iterator[SiteEvent]:
-    """The events since ``since`` (0: all kept); with ``follow``, then each new one, until
-    ``gone()`` or the service stops."""
+    """The events since ``since`` (0: all kept) that ``which`` wants (InvalidArgument
+    for an unknown kind); with ``follow``, then each new one, until ``gone()`` or the
+    service stops."""
+    which = which or EventFilter()
+    check_filter(which)
     last = 0
     while True:
         seen = env.notifier.site_event_generation()  # before reading: nothing is missed
-        batch = after(env, last, since)
+        batch, upto = _page(env, last, since, which)
         for e in batch:
             last = e.id
             yield e
+        last = upto
         if len(batch) == BATCH:
             continue
         if not follow:
@@ -65,7 +119,7 @@ def watch(
         while not (gone() or env.notifier.closed):
             if env.notifier.wait_site_events(seen, POLL_S) != seen:
                 break
-            if after(env, last, since, 1):
+            if after(env, last, since, 1, which):
                 break
         else:
             return
