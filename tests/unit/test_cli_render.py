@@ -3,6 +3,7 @@ field order; text tables; one image table and one image view for both CLIs."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -291,3 +292,45 @@ def test_every_table_header_is_one_spelling(
     capsys.readouterr()
     assert {"MEMORY_MIB", "MAC_PREFIX", "LAST_USED", "CORE_HOURS", "SERIAL"} <= set(seen)
     assert [h for h in seen if not HEADER.fullmatch(h)] == []
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _saving(disk: str = "", sent: int = 0, size: int = 0) -> common_pb2.Workspace:
+    return common_pb2.Workspace(
+        name="box",
+        saving_as="env:2",
+        saving_disk=disk,
+        saving_sent_bytes=sent,
+        saving_size_bytes=size,
+    )
+
+
+def test_a_saves_progress_in_ws_show_and_in_ws_image_save() -> None:
+    assert render.saving_text(common_pb2.Workspace(name="box")) == ""
+    assert render.saving_text(_saving()) == "as image env:2: its node copies its disks"
+    assert render.saving_text(_saving("root", 1 << 20, 2 << 20)) == (
+        "as image env:2: disk root, 1.0 MiB of 2.0 MiB sent"
+    )
+    assert render.saving_text(_saving("root", 1 << 20)) == "as image env:2: disk root, 1.0 MiB sent"
+    # Not a terminal: one line per disk, when it starts to be sent.
+    log = io.StringIO()
+    said = render.SaveProgress("ws", log)
+    for w in (_saving(), _saving("root", 0, 4096), _saving("root", 2048, 4096), _saving("data")):
+        said(w)
+    said.end(saved=True)
+    assert log.getvalue().splitlines() == [
+        "ws: box: sending disk root (4.0 KiB)",
+        "ws: box: sending disk data",
+    ]
+    # A terminal: a bar per disk, full once the save succeeded.
+    tty = _Terminal()
+    bar = render.SaveProgress("ws", tty, width=4)
+    bar(_saving("root", 1024, 4096))
+    bar.end(saved=True)
+    drawn = tty.getvalue().split("\r")
+    assert drawn[1].startswith("sending  root [#   ]  25.0% 1.0 KiB/4.0 KiB")
+    assert drawn[2] == "sending  root [####] 100.0% 4.0 KiB/4.0 KiB\n"

@@ -116,9 +116,12 @@ class ImageCommands:
             img = self.client_for(args).save_image(
                 args.workspace, args.image, args.project or "", args.timeout, progress
             )
-        finally:
+        except BaseException:
             if progress is not None:
                 progress.end()
+            raise
+        if progress is not None:
+            progress.end(saved=True)
         print(
             f"{self.prog}: saved {args.workspace} as {img.name} "
             f"({render.fmt_bytes(img.total_bytes)})",

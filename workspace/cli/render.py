@@ -720,10 +720,12 @@ class SaveProgress:
         self.stream = stream or sys.stderr
         self._bar = _Bar(self.stream, width)
         self._disk = ""
+        self._size = 0
 
     def __call__(self, ws: common_pb2.Workspace) -> None:
         if not ws.saving_disk:
             return
+        self._size = ws.saving_size_bytes
         if ws.saving_disk != self._disk:
             self._bar.end()
             self._disk = ws.saving_disk
@@ -734,7 +736,10 @@ class SaveProgress:
         if ws.saving_size_bytes:
             self._bar.draw(f"sending  {ws.saving_disk}", ws.saving_sent_bytes, ws.saving_size_bytes)
 
-    def end(self) -> None:
+    def end(self, saved: bool = False) -> None:
+        """Finish the bar drawn (full if the save succeeded: its last disk was sent)."""
+        if saved and self._disk and self._size:
+            self._bar.draw(f"sending  {self._disk}", self._size, self._size)
         self._bar.end()
 
 
