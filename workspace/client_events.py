@@ -1,4 +1,5 @@
-"""The site-events half of the Python client (``Client`` inherits it): `WatchEvents`."""
+"""The site-events half of the Python client (``Client`` inherits it): `WatchEvents`
+(the site's, admins) and `WatchWorkspaceEvents` (one workspace's)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import grpc
 from workspace import client_streams, errors
 from workspace.codec import events as codec_events
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.v1 import admin_pb2_grpc
+from workspace.v1 import admin_pb2_grpc, workspaces_pb2_grpc
 
 # How far before the last event seen a re-opened stream starts (seconds).
 RESUME_SLACK_S = 60.0
 
 
 class EventsClientMixin:
-    """Needs ``_admin`` and ``_error`` from the Client."""
+    """Needs ``_admin``, ``_workspaces`` and ``_error`` from the Client."""
 
     _admin: admin_pb2_grpc.AdminStub
+    _workspaces: workspaces_pb2_grpc.WorkspacesStub
     _error: Callable[[grpc.RpcError], errors.WorkspaceError]
 
     def watch_events(
@@ -42,11 +44,47 @@ class EventsClientMixin:
         ``on_outage`` is told once when the stream is lost (why) and once when events can
         flow again (""). ``which``: only the events of these kinds or families, of this
         workspace, of this node (InvalidArgument for an unknown kind)."""
+
+        def open_call(start: float, remaining: float | None) -> Any:
+            req = codec_events.watch_request_to_proto(start, follow, which)
+            return self._admin.WatchEvents(req, timeout=remaining)
+
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+
+    def watch_workspace_events(
+        self,
+        ref: str,
+        since: float = 0.0,
+        follow: bool = False,
+        timeout_s: float | None = None,
+        reconnect: bool = False,
+        on_outage: Callable[[str], None] | None = None,
+    ) -> Generator[SiteEvent, None, None]:
+        """The site events of workspace ``ref`` (id or name; one the caller may see:
+        NotFound otherwise), as ``watch_events`` gives the site's: what happened to it,
+        by whom and why."""
+
+        def open_call(start: float, remaining: float | None) -> Any:
+            req = codec_events.workspace_watch_to_proto(ref, start, follow)
+            return self._workspaces.WatchWorkspaceEvents(req, timeout=remaining)
+
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+
+    def _events(
+        self,
+        open_at: Callable[[float, float | None], Any],
+        since: float,
+        follow: bool,
+        timeout_s: float | None,
+        reconnect: bool,
+        on_outage: Callable[[str], None] | None,
+    ) -> Generator[SiteEvent, None, None]:
+        """The events of the stream ``open_at(start, remaining_s)`` opens, opened again
+        from a little before the last one after an outage (``reconnect``)."""
         last_id, start = 0, since
 
         def open_call(remaining: float | None) -> Any:
-            req = codec_events.watch_request_to_proto(start, follow, which)
-            return self._admin.WatchEvents(req, timeout=remaining)
+            return open_at(start, remaining)
 
         stream = client_streams.reopening(
             open_call, self._error, follow and reconnect, timeout_s, on_outage

@@ -245,6 +245,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         workspaces_pb2.WorkspaceRef(id=NOPE), timeout=T)),
     (WS, "WatchWorkspaces", USER, lambda c, w: first(c.ws.WatchWorkspaces(
         workspaces_pb2.WatchWorkspacesRequest(id=NOPE), timeout=T))),
+    (WS, "WatchWorkspaceEvents", USER, lambda c, w: first(c.ws.WatchWorkspaceEvents(
+        workspaces_pb2.WatchWorkspaceEventsRequest(id=NOPE), timeout=T))),
     (WS, "GetConsole", USER, lambda c, w: c.ws.GetConsole(
         workspaces_pb2.GetConsoleRequest(id=NOPE), timeout=T)),
     (WS, "ExtendLease", USER, lambda c, w: c.ws.ExtendLease(
@@ -465,6 +467,10 @@ def test_another_project_neither_sees_nor_touches_a_workspace(world: World) -> N
             workspaces_pb2.WorkspaceRef(id=r))) is grpc.StatusCode.NOT_FOUND  # fmt: skip
         assert code_of(lambda r=ref: b.ws.GetConsole(
             workspaces_pb2.GetConsoleRequest(id=r))) is grpc.StatusCode.NOT_FOUND  # fmt: skip
+        events = workspaces_pb2.WatchWorkspaceEventsRequest(id=ref)
+        assert code_of(lambda e=events: list(b.ws.WatchWorkspaceEvents(e))) is (
+            grpc.StatusCode.NOT_FOUND
+        )
     assert "wa" not in listed(b)
     a_view = world.callers["A"].ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=wid))
     assert a_view.desired_state == common_pb2.DESIRED_STATE_RUNNING  # B's destroy did nothing
@@ -481,6 +487,11 @@ def test_the_same_project_sees_the_workspace_and_its_image(world: World) -> None
         got = c.ws.GetWorkspace(workspaces_pb2.GetWorkspaceRequest(id=ref))
         assert (got.id, got.owner, got.project) == (world.workspace_id, "alice", "p")
     assert "wa" in listed(c)
+    # ... and what happened to it: its events only, by whom.
+    req = workspaces_pb2.WatchWorkspaceEventsRequest(id="wa")
+    events = list(c.ws.WatchWorkspaceEvents(req))
+    assert events and {e.workspace_id for e in events} == {world.workspace_id}
+    assert ("workspace.created", "user:alice") in {(e.kind, e.who) for e in events}
     assert "img-a" in {i.name for i in c.images.ListImages(images_pb2.ListImagesRequest()).images}
 
 

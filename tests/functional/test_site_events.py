@@ -15,9 +15,11 @@ import pytest
 from tests.functional.harness import WS, Site, wait_for
 from workspace.cli import admin as admin_cli
 from workspace.cli import event_cmds
+from workspace.cli.ws import main as ws_main
+from workspace.client import Client
 from workspace.codec import events as codec_events
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.v1 import admin_pb2, images_pb2
+from workspace.v1 import admin_pb2, images_pb2, workspaces_pb2
 
 
 def events(site: Site, since: float = 0.0) -> list[SiteEvent]:
@@ -173,6 +175,54 @@ def test_a_followed_filter_streams_only_what_it_matches(ready_site: Site) -> Non
     call.cancel()
     t.join(5)
     assert {e.kind for e in got} == {"image.added"}  # the create's events were not sent
+
+
+def test_ws_events_shows_one_workspaces_events_and_follows_them(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws events NAME`: what happened to that workspace (and nothing of another), by
+    whom; --follow then prints what happens next; an unknown one is not found."""
+    site = ready_site
+    alpha, beta = (site.stubs.create(name=n) for n in ("alpha", "beta"))
+    for w in (alpha, beta):
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+
+    def ws_cli(*argv: str) -> int:
+        return ws_main(["--service", site.address, *argv])
+
+    capsys.readouterr()
+    assert ws_cli("events", "alpha", "-o", "json") == 0
+    mine = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert {e["workspace_id"] for e in mine} == {alpha.id}
+    assert ("workspace.created", "user:local") in {(e["kind"], e["who"]) for e in mine}
+    assert ("trust.decision", "node:node1") in {(e["kind"], e["who"]) for e in mine}
+    assert [e["state"] for e in mine if e["kind"] == "workspace.state"][-1] == "RUNNING"
+    assert ws_cli("events", alpha.id) == 0  # by id too; one line each
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(mine) and all(
+        f"workspace {alpha.id}" in x or f"({alpha.id})" in x for x in lines
+    )
+    assert ws_cli("events", "nobody") != 0
+    assert "nobody" in capsys.readouterr().err
+
+    got: list[SiteEvent] = []
+    with Client(site.address) as c:
+        stream = c.watch_workspace_events("alpha", time.time() - 1, follow=True, timeout_s=30)
+
+        def read() -> None:
+            for e in stream:
+                got.append(e)
+                if e.state == "STOPPED":
+                    return
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        site.stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=beta.id))
+        site.stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=alpha.id))
+        t.join(30)
+        stream.close()
+    assert got and got[-1].state == "STOPPED"
+    assert {e.workspace_id for e in got} == {alpha.id}
 
 
 def test_node_down_and_drain_are_events(tmp_path: Path) -> None:

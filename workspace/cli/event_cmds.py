@@ -1,10 +1,12 @@
-"""`ws-admin events`: the site's events — who did what, and why (docs/design/observability.md)."""
+"""`ws-admin events`: the site's events — who did what, and why; `ws events WORKSPACE`:
+one workspace's (docs/design/observability.md)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,17 +58,71 @@ def line(e: SiteEvent) -> str:
     return f"{text}: {e.reason}" if e.reason else text
 
 
-def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
-    """Add `events` to ws-admin."""
+def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None]) -> int:
+    """Each event as a line (or a JSON object), until they end or Ctrl-C."""
+    try:
+        for e in events:
+            if render.wants_json(args):
+                render.print_json_line(as_dict(e))
+            else:
+                print(line(e), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        events.close()
+        sys.stdout.flush()
+    return common.EXIT_OK
+
+
+def _since_and_follow(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
+    )
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+
+
+def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `events WORKSPACE` to ws."""
 
     def run(args: argparse.Namespace) -> int:
         client = client_for(args)
         if args.follow:
             client.health()  # fail now (exit 3) rather than retry silently
+        events = client.watch_workspace_events(
+            args.workspace,
+            args.since or 0.0,
+            args.follow,
+            reconnect=True,
+            on_outage=common.outage_notice("ws: events"),
+        )
+        return _print(args, events)
+
+    p = sub.add_parser(
+        "events",
+        parents=[parent],
+        help="what happened to a workspace: by whom and why",
+        description="The site events of one workspace you may see, oldest first: its "
+        "creation and placement, state changes and why, trust decisions, leases, updates, "
+        "saves, preemption; each with its time and who (you, an admin, a node, or "
+        "system). --follow keeps printing new ones; -o json prints one JSON object per "
+        "line.",
+    )
+    p.add_argument("workspace", help="the workspace (name or id)")
+    _since_and_follow(p)
+    p.set_defaults(func=run)
+
+
+def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `events` to ws-admin."""
+
+    def run(args: argparse.Namespace) -> int:
         which = EventFilter(tuple(args.kind or ()), args.workspace or "", args.node or "")
         wrong = which.unknown_kinds()
         if wrong:  # said before connecting
             raise common.UsageError(wrong)
+        client = client_for(args)
+        if args.follow:
+            client.health()  # fail now (exit 3) rather than retry silently
         events = client.watch_events(
             args.since or 0.0,
             args.follow,
@@ -74,18 +130,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
             on_outage=common.outage_notice("ws-admin: events"),
             which=which,
         )
-        try:
-            for e in events:
-                if render.wants_json(args):
-                    render.print_json_line(as_dict(e))
-                else:
-                    print(line(e), flush=True)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            events.close()
-            sys.stdout.flush()
-        return common.EXIT_OK
+        return _print(args, events)
 
     p = sub.add_parser(
         "events",
@@ -98,10 +143,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "and --node keep only the events they match (each given must match). Events are "
         "kept for the service's event_retention.",
     )
-    p.add_argument(
-        "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
-    )
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    _since_and_follow(p)
     p.add_argument(
         "--kind",
         action="append",

@@ -17,6 +17,7 @@ from workspace.cli import (
     cluster_cmds,
     clusterspec,
     common,
+    event_cmds,
     guest_cmds,
     image_cmds,
     key_cmds,
@@ -605,6 +606,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     guest_cmds.register(sub, parent, cmds.client)
     _add_cluster_parsers(sub, parent, cmds)
     usage_cmds.register_ws(sub, parent, cmds.client)
+    event_cmds.register_ws(sub, parent, cmds.client)
 
     image_sub = image_cmds.register(sub, parent, cmds.client, PROG)
     trust_cmds.register_image(image_sub, parent, cmds.client)

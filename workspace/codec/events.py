@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workspace.codec.v1 import epoch, ts
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.v1 import admin_pb2
+from workspace.v1 import admin_pb2, workspaces_pb2
 
 
 def watch_request_to_proto(
@@ -25,6 +25,23 @@ def watch_request_from_proto(
     """(since, follow, which); an unset ``since`` is 0 (from the oldest kept)."""
     since = epoch(req.since, "since") if req.HasField("since") else 0.0
     return since, req.follow, EventFilter(tuple(req.kinds), req.workspace, req.node)
+
+
+def workspace_watch_from_proto(
+    req: workspaces_pb2.WatchWorkspaceEventsRequest,
+) -> tuple[str, float, bool]:
+    """(the workspace's id or name, since, follow)."""
+    since = epoch(req.since, "since") if req.HasField("since") else 0.0
+    return req.id, since, req.follow
+
+
+def workspace_watch_to_proto(
+    ref: str, since: float, follow: bool
+) -> workspaces_pb2.WatchWorkspaceEventsRequest:
+    req = workspaces_pb2.WatchWorkspaceEventsRequest(id=ref, follow=follow)
+    if since:
+        req.since.CopyFrom(ts(since))
+    return req
 
 
 def event_to_proto(e: SiteEvent) -> admin_pb2.SiteEvent:

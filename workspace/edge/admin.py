@@ -12,7 +12,8 @@ from workspace.codec import events as codec_events
 from workspace.codec import node as codec_node
 from workspace.codec import v1
 from workspace.edge import auth
-from workspace.edge.calls import stopping, stream, unary
+from workspace.edge.calls import stream, unary
+from workspace.edge.event_stream import events_out
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
 from workspace.ops import backfill, networks, nodes, queue, site_events, usage
@@ -140,15 +141,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.WatchEventsRequest, context: grpc.ServicerContext, who: Identity
     ) -> Iterator[admin_pb2.SiteEvent]:
         since, follow, which = codec_events.watch_request_from_proto(request)
-
-        def gone() -> bool:
-            self.auth.check_revoked(who)  # a revoked admin's stream ends (UNAUTHENTICATED)
-            return not context.is_active()
-
-        for e in site_events.watch(self.env, since, follow, gone, which):
-            yield codec_events.event_to_proto(e)
-        if follow and self.env.notifier.closed and context.is_active():
-            raise stopping()
+        yield from events_out(
+            self.env,
+            self.auth,
+            who,
+            context,
+            follow,
+            lambda gone: site_events.watch(self.env, since, follow, gone, which),
+        )
 
     @unary
     def SetBackfill(

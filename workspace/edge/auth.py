@@ -64,6 +64,8 @@ def _rules() -> dict[str, Role]:
             "ExtendLease": u,
             "GetUsage": u,
             "UpdateWorkspace": u,
+            # A workspace the caller may see (as GetWorkspace): checked by the operation.
+            "WatchWorkspaceEvents": u,
         },
         "workspace.v1.Clusters": {
             "CreateCluster": u,

@@ -12,11 +12,13 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 
+from workspace.codec import events as codec_events
 from workspace.codec import v1
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Op
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stopping, stream, unary
+from workspace.edge.event_stream import events_out
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
 from workspace.ops import (
@@ -26,11 +28,12 @@ from workspace.ops import (
     operate,
     projects,
     queries,
+    site_events,
     update,
     usage,
 )
 from workspace.ops.unit import Env
-from workspace.v1 import common_pb2, usage_pb2, workspaces_pb2, workspaces_pb2_grpc
+from workspace.v1 import admin_pb2, common_pb2, usage_pb2, workspaces_pb2, workspaces_pb2_grpc
 
 
 class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
@@ -172,6 +175,23 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
         self, request: workspaces_pb2.WorkspaceRef, context: grpc.ServicerContext, who: Identity
     ) -> common_pb2.Workspace:
         return self._op(request, who, Op.DESTROY)
+
+    @stream
+    def WatchWorkspaceEvents(
+        self,
+        request: workspaces_pb2.WatchWorkspaceEventsRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> Iterator[admin_pb2.SiteEvent]:
+        ref, since, follow = codec_events.workspace_watch_from_proto(request)
+        yield from events_out(
+            self.env,
+            self.auth,
+            who,
+            context,
+            follow,
+            lambda gone: site_events.of_workspace(self.env, who, ref, since, follow, gone),
+        )
 
     @stream
     def WatchWorkspaces(

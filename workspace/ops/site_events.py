@@ -12,6 +12,8 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select
 from workspace.config import parse_retention
 from workspace.domain.events import EventFilter, SiteEvent
 from workspace.errors import InvalidArgument
+from workspace.identity import Identity
+from workspace.ops import queries
 from workspace.ops.unit import Env
 from workspace.store import EventRow
 
@@ -123,6 +125,22 @@ def watch(
                 break
         else:
             return
+
+
+def of_workspace(
+    env: Env,
+    who: Identity,
+    ref: str,
+    since: float,
+    follow: bool,
+    gone: Callable[[], bool] = lambda: False,
+) -> Iterator[SiteEvent]:
+    """``watch`` of one workspace's events: workspace ``ref`` (id or name) as
+    GetWorkspace finds it for ``who`` (NotFound if it may not see it)."""
+    if not ref:
+        raise InvalidArgument("the workspace's id or name is required")
+    target = queries.get(env, who, ref).id
+    yield from watch(env, since, follow, gone, EventFilter(workspace=target))
 
 
 def prune(env: Env) -> int:

@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from workspace.v1 import admin_pb2 as workspace_dot_v1_dot_admin__pb2
 from workspace.v1 import common_pb2 as workspace_dot_v1_dot_common__pb2
 from workspace.v1 import usage_pb2 as workspace_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dworkspace/v1/workspaces.proto\x12\x0cworkspace.v1\x1a\x19workspace/v1/common.proto\x1a\x18workspace/v1/usage.proto\"\xe0\x04\n\x16\x43reateWorkspaceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\x05\x12\x12\n\nmemory_mib\x18\x05 \x01(\x03\x12\x10\n\x08networks\x18\x06 \x03(\t\x12\x11\n\tuser_data\x18\x07 \x01(\x0c\x12L\n\x0crequirements\x18\x08 \x03(\x0b\x32\x36.workspace.v1.CreateWorkspaceRequest.RequirementsEntry\x12\x1b\n\x13wait_for_capacity_s\x18\t \x01(\x05\x12\x31\n\x10\x65xtra_partitions\x18\n \x03(\x0b\x32\x17.workspace.v1.Partition\x12G\n\ngrow_bytes\x18\x0b \x03(\x0b\x32\x33.workspace.v1.CreateWorkspaceRequest.GrowBytesEntry\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0f\n\x07lease_s\x18\x1e \x01(\x03\x12\x14\n\x0c\x63onnectivity\x18( \x01(\t\x12\r\n\x05\x61llow\x18) \x03(\t\x12$\n\x06limits\x18* \x01(\x0b\x32\x14.workspace.v1.Limits\x12\x13\n\x0bpreemptible\x18+ \x01(\x08\x1a\x33\n\x11RequirementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eGrowBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xba\x01\n\x16UpdateWorkspaceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onnectivity\x18\x02 \x01(\t\x12\x11\n\tset_allow\x18\x03 \x01(\x08\x12\r\n\x05\x61llow\x18\x04 \x03(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.workspace.v1.Limits\x12\x14\n\x0creset_limits\x18\x06 \x03(\t\x12\x0c\n\x04\x63pus\x18\x07 \x01(\x05\x12\x12\n\nmemory_mib\x18\x08 \x01(\x05\"!\n\x13GetWorkspaceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1a\n\x0cWorkspaceRef\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x14StopWorkspaceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x05\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"m\n\x15ListWorkspacesRequest\x12\x1a\n\x12include_terminated\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tall_users\x18\x14 \x01(\x08\"^\n\x16ListWorkspacesResponse\x12+\n\nworkspaces\x18\x01 \x03(\x0b\x32\x17.workspace.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x16WatchWorkspacesRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\x12include_terminated\x18\x02 \x01(\x08\"M\n\x0eWorkspaceEvent\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.workspace.v1.Workspace\x12\x0f\n\x07initial\x18\x02 \x01(\x08\"3\n\x11GetConsoleRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ntail_bytes\x18\x02 \x01(\x03\"/\n\x12\x45xtendLeaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64_s\x18\x02 \x01(\x03\"\x1d\n\rConsoleOutput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xc3\x08\n\nWorkspaces\x12P\n\x0f\x43reateWorkspace\x12$.workspace.v1.CreateWorkspaceRequest\x1a\x17.workspace.v1.Workspace\x12J\n\x0cGetWorkspace\x12!.workspace.v1.GetWorkspaceRequest\x1a\x17.workspace.v1.Workspace\x12[\n\x0eListWorkspaces\x12#.workspace.v1.ListWorkspacesRequest\x1a$.workspace.v1.ListWorkspacesResponse\x12\x45\n\x0eStartWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12L\n\rStopWorkspace\x12\".workspace.v1.StopWorkspaceRequest\x1a\x17.workspace.v1.Workspace\x12\x46\n\x0fRebootWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12\x45\n\x0ePauseWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12\x46\n\x0fResumeWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12G\n\x10\x44\x65stroyWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12W\n\x0fWatchWorkspaces\x12$.workspace.v1.WatchWorkspacesRequest\x1a\x1c.workspace.v1.WorkspaceEvent0\x01\x12J\n\nGetConsole\x12\x1f.workspace.v1.GetConsoleRequest\x1a\x1b.workspace.v1.ConsoleOutput\x12H\n\x0b\x45xtendLease\x12 .workspace.v1.ExtendLeaseRequest\x1a\x17.workspace.v1.Workspace\x12\x44\n\x08GetUsage\x12\x1d.workspace.v1.GetUsageRequest\x1a\x19.workspace.v1.UsageReport\x12P\n\x0fUpdateWorkspace\x12$.workspace.v1.UpdateWorkspaceRequest\x1a\x17.workspace.v1.Workspaceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dworkspace/v1/workspaces.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18workspace/v1/admin.proto\x1a\x19workspace/v1/common.proto\x1a\x18workspace/v1/usage.proto\"\xe0\x04\n\x16\x43reateWorkspaceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\x05\x12\x12\n\nmemory_mib\x18\x05 \x01(\x03\x12\x10\n\x08networks\x18\x06 \x03(\t\x12\x11\n\tuser_data\x18\x07 \x01(\x0c\x12L\n\x0crequirements\x18\x08 \x03(\x0b\x32\x36.workspace.v1.CreateWorkspaceRequest.RequirementsEntry\x12\x1b\n\x13wait_for_capacity_s\x18\t \x01(\x05\x12\x31\n\x10\x65xtra_partitions\x18\n \x03(\x0b\x32\x17.workspace.v1.Partition\x12G\n\ngrow_bytes\x18\x0b \x03(\x0b\x32\x33.workspace.v1.CreateWorkspaceRequest.GrowBytesEntry\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0f\n\x07lease_s\x18\x1e \x01(\x03\x12\x14\n\x0c\x63onnectivity\x18( \x01(\t\x12\r\n\x05\x61llow\x18) \x03(\t\x12$\n\x06limits\x18* \x01(\x0b\x32\x14.workspace.v1.Limits\x12\x13\n\x0bpreemptible\x18+ \x01(\x08\x1a\x33\n\x11RequirementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eGrowBytesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xba\x01\n\x16UpdateWorkspaceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x63onnectivity\x18\x02 \x01(\t\x12\x11\n\tset_allow\x18\x03 \x01(\x08\x12\r\n\x05\x61llow\x18\x04 \x03(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.workspace.v1.Limits\x12\x14\n\x0creset_limits\x18\x06 \x03(\t\x12\x0c\n\x04\x63pus\x18\x07 \x01(\x05\x12\x12\n\nmemory_mib\x18\x08 \x01(\x05\"!\n\x13GetWorkspaceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1a\n\x0cWorkspaceRef\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x14StopWorkspaceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x05\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"m\n\x15ListWorkspacesRequest\x12\x1a\n\x12include_terminated\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tall_users\x18\x14 \x01(\x08\"^\n\x16ListWorkspacesResponse\x12+\n\nworkspaces\x18\x01 \x03(\x0b\x32\x17.workspace.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x16WatchWorkspacesRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\x12include_terminated\x18\x02 \x01(\x08\"d\n\x1bWatchWorkspaceEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"M\n\x0eWorkspaceEvent\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.workspace.v1.Workspace\x12\x0f\n\x07initial\x18\x02 \x01(\x08\"3\n\x11GetConsoleRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ntail_bytes\x18\x02 \x01(\x03\"/\n\x12\x45xtendLeaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64_s\x18\x02 \x01(\x03\"\x1d\n\rConsoleOutput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xa1\t\n\nWorkspaces\x12P\n\x0f\x43reateWorkspace\x12$.workspace.v1.CreateWorkspaceRequest\x1a\x17.workspace.v1.Workspace\x12J\n\x0cGetWorkspace\x12!.workspace.v1.GetWorkspaceRequest\x1a\x17.workspace.v1.Workspace\x12[\n\x0eListWorkspaces\x12#.workspace.v1.ListWorkspacesRequest\x1a$.workspace.v1.ListWorkspacesResponse\x12\x45\n\x0eStartWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12L\n\rStopWorkspace\x12\".workspace.v1.StopWorkspaceRequest\x1a\x17.workspace.v1.Workspace\x12\x46\n\x0fRebootWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12\x45\n\x0ePauseWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12\x46\n\x0fResumeWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12G\n\x10\x44\x65stroyWorkspace\x12\x1a.workspace.v1.WorkspaceRef\x1a\x17.workspace.v1.Workspace\x12W\n\x0fWatchWorkspaces\x12$.workspace.v1.WatchWorkspacesRequest\x1a\x1c.workspace.v1.WorkspaceEvent0\x01\x12J\n\nGetConsole\x12\x1f.workspace.v1.GetConsoleRequest\x1a\x1b.workspace.v1.ConsoleOutput\x12H\n\x0b\x45xtendLease\x12 .workspace.v1.ExtendLeaseRequest\x1a\x17.workspace.v1.Workspace\x12\x44\n\x08GetUsage\x12\x1d.workspace.v1.GetUsageRequest\x1a\x19.workspace.v1.UsageReport\x12P\n\x0fUpdateWorkspace\x12$.workspace.v1.UpdateWorkspaceRequest\x1a\x17.workspace.v1.Workspace\x12\\\n\x14WatchWorkspaceEvents\x12).workspace.v1.WatchWorkspaceEventsRequest\x1a\x17.workspace.v1.SiteEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +39,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEWORKSPACEREQUEST_REQUIREMENTSENTRY']._serialized_options = b'8\001'
   _globals['_CREATEWORKSPACEREQUEST_GROWBYTESENTRY']._loaded_options = None
   _globals['_CREATEWORKSPACEREQUEST_GROWBYTESENTRY']._serialized_options = b'8\001'
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=101
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=709
-  _globals['_CREATEWORKSPACEREQUEST_REQUIREMENTSENTRY']._serialized_start=608
-  _globals['_CREATEWORKSPACEREQUEST_REQUIREMENTSENTRY']._serialized_end=659
-  _globals['_CREATEWORKSPACEREQUEST_GROWBYTESENTRY']._serialized_start=661
-  _globals['_CREATEWORKSPACEREQUEST_GROWBYTESENTRY']._serialized_end=709
-  _globals['_UPDATEWORKSPACEREQUEST']._serialized_start=712
-  _globals['_UPDATEWORKSPACEREQUEST']._serialized_end=898
-  _globals['_GETWORKSPACEREQUEST']._serialized_start=900
-  _globals['_GETWORKSPACEREQUEST']._serialized_end=933
-  _globals['_WORKSPACEREF']._serialized_start=935
-  _globals['_WORKSPACEREF']._serialized_end=961
-  _globals['_STOPWORKSPACEREQUEST']._serialized_start=963
-  _globals['_STOPWORKSPACEREQUEST']._serialized_end=1031
-  _globals['_LISTWORKSPACESREQUEST']._serialized_start=1033
-  _globals['_LISTWORKSPACESREQUEST']._serialized_end=1142
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=1144
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=1238
-  _globals['_WATCHWORKSPACESREQUEST']._serialized_start=1240
-  _globals['_WATCHWORKSPACESREQUEST']._serialized_end=1304
-  _globals['_WORKSPACEEVENT']._serialized_start=1306
-  _globals['_WORKSPACEEVENT']._serialized_end=1383
-  _globals['_GETCONSOLEREQUEST']._serialized_start=1385
-  _globals['_GETCONSOLEREQUEST']._serialized_end=1436
-  _globals['_EXTENDLEASEREQUEST']._serialized_start=1438
-  _globals['_EXTENDLEASEREQUEST']._serialized_end=1485
-  _globals['_CONSOLEOUTPUT']._serialized_start=1487
-  _globals['_CONSOLEOUTPUT']._serialized_end=1516
-  _globals['_WORKSPACES']._serialized_start=1519
-  _globals['_WORKSPACES']._serialized_end=2610
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=160
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=768
+  _globals['_CREATEWORKSPACEREQUEST_REQUIREMENTSENTRY']._serialized_start=667
+  _globals['_CREATEWORKSPACEREQUEST_REQUIREMENTSENTRY']._serialized_end=718
+  _globals['_CREATEWORKSPACEREQUEST_GROWBYTESENTRY']._serialized_start=720
+  _globals['_CREATEWORKSPACEREQUEST_GROWBYTESENTRY']._serialized_end=768
+  _globals['_UPDATEWORKSPACEREQUEST']._serialized_start=771
+  _globals['_UPDATEWORKSPACEREQUEST']._serialized_end=957
+  _globals['_GETWORKSPACEREQUEST']._serialized_start=959
+  _globals['_GETWORKSPACEREQUEST']._serialized_end=992
+  _globals['_WORKSPACEREF']._serialized_start=994
+  _globals['_WORKSPACEREF']._serialized_end=1020
+  _globals['_STOPWORKSPACEREQUEST']._serialized_start=1022
+  _globals['_STOPWORKSPACEREQUEST']._serialized_end=1090
+  _globals['_LISTWORKSPACESREQUEST']._serialized_start=1092
+  _globals['_LISTWORKSPACESREQUEST']._serialized_end=1201
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=1203
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=1297
+  _globals['_WATCHWORKSPACESREQUEST']._serialized_start=1299
+  _globals['_WATCHWORKSPACESREQUEST']._serialized_end=1363
+  _globals['_WATCHWORKSPACEEVENTSREQUEST']._serialized_start=1365
+  _globals['_WATCHWORKSPACEEVENTSREQUEST']._serialized_end=1465
+  _globals['_WORKSPACEEVENT']._serialized_start=1467
+  _globals['_WORKSPACEEVENT']._serialized_end=1544
+  _globals['_GETCONSOLEREQUEST']._serialized_start=1546
+  _globals['_GETCONSOLEREQUEST']._serialized_end=1597
+  _globals['_EXTENDLEASEREQUEST']._serialized_start=1599
+  _globals['_EXTENDLEASEREQUEST']._serialized_end=1646
+  _globals['_CONSOLEOUTPUT']._serialized_start=1648
+  _globals['_CONSOLEOUTPUT']._serialized_end=1677
+  _globals['_WORKSPACES']._serialized_start=1680
+  _globals['_WORKSPACES']._serialized_end=2865
 # @@protoc_insertion_point(module_scope)

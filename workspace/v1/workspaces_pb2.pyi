@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from workspace.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -357,6 +358,36 @@ class WatchWorkspacesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchWorkspacesRequest: _TypeAlias = WatchWorkspacesRequest  # noqa: Y015
+
+@_typing.final
+class WatchWorkspaceEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """the workspace's id or name"""
+    follow: _builtins.bool
+    """keep the stream open for new events"""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """unset: from the oldest kept"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "id", b"id", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchWorkspaceEventsRequest: _TypeAlias = WatchWorkspaceEventsRequest  # noqa: Y015
 
 @_typing.final
 class WorkspaceEvent(_message.Message):

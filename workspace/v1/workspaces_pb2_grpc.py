@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from workspace.v1 import admin_pb2 as workspace_dot_v1_dot_admin__pb2
 from workspace.v1 import common_pb2 as workspace_dot_v1_dot_common__pb2
 from workspace.v1 import usage_pb2 as workspace_dot_v1_dot_usage__pb2
 from workspace.v1 import workspaces_pb2 as workspace_dot_v1_dot_workspaces__pb2
@@ -106,6 +107,11 @@ class WorkspacesStub:
                 request_serializer=workspace_dot_v1_dot_workspaces__pb2.UpdateWorkspaceRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_common__pb2.Workspace.FromString,
                 _registered_method=True)
+        self.WatchWorkspaceEvents = channel.unary_stream(
+                '/workspace.v1.Workspaces/WatchWorkspaceEvents',
+                request_serializer=workspace_dot_v1_dot_workspaces__pb2.WatchWorkspaceEventsRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
+                _registered_method=True)
 
 
 class WorkspacesServicer:
@@ -199,6 +205,14 @@ class WorkspacesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchWorkspaceEvents(self, request, context):
+        """What happened to one workspace the caller may see, by whom and why (`ws events`):
+        its site events (Admin.WatchEvents' journal, only its own), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspacesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +285,11 @@ def add_WorkspacesServicer_to_server(servicer, server):
                     servicer.UpdateWorkspace,
                     request_deserializer=workspace_dot_v1_dot_workspaces__pb2.UpdateWorkspaceRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_common__pb2.Workspace.SerializeToString,
+            ),
+            'WatchWorkspaceEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkspaceEvents,
+                    request_deserializer=workspace_dot_v1_dot_workspaces__pb2.WatchWorkspaceEventsRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -651,6 +670,33 @@ class Workspaces:
             '/workspace.v1.Workspaces/UpdateWorkspace',
             workspace_dot_v1_dot_workspaces__pb2.UpdateWorkspaceRequest.SerializeToString,
             workspace_dot_v1_dot_common__pb2.Workspace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkspaceEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/workspace.v1.Workspaces/WatchWorkspaceEvents',
+            workspace_dot_v1_dot_workspaces__pb2.WatchWorkspaceEventsRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
             options,
             channel_credentials,
             insecure,

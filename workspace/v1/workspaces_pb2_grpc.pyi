@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from workspace.v1 import admin_pb2 as _admin_pb2
 from workspace.v1 import common_pb2 as _common_pb2
 from workspace.v1 import usage_pb2 as _usage_pb2
 from workspace.v1 import workspaces_pb2 as _workspaces_pb2
@@ -52,6 +53,10 @@ class WorkspacesStub:
     """The owner (or an admin): change connectivity, allow rules and limits of a live
     workspace; the node's filter and domain follow.
     """
+    WatchWorkspaceEvents: _grpc.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspaceEventsRequest, _admin_pb2.SiteEvent]
+    """What happened to one workspace the caller may see, by whom and why (`ws events`):
+    its site events (Admin.WatchEvents' journal, only its own), oldest first.
+    """
 
 @_typing.type_check_only
 class WorkspacesAsyncStub(WorkspacesStub):
@@ -74,6 +79,10 @@ class WorkspacesAsyncStub(WorkspacesStub):
     UpdateWorkspace: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.UpdateWorkspaceRequest, _common_pb2.Workspace]  # type: ignore[assignment]
     """The owner (or an admin): change connectivity, allow rules and limits of a live
     workspace; the node's filter and domain follow.
+    """
+    WatchWorkspaceEvents: _aio.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspaceEventsRequest, _admin_pb2.SiteEvent]  # type: ignore[assignment]
+    """What happened to one workspace the caller may see, by whom and why (`ws events`):
+    its site events (Admin.WatchEvents' journal, only its own), oldest first.
     """
 
 class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
@@ -178,6 +187,16 @@ class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_common_pb2.Workspace, _abc.Awaitable[_common_pb2.Workspace]]:
         """The owner (or an admin): change connectivity, allow rules and limits of a live
         workspace; the node's filter and domain follow.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchWorkspaceEvents(
+        self,
+        request: _workspaces_pb2.WatchWorkspaceEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.SiteEvent], _abc.AsyncIterator[_admin_pb2.SiteEvent]]:
+        """What happened to one workspace the caller may see, by whom and why (`ws events`):
+        its site events (Admin.WatchEvents' journal, only its own), oldest first.
         """
 
 def add_WorkspacesServicer_to_server(servicer: WorkspacesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
