@@ -3,9 +3,11 @@ leases — each with who and why, kept in the journal and followed as they happe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +89,14 @@ def test_queued_then_placed_from_the_queue(ready_site: Site) -> None:
     assert any(e.kind == "workspace.placed" and e.subject == "queue" for e in placed)
 
 
-def test_follow_streams_new_events_and_since_filters(ready_site: Site) -> None:
+@contextlib.contextmanager
+def following(
+    site: Site, since: float, which: EventFilter | None = None
+) -> Iterator[list[SiteEvent]]:
+    """The events a followed WatchEvents stream sends, gathered by a thread of its own
+    until the block ends."""
     got: list[SiteEvent] = []
-    call = ready_site.stubs.admin.WatchEvents(
-        codec_events.watch_request_to_proto(time.time() + 0.5, True)
-    )
+    call = site.stubs.admin.WatchEvents(codec_events.watch_request_to_proto(since, True, which))
 
     def read() -> None:
         try:
@@ -102,11 +107,18 @@ def test_follow_streams_new_events_and_since_filters(ready_site: Site) -> None:
 
     t = threading.Thread(target=read, daemon=True)
     t.start()
-    time.sleep(1.0)
-    ready_site.stubs.create(name="followed")
-    wait_for(lambda: "workspace.created" in kinds(got, "followed"), what="a followed event")
-    call.cancel()
-    t.join(5)
+    try:
+        yield got
+    finally:
+        call.cancel()
+        t.join(5)
+
+
+def test_follow_streams_new_events_and_since_filters(ready_site: Site) -> None:
+    with following(ready_site, time.time() + 0.5) as got:
+        time.sleep(1.0)
+        ready_site.stubs.create(name="followed")
+        wait_for(lambda: "workspace.created" in kinds(got, "followed"), what="a followed event")
     assert not any(e.kind == "node.registered" for e in got)  # before --since
 
 
@@ -156,24 +168,10 @@ def test_events_are_filtered_by_kind_family_workspace_and_node(
 
 def test_a_followed_filter_streams_only_what_it_matches(ready_site: Site) -> None:
     site = ready_site
-    got: list[SiteEvent] = []
-    which = EventFilter(kinds=("image",))
-    call = site.stubs.admin.WatchEvents(codec_events.watch_request_to_proto(0.0, True, which))
-
-    def read() -> None:
-        try:
-            for p in call:
-                got.append(codec_events.event_from_proto(p))
-        except grpc.RpcError:
-            pass
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    site.stubs.create(name="unwanted")
-    site.stubs.import_image("later:1", b"l" * 4096)
-    wait_for(lambda: any(e.subject == "later:1" for e in got), what="the image's event")
-    call.cancel()
-    t.join(5)
+    with following(site, 0.0, EventFilter(kinds=("image",))) as got:
+        site.stubs.create(name="unwanted")
+        site.stubs.import_image("later:1", b"l" * 4096)
+        wait_for(lambda: any(e.subject == "later:1" for e in got), what="the image's event")
     assert {e.kind for e in got} == {"image.added"}  # the create's events were not sent
 
 
