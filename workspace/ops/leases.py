@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workspace.domain.events import Kind, SiteEvent
+from workspace.domain.events import Kind
 from workspace.domain.leases import LeaseAction, extended_end, iso_time, new_lease_end
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State
@@ -159,20 +159,11 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         except FailedPrecondition as exc:
             log.debug("workspace %s: lease expired, but %s", wid, exc.message)
             return False
-        journal.add(
-            u.s,
-            SiteEvent(
-                at=now,
-                kind=Kind.LEASE_EXPIRED.value,
-                who="system",
-                workspace_id=ws.id,
-                workspace_name=ws.name,
-                node=ws.node,
-                cluster=ws.cluster,
-                state=op.value,
-                reason=EXPIRED + iso_time(ws.lease_expires_at),
-            ),
+        why = EXPIRED + iso_time(ws.lease_expires_at)
+        expired = journal.workspace_event(
+            ws, "system", Kind.LEASE_EXPIRED, now, state=op.value, reason=why
         )
+        journal.add(u.s, expired)
     log.warning(
         "workspace %s (%s): lease expired at %s: %s",
         wid,

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from images import manifest
 from images.model import ImageSpec, Mode, Partition
 from workspace import callctx
-from workspace.domain.events import Kind, SiteEvent
+from workspace.domain.events import Kind
 from workspace.domain.model import ImageView
 from workspace.domain.tasks import SaveTask
 from workspace.errors import (
@@ -178,9 +178,7 @@ def _mark(env: Env, ident: Identity, ref: str, image: str) -> _Source:
         partitions = tuple(p for p in bound.partitions if own is None or p.name in own)
         if not partitions and not bound.kernel_digest:
             raise FailedPrecondition(f"workspace {ws.name} has nothing to save")
-        ws.saving_as = image
-        ws.saving_since = env.clock()
-        _clear_progress(ws)
+        _set_mark(ws, image, env.clock())
         _event(
             s,
             ws,
@@ -205,9 +203,7 @@ def _unmark(env: Env, workspace_id: str, image: str, kind: Kind, reason: str) ->
     with env.store.write() as s:
         ws = s.get(Workspace, workspace_id)
         if ws is not None and ws.saving_as == image:
-            ws.saving_as = ""
-            ws.saving_since = 0.0
-            _clear_progress(ws)
+            _set_mark(ws, "", 0.0)
             _event(s, ws, kind, image, reason)
 
 
@@ -227,9 +223,7 @@ def clear_lapsed(env: Env) -> int:
                 ws.saving_as,
             )
             _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, "never ended (lapsed)")
-            ws.saving_as = ""
-            ws.saving_since = 0.0
-            _clear_progress(ws)
+            _set_mark(ws, "", 0.0)
         return len(lapsed)
 
 
@@ -256,27 +250,18 @@ def _progress(env: Env, workspace_id: str, disk: str, sent: int, size: int) -> N
         s.execute(q.values(saving_disk=disk[:32], saving_sent=sent, saving_size=size))
 
 
-def _clear_progress(ws: Workspace) -> None:
+def _set_mark(ws: Workspace, image: str, since: float) -> None:
+    """Mark ``ws`` as being saved as ``image`` since ``since`` ("": not), no progress yet."""
+    ws.saving_as = image
+    ws.saving_since = since
     ws.saving_disk = ""
     ws.saving_sent = 0
     ws.saving_size = 0
 
 
 def _event(s: Session, ws: Workspace, kind: Kind, image: str, reason: str) -> None:
-    journal.add(
-        s,
-        SiteEvent(
-            at=time.time(),
-            kind=kind.value,
-            who=callctx.current().who,
-            workspace_id=ws.id,
-            workspace_name=ws.name,
-            node=ws.node or "",
-            cluster=ws.cluster or "",
-            subject=image,
-            reason=reason,
-        ),
-    )
+    who = callctx.current().who
+    journal.add(s, journal.workspace_event(ws, who, kind, subject=image, reason=reason))
 
 
 def _why(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from workspace.domain.events import Kind, SiteEvent
+from workspace.domain.events import Kind
 from workspace.domain.model import WorkspaceView
 from workspace.domain.netpolicy import PolicyUpdate
 from workspace.domain.states import Desired, State
@@ -62,19 +62,10 @@ def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
         what = "; ".join(w for w in (size, what) if w)
         if what:
             ws.updated_at = env.clock()
-            journal.add(
-                u.s,
-                SiteEvent(
-                    at=env.clock(),
-                    kind=Kind.WORKSPACE_UPDATED.value,
-                    who=ident.name,
-                    workspace_id=ws.id,
-                    workspace_name=ws.name,
-                    node=ws.node or "",
-                    cluster=ws.cluster or "",
-                    reason=what,
-                ),
+            updated = journal.workspace_event(
+                ws, ident.name, Kind.WORKSPACE_UPDATED, env.clock(), reason=what
             )
+            journal.add(u.s, updated)
             u.nodes(ws.node)
         u.changed(ws)
     if what:

@@ -189,7 +189,9 @@ def _before_flush(s: Session, _ctx: object, _instances: object) -> None:
             out.append(_image(obj, who, Kind.IMAGE_DELETED, _image_about(obj)))
 
 
-def _ws_event(ws: Workspace, who: str, kind: Kind, at: float = 0.0, **kw: Any) -> SiteEvent:
+def workspace_event(ws: Workspace, who: str, kind: Kind, at: float = 0.0, **kw: Any) -> SiteEvent:
+    """An event of ``ws`` (its id, name, node and cluster) by ``who``, at ``at`` (0: now);
+    ``kw``: the rest (subject, state, reason, ...)."""
     return SiteEvent(
         at=at or time.time(),
         kind=kind.value,
@@ -205,9 +207,9 @@ def _ws_event(ws: Workspace, who: str, kind: Kind, at: float = 0.0, **kw: Any) -
 def _created(ws: Workspace, who: str, at: float) -> list[SiteEvent]:
     """A workspace made in this transaction, as it is at commit: its node (if any) is
     where it was placed."""
-    out = [_ws_event(ws, who, Kind.WORKSPACE_CREATED, at, subject=ws.image, state=ws.state)]
+    out = [workspace_event(ws, who, Kind.WORKSPACE_CREATED, at, subject=ws.image, state=ws.state)]
     if not ws.node and ws.wait_reason:
-        out.append(_ws_event(ws, who, Kind.WORKSPACE_QUEUED, at, reason=ws.wait_reason))
+        out.append(workspace_event(ws, who, Kind.WORKSPACE_QUEUED, at, reason=ws.wait_reason))
     return out
 
 
@@ -219,16 +221,18 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
         from_queue = waited is not None and bool(waited[0])
         elapsed = max(0.0, ws.updated_at - ws.created_at) if from_queue else 0.0
         subject = "queue" if from_queue else ""
-        out.append(_ws_event(ws, who, Kind.WORKSPACE_PLACED, subject=subject, elapsed_s=elapsed))
+        out.append(
+            workspace_event(ws, who, Kind.WORKSPACE_PLACED, subject=subject, elapsed_s=elapsed)
+        )
     elif (waited := _change(ws, "wait_reason")) is not None and waited[1] and not ws.node:
-        out.append(_ws_event(ws, who, Kind.WORKSPACE_QUEUED, reason=ws.wait_reason))
+        out.append(workspace_event(ws, who, Kind.WORKSPACE_QUEUED, reason=ws.wait_reason))
     state = _change(ws, "state")
     if state is not None:
         elapsed = 0.0
         if state[1] == _RUNNING and _first_running(s, ws.id):
             elapsed = max(0.0, ws.updated_at - ws.created_at)
         out.append(
-            _ws_event(
+            workspace_event(
                 ws,
                 who,
                 Kind.WORKSPACE_STATE,
@@ -240,10 +244,12 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
         )
     warned = _change(ws, "lease_warned")
     if warned is not None and warned[1]:
-        out.append(_ws_event(ws, who, Kind.LEASE_WARNING, reason=ws.reason))
+        out.append(workspace_event(ws, who, Kind.LEASE_WARNING, reason=ws.reason))
     extended = _change(ws, "lease_expires_at")
     if extended is not None and extended[0] and extended[1] > extended[0]:
-        out.append(_ws_event(ws, who, Kind.LEASE_EXTENDED, reason=f"until {iso_time(extended[1])}"))
+        out.append(
+            workspace_event(ws, who, Kind.LEASE_EXTENDED, reason=f"until {iso_time(extended[1])}")
+        )
     return out
 
 
