@@ -28,12 +28,16 @@ Everything below goes through the `ws` CLI, the way a user types it:
   which alone knows one test name): the guests' /etc/resolv.conf lists it and the name
   resolves in them; `ws-admin network set --dns` adds a second one: the node's dnsmasq
   offers both within seconds, and the running guest keeps its first boot's;
-* `ws update --cpus 2 --memory-mib 768` on the stopped single workspace: it boots again
-  with 2 vCPUs and the new memory;
+* `ws image save` of the stopped single workspace and `ws update --cpus 2 --memory-mib
+  768` of it: a copy made from the saved image and the resized original boot at once,
+  the copy with the original's files but its own name, host keys and the scientist's
+  current keys, the original with 2 vCPUs and the new memory;
 * destroying the cluster and the workspace leaves no seed ISO on the node.
 
 The guests boot in parallel (one cluster, ~1-2 min under TCG on two cores) and are
-shared by the tests of this module.
+shared by the tests of this module. Later boots come in pairs, so both cores work: the
+single workspace reboots while the cluster grows, and the saved copy boots beside the
+resized original.
 """
 
 from __future__ import annotations
@@ -48,13 +52,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from images import cloud
 from images.appliance import Appliance
-from tests.host.realsite import ROOT, CliSite, local_site, realvm_lock
+from tests.host.realsite import ROOT, CliSite, Proc, local_site, realvm_lock
 from workspace.site.configs import DEFAULT_NETWORK
 
 # TCG boots on a shared machine can outlast the suite's default 300 s per test, which
@@ -344,50 +349,6 @@ def test_exec_refusals(site: CloudSite) -> None:
     site.ok("destroy", "bare", "--wait")
 
 
-def _roster(site: CloudSite, name: str) -> tuple[set[str], set[str]]:
-    """The members named by ``name``'s /etc/workspace/cluster.json and /etc/hosts."""
-    text = site.ws("exec", name, "--", "cat", "/etc/workspace/cluster.json").stdout
-    try:
-        listed = {m["name"] for m in json.loads(text)["members"]}
-    except (ValueError, KeyError):
-        listed = set()
-    hosts = site.ws("exec", name, "--", "cat", "/etc/hosts").stdout
-    named = {p[1] for p in map(str.split, hosts.splitlines()) if len(p) > 1 and p[1] in ALL}
-    return listed, named
-
-
-def _rosters_become(site: CloudSite, names: tuple[str, ...], want: set[str]) -> None:
-    deadline = time.monotonic() + ROSTER_S
-    pending = list(names)
-    last: tuple[set[str], set[str]] = (set(), set())
-    while pending:
-        last = _roster(site, pending[0])
-        if last == (want, want):
-            pending.pop(0)
-            continue
-        assert time.monotonic() < deadline, (pending[0], last, want)
-        time.sleep(3.0)
-
-
-def test_scale_grows_and_shrinks_and_the_running_members_learn_it(site: CloudSite) -> None:
-    with realvm_lock():
-        out = site.ok("cluster", "scale", CLUSTER, "--role", "worker", "--count", "3", "--wait",
-                      "--timeout", "600", timeout=660)  # fmt: skip
-        assert f"added {GROWN}" in out
-        wait_ssh(site, (GROWN,), READY_S)
-    assert _scratch(site, GROWN) == ["ext4 /mnt/scratch", "debian"]  # the role's disk
-    _rosters_become(site, (GROWN,), ALL)  # from its seed
-    _rosters_become(site, MEMBERS, ALL)  # pushed through the guest agents
-    me = json.loads(site.ws("exec", MEMBERS[1], "--", "cat", "/etc/workspace/cluster.json").stdout)
-    assert me["name"] == MEMBERS[1]
-
-    out = site.ok("cluster", "scale", CLUSTER, "--role", "worker", "--count", "2", "--wait")
-    assert f"removing {GROWN}" in out
-    shown = json.loads(site.ok("-o", "json", "cluster", "show", CLUSTER))
-    assert sorted(m["name"] for m in shown["members"]) == sorted(MEMBERS)
-    _rosters_become(site, MEMBERS, set(MEMBERS))
-
-
 def _scratch(site: CloudSite, name: str) -> list[str]:
     """What is mounted at /mnt/scratch in ``name`` (fstype, target) and its owner."""
     out = site.ssh(
@@ -469,8 +430,69 @@ def test_new_dns_servers_reach_the_nodes_dhcp_server_and_made_guests_keep_theirs
     site.admin("network", "set", net.name, "--dns", net.gateway)  # as the module made it
 
 
-def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(site: CloudSite) -> None:
-    site.ok("reboot", SOLO, "--wait", "--timeout", "300")
+def _roster(site: CloudSite, name: str) -> tuple[set[str], set[str]]:
+    """The members named by ``name``'s /etc/workspace/cluster.json and /etc/hosts."""
+    text = site.ws("exec", name, "--", "cat", "/etc/workspace/cluster.json").stdout
+    try:
+        listed = {m["name"] for m in json.loads(text)["members"]}
+    except (ValueError, KeyError):
+        listed = set()
+    hosts = site.ws("exec", name, "--", "cat", "/etc/hosts").stdout
+    named = {p[1] for p in map(str.split, hosts.splitlines()) if len(p) > 1 and p[1] in ALL}
+    return listed, named
+
+
+def _rosters_become(site: CloudSite, names: tuple[str, ...], want: set[str]) -> None:
+    deadline = time.monotonic() + ROSTER_S
+    pending = list(names)
+    last: tuple[set[str], set[str]] = (set(), set())
+    while pending:
+        last = _roster(site, pending[0])
+        if last == (want, want):
+            pending.pop(0)
+            continue
+        assert time.monotonic() < deadline, (pending[0], last, want)
+        time.sleep(3.0)
+
+
+@pytest.fixture(scope="module")
+def solo_reboot(site: CloudSite) -> Iterator[Future[Proc]]:
+    """`ws reboot SOLO --wait`, begun when a test first asks for it and run in the
+    background: the scale test asks first, so the reboot and the grown member's boot
+    share the two cores instead of taking them in turn; the reboot test takes its end."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(site.ws, "reboot", SOLO, "--wait", "--timeout", "600", timeout=660)
+
+
+def test_scale_grows_and_shrinks_and_the_running_members_learn_it(
+    site: CloudSite, solo_reboot: Future[Proc]
+) -> None:
+    """Meanwhile, the single workspace reboots (``solo_reboot``): two operations of one
+    scientist at once, each ending as it would alone."""
+    with realvm_lock():
+        out = site.ok("cluster", "scale", CLUSTER, "--role", "worker", "--count", "3", "--wait",
+                      "--timeout", "600", timeout=660)  # fmt: skip
+        assert f"added {GROWN}" in out
+        wait_ssh(site, (GROWN,), READY_S)
+        solo_reboot.result()  # both boots end inside the lock
+    assert _scratch(site, GROWN) == ["ext4 /mnt/scratch", "debian"]  # the role's disk
+    _rosters_become(site, (GROWN,), ALL)  # from its seed
+    _rosters_become(site, MEMBERS, ALL)  # pushed through the guest agents
+    me = json.loads(site.ws("exec", MEMBERS[1], "--", "cat", "/etc/workspace/cluster.json").stdout)
+    assert me["name"] == MEMBERS[1]
+
+    out = site.ok("cluster", "scale", CLUSTER, "--role", "worker", "--count", "2", "--wait")
+    assert f"removing {GROWN}" in out
+    shown = json.loads(site.ok("-o", "json", "cluster", "show", CLUSTER))
+    assert sorted(m["name"] for m in shown["members"]) == sorted(MEMBERS)
+    _rosters_become(site, MEMBERS, set(MEMBERS))
+
+
+def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(
+    site: CloudSite, solo_reboot: Future[Proc]
+) -> None:
+    rebooted = solo_reboot.result()
+    assert rebooted.returncode == 0, rebooted.stderr
     wait_ssh(site, (SOLO,), READY_S)  # the host key survived: sshd starts
     out = site.ssh(SOLO, "ls /mnt/scratch; sudo journalctl -b -1 -q --no-pager -n 30")
     assert out.returncode == 0, out.stderr
@@ -478,19 +500,21 @@ def test_a_reboot_is_clean_and_ssh_and_the_mount_come_back(site: CloudSite) -> N
     assert "systemd-shutdown" in out.stdout, out.stdout  # shut down, not reset
 
 
-def test_a_stopped_workspace_saved_as_an_image_boots_again_with_what_it_had(
-    site: CloudSite,
-) -> None:
-    """`ws image save` of the stopped VM: a new workspace of the saved image has the file
-    the first one wrote, its own hostname and host keys (ssh checks them strictly), and
-    of the keys the service gave the first one only those it was given itself (the
-    scientist changed keys in between). The original stays stopped for the next test,
-    which boots it again."""
+def test_a_stopped_workspace_saved_and_resized_boots_beside_its_copy(site: CloudSite) -> None:
+    """`ws image save` of the stopped VM, then `ws update --cpus 2 --memory-mib 768` of
+    it; the copy (a new workspace of the saved image) and the resized original boot at
+    once. The copy has the file the first one wrote, its own hostname and host keys (ssh
+    checks them strictly), and of the keys the service gave the first one only those it
+    was given itself (the scientist changed keys in between); the original has its new
+    size and what it wrote before its save."""
     site.sh(SOLO, "echo kept-by-save > /etc/ws-saved && sync")
     site.ok("stop", SOLO, "--wait", "--timeout", "300")
     saved = json.loads(site.ok("-o", "json", "image", "save", SOLO, "cloud-saved:1"))
     assert [(p["name"], p["format"]) for p in saved["partitions"]] == [("root", "qcow2")]
     assert (saved["context"], saved["login_user"]) == ("nocloud", "debian")
+    site.ok("update", SOLO, "--cpus", "2", "--memory-mib", "768")
+    shown = site.show(SOLO)
+    assert (shown["cpus"], shown["memory_mib"], shown["state"]) == (2, 768, "STOPPED")
     # The scientist's key changes: the copy gets the new one only.
     new_key = site.key.with_name("id_new")
     subprocess.run(
@@ -502,8 +526,11 @@ def test_a_stopped_workspace_saved_as_an_image_boots_again_with_what_it_had(
     for k in old:
         site.ok("key", "remove", k["fingerprint"])
     try:
-        site.ok("create", "--image", "cloud-saved:1", "--name", "copied", "--memory-mib", "512")
-        wait_ssh(site, ("copied",), READY_S, key=new_key)
+        with realvm_lock():
+            site.ok("create", "--image", "cloud-saved:1", "--name", "copied", "--memory-mib", "512")
+            site.ok("start", SOLO, "--wait", "--timeout", "300")
+            wait_ssh(site, ("copied",), READY_S, key=new_key)
+            wait_ssh(site, (SOLO,), READY_S)  # its first boot's keys are still its own
     finally:
         site.ok("key", "add", f"{site.key}.pub")
     out = site.ssh("copied", "cat /etc/ws-saved; hostname; cat ~/.ssh/authorized_keys", key=new_key)
@@ -515,16 +542,6 @@ def test_a_stopped_workspace_saved_as_an_image_boots_again_with_what_it_had(
     site.ok("destroy", "copied", "--wait")
     site.ok("image", "delete", "cloud-saved:1")
 
-
-def test_a_stopped_workspace_resized_boots_with_its_new_size(site: CloudSite) -> None:
-    """`ws update --cpus --memory-mib` on the stopped VM (stopped by the save's test); the
-    next boot has them, and what it wrote before its save."""
-    site.ok("stop", SOLO, "--wait", "--timeout", "300")  # already stopped: nothing to do
-    site.ok("update", SOLO, "--cpus", "2", "--memory-mib", "768")
-    shown = site.show(SOLO)
-    assert (shown["cpus"], shown["memory_mib"], shown["state"]) == (2, 768, "STOPPED")
-    site.ok("start", SOLO, "--wait", "--timeout", "300")
-    wait_ssh(site, (SOLO,), READY_S)
     out = site.exec(SOLO, "nproc; grep MemTotal /proc/meminfo; cat /etc/ws-saved; hostname")
     assert out.returncode == 0, out.stderr
     cpus, mem, kept, name = out.stdout.splitlines()
