@@ -262,6 +262,19 @@ def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
     starts(site, w)
 
 
+def cli_save(site: Site, result: dict[str, int]) -> threading.Thread:
+    """`ws image save box env:2` begun in a thread of its own; its exit code goes into
+    ``result["code"]``."""
+
+    def run() -> None:
+        argv = ["image", "save", "box", "env:2"]
+        result["code"] = ws_cli.main(argv, connect=lambda _s: Client(site.address))
+
+    cli = threading.Thread(target=run)
+    cli.start()
+    return cli
+
+
 def test_a_saves_progress_is_shown_while_its_disk_is_sent(
     env_site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -287,14 +300,8 @@ def test_a_saves_progress_is_shown_while_its_disk_is_sent(
     monkeypatch.setattr(ops_save, "PROGRESS_S", 0.0)
     monkeypatch.setattr(client_images, "SAVE_POLL_S", 0.05)
     result: dict[str, int] = {}
-    cli = threading.Thread(
-        target=lambda: result.setdefault(
-            "code",
-            ws_cli.main(["image", "save", "box", "env:2"], connect=lambda _s: Client(site.address)),
-        )
-    )
+    cli = cli_save(site, result)
     said: list[str] = []
-    cli.start()
     try:
         assert sending.wait(20)
         copy = overlay(site, w).with_name("root" + agent_save.COPY_SUFFIX)
@@ -353,14 +360,8 @@ def test_a_saves_progress_is_shown_while_its_node_copies_the_disk(
     monkeypatch.setattr(agent_save.qemu_img, "flatten", held)
     monkeypatch.setattr(client_images, "SAVE_POLL_S", 0.05)
     result: dict[str, int] = {}
-    cli = threading.Thread(
-        target=lambda: result.setdefault(
-            "code",
-            ws_cli.main(["image", "save", "box", "env:2"], connect=lambda _s: Client(site.address)),
-        )
-    )
+    cli = cli_save(site, result)
     said: list[str] = []
-    cli.start()
     try:
         assert copying.wait(20)
         shown = wait_for(

@@ -140,10 +140,7 @@ def of_workspace(
 ) -> Iterator[SiteEvent]:
     """``watch`` of one workspace's events (of ``kinds``, if any): workspace ``ref`` (id
     or name) as GetWorkspace finds it for ``who`` (NotFound if it may not see it)."""
-    if not ref:
-        raise InvalidArgument("the workspace's id or name is required")
-    check_filter(EventFilter(kinds))
-    target = queries.get(env, who, ref).id
+    target = _subject(ref, kinds, "workspace", lambda: queries.get(env, who, ref).id)
     yield from watch(env, since, follow, gone, EventFilter(kinds, workspace=target))
 
 
@@ -158,11 +155,17 @@ def of_cluster(
 ) -> Iterator[SiteEvent]:
     """``watch`` of one cluster's events (its members' and its own; of ``kinds``, if
     any): cluster ``ref`` (id or name) as GetCluster finds it for ``who``."""
-    if not ref:
-        raise InvalidArgument("the cluster's id or name is required")
-    check_filter(EventFilter(kinds))
-    target = clusters.get(env, who, ref).id
+    target = _subject(ref, kinds, "cluster", lambda: clusters.get(env, who, ref).id)
     yield from watch(env, since, follow, gone, EventFilter(kinds, cluster=target))
+
+
+def _subject(ref: str, kinds: tuple[str, ...], what: str, find: Callable[[], str]) -> str:
+    """The id ``find()`` gives for ``ref``, once the request is checked (a ref given,
+    every kind known): a wrong kind is said before any lookup."""
+    if not ref:
+        raise InvalidArgument(f"the {what}'s id or name is required")
+    check_filter(EventFilter(kinds))
+    return find()
 
 
 def prune(env: Env) -> int:
