@@ -35,6 +35,10 @@ COPY_SUFFIX = ".saving.qcow2"
 # size the service stored.
 # (workspace id, disk name, its size, its bytes, seconds left) -> (digest, size)
 Send = Callable[[str, str, int, Iterator[bytes], float], tuple[str, int]]
+# Told how far the copy of a disk is: (disk name, percent).
+Copying = Callable[[str, float], None]
+# How often a copy says how far it is, at most (seconds); its start and end always.
+COPYING_EVERY_S = 1.0
 
 
 class Saver:
@@ -42,9 +46,12 @@ class Saver:
         self.files = files
         self.driver = driver
 
-    def save(self, workspace_id: str, task: SaveTask, send: Send) -> SaveOutcome:
+    def save(
+        self, workspace_id: str, task: SaveTask, send: Send, copying: Copying | None = None
+    ) -> SaveOutcome:
         """Flatten and send each partition ``task`` names; FailedPrecondition when the
-        domain is not shut off, NotFound when it or a partition's overlay is missing."""
+        domain is not shut off, NotFound when it or a partition's overlay is missing.
+        ``copying`` is told how far each copy is (at most every ``COPYING_EVERY_S``)."""
         deadline = time.monotonic() + (task.timeout_s or DEFAULT_TIMEOUT_S)
         sent: list[SavedPartition] = []
         for name in task.partitions:
@@ -59,7 +66,8 @@ class Saver:
                 left = deadline - started
                 if left <= 0:
                     raise DriverError(f"the save ran out of time before disk {name}")
-                qemu_img.flatten(overlay, copy, left)
+                told = _every(COPYING_EVERY_S, name, copying) if copying else None
+                qemu_img.flatten(overlay, copy, left, told)
                 os.chmod(copy, FILE_MODE)
                 self._check_stopped(workspace_id)  # it did not start under the copy
                 left = deadline - time.monotonic()
@@ -99,6 +107,20 @@ class Saver:
                 path.unlink(missing_ok=True)
                 gone += 1
         return gone
+
+
+def _every(seconds: float, disk: str, copying: Copying) -> Callable[[float], None]:
+    """``copying`` for ``disk``, told the first figure, then at most every ``seconds``,
+    and 100 when the copy is done."""
+    last = [-seconds]
+
+    def tell(percent: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds or percent >= 100.0:
+            last[0] = now
+            copying(disk, percent)
+
+    return tell
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

@@ -41,6 +41,7 @@ from workspace.domain.tasks import (
     ConsoleOutput,
     ExecTask,
     ReplyKind,
+    SaveCopying,
     SaveStarted,
     SaveTask,
     Task,
@@ -248,7 +249,12 @@ class Tasks:
             if self.saver is None:
                 raise WorkspaceError("this agent does not save disks")
             log.info("saving %s: disk(s) %s", label, ", ".join(task.partitions))
-            outcome = self.saver.save(workspace_id, task, self._send)
+            outcome = self.saver.save(
+                workspace_id,
+                task,
+                self._send,
+                lambda disk, percent: self.reply(task_id, SaveCopying(disk, percent)),
+            )
         except WorkspaceError as exc:
             log.warning("saving %s failed: %s", label, exc.message)
             self.reply(task_id, error_of(exc))

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import selectors
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +68,74 @@ def create_overlay(base: Path, base_format: str, path: Path, size_bytes: int = 0
     _run([*args, _size(size_bytes)] if size_bytes else args)
 
 
-def flatten(overlay: Path, path: Path, timeout_s: float) -> None:
+def flatten(
+    overlay: Path,
+    path: Path,
+    timeout_s: float,
+    on_progress: Callable[[float], None] | None = None,
+) -> None:
     """``overlay`` (a qcow2, with whatever backing chain its header names) copied into a
     new self-contained qcow2 ``path`` of the same virtual size; clusters that read as
     zeros are not written, so the copy stays sparse. CPU time is limited to the
-    timeout (a copy of a large disk takes longer than the other verbs)."""
-    args = ["convert", "-q", "-f", "qcow2", "-O", "qcow2", str(overlay), str(path)]
-    _run(args, timeout_s, max(_LIMIT_CPU_S, int(timeout_s)))
+    timeout (a copy of a large disk takes longer than the other verbs).
+    ``on_progress``: told each figure qemu-img prints of how far it is (percent)."""
+    args = ["convert", "-f", "qcow2", "-O", "qcow2", str(overlay), str(path)]
+    cpu_s = max(_LIMIT_CPU_S, int(timeout_s))
+    if on_progress is None:
+        _run(["convert", "-q", *args[1:]], timeout_s, cpu_s)
+    else:
+        _run_with_progress(["convert", "-p", *args[1:]], timeout_s, cpu_s, on_progress)
+
+
+# What ``qemu-img convert -p`` prints (and ends with a carriage return): "    (45.02/100%)".
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def progress_figures(text: bytes) -> list[float]:
+    """The percentages in what ``qemu-img convert -p`` printed."""
+    return [float(m[1]) for m in _PROGRESS.finditer(text)]
+
+
+def _run_with_progress(
+    args: list[str], timeout_s: float, cpu_s: int, on_progress: Callable[[float], None]
+) -> None:
+    """``_run`` reading qemu-img's progress from its output as it comes."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        proc = subprocess.Popen(
+            _command(args, cpu_s), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except FileNotFoundError as exc:
+        raise QemuImgError("qemu-img is not installed (Debian package qemu-utils)") from exc
+    out, err = proc.stdout, proc.stderr
+    assert out is not None and err is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(err.read()), daemon=True)
+    reader.start()
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(out, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                proc.kill()
+                proc.wait()
+                raise QemuImgError(f"qemu-img {args[0]} timed out after {timeout_s} s")
+            data = os.read(out.fileno(), 4096)
+            if not data:
+                break
+            *done, pending = (pending + data).split(b"\r")
+            for figure in progress_figures(b"\r".join(done)):
+                on_progress(figure)
+    for figure in progress_figures(pending):
+        on_progress(figure)
+    code = proc.wait()
+    reader.join(5)
+    out.close()
+    err.close()
+    if code != 0:
+        message = b"".join(errors).decode(errors="replace").strip()
+        raise QemuImgError(f"qemu-img {args[0]} failed: {message}")
 
 
 def create_blank(path: Path, size_bytes: int, fmt: str = "qcow2") -> None:

@@ -1,5 +1,6 @@
 """The site-events half of the Python client (``Client`` inherits it): `WatchEvents`
-(the site's, admins) and `WatchWorkspaceEvents` (one workspace's)."""
+(the site's, admins), `WatchWorkspaceEvents` (one workspace's) and `WatchClusterEvents`
+(one cluster's)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,24 @@ import grpc
 from workspace import client_streams, errors
 from workspace.codec import events as codec_events
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.v1 import admin_pb2_grpc, workspaces_pb2_grpc
+from workspace.v1 import (
+    admin_pb2_grpc,
+    clusters_pb2,
+    clusters_pb2_grpc,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
 
 # How far before the last event seen a re-opened stream starts (seconds).
 RESUME_SLACK_S = 60.0
 
 
 class EventsClientMixin:
-    """Needs ``_admin``, ``_workspaces`` and ``_error`` from the Client."""
+    """Needs ``_admin``, ``_workspaces``, ``_clusters`` and ``_error`` from the Client."""
 
     _admin: admin_pb2_grpc.AdminStub
     _workspaces: workspaces_pb2_grpc.WorkspacesStub
+    _clusters: clusters_pb2_grpc.ClustersStub
     _error: Callable[[grpc.RpcError], errors.WorkspaceError]
 
     def watch_events(
@@ -59,14 +67,39 @@ class EventsClientMixin:
         timeout_s: float | None = None,
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
+        kinds: tuple[str, ...] = (),
     ) -> Generator[SiteEvent, None, None]:
         """The site events of workspace ``ref`` (id or name; one the caller may see:
         NotFound otherwise), as ``watch_events`` gives the site's: what happened to it,
-        by whom and why."""
+        by whom and why. ``kinds``: only these kinds or families."""
 
         def open_call(start: float, remaining: float | None) -> Any:
-            req = codec_events.workspace_watch_to_proto(ref, start, follow)
+            req = codec_events.subject_watch_to_proto(
+                workspaces_pb2.WatchWorkspaceEventsRequest, ref, start, follow, kinds
+            )
             return self._workspaces.WatchWorkspaceEvents(req, timeout=remaining)
+
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+
+    def watch_cluster_events(
+        self,
+        ref: str,
+        since: float = 0.0,
+        follow: bool = False,
+        timeout_s: float | None = None,
+        reconnect: bool = False,
+        on_outage: Callable[[str], None] | None = None,
+        kinds: tuple[str, ...] = (),
+    ) -> Generator[SiteEvent, None, None]:
+        """The site events of cluster ``ref`` (id or name; one the caller may see): its
+        members' (created, placed, state changes, trust decisions, ...) and its own
+        (``cluster.scaled``), as ``watch_workspace_events`` gives one workspace's."""
+
+        def open_call(start: float, remaining: float | None) -> Any:
+            req = codec_events.subject_watch_to_proto(
+                clusters_pb2.WatchClusterEventsRequest, ref, start, follow, kinds
+            )
+            return self._clusters.WatchClusterEvents(req, timeout=remaining)
 
         return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
 

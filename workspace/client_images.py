@@ -143,7 +143,8 @@ class ImagesClientMixin:
         the workspace's node has sent its disks and the image is registered (minutes for
         large disks; ``timeout_s`` bounds the wait). ``on_progress``: called with the
         workspace every ``SAVE_POLL_S`` while the save is under way (``saving_disk``,
-        ``saving_sent_bytes``, ``saving_size_bytes``)."""
+        ``saving_copied_percent`` while its node copies it, then ``saving_sent_bytes``
+        of ``saving_size_bytes``)."""
         req = images_pb2.SaveImageRequest(workspace=workspace, image=image, project=project)
         if on_progress is None:
             return self._call(self._images.SaveImage, req, timeout_s)

@@ -271,6 +271,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         clusters_pb2.ScaleClusterRequest(id=NOPE, role="worker", count=1), timeout=T)),
     (CL, "SetAutoscale", USER, lambda c, w: c.clusters.SetAutoscale(
         clusters_pb2.SetAutoscaleRequest(id=NOPE, role="worker", off=True), timeout=T)),
+    (CL, "WatchClusterEvents", USER, lambda c, w: first(c.clusters.WatchClusterEvents(
+        clusters_pb2.WatchClusterEventsRequest(id=NOPE), timeout=T))),
     (IM, "UploadBlob", USER, lambda c, w: c.images.UploadBlob(
         iter([images_pb2.BlobChunk(data=b"x")]), timeout=T)),
     (IM, "ImportImage", USER, lambda c, w: c.images.ImportImage(
@@ -671,3 +673,26 @@ def test_an_admin_removing_a_node_frees_its_name(world: World) -> None:
     finally:
         old.close()
         new.close()
+
+
+def test_a_clusters_events_are_its_projects_only(world: World) -> None:
+    """A's cluster: B (another project) cannot read its events, by name or id (NOT_FOUND,
+    as GetCluster); C (A's project) reads them: its member's creation by alice, and no
+    other workspace's."""
+    a, b, c = (world.callers[k] for k in ("A", "B", "C"))
+    member = clusters_pb2.ClusterMember(role="worker", image="img-a", memory_mib=128)
+    made = a.clusters.CreateCluster(clusters_pb2.CreateClusterRequest(name="ca", members=[member]))
+    try:
+        for ref in ("ca", made.id):
+            req = clusters_pb2.WatchClusterEventsRequest(id=ref)
+            assert code_of(lambda r=req: list(b.clusters.WatchClusterEvents(r))) is (
+                grpc.StatusCode.NOT_FOUND
+            )
+        events = list(
+            c.clusters.WatchClusterEvents(clusters_pb2.WatchClusterEventsRequest(id="ca"))
+        )
+        assert {e.cluster for e in events} == {made.id}
+        assert {e.workspace_name for e in events} == {"ca-worker-0"}
+        assert ("workspace.created", "user:alice") in {(e.kind, e.who) for e in events}
+    finally:
+        a.clusters.DestroyCluster(clusters_pb2.ClusterRef(id=made.id))

@@ -126,6 +126,8 @@ NASTY_STRINGS = [
 FOLLOWING = {
     "/workspace.v1.Workspaces/WatchWorkspaces",
     "/workspace.v1.Admin/WatchEvents",
+    "/workspace.v1.Workspaces/WatchWorkspaceEvents",
+    "/workspace.v1.Clusters/WatchClusterEvents",
     "/workspace.v1.Guests/AttachConsole",
     "/workspace.node.v1.Nodes/WatchAssignments",
     "/workspace.node.v1.Nodes/Tasks",
@@ -616,6 +618,11 @@ BAD_TIMES = [
     ("/workspace.v1.Workspaces/GetUsage", usage_pb2.GetUsageRequest(since=_ts(1, -1)), "since"),
     ("/workspace.v1.Admin/GetUsage", usage_pb2.GetUsageRequest(until=_ts(2**63 - 1)), "until"),
     ("/workspace.v1.Admin/WatchEvents", admin_pb2.WatchEventsRequest(since=_ts(-(2**63))), "since"),
+    (
+        "/workspace.v1.Clusters/WatchClusterEvents",
+        clusters_pb2.WatchClusterEventsRequest(id="c1", since=_ts(2**63 - 1)),
+        "since",
+    ),
     (
         "/workspace.v1.Trust/AddKey",
         trust_pb2.AddKeyRequest(public_key_pem="x", expires_at=_ts(0, 10**9)),

@@ -486,3 +486,54 @@ def test_a_member_destroyed_on_its_own_leaves_the_cluster(site: Site) -> None:
         if m.state != WS.WORKSPACE_STATE_TERMINATED:
             site.stubs.ws.DestroyWorkspace(site.stubs.ref(m.id))
     wait_for(lambda: get(site, "rep").state == CS.CLUSTER_STATE_TERMINATED, what="rep TERMINATED")
+
+
+def test_ws_cluster_events_tells_the_members_and_the_scaling(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws cluster events NAME`: every member's events and the cluster's own (its
+    scaling), nothing of a workspace beside it; `--kind cluster` only the scaling; a
+    followed stream gets the next scale; an unknown cluster or kind is a clear error."""
+    site.add_agent("node1")
+    c = make(site, workers=1)
+    site.stubs.create(name="beside", image=IMG)
+    running(site)
+    scale(site, 2)
+    grown = running(site)
+
+    def cli(*argv: str) -> int:
+        return ws_cli.main(["--service", site.address, *argv])
+
+    capsys.readouterr()
+    assert cli("cluster", "events", "ela", "-o", "json") == 0
+    got = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    members = {m.id for m in grown.members}
+    assert {e["workspace_id"] for e in got if e["workspace_id"]} == members
+    assert {e["cluster"] for e in got} == {c.id}
+    created = {e["workspace_name"] for e in got if e["kind"] == "workspace.created"}
+    assert created == {"ela-head-0", "ela-worker-0", "ela-worker-1"}
+    assert [(e["previous"], e["state"]) for e in got if e["kind"] == "cluster.scaled"] == [
+        ("1", "2")
+    ]
+
+    assert cli("cluster", "events", c.id, "--kind", "cluster") == 0  # by id too
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "cluster.scaled" in lines[0] and "worker" in lines[0], lines
+    assert "1 -> 2" in lines[0] and "by user:local" in lines[0]
+
+    assert cli("cluster", "events", "nope") != 0
+    assert "nope" in capsys.readouterr().err
+    assert cli("cluster", "events", "ela", "--kind", "clusters") == 2  # said before asking
+    assert "unknown event kind(s) 'clusters'" in capsys.readouterr().err
+
+    seen: list[str] = []
+    with Client(site.address) as client:
+        stream = client.watch_cluster_events("ela", follow=True, timeout_s=30, kinds=("cluster",))
+        for e in stream:  # what was, then what comes
+            seen.append(f"{e.previous}->{e.state}")
+            if len(seen) == 1:
+                scale(site, 1)
+            else:
+                break
+        stream.close()
+    assert seen == ["1->2", "2->1"]

@@ -224,10 +224,10 @@ def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
 
     real = agent_save.qemu_img.flatten
 
-    def slow(overlay: Path, path: Path, timeout_s: float) -> None:
+    def slow(overlay: Path, path: Path, timeout_s: float, told: Any = None) -> None:
         copying.set()
         assert go_on.wait(20)
-        real(overlay, path, timeout_s)
+        real(overlay, path, timeout_s, told)
 
     monkeypatch.setattr(agent_save.qemu_img, "flatten", slow)
     result: dict[str, Any] = {}
@@ -262,6 +262,19 @@ def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
     starts(site, w)
 
 
+def cli_save(site: Site, result: dict[str, int]) -> threading.Thread:
+    """`ws image save box env:2` begun in a thread of its own; its exit code goes into
+    ``result["code"]``."""
+
+    def run() -> None:
+        argv = ["image", "save", "box", "env:2"]
+        result["code"] = ws_cli.main(argv, connect=lambda _s: Client(site.address))
+
+    cli = threading.Thread(target=run)
+    cli.start()
+    return cli
+
+
 def test_a_saves_progress_is_shown_while_its_disk_is_sent(
     env_site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -287,14 +300,8 @@ def test_a_saves_progress_is_shown_while_its_disk_is_sent(
     monkeypatch.setattr(ops_save, "PROGRESS_S", 0.0)
     monkeypatch.setattr(client_images, "SAVE_POLL_S", 0.05)
     result: dict[str, int] = {}
-    cli = threading.Thread(
-        target=lambda: result.setdefault(
-            "code",
-            ws_cli.main(["image", "save", "box", "env:2"], connect=lambda _s: Client(site.address)),
-        )
-    )
+    cli = cli_save(site, result)
     said: list[str] = []
-    cli.start()
     try:
         assert sending.wait(20)
         copy = overlay(site, w).with_name("root" + agent_save.COPY_SUFFIX)
@@ -326,6 +333,56 @@ def test_a_saves_progress_is_shown_while_its_disk_is_sent(
     after = site.stubs.get(w.id)
     assert (after.saving_as, after.saving_disk, after.saving_sent_bytes) == ("", "", 0)
     assert after.saving_size_bytes == 0
+
+
+def test_a_saves_progress_is_shown_while_its_node_copies_the_disk(
+    env_site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the node copies a disk (qemu-img convert), the workspace says which and how
+    far the copy is (the agent's figures, through its task stream); `ws show` and `ws
+    image save` say so; once the copy is made the disk is sent, and none of it stays."""
+    site = env_site
+    w = stopped(site, "box")
+    from agent import save as agent_save
+
+    real_flatten = agent_save.qemu_img.flatten
+    copying, go_on = threading.Event(), threading.Event()
+
+    def held(src: Path, dst: Path, timeout_s: float, told: Any = None) -> None:
+        assert told is not None  # the agent asks to be told
+        told(0.0)
+        told(37.0)
+        copying.set()
+        assert go_on.wait(20)
+        real_flatten(src, dst, timeout_s, told)
+
+    monkeypatch.setattr(agent_save, "COPYING_EVERY_S", 0.0)
+    monkeypatch.setattr(agent_save.qemu_img, "flatten", held)
+    monkeypatch.setattr(client_images, "SAVE_POLL_S", 0.05)
+    result: dict[str, int] = {}
+    cli = cli_save(site, result)
+    said: list[str] = []
+    try:
+        assert copying.wait(20)
+        shown = wait_for(
+            lambda: (ws := site.stubs.get(w.id)).saving_copied_percent == 37.0 and ws,
+            what="the copy's 37 % on the workspace",
+        )
+        assert (shown.saving_as, shown.saving_disk, shown.saving_sent_bytes) == ("env:2", "root", 0)
+        wait_for(
+            lambda: said.append(capsys.readouterr().err) or "copying disk root" in "".join(said),
+            what="ws image save's line for the copy",
+        )
+        line = "saving      as image env:2: disk root, its node's copy 37 % made"
+        assert line in show_text(site, capsys, "box").splitlines()
+    finally:
+        go_on.set()
+        cli.join(30)
+    said.append(capsys.readouterr().err)
+    assert result["code"] == 0
+    assert "ws: box: copying disk root on its node" in "".join(said).splitlines()
+    after = site.stubs.get(w.id)
+    assert (after.saving_as, after.saving_disk, after.saving_copied_percent) == ("", "", 0.0)
 
 
 @pytest.mark.parametrize(

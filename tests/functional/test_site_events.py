@@ -202,6 +202,15 @@ def test_ws_events_shows_one_workspaces_events_and_follows_them(
     )
     assert ws_cli("events", "nobody") != 0
     assert "nobody" in capsys.readouterr().err
+    # --kind: only those kinds (or families) of its events.
+    assert (
+        ws_cli("events", "alpha", "--kind", "workspace.state", "--kind", "trust", "-o", "json") == 0
+    )
+    some = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert some == [e for e in mine if e["kind"] in ("workspace.state", "trust.decision")]
+    assert {e["kind"] for e in some} == {"workspace.state", "trust.decision"}
+    assert ws_cli("events", "alpha", "--kind", "state") == 2  # said before asking
+    assert "unknown event kind(s) 'state'" in capsys.readouterr().err
 
     got: list[SiteEvent] = []
     with Client(site.address) as c:

@@ -55,8 +55,13 @@ def test_a_shut_off_domains_overlay_is_sent_flattened(
 ) -> None:
     files, driver, tmp = node
     sent: list[bytes] = []
-    out = Saver(files, driver).save(WID, SaveTask(("root",), 60), collect(sent))
+    told: list[tuple[str, float]] = []
+    out = Saver(files, driver).save(
+        WID, SaveTask(("root",), 60), collect(sent), lambda d, p: told.append((d, p))
+    )
     assert [(p.name, p.size_bytes) for p in out.partitions] == [("root", len(sent[0]))]
+    # How far the copy was: qemu-img's figures, the first and the last (100) at least.
+    assert told[0] == ("root", 0.0) and told[-1] == ("root", 100.0), told
     copy = tmp / "sent.qcow2"
     copy.write_bytes(sent[0])
     info = qemu_img.info(copy, "qcow2")
@@ -93,3 +98,21 @@ def test_copies_left_by_an_agent_that_died_mid_save_are_removed(
     left.write_bytes(b"half")
     assert Saver(files, driver).leftovers() == 1
     assert not left.exists() and (files.dir(WID) / "root.qcow2").exists()
+
+
+def test_qemu_img_progress_figures_are_read_as_they_come(tmp_path: Path) -> None:
+    """`qemu-img convert -p` output, parsed; a disk of many clusters tells its figures
+    in order up to 100; a failing copy still says why."""
+    assert qemu_img.progress_figures(b"    (0.00/100%)\r    (45.02/100%)\r") == [0.0, 45.02]
+    src = tmp_path / "big.qcow2"
+    qemu_img.create_blank(src, 64 * 2**20)
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 7 0 48M", "-f", "qcow2", str(src)],
+        check=True,
+        capture_output=True,
+    )
+    seen: list[float] = []
+    qemu_img.flatten(src, tmp_path / "flat.qcow2", 60, seen.append)
+    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == 100.0, seen
+    with pytest.raises(qemu_img.QemuImgError, match="Could not open"):
+        qemu_img.flatten(tmp_path / "none.qcow2", tmp_path / "x.qcow2", 60, seen.append)

@@ -17,6 +17,7 @@ from workspace.cli import (
     admin_text,
     backfill_cmds,
     key_cmds,
+    progress,
     project_cmds,
     render,
     usage_text,
@@ -299,13 +300,16 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _saving(disk: str = "", sent: int = 0, size: int = 0) -> common_pb2.Workspace:
+def _saving(
+    disk: str = "", sent: int = 0, size: int = 0, copied: float = 100.0
+) -> common_pb2.Workspace:
     return common_pb2.Workspace(
         name="box",
         saving_as="env:2",
         saving_disk=disk,
         saving_sent_bytes=sent,
         saving_size_bytes=size,
+        saving_copied_percent=copied,
     )
 
 
@@ -316,19 +320,43 @@ def test_a_saves_progress_in_ws_show_and_in_ws_image_save() -> None:
         "as image env:2: disk root, 1.0 MiB of 2.0 MiB sent"
     )
     assert render.saving_text(_saving("root", 1 << 20)) == "as image env:2: disk root, 1.0 MiB sent"
-    # Not a terminal: one line per disk, when it starts to be sent.
+    assert render.saving_text(_saving("root", copied=42.4)) == (
+        "as image env:2: disk root, its node's copy 42 % made"
+    )
+    assert render.saving_text(_saving("root", copied=100.0)) == (  # made, not yet sent
+        "as image env:2: disk root, its node's copy 100 % made"
+    )
+    # Not a terminal: one line per disk when its node starts copying it, and when it
+    # starts to be sent (an older agent says nothing of its copies).
     log = io.StringIO()
-    said = render.SaveProgress("ws", log)
-    for w in (_saving(), _saving("root", 0, 4096), _saving("root", 2048, 4096), _saving("data")):
+    said = progress.SaveProgress("ws", log)
+    for w in (
+        _saving(),
+        _saving("root", copied=0.0),
+        _saving("root", copied=60.0),
+        _saving("root", copied=100.0),
+        _saving("root", 0, 4096),
+        _saving("root", 2048, 4096),
+        _saving("data", 1024),  # its size not told
+    ):
         said(w)
     said.end(saved=True)
     assert log.getvalue().splitlines() == [
+        "ws: box: copying disk root on its node",
         "ws: box: sending disk root (4.0 KiB)",
         "ws: box: sending disk data",
     ]
+    # A terminal: the copy's bar (its share only), full once it is made, then the disk's.
+    tty = _Terminal()
+    bar = progress.SaveProgress("ws", tty, width=4)
+    bar(_saving("root", copied=50.0))
+    bar(_saving("root", 0, 4096))
+    drawn = tty.getvalue().split("\r")
+    assert drawn[1] == "copying  root [##  ]  50.0%"
+    assert drawn[2] == "copying  root [####] 100.0%\n"
     # A terminal: a bar per disk, full once the save succeeded.
     tty = _Terminal()
-    bar = render.SaveProgress("ws", tty, width=4)
+    bar = progress.SaveProgress("ws", tty, width=4)
     bar(_saving("root", 1024, 4096))
     bar.end(saved=True)
     drawn = tty.getvalue().split("\r")

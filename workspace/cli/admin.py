@@ -25,6 +25,7 @@ from workspace.cli import (
     common,
     event_cmds,
     pki_cmds,
+    progress,
     project_cmds,
     render,
     trust_cmds,
@@ -210,7 +211,7 @@ class Commands(common.ClientCommands):
     # images
 
     def _upload(self, client: Client, path: str, what: str) -> images_pb2.BlobRef:
-        bar = render.UploadProgress(PROG, f"{what} {os.path.basename(path)}")
+        bar = progress.UploadProgress(PROG, f"{what} {os.path.basename(path)}")
         ref = client.upload_blob(path, bar)
         bar.done(ref)
         return ref

@@ -1,16 +1,17 @@
 """`ws-admin events`: the site's events — who did what, and why; `ws events WORKSPACE`:
-one workspace's (docs/design/observability.md)."""
+one workspace's; `ws cluster events CLUSTER`: one cluster's (docs/design/observability.md)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from typing import Any
 
 from workspace.cli import common, render
+from workspace.client import Client
 from workspace.domain.events import EventFilter, Kind, SiteEvent
 
 
@@ -79,24 +80,54 @@ def _since_and_follow(p: argparse.ArgumentParser) -> None:
         "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
     )
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "--kind",
+        action="append",
+        metavar="K",
+        help="only events of kind K (workspace.state) or of family K (image: image.added, "
+        "image.deleted, ...); repeatable: any of them",
+    )
 
 
-def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
-    """Add `events WORKSPACE` to ws."""
+def _kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--kind``'s values; an unknown one is a usage error, said before connecting."""
+    kinds = tuple(args.kind or ())
+    wrong = EventFilter(kinds).unknown_kinds()
+    if wrong:
+        raise common.UsageError(wrong)
+    return kinds
+
+
+# A client's watch of one workspace's or one cluster's events.
+Watch = Callable[..., Generator[SiteEvent, None, None]]
+
+
+def _subject_runner(
+    client_for: common.ClientFor, watch: Callable[[Client], Watch], ref: str
+) -> Callable[[argparse.Namespace], int]:
+    """The command printing the events of the workspace or cluster the argument ``ref``
+    names, through the client's ``watch(client)``."""
 
     def run(args: argparse.Namespace) -> int:
+        kinds = _kinds(args)
         client = client_for(args)
         if args.follow:
             client.health()  # fail now (exit 3) rather than retry silently
-        events = client.watch_workspace_events(
-            args.workspace,
+        events = watch(client)(
+            getattr(args, ref),
             args.since or 0.0,
             args.follow,
             reconnect=True,
             on_outage=common.outage_notice("ws: events"),
+            kinds=kinds,
         )
         return _print(args, events)
 
+    return run
+
+
+def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
+    """Add `events WORKSPACE` to ws."""
     p = sub.add_parser(
         "events",
         parents=[parent],
@@ -105,10 +136,30 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
         "creation and placement, state changes and why, trust decisions, leases, updates, "
         "saves, preemption; each with its time and who (you, an admin, a node, or "
         "system). --follow keeps printing new ones; -o json prints one JSON object per "
-        "line.",
+        "line; --kind keeps only the kinds it names.",
     )
     p.add_argument("workspace", help="the workspace (name or id)")
     _since_and_follow(p)
+    run = _subject_runner(client_for, lambda c: c.watch_workspace_events, "workspace")
+    p.set_defaults(func=run)
+
+
+def register_cluster(
+    csub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
+) -> None:
+    """Add `cluster events CLUSTER` to ws."""
+    p = csub.add_parser(
+        "events",
+        parents=[parent],
+        help="what happened to a cluster and its members: by whom and why",
+        description="The site events of one cluster you may see, oldest first: its "
+        "members' (creation, placement, state changes, trust decisions, ...) and its "
+        "scaling (cluster.scaled: the role, its count before and after, and why); as "
+        "`ws events` gives one workspace's.",
+    )
+    p.add_argument("cluster", help="the cluster (name or id)")
+    _since_and_follow(p)
+    run = _subject_runner(client_for, lambda c: c.watch_cluster_events, "cluster")
     p.set_defaults(func=run)
 
 
@@ -116,10 +167,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     """Add `events` to ws-admin."""
 
     def run(args: argparse.Namespace) -> int:
-        which = EventFilter(tuple(args.kind or ()), args.workspace or "", args.node or "")
-        wrong = which.unknown_kinds()
-        if wrong:  # said before connecting
-            raise common.UsageError(wrong)
+        which = EventFilter(_kinds(args), args.workspace or "", args.node or "")
         client = client_for(args)
         if args.follow:
             client.health()  # fail now (exit 3) rather than retry silently
@@ -144,13 +192,6 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "kept for the service's event_retention.",
     )
     _since_and_follow(p)
-    p.add_argument(
-        "--kind",
-        action="append",
-        metavar="K",
-        help="only events of kind K (workspace.state) or of family K (image: image.added, "
-        "image.deleted, ...); repeatable: any of them",
-    )
     p.add_argument("--workspace", metavar="W", help="only the events of workspace W (name or id)")
     p.add_argument("--node", metavar="N", help="only the events of node N")
     p.set_defaults(func=run)

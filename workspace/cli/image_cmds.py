@@ -19,7 +19,7 @@ from typing import Any
 
 from images import manifest as image_manifest
 from workspace import errors
-from workspace.cli import common, render
+from workspace.cli import common, progress, render
 from workspace.client import PushResult, parse_blank
 from workspace.client_images import SAVE_TIMEOUT_S
 from workspace.v1 import common_pb2
@@ -73,8 +73,8 @@ class ImageCommands:
             raise common.UsageError(str(exc)) from None
         m = _manifest(args)
         client = self.client_for(args)
-        progress = render.PushProgress(self.prog)
-        result: PushResult = client.push_image(args.name, m, progress, project=args.project or "")
+        bar = progress.PushProgress(self.prog)
+        result: PushResult = client.push_image(args.name, m, bar, project=args.project or "")
         print(
             f"{self.prog}: pushed {result.image.name}: {len(result.uploaded)} blob(s) sent "
             f"({render.fmt_bytes(result.sent_bytes)}), {len(result.skipped)} already there",
@@ -111,17 +111,17 @@ class ImageCommands:
             file=sys.stderr,
             flush=True,
         )
-        progress = None if render.wants_json(args) else render.SaveProgress(self.prog)
+        shown = None if render.wants_json(args) else progress.SaveProgress(self.prog)
         try:
             img = self.client_for(args).save_image(
-                args.workspace, args.image, args.project or "", args.timeout, progress
+                args.workspace, args.image, args.project or "", args.timeout, shown
             )
         except BaseException:
-            if progress is not None:
-                progress.end()
+            if shown is not None:
+                shown.end()
             raise
-        if progress is not None:
-            progress.end(saved=True)
+        if shown is not None:
+            shown.end(saved=True)
         print(
             f"{self.prog}: saved {args.workspace} as {img.name} "
             f"({render.fmt_bytes(img.total_bytes)})",

@@ -517,6 +517,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
 
     guest_cmds.register_cluster(csub, parent, cmds.client)
     cluster_cmds.register(csub, parent, cmds.client)
+    event_cmds.register_cluster(csub, parent, cmds.client)
 
 
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:

@@ -1,10 +1,13 @@
-"""Site events: domain ⇄ workspace.v1 (Admin.WatchEvents)."""
+"""Site events: domain ⇄ workspace.v1 (Admin.WatchEvents, Workspaces.WatchWorkspaceEvents,
+Clusters.WatchClusterEvents)."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from workspace.codec.v1 import epoch, ts
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.v1 import admin_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, clusters_pb2, workspaces_pb2
 
 
 def watch_request_to_proto(
@@ -27,18 +30,24 @@ def watch_request_from_proto(
     return since, req.follow, EventFilter(tuple(req.kinds), req.workspace, req.node)
 
 
-def workspace_watch_from_proto(
-    req: workspaces_pb2.WatchWorkspaceEventsRequest,
-) -> tuple[str, float, bool]:
-    """(the workspace's id or name, since, follow)."""
+# One workspace's or one cluster's: the same fields.
+SubjectWatch = workspaces_pb2.WatchWorkspaceEventsRequest | clusters_pb2.WatchClusterEventsRequest
+
+
+def subject_watch_from_proto(req: SubjectWatch) -> tuple[str, float, bool, tuple[str, ...]]:
+    """(the workspace's or cluster's id or name, since, follow, kinds)."""
     since = epoch(req.since, "since") if req.HasField("since") else 0.0
-    return req.id, since, req.follow
+    return req.id, since, req.follow, tuple(req.kinds)
 
 
-def workspace_watch_to_proto(
-    ref: str, since: float, follow: bool
-) -> workspaces_pb2.WatchWorkspaceEventsRequest:
-    req = workspaces_pb2.WatchWorkspaceEventsRequest(id=ref, follow=follow)
+W = TypeVar("W", workspaces_pb2.WatchWorkspaceEventsRequest, clusters_pb2.WatchClusterEventsRequest)
+
+
+def subject_watch_to_proto(
+    cls: type[W], ref: str, since: float, follow: bool, kinds: tuple[str, ...] = ()
+) -> W:
+    """A ``cls`` (one workspace's or one cluster's watch) of ``ref``."""
+    req = cls(id=ref, follow=follow, kinds=list(kinds))
     if since:
         req.since.CopyFrom(ts(since))
     return req

@@ -13,6 +13,7 @@ from workspace.domain.tasks import (
     ConsoleOutput,
     ExecTask,
     ReplyKind,
+    SaveCopying,
     SavedPartition,
     SaveOutcome,
     SaveStarted,
@@ -87,6 +88,8 @@ def reply_to_proto(r: TaskReply) -> nodes_pb2.TaskReply:
         m.error.CopyFrom(nodes_pb2.TaskError(code=k.code, message=k.message))
     elif isinstance(k, SaveStarted):
         m.save_started = True
+    elif isinstance(k, SaveCopying):
+        m.save_copying.CopyFrom(nodes_pb2.SaveCopying(partition=k.partition, percent=k.percent))
     elif isinstance(k, SaveOutcome):
         m.saved.CopyFrom(
             nodes_pb2.SaveOutcome(
@@ -112,6 +115,8 @@ def reply_from_proto(m: nodes_pb2.TaskReply) -> TaskReply:
         kind = TaskError(m.error.code, m.error.message)
     elif which == "save_started":
         kind = SaveStarted()
+    elif which == "save_copying":
+        kind = SaveCopying(m.save_copying.partition, m.save_copying.percent)
     elif which == "saved":
         kind = SaveOutcome(
             tuple(SavedPartition(p.name, p.digest, p.size_bytes) for p in m.saved.partitions)

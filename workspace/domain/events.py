@@ -80,11 +80,13 @@ class EventFilter:
 
     ``kinds``: a kind (``workspace.state``) or a family, the first word of kinds
     (``image``: ``image.added``, ``image.deleted``, ...); any of them. ``workspace``: a
-    workspace's id or name. ``node``: a node's name."""
+    workspace's id or name. ``node``: a node's name. ``cluster``: a cluster's id (its
+    members' events and its own)."""
 
     kinds: tuple[str, ...] = ()
     workspace: str = ""
     node: str = ""
+    cluster: str = ""
 
     def unknown_kinds(self) -> str:
         """What is wrong with its kinds ("": nothing): those neither a kind nor a family."""

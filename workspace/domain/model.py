@@ -141,10 +141,12 @@ class WorkspaceView:
     limits: Limits = field(default_factory=Limits)  # as enforced (defaults applied)
     preemptible: bool = False
     saving_as: str = ""  # the image a save under way is making of it ("": none)
-    # Its progress: the disk being sent ("": none yet), bytes of it received, its size.
+    # Its progress: the disk being copied or sent ("": none yet), bytes of it received,
+    # its size, how far its node's copy of it is (percent).
     saving_disk: str = ""
     saving_sent_bytes: int = 0
     saving_size_bytes: int = 0
+    saving_copied_percent: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,23 @@ class SaveStarted:
     never says so)."""
 
 
-ReplyKind = ExecOutcome | ConsoleOutput | ConsoleClosed | TaskError | SaveOutcome | SaveStarted
+@dataclass(frozen=True)
+class SaveCopying:
+    """How far the agent's copy of one disk of a save is (percent, 0..100)."""
+
+    partition: str
+    percent: float
+
+
+ReplyKind = (
+    ExecOutcome
+    | ConsoleOutput
+    | ConsoleClosed
+    | TaskError
+    | SaveOutcome
+    | SaveStarted
+    | SaveCopying
+)
 
 
 @dataclass(frozen=True)

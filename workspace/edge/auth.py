@@ -76,6 +76,7 @@ def _rules() -> dict[str, Role]:
             "DestroyCluster": u,
             "ScaleCluster": u,
             "SetAutoscale": u,
+            "WatchClusterEvents": u,
         },
         "workspace.v1.Images": {
             "UploadBlob": u,

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
+from workspace.codec import events as codec_events
 from workspace.codec import v1
 from workspace.domain.states import Op
 from workspace.edge import auth
-from workspace.edge.calls import unary
+from workspace.edge.calls import stream, unary
+from workspace.edge.event_stream import events_out
 from workspace.identity import Identity
-from workspace.ops import autoscale, cluster_scale, clusters
+from workspace.ops import autoscale, cluster_scale, clusters, site_events
 from workspace.ops.unit import Env
-from workspace.v1 import clusters_pb2, clusters_pb2_grpc
+from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc
 
 
 class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
@@ -110,3 +112,20 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
             request.cooldown_s,
         )
         return v1.cluster_to_proto(view)
+
+    @stream
+    def WatchClusterEvents(
+        self,
+        request: clusters_pb2.WatchClusterEventsRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> Iterator[admin_pb2.SiteEvent]:
+        ref, since, follow, kinds = codec_events.subject_watch_from_proto(request)
+        yield from events_out(
+            self.env,
+            self.auth,
+            who,
+            context,
+            follow,
+            lambda gone: site_events.of_cluster(self.env, who, ref, since, follow, gone, kinds),
+        )

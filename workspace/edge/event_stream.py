@@ -1,6 +1,7 @@
-"""Site events out on a gRPC stream, for Admin.WatchEvents (the site's) and
-Workspaces.WatchWorkspaceEvents (one workspace's): the journal as ops/site_events.py
-reads and follows it, each event as the proto."""
+"""Site events out on a gRPC stream, for Admin.WatchEvents (the site's),
+Workspaces.WatchWorkspaceEvents (one workspace's) and Clusters.WatchClusterEvents (one
+cluster's): the journal as ops/site_events.py reads and follows it, each event as the
+proto."""
 
 from __future__ import annotations
 

@@ -244,10 +244,19 @@ def progress(
     _progress(env, workspace_id, disk, sent, size)
 
 
-def _progress(env: Env, workspace_id: str, disk: str, sent: int, size: int) -> None:
+def copying(env: Env, workspace_id: str, disk: str, percent: float) -> None:
+    """How far the node's copy of ``disk`` is (the agent says at most once a second),
+    kept on the row of a workspace still being saved, for `ws show` and `ws image save`."""
+    _progress(env, workspace_id, disk, 0, 0, min(100.0, max(0.0, percent)))
+
+
+def _progress(
+    env: Env, workspace_id: str, disk: str, sent: int, size: int, copied: float = 100.0
+) -> None:
     q = update(Workspace).where(Workspace.id == workspace_id, Workspace.saving_as != "")
+    values = {"saving_disk": disk[:32], "saving_sent": sent, "saving_size": size}
     with env.store.write() as s:
-        s.execute(q.values(saving_disk=disk[:32], saving_sent=sent, saving_size=size))
+        s.execute(q.values(**values, saving_copied=copied))
 
 
 def _set_mark(ws: Workspace, image: str, since: float) -> None:
@@ -257,6 +266,7 @@ def _set_mark(ws: Workspace, image: str, since: float) -> None:
     ws.saving_disk = ""
     ws.saving_sent = 0
     ws.saving_size = 0
+    ws.saving_copied = 0.0
 
 
 def _event(s: Session, ws: Workspace, kind: Kind, image: str, reason: str) -> None:

@@ -13,7 +13,7 @@ from workspace.config import parse_retention
 from workspace.domain.events import EventFilter, SiteEvent
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import queries
+from workspace.ops import clusters, queries
 from workspace.ops.unit import Env
 from workspace.store import EventRow
 
@@ -86,6 +86,8 @@ def _filtered(q: Select[Any], which: EventFilter) -> Select[Any]:
         q = q.where(or_(EventRow.workspace_id == w, EventRow.workspace_name == w))
     if which.node:
         q = q.where(EventRow.node == which.node)
+    if which.cluster:
+        q = q.where(EventRow.cluster == which.cluster)
     return q
 
 
@@ -134,13 +136,36 @@ def of_workspace(
     since: float,
     follow: bool,
     gone: Callable[[], bool] = lambda: False,
+    kinds: tuple[str, ...] = (),
 ) -> Iterator[SiteEvent]:
-    """``watch`` of one workspace's events: workspace ``ref`` (id or name) as
-    GetWorkspace finds it for ``who`` (NotFound if it may not see it)."""
+    """``watch`` of one workspace's events (of ``kinds``, if any): workspace ``ref`` (id
+    or name) as GetWorkspace finds it for ``who`` (NotFound if it may not see it)."""
+    target = _subject(ref, kinds, "workspace", lambda: queries.get(env, who, ref).id)
+    yield from watch(env, since, follow, gone, EventFilter(kinds, workspace=target))
+
+
+def of_cluster(
+    env: Env,
+    who: Identity,
+    ref: str,
+    since: float,
+    follow: bool,
+    gone: Callable[[], bool] = lambda: False,
+    kinds: tuple[str, ...] = (),
+) -> Iterator[SiteEvent]:
+    """``watch`` of one cluster's events (its members' and its own; of ``kinds``, if
+    any): cluster ``ref`` (id or name) as GetCluster finds it for ``who``."""
+    target = _subject(ref, kinds, "cluster", lambda: clusters.get(env, who, ref).id)
+    yield from watch(env, since, follow, gone, EventFilter(kinds, cluster=target))
+
+
+def _subject(ref: str, kinds: tuple[str, ...], what: str, find: Callable[[], str]) -> str:
+    """The id ``find()`` gives for ``ref``, once the request is checked (a ref given,
+    every kind known): a wrong kind is said before any lookup."""
     if not ref:
-        raise InvalidArgument("the workspace's id or name is required")
-    target = queries.get(env, who, ref).id
-    yield from watch(env, since, follow, gone, EventFilter(workspace=target))
+        raise InvalidArgument(f"the {what}'s id or name is required")
+    check_filter(EventFilter(kinds))
+    return find()
 
 
 def prune(env: Env) -> int:

@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from workspace.domain.tasks import (
     ConsoleOutput,
     ExecTask,
     ReplyKind,
+    SaveCopying,
     SaveOutcome,
     SaveStarted,
     SaveTask,
@@ -108,6 +110,7 @@ class _Pending:
     future: Future[Answer] | None = None
     events: queue.Queue[ConsoleEvent] | None = None
     started: threading.Event | None = None  # a save: set when the agent took it
+    workspace_id: str = ""
 
 
 class ConsoleLink:
@@ -161,11 +164,14 @@ class Elsewhere(Protocol):
 
 
 class TaskHub:
-    def __init__(self) -> None:
+    def __init__(self, on_save_copying: Callable[[str, SaveCopying], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._lines: dict[str, AgentLine] = {}
         self._pending: dict[str, _Pending] = {}
         self.elsewhere: Elsewhere | None = None
+        # Told how far an agent's copy of a saved disk is (workspace id, the reply): the
+        # replica holding the agent's stream keeps it where every replica reads it.
+        self.on_save_copying = on_save_copying
 
     # -- the agents' streams (the edge) ------------------------------------------------
 
@@ -209,10 +215,20 @@ class TaskHub:
                 if p.started is not None:
                     p.started.set()
                 return
-            ends = p.future is not None or isinstance(reply.kind, ConsoleClosed | TaskError)
+            copying = isinstance(reply.kind, SaveCopying)
+            ends = not copying and (
+                p.future is not None or isinstance(reply.kind, ConsoleClosed | TaskError)
+            )
             if ends:
                 del self._pending[reply.task_id]
         kind = reply.kind
+        if isinstance(kind, SaveCopying):  # told outside the lock: it writes the store
+            if self.on_save_copying is not None:
+                try:
+                    self.on_save_copying(p.workspace_id, kind)
+                except Exception:  # the save goes on; only its progress is not shown
+                    log.exception("workspace %s: the save's progress", p.workspace_id)
+            return
         if p.future is not None:
             _settle(p.future, kind)
         elif (
@@ -274,7 +290,9 @@ class TaskHub:
         if started is not None:  # an answer (or the stream's end) also says it was taken
             future.add_done_callback(lambda _f: started.set())
         with self._lock:
-            self._pending[task_id] = _Pending(line, future=future, started=started)
+            self._pending[task_id] = _Pending(
+                line, future=future, started=started, workspace_id=workspace_id
+            )
         try:
             line.send(Task(task_id, workspace_id, task))
             if started is not None and not started.wait(min(SAVE_START_S, wait_s)):

@@ -112,7 +112,7 @@ class Service:
         )
         # The servicers: each decodes, calls an operation (workspace/ops), encodes.
         # The agents' task streams: exec, interactive consoles and saves go through them.
-        self.hub = TaskHub()
+        self.hub = TaskHub(lambda wid, c: save.copying(self.env, wid, c.partition, c.percent))
         self.workspaces = WorkspacesServicer(self.env)
         self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)), self.hub)
         self.clusters = ClustersServicer(self.env)

@@ -315,6 +315,7 @@ def workspace_view(ws: Workspace | ViewRow, nics_of: tuple[Nic, ...]) -> Workspa
         saving_disk=ws.saving_disk or "",
         saving_sent_bytes=ws.saving_sent or 0,
         saving_size_bytes=ws.saving_size or 0,
+        saving_copied_percent=ws.saving_copied or 0.0,
     )
 
 
@@ -327,7 +328,7 @@ class ViewRow(NamedTuple):
     """What a workspace's view shows of its row, read without the ORM: a read that only
     answers with views (``ws show``, ``ws list``). Loading an ORM row costs about ten
     times as much (every column, seven JSON columns decoded, the identity map and its
-    instance state); these are the 31 columns ``workspace_view`` reads, three of them
+    instance state); these are the 32 columns ``workspace_view`` reads, three of them
     JSON, decoded here."""
 
     id: str
@@ -361,6 +362,7 @@ class ViewRow(NamedTuple):
     saving_disk: str
     saving_sent: int
     saving_size: int
+    saving_copied: float
 
 
 _WS = cast(Table, Workspace.__table__).c

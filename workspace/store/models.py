@@ -249,10 +249,12 @@ class Workspace(Base):
     # died mid-save).
     saving_as: Mapped[str] = mapped_column(String(255), default="")
     saving_since: Mapped[float] = mapped_column(Float, default=0.0)
-    # Its progress: the disk its node is sending, the bytes received and its size.
+    # Its progress: the disk its node is copying or sending, the bytes received, its
+    # size, and how far the node's copy of it is (percent).
     saving_disk: Mapped[str] = mapped_column(String(32), default="")
     saving_sent: Mapped[int] = mapped_column(BigInteger, default=0)
     saving_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    saving_copied: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

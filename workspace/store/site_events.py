@@ -15,7 +15,11 @@ class EventRow(Base):
     """One site event; ``id`` orders them by commit (bounded by ``event_retention``)."""
 
     __tablename__ = "site_events"
-    __table_args__ = (Index("ix_event_at", "at"), Index("ix_event_workspace", "workspace_id"))
+    __table_args__ = (
+        Index("ix_event_at", "at"),
+        Index("ix_event_workspace", "workspace_id"),
+        Index("ix_event_cluster", "cluster"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float)

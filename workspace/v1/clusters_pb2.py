@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from workspace.v1 import admin_pb2 as workspace_dot_v1_dot_admin__pb2
 from workspace.v1 import common_pb2 as workspace_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bworkspace/v1/clusters.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19workspace/v1/common.proto\"\xaf\x02\n\rClusterMember\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\r\n\x05\x63ount\x18\x05 \x01(\x05\x12\x10\n\x08networks\x18\x06 \x03(\t\x12\x43\n\x0crequirements\x18\x07 \x03(\x0b\x32-.workspace.v1.ClusterMember.RequirementsEntry\x12\x11\n\tuser_data\x18\x08 \x01(\x0c\x12\x31\n\x10\x65xtra_partitions\x18\t \x03(\x0b\x32\x17.workspace.v1.Partition\x1a\x33\n\x11RequirementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x02\n\x14\x43reateClusterRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x07members\x18\x03 \x03(\x0b\x32\x1b.workspace.v1.ClusterMember\x12(\n\x08\x61\x66\x66inity\x18\x04 \x01(\x0e\x32\x16.workspace.v1.Affinity\x12/\n\non_failure\x18\x05 \x01(\x0e\x32\x1b.workspace.v1.FailurePolicy\x12\x1b\n\x13wait_for_capacity_s\x18\x06 \x01(\x05\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0f\n\x07lease_s\x18\x1e \x01(\x03\x12\x14\n\x0c\x63onnectivity\x18( \x01(\t\x12\r\n\x05\x61llow\x18) \x03(\t\x12$\n\x06limits\x18* \x01(\x0b\x32\x14.workspace.v1.Limits\x12\x13\n\x0bpreemptible\x18+ \x01(\x08\"\x18\n\nClusterRef\x12\n\n\x02id\x18\x01 \x01(\t\"\xe7\x03\n\x07\x43luster\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.workspace.v1.ClusterState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12(\n\x07members\x18\x06 \x03(\x0b\x32\x17.workspace.v1.Workspace\x12(\n\x08\x61\x66\x66inity\x18\x07 \x01(\x0e\x32\x16.workspace.v1.Affinity\x12/\n\non_failure\x18\x08 \x01(\x0e\x32\x1b.workspace.v1.FailurePolicy\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04spec\x18\x0c \x03(\x0b\x32\x1b.workspace.v1.ClusterMember\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x13\n\x0bpreemptible\x18+ \x01(\x08\x12.\n\tautoscale\x18, \x03(\x0b\x32\x1b.workspace.v1.AutoscaleInfo\"[\n\x13ScaleClusterRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x1b\n\x13wait_for_capacity_s\x18\x04 \x01(\x05\"\x90\x01\n\x14ScaleClusterResponse\x12&\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x15.workspace.v1.Cluster\x12\x10\n\x08previous\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\t\x12\x0f\n\x07removed\x18\x05 \x03(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"z\n\x13SetAutoscaleRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03off\x18\x03 \x01(\x08\x12\x0b\n\x03min\x18\x04 \x01(\x05\x12\x0b\n\x03max\x18\x05 \x01(\x05\x12\x0e\n\x06signal\x18\x06 \x01(\t\x12\x12\n\ncooldown_s\x18\x07 \x01(\x05\"\x80\x02\n\rAutoscaleInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x05\x12\x0b\n\x03max\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\x12\n\ncooldown_s\x18\x05 \x01(\x05\x12\x32\n\x0elast_action_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06wanted\x18\x08 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\t \x01(\x05\x12\x0e\n\x06\x61\x63tion\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\"D\n\x13ListClustersRequest\x12\x1a\n\x12include_terminated\x18\x01 \x01(\x08\x12\x11\n\tall_users\x18\x14 \x01(\x08\"?\n\x14ListClustersResponse\x12\'\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x15.workspace.v1.Cluster*s\n\x08\x41\x66\x66inity\x12\x11\n\rAFFINITY_NONE\x10\x00\x12\x16\n\x12\x41\x46\x46INITY_SOFT_ANTI\x10\x01\x12\x16\n\x12\x41\x46\x46INITY_HARD_ANTI\x10\x02\x12\x11\n\rAFFINITY_SOFT\x10\x03\x12\x11\n\rAFFINITY_HARD\x10\x04*e\n\rFailurePolicy\x12\x1e\n\x1a\x46\x41ILURE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41ILURE_POLICY_KEEP\x10\x01\x12\x1b\n\x17\x46\x41ILURE_POLICY_TEARDOWN\x10\x02*\x8d\x02\n\x0c\x43lusterState\x12\x1d\n\x19\x43LUSTER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LUSTER_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43LUSTER_STATE_STARTING\x10\x02\x12\x19\n\x15\x43LUSTER_STATE_RUNNING\x10\x03\x12\x1a\n\x16\x43LUSTER_STATE_STOPPING\x10\x04\x12\x19\n\x15\x43LUSTER_STATE_STOPPED\x10\x05\x12\x18\n\x14\x43LUSTER_STATE_FAILED\x10\x06\x12\x1d\n\x19\x43LUSTER_STATE_TERMINATING\x10\x07\x12\x1c\n\x18\x43LUSTER_STATE_TERMINATED\x10\x08\x32\xd1\x04\n\x08\x43lusters\x12J\n\rCreateCluster\x12\".workspace.v1.CreateClusterRequest\x1a\x15.workspace.v1.Cluster\x12=\n\nGetCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12U\n\x0cListClusters\x12!.workspace.v1.ListClustersRequest\x1a\".workspace.v1.ListClustersResponse\x12?\n\x0cStartCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12>\n\x0bStopCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12\x41\n\x0e\x44\x65stroyCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12U\n\x0cScaleCluster\x12!.workspace.v1.ScaleClusterRequest\x1a\".workspace.v1.ScaleClusterResponse\x12H\n\x0cSetAutoscale\x12!.workspace.v1.SetAutoscaleRequest\x1a\x15.workspace.v1.Clusterb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bworkspace/v1/clusters.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18workspace/v1/admin.proto\x1a\x19workspace/v1/common.proto\"\xaf\x02\n\rClusterMember\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\r\n\x05\x63ount\x18\x05 \x01(\x05\x12\x10\n\x08networks\x18\x06 \x03(\t\x12\x43\n\x0crequirements\x18\x07 \x03(\x0b\x32-.workspace.v1.ClusterMember.RequirementsEntry\x12\x11\n\tuser_data\x18\x08 \x01(\x0c\x12\x31\n\x10\x65xtra_partitions\x18\t \x03(\x0b\x32\x17.workspace.v1.Partition\x1a\x33\n\x11RequirementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x02\n\x14\x43reateClusterRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x07members\x18\x03 \x03(\x0b\x32\x1b.workspace.v1.ClusterMember\x12(\n\x08\x61\x66\x66inity\x18\x04 \x01(\x0e\x32\x16.workspace.v1.Affinity\x12/\n\non_failure\x18\x05 \x01(\x0e\x32\x1b.workspace.v1.FailurePolicy\x12\x1b\n\x13wait_for_capacity_s\x18\x06 \x01(\x05\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0f\n\x07lease_s\x18\x1e \x01(\x03\x12\x14\n\x0c\x63onnectivity\x18( \x01(\t\x12\r\n\x05\x61llow\x18) \x03(\t\x12$\n\x06limits\x18* \x01(\x0b\x32\x14.workspace.v1.Limits\x12\x13\n\x0bpreemptible\x18+ \x01(\x08\"\x18\n\nClusterRef\x12\n\n\x02id\x18\x01 \x01(\t\"q\n\x19WatchClusterEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\r\n\x05kinds\x18\x04 \x03(\t\"\xe7\x03\n\x07\x43luster\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.workspace.v1.ClusterState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12(\n\x07members\x18\x06 \x03(\x0b\x32\x17.workspace.v1.Workspace\x12(\n\x08\x61\x66\x66inity\x18\x07 \x01(\x0e\x32\x16.workspace.v1.Affinity\x12/\n\non_failure\x18\x08 \x01(\x0e\x32\x1b.workspace.v1.FailurePolicy\x12\x12\n\nrequest_id\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04spec\x18\x0c \x03(\x0b\x32\x1b.workspace.v1.ClusterMember\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x13\n\x0bpreemptible\x18+ \x01(\x08\x12.\n\tautoscale\x18, \x03(\x0b\x32\x1b.workspace.v1.AutoscaleInfo\"[\n\x13ScaleClusterRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x1b\n\x13wait_for_capacity_s\x18\x04 \x01(\x05\"\x90\x01\n\x14ScaleClusterResponse\x12&\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x15.workspace.v1.Cluster\x12\x10\n\x08previous\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\t\x12\x0f\n\x07removed\x18\x05 \x03(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"z\n\x13SetAutoscaleRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03off\x18\x03 \x01(\x08\x12\x0b\n\x03min\x18\x04 \x01(\x05\x12\x0b\n\x03max\x18\x05 \x01(\x05\x12\x0e\n\x06signal\x18\x06 \x01(\t\x12\x12\n\ncooldown_s\x18\x07 \x01(\x05\"\x80\x02\n\rAutoscaleInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x05\x12\x0b\n\x03max\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\t\x12\x12\n\ncooldown_s\x18\x05 \x01(\x05\x12\x32\n\x0elast_action_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06wanted\x18\x08 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\t \x01(\x05\x12\x0e\n\x06\x61\x63tion\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\"D\n\x13ListClustersRequest\x12\x1a\n\x12include_terminated\x18\x01 \x01(\x08\x12\x11\n\tall_users\x18\x14 \x01(\x08\"?\n\x14ListClustersResponse\x12\'\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x15.workspace.v1.Cluster*s\n\x08\x41\x66\x66inity\x12\x11\n\rAFFINITY_NONE\x10\x00\x12\x16\n\x12\x41\x46\x46INITY_SOFT_ANTI\x10\x01\x12\x16\n\x12\x41\x46\x46INITY_HARD_ANTI\x10\x02\x12\x11\n\rAFFINITY_SOFT\x10\x03\x12\x11\n\rAFFINITY_HARD\x10\x04*e\n\rFailurePolicy\x12\x1e\n\x1a\x46\x41ILURE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41ILURE_POLICY_KEEP\x10\x01\x12\x1b\n\x17\x46\x41ILURE_POLICY_TEARDOWN\x10\x02*\x8d\x02\n\x0c\x43lusterState\x12\x1d\n\x19\x43LUSTER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LUSTER_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43LUSTER_STATE_STARTING\x10\x02\x12\x19\n\x15\x43LUSTER_STATE_RUNNING\x10\x03\x12\x1a\n\x16\x43LUSTER_STATE_STOPPING\x10\x04\x12\x19\n\x15\x43LUSTER_STATE_STOPPED\x10\x05\x12\x18\n\x14\x43LUSTER_STATE_FAILED\x10\x06\x12\x1d\n\x19\x43LUSTER_STATE_TERMINATING\x10\x07\x12\x1c\n\x18\x43LUSTER_STATE_TERMINATED\x10\x08\x32\xab\x05\n\x08\x43lusters\x12J\n\rCreateCluster\x12\".workspace.v1.CreateClusterRequest\x1a\x15.workspace.v1.Cluster\x12=\n\nGetCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12U\n\x0cListClusters\x12!.workspace.v1.ListClustersRequest\x1a\".workspace.v1.ListClustersResponse\x12?\n\x0cStartCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12>\n\x0bStopCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12\x41\n\x0e\x44\x65stroyCluster\x12\x18.workspace.v1.ClusterRef\x1a\x15.workspace.v1.Cluster\x12U\n\x0cScaleCluster\x12!.workspace.v1.ScaleClusterRequest\x1a\".workspace.v1.ScaleClusterResponse\x12H\n\x0cSetAutoscale\x12!.workspace.v1.SetAutoscaleRequest\x1a\x15.workspace.v1.Cluster\x12X\n\x12WatchClusterEvents\x12\'.workspace.v1.WatchClusterEventsRequest\x1a\x17.workspace.v1.SiteEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLUSTERMEMBER_REQUIREMENTSENTRY']._loaded_options = None
   _globals['_CLUSTERMEMBER_REQUIREMENTSENTRY']._serialized_options = b'8\001'
-  _globals['_AFFINITY']._serialized_start=2040
-  _globals['_AFFINITY']._serialized_end=2155
-  _globals['_FAILUREPOLICY']._serialized_start=2157
-  _globals['_FAILUREPOLICY']._serialized_end=2258
-  _globals['_CLUSTERSTATE']._serialized_start=2261
-  _globals['_CLUSTERSTATE']._serialized_end=2530
-  _globals['_CLUSTERMEMBER']._serialized_start=106
-  _globals['_CLUSTERMEMBER']._serialized_end=409
-  _globals['_CLUSTERMEMBER_REQUIREMENTSENTRY']._serialized_start=358
-  _globals['_CLUSTERMEMBER_REQUIREMENTSENTRY']._serialized_end=409
-  _globals['_CREATECLUSTERREQUEST']._serialized_start=412
-  _globals['_CREATECLUSTERREQUEST']._serialized_end=764
-  _globals['_CLUSTERREF']._serialized_start=766
-  _globals['_CLUSTERREF']._serialized_end=790
-  _globals['_CLUSTER']._serialized_start=793
-  _globals['_CLUSTER']._serialized_end=1280
-  _globals['_SCALECLUSTERREQUEST']._serialized_start=1282
-  _globals['_SCALECLUSTERREQUEST']._serialized_end=1373
-  _globals['_SCALECLUSTERRESPONSE']._serialized_start=1376
-  _globals['_SCALECLUSTERRESPONSE']._serialized_end=1520
-  _globals['_SETAUTOSCALEREQUEST']._serialized_start=1522
-  _globals['_SETAUTOSCALEREQUEST']._serialized_end=1644
-  _globals['_AUTOSCALEINFO']._serialized_start=1647
-  _globals['_AUTOSCALEINFO']._serialized_end=1903
-  _globals['_LISTCLUSTERSREQUEST']._serialized_start=1905
-  _globals['_LISTCLUSTERSREQUEST']._serialized_end=1973
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=1975
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=2038
-  _globals['_CLUSTERS']._serialized_start=2533
-  _globals['_CLUSTERS']._serialized_end=3126
+  _globals['_AFFINITY']._serialized_start=2181
+  _globals['_AFFINITY']._serialized_end=2296
+  _globals['_FAILUREPOLICY']._serialized_start=2298
+  _globals['_FAILUREPOLICY']._serialized_end=2399
+  _globals['_CLUSTERSTATE']._serialized_start=2402
+  _globals['_CLUSTERSTATE']._serialized_end=2671
+  _globals['_CLUSTERMEMBER']._serialized_start=132
+  _globals['_CLUSTERMEMBER']._serialized_end=435
+  _globals['_CLUSTERMEMBER_REQUIREMENTSENTRY']._serialized_start=384
+  _globals['_CLUSTERMEMBER_REQUIREMENTSENTRY']._serialized_end=435
+  _globals['_CREATECLUSTERREQUEST']._serialized_start=438
+  _globals['_CREATECLUSTERREQUEST']._serialized_end=790
+  _globals['_CLUSTERREF']._serialized_start=792
+  _globals['_CLUSTERREF']._serialized_end=816
+  _globals['_WATCHCLUSTEREVENTSREQUEST']._serialized_start=818
+  _globals['_WATCHCLUSTEREVENTSREQUEST']._serialized_end=931
+  _globals['_CLUSTER']._serialized_start=934
+  _globals['_CLUSTER']._serialized_end=1421
+  _globals['_SCALECLUSTERREQUEST']._serialized_start=1423
+  _globals['_SCALECLUSTERREQUEST']._serialized_end=1514
+  _globals['_SCALECLUSTERRESPONSE']._serialized_start=1517
+  _globals['_SCALECLUSTERRESPONSE']._serialized_end=1661
+  _globals['_SETAUTOSCALEREQUEST']._serialized_start=1663
+  _globals['_SETAUTOSCALEREQUEST']._serialized_end=1785
+  _globals['_AUTOSCALEINFO']._serialized_start=1788
+  _globals['_AUTOSCALEINFO']._serialized_end=2044
+  _globals['_LISTCLUSTERSREQUEST']._serialized_start=2046
+  _globals['_LISTCLUSTERSREQUEST']._serialized_end=2114
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=2116
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=2179
+  _globals['_CLUSTERS']._serialized_start=2674
+  _globals['_CLUSTERS']._serialized_end=3357
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from workspace.v1 import admin_pb2 as workspace_dot_v1_dot_admin__pb2
 from workspace.v1 import clusters_pb2 as workspace_dot_v1_dot_clusters__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -75,6 +76,11 @@ class ClustersStub:
                 request_serializer=workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
                 _registered_method=True)
+        self.WatchClusterEvents = channel.unary_stream(
+                '/workspace.v1.Clusters/WatchClusterEvents',
+                request_serializer=workspace_dot_v1_dot_clusters__pb2.WatchClusterEventsRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
+                _registered_method=True)
 
 
 class ClustersServicer:
@@ -132,6 +138,14 @@ class ClustersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchClusterEvents(self, request, context):
+        """The site events of one cluster the caller may see (its members' and its own),
+        oldest first; with follow, then each new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClustersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +188,11 @@ def add_ClustersServicer_to_server(servicer, server):
                     servicer.SetAutoscale,
                     request_deserializer=workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_clusters__pb2.Cluster.SerializeToString,
+            ),
+            'WatchClusterEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchClusterEvents,
+                    request_deserializer=workspace_dot_v1_dot_clusters__pb2.WatchClusterEventsRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +412,33 @@ class Clusters:
             '/workspace.v1.Clusters/SetAutoscale',
             workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.SerializeToString,
             workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchClusterEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/workspace.v1.Clusters/WatchClusterEvents',
+            workspace_dot_v1_dot_clusters__pb2.WatchClusterEventsRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
             options,
             channel_credentials,
             insecure,

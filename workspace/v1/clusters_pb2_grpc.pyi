@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from workspace.v1 import admin_pb2 as _admin_pb2
 from workspace.v1 import clusters_pb2 as _clusters_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -45,6 +46,10 @@ class ClustersStub:
     """
     SetAutoscale: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.SetAutoscaleRequest, _clusters_pb2.Cluster]
     """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
+    WatchClusterEvents: _grpc.UnaryStreamMultiCallable[_clusters_pb2.WatchClusterEventsRequest, _admin_pb2.SiteEvent]
+    """The site events of one cluster the caller may see (its members' and its own),
+    oldest first; with follow, then each new one.
+    """
 
 @_typing.type_check_only
 class ClustersAsyncStub(ClustersStub):
@@ -63,6 +68,10 @@ class ClustersAsyncStub(ClustersStub):
     """
     SetAutoscale: _aio.UnaryUnaryMultiCallable[_clusters_pb2.SetAutoscaleRequest, _clusters_pb2.Cluster]  # type: ignore[assignment]
     """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
+    WatchClusterEvents: _aio.UnaryStreamMultiCallable[_clusters_pb2.WatchClusterEventsRequest, _admin_pb2.SiteEvent]  # type: ignore[assignment]
+    """The site events of one cluster the caller may see (its members' and its own),
+    oldest first; with follow, then each new one.
+    """
 
 class ClustersServicer(metaclass=_abc_1.ABCMeta):
     """Virtual clusters: groups of workspaces placed all-or-nothing and managed together."""
@@ -126,5 +135,15 @@ class ClustersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_clusters_pb2.Cluster, _abc.Awaitable[_clusters_pb2.Cluster]]:
         """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
+
+    @_abc_1.abstractmethod
+    def WatchClusterEvents(
+        self,
+        request: _clusters_pb2.WatchClusterEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.SiteEvent], _abc.AsyncIterator[_admin_pb2.SiteEvent]]:
+        """The site events of one cluster the caller may see (its members' and its own),
+        oldest first; with follow, then each new one.
+        """
 
 def add_ClustersServicer_to_server(servicer: ClustersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

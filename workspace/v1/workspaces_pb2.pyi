@@ -366,6 +366,7 @@ class WatchWorkspaceEventsRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """the workspace's id or name"""
     follow: _builtins.bool
@@ -374,16 +375,21 @@ class WatchWorkspaceEventsRequest(_message.Message):
     def since(self) -> _timestamp_pb2.Timestamp:
         """unset: from the oldest kept"""
 
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these kinds or families (none: all)"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         follow: _builtins.bool = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "id", b"id", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "id", b"id", "kinds", b"kinds", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -862,6 +862,7 @@ class TaskReply(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     SAVED_FIELD_NUMBER: _builtins.int
     SAVE_STARTED_FIELD_NUMBER: _builtins.int
+    SAVE_COPYING_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     node: _builtins.str
     """The first message on the stream only: the node this agent serves."""
@@ -883,6 +884,10 @@ class TaskReply(_message.Message):
     def saved(self) -> Global___SaveOutcome:
         """The partitions of a SaveTask, sent."""
 
+    @_builtins.property
+    def save_copying(self) -> Global___SaveCopying:
+        """How far the agent's copy of one disk of a SaveTask is (at most once a second)."""
+
     def __init__(
         self,
         *,
@@ -894,16 +899,40 @@ class TaskReply(_message.Message):
         error: Global___TaskError | None = ...,
         saved: Global___SaveOutcome | None = ...,
         save_started: _builtins.bool = ...,
+        save_copying: Global___SaveCopying | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "save_started", b"save_started", "saved", b"saved"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "save_copying", b"save_copying", "save_started", b"save_started", "saved", b"saved"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "node", b"node", "save_started", b"save_started", "saved", b"saved", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_closed", b"console_closed", "console_output", b"console_output", "error", b"error", "exec", b"exec", "kind", b"kind", "node", b"node", "save_copying", b"save_copying", "save_started", b"save_started", "saved", b"saved", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_output", "console_closed", "error", "saved", "save_started"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["exec", "console_output", "console_closed", "error", "saved", "save_started", "save_copying"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___TaskReply: _TypeAlias = TaskReply  # noqa: Y015
+
+@_typing.final
+class SaveCopying(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITION_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    partition: _builtins.str
+    percent: _builtins.float
+    """0..100"""
+    def __init__(
+        self,
+        *,
+        partition: _builtins.str = ...,
+        percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partition", b"partition", "percent", b"percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveCopying: _TypeAlias = SaveCopying  # noqa: Y015
 
 @_typing.final
 class ExecOutcome(_message.Message):
