@@ -10,8 +10,9 @@ Everything below goes through the `ws` CLI, the way a user types it:
 * every member's /etc/hosts lists all three members; member 0 logs in to member 2 with
   the cluster's own key (what MPI launchers need), strictly too;
 * the user-data script ran; `cloud-init status` says done;
-* `ws exec` and `ws cluster exec` run commands through the QEMU guest agent (exit codes,
-  one member made to fail, a timeout, a stopped member, an image without a guest agent);
+* `ws exec` and `ws cluster exec` run commands through the QEMU guest agent (output,
+  exit codes, stdin, a missing command, a killed one, a timeout, output over the node's
+  cap, one member made to fail, a stopped member, an image without a guest agent);
 * `ws console --attach` talks to the serial console both ways;
 * `ws cluster scale ctx --role worker --count 3 --wait`: the new member boots with the
   three-worker roster in its seed, and the running members' /etc/hosts and
@@ -271,15 +272,28 @@ def test_user_data_ran_and_cloud_init_is_done(site: CloudSite) -> None:
 
 
 def test_exec_through_the_guest_agent(site: CloudSite) -> None:
+    """`ws exec` through the node's libvirt driver and the guest's qemu-guest-agent: the
+    command's output, exit code and stdin; a command that does not exist (127), one
+    killed (137), one past its timeout, and output over the node's cap (cut, said)."""
     out = site.ws("exec", MEMBERS[1], "--", "cat", "/etc/hostname")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == MEMBERS[1]
-    failed = site.ws("exec", MEMBERS[1], "--", "sh", "-c", "echo oops >&2; exit 3")
-    assert failed.returncode == 3 and "oops" in failed.stderr
+    failed = site.ws("exec", MEMBERS[1], "--", "sh", "-c", "echo out; echo oops >&2; exit 3")
+    assert (failed.returncode, failed.stdout, failed.stderr) == (3, "out\n", "oops\n")
     shown = json.loads(site.ok("-o", "json", "exec", MEMBERS[1], "--", "echo", "hi"))
     assert (shown["exit_code"], shown["stdout"], shown["timed_out"]) == (0, "hi\n", False)
+    given = site.ws("exec", MEMBERS[1], "--stdin", "--", "cat", stdin="from stdin")
+    assert (given.returncode, given.stdout) == (0, "from stdin")
+    missing = site.ws("exec", MEMBERS[1], "--", "no-such-command")
+    assert missing.returncode == 127 and "no-such-command" in missing.stderr
+    killed = site.ws("exec", MEMBERS[1], "--", "sh", "-c", "kill -9 $$")
+    assert killed.returncode == 137
     slow = site.ws("exec", MEMBERS[1], "--timeout", "2", "--", "sleep", "30")
     assert slow.returncode == 124 and "ran past its timeout" in slow.stderr
+    # Over the node's exec_max_output_bytes (1 MiB by default): the first MiB, and why.
+    big = site.ws("exec", MEMBERS[1], "--", "sh", "-c", "head -c 1100000 /dev/zero | tr '\\0' x")
+    assert big.returncode == 0 and big.stdout == "x" * 1024 * 1024
+    assert f"ws: the output of sh in {MEMBERS[1]} was cut (too long)" in big.stderr
 
 
 def test_cluster_exec_reports_every_member(site: CloudSite) -> None:
