@@ -37,6 +37,7 @@ from workspace.domain.tasks import (
     ConsoleOutput,
     ExecTask,
     ReplyKind,
+    SaveCopying,
     SavedPartition,
     SaveOutcome,
     SaveStarted,
@@ -517,6 +518,31 @@ def test_a_save_an_agent_does_not_take_fails_soon(monkeypatch: pytest.MonkeyPatc
 
     threading.Thread(target=agent).start()
     assert hub.save("n1", "w1", SaveTask(("root",), 60), 5) == saved
+
+
+def test_a_saves_copy_progress_is_told_and_an_unknown_reply_ends_nothing() -> None:
+    """The agent's SaveCopying replies go to the hub's hook with the workspace's id (the
+    save goes on); a reply of a kind this service does not know (a newer agent's) is
+    not taken for the save's answer."""
+    told: list[tuple[str, SaveCopying]] = []
+    hub = TaskHub(lambda wid, c: told.append((wid, c)))
+    line = hub.connect("n1")
+    saved = SaveOutcome(())
+
+    def agent() -> None:
+        task = line.next(5)
+        assert task is not None
+        hub.deliver(line, TaskReply(task.task_id, SaveStarted()))
+        hub.deliver(line, TaskReply(task.task_id, SaveCopying("root", 37.0)))
+        hub.deliver(line, TaskReply(task.task_id, None))  # unknown to this service
+        hub.deliver(line, TaskReply(task.task_id, saved))
+
+    threading.Thread(target=agent).start()
+    assert hub.save("n1", "w1", SaveTask(("root",), 60), 5) == saved
+    assert told == [("w1", SaveCopying("root", 37.0))]
+    # On the wire and back.
+    wire = codec_guests.reply_to_proto(TaskReply("t", SaveCopying("data", 99.5)))
+    assert codec_guests.reply_from_proto(wire).kind == SaveCopying("data", 99.5)
 
 
 def test_the_hub_fails_tasks_of_a_dropped_stream_and_unknown_nodes() -> None:

@@ -206,7 +206,10 @@ class TaskHub:
         log.info("node %s's task stream closed: %s", line.node, why)
 
     def deliver(self, line: AgentLine, reply: TaskReply) -> None:
-        """An agent's answer (ignored when no task of that line waits for it)."""
+        """An agent's answer (ignored when no task of that line waits for it, or when it
+        is of a kind this service does not know: an agent newer than the service)."""
+        if reply.kind is None:
+            return
         with self._lock:
             p = self._pending.get(reply.task_id)
             if p is None or p.line is not line:
