@@ -254,9 +254,12 @@ def _progress(
     env: Env, workspace_id: str, disk: str, sent: int, size: int, copied: float = 100.0
 ) -> None:
     q = update(Workspace).where(Workspace.id == workspace_id, Workspace.saving_as != "")
-    values = {"saving_disk": disk[:32], "saving_sent": sent, "saving_size": size}
     with env.store.write() as s:
-        s.execute(q.values(**values, saving_copied=copied))
+        s.execute(
+            q.values(
+                saving_disk=disk[:32], saving_sent=sent, saving_size=size, saving_copied=copied
+            )
+        )
 
 
 def _set_mark(ws: Workspace, image: str, since: float) -> None:

@@ -218,8 +218,7 @@ class TaskHub:
                 if p.started is not None:
                     p.started.set()
                 return
-            copying = isinstance(reply.kind, SaveCopying)
-            ends = not copying and (
+            ends = not isinstance(reply.kind, SaveCopying) and (
                 p.future is not None or isinstance(reply.kind, ConsoleClosed | TaskError)
             )
             if ends:
