@@ -8,7 +8,9 @@ import base64
 import json
 import os
 import queue
+import signal
 import stat
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -261,6 +263,39 @@ def test_a_failed_login_says_when_none_of_the_callers_keys_is_in_the_guest(
     monkeypatch.setenv("SSH_EXIT", "3")
     rc, _, err = run(c, capfd, "ssh", "box", "--", "false")  # type: ignore[arg-type]
     assert rc == 3 and "ws:" not in err
+
+
+def test_ws_ssh_ended_by_sigterm_ends_ssh_first_and_leaves_no_known_hosts(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A `ws ssh` that gets SIGTERM (or SIGHUP) hands it to ssh and ends with it, so the
+    known_hosts file it wrote goes too. Here ssh itself sends ws the SIGTERM, then waits
+    up to 5 s for it to come back; a ws that kept the signal would leave ssh to end on
+    its own (exit 0)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(
+        "#!/bin/sh\ntrap 'echo ssh got TERM >&2; exit 143' TERM\nkill -TERM $PPID\n"
+        "i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\nexit 0\n"
+    )
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    # Were the signal not handled at all, it would end this test's process: a handler
+    # of the test's own stands in for that default and is back in place afterwards.
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        rc, _, err = run(FakeClient([box(host_keys=HOST_KEYS)]), capfd, "ssh", "box")  # type: ignore[arg-type]
+        assert (rc, seen) == (143, [])
+        assert "ssh got TERM" in err
+        assert not list(tmp_path.glob("ws-ssh-*"))
+        os.kill(os.getpid(), signal.SIGTERM)  # ws put the test's handler back
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_ssh_enters_the_nodes_namespace_of_a_local_site(

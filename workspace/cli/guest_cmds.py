@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, BinaryIO
 
 from workspace import errors
@@ -483,12 +484,25 @@ def _hint_about_keys(client: Client, ws: common_pb2.Workspace) -> None:
 
 
 def _run_in_foreground(cmd: list[str]) -> int:
-    """Run ``cmd`` with our terminal; its exit code is ours (Ctrl-C is its to handle)."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return subprocess.run(cmd, check=False).returncode
-    finally:
-        signal.signal(signal.SIGINT, old)
+    """Run ``cmd`` with our terminal; its exit code is ours. Ctrl-C is its to handle;
+    SIGTERM and SIGHUP (a closed terminal) sent to ws go on to it, and ws ends when it
+    does, so what ws made for it (``ws ssh``'s known_hosts) is removed then."""
+    with subprocess.Popen(cmd) as proc:
+
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            proc.send_signal(signum)
+
+        handlers: dict[int, Any] = {
+            signal.SIGINT: signal.SIG_IGN,
+            signal.SIGTERM: forward,
+            signal.SIGHUP: forward,
+        }
+        old = {signum: signal.signal(signum, h) for signum, h in handlers.items()}
+        try:
+            return proc.wait()
+        finally:
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
 
 
 # -- registration ------------------------------------------------------------------------
