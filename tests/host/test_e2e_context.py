@@ -197,6 +197,17 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
         yield s
 
 
+def node_ssh(site: CloudSite, address: str, *args: str) -> Proc:
+    """Plain ssh (not `ws ssh`) as debian@address from the node's namespace, with
+    ``args`` and no prompt nor the host's own known hosts."""
+    netns = json.loads((site.dir / "site.json").read_text())["agents"][0]["netns"]
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "ssh", "-oBatchMode=yes", "-oGlobalKnownHostsFile=/dev/null",
+         *args, f"debian@{address}", "true"],
+        capture_output=True, text=True, timeout=60, env=site.env, check=False,
+    )  # fmt: skip
+
+
 def test_ssh_logs_in_to_every_member_with_the_users_key(site: CloudSite) -> None:
     for name in MEMBERS:
         out = site.ssh(name, "hostname")
@@ -223,21 +234,21 @@ def test_host_keys_are_checked_strictly(site: CloudSite, tmp_path: Path) -> None
     assert "StrictHostKeyChecking=yes" in printed
     wrong = tmp_path / "known_hosts"
     wrong.write_text("".join(f"{address} {k}\n" for k in worker_keys))
-    netns = json.loads((site.dir / "site.json").read_text())["agents"][0]["netns"]
-    options = ["BatchMode=yes", "StrictHostKeyChecking=yes", f"UserKnownHostsFile={wrong}"]
-    options.append("GlobalKnownHostsFile=/dev/null")
-    proc = subprocess.run(
-        ["ip", "netns", "exec", netns, "ssh", "-i", str(site.key)]
-        + [f"-o{o}" for o in options]
-        + [f"debian@{address}", "true"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=site.env,
-        check=False,
-    )
+    options = ["StrictHostKeyChecking=yes", f"UserKnownHostsFile={wrong}"]
+    proc = node_ssh(site, address, "-i", str(site.key), *(f"-o{o}" for o in options))
     assert proc.returncode != 0
     assert "host key" in proc.stderr.lower()
+
+
+def test_sshd_offers_keys_only(site: CloudSite) -> None:
+    """Without a key, ssh gets no other way in: the guest's sshd offers public keys
+    alone (no password, no keyboard-interactive), as the image's sshd drop-in says."""
+    nics = site.show(MEMBERS[1])["nics"]
+    assert isinstance(nics, list)
+    no_key = ("-oPubkeyAuthentication=no", "-oStrictHostKeyChecking=no")
+    proc = node_ssh(site, nics[0]["ip"], *no_key, "-oUserKnownHostsFile=/dev/null")
+    assert proc.returncode == 255
+    assert "Permission denied (publickey)." in proc.stderr, proc.stderr
 
 
 def test_every_member_knows_every_member(site: CloudSite) -> None:
