@@ -52,16 +52,21 @@ bytecode: venv
 test-fast: venv bytecode
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) -m 'not host' tests
 
+# The real-VM tests in two lanes (tests/host/lanes.py): the modules with cloud-image
+# guests one after another in one process, every other module beside them in the other.
+HOST_WORKERS = -n 2 --host-lanes
+
 test-host: venv bytecode
-	$(VENV)/bin/pytest -q -m host tests
+	$(VENV)/bin/pytest -q $(HOST_WORKERS) -m host tests
 
 # The README's test command: installs what the tests need (Debian 12, root), then runs all
-# tests: those without real VMs in parallel, then the real-VM ones one at a time (their
-# guests' boots take both cores). Both parts run; it fails if either failed.
+# tests: those without real VMs in parallel, then the real-VM ones in two lanes (the
+# cloud-image guests' boots take both cores, so their modules run one at a time). Both
+# parts run; it fails if either failed.
 test: deps venv check-protos lint typecheck bytecode
 	rc=0; \
 	$(VENV)/bin/pytest -q --durations=15 -n $(TEST_WORKERS) -m 'not host' tests || rc=$$?; \
-	$(VENV)/bin/pytest -q --durations=25 -m host tests || rc=$$?; \
+	$(VENV)/bin/pytest -q --durations=25 $(HOST_WORKERS) -m host tests || rc=$$?; \
 	exit $$rc
 
 demo: deps venv

@@ -16,9 +16,24 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.host.lanes import HostLanes
 from tests.pg import PgServer, bindir
 
 _names = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--host-lanes",
+        action="store_true",
+        help="with -n 2: the real-VM modules with cloud-image guests one after another in "
+        "one worker, the others beside them (tests/host/lanes.py)",
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> HostLanes | None:
+    return HostLanes(config, log) if config.getoption("host_lanes") else None
 
 
 @pytest.fixture(scope="session")
