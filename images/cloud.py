@@ -68,7 +68,7 @@ CACHE_ENV = "WS_CLOUD_APPLIANCE_CACHE"
 LOGIN_USER = "debian"
 CONTEXT = "nocloud"
 DISK_SIZE_BYTES = 2 * 1024**3
-CMDLINE = "root=/dev/vda rw console=ttyS0 quiet"
+CMDLINE = "root=/dev/vda rw console=ttyS0 quiet no_timer_check"  # see appliance.CMDLINE
 ROOT_NAME = "root.qcow2"
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
