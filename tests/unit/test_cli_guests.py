@@ -223,19 +223,25 @@ def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture
     assert rc == 1 and "box is STOPPED" in err
 
 
+def fake_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: str) -> None:
+    """An ``ssh`` first on PATH that runs the shell ``script``; no local site."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text("#!/bin/sh\n" + script)
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+
+
 def test_a_failed_login_says_when_none_of_the_callers_keys_is_in_the_guest(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # An ssh that cannot log in the way ssh says it (its exit code from SSH_EXIT).
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "ssh").write_text(
-        "#!/bin/sh\necho 'debian@10.213.0.5: Permission denied (publickey).' >&2\n"
-        'exit "$SSH_EXIT"\n'
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        "echo 'debian@10.213.0.5: Permission denied (publickey).' >&2\nexit \"$SSH_EXIT\"\n",
     )
-    (bin_dir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
     c = FakeClient([box(host_keys=HOST_KEYS)])
     no_key = "ws: you have no SSH key at the service (`ws key list` is empty)"
     monkeypatch.setenv("SSH_EXIT", "255")
@@ -272,15 +278,12 @@ def test_ws_ssh_ended_by_sigterm_ends_ssh_first_and_leaves_no_known_hosts(
     known_hosts file it wrote goes too. Here ssh itself sends ws the SIGTERM, then waits
     up to 5 s for it to come back; a ws that kept the signal would leave ssh to end on
     its own (exit 0)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "ssh").write_text(
-        "#!/bin/sh\ntrap 'echo ssh got TERM >&2; exit 143' TERM\nkill -TERM $PPID\n"
-        "i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\nexit 0\n"
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        "trap 'echo ssh got TERM >&2; exit 143' TERM\nkill -TERM $PPID\n"
+        "i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\nexit 0\n",
     )
-    (bin_dir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
     # Were the signal not handled at all, it would end this test's process: a handler
