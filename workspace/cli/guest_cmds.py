@@ -486,23 +486,33 @@ def _hint_about_keys(client: Client, ws: common_pb2.Workspace) -> None:
 def _run_in_foreground(cmd: list[str]) -> int:
     """Run ``cmd`` with our terminal; its exit code is ours. Ctrl-C is its to handle;
     SIGTERM and SIGHUP (a closed terminal) sent to ws go on to it, and ws ends when it
-    does, so what ws made for it (``ws ssh``'s known_hosts) is removed then."""
-    with subprocess.Popen(cmd) as proc:
+    does, so what ws made for it (``ws ssh``'s known_hosts) is removed then. The
+    handlers are in place before it starts: one that arrives first is passed on as
+    soon as it runs."""
+    started: list[subprocess.Popen[bytes]] = []
+    early: list[int] = []
 
-        def forward(signum: int, _frame: FrameType | None) -> None:
-            proc.send_signal(signum)
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if started:
+            started[0].send_signal(signum)
+        else:
+            early.append(signum)
 
-        handlers: dict[int, Any] = {
-            signal.SIGINT: signal.SIG_IGN,
-            signal.SIGTERM: forward,
-            signal.SIGHUP: forward,
-        }
-        old = {signum: signal.signal(signum, h) for signum, h in handlers.items()}
-        try:
+    handlers: dict[int, Any] = {
+        signal.SIGINT: signal.SIG_IGN,
+        signal.SIGTERM: forward,
+        signal.SIGHUP: forward,
+    }
+    old = {signum: signal.signal(signum, h) for signum, h in handlers.items()}
+    try:
+        with subprocess.Popen(cmd) as proc:
+            started.append(proc)
+            for signum in early:
+                proc.send_signal(signum)
             return proc.wait()
-        finally:
-            for signum, handler in old.items():
-                signal.signal(signum, handler)
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 # -- registration ------------------------------------------------------------------------
