@@ -234,8 +234,8 @@ def test_host_keys_are_checked_strictly(site: CloudSite, tmp_path: Path) -> None
     assert "StrictHostKeyChecking=yes" in printed
     wrong = tmp_path / "known_hosts"
     wrong.write_text("".join(f"{address} {k}\n" for k in worker_keys))
-    options = ["StrictHostKeyChecking=yes", f"UserKnownHostsFile={wrong}"]
-    proc = node_ssh(site, address, "-i", str(site.key), *(f"-o{o}" for o in options))
+    strict = ("-oStrictHostKeyChecking=yes", f"-oUserKnownHostsFile={wrong}")
+    proc = node_ssh(site, address, "-i", str(site.key), *strict)
     assert proc.returncode != 0
     assert "host key" in proc.stderr.lower()
 
