@@ -9,7 +9,8 @@ Everything below goes through the `ws` CLI, the way a user types it:
   against the host keys the service generated (a wrong key is refused by ssh);
 * every member's /etc/hosts lists all three members; member 0 logs in to member 2 with
   the cluster's own key (what MPI launchers need), strictly too;
-* the user-data script ran; `cloud-init status` says done;
+* the user-data script ran (the head's from the spec, the workers' from `ws cluster
+  create --user-data`); `cloud-init status` says done;
 * `ws exec` and `ws cluster exec` run commands through the QEMU guest agent (output,
   exit codes, stdin, a missing command, a killed one, a timeout, output over the node's
   cap, one member made to fail, a stopped member, an image without a guest agent);
@@ -185,10 +186,15 @@ def site(cloud_image: cloud.CloudAppliance, appliance: Appliance) -> Iterator[Cl
             "[[members]]\n"
             'role = "worker"\nimage = "cloud"\nmemory_mib = 768\ncount = 2\n'
             'blank = ["scratch:1GiB:ext4"]\n'
-            f"user_data = '''{USER_DATA}'''\n"
         )
+        # The workers' context comes from --user-data (the roles the spec gives none).
+        context = site_dir / "ctx-user-data"
+        context.write_text(USER_DATA)
         with realvm_lock():
-            s.ok("cluster", "create", "--spec", str(spec), "--wait", "--timeout", "300")
+            s.ok(
+                *("cluster", "create", "--spec", str(spec), "--user-data", str(context)),
+                *("--wait", "--timeout", "300"),
+            )
             s.ok(
                 *("create", "--image", "cloud", "--name", SOLO, "--memory-mib", "512"),
                 *("--blank", "scratch:1GiB:ext4", "--blank", "raw:64MiB", "--wait"),
@@ -509,6 +515,8 @@ def test_scale_grows_and_shrinks_and_the_running_members_learn_it(
         wait_ssh(site, (GROWN,), READY_S)
         solo_reboot.result()  # both boots end inside the lock
     assert _scratch(site, GROWN) == ["ext4 /mnt/scratch", "debian"]  # the role's disk
+    ran = site.ssh(GROWN, "cat", "/var/tmp/user-data.out").stdout.split()
+    assert ran == [MARKER, GROWN]  # and the role's context, given by --user-data
     _rosters_become(site, (GROWN,), ALL)  # from its seed
     _rosters_become(site, MEMBERS, ALL)  # pushed through the guest agents
     me = json.loads(site.ws("exec", MEMBERS[1], "--", "cat", "/etc/workspace/cluster.json").stdout)

@@ -4,6 +4,7 @@ service: parsing, the request sent, rendering, exit codes, against a fake client
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shlex
 from pathlib import Path
@@ -76,6 +77,41 @@ def test_cluster_create_from_a_spec_with_overrides(tmp_path: Path) -> None:
         clusters_pb2.FAILURE_POLICY_KEEP,
         0,
     )
+
+
+def test_cluster_create_user_data_reaches_every_role_without_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = tmp_path / "ctx.yaml"
+    ctx.write_bytes(b"#cloud-config\nruncmd: [[touch, /tmp/ok]]\n")
+    a = _parse(
+        shlex.split(
+            f"cluster create mpi --member head=img --member worker=img,count=3 --user-data {ctx}"
+        )
+    )
+    req = ws.cluster_request(a)
+    assert [m.user_data for m in req.members] == [ctx.read_bytes()] * 2
+
+    # With a spec, a role the spec gives a context of its own keeps it.
+    spec = _write(tmp_path, MPI_TOML.replace('role = "head"', 'role = "head"\nuser_data = "own"'))
+    req = ws.cluster_request(
+        _parse(["cluster", "create", "--spec", str(spec), "--user-data", str(ctx)])
+    )
+    assert [m.user_data for m in req.members] == [b"own", ctx.read_bytes()]
+
+    # "-" reads standard input, as `ws create --user-data -` does.
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"#!/bin/sh\necho hi\n")))
+    req = ws.cluster_request(_parse(shlex.split("cluster create c --member h=img --user-data -")))
+    assert req.members[0].user_data == b"#!/bin/sh\necho hi\n"
+
+
+def test_cluster_create_missing_user_data_file_is_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = shlex.split(f"cluster create c --member h=img --user-data {tmp_path / 'none'}")
+    assert ws.main(argv, connect=lambda _s: pytest.fail("nothing is sent")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none: No such file or directory" in err
 
 
 @pytest.mark.parametrize(

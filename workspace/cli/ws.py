@@ -137,6 +137,11 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
         setattr(req.limits, name, value)
     if args.preemptible:
         req.preemptible = True
+    if args.user_data:
+        user_data = read_user_data(args.user_data)
+        for member in req.members:
+            if not member.user_data:  # a spec's own context for a role wins
+                member.user_data = user_data
     try:
         clusterspec.check(req, args.spec or "")
     except clusterspec.SpecError as exc:
@@ -149,19 +154,21 @@ def cluster_request(args: argparse.Namespace) -> clusters_pb2.CreateClusterReque
 # -- commands ----------------------------------------------------------------------------
 
 
+def read_user_data(path: str) -> bytes:
+    """What ``--user-data FILE`` names ("-": standard input)."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class Commands(common.ClientCommands):
     """Handlers; each returns the exit code."""
 
     def create(self, args: argparse.Namespace) -> int:
         if args.name is not None and not args.name.strip():
             raise common.UsageError("--name is empty: give a name, or leave it out for ws-ID")
-        user_data = b""
-        if args.user_data:
-            if args.user_data == "-":
-                user_data = sys.stdin.buffer.read()
-            else:
-                with open(args.user_data, "rb") as f:
-                    user_data = f.read()
+        user_data = read_user_data(args.user_data) if args.user_data else b""
         try:
             requirements = clusterspec.requirements(args.require)
         except ValueError as exc:
@@ -478,6 +485,12 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         type=clusterspec.requirement_arg,
         metavar="KEY=VALUE",
         help="a node label every member needs (repeatable)",
+    )
+    p.add_argument(
+        "--user-data",
+        metavar="FILE",
+        help="context for every member's guest (- for stdin); with --spec, for the roles "
+        "the spec gives none",
     )
     _add_capacity_wait(p)
     usage_cmds.add_lease_option(p, "every member")
