@@ -51,7 +51,8 @@ class EventsClientMixin:
         twice (events are told apart by id), and none committed since is missed.
         ``on_outage`` is told once when the stream is lost (why) and once when events can
         flow again (""). ``which``: only the events of these kinds or families, of this
-        workspace, of this node (InvalidArgument for an unknown kind)."""
+        workspace, of this node, of this cluster (its id or name; InvalidArgument for an
+        unknown kind, NotFound for a cluster the caller cannot see)."""
 
         def open_call(start: float, remaining: float | None) -> Any:
             req = codec_events.watch_request_to_proto(start, follow, which)

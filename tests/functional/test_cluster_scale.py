@@ -15,6 +15,7 @@ import pytest
 
 from tests.functional.harness import WS, Site, wait_for
 from tests.functional.test_keys import orders_of, own_config
+from workspace.cli import admin as admin_cli
 from workspace.cli import ws as ws_cli
 from workspace.client import Client
 from workspace.ops import site_events
@@ -525,6 +526,21 @@ def test_ws_cluster_events_tells_the_members_and_the_scaling(
     assert "nope" in capsys.readouterr().err
     assert cli("cluster", "events", "ela", "--kind", "clusters") == 2  # said before asking
     assert "unknown event kind(s) 'clusters'" in capsys.readouterr().err
+
+    # The same through `ws-admin events --cluster` (an admin's view of the site's events).
+    assert admin_cli.main(["--service", site.address, "events", "--cluster", "ela", "-o",
+                           "json"]) == 0  # fmt: skip
+    assert [json.loads(x) for x in capsys.readouterr().out.splitlines()] == got
+    argv = ["--service", site.address, "events", "--cluster", c.id, "--kind", "cluster"]
+    assert admin_cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    member = "ela-worker-1"
+    argv = ["--service", site.address, "events", "--cluster", "ela", "--workspace", member]
+    assert admin_cli.main([*argv, "-o", "json"]) == 0  # both filters must match
+    mine = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert mine and mine == [e for e in got if e["workspace_name"] == member]
+    assert admin_cli.main(["--service", site.address, "events", "--cluster", "nope"]) == 1
+    assert "no cluster 'nope'" in capsys.readouterr().err
 
     seen: list[str] = []
     with Client(site.address) as client:

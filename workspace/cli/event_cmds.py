@@ -167,7 +167,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     """Add `events` to ws-admin."""
 
     def run(args: argparse.Namespace) -> int:
-        which = EventFilter(_kinds(args), args.workspace or "", args.node or "")
+        which = EventFilter(_kinds(args), args.workspace or "", args.node or "", args.cluster or "")
         client = client_for(args)
         if args.follow:
             client.health()  # fail now (exit 3) rather than retry silently
@@ -187,11 +187,16 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "trust, quotas, leases",
         description="Site events, oldest first, each with its time, who (the caller, a node, "
         "or system), what (kind, workspace, node, cluster) and why. --follow keeps "
-        "printing new ones; -o json prints one JSON object per line. --kind, --workspace "
-        "and --node keep only the events they match (each given must match). Events are "
-        "kept for the service's event_retention.",
+        "printing new ones; -o json prints one JSON object per line. --kind, --workspace, "
+        "--node and --cluster keep only the events they match (each given must match). "
+        "Events are kept for the service's event_retention.",
     )
     _since_and_follow(p)
     p.add_argument("--workspace", metavar="W", help="only the events of workspace W (name or id)")
     p.add_argument("--node", metavar="N", help="only the events of node N")
+    p.add_argument(
+        "--cluster",
+        metavar="C",
+        help="only the events of cluster C (name or id): its members' and its own",
+    )
     p.set_defaults(func=run)

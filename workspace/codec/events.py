@@ -15,7 +15,11 @@ def watch_request_to_proto(
 ) -> admin_pb2.WatchEventsRequest:
     which = which or EventFilter()
     req = admin_pb2.WatchEventsRequest(
-        follow=follow, kinds=list(which.kinds), workspace=which.workspace, node=which.node
+        follow=follow,
+        kinds=list(which.kinds),
+        workspace=which.workspace,
+        node=which.node,
+        cluster=which.cluster,
     )
     if since:
         req.since.CopyFrom(ts(since))
@@ -27,7 +31,7 @@ def watch_request_from_proto(
 ) -> tuple[float, bool, EventFilter]:
     """(since, follow, which); an unset ``since`` is 0 (from the oldest kept)."""
     since = epoch(req.since, "since") if req.HasField("since") else 0.0
-    return since, req.follow, EventFilter(tuple(req.kinds), req.workspace, req.node)
+    return since, req.follow, EventFilter(tuple(req.kinds), req.workspace, req.node, req.cluster)
 
 
 # One workspace's or one cluster's: the same fields.

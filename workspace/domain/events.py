@@ -81,7 +81,8 @@ class EventFilter:
     ``kinds``: a kind (``workspace.state``) or a family, the first word of kinds
     (``image``: ``image.added``, ``image.deleted``, ...); any of them. ``workspace``: a
     workspace's id or name. ``node``: a node's name. ``cluster``: a cluster's id (its
-    members' events and its own)."""
+    members' events and its own; a reader may name it, and the service finds its id as
+    GetCluster does for that reader: ``ops/site_events.of_site``)."""
 
     kinds: tuple[str, ...] = ()
     workspace: str = ""

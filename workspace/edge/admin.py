@@ -147,7 +147,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             who,
             context,
             follow,
-            lambda gone: site_events.watch(self.env, since, follow, gone, which),
+            lambda gone: site_events.of_site(self.env, who, since, follow, gone, which),
         )
 
     @unary

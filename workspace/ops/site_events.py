@@ -4,6 +4,7 @@ each change) since a time, then followed as commits add to it; and its bound
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -127,6 +128,24 @@ def watch(
                 break
         else:
             return
+
+
+def of_site(
+    env: Env,
+    who: Identity,
+    since: float,
+    follow: bool,
+    gone: Callable[[], bool] = lambda: False,
+    which: EventFilter | None = None,
+) -> Iterator[SiteEvent]:
+    """``watch`` as `ws-admin events` asks it: a cluster in ``which`` may be named (id or
+    name), found as GetCluster finds it for ``who`` (NotFound if none), after the kinds
+    are checked."""
+    which = which or EventFilter()
+    if which.cluster:
+        check_filter(which)
+        which = dataclasses.replace(which, cluster=clusters.get(env, who, which.cluster).id)
+    yield from watch(env, since, follow, gone, which)
 
 
 def of_workspace(

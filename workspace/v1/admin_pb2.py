@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from workspace.v1 import usage_pb2 as workspace_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18workspace/v1/admin.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18workspace/v1/usage.proto\"\xaf\x01\n\rBackfillEntry\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03max\x18\x02 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08networks\x18\x05 \x03(\t\x12\x0f\n\x07grace_s\x18\x06 \x01(\x05\x12\x0f\n\x07project\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x0c\n\x04live\x18\t \x01(\x05\x12\x0f\n\x07running\x18\n \x01(\x05\"\x15\n\x13ListBackfillRequest\"D\n\x14ListBackfillResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.workspace.v1.BackfillEntry\"%\n\x14\x43learBackfillRequest\x12\r\n\x05image\x18\x01 \x01(\t\"\x7f\n\x12WatchEventsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\x11\n\tworkspace\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\"\xeb\x01\n\tSiteEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03who\x18\x04 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\t\x12\x16\n\x0eworkspace_name\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07\x63luster\x18\x08 \x01(\t\x12\x0f\n\x07subject\x18\t \x01(\t\x12\r\n\x05state\x18\n \x01(\t\x12\x10\n\x08previous\x18\x0b \x01(\t\x12\x0e\n\x06reason\x18\x0c \x01(\t\"o\n\nCacheEntry\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12-\n\tlast_used\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\"v\n\x11ListCacheResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0c\x62udget_bytes\x18\x02 \x01(\x03\x12\x12\n\nused_bytes\x18\x03 \x01(\x03\x12)\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x18.workspace.v1.CacheEntry\"3\n\x13PreloadImageRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\"F\n\x14PreloadImageResponse\x12\r\n\x05nodes\x18\x01 \x03(\t\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x03(\t\"\x17\n\x07NodeRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe4\x01\n\nQueueEntry\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x06 \x01(\x05\x12\x12\n\nmemory_mib\x18\x07 \x01(\x03\x12-\n\tqueued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\n \x01(\t\"\x12\n\x10ListQueueRequest\">\n\x11ListQueueResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.workspace.v1.QueueEntry\"\xdc\x01\n\x15SchedulerInputRequest\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\x12\x10\n\x08networks\x18\x03 \x03(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12K\n\x0crequirements\x18\x05 \x03(\x0b\x32\x35.workspace.v1.SchedulerInputRequest.RequirementsEntry\x1a\x33\n\x11RequirementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1e\n\x0eSchedulerInput\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x87\x04\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nhypervisor\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12\x11\n\tused_cpus\x18\x06 \x01(\x05\x12\x17\n\x0fused_memory_mib\x18\x07 \x01(\x03\x12&\n\x05state\x18\x08 \x01(\x0e\x32\x17.workspace.v1.NodeState\x12\x32\n\x0elast_heartbeat\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\n \x03(\x0b\x32\x1e.workspace.v1.Node.LabelsEntry\x12\x10\n\x08networks\x18\x0b \x03(\t\x12\x12\n\nworkspaces\x18\x0c \x01(\x05\x12\x11\n\tdisk_mbps\x18\r \x01(\x05\x12\x10\n\x08net_mbps\x18\x0e \x01(\x05\x12\x16\n\x0eused_disk_mbps\x18\x0f \x01(\x05\x12\x15\n\rused_net_mbps\x18\x10 \x01(\x05\x12\x15\n\ragent_version\x18\x11 \x01(\t\x12\x14\n\x0c\x63pu_capacity\x18\x12 \x01(\x05\x12\x1b\n\x13memory_capacity_mib\x18\x13 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.workspace.v1.Node\"\xb2\x01\n\x07Network\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x13\n\x0brange_start\x18\x04 \x01(\t\x12\x11\n\trange_end\x18\x05 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x06 \x01(\t\x12\x12\n\nmac_prefix\x18\x07 \x01(\t\x12\x0b\n\x03\x64ns\x18\x08 \x03(\t\x12\x11\n\tallocated\x18\t \x01(\x05\x12\x0c\n\x04vlan\x18\n \x01(\x05\"\x15\n\x13ListNetworksRequest\"\x1a\n\nNetworkRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"}\n\x14UpdateNetworkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07set_dns\x18\x02 \x01(\x08\x12\x0b\n\x03\x64ns\x18\x03 \x03(\t\x12\x11\n\tset_range\x18\x04 \x01(\x08\x12\x13\n\x0brange_start\x18\x05 \x01(\t\x12\x11\n\trange_end\x18\x06 \x01(\t\"?\n\x14ListNetworksResponse\x12\'\n\x08networks\x18\x01 \x03(\x0b\x32\x15.workspace.v1.Network*k\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x12\x13\n\x0fNODE_STATE_DOWN\x10\x03\x32\xe9\t\n\x05\x41\x64min\x12L\n\tListNodes\x12\x1e.workspace.v1.ListNodesRequest\x1a\x1f.workspace.v1.ListNodesResponse\x12=\n\rCreateNetwork\x12\x15.workspace.v1.Network\x1a\x15.workspace.v1.Network\x12U\n\x0cListNetworks\x12!.workspace.v1.ListNetworksRequest\x1a\".workspace.v1.ListNetworksResponse\x12@\n\rDeleteNetwork\x12\x18.workspace.v1.NetworkRef\x1a\x15.workspace.v1.Network\x12J\n\rUpdateNetwork\x12\".workspace.v1.UpdateNetworkRequest\x1a\x15.workspace.v1.Network\x12\x36\n\tDrainNode\x12\x15.workspace.v1.NodeRef\x1a\x12.workspace.v1.Node\x12\x37\n\nEnableNode\x12\x15.workspace.v1.NodeRef\x1a\x12.workspace.v1.Node\x12\x37\n\nRemoveNode\x12\x15.workspace.v1.NodeRef\x1a\x12.workspace.v1.Node\x12L\n\tListQueue\x12\x1e.workspace.v1.ListQueueRequest\x1a\x1f.workspace.v1.ListQueueResponse\x12V\n\x11GetSchedulerInput\x12#.workspace.v1.SchedulerInputRequest\x1a\x1c.workspace.v1.SchedulerInput\x12\x43\n\tListCache\x12\x15.workspace.v1.NodeRef\x1a\x1f.workspace.v1.ListCacheResponse\x12U\n\x0cPreloadImage\x12!.workspace.v1.PreloadImageRequest\x1a\".workspace.v1.PreloadImageResponse\x12\x44\n\x08GetUsage\x12\x1d.workspace.v1.GetUsageRequest\x1a\x19.workspace.v1.UsageReport\x12J\n\x0bWatchEvents\x12 .workspace.v1.WatchEventsRequest\x1a\x17.workspace.v1.SiteEvent0\x01\x12G\n\x0bSetBackfill\x12\x1b.workspace.v1.BackfillEntry\x1a\x1b.workspace.v1.BackfillEntry\x12U\n\x0cListBackfill\x12!.workspace.v1.ListBackfillRequest\x1a\".workspace.v1.ListBackfillResponse\x12P\n\rClearBackfill\x12\".workspace.v1.ClearBackfillRequest\x1a\x1b.workspace.v1.BackfillEntryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18workspace/v1/admin.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18workspace/v1/usage.proto\"\xaf\x01\n\rBackfillEntry\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03max\x18\x02 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08networks\x18\x05 \x03(\t\x12\x0f\n\x07grace_s\x18\x06 \x01(\x05\x12\x0f\n\x07project\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x0c\n\x04live\x18\t \x01(\x05\x12\x0f\n\x07running\x18\n \x01(\x05\"\x15\n\x13ListBackfillRequest\"D\n\x14ListBackfillResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.workspace.v1.BackfillEntry\"%\n\x14\x43learBackfillRequest\x12\r\n\x05image\x18\x01 \x01(\t\"\x90\x01\n\x12WatchEventsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\x11\n\tworkspace\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\"\xeb\x01\n\tSiteEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03who\x18\x04 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x05 \x01(\t\x12\x16\n\x0eworkspace_name\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07\x63luster\x18\x08 \x01(\t\x12\x0f\n\x07subject\x18\t \x01(\t\x12\r\n\x05state\x18\n \x01(\t\x12\x10\n\x08previous\x18\x0b \x01(\t\x12\x0e\n\x06reason\x18\x0c \x01(\t\"o\n\nCacheEntry\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12-\n\tlast_used\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\"v\n\x11ListCacheResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x14\n\x0c\x62udget_bytes\x18\x02 \x01(\x03\x12\x12\n\nused_bytes\x18\x03 \x01(\x03\x12)\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x18.workspace.v1.CacheEntry\"3\n\x13PreloadImageRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\"F\n\x14PreloadImageResponse\x12\r\n\x05nodes\x18\x01 \x03(\t\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x03(\t\"\x17\n\x07NodeRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe4\x01\n\nQueueEntry\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x06 \x01(\x05\x12\x12\n\nmemory_mib\x18\x07 \x01(\x03\x12-\n\tqueued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\n \x01(\t\"\x12\n\x10ListQueueRequest\">\n\x11ListQueueResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.workspace.v1.QueueEntry\"\xdc\x01\n\x15SchedulerInputRequest\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\x12\x10\n\x08networks\x18\x03 \x03(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12K\n\x0crequirements\x18\x05 \x03(\x0b\x32\x35.workspace.v1.SchedulerInputRequest.RequirementsEntry\x1a\x33\n\x11RequirementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1e\n\x0eSchedulerInput\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x87\x04\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nhypervisor\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x05 \x01(\x03\x12\x11\n\tused_cpus\x18\x06 \x01(\x05\x12\x17\n\x0fused_memory_mib\x18\x07 \x01(\x03\x12&\n\x05state\x18\x08 \x01(\x0e\x32\x17.workspace.v1.NodeState\x12\x32\n\x0elast_heartbeat\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\n \x03(\x0b\x32\x1e.workspace.v1.Node.LabelsEntry\x12\x10\n\x08networks\x18\x0b \x03(\t\x12\x12\n\nworkspaces\x18\x0c \x01(\x05\x12\x11\n\tdisk_mbps\x18\r \x01(\x05\x12\x10\n\x08net_mbps\x18\x0e \x01(\x05\x12\x16\n\x0eused_disk_mbps\x18\x0f \x01(\x05\x12\x15\n\rused_net_mbps\x18\x10 \x01(\x05\x12\x15\n\ragent_version\x18\x11 \x01(\t\x12\x14\n\x0c\x63pu_capacity\x18\x12 \x01(\x05\x12\x1b\n\x13memory_capacity_mib\x18\x13 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10ListNodesRequest\"6\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.workspace.v1.Node\"\xb2\x01\n\x07Network\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x13\n\x0brange_start\x18\x04 \x01(\t\x12\x11\n\trange_end\x18\x05 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x06 \x01(\t\x12\x12\n\nmac_prefix\x18\x07 \x01(\t\x12\x0b\n\x03\x64ns\x18\x08 \x03(\t\x12\x11\n\tallocated\x18\t \x01(\x05\x12\x0c\n\x04vlan\x18\n \x01(\x05\"\x15\n\x13ListNetworksRequest\"\x1a\n\nNetworkRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"}\n\x14UpdateNetworkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07set_dns\x18\x02 \x01(\x08\x12\x0b\n\x03\x64ns\x18\x03 \x03(\t\x12\x11\n\tset_range\x18\x04 \x01(\x08\x12\x13\n\x0brange_start\x18\x05 \x01(\t\x12\x11\n\trange_end\x18\x06 \x01(\t\"?\n\x14ListNetworksResponse\x12\'\n\x08networks\x18\x01 \x03(\x0b\x32\x15.workspace.v1.Network*k\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x12\x13\n\x0fNODE_STATE_DOWN\x10\x03\x32\xe9\t\n\x05\x41\x64min\x12L\n\tListNodes\x12\x1e.workspace.v1.ListNodesRequest\x1a\x1f.workspace.v1.ListNodesResponse\x12=\n\rCreateNetwork\x12\x15.workspace.v1.Network\x1a\x15.workspace.v1.Network\x12U\n\x0cListNetworks\x12!.workspace.v1.ListNetworksRequest\x1a\".workspace.v1.ListNetworksResponse\x12@\n\rDeleteNetwork\x12\x18.workspace.v1.NetworkRef\x1a\x15.workspace.v1.Network\x12J\n\rUpdateNetwork\x12\".workspace.v1.UpdateNetworkRequest\x1a\x15.workspace.v1.Network\x12\x36\n\tDrainNode\x12\x15.workspace.v1.NodeRef\x1a\x12.workspace.v1.Node\x12\x37\n\nEnableNode\x12\x15.workspace.v1.NodeRef\x1a\x12.workspace.v1.Node\x12\x37\n\nRemoveNode\x12\x15.workspace.v1.NodeRef\x1a\x12.workspace.v1.Node\x12L\n\tListQueue\x12\x1e.workspace.v1.ListQueueRequest\x1a\x1f.workspace.v1.ListQueueResponse\x12V\n\x11GetSchedulerInput\x12#.workspace.v1.SchedulerInputRequest\x1a\x1c.workspace.v1.SchedulerInput\x12\x43\n\tListCache\x12\x15.workspace.v1.NodeRef\x1a\x1f.workspace.v1.ListCacheResponse\x12U\n\x0cPreloadImage\x12!.workspace.v1.PreloadImageRequest\x1a\".workspace.v1.PreloadImageResponse\x12\x44\n\x08GetUsage\x12\x1d.workspace.v1.GetUsageRequest\x1a\x19.workspace.v1.UsageReport\x12J\n\x0bWatchEvents\x12 .workspace.v1.WatchEventsRequest\x1a\x17.workspace.v1.SiteEvent0\x01\x12G\n\x0bSetBackfill\x12\x1b.workspace.v1.BackfillEntry\x1a\x1b.workspace.v1.BackfillEntry\x12U\n\x0cListBackfill\x12!.workspace.v1.ListBackfillRequest\x1a\".workspace.v1.ListBackfillResponse\x12P\n\rClearBackfill\x12\".workspace.v1.ClearBackfillRequest\x1a\x1b.workspace.v1.BackfillEntryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULERINPUTREQUEST_REQUIREMENTSENTRY']._serialized_options = b'8\001'
   _globals['_NODE_LABELSENTRY']._loaded_options = None
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=2753
-  _globals['_NODESTATE']._serialized_end=2860
+  _globals['_NODESTATE']._serialized_start=2771
+  _globals['_NODESTATE']._serialized_end=2878
   _globals['_BACKFILLENTRY']._serialized_start=102
   _globals['_BACKFILLENTRY']._serialized_end=277
   _globals['_LISTBACKFILLREQUEST']._serialized_start=279
@@ -47,50 +47,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBACKFILLRESPONSE']._serialized_end=370
   _globals['_CLEARBACKFILLREQUEST']._serialized_start=372
   _globals['_CLEARBACKFILLREQUEST']._serialized_end=409
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=411
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=538
-  _globals['_SITEEVENT']._serialized_start=541
-  _globals['_SITEEVENT']._serialized_end=776
-  _globals['_CACHEENTRY']._serialized_start=778
-  _globals['_CACHEENTRY']._serialized_end=889
-  _globals['_LISTCACHERESPONSE']._serialized_start=891
-  _globals['_LISTCACHERESPONSE']._serialized_end=1009
-  _globals['_PRELOADIMAGEREQUEST']._serialized_start=1011
-  _globals['_PRELOADIMAGEREQUEST']._serialized_end=1062
-  _globals['_PRELOADIMAGERESPONSE']._serialized_start=1064
-  _globals['_PRELOADIMAGERESPONSE']._serialized_end=1134
-  _globals['_NODEREF']._serialized_start=1136
-  _globals['_NODEREF']._serialized_end=1159
-  _globals['_QUEUEENTRY']._serialized_start=1162
-  _globals['_QUEUEENTRY']._serialized_end=1390
-  _globals['_LISTQUEUEREQUEST']._serialized_start=1392
-  _globals['_LISTQUEUEREQUEST']._serialized_end=1410
-  _globals['_LISTQUEUERESPONSE']._serialized_start=1412
-  _globals['_LISTQUEUERESPONSE']._serialized_end=1474
-  _globals['_SCHEDULERINPUTREQUEST']._serialized_start=1477
-  _globals['_SCHEDULERINPUTREQUEST']._serialized_end=1697
-  _globals['_SCHEDULERINPUTREQUEST_REQUIREMENTSENTRY']._serialized_start=1646
-  _globals['_SCHEDULERINPUTREQUEST_REQUIREMENTSENTRY']._serialized_end=1697
-  _globals['_SCHEDULERINPUT']._serialized_start=1699
-  _globals['_SCHEDULERINPUT']._serialized_end=1729
-  _globals['_NODE']._serialized_start=1732
-  _globals['_NODE']._serialized_end=2251
-  _globals['_NODE_LABELSENTRY']._serialized_start=2206
-  _globals['_NODE_LABELSENTRY']._serialized_end=2251
-  _globals['_LISTNODESREQUEST']._serialized_start=2253
-  _globals['_LISTNODESREQUEST']._serialized_end=2271
-  _globals['_LISTNODESRESPONSE']._serialized_start=2273
-  _globals['_LISTNODESRESPONSE']._serialized_end=2327
-  _globals['_NETWORK']._serialized_start=2330
-  _globals['_NETWORK']._serialized_end=2508
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=2510
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=2531
-  _globals['_NETWORKREF']._serialized_start=2533
-  _globals['_NETWORKREF']._serialized_end=2559
-  _globals['_UPDATENETWORKREQUEST']._serialized_start=2561
-  _globals['_UPDATENETWORKREQUEST']._serialized_end=2686
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=2688
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=2751
-  _globals['_ADMIN']._serialized_start=2863
-  _globals['_ADMIN']._serialized_end=4120
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=412
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=556
+  _globals['_SITEEVENT']._serialized_start=559
+  _globals['_SITEEVENT']._serialized_end=794
+  _globals['_CACHEENTRY']._serialized_start=796
+  _globals['_CACHEENTRY']._serialized_end=907
+  _globals['_LISTCACHERESPONSE']._serialized_start=909
+  _globals['_LISTCACHERESPONSE']._serialized_end=1027
+  _globals['_PRELOADIMAGEREQUEST']._serialized_start=1029
+  _globals['_PRELOADIMAGEREQUEST']._serialized_end=1080
+  _globals['_PRELOADIMAGERESPONSE']._serialized_start=1082
+  _globals['_PRELOADIMAGERESPONSE']._serialized_end=1152
+  _globals['_NODEREF']._serialized_start=1154
+  _globals['_NODEREF']._serialized_end=1177
+  _globals['_QUEUEENTRY']._serialized_start=1180
+  _globals['_QUEUEENTRY']._serialized_end=1408
+  _globals['_LISTQUEUEREQUEST']._serialized_start=1410
+  _globals['_LISTQUEUEREQUEST']._serialized_end=1428
+  _globals['_LISTQUEUERESPONSE']._serialized_start=1430
+  _globals['_LISTQUEUERESPONSE']._serialized_end=1492
+  _globals['_SCHEDULERINPUTREQUEST']._serialized_start=1495
+  _globals['_SCHEDULERINPUTREQUEST']._serialized_end=1715
+  _globals['_SCHEDULERINPUTREQUEST_REQUIREMENTSENTRY']._serialized_start=1664
+  _globals['_SCHEDULERINPUTREQUEST_REQUIREMENTSENTRY']._serialized_end=1715
+  _globals['_SCHEDULERINPUT']._serialized_start=1717
+  _globals['_SCHEDULERINPUT']._serialized_end=1747
+  _globals['_NODE']._serialized_start=1750
+  _globals['_NODE']._serialized_end=2269
+  _globals['_NODE_LABELSENTRY']._serialized_start=2224
+  _globals['_NODE_LABELSENTRY']._serialized_end=2269
+  _globals['_LISTNODESREQUEST']._serialized_start=2271
+  _globals['_LISTNODESREQUEST']._serialized_end=2289
+  _globals['_LISTNODESRESPONSE']._serialized_start=2291
+  _globals['_LISTNODESRESPONSE']._serialized_end=2345
+  _globals['_NETWORK']._serialized_start=2348
+  _globals['_NETWORK']._serialized_end=2526
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=2528
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=2549
+  _globals['_NETWORKREF']._serialized_start=2551
+  _globals['_NETWORKREF']._serialized_end=2577
+  _globals['_UPDATENETWORKREQUEST']._serialized_start=2579
+  _globals['_UPDATENETWORKREQUEST']._serialized_end=2704
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=2706
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=2769
+  _globals['_ADMIN']._serialized_start=2881
+  _globals['_ADMIN']._serialized_end=4138
 # @@protoc_insertion_point(module_scope)

@@ -159,10 +159,12 @@ class WatchEventsRequest(_message.Message):
     KINDS_FIELD_NUMBER: _builtins.int
     WORKSPACE_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     follow: _builtins.bool
     """keep the stream open for new events"""
     workspace: _builtins.str
     node: _builtins.str
+    cluster: _builtins.str
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """unset: from the oldest kept"""
@@ -171,7 +173,9 @@ class WatchEventsRequest(_message.Message):
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only the events every filter given matches (none given: all). kinds: any of these
         kinds ("workspace.state") or families of kinds ("image": image.added, ...; an
-        unknown one is INVALID_ARGUMENT); workspace: its id or name; node: its name.
+        unknown one is INVALID_ARGUMENT); workspace: its id or name; node: its name;
+        cluster: its id or name as GetCluster finds it (NOT_FOUND if none), its members'
+        events and its own.
         """
 
     def __init__(
@@ -182,10 +186,11 @@ class WatchEventsRequest(_message.Message):
         kinds: _abc.Iterable[_builtins.str] | None = ...,
         workspace: _builtins.str = ...,
         node: _builtins.str = ...,
+        cluster: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "kinds", b"kinds", "node", b"node", "since", b"since", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "follow", b"follow", "kinds", b"kinds", "node", b"node", "since", b"since", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
