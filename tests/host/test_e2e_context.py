@@ -11,6 +11,7 @@ Everything below goes through the `ws` CLI, the way a user types it:
   the cluster's own key (what MPI launchers need), strictly too;
 * the user-data script ran (the head's from the spec, the workers' from `ws cluster
   create --user-data`); `cloud-init status` says done;
+* `ws scp` copies files and directories up and down (-r), with the same checks;
 * `ws exec` and `ws cluster exec` run commands through the QEMU guest agent (output,
   exit codes, stdin, a missing command, a killed one, a timeout, output over the node's
   cap, one member made to fail, a stopped member, an image without a guest agent);
@@ -45,6 +46,7 @@ resized original.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -294,6 +296,31 @@ def test_user_data_ran_and_cloud_init_is_done(site: CloudSite) -> None:
         assert site.ssh(name, "cat", "/var/tmp/user-data.out").stdout.split() == [MARKER, name]
         status = site.ssh(name, "cloud-init", "status")
         assert "status: done" in status.stdout, status.stdout + status.stderr
+
+
+def test_ws_scp_copies_files_and_directories_both_ways(site: CloudSite, tmp_path: Path) -> None:
+    """`ws scp` with the user's key, the guest's host keys checked against the service's
+    (strictly, as `ws ssh`), from and into the node's namespace: up, down, -r."""
+    data = os.urandom(256 * 1024)
+    up = tmp_path / "up"
+    (up / "sub").mkdir(parents=True)
+    (up / "sub" / "blob").write_bytes(data)
+    (up / "note.txt").write_text("hello\n")
+    key = ("-i", str(site.key))
+    name = MEMBERS[1]
+    site.ok("scp", *key, "-r", str(up), f"{name}:/tmp/")
+    sums = site.ssh(name, "sha256sum", "/tmp/up/sub/blob", "/tmp/up/note.txt").stdout.split()
+    assert sums[0::2] == [hashlib.sha256(data).hexdigest(), hashlib.sha256(b"hello\n").hexdigest()]
+
+    back = tmp_path / "back"
+    back.mkdir()
+    site.ok("scp", *key, f"{name}:/tmp/up/note.txt", f"{name}:/etc/hostname", str(back))
+    assert (back / "note.txt").read_text() == "hello\n"
+    assert (back / "hostname").read_text().strip() == name
+    site.ok("scp", *key, "-r", f"{name}:/tmp/up", str(back))
+    assert (back / "up" / "sub" / "blob").read_bytes() == data
+    missing = site.ws("scp", *key, f"{name}:/tmp/none", str(back))
+    assert missing.returncode == 1 and "No such file" in missing.stderr, missing.stderr
 
 
 def test_exec_through_the_guest_agent(site: CloudSite) -> None:

@@ -223,12 +223,15 @@ def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture
     assert rc == 1 and "box is STOPPED" in err
 
 
-def fake_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: str) -> None:
-    """An ``ssh`` first on PATH that runs the shell ``script``; no local site."""
+def fake_ssh(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: str, name: str = "ssh"
+) -> None:
+    """An ``ssh`` (or ``name``) first on PATH that runs the shell ``script``; no local
+    site."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "ssh").write_text("#!/bin/sh\n" + script)
-    (bin_dir / "ssh").chmod(0o755)
+    (bin_dir / name).write_text("#!/bin/sh\n" + script)
+    (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
 

@@ -373,6 +373,41 @@ def site_netns(client_address: str, node: str) -> str:
     return ""
 
 
+def openssh_options(
+    known_hosts: str, login: str = "", key: str = "", attempts: int = 0
+) -> list[str]:
+    """The options ssh and scp get from ws: the guest's host keys are checked against
+    ``known_hosts`` only (strict: no trust on first use, nothing learnt); ``login`` (ssh's
+    ``-l``), ``key`` and ``attempts``, how often to try to connect, a second apart (a guest
+    still booting; 0: once), when given."""
+    options = [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "UpdateHostKeys=no",
+    ]  # fmt: skip
+    if login:
+        options += ["-l", login]
+    if key:
+        options += ["-i", key]
+    if attempts:
+        options += ["-o", f"ConnectionAttempts={attempts}"]
+    return options
+
+
+def login_user(ws: common_pb2.Workspace, user: str = "") -> str:
+    """``user``, else the user ``ws``'s image logs in (FailedPrecondition: none)."""
+    login = user or ws.login_user
+    if not login:
+        raise errors.FailedPrecondition(f"workspace {ws.name} names no login user; give --user")
+    return login
+
+
+def in_netns(netns: str, cmd: list[str]) -> list[str]:
+    """``cmd`` run in network namespace ``netns`` (a local site's node), if any."""
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
 def ssh_command(
     ws: common_pb2.Workspace,
     known_hosts: str,
@@ -383,26 +418,9 @@ def ssh_command(
     attempts: int = 0,
 ) -> list[str]:
     """The ssh command line that logs in to ``ws`` checking its host keys against
-    ``known_hosts`` only (strict: no trust on first use). ``attempts``: how often ssh
-    tries to connect, a second apart (a guest still booting; 0: ssh's default, once)."""
-    address = ws_address(ws)
-    login = user or ws.login_user
-    if not login:
-        raise errors.FailedPrecondition(f"workspace {ws.name} names no login user; give --user")
-    cmd = [
-        "ssh",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "UpdateHostKeys=no",
-        "-l", login,
-    ]  # fmt: skip
-    if key:
-        cmd += ["-i", key]
-    if attempts:
-        cmd += ["-o", f"ConnectionAttempts={attempts}"]
-    cmd += ["--", address, *command]
-    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+    ``known_hosts`` only (``openssh_options``)."""
+    options = openssh_options(known_hosts, login_user(ws, user), key, attempts)
+    return in_netns(netns, ["ssh", *options, "--", ws_address(ws), *command])
 
 
 def ws_address(ws: common_pb2.Workspace) -> str:
@@ -427,15 +445,30 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     ws = client.get_workspace(args.id)
     check_ssh(ws)
     netns = site_netns(client.address, ws.node)
+    known = write_known_hosts(ws)
+    cmd = ssh_command(
+        ws, str(known), args.user or "", args.key or "", command, netns, args.retry or 0
+    )
+    rc = print_or_run(args, cmd, known)
+    if rc == SSH_FAILED:
+        _hint_about_keys(client, ws)
+    return rc
+
+
+def write_known_hosts(ws: common_pb2.Workspace) -> Path:
+    """A known_hosts file of ``ws``'s host keys (0600, in a directory of its own, 0700)."""
     tmp = Path(tempfile.mkdtemp(prefix="ws-ssh-"))  # mode 0700
     known = tmp / "known_hosts"
     fd = os.open(known, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(known_hosts_lines(ws_address(ws), ws.host_keys))
-    cmd = ssh_command(
-        ws, str(known), args.user or "", args.key or "", command, netns, args.retry or 0
-    )
-    if args.print:  # the file stays, for the command printed
+    return known
+
+
+def print_or_run(args: argparse.Namespace, cmd: list[str], known: Path) -> int:
+    """With ``--print``, print ``cmd`` (the known_hosts file stays, for it); otherwise run
+    it in the foreground, remove the file, and return its exit code."""
+    if args.print:
         if render.wants_json(args):
             render.print_json({"command": cmd, "known_hosts": known.read_text()})
         else:
@@ -444,12 +477,9 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     try:
         if shutil.which(cmd[0]) is None:
             raise errors.FailedPrecondition(f"{cmd[0]} is not installed here")
-        rc = _run_in_foreground(cmd)
+        return run_in_foreground(cmd)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if rc == SSH_FAILED:
-        _hint_about_keys(client, ws)
-    return rc
+        shutil.rmtree(known.parent, ignore_errors=True)
 
 
 # ssh's own exit code when it could not connect or log in (the command's code otherwise).
@@ -483,7 +513,7 @@ def _hint_about_keys(client: Client, ws: common_pb2.Workspace) -> None:
     )
 
 
-def _run_in_foreground(cmd: list[str]) -> int:
+def run_in_foreground(cmd: list[str]) -> int:
     """Run ``cmd`` with our terminal; its exit code is ours. Ctrl-C is its to handle;
     SIGTERM and SIGHUP (a closed terminal) sent to ws go on to it, and ws ends when it
     does, so what ws made for it (``ws ssh``'s known_hosts) is removed then. The

@@ -17,6 +17,7 @@ from workspace.cli import (
     cluster_cmds,
     clusterspec,
     common,
+    copy_cmds,
     event_cmds,
     guest_cmds,
     image_cmds,
@@ -618,6 +619,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
 
     policy_cmds.register(sub, parent, cmds.client)
     guest_cmds.register(sub, parent, cmds.client)
+    copy_cmds.register(sub, parent, cmds.client)
     _add_cluster_parsers(sub, parent, cmds)
     usage_cmds.register_ws(sub, parent, cmds.client)
     event_cmds.register_ws(sub, parent, cmds.client)
