@@ -212,6 +212,41 @@ def test_ssh_print_builds_a_strict_command_and_known_hosts(
     assert argv[argv.index("--") - 2 :] == ["-o", "ConnectionAttempts=90", "--", "10.213.0.5"]
 
 
+def test_ssh_forwards_ports_as_ssh_does(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """-L, -R, -D (before or after NAME, repeatable) and -N reach ssh, with ssh told to
+    end if it cannot open a forward rather than log in without it."""
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+    c = FakeClient([box(host_keys=HOST_KEYS)])
+    forwards = ["-R", "9000:127.0.0.1:80", "-D", "127.0.0.1:1080", "-N", "--print"]
+    rc, out, _ = run(c, capsys, "ssh", "-L", "8888:localhost:8888", "box", *forwards)
+    assert rc == 0
+    argv = out.split()
+    assert argv[argv.index("UpdateHostKeys=no") + 1 :] == [
+        "-l", "debian",
+        "-o", "ExitOnForwardFailure=yes",
+        "-L", "8888:localhost:8888",
+        "-R", "9000:127.0.0.1:80",
+        "-D", "127.0.0.1:1080",
+        "-N",
+        "--", "10.213.0.5",
+    ]  # fmt: skip
+    rc, out, _ = run(c, capsys, "ssh", "box", "-L", "5000:db:5432", "--print", "--", "uptime")
+    assert out.split()[-5:] == ["-L", "5000:db:5432", "--", "10.213.0.5", "uptime"]
+    assert "-N" not in out.split()
+    for argv, said in (
+        (["ssh", "box", "-N", "--", "uptime"], "-N forwards ports only"),
+        (["ssh", "-L", "", "box"], "-L needs a forwarding spec"),
+        (["ssh", "box", "-D", "--print"], "argument -D: expected one argument"),
+    ):
+        try:
+            rc, out, err = run(c, capsys, *argv)
+        except SystemExit as exc:  # argparse's own, before NAME
+            (rc, out, err) = (exc.code, *capsys.readouterr())
+        assert rc == 2 and out == "" and said in err, err
+
+
 def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture[str]) -> None:
     c = FakeClient([box()])
     rc, _, err = run(c, capsys, "ssh", "box")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import queue
 import shlex
@@ -416,10 +417,20 @@ def ssh_command(
     command: Sequence[str] = (),
     netns: str = "",
     attempts: int = 0,
+    forwards: Sequence[tuple[str, str]] = (),
+    no_command: bool = False,
 ) -> list[str]:
     """The ssh command line that logs in to ``ws`` checking its host keys against
-    ``known_hosts`` only (``openssh_options``)."""
+    ``known_hosts`` only (``openssh_options``). ``forwards``: ssh's port forwards, as
+    (``-L``, ``-R`` or ``-D``, its spec), which must succeed or ssh ends at once;
+    ``no_command``: ssh's ``-N``, only the forwards."""
     options = openssh_options(known_hosts, login_user(ws, user), key, attempts)
+    if forwards:
+        options += ["-o", "ExitOnForwardFailure=yes"]
+    for flag, spec in forwards:
+        options += [flag, spec]
+    if no_command:
+        options.append("-N")
     return in_netns(netns, ["ssh", *options, "--", ws_address(ws), *command])
 
 
@@ -445,9 +456,19 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     ws = client.get_workspace(args.id)
     check_ssh(ws)
     netns = site_netns(client.address, ws.node)
+    if args.no_command and command:
+        raise common.UsageError("-N forwards ports only: give no command with it")
     known = write_known_hosts(ws)
     cmd = ssh_command(
-        ws, str(known), args.user or "", args.key or "", command, netns, args.retry or 0
+        ws,
+        str(known),
+        args.user or "",
+        args.key or "",
+        command,
+        netns,
+        args.retry or 0,
+        args.forwards or (),
+        args.no_command,
     )
     rc = print_or_run(args, cmd, known)
     if rc == SSH_FAILED:
@@ -583,9 +604,41 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         help="try to connect up to N times, a second apart, while the guest boots "
         "(ssh's ConnectionAttempts)",
     )
+    forward = "[BIND:]PORT:HOST:HOSTPORT"
+    for flag, spec, what in (
+        ("-L", forward, "a local port forwarded to HOST:HOSTPORT as the guest sees it"),
+        ("-R", forward, "a port of the guest forwarded to HOST:HOSTPORT as seen from here"),
+        ("-D", "[BIND:]PORT", "a local SOCKS proxy through the guest"),
+    ):
+        _add(
+            p,
+            ssh_late,
+            flag,
+            dest="forwards",
+            action="append",
+            type=functools.partial(_forward, flag),
+            metavar=spec,
+            help=f"{what}, as ssh {flag} (repeatable; ssh ends if it cannot open it)",
+        )
+    _add(
+        p,
+        ssh_late,
+        "-N",
+        dest="no_command",
+        action="store_true",
+        help="run no command: only the forwards, until Ctrl-C",
+    )
     _add_late_output(ssh_late)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=lambda a: ssh_cmd(a, client_for(a), ssh_late))
+
+
+def _forward(flag: str, spec: str) -> tuple[str, str]:
+    """``-L``/``-R``/``-D SPEC`` (an argparse type): the flag and its spec, which ssh
+    itself checks; only an empty or option-like one is refused here."""
+    if not spec or spec.startswith("-"):
+        raise argparse.ArgumentTypeError(f"{flag} needs a forwarding spec, got {spec!r}")
+    return flag, spec
 
 
 def _add_exec_options(p: argparse.ArgumentParser, late: _OptionParser) -> None:
