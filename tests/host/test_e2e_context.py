@@ -12,7 +12,8 @@ Everything below goes through the `ws` CLI, the way a user types it:
 * the user-data script ran (the head's from the spec, the workers' from `ws cluster
   create --user-data`); `cloud-init status` says done;
 * `ws scp` copies files and directories up and down (-r), with the same checks;
-  `ws ssh -N -L` forwards a port to the guest until ws is ended;
+  `ws cluster scp` to and from every member at once; `ws ssh -N -L` forwards a port to
+  the guest until ws is ended;
 * `ws exec` and `ws cluster exec` run commands through the QEMU guest agent (output,
   exit codes, stdin, a missing command, a killed one, a timeout, output over the node's
   cap, one member made to fail, a stopped member, an image without a guest agent);
@@ -297,6 +298,26 @@ def test_user_data_ran_and_cloud_init_is_done(site: CloudSite) -> None:
         assert site.ssh(name, "cat", "/var/tmp/user-data.out").stdout.split() == [MARKER, name]
         status = site.ssh(name, "cloud-init", "status")
         assert "status: done" in status.stdout, status.stdout + status.stderr
+
+
+def test_ws_cluster_scp_reaches_every_member(site: CloudSite, tmp_path: Path) -> None:
+    """`ws cluster scp`: one file up to every member at once, and each member's
+    /etc/hostname down into a directory named after it."""
+    data = os.urandom(64 * 1024)
+    (tmp_path / "input.dat").write_bytes(data)
+    key = ("-i", str(site.key))
+    out = site.ok("cluster", "scp", CLUSTER, *key, str(tmp_path / "input.dat"), ":/tmp/")
+    assert out.splitlines()[-1] == "3 members: 3 copied", out
+    ran = json.loads(site.ok("-o", "json", "cluster", "exec", CLUSTER, "--", "sha256sum",
+                             "/tmp/input.dat"))  # fmt: skip
+    digest = hashlib.sha256(data).hexdigest()
+    assert sorted(m["name"] for m in ran["members"]) == sorted(MEMBERS)
+    assert all(m["stdout"].split()[0] == digest for m in ran["members"]), ran
+    into = tmp_path / "names"
+    site.ok("cluster", "scp", CLUSTER, *key, ":/etc/hostname", str(into))
+    assert {p.name: (p / "hostname").read_text().strip() for p in into.iterdir()} == {
+        name: name for name in MEMBERS
+    }
 
 
 # Reads what a TCP server on 127.0.0.1:PORT says first (an sshd: its version line).

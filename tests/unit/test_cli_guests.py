@@ -61,6 +61,13 @@ HOST_KEYS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def own_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ws's known_hosts directories (kept by --print) in the test's own directory."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
+
 class FakeClient:
     address = "unix:/nowhere/service.sock"
 

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_cli_guests import HOST_KEYS, STOPPED, FakeClient, box, fake_ssh, run
+from tests.unit.test_cli_guests import (  # own_tmp: an autouse fixture here too
+    HOST_KEYS,
+    STOPPED,
+    FakeClient,
+    box,
+    fake_ssh,
+    own_tmp,  # noqa: F401
+    run,
+)
 from workspace.cli import copy_cmds
 from workspace.site import record as site_record
+from workspace.v1 import clusters_pb2
 
 STRICT = [
     "-o", "StrictHostKeyChecking=yes",
@@ -48,6 +57,7 @@ def test_scp_print_uploads_and_downloads_with_strict_host_keys(
     ]
     assert stat.S_IMODE(known.stat().st_mode) == 0o600
     assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700
+    assert known.parent.parent == tmp_path / "tmp"  # own_tmp's, not the machine's /tmp
 
     # Down: every source in the one workspace; "box:" alone is the login user's home; a
     # path holding a colon after a "/" is local, as for scp.
@@ -112,3 +122,86 @@ def test_scp_runs_scp_returns_its_code_and_leaves_no_known_hosts(
     assert rc == 1 and "box is STOPPED" in err
     rc, _, err = run(c, capfd, "scp", "notes.txt", "nobox:")  # type: ignore[arg-type]
     assert rc != 0 and "no workspace 'nobox'" in err
+
+
+# -- ws cluster scp ------------------------------------------------------------------------
+
+
+def _cluster(client: FakeClient) -> None:
+    members = []
+    for i, (name, role) in enumerate(
+        (("mpi-head-0", "head"), ("mpi-worker-0", "worker"), ("mpi-worker-1", "worker"))
+    ):
+        m = box(host_keys=HOST_KEYS)
+        m.id, m.name, m.role = f"id{i}", name, role
+        m.nics[0].ip = f"10.213.0.{5 + i}"
+        members.append(m)
+    client.cluster = clusters_pb2.Cluster(name="mpi", members=members)
+
+
+def test_cluster_scp_copies_to_and_from_every_member(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A scp that logs its operands (one file per call) and fails for 10.213.0.7.
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    script = (
+        f'f=$(mktemp -p {calls}); printf "%s\\n" "$@" > "$f"\n'
+        'case "$*" in *10.213.0.7*) echo "scp: /in: No such file or directory" >&2; exit 1;; esac\n'
+    )
+    fake_ssh(monkeypatch, tmp_path, script, name="scp")
+    c = FakeClient()
+    _cluster(c)
+
+    def operands() -> list[list[str]]:
+        found = [p.read_text().splitlines() for p in calls.iterdir()]
+        for p in calls.iterdir():
+            p.unlink()
+        return sorted(a[a.index("--") + 1 :] for a in found)
+
+    rc, out, err = run(c, capfd, "cluster", "scp", "mpi", "-r", "data", ":/tmp/")  # type: ignore[arg-type]
+    assert rc == 1
+    assert operands() == [["data", f"debian@10.213.0.{i}:/tmp/"] for i in (5, 6, 7)]
+    assert out.splitlines() == [
+        "== mpi-head-0 (head): copied",
+        "== mpi-worker-0 (worker): copied",
+        "== mpi-worker-1 (worker): scp exit 1",
+        "3 members: 2 copied, 1 failed (mpi-worker-1: scp exit 1)",
+    ]
+    assert err == "scp: /in: No such file or directory\n"
+
+    # Down: each member's files in a directory of its own; --role picks the members.
+    into = tmp_path / "logs"
+    argv = ["cluster", "scp", "mpi", ":/var/log/job.log", str(into), "--role", "head", "-o", "json"]
+    rc, out, _ = run(c, capfd, *argv)  # type: ignore[arg-type]
+    assert rc == 0
+    assert operands() == [["debian@10.213.0.5:/var/log/job.log", f"{into}/mpi-head-0/"]]
+    assert (into / "mpi-head-0").is_dir() and not (into / "mpi-worker-0").exists()
+    doc = json.loads(out)
+    assert doc["summary"] == {"members": 1, "failed": [], "text": "1 member: 1 copied"}
+    assert doc["members"][0]["name"] == "mpi-head-0" and doc["members"][0]["exit_code"] == 0
+
+    # A stopped member is said and the others still get theirs; nothing is left behind.
+    c.cluster.members[1].state = STOPPED  # type: ignore[union-attr]
+    rc, out, _ = run(c, capfd, "cluster", "scp", "mpi", "f", ":", "--role", "worker")  # type: ignore[arg-type]
+    assert rc == 1 and "== mpi-worker-0 (worker): workspace mpi-worker-0 is STOPPED" in out
+    assert operands() == [["f", "debian@10.213.0.7:"]]
+    assert not list((tmp_path / "tmp").glob("ws-ssh-*"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["cluster", "scp", "mpi", ":/x"], "give SRC... :DST"),
+        (["cluster", "scp", "mpi", "a", "b"], "between here and the members"),
+        (["cluster", "scp", "mpi", ":a", ":b"], "between here and the members"),
+        (["cluster", "scp", "mpi", ":a", "local", "dir"], "between here and the members"),
+    ],
+)
+def test_cluster_scp_refuses_what_is_not_here_and_the_members(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = FakeClient()
+    _cluster(c)
+    rc, out, err = run(c, capsys, *argv)
+    assert rc == 2 and out == "" and said in err

@@ -5,16 +5,25 @@ Operands are scp's: ``NAME:PATH`` is PATH in workspace NAME (its name or id; an 
 PATH is the login user's home), anything else a local path (``./a:b`` for a local file
 whose name holds a colon: a ``/`` before the first ``:`` makes it local, as for scp).
 One side is here, the other one workspace: ``SRC... NAME:DST`` or ``NAME:SRC... DST``.
+
+`ws cluster scp NAME`: the same for every member of a cluster at once (``:PATH`` on each
+of them), each member's own copy of a download in a directory named after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from workspace.cli import common, guest_cmds
+from workspace import errors
+from workspace.cli import common, guest_cmds, render
 from workspace.client import Client
 from workspace.v1 import common_pb2
 
@@ -112,14 +121,151 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "checks them; ws exits with scp's exit code.",
     )
     p.add_argument("operands", nargs="+", metavar="SRC... DST")
+    _add_scp_options(p)
+    p.add_argument("--print", action="store_true", help="print the scp command, do not run it")
+    p.set_defaults(func=lambda a: scp_cmd(a, client_for(a)))
+
+
+def _add_scp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", dest="recursive", action="store_true", help="copy directories")
     p.add_argument("--user", "-l", metavar="U", help="copy as U (default: the image's login user)")
     p.add_argument("-i", dest="key", metavar="KEY", help="the private key file to use")
-    p.add_argument("--print", action="store_true", help="print the scp command, do not run it")
     p.add_argument(
         "--retry",
         type=common.positive_int,
         metavar="N",
         help="try to connect up to N times, a second apart, while the guest boots",
     )
-    p.set_defaults(func=lambda a: scp_cmd(a, client_for(a)))
+
+
+# -- ws cluster scp ------------------------------------------------------------------------
+
+CLUSTER_USAGE = "SRC... :DST (to every member) or :SRC... DIR (into DIR/MEMBER/)"
+
+
+def cluster_plan(operands: list[str]) -> tuple[bool, list[Operand]]:
+    """(whether it uploads, the operands) of ``ws cluster scp``: ``:PATH`` is PATH on every
+    member; UsageError unless one side is here and the other the members."""
+    if len(operands) < 2:
+        raise common.UsageError(f"give {CLUSTER_USAGE}")
+    parsed = [Operand("*", o[1:]) if o.startswith(":") else Operand("", o) for o in operands]
+    *sources, target = parsed
+    if target.workspace and not any(s.workspace for s in sources):
+        return True, parsed
+    if not target.workspace and all(s.workspace for s in sources):
+        return False, parsed
+    raise common.UsageError(f"ws cluster scp copies between here and the members: {CLUSTER_USAGE}")
+
+
+@dataclass
+class MemberCopy:
+    """What scp did for one member, or why it did not run."""
+
+    workspace: str
+    name: str
+    role: str
+    exit_code: int | None = None
+    stderr: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def status(self) -> str:
+        if self.exit_code is None:
+            return self.error
+        return "copied" if self.ok else f"scp exit {self.exit_code}"
+
+
+def copy_member(
+    client: Client, m: common_pb2.Workspace, operands: list[Operand], args: argparse.Namespace
+) -> MemberCopy:
+    """scp for member ``m`` (a download into its own directory under the target); its
+    failure is kept, never raised."""
+    done = MemberCopy(m.id, m.name, m.role)
+    try:
+        guest_cmds.check_ssh(m)
+    except errors.WorkspaceError as exc:
+        done.error = exc.message
+        return done
+    *sources, target = operands
+    if not target.workspace:  # NAME:SRC... DIR: into DIR/NAME/
+        into = Path(target.path) / m.name
+        into.mkdir(parents=True, exist_ok=True)
+        operands = [*sources, Operand("", f"{into}/")]
+    known = guest_cmds.write_known_hosts(m)
+    try:
+        netns = guest_cmds.site_netns(client.address, m.node)
+        cmd = scp_command(
+            m, operands, str(known), args.user or "", args.key or "", args.recursive, netns,
+            args.retry or 0,
+        )  # fmt: skip
+        ran = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        done.exit_code, done.stderr = ran.returncode, ran.stderr
+    except OSError as exc:  # scp or ip missing
+        done.error = str(exc)
+    finally:
+        shutil.rmtree(known.parent, ignore_errors=True)
+    return done
+
+
+def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
+    _, operands = cluster_plan(args.operands)
+    cluster = client.get_cluster(args.name)
+    members = [m for m in cluster.members if not args.role or m.role == args.role]
+    if not members:
+        role = f" with role {args.role}" if args.role else ""
+        raise errors.NotFound(f"cluster {cluster.name} has no members{role}")
+    with ThreadPoolExecutor(min(guest_cmds.CLUSTER_PARALLEL, len(members))) as pool:
+        copies = list(pool.map(lambda m: copy_member(client, m, operands, args), members))
+    bad = [c for c in copies if not c.ok]
+    word = "member" if len(copies) == 1 else "members"
+    line = f"{len(copies)} {word}: {len(copies) - len(bad)} copied"
+    if bad:
+        line += f", {len(bad)} failed ({'; '.join(f'{c.name}: {c.status}' for c in bad)})"
+    if render.wants_json(args):
+        render.print_json(
+            {
+                "cluster": cluster.name,
+                "members": [
+                    {
+                        "id": c.workspace,
+                        "name": c.name,
+                        "role": c.role,
+                        "exit_code": c.exit_code,
+                        "stderr": c.stderr,
+                        "error": c.error,
+                    }
+                    for c in copies
+                ],
+                "summary": {"members": len(copies), "failed": [c.name for c in bad], "text": line},
+            }
+        )
+    else:
+        for c in copies:
+            print(f"== {c.name} ({c.role or '-'}): {c.status}", flush=True)
+            sys.stderr.write(c.stderr)
+        print(line)
+    return common.EXIT_OK if not bad else common.EXIT_REQUEST
+
+
+def register_cluster(
+    csub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
+) -> None:
+    """Add `scp` to ws cluster."""
+    p = csub.add_parser(
+        "scp",
+        parents=[parent],
+        help="copy files to or from every member of a cluster (in parallel)",
+        description="Copy files between here and every member of a cluster with scp, as "
+        "`ws scp` does for one: SRC... :DST uploads to DST on every member, :SRC... DIR "
+        "downloads each member's into DIR/MEMBER/. Every member is tried; ws exits 0 "
+        "only when every copy succeeded.",
+    )
+    p.add_argument("name", metavar="NAME", help="cluster name or id")
+    p.add_argument("operands", nargs="+", metavar="SRC... DST")
+    p.add_argument("--role", metavar="ROLE", help="only the members with this role")
+    _add_scp_options(p)
+    p.set_defaults(func=lambda a: cluster_scp_cmd(a, client_for(a)))

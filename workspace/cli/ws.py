@@ -530,6 +530,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         p.set_defaults(func=cmds.cluster_action)
 
     guest_cmds.register_cluster(csub, parent, cmds.client)
+    copy_cmds.register_cluster(csub, parent, cmds.client)
     cluster_cmds.register(csub, parent, cmds.client)
     event_cmds.register_cluster(csub, parent, cmds.client)
 
