@@ -188,6 +188,13 @@ def test_cluster_scp_copies_to_and_from_every_member(
     assert operands() == [["f", "debian@10.213.0.7:"]]
     assert not list((tmp_path / "tmp").glob("ws-ssh-*"))
 
+    # A target that cannot hold the members' directories: said for each, nothing copied.
+    (tmp_path / "afile").write_text("")
+    rc, out, _ = run(c, capfd, "cluster", "scp", "mpi", ":/x", str(tmp_path / "afile"))  # type: ignore[arg-type]
+    said = [line for line in out.splitlines() if line.startswith("== ")]
+    assert rc == 1 and operands() == []
+    assert ["Not a directory" in line for line in said] == [True, False, True]  # 1: STOPPED
+
 
 @pytest.mark.parametrize(
     ("argv", "said"),

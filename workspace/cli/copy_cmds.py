@@ -143,17 +143,17 @@ def _add_scp_options(p: argparse.ArgumentParser) -> None:
 CLUSTER_USAGE = "SRC... :DST (to every member) or :SRC... DIR (into DIR/MEMBER/)"
 
 
-def cluster_plan(operands: list[str]) -> tuple[bool, list[Operand]]:
-    """(whether it uploads, the operands) of ``ws cluster scp``: ``:PATH`` is PATH on every
-    member; UsageError unless one side is here and the other the members."""
+def cluster_plan(operands: list[str]) -> list[Operand]:
+    """The operands of ``ws cluster scp``: ``:PATH`` is PATH on every member; UsageError
+    unless one side is here and the other the members."""
     if len(operands) < 2:
         raise common.UsageError(f"give {CLUSTER_USAGE}")
     parsed = [Operand("*", o[1:]) if o.startswith(":") else Operand("", o) for o in operands]
     *sources, target = parsed
     if target.workspace and not any(s.workspace for s in sources):
-        return True, parsed
+        return parsed  # here -> every member
     if not target.workspace and all(s.workspace for s in sources):
-        return False, parsed
+        return parsed  # every member -> DIR/MEMBER/
     raise common.UsageError(f"ws cluster scp copies between here and the members: {CLUSTER_USAGE}")
 
 
@@ -185,34 +185,34 @@ def copy_member(
     """scp for member ``m`` (a download into its own directory under the target); its
     failure is kept, never raised."""
     done = MemberCopy(m.id, m.name, m.role)
+    known: Path | None = None
     try:
         guest_cmds.check_ssh(m)
-    except errors.WorkspaceError as exc:
-        done.error = exc.message
-        return done
-    *sources, target = operands
-    if not target.workspace:  # NAME:SRC... DIR: into DIR/NAME/
-        into = Path(target.path) / m.name
-        into.mkdir(parents=True, exist_ok=True)
-        operands = [*sources, Operand("", f"{into}/")]
-    known = guest_cmds.write_known_hosts(m)
-    try:
+        *sources, target = operands
+        if not target.workspace:  # :SRC... DIR: into DIR/MEMBER/
+            into = Path(target.path) / m.name
+            into.mkdir(parents=True, exist_ok=True)
+            operands = [*sources, Operand("", f"{into}/")]
         netns = guest_cmds.site_netns(client.address, m.node)
+        known = guest_cmds.write_known_hosts(m)
         cmd = scp_command(
             m, operands, str(known), args.user or "", args.key or "", args.recursive, netns,
             args.retry or 0,
         )  # fmt: skip
         ran = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         done.exit_code, done.stderr = ran.returncode, ran.stderr
-    except OSError as exc:  # scp or ip missing
+    except errors.WorkspaceError as exc:
+        done.error = exc.message
+    except OSError as exc:  # the directory cannot be made; scp or ip missing
         done.error = str(exc)
     finally:
-        shutil.rmtree(known.parent, ignore_errors=True)
+        if known is not None:
+            shutil.rmtree(known.parent, ignore_errors=True)
     return done
 
 
 def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
-    _, operands = cluster_plan(args.operands)
+    operands = cluster_plan(args.operands)
     cluster = client.get_cluster(args.name)
     members = [m for m in cluster.members if not args.role or m.role == args.role]
     if not members:
