@@ -53,6 +53,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -240,8 +241,14 @@ def test_host_keys_are_checked_strictly(site: CloudSite, tmp_path: Path) -> None
     assert isinstance(nics, list)
     address = nics[0]["ip"]
     printed = site.ok("ssh", "--print", MEMBERS[0], "--", "true")
-    # The command `ws ssh` runs checks host keys strictly against its own known_hosts.
+    # The command `ws ssh` runs checks host keys strictly against its own known_hosts,
+    # which --print keeps for the command printed (removed here, once read).
     assert "StrictHostKeyChecking=yes" in printed
+    found = re.search(r"UserKnownHostsFile=(\S+)", printed)
+    assert found is not None, printed
+    known = Path(found.group(1))
+    assert f"{address} {head_keys[0].split()[0]}" in known.read_text()
+    shutil.rmtree(known.parent)
     wrong = tmp_path / "known_hosts"
     wrong.write_text("".join(f"{address} {k}\n" for k in worker_keys))
     strict = ("-oStrictHostKeyChecking=yes", f"-oUserKnownHostsFile={wrong}")
