@@ -213,18 +213,11 @@ def copy_member(
 
 def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
     operands = cluster_plan(args.operands)
-    cluster = client.get_cluster(args.name)
-    members = [m for m in cluster.members if not args.role or m.role == args.role]
-    if not members:
-        role = f" with role {args.role}" if args.role else ""
-        raise errors.NotFound(f"cluster {cluster.name} has no members{role}")
+    cluster, members = guest_cmds.chosen_members(client, args.name, args.role)
     with ThreadPoolExecutor(min(guest_cmds.CLUSTER_PARALLEL, len(members))) as pool:
         copies = list(pool.map(lambda m: copy_member(client, m, operands, args), members))
     bad = [c for c in copies if not c.ok]
-    word = "member" if len(copies) == 1 else "members"
-    line = f"{len(copies)} {word}: {len(copies) - len(bad)} copied"
-    if bad:
-        line += f", {len(bad)} failed ({'; '.join(f'{c.name}: {c.status}' for c in bad)})"
+    line = guest_cmds.summary(copies, "copied")
     if render.wants_json(args):
         render.print_json(
             {

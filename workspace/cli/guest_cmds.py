@@ -30,13 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from workspace import errors
 from workspace.cli import common, render
 from workspace.client import Client, state_name
 from workspace.site import record as site_record
-from workspace.v1 import access_pb2, common_pb2
+from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 
 # timeout(1)'s exit code for a command that ran past its time.
 EXIT_TIMED_OUT = 124
@@ -186,12 +186,24 @@ class MemberRun:
         return out
 
 
-def summary(runs: Sequence[MemberRun]) -> str:
-    """ "3 members: 2 exited 0, 1 failed (w-1: exit 1)"."""
+class MemberOutcome(Protocol):
+    """What was done on one member (`ws cluster exec`, `ws cluster scp`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def status(self) -> str: ...
+
+
+def summary(runs: Sequence[MemberOutcome], done: str = "exited 0") -> str:
+    """ "3 members: 2 exited 0, 1 failed (w-1: exit 1)" (``done``: what the good ones
+    did)."""
     ok = [r for r in runs if r.ok]
     bad = [r for r in runs if not r.ok]
     word = "member" if len(runs) == 1 else "members"
-    text = f"{len(runs)} {word}: {len(ok)} exited 0"
+    text = f"{len(runs)} {word}: {len(ok)} {done}"
     if bad:
         short = "; ".join(f"{r.name}: {r.status.splitlines()[0] if r.status else '?'}" for r in bad)
         text += f", {len(bad)} failed ({short})"
@@ -225,14 +237,22 @@ def run_members(
         return list(pool.map(one, members))
 
 
+def chosen_members(
+    client: Client, name: str, role: str | None
+) -> tuple[clusters_pb2.Cluster, list[common_pb2.Workspace]]:
+    """Cluster ``name`` and its members (of ``role``, if given); NotFound if none."""
+    cluster = client.get_cluster(name)
+    members = [m for m in cluster.members if not role or m.role == role]
+    if not members:
+        of_role = f" with role {role}" if role else ""
+        raise errors.NotFound(f"cluster {cluster.name} has no members{of_role}")
+    return cluster, members
+
+
 def cluster_exec_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
     argv = _command(args, late, "ws cluster exec")
     stdin = sys.stdin.buffer.read() if args.stdin else b""
-    cluster = client.get_cluster(args.name)
-    members = [m for m in cluster.members if not args.role or m.role == args.role]
-    if not members:
-        role = f" with role {args.role}" if args.role else ""
-        raise errors.NotFound(f"cluster {cluster.name} has no members{role}")
+    cluster, members = chosen_members(client, args.name, args.role)
     runs = run_members(client, members, argv, stdin, int(args.timeout or 0), not args.sequential)
     line = summary(runs)
     if render.wants_json(args):
