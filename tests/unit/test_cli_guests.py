@@ -265,6 +265,26 @@ def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture
     assert rc == 1 and "box is STOPPED" in err
 
 
+def test_ssh_and_scp_without_a_login_user_or_address_say_so_and_write_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    nobody = box(host_keys=HOST_KEYS)
+    nobody.login_user = ""
+    c = FakeClient([nobody])
+    for argv in (["ssh", "box"], ["scp", "f", "box:"], ["ssh", "box", "--print"]):
+        rc, _, err = run(c, capsys, *argv)
+        assert rc == 1 and "box names no login user; give --user" in err
+    rc, out, _ = run(c, capsys, "ssh", "box", "--user", "alice", "--print")
+    assert rc == 0 and "-l alice" in out
+    unplaced = box(host_keys=HOST_KEYS)
+    del unplaced.nics[:]
+    c = FakeClient([unplaced])
+    rc, _, err = run(c, capsys, "scp", "f", "box:")
+    assert rc == 1 and "box has no address yet" in err
+    # Only the --print above kept its known_hosts; the refused ones made none.
+    assert len(list((tmp_path / "tmp").iterdir())) == 1
+
+
 def fake_ssh(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: str, name: str = "ssh"
 ) -> None:

@@ -91,7 +91,7 @@ def scp_command(
 def scp_cmd(args: argparse.Namespace, client: Client) -> int:
     ref, operands = plan(args.operands)
     ws = client.get_workspace(ref)
-    guest_cmds.check_ssh(ws)
+    guest_cmds.check_ssh(ws, args.user or "")
     netns = guest_cmds.site_netns(client.address, ws.node)
     known = guest_cmds.write_known_hosts(ws)
     cmd = scp_command(
@@ -187,7 +187,7 @@ def copy_member(
     done = MemberCopy(m.id, m.name, m.role)
     known: Path | None = None
     try:
-        guest_cmds.check_ssh(m)
+        guest_cmds.check_ssh(m, args.user or "")
         *sources, target = operands
         if not target.workspace:  # :SRC... DIR: into DIR/MEMBER/
             into = Path(target.path) / m.name

@@ -461,7 +461,9 @@ def ws_address(ws: common_pb2.Workspace) -> str:
     raise errors.FailedPrecondition(f"workspace {ws.name} has no address yet")
 
 
-def check_ssh(ws: common_pb2.Workspace) -> None:
+def check_ssh(ws: common_pb2.Workspace, user: str = "") -> None:
+    """FailedPrecondition unless ssh can reach ``ws`` as ``user`` (or its image's login
+    user): checked before anything is written for it."""
     if not ws.host_keys:
         raise errors.FailedPrecondition(
             f"workspace {ws.name}'s image takes no contextualization; "
@@ -469,12 +471,14 @@ def check_ssh(ws: common_pb2.Workspace) -> None:
         )
     if ws.state != RUNNING:
         raise errors.FailedPrecondition(f"workspace {ws.name} is {state_name(ws.state)}")
+    login_user(ws, user)
+    ws_address(ws)
 
 
 def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
     command = _command(args, late, "ws ssh", required=False)
     ws = client.get_workspace(args.id)
-    check_ssh(ws)
+    check_ssh(ws, args.user or "")
     netns = site_netns(client.address, ws.node)
     if args.no_command and command:
         raise common.UsageError("-N forwards ports only: give no command with it")
