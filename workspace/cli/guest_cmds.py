@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any, BinaryIO, Protocol
 
 from workspace import errors
-from workspace.cli import common, render
+from workspace.cli import common, forwards, render
 from workspace.client import Client, state_name
 from workspace.site import record as site_record
 from workspace.v1 import access_pb2, clusters_pb2, common_pb2
@@ -483,18 +483,28 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     if args.no_command and command:
         raise common.UsageError("-N forwards ports only: give no command with it")
     known = write_known_hosts(ws)
-    cmd = ssh_command(
-        ws,
-        str(known),
-        args.user or "",
-        args.key or "",
-        command,
-        netns,
-        args.retry or 0,
-        args.forwards or (),
-        args.no_command,
-    )
-    rc = print_or_run(args, cmd, known)
+    relay = forwards.Relay(known.parent)
+    try:
+        wanted = args.forwards or []
+        if netns and not args.print:
+            wanted = relay.bring_out(wanted)  # the host's ends, not the namespace's
+        cmd = ssh_command(
+            ws,
+            str(known),
+            args.user or "",
+            args.key or "",
+            command,
+            netns,
+            args.retry or 0,
+            wanted,
+            args.no_command,
+        )
+        rc = print_or_run(args, cmd, known)
+    except BaseException:
+        shutil.rmtree(known.parent, ignore_errors=True)
+        raise
+    finally:
+        relay.close()
     if rc == SSH_FAILED:
         _hint_about_keys(client, ws)
     return rc
