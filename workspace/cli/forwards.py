@@ -10,9 +10,10 @@ private directory (the known_hosts file's, 0700) in place of the TCP end, and li
 or connects on the host itself, passing bytes between the two (``Relay``):
 
 * ``-L [BIND:]PORT:DEST`` becomes ``-L DIR/L0.sock:DEST``; ws listens on BIND:PORT on
-  the host (loopback when BIND is not given, every address for ``*``, as ssh does
-  without GatewayPorts), and each connection there is passed to the socket, which ssh
-  carries to DEST as the guest sees it. PORT 0 takes a free port, and ws says which.
+  the host (loopback when BIND is not given, every address for ``*`` or an empty one,
+  as ssh does without GatewayPorts), and each connection there is passed to the
+  socket, which ssh carries to DEST as the guest sees it. PORT 0 takes a free port,
+  and ws says which.
 * ``-R [BIND:]PORT:HOST:HOSTPORT`` becomes ``-R [BIND:]PORT:DIR/R0.sock``; ws listens
   on that socket, and each connection ssh brings back is passed to HOST:HOSTPORT as
   the host sees it.
@@ -95,8 +96,9 @@ class Relay:
         return out
 
     def _local(self, n: int, spec: str, fields: list[str]) -> str:
+        bind: str | None
         if _is_port(fields[0]) and len(fields) in (2, 3):
-            bind, port, dest = "", int(fields[0]), fields[1:]
+            bind, port, dest = None, int(fields[0]), fields[1:]
         elif len(fields) in (3, 4) and not _is_path(fields[0]) and _is_port(fields[1]):
             bind, port, dest = fields[0], int(fields[1]), fields[2:]
         else:
@@ -130,14 +132,15 @@ class Relay:
             )
         return path
 
-    def _listen_tcp(self, bind: str, port: int) -> dict[str, socket.socket]:
-        """Listening sockets on every address ``bind`` resolves to (loopback for "",
-        every address for "*"), all on one port (``port``, or the one the first got)."""
-        host: str | None = {"": "localhost", "*": None}.get(bind, _host(bind))
+    def _listen_tcp(self, bind: str | None, port: int) -> dict[str, socket.socket]:
+        """Listening sockets on every address ``bind`` resolves to (loopback when none is
+        given; every address for "" or "*", as ssh), all on one port (``port``, or the
+        one the first got)."""
+        host = "localhost" if bind is None else (None if bind in ("", "*") else _host(bind))
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
-            raise errors.FailedPrecondition(f"cannot listen on {bind}: {exc.strerror}") from exc
+            raise errors.FailedPrecondition(f"cannot listen on {host}: {exc.strerror}") from exc
         bound: dict[str, socket.socket] = {}
         failed: OSError | None = None
         for family, kind, proto, _, address in infos:
@@ -158,7 +161,7 @@ class Relay:
             self._listeners.append(sock)
         if not bound:
             why = failed.strerror if failed else "no address"
-            raise errors.FailedPrecondition(f"cannot listen on {bind or 'localhost'}:{port}: {why}")
+            raise errors.FailedPrecondition(f"cannot listen on {host or '*'}:{port}: {why}")
         return bound
 
     def _serve(self, listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
