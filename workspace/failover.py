@@ -4,9 +4,11 @@
 at a time (the first, until it fails). A call that fails with UNAVAILABLE moves the channel
 on to the next address; an idempotent unary call (``IDEMPOTENT``: reads, creates by
 request id, desired-state operations, the agents' registration, reports and console
-pushes) is then retried there at once, every address once. Any other call -- a stream, an
-upload, an exec -- fails as it would on one address, and its caller's own retry or
-reconnect goes to the next replica.
+pushes) is then retried there at once, every address once. So is any unary call, and a
+response stream before its first message, that never left this process: gRPC found no
+connection to send it on (``never_sent``: a replica that is down refuses the connection).
+Any other failure of a call -- an exec, an upload, a stream under way -- is what it would
+be on one address, and its caller's own retry or reconnect goes to the next replica.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and getattr(exc, "code", lambda: None)() in (
         grpc.StatusCode.UNAVAILABLE,
     )
+
+
+# What gRPC core says when its load balancer had no connected transport to pick for a
+# call (every connection attempt failed): the call was failed before anything of it was
+# sent, so no replica can have acted on it.
+_PICK_FAILED = "failed to connect to all addresses"
+
+
+def never_sent(exc: BaseException) -> bool:
+    """``exc`` failed a call that no server received (UNAVAILABLE, no connection)."""
+    if not _unavailable(exc):
+        return False
+    details = getattr(exc, "details", lambda: "")()
+    return isinstance(details, str) and details.startswith(_PICK_FAILED)
 
 
 class FailoverChannel(grpc.Channel):
@@ -90,10 +106,11 @@ class FailoverChannel(grpc.Channel):
         return _Unary(self, "stream_unary", method, args, kw, False)
 
     def unary_stream(self, method: str, *args: Any, **kw: Any) -> Any:
-        return _Streaming(self, "unary_stream", method, args, kw)
+        return _Streaming(self, "unary_stream", method, args, kw, resend=True)
 
     def stream_stream(self, method: str, *args: Any, **kw: Any) -> Any:
-        return _Streaming(self, "stream_stream", method, args, kw)
+        # Its requests are an iterator gRPC may have begun to read: never sent again.
+        return _Streaming(self, "stream_stream", method, args, kw, resend=False)
 
 
 class _Callable:
@@ -120,6 +137,7 @@ class _Unary(_Callable):
         retry: bool,
     ) -> None:
         super().__init__(ch, kind, method, args, kw)
+        self.kind = kind
         self.retry = retry
 
     def __call__(self, request: Any, *args: Any, **kw: Any) -> Any:
@@ -132,8 +150,7 @@ class _Unary(_Callable):
         return self._on(self.ch.current()).future(request, *args, **kw)
 
     def _attempts(self, call: Callable[[Any], Any]) -> Any:
-        tries = len(self.ch.addresses) if self.retry else 1
-        for attempt in range(tries):
+        for attempt in range(len(self.ch.addresses)):
             index = self.ch.current()
             try:
                 return call(self._on(index))
@@ -141,34 +158,62 @@ class _Unary(_Callable):
                 if not _unavailable(exc):
                     raise
                 self.ch.failed(index)
-                if attempt == tries - 1:
+                # A stream of requests may have been read in part: never sent again.
+                again = self.retry or (self.kind == "unary_unary" and never_sent(exc))
+                if not again or attempt == len(self.ch.addresses) - 1:
                     raise
         raise AssertionError("unreachable")
 
 
 class _Streaming(_Callable):
+    def __init__(
+        self,
+        ch: FailoverChannel,
+        kind: str,
+        method: str,
+        args: tuple[Any, ...],
+        kw: Any,
+        resend: bool,
+    ) -> None:
+        super().__init__(ch, kind, method, args, kw)
+        self.resend = resend
+
     def __call__(self, request: Any, *args: Any, **kw: Any) -> Any:
-        index = self.ch.current()
-        return _Stream(self._on(index)(request, *args, **kw), lambda: self.ch.failed(index))
+        return _Stream(self.ch, lambda index: self._on(index)(request, *args, **kw), self.resend)
 
 
 class _Stream:
-    """A response stream that moves its channel on when it ends with UNAVAILABLE."""
+    """A response stream that moves its channel on when it ends with UNAVAILABLE; one
+    that never reached a replica is started again on the next (``resend``), every
+    address once, before its first message."""
 
-    def __init__(self, inner: Any, failed: Callable[[], None]) -> None:
-        self._inner = inner
-        self._failed = failed
+    def __init__(self, ch: FailoverChannel, start: Callable[[int], Any], resend: bool) -> None:
+        self._ch = ch
+        self._start = start
+        self._index = ch.current()
+        self._inner = start(self._index)
+        self._resends = len(ch.addresses) - 1 if resend else 0
+        self._received = False
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
-        try:
-            return next(self._inner)
-        except grpc.RpcError as exc:
-            if _unavailable(exc):
-                self._failed()
-            raise
+        while True:
+            try:
+                message = next(self._inner)
+            except grpc.RpcError as exc:
+                if not _unavailable(exc):
+                    raise
+                self._ch.failed(self._index)
+                if self._received or self._resends <= 0 or not never_sent(exc):
+                    raise
+                self._resends -= 1
+                self._index = self._ch.current()
+                self._inner = self._start(self._index)
+                continue
+            self._received = True
+            return message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

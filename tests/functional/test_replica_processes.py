@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.functional.harness import (
     WS,
@@ -81,6 +83,10 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
         pids = {p.popen.pid: name for name, p in procs.items()}
         leader = wait_for(lambda: pids.get(_leader_pid(pg_url), ""), 10, "a leader")
         survivor = "b" if leader == "a" else "a"
+        assert _lock_sessions(pg_url) == [
+            f"workspace-service candidate {procs[survivor].popen.pid}",
+            f"workspace-service leader {procs[leader].popen.pid}",
+        ]
         stubs_s = stubs[survivor]
 
         acked: dict[str, str] = {}
@@ -130,6 +136,19 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
             assert by_name.get(rid) == [wid], f"acknowledged create {rid} lost"
         ips = [v.nics[0].ip for v in views]
         assert len(ips) == len(set(ips))
+        # A client whose list starts with the dead replica: calls that cannot be retried
+        # once received (a key added) and one-shot listings go to the survivor, since
+        # the dead one refused the connection: nothing was sent to it.
+        with Client(f"{socks[leader]},{socks[survivor]}") as c:
+            public = (
+                Ed25519PrivateKey.generate()
+                .public_key()
+                .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            )
+            key = c.add_ssh_key(public.decode() + " alice")
+            assert [k.fingerprint for k in c.list_ssh_keys()] == [key.fingerprint]
+            created = [e for e in c.watch_events(timeout_s=10) if e.kind == "workspace.created"]
+            assert len(created) == len(views)
         # The agent is on B now: the last create runs, and the node never went DOWN
         # (node_grace_s = 6: the survivor's loops would have marked it by now).
         last = max(acked, key=lambda r: (int(r[1 : r.index("-")]), int(r.split("-")[1])))
@@ -156,6 +175,17 @@ def _leader_pid(url: str) -> int:
             (LOCK_CLASS, LEADER_LOCK),
         ).fetchone()
     return int(row[0].rsplit(" ", 1)[-1]) if row else 0
+
+
+def _lock_sessions(url: str) -> list[str]:
+    """The replicas' leader-lock sessions as pg_stat_activity names them."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_activity"
+            " WHERE application_name ~ '^workspace-service (leader|candidate) '"
+            " AND datname = current_database() ORDER BY application_name"
+        ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _node_states(stubs: Stubs) -> list[int]:

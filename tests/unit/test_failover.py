@@ -4,6 +4,9 @@ replicas (ops/events.py), without a server."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -80,3 +83,83 @@ def test_pending_changes_fit_in_notifications() -> None:
     msgs = [json.loads(x) for x in payloads]
     assert sum(len(m["w"]) for m in msgs) == 2000
     assert msgs[0]["c"] == 1 and msgs[0]["n"] == ["n1"] and all(m["r"] == "r1" for m in msgs)
+
+
+class _Replica:
+    """A gRPC server on a unix socket with three methods of a made-up service: ``Do``
+    (unary; ``busy`` makes it answer UNAVAILABLE itself), ``Watch`` (two messages) and
+    ``Chat`` (a stream both ways); it counts the calls it received."""
+
+    def __init__(self, path: Path, busy: bool = False) -> None:
+        self.calls = 0
+        self.address = f"unix:{path}"
+
+        def do(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.calls += 1
+            if busy:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "busy")
+            return b"done " + request
+
+        def watch(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            self.calls += 1
+            yield b"one"
+            yield b"two"
+
+        def chat(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            self.calls += 1
+            yield from requests
+
+        handler = grpc.method_handlers_generic_handler(
+            "t.T",
+            {
+                "Do": grpc.unary_unary_rpc_method_handler(do),
+                "Watch": grpc.unary_stream_rpc_method_handler(watch),
+                "Chat": grpc.stream_stream_rpc_method_handler(chat),
+            },
+        )
+        self.server = grpc.server(ThreadPoolExecutor(2), handlers=[handler])
+        self.server.add_insecure_port(self.address)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
+def test_a_call_no_replica_received_goes_to_the_next_and_one_received_does_not(
+    tmp_path: Path,
+) -> None:
+    """A replica that is down refuses the connection: any unary call, and a response
+    stream before its first message, is sent to the next one (none of them can have
+    acted on it). A call a replica received and failed itself is not sent twice; nor is
+    a stream of requests."""
+    live = _Replica(tmp_path / "live.sock")
+    busy = _Replica(tmp_path / "busy.sock", busy=True)
+    dead = f"unix:{tmp_path / 'dead.sock'}"
+    try:
+        ch = rpc.channel(f"{dead},{live.address}")
+        try:
+            assert not failover.IDEMPOTENT.search("/t.T/Do")
+            assert ch.unary_unary("/t.T/Do")(b"it", timeout=10) == b"done it"
+            assert ch.address == live.address and live.calls == 1
+            ch.failed(1)  # back to the dead one first
+            assert list(ch.unary_stream("/t.T/Watch")(b"", timeout=10)) == [b"one", b"two"]
+            assert live.calls == 2
+            ch.failed(1)
+            with pytest.raises(grpc.RpcError) as err:
+                list(ch.stream_stream("/t.T/Chat")(iter([b"a"]), timeout=10))
+            assert failover.never_sent(err.value)
+            assert ch.address == live.address and live.calls == 2  # moved on, not resent
+        finally:
+            ch.close()
+        ch = rpc.channel(f"{busy.address},{live.address}")
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary("/t.T/Do")(b"it", timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert not failover.never_sent(err.value)
+            assert (busy.calls, live.calls) == (1, 2)  # received once, not repeated
+        finally:
+            ch.close()
+    finally:
+        live.stop()
+        busy.stop()

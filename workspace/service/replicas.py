@@ -351,13 +351,19 @@ class Leader:
         while not self._stop.is_set():
             try:
                 if self._conn is None or self._conn.closed:
-                    # the pid names the replica in pg_stat_activity (who leads)
-                    self._conn = _connect(self.dsn, f"workspace-service leader {os.getpid()}")
+                    # The pid names the replica in pg_stat_activity: a candidate until
+                    # it holds the lock, then the leader (the session ends with the lock).
+                    name = f"workspace-service candidate {os.getpid()}"
+                    self._conn = _connect(self.dsn, name)
                 if not self._held:
                     row = self._conn.execute(
                         "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LEADER_LOCK)
                     ).fetchone()
                     if row and row[0]:
+                        self._conn.execute(
+                            "SELECT set_config('application_name', %s, false)",
+                            (f"workspace-service leader {os.getpid()}",),
+                        )
                         self._ok_at = time.monotonic()
                         self._set(True)
                 else:
