@@ -79,7 +79,10 @@ class CA:
     def __init__(self, ca_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(ca_dir)
         if not (self.dir / CA_CERT).exists() or not (self.dir / CA_KEY).exists():
-            raise NotFound(f"no site CA in {self.dir}; make one with `ws-admin pki init`")
+            raise NotFound(
+                f"no site CA in {self.dir}; make one with `ws-admin pki init`, or name the "
+                f"directory that holds it (`--dir DIR` or $WS_PKI_DIR)"
+            )
         self.cert = x509.load_pem_x509_certificate((self.dir / CA_CERT).read_bytes())
         key = serialization.load_pem_private_key((self.dir / CA_KEY).read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):

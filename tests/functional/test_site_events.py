@@ -157,6 +157,15 @@ def test_events_are_filtered_by_kind_family_workspace_and_node(
     capsys.readouterr()
     assert admin_cli.main(["--service", site.address, "events", "--kind", "imag"]) == 2
     assert "unknown event kind(s) 'imag'" in capsys.readouterr().err
+    # None to show: said on stderr, stdout empty for a script; with -o json nothing at all.
+    argv = ["--service", site.address, "events", "--workspace", "nobody"]
+    assert admin_cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("ws-admin: no events (kept for")
+    assert admin_cli.main([*argv, "--since", "1h"]) == 0
+    assert "ws-admin: no events since then" in capsys.readouterr().err
+    assert admin_cli.main([*argv, "-o", "json"]) == 0
+    assert capsys.readouterr() == ("", "")
     argv = ["--service", site.address, "events", "--kind", "image", "-o", "json"]
     assert admin_cli.main(argv) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]

@@ -89,6 +89,7 @@ def test_errors_are_clear_and_write_nothing(
     out = tmp_path / "x"
     code, _, err = run(capsys, "pki", "issue", "user", "alice", "--out", str(out), "--dir", ca)
     assert code == 1 and "no site CA" in err and "ws-admin pki init" in err
+    assert "`--dir DIR` or $WS_PKI_DIR" in err
     assert not out.exists()
     assert run(capsys, "pki", "init", "--dir", ca)[0] == 0
     code, _, err = run(capsys, "pki", "init", "--dir", ca)

@@ -59,19 +59,25 @@ def line(e: SiteEvent) -> str:
     return f"{text}: {e.reason}" if e.reason else text
 
 
-def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None]) -> int:
-    """Each event as a line (or a JSON object), until they end or Ctrl-C."""
+def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None], prog: str) -> int:
+    """Each event as a line (or a JSON object), until they end or Ctrl-C. A listing
+    without any says so on stderr (stdout stays empty, as for an empty list)."""
+    shown = 0
     try:
         for e in events:
+            shown += 1
             if render.wants_json(args):
                 render.print_json_line(as_dict(e))
             else:
                 print(line(e), flush=True)
     except KeyboardInterrupt:
-        pass
+        return common.EXIT_OK
     finally:
         events.close()
         sys.stdout.flush()
+    if not shown and not args.follow and not render.wants_json(args):
+        since = " since then" if args.since else ""
+        print(f"{prog}: no events{since} (kept for the service's event_retention)", file=sys.stderr)
     return common.EXIT_OK
 
 
@@ -79,7 +85,12 @@ def _since_and_follow(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
     )
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new events (after those kept, or those since --since)",
+    )
     p.add_argument(
         "--kind",
         action="append",
@@ -121,7 +132,7 @@ def _subject_runner(
             on_outage=common.outage_notice("ws: events"),
             kinds=kinds,
         )
-        return _print(args, events)
+        return _print(args, events, "ws")
 
     return run
 
@@ -178,7 +189,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
             on_outage=common.outage_notice("ws-admin: events"),
             which=which,
         )
-        return _print(args, events)
+        return _print(args, events, "ws-admin")
 
     p = sub.add_parser(
         "events",
