@@ -111,7 +111,8 @@ class Link:
                 req = codec.node_info_to_proto(self.node.node_info())
                 resp = stub.Register(req, timeout=CALL_TIMEOUT_S)
                 self.heartbeat_s = float(resp.heartbeat_interval_s or DEFAULT_HEARTBEAT_S)
-                log.info("node %s registered with %s", self.cfg.node, self.cfg.service)
+                where = failover.in_use(channel, self.cfg.service)
+                log.info("node %s registered with %s", self.cfg.node, where)
                 failures = 0
                 stream = stub.WatchAssignments(
                     nodes_pb2.WatchAssignmentsRequest(node=self.cfg.node)

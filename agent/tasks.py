@@ -137,7 +137,7 @@ class Tasks:
                 threading.Thread(
                     target=_cancel_on, args=(self.stop, done, stream), daemon=True
                 ).start()
-                log.info("task stream to %s open", self.cfg.service)
+                log.info("task stream to %s open", failover.in_use(channel, self.cfg.service))
                 for msg in stream:
                     failures = 0
                     task = codec.task_from_proto(msg)
@@ -149,7 +149,7 @@ class Tasks:
                 if not self.stop.is_set():
                     log.warning(
                         "task stream to %s: %s; reopening in %.1f s",
-                        self.cfg.service,
+                        failover.in_use(channel, self.cfg.service),
                         rpc_status.describe(exc),
                         RECONNECT.delay_s(failures + 1),
                     )

@@ -219,6 +219,12 @@ class _Stream:
         return getattr(self._inner, name)
 
 
+def in_use(channel: grpc.Channel, address: str) -> str:
+    """The address ``channel`` (made for ``address``) sends its calls to now: one replica
+    of a list, for a log line."""
+    return channel.address if isinstance(channel, FailoverChannel) else address
+
+
 def rotated(address: str, turn: int) -> str:
     """The address list ``address`` starting at its ``turn``-th entry (modulo its length):
     a process that reconnects after a failure tries the next replica first."""

@@ -157,6 +157,11 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
         assert _node_states(stubs_s) == [admin_pb2.NODE_STATE_READY]
         events = list(stubs_s.admin.WatchEvents(admin_pb2.WatchEventsRequest(follow=False)))
         assert not [e for e in events if e.kind == "node.state" and "DOWN" in e.state.upper()]
+        # Its log names the replica it is on, not the whole list.
+        said = [x for x in (tmp_path / "agent.log").read_text().splitlines() if "registered" in x]
+        assert said[-1].endswith(
+            f"registered with {socks[survivor].replace('svc.sock', 'nodes.sock')}"
+        ), said
     finally:
         for st in stubs.values():
             st.channel.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar, cast
@@ -16,6 +18,30 @@ from workspace.errors import Stopping, WorkspaceError
 from workspace.identity import Identity, Kind
 
 log = logging.getLogger("workspace.edge")
+
+
+class _Once:
+    """Whether a (method, message) pair is the first of its kind in ``period_s``: an
+    outage fails every call the same way (the database away: agents push console output
+    every quarter of a second), and one line a period says it as well as hundreds."""
+
+    def __init__(self, period_s: float = 10.0) -> None:
+        self.period_s = period_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def first(self, key: tuple[str, str]) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.period_s) < self.period_s:
+                return False
+            if len(self._last) > 1000:  # a bound, whatever the messages say
+                self._last.clear()
+            self._last[key] = now
+            return True
+
+
+_SAME_ERRORS = _Once()
 
 # How often a stream wakes up to check that its client is still there.
 STREAM_POLL_S = 5.0
@@ -33,7 +59,7 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     if isinstance(exc, Unauthenticated):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
     if isinstance(exc, WorkspaceError):
-        if not exc.expected:
+        if not exc.expected and _SAME_ERRORS.first((method, exc.message)):
             log.error("%s failed: %s", method, exc.message)
         context.abort(rpc_status.status_of(exc), exc.message)
     incident = uuid.uuid4().hex[:12]
