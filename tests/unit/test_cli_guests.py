@@ -336,6 +336,26 @@ def test_a_failed_login_says_when_none_of_the_callers_keys_is_in_the_guest(
     assert rc == 3 and "ws:" not in err
 
 
+def test_ctrl_c_ends_ssh_and_ws_with_it(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ctrl-C goes to the terminal's whole foreground group: ws and ssh (or scp). ssh
+    must get it with its default action (an ignored SIGINT stays ignored in the program
+    ws starts, and ssh keeps it so: `ws ssh -N` and `ws scp` then ran on), and ws must
+    outlive it and end with ssh. Here ssh says whether it ignores SIGINT, sends one to
+    ws as the terminal would, then to itself."""
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        "grep SigIgn /proc/$$/status >&2\nkill -INT $PPID\nkill -INT $$\nsleep 5\nexit 0\n",
+    )
+    rc, _, err = run(FakeClient([box(host_keys=HOST_KEYS)]), capfd, "ssh", "-N", "box")  # type: ignore[arg-type]
+    ignored = int(err.split("SigIgn:")[1].split()[0], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)), err
+    assert rc == 128 + signal.SIGINT  # ended by it, as a shell would say
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 def test_ws_ssh_ended_by_sigterm_ends_ssh_first_and_leaves_no_known_hosts(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

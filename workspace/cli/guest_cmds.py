@@ -569,7 +569,8 @@ def _hint_about_keys(client: Client, ws: common_pb2.Workspace) -> None:
 
 
 def run_in_foreground(cmd: list[str]) -> int:
-    """Run ``cmd`` with our terminal; its exit code is ours. Ctrl-C is its to handle;
+    """Run ``cmd`` with our terminal; its exit code is ours (128+N if signal N ended
+    it). Ctrl-C is its to handle (ws waits for it to end);
     SIGTERM and SIGHUP (a closed terminal) sent to ws go on to it, and ws ends when it
     does, so what ws made for it (``ws ssh``'s known_hosts) is removed then. The
     handlers are in place before it starts: one that arrives first is passed on as
@@ -583,8 +584,12 @@ def run_in_foreground(cmd: list[str]) -> int:
         else:
             early.append(signum)
 
+    # Ctrl-C reaches the child from the terminal (the whole foreground group gets it):
+    # ws waits for the child's end rather than ending first. A handler, not SIG_IGN: an
+    # ignored signal stays ignored across exec, and ssh and scp keep it so (scp would
+    # then wait for ever on an ssh that ignored the SIGINT scp passed on).
     handlers: dict[int, Any] = {
-        signal.SIGINT: signal.SIG_IGN,
+        signal.SIGINT: lambda _signum, _frame: None,
         signal.SIGTERM: forward,
         signal.SIGHUP: forward,
     }
@@ -594,7 +599,8 @@ def run_in_foreground(cmd: list[str]) -> int:
             started.append(proc)
             for signum in early:
                 proc.send_signal(signum)
-            return proc.wait()
+            rc = proc.wait()
+            return 128 - rc if rc < 0 else rc  # ended by signal N: 128+N, as a shell says
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
