@@ -77,6 +77,7 @@ class FakeClient:
         self.results: dict[str, Any] = {}
         self.cluster: clusters_pb2.Cluster | None = None
         self.keys: list[access_pb2.SshKey] = []
+        self.waited: list[tuple[str, list[int], float]] = []
 
     def list_ssh_keys(self) -> list[access_pb2.SshKey]:
         return self.keys
@@ -85,6 +86,17 @@ class FakeClient:
         if ref not in self.workspaces:
             raise errors.NotFound(f"no workspace {ref!r}")
         return self.workspaces[ref]
+
+    def wait_for_state(
+        self, id: str, states: list[int], timeout_s: float, on_change: Any = None
+    ) -> common_pb2.Workspace:
+        """The workspace once in ``states`` (at once here: its state is set so)."""
+        self.waited.append((id, list(states), timeout_s))
+        ws = next(w for w in self.workspaces.values() if w.id == id)
+        if on_change:
+            on_change(ws)
+        ws.state = states[0]
+        return ws
 
     def get_cluster(self, ref: str) -> clusters_pb2.Cluster:
         assert self.cluster is not None
@@ -263,6 +275,28 @@ def test_ssh_refuses_a_workspace_without_host_keys(capsys: pytest.CaptureFixture
     c.workspaces["box"].state = STOPPED
     rc, _, err = run(c, capsys, "ssh", "box", "--print")
     assert rc == 1 and "box is STOPPED" in err
+
+
+def test_retry_waits_for_a_starting_workspace_and_nothing_else(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ws ssh --retry N` right after a create without --wait: the workspace is waited
+    for (up to N s) until RUNNING; without --retry, or for one that is not on its way
+    (stopped), it is refused at once."""
+    starting = box(host_keys=HOST_KEYS)
+    starting.state = common_pb2.WorkspaceState.WORKSPACE_STATE_STARTING
+    c = FakeClient([starting])
+    rc, _, err = run(c, capsys, "ssh", "box", "--print")
+    assert rc == 1 and "workspace box is STARTING" in err and c.waited == []
+    rc, out, _ = run(c, capsys, "ssh", "--retry", "90", "box", "--print")
+    assert rc == 0 and c.waited == [("abc123", [RUNNING], 90)]
+    assert "ConnectionAttempts=90" in out
+    c.workspaces["box"].state = common_pb2.WorkspaceState.WORKSPACE_STATE_PROPAGATING
+    rc, out, _ = run(c, capsys, "scp", "--retry", "30", "f", "box:", "--print")
+    assert rc == 0 and c.waited[-1] == ("abc123", [RUNNING], 30)
+    c.workspaces["box"].state = STOPPED
+    rc, _, err = run(c, capsys, "ssh", "--retry", "90", "box")
+    assert rc == 1 and "box is STOPPED" in err and len(c.waited) == 2
 
 
 def test_ssh_and_scp_without_a_login_user_or_address_say_so_and_write_nothing(

@@ -90,7 +90,7 @@ def scp_command(
 
 def scp_cmd(args: argparse.Namespace, client: Client) -> int:
     ref, operands = plan(args.operands)
-    ws = client.get_workspace(ref)
+    ws = guest_cmds.once_running(client, args, client.get_workspace(ref))
     guest_cmds.check_ssh(ws, args.user or "")
     netns = guest_cmds.site_netns(client.address, ws.node)
     known = guest_cmds.write_known_hosts(ws)
@@ -134,7 +134,8 @@ def _add_scp_options(p: argparse.ArgumentParser) -> None:
         "--retry",
         type=common.positive_int,
         metavar="N",
-        help="try to connect up to N times, a second apart, while the guest boots",
+        help="a workspace still starting: wait up to N s for it to be RUNNING, then try "
+        "to connect up to N times, a second apart, while the guest boots",
     )
 
 

@@ -43,6 +43,15 @@ EXIT_TIMED_OUT = 124
 # Ctrl-]: leaves an attached console (as telnet and virsh console do).
 DETACH = b"\x1d"
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
+# The states a new (or started) workspace passes on its way to RUNNING.
+ON_THE_WAY = frozenset(
+    {
+        common_pb2.WorkspaceState.WORKSPACE_STATE_PENDING,
+        common_pb2.WorkspaceState.WORKSPACE_STATE_SCHEDULED,
+        common_pb2.WorkspaceState.WORKSPACE_STATE_PROPAGATING,
+        common_pb2.WorkspaceState.WORKSPACE_STATE_STARTING,
+    }
+)
 # Members run at once by `ws cluster exec` (in parallel by default).
 CLUSTER_PARALLEL = 16
 
@@ -461,6 +470,19 @@ def ws_address(ws: common_pb2.Workspace) -> str:
     raise errors.FailedPrecondition(f"workspace {ws.name} has no address yet")
 
 
+def once_running(
+    client: Client, args: argparse.Namespace, ws: common_pb2.Workspace
+) -> common_pb2.Workspace:
+    """``ws``; with ``--retry N`` and ``ws`` still on its way to RUNNING (right after
+    ``ws create`` without --wait), ``ws`` once RUNNING, waited for up to N seconds with
+    its state changes said on stderr (WaitTimeout, WaitFailed otherwise)."""
+    if not args.retry or ws.state not in ON_THE_WAY:
+        return ws
+    return client.wait_for_state(
+        ws.id, [RUNNING], args.retry, render.workspace_progress(args, "ws")
+    )
+
+
 def check_ssh(ws: common_pb2.Workspace, user: str = "") -> None:
     """FailedPrecondition unless ssh can reach ``ws`` as ``user`` (or its image's login
     user): checked before anything is written for it."""
@@ -477,7 +499,7 @@ def check_ssh(ws: common_pb2.Workspace, user: str = "") -> None:
 
 def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
     command = _command(args, late, "ws ssh", required=False)
-    ws = client.get_workspace(args.id)
+    ws = once_running(client, args, client.get_workspace(args.id))
     check_ssh(ws, args.user or "")
     netns = site_netns(client.address, ws.node)
     if args.no_command and command:
@@ -641,8 +663,9 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "--retry",
         type=common.positive_int,
         metavar="N",
-        help="try to connect up to N times, a second apart, while the guest boots "
-        "(ssh's ConnectionAttempts)",
+        help="a workspace still starting: wait up to N s for it to be RUNNING, then try "
+        "to connect up to N times, a second apart, while the guest boots (ssh's "
+        "ConnectionAttempts)",
     )
     forward = "[BIND:]PORT:HOST:HOSTPORT"
     for flag, spec, what in (
