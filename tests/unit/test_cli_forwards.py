@@ -159,7 +159,8 @@ def test_print_on_a_local_site_keeps_the_forwards_as_given(
 
 
 def test_specs_that_name_a_socket_here_or_are_dynamic_pass_unchanged(tmp_path: Path) -> None:
-    relay = forwards.Relay(tmp_path, say=lambda _line: None)
+    said: list[str] = []
+    relay = forwards.Relay(tmp_path, say=said.append)
     try:
         given = [
             ("-L", "/run/here.sock:localhost:80"),
@@ -171,6 +172,10 @@ def test_specs_that_name_a_socket_here_or_are_dynamic_pass_unchanged(tmp_path: P
         ]
         assert relay.bring_out(given) == given
         assert list(tmp_path.iterdir()) == []
+        assert said == [  # the one a user would expect on the host, and is not
+            "-D 1080 listens in the node's network namespace, not on this host "
+            "(`ip netns exec NS ...` reaches it; -L can be relayed, -D not)"
+        ]
     finally:
         relay.close()
 

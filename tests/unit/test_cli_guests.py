@@ -359,11 +359,21 @@ def test_a_failed_login_says_when_none_of_the_callers_keys_is_in_the_guest(
         "keys when it was created (SHA256:old)" in err
     )
     assert "`ws ssh -i FILE box`" in err
-    # The guest has one of the caller's keys: ssh's own word stands; so does a command's
-    # own exit code.
+    # The guest has one of the caller's keys: ssh may not have found its private half
+    # (kept elsewhere than ~/.ssh): ws says -i gives it. With -i, ssh's word stands;
+    # a key file that is not there is ws's error, before ssh runs.
     c.keys.append(access_pb2.SshKey(fingerprint="SHA256:old"))
     rc, _, err = run(c, capfd, "ssh", "box")  # type: ignore[arg-type]
+    assert rc == 255 and "ws: box has your key SHA256:old: if ssh said" in err
+    assert "`ws ssh -i FILE box`" in err
+    key = tmp_path / "id_test"
+    key.write_text("a key\n")
+    rc, _, err = run(c, capfd, "ssh", "-i", str(key), "box")  # type: ignore[arg-type]
     assert rc == 255 and "ws:" not in err
+    rc, _, err = run(c, capfd, "ssh", "-i", str(tmp_path / "nokey"), "box")  # type: ignore[arg-type]
+    assert rc == 1 and f"no key file {tmp_path / 'nokey'} (-i)" in err
+    rc, _, err = run(c, capfd, "scp", "-i", str(tmp_path / "nokey"), "f", "box:")  # type: ignore[arg-type]
+    assert rc == 1 and "no key file" in err
     c.keys = []
     monkeypatch.setenv("SSH_EXIT", "3")
     rc, _, err = run(c, capfd, "ssh", "box", "--", "false")  # type: ignore[arg-type]

@@ -91,7 +91,7 @@ def scp_command(
 def scp_cmd(args: argparse.Namespace, client: Client) -> int:
     ref, operands = plan(args.operands)
     ws = guest_cmds.once_running(client, args, client.get_workspace(ref))
-    guest_cmds.check_ssh(ws, args.user or "")
+    guest_cmds.check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = guest_cmds.site_netns(client.address, ws.node)
     known = guest_cmds.write_known_hosts(ws)
     cmd = scp_command(
@@ -188,7 +188,7 @@ def copy_member(
     done = MemberCopy(m.id, m.name, m.role)
     known: Path | None = None
     try:
-        guest_cmds.check_ssh(m, args.user or "")
+        guest_cmds.check_ssh(m, args.user or "", args.key or "")
         *sources, target = operands
         if not target.workspace:  # :SRC... DIR: into DIR/MEMBER/
             into = Path(target.path) / m.name

@@ -92,6 +92,10 @@ class Relay:
             elif flag == "-R":
                 out.append((flag, self._remote(n, spec, fields)))
             else:
+                self.say(
+                    f"{flag} {spec} listens in the node's network namespace, not on this "
+                    f"host (`ip netns exec NS ...` reaches it; -L can be relayed, {flag} not)"
+                )
                 out.append((flag, spec))
         return out
 

@@ -483,9 +483,12 @@ def once_running(
     )
 
 
-def check_ssh(ws: common_pb2.Workspace, user: str = "") -> None:
+def check_ssh(ws: common_pb2.Workspace, user: str = "", key: str = "") -> None:
     """FailedPrecondition unless ssh can reach ``ws`` as ``user`` (or its image's login
-    user): checked before anything is written for it."""
+    user) with the private key file ``key`` if given (not checked for a command only
+    printed): checked before anything is written for it."""
+    if key and not os.path.isfile(key):
+        raise errors.FailedPrecondition(f"no key file {key} (-i): give the private key's path")
     if not ws.host_keys:
         raise errors.FailedPrecondition(
             f"workspace {ws.name}'s image takes no contextualization; "
@@ -500,7 +503,7 @@ def check_ssh(ws: common_pb2.Workspace, user: str = "") -> None:
 def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
     command = _command(args, late, "ws ssh", required=False)
     ws = once_running(client, args, client.get_workspace(args.id))
-    check_ssh(ws, args.user or "")
+    check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = site_netns(client.address, ws.node)
     if args.no_command and command:
         raise common.UsageError("-N forwards ports only: give no command with it")
@@ -528,7 +531,7 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
     finally:
         relay.close()
     if rc == SSH_FAILED:
-        _hint_about_keys(client, ws)
+        _hint_about_keys(client, ws, bool(args.key))
     return rc
 
 
@@ -563,10 +566,11 @@ def print_or_run(args: argparse.Namespace, cmd: list[str], known: Path) -> int:
 SSH_FAILED = 255
 
 
-def _hint_about_keys(client: Client, ws: common_pb2.Workspace) -> None:
+def _hint_about_keys(client: Client, ws: common_pb2.Workspace, key_given: bool) -> None:
     """After a failed login: say so if none of the caller's SSH keys at the service is
     in the guest, the usual reason a scientist cannot log in (ssh itself only says
-    "Permission denied")."""
+    "Permission denied"); if one is but no ``-i`` was given, that ssh may not have
+    found its private half."""
     try:
         mine = {k.fingerprint for k in client.list_ssh_keys()}
     except errors.WorkspaceError:
@@ -580,8 +584,17 @@ def _hint_about_keys(client: Client, ws: common_pb2.Workspace) -> None:
             f"none of your SSH keys at the service is in {ws.name}: it was given its "
             f"owner's keys when it was created ({had})"
         )
+    elif key_given:
+        return  # it has one of them and ssh was given a key: as ssh said
     else:
-        return  # it has one of them: something else failed, as ssh said
+        have = ", ".join(sorted(mine & set(ws.ssh_keys)))
+        print(
+            f'ws: {ws.name} has your key {have}: if ssh said "Permission denied", it '
+            f"did not find the private half where it looks (~/.ssh/id_ed25519, id_ecdsa, "
+            f"id_rsa): give it with `ws ssh -i FILE {ws.name}`",
+            file=sys.stderr,
+        )
+        return
     print(
         f"ws: {why}, and a key added later reaches only new workspaces: `ws key add "
         f"~/.ssh/id_ed25519.pub`, then create a new one, or log in with a key it has "
