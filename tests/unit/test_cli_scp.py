@@ -168,7 +168,7 @@ def test_cluster_scp_copies_to_and_from_every_member(
         "== mpi-worker-1 (worker): scp exit 1",
         "3 members: 2 copied, 1 failed (mpi-worker-1: scp exit 1)",
     ]
-    assert err == "scp: /in: No such file or directory\n"
+    assert err == "mpi-worker-1: scp: /in: No such file or directory\n"  # whose it is
 
     # Down: each member's files in a directory of its own; --role picks the members.
     into = tmp_path / "logs"
@@ -180,6 +180,11 @@ def test_cluster_scp_copies_to_and_from_every_member(
     doc = json.loads(out)
     assert doc["summary"] == {"members": 1, "failed": [], "text": "1 member: 1 copied"}
     assert doc["members"][0]["name"] == "mpi-head-0" and doc["members"][0]["exit_code"] == 0
+
+    # A member whose copy failed leaves no empty directory claiming otherwise.
+    rc, _, _ = run(c, capfd, "cluster", "scp", "mpi", ":/in", str(into))  # type: ignore[arg-type]
+    assert rc == 1 and len(operands()) == 3
+    assert sorted(p.name for p in into.iterdir()) == ["mpi-head-0", "mpi-worker-0"]
 
     # A stopped member is said and the others still get theirs; nothing is left behind.
     c.cluster.members[1].state = STOPPED  # type: ignore[union-attr]

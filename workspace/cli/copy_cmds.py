@@ -13,6 +13,7 @@ of them), each member's own copy of a download in a directory named after it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import subprocess
@@ -187,12 +188,15 @@ def copy_member(
     failure is kept, never raised."""
     done = MemberCopy(m.id, m.name, m.role)
     known: Path | None = None
+    made: Path | None = None  # the member's directory, if this copy made it
     try:
         guest_cmds.check_ssh(m, args.user or "", args.key or "")
         *sources, target = operands
         if not target.workspace:  # :SRC... DIR: into DIR/MEMBER/
             into = Path(target.path) / m.name
-            into.mkdir(parents=True, exist_ok=True)
+            if not into.exists():
+                into.mkdir(parents=True)
+                made = into
             operands = [*sources, Operand("", f"{into}/")]
         netns = guest_cmds.site_netns(client.address, m.node)
         known = guest_cmds.write_known_hosts(m)
@@ -209,6 +213,9 @@ def copy_member(
     finally:
         if known is not None:
             shutil.rmtree(known.parent, ignore_errors=True)
+        if made is not None and not done.ok:
+            with contextlib.suppress(OSError):
+                made.rmdir()  # nothing copied into it: no directory claims otherwise
     return done
 
 
@@ -240,7 +247,8 @@ def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
     else:
         for c in copies:
             print(f"== {c.name} ({c.role or '-'}): {c.status}", flush=True)
-            sys.stderr.write(c.stderr)
+            for said in c.stderr.splitlines():
+                print(f"{c.name}: {said}", file=sys.stderr, flush=True)
         print(line)
     return common.EXIT_OK if not bad else common.EXIT_REQUEST
 
