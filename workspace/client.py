@@ -88,6 +88,7 @@ FAILURE_POLICIES = ("keep", "teardown")
 
 # Text in grpc-core's details when no connection could be made (as opposed to an
 # UNAVAILABLE the service chose to return).
+_NOTHING_THERE = ("connection refused", "no such file or directory")
 _CONNECT_MARKERS = (
     "failed to connect",
     "connection refused",
@@ -195,9 +196,11 @@ class Client(
         if code == grpc.StatusCode.UNAVAILABLE and (
             not details or any(m in details.lower() for m in _CONNECT_MARKERS)
         ):
+            # Nothing listens there (refused, no socket): not a matter of identity.
+            absent = any(m in details.lower() for m in _NOTHING_THERE)
             hint = (
                 ""
-                if self.tls is not None
+                if self.tls is not None or absent
                 else f" (no identity given: a service with mutual TLS needs --identity DIR "
                 f"or ${IDENTITY_ENV})"
             )

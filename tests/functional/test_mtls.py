@@ -18,6 +18,7 @@ from workspace import config, pki, rpc
 from workspace.cli import ws
 from workspace.client import Client
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.errors import Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.v1 import admin_pb2, images_pb2
 
@@ -67,12 +68,21 @@ def test_a_site_over_mutual_tls_runs_a_workspace(tls_site: TlsSite) -> None:
         wait_for(lambda: alice.get_workspace(mine.id).state == running, what="a1 RUNNING")
 
 
-def test_a_client_without_a_certificate_cannot_connect(tls_site: TlsSite) -> None:
+def test_a_client_without_a_certificate_cannot_connect(tls_site: TlsSite, tmp_path: Path) -> None:
     plain = Stubs(rpc.channel(tls_site.address))
     try:
         assert code_of(lambda: list_nodes(plain)) == grpc.StatusCode.UNAVAILABLE
     finally:
         plain.channel.close()
+    # The client says what is likely missing; where nothing listens it does not.
+    with Client(tls_site.address) as c, pytest.raises(Unavailable) as err:
+        c.list_workspaces()
+    assert "(no identity given: a service with mutual TLS needs --identity DIR" in str(err.value)
+    nowhere = f"unix:{tmp_path / 'absent.sock'}"
+    with Client(nowhere) as c, pytest.raises(Unavailable) as err:
+        c.list_workspaces()
+    assert "No such file or directory" in str(err.value)
+    assert "no identity given" not in str(err.value)
 
 
 def test_a_certificate_of_another_ca_is_refused(tls_site: TlsSite, tmp_path: Path) -> None:
