@@ -307,11 +307,41 @@ def test_console_attach_through_the_cli(
     assert b"Ctrl-] detaches" in err and b"ws: detached" in err
 
 
-def test_console_attach_to_a_stopped_workspace_is_refused(box: Site, client: Client) -> None:
+def test_console_attach_with_piped_input_shows_the_answer_then_detaches(
+    box: Site, capfdbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`printf 'root\\r' | ws console box --attach`: the end of input is not the end of
+    the console; the guest's answer to what was piped in is shown, then ws detaches."""
+    r, w = os.pipe()
+    os.write(w, b"root\r")
+    os.close(w)
+    with os.fdopen(r, "rb") as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert ws.main(["--service", box.address, "console", "box", "--attach"]) == 0
+    out, err = capfdbinary.readouterr()
+    assert b"box login: root\r\n" in out
+    assert err.endswith(b"ws: end of input: detached\n")
+
+
+def test_console_attach_to_a_stopped_workspace_is_refused(
+    box: Site,
+    client: Client,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     client.stop_workspace("box")
     box.stubs.wait_state("box", WS.WORKSPACE_STATE_STOPPED)
     with pytest.raises(errors.FailedPrecondition, match="box is STOPPED"):
         list(client.attach_console("box", iter(())))
+    capfd.readouterr()
+    r, w = os.pipe()
+    os.close(w)
+    with os.fdopen(r, "rb") as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert ws.main(["--service", box.address, "console", "box", "--attach"]) == 1
+    err = capfd.readouterr().err
+    assert "box is STOPPED" in err and "attached" not in err  # one line: the refusal
+    assert len(err.splitlines()) == 1
 
 
 def test_the_console_ends_when_the_guest_stops(box: Site, client: Client) -> None:

@@ -14,23 +14,20 @@ workspace/cli/common.py.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
-import queue
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from workspace import errors
 from workspace.cli import common, forwards, render
@@ -41,7 +38,6 @@ from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 # timeout(1)'s exit code for a command that ran past its time.
 EXIT_TIMED_OUT = 124
 # Ctrl-]: leaves an attached console (as telnet and virsh console do).
-DETACH = b"\x1d"
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
 # The states a new (or started) workspace passes on its way to RUNNING.
 ON_THE_WAY = frozenset(
@@ -286,89 +282,6 @@ def cluster_exec_cmd(args: argparse.Namespace, client: Client, late: _OptionPars
                 _write(sys.stderr, r.result.stderr)
         print(line)
     return common.EXIT_OK if all(r.ok for r in runs) else common.EXIT_REQUEST
-
-
-# -- ws console --attach -----------------------------------------------------------------
-
-
-class Keystrokes:
-    """Bytes read from ``fd`` (a thread of its own) until Ctrl-] (``detached``), the end
-    of input, or ``close``; iterate to get them."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.detached = threading.Event()
-        self._q: queue.Queue[bytes | None] = queue.Queue()
-        threading.Thread(target=self._read, name="console-stdin", daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            while True:
-                data = os.read(self.fd, 1024)
-                if not data:
-                    break
-                before, hit, _ = data.partition(DETACH)
-                if before:
-                    self._q.put(before)
-                if hit:
-                    self.detached.set()
-                    break
-        except OSError:
-            pass
-        self._q.put(None)
-
-    def close(self) -> None:
-        """The session ended: end the iteration (the reader thread may stay blocked)."""
-        self._q.put(None)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            yield item
-
-
-@contextlib.contextmanager
-def raw_terminal(fd: int) -> Iterator[bool]:
-    """``fd`` in raw mode while inside (restored on the way out, errors included);
-    yields whether it is a terminal at all."""
-    if not os.isatty(fd):
-        yield False
-        return
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd)
-        yield True
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def attach(
-    client: Client,
-    ref: str,
-    stdin_fd: int | None = None,
-    out: BinaryIO | None = None,
-) -> int:
-    """Relay the console of ``ref``: input to the guest, its output to ``out``."""
-    fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
-    sink = out if out is not None else sys.stdout.buffer
-    keys = Keystrokes(fd)
-    try:
-        with raw_terminal(fd) as tty_mode:
-            nl = "\r\n" if tty_mode else "\n"
-            sys.stderr.write(f"ws: attached to the console of {ref}; Ctrl-] detaches{nl}")
-            sys.stderr.flush()
-            for data in client.attach_console(ref, keys):
-                sink.write(data)
-                sink.flush()
-    finally:
-        keys.close()
-    print(f"\nws: {'detached' if keys.detached.is_set() else 'the console ended'}", file=sys.stderr)
-    return common.EXIT_OK
 
 
 # -- ws ssh ------------------------------------------------------------------------------
@@ -755,11 +668,3 @@ def register_cluster(
     _add_exec_options(p, late)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=lambda a: cluster_exec_cmd(a, client_for(a), late))
-
-
-def add_attach_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--attach",
-        action="store_true",
-        help="the interactive serial console, both ways (Ctrl-] detaches)",
-    )

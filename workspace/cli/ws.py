@@ -17,6 +17,7 @@ from workspace.cli import (
     cluster_cmds,
     clusterspec,
     common,
+    console_cmds,
     copy_cmds,
     event_cmds,
     guest_cmds,
@@ -218,7 +219,7 @@ class Commands(common.ClientCommands):
 
     def console(self, args: argparse.Namespace) -> int:
         if args.attach:
-            return guest_cmds.attach(self.client(args), args.id)
+            return console_cmds.attach(self.client(args), args.id)
         client, tail = self.client(args), args.tail or 0
         if render.wants_json(args):
             # The JSON names the workspace by its id and name, not by what was typed.
@@ -583,7 +584,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.add_argument(
         "--tail", type=common.non_negative_int, metavar="BYTES", help="only the last BYTES"
     )
-    guest_cmds.add_attach_option(p)
+    console_cmds.add_attach_option(p)
     p.set_defaults(func=cmds.console)
 
     for name, (_, state, text) in ACTIONS.items():
