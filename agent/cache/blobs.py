@@ -18,8 +18,11 @@ download, or a re-hash), its stat is recorded in ``<root>/verified/<hex>``. Ever
 when it changed; a blob that no longer matches is moved to ``<root>/quarantine/``
 and the use fails with ``BlobCorrupted`` (the next ``ensure`` fetches it again). The
 last-use time of a blob is its record file's mtime (set with utime on every use, so
-it survives restarts); the blob file itself is never touched, so its own mtime and
-ctime move only when someone writes to it.
+it survives restarts); the cache itself never touches the blob file. Its ctime moves
+when someone writes to it, and also when its owner or mode changes: libvirt's
+``dynamic_ownership`` hands a guest's kernel and initrd to the QEMU user while the guest
+runs (and back), so those two are re-hashed at the next start. That is on purpose: while
+QEMU owns the file it could have written to it, and the re-hash is what finds it.
 
 Restart: the directory is re-listed (``_reindex``) and nothing is read: a blob whose
 record still matches its stat is used at once; one without a record (cached by an
