@@ -257,6 +257,9 @@ def test_ssh_forwards_ports_as_ssh_does(
     for argv, said in (
         (["ssh", "box", "-N", "--", "uptime"], "-N forwards ports only"),
         (["ssh", "-L", "", "box"], "-L needs a forwarding spec"),
+        (["ssh", "box", "-L", "18000"], "-L '18000': give [BIND:]PORT:HOST:HOSTPORT"),
+        (["ssh", "box", "-L", "99999:localhost:22"], "port 99999 is over 65535"),
+        (["ssh", "box", "-D", "a:b:1080"], "-D 'a:b:1080': give [BIND:]PORT"),
         (["ssh", "box", "-D", "--print"], "argument -D: expected one argument"),
     ):
         try:

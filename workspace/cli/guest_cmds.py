@@ -622,11 +622,24 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     p.set_defaults(func=lambda a: ssh_cmd(a, client_for(a), ssh_late))
 
 
+# How many colon-separated fields each forward's spec has, by ssh's forms.
+_SPEC_FIELDS = {"-L": (2, 3, 4), "-R": (1, 2, 3, 4), "-D": (1, 2)}
+
+
 def _forward(flag: str, spec: str) -> tuple[str, str]:
-    """``-L``/``-R``/``-D SPEC`` (an argparse type): the flag and its spec, which ssh
-    itself checks; only an empty or option-like one is refused here."""
+    """``-L``/``-R``/``-D SPEC`` (an argparse type): the flag and its spec. What ssh
+    would refuse only once started -- an empty spec, too few or too many fields, a port
+    over 65535 -- is a usage error here; the rest ssh checks."""
     if not spec or spec.startswith("-"):
         raise argparse.ArgumentTypeError(f"{flag} needs a forwarding spec, got {spec!r}")
+    fields = forwards.split_spec(spec)
+    if len(fields) not in _SPEC_FIELDS[flag]:
+        forms = {"-L": "[BIND:]PORT:HOST:HOSTPORT", "-R": "[BIND:]PORT:HOST:HOSTPORT",
+                 "-D": "[BIND:]PORT"}  # fmt: skip
+        raise argparse.ArgumentTypeError(f"{flag} {spec!r}: give {forms[flag]}")
+    for f in fields:
+        if f.isdigit() and int(f) > 65535:
+            raise argparse.ArgumentTypeError(f"{flag} {spec!r}: port {f} is over 65535")
     return flag, spec
 
 
