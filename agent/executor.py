@@ -338,11 +338,16 @@ class Executor:
         elif action is Action.STOP:
             assert order is not None
             self._set_status(wid, Observed.STOPPING)
-            if not d.shutdown(wid, float(order.stop_timeout_s or DEFAULT_STOP_TIMEOUT_S)):
-                log.info(
-                    "workspace %s did not power off within %d s; forcing", wid, order.stop_timeout_s
-                )
+            timeout_s = order.stop_timeout_s or DEFAULT_STOP_TIMEOUT_S
+            if not d.shutdown(wid, float(timeout_s)):
+                log.info("workspace %s did not power off within %d s; forcing", wid, timeout_s)
                 d.destroy(wid)
+                # Said on the workspace (its reason, its state event) until it is asked
+                # something new: an owner waiting 60 s should learn why.
+                self.status.note(
+                    wid, f"did not power off within {timeout_s} s of the shutdown request: "
+                    "powered off"
+                )  # fmt: skip
         elif action is Action.FORCE_STOP:
             self._set_status(wid, Observed.STOPPING)
             d.destroy(wid)

@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace.client import Client
 from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
 
 
@@ -84,6 +85,15 @@ def test_stop_forces_power_off_after_timeout(tmp_path) -> None:  # type: ignore[
         site.stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id, timeout_s=1))
         site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
         wait_for(lambda: "power off (forced)" in console(site, w.id), what="forced power off")
+        # The owner learns why the stop took the whole timeout: on the workspace and in
+        # its events; a start asks something new and the reason goes.
+        said = "did not power off within 1 s of the shutdown request: powered off"
+        wait_for(lambda: site.stubs.get(w.id).reason == said, what="the reason")
+        with Client(site.address) as c:
+            stopped = [e for e in c.watch_workspace_events(w.id) if e.state == "STOPPED"]
+        assert stopped and said in stopped[-1].reason
+        site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=w.id))
+        assert site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING).reason == ""
     finally:
         site.close()
 
