@@ -106,18 +106,26 @@ class FailoverChannel(grpc.Channel):
         return _Unary(self, "stream_unary", method, args, kw, False)
 
     def unary_stream(self, method: str, *args: Any, **kw: Any) -> Any:
-        return _Streaming(self, "unary_stream", method, args, kw, resend=True)
+        return _Streaming(self, "unary_stream", method, args, kw, again=True)
 
     def stream_stream(self, method: str, *args: Any, **kw: Any) -> Any:
         # Its requests are an iterator gRPC may have begun to read: never sent again.
-        return _Streaming(self, "stream_stream", method, args, kw, resend=False)
+        return _Streaming(self, "stream_stream", method, args, kw, again=False)
 
 
 class _Callable:
     def __init__(
-        self, ch: FailoverChannel, kind: str, method: str, args: tuple[Any, ...], kw: Any
+        self,
+        ch: FailoverChannel,
+        kind: str,
+        method: str,
+        args: tuple[Any, ...],
+        kw: Any,
+        again: bool,
     ) -> None:
         self.ch = ch
+        self.kind = kind
+        self.again = again
         # Made now, as a stub makes them: grpc crashes the process when one is made on a
         # channel already closed (a call on a closed channel only fails).
         self._calls = [getattr(c, kind)(method, *args, **kw) for c in ch.channels]
@@ -127,18 +135,7 @@ class _Callable:
 
 
 class _Unary(_Callable):
-    def __init__(
-        self,
-        ch: FailoverChannel,
-        kind: str,
-        method: str,
-        args: tuple[Any, ...],
-        kw: Any,
-        retry: bool,
-    ) -> None:
-        super().__init__(ch, kind, method, args, kw)
-        self.kind = kind
-        self.retry = retry
+    """``again``: an idempotent call, sent again on the next replica after UNAVAILABLE."""
 
     def __call__(self, request: Any, *args: Any, **kw: Any) -> Any:
         return self._attempts(lambda mc: mc(request, *args, **kw))
@@ -159,27 +156,18 @@ class _Unary(_Callable):
                     raise
                 self.ch.failed(index)
                 # A stream of requests may have been read in part: never sent again.
-                again = self.retry or (self.kind == "unary_unary" and never_sent(exc))
+                again = self.again or (self.kind == "unary_unary" and never_sent(exc))
                 if not again or attempt == len(self.ch.addresses) - 1:
                     raise
         raise AssertionError("unreachable")
 
 
 class _Streaming(_Callable):
-    def __init__(
-        self,
-        ch: FailoverChannel,
-        kind: str,
-        method: str,
-        args: tuple[Any, ...],
-        kw: Any,
-        resend: bool,
-    ) -> None:
-        super().__init__(ch, kind, method, args, kw)
-        self.resend = resend
+    """``again``: a stream that may be opened again on the next replica when none
+    received it (its request is one message, not an iterator gRPC may have read)."""
 
     def __call__(self, request: Any, *args: Any, **kw: Any) -> Any:
-        return _Stream(self.ch, lambda index: self._on(index)(request, *args, **kw), self.resend)
+        return _Stream(self.ch, lambda index: self._on(index)(request, *args, **kw), self.again)
 
 
 class _Stream:
