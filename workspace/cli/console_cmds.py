@@ -18,7 +18,7 @@ from workspace.client import Client
 from workspace.v1 import common_pb2
 
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
-DETACH = b"\x1d"  # Ctrl-]
+DETACH = b"\x1d"  # Ctrl-]: leaves an attached console (as telnet and virsh console do)
 
 
 # After the end of input (keystrokes piped in), how long the guest's answer to the last

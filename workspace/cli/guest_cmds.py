@@ -37,7 +37,6 @@ from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 
 # timeout(1)'s exit code for a command that ran past its time.
 EXIT_TIMED_OUT = 124
-# Ctrl-]: leaves an attached console (as telnet and virsh console do).
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
 # The states a new (or started) workspace passes on its way to RUNNING.
 ON_THE_WAY = frozenset(
