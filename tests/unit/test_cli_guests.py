@@ -396,11 +396,12 @@ def test_ctrl_c_ends_ssh_and_ws_with_it(
         tmp_path,
         "grep SigIgn /proc/$$/status >&2\nkill -INT $PPID\nkill -INT $$\nsleep 5\nexit 0\n",
     )
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN if the tests run in the background
     rc, _, err = run(FakeClient([box(host_keys=HOST_KEYS)]), capfd, "ssh", "-N", "box")  # type: ignore[arg-type]
     ignored = int(err.split("SigIgn:")[1].split()[0], 16)
     assert not ignored & (1 << (signal.SIGINT - 1)), err
     assert rc == 128 + signal.SIGINT  # ended by it, as a shell would say
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
 def test_ws_ssh_ended_by_sigterm_ends_ssh_first_and_leaves_no_known_hosts(
