@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from workspace.cli import common
+from workspace.cli.guest_cmds import RUNNING
 from workspace.client import Client
-from workspace.v1 import common_pb2
 
-RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
 DETACH = b"\x1d"  # Ctrl-]: leaves an attached console (as telnet and virsh console do)
 
 
