@@ -592,11 +592,10 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "to connect up to N times, a second apart, while the guest boots (ssh's "
         "ConnectionAttempts)",
     )
-    forward = "[BIND:]PORT:HOST:HOSTPORT"
-    for flag, spec, what in (
-        ("-L", forward, "a local port forwarded to HOST:HOSTPORT as the guest sees it"),
-        ("-R", forward, "a port of the guest forwarded to HOST:HOSTPORT as seen from here"),
-        ("-D", "[BIND:]PORT", "a local SOCKS proxy through the guest"),
+    for flag, what in (
+        ("-L", "a local port forwarded to HOST:HOSTPORT as the guest sees it"),
+        ("-R", "a port of the guest forwarded to HOST:HOSTPORT as seen from here"),
+        ("-D", "a local SOCKS proxy through the guest"),
     ):
         _add(
             p,
@@ -605,7 +604,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
             dest="forwards",
             action="append",
             type=functools.partial(_forward, flag),
-            metavar=spec,
+            metavar=_SPECS[flag][0],
             help=f"{what}, as ssh {flag} (repeatable; ssh ends if it cannot open it)",
         )
     _add(
@@ -621,8 +620,13 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     p.set_defaults(func=lambda a: ssh_cmd(a, client_for(a), ssh_late))
 
 
-# How many colon-separated fields each forward's spec has, by ssh's forms.
-_SPEC_FIELDS = {"-L": (2, 3, 4), "-R": (1, 2, 3, 4), "-D": (1, 2)}
+# Each forward's spec as ssh's help gives it, and how many colon-separated fields its
+# forms have (socket and dynamic forms included).
+_SPECS = {
+    "-L": ("[BIND:]PORT:HOST:HOSTPORT", (2, 3, 4)),
+    "-R": ("[BIND:]PORT:HOST:HOSTPORT", (1, 2, 3, 4)),
+    "-D": ("[BIND:]PORT", (1, 2)),
+}
 
 
 def _forward(flag: str, spec: str) -> tuple[str, str]:
@@ -631,11 +635,10 @@ def _forward(flag: str, spec: str) -> tuple[str, str]:
     over 65535 -- is a usage error here; the rest ssh checks."""
     if not spec or spec.startswith("-"):
         raise argparse.ArgumentTypeError(f"{flag} needs a forwarding spec, got {spec!r}")
+    form, counts = _SPECS[flag]
     fields = forwards.split_spec(spec)
-    if len(fields) not in _SPEC_FIELDS[flag]:
-        forms = {"-L": "[BIND:]PORT:HOST:HOSTPORT", "-R": "[BIND:]PORT:HOST:HOSTPORT",
-                 "-D": "[BIND:]PORT"}  # fmt: skip
-        raise argparse.ArgumentTypeError(f"{flag} {spec!r}: give {forms[flag]}")
+    if len(fields) not in counts:
+        raise argparse.ArgumentTypeError(f"{flag} {spec!r}: give {form}")
     for f in fields:
         if f.isdigit() and int(f) > 65535:
             raise argparse.ArgumentTypeError(f"{flag} {spec!r}: port {f} is over 65535")
