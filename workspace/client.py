@@ -88,7 +88,6 @@ FAILURE_POLICIES = ("keep", "teardown")
 
 # Text in grpc-core's details when no connection could be made (as opposed to an
 # UNAVAILABLE the service chose to return).
-_NOTHING_THERE = ("connection refused", "no such file or directory")
 _CONNECT_MARKERS = (
     "failed to connect",
     "connection refused",
@@ -102,6 +101,9 @@ _CONNECT_MARKERS = (
     "connect failed",
     "permission denied",
 )
+# Of those, the ones that say nothing listens at the address at all (no identity
+# would have helped).
+_NOTHING_THERE = ("connection refused", "no such file or directory")
 
 
 def _enum_value(enum: Any, prefix: str, choices: Sequence[str], value: int | str) -> int:
@@ -193,11 +195,11 @@ class Client(
     def _error(self, exc: grpc.RpcError) -> errors.WorkspaceError:
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else "") or ""
+        said = details.lower()
         if code == grpc.StatusCode.UNAVAILABLE and (
-            not details or any(m in details.lower() for m in _CONNECT_MARKERS)
+            not details or any(m in said for m in _CONNECT_MARKERS)
         ):
-            # Nothing listens there (refused, no socket): not a matter of identity.
-            absent = any(m in details.lower() for m in _NOTHING_THERE)
+            absent = any(m in said for m in _NOTHING_THERE)
             hint = (
                 ""
                 if self.tls is not None or absent
