@@ -172,15 +172,15 @@ class _Streaming(_Callable):
 
 class _Stream:
     """A response stream that moves its channel on when it ends with UNAVAILABLE; one
-    that never reached a replica is started again on the next (``resend``), every
+    that never reached a replica is started again on the next (``again``), every
     address once, before its first message."""
 
-    def __init__(self, ch: FailoverChannel, start: Callable[[int], Any], resend: bool) -> None:
+    def __init__(self, ch: FailoverChannel, start: Callable[[int], Any], again: bool) -> None:
         self._ch = ch
         self._start = start
         self._index = ch.current()
         self._inner = start(self._index)
-        self._resends = len(ch.addresses) - 1 if resend else 0
+        self._resends = len(ch.addresses) - 1 if again else 0
         self._received = False
 
     def __iter__(self) -> Iterator[Any]:
