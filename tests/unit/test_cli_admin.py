@@ -120,6 +120,18 @@ def test_admin_usage_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert client.calls == []
 
 
+def test_admin_unknown_argument_is_named_with_its_command_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = FakeClient()
+    with pytest.raises(SystemExit) as exc:
+        admin.main(["node", "list", "--x"], connect=lambda _s: client)  # type: ignore[arg-type, return-value]
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and client.calls == []
+    assert "usage: ws-admin node list " in err
+    assert "ws-admin node list: error: unrecognized arguments: --x" in err
+
+
 def test_admin_image_import_detects_the_format_as_push_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

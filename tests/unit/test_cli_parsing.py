@@ -107,6 +107,26 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["list", "--bogus"], "ws list"),
+        (["cluster", "list", "--bogus"], "ws cluster list"),
+        (["key", "list", "extra"], "ws key list"),
+    ],
+)
+def test_an_unknown_argument_is_named_with_its_command_usage(
+    argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not the top-level usage (every command listed), which says nothing of the command."""
+    with pytest.raises(SystemExit) as exc:
+        ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert f"usage: {usage} " in err
+    assert f"{usage}: error: unrecognized arguments: {argv[-1]}" in err
+
+
 def test_an_empty_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`--name ""` once made a workspace named ws-ID without a word."""
     code = ws.main(["create", "--image", "x", "--name", ""], connect=lambda _s: FakeClient())  # type: ignore[arg-type, return-value]

@@ -372,7 +372,7 @@ def _range(text: str) -> tuple[str, str]:
 
 
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = common.Parser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_global_options(parser)

@@ -56,6 +56,21 @@ class ClientCommands:
             self._client.close()
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands report arguments they do not know themselves,
+    with their own usage line (``ws list: error: unrecognized arguments: --bogus``); plain
+    argparse leaves them to the top-level parser, whose usage is of no help there.
+    Subparsers are made of the parser's own class, so one at the top is enough."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def cli_main(
     prog: str,
     commands: Callable[[Connect], ClientCommands],

@@ -537,7 +537,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
 
 
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = common.Parser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_global_options(parser)
