@@ -81,20 +81,27 @@ class PgServer:
         self.log = self.root / "postgres.log"
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._run_as: dict[str, Any] = {}
+        # As root, the server's programs run as the ``postgres`` user: setpriv(1) changes
+        # the ids after the fork, not subprocess's user/group arguments, which make Python
+        # fork() rather than vfork(): a fork of a test process holding gRPC channels can
+        # abort in gRPC's fork handlers before it runs anything (grpc#43055), and the
+        # server then never starts (seen when a test restarted it).
+        self._run_as: tuple[str, ...] = ()
         if os.geteuid() == 0:
             pw = pwd.getpwnam(USER)
-            self._run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+            self._run_as = ("--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid))
+            self._run_as += ("--clear-groups",)
             self.root.chmod(0o755)
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         self.sock.mkdir(exist_ok=True)
-        if self._run_as:
-            os.chown(self.sock, self._run_as["user"], self._run_as["group"])
+        if os.geteuid() == 0:
+            os.chown(self.sock, pw.pw_uid, pw.pw_gid)
         self._initdb()
 
     def _initdb(self) -> None:
         subprocess.run(
             [
+                *("setpriv", *self._run_as, "--"),
                 str(self.bin / "initdb"),
                 "-D",
                 str(self.data),
@@ -109,7 +116,6 @@ class PgServer:
             check=True,
             capture_output=True,
             cwd=self.root,
-            **self._run_as,
         )
 
     # -- the server ------------------------------------------------------------------------
@@ -120,10 +126,9 @@ class PgServer:
             self._proc = subprocess.Popen(
                 [
                     # A fast shutdown if the test process dies (PR_SET_PDEATHSIG), so a
-                    # killed test run leaves no server behind. Set by setpriv(1), not a
-                    # preexec_fn: a fork of a test process holding gRPC channels can abort
-                    # in gRPC's fork handlers before it runs anything (grpc#43055).
-                    *("setpriv", "--pdeathsig", "INT", "--"),
+                    # killed test run leaves no server behind; by setpriv(1), not a
+                    # preexec_fn, for the reason above.
+                    *("setpriv", *self._run_as, "--pdeathsig", "INT", "--"),
                     str(self.bin / "postgres"),
                     "-D",
                     str(self.data),
@@ -142,7 +147,6 @@ class PgServer:
                 stdout=log,
                 stderr=log,
                 cwd=self.root,
-                **self._run_as,
             )
         self.pid = self._proc.pid
         self.wait_ready(timeout_s)
