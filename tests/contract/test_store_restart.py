@@ -154,6 +154,13 @@ def test_an_unreachable_database_is_unavailable_to_clients(
                 site.stubs.create(name="during", request_id="during")
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
             assert "try again" in (err.value.details() or "")
+            assert "same request id is not done twice" in (err.value.details() or "")
+            # A read is told to try again, without a word about retrying writes.
+            with pytest.raises(grpc.RpcError) as err:
+                site.stubs.get("before")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "try again" in (err.value.details() or "")
+            assert "request id" not in (err.value.details() or "")
         finally:
             own_pg.start()
         made = site.stubs.create(name="during", request_id="during")

@@ -115,7 +115,7 @@ class Store:
         return make_url(self.url).render_as_string(hide_password=True)
 
     @contextmanager
-    def _translated(self) -> Iterator[None]:
+    def _translated(self, writes: bool = True) -> Iterator[None]:
         """Turn "the database cannot be reached" into ``Unavailable``: the caller may retry
         (a create with the same request id gets what the first attempt made, if it was
         committed after all); a NUL character in a text value into ``InvalidArgument``."""
@@ -128,7 +128,7 @@ class Store:
                 if not self._away:
                     log.warning("the store's database cannot be reached: %s", exc)
                 self._away = True
-                raise engines.away() from exc
+                raise engines.away(writes) from exc
             raise
         if self._away:
             self._away = False
@@ -151,7 +151,7 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._translated(), self._sessions() as session:
+        with self._translated(writes=False), self._sessions() as session:
             yield session
 
     @contextmanager

@@ -134,12 +134,13 @@ def nul_in_text(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DataError) and "NUL (0x00)" in str(exc.orig)
 
 
-def away() -> Unavailable:
-    """The error a caller gets while the database cannot be reached (``unavailable``)."""
-    return Unavailable(
-        "the service's database cannot be reached right now; try again "
-        "(a retried request with the same request id is not done twice)"
-    )
+def away(writes: bool = True) -> Unavailable:
+    """The error a caller gets while the database cannot be reached (``unavailable``); for
+    a request that ``writes``, it says that retrying it is safe."""
+    message = "the service's database cannot be reached right now; try again"
+    if writes:
+        message += " (a retried request with the same request id is not done twice)"
+    return Unavailable(message)
 
 
 def sqlite_busy(exc: BaseException) -> bool:
