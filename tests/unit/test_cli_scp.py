@@ -217,3 +217,14 @@ def test_cluster_scp_refuses_what_is_not_here_and_the_members(
     _cluster(c)
     rc, out, err = run(c, capsys, *argv)
     assert rc == 2 and out == "" and said in err
+
+
+def test_cluster_scp_with_a_key_file_that_is_not_there_says_so_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    c = FakeClient()
+    _cluster(c)
+    argv = ["cluster", "scp", "mpi", "-i", str(tmp_path / "nokey"), "f", ":"]
+    rc, out, err = run(c, capsys, *argv)  # type: ignore[arg-type]
+    assert rc == 1 and out == ""
+    assert err == f"ws: error: no key file {tmp_path / 'nokey'} (-i): give the private key's path\n"

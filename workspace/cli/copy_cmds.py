@@ -221,6 +221,7 @@ def copy_member(
 
 def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
     operands = cluster_plan(args.operands)
+    guest_cmds.check_key_file(args.key or "")  # once, not on each member's line
     cluster, members = guest_cmds.chosen_members(client, args.name, args.role)
     with ThreadPoolExecutor(min(guest_cmds.CLUSTER_PARALLEL, len(members))) as pool:
         copies = list(pool.map(lambda m: copy_member(client, m, operands, args), members))

@@ -395,12 +395,17 @@ def once_running(
     )
 
 
+def check_key_file(key: str) -> None:
+    """FailedPrecondition if a private key file ``key`` (-i) is given and is not there."""
+    if key and not os.path.isfile(key):
+        raise errors.FailedPrecondition(f"no key file {key} (-i): give the private key's path")
+
+
 def check_ssh(ws: common_pb2.Workspace, user: str = "", key: str = "") -> None:
     """FailedPrecondition unless ssh can reach ``ws`` as ``user`` (or its image's login
     user) with the private key file ``key`` if given (not checked for a command only
     printed): checked before anything is written for it."""
-    if key and not os.path.isfile(key):
-        raise errors.FailedPrecondition(f"no key file {key} (-i): give the private key's path")
+    check_key_file(key)
     if not ws.host_keys:
         raise errors.FailedPrecondition(
             f"workspace {ws.name}'s image takes no contextualization; "
