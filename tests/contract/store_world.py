@@ -57,7 +57,7 @@ class World:
         self.admin.create_network(admin_pb2.Network(name=name, subnet=subnet))
 
     def image(self, name: str = "img") -> None:
-        ref = self.images.upload_blob(iter([b"\0" * 512]))
+        ref = self.images.upload_blob(iter([b"\0" * 512]), OWNER)
         part = common_pb2.Partition(
             name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
         )

@@ -48,7 +48,7 @@ def test_an_unimported_blob_is_collected_once_its_grace_is_over(
     catalog: tuple[Catalog, Clock],
 ) -> None:
     c, clock = catalog
-    kept, orphan = (c.upload_blob([bytes([i]) * 4096])[0] for i in (1, 2))
+    kept, orphan = (c.upload_blob([bytes([i]) * 4096], "alice")[0] for i in (1, 2))
     _import(c, "img", kept)
 
     clock.now += GRACE_S  # exactly the grace: not yet
@@ -56,7 +56,7 @@ def test_an_unimported_blob_is_collected_once_its_grace_is_over(
     assert c.blobs.has(orphan)
 
     clock.now += 1
-    fresh = c.upload_blob([b"\x03" * 4096])[0]  # each upload collects
+    fresh = c.upload_blob([b"\x03" * 4096], "alice")[0]  # each upload collects
     assert not c.blobs.has(orphan) and orphan not in _rows(c)
     # The imported blob and the one just uploaded (its grace starts now) stay.
     assert c.blobs.has(kept) and c.blobs.has(fresh)
@@ -71,9 +71,9 @@ def test_an_unimported_blob_is_collected_once_its_grace_is_over(
 
 def test_uploading_a_blob_again_restarts_its_grace(catalog: tuple[Catalog, Clock]) -> None:
     c, clock = catalog
-    d = c.upload_blob([b"\x05" * 4096])[0]
+    d = c.upload_blob([b"\x05" * 4096], "alice")[0]
     clock.now += GRACE_S + 1
-    assert c.upload_blob([b"\x05" * 4096])[0] == d
+    assert c.upload_blob([b"\x05" * 4096], "alice")[0] == d
     assert c.blobs.has(d)
     _import(c, "img", d)
 

@@ -52,7 +52,7 @@ def build(tmp: Path) -> tuple[Core, Nodes]:
     core = Core(env)
     catalog = Catalog(CatalogOps(env, BlobRepository(tmp / "blobs")))
     AdminServicer(env).create_network(admin_pb2.Network(name="default", subnet=SUBNET))
-    ref = catalog.upload_blob(iter([b"\0" * 512]))
+    ref = catalog.upload_blob(iter([b"\0" * 512]), OWNER)
     part = common_pb2.Partition(
         name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
     )

@@ -104,7 +104,7 @@ def build_site(
     admin = AdminServicer(env)
     admin.create_network(admin_pb2.Network(name="default", subnet=subnet))
     admin.create_network(admin_pb2.Network(name="storage", subnet="10.9.0.0/24"))
-    ref = catalog.upload_blob(iter([b"\0" * 4096]))
+    ref = catalog.upload_blob(iter([b"\0" * 4096]), OWNER)
     part = common_pb2.Partition(
         name="root", digest=ref.digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
     )
@@ -219,7 +219,7 @@ def test_memory_bounds_are_inclusive(site: Site) -> None:
 
 
 def test_user_data_too_large(site: Site) -> None:
-    ref = site.catalog.upload_blob(iter([b"\0" * 4096]))
+    ref = site.catalog.upload_blob(iter([b"\0" * 4096]), OWNER)
     part = common_pb2.Partition(name="root", digest=ref.digest, format="raw")
     req = images_pb2.ImportImageRequest(name="cloud", partitions=[part], context="nocloud")
     site.catalog.import_image(OWNER, req)

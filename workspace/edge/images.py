@@ -32,8 +32,8 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
 
     # -- messages in, messages out ---------------------------------------------------------
 
-    def upload_blob(self, chunks: Iterable[bytes]) -> images_pb2.BlobRef:
-        digest, size = self.catalog.upload_blob(chunks)
+    def upload_blob(self, chunks: Iterable[bytes], who: Identity | str) -> images_pb2.BlobRef:
+        digest, size = self.catalog.upload_blob(chunks, who)
         return images_pb2.BlobRef(digest=digest, size_bytes=size)
 
     def import_image(
@@ -56,7 +56,7 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> images_pb2.BlobRef:
-        return self.upload_blob(c.data for c in request_iterator)
+        return self.upload_blob((c.data for c in request_iterator), who)
 
     @unary
     def ImportImage(
@@ -81,7 +81,7 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     def HasBlobs(
         self, request: images_pb2.HasBlobsRequest, context: grpc.ServicerContext, who: Identity
     ) -> images_pb2.HasBlobsResponse:
-        return images_pb2.HasBlobsResponse(missing=self.catalog.has_blobs(request.digests))
+        return images_pb2.HasBlobsResponse(missing=self.catalog.has_blobs(who, request.digests))
 
     @unary
     def DeleteImage(

@@ -24,7 +24,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
-from workspace.ops import projects, refusals, seeds, trust
+from workspace.ops import blob_access, projects, refusals, seeds, trust
 from workspace.ops.image_refs import may_use, unknown_image, visible_image
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
@@ -85,8 +85,10 @@ class Catalog:
 
     # -- blobs -------------------------------------------------------------------------------
 
-    def upload_blob(self, chunks: Iterable[bytes]) -> tuple[str, int]:
-        """Store a stream of bytes: (its digest, its size)."""
+    def upload_blob(self, chunks: Iterable[bytes], who: Identity | str | None) -> tuple[str, int]:
+        """Store a stream of bytes: (its digest, its size). ``who`` sent them: they may
+        make images of the blob from now on (ops/blob_access.py); None: a node sending a
+        saved disk, which its save vouches for."""
         env = self.env
         tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes)
         try:
@@ -99,6 +101,8 @@ class Catalog:
                     s.add(Blob(digest=digest, size_bytes=size, created_at=env.clock()))
                 else:  # uploaded again: its grace period starts again
                     row.created_at = env.clock()
+                if who is not None:
+                    blob_access.record_holder(s, digest, as_identity(who).principal, env.clock())
         finally:
             tmp.unlink(missing_ok=True)
         log.info("blob %s stored (%d bytes)", digest, size)
@@ -146,17 +150,24 @@ class Catalog:
                 self.blobs.remove(d)
         return freed
 
-    def has_blobs(self, digests: Iterable[str]) -> list[str]:
-        """The digests (in the order given, once each) the repository does not hold."""
+    def has_blobs(self, who: Identity | str, digests: Iterable[str]) -> list[str]:
+        """The digests (in the order given, once each) the repository does not hold, or
+        holds but ``who`` may not build on (blob_access.py): theirs to send."""
         wanted = list(dict.fromkeys(digests))
         if len(wanted) > MAX_HAS_BLOBS:
             raise InvalidArgument(f"ask about at most {MAX_HAS_BLOBS} digests at a time")
-        return [d for d in wanted if not self.blobs.has(check_digest(d))]
+        for d in wanted:
+            check_digest(d)
+        with self.env.store.read() as s:
+            ok = blob_access.usable(s, as_identity(who), wanted)
+        return [d for d in wanted if d not in ok or not self.blobs.has(d)]
 
-    def _need_blob(self, digest: str, what: str) -> int:
-        """The size of an uploaded blob, checked first (re-hashed if its file changed)."""
+    def _need_blob(self, digest: str, what: str, usable: set[str]) -> int:
+        """The size of an uploaded blob the caller may build on (``usable``: a blob they
+        may not is "not uploaded", as one the repository lacks), checked first (re-hashed
+        if its file changed)."""
         check_digest(digest)
-        if not self.blobs.has(digest):
+        if digest not in usable or not self.blobs.has(digest):
             raise NotFound(f"{what}: blob {digest} has not been uploaded")
         try:
             self.blobs.check(digest)
@@ -207,7 +218,7 @@ class Catalog:
             for img, spec in zip(rows, specs, strict=True)
         ]
 
-    def _partition(self, image: str, p: Partition) -> Partition:
+    def _partition(self, image: str, p: Partition, usable: set[str]) -> Partition:
         """A partition of an import request (format "" = the default) as stored."""
         what = f"image {image}, partition {p.name!r}"
         limit = self.env.cfg.limits.max_virtual_bytes
@@ -223,7 +234,7 @@ class Catalog:
         if p.ext4:
             raise InvalidArgument(f"{what}: ext4 is for blank partitions only")
         fmt = p.format or "raw"
-        size = self._need_blob(p.digest, what)
+        size = self._need_blob(p.digest, what, usable)
         try:
             info = formats.inspect(self.blobs.path(p.digest), fmt, limit, what)
         except formats.UnsafeImage as exc:
@@ -238,7 +249,7 @@ class Catalog:
             ext4=False,
         )
 
-    def _check_import(self, req: ImageSpec) -> tuple[Partition, ...]:
+    def _check_import(self, req: ImageSpec, usable: set[str]) -> tuple[Partition, ...]:
         try:
             manifest.parse_ref(req.image)
         except manifest.ManifestError as exc:
@@ -269,11 +280,11 @@ class Catalog:
             if p.name in names:
                 raise InvalidArgument(f"{what}: partition named twice")
             names.add(p.name)
-            parts.append(self._partition(req.image, p))
+            parts.append(self._partition(req.image, p, usable))
         if req.kernel_digest:
-            self._need_blob(req.kernel_digest, f"image {req.image}, kernel")
+            self._need_blob(req.kernel_digest, f"image {req.image}, kernel", usable)
         if req.initrd_digest:
-            self._need_blob(req.initrd_digest, f"image {req.image}, initrd")
+            self._need_blob(req.initrd_digest, f"image {req.image}, initrd", usable)
         return tuple(parts)
 
     def import_image(
@@ -284,6 +295,7 @@ class Catalog:
         context: str = "",
         login_user: str = "",
         site_image: bool = True,
+        vouched: Iterable[str] = (),
     ) -> ImageView:
         """Add an image of the caller made of uploaded blobs (partitions: format "" is the
         default), in ``project`` (default: the caller's only one); private to its owner
@@ -292,11 +304,14 @@ class Catalog:
         deploy-time information ("" or "none": not at all; "nocloud": a cloud-init seed),
         ``login_user`` the account `ws ssh` logs in as. ``site_image`` False: an admin's
         image outside any project stays private too (an admin saving a user's
-        workspace)."""
+        workspace). The caller may build only on blobs they sent or may use through an
+        image (blob_access.py), or that the service ``vouched`` for (a save's)."""
         env = self.env
         owner = as_identity(who).name
         context, login_user = seeds.check_context(context, login_user, req.image)
-        parts = self._check_import(req)
+        with env.store.read() as s:  # before a byte of a blob is read
+            usable = blob_access.usable(s, as_identity(who), req.digests()) | set(vouched)
+        parts = self._check_import(req, usable)
         spec = ImageSpec(req.image, parts, req.kernel_digest, req.initrd_digest, req.cmdline)
         img = Image(
             name=req.image,
@@ -424,12 +439,13 @@ class Catalog:
         return RepositoryUsage(owner, used, self.env.cfg.limits.repo_quota_bytes_per_user)
 
 
-def _delete_rows(s: Session, digests: Iterable[str]) -> None:
+def _delete_rows(s: Session, digests: Sequence[str]) -> None:
     """Forget these blobs in the store (their files go after the commit)."""
     for d in digests:
         row = s.get(Blob, d)
         if row is not None:
             s.delete(row)
+    blob_access.forget(s, digests)
 
 
 def _referenced(s: Session) -> set[str]:

@@ -129,6 +129,7 @@ def save(
             src.context,
             src.login_user,
             site_image=ident.name == src.owner,
+            vouched=spec.digests(),  # its node's copies and the disks it was made of
         )
     except BaseException as exc:
         _unmark(env, src.workspace_id, image, Kind.WORKSPACE_SAVE_FAILED, _why(exc))

@@ -141,6 +141,19 @@ class Blob(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class BlobHolder(Base):
+    """A caller who sent a blob's bytes (``user:alice``): proof that they hold its content,
+    so they may make images of it (ops/blob_access.py). A blob is content-addressed and
+    stored once; without such a row a caller reaches it only through an image they may
+    use, never by knowing its digest."""
+
+    __tablename__ = "blob_holders"
+
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(300), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 class Image(Base):
     __tablename__ = "images"
 
