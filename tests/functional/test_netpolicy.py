@@ -209,6 +209,8 @@ def test_update_is_recorded_as_a_site_event(ready_site: Site) -> None:
         ({"connectivity": "sideways"}, "connectivity 'sideways'"),
         ({"allow": ["tcp/22", "tcp/99999"]}, "allow rule 'tcp/99999'"),
         ({"allow": ["smtp/25"]}, "allow rule 'smtp/25'"),
+        # Not widened to 10.0.0.0/8 behind the caller's back (a subnet is refused alike).
+        ({"allow": ["tcp/22:10.0.0.1/8"]}, "10.0.0.1/8 has host bits set; use 10.0.0.0/8"),
         ({"limits": common_pb2.Limits(cpu_percent=150)}, "--cpu-percent 150"),
         ({"limits": common_pb2.Limits(net_mbps=-1)}, "--net-mbps -1"),
     ],

@@ -20,7 +20,7 @@ from workspace.ops.order_size import FIELD_BYTES
 from workspace.store import Workspace
 from workspace.v1 import admin_pb2
 
-NEW = ["10.213.0.53", "10.213.0.54"]
+NEW = ["192.0.2.53", "192.0.2.54"]  # off the network (nothing is sent to them)
 # Ten long IPv6 servers: more seed than a bound's slack covers.
 LONG = [f"2001:db8:ffff:ffff:ffff:ffff:ffff:{i:04x}" for i in range(10)]
 

@@ -147,10 +147,14 @@ def dns_server(site: CloudSite) -> Iterator[None]:
     the gateway address when the agent puts it on the bridge (``--bind-dynamic``); it
     is stopped by its pid (``ip netns exec`` execs it) however the block ends."""
     net = DEFAULT_NETWORK
+    hosts = ipaddress.ip_network(net.subnet)
     site.admin("network", "delete", net.name)
     site.admin(
         *("network", "create", net.name, "--subnet", net.subnet, "--gateway", net.gateway),
         *("--bridge", net.bridge, "--dns", net.gateway),
+        # The subnet's last host is left out of the range: a second DNS server there
+        # (a DNS server may not be an address a workspace could be given).
+        *("--range", f"{hosts[2]}-{hosts[-3]}"),
     )
     netns = json.loads((site.dir / "site.json").read_text())["netns"]
     with (site.dir / "dns-server.log").open("wb") as log:
@@ -537,7 +541,7 @@ def test_new_dns_servers_reach_the_nodes_dhcp_server_and_made_guests_keep_theirs
     new list (within seconds: the node is sent its orders again); a guest cloud-init
     configured keeps what its first boot set, and resolving still works there."""
     net = DEFAULT_NETWORK
-    other = str(ipaddress.ip_network(net.subnet)[-2])  # in the site's subnet; never asked
+    other = str(ipaddress.ip_network(net.subnet)[-2])  # in the subnet, not its range; never asked
     pid_file = site.node_workspace_dirs() / "agent" / "dhcp" / net.bridge / "dnsmasq.pid"
 
     def offered() -> str:

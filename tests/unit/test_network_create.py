@@ -52,3 +52,53 @@ def test_long_names_get_bridges_of_their_own(site: Site) -> None:
     short = networks.create_network(env, NetworkInfo("lab", "10.72.0.0/24"))
     assert a.bridge != b.bridge and all(len(n.bridge) <= 15 for n in (a, b))
     assert a.bridge.startswith("wsbr-physi") and short.bridge == "wsbr-lab"
+
+
+def test_a_vlan_is_one_networks(site: Site) -> None:
+    """One VLAN is one segment: two DHCP servers and gateways would share it."""
+    env = site.core.env
+    networks.create_network(env, NetworkInfo("lab", "10.61.0.0/24", vlan=78))
+    with pytest.raises(AlreadyExists, match="VLAN 78 is network lab's already"):
+        networks.create_network(env, NetworkInfo("lab2", "10.62.0.0/24", vlan=78))
+    networks.create_network(env, NetworkInfo("lab3", "10.63.0.0/24", vlan=79))
+    networks.create_network(env, NetworkInfo("flat", "10.64.0.0/24"))  # untagged: no VLAN
+    assert names(site) == ["default", "flat", "lab", "lab3", "storage"]
+
+
+@pytest.mark.parametrize(
+    ("dns", "says"),
+    [
+        ("10.61.0.7", "is in the range workspaces' addresses are given from"),
+        ("127.0.0.1", "is not a unicast address a guest can ask"),
+        ("224.0.0.1", "is not a unicast address a guest can ask"),
+        ("255.255.255.255", "is not a unicast address a guest can ask"),
+        ("0.0.0.0", "is not a unicast address a guest can ask"),
+        ("::1", "is not a unicast address a guest can ask"),
+        ("10.61.0.255", "is the subnet's network or broadcast address"),
+    ],
+)
+def test_a_dns_server_a_guest_cannot_or_should_not_ask_is_refused(
+    site: Site, dns: str, says: str
+) -> None:
+    env = site.core.env
+    with pytest.raises(InvalidArgument, match=f"DNS server '{dns}' {says}"):
+        networks.create_network(env, NetworkInfo("lab", "10.61.0.0/24", dns=(dns,)))
+    assert names(site) == ["default", "storage"]
+
+
+def test_dns_servers_off_the_range_are_taken_and_the_range_cannot_grow_over_them(
+    site: Site,
+) -> None:
+    env = site.core.env
+    got = networks.create_network(
+        env,
+        NetworkInfo(
+            "lab", "10.61.0.0/24", range_start="10.61.0.2", range_end="10.61.0.200",
+            dns=("10.61.0.1", "10.61.0.253", "192.0.2.53", "2001:db8::53"),
+        ),
+    )  # fmt: skip
+    assert list(got.dns) == ["10.61.0.1", "10.61.0.253", "192.0.2.53", "2001:db8::53"]
+    with pytest.raises(InvalidArgument, match=r"DNS server '10\.61\.0\.253' is in the range"):
+        networks.update_network(env, "lab", addresses=("10.61.0.2", "10.61.0.254"))
+    (lab,) = [n for n in networks.list_networks(env) if n.name == "lab"]
+    assert (lab.range_start, lab.range_end) == ("10.61.0.2", "10.61.0.200")

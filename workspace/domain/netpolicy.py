@@ -104,6 +104,8 @@ class AllowRule:
                 raise InvalidArgument(f"{where}: {m['cidr']!r} is not an IPv4 CIDR") from None
             if net.version != 4 or "/" not in m["cidr"]:
                 raise InvalidArgument(f"{where}: {m['cidr']!r} is not an IPv4 CIDR")
+            if net.ip != net.network:  # as a network's subnet: not silently widened
+                raise InvalidArgument(f"{where}: {m['cidr']} has host bits set; use {net.cidr}")
             source = str(net.cidr)
         return cls(proto, lo, hi, source)
 

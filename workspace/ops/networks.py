@@ -25,6 +25,8 @@ log = logging.getLogger("workspace.ops.networks")
 
 NET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# "This network" and the class E range with the limited broadcast: never a DNS server.
+_NOT_UNICAST = netaddr.IPSet(["0.0.0.0/8", "240.0.0.0/4", "::/128"])
 
 
 def bridge_for(name: str) -> str:
@@ -37,9 +39,10 @@ def bridge_for(name: str) -> str:
     return f"wsbr-{name[:5]}{hashlib.sha256(name.encode()).hexdigest()[:5]}"
 
 
-def check_apart(name: str, subnet: str, bridge: str, others: Iterable[Network]) -> None:
-    """Two networks share neither a bridge (their DHCP servers and gateways would be on
-    one segment) nor addresses (a node holds every network's gateway on its bridge:
+def check_apart(name: str, subnet: str, bridge: str, vlan: int, others: Iterable[Network]) -> None:
+    """Two networks share neither a bridge nor a VLAN (either way their DHCP servers and
+    gateways would be on one segment; and a node's uplink sub-interface joins one
+    bridge only) nor addresses (a node holds every network's gateway on its bridge:
     overlapping subnets would be two routes to the same addresses)."""
     mine = netaddr.IPNetwork(subnet)
     for other in others:
@@ -48,6 +51,11 @@ def check_apart(name: str, subnet: str, bridge: str, others: Iterable[Network]) 
                 f"network {name}: bridge {bridge} is network {other.name}'s already; "
                 "give another (--bridge)"
             )
+        if vlan and other.vlan == vlan:
+            raise AlreadyExists(
+                f"network {name}: VLAN {vlan} is network {other.name}'s already (one VLAN "
+                "is one segment); give another (--vlan)"
+            )
         theirs = netaddr.IPNetwork(other.subnet)
         if mine.first <= theirs.last and theirs.first <= mine.last:
             raise InvalidArgument(
@@ -55,12 +63,31 @@ def check_apart(name: str, subnet: str, bridge: str, others: Iterable[Network]) 
             )
 
 
-def check_dns(name: str, servers: Iterable[str]) -> None:
+def check_dns(name: str, servers: Iterable[str], pool: ipam.Pool) -> None:
+    """DNS servers a guest can ask: unicast addresses off the guest's own host, and none
+    of the addresses ``pool`` gives to workspaces (a ``cluster`` workspace may ask
+    its network's DNS servers: one that is a workspace's address would open that
+    workspace's port 53 to every tenant on the network)."""
+    subnet = netaddr.IPNetwork(pool.subnet)
+    first, last = netaddr.IPAddress(pool.range_start), netaddr.IPAddress(pool.range_end)
     for d in servers:
+        what = f"network {name}: DNS server {d!r}"
         try:
-            netaddr.IPAddress(d)
+            ip = netaddr.IPAddress(d)
         except (netaddr.AddrFormatError, ValueError) as exc:
-            raise InvalidArgument(f"network {name}: DNS server {d!r} is not an address") from exc
+            raise InvalidArgument(f"{what} is not an address") from exc
+        if ip.is_loopback() or ip.is_multicast() or ip in _NOT_UNICAST:
+            raise InvalidArgument(f"{what} is not a unicast address a guest can ask")
+        if ip.version != 4:
+            continue
+        if ip in (subnet.network, subnet.broadcast):
+            raise InvalidArgument(f"{what} is the subnet's network or broadcast address")
+        if first <= ip <= last:
+            raise InvalidArgument(
+                f"{what} is in the range workspaces' addresses are given from "
+                f"({pool.range_start}-{pool.range_end}); give the gateway, or an address "
+                "outside the range"
+            )
 
 
 def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
@@ -72,7 +99,7 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     bridge = req.bridge or bridge_for(req.name)
     if not BRIDGE_RE.fullmatch(bridge):
         raise InvalidArgument(f"network {req.name}: bridge name {bridge!r} is not valid")
-    check_dns(req.name, req.dns)
+    check_dns(req.name, req.dns, pool)
     if not (req.vlan == 0 or 1 <= req.vlan <= 4094):
         raise InvalidArgument(
             f"network {req.name}: VLAN id {req.vlan} is out of range 1..4094 (0: untagged)"
@@ -81,7 +108,8 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
         s = u.s
         if s.get(Network, req.name) is not None:
             raise AlreadyExists(f"network {req.name!r} already exists")
-        check_apart(req.name, pool.subnet, bridge, s.execute(select(Network)).scalars())
+        others = s.execute(select(Network)).scalars()
+        check_apart(req.name, pool.subnet, bridge, req.vlan, others)
         net = Network(
             name=req.name,
             subnet=pool.subnet,
@@ -168,8 +196,6 @@ def update_network(
     The range: grown or moved within the subnet, never so that an address in use falls
     outside it (FAILED_PRECONDITION naming one); creates waiting for an address are
     tried again."""
-    if dns is not None:
-        check_dns(name, dns)
     seeded = 0
     with unit.write(env) as u:
         s = u.s
@@ -184,6 +210,11 @@ def update_network(
             if (pool.range_start, pool.range_end) != (net.range_start, net.range_end):
                 net.range_start, net.range_end = pool.range_start, pool.range_end
                 u.capacity()  # creates waiting for an address may fit now
+        if dns is not None or addresses is not None:  # against the range as it is now
+            now = ipam.validate_network(
+                name, net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix
+            )
+            check_dns(name, net.dns or () if dns is None else dns, now)
         if dns is not None and tuple(dns) != tuple(net.dns or ()):
             net.dns = list(dns)  # a new list: the JSON column is seen as changed
             seeded = seeds.rebound(s, name)
