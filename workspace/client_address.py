@@ -15,7 +15,10 @@ channel is plaintext, which only a service started with ``insecure = true`` acce
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
+
+from cryptography import x509
 
 from workspace import errors, rpc
 from workspace.config import TlsConfig
@@ -71,8 +74,30 @@ def identity_tls(identity_dir: str | os.PathLike[str]) -> TlsConfig:
             f"identity directory {d} not found; make one with `ws-admin pki issue ... --out DIR`"
         )
     tls = TlsConfig(identity_dir=d)
-    rpc.tls_files(tls)  # a clear error now for a directory missing one of its files
+    files = rpc.tls_files(tls)  # a clear error now for a directory missing one of its files
+    _check_dates(d, files.cert_file)
     return tls
+
+
+def _check_dates(identity_dir: str, cert_file: Path) -> None:
+    """ConfigError if the identity's certificate has expired or is not valid yet: the
+    service's TLS layer would only close the connection, which looks like an outage."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        return  # not a certificate: the TLS layer says what is wrong with it
+    now = datetime.now(UTC)
+    if now > cert.not_valid_after_utc:
+        raise errors.ConfigError(
+            f"the certificate of identity {identity_dir} expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; ask the site's admin for a new "
+            "identity (`ws-admin pki issue`)"
+        )
+    if now < cert.not_valid_before_utc:
+        raise errors.ConfigError(
+            f"the certificate of identity {identity_dir} is valid only from "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this machine's clock right?)"
+        )
 
 
 def resolve_tls(address: str, identity: str | None = None) -> TlsConfig | None:

@@ -18,7 +18,8 @@ from workspace import config, pki, rpc
 from workspace.cli import ws
 from workspace.client import Client
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
-from workspace.errors import Unavailable
+from workspace.errors import ConfigError, Unavailable
+from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.v1 import admin_pb2, images_pb2
 
@@ -190,6 +191,21 @@ def test_ws_identity_flag_and_env_pick_the_identity(
     assert _ws([*svc, "--identity", good, "list"], capsys)[0] == 0  # the flag wins
     code, text = _ws([*svc, "--identity", str(tmp_path / "nope"), "list"], capsys)
     assert code == 1 and "identity directory" in text and "not found" in text
+
+
+def test_an_expired_certificate_is_said_not_taken_for_an_outage(
+    tls_site: TlsSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service's TLS layer only closes the connection ("Socket closed", exit 3, as if
+    the service were down): ws reads the identity's dates first and says what is wrong."""
+    old = tmp_path / "old-alice"
+    tls_site.pki.ca.issue(Identity(Kind.USER, "alice"), old, days=0)  # expires at once
+    code, text = _ws(["--service", tls_site.address, "--identity", str(old), "list"], capsys)
+    assert code == 1
+    assert f"the certificate of identity {old} expired on " in text
+    assert "ask the site's admin for a new identity" in text and "cannot reach" not in text
+    with pytest.raises(ConfigError, match="expired on"):
+        Client(tls_site.address, identity=old)
 
 
 def test_the_local_site_runs_mtls_and_works_without_flags(tmp_path: Path) -> None:
