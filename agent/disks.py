@@ -15,6 +15,7 @@ from images import formats, mkfs, qemu_img
 from images.model import Mode, Partition
 from workspace.domain.model import Order
 from workspace.errors import DriverError
+from workspace.files import private_fd
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SEED_ISO = "seed.iso"
@@ -57,6 +58,14 @@ class WorkspaceFiles:
 
     def console_log(self, workspace_id: str) -> Path:
         return self.dir(workspace_id) / "console.log"
+
+    def make_console_log(self, workspace_id: str) -> Path:
+        """The console log, made 0600 if missing: what a guest prints (cloud-init's
+        output, a password a script echoes) is its owner's; the hypervisor's log writer
+        (virtlogd) appends to it and keeps its mode."""
+        path = self.console_log(workspace_id)
+        os.close(private_fd(path, os.O_WRONLY | os.O_APPEND))
+        return path
 
     def seed_iso(self, workspace_id: str) -> Path:
         """The workspace's NoCloud seed image (``agent/seed.py``), when its order has one."""

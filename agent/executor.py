@@ -385,7 +385,7 @@ class Executor:
         word = self.gate.check(order, "boot")
         paths = self.staging.ensure(order)
         disks = self.files.prepare(order, paths)
-        spec = domain_spec(order, disks, paths, self.files.console_log(wid))
+        spec = domain_spec(order, disks, paths, self.files.make_console_log(wid))
         # A fresh boot carries out every reboot asked for so far.
         self.files.save_state(wid, {REBOOTS_KEY: order.reboot_count, TRUST_KEY: word})
         self._set_status(wid, Observed.STARTING)

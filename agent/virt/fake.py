@@ -34,6 +34,7 @@ from workspace.config import FakeDriverConfig
 from workspace.domain.model import ExecOutcome
 from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError, FailedPrecondition, NotFound
+from workspace.files import private_fd
 
 
 @dataclasses.dataclass
@@ -111,8 +112,9 @@ class FakeDriver(Driver):
 
     def _console(self, dom: _Domain, text: str) -> None:
         if dom.spec.console_log:
-            Path(dom.spec.console_log).parent.mkdir(parents=True, exist_ok=True)
-            with open(dom.spec.console_log, "a") as f:
+            path = Path(dom.spec.console_log)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with os.fdopen(private_fd(path, os.O_WRONLY | os.O_APPEND), "a") as f:
                 f.write(text)
 
     def _boot(self, dom: _Domain) -> None:

@@ -14,8 +14,11 @@ from sqlalchemy import text
 from agent.cache import BlobCache
 from agent.cache.blobs import Source
 from agent.disks import WorkspaceFiles
+from agent.virt.base import DomainSpec
+from agent.virt.fake import FakeDriver
 from images import digest as digests
 from images.model import Mode, Partition
+from workspace.config import FakeDriverConfig
 from workspace.domain.model import Disk, Order
 from workspace.domain.states import Desired
 from workspace.store import Store
@@ -109,8 +112,18 @@ def test_overlays_blank_disks_and_state_are_private(tmp_path: Path) -> None:
     disks = files.prepare(order, {"sha256:" + "a" * 64: base})
     files.save_state("w1", {"reboots": 1})
     made = [Path(d.path) for d in disks] + [files.dir("w1") / "agent.json"]
-    assert [mode(p) for p in made] == [0o600] * 3
+    made.append(files.make_console_log("w1"))  # what the guest prints is its owner's
+    assert [mode(p) for p in made] == [0o600] * 4
     assert mode(files.root) == mode(files.dir("w1")) == 0o711
+
+
+def test_the_fake_drivers_console_log_is_private(tmp_path: Path) -> None:
+    driver = FakeDriver(FakeDriverConfig())
+    log = tmp_path / "w1" / "console.log"
+    spec = DomainSpec(workspace_id="w1", name="w1", cpus=1, memory_mib=64, console_log=str(log))
+    driver.define(spec)
+    driver.start("w1")
+    assert log.read_text() and mode(log) == 0o600
 
 
 def test_a_private_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(
