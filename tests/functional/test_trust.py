@@ -18,10 +18,11 @@ from tests.functional.harness import WS, Site
 from workspace.cli import admin as admin_cli
 from workspace.cli import ws as ws_cli
 from workspace.codec.v1 import image_spec_from_proto as manifest_from_proto
-from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
+from workspace.v1 import common_pb2, images_pb2, trust_pb2, trust_pb2_grpc
 
 ENFORCE = trust_pb2.TRUST_MODE_ENFORCE
 WARN = trust_pb2.TRUST_MODE_WARN
+STOPPED = common_pb2.DESIRED_STATE_STOPPED
 
 
 @pytest.fixture
@@ -199,6 +200,34 @@ def test_revoke_key_stops_new_launches_not_running_ones(
     with pytest.raises(grpc.RpcError) as e2:
         _add_key(trust, public)
     assert e2.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_stopped_workspace_of_an_untrusted_image_is_not_started_under_enforce(
+    ready_site: Site, trust: trust_pb2_grpc.TrustStub
+) -> None:
+    """The service decides at start as at create: refused at once, the workspace stays
+    STOPPED (not FAILED by its node), and it does not boot by itself when the policy is
+    relaxed later."""
+    from workspace.v1 import workspaces_pb2
+
+    site = ready_site
+    ws = site.stubs.create(name="t1")  # warn mode: an unsigned image launches
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    site.stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=ws.id))
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_STOPPED)
+    trust.SetMode(trust_pb2.SetModeRequest(mode=ENFORCE))
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=ws.id))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "image img is not trusted" in (err.value.details() or "")
+    assert _last(trust, "start").verdict == "deny"
+    got = site.stubs.get(ws.id)
+    assert (got.state, got.desired_state) == (WS.WORKSPACE_STATE_STOPPED, STOPPED)
+    trust.SetMode(trust_pb2.SetModeRequest(mode=WARN))
+    assert site.stubs.get(ws.id).state == WS.WORKSPACE_STATE_STOPPED
+    site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=ws.id))
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    assert _last(trust, "start").verdict == "warn"
 
 
 def test_revoke_digest(ready_site: Site, trust: trust_pb2_grpc.TrustStub) -> None:

@@ -25,7 +25,7 @@ from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
 from workspace.ops.lifecycle import resolve_owned
-from workspace.ops.operate import check_lease
+from workspace.ops.operate import check_lease, check_trust
 from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Image, Workspace
@@ -258,6 +258,8 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             if t is None:
                 already += 1
                 continue
+            if op is Op.START:
+                check_trust(env, s, m)  # one member refused: the whole start is
             if op is Op.DESTROY:
                 destroy_member(env, s, m, "")
             else:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.orm import Session
+
 from workspace.domain.leases import iso_time
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State, apply_op
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
-from workspace.ops import preempt
+from workspace.ops import preempt, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import node_down, refuse_while_saving, release, resolve_workspace
 from workspace.ops.unit import Env, UnitOfWork, write
-from workspace.store import Workspace
+from workspace.store import Image, Workspace
 from workspace.store.mapping import set_reason, workspace_views
 
 log = logging.getLogger("workspace.ops.operate")
@@ -56,6 +58,8 @@ def act(
         return False
     if op in (Op.START, Op.RESUME):
         check_lease(env, ws, op)
+    if op is Op.START:
+        check_trust(env, u.s, ws)
     ws.desired_state = t.desired.value
     ws.state = t.state.value
     ws.updated_at = env.clock()
@@ -87,3 +91,13 @@ def check_lease(env: Env, ws: Workspace, op: Op) -> None:
             f"cannot {op.value} workspace {ws.name}: its lease ended at {iso_time(end)}; "
             f"`ws lease extend {ws.name} DURATION` first"
         )
+
+
+def check_trust(env: Env, s: Session, ws: Workspace) -> None:
+    """Starting a stopped workspace boots its image again: the site's trust policy
+    decides now, as at create (audited; PermissionDenied under enforce). The node checks
+    again before it boots, but its refusal would leave the workspace FAILED, and a start
+    let through would boot it unasked once the policy is relaxed."""
+    img = s.get(Image, ws.image) if env.check_trust else None
+    if img is not None:
+        trust.check_launch(env, s, ws.owner, img, "start", workspace_id=ws.id)
