@@ -128,6 +128,19 @@ def test_unknown_workspace(ready_site: Site) -> None:
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize("char", ["x", "é", "\U0001f600"])
+def test_a_refusal_echoing_a_huge_name_still_reaches_the_caller(
+    ready_site: Site, char: str
+) -> None:
+    """The refusal, not "Stream removed" (gRPC's limit on metadata, where status
+    details travel percent-encoded, is 16 KiB)."""
+    err = rpc_error(ready_site.stubs.get, char * 20_000)
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    details = err.details() or ""
+    assert details.startswith("no workspace '") and details.endswith(" more characters)")
+    assert len(details) <= 1024
+
+
 def test_driver_failure_is_reported_with_reason(site: Site) -> None:
     site.stubs.network()
     site.stubs.import_image("img")

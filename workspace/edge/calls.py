@@ -45,6 +45,19 @@ _SAME_ERRORS = _Once()
 
 # How often a stream wakes up to check that its client is still there.
 STREAM_POLL_S = 5.0
+# The most characters of an error's message a caller is sent. Messages echo what the
+# caller asked for (a name, a reference): one carrying 20,000 characters went over
+# gRPC's 16 KiB limit on metadata (status details travel there, percent-encoded), and
+# the client got "Stream removed" instead of the refusal.
+MAX_DETAILS = 1024
+
+
+def shown(message: str) -> str:
+    """``message`` cut to ``MAX_DETAILS`` characters, saying how much was left out."""
+    if len(message) <= MAX_DETAILS:
+        return message
+    cut = MAX_DETAILS - 40
+    return f"{message[:cut]}… ({len(message) - cut} more characters)"
 
 
 def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
@@ -57,11 +70,11 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
         log.info("%s: the client ended the call", method)
         context.abort(grpc.StatusCode.CANCELLED, "the client ended the call")
     if isinstance(exc, Unauthenticated):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, shown(exc.message))
     if isinstance(exc, WorkspaceError):
         if not exc.expected and _SAME_ERRORS.first((method, exc.message)):
             log.error("%s failed: %s", method, exc.message)
-        context.abort(rpc_status.status_of(exc), exc.message)
+        context.abort(rpc_status.status_of(exc), shown(exc.message))
     incident = uuid.uuid4().hex[:12]
     log.exception("%s failed unexpectedly (incident %s)", method, incident)
     context.abort(
