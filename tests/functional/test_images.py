@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from images import digest as digests
 from images import mkfs
 from images.manifest import Manifest, PartitionSpec
 from tests.functional.harness import WS, Site, wait_for
@@ -333,7 +334,7 @@ def test_only_the_owner_deletes(tmp_path: Path) -> None:
     site = Site(tmp_path)
     try:
         catalog = site.service.catalog  # type: ignore[union-attr]
-        digest = site.stubs.upload(b"\0" * 512)
+        digest = catalog.upload_blob(iter([b"\0" * 512]), "alice").digest  # alice sends it
         part = common_pb2.Partition(name="root", digest=digest, format="raw", mode=COW)
         catalog.import_image("alice", images_pb2.ImportImageRequest(name="al:1", partitions=[part]))
         from workspace.errors import NotFound, PermissionDenied
@@ -359,9 +360,9 @@ def test_a_name_without_its_version_is_refused_naming_the_versions_one_sees(
     try:
         service = site.service
         assert service is not None
-        digest = site.stubs.upload(b"\0" * 512)
-        part = common_pb2.Partition(name="root", digest=digest, format="raw", mode=COW)
+        part = common_pb2.Partition(name="root", format="raw", mode=COW)
         for owner, name in (("alice", "al:1"), ("alice", "al:2"), ("bob", "al:9")):
+            part.digest = service.catalog.upload_blob(iter([b"\0" * 512]), owner).digest
             service.catalog.import_image(
                 owner, images_pb2.ImportImageRequest(name=name, partitions=[part])
             )
@@ -409,11 +410,17 @@ def test_repository_quota(tmp_path: Path) -> None:
         client.push_image("one:1", Manifest((PartitionSpec("root", "cow", one),)))
         usage = client.repository_usage()
         assert (usage.owner, usage.used_bytes, usage.quota_bytes) == ("local", 2 * MiB, 3 * MiB)
+        # Refused as its blob is sent (blobs count before an image is made of them: no
+        # filling the service's disk with uploads never imported); the blob is not kept.
         with pytest.raises(Exception, match="quota") as ei:
             client.push_image("two:1", Manifest((PartitionSpec("root", "cow", two),)))
         assert type(ei.value).__name__ == "ResourceExhausted"
-        assert f"{2 * MiB} of {3 * MiB} bytes used, image two:1 adds {2 * MiB}" in str(ei.value)
+        assert f"{2 * MiB} of {3 * MiB} bytes used" in str(ei.value)
+        assert f"this blob adds {2 * MiB}" in str(ei.value)
         assert image_names(site) == ["one:1"]
+        assert client.repository_usage().used_bytes == 2 * MiB
+        two_digest = digests.of_file(two)
+        assert client.has_blobs([two_digest]) == [two_digest]
         # the same blob again costs nothing; blank partitions cost nothing
         m = Manifest(
             (PartitionSpec("root", "cow", one), PartitionSpec("s", "blank", None, "", 64 * MiB))

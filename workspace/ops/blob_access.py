@@ -54,6 +54,12 @@ def usable(s: Session, who: Identity, digests: Iterable[str]) -> set[str]:
     return ok
 
 
+def held(s: Session, holder: str) -> set[str]:
+    """The blobs ``holder`` sent (those still in the repository)."""
+    rows = s.execute(select(BlobHolder.digest).where(BlobHolder.holder == holder))
+    return set(rows.scalars())
+
+
 def record_holder(s: Session, digest: str, holder: str, at: float) -> None:
     """``holder`` sent ``digest``'s bytes (again: the time is kept up to date)."""
     row = s.get(BlobHolder, (digest, holder))

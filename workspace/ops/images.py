@@ -95,6 +95,8 @@ class Catalog:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
             # file between the rename and the row.
             with env.store.write() as s:
+                if who is not None:
+                    self._check_upload_quota(s, as_identity(who), digest, size)
                 self.blobs.commit(tmp, digest)
                 row = s.get(Blob, digest)
                 if row is None:
@@ -108,6 +110,32 @@ class Catalog:
         log.info("blob %s stored (%d bytes)", digest, size)
         self.collect_blobs()
         return digest, size
+
+    def _counted(self, s: Session, who: Identity) -> set[str]:
+        """The blobs counted against ``who``'s repository quota: those of their images,
+        and those they sent that no image is made of yet (until collected)."""
+        pending = blob_access.held(s, who.principal) - _referenced(s)
+        return self._owned_digests(s, who.name) | pending
+
+    def _check_upload_quota(self, s: Session, who: Identity, digest: str, size: int) -> None:
+        """ResourceExhausted if ``digest`` (``size`` bytes), sent by ``who``, takes them
+        over their repository quota: sent blobs count before an image is made of them,
+        or a user could fill the service's disk with uploads never imported."""
+        quota = self.env.cfg.limits.repo_quota_bytes_per_user
+        if quota <= 0:
+            return
+        counted = self._counted(s, who)
+        sizes = self._sizes(s, counted)
+        used = sum(sizes.values())
+        if digest in counted:
+            return
+        if used + size > quota:
+            raise ResourceExhausted(
+                f"repository quota of {who.name} exceeded: {used} of {quota} bytes used "
+                f"(images, and blobs sent but not made into an image yet), this blob adds "
+                f"{size}; delete images (`ws image delete NAME`) or ask the site for a larger "
+                "quota"
+            )
 
     def collect_blobs(self) -> list[str]:
         """Delete the blobs that no image and no live workspace references and that were
@@ -432,11 +460,10 @@ class Catalog:
         return projects.quotas(self.env, ident, counted, project)
 
     def repository_usage(self, who: Identity | str) -> RepositoryUsage:
-        owner = as_identity(who).name
+        ident = as_identity(who)
         with self.env.store.read() as s:
-            owned = self._owned_digests(s, owner)
-            used = sum(self._sizes(s, owned).values())
-        return RepositoryUsage(owner, used, self.env.cfg.limits.repo_quota_bytes_per_user)
+            used = sum(self._sizes(s, self._counted(s, ident)).values())
+        return RepositoryUsage(ident.name, used, self.env.cfg.limits.repo_quota_bytes_per_user)
 
 
 def _delete_rows(s: Session, digests: Sequence[str]) -> None:
