@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from workspace.cli import common
+from workspace.cli import common, termfilter
 from workspace.cli.guest_cmds import RUNNING
 from workspace.client import Client
 
@@ -105,8 +105,9 @@ def attach(
                 nl = "\r\n" if tty_mode else "\n"
                 sys.stderr.write(f"ws: attached to the console of {ref}; Ctrl-] detaches{nl}")
                 sys.stderr.flush()
+            shown = termfilter.Filter() if _is_terminal(sink) else None
             for data in client.attach_console(ref, keys):
-                sink.write(data)
+                sink.write(shown.feed(data) if shown is not None else data)
                 sink.flush()
     finally:
         keys.close()
@@ -118,6 +119,13 @@ def attach(
         why = "the console ended"
     print(f"\nws: {why}", file=sys.stderr)
     return common.EXIT_OK
+
+
+def _is_terminal(sink: BinaryIO) -> bool:
+    try:
+        return sink.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def add_attach_option(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from workspace.cli import termfilter
 from workspace.cli.elastic_text import autoscale_line
 from workspace.client import cluster_state_name, rebooted, state_name
 from workspace.domain.sshkeys import fingerprint
@@ -370,7 +371,11 @@ def console_dict(ws: common_pb2.Workspace, data: bytes) -> dict[str, str]:
 
 
 def console(data: bytes) -> None:
-    """`ws console`: the log's bytes as they are (ending in a newline)."""
+    """`ws console`: the log's bytes as they are (ending in a newline); to a terminal,
+    without the string escape sequences that would act on it (termfilter.py)."""
+    if sys.stdout.isatty():
+        f = termfilter.Filter()
+        data = f.feed(data) + f.flush()
     sys.stdout.buffer.write(data)
     if data and not data.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")

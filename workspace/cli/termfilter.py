@@ -1,0 +1,69 @@
+"""What of a guest's console output reaches a terminal.
+
+A console is the guest's to write: anything it prints, a tenant's program included,
+reaches the terminal of whoever reads it (its owner, an admin looking into a tenant's
+workspace). Most escape sequences only draw (colours, the cursor, clearing the screen)
+and a console needs them. The string sequences are different: an OSC sets the window's
+title, writes the clipboard (OSC 52), makes hyperlinks, on some terminals reads things
+back; DCS, APC, PM and SOS carry strings terminals act on too. ``Filter`` drops those
+(introducer, text and terminator) and passes every other byte through unchanged, across
+chunk boundaries. Only the 7-bit forms (ESC ] and the like) are recognised: the 8-bit
+introducers are bytes of UTF-8 characters in a UTF-8 stream.
+"""
+
+from __future__ import annotations
+
+ESC = 0x1B
+BEL = 0x07
+CAN, SUB = 0x18, 0x1A
+# The final byte after ESC that opens a string sequence: OSC, DCS, SOS, PM, APC.
+STRING_OPENERS = frozenset(b"]PX^_")
+ST_FINAL = ord("\\")  # ESC \ ends a string
+
+
+class Filter:
+    """Feed it output chunk by chunk; it returns what may be shown."""
+
+    def __init__(self) -> None:
+        self._in_string = False
+        self._escape = False  # the last byte seen was ESC (its meaning not known yet)
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        for b in data:
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                    if b == ST_FINAL:
+                        self._in_string = False
+                        continue
+                    self._in_string = False  # ESC then anything else: the string ended
+                    self._after_escape(b, out)
+                elif b == ESC:
+                    self._escape = True
+                elif b in (BEL, CAN, SUB):
+                    self._in_string = False
+                continue
+            if self._escape:
+                self._escape = False
+                self._after_escape(b, out)
+            elif b == ESC:
+                self._escape = True
+            else:
+                out.append(b)
+        return bytes(out)
+
+    def _after_escape(self, b: int, out: bytearray) -> None:
+        if b in STRING_OPENERS:
+            self._in_string = True
+        elif b == ESC:
+            out.append(ESC)
+            self._escape = True
+        else:
+            out += bytes((ESC, b))
+
+    def flush(self) -> bytes:
+        """What is held back at the end of the output (a lone ESC)."""
+        held = bytes((ESC,)) if self._escape and not self._in_string else b""
+        self._escape = False
+        return held
