@@ -5,6 +5,7 @@ what its errors mean, the fake guest, the service's task hub."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import queue
@@ -146,6 +147,30 @@ def test_exec_parses_options_before_and_after_the_name(capsys: pytest.CaptureFix
     assert rc == 2 and "after `--`" in err
     rc, _, err = run(c, capsys, "exec", "box")
     assert rc == 2 and "give a command" in err
+
+
+def test_exec_says_when_piped_input_is_not_sent(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ws exec box -- sh -c 'cat > f' < data` without --stdin ran with no input and
+    said nothing: an empty file in the guest."""
+    data, empty = tmp_path / "data", tmp_path / "empty"
+    data.write_bytes(b"rows\n")
+    empty.write_bytes(b"")
+    c = FakeClient()
+    said = "standard input is not sent to the command; give --stdin to send it"
+    for path, stdin_flag, warned in ((data, [], True), (data, ["--stdin"], False),
+                                     (empty, [], False)):  # fmt: skip
+        with path.open("rb") as f:
+            monkeypatch.setattr("sys.stdin", io.TextIOWrapper(f))
+            rc, _, err = run(c, capsys, "exec", *stdin_flag, "box", "--", "cat")
+        assert rc == 0 and (said in err) == warned
+    assert [call[2] for call in c.calls] == [b"", b"rows\n", b""]
+    r, w = os.pipe()
+    os.close(w)
+    with os.fdopen(r, "rb") as f:  # a pipe: input meant for the command, even if empty
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(f))
+        assert said in run(c, capsys, "exec", "box", "--", "cat")[2]
 
 
 def test_exec_writes_the_output_and_exits_with_the_command(

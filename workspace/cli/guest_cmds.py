@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -128,9 +129,25 @@ def _write(stream: Any, data: bytes) -> None:
         stream.write(_text(data))
 
 
+def input_waiting() -> bool:
+    """Whether standard input is a pipe or a non-empty file: input the caller likely
+    meant for the command (`ws exec box -- sh -c 'cat > f' < data`). Not a terminal,
+    /dev/null, or a closed one (cron, CI)."""
+    try:
+        st = os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISFIFO(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size > 0)
+
+
 def exec_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
     argv = _command(args, late, "ws exec")
     stdin = sys.stdin.buffer.read() if args.stdin else b""
+    if not args.stdin and input_waiting():
+        print(
+            "ws: standard input is not sent to the command; give --stdin to send it",
+            file=sys.stderr,
+        )
     r = client.exec(args.id, argv, stdin, int(args.timeout or 0))
     if render.wants_json(args):
         render.print_json(result_json(r))
