@@ -350,6 +350,9 @@ def test_cli_create_show_and_json(ready_site: Site, capsys: Any) -> None:
     assert {k: v for k, v in shown["limits"].items() if v} == {"cpu_percent": 40, "net_mbps": 25}
     code, _, err = run(ws, site, capsys, "create", "--image", "img", "--allow", "bogus")
     assert code != 0 and "allow rule 'bogus'" in err
+    # Open: the rules are kept (for a later change back) but open nothing: said so.
+    code, out, _ = run(ws, site, capsys, "update", "cli", "--connectivity", "open")
+    assert code == 0 and "policy      open; allow icmp,tcp/22 (unused while open)" in out
 
 
 def test_bandwidth_capacity_is_never_over_promised(site: Site) -> None:

@@ -253,7 +253,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("reboot_count", reboots_text(ws)),
         ("login_user", ws.login_user),
         # connectivity, then the allow rules ("policy": no wider than the other keys)
-        ("policy", ws.connectivity + (f"; allow {','.join(ws.allow)}" if ws.allow else "")),
+        ("policy", netpolicy_text(ws.connectivity, list(ws.allow))),
         ("limits", limits_text(ws.limits)),
         ("saving", saving_text(ws)),
     ]
@@ -368,6 +368,15 @@ def console_dict(ws: common_pb2.Workspace, data: bytes) -> dict[str, str]:
     """`ws console -o json`: the workspace's id and name (as `ws show` gives them) and
     its console log as text (invalid UTF-8 replaced)."""
     return {"id": ws.id, "name": ws.name, "data": data.decode("utf-8", errors="replace")}
+
+
+def netpolicy_text(connectivity: str, allow: list[str]) -> str:
+    """``outbound; allow tcp/22``; an open workspace's rules are kept for a later
+    change of connectivity but open nothing now: said so."""
+    if not allow:
+        return connectivity
+    text = f"{connectivity}; allow {','.join(allow)}"
+    return text + " (unused while open)" if connectivity == "open" else text
 
 
 def console(data: bytes) -> None:
