@@ -259,10 +259,11 @@ class ImagesClientMixin:
                     context=manifest.context,
                     login_user=manifest.login_user,
                 )
-            except errors.NotFound:
+            except errors.NotFound as exc:
                 # A blob vanished between HasBlobs and the import (a DeleteImage of
-                # another image that shared it): ask again once.
-                if attempt:
+                # another image that shared it): ask again once. Nothing else (a project
+                # that does not exist) is helped by sending again.
+                if attempt or not _blob_missing(exc):
                     raise
                 continue
             skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
@@ -313,6 +314,14 @@ class ImagesClientMixin:
             uploaded.append(digest)
             sent += ref.size_bytes
         return uploaded, sent
+
+
+def _blob_missing(exc: errors.NotFound) -> bool:
+    """Whether an import was refused for a blob the repository no longer holds (for
+    this caller), as ops/images.py says it."""
+    return ": blob sha256:" in exc.message and (
+        "has not been uploaded" in exc.message or "no longer in the repository" in exc.message
+    )
 
 
 def blank_partition(

@@ -125,6 +125,21 @@ def test_push_sends_only_missing_blobs(site: Site, client: Client, tmp_path: Pat
     assert client.get_image("sci-base:1.2").partitions[0].digest == third.uploaded[0]
 
 
+def test_a_push_refused_for_its_project_is_said_once(client: Client, tmp_path: Path) -> None:
+    """Refused after its blobs were sent: not hashed and imported again (which printed
+    every file a second time, "already in the repository, not sent")."""
+    from workspace.errors import NotFound
+
+    steps: list[tuple[str, str]] = []
+    with pytest.raises(NotFound, match="project 'nope'"):
+        client.push_image(
+            "x:1", manifest(files(tmp_path)), lambda st, p, d, t: steps.append((st, p)),
+            project="nope",
+        )  # fmt: skip
+    hashed = [p for st, p in dict.fromkeys(steps) if st == "hash"]
+    assert len(hashed) == 4 and "skip" not in {st for st, _ in steps}
+
+
 def test_push_refuses_names_twice_and_bad_refs(client: Client, tmp_path: Path) -> None:
     f = files(tmp_path)
     client.push_image("x:1", manifest(f))
