@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workspace.errors import NotFound
+from workspace.errors import FailedPrecondition, NotFound
 from workspace.identity import Identity, Kind
 from workspace.ops.lifecycle import resolve_workspace
 from workspace.ops.projects import memberships
@@ -66,3 +66,31 @@ def test_who_sees_a_workspace_by_id(tmp_path: Path) -> None:
         for who, ref in ((bob, "w-carol"), (alice, "w-carol")):
             with pytest.raises(NotFound, match=f"no workspace '{ref}'"):
                 resolve_workspace(s, who, ref)
+
+
+def test_by_name_the_callers_own_comes_first_and_others_must_not_be_a_guess(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    admin = Identity(Kind.USER, "root", admin=True)
+
+    def named(wid: str, owner: str, state: str = "RUNNING") -> Workspace:
+        w = _workspace(wid, owner)
+        w.name, w.state = "g1", state
+        return w
+
+    with store.write() as s:
+        s.add(named("root-g1", "root", "TERMINATED"))
+        s.add(named("slurm-g1", "slurm"))
+    with store.read() as s:
+        # The admin's own g1, though terminated; not the batch user's live one.
+        assert resolve_workspace(s, admin, "g1").id == "root-g1"
+        assert resolve_workspace(s, admin, "slurm-g1").id == "slurm-g1"  # by id: any
+    with store.write() as s:
+        s.delete(s.get(Workspace, "root-g1"))
+        s.add(named("alice-g1", "alice"))
+    with store.read() as s:
+        # None of the admin's own and two users' live ones: which one is not guessed.
+        with pytest.raises(FailedPrecondition, match="several users have a workspace named"):
+            resolve_workspace(s, admin, "g1")
+        assert resolve_workspace(s, Identity(Kind.USER, "alice"), "g1").id == "alice-g1"

@@ -46,6 +46,8 @@ def resolve_owned(
 
 class _Ownable(Protocol):
     @property
+    def id(self) -> str: ...
+    @property
     def owner(self) -> str: ...
     @property
     def project(self) -> str: ...
@@ -79,10 +81,18 @@ def choose_owned(
     if row is not None and sc.sees(row.owner, row.project):
         return row
     rows = [r for r in by_name() if sc.sees(r.owner, r.project)]
-    rows.sort(key=lambda r: r.owner != sc.name)  # stable: the caller's own first
-    live = [r for r in rows if r.state != State.TERMINATED.value]
-    if live or rows:
-        return (live or rows)[0]
+    # The caller's own come first, even a terminated one: an admin's `ws destroy g1`
+    # once destroyed the batch user's live g1 because the admin's own g1 was gone.
+    own = [r for r in rows if r.owner == sc.name]
+    pool = own or rows
+    live = [r for r in pool if r.state != State.TERMINATED.value]
+    if not own and len({r.owner for r in live}) > 1:
+        shown = ", ".join(f"{r.owner}'s {r.id}" for r in live[:5])
+        raise FailedPrecondition(
+            f"several users have a {what} named {ref!r} ({shown}); give its id"
+        )
+    if live or pool:
+        return (live or pool)[0]
     raise NotFound(f"no {what} {ref!r}; `{list_cmd}` shows yours")
 
 
