@@ -315,6 +315,16 @@ def test_backfill_on_the_command_line(bsite: Site, capsys: pytest.CaptureFixture
     [e] = json.loads(out)
     assert (e["image"], e["max"], e["live"], e["grace_s"]) == ("img", 2, 2, 5)
     assert e["owner"] == BACKFILL_OWNER and e["networks"] == ["default"]
+    # A change of --max alone keeps the rest of the entry (it once reset them silently).
+    assert run(admin, bsite, capsys, "backfill", "set", "img", "--max", "1")[0] == 0
+    [e] = [x for x in entries(bsite) if x.image == "img"]
+    assert (e.max, e.cpus, e.memory_mib, e.grace_s, list(e.networks)) == (
+        1,
+        2,
+        1024,
+        5,
+        ["default"],
+    )
     # Bad input: argparse (exit 2) or the service (exit 1), each saying why.
     code, _, err = run(admin, bsite, capsys, "backfill", "set", "img", "--max", "-1")
     assert code == 2 and "must be 0 or more" in err
@@ -322,7 +332,7 @@ def test_backfill_on_the_command_line(bsite: Site, capsys: pytest.CaptureFixture
     assert code == 1 and "image 'nope' not found" in err
     code, _, err = run(admin, bsite, capsys, "backfill", "clear", "nope")
     assert code == 1 and "no backfill entry for image 'nope'; `ws-admin backfill list` shows" in err
-    assert [x.max for x in entries(bsite)] == [2]  # unchanged
+    assert [x.max for x in entries(bsite)] == [1]  # unchanged
     code, out, _ = run(admin, bsite, capsys, "-o", "json", "backfill", "clear", "img")
     assert code == 0 and json.loads(out)["live"] == 2
     code, out, err = run(admin, bsite, capsys, "backfill", "list")

@@ -41,14 +41,24 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     """Add `backfill set|list|clear` to ws-admin."""
 
     def set_(args: argparse.Namespace) -> int:
-        e = client_for(args).set_backfill(
+        client = client_for(args)
+        # Options not given keep what the image's entry has (as `project set` does);
+        # the service replaces an entry whole, so its values are read first.
+        had = next((e for e in client.list_backfill() if e.image == args.image), None)
+
+        def given(value: Any, field: str, default: Any) -> Any:
+            if value is not None:
+                return value
+            return getattr(had, field) if had is not None else default
+
+        e = client.set_backfill(
             args.image,
             args.max,
-            args.cpus or 0,
-            args.memory_mib or 0,
-            args.network or (),
-            args.grace,
-            args.project or "",
+            given(args.cpus, "cpus", 0),
+            given(args.memory_mib, "memory_mib", 0),
+            given(args.network, "networks", ()),
+            given(args.grace, "grace_s", 0),
+            given(args.project, "project", ""),
         )
         render.emit(
             args,
@@ -82,7 +92,11 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "capacity; a normal request preempts them.",
     )
     bsub = p.add_subparsers(dest="backfill_command", metavar="COMMAND", required=True)
-    q = bsub.add_parser("set", parents=[parent], help="add or replace an image's entry")
+    q = bsub.add_parser(
+        "set",
+        parents=[parent],
+        help="add an image's entry, or change it (options not given keep its values)",
+    )
     q.add_argument("image", metavar="IMAGE")
     q.add_argument(
         "--max",
@@ -99,7 +113,6 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     q.add_argument(
         "--grace",
         type=common.non_negative_int,
-        default=0,
         metavar="S",
         help="seconds a preempted one gets after ACPI before it is forced off (default 0)",
     )
