@@ -94,7 +94,8 @@ class Catalog:
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
             # file between the rename and the row.
-            with env.store.write() as s:
+            over_quota = refusals.recorded(env.store, env.notifier, env.clock, digest)
+            with over_quota, env.store.write() as s:
                 if who is not None:
                     self._check_upload_quota(s, as_identity(who), digest, size)
                 self.blobs.commit(tmp, digest)
