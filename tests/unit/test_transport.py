@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent import main as agent_main
 from agent.peers import PeerGate
@@ -19,6 +21,8 @@ from workspace.identity import Identity, Kind
 from workspace.service import main as service_main
 from workspace.site import identities
 from workspace.site.record import SiteRecord, write_record
+
+CLIENT_AUTH, SERVER_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +143,44 @@ def test_site_identities_are_made_once_and_renewed_when_revoked(tmp_path: Path) 
     pki.CA(first.ca_dir).revoke("local")
     renewed = identities.ensure(tmp_path, "local", ["n1", "n2"])
     assert pki.identity_of_dir(renewed.admin).serial != who.serial
+
+
+def test_site_identities_issued_before_the_server_names_are_issued_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `site up` issued before: every identity named `localhost`, none the name
+    that proves what it is, every one both client and server. The next `site up`
+    issues each anew (and keeps the new ones after)."""
+    ids = tmp_path / "identities"
+    ids.mkdir()
+    ca = pki.init(identities.ca_dir(tmp_path))
+    old = {
+        "service": Identity(Kind.SERVICE, "localhost"),
+        "admin-local": Identity(Kind.USER, "local", admin=True),
+        "node-n1": Identity(Kind.NODE, "n1"),
+    }
+    with monkeypatch.context() as m:
+        m.setattr(pki, "tls_name", lambda kind, name="": "")
+        m.setattr(pki, "hosts_problem", lambda who, hosts: "")
+        m.setattr(pki, "extended_key_usage", lambda kind: [CLIENT_AUTH, SERVER_AUTH])
+        serials = {d: ca.issue(who, ids / d, ["localhost"]).serial for d, who in old.items()}
+    new = identities.ensure(tmp_path, "local", ["n1"])
+    for d, path in (
+        ("service", new.service),
+        ("admin-local", new.admin),
+        ("node-n1", new.nodes["n1"]),
+    ):
+        assert path == ids / d
+        assert pki.identity_of_dir(path).serial != serials[d], d
+    cert = x509.load_pem_x509_certificate((new.admin / pki.CERT).read_bytes())
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        CLIENT_AUTH
+    ]
+    again = identities.ensure(tmp_path, "local", ["n1"])
+    assert pki.identity_of_dir(again.service).serial == pki.identity_of_dir(new.service).serial
+    assert (
+        pki.identity_of_dir(again.nodes["n1"]).serial == pki.identity_of_dir(new.nodes["n1"]).serial
+    )
 
 
 def test_client_picks_its_identity(
