@@ -64,8 +64,8 @@ def server_identity_hint(details: str) -> str:
             " (the server's certificate does not prove it is the server expected: the "
             f"service's carries the name {SERVICE_TLS_NAME}, node N's N{NODE_TLS_SUFFIX}; "
             "it is another identity of the site CA, or a certificate issued before that "
-            "name was checked: re-issue it with `ws-admin pki issue` (docs/security.md, "
-            "upgrading))"
+            "name was checked: re-issue it with `ws-admin pki issue`, or for a local site "
+            "`ws-admin site down` then `site up` (docs/security.md, upgrading))"
         )
     if _NOT_A_SERVER in said:
         return (
