@@ -14,9 +14,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent import main as agent_main
 from agent.peers import PeerGate
-from workspace import client, config, pki, rpc
+from workspace import client, config, pki, rpc, rpc_status
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
-from workspace.errors import ConfigError
+from workspace.errors import ConfigError, PermissionDenied
 from workspace.identity import Identity, Kind
 from workspace.service import main as service_main
 from workspace.site import identities
@@ -275,3 +275,24 @@ def test_site_up_talks_to_its_service_as_its_admin_from_the_first_record(
     admin = str(tmp_path / "identities" / "admin-local")
     assert rec.identity_dir == admin and seen["record"] == admin
     assert seen["tls"] == TlsConfig(identity_dir=admin)
+
+
+def test_channels_expect_the_service_or_the_named_node() -> None:
+    assert rpc.expected_name() == "service.workspace.invalid"
+    assert rpc.expected_name("n1") == "n1.node.workspace.invalid"
+    with pytest.raises(PermissionDenied):
+        rpc.expected_name("N1/../x")  # never a name a certificate could carry
+
+
+@pytest.mark.parametrize(
+    ("details", "says"),
+    [
+        ("... Custom verification check failed with error: UNAUTHENTICATED: Hostname "
+         "Verification Check failed.", "does not prove it is the server expected"),
+        ("... CERTIFICATE_VERIFY_FAILED: unsupported certificate purpose", "may not serve"),
+        ("failed to connect to all addresses; Connection refused", ""),
+    ],
+)  # fmt: skip
+def test_a_refused_server_identity_is_explained(details: str, says: str) -> None:
+    hint = rpc_status.server_identity_hint(details)
+    assert (says in hint) if says else hint == ""
