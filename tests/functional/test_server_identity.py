@@ -32,6 +32,8 @@ from workspace.client import Client
 from workspace.errors import Unavailable
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+from workspace.slurm import cli as slurm_cli
+from workspace.slurm.settings import Settings
 
 SECRET = b"#cloud-config\npassword: the-secret-user-data\n"
 
@@ -104,6 +106,23 @@ def test_a_client_refuses_a_server_that_is_not_the_service(
         assert SAYS[rogue_kind] in err.value.message
         assert "cannot reach the workspace service" in err.value.message
         assert rogue.calls == [] and rogue.received == []  # the handler never ran
+    finally:
+        rogue.server.stop(0)
+
+
+def test_ws_slurm_refuses_a_server_that_is_not_the_service(
+    tmp_path: Path, site_pki: SitePki
+) -> None:
+    """ws-slurm's batch user reaches the service through the same Client."""
+    rogue = start_rogue("unix", tmp_path, site_pki.node("n1"), site_pki)
+    try:
+        settings = Settings(
+            service=rogue.address, identity=str(site_pki.user("slurm")), timeout_s=5
+        )
+        service = slurm_cli.connect(settings)
+        with service, pytest.raises(Unavailable, match="does not prove it is the server"):
+            service.list_workspaces()
+        assert rogue.calls == []
     finally:
         rogue.server.stop(0)
 
