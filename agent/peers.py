@@ -15,7 +15,12 @@ DATA_LOSS). It never relays a transfer in progress.
 With TLS (``[tls]`` of the agent) the peer server requires a client certificate of
 the site CA and serves only node identities (``workspace://node/NAME``) whose
 certificate the CRL (``tls.crl_file``, re-read when it changes) does not revoke; the
-peer client presents the agent's own node identity.
+peer client presents the agent's own node identity, and fetches only from the node the
+service named for the address: its channel expects that node's name
+(``NODE.node.workspace.invalid``, which only node NODE's certificate carries), so
+another node, the service or a user cannot pose as it. A source the service names no
+node for (a service older than that) is not used with TLS: the blob comes from the next
+source, at worst from the service.
 """
 
 from __future__ import annotations
@@ -199,28 +204,38 @@ def _stream(
 
 
 class PeerChannels:
-    """One channel per peer address, reused across fetches; close() on agent stop."""
+    """One channel per peer (address and node), reused across fetches; close() on agent
+    stop."""
 
     def __init__(self, node: str, tls: TlsConfig) -> None:
         self.node = node
         self.tls = tls
         self._lock = threading.Lock()
-        self._stubs: dict[str, tuple[grpc.Channel, nodes_pb2_grpc.PeersStub]] = {}
+        self._stubs: dict[tuple[str, str], tuple[grpc.Channel, nodes_pb2_grpc.PeersStub]] = {}
 
-    def _stub(self, address: str) -> nodes_pb2_grpc.PeersStub:
+    def _stub(self, address: str, node: str) -> nodes_pb2_grpc.PeersStub:
         with self._lock:
-            if address not in self._stubs:
-                ch = rpc.channel(address, self.tls)
-                self._stubs[address] = (ch, nodes_pb2_grpc.PeersStub(ch))
-            return self._stubs[address][1]
+            if (address, node) not in self._stubs:
+                ch = rpc.channel(address, self.tls, node=node)
+                self._stubs[address, node] = (ch, nodes_pb2_grpc.PeersStub(ch))
+            return self._stubs[address, node][1]
 
-    def source(self, address: str) -> Source:
+    def source(self, address: str, node: str = "") -> Source:
+        """The peer at ``address``, which must prove it is node ``node`` (with TLS: a
+        source without a valid node name fails at once, and the cache moves on to the
+        next one)."""
+        where = f"peer {node} at {address}" if node else f"peer {address}"
+        unchecked = self.tls.enabled and identity.name_problem(identity.Kind.NODE, node)
+
         def fetch(digest: str, offset: int) -> Iterator[bytes]:
-            stub = self._stub(address)
+            if unchecked:
+                raise Unavailable(
+                    f"not fetching from {where}: the service names no node for it "
+                    "(a service older than this agent?), so its certificate cannot be checked"
+                )
+            stub = self._stub(address, node)
             req = nodes_pb2.FetchBlobRequest(node=self.node, digest=digest, offset=offset)
-            return _stream(
-                lambda r: stub.FetchBlob(r, timeout=FETCH_TIMEOUT_S), req, f"peer {address}"
-            )
+            return _stream(lambda r: stub.FetchBlob(r, timeout=FETCH_TIMEOUT_S), req, where)
 
         return Source(f"peer {address}", fetch)
 

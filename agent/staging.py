@@ -22,7 +22,7 @@ from pathlib import Path
 from agent.backoff import Backoff, Retries
 from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.gate import TrustGate
-from workspace.domain.model import CacheRecord, NodeOrders, Order
+from workspace.domain.model import CacheRecord, Disk, NodeOrders, Order
 from workspace.errors import ImageError, Unavailable, WorkspaceError
 
 log = logging.getLogger("agent")
@@ -30,13 +30,24 @@ log = logging.getLogger("agent")
 PREFETCH_RETRY = Backoff(4.0, 300.0)
 
 
-def disk_sources(orders: NodeOrders) -> dict[str, list[str]]:
+# A peer the service named: (its address, its node; "" from a service that names none).
+Peer = tuple[str, str]
+
+
+def peers_of(disk: Disk) -> list[Peer]:
+    """The peers the service named for ``disk``'s blob, each with its node."""
+    nodes = list(disk.source_nodes)[: len(disk.sources)]
+    nodes += [""] * (len(disk.sources) - len(nodes))
+    return list(zip(disk.sources, nodes, strict=True))
+
+
+def disk_sources(orders: NodeOrders) -> dict[str, list[Peer]]:
     """digest → the peers the service named for it (the first order naming it wins)."""
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[Peer]] = {}
     for order in orders.orders:
         for disk in order.disks:
             if disk.partition.digest and disk.sources:
-                out.setdefault(disk.partition.digest, list(disk.sources))
+                out.setdefault(disk.partition.digest, peers_of(disk))
     return out
 
 
@@ -45,7 +56,7 @@ class Staging:
         self,
         cache: BlobCache,
         gate: TrustGate,
-        peer_source: Callable[[str], Source],
+        peer_source: Callable[[str, str], Source],
         service_source: Source,
         prefetch_parallel: int,
         on_cached: Callable[[], None],
@@ -59,7 +70,7 @@ class Staging:
         self._lock = threading.Lock()
         # From the latest orders: blobs to prefetch, peers that hold each digest.
         self._prefetch: list[str] = []
-        self._sources: dict[str, list[str]] = {}
+        self._sources: dict[str, list[Peer]] = {}
         self._prefetching: set[str] = set()
         self._prefetch_failures = Retries(PREFETCH_RETRY)
         self._pool = ThreadPoolExecutor(max(1, prefetch_parallel), thread_name_prefix="prefetch")
@@ -73,9 +84,9 @@ class Staging:
             self._prefetch = list(orders.prefetch)
             self._sources = disk_sources(orders)
 
-    def sources(self, peers: list[str]) -> list[Source]:
+    def sources(self, peers: list[Peer]) -> list[Source]:
         """Where to fetch a blob: the peers the service named, in its order, then it."""
-        out = [self.peer_source(p) for p in dict.fromkeys(peers) if p != self.own_address]
+        out = [self.peer_source(a, n) for a, n in dict.fromkeys(peers) if a != self.own_address]
         out.append(self.service_source)
         return out
 
@@ -83,13 +94,13 @@ class Staging:
 
     def ensure(self, order: Order) -> dict[str, Path]:
         """Pin then fetch (or find) every blob ``order`` uses; returns digest → cached path."""
-        wanted: dict[str, tuple[int, list[str]]] = {}  # digest → (size, peers)
-        all_peers: list[str] = []
+        wanted: dict[str, tuple[int, list[Peer]]] = {}  # digest → (size, peers)
+        all_peers: list[Peer] = []
         for disk in order.disks:
             p = disk.partition
             if p.digest:
-                wanted[p.digest] = (p.size_bytes, list(disk.sources))
-                all_peers += disk.sources
+                wanted[p.digest] = (p.size_bytes, peers_of(disk))
+                all_peers += peers_of(disk)
         for digest in (order.kernel_digest, order.initrd_digest):
             if digest and digest not in wanted:
                 # No sources in the order for these: peers holding the disks likely hold them.

@@ -201,7 +201,7 @@ class Client(
         ):
             absent = any(m in said for m in _NOTHING_THERE)
             hint = (
-                ""
+                rpc_status.server_identity_hint(details)
                 if self.tls is not None or absent
                 else f" (no identity given: a service with mutual TLS needs --identity DIR "
                 f"or ${IDENTITY_ENV})"

@@ -11,6 +11,13 @@ guessed from the common name:
 
 A certificate without exactly one kind URI is refused. This module knows no gRPC; the
 edges read the peer certificate and call ``from_certificate``.
+
+A server is checked by name as well (``tls_name``): every service certificate carries
+the DNS name ``service.workspace.invalid`` and every node certificate
+``NODE.node.workspace.invalid``; clients expect that name in the server's certificate
+(``workspace.rpc.channel``), whatever address they dialled. Names under ``.invalid``
+(reserved by RFC 2606 and 6761: they never resolve) are added by the CA alone, which
+refuses them as hosts (``reserved_host``), so no other certificate can carry them.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ ADMIN_ROLE = "admin"
 # Names in identities: users, nodes, projects (a node name is also a DNS label).
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+# The TLD of the names that say what a server is (RFC 6761: never resolves).
+RESERVED_TLD = "invalid"
+# The DNS subjectAltName every service certificate carries, and only those.
+SERVICE_TLS_NAME = "service.workspace.invalid"
+# NODE + this: the DNS subjectAltName of node NODE's certificate (its peer server).
+NODE_TLS_SUFFIX = ".node.workspace.invalid"
 
 
 class Kind(enum.StrEnum):
@@ -64,6 +77,23 @@ class Identity:
             out.append(f"{SCHEME}://role/{ADMIN_ROLE}")
         out += [f"{SCHEME}://project/{p}" for p in self.projects]
         return out
+
+
+def tls_name(kind: Kind | str, name: str = "") -> str:
+    """The DNS name a server of this identity proves it is by its certificate:
+    ``service.workspace.invalid`` for the service, ``NAME.node.workspace.invalid`` for
+    node NAME, "" for a user (users never serve)."""
+    kind = Kind(kind)
+    if kind is Kind.SERVICE:
+        return SERVICE_TLS_NAME
+    if kind is Kind.NODE:
+        return f"{name}{NODE_TLS_SUFFIX}"
+    return ""
+
+
+def reserved_host(host: str) -> bool:
+    """Whether ``host`` is a name only the CA may put in a certificate (under .invalid)."""
+    return host.rstrip(".").lower().rsplit(".", 1)[-1] == RESERVED_TLD
 
 
 def name_problem(kind: Kind | str, name: str, what: str = "") -> str:

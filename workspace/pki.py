@@ -8,7 +8,10 @@ Layout of a CA directory (0700; keys 0600)::
 
 An identity directory (``ws-admin pki issue … --out DIR``) holds ``ca.pem`` (to check
 the other side), ``cert.pem`` and ``key.pem``. The identity itself is carried in the
-certificate's subjectAltName URIs (``workspace/identity.py``).
+certificate's subjectAltName URIs (``workspace/identity.py``); a server's certificate
+also carries the DNS name that proves what it is (``identity.tls_name``: the service's,
+or its node's), which only this CA adds. A user's certificate is a client's only (extended key usage
+CLIENT_AUTH) and names no hosts; the service's is a server's only (SERVER_AUTH).
 
 Nothing here talks to the network or to the service: the CA can live on an offline
 host, and ``crl.pem`` is copied to where the service and agents read it
@@ -33,7 +36,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from workspace.files import write_private
-from workspace.identity import Identity, Kind, from_pem, name_problem
+from workspace.identity import (
+    NODE_TLS_SUFFIX,
+    SERVICE_TLS_NAME,
+    Identity,
+    Kind,
+    from_pem,
+    name_problem,
+    reserved_host,
+    tls_name,
+)
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -114,7 +126,10 @@ class CA:
         """Write an identity directory (ca.pem, cert.pem, key.pem) for ``identity``.
 
         ``hosts`` are the DNS names and addresses a service (or a node serving peers)
-        is reached at; they go into the certificate as DNS/IP subjectAltNames.
+        is reached at; they go into the certificate as DNS/IP subjectAltNames. The CA
+        adds the name that proves what the server is (``identity.tls_name``) itself,
+        refuses hosts under ``.invalid`` (reserved for those names) and any host for a
+        user. What the key may do follows the kind (``extended_key_usage``).
         """
         names = [(identity.kind, identity.name, "")]
         names += [(Kind.USER, p, "project") for p in identity.projects]
@@ -122,6 +137,10 @@ class CA:
             problem = name_problem(kind, name, what)
             if problem:  # a request the CA refuses: InvalidArgument (exit 1)
                 raise InvalidArgument(problem)
+        hosts = list(hosts)
+        problem = hosts_problem(identity, hosts)
+        if problem:
+            raise InvalidArgument(problem)
         out = _private_dir(Path(out_dir))
         if (out / KEY).exists():
             raise AlreadyExists(f"{out} already holds an identity; choose another --out")
@@ -129,6 +148,8 @@ class CA:
         now = _now()
         serial = x509.random_serial_number()
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in identity.uris()]
+        if tls_name(identity.kind, identity.name):
+            sans.append(x509.DNSName(tls_name(identity.kind, identity.name)))
         for h in hosts:
             try:
                 sans.append(x509.IPAddress(ipaddress.ip_address(h)))
@@ -144,12 +165,7 @@ class CA:
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(extended_key_usage(identity.kind)), critical=False)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -216,6 +232,35 @@ class CA:
         tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
         os.replace(tmp, path)
         return path
+
+
+def hosts_problem(identity: Identity, hosts: Iterable[str]) -> str:
+    """Why the CA refuses to put ``hosts`` in ``identity``'s certificate ("": it does not)."""
+    hosts = list(hosts)
+    if identity.is_user and hosts:
+        return (
+            f"a user certificate names no hosts (users never serve): {', '.join(hosts)}; "
+            "hosts are for the service and for nodes serving peers"
+        )
+    for h in hosts:
+        if reserved_host(h):
+            return (
+                f"host {h!r} is under .invalid, reserved for the names the CA itself gives "
+                f"servers ({SERVICE_TLS_NAME} for the service, NODE{NODE_TLS_SUFFIX} for a "
+                "node): give the names and addresses the server is reached at"
+            )
+    return ""
+
+
+def extended_key_usage(kind: Kind) -> list[x509.ObjectIdentifier]:
+    """What a certificate of ``kind`` may be used for: a user's, a client's only (users
+    never serve); the service's, a server's only (it calls nothing); a node's, both (it
+    calls the service and its peers, and serves peers)."""
+    if kind is Kind.USER:
+        return [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if kind is Kind.SERVICE:
+        return [ExtendedKeyUsageOID.SERVER_AUTH]
+    return [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
 
 
 def _serial_matches(ref: str, serial: int) -> bool:

@@ -7,8 +7,14 @@ ca.pem, cert.pem, key.pem, as ``ws-admin pki issue`` writes it) or the three fil
 
 Plaintext is for development and tests only: ``check_listen`` refuses it unless the
 config says ``insecure = true``, and even then only on loopback or a unix socket.
-Over a unix socket with TLS the client checks the server's certificate for the name
-``localhost`` (``UNIX_TARGET_NAME``): the local site issues its service that name.
+
+With TLS a client checks *who* the server is, not only that the site CA signed its
+certificate: ``channel`` expects the service (or, for a peer, the node it names), and
+sets gRPC's target name to the DNS name only such a certificate carries
+(``identity.tls_name``: ``service.workspace.invalid``, ``NODE.node.workspace.invalid``),
+on TCP and unix sockets alike. A node or user certificate of the same CA is refused in
+the handshake, before anything is sent; the address dialled need not be in the
+certificate (the CA is the site's own: what the server is matters, not where).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from workspace import failover
+from workspace import failover, identity
 from workspace.config import TlsConfig
 from workspace.errors import ConfigError
 
@@ -31,8 +37,8 @@ log = logging.getLogger("workspace.rpc")
 
 # Generous message size: console tails and blob chunks.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# The name a TLS client expects in the certificate of a server on a unix socket.
-UNIX_TARGET_NAME = "localhost"
+# The name a TLS client expects in the certificate of the service (a peer: its node's).
+SERVICE_TLS_NAME = identity.SERVICE_TLS_NAME
 # The key of the peer's certificate (PEM) in a call's auth context.
 PEER_CERT_KEY = "x509_pem_cert"
 _OPTIONS = [
@@ -101,13 +107,17 @@ def _read(path: Path) -> bytes:
         raise ConfigError(f"tls: cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def channel(address: str, tls: TlsConfig | None = None) -> grpc.Channel:
+def channel(address: str, tls: TlsConfig | None = None, node: str = "") -> grpc.Channel:
     """A client channel to ``address`` with the credentials ``tls`` describes; to a
-    comma-separated list of addresses (replicas), one that fails over (failover.py)."""
+    comma-separated list of addresses (replicas), one that fails over (failover.py).
+
+    With TLS the server must prove it is the service (``node``: that node's peer server)
+    by the name its certificate carries; any other server of the site CA fails the
+    handshake (UNAVAILABLE), and no request reaches it."""
     if "," in address:
         addresses = failover.split(address)
         if len(addresses) > 1:
-            return failover.FailoverChannel(addresses, [channel(a, tls) for a in addresses])
+            return failover.FailoverChannel(addresses, [channel(a, tls, node) for a in addresses])
         address = addresses[0] if addresses else address
     if tls is not None and tls.enabled:
         files = tls_files(tls)
@@ -116,11 +126,19 @@ def channel(address: str, tls: TlsConfig | None = None) -> grpc.Channel:
             private_key=_read(files.key_file),
             certificate_chain=_read(files.cert_file),
         )
-        options: list[tuple[str, Any]] = list(_OPTIONS)
-        if is_unix(address):
-            options.append(("grpc.ssl_target_name_override", UNIX_TARGET_NAME))
+        options: list[tuple[str, Any]] = [
+            *_OPTIONS,
+            ("grpc.ssl_target_name_override", expected_name(node)),
+        ]
         return grpc.secure_channel(address, creds, options=options)
     return grpc.insecure_channel(address, options=_OPTIONS)
+
+
+def expected_name(node: str = "") -> str:
+    """The DNS name a server's certificate must carry: the service's, or node ``node``'s."""
+    if node:
+        return identity.tls_name(identity.Kind.NODE, identity.check_name(identity.Kind.NODE, node))
+    return SERVICE_TLS_NAME
 
 
 def server(

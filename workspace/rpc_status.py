@@ -5,6 +5,12 @@ from __future__ import annotations
 import grpc
 
 from workspace import errors
+from workspace.identity import NODE_TLS_SUFFIX, SERVICE_TLS_NAME
+
+# What gRPC says when the server's certificate is of the CA but not of the server the
+# client expects (``rpc.channel``), and when it may not serve at all (a user's).
+_WRONG_NAME = "hostname verification check failed"
+_NOT_A_SERVER = "unsupported certificate purpose"
 
 _STATUS: dict[type[errors.WorkspaceError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,4 +51,25 @@ def describe(exc: grpc.RpcError) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "error"
-    return f"{name}: {details}" if details else name
+    hint = server_identity_hint(details or "")
+    return f"{name}: {details}{hint}" if details else name
+
+
+def server_identity_hint(details: str) -> str:
+    """What to do when a TLS handshake failed because the server is not the one expected
+    ("" for any other failure), for the end of the message that says so."""
+    said = details.lower()
+    if _WRONG_NAME in said:
+        return (
+            " (the server's certificate does not prove it is the server expected: the "
+            f"service's carries the name {SERVICE_TLS_NAME}, node N's N{NODE_TLS_SUFFIX}; "
+            "it is another identity of the site CA, or a certificate issued before that "
+            "name was checked: re-issue it with `ws-admin pki issue`, or for a local site "
+            "`ws-admin site down` then `site up` (docs/security.md, upgrading))"
+        )
+    if _NOT_A_SERVER in said:
+        return (
+            " (the server presented a certificate that may not serve, such as a user's: "
+            "it is not the workspace service or a node)"
+        )
+    return ""

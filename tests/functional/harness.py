@@ -241,7 +241,7 @@ class SitePki:
         return self.issue(Identity(Kind.USER, name, admin, tuple(sorted(projects))))
 
     def node(self, name: str) -> Path:
-        return self.issue(Identity(Kind.NODE, name), ("localhost",))
+        return self.issue(Identity(Kind.NODE, name))
 
     def service(self) -> Path:
         return self.issue(Identity(Kind.SERVICE, "localhost"), ("localhost",))

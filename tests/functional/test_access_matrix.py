@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.functional.harness import service_config
-from workspace import pki
+from workspace import pki, rpc
 from workspace.config import ServiceConfig
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
@@ -102,7 +102,7 @@ def connect(cfg: ServiceConfig, ca_file: Path, identity_dir: Path | None) -> Cal
         private_key=(identity_dir / "key.pem").read_bytes() if identity_dir else None,
         certificate_chain=(identity_dir / "cert.pem").read_bytes() if identity_dir else None,
     )
-    options = [("grpc.ssl_target_name_override", "localhost")]
+    options = [("grpc.ssl_target_name_override", rpc.SERVICE_TLS_NAME)]
     return Caller.of(
         grpc.secure_channel(cfg.listen, creds, options=options),
         grpc.secure_channel(cfg.node_address, creds, options=options),

@@ -104,8 +104,9 @@ def test_a_certificate_of_another_ca_is_refused(tls_site: TlsSite, tmp_path: Pat
     assert list_nodes(tls_site.stubs) == []  # the site's own admin still gets in
 
 
-def _peer_fetch(address: str, tls: TlsConfig, digest: str) -> bytes:
-    ch = rpc.channel(address, tls)
+def _peer_fetch(address: str, tls: TlsConfig, digest: str, node: str) -> bytes:
+    """FetchBlob from the peer server of ``node`` at ``address``, as ``tls``."""
+    ch = rpc.channel(address, tls, node=node)
     try:
         stub = nodes_pb2_grpc.PeersStub(ch)
         req = nodes_pb2.FetchBlobRequest(node="x", digest=digest)
@@ -142,21 +143,21 @@ def test_peers_fetch_over_mtls_and_serve_only_unrevoked_nodes(
 
     p1 = site.agents["p1"].peer_address
     node_tls = site.pki.tls(site.pki.node("p3"))
-    assert _peer_fetch(p1, node_tls, digest) == bytes([9]) * 2 * 1024 * KIB
+    assert _peer_fetch(p1, node_tls, digest, "p1") == bytes([9]) * 2 * 1024 * KIB
     # a user (even an admin) is no node: refused
     admin_tls = site.pki.tls(site.pki.user("local", admin=True))
     with pytest.raises(grpc.RpcError) as err:
-        _peer_fetch(p1, admin_tls, digest)
+        _peer_fetch(p1, admin_tls, digest, "p1")
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "only to node identities" in (err.value.details() or "")
     # no certificate: the handshake fails
     with pytest.raises(grpc.RpcError) as err:
-        _peer_fetch(p1, TlsConfig(), digest)
+        _peer_fetch(p1, TlsConfig(), digest, "p1")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     # a revoked node: refused at its next call, without restarting p1
     site.revoke("p3")
     with pytest.raises(grpc.RpcError) as err:
-        _peer_fetch(p1, node_tls, digest)
+        _peer_fetch(p1, node_tls, digest, "p1")
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "revoked" in (err.value.details() or "")
 

@@ -162,7 +162,9 @@ def test_a_user_runs_a_vm_and_the_next_node_fetches_its_blob_from_a_peer(site: I
 def test_peers_refuse_a_user_certificate(site: IdSite) -> None:
     digest = "sha256:" + "0" * 64
     ch = rpc.channel(
-        f"unix:{site.node_dir('local-1')}/peers.sock", TlsConfig(identity_dir=str(site.alice))
+        f"unix:{site.node_dir('local-1')}/peers.sock",
+        TlsConfig(identity_dir=str(site.alice)),
+        node="local-1",
     )
     try:
         req = nodes_pb2.FetchBlobRequest(node="local-2", digest=digest)

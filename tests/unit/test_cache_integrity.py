@@ -177,7 +177,7 @@ def staging(tmp_path: Path) -> tuple[Staging, AuditSpool]:
     (tmp_path / "state").mkdir()
     spool = AuditSpool(tmp_path / "state")
     cache = BlobCache(tmp_path / "cache")
-    stage = Staging(cache, TrustGate("n1", spool), lambda a: served(), served(), 1, lambda: None)
+    stage = Staging(cache, TrustGate("n1", spool), lambda a, n: served(), served(), 1, lambda: None)
     return stage, spool
 
 

@@ -145,7 +145,9 @@ def _node(name: str, state: str = "READY", address: str = "", cached: tuple[str,
     )
 
 
-def _sources(tmp_path: Path, nodes: list[Node], requester: str, digest: str) -> list[str]:
+def _sources(
+    tmp_path: Path, nodes: list[Node], requester: str, digest: str
+) -> list[tuple[str, str]]:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     try:
         with store.write() as s:
@@ -167,7 +169,8 @@ def test_sources_are_peers_that_hold_the_blob(tmp_path: Path) -> None:
         _node("drain", state="DRAINING", address="drain:1", cached=(d,)),
     ]
     got = _sources(tmp_path, nodes, "me", d)
-    assert got == ["a:1", "drain:1"]  # READY first; never itself, DOWN or non-serving
+    # READY first; never itself, DOWN or non-serving; each with its node (checked with TLS)
+    assert got == [("a", "a:1"), ("drain", "drain:1")]
 
 
 def test_at_most_three_sources_spread_over_requesters(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ def test_init_issue_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     )  # fmt: skip
     assert code == 0
     issued = json.loads(out)
+    assert issued["server_name"] == ""  # users never serve
     assert issued["uris"] == [
         "workspace://user/alice",
         "workspace://role/admin",
@@ -49,7 +50,14 @@ def test_init_issue_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "--out", str(n), "--dir", ca,
     )  # fmt: skip
     assert code == 0 and "issued node:n1" in out
+    assert "server name n1.node.workspace.invalid" in out
     assert pki.identity_of_dir(n).is_node
+    # the names that prove what a server is are the CA's alone
+    code, _, err = run(
+        capsys, "pki", "issue", "node", "n2", "--host", "service.workspace.invalid",
+        "--out", str(tmp_path / "n2"), "--dir", ca,
+    )  # fmt: skip
+    assert code == 1 and "reserved for the names the CA itself gives" in err
     s = tmp_path / "svc"
     assert run(capsys, "pki", "issue", "service", "head", "head.example", "--out", str(s),
                "--dir", ca)[0] == 0  # fmt: skip

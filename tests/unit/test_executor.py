@@ -72,7 +72,7 @@ class Parts:
         yield BLOB[offset:]
 
     @staticmethod
-    def _no_peer(address: str) -> Source:
+    def _no_peer(address: str, node: str) -> Source:
         raise AssertionError(f"no peer expected, got {address}")
 
     def close(self) -> None:

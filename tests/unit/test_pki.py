@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workspace import identity, pki
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
@@ -108,15 +108,68 @@ def test_issue_writes_an_identity_directory_with_private_key_files(tmp_path: Pat
         pki.init(tmp_path / "ca")
 
 
-def test_service_certificates_name_their_hosts(tmp_path: Path) -> None:
+def _cert(d: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+
+
+def _dns(d: Path) -> list[str]:
+    san = _cert(d).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return san.get_values_for_type(x509.DNSName)
+
+
+def _usage(d: Path) -> set[x509.ObjectIdentifier]:
+    return set(_cert(d).extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_service_certificates_name_their_hosts_and_what_they_are(tmp_path: Path) -> None:
     ca = pki.init(tmp_path / "ca")
     ca.issue(
         Identity(Kind.SERVICE, "ws.example.org"), tmp_path / "svc", ["ws.example.org", "10.0.0.5"]
     )
-    cert = x509.load_pem_x509_certificate((tmp_path / "svc" / "cert.pem").read_bytes())
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["ws.example.org"]
-    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    san = _cert(tmp_path / "svc").extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    # the name every client checks (rpc.channel), added by the CA, then the hosts asked for
+    assert _dns(tmp_path / "svc") == ["service.workspace.invalid", "ws.example.org"]
+    assert [str(a) for a in san.value.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    assert _usage(tmp_path / "svc") == {ExtendedKeyUsageOID.SERVER_AUTH}  # it calls nothing
+
+
+def test_each_kind_may_do_only_what_it_does(tmp_path: Path) -> None:
+    """A user's certificate is a client's only and names no host (users never serve); a
+    node's names its node (peers check it) and may serve and call."""
+    ca = pki.init(tmp_path / "ca")
+    ca.issue(Identity(Kind.USER, "alice", admin=True), tmp_path / "alice")
+    assert _usage(tmp_path / "alice") == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert _dns(tmp_path / "alice") == []
+    ca.issue(Identity(Kind.NODE, "n1"), tmp_path / "n1", ["n1.example.org"])
+    assert _dns(tmp_path / "n1") == ["n1.node.workspace.invalid", "n1.example.org"]
+    assert _usage(tmp_path / "n1") == {
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+    }
+    with pytest.raises(InvalidArgument, match="a user certificate names no hosts"):
+        ca.issue(Identity(Kind.USER, "bob"), tmp_path / "bob", ["bob.example.org"])
+    assert not (tmp_path / "bob").exists()
+
+
+@pytest.mark.parametrize(
+    ("who", "host"),
+    [
+        (Identity(Kind.NODE, "n1"), "service.workspace.invalid"),
+        (Identity(Kind.NODE, "n1"), "n2.node.workspace.invalid"),
+        (Identity(Kind.NODE, "n1"), "SERVICE.WORKSPACE.INVALID."),
+        (Identity(Kind.SERVICE, "head"), "anything.invalid"),
+    ],
+)
+def test_the_ca_refuses_names_under_invalid_as_hosts(
+    tmp_path: Path, who: Identity, host: str
+) -> None:
+    """Only the CA gives the names that prove what a server is: nobody gets the
+    service's name, or another node's, by asking for it as a host."""
+    ca = pki.init(tmp_path / "ca")
+    with pytest.raises(InvalidArgument, match=r"under \.invalid, reserved"):
+        ca.issue(who, tmp_path / "out", [host])
+    assert not (tmp_path / "out").exists()
+    assert ca.issued() == []
 
 
 def test_revoke_by_name_or_serial_publishes_a_crl_read_without_restart(tmp_path: Path) -> None:

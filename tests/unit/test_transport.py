@@ -9,16 +9,20 @@ import logging
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent import main as agent_main
 from agent.peers import PeerGate
-from workspace import client, config, pki, rpc
+from workspace import client, config, pki, rpc, rpc_status
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
-from workspace.errors import ConfigError
+from workspace.errors import ConfigError, PermissionDenied
 from workspace.identity import Identity, Kind
 from workspace.service import main as service_main
 from workspace.site import identities
 from workspace.site.record import SiteRecord, write_record
+
+CLIENT_AUTH, SERVER_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +145,44 @@ def test_site_identities_are_made_once_and_renewed_when_revoked(tmp_path: Path) 
     assert pki.identity_of_dir(renewed.admin).serial != who.serial
 
 
+def test_site_identities_issued_before_the_server_names_are_issued_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `site up` issued before: every identity named `localhost`, none the name
+    that proves what it is, every one both client and server. The next `site up`
+    issues each anew (and keeps the new ones after)."""
+    ids = tmp_path / "identities"
+    ids.mkdir()
+    ca = pki.init(identities.ca_dir(tmp_path))
+    old = {
+        "service": Identity(Kind.SERVICE, "localhost"),
+        "admin-local": Identity(Kind.USER, "local", admin=True),
+        "node-n1": Identity(Kind.NODE, "n1"),
+    }
+    with monkeypatch.context() as m:
+        m.setattr(pki, "tls_name", lambda kind, name="": "")
+        m.setattr(pki, "hosts_problem", lambda who, hosts: "")
+        m.setattr(pki, "extended_key_usage", lambda kind: [CLIENT_AUTH, SERVER_AUTH])
+        serials = {d: ca.issue(who, ids / d, ["localhost"]).serial for d, who in old.items()}
+    new = identities.ensure(tmp_path, "local", ["n1"])
+    for d, path in (
+        ("service", new.service),
+        ("admin-local", new.admin),
+        ("node-n1", new.nodes["n1"]),
+    ):
+        assert path == ids / d
+        assert pki.identity_of_dir(path).serial != serials[d], d
+    cert = x509.load_pem_x509_certificate((new.admin / pki.CERT).read_bytes())
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        CLIENT_AUTH
+    ]
+    again = identities.ensure(tmp_path, "local", ["n1"])
+    assert pki.identity_of_dir(again.service).serial == pki.identity_of_dir(new.service).serial
+    assert (
+        pki.identity_of_dir(again.nodes["n1"]).serial == pki.identity_of_dir(new.nodes["n1"]).serial
+    )
+
+
 def test_client_picks_its_identity(
     ca: pki.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,3 +275,24 @@ def test_site_up_talks_to_its_service_as_its_admin_from_the_first_record(
     admin = str(tmp_path / "identities" / "admin-local")
     assert rec.identity_dir == admin and seen["record"] == admin
     assert seen["tls"] == TlsConfig(identity_dir=admin)
+
+
+def test_channels_expect_the_service_or_the_named_node() -> None:
+    assert rpc.expected_name() == "service.workspace.invalid"
+    assert rpc.expected_name("n1") == "n1.node.workspace.invalid"
+    with pytest.raises(PermissionDenied):
+        rpc.expected_name("N1/../x")  # never a name a certificate could carry
+
+
+@pytest.mark.parametrize(
+    ("details", "says"),
+    [
+        ("... Custom verification check failed with error: UNAUTHENTICATED: Hostname "
+         "Verification Check failed.", "does not prove it is the server expected"),
+        ("... CERTIFICATE_VERIFY_FAILED: unsupported certificate purpose", "may not serve"),
+        ("failed to connect to all addresses; Connection refused", ""),
+    ],
+)  # fmt: skip
+def test_a_refused_server_identity_is_explained(details: str, says: str) -> None:
+    hint = rpc_status.server_identity_hint(details)
+    assert (says in hint) if says else hint == ""

@@ -22,7 +22,7 @@ from typing import Any
 
 from workspace import errors, pki
 from workspace.cli import common, render
-from workspace.identity import Identity, Kind, name_problem
+from workspace.identity import Identity, Kind, name_problem, tls_name
 from workspace.site import record as site_record
 
 PKI_ENV = "WS_PKI_DIR"
@@ -89,12 +89,21 @@ def issue(args: argparse.Namespace) -> int:
     else:
         who, hosts = Identity(kind, args.hosts[0]), list(args.hosts)
     row = ca.issue(who, out, hosts)
-    data = {**_issued_dict(row), "uris": who.uris(), "hosts": hosts, "dir": str(out)}
+    server_name = tls_name(who.kind, who.name)
+    data = {
+        **_issued_dict(row),
+        "uris": who.uris(),
+        "hosts": hosts,
+        "server_name": server_name,
+        "dir": str(out),
+    }
     text = (
         f"issued {who.principal}{' (admin)' if who.admin else ''} serial {row.serial:#x}, "
         f"valid until {row.not_after}\n"
         f"  identity directory {out} (ca.pem, cert.pem, key.pem 0600)"
     )
+    if server_name:
+        text += f"\n  server name {server_name} (what clients check, whatever address they dial)"
     if kind is Kind.USER:
         text += f"\n  use it: ws --identity {out} ...   or   export WS_IDENTITY={out}"
     else:
@@ -159,13 +168,20 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         "--host",
         action="append",
         metavar="H",
-        help="a name or address other agents reach its peer server at (repeat)",
+        help="a name or address other agents reach its peer server at (repeat; the CA "
+        "adds NAME.node.workspace.invalid, which peers check)",
     )
     q.add_argument("--out", required=True, metavar="DIR", help=out_help)
     q.add_argument("--dir", help=dir_help)
     q.set_defaults(func=issue)
     q = kinds.add_parser("service", parents=[parent], help="the service")
-    q.add_argument("hosts", nargs="+", metavar="HOST", help="names and addresses it is reached at")
+    q.add_argument(
+        "hosts",
+        nargs="+",
+        metavar="HOST",
+        help="names and addresses it is reached at (the CA adds service.workspace.invalid, "
+        "which clients check)",
+    )
     q.add_argument("--out", required=True, metavar="DIR", help=out_help)
     q.add_argument("--dir", help=dir_help)
     q.set_defaults(func=issue)

@@ -70,6 +70,7 @@ def disk_to_proto(d: Disk) -> nodes_pb2.DiskAssignment:
         ext4=p.ext4,
         virtual_size_bytes=p.virtual_size_bytes,
         sources=list(d.sources),
+        source_nodes=list(d.source_nodes),
     )
 
 
@@ -85,6 +86,7 @@ def disk_from_proto(d: nodes_pb2.DiskAssignment) -> Disk:
             ext4=d.ext4,
         ),
         tuple(d.sources),
+        tuple(d.source_nodes),
     )
 
 

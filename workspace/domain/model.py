@@ -74,10 +74,13 @@ class Nic:
 
 @dataclass(frozen=True)
 class Disk:
-    """A partition as a node builds it for one workspace, with peers that may hold its blob."""
+    """A partition as a node builds it for one workspace, with peers that may hold its blob:
+    their addresses (``sources``) and the node at each (``source_nodes``, same order;
+    with TLS the agent checks it reaches that node)."""
 
     partition: Partition
     sources: tuple[str, ...] = ()
+    source_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

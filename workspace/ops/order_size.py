@@ -44,6 +44,7 @@ from workspace.store.prepared import Prepared
 # Peers named as sources of one blob in an order (ops/reports.py names them).
 MAX_SOURCES = 3
 FIELD_BYTES = 2 + 5  # tag + length of a string, bytes or message field
+NODE_NAME_BYTES = 63  # the longest node name (identity.NAME_RE)
 # The seed message in an order and its three fields.
 SEED_FIELDS_BYTES = 4 * FIELD_BYTES
 NUMBER_BYTES = 2 + 10  # tag + the longest varint
@@ -151,15 +152,16 @@ class _Sizer:
     """Upper bounds of orders from plain columns, without loading user-data or building
     Orders: one order is the bound of its skeleton (numbers, strings, partitions; cached
     per image spec) plus its user-data, NICs (the longest addresses, the network's
-    bridge, subnet and DNS), peer sources (MAX_SOURCES of the longest peer address per
-    blob) and its image's signatures."""
+    bridge, subnet and DNS), peer sources (MAX_SOURCES of the longest peer address and
+    node name per blob) and its image's signatures."""
 
     def __init__(self, s: Session, vendor_bytes: int = 0) -> None:
         self.s = s
         # What the site's vendor-data adds to every seed.
         self.vendor_bytes = vendor_bytes
         longest = _LONGEST_PEER.scalar(flushed(s))
-        self.source_bytes = MAX_SOURCES * (FIELD_BYTES + int(longest or 0))
+        # Each source: its address and its node's name.
+        self.source_bytes = MAX_SOURCES * (2 * FIELD_BYTES + int(longest or 0) + NODE_NAME_BYTES)
         self._nics: dict[str, int] = {}
         self._envelopes: dict[str, int] = {}
 

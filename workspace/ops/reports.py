@@ -10,6 +10,7 @@ from dataclasses import replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from images.model import Partition
 from workspace.config import ServiceConfig
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, State, state_from_report
@@ -161,6 +162,11 @@ def build_orders(
                 envelopes[w.image] = tuple(trust.envelopes(s, w.image))
     wanted = {p.digest for spec in specs.values() for p in spec.partitions if p.digest}
     sources = peer_sources(s, node_name, wanted)
+
+    def disk(p: Partition) -> Disk:
+        peers = sources.get(p.digest, [])
+        return Disk(p, tuple(a for _, a in peers), tuple(n for n, _ in peers))
+
     peers = netpolicy.peers(s, rows)
     return tuple(
         Order(
@@ -171,7 +177,7 @@ def build_orders(
             cpus=w.cpus,
             memory_mib=w.memory_mib,
             image=w.image,
-            disks=tuple(Disk(p, tuple(sources.get(p.digest, ()))) for p in specs[w.id].partitions),
+            disks=tuple(disk(p) for p in specs[w.id].partitions),
             nics=nics_of.get(w.id, ()),
             kernel_digest=specs[w.id].kernel_digest,
             initrd_digest=specs[w.id].initrd_digest,
@@ -220,10 +226,10 @@ def without_held(s: Session, node_name: str, rows: list[Workspace]) -> list[Work
     return [w for w in rows if w.id not in waiting] if waiting else rows
 
 
-def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list[str]]:
-    """Up to MAX_SOURCES peers per blob: nodes that serve peers and last reported holding
-    it; READY ones first, the rest spread over requesters by rendezvous hashing (so N
-    nodes fetching one blob do not all pick the same peer)."""
+def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list[tuple[str, str]]]:
+    """Up to MAX_SOURCES peers per blob, as (node, peer address): nodes that serve peers
+    and last reported holding it; READY ones first, the rest spread over requesters by
+    rendezvous hashing (so N nodes fetching one blob do not all pick the same peer)."""
     if not wanted:
         return {}
     holders: dict[str, list[Node]] = {}
@@ -240,7 +246,7 @@ def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list
         return (NodeState(peer.state) is not NodeState.READY, spread)
 
     return {
-        digest: [p.peer_address for p in sorted(peers, key=rank)[:MAX_SOURCES]]
+        digest: [(p.name, p.peer_address) for p in sorted(peers, key=rank)[:MAX_SOURCES]]
         for digest, peers in holders.items()
     }
 

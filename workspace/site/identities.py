@@ -5,15 +5,18 @@ directory of ``ws-admin pki``, so ``ws-admin pki issue user alice --out A`` issu
 from it without flags) and keeps it across ``site down``/``site up``; ``site down
 --purge`` removes it. Identity directories live in ``<site>/identities/``:
 
-    service        workspace://service/localhost (the service's socket is checked
-                   for the name ``localhost``: see ``workspace.rpc``)
-    node-NAME      workspace://node/NAME, one per agent (also named ``localhost``,
-                   for peer servers on unix sockets)
+    service        workspace://service/localhost, and the name clients check
+                   (``service.workspace.invalid``: see ``workspace.rpc``)
+    node-NAME      workspace://node/NAME, one per agent, and the name its peers check
+                   (``NAME.node.workspace.invalid``)
     admin-OWNER    workspace://user/OWNER + role admin: the user who ran ``site up``;
-                   ``ws`` finds it through the site record
+                   ``ws`` finds it through the site record (a client's certificate only)
 
-An identity is issued once and reused while its certificate is of this CA, names
-what it should and is not revoked; otherwise it is issued anew.
+The CA adds the names clients check; nothing is issued a host (``localhost``): the
+sockets are reached by path and checked by those names. An identity is issued once and
+reused while its certificate is of this CA, names what it should, may do what it
+should (no more: ``pki.extended_key_usage``) and is not revoked; otherwise it is
+issued anew, so ``site up`` replaces one issued before those rules.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from cryptography import x509
 
 from workspace import pki
 from workspace.config import TlsConfig
-from workspace.identity import Identity, Kind, from_pem
+from workspace.identity import Identity, Kind, from_pem, tls_name
 
 PKI_DIR = "pki"
 IDENTITIES_DIR = "identities"
+# The service identity's name (workspace://service/localhost); not a host it is issued.
 SERVICE_HOST = "localhost"
 # An identity that expires sooner than this is issued anew at `site up`.
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -75,7 +79,7 @@ def _ensure_one(ca: pki.CA, who: Identity, out: Path) -> Path:
     if not _current(ca, who, out):
         if out.exists():
             shutil.rmtree(out)
-        ca.issue(who, out, hosts=(SERVICE_HOST,))
+        ca.issue(who, out)
     return out
 
 
@@ -86,13 +90,21 @@ def _current(ca: pki.CA, who: Identity, out: Path) -> bool:
         pem = cert_file.read_bytes()
         cert = x509.load_pem_x509_certificate(pem)
         held = from_pem(pem)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except Exception:  # missing, unreadable or foreign: issue anew
         return False
     revoked = {r.serial for r in ca.issued() if r.revoked}
+    expected_dns = [tls_name(who.kind, who.name)] if tls_name(who.kind, who.name) else []
     return (
         cert.issuer == ca.cert.subject
         and ca_file.read_bytes() == (ca.dir / pki.CA_CERT).read_bytes()
         and cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + RENEW_BEFORE
         and (held.kind, held.name, held.admin) == (who.kind, who.name, who.admin)
         and held.serial not in revoked
+        # issued before the names and usages of today: a service without the name its
+        # clients check, a user allowed to serve, a node with `localhost` ...
+        and san.get_values_for_type(x509.DNSName) == expected_dns
+        and not san.get_values_for_type(x509.IPAddress)
+        and set(usage) == set(pki.extended_key_usage(who.kind))
     )

@@ -188,6 +188,7 @@ class DiskAssignment(_message.Message):
     EXT4_FIELD_NUMBER: _builtins.int
     VIRTUAL_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    SOURCE_NODES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     digest: _builtins.str
     size_bytes: _builtins.int
@@ -201,6 +202,12 @@ class DiskAssignment(_message.Message):
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Peer agents that hold this blob ("host:port" of their Peers service), nearest first."""
 
+    @_builtins.property
+    def source_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The node of each of sources, in the same order: with TLS an agent fetches from a
+        peer only when its certificate proves it is that node (NODE.node.workspace.invalid).
+        """
+
     def __init__(
         self,
         *,
@@ -212,10 +219,11 @@ class DiskAssignment(_message.Message):
         ext4: _builtins.bool = ...,
         virtual_size_bytes: _builtins.int = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
+        source_nodes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "ext4", b"ext4", "format", b"format", "mode", b"mode", "name", b"name", "size_bytes", b"size_bytes", "sources", b"sources", "virtual_size_bytes", b"virtual_size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "ext4", b"ext4", "format", b"format", "mode", b"mode", "name", b"name", "size_bytes", b"size_bytes", "source_nodes", b"source_nodes", "sources", b"sources", "virtual_size_bytes", b"virtual_size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
