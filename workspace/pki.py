@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from workspace.files import write_private
+from workspace.files import write_private, write_public
 from workspace.identity import (
     NODE_TLS_SUFFIX,
     SERVICE_TLS_NAME,
@@ -183,8 +183,8 @@ class CA:
             .sign(self.key, hashes.SHA256())
         )
         write_private(out / KEY, _key_pem(key), sync=True)
-        (out / CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (out / CA_CERT).write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        write_public(out / CERT, cert.public_bytes(serialization.Encoding.PEM))
+        write_public(out / CA_CERT, self.cert.public_bytes(serialization.Encoding.PEM))
         row = Issued(
             serial, identity.kind.value, identity.name, cert.not_valid_after_utc.isoformat()
         )
@@ -195,11 +195,25 @@ class CA:
     # -- revoking -----------------------------------------------------------------------------
 
     def revoke(self, ref: str) -> list[Issued]:
-        """Revoke every certificate of name ``ref`` (or the one with serial ``ref``,
-        decimal or 0x-hex) and publish a new CRL. Returns what was revoked."""
+        """Revoke every certificate of name ``ref`` (``KIND:NAME`` for one kind's: a user
+        and a node may share a name), or the one with serial ``ref`` (decimal or 0x-hex),
+        and publish a new CRL. Returns what was revoked. A bare name that two kinds
+        share is refused (InvalidArgument): revoking the admin ``local`` must not also
+        revoke the node ``local``."""
+        kind, _, name = ref.partition(":")
+        if kind not in {k.value for k in Kind}:
+            kind, name = "", ref
         with self._lock:
             rows = self.issued()
-            hit = [r for r in rows if r.name == ref or _serial_matches(ref, r.serial)]
+            hit = [r for r in rows if r.name == name and kind in ("", r.kind)]
+            kinds = sorted({r.kind for r in hit})
+            if len(kinds) > 1:
+                raise InvalidArgument(
+                    f"{name!r} names certificates of several kinds ({', '.join(kinds)}); say "
+                    f"which: {' or '.join(f'{k}:{name}' for k in kinds)}"
+                )
+            if not kind:
+                hit += [r for r in rows if _serial_matches(ref, r.serial) and r not in hit]
             if not hit:
                 raise NotFound(f"no certificate named {ref!r} or with that serial was issued here")
             serials = {r.serial for r in hit}
@@ -226,12 +240,22 @@ class CA:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
             )
-        crl = builder.sign(self.key, hashes.SHA256())
         path = self.dir / CRL
-        tmp = path.with_name(f".{CRL}.tmp")
-        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-        os.replace(tmp, path)
+        # Each CRL is numbered one above the last (RFC 5280 cRLNumber): a reader holding
+        # a newer list refuses an older one put back (a revocation undone by a copy).
+        builder = builder.add_extension(x509.CRLNumber(crl_number(path) + 1), critical=False)
+        crl = builder.sign(self.key, hashes.SHA256())
+        write_public(path, crl.public_bytes(serialization.Encoding.PEM), sync=True)
         return path
+
+
+def crl_number(path: Path) -> int:
+    """The cRLNumber of the CRL in ``path`` (0: none, unreadable, or not numbered)."""
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return 0
 
 
 def hosts_problem(identity: Identity, hosts: Iterable[str]) -> str:
@@ -307,7 +331,7 @@ def init(ca_dir: str | os.PathLike[str], name: str = "workspace site CA") -> CA:
         .sign(key, hashes.SHA256())
     )
     write_private(d / CA_KEY, _key_pem(key), sync=True)
-    (d / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_public(d / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
     ca = CA(d)
     ca.publish_crl([])
     return ca

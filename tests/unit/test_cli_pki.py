@@ -77,6 +77,20 @@ def test_init_issue_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "pki", "list", "--dir", ca)
     assert out.count("revoked") == 2 and "valid" in out
 
+    # A second certificate for a name that holds a valid one: issued, and said.
+    svc2 = tmp_path / "svc2"
+    code, _, err = run(capsys, "pki", "issue", "service", "head", "--out", str(svc2), "--dir", ca)
+    assert code == 0
+    first = rows["head"]["serial"]
+    assert f"service:head already holds a valid certificate (serial {first})" in err
+    # A name a user and a node share: revoked only with its kind.
+    run(capsys, "pki", "issue", "user", "n1", "--out", str(tmp_path / "un1"), "--dir", ca)
+    capsys.readouterr()
+    code, _, err = run(capsys, "pki", "revoke", "n1", "--dir", ca)
+    assert code == 1 and "say which: node:n1 or user:n1" in err
+    code, out, _ = run(capsys, "pki", "revoke", "user:n1", "--dir", ca)
+    assert code == 0 and "revoked user:n1" in out and "node:n1" not in out
+
 
 def test_default_ca_dir_is_the_local_sites(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -186,6 +186,43 @@ def test_revoke_by_name_or_serial_publishes_a_crl_read_without_restart(tmp_path:
         ca.revoke("nobody")
 
 
+def test_a_name_two_kinds_share_is_revoked_only_with_its_kind(tmp_path: Path) -> None:
+    """A local site's admin user and its node are both ``local``: revoking one by name
+    revoked the other too."""
+    ca = pki.init(tmp_path / "ca")
+    user = ca.issue(Identity(Kind.USER, "local", admin=True), tmp_path / "u")
+    node = ca.issue(Identity(Kind.NODE, "local"), tmp_path / "n")
+    with pytest.raises(InvalidArgument, match="say which: node:local or user:local"):
+        ca.revoke("local")
+    assert not any(r.revoked for r in ca.issued())
+    assert [(r.kind, r.serial) for r in ca.revoke("node:local")] == [("node", node.serial)]
+    assert {r.serial for r in ca.issued() if r.revoked} == {node.serial}
+    assert user.serial not in {r.serial for r in ca.issued() if r.revoked}
+
+
+def test_certificates_and_crls_are_world_readable_never_writable(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        ca = pki.init(tmp_path / "ca")
+        ca.issue(Identity(Kind.USER, "alice"), tmp_path / "alice")
+        ca.revoke("alice")
+    finally:
+        os.umask(old)
+    public = [tmp_path / "ca" / "ca.pem", tmp_path / "ca" / "crl.pem"]
+    public += [tmp_path / "alice" / "cert.pem", tmp_path / "alice" / "ca.pem"]
+    assert [stat.S_IMODE(p.stat().st_mode) for p in public] == [0o644] * 4
+    assert stat.S_IMODE((tmp_path / "alice" / "key.pem").stat().st_mode) == 0o600
+
+
+def test_each_crl_is_numbered_above_the_last(tmp_path: Path) -> None:
+    ca = pki.init(tmp_path / "ca")
+    crl = tmp_path / "ca" / "crl.pem"
+    first = pki.crl_number(crl)
+    ca.issue(Identity(Kind.USER, "alice"), tmp_path / "alice")
+    ca.revoke("alice")
+    assert first >= 1 and pki.crl_number(crl) == first + 1
+
+
 def test_a_crl_not_signed_by_the_site_ca_is_refused(tmp_path: Path) -> None:
     ca = pki.init(tmp_path / "ca")
     a = ca.issue(Identity(Kind.USER, "alice"), tmp_path / "alice")

@@ -4,7 +4,7 @@
     ws-admin pki issue user NAME [--admin] [--project P]... --out DIR
     ws-admin pki issue node NAME --out DIR [--host H]...
     ws-admin pki issue service HOST... --out DIR
-    ws-admin pki revoke NAME|SERIAL               re-signs crl.pem
+    ws-admin pki revoke NAME|KIND:NAME|SERIAL     re-signs crl.pem
     ws-admin pki list                             what was issued, and what is revoked
 
 The CA directory is ``--dir``, else ``$WS_PKI_DIR``, else ``pki/`` in the local
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,18 @@ def issue(args: argparse.Namespace) -> int:
         who, hosts = Identity(kind, args.name), list(args.host or ())
     else:
         who, hosts = Identity(kind, args.hosts[0]), list(args.hosts)
+    before = [r for r in ca.issued() if (r.kind, r.name) == (kind.value, who.name)]
     row = ca.issue(who, out, hosts)
     server_name = tls_name(who.kind, who.name)
+    valid = [r for r in before if not r.revoked]
+    if valid and not render.wants_json(args):
+        serials = ", ".join(f"{r.serial:#x}" for r in valid)
+        print(
+            f"ws-admin: note: {who.principal} already holds a valid certificate (serial "
+            f"{serials}); each works until it expires or is revoked: revoke the old one by "
+            "serial once it is replaced",
+            file=sys.stderr,
+        )
     data = {
         **_issued_dict(row),
         "uris": who.uris(),
@@ -187,7 +198,12 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     q.set_defaults(func=issue)
 
     p = pki_sub.add_parser("revoke", parents=[parent], help="revoke by name or serial")
-    p.add_argument("ref", metavar="NAME|SERIAL", help="every certificate of NAME, or one serial")
+    p.add_argument(
+        "ref",
+        metavar="NAME|KIND:NAME|SERIAL",
+        help="every certificate of NAME (user:NAME, node:NAME where a user and a node share "
+        "it), or one serial",
+    )
     p.add_argument("--dir", help=dir_help)
     p.set_defaults(func=revoke)
 
