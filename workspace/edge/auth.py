@@ -26,17 +26,13 @@ import grpc
 
 from workspace import identity, rpc
 from workspace.config import ServiceConfig, TlsConfig
-from workspace.errors import PermissionDenied
+from workspace.errors import PermissionDenied, Unauthenticated
 from workspace.identity import Identity, Kind
 from workspace.pki import Revocations
 
 log = logging.getLogger("workspace.edge.auth")
 # Parsed client certificates kept (by their PEM bytes).
 CERT_CACHE_SIZE = 1024
-
-
-class Unauthenticated(PermissionDenied):
-    """No usable certificate: none, or one the site revoked (UNAUTHENTICATED)."""
 
 
 class Role(enum.Enum):
