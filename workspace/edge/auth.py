@@ -206,18 +206,25 @@ class Authenticator:
         return who
 
     def check_revoked(self, who: Identity) -> None:
-        """Unauthenticated if ``who``'s certificate is revoked now (long streams call this
-        as they go: a revoked caller's stream ends within a poll interval)."""
-        crl = self.revocations
-        if not who.serial or crl is None:
+        """Unauthenticated if ``who``'s certificate is revoked now (streams call this
+        before every message they send, and their loops as they wait: edge/calls.py)."""
+        if not who.serial or self.revocations is None:
             return
-        revoked = crl.is_revoked(who.serial)
+        if who.serial in self.revoked():
+            raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
+
+    def revoked(self) -> frozenset[int]:
+        """The serials the CRL revokes now: the file is checked (a stat) and re-read if it
+        changed (the service also calls this every second, calls or none: service/main.py)."""
+        crl = self.revocations
+        if crl is None:
+            return frozenset()
+        serials = crl.serials()
         if crl.error != self._crl_error:  # said once per new problem (or its end)
             self._crl_error = crl.error
             if crl.error:
                 log.error("%s; the revocations read before stay in force", crl.error)
-        if revoked:
-            raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
+        return serials
 
     def authorize(self, context: grpc.ServicerContext, method: str) -> Identity:
         """The caller, if the role ``method`` needs is theirs; else PermissionDenied."""
