@@ -3,12 +3,15 @@ fake-driver agents over mutual TLS: a node's open order stream ends (UNAUTHENTIC
 without carrying a workspace created after the revocation, the node is DOWN with the
 reason at once (not after the heartbeat timeout) and gets no new workspace, its
 workspaces are LOST as a silent node's; a user's open watch and event streams end
-rather than carry the next change."""
+rather than carry the next change; with two replicas on PostgreSQL, a node connected to
+the one whose copy of the CRL is not updated yet is cut off all the same."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +20,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.functional.harness import WS, SitePki, TlsSite
-from workspace import rpc
+from tests.pg import PgServer
+from workspace import config, rpc
 from workspace.cli import admin_text
+from workspace.config import TlsConfig
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.v1 import admin_pb2, workspaces_pb2
 
@@ -149,3 +154,62 @@ def test_a_revoked_user_stops_receiving_watches_and_events(tls_site: TlsSite) ->
     assert [e.code() for e in errors] == [grpc.StatusCode.UNAUTHENTICATED]
     assert got == []  # nothing written after the revocation reached bob
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
+
+
+def test_a_replica_with_an_old_crl_copy_cuts_the_node_off_too(
+    tmp_path: Path, site_pki: SitePki, pg_server: PgServer
+) -> None:
+    """Each replica reads its own copy of the CRL: A's is updated, B's not yet. The node
+    is connected to B; A marks it DOWN with the revocation recorded, and B then refuses
+    its certificate too: its order stream ends, its heartbeats do not bring it back."""
+    db = f"revoke_{uuid.uuid4().hex[:8]}"
+    url = pg_server.database(db)
+    sites: list[TlsSite] = []
+    try:
+        for name in ("a", "b"):
+            d = tmp_path / name
+            d.mkdir()
+            copy = d / "crl.pem"
+            shutil.copy(site_pki.crl_file, copy)
+            tls = TlsConfig(identity_dir=str(site_pki.service()), crl_file=str(copy))
+            sites.append(
+                TlsSite(
+                    d,
+                    site_pki,
+                    database_url=url,
+                    data_dir=str(tmp_path / "data"),
+                    node_grace_s=GRACE_S,
+                    tls=config.to_dict(tls),
+                )
+            )
+        a, b = sites
+        a.stubs.network()
+        a.stubs.import_image("img")
+        b.add_agent("r1", labels={"node": "r1"})
+        channel = rpc.channel(b.node_address, site_pki.tls(site_pki.node("r1")))
+        try:
+            orders = nodes_pb2_grpc.NodesStub(channel).WatchAssignments(
+                nodes_pb2.WatchAssignmentsRequest(node="r1"), timeout=30
+            )
+            next(orders)
+            site_pki.ca.revoke("r1")
+            shutil.copy(site_pki.crl_file, tmp_path / "a" / "crl.pem")  # A's copy only
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in orders:
+                    pass
+            assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "revoked" in (ended.value.details() or "")
+        finally:
+            channel.close()
+        r1 = _node(b, "r1")
+        assert r1.state == admin_pb2.NODE_STATE_DOWN and "revoked" in r1.reason
+        time.sleep(2)  # the agent keeps calling B, whose CRL does not list it
+        assert _node(b, "r1").state == admin_pb2.NODE_STATE_DOWN
+        with pytest.raises(grpc.RpcError) as refused:
+            a.stubs.create(name="w", requirements={"node": "r1"})
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "DOWN" in (refused.value.details() or "")
+    finally:
+        for s in sites:
+            s.close()
+        pg_server.drop(db)
