@@ -106,6 +106,7 @@ def test_a_revoked_node_loses_its_orders_and_gets_no_new_workspace(tls_site: Tls
     events = site.stubs.admin.WatchEvents(admin_pb2.WatchEventsRequest(node="n1"), timeout=10)
     downs = [e for e in events if e.kind == "node.state" and e.state == "DOWN"]
     assert downs and "revoked" in downs[-1].reason
+    assert downs[-1].who == "system"  # not whichever caller's call read the CRL first
     # The agent of n1 was never sent the new workspace; n2's runs it.
     site.stubs.wait_state(after.id, WS.WORKSPACE_STATE_RUNNING)
     assert after.id not in site.agents["n1"].executor.orders()

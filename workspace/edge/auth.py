@@ -2,7 +2,8 @@
 one table of every RPC and the role it needs.
 
 Every caller is an ``Identity`` (workspace/identity.py) taken from its client certificate
-(mutual TLS with the site CA), checked against the site's CRL on every call. Without TLS
+(mutual TLS with the site CA), checked against the site's CRL on every call, and on a
+stream before every message it sends (edge/calls.py ``stream``). Without TLS
 (a service started with ``insecure = true`` on loopback or a unix socket) every caller is
 the admin user ``default_owner``.
 

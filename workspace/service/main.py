@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workspace import config, rpc, sole, version
+from workspace import callctx, config, rpc, sole, version
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
@@ -241,7 +241,8 @@ class Service:
         if self._stop.is_set():
             return
         try:
-            liveness.check_revocations(self.env, serials)
+            with callctx.system():  # whichever call read the CRL, this is not its doing
+                liveness.check_revocations(self.env, serials)
         except Exception:
             log.exception("marking the nodes of revoked certificates DOWN failed")
 
