@@ -46,6 +46,19 @@ def bound(**fields: str) -> Iterator[CallContext]:
             _current.reset(token)
 
 
+@contextlib.contextmanager
+def system() -> Iterator[CallContext]:
+    """The service's own context ("system") for the block, even in a call's thread (work
+    a call only happens to set off, such as marking the nodes of a new CRL's revoked
+    certificates DOWN, is not that caller's)."""
+    token = _current.set(_NONE)
+    try:
+        yield _NONE
+    finally:
+        with contextlib.suppress(ValueError):
+            _current.reset(token)
+
+
 def note(**fields: str) -> None:
     """Add ids learnt during a call (a workspace id made by a create) to its context;
     outside a call nothing changes (a loop's context would keep them)."""

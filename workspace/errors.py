@@ -43,6 +43,11 @@ class PermissionDenied(WorkspaceError):
     expected = True
 
 
+class Unauthenticated(PermissionDenied):
+    """No usable certificate: none, or one the site revoked. Sent as UNAUTHENTICATED by
+    the servicers (edge/calls.py ``abort``); a client reads it back as any other code."""
+
+
 class Unavailable(WorkspaceError):
     """A service or node could not be reached; worth retrying."""
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,8 @@ KEY = "key.pem"
 CA_DAYS = 3650
 CERT_DAYS = 365
 CRL_DAYS = 30
+
+log = logging.getLogger("workspace.pki")
 
 
 def _now() -> datetime.datetime:
@@ -342,6 +345,8 @@ class Revocations:
 
     The CRL's signature is checked against the CA certificate; a CRL that does not
     verify is refused (the previous list stays in force and the error is reported).
+    Every reader checks the file (a stat) and re-reads it if it changed; ``on_change``
+    listeners are called, in the thread that read it, when the list it holds changed.
     """
 
     def __init__(self, crl_file: str, ca_file: str) -> None:
@@ -350,7 +355,17 @@ class Revocations:
         self._stamp: tuple[int, int] | None = None
         self._serials: frozenset[int] = frozenset()
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[frozenset[int]], None]] = []
         self.error = ""
+
+    def on_change(self, listener: Callable[[frozenset[int]], None]) -> None:
+        """Call ``listener`` with the revoked serials whenever a read changes them (the
+        first read too, if the CRL revokes any)."""
+        self._listeners.append(listener)
+
+    def off_change(self, listener: Callable[[frozenset[int]], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def serials(self) -> frozenset[int]:
         if not self.crl_file:
@@ -362,22 +377,31 @@ class Revocations:
             return self._serials
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
+            changed = False
             with self._lock:
                 if stamp != self._stamp:
-                    self._load(stamp)
+                    changed = self._load(stamp)
+            if changed:
+                for listener in list(self._listeners):
+                    try:
+                        listener(self._serials)
+                    except Exception:
+                        log.exception("a listener of CRL %s failed", self.crl_file)
         return self._serials
 
-    def _load(self, stamp: tuple[int, int]) -> None:
+    def _load(self, stamp: tuple[int, int]) -> bool:
+        """Read the CRL; whether the serials it revokes changed."""
         try:
             crl = x509.load_pem_x509_crl(Path(self.crl_file).read_bytes())
             if self.ca is not None and not crl.is_signature_valid(self.ca.public_key()):  # type: ignore[arg-type]
                 raise ValueError("its signature does not verify against the site CA")
         except (OSError, ValueError) as exc:
             self.error = f"CRL {self.crl_file} refused: {exc}"
-            return
-        self._serials = frozenset(r.serial_number for r in crl)
+            return False
+        old, self._serials = self._serials, frozenset(r.serial_number for r in crl)
         self._stamp = stamp
         self.error = ""
+        return self._serials != old
 
     def is_revoked(self, serial: int) -> bool:
         return serial in self.serials()

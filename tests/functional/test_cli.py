@@ -160,7 +160,8 @@ def test_every_program_and_node_says_its_version(site_dir: Path) -> None:
     (node,) = ok(site_dir, "admin", "node", "list", "-o", "json").json()  # type: ignore[misc]
     assert node["agent_version"] == release
     header, row = ok(site_dir, "admin", "node", "list").out.splitlines()
-    assert header.split()[-1] == "AGENT" and row.split()[-1] == release
+    # (REASON, last: why a node is DOWN; "-" while it is not)
+    assert header.split()[-2:] == ["AGENT", "REASON"] and row.split()[-2:] == [release, "-"]
 
 
 def test_an_empty_list_says_so_on_stderr_only(site_dir: Path) -> None:

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from workspace import pki
 from workspace.config import TlsConfig
 from workspace.edge.admin import AdminServicer
-from workspace.edge.auth import RULES, Authenticator, Role, Unauthenticated, node_name
+from workspace.edge.auth import RULES, Authenticator, Role, node_name
 from workspace.edge.clusters import ClustersServicer
 from workspace.edge.guests import GuestsServicer
 from workspace.edge.images import ImagesServicer
@@ -21,7 +21,7 @@ from workspace.edge.nodes import NodesServicer
 from workspace.edge.projects import ProjectsServicer
 from workspace.edge.trust import TrustServicer
 from workspace.edge.workspaces import WorkspacesServicer
-from workspace.errors import PermissionDenied
+from workspace.errors import PermissionDenied, Unauthenticated
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import (

@@ -240,3 +240,23 @@ def test_an_identity_directory_must_be_complete(tmp_path: Path) -> None:
     (tmp_path / "half" / "cert.pem").write_text("x")
     with pytest.raises(NotFound, match=r"missing ca\.pem, key\.pem"):
         pki.load_identity_dir(tmp_path / "half")
+
+
+def test_a_changed_crl_is_told_to_listeners_once(tmp_path: Path) -> None:
+    ca = pki.init(tmp_path / "ca")
+    a = ca.issue(Identity(Kind.NODE, "n1"), tmp_path / "n1")
+    crl = pki.Revocations(str(tmp_path / "ca" / "crl.pem"), str(tmp_path / "ca" / "ca.pem"))
+    told: list[frozenset[int]] = []
+    crl.on_change(told.append)
+    crl.serials()
+    assert told == []  # the first read revokes nothing: nothing changed
+    ca.revoke("n1")
+    assert crl.is_revoked(a.serial) and crl.is_revoked(a.serial)
+    assert told == [frozenset({a.serial})]
+    ca.publish_crl()  # signed again, the same serials: read again, nothing to tell
+    crl.serials()
+    assert told == [frozenset({a.serial})]
+    crl.off_change(told.append)
+    ca.issue(Identity(Kind.NODE, "n2"), tmp_path / "n2")
+    ca.revoke("n2")
+    assert len(crl.serials()) == 2 and len(told) == 1

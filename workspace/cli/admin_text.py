@@ -25,11 +25,12 @@ def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
             _bandwidth(n),
             fmt_time(n.last_heartbeat) or "-",
             n.agent_version or "-",
+            n.reason or "-",
         ]
         for n in nodes
     ]
     headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
-    return table([*headers, "BANDWIDTH", "HEARTBEAT", "AGENT"], rows)
+    return table([*headers, "BANDWIDTH", "HEARTBEAT", "AGENT", "REASON"], rows)
 
 
 def _bandwidth(n: admin_pb2.Node) -> str:

@@ -446,6 +446,7 @@ def node_to_proto(n: NodeStatus) -> admin_pb2.Node:
         agent_version=n.agent_version,
         cpu_capacity=n.cpu_capacity,
         memory_capacity_mib=n.memory_capacity_mib,
+        reason=n.reason,
     )
 
 

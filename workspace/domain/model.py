@@ -346,6 +346,7 @@ class NodeStatus:
     # What the scheduler may place there (overcommit and reservations applied).
     cpu_capacity: int = 0
     memory_capacity_mib: int = 0
+    reason: str = ""  # why it is DOWN ("" while it is not)
 
 
 @dataclass(frozen=True)

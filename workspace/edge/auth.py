@@ -2,7 +2,8 @@
 one table of every RPC and the role it needs.
 
 Every caller is an ``Identity`` (workspace/identity.py) taken from its client certificate
-(mutual TLS with the site CA), checked against the site's CRL on every call. Without TLS
+(mutual TLS with the site CA), checked against the site's CRL on every call, and on a
+stream before every message it sends (edge/calls.py ``stream``). Without TLS
 (a service started with ``insecure = true`` on loopback or a unix socket) every caller is
 the admin user ``default_owner``.
 
@@ -26,17 +27,13 @@ import grpc
 
 from workspace import identity, rpc
 from workspace.config import ServiceConfig, TlsConfig
-from workspace.errors import PermissionDenied
+from workspace.errors import PermissionDenied, Unauthenticated
 from workspace.identity import Identity, Kind
 from workspace.pki import Revocations
 
 log = logging.getLogger("workspace.edge.auth")
 # Parsed client certificates kept (by their PEM bytes).
 CERT_CACHE_SIZE = 1024
-
-
-class Unauthenticated(PermissionDenied):
-    """No usable certificate: none, or one the site revoked (UNAUTHENTICATED)."""
 
 
 class Role(enum.Enum):
@@ -210,18 +207,25 @@ class Authenticator:
         return who
 
     def check_revoked(self, who: Identity) -> None:
-        """Unauthenticated if ``who``'s certificate is revoked now (long streams call this
-        as they go: a revoked caller's stream ends within a poll interval)."""
-        crl = self.revocations
-        if not who.serial or crl is None:
+        """Unauthenticated if ``who``'s certificate is revoked now (streams call this
+        before every message they send, and their loops as they wait: edge/calls.py)."""
+        if not who.serial or self.revocations is None:
             return
-        revoked = crl.is_revoked(who.serial)
+        if who.serial in self.revoked():
+            raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
+
+    def revoked(self) -> frozenset[int]:
+        """The serials the CRL revokes now: the file is checked (a stat) and re-read if it
+        changed (the service also calls this every second, calls or none: service/main.py)."""
+        crl = self.revocations
+        if crl is None:
+            return frozenset()
+        serials = crl.serials()
         if crl.error != self._crl_error:  # said once per new problem (or its end)
             self._crl_error = crl.error
             if crl.error:
                 log.error("%s; the revocations read before stay in force", crl.error)
-        if revoked:
-            raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
+        return serials
 
     def authorize(self, context: grpc.ServicerContext, method: str) -> Identity:
         """The caller, if the role ``method`` needs is theirs; else PermissionDenied."""

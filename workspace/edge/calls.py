@@ -13,8 +13,8 @@ from typing import Protocol, TypeVar, cast
 import grpc
 
 from workspace import callctx, rpc_status
-from workspace.edge.auth import Authenticator, Unauthenticated, method_name
-from workspace.errors import Stopping, WorkspaceError
+from workspace.edge.auth import Authenticator, method_name
+from workspace.errors import Stopping, Unauthenticated, WorkspaceError
 from workspace.identity import Identity, Kind
 
 log = logging.getLogger("workspace.edge")
@@ -148,7 +148,11 @@ def stopping() -> Stopping:
 def stream(
     fn: Callable[[S, Req, grpc.ServicerContext, Identity], Iterator[Resp]],
 ) -> Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]]:
-    """A server-streaming RPC ``fn(self, request, context, who)``, guarded as ``unary``."""
+    """A server-streaming RPC ``fn(self, request, context, who)``, guarded as ``unary``;
+    and every message, before it is sent, by the CRL as it is then: a caller whose
+    certificate was revoked after the stream opened gets UNAUTHENTICATED instead of the
+    message (a node its orders, with their secrets; a user their events). A stream idle
+    meanwhile ends at its next poll (``STREAM_POLL_S``), where its loop checks too."""
 
     @functools.wraps(fn)
     def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
@@ -157,10 +161,19 @@ def stream(
         except Exception as exc:
             abort(context, exc, fn.__name__)
             return
+        checker = cast(Guarded, self).auth
         with callctx.bound(**_context(who, fn.__name__, request)):
+            messages = fn(self, request, context, who)
             try:
-                yield from fn(self, request, context, who)
+                for message in messages:
+                    checker.check_revoked(who)  # a stat of the CRL; re-read if it changed
+                    yield message
             except Exception as exc:
                 abort(context, exc, fn.__name__)
+            finally:
+                # Its own cleanup (unsubscribe, disconnect) now, not when it is collected.
+                close = getattr(messages, "close", None)
+                if close is not None:
+                    close()
 
     return wrapper

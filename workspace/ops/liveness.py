@@ -1,17 +1,20 @@
-"""Liveness: a node silent for longer than the grace period is DOWN, its workspaces LOST
-(or released, if they were being destroyed)."""
+"""Liveness: a node silent for longer than the grace period is DOWN, and so is a node
+whose certificate the site revoked; either way its workspaces are LOST (or released, if
+they were being destroyed), as docs/design/control-plane.md says of a silent node."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Set
 
 from sqlalchemy import select
 
+from workspace.domain.leases import iso_time
 from workspace.domain.states import Desired, NodeState, State
 from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
-from workspace.ops.unit import Env, write
+from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
 from workspace.store.mapping import set_reason
 
@@ -31,28 +34,63 @@ def check_liveness(env: Env) -> list[str]:
         for node in u.s.execute(
             select(Node).where(Node.state != NodeState.DOWN.value, Node.last_heartbeat < cutoff)
         ).scalars():
-            node.state = NodeState.DOWN.value
+            silent = f"no heartbeat since {iso_time(node.last_heartbeat)}"
+            log.warning("node %s is DOWN: %s", node.name, silent)
+            _down(env, u, node, silent, f"node {node.name} stopped reporting")
             down.append(node.name)
-            log.warning(
-                "node %s is DOWN: no heartbeat for %.0f s", node.name, now - node.last_heartbeat
-            )
-            for ws in u.s.execute(
-                select(Workspace).where(
-                    Workspace.node == node.name, Workspace.state != State.TERMINATED.value
-                )
-            ).scalars():
-                if ws.desired_state == Desired.TERMINATED.value:
-                    release(env, u.s, ws, preempt.end_reason(ws, "destroyed (its node went down)"))
-                    preempt.terminated(u, ws)
-                else:
-                    ws.state = State.LOST.value
-                    if not (ws.preemptible and ws.preempted_by):  # a victim keeps its reason
-                        set_reason(
-                            ws,
-                            f"node {node.name} stopped reporting; the workspace was not "
-                            "restarted elsewhere",
-                        )
-                    ws.updated_at = now
-                u.changed(ws)
         refresh(env, u, u.changed_clusters())
     return down
+
+
+def check_revocations(env: Env, revoked: Set[int]) -> list[str]:
+    """Mark DOWN every node whose bound certificate is ``revoked`` (the serials of this
+    replica's CRL), its workspaces LOST, and record the revocation on the node: from then
+    on every replica refuses that certificate for it (ops/reports.py ``check_bound``),
+    whatever its own copy of the CRL says. Returns the nodes marked."""
+    marked: list[str] = []
+    if not revoked:
+        return marked
+    with env.store.read() as s:
+        bound = s.execute(
+            select(Node.name, Node.cert_serial).where(Node.cert_serial != "", ~Node.cert_revoked)
+        ).all()
+    hit = {name: serial for name, serial in bound if int(serial, 16) in revoked}
+    if not hit:
+        return marked
+    with write(env) as u:
+        for node in u.s.execute(select(Node).where(Node.name.in_(sorted(hit)))).scalars():
+            if node.cert_revoked or node.cert_serial != hit[node.name]:
+                continue  # marked meanwhile, or another certificate took the name
+            why = f"its certificate (serial 0x{node.cert_serial}) was revoked"
+            log.warning("node %s is DOWN: %s", node.name, why)
+            node.cert_revoked = True
+            _down(env, u, node, why, f"the certificate of node {node.name} was revoked")
+            marked.append(node.name)
+        refresh(env, u, u.changed_clusters())
+    return marked
+
+
+def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> None:
+    """``node`` DOWN because ``why``; its workspaces LOST (``lost``: what happened to the
+    node, as their reason says it), or released if they were being destroyed. Its order
+    stream wakes (a revoked node's then ends: UNAUTHENTICATED)."""
+    now = env.clock()
+    node.state = NodeState.DOWN.value
+    node.reason = why
+    u.nodes(node.name)
+    for ws in u.s.execute(
+        select(Workspace).where(
+            Workspace.node == node.name, Workspace.state != State.TERMINATED.value
+        )
+    ).scalars():
+        if ws.desired_state == Desired.TERMINATED.value:
+            release(env, u.s, ws, preempt.end_reason(ws, "destroyed (its node went down)"))
+            preempt.terminated(u, ws)
+        elif ws.state != State.LOST.value:
+            ws.state = State.LOST.value
+            if not (ws.preemptible and ws.preempted_by):  # a victim keeps its reason
+                set_reason(ws, f"{lost}; the workspace was not restarted elsewhere")
+            ws.updated_at = now
+        else:
+            continue
+        u.changed(ws)

@@ -14,7 +14,7 @@ from images.model import Partition
 from workspace.config import ServiceConfig
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, State, state_from_report
-from workspace.errors import InvalidArgument, NotFound, PermissionDenied
+from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from workspace.ops import netpolicy, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import release
@@ -39,6 +39,7 @@ log = logging.getLogger("workspace.ops.reports")
 def _back(node: Node) -> None:
     """A DOWN node reports again: READY, or DRAINING if an admin drained it."""
     node.state = (NodeState.DRAINING if node.drained else NodeState.READY).value
+    node.reason = ""
     log.info("node %s is back (%s)", node.name, node.state)
 
 
@@ -48,8 +49,14 @@ def serial_text(serial: int) -> str:
 
 
 def check_bound(node: Node, serial: int) -> None:
-    """A node certificate may act for ``node`` only if it is the one bound to it
-    (``serial`` 0: a service without TLS, nothing to check)."""
+    """A node certificate may act for ``node`` only if it is the one bound to it, and not
+    seen revoked (``serial`` 0: a service without TLS, nothing to check)."""
+    if serial and node.cert_revoked and node.cert_serial == serial_text(serial):
+        # Recorded by the replica that saw it in its CRL (ops/liveness.py): refused here
+        # too, whatever this replica's copy of the CRL says.
+        raise Unauthenticated(
+            f"the certificate of node:{node.name} (serial 0x{node.cert_serial}) has been revoked"
+        )
     if serial and node.cert_serial and node.cert_serial != serial_text(serial):
         raise PermissionDenied(
             f"node {node.name} is registered with another certificate (serial "
@@ -76,9 +83,10 @@ def register(
     with write(env) as u:
         node = u.s.get(Node, info.name)
         if node is not None and node.cert_serial and cert_serial:
-            if not is_revoked(int(node.cert_serial, 16)):
+            bound_revoked = node.cert_revoked or is_revoked(int(node.cert_serial, 16))
+            if not bound_revoked or node.cert_serial == serial_text(cert_serial):
                 check_bound(node, cert_serial)
-            elif node.cert_serial != serial_text(cert_serial):
+            else:
                 log.warning(
                     "node %s: certificate 0x%s is revoked; now bound to 0x%s",
                     info.name,
@@ -116,8 +124,9 @@ def register(
         node.net_mbps = max(0, info.net_mbps)
         node.agent_version = info.agent_version[:64]
         node.last_heartbeat = now
-        if cert_serial:
+        if cert_serial and node.cert_serial != serial_text(cert_serial):
             node.cert_serial = serial_text(cert_serial)
+            node.cert_revoked = False  # a new certificate: revoked only if seen so
         u.nodes(info.name)
         u.capacity()
     return env.cfg.heartbeat_interval_s

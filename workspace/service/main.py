@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workspace import config, rpc, sole, version
+from workspace import callctx, config, rpc, sole, version
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
@@ -66,6 +66,8 @@ log = logging.getLogger("workspace.service")
 QUEUE_POLL_S = 2.0
 # Site events beyond `event_retention` are deleted, and lapsed save marks cleared, this often.
 EVENT_PRUNE_S = 300.0
+# The CRL file is checked (a stat; re-read if it changed) at least this often, calls or none.
+CRL_POLL_S = 1.0
 
 
 class Service:
@@ -168,6 +170,13 @@ class Service:
         self._autoscale_thread = threading.Thread(
             target=self._run_autoscale, name="autoscale", daemon=True
         )
+        # Revocation (ops/liveness.py check_revocations): a node whose certificate is revoked
+        # is DOWN as soon as this replica reads the CRL that says so, whichever thread reads
+        # it (a call, a stream, the crl loop below); the leader's liveness loop repeats it.
+        self.auth = self.nodes.auth
+        if self.auth.revocations is not None:
+            self.auth.revocations.on_change(self._revoked)
+        self._crl_thread = threading.Thread(target=self._watch_crl, name="crl", daemon=True)
         self.metrics_url = ""
 
     def start(self) -> None:
@@ -198,6 +207,7 @@ class Service:
         self._backfill_thread.start()
         self._roster_thread.start()
         self._autoscale_thread.start()
+        self._crl_thread.start()
         log.info(
             "workspace-service %s listening on %s, nodes on %s (%s; store %s)",
             version.version(),
@@ -214,8 +224,27 @@ class Service:
                 continue
             try:
                 liveness.check_liveness(self.env)
+                # Again what _revoked did (or failed to do: the database away).
+                liveness.check_revocations(self.env, self.auth.revoked())
             except Exception:
                 log.exception("liveness check failed")
+
+    def _watch_crl(self) -> None:
+        """On every replica: read the CRL when it changes even if no call comes, so that
+        streams idle meanwhile and the nodes it revokes (``_revoked``) learn of it."""
+        while not self._stop.wait(CRL_POLL_S):
+            self.auth.revoked()
+
+    def _revoked(self, serials: frozenset[int]) -> None:
+        """The CRL this replica reads changed: nodes bound to a revoked certificate are
+        DOWN now, not after the heartbeat timeout (their streams end as they wake)."""
+        if self._stop.is_set():
+            return
+        try:
+            with callctx.system():  # whichever call read the CRL, this is not its doing
+                liveness.check_revocations(self.env, serials)
+        except Exception:
+            log.exception("marking the nodes of revoked certificates DOWN failed")
 
     def _run_queue(self) -> None:
         seen = 0
@@ -290,6 +319,8 @@ class Service:
 
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()
+        if self.auth.revocations is not None:
+            self.auth.revocations.off_change(self._revoked)
         self.rosters.poke()
         self.leader.close()
         if self.relay is not None:

@@ -263,7 +263,7 @@ def _first_running(s: Session, wid: str) -> bool:
 
 def _node_why(node: Node) -> str:
     if node.state == "DOWN":
-        return f"no heartbeat since {iso_time(node.last_heartbeat)}"
+        return node.reason or f"no heartbeat since {iso_time(node.last_heartbeat)}"
     if node.state == "DRAINING":
         return "drained"
     return "back" if node.last_heartbeat else ""

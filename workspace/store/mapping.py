@@ -473,6 +473,7 @@ def node_status(n: Node, workspaces: int, capacity: tuple[int, int]) -> NodeStat
         agent_version=n.agent_version or "",
         cpu_capacity=capacity[0],
         memory_capacity_mib=capacity[1],
+        reason=n.reason or "",
     )
 
 

@@ -62,6 +62,12 @@ class Node(Base):
     # or a service without TLS); another certificate may take the name only once this one
     # is revoked, or after `ws-admin node remove`.
     cert_serial: Mapped[str] = mapped_column(String(64), default="")
+    # The service saw ``cert_serial`` revoked (its CRL): the node is DOWN and that
+    # certificate refused by every replica, whatever its own copy of the CRL says, until
+    # another certificate registers the name (ops/liveness.py ``check_revocations``).
+    cert_revoked: Mapped[bool] = mapped_column(default=False)
+    # Why the node is DOWN ("" while it is not), as `ws-admin node list` shows it.
+    reason: Mapped[str] = mapped_column(String(255), default="", server_default="")
     # Declared guaranteed-bandwidth capacity (0 = none declared: nothing bounded), and
     # what the workspaces on it reserve (ops/netpolicy.py ``reservation``).
     disk_mbps: Mapped[int] = mapped_column(Integer, default=0)

@@ -592,6 +592,7 @@ class Node(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CPU_CAPACITY_FIELD_NUMBER: _builtins.int
     MEMORY_CAPACITY_MIB_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     hypervisor: _builtins.str
     cpus: _builtins.int
@@ -615,6 +616,10 @@ class Node(_message.Message):
     cpus × scheduler.cpu_overcommit − scheduler.reserved_cpus, and likewise memory.
     """
     memory_capacity_mib: _builtins.int
+    reason: _builtins.str
+    """Why the node is DOWN ("" while it is not): no heartbeat for a while, or its
+    certificate revoked (then it stays DOWN until another certificate registers it).
+    """
     @_builtins.property
     def last_heartbeat(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -643,10 +648,11 @@ class Node(_message.Message):
         agent_version: _builtins.str = ...,
         cpu_capacity: _builtins.int = ...,
         memory_capacity_mib: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cpu_capacity", b"cpu_capacity", "cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_capacity_mib", b"memory_capacity_mib", "memory_mib", b"memory_mib", "name", b"name", "net_mbps", b"net_mbps", "networks", b"networks", "state", b"state", "used_cpus", b"used_cpus", "used_disk_mbps", b"used_disk_mbps", "used_memory_mib", b"used_memory_mib", "used_net_mbps", b"used_net_mbps", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cpu_capacity", b"cpu_capacity", "cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_capacity_mib", b"memory_capacity_mib", "memory_mib", b"memory_mib", "name", b"name", "net_mbps", b"net_mbps", "networks", b"networks", "reason", b"reason", "state", b"state", "used_cpus", b"used_cpus", "used_disk_mbps", b"used_disk_mbps", "used_memory_mib", b"used_memory_mib", "used_net_mbps", b"used_net_mbps", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
