@@ -255,10 +255,16 @@ class CA:
 def crl_number(path: Path) -> int:
     """The cRLNumber of the CRL in ``path`` (0: none, unreadable, or not numbered)."""
     try:
-        crl = x509.load_pem_x509_crl(path.read_bytes())
-        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-    except (OSError, ValueError, x509.ExtensionNotFound):
+        return _number_of(x509.load_pem_x509_crl(path.read_bytes()))
+    except (OSError, ValueError):
         return 0
+
+
+def _number_of(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0  # a CRL published before they were numbered
 
 
 def hosts_problem(identity: Identity, hosts: Iterable[str]) -> str:
@@ -356,6 +362,8 @@ class Revocations:
         self._serials: frozenset[int] = frozenset()
         self._lock = threading.Lock()
         self._listeners: list[Callable[[frozenset[int]], None]] = []
+        self._number = -1  # the cRLNumber of the list in force (-1: none read yet)
+        self._next_update: datetime.datetime | None = None
         self.error = ""
 
     def on_change(self, listener: Callable[[frozenset[int]], None]) -> None:
@@ -387,6 +395,14 @@ class Revocations:
                         listener(self._serials)
                     except Exception:
                         log.exception("a listener of CRL %s failed", self.crl_file)
+        due = self._next_update
+        if due is not None and not self.error and _now() > due:
+            # Still used (what it revokes stays revoked), but said: a CA that stopped
+            # publishing would let a revocation made since go unseen.
+            self.error = (
+                f"CRL {self.crl_file} is past its next update ({due:%Y-%m-%d %H:%M} UTC): "
+                "publish a new one (`ws-admin pki revoke` re-signs it) and copy it here"
+            )
         return self._serials
 
     def _load(self, stamp: tuple[int, int]) -> bool:
@@ -395,11 +411,19 @@ class Revocations:
             crl = x509.load_pem_x509_crl(Path(self.crl_file).read_bytes())
             if self.ca is not None and not crl.is_signature_valid(self.ca.public_key()):  # type: ignore[arg-type]
                 raise ValueError("its signature does not verify against the site CA")
+            number = _number_of(crl)
+            if number < self._number:
+                raise ValueError(
+                    f"it is number {number}, older than number {self._number} in force "
+                    "(an old copy put back would undo the revocations made since)"
+                )
         except (OSError, ValueError) as exc:
             self.error = f"CRL {self.crl_file} refused: {exc}"
+            self._stamp = stamp  # not read again until the file changes
             return False
         old, self._serials = self._serials, frozenset(r.serial_number for r in crl)
-        self._stamp = stamp
+        self._stamp, self._number = stamp, number
+        self._next_update = crl.next_update_utc
         self.error = ""
         return self._serials != old
 

@@ -223,6 +223,37 @@ def test_each_crl_is_numbered_above_the_last(tmp_path: Path) -> None:
     assert first >= 1 and pki.crl_number(crl) == first + 1
 
 
+def test_an_older_crl_put_back_is_refused_and_the_newer_stays(tmp_path: Path) -> None:
+    """A copy of last week's crl.pem (signed by the CA, so it verifies) once brought a
+    revoked user back."""
+    ca = pki.init(tmp_path / "ca")
+    dave = ca.issue(Identity(Kind.USER, "dave"), tmp_path / "dave")
+    path = tmp_path / "ca" / "crl.pem"
+    old = path.read_bytes()
+    crl = pki.Revocations(str(path), str(tmp_path / "ca" / "ca.pem"))
+    ca.revoke("dave")
+    assert crl.is_revoked(dave.serial) and crl.error == ""
+    path.write_bytes(old)
+    assert crl.is_revoked(dave.serial)  # still
+    assert "older than number" in crl.error and "refused" in crl.error
+    ca.publish_crl()  # a new one, numbered above both: taken
+    assert crl.is_revoked(dave.serial) and crl.error == ""
+
+
+def test_a_crl_past_its_next_update_is_used_and_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = pki.init(tmp_path / "ca")
+    dave = ca.issue(Identity(Kind.USER, "dave"), tmp_path / "dave")
+    ca.revoke("dave")
+    crl = pki.Revocations(str(tmp_path / "ca" / "crl.pem"), str(tmp_path / "ca" / "ca.pem"))
+    assert crl.is_revoked(dave.serial) and crl.error == ""
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=pki.CRL_DAYS + 1)
+    monkeypatch.setattr(pki, "_now", lambda: later)
+    assert crl.is_revoked(dave.serial)  # what it revokes stays revoked
+    assert "is past its next update" in crl.error and "publish a new one" in crl.error
+
+
 def test_a_crl_not_signed_by_the_site_ca_is_refused(tmp_path: Path) -> None:
     ca = pki.init(tmp_path / "ca")
     a = ca.issue(Identity(Kind.USER, "alice"), tmp_path / "alice")
