@@ -43,6 +43,13 @@ class PermissionDenied(WorkspaceError):
     expected = True
 
 
+class AccessDenied(PermissionDenied):
+    """Refused by who the caller is, before any operation ran: a role the RPC needs, a
+    node certificate acting for another node. Logged by the service (edge/calls.py),
+    as an unauthenticated call is: a probe of the site's edges is worth an admin's
+    look, where a user's refusal on their own objects is not."""
+
+
 class Unauthenticated(PermissionDenied):
     """No usable certificate: none, or one the site revoked. Sent as UNAUTHENTICATED by
     the servicers (edge/calls.py ``abort``); a client reads it back as any other code."""

@@ -8,7 +8,13 @@ import grpc
 import pytest
 
 from workspace.edge import calls
-from workspace.errors import NotFound, Unavailable
+from workspace.errors import (
+    AccessDenied,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 
 
 class Aborted(Exception):
@@ -62,3 +68,26 @@ def test_an_outage_is_logged_once_a_period_per_method_not_once_a_call(
         code, details = end(RuntimeError("boom"), "GetWorkspace") or (None, "")
         assert code == grpc.StatusCode.INTERNAL and "incident" in details
     assert len([r for r in caplog.records if "unexpectedly" in r.getMessage()]) == 2
+
+
+def test_callers_refused_for_who_they_are_are_logged_with_their_peer(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revoked certificate, a user calling the nodes' API, a node acting for another:
+    an admin's look at the site's edges; a user's refusal on their own objects is not."""
+    monkeypatch.setattr(Context, "peer", lambda self: "ipv4:127.0.0.1:5555", raising=False)
+    caplog.set_level(logging.INFO, logger="workspace.edge")
+    revoked = "the certificate of user:dave has been revoked"
+    for _ in range(3):
+        assert end(Unauthenticated(revoked), "ListWorkspaces") == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            revoked,
+        )
+    other = "this certificate is node n2's; it cannot act for node 'local'"
+    assert end(AccessDenied(other), "ReportStatus") == (grpc.StatusCode.PERMISSION_DENIED, other)
+    mine = "only alice (the owner) and admins may save workspace w"
+    assert end(PermissionDenied(mine), "SaveImage") is not None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"refused ListWorkspaces from ipv4:127.0.0.1:5555: {revoked}",
+        f"refused ReportStatus from ipv4:127.0.0.1:5555: {other}",
+    ]

@@ -27,7 +27,7 @@ import grpc
 
 from workspace import identity, rpc
 from workspace.config import ServiceConfig, TlsConfig
-from workspace.errors import PermissionDenied, Unauthenticated
+from workspace.errors import AccessDenied, PermissionDenied, Unauthenticated
 from workspace.identity import Identity, Kind
 from workspace.pki import Revocations
 
@@ -191,7 +191,7 @@ class Authenticator:
                 while len(self._cache) > CERT_CACHE_SIZE:
                     self._cache.popitem(last=False)
         if isinstance(hit, PermissionDenied):
-            raise PermissionDenied(hit.message)
+            raise AccessDenied(hit.message)
         return hit
 
     def identify(self, context: grpc.ServicerContext) -> Identity:
@@ -231,7 +231,7 @@ class Authenticator:
         """The caller, if the role ``method`` needs is theirs; else PermissionDenied."""
         role = RULES.get(method)
         if role is None:
-            raise PermissionDenied(f"{method} has no access rule; refused")
+            raise AccessDenied(f"{method} has no access rule; refused")
         if role is Role.OPEN:
             return self.insecure_identity if self.insecure else Identity(Kind.SERVICE, "anonymous")
         who = self.identify(context)
@@ -239,11 +239,11 @@ class Authenticator:
             return who
         if role is Role.NODE:
             if not who.is_node:
-                raise PermissionDenied(f"{method} is for node agents; {who.principal} is not one")
+                raise AccessDenied(f"{method} is for node agents; {who.principal} is not one")
         elif not who.is_user:
-            raise PermissionDenied(f"{method} is for users; {who.principal} is not one")
+            raise AccessDenied(f"{method} is for users; {who.principal} is not one")
         elif role is Role.ADMIN and not who.admin:
-            raise PermissionDenied(
+            raise AccessDenied(
                 f"{method} needs the admin role, which {who.principal} does not have"
             )
         return who
@@ -275,10 +275,10 @@ def node_name(who: Identity, insecure: bool, asked: str) -> str:
     Without TLS (insecure), the node the request names."""
     if who.is_node:
         if asked != who.name:
-            raise PermissionDenied(
+            raise AccessDenied(
                 f"this certificate is node {who.name}'s; it cannot act for node {asked!r}"
             )
         return who.name
     if insecure:
         return asked
-    raise PermissionDenied(f"{who.principal} is not a node")
+    raise AccessDenied(f"{who.principal} is not a node")

@@ -14,7 +14,7 @@ import grpc
 
 from workspace import callctx, rpc_status
 from workspace.edge.auth import Authenticator, method_name
-from workspace.errors import Stopping, Unauthenticated, WorkspaceError
+from workspace.errors import AccessDenied, Stopping, Unauthenticated, WorkspaceError
 from workspace.identity import Identity, Kind
 
 log = logging.getLogger("workspace.edge")
@@ -60,6 +60,13 @@ def shown(message: str) -> str:
     return f"{message[:cut]}… ({len(message) - cut} more characters)"
 
 
+def _peer(context: grpc.ServicerContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # a test's stand-in, a call already gone
+        return "an unknown peer"
+
+
 def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     """End the call with the status of ``exc``. An unexpected exception becomes INTERNAL
     with the method and an incident id, never its text (which may show paths, SQL or
@@ -69,6 +76,10 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
         # nobody waits for an answer, and nothing went wrong here.
         log.info("%s: the client ended the call", method)
         context.abort(grpc.StatusCode.CANCELLED, "the client ended the call")
+    if isinstance(exc, (Unauthenticated, AccessDenied)) and _SAME_ERRORS.first(
+        (method, exc.message)
+    ):
+        log.warning("refused %s from %s: %s", method, _peer(context), exc.message)
     if isinstance(exc, Unauthenticated):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, shown(exc.message))
     if isinstance(exc, WorkspaceError):
