@@ -98,8 +98,8 @@ class LimitsConfig:
     # Largest blob accepted by UploadBlob, and largest virtual disk size of an image.
     max_blob_bytes: int = 64 * 1024**3
     max_virtual_bytes: int = 1024**4
-    # Per-user repository quota: bytes of the distinct blobs the user's images reference,
-    # checked at image import (0 = no quota).
+    # Per-user repository quota: bytes of the distinct blobs the user's images reference
+    # and of those they sent not in an image yet, checked at upload and import (0: none).
     repo_quota_bytes_per_user: int = 0
     # Blank partitions one create may add to its image's.
     max_extra_partitions: int = 8
