@@ -45,19 +45,21 @@ _SAME_ERRORS = _Once()
 
 # How often a stream wakes up to check that its client is still there.
 STREAM_POLL_S = 5.0
-# The most characters of an error's message a caller is sent. Messages echo what the
+# The most bytes (UTF-8) of an error's message a caller is sent. Messages echo what the
 # caller asked for (a name, a reference): one carrying 20,000 characters went over
-# gRPC's 16 KiB limit on metadata (status details travel there, percent-encoded), and
-# the client got "Stream removed" instead of the refusal.
-MAX_DETAILS = 1024
+# gRPC's limits on metadata, where status details travel percent-encoded (a client
+# refuses more than 8 KiB at times, 16 KiB always), and the client got "Stream removed"
+# instead of the refusal. 2,048 bytes are at most 6 KiB percent-encoded.
+MAX_DETAILS = 2048
 
 
 def shown(message: str) -> str:
-    """``message`` cut to ``MAX_DETAILS`` characters, saying how much was left out."""
-    if len(message) <= MAX_DETAILS:
+    """``message`` cut to ``MAX_DETAILS`` bytes of UTF-8, saying how much was left out."""
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS:
         return message
-    cut = MAX_DETAILS - 40
-    return f"{message[:cut]}… ({len(message) - cut} more characters)"
+    kept = raw[: MAX_DETAILS - 48].decode(errors="ignore")  # no half character
+    return f"{kept}… ({len(message) - len(kept)} more characters)"
 
 
 def _peer(context: grpc.ServicerContext) -> str:
