@@ -27,6 +27,7 @@ from images.model import Mode, Partition
 from workspace.config import FakeDriverConfig
 from workspace.domain.model import Disk, Nic, Observation, Order
 from workspace.domain.states import Desired, Observed
+from workspace.errors import DriverError
 
 BLOB = bytes(range(256)) * 16
 DIGEST = of_bytes(BLOB)
@@ -215,6 +216,25 @@ def test_a_workspace_that_cannot_be_isolated_is_held_and_says_why(parts: Parts) 
     net.why = {}
     ex.reconcile_once()
     assert ex.observe(["w2"]) == [observed("w2", Observed.RUNNING)]
+
+
+def test_every_pass_has_the_driver_check_the_host_and_goes_on_when_it_cannot(
+    parts: Parts, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def resync_host() -> None:
+        calls.append(1)
+        raise DriverError("nft: shaping ['wsta'] failed: no such file")
+
+    parts.driver.resync_host = resync_host  # type: ignore[method-assign]
+    ex = parts.executor
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    ex.reconcile_once()
+    assert len(calls) == 2
+    assert "network limits could not be checked or restored: nft: shaping" in caplog.text
 
 
 def test_a_reboot_is_reported_carried_out_once_the_driver_did_it(parts: Parts) -> None:
