@@ -232,10 +232,11 @@ class Executor:
     ) -> None:
         """Running workspaces whose policy stopped holding (br_netfilter gone under
         them) say so on themselves, until it holds again."""
-        for wid in sorted((set(held) & set(actual)) - set(busy) - self._unisolated):
-            self.status.note(wid, held[wid])
-            self._unisolated.add(wid)
-            self.pool.submit(self.report, [wid])
+        for wid in sorted((set(held) & set(actual)) - set(busy)):
+            self.status.note(wid, held[wid])  # again each pass: a new ask drops notes
+            if wid not in self._unisolated:
+                self._unisolated.add(wid)
+                self.pool.submit(self.report, [wid])
         for wid in sorted(self._unisolated - set(held)):
             self._unisolated.discard(wid)
             self.status.drop_note(wid)

@@ -92,15 +92,20 @@ def tables(ns: str) -> str:
     return in_ns(ns, "nft", "list", "tables", check=True).stdout
 
 
-def test_deleted_or_flushed_tables_are_back_after_one_pass(nss: Namespaces, tmp_path: Path) -> None:
+def test_deleted_or_flushed_tables_are_back_after_one_pass(
+    nss: Namespaces, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     node = nss.add("node")
     net = agent(node, tmp_path)
     orders = [order("w-o", "10.215.0.11", Connectivity.OUTBOUND, ("tcp/22",))]
     net.sync(orders)
+    net.sync(orders)  # the kernel's listing is stable: nothing seen as changed
+    assert "behind the agent's back" not in caplog.text
     applied = in_ns(node, "nft", "list", "ruleset", check=True).stdout
     in_ns(node, "nft", "delete", "table", "inet", "ws_policy", check=True)
     net.sync(orders)  # the next resync pass, same agent, same orders
     assert in_ns(node, "nft", "list", "ruleset", check=True).stdout == applied
+    assert "table(s) inet ws_policy missing or changed behind the agent's back" in caplog.text
     in_ns(node, "nft", "flush", "ruleset", check=True)  # an nftables.service restart
     net.sync(orders)
     assert in_ns(node, "nft", "list", "ruleset", check=True).stdout == applied
@@ -112,11 +117,16 @@ def test_deleted_or_flushed_tables_are_back_after_one_pass(nss: Namespaces, tmp_
 SHAPER = """
 import subprocess, sys
 from agent.virt import netshape
+written = []
+netshape.apply = lambda taps, real=netshape.apply: (written.append(taps), real(taps))
 shaper = netshape.Shaper()
 shaper.apply({"wsta": 20})
+shaper.apply({"wsta": 20})  # the kernel's listing is stable: not written again
+assert len(written) == 1, written
 if sys.argv[1] == "delete":
     subprocess.run(["nft", "delete", "table", "bridge", "ws_shape"], check=True)
     shaper.apply({"wsta": 20})  # the next reconcile pass
+    assert len(written) == 2, written
 """
 
 
