@@ -101,6 +101,8 @@ class Executor:
         self._failures = Retries(OP_RETRY)
         self._last_want: dict[str, Want] = {}
         self._last_actual: dict[str, DomainState] = {}
+        # Running workspaces noted as not isolated (``_note_unisolated``).
+        self._unisolated: set[str] = set()
         # Operations run, by (action, "ok" | "error") (agent/metrics.py reads them).
         self.operations: dict[tuple[str, str], int] = {}
         driver.set_event_callback(self._on_event)
@@ -172,6 +174,11 @@ class Executor:
             desired = dict(self._desired)
             busy = dict(self._busy)
         broken = self.net.sync(list(desired.values()))
+        held = self.net.holds()
+        try:
+            self.driver.resync_host()
+        except WorkspaceError as exc:
+            log.error("the node's network limits could not be checked or restored: %s", exc.message)
         domains = self.driver.list_domains()
         actual = {d.workspace_id: d.state for d in domains}
         leftovers = self.files.existing()
@@ -196,15 +203,44 @@ class Executor:
                 continue
             if action in NEEDS_NETWORK and self._network_broken(desired.get(wid), broken):
                 continue
+            if action in NEEDS_NETWORK and self._held(wid, held):
+                continue
             note = self._repair_note(wid, action, wants.get(wid))
             if self._failures.waiting(wid) and action is not Action.REMOVE:
                 continue
             with self._lock:
                 self._busy[wid] = action
             self.pool.submit(self._run, wid, action, desired.get(wid), note)
+        self._note_unisolated(held, actual, busy)
         with self._lock:
             self._last_want = wants
             self._last_actual = actual
+
+    def _held(self, wid: str, held: Mapping[str, str]) -> bool:
+        """True (and the workspace reported FAILED, saying why) if the node cannot
+        enforce its connectivity policy now; it is tried again on the next pass."""
+        why = held.get(wid, "")
+        if not why:
+            return False
+        if self.status.get(wid) != (Observed.FAILED, why):
+            self.status.set(wid, Observed.FAILED, why)
+            self.pool.submit(self.report, [wid])
+        return True
+
+    def _note_unisolated(
+        self, held: Mapping[str, str], actual: Mapping[str, DomainState], busy: Mapping[str, Action]
+    ) -> None:
+        """Running workspaces whose policy stopped holding (br_netfilter gone under
+        them) say so on themselves, until it holds again."""
+        for wid in sorted((set(held) & set(actual)) - set(busy)):
+            self.status.note(wid, held[wid])  # again each pass: a new ask drops notes
+            if wid not in self._unisolated:
+                self._unisolated.add(wid)
+                self.pool.submit(self.report, [wid])
+        for wid in sorted(self._unisolated - set(held)):
+            self._unisolated.discard(wid)
+            self.status.drop_note(wid)
+            self.pool.submit(self.report, [wid])
 
     def _pull_plug(self, wid: str) -> None:
         """A forced stop (or the workspace's removal) asked while a stop or reboot still

@@ -14,6 +14,10 @@ class Networking(Protocol):
         networks that could not be made ready (name → why). Their workspaces wait; the
         others go on. Raises only for what concerns every workspace (the filter)."""
 
+    def holds(self) -> Mapping[str, str]:
+        """The workspaces the last ``sync`` found must not start on this node (id →
+        why): their connectivity policy cannot be enforced here."""
+
     def close(self) -> None:
         """Stop what this object started (DHCP servers); leave bridges."""
 
@@ -22,6 +26,9 @@ class NullNetworking:
     """For the fake driver: no bridges, no DHCP."""
 
     def sync(self, orders: Sequence[Order]) -> Mapping[str, str]:
+        return {}
+
+    def holds(self) -> Mapping[str, str]:
         return {}
 
     def close(self) -> None:

@@ -12,13 +12,15 @@ docs/design/network-policy.md for the why; in short:
   tagged frames, other ethertypes) is dropped. A NIC with CLUSTER or OUTBOUND
   connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``) and a
   chain ``to_<tap>`` that delivers it only IPv4 for its own address (and DHCP replies)
-  and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local.
+  and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local
+  (no ARP for it, no IPv4 from it, crosses the uplink).
 * ``table inet ws_policy`` (hooks forward/input/output, priority 0) is where conntrack
   works: bridged IPv4 reaches it through br_netfilter. The mark names the sending NIC
   (``out_<tap>``: a CLUSTER NIC may only talk to its peers, its gateway, DHCP and port
   53 of its network's DNS servers, and answer what came in); the bridge and destination
-  address name the receiving NIC (``in_<tap>``: replies, DHCP, the gateway, the peers
-  for CLUSTER, allow rules, and nothing else).
+  address name the receiving NIC (``in_<tap>``: replies, DHCP, the gateway -- unless a
+  site router beyond the uplink holds it --, the peers for CLUSTER, allow rules, and
+  nothing else).
 """
 
 from __future__ import annotations
@@ -225,11 +227,14 @@ def _out_chain(nic: NicRule) -> list[str]:
     return [r for r in rules if r]
 
 
-def _in_chain(nic: NicRule) -> list[str]:
+def _in_chain(nic: NicRule, gateway_trusted: bool = True) -> list[str]:
+    """``gateway_trusted``: the gateway address can only be the node itself here (it
+    holds it, and ws_guard drops it from the uplink) or nobody; False when a site
+    router holds it beyond the uplink, where any host of the L2 could forge it."""
     rules = [
         "ct state established,related accept",
         "udp sport 67 udp dport 68 accept",
-        f"ip saddr {nic.gateway} accept" if nic.gateway else "",
+        f"ip saddr {nic.gateway} accept" if nic.gateway and gateway_trusted else "",
     ]
     if nic.connectivity is Connectivity.CLUSTER and nic.peers:
         rules.append(f"ip saddr {_set(nic.peers)} accept")
@@ -240,7 +245,9 @@ def _in_chain(nic: NicRule) -> list[str]:
 
 def _uplink_rules(bridges: Sequence[BridgeSpec], hook: str) -> list[str]:
     """Keep a distributed gateway node-local: nothing of the node leaves through the
-    uplink, no ARP for the gateway address crosses it."""
+    uplink, no ARP for the gateway address crosses it, and no IPv4 from the gateway
+    address comes in through it (every node holds that address: from the uplink it is
+    always forged, and the policy trusts it)."""
     rules = []
     for b in bridges:
         if not (b.uplink_port and b.local_gateway):
@@ -251,6 +258,7 @@ def _uplink_rules(bridges: Sequence[BridgeSpec], hook: str) -> list[str]:
         else:
             rules.append(f"iifname {port} ether type arp arp daddr ip {gw} drop")
             rules.append(f"iifname {port} ether type arp arp saddr ip {gw} drop")
+            rules.append(f"iifname {port} ether type ip ip saddr {gw} drop")
         if hook == "forward":
             rules.append(f"oifname {port} ether type arp arp daddr ip {gw} drop")
     return rules
@@ -311,11 +319,14 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
             rules,
             hook=f"type filter hook {hook} priority 0; policy accept;",
         )
+    # Uplinked bridges whose gateway a site router holds (bridge_address "" or a CIDR):
+    # their gateway address is not trusted (see _in_chain).
+    routed = {b.bridge for b in brs if b.uplink_port and not b.local_gateway}
     for n in restricted:
         where = f"workspace {n.workspace_id} nic {n.index} bridge {n.bridge}"
         if n.connectivity is Connectivity.CLUSTER:
             s.chain(f"out_{n.tap}", _out_chain(n), comment=where)
-        s.chain(f"in_{n.tap}", _in_chain(n), comment=where)
+        s.chain(f"in_{n.tap}", _in_chain(n, n.bridge not in routed), comment=where)
     s.add("}")
     return "\n".join(s.lines) + "\n"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import netaddr
@@ -25,14 +25,16 @@ from agent.net.bridge import ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer
 from agent.net.filter import (
     BR_NF_ADVICE,
+    GUARD_TABLE,
+    POLICY_TABLE,
     BridgeSpec,
-    FilterError,
     NicRule,
     apply_ruleset,
     bridged_ipv4_filtered,
     nic_rules,
     render_nics,
 )
+from agent.net.nftstate import TableWatch, list_table
 from agent.net.uplink import ensure_uplink
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import NetworkInfo, Nic, Order
@@ -81,6 +83,14 @@ class BridgeNetworking:
         # Bridges joined to an uplink before any workspace used them (``join``).
         self.joined: dict[str, BridgeSpec] = {}
         self.ruleset: str | None = None  # the last ruleset applied by this process
+        # What our tables held right after that: checked on every pass.
+        self.watch = TableWatch(
+            [("bridge", GUARD_TABLE), ("inet", POLICY_TABLE)],
+            lambda family, name, netns: list_table(family, name, netns),
+            netns,
+        )
+        # Workspaces whose connectivity policy cannot hold on this node now (id → why).
+        self.held: dict[str, str] = {}
         self._last_nics: list[NicRule] = []
         # Uplinked networks seen in orders, remembered across restarts so a restarted
         # agent rejoins their L2 before (and without) any workspace on them.
@@ -91,8 +101,7 @@ class BridgeNetworking:
         """Make the bridge of every configured network with an uplink and attach the
         uplink, before any workspace uses it (agent start: the node joins the L2)."""
         errs: list[WorkspaceError] = self._join(networks)
-        if trouble := self._filter(self._last_nics, self.joined.values()):
-            errs.append(trouble)
+        self._filter(self._last_nics, self.joined.values())
         if errs:
             raise errs[0]
 
@@ -170,8 +179,8 @@ class BridgeNetworking:
         could not be made ready (name → why): only their workspaces wait. Uplinked
         networks the node knew (``uplinks.json``) are joined on every pass too, so a
         port re-made behind the agent's back is attached again without a restart. A
-        ruleset that cannot be applied (or a policy that cannot hold) raises: it
-        concerns every workspace."""
+        ruleset that cannot be applied raises: it concerns every workspace. The
+        workspaces whose policy cannot hold here are in ``held`` afterwards."""
         per_bridge: dict[str, list[DhcpHost]] = {}
         first_nic: dict[str, Nic] = {}
         for order in orders:
@@ -216,7 +225,7 @@ class BridgeNetworking:
                     n.blocked,
                     extra={"workspace": n.workspace_id},
                 )
-        trouble = self._filter(self._last_nics, self.joined.values())
+        self._filter(self._last_nics, self.joined.values())
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             if nic.network in broken:
@@ -241,28 +250,54 @@ class BridgeNetworking:
         for bridge, server in self.servers.items():
             if bridge not in first_nic:
                 server.set_hosts([])
-        if trouble:
-            raise trouble
         return {name: exc.message for name, exc in broken.items()}
 
-    def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> FilterError | None:
-        """Apply the ruleset if it changed (FilterError raised when it could not be);
-        a FilterError returned when it is applied but the policy cannot hold here."""
+    def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> None:
+        """Apply the ruleset if it changed, or if our tables no longer hold what was
+        applied (deleted, flushed, edited behind the agent's back); FilterError raised
+        when it could not be. Then ``held``: the workspaces whose policy cannot hold."""
         script = render_nics(nics, bridges)
-        if script == self.ruleset:
-            return None
-        apply_ruleset(script, self.netns)
+        drifted = self.watch.drifted() if script == self.ruleset else []
+        if drifted:
+            log.warning(
+                "filter table(s) %s missing or changed behind the agent's back;"
+                " applying the node's ruleset again",
+                ", ".join(drifted),
+            )
+        if script != self.ruleset or drifted:
+            apply_ruleset(script, self.netns)
+            self.watch.record()
+            first = self.ruleset is None
+            self.ruleset = script
+            log.info(
+                "filter rules %s: %d NIC(s)",
+                "applied" if first else "restored" if drifted else "replaced",
+                len(nics),
+            )
+        self._isolation(nics)
+
+    def _isolation(self, nics: Sequence[NicRule]) -> None:
+        """Anti-spoofing holds anyway; a CLUSTER or OUTBOUND policy only where bridged
+        IPv4 passes the inet hooks (br_netfilter). Checked on every pass (a sysctl read):
+        without it, those workspaces are held back (``held``), the others go on."""
         restricted = sorted({n.workspace_id for n in nics if n.restricted})
+        held: dict[str, str] = {}
         if restricted and not bridged_ipv4_filtered(self.netns):
-            # Anti-spoofing holds; the policy of these would not: fail loudly (the
-            # ruleset is applied again, and checked, on the next pass).
-            msg = f"workspace(s) {', '.join(restricted)} not isolated: {BR_NF_ADVICE}"
-            log.error("%s", msg)
-            return FilterError(msg)
-        first = self.ruleset is None
-        self.ruleset = script
-        log.info("filter rules %s: %d NIC(s)", "applied" if first else "replaced", len(nics))
-        return None
+            why = (
+                f"not isolated: its connectivity policy cannot be enforced on node"
+                f" {self.cfg.node}: {BR_NF_ADVICE}"
+            )
+            held = dict.fromkeys(restricted, why)
+        if held.keys() != self.held.keys():
+            if held:
+                log.error("workspace(s) %s not isolated: %s", ", ".join(held), BR_NF_ADVICE)
+            else:
+                log.info("bridged IPv4 passes the inet hooks again: every policy holds")
+        self.held = held
+
+    def holds(self) -> Mapping[str, str]:
+        """The workspaces the last pass found cannot be isolated here (id → why)."""
+        return dict(self.held)
 
     def _dhcp(self, bridge: str, nic: Nic) -> DhcpServer:
         args = (bridge, self.state_dir / bridge, nic.subnet)

@@ -200,6 +200,11 @@ class Driver(ABC):
     def set_event_callback(self, callback: EventCallback | None) -> None:  # noqa: B027
         """Register a callback for lifecycle events (optional speed-up)."""
 
+    def resync_host(self) -> None:  # noqa: B027
+        """Check what the driver keeps on the host besides the domains (the network
+        limits' policers) and repair what changed behind its back: every reconcile pass.
+        Raises DriverError when it could not."""
+
     def host_capacity(self) -> tuple[int, int]:
         """(cpus, memory_mib) of the host, for registration."""
         import os

@@ -156,6 +156,7 @@ class LibvirtDriver(Driver):
         # (domain name, event); None stops the dispatcher.
         self._events: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._closed = False
+        self._shaper = netshape.Shaper()  # the taps' policers (net_mbps)
         EVENT_LOOP.acquire()
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="libvirt-dispatch", daemon=True
@@ -602,7 +603,12 @@ class LibvirtDriver(Driver):
                         raise
             return taps
 
-        netshape.apply(self._run("list the network limits on", "", fn))
+        self._shaper.apply(self._run("list the network limits on", "", fn))
+
+    def resync_host(self) -> None:
+        """The policers, rewritten if their table is not what was written (a restarted
+        agent rewrites it once, whatever it finds)."""
+        self._shape()
 
     # -- inside the guest --------------------------------------------------------------
 

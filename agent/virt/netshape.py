@@ -16,7 +16,8 @@ network namespace (where the taps are):
 
 The whole table is rewritten atomically from the list of limited taps (one ``nft -f``
 transaction: the table is created, deleted and created again), so applying is
-level-triggered and idempotent. Pure rendering here; ``apply`` runs nft.
+level-triggered and idempotent. Pure rendering here; ``apply`` runs nft, and a
+``Shaper`` checks the table on every pass and rewrites it when it is not what it wrote.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 
+from agent.net.nftstate import Lister, TableWatch, list_table
 from workspace.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,38 @@ def ruleset(taps: Mapping[str, int]) -> str:
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+class Shaper:
+    """The table of this process's network namespace, kept as the agent last made it.
+
+    ``apply`` is called after every change of the running domains' limits and on every
+    reconcile pass (``Driver.resync_host``): it writes the table when the taps changed,
+    when nothing was written yet by this process (a restarted agent rewrites it, whatever
+    it finds), or when the table no longer holds what was written (deleted, flushed by
+    an ``nftables.service`` restart, edited: logged as a warning)."""
+
+    def __init__(self, lister: Lister = list_table) -> None:
+        self._lock = threading.Lock()
+        self._taps: dict[str, int] | None = None  # what was last written
+        self._watch = TableWatch([("bridge", TABLE)], lister)
+
+    def apply(self, taps: Mapping[str, int]) -> None:
+        want = {tap: mbps for tap, mbps in taps.items() if mbps > 0}
+        with self._lock:
+            if want == self._taps:
+                drifted = self._watch.drifted()
+                if not drifted:
+                    return
+                log.warning(
+                    "network limits: table %s missing or changed behind the agent's back;"
+                    " writing it again",
+                    drifted[0],
+                )
+            self._taps = None
+            apply(want)
+            self._watch.record()
+            self._taps = want
 
 
 def apply(taps: Mapping[str, int]) -> None:

@@ -27,6 +27,7 @@ from images.model import Mode, Partition
 from workspace.config import FakeDriverConfig
 from workspace.domain.model import Disk, Nic, Observation, Order
 from workspace.domain.states import Desired, Observed
+from workspace.errors import DriverError
 
 BLOB = bytes(range(256)) * 16
 DIGEST = of_bytes(BLOB)
@@ -180,6 +181,60 @@ def test_a_network_that_is_not_ready_holds_only_its_workspaces(parts: Parts) -> 
     net.down = False  # the admin fixes the uplink: the next pass creates it
     ex.reconcile_once()
     wait_for(lambda: ex.observe(["w2"]) == [observed("w2", Observed.RUNNING)])
+
+
+class _NotIsolated(NullNetworking):
+    """A node without br_netfilter: the policy of workspace w2 cannot hold there."""
+
+    def __init__(self) -> None:
+        self.why = {"w2": "not isolated: its connectivity policy cannot be enforced on node n1"}
+
+    def holds(self) -> dict[str, str]:
+        return dict(self.why)
+
+
+def test_a_workspace_that_cannot_be_isolated_is_held_and_says_why(parts: Parts) -> None:
+    net = _NotIsolated()
+    parts.executor.net = net
+    ex = parts.executor
+    restricted = replace(_order(), workspace_id="w2", name="two", hostname="two")
+    ex.take([_order(), restricted])
+    ex.reconcile_once()
+    # the open one starts; the restricted one is not made, and says why
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    (seen,) = ex.observe(["w2"])
+    assert (seen.state, seen.reason) == (Observed.FAILED, net.why["w2"])
+    assert parts.driver.get("w2") is None
+    assert ["w2"] in parts.reports
+    net.why = {}  # br_netfilter loaded: the next pass creates it
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w2"]) == [observed("w2", Observed.RUNNING)])
+    # the module goes away under the running VM: it stays up and says so
+    net.why = {"w2": "not isolated: gone"}
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w2"]) == [observed("w2", Observed.RUNNING, "not isolated: gone")])
+    net.why = {}
+    ex.reconcile_once()
+    assert ex.observe(["w2"]) == [observed("w2", Observed.RUNNING)]
+
+
+def test_every_pass_has_the_driver_check_the_host_and_goes_on_when_it_cannot(
+    parts: Parts, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def resync_host() -> None:
+        calls.append(1)
+        raise DriverError("nft: shaping ['wsta'] failed: no such file")
+
+    parts.driver.resync_host = resync_host  # type: ignore[method-assign]
+    ex = parts.executor
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    ex.reconcile_once()
+    assert len(calls) == 2
+    assert "network limits could not be checked or restored: nft: shaping" in caplog.text
 
 
 def test_a_reboot_is_reported_carried_out_once_the_driver_did_it(parts: Parts) -> None:

@@ -164,8 +164,23 @@ def test_distributed_gateway_kept_local() -> None:
     assert 'iifname "eth1.100" ether type arp arp daddr ip 10.0.0.1 drop' in _chain(
         text, "guard_input"
     )
+    # IPv4 from the gateway address through the uplink is forged (every node holds it)
+    for hook in ("guard_forward", "guard_input"):
+        assert 'iifname "eth1.100" ether type ip ip saddr 10.0.0.1 drop' in _chain(text, hook)
     # an uplink without a shared gateway address: the node may talk through it
     assert "eth1" not in render([OPEN], [BridgeSpec("wsbr0", "eth1")])
+
+
+def test_a_gateway_beyond_the_uplink_is_not_trusted() -> None:
+    """bridge_address "" (a site router holds the gateway): any host of the uplink's L2
+    could send from that address, so the policy gives it nothing extra."""
+    local = render([OUTBOUND], [BridgeSpec("wsbr0", "eth1.100", "10.0.0.1")])
+    routed = render([OUTBOUND], [BridgeSpec("wsbr0", "eth1.100")])
+    alone = render([OUTBOUND])  # no uplink: only the node could use the address
+    tap = tap_name("w-out", 0)
+    assert "ip saddr 10.0.0.1 accept" in _chain(local, f"in_{tap}")
+    assert "ip saddr 10.0.0.1 accept" in _chain(alone, f"in_{tap}")
+    assert "ip saddr 10.0.0.1 accept" not in _chain(routed, f"in_{tap}")
 
 
 def test_unserved_networks_are_left_out() -> None:

@@ -4,6 +4,7 @@ tests/host/test_net_policy.py."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from agent.net import node
-from agent.net.filter import FilterError
 from agent.net.uplink import vlan_ifname
 from agent.virt.base import tap_name
 from workspace import errors
@@ -26,6 +26,8 @@ class Host:
     bridges: list[tuple[str, str | None]] = field(default_factory=list)
     uplinks: list[tuple[str, str, int]] = field(default_factory=list)
     rulesets: list[str] = field(default_factory=list)
+    # Our tables as `nft list table` would print them ("family name" -> text).
+    live: dict[str, str] = field(default_factory=dict)
     missing: set[str] = field(default_factory=set)
 
 
@@ -41,7 +43,15 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
 
     monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: h.bridges.append((b, cidr)))
     monkeypatch.setattr(node, "ensure_uplink", ensure_uplink)
-    monkeypatch.setattr(node, "apply_ruleset", lambda script, netns=None: h.rulesets.append(script))
+
+    def apply_ruleset(script: str, netns: str | None = None) -> None:
+        h.rulesets.append(script)
+        h.live = {"bridge ws_guard": f"guard of {script}", "inet ws_policy": f"policy of {script}"}
+
+    monkeypatch.setattr(node, "apply_ruleset", apply_ruleset)
+    monkeypatch.setattr(
+        node, "list_table", lambda fam, name, netns=None: h.live.get(f"{fam} {name}")
+    )
     yield h
 
 
@@ -139,17 +149,42 @@ def test_remembered_networks_are_joined_on_every_pass(host: Host, tmp_path: Path
     assert host.uplinks == [("wsbr-a", "eth1", 0)] * 3
 
 
-def test_policy_without_br_netfilter_is_an_error(
+def test_policy_without_br_netfilter_holds_back_only_the_restricted(
     host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: False)
+    filtered = [False]
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: filtered[0])
     net = node.BridgeNetworking(cfg(tmp_path, a=""))
     open_vm = order("w1", "a", "wsbr-a", "10.0.0.5", 0)
     net.sync([open_vm])  # OPEN only: anti-spoofing needs no br_netfilter
+    assert net.holds() == {}
     cluster = replace(order("w2", "a", "wsbr-a", "10.0.0.6", 0), connectivity=Connectivity.CLUSTER)
-    for _ in range(2):  # applied (anti-spoofing holds), reported, and checked again
-        with pytest.raises(FilterError, match=r"w2 not isolated: .*br_netfilter"):
-            net.sync([open_vm, cluster])
+    for _ in range(2):  # applied (anti-spoofing holds), held back, and checked again
+        assert net.sync([open_vm, cluster]) == {}
+        assert list(net.holds()) == ["w2"]
+        assert re.match(r"not isolated: .* node n1: .*br_netfilter", net.holds()["w2"])
+    assert len(host.rulesets) == 2  # the ruleset did not change: applied once
+    filtered[0] = True  # modprobe br_netfilter: the next pass lets it go
+    net.sync([open_vm, cluster])
+    assert net.holds() == {}
+
+
+def test_tables_removed_or_changed_behind_the_agents_back_are_applied_again(
+    host: Host, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = node.BridgeNetworking(cfg(tmp_path, a=""))
+    vm = order("w1", "a", "wsbr-a", "10.0.0.5", 0)
+    net.sync([vm])
+    net.sync([vm])
+    assert len(host.rulesets) == 1  # nothing changed: nothing applied
+    del host.live["inet ws_policy"]  # `nft delete table inet ws_policy`, a flush ruleset
+    net.sync([vm])
+    assert len(host.rulesets) == 2 and host.rulesets[1] == host.rulesets[0]
+    assert "inet ws_policy missing or changed behind the agent's back" in caplog.text
+    host.live["bridge ws_guard"] += "\n# a rule added by hand"
+    net.sync([vm])
+    assert len(host.rulesets) == 3 and "inet ws_policy" in host.live
+    net.sync([vm])
     assert len(host.rulesets) == 3
 
 
