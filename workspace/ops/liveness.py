@@ -10,7 +10,7 @@ from sqlalchemy import select
 from workspace.domain.states import Desired, NodeState, State
 from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
-from workspace.ops.lifecycle import release
+from workspace.ops.lifecycle import terminate_unconfirmed
 from workspace.ops.unit import Env, write
 from workspace.store import Node, Workspace
 from workspace.store.mapping import set_reason
@@ -42,7 +42,9 @@ def check_liveness(env: Env) -> list[str]:
                 )
             ).scalars():
                 if ws.desired_state == Desired.TERMINATED.value:
-                    release(env, u.s, ws, preempt.end_reason(ws, "destroyed (its node went down)"))
+                    terminate_unconfirmed(
+                        env, u.s, ws, preempt.end_reason(ws, "destroyed (its node went down)")
+                    )
                     preempt.terminated(u, ws)
                 else:
                     ws.state = State.LOST.value
