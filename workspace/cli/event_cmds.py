@@ -34,6 +34,7 @@ _NOUNS = {
     Kind.WORKSPACE_SAVING.value: "as image",
     Kind.WORKSPACE_SAVED.value: "as image",
     Kind.WORKSPACE_SAVE_FAILED.value: "as image",
+    Kind.WORKSPACE_RELEASED.value: "released",
 }
 
 

@@ -44,6 +44,9 @@ class Kind(enum.StrEnum):
     WORKSPACE_SAVING = "workspace.saving"
     WORKSPACE_SAVED = "workspace.saved"
     WORKSPACE_SAVE_FAILED = "workspace.save_failed"
+    # A workspace destroyed while its node was not reachable gave back its addresses
+    # (subject) and capacity: the node confirmed its VM gone, or was removed (reason).
+    WORKSPACE_RELEASED = "workspace.released"
 
 
 class Refusal(enum.StrEnum):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from workspace.domain import seed
 from workspace.domain.states import ClusterState, Desired, FailurePolicy, State
-from workspace.ops.lifecycle import node_down, release
+from workspace.ops.lifecycle import node_down, terminate_unconfirmed
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Cluster, Workspace
 from workspace.store.mapping import member_specs, set_reason, shown_reason
@@ -108,7 +108,7 @@ def destroy_member(env: Env, s: Session, m: Workspace, reason: str) -> None:
     m.desired_state = Desired.TERMINATED.value
     m.updated_at = env.clock()
     if node_down(s, m.node):
-        release(env, s, m, reason)
+        terminate_unconfirmed(env, s, m, reason)
     else:
         m.state = State.STOPPING.value
         set_reason(m, reason)

@@ -9,12 +9,14 @@ from typing import Protocol, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from workspace import callctx
+from workspace.domain.events import Kind
 from workspace.domain.states import Desired, NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env
-from workspace.store import Cluster, IpAllocation, Node, Workspace
+from workspace.store import Cluster, IpAllocation, Node, Workspace, journal
 from workspace.store.mapping import set_reason
 
 log = logging.getLogger("workspace.ops")
@@ -120,9 +122,22 @@ def node_down(s: Session, name: str) -> bool:
 
 def release(env: Env, s: Session, ws: Workspace, reason: str) -> None:
     """TERMINATED: addresses back to their pools, the node's claim released."""
+    _free(s, ws)
+    ws.state = State.TERMINATED.value
+    ws.desired_state = Desired.TERMINATED.value
+    set_reason(ws, reason)
+    ws.updated_at = env.clock()
+    log.info("workspace %s (%s) terminated on node %s: %s", ws.id, ws.name, ws.node, reason)
+
+
+def _free(s: Session, ws: Workspace) -> list[str]:
+    """``ws``'s addresses (and their MACs) back to their pools, its node's claim released;
+    returns the addresses."""
+    ips: list[str] = []
     for alloc in s.execute(
-        select(IpAllocation).where(IpAllocation.workspace_id == ws.id)
+        select(IpAllocation).where(IpAllocation.workspace_id == ws.id).order_by(IpAllocation.id)
     ).scalars():
+        ips.append(alloc.ip)
         s.delete(alloc)
     if ws.node:
         node = s.get(Node, ws.node)
@@ -135,11 +150,87 @@ def release(env: Env, s: Session, ws: Workspace, reason: str) -> None:
     ws.claimed_memory_mib = 0
     ws.claimed_disk_mbps = 0
     ws.claimed_net_mbps = 0
+    return ips
+
+
+# -- destroyed while its node was not reachable ------------------------------------------------
+#
+# A workspace destroyed while its node is DOWN is TERMINATED at once (the destroy returns,
+# the user's quota is free), but its VM may still run behind a partition: its addresses,
+# their MACs and its node's claim stay *held* until the node's word says the VM is gone
+# (a full report without it, or ABSENT), or an admin removes the node for good. Held: a
+# TERMINATED row that still has claims or addresses (``release`` always frees both).
+
+_HELD = "; held until node "
+
+
+def _addresses(ips: list[str]) -> str:
+    return ("address " if len(ips) == 1 else "addresses ") + ", ".join(ips)
+
+
+def terminate_unconfirmed(env: Env, s: Session, ws: Workspace, reason: str) -> None:
+    """TERMINATED while ``ws``'s node is not reachable: its addresses and its node's claim
+    are held until the node confirms the VM is gone (``confirm_gone``) or is removed."""
+    if not ws.node or s.get(Node, ws.node) is None:  # never placed, or no node left
+        release(env, s, ws, reason)
+        return
+    ips = [
+        a.ip
+        for a in s.execute(
+            select(IpAllocation).where(IpAllocation.workspace_id == ws.id).order_by(IpAllocation.id)
+        ).scalars()
+    ]
     ws.state = State.TERMINATED.value
     ws.desired_state = Desired.TERMINATED.value
-    set_reason(ws, reason)
+    what = _addresses(ips) + " and its" if ips else "its"
+    set_reason(ws, f"{reason}{_HELD}{ws.node} confirms the VM is gone: {what} capacity there")
     ws.updated_at = env.clock()
-    log.info("workspace %s (%s) terminated on node %s: %s", ws.id, ws.name, ws.node, reason)
+    log.warning(
+        "workspace %s (%s) terminated while node %s was not reachable: %s held until it "
+        "confirms the VM is gone",
+        ws.id,
+        ws.name,
+        ws.node,
+        _addresses(ips) if ips else "its capacity",
+    )
+
+
+def held_on(s: Session, node_name: str) -> list[Workspace]:
+    """The TERMINATED workspaces of ``node_name`` whose addresses or claim are still held."""
+    has_address = select(IpAllocation.id).where(IpAllocation.workspace_id == Workspace.id).exists()
+    return list(
+        s.execute(
+            select(Workspace)
+            .where(
+                Workspace.node == node_name,
+                Workspace.state == State.TERMINATED.value,
+                (Workspace.claimed_cpus > 0) | (Workspace.claimed_memory_mib > 0) | has_address,
+            )
+            .order_by(Workspace.id)
+        ).scalars()
+    )
+
+
+def confirm_gone(env: Env, s: Session, ws: Workspace, why: str) -> None:
+    """The node's word (``why``: what it said, or that it was removed): ``ws``'s VM is
+    gone; what it held goes back to the pools, with a ``workspace.released`` event."""
+    ips = _free(s, ws)
+    base = ws.reason.partition(_HELD)[0]
+    freed = _addresses(ips) + " and its capacity" if ips else "its capacity"
+    set_reason(ws, f"{base}; {why}: {freed} released")
+    ws.updated_at = env.clock()
+    journal.add(
+        s,
+        journal.workspace_event(
+            ws,
+            callctx.current().who,
+            Kind.WORKSPACE_RELEASED,
+            env.clock(),
+            subject=", ".join(ips),
+            reason=why,
+        ),
+    )
+    log.info("workspace %s (%s): %s; %s released", ws.id, ws.name, why, freed)
 
 
 def image_users(s: Session, image_name: str) -> list[Workspace]:

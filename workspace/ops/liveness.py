@@ -13,7 +13,7 @@ from workspace.domain.leases import iso_time
 from workspace.domain.states import Desired, NodeState, State
 from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
-from workspace.ops.lifecycle import release
+from workspace.ops.lifecycle import terminate_unconfirmed
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
 from workspace.store.mapping import set_reason
@@ -84,7 +84,9 @@ def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> None:
         )
     ).scalars():
         if ws.desired_state == Desired.TERMINATED.value:
-            release(env, u.s, ws, preempt.end_reason(ws, "destroyed (its node went down)"))
+            terminate_unconfirmed(
+                env, u.s, ws, preempt.end_reason(ws, "destroyed (its node went down)")
+            )
             preempt.terminated(u, ws)
         elif ws.state != State.LOST.value:
             ws.state = State.LOST.value

@@ -283,6 +283,17 @@ def _users(s: Session, name: str, shown: int = 3) -> list[str]:
         )
     )
     workspaces = [f"{n} ({o})" for n, o, nets in live if name in (nets or ())]
+    # Destroyed while their node was DOWN: held until it confirms their VMs are gone
+    # or an admin removes it (ops/lifecycle.py terminate_unconfirmed).
+    for n, o, node in s.execute(
+        select(Workspace.name, Workspace.owner, Workspace.node)
+        .join(IpAllocation, IpAllocation.workspace_id == Workspace.id)
+        .where(IpAllocation.network == name, Workspace.state == State.TERMINATED.value)
+        .distinct()
+    ):
+        workspaces.append(
+            f"{n} ({o}; destroyed, its address held until node {node} is back or removed)"
+        )
     held = s.scalar(select(func.count()).where(IpAllocation.network == name)) or 0
     if held and not workspaces:  # released with their workspace: not expected, but kept
         workspaces = [f"{held} address(es) not released yet"]

@@ -15,6 +15,7 @@ from workspace.domain.states import NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.ops import preempt
 from workspace.ops.image_refs import unknown_image
+from workspace.ops.lifecycle import confirm_gone, held_on
 from workspace.ops.placement import node_views
 from workspace.ops.unit import Env, write
 from workspace.scheduler import replay
@@ -86,6 +87,10 @@ def remove(env: Env, name: str) -> NodeStatus:
                 f"(`ws-admin node drain {name}`) and destroy them first (`ws list --all-users` "
                 "shows them); then stop its agent"
             )
+        # The admin's word: the node and its VMs are gone for good. What workspaces
+        # destroyed while it was DOWN still held goes back to the pools.
+        for ws in held_on(s, name):
+            confirm_gone(env, s, ws, f"node {name} was removed")
         s.delete(node)
     log.info("node %s removed", name)
     return shown

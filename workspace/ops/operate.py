@@ -13,7 +13,12 @@ from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
 from workspace.ops import preempt, trust
 from workspace.ops.cluster_state import refresh
-from workspace.ops.lifecycle import node_down, refuse_while_saving, release, resolve_workspace
+from workspace.ops.lifecycle import (
+    node_down,
+    refuse_while_saving,
+    resolve_workspace,
+    terminate_unconfirmed,
+)
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Image, Workspace
 from workspace.store.mapping import set_reason, workspace_views
@@ -75,7 +80,7 @@ def act(
     elif op is Op.REBOOT:
         ws.reboot_count += 1
     if op is Op.DESTROY and node_down(u.s, ws.node):
-        release(env, u.s, ws, reason or "destroyed (its node was not reachable)")
+        terminate_unconfirmed(env, u.s, ws, reason or "destroyed (its node was not reachable)")
         preempt.terminated(u, ws)
     u.changed(ws)
     u.nodes(ws.node)

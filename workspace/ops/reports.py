@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from images.model import Partition
 from workspace.config import ServiceConfig
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
-from workspace.domain.states import Desired, NodeState, State, state_from_report
+from workspace.domain.states import Desired, NodeState, Observed, State, state_from_report
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from workspace.ops import netpolicy, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
-from workspace.ops.lifecycle import release
+from workspace.ops.lifecycle import confirm_gone, held_on, release
 from workspace.ops.order_size import MAX_SOURCES
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
@@ -317,6 +317,11 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         ws = u.s.get(Workspace, obs.workspace_id)
         if ws is None or ws.node != r.node:
             continue
+        if ws.state == State.TERMINATED.value:
+            if Observed(obs.state) is Observed.ABSENT and ws in held_on(u.s, r.node):
+                confirm_gone(env, u.s, ws, f"node {r.node} confirmed the VM is gone")
+                u.changed(ws)
+            continue
         new = state_from_report(State(ws.state), Desired(ws.desired_state), obs.state)
         if new is State.TERMINATED:
             release(env, u.s, ws, preempt.end_reason(ws, "destroyed"))
@@ -368,6 +373,10 @@ def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
                     release(env, u.s, ws, preempt.end_reason(ws, "destroyed"))
                     u.changed(ws)
                     preempt.terminated(u, ws)
+            for ws in held_on(u.s, r.node):  # destroyed while the node was DOWN
+                if ws.id not in seen:
+                    confirm_gone(env, u.s, ws, f"node {r.node} confirmed the VM is gone")
+                    u.changed(ws)
         if r.audit and env.check_trust:
             trust.record_audit(env, u.s, [replace(a, where=f"node:{r.node}") for a in r.audit])
         refresh(env, u, u.changed_clusters())
