@@ -17,7 +17,7 @@ from tests.functional.harness import Site, wait_for
 from workspace.client import Client
 from workspace.slurm import cli
 from workspace.slurm.hostlist import expand_all
-from workspace.slurm.scontrol import Scontrol, is_powered_down, reason_text
+from workspace.slurm.scontrol import Scontrol, reason_text
 from workspace.v1 import clusters_pb2, common_pb2
 
 WS = common_pb2.WorkspaceState
@@ -56,7 +56,7 @@ class RecordingScontrol(Scontrol):
         self.down: dict[str, str] = {}  # node -> reason, as scontrol would set it
         self.powered_down: list[str] = []  # State=POWER_DOWN
         self.forced: list[str] = []  # State=POWER_DOWN_FORCE
-        self.states: dict[str, str] = {}  # node -> State= (scontrol show node)
+        self.node_states: dict[str, str] = {}  # node -> State= (scontrol show node)
 
     def hostnames(self, exprs: Any) -> list[str]:
         return expand_all(exprs)
@@ -70,14 +70,15 @@ class RecordingScontrol(Scontrol):
 
     def set_down(self, nodes: Any, reason: str, tries: int = 3) -> bool:
         self.down.update({n: reason_text(reason) for n in nodes})
+        self.node_states.update({n: "DOWN+CLOUD" for n in nodes})
         return True
 
     def power_down(self, nodes: Any, tries: int = 3, *, force: bool = False) -> bool:
         (self.forced if force else self.powered_down).extend(nodes)
         return True
 
-    def powered_off(self, nodes: Any) -> set[str] | None:
-        return {n for n in nodes if is_powered_down(self.states.get(n, "IDLE+CLOUD"))}
+    def states(self, nodes: Any) -> dict[str, str] | None:
+        return {n: self.node_states.get(n, "IDLE+CLOUD") for n in nodes}
 
 
 class Slurm:
@@ -298,12 +299,12 @@ def test_a_suspend_that_cannot_destroy_marks_the_node_down_and_a_later_run_clean
     # The VM is left: the node is DOWN with why, so nobody resumes onto it unawares.
     assert set(slurm.live()) == {"c1", "c2"}
     reason = slurm.scontrol.down["c1"]
-    assert reason.startswith("ws: suspend could not destroy its workspace: the workspace "
+    assert reason.startswith("ws: suspend could not check for its workspace: the workspace "
                              "service cannot be reached"), reason  # fmt: skip
     # Slurm has powered c1 down (SuspendTimeout passed); c2 is powering up again. The next
     # run of any kind, here a suspend of another node, destroys c1's leftover, not c2's.
     slurm.config.write_text(good)
-    slurm.scontrol.states = {
+    slurm.scontrol.node_states = {
         "c1": "DOWN+CLOUD+POWERED_DOWN",
         "c2": "IDLE+CLOUD+POWERED_DOWN+POWERING_UP",
     }

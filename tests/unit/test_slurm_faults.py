@@ -30,7 +30,7 @@ def test_a_revoked_identity_reaches_slurm_for_every_command(run: Run) -> None:
     assert run.scontrol.powered_down == ["c2", "c3"]  # their jobs requeued now
     assert run("suspend", "c1") == 1
     assert run.scontrol.down["c1"] == (
-        "ws: suspend could not destroy its workspace: the workspace service refused "
+        "ws: suspend could not check for its workspace: the workspace service refused "
         "ws-slurm: the certificate of user:slurm has been revoked"
     )
     assert run("resume-fail", "c4") == 1
@@ -74,11 +74,24 @@ def test_a_config_error_marks_the_nodes_down_and_is_logged(
     code = cli.main(["--config", str(missing), command, "c[1-2]"], run.service, run.scontrol)
     assert code == 2
     reason = run.scontrol.down["c1"]
-    assert "config: " in reason and "no-such.toml" in reason, reason
+    assert "config file " in reason and "no-such.toml" in reason, reason
     assert set(run.scontrol.down) == {"c1", "c2"}
     assert run.scontrol.powered_down == powered
     assert "no-such.toml" in capsys.readouterr().err
     assert "no-such.toml" in default_log.read_text()
+
+
+def test_a_suspend_after_a_refused_resume_keeps_the_resumes_reason(run: Run) -> None:
+    """Seen with Slurm 22.05: resume's POWER_DOWN makes slurmctld run suspend at once;
+    with the same config error, suspend must not replace the cause with its own words."""
+    (run.tmp / "nodes.toml").write_text("[[node]]\n")
+    assert run("resume", "c1") == 2
+    first = run.scontrol.down["c1"]
+    assert run("suspend", "c1") == 2
+    assert run.scontrol.down["c1"] == first
+    # A node that is not DOWN is marked: its workspace may be left.
+    assert run("suspend", "c2") == 2
+    assert run.scontrol.down["c2"].startswith("ws: suspend could not check for its workspace: ")
 
 
 def test_a_broken_mapping_file_marks_the_nodes_down(run: Run) -> None:
@@ -129,7 +142,7 @@ def test_an_unreachable_service_mid_suspend_fails_the_rest(
 
 def test_a_later_run_destroys_workspaces_of_powered_down_nodes(run: Run) -> None:
     assert run("resume", "c[1-4]") == 0
-    run.scontrol.states = {
+    run.scontrol.node_states = {
         "c1": "DOWN+CLOUD+POWERED_DOWN",  # a suspend failed: the leftover
         "c2": "IDLE+CLOUD+POWERED_DOWN+POWERING_UP",  # being resumed again: keep
         "c3": "ALLOCATED+CLOUD",  # running a job: keep
@@ -139,8 +152,8 @@ def test_a_later_run_destroys_workspaces_of_powered_down_nodes(run: Run) -> None
     assert run.names() == ["c2", "c3", "c4"]
     assert "node c1 is powered down in Slurm but still has a workspace" in run.text()
     # Without scontrol's answer nothing is destroyed.
-    run.scontrol.states = {"c2": "IDLE+CLOUD+POWERED_DOWN"}
-    run.scontrol.powered_off = lambda nodes: None  # type: ignore[method-assign]
+    run.scontrol.node_states = {"c2": "IDLE+CLOUD+POWERED_DOWN"}
+    run.scontrol.states = lambda nodes: None  # type: ignore[method-assign]
     assert run("suspend", "c9") == 0
     assert run.names() == ["c2", "c3", "c4"]
 

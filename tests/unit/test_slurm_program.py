@@ -16,7 +16,7 @@ from workspace.slurm import cli
 from workspace.slurm.hostlist import expand_all
 from workspace.slurm.program import REQUEST_PREFIX, node_of, plan_groups
 from workspace.slurm.resumefile import Job, ResumeFile
-from workspace.slurm.scontrol import Scontrol, is_powered_down, reason_text
+from workspace.slurm.scontrol import Scontrol, reason_text
 from workspace.v1 import clusters_pb2, common_pb2, images_pb2
 
 WS = common_pb2.WorkspaceState
@@ -140,7 +140,7 @@ class FakeScontrol(Scontrol):
         self.down: dict[str, str] = {}  # node -> its reason, as scontrol would set it
         self.powered_down: list[str] = []  # State=POWER_DOWN
         self.forced: list[str] = []  # State=POWER_DOWN_FORCE
-        self.states: dict[str, str] = {}  # node -> State= of scontrol show node
+        self.node_states: dict[str, str] = {}  # node -> State= of scontrol show node
 
     def hostnames(self, exprs: Any) -> list[str]:
         return expand_all(exprs)
@@ -154,14 +154,15 @@ class FakeScontrol(Scontrol):
 
     def set_down(self, nodes: Any, reason: str, tries: int = 3) -> bool:
         self.down.update({n: reason_text(reason) for n in nodes})
+        self.node_states.update({n: "DOWN+CLOUD" for n in nodes})
         return True
 
     def power_down(self, nodes: Any, tries: int = 3, *, force: bool = False) -> bool:
         (self.forced if force else self.powered_down).extend(nodes)
         return True
 
-    def powered_off(self, nodes: Any) -> set[str] | None:
-        return {n for n in nodes if is_powered_down(self.states.get(n, "IDLE+CLOUD"))}
+    def states(self, nodes: Any) -> dict[str, str] | None:
+        return {n: self.node_states.get(n, "IDLE+CLOUD") for n in nodes}
 
 
 @pytest.fixture(autouse=True)

@@ -175,6 +175,11 @@ def connect(s: Settings) -> Client:
     return Client.from_env(s.service or None, identity=s.identity or None, timeout_s=s.timeout_s)
 
 
+def config_reason(message: str) -> str:
+    """A config error as a node's reason: it starts with ``config`` (``ws: config ...``)."""
+    return message if message.startswith("config") else f"config: {message}"
+
+
 def config_failed(
     command: str, hostlist: list[str], path: str, exc: Exception, scontrol: Scontrol | None
 ) -> int:
@@ -193,7 +198,7 @@ def config_failed(
             nodes = sc.hostnames(hostlist)
         except HostlistError:
             nodes = []
-        program.fail_nodes(sc, command, nodes, f"config: {exc}")
+        program.fail_nodes(sc, command, nodes, config_reason(str(exc)))
     return EXIT_USAGE
 
 
@@ -240,7 +245,7 @@ def main(
         # A missing or broken identity directory is a config error (2); else 3.
         config = isinstance(exc, errors.ConfigError)
         log.error("%s: %s", args.command, exc.message)
-        why = f"config: {exc.message}" if config else program.service_problem(exc)
+        why = config_reason(exc.message) if config else program.service_problem(exc)
         program.fail_nodes(sc, args.command, nodes, why)
         return EXIT_USAGE if config else program.EXIT_UNREACHABLE
     try:

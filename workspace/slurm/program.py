@@ -466,9 +466,10 @@ def fail_nodes(scontrol: Scontrol, command: str, nodes: Sequence[str], why: str)
     Slurm is told, so that ``sinfo -R`` says why instead of a silent timeout.
 
     * resume: the nodes DOWN with ``why`` and powered down (their jobs requeued now);
-    * suspend: the nodes DOWN (``suspend could not destroy ...``): Slurm thinks them
-      powered off, but a workspace may be left; DOWN keeps them from being resumed onto
-      it until the admin returns them, and a later run destroys it (``sweep``);
+    * suspend: the nodes DOWN (``suspend could not check for its workspace ...``; a node
+      DOWN already is left as it is): Slurm thinks them powered off, but a workspace may
+      be left; DOWN keeps them from being resumed onto it until the admin returns them,
+      and a later run destroys it (``sweep``);
     * resume-fail: the nodes DOWN with why they could not be cleaned up.
     """
     if not nodes:
@@ -477,7 +478,12 @@ def fail_nodes(scontrol: Scontrol, command: str, nodes: Sequence[str], why: str)
         refuse(scontrol, nodes, nodes, why)
         return
     if command == "suspend":
-        reason = f"suspend could not destroy its workspace: {why}"
+        # A node DOWN already keeps its reason: it is the cause (resume's refusal, which
+        # powered the node down and so made Slurm run this suspend), and DOWN is what
+        # this would set. A leftover is destroyed by a later run all the same (``sweep``).
+        down = scontrol.already_down(nodes)
+        nodes = [n for n in nodes if n not in down]
+        reason = f"suspend could not check for its workspace: {why}"
     else:
         reason = f"did not register in ResumeTimeout; could not clean up: {why}"
     mark_down(scontrol, command, {n: reason for n in nodes})

@@ -111,13 +111,26 @@ class Scontrol:
                 found[node] = frozenset(f for f in raw.split(",") if f)
         return found
 
-    def powered_off(self, nodes: Iterable[str]) -> set[str] | None:
-        """Those of ``nodes`` Slurm has powered down (``POWERED_DOWN``, not powering up
-        again): None when scontrol cannot tell."""
+    def states(self, nodes: Iterable[str]) -> dict[str, str] | None:
+        """Each node's ``State=`` (``IDLE+CLOUD+POWERED_DOWN``); None when scontrol
+        cannot tell."""
         shown = self._show(list(nodes))
         if shown is None:
             return None
-        return {n for n, fields in shown.items() if is_powered_down(fields.get("State", ""))}
+        return {n: fields.get("State", "") for n, fields in shown.items()}
+
+    def powered_off(self, nodes: Iterable[str]) -> set[str] | None:
+        """Those of ``nodes`` Slurm has powered down (``POWERED_DOWN``, not powering up
+        again): None when scontrol cannot tell."""
+        states = self.states(nodes)
+        if states is None:
+            return None
+        return {n for n, state in states.items() if is_powered_down(state)}
+
+    def already_down(self, nodes: Iterable[str]) -> set[str]:
+        """Those of ``nodes`` that are DOWN already (empty when scontrol cannot tell)."""
+        states = self.states(nodes) or {}
+        return {n for n, state in states.items() if "DOWN" in state.upper().split("+")}
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         """Tell slurmctld where ``node`` is; False if that could not be done."""
