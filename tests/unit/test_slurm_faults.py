@@ -241,7 +241,18 @@ def test_check_without_a_hostlist_is_a_usage_error(
 
 def test_a_bad_hostlist_is_said_on_stderr(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("check", "c[1-") == 2
-    assert "c[1-" in capsys.readouterr().err
+    assert len(capsys.readouterr().err.splitlines()) == 1  # once, not logged and printed
+    assert run("suspend", "c[1-") == 2
+    assert "c[1-" in capsys.readouterr().err  # stderr is no terminal here
+    assert "c[1-" in run.text()
+
+
+def test_check_writes_no_log_file(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """A person runs check, often as root: a log file it made would be root's, and
+    SlurmUser could not write it later. Its log lines go to stderr."""
+    run.scontrol = Scontrol("scontrol-not-here")
+    assert run("check", "c1") == 0
+    assert not run.log.exists()
 
 
 def test_fake_scontrol_is_a_scontrol() -> None:

@@ -14,7 +14,9 @@ slurmctld starts its programs with a cleaned environment: $WS_SLURM_CONFIG set f
 slurmctld does not reach them, so under slurmctld the config file is
 /etc/workspace/slurm.toml.
 
-slurmctld discards what its programs print, so everything goes to the log file
+``check`` logs to stderr only (a person runs it, often as root: a log file it made would
+be root's and SlurmUser could not write it). slurmctld discards what its programs print,
+so everything else goes to the log file
 (``log_file`` in the config, default /var/log/ws-slurm.log; one line per event, with the
 pid). Exit codes: 0 done, 1 something failed (the log says what), 2 usage or config
 error (a config file or identity directory that cannot be read), 3 the service cannot
@@ -80,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(path: str, stderr: bool = False) -> None:
+def setup_logging(path: str | None, stderr: bool = False) -> None:
     """Log lines to ``path`` (made if missing); stderr too, for a person at a terminal
-    (or always with ``stderr``)."""
+    (or always with ``stderr``). ``path`` None: stderr only (``check``, which a person runs,
+    often as root: a log file it made would be root's, and SlurmUser could not write it)."""
     root = logging.getLogger("ws-slurm")
     root.setLevel(logging.INFO)
     root.propagate = False
@@ -92,20 +95,21 @@ def setup_logging(path: str, stderr: bool = False) -> None:
     fmt = logging.Formatter(
         f"%(asctime)s {PROG}[{os.getpid()}] %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"
     )
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(path)
-    except OSError as exc:
-        print(
-            f"{PROG}: cannot write the log file {path}: {exc} (it must be writable by "
-            "SlurmUser, who runs ws-slurm under slurmctld)",
-            file=sys.stderr,
-        )
-        handler = logging.StreamHandler(sys.stderr)
-        stderr = False
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if path is not None:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path)
+        except OSError as exc:
+            print(
+                f"{PROG}: cannot write the log file {path}: {exc} (it must be writable by "
+                "SlurmUser, who runs ws-slurm under slurmctld)",
+                file=sys.stderr,
+            )
+    to_file = isinstance(handler, logging.FileHandler)
     handler.setFormatter(fmt)
     root.addHandler(handler)
-    if stderr or (sys.stderr is not None and sys.stderr.isatty()):
+    if to_file and (stderr or log_to_tty()):
         tty = logging.StreamHandler(sys.stderr)
         tty.setFormatter(fmt)
         root.addHandler(tty)
@@ -190,7 +194,7 @@ def config_failed(
         log_file = load(path, need_mapping=False).log_file
     except ConfigError:
         log_file = DEFAULT_LOG
-    setup_logging(log_file, stderr=True)
+    setup_logging(log_file if command in COMMANDS else None, stderr=True)
     log.error("%s %s: %s", command, " ".join(hostlist), exc)
     if command in COMMANDS:
         sc = scontrol or Scontrol()
@@ -218,14 +222,14 @@ def main(
         s = load(path)
     except ConfigError as exc:
         return config_failed(args.command, args.hostlist, path, exc, scontrol)
-    setup_logging(s.log_file)
+    setup_logging(s.log_file if args.command in COMMANDS else None)
     resume = resume_file(*raw_resume)
     sc = scontrol or Scontrol(s.scontrol)
     try:
         nodes = sc.hostnames(args.hostlist)
     except HostlistError as exc:
         log.error("%s %s: %s", args.command, " ".join(args.hostlist), exc)
-        if not log_to_tty():
+        if args.command in COMMANDS and not log_to_tty():  # check logs to stderr already
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check":

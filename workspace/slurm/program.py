@@ -336,14 +336,14 @@ class Program:
             fail_nodes(self.scontrol, why, nodes, service_problem(exc))
             raise
         self.sweep(live, exclude=nodes)
-        failed = self._destroy(nodes, live, why)
+        failed, unreachable = self._destroy(nodes, live, why)
         mark_down(
             self.scontrol,
             why,
             {n: f"{why} could not destroy {left}" for n, left in failed.items()},
         )
-        if any("cannot be reached" in left for left in failed.values()):
-            raise errors.Unavailable("the workspace service could not be reached to destroy")
+        if unreachable is not None:
+            raise unreachable
         return EXIT_FAILED if failed else EXIT_OK
 
     def resume_fail(self, nodes: Sequence[str]) -> int:
@@ -356,7 +356,7 @@ class Program:
             raise
         self.sweep(live, exclude=nodes)
         reasons = {n: fail_reason(n, [w for w in live.get(n, []) if not _gone(w)]) for n in nodes}
-        failed = self._destroy(nodes, live, "resume-fail")
+        failed, _ = self._destroy(nodes, live, "resume-fail")
         for n, left in failed.items():
             reasons[n] = f"{reasons[n]}; could not destroy {left}"
         mark_down(self.scontrol, "resume-fail", reasons)
@@ -384,7 +384,7 @@ class Program:
                 "failed?): destroying it",
                 n,
             )
-            left = self._destroy([n], live, "cleanup")
+            left, _ = self._destroy([n], live, "cleanup")
             if left:
                 log.error("cleanup: node %s keeps %s; tried again on the next run", n, left[n])
             else:
@@ -392,9 +392,10 @@ class Program:
 
     def _destroy(
         self, nodes: Sequence[str], live: Mapping[str, list[common_pb2.Workspace]], why: str
-    ) -> dict[str, str]:
-        """Destroy the nodes' workspaces: {node: why its workspace is left} for those that
-        could not be destroyed. An unreachable service fails every node not done yet."""
+    ) -> tuple[dict[str, str], errors.Unavailable | None]:
+        """Destroy the nodes' workspaces: ({node: why its workspace is left} for those that
+        could not be destroyed, the service's Unavailable if it went away: every node not
+        done yet then fails)."""
         failed: dict[str, str] = {}
         unknown: list[str] = []
         for i, n in enumerate(nodes):
@@ -414,7 +415,7 @@ class Program:
                         left = [w.name for w in live.get(m, []) if not _gone(w)]
                         if left:
                             failed[m] = f"workspace {left[0]}: {service_problem(exc)}"
-                    return failed
+                    return failed, exc
                 except errors.WorkspaceError as exc:
                     log.error("%s: node %s: cannot destroy %s: %s", why, n, ws.name, exc.message)
                     failed[n] = f"workspace {ws.name}: {exc.message}"
@@ -429,7 +430,7 @@ class Program:
                 brief(unknown),
                 "has" if len(unknown) == 1 else "have",
             )
-        return failed
+        return failed, None
 
 
 def service_problem(exc: errors.WorkspaceError) -> str:
