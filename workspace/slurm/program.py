@@ -8,10 +8,15 @@
   covered by Slurm's ResumeTimeout. A group that cannot be created (a node no rule maps,
   the service's refusal: quota, capacity, unknown image) is marked DOWN in Slurm with
   the reason and powered down at once: its job is requeued now, not after ResumeTimeout.
-* **suspend**: every workspace of the nodes is destroyed; a node without one is fine.
+* **suspend**: every workspace of the nodes is destroyed; a node without one is fine. A
+  node whose workspace cannot be destroyed is marked DOWN with why (Slurm ignores the
+  exit code and counts it powered down).
 * **resume-fail**: what a failed resume made is destroyed, so nothing is left behind, and
   each node is marked DOWN with why (the workspace's failure reason, or that slurmd did
   not register in ResumeTimeout).
+* every run also destroys the workspaces left on nodes Slurm has powered down
+  (``sweep``); whatever stops a run (the service, its refusal of ws-slurm, the config)
+  is told to Slurm too (``fail_nodes``).
 
 Idempotent: the existing workspaces are listed first (one call) and a node that has a
 live one is not created again; each create carries a request id derived from its nodes
@@ -356,10 +361,12 @@ class Program:
             raise
         self.sweep(live, exclude=nodes)
         reasons = {n: fail_reason(n, [w for w in live.get(n, []) if not _gone(w)]) for n in nodes}
-        failed, _ = self._destroy(nodes, live, "resume-fail")
+        failed, unreachable = self._destroy(nodes, live, "resume-fail")
         for n, left in failed.items():
             reasons[n] = f"{reasons[n]}; could not destroy {left}"
         mark_down(self.scontrol, "resume-fail", reasons)
+        if unreachable is not None:
+            raise unreachable
         return EXIT_FAILED if failed else EXIT_OK
 
     def sweep(self, live: dict[str, list[common_pb2.Workspace]], exclude: Sequence[str]) -> None:
