@@ -54,7 +54,9 @@ class RecordingScontrol(Scontrol):
         super().__init__("scontrol-not-here")
         self.addresses: dict[str, str] = {}
         self.down: dict[str, str] = {}  # node -> reason, as scontrol would set it
-        self.powered_down: list[str] = []
+        self.powered_down: list[str] = []  # State=POWER_DOWN
+        self.forced: list[str] = []  # State=POWER_DOWN_FORCE
+        self.node_states: dict[str, str] = {}  # node -> State= (scontrol show node)
 
     def hostnames(self, exprs: Any) -> list[str]:
         return expand_all(exprs)
@@ -68,11 +70,15 @@ class RecordingScontrol(Scontrol):
 
     def set_down(self, nodes: Any, reason: str, tries: int = 3) -> bool:
         self.down.update({n: reason_text(reason) for n in nodes})
+        self.node_states.update({n: "DOWN+CLOUD" for n in nodes})
         return True
 
-    def power_down(self, nodes: Any, tries: int = 3) -> bool:
-        self.powered_down.extend(nodes)
+    def power_down(self, nodes: Any, tries: int = 3, *, force: bool = False) -> bool:
+        (self.forced if force else self.powered_down).extend(nodes)
         return True
+
+    def states(self, nodes: Any) -> dict[str, str] | None:
+        return {n: self.node_states.get(n, "IDLE+CLOUD") for n in nodes}
 
 
 class Slurm:
@@ -183,11 +189,16 @@ def test_unmapped_nodes_create_nothing_for_their_job(slurm: Slurm) -> None:
     assert slurm.live() == {}
     assert slurm.client.list_clusters(include_terminated=True) == []
     assert "Slurm node gpu1 (features: none) maps to no image" in slurm.log.read_text()
-    # gpu1 is DOWN with why, at once (its job is requeued); c1 is only powered down.
+    # gpu1 is DOWN with why, at once (its job is requeued); c1 is only powered down, by
+    # POWER_DOWN_FORCE (a plain POWER_DOWN leaves it POWERING_UP until ResumeTimeout).
     assert slurm.scontrol.down == {
         "gpu1": "ws: node gpu1 (features: none) maps to no image in the mapping file"
     }
-    assert slurm.scontrol.powered_down == ["c1", "gpu1"]
+    assert slurm.scontrol.powered_down == ["gpu1"]
+    assert slurm.scontrol.forced == ["c1"]
+    # If Slurm still ran resume-fail for c1, it would not say "did not register".
+    assert slurm("resume-fail", "c1") == 0
+    assert slurm.scontrol.down["c1"] == "ws: resume made no workspace for it (see the ws-slurm log)"
 
 
 def test_a_refused_resume_marks_its_nodes_down_with_the_services_reason(slurm: Slurm) -> None:
@@ -275,3 +286,28 @@ def test_a_rules_own_cloud_config_is_accepted_by_the_service(slurm: Slurm) -> No
     assert slurm("resume", "c5") == 0, slurm.log.read_text()
     assert set(slurm.live()) == {"c5"}
     assert slurm("suspend", "c5") == 0
+
+
+def test_a_suspend_that_cannot_destroy_marks_the_node_down_and_a_later_run_cleans_up(
+    slurm: Slurm,
+) -> None:
+    assert slurm("resume", "c1") == 0
+    assert slurm("resume", "c2") == 0
+    good = slurm.config.read_text()
+    slurm.config.write_text(good.replace(slurm.site.address, "unix:/nonexistent/ws.sock"))
+    assert slurm("suspend", "c1") == 3
+    # The VM is left: the node is DOWN with why, so nobody resumes onto it unawares.
+    assert set(slurm.live()) == {"c1", "c2"}
+    reason = slurm.scontrol.down["c1"]
+    assert reason.startswith("ws: suspend could not check for its workspace: the workspace "
+                             "service cannot be reached"), reason  # fmt: skip
+    # Slurm has powered c1 down (SuspendTimeout passed); c2 is powering up again. The next
+    # run of any kind, here a suspend of another node, destroys c1's leftover, not c2's.
+    slurm.config.write_text(good)
+    slurm.scontrol.node_states = {
+        "c1": "DOWN+CLOUD+POWERED_DOWN",
+        "c2": "IDLE+CLOUD+POWERED_DOWN+POWERING_UP",
+    }
+    assert slurm("suspend", "c5") == 0
+    wait_for(lambda: set(slurm.live()) == {"c2"}, what="c1's leftover to go")
+    assert "node c1 is powered down in Slurm but still has a workspace" in slurm.log.read_text()

@@ -17,7 +17,7 @@ from workspace.slurm.hostlist import expand_all
 from workspace.slurm.program import REQUEST_PREFIX, node_of, plan_groups
 from workspace.slurm.resumefile import Job, ResumeFile
 from workspace.slurm.scontrol import Scontrol, reason_text
-from workspace.v1 import clusters_pb2, common_pb2
+from workspace.v1 import clusters_pb2, common_pb2, images_pb2
 
 WS = common_pb2.WorkspaceState
 DS = common_pb2.DesiredState
@@ -45,11 +45,22 @@ class FakeService:
         self.by_request: dict[str, Any] = {}
         self.calls: list[str] = []
         self.unreachable = False
+        self.refusal: errors.WorkspaceError | None = None  # raised by every call
         self.next_ip = 10
+        # name -> context ("nocloud" takes user-data)
+        self.images: dict[str, str] = {"slurm": "nocloud"}
 
     def _check(self) -> None:
         if self.unreachable:
             raise errors.Unavailable("cannot reach the workspace service at unix:/x.sock")
+        if self.refusal is not None:
+            raise self.refusal
+
+    def get_image(self, name: str) -> images_pb2.Image:
+        self._check()
+        if name not in self.images:
+            raise errors.NotFound(f"image {name!r} not found")
+        return images_pb2.Image(name=name, context=self.images[name])
 
     def live(self) -> list[common_pb2.Workspace]:
         return [w for w in self.workspaces if w.state != WS.WORKSPACE_STATE_TERMINATED]
@@ -127,7 +138,9 @@ class FakeScontrol(Scontrol):
         self.node_features = features or {}
         self.addresses: dict[str, str] = {}
         self.down: dict[str, str] = {}  # node -> its reason, as scontrol would set it
-        self.powered_down: list[str] = []
+        self.powered_down: list[str] = []  # State=POWER_DOWN
+        self.forced: list[str] = []  # State=POWER_DOWN_FORCE
+        self.node_states: dict[str, str] = {}  # node -> State= of scontrol show node
 
     def hostnames(self, exprs: Any) -> list[str]:
         return expand_all(exprs)
@@ -141,11 +154,15 @@ class FakeScontrol(Scontrol):
 
     def set_down(self, nodes: Any, reason: str, tries: int = 3) -> bool:
         self.down.update({n: reason_text(reason) for n in nodes})
+        self.node_states.update({n: "DOWN+CLOUD" for n in nodes})
         return True
 
-    def power_down(self, nodes: Any, tries: int = 3) -> bool:
-        self.powered_down.extend(nodes)
+    def power_down(self, nodes: Any, tries: int = 3, *, force: bool = False) -> bool:
+        (self.forced if force else self.powered_down).extend(nodes)
         return True
+
+    def states(self, nodes: Any) -> dict[str, str] | None:
+        return {n: self.node_states.get(n, "IDLE+CLOUD") for n in nodes}
 
 
 @pytest.fixture(autouse=True)
@@ -243,11 +260,13 @@ def test_a_node_that_maps_to_no_image_fails_its_job_only(run: Run) -> None:
     assert "job 1: Slurm node x9 (features: none) maps to no image" in text
     assert "nothing created for job 1" in text
     # The node at fault is DOWN with why (its job is requeued now); its job's other
-    # node is only powered down, free for other jobs.
+    # node is only powered down, free for other jobs: POWER_DOWN_FORCE, for a plain
+    # POWER_DOWN leaves a POWERING_UP node so until ResumeTimeout (Slurm 22.05).
     assert run.scontrol.down == {
         "x9": "ws: node x9 (features: none) maps to no image in the mapping file"
     }
-    assert run.scontrol.powered_down == ["c1", "x9"]
+    assert run.scontrol.powered_down == ["x9"]
+    assert run.scontrol.forced == ["c1"]
     assert "x9 marked DOWN in Slurm: node x9 (features: none) maps to no image" in text
 
 
@@ -282,7 +301,8 @@ def test_an_unreachable_service_marks_the_nodes_down(run: Run) -> None:
     assert "cannot reach the workspace service" in run.scontrol.down["c1"]
     assert run("resume-fail", "c3") == 3
     assert run.scontrol.down["c3"].startswith(
-        "ws: did not register in ResumeTimeout; the workspace service cannot be reached"
+        "ws: did not register in ResumeTimeout; could not clean up: the workspace service "
+        "cannot be reached"
     )
 
 
@@ -306,7 +326,7 @@ def test_resume_fail_destroys_what_resume_made(run: Run) -> None:
     assert run.scontrol.down == {
         "c1": "ws: workspace slurm-9-c1-0 FAILED: qemu: could not open disk",
         "c2": "ws: did not register in ResumeTimeout (workspace slurm-9-c2-0 was PROPAGATING)",
-        "c3": "ws: did not register in ResumeTimeout (it had no workspace)",
+        "c3": "ws: resume made no workspace for it (see the ws-slurm log)",
     }
 
 

@@ -10,10 +10,19 @@ to ws-slurm), the command is implied: those names can be slurm.conf's ResumeProg
 SuspendProgram and ResumeFailProgram as they are (the config file is then $WS_SLURM_CONFIG
 or /etc/workspace/slurm.toml).
 
-slurmctld discards what its programs print, so everything goes to the log file
+slurmctld starts its programs with a cleaned environment: $WS_SLURM_CONFIG set for
+slurmctld does not reach them, so under slurmctld the config file is
+/etc/workspace/slurm.toml.
+
+``check`` logs to stderr only (a person runs it, often as root: a log file it made would
+be root's and SlurmUser could not write it). slurmctld discards what its programs print,
+so everything else goes to the log file
 (``log_file`` in the config, default /var/log/ws-slurm.log; one line per event, with the
 pid). Exit codes: 0 done, 1 something failed (the log says what), 2 usage or config
-error, 3 the service cannot be reached.
+error (a config file or identity directory that cannot be read), 3 the service cannot
+be reached. Whatever stops resume, suspend or resume-fail from doing its work (config,
+identity, service) is also told to Slurm: the nodes are marked DOWN with a ``ws: ``
+reason (``program.fail_nodes``), for scontrol needs no ws-slurm config.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import cast
 from workspace import errors, version
 from workspace.client import Client
 from workspace.slurm import program
-from workspace.slurm.context import ContextError, user_data
+from workspace.slurm.check import Images, check
 from workspace.slurm.hostlist import HostlistError
 from workspace.slurm.resumefile import RESUME_FILE_ENV, ResumeFile, ResumeFileError
 from workspace.slurm.resumefile import parse as parse_resume
@@ -38,9 +47,9 @@ from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
+    DEFAULT_LOG,
     ConfigError,
     Settings,
-    Unmapped,
     load,
 )
 
@@ -69,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", "print what resume would create for the nodes; change nothing"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("hostlist", nargs="*" if name == "check" else "+", metavar="HOSTLIST")
+        p.add_argument("hostlist", nargs="+", metavar="HOSTLIST")
     return parser
 
 
-def setup_logging(path: str) -> None:
-    """Log lines to ``path`` (made if missing); stderr too, for a person at a terminal."""
+def setup_logging(path: str | None, stderr: bool = False) -> None:
+    """Log lines to ``path`` (made if missing); stderr too, for a person at a terminal
+    (or always with ``stderr``). ``path`` None: stderr only (``check``, which a person runs,
+    often as root: a log file it made would be root's, and SlurmUser could not write it)."""
     root = logging.getLogger("ws-slurm")
     root.setLevel(logging.INFO)
     root.propagate = False
@@ -84,21 +95,31 @@ def setup_logging(path: str) -> None:
     fmt = logging.Formatter(
         f"%(asctime)s {PROG}[{os.getpid()}] %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"
     )
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(path)
-    except OSError as exc:
-        print(f"{PROG}: cannot write the log file {path}: {exc}", file=sys.stderr)
-        handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if path is not None:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path)
+        except OSError as exc:
+            print(
+                f"{PROG}: cannot write the log file {path}: {exc} (it must be writable by "
+                "SlurmUser, who runs ws-slurm under slurmctld)",
+                file=sys.stderr,
+            )
+    to_file = isinstance(handler, logging.FileHandler)
     handler.setFormatter(fmt)
     root.addHandler(handler)
-    if sys.stderr is not None and sys.stderr.isatty():
+    if to_file and (stderr or log_to_tty()):
         tty = logging.StreamHandler(sys.stderr)
         tty.setFormatter(fmt)
         root.addHandler(tty)
 
 
 COMMANDS = ("resume", "suspend", "resume-fail")
+
+
+def log_to_tty() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def implied_command(argv: list[str]) -> list[str]:
@@ -158,23 +179,31 @@ def connect(s: Settings) -> Client:
     return Client.from_env(s.service or None, identity=s.identity or None, timeout_s=s.timeout_s)
 
 
-def check(s: Settings, scontrol: Scontrol, nodes: list[str]) -> int:
-    """Print each node's mapping (and its user-data size); nonzero if any is unmapped."""
-    features = scontrol.features(nodes)
-    status = 0
-    for n in nodes:
+def config_reason(message: str) -> str:
+    """A config error as a node's reason: it starts with ``config`` (``ws: config ...``)."""
+    return message if message.startswith("config") else f"config: {message}"
+
+
+def config_failed(
+    command: str, hostlist: list[str], path: str, exc: Exception, scontrol: Scontrol | None
+) -> int:
+    """The config cannot be read: said on stderr and in the log file (the config's, if it
+    can be read that far, else the default), and to Slurm: the nodes DOWN with
+    ``ws: config ...`` (scontrol needs no ws-slurm config)."""
+    try:
+        log_file = load(path, need_mapping=False).log_file
+    except ConfigError:
+        log_file = DEFAULT_LOG
+    setup_logging(log_file if command in COMMANDS else None, stderr=True)
+    log.error("%s %s: %s", command, " ".join(hostlist), exc)
+    if command in COMMANDS:
+        sc = scontrol or Scontrol()
         try:
-            spec = s.resolve(n, features.get(n, frozenset()))
-            size = len(user_data(spec, s))
-        except (Unmapped, ContextError) as exc:
-            print(f"{n}: {exc}")
-            status = program.EXIT_FAILED
-            continue
-        print(
-            f"{n}: image {spec.image}, cpus {spec.cpus or 'default'}, memory_mib "
-            f"{spec.memory_mib or 'default'} (rule {spec.rule + 1}), user-data {size} bytes"
-        )
-    return status
+            nodes = sc.hostnames(hostlist)
+        except HostlistError:
+            nodes = []
+        program.fail_nodes(sc, command, nodes, config_reason(str(exc)))
+    return EXIT_USAGE
 
 
 def main(
@@ -192,23 +221,19 @@ def main(
     try:
         s = load(path)
     except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        try:
-            setup_logging(load(path, need_mapping=False).log_file)
-        except ConfigError:
-            return EXIT_USAGE
-        log.error("%s %s: %s", args.command, " ".join(args.hostlist), exc)
-        return EXIT_USAGE
-    setup_logging(s.log_file)
+        return config_failed(args.command, args.hostlist, path, exc, scontrol)
+    setup_logging(s.log_file if args.command in COMMANDS else None)
     resume = resume_file(*raw_resume)
     sc = scontrol or Scontrol(s.scontrol)
     try:
         nodes = sc.hostnames(args.hostlist)
     except HostlistError as exc:
         log.error("%s %s: %s", args.command, " ".join(args.hostlist), exc)
+        if args.command in COMMANDS and not log_to_tty():  # check logs to stderr already
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check":
-        return check(s, sc, nodes)
+        return check(s, sc, nodes, lambda: connect(s) if client is None else cast(Images, client))
     log.info(
         "%s %s (%d node(s)%s)",
         args.command,
@@ -221,8 +246,12 @@ def main(
         # Client is a Service (its create methods take more keywords than the protocol).
         service = client if client is not None else cast(program.Service, connect(s))
     except errors.WorkspaceError as exc:
+        # A missing or broken identity directory is a config error (2); else 3.
+        config = isinstance(exc, errors.ConfigError)
         log.error("%s: %s", args.command, exc.message)
-        return program.EXIT_UNREACHABLE
+        why = config_reason(exc.message) if config else program.service_problem(exc)
+        program.fail_nodes(sc, args.command, nodes, why)
+        return EXIT_USAGE if config else program.EXIT_UNREACHABLE
     try:
         prog = program.Program(service, s, sc)
         if args.command == "resume":

@@ -145,3 +145,18 @@ def compress(hosts: Iterable[str]) -> str:
         else:
             out.append(f"{prefix}[{','.join(spans)}]")
     return ",".join(out)
+
+
+def brief(hosts: Iterable[str], limit: int = 120) -> str:
+    """``compress`` for a log line: a hostlist that is still long (scattered names) is
+    cut after a few entries, with how many nodes were left out."""
+    names = list(dict.fromkeys(hosts))
+    whole = compress(names)
+    if len(whole) <= limit:
+        return whole
+    shown: list[str] = []
+    for n in names:
+        if len(",".join([*shown, n])) > limit:
+            break
+        shown.append(n)
+    return f"{compress(shown)} and {len(names) - len(shown)} more"

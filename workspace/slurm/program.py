@@ -8,10 +8,15 @@
   covered by Slurm's ResumeTimeout. A group that cannot be created (a node no rule maps,
   the service's refusal: quota, capacity, unknown image) is marked DOWN in Slurm with
   the reason and powered down at once: its job is requeued now, not after ResumeTimeout.
-* **suspend**: every workspace of the nodes is destroyed; a node without one is fine.
+* **suspend**: every workspace of the nodes is destroyed; a node without one is fine. A
+  node whose workspace cannot be destroyed is marked DOWN with why (Slurm ignores the
+  exit code and counts it powered down).
 * **resume-fail**: what a failed resume made is destroyed, so nothing is left behind, and
   each node is marked DOWN with why (the workspace's failure reason, or that slurmd did
   not register in ResumeTimeout).
+* every run also destroys the workspaces left on nodes Slurm has powered down
+  (``sweep``); whatever stops a run (the service, its refusal of ws-slurm, the config)
+  is told to Slurm too (``fail_nodes``).
 
 Idempotent: the existing workspaces are listed first (one call) and a node that has a
 live one is not created again; each create carries a request id derived from its nodes
@@ -34,7 +39,7 @@ from typing import Any, Protocol
 
 from workspace import errors
 from workspace.slurm.context import ContextError, user_data
-from workspace.slurm.hostlist import compress
+from workspace.slurm.hostlist import brief
 from workspace.slurm.resumefile import ResumeFile
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import NodeSpec, Settings, Unmapped
@@ -148,10 +153,12 @@ class Program:
         groups = plan_groups(nodes, resume)
         try:
             history = self._by_node(include_terminated=True)
-        except errors.Unavailable as exc:
-            self._refuse(nodes, nodes, f"the workspace service cannot be reached: {exc.message}")
+        except errors.WorkspaceError as exc:
+            # Unreachable, or it refuses ws-slurm itself (a revoked certificate).
+            self._refuse(nodes, nodes, service_problem(exc))
             raise
         live = {n: [w for w in ws if not _gone(w)] for n, ws in history.items()}
+        self.sweep(live, exclude=nodes)
         todo_nodes = [n for n in nodes if not live.get(n)]
         features = self.scontrol.features(todo_nodes) if todo_nodes else {}
         failed = 0
@@ -159,8 +166,8 @@ class Program:
             for n in group.nodes:
                 for ws in live.get(n, []):
                     log.info(
-                        "%s: node %s already has workspace %s (%s): not created again",
-                        group.what,
+                        "%snode %s already has workspace %s (%s): not created again",
+                        f"{group.what}: " if group.job_id is not None else "",
                         n,
                         ws.name,
                         WS.Name(ws.state).removeprefix("WORKSPACE_STATE_"),
@@ -175,23 +182,14 @@ class Program:
             except errors.Unavailable as exc:
                 # This group and the ones not tried yet cannot be made now.
                 rest = [n for g in groups[i:] for n in g.nodes if not live.get(n)]
-                self._refuse(rest, rest, f"the workspace service cannot be reached: {exc.message}")
+                self._refuse(rest, rest, service_problem(exc))
                 raise
             if not ok:
                 failed += 1
         return EXIT_FAILED if failed else EXIT_OK
 
     def _refuse(self, group_nodes: Sequence[str], down: Sequence[str], reason: str) -> None:
-        """A group that cannot be created: ``down`` (the nodes at fault: all of them, or
-        those no rule maps) DOWN with ``reason``, so their job is requeued now and the admin
-        sees why (``sinfo -R``); then every node of the group powered down, so none waits
-        POWERING_UP for ResumeTimeout (which would overwrite the reason)."""
-        if down and not self.scontrol.set_down(down, reason):
-            log.warning("could not mark %s DOWN in Slurm (reason: %s)", compress(down), reason)
-        elif down:
-            log.info("%s marked DOWN in Slurm: %s", compress(down), reason)
-        if group_nodes and not self.scontrol.power_down(group_nodes):
-            log.warning("could not power %s down in Slurm", compress(group_nodes))
+        refuse(self.scontrol, group_nodes, down, reason)
 
     def _resume_group(
         self, group: Group, node_features: Mapping[str, frozenset[str]], gen: int
@@ -252,8 +250,8 @@ class Program:
             return False
         for node, ws in made:
             log.info(
-                "%s: node %s is workspace %s (%s) on %s, address %s",
-                group.what,
+                "%snode %s is workspace %s (%s) on %s, address %s",
+                f"{group.what}: " if group.job_id is not None else "",
                 node,
                 ws.name,
                 ws.id,
@@ -335,48 +333,79 @@ class Program:
     # -- suspend, resume-fail --------------------------------------------------------------
 
     def destroy(self, nodes: Sequence[str], why: str) -> int:
-        """Suspend: every workspace of ``nodes`` destroyed; nodes without one are fine."""
-        return self._destroy(nodes, self._by_node(include_terminated=False), why)
+        """Suspend: every workspace of ``nodes`` destroyed; nodes without one are fine. A
+        node whose workspace cannot be destroyed is marked DOWN with why (``fail_nodes``)."""
+        try:
+            live = self._by_node(include_terminated=False)
+        except errors.WorkspaceError as exc:
+            fail_nodes(self.scontrol, why, nodes, service_problem(exc))
+            raise
+        self.sweep(live, exclude=nodes)
+        failed, unreachable = self._destroy(nodes, live, why)
+        mark_down(
+            self.scontrol,
+            why,
+            {n: f"{why} could not destroy {left}" for n, left in failed.items()},
+        )
+        if unreachable is not None:
+            raise unreachable
+        return EXIT_FAILED if failed else EXIT_OK
 
     def resume_fail(self, nodes: Sequence[str]) -> int:
         """What the failed resume made destroyed; each node DOWN with why (Slurm has marked
         it DOWN with "ResumeTimeout reached": ours says what happened to its workspace)."""
         try:
             live = self._by_node(include_terminated=False)
-        except errors.Unavailable as exc:
-            self._mark_down(
-                {
-                    n: "did not register in ResumeTimeout; the workspace service cannot be "
-                    f"reached to clean up: {exc.message}"
-                    for n in nodes
-                }
-            )
+        except errors.WorkspaceError as exc:
+            fail_nodes(self.scontrol, "resume-fail", nodes, service_problem(exc))
             raise
+        self.sweep(live, exclude=nodes)
         reasons = {n: fail_reason(n, [w for w in live.get(n, []) if not _gone(w)]) for n in nodes}
-        code = self._destroy(nodes, live, "resume-fail")
-        self._mark_down(reasons)
-        return code
+        failed, unreachable = self._destroy(nodes, live, "resume-fail")
+        for n, left in failed.items():
+            reasons[n] = f"{reasons[n]}; could not destroy {left}"
+        mark_down(self.scontrol, "resume-fail", reasons)
+        if unreachable is not None:
+            raise unreachable
+        return EXIT_FAILED if failed else EXIT_OK
 
-    def _mark_down(self, reasons: Mapping[str, str]) -> None:
-        by_reason: dict[str, list[str]] = {}
-        for n, r in reasons.items():
-            by_reason.setdefault(r, []).append(n)
-        for reason, nodes in by_reason.items():
-            if self.scontrol.set_down(nodes, reason):
-                log.info("resume-fail: %s marked DOWN in Slurm: %s", compress(nodes), reason)
+    def sweep(self, live: dict[str, list[common_pb2.Workspace]], exclude: Sequence[str]) -> None:
+        """Destroy the workspaces of nodes Slurm has powered down (a suspend that could not
+        destroy them: the VM would hold its quota forever, for Slurm never suspends a
+        powered-down node again). Safe: only ws-slurm's workspaces (``node_of``), only of
+        nodes that scontrol says are POWERED_DOWN and not powering up, never of the nodes
+        this run was given (a resume of them is under way, or this run handles them).
+        Without scontrol's answer nothing is destroyed. ``live`` loses what is destroyed."""
+        skip = set(exclude)
+        candidates = [
+            n for n, ws in live.items() if n not in skip and any(not _gone(w) for w in ws)
+        ]
+        if not candidates:
+            return
+        down = self.scontrol.powered_off(candidates)
+        for n in candidates:
+            if down is None or n not in down:
+                continue
+            log.warning(
+                "node %s is powered down in Slurm but still has a workspace (a suspend that "
+                "failed?): destroying it",
+                n,
+            )
+            left, _ = self._destroy([n], live, "cleanup")
+            if left:
+                log.error("cleanup: node %s keeps %s; tried again on the next run", n, left[n])
             else:
-                log.warning(
-                    "resume-fail: could not mark %s DOWN in Slurm (reason: %s)",
-                    compress(nodes),
-                    reason,
-                )
+                live.pop(n, None)
 
     def _destroy(
         self, nodes: Sequence[str], live: Mapping[str, list[common_pb2.Workspace]], why: str
-    ) -> int:
-        failed = 0
+    ) -> tuple[dict[str, str], errors.Unavailable | None]:
+        """Destroy the nodes' workspaces: ({node: why its workspace is left} for those that
+        could not be destroyed, the service's Unavailable if it went away: every node not
+        done yet then fails)."""
+        failed: dict[str, str] = {}
         unknown: list[str] = []
-        for n in nodes:
+        for i, n in enumerate(nodes):
             mine = [w for w in live.get(n, []) if not _gone(w)]
             if not mine:
                 unknown.append(n)
@@ -387,11 +416,16 @@ class Program:
                 except errors.NotFound:
                     log.info("%s: node %s: workspace %s is already gone", why, n, ws.name)
                     continue
-                except errors.Unavailable:
-                    raise
+                except errors.Unavailable as exc:
+                    log.error("%s: node %s: cannot destroy %s: %s", why, n, ws.name, exc.message)
+                    for m in nodes[i:]:
+                        left = [w.name for w in live.get(m, []) if not _gone(w)]
+                        if left:
+                            failed[m] = f"workspace {left[0]}: {service_problem(exc)}"
+                    return failed, exc
                 except errors.WorkspaceError as exc:
                     log.error("%s: node %s: cannot destroy %s: %s", why, n, ws.name, exc.message)
-                    failed += 1
+                    failed[n] = f"workspace {ws.name}: {exc.message}"
                     continue
                 log.info("%s: node %s: workspace %s (%s) destroyed", why, n, ws.name, ws.id)
         if unknown:
@@ -400,10 +434,80 @@ class Program:
                 "%s: %s %s %s no workspace; nothing to do",
                 why,
                 "node" if len(unknown) == 1 else "nodes",
-                compress(unknown),
+                brief(unknown),
                 "has" if len(unknown) == 1 else "have",
             )
-        return EXIT_FAILED if failed else EXIT_OK
+        return failed, None
+
+
+def service_problem(exc: errors.WorkspaceError) -> str:
+    """A service error as a node's reason: unreachable, or what it said."""
+    if isinstance(exc, errors.Unavailable):
+        return f"the workspace service cannot be reached: {exc.message}"
+    return f"the workspace service refused ws-slurm: {exc.message}"
+
+
+def refuse(
+    scontrol: Scontrol, group_nodes: Sequence[str], down: Sequence[str], reason: str
+) -> None:
+    """A group that cannot be created: ``down`` (the nodes at fault: all of them, or
+    those no rule maps) DOWN with ``reason``, so their job is requeued now and the admin
+    sees why (``sinfo -R``); then every node of the group powered down, so none waits
+    POWERING_UP for ResumeTimeout (which would overwrite the reason). The DOWN nodes get
+    POWER_DOWN (they keep state and reason); the others, not DOWN, need POWER_DOWN_FORCE
+    (plain POWER_DOWN waits for a POWERING_UP node to be idle: until ResumeTimeout). Force
+    only once the DOWN has requeued the job: it cancels what still runs on the node."""
+    marked = bool(down) and scontrol.set_down(down, reason)
+    if down and not marked:
+        log.warning("could not mark %s DOWN in Slurm (reason: %s)", brief(down), reason)
+    elif down:
+        log.info("%s marked DOWN in Slurm: %s", brief(down), reason)
+    others = [n for n in group_nodes if n not in set(down)]
+    if down and not scontrol.power_down(down):
+        log.warning("could not power %s down in Slurm", brief(down))
+    if others and not scontrol.power_down(others, force=marked or not down):
+        log.warning("could not power %s down in Slurm", brief(others))
+
+
+def fail_nodes(scontrol: Scontrol, command: str, nodes: Sequence[str], why: str) -> None:
+    """ws-slurm cannot do ``command`` at all (its config, its identity, the service):
+    Slurm is told, so that ``sinfo -R`` says why instead of a silent timeout.
+
+    * resume: the nodes DOWN with ``why`` and powered down (their jobs requeued now);
+    * suspend: the nodes DOWN (``suspend could not check for its workspace ...``; a node
+      DOWN already is left as it is): Slurm thinks them powered off, but a workspace may
+      be left; DOWN keeps them from being resumed onto it until the admin returns them,
+      and a later run destroys it (``sweep``);
+    * resume-fail: the nodes DOWN with why they could not be cleaned up.
+    """
+    if not nodes:
+        return
+    if command == "resume":
+        refuse(scontrol, nodes, nodes, why)
+        return
+    if command == "suspend":
+        # A node DOWN already keeps its reason: it is the cause (resume's refusal, which
+        # powered the node down and so made Slurm run this suspend), and DOWN is what
+        # this would set. A leftover is destroyed by a later run all the same (``sweep``).
+        down = scontrol.already_down(nodes)
+        nodes = [n for n in nodes if n not in down]
+        reason = f"suspend could not check for its workspace: {why}"
+    else:
+        reason = f"did not register in ResumeTimeout; could not clean up: {why}"
+    mark_down(scontrol, command, {n: reason for n in nodes})
+
+
+def mark_down(scontrol: Scontrol, command: str, reasons: Mapping[str, str]) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for n, r in reasons.items():
+        by_reason.setdefault(r, []).append(n)
+    for reason, nodes in by_reason.items():
+        if scontrol.set_down(nodes, reason):
+            log.info("%s: %s marked DOWN in Slurm: %s", command, brief(nodes), reason)
+        else:
+            log.warning(
+                "%s: could not mark %s DOWN in Slurm (reason: %s)", command, brief(nodes), reason
+            )
 
 
 def fail_reason(node: str, mine: Sequence[common_pb2.Workspace]) -> str:
@@ -417,7 +521,9 @@ def fail_reason(node: str, mine: Sequence[common_pb2.Workspace]) -> str:
         ws = mine[0]
         state = WS.Name(ws.state).removeprefix("WORKSPACE_STATE_")
         return f"did not register in ResumeTimeout (workspace {ws.name} was {state})"
-    return "did not register in ResumeTimeout (it had no workspace)"
+    # No workspace: resume made none (refused it, and powered the node down: see the log),
+    # so "did not register" would send the admin looking at a guest that never was.
+    return "resume made no workspace for it (see the ws-slurm log)"
 
 
 def _affinity(name: str) -> clusters_pb2.Affinity.ValueType:

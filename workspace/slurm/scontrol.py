@@ -7,9 +7,16 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 * ``scontrol update NodeName=NODES State=DOWN Reason=...``: a node that cannot run (its
   resume was refused, or it failed): the admin sees why in ``sinfo -R``, and its job is
   requeued at once;
-* ``scontrol update NodeName=NODES State=POWER_DOWN``: a node whose resume was refused
-  stops POWERING_UP now (else Slurm waits for ResumeTimeout and overwrites the reason
-  with "ResumeTimeout reached").
+* ``scontrol update NodeName=NODES State=POWER_DOWN``: a DOWN node whose resume was
+  refused stops POWERING_UP now (else Slurm waits for ResumeTimeout and overwrites the
+  reason with "ResumeTimeout reached");
+* ``scontrol update NodeName=NODES State=POWER_DOWN_FORCE``: the other nodes of that job
+  (not DOWN, not at fault). Plain POWER_DOWN only marks a node to be powered down once it
+  is idle, and a POWERING_UP node is not idle: it stayed POWERING_UP until ResumeTimeout
+  (seen with Slurm 22.05). POWER_DOWN_FORCE powers it down now; its job was requeued
+  already by the DOWN node, so there is nothing left on it to cancel;
+* ``scontrol show node -o NODES``: which nodes Slurm has powered down (``State=...
+  +POWERED_DOWN``): a workspace left on such a node (a suspend that failed) is destroyed.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ log = logging.getLogger("ws-slurm")
 TIMEOUT_S = 20.0
 REASON_PREFIX = "ws: "
 MAX_REASON = 200
+MAX_LOGGED_ARG = 120
 
 
 def reason_text(text: str) -> str:
@@ -57,14 +65,14 @@ class Scontrol:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("scontrol %s: %s", " ".join(args), exc)
+            log.warning("scontrol %s: %s", _shown(args), exc)
             return None
         if proc.returncode != 0:
             log.warning(
                 "scontrol %s failed (exit %d): %s",
-                " ".join(args),
+                _shown(args),
                 proc.returncode,
-                (proc.stderr or proc.stdout).strip(),
+                _cut((proc.stderr or proc.stdout).strip(), 4 * MAX_LOGGED_ARG),
             )
             return None
         return proc.stdout
@@ -78,21 +86,51 @@ class Scontrol:
                 return list(dict.fromkeys(names))
         return expand_all(exprs)
 
-    def features(self, nodes: Iterable[str]) -> dict[str, frozenset[str]]:
-        """Each node's AvailableFeatures (empty when scontrol cannot tell)."""
-        names = list(nodes)
-        found: dict[str, frozenset[str]] = {n: frozenset() for n in names}
-        out = self._run("show", "node", "-o", ",".join(names)) if names else None
-        for line in (out or "").splitlines():
+    def _show(self, names: Sequence[str]) -> dict[str, dict[str, str]] | None:
+        """``scontrol show node -o``: each named node's fields (None: scontrol failed)."""
+        out = self._run("show", "node", "-o", compress(names)) if names else None
+        if out is None:
+            return None
+        found: dict[str, dict[str, str]] = {}
+        for line in out.splitlines():
             fields = dict(
                 word.split("=", 1) for word in line.split() if "=" in word and word[0] != "="
             )
             node = fields.get("NodeName", "")
-            if node in found:
-                raw = fields.get("AvailableFeatures", "")
-                if raw and raw != "(null)":
-                    found[node] = frozenset(f for f in raw.split(",") if f)
+            if node in names:
+                found[node] = fields
         return found
+
+    def features(self, nodes: Iterable[str]) -> dict[str, frozenset[str]]:
+        """Each node's AvailableFeatures (empty when scontrol cannot tell)."""
+        names = list(nodes)
+        found: dict[str, frozenset[str]] = {n: frozenset() for n in names}
+        for node, fields in (self._show(names) or {}).items():
+            raw = fields.get("AvailableFeatures", "")
+            if raw and raw != "(null)":
+                found[node] = frozenset(f for f in raw.split(",") if f)
+        return found
+
+    def states(self, nodes: Iterable[str]) -> dict[str, str] | None:
+        """Each node's ``State=`` (``IDLE+CLOUD+POWERED_DOWN``); None when scontrol
+        cannot tell."""
+        shown = self._show(list(nodes))
+        if shown is None:
+            return None
+        return {n: fields.get("State", "") for n, fields in shown.items()}
+
+    def powered_off(self, nodes: Iterable[str]) -> set[str] | None:
+        """Those of ``nodes`` Slurm has powered down (``POWERED_DOWN``, not powering up
+        again): None when scontrol cannot tell."""
+        states = self.states(nodes)
+        if states is None:
+            return None
+        return {n for n, state in states.items() if is_powered_down(state)}
+
+    def already_down(self, nodes: Iterable[str]) -> set[str]:
+        """Those of ``nodes`` that are DOWN already (empty when scontrol cannot tell)."""
+        states = self.states(nodes) or {}
+        return {n for n, state in states.items() if "DOWN" in state.upper().split("+")}
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         """Tell slurmctld where ``node`` is; False if that could not be done."""
@@ -106,17 +144,19 @@ class Scontrol:
                 f"Reason={reason_text(reason)}")  # fmt: skip
         return self._update(args, tries)
 
-    def power_down(self, nodes: Sequence[str], tries: int = 3) -> bool:
+    def power_down(self, nodes: Sequence[str], tries: int = 3, *, force: bool = False) -> bool:
         """Power ``nodes`` down now (slurmctld runs SuspendProgram for them); a DOWN node
-        keeps its state and reason."""
-        return self._update(("update", f"NodeName={compress(nodes)}", "State=POWER_DOWN"), tries)
+        keeps its state and reason. ``force`` (POWER_DOWN_FORCE): for nodes that are not
+        DOWN, which plain POWER_DOWN leaves POWERING_UP until ResumeTimeout."""
+        state = "State=POWER_DOWN_FORCE" if force else "State=POWER_DOWN"
+        return self._update(("update", f"NodeName={compress(nodes)}", state), tries)
 
     def _update(self, args: Sequence[str], tries: int) -> bool:
         """``scontrol update ARGS``, tried again when it fails: a busy slurmctld can time
         an update out (seen while it was trying to resolve the names of other
         powered-down nodes). Without scontrol at all: False at once, no retries."""
         if not self.available:
-            log.warning("scontrol %s: %s is not on PATH", " ".join(args), self.command)
+            log.warning("scontrol %s: %s is not on PATH", _shown(args), self.command)
             return False
         for attempt in range(tries):
             if self._run(*args) is not None:
@@ -124,3 +164,18 @@ class Scontrol:
             if attempt + 1 < tries:
                 time.sleep(1.0)
         return False
+
+
+def is_powered_down(state: str) -> bool:
+    """A node's ``State=`` (``IDLE+CLOUD+POWERED_DOWN``): powered down and staying so."""
+    flags = set(state.upper().split("+"))
+    return "POWERED_DOWN" in flags and "POWERING_UP" not in flags
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _shown(args: Sequence[str]) -> str:
+    """A command line for the log: a long argument (a node list) cut short."""
+    return " ".join(_cut(a, MAX_LOGGED_ARG) for a in args)

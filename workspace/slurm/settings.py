@@ -3,7 +3,7 @@ mapping from Slurm nodes to workspaces.
 
 The config file (``/etc/workspace/slurm.toml``, or ``--config``)::
 
-    service = "ws.example.org:7000"      # or "unix:/path"; replicas comma-separated
+    service = "ws.example.org:7070"      # or "unix:/path"; replicas comma-separated
     identity = "/etc/workspace/slurm-identity"   # ws-admin pki issue user slurm --out ...
     log_file = "/var/log/ws-slurm.log"
     controller = "10.0.0.1"              # slurmctld's address, as the VMs reach it

@@ -1,0 +1,259 @@
+"""ws-slurm's faults as Slurm sees them: what is marked DOWN (with which ``ws: `` reason)
+and powered down when ws-slurm cannot do its work (identity, config, a suspend that
+cannot destroy), the leftovers a later run destroys, and ``check``'s findings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_slurm_program import FakeScontrol, Run, _reset_logging, run
+from workspace import errors
+from workspace.slurm import cli
+from workspace.slurm.hostlist import brief
+from workspace.slurm.scontrol import Scontrol, is_powered_down
+
+__all__ = ["_reset_logging", "run"]  # the fixtures, used here
+
+REVOKED = errors.PermissionDenied("the certificate of user:slurm has been revoked")
+
+
+def test_a_revoked_identity_reaches_slurm_for_every_command(run: Run) -> None:
+    assert run("resume", "c1") == 0
+    run.service.refusal = REVOKED
+    assert run("resume", "c[2-3]") == 1
+    reason = (
+        "ws: the workspace service refused ws-slurm: the certificate of user:slurm has been revoked"
+    )
+    assert run.scontrol.down == {"c2": reason, "c3": reason}
+    assert run.scontrol.powered_down == ["c2", "c3"]  # their jobs requeued now
+    assert run("suspend", "c1") == 1
+    assert run.scontrol.down["c1"] == (
+        "ws: suspend could not check for its workspace: the workspace service refused "
+        "ws-slurm: the certificate of user:slurm has been revoked"
+    )
+    assert run("resume-fail", "c4") == 1
+    assert run.scontrol.down["c4"].startswith(
+        "ws: did not register in ResumeTimeout; could not clean up: the workspace service "
+        "refused ws-slurm: the certificate"
+    )
+
+
+def test_a_missing_identity_is_a_config_error_told_to_slurm(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run.config.write_text(
+        run.config.read_text() + 'identity = "/nope/ident"\nservice = "unix:/nonexistent/ws.sock"\n'
+    )
+    # No client given: ws-slurm connects as it does under slurmctld.
+    code = cli.main(["--config", str(run.config), "resume", "c[1-2]"], None, run.scontrol)
+    assert code == 2
+    reason = run.scontrol.down["c1"]
+    assert reason.startswith("ws: config: identity directory /nope/ident not found"), reason
+    assert set(run.scontrol.down) == {"c1", "c2"}
+    assert run.scontrol.powered_down == ["c1", "c2"]
+    assert "identity directory /nope/ident not found" in run.text()
+
+
+@pytest.mark.parametrize(
+    ("command", "powered"),
+    [("resume", ["c1", "c2"]), ("suspend", []), ("resume-fail", [])],
+)
+def test_a_config_error_marks_the_nodes_down_and_is_logged(
+    run: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    powered: list[str],
+) -> None:
+    # As under slurmctld: $WS_SLURM_CONFIG does not reach it, the default file is absent.
+    default_log = run.tmp / "default.log"
+    monkeypatch.setattr(cli, "DEFAULT_LOG", str(default_log))
+    missing = run.tmp / "no-such.toml"
+    code = cli.main(["--config", str(missing), command, "c[1-2]"], run.service, run.scontrol)
+    assert code == 2
+    reason = run.scontrol.down["c1"]
+    assert "config file " in reason and "no-such.toml" in reason, reason
+    assert set(run.scontrol.down) == {"c1", "c2"}
+    assert run.scontrol.powered_down == powered
+    assert "no-such.toml" in capsys.readouterr().err
+    assert "no-such.toml" in default_log.read_text()
+
+
+def test_a_suspend_after_a_refused_resume_keeps_the_resumes_reason(run: Run) -> None:
+    """Seen with Slurm 22.05: resume's POWER_DOWN makes slurmctld run suspend at once;
+    with the same config error, suspend must not replace the cause with its own words."""
+    (run.tmp / "nodes.toml").write_text("[[node]]\n")
+    assert run("resume", "c1") == 2
+    first = run.scontrol.down["c1"]
+    assert run("suspend", "c1") == 2
+    assert run.scontrol.down["c1"] == first
+    # A node that is not DOWN is marked: its workspace may be left.
+    assert run("suspend", "c2") == 2
+    assert run.scontrol.down["c2"].startswith("ws: suspend could not check for its workspace: ")
+
+
+def test_a_broken_mapping_file_marks_the_nodes_down(run: Run) -> None:
+    (run.tmp / "nodes.toml").write_text("[[node]]\n")
+    assert run("resume", "c1") == 2
+    assert run.scontrol.down["c1"].startswith("ws: config: ")
+    assert "has no image" in run.scontrol.down["c1"]
+    assert "has no image" in run.text()  # the config's own log file: it could be read
+
+
+def test_a_failed_destroy_marks_the_node_down_naming_the_workspace(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("resume", "c[1-2]") == 0
+
+    def refuse(id: str) -> None:
+        raise errors.FailedPrecondition("the node of the workspace is away")
+
+    monkeypatch.setattr(run.service, "destroy_workspace", refuse)
+    assert run("suspend", "c[1-2]") == 1
+    assert run.scontrol.down["c1"] == (
+        "ws: suspend could not destroy workspace c1: the node of the workspace is away"
+    )
+    assert set(run.scontrol.down) == {"c1", "c2"}
+
+
+def test_an_unreachable_service_mid_suspend_fails_the_rest(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("resume", "c[1-3]") == 0
+    real = run.service.destroy_workspace
+    done: list[str] = []
+
+    def flaky(id: str) -> object:
+        if done:
+            raise errors.Unavailable("cannot reach the workspace service")
+        done.append(id)
+        return real(id)
+
+    monkeypatch.setattr(run.service, "destroy_workspace", flaky)
+    assert run("suspend", "c[1-3]") == 3
+    assert run.names() == ["c2", "c3"]
+    assert set(run.scontrol.down) == {"c2", "c3"}
+    assert run.scontrol.down["c2"].startswith(
+        "ws: suspend could not destroy workspace c2: the workspace service cannot be reached"
+    )
+
+
+def test_a_later_run_destroys_workspaces_of_powered_down_nodes(run: Run) -> None:
+    assert run("resume", "c[1-4]") == 0
+    run.scontrol.node_states = {
+        "c1": "DOWN+CLOUD+POWERED_DOWN",  # a suspend failed: the leftover
+        "c2": "IDLE+CLOUD+POWERED_DOWN+POWERING_UP",  # being resumed again: keep
+        "c3": "ALLOCATED+CLOUD",  # running a job: keep
+        "c4": "IDLE+CLOUD+POWERED_DOWN",  # this run's own node: handled by the command
+    }
+    assert run("resume", "c4") == 0
+    assert run.names() == ["c2", "c3", "c4"]
+    assert "node c1 is powered down in Slurm but still has a workspace" in run.text()
+    # Without scontrol's answer nothing is destroyed.
+    run.scontrol.node_states = {"c2": "IDLE+CLOUD+POWERED_DOWN"}
+    run.scontrol.states = lambda nodes: None  # type: ignore[method-assign]
+    assert run("suspend", "c9") == 0
+    assert run.names() == ["c2", "c3", "c4"]
+
+
+def test_powered_down_states() -> None:
+    assert is_powered_down("IDLE+CLOUD+POWERED_DOWN")
+    assert is_powered_down("DOWN+CLOUD+POWERED_DOWN+NOT_RESPONDING")
+    assert not is_powered_down("IDLE+CLOUD+POWERED_DOWN+POWERING_UP")
+    assert not is_powered_down("IDLE+CLOUD+POWER_DOWN+NOT_RESPONDING+POWERING_UP")
+    assert not is_powered_down("ALLOCATED+CLOUD")
+
+
+def test_scontrol_force_and_show_node(tmp_path: Path) -> None:
+    record = tmp_path / "argv"
+    fake = tmp_path / "scontrol"
+    fake.write_text(
+        f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n'
+        'if [ "$1" = show ]; then\n'
+        "  echo 'NodeName=c1 Arch=x86_64 State=DOWN+CLOUD+POWERED_DOWN Reason=ws: x'\n"
+        "  echo 'NodeName=c2 State=IDLE+CLOUD+POWERED_DOWN+POWERING_UP'\n"
+        "fi\n"
+    )
+    fake.chmod(0o755)
+    sc = Scontrol(str(fake))
+    assert sc.power_down(["c3", "c4"], force=True)
+    assert sc.powered_off(["c1", "c2"]) == {"c1"}
+    force, show = record.read_text().splitlines()
+    assert force == "update|NodeName=c[3-4]|State=POWER_DOWN_FORCE|"
+    assert show == "show|node|-o|c[1-2]|"
+
+
+def test_long_node_lists_are_short_in_the_log(run: Run) -> None:
+    names = [f"n{i}x" for i in range(1000)]  # no runs to bracket
+    text = brief(names)
+    assert len(text) < 160 and text.endswith(" more"), text
+    assert brief(["c1", "c2", "c3"]) == "c[1-3]"
+    fake = run.tmp / "scontrol"
+    fake.write_text('#!/bin/sh\necho "Invalid node name specified" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    assert not Scontrol(str(fake)).set_down(names, "why", tries=1)
+
+
+def test_lone_node_log_lines_name_the_node_once(run: Run) -> None:
+    assert run("resume", "c1") == 0
+    assert run("resume", "c1") == 0
+    text = run.text()
+    assert "node c1: node c1" not in text
+    assert "node c1 already has workspace c1" in text
+
+
+def test_check_flags_what_resume_would_refuse(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    (run.tmp / "nodes.toml").write_text(
+        '[[node]]\nnames = "Node_A"\nimage = "slurm"\n\n'
+        '[[node]]\nnames = "g1"\nimage = "gone"\n\n'
+        '[[node]]\nnames = "p1"\nimage = "plain"\n\n'
+        '[[node]]\nnames = "c1"\nimage = "slurm"\n'
+    )
+    run.service.images["plain"] = "none"
+    assert run("check", "c1") == 0
+    assert run("check", "Node_A") == 1
+    assert "cannot be a workspace name" in capsys.readouterr().out
+    assert run("check", "g1,p1") == 1
+    out = capsys.readouterr().out
+    assert "image gone is not in the service" in out
+    assert "image plain takes no user-data (context none)" in out
+    run.service.unreachable = True
+    assert run("check", "c1") == 3
+    assert "images not checked: the workspace service cannot be reached" in capsys.readouterr().out
+
+
+def test_check_finds_a_missing_identity(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    run.config.write_text(run.config.read_text() + 'identity = "/nope/ident"\n')
+    assert run("check", "c1") == 1
+    assert "identity directory /nope/ident not found" in capsys.readouterr().out
+
+
+def test_check_without_a_hostlist_is_a_usage_error(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run("check")
+    assert exit_.value.code == 2
+    assert "HOSTLIST" in capsys.readouterr().err
+
+
+def test_a_bad_hostlist_is_said_on_stderr(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("check", "c[1-") == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1  # once, not logged and printed
+    assert run("suspend", "c[1-") == 2
+    assert "c[1-" in capsys.readouterr().err  # stderr is no terminal here
+    assert "c[1-" in run.text()
+
+
+def test_check_writes_no_log_file(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """A person runs check, often as root: a log file it made would be root's, and
+    SlurmUser could not write it later. Its log lines go to stderr."""
+    run.scontrol = Scontrol("scontrol-not-here")
+    assert run("check", "c1") == 0
+    assert not run.log.exists()
+
+
+def test_fake_scontrol_is_a_scontrol() -> None:
+    assert isinstance(FakeScontrol(), Scontrol)

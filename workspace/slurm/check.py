@@ -1,0 +1,94 @@
+"""``ws-slurm check HOSTLIST``: what resume would create for the nodes, and everything
+resume would refuse, found before Slurm needs the nodes (nothing is changed).
+
+Per node: its rule (image, size), its user-data, and whether its name can be a workspace
+name. Then ws-slurm's own ground: the identity directory, and, when the service answers,
+each image (``GetImage``): that it exists for ws-slurm's user and takes user-data (an
+image whose ``context`` is ``none`` would boot without the user-data that starts slurmd).
+Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
+the service could not be asked (the rest was checked).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from workspace import errors
+from workspace.slurm.context import ContextError, user_data
+from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, WORKSPACE_NAME_RE
+from workspace.slurm.scontrol import Scontrol
+from workspace.slurm.settings import Settings, Unmapped
+from workspace.v1 import images_pb2
+
+
+class Images(Protocol):
+    def get_image(self, name: str) -> images_pb2.Image: ...
+
+
+def check(
+    s: Settings,
+    scontrol: Scontrol,
+    nodes: Sequence[str],
+    connect: Callable[[], Images],
+    out: Callable[[str], None] = print,
+) -> int:
+    features = scontrol.features(nodes)
+    status = EXIT_OK
+    images: dict[str, list[str]] = {}
+    for n in nodes:
+        try:
+            spec = s.resolve(n, features.get(n, frozenset()))
+            size = len(user_data(spec, s))
+        except (Unmapped, ContextError) as exc:
+            out(f"{n}: {exc}")
+            status = EXIT_FAILED
+            continue
+        if not WORKSPACE_NAME_RE.fullmatch(n):
+            out(
+                f"{n}: the Slurm node name cannot be a workspace name (lowercase letters, "
+                "digits and '-', at most 63): resume would refuse it"
+            )
+            status = EXIT_FAILED
+            continue
+        images.setdefault(spec.image, []).append(n)
+        out(
+            f"{n}: image {spec.image}, cpus {spec.cpus or 'default'}, memory_mib "
+            f"{spec.memory_mib or 'default'} (rule {spec.rule + 1}), user-data {size} bytes"
+        )
+    if s.identity and not os.path.isdir(os.path.expanduser(s.identity)):
+        out(
+            f"identity directory {s.identity} not found: resume would fail (make one with "
+            "`ws-admin pki issue user slurm --out DIR`)"
+        )
+        return EXIT_FAILED
+    if not images:
+        return status
+    try:
+        service = connect()
+        for image, users in images.items():
+            problem = _image_problem(service, image)
+            if problem:
+                out(f"{', '.join(users[:5])}{' ...' if len(users) > 5 else ''}: {problem}")
+                status = EXIT_FAILED
+    except errors.Unavailable as exc:
+        out(f"images not checked: the workspace service cannot be reached: {exc.message}")
+        return status or EXIT_UNREACHABLE
+    except errors.WorkspaceError as exc:
+        out(f"images not checked: the workspace service refused ws-slurm: {exc.message}")
+        return EXIT_FAILED
+    return status
+
+
+def _image_problem(service: Images, image: str) -> str:
+    try:
+        img = service.get_image(image)
+    except errors.NotFound:
+        return f"image {image} is not in the service (or not visible to ws-slurm's user)"
+    if img.context != "nocloud":
+        return (
+            f"image {image} takes no user-data (context {img.context or 'none'}): slurmd "
+            "would never be started; use an image with context nocloud"
+        )
+    return ""
