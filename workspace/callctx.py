@@ -33,9 +33,7 @@ def current() -> CallContext:
 
 
 @contextlib.contextmanager
-def bound(**fields: str) -> Iterator[CallContext]:
-    """The current context with ``fields`` replaced, for the block."""
-    ctx = replace(_current.get(), **fields)
+def _within(ctx: CallContext) -> Iterator[CallContext]:
     token = _current.set(ctx)
     try:
         yield ctx
@@ -47,16 +45,19 @@ def bound(**fields: str) -> Iterator[CallContext]:
 
 
 @contextlib.contextmanager
+def bound(**fields: str) -> Iterator[CallContext]:
+    """The current context with ``fields`` replaced, for the block."""
+    with _within(replace(_current.get(), **fields)) as ctx:
+        yield ctx
+
+
+@contextlib.contextmanager
 def system() -> Iterator[CallContext]:
     """The service's own context ("system") for the block, even in a call's thread (work
     a call only happens to set off, such as marking the nodes of a new CRL's revoked
     certificates DOWN, is not that caller's)."""
-    token = _current.set(_NONE)
-    try:
-        yield _NONE
-    finally:
-        with contextlib.suppress(ValueError):
-            _current.reset(token)
+    with _within(_NONE) as ctx:
+        yield ctx
 
 
 def note(**fields: str) -> None:
