@@ -134,9 +134,7 @@ def _free(s: Session, ws: Workspace) -> list[str]:
     """``ws``'s addresses (and their MACs) back to their pools, its node's claim released;
     returns the addresses."""
     ips: list[str] = []
-    for alloc in s.execute(
-        select(IpAllocation).where(IpAllocation.workspace_id == ws.id).order_by(IpAllocation.id)
-    ).scalars():
+    for alloc in _allocations(s, ws):
         ips.append(alloc.ip)
         s.delete(alloc)
     if ws.node:
@@ -174,12 +172,7 @@ def terminate_unconfirmed(env: Env, s: Session, ws: Workspace, reason: str) -> N
     if not ws.node or s.get(Node, ws.node) is None:  # never placed, or no node left
         release(env, s, ws, reason)
         return
-    ips = [
-        a.ip
-        for a in s.execute(
-            select(IpAllocation).where(IpAllocation.workspace_id == ws.id).order_by(IpAllocation.id)
-        ).scalars()
-    ]
+    ips = [a.ip for a in _allocations(s, ws)]
     ws.state = State.TERMINATED.value
     ws.desired_state = Desired.TERMINATED.value
     what = _addresses(ips) + " and its" if ips else "its"
@@ -193,6 +186,20 @@ def terminate_unconfirmed(env: Env, s: Session, ws: Workspace, reason: str) -> N
         ws.node,
         _addresses(ips) if ips else "its capacity",
     )
+
+
+def _allocations(s: Session, ws: Workspace) -> list[IpAllocation]:
+    """``ws``'s addresses, in the order they were given."""
+    q = select(IpAllocation).where(IpAllocation.workspace_id == ws.id).order_by(IpAllocation.id)
+    return list(s.execute(q).scalars())
+
+
+def is_held(s: Session, ws: Workspace) -> bool:
+    """Whether ``ws`` is TERMINATED and still holds addresses or a claim (``held_on``'s
+    test, for one row already at hand)."""
+    if ws.state != State.TERMINATED.value:
+        return False
+    return ws.claimed_cpus > 0 or ws.claimed_memory_mib > 0 or bool(_allocations(s, ws))
 
 
 def held_on(s: Session, node_name: str) -> list[Workspace]:

@@ -17,7 +17,7 @@ from workspace.domain.states import Desired, NodeState, Observed, State, state_f
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from workspace.ops import netpolicy, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
-from workspace.ops.lifecycle import confirm_gone, held_on, release
+from workspace.ops.lifecycle import confirm_gone, held_on, is_held, release
 from workspace.ops.order_size import MAX_SOURCES
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
@@ -318,7 +318,7 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         if ws is None or ws.node != r.node:
             continue
         if ws.state == State.TERMINATED.value:
-            if Observed(obs.state) is Observed.ABSENT and ws in held_on(u.s, r.node):
+            if Observed(obs.state) is Observed.ABSENT and is_held(u.s, ws):
                 confirm_gone(env, u.s, ws, f"node {r.node} confirmed the VM is gone")
                 u.changed(ws)
             continue
