@@ -90,22 +90,23 @@ class Catalog:
         make images of the blob from now on (ops/blob_access.py); None: a node sending a
         saved disk, which its save vouches for."""
         env = self.env
+        sender = as_identity(who) if who is not None else None
         tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes)
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
             # file between the rename and the row.
             over_quota = refusals.recorded(env.store, env.notifier, env.clock, digest)
             with over_quota, env.store.write() as s:
-                if who is not None:
-                    self._check_upload_quota(s, as_identity(who), digest, size)
+                if sender is not None:
+                    self._check_upload_quota(s, sender, digest, size)
                 self.blobs.commit(tmp, digest)
                 row = s.get(Blob, digest)
                 if row is None:
                     s.add(Blob(digest=digest, size_bytes=size, created_at=env.clock()))
                 else:  # uploaded again: its grace period starts again
                     row.created_at = env.clock()
-                if who is not None:
-                    blob_access.record_holder(s, digest, as_identity(who).principal, env.clock())
+                if sender is not None:
+                    blob_access.record_holder(s, digest, sender.principal, env.clock())
         finally:
             tmp.unlink(missing_ok=True)
         log.info("blob %s stored (%d bytes)", digest, size)
@@ -126,10 +127,9 @@ class Catalog:
         if quota <= 0:
             return
         counted = self._counted(s, who)
-        sizes = self._sizes(s, counted)
-        used = sum(sizes.values())
-        if digest in counted:
+        if digest in counted:  # counted already: sending it again costs nothing
             return
+        used = sum(self._sizes(s, counted).values())
         if used + size > quota:
             raise ResourceExhausted(
                 f"repository quota of {who.name} exceeded: {used} of {quota} bytes used "
