@@ -37,8 +37,6 @@ log = logging.getLogger("workspace.rpc")
 
 # Generous message size: console tails and blob chunks.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# The name a TLS client expects in the certificate of the service (a peer: its node's).
-SERVICE_TLS_NAME = identity.SERVICE_TLS_NAME
 # The key of the peer's certificate (PEM) in a call's auth context.
 PEER_CERT_KEY = "x509_pem_cert"
 _OPTIONS = [
@@ -138,7 +136,7 @@ def expected_name(node: str = "") -> str:
     """The DNS name a server's certificate must carry: the service's, or node ``node``'s."""
     if node:
         return identity.tls_name(identity.Kind.NODE, identity.check_name(identity.Kind.NODE, node))
-    return SERVICE_TLS_NAME
+    return identity.SERVICE_TLS_NAME
 
 
 def server(

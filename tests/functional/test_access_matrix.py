@@ -102,7 +102,7 @@ def connect(cfg: ServiceConfig, ca_file: Path, identity_dir: Path | None) -> Cal
         private_key=(identity_dir / "key.pem").read_bytes() if identity_dir else None,
         certificate_chain=(identity_dir / "cert.pem").read_bytes() if identity_dir else None,
     )
-    options = [("grpc.ssl_target_name_override", rpc.SERVICE_TLS_NAME)]
+    options = [("grpc.ssl_target_name_override", rpc.expected_name())]
     return Caller.of(
         grpc.secure_channel(cfg.listen, creds, options=options),
         grpc.secure_channel(cfg.node_address, creds, options=options),
