@@ -15,6 +15,7 @@ from workspace.config import SchedulerConfig
 from workspace.errors import InvalidArgument
 from workspace.scheduler import Affinity, NodeView, Request, place, place_group, replay
 from workspace.scheduler.explain import explain_file
+from workspace.scheduler.explain import main as explain_main
 from workspace.scheduler.preempt import Victim, cost, plan, victims_to_dicts
 
 # No overhead and no overcommit: the arithmetic in the tests is the node's.
@@ -199,9 +200,16 @@ def test_explain_says_what_preemption_would_do(tmp_path: Path) -> None:
         "workspace(s): b0 on b" in text
     )
     assert result.to_dict()["preemption"]["victims"] == [{"id": "b0", "node": "b"}]
+    # A normal create would be placed, so the replay says so and exits 0, not "does not fit".
+    assert result.fits and result.to_dict()["fits"] and not result.to_dict()["placed"]
+    assert text.startswith("Placement: placed only by preempting 1 preemptible workspace(s) (")
+    assert explain_main([str(path)]) == 0
     doc["requests"][0]["memory_mib"] = 16384
     path.write_text(json.dumps(doc))
-    assert "would not fit by preemption either" in explain_file(path).render_text()
+    refused = explain_file(path)
+    assert "would not fit by preemption either" in refused.render_text()
+    assert not refused.fits and refused.headline().startswith("does not fit (")
+    assert explain_main([str(path)]) == 1
 
 
 def test_explain_refuses_malformed_victims(tmp_path: Path) -> None:

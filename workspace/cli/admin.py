@@ -154,7 +154,7 @@ class Commands(common.ClientCommands):
         else:
             sys.stdout.write(result.render_text())
             sys.stdout.flush()
-        if result.placement.placements is None:
+        if not result.fits:
             common.error(PROG, result.headline())
             return common.EXIT_REQUEST
         return common.EXIT_OK

@@ -7,7 +7,9 @@ same consumed snapshot, so the explanation is of what the service would do.
 
     python -m workspace.scheduler.explain FILE [--output json]
 
-(``ws-admin schedule explain FILE``). Exit status: 0 placed, 1 does not fit, 2 bad input.
+(``ws-admin schedule explain FILE``). Exit status: 0 placed (on free capacity, or for a
+normal request by preempting preemptible workspaces, as a live create would), 1 does not
+fit, 2 bad input.
 """
 
 from __future__ import annotations
@@ -100,6 +102,13 @@ class Explanation:
     preemption: Plan | None = None
     victims_given: bool = False
 
+    @property
+    def fits(self) -> bool:
+        """A normal request would be placed: on free capacity, or by preemption."""
+        if self.placement.placements is not None:
+            return True
+        return self.preemption is not None and self.preemption.placement.placements is not None
+
     def preemption_text(self) -> str:
         if not self.victims_given or self.placement.placements is not None:
             return ""
@@ -115,6 +124,13 @@ class Explanation:
 
     def headline(self) -> str:
         setting = f"policy {self.policy}, affinity {self.affinity.name}, {self.node_count} node(s)"
+        if self.fits and self.placement.placements is None:
+            assert self.preemption is not None
+            return (
+                f"placed only by preempting {len(self.preemption.victims)} preemptible "
+                f"workspace(s) ({setting}); a preemptible request does not fit: "
+                f"{self.placement.reason()}"
+            )
         if self.placement.placements is None:
             return (
                 f"does not fit ({setting}): member {self.placement.failed_member} does not fit: "
@@ -165,6 +181,7 @@ class Explanation:
             "affinity": self.affinity.name,
             "nodes": self.node_count,
             "placed": p.placements is not None,
+            "fits": self.fits,
             "failed_member": p.failed_member,
             "reason": p.reason(),
             "placements": None
@@ -309,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m workspace.scheduler.explain",
         description="Replay a saved scheduler input; print the placement and every node's "
-        "verdict per request. Exit status: 0 placed, 1 does not fit, 2 bad input.",
+        "verdict per request. Exit status: 0 placed (by preemption, for a normal request, "
+        "if need be), 1 does not fit, 2 bad input.",
     )
     parser.add_argument("file", metavar="FILE", help='scheduler input JSON ("-" for stdin)')
     parser.add_argument("--output", choices=("text", "json"), default="text")
@@ -326,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     else:
         sys.stdout.write(result.render_text())
-    return 0 if result.placement.placements is not None else 1
+    return 0 if result.fits else 1
 
 
 if __name__ == "__main__":
