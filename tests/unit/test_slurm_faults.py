@@ -56,6 +56,23 @@ def test_a_missing_identity_is_a_config_error_told_to_slurm(
     assert "identity directory /nope/ident not found" in run.text()
 
 
+def test_no_service_address_is_a_config_error_told_to_slurm(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The config names no service, slurmctld passes no $WS_SERVICE, and no local site exists.
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    monkeypatch.setenv("WS_SITE_DIR", str(tmp_path / "no-site"))
+    text = run.config.read_text()
+    assert "service =" not in text  # the fixture's config relies on the client it is given
+    code = cli.main(["--config", str(run.config), "resume", "c[1-2]"], None, run.scontrol)
+    assert code == 2  # a config error, not "the service cannot be reached" (3)
+    reason = run.scontrol.down["c1"]
+    assert reason.startswith("ws: config has no service address: set service"), reason
+    assert run.scontrol.powered_down == ["c1", "c2"]
+    assert cli.main(["--config", str(run.config), "check", "c1"], None, run.scontrol) == 1
+    assert "config has no service address" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("command", "powered"),
     [("resume", ["c1", "c2"]), ("suspend", []), ("resume-fail", [])],

@@ -75,6 +75,9 @@ def check(
     except errors.Unavailable as exc:
         out(f"images not checked: the workspace service cannot be reached: {exc.message}")
         return status or EXIT_UNREACHABLE
+    except errors.ConfigError as exc:
+        out(f"{exc.message}: resume would fail")
+        return EXIT_FAILED
     except errors.WorkspaceError as exc:
         out(f"images not checked: the workspace service refused ws-slurm: {exc.message}")
         return EXIT_FAILED

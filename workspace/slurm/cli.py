@@ -38,6 +38,7 @@ from typing import cast
 
 from workspace import errors, version
 from workspace.client import Client
+from workspace.client_address import ServiceNotConfigured
 from workspace.slurm import program
 from workspace.slurm.check import Images, check
 from workspace.slurm.hostlist import HostlistError
@@ -176,7 +177,17 @@ def resume_file(path: str, text: str | None) -> ResumeFile | None:
 
 
 def connect(s: Settings) -> Client:
-    return Client.from_env(s.service or None, identity=s.identity or None, timeout_s=s.timeout_s)
+    """A client of the configured service; no address anywhere is a ConfigError (the config
+    file's ``service`` is what slurmctld's programs have: it passes them no $WS_SERVICE)."""
+    try:
+        return Client.from_env(
+            s.service or None, identity=s.identity or None, timeout_s=s.timeout_s
+        )
+    except ServiceNotConfigured as exc:
+        raise errors.ConfigError(
+            f'config has no service address: set service = "host:port" in the ws-slurm '
+            f"config ({exc.message})"
+        ) from None
 
 
 def config_reason(message: str) -> str:
