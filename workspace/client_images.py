@@ -19,7 +19,15 @@ from images import manifest as image_manifest
 from images import signing
 from workspace import errors
 from workspace.codec import v1 as codec_v1
-from workspace.v1 import common_pb2, images_pb2, images_pb2_grpc, trust_pb2, trust_pb2_grpc
+from workspace.v1 import (
+    common_pb2,
+    images_pb2,
+    images_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
+    trust_pb2,
+    trust_pb2_grpc,
+)
 
 T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
@@ -43,9 +51,11 @@ class PushResult:
 
 
 class ImagesClientMixin:
-    """Needs ``_call``, ``_images``, ``_trust`` and ``get_workspace`` from the Client."""
+    """Needs ``_call``, ``_images``, ``_projects``, ``_trust`` and ``get_workspace`` from
+    the Client."""
 
     _images: images_pb2_grpc.ImagesStub
+    _projects: projects_pb2_grpc.ProjectsStub
     _trust: trust_pb2_grpc.TrustStub
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
@@ -247,6 +257,8 @@ class ImagesClientMixin:
         raw or qcow2 or that changes during the push.
         """
         fmts = _formats(manifest)  # before anything is hashed or sent
+        if project:  # a project that does not exist, or not the caller's: before a byte
+            self._call(self._projects.GetQuota, projects_pb2.GetQuotaRequest(project=project))
         for attempt in range(2):
             digests = self._hash_files(manifest, progress)
             uploaded, sent = self._send_missing(digests, progress)
