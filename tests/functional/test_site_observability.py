@@ -77,6 +77,14 @@ def test_site_up_serves_metrics_and_events(tmp_path: Path) -> None:
         finally:
             follow.terminate()
             follow.wait(10)
+        # A drained node keeps its drain across the site's restart, and `site up` starts
+        # (it waited for READY, gave up and stopped everything).
+        old_pid = local.read_record(d).service_pid  # type: ignore[union-attr]
+        ok(d, "admin", "site", "down", "--dir", str(d))
+        wait_gone(old_pid, 10.0)
+        ok(d, "admin", "site", "up", "--dir", str(d), "--timeout", "60")
+        nodes = json.loads(ok(d, "admin", "-o", "json", "node", "list").out)
+        assert [(n["name"], n["state"]) for n in nodes] == [("local", "DRAINING")], nodes
         ok(d, "admin", "node", "enable", "local")
     finally:
         record = local.read_record(d)

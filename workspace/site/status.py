@@ -108,8 +108,9 @@ def wait_nodes_ready(
     log_of: LogOf,
     tls: TlsConfig | None = None,
 ) -> None:
-    """Until every node of ``names`` is registered and READY."""
-    ready = admin_pb2.NodeState.NODE_STATE_READY
+    """Until every node of ``names`` is registered and up: READY, or DRAINING (an admin's
+    drain outlives the site's restart; the node is up and keeps it)."""
+    up = (admin_pb2.NodeState.NODE_STATE_READY, admin_pb2.NodeState.NODE_STATE_DRAINING)
     waiting = list(names)
     last = "not registered"
     with Client(address, tls, timeout_s=5.0) as client:
@@ -118,7 +119,7 @@ def wait_nodes_ready(
             try:
                 nodes = {n.name: n for n in client.list_nodes()}
                 waiting = [
-                    name for name in waiting if name not in nodes or nodes[name].state != ready
+                    name for name in waiting if name not in nodes or nodes[name].state not in up
                 ]
                 if not waiting:
                     return
