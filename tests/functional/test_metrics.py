@@ -151,6 +151,13 @@ def test_service_and_agent_metrics_pass_promtool_and_count(metered: Site) -> Non
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"workspace_[a-z_]+", e)}
     assert used and used <= exposed, used - exposed
+    # Gauges read from the database are the same on every replica: a panel takes one
+    # replica's value (max), never their sum (two replicas showed twice the workspaces).
+    shared = ("workspace_workspaces", "workspace_nodes", "workspace_queue_", "workspace_node_")
+    for e in exprs:
+        for m in re.finditer(r"(max(?: by \([a-z, ]+\))? ?\()?(workspace_[a-z_]+)\{", e):
+            if m.group(2).startswith(shared) and not m.group(2).endswith(("_bucket", "_total")):
+                assert m.group(1), f"{m.group(2)} not taken once per replica in {e}"
 
 
 def test_queue_metrics(metered: Site) -> None:
