@@ -361,7 +361,14 @@ class ServiceConfig:
         check_min(
             self,
             "",
-            ("preempt_grace_s", "lease_warning_s", "autoscale_cooldown_s", "blob_grace_s"),
+            (
+                "preempt_grace_s",
+                "lease_warning_s",
+                "autoscale_cooldown_s",
+                "blob_grace_s",
+                "default_stop_timeout_s",
+                "console_keep_bytes",
+            ),
             0,
         )
         at_least_1 = (
@@ -442,6 +449,10 @@ class NodeNetworkConfig:
     uplink: str = ""
 
 
+# The agent's hypervisor drivers (agent/virt/__init__.py ``make_driver``).
+AGENT_DRIVERS = ("fake", "libvirt")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     node: str = field(default_factory=socket.gethostname)
@@ -497,6 +508,27 @@ class AgentConfig:
     def __post_init__(self) -> None:
         check_log_format(self.log_format)
         check_log_level(self.log_level)
+        if self.driver not in AGENT_DRIVERS:
+            raise ConfigError(
+                f"driver: unknown driver {self.driver!r} (choose {' or '.join(AGENT_DRIVERS)})"
+            )
+        if self.libvirt.virt_type not in ("kvm", "qemu"):
+            raise ConfigError(
+                f"libvirt.virt_type: {self.libvirt.virt_type!r} is neither 'kvm' nor 'qemu'"
+            )
+        check_min(self, "", ("resync_interval_s",), 0, above=True)
+        at_least_1 = ("max_parallel_ops", "exec_parallel", "prefetch_parallel")
+        check_min(self, "", at_least_1, 1)
+        zero_or_more = (
+            "cpus",
+            "memory_mib",
+            "disk_gib",
+            "disk_mbps",
+            "net_mbps",
+            "cache_budget_bytes",
+            "exec_max_output_bytes",
+        )
+        check_min(self, "", zero_or_more, 0)
 
     @property
     def cache_path(self) -> Path:

@@ -264,6 +264,15 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
         (ServiceConfig, {"scheduler": {"reserved_cpus": -1}}, "scheduler.reserved_cpus"),
         (ServiceConfig, {"heartbeat_interval_s": 0}, "heartbeat_interval_s: must be at least 1"),
         (ServiceConfig, {"node_grace_s": 0}, "node_grace_s: must be at least 1"),
+        (ServiceConfig, {"default_stop_timeout_s": -1}, "default_stop_timeout_s: must be 0 or"),
+        (ServiceConfig, {"console_keep_bytes": -5}, "console_keep_bytes: must be 0 or more"),
+        (AgentConfig, {"driver": "xen"}, "driver: unknown driver 'xen' (choose fake or libvirt)"),
+        (AgentConfig, {"libvirt": {"virt_type": "xen"}}, "libvirt.virt_type: 'xen' is neither"),
+        (AgentConfig, {"max_parallel_ops": 0}, "max_parallel_ops: must be at least 1"),
+        (AgentConfig, {"exec_parallel": 0}, "exec_parallel: must be at least 1"),
+        (AgentConfig, {"resync_interval_s": 0}, "resync_interval_s: must be more than 0"),
+        (AgentConfig, {"cache_budget_bytes": -1}, "cache_budget_bytes: must be 0 or more"),
+        (AgentConfig, {"cpus": -4}, "cpus: must be 0 or more, got -4"),
     ],
 )
 def test_values_a_daemon_cannot_run_with_are_refused_at_load(
