@@ -109,6 +109,23 @@ def test_every_cluster_member_gets_the_lease(site: Site) -> None:
     assert [m.lease_expires_at for m in c.members] == [site.clock.now + HOUR] * 3
 
 
+def test_a_clusters_members_share_one_lease_end_when_the_clock_moves(site: Site) -> None:
+    """Each member's row reads the clock; under load a second passed between two of them
+    and the members' leases ended a second apart (and a grow copied the first's)."""
+    start = site.clock.now
+
+    def ticking() -> float:
+        site.clock.now += 0.7
+        return site.clock.now
+
+    members = (MemberSpec(role="head", image="img"), MemberSpec(role="w", image="img", count=3))
+    tick = dataclasses.replace(env(site), clock=ticking)
+    c = clusters.create(tick, "alice", ClusterRequest("c1", members, lease_s=HOUR))
+    ends = {m.lease_expires_at for m in c.members}
+    assert site.clock.now - start > 1.0  # the clock did move while they were made
+    assert len(ends) == 1 and start + HOUR < ends.pop() < site.clock.now + HOUR
+
+
 def test_extend(site: Site) -> None:
     wid = make(site, "a")
     end = row(site, wid).lease_expires_at

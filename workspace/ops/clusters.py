@@ -134,6 +134,10 @@ def _member_rows(
                 rows.append(new_row(env, s, sc, spec, uuid.uuid4().hex, "", project))
             except WorkspaceError as exc:
                 raise type(exc)(f"cluster {req.name}, member {m.role}: {exc.message}") from exc
+    # One lease for the cluster: each row read the clock for its own (a second apart
+    # under load), and a grow copies the first member's (ops/cluster_scale.py).
+    for w in rows[1:]:
+        w.lease_expires_at = rows[0].lease_expires_at
     return rows
 
 
