@@ -207,6 +207,8 @@ def test_warn_then_stop(site: Site) -> None:
     site.clock.now += HOUR
     assert leases.check(env(site)) == leases.Round()
     assert row(site, wid).state == State.STOPPED.value
+    # Stopped, it still says why (the node's report of the stop carries no reason).
+    assert site.core.get("alice", wid).reason == f"lease expired at {iso_time(end)}"
 
 
 def test_an_ended_lease_must_be_extended_before_a_start(site: Site) -> None:
@@ -247,6 +249,8 @@ def test_warn_then_destroy(site: Site) -> None:
     site.report(wid, ABSENT)
     ws = row(site, wid)
     assert ws.state == State.TERMINATED.value
+    end = ws.lease_expires_at  # gone, it says why, not just "destroyed"
+    assert site.core.get("alice", wid).reason == f"lease expired at {iso_time(end)}"
     assert site.node_usage() == (0, 0)
     # usage stopped at the expiry
     site.clock.now += 10 * HOUR

@@ -16,6 +16,10 @@ class LeaseAction(enum.StrEnum):
     DESTROY = "DESTROY"
 
 
+# The reason a workspace shows once its lease ended (it keeps it when stopped or gone).
+EXPIRED = "lease expired at "
+
+
 def iso_time(epoch_s: float) -> str:
     """``2026-11-30T08:00:00Z``."""
     return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,7 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.domain.events import Kind
-from workspace.domain.leases import LeaseAction, extended_end, iso_time, new_lease_end
+from workspace.domain.leases import (
+    EXPIRED,
+    LeaseAction,
+    extended_end,
+    iso_time,
+    new_lease_end,
+)
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State
 from workspace.errors import FailedPrecondition
@@ -28,9 +34,8 @@ from workspace.store.mapping import set_reason
 
 log = logging.getLogger("workspace.ops.leases")
 
-# The reason a workspace shows once warned, and after the end.
+# The reason a workspace shows once warned (after the end: EXPIRED).
 WARNING = "lease ends at "
-EXPIRED = "lease expired at "
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from images.model import Partition
 from workspace.config import ServiceConfig
+from workspace.domain.leases import EXPIRED
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, Observed, State, state_from_report
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
@@ -309,6 +310,14 @@ def _heartbeat(env: Env, node: Node, r: NodeReport) -> None:
             node.prefetch = left
 
 
+def _end_reason(ws: Workspace) -> str:
+    """What a workspace the node no longer has shows: why the service ended it (its
+    lease, a preemption), else "destroyed"."""
+    if ws.reason.startswith(EXPIRED):
+        return ws.reason
+    return preempt.end_reason(ws, "destroyed")
+
+
 def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
     """Apply what the node saw; returns the ids it reported."""
     seen = set(r.unknown)
@@ -324,7 +333,7 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             continue
         new = state_from_report(State(ws.state), Desired(ws.desired_state), obs.state)
         if new is State.TERMINATED:
-            release(env, u.s, ws, preempt.end_reason(ws, "destroyed"))
+            release(env, u.s, ws, _end_reason(ws))
             u.changed(ws)
             preempt.terminated(u, ws)
             continue
@@ -336,6 +345,8 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
         if new is State.RUNNING and not obs.reason:
             reason = ""
+        if new is State.STOPPED and not obs.reason and old_reason.startswith(EXPIRED):
+            reason = old_reason  # stopped because its lease ended: it keeps saying so
         moved = new is not None and (new.value != ws.state or reason != old_reason)
         if new is not None and moved:
             if new is State.FAILED and ws.state != State.FAILED.value:
@@ -370,7 +381,7 @@ def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
                 )
             ).scalars():
                 if ws.id not in seen:
-                    release(env, u.s, ws, preempt.end_reason(ws, "destroyed"))
+                    release(env, u.s, ws, _end_reason(ws))
                     u.changed(ws)
                     preempt.terminated(u, ws)
             for ws in held_on(u.s, r.node):  # destroyed while the node was DOWN
