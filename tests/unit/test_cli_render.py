@@ -69,6 +69,11 @@ def test_text_tables_use_short_names() -> None:
     assert lines[0].split() == ["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"]
     assert lines[1].split() == ["w1", "alpha", "RUNNING", "img", "1", "512", "-", "10.0.0.2"]
     assert "PAUSED" in lines[2]
+    # Two owners' workspaces (an admin's --all-users) say whose each is.
+    mixed = render.workspace_rows([_ws(owner="ana"), _ws(id="w2", owner="bob", project="chem")])
+    head, first, second = (line.split() for line in mixed.splitlines())
+    assert head[:5] == ["ID", "NAME", "OWNER", "PROJECT", "STATE"]
+    assert first[:5] == ["w1", "alpha", "ana", "-", "RUNNING"] and second[2:4] == ["bob", "chem"]
     show = render.workspace_text(_ws(WS.WORKSPACE_STATE_FAILED, reason="disk full"))
     assert "state       FAILED" in show and "reason      disk full" in show
     assert render.state_line(_ws()) == "alpha (w1): RUNNING"

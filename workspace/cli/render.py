@@ -311,10 +311,15 @@ def limits_text(lim: common_pb2.Limits) -> str:
 
 
 def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
+    """One row per workspace; with more than one owner among them (an admin's
+    ``--all-users``, a project's), OWNER and PROJECT after NAME: two rows named
+    ``c1`` are told apart."""
+    shared = len({ws.owner for ws in items}) > 1
     rows = [
         [
             ws.id,
             ws.name or "-",
+            *((ws.owner, ws.project or "-") if shared else ()),
             state_name(ws.state),
             ws.image,
             ws.cpus,
@@ -324,7 +329,10 @@ def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
         ]
         for ws in items
     ]
-    return table(["ID", "NAME", "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"], rows)
+    who = ("OWNER", "PROJECT") if shared else ()
+    return table(
+        ["ID", "NAME", *who, "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"], rows
+    )
 
 
 def lease_end_text(ws: common_pb2.Workspace) -> str:
