@@ -113,4 +113,8 @@ def test_lost_workspace_still_blocks_node_removal(
     with pytest.raises(grpc.RpcError) as err:
         site.stubs.admin.RemoveNode(admin_pb2.NodeRef(name="node1"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # A DOWN node cannot be drained and stopped: the refusal says what helps.
+    assert err.value.details().startswith(
+        "node node1 is DOWN and still holds 1 workspace(s) (LOST); destroy them first"
+    ), err.value.details()
     assert allocated(site) == 1

@@ -197,7 +197,9 @@ def test_admin_node_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert _admin(["-o", "json", "node", "enable", "n1"], client) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "READY"
     assert _admin(["node", "remove", "n1"], client) == 0
-    assert capsys.readouterr().out == "removed node n1\n"
+    out = capsys.readouterr().out
+    assert out.startswith("removed node n1 (its agent, if it runs again, registers it again")
+    assert "`ws-admin pki revoke node:n1`" in out
     assert [c[0] for c in client.calls] == ["drain_node", "enable_node", "remove_node"]
     refused = FakeClient(fail=errors.FailedPrecondition("node n1 still holds 2 workspace(s)"))
     assert _admin(["node", "remove", "n1"], refused) == 1

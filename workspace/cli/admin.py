@@ -108,7 +108,11 @@ class Commands(common.ClientCommands):
         }[args.node_command]
         node = method(args.name)
         if args.node_command == "remove":
-            text = f"removed node {node.name or args.name}"
+            name = node.name or args.name
+            text = (
+                f"removed node {name} (its agent, if it runs again, registers it again: "
+                f"stop it, or keep it out with `ws-admin pki revoke node:{name}`)"
+            )
         else:
             text = admin_text.node_rows([node])
         render.emit(args, node, text)

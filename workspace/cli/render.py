@@ -330,9 +330,7 @@ def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
         for ws in items
     ]
     who = ("OWNER", "PROJECT") if shared else ()
-    return table(
-        ["ID", "NAME", *who, "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"], rows
-    )
+    return table(["ID", "NAME", *who, "STATE", "IMAGE", "CPUS", "MEMORY_MIB", "NODE", "IP"], rows)
 
 
 def lease_end_text(ws: common_pb2.Workspace) -> str:

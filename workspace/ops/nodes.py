@@ -81,6 +81,12 @@ def remove(env: Env, name: str) -> NodeStatus:
     with env.store.write() as s:
         node = _get(s, name)
         shown = _status(env, s, node)
+        if shown.workspaces and node_state(node) is NodeState.DOWN:
+            raise FailedPrecondition(
+                f"node {name} is DOWN and still holds {shown.workspaces} workspace(s) "
+                "(LOST); destroy them first (`ws list --all-users` shows them; a destroy "
+                "on a DOWN node finishes at once)"
+            )
         if shown.workspaces:
             raise FailedPrecondition(
                 f"node {name} still holds {shown.workspaces} workspace(s); drain it "
