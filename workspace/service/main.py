@@ -310,7 +310,13 @@ class Service:
             # The first pass once leader, then every EVENT_PRUNE_S.
             if self.leader.wait_acting(EVENT_PRUNE_S):
                 try:
-                    site_events.prune(self.env)
+                    pruned = site_events.prune(self.env)
+                    if pruned:
+                        log.info(
+                            "deleted %d site event(s) past event_retention = %r",
+                            pruned,
+                            self.env.cfg.event_retention,
+                        )
                     save.clear_lapsed(self.env)
                 except Exception:
                     log.exception("housekeeping pass failed (site events, lapsed saves)")
