@@ -74,6 +74,8 @@ def test_json_logs_name_the_workspace_of_a_create(tmp_path: Path) -> None:
     created = [x for x in about if "alpha" in x["message"]]
     assert created and created[0]["request_id"] == "req-alpha-1"
     assert created[0]["method"] == "CreateWorkspace" and created[0]["caller"] == "user:local"
+    placed = [x for x in about if "scheduled on node" in x["message"]]
+    assert placed and placed[0]["node"] == "node1", about  # the line names both ids
     agent_lines = json_lines(tmp_path / "a.log")
     assert any(x.get("workspace") == ws.id for x in agent_lines), agent_lines
     assert all(x.get("node") == "node1" for x in agent_lines)

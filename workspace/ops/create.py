@@ -383,7 +383,13 @@ def create_in(
     def answer() -> WorkspaceView:
         view = u.view(wid)
         if touched:
-            log.info("workspace %s (%s) scheduled on node %s", wid, spec.name, view.node)
+            log.info(
+                "workspace %s (%s) scheduled on node %s",
+                wid,
+                spec.name,
+                view.node,
+                extra={"node": view.node},
+            )
         else:
             log.info("workspace %s (%s) waits for capacity: %s", wid, spec.name, view.reason)
         return view
