@@ -137,6 +137,13 @@ def test_the_projects_quota_counts_the_new_size(ready_site: Site) -> None:
     assert "cannot resize q" in why and "vcpus quota of project p" in why
     assert site.stubs.get(w.id).cpus == 2
     assert resize(site, "q", cpus=3).cpus == 3
+    # The admin lowers the quota under what the project uses: a shrink still goes
+    # (it was refused for the quota it brings the project back towards).
+    with Client(site.address) as admin:
+        admin.set_project("p", quota={"vcpus": 1})
+    assert resize(site, "q", cpus=2).cpus == 2
+    why = refused(lambda: resize(site, "q", memory_mib=4096), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "vcpus quota of project p" in why  # growing anything still checks every quota
 
 
 def test_the_cli_says_what_it_takes(small_node: Site, capsys: pytest.CaptureFixture[str]) -> None:

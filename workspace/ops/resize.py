@@ -79,8 +79,10 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
         0,
         0,
     )
+    grows = new_cpus > ws.cpus or new_memory > ws.memory_mib
     ws.cpus, ws.memory_mib = new_cpus, new_memory
     ws.claimed_cpus, ws.claimed_memory_mib = fit.claimed_cpus, fit.claimed_memory_mib
     s.flush()
-    check_workspace_quota(s, ws.project or "", f"cannot resize {ws.name}")
+    if grows:  # a shrink is never refused, also in a project over a lowered quota
+        check_workspace_quota(s, ws.project or "", f"cannot resize {ws.name}")
     return what
