@@ -13,10 +13,17 @@ import grpc
 import pytest
 
 from agent.virt.base import DomainState
-from tests.functional.harness import WS, Site, wait_for
+from tests.functional.harness import WS, Site, SitePki, TlsSite, wait_for
 from tests.functional.test_metrics import promtool_check, scrape, value
 from workspace.scheduler.explain import explain_file
-from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
+from workspace.v1 import (
+    admin_pb2,
+    clusters_pb2,
+    clusters_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
+    workspaces_pb2,
+)
 
 # 1024 MiB guests claim 1098 MiB (overhead): three fill a 4096 MiB node (802 MiB left).
 SMALL = 1024
@@ -444,5 +451,47 @@ def test_preemption_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         for w in victims:
             site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
         assert watch.close() <= 3
+    finally:
+        site.close()
+
+
+def test_a_victim_of_another_project_is_not_told_whose_workspace_took_its_place(
+    tmp_path: Path,
+) -> None:
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), preempt_grace_s=0)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", **NODE)
+        for name in ("phys", "chem"):
+            projects_pb2_grpc.ProjectsStub(site.stubs.channel).CreateProject(
+                projects_pb2.Project(name=name)
+            )
+        alice = site.identity("alice", projects=("phys",))
+        bob = site.identity("bob", projects=("phys",))
+        carol = site.identity("carol", projects=("chem",))
+        mate = bob.create(name="mate", memory_mib=SMALL, preemptible=True)
+        other = carol.create(name="other", memory_mib=SMALL, preemptible=True)
+        filler = alice.create(name="filler", memory_mib=SMALL)
+        for w in (mate, other, filler):
+            site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        secret = alice.create(name="secret-plan", memory_mib=2 * SMALL)  # takes both
+        seen = {w.name: w.reason for w in (bob.get(mate.id), carol.get(other.id))}
+        # The project-mate may know who took it; the other tenant is not told.
+        assert f"alice's secret-plan ({secret.id})" in seen["mate"], seen
+        assert seen["other"] == (
+            "PREEMPTED: its capacity was given to a normal workspace of another project"
+        )
+        for stubs, w in ((carol, other), (bob, mate)):
+            gone = wait_for(
+                lambda s=stubs, i=w.id: (
+                    (g := s.get(i)).state == WS.WORKSPACE_STATE_TERMINATED and g
+                ),
+                what=f"{w.name} TERMINATED",
+            )
+            assert gone.reason == seen[w.name]
+        # The admin's view names both.
+        [pre] = [e for e in events(site) if e.kind == "preemption"]
+        assert "secret-plan" in str(pre), pre
     finally:
         site.close()

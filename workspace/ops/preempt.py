@@ -49,8 +49,13 @@ _HOLDABLE = (State.SCHEDULED.value, State.LOST.value)
 _GRACEFUL = (State.RUNNING.value, State.STOPPING.value)
 
 
-def reason_for(by: Workspace) -> str:
-    return f"{PREEMPTED}: its capacity was given to {by.owner}'s {by.name} ({by.id})"
+def reason_for(by: Workspace, victim: Workspace) -> str:
+    """What the victim shows: whose workspace took its place if that one is its owner's
+    or its project's; else not (another tenant's user, name and id are not the victim's
+    to see; the log and the admin's `preemption` event name it)."""
+    if by.owner == victim.owner or (by.project and by.project == victim.project):
+        return f"{PREEMPTED}: its capacity was given to {by.owner}'s {by.name} ({by.id})"
+    return f"{PREEMPTED}: its capacity was given to a normal workspace of another project"
 
 
 def grace_s(cfg_grace: int, ws: Workspace) -> int:
@@ -174,7 +179,7 @@ def _apply(
                 w.desired_state = Desired.TERMINATED.value
                 w.force_stop = True
             w.state = State.STOPPING.value
-            why = reason_for(by)
+            why = reason_for(by, w)
             set_reason(w, why)
             w.updated_at = now
             note_changed(s, w)
