@@ -61,6 +61,13 @@ def test_accepted(data: bytes) -> None:
         (b"#cloud-config\n- a\n- b\n", "user-data: #cloud-config: expected a mapping of keys"),
         (b"#cloud-config\nruncmd: [oops\n", "user-data: #cloud-config: not valid YAML (line 3"),
         (b"#cloud-config\nkey: \xff\n", "a #cloud-config document must be UTF-8"),
+        # cloud-init accepted these and then never ran them, reporting nothing
+        (b"#!/bin/sh\necho \xff\xfe bad\n", "user-data: a #! script must be UTF-8 (byte 15"),
+        (b"#cloud-boothook\n#!/bin/sh\n\xff\n", "user-data: a boothook must be UTF-8"),
+        (
+            multipart(("text/x-shellscript", b"#!/bin/sh\necho \xff\n")),
+            "user-data: part 1 (text/x-shellscript): a #! script must be UTF-8",
+        ),
         (
             multipart(("text/cloud-config", b"#cloud-config\n[1, 2]")),
             "user-data: part 1 (text/cloud-config): #cloud-config: expected a mapping",
@@ -85,6 +92,9 @@ def test_accepted(data: bytes) -> None:
         "yaml-list",
         "bad-yaml",
         "not-utf8",
+        "script-not-utf8",
+        "boothook-not-utf8",
+        "multipart-script-not-utf8",
         "multipart-list",
         "multipart-include",
         "multipart-text",

@@ -91,11 +91,19 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
     return out
 
 
-def _decoded(data: bytes, what: str) -> str:
+# How each kind is named when it is not UTF-8 (cloud-init writes every part as UTF-8
+# text: a script that is not fails in its handler and is never run, unreported).
+_KIND_NAMES = {"cloud-config": "a #cloud-config document", "script": "a #! script"}
+
+
+def _decoded(data: bytes, what: str, found: str = "cloud-config") -> str:
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidArgument(f"{what}: a #cloud-config document must be UTF-8") from None
+    except UnicodeDecodeError as exc:
+        name = _KIND_NAMES.get(found, f"a {found}")
+        raise InvalidArgument(
+            f"{what}: {name} must be UTF-8 (byte {exc.start} is not); cloud-init would not run it"
+        ) from None
 
 
 def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
@@ -108,8 +116,9 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
         raise InvalidArgument(f"{what}: this part type is not accepted; use {FORMATS}")
     if found in ("", "multipart"):
         raise InvalidArgument(f"{what}: expected {FORMATS}")
+    text = _decoded(data, what, found)
     if found == "cloud-config":
-        errors = cloud_config_errors(_decoded(data, what), validator)
+        errors = cloud_config_errors(text, validator)
         if errors:
             raise InvalidArgument(f"{what}: #cloud-config: {'; '.join(errors)}")
 
@@ -139,8 +148,10 @@ def _check_cached(data: bytes, schema_path: str) -> None:
     # cached (an exception is not).
     validator = load_schema(schema_path)
     found = kind(data)
+    if found in ("cloud-config", "script", "boothook"):
+        text = _decoded(data, "user-data", found)
     if found == "cloud-config":
-        errors = cloud_config_errors(_decoded(data, "user-data"), validator)
+        errors = cloud_config_errors(text, validator)
         if errors:
             raise InvalidArgument(f"user-data: #cloud-config: {'; '.join(errors)}")
     elif found == "multipart":
