@@ -30,6 +30,7 @@ from agent.virt.base import (
 )
 from agent.virt.fake_guest import FakeConsole
 from agent.virt.fake_guest import run as run_in_guest
+from agent.virt.guest_agent import no_guest_agent
 from workspace.config import FakeDriverConfig
 from workspace.domain.model import ExecOutcome
 from workspace.domain.netpolicy import Limits
@@ -271,10 +272,7 @@ class FakeDriver(Driver):
             name, host = dom.spec.name, dom.spec.hostname or dom.spec.name
             files, size = dom.files, (dom.spec.cpus, dom.spec.memory_mib)
         if any(fnmatch.fnmatchcase(name, pat) for pat in self._cfg.no_guest_agent):
-            raise FailedPrecondition(
-                f"no QEMU guest agent answers in workspace {name} "
-                "(the image needs qemu-guest-agent)"
-            )
+            raise no_guest_agent(name)
         return run_in_guest(argv, stdin, timeout_s, host, files=files, size=size)
 
     def open_console(self, workspace_id: str) -> ConsoleSession:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from workspace.domain.model import ExecOutcome
-from workspace.errors import DriverError, WorkspaceError
+from workspace.errors import DriverError, FailedPrecondition, WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ NOT_FOUND = 127
 NOT_EXECUTABLE = 126
 
 Call = Callable[[dict[str, Any], int], dict[str, Any]]
+
+
+def no_guest_agent(name: str) -> FailedPrecondition:
+    """No guest agent answers: while the guest boots (minutes under TCG, after the domain
+    is RUNNING) as much as in an image without one."""
+    return FailedPrecondition(
+        f"no QEMU guest agent answers in workspace {name} yet: the guest may still be "
+        "booting (try again shortly), or its image lacks qemu-guest-agent"
+    )
 
 
 class CommandFailed(WorkspaceError):

@@ -20,7 +20,7 @@ from typing import Any
 import libvirt
 
 from agent.virt.base import ConsoleSession
-from agent.virt.guest_agent import CommandFailed
+from agent.virt.guest_agent import CommandFailed, no_guest_agent
 from workspace.errors import DriverError, FailedPrecondition
 
 
@@ -30,12 +30,6 @@ def code_of(exc: libvirt.libvirtError) -> int:
 
 def message_of(exc: libvirt.libvirtError) -> str:
     return str(exc.get_error_message() or exc)
-
-
-def no_guest_agent(name: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"no QEMU guest agent answers in workspace {name} (the image needs qemu-guest-agent)"
-    )
 
 
 def agent_error(exc: libvirt.libvirtError, name: str) -> Exception:

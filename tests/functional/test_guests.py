@@ -120,7 +120,8 @@ def test_no_guest_agent_on_the_node_of_the_workspace(site: Site) -> None:
         with pytest.raises(errors.FailedPrecondition) as exc:
             c.exec("bare1", ["true"])
         assert exc.value.message == (
-            "no QEMU guest agent answers in workspace bare1 (the image needs qemu-guest-agent)"
+            "no QEMU guest agent answers in workspace bare1 yet: the guest may still be "
+            "booting (try again shortly), or its image lacks qemu-guest-agent"
         )
 
 

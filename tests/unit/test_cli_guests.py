@@ -595,7 +595,7 @@ class LibvirtError(libvirt.libvirtError):
             libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
             "Guest agent is not responding: QEMU guest agent is not connected",
             errors.FailedPrecondition,
-            "no QEMU guest agent answers in workspace box (the image needs qemu-guest-agent)",
+            "no QEMU guest agent answers in workspace box yet: the guest may still be booting",
         ),
         (
             libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
