@@ -182,9 +182,11 @@ def test_what_the_guest_wrote_is_in_the_saved_image_and_a_new_workspace_boots_it
         ("workspace.saved", "env:2"),
     ]
     assert said[0].reason == "1 partition(s) to copy" and said[0].node == "node1"
-    assert said[1].reason == "no project, public; partitions root (cow), ref (readonly), " + (
+    # Private, though its owner (the local site's caller) is an admin: it holds their files.
+    assert said[1].reason == "no project, private; partitions root (cow), ref (readonly), " + (
         "scratch (blank)"
     )
+    assert img.public is False
     assert said[2].reason == f"{shown['total_bytes']} bytes"
     assert {e.who for e in said} == {"user:local"}
 

@@ -128,7 +128,9 @@ def save(
             project or src.project,
             src.context,
             src.login_user,
-            site_image=ident.name == src.owner,
+            # Private, whoever saves: a saved workspace holds its user's files (an
+            # admin publishes it with `ws-admin image publish` if it is for everyone).
+            site_image=False,
             vouched=spec.digests(),  # its node's copies and the disks it was made of
         )
     except BaseException as exc:
