@@ -253,7 +253,9 @@ def test_ssh_print_builds_a_strict_command_and_known_hosts(
     # --retry: ssh tries to connect up to N times, a second apart, while the guest boots.
     rc, out, _ = run(c, capsys, "ssh", "box", "--retry", "90", "--print")
     argv = out.split()
-    assert argv[argv.index("--") - 2 :] == ["-o", "ConnectionAttempts=90", "--", "10.213.0.5"]
+    assert argv[argv.index("--") - 4 :] == [
+        "-o", "ConnectionAttempts=90", "-o", "ConnectTimeout=5", "--", "10.213.0.5",
+    ]  # fmt: skip
 
 
 def test_ssh_forwards_ports_as_ssh_does(

@@ -66,7 +66,7 @@ def test_scp_print_uploads_and_downloads_with_strict_host_keys(
     argv = shlex.split(out)
     _known(argv)
     assert argv[argv.index("--") - 2 :] == [
-        "-o", "ConnectionAttempts=30", "--",
+        "-o", "ConnectionAttempts=30", "-o", "ConnectTimeout=5", "--",
         "root@10.213.0.5:/etc/hostname", "root@10.213.0.5:", "./out:1",
     ]  # fmt: skip
     rc, out, _ = run(c, capsys, "-o", "json", "scp", "./a:b", "box:", "--print")

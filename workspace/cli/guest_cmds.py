@@ -350,7 +350,9 @@ def openssh_options(
     if key:
         options += ["-i", key]
     if attempts:
-        options += ["-o", f"ConnectionAttempts={attempts}"]
+        # Each attempt ends within ConnectTimeout (a booting guest's port may not answer
+        # at all); one that finds no host yet (ARP: ~3 s) ends sooner.
+        options += ["-o", f"ConnectionAttempts={attempts}", "-o", "ConnectTimeout=5"]
     return options
 
 
@@ -612,7 +614,8 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         metavar="N",
         help="a workspace still starting: wait up to N s for it to be RUNNING, then try "
         "to connect up to N times, a second apart, while the guest boots (ssh's "
-        "ConnectionAttempts)",
+        "ConnectionAttempts; each attempt takes up to 5 s, about 4 s while the guest has "
+        "no address yet: N attempts can take 5N s)",
     )
     for flag, what in (
         ("-L", "a local port forwarded to HOST:HOSTPORT as the guest sees it"),
