@@ -65,7 +65,7 @@ def test_scp_print_uploads_and_downloads_with_strict_host_keys(
                      "--user", "root", "--retry", "30")  # fmt: skip
     argv = shlex.split(out)
     _known(argv)
-    assert argv[argv.index("--") - 2 :] == [
+    assert argv[argv.index("--") - 4 :] == [
         "-o", "ConnectionAttempts=30", "-o", "ConnectTimeout=5", "--",
         "root@10.213.0.5:/etc/hostname", "root@10.213.0.5:", "./out:1",
     ]  # fmt: skip
