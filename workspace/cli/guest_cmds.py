@@ -588,7 +588,8 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         parents=[parent],
         help="run a command in a workspace through its guest agent",
         description="Run CMD in a running workspace through the QEMU guest agent (no network "
-        "needed) and print its stdout and stderr; ws exits with the command's exit code "
+        "needed), as root (the guest agent's user), and print its stdout and stderr; ws "
+        "exits with the command's exit code "
         f"({EXIT_TIMED_OUT} if it ran past --timeout).",
     )
     p.add_argument("id", metavar="NAME", help="workspace name or id")
