@@ -38,7 +38,7 @@ from agent.virt.base import Driver
 from images import signing
 from workspace import version
 from workspace.config import AgentConfig
-from workspace.domain.model import NodeInfo, NodeOrders, Observation
+from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders, Observation
 
 log = logging.getLogger("agent")
 
@@ -79,6 +79,7 @@ class Agent:
             cfg.max_parallel_ops,
             cfg.resync_interval_s,
             self.stop_event,
+            self.link.report_soon,
         )
         self.consoles = Consoles(
             self.files, self.link, lambda: list(self.executor.orders()), self.stop_event
@@ -173,3 +174,6 @@ class Agent:
 
     def observe(self, ids: Sequence[str] | None) -> list[Observation]:
         return self.executor.observe(ids)
+
+    def conditions(self) -> tuple[NodeCondition, ...] | None:
+        return self.executor.conditions()

@@ -26,7 +26,7 @@ from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
 from agent.status import StatusBoard
 from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec, tap_name
-from workspace.domain.model import Observation, Order
+from workspace.domain.model import NodeCondition, Observation, Order
 from workspace.domain.states import Desired, Observed
 from workspace.errors import DriverError, WorkspaceError
 
@@ -80,6 +80,7 @@ class Executor:
         max_parallel_ops: int,
         resync_interval_s: float,
         stop: threading.Event,
+        conditions_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.driver = driver
         self.files = files
@@ -87,6 +88,7 @@ class Executor:
         self.staging = staging
         self.gate = gate
         self.report = report  # send an incremental report for these workspaces
+        self.conditions_changed = conditions_changed  # send a full report soon
         self.resync_interval_s = resync_interval_s
         self.stop = stop
         self.wake = threading.Event()
@@ -103,6 +105,8 @@ class Executor:
         self._last_actual: dict[str, DomainState] = {}
         # Running workspaces noted as not isolated (``_note_unisolated``).
         self._unisolated: set[str] = set()
+        # The node's conditions as the last pass found them (None: no pass yet).
+        self._conditions: tuple[NodeCondition, ...] | None = None
         # Operations run, by (action, "ok" | "error") (agent/metrics.py reads them).
         self.operations: dict[tuple[str, str], int] = {}
         driver.set_event_callback(self._on_event)
@@ -138,6 +142,12 @@ class Executor:
             replace(o, applied_reboot_count=self.applied_reboots(o.workspace_id))
             for o in self.status.observe(ids, domains, self.orders())
         ]
+
+    def conditions(self) -> tuple[NodeCondition, ...] | None:
+        """What keeps the node from serving some workspaces, as the last reconcile pass
+        found it (None before the first pass: not checked yet)."""
+        with self._lock:
+            return self._conditions
 
     def applied_reboots(self, workspace_id: str) -> int:
         """The reboots carried out of those the orders asked for: the highest
@@ -175,6 +185,7 @@ class Executor:
             busy = dict(self._busy)
         broken = self.net.sync(list(desired.values()))
         held = self.net.holds()
+        self._check_conditions()
         try:
             self.driver.resync_host()
         except WorkspaceError as exc:
@@ -215,6 +226,14 @@ class Executor:
         with self._lock:
             self._last_want = wants
             self._last_actual = actual
+
+    def _check_conditions(self) -> None:
+        """Keep the node's conditions from this pass; a change is reported at once."""
+        found = tuple(self.net.conditions())
+        with self._lock:
+            changed, self._conditions = found != self._conditions, found
+        if changed:
+            self.conditions_changed()
 
     def _held(self, wid: str, held: Mapping[str, str]) -> bool:
         """True (and the workspace reported FAILED, saying why) if the node cannot

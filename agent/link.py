@@ -24,8 +24,9 @@ from agent.peers import service_source
 from images import signing
 from workspace import failover, rpc, rpc_status
 from workspace.codec import node as codec
+from workspace.codec import v1 as codec_v1
 from workspace.config import AgentConfig
-from workspace.domain.model import NodeInfo, NodeOrders, Observation
+from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders, Observation
 from workspace.errors import Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
@@ -49,6 +50,10 @@ class Node(Protocol):
 
     def observe(self, ids: Sequence[str] | None) -> list[Observation]:
         """What to report of ``ids`` (None: of every workspace the node knows of)."""
+        ...
+
+    def conditions(self) -> tuple[NodeCondition, ...] | None:
+        """What keeps the node from serving some workspaces (None: not checked yet)."""
         ...
 
 
@@ -195,6 +200,10 @@ class Link:
             req.cached_digests.extend(self.cache.digests())
             req.cache_budget_bytes = self.cache.budget_bytes
             req.cache.extend(codec.cache_to_proto(e) for e in self.cache.entries())
+            conditions = self.node.conditions()
+            if conditions is not None:
+                req.conditions_checked = True
+                req.conditions.extend(codec_v1.condition_to_proto(c) for c in conditions)
         try:
             stub.ReportStatus(req, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:

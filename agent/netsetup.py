@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from workspace.domain.model import Order
+from workspace.domain.model import NodeCondition, Order
 
 
 class Networking(Protocol):
@@ -17,6 +17,10 @@ class Networking(Protocol):
     def holds(self) -> Mapping[str, str]:
         """The workspaces the last ``sync`` found must not start on this node (id →
         why): their connectivity policy cannot be enforced here."""
+
+    def conditions(self) -> Sequence[NodeCondition]:
+        """What the last ``sync`` found keeps the node from serving some workspaces (no
+        isolation, networks not ready); the node reports them (docs/design/agent.md)."""
 
     def close(self) -> None:
         """Stop what this object started (DHCP servers); leave bridges."""
@@ -30,6 +34,9 @@ class NullNetworking:
 
     def holds(self) -> Mapping[str, str]:
         return {}
+
+    def conditions(self) -> Sequence[NodeCondition]:
+        return ()
 
     def close(self) -> None:
         return None

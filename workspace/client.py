@@ -484,6 +484,13 @@ class Client(
     def list_nodes(self) -> list[admin_pb2.Node]:
         return list(self._call(self._admin.ListNodes, admin_pb2.ListNodesRequest()).nodes)
 
+    def get_node(self, name: str) -> admin_pb2.Node:
+        """Node ``name`` as ``list_nodes`` shows it (NotFound if the site has none)."""
+        for node in self.list_nodes():
+            if node.name == name:
+                return node
+        raise errors.NotFound(f"no node {name!r}; `ws-admin node list` shows them")
+
     def list_cache(self, node: str) -> admin_pb2.ListCacheResponse:
         return self._call(self._admin.ListCache, admin_pb2.NodeRef(name=node))
 

@@ -37,11 +37,26 @@ from agent.net.filter import (
 from agent.net.nftstate import TableWatch, list_table
 from agent.net.uplink import ensure_uplink
 from workspace.config import AgentConfig, NodeNetworkConfig
-from workspace.domain.model import NetworkInfo, Nic, Order
+from workspace.domain.model import (
+    NETWORK_NOT_READY,
+    NO_ISOLATION,
+    NetworkInfo,
+    Nic,
+    NodeCondition,
+    Order,
+)
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.files import write_private
 
 log = logging.getLogger("agent.net")
+
+# The no-isolation condition's message (the node's, whatever workspaces it holds).
+NOT_ISOLATING = (
+    "bridged IPv4 does not pass the inet hooks (br_netfilter not loaded, or"
+    " net.bridge.bridge-nf-call-iptables is not 1): CLUSTER and OUTBOUND workspaces cannot"
+    " be isolated here and do not start; modprobe br_netfilter and sysctl"
+    " net.bridge.bridge-nf-call-iptables=1 (docs/design/network-policy.md)"
+)
 
 
 def dhcp_options(nic: Nic) -> tuple[str | None, tuple[str, ...]]:
@@ -91,6 +106,11 @@ class BridgeNetworking:
         )
         # Workspaces whose connectivity policy cannot hold on this node now (id → why).
         self.held: dict[str, str] = {}
+        # What the last pass found: whether bridged IPv4 passes the inet hooks (None: not
+        # checked, the node serves no network), and the networks it could not make ready
+        # (name → why), used or only remembered (``conditions``).
+        self.filtered: bool | None = None
+        self.broken: dict[str, str] = {}
         self._last_nics: list[NicRule] = []
         # Uplinked networks seen in orders, remembered across restarts so a restarted
         # agent rejoins their L2 before (and without) any workspace on them.
@@ -199,8 +219,9 @@ class BridgeNetworking:
                 first_nic.setdefault(nic.bridge, nic)
         broken: dict[str, WorkspaceError] = {}
         in_use = {nic.network for nic in first_nic.values()}
-        # What the node knew and no workspace uses now: kept joined (errors only logged).
-        self._join_each(n for n in list(self.remembered.values()) if n.name not in in_use)
+        # What the node knew and no workspace uses now: kept joined (errors only logged,
+        # and the node's conditions say so).
+        unused = self._join_each(n for n in list(self.remembered.values()) if n.name not in in_use)
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             try:
@@ -250,7 +271,9 @@ class BridgeNetworking:
         for bridge, server in self.servers.items():
             if bridge not in first_nic:
                 server.set_hosts([])
-        return {name: exc.message for name, exc in broken.items()}
+        failed = {name: exc.message for name, exc in broken.items()}
+        self.broken = {**{name: exc.message for name, exc in unused.items()}, **failed}
+        return failed
 
     def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> None:
         """Apply the ruleset if it changed, or if our tables no longer hold what was
@@ -281,8 +304,16 @@ class BridgeNetworking:
         IPv4 passes the inet hooks (br_netfilter). Checked on every pass (a sysctl read):
         without it, those workspaces are held back (``held``), the others go on."""
         restricted = sorted({n.workspace_id for n in nics if n.restricted})
+        # Checked whenever the node serves a network, restricted workspaces or not: the
+        # node's no-isolation condition says it before any such workspace comes.
+        filtered = bridged_ipv4_filtered(self.netns) if self.nets or restricted else None
+        if filtered is False and self.filtered is not False:
+            log.error("node %s: %s", self.cfg.node, NOT_ISOLATING)
+        elif filtered and self.filtered is False:
+            log.info("node %s: bridged IPv4 passes the inet hooks now", self.cfg.node)
+        self.filtered = filtered
         held: dict[str, str] = {}
-        if restricted and not bridged_ipv4_filtered(self.netns):
+        if restricted and not filtered:
             why = (
                 f"not isolated: its connectivity policy cannot be enforced on node"
                 f" {self.cfg.node}: {BR_NF_ADVICE}"
@@ -298,6 +329,16 @@ class BridgeNetworking:
     def holds(self) -> Mapping[str, str]:
         """The workspaces the last pass found cannot be isolated here (id → why)."""
         return dict(self.held)
+
+    def conditions(self) -> tuple[NodeCondition, ...]:
+        """What the last pass found keeps the node from serving some workspaces: no
+        isolation (bridged IPv4 not filtered), each network it could not make ready."""
+        out = [NodeCondition(NO_ISOLATION, NOT_ISOLATING)] if self.filtered is False else []
+        out.extend(
+            NodeCondition(NETWORK_NOT_READY, f"network {name}: {why}", subject=name)
+            for name, why in sorted(self.broken.items())
+        )
+        return tuple(out)
 
     def _dhcp(self, bridge: str, nic: Nic) -> DhcpServer:
         args = (bridge, self.state_dir / bridge, nic.subnet)

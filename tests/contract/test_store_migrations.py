@@ -206,6 +206,7 @@ def test_todays_store_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
                 {"rack": "a"},
                 ["net0"],
             )
+            assert node.conditions == []  # 0023: none until its agent's next full report
             net = s.execute(select(Network)).scalar_one()
             assert (net.subnet, net.dns) == ("10.1.0.0/24", ["10.1.0.1"])
             ws = s.execute(select(Workspace)).scalar_one()

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from agent.agent import Agent
+from agent.netsetup import Networking
 from agent.virt.fake import FakeDriver
 from workspace import config, hostproc, pki, rpc
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
@@ -184,9 +185,13 @@ class Site:
             self.service.stop(0)
             self.service = None
 
-    def add_agent(self, node: str = "node1", **kw: Any) -> Agent:
+    def add_agent(
+        self, node: str = "node1", networking: Networking | None = None, **kw: Any
+    ) -> Agent:
+        """Start an agent of ``node`` (``kw``: its config; ``networking``: what stands for
+        the host's networking, none by default)."""
         cfg = agent_config(self.tmp, node, self.node_address, **{**self.agent_kw(node), **kw})
-        agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
+        agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir), networking)
         agent.start()
         self.agents[node] = agent
         # READY with this agent's networks: a node whose agent was just replaced is still

@@ -160,8 +160,10 @@ def test_every_program_and_node_says_its_version(site_dir: Path) -> None:
     (node,) = ok(site_dir, "admin", "node", "list", "-o", "json").json()  # type: ignore[misc]
     assert node["agent_version"] == release
     header, row = ok(site_dir, "admin", "node", "list").out.splitlines()
-    # (REASON, last: why a node is DOWN; "-" while it is not)
-    assert header.split()[-2:] == ["AGENT", "REASON"] and row.split()[-2:] == [release, "-"]
+    # (CONDITIONS: what keeps it from serving some workspaces; REASON, last: why a node
+    # is DOWN; "-" while there is none)
+    assert header.split()[-3:] == ["AGENT", "CONDITIONS", "REASON"]
+    assert row.split()[-3:] == [release, "-", "-"]
 
 
 def test_an_empty_list_says_so_on_stderr_only(site_dir: Path) -> None:

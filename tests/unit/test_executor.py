@@ -25,7 +25,7 @@ from images import signing
 from images.digest import of_bytes
 from images.model import Mode, Partition
 from workspace.config import FakeDriverConfig
-from workspace.domain.model import Disk, Nic, Observation, Order
+from workspace.domain.model import Disk, Nic, NodeCondition, Observation, Order
 from workspace.domain.states import Desired, Observed
 from workspace.errors import DriverError
 
@@ -405,3 +405,37 @@ def test_a_repair_is_noted_once_it_worked(parts: Parts) -> None:
     (after,) = wait_for(lambda: (o := ex.observe(["w1"]))[0].state is Observed.RUNNING and o)
     assert after.reason.startswith("domain was found shut off at ")
     assert after.reason.endswith("(not by us); started again")
+
+
+class _Conditions(NullNetworking):
+    """Networking whose passes find what ``found`` says."""
+
+    def __init__(self) -> None:
+        self.found: tuple[NodeCondition, ...] = ()
+
+    def conditions(self) -> tuple[NodeCondition, ...]:
+        return self.found
+
+
+def test_the_nodes_conditions_are_those_of_the_last_pass_and_a_change_is_sent_soon(
+    parts: Parts,
+) -> None:
+    net, soon = _Conditions(), []
+    parts.executor.net = net
+    parts.executor.conditions_changed = lambda: soon.append(1)
+    ex = parts.executor
+    assert ex.conditions() is None  # not checked yet: a report says nothing of them
+    ex.reconcile_once()
+    assert ex.conditions() is None  # no orders yet: no pass
+    ex.take([])
+    ex.reconcile_once()
+    assert ex.conditions() == () and len(soon) == 1  # checked: none
+    cond = NodeCondition("no-isolation", "bridged IPv4 does not pass the inet hooks")
+    net.found = (cond,)
+    ex.reconcile_once()
+    assert ex.conditions() == (cond,) and len(soon) == 2
+    ex.reconcile_once()
+    assert len(soon) == 2  # nothing new: nothing sent early
+    net.found = ()
+    ex.reconcile_once()
+    assert ex.conditions() == () and len(soon) == 3

@@ -194,3 +194,67 @@ def test_the_remembered_networks_are_only_the_agents_to_read(host: Host, tmp_pat
     net.sync([order("w1", "a", "wsbr-a", "10.0.0.5", 0)])
     assert net.memory_path.stat().st_mode & 0o777 == 0o600
     assert list(net.memory_path.parent.glob("*.tmp")) == []
+
+
+def test_a_node_serving_a_network_without_br_netfilter_says_so_before_any_workspace(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The no-isolation condition is the node's: checked on every pass of a node that
+    serves a network, with no restricted workspace (or none at all) there."""
+    filtered, reads = [False], [0]
+
+    def read(netns: str | None = None) -> bool:
+        reads[0] += 1
+        return filtered[0]
+
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", read)
+    net = node.BridgeNetworking(cfg(tmp_path, a=""))
+    assert net.conditions() == ()  # no pass yet: nothing found
+    net.sync([])
+    (cond,) = net.conditions()
+    assert (cond.code, cond.subject, cond.label) == ("no-isolation", "", "no-isolation")
+    assert "CLUSTER and OUTBOUND workspaces cannot be isolated here" in cond.message
+    assert "modprobe br_netfilter" in cond.message
+    net.sync([order("w1", "a", "wsbr-a", "10.0.0.5", 0)])  # an OPEN workspace: the same
+    assert [c.code for c in net.conditions()] == ["no-isolation"]
+    assert net.holds() == {}  # and nothing held: it needs no isolation
+    filtered[0] = True  # modprobe br_netfilter: the next pass clears it
+    net.sync([])
+    assert net.conditions() == ()
+    assert reads[0] == 3  # once a pass
+
+
+def test_a_node_serving_no_network_does_not_read_the_sysctl(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read(netns: str | None = None) -> bool:
+        raise AssertionError("no network served: nothing to check")
+
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", read)
+    net = node.BridgeNetworking(cfg(tmp_path))
+    net.sync([])
+    assert net.conditions() == ()
+
+
+def test_a_network_that_cannot_be_made_ready_is_a_condition_naming_it(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: True)
+    host.missing.add("eth9")
+    net = node.BridgeNetworking(cfg(tmp_path, a="eth9", b="eth1"))
+    orders = [order("w1", "a", "wsbr-a", "10.0.0.5", 0), order("w2", "b", "wsbr-b", "10.0.0.6", 0)]
+    net.sync(orders)
+    (cond,) = net.conditions()
+    assert (cond.code, cond.subject, cond.label) == (
+        "network-not-ready",
+        "a",
+        "network-not-ready:a",
+    )
+    assert cond.message == "network a: uplink eth9 does not exist on node n1"
+    host.missing.discard("eth9")
+    net.sync(orders)
+    assert net.conditions() == ()
+    # a network the node joined and no workspace uses any more: still the node's to join
+    host.missing.add("eth1")
+    assert net.sync([]) == {}  # no workspace waits for it
+    assert [c.label for c in net.conditions()] == ["network-not-ready:b"]

@@ -99,6 +99,11 @@ class Commands(common.ClientCommands):
         )
         return common.EXIT_OK
 
+    def node_show(self, args: argparse.Namespace) -> int:
+        node = self.client(args).get_node(args.name)
+        render.emit(args, node, admin_text.node_text(node))
+        return common.EXIT_OK
+
     def node_state(self, args: argparse.Namespace) -> int:
         client = self.client(args)
         method = {
@@ -388,8 +393,17 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
         return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
     nodes = group("node", "nodes")
-    p = nodes.add_parser("list", parents=[parent], help="list nodes")
+    p = nodes.add_parser(
+        "list",
+        parents=[parent],
+        help="list nodes (CONDITIONS: what keeps one from serving some workspaces)",
+    )
     p.set_defaults(func=cmds.node_list)
+    p = nodes.add_parser(
+        "show", parents=[parent], help="one node, with each of its conditions and what to do"
+    )
+    p.add_argument("name", help="node name")
+    p.set_defaults(func=cmds.node_show)
     for name, text in (
         ("drain", "give a node no new work (what runs there keeps running)"),
         ("enable", "let a drained node take new work again"),

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from workspace.cli.render import enum_name, fmt_bytes, fmt_time, table
+from workspace.cli.render import enum_name, fields, fmt_bytes, fmt_time, table
+from workspace.codec.v1 import condition_from_proto
 from workspace.v1 import admin_pb2
 
 _NODE_STATE = admin_pb2.NodeState.DESCRIPTOR
@@ -25,12 +26,44 @@ def node_rows(nodes: Sequence[admin_pb2.Node]) -> str:
             _bandwidth(n),
             fmt_time(n.last_heartbeat) or "-",
             n.agent_version or "-",
+            ",".join(_labels(n)) or "-",
             n.reason or "-",
         ]
         for n in nodes
     ]
     headers = ["NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY_MIB", "WORKSPACES", "NETWORKS"]
-    return table([*headers, "BANDWIDTH", "HEARTBEAT", "AGENT", "REASON"], rows)
+    return table([*headers, "BANDWIDTH", "HEARTBEAT", "AGENT", "CONDITIONS", "REASON"], rows)
+
+
+def _labels(n: admin_pb2.Node) -> list[str]:
+    """Its conditions as short names: ``no-isolation``, ``network-not-ready:a``."""
+    return [condition_from_proto(c).label for c in n.conditions]
+
+
+def node_text(n: admin_pb2.Node) -> str:
+    """`ws-admin node show`: one node, and each of its conditions with its message."""
+    head = fields(
+        [
+            ("name", n.name),
+            ("state", enum_name(_NODE_STATE, n.state)),
+            ("reason", n.reason),
+            ("hypervisor", n.hypervisor),
+            ("agent", n.agent_version or "-"),
+            ("heartbeat", fmt_time(n.last_heartbeat) or "-"),
+            ("cpus", f"{n.used_cpus}/{n.cpu_capacity or n.cpus} (host: {n.cpus})"),
+            ("memory_mib", f"{n.used_memory_mib}/{n.memory_capacity_mib or n.memory_mib}"),
+            ("disk_gib", n.disk_gib),
+            ("workspaces", n.workspaces),
+            ("networks", ",".join(n.networks) or "-"),
+            ("labels", ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"),
+            ("bandwidth", _bandwidth(n)),
+            ("conditions", "" if n.conditions else "none"),
+        ]
+    )
+    shown = [(c.label, c.message) for c in map(condition_from_proto, n.conditions)]
+    width = max((len(label) for label, _ in shown), default=0)
+    lines = [f"  {label.ljust(width)}  {message}" for label, message in shown]
+    return "\n".join([head, "conditions", *lines] if lines else [head])
 
 
 def _bandwidth(n: admin_pb2.Node) -> str:

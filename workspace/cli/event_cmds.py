@@ -35,6 +35,7 @@ _NOUNS = {
     Kind.WORKSPACE_SAVED.value: "as image",
     Kind.WORKSPACE_SAVE_FAILED.value: "as image",
     Kind.WORKSPACE_RELEASED.value: "released",
+    Kind.NODE_CONDITION.value: "condition",
 }
 
 

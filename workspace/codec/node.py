@@ -366,6 +366,8 @@ def report_to_proto(r: NodeReport) -> nodes_pb2.ReportStatusRequest:
         audit=[audit_to_proto(a) for a in r.audit],
         cache=[cache_to_proto(c) for c in r.cache],
         cache_budget_bytes=r.cache_budget_bytes,
+        conditions=[v1.condition_to_proto(c) for c in r.conditions or ()],
+        conditions_checked=r.conditions is not None,
     )
 
 
@@ -387,4 +389,9 @@ def report_from_proto(m: nodes_pb2.ReportStatusRequest) -> NodeReport:
         cache=tuple(cache_from_proto(c) for c in m.cache),
         cache_budget_bytes=m.cache_budget_bytes,
         audit=tuple(audit_from_proto(a) for a in m.audit),
+        conditions=(
+            tuple(v1.condition_from_proto(c) for c in m.conditions)
+            if m.conditions_checked
+            else None
+        ),
     )

@@ -20,6 +20,7 @@ from workspace.domain.model import (
     MemberSpec,
     NetworkInfo,
     Nic,
+    NodeCondition,
     NodeStatus,
     QueueEntry,
     RepositoryUsage,
@@ -447,7 +448,16 @@ def node_to_proto(n: NodeStatus) -> admin_pb2.Node:
         cpu_capacity=n.cpu_capacity,
         memory_capacity_mib=n.memory_capacity_mib,
         reason=n.reason,
+        conditions=[condition_to_proto(c) for c in n.conditions],
     )
+
+
+def condition_to_proto(c: NodeCondition) -> admin_pb2.NodeCondition:
+    return admin_pb2.NodeCondition(code=c.code, subject=c.subject, message=c.message)
+
+
+def condition_from_proto(c: admin_pb2.NodeCondition) -> NodeCondition:
+    return NodeCondition(code=c.code, message=c.message, subject=c.subject)
 
 
 def network_to_proto(n: NetworkInfo) -> admin_pb2.Network:

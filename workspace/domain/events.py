@@ -23,6 +23,10 @@ class Kind(enum.StrEnum):
     NODE_REGISTERED = "node.registered"
     NODE_STATE = "node.state"
     NODE_REMOVED = "node.removed"
+    # A condition of a node appeared or cleared, as its agent reported (subject: the
+    # condition, ``no-isolation`` or ``network-not-ready:NET``; state: appeared or
+    # cleared; reason: its message); ops/node_conditions.py.
+    NODE_CONDITION = "node.condition"
     TRUST_DECISION = "trust.decision"
     LEASE_WARNING = "lease.warning"
     LEASE_EXTENDED = "lease.extended"

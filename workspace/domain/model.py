@@ -41,6 +41,7 @@ __all__ = [
     "NetworkInfo",
     "Nic",
     "NodeCache",
+    "NodeCondition",
     "NodeInfo",
     "NodeOrders",
     "NodeReport",
@@ -321,6 +322,27 @@ class CreateRequest:
     project: str = ""
 
 
+# The conditions an agent reports (NodeCondition.code); a service keeps any code it is sent.
+NO_ISOLATION = "no-isolation"  # bridged IPv4 does not pass the inet hooks (br_netfilter)
+NETWORK_NOT_READY = "network-not-ready"  # subject: the network the node could not make ready
+
+
+@dataclass(frozen=True)
+class NodeCondition:
+    """One thing that keeps a node from serving some workspaces now, as its agent found
+    it (docs/design/agent.md, "Node conditions"). A node has at most one per (code,
+    subject): that pair is what appears and clears."""
+
+    code: str
+    message: str
+    subject: str = ""  # what on the node it concerns (a network); "": the node as a whole
+
+    @property
+    def label(self) -> str:
+        """``no-isolation``, ``network-not-ready:a``: how lists and events name it."""
+        return f"{self.code}:{self.subject}" if self.subject else self.code
+
+
 @dataclass(frozen=True)
 class NodeStatus:
     """A node as the admin API shows it."""
@@ -347,6 +369,7 @@ class NodeStatus:
     cpu_capacity: int = 0
     memory_capacity_mib: int = 0
     reason: str = ""  # why it is DOWN ("" while it is not)
+    conditions: tuple[NodeCondition, ...] = ()  # as its agent last reported them
 
 
 @dataclass(frozen=True)
@@ -526,6 +549,9 @@ class NodeReport:
     cache: tuple[CacheRecord, ...] = ()
     cache_budget_bytes: int = 0
     audit: tuple[AuditRecord, ...] = ()
+    # Full reports: every condition of the node now, which replace those held; None: the
+    # agent has not checked them yet (just started, or older than conditions).
+    conditions: tuple[NodeCondition, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from workspace.domain.leases import EXPIRED
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import Desired, NodeState, Observed, State, state_from_report
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from workspace.ops import netpolicy, preempt, seeds, trust
+from workspace.ops import netpolicy, node_conditions, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import confirm_gone, held_on, is_held, release
 from workspace.ops.order_size import MAX_SOURCES
@@ -294,12 +294,14 @@ def may_fetch(env: Env, node_name: str, digest: str, cert_serial: int = 0) -> No
 # -- reports ---------------------------------------------------------------------------------
 
 
-def _heartbeat(env: Env, node: Node, r: NodeReport) -> None:
-    """A full report: the node is alive; keep its cache contents; drop prefetch digests
-    now cached."""
+def _heartbeat(env: Env, s: Session, node: Node, r: NodeReport) -> None:
+    """A full report: the node is alive; keep its cache contents and its conditions (if
+    it says them); drop prefetch digests now cached."""
     node.last_heartbeat = env.clock()
     if NodeState(node.state) is NodeState.DOWN:
         _back(node)
+    if r.conditions is not None:
+        node_conditions.replace(s, node, r.conditions)
     node.cached_digests = list(r.cached_digests)
     node.cache = cache_column(r.cache)
     node.cache_budget_bytes = r.cache_budget_bytes
@@ -370,7 +372,7 @@ def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
             raise NotFound(f"node {r.node} is not registered; register first")
         check_bound(node, cert_serial)
         if r.full:
-            _heartbeat(env, node, r)
+            _heartbeat(env, u.s, node, r)
         seen = _observe(env, u, r)
         if r.full:
             for ws in u.s.execute(

@@ -39,6 +39,7 @@ from workspace.domain.model import (
     MemberSpec,
     NetworkInfo,
     Nic,
+    NodeCondition,
     NodeStatus,
     WorkspaceView,
 )
@@ -474,7 +475,46 @@ def node_status(n: Node, workspaces: int, capacity: tuple[int, int]) -> NodeStat
         cpu_capacity=capacity[0],
         memory_capacity_mib=capacity[1],
         reason=n.reason or "",
+        conditions=node_conditions(n),
     )
+
+
+# A node's conditions as the service keeps them: at most this many, each cut to fit (an
+# agent's report is never refused for its conditions).
+MAX_CONDITIONS = 32
+_CODE_LEN, _SUBJECT_LEN, _MESSAGE_LEN = 64, 255, 1024
+
+
+def node_conditions(n: Node) -> tuple[NodeCondition, ...]:
+    """The conditions ``n``'s agent last reported."""
+    return tuple(
+        NodeCondition(
+            code=str(c.get("code", "")),
+            message=str(c.get("message", "")),
+            subject=str(c.get("subject", "")),
+        )
+        for c in n.conditions or ()
+    )
+
+
+def set_conditions(n: Node, found: Iterable[NodeCondition]) -> tuple[NodeCondition, ...]:
+    """Replace ``n``'s conditions with ``found`` (one per label, the first; each cut to
+    fit; those without a code dropped); returns them as kept."""
+    kept: dict[str, NodeCondition] = {}
+    for c in found:
+        if len(kept) == MAX_CONDITIONS:
+            break
+        cut = NodeCondition(
+            code=bounds.fit(c.code, _CODE_LEN),
+            message=bounds.fit(c.message, _MESSAGE_LEN),
+            subject=bounds.fit(c.subject, _SUBJECT_LEN),
+        )
+        if cut.code:
+            kept.setdefault(cut.label, cut)
+    column = [{"code": c.code, "subject": c.subject, "message": c.message} for c in kept.values()]
+    if column != (n.conditions or []):
+        n.conditions = column
+    return tuple(kept.values())
 
 
 def cache_records(n: Node) -> list[CacheRecord]:

@@ -593,6 +593,7 @@ class Node(_message.Message):
     CPU_CAPACITY_FIELD_NUMBER: _builtins.int
     MEMORY_CAPACITY_MIB_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     hypervisor: _builtins.str
     cpus: _builtins.int
@@ -626,6 +627,13 @@ class Node(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeCondition]:
+        """What keeps the node from serving some workspaces now, as its agent last reported
+        (none: it can serve every workspace placed there; an agent older than this field
+        reports none).
+        """
+
     def __init__(
         self,
         *,
@@ -649,14 +657,51 @@ class Node(_message.Message):
         cpu_capacity: _builtins.int = ...,
         memory_capacity_mib: _builtins.int = ...,
         reason: _builtins.str = ...,
+        conditions: _abc.Iterable[Global___NodeCondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cpu_capacity", b"cpu_capacity", "cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_capacity_mib", b"memory_capacity_mib", "memory_mib", b"memory_mib", "name", b"name", "net_mbps", b"net_mbps", "networks", b"networks", "reason", b"reason", "state", b"state", "used_cpus", b"used_cpus", "used_disk_mbps", b"used_disk_mbps", "used_memory_mib", b"used_memory_mib", "used_net_mbps", b"used_net_mbps", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "conditions", b"conditions", "cpu_capacity", b"cpu_capacity", "cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_capacity_mib", b"memory_capacity_mib", "memory_mib", b"memory_mib", "name", b"name", "net_mbps", b"net_mbps", "networks", b"networks", "reason", b"reason", "state", b"state", "used_cpus", b"used_cpus", "used_disk_mbps", b"used_disk_mbps", "used_memory_mib", b"used_memory_mib", "used_net_mbps", b"used_net_mbps", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class NodeCondition(_message.Message):
+    """One thing that keeps a node from serving some workspaces, found by its agent on its
+    own (docs/design/agent.md, "Node conditions"). Each full report of the agent carries
+    all of them and replaces those the service held.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Short and stable: "no-isolation" (bridged IPv4 does not pass the inet hooks, so
+    CLUSTER and OUTBOUND connectivity cannot be enforced there), "network-not-ready"
+    (a network the node could not make ready; subject: the network).
+    """
+    subject: _builtins.str
+    """What on the node it concerns (a network's name); "" for the node as a whole."""
+    message: _builtins.str
+    """What is wrong and what to do about it, for the site admin."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeCondition: _TypeAlias = NodeCondition  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):

@@ -490,12 +490,19 @@ class ReportStatusRequest(_message.Message):
     AUDIT_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     CACHE_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    CONDITIONS_CHECKED_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     full: _builtins.bool
     """True when the list covers every workspace the node knows of (a heartbeat);
     false for an incremental update.
     """
     cache_budget_bytes: _builtins.int
+    conditions_checked: _builtins.bool
+    """Whether the agent has checked its conditions yet (its first reconcile pass is done).
+    False (an agent just started, or one older than conditions): the service keeps the
+    conditions it holds, so an agent restart does not clear and raise them again.
+    """
     @_builtins.property
     def workspaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObservedWorkspace]: ...
     @_builtins.property
@@ -508,6 +515,13 @@ class ReportStatusRequest(_message.Message):
     def cache(self) -> _containers.RepeatedCompositeFieldContainer[_admin_pb2.CacheEntry]:
         """Full reports: the blob cache's contents and budget."""
 
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_admin_pb2.NodeCondition]:
+        """Full reports with conditions_checked: every condition that keeps the node from
+        serving some workspaces now (none: it can serve them all); the service replaces what
+        it holds with them.
+        """
+
     def __init__(
         self,
         *,
@@ -518,10 +532,12 @@ class ReportStatusRequest(_message.Message):
         audit: _abc.Iterable[_trust_pb2.AuditEntry] | None = ...,
         cache: _abc.Iterable[_admin_pb2.CacheEntry] | None = ...,
         cache_budget_bytes: _builtins.int = ...,
+        conditions: _abc.Iterable[_admin_pb2.NodeCondition] | None = ...,
+        conditions_checked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "cache", b"cache", "cache_budget_bytes", b"cache_budget_bytes", "cached_digests", b"cached_digests", "full", b"full", "node", b"node", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "cache", b"cache", "cache_budget_bytes", b"cache_budget_bytes", "cached_digests", b"cached_digests", "conditions", b"conditions", "conditions_checked", b"conditions_checked", "full", b"full", "node", b"node", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,140 @@
+"""Node conditions over the real service, reported by a fake-driver agent whose
+networking finds them (the real finding is tested in tests/unit/test_uplink.py): what
+`ws-admin node list` and `node show` print, their JSON, the Python client's view, and
+one `node.condition` site event per condition that appears or clears."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from agent.netsetup import NullNetworking
+from tests.functional.harness import Site, wait_for
+from tests.functional.test_netpolicy import run
+from tests.functional.test_site_events import events
+from workspace.cli import admin
+from workspace.client import Client
+from workspace.domain.events import SiteEvent
+from workspace.domain.model import NodeCondition
+from workspace.errors import NotFound
+from workspace.v1 import admin_pb2
+
+NO_ISOLATION = NodeCondition(
+    "no-isolation",
+    "bridged IPv4 does not pass the inet hooks (br_netfilter not loaded, ...):"
+    " CLUSTER and OUTBOUND workspaces cannot be isolated here and do not start",
+)
+LAB_DOWN = NodeCondition(
+    "network-not-ready", "network lab: uplink eth9 does not exist on node node1", subject="lab"
+)
+
+
+class Found(NullNetworking):
+    """Networking whose every pass finds ``found``."""
+
+    def __init__(self, *found: NodeCondition) -> None:
+        self.found: tuple[NodeCondition, ...] = found
+
+    def conditions(self) -> Sequence[NodeCondition]:
+        return self.found
+
+
+def listed(site: Site) -> list[tuple[str, str, str]]:
+    (node,) = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    return [(c.code, c.subject, c.message) for c in node.conditions]
+
+
+def as_listed(*conds: NodeCondition) -> list[tuple[str, str, str]]:
+    return [(c.code, c.subject, c.message) for c in conds]
+
+
+def condition_events(site: Site) -> list[SiteEvent]:
+    return [e for e in events(site) if e.kind == "node.condition"]
+
+
+def test_a_condition_is_shown_on_the_node_and_is_an_event_until_it_clears(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = Found()
+    site.add_agent("node1", networking=net)
+    wait_for(lambda: site.agents["node1"].executor.conditions() == (), what="the first pass")
+    code, out, _ = run(admin, site, capsys, "node", "list")
+    header, row = out.splitlines()
+    assert code == 0 and dict(zip(header.split(), row.split(), strict=True))["CONDITIONS"] == "-"
+
+    net.found = (NO_ISOLATION, LAB_DOWN)  # the node loses br_netfilter and an uplink
+    wait_for(lambda: listed(site) == as_listed(NO_ISOLATION, LAB_DOWN), what="the conditions")
+    code, out, _ = run(admin, site, capsys, "node", "list")
+    header, row = out.splitlines()
+    cells = dict(zip(header.split(), row.split(), strict=True))
+    assert (code, cells["STATE"]) == (0, "READY")  # it still serves its other workspaces
+    assert cells["CONDITIONS"] == "no-isolation,network-not-ready:lab"
+    code, out, _ = run(admin, site, capsys, "node", "show", "node1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["name", "node1"]
+    at = lines.index("conditions")
+    assert lines[at + 1 :] == [
+        f"  no-isolation           {NO_ISOLATION.message}",
+        f"  network-not-ready:lab  {LAB_DOWN.message}",
+    ]
+    for argv in (["node", "list"], ["node", "show", "node1"]):
+        code, out, _ = run(admin, site, capsys, "-o", "json", *argv)
+        data: Any = json.loads(out)
+        node = data[0] if isinstance(data, list) else data
+        assert node["conditions"] == [
+            {"code": "no-isolation", "subject": "", "message": NO_ISOLATION.message},
+            {"code": "network-not-ready", "subject": "lab", "message": LAB_DOWN.message},
+        ]
+    with Client(site.address) as client:  # the Python client sees them too
+        assert [c.code for c in client.get_node("node1").conditions] == [
+            "no-isolation",
+            "network-not-ready",
+        ]
+    appeared = wait_for(lambda: condition_events(site), what="the node.condition events")
+    assert [(e.node, e.subject, e.state, e.reason) for e in appeared] == [
+        ("node1", "network-not-ready:lab", "appeared", LAB_DOWN.message),
+        ("node1", "no-isolation", "appeared", NO_ISOLATION.message),
+    ]
+    code, out, _ = run(admin, site, capsys, "events", "--kind", "node.condition")
+    assert code == 0
+    assert (
+        "node.condition  node node1  condition no-isolation  appeared  by user:local: "
+        f"{NO_ISOLATION.message}" in out
+    )
+
+    net.found = (NO_ISOLATION,)  # the uplink is back
+    wait_for(lambda: listed(site) == as_listed(NO_ISOLATION), what="the network's cleared")
+    time.sleep(1.5)  # more full reports: each says the same, nothing new happens
+    net.found = ()  # and br_netfilter is loaded
+    wait_for(lambda: listed(site) == [], what="no conditions")
+    done = wait_for(lambda: (e := condition_events(site)) and len(e) == 4 and e)
+    assert [(e.subject, e.state, e.reason) for e in done[2:]] == [
+        ("network-not-ready:lab", "cleared", ""),
+        ("no-isolation", "cleared", ""),
+    ]
+    code, out, _ = run(admin, site, capsys, "node", "show", "node1")
+    assert out.splitlines()[-1].split() == ["conditions", "none"]
+
+
+def test_a_restarted_agent_does_not_clear_and_raise_its_conditions_again(site: Site) -> None:
+    site.add_agent("node1", networking=Found(NO_ISOLATION))
+    wait_for(lambda: listed(site) == as_listed(NO_ISOLATION), what="the condition")
+    site.stop_agent("node1")
+    again = site.add_agent("node1", networking=Found(NO_ISOLATION))
+    # its first full reports come before its first pass: they say nothing of conditions
+    wait_for(lambda: again.executor.conditions() is not None, what="the first pass")
+    time.sleep(1.5)  # full reports after it
+    assert listed(site) == as_listed(NO_ISOLATION)
+    assert [(e.subject, e.state) for e in condition_events(site)] == [("no-isolation", "appeared")]
+
+
+def test_node_show_of_an_unknown_node(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(admin, site, capsys, "node", "show", "nope")
+    assert code == 1 and "no node 'nope'; `ws-admin node list` shows them" in err
+    with Client(site.address) as client, pytest.raises(NotFound):
+        client.get_node("nope")
