@@ -357,7 +357,7 @@ class Catalog:
         over_quota = refusals.recorded(env.store, env.notifier, env.clock, req.image)
         with over_quota, env.store.write() as s:
             ident = as_identity(who)
-            img.project = resolve_project(s, ident, project)
+            img.project = resolve_project(s, ident, project, require=env.cfg.require_project)
             # An admin's image outside any project is a site image: every user sees it.
             img.public = ident.admin and not img.project and site_image
             if s.get(Image, req.image) is not None:

@@ -118,11 +118,19 @@ def scope(s: Session, who: Identity | str) -> Scope:
 
 
 def resolve_project(
-    s: Session, who: Identity, asked: str, mine: frozenset[str] | None = None
+    s: Session,
+    who: Identity,
+    asked: str,
+    mine: frozenset[str] | None = None,
+    *,
+    require: bool = False,
 ) -> str:
     """The project a new object of ``who`` belongs to: the one asked for (which must be
-    one of theirs), else their only project, else "" (none). ``mine``: ``who``'s
-    memberships if already read in this transaction (``Scope.projects``)."""
+    one of theirs), else their only project. A caller of several projects who names
+    none is refused (INVALID_ARGUMENT naming them: nothing would count it). A caller of
+    none gets "" (no project: no quota, no lease), unless ``require`` (the service's
+    ``require_project``) and they are not an admin: FAILED_PRECONDITION then. ``mine``:
+    ``who``'s memberships if already read in this transaction (``Scope.projects``)."""
     if mine is None:
         mine = memberships(s, who)
     if asked:
@@ -133,8 +141,17 @@ def resolve_project(
         if asked in mine or who.admin:
             return asked
         raise PermissionDenied(f"you are not a member of project {asked!r}")
-    if len(mine) != 1:
+    if not mine:
+        if require and not who.admin:
+            raise FailedPrecondition(
+                "you belong to no project; ask an admin to add you: "
+                f"ws-admin project add-user P {who.name}"
+            )
         return ""
+    if len(mine) > 1:
+        raise InvalidArgument(
+            f"you are a member of {', '.join(sorted(mine))}: say which with --project"
+        )
     only = next(iter(mine))
     if s.get(Project, only) is None:
         raise NotFound(
