@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, or_, select
 from sqlalchemy.orm import Session
 
+from workspace.domain.events import Kind as EventKind
 from workspace.domain.leases import duration_text, site_maximum
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import State
@@ -30,6 +31,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import NAME_RE, Identity, Kind
+from workspace.ops import admin_events
 from workspace.ops.unit import Env
 from workspace.store import Backfill, Image, Project, ProjectMember, Workspace
 from workspace.store.mapping import bound_spec, flushed, limits_column
@@ -312,6 +314,9 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
         s.add(row)
         s.flush()
         shown = _spec(s, row)
+        admin_events.record(
+            env, s, EventKind.PROJECT_CREATED, spec.name, admin_events.about_project(shown)
+        )
     log.info("project %s created (%s)", spec.name, q)
     return shown
 
@@ -325,6 +330,7 @@ def add_user(env: Env, project: str, user: str) -> ProjectSpec:
         if s.get(ProjectMember, (project, user)) is None:
             s.add(ProjectMember(project=project, user=user))
             s.flush()
+            admin_events.record(env, s, EventKind.PROJECT_USER_ADDED, project, f"user {user}")
             log.info("user %s added to project %s", user, project)
         return _spec(s, p)
 
@@ -341,8 +347,28 @@ def remove_user(env: Env, project: str, user: str) -> ProjectSpec:
             raise NotFound(f"user {user!r} is not a recorded member of project {project!r}")
         s.delete(row)
         s.flush()
-        log.info("user %s removed from project %s", user, project)
+        live = live_workspaces_of(s, project, user)
+        stay = f"; {live} live workspace(s) of theirs stay in it" if live else ""
+        admin_events.record(env, s, EventKind.PROJECT_USER_REMOVED, project, f"user {user}{stay}")
+        log.info("user %s removed from project %s%s", user, project, stay)
         return _spec(s, p)
+
+
+def live_workspaces_of(s: Session, project: str, owner: str) -> int:
+    """How many workspaces of ``owner`` in ``project`` are not TERMINATED (they count
+    against its quotas whoever its members are now)."""
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(Workspace)
+            .where(
+                Workspace.project == project,
+                Workspace.owner == owner,
+                Workspace.state != State.TERMINATED.value,
+            )
+        )
+        or 0
+    )
 
 
 def delete_project(env: Env, name: str) -> ProjectSpec:
@@ -373,6 +399,14 @@ def delete_project(env: Env, name: str) -> ProjectSpec:
         s.execute(delete(ProjectMember).where(ProjectMember.project == name))
         s.delete(p)
         s.flush()
+        members = ", ".join(shown.users) or "none"
+        admin_events.record(
+            env,
+            s,
+            EventKind.PROJECT_DELETED,
+            name,
+            f"{admin_events.about_project(shown)}; recorded members {members}",
+        )
     log.info("project %s deleted (its %d recorded member(s) with it)", name, len(shown.users))
     return shown
 
@@ -408,6 +442,7 @@ def set_defaults(
         p = s.get(Project, project)
         if p is None:
             raise no_such_project(project)
+        before = _spec(s, p)
         if defaults is not None:
             p.default_limits = limits_column(defaults)
             log.info("project %s: default limits %s", project, limits_column(defaults) or "none")
@@ -421,7 +456,11 @@ def set_defaults(
             p.lease_action = leases[2].value
             log.info("project %s: leases %s", project, leases)
         s.flush()
-        return _spec(s, p)
+        after = _spec(s, p)
+        changed = admin_events.project_changes(before, after)
+        if changed:
+            admin_events.record(env, s, EventKind.PROJECT_UPDATED, project, changed)
+        return after
 
 
 def list_projects(env: Env) -> list[ProjectSpec]:
