@@ -3,7 +3,7 @@
     ws-admin project create P [--quota instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N]
                               [--default-lease 8h] [--max-lease 72h] [--on-expiry stop|destroy]
                               [--quota-preemptible-instances N] [--quota-preemptible-vcpus N]
-                              [--quota-preemptible-memory-mib N]
+                              [--quota-preemptible-memory-mib N] [--quota-preemptible-disk-gib N]
     ws-admin project set P [--default-cpu-percent N] [--default-net-mbps N] ...
                            [--quota-preemptible-instances N] ...
     ws-admin project add-user P NAME

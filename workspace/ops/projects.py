@@ -56,6 +56,7 @@ QUOTA_NAMES = {
     "preemptible_instances": "preemptible-instances",
     "preemptible_vcpus": "preemptible-vcpus",
     "preemptible_memory_mib": "preemptible-memory-mib",
+    "preemptible_disk_gib": "preemptible-disk-gib",
 }
 
 
@@ -176,6 +177,7 @@ def limits_of(p: Project) -> Quota:
         p.quota_preemptible_instances or 0,
         p.quota_preemptible_vcpus or 0,
         p.quota_preemptible_memory_mib or 0,
+        p.quota_preemptible_disk_gib or 0,
     )
 
 
@@ -191,12 +193,13 @@ def workspace_use(s: Session, project: str) -> Quota:
             Workspace.project == project, Workspace.state != State.TERMINATED.value
         )
     ).scalars()
-    n = cpus = mem = disk = pn = pcpus = pmem = 0
+    n = cpus = mem = disk = pn = pcpus = pmem = pdisk = 0
     for w in rows:
         if w.preemptible:
             pn += 1
             pcpus += w.cpus
             pmem += w.memory_mib
+            pdisk += disk_bytes(w)
             continue
         n += 1
         cpus += w.cpus
@@ -210,6 +213,7 @@ def workspace_use(s: Session, project: str) -> Quota:
         preemptible_instances=pn,
         preemptible_vcpus=pcpus,
         preemptible_memory_mib=pmem,
+        preemptible_disk_gib=math.ceil(pdisk / GIB),
     )
 
 
@@ -305,6 +309,7 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
             quota_preemptible_instances=q.preemptible_instances,
             quota_preemptible_vcpus=q.preemptible_vcpus,
             quota_preemptible_memory_mib=q.preemptible_memory_mib,
+            quota_preemptible_disk_gib=q.preemptible_disk_gib,
             default_lease_s=spec.default_lease_s,
             max_lease_s=spec.max_lease_s,
             lease_action=spec.on_expiry.value,
@@ -413,7 +418,12 @@ def delete_project(env: Env, name: str) -> ProjectSpec:
 
 # The quotas of each class, as set apart (``set_defaults``).
 NORMAL_QUOTAS = ("instances", "vcpus", "memory_mib", "disk_gib", "image_bytes")
-PREEMPTIBLE_QUOTAS = ("preemptible_instances", "preemptible_vcpus", "preemptible_memory_mib")
+PREEMPTIBLE_QUOTAS = (
+    "preemptible_instances",
+    "preemptible_vcpus",
+    "preemptible_memory_mib",
+    "preemptible_disk_gib",
+)
 
 
 def set_defaults(
