@@ -22,8 +22,14 @@ QUOTA_FIELDS = {
     "preemptible-instances": "preemptible_instances",
     "preemptible-vcpus": "preemptible_vcpus",
     "preemptible-memory-mib": "preemptible_memory_mib",
+    "preemptible-disk-gib": "preemptible_disk_gib",
 }
-PREEMPTIBLE_QUOTAS = ("preemptible-instances", "preemptible-vcpus", "preemptible-memory-mib")
+PREEMPTIBLE_QUOTAS = (
+    "preemptible-instances",
+    "preemptible-vcpus",
+    "preemptible-memory-mib",
+    "preemptible-disk-gib",
+)
 LEASE_ACTIONS = {
     "stop": projects_pb2.LEASE_ACTION_STOP,
     "destroy": projects_pb2.LEASE_ACTION_DESTROY,

@@ -343,6 +343,10 @@ class ServiceConfig:
     autoscale_command_timeout_s: float = 10.0
     squeue_command: str = "squeue"
     roster_push_interval_s: float = 5.0
+    # True: a create, cluster create, image import/push or save by a user (not an admin)
+    # who belongs to no project is refused; false: it is made outside any project (no
+    # quota, no lease).
+    require_project: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

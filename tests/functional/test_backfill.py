@@ -25,6 +25,7 @@ from workspace.v1 import (
     common_pb2,
     projects_pb2,
     projects_pb2_grpc,
+    usage_pb2,
     workspaces_pb2,
 )
 
@@ -293,6 +294,21 @@ def test_only_admins_see_or_touch_backfill_workspaces(tmp_path: Path) -> None:
             grpc.StatusCode.PERMISSION_DENIED,
         )
         assert [w.id for w in backfill_live(site)] == [made.id]  # untouched
+        # Their usage too: the member's report has their own workspace, not the site's
+        # backfill charged to their project, by workspace, user or project alike.
+        member.create(name="mine", project="grid")
+        for by in (usage_pb2.USAGE_GROUPING_WORKSPACE, usage_pb2.USAGE_GROUPING_USER):
+            rows = member.ws.GetUsage(usage_pb2.GetUsageRequest(by=by)).rows
+            assert made.id not in {r.key for r in rows} and made.name not in {r.name for r in rows}
+            assert BACKFILL_OWNER not in {r.owner for r in rows} | {r.key for r in rows}
+        [mine] = member.ws.GetUsage(usage_pb2.GetUsageRequest()).rows
+        assert (mine.name, mine.owner) == ("mine", "alice")
+        by_project = usage_pb2.GetUsageRequest(by=usage_pb2.USAGE_GROUPING_PROJECT)
+        [grid] = member.ws.GetUsage(by_project).rows
+        assert grid.preemptible_memory_gib_hours == 0  # alice's normal workspace only
+        # An admin's report has everything.
+        every = site.stubs.admin.GetUsage(usage_pb2.GetUsageRequest()).rows
+        assert {r.key for r in every} >= {made.id, mine.key}
     finally:
         site.close()
 

@@ -67,6 +67,41 @@ def test_preemptible_resource_quotas(
     assert ready_site.stubs.create(name="normal", project="p", **ask).project == "p"
 
 
+def scratch(gib: int) -> list[common_pb2.Partition]:
+    """An extra blank partition of ``gib`` GiB (`ws create --blank scratch:30GiB`)."""
+    return [
+        common_pb2.Partition(
+            name="scratch", mode=common_pb2.PARTITION_MODE_BLANK, size_bytes=gib * 1024**3
+        )
+    ]
+
+
+def test_preemptible_disks_count_against_the_preemptible_disk_quota(ready_site: Site) -> None:
+    make(ready_site, disk_gib=5, preemptible_disk_gib=40)
+    stubs = ready_site.stubs
+    # Not against disk-gib (the normal class's), as preemptible vCPUs are not against vcpus ...
+    stubs.create(name="big", project="p", preemptible=True, extra_partitions=scratch(30))
+    [use] = projects(ready_site).GetQuota(projects_pb2.GetQuotaRequest(project="p")).projects
+    assert use.used.disk_gib == 0
+    assert 30 < use.used.preemptible_disk_gib <= 31  # the scratch disk and the image's
+    assert use.limits.preemptible_disk_gib == 40
+    # ... but against their own: a second 30 GiB one goes over 40.
+    why = refused(
+        lambda: stubs.create(
+            name="more", project="p", preemptible=True, extra_partitions=scratch(30)
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert "preemptible-disk-gib quota of project p" in why
+    assert names(ready_site) == {"big"}
+    # The normal class keeps its own room: disk-gib=5 refuses a normal 30 GiB create.
+    why = refused(
+        lambda: stubs.create(name="normal", project="p", extra_partitions=scratch(30)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert "disk-gib quota of project p" in why and "preemptible" not in why
+
+
 def test_a_preemptible_cluster_over_its_quota_is_refused_whole(ready_site: Site) -> None:
     make(ready_site, preemptible_instances=2)
     req = clusters_pb2.CreateClusterRequest(
@@ -155,6 +190,12 @@ def test_preemptible_quotas_on_the_command_line(
     # Those left out stayed.
     assert (quota["preemptible_instances"], quota["preemptible_vcpus"]) == (3, 6)
     assert quota["preemptible_memory_mib"] == 4096 and quota["instances"] == 2
+    code, out, err = run(
+        admin, ready_site, capsys, "-o", "json",
+        "project", "set", "phys", "--quota-preemptible-disk-gib", "50",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["quota"]["preemptible_disk_gib"] == 50
     code, _, err = run(
         admin, ready_site, capsys, "project", "set", "phys", "--quota-preemptible-vcpus", "-1"
     )
@@ -168,6 +209,7 @@ def test_preemptible_quotas_on_the_command_line(
     assert ("instances", "0", "2") in rows
     assert ("preemptible-instances", "1", "3") in rows
     assert ("preemptible-vcpus", "2", "6") in rows
+    assert ("preemptible-disk-gib", "1", "50") in rows  # the image's disk, rounded up
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "quota")
     used = json.loads(out)[0]["used"]
     assert (used["instances"], used["preemptible_instances"]) == (0, 1)

@@ -197,7 +197,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "events",
         parents=[parent],
         help="site events: state changes, placements, refusals, nodes, networks, images, "
-        "trust, quotas, leases",
+        "trust, quotas, leases, projects and their members, backfill",
         description="Site events, oldest first, each with its time, who (the caller, a node, "
         "or system), what (kind, workspace, node, cluster) and why. --follow keeps "
         "printing new ones; -o json prints one JSON object per line. --kind, --workspace, "

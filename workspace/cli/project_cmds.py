@@ -3,7 +3,7 @@
     ws-admin project create P [--quota instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N]
                               [--default-lease 8h] [--max-lease 72h] [--on-expiry stop|destroy]
                               [--quota-preemptible-instances N] [--quota-preemptible-vcpus N]
-                              [--quota-preemptible-memory-mib N]
+                              [--quota-preemptible-memory-mib N] [--quota-preemptible-disk-gib N]
     ws-admin project set P [--default-cpu-percent N] [--default-net-mbps N] ...
                            [--quota-preemptible-instances N] ...
     ws-admin project add-user P NAME
@@ -203,8 +203,20 @@ def register_admin(
         return common.EXIT_OK
 
     def remove_user(args: argparse.Namespace) -> int:
-        p = client_for(args).remove_project_user(args.name, args.user)
-        render.emit(args, p, f"user {args.user} is no longer a recorded member of {p.name}")
+        client = client_for(args)
+        p = client.remove_project_user(args.name, args.user)
+        said = f"user {args.user} is no longer a recorded member of {p.name}"
+        if not render.wants_json(args):  # what stays behind, which the admin may miss
+            live = sum(
+                w.owner == args.user and w.project == p.name
+                for w in client.list_workspaces(all_users=True)
+            )
+            if live:
+                said += (
+                    f"; {live} live workspace(s) of theirs stay in {p.name} and count against "
+                    f"its quota until destroyed (`ws list --all-users`)"
+                )
+        render.emit(args, p, said)
         return common.EXIT_OK
 
     def delete(args: argparse.Namespace) -> int:

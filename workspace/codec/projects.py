@@ -17,6 +17,7 @@ def quota_to_proto(q: Quota) -> projects_pb2.Quota:
         preemptible_instances=q.preemptible_instances,
         preemptible_vcpus=q.preemptible_vcpus,
         preemptible_memory_mib=q.preemptible_memory_mib,
+        preemptible_disk_gib=q.preemptible_disk_gib,
     )
 
 
@@ -30,6 +31,7 @@ def quota_from_proto(q: projects_pb2.Quota) -> Quota:
         q.preemptible_instances,
         q.preemptible_vcpus,
         q.preemptible_memory_mib,
+        q.preemptible_disk_gib,
     )
 
 

@@ -38,6 +38,17 @@ class Kind(enum.StrEnum):
     NETWORK_CREATED = "network.created"
     NETWORK_UPDATED = "network.updated"
     NETWORK_DELETED = "network.deleted"
+    # `ws-admin project create/set/delete/add-user/remove-user` (subject: the project;
+    # reason: its settings, what changed old -> new, or the user): ops/admin_events.py.
+    PROJECT_CREATED = "project.created"
+    PROJECT_UPDATED = "project.updated"
+    PROJECT_DELETED = "project.deleted"
+    PROJECT_USER_ADDED = "project.user_added"
+    PROJECT_USER_REMOVED = "project.user_removed"
+    # `ws-admin backfill set/clear` (subject: the image; reason: the entry, what changed,
+    # or how many of its workspaces the clear destroyed).
+    BACKFILL_SET = "backfill.set"
+    BACKFILL_CLEARED = "backfill.cleared"
     # Images pushed, imported or saved; made public or private; deleted (subject: the
     # image; reason: its project, visibility and size, or what changed).
     IMAGE_ADDED = "image.added"

@@ -29,6 +29,7 @@ QUOTA_FIELDS = (
     "preemptible_instances",
     "preemptible_vcpus",
     "preemptible_memory_mib",
+    "preemptible_disk_gib",
 )
 
 
@@ -37,8 +38,8 @@ class Quota:
     """Limits of a project (0 = no limit), or what it uses.
 
     The preemptible class is counted apart: its workspaces count against the
-    ``preemptible_*`` figures only, normal ones against instances, vcpus, memory_mib
-    and disk_gib only (preemptible workspaces hold no disk quota: preemption frees it).
+    ``preemptible_*`` figures only (their disks against ``preemptible_disk_gib``), normal
+    ones against instances, vcpus, memory_mib and disk_gib only.
     """
 
     instances: int = 0
@@ -49,6 +50,7 @@ class Quota:
     preemptible_instances: int = 0
     preemptible_vcpus: int = 0
     preemptible_memory_mib: int = 0
+    preemptible_disk_gib: int = 0
 
     def exceeded(self, used: Quota) -> list[str]:
         """The names of the limits ``used`` goes over (``instances``, ``vcpus``, ...)."""

@@ -25,12 +25,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workspace.domain.backfill import BackfillSpec, BackfillView, free_index, workspace_name
+from workspace.domain.events import Kind as EventKind
 from workspace.domain.model import CreateRequest, CreateSpec, WorkspaceView
 from workspace.domain.states import Desired, Op, State
 from workspace.domain.tenancy import BACKFILL_OWNER
 from workspace.errors import InvalidArgument, NotFound, WorkspaceError
 from workspace.identity import Identity, Kind
-from workspace.ops import admission, group_commit
+from workspace.ops import admin_events, admission, group_commit
 from workspace.ops.create import check_networks, check_spec, create_in, request_hash
 from workspace.ops.image_refs import unknown_image
 from workspace.ops.operate import act
@@ -134,6 +135,7 @@ def set_entry(env: Env, spec: BackfillSpec) -> BackfillView:
     with env.store.write() as s:
         spec = check_entry(env, s, spec)
         row = s.get(Backfill, spec.image)
+        before = None if row is None else _spec(row)
         if row is None:
             row = Backfill(image=spec.image)
             s.add(row)
@@ -147,6 +149,13 @@ def set_entry(env: Env, spec: BackfillSpec) -> BackfillView:
         row.updated_at = env.clock()
         s.flush()
         view = _view(row, _counts(s))
+        said = (
+            admin_events.about_backfill(view.spec)
+            if before is None
+            else admin_events.backfill_changes(before, view.spec)
+        )
+        if said:
+            admin_events.record(env, s, EventKind.BACKFILL_SET, spec.image, said)
     log.info("backfill %s: at most %d (%s)", spec.image, spec.max_count, spec)
     return view
 
@@ -172,6 +181,13 @@ def clear_entry(env: Env, image: str) -> BackfillView:
         spec, owner = _spec(row), row.owner
         gone = destroy(env, u, live_rows(u.s, image), "backfill entry cleared")
         u.s.delete(row)
+        admin_events.record(
+            env,
+            u.s,
+            EventKind.BACKFILL_CLEARED,
+            image,
+            f"{gone} workspace(s) destroyed; was {admin_events.about_backfill(spec)}",
+        )
     log.info("backfill %s cleared: %d workspace(s) destroyed", image, gone)
     return BackfillView(spec, owner, gone, 0)
 

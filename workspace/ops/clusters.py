@@ -173,7 +173,9 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
         ).first()
         if clash is not None:
             raise AlreadyExists(f"you already have a cluster named {req.name!r}")
-        project = resolve_project(s, sc.who, req.project, sc.projects)
+        project = resolve_project(
+            s, sc.who, req.project, sc.projects, require=env.cfg.require_project
+        )
         cid = "c" + uuid.uuid4().hex[:11]
         now = env.clock()
         c = Cluster(

@@ -364,7 +364,9 @@ def create_in(
     spec = replace(
         spec, name=spec.name or f"ws-{wid[:8]}", networks=check_networks(u.s, spec.networks)
     )
-    project = resolve_project(u.s, sc.who, req.project, sc.projects)
+    project = resolve_project(
+        u.s, sc.who, req.project, sc.projects, require=env.cfg.require_project
+    )
     bound = prerequisites(env, u.s, sc, wid, spec)
     # 4. execution; the events go out after the commit. The row is inserted once placed
     # (one INSERT: ops/placement.py) or queued; in a project first, its quotas count it.

@@ -28,6 +28,7 @@ from workspace.ops import blob_access, projects, refusals, seeds, trust
 from workspace.ops.image_refs import may_use, unknown_image, visible_image
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
+    Scope,
     as_identity,
     limits_of,
     refuse_over,
@@ -357,7 +358,7 @@ class Catalog:
         over_quota = refusals.recorded(env.store, env.notifier, env.clock, req.image)
         with over_quota, env.store.write() as s:
             ident = as_identity(who)
-            img.project = resolve_project(s, ident, project)
+            img.project = resolve_project(s, ident, project, require=env.cfg.require_project)
             # An admin's image outside any project is a site image: every user sees it.
             img.public = ident.admin and not img.project and site_image
             if s.get(Image, req.image) is not None:
@@ -432,12 +433,7 @@ class Catalog:
                     )
                 users = image_users(s, name)
                 if users:
-                    shown = ", ".join(f"{w.owner}/{w.name} ({w.id})" for w in users[:10])
-                    more = f" and {len(users) - 10} more" if len(users) > 10 else ""
-                    raise FailedPrecondition(
-                        f"image {name} is in use by {len(users)} live workspace(s): "
-                        f"{shown}{more}; destroy them first"
-                    )
+                    raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
                 view = self._views(s, [img])[0]
                 mine = set(view.spec.digests())
                 s.delete(img)
@@ -474,6 +470,26 @@ def _delete_rows(s: Session, digests: Sequence[str]) -> None:
         if row is not None:
             s.delete(row)
     blob_access.forget(s, digests)
+
+
+def _in_use(name: str, users: list[Workspace], sc: Scope) -> str:
+    """Why image ``name`` cannot be deleted: its live ``users``, named as far as the
+    caller (``sc``) may see them; the others only counted."""
+    seen = [w for w in users if sc.sees(w.owner, w.project or "")]
+    named = [f"{w.owner}/{w.name} ({w.id})" for w in seen[:10]]
+    if len(seen) > 10:
+        named.append(f"{len(seen) - 10} more")
+    hidden = len(users) - len(seen)
+    if hidden:
+        named.append(
+            "1 other user's workspace" if hidden == 1 else f"{hidden} other users' workspaces"
+        )
+    listed = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
+    theirs = " (theirs by their owners or an admin)" if hidden else ""
+    return (
+        f"image {name} is in use by {len(users)} live workspace(s): {listed}; "
+        f"destroy them first{theirs}"
+    )
 
 
 def _referenced(s: Session) -> set[str]:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, or_, select
 from sqlalchemy.orm import Session
 
+from workspace.domain.events import Kind as EventKind
 from workspace.domain.leases import duration_text, site_maximum
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import State
@@ -30,6 +31,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import NAME_RE, Identity, Kind
+from workspace.ops import admin_events
 from workspace.ops.unit import Env
 from workspace.store import Backfill, Image, Project, ProjectMember, Workspace
 from workspace.store.mapping import bound_spec, flushed, limits_column
@@ -54,6 +56,7 @@ QUOTA_NAMES = {
     "preemptible_instances": "preemptible-instances",
     "preemptible_vcpus": "preemptible-vcpus",
     "preemptible_memory_mib": "preemptible-memory-mib",
+    "preemptible_disk_gib": "preemptible-disk-gib",
 }
 
 
@@ -118,11 +121,19 @@ def scope(s: Session, who: Identity | str) -> Scope:
 
 
 def resolve_project(
-    s: Session, who: Identity, asked: str, mine: frozenset[str] | None = None
+    s: Session,
+    who: Identity,
+    asked: str,
+    mine: frozenset[str] | None = None,
+    *,
+    require: bool = False,
 ) -> str:
     """The project a new object of ``who`` belongs to: the one asked for (which must be
-    one of theirs), else their only project, else "" (none). ``mine``: ``who``'s
-    memberships if already read in this transaction (``Scope.projects``)."""
+    one of theirs), else their only project. A caller of several projects who names
+    none is refused (INVALID_ARGUMENT naming them: nothing would count it). A caller of
+    none gets "" (no project: no quota, no lease), unless ``require`` (the service's
+    ``require_project``) and they are not an admin: FAILED_PRECONDITION then. ``mine``:
+    ``who``'s memberships if already read in this transaction (``Scope.projects``)."""
     if mine is None:
         mine = memberships(s, who)
     if asked:
@@ -133,8 +144,17 @@ def resolve_project(
         if asked in mine or who.admin:
             return asked
         raise PermissionDenied(f"you are not a member of project {asked!r}")
-    if len(mine) != 1:
+    if not mine:
+        if require and not who.admin:
+            raise FailedPrecondition(
+                "you belong to no project; ask an admin to add you: "
+                f"ws-admin project add-user P {who.name}"
+            )
         return ""
+    if len(mine) > 1:
+        raise InvalidArgument(
+            f"you are a member of {', '.join(sorted(mine))}: say which with --project"
+        )
     only = next(iter(mine))
     if s.get(Project, only) is None:
         raise NotFound(
@@ -157,6 +177,7 @@ def limits_of(p: Project) -> Quota:
         p.quota_preemptible_instances or 0,
         p.quota_preemptible_vcpus or 0,
         p.quota_preemptible_memory_mib or 0,
+        p.quota_preemptible_disk_gib or 0,
     )
 
 
@@ -172,12 +193,13 @@ def workspace_use(s: Session, project: str) -> Quota:
             Workspace.project == project, Workspace.state != State.TERMINATED.value
         )
     ).scalars()
-    n = cpus = mem = disk = pn = pcpus = pmem = 0
+    n = cpus = mem = disk = pn = pcpus = pmem = pdisk = 0
     for w in rows:
         if w.preemptible:
             pn += 1
             pcpus += w.cpus
             pmem += w.memory_mib
+            pdisk += disk_bytes(w)
             continue
         n += 1
         cpus += w.cpus
@@ -191,6 +213,7 @@ def workspace_use(s: Session, project: str) -> Quota:
         preemptible_instances=pn,
         preemptible_vcpus=pcpus,
         preemptible_memory_mib=pmem,
+        preemptible_disk_gib=math.ceil(pdisk / GIB),
     )
 
 
@@ -286,6 +309,7 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
             quota_preemptible_instances=q.preemptible_instances,
             quota_preemptible_vcpus=q.preemptible_vcpus,
             quota_preemptible_memory_mib=q.preemptible_memory_mib,
+            quota_preemptible_disk_gib=q.preemptible_disk_gib,
             default_lease_s=spec.default_lease_s,
             max_lease_s=spec.max_lease_s,
             lease_action=spec.on_expiry.value,
@@ -295,6 +319,9 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
         s.add(row)
         s.flush()
         shown = _spec(s, row)
+        admin_events.record(
+            env, s, EventKind.PROJECT_CREATED, spec.name, admin_events.about_project(shown)
+        )
     log.info("project %s created (%s)", spec.name, q)
     return shown
 
@@ -308,6 +335,7 @@ def add_user(env: Env, project: str, user: str) -> ProjectSpec:
         if s.get(ProjectMember, (project, user)) is None:
             s.add(ProjectMember(project=project, user=user))
             s.flush()
+            admin_events.record(env, s, EventKind.PROJECT_USER_ADDED, project, f"user {user}")
             log.info("user %s added to project %s", user, project)
         return _spec(s, p)
 
@@ -324,8 +352,28 @@ def remove_user(env: Env, project: str, user: str) -> ProjectSpec:
             raise NotFound(f"user {user!r} is not a recorded member of project {project!r}")
         s.delete(row)
         s.flush()
-        log.info("user %s removed from project %s", user, project)
+        live = live_workspaces_of(s, project, user)
+        stay = f"; {live} live workspace(s) of theirs stay in it" if live else ""
+        admin_events.record(env, s, EventKind.PROJECT_USER_REMOVED, project, f"user {user}{stay}")
+        log.info("user %s removed from project %s%s", user, project, stay)
         return _spec(s, p)
+
+
+def live_workspaces_of(s: Session, project: str, owner: str) -> int:
+    """How many workspaces of ``owner`` in ``project`` are not TERMINATED (they count
+    against its quotas whoever its members are now)."""
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(Workspace)
+            .where(
+                Workspace.project == project,
+                Workspace.owner == owner,
+                Workspace.state != State.TERMINATED.value,
+            )
+        )
+        or 0
+    )
 
 
 def delete_project(env: Env, name: str) -> ProjectSpec:
@@ -356,13 +404,26 @@ def delete_project(env: Env, name: str) -> ProjectSpec:
         s.execute(delete(ProjectMember).where(ProjectMember.project == name))
         s.delete(p)
         s.flush()
+        members = ", ".join(shown.users) or "none"
+        admin_events.record(
+            env,
+            s,
+            EventKind.PROJECT_DELETED,
+            name,
+            f"{admin_events.about_project(shown)}; recorded members {members}",
+        )
     log.info("project %s deleted (its %d recorded member(s) with it)", name, len(shown.users))
     return shown
 
 
 # The quotas of each class, as set apart (``set_defaults``).
 NORMAL_QUOTAS = ("instances", "vcpus", "memory_mib", "disk_gib", "image_bytes")
-PREEMPTIBLE_QUOTAS = ("preemptible_instances", "preemptible_vcpus", "preemptible_memory_mib")
+PREEMPTIBLE_QUOTAS = (
+    "preemptible_instances",
+    "preemptible_vcpus",
+    "preemptible_memory_mib",
+    "preemptible_disk_gib",
+)
 
 
 def set_defaults(
@@ -391,6 +452,7 @@ def set_defaults(
         p = s.get(Project, project)
         if p is None:
             raise no_such_project(project)
+        before = _spec(s, p)
         if defaults is not None:
             p.default_limits = limits_column(defaults)
             log.info("project %s: default limits %s", project, limits_column(defaults) or "none")
@@ -404,7 +466,11 @@ def set_defaults(
             p.lease_action = leases[2].value
             log.info("project %s: leases %s", project, leases)
         s.flush()
-        return _spec(s, p)
+        after = _spec(s, p)
+        changed = admin_events.project_changes(before, after)
+        if changed:
+            admin_events.record(env, s, EventKind.PROJECT_UPDATED, project, changed)
+        return after
 
 
 def list_projects(env: Env) -> list[ProjectSpec]:

@@ -50,7 +50,7 @@ from workspace.ops.lifecycle import (
     saving,
     stopped,
 )
-from workspace.ops.projects import as_identity
+from workspace.ops.projects import as_identity, resolve_project
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.store import Image, Workspace, journal
@@ -93,7 +93,7 @@ def save(
         manifest.parse_ref(image)
     except manifest.ManifestError as exc:
         raise InvalidArgument(str(exc)) from None
-    src = _mark(env, ident, ref, image)
+    src = _mark(env, ident, ref, image, project)
     limit = env.cfg.limits.save_timeout_s
     cow = tuple(p.name for p in src.partitions if p.mode is Mode.COW)
     log.info(
@@ -160,11 +160,14 @@ def may_send(env: Env, node: str, workspace_id: str) -> None:
             raise FailedPrecondition(f"no save of workspace {workspace_id} is under way")
 
 
-def _mark(env: Env, ident: Identity, ref: str, image: str) -> _Source:
-    """Check that the save may go ahead and mark the workspace; what the save needs."""
+def _mark(env: Env, ident: Identity, ref: str, image: str, project: str) -> _Source:
+    """Check that the save may go ahead and mark the workspace; what the save needs.
+    The image's project (``project``, else the workspace's) is checked here, as the
+    import will, before a node copies a byte."""
     with env.store.write() as s:
         ws = resolve_workspace(s, ident, ref)
         check_owner(ident, ws.owner, ws.name, "save")
+        resolve_project(s, ident, project or ws.project or "", require=env.cfg.require_project)
         if not stopped(ws) or not ws.node:
             raise FailedPrecondition(
                 f"workspace {ws.name} is {ws.state}; only a stopped workspace can be saved "

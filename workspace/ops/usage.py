@@ -9,8 +9,8 @@ from sqlalchemy import or_, select
 
 from workspace.domain.usage import Consumption, Grouping, Interval, UsageReport, totals
 from workspace.errors import InvalidArgument
-from workspace.identity import Identity
-from workspace.ops.projects import scope
+from workspace.identity import Identity, Kind
+from workspace.ops.projects import Scope, scope
 from workspace.ops.unit import Env
 from workspace.store import UsageInterval
 
@@ -30,8 +30,9 @@ def report(
     by: Grouping = Grouping.WORKSPACE,
     projects: Sequence[str] = (),
 ) -> UsageReport:
-    """Usage in [since, until) (until 0 = now): of ``owner``'s workspaces and those of
-    ``projects`` (``owner`` None: every workspace). Open intervals count until now."""
+    """Usage in [since, until) (until 0 = now): of what user ``owner`` sees, their
+    workspaces and those of ``projects`` but the site's backfill ones (``owner`` None:
+    every workspace, an admin's report). Open intervals count until now."""
     check_window(since, until)
     now = env.clock()
     until = until or now
@@ -39,9 +40,9 @@ def report(
         UsageInterval.started_at < until,
         or_(UsageInterval.ended_at == 0, UsageInterval.ended_at > since),
     )
-    if owner is not None:
-        mine = UsageInterval.owner == owner
-        q = q.where(or_(mine, UsageInterval.project.in_(projects)) if projects else mine)
+    if owner is not None:  # the rows its caller may see, as every list shows them
+        seen = Scope(Identity(Kind.USER, owner), frozenset(projects)).clause(UsageInterval)
+        q = q.where(seen) if seen is not None else q
     with env.store.read() as s:
         intervals = [
             Interval(

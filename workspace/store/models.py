@@ -423,6 +423,7 @@ class Project(Base):
     quota_preemptible_instances: Mapped[int] = mapped_column(Integer, default=0)
     quota_preemptible_vcpus: Mapped[int] = mapped_column(Integer, default=0)
     quota_preemptible_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    quota_preemptible_disk_gib: Mapped[int] = mapped_column(BigInteger, default=0)
     # Lifetimes of new workspaces (seconds; 0 = none) and what expiry does: STOP | DESTROY.
     default_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
     max_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)

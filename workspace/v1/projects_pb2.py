@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from workspace.v1 import common_pb2 as workspace_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bworkspace/v1/projects.proto\x12\x0cworkspace.v1\x1a\x19workspace/v1/common.proto\"$\n\x14\x44\x65leteProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xbe\x01\n\x05Quota\x12\x11\n\tinstances\x18\x01 \x01(\x03\x12\r\n\x05vcpus\x18\x02 \x01(\x03\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\x12\x13\n\x0bimage_bytes\x18\x05 \x01(\x03\x12\x1d\n\x15preemptible_instances\x18\x06 \x01(\x03\x12\x19\n\x11preemptible_vcpus\x18\x07 \x01(\x03\x12\x1e\n\x16preemptible_memory_mib\x18\x08 \x01(\x03\"\xd4\x01\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05quota\x18\x02 \x01(\x0b\x32\x13.workspace.v1.Quota\x12\x17\n\x0f\x64\x65\x66\x61ult_lease_s\x18\x03 \x01(\x03\x12\x13\n\x0bmax_lease_s\x18\x04 \x01(\x03\x12,\n\ton_expiry\x18\x05 \x01(\x0e\x32\x19.workspace.v1.LeaseAction\x12\r\n\x05users\x18\x06 \x03(\t\x12,\n\x0e\x64\x65\x66\x61ult_limits\x18\x07 \x01(\x0b\x32\x14.workspace.v1.Limits\"\xf6\x01\n\x19SetProjectDefaultsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12,\n\x0e\x64\x65\x66\x61ult_limits\x18\x02 \x01(\x0b\x32\x14.workspace.v1.Limits\x12.\n\x11preemptible_quota\x18\x03 \x01(\x0b\x32\x13.workspace.v1.Quota\x12\x1b\n\x13keep_default_limits\x18\x04 \x01(\x08\x12\"\n\x05quota\x18\x05 \x01(\x0b\x32\x13.workspace.v1.Quota\x12)\n\x06leases\x18\x06 \x01(\x0b\x32\x19.workspace.v1.LeasePolicy\"i\n\x0bLeasePolicy\x12\x17\n\x0f\x64\x65\x66\x61ult_lease_s\x18\x01 \x01(\x03\x12\x13\n\x0bmax_lease_s\x18\x02 \x01(\x03\x12,\n\ton_expiry\x18\x03 \x01(\x0e\x32\x19.workspace.v1.LeaseAction\"3\n\x12ProjectUserRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\"\x15\n\x13ListProjectsRequest\"?\n\x14ListProjectsResponse\x12\'\n\x08projects\x18\x01 \x03(\x0b\x32\x15.workspace.v1.Project\"\"\n\x0fGetQuotaRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"g\n\x0cProjectQuota\x12\x0f\n\x07project\x18\x01 \x01(\t\x12#\n\x06limits\x18\x02 \x01(\x0b\x32\x13.workspace.v1.Quota\x12!\n\x04used\x18\x03 \x01(\x0b\x32\x13.workspace.v1.Quota\"@\n\x10GetQuotaResponse\x12,\n\x08projects\x18\x01 \x03(\x0b\x32\x1a.workspace.v1.ProjectQuota*\\\n\x0bLeaseAction\x12\x1c\n\x18LEASE_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11LEASE_ACTION_STOP\x10\x01\x12\x18\n\x14LEASE_ACTION_DESTROY\x10\x02\x32\xa6\x04\n\x08Projects\x12=\n\rCreateProject\x12\x15.workspace.v1.Project\x1a\x15.workspace.v1.Project\x12I\n\x0e\x41\x64\x64ProjectUser\x12 .workspace.v1.ProjectUserRequest\x1a\x15.workspace.v1.Project\x12U\n\x0cListProjects\x12!.workspace.v1.ListProjectsRequest\x1a\".workspace.v1.ListProjectsResponse\x12I\n\x08GetQuota\x12\x1d.workspace.v1.GetQuotaRequest\x1a\x1e.workspace.v1.GetQuotaResponse\x12T\n\x12SetProjectDefaults\x12\'.workspace.v1.SetProjectDefaultsRequest\x1a\x15.workspace.v1.Project\x12L\n\x11RemoveProjectUser\x12 .workspace.v1.ProjectUserRequest\x1a\x15.workspace.v1.Project\x12J\n\rDeleteProject\x12\".workspace.v1.DeleteProjectRequest\x1a\x15.workspace.v1.Projectb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bworkspace/v1/projects.proto\x12\x0cworkspace.v1\x1a\x19workspace/v1/common.proto\"$\n\x14\x44\x65leteProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xdc\x01\n\x05Quota\x12\x11\n\tinstances\x18\x01 \x01(\x03\x12\r\n\x05vcpus\x18\x02 \x01(\x03\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x12\x10\n\x08\x64isk_gib\x18\x04 \x01(\x03\x12\x13\n\x0bimage_bytes\x18\x05 \x01(\x03\x12\x1d\n\x15preemptible_instances\x18\x06 \x01(\x03\x12\x19\n\x11preemptible_vcpus\x18\x07 \x01(\x03\x12\x1e\n\x16preemptible_memory_mib\x18\x08 \x01(\x03\x12\x1c\n\x14preemptible_disk_gib\x18\t \x01(\x03\"\xd4\x01\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05quota\x18\x02 \x01(\x0b\x32\x13.workspace.v1.Quota\x12\x17\n\x0f\x64\x65\x66\x61ult_lease_s\x18\x03 \x01(\x03\x12\x13\n\x0bmax_lease_s\x18\x04 \x01(\x03\x12,\n\ton_expiry\x18\x05 \x01(\x0e\x32\x19.workspace.v1.LeaseAction\x12\r\n\x05users\x18\x06 \x03(\t\x12,\n\x0e\x64\x65\x66\x61ult_limits\x18\x07 \x01(\x0b\x32\x14.workspace.v1.Limits\"\xf6\x01\n\x19SetProjectDefaultsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12,\n\x0e\x64\x65\x66\x61ult_limits\x18\x02 \x01(\x0b\x32\x14.workspace.v1.Limits\x12.\n\x11preemptible_quota\x18\x03 \x01(\x0b\x32\x13.workspace.v1.Quota\x12\x1b\n\x13keep_default_limits\x18\x04 \x01(\x08\x12\"\n\x05quota\x18\x05 \x01(\x0b\x32\x13.workspace.v1.Quota\x12)\n\x06leases\x18\x06 \x01(\x0b\x32\x19.workspace.v1.LeasePolicy\"i\n\x0bLeasePolicy\x12\x17\n\x0f\x64\x65\x66\x61ult_lease_s\x18\x01 \x01(\x03\x12\x13\n\x0bmax_lease_s\x18\x02 \x01(\x03\x12,\n\ton_expiry\x18\x03 \x01(\x0e\x32\x19.workspace.v1.LeaseAction\"3\n\x12ProjectUserRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\"\x15\n\x13ListProjectsRequest\"?\n\x14ListProjectsResponse\x12\'\n\x08projects\x18\x01 \x03(\x0b\x32\x15.workspace.v1.Project\"\"\n\x0fGetQuotaRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"g\n\x0cProjectQuota\x12\x0f\n\x07project\x18\x01 \x01(\t\x12#\n\x06limits\x18\x02 \x01(\x0b\x32\x13.workspace.v1.Quota\x12!\n\x04used\x18\x03 \x01(\x0b\x32\x13.workspace.v1.Quota\"@\n\x10GetQuotaResponse\x12,\n\x08projects\x18\x01 \x03(\x0b\x32\x1a.workspace.v1.ProjectQuota*\\\n\x0bLeaseAction\x12\x1c\n\x18LEASE_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11LEASE_ACTION_STOP\x10\x01\x12\x18\n\x14LEASE_ACTION_DESTROY\x10\x02\x32\xa6\x04\n\x08Projects\x12=\n\rCreateProject\x12\x15.workspace.v1.Project\x1a\x15.workspace.v1.Project\x12I\n\x0e\x41\x64\x64ProjectUser\x12 .workspace.v1.ProjectUserRequest\x1a\x15.workspace.v1.Project\x12U\n\x0cListProjects\x12!.workspace.v1.ListProjectsRequest\x1a\".workspace.v1.ListProjectsResponse\x12I\n\x08GetQuota\x12\x1d.workspace.v1.GetQuotaRequest\x1a\x1e.workspace.v1.GetQuotaResponse\x12T\n\x12SetProjectDefaults\x12\'.workspace.v1.SetProjectDefaultsRequest\x1a\x15.workspace.v1.Project\x12L\n\x11RemoveProjectUser\x12 .workspace.v1.ProjectUserRequest\x1a\x15.workspace.v1.Project\x12J\n\rDeleteProject\x12\".workspace.v1.DeleteProjectRequest\x1a\x15.workspace.v1.Projectb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'workspace.v1.projects_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEASEACTION']._serialized_start=1222
-  _globals['_LEASEACTION']._serialized_end=1314
+  _globals['_LEASEACTION']._serialized_start=1252
+  _globals['_LEASEACTION']._serialized_end=1344
   _globals['_DELETEPROJECTREQUEST']._serialized_start=72
   _globals['_DELETEPROJECTREQUEST']._serialized_end=108
   _globals['_QUOTA']._serialized_start=111
-  _globals['_QUOTA']._serialized_end=301
-  _globals['_PROJECT']._serialized_start=304
-  _globals['_PROJECT']._serialized_end=516
-  _globals['_SETPROJECTDEFAULTSREQUEST']._serialized_start=519
-  _globals['_SETPROJECTDEFAULTSREQUEST']._serialized_end=765
-  _globals['_LEASEPOLICY']._serialized_start=767
-  _globals['_LEASEPOLICY']._serialized_end=872
-  _globals['_PROJECTUSERREQUEST']._serialized_start=874
-  _globals['_PROJECTUSERREQUEST']._serialized_end=925
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=927
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=948
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=950
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1013
-  _globals['_GETQUOTAREQUEST']._serialized_start=1015
-  _globals['_GETQUOTAREQUEST']._serialized_end=1049
-  _globals['_PROJECTQUOTA']._serialized_start=1051
-  _globals['_PROJECTQUOTA']._serialized_end=1154
-  _globals['_GETQUOTARESPONSE']._serialized_start=1156
-  _globals['_GETQUOTARESPONSE']._serialized_end=1220
-  _globals['_PROJECTS']._serialized_start=1317
-  _globals['_PROJECTS']._serialized_end=1867
+  _globals['_QUOTA']._serialized_end=331
+  _globals['_PROJECT']._serialized_start=334
+  _globals['_PROJECT']._serialized_end=546
+  _globals['_SETPROJECTDEFAULTSREQUEST']._serialized_start=549
+  _globals['_SETPROJECTDEFAULTSREQUEST']._serialized_end=795
+  _globals['_LEASEPOLICY']._serialized_start=797
+  _globals['_LEASEPOLICY']._serialized_end=902
+  _globals['_PROJECTUSERREQUEST']._serialized_start=904
+  _globals['_PROJECTUSERREQUEST']._serialized_end=955
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=957
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=978
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=980
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1043
+  _globals['_GETQUOTAREQUEST']._serialized_start=1045
+  _globals['_GETQUOTAREQUEST']._serialized_end=1079
+  _globals['_PROJECTQUOTA']._serialized_start=1081
+  _globals['_PROJECTQUOTA']._serialized_end=1184
+  _globals['_GETQUOTARESPONSE']._serialized_start=1186
+  _globals['_GETQUOTARESPONSE']._serialized_end=1250
+  _globals['_PROJECTS']._serialized_start=1347
+  _globals['_PROJECTS']._serialized_end=1897
 # @@protoc_insertion_point(module_scope)

@@ -72,6 +72,7 @@ class Quota(_message.Message):
     PREEMPTIBLE_INSTANCES_FIELD_NUMBER: _builtins.int
     PREEMPTIBLE_VCPUS_FIELD_NUMBER: _builtins.int
     PREEMPTIBLE_MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_DISK_GIB_FIELD_NUMBER: _builtins.int
     instances: _builtins.int
     vcpus: _builtins.int
     memory_mib: _builtins.int
@@ -83,6 +84,7 @@ class Quota(_message.Message):
     """
     preemptible_vcpus: _builtins.int
     preemptible_memory_mib: _builtins.int
+    preemptible_disk_gib: _builtins.int
     def __init__(
         self,
         *,
@@ -94,10 +96,11 @@ class Quota(_message.Message):
         preemptible_instances: _builtins.int = ...,
         preemptible_vcpus: _builtins.int = ...,
         preemptible_memory_mib: _builtins.int = ...,
+        preemptible_disk_gib: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_gib", b"disk_gib", "image_bytes", b"image_bytes", "instances", b"instances", "memory_mib", b"memory_mib", "preemptible_instances", b"preemptible_instances", "preemptible_memory_mib", b"preemptible_memory_mib", "preemptible_vcpus", b"preemptible_vcpus", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_gib", b"disk_gib", "image_bytes", b"image_bytes", "instances", b"instances", "memory_mib", b"memory_mib", "preemptible_disk_gib", b"preemptible_disk_gib", "preemptible_instances", b"preemptible_instances", "preemptible_memory_mib", b"preemptible_memory_mib", "preemptible_vcpus", b"preemptible_vcpus", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

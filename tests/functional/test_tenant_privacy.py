@@ -1,0 +1,61 @@
+"""What one tenant's refusals say of another's objects: nothing by name (docs/design/ops.md,
+"Who may do what"). Over mutual TLS with real user certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from tests.functional.harness import SitePki, TlsSite
+from tests.functional.test_projects import make, refused
+from workspace.v1 import common_pb2, images_pb2
+
+
+def test_deleting_an_image_in_use_names_only_the_workspaces_the_caller_sees(
+    tmp_path: Path,
+) -> None:
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        site.stubs.network()
+        site.add_agent("node1")
+        make(site, name="phys")
+        make(site, name="chem")
+        alice = site.identity("alice", projects=("phys",))
+        bob = site.identity("bob", projects=("phys",))
+        carol = site.identity("carol", projects=("chem",))
+        digest = alice.upload(b"\5" * 65536)
+        alice.images.ImportImage(
+            images_pb2.ImportImageRequest(
+                name="envA:1",
+                partitions=[
+                    common_pb2.Partition(
+                        name="root", digest=digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
+                    )
+                ],
+            )
+        )
+        site.stubs.images.SetImagePublic(
+            images_pb2.SetImagePublicRequest(name="envA:1", public=True)
+        )
+        a1 = alice.create(name="a1", image="envA:1")
+        b1 = bob.create(name="b1", image="envA:1")  # alice's project: she sees it
+        carol.create(name="secret-chem-project", image="envA:1")
+        why = refused(
+            lambda: alice.images.DeleteImage(images_pb2.GetImageRequest(name="envA:1")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert why == (
+            f"image envA:1 is in use by 3 live workspace(s): alice/a1 ({a1.id}), bob/b1 "
+            f"({b1.id}) and 1 other user's workspace; destroy them first (theirs by their "
+            "owners or an admin)"
+        )
+        assert "carol" not in why and "secret" not in why
+        # An admin sees every one of them.
+        why = refused(
+            lambda: site.stubs.images.DeleteImage(images_pb2.GetImageRequest(name="envA:1")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert "carol/secret-chem-project" in why and "other user" not in why
+    finally:
+        site.close()
