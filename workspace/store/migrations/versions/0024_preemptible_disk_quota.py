@@ -2,7 +2,7 @@
 workspaces' disks count against it, as their vCPUs and memory count against theirs
 
 Revision ID: 0024
-Revises: 0022
+Revises: 0023
 Create Date: 2026-12-04 16:00:00
 """
 
@@ -12,9 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0024"
-# 0023 (node conditions) is being written on another branch: whichever of the two
-# lands second revises the other.
-down_revision: str | None = "0022"
+down_revision: str | None = "0023"
 branch_labels: str | None = None
 depends_on: str | None = None
 
