@@ -58,6 +58,9 @@ def test_a_waiting_request_holds_one_node_and_the_others_keep_working(busy: Site
         ("hog", 1, ["node3"]),
         ("q2", 2, []),
     ]
+    # Each owner sees their place in the queue (`ws show`), not who else waits.
+    assert site.stubs.get("hog").reason.startswith("waiting for capacity (1st in the queue): ")
+    assert site.stubs.get("q2").reason.startswith("waiting for capacity (2nd in the queue): ")
 
     # node3 frees: the head is placed there (nothing else took it meanwhile).
     site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get("x3").id))
@@ -66,6 +69,13 @@ def test_a_waiting_request_holds_one_node_and_the_others_keep_working(busy: Site
     [left] = queue(site)
     assert left.name == "q2"  # now the head: it holds the node closest to fitting it
     assert len(left.holds) == 1
+    assert site.stubs.get("q2").reason.startswith("waiting for capacity (1st in the queue): ")
+    # Cancelling it says so (it was never on a node that could be unreachable).
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(q2.id))
+    gone = site.stubs.get(q2.id)
+    assert gone.state == WS.WORKSPACE_STATE_TERMINATED
+    assert gone.reason == "destroyed while waiting for capacity"
+    assert queue(site) == []
 
 
 def test_a_cluster_at_the_head_holds_the_fewest_nodes_that_hold_it(busy: Site) -> None:

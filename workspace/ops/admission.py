@@ -99,6 +99,21 @@ def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
     return sorted(out.values(), key=lambda e: (e.queued_at, e.id))
 
 
+def position(s: Session, workspace_id: str) -> int:
+    """Where the request ``workspace_id`` belongs to stands in the queue (1: the head);
+    0 if it does not wait."""
+    for pos, e in enumerate(entries(s), start=1):
+        if workspace_id in e.ids:
+            return pos
+    return 0
+
+
+def ordinal(n: int) -> str:
+    """1 → "1st", 2 → "2nd", 11 → "11th", 23 → "23rd"."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def rows_of(s: Session, entry: Entry) -> list[Workspace]:
     rows = [s.get(Workspace, i) for i in sorted(entry.ids)]
     live = [w for w in rows if w is not None]
