@@ -21,12 +21,12 @@ capacity queue: what the head holds").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from workspace.config import SchedulerConfig
 from workspace.scheduler.engine import member_context, place_group
-from workspace.scheduler.filters import DYNAMIC_FILTERS, STATIC_FILTERS
+from workspace.scheduler.filters import STATIC_FILTERS
 from workspace.scheduler.model import Affinity, NodeView, Request, memory_claim_mib
 from workspace.scheduler.snapshot import UNBOUNDED, HostState, Snapshot, shape_key
 
@@ -63,22 +63,30 @@ def prospective(node: NodeView, leaving: Leaving | None) -> NodeView:
     )
 
 
-def could_host_empty(
-    nodes: Iterable[NodeView], requests: Sequence[Request], cfg: SchedulerConfig
-) -> set[str]:
-    """The nodes on which at least one of ``requests`` would fit if they were empty (every
-    filter but the group's affinity: the node's state, networks, labels and size)."""
-    snapshot = Snapshot([emptied(n) for n in nodes], cfg)
-    out: set[str] = set()
+def _fits_empty(host: HostState, req: Request, claim_mib: int) -> bool:
+    """Whether ``req`` fits ``host`` once it is empty: its size and declared bandwidth
+    (what the cpu, memory and bandwidth filters check, against the whole node)."""
+    view = host.view
+    return (
+        req.cpus <= host.cpu_capacity
+        and claim_mib <= host.memory_capacity_mib
+        and not (view.disk_mbps > 0 and req.disk_mbps > view.disk_mbps)
+        and not (view.net_mbps > 0 and req.net_mbps > view.net_mbps)
+    )
+
+
+def _able(snapshot: Snapshot, requests: Sequence[Request]) -> list[HostState]:
+    """The hosts (in name order) on which at least one of ``requests`` would fit if they
+    were empty: the static filters (state, networks, labels), then the size."""
+    cfg = snapshot.cfg
+    able: set[str] = set()
     shapes = {(shape_key(r), r.cpus, r.memory_mib, r.disk_mbps, r.net_mbps): r for r in requests}
     for req in shapes.values():
         ctx = member_context(snapshot, req, Affinity.NONE, 0, (0, 0, None))
         hosts, _ = snapshot.static_candidates(req, ctx, STATIC_FILTERS)
-        for f in DYNAMIC_FILTERS:
-            if hosts and f.active(req, ctx):
-                hosts = f.filter_all(hosts, req, ctx)
-        out.update(h.name for h in hosts)
-    return out
+        claim = memory_claim_mib(cfg, req)
+        able.update(h.name for h in hosts if h.name not in able and _fits_empty(h, req, claim))
+    return [h for h in snapshot.hosts if h.name in able]
 
 
 def _coverage(host: HostState, need: tuple[int, int, int, int]) -> float:
@@ -103,20 +111,16 @@ def ranked(
 ) -> list[NodeView]:
     """The nodes that could host some member if empty, closest to fitting the group first
     (its total need; free capacity counts what is going away), then in name order."""
-    able = could_host_empty(nodes, requests, cfg)
+    snapshot = Snapshot([prospective(n, leaving.get(n.name)) for n in nodes], cfg)
     need = (
         sum(r.cpus for r in requests),
         sum(memory_claim_mib(cfg, r) for r in requests),
         sum(r.disk_mbps for r in requests),
         sum(r.net_mbps for r in requests),
     )
-    scored = [
-        (-_coverage(HostState.of(prospective(n, leaving.get(n.name)), 0, cfg), need), n.name, n)
-        for n in nodes
-        if n.name in able
-    ]
+    scored = [(-_coverage(h, need), h.rank, h.view) for h in _able(snapshot, requests)]
     scored.sort(key=lambda t: (t[0], t[1]))
-    return [n for _, _, n in scored]
+    return [v for _, _, v in scored]
 
 
 def reserve(
@@ -155,35 +159,30 @@ def _shortest_prefix(
     order: list[NodeView], requests: Sequence[Request], cfg: SchedulerConfig, affinity: Affinity
 ) -> tuple[str, ...]:
     """The nodes the group takes on the shortest prefix of ``order`` (emptied) that holds
-    it: from the first length whose total capacity could, growing by doubling, then
-    narrowed by bisection (the scheduler is greedy, so a prefix one shorter than the
-    answer is the one checked not to fit)."""
-    whole = _fits(order, requests, cfg, affinity)
-    if whole is None:
-        return ()
+    it: from the first length whose total capacity could (and, for HARD_ANTI, with a
+    node per member), growing by doubling, then narrowed by bisection (the scheduler is
+    greedy, so the answer is a prefix that holds it whose one-shorter prefix does not)."""
     cpus = sum(r.cpus for r in requests)
     memory = sum(memory_claim_mib(cfg, r) for r in requests)
-    low = len(requests) if affinity is Affinity.HARD_ANTI else 1
+    low = len(order)
     have_cpus = have_memory = 0
     for k, n in enumerate(order, start=1):
         h = HostState.of(emptied(n), 0, cfg)
         have_cpus += h.cpu_capacity
         have_memory += h.memory_capacity_mib
         if have_cpus >= cpus and have_memory >= memory:
-            low = max(low, k)
+            low = k
             break
-    else:
-        low = len(order)
-    # Doubling from ``low`` until a prefix fits; the answer lies in (last miss, first fit].
-    miss, step, k = low - 1, 1, low
-    found: tuple[str, ...] | None = None
-    while k < len(order):
-        found = _fits(order[:k], requests, cfg, affinity)
-        if found is not None:
-            break
-        miss, k, step = k, k + step, step * 2
-    if found is None:
-        k, found = len(order), whole
+    if affinity is Affinity.HARD_ANTI:
+        low = max(low, len(requests))
+    if low > len(order):
+        return ()
+    # Doubling from ``low`` until a prefix holds it; the answer lies in (miss, k].
+    miss, k, step = low - 1, low, 1
+    while (found := _fits(order[:k], requests, cfg, affinity)) is None:
+        if k == len(order):
+            return ()  # not even every node, emptied: it waits for nodes to be added
+        miss, k, step = k, min(k + step, len(order)), step * 2
     while k - miss > 1:
         mid = (miss + k) // 2
         got = _fits(order[:mid], requests, cfg, affinity)
