@@ -244,7 +244,7 @@ def test_a_create_queued_in_a_batch_keeps_its_turn_in_that_batch(world: World) -
     assert not isinstance(got["before"], Exception) and got["before"].node == "n0"
     assert not isinstance(got["big"], Exception) and not got["big"].node  # waits
     assert isinstance(got["small"], ResourceExhausted)
-    assert "waiting for capacity" in str(got["small"])
+    assert "held for the request waiting at the head of the capacity queue" in str(got["small"])
 
 
 def _ip(w: object) -> int:

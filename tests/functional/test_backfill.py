@@ -18,7 +18,8 @@ from tests.functional.test_projects_cli import run
 from workspace.cli import admin
 from workspace.domain.backfill import BackfillSpec
 from workspace.domain.tenancy import BACKFILL_OWNER
-from workspace.ops.backfill import Backfiller, QueueWaits, Stale
+from workspace.errors import WorkspaceError
+from workspace.ops.backfill import Backfiller, Stale
 from workspace.store import Workspace
 from workspace.v1 import (
     admin_pb2,
@@ -130,25 +131,39 @@ def test_only_idle_capacity_is_used(bsite: Site) -> None:
     assert "real" in names
 
 
-def test_a_waiting_request_makes_backfill_create_nothing(bsite: Site) -> None:
+def test_backfill_never_takes_the_node_the_head_of_the_queue_holds(bsite: Site) -> None:
+    bsite.add_agent("node2")  # as node1: 8 vCPUs, 16 GiB
     bsite.stubs.create(name="small", memory_mib=4096)
-    # Needs most of the node: it waits for capacity (12 of 16 GiB are free).
+    assert bsite.stubs.get("small").node == "node1"
+    bsite.stubs.create(name="small2", memory_mib=5000)  # pack: node1 has 12 GiB free
+    assert bsite.stubs.get("small2").node == "node1"
+    other = bsite.stubs.create(name="other", memory_mib=8000)  # too big for node1 now
+    assert other.node == "node2"
+    # Needs most of a node: it waits for capacity, and holds node2, the closer to fitting
+    # it (8.1 GiB free, against node1's 7).
     waiting = bsite.stubs.create(name="big", memory_mib=13000, wait_for_capacity_s=600)
     assert waiting.state == WS.WORKSPACE_STATE_PENDING
+    [head] = bsite.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries
+    assert list(head.holds) == ["node2"]
     set_(bsite, max=3, memory_mib=1024)
-    assert fill(bsite) == 0
-    assert backfill_live(bsite) == []
-    # The create's own transaction checks it too (a request may start waiting between
-    # the pass's read and the create).
-    assert bsite.service is not None
-    spec = BackfillSpec("img", 3, 1, 1024, ("default",), 0, "")
-    with pytest.raises(QueueWaits):
-        Backfiller(bsite.service.env).create_one(spec)
-    assert backfill_live(bsite) == []
+    assert fill(bsite) == 3  # idle capacity is used meanwhile, on node1 only
+    assert {w.node for w in backfill_live(bsite)} == {"node1"}
     assert bsite.stubs.get("big").state == WS.WORKSPACE_STATE_PENDING
-    # Once nothing waits (the request was cancelled), idle capacity is backfilled.
-    bsite.stubs.ws.DestroyWorkspace(bsite.stubs.ref(waiting.id))
-    assert fill(bsite) == 3
+    # The create's own transaction checks it too: node2 is never taken.
+    assert bsite.service is not None
+    spec = BackfillSpec("img", 20, 1, 1024, ("default",), 0, "")
+    set_(bsite, max=20, memory_mib=1024)
+    for _ in range(20):
+        try:
+            Backfiller(bsite.service.env).create_one(spec)
+        except WorkspaceError as exc:
+            assert "1 node(s) are held for the request waiting at the head" in exc.message
+            break
+    assert {w.node for w in backfill_live(bsite)} == {"node1"}
+    # Once `other` is gone, big fits on node2 (which nothing took meanwhile): placed there.
+    bsite.stubs.ws.DestroyWorkspace(bsite.stubs.ref(other.id))
+    bsite.stubs.wait_state(waiting.id, WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
+    assert bsite.stubs.get("big").node == "node2"
 
 
 def test_lowering_max_destroys_the_newest_extras(bsite: Site) -> None:

@@ -293,9 +293,11 @@ def test_queued_workspace_starts_when_capacity_is_freed(site_dir: Path) -> None:
             "MEMORY_MIB",
             "QUEUED",
             "DEADLINE",
+            "HOLDS",
             "REASON",
         ]
         assert lines[1].split()[:3] == ["1", "workspace", "waiter"]
+        assert entry["holds"] == [NODE]  # the head keeps the only node that could take it
         w = js(site_dir, "ws", "show", "waiter")
         assert w["state"] == "PENDING" and "capacity" in w["reason"]
 

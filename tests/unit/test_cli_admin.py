@@ -218,6 +218,7 @@ def test_admin_queue(capsys: pytest.CaptureFixture[str]) -> None:
         "MEMORY_MIB",
         "QUEUED",
         "DEADLINE",
+        "HOLDS",
         "REASON",
     ]
     assert lines[1].split()[:8] == [

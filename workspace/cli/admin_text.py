@@ -108,12 +108,13 @@ def queue_rows(entries: Sequence[admin_pb2.QueueEntry]) -> str:
             e.memory_mib,
             fmt_time(e.queued_at) or "-",
             fmt_time(e.deadline) or "-",
+            ",".join(e.holds) or "-",
             e.reason or "-",
         ]
         for e in entries
     ]
     headers = ["POSITION", "KIND", "NAME", "OWNER", "CPUS", "MEMORY_MIB", "QUEUED", "DEADLINE"]
-    return table([*headers, "REASON"], rows)
+    return table([*headers, "HOLDS", "REASON"], rows)
 
 
 def cache_text(resp: admin_pb2.ListCacheResponse) -> str:

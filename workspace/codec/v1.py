@@ -501,6 +501,7 @@ def queue_entry_to_proto(e: QueueEntry) -> admin_pb2.QueueEntry:
         queued_at=ts(e.queued_at),
         deadline=ts(e.deadline),
         reason=e.reason,
+        holds=list(e.holds),
     )
 
 

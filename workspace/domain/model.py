@@ -497,6 +497,8 @@ class QueueEntry:
     queued_at: float
     deadline: float
     reason: str
+    # The nodes it holds: only the head of the queue holds any (ops/admission.py).
+    holds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

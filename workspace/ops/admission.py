@@ -5,19 +5,21 @@ its rows exist (names reserved) but hold no node, capacity or address, and their
 ``wait_reason`` says why. Entries are a single workspace or a whole cluster (placed
 all-or-nothing, never partly).
 
-Backfill rule: VMs have no known end time, so we cannot predict when the head will
-fit (the reservation of EASY backfilling needs that). We use a rule that is safe
-without it: a later request may only be placed on nodes that the head could never
-use even if they were empty (wrong networks or labels, too small, not READY). Such
-nodes are useless to the head, so using them cannot delay it.
+Backfill rule (docs/design/scheduler.md, "The capacity queue"): VMs have no known end
+time, so we cannot reserve the head of the queue a *time* as EASY backfilling does. It
+holds the node(s) it will be placed on instead (``scheduler.reserve``: for a workspace
+the node closest to fitting it, for a cluster the fewest such nodes that hold it whole),
+recomputed at every create and queue pass; later requests may use every other node.
+Nothing new is placed on a held node, so its free capacity only grows: the head is
+never delayed by a later request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from workspace import scheduler
@@ -26,8 +28,6 @@ from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
 from workspace.ops.placement import (
     NoPlacement,
-    could_ever_host,
-    distinct,
     never_placed,
     node_views,
     place_rows,
@@ -99,6 +99,21 @@ def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
     return sorted(out.values(), key=lambda e: (e.queued_at, e.id))
 
 
+def position(s: Session, workspace_id: str) -> int:
+    """Where the request ``workspace_id`` belongs to stands in the queue (1: the head);
+    0 if it does not wait."""
+    for pos, e in enumerate(entries(s), start=1):
+        if workspace_id in e.ids:
+            return pos
+    return 0
+
+
+def ordinal(n: int) -> str:
+    """1 → "1st", 2 → "2nd", 11 → "11th", 23 → "23rd"."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def rows_of(s: Session, entry: Entry) -> list[Workspace]:
     rows = [s.get(Workspace, i) for i in sorted(entry.ids)]
     live = [w for w in rows if w is not None]
@@ -118,46 +133,106 @@ def keep_waiting(s: Session) -> None:
 def forget_waiting(s: Session) -> None:
     if WAITING_KEY in s.info:
         s.info[WAITING_KEY] = None
+    s.info.pop(HELD_KEY, None)
 
 
-def useless_to_head(
-    s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()
-) -> tuple[set[str] | None, int]:
-    """(nodes a newcomer may use, how many requests wait); (None, 0) if nothing waits."""
+# s.info key, with WAITING_KEY: the head's held nodes, (head id, nodes) (a batch's creates
+# place nothing on them, and only shrink the other nodes' free capacity: they stay held).
+HELD_KEY = "admission.held"
+
+# Why a node held for the head is not used (counted with the filters' reasons).
+HELD = "are held for the request waiting at the head of the capacity queue"
+
+
+def head_holds(s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()) -> tuple[str, ...]:
+    """The nodes the head of the queue holds (none if nothing waits). ``exclude``:
+    workspaces (being admitted) that do not count."""
     kept: list[Entry] | None = s.info.get(WAITING_KEY)
     if kept is None:
         kept = entries(s, exclude)
         if WAITING_KEY in s.info:
             s.info[WAITING_KEY] = kept
     if not kept:
-        return None, 0
+        return ()
     # A cluster some of whose members are excluded is excluded whole.
     clusters = {w.cluster for w in (s.get(Workspace, i) for i in exclude) if w and w.cluster}
     waiting = [
         e for e in kept if not (e.ids & exclude) and (e.kind != "cluster" or e.id not in clusters)
     ]
     if not waiting:
-        return None, 0
-    return nodes_useless_to(s, cfg, rows_of(s, waiting[0])), len(waiting)
+        return ()
+    head = waiting[0]
+    hit: tuple[str, tuple[str, ...]] | None = s.info.get(HELD_KEY)
+    if hit is not None and hit[0] == head.id:
+        return hit[1]
+    held = holds(s, cfg, head)
+    if WAITING_KEY in s.info:
+        s.info[HELD_KEY] = (head.id, held)
+    return held
 
 
-def nodes_useless_to(s: Session, cfg: ServiceConfig, rows: list[Workspace]) -> set[str]:
-    """The nodes that could host none of these rows even if empty: using them for others
-    cannot delay these."""
-    shapes = distinct([request_for(w) for w in rows])
-    return {n.name for n in node_views(s) if not any(could_ever_host(n, r, cfg) for r in shapes)}
+def holds(s: Session, cfg: ServiceConfig, entry: Entry) -> tuple[str, ...]:
+    """The nodes ``entry`` holds as the head of the queue (``scheduler.reserve``), in name
+    order: among the nodes its cluster's placed members allow (a `ws cluster scale` grow),
+    counting as free what workspaces already going away still hold."""
+    rows = rows_of(s, entry)
+    if not rows:
+        return ()
+    pinned = pinned_out(s, rows, entry.affinity)
+    nodes = [n for n in node_views(s) if n.name not in pinned]
+    requests = [request_for(w) for w in rows]
+    return scheduler.reserve(nodes, requests, cfg.scheduler, entry.affinity, leaving(s))
 
 
-def pinned_nodes(
-    s: Session, rows: list[Workspace], affinity: scheduler.Affinity, allowed: set[str] | None
-) -> set[str] | None:
-    """``allowed`` narrowed for new members of a cluster that already has placed ones (a
-    `ws cluster scale` grow): with HARD affinity they go to the node the others are on,
-    with HARD_ANTI to nodes none of the others is on. The scheduler sees only the group
-    it places, so the members already placed are kept in by the nodes it may use."""
+# What workspaces going away still hold on their nodes: being destroyed, or preempted
+# (their claims are released once they are TERMINATED).
+_LEAVING = Prepared(
+    select(
+        Workspace.node,
+        func.sum(Workspace.claimed_cpus),
+        func.sum(Workspace.claimed_memory_mib),
+        func.sum(func.coalesce(Workspace.claimed_disk_mbps, 0)),
+        func.sum(func.coalesce(Workspace.claimed_net_mbps, 0)),
+    )
+    .where(
+        Workspace.node != "",
+        Workspace.state != State.TERMINATED.value,
+        or_(
+            Workspace.desired_state == Desired.TERMINATED.value,
+            and_(Workspace.preemptible.is_(True), Workspace.preempted_by != ""),
+        ),
+    )
+    .group_by(Workspace.node)
+)
+
+
+def leaving(s: Session) -> dict[str, scheduler.Leaving]:
+    """Per node: what its workspaces going away still hold (vCPUs, MiB, disk, net)."""
+    return {
+        node: (int(c or 0), int(m or 0), int(d or 0), int(n or 0))
+        for node, c, m, d, n in _LEAVING.rows(flushed(s))
+    }
+
+
+def withheld(
+    s: Session, rows: list[Workspace], affinity: scheduler.Affinity, held: Iterable[str]
+) -> dict[str, str]:
+    """The nodes ``rows`` may not use, each with why: those the head of the queue holds,
+    and for new members of a placed cluster those its affinity rules out."""
+    out = dict.fromkeys(held, HELD)
+    out.update(pinned_out(s, rows, affinity))
+    return out
+
+
+def pinned_out(s: Session, rows: list[Workspace], affinity: scheduler.Affinity) -> dict[str, str]:
+    """For new members of a cluster that already has placed ones (a `ws cluster scale`
+    grow), the nodes they may not use, with why: with HARD affinity every node but the
+    one the others are on, with HARD_ANTI the nodes one of the others is on. The
+    scheduler sees only the group it places, so the members already placed are kept in
+    by the nodes it may use."""
     cluster = rows[0].cluster if rows else ""
     if not cluster or affinity not in (scheduler.Affinity.HARD, scheduler.Affinity.HARD_ANTI):
-        return allowed
+        return {}
     mine = {w.id for w in rows}
     taken = {
         node
@@ -171,12 +246,14 @@ def pinned_nodes(
         if wid not in mine
     }
     if not taken:
-        return allowed
-    if affinity is scheduler.Affinity.HARD:
-        within = taken
-    else:
-        within = {n.name for n in node_views(s)} - taken
-    return within if allowed is None else allowed & within
+        return {}
+    if affinity is scheduler.Affinity.HARD_ANTI:
+        return dict.fromkeys(taken, "already hold a member of the group (hard anti-affinity)")
+    return {
+        n.name: "do not hold the group's other members (hard affinity)"
+        for n in node_views(s)
+        if n.name not in taken
+    }
 
 
 def admit(
@@ -190,20 +267,18 @@ def admit(
     """Place ``rows`` now (returns the nodes touched), or queue them (wait_s > 0; returns
     []), or raise RESOURCE_EXHAUSTED.
 
-    Requests already waiting keep their turn: a newcomer may only use nodes that the
-    oldest waiting request could never use, so it cannot delay it.
+    Requests already waiting keep their turn: a newcomer may not use the nodes the
+    oldest waiting request holds (``head_holds``), so it cannot delay it.
     """
-    allowed, ahead = useless_to_head(s, env.cfg, exclude={w.id for w in rows})
-    allowed = pinned_nodes(s, rows, affinity, allowed)
+    held = head_holds(s, env.cfg, exclude={w.id for w in rows})
+    out = withheld(s, rows, affinity, held)
     try:
-        return place_rows(s, env.cfg, rows, affinity, allowed)
+        return place_rows(s, env.cfg, rows, affinity, out)
     except NoPlacement as exc:
-        preempted = place_preempting(env, s, rows, affinity, allowed)  # ops/preempt.py
+        preempted = place_preempting(env, s, rows, affinity, out)  # ops/preempt.py
         if preempted is not None:
             return preempted
         why = exc.message
-        if ahead:
-            why += f" (without delaying the {ahead} request(s) waiting for capacity)"
         if wait_s <= 0:
             raise ResourceExhausted(f"cannot place {label}: {why}") from exc
         never = never_placed(s, env.cfg, rows)

@@ -5,13 +5,11 @@ Each pass, per entry: its live workspaces (owner ``BACKFILL_OWNER``, the entry's
 neither destroyed nor being destroyed) are counted. Over ``max_count``: the newest
 extras are destroyed. Under: one ordinary create at a time (ops/create.py ``create_in``,
 through the group commit) of a preemptible workspace with ``wait_for_capacity_s`` 0,
-while it fits — and only while nothing waits in the capacity queue, checked in the
-create's own transaction, so backfill never takes capacity a waiting request could use
-and never delays it. A create that does not fit (no idle capacity, a quota) stops the
-entry's pass and is not tried again until the nodes' capacity or the entry changes (or
-``RETRY_S`` passed):
-a pass where nothing changed reads a few small queries and writes nothing. While any
-request waits, a pass creates nothing and writes nothing (it may still destroy extras).
+while it fits. Those creates are admitted like any other (ops/admission.py): never on
+the node(s) the head of the capacity queue holds, so backfill does not delay it. A
+create that does not fit (no idle capacity, a quota) stops the entry's pass and is not
+tried again until the nodes' capacity or the entry changes (or ``RETRY_S`` passed): a
+pass where nothing changed reads a few small queries and writes nothing.
 """
 
 from __future__ import annotations
@@ -201,10 +199,6 @@ def destroy(env: Env, u: UnitOfWork, rows: list[Workspace], reason: str) -> int:
 # -- the pass (the leader) -------------------------------------------------------------------
 
 
-class QueueWaits(Exception):
-    """Something waits for capacity: backfill creates nothing (raised before any row)."""
-
-
 class Stale(Exception):
     """The entry changed or is gone, or is full, since the pass read it."""
 
@@ -226,16 +220,12 @@ class Backfiller:
         with self.env.store.read() as s:
             entries = [(_spec(r), r.updated_at) for r in s.execute(select(Backfill)).scalars()]
             counts = _counts(s)
-            # Read here too (the create checks it again in its own transaction), so a pass
-            # while requests wait writes nothing.
-            short = any(counts.get(e.image, (0, 0))[0] < e.max_count for e, _ in entries)
-            waiting = short and bool(admission.entries(s))
         acted = 0
         for spec, updated in entries:
             live = counts.get(spec.image, (0, 0))[0]
             if live > spec.max_count:
                 acted += self._shrink(spec)
-            elif live < spec.max_count and not waiting:
+            elif live < spec.max_count:
                 acted += self._grow(spec, updated, live)
         return acted
 
@@ -260,7 +250,7 @@ class Backfiller:
                 break
             try:
                 view = self.create_one(spec)
-            except (QueueWaits, Stale):
+            except Stale:
                 break
             except WorkspaceError as exc:
                 self.blocked[spec.image] = key  # rolled back: the capacity is as read
@@ -274,7 +264,8 @@ class Backfiller:
 
     def _capacity(self) -> tuple[object, ...]:
         """What decides whether a backfill create can fit: each node's state, size and
-        use (read once per pass, and again after a create)."""
+        use, and which request heads the capacity queue (it holds nodes) (read once per
+        pass, and again after a create)."""
         if self.seen is None:
             with self.env.store.read() as s:
                 q = select(
@@ -285,18 +276,18 @@ class Backfiller:
                     Node.used_cpus,
                     Node.used_memory_mib,
                 )
-                self.seen = tuple(tuple(r) for r in s.execute(q.order_by(Node.name)))
+                head = [e.id for e in admission.entries(s)[:1]]
+                self.seen = (*head, *(tuple(r) for r in s.execute(q.order_by(Node.name))))
         return self.seen
 
     def create_one(self, spec: BackfillSpec) -> WorkspaceView:
-        """One preemptible workspace of ``spec``, placed now, in one transaction that
-        also checks the queue is empty and the entry still wants one more."""
+        """One preemptible workspace of ``spec``, placed now (not on the nodes the head
+        of the capacity queue holds), in one transaction that also checks the entry
+        still wants one more."""
         env = self.env
         request_id = uuid.uuid4().hex
 
         def one(u: UnitOfWork) -> Callable[[], WorkspaceView]:
-            if admission.entries(u.s):
-                raise QueueWaits()
             row = u.s.get(Backfill, spec.image)
             live = live_rows(u.s, spec.image)
             if row is None or _spec(row) != spec or len(live) >= row.max_count:

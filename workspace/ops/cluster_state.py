@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from workspace.domain import seed
 from workspace.domain.states import ClusterState, Desired, FailurePolicy, State
-from workspace.ops.lifecycle import node_down, terminate_unconfirmed
+from workspace.ops.lifecycle import CANCELLED, node_down, terminate_unconfirmed, waiting
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Cluster, Workspace
 from workspace.store.mapping import member_specs, set_reason, shown_reason
@@ -105,6 +105,8 @@ def members_of(s: Session, cid: str) -> list[Workspace]:
 
 
 def destroy_member(env: Env, s: Session, m: Workspace, reason: str) -> None:
+    if waiting(m):  # never placed
+        reason = f"{CANCELLED}: {reason}" if reason else CANCELLED
     m.desired_state = Desired.TERMINATED.value
     m.updated_at = env.clock()
     if node_down(s, m.node):

@@ -114,6 +114,15 @@ def stopped(ws: Workspace) -> bool:
     return ws.state == State.STOPPED.value and ws.desired_state == Desired.STOPPED.value
 
 
+# The reason of a workspace destroyed before it was ever placed (a create that waited).
+CANCELLED = "destroyed while waiting for capacity"
+
+
+def waiting(ws: Workspace) -> bool:
+    """PENDING without a node: a create waiting for capacity (never placed)."""
+    return not ws.node and ws.state == State.PENDING.value
+
+
 def node_down(s: Session, name: str) -> bool:
     """No node ``name``, or it is DOWN: nothing there will act on the workspace."""
     node = s.get(Node, name) if name else None

@@ -14,10 +14,12 @@ from workspace.identity import Identity
 from workspace.ops import preempt, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import (
+    CANCELLED,
     node_down,
     refuse_while_saving,
     resolve_workspace,
     terminate_unconfirmed,
+    waiting,
 )
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Image, Workspace
@@ -52,7 +54,8 @@ def act(
     """``op`` on a row already found (a user's request, or the service's own: lease
     expiry), inside ``u``; ``reason`` (if given) is what the workspace shows. False: the
     op was already asked for, and nothing changed."""
-    if not ws.node and op is not Op.DESTROY and ws.state == State.PENDING.value:
+    was_waiting = waiting(ws)
+    if was_waiting and op is not Op.DESTROY:
         raise FailedPrecondition(
             f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
         )
@@ -79,7 +82,10 @@ def act(
         ws.force_stop = force
     elif op is Op.REBOOT:
         ws.reboot_count += 1
-    if op is Op.DESTROY and node_down(u.s, ws.node):
+    if op is Op.DESTROY and was_waiting:  # never placed: nothing to undo on a node
+        terminate_unconfirmed(env, u.s, ws, reason or CANCELLED)
+        preempt.terminated(u, ws)
+    elif op is Op.DESTROY and node_down(u.s, ws.node):
         terminate_unconfirmed(env, u.s, ws, reason or "destroyed (its node was not reachable)")
         preempt.terminated(u, ws)
     u.changed(ws)

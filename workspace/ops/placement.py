@@ -14,7 +14,7 @@ import logging
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import cast
 
@@ -297,17 +297,19 @@ def place_rows(
     cfg: ServiceConfig,
     rows: Sequence[Workspace],
     affinity: scheduler.Affinity = scheduler.Affinity.NONE,
-    allowed_nodes: Iterable[str] | None = None,
+    withheld: Mapping[str, str] | None = None,
     plan: scheduler.GroupPlacement | None = None,
 ) -> list[str]:
     """Place ``rows`` all-or-nothing; returns the nodes touched. Raises NoPlacement.
-    ``plan``: where they go, already decided (ops/preempt.py), instead of the scheduler."""
+    ``withheld``: nodes they may not use, each with why ("are held for ..."), which a
+    refusal counts as it counts the filters' reasons. ``plan``: where they go, already
+    decided (ops/preempt.py), instead of the scheduler."""
     requests = [request_for(w) for w in rows]
     if plan is not None:
         result = plan
         s.info.pop(SNAPSHOT_KEY, None)  # the kept snapshot does not count the plan's claims
     else:
-        result = _schedule(s, cfg, requests, affinity, allowed_nodes)
+        result = _schedule(s, cfg, requests, affinity, withheld or {})
     if result.placements is None:
         what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
         raise NoPlacement(f"{what} does not fit: {result.reason()}")
@@ -323,23 +325,28 @@ def _schedule(
     cfg: ServiceConfig,
     requests: list[scheduler.Request],
     affinity: scheduler.Affinity,
-    allowed_nodes: Iterable[str] | None,
+    withheld: Mapping[str, str],
 ) -> scheduler.GroupPlacement:
     """The scheduler's placement of ``requests``: on the transaction's kept snapshot if it
     keeps its node views (a batch of creates: the snapshot is built once, its static
     answers memoised, and consumed by each placement as the claims are made), else on a
-    fresh one."""
-    if allowed_nodes is None and NODES_KEY in s.info:
+    fresh one. The ``withheld`` nodes are left out; a refusal counts them by their reason."""
+    if not withheld and NODES_KEY in s.info:
         snapshot: scheduler.Snapshot | None = s.info.get(SNAPSHOT_KEY)
         if snapshot is None:
             snapshot = s.info[SNAPSHOT_KEY] = _snapshot(s, cfg)
         return scheduler.place_group_on(snapshot, requests, affinity)
     nodes = node_views(s)
-    if allowed_nodes is not None:
-        allowed = set(allowed_nodes)
-        nodes = [n for n in nodes if n.name in allowed]
-        s.info.pop(SNAPSHOT_KEY, None)  # these claims are not in it
-    return scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
+    if not withheld:
+        return scheduler.place_group(nodes, requests, cfg.scheduler, affinity)
+    s.info.pop(SNAPSHOT_KEY, None)  # these claims are not in it
+    usable = [n for n in nodes if n.name not in withheld]
+    result = scheduler.place_group(usable, requests, cfg.scheduler, affinity)
+    if result.placements is not None:
+        return result
+    rejected = Counter(result.rejected)
+    rejected.update(withheld[n.name] for n in nodes if n.name in withheld)
+    return replace(result, rejected=dict(rejected))
 
 
 def _snapshot(s: Session, cfg: ServiceConfig) -> scheduler.Snapshot:
@@ -566,11 +573,6 @@ def _lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> tuple[str, int] 
     return (ip, int(netaddr.IPAddress(ip))) if ip is not None else None
 
 
-def could_ever_host(node: scheduler.NodeView, req: scheduler.Request, cfg: ServiceConfig) -> bool:
-    """Whether ``node`` could host ``req`` if it were empty (static properties + size)."""
-    return scheduler.place([_emptied(node)], req, cfg.scheduler).node is not None
-
-
 def never_placed(s: Session, cfg: ServiceConfig, rows: Sequence[Workspace]) -> str | None:
     """Why one of ``rows`` would not fit even alone on an empty, READY node of the site (a
     drained or DOWN node may come back): larger than every node, or asking for networks
@@ -581,7 +583,7 @@ def never_placed(s: Session, cfg: ServiceConfig, rows: Sequence[Workspace]) -> s
     if not nodes:
         return None
     ready = NodeState.READY.value
-    emptied = [replace(_emptied(n), state=ready) for n in nodes]
+    emptied = [replace(scheduler.emptied(n), state=ready) for n in nodes]
     for req in distinct([request_for(w) for w in rows]):
         result = scheduler.place_group(emptied, [req], cfg.scheduler)
         if result.placements is None:
@@ -597,18 +599,3 @@ def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
         key = (r.cpus, r.memory_mib, r.networks, tuple(sorted(r.requirements.items())))
         seen.setdefault(key, r)
     return list(seen.values())
-
-
-def _emptied(node: scheduler.NodeView) -> scheduler.NodeView:
-    """``node`` as it would be with nothing on it."""
-    return scheduler.NodeView(
-        name=node.name,
-        state=node.state,
-        cpus=node.cpus,
-        memory_mib=node.memory_mib,
-        hypervisor=node.hypervisor,
-        labels=node.labels,
-        networks=node.networks,
-        disk_mbps=node.disk_mbps,
-        net_mbps=node.net_mbps,
-    )

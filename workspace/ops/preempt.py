@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
@@ -126,18 +126,18 @@ def place_preempting(
     s: Session,
     rows: Sequence[Workspace],
     affinity: scheduler.Affinity,
-    allowed: Iterable[str] | None,
+    withheld: Mapping[str, str] | None,
 ) -> list[str] | None:
     """Place ``rows`` (which did not fit on free capacity) by preempting the fewest
-    preemptible workspaces; returns the nodes touched, or None (nothing changed) if the
-    request is itself preemptible, or even preemption cannot make all of it fit.
-    A plan that fails a check of ``place_rows`` (addresses, order size) is None too."""
+    preemptible workspaces, on nodes but the ``withheld`` ones; returns the nodes touched,
+    or None (nothing changed) if the request is itself preemptible, or even preemption
+    cannot make all of it fit. A plan that fails a check of ``place_rows`` (addresses,
+    order size) is None too."""
     if not rows or any(w.preemptible for w in rows):
         return None
     nodes = node_views(s)
-    if allowed is not None:
-        keep = set(allowed)
-        nodes = [n for n in nodes if n.name in keep]
+    if withheld:
+        nodes = [n for n in nodes if n.name not in withheld]
     victims, by_id = candidates(s, (n.name for n in nodes))
     going = in_flight(s, (n.name for n in nodes))
     if not victims and not going:
@@ -151,7 +151,7 @@ def place_preempting(
     # their claims until they are TERMINATED (released once, as any workspace's): the
     # node is over-claimed meanwhile, so nothing else is placed in the gap.
     try:
-        touched = place_rows(s, env.cfg, rows, affinity, allowed, plan=found.placement)
+        touched = place_rows(s, env.cfg, rows, affinity, withheld, plan=found.placement)
     except NoPlacement as exc:  # raised before anything was claimed
         log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sqlalchemy import select
 
@@ -11,6 +12,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
+from workspace.ops import admission
 from workspace.ops.lifecycle import choose_owned
 from workspace.ops.projects import scope
 from workspace.ops.unit import Env
@@ -37,7 +39,12 @@ def get(env: Env, who: Identity | str, ref: str) -> WorkspaceView:
             "workspace",
             "ws list",
         )
-        return workspace_views(s, [row])[0]
+        view = workspace_views(s, [row])[0]
+        pos = admission.position(s, row.id) if row.wait_reason else 0
+        if pos:  # its place in the queue, not who else waits
+            where = f"waiting for capacity ({admission.ordinal(pos)} in the queue): "
+            view = replace(view, reason=where + row.wait_reason)
+        return view
 
 
 def list_page(

@@ -1,5 +1,6 @@
 """The capacity queue: place waiting requests when capacity appears, oldest first, with
-backfill that cannot delay the head (ops/admission.py); fail them at their deadline, or
+backfill that cannot delay the head (ops/admission.py: later requests may not use the
+nodes the head holds, recomputed at each pass); fail them at their deadline, or
 as soon as no registered node could ever hold them (the nodes that could were removed)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import logging
 
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
-from workspace.ops.admission import entries, nodes_useless_to, pinned_nodes, rows_of
+from workspace.ops.admission import entries, holds, rows_of, withheld
 from workspace.ops.cluster_state import refresh
 from workspace.ops.placement import NoPlacement, never_placed, place_rows
 from workspace.ops.preempt import place_preempting
@@ -23,7 +24,7 @@ def process(env: Env) -> int:
     """One pass over the queue, oldest first; returns how many entries were placed."""
     with env.store.read() as s:
         waiting = entries(s)
-    allowed: set[str] | None = None  # once the head is blocked: nodes useless to it
+    held: tuple[str, ...] | None = None  # once the head is blocked: the nodes it holds
     placed = 0
     for e in waiting:
         with write(env) as u:
@@ -35,18 +36,18 @@ def process(env: Env) -> int:
                 _fail(rows, now)
                 log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
             else:
-                usable = pinned_nodes(u.s, rows, e.affinity, allowed)
+                out = withheld(u.s, rows, e.affinity, held or ())
                 touched: list[str] | None
                 try:
-                    touched = place_rows(u.s, env.cfg, rows, e.affinity, usable)
+                    touched = place_rows(u.s, env.cfg, rows, e.affinity, out)
                 except NoPlacement as exc:
-                    touched = place_preempting(env, u.s, rows, e.affinity, usable)
+                    touched = place_preempting(env, u.s, rows, e.affinity, out)
                     never = never_placed(u.s, env.cfg, rows) if touched is None else None
                     if touched is None and never is None:
                         for w in rows:
                             set_waiting(w, exc.message)
-                        if allowed is None:
-                            allowed = nodes_useless_to(u.s, env.cfg, rows)
+                        if held is None:
+                            held = holds(u.s, env.cfg, e)
                         continue
                 if touched is None:
                     why = f"no longer fits even on an empty node of the site: {never}"
@@ -93,6 +94,7 @@ def list_queue(env: Env) -> list[QueueEntry]:
                     queued_at=e.queued_at,
                     deadline=e.deadline,
                     reason=rows[0].wait_reason if rows else "",
+                    holds=holds(s, env.cfg, e) if pos == 1 else (),
                 )
             )
     return out

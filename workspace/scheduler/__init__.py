@@ -27,6 +27,7 @@ from workspace.scheduler.model import (
     overhead_mib,
 )
 from workspace.scheduler.replay import from_json, to_json
+from workspace.scheduler.reserve import Leaving, emptied, reserve
 from workspace.scheduler.snapshot import Snapshot, capacity
 from workspace.scheduler.weighers import Weigher, weighers_for
 
@@ -35,6 +36,7 @@ __all__ = [
     "Affinity",
     "Filter",
     "GroupPlacement",
+    "Leaving",
     "MemberPlacement",
     "NodeView",
     "Placement",
@@ -44,6 +46,7 @@ __all__ = [
     "affinity_from_proto",
     "affinity_to_proto",
     "capacity",
+    "emptied",
     "from_json",
     "memory_claim_mib",
     "overhead_mib",
@@ -51,6 +54,7 @@ __all__ = [
     "place_group",
     "place_group_on",
     "place_on",
+    "reserve",
     "to_json",
     "weighers_for",
 ]

@@ -405,6 +405,7 @@ class QueueEntry(_message.Message):
     QUEUED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """"workspace" | "cluster" """
     id: _builtins.str
@@ -420,6 +421,12 @@ class QueueEntry(_message.Message):
     def queued_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def deadline(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes it holds: later requests are not placed there (only the head of the
+        queue holds any: the node(s) it will be placed on, recomputed as capacity changes).
+        """
+
     def __init__(
         self,
         *,
@@ -433,10 +440,11 @@ class QueueEntry(_message.Message):
         queued_at: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        holds: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "queued_at", b"queued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "deadline", b"deadline", "id", b"id", "kind", b"kind", "memory_mib", b"memory_mib", "name", b"name", "owner", b"owner", "position", b"position", "queued_at", b"queued_at", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "deadline", b"deadline", "holds", b"holds", "id", b"id", "kind", b"kind", "memory_mib", b"memory_mib", "name", b"name", "owner", b"owner", "position", b"position", "queued_at", b"queued_at", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
