@@ -26,7 +26,8 @@ def test_a_workspace_lives_and_dies_on_postgresql(pg_site: Site) -> None:
     site.stubs.network(subnet="192.168.122.0/24")
     site.stubs.import_image("img", context="nocloud")
     site.add_agent("node1")
-    ask = {"name": "alpha", "request_id": "r-alpha", "user_data": b"#!/bin/sh\necho \xff\xfe\n"}
+    script = "#!/bin/sh\necho Grüße ✓\n".encode()  # bytes beyond ASCII, kept as sent
+    ask = {"name": "alpha", "request_id": "r-alpha", "user_data": script}
     w = site.stubs.create(**ask)
     assert w.nics[0].ip.startswith("192.168.122.")
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
