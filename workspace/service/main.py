@@ -94,7 +94,7 @@ class Service:
         # streams by NOTIFY, and the background loops run only on the leader.
         postgres = self.store.engine.dialect.name == "postgresql"
         self.relay = Relay(self.env, self.store.engine) if postgres else None
-        self.leader = Leader(self.store.engine if postgres else None)
+        self.leader = Leader(self.store.engine if postgres else None, fence_s=cfg.leader_fence_s)
         # Clients and agents on two servers, each with its own threads (limits: the
         # stream cap per identity; node_server: the Nodes API, never starved by clients).
         # Metrics (metrics_listen; service/metrics.py): RPCs counted by an interceptor on
