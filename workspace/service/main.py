@@ -38,7 +38,7 @@ from workspace.ops.images import Catalog
 from workspace.ops.rosters import RosterPusher
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
-from workspace.service import backup
+from workspace.service import backup, dbwait
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
@@ -391,9 +391,15 @@ def main(argv: list[str] | None = None) -> int:
         return _backup_command(cfg, args.command, Path(args.dir))
     setup_logging(cfg.log_level, "workspace-service", cfg.log_format)
     try:
+        dbwait.wait_for_database(cfg.db_url)
         svc = Service(cfg)
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
+        return 1
+    except Exception as exc:
+        # One line, in the configured log format; the traceback only at DEBUG.
+        log.error("cannot start: %s", dbwait.reason(exc))
+        log.debug("traceback", exc_info=True)
         return 1
     done = threading.Event()
 
