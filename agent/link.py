@@ -158,28 +158,25 @@ class Link:
                     self.node.take_orders(*decode(aset))
                 if not self.stop.is_set():
                     log.warning(
-                        "service %s ended the order stream; trying %s in %.1f s",
+                        "service %s ended the order stream; %s",
                         where,
-                        self._next(turn),
-                        RECONNECT.delay_s(failures + 1),
+                        self._then(turn, failures),
                     )
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
                     log.warning(
-                        "service %s failed: %s; trying %s in %.1f s",
+                        "service %s: %s; %s",
                         where,
                         self._leaving or rpc_status.describe(exc),
-                        self._next(turn),
-                        RECONNECT.delay_s(failures + 1),
+                        self._then(turn, failures),
                     )
             except Exception:
                 # Crash-only: whatever went wrong, reconnect and start from the full state.
                 if not self.stop.is_set():
                     log.exception(
-                        "assignment stream from %s failed; trying %s in %.1f s",
+                        "assignment stream from %s failed; %s",
                         where,
-                        self._next(turn),
-                        RECONNECT.delay_s(failures + 1),
+                        self._then(turn, failures),
                     )
             finally:
                 if done is not None:
@@ -195,10 +192,14 @@ class Link:
             turn += 1
             self.stop.wait(RECONNECT.delay_s(failures))
 
-    def _next(self, turn: int) -> str:
-        """The replica the next turn of ``run`` tries first."""
+    def _then(self, turn: int, failures: int) -> str:
+        """What the next turn of ``run`` does, for a log line: "trying B in 0.5 s" (the
+        replica it tries first), or "retrying in 0.5 s" with one address."""
+        delay = RECONNECT.delay_s(failures + 1)
         addresses = failover.split(failover.rotated(self.cfg.service, turn + 1))
-        return addresses[0] if addresses else self.cfg.service
+        if len(addresses) < 2:
+            return f"retrying in {delay:.1f} s"
+        return f"trying {addresses[0]} in {delay:.1f} s"
 
     def _move_on(self, stub: nodes_pb2_grpc.NodesStub, why: str) -> None:
         """A report through ``stub`` could not be sent: leave that replica (cancel the

@@ -170,4 +170,4 @@ def test_reports_while_the_link_moves_never_fail_and_are_sent_again(
     assert [w.workspace_id for w in b.full_reports[0].workspaces] == ["w1"]
     # The log names the replica that failed and the one tried next, not the whole list.
     said = [r.getMessage() for r in caplog.records if r.name == "agent"]
-    assert any(m.startswith(f"service {a.address} ") and f"trying {b.address}" in m for m in said)
+    assert any(m.startswith(f"service {a.address}") and f"trying {b.address}" in m for m in said)
