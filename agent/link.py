@@ -33,8 +33,25 @@ from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 log = logging.getLogger("agent")
 
 RECONNECT = Backoff(0.5, 5.0)
-CALL_TIMEOUT_S = 10
 DEFAULT_HEARTBEAT_S = 5.0
+# A call to the service (Register, a report) is given twice the heartbeat interval the
+# service asked for, within these bounds: a replica that stopped answering (hung, not
+# dead: its connections stay up) is left after one missed heartbeat or two, well within
+# node_grace_s, for the service's default heartbeat and for smaller ones.
+CALL_TIMEOUT_MIN_S = 2.0
+CALL_TIMEOUT_MAX_S = 10.0
+# A report that failed with these moves the link to the next replica: the one in use is
+# down, hung or cut off (not a refusal of the report itself).
+_MOVE_ON = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
+
+
+def call_timeout_s(heartbeat_s: float) -> float:
+    """The deadline of one call to the service, given its heartbeat interval."""
+    return min(CALL_TIMEOUT_MAX_S, max(CALL_TIMEOUT_MIN_S, 2 * heartbeat_s))
 
 
 class Node(Protocol):
@@ -79,6 +96,11 @@ class Link:
         self.stop = stop
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self._stub: nodes_pb2_grpc.NodesStub | None = None
+        # The order stream in use, the replica it is on, and why the link leaves it (a
+        # report that failed cancels the stream so that run() moves to the next replica).
+        self._stream: grpc.Future | None = None
+        self._where = ""
+        self._leaving = ""
         self._connected = threading.Event()
         self._report_lock = threading.Lock()
         self._unknown_told = False  # the service said it does not know this node
@@ -110,11 +132,13 @@ class Link:
         done: threading.Event | None = None
         turn = 0  # which replica of a list to try first (failover.rotated)
         while not self.stop.is_set():
-            channel = rpc.channel(failover.rotated(self.cfg.service, turn), self.cfg.tls)
+            addresses = failover.rotated(self.cfg.service, turn)
+            where = failover.split(addresses)[0] if addresses else addresses
+            channel = rpc.channel(addresses, self.cfg.tls)
             try:
                 stub = nodes_pb2_grpc.NodesStub(channel)
                 req = codec.node_info_to_proto(self.node.node_info())
-                resp = stub.Register(req, timeout=CALL_TIMEOUT_S)
+                resp = stub.Register(req, timeout=call_timeout_s(self.heartbeat_s))
                 self.heartbeat_s = float(resp.heartbeat_interval_s or DEFAULT_HEARTBEAT_S)
                 where = failover.in_use(channel, self.cfg.service)
                 log.info("node %s registered with %s", self.cfg.node, where)
@@ -123,6 +147,8 @@ class Link:
                     nodes_pb2.WatchAssignmentsRequest(node=self.cfg.node)
                 )
                 done = self._cancel_on_stop(stream)
+                with self._report_lock:
+                    self._stream, self._where, self._leaving = stream, where, ""
                 for aset in stream:
                     # Connected once the order stream delivers its first set (sent at
                     # once), not at Register: a node removed in between fails the stream
@@ -131,32 +157,67 @@ class Link:
                     if not self._connected.is_set():
                         self._stub = stub
                         self._connected.set()
+                        # A full report at once: what was not sent while the link was
+                        # away (a report that failed is sent again this way).
+                        self._report_soon.set()
                     self.node.take_orders(*decode(aset))
+                if not self.stop.is_set():
+                    log.warning(
+                        "service %s ended the order stream; %s",
+                        where,
+                        self._then(turn, failures),
+                    )
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
                     log.warning(
-                        "service %s: %s; retrying in %.1f s",
-                        self.cfg.service,
-                        rpc_status.describe(exc),
-                        RECONNECT.delay_s(failures + 1),
+                        "service %s: %s; %s",
+                        where,
+                        self._leaving or rpc_status.describe(exc),
+                        self._then(turn, failures),
                     )
             except Exception:
                 # Crash-only: whatever went wrong, reconnect and start from the full state.
                 if not self.stop.is_set():
                     log.exception(
-                        "assignment stream failed; reconnecting in %.1f s",
-                        RECONNECT.delay_s(failures + 1),
+                        "assignment stream from %s failed; %s",
+                        where,
+                        self._then(turn, failures),
                     )
             finally:
                 if done is not None:
                     done.set()
                 done = None
                 self._connected.clear()
-                self._stub = None
+                with self._report_lock:
+                    # No report is being sent now: closing the channel cannot fail one.
+                    self._stub = None
+                    self._stream, self._where, self._leaving = None, "", ""
                 channel.close()
             failures += 1
             turn += 1
             self.stop.wait(RECONNECT.delay_s(failures))
+
+    def _then(self, turn: int, failures: int) -> str:
+        """What the next turn of ``run`` does, for a log line: "trying B in 0.5 s" (the
+        replica it tries first), or "retrying in 0.5 s" with one address."""
+        delay = RECONNECT.delay_s(failures + 1)
+        addresses = failover.split(failover.rotated(self.cfg.service, turn + 1))
+        if len(addresses) < 2:
+            return f"retrying in {delay:.1f} s"
+        return f"trying {addresses[0]} in {delay:.1f} s"
+
+    def _move_on(self, stub: nodes_pb2_grpc.NodesStub, why: str) -> None:
+        """A report through ``stub`` could not be sent: leave that replica (cancel the
+        order stream; ``run`` registers with the next one and a full report follows).
+        Called with the report lock held."""
+        if stub is not self._stub or self._stream is None or self._leaving:
+            return  # the link has moved on already
+        self._leaving = f"reports failed ({why}); leaving it"
+        if len(failover.split(self.cfg.service)) > 1:
+            log.warning("report to %s failed: %s; moving to another replica", self._where, why)
+        else:
+            log.warning("report to %s failed: %s; reconnecting", self._where, why)
+        self._stream.cancel()
 
     def _cancel_on_stop(self, stream: grpc.Future) -> threading.Event:
         """Cancel the stream when the agent stops; returns the event that ends the watcher
@@ -181,31 +242,38 @@ class Link:
         # heartbeat taken while an operation still ran) must never reach the service
         # after one observed later, or it would set an older state again.
         with self._report_lock:
-            self._report(ids)
+            try:
+                self._report(ids)
+            except Exception:
+                # Never the caller's failure (an operation that reports a step goes on):
+                # the next full report says it.
+                log.exception("report not sent; it goes with the next full report")
+                if ids is not None:
+                    self._report_soon.set()
 
     def _report(self, ids: list[str] | None) -> None:
         stub = self._stub
         if stub is None:
-            return
+            return  # not connected: the full report at the next connect says it
         full = ids is None
         observed = self.node.observe(ids)
         batch = self.audit.take()
-        req = nodes_pb2.ReportStatusRequest(
-            node=self.cfg.node,
-            full=full,
-            workspaces=[codec.observation_to_proto(o) for o in observed],
-            audit=[codec.audit_to_proto(r) for r in batch.records],
-        )
-        if full:
-            req.cached_digests.extend(self.cache.digests())
-            req.cache_budget_bytes = self.cache.budget_bytes
-            req.cache.extend(codec.cache_to_proto(e) for e in self.cache.entries())
-            conditions = self.node.conditions()
-            if conditions is not None:
-                req.conditions_checked = True
-                req.conditions.extend(codec_v1.condition_to_proto(c) for c in conditions)
         try:
-            stub.ReportStatus(req, timeout=CALL_TIMEOUT_S)
+            req = nodes_pb2.ReportStatusRequest(
+                node=self.cfg.node,
+                full=full,
+                workspaces=[codec.observation_to_proto(o) for o in observed],
+                audit=[codec.audit_to_proto(r) for r in batch.records],
+            )
+            if full:
+                req.cached_digests.extend(self.cache.digests())
+                req.cache_budget_bytes = self.cache.budget_bytes
+                req.cache.extend(codec.cache_to_proto(e) for e in self.cache.entries())
+                conditions = self.node.conditions()
+                if conditions is not None:
+                    req.conditions_checked = True
+                    req.conditions.extend(codec_v1.condition_to_proto(c) for c in conditions)
+            stub.ReportStatus(req, timeout=call_timeout_s(self.heartbeat_s))
         except grpc.RpcError as exc:
             self.audit.failed(batch)  # sent with the next report
             code = exc.code() if hasattr(exc, "code") else None
@@ -219,7 +287,17 @@ class Link:
                 )
                 self._unknown_told = True
                 return
-            log.warning("report to service failed: %s", rpc_status.describe(exc))
+            if code in _MOVE_ON:
+                self._move_on(stub, rpc_status.describe(exc))
+            else:
+                log.warning("report to %s failed: %s", self._where, rpc_status.describe(exc))
+            return
+        except ValueError as exc:
+            # The channel was closed under the report (the link is reconnecting): it is
+            # sent again, as part of the full report, on the next connection; the
+            # operation that asked for it goes on.
+            self.audit.failed(batch)
+            log.info("report not sent (%s); it goes with the next connection", exc)
             return
         except BaseException:
             self.audit.failed(batch)
@@ -252,6 +330,7 @@ class Link:
             node=self.cfg.node, workspace_id=workspace_id, offset=offset, data=data, reset=reset
         )
         try:
-            return int(stub.PushConsole(req, timeout=CALL_TIMEOUT_S).next_offset)
-        except grpc.RpcError as exc:
-            raise Unavailable(f"console push failed: {rpc_status.describe(exc)}") from None
+            return int(stub.PushConsole(req, timeout=call_timeout_s(self.heartbeat_s)).next_offset)
+        except (grpc.RpcError, ValueError) as exc:  # ValueError: a channel closed under it
+            what = rpc_status.describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
+            raise Unavailable(f"console push failed: {what}") from None

@@ -125,7 +125,11 @@ class Tasks:
         while not self.stop.is_set():
             if not self.ready(1.0):
                 continue
-            channel = rpc.channel(failover.rotated(self.cfg.service, turn), self.cfg.tls)
+            addresses = failover.rotated(self.cfg.service, turn)
+            channel = rpc.channel(addresses, self.cfg.tls)
+            # The replica the stream is on (named in the log when it breaks: the channel
+            # itself has moved on to the next one by then).
+            where = failover.split(addresses)[0] if addresses else addresses
             outbox: queue.Queue[nodes_pb2.TaskReply | None] = queue.Queue()
             with self._lock:
                 self._outbox = outbox
@@ -137,7 +141,8 @@ class Tasks:
                 threading.Thread(
                     target=_cancel_on, args=(self.stop, done, stream), daemon=True
                 ).start()
-                log.info("task stream to %s open", failover.in_use(channel, self.cfg.service))
+                where = failover.in_use(channel, where)
+                log.info("task stream to %s open", where)
                 for msg in stream:
                     failures = 0
                     task = codec.task_from_proto(msg)
@@ -148,14 +153,15 @@ class Tasks:
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
                     log.warning(
-                        "task stream to %s: %s; reopening in %.1f s",
-                        failover.in_use(channel, self.cfg.service),
+                        "task stream to %s: %s; reopening%s in %.1f s",
+                        where,
                         rpc_status.describe(exc),
+                        self._next(turn),
                         RECONNECT.delay_s(failures + 1),
                     )
             except Exception:
                 if not self.stop.is_set():
-                    log.exception("task stream failed; reopening")
+                    log.exception("task stream to %s failed; reopening%s", where, self._next(turn))
             finally:
                 done.set()
                 with self._lock:
@@ -167,6 +173,12 @@ class Tasks:
             failures += 1
             turn += 1
             self.stop.wait(RECONNECT.delay_s(failures))
+
+    def _next(self, turn: int) -> str:
+        """ " to ADDRESS": the replica the next turn of ``run`` opens the stream to first
+        ("" for one address)."""
+        addresses = failover.split(failover.rotated(self.cfg.service, turn + 1))
+        return f" to {addresses[0]}" if len(addresses) > 1 else ""
 
     def close(self) -> None:
         self._close_consoles("the agent is stopping")

@@ -309,6 +309,10 @@ class ServiceConfig:
     heartbeat_interval_s: int = 5
     # A node silent for longer than this is DOWN and its workspaces LOST.
     node_grace_s: int = 40
+    # Replicas on PostgreSQL: a leader whose session has not renewed its lease (its check,
+    # every second) for this long is hung; another replica ends that session and leads
+    # (docs/design/replicas.md). At least 5 (the leader's own lease is 3 s).
+    leader_fence_s: int = 10
     default_stop_timeout_s: int = 60
     # Seconds a preempted workspace gets to shut down after ACPI before it is forced off
     # (a workspace's own ``preempt_grace_s`` >= 0 wins); docs/design/preemption.md.
@@ -384,6 +388,7 @@ class ServiceConfig:
             "node_grace_s",
         )
         check_min(self, "", at_least_1, 1)
+        check_min(self, "", ("leader_fence_s",), 5)
         if not self.squeue_command:
             raise ConfigError("squeue_command: must not be empty")
         check_log_format(self.log_format)

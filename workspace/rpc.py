@@ -39,17 +39,35 @@ log = logging.getLogger("workspace.rpc")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # The key of the peer's certificate (PEM) in a call's auth context.
 PEER_CERT_KEY = "x509_pem_cert"
+# A peer that stopped (hung, SIGSTOP: its kernel keeps the TCP connection up) is found
+# by keepalive: a ping every KEEPALIVE_MS, the connection dropped when its answer does not
+# come within PING_TIMEOUT_MS -- UNAVAILABLE "ping timeout" for every call and stream on
+# it, which then move to the next replica of a list. gRPC core waits
+# ``grpc.http2.ping_timeout_ms`` (default one minute), not ``keepalive_timeout_ms``, for
+# that answer, so both are set: measured, a stream on a stopped server breaks after
+# 64 s with the old settings (20 s + 10 s keepalive), after KEEPALIVE + PING_TIMEOUT
+# with these.
+KEEPALIVE_MS = 5_000
+PING_TIMEOUT_MS = 10_000
+# A new connection whose server never answers the HTTP/2 handshake (it accepted the TCP
+# connection but is stopped) fails after this, not gRPC's default 20 s: a call on it is
+# UNAVAILABLE "failed to connect", never sent, so a list of replicas goes to the next.
+CONNECT_TIMEOUT_MS = 5_000
 _OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
 ]
 _SERVER_OPTIONS = [
     *_OPTIONS,
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Pings from a client are accepted this often (below its KEEPALIVE_MS, so this
+    # service never answers its clients' keepalive with GOAWAY "too_many_pings").
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS - 1_000),
     ("grpc.so_reuseport", 0),
 ]
 

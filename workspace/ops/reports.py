@@ -347,6 +347,10 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
         if new is State.RUNNING and not obs.reason:
             reason = ""
+        if ws.state == State.FAILED.value and new not in (None, State.FAILED):
+            # Out of FAILED (the operation is tried again, or it worked after all): the
+            # failure no longer says what the workspace is doing.
+            reason = obs.reason
         if new is State.STOPPED and not obs.reason and old_reason.startswith(EXPIRED):
             reason = old_reason  # stopped because its lease ended: it keeps saying so
         moved = new is not None and (new.value != ws.state or reason != old_reason)

@@ -38,7 +38,7 @@ from workspace.ops.images import Catalog
 from workspace.ops.rosters import RosterPusher
 from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
-from workspace.service import backup
+from workspace.service import backup, dbwait
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
@@ -94,7 +94,7 @@ class Service:
         # streams by NOTIFY, and the background loops run only on the leader.
         postgres = self.store.engine.dialect.name == "postgresql"
         self.relay = Relay(self.env, self.store.engine) if postgres else None
-        self.leader = Leader(self.store.engine if postgres else None)
+        self.leader = Leader(self.store.engine if postgres else None, fence_s=cfg.leader_fence_s)
         # Clients and agents on two servers, each with its own threads (limits: the
         # stream cap per identity; node_server: the Nodes API, never starved by clients).
         # Metrics (metrics_listen; service/metrics.py): RPCs counted by an interceptor on
@@ -397,9 +397,15 @@ def main(argv: list[str] | None = None) -> int:
         return _backup_command(cfg, args.command, Path(args.dir))
     setup_logging(cfg.log_level, "workspace-service", cfg.log_format)
     try:
+        dbwait.wait_for_database(cfg.db_url)
         svc = Service(cfg)
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
+        return 1
+    except Exception as exc:
+        # One line, in the configured log format; the traceback only at DEBUG.
+        log.error("cannot start: %s", dbwait.reason(exc))
+        log.debug("traceback", exc_info=True)
         return 1
     done = threading.Event()
 

@@ -14,8 +14,11 @@ reconnecting): on reconnect every stream is woken as if everything had changed, 
 ``Leader``: the background loops run on the replica that holds a session-level advisory
 lock on a dedicated connection; the holder checks the connection every ``CHECK_S`` and
 acts only while its last good check is younger than ``LEASE_S``, so a replica cut off
-from the database (its check failing or hanging) stops acting within seconds. SQLite (one
-process) is always the leader.
+from the database (its check failing or hanging) stops acting within seconds. Each check
+renews the leader's lease in the database too (its session's ``query_start``): a
+candidate that finds it older than ``fence_s`` takes the leader for hung and ends its
+session (``pg_terminate_backend``), which frees the lock. SQLite (one process) is always
+the leader.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ RESYNC_S = 5.0
 LEADER_LOCK = 3
 CHECK_S = 1.0
 LEASE_S = 3.0
+FENCE_S = 10.0  # config leader_fence_s
 CONNECT_TIMEOUT_S = 3
 RETRY_S = 1.0
 
@@ -292,10 +296,13 @@ class Leader:
         self,
         engine: Engine | None,
         on_change: Callable[[bool], None] = lambda _held: None,
+        fence_s: float = FENCE_S,
     ) -> None:
-        """``engine`` None (SQLite): always the leader."""
+        """``engine`` None (SQLite): always the leader. ``fence_s``: how long the
+        leader's lease may go unrenewed before a candidate ends its session."""
         self.dsn = conninfo(engine) if engine is not None else ""
         self.on_change = on_change
+        self.fence_s = fence_s
         self._held = engine is None
         self._ok_at = 0.0
         self._stop = threading.Event()
@@ -366,17 +373,63 @@ class Leader:
                         )
                         self._ok_at = time.monotonic()
                         self._set(True)
+                    else:
+                        self._fence_if_stale(self._conn)
                 else:
-                    # The lock is ours as long as this session lives; the check proves it.
+                    # The lock is ours as long as this session lives; the check proves it,
+                    # and renews the lease the candidates read (the session's query_start).
                     self._conn.execute("SELECT 1").fetchone()
                     self._ok_at = time.monotonic()
             except Exception as exc:
                 # Lost the connection, so the lock with it: stop acting first.
+                was = self._held
                 self._set(False)
-                if not self._stop.is_set():
+                if self._stop.is_set():
+                    pass
+                elif was:
+                    log.warning(
+                        "leader connection lost (%s): this replica does not lead until it "
+                        "takes the lock again (another replica may have ended its session "
+                        "after it did not renew its lease for %g s: leader_fence_s)",
+                        str(exc).strip(),
+                        self.fence_s,
+                    )
+                else:
                     log.warning("leader connection: %s; trying again", exc)
                 conn, self._conn = self._conn, None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
             self._stop.wait(CHECK_S)
+
+    def _fence_if_stale(self, conn: Any) -> None:
+        """End the session of a leader that has not renewed its lease for ``fence_s``
+        (hung: stopped, or its checks stuck, while its session keeps the lock); the lock
+        is free once that backend is gone, and the next try takes it."""
+        row = conn.execute(_STALE_LEADER, (LOCK_CLASS, LEADER_LOCK)).fetchone()
+        if row is None or row[2] is None or float(row[2]) < self.fence_s:
+            return
+        pid, name, age = int(row[0]), str(row[1]), float(row[2])
+        log.warning(
+            "the leader (%s, database session %d) has not renewed its lease for %.1f s "
+            "(leader_fence_s = %g): ending its session to take over",
+            name or "unnamed",
+            pid,
+            age,
+            self.fence_s,
+        )
+        try:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        except Exception as exc:  # another role's session: a superuser must end it
+            log.error("cannot end the stale leader's session %d: %s", pid, exc)
+
+
+# The session holding the leader lock in this database, and how long ago it last renewed
+# its lease (its last statement started).
+_STALE_LEADER = """
+SELECT a.pid, a.application_name, EXTRACT(EPOCH FROM clock_timestamp() - a.query_start)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
+  AND l.objsubid = 2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""

@@ -1,0 +1,172 @@
+"""Replicas that hang rather than die (SIGSTOP: their connections stay up, nothing
+answers), as processes on one PostgreSQL (docs/design/replicas.md). The agent on a hung
+replica moves to the other one and its node is never marked DOWN; a hung leader is fenced
+(its session ended) and the other replica leads; resumed, the old leader does not lead."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.functional.harness import (
+    WS,
+    Proc,
+    Stubs,
+    agent_config,
+    service_config,
+    wait_for,
+    write_config,
+)
+from tests.pg import PgServer
+from workspace import rpc
+from workspace.service.replicas import LEADER_LOCK
+from workspace.store.engines import LOCK_CLASS
+from workspace.v1 import admin_pb2
+
+GRACE_S = 6
+FENCE_S = 5
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    name = f"hung_{uuid.uuid4().hex[:8]}"
+    try:
+        yield pg_server.database(name)
+    finally:
+        pg_server.drop(name)
+
+
+@dataclass
+class Replica:
+    proc: Proc
+    listen: str
+    nodes: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.popen.pid
+
+    def said(self, text: str) -> bool:
+        return text in self.log.read_text()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Replica]]:
+    made: list[Replica] = []
+    stopped: list[int] = []
+    try:
+        for name in ("a", "b"):
+            d = tmp_path / name
+            d.mkdir()
+            listen = f"unix:{d / 'svc.sock'}"
+            conf = write_config(
+                d / "service.toml",
+                service_config(
+                    d,
+                    listen=listen,
+                    data_dir=str(tmp_path / "data"),
+                    database_url=pg_url,
+                    heartbeat_interval_s=1,
+                    node_grace_s=GRACE_S,
+                    leader_fence_s=FENCE_S,
+                ),
+            )
+            log = d / "service.log"
+            proc = Proc(["-m", "workspace.service.main", "--config", str(conf)], log)
+            made.append(Replica(proc, listen, listen.replace("svc.sock", "nodes.sock"), log))
+        for r in made:
+            wait_for(lambda r=r: Path(r.nodes[5:]).exists(), 60, r.nodes)
+        yield made
+    finally:
+        for r in made:
+            if r.proc.popen.poll() is None:
+                os.kill(r.pid, signal.SIGCONT)  # a stopped process cannot stop
+            r.proc.terminate()
+        del stopped
+
+
+def leader_pid(url: str) -> int:
+    """The pid of the replica whose session holds the leader lock."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted"
+            " AND a.datname = current_database()",
+            (LOCK_CLASS, LEADER_LOCK),
+        ).fetchone()
+    return int(row[0].rsplit(" ", 1)[-1]) if row else 0
+
+
+def lead(url: str, replicas: list[Replica]) -> tuple[Replica, Replica]:
+    """(the leader, the other one), once one leads."""
+    pid = wait_for(lambda: leader_pid(url), 15, "a leader")
+    first = next(r for r in replicas if r.pid == pid)
+    return first, next(r for r in replicas if r is not first)
+
+
+def test_an_agent_on_a_hung_replica_moves_and_its_node_stays_up(
+    tmp_path: Path, pg_url: str, replicas: list[Replica]
+) -> None:
+    leader, other = lead(pg_url, replicas)
+    # The agent dials the replica that does not lead first: that one hangs.
+    conf = write_config(
+        tmp_path / "agent.toml",
+        agent_config(tmp_path, "node1", f"{other.nodes},{leader.nodes}"),
+    )
+    agent_log = tmp_path / "agent.log"
+    agent = Proc(["-m", "agent.main", "--config", str(conf)], agent_log)
+    stubs = Stubs(rpc.channel(leader.listen), rpc.channel(leader.nodes))
+    try:
+        stubs.network(subnet="192.168.61.0/24")
+        stubs.import_image("img")
+        wait_for(lambda: f"registered with {other.nodes}" in agent_log.read_text(), 20, "agent")
+        w = stubs.create(name="box", request_id="r-box")
+        stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING, 30)
+
+        os.kill(other.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        wait_for(
+            lambda: f"registered with {leader.nodes}" in agent_log.read_text(),
+            GRACE_S * 3,
+            "the agent registered with the leader",
+        )
+        print(f"agent moved {time.monotonic() - t0:.1f} s after SIGSTOP")
+        time.sleep(GRACE_S + 2)  # past node_grace_s while the other replica is stopped
+        nodes = stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+        assert [n.state for n in nodes] == [admin_pb2.NODE_STATE_READY]
+        assert stubs.get(w.id).state == WS.WORKSPACE_STATE_RUNNING
+        events = list(stubs.admin.WatchEvents(admin_pb2.WatchEventsRequest(follow=False)))
+        assert not [e for e in events if e.kind == "node.state" and "DOWN" in e.state.upper()]
+        log = agent_log.read_text()
+        assert f"report to {other.nodes} failed" in log or f"service {other.nodes}" in log
+    finally:
+        os.kill(other.pid, signal.SIGCONT)
+        stubs.channel.close()
+        agent.terminate()
+
+
+def test_a_hung_leader_is_fenced_and_does_not_lead_when_it_resumes(
+    pg_url: str, replicas: list[Replica]
+) -> None:
+    leader, other = lead(pg_url, replicas)
+    os.kill(leader.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        wait_for(lambda: leader_pid(pg_url) == other.pid, FENCE_S + 10, "the other replica leads")
+        print(f"new leader {time.monotonic() - t0:.1f} s after SIGSTOP")
+        assert other.said("has not renewed its lease")
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+    # Resumed, the old leader finds its session ended and says it does not lead.
+    wait_for(lambda: leader.said("leader connection lost"), 10, "the old leader to notice")
+    assert leader.said("this replica is no longer the leader")
+    assert leader_pid(pg_url) == other.pid

@@ -1,0 +1,173 @@
+"""The agent's link over a list of replicas, against two fake Nodes servers: a replica that
+stops answering (hung, its connections up) is left after a failed heartbeat, not kept
+until the node is marked DOWN; a report made while the link moves between replicas never
+fails its caller and is sent again, in full, on the next replica."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.audit import AuditSpool
+from agent.cache import BlobCache
+from agent.link import Link
+from images import signing
+from tests.functional.harness import wait_for
+from workspace import config, rpc
+from workspace.config import AgentConfig
+from workspace.domain.model import NodeInfo, NodeOrders, Observation
+from workspace.domain.states import Observed
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+
+
+class Replica(nodes_pb2_grpc.NodesServicer):
+    """A service replica as the agent sees it; ``hang()`` makes its reports never answer
+    (a stopped process: the connection stays up, nothing comes back)."""
+
+    def __init__(self, path: Path) -> None:
+        self.address = f"unix:{path}"
+        self.registered = 0
+        self.full_reports: list[nodes_pb2.ReportStatusRequest] = []
+        self._hung = threading.Event()
+        self._gone = threading.Event()
+        self.server = rpc.server(max_workers=8)
+        nodes_pb2_grpc.add_NodesServicer_to_server(self, self.server)
+        rpc.bind(self.server, self.address)
+        self.server.start()
+
+    def hang(self) -> None:
+        self._hung.set()
+
+    def stop(self) -> None:
+        self._gone.set()
+        self.server.stop(0).wait()
+
+    def Register(
+        self, request: nodes_pb2.RegisterRequest, context: grpc.ServicerContext
+    ) -> nodes_pb2.RegisterResponse:
+        self.registered += 1
+        return nodes_pb2.RegisterResponse(heartbeat_interval_s=1)
+
+    def WatchAssignments(
+        self, request: nodes_pb2.WatchAssignmentsRequest, context: grpc.ServicerContext
+    ) -> Iterator[nodes_pb2.AssignmentSet]:
+        yield nodes_pb2.AssignmentSet(generation=1)
+        while context.is_active() and not self._gone.wait(0.2):
+            pass
+
+    def ReportStatus(
+        self, request: nodes_pb2.ReportStatusRequest, context: grpc.ServicerContext
+    ) -> nodes_pb2.ReportStatusResponse:
+        if self._hung.is_set():
+            while context.is_active() and not self._gone.wait(0.2):
+                pass
+            return nodes_pb2.ReportStatusResponse()
+        if request.full:
+            self.full_reports.append(request)
+        return nodes_pb2.ReportStatusResponse()
+
+
+class Node:
+    def node_info(self) -> NodeInfo:
+        return NodeInfo(name="n1", hypervisor="fake", cpus=1, memory_mib=1024)
+
+    def take_orders(self, orders: NodeOrders, policy: signing.Policy | None) -> None:
+        pass
+
+    def observe(self, ids: Sequence[str] | None) -> list[Observation]:
+        return [Observation("w1", Observed.RUNNING)]
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[list[Replica]]:
+    made = [Replica(tmp_path / "a.sock"), Replica(tmp_path / "b.sock")]
+    yield made
+    for r in made:
+        r.stop()
+
+
+def start_link(tmp_path: Path, replicas: list[Replica]) -> tuple[Link, threading.Event]:
+    cfg = config.from_dict(
+        AgentConfig,
+        {
+            "node": "n1",
+            "service": ",".join(r.address for r in replicas),
+            "driver": "fake",
+            "insecure": True,
+            "state_dir": str(tmp_path / "agent"),
+        },
+    )
+    (tmp_path / "agent").mkdir()
+    stop = threading.Event()
+    cache = BlobCache(tmp_path / "cache")
+    link = Link(cfg, Node(), cache, AuditSpool(tmp_path / "agent"), stop)
+    threading.Thread(target=link.run, daemon=True).start()
+    threading.Thread(target=link.heartbeats, daemon=True).start()
+    return link, stop
+
+
+def test_a_replica_that_stops_answering_reports_is_left_for_the_next(
+    tmp_path: Path, replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "agent")
+    a, b = replicas
+    _link, stop = start_link(tmp_path, replicas)
+    try:
+        wait_for(lambda: a.full_reports, 10, "a heartbeat on A")
+        assert b.registered == 0
+        a.hang()
+        # The next heartbeat gets no answer: the link registers with B and reports there
+        # (a 1 s heartbeat gives each call 2 s; the node would be DOWN after node_grace_s).
+        wait_for(lambda: b.full_reports, 15, "the agent registered and reporting on B")
+        assert b.registered == 1
+        assert [w.workspace_id for w in b.full_reports[-1].workspaces] == ["w1"]
+    finally:
+        stop.set()
+    said = [r.getMessage() for r in caplog.records if r.name == "agent"]
+    assert any(
+        m.startswith(f"report to {a.address} failed: DEADLINE_EXCEEDED")
+        and m.endswith("moving to another replica")
+        for m in said
+    ), said
+    assert f"node n1 registered with {b.address}" in said
+
+
+def test_reports_while_the_link_moves_never_fail_and_are_sent_again(
+    tmp_path: Path, replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "agent")
+    a, b = replicas
+    link, stop = start_link(tmp_path, replicas)
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def reporter() -> None:  # an executor reporting each step of its operations
+        while not done.is_set():
+            try:
+                link.report(["w1"])
+            except BaseException as exc:  # what used to fail a create
+                failures.append(exc)
+
+    try:
+        wait_for(lambda: a.full_reports, 10, "a heartbeat on A")
+        threads = [threading.Thread(target=reporter) for _ in range(3)]
+        for t in threads:
+            t.start()
+        a.stop()  # the replica dies under the reports
+        wait_for(lambda: b.full_reports, 15, "a full report on B")
+        done.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        done.set()
+        stop.set()
+    assert failures == []
+    assert [w.workspace_id for w in b.full_reports[0].workspaces] == ["w1"]
+    # The log names the replica that failed and the one tried next, not the whole list.
+    said = [r.getMessage() for r in caplog.records if r.name == "agent"]
+    assert any(m.startswith(f"service {a.address}") and f"trying {b.address}" in m for m in said)
