@@ -20,7 +20,7 @@ from images import signing
 from tests.functional.harness import wait_for
 from workspace import config, rpc
 from workspace.config import AgentConfig
-from workspace.domain.model import NodeInfo, NodeOrders, Observation
+from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders, Observation
 from workspace.domain.states import Observed
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
@@ -81,6 +81,9 @@ class Node:
 
     def observe(self, ids: Sequence[str] | None) -> list[Observation]:
         return [Observation("w1", Observed.RUNNING)]
+
+    def conditions(self) -> tuple[NodeCondition, ...] | None:
+        return None  # not checked yet
 
 
 @pytest.fixture
