@@ -26,6 +26,7 @@ from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
 from agent.status import StatusBoard
 from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec, tap_name
+from workspace import callctx
 from workspace.domain.model import NodeCondition, Observation, Order
 from workspace.domain.states import Desired, Observed
 from workspace.errors import DriverError, WorkspaceError
@@ -221,7 +222,7 @@ class Executor:
                 continue
             with self._lock:
                 self._busy[wid] = action
-            self.pool.submit(self._run, wid, action, desired.get(wid), note)
+            self.pool.submit(self._run_for, wid, action, desired.get(wid), note)
         self._note_unisolated(held, actual, busy)
         with self._lock:
             self._last_want = wants
@@ -322,6 +323,12 @@ class Executor:
         return f"{found}; {done}"
 
     # -- operations --------------------------------------------------------------------
+
+    def _run_for(self, wid: str, action: Action, order: Order | None, note: str) -> None:
+        """``_run`` with the workspace's id in every log line of the operation (the driver's,
+        the trust gate's: JSON logs carry it)."""
+        with callctx.bound(workspace=wid):
+            self._run(wid, action, order, note)
 
     def _run(self, wid: str, action: Action, order: Order | None, note: str = "") -> None:
         """Carry out ``action``; ``note``: what the workspace shows once it worked (a

@@ -78,4 +78,8 @@ def test_json_logs_name_the_workspace_of_a_create(tmp_path: Path) -> None:
     assert placed and placed[0]["node"] == "node1", about  # the line names both ids
     agent_lines = json_lines(tmp_path / "a.log")
     assert any(x.get("workspace") == ws.id for x in agent_lines), agent_lines
+    # Every line of the agent that is about the workspace carries its id (the driver's
+    # "defined and started" line did not).
+    mention = [x for x in agent_lines if ws.id in x["message"]]
+    assert len(mention) >= 2 and all(x.get("workspace") == ws.id for x in mention), mention
     assert all(x.get("node") == "node1" for x in agent_lines)
