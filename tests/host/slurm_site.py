@@ -237,7 +237,9 @@ class SlurmSite:
     def start_munged(self) -> None:
         """munged on its default socket (the guests' and Slurm's default), with our key;
         refused when one already runs there."""
-        if Path(MUNGE_SOCKET).exists():
+        # A socket left by a munged that was killed (a test run stopped mid-way) answers
+        # nothing, and munged --force takes it over.
+        if Path(MUNGE_SOCKET).exists() and munged_answers(MUNGE_SOCKET):
             raise FileExistsError(f"{MUNGE_SOCKET} exists: another munged runs on this host")
         d = self.slurm_dir / "munge"
         d.mkdir(mode=0o700)
@@ -252,7 +254,7 @@ class SlurmSite:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait(lambda: Path(MUNGE_SOCKET).exists(), 30, "munged's socket", poll_s=0.2)
+        wait(lambda: munged_answers(MUNGE_SOCKET), 30, "munged's socket", poll_s=0.2)
 
     def stop_munged(self) -> None:
         proc, self.munged = self.munged, None
@@ -395,3 +397,14 @@ def wait(pred, timeout_s: float, what: str, poll_s: float = 2.0):  # type: ignor
             return last
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+
+
+def munged_answers(path: str) -> bool:
+    """Whether a process listens on the unix socket ``path`` (a stale one refuses)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+        return True
