@@ -257,8 +257,15 @@ class ImagesClientMixin:
         raw or qcow2 or that changes during the push.
         """
         fmts = _formats(manifest)  # before anything is hashed or sent
-        if project:  # a project that does not exist, or not the caller's: before a byte
-            self._call(self._projects.GetQuota, projects_pb2.GetQuotaRequest(project=project))
+        # Refused before a file is hashed or a byte sent: a project that does not exist or
+        # is not the caller's, or none named by a member of several (the import would
+        # refuse either, after the upload).
+        quotas = self._call(self._projects.GetQuota, projects_pb2.GetQuotaRequest(project=project))
+        mine = sorted(q.project for q in quotas.projects)
+        if not project and len(mine) > 1:
+            raise errors.InvalidArgument(
+                f"you are a member of {', '.join(mine)}: say which with --project"
+            )
         for attempt in range(2):
             digests = self._hash_files(manifest, progress)
             uploaded, sent = self._send_missing(digests, progress)

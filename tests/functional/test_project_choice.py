@@ -4,6 +4,7 @@ user of none. Over mutual TLS with real user certificates, for every kind of obj
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -142,6 +143,13 @@ def test_the_cli_says_which_projects(
     disk.write_bytes(b"\1" * 8192)
     code, _, err = as_carol("image", "push", "env:1", str(disk))
     assert code != 0 and "say which with --project" in err
+    # ... before its bytes were sent: carol holds no blob of it (HasBlobs says missing).
+    digest = "sha256:" + hashlib.sha256(disk.read_bytes()).hexdigest()
+    carol = Client(site.address, tls)
+    try:
+        assert carol.has_blobs([digest]) == [digest]
+    finally:
+        carol.close()
     assert all_names(site) == set()
     code, _, err = as_carol("create", "--image", "img", "--name", "p", "--project", "physics")
     assert code == 0, err
