@@ -10,10 +10,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 import pytest
 
 from agent.netsetup import NullNetworking
-from tests.functional.harness import Site, wait_for
+from tests.functional.harness import WS, Site, wait_for
 from tests.functional.test_netpolicy import run
 from tests.functional.test_site_events import events
 from workspace.cli import admin
@@ -138,3 +139,50 @@ def test_node_show_of_an_unknown_node(site: Site, capsys: pytest.CaptureFixture[
     assert code == 1 and "no node 'nope'; `ws-admin node list` shows them" in err
     with Client(site.address) as client, pytest.raises(NotFound):
         client.get_node("nope")
+
+
+def test_the_scheduler_keeps_workspaces_off_a_node_whose_condition_concerns_them(
+    site: Site,
+) -> None:
+    """A CLUSTER or OUTBOUND workspace is not placed on a `no-isolation` node (it would be
+    held there, never started); a workspace on a network the node could not make ready is
+    not placed there; the others are. A request that waits is placed once it clears."""
+    site.stubs.network()
+    site.stubs.network("lab", subnet="10.214.0.0/24")
+    site.stubs.import_image("img")
+    unsafe = Found(NO_ISOLATION, LAB_DOWN)
+    site.add_agent("node1", networking=unsafe, networks=[{"name": "default"}, {"name": "lab"}])
+    site.add_agent("node2", networking=Found(), networks=[{"name": "default"}, {"name": "lab"}])
+    wait_for(lambda: listed_of(site, "node1") == as_listed(NO_ISOLATION, LAB_DOWN), what="them")
+    # pack would put all on node1 (first by name, equal free capacity)
+    assert site.stubs.create(name="plain").node == "node1"
+    for conn in ("cluster", "outbound"):
+        assert site.stubs.create(name=f"iso-{conn}", connectivity=conn).node == "node2"
+    assert site.stubs.create(name="on-lab", networks=["lab"]).node == "node2"
+
+    site.stubs.admin.DrainNode(admin_pb2.NodeRef(name="node2"))
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.create(name="refused", connectivity="cluster")
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1 node(s) are DRAINING, 1 node(s) cannot isolate bridged traffic (no-isolation)" in (
+        err.value.details() or ""
+    )
+    # One that may wait is queued (the condition may clear: it is not "never placed") ...
+    waiting = site.stubs.create(name="waits", connectivity="cluster", wait_for_capacity_s=600)
+    assert waiting.state == WS.WORKSPACE_STATE_PENDING
+    assert "cannot isolate bridged traffic" in site.stubs.get(waiting.id).reason
+    # ... and placed on node1 once br_netfilter is loaded there.
+    unsafe.found = (LAB_DOWN,)
+    placed = site.stubs.wait_state(waiting.id, WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
+    assert placed.node == "node1"
+    with pytest.raises(grpc.RpcError) as err:  # the broken network still keeps lab off it
+        site.stubs.create(name="lab2", networks=["lab"])
+    assert "could not make a requested network ready (network-not-ready)" in (
+        err.value.details() or ""
+    )
+
+
+def listed_of(site: Site, name: str) -> list[tuple[str, str, str]]:
+    nodes = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+    (node,) = [n for n in nodes if n.name == name]
+    return [(c.code, c.subject, c.message) for c in node.conditions]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 
@@ -23,7 +24,9 @@ from workspace.scheduler import (
     weighers_for,
 )
 from workspace.scheduler.engine import member_context
+from workspace.scheduler.explain import explain
 from workspace.scheduler.filters import (
+    ConditionFilter,
     CpuFilter,
     HardAffinityFilter,
     HardAntiAffinityFilter,
@@ -32,6 +35,7 @@ from workspace.scheduler.filters import (
     RequirementsFilter,
     StateFilter,
 )
+from workspace.scheduler.replay import from_json, to_json
 from workspace.scheduler.snapshot import Context, HostState
 from workspace.scheduler.weighers import (
     ImageCacheWeigher,
@@ -74,13 +78,14 @@ def test_filter_order_is_cheap_first() -> None:
         "state",
         "networks",
         "requirements",
+        "conditions",
         "cpu",
         "memory",
         "bandwidth",
         "hard-anti-affinity",
         "hard-affinity",
     ]
-    assert [f.static for f in FILTERS] == [True] * 3 + [False] * 5
+    assert [f.static for f in FILTERS] == [True] * 4 + [False] * 5
 
 
 # -- each filter's reason ---------------------------------------------------------------
@@ -117,6 +122,48 @@ def test_hypervisor_label_does_not_override_node_type() -> None:
     req = Request(1, 512, requirements={"hypervisor": "xen"})
     host, ctx = setup(node("a", hypervisor="kvm", labels={"hypervisor": "xen"}), req)
     assert RequirementsFilter().host_passes(host, req, ctx) == "do not match hypervisor=xen"
+
+
+def test_condition_filter_keeps_isolated_workspaces_off_nodes_that_cannot_isolate() -> None:
+    f = ConditionFilter()
+    unsafe = frozenset({"no-isolation"})
+    isolated, open_ = Request(1, 512, ("default",), isolated=True), Request(1, 512, ("default",))
+    host, ctx = setup(node("a", conditions=unsafe), isolated)
+    assert f.active(isolated, ctx)
+    assert f.host_passes(host, isolated, ctx) == "cannot isolate bridged traffic (no-isolation)"
+    host, ctx = setup(node("a", conditions=unsafe), open_)
+    assert f.host_passes(host, open_, ctx) is None  # an OPEN workspace goes there
+    host, ctx = setup(node("a"), isolated)
+    assert not f.active(isolated, ctx)  # no node says anything: skipped
+
+
+def test_condition_filter_names_a_network_the_node_could_not_make_ready() -> None:
+    f = ConditionFilter()
+    broken = frozenset({"network-not-ready:storage"})
+    on_it = Request(1, 512, ("default", "storage"))
+    host, ctx = setup(node("a", networks=("default", "storage"), conditions=broken), on_it)
+    why = "could not make a requested network ready (network-not-ready)"
+    assert f.host_passes(host, on_it, ctx) == why
+    other = Request(1, 512, ("default",))
+    host, ctx = setup(node("a", networks=("default", "storage"), conditions=broken), other)
+    assert f.host_passes(host, other, ctx) is None
+
+
+def test_a_refusal_counts_nodes_kept_by_their_conditions() -> None:
+    nodes = [
+        node("a", conditions=frozenset({"no-isolation"})),
+        node("b", conditions=frozenset({"no-isolation"})),
+        node("c", state="DRAINING"),
+    ]
+    req = Request(1, 512, ("default",), isolated=True)
+    result = place(nodes, req, CFG)
+    assert result.node is None
+    assert result.reason() == (
+        "no node can host it: 2 node(s) cannot isolate bridged traffic (no-isolation),"
+        " 1 node(s) are DRAINING"
+    )
+    assert place([*nodes, node("d")], req, CFG).node == "d"
+    assert place(nodes, Request(1, 512, ("default",)), CFG).node in {"a", "b"}
 
 
 def test_cpu_filter_boundary_with_overcommit_and_reservation() -> None:
@@ -201,6 +248,14 @@ views_st = st.lists(
         used_net_mbps=st.integers(0, 200),
         disk_mbps=st.sampled_from([0, 500]),
         used_disk_mbps=st.integers(0, 600),
+        conditions=st.sampled_from(
+            [
+                frozenset(),
+                frozenset(),
+                frozenset({"no-isolation"}),
+                frozenset({"network-not-ready:dmz"}),
+            ]
+        ),
     ),
     max_size=10,
     unique_by=lambda n: n.name,
@@ -214,6 +269,7 @@ req_st = st.builds(
     requirements=st.sampled_from([{}, {"gpu": "a100"}, {"hypervisor": "xen"}]),
     net_mbps=st.sampled_from([0, 0, 50, 100]),
     disk_mbps=st.sampled_from([0, 0, 100]),
+    isolated=st.booleans(),
 )
 
 
@@ -335,3 +391,19 @@ def test_soft_anti_affinity_beats_the_image_cache() -> None:
     together = place_group(nodes, reqs, CFG, Affinity.NONE)
     assert together.placements is not None
     assert [p.node for p in together.placements] == ["a", "a"]
+
+
+def test_replay_and_explain_keep_conditions_and_isolation() -> None:
+    nodes = [node("a", conditions=frozenset({"no-isolation"})), node("b", state="DRAINING")]
+    reqs = [Request(1, 512, ("default",), isolated=True, member="w"), Request(1, 512)]
+    text = to_json(nodes, reqs, CFG)
+    assert from_json(text)[:2] == (nodes, reqs)
+    data = json.loads(text)
+    assert data["nodes"][0]["conditions"] == ["no-isolation"]
+    assert "conditions" not in data["nodes"][1]  # written only when set
+    assert data["requests"][0]["isolated"] is True and "isolated" not in data["requests"][1]
+    verdicts = explain(nodes, reqs[:1], CFG).steps[0].verdicts
+    assert [(v.node, v.filter, v.reason) for v in verdicts] == [
+        ("a", "conditions", "cannot isolate bridged traffic (no-isolation)"),
+        ("b", "state", "are DRAINING"),
+    ]

@@ -17,6 +17,8 @@ from images.signing import Policy
 from workspace.domain.elastic import AutoscaleInfo
 from workspace.domain.netpolicy import AllowRule, Connectivity, Limits
 from workspace.domain.states import (
+    NETWORK_NOT_READY,
+    NO_ISOLATION,
     ClusterState,
     Desired,
     FailurePolicy,
@@ -27,6 +29,8 @@ from workspace.domain.states import (
 from workspace.scheduler.model import Affinity
 
 __all__ = [
+    "NETWORK_NOT_READY",
+    "NO_ISOLATION",
     "AuditRecord",
     "CacheRecord",
     "ClusterRequest",
@@ -320,11 +324,6 @@ class CreateRequest:
     wait_for_capacity_s: int = 0
     # The project asked for ("": the caller's only project, if exactly one).
     project: str = ""
-
-
-# The conditions an agent reports (NodeCondition.code); a service keeps any code it is sent.
-NO_ISOLATION = "no-isolation"  # bridged IPv4 does not pass the inet hooks (br_netfilter)
-NETWORK_NOT_READY = "network-not-ready"  # subject: the network the node could not make ready
 
 
 @dataclass(frozen=True)

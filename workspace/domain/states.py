@@ -55,6 +55,12 @@ class NodeState(enum.StrEnum):
     DOWN = "DOWN"
 
 
+# The conditions an agent reports of a node (NodeCondition.code, domain/model.py); a
+# service keeps any code it is sent, and the scheduler reads these two.
+NO_ISOLATION = "no-isolation"  # bridged IPv4 does not pass the inet hooks (br_netfilter)
+NETWORK_NOT_READY = "network-not-ready"  # subject: the network the node could not make ready
+
+
 class ClusterState(enum.StrEnum):
     PENDING = "PENDING"  # waiting for capacity; nothing placed yet
     STARTING = "STARTING"

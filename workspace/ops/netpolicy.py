@@ -66,6 +66,12 @@ def apply(cfg: ServiceConfig, s: Session, ws: Workspace, spec: CreateSpec, proje
     set_policy(ws, *effective(cfg, s, spec, project))
 
 
+def restricted(ws: Workspace) -> bool:
+    """Whether ``ws``'s connectivity must be enforced on its node (CLUSTER, OUTBOUND): a
+    node that cannot isolate bridged traffic cannot serve it (``no-isolation``)."""
+    return (ws.connectivity or Connectivity.OPEN.value) != Connectivity.OPEN.value
+
+
 def writable_disks(ws: Workspace) -> int:
     return sum(1 for p in bound_spec(ws).partitions if p.mode is not Mode.READONLY)
 

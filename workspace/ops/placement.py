@@ -34,6 +34,7 @@ from workspace.store import IpAllocation, Network, Node, Workspace, macs, orders
 from workspace.store.held import held
 from workspace.store.mapping import (
     bound_spec,
+    condition_labels,
     insert_allocation,
     insert_workspace,
     set_reason,
@@ -238,6 +239,7 @@ def _read_node_views(s: Session) -> list[scheduler.NodeView]:
         Node.net_mbps,
         Node.used_disk_mbps,
         Node.used_net_mbps,
+        Node.conditions,
     )
     return [
         scheduler.NodeView(
@@ -255,6 +257,7 @@ def _read_node_views(s: Session) -> list[scheduler.NodeView]:
             net_mbps=net or 0,
             used_disk_mbps=udisk or 0,
             used_net_mbps=unet or 0,
+            conditions=condition_labels(conds),
         )
         for (
             name,
@@ -271,6 +274,7 @@ def _read_node_views(s: Session) -> list[scheduler.NodeView]:
             net,
             udisk,
             unet,
+            conds,
         ) in s.execute(select(*cols).order_by(Node.name))
     ]
 
@@ -280,15 +284,17 @@ def request_for(ws: Workspace) -> scheduler.Request:
     cache affinity)."""
     digests = tuple(p.digest for p in bound_spec(ws).partitions if p.digest)
     disk_mbps, net_mbps = netpolicy.reservation(ws)
+    networks = tuple(ws.networks or ())
     return scheduler.Request(
         ws.cpus,
         ws.memory_mib,
-        tuple(ws.networks or ()),
+        networks,
         digests,
         dict(ws.requirements or {}),
         member=ws.name,
         disk_mbps=disk_mbps,
         net_mbps=net_mbps,
+        isolated=bool(networks) and netpolicy.restricted(ws),
     )
 
 
@@ -575,15 +581,16 @@ def _lowest_free(s: Session, pool: ipam.Pool, net_name: str) -> tuple[str, int] 
 
 def never_placed(s: Session, cfg: ServiceConfig, rows: Sequence[Workspace]) -> str | None:
     """Why one of ``rows`` would not fit even alone on an empty, READY node of the site (a
-    drained or DOWN node may come back): larger than every node, or asking for networks
-    or labels none has. None if each would, or if no node is registered yet (the site is
-    being built). A group whose VMs each fit somewhere but not all together is not
-    judged here: nodes may be added to the site while it waits."""
+    drained or DOWN node may come back, as may one whose agent reports a condition):
+    larger than every node, or asking for networks or labels none has. None if each
+    would, or if no node is registered yet (the site is being built). A group whose VMs
+    each fit somewhere but not all together is not judged here: nodes may be added to
+    the site while it waits."""
     nodes = node_views(s)
     if not nodes:
         return None
-    ready = NodeState.READY.value
-    emptied = [replace(scheduler.emptied(n), state=ready) for n in nodes]
+    ready, none = NodeState.READY.value, frozenset[str]()
+    emptied = [replace(scheduler.emptied(n), state=ready, conditions=none) for n in nodes]
     for req in distinct([request_for(w) for w in rows]):
         result = scheduler.place_group(emptied, [req], cfg.scheduler)
         if result.placements is None:
@@ -596,6 +603,6 @@ def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:
     """One request per distinct shape (members of one role are alike)."""
     seen: dict[tuple[object, ...], scheduler.Request] = {}
     for r in requests:
-        key = (r.cpus, r.memory_mib, r.networks, tuple(sorted(r.requirements.items())))
+        key = (r.cpus, r.memory_mib, *scheduler.shape_key(r))
         seen.setdefault(key, r)
     return list(seen.values())

@@ -28,7 +28,7 @@ from workspace.scheduler.model import (
 )
 from workspace.scheduler.replay import from_json, to_json
 from workspace.scheduler.reserve import Leaving, emptied, reserve
-from workspace.scheduler.snapshot import Snapshot, capacity
+from workspace.scheduler.snapshot import Snapshot, capacity, shape_key
 from workspace.scheduler.weighers import Weigher, weighers_for
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "place_group_on",
     "place_on",
     "reserve",
+    "shape_key",
     "to_json",
     "weighers_for",
 ]

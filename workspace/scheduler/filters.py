@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from workspace.domain.states import NodeState
+from workspace.domain.states import NETWORK_NOT_READY, NO_ISOLATION, NodeState
 from workspace.scheduler.model import Affinity, Request
 from workspace.scheduler.snapshot import Context, HostState
 
@@ -112,6 +112,31 @@ class RequirementsFilter(Filter):
             have = view.hypervisor if key == "hypervisor" else view.labels.get(key)
             if have != want:
                 return f"do not match {key}={want}"
+        return None
+
+
+class ConditionFilter(Filter):
+    """A node whose agent reports it cannot serve the request (docs/design/agent.md, "Node
+    conditions"): ``no-isolation`` for a request whose connectivity policy must be enforced
+    (CLUSTER, OUTBOUND), ``network-not-ready:NET`` for one with a NIC on NET."""
+
+    name = "conditions"
+    static = True
+
+    NO_ISOLATION = "cannot isolate bridged traffic (no-isolation)"
+    NOT_READY = "could not make a requested network ready (network-not-ready)"
+
+    def active(self, req: Request, ctx: Context) -> bool:
+        return ctx.snapshot.any_conditions and (req.isolated or bool(req.networks))
+
+    def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
+        have = host.view.conditions
+        if not have:
+            return None
+        if req.isolated and NO_ISOLATION in have:
+            return self.NO_ISOLATION
+        if any(f"{NETWORK_NOT_READY}:{net}" in have for net in req.networks):
+            return self.NOT_READY
         return None
 
 
@@ -238,7 +263,12 @@ class HardAffinityFilter(Filter):
         ]
 
 
-STATIC_FILTERS: tuple[Filter, ...] = (StateFilter(), NetworkFilter(), RequirementsFilter())
+STATIC_FILTERS: tuple[Filter, ...] = (
+    StateFilter(),
+    NetworkFilter(),
+    RequirementsFilter(),
+    ConditionFilter(),
+)
 DYNAMIC_FILTERS: tuple[Filter, ...] = (
     CpuFilter(),
     MemoryFilter(),

@@ -30,6 +30,9 @@ class NodeView:
     net_mbps: int = 0
     used_disk_mbps: int = 0
     used_net_mbps: int = 0
+    # What its agent last reported keeps it from serving some workspaces, by label:
+    # ``no-isolation``, ``network-not-ready:NET`` (domain/model.py ``NodeCondition``).
+    conditions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class Request:
     # Mbit/s (per NIC, summed); 0: none.
     disk_mbps: int = 0
     net_mbps: int = 0
+    # Its connectivity policy (CLUSTER, OUTBOUND) must be enforced on its node: a node
+    # that cannot isolate bridged traffic (``no-isolation``) is no place for it.
+    isolated: bool = False
 
 
 class Affinity(enum.IntEnum):

@@ -11,16 +11,19 @@ defaults shown)::
         {"name": "node-1", "state": "READY", "cpus": 32, "memory_mib": 131072,
          "used_cpus": 0, "used_memory_mib": 0, "hypervisor": "kvm",
          "labels": {"gpu": "a100"}, "networks": ["default"],
-         "cached_digests": ["sha256:..."]}
+         "cached_digests": ["sha256:..."], "conditions": ["no-isolation"]}
       ],
       "requests": [
         {"member": "worker-1", "cpus": 2, "memory_mib": 4096, "networks": ["default"],
-         "digests": ["sha256:..."], "requirements": {"hypervisor": "kvm"}}
+         "digests": ["sha256:..."], "requirements": {"hypervisor": "kvm"},
+         "isolated": true}
       ]
     }
 
-``requests`` are in the caller's order. ``to_json`` writes every field, with sorted digests
-and labels, so the same input always gives the same text.
+``requests`` are in the caller's order. A node's ``conditions`` (its agent's, by label:
+``no-isolation``, ``network-not-ready:NET``) and a request's ``isolated`` (its CLUSTER or
+OUTBOUND connectivity must be enforced) are written only when set. ``to_json`` writes
+every field, with sorted digests and labels, so the same input always gives the same text.
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ def _node_dict(n: NodeView) -> dict[str, Any]:
         "labels": dict(sorted(n.labels.items())),
         "networks": list(n.networks),
         "cached_digests": sorted(n.cached_digests),
-    } | {k: getattr(n, k) for k in _NODE_BANDWIDTH if getattr(n, k)}
+    } | (
+        {k: getattr(n, k) for k in _NODE_BANDWIDTH if getattr(n, k)}
+        | ({"conditions": sorted(n.conditions)} if n.conditions else {})
+    )
 
 
 def _request_dict(r: Request) -> dict[str, Any]:
@@ -67,7 +73,10 @@ def _request_dict(r: Request) -> dict[str, Any]:
         "networks": list(r.networks),
         "digests": list(r.digests),
         "requirements": dict(sorted(r.requirements.items())),
-    } | {k: getattr(r, k) for k in _REQUEST_BANDWIDTH if getattr(r, k)}
+    } | (
+        {k: getattr(r, k) for k in _REQUEST_BANDWIDTH if getattr(r, k)}
+        | ({"isolated": True} if r.isolated else {})
+    )
 
 
 def to_dict(
@@ -133,10 +142,10 @@ def _check_keys(obj: Any, required: set[str], optional: set[str], where: str) ->
 
 def _node(obj: Any, where: str) -> NodeView:
     optional = {"used_cpus", "used_memory_mib", "hypervisor", "labels", "networks"}
-    optional |= {"cached_digests", *_NODE_BANDWIDTH}
+    optional |= {"cached_digests", "conditions", *_NODE_BANDWIDTH}
     _check_keys(obj, {"name", "state", "cpus", "memory_mib"}, optional, where)
     d = {"used_cpus": 0, "used_memory_mib": 0, "hypervisor": "", "labels": {}, "networks": []}
-    d |= {"cached_digests": []} | dict.fromkeys(_NODE_BANDWIDTH, 0) | obj
+    d |= {"cached_digests": [], "conditions": []} | dict.fromkeys(_NODE_BANDWIDTH, 0) | obj
     return NodeView(
         name=_get(d, "name", str, where),
         state=_get(d, "state", str, where),
@@ -152,13 +161,15 @@ def _node(obj: Any, where: str) -> NodeView:
         net_mbps=_get(d, "net_mbps", int, where),
         used_disk_mbps=_get(d, "used_disk_mbps", int, where),
         used_net_mbps=_get(d, "used_net_mbps", int, where),
+        conditions=frozenset(_strings(d, "conditions", where)),
     )
 
 
 def _request(obj: Any, where: str) -> Request:
-    optional = {"member", "networks", "digests", "requirements", *_REQUEST_BANDWIDTH}
+    optional = {"member", "networks", "digests", "requirements", "isolated", *_REQUEST_BANDWIDTH}
     _check_keys(obj, {"cpus", "memory_mib"}, optional, where)
     d: dict[str, Any] = {"member": "", "networks": [], "digests": [], "requirements": {}}
+    d["isolated"] = False
     d |= dict.fromkeys(_REQUEST_BANDWIDTH, 0) | obj
     return Request(
         cpus=_get(d, "cpus", int, where),
@@ -169,6 +180,7 @@ def _request(obj: Any, where: str) -> Request:
         member=_get(d, "member", str, where),
         disk_mbps=_get(d, "disk_mbps", int, where),
         net_mbps=_get(d, "net_mbps", int, where),
+        isolated=_get(d, "isolated", bool, where),
     )
 
 

@@ -46,6 +46,7 @@ def emptied(node: NodeView) -> NodeView:
         networks=node.networks,
         disk_mbps=node.disk_mbps,
         net_mbps=node.net_mbps,
+        conditions=node.conditions,
     )
 
 

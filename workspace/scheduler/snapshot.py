@@ -37,7 +37,7 @@ class StaticFilter(Protocol):
 # The free bandwidth of a node that declared no capacity: never the reason to refuse.
 UNBOUNDED = 1 << 62
 
-ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
+ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...], bool]
 
 
 def capacity(cpus: int, memory_mib: int, cfg: SchedulerConfig) -> tuple[int, int]:
@@ -125,7 +125,7 @@ _by_name = operator.attrgetter("name")
 
 
 def shape_key(req: Request) -> ShapeKey:
-    return (req.networks, tuple(sorted(req.requirements.items())))
+    return (req.networks, tuple(sorted(req.requirements.items())), req.isolated)
 
 
 class Snapshot:
@@ -141,6 +141,8 @@ class Snapshot:
         self.by_name = {h.name: h for h in self.hosts}
         # Scale for the pack/spread weights: free memory / scale is within [0, 1].
         self.memory_scale_mib = max([1, *(h.memory_capacity_mib for h in self.hosts)])
+        # Whether any node reports a condition (else the conditions' filter is skipped).
+        self.any_conditions = any(h.view.conditions for h in self.hosts)
         self._static: dict[ShapeKey, tuple[list[HostState], Counter[str]]] = {}
         self._cache: dict[tuple[str, ...], dict[int, float] | None] = {}
 

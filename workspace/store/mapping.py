@@ -487,13 +487,20 @@ _CODE_LEN, _SUBJECT_LEN, _MESSAGE_LEN = 64, 255, 1024
 
 def node_conditions(n: Node) -> tuple[NodeCondition, ...]:
     """The conditions ``n``'s agent last reported."""
-    return tuple(
-        NodeCondition(
-            code=str(c.get("code", "")),
-            message=str(c.get("message", "")),
-            subject=str(c.get("subject", "")),
-        )
-        for c in n.conditions or ()
+    return tuple(_condition(c) for c in n.conditions or ())
+
+
+def condition_labels(column: Iterable[Mapping[str, str]] | None) -> frozenset[str]:
+    """A node's ``conditions`` column as labels (``no-isolation``, ``network-not-ready:a``),
+    as the scheduler reads them."""
+    return frozenset(_condition(c).label for c in column or ())
+
+
+def _condition(c: Mapping[str, str]) -> NodeCondition:
+    return NodeCondition(
+        code=str(c.get("code", "")),
+        message=str(c.get("message", "")),
+        subject=str(c.get("subject", "")),
     )
 
 

@@ -78,6 +78,7 @@ VIEW = (
     "cached_digests",
     "disk_mbps",
     "net_mbps",
+    "conditions",
     *CLAIMS,
 )
 
