@@ -63,6 +63,7 @@ def test_a_create_leaves_created_placed_and_state_events(ready_site: Site) -> No
     trust = [e for e in evs if e.kind == "trust.decision" and e.workspace_id == ws.id]
     assert {e.who for e in trust} >= {"user:local", "node:node1"}
     assert all(e.subject == "img" and "not signed" in e.reason for e in trust)
+    assert {e.workspace_name for e in trust} == {ws.name}  # the create's too, named
     # the node registered
     assert any(e.kind == "node.registered" and e.node == "node1" for e in evs)
 
@@ -82,7 +83,11 @@ def test_queued_then_placed_from_the_queue(ready_site: Site) -> None:
     big = ready_site.stubs.create(name="big", cpus=1, memory_mib=12000)
     waiting = ready_site.stubs.create(name="later", cpus=1, memory_mib=8000, wait_for_capacity_s=60)
     assert waiting.state == WS.WORKSPACE_STATE_PENDING
-    assert kinds(events(ready_site), "later") == ["workspace.created", "workspace.queued"]
+    assert kinds(events(ready_site), "later") == [
+        "trust.decision",
+        "workspace.created",
+        "workspace.queued",
+    ]
     ready_site.stubs.ws.DestroyWorkspace(ready_site.stubs.ref(big.id))
     wait_for(
         lambda: "workspace.placed" in kinds(events(ready_site), "later"), what="placed from queue"

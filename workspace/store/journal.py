@@ -20,6 +20,7 @@ own. Who: the caller of the RPC (workspace/callctx.py), or "system".
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any, cast
@@ -129,11 +130,23 @@ def _before_commit(s: Session) -> None:
         if isinstance(item, Workspace):
             _ws, who, at = created[item.id]
             out.extend(_created(item, who, at))
+        elif item.kind == Kind.TRUST_DECISION.value and item.workspace_id:
+            out.append(_named(s, item, created))
         else:
             out.append(item)
     if out:
         _INSERT_EVENT.write(s.connection(), [row_of(e) for e in out])
         events_of(s).extend(out)
+
+
+def _named(
+    s: Session, e: SiteEvent, created: Mapping[str, tuple[Workspace, str, float]]
+) -> SiteEvent:
+    """A trust decision's event with its workspace's name (the decision of a create is
+    taken before the row has one): the row made in this transaction, else the stored one."""
+    made = created.get(e.workspace_id)
+    ws = made[0] if made is not None else s.get(Workspace, e.workspace_id)
+    return dataclasses.replace(e, workspace_name=ws.name) if ws is not None else e
 
 
 def _after_rollback(s: Session) -> None:
