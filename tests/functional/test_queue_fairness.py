@@ -96,6 +96,10 @@ def test_a_cluster_at_the_head_holds_the_fewest_nodes_that_hold_it(busy: Site) -
     assert (head.kind, list(head.holds)) == ("cluster", ["node1", "node3"])
     s = site.stubs.create(name="s", memory_mib=512)
     assert s.node == "node2"
+    # `ws cluster show` says its place in the queue, as `ws show` of a workspace does.
+    shown = clusters.GetCluster(clusters_pb2.ClusterRef(id="pair"))
+    assert shown.reason.startswith("waiting for capacity (1st in the queue): "), shown.reason
+    assert "waiting for capacity" not in shown.reason.removeprefix("waiting for capacity")
     for name in ("x1", "x3"):
         site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get(name).id))
     wait_for(

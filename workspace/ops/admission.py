@@ -36,7 +36,7 @@ from workspace.ops.placement import (
 from workspace.ops.preempt import place_preempting
 from workspace.ops.unit import Env
 from workspace.store import Cluster, Workspace
-from workspace.store.mapping import flushed, set_waiting
+from workspace.store.mapping import WAITING, flushed, set_waiting
 from workspace.store.prepared import Prepared
 
 
@@ -99,13 +99,20 @@ def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
     return sorted(out.values(), key=lambda e: (e.queued_at, e.id))
 
 
-def position(s: Session, workspace_id: str) -> int:
-    """Where the request ``workspace_id`` belongs to stands in the queue (1: the head);
-    0 if it does not wait."""
+def position(s: Session, ref: str) -> int:
+    """Where the request ``ref`` (a workspace's id, or a cluster's) belongs to stands in
+    the queue (1: the head); 0 if it does not wait."""
     for pos, e in enumerate(entries(s), start=1):
-        if workspace_id in e.ids:
+        if ref in e.ids or ref == e.id:
             return pos
     return 0
+
+
+def with_position(s: Session, ref: str, why: str) -> str:
+    """What a waiting request shows: why it waits (its ``wait_reason``), with its place in
+    the queue (not who else waits)."""
+    pos = position(s, ref)
+    return f"waiting for capacity ({ordinal(pos)} in the queue): {why}" if pos else WAITING + why
 
 
 def ordinal(n: int) -> str:

@@ -20,7 +20,7 @@ from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
-from workspace.ops import keys, seeds
+from workspace.ops import admission, keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
@@ -31,6 +31,7 @@ from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Image, Workspace
 from workspace.store.mapping import (
     VIEW_COLUMNS,
+    WAITING,
     cluster_view,
     flushed,
     set_reason,
@@ -228,8 +229,14 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
 
 
 def get(env: Env, who: Identity | str, ref: str) -> ClusterView:
+    """The cluster as shown; one waiting for capacity says its place in the queue."""
     with env.store.read() as s:
-        return view(s, resolve(s, who, ref))
+        c = resolve(s, who, ref)
+        shown = view(s, c)
+        if c.state == ClusterState.PENDING.value and shown.reason.startswith(WAITING):
+            why = shown.reason.removeprefix(WAITING)
+            shown = replace(shown, reason=admission.with_position(s, c.id, why))
+        return shown
 
 
 def list_clusters(

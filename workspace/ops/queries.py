@@ -40,10 +40,8 @@ def get(env: Env, who: Identity | str, ref: str) -> WorkspaceView:
             "ws list",
         )
         view = workspace_views(s, [row])[0]
-        pos = admission.position(s, row.id) if row.wait_reason else 0
-        if pos:  # its place in the queue, not who else waits
-            where = f"waiting for capacity ({admission.ordinal(pos)} in the queue): "
-            view = replace(view, reason=where + row.wait_reason)
+        if row.wait_reason:
+            view = replace(view, reason=admission.with_position(s, row.id, row.wait_reason))
         return view
 
 
