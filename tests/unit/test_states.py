@@ -220,3 +220,11 @@ def test_unspecified_report_says_nothing() -> None:
     assert codec_node.observed_from_proto(nodes_pb2.OBSERVED_STATE_UNSPECIFIED) is None
     every = {codec_node.observed_from_proto(v) for v in nodes_pb2.ObservedState.values()}
     assert every == {None, *Observed}
+
+
+@pytest.mark.parametrize("observed", ["PROPAGATING", "STARTING", "RUNNING", "PAUSED"])
+def test_a_stop_asked_for_while_the_node_makes_it_stays_stopping(observed: str) -> None:
+    # Stopped while SCHEDULED: the node's reports of its bring-up, sent before it acts on
+    # the stop, must not walk the state back to RUNNING.
+    assert state_from_report(S.STOPPING, D.STOPPED, observed) is None
+    assert state_from_report(S.STOPPING, D.STOPPED, "STOPPED") is S.STOPPED

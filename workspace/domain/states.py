@@ -156,6 +156,11 @@ def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") ->
     return Transition(new_desired, shown if shown is not None else state)
 
 
+# What a node may still report of a workspace after a stop was asked for, before it acts
+# on the stop.
+_BEFORE_STOPPING = frozenset({State.PROPAGATING, State.STARTING, State.RUNNING, State.PAUSED})
+
+
 def state_from_report(state: State, desired: Desired, observed: Observed) -> State | None:
     """The state a node's observation moves a workspace to (None: no change).
 
@@ -170,17 +175,9 @@ def state_from_report(state: State, desired: Desired, observed: Observed) -> Sta
     if observed is Observed.ABSENT:  # while it should exist: the node is (re)creating it
         return None
     new = State(observed.value)
-    # A report sent before the node started stopping it must not undo STOPPING.
-    if (
-        desired is Desired.STOPPED
-        and state is State.STOPPING
-        and new
-        in (
-            State.RUNNING,
-            State.PAUSED,
-            State.STARTING,
-        )
-    ):
+    # A report sent before the node started stopping it must not undo STOPPING (a stop
+    # asked for while the node was still making it: PROPAGATING, STARTING).
+    if desired is Desired.STOPPED and state is State.STOPPING and new in _BEFORE_STOPPING:
         return None
     # A node that shows a stopped domain while the owner wants it running is about to
     # start it: keep showing STARTING rather than flapping to STOPPED.
