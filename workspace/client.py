@@ -206,13 +206,20 @@ class Client(
                 else f" (no identity given: a service with mutual TLS needs --identity DIR "
                 f"or ${IDENTITY_ENV})"
             )
-            return errors.Unavailable(
-                f"cannot reach the workspace service at {self.address}: "
-                f"{details or 'unavailable'}{hint}"
+            return rpc_status.coded(
+                errors.Unavailable(
+                    f"cannot reach the workspace service at {self.address}: "
+                    f"{details or 'unavailable'}{hint}"
+                ),
+                code,
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return errors.Unavailable(
-                f"the workspace service at {self.address} did not answer in time ({details})"
+            # Unavailable (retry with back-off), as before; ``code`` tells them apart.
+            return rpc_status.coded(
+                errors.Unavailable(
+                    f"the workspace service at {self.address} did not answer in time ({details})"
+                ),
+                code,
             )
         return rpc_status.from_rpc_error(exc)
 

@@ -99,6 +99,10 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        if request.id == "bug":
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (incident 1)")
+        if request.id == "slow":
+            time.sleep(1)
         if request.id not in ("w1", "alpha"):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
         return self._shown()[0]
@@ -155,6 +159,30 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
     # A name that does not resolve (a typo in $WS_SERVICE) says the same, not grpc's words.
     with pytest.raises(errors.Unavailable, match="cannot reach the workspace service at no-"):
         Client("no-such-host.invalid:1", timeout_s=2).list_workspaces()
+
+
+def test_an_error_says_the_status_it_came_with(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """INTERNAL, UNKNOWN-like and DEADLINE_EXCEEDED are told apart without the message."""
+    client, _, _ = served
+    with pytest.raises(errors.NotFound) as not_found:
+        client.get_workspace("nope")
+    assert not_found.value.code == "NOT_FOUND"
+    with pytest.raises(errors.WorkspaceError) as internal:
+        client.get_workspace("bug")
+    assert type(internal.value) is errors.WorkspaceError
+    assert internal.value.code == "INTERNAL"
+    with (
+        Client(client.address, timeout_s=0.2) as hasty,
+        pytest.raises(errors.Unavailable, match="did not answer in time") as late,
+    ):
+        hasty.get_workspace("slow")
+    assert late.value.code == "DEADLINE_EXCEEDED"
+    with pytest.raises(errors.Unavailable) as away:
+        Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
+    assert away.value.code == "UNAVAILABLE"
+    assert errors.InvalidArgument("raised here").code is None
 
 
 def test_create_retries_once_with_the_same_request_id(
