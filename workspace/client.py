@@ -397,9 +397,11 @@ class Client(
     ) -> Generator[workspaces_pb2.WorkspaceEvent, None, None]:
         """Workspace events: first a snapshot (``initial``), then every change.
 
-        With ``reconnect`` a dropped stream (service restart, network blip) is
-        re-opened with back-off and starts again with a fresh snapshot; otherwise the
-        iterator ends when the stream does. ``on_outage`` is told once when the stream
+        With ``reconnect`` a dropped stream (service restart, network blip), one the
+        service ended because it fell behind, or one refused because the caller has too
+        many streams open is re-opened with back-off and starts again with a fresh
+        snapshot (a revoked certificate still raises); otherwise the iterator ends when
+        the stream does. ``on_outage`` is told once when the stream
         is lost (the reason) and once when events flow again (""). ``timeout_s``
         bounds the whole watch. Closing the iterator cancels the stream.
         """

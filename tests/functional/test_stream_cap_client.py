@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.functional.harness import WS, Site
+from tests.functional.harness import WS, Site, wait_for
 from workspace.client import Client
 from workspace.v1 import workspaces_pb2
 
@@ -77,3 +77,22 @@ def test_wait_for_state_polls_when_the_watch_is_refused_for_the_stream_cap(
     finally:
         for call in watches:
             call.cancel()
+
+
+def test_a_reconnecting_watch_backs_off_while_the_stream_cap_refuses_it(capped: Site) -> None:
+    w = capped.stubs.create(name="job2")
+    watches = _fill(capped)
+    told: list[str] = []
+    with Client(capped.address, timeout_s=10) as c:
+        events = c.watch(reconnect=True, timeout_s=30, on_outage=told.append)
+        try:
+            threading.Timer(1.5, watches[0].cancel).start()  # one of the streams closes
+            first = next(events)
+            assert first.initial and first.workspace.id == w.id
+            wait_for(lambda: told and told[-1] == "", 5, "the watch flowing again")
+            assert "max_streams_per_caller" in told[0]
+            assert len(told) == 2  # told once of the refusals, however many, and once of the end
+        finally:
+            events.close()
+            for call in watches:
+                call.cancel()

@@ -86,6 +86,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         # What GetWorkspace and the watch show, when more than a state matters.
         self.views: list[common_pb2.Workspace] = []
         self.drop_first_watch = False
+        # How the first watch ends after its first event: (status, details).
+        self.end_first_watch: tuple[grpc.StatusCode, str] | None = None
         self.watches = 0
 
     def _shown(self) -> list[common_pb2.Workspace]:
@@ -113,6 +115,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "socket closed")
         first, *rest = self._shown()
         yield workspaces_pb2.WorkspaceEvent(workspace=first, initial=True)
+        if self.end_first_watch is not None and self.watches == 1:
+            context.abort(*self.end_first_watch)
         for ws in rest:
             time.sleep(0.01)
             yield workspaces_pb2.WorkspaceEvent(workspace=ws)
@@ -320,3 +324,32 @@ def test_a_watch_tells_of_an_outage_once_and_of_its_end(
     events.close()
     assert first.initial and wsvc.watches == 2
     assert told == ["socket closed", ""]
+
+
+def test_a_reconnecting_watch_reopens_one_that_fell_behind_but_not_a_revoked_one(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """docs/api.md: open a new watch on any end but a revocation."""
+    client, wsvc, _ = served
+    wsvc.end_first_watch = (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "watch fell too far behind; re-open it",
+    )
+    events = client.watch(reconnect=True, timeout_s=10)
+    try:
+        assert next(events).initial
+        again = next(events)  # the re-list of a new watch
+    finally:
+        events.close()
+    assert again.initial and wsvc.watches == 2
+
+    wsvc.watches = 0
+    wsvc.end_first_watch = (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the certificate of user:dave has been revoked",
+    )
+    events = client.watch(reconnect=True, timeout_s=10)
+    assert next(events).initial
+    with pytest.raises(errors.Unauthenticated, match="revoked"):
+        next(events)
+    assert wsvc.watches == 1
