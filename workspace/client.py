@@ -472,10 +472,16 @@ class Client(
     def get_cluster(self, id: str) -> clusters_pb2.Cluster:
         return self._call(self._clusters.GetCluster, clusters_pb2.ClusterRef(id=id))
 
-    def list_clusters(self, include_terminated: bool = False) -> list[clusters_pb2.Cluster]:
+    def list_clusters(
+        self, include_terminated: bool = False, all_users: bool = False
+    ) -> list[clusters_pb2.Cluster]:
+        """The caller's clusters and their projects'; with ``all_users`` (admins only,
+        else PermissionDenied) every user's."""
         resp = self._call(
             self._clusters.ListClusters,
-            clusters_pb2.ListClustersRequest(include_terminated=include_terminated),
+            clusters_pb2.ListClustersRequest(
+                include_terminated=include_terminated, all_users=all_users
+            ),
         )
         return list(resp.clusters)
 

@@ -444,10 +444,14 @@ def _running(c: clusters_pb2.Cluster) -> str:
 
 
 def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
+    """One row per cluster; OWNER and PROJECT after NAME when more than one owner is
+    among them (as ``workspace_rows``)."""
+    shared = len({c.owner for c in items}) > 1
     rows = [
         [
             c.id,
             c.name,
+            *((c.owner, c.project or "-") if shared else ()),
             cluster_state_name(c.state),
             _running(c),
             enum_name(_AFFINITY, c.affinity),
@@ -455,7 +459,8 @@ def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
         ]
         for c in items
     ]
-    return table(["ID", "NAME", "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
+    who = ("OWNER", "PROJECT") if shared else ()
+    return table(["ID", "NAME", *who, "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
 
 
 def cluster_text(c: clusters_pb2.Cluster) -> str:

@@ -318,7 +318,9 @@ class Commands(common.ClientCommands):
         return common.EXIT_OK
 
     def cluster_list(self, args: argparse.Namespace) -> int:
-        items = self.client(args).list_clusters(include_terminated=args.all)
+        items = self.client(args).list_clusters(
+            include_terminated=args.all, all_users=args.all_users
+        )
         render.emit_list(
             args,
             items,
@@ -508,6 +510,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
 
     p = csub.add_parser("list", parents=[parent], help="list clusters")
     p.add_argument("--all", action="store_true", help="include terminated clusters")
+    p.add_argument("--all-users", action="store_true", help="(admins) every user's, not only yours")
     p.set_defaults(func=cmds.cluster_list)
 
     p = csub.add_parser("show", parents=[parent], help="show a cluster and its members")
