@@ -3,9 +3,10 @@
 Two output formats (``--output`` / ``-o``, default text):
 
 * ``json``: ``google.protobuf.json_format.MessageToDict`` with proto field names,
-  every field present, int64 as numbers and enum values shortened to their last part
+  every field without presence printed (a message or ``optional`` field that is unset
+  is absent), int64 as numbers and enum values shortened to their last part
   ("RUNNING" rather than "WORKSPACE_STATE_RUNNING"); a list command prints a JSON
-  array, ``ws watch`` one compact object per line.
+  array, ``ws watch`` and the event commands one compact object per line.
 * ``text``: a table for a list (``table``), a "key  value" block for one object
   (``fields``), one line for a state change; the same short enum names as JSON.
 
