@@ -206,13 +206,20 @@ class Client(
                 else f" (no identity given: a service with mutual TLS needs --identity DIR "
                 f"or ${IDENTITY_ENV})"
             )
-            return errors.Unavailable(
-                f"cannot reach the workspace service at {self.address}: "
-                f"{details or 'unavailable'}{hint}"
+            return rpc_status.coded(
+                errors.Unavailable(
+                    f"cannot reach the workspace service at {self.address}: "
+                    f"{details or 'unavailable'}{hint}"
+                ),
+                code,
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return errors.Unavailable(
-                f"the workspace service at {self.address} did not answer in time ({details})"
+            # Unavailable (retry with back-off), as before; ``code`` tells them apart.
+            return rpc_status.coded(
+                errors.Unavailable(
+                    f"the workspace service at {self.address} did not answer in time ({details})"
+                ),
+                code,
             )
         return rpc_status.from_rpc_error(exc)
 
@@ -390,9 +397,11 @@ class Client(
     ) -> Generator[workspaces_pb2.WorkspaceEvent, None, None]:
         """Workspace events: first a snapshot (``initial``), then every change.
 
-        With ``reconnect`` a dropped stream (service restart, network blip) is
-        re-opened with back-off and starts again with a fresh snapshot; otherwise the
-        iterator ends when the stream does. ``on_outage`` is told once when the stream
+        With ``reconnect`` a dropped stream (service restart, network blip), one the
+        service ended because it fell behind, or one refused because the caller has too
+        many streams open is re-opened with back-off and starts again with a fresh
+        snapshot (a revoked certificate still raises); otherwise the iterator ends when
+        the stream does. ``on_outage`` is told once when the stream
         is lost (the reason) and once when events flow again (""). ``timeout_s``
         bounds the whole watch. Closing the iterator cancels the stream.
         """
@@ -463,10 +472,16 @@ class Client(
     def get_cluster(self, id: str) -> clusters_pb2.Cluster:
         return self._call(self._clusters.GetCluster, clusters_pb2.ClusterRef(id=id))
 
-    def list_clusters(self, include_terminated: bool = False) -> list[clusters_pb2.Cluster]:
+    def list_clusters(
+        self, include_terminated: bool = False, all_users: bool = False
+    ) -> list[clusters_pb2.Cluster]:
+        """The caller's clusters and their projects'; with ``all_users`` (admins only,
+        else PermissionDenied) every user's."""
         resp = self._call(
             self._clusters.ListClusters,
-            clusters_pb2.ListClustersRequest(include_terminated=include_terminated),
+            clusters_pb2.ListClustersRequest(
+                include_terminated=include_terminated, all_users=all_users
+            ),
         )
         return list(resp.clusters)
 

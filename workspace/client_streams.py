@@ -14,6 +14,9 @@ from workspace import errors
 # Back-off between attempts to open a lost stream again (seconds): first, and at most.
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 5.0
+# The ends of a stream a reconnecting one is opened again after (the back-off keeps a
+# refusal at open time from spinning: it doubles while no message comes).
+REOPENED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 def reopening(
@@ -28,8 +31,11 @@ def reopening(
 
     With ``reconnect``, a stream lost to an outage (UNAVAILABLE: the service stopping or
     restarting, a replica dying; the channel moves on to the next one of an address
-    list) is opened again with back-off, and with ``again_after_end`` also one that
-    ended. ``open_call`` is called anew each time (it may start where the last stream
+    list) or that the service ended or refused with RESOURCE_EXHAUSTED (a watch that fell
+    behind, "re-open it"; too many of the caller's streams open, or calls) is opened
+    again with back-off, and with ``again_after_end`` also one that ended. A revoked
+    or refused identity (UNAUTHENTICATED, PERMISSION_DENIED) is never retried.
+    ``open_call`` is called anew each time (it may start where the last stream
     stopped). ``on_outage`` is told once when the stream is lost (why) and once when
     messages flow again (""). ``timeout_s`` bounds the whole; reaching it just ends.
     Another error is raised as ``error`` makes it."""
@@ -52,7 +58,7 @@ def reopening(
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
                 return
-            if not (reconnect and code == grpc.StatusCode.UNAVAILABLE):
+            if not (reconnect and code in REOPENED):
                 raise error(exc) from None
             if not away and on_outage is not None:
                 on_outage(exc.details() or code.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import grpc
 
@@ -19,6 +20,10 @@ from workspace.v1 import clusters_pb2, common_pb2, workspaces_pb2, workspaces_pb
 
 # wait_until re-reads the workspace at least this often, whatever the events say.
 RESYNC_S = 30.0
+# When the service refuses the watch (RESOURCE_EXHAUSTED: the caller has
+# max_streams_per_caller streams open), wait_until reads the workspace this often instead,
+# and tries a watch again after RESYNC_S.
+POLL_S = 1.0
 
 WS = common_pb2.WorkspaceState
 # States a workspace does not leave by itself: waiting for anything else is hopeless.
@@ -130,9 +135,12 @@ class WaitsClientMixin:
         workspace first and then whenever that description changes, and a timeout says
         the last one. Built on WatchWorkspaces; a dropped stream is re-opened, and the
         workspace is re-read at least every RESYNC_S seconds (events only speed things
-        up). Raises WaitFailed when the workspace reaches FAILED, TERMINATED or LOST
-        without ``done`` holding (``done`` may raise WaitFailed itself: the goal can no
-        longer be reached) and WaitTimeout after ``timeout_s``. A workspace that
+        up). A watch the service refuses (the caller already has
+        ``max_streams_per_caller`` streams open) is replaced by a read every POLL_S
+        seconds, and tried again after RESYNC_S. Raises WaitFailed when the workspace
+        reaches FAILED, TERMINATED or LOST without ``done`` holding (``done`` may raise
+        WaitFailed itself: the goal can no longer be reached) and WaitTimeout after
+        ``timeout_s``. A workspace that
         vanishes is judged as TERMINATED (NotFound unless ``done`` takes that).
         """
         deadline = time.monotonic() + timeout_s
@@ -171,6 +179,7 @@ class WaitsClientMixin:
             return current
         ws_id = current.id
         req = workspaces_pb2.WatchWorkspacesRequest(id=ws_id, include_terminated=True)
+        poll_until = 0.0  # polling instead of watching until then (the watch was refused)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -181,23 +190,16 @@ class WaitsClientMixin:
                     f"to be {goal}{now}",
                     ws,
                 )
-            call = self._workspaces.WatchWorkspaces(req, timeout=min(remaining, RESYNC_S))
-            try:
-                for event in call:
-                    if event.workspace.id == ws_id and reached(event.workspace):
-                        return event.workspace
-                # The service ended the stream: do not spin if it keeps doing so.
-                time.sleep(min(0.2, max(remaining, 0.0)))
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.NOT_FOUND:
+            if time.monotonic() < poll_until:
+                time.sleep(min(POLL_S, remaining))
+            else:
+                watched = self._follow(req, ws_id, min(remaining, RESYNC_S), reached)
+                if watched == "reached":
+                    return last[-1]
+                if watched == "gone":
                     return vanished()
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    time.sleep(min(1.0, max(remaining, 0.0)))
-                elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise self._error(exc) from None
-            finally:
-                call.cancel()
+                if watched == "refused":
+                    poll_until = time.monotonic() + RESYNC_S
             # Level-triggered: whatever the stream did, look at the workspace itself.
             try:
                 current = self.get_workspace(ws_id)
@@ -207,6 +209,38 @@ class WaitsClientMixin:
                 continue
             if reached(current):
                 return current
+
+    def _follow(
+        self,
+        req: workspaces_pb2.WatchWorkspacesRequest,
+        ws_id: str,
+        timeout_s: float,
+        reached: Callable[[common_pb2.Workspace], bool],
+    ) -> Literal["reached", "gone", "refused", "ended"]:
+        """Watch workspace ``ws_id`` for up to ``timeout_s``, until ``reached`` holds
+        ("reached"), the workspace is gone, the service refuses the watch (RESOURCE_EXHAUSTED:
+        the caller has too many streams open, or fell behind; the wait polls instead) or
+        the stream ends otherwise (an outage, the timeout)."""
+        call = self._workspaces.WatchWorkspaces(req, timeout=timeout_s)
+        try:
+            for event in call:
+                if event.workspace.id == ws_id and reached(event.workspace):
+                    return "reached"
+            # The service ended the stream: do not spin if it keeps doing so.
+            time.sleep(min(0.2, timeout_s))
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                return "gone"
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return "refused"
+            if code == grpc.StatusCode.UNAVAILABLE:
+                time.sleep(min(1.0, timeout_s))
+            elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise self._error(exc) from None
+        finally:
+            call.cancel()
+        return "ended"
 
     def wait_for_state(
         self,

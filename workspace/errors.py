@@ -10,9 +10,14 @@ from __future__ import annotations
 
 
 class WorkspaceError(Exception):
-    """Base of all errors this project raises on purpose."""
+    """Base of all errors this project raises on purpose.
+
+    ``code`` is the name of the gRPC status an error was received with ("NOT_FOUND",
+    "DEADLINE_EXCEEDED", "INTERNAL", ...) when a client made it from one
+    (``workspace/rpc_status.py``), None for an error raised where it happened."""
 
     expected = False
+    code: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
 
 from workspace import errors
 from workspace.identity import NODE_TLS_SUFFIX, SERVICE_TLS_NAME
+
+E = TypeVar("E", bound=errors.WorkspaceError)
 
 # What gRPC says when the server's certificate is of the CA but not of the server the
 # client expects (``rpc.channel``), and when it may not serve at all (a user's).
@@ -19,6 +23,7 @@ _STATUS: dict[type[errors.WorkspaceError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
 }
@@ -37,11 +42,25 @@ def status_of(exc: errors.WorkspaceError) -> grpc.StatusCode:
 
 
 def from_rpc_error(exc: grpc.RpcError) -> errors.WorkspaceError:
-    """Turn a gRPC error received by a client back into the domain's hierarchy."""
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    """Turn a gRPC error received by a client back into the domain's hierarchy; its
+    ``code`` is the status's name (a status with no class of its own, such as INTERNAL or
+    UNKNOWN, is a plain WorkspaceError)."""
+    code = status_code(exc)
     details = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _BY_CODE.get(code, errors.WorkspaceError)
-    return cls(details or str(code))
+    return coded(cls(details or str(code)), code)
+
+
+def status_code(exc: grpc.RpcError) -> grpc.StatusCode:
+    """The status of a failed call (UNKNOWN for an error that carries none)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def coded(err: E, code: grpc.StatusCode) -> E:
+    """``err`` with ``code`` (the status's name) set: it was received with that status."""
+    err.code = code.name
+    return err
 
 
 def describe(exc: grpc.RpcError) -> str:

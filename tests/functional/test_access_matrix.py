@@ -504,6 +504,11 @@ def test_only_admins_list_every_user(world: World) -> None:
     assert "wa" not in listed(admin)  # by default, an admin's own and projects' only
     b = world.callers["B"]
     assert code_of(lambda: b.ws.ListWorkspaces(everyone)) is grpc.StatusCode.PERMISSION_DENIED
+    every_cluster = clusters_pb2.ListClustersRequest(all_users=True)
+    assert admin.clusters.ListClusters(every_cluster) is not None
+    assert code_of(lambda: b.clusters.ListClusters(every_cluster)) is (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
 def test_a_project_not_yours_is_refused(world: World) -> None:

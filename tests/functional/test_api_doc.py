@@ -76,3 +76,13 @@ def test_the_services_listed_are_the_ones_reflected(site: Site) -> None:
     health = health_pb2_grpc.HealthStub(site.stubs.channel)
     served = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
     assert served == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_create_defaults_it_states_are_the_sites(site: Site) -> None:
+    """docs/api.md once did not say what cpus=0 / memory_mib=0 give."""
+    text = " ".join((ROOT / DOC).read_text().split())
+    assert "`CreateWorkspaceRequest.cpus` 0 takes 1 vCPU and `memory_mib` 0 takes 512 MiB" in text
+    assert "`disk_mbps` is MB/s" in text and "`net_mbps` Mbit/s" in text
+    prepare(site)
+    w = site.stubs.create(image="tiny", name="sized", cpus=0, memory_mib=0)
+    assert (w.cpus, w.memory_mib) == (1, 512)

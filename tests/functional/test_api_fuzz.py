@@ -579,7 +579,29 @@ UNKNOWN_ENUMS = [
             members=[clusters_pb2.ClusterMember(role="worker", image="img")],
             affinity=99,
         ),
-        "affinity 99",
+        # every valid value named, AFFINITY_NONE (0) too
+        "unknown affinity 99; one of AFFINITY_NONE (0), AFFINITY_SOFT_ANTI (1)",
+    ),
+    (
+        "/workspace.v1.Clusters/CreateCluster",
+        clusters_pb2.CreateClusterRequest(
+            name="enum-victim",
+            members=[clusters_pb2.ClusterMember(role="worker", image="img")],
+            on_failure=99,
+        ),
+        "unknown on_failure 99; one of FAILURE_POLICY_KEEP (1), FAILURE_POLICY_TEARDOWN (2)",
+    ),
+    (
+        "/workspace.v1.Projects/CreateProject",
+        projects_pb2.Project(name="enum-victim", on_expiry=99),
+        "unknown on_expiry 99; one of LEASE_ACTION_STOP (1), LEASE_ACTION_DESTROY (2)",
+    ),
+    (
+        "/workspace.v1.Projects/SetProjectDefaults",
+        projects_pb2.SetProjectDefaultsRequest(
+            project="physics", leases=projects_pb2.LeasePolicy(on_expiry=-1)
+        ),
+        "unknown on_expiry -1",
     ),
     ("/workspace.v1.Workspaces/GetUsage", usage_pb2.GetUsageRequest(by=99), "grouping 99"),
     ("/workspace.v1.Admin/GetUsage", usage_pb2.GetUsageRequest(by=2**31 - 1), "grouping"),
@@ -607,6 +629,9 @@ def test_an_unknown_enum_number_is_invalid_argument(
     assert "enum-victim" not in [c.name for c in clusters]
     images = s.images.ListImages(images_pb2.ListImagesRequest()).images
     assert "enum-victim" not in [i.name for i in images]
+    projects = projects_pb2_grpc.ProjectsStub(s.channel)
+    listed = projects.ListProjects(projects_pb2.ListProjectsRequest()).projects
+    assert "enum-victim" not in [p.name for p in listed]
 
 
 def _ts(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:

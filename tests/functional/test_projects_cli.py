@@ -12,7 +12,7 @@ import pytest
 from tests.functional.harness import Site
 from workspace.cli import admin, ws
 from workspace.client import Client
-from workspace.v1 import workspaces_pb2
+from workspace.v1 import clusters_pb2, workspaces_pb2
 
 
 def run(
@@ -132,6 +132,30 @@ def test_quota_without_projects_and_list_all_users(
     assert [w["name"] for w in json.loads(out)] == []
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list", "--all-users")
     assert [(w["name"], w["owner"]) for w in json.loads(out)] == [("anas", "ana")]
+
+
+def test_cluster_list_all_users(ready_site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ws cluster list --all-users` was a usage error and Client.list_clusters had no
+    all_users, though `ws list --all-users` and ListClustersRequest.all_users exist."""
+    ready_site.service.clusters.create(  # type: ignore[union-attr]
+        "ana",
+        clusters_pb2.CreateClusterRequest(
+            name="anac", members=[clusters_pb2.ClusterMember(role="w", image="img")]
+        ),
+    )
+    run(ws, ready_site, capsys, "cluster", "create", "mine", "--member", "w=img")
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "cluster", "list")
+    assert code == 0 and [c["name"] for c in json.loads(out)] == ["mine"]
+    code, out, err = run(ws, ready_site, capsys, "-o", "json", "cluster", "list", "--all-users")
+    assert code == 0, err
+    assert sorted((c["name"], c["owner"]) for c in json.loads(out)) == [
+        ("anac", "ana"),
+        ("mine", "local"),
+    ]
+    code, out, _ = run(ws, ready_site, capsys, "cluster", "list", "--all-users")
+    assert out.splitlines()[0].split()[:4] == ["ID", "NAME", "OWNER", "PROJECT"]
+    with Client(ready_site.address) as c:
+        assert [x.name for x in c.list_clusters(all_users=True)] == ["anac", "mine"]
 
 
 def test_a_projects_quotas_leases_and_members_change_after_it_is_made(

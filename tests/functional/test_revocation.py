@@ -19,10 +19,11 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tests.functional.harness import WS, SitePki, TlsSite
+from tests.functional.harness import WS, SitePki, TlsSite, wait_for
 from tests.pg import PgServer
-from workspace import config, rpc
+from workspace import config, errors, rpc
 from workspace.cli import admin_text
+from workspace.client import Client
 from workspace.config import TlsConfig
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.v1 import admin_pb2, workspaces_pb2
@@ -214,3 +215,18 @@ def test_a_replica_with_an_old_crl_copy_cuts_the_node_off_too(
         for s in sites:
             s.close()
         pg_server.drop(db)
+
+
+def test_the_python_client_raises_unauthenticated_for_a_revoked_certificate(
+    tls_site: TlsSite,
+) -> None:
+    """The client once raised a bare WorkspaceError for UNAUTHENTICATED; ``code`` says
+    the status without parsing the message."""
+    site = tls_site
+    with Client(site.address, identity=site.pki.user("dave")) as dave:
+        assert list(dave.list_workspaces()) == []
+        site.revoke("dave")
+        with pytest.raises(errors.Unauthenticated, match="user:dave has been revoked") as got:
+            wait_for(lambda: dave.list_workspaces() is None, 10, "the revocation to count")
+        assert got.value.code == "UNAUTHENTICATED"
+        assert isinstance(got.value, errors.PermissionDenied)

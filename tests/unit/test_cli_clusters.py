@@ -219,8 +219,8 @@ class FakeClient:
         self._do("get_cluster", id)
         return _cluster()
 
-    def list_clusters(self, include_terminated: bool = False) -> Any:
-        self._do("list_clusters", include_terminated=include_terminated)
+    def list_clusters(self, include_terminated: bool = False, all_users: bool = False) -> Any:
+        self._do("list_clusters", include_terminated=include_terminated, all_users=all_users)
         return [_cluster()]
 
     def stop_cluster(self, id: str) -> Any:
@@ -330,7 +330,13 @@ def test_cluster_list_and_actions(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["ID", "NAME", "STATE", "RUNNING", "AFFINITY", "CREATED"]
     assert lines[1].split()[:5] == ["c1", "mpi", "RUNNING", "2/2", "SOFT_ANTI"]
-    assert client.calls[-1] == ("list_clusters", ((), {"include_terminated": True}))
+    assert client.calls[-1] == (
+        "list_clusters",
+        ((), {"include_terminated": True, "all_users": False}),
+    )
+    assert _run(["cluster", "list", "--all-users"], client) == 0
+    assert client.calls[-1][1][1]["all_users"] is True
+    capsys.readouterr()
     assert _run(["-o", "json", "cluster", "stop", "mpi", "--wait", "--timeout", "7"], client) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["state"] == "STOPPED" and out.err == ""

@@ -367,3 +367,17 @@ def test_a_saves_progress_in_ws_show_and_in_ws_image_save() -> None:
     drawn = tty.getvalue().split("\r")
     assert drawn[1].startswith("sending  root [#   ]  25.0% 1.0 KiB/4.0 KiB")
     assert drawn[2] == "sending  root [####] 100.0% 4.0 KiB/4.0 KiB\n"
+
+
+def test_the_json_docs_say_what_the_output_holds() -> None:
+    """docs/design/cli.md said "every field present" and "a list is a JSON array", but an
+    unset message or optional field is absent and event commands print JSON lines."""
+    doc = " ".join((Path(__file__).parents[2] / "docs/design/cli.md").read_text().split())
+    data = render.to_dict(common_pb2.Workspace(id="w1"))
+    assert "lease_expires_at" not in data and "applied_reboot_count" not in data
+    assert data["reason"] == "" and data["nics"] == []
+    assert "every field present" not in doc
+    assert "a field with presence is absent when unset" in doc
+    assert "`lease_expires_at`" in doc and "`applied_reboot_count`" in doc
+    for command in ("`ws watch`", "`ws events`", "`ws cluster events`", "`ws-admin events`"):
+        assert command in doc.split("print JSON lines")[0].rsplit("A list is a JSON array", 1)[1]

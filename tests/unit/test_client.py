@@ -86,6 +86,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         # What GetWorkspace and the watch show, when more than a state matters.
         self.views: list[common_pb2.Workspace] = []
         self.drop_first_watch = False
+        # How the first watch ends after its first event: (status, details).
+        self.end_first_watch: tuple[grpc.StatusCode, str] | None = None
         self.watches = 0
 
     def _shown(self) -> list[common_pb2.Workspace]:
@@ -99,6 +101,10 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        if request.id == "bug":
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (incident 1)")
+        if request.id == "slow":
+            time.sleep(1)
         if request.id not in ("w1", "alpha"):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
         return self._shown()[0]
@@ -109,6 +115,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "socket closed")
         first, *rest = self._shown()
         yield workspaces_pb2.WorkspaceEvent(workspace=first, initial=True)
+        if self.end_first_watch is not None and self.watches == 1:
+            context.abort(*self.end_first_watch)
         for ws in rest:
             time.sleep(0.01)
             yield workspaces_pb2.WorkspaceEvent(workspace=ws)
@@ -155,6 +163,30 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
     # A name that does not resolve (a typo in $WS_SERVICE) says the same, not grpc's words.
     with pytest.raises(errors.Unavailable, match="cannot reach the workspace service at no-"):
         Client("no-such-host.invalid:1", timeout_s=2).list_workspaces()
+
+
+def test_an_error_says_the_status_it_came_with(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """INTERNAL, UNKNOWN-like and DEADLINE_EXCEEDED are told apart without the message."""
+    client, _, _ = served
+    with pytest.raises(errors.NotFound) as not_found:
+        client.get_workspace("nope")
+    assert not_found.value.code == "NOT_FOUND"
+    with pytest.raises(errors.WorkspaceError) as internal:
+        client.get_workspace("bug")
+    assert type(internal.value) is errors.WorkspaceError
+    assert internal.value.code == "INTERNAL"
+    with (
+        Client(client.address, timeout_s=0.2) as hasty,
+        pytest.raises(errors.Unavailable, match="did not answer in time") as late,
+    ):
+        hasty.get_workspace("slow")
+    assert late.value.code == "DEADLINE_EXCEEDED"
+    with pytest.raises(errors.Unavailable) as away:
+        Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
+    assert away.value.code == "UNAVAILABLE"
+    assert errors.InvalidArgument("raised here").code is None
 
 
 def test_create_retries_once_with_the_same_request_id(
@@ -292,3 +324,32 @@ def test_a_watch_tells_of_an_outage_once_and_of_its_end(
     events.close()
     assert first.initial and wsvc.watches == 2
     assert told == ["socket closed", ""]
+
+
+def test_a_reconnecting_watch_reopens_one_that_fell_behind_but_not_a_revoked_one(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """docs/api.md: open a new watch on any end but a revocation."""
+    client, wsvc, _ = served
+    wsvc.end_first_watch = (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "watch fell too far behind; re-open it",
+    )
+    events = client.watch(reconnect=True, timeout_s=10)
+    try:
+        assert next(events).initial
+        again = next(events)  # the re-list of a new watch
+    finally:
+        events.close()
+    assert again.initial and wsvc.watches == 2
+
+    wsvc.watches = 0
+    wsvc.end_first_watch = (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the certificate of user:dave has been revoked",
+    )
+    events = client.watch(reconnect=True, timeout_s=10)
+    assert next(events).initial
+    with pytest.raises(errors.Unauthenticated, match="revoked"):
+        next(events)
+    assert wsvc.watches == 1

@@ -3,9 +3,10 @@
 Two output formats (``--output`` / ``-o``, default text):
 
 * ``json``: ``google.protobuf.json_format.MessageToDict`` with proto field names,
-  every field present, int64 as numbers and enum values shortened to their last part
+  every field without presence printed (a message or ``optional`` field that is unset
+  is absent), int64 as numbers and enum values shortened to their last part
   ("RUNNING" rather than "WORKSPACE_STATE_RUNNING"); a list command prints a JSON
-  array, ``ws watch`` one compact object per line.
+  array, ``ws watch`` and the event commands one compact object per line.
 * ``text``: a table for a list (``table``), a "key  value" block for one object
   (``fields``), one line for a state change; the same short enum names as JSON.
 
@@ -444,10 +445,14 @@ def _running(c: clusters_pb2.Cluster) -> str:
 
 
 def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
+    """One row per cluster; OWNER and PROJECT after NAME when more than one owner is
+    among them (as ``workspace_rows``)."""
+    shared = len({c.owner for c in items}) > 1
     rows = [
         [
             c.id,
             c.name,
+            *((c.owner, c.project or "-") if shared else ()),
             cluster_state_name(c.state),
             _running(c),
             enum_name(_AFFINITY, c.affinity),
@@ -455,7 +460,8 @@ def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
         ]
         for c in items
     ]
-    return table(["ID", "NAME", "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
+    who = ("OWNER", "PROJECT") if shared else ()
+    return table(["ID", "NAME", *who, "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
 
 
 def cluster_text(c: clusters_pb2.Cluster) -> str:

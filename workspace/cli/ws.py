@@ -194,11 +194,18 @@ class Commands(common.ClientCommands):
             **policy_cmds.policy_kwargs(args),
         )
         if args.wait:
-            ws = client.wait_for_state(
-                ws.id,
-                [WS.WORKSPACE_STATE_RUNNING],
-                _create_wait_s(args, args.wait_for_capacity),
-                render.workspace_progress(args, PROG),
+            made = ws
+            ws = _shown_if_wait_fails(
+                args,
+                made,
+                "workspace",
+                render.workspace_text,
+                lambda: client.wait_for_state(
+                    made.id,
+                    [WS.WORKSPACE_STATE_RUNNING],
+                    _create_wait_s(args, args.wait_for_capacity),
+                    render.workspace_progress(args, PROG),
+                ),
             )
         render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
@@ -308,17 +315,26 @@ class Commands(common.ClientCommands):
         client = self.client(args)
         c = client.create_cluster(req, request_id=args.request_id)
         if args.wait:
-            c = client.wait_for_cluster_state(
-                c.id,
-                [CS.CLUSTER_STATE_RUNNING],
-                _create_wait_s(args, req.wait_for_capacity_s),
-                render.cluster_progress(args, PROG),
+            made = c
+            c = _shown_if_wait_fails(
+                args,
+                made,
+                "cluster",
+                render.cluster_text,
+                lambda: client.wait_for_cluster_state(
+                    made.id,
+                    [CS.CLUSTER_STATE_RUNNING],
+                    _create_wait_s(args, req.wait_for_capacity_s),
+                    render.cluster_progress(args, PROG),
+                ),
             )
         render.emit(args, c, render.cluster_text(c))
         return common.EXIT_OK
 
     def cluster_list(self, args: argparse.Namespace) -> int:
-        items = self.client(args).list_clusters(include_terminated=args.all)
+        items = self.client(args).list_clusters(
+            include_terminated=args.all, all_users=args.all_users
+        )
         render.emit_list(
             args,
             items,
@@ -387,8 +403,25 @@ def _wait_rebooted(
 
 
 def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) -> float:
-    """--timeout, else the default plus the time the request may wait for capacity."""
-    return float(args.timeout or DEFAULT_WAIT_S + (wait_for_capacity_s or 0))
+    """--wait-timeout (or --timeout), else the default plus the time the request may wait
+    for capacity."""
+    given = args.wait_timeout or args.timeout
+    return float(given or DEFAULT_WAIT_S + (wait_for_capacity_s or 0))
+
+
+def _shown_if_wait_fails(
+    args: argparse.Namespace, made: T, seen_as: str, text: Callable[[T], str], wait: Callable[[], T]
+) -> T:
+    """``wait()`` after a create. When it fails (times out, or the object reached a state
+    it will not leave), the object exists all the same: it is printed on stdout as last
+    seen (the error's ``seen_as`` attribute, else ``made``) so a script learns its id,
+    and the error is raised (stderr, exit code as for any failed wait)."""
+    try:
+        return wait()
+    except errors.WorkspaceError as exc:
+        seen = getattr(exc, seen_as, None) or made
+        render.emit(args, seen, text(seen))
+        raise
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -427,11 +460,17 @@ def _add_capacity_wait(p: argparse.ArgumentParser) -> None:
 
 def _add_create_timeout(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--timeout",
+        "--wait-timeout",
         type=common.seconds,
         metavar="S",
         help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g} "
-        "plus --wait-for-capacity)",
+        "plus --wait-for-capacity); the canonical name, as every action's",
+    )
+    p.add_argument(
+        "--timeout",
+        type=common.seconds,
+        metavar="S",
+        help="the same as --wait-timeout (an older name, still accepted)",
     )
 
 
@@ -508,6 +547,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
 
     p = csub.add_parser("list", parents=[parent], help="list clusters")
     p.add_argument("--all", action="store_true", help="include terminated clusters")
+    p.add_argument("--all-users", action="store_true", help="(admins) every user's, not only yours")
     p.set_defaults(func=cmds.cluster_list)
 
     p = csub.add_parser("show", parents=[parent], help="show a cluster and its members")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workspace.codec.v1 import limits_from_proto, limits_to_proto
+from workspace.codec.v1 import enum_name, limits_from_proto, limits_to_proto
 from workspace.domain.tenancy import LeaseAction, ProjectSpec, ProjectUse, Quota
 from workspace.v1 import projects_pb2
 
@@ -36,8 +36,9 @@ def quota_from_proto(q: projects_pb2.Quota) -> Quota:
 
 
 def lease_action_from_proto(value: projects_pb2.LeaseAction.ValueType) -> LeaseAction:
-    """UNSPECIFIED is STOP."""
-    return LeaseAction.DESTROY if value == projects_pb2.LEASE_ACTION_DESTROY else LeaseAction.STOP
+    """UNSPECIFIED is STOP; a number the proto does not define is InvalidArgument."""
+    name = enum_name(projects_pb2.LeaseAction.DESCRIPTOR, value, "on_expiry")
+    return LeaseAction.DESTROY if name == "LEASE_ACTION_DESTROY" else LeaseAction.STOP
 
 
 def project_from_proto(p: projects_pb2.Project) -> ProjectSpec:

@@ -65,10 +65,13 @@ def ts(epoch_s: float) -> Timestamp:
 
 def enum_name(enum: EnumDescriptor, value: int, what: str) -> str:
     """The name of ``value`` in ``enum``. A number the proto does not define (a wrong one, or
-    a newer client's) is the caller's error, named with the numbers that are known."""
+    a newer client's) is the caller's error, named with the numbers that are known (all
+    but an ``_UNSPECIFIED`` one, which stands for the default; AFFINITY_NONE is a value)."""
     found = enum.values_by_number.get(value)
     if found is None:
-        known = ", ".join(f"{v.name} ({v.number})" for v in enum.values if v.number)
+        known = ", ".join(
+            f"{v.name} ({v.number})" for v in enum.values if not v.name.endswith("_UNSPECIFIED")
+        )
         raise InvalidArgument(f"unknown {what} {value}; one of {known}")
     return found.name
 
@@ -325,7 +328,8 @@ def cluster_request_from_proto(req: clusters_pb2.CreateClusterRequest) -> Cluste
             )
         ],
         on_failure=FailurePolicy.TEARDOWN
-        if req.on_failure == clusters_pb2.FAILURE_POLICY_TEARDOWN
+        if enum_name(clusters_pb2.FailurePolicy.DESCRIPTOR, req.on_failure, "on_failure")
+        == "FAILURE_POLICY_TEARDOWN"
         else FailurePolicy.KEEP,
         request_id=req.request_id,
         wait_for_capacity_s=req.wait_for_capacity_s,

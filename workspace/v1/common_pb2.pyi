@@ -41,7 +41,9 @@ class _WorkspaceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Worksp
     """The node holding the workspace stopped reporting; nothing was restarted elsewhere."""
 
 class WorkspaceState(_WorkspaceState, metaclass=_WorkspaceStateEnumTypeWrapper):
-    """Lifecycle state of a workspace (DESIGN.md section 2)."""
+    """Lifecycle state of a workspace (the state machine: workspace/domain/states.py;
+    docs/design/architecture.md).
+    """
 
 WORKSPACE_STATE_UNSPECIFIED: WorkspaceState.ValueType  # 0
 WORKSPACE_STATE_PENDING: WorkspaceState.ValueType  # 1
