@@ -110,6 +110,45 @@ def _state(ws: common_pb2.Workspace) -> str:
     return state_name(ws.state)
 
 
+class _Outage:
+    """Whether a wait has lost the service: ``on_outage`` is told once when it does (why)
+    and once when it answers again (""); a timeout says since when it has not."""
+
+    def __init__(self, on_outage: Callable[[str], None] | None) -> None:
+        self.on_outage = on_outage
+        self.since: float | None = None
+
+    def lost(self, why: str) -> None:
+        if self.since is None:
+            self.since = time.time()
+            if self.on_outage is not None:
+                self.on_outage(why or "no answer")
+
+    def back(self) -> None:
+        if self.since is not None:
+            self.since = None
+            if self.on_outage is not None:
+                self.on_outage("")
+
+    def note(self) -> str:
+        """``; the service has not answered since 18:04:06`` while it is lost."""
+        if self.since is None:
+            return ""
+        at = time.strftime("%H:%M:%S", time.localtime(self.since))
+        return f"; the service has not answered since {at}"
+
+
+def _retried(ws: common_pb2.Workspace) -> str:
+    """What a FAILED workspace that is still meant to run will do: its node tries again."""
+    if (
+        ws.state == WS.WORKSPACE_STATE_FAILED
+        and ws.node
+        and ws.desired_state == common_pb2.DESIRED_STATE_RUNNING
+    ):
+        return f"; its node {ws.node} tries again (`ws watch {ws.name or ws.id}` follows it)"
+    return ""
+
+
 class WaitsClientMixin:
     """Needs ``_workspaces``, ``_error``, ``get_workspace`` and ``get_cluster`` from the
     Client."""
@@ -127,6 +166,7 @@ class WaitsClientMixin:
         timeout_s: float = 300.0,
         on_change: Callable[[common_pb2.Workspace], None] | None = None,
         describe: Callable[[common_pb2.Workspace], str] = _state,
+        on_outage: Callable[[str], None] | None = None,
     ) -> common_pb2.Workspace:
         """Block until ``done(workspace)`` holds for workspace ``id``; return the workspace.
 
@@ -141,10 +181,13 @@ class WaitsClientMixin:
         reaches FAILED, TERMINATED or LOST without ``done`` holding (``done`` may raise
         WaitFailed itself: the goal can no longer be reached) and WaitTimeout after
         ``timeout_s``. A workspace that
-        vanishes is judged as TERMINATED (NotFound unless ``done`` takes that).
+        vanishes is judged as TERMINATED (NotFound unless ``done`` takes that). An
+        unreachable service is retried until the deadline; ``on_outage`` is told once
+        when it is lost (why) and once when it answers again ("").
         """
         deadline = time.monotonic() + timeout_s
         last: list[common_pb2.Workspace] = []
+        outage = _Outage(on_outage)
 
         def reached(ws: common_pb2.Workspace) -> bool:
             if (not last or describe(last[-1]) != describe(ws)) and on_change is not None:
@@ -156,7 +199,7 @@ class WaitsClientMixin:
                 reason = f": {ws.reason}" if ws.reason else ""
                 raise WaitFailed(
                     f"workspace {ws.name or ws.id} is {state_name(ws.state)}{reason} "
-                    f"(waited for {goal})",
+                    f"(waited for {goal}){_retried(ws)}",
                     ws,
                 )
             return False
@@ -185,9 +228,11 @@ class WaitsClientMixin:
             if remaining <= 0:
                 ws = last[-1] if last else None
                 now = f"; it is {describe(ws)}" if ws is not None else ""
+                if ws is not None and outage.since is not None:
+                    now = f"; it was {describe(ws)} when last seen"
                 raise WaitTimeout(
                     f"timed out after {_seconds(timeout_s)} s waiting for workspace {id} "
-                    f"to be {goal}{now}",
+                    f"to be {goal}{now}{outage.note()}",
                     ws,
                 )
             if time.monotonic() < poll_until:
@@ -195,6 +240,7 @@ class WaitsClientMixin:
             else:
                 watched = self._follow(req, ws_id, min(remaining, RESYNC_S), reached)
                 if watched == "reached":
+                    outage.back()
                     return last[-1]
                 if watched == "gone":
                     return vanished()
@@ -205,8 +251,10 @@ class WaitsClientMixin:
                 current = self.get_workspace(ws_id)
             except errors.NotFound:
                 return vanished()
-            except errors.Unavailable:
+            except errors.Unavailable as exc:
+                outage.lost(exc.message)
                 continue
+            outage.back()
             if reached(current):
                 return current
 
@@ -248,6 +296,7 @@ class WaitsClientMixin:
         states: Iterable[int],
         timeout_s: float = 300.0,
         on_change: Callable[[common_pb2.Workspace], None] | None = None,
+        on_outage: Callable[[str], None] | None = None,
     ) -> common_pb2.Workspace:
         """Block until workspace ``id`` is in one of ``states``; return it.
 
@@ -258,7 +307,12 @@ class WaitsClientMixin:
         """
         wanted = frozenset(states)
         return self.wait_until(
-            id, lambda ws: ws.state in wanted, _names(wanted), timeout_s, on_change
+            id,
+            lambda ws: ws.state in wanted,
+            _names(wanted),
+            timeout_s,
+            on_change,
+            on_outage=on_outage,
         )
 
     def wait_for_reboot(
@@ -267,6 +321,7 @@ class WaitsClientMixin:
         reboot_count: int,
         timeout_s: float = 300.0,
         on_change: Callable[[common_pb2.Workspace], None] | None = None,
+        on_outage: Callable[[str], None] | None = None,
     ) -> common_pb2.Workspace:
         """Block until the node has carried out reboot number ``reboot_count`` of
         workspace ``id`` (the ``reboot_count`` that ``reboot_workspace`` returned: its
@@ -302,7 +357,7 @@ class WaitsClientMixin:
         def describe(ws: common_pb2.Workspace) -> str:
             return f"{state_name(ws.state)}, {_reboots(ws)}"
 
-        return self.wait_until(id, done, goal, timeout_s, on_change, describe)
+        return self.wait_until(id, done, goal, timeout_s, on_change, describe, on_outage)
 
     def wait_for_cluster_state(
         self,
@@ -311,6 +366,7 @@ class WaitsClientMixin:
         timeout_s: float = 300.0,
         on_change: Callable[[clusters_pb2.Cluster], None] | None = None,
         poll_s: float = CLUSTER_POLL_S,
+        on_outage: Callable[[str], None] | None = None,
     ) -> clusters_pb2.Cluster:
         """Block until cluster ``ref`` (id or name) is in one of ``states``; return it.
 
@@ -319,11 +375,12 @@ class WaitsClientMixin:
         state or a member's state changes. Raises ClusterWaitFailed when it reaches
         FAILED or TERMINATED (unless waited for) and ClusterWaitTimeout after
         ``timeout_s``. A cluster that vanishes while TERMINATED is waited for counts as
-        terminated.
+        terminated. ``on_outage``: as for ``wait_until``.
         """
         wanted = frozenset(states)
         deadline = time.monotonic() + timeout_s
         last: list[clusters_pb2.Cluster] = []
+        outage = _Outage(on_outage)
 
         def key(c: clusters_pb2.Cluster) -> tuple[object, ...]:
             return (c.state, tuple((m.name, m.state) for m in c.members))
@@ -340,9 +397,11 @@ class WaitsClientMixin:
                 gone.id = gone.id or ref
                 gone.state = CS.CLUSTER_STATE_TERMINATED
                 return gone
-            except errors.Unavailable:
+            except errors.Unavailable as exc:
+                outage.lost(exc.message)
                 current = None
             if current is not None:
+                outage.back()
                 if (not last or key(last[-1]) != key(current)) and on_change is not None:
                     on_change(current)
                 last[:] = [current]
@@ -361,9 +420,11 @@ class WaitsClientMixin:
             if remaining <= 0:
                 c = last[-1] if last else None
                 now = f"; it is {cluster_state_name(c.state)}" if c is not None else ""
+                if c is not None and outage.since is not None:
+                    now = f"; it was {cluster_state_name(c.state)} when last seen"
                 raise ClusterWaitTimeout(
                     f"timed out after {_seconds(timeout_s)} s waiting for cluster {ref} to be "
-                    f"{_cluster_names(wanted)}{now}",
+                    f"{_cluster_names(wanted)}{now}{outage.note()}",
                     c,
                 )
             time.sleep(min(poll_s, remaining))

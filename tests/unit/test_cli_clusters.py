@@ -228,7 +228,7 @@ class FakeClient:
         return _cluster(CS.CLUSTER_STATE_STOPPING, WS.WORKSPACE_STATE_STOPPING)
 
     def wait_for_cluster_state(
-        self, ref: str, states: Any, timeout_s: float, on_change: Any
+        self, ref: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
     ) -> Any:
         self._do("wait", ref, states=list(states), timeout_s=timeout_s)
         target = next(iter(states))

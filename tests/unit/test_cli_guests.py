@@ -89,7 +89,12 @@ class FakeClient:
         return self.workspaces[ref]
 
     def wait_for_state(
-        self, id: str, states: list[int], timeout_s: float, on_change: Any = None
+        self,
+        id: str,
+        states: list[int],
+        timeout_s: float,
+        on_change: Any = None,
+        on_outage: Any = None,
     ) -> common_pb2.Workspace:
         """The workspace once in ``states`` (at once here: its state is set so)."""
         self.waited.append((id, list(states), timeout_s))

@@ -178,7 +178,9 @@ class FakeClient:
         self._do("pause", id)  # the node has not acted yet
         return _ws(desired_state=common_pb2.DESIRED_STATE_PAUSED)
 
-    def wait_for_state(self, id: str, states: Any, timeout_s: float, on_change: Any) -> Any:
+    def wait_for_state(
+        self, id: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+    ) -> Any:
         self._do("wait", id, states=list(states), timeout_s=timeout_s)
         final = _ws(next(iter(states)))
         if on_change is not None:

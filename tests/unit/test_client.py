@@ -89,6 +89,17 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         # How the first watch ends after its first event: (status, details).
         self.end_first_watch: tuple[grpc.StatusCode, str] | None = None
         self.watches = 0
+        # GetWorkspace calls answered before the service is "away" (UNAVAILABLE), and
+        # how many it then refuses (None: for ever).
+        self.gets = 0
+        self.away_after: int | None = None
+        self.away_for: int | None = None
+
+    def _away(self, context: Any) -> None:
+        if self.away_after is None or self.gets <= self.away_after:
+            return
+        if self.away_for is None or self.gets <= self.away_after + self.away_for:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection refused")
 
     def _shown(self) -> list[common_pb2.Workspace]:
         return self.views or [_ws(state) for state in self.states]
@@ -101,6 +112,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        self.gets += 1
+        self._away(context)
         if request.id == "bug":
             context.abort(grpc.StatusCode.INTERNAL, "internal error (incident 1)")
         if request.id == "slow":
@@ -111,6 +124,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
 
     def WatchWorkspaces(self, request: Any, context: Any) -> Iterator[Any]:
         self.watches += 1
+        if self.away_after is not None and self.gets >= self.away_after:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection refused")
         if self.drop_first_watch and self.watches == 1:
             context.abort(grpc.StatusCode.UNAVAILABLE, "socket closed")
         first, *rest = self._shown()
@@ -310,6 +325,50 @@ def test_wait_until_takes_any_condition(served: tuple[Client, FakeWorkspaces, Fa
     assert w.reason == "lease ends soon"
     with pytest.raises(WaitTimeout, match="to be warned; it is RUNNING"):
         client.wait_until("alpha", lambda x: x.cpus > 1, "warned", 0.3)
+
+
+def test_a_wait_says_when_it_loses_the_service_and_a_timeout_says_since_when(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """`ws create --wait` once sat silent for its whole timeout while the service was
+    down, then said "it is STARTING" as if it had just looked."""
+    client, wsvc, _ = served
+    wsvc.states = [WS.WORKSPACE_STATE_STARTING]
+    wsvc.away_after = 1  # the first read answers, then the service is gone
+    told: list[str] = []
+    with pytest.raises(WaitTimeout) as err:
+        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 1.5, on_outage=told.append)
+    assert len(told) == 1 and "connection refused" in told[0]
+    assert "it was STARTING when last seen; the service has not answered since " in str(err.value)
+    # It comes back: told once more, and the wait goes on to its end.
+    wsvc.gets, wsvc.away_for = 0, 2
+    told.clear()
+    got = client.wait_until("w1", lambda ws: wsvc.gets > 4, "read again", 20, on_outage=told.append)
+    assert got.state == WS.WORKSPACE_STATE_STARTING
+    assert len(told) == 2 and "connection refused" in told[0] and told[1] == ""
+
+
+def test_a_failed_workspace_its_node_tries_again_says_so(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    client, wsvc, _ = served
+    wsvc.views = [
+        _ws(
+            WS.WORKSPACE_STATE_FAILED,
+            node="node1",
+            desired_state=common_pb2.DESIRED_STATE_RUNNING,
+            reason="create failed: cached blob does not match its digest",
+        )
+    ]
+    with pytest.raises(WaitFailed) as err:
+        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 5)
+    assert str(err.value).endswith(
+        "(waited for RUNNING); its node node1 tries again (`ws watch alpha` follows it)"
+    )
+    wsvc.views = [_ws(WS.WORKSPACE_STATE_FAILED, reason="no capacity in time")]
+    with pytest.raises(WaitFailed) as err:
+        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 5)
+    assert "tries again" not in str(err.value)  # on no node: nothing will
 
 
 def test_a_watch_tells_of_an_outage_once_and_of_its_end(

@@ -79,6 +79,8 @@ CLUSTER_ACTIONS: dict[str, tuple[str, int, str]] = {
     ),
 }
 DEFAULT_WAIT_S = 300.0
+# A --wait that loses the service says so on stderr (and when it answers again).
+WAIT_OUTAGE = common.outage_notice(f"{PROG}: wait")
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -205,6 +207,7 @@ class Commands(common.ClientCommands):
                     [WS.WORKSPACE_STATE_RUNNING],
                     _create_wait_s(args, args.wait_for_capacity),
                     render.workspace_progress(args, PROG),
+                    on_outage=WAIT_OUTAGE,
                 ),
             )
         render.emit(args, ws, render.workspace_text(ws))
@@ -263,7 +266,9 @@ class Commands(common.ClientCommands):
                 if args.command == "reboot":
                     return _wait_rebooted(client, args, ws.id or ref, ws.reboot_count, left)
                 progress = render.workspace_progress(args, PROG)
-                return client.wait_for_state(ws.id or ref, [target], left, progress)
+                return client.wait_for_state(
+                    ws.id or ref, [target], left, progress, on_outage=WAIT_OUTAGE
+                )
 
             asked, waited_ok = _each(args.id, asked, wait)
             ok = ok and waited_ok
@@ -326,6 +331,7 @@ class Commands(common.ClientCommands):
                     [CS.CLUSTER_STATE_RUNNING],
                     _create_wait_s(args, req.wait_for_capacity_s),
                     render.cluster_progress(args, PROG),
+                    on_outage=WAIT_OUTAGE,
                 ),
             )
         render.emit(args, c, render.cluster_text(c))
@@ -358,6 +364,7 @@ class Commands(common.ClientCommands):
                 [target],
                 args.timeout or DEFAULT_WAIT_S,
                 render.cluster_progress(args, PROG),
+                on_outage=WAIT_OUTAGE,
             )
         render.emit(args, c, render.cluster_state_line(c))
         return common.EXIT_OK
@@ -391,7 +398,7 @@ def _wait_rebooted(
     the workspace RUNNING. A node whose agent does not report reboots (an older release)
     cannot confirm it: then RUNNING is enough, as before, and stderr says so."""
     progress = render.reboot_progress(args, PROG, reboot_count)
-    ws = client.wait_for_reboot(ref, reboot_count, wait_s, progress)
+    ws = client.wait_for_reboot(ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE)
     if rebooted(ws, reboot_count) is None:
         print(
             f"{PROG}: {render.state_line(ws)}, but the reboot cannot be confirmed: its node's "
