@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.backoff import Backoff, Retries
 from agent.disks import WorkspaceFiles
-from agent.gate import TrustGate
+from agent.gate import Refused, TrustGate
 from agent.netsetup import Networking
 from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
@@ -44,6 +44,8 @@ TRUST_KEY = "trust"
 REBOOTS_KEY = "reboot_count"
 # What a workspace cannot do while one of its networks is not ready on the node.
 NEEDS_NETWORK = frozenset({Action.CREATE, Action.START, Action.RESUME})
+# What boots an image, after the trust gate's check (``_trust_refused``).
+BOOTS = frozenset({Action.CREATE, Action.START})
 
 
 def domain_spec(
@@ -102,6 +104,10 @@ class Executor:
         # Of those, the ones whose plug was pulled while a stop or reboot waited.
         self._unplugged: set[str] = set()
         self._failures = Retries(OP_RETRY)
+        # Boots the trust policy refused: workspace → (the policy's version, what was
+        # wanted). Not tried again until either changes (``_trust_refused``): the same
+        # policy gives the same verdict, and each try would only add a deny to the audit.
+        self._refused: dict[str, tuple[int, Want]] = {}
         self._last_want: dict[str, Want] = {}
         self._last_actual: dict[str, DomainState] = {}
         # Running workspaces noted as not isolated (``_note_unisolated``).
@@ -220,11 +226,14 @@ class Executor:
             note = self._repair_note(wid, action, wants.get(wid))
             if self._failures.waiting(wid) and action is not Action.REMOVE:
                 continue
+            if action in BOOTS and self._trust_refused(wid, wants[wid]):
+                continue
             with self._lock:
                 self._busy[wid] = action
             self.pool.submit(self._run_for, wid, action, desired.get(wid), note)
         self._note_unisolated(held, actual, busy)
         with self._lock:
+            self._refused = {w: r for w, r in self._refused.items() if w in desired}
             self._last_want = wants
             self._last_actual = actual
 
@@ -305,6 +314,19 @@ class Executor:
         if gone:
             self.pool.submit(self.report, gone)
 
+    def _trust_refused(self, wid: str, want: Want) -> bool:
+        """True if the trust policy refused to boot ``wid`` under the policy version held
+        now, for what is still wanted: not tried again (a new policy, or a new ask, is)."""
+        with self._lock:
+            refused = self._refused.get(wid)
+            if refused is None:
+                return False
+            if refused == (self.gate.version, want):
+                return True
+            del self._refused[wid]
+        self._failures.forget(wid)  # a new verdict may come: try at once
+        return False
+
     def _repair_note(self, wid: str, action: Action, want: Want | None) -> str:
         """What to say on the workspace (and log now) when the host drifted from a desired
         state it had reached ("": it did not). The note is shown once the repair worked
@@ -357,6 +379,16 @@ class Executor:
             if action is Action.LIMITS:
                 # The VM itself is fine: say so on it, retry with the backoff.
                 self.status.note(wid, f"its new limits could not be applied: {reason}")
+            elif action in BOOTS and isinstance(exc, Refused) and order is not None:
+                want = Want(order.desired, order.reboot_count, order.force_stop)
+                with self._lock:
+                    self._refused[wid] = (self.gate.version, want)
+                self.status.set(
+                    wid,
+                    Observed.FAILED,
+                    f"{action.value} failed: {reason} (not tried again until the trust "
+                    "policy changes)",
+                )
             else:
                 self.status.set(wid, Observed.FAILED, f"{action.value} failed: {reason}")
             if not isinstance(exc, WorkspaceError):

@@ -20,6 +20,10 @@ from workspace.errors import PermissionDenied
 log = logging.getLogger("agent")
 
 
+class Refused(PermissionDenied):
+    """The policy held denies booting the order (the same policy will again)."""
+
+
 class TrustGate:
     def __init__(self, node: str, audit: AuditSpool) -> None:
         self.node = node
@@ -32,6 +36,12 @@ class TrustGate:
     def stop_running_on_revoke(self) -> bool:
         with self._lock:
             return self._stop_running_on_revoke
+
+    @property
+    def version(self) -> int:
+        """The version of the policy held (0: none)."""
+        with self._lock:
+            return self._policy.version if self._policy is not None else 0
 
     def update(self, policy: signing.Policy | None, stop_running_on_revoke: bool) -> bool:
         """Take the policy of new orders (None: none sent, keep ours). True when its
@@ -68,9 +78,7 @@ class TrustGate:
         if verdict.trusted:
             return verdict.word
         if not verdict.allowed:
-            raise PermissionDenied(
-                f"image {order.image or '?'} refused on this node: {verdict.reason}"
-            )
+            raise Refused(f"image {order.image or '?'} refused on this node: {verdict.reason}")
         log.warning(
             "workspace %s: image %s is not trusted (%s); booting it anyway: the policy only warns",
             order.workspace_id,

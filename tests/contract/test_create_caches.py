@@ -23,7 +23,7 @@ from tests.contract.test_store_engines import (  # noqa: F401 - fixtures
 )
 from workspace.domain.states import Op
 from workspace.errors import AlreadyExists, NotFound, ResourceExhausted
-from workspace.ops import order_size, placement, trust
+from workspace.ops import order_size, placement, trust, trust_admin
 from workspace.store import Node, Workspace, orders_gen
 from workspace.store.models import Image, ImageSignature, Network
 
@@ -108,11 +108,11 @@ def test_another_replica_s_trust_change_reaches_the_cached_policy(
     with world.store.read() as s:
         first = trust.policy(s)
         assert trust.policy(s) is first  # cached at its version
-    trust.revoke_digest(other.env, SHA)
+    trust_admin.revoke_digest(other.env, SHA)
     with world.store.read() as s:
         now = trust.policy(s)
     assert SHA in now.revoked_digests and now.version == first.version + 1
-    trust.set_mode(other.env, enforce=True, stop_on_revoke=False)
+    trust_admin.set_mode(other.env, enforce=True, stop_on_revoke=False)
     with world.store.read() as s:
         assert trust.policy(s).enforce
 

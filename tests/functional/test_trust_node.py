@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -17,10 +18,11 @@ from images import signing
 from tests.functional.harness import WS, Site, wait_for
 from workspace.codec import node as node_codec
 from workspace.domain.model import AuditRecord, Disk
+from workspace.domain.states import TRUST_STOPPED
 from workspace.errors import PermissionDenied
 from workspace.store import Image
 from workspace.store.mapping import image_spec as manifest_of
-from workspace.v1 import images_pb2, trust_pb2, trust_pb2_grpc
+from workspace.v1 import common_pb2, images_pb2, trust_pb2, trust_pb2_grpc
 
 IMAGE = "app:1"
 
@@ -157,23 +159,101 @@ def test_unsigned_image_under_warn_boots_and_the_node_audits_why(site: Site) -> 
     assert boot.verdict == "warn" and boot.reason == f"image {IMAGE} is not signed"
 
 
-def test_site_that_stops_vms_on_revocation_powers_them_off(
-    signed_site: Site, key: Ed25519PrivateKey
-) -> None:
-    site = signed_site
+def _stop_on_revoke(site: Site) -> None:
     _trust(site).SetMode(
         trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE, stop_running_on_revoke=True)
     )
+
+
+def _boot_denials(site: Site, wid: str) -> list[trust_pb2.AuditEntry]:
+    return [
+        e
+        for e in _node_audit(site)
+        if e.workspace_id == wid and e.action in ("boot", "start") and e.verdict == "deny"
+    ]
+
+
+def test_a_vm_stopped_for_a_revocation_stays_stopped_until_started(
+    signed_site: Site, key: Ed25519PrivateKey
+) -> None:
+    """The VM is powered off and the workspace becomes STOPPED, desired STOPPED, saying
+    why: not FAILED with desired RUNNING, retried by its node in a loop (a deny in the
+    audit per try) and booted by itself once the site went back to warn."""
+    site = signed_site
+    _stop_on_revoke(site)
     ws = site.stubs.create(name="w1", image=IMAGE)
     site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
-    _trust(site).RevokeKey(trust_pb2.RevokeKeyRequest(key_id=signing.key_id(key.public_key())))
-    got = wait_for(
-        lambda: (w := site.stubs.get(ws.id)).state == WS.WORKSPACE_STATE_FAILED and w,
-        what="the VM to be stopped and refused a restart",
-    )
+    kid = signing.key_id(key.public_key())
+    policy = _trust(site).RevokeKey(trust_pb2.RevokeKeyRequest(key_id=kid))
+    assert f"key {kid} revoked" in policy.change and "stopped 1 workspace(s): w1" in policy.change
+    got = site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_STOPPED)
+    assert got.desired_state == common_pb2.DESIRED_STATE_STOPPED
+    assert "trust policy" in got.reason or "no longer trusted" in got.reason, got.reason
     assert "is revoked" in got.reason
     dom = site.agents["node1"].driver.get(ws.id)
     assert dom is not None and dom.state.value == "shutoff"  # powered off, kept for inspection
+    time.sleep(2.5)  # heartbeats and reconcile passes: nothing tries to boot it
+    assert site.stubs.get(ws.id).state == WS.WORKSPACE_STATE_STOPPED
+    assert _boot_denials(site, ws.id) == []
+    # A start goes through the trust check: refused under enforce, it stays STOPPED.
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.ws.StartWorkspace(site.stubs.ref(ws.id))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    _trust(site).SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_WARN))
+    time.sleep(1.5)
+    assert site.stubs.get(ws.id).state == WS.WORKSPACE_STATE_STOPPED  # not booted by itself
+    dom = site.agents["node1"].driver.get(ws.id)
+    assert dom is not None and dom.state.value == "shutoff"
+    site.stubs.ws.StartWorkspace(site.stubs.ref(ws.id))  # asked for: warn lets it boot
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+
+
+def test_a_revocation_stops_the_workspaces_of_a_node_that_was_offline(
+    signed_site: Site,
+) -> None:
+    """Decided by the service when the policy changes, not learnt from the node: the
+    workspace of an agent that was down is STOPPED desired at once, and the agent powers
+    it off when it comes back."""
+    site = signed_site
+    _stop_on_revoke(site)
+    ws = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    site.stop_agent("node1")
+    _trust(site).RevokeDigest(trust_pb2.RevokeDigestRequest(digest=_digest(site)))
+    got = site.stubs.get(ws.id)
+    assert got.desired_state == common_pb2.DESIRED_STATE_STOPPED
+    assert (
+        got.reason.startswith(TRUST_STOPPED) and f"digest {_digest(site)} is revoked" in got.reason
+    )
+    again = site.add_agent("node1")
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_STOPPED)
+    dom = again.driver.get(ws.id)
+    assert dom is not None and dom.state.value == "shutoff"
+    assert _boot_denials(site, ws.id) == []
+
+
+def test_a_boot_the_node_refuses_is_not_retried_in_a_loop(
+    signed_site: Site, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node refuses what the service let through (their policies differ): one deny,
+    not one per retry, until the policy changes."""
+    site = signed_site
+    kid = signing.key_id(key.public_key())
+    real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = node_codec.policy_from_proto
+
+    def revoked(p: trust_pb2.TrustPolicy) -> signing.Policy:
+        pol = real(p)
+        keys = tuple(dataclasses.replace(k, revoked=k.key_id == kid) for k in pol.keys)
+        return dataclasses.replace(pol, keys=keys)
+
+    monkeypatch.setattr(node_codec, "policy_from_proto", revoked)
+    _add_key(site, Ed25519PrivateKey.generate())  # a new policy version reaches the node
+    ws = site.stubs.create(name="w2", image=IMAGE)
+    failed = site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_FAILED)
+    assert "not tried again until the trust policy changes" in failed.reason
+    wait_for(lambda: _boot_denials(site, ws.id), what="the node's deny")
+    time.sleep(8)  # the backoff would have retried three times by now
+    assert len(_boot_denials(site, ws.id)) == 1
 
 
 def test_audit_records_spooled_before_a_crash_reach_the_service_once_after_restart(

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from agent import executor as executor_mod
 from agent.audit import AuditSpool
+from agent.backoff import Backoff
 from agent.cache import BlobCache, Source
 from agent.disks import WorkspaceFiles
 from agent.executor import Executor
@@ -149,10 +151,43 @@ def test_a_refused_order_fails_before_anything_is_fetched(parts: Parts) -> None:
     ex.take([_order(verified_digests=(DIGEST,))])
     ex.reconcile_once()
     (got,) = wait_for(lambda: [o for o in ex.observe(["w1"]) if o.state is Observed.FAILED] or None)
-    assert got.reason == "create failed: image img refused on this node: image img is not signed"
+    assert got.reason == (
+        "create failed: image img refused on this node: image img is not signed (not tried "
+        "again until the trust policy changes)"
+    )
     assert parts.fetched == 0 and parts.driver.list_domains() == []
     (record,) = parts.audit.pending()
     assert (record.action, record.verdict, record.workspace_id) == ("boot", "deny", "w1")
+
+
+def test_a_boot_the_policy_refused_is_not_retried_until_the_policy_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same policy gives the same verdict: no retry loop writing a deny to the audit
+    on every try; a new policy version (or a new ask) is tried at once."""
+    monkeypatch.setattr(executor_mod, "OP_RETRY", Backoff(0.0, 0.0))  # no backoff to hide it
+    parts = Parts(tmp_path)
+    try:
+        ex = parts.executor
+        parts.gate.update(signing.Policy(version=2, enforce=True), False)
+        ex.take([_order(verified_digests=(DIGEST,))])
+        for _ in range(6):
+            ex.reconcile_once()
+            time.sleep(0.1)
+        assert [r.verdict for r in parts.audit.pending()] == ["deny"]
+        assert ex.observe(["w1"])[0].state is Observed.FAILED
+        parts.gate.update(signing.Policy(version=3, enforce=True), False)
+        ex.reconcile_once()
+        wait_for(lambda: len(parts.audit.pending()) == 2)
+        ex.take([_order(Desired.PAUSED, verified_digests=(DIGEST,))])  # asked anew
+        ex.reconcile_once()
+        wait_for(lambda: len(parts.audit.pending()) == 3)
+        time.sleep(0.2)
+        ex.reconcile_once()
+        time.sleep(0.2)
+        assert len(parts.audit.pending()) == 3
+    finally:
+        parts.close()
 
 
 class _OneNetworkDown(NullNetworking):

@@ -659,7 +659,7 @@ def policy_text(p: trust_pb2.TrustPolicy) -> str:
         ]
         for k in p.keys
     ]
-    out = head
+    out = (p.change + "\n" if p.change else "") + head
     if rows:
         out += "\n" + table(["KEY", "IMAGES", "EXPIRES", "STATE", "COMMENT"], rows)
     if p.revoked_digests:

@@ -5,6 +5,7 @@
     ws image sign sci-base:1.2 --key me.key
     ws image verify sci-base:1.2
     ws-admin trust add me.pub --images 'sci-*' [--expires 2026-12-31] [--comment TEXT]
+                                          (patterns match NAME:VERSION: 'app:*', 'app*')
     ws-admin trust list | revoke KEYID | revoke --digest sha256:... | mode enforce|warn
     ws-admin audit [--image NAME] [--limit N]
 
@@ -163,19 +164,39 @@ def register_admin(
 
     p = subparsers.add_parser("trust", parents=[parent], help="the site's image trust policy")
     sub = p.add_subparsers(dest="trust_command", metavar="COMMAND", required=True)
-    q = sub.add_parser("add", parents=[parent], help="trust a publisher key for some images")
+    q = sub.add_parser(
+        "add",
+        parents=[parent],
+        help="trust a publisher key for some images",
+        description="Trust a publisher key for the images whose NAME:VERSION matches one "
+        "of the patterns (fnmatch, case-sensitive): 'app:*' or 'app*' for every version "
+        "of app ('app' alone matches none of them). Adding a key trusted already replaces "
+        "its patterns and expiry (the answer says what changed) and keeps its comment "
+        "unless --comment gives a new one.",
+    )
     q.add_argument("pubfile", metavar="PUBFILE", help="public key (ws image keygen)")
     q.add_argument(
-        "--images", nargs="+", required=True, metavar="PATTERN", help="image names, e.g. 'sci-*'"
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="PATTERN",
+        help="patterns of the full NAME:VERSION, e.g. 'app:*', 'sci-*'",
     )
     q.add_argument("--expires", type=date_arg, metavar="YYYY-MM-DD", help="last valid day (UTC)")
-    q.add_argument("--comment", default="", help="who the key belongs to")
+    q.add_argument("--comment", default="", help="who the key belongs to (kept if not given)")
     q.set_defaults(func=add)
     q = sub.add_parser("list", parents=[parent], help="the policy: keys, revocations, mode")
     q.set_defaults(func=show)
     q = sub.add_parser("revoke", parents=[parent], help="revoke a key or a digest at once")
-    q.add_argument("key_id", nargs="?", metavar="KEYID", help="key id (or a unique prefix)")
-    q.add_argument("--digest", metavar="DIGEST", help="revoke this blob digest instead")
+    q.add_argument(
+        "key_id",
+        nargs="?",
+        metavar="KEYID",
+        help="the key id, or a prefix of at least 8 hex digits that only one key has",
+    )
+    q.add_argument(
+        "--digest", metavar="DIGEST", help="revoke this blob digest instead (sha256:<64 hex>)"
+    )
     q.set_defaults(func=revoke)
     q = sub.add_parser("mode", parents=[parent], help="enforce signatures, or only warn")
     q.add_argument("mode", choices=("enforce", "warn"))

@@ -530,6 +530,7 @@ def trust_settings_to_proto(p: TrustSettingsView) -> trust_pb2.TrustPolicy:
         ],
         revoked_digests=list(p.revoked_digests),
         stop_running_on_revoke=p.stop_running_on_revoke,
+        change=p.change,
     )
 
 

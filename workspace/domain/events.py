@@ -28,6 +28,14 @@ class Kind(enum.StrEnum):
     # cleared; reason: its message); ops/node_conditions.py.
     NODE_CONDITION = "node.condition"
     TRUST_DECISION = "trust.decision"
+    # `ws-admin trust add/revoke/mode` (ops/trust_admin.py; subject: the key id, the
+    # digest, or "policy"; reason: what it was given or what changed old -> new, the new
+    # policy version, and the workspaces it stopped, if any).
+    TRUST_KEY_ADDED = "trust.key_added"
+    TRUST_KEY_UPDATED = "trust.key_updated"
+    TRUST_KEY_REVOKED = "trust.key_revoked"
+    TRUST_DIGEST_REVOKED = "trust.digest_revoked"
+    TRUST_MODE_SET = "trust.mode_set"
     LEASE_WARNING = "lease.warning"
     LEASE_EXTENDED = "lease.extended"
     LEASE_EXPIRED = "lease.expired"

@@ -522,6 +522,9 @@ class TrustSettingsView:
     keys: tuple[TrustedKey, ...]
     revoked_digests: tuple[str, ...]
     stop_running_on_revoke: bool = False
+    # In the answer to a change: what it did, in words ("key 0a1b...: patterns app* ->
+    # other*", "key 0a1b... revoked; 2 workspace(s) stopped"); "" otherwise.
+    change: str = ""
 
 
 @dataclass(frozen=True)

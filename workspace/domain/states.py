@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 from workspace.errors import FailedPrecondition
 
+# The reason a workspace shows once the site's trust policy stopped it (ops/trust_admin.py:
+# a revocation under ENFORCE with stop_running_on_revoke); it keeps it when stopped.
+TRUST_STOPPED = "stopped by the site's trust policy: "
+
 
 class State(enum.StrEnum):
     PENDING = "PENDING"

@@ -10,7 +10,7 @@ from workspace.edge import auth
 from workspace.edge.calls import unary
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import trust
+from workspace.ops import trust, trust_admin
 from workspace.ops.unit import Env
 from workspace.v1 import trust_pb2, trust_pb2_grpc
 
@@ -51,7 +51,7 @@ class TrustServicer(trust_pb2_grpc.TrustServicer):
         expires = (
             v1.epoch(request.expires_at, "expires_at") if request.HasField("expires_at") else 0.0
         )
-        view = trust.add_key(
+        view = trust_admin.add_key(
             self.env,
             request.public_key_pem,
             list(request.image_patterns),
@@ -64,13 +64,13 @@ class TrustServicer(trust_pb2_grpc.TrustServicer):
     def RevokeKey(
         self, request: trust_pb2.RevokeKeyRequest, context: grpc.ServicerContext, who: Identity
     ) -> trust_pb2.TrustPolicy:
-        return v1.trust_settings_to_proto(trust.revoke_key(self.env, request.key_id))
+        return v1.trust_settings_to_proto(trust_admin.revoke_key(self.env, request.key_id))
 
     @unary
     def RevokeDigest(
         self, request: trust_pb2.RevokeDigestRequest, context: grpc.ServicerContext, who: Identity
     ) -> trust_pb2.TrustPolicy:
-        return v1.trust_settings_to_proto(trust.revoke_digest(self.env, request.digest))
+        return v1.trust_settings_to_proto(trust_admin.revoke_digest(self.env, request.digest))
 
     @unary
     def SetMode(
@@ -78,7 +78,7 @@ class TrustServicer(trust_pb2_grpc.TrustServicer):
     ) -> trust_pb2.TrustPolicy:
         if request.mode not in (trust_pb2.TRUST_MODE_WARN, trust_pb2.TRUST_MODE_ENFORCE):
             raise InvalidArgument("give the mode: WARN or ENFORCE")
-        view = trust.set_mode(
+        view = trust_admin.set_mode(
             self.env, request.mode == trust_pb2.TRUST_MODE_ENFORCE, request.stop_running_on_revoke
         )
         return v1.trust_settings_to_proto(view)

@@ -14,7 +14,14 @@ from images.model import Partition
 from workspace.config import ServiceConfig
 from workspace.domain.leases import EXPIRED
 from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
-from workspace.domain.states import Desired, NodeState, Observed, State, state_from_report
+from workspace.domain.states import (
+    TRUST_STOPPED,
+    Desired,
+    NodeState,
+    Observed,
+    State,
+    state_from_report,
+)
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from workspace.ops import netpolicy, node_conditions, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
@@ -35,6 +42,8 @@ from workspace.store.mapping import (
 )
 
 log = logging.getLogger("workspace.ops.reports")
+# Reasons a stopped workspace keeps when its node reports it STOPPED without one.
+STOPPED_FOR = (EXPIRED, TRUST_STOPPED)
 
 
 def _back(node: Node) -> None:
@@ -351,8 +360,10 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             # Out of FAILED (the operation is tried again, or it worked after all): the
             # failure no longer says what the workspace is doing.
             reason = obs.reason
-        if new is State.STOPPED and not obs.reason and old_reason.startswith(EXPIRED):
-            reason = old_reason  # stopped because its lease ended: it keeps saying so
+        if new is State.STOPPED and not obs.reason and old_reason.startswith(STOPPED_FOR):
+            # Stopped because its lease ended or the trust policy stopped it: it keeps
+            # saying so.
+            reason = old_reason
         moved = new is not None and (new.value != ws.state or reason != old_reason)
         if new is not None and moved:
             if new is State.FAILED and ws.state != State.FAILED.value:

@@ -31,9 +31,7 @@ from workspace.domain.model import (
     TrustSettingsView,
 )
 from workspace.errors import (
-    FailedPrecondition,
     InvalidArgument,
-    NotFound,
     PermissionDenied,
     ResourceExhausted,
 )
@@ -41,8 +39,7 @@ from workspace.identity import Identity
 from workspace.ops.image_refs import visible_image
 from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity
-from workspace.ops.unit import Env, UnitOfWork, write
-from workspace.store.blobs import check_digest
+from workspace.ops.unit import Env, UnitOfWork
 from workspace.store.db import on_rollback
 from workspace.store.mapping import flushed, image_spec, insert_audits
 from workspace.store.models import (
@@ -99,7 +96,7 @@ def audit_record(row: Audit) -> AuditRecord:
 
 
 # s.info keys: the settings row, or on a new site the defaults that stand in for it
-# (looked up once per transaction: every create of a batch asks; ``_bump`` forgets it);
+# (looked up once per transaction: every create of a batch asks; ``bump`` forgets it);
 # image → its envelopes as read in this transaction (a create batch reads each image's
 # once; adding or deleting a signature forgets them).
 _SETTINGS = "trust.settings"
@@ -108,14 +105,14 @@ _ENVELOPES = ENVELOPES_READ  # order-size bounds use them too (ops/order_size.py
 
 @dataclass(frozen=True)
 class Settings:
-    """The trust settings row as read (ops read it; only ``_bump`` writes the row)."""
+    """The trust settings row as read (ops read it; only ``bump`` writes the row)."""
 
     version: int
     mode: str  # WARN | ENFORCE
     stop_running_on_revoke: bool
 
 
-# A new site has no row: its defaults stand in (``_bump`` adds the row).
+# A new site has no row: its defaults stand in (``bump`` adds the row).
 _NEW_SITE = Settings(0, "WARN", False)
 # Every transaction of creates reads it: built once, plain columns (no ORM row).
 _READ_SETTINGS = Prepared(
@@ -142,9 +139,9 @@ def _new_site_settings() -> TrustSettings:
     return TrustSettings(id=1, version=0, mode="WARN", stop_running_on_revoke=False)
 
 
-def _bump(u: UnitOfWork) -> TrustSettings:
+def bump(u: UnitOfWork) -> TrustSettings:
     """A new policy version; every agent gets it at once after the commit (it rides on
-    the assignment stream)."""
+    the assignment stream). Every change to the policy calls it (ops/trust_admin.py)."""
     u.s.info.pop(_SETTINGS, None)
     row = u.s.get(TrustSettings, 1)
     if row is None:
@@ -175,7 +172,7 @@ def node_policy(s: Session) -> tuple[signing.Policy, bool]:
 
 
 # The policy last read, per database (engine), with the version it was read at: every
-# change to the keys, the revoked digests or the mode bumps the version (``_bump``, in
+# change to the keys, the revoked digests or the mode bumps the version (``bump``, in
 # the same transaction; versions grow one by one under the write lock), so the policy of
 # one committed version never changes and a create reads only the settings row.
 # Another replica's change shows as a new version. A transaction that bumped the
@@ -250,96 +247,6 @@ def get_policy(env: Env) -> TrustSettingsView:
         return settings_view(s)
 
 
-def add_key(
-    env: Env, public_key_pem: str, image_patterns: Sequence[str], expires_at: float, comment: str
-) -> TrustSettingsView:
-    """Trust a publisher key for images whose names match ``image_patterns``."""
-    try:
-        kid = signing.key_id(public_key_pem)
-    except signing.SignatureError as exc:
-        raise InvalidArgument(f"the public key is not usable: {exc}") from exc
-    patterns = [p.strip() for p in image_patterns if p.strip()]
-    if not patterns:
-        raise InvalidArgument(
-            f"key {kid[:16]}: give the image name patterns it may sign (e.g. 'team/*')"
-        )
-    now = env.clock()
-    if expires_at and expires_at <= now:
-        raise InvalidArgument(f"key {kid[:16]}: its expiry is in the past")
-    pem = public_key_pem.strip()
-    with write(env) as u:
-        s = u.s
-        row = s.get(TrustKey, kid)
-        if row is not None and row.revoked:
-            raise FailedPrecondition(
-                f"key {kid[:16]} was revoked; a revoked key cannot be trusted again "
-                "(make a new key)"
-            )
-        if row is None:
-            row = TrustKey(key_id=kid, added_at=now, revoked=False)
-            s.add(row)
-        row.public_key_pem = pem + "\n"
-        row.image_patterns = patterns
-        row.expires_at = expires_at
-        row.comment = comment
-        st = _bump(u)
-        s.flush()
-        log.info(
-            "trust: key %s added for %s (policy v%d)", kid[:16], ", ".join(patterns), st.version
-        )
-        shown = settings_view(s)
-    return shown
-
-
-def revoke_key(env: Env, key_id: str) -> TrustSettingsView:
-    key_id = key_id.strip().lower()
-    if not key_id:
-        raise InvalidArgument("give the key id to revoke (`ws-admin trust list` shows them)")
-    with write(env) as u:
-        s = u.s
-        found = list(
-            s.execute(select(TrustKey).where(TrustKey.key_id.startswith(key_id))).scalars()
-        )
-        if not found:
-            raise NotFound(f"no trusted key {key_id!r}; `ws-admin trust list` shows them")
-        if len(found) > 1:
-            raise InvalidArgument(f"key id prefix {key_id!r} is ambiguous; give more of it")
-        found[0].revoked = True
-        st = _bump(u)
-        s.flush()
-        log.info("trust: key %s revoked (policy v%d)", found[0].key_id[:16], st.version)
-        shown = settings_view(s)
-    return shown
-
-
-def revoke_digest(env: Env, digest: str) -> TrustSettingsView:
-    digest = check_digest(digest.strip())
-    with write(env) as u:
-        s = u.s
-        if s.get(RevokedDigest, digest) is None:
-            s.add(RevokedDigest(digest=digest, revoked_at=env.clock()))
-        st = _bump(u)
-        s.flush()
-        log.info("trust: digest %s revoked (policy v%d)", digest, st.version)
-        shown = settings_view(s)
-    return shown
-
-
-def set_mode(env: Env, enforce: bool, stop_on_revoke: bool) -> TrustSettingsView:
-    mode = "ENFORCE" if enforce else "WARN"
-    with write(env) as u:
-        s = u.s
-        now = settings(s)
-        if (now.mode, now.stop_running_on_revoke) == (mode, stop_on_revoke):
-            return settings_view(s)  # already so: no new policy version for the agents
-        st = _bump(u)
-        st.mode = mode
-        st.stop_running_on_revoke = stop_on_revoke
-        s.flush()
-        log.info("trust: mode %s (policy v%d)", st.mode, st.version)
-        return settings_view(s)
-
-
 # -- signatures ------------------------------------------------------------------------------
 
 
@@ -369,6 +276,15 @@ def delete_signatures(s: Session, image_name: str) -> None:
 
 def _verdict(env: Env, s: Session, img: Image, envs: Sequence[str]) -> signing.Verdict:
     return signing.verify(policy(s), image_spec(img), envs, env.clock())
+
+
+def running_verdict(env: Env, s: Session, img: Image, workspace_id: str) -> signing.Verdict:
+    """The policy's verdict on a workspace of ``img`` that runs (or is meant to) when the
+    policy changes; recorded in the audit (action "running"), never raised."""
+    envs = envelopes(s, img.name)
+    v = _verdict(env, s, img, envs)
+    _record_surviving(env, s, [_entry(env, img, v, "running", envs, workspace_id)])
+    return v
 
 
 def _entry(

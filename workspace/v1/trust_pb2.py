@@ -25,41 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18workspace/v1/trust.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\nTrustedKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\x12\x16\n\x0eimage_patterns\x18\x03 \x03(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x0bTrustPolicy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x04mode\x18\x02 \x01(\x0e\x32\x17.workspace.v1.TrustMode\x12&\n\x04keys\x18\x03 \x03(\x0b\x32\x18.workspace.v1.TrustedKey\x12\x17\n\x0frevoked_digests\x18\x04 \x03(\t\x12\x1e\n\x16stop_running_on_revoke\x18\x05 \x01(\x08\";\n\x13\x41\x64\x64SignatureRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x15\n\renvelope_json\x18\x02 \x01(\t\"\'\n\x16ImageSignaturesRequest\x12\r\n\x05image\x18\x01 \x01(\t\"\x81\x01\n\x0fImageSignatures\x12\r\n\x05image\x18\x01 \x01(\t\x12\x16\n\x0e\x65nvelopes_json\x18\x02 \x03(\t\x12\x0f\n\x07trusted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\"\x12\n\x10GetPolicyRequest\"\x80\x01\n\rAddKeyRequest\x12\x16\n\x0epublic_key_pem\x18\x01 \x01(\t\x12\x16\n\x0eimage_patterns\x18\x02 \x03(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"%\n\x13RevokeDigestRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"W\n\x0eSetModeRequest\x12%\n\x04mode\x18\x01 \x01(\x0e\x32\x17.workspace.v1.TrustMode\x12\x1e\n\x16stop_running_on_revoke\x18\x02 \x01(\x08\"\xd1\x01\n\nAuditEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05where\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\x0f\n\x07verdict\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x14\n\x0cworkspace_id\x18\n \x01(\t\"0\n\x10ListAuditRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\r\n\x05image\x18\x02 \x01(\t\">\n\x11ListAuditResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.workspace.v1.AuditEntry*T\n\tTrustMode\x12\x1a\n\x16TRUST_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTRUST_MODE_WARN\x10\x01\x12\x16\n\x12TRUST_MODE_ENFORCE\x10\x02\x32\xe1\x04\n\x05Trust\x12P\n\x0c\x41\x64\x64Signature\x12!.workspace.v1.AddSignatureRequest\x1a\x1d.workspace.v1.ImageSignatures\x12T\n\rGetSignatures\x12$.workspace.v1.ImageSignaturesRequest\x1a\x1d.workspace.v1.ImageSignatures\x12\x46\n\tGetPolicy\x12\x1e.workspace.v1.GetPolicyRequest\x1a\x19.workspace.v1.TrustPolicy\x12@\n\x06\x41\x64\x64Key\x12\x1b.workspace.v1.AddKeyRequest\x1a\x19.workspace.v1.TrustPolicy\x12\x46\n\tRevokeKey\x12\x1e.workspace.v1.RevokeKeyRequest\x1a\x19.workspace.v1.TrustPolicy\x12L\n\x0cRevokeDigest\x12!.workspace.v1.RevokeDigestRequest\x1a\x19.workspace.v1.TrustPolicy\x12\x42\n\x07SetMode\x12\x1c.workspace.v1.SetModeRequest\x1a\x19.workspace.v1.TrustPolicy\x12L\n\tListAudit\x12\x1e.workspace.v1.ListAuditRequest\x1a\x1f.workspace.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18workspace/v1/trust.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\nTrustedKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\x12\x16\n\x0eimage_patterns\x18\x03 \x03(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x0bTrustPolicy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12%\n\x04mode\x18\x02 \x01(\x0e\x32\x17.workspace.v1.TrustMode\x12&\n\x04keys\x18\x03 \x03(\x0b\x32\x18.workspace.v1.TrustedKey\x12\x17\n\x0frevoked_digests\x18\x04 \x03(\t\x12\x1e\n\x16stop_running_on_revoke\x18\x05 \x01(\x08\x12\x0e\n\x06\x63hange\x18\x06 \x01(\t\";\n\x13\x41\x64\x64SignatureRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x15\n\renvelope_json\x18\x02 \x01(\t\"\'\n\x16ImageSignaturesRequest\x12\r\n\x05image\x18\x01 \x01(\t\"\x81\x01\n\x0fImageSignatures\x12\r\n\x05image\x18\x01 \x01(\t\x12\x16\n\x0e\x65nvelopes_json\x18\x02 \x03(\t\x12\x0f\n\x07trusted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\"\x12\n\x10GetPolicyRequest\"\x80\x01\n\rAddKeyRequest\x12\x16\n\x0epublic_key_pem\x18\x01 \x01(\t\x12\x16\n\x0eimage_patterns\x18\x02 \x03(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"%\n\x13RevokeDigestRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"W\n\x0eSetModeRequest\x12%\n\x04mode\x18\x01 \x01(\x0e\x32\x17.workspace.v1.TrustMode\x12\x1e\n\x16stop_running_on_revoke\x18\x02 \x01(\x08\"\xd1\x01\n\nAuditEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05where\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\x0f\n\x07verdict\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x14\n\x0cworkspace_id\x18\n \x01(\t\"0\n\x10ListAuditRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\r\n\x05image\x18\x02 \x01(\t\">\n\x11ListAuditResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.workspace.v1.AuditEntry*T\n\tTrustMode\x12\x1a\n\x16TRUST_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTRUST_MODE_WARN\x10\x01\x12\x16\n\x12TRUST_MODE_ENFORCE\x10\x02\x32\xe1\x04\n\x05Trust\x12P\n\x0c\x41\x64\x64Signature\x12!.workspace.v1.AddSignatureRequest\x1a\x1d.workspace.v1.ImageSignatures\x12T\n\rGetSignatures\x12$.workspace.v1.ImageSignaturesRequest\x1a\x1d.workspace.v1.ImageSignatures\x12\x46\n\tGetPolicy\x12\x1e.workspace.v1.GetPolicyRequest\x1a\x19.workspace.v1.TrustPolicy\x12@\n\x06\x41\x64\x64Key\x12\x1b.workspace.v1.AddKeyRequest\x1a\x19.workspace.v1.TrustPolicy\x12\x46\n\tRevokeKey\x12\x1e.workspace.v1.RevokeKeyRequest\x1a\x19.workspace.v1.TrustPolicy\x12L\n\x0cRevokeDigest\x12!.workspace.v1.RevokeDigestRequest\x1a\x19.workspace.v1.TrustPolicy\x12\x42\n\x07SetMode\x12\x1c.workspace.v1.SetModeRequest\x1a\x19.workspace.v1.TrustPolicy\x12L\n\tListAudit\x12\x1e.workspace.v1.ListAuditRequest\x1a\x1f.workspace.v1.ListAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'workspace.v1.trust_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRUSTMODE']._serialized_start=1326
-  _globals['_TRUSTMODE']._serialized_end=1410
+  _globals['_TRUSTMODE']._serialized_start=1342
+  _globals['_TRUSTMODE']._serialized_end=1426
   _globals['_TRUSTEDKEY']._serialized_start=76
   _globals['_TRUSTEDKEY']._serialized_end=280
   _globals['_TRUSTPOLICY']._serialized_start=283
-  _globals['_TRUSTPOLICY']._serialized_end=449
-  _globals['_ADDSIGNATUREREQUEST']._serialized_start=451
-  _globals['_ADDSIGNATUREREQUEST']._serialized_end=510
-  _globals['_IMAGESIGNATURESREQUEST']._serialized_start=512
-  _globals['_IMAGESIGNATURESREQUEST']._serialized_end=551
-  _globals['_IMAGESIGNATURES']._serialized_start=554
-  _globals['_IMAGESIGNATURES']._serialized_end=683
-  _globals['_GETPOLICYREQUEST']._serialized_start=685
-  _globals['_GETPOLICYREQUEST']._serialized_end=703
-  _globals['_ADDKEYREQUEST']._serialized_start=706
-  _globals['_ADDKEYREQUEST']._serialized_end=834
-  _globals['_REVOKEKEYREQUEST']._serialized_start=836
-  _globals['_REVOKEKEYREQUEST']._serialized_end=870
-  _globals['_REVOKEDIGESTREQUEST']._serialized_start=872
-  _globals['_REVOKEDIGESTREQUEST']._serialized_end=909
-  _globals['_SETMODEREQUEST']._serialized_start=911
-  _globals['_SETMODEREQUEST']._serialized_end=998
-  _globals['_AUDITENTRY']._serialized_start=1001
-  _globals['_AUDITENTRY']._serialized_end=1210
-  _globals['_LISTAUDITREQUEST']._serialized_start=1212
-  _globals['_LISTAUDITREQUEST']._serialized_end=1260
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1262
-  _globals['_LISTAUDITRESPONSE']._serialized_end=1324
-  _globals['_TRUST']._serialized_start=1413
-  _globals['_TRUST']._serialized_end=2022
+  _globals['_TRUSTPOLICY']._serialized_end=465
+  _globals['_ADDSIGNATUREREQUEST']._serialized_start=467
+  _globals['_ADDSIGNATUREREQUEST']._serialized_end=526
+  _globals['_IMAGESIGNATURESREQUEST']._serialized_start=528
+  _globals['_IMAGESIGNATURESREQUEST']._serialized_end=567
+  _globals['_IMAGESIGNATURES']._serialized_start=570
+  _globals['_IMAGESIGNATURES']._serialized_end=699
+  _globals['_GETPOLICYREQUEST']._serialized_start=701
+  _globals['_GETPOLICYREQUEST']._serialized_end=719
+  _globals['_ADDKEYREQUEST']._serialized_start=722
+  _globals['_ADDKEYREQUEST']._serialized_end=850
+  _globals['_REVOKEKEYREQUEST']._serialized_start=852
+  _globals['_REVOKEKEYREQUEST']._serialized_end=886
+  _globals['_REVOKEDIGESTREQUEST']._serialized_start=888
+  _globals['_REVOKEDIGESTREQUEST']._serialized_end=925
+  _globals['_SETMODEREQUEST']._serialized_start=927
+  _globals['_SETMODEREQUEST']._serialized_end=1014
+  _globals['_AUDITENTRY']._serialized_start=1017
+  _globals['_AUDITENTRY']._serialized_end=1226
+  _globals['_LISTAUDITREQUEST']._serialized_start=1228
+  _globals['_LISTAUDITREQUEST']._serialized_end=1276
+  _globals['_LISTAUDITRESPONSE']._serialized_start=1278
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1340
+  _globals['_TRUST']._serialized_start=1429
+  _globals['_TRUST']._serialized_end=2038
 # @@protoc_insertion_point(module_scope)

@@ -61,7 +61,9 @@ class TrustedKey(_message.Message):
     comment: _builtins.str
     @_builtins.property
     def image_patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """fnmatch patterns of image names it may sign"""
+        """fnmatch patterns of the images it may sign, matched against the full NAME:VERSION
+        ("app:*" or "app*" for every version of app; "app" matches none of them).
+        """
 
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
@@ -97,11 +99,17 @@ class TrustPolicy(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     REVOKED_DIGESTS_FIELD_NUMBER: _builtins.int
     STOP_RUNNING_ON_REVOKE_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """grows with every change"""
     mode: Global___TrustMode.ValueType
     stop_running_on_revoke: _builtins.bool
     """What to do with running VMs whose image becomes untrusted: false = report only."""
+    change: _builtins.str
+    """In the answer to AddKey, RevokeKey, RevokeDigest or SetMode: what the change did, in
+    words ("key 0a1b2c3d4e5f6789: patterns app* -> other*", "key ... revoked (policy
+    v7); stopped 2 workspace(s): a, b"); empty elsewhere.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrustedKey]: ...
     @_builtins.property
@@ -114,10 +122,11 @@ class TrustPolicy(_message.Message):
         keys: _abc.Iterable[Global___TrustedKey] | None = ...,
         revoked_digests: _abc.Iterable[_builtins.str] | None = ...,
         stop_running_on_revoke: _builtins.bool = ...,
+        change: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "mode", b"mode", "revoked_digests", b"revoked_digests", "stop_running_on_revoke", b"stop_running_on_revoke", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "keys", b"keys", "mode", b"mode", "revoked_digests", b"revoked_digests", "stop_running_on_revoke", b"stop_running_on_revoke", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +261,9 @@ class RevokeKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
+    """The full key id (64 hex digits), or a prefix of at least 8 of them that exactly one
+    key has.
+    """
     def __init__(
         self,
         *,
