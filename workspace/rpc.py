@@ -32,6 +32,7 @@ import grpc
 from workspace import failover, identity
 from workspace.config import TlsConfig
 from workspace.errors import ConfigError
+from workspace.rpc_decode import DecodeRequests
 
 log = logging.getLogger("workspace.rpc")
 
@@ -164,11 +165,12 @@ def server(
     thread_name_prefix: str = "rpc",
 ) -> grpc.Server:
     """A server with its own pool of ``max_workers`` threads; calls beyond
-    ``maximum_concurrent_rpcs`` (running or queued) are refused with RESOURCE_EXHAUSTED."""
+    ``maximum_concurrent_rpcs`` (running or queued) are refused with RESOURCE_EXHAUSTED.
+    A request that is not a valid message is refused with INVALID_ARGUMENT (rpc_decode.py)."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix),
         options=_SERVER_OPTIONS,
-        interceptors=interceptors,
+        interceptors=[*interceptors, DecodeRequests()],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
 

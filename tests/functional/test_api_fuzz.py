@@ -692,6 +692,36 @@ def test_a_blob_read_from_its_end_is_empty(fuzz: Fuzz) -> None:
     assert call(channel, m, [request]) == (grpc.StatusCode.OK, "")
 
 
+@pytest.mark.parametrize(
+    ("path", "payloads"),
+    [
+        ("/workspace.v1.Workspaces/GetWorkspace", [b"\xff\xff\xff\xff\x0f"]),  # bad varint
+        ("/workspace.v1.Workspaces/CreateWorkspace", [b"\x0a\x02\xc3\x28"]),  # not UTF-8
+        ("/workspace.v1.Workspaces/WatchWorkspaces", [b"\x0a\x05ab"]),  # truncated
+        ("/workspace.v1.Images/UploadBlob", [b"\x0a\x01", b"\x12"]),  # a request stream
+    ],
+)
+def test_bytes_that_are_no_message_are_invalid_argument(
+    fuzz: Fuzz, path: str, payloads: list[bytes]
+) -> None:
+    """A client of another language sending a broken message is told so, not INTERNAL."""
+    channel = fuzz.site.stubs.channel
+    method = path.rsplit("/", 1)[-1]
+    with pytest.raises(grpc.RpcError) as err:
+        if path.endswith("UploadBlob"):
+            channel.stream_unary(path)(iter(payloads), timeout=DEADLINE_S)
+        elif path.endswith("WatchWorkspaces"):
+            list(channel.unary_stream(path)(payloads[0], timeout=DEADLINE_S))
+        else:
+            channel.unary_unary(path)(payloads[0], timeout=DEADLINE_S)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert (err.value.details() or "").startswith(
+        f"{method}: the request is not a valid message of its type ("
+    )
+    assert not fuzz.logs.take()
+    check_still_serving(fuzz.site)
+
+
 def test_the_site_still_creates_after_the_fuzz(fuzz: Fuzz) -> None:
     """Last in the module: after everything above, undo what the fuzzed admin calls may
     legitimately have done (node1 removed or drained, trust enforced, img's digest
