@@ -562,3 +562,31 @@ def test_create_disk_options_are_validated(site: Site, client: Client, tmp_path:
         site.stubs.ws.CreateWorkspace(req)
     assert "already used for a different request" in str(exc.value.details())
     wait_for(lambda: client.get_workspace("one").state == WS.WORKSPACE_STATE_RUNNING)
+
+
+def test_a_refused_blob_leaves_the_repository_at_once(tmp_path: Path) -> None:
+    """A blob an import refuses is not kept for blob_grace_s: it no longer counts in the
+    sender's usage, so the push of a fixed file fits in the quota again."""
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 3 * MiB})
+    client = Client(site.address)
+    try:
+        s = site.stubs
+        bad = qcow2_header(size=8 * MiB)[:100].ljust(2 * MiB, b"\0")  # a broken qcow2
+        digest = s.upload(bad)
+        assert client.repository_usage().used_bytes == 2 * MiB
+        req = images_pb2.ImportImageRequest(
+            name="app:1",
+            partitions=[common_pb2.Partition(name="root", digest=digest, format="qcow2")],
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            s.images.ImportImage(req)
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.repository_usage().used_bytes == 0
+        assert client.has_blobs([digest]) == [digest]
+        assert list((Path(site.cfg.data_dir) / "blobs" / "sha256").iterdir()) == []
+        good = write(tmp_path / "good.raw", b"good", 2 * MiB)
+        client.push_image("app:1", Manifest((PartitionSpec("root", "cow", good),)))
+        assert client.repository_usage().used_bytes == 2 * MiB
+    finally:
+        client.close()
+        site.close()
