@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import update
 
 from images import digest as digests
 from images import mkfs
@@ -23,6 +24,7 @@ from tests.functional.harness import WS, Site, wait_for
 from tests.unit.test_formats import qcow2_header
 from workspace.client import Client, blank_partition
 from workspace.node.v1 import nodes_pb2
+from workspace.store import Image
 from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
 
 MiB = 1024 * 1024
@@ -378,11 +380,15 @@ def test_a_name_without_its_version_is_refused_naming_the_versions_one_sees(
         service = site.service
         assert service is not None
         part = common_pb2.Partition(name="root", format="raw", mode=COW)
-        for owner, name in (("alice", "al:1"), ("alice", "al:2"), ("bob", "al:9")):
+        for owner, name in (("alice", "al:1"), ("alice", "al:2"), ("bob", "bl:9")):
             part.digest = service.catalog.upload_blob(iter([b"\0" * 512]), owner).digest
             service.catalog.import_image(
                 owner, images_pb2.ImportImageRequest(name=name, partitions=[part])
             )
+        # bob's al:9 as a site may have it from before a NAME was held by one owner or
+        # project (a push of it is refused now: alice holds "al").
+        with service.catalog.catalog.env.store.write() as s:
+            s.execute(update(Image).where(Image.name == "bl:9").values(name="al:9"))
         from workspace.errors import NotFound
 
         hint = "(an image is NAME:VERSION); versions of al you can use: al:2, al:1"

@@ -25,7 +25,7 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.ops import blob_access, projects, refusals, seeds, trust
-from workspace.ops.image_refs import may_use, unknown_image, visible_image
+from workspace.ops.image_refs import may_use, name_taken, unknown_image, visible_image
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
     Scope,
@@ -41,6 +41,13 @@ from workspace.store.blobs import BlobRepository, check_digest
 from workspace.store.mapping import bound_spec, image_spec, partitions_column
 
 log = logging.getLogger("workspace.ops.images")
+
+# A NAME another project holds versions of: "already exists", as an exact NAME:VERSION is
+# (whose it is and what it holds stay unsaid).
+_NAME_TAKEN = (
+    "image {0!r} already exists: its NAME is another project's; pick another name "
+    "(sites give each project a prefix by convention)"
+)
 
 # Digests one HasBlobs may ask about.
 MAX_HAS_BLOBS = 1024
@@ -382,6 +389,8 @@ class Catalog:
             img.public = ident.admin and not img.project and site_image
             if s.get(Image, req.image) is not None:
                 raise AlreadyExists(f"image {req.image!r} already exists; pick a new version")
+            if name_taken(s, req.image, img.project or "", owner):
+                raise AlreadyExists(_NAME_TAKEN.format(req.image))
             digests = set(spec.digests())
             for d in digests:  # a DeleteImage may have removed it since the checks above
                 if not self.blobs.has(d):
