@@ -596,3 +596,34 @@ def test_a_refused_blob_leaves_the_repository_at_once(tmp_path: Path) -> None:
     finally:
         client.close()
         site.close()
+
+
+def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
+    """The import's checks and the service's size limits run on the local files before
+    a byte is hashed or sent (a 15 TiB sparse file is not hashed for minutes)."""
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 64 * MiB})
+    client = Client(site.address)
+    steps: list[str] = []
+    try:
+        usage = client.repository_usage()
+        assert usage.max_virtual_bytes == site.cfg.limits.max_virtual_bytes
+        assert usage.max_blob_bytes == site.cfg.limits.max_blob_bytes
+        huge = write(tmp_path / "huge.raw", b"", 15 * 1024**4)
+        backing = write(tmp_path / "b.qcow2", qcow2_header(backing_offset=512, backing_len=9))
+        broken = write(tmp_path / "x.qcow2", qcow2_header(size=8 * MiB)[:100])
+        text = write(tmp_path / "notes.raw", b"not a disk, 27 bytes long.\n")
+        for path, error, pattern in (
+            (huge, "ResourceExhausted", "more than the service takes in a file"),
+            (backing, "InvalidArgument", "partition root: qcow2 names a backing file"),
+            (broken, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
+            (text, "InvalidArgument", "whole 512-byte sectors, this file has 27 bytes"),
+        ):
+            m = Manifest((PartitionSpec("root", "cow", path),))
+            with pytest.raises(Exception, match=pattern) as ei:
+                client.push_image("x:1", m, lambda step, *_: steps.append(step))
+            assert type(ei.value).__name__ == error
+        assert steps == []
+        assert list((Path(site.cfg.data_dir) / "blobs" / "sha256").iterdir()) == []
+    finally:
+        client.close()
+        site.close()

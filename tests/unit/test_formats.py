@@ -379,3 +379,17 @@ def test_sniff_sees_an_iso_only_at_its_offset() -> None:
     assert sniff(iso_image()) == "iso"
     assert sniff(b"CD001" + b"\0" * 40000) == "raw"
     assert sniff(iso_image()[:32772]) == "raw"  # cut before the magic ends
+
+
+def test_push_progress_says_when_it_hashes_a_big_file_off_a_terminal() -> None:
+    import io
+
+    from workspace.cli import progress
+
+    out = io.StringIO()
+    bar = progress.PushProgress("ws", out)
+    total = 2 * progress.BIG_FILE
+    bar("hash", "/x/huge.raw", 0, total)
+    bar("hash", "/x/huge.raw", total // 2, total)  # within LINE_EVERY_S: not said
+    bar("hash", "/x/small.raw", 0, 1024)
+    assert out.getvalue() == "ws: huge.raw: hashing 512.0 MiB\n"

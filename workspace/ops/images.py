@@ -488,7 +488,14 @@ class Catalog:
         ident = as_identity(who)
         with self.env.store.read() as s:
             used = sum(self._sizes(s, self._counted(s, ident)).values())
-        return RepositoryUsage(ident.name, used, self.env.cfg.limits.repo_quota_bytes_per_user)
+        limits = self.env.cfg.limits
+        return RepositoryUsage(
+            ident.name,
+            used,
+            limits.repo_quota_bytes_per_user,
+            limits.max_blob_bytes,
+            limits.max_virtual_bytes,
+        )
 
 
 class RefusedBlob(ImageError):
