@@ -3,8 +3,11 @@
 We never let qemu guess a format. An uploaded file is checked here first: a
 qcow2 that names a backing file or an external data file (which would make
 QEMU open a path of the uploader's choosing; CVE-2024-32498 and earlier), an
-encrypted qcow2, a declared format that does not match the content, or a
-virtual size beyond the site's limit is refused.
+encrypted qcow2, a qcow2 whose header or tables do not hold together (qemu-img
+would fail on it later, on a node, naming the overlay instead), a raw disk
+whose size is not whole 512-byte sectors, an ISO 9660 image, a declared format
+that does not match the content, or a virtual size beyond the site's limit is
+refused. The same checks run in `ws image push` before a file is hashed.
 """
 
 from __future__ import annotations
@@ -21,8 +24,24 @@ _OTHER_MAGICS = {
     b"LUKS\xba\xbe": "luks",
     b"QED\0": "qed",
 }
+# ISO 9660: the primary volume descriptor's "CD001" at 32769 (sector 16, byte 1).
+_ISO_MAGIC = b"CD001"
+_ISO_OFFSET = 32769
+# The bytes of a file ``sniff`` needs to tell every format it knows.
+SNIFF_BYTES = _ISO_OFFSET + len(_ISO_MAGIC)
+SECTOR = 512
+
+_QCOW2_INCOMPAT_CORRUPT = 1 << 1
 _QCOW2_INCOMPAT_EXTERNAL_DATA = 1 << 2
+_QCOW2_INCOMPAT_EXTENDED_L2 = 1 << 4
 _QCOW2_KNOWN_INCOMPAT = 0b11111  # dirty, corrupt, external data, compression type, extended L2
+# QEMU's own bounds (block/qcow2.h): cluster_bits, and the largest L1 and refcount tables.
+_MIN_CLUSTER_BITS = 9
+_MAX_CLUSTER_BITS = 21
+_MAX_L1_BYTES = 32 * 1024 * 1024
+_MAX_REFTABLE_BYTES = 8 * 1024 * 1024
+_V2_HEADER = 72
+_V3_HEADER = 104
 
 
 class UnsafeImage(ValueError):
@@ -37,7 +56,8 @@ class ImageInfo:
 
 
 def sniff(header: bytes) -> str:
-    """The format a header looks like: qcow2, another known container, or raw."""
+    """The format a file's first bytes (``SNIFF_BYTES`` of them to see an ISO) look like:
+    qcow2, another known container, iso, or raw."""
     if header.startswith(QCOW2_MAGIC):
         return "qcow2"
     for magic, name in _OTHER_MAGICS.items():
@@ -45,13 +65,33 @@ def sniff(header: bytes) -> str:
             return name
     if len(header) >= 68 and header[64:68] == b"\x7f\x10\xda\xbe":
         return "vdi"
+    if header[_ISO_OFFSET:SNIFF_BYTES] == _ISO_MAGIC:
+        return "iso"
     return "raw"
 
 
-def _check_qcow2(header: bytes, what: str) -> int:
-    if len(header) < 72:
-        raise UnsafeImage(f"{what}: truncated qcow2 header")
-    (version, backing_off, backing_len, _cluster_bits, size, crypt) = struct.unpack(
+def sniff_file(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb") as f:
+        return sniff(f.read(SNIFF_BYTES))
+
+
+def _table(what: str, name: str, offset: int, size: int, cluster: int, file_size: int) -> None:
+    """A qcow2 table of ``size`` bytes at ``offset``: cluster-aligned, inside the file."""
+    if offset % cluster:
+        raise UnsafeImage(
+            f"{what}: broken qcow2: the {name} offset {offset:#x} is not cluster-aligned"
+        )
+    if size and offset + size > file_size:
+        raise UnsafeImage(
+            f"{what}: broken qcow2: the {name} ({size} bytes at {offset:#x}) lies beyond "
+            f"the end of the file ({file_size} bytes); is it truncated?"
+        )
+
+
+def _check_qcow2(header: bytes, file_size: int, what: str) -> int:
+    if len(header) < _V2_HEADER:
+        raise UnsafeImage(f"{what}: truncated qcow2 header ({len(header)} bytes)")
+    (version, backing_off, backing_len, cluster_bits, size, crypt) = struct.unpack(
         ">IQIIQI", header[4:36]
     )
     if version not in (2, 3):
@@ -60,14 +100,59 @@ def _check_qcow2(header: bytes, what: str) -> int:
         raise UnsafeImage(f"{what}: qcow2 names a backing file; upload a self-contained image")
     if crypt:
         raise UnsafeImage(f"{what}: encrypted qcow2 images are not accepted")
+    incompat = 0
+    header_len = _V2_HEADER
     if version == 3:
-        if len(header) < 80:
-            raise UnsafeImage(f"{what}: truncated qcow2 v3 header")
+        if len(header) < _V3_HEADER:
+            raise UnsafeImage(f"{what}: truncated qcow2 v3 header ({len(header)} bytes)")
         (incompat,) = struct.unpack(">Q", header[72:80])
+        (refcount_order, header_len) = struct.unpack(">II", header[96:104])
         if incompat & _QCOW2_INCOMPAT_EXTERNAL_DATA:
             raise UnsafeImage(f"{what}: qcow2 uses an external data file; not accepted")
+        if incompat & _QCOW2_INCOMPAT_CORRUPT:
+            raise UnsafeImage(
+                f"{what}: the qcow2 is marked corrupt; repair it (qemu-img check -r all) "
+                "or convert it again"
+            )
         if incompat & ~_QCOW2_KNOWN_INCOMPAT:
             raise UnsafeImage(f"{what}: qcow2 has unknown incompatible features {incompat:#x}")
+        if header_len < _V3_HEADER:
+            raise UnsafeImage(
+                f"{what}: broken qcow2: header length {header_len} (a v3 header has at "
+                f"least {_V3_HEADER} bytes)"
+            )
+        if refcount_order > 6:
+            raise UnsafeImage(f"{what}: broken qcow2: refcount order {refcount_order} (at most 6)")
+    if not _MIN_CLUSTER_BITS <= cluster_bits <= _MAX_CLUSTER_BITS:
+        raise UnsafeImage(
+            f"{what}: broken qcow2: cluster_bits {cluster_bits} (qemu accepts "
+            f"{_MIN_CLUSTER_BITS} to {_MAX_CLUSTER_BITS})"
+        )
+    cluster = 1 << cluster_bits
+    if header_len > cluster:
+        raise UnsafeImage(
+            f"{what}: broken qcow2: header length {header_len} exceeds the cluster size {cluster}"
+        )
+    if file_size < header_len:
+        raise UnsafeImage(
+            f"{what}: truncated qcow2: the file has {file_size} bytes, its header {header_len}"
+        )
+    (l1_entries, l1_off, rt_off, rt_clusters, nb_snapshots, snap_off) = struct.unpack(
+        ">IQQIIQ", header[36:72]
+    )
+    l2_entry = 16 if incompat & _QCOW2_INCOMPAT_EXTENDED_L2 else 8
+    l1_span = cluster * (cluster // l2_entry)  # the guest bytes one L1 entry maps
+    if l1_entries * 8 > _MAX_L1_BYTES or l1_entries < -(-size // l1_span):
+        raise UnsafeImage(
+            f"{what}: broken qcow2: an L1 table of {l1_entries} entries does not fit its "
+            f"virtual size of {size} bytes"
+        )
+    _table(what, "L1 table", l1_off, l1_entries * 8, cluster, file_size)
+    if rt_clusters == 0 or rt_clusters * cluster > _MAX_REFTABLE_BYTES:
+        raise UnsafeImage(f"{what}: broken qcow2: a refcount table of {rt_clusters} cluster(s)")
+    _table(what, "refcount table", rt_off, rt_clusters * cluster, cluster, file_size)
+    if nb_snapshots:
+        _table(what, "snapshot table", snap_off, 1, cluster, file_size)
     return int(size)
 
 
@@ -79,16 +164,33 @@ def inspect(
         raise UnsafeImage(f"{what}: format {declared_format!r} is not supported (raw, qcow2)")
     file_size = os.stat(path).st_size
     with open(path, "rb") as f:
-        header = f.read(4096)
+        header = f.read(SNIFF_BYTES)
     actual = sniff(header)
+    if actual == "iso":
+        raise UnsafeImage(f"{what}: {ISO_REFUSED}")
     if actual != declared_format:
         raise UnsafeImage(
             f"{what}: declared {declared_format} but the content is {actual}; "
             f"declare the real format"
         )
-    virtual = _check_qcow2(header, what) if actual == "qcow2" else file_size
+    if actual == "qcow2":
+        virtual = _check_qcow2(header[:4096], file_size, what)
+    else:
+        if file_size % SECTOR:
+            raise UnsafeImage(
+                f"{what}: a raw disk is whole {SECTOR}-byte sectors, this file has "
+                f"{file_size} bytes; is it a disk image? (pad it: truncate -s %{SECTOR} FILE)"
+            )
+        virtual = file_size
     if virtual > max_virtual_bytes:
         raise UnsafeImage(
             f"{what}: virtual size {virtual} bytes exceeds the limit of {max_virtual_bytes}"
         )
     return ImageInfo(actual, virtual, file_size)
+
+
+ISO_REFUSED = (
+    "the file is an ISO 9660 (CD/DVD) image, not a disk image; images here are disks "
+    "(raw or qcow2): install from it into a disk (virt-install, then push that disk), "
+    "or put its files in a disk image"
+)

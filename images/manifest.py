@@ -257,8 +257,9 @@ def single(path: str | os.PathLike[str], fmt: str = "") -> Manifest:
 
 def detect_format(path: str | os.PathLike[str]) -> str:
     """raw or qcow2 from the file's content; other containers are refused."""
-    with open(path, "rb") as f:
-        found = formats.sniff(f.read(4096))
+    found = formats.sniff_file(path)
+    if found == "iso":
+        raise ManifestError(f"{path}: {formats.ISO_REFUSED}")
     if found not in FORMATS:
         raise ManifestError(
             f"{path}: the file is {found}, not raw or qcow2; convert it first "

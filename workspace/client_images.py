@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from images import formats, signing
 from images import manifest as image_manifest
-from images import signing
 from workspace import errors
 from workspace.codec import v1 as codec_v1
 from workspace.v1 import (
@@ -266,6 +266,10 @@ class ImagesClientMixin:
             raise errors.InvalidArgument(
                 f"you are a member of {', '.join(mine)}: say which with --project"
             )
+        project_limit = quotas.projects[0].limits.image_bytes if len(quotas.projects) == 1 else 0
+        usage = self.repository_usage()
+        _check_sizes(manifest, usage, project_limit)
+        _inspect(manifest, fmts, usage.max_virtual_bytes or image_manifest.MAX_SIZE)
         for attempt in range(2):
             digests = self._hash_files(manifest, progress)
             uploaded, sent = self._send_missing(digests, progress)
@@ -400,6 +404,38 @@ def _formats(manifest: image_manifest.Manifest) -> dict[str, str]:
         except image_manifest.ManifestError as exc:
             raise errors.InvalidArgument(f"partition {p.name}: {exc}") from None
     return out
+
+
+def _inspect(manifest: image_manifest.Manifest, fmts: Mapping[str, str], limit: int) -> None:
+    """The service's checks at import (images/formats.py), on the local files: nothing is
+    hashed or sent that it would refuse."""
+    for p in manifest.partitions:
+        if p.file is not None:
+            try:
+                formats.inspect(p.file, fmts[p.name], limit, f"partition {p.name}")
+            except formats.UnsafeImage as exc:
+                raise errors.InvalidArgument(f"{exc} ({p.file}); nothing sent") from None
+
+
+def _check_sizes(
+    manifest: image_manifest.Manifest, usage: images_pb2.RepositoryUsage, project_limit: int
+) -> None:
+    """ResourceExhausted, before anything is hashed, for a file larger than the service
+    takes as a blob, or than the caller's repository quota or their project's image
+    bytes (0: none) alone: no import of it could ever fit."""
+    for path in dict.fromkeys(manifest.files()):
+        if not path.is_file():
+            continue  # said by _hash_files
+        size = path.stat().st_size
+        for limit, what in (
+            (usage.max_blob_bytes, "the service takes in a file (limits.max_blob_bytes)"),
+            (usage.quota_bytes, "your repository quota (limits.repo_quota_bytes_per_user)"),
+            (project_limit, "your project's image bytes quota"),
+        ):
+            if limit and size > limit:
+                raise errors.ResourceExhausted(
+                    f"{path}: {size} bytes, more than {what} of {limit} bytes; nothing sent"
+                )
 
 
 def _push_partitions(

@@ -89,7 +89,7 @@ def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("cli") / "site"
     ok(d, "admin", "site", "up", "--driver", "fake", "--dir", str(d))
     disk = d.parent / "disk.img"
-    disk.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    disk.write_bytes(os.urandom(3 * 1024 * 1024 + 512))
     try:
         ok(d, "admin", "image", "import", IMAGE, str(disk))
         yield d
@@ -137,7 +137,7 @@ def test_admin_lists(site_dir: Path) -> None:
     img = next(i for i in images if i["name"] == IMAGE)  # type: ignore[union-attr, index]
     part = img["partitions"][0]
     assert (part["name"], part["mode"], part["format"]) == ("root", "COW", "raw")
-    assert part["size_bytes"] == 3 * 1024 * 1024 + 17 and part["digest"].startswith("sha256:")
+    assert part["size_bytes"] == 3 * 1024 * 1024 + 512 and part["digest"].startswith("sha256:")
     text = ok(site_dir, "ws", "image", "show", IMAGE).out
     assert "root" in text and "COW" in text
     assert IMAGE in ok(site_dir, "admin", "image", "list").out
@@ -334,7 +334,7 @@ def test_a_site_keeps_its_state_and_driver_until_purged(tmp_path: Path) -> None:
     d = tmp_path / "site3"
     ok(d, "admin", "site", "up", "--driver", "fake", "--dir", str(d))
     disk = tmp_path / "disk.img"
-    disk.write_bytes(os.urandom(1024 * 1024 + 5))
+    disk.write_bytes(os.urandom(1024 * 1024 + 512))
     ok(d, "admin", "image", "import", "kept-img", str(disk))
     ok(d, "ws", "create", "--image", "kept-img", "--name", "kept", "--wait")
     (d / "notes.txt").write_text("not the site's")

@@ -28,7 +28,7 @@ def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("clu") / "site"
     ok(d, "admin", "site", "up", "--driver", "fake", "--dir", str(d))
     disk = d.parent / "disk.img"
-    disk.write_bytes(os.urandom(1024 * 1024 + 3))
+    disk.write_bytes(os.urandom(1024 * 1024 + 512))
     try:
         ok(d, "admin", "image", "import", IMAGE, str(disk))
         yield d

@@ -166,6 +166,9 @@ def test_unsafe_image_is_refused(site: Site, tmp_path: Path) -> None:
     err = rpc_error(site.stubs.images.ImportImage, req)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "backing file" in err.details()
+    # The refused blob left the repository: it is sent again.
+    assert list(site.stubs.images.HasBlobs(images_pb2.HasBlobsRequest(digests=[digest])).missing)
+    assert site.stubs.upload(hostile) == digest
     req.partitions[0].format = "raw"
     err = rpc_error(site.stubs.images.ImportImage, req)
     assert "declared raw but the content is qcow2" in err.details()

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import update
 
 from images import digest as digests
 from images import mkfs
@@ -23,6 +24,7 @@ from tests.functional.harness import WS, Site, wait_for
 from tests.unit.test_formats import qcow2_header
 from workspace.client import Client, blank_partition
 from workspace.node.v1 import nodes_pb2
+from workspace.store import Image
 from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
 
 MiB = 1024 * 1024
@@ -378,11 +380,15 @@ def test_a_name_without_its_version_is_refused_naming_the_versions_one_sees(
         service = site.service
         assert service is not None
         part = common_pb2.Partition(name="root", format="raw", mode=COW)
-        for owner, name in (("alice", "al:1"), ("alice", "al:2"), ("bob", "al:9")):
+        for owner, name in (("alice", "al:1"), ("alice", "al:2"), ("bob", "bl:9")):
             part.digest = service.catalog.upload_blob(iter([b"\0" * 512]), owner).digest
             service.catalog.import_image(
                 owner, images_pb2.ImportImageRequest(name=name, partitions=[part])
             )
+        # bob's al:9 as a site may have it from before a NAME was held by one owner or
+        # project (a push of it is refused now: alice holds "al").
+        with service.catalog.catalog.env.store.write() as s:
+            s.execute(update(Image).where(Image.name == "bl:9").values(name="al:9"))
         from workspace.errors import NotFound
 
         hint = "(an image is NAME:VERSION); versions of al you can use: al:2, al:1"
@@ -562,3 +568,62 @@ def test_create_disk_options_are_validated(site: Site, client: Client, tmp_path:
         site.stubs.ws.CreateWorkspace(req)
     assert "already used for a different request" in str(exc.value.details())
     wait_for(lambda: client.get_workspace("one").state == WS.WORKSPACE_STATE_RUNNING)
+
+
+def test_a_refused_blob_leaves_the_repository_at_once(tmp_path: Path) -> None:
+    """A blob an import refuses is not kept for blob_grace_s: it no longer counts in the
+    sender's usage, so the push of a fixed file fits in the quota again."""
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 3 * MiB})
+    client = Client(site.address)
+    try:
+        s = site.stubs
+        bad = qcow2_header(size=8 * MiB)[:100].ljust(2 * MiB, b"\0")  # a broken qcow2
+        digest = s.upload(bad)
+        assert client.repository_usage().used_bytes == 2 * MiB
+        req = images_pb2.ImportImageRequest(
+            name="app:1",
+            partitions=[common_pb2.Partition(name="root", digest=digest, format="qcow2")],
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            s.images.ImportImage(req)
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.repository_usage().used_bytes == 0
+        assert client.has_blobs([digest]) == [digest]
+        assert list((Path(site.cfg.data_dir) / "blobs" / "sha256").iterdir()) == []
+        good = write(tmp_path / "good.raw", b"good", 2 * MiB)
+        client.push_image("app:1", Manifest((PartitionSpec("root", "cow", good),)))
+        assert client.repository_usage().used_bytes == 2 * MiB
+    finally:
+        client.close()
+        site.close()
+
+
+def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
+    """The import's checks and the service's size limits run on the local files before
+    a byte is hashed or sent (a 15 TiB sparse file is not hashed for minutes)."""
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 64 * MiB})
+    client = Client(site.address)
+    steps: list[str] = []
+    try:
+        usage = client.repository_usage()
+        assert usage.max_virtual_bytes == site.cfg.limits.max_virtual_bytes
+        assert usage.max_blob_bytes == site.cfg.limits.max_blob_bytes
+        huge = write(tmp_path / "huge.raw", b"", 15 * 1024**4)
+        backing = write(tmp_path / "b.qcow2", qcow2_header(backing_offset=512, backing_len=9))
+        broken = write(tmp_path / "x.qcow2", qcow2_header(size=8 * MiB)[:100])
+        text = write(tmp_path / "notes.raw", b"not a disk, 27 bytes long.\n")
+        for path, error, pattern in (
+            (huge, "ResourceExhausted", "more than the service takes in a file"),
+            (backing, "InvalidArgument", "partition root: qcow2 names a backing file"),
+            (broken, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
+            (text, "InvalidArgument", "whole 512-byte sectors, this file has 27 bytes"),
+        ):
+            m = Manifest((PartitionSpec("root", "cow", path),))
+            with pytest.raises(Exception, match=pattern) as ei:
+                client.push_image("x:1", m, lambda step, *_: steps.append(step))
+            assert type(ei.value).__name__ == error
+        assert steps == []
+        assert list((Path(site.cfg.data_dir) / "blobs" / "sha256").iterdir()) == []
+    finally:
+        client.close()
+        site.close()

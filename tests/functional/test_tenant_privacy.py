@@ -59,3 +59,44 @@ def test_deleting_an_image_in_use_names_only_the_workspaces_the_caller_sees(
         assert "carol/secret-chem-project" in why and "other user" not in why
     finally:
         site.close()
+
+
+def _import(stubs: object, name: str, data: bytes) -> images_pb2.Image:
+    digest = stubs.upload(data)  # type: ignore[attr-defined]
+    req = images_pb2.ImportImageRequest(
+        name=name,
+        partitions=[
+            common_pb2.Partition(
+                name="root", digest=digest, format="raw", mode=common_pb2.PARTITION_MODE_COW
+            )
+        ],
+    )
+    image: images_pb2.Image = stubs.images.ImportImage(req)  # type: ignore[attr-defined]
+    return image
+
+
+def test_an_image_name_belongs_to_the_project_holding_its_versions(tmp_path: Path) -> None:
+    """Another project can take neither a new version of a NAME nor, while other versions
+    of it exist, a deleted one; the NAME is free again once no version is left."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        make(site, name="physics")
+        make(site, name="chem")
+        alice = site.identity("alice", projects=("physics",))
+        dave = site.identity("dave", projects=("physics",))
+        bob = site.identity("bob", projects=("chem",))
+        _import(alice, "phys-base:1", b"\1" * 65536)
+        _import(alice, "phys-base:2", b"\2" * 65536)
+        why = refused(
+            lambda: _import(bob, "phys-base:3", b"\3" * 65536), grpc.StatusCode.ALREADY_EXISTS
+        )
+        assert "already exists" in why and "physics" not in why and "alice" not in why
+        _import(dave, "phys-base:3", b"\3" * 65536)  # the same project: its name
+        alice.images.DeleteImage(images_pb2.GetImageRequest(name="phys-base:1"))
+        refused(lambda: _import(bob, "phys-base:1", b"\4" * 65536), grpc.StatusCode.ALREADY_EXISTS)
+        refused(lambda: _import(bob, "phys-base", b"\4" * 65536), grpc.StatusCode.ALREADY_EXISTS)
+        for v in ("2", "3"):
+            site.stubs.images.DeleteImage(images_pb2.GetImageRequest(name=f"phys-base:{v}"))
+        assert _import(bob, "phys-base:1", b"\4" * 65536).project == "chem"
+    finally:
+        site.close()

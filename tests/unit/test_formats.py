@@ -22,31 +22,41 @@ def qcow2_header(
     version: int = 3,
     backing_offset: int = 0,
     backing_len: int = 0,
+    cluster_bits: int = 16,
     size: int = MiB,
     crypt_method: int = 0,
     incompatible: int = 0,
+    l1_offset: int | None = None,
+    refcount_offset: int = 0x10000,
+    header_length: int = 104,
 ) -> bytes:
-    """A qcow2 header laid out as in QEMU's docs/interop/qcow2.txt."""
+    """A qcow2 laid out as in QEMU's docs/interop/qcow2.txt: the header in cluster 0, the
+    refcount table in cluster 1, the L1 table (as many entries as the virtual size
+    needs) from cluster 2, the file as long as its tables reach."""
+    cluster = 1 << cluster_bits if 9 <= cluster_bits <= 21 else 0x10000
+    l1_entries = -(-size // (cluster * cluster // 8))
+    l1_at = 2 * cluster if l1_offset is None else l1_offset
     header = struct.pack(
         ">4sIQIIQIIQQIIQ",
         b"QFI\xfb",
         version,
         backing_offset,
         backing_len,
-        16,  # cluster_bits
+        cluster_bits,
         size,
         crypt_method,
-        0,  # l1_size
-        0x30000,  # l1_table_offset
-        0x10000,  # refcount_table_offset
+        l1_entries,
+        l1_at,
+        refcount_offset,
         1,  # refcount_table_clusters
         0,  # nb_snapshots
         0,  # snapshots_offset
     )
     assert len(header) == 72
     if version >= 3:
-        header += struct.pack(">QQQII", incompatible, 0, 0, 4, 104)
-    return header.ljust(512, b"\0")
+        header += struct.pack(">QQQII", incompatible, 0, 0, 4, header_length)
+    end = max(3 * cluster, 2 * cluster + l1_entries * 8)
+    return header.ljust(end, b"\0")
 
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -78,8 +88,8 @@ def test_real_qcow2_v2_accepted(tmp_path: Path) -> None:
 
 
 def test_raw_accepted_with_file_size_as_virtual_size(tmp_path: Path) -> None:
-    path = write(tmp_path, "disk.img", b"\x00" * 8192 + b"hello")
-    assert inspect(path, "raw", LIMIT) == ImageInfo("raw", 8197, 8197)
+    path = write(tmp_path, "disk.img", b"\x00" * 8192 + b"hello".ljust(512, b"\0"))
+    assert inspect(path, "raw", LIMIT) == ImageInfo("raw", 8704, 8704)
 
 
 def test_empty_raw_accepted(tmp_path: Path) -> None:
@@ -87,8 +97,9 @@ def test_empty_raw_accepted(tmp_path: Path) -> None:
 
 
 def test_crafted_clean_qcow2_accepted(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.qcow2", qcow2_header(size=5 * MiB))
-    assert inspect(path, "qcow2", LIMIT) == ImageInfo("qcow2", 5 * MiB, 512)
+    data = qcow2_header(size=5 * MiB)
+    path = write(tmp_path, "c.qcow2", data)
+    assert inspect(path, "qcow2", LIMIT) == ImageInfo("qcow2", 5 * MiB, len(data))
 
 
 def test_known_harmless_incompatible_bits_accepted(tmp_path: Path) -> None:
@@ -123,6 +134,19 @@ def test_virtual_size_at_the_limit_accepted(tmp_path: Path) -> None:
         (b"QFI\xfb" + b"\0" * 20, "truncated qcow2 header"),
         (b"QFI\xfb", "truncated qcow2 header"),
         (qcow2_header()[:76], "truncated qcow2 v3 header"),
+        (qcow2_header(size=8 * MiB)[:100], "truncated qcow2 v3 header"),
+        (qcow2_header(size=8 * MiB)[:104], "lies beyond the end of the file \\(104 bytes\\)"),
+        (qcow2_header(size=8 * MiB)[:0x20004], "L1 table .* lies beyond the end"),
+        (qcow2_header(l1_offset=0xFFFFFFFFFFFF0000), "L1 table .* beyond the end of the file"),
+        (qcow2_header(l1_offset=0x20008), "L1 table offset 0x20008 is not cluster-aligned"),
+        (qcow2_header(refcount_offset=0x10200), "refcount table offset .* not cluster-aligned"),
+        (qcow2_header(incompatible=1 << 1), "marked corrupt"),
+        (qcow2_header(incompatible=(1 << 1) | 1), "marked corrupt"),
+        (qcow2_header(cluster_bits=31), "cluster_bits 31 .*9 to 21"),
+        (qcow2_header(cluster_bits=8), "cluster_bits 8"),
+        (qcow2_header(cluster_bits=22), "cluster_bits 22"),
+        (qcow2_header(header_length=72), "header length 72"),
+        (qcow2_header(header_length=0x20000), "header length 131072 exceeds the cluster size"),
     ],
     ids=[
         "backing-file",
@@ -140,6 +164,19 @@ def test_virtual_size_at_the_limit_accepted(tmp_path: Path) -> None:
         "truncated",
         "magic-only",
         "truncated-v3",
+        "header-only-100-bytes",
+        "header-only-104-bytes",
+        "l1-table-cut-off",
+        "l1-offset-ff",
+        "l1-offset-unaligned",
+        "refcount-offset-unaligned",
+        "corrupt-bit",
+        "corrupt-and-dirty",
+        "cluster-bits-31",
+        "cluster-bits-8",
+        "cluster-bits-22",
+        "v3-header-length-72",
+        "header-longer-than-cluster",
     ],
 )
 def test_hostile_qcow2_refused(tmp_path: Path, header: bytes, pattern: str) -> None:
@@ -281,3 +318,78 @@ def test_unsupported_declared_format_refused(tmp_path: Path, declared: str) -> N
 )
 def test_sniff(header: bytes, expected: str) -> None:
     assert sniff(header) == expected
+
+
+def test_v2_qcow2_needs_only_its_72_byte_header(tmp_path: Path) -> None:
+    path = write(tmp_path, "v2.qcow2", qcow2_header(version=2, size=3 * MiB))
+    assert inspect(path, "qcow2", LIMIT).virtual_size_bytes == 3 * MiB
+
+
+def test_l1_table_too_small_for_the_virtual_size_refused(tmp_path: Path) -> None:
+    data = bytearray(qcow2_header(size=MiB))
+    data[24:32] = struct.pack(">Q", 4 * 1024**3)  # 4 GiB: 8 L1 entries, the header has 1
+    path = write(tmp_path, "small-l1.qcow2", bytes(data))
+    with pytest.raises(UnsafeImage, match="L1 table of 1 entries does not fit"):
+        inspect(path, "qcow2", LIMIT)
+
+
+@needs_qemu_img
+@pytest.mark.parametrize("size", ["1M", "100M", "3G"])
+@pytest.mark.parametrize("cluster", ["512", "65536", "2M"])
+def test_real_qcow2_layouts_accepted(tmp_path: Path, size: str, cluster: str) -> None:
+    path = tmp_path / "f.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster}", str(path), size)
+    assert inspect(path, "qcow2", LIMIT).format == "qcow2"
+
+
+@needs_qemu_img
+def test_real_truncated_qcow2_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f.qcow2"
+    qemu_img("create", "-f", "qcow2", str(path), "8M")
+    with open(path, "r+b") as f:
+        f.truncate(0x20000)  # the header and the refcount table; the L1 table cut off
+    with pytest.raises(UnsafeImage, match=r"L1 table .* beyond the end of the file"):
+        inspect(path, "qcow2", LIMIT, what="partition root: f.qcow2")
+
+
+# -- raw disks and other files ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [27, 511, 513, 8197])
+def test_raw_not_whole_sectors_refused(tmp_path: Path, size: int) -> None:
+    path = write(tmp_path, "notes.txt", b"x" * size)
+    with pytest.raises(UnsafeImage, match=f"whole 512-byte sectors, this file has {size} bytes"):
+        inspect(path, "raw", LIMIT, what="partition root: notes.txt")
+
+
+def iso_image() -> bytes:
+    """The start of an ISO 9660 image: 16 system sectors, then a primary descriptor."""
+    pvd = b"\x01CD001\x01".ljust(2048, b" ")
+    return (b"\0" * 32768 + pvd).ljust(36 * 1024, b"\0")
+
+
+@pytest.mark.parametrize("declared", ["raw", "qcow2"])
+def test_iso_image_refused(tmp_path: Path, declared: str) -> None:
+    path = write(tmp_path, "fake.iso", iso_image())
+    with pytest.raises(UnsafeImage, match=r"partition root: the file is an ISO 9660 \(CD/DVD\)"):
+        inspect(path, declared, LIMIT, what="partition root")
+
+
+def test_sniff_sees_an_iso_only_at_its_offset() -> None:
+    assert sniff(iso_image()) == "iso"
+    assert sniff(b"CD001" + b"\0" * 40000) == "raw"
+    assert sniff(iso_image()[:32772]) == "raw"  # cut before the magic ends
+
+
+def test_push_progress_says_when_it_hashes_a_big_file_off_a_terminal() -> None:
+    import io
+
+    from workspace.cli import progress
+
+    out = io.StringIO()
+    bar = progress.PushProgress("ws", out)
+    total = 2 * progress.BIG_FILE
+    bar("hash", "/x/huge.raw", 0, total)
+    bar("hash", "/x/huge.raw", total // 2, total)  # within LINE_EVERY_S: not said
+    bar("hash", "/x/small.raw", 0, 1024)
+    assert out.getvalue() == "ws: huge.raw: hashing 512.0 MiB\n"

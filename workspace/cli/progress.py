@@ -109,6 +109,9 @@ class SaveProgress:
 
 
 _STEP_WORDS = {"hash": "hashing", "upload": "sending", "skip": "present"}
+# Off a terminal, hashing a file this large is said as it starts and every LINE_EVERY_S.
+BIG_FILE = 256 * 1024 * 1024
+LINE_EVERY_S = 30.0
 
 
 class PushProgress:
@@ -120,10 +123,17 @@ class PushProgress:
         self.prog = prog
         self.stream = stream or sys.stderr
         self._bar = _Bar(self.stream, width)
+        self._said_s = 0.0
 
     def __call__(self, step: str, path: str, done: int, total: int) -> None:
         name = os.path.basename(path)
         finished = done >= total
+        if step == "hash" and not self._bar.tty and total >= BIG_FILE and not finished:
+            now_s = time.monotonic()
+            if done == 0 or now_s - self._said_s >= LINE_EVERY_S:
+                self._said_s = now_s
+                where = f" {done * 100 // total}% of" if done else ""
+                self._line(f"{name}: hashing{where} {fmt_bytes(total)}")
         if step == "skip":
             self._bar.end()
             self._line(f"{name}: already in the repository, not sent")

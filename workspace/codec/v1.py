@@ -423,7 +423,11 @@ def image_to_proto(img: ImageView) -> images_pb2.Image:
 
 def usage_to_proto(u: RepositoryUsage) -> images_pb2.RepositoryUsage:
     return images_pb2.RepositoryUsage(
-        owner=u.owner, used_bytes=u.used_bytes, quota_bytes=u.quota_bytes
+        owner=u.owner,
+        used_bytes=u.used_bytes,
+        quota_bytes=u.quota_bytes,
+        max_blob_bytes=u.max_blob_bytes,
+        max_virtual_bytes=u.max_virtual_bytes,
     )
 
 

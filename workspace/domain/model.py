@@ -577,3 +577,5 @@ class RepositoryUsage:
     owner: str
     used_bytes: int
     quota_bytes: int
+    max_blob_bytes: int = 0
+    max_virtual_bytes: int = 0

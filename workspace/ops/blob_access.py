@@ -75,3 +75,16 @@ def forget(s: Session, digests: Iterable[str]) -> None:
     if gone:
         for row in s.execute(select(BlobHolder).where(BlobHolder.digest.in_(gone))).scalars():
             s.delete(row)
+
+
+def holders(s: Session, digest: str) -> set[str]:
+    """Who sent ``digest``'s bytes."""
+    rows = s.execute(select(BlobHolder.holder).where(BlobHolder.digest == digest))
+    return set(rows.scalars())
+
+
+def forget_holder(s: Session, digest: str, holder: str) -> None:
+    """``holder`` no longer counts as having sent ``digest`` (an import refused it)."""
+    row = s.get(BlobHolder, (digest, holder))
+    if row is not None:
+        s.delete(row)

@@ -54,3 +54,17 @@ def unknown_image(s: Session, name: str, sc: Scope | None = None) -> NotFound:
         return NotFound(f"{text}; `ws image list` shows them")
     shown = ", ".join(versions[:SHOWN]) + (", ..." if len(versions) > SHOWN else "")
     return NotFound(f"{text} (an image is NAME:VERSION); versions of {base} you can use: {shown}")
+
+
+def name_taken(s: Session, name: str, project: str, owner: str) -> bool:
+    """Whether an image ``name`` (NAME:VERSION) would take a NAME another project uses:
+    one of its versions (or the plain NAME) belongs to another project, or, outside any
+    project, to another owner. A NAME stays with the project that holds any version of
+    it, so a version deleted there is not taken by another project meanwhile."""
+    base = name.split(":", 1)[0]
+    found = s.execute(
+        select(Image.project, Image.owner).where(
+            (Image.name == base) | Image.name.startswith(base + ":", autoescape=True)
+        )
+    ).all()
+    return any((p or "") != project or (not project and o != owner) for p, o in found)

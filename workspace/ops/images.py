@@ -25,7 +25,7 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.ops import blob_access, projects, refusals, seeds, trust
-from workspace.ops.image_refs import may_use, unknown_image, visible_image
+from workspace.ops.image_refs import may_use, name_taken, unknown_image, visible_image
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
     Scope,
@@ -41,6 +41,13 @@ from workspace.store.blobs import BlobRepository, check_digest
 from workspace.store.mapping import bound_spec, image_spec, partitions_column
 
 log = logging.getLogger("workspace.ops.images")
+
+# A NAME another project holds versions of: "already exists", as an exact NAME:VERSION is
+# (whose it is and what it holds stay unsaid).
+_NAME_TAKEN = (
+    "image {0!r} already exists: its NAME is another project's; pick another name "
+    "(sites give each project a prefix by convention)"
+)
 
 # Digests one HasBlobs may ask about.
 MAX_HAS_BLOBS = 1024
@@ -180,6 +187,21 @@ class Catalog:
                 self.blobs.remove(d)
         return freed
 
+    def _drop_refused(self, who: Identity, digest: str) -> None:
+        """A blob refused at import (unsafe, not the declared format) stops counting
+        against ``who`` (the caller forgets having sent it) and, if no image, no live
+        workspace and no other sender has it, leaves the repository at once rather than
+        after ``blob_grace_s``: a refused push must not block its own retry by quota."""
+        with self.env.store.write_lock:
+            with self.env.store.write() as s:
+                blob_access.forget_holder(s, digest, who.principal)
+                s.flush()
+                if blob_access.holders(s, digest) or digest in _referenced(s):
+                    return
+                _delete_rows(s, [digest])
+            freed = self._remove_files([digest])
+        log.info("refused blob %s removed (%d bytes)", digest, freed)
+
     def has_blobs(self, who: Identity | str, digests: Iterable[str]) -> list[str]:
         """The digests (in the order given, once each) the repository does not hold, or
         holds but ``who`` may not build on (blob_access.py): theirs to send."""
@@ -268,7 +290,7 @@ class Catalog:
         try:
             info = formats.inspect(self.blobs.path(p.digest), fmt, limit, what)
         except formats.UnsafeImage as exc:
-            raise ImageError(str(exc)) from exc
+            raise RefusedBlob(str(exc), p.digest) from exc
         return Partition(
             name=p.name,
             mode=p.mode,
@@ -341,7 +363,11 @@ class Catalog:
         context, login_user = seeds.check_context(context, login_user, req.image)
         with env.store.read() as s:  # before a byte of a blob is read
             usable = blob_access.usable(s, as_identity(who), req.digests()) | set(vouched)
-        parts = self._check_import(req, usable)
+        try:
+            parts = self._check_import(req, usable)
+        except RefusedBlob as exc:
+            self._drop_refused(as_identity(who), exc.digest)
+            raise
         spec = ImageSpec(req.image, parts, req.kernel_digest, req.initrd_digest, req.cmdline)
         img = Image(
             name=req.image,
@@ -363,6 +389,8 @@ class Catalog:
             img.public = ident.admin and not img.project and site_image
             if s.get(Image, req.image) is not None:
                 raise AlreadyExists(f"image {req.image!r} already exists; pick a new version")
+            if name_taken(s, req.image, img.project or "", owner):
+                raise AlreadyExists(_NAME_TAKEN.format(req.image))
             digests = set(spec.digests())
             for d in digests:  # a DeleteImage may have removed it since the checks above
                 if not self.blobs.has(d):
@@ -460,7 +488,22 @@ class Catalog:
         ident = as_identity(who)
         with self.env.store.read() as s:
             used = sum(self._sizes(s, self._counted(s, ident)).values())
-        return RepositoryUsage(ident.name, used, self.env.cfg.limits.repo_quota_bytes_per_user)
+        limits = self.env.cfg.limits
+        return RepositoryUsage(
+            ident.name,
+            used,
+            limits.repo_quota_bytes_per_user,
+            limits.max_blob_bytes,
+            limits.max_virtual_bytes,
+        )
+
+
+class RefusedBlob(ImageError):
+    """An import refused for the content of blob ``digest``."""
+
+    def __init__(self, message: str, digest: str) -> None:
+        super().__init__(message)
+        self.digest = digest
 
 
 def _delete_rows(s: Session, digests: Sequence[str]) -> None:

@@ -41,6 +41,7 @@ from workspace.errors import (
     WorkspaceError,
 )
 from workspace.identity import Identity
+from workspace.ops.image_refs import name_taken
 from workspace.ops.images import Catalog
 from workspace.ops.lifecycle import (
     SAVE_GRACE_S,
@@ -167,7 +168,9 @@ def _mark(env: Env, ident: Identity, ref: str, image: str, project: str) -> _Sou
     with env.store.write() as s:
         ws = resolve_workspace(s, ident, ref)
         check_owner(ident, ws.owner, ws.name, "save")
-        resolve_project(s, ident, project or ws.project or "", require=env.cfg.require_project)
+        into = resolve_project(
+            s, ident, project or ws.project or "", require=env.cfg.require_project
+        )
         if not stopped(ws) or not ws.node:
             raise FailedPrecondition(
                 f"workspace {ws.name} is {ws.state}; only a stopped workspace can be saved "
@@ -176,6 +179,8 @@ def _mark(env: Env, ident: Identity, ref: str, image: str, project: str) -> _Sou
         refuse_while_saving(env, ws, "save")
         if s.get(Image, image) is not None:
             raise AlreadyExists(f"image {image!r} already exists; pick a new version")
+        if name_taken(s, image, into or "", ident.name):
+            raise AlreadyExists(f"image {image!r} already exists: its NAME is another project's")
         bound = bound_spec(ws)
         source = s.get(Image, ws.image)
         # The image's own partitions, as the workspace has them (grown); not the blanks

@@ -110,21 +110,31 @@ class RepositoryUsage(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     USED_BYTES_FIELD_NUMBER: _builtins.int
     QUOTA_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_BLOB_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_VIRTUAL_BYTES_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     used_bytes: _builtins.int
     """bytes of the blobs the owner's images reference"""
     quota_bytes: _builtins.int
     """0: no quota"""
+    max_blob_bytes: _builtins.int
+    """The service's limits on what a push sends, so a client checks a file before
+    hashing it: a blob's size (limits.max_blob_bytes) and a partition's virtual size
+    (limits.max_virtual_bytes). 0: not said (an older service).
+    """
+    max_virtual_bytes: _builtins.int
     def __init__(
         self,
         *,
         owner: _builtins.str = ...,
         used_bytes: _builtins.int = ...,
         quota_bytes: _builtins.int = ...,
+        max_blob_bytes: _builtins.int = ...,
+        max_virtual_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "quota_bytes", b"quota_bytes", "used_bytes", b"used_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_blob_bytes", b"max_blob_bytes", "max_virtual_bytes", b"max_virtual_bytes", "owner", b"owner", "quota_bytes", b"quota_bytes", "used_bytes", b"used_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
