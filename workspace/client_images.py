@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,9 @@ class PushResult:
     uploaded: tuple[str, ...]
     skipped: tuple[str, ...]
     sent_bytes: int
+    # The image already existed with these very files (a push again, e.g. to restore a
+    # blob the repository lost): nothing was imported, the blobs it lacked were sent.
+    existed: bool = False
 
 
 class ImagesClientMixin:
@@ -272,12 +275,23 @@ class ImagesClientMixin:
         _inspect(manifest, fmts, usage.max_virtual_bytes or image_manifest.MAX_SIZE)
         for attempt in range(2):
             digests = self._hash_files(manifest, progress)
+            parts, boot = _push_partitions(manifest, digests, fmts), _boot(manifest, digests)
+            # An image of that name the caller sees, made of other files: refused before a
+            # byte is sent. Made of these: the blobs it lacks are sent (restored), and done.
+            existing = self._visible_image(name)
+            if existing is not None and not _same_files(existing, parts, boot):
+                raise errors.AlreadyExists(f"image {name!r} already exists; pick a new version")
             uploaded, sent = self._send_missing(digests, progress)
+            skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
+            if existing is not None:
+                return PushResult(
+                    existing, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent, True
+                )
             try:
                 image = self.import_image(
                     name,
-                    _push_partitions(manifest, digests, fmts),
-                    *_boot(manifest, digests),
+                    parts,
+                    *boot,
                     project=project,
                     context=manifest.context,
                     login_user=manifest.login_user,
@@ -289,9 +303,14 @@ class ImagesClientMixin:
                 if attempt or not _blob_missing(exc):
                     raise
                 continue
-            skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
             return PushResult(image, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _visible_image(self, name: str) -> images_pb2.Image | None:
+        try:
+            return self.get_image(name)
+        except errors.NotFound:
+            return None
 
     @staticmethod
     def _hash_files(
@@ -467,6 +486,25 @@ def _push_partitions(
             )
         )
     return out
+
+
+def _same_files(
+    img: images_pb2.Image, parts: Sequence[common_pb2.Partition], boot: tuple[str, str, str]
+) -> bool:
+    """Whether ``img`` is made of exactly these partitions and boot files."""
+
+    def key(ps: Iterable[common_pb2.Partition]) -> list[tuple[str, str, int]]:
+        return sorted((p.name, p.digest, p.mode) for p in ps)
+
+    return (
+        key(img.partitions) == key(parts)
+        and (
+            img.kernel_digest,
+            img.initrd_digest,
+            img.cmdline,
+        )
+        == boot
+    )
 
 
 def _boot(

@@ -59,6 +59,16 @@ def test_push_list_show_usage_delete(
     img = json.loads(out)
     assert img["name"] == "app:2" and img["partitions"][0]["mode"] == "COW"
     assert img["partitions"][0]["virtual_size_bytes"] == MiB
+    # The same files again (as a repository that lost a blob is told to): not an error.
+    code, out, err = run(client, capsys, "-o", "json", "image", "push", "app:2", str(disk))
+    assert code == 0, err
+    assert "app:2 already exists with these files: 0 blob(s) sent (0 B), 1 already there" in err
+    assert json.loads(out)["name"] == "app:2"
+    # Other files under a name that exists are refused, as before.
+    other = tmp_path / "other.raw"
+    other.write_bytes(b"OTHER\n" + b"\0" * (MiB - 6))
+    code, _, err = run(client, capsys, "image", "push", "app:2", str(other))
+    assert code == 1 and "already exists" in err
 
     manifest = tmp_path / "m.toml"
     (tmp_path / "ref.raw").write_bytes(b"RODATA:v1\n" + b"\0" * 502)

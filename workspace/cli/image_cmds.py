@@ -75,12 +75,15 @@ class ImageCommands:
         client = self.client_for(args)
         bar = progress.PushProgress(self.prog)
         result: PushResult = client.push_image(args.name, m, bar, project=args.project or "")
-        print(
-            f"{self.prog}: pushed {result.image.name}: {len(result.uploaded)} blob(s) sent "
-            f"({render.fmt_bytes(result.sent_bytes)}), {len(result.skipped)} already there",
-            file=sys.stderr,
-            flush=True,
+        sent = (
+            f"{len(result.uploaded)} blob(s) sent ({render.fmt_bytes(result.sent_bytes)}),"
+            f" {len(result.skipped)} already there"
         )
+        if result.existed:  # pushed again: the same files (a lost blob is restored)
+            said = f"{result.image.name} already exists with these files: {sent}"
+        else:
+            said = f"pushed {result.image.name}: {sent}"
+        print(f"{self.prog}: {said}", file=sys.stderr, flush=True)
         render.emit(args, render.image_dict(result.image), render.image_text(result.image))
         return common.EXIT_OK
 
