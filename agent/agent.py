@@ -33,12 +33,13 @@ from agent.netsetup import Networking, NullNetworking
 from agent.peers import PeerChannels, PeerServer
 from agent.save import Saver
 from agent.staging import Staging
+from agent.status import Sight
 from agent.tasks import Tasks
 from agent.virt.base import Driver
 from images import signing
 from workspace import version
 from workspace.config import AgentConfig
-from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders, Observation
+from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders
 
 log = logging.getLogger("agent")
 
@@ -172,8 +173,8 @@ class Agent:
             self.executor.recheck_running()
         self.staging.kick_prefetch()
 
-    def observe(self, ids: Sequence[str] | None) -> list[Observation]:
-        return self.executor.observe(ids)
+    def sight(self, ids: Sequence[str] | None) -> Sight:
+        return self.executor.sight(ids)
 
     def conditions(self) -> tuple[NodeCondition, ...] | None:
         return self.executor.conditions()

@@ -21,11 +21,20 @@ from pathlib import Path
 from agent.backoff import Backoff, Retries
 from agent.disks import WorkspaceFiles
 from agent.gate import Refused, TrustGate
+from agent.hypervisor import HypervisorWatch
 from agent.netsetup import Networking
 from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
-from agent.status import StatusBoard
-from agent.virt.base import DiskSpec, DomainSpec, DomainState, Driver, NicSpec, tap_name
+from agent.status import Sight, StatusBoard
+from agent.virt.base import (
+    DiskSpec,
+    DomainInfo,
+    DomainSpec,
+    DomainState,
+    Driver,
+    NicSpec,
+    tap_name,
+)
 from workspace import callctx
 from workspace.domain.model import NodeCondition, Observation, Order
 from workspace.domain.states import Desired, Observed
@@ -114,6 +123,8 @@ class Executor:
         self._unisolated: set[str] = set()
         # The node's conditions as the last pass found them (None: no pass yet).
         self._conditions: tuple[NodeCondition, ...] | None = None
+        # Whether the hypervisor answers (a condition of the node when it does not).
+        self.hypervisor = HypervisorWatch(conditions_changed)
         # Operations run, by (action, "ok" | "error") (agent/metrics.py reads them).
         self.operations: dict[tuple[str, str], int] = {}
         driver.set_event_callback(self._on_event)
@@ -142,19 +153,47 @@ class Executor:
 
     def observe(self, ids: Sequence[str] | None = None) -> list[Observation]:
         """What to report of ``ids``, or of every workspace the node knows of (None):
-        each with the reboots carried out (``applied_reboots``)."""
+        each with the reboots carried out (``applied_reboots``); those the node cannot
+        tell now are left out (``sight`` names them)."""
+        return self.sight(ids).observations
+
+    def sight(self, ids: Sequence[str] | None = None) -> Sight:
+        """``observe``, with the workspaces the node cannot tell now (the hypervisor does
+        not answer): a report names them with no state, and the service keeps theirs."""
         # Never call the driver while holding our lock: drivers call back into us.
-        domains = {d.workspace_id: d for d in self.driver.list_domains()}
-        return [
-            replace(o, applied_reboot_count=self.applied_reboots(o.workspace_id))
-            for o in self.status.observe(ids, domains, self.orders())
-        ]
+        listed = self._list_domains()
+        domains = None if listed is None else {d.workspace_id: d for d in listed}
+        with self._lock:
+            known = set(self._last_actual)
+        if domains is None:
+            known |= self.files.existing()
+        sight = self.status.observe(ids, domains, self.orders(), known)
+        return replace(
+            sight,
+            observations=[
+                replace(o, applied_reboot_count=self.applied_reboots(o.workspace_id))
+                for o in sight.observations
+            ],
+        )
+
+    def _list_domains(self) -> list[DomainInfo] | None:
+        """The driver's domains; None when the hypervisor does not answer (said once by
+        ``hypervisor``, and a condition of the node until it answers again)."""
+        try:
+            domains = self.driver.list_domains()
+        except DriverError as exc:
+            self.hypervisor.failed(exc.message)
+            return None
+        self.hypervisor.answered()
+        return domains
 
     def conditions(self) -> tuple[NodeCondition, ...] | None:
         """What keeps the node from serving some workspaces, as the last reconcile pass
-        found it (None before the first pass: not checked yet)."""
+        found it, and ``hypervisor-unreachable`` while the hypervisor does not answer
+        (None before the first pass: not checked yet)."""
         with self._lock:
-            return self._conditions
+            found = self._conditions
+        return None if found is None else (*self.hypervisor.conditions(), *found)
 
     def applied_reboots(self, workspace_id: str) -> int:
         """The reboots carried out of those the orders asked for: the highest
@@ -192,12 +231,17 @@ class Executor:
             busy = dict(self._busy)
         broken = self.net.sync(list(desired.values()))
         held = self.net.holds()
+        listed = self._list_domains()
         self._check_conditions()
+        if listed is None:
+            # Nothing can be judged, nor done, without the hypervisor: the workspaces are
+            # left as they were (and reported unknown) until it answers again.
+            return
         try:
             self.driver.resync_host()
         except WorkspaceError as exc:
             log.error("the node's network limits could not be checked or restored: %s", exc.message)
-        domains = self.driver.list_domains()
+        domains = listed
         actual = {d.workspace_id: d.state for d in domains}
         leftovers = self.files.existing()
         present = set(actual) | leftovers | set(busy)

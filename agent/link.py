@@ -21,12 +21,13 @@ from agent.audit import AuditSpool
 from agent.backoff import Backoff
 from agent.cache import BlobCache, Source
 from agent.peers import service_source
+from agent.status import Sight
 from images import signing
 from workspace import failover, rpc, rpc_status
 from workspace.codec import node as codec
 from workspace.codec import v1 as codec_v1
 from workspace.config import AgentConfig
-from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders, Observation
+from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders
 from workspace.errors import Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
@@ -65,8 +66,9 @@ class Node(Protocol):
         """New orders; ``policy`` None when the service sent none (trust is off)."""
         ...
 
-    def observe(self, ids: Sequence[str] | None) -> list[Observation]:
-        """What to report of ``ids`` (None: of every workspace the node knows of)."""
+    def sight(self, ids: Sequence[str] | None) -> Sight:
+        """What to report of ``ids`` (None: of every workspace the node knows of), and
+        which of them the node cannot tell now."""
         ...
 
     def conditions(self) -> tuple[NodeCondition, ...] | None:
@@ -256,15 +258,16 @@ class Link:
         if stub is None:
             return  # not connected: the full report at the next connect says it
         full = ids is None
-        observed = self.node.observe(ids)
+        sight = self.node.sight(ids)
         batch = self.audit.take()
         try:
             req = nodes_pb2.ReportStatusRequest(
                 node=self.cfg.node,
                 full=full,
-                workspaces=[codec.observation_to_proto(o) for o in observed],
+                workspaces=[codec.observation_to_proto(o) for o in sight.observations],
                 audit=[codec.audit_to_proto(r) for r in batch.records],
             )
+            req.workspaces.extend(codec.unknown_to_proto(wid) for wid in sight.unknown)
             if full:
                 req.cached_digests.extend(self.cache.digests())
                 req.cache_budget_bytes = self.cache.budget_bytes

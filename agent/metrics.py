@@ -22,6 +22,7 @@ from agent.cache import BlobCache
 from agent.executor import Executor
 from agent.reconcile import Action
 from agent.virt.base import DomainState, Driver
+from workspace.errors import DriverError
 from workspace.metrics_http import MetricsServer, serve
 
 log = logging.getLogger("agent.metrics")
@@ -81,6 +82,11 @@ class AgentCollector(Collector):
         )
         try:
             states = [d.state for d in self.driver.list_domains()]
+        except DriverError as exc:
+            # The hypervisor does not answer: the executor says so once, and the node
+            # reports it (hypervisor-unreachable); not a traceback per scrape.
+            log.debug("cannot list domains for metrics: %s", exc.message)
+            states = []
         except Exception:
             log.exception("cannot list domains for metrics")
             states = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from agent.virt.base import DomainInfo, DomainState
 from workspace.domain.model import Observation
@@ -17,6 +18,17 @@ OBSERVED_FROM_DOMAIN = {
     DomainState.SHUTOFF: Observed.STOPPED,
     DomainState.OTHER: Observed.STARTING,
 }
+
+
+@dataclass(frozen=True)
+class Sight:
+    """What the node can tell of its workspaces now: ``observations``, and the ids of
+    those it cannot (``unknown``: the hypervisor does not answer). A report says the
+    unknown ones with no state (UNSPECIFIED): the service keeps what it holds of them and
+    counts them as present in a full report."""
+
+    observations: list[Observation]
+    unknown: tuple[str, ...] = field(default=())
 
 
 class StatusBoard:
@@ -65,18 +77,28 @@ class StatusBoard:
     def observe(
         self,
         ids: Sequence[str] | None,
-        domains: Mapping[str, DomainInfo],
+        domains: Mapping[str, DomainInfo] | None,
         desired: Collection[str],
-    ) -> list[Observation]:
+        known: Collection[str] = (),
+    ) -> Sight:
         """What to report of ``ids`` (None: every workspace desired, with a domain or an
-        override), given the driver's ``domains`` and the ``desired`` workspace ids."""
+        override), given the driver's ``domains`` and the ``desired`` workspace ids.
+
+        ``domains`` None: the hypervisor did not answer. Only an override (what an
+        operation of ours found) is known then; the rest are unknown, ``known`` (the
+        domains and files the node had when last seen) among them, so that a full report
+        still names every workspace the node may have."""
         with self._lock:
             if ids is None:
-                ids = sorted(set(desired) | set(domains) | set(self._overrides))
-            out = []
+                have = known if domains is None else domains
+                ids = sorted(set(desired) | set(have) | set(self._overrides))
+            out, unknown = [], []
             for wid in ids:
                 if wid in self._overrides:
                     state, reason = self._overrides[wid]
+                elif domains is None:
+                    unknown.append(wid)
+                    continue
                 elif wid in domains:
                     state = OBSERVED_FROM_DOMAIN[domains[wid].state]
                     reason = self._notes.get(wid, "")
@@ -85,4 +107,4 @@ class StatusBoard:
                 else:
                     state, reason = Observed.ABSENT, ""
                 out.append(Observation(wid, state, reason))
-            return out
+            return Sight(out, tuple(unknown))

@@ -5,7 +5,9 @@ against its digest and renamed into place atomically. Concurrent requests for on
 digest share one transfer; an interrupted transfer resumes from the partial file's
 length. A blob may come from several sources (peer agents, then the service): a
 source that fails mid-way is followed by the next one at the same offset, one that
-sends wrong bytes is caught by the hash and the next one starts again from zero.
+sends wrong bytes is caught by the hash and the next one starts again from zero. A
+full filesystem (ENOSPC) removes the partial at once and fails the fetch
+(ResourceExhausted): no other source is tried.
 
 Budget and LRU: the cache holds at most ``budget_bytes`` (0: no limit), counting
 complete blobs and the transfers in progress. Before a transfer grows past it, the
@@ -32,6 +34,7 @@ older agent) is re-hashed at its first use.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -51,6 +54,8 @@ log = logging.getLogger("agent.cache")
 CHUNK_BYTES = 1024 * 1024
 # Partial transfers untouched for this long are deleted at start (nobody will resume them).
 PARTIAL_MAX_AGE_S = 24 * 3600
+# A write that failed with these: the cache's filesystem is full (the partial is removed).
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Quarantined (corrupted) blobs are kept this long for inspection, then deleted at start.
 QUARANTINE_MAX_AGE_S = 7 * 24 * 3600
 
@@ -397,6 +402,20 @@ class BlobCache:
         except ResourceExhausted:
             partial.unlink(missing_ok=True)  # it cannot be completed: give the space back
             raise
+        except OSError as exc:
+            if exc.errno not in _FULL_ERRNOS:
+                with contextlib.suppress(FileNotFoundError):
+                    if partial.stat().st_size == 0:
+                        partial.unlink()
+                raise
+            # The filesystem is full: a partial kept for a resume would keep it full (and
+            # every other source fails the same way). Give the space back now.
+            partial.unlink(missing_ok=True)
+            why = exc.strerror or os.strerror(exc.errno or 0)
+            raise ResourceExhausted(
+                f"blob {digest}: the node's cache filesystem is full ({why}) at "
+                f"{self.partial_dir}; the partial transfer was removed"
+            ) from exc
         except Exception:
             with contextlib.suppress(FileNotFoundError):
                 if partial.stat().st_size == 0:

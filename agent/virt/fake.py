@@ -9,13 +9,14 @@ test appliance prints. With ``persist`` its domains survive an agent restart
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent.virt.base import (
@@ -66,6 +67,9 @@ class FakeDriver(Driver):
         self._path = Path(state_dir) / "fake-domains.json" if state_dir and cfg.persist else None
         # Every live limit change: (workspace id, new limits, domain state then) (tests).
         self.limit_changes: list[tuple[str, Limits, DomainState]] = []
+        # Set (to an error message): the hypervisor does not answer, as a dead libvirtd
+        # would not; every call raises DriverError with it (tests).
+        self.unreachable = ""
         self._load()
 
     # -- persistence -------------------------------------------------------------------
@@ -93,6 +97,14 @@ class FakeDriver(Driver):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
+
+    @contextlib.contextmanager
+    def _up(self) -> Iterator[None]:
+        """The driver's lock, if the hypervisor answers (else DriverError)."""
+        if self.unreachable:
+            raise DriverError(f"fake: cannot connect to the hypervisor: {self.unreachable}")
+        with self._lock:
+            yield
 
     def _changed(self, workspace_id: str) -> None:
         dom = self._domains.get(workspace_id)
@@ -133,13 +145,13 @@ class FakeDriver(Driver):
         self._callback = callback
 
     def list_domains(self) -> list[DomainInfo]:
-        with self._lock:
+        with self._up():
             return [
                 DomainInfo(wid, d.state, limits=d.spec.limits) for wid, d in self._domains.items()
             ]
 
     def get(self, workspace_id: str) -> DomainInfo | None:
-        with self._lock:
+        with self._up():
             d = self._domains.get(workspace_id)
             return None if d is None else DomainInfo(workspace_id, d.state, limits=d.spec.limits)
 
@@ -148,7 +160,7 @@ class FakeDriver(Driver):
             raise DriverError(f"fake: injected failure defining {spec.name}")
         if spec.cpus < 1 or spec.memory_mib < 1:
             raise DriverError(f"fake: invalid size for {spec.name}")
-        with self._lock:
+        with self._up():
             existing = self._domains.get(spec.workspace_id)
             if existing is not None:
                 existing.spec = spec
@@ -157,7 +169,7 @@ class FakeDriver(Driver):
             self._changed(spec.workspace_id)
 
     def start(self, workspace_id: str) -> None:
-        with self._lock:
+        with self._up():
             dom = self._get(workspace_id)
             if dom.state is not DomainState.SHUTOFF:
                 raise DriverError(f"fake: domain {workspace_id} is {dom.state.value}, not shut off")
@@ -174,7 +186,7 @@ class FakeDriver(Driver):
         return False
 
     def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
-        with self._lock:
+        with self._up():
             dom = self._get(workspace_id)
             if dom.state is DomainState.SHUTOFF:
                 return True
@@ -186,7 +198,7 @@ class FakeDriver(Driver):
         return self._ignored(timeout_s) if ignore else True
 
     def destroy(self, workspace_id: str) -> None:
-        with self._lock:
+        with self._up():
             dom = self._get(workspace_id)
             if dom.state is not DomainState.SHUTOFF:
                 dom.state = DomainState.SHUTOFF
@@ -206,7 +218,7 @@ class FakeDriver(Driver):
         self._changed(workspace_id)
 
     def reboot(self, workspace_id: str, timeout_s: float) -> bool:
-        with self._lock:
+        with self._up():
             dom = self._to_act_on(workspace_id, "reboot")
             ignore = self._ignores_the_button(dom)
             if not ignore:
@@ -214,17 +226,17 @@ class FakeDriver(Driver):
         return self._ignored(timeout_s) if ignore else True
 
     def reset(self, workspace_id: str) -> None:
-        with self._lock:
+        with self._up():
             self._boot_again(workspace_id, self._to_act_on(workspace_id, "reset"), "reset")
 
     def suspend(self, workspace_id: str) -> None:
-        with self._lock:
+        with self._up():
             dom = self._to_act_on(workspace_id, "pause")
             dom.state = DomainState.PAUSED
             self._changed(workspace_id)
 
     def resume(self, workspace_id: str) -> None:
-        with self._lock:
+        with self._up():
             dom = self._get(workspace_id)
             if dom.state is not DomainState.PAUSED:
                 raise DriverError(f"fake: cannot resume {workspace_id}: {dom.state.value}")
@@ -232,7 +244,7 @@ class FakeDriver(Driver):
             self._changed(workspace_id)
 
     def set_size(self, workspace_id: str, cpus: int, memory_mib: int) -> bool:
-        with self._lock:
+        with self._up():
             dom = self._get(workspace_id)
             if dom.state is not DomainState.SHUTOFF:
                 raise DriverError(f"fake: domain {workspace_id} is {dom.state.value}, not shut off")
@@ -243,14 +255,14 @@ class FakeDriver(Driver):
             return True
 
     def set_limits(self, workspace_id: str, limits: Limits) -> None:
-        with self._lock:
+        with self._up():
             dom = self._get(workspace_id)
             dom.spec = dataclasses.replace(dom.spec, limits=limits)
             self.limit_changes.append((workspace_id, limits, dom.state))
             self._save()
 
     def undefine(self, workspace_id: str) -> None:
-        with self._lock:
+        with self._up():
             if self._domains.pop(workspace_id, None) is not None:
                 self._changed(workspace_id)
 
@@ -267,7 +279,7 @@ class FakeDriver(Driver):
     def exec(
         self, workspace_id: str, argv: Sequence[str], stdin: bytes, timeout_s: float
     ) -> ExecOutcome:
-        with self._lock:
+        with self._up():
             dom = self._running(workspace_id)
             name, host = dom.spec.name, dom.spec.hostname or dom.spec.name
             files, size = dom.files, (dom.spec.cpus, dom.spec.memory_mib)
@@ -276,7 +288,7 @@ class FakeDriver(Driver):
         return run_in_guest(argv, stdin, timeout_s, host, files=files, size=size)
 
     def open_console(self, workspace_id: str) -> ConsoleSession:
-        with self._lock:
+        with self._up():
             dom = self._running(workspace_id)
             console = FakeConsole(
                 dom.spec.hostname or dom.spec.name, lambda c: self._forget(workspace_id, c)

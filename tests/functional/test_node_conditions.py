@@ -6,14 +6,17 @@ one `node.condition` site event per condition that appears or clears."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from agent.netsetup import NullNetworking
+from agent.virt.fake import FakeDriver
 from tests.functional.harness import WS, Site, wait_for
 from tests.functional.test_netpolicy import run
 from tests.functional.test_site_events import events
@@ -186,3 +189,60 @@ def listed_of(site: Site, name: str) -> list[tuple[str, str, str]]:
     nodes = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
     (node,) = [n for n in nodes if n.name == name]
     return [(c.code, c.subject, c.message) for c in node.conditions]
+
+
+LIBVIRT_DOWN = "Failed to connect socket to '/var/run/libvirt/libvirt-sock': Connection refused"
+
+
+def test_a_node_whose_hypervisor_is_down_stays_up_with_its_workspaces_as_they_were(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libvirtd killed under running VMs: the agent keeps heartbeating (the node is not
+    DOWN past node_grace_s, no workspace is LOST), reports `hypervisor-unreachable` with
+    the error, says its workspaces' states unknown (a destroy waits: nothing is reported
+    gone), logs the outage once, and no new workspace is placed there. Once the
+    hypervisor answers again, all of it clears and the destroy is carried out."""
+    caplog.set_level(logging.INFO, logger="agent")
+    site = Site(tmp_path, node_grace_s=2)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        agent = site.add_agent("node1")
+        kept, doomed = (site.stubs.create(name=n) for n in ("kept", "doomed"))
+        for w in (kept, doomed):
+            site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        driver = agent.driver
+        assert isinstance(driver, FakeDriver)
+
+        driver.unreachable = LIBVIRT_DOWN  # `kill <libvirtd pid>`
+        wait_for(lambda: [c[0] for c in listed(site)] == ["hypervisor-unreachable"], what="it")
+        ((_, subject, message),) = listed(site)
+        assert subject == "" and LIBVIRT_DOWN in message
+        site.stubs.ws.DestroyWorkspace(site.stubs.ref(doomed.id))
+        time.sleep(4)  # twice node_grace_s, many heartbeats and passes
+        (node,) = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+        assert node.state == admin_pb2.NODE_STATE_READY
+        assert site.stubs.get(kept.id).state == WS.WORKSPACE_STATE_RUNNING
+        assert site.stubs.get(doomed.id).state == WS.WORKSPACE_STATE_STOPPING  # not ended
+        with pytest.raises(grpc.RpcError) as err:
+            site.stubs.create(name="new")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "cannot reach their hypervisor (hypervisor-unreachable)" in (
+            err.value.details() or ""
+        )
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("agent")]
+        assert sum("the hypervisor does not answer" in m for m in said) == 1, said
+        assert not any(r.exc_info for r in caplog.records if r.name.startswith("agent"))
+
+        driver.unreachable = ""  # `ws-admin site up` started libvirtd again
+        wait_for(lambda: listed(site) == [], what="the condition to clear")
+        site.stubs.wait_state(doomed.id, WS.WORKSPACE_STATE_TERMINATED)
+        assert site.stubs.get(kept.id).state == WS.WORKSPACE_STATE_RUNNING
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("agent")]
+        assert sum("the hypervisor answers again" in m for m in said) == 1, said
+        assert [(e.subject, e.state) for e in condition_events(site)] == [
+            ("hypervisor-unreachable", "appeared"),
+            ("hypervisor-unreachable", "cleared"),
+        ]
+    finally:
+        site.close()

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from agent.status import Sight
 from tests.functional.harness import WS, Site, wait_for
 from workspace.cli import ws
 from workspace.client import Client
-from workspace.domain.model import Observation
 from workspace.v1 import workspaces_pb2
 
 
@@ -117,12 +117,15 @@ def test_an_older_agent_cannot_confirm_a_reboot_and_the_wait_says_so(
     """An agent from before ObservedWorkspace.applied_reboot_count sends no count: the
     wait ends at RUNNING, as it used to, and stderr says the reboot is not confirmed."""
     executor = ready_site.agents["node1"].executor
-    observe = executor.observe
+    sight = executor.sight
 
-    def older(ids: Any = None) -> list[Observation]:
-        return [replace(o, applied_reboot_count=None) for o in observe(ids)]
+    def older(ids: Any = None) -> Sight:
+        seen = sight(ids)
+        return replace(
+            seen, observations=[replace(o, applied_reboot_count=None) for o in seen.observations]
+        )
 
-    monkeypatch.setattr(executor, "observe", older)
+    monkeypatch.setattr(executor, "sight", older)
     s = ready_site.stubs
     w = s.create(name="rb-old")
     s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)

@@ -3,6 +3,7 @@ budget, pins, re-index after a restart and corruption detection."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import BlobCache, BlobCorrupted, Source
+from agent.cache import BlobCache, BlobCorrupted, Source, blobs
 from workspace.errors import ImageError, ResourceExhausted, Unavailable
 
 
@@ -99,6 +100,28 @@ def test_failed_source_leaves_no_empty_partial(tmp_path: Path) -> None:
     with pytest.raises(Unavailable):
         cache.ensure(d, refused)
     assert not any(cache.partial_dir.iterdir())
+
+
+def test_a_full_filesystem_removes_the_partial_and_tries_no_other_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while writing: a partial kept for a resume would keep the filesystem full
+    after the workspace is gone (it is removed at start only once a day old)."""
+    d, data = blob(2, 1000)
+    cache = cache_at(tmp_path)
+
+    def no_space(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(blobs.os, "fsync", no_space)
+    peer, service = Served({d: data}), Served({d: data})
+    with pytest.raises(ResourceExhausted, match=r"cache filesystem is full \(No space left"):
+        cache.ensure(d, [Source("peer a", peer), Source("service", service)])
+    assert not any(cache.partial_dir.iterdir())
+    assert service.calls == []  # it would fail alike
+    monkeypatch.undo()  # space was freed: the next try fetches it whole
+    assert cache.ensure(d, service).read_bytes() == data
+    assert service.calls == [(d, 0)]
 
 
 def test_not_a_digest_is_refused(tmp_path: Path) -> None:

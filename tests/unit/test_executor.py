@@ -21,6 +21,7 @@ from agent.executor import Executor
 from agent.gate import TrustGate
 from agent.netsetup import NullNetworking
 from agent.staging import Staging
+from agent.status import Sight
 from agent.virt.base import DomainState
 from agent.virt.fake import FakeDriver
 from images import signing
@@ -474,3 +475,33 @@ def test_the_nodes_conditions_are_those_of_the_last_pass_and_a_change_is_sent_so
     net.found = ()
     ex.reconcile_once()
     assert ex.conditions() == () and len(soon) == 3
+
+
+def test_a_hypervisor_that_does_not_answer_is_a_condition_and_nothing_is_judged(
+    parts: Parts,
+) -> None:
+    """libvirtd down: no pass fails, nothing is done, no workspace is said gone or
+    stopped (the ones the node may have are unknown), and the node has a condition
+    until the hypervisor answers again; then the passes carry on where they were."""
+    ex = parts.executor
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    ex.reconcile_once()
+    assert ex.conditions() == ()
+
+    parts.driver.unreachable = "Failed to connect socket to '/run/libvirt/libvirt-sock'"
+    ex.take([])  # destroyed meanwhile: its removal must wait, not be reported done
+    ex.reconcile_once()
+    (cond,) = ex.conditions() or ()
+    assert cond.code == "hypervisor-unreachable" and cond.subject == ""
+    assert parts.driver.unreachable in cond.message
+    assert ex.sight() == Sight([], ("w1",))  # a full report still names it
+    assert ex.sight(["w1"]) == Sight([], ("w1",))
+    assert ex.observe(["w1"]) == []
+
+    parts.driver.unreachable = ""
+    ex.reconcile_once()
+    assert ex.conditions() == ()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.ABSENT)])
+    assert parts.driver.list_domains() == []

@@ -16,6 +16,7 @@ import pytest
 from agent.audit import AuditSpool
 from agent.cache import BlobCache
 from agent.link import Link
+from agent.status import Sight
 from images import signing
 from tests.functional.harness import wait_for
 from workspace import config, rpc
@@ -79,8 +80,8 @@ class Node:
     def take_orders(self, orders: NodeOrders, policy: signing.Policy | None) -> None:
         pass
 
-    def observe(self, ids: Sequence[str] | None) -> list[Observation]:
-        return [Observation("w1", Observed.RUNNING)]
+    def sight(self, ids: Sequence[str] | None) -> Sight:
+        return Sight([Observation("w1", Observed.RUNNING)])
 
     def conditions(self) -> tuple[NodeCondition, ...] | None:
         return None  # not checked yet

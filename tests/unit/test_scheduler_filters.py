@@ -149,6 +149,27 @@ def test_condition_filter_names_a_network_the_node_could_not_make_ready() -> Non
     assert f.host_passes(host, other, ctx) is None
 
 
+def test_condition_filter_keeps_every_request_off_a_node_that_cannot_reach_its_hypervisor() -> None:
+    f = ConditionFilter()
+    dead = frozenset({"hypervisor-unreachable"})
+    why = "cannot reach their hypervisor (hypervisor-unreachable)"
+    for req in (
+        Request(1, 512),  # no NIC, OPEN: no other condition concerns it
+        Request(1, 512, ("default",)),
+        Request(1, 512, ("default",), isolated=True),
+    ):
+        host, ctx = setup(node("a", conditions=dead), req)
+        assert f.active(req, ctx)
+        assert f.host_passes(host, req, ctx) == why
+    result = place([node("a", conditions=dead), node("b", state="DRAINING")], Request(1, 512), CFG)
+    assert result.node is None
+    assert result.reason() == (
+        "no node can host it: 1 node(s) are DRAINING,"
+        " 1 node(s) cannot reach their hypervisor (hypervisor-unreachable)"
+    )
+    assert place([node("a", conditions=dead), node("b")], Request(1, 512), CFG).node == "b"
+
+
 def test_a_refusal_counts_nodes_kept_by_their_conditions() -> None:
     nodes = [
         node("a", conditions=frozenset({"no-isolation"})),
@@ -254,6 +275,7 @@ views_st = st.lists(
                 frozenset(),
                 frozenset({"no-isolation"}),
                 frozenset({"network-not-ready:dmz"}),
+                frozenset({"hypervisor-unreachable"}),
             ]
         ),
     ),

@@ -262,6 +262,13 @@ def observation_to_proto(o: Observation) -> nodes_pb2.ObservedWorkspace:
     )
 
 
+def unknown_to_proto(workspace_id: str) -> nodes_pb2.ObservedWorkspace:
+    """A workspace whose state the node cannot tell now (its hypervisor does not answer):
+    no state (UNSPECIFIED). The service keeps the state it holds, and a full report that
+    names it this way still counts it as present on the node."""
+    return nodes_pb2.ObservedWorkspace(workspace_id=workspace_id)
+
+
 def observation_from_proto(o: nodes_pb2.ObservedWorkspace) -> Observation | None:
     """None for an unknown state; ``applied_reboot_count`` None when the node did not
     send it (an older agent) or sent a negative count."""

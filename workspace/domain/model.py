@@ -17,6 +17,7 @@ from images.signing import Policy
 from workspace.domain.elastic import AutoscaleInfo
 from workspace.domain.netpolicy import AllowRule, Connectivity, Limits
 from workspace.domain.states import (
+    HYPERVISOR_UNREACHABLE,
     NETWORK_NOT_READY,
     NO_ISOLATION,
     ClusterState,
@@ -29,6 +30,7 @@ from workspace.domain.states import (
 from workspace.scheduler.model import Affinity
 
 __all__ = [
+    "HYPERVISOR_UNREACHABLE",
     "NETWORK_NOT_READY",
     "NO_ISOLATION",
     "AuditRecord",

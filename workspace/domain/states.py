@@ -60,9 +60,11 @@ class NodeState(enum.StrEnum):
 
 
 # The conditions an agent reports of a node (NodeCondition.code, domain/model.py); a
-# service keeps any code it is sent, and the scheduler reads these two.
+# service keeps any code it is sent, and the scheduler reads these three.
 NO_ISOLATION = "no-isolation"  # bridged IPv4 does not pass the inet hooks (br_netfilter)
 NETWORK_NOT_READY = "network-not-ready"  # subject: the network the node could not make ready
+# The agent cannot reach its hypervisor (libvirtd is down): the node can run no VM.
+HYPERVISOR_UNREACHABLE = "hypervisor-unreachable"
 
 
 class ClusterState(enum.StrEnum):

@@ -14,6 +14,7 @@ import grpc
 
 from workspace import callctx, rpc_status
 from workspace.edge.auth import Authenticator, method_name
+from workspace.edge.storage import storage_error
 from workspace.errors import AccessDenied, Stopping, Unauthenticated, WorkspaceError
 from workspace.identity import Identity, Kind
 
@@ -88,6 +89,12 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
         if not exc.expected and _SAME_ERRORS.first((method, exc.message)):
             log.error("%s failed: %s", method, exc.message)
         context.abort(rpc_status.status_of(exc), shown(exc.message))
+    storage = storage_error(exc)
+    if storage is not None:  # a full or read-only data directory: no incident
+        err, where = storage
+        if _SAME_ERRORS.first((method, err.message)):
+            log.error("%s failed: %s: %s", method, err.message, where)
+        context.abort(rpc_status.status_of(err), shown(err.message))
     incident = uuid.uuid4().hex[:12]
     log.exception("%s failed unexpectedly (incident %s)", method, incident)
     context.abort(

@@ -16,7 +16,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from workspace.domain.states import NETWORK_NOT_READY, NO_ISOLATION, NodeState
+from workspace.domain.states import (
+    HYPERVISOR_UNREACHABLE,
+    NETWORK_NOT_READY,
+    NO_ISOLATION,
+    NodeState,
+)
 from workspace.scheduler.model import Affinity, Request
 from workspace.scheduler.snapshot import Context, HostState
 
@@ -117,22 +122,26 @@ class RequirementsFilter(Filter):
 
 class ConditionFilter(Filter):
     """A node whose agent reports it cannot serve the request (docs/design/agent.md, "Node
-    conditions"): ``no-isolation`` for a request whose connectivity policy must be enforced
-    (CLUSTER, OUTBOUND), ``network-not-ready:NET`` for one with a NIC on NET."""
+    conditions"): ``hypervisor-unreachable`` for every request (the node can run no VM),
+    ``no-isolation`` for a request whose connectivity policy must be enforced (CLUSTER,
+    OUTBOUND), ``network-not-ready:NET`` for one with a NIC on NET."""
 
     name = "conditions"
     static = True
 
+    UNREACHABLE = f"cannot reach their hypervisor ({HYPERVISOR_UNREACHABLE})"
     NO_ISOLATION = "cannot isolate bridged traffic (no-isolation)"
     NOT_READY = "could not make a requested network ready (network-not-ready)"
 
     def active(self, req: Request, ctx: Context) -> bool:
-        return ctx.snapshot.any_conditions and (req.isolated or bool(req.networks))
+        return ctx.snapshot.any_conditions
 
     def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
         have = host.view.conditions
         if not have:
             return None
+        if HYPERVISOR_UNREACHABLE in have:
+            return self.UNREACHABLE
         if req.isolated and NO_ISOLATION in have:
             return self.NO_ISOLATION
         if any(f"{NETWORK_NOT_READY}:{net}" in have for net in req.networks):

@@ -76,6 +76,11 @@ class BlobRepository:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             return Path(tmp), h.digest(), h.size_bytes
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if exc.filename is None:  # a write that failed (ENOSPC): say where
+                exc.filename = tmp
+            raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
