@@ -403,7 +403,11 @@ class LocalSite:
         old_pids = {a.node: a.pid for a in old.agents} if old is not None else {}
         # The CA and identities first: every record written from here on names the
         # admin identity, which the start itself uses to talk to the service.
-        ids = identities.ensure(self.dir, self.owner, [spec.name for spec in specs])
+        # A running daemon keeps the identity it holds (one replaced under it would be
+        # revoked: docs/security.md, "The local site").
+        ids = identities.ensure(
+            self.dir, self.owner, [spec.name for spec in specs], svc_alive, agents_alive
+        )
         self.identities = ids
         rec = SiteRecord(
             dir=str(self.dir),
