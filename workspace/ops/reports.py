@@ -61,9 +61,38 @@ def check_bound(node: Node, serial: int) -> None:
     if serial and node.cert_serial and node.cert_serial != serial_text(serial):
         raise PermissionDenied(
             f"node {node.name} is registered with another certificate (serial "
-            f"0x{node.cert_serial}); revoke that one (`ws-admin pki revoke`) or remove the "
-            f"node (`ws-admin node remove {node.name}`) first"
+            f"0x{node.cert_serial}); revoke that one (`ws-admin pki revoke "
+            f"0x{node.cert_serial}` at the CA that issued it) or remove the node (`ws-admin "
+            f"node remove {node.name}`, once its workspaces are destroyed) first"
         )
+
+
+# How a DOWN node's reason begins when the service refuses its agent (its certificate).
+REFUSED = "its agent is refused: "
+
+
+def refused(env: Env, name: str, exc: PermissionDenied) -> None:
+    """The service refused ``name``'s agent (another certificate than the bound one):
+    remembered for the node's reason. A node DOWN already says it now (unless it is DOWN
+    for its revoked certificate, which says more); one the liveness check marks DOWN
+    later says it instead of "no heartbeat since …" (ops/liveness.py)."""
+    why = REFUSED + exc.message.removeprefix(f"node {name} is ")
+    env.refused_nodes[name] = (env.clock(), why)
+    with env.store.read() as s:
+        node = s.get(Node, name)
+        if node is None or not _shows_refusal(node, why):
+            return
+    with write(env) as u:
+        node = u.s.get(Node, name)
+        if node is not None and _shows_refusal(node, why):
+            node.reason = why
+            u.nodes(name)
+
+
+def _shows_refusal(node: Node, why: str) -> bool:
+    """Whether ``node``'s reason should become ``why`` (DOWN for a reason other than its
+    revoked certificate, and not saying it already)."""
+    return NodeState(node.state) is NodeState.DOWN and not node.cert_revoked and node.reason != why
 
 
 def register(
@@ -76,6 +105,17 @@ def register(
 
     The name is bound to the certificate (``cert_serial``) that first registers it; a
     re-issued certificate takes it over only once the bound one is revoked."""
+    try:
+        interval = _register(env, info, cert_serial, is_revoked)
+    except PermissionDenied as exc:
+        if "another certificate" in exc.message:
+            refused(env, info.name, exc)
+        raise
+    env.refused_nodes.pop(info.name, None)
+    return interval
+
+
+def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[int], bool]) -> int:
     if not info.name or len(info.name) > 255:
         raise InvalidArgument("a node name is required")
     if info.cpus < 1 or info.memory_mib < 1:
@@ -370,6 +410,15 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
 def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
     """Apply a node's report. Its audit records are stored as the service saw them come:
     from ``node:<name>``, whatever they say."""
+    try:
+        _report(env, r, cert_serial)
+    except PermissionDenied as exc:
+        if "another certificate" in exc.message:
+            refused(env, r.node, exc)
+        raise
+
+
+def _report(env: Env, r: NodeReport, cert_serial: int) -> None:
     with write(env) as u:
         node = u.s.get(Node, r.node)
         if node is None:

@@ -482,7 +482,7 @@ class LocalSite:
                 started.append((spec.name, proc))
                 agent.pid = proc.pid
                 write_record(self.dir, rec)
-            self._wait_node_ready(started, deadline)
+            self._wait_node_ready(started, deadline, rec.started_at)
         except BaseException:
             self._abort(rec, started)
             raise
@@ -547,10 +547,12 @@ class LocalSite:
     def _ensure_network(self) -> None:
         status.ensure_network(self.address, self._say, self.client_tls())
 
-    def _wait_node_ready(self, started: list[tuple[str, Any]], deadline: float) -> None:
+    def _wait_node_ready(
+        self, started: list[tuple[str, Any]], deadline: float, since: float
+    ) -> None:
         names = [spec.name for spec in self.node_specs()]
         status.wait_nodes_ready(
-            self.address, names, started, deadline, self._log_of, self.client_tls()
+            self.address, names, started, deadline, self._log_of, self.client_tls(), since
         )
 
     def _remove_socket(self) -> None:
