@@ -67,6 +67,8 @@ def check_bound(node: Node, serial: int) -> None:
         )
 
 
+# nodes.reason's width (its column is String(255)).
+NODE_REASON_MAX = 255
 # How a DOWN node's reason begins when the service refuses its agent (its certificate).
 REFUSED = "its agent is refused: "
 
@@ -76,7 +78,8 @@ def refused(env: Env, name: str, exc: PermissionDenied) -> None:
     remembered for the node's reason. A node DOWN already says it now (unless it is DOWN
     for its revoked certificate, which says more); one the liveness check marks DOWN
     later says it instead of "no heartbeat since …" (ops/liveness.py)."""
-    why = REFUSED + exc.message.removeprefix(f"node {name} is ")
+    said = exc.message.removeprefix(f"node {name} is ").split(";")[0]
+    why = (REFUSED + said)[:NODE_REASON_MAX]
     env.refused_nodes[name] = (env.clock(), why)
     with env.store.read() as s:
         node = s.get(Node, name)
@@ -360,6 +363,21 @@ def _end_reason(ws: Workspace) -> str:
     return preempt.end_reason(ws, "destroyed")
 
 
+# States in which the node had made the workspace: a node that reports it PROPAGATING
+# again found no VM of it and makes it anew from its image (agent/disks.py ``prepare``
+# makes every writable disk afresh).
+_MADE = frozenset({State.RUNNING, State.PAUSED, State.STOPPING, State.STOPPED, State.LOST})
+
+
+def remade(node: str) -> str:
+    """The reason of a workspace its node makes anew (``_MADE``)."""
+    return (
+        f"made anew on node {node} from its image, on new disks: its VM was not there "
+        "(gone with its host, or destroyed since the backup the service's store was "
+        "restored from)"
+    )
+
+
 def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
     """Apply what the node saw; returns the ids it reported."""
     seen = set(r.unknown)
@@ -385,8 +403,11 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         rebooted = set_applied_reboots(ws, obs.applied_reboot_count)
         old_reason = shown_reason(ws)
         reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
+        if new is State.PROPAGATING and State(ws.state) in _MADE:
+            reason = remade(r.node)
         if new is State.RUNNING and not obs.reason:
-            reason = ""
+            # it says it was made anew until something else is said of it
+            reason = old_reason if old_reason == remade(r.node) else ""
         if ws.state == State.FAILED.value and new not in (None, State.FAILED):
             # Out of FAILED (the operation is tried again, or it worked after all): the
             # failure no longer says what the workspace is doing.
