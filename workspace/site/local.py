@@ -483,6 +483,14 @@ class LocalSite:
                 agent.pid = proc.pid
                 write_record(self.dir, rec)
             self._wait_node_ready(started, deadline, rec.started_at)
+        except status.NodesNotReady as exc:
+            # Everything runs, but a node does not report: left running (its agent may
+            # be refused, and what fixes that needs the service), and said so.
+            raise SiteError(
+                f"{exc.message}\nthe site's processes are left running: `ws-admin site "
+                f"status{self._dir_flag()}` shows them, `ws-admin site down"
+                f"{self._dir_flag()}` stops them"
+            ) from exc
         except BaseException:
             self._abort(rec, started)
             raise

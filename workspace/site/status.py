@@ -29,6 +29,12 @@ Started = Sequence[tuple[str, "subprocess.Popen[bytes]"]]
 LogOf = Callable[[str], Path]
 
 
+class NodesNotReady(SiteError):
+    """Every process of the site started, but a node did not report in time (its agent
+    refused, or slow): the site is left running for a look (``site status``, the logs)
+    and for what fixes it (docs/security.md, "Restoring a site")."""
+
+
 def service_matcher(config_path: Path) -> hostproc.Matcher:
     """Our service: ``python -m workspace.service.main --config <site>/service.toml``."""
     return hostproc.argv_includes(SERVICE_MODULE, config_path)
@@ -161,7 +167,7 @@ def wait_nodes_ready(
                 last = exc.message
             if time.monotonic() > deadline:
                 log = log_of(waiting[0])
-                raise SiteError(
+                raise NodesNotReady(
                     f"node {waiting[0]} did not become READY ({last}); "
                     f"last lines of {log}:\n{log_tail(log)}"
                 )
