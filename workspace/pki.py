@@ -218,7 +218,11 @@ class CA:
             if not kind:
                 hit += [r for r in rows if _serial_matches(ref, r.serial) and r not in hit]
             if not hit:
-                raise NotFound(f"no certificate named {ref!r} or with that serial was issued here")
+                raise NotFound(
+                    f"no certificate named {ref!r} or with that serial was issued here (the "
+                    f"CA in {self.dir}); another CA's (a site restored without its CA) "
+                    "cannot be revoked here: see docs/security.md, 'Restoring a site'"
+                )
             serials = {r.serial for r in hit}
             rows = [
                 Issued(r.serial, r.kind, r.name, r.not_after, True) if r.serial in serials else r

@@ -184,6 +184,10 @@ def test_revoke_by_name_or_serial_publishes_a_crl_read_without_restart(tmp_path:
     assert crl.serials() == {a.serial, b.serial}
     with pytest.raises(NotFound):
         ca.revoke("nobody")
+    # A serial the service names for a node's binding, of a CA lost with a restore: the
+    # message says why it is not here and where the way out is.
+    with pytest.raises(NotFound, match=r"another CA's .* 'Restoring a site'"):
+        ca.revoke("0x5adbe95b22c7c64641e3a2facbfa2f5f79cf6c73")
 
 
 def test_a_name_two_kinds_share_is_revoked_only_with_its_kind(tmp_path: Path) -> None:

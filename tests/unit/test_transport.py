@@ -6,6 +6,7 @@ their identity."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,29 @@ def test_site_identities_are_made_once_and_renewed_when_revoked(tmp_path: Path) 
     pki.CA(first.ca_dir).revoke("local")
     renewed = identities.ensure(tmp_path, "local", ["n1", "n2"])
     assert pki.identity_of_dir(renewed.admin).serial != who.serial
+
+
+def test_a_site_identity_issued_anew_revokes_the_one_it_replaces(tmp_path: Path) -> None:
+    """The service binds a node to the certificate it registered with: the one `site up`
+    replaces (here: in its last month) is revoked, so the new one may take the name
+    over. A daemon that runs keeps its identity (revoked under it, it would be cut off)."""
+    first = identities.ensure(tmp_path, "local", ["n1", "n2"])
+    ca = pki.CA(first.ca_dir)
+    for name in ("n1", "n2"):
+        shutil.rmtree(first.nodes[name])
+        ca.issue(Identity(Kind.NODE, name), first.nodes[name], days=10)
+    before = {n: pki.identity_of_dir(first.nodes[n]).serial for n in ("n1", "n2")}
+    again = identities.ensure(tmp_path, "local", ["n1", "n2"], nodes_running={"n2"})
+    rows = {r.serial: r for r in ca.issued()}
+    n1 = pki.identity_of_dir(again.nodes["n1"]).serial
+    assert n1 != before["n1"] and rows[before["n1"]].revoked and not rows[n1].revoked
+    crl = pki.Revocations(str(first.crl_file), str(ca.dir / pki.CA_CERT))
+    assert crl.is_revoked(before["n1"])
+    assert pki.identity_of_dir(again.nodes["n2"]).serial == before["n2"]  # its agent runs
+    assert not rows[before["n2"]].revoked
+    service = pki.identity_of_dir(again.service).serial
+    assert identities.ensure(tmp_path, "local", ["n1", "n2"], service_runs=True).service
+    assert pki.identity_of_dir(again.service).serial == service
 
 
 def test_site_identities_issued_before_the_server_names_are_issued_anew(

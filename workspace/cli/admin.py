@@ -350,9 +350,10 @@ class Commands(common.ClientCommands):
             who = ident.get("principal") or ident.get("note") or "-"
             print(f"  identity {who}  {ident.get('dir', '')}".rstrip())
             for agent in st.get("agents", []):
+                why = f" ({agent['reason']})" if agent.get("reason") else ""
                 print(
                     f"  agent    pid {agent['pid']} {run(agent)}  node {agent['node']} "
-                    f"{agent['state']}"
+                    f"{agent['state']}{why}"
                 )
                 _metrics_line(agent, f"agent {agent['node']}")
             if st.get("switch"):

@@ -35,6 +35,9 @@ def check_liveness(env: Env) -> list[str]:
             select(Node).where(Node.state != NodeState.DOWN.value, Node.last_heartbeat < cutoff)
         ).scalars():
             silent = f"no heartbeat since {iso_time(node.last_heartbeat)}"
+            when, why = env.refused_nodes.get(node.name, (0.0, ""))
+            if when > cutoff:  # its agent calls, and is refused (ops/reports.py)
+                silent = why
             log.warning("node %s is DOWN: %s", node.name, silent)
             _down(env, u, node, silent, f"node {node.name} stopped reporting")
             down.append(node.name)

@@ -70,9 +70,41 @@ def check_bound(node: Node, serial: int) -> None:
     if serial and node.cert_serial and node.cert_serial != serial_text(serial):
         raise PermissionDenied(
             f"node {node.name} is registered with another certificate (serial "
-            f"0x{node.cert_serial}); revoke that one (`ws-admin pki revoke`) or remove the "
-            f"node (`ws-admin node remove {node.name}`) first"
+            f"0x{node.cert_serial}); revoke that one (`ws-admin pki revoke "
+            f"0x{node.cert_serial}` at the CA that issued it) or remove the node (`ws-admin "
+            f"node remove {node.name}`, once its workspaces are destroyed) first"
         )
+
+
+# nodes.reason's width (its column is String(255)).
+NODE_REASON_MAX = 255
+# How a DOWN node's reason begins when the service refuses its agent (its certificate).
+REFUSED = "its agent is refused: "
+
+
+def refused(env: Env, name: str, exc: PermissionDenied) -> None:
+    """The service refused ``name``'s agent (another certificate than the bound one):
+    remembered for the node's reason. A node DOWN already says it now (unless it is DOWN
+    for its revoked certificate, which says more); one the liveness check marks DOWN
+    later says it instead of "no heartbeat since …" (ops/liveness.py)."""
+    said = exc.message.removeprefix(f"node {name} is ").split(";")[0]
+    why = (REFUSED + said)[:NODE_REASON_MAX]
+    env.refused_nodes[name] = (env.clock(), why)
+    with env.store.read() as s:
+        node = s.get(Node, name)
+        if node is None or not _shows_refusal(node, why):
+            return
+    with write(env) as u:
+        node = u.s.get(Node, name)
+        if node is not None and _shows_refusal(node, why):
+            node.reason = why
+            u.nodes(name)
+
+
+def _shows_refusal(node: Node, why: str) -> bool:
+    """Whether ``node``'s reason should become ``why`` (DOWN for a reason other than its
+    revoked certificate, and not saying it already)."""
+    return NodeState(node.state) is NodeState.DOWN and not node.cert_revoked and node.reason != why
 
 
 def register(
@@ -85,6 +117,17 @@ def register(
 
     The name is bound to the certificate (``cert_serial``) that first registers it; a
     re-issued certificate takes it over only once the bound one is revoked."""
+    try:
+        interval = _register(env, info, cert_serial, is_revoked)
+    except PermissionDenied as exc:
+        if "another certificate" in exc.message:
+            refused(env, info.name, exc)
+        raise
+    env.refused_nodes.pop(info.name, None)
+    return interval
+
+
+def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[int], bool]) -> int:
     if not info.name or len(info.name) > 255:
         raise InvalidArgument("a node name is required")
     if info.cpus < 1 or info.memory_mib < 1:
@@ -329,6 +372,21 @@ def _end_reason(ws: Workspace) -> str:
     return preempt.end_reason(ws, "destroyed")
 
 
+# States in which the node had made the workspace: a node that reports it PROPAGATING
+# again found no VM of it and makes it anew from its image (agent/disks.py ``prepare``
+# makes every writable disk afresh).
+_MADE = frozenset({State.RUNNING, State.PAUSED, State.STOPPING, State.STOPPED, State.LOST})
+
+
+def remade(node: str) -> str:
+    """The reason of a workspace its node makes anew (``_MADE``)."""
+    return (
+        f"made anew on node {node} from its image, on new disks: its VM was not there "
+        "(gone with its host, or destroyed since the backup the service's store was "
+        "restored from)"
+    )
+
+
 def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
     """Apply what the node saw; returns the ids it reported."""
     seen = set(r.unknown)
@@ -354,8 +412,11 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         rebooted = set_applied_reboots(ws, obs.applied_reboot_count)
         old_reason = shown_reason(ws)
         reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
+        if new is State.PROPAGATING and State(ws.state) in _MADE:
+            reason = remade(r.node)
         if new is State.RUNNING and not obs.reason:
-            reason = ""
+            # it says it was made anew until something else is said of it
+            reason = old_reason if old_reason == remade(r.node) else ""
         if ws.state == State.FAILED.value and new not in (None, State.FAILED):
             # Out of FAILED (the operation is tried again, or it worked after all): the
             # failure no longer says what the workspace is doing.
@@ -381,6 +442,15 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
 def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
     """Apply a node's report. Its audit records are stored as the service saw them come:
     from ``node:<name>``, whatever they say."""
+    try:
+        _report(env, r, cert_serial)
+    except PermissionDenied as exc:
+        if "another certificate" in exc.message:
+            refused(env, r.node, exc)
+        raise
+
+
+def _report(env: Env, r: NodeReport, cert_serial: int) -> None:
     with write(env) as u:
         node = u.s.get(Node, r.node)
         if node is None:

@@ -61,6 +61,9 @@ class Env:
     # Warnings that would repeat at every call, one line per key and five minutes
     # (warn mode's untrusted launches, ops/trust.py).
     warned: Throttle = field(default_factory=lambda: Throttle(300.0), compare=False)
+    # Node name -> (when, why) this replica last refused its agent's certificate
+    # (ops/reports.py ``refused``): a node that goes DOWN says that, not "no heartbeat".
+    refused_nodes: dict[str, tuple[float, str]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(

@@ -15,14 +15,24 @@ from it without flags) and keeps it across ``site down``/``site up``; ``site dow
 The CA adds the names clients check; nothing is issued a host (``localhost``): the
 sockets are reached by path and checked by those names. An identity is issued once and
 reused while its certificate is of this CA, names what it should, may do what it
-should (no more: ``pki.extended_key_usage``) and is not revoked; otherwise it is
-issued anew, so ``site up`` replaces one issued before those rules.
+should (no more: ``pki.extended_key_usage``), is not revoked and is not within
+``RENEW_BEFORE`` of its expiry; otherwise it is issued anew, so ``site up`` replaces one
+issued before those rules.
+
+The certificate an identity replaces is revoked (by serial, the CRL re-published) before
+the new one is issued, as docs/security.md says a rotation ends. For a node that is what
+lets the new certificate register: the service binds a node's name to the certificate it
+registered with and refuses another while that one is valid (``ops/reports.py``
+``check_bound``). The identity of a daemon that runs is not replaced: it
+holds the old certificate until it stops, and its next start renews it (``site up``
+passes what runs).
 """
 
 from __future__ import annotations
 
 import datetime
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,26 +71,53 @@ def ca_dir(site_dir: Path) -> Path:
     return site_dir / PKI_DIR
 
 
-def ensure(site_dir: Path, owner: str, nodes: list[str]) -> SiteIdentities:
-    """The site's CA (made if missing) and its identities (issued if missing or stale)."""
+def ensure(
+    site_dir: Path,
+    owner: str,
+    nodes: list[str],
+    service_runs: bool = False,
+    nodes_running: Collection[str] = (),
+) -> SiteIdentities:
+    """The site's CA (made if missing) and its identities (issued if missing or stale;
+    the replaced certificate revoked). The identities of the daemons that run now (the
+    service if ``service_runs``, the agents of ``nodes_running``) are kept as they are."""
     d = ca_dir(site_dir)
     ca = pki.CA(d) if (d / pki.CA_KEY).exists() else pki.init(d, "workspace local site CA")
     ids = site_dir / IDENTITIES_DIR
     ids.mkdir(mode=0o700, exist_ok=True)
-    service = _ensure_one(ca, Identity(Kind.SERVICE, SERVICE_HOST), ids / "service")
+    service = ids / "service"
+    if not service_runs:
+        _ensure_one(ca, Identity(Kind.SERVICE, SERVICE_HOST), service)
     admin = _ensure_one(ca, Identity(Kind.USER, owner, admin=True), ids / f"admin-{owner}")
-    node_dirs = {
-        name: _ensure_one(ca, Identity(Kind.NODE, name), ids / f"node-{name}") for name in nodes
-    }
+    node_dirs = {name: ids / f"node-{name}" for name in nodes}
+    for name, out in node_dirs.items():
+        if name not in nodes_running:
+            _ensure_one(ca, Identity(Kind.NODE, name), out)
     return SiteIdentities(d, service, admin, node_dirs)
 
 
 def _ensure_one(ca: pki.CA, who: Identity, out: Path) -> Path:
     if not _current(ca, who, out):
+        old = _replaced_serial(ca, out)
+        if old:
+            # Revoked first: a start that dies before the new one is issued leaves a
+            # revoked certificate, which the next start replaces.
+            ca.revoke(f"0x{old:x}")
         if out.exists():
             shutil.rmtree(out)
         ca.issue(who, out)
     return out
+
+
+def _replaced_serial(ca: pki.CA, out: Path) -> int:
+    """The serial of the certificate in ``out`` if this CA issued it and has not revoked
+    it (0: none, unreadable, or another CA's: nothing here to revoke)."""
+    try:
+        serial = pki.identity_of_dir(out).serial
+    except Exception:  # missing or unreadable
+        return 0
+    mine = {r.serial: r for r in ca.issued()}
+    return serial if serial in mine and not mine[serial].revoked else 0
 
 
 def _current(ca: pki.CA, who: Identity, out: Path) -> bool:

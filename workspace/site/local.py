@@ -403,7 +403,11 @@ class LocalSite:
         old_pids = {a.node: a.pid for a in old.agents} if old is not None else {}
         # The CA and identities first: every record written from here on names the
         # admin identity, which the start itself uses to talk to the service.
-        ids = identities.ensure(self.dir, self.owner, [spec.name for spec in specs])
+        # A running daemon keeps the identity it holds (one replaced under it would be
+        # revoked: docs/security.md, "The local site").
+        ids = identities.ensure(
+            self.dir, self.owner, [spec.name for spec in specs], svc_alive, agents_alive
+        )
         self.identities = ids
         rec = SiteRecord(
             dir=str(self.dir),
@@ -478,7 +482,15 @@ class LocalSite:
                 started.append((spec.name, proc))
                 agent.pid = proc.pid
                 write_record(self.dir, rec)
-            self._wait_node_ready(started, deadline)
+            self._wait_node_ready(started, deadline, rec.started_at)
+        except status.NodesNotReady as exc:
+            # Everything runs, but a node does not report: left running (its agent may
+            # be refused, and what fixes that needs the service), and said so.
+            raise SiteError(
+                f"{exc.message}\nthe site's processes are left running: `ws-admin site "
+                f"status{self._dir_flag()}` shows them, `ws-admin site down"
+                f"{self._dir_flag()}` stops them"
+            ) from exc
         except BaseException:
             self._abort(rec, started)
             raise
@@ -543,10 +555,12 @@ class LocalSite:
     def _ensure_network(self) -> None:
         status.ensure_network(self.address, self._say, self.client_tls())
 
-    def _wait_node_ready(self, started: list[tuple[str, Any]], deadline: float) -> None:
+    def _wait_node_ready(
+        self, started: list[tuple[str, Any]], deadline: float, since: float
+    ) -> None:
         names = [spec.name for spec in self.node_specs()]
         status.wait_nodes_ready(
-            self.address, names, started, deadline, self._log_of, self.client_tls()
+            self.address, names, started, deadline, self._log_of, self.client_tls(), since
         )
 
     def _remove_socket(self) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from workspace import errors, hostproc, pki
+from workspace import config, errors, hostproc, pki
 from workspace.client import Client
-from workspace.config import TlsConfig
-from workspace.site.configs import DEFAULT_NETWORK
+from workspace.config import ServiceConfig, TlsConfig
+from workspace.site.configs import DEFAULT_NETWORK, SERVICE_CONFIG
 from workspace.site.hostenv import netns_exists
 from workspace.site.record import SiteError, SiteRecord
 from workspace.v1 import admin_pb2
@@ -27,6 +27,12 @@ AGENT_MODULE = "agent.main"
 # (what was started: "service" or a node name, its process)
 Started = Sequence[tuple[str, "subprocess.Popen[bytes]"]]
 LogOf = Callable[[str], Path]
+
+
+class NodesNotReady(SiteError):
+    """Every process of the site started, but a node did not report in time (its agent
+    refused, or slow): the site is left running for a look (``site status``, the logs)
+    and for what fixes it (docs/security.md, "Restoring a site")."""
 
 
 def service_matcher(config_path: Path) -> hostproc.Matcher:
@@ -100,6 +106,22 @@ def ensure_network(address: str, say: Callable[[str], None], tls: TlsConfig | No
             client.create_network(net.name, net.subnet, gateway=net.gateway, bridge=net.bridge)
 
 
+def heartbeat_of(node: admin_pb2.Node) -> float:
+    """When ``node`` last reported (epoch seconds; 0: never)."""
+    ts = node.last_heartbeat
+    return ts.seconds + ts.nanos / 1e9
+
+
+def age_text(seconds: float) -> str:
+    """``45s``, ``3m10s``, ``2h05m``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def wait_nodes_ready(
     address: str,
     names: Sequence[str],
@@ -107,33 +129,82 @@ def wait_nodes_ready(
     deadline: float,
     log_of: LogOf,
     tls: TlsConfig | None = None,
+    since: float = 0.0,
 ) -> None:
     """Until every node of ``names`` is registered and up: READY, or DRAINING (an admin's
-    drain outlives the site's restart; the node is up and keeps it)."""
+    drain outlives the site's restart; the node is up and keeps it), with a heartbeat at
+    or after ``since`` (epoch seconds: when this start began). The state in the database
+    is what the node last was: a READY row whose heartbeat predates the start says
+    nothing of the agent running now, which may be refused (its certificate)."""
     up = (admin_pb2.NodeState.NODE_STATE_READY, admin_pb2.NodeState.NODE_STATE_DRAINING)
     waiting = list(names)
     last = "not registered"
+
+    def reports(node: admin_pb2.Node | None) -> bool:
+        return node is not None and node.state in up and heartbeat_of(node) >= since
+
     with Client(address, tls, timeout_s=5.0) as client:
         while True:
             check_started(started, log_of)
             try:
                 nodes = {n.name: n for n in client.list_nodes()}
-                waiting = [
-                    name for name in waiting if name not in nodes or nodes[name].state not in up
-                ]
+                waiting = [name for name in waiting if not reports(nodes.get(name))]
                 if not waiting:
                     return
                 node = nodes.get(waiting[0])
                 last = "not registered" if node is None else node_state_name(node)
+                if node is not None and node.reason:
+                    last += f": {node.reason}"
+                elif node is not None and node.state in up:
+                    seen = heartbeat_of(node)
+                    last += (
+                        f" in the database, but no heartbeat since this start (last "
+                        f"{age_text(time.time() - seen)} ago)"
+                        if seen
+                        else ", never reported"
+                    )
             except errors.Unavailable as exc:
                 last = exc.message
             if time.monotonic() > deadline:
                 log = log_of(waiting[0])
-                raise SiteError(
+                raise NodesNotReady(
                     f"node {waiting[0]} did not become READY ({last}); "
                     f"last lines of {log}:\n{log_tail(log)}"
                 )
             time.sleep(0.2)
+
+
+# `site status` calls a READY node STALE when its last heartbeat is older than this many
+# of the service's heartbeat intervals (the service marks it DOWN only after node_grace_s).
+STALE_HEARTBEATS = 3
+
+
+def heartbeat_interval(site_dir: Path) -> float:
+    """The heartbeat interval the site's service.toml asks of agents (its default if the
+    file is missing or unreadable)."""
+    try:
+        return float(config.load(ServiceConfig, site_dir / SERVICE_CONFIG).heartbeat_interval_s)
+    except (OSError, errors.WorkspaceError, ValueError):
+        return float(ServiceConfig().heartbeat_interval_s)
+
+
+def node_view(node: admin_pb2.Node | None, stale_after: float) -> dict[str, Any]:
+    """A node as `site status` shows it: its state (``STALE`` for a READY or DRAINING
+    node that has not reported for ``stale_after`` seconds: the database still says it
+    is up, its agent does not say so), how long since its last heartbeat, and why it is
+    DOWN."""
+    if node is None:
+        return {"state": "UNKNOWN", "stored_state": "", "heartbeat_age_s": None, "reason": ""}
+    stored = node_state_name(node)
+    seen = heartbeat_of(node)
+    age = round(time.time() - seen, 1) if seen else None
+    state = stored
+    reason = node.reason
+    if stored in ("READY", "DRAINING") and (age is None or age > stale_after):
+        state = "STALE"
+        last = f"{age_text(age)} ago" if age is not None else "never"
+        reason = f"{stored} in the database, but its last heartbeat was {last}"
+    return {"state": state, "stored_state": stored, "heartbeat_age_s": age, "reason": reason}
 
 
 def identity_of(rec: SiteRecord) -> dict[str, str]:
@@ -177,23 +248,25 @@ def report(
     out["identity"] = identity_of(rec)
     tls = TlsConfig(identity_dir=rec.identity_dir) if rec.identity_dir else None
     health = ""
-    states: dict[str, str] = {}
+    nodes: dict[str, admin_pb2.Node] = {}
     if svc:
         try:
             with Client(rec.address, tls, timeout_s=3.0) as client:
                 health = client.health()
-                for n in client.list_nodes():
-                    states[n.name] = node_state_name(n)
+                nodes = {n.name: n for n in client.list_nodes()}
         except errors.WorkspaceError as exc:
             health = health or f"error: {exc.message}"
     out["health"] = health
-    out["node"] = {"name": first.node, "state": states.get(first.node, "UNKNOWN")}
+    stale_after = STALE_HEARTBEATS * heartbeat_interval(site_dir)
+    views = {a.node: node_view(nodes.get(a.node), stale_after) for a in rec.agents}
+    states = {name: v["state"] for name, v in views.items()}
+    out["node"] = {"name": first.node, "state": states[first.node]}
     out["agents"] = [
         {
             "node": a.node,
             "pid": a.pid,
             "running": running[a.node],
-            "state": states.get(a.node, "UNKNOWN"),
+            **views[a.node],
             "netns": a.netns,
             "log": str(a.log),
             "metrics": a.metrics,
