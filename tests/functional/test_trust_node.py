@@ -107,14 +107,9 @@ def test_order_with_a_swapped_or_unverified_digest_is_refused(signed_site: Site)
     assert not ag.cache.has(other)  # refused before anything was fetched
 
 
-def test_agent_refuses_what_the_service_let_through_and_keeps_running_vms(
-    signed_site: Site, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    site = signed_site
-    ag = site.agents["node1"]
-    w1 = site.stubs.create(name="w1", image=IMAGE)
-    site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
-    # The agent holds a policy in which the key is revoked; the service still trusts it.
+def _node_revokes(site: Site, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The agent holds a policy in which ``key`` is revoked; the service still trusts it
+    (a new policy version is made, so that the node reads one). Returns the key's id."""
     kid = signing.key_id(key.public_key())
     real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = node_codec.policy_from_proto
 
@@ -124,7 +119,18 @@ def test_agent_refuses_what_the_service_let_through_and_keeps_running_vms(
         return dataclasses.replace(pol, keys=keys)
 
     monkeypatch.setattr(node_codec, "policy_from_proto", revoked)
-    _add_key(site, Ed25519PrivateKey.generate())  # a new policy version reaches the node
+    _add_key(site, Ed25519PrivateKey.generate())
+    return kid
+
+
+def test_agent_refuses_what_the_service_let_through_and_keeps_running_vms(
+    signed_site: Site, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = signed_site
+    ag = site.agents["node1"]
+    w1 = site.stubs.create(name="w1", image=IMAGE)
+    site.stubs.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
+    kid = _node_revokes(site, key, monkeypatch)
     running = wait_for(
         lambda: "no longer trusted" in (w := site.stubs.get(w1.id)).reason and w,
         what="the running VM to be reported",
@@ -238,16 +244,7 @@ def test_a_boot_the_node_refuses_is_not_retried_in_a_loop(
     """The node refuses what the service let through (their policies differ): one deny,
     not one per retry, until the policy changes."""
     site = signed_site
-    kid = signing.key_id(key.public_key())
-    real: Callable[[trust_pb2.TrustPolicy], signing.Policy] = node_codec.policy_from_proto
-
-    def revoked(p: trust_pb2.TrustPolicy) -> signing.Policy:
-        pol = real(p)
-        keys = tuple(dataclasses.replace(k, revoked=k.key_id == kid) for k in pol.keys)
-        return dataclasses.replace(pol, keys=keys)
-
-    monkeypatch.setattr(node_codec, "policy_from_proto", revoked)
-    _add_key(site, Ed25519PrivateKey.generate())  # a new policy version reaches the node
+    _node_revokes(site, key, monkeypatch)
     ws = site.stubs.create(name="w2", image=IMAGE)
     failed = site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_FAILED)
     assert "not tried again until the trust policy changes" in failed.reason
