@@ -4,10 +4,11 @@ We never let qemu guess a format. An uploaded file is checked here first: a
 qcow2 that names a backing file or an external data file (which would make
 QEMU open a path of the uploader's choosing; CVE-2024-32498 and earlier), an
 encrypted qcow2, a qcow2 whose header or tables do not hold together (qemu-img
-would fail on it later, on a node, naming the overlay instead), a raw disk
-whose size is not whole 512-byte sectors, an ISO 9660 image, a declared format
-that does not match the content, or a virtual size beyond the site's limit is
-refused. The same checks run in `ws image push` before a file is hashed.
+would fail on it later, on a node, naming the overlay instead), an ISO 9660
+image, a declared format that does not match the content, or a virtual size
+beyond the site's limit is refused. The same checks run in `ws image push`
+before a file is hashed. A raw disk may be any size: QEMU reads whole sectors of
+it and ignores a tail (a file that is no disk boots nothing, and harms nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ _ISO_MAGIC = b"CD001"
 _ISO_OFFSET = 32769
 # The bytes of a file ``sniff`` needs to tell every format it knows.
 SNIFF_BYTES = _ISO_OFFSET + len(_ISO_MAGIC)
-SECTOR = 512
 
 _QCOW2_INCOMPAT_CORRUPT = 1 << 1
 _QCOW2_INCOMPAT_EXTERNAL_DATA = 1 << 2
@@ -173,15 +173,7 @@ def inspect(
             f"{what}: declared {declared_format} but the content is {actual}; "
             f"declare the real format"
         )
-    if actual == "qcow2":
-        virtual = _check_qcow2(header[:4096], file_size, what)
-    else:
-        if file_size % SECTOR:
-            raise UnsafeImage(
-                f"{what}: a raw disk is whole {SECTOR}-byte sectors, this file has "
-                f"{file_size} bytes; is it a disk image? (pad it: truncate -s %{SECTOR} FILE)"
-            )
-        virtual = file_size
+    virtual = _check_qcow2(header[:4096], file_size, what) if actual == "qcow2" else file_size
     if virtual > max_virtual_bytes:
         raise UnsafeImage(
             f"{what}: virtual size {virtual} bytes exceeds the limit of {max_virtual_bytes}"
