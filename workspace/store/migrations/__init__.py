@@ -65,14 +65,20 @@ _REVISION_RE = re.compile(r'^(down_)?revision(?:\s*:[^=]*)?\s*=\s*"([^"]*)"', re
 
 
 @functools.cache
-def head() -> str:
-    """The newest revision, read from the revision files' ``revision``/``down_revision``
-    lines without loading Alembic (a test checks it agrees with Alembic's own answer)."""
+def _revisions() -> tuple[set[str], set[str]]:
+    """(every revision, every revision another one follows), read from the revision
+    files' ``revision``/``down_revision`` lines without loading Alembic."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for path in (DIRECTORY / "versions").glob("[0-9]*.py"):
         for down, rev in _REVISION_RE.findall(path.read_text()):
             (parents if down else revisions).add(rev)
+    return revisions, parents
+
+
+def head() -> str:
+    """The newest revision (a test checks it agrees with Alembic's own answer)."""
+    revisions, parents = _revisions()
     heads = sorted(revisions - parents)
     assert len(heads) == 1, f"the revisions have {len(heads)} heads: {heads}"
     return heads[0]
@@ -95,6 +101,7 @@ def upgrade(engine: Engine) -> list[str]:
     there already. Returns what the adoption of a pre-migrations store changed (else []).
     While another process holds the SQLite file's write lock (its own migration), waits
     for it, up to ``START_WAIT_S``; PostgreSQL waits on its advisory lock instead."""
+    check_known(engine)
     deadline = time.monotonic() + START_WAIT_S
     while True:
         try:
@@ -138,6 +145,21 @@ def at_head(engine: Engine) -> bool:
 URL_ENV = "WS_STORE_URL"
 
 
+def check_known(engine: Engine) -> None:
+    """RuntimeError when the store is at a revision this release does not have: a newer
+    release migrated it (a downgrade), which no migration here can undo."""
+    with engine.connect() as conn:
+        if VERSION_TABLE not in inspect(conn).get_table_names():
+            return
+        at = _version(conn)
+    if at is not None and at not in _revisions()[0]:
+        raise RuntimeError(
+            f"the store is at migration {at}, which this release does not know (its newest"
+            f" is {head()}): a newer release upgraded it; run that release, or restore a"
+            " backup taken before the upgrade (docs/design/store.md)"
+        )
+
+
 def upgrade_in_child(engine: Engine) -> None:
     """``upgrade``, run in a short-lived child process when the database is one another
     process can open (a file or a server), so that the service never loads Alembic and
@@ -145,6 +167,7 @@ def upgrade_in_child(engine: Engine) -> None:
     environment, not on a command line others can read."""
     if at_head(engine):
         return
+    check_known(engine)  # before a child is started for nothing
     url = engine.url
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         upgrade(engine)
