@@ -345,6 +345,9 @@ class ServiceConfig:
     autoscale_interval_s: float = 15.0
     autoscale_cooldown_s: int = 60
     autoscale_command_timeout_s: float = 10.0
+    # A ``command:`` signal runs on the service's host as the service's user: an admin
+    # may name any program; a user only one under this directory ("": users may not).
+    autoscale_commands_dir: str = ""
     squeue_command: str = "squeue"
     roster_push_interval_s: float = 5.0
     # True: a create, cluster create, image import/push or save by a user (not an admin)
@@ -391,6 +394,11 @@ class ServiceConfig:
         check_min(self, "", ("leader_fence_s",), 5)
         if not self.squeue_command:
             raise ConfigError("squeue_command: must not be empty")
+        if self.autoscale_commands_dir and not os.path.isabs(self.autoscale_commands_dir):
+            raise ConfigError(
+                f"autoscale_commands_dir: give an absolute path, not "
+                f"{self.autoscale_commands_dir!r}"
+            )
         check_log_format(self.log_format)
         check_log_level(self.log_level)
         parse_retention(self.event_retention)

@@ -15,12 +15,14 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.functional.harness import Site, wait_for
+from tests.functional.harness import Site, SitePki, TlsSite, wait_for
 from workspace.cli import render
 from workspace.cli import ws as ws_cli
+from workspace.errors import PermissionDenied
+from workspace.identity import Identity, Kind
 from workspace.ops import autoscale
 from workspace.store import Cluster
-from workspace.v1 import clusters_pb2, clusters_pb2_grpc
+from workspace.v1 import clusters_pb2, clusters_pb2_grpc, images_pb2
 
 CS = clusters_pb2.ClusterState
 IMG = "aimg"
@@ -275,3 +277,66 @@ def test_ws_cluster_autoscale_cli(
     assert ws_cli.main([*base, *off]) == 0
     assert "autoscale worker: off" in capsys.readouterr().out
     assert list(get(site).autoscale) == []
+
+
+def test_a_users_command_signal_runs_only_what_the_site_vetted(tmp_path: Path) -> None:
+    """A command: signal runs on the service's host as the service's user: a user may name
+    only a program in the site's autoscale_commands_dir, links resolved (not /usr/bin/id,
+    whose output would reach them in the decision); an admin may name any."""
+    vetted = tmp_path / "vetted"
+    vetted.mkdir()
+    ok = script(vetted, "echo 1", name="want")
+    (vetted / "id").symlink_to("/usr/bin/id")  # a link out of the directory
+    elsewhere = script(tmp_path, "echo 1", name="mine")
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), autoscale_commands_dir=str(vetted))
+    try:
+        site.stubs.network()
+        site.stubs.import_image(IMG, context="nocloud")
+        site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name=IMG, public=True))
+        site.add_agent("node1")
+        mallory = clusters_pb2_grpc.ClustersStub(site.identity("mallory").channel)
+        mallory.CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name="auto",
+                members=[clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=128)],
+            )
+        )
+        ref = clusters_pb2.ClusterRef(id="auto")
+
+        def as_mallory(signal: str) -> clusters_pb2.Cluster:
+            req = clusters_pb2.SetAutoscaleRequest(
+                id="auto", role="worker", min=0, max=2, signal=signal
+            )
+            return mallory.SetAutoscale(req)
+
+        for outside in (f"command:{elsewhere}", f"command:{vetted / 'id'}", "command:/usr/bin/id"):
+            with pytest.raises(grpc.RpcError) as err:
+                as_mallory(outside)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, outside
+            assert f"must be a program in {vetted}" in str(err.value.details()), outside
+        assert list(mallory.GetCluster(ref).autoscale) == []
+        assert as_mallory(f"command:{ok}").autoscale[0].signal == f"command:{ok}"
+        assert as_mallory("slurm-queue").autoscale[0].signal == "slurm-queue"
+        # The admin's choice of program on the user's cluster is taken.
+        admin = clusters_pb2_grpc.ClustersStub(site.stubs.channel)
+        c = admin.SetAutoscale(
+            clusters_pb2.SetAutoscaleRequest(
+                id="auto", role="worker", min=0, max=2, signal=f"command:{elsewhere}"
+            )
+        )
+        assert c.autoscale[0].signal == f"command:{elsewhere}"
+        assert mallory.GetCluster(ref).autoscale[0].signal == f"command:{elsewhere}"
+    finally:
+        site.close()
+
+
+def test_without_a_commands_directory_only_admins_set_command_signals(tmp_path: Path) -> None:
+    sig = script(tmp_path, "echo 1")
+    user = Identity(Kind.USER, "mallory")
+    with pytest.raises(PermissionDenied, match="only an admin may set a command: signal"):
+        autoscale.check_signal(f"command:{sig}", user, "")
+    with pytest.raises(PermissionDenied, match="only an admin"):
+        autoscale.check_signal("command:/usr/bin/id", user, "")
+    assert autoscale.check_signal("slurm-queue:debug", user, "").arg == "debug"
+    admin = Identity(Kind.USER, "root", admin=True)
+    assert autoscale.check_signal(f"command:{sig}", admin, "").arg == str(sig)

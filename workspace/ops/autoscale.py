@@ -32,11 +32,12 @@ from workspace.domain import elastic
 from workspace.domain.elastic import AutoscaleInfo, Decision, Signal
 from workspace.domain.model import ClusterView
 from workspace.domain.states import ClusterState
-from workspace.errors import InvalidArgument, WorkspaceError
+from workspace.errors import InvalidArgument, PermissionDenied, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
 from workspace.ops.cluster_state import members_of
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
+from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster
 
@@ -52,12 +53,30 @@ class SignalError(Exception):
     """A signal gave no count (the message says why)."""
 
 
-def check_signal(text: str) -> Signal:
+def check_signal(text: str, who: Identity | None = None, commands_dir: str = "") -> Signal:
+    """``text`` parsed and checked for ``who`` (None: the site itself, as an admin).
+
+    A ``command:`` signal runs a program on the service's host as the service's user:
+    an admin may name any executable; a user only one under the site's
+    ``autoscale_commands_dir`` (none when unset), after symbolic links are resolved."""
     try:
         sig = elastic.parse_signal(text)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
     if sig.kind == elastic.COMMAND:
+        if who is not None and not who.admin:
+            if not commands_dir:
+                raise PermissionDenied(
+                    f"signal {text!r}: only an admin may set a command: signal on this site "
+                    "(it runs on the service's host); use slurm-queue[:PARTITION], or ask an "
+                    "admin for a commands directory (autoscale_commands_dir)"
+                )
+            base = os.path.realpath(commands_dir)
+            if os.path.commonpath([base, os.path.realpath(sig.arg)]) != base:
+                raise PermissionDenied(
+                    f"signal {text!r}: a user's command: signal must be a program in "
+                    f"{commands_dir} (the site's autoscale_commands_dir)"
+                )
         if not os.path.isfile(sig.arg):
             raise InvalidArgument(
                 f"signal {text!r}: {sig.arg} does not exist (on the service host)"
@@ -98,7 +117,7 @@ def set_autoscale(
                 )
             if cooldown_s < 0:
                 raise InvalidArgument(f"autoscale {role}: the cool-down must be 0 or more")
-            sig = check_signal(signal)
+            sig = check_signal(signal, as_identity(who), env.cfg.autoscale_commands_dir)
             old = stored.get(role) or {}
             info = AutoscaleInfo(
                 role,
