@@ -74,6 +74,10 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     """End the call with the status of ``exc``. An unexpected exception becomes INTERNAL
     with the method and an incident id, never its text (which may show paths, SQL or
     other users' data): the text and traceback go to the log under the same id."""
+    if _already_aborted(context):
+        # The handler called context.abort() itself: keep the status it chose (grpc's
+        # abort raises a bare Exception, which would otherwise end up INTERNAL).
+        raise exc
     if isinstance(exc, grpc.RpcError) and not context.is_active():
         # Reading the request stream of a call its client has ended (cancelled, gone):
         # nobody waits for an answer, and nothing went wrong here.
@@ -101,6 +105,14 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
         grpc.StatusCode.INTERNAL,
         f"internal error in {method} (incident {incident}); the service's log has the details",
     )
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    try:
+        code = context.code()
+    except Exception:  # a test's stand-in without code()
+        return False
+    return isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK
 
 
 class Guarded(Protocol):

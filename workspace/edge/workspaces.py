@@ -19,7 +19,7 @@ from workspace.domain.states import Op
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stopping, stream, unary
 from workspace.edge.event_stream import events_out
-from workspace.errors import InvalidArgument
+from workspace.errors import InvalidArgument, ResourceExhausted
 from workspace.identity import Identity
 from workspace.ops import (
     consoles,
@@ -231,9 +231,10 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                 if ev is None:
                     break  # the service stops
                 if watcher.overflowed:
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, "watch fell too far behind; re-open it"
-                    )
+                    # Raised, not context.abort(): the stream's guard turns a
+                    # WorkspaceError into its status, and grpc's abort exception into
+                    # INTERNAL, which no client reopens.
+                    raise ResourceExhausted("watch fell too far behind; re-open it")
                 yield workspaces_pb2.WorkspaceEvent(workspace=v1.workspace_to_proto(ev))
             if notifier.closed and context.is_active():
                 raise stopping()
