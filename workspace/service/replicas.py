@@ -156,6 +156,8 @@ class Relay:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
+                    with contextlib.suppress(ValueError):
+                        self._conns.remove(conn)
                 conn = None
                 self._stop.wait(RETRY_S)
 
