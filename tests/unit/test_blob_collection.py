@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
 from workspace.ops.unit import Env
 from workspace.store import Blob, Store
-from workspace.store.blobs import BlobRepository
+from workspace.store.blobs import BlobRepository, Discard
 
 GRACE_S = 3600
 
@@ -87,3 +89,70 @@ def test_a_file_without_a_row_is_collected_by_its_age(
     clock.now = c.blobs.mtime(stray) + GRACE_S + 1
     assert c.collect_blobs() == [stray]
     assert not c.blobs.has(stray)
+
+
+# -- removal and replicas: files leave with their rows, under the store's lock ------------
+
+
+def _replica(tmp_path: Path) -> Catalog:
+    """A Catalog as another replica has it: its own store object and lock on the same
+    database, the same blob directory."""
+    cfg = load(ServiceConfig, None, data_dir=str(tmp_path), blob_grace_s=GRACE_S)
+    env = Env.of(cfg, Store(f"sqlite:///{tmp_path}/db.sqlite"), Notifier())
+    return Catalog(env, BlobRepository(tmp_path / "blobs"))
+
+
+def test_another_replicas_image_of_the_same_content_keeps_its_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica A deletes an image; replica B uploads the same content and imports an image
+    of it right after A's commit, before A's files are gone: B's image keeps its file."""
+    a, b = _replica(tmp_path), _replica(tmp_path)
+    data = [b"\x07" * 4096]
+    d = a.upload_blob(data, "alice")[0]
+    _import(a, "one", d)
+    discarding = a.blobs.discarding
+
+    @contextlib.contextmanager
+    def racing() -> Iterator[Discard]:
+        with discarding() as bin:
+            yield bin
+            # A's transaction has committed (the row is gone); B runs now.
+            assert b.upload_blob(data, "alice")[0] == d
+            _import(b, "two", d)
+
+    monkeypatch.setattr(a.blobs, "discarding", racing)
+    a.delete_image("alice", "one")
+    monkeypatch.undo()
+    assert b.blobs.has(d), "replica B's image lost its blob"
+    assert b.blobs.check(d).intact
+    assert d in _rows(b)
+
+
+def test_a_delete_that_does_not_commit_leaves_the_files(catalog: tuple[Catalog, Clock]) -> None:
+    c, _ = catalog
+    d = c.upload_blob([b"\x08" * 4096], "alice")[0]
+    with pytest.raises(RuntimeError), c.blobs.discarding() as bin:
+        bin.take([d])
+        assert not c.blobs.has(d)  # aside while the transaction runs
+        raise RuntimeError("the commit failed")
+    assert c.blobs.has(d) and c.blobs.check(d).intact
+    assert list(c.blobs.trash_dir.iterdir()) == []
+
+
+def test_files_a_dead_process_left_aside_go_back_or_go(
+    catalog: tuple[Catalog, Clock],
+) -> None:
+    """A process that died between moving files aside and deleting them: at the next
+    collection a file whose row is there goes back, one whose row is gone is deleted."""
+    c, _ = catalog
+    kept, dropped = (c.upload_blob([bytes([i]) * 4096], "alice")[0] for i in (9, 10))
+    _import(c, "img", kept)
+    for d in (kept, dropped):
+        c.blobs.path(d).rename(c.blobs.trash_dir / f"{d.split(':')[1]}.deadbeef")
+    with c.env.store.write() as s:
+        s.delete(s.get(Blob, dropped))
+    c.collect_blobs()
+    assert c.blobs.has(kept) and c.blobs.check(kept).intact
+    assert not c.blobs.has(dropped)
+    assert list(c.blobs.trash_dir.iterdir()) == []

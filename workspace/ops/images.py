@@ -153,11 +153,11 @@ class Catalog:
         from uploads, so they never pile up beyond one grace period's worth."""
         env = self.env
         cutoff = env.clock() - env.cfg.blob_grace_s
-        with env.store.write_lock:
+        with env.store.write_lock, self.blobs.discarding() as bin:
             with env.store.write() as s:
-                uploaded = {
-                    d: at for d, at in s.execute(select(Blob.digest, Blob.created_at)).all()
-                }
+                rows = {d: at for d, at in s.execute(select(Blob.digest, Blob.created_at)).all()}
+                self.blobs.sweep_trash(rows.__contains__)
+                uploaded = dict(rows)
                 for d in self.blobs.digests():
                     if d not in uploaded:
                         uploaded[d] = self.blobs.mtime(d)
@@ -166,8 +166,9 @@ class Catalog:
                     return []
                 gone = sorted(old - _referenced(s))
                 _delete_rows(s, gone)
-            freed = self._remove_files(gone)
+                bin.take(gone)
             self.blobs.remove_stale_temp(cutoff)
+        freed = bin.freed
         if gone:
             log.info(
                 "%d blob(s) never imported removed after %d s (%d bytes): %s",
@@ -178,29 +179,20 @@ class Catalog:
             )
         return gone
 
-    def _remove_files(self, digests: Iterable[str]) -> int:
-        """Remove these blobs' files from the repository; returns the bytes freed."""
-        freed = 0
-        for d in digests:
-            if self.blobs.has(d):
-                freed += self.blobs.size(d)
-                self.blobs.remove(d)
-        return freed
-
     def _drop_refused(self, who: Identity, digest: str) -> None:
         """A blob refused at import (unsafe, not the declared format) stops counting
         against ``who`` (the caller forgets having sent it) and, if no image, no live
         workspace and no other sender has it, leaves the repository at once rather than
         after ``blob_grace_s``: a refused push must not block its own retry by quota."""
-        with self.env.store.write_lock:
-            with self.env.store.write() as s:
-                blob_access.forget_holder(s, digest, who.principal)
-                s.flush()
-                if blob_access.holders(s, digest) or digest in _referenced(s):
-                    return
-                _delete_rows(s, [digest])
-            freed = self._remove_files([digest])
-        log.info("refused blob %s removed (%d bytes)", digest, freed)
+        store = self.env.store
+        with store.write_lock, self.blobs.discarding() as bin, store.write() as s:
+            blob_access.forget_holder(s, digest, who.principal)
+            s.flush()
+            if blob_access.holders(s, digest) or digest in _referenced(s):
+                return
+            _delete_rows(s, [digest])
+            bin.take([digest])
+        log.info("refused blob %s removed (%d bytes)", digest, bin.freed)
 
     def has_blobs(self, who: Identity | str, digests: Iterable[str]) -> list[str]:
         """The digests (in the order given, once each) the repository does not hold, or
@@ -450,28 +442,33 @@ class Catalog:
         env = self.env
         ident = as_identity(who)
         owner = ident.name
-        # The write lock is held until the files are gone, so an upload of the same
-        # content cannot slip in between the commit and the removal.
-        with env.store.write_lock:
-            with env.store.write() as s:
-                img = visible_image(s, ident, name)
-                if img.owner != owner and not ident.admin:
-                    raise PermissionDenied(
-                        f"image {name} belongs to {img.owner}; only its owner can delete it"
-                    )
-                users = image_users(s, name)
-                if users:
-                    raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
-                view = self._views(s, [img])[0]
-                mine = set(view.spec.digests())
-                s.delete(img)
-                trust.delete_signatures(s, name)
-                s.flush()
-                gone = sorted(mine - _referenced(s))
-                _delete_rows(s, gone)
-            freed = self._remove_files(gone)
+        # The files are moved aside inside the transaction, under the store's lock (the
+        # process's, and PostgreSQL's advisory lock every replica's writes take), so an
+        # upload of the same content, here or on another replica, cannot land between
+        # the rows' delete and the files'.
+        with env.store.write_lock, self.blobs.discarding() as bin, env.store.write() as s:
+            img = visible_image(s, ident, name)
+            if img.owner != owner and not ident.admin:
+                raise PermissionDenied(
+                    f"image {name} belongs to {img.owner}; only its owner can delete it"
+                )
+            users = image_users(s, name)
+            if users:
+                raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
+            view = self._views(s, [img])[0]
+            mine = set(view.spec.digests())
+            s.delete(img)
+            trust.delete_signatures(s, name)
+            s.flush()
+            gone = sorted(mine - _referenced(s))
+            _delete_rows(s, gone)
+            bin.take(gone)
         log.info(
-            "image %s deleted by %s; %d blob(s) removed (%d bytes)", name, owner, len(gone), freed
+            "image %s deleted by %s; %d blob(s) removed (%d bytes)",
+            name,
+            owner,
+            len(gone),
+            bin.freed,
         )
         return view
 

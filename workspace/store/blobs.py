@@ -11,10 +11,12 @@ sends it, since the repository no longer has it) puts it back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -39,13 +41,14 @@ class BlobRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
         # Only the service reads blobs (it serves them): 0700 directories, 0600 files.
-        for d in (root, root / "sha256", root / "tmp"):
+        for d in (root, root / "sha256", root / "tmp", root / "trash"):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(d, 0o700)
         for p in (root / "sha256").iterdir():  # stored 0644 by earlier versions
             if p.stat().st_mode & 0o077:
                 os.chmod(p, 0o600)
         self.bad_dir = root / "bad"
+        self.trash_dir = root / "trash"
         self.stamps = integrity.Stamps(root / "verified")
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # hex → held while re-hashing it
@@ -102,15 +105,36 @@ class BlobRepository:
             raise
         return digest, size
 
-    def remove(self, digest: str) -> bool:
-        """Delete a blob; True if it was there."""
+    @contextlib.contextmanager
+    def discarding(self) -> Iterator[Discard]:
+        """Blob files to delete with a writing transaction: ``take`` them inside it (they
+        are moved aside at once, under the store's lock, so no replica's upload of the
+        same content can land between the rows' delete and the files'); when the block
+        ends they are deleted, or put back if it raised (the rows stayed)."""
+        bin = Discard(self)
         try:
-            self.path(digest).unlink()
-        except FileNotFoundError:
-            return False
-        finally:
-            self.stamps.drop(digests.hex_of(digest))
-        return True
+            yield bin
+        except BaseException:
+            bin.restore()
+            raise
+        bin.purge()
+
+    def sweep_trash(self, kept: Callable[[str], bool]) -> None:
+        """Files a process left aside when it died before deleting or restoring them
+        (call under the store's lock): back in place if ``kept(digest)`` (their rows
+        are there), else deleted."""
+        for p in self.trash_dir.iterdir():
+            digest = f"sha256:{p.name.partition('.')[0]}"
+            try:
+                back = kept(check_digest(digest)) and not self.has(digest)
+            except InvalidArgument:
+                back = False
+            with contextlib.suppress(FileNotFoundError):
+                if back:
+                    os.replace(p, self.path(digest))
+                    log.warning("blob %s put back from the trash (its delete never ended)", digest)
+                else:
+                    p.unlink()
 
     def check(self, digest: str) -> integrity.Check:
         """Is the stored blob still what was hashed? One stat when it is unchanged since
@@ -203,3 +227,47 @@ class BlobRepository:
             except FileNotFoundError:
                 continue
         return n
+
+
+class Discard:
+    """The blob files one transaction takes out of the repository (``discarding``)."""
+
+    def __init__(self, repo: BlobRepository) -> None:
+        self._repo = repo
+        self._aside: list[tuple[Path, Path]] = []  # (its place, where it waits)
+        self.freed = 0  # bytes
+
+    def take(self, digests: Iterable[str]) -> None:
+        """Move these blobs' files aside now (those absent are skipped)."""
+        for d in digests:
+            path = self._repo.path(d)
+            hx = digests_hex(d)
+            aside = self._repo.trash_dir / f"{hx}.{uuid.uuid4().hex[:8]}"
+            try:
+                size = path.stat().st_size
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            self._repo.stamps.drop(hx)
+            self._aside.append((path, aside))
+            self.freed += size
+
+    def purge(self) -> None:
+        for _, aside in self._aside:
+            aside.unlink(missing_ok=True)
+        self._aside = []
+
+    def restore(self) -> None:
+        """Put the files back (one uploaded meanwhile at the same place wins: the same
+        content); they are hashed again before their next use."""
+        for path, aside in self._aside:
+            if path.exists():
+                aside.unlink(missing_ok=True)
+            else:
+                os.replace(aside, path)
+        self._aside = []
+        self.freed = 0
+
+
+def digests_hex(digest: str) -> str:
+    return digests.hex_of(check_digest(digest))
