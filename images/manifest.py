@@ -37,9 +37,9 @@ from typing import Any
 
 from images import formats
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-PARTITION_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+PARTITION_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 MODES = ("cow", "readonly", "blank")
 FORMATS = ("raw", "qcow2")
 # Disks a VM can have (virtio targets vda..vdz).
@@ -58,10 +58,10 @@ _UNITS = {
     "t": 1024**4,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*\Z")
 _TOP_KEYS = frozenset({"kernel", "initrd", "cmdline", "partitions", "context", "login_user"})
 CONTEXTS = ("none", "nocloud")
-LOGIN_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+LOGIN_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 _PART_KEYS = frozenset({"name", "file", "mode", "format", "size", "ext4"})
 
 

@@ -17,7 +17,7 @@ from workspace.files import write_private
 
 log = logging.getLogger("agent.cache")
 
-_OWNER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_OWNER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}\Z")
 
 
 class Pins:

@@ -18,7 +18,7 @@ from workspace import errors
 _EEXIST = 17
 _ENODEV = 19
 _IFF_UP = 0x1
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def check_ifname(name: str, what: str = "bridge name") -> None:

@@ -54,8 +54,8 @@ LEASES_FILE = "leases"
 PID_FILE = "dnsmasq.pid"
 LOG_FILE = "dnsmasq.log"
 MIN_LEASE_TIME_S = 120  # dnsmasq's minimum
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z", re.IGNORECASE)
 
 
 @dataclass(frozen=True, order=True)

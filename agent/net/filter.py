@@ -101,8 +101,8 @@ def nic_rules(orders: Iterable[Order], served: Iterable[str] | None = None) -> l
     return sorted(out, key=lambda r: r.tap)
 
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def _ipv4(text: str) -> bool:

@@ -43,7 +43,11 @@ def test_refs(text: str, ref: ImageRef) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", ":1", "name:", "a:b:c", "-x:1", "x:-1", "a b", "x/y:1", "a" * 129, "x:" + "1" * 65],
+    [
+        *("", ":1", "name:", "a:b:c", "-x:1", "x:-1", "a b", "x/y:1", "a" * 129, "x:" + "1" * 65),
+        # a newline at the end of either part: `$` would have let it through
+        *("nl:1\n", "nl\n:1", "nl\n"),
+    ],
 )
 def test_bad_refs(text: str) -> None:
     with pytest.raises(ManifestError, match="NAME:VERSION"):

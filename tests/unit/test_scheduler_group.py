@@ -96,6 +96,25 @@ def test_larger_members_are_placed_first() -> None:
     assert [place_on(snap, r).node for r in reqs] == ["b", "a", None]
 
 
+def test_members_few_nodes_can_take_are_placed_first() -> None:
+    """A head that needs the one GPU node and workers that could go anywhere: the workers
+    are larger, but placed first they pack onto the GPU node (here it also caches their
+    image) and leave the head no room, on a site with room to spare."""
+    nodes = [node("gpu1", labels={"gpu": "1"}, cached_digests=frozenset({"img"}))]
+    nodes += [node(f"n{i}") for i in range(4)]
+    head = Request(2, 1024, member="head", requirements={"gpu": "1"}, digests=("img",))
+    workers = [Request(4, 1024, member=f"w{i}", digests=("img",)) for i in range(2)]
+    cfg = SchedulerConfig(cpu_overcommit=1.0)  # 8 vCPUs a node
+    placed = where(place_group(nodes, [head, *workers], cfg))
+    assert placed[0] == "gpu1" and placed[1:].count("gpu1") == 1, placed
+    # Largest first, as before, the workers took the GPU node and the head found none.
+    snap = Snapshot(nodes, cfg)
+    assert [place_on(snap, r).node for r in [*workers, head]] == ["gpu1", "gpu1", None]
+    # The explanation follows the same order.
+    steps = explain(nodes, [head, *workers], cfg).steps
+    assert steps[0].member == "head"
+
+
 def test_single_place_is_a_group_of_one() -> None:
     nodes = [node("a", state="DOWN"), node("b", used_memory_mib=9000), node("c")]
     req = Request(2, 2048, member="solo")
@@ -209,8 +228,9 @@ def test_hard_affinity_respects_every_members_requirements() -> None:
     assert where(place_group(nodes, reqs, CFG, Affinity.HARD)) == ["b", "b"]
     reqs[1] = Request(1, 512, member="gpu", requirements={"gpu": "h100"})
     result = place_group(nodes, reqs, CFG, Affinity.HARD)
-    assert result.failed_member == "head"
-    assert result.rejected == {"cannot hold the whole group (hard affinity)": 2}
+    # No node is an h100 one: that member is placed first (the scarcest) and named.
+    assert result.failed_member == "gpu"
+    assert result.rejected == {"do not match gpu=h100": 2}
 
 
 def test_hard_affinity_later_members_see_only_the_groups_node() -> None:

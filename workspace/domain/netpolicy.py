@@ -49,7 +49,7 @@ class Connectivity(enum.Enum):
 
 
 _PROTOCOLS = ("tcp", "udp", "icmp", "any")
-_RULE = re.compile(r"^(?P<proto>[a-z]+)(?:/(?P<ports>[0-9]+(?:-[0-9]+)?))?(?::(?P<cidr>.+))?$")
+_RULE = re.compile(r"^(?P<proto>[a-z]+)(?:/(?P<ports>[0-9]+(?:-[0-9]+)?))?(?::(?P<cidr>.+))?\Z")
 MAX_RULES = 64
 
 

@@ -1,8 +1,9 @@
 """Placing one VM or a whole group on a snapshot, all-or-nothing.
 
-Members are placed one at a time, largest first (guest memory + overhead, then vCPUs, then
-the caller's order: "first fit decreasing", which leaves fewer unusable holes than the
-caller's order would), each on what the previous ones left. If one cannot be placed, the
+Members are placed one at a time, the scarcest first (those the fewest nodes can take at
+all), then largest first (guest memory + overhead, then vCPUs, then the caller's order:
+"first fit decreasing", which leaves fewer unusable holes than the caller's order would),
+each on what the previous ones left. If one cannot be placed, the
 snapshot is rolled back and the answer names that member; results are always returned in
 the caller's order.
 """
@@ -26,17 +27,35 @@ from workspace.scheduler.model import (
     member_label,
     memory_claim_mib,
 )
-from workspace.scheduler.snapshot import Context, HostState, Snapshot, shape_key
+from workspace.scheduler.snapshot import Context, HostState, ShapeKey, Snapshot, shape_key
 from workspace.scheduler.weighers import Weigher, best, weighers_for
 
 log = logging.getLogger("workspace.scheduler")
 
 
-def placement_order(requests: Sequence[Request], cfg: SchedulerConfig) -> list[int]:
-    """Indices of ``requests`` in the order they are placed: largest first, stable."""
+def placement_order(
+    requests: Sequence[Request], snapshot: Snapshot, affinity: Affinity = Affinity.NONE
+) -> list[int]:
+    """Indices of ``requests`` in the order they are placed: the scarcest first (those
+    fewer nodes' static filters accept, by powers of two: a head that needs the one GPU
+    node goes before workers that could take it), then the largest, then the caller's
+    order."""
+    cfg = snapshot.cfg
+    ctx = Context(cfg, snapshot, affinity)
+    keys = [shape_key(r) for r in requests]
+    scarcity: dict[ShapeKey, int] = {}
+    for r, key in zip(requests, keys, strict=True):
+        if key not in scarcity:
+            hosts, _ = snapshot.static_candidates(r, ctx, STATIC_FILTERS)
+            scarcity[key] = len(hosts).bit_length()
     return sorted(
         range(len(requests)),
-        key=lambda i: (-memory_claim_mib(cfg, requests[i]), -requests[i].cpus, i),
+        key=lambda i: (
+            scarcity[keys[i]],
+            -memory_claim_mib(cfg, requests[i]),
+            -requests[i].cpus,
+            i,
+        ),
     )
 
 
@@ -129,7 +148,7 @@ def place_group_on(
     results: list[MemberPlacement | None] = [None] * len(requests)
     taken: list[tuple[HostState, Request, int]] = []
     try:
-        for placed, i in enumerate(placement_order(requests, snapshot.cfg)):
+        for placed, i in enumerate(placement_order(requests, snapshot, affinity)):
             req = requests[i]
             ctx = member_context(snapshot, req, affinity, placed, group)
             host, rejected = choose(snapshot, req, ctx, weighers)

@@ -271,7 +271,7 @@ def explain(
     weighers = weighers_for(cfg)
     group = group_context(snapshot, requests, affinity)
     labels = tuple(member_label(r, i) for i, r in enumerate(requests))
-    order = placement_order(requests, cfg)
+    order = placement_order(requests, snapshot, affinity)
     steps: list[MemberExplanation] = []
     results: dict[int, MemberPlacement] = {}
     failure: GroupPlacement | None = None

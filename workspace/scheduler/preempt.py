@@ -288,7 +288,7 @@ def plan(
     displaced: dict[int, tuple[Victim, ...]] = {}
     taken: list[HostState] = []
     try:
-        for placed, i in enumerate(placement_order(requests, cfg)):
+        for placed, i in enumerate(placement_order(requests, snapshot, affinity)):
             req = requests[i]
             ctx = member_context(snapshot, req, affinity, placed, group)
             host, _ = choose(snapshot, req, ctx, weighers)
