@@ -76,7 +76,7 @@ STOP_TIMEOUT_S = 15.0
 # sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
 _NETNS_DIR = Path("/run/netns")
-_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 LIBVIRTD_CONF = """\
 # Written by workspace.site.hostenv for this site's private libvirtd.

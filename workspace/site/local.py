@@ -123,6 +123,8 @@ SITE_ENTRIES = (
     SETUP_FILE + ".tmp",
     SERVICE_CONFIG,
     f".{SERVICE_CONFIG}.tmp",
+    f".{SERVICE_CONFIG}.site",  # what `site up` chose (configs.written_copy)
+    f"..{SERVICE_CONFIG}.site.tmp",
     "service.log",
     "service.sock",
     "nodes.sock",  # the service's Nodes API (agents)
@@ -134,6 +136,8 @@ SITE_ENTRIES = (
 NODE_ENTRIES = (
     AGENT_CONFIG,
     f".{AGENT_CONFIG}.tmp",
+    f".{AGENT_CONFIG}.site",
+    f"..{AGENT_CONFIG}.site.tmp",
     "agent.log",
     "agent",  # the agent's state dir: image cache, disks, console logs, DHCP files
     "libvirt",  # the node's private libvirtd (workspace.site.hostenv)
@@ -504,7 +508,7 @@ class LocalSite:
     ) -> None:
         """service.toml and each node's agent.toml (``libvirt_uris``: node -> URI;
         ``metrics``: "service" and node -> metrics_listen)."""
-        write_configs(
+        not_kept = write_configs(
             self.dir,
             self.address,
             self.node_specs(),
@@ -514,6 +518,8 @@ class LocalSite:
             ids,
             metrics,
         )
+        for why in not_kept:
+            self._say(f"not kept (the daemon would refuse it; the site's value used): {why}")
 
     @property
     def owner(self) -> str:
