@@ -30,14 +30,14 @@ def make_networking(cfg: AgentConfig) -> Networking:
 
 
 def check_transport(cfg: AgentConfig) -> None:
-    """Refuse plaintext to the service and to peers unless insecure = true (and then
-    anywhere but loopback or a unix socket); warn loudly when plaintext is used."""
+    """Refuse plaintext to the service and to peers unless insecure = true; say so
+    loudly when plaintext is used (at ERROR off loopback or a unix socket)."""
     if rpc.check_listen(cfg.service, cfg.tls, cfg.insecure, what="service"):
-        log.warning(rpc.insecure_warning("workspace-agent (to the service)", cfg.service))
+        log.log(*rpc.insecure_warning("workspace-agent (to the service)", cfg.service))
     if cfg.peer_listen and rpc.check_listen(
         cfg.peer_listen, cfg.tls, cfg.insecure, what="peer_listen"
     ):
-        log.warning(rpc.insecure_warning("workspace-agent (peer server)", cfg.peer_listen))
+        log.log(*rpc.insecure_warning("workspace-agent (peer server)", cfg.peer_listen))
     elif cfg.peer_listen and not cfg.tls.crl_file:
         log.warning("[tls] crl_file is not set: peers with revoked certificates are served")
 

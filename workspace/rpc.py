@@ -6,7 +6,8 @@ site changes. A TlsConfig names either an identity directory (``identity_dir``:
 ca.pem, cert.pem, key.pem, as ``ws-admin pki issue`` writes it) or the three files.
 
 Plaintext is for development and tests only: ``check_listen`` refuses it unless the
-config says ``insecure = true``, and even then only on loopback or a unix socket.
+config says ``insecure = true``; on an address other than loopback or a unix socket the
+daemon then says at every start, at ERROR, that anyone who reaches it is the admin.
 
 With TLS a client checks *who* the server is, not only that the site CA signed its
 certificate: ``channel`` expects the service (or, for a peer, the node it names), and
@@ -217,9 +218,8 @@ def check_listen(address: str, tls: TlsConfig | None, insecure: bool, what: str 
 
     With TLS anything goes (the files, and the CRL if one is named, are checked here,
     so a missing one is a clear error at start rather than at the first call).
-    Without TLS: ConfigError unless ``insecure`` is set, and ConfigError for a TCP
-    address that is not loopback even then. The caller logs ``insecure_warning(...)``
-    when this returns True.
+    Without TLS: ConfigError unless ``insecure`` is set. The caller logs
+    ``insecure_warning(...)`` when this returns True (at ERROR off loopback).
     """
     if tls is not None and tls.enabled:
         tls_files(tls)
@@ -233,20 +233,23 @@ def check_listen(address: str, tls: TlsConfig | None, insecure: bool, what: str 
         raise ConfigError(
             f"{what} {address}: no TLS configured; set [tls] identity_dir (an identity "
             "directory from `ws-admin pki issue`), or insecure = true for a development "
-            "setup on loopback or a unix socket"
-        )
-    if not is_loopback(address):
-        raise ConfigError(
-            f"{what} {address}: insecure = true allows plaintext only on a loopback "
-            "address or a unix socket; configure [tls] to use this address"
+            "setup (plaintext, every caller the admin)"
         )
     return True
 
 
-def insecure_warning(process: str, address: str) -> str:
-    return (
+def insecure_warning(process: str, address: str) -> tuple[int, str]:
+    """The log level and line a daemon running without TLS starts with: a WARNING on
+    loopback or a unix socket, an ERROR on any other address."""
+    said = (
         f"INSECURE: {process} runs WITHOUT TLS on {address} (insecure = true): no caller "
         "is authenticated; use this only for development and tests"
+    )
+    if is_loopback(address):
+        return logging.WARNING, said
+    return logging.ERROR, (
+        f"{said}. {address} is not loopback: ANYONE WHO CAN REACH IT ACTS AS THE SITE "
+        "ADMIN (and as any node); configure [tls] for any network a stranger can reach"
     )
 
 

@@ -180,11 +180,11 @@ class Service:
         self.metrics_url = ""
 
     def start(self) -> None:
-        # Refuses plaintext unless insecure = true, and then anywhere but loopback/unix.
+        # Refuses plaintext unless insecure = true (said at ERROR off loopback/unix).
         plaintext = rpc.check_listen(self.cfg.listen, self.cfg.tls, self.cfg.insecure)
         rpc.check_listen(self.cfg.node_address, self.cfg.tls, self.cfg.insecure)
         if plaintext:
-            log.warning(rpc.insecure_warning("workspace-service", self.cfg.listen))
+            log.log(*rpc.insecure_warning("workspace-service", self.cfg.listen))
             log.warning("INSECURE: every caller acts as the admin user %r", self.cfg.default_owner)
         elif not self.cfg.tls.crl_file:
             log.warning("[tls] crl_file is not set: revoked certificates are not refused")
