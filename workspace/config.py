@@ -62,11 +62,22 @@ class SchedulerConfig:
     overhead_fixed_mib: int = 64
     overhead_per_gib_mib: int = 2
     overhead_per_vcpu_mib: int = 8
-    # Memory kept back on every node for the host itself.
+    # Memory and CPUs kept back on every node for the host itself, taken off before the
+    # overcommit ratios apply: (cpus - reserved_cpus) * cpu_overcommit.
     reserved_memory_mib: int = 0
     reserved_cpus: int = 0
+    # How much a node that caches the request's image counts (the multiplier of the
+    # fraction of its blobs cached; the policy's weight is within [0, 1]): -1 = the
+    # policy's own, 100 under pack and first (a cached node wins) and 0 under spread
+    # (the policy spreads; the cache does not pull every launch onto one node).
+    image_cache_weight: float = -1.0
 
     def __post_init__(self) -> None:
+        if self.image_cache_weight != -1.0 and self.image_cache_weight < 0:
+            raise ConfigError(
+                "scheduler.image_cache_weight: -1 (the policy's own) or 0 or more, not "
+                f"{self.image_cache_weight}"
+            )
         if self.policy not in SCHEDULER_POLICIES:
             raise ConfigError(
                 f"scheduler.policy: {self.policy!r} is not one of {', '.join(SCHEDULER_POLICIES)}"

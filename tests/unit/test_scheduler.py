@@ -95,8 +95,8 @@ def test_label_requirement() -> None:
         (SchedulerConfig(), 6, 3, False),
         (SchedulerConfig(cpu_overcommit=1.0), 1, 1, True),
         (SchedulerConfig(cpu_overcommit=1.0), 1, 2, False),
-        (SchedulerConfig(reserved_cpus=1), 6, 1, True),
-        (SchedulerConfig(reserved_cpus=1), 6, 2, False),
+        (SchedulerConfig(reserved_cpus=1), 2, 2, True),  # (2 - 1) cpus x4 = 4
+        (SchedulerConfig(reserved_cpus=1), 2, 3, False),
         (SchedulerConfig(cpu_overcommit=1.5), 0, 3, True),
         (SchedulerConfig(cpu_overcommit=1.5), 0, 4, False),
     ],
@@ -171,7 +171,9 @@ def test_cache_aware_preference(policy: str) -> None:
         node("d", cached_digests=frozenset(digests[:1])),
     ]
     req = Request(1, 512, digests=digests)
-    assert place(nodes, req, SchedulerConfig(policy=policy)).node == "c"
+    # The cache weighed as pack weighs it by default (spread does not, unless told).
+    cfg = SchedulerConfig(policy=policy, image_cache_weight=100)
+    assert place(nodes, req, cfg).node == "c"
 
 
 @pytest.mark.parametrize("policy", ["pack", "spread", "first"])

@@ -188,8 +188,8 @@ def test_a_refusal_counts_nodes_kept_by_their_conditions() -> None:
 
 
 def test_cpu_filter_boundary_with_overcommit_and_reservation() -> None:
-    cfg = SchedulerConfig(cpu_overcommit=2.5, reserved_cpus=2)  # 4 cpus -> 10 - 2 = 8
-    for used, want, why in [(6, 2, None), (6, 3, "have too few free CPUs"), (0, 8, None)]:
+    cfg = SchedulerConfig(cpu_overcommit=2.5, reserved_cpus=2)  # 4 cpus -> (4 - 2) * 2.5 = 5
+    for used, want, why in [(3, 2, None), (3, 3, "have too few free CPUs"), (0, 5, None)]:
         req = Request(want, 64)
         host, ctx = setup(node("a", cpus=4, used_cpus=used), req, cfg)
         assert CpuFilter().host_passes(host, req, ctx) == why
@@ -372,7 +372,8 @@ def test_more_of_the_image_cached_wins_over_policy(policy: str) -> None:
         node("c", used_memory_mib=4000, cached_digests=frozenset({D1})),
         node("d", used_memory_mib=2000, cached_digests=frozenset({D1, D2})),
     ]
-    cfg = SchedulerConfig(policy=policy)
+    # The cache weighed as pack weighs it by default (spread does not, unless told).
+    cfg = SchedulerConfig(policy=policy, image_cache_weight=100)
     assert place(nodes, Request(1, 512, digests=(D1, D2)), cfg).node == "d"
     assert place(nodes[:3], Request(1, 512, digests=(D1, D2)), cfg).node == "c"
 

@@ -115,6 +115,22 @@ def test_members_few_nodes_can_take_are_placed_first() -> None:
     assert steps[0].member == "head"
 
 
+def test_spread_spreads_launches_of_one_cached_image() -> None:
+    """Under spread the image cache is not weighed by default: three VMs of one image on
+    three empty nodes, the first caching it, go one to each; pack (and spread with an
+    explicit weight) prefers the node that caches it."""
+    nodes = [node("a", cached_digests=frozenset({"img"})), node("b"), node("c")]
+    reqs = [Request(1, 1024, member=f"w{i}", digests=("img",)) for i in range(3)]
+    snap = Snapshot(nodes, SchedulerConfig(policy="spread"))
+    assert sorted(place_on(snap, r).node or "" for r in reqs) == ["a", "b", "c"]
+    snap = Snapshot(nodes, SchedulerConfig(policy="pack"))
+    assert [place_on(snap, r).node for r in reqs] == ["a", "a", "a"]
+    snap = Snapshot(nodes, SchedulerConfig(policy="spread", image_cache_weight=100))
+    assert [place_on(snap, r).node for r in reqs] == ["a", "a", "a"]
+    snap = Snapshot(nodes, SchedulerConfig(policy="pack", image_cache_weight=0))
+    assert [place_on(snap, r).node for r in reqs] == ["a", "a", "a"]  # pack packs anyway
+
+
 def test_single_place_is_a_group_of_one() -> None:
     nodes = [node("a", state="DOWN"), node("b", used_memory_mib=9000), node("c")]
     req = Request(2, 2048, member="solo")

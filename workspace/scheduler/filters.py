@@ -150,7 +150,7 @@ class ConditionFilter(Filter):
 
 
 class CpuFilter(Filter):
-    """vCPUs fit under ``cpus * cpu_overcommit - reserved_cpus``."""
+    """vCPUs fit under ``(cpus - reserved_cpus) * cpu_overcommit``."""
 
     name = "cpu"
 

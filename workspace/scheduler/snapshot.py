@@ -41,11 +41,12 @@ ShapeKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...], bool]
 
 
 def capacity(cpus: int, memory_mib: int, cfg: SchedulerConfig) -> tuple[int, int]:
-    """What may be placed on a node of ``cpus`` and ``memory_mib``: vCPUs and MiB, the
-    overcommit ratios and the reservations of ``cfg`` applied."""
+    """What may be placed on a node of ``cpus`` and ``memory_mib``: vCPUs and MiB. The
+    reservations of ``cfg`` are the host's own CPUs and memory, kept back before the
+    overcommit ratios multiply what is left (as Nova's placement counts)."""
     return (
-        int(cpus * cfg.cpu_overcommit) - cfg.reserved_cpus,
-        int(memory_mib * cfg.memory_overcommit) - cfg.reserved_memory_mib,
+        int(max(cpus - cfg.reserved_cpus, 0) * cfg.cpu_overcommit),
+        int(max(memory_mib - cfg.reserved_memory_mib, 0) * cfg.memory_overcommit),
     )
 
 

@@ -7,7 +7,8 @@ so a score can be explained on its own; ties go to the first host in name order.
 The default multipliers make the order effectively lexicographic:
 
 * soft (anti-)affinity (x1000 per group member on the node) beats
-* the image cache (x100 times the fraction of the request's blobs cached), which beats
+* the image cache (x100 times the fraction of the request's blobs cached, under pack and
+  first fit; not weighed under spread unless ``image_cache_weight`` says), which beats
 * the policy (x1, a weight within [0, 1]): pack, spread, or first fit.
 
 ``weigh_all`` is the implementation; ``weigh`` is defined through it, so a weight shown by
@@ -117,11 +118,18 @@ POLICIES: dict[str, Weigher] = {
     "spread": SpreadWeigher(),
     "first": FirstFitWeigher(),
 }
-_OTHERS: tuple[Weigher, ...] = (
-    ImageCacheWeigher(),
-    SoftAntiAffinityWeigher(),
-    SoftAffinityWeigher(),
-)
+_AFFINITY: tuple[Weigher, ...] = (SoftAntiAffinityWeigher(), SoftAffinityWeigher())
+# The image cache's multiplier when the config leaves it to the policy (-1): spread is
+# asked to spread, so the cache does not pull every launch of an image onto one node.
+CACHE_WEIGHT = {"pack": 100.0, "spread": 0.0, "first": 100.0}
+_BUILT: dict[tuple[str, float], tuple[Weigher, ...]] = {}
+
+
+def cache_weight(cfg: SchedulerConfig) -> float:
+    """The image cache's multiplier under ``cfg`` (0: the cache is not weighed)."""
+    if cfg.image_cache_weight >= 0:
+        return cfg.image_cache_weight
+    return CACHE_WEIGHT.get(cfg.policy, 100.0)
 
 
 def weighers_for(cfg: SchedulerConfig) -> tuple[Weigher, ...]:
@@ -131,7 +139,16 @@ def weighers_for(cfg: SchedulerConfig) -> tuple[Weigher, ...]:
     except KeyError:
         names = ", ".join(POLICIES)
         raise ValueError(f"unknown scheduler policy {cfg.policy!r}; use one of {names}") from None
-    return (policy, *_OTHERS)
+    key = (cfg.policy, cache_weight(cfg))
+    built = _BUILT.get(key)
+    if built is None:
+        cache: tuple[Weigher, ...] = ()
+        if key[1] > 0:
+            w = ImageCacheWeigher()
+            w.multiplier = key[1]
+            cache = (w,)
+        built = _BUILT[key] = (policy, *cache, *_AFFINITY)
+    return built
 
 
 def scores(

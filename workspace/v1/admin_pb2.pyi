@@ -622,7 +622,7 @@ class Node(_message.Message):
     """The release of the node's agent, as it last registered ("" = it did not say)."""
     cpu_capacity: _builtins.int
     """What the scheduler may place there (used_cpus and used_memory_mib count against it):
-    cpus × scheduler.cpu_overcommit − scheduler.reserved_cpus, and likewise memory.
+    (cpus − scheduler.reserved_cpus) × scheduler.cpu_overcommit, and likewise memory.
     """
     memory_capacity_mib: _builtins.int
     reason: _builtins.str
