@@ -22,6 +22,7 @@ VMs boot under ``flock /tmp/ws-realvm.lock``. Takes ~5 minutes under TCG.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import re
@@ -97,7 +98,11 @@ def resume_seconds(site: SlurmSite) -> float:
     return float(found[0]) if found else 0.0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # No options: it runs on this machine as the docstring says (--help prints that).
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)
     say("building (or reusing) the Slurm appliance")
     image = cloud_slurm.build()
     with open(LOCK, "w") as lock:

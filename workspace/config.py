@@ -448,8 +448,14 @@ class FakeDriverConfig:
     fail_create: list[str] = field(default_factory=list)
     # Workspace names (fnmatch patterns) that ignore an ACPI shutdown request.
     ignore_shutdown: list[str] = field(default_factory=list)
+    # How long a stop waits for such a guest before forcing it off: its timeout (or
+    # preempt_grace_s), but at most this many seconds (short, for fast tests).
+    ignored_wait_s: float = 0.5
     # Workspace names (fnmatch patterns) whose guest has no guest agent (exec fails).
     no_guest_agent: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_min(self, "fake.", ("boot_delay_s", "ignored_wait_s"), 0)
 
 
 @dataclass(frozen=True)

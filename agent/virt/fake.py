@@ -180,9 +180,10 @@ class FakeDriver(Driver):
         """A guest named in ``ignore_shutdown`` ignores the ACPI button (stop and reboot)."""
         return any(fnmatch.fnmatchcase(dom.spec.name, p) for p in self._cfg.ignore_shutdown)
 
-    @staticmethod
-    def _ignored(timeout_s: float) -> bool:
-        time.sleep(min(timeout_s, 0.5))  # a short stand-in for the wait
+    def wait_ignored(self, timeout_s: float) -> bool:
+        """A guest that ignores the button: the wait for it, at most ``ignored_wait_s``
+        (tests keep it short; a site that wants to watch a grace period lengthens it)."""
+        time.sleep(min(timeout_s, self._cfg.ignored_wait_s))
         return False
 
     def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
@@ -195,7 +196,7 @@ class FakeDriver(Driver):
                 dom.state = DomainState.SHUTOFF
                 self._console(dom, "fake: power off (ACPI)\n")
                 self._changed(workspace_id)
-        return self._ignored(timeout_s) if ignore else True
+        return self.wait_ignored(timeout_s) if ignore else True
 
     def destroy(self, workspace_id: str) -> None:
         with self._up():
@@ -223,7 +224,7 @@ class FakeDriver(Driver):
             ignore = self._ignores_the_button(dom)
             if not ignore:
                 self._boot_again(workspace_id, dom, "reboot")
-        return self._ignored(timeout_s) if ignore else True
+        return self.wait_ignored(timeout_s) if ignore else True
 
     def reset(self, workspace_id: str) -> None:
         with self._up():

@@ -30,7 +30,7 @@ from images.model import Mode, Partition
 from workspace.config import FakeDriverConfig
 from workspace.domain.model import Disk, Nic, NodeCondition, Observation, Order
 from workspace.domain.states import Desired, Observed
-from workspace.errors import DriverError
+from workspace.errors import ConfigError, DriverError
 
 BLOB = bytes(range(256)) * 16
 DIGEST = of_bytes(BLOB)
@@ -505,3 +505,18 @@ def test_a_hypervisor_that_does_not_answer_is_a_condition_and_nothing_is_judged(
     assert ex.conditions() == ()
     wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.ABSENT)])
     assert parts.driver.list_domains() == []
+
+
+def test_a_fake_guest_that_ignores_the_button_is_waited_for_up_to_ignored_wait_s(
+    tmp_path: Path,
+) -> None:
+    """The fake driver stands in for the wait of a stop (its timeout, or a preemption's
+    grace) with at most ``fake.ignored_wait_s``: short for tests, as long as a site asks."""
+    for cap, timeout_s, least in [(0.3, 30, 0.3), (60.0, 0.4, 0.4)]:
+        cfg = FakeDriverConfig(persist=False, ignore_shutdown=["one"], ignored_wait_s=cap)
+        driver = FakeDriver(cfg, tmp_path / f"s{cap}")
+        t0 = time.monotonic()
+        assert driver.wait_ignored(timeout_s) is False  # not powered off: forced next
+        assert least <= time.monotonic() - t0 < 10
+    with pytest.raises(ConfigError, match=r"fake\.ignored_wait_s: must be 0 or more"):
+        FakeDriverConfig(ignored_wait_s=-1)
