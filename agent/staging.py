@@ -8,7 +8,8 @@ against the one recorded when it was verified, a re-hash only when that changed
 order refused (nothing is defined) and the decision audited ("cache-hit", deny); the
 next attempt fetches it again.
 Prefetch (``ws-admin cache preload``) fetches the blobs the service lists in the
-background, with the agent's backoff between failed attempts.
+background, from the peers it names for each (as for a disk) and then the service, with
+the agent's backoff between failed attempts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from agent.backoff import Backoff, Retries
 from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.gate import TrustGate
-from workspace.domain.model import CacheRecord, Disk, NodeOrders, Order
+from workspace.domain.model import BlobSources, CacheRecord, Disk, NodeOrders, Order
 from workspace.errors import ImageError, Unavailable, WorkspaceError
 
 log = logging.getLogger("agent")
@@ -34,16 +35,21 @@ PREFETCH_RETRY = Backoff(4.0, 300.0)
 Peer = tuple[str, str]
 
 
-def peers_of(disk: Disk) -> list[Peer]:
-    """The peers the service named for ``disk``'s blob, each with its node."""
-    nodes = list(disk.source_nodes)[: len(disk.sources)]
-    nodes += [""] * (len(disk.sources) - len(nodes))
-    return list(zip(disk.sources, nodes, strict=True))
+def peers_of(named: Disk | BlobSources) -> list[Peer]:
+    """The peers the service named for a disk's (or a prefetch) blob, each with its node."""
+    nodes = list(named.source_nodes)[: len(named.sources)]
+    nodes += [""] * (len(named.sources) - len(nodes))
+    return list(zip(named.sources, nodes, strict=True))
 
 
-def disk_sources(orders: NodeOrders) -> dict[str, list[Peer]]:
-    """digest → the peers the service named for it (the first order naming it wins)."""
+def named_sources(orders: NodeOrders) -> dict[str, list[Peer]]:
+    """digest → the peers the service named for it: for a prefetch blob, or a disk (the
+    first order naming it wins; a service that names none for prefetches still has a
+    disk's sources used for the same digest)."""
     out: dict[str, list[Peer]] = {}
+    for blob in orders.prefetch_sources:
+        if blob.digest and blob.sources:
+            out.setdefault(blob.digest, peers_of(blob))
     for order in orders.orders:
         for disk in order.disks:
             if disk.partition.digest and disk.sources:
@@ -82,7 +88,7 @@ class Staging:
         """Remember what the latest orders ask to prefetch and which peers hold what."""
         with self._lock:
             self._prefetch = list(orders.prefetch)
-            self._sources = disk_sources(orders)
+            self._sources = named_sources(orders)
 
     def sources(self, peers: list[Peer]) -> list[Source]:
         """Where to fetch a blob: the peers the service named, in its order, then it."""

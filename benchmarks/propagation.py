@@ -13,16 +13,22 @@ renamed into the node's cache, qcow2 overlay created, domain defined and started
   service first; once it has reported the blob, the other N-1 get workspaces at once
   and the service names the seed as their source, so the service sends the blob once
   instead of N times. The time includes the seed's transfer.
+* ``preload_nN_s`` / ``preload_nN_peers_s``: the same with ``ws-admin cache preload``
+  (``Admin.PreloadImage``) instead of workspaces; "delivered" = every node reports the
+  blob cached. Without peers all N nodes are preloaded at once; with peers one node is
+  preloaded first and the other N-1 then at once, the service naming the seed as the
+  source of their prefetch.
 
 What "with peers" means here: every byte still crosses loopback on the same two cores,
 so the total work (send, receive, hash, write) is the same either way; peer fetch only
 moves the sending from the one service process to the agents' processes. A real site is
 limited by the service host's network link instead, where N transfers from one server
-take N times one transfer and peer fetch is what removes that factor. The service log
-and the agents' logs say where each blob came from: ``from_peer_nN`` counts the agents
-that got it from a peer.
+take N times one transfer and peer fetch is what removes that factor. The agents' logs
+say where each blob came from: ``deliver_nN_from_peer`` / ``preload_nN_from_peer``
+count the agents that got it from a peer in the run with peers (N-1 when it worked).
 
     .venv/bin/python benchmarks/propagation.py [--size-mib 256] [--nodes 1,4,8]
+                                               [--how create,preload]
 """
 
 from __future__ import annotations
@@ -164,30 +170,50 @@ def cached(stubs: Stubs, node: str, digest: str) -> bool:
     return any(e.digest == digest for e in entries)
 
 
-def deliver(stubs: Stubs, tmp: Path, service: str, digest: str, n: int, peers: bool) -> float:
-    tag = f"{'p' if peers else 's'}{n}"
+def preload_on(stubs: Stubs, names: list[str]) -> None:
+    stubs.admin.PreloadImage(admin_pb2.PreloadImageRequest(image=IMAGE, nodes=names))
+
+
+def all_cached(stubs: Stubs, names: list[str], digest: str) -> bool:
+    return all(cached(stubs, n, digest) for n in names)
+
+
+def deliver(
+    stubs: Stubs, tmp: Path, service: str, digest: str, n: int, peers: bool, how: str
+) -> tuple[float, int]:
+    """Seconds to deliver the image to ``n`` new agents, and how many got it from a peer."""
+    tag = f"{how[0]}{'p' if peers else 's'}{n}"
     names = [f"{tag}-n{i}" for i in range(n)]
     agents = Agents(tmp, service, names, peers)
     ids: list[str] = []
     try:
         wait(lambda: ready(stubs, names), f"{n} agents to register")
         t0 = time.perf_counter()
-        if peers and n > 1:
+        if how == "preload":
+            if peers and n > 1:
+                preload_on(stubs, names[:1])
+                wait(lambda: cached(stubs, names[0], digest), "the seed's report")
+                preload_on(stubs, names[1:])
+            else:
+                preload_on(stubs, names)
+            wait(lambda: all_cached(stubs, names, digest), f"{n} nodes to report the blob")
+        elif peers and n > 1:
             ids = create_on(stubs, names[:1], tag)
             wait(lambda: running(stubs, ids), "the seed")
             wait(lambda: cached(stubs, names[0], digest), "the seed's report")
             ids += create_on(stubs, names[1:], tag)
+            wait(lambda: running(stubs, ids), f"{n} workspaces RUNNING")
         else:
             ids = create_on(stubs, names, tag)
-        wait(lambda: running(stubs, ids), f"{n} workspaces RUNNING")
+            wait(lambda: running(stubs, ids), f"{n} workspaces RUNNING")
         took = time.perf_counter() - t0
         from_peer = agents.count("from peer")
         from_service = agents.count("from service")
         say(
-            f"N={n} {'with' if peers else 'without'} peers: {took:.2f} s "
+            f"{how} N={n} {'with' if peers else 'without'} peers: {took:.2f} s "
             f"({from_service} from the service, {from_peer} from a peer)"
         )
-        return took
+        return took, from_peer
     finally:
         for i in ids:
             stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=i))
@@ -207,6 +233,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=256, help="image size")
     p.add_argument("--nodes", default="1,4,8", help="values of N, comma-separated")
+    p.add_argument(
+        "--how", default="create,preload", help="create (workspaces) and/or preload, comma-sep."
+    )
     p.add_argument("--dir", default="/var/tmp", help="where the temporary directory goes")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args()
@@ -220,9 +249,16 @@ def main() -> int:
         say(f"uploading a {args.size_mib} MiB image")
         digest = upload(stubs, args.size_mib)
         figures: dict[str, float] = {}
-        for n in ns:
-            figures[f"deliver_n{n}_s"] = deliver(stubs, tmp, service, digest, n, peers=False)
-            figures[f"deliver_n{n}_peers_s"] = deliver(stubs, tmp, service, digest, n, peers=True)
+        for how in args.how.split(","):
+            if how not in ("create", "preload"):
+                raise SystemExit(f"--how: create or preload, not {how!r}")
+            name = "deliver" if how == "create" else how
+            for n in ns:
+                took, _ = deliver(stubs, tmp, service, digest, n, False, how)
+                figures[f"{name}_n{n}_s"] = took
+                took, from_peer = deliver(stubs, tmp, service, digest, n, True, how)
+                figures[f"{name}_n{n}_peers_s"] = took
+                figures[f"{name}_n{n}_from_peer"] = from_peer
         figures["size_mib"] = args.size_mib
         emit(figures)
         return 0

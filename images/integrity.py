@@ -19,12 +19,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from images.digest import from_hex, of_file
+
+
+def private_dir(d: Path) -> Path:
+    """``d`` made (if need be) 0700 with its files 0600: the owner's alone, also when an
+    earlier version left the directory 0755 or its files 0644."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(d, 0o700)
+    for p in d.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            st = p.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(p, 0o600)
+    return d
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` (created 0600, or truncated)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 @dataclass(frozen=True)
@@ -72,9 +93,7 @@ class Stamps:
     their only writer). A record that is missing or unreadable means "not verified"."""
 
     def __init__(self, stamp_dir: Path) -> None:
-        self.dir = stamp_dir
-        stamp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(stamp_dir, 0o700)  # the agent's alone (QEMU never reads it)
+        self.dir = private_dir(stamp_dir)  # its owner's alone (QEMU never reads it)
         for tmp in stamp_dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)  # a record half-written when a process died
         self._lock = threading.Lock()
@@ -104,7 +123,7 @@ class Stamps:
     def put(self, hx: str, stamp: Stamp) -> None:
         """Record ``stamp`` for ``hx`` atomically (temp file + rename)."""
         tmp = self.dir / f".{hx}.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps(asdict(stamp), sort_keys=True))
+        write_private(tmp, json.dumps(asdict(stamp), sort_keys=True).encode())
         os.replace(tmp, self.path(hx))
         with self._lock:
             self._memo[hx] = stamp
@@ -146,8 +165,9 @@ def record(path: Path, hx: str, stamps: Stamps) -> None:
 
 def quarantine(path: Path, hx: str, quarantine_dir: Path) -> Path | None:
     """Move a bad blob aside (kept for inspection, out of use): its new path, or None
-    when it was already gone."""
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    when it was already gone. The directory is its owner's alone (0700)."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(quarantine_dir, 0o700)
     dest = quarantine_dir / f"{hx}.{time.time_ns()}"
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, dest)

@@ -17,6 +17,7 @@ import binascii
 import fnmatch
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,6 +238,11 @@ def _check_statement(payload: bytes, manifest: ImageSpec) -> str:
     return ""
 
 
+def utc_text(epoch_s: float) -> str:
+    """A moment as ISO 8601 in UTC, to the second (2026-12-04T23:59:59Z)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
 def verify(
     policy: Policy,
     manifest: ImageSpec,
@@ -269,7 +275,7 @@ def verify(
                 problems.append(f"key {kid[:16]} is revoked")
                 continue
             if key.expires_at and now > key.expires_at:
-                problems.append(f"key {kid[:16]} expired")
+                problems.append(f"key {kid[:16]} expired at {utc_text(key.expires_at)}")
                 continue
             if not any(fnmatch.fnmatchcase(manifest.image, p) for p in key.image_patterns):
                 problems.append(f"key {kid[:16]} may not sign images named {manifest.image}")

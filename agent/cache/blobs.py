@@ -118,15 +118,13 @@ class BlobCache:
         # QEMU (an unprivileged user) opens cached bases, kernels and initrds through
         # root/blobs/sha256: those directories are traverse-only for others (0711), the
         # files 0600 (libvirt's dynamic ownership chowns the ones a domain uses). Partial
-        # downloads stay private (0700).
-        for d, mode in (
-            (root, 0o711),
-            (root / "blobs", 0o711),
-            (self.blob_dir, 0o711),
-            (self.partial_dir, 0o700),
-        ):
+        # downloads and quarantined blobs stay private (0700, their files 0600; made so
+        # also where an earlier version left them 0755 and 0644).
+        for d, mode in ((root, 0o711), (root / "blobs", 0o711), (self.blob_dir, 0o711)):
             d.mkdir(parents=True, exist_ok=True, mode=mode)
             os.chmod(d, mode)
+        integrity.private_dir(self.partial_dir)
+        integrity.private_dir(self.quarantine_dir)
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._entries: dict[str, _Entry] = {}  # hex → entry
@@ -162,11 +160,10 @@ class BlobCache:
             if now - path.stat().st_mtime > PARTIAL_MAX_AGE_S:
                 log.info("removing stale partial transfer %s", path)
                 path.unlink(missing_ok=True)
-        if self.quarantine_dir.is_dir():
-            for path in self.quarantine_dir.iterdir():
-                if now - path.stat().st_mtime > QUARANTINE_MAX_AGE_S:
-                    log.info("removing quarantined blob %s (kept a week)", path)
-                    path.unlink(missing_ok=True)
+        for path in self.quarantine_dir.iterdir():
+            if now - path.stat().st_mtime > QUARANTINE_MAX_AGE_S:
+                log.info("removing quarantined blob %s (kept a week)", path)
+                path.unlink(missing_ok=True)
         used = sum(e.size_bytes for e in self._entries.values())
         budget = fmt_bytes(self.budget_bytes) if self.budget_bytes else "unlimited"
         log.info(
@@ -381,7 +378,8 @@ class BlobCache:
         try:
             reserved = self._reserve(digest, hx, max(size_bytes, offset))
             stream = iter(src.fetch(digest, offset))
-            with open(partial, "ab") as f:
+            fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "ab") as f:
                 for chunk in stream:
                     offset += len(chunk)
                     received += len(chunk)

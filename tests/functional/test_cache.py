@@ -1,6 +1,7 @@
 """The node cache through the real service and fake-driver agents over gRPC: reports
 and ListCache, PreloadImage, eviction under a tiny budget, pins after a restart, and
-peer fetch (a node gets a blob from another node, not from the service)."""
+peer fetch (a node gets a blob from another node, not from the service, for a
+workspace or a preload)."""
 
 from __future__ import annotations
 
@@ -214,6 +215,37 @@ def test_blob_is_fetched_from_a_peer(net_site: Site, tmp_path: Path) -> None:
     aset = site.service.nodes.assignments("node2")
     (disk,) = aset.assignments[0].disks
     assert list(disk.sources) == [site.agents["node1"].peer_address]
+
+
+def test_preload_fetches_from_a_peer(net_site: Site, tmp_path: Path) -> None:
+    site = net_site
+    digest = image(site, "img", 9, size=3 * 1024 * KIB)
+    for node in ("node1", "node2"):
+        add(site, node, peer_listen=f"unix:{tmp_path / (node + '-peers.sock')}")
+    site.stubs.admin.PreloadImage(admin_pb2.PreloadImageRequest(image="img", nodes=["node1"]))
+    wait_for(lambda: digest in cached(site, "node1"), what="node1 to report the blob")
+    assert site.agents["node1"].cache.received_bytes == {"service": 3 * 1024 * KIB}
+
+    # node2's copy cannot come from the service: its copy is gone.
+    assert site.service is not None
+    service_copy = site.service.catalog.blobs.path(digest)
+    os.rename(service_copy, service_copy.with_name("hidden"))
+    try:
+        site.stubs.admin.PreloadImage(admin_pb2.PreloadImageRequest(image="img", nodes=["node2"]))
+        # The orders name node1 as the source of the prefetch blob, as for a disk.
+        (named,) = site.service.nodes.assignments("node2").prefetch_sources
+        assert named.digest == digest
+        assert list(named.sources) == [site.agents["node1"].peer_address]
+        assert list(named.source_nodes) == ["node1"]
+        wait_for(lambda: digest in cached(site, "node2"), what="node2 to hold the blob")
+    finally:
+        os.rename(service_copy.with_name("hidden"), service_copy)
+    node2 = site.agents["node2"]
+    assert node2.cache.received_bytes == {"peer": 3 * 1024 * KIB}
+    assert node2.cache.path(digest).read_bytes() == bytes([9]) * 3 * 1024 * KIB
+    peer_server = site.agents["node1"].peer_server
+    assert peer_server is not None
+    assert peer_server.servicer.served_bytes == 3 * 1024 * KIB
 
 
 def test_failed_peer_falls_back_to_the_service(net_site: Site, tmp_path: Path) -> None:

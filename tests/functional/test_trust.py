@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import grpc
@@ -228,6 +229,37 @@ def test_a_stopped_workspace_of_an_untrusted_image_is_not_started_under_enforce(
     site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=ws.id))
     site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
     assert _last(trust, "start").verdict == "warn"
+
+
+def test_a_key_past_its_expiry_is_refused_saying_when_it_expired(
+    ready_site: Site,
+    trust: trust_pb2_grpc.TrustStub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    svc = ["--service", ready_site.address]
+    private, public = _key()
+    kid = signing.key_id(public)
+    (tmp_path / "soon.pub").write_text(public)
+    at = int(time.time()) + 2
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    add = ["trust", "add", str(tmp_path / "soon.pub"), "--images", "img", "--expires", when]
+    assert admin_cli.main([*svc, *add]) == 0
+    trust.AddSignature(
+        trust_pb2.AddSignatureRequest(image="img", envelope_json=_sign(ready_site, "img", private))
+    )
+    trust.SetMode(trust_pb2.SetModeRequest(mode=ENFORCE))
+    ws = ready_site.stubs.create(name="before")  # trusted until then
+    ready_site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+
+    time.sleep(max(0.0, at + 1.1 - time.time()))
+    err = _refused(ready_site, "after")
+    assert f"key {kid[:16]} expired at {when}" in (err.details() or "")
+    entry = _last(trust)
+    assert entry.verdict == "deny" and f"expired at {when}" in entry.reason
+    capsys.readouterr()
+    assert ws_cli.main([*svc, "image", "verify", "img"]) == 1
+    assert f"expired at {when}" in capsys.readouterr().out
 
 
 def test_revoke_digest(ready_site: Site, trust: trust_pb2_grpc.TrustStub) -> None:

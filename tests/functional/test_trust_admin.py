@@ -1,10 +1,12 @@
 """Admins' changes to the trust policy (`ws-admin trust add|revoke|mode`): which key a
 revoke names (the full id, or a long enough prefix of exactly one key, taken literally),
-what a change says it did, and the site event each is (with who and old -> new).
+what a change says it did, the site event each is (with who and old -> new), and a
+key's expiry (a day or a moment; never in the past).
 Through the CLIs' main functions."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,28 @@ def test_trust_changes_are_site_events_with_who_and_what(
          f"digest sha256:{'b' * 64} revoked (policy v4)"),
         ("trust.key_revoked", kid, f"key {kid} revoked (policy v5)"),
     ]  # fmt: skip
+
+
+def test_expires_takes_a_day_or_a_moment_and_refuses_the_past_saying_when(
+    ready_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    site = ready_site
+    pub, kid = _pub(tmp_path, "exp")
+    add = ("trust", "add", str(pub), "--images", "exp:*", "--expires")
+    code, _out, err = run(admin, site, capsys, *add, "2020-01-01")  # the end of that day
+    assert code == 1
+    assert f"key {kid[:16]}: its expiry 2020-01-01T23:59:59Z is in the past (now 20" in err
+    code, _out, err = run(admin, site, capsys, *add, "2020-01-01T10:00:00+02:00")
+    assert code == 1 and "its expiry 2020-01-01T08:00:00Z is in the past" in err
+    code, _out, err = run(admin, site, capsys, *add, "2030-01-01T10:00")
+    assert code == 2 and "'2030-01-01T10:00' has no time zone: end it with Z" in err
+    code, _out, err = run(admin, site, capsys, *add, "tomorrow")
+    assert code == 2 and "expected YYYY-MM-DD or an ISO 8601 date-time with its zone" in err
+
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    out = ok(site, capsys, *add, soon)  # a key that expires in a minute
+    assert out.startswith(f"key {kid[:16]} trusted for exp:*, expires {soon} (policy v")
+    out = ok(site, capsys, *add, "2099-12-31")
+    assert out.startswith(f"key {kid[:16]}: expires {soon} -> 2099-12-31 (policy v")
+    code, out, _err = run(admin, site, capsys, "trust", "list")
+    assert code == 0 and "2099-12-31T23:59:59Z" in out

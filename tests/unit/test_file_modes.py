@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from agent.cache import BlobCache
-from agent.cache.blobs import Source
+from agent.cache.blobs import BlobCorrupted, Source
 from agent.disks import WorkspaceFiles
 from agent.virt.base import DomainSpec
 from agent.virt.fake import FakeDriver
@@ -21,6 +21,7 @@ from images.model import Mode, Partition
 from workspace.config import FakeDriverConfig
 from workspace.domain.model import Disk, Order
 from workspace.domain.states import Desired
+from workspace.errors import FailedPrecondition, Unavailable
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 
@@ -89,6 +90,80 @@ def test_the_agents_cache_files_are_private_and_its_dirs_traverse_only(tmp_path:
     assert mode(tmp_path / "cache" / "partial") == 0o700
     for d in (tmp_path / "cache", tmp_path / "cache" / "blobs", path.parent):
         assert mode(d) == 0o711
+
+
+def cut_short(data: bytes) -> Source:
+    """A source that fails after the first half: the partial download stays for a resume."""
+
+    def fetch(digest: str, offset: int) -> Iterator[bytes]:
+        yield data[offset : len(data) // 2]
+        raise Unavailable("connection lost")
+
+    return Source("service", fetch)
+
+
+def test_partial_downloads_integrity_records_and_quarantine_are_private(
+    tmp_path: Path,
+) -> None:
+    cache = BlobCache(tmp_path / "cache")
+    data = b"half" * 4096
+    digest = digests.of_bytes(data)
+    with pytest.raises(Unavailable):
+        cache.ensure(digest, [cut_short(data)], len(data))
+    (partial,) = cache.partial_dir.iterdir()
+    assert partial.stat().st_size == len(data) // 2
+    assert mode(partial) == 0o600
+
+    path = cache.ensure(digest, [Source("service", lambda d, o: iter([data[o:]]))], len(data))
+    (record,) = cache.stamps.dir.iterdir()
+    assert (mode(record), mode(cache.stamps.dir)) == (0o600, 0o700)
+
+    path.write_bytes(b"tampered")  # found at the next use, moved aside
+    with pytest.raises(BlobCorrupted):
+        cache.check(digest)
+    (moved,) = cache.quarantine_dir.iterdir()
+    assert (mode(moved), mode(cache.quarantine_dir)) == (0o600, 0o700)
+
+
+def test_the_repositorys_bad_blobs_and_integrity_records_are_private(tmp_path: Path) -> None:
+    repo = BlobRepository(tmp_path / "blobs")
+    digest, _ = repo.put([b"data" * 1000], 1 << 20)
+    (record,) = repo.stamps.dir.iterdir()
+    assert (mode(record), mode(repo.stamps.dir)) == (0o600, 0o700)
+    repo.path(digest).write_bytes(b"tampered")
+    with pytest.raises(FailedPrecondition):
+        repo.check(digest)
+    (moved,) = repo.bad()
+    assert (mode(moved), mode(repo.bad_dir)) == (0o600, 0o700)
+
+
+def test_what_earlier_versions_left_open_is_made_private_at_start(tmp_path: Path) -> None:
+    repo = BlobRepository(tmp_path / "blobs")
+    repo.put([b"data" * 1000], 1 << 20)
+    cache = BlobCache(tmp_path / "cache")
+    data = b"half" * 4096
+    with pytest.raises(Unavailable):
+        cache.ensure(digests.of_bytes(data), [cut_short(data)], len(data))
+    cache.ensure(digests.of_bytes(b"x"), [Source("service", lambda d, o: iter([b"x"[o:]]))])
+    # As an earlier version left them: directories 0755, files 0644.
+    opened = [
+        repo.bad_dir / "a.1",
+        *repo.stamps.dir.iterdir(),
+        *cache.partial_dir.iterdir(),
+        *cache.stamps.dir.iterdir(),
+        cache.quarantine_dir / "b.1",
+    ]
+    for d in (repo.bad_dir, cache.quarantine_dir, cache.partial_dir, cache.stamps.dir):
+        d.chmod(0o755)
+    for f in opened:
+        f.touch()
+        f.chmod(0o644)
+
+    repo = BlobRepository(tmp_path / "blobs")
+    cache = BlobCache(tmp_path / "cache")
+    dirs = (repo.bad_dir, repo.stamps.dir, cache.quarantine_dir, cache.partial_dir)
+    assert [mode(d) for d in (*dirs, cache.stamps.dir)] == [0o700] * 5
+    assert [mode(f) for f in opened] == [0o600] * len(opened)
 
 
 def test_overlays_blank_disks_and_state_are_private(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
     ws image keygen --out me              writes me.key (0600) and me.pub
     ws image sign sci-base:1.2 --key me.key
     ws image verify sci-base:1.2
-    ws-admin trust add me.pub --images 'sci-*' [--expires 2026-12-31] [--comment TEXT]
+    ws-admin trust add me.pub --images 'sci-*' [--expires 2026-12-31|2026-12-31T12:00Z]
+                                          [--comment TEXT]
                                           (patterns match NAME:VERSION: 'app:*', 'app*')
     ws-admin trust list | revoke KEYID | revoke --digest sha256:... | mode enforce|warn
     ws-admin audit [--image NAME] [--limit N]
@@ -26,13 +27,24 @@ from workspace import errors
 from workspace.cli import common, render
 
 
-def date_arg(text: str) -> float:
-    """YYYY-MM-DD (end of that day, UTC) -> epoch seconds."""
-    try:
+def expiry_arg(text: str) -> float:
+    """YYYY-MM-DD (the end of that day, UTC), or an ISO 8601 date-time with its zone
+    (2026-12-04T15:30:00Z, 2026-12-04T16:30+01:00) -> epoch seconds."""
+    with contextlib.suppress(ValueError):
         day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        return day.timestamp() + 86399
+    try:
+        when = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
-    return day.timestamp() + 86399
+        raise argparse.ArgumentTypeError(
+            f"expected YYYY-MM-DD or an ISO 8601 date-time with its zone "
+            f"(2026-12-04T15:30:00Z), got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone: end it with Z (UTC) or an offset such as +01:00"
+        )
+    return when.timestamp()
 
 
 # -- ws image keygen|sign|verify -----------------------------------------------------------
@@ -182,7 +194,14 @@ def register_admin(
         metavar="PATTERN",
         help="patterns of the full NAME:VERSION, e.g. 'app:*', 'sci-*'",
     )
-    q.add_argument("--expires", type=date_arg, metavar="YYYY-MM-DD", help="last valid day (UTC)")
+    q.add_argument(
+        "--expires",
+        type=expiry_arg,
+        metavar="WHEN",
+        help="when the key stops being trusted: YYYY-MM-DD (the end of that day, UTC) or "
+        "an ISO 8601 date-time with its zone, e.g. 2026-12-04T15:30:00Z or "
+        "2026-12-04T16:30+01:00 (a moment in the past is refused)",
+    )
     q.add_argument("--comment", default="", help="who the key belongs to (kept if not given)")
     q.set_defaults(func=add)
     q = sub.add_parser("list", parents=[parent], help="the policy: keys, revocations, mode")

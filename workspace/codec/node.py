@@ -8,6 +8,7 @@ from images.model import Mode, Partition
 from workspace.codec import v1
 from workspace.domain.model import (
     AuditRecord,
+    BlobSources,
     CacheRecord,
     Disk,
     ExecOutcome,
@@ -225,6 +226,12 @@ def node_orders_to_proto(n: NodeOrders) -> nodes_pb2.AssignmentSet:
         assignments=[order_to_proto(o) for o in n.orders],
         prefetch=list(n.prefetch),
         policy=(None if n.policy is None else policy_to_proto(n.policy, n.stop_running_on_revoke)),
+        prefetch_sources=[
+            nodes_pb2.BlobSources(
+                digest=b.digest, sources=list(b.sources), source_nodes=list(b.source_nodes)
+            )
+            for b in n.prefetch_sources
+        ],
     )
 
 
@@ -235,6 +242,10 @@ def node_orders_from_proto(m: nodes_pb2.AssignmentSet) -> NodeOrders:
         prefetch=tuple(m.prefetch),
         policy=policy_from_proto(m.policy) if m.HasField("policy") else None,
         stop_running_on_revoke=m.policy.stop_running_on_revoke,
+        prefetch_sources=tuple(
+            BlobSources(b.digest, tuple(b.sources), tuple(b.source_nodes))
+            for b in m.prefetch_sources
+        ),
     )
 
 

@@ -91,6 +91,15 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class BlobSources:
+    """Peers that may hold one blob the node is to prefetch, as a Disk names them."""
+
+    digest: str
+    sources: tuple[str, ...] = ()
+    source_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CreateSpec:
     """A validated request for one workspace (a single create, or one cluster member)."""
 
@@ -314,6 +323,8 @@ class NodeOrders:
     prefetch: tuple[str, ...] = ()
     policy: Policy | None = None  # None: the service checks no image trust
     stop_running_on_revoke: bool = False
+    # Peers that hold prefetch blobs (those without any are left out).
+    prefetch_sources: tuple[BlobSources, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from images.model import Partition
 from workspace.config import ServiceConfig
 from workspace.domain.leases import EXPIRED
-from workspace.domain.model import Disk, NodeInfo, NodeOrders, NodeReport, Order
+from workspace.domain.model import BlobSources, Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import (
     TRUST_STOPPED,
     Desired,
@@ -223,11 +223,11 @@ def build_orders(
             if w.image not in envelopes:
                 envelopes[w.image] = tuple(trust.envelopes(s, w.image))
     wanted = {p.digest for spec in specs.values() for p in spec.partitions if p.digest}
-    sources = peer_sources(s, node_name, wanted)
+    sources = blob_sources(s, node_name, wanted)
 
     def disk(p: Partition) -> Disk:
-        peers = sources.get(p.digest, [])
-        return Disk(p, tuple(a for _, a in peers), tuple(n for n, _ in peers))
+        named = sources.get(p.digest) or BlobSources(p.digest)
+        return Disk(p, named.sources, named.source_nodes)
 
     peers = netpolicy.peers(s, rows)
     return tuple(
@@ -272,12 +272,16 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
         out = build_orders(s, node_name, rows, env.check_trust, env.cfg)
         policy, stop_on_revoke = trust.node_policy(s) if env.check_trust else (None, False)
         cached = set(node.cached_digests or ())
+        prefetch = tuple(d for d in node.prefetch or () if d not in cached)
+        # Peers for a preload as for a disk: N nodes preloaded do not all ask the service.
+        named = blob_sources(s, node_name, set(prefetch))
         return NodeOrders(
             generation=env.notifier.generation(node_name),
             orders=out,
-            prefetch=tuple(d for d in node.prefetch or () if d not in cached),
+            prefetch=prefetch,
             policy=policy,
             stop_running_on_revoke=stop_on_revoke,
+            prefetch_sources=tuple(named[d] for d in dict.fromkeys(prefetch) if d in named),
         )
 
 
@@ -310,6 +314,15 @@ def peer_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, list
     return {
         digest: [(p.name, p.peer_address) for p in sorted(peers, key=rank)[:MAX_SOURCES]]
         for digest, peers in holders.items()
+    }
+
+
+def blob_sources(s: Session, node_name: str, wanted: set[str]) -> dict[str, BlobSources]:
+    """The peers an order names for each of ``wanted`` (``peer_sources``), as sent: the
+    addresses and the node at each; digests no peer holds are left out."""
+    return {
+        digest: BlobSources(digest, tuple(a for _, a in peers), tuple(n for n, _ in peers))
+        for digest, peers in peer_sources(s, node_name, wanted).items()
     }
 
 

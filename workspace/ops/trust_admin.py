@@ -52,8 +52,13 @@ def _patterns(ps: Sequence[str]) -> str:
 
 
 def _expiry(at: float) -> str:
-    """An expiry as the CLI takes it (YYYY-MM-DD, UTC), or never."""
-    return time.strftime("%Y-%m-%d", time.gmtime(at)) if at else "never"
+    """An expiry as the CLI takes it: YYYY-MM-DD for the end of a day (UTC), else the
+    moment (ISO 8601, UTC); or never."""
+    if not at:
+        return "never"
+    if time.gmtime(at)[3:6] == (23, 59, 59) and at == int(at):
+        return time.strftime("%Y-%m-%d", time.gmtime(at))
+    return signing.utc_text(at)
 
 
 def _mode(enforce: str, stop: bool) -> str:
@@ -132,7 +137,10 @@ def add_key(
         )
     now = env.clock()
     if expires_at and expires_at <= now:
-        raise InvalidArgument(f"key {_short(kid)}: its expiry is in the past")
+        raise InvalidArgument(
+            f"key {_short(kid)}: its expiry {signing.utc_text(expires_at)} is in the past "
+            f"(now {signing.utc_text(now)})"
+        )
     pem = public_key_pem.strip() + "\n"
     with write(env) as u:
         s = u.s

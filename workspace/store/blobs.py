@@ -47,7 +47,8 @@ class BlobRepository:
         for p in (root / "sha256").iterdir():  # stored 0644 by earlier versions
             if p.stat().st_mode & 0o077:
                 os.chmod(p, 0o600)
-        self.bad_dir = root / "bad"
+        # Blobs found bad, kept aside: as private (earlier versions made it 0755).
+        self.bad_dir = integrity.private_dir(root / "bad")
         self.trash_dir = root / "trash"
         self.stamps = integrity.Stamps(root / "verified")
         self._lock = threading.Lock()

@@ -417,6 +417,7 @@ class AssignmentSet(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     PREFETCH_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    PREFETCH_SOURCES_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
@@ -428,6 +429,10 @@ class AssignmentSet(_message.Message):
     def policy(self) -> _trust_pb2.TrustPolicy:
         """The site's trust policy; the agent verifies every order against it itself."""
 
+    @_builtins.property
+    def prefetch_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobSources]:
+        """Peers that may hold each prefetch blob, chosen as for a disk's sources."""
+
     def __init__(
         self,
         *,
@@ -435,14 +440,44 @@ class AssignmentSet(_message.Message):
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
         prefetch: _abc.Iterable[_builtins.str] | None = ...,
         policy: _trust_pb2.TrustPolicy | None = ...,
+        prefetch_sources: _abc.Iterable[Global___BlobSources] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "policy", b"policy", "prefetch", b"prefetch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "policy", b"policy", "prefetch", b"prefetch", "prefetch_sources", b"prefetch_sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignmentSet: _TypeAlias = AssignmentSet  # noqa: Y015
+
+@_typing.final
+class BlobSources(_message.Message):
+    """Peer agents that may hold one blob, as DiskAssignment.sources and source_nodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    SOURCE_NODES_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def source_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        source_nodes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "source_nodes", b"source_nodes", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobSources: _TypeAlias = BlobSources  # noqa: Y015
 
 @_typing.final
 class ObservedWorkspace(_message.Message):
