@@ -450,6 +450,8 @@ class FakeDriverConfig:
     ignore_shutdown: list[str] = field(default_factory=list)
     # Workspace names (fnmatch patterns) whose guest has no guest agent (exec fails).
     no_guest_agent: list[str] = field(default_factory=list)
+    # Seconds after a domain boots before its guest agent answers (a guest still booting).
+    guest_agent_after_s: float = 0.0
 
 
 @dataclass(frozen=True)
