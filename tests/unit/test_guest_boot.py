@@ -4,6 +4,8 @@ its boot window (said once on stderr), fail at once for one that has run for lon
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from tests.unit.test_cli_guests import HOST_KEYS, FakeClient, box, fake_ssh, run
 from workspace import errors
+from workspace.cli import sshwait
 from workspace.client_guests import boot_wait_for
 from workspace.domain import booting
 from workspace.v1 import access_pb2, common_pb2
@@ -59,36 +62,70 @@ def test_the_no_guest_agent_messages_are_told_apart_from_other_refusals() -> Non
     assert not booting.is_no_guest_agent("the guest agent in workspace box refuses guest-exec")
 
 
-def test_ssh_and_scp_right_after_a_start_keep_trying_to_connect_and_say_so(
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ssh_and_scp_right_after_a_start_wait_for_the_sshd_and_say_so(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """`ws create --wait` then `ws ssh box`: RUNNING, but the guest still boots; ssh
-    keeps trying (ConnectionAttempts) for the rest of the boot window."""
+    """`ws create --wait` then `ws ssh box`: RUNNING, but the guest still boots; ws
+    knocks on its ssh port until it answers, says once that it waits, then runs ssh."""
     fake_ssh(monkeypatch, tmp_path, 'echo "$@" > "$ARGS_FILE"\n')
-    fake_ssh_dir = tmp_path / "bin"
-    (fake_ssh_dir / "scp").write_text((fake_ssh_dir / "ssh").read_text())
-    (fake_ssh_dir / "scp").chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    (bin_dir / "scp").write_text((bin_dir / "ssh").read_text())
+    (bin_dir / "scp").chmod(0o755)
     args_file = tmp_path / "args"
     monkeypatch.setenv("ARGS_FILE", str(args_file))
+    port = free_port()
+    monkeypatch.setattr(sshwait, "SSH_PORT", port)
+    monkeypatch.setattr(sshwait, "KNOCK_EVERY_S", 0.2)
     c = FakeClient([started(20)])
-    rc, _, err = run(c, capfd, "ssh", "box", "--", "uname", "-a")  # type: ignore[arg-type]
-    assert rc == 0
-    assert err.startswith("ws: box may still be booting (it started 2")  # 20 or 21 s
-    assert err.count("\n") == 1 and "up to 28" in err and "(--retry N to choose)" in err
-    assert "-o ConnectionAttempts=28" in args_file.read_text()
-    rc, _, err = run(c, capfd, "scp", "f", "box:")  # type: ignore[arg-type]
-    assert rc == 0 and "box may still be booting" in err
-    assert "-o ConnectionAttempts=28" in args_file.read_text()
-    # --retry N: as before, N attempts, nothing said.
+    c.workspaces["box"].nics[0].ip = "127.0.0.1"
+    sshd = socket.socket()
+
+    def boots() -> None:  # the guest's sshd comes up a second later
+        time.sleep(1.0)
+        sshd.bind(("127.0.0.1", port))
+        sshd.listen()
+
+    threading.Thread(target=boots, daemon=True).start()
+    try:
+        rc, _, err = run(c, capfd, "ssh", "box", "--", "uname", "-a")  # type: ignore[arg-type]
+        assert rc == 0 and err.count("\n") == 1, err
+        assert err.startswith(
+            "ws: box's sshd does not answer yet (Connection refused; it started 2"
+        )
+        assert err.endswith(" s for the guest to boot\n") and "waiting up to 2" in err
+        assert "ConnectionAttempts" not in args_file.read_text()  # it answers: one attempt
+        # Up: nothing said.
+        rc, _, err = run(c, capfd, "scp", "f", "box:")  # type: ignore[arg-type]
+        assert rc == 0 and err == ""
+    finally:
+        sshd.close()
+    # --retry N: as before, N attempts, no knocks, nothing said.
     rc, _, err = run(c, capfd, "ssh", "--retry", "5", "box")  # type: ignore[arg-type]
     assert rc == 0 and err == "" and "-o ConnectionAttempts=5" in args_file.read_text()
-    # --print: a command for later, as it would run then.
+    # --print: a command for later.
     rc, out, err = run(c, capfd, "ssh", "box", "--print")  # type: ignore[arg-type]
     assert rc == 0 and err == "" and "ConnectionAttempts" not in out
-    # Running for long: one attempt, at once, as ever.
-    c.workspaces["box"] = started(booting.BOOT_WINDOW_S + 60)
+    # Running for long: at once, as ever (nothing listens: ssh's own error would say).
+    c.workspaces["box"].updated_at.FromSeconds(int(time.time() - booting.BOOT_WINDOW_S - 60))
+    started_at = time.monotonic()
     rc, _, err = run(c, capfd, "ssh", "box")  # type: ignore[arg-type]
-    assert rc == 0 and err == "" and "ConnectionAttempts" not in args_file.read_text()
+    assert rc == 0 and err == "" and time.monotonic() - started_at < 5
+
+
+def test_the_wait_for_an_sshd_is_bounded_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sshwait, "SSH_PORT", free_port())  # nothing listens
+    monkeypatch.setattr(sshwait, "KNOCK_EVERY_S", 0.1)
+    said: list[tuple[str, float]] = []
+    begun = time.monotonic()
+    assert not sshwait.wait_for_sshd("127.0.0.1", [], 0.5, lambda *a: said.append(a))
+    assert 0.5 <= time.monotonic() - begun < 5
+    assert said == [("Connection refused", 0.5)]
 
 
 class BootingClient(FakeClient):

@@ -104,7 +104,7 @@ def scp_cmd(args: argparse.Namespace, client: Client) -> int:
         args.key or "",
         args.recursive,
         netns,
-        guest_cmds.connect_attempts(args, ws),
+        guest_cmds.connect_attempts(args, ws, netns),
     )
     return guest_cmds.print_or_run(args, cmd, known)
 
@@ -125,8 +125,8 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     p.add_argument("operands", nargs="+", metavar="SRC... DST")
     _add_scp_options(
         p,
-        f". Default: a workspace that started less than {booting.BOOT_WINDOW_S:.0f} s ago "
-        "gets one attempt a second for the rest of that time; others one attempt",
+        f". Default: for a workspace that started less than {booting.BOOT_WINDOW_S:.0f} s "
+        "ago, wait until then for its sshd to answer (said on stderr); others: one attempt",
     )
     p.add_argument("--print", action="store_true", help="print the scp command, do not run it")
     p.set_defaults(func=lambda a: scp_cmd(a, client_for(a)))

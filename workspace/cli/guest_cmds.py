@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import shlex
 import shutil
@@ -36,7 +35,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from workspace import errors
-from workspace.cli import common, forwards, render
+from workspace.cli import common, forwards, render, sshwait
 from workspace.client import Client, state_name
 from workspace.client_guests import boot_wait_for
 from workspace.domain import booting
@@ -444,27 +443,35 @@ def boot_wait(args: argparse.Namespace, ws: common_pb2.Workspace) -> float:
     return boot_wait_for(ws)
 
 
-def _started(ws: common_pb2.Workspace) -> str:
-    """ " (it started 12 s ago)", or "" when the service did not say when."""
+def _started(ws: common_pb2.Workspace, *why: str) -> str:
+    """``" (WHY; it started 12 s ago)"``: ``why`` and when ``ws`` started, those known
+    ("" if neither is)."""
     up = booting.up_for(ws.updated_at.ToNanoseconds() / 1e9, time.time())
-    return "" if up is None else f" (it started {up:.0f} s ago)"
+    parts = [*why, "" if up is None else f"it started {up:.0f} s ago"]
+    said = "; ".join(p for p in parts if p)
+    return f" ({said})" if said else ""
 
 
-def connect_attempts(args: argparse.Namespace, ws: common_pb2.Workspace) -> int:
-    """ssh's ConnectionAttempts for ``ws``: ``--retry N``'s N; for a workspace that
-    started recently, one a second for what is left of its boot window, said once on
-    stderr (not for ``--print``: the command is for later); else 0 (one attempt)."""
+def connect_attempts(args: argparse.Namespace, ws: common_pb2.Workspace, netns: str) -> int:
+    """ssh's ConnectionAttempts for ``ws``: ``--retry N``'s N; else 0 (one attempt),
+    once a workspace that started recently has had the rest of its boot window for its
+    sshd to answer (``sshwait``; said once on stderr if it waits; not for ``--print``:
+    the command is for later)."""
     if args.retry or args.print:
         return int(args.retry or 0)
-    attempts = math.ceil(boot_wait_for(ws))
-    if attempts:
-        print(
-            f"ws: {ws.name} may still be booting{_started(ws)}: ssh keeps trying to "
-            f"connect, up to {attempts} times a second apart (--retry N to choose)",
-            file=sys.stderr,
-            flush=True,
-        )
-    return attempts
+    wait_s = boot_wait_for(ws)
+    if wait_s > 0:
+
+        def say(why: str, wait_s: float) -> None:
+            print(
+                f"ws: {ws.name}'s sshd does not answer yet{_started(ws, why)}: waiting "
+                f"up to {wait_s:.0f} s for the guest to boot",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        sshwait.wait_for_sshd(ws_address(ws), in_netns(netns, []), wait_s, say)
+    return 0
 
 
 def check_key_file(key: str) -> None:
@@ -509,7 +516,7 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
             args.key or "",
             command,
             netns,
-            connect_attempts(args, ws),
+            connect_attempts(args, ws, netns),
             wanted,
             args.no_command,
         )
@@ -679,9 +686,9 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         help="a workspace still starting: wait up to N s for it to be RUNNING, then try "
         "to connect up to N times, a second apart, while the guest boots (ssh's "
         "ConnectionAttempts; each attempt takes up to 5 s, about 4 s while the guest has "
-        "no address yet: N attempts can take 5N s). Default: a workspace that started "
-        f"less than {booting.BOOT_WINDOW_S:.0f} s ago gets one attempt a second for the "
-        "rest of that time; others one attempt",
+        "no address yet: N attempts can take 5N s). Default: for a workspace that started "
+        f"less than {booting.BOOT_WINDOW_S:.0f} s ago, wait until then for its sshd to "
+        "answer (said on stderr); others: one attempt",
     )
     for flag, what in (
         ("-L", "a local port forwarded to HOST:HOSTPORT as the guest sees it"),
