@@ -4,13 +4,17 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: all venv deps protos check-protos lint typecheck bytecode test test-fast test-host demo bench clean
+.PHONY: all venv deps deps-demo protos check-protos lint typecheck bytecode test test-fast test-host demo bench clean
 
 all: venv
 
 # Debian packages the node side and the end-to-end tests need (root, Debian 12).
 deps:
 	./scripts/install-deps.sh
+
+# Only those `make demo` needs (no PostgreSQL, Prometheus or Slurm servers).
+deps-demo:
+	./scripts/install-deps.sh demo
 
 venv: $(VENV)/.installed
 
@@ -69,7 +73,7 @@ test: deps venv check-protos lint typecheck bytecode
 	$(VENV)/bin/pytest -q --durations=25 $(HOST_WORKERS) -m host tests || rc=$$?; \
 	exit $$rc
 
-demo: deps venv
+demo: deps-demo venv
 	$(VENV)/bin/python -m workspace.demo
 
 bench: venv

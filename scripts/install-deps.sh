@@ -1,10 +1,20 @@
 #!/bin/sh
-# Installs the Debian 12 packages the node side and the tests need. Run as root.
+# Installs Debian 12 packages. Run as root.
+#   install-deps.sh [all]   what the node side and every test need (`make test`, .ci/run)
+#   install-deps.sh demo    what `make demo` needs: the node side (QEMU, libvirt, dnsmasq,
+#                           nftables) and the image builds; none of the servers only the
+#                           tests use (PostgreSQL, Prometheus, Slurm), which apt would
+#                           enable and start on a systemd host.
 set -eu
-PKGS="python3-venv qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
+DEMO="python3-venv qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
 libvirt-clients libvirt-dev pkg-config dnsmasq-base busybox-static linux-image-amd64 \
-iproute2 cpio gzip kmod e2fsprogs mmdebstrap openssh-client cloud-init \
-postgresql prometheus nftables iputils-ping iperf3 slurmctld slurm-client util-linux"
+iproute2 cpio gzip kmod e2fsprogs mmdebstrap openssh-client nftables util-linux"
+TESTS="cloud-init postgresql prometheus iputils-ping iperf3 slurmctld slurm-client"
+case "${1:-all}" in
+  all) PKGS="$DEMO $TESTS" ;;
+  demo) PKGS="$DEMO" ;;
+  *) echo "usage: $0 [all|demo]" >&2; exit 2 ;;
+esac
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -3,13 +3,15 @@ workspace's guest agent (``exec``), the interactive serial console (``attach_con
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from workspace import errors
-from workspace.v1 import access_pb2, access_pb2_grpc
+from workspace.domain import booting
+from workspace.v1 import access_pb2, access_pb2_grpc, common_pb2
 
 T = TypeVar("T")
 
@@ -18,6 +20,20 @@ T = TypeVar("T")
 EXEC_WAIT_S = 3600.0
 # The service answers this long after the command's timeout at the latest.
 EXEC_MARGIN_S = 60.0
+# How often exec asks again while no guest agent answers (``boot_wait_s``).
+GUEST_POLL_S = 2.0
+
+
+def boot_wait_for(ws: common_pb2.Workspace, now: float | None = None) -> float:
+    """How long a command for ``ws`` should wait for its guest agent (or sshd): what is
+    left of the boot window (``workspace/domain/booting.py``) when it is RUNNING and
+    started or changed less than that ago, else 0 (one that has run for long fails
+    fast)."""
+    return booting.boot_left(
+        ws.state == common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING,
+        ws.updated_at.ToNanoseconds() / 1e9,
+        time.time() if now is None else now,
+    )
 
 
 class GuestsClientMixin:
@@ -39,14 +55,39 @@ class GuestsClientMixin:
         return self._guests_stub
 
     def exec(
-        self, id: str, argv: Sequence[str], stdin: bytes = b"", timeout_s: int = 0
+        self,
+        id: str,
+        argv: Sequence[str],
+        stdin: bytes = b"",
+        timeout_s: int = 0,
+        boot_wait_s: float = 0.0,
+        on_wait: Callable[[errors.WorkspaceError], None] | None = None,
     ) -> access_pb2.ExecResult:
         """Run ``argv`` in workspace ``id`` through its guest agent and wait for it:
         exit code, stdout, stderr, ``timed_out`` (after ``timeout_s``; 0: the service's
         default), ``truncated``. FailedPrecondition when the workspace is not running or
-        no guest agent answers; Unavailable when its node's agent is not connected."""
+        no guest agent answers; Unavailable when its node's agent is not connected.
+
+        ``boot_wait_s``: while no guest agent answers (a guest still booting), ask again
+        every ``GUEST_POLL_S`` until this long has passed (0: once), telling ``on_wait``
+        the first refusal; then the last refusal is raised. ``boot_wait_for`` says how long
+        a workspace just started may take."""
         req = access_pb2.ExecRequest(id=id, argv=list(argv), stdin=stdin, timeout_s=timeout_s)
-        return self._call(self._guests.Exec, req, (timeout_s or EXEC_WAIT_S) + EXEC_MARGIN_S)
+        deadline = time.monotonic() + boot_wait_s
+        waiting = False
+        while True:
+            try:
+                return self._call(
+                    self._guests.Exec, req, (timeout_s or EXEC_WAIT_S) + EXEC_MARGIN_S
+                )
+            except errors.FailedPrecondition as exc:
+                left = deadline - time.monotonic()
+                if not booting.is_no_guest_agent(exc.message) or left <= 0:
+                    raise
+                if not waiting and on_wait is not None:
+                    on_wait(exc)
+                waiting = True
+            time.sleep(min(GUEST_POLL_S, left))  # the last try at the deadline
 
     def attach_console(self, id: str, keystrokes: Iterable[bytes]) -> Iterator[bytes]:
         """The serial console of workspace ``id``, both ways: ``keystrokes`` go to the

@@ -453,6 +453,8 @@ class FakeDriverConfig:
     ignored_wait_s: float = 0.5
     # Workspace names (fnmatch patterns) whose guest has no guest agent (exec fails).
     no_guest_agent: list[str] = field(default_factory=list)
+    # Seconds after a domain boots before its guest agent answers (a guest still booting).
+    guest_agent_after_s: float = 0.0
 
     def __post_init__(self) -> None:
         check_min(self, "fake.", ("boot_delay_s", "ignored_wait_s"), 0)

@@ -4,18 +4,20 @@ Builds the Debian cloud appliance (cloud-init, OpenSSH, qemu-guest-agent; cached
 /var/tmp) and the small busybox test appliance, starts a site with the libvirt driver in
 a private network namespace (`ws-admin site up --driver libvirt`), pushes the cloud image
 with `ws image push`, adds your SSH public key (if you have one) with `ws key add`, boots
-a workspace from it and waits for cloud-init, then runs commands inside the VM: through
-the QEMU guest agent (`ws exec`) and, with your key, over SSH with the host key the
-service vouches for (`ws ssh`). The site keeps running; `ws-admin site down` stops it and
-removes every VM. The site keeps its state (images, workspaces) and its driver for the
-next `site up`; `ws-admin site down --purge` removes it all (see
-workspace.site.local.STATE_RULE).
+a workspace from it, waits for cloud-init and shows the end of its console, then runs
+commands inside the VM: through the QEMU guest agent (`ws exec`) and, with your key,
+over SSH with the host key the service vouches for (`ws ssh -i` the key it added). The
+site keeps running; `ws-admin site down` stops it and removes every VM. The site keeps
+its state (images, workspaces) and its driver for the next `site up`; `ws-admin site
+down --purge` removes it all (see workspace.site.local.STATE_RULE).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +30,10 @@ APPLIANCE_DIR = Path(os.environ.get("WS_APPLIANCE_CACHE", "/var/tmp/ws-appliance
 NAME = "demo"
 BOOT_TIMEOUT_S = 300.0
 PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
+# Lines of the console shown once the guest is up.
+CONSOLE_LINES = 6
+# Terminal escape sequences (CSI and OSC) in console output.
+ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 
 
 def say(msg: str) -> None:
@@ -48,54 +54,79 @@ def cli(module: str, *args: str, quiet: bool = False) -> subprocess.CompletedPro
     return proc
 
 
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, check=False
-    )
-
-
 def wait_for_guest() -> None:
-    """Until the guest agent answers and cloud-init is done (progress on stdout)."""
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    """Until cloud-init is done, asked through the guest agent: `ws exec --retry` waits
+    for the agent while the guest boots, saying so on stderr (passed through)."""
     started = time.monotonic()
+    deadline = started + BOOT_TIMEOUT_S
     while True:
-        probe = run_cli(
-            "workspace.cli.ws",
-            "exec",
-            NAME,
-            "--timeout",
-            "120",
-            "--",
-            "cloud-init",
-            "status",
-            "--wait",
-        )
+        left = max(1, int(deadline - time.monotonic()))
+        probe = subprocess.run(
+            [sys.executable, "-m", "workspace.cli.ws", "exec", NAME, "--retry", str(left),
+             "--timeout", "120", "--", "cloud-init", "status", "--wait"],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )  # fmt: skip
         if probe.returncode == 0:
             print(f"    cloud-init done after {time.monotonic() - started:.0f} s", flush=True)
             return
         if time.monotonic() > deadline:
-            sys.stderr.write(probe.stderr)
+            sys.stdout.write(probe.stdout)
             raise SystemExit(f"demo: the guest did not come up in {BOOT_TIMEOUT_S:.0f} s")
-        print(f"    ... booting ({time.monotonic() - started:.0f} s)", flush=True)
+        print(f"    ... cloud-init not done yet ({time.monotonic() - started:.0f} s)", flush=True)
         time.sleep(5.0)
 
 
-def user_key() -> Path | None:
-    """The caller's SSH public key, if they have one."""
-    ssh_dir = Path.home() / ".ssh"
-    return next((ssh_dir / n for n in PUBLIC_KEYS if (ssh_dir / n).is_file()), None)
+def user_key(home: Path | None = None) -> Path | None:
+    """The caller's SSH public key (in ``home``, $HOME by default), if they have one
+    with its private half beside it."""
+    ssh_dir = (home or Path.home()) / ".ssh"
+    return next(
+        (
+            ssh_dir / n
+            for n in PUBLIC_KEYS
+            if (ssh_dir / n).is_file() and (ssh_dir / n).with_suffix("").is_file()
+        ),
+        None,
+    )
 
 
-def next_steps(has_key: bool) -> str:
-    """What to try once the demo ran; without an SSH key, how to get one into a VM (a key
-    added later reaches only workspaces created after it)."""
-    if has_key:
-        ssh = "  ws ssh demo                      ws exec demo -- df -h /\n"
+def identity(public: Path) -> list[str]:
+    """``ws ssh``'s ``-i`` with the private half of ``public``, the key the demo added:
+    ssh itself looks in the passwd entry's home, which need not be $HOME."""
+    return ["-i", str(public.with_suffix(""))]
+
+
+def console_tail(text: str, lines: int = CONSOLE_LINES) -> list[str]:
+    """The last ``lines`` non-blank lines of console output ``text``, without carriage
+    returns and terminal escape sequences (colours, cursor moves)."""
+    plain = ANSI.sub("", text).replace("\r", "\n")
+    return [line.rstrip() for line in plain.splitlines() if line.strip()][-lines:]
+
+
+def show_console() -> None:
+    """The end of the workspace's console log (cloud-init's final message, the login
+    prompt), as `ws console` prints it."""
+    log = cli("workspace.cli.ws", "console", NAME, "--tail", "8192", quiet=True)
+    print(f"$ ws console {NAME}   (its last lines)", flush=True)
+    for line in console_tail(log.stdout):
+        print(f"    {line}", flush=True)
+
+
+def next_steps(key: Path | None, ssh_home: Path | None = None) -> str:
+    """What to try once the demo ran; without an SSH key (``key``: the public key it
+    added), how to get one into a VM (a key added later reaches only workspaces created
+    after it). ``ssh_home``: where ssh looks for keys (the passwd entry's home)."""
+    if key is not None:
+        looks = (ssh_home or Path(pwd.getpwuid(os.getuid()).pw_dir)) / ".ssh"
+        i = "" if key.parent == looks else f"-i {key.with_suffix('')} "
+        ssh = f"  {'ws ssh ' + i + 'demo':<32} ws exec demo -- df -h /\n"
     else:
         ssh = (
             "  ws exec demo -- df -h /          (you have no SSH key, so no `ws ssh demo`)\n"
             "  ssh-keygen -t ed25519 && ws key add ~/.ssh/id_ed25519.pub\n"
-            "  ws create --image cloud --name mine --wait && ws ssh --retry 120 mine\n"
+            "  ws create --image cloud --name mine --wait && ws ssh mine\n"
         )
     return (
         "\nThe site keeps running. Try:\n"
@@ -166,13 +197,14 @@ def main() -> int:
 
     say("waiting for cloud-init inside the guest (asked through the QEMU guest agent)")
     wait_for_guest()
+    show_console()
 
     say("running commands inside the VM")
     cli("workspace.cli.ws", "exec", NAME, "--", "cat", "/etc/hostname")
     cli("workspace.cli.ws", "exec", NAME, "--", "uname", "-a")
     if key is not None:
-        cli("workspace.cli.ws", "ssh", NAME, "--", "uname", "-a")
-    print(next_steps(key is not None))
+        cli("workspace.cli.ws", "ssh", *identity(key), NAME, "--", "uname", "-a")
+    print(next_steps(key))
     return 0
 
 

@@ -44,6 +44,8 @@ class _Domain:
     spec: DomainSpec
     state: DomainState = DomainState.SHUTOFF
     boots: int = 0
+    # time.monotonic() of its last boot (0: before this driver: booted long ago).
+    booted_at: float = 0.0
     # The guest's files written through exec (``cat > PATH``); kept in memory only.
     files: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
@@ -135,6 +137,7 @@ class FakeDriver(Driver):
             time.sleep(self._cfg.boot_delay_s)
         dom.state = DomainState.RUNNING
         dom.boots += 1
+        dom.booted_at = time.monotonic()
         ip = dom.spec.nics[0].ip if dom.spec.nics else ""
         host = dom.spec.hostname or dom.spec.name
         self._console(dom, f"fake: boot {dom.boots}\nWORKSPACE-READY ip={ip} hostname={host}\n")
@@ -284,7 +287,8 @@ class FakeDriver(Driver):
             dom = self._running(workspace_id)
             name, host = dom.spec.name, dom.spec.hostname or dom.spec.name
             files, size = dom.files, (dom.spec.cpus, dom.spec.memory_mib)
-        if any(fnmatch.fnmatchcase(name, pat) for pat in self._cfg.no_guest_agent):
+            booting = time.monotonic() - dom.booted_at < self._cfg.guest_agent_after_s
+        if booting or any(fnmatch.fnmatchcase(name, pat) for pat in self._cfg.no_guest_agent):
             raise no_guest_agent(name)
         return run_in_guest(argv, stdin, timeout_s, host, files=files, size=size)
 

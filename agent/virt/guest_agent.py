@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from workspace.domain import booting
 from workspace.domain.model import ExecOutcome
 from workspace.errors import DriverError, FailedPrecondition, WorkspaceError
 
@@ -38,11 +39,9 @@ Call = Callable[[dict[str, Any], int], dict[str, Any]]
 
 def no_guest_agent(name: str) -> FailedPrecondition:
     """No guest agent answers: while the guest boots (minutes under TCG, after the domain
-    is RUNNING) as much as in an image without one."""
-    return FailedPrecondition(
-        f"no QEMU guest agent answers in workspace {name} yet: the guest may still be "
-        "booting (try again shortly), or its image lacks qemu-guest-agent"
-    )
+    is RUNNING) as much as in an image without one: the service tells them apart by the
+    time the workspace has been running (``workspace/domain/booting.py``)."""
+    return FailedPrecondition(booting.no_guest_agent_yet(name))
 
 
 class CommandFailed(WorkspaceError):

@@ -353,6 +353,8 @@ def test_ws_ssh_forwards_a_host_port_until_it_is_ended(site: CloudSite) -> None:
     try:
         assert tunnel.stderr is not None
         said = tunnel.stderr.readline()
+        if "sshd does not answer yet" in said:  # a guest still booting: ws says it waits
+            said = tunnel.stderr.readline()
         found = re.match(r"ws: forwarding 127\.0\.0\.1:(\d+) to localhost:22 ", said)
         assert found, said
         port = int(found.group(1))

@@ -109,7 +109,7 @@ class FakeClient:
         return self.cluster
 
     def exec(
-        self, ref: str, argv: list[str], stdin: bytes = b"", timeout_s: int = 0
+        self, ref: str, argv: list[str], stdin: bytes = b"", timeout_s: int = 0, **_wait: Any
     ) -> access_pb2.ExecResult:
         self.calls.append((ref, list(argv), stdin, timeout_s))
         r = self.results.get(ref, access_pb2.ExecResult(name=ref, stdout=b"ok\n"))
@@ -139,7 +139,7 @@ def box(**kw: Any) -> common_pb2.Workspace:
 
 
 def test_exec_parses_options_before_and_after_the_name(capsys: pytest.CaptureFixture[str]) -> None:
-    c = FakeClient()
+    c = FakeClient([box()])
     assert run(c, capsys, "exec", "box", "--timeout", "5", "--", "echo", "--timeout", "x")[0] == 0
     assert run(c, capsys, "exec", "--timeout", "7", "box", "--", "ls", "-l")[0] == 0
     assert run(c, capsys, "exec", "box", "--", "--weird")[0] == 0
@@ -162,7 +162,7 @@ def test_exec_says_when_piped_input_is_not_sent(
     data, empty = tmp_path / "data", tmp_path / "empty"
     data.write_bytes(b"rows\n")
     empty.write_bytes(b"")
-    c = FakeClient()
+    c = FakeClient([box()])
     said = "standard input is not sent to the command; give --stdin to send it"
     for path, stdin_flag, warned in ((data, [], True), (data, ["--stdin"], False),
                                      (empty, [], False)):  # fmt: skip
@@ -181,7 +181,7 @@ def test_exec_says_when_piped_input_is_not_sent(
 def test_exec_writes_the_output_and_exits_with_the_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    c = FakeClient()
+    c = FakeClient([box()])
     c.results["box"] = access_pb2.ExecResult(name="box", exit_code=3, stdout=b"o\n", stderr=b"e\n")
     assert run(c, capsys, "exec", "box", "--", "x") == (3, "o\n", "e\n")
     c.results["box"] = access_pb2.ExecResult(name="box", exit_code=124, timed_out=True)

@@ -26,6 +26,7 @@ from typing import Any
 from workspace import errors
 from workspace.cli import common, guest_cmds, render
 from workspace.client import Client
+from workspace.domain import booting
 from workspace.v1 import common_pb2
 
 # NAME:PATH; a "/" before the first ":" makes the operand a local path.
@@ -103,7 +104,7 @@ def scp_cmd(args: argparse.Namespace, client: Client) -> int:
         args.key or "",
         args.recursive,
         netns,
-        args.retry or 0,
+        guest_cmds.connect_attempts(args, ws, netns),
     )
     return guest_cmds.print_or_run(args, cmd, known)
 
@@ -122,12 +123,16 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         "checks them; ws exits with scp's exit code.",
     )
     p.add_argument("operands", nargs="+", metavar="SRC... DST")
-    _add_scp_options(p)
+    _add_scp_options(
+        p,
+        f". Default: for a workspace that started less than {booting.BOOT_WINDOW_S:.0f} s "
+        "ago, wait until then for its sshd to answer (said on stderr); others: one attempt",
+    )
     p.add_argument("--print", action="store_true", help="print the scp command, do not run it")
     p.set_defaults(func=lambda a: scp_cmd(a, client_for(a)))
 
 
-def _add_scp_options(p: argparse.ArgumentParser) -> None:
+def _add_scp_options(p: argparse.ArgumentParser, default: str = "") -> None:
     p.add_argument("-r", dest="recursive", action="store_true", help="copy directories")
     p.add_argument("--user", "-l", metavar="U", help="copy as U (default: the image's login user)")
     p.add_argument("-i", dest="key", metavar="KEY", help="the private key file to use")
@@ -136,7 +141,7 @@ def _add_scp_options(p: argparse.ArgumentParser) -> None:
         type=common.positive_int,
         metavar="N",
         help="a workspace still starting: wait up to N s for it to be RUNNING, then try "
-        "to connect up to N times, a second apart, while the guest boots",
+        "to connect up to N times, a second apart, while the guest boots" + default,
     )
 
 

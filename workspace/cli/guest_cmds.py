@@ -1,12 +1,15 @@
 """Into a workspace from the command line.
 
-    ws exec NAME [--timeout S] [--stdin] -- CMD [ARG...]     through the QEMU guest agent
+    ws exec NAME [--timeout S] [--stdin] [--retry N] -- CMD [ARG...]   the QEMU guest agent
     ws cluster exec NAME [--role R] [--sequential] [--timeout S] -- CMD [ARG...]
-    ws console NAME --attach                                  the serial console; Ctrl-] leaves
-    ws ssh NAME [--user U] [-i KEY] [--print] [-- CMD...]     host keys vouched for by the service
+    ws console NAME --attach                            the serial console; Ctrl-] leaves
+    ws ssh NAME [--user U] [-i KEY] [--retry N] [--print] [-- CMD...]   host keys vouched
+                                                        for by the service
 
 ``ws exec`` exits with the command's exit code (124 when it ran past --timeout, as
-timeout(1) does). ``ws cluster exec`` exits 0 only when every member's command exited 0.
+timeout(1) does). ``ws exec``, ``ws ssh`` (and ``ws scp``) wait for the guest of a
+workspace that started recently (``workspace/domain/booting.py``; ``--retry N`` sets it).
+``ws cluster exec`` exits 0 only when every member's command exited 0.
 Output follows workspace/cli/render.py (--output json), other exit codes
 workspace/cli/common.py.
 """
@@ -23,6 +26,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +35,10 @@ from types import FrameType
 from typing import Any, Protocol
 
 from workspace import errors
-from workspace.cli import common, forwards, render
+from workspace.cli import common, forwards, render, sshwait
 from workspace.client import Client, state_name
+from workspace.client_guests import boot_wait_for
+from workspace.domain import booting
 from workspace.site import record as site_record
 from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 
@@ -148,7 +154,21 @@ def exec_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> i
             "ws: standard input is not sent to the command; give --stdin to send it",
             file=sys.stderr,
         )
-    r = client.exec(args.id, argv, stdin, int(args.timeout or 0))
+    ws = once_running(client, args, client.get_workspace(args.id))
+    wait_s = boot_wait(args, ws)
+    r = client.exec(
+        args.id,
+        argv,
+        stdin,
+        int(args.timeout or 0),
+        boot_wait_s=wait_s,
+        on_wait=lambda _exc: print(
+            f"ws: no guest agent answers in {ws.name} yet{_started(ws)}: waiting up to "
+            f"{wait_s:.0f} s for the guest to boot",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
     if render.wants_json(args):
         render.print_json(result_json(r))
     else:
@@ -414,6 +434,46 @@ def once_running(
     )
 
 
+def boot_wait(args: argparse.Namespace, ws: common_pb2.Workspace) -> float:
+    """How long to wait for ``ws``'s guest to answer: ``--retry N``'s N, else what is
+    left of the boot window of a workspace that started recently
+    (``workspace/domain/booting.py``; 0 for one that has run for long)."""
+    if args.retry:
+        return float(args.retry)
+    return boot_wait_for(ws)
+
+
+def _started(ws: common_pb2.Workspace, *why: str) -> str:
+    """``" (WHY; it started 12 s ago)"``: ``why`` and when ``ws`` started, those known
+    ("" if neither is)."""
+    up = booting.up_for(ws.updated_at.ToNanoseconds() / 1e9, time.time())
+    parts = [*why, "" if up is None else f"it started {up:.0f} s ago"]
+    said = "; ".join(p for p in parts if p)
+    return f" ({said})" if said else ""
+
+
+def connect_attempts(args: argparse.Namespace, ws: common_pb2.Workspace, netns: str) -> int:
+    """ssh's ConnectionAttempts for ``ws``: ``--retry N``'s N; else 0 (one attempt),
+    once a workspace that started recently has had the rest of its boot window for its
+    sshd to answer (``sshwait``; said once on stderr if it waits; not for ``--print``:
+    the command is for later)."""
+    if args.retry or args.print:
+        return int(args.retry or 0)
+    wait_s = boot_wait_for(ws)
+    if wait_s > 0:
+
+        def say(why: str, wait_s: float) -> None:
+            print(
+                f"ws: {ws.name}'s sshd does not answer yet{_started(ws, why)}: waiting "
+                f"up to {wait_s:.0f} s for the guest to boot",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        sshwait.wait_for_sshd(ws_address(ws), in_netns(netns, []), wait_s, say)
+    return 0
+
+
 def check_key_file(key: str) -> None:
     """FailedPrecondition if a private key file ``key`` (-i) is given and is not there."""
     if key and not os.path.isfile(key):
@@ -456,7 +516,7 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> in
             args.key or "",
             command,
             netns,
-            args.retry or 0,
+            connect_attempts(args, ws, netns),
             wanted,
             args.no_command,
         )
@@ -594,6 +654,16 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     )
     p.add_argument("id", metavar="NAME", help="workspace name or id")
     _add_exec_options(p, late)
+    _add(
+        p,
+        late,
+        "--retry",
+        type=common.positive_int,
+        metavar="N",
+        help="a workspace still starting: wait up to N s for it to be RUNNING, then up to "
+        "N s while no guest agent answers (default: one started less than "
+        f"{booting.BOOT_WINDOW_S:.0f} s ago is waited for until then; others fail at once)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=lambda a: exec_cmd(a, client_for(a), late))
 
@@ -616,7 +686,9 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         help="a workspace still starting: wait up to N s for it to be RUNNING, then try "
         "to connect up to N times, a second apart, while the guest boots (ssh's "
         "ConnectionAttempts; each attempt takes up to 5 s, about 4 s while the guest has "
-        "no address yet: N attempts can take 5N s)",
+        "no address yet: N attempts can take 5N s). Default: for a workspace that started "
+        f"less than {booting.BOOT_WINDOW_S:.0f} s ago, wait until then for its sshd to "
+        "answer (said on stderr); others: one attempt",
     )
     for flag, what in (
         ("-L", "a local port forwarded to HOST:HOSTPORT as the guest sees it"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from workspace.domain import booting
 from workspace.domain.model import ExecResult
 from workspace.domain.states import State
 from workspace.domain.tasks import ExecTask
@@ -33,6 +34,8 @@ class Target:
     workspace_id: str
     name: str
     node: str
+    # When it last changed (its updated_at): since then it has been running.
+    since: float = 0.0
 
 
 def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
@@ -41,11 +44,12 @@ def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
     with env.store.read() as s:
         ws = resolve_workspace(s, ident, ref)
         wid, name, owner, state, node = ws.id, ws.name, ws.owner, ws.state, ws.node
+        since = ws.updated_at
     check_owner(ident, owner, name, what)
     if state != State.RUNNING.value or not node:
         hint = f"; `ws start {name}` first" if state == State.STOPPED.value else ""
         raise FailedPrecondition(f"workspace {name} is {state}{hint}")
-    return Target(wid, name, node)
+    return Target(wid, name, node, since)
 
 
 def check_exec(env: Env, argv: Sequence[str], stdin: bytes, timeout_s: int) -> int:
@@ -85,12 +89,23 @@ def exec(
 ) -> ExecResult:
     """Run ``argv`` in workspace ``ref`` through its guest agent; its exit code, output
     and whether it timed out. FailedPrecondition when the workspace is not running or
-    has no guest agent; Unavailable when its node's agent is not connected."""
+    no guest agent answers: "may still be booting" within the boot window after it
+    started, plainly that its image most likely has none after it."""
     timeout = check_exec(env, argv, stdin, timeout_s)
     t = target(env, who, ref, "run commands in")
-    outcome = hub.exec(
-        t.node, t.workspace_id, ExecTask(tuple(argv), stdin, timeout), timeout + ANSWER_GRACE_S
-    )
+    try:
+        outcome = hub.exec(
+            t.node, t.workspace_id, ExecTask(tuple(argv), stdin, timeout), timeout + ANSWER_GRACE_S
+        )
+    except FailedPrecondition as exc:
+        up = booting.up_for(t.since, env.clock())
+        if (
+            booting.is_no_guest_agent(exc.message)
+            and up is not None
+            and (up > booting.BOOT_WINDOW_S)
+        ):
+            raise FailedPrecondition(booting.no_guest_agent_since(t.name, up)) from None
+        raise
     return ExecResult(t.workspace_id, t.name, outcome)
 
 
