@@ -35,7 +35,7 @@ from workspace.domain.states import ClusterState
 from workspace.errors import InvalidArgument, PermissionDenied, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
-from workspace.ops.cluster_state import members_of
+from workspace.ops.cluster_state import members_of, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
 from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, write
@@ -224,7 +224,7 @@ def evaluate(env: Env, reader: Reader = read_signal) -> list[Outcome]:
         found = [
             (c.id, c.name, c.state, elastic.infos(c.autoscale))
             for c in s.execute(select(Cluster).where(Cluster.state.not_in(_GONE))).scalars()
-            if c.autoscale
+            if c.autoscale and not torn_down(c)
         ]
         counts = {
             (cid, a.role): len(live([m for m in members_of(s, cid) if m.role == a.role]))

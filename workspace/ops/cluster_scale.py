@@ -26,7 +26,7 @@ from workspace.errors import FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops import keys, seeds
 from workspace.ops.admission import admit
-from workspace.ops.cluster_state import destroy_member, members_of, refresh
+from workspace.ops.cluster_state import destroy_member, members_of, refresh, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
 from workspace.ops.create import check_networks, check_spec, check_wait, new_row
 from workspace.ops.projects import check_workspace_quota, scope
@@ -61,6 +61,11 @@ def role_spec(c: Cluster, role: str) -> MemberSpec:
 def check_scalable(c: Cluster) -> None:
     if c.state in _GONE:
         raise FailedPrecondition(f"cluster {c.name} is {c.state}: it cannot be scaled")
+    if torn_down(c):
+        raise FailedPrecondition(
+            f"cluster {c.name} is FAILED and was torn down ({c.reason}): it cannot be "
+            f"scaled; `ws cluster destroy {c.name}` removes it"
+        )
 
 
 def check_count(c: Cluster, role: str, count: int, others: int) -> None:
