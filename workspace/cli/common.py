@@ -176,6 +176,22 @@ def seconds(text: str) -> float:
     return value
 
 
+def add_wait_timeout(p: argparse.ArgumentParser, default: str, *, old_name: bool = True) -> None:
+    """How long ``--wait`` waits, the same on every command that has it: ``--wait-timeout
+    S`` (``args.wait_timeout``; None: not given), and its older name ``--timeout S`` unless
+    ``old_name`` is False (``ws stop``, where ``--timeout`` is the clean shutdown's).
+    ``default``: what the help says it is when not given."""
+    names = ["--wait-timeout", "--timeout"] if old_name else ["--wait-timeout"]
+    p.add_argument(
+        *names,
+        dest="wait_timeout",
+        type=seconds,
+        metavar="S",
+        help=f"with --wait: give up after S seconds (default {default})"
+        + ("; --timeout is its older name" if old_name else ""),
+    )
+
+
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DURATION_FORMAT = "e.g. 8h, 90m, 1h30m, 7d (units s, m, h, d, w)"
