@@ -104,7 +104,35 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "usage:" in err and "Traceback" not in err
+    # One line (issue 2: "a one-line reason"), not argparse's usage block before it.
+    (line,) = err.splitlines()
+    assert ": error: " in line and line.endswith(" --help for usage)"), line
+    assert "usage:" not in err and "Traceback" not in err
+
+
+def test_a_usage_error_is_one_line_naming_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, line in (
+        (
+            ["create", "--image", "tiny", "--cpus", "abc"],
+            "ws create: error: argument --cpus: not a whole number: 'abc' "
+            "(ws create --help for usage)",
+        ),
+        (
+            ["create", "--image", "tiny", "--cpus", "0"],
+            "ws create: error: argument --cpus: must be at least 1, got 0 "
+            "(ws create --help for usage)",
+        ),
+        (
+            ["create", "--image", "tiny", "--bogus"],
+            "ws create: error: unrecognized arguments: --bogus (ws create --help for usage)",
+        ),
+        ([], "ws: error: the following arguments are required: COMMAND (ws --help for usage)"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
+        assert exc.value.code == 2
+        out = capsys.readouterr()
+        assert (out.out, out.err) == ("", line + "\n")
 
 
 @pytest.mark.parametrize(
@@ -123,8 +151,9 @@ def test_an_unknown_argument_is_named_with_its_command_usage(
         ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
     err = capsys.readouterr().err
     assert exc.value.code == 2
-    assert f"usage: {usage} " in err
-    assert f"{usage}: error: unrecognized arguments: {argv[-1]}" in err
+    assert err == (
+        f"{usage}: error: unrecognized arguments: {argv[-1]} ({usage} --help for usage)\n"
+    )
 
 
 def test_an_empty_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

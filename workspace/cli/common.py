@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from workspace import errors, version
 from workspace.cli import render
@@ -57,10 +57,18 @@ class ClientCommands:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose subcommands report arguments they do not know themselves,
-    with their own usage line (``ws list: error: unrecognized arguments: --bogus``); plain
-    argparse leaves them to the top-level parser, whose usage is of no help there.
-    Subparsers are made of the parser's own class, so one at the top is enough."""
+    """An ArgumentParser whose usage errors are one line on stderr, exit 2, naming the
+    command and where its usage is (``ws create: error: argument --cpus: invalid int
+    value: 'abc' (ws create --help for usage)``): plain argparse prints the whole usage
+    block first, a dozen lines that bury the one that says what is wrong. Subcommands
+    report arguments they do not know themselves (``ws list: error: unrecognized
+    arguments: --bogus``); plain argparse leaves them to the top-level parser, whose usage
+    is of no help there. Subparsers are made of the parser's own class, so one at the top
+    is enough (ws, ws-admin, ws-slurm)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} ({self.prog} --help for usage)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
     def parse_known_args(  # type: ignore[override]
         self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
