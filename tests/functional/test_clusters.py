@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -97,6 +98,8 @@ def test_cluster_that_does_not_fit_leaves_nothing(three_nodes: Site) -> None:
 
 
 def test_failed_member_tears_down_cluster_when_asked(site: Site) -> None:
+    """Under teardown the cluster ends FAILED (as under keep), with the reason, its members
+    torn down; it can be neither started nor scaled; `ws cluster destroy` ends it."""
     site.stubs.network()
     site.stubs.import_image("img")
     site.add_agent("node1", fake={"fail_create": ["*-bad-*"]})
@@ -107,10 +110,74 @@ def test_failed_member_tears_down_cluster_when_asked(site: Site) -> None:
             on_failure=clusters_pb2.FAILURE_POLICY_TEARDOWN,
         )
     )
-    wait_for(lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_TERMINATED, what="torn down")
-    got = stub(site).GetCluster(clusters_pb2.ClusterRef(id=c.id))
-    assert "tear-bad-0" in got.reason and "torn down" in got.reason
-    assert all(m.state == WS.WORKSPACE_STATE_TERMINATED for m in got.members)
+    wait_for(lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_FAILED, what="FAILED")
+    ref = clusters_pb2.ClusterRef(id=c.id)
+    wait_for(
+        lambda: all(
+            m.state == WS.WORKSPACE_STATE_TERMINATED for m in stub(site).GetCluster(ref).members
+        ),
+        what="members torn down",
+    )
+    got = stub(site).GetCluster(ref)
+    assert got.state == CS.CLUSTER_STATE_FAILED  # stays FAILED once its members are gone
+    assert got.reason.startswith("torn down after a failure: member tear-bad-0 is FAILED: ")
+    assert "injected failure" in got.reason
+    for call, words in (
+        (lambda: stub(site).StartCluster(ref), "tear-bad-0 was destroyed; nothing to start"),
+        (
+            lambda: stub(site).ScaleCluster(
+                clusters_pb2.ScaleClusterRequest(id=c.id, role="good", count=2)
+            ),
+            "cluster tear is FAILED and was torn down",
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert words in err.value.details()
+    assert cluster_state(site, c.id) == CS.CLUSTER_STATE_FAILED
+    # Its name is still taken (as a kept FAILED cluster's) until it is destroyed.
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).CreateCluster(
+            clusters_pb2.CreateClusterRequest(name="tear", members=[member("good")])
+        )
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    stub(site).DestroyCluster(ref)
+    gone = stub(site).GetCluster(ref)
+    assert gone.state == CS.CLUSTER_STATE_TERMINATED
+    assert gone.reason.startswith("torn down after a failure: member tear-bad-0")
+
+
+def test_lost_member_tears_down_cluster_saying_so(tmp_path: Path) -> None:
+    """A member LOST with its node (DOWN) also tears a teardown cluster down; the
+    cluster's reason says the member was lost, not that it failed to start."""
+    site = Site(tmp_path, node_grace_s=2)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", fake={"persist": True})
+        c = stub(site).CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name="lo",
+                members=[member("a")],
+                on_failure=clusters_pb2.FAILURE_POLICY_TEARDOWN,
+            )
+        )
+        wait_for(lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+        site.agents.pop("node1").stop_event.set()  # cut off: node1 DOWN, lo-a-0 LOST
+        wait_for(
+            lambda: cluster_state(site, c.id) == CS.CLUSTER_STATE_FAILED,
+            timeout_s=20,
+            what="FAILED",
+        )
+        got = stub(site).GetCluster(clusters_pb2.ClusterRef(id=c.id))
+        assert got.reason == (
+            "torn down after member lo-a-0 was LOST with its node: node node1 stopped "
+            "reporting; the workspace was not restarted elsewhere"
+        )
+        assert [m.state for m in got.members] == [WS.WORKSPACE_STATE_TERMINATED]
+    finally:
+        site.close()
 
 
 def test_failed_member_is_kept_by_default(site: Site) -> None:

@@ -51,9 +51,9 @@ def test_create_arguments() -> None:
         )
     )
     assert (a.image, a.name, a.cpus, a.memory_mib) == ("deb", "n", 2, 1024)
-    assert (a.network, a.request_id, a.wait, a.timeout) == (["a", "b"], "r1", True, 12.0)
+    assert (a.network, a.request_id, a.wait, a.wait_timeout) == (["a", "b"], "r1", True, 12.0)
     a = _parse(["create", "--image", "deb"])
-    assert (a.cpus, a.network, a.wait, a.timeout) == (None, None, False, None)
+    assert (a.cpus, a.network, a.wait, a.wait_timeout) == (None, None, False, None)
     assert (a.require, a.wait_for_capacity) == (None, None)
     a = _parse(
         shlex.split(
@@ -104,7 +104,35 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "usage:" in err and "Traceback" not in err
+    # One line (issue 2: "a one-line reason"), not argparse's usage block before it.
+    (line,) = err.splitlines()
+    assert ": error: " in line and line.endswith(" --help for usage)"), line
+    assert "usage:" not in err and "Traceback" not in err
+
+
+def test_a_usage_error_is_one_line_naming_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, line in (
+        (
+            ["create", "--image", "tiny", "--cpus", "abc"],
+            "ws create: error: argument --cpus: not a whole number: 'abc' "
+            "(ws create --help for usage)",
+        ),
+        (
+            ["create", "--image", "tiny", "--cpus", "0"],
+            "ws create: error: argument --cpus: must be at least 1, got 0 "
+            "(ws create --help for usage)",
+        ),
+        (
+            ["create", "--image", "tiny", "--bogus"],
+            "ws create: error: unrecognized arguments: --bogus (ws create --help for usage)",
+        ),
+        ([], "ws: error: the following arguments are required: COMMAND (ws --help for usage)"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
+        assert exc.value.code == 2
+        out = capsys.readouterr()
+        assert (out.out, out.err) == ("", line + "\n")
 
 
 @pytest.mark.parametrize(
@@ -123,8 +151,9 @@ def test_an_unknown_argument_is_named_with_its_command_usage(
         ws.main(argv, connect=lambda _s: pytest.fail("no client for a usage error"))
     err = capsys.readouterr().err
     assert exc.value.code == 2
-    assert f"usage: {usage} " in err
-    assert f"{usage}: error: unrecognized arguments: {argv[-1]}" in err
+    assert err == (
+        f"{usage}: error: unrecognized arguments: {argv[-1]} ({usage} --help for usage)\n"
+    )
 
 
 def test_an_empty_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,9 +166,39 @@ def test_stop_has_shutdown_timeout_and_force() -> None:
     a = _parse(["stop", "w1", "--timeout", "5", "--force", "--wait", "--wait-timeout", "9"])
     assert (a.id, a.timeout, a.force, a.wait, a.wait_timeout) == (["w1"], 5, True, True, 9.0)
     for cmd in ("start", "reboot", "pause", "resume", "destroy"):
-        a = _parse([cmd, "w1", "w2", "--wait", "--timeout", "7"])
-        assert (a.command, a.id, a.wait, a.timeout) == (cmd, ["w1", "w2"], True, 7.0)
+        for flag in ("--wait-timeout", "--timeout"):
+            a = _parse([cmd, "w1", "w2", "--wait", flag, "7"])
+            assert (a.command, a.id, a.wait, a.wait_timeout) == (cmd, ["w1", "w2"], True, 7.0)
         assert not hasattr(a, "force")
+
+
+def _commands_with_wait(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action.choices, dict):  # the subcommands
+            for name, sub in action.choices.items():
+                out += _commands_with_wait(sub, (*path, name))
+    if "--wait" in parser._option_string_actions:
+        out.append((path, parser))
+    return out
+
+
+def test_every_command_with_wait_takes_wait_timeout_and_its_old_name() -> None:
+    """docs/clusters.md: `--wait-timeout S`, or its older name `--timeout S` (but on
+    `ws stop`, whose --timeout is the clean shutdown's)."""
+    found = _commands_with_wait(ws.build_parser(ws.Commands(lambda _s: None)))  # type: ignore[arg-type, return-value]
+    names = {" ".join(p) for p, _ in found}
+    assert {"create", "start", "stop", "cluster create", "cluster start", "cluster destroy"} <= (
+        names
+    )
+    assert "cluster scale" in names
+    for path, parser in found:
+        what = " ".join(path)
+        assert parser._option_string_actions["--wait-timeout"].dest == "wait_timeout", what
+        if path != ("stop",):
+            assert parser._option_string_actions["--timeout"].dest == "wait_timeout", what
 
 
 # -- exit codes with a fake client -------------------------------------------------------
@@ -470,7 +529,11 @@ def test_an_action_not_waited_for_says_what_was_requested(
         (["exec"], "exits with the command's exit code"),
         (["cluster", "exec"], "Exits 0 only when every member's command exited 0"),
         # Two options with one meaning say so (their help was word for word the same).
-        (["start"], "--wait-timeout S the same as --timeout"),
+        (
+            ["start"],
+            "--wait-timeout S, --timeout S with --wait: give up after S seconds "
+            "(default 300); --timeout is its older name",
+        ),
         (["stop"], "(default 300, or --timeout plus 60 when that is longer)"),
     ],
 )

@@ -253,7 +253,10 @@ def test_check_without_a_hostlist_is_a_usage_error(
     with pytest.raises(SystemExit) as exit_:
         run("check")
     assert exit_.value.code == 2
-    assert "HOSTLIST" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "ws-slurm check: error: the following arguments are required: HOSTLIST "
+        "(ws-slurm check --help for usage)\n"
+    )
 
 
 def test_a_bad_hostlist_is_said_on_stderr(run: Run, capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,7 +58,7 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
     resp = client.scale_cluster(args.name, args.role, args.count, args.wait_for_capacity or 0)
     cluster = resp.cluster
     if args.wait and (resp.added or resp.removed):
-        cluster = wait_scaled(client, resp, args.timeout or DEFAULT_WAIT_S)
+        cluster = wait_scaled(client, resp, args.wait_timeout or DEFAULT_WAIT_S)
     data = render.plain(resp)
     data["cluster"] = render.plain(cluster)
     render.emit(args, data, resp.message)
@@ -127,12 +127,7 @@ def register(csub: Any, parent: argparse.ArgumentParser, client_for: common.Clie
         action="store_true",
         help="wait until the new members run and the removed ones are gone",
     )
-    p.add_argument(
-        "--timeout",
-        type=common.seconds,
-        metavar="S",
-        help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g})",
-    )
+    common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g}")
     p.set_defaults(func=lambda a: scale_cmd(a, client_for(a)))
 
     p = csub.add_parser(

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from workspace import errors, version
 from workspace.cli import render
@@ -57,10 +57,18 @@ class ClientCommands:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose subcommands report arguments they do not know themselves,
-    with their own usage line (``ws list: error: unrecognized arguments: --bogus``); plain
-    argparse leaves them to the top-level parser, whose usage is of no help there.
-    Subparsers are made of the parser's own class, so one at the top is enough."""
+    """An ArgumentParser whose usage errors are one line on stderr, exit 2, naming the
+    command and where its usage is (``ws create: error: argument --cpus: invalid int
+    value: 'abc' (ws create --help for usage)``): plain argparse prints the whole usage
+    block first, a dozen lines that bury the one that says what is wrong. Subcommands
+    report arguments they do not know themselves (``ws list: error: unrecognized
+    arguments: --bogus``); plain argparse leaves them to the top-level parser, whose usage
+    is of no help there. Subparsers are made of the parser's own class, so one at the top
+    is enough (ws, ws-admin, ws-slurm)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} ({self.prog} --help for usage)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
     def parse_known_args(  # type: ignore[override]
         self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
@@ -174,6 +182,22 @@ def seconds(text: str) -> float:
     if value > MAX_NUMBER:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_NUMBER} seconds, got {text}")
     return value
+
+
+def add_wait_timeout(p: argparse.ArgumentParser, default: str, *, old_name: bool = True) -> None:
+    """How long ``--wait`` waits, the same on every command that has it: ``--wait-timeout
+    S`` (``args.wait_timeout``; None: not given), and its older name ``--timeout S`` unless
+    ``old_name`` is False (``ws stop``, where ``--timeout`` is the clean shutdown's).
+    ``default``: what the help says it is when not given."""
+    names = ["--wait-timeout", "--timeout"] if old_name else ["--wait-timeout"]
+    p.add_argument(
+        *names,
+        dest="wait_timeout",
+        type=seconds,
+        metavar="S",
+        help=f"with --wait: give up after S seconds (default {default})"
+        + ("; --timeout is its older name" if old_name else ""),
+    )
 
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")

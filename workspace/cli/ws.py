@@ -258,7 +258,7 @@ class Commands(common.ClientCommands):
             elif args.command == "stop":  # there --timeout is the clean-shutdown time
                 wait_s = max(DEFAULT_WAIT_S, (args.timeout or 0) + 60.0)
             else:
-                wait_s = args.timeout or DEFAULT_WAIT_S
+                wait_s = DEFAULT_WAIT_S
             deadline = time.monotonic() + wait_s
 
             def wait(ref: str, ws: common_pb2.Workspace) -> common_pb2.Workspace:
@@ -362,7 +362,7 @@ class Commands(common.ClientCommands):
             c = client.wait_for_cluster_state(
                 c.id or args.name,
                 [target],
-                args.timeout or DEFAULT_WAIT_S,
+                args.wait_timeout or DEFAULT_WAIT_S,
                 render.cluster_progress(args, PROG),
                 on_outage=WAIT_OUTAGE,
             )
@@ -412,8 +412,7 @@ def _wait_rebooted(
 def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) -> float:
     """--wait-timeout (or --timeout), else the default plus the time the request may wait
     for capacity."""
-    given = args.wait_timeout or args.timeout
-    return float(given or DEFAULT_WAIT_S + (wait_for_capacity_s or 0))
+    return float(args.wait_timeout or DEFAULT_WAIT_S + (wait_for_capacity_s or 0))
 
 
 def _shown_if_wait_fails(
@@ -437,22 +436,11 @@ def _shown_if_wait_fails(
 def _add_wait(p: argparse.ArgumentParser, until: str, timeout_flag: bool) -> None:
     p.add_argument("--wait", action="store_true", help=f"wait until {until}")
     if timeout_flag:
-        p.add_argument(
-            "--timeout",
-            type=common.seconds,
-            metavar="S",
-            help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g})",
+        common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g}")
+    else:  # ws stop: --timeout is the clean shutdown's
+        common.add_wait_timeout(
+            p, f"{DEFAULT_WAIT_S:g}, or --timeout plus 60 when that is longer", old_name=False
         )
-    p.add_argument(
-        "--wait-timeout",
-        type=common.seconds,
-        metavar="S",
-        help="the same as --timeout (the name ws stop takes, where --timeout is the clean "
-        "shutdown's)"
-        if timeout_flag
-        else f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g}, or --timeout "
-        "plus 60 when that is longer)",
-    )
 
 
 def _add_capacity_wait(p: argparse.ArgumentParser) -> None:
@@ -466,19 +454,7 @@ def _add_capacity_wait(p: argparse.ArgumentParser) -> None:
 
 
 def _add_create_timeout(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--wait-timeout",
-        type=common.seconds,
-        metavar="S",
-        help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g} "
-        "plus --wait-for-capacity); the canonical name, as every action's",
-    )
-    p.add_argument(
-        "--timeout",
-        type=common.seconds,
-        metavar="S",
-        help="the same as --wait-timeout (an older name, still accepted)",
-    )
+    common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g} plus --wait-for-capacity")
 
 
 def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Commands) -> None:
@@ -569,12 +545,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
             action="store_true",
             help=f"wait until the cluster is {cluster_state_name(state)}",
         )
-        p.add_argument(
-            "--timeout",
-            type=common.seconds,
-            metavar="S",
-            help=f"with --wait: give up after S seconds (default {DEFAULT_WAIT_S:g})",
-        )
+        common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g}")
         p.set_defaults(func=cmds.cluster_action)
 
     guest_cmds.register_cluster(csub, parent, cmds.client)

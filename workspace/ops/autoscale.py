@@ -24,6 +24,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import select
 
@@ -33,9 +34,9 @@ from workspace.domain.elastic import AutoscaleInfo, Decision, Signal
 from workspace.domain.model import ClusterView
 from workspace.domain.states import ClusterState
 from workspace.errors import InvalidArgument, PermissionDenied, WorkspaceError
-from workspace.identity import Identity
+from workspace.identity import Identity, Kind
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
-from workspace.ops.cluster_state import members_of
+from workspace.ops.cluster_state import members_of, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
 from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, write
@@ -47,6 +48,8 @@ log = logging.getLogger("workspace.ops.autoscale")
 MAX_OUTPUT = 64 * 1024
 _IDLE = (ClusterState.STOPPED.value, ClusterState.STOPPING.value)
 _GONE = (ClusterState.TERMINATING.value, ClusterState.TERMINATED.value)
+# A role's stored entry: who turned its autoscaler on (``_by``).
+BY = "by"
 
 
 class SignalError(Exception):
@@ -128,7 +131,7 @@ def set_autoscale(
                 float(old.get("last_action_at", 0.0)),
                 Decision.from_dict(old["last"]) if old.get("last") else None,
             )
-            stored[role] = info.to_dict()
+            stored[role] = {**info.to_dict(), BY: _by(as_identity(who))}
         c.autoscale = stored
         c.updated_at = env.clock()
         shown = view(u.s, c)
@@ -224,7 +227,7 @@ def evaluate(env: Env, reader: Reader = read_signal) -> list[Outcome]:
         found = [
             (c.id, c.name, c.state, elastic.infos(c.autoscale))
             for c in s.execute(select(Cluster).where(Cluster.state.not_in(_GONE))).scalars()
-            if c.autoscale
+            if c.autoscale and not torn_down(c)
         ]
         counts = {
             (cid, a.role): len(live([m for m in members_of(s, cid) if m.role == a.role]))
@@ -264,7 +267,9 @@ def _one(
             c = u.s.get(Cluster, cid)
             if c is None:
                 return d
-            scale_in(env, u, c, a.role, target, 0, f"autoscale: {detail}")
+            entry = (c.autoscale or {}).get(a.role) or {}
+            actor = _actor(entry.get(BY))
+            scale_in(env, u, c, a.role, target, 0, f"autoscale: {detail}", actor)
             _store(c, a.role, d, env.clock())
     except WorkspaceError as exc:
         d = replace(d, action=elastic.FAILED, detail=f"{detail} refused: {exc.message}")
@@ -273,6 +278,25 @@ def _one(
         return d
     log.info("cluster %s, autoscale %s: %s", name, a.role, detail)
     return d
+
+
+def _by(who: Identity) -> dict[str, Any]:
+    """Who turned a role's autoscaler on, as stored with it: the autoscaler grows the
+    cluster with their rights (an admin's cluster from another user's image included),
+    never more."""
+    return {"user": who.name, "admin": who.admin, "projects": sorted(who.projects)}
+
+
+def _actor(by: Any) -> Identity | None:
+    """The identity ``_by`` stored (None: set before it was stored: the owner's name)."""
+    if not isinstance(by, dict) or not by.get("user"):
+        return None
+    return Identity(
+        Kind.USER,
+        str(by["user"]),
+        admin=bool(by.get("admin")),
+        projects=tuple(str(p) for p in by.get("projects") or ()),
+    )
 
 
 def _store(c: Cluster, role: str, d: Decision, action_at: float) -> None:

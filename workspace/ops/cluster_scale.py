@@ -26,10 +26,10 @@ from workspace.errors import FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops import keys, seeds
 from workspace.ops.admission import admit
-from workspace.ops.cluster_state import destroy_member, members_of, refresh
+from workspace.ops.cluster_state import destroy_member, members_of, refresh, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
 from workspace.ops.create import check_networks, check_spec, check_wait, new_row
-from workspace.ops.projects import check_workspace_quota, scope
+from workspace.ops.projects import acting_scope, as_identity, check_workspace_quota
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.scheduler import Affinity
 from workspace.store import Cluster, Image, Workspace, journal
@@ -61,6 +61,11 @@ def role_spec(c: Cluster, role: str) -> MemberSpec:
 def check_scalable(c: Cluster) -> None:
     if c.state in _GONE:
         raise FailedPrecondition(f"cluster {c.name} is {c.state}: it cannot be scaled")
+    if torn_down(c):
+        raise FailedPrecondition(
+            f"cluster {c.name} is FAILED and was torn down ({c.reason}): it cannot be "
+            f"scaled; `ws cluster destroy {c.name}` removes it"
+        )
 
 
 def check_count(c: Cluster, role: str, count: int, others: int) -> None:
@@ -93,7 +98,7 @@ def scale(
     check_wait(wait_s, env.cfg.limits)
     with write(env) as u:
         c = resolve(u.s, who, ref)
-        result = scale_in(env, u, c, role, count, wait_s, why)
+        result = scale_in(env, u, c, role, count, wait_s, why, as_identity(who))
         shown = view(u.s, c)
     if result.added or result.removed:
         log.info("cluster %s (%s): %s", c.id, c.name, result.message)
@@ -101,9 +106,18 @@ def scale(
 
 
 def scale_in(
-    env: Env, u: UnitOfWork, c: Cluster, role: str, count: int, wait_s: int, why: str
+    env: Env,
+    u: UnitOfWork,
+    c: Cluster,
+    role: str,
+    count: int,
+    wait_s: int,
+    why: str,
+    actor: Identity | None = None,
 ) -> ScaleResult:
-    """The scale in ``u``'s transaction (the autoscaler calls it too)."""
+    """The scale in ``u``'s transaction (the autoscaler calls it too). ``actor``: who
+    grows the cluster (the caller; for the autoscaler, whoever turned it on): new
+    members may use an image it or the owner sees (projects.acting_scope)."""
     s = u.s
     check_scalable(c)
     spec = role_spec(c, role)
@@ -123,7 +137,7 @@ def scale_in(
     added: list[Workspace] = []
     removed: list[Workspace] = []
     if count > previous:
-        added = _grow(env, u, c, spec, members, mine, count - previous, wait_s)
+        added = _grow(env, u, c, spec, members, mine, count - previous, wait_s, actor)
     else:
         removed = _shrink(env, u, role, mine, previous, count)
     _set_count(c, role, count)
@@ -189,9 +203,10 @@ def _grow(
     mine: list[Workspace],
     n: int,
     wait_s: int,
+    actor: Identity | None,
 ) -> list[Workspace]:
     s = u.s
-    sc = scope(s, c.owner)
+    sc = acting_scope(s, c.owner, actor)
     template = workspace_views(s, [(mine or live(members) or members)[0]])[0] if members else None
     rows: list[Workspace] = []
     for i in free_indices(members, spec.role, n):

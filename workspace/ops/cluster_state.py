@@ -1,4 +1,6 @@
-"""A cluster's state follows from its members'; a TEARDOWN cluster that fails is destroyed."""
+"""A cluster's state follows from its members'; a TEARDOWN cluster that fails is torn
+down: its members are destroyed and it stays FAILED, with the reason, until `ws cluster
+destroy` ends it (TERMINATED)."""
 
 from __future__ import annotations
 
@@ -76,12 +78,34 @@ def cluster_state(
     return _state_of(members)
 
 
+def torn_down(c: Cluster) -> bool:
+    """A TEARDOWN cluster that failed: its members are destroyed (or being destroyed); it
+    cannot be started or scaled, only destroyed."""
+    return (
+        c.state == ClusterState.FAILED.value
+        and FailurePolicy(c.on_failure) is FailurePolicy.TEARDOWN
+    )
+
+
+def _culprit(members: Sequence[Workspace]) -> Workspace | None:
+    """The member that makes the cluster FAILED (FAILED or LOST), if any."""
+    return next((m for m in members if State(m.state) in (State.FAILED, State.LOST)), None)
+
+
+def _teardown_reason(members: Sequence[Workspace], failed: str) -> str:
+    """Why a TEARDOWN cluster was torn down: a member's failure, or its node's loss."""
+    live = [m for m in members if m.desired_state != Desired.TERMINATED.value]
+    m = _culprit(live or members)
+    if m is not None and m.state == State.LOST.value:
+        return f"torn down after member {m.name} was LOST with its node: {shown_reason(m)}"
+    return f"torn down after a failure: {failed}"
+
+
 def _state_of(members: Sequence[Workspace]) -> tuple[ClusterState, str]:
     """The state (and reason) of a cluster whose members are all staying."""
     states = [State(m.state) for m in members]
-    bad = [m for m in members if State(m.state) in (State.FAILED, State.LOST)]
-    if bad:
-        m = bad[0]
+    m = _culprit(members)
+    if m is not None:
         return ClusterState.FAILED, f"member {m.name} is {m.state}: {shown_reason(m)}"
     if all(s is State.PENDING for s in states):
         return ClusterState.PENDING, shown_reason(members[0])
@@ -118,24 +142,23 @@ def destroy_member(env: Env, s: Session, m: Workspace, reason: str) -> None:
 
 def refresh(env: Env, u: UnitOfWork, cluster_ids: Iterable[str]) -> None:
     """Recompute the state of these clusters; apply TEARDOWN policies (the members torn
-    down are added to the unit of work's changes)."""
+    down are added to the unit of work's changes). A torn-down cluster stays FAILED with
+    its reason while its members go, and after (``ws cluster destroy`` ends it)."""
     s = u.s
     for cid in sorted({i for i in cluster_ids if i}):
         c = s.get(Cluster, cid)
-        if c is None:
+        if c is None or torn_down(c):
             continue
         members = list(s.execute(select(Workspace).where(Workspace.cluster == cid)).scalars())
         counts = {m.role: m.count for m in member_specs(c)}
         state, reason = cluster_state(members, ClusterState(c.state), counts)
         if state is ClusterState.FAILED and FailurePolicy(c.on_failure) is FailurePolicy.TEARDOWN:
-            log.warning("cluster %s (%s) failed (%s): tearing it down", cid, c.name, reason)
+            reason = _teardown_reason(current_members(members, counts), reason)
             for m in members:
                 if m.desired_state != Desired.TERMINATED.value and m.state != State.TERMINATED:
-                    destroy_member(env, s, m, f"cluster torn down: {reason}")
+                    destroy_member(env, s, m, f"cluster {reason}")
                     u.changed(m)
                     u.nodes(m.node)
-            state = ClusterState.TERMINATING
-            reason = f"torn down after a failure: {reason}"
         if (state.value, reason) != (c.state, c.reason):
             if state is ClusterState.FAILED:
                 log.warning("cluster %s (%s) FAILED: %s", cid, c.name, reason)

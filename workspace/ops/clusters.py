@@ -22,7 +22,13 @@ from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from workspace.identity import Identity
 from workspace.ops import admission, keys, seeds
 from workspace.ops.admission import admit
-from workspace.ops.cluster_state import cluster_state, destroy_member, members_of, refresh
+from workspace.ops.cluster_state import (
+    cluster_state,
+    destroy_member,
+    members_of,
+    refresh,
+    torn_down,
+)
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
 from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.operate import check_lease, check_trust
@@ -287,6 +293,8 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             raise FailedPrecondition(f"cannot {op.value} cluster {c.name}: {why}")
         if op is Op.START and c.state == ClusterState.FAILED.value:
             c.state = ClusterState.STARTING.value
+        if op is Op.DESTROY and torn_down(c):
+            c.state = ClusterState.TERMINATING.value  # its members follow: TERMINATED
         u.changed(*changed)
         u.nodes(*(m.node for m in changed))
         refresh(env, u, {c.id})

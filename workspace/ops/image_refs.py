@@ -24,7 +24,12 @@ SHOWN = 5
 def may_use(sc: Scope | None, image: Image) -> bool:
     """Whether the caller of scope ``sc`` (None: an admin's call) sees ``image``: a
     public one, their own, their projects'."""
-    return sc is None or image.public or sc.sees(image.owner, image.project)
+    return (
+        sc is None
+        or image.public
+        or sc.sees(image.owner, image.project)
+        or (sc.acting is not None and may_use(sc.acting, image))
+    )
 
 
 def visible_image(s: Session, who: Identity | str, name: str) -> Image:

@@ -74,6 +74,9 @@ class Scope:
 
     who: Identity
     projects: frozenset[str]
+    # The caller acting in ``who``'s name (``acting_scope``): the images it sees may be
+    # used too (image_refs.may_use); nothing else of it counts.
+    acting: Scope | None = None
 
     @property
     def name(self) -> str:
@@ -118,6 +121,19 @@ def memberships(s: Session, who: Identity) -> frozenset[str]:
 def scope(s: Session, who: Identity | str) -> Scope:
     ident = as_identity(who)
     return Scope(ident, memberships(s, ident))
+
+
+def acting_scope(s: Session, owner: str, actor: Identity | None) -> Scope:
+    """The scope new members of ``owner``'s cluster are made in when ``actor`` grows it
+    (the owner, a member of its project, an admin; the autoscaler for whoever turned it
+    on; None: nobody known, the owner by name alone). Named for the owner, it may use an
+    image the owner's name may (their own, their projects') or the actor may: an admin's
+    cluster from another user's private image grows as it was made, and a user acting
+    for an owner whose name gives no admin right gets none."""
+    own = scope(s, owner)
+    if actor is None or actor == own.who:
+        return own
+    return replace(own, acting=scope(s, actor))
 
 
 def resolve_project(

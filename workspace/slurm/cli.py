@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import cast
 
 from workspace import errors, version
+from workspace.cli import common
 from workspace.client import Client
 from workspace.client_address import ServiceNotConfigured
 from workspace.slurm import program
@@ -60,7 +61,7 @@ log = logging.getLogger("ws-slurm")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = common.Parser(
         prog=PROG,
         description="Slurm power-saving programs that run Slurm nodes as workspaces",
     )

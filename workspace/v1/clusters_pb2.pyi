@@ -62,17 +62,19 @@ class _FailurePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     FAILURE_POLICY_KEEP: _FailurePolicy.ValueType  # 1
     """keep them; the cluster is FAILED until fixed"""
     FAILURE_POLICY_TEARDOWN: _FailurePolicy.ValueType  # 2
-    """destroy the whole cluster"""
+    """destroy every member; FAILED until DestroyCluster"""
 
 class FailurePolicy(_FailurePolicy, metaclass=_FailurePolicyEnumTypeWrapper):
-    """What happens to the other members when one fails to start."""
+    """What happens to the other members when one fails to start (or is LOST with its node).
+    Either way the cluster is FAILED, with the reason.
+    """
 
 FAILURE_POLICY_UNSPECIFIED: FailurePolicy.ValueType  # 0
 """= KEEP"""
 FAILURE_POLICY_KEEP: FailurePolicy.ValueType  # 1
 """keep them; the cluster is FAILED until fixed"""
 FAILURE_POLICY_TEARDOWN: FailurePolicy.ValueType  # 2
-"""destroy the whole cluster"""
+"""destroy every member; FAILED until DestroyCluster"""
 Global___FailurePolicy: _TypeAlias = FailurePolicy  # noqa: Y015
 
 class _ClusterState:
