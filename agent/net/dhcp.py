@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -53,6 +54,10 @@ HOSTS_FILE = "hosts"
 LEASES_FILE = "leases"
 PID_FILE = "dnsmasq.pid"
 LOG_FILE = "dnsmasq.log"
+# dnsmasq logs every DHCP exchange (each lease renewal too) to its log for as long as it
+# runs: past this size the log is moved to dnsmasq.log.1 (the one before it dropped)
+# and started afresh; dnsmasq appends (O_APPEND), so it writes on at the new end.
+LOG_MAX_BYTES = 4 * 1024 * 1024
 MIN_LEASE_TIME_S = 120  # dnsmasq's minimum
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z", re.IGNORECASE)
@@ -320,6 +325,7 @@ class DhcpServer:
         periodically; an agent restarted with other options, or ``set_options``, restarts
         it); returns its pid."""
         with self._lock:
+            self._trim_log()
             if self._proc is not None and self._proc.poll() is not None:
                 log.warning(
                     "dnsmasq %s exited (status %s); restarting it",
@@ -386,7 +392,10 @@ class DhcpServer:
         self.pid_path.unlink(missing_ok=True)
         cmd = [*self.command_prefix, *self.command(self._run_as())]
         log.info("dnsmasq %s: starting %s", self.bridge, shlex.join(cmd))
-        with self.log_path.open("ab") as out:
+        # 0600: the log names every VM's MAC and address (the agent's alone).
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # one an earlier version made under the umask
+        with os.fdopen(fd, "ab") as out:
             out.write(f"--- {time.ctime()}: {shlex.join(cmd)}\n".encode())
             out.flush()
             proc = subprocess.Popen(
@@ -426,6 +435,19 @@ class DhcpServer:
                 self._proc.wait(timeout=1.0)
             self._proc = None
         self.pid_path.unlink(missing_ok=True)
+
+    def _trim_log(self) -> None:
+        """Past ``LOG_MAX_BYTES``, copy the log to ``dnsmasq.log.1`` and empty it."""
+        try:
+            if self.log_path.stat().st_size <= LOG_MAX_BYTES:
+                return
+            old = self.log_path.with_name(LOG_FILE + ".1")
+            fd = os.open(old, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out, self.log_path.open("r+b") as f:
+                shutil.copyfileobj(f, out)
+                f.truncate(0)
+        except OSError as exc:
+            log.warning("dnsmasq %s: cannot trim %s: %s", self.bridge, self.log_path, exc)
 
     def _log_tail(self, lines: int = 10) -> str:
         try:

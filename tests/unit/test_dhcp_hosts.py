@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
+from agent.net import dhcp
 from agent.net.dhcp import (
     DhcpHost,
     DhcpServer,
@@ -162,3 +164,20 @@ def test_a_pid_running_something_else_is_not_ours() -> None:
     assert not cmdline_has("dnsmasq", "--pid-file=/x")(["dnsmasq", "--pid-file=/y"])
     assert not cmdline_has("dnsmasq")(["python", "dnsmasq"])
     assert cmdline_has("libvirtd", "-p", "/s/p")(["/usr/sbin/libvirtd", "-d", "-p", "/s/p"])
+
+
+def test_the_log_is_private_and_kept_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dnsmasq's log names every VM's MAC and address: 0600 (also one an earlier version
+    left 0644); past its size it moves to dnsmasq.log.1 and starts afresh."""
+    monkeypatch.setattr(dhcp, "LOG_MAX_BYTES", 1000)
+    server = DhcpServer("br9", tmp_path / "dhcp", "192.0.2.0/28", dnsmasq="/bin/false")
+    server.log_path.parent.mkdir(parents=True, exist_ok=True)
+    server.log_path.write_bytes(b"DHCPACK(br9) 192.0.2.5 52:54:00:00:00:05 vm\n" * 100)
+    server.log_path.chmod(0o644)
+    with pytest.raises(errors.Unavailable, match="exited at start"):
+        server.ensure_running()  # /bin/false: dnsmasq that exits at once
+    assert stat.S_IMODE(server.log_path.stat().st_mode) == 0o600
+    old = server.log_path.with_name("dnsmasq.log.1")
+    assert old.read_bytes().count(b"DHCPACK") == 100
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    assert server.log_path.read_text().startswith("--- ")  # the new start, alone

@@ -202,6 +202,22 @@ def test_scontrol_force_and_show_node(tmp_path: Path) -> None:
     assert show == "show|node|-o|c[1-2]|"
 
 
+def test_a_reason_that_names_a_state_is_not_the_nodes_state(tmp_path: Path) -> None:
+    """Reason= is free text (an admin's, or a workspace's failure reason): a node whose
+    reason says "was State=IDLE+POWERED_DOWN" is still ALLOCATED, not powered off (a
+    sweep would have destroyed its workspace)."""
+    fake = tmp_path / "scontrol"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'NodeName=c1 Arch=x86_64 State=ALLOCATED+CLOUD ThreadsPerCore=1 "
+        "Reason=draining after job; was State=IDLE+POWERED_DOWN [root@2026-12-04T10:00:00]'\n"
+    )
+    fake.chmod(0o755)
+    sc = Scontrol(str(fake))
+    assert sc.states(["c1"]) == {"c1": "ALLOCATED+CLOUD"}
+    assert sc.powered_off(["c1"]) == set()
+
+
 def test_long_node_lists_are_short_in_the_log(run: Run) -> None:
     names = [f"n{i}x" for i in range(1000)]  # no runs to bracket
     text = brief(names)

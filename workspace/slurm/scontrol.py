@@ -93,9 +93,7 @@ class Scontrol:
             return None
         found: dict[str, dict[str, str]] = {}
         for line in out.splitlines():
-            fields = dict(
-                word.split("=", 1) for word in line.split() if "=" in word and word[0] != "="
-            )
+            fields = _node_fields(line)
             node = fields.get("NodeName", "")
             if node in names:
                 found[node] = fields
@@ -179,3 +177,19 @@ def _cut(text: str, limit: int) -> str:
 def _shown(args: Sequence[str]) -> str:
     """A command line for the log: a long argument (a node list) cut short."""
     return " ".join(_cut(a, MAX_LOGGED_ARG) for a in args)
+
+
+def _node_fields(line: str) -> dict[str, str]:
+    """The KEY=VALUE fields of one ``scontrol show node -o`` line. ``Reason=`` is free
+    text with spaces (an admin's, or a workspace's failure reason ws-slurm set), so it
+    is cut off first and kept whole, and a field's first value wins: a reason that says
+    "was State=IDLE+POWERED_DOWN" never stands for the node's State."""
+    head, cut, reason = line.partition(" Reason=")
+    fields: dict[str, str] = {}
+    for word in head.split():
+        key, eq, value = word.partition("=")
+        if eq and key:
+            fields.setdefault(key, value)
+    if cut:
+        fields["Reason"] = reason.strip()
+    return fields
