@@ -55,6 +55,9 @@ REBOOTS_KEY = "reboot_count"
 NEEDS_NETWORK = frozenset({Action.CREATE, Action.START, Action.RESUME})
 # What boots an image, after the trust gate's check (``_trust_refused``).
 BOOTS = frozenset({Action.CREATE, Action.START})
+# What keeps a workspace busy besides an Action: its running VM checked against a new
+# trust policy (``_recheck_running``).
+RECHECK = "trust-recheck"
 
 
 def domain_spec(
@@ -109,7 +112,7 @@ class Executor:
         self._desired: dict[str, Order] | None = None  # None: no orders yet
         self.status = StatusBoard()
         # Workspaces with an operation under way, and which.
-        self._busy: dict[str, Action] = {}
+        self._busy: dict[str, Action | str] = {}
         # Of those, the ones whose plug was pulled while a stop or reboot waited.
         self._unplugged: set[str] = set()
         self._failures = Retries(OP_RETRY)
@@ -127,6 +130,12 @@ class Executor:
         self.hypervisor = HypervisorWatch(conditions_changed)
         # Operations run, by (action, "ok" | "error") (agent/metrics.py reads them).
         self.operations: dict[tuple[str, str], int] = {}
+        # The trust policy version whose re-check of the running VMs has not completed
+        # yet (None: none pending), and whether a re-check runs now (``recheck_running``).
+        self._recheck_due: int | None = None
+        self._rechecking = False
+        # Why the last pass could not sync the node's networking ("": it could).
+        self._net_failure = ""
         driver.set_event_callback(self._on_event)
 
     def close(self) -> None:
@@ -145,6 +154,11 @@ class Executor:
         """The latest orders by workspace id (empty before the first ones)."""
         with self._lock:
             return dict(self._desired or {})
+
+    def idle(self) -> bool:
+        """True when no operation (nor trust re-check) runs."""
+        with self._lock:
+            return not self._busy and not self._rechecking
 
     def seen(self, workspace_id: str) -> DomainState | None:
         """The domain state the last reconcile pass found (None: no domain, or no pass)."""
@@ -229,7 +243,7 @@ class Executor:
                 return  # never act before the service said what should exist
             desired = dict(self._desired)
             busy = dict(self._busy)
-        broken = self.net.sync(list(desired.values()))
+        broken = self._sync_network(desired)
         held = self.net.holds()
         listed = self._list_domains()
         self._check_conditions()
@@ -237,6 +251,7 @@ class Executor:
             # Nothing can be judged, nor done, without the hypervisor: the workspaces are
             # left as they were (and reported unknown) until it answers again.
             return
+        self._start_recheck()  # one the trust policy still asks for (e.g. after an outage)
         try:
             self.driver.resync_host()
         except WorkspaceError as exc:
@@ -254,6 +269,8 @@ class Executor:
             if self._last_want.get(wid) != want:
                 self.status.drop_note(wid)  # the owner asked for something new
         actions = plan(wants, actual, leftovers, applied)
+        settled = {w for w, st in actual.items() if st is not DomainState.OTHER}
+        self._clear_stale_failures((set(desired) & settled) - set(actions) - set(busy))
         limits = {wid: o.limits for wid, o in desired.items()}
         have = {d.workspace_id: d.limits for d in domains}
         for wid in limit_changes(limits, have, set(actions)):
@@ -273,6 +290,8 @@ class Executor:
             if action in BOOTS and self._trust_refused(wid, wants[wid]):
                 continue
             with self._lock:
+                if wid in self._busy:
+                    continue  # busy since the pass began (a trust re-check): next pass
                 self._busy[wid] = action
             self.pool.submit(self._run_for, wid, action, desired.get(wid), note)
         self._note_unisolated(held, actual, busy)
@@ -280,6 +299,38 @@ class Executor:
             self._refused = {w: r for w, r in self._refused.items() if w in desired}
             self._last_want = wants
             self._last_actual = actual
+
+    def _sync_network(self, desired: Mapping[str, Order]) -> Mapping[str, str]:
+        """``Networking.sync``; the networks it could not make ready (name → why). When
+        it fails as a whole (the packet filter could not be applied) every network in use
+        is taken as not ready: what needs one waits, the rest of the pass goes on."""
+        try:
+            broken = self.net.sync(list(desired.values()))
+        except Exception as exc:
+            why = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
+            if why != self._net_failure:
+                log.error("the node's networking could not be set up: %s", why, exc_info=True)
+            self._net_failure = why
+            return {n.network: why for o in desired.values() for n in o.nics}
+        if self._net_failure:
+            log.info("the node's networking is set up again")
+            self._net_failure = ""
+        return broken
+
+    def _clear_stale_failures(self, idle: set[str]) -> None:
+        """A desired workspace with nothing to do (not busy, no action planned, its
+        domain running, paused or shut off) that still shows FAILED: what failed is no
+        longer needed (a start that failed, then the owner stopped it; a network that
+        held a start, then a stop). It shows its domain as it is again, and the
+        failure's backoff is forgotten."""
+        for wid in sorted(idle):
+            with self._lock:
+                if wid in self._busy:
+                    continue
+            if self.status.clear_failed(wid):
+                self._failures.forget(wid)
+                log.info("workspace %s: what had failed is no longer asked; cleared", wid)
+                self.pool.submit(self.report, [wid])
 
     def _check_conditions(self) -> None:
         """Keep the node's conditions from this pass; a change is reported at once."""
@@ -301,7 +352,10 @@ class Executor:
         return True
 
     def _note_unisolated(
-        self, held: Mapping[str, str], actual: Mapping[str, DomainState], busy: Mapping[str, Action]
+        self,
+        held: Mapping[str, str],
+        actual: Mapping[str, DomainState],
+        busy: Mapping[str, Action | str],
     ) -> None:
         """Running workspaces whose policy stopped holding (br_netfilter gone under
         them) say so on themselves, until it holds again."""
@@ -356,7 +410,16 @@ class Executor:
         for wid in gone:
             self._failures.forget(wid)
         if gone:
-            self.pool.submit(self.report, gone)
+            self.pool.submit(self._report_gone, gone)
+
+    def _report_gone(self, gone: list[str]) -> None:
+        """Report ``gone`` ABSENT, then forget them: a full report that no longer names
+        them says the same to the service (a workspace it ends that is missing from a
+        full report is gone), and the node does not carry them for ever."""
+        try:
+            self.report(gone)
+        finally:
+            self.status.drop_absent(gone)
 
     def _trust_refused(self, wid: str, want: Want) -> bool:
         """True if the trust policy refused to boot ``wid`` under the policy version held
@@ -544,44 +607,97 @@ class Executor:
         self.files.update_state(wid, **{TRUST_KEY: word})
 
     def recheck_running(self) -> None:
-        """Check the running VMs again (in the pool): a new policy version arrived."""
-        self.pool.submit(self._recheck_running)
+        """Check the running VMs again (in the pool): a new policy version arrived. The
+        re-check stays due until one completes: one that could not (the hypervisor did
+        not answer, a workspace failed or was busy) is tried again by the next pass."""
+        with self._lock:
+            self._recheck_due = self.gate.version
+        self._start_recheck()
 
-    def _recheck_running(self) -> None:
+    def _start_recheck(self) -> None:
+        with self._lock:
+            if self._recheck_due is None or self._rechecking:
+                return
+            self._rechecking = True
+        self.pool.submit(self._recheck_guarded)
+
+    def _recheck_guarded(self) -> None:
+        with self._lock:
+            version = self._recheck_due
+        done = False
+        try:
+            done = self._recheck_running()
+        except Exception:
+            log.exception("re-check of the running VMs under trust policy %s failed", version)
+        finally:
+            with self._lock:
+                self._rechecking = False
+                if done and self._recheck_due == version:
+                    self._recheck_due = None
+                newer = self._recheck_due not in (None, version)
+            if not done:
+                log.debug("re-check under trust policy version %s still due", version)
+        if newer:
+            self._start_recheck()  # a newer policy came while this one was checked
+
+    def _recheck_running(self) -> bool:
         """Under a new policy, the VMs running an image no longer trusted are reported
-        (a note on the workspace and an audit entry), not killed unless the site says so."""
+        (a note on the workspace and an audit entry), not killed unless the site says so.
+        True when every running VM was checked."""
         desired = self.orders()
+        listed = self._list_domains()
+        if listed is None:
+            return False  # the hypervisor does not answer: the next pass tries again
         running = {
-            d.workspace_id
-            for d in self.driver.list_domains()
-            if d.state in (DomainState.RUNNING, DomainState.PAUSED)
+            d.workspace_id for d in listed if d.state in (DomainState.RUNNING, DomainState.PAUSED)
         }
+        done = True
         for wid in sorted(running & set(desired)):
-            order = desired[wid]
-            verdict = self.gate.verdict(order)
-            if verdict is None:
-                continue
-            stop = self.gate.stop_running_on_revoke and not verdict.allowed
-            was = self.files.load_state(wid).get(TRUST_KEY)
-            # Nothing new: the verdict it booted (or was last checked) under. An agent
-            # restarting gets the policy as new, and the VMs it finds running have not
-            # lost any trust they had.
-            self._booted_under(wid, verdict.word)
-            if verdict.trusted or (verdict.word == was and not stop):
-                continue
-            self.gate.record("running", order, verdict)
-            note = (
-                f"image {order.image} is no longer trusted under policy version "
-                f"{verdict.policy_version} ({verdict.reason}); "
-                + (
-                    "powered off (the site stops VMs on revocation)"
-                    if stop
-                    else "the VM keeps running"
+            with self._lock:
+                if wid in self._busy:
+                    done = False  # an operation runs (a removal, a reboot): next time
+                    continue
+                self._busy[wid] = RECHECK
+            try:
+                with callctx.bound(workspace=wid):
+                    self._recheck_one(wid, desired[wid])
+            except Exception as exc:
+                done = False
+                reason = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
+                log.error(
+                    "workspace %s: re-check under the new trust policy failed (tried again): %s",
+                    wid,
+                    reason,
+                    extra={"workspace": wid},
                 )
-            )
-            log.warning("workspace %s: %s", wid, note)
-            if stop:
-                # It stays off: starting it again needs a verdict that allows it.
-                self.driver.destroy(wid)
-            self.status.note(wid, note)
-            self.report([wid])
+            finally:
+                with self._lock:
+                    self._busy.pop(wid, None)
+        return done
+
+    def _recheck_one(self, wid: str, order: Order) -> None:
+        verdict = self.gate.verdict(order)
+        if verdict is None:
+            return
+        stop = self.gate.stop_running_on_revoke and not verdict.allowed
+        was = self.files.load_state(wid).get(TRUST_KEY)
+        # Nothing new: the verdict it booted (or was last checked) under. An agent
+        # restarting gets the policy as new, and the VMs it finds running have not
+        # lost any trust they had.
+        if verdict.trusted or (verdict.word == was and not stop):
+            self._booted_under(wid, verdict.word)
+            return
+        self.gate.record("running", order, verdict)
+        note = (
+            f"image {order.image} is no longer trusted under policy version "
+            f"{verdict.policy_version} ({verdict.reason}); "
+            + ("powered off (the site stops VMs on revocation)" if stop else "the VM keeps running")
+        )
+        log.warning("workspace %s: %s", wid, note)
+        if stop:
+            # It stays off: starting it again needs a verdict that allows it.
+            self.driver.destroy(wid)
+        self.status.note(wid, note)
+        # Kept once it was said (and done): a re-check that failed before says it again.
+        self._booted_under(wid, verdict.word)
+        self.report([wid])

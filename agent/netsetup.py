@@ -11,8 +11,10 @@ from workspace.domain.model import NodeCondition, Order
 class Networking(Protocol):
     def sync(self, orders: Sequence[Order]) -> Mapping[str, str]:
         """Make bridges and DHCP entries match the NICs of these workspaces; returns the
-        networks that could not be made ready (name → why). Their workspaces wait; the
-        others go on. Raises only for what concerns every workspace (the filter)."""
+        networks that could not be made ready (name → why: a bridge, an uplink or a DHCP
+        server that failed, whatever the error). Their workspaces wait; the others go
+        on. Raises only for what concerns every workspace (the filter); the executor
+        then holds every workspace with a NIC and does the rest of its pass."""
 
     def holds(self) -> Mapping[str, str]:
         """The workspaces the last ``sync`` found must not start on this node (id →

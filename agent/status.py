@@ -53,6 +53,15 @@ class StatusBoard:
         with self._lock:
             self._overrides.pop(workspace_id, None)
 
+    def clear_failed(self, workspace_id: str) -> bool:
+        """Drop a FAILED override of ``workspace_id`` (what failed is no longer asked);
+        True if there was one."""
+        with self._lock:
+            if self._overrides.get(workspace_id, (None, ""))[0] is not Observed.FAILED:
+                return False
+            del self._overrides[workspace_id]
+            return True
+
     def note(self, workspace_id: str, text: str) -> None:
         with self._lock:
             self._notes[workspace_id] = text
@@ -73,6 +82,14 @@ class StatusBoard:
             for wid in gone:
                 self._overrides[wid] = (Observed.ABSENT, "")
         return gone
+
+    def drop_absent(self, ids: Collection[str]) -> None:
+        """Forget the ABSENT overrides of ``ids`` (``release_failed``'s, once reported):
+        a full report no longer names them, which the service takes as gone."""
+        with self._lock:
+            for wid in ids:
+                if self._overrides.get(wid, (None, ""))[0] is Observed.ABSENT:
+                    del self._overrides[wid]
 
     def observe(
         self,

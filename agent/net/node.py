@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import netaddr
+from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.net.bridge import ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer
@@ -45,7 +46,7 @@ from workspace.domain.model import (
     NodeCondition,
     Order,
 )
-from workspace.errors import ConfigError, WorkspaceError
+from workspace.errors import ConfigError, FailedPrecondition, WorkspaceError
 from workspace.files import write_private
 
 log = logging.getLogger("agent.net")
@@ -57,6 +58,28 @@ NOT_ISOLATING = (
     " be isolated here and do not start; modprobe br_netfilter and sysctl"
     " net.bridge.bridge-nf-call-iptables=1 (docs/design/network-policy.md)"
 )
+
+
+# What making a bridge, attaching an uplink or running a DHCP server can fail with: our
+# own errors, the kernel's refusal (pyroute2), a file or a process that could not be made.
+# Each fails only its network (``sync``).
+HOST_ERRORS = (WorkspaceError, NetlinkError, OSError)
+
+
+def host_error(exc: Exception) -> WorkspaceError:
+    """``exc`` (one of ``HOST_ERRORS``) as a WorkspaceError, its message kept."""
+    if isinstance(exc, WorkspaceError):
+        return exc
+    return FailedPrecondition(f"{type(exc).__name__}: {exc}")
+
+
+def one_line(message: str) -> str:
+    """A multi-line error (dnsmasq's: what failed, then its log's tail) as one line: the
+    first, and the last line dnsmasq wrote in the tail (its own word on why; the lines
+    "--- <time>: <command>" are the server's, one per start)."""
+    first, *tail = message.splitlines() or [message]
+    said = [line.strip() for line in tail if line.strip() and not line.startswith("--- ")]
+    return f"{first.rstrip(':')}: {said[-1]}" if said else first.rstrip(":")
 
 
 def dhcp_options(nic: Nic) -> tuple[str | None, tuple[str, ...]]:
@@ -139,8 +162,8 @@ class BridgeNetworking:
             try:
                 self._bridge(info.bridge, _cidr(net, info.gateway, prefix))
                 self.joined[info.bridge] = self._uplink(info.bridge, net, info.vlan, info.gateway)
-            except WorkspaceError as exc:
-                errs[info.name] = exc
+            except HOST_ERRORS as exc:
+                errs[info.name] = host_error(exc)
             else:
                 self._remember(info)
         return errs
@@ -185,8 +208,8 @@ class BridgeNetworking:
         done = self.uplinks_done.get(bridge)
         try:
             port = ensure_uplink(bridge, net.uplink, vlan, netns=self.netns, node=self.cfg.node)
-        except WorkspaceError as exc:
-            log.error("network %s (bridge %s): %s", net.name, bridge, exc.message)
+        except HOST_ERRORS as exc:
+            log.error("network %s (bridge %s): %s", net.name, bridge, host_error(exc).message)
             raise
         if done != (net.uplink, vlan, port):
             log.info("bridge %s: uplink %s attached", bridge, port)
@@ -196,11 +219,13 @@ class BridgeNetworking:
 
     def sync(self, orders: Sequence[Order]) -> dict[str, str]:
         """Bridges, uplinks, the filter and DHCP for ``orders``; returns the networks that
-        could not be made ready (name → why): only their workspaces wait. Uplinked
-        networks the node knew (``uplinks.json``) are joined on every pass too, so a
-        port re-made behind the agent's back is attached again without a restart. A
-        ruleset that cannot be applied raises: it concerns every workspace. The
-        workspaces whose policy cannot hold here are in ``held`` afterwards."""
+        could not be made ready (name → why: its bridge, its uplink or its DHCP server
+        failed): only their workspaces wait. Uplinked networks the node knew
+        (``uplinks.json``) are joined on every pass too, so a port re-made behind the
+        agent's back is attached again without a restart. A ruleset that cannot be
+        applied raises: it concerns every workspace (each network in use is then said
+        not ready, with why, in ``conditions``). The workspaces whose policy cannot hold
+        here are in ``held`` afterwards."""
         per_bridge: dict[str, list[DhcpHost]] = {}
         first_nic: dict[str, Nic] = {}
         for order in orders:
@@ -226,9 +251,11 @@ class BridgeNetworking:
             net = self.nets[nic.network]
             try:
                 self._bridge(bridge, bridge_cidr(net, nic))
-            except WorkspaceError as exc:
-                log.error("network %s (bridge %s): %s", nic.network, bridge, exc.message)
-                broken[nic.network] = exc
+            except HOST_ERRORS as exc:
+                broken[nic.network] = host_error(exc)
+                log.error(
+                    "network %s (bridge %s): %s", nic.network, bridge, broken[nic.network].message
+                )
                 continue
             if net.uplink:
                 info = NetworkInfo(
@@ -246,34 +273,58 @@ class BridgeNetworking:
                     n.blocked,
                     extra={"workspace": n.workspace_id},
                 )
-        self._filter(self._last_nics, self.joined.values())
+        try:
+            self._filter(self._last_nics, self.joined.values())
+        except Exception as exc:
+            why = f"filter rules could not be applied: {host_error(exc).message}"
+            self.broken = {
+                **{name: e.message for name, e in unused.items()},
+                **{name: e.message for name, e in broken.items()},
+                **dict.fromkeys(in_use - set(broken), why),
+            }
+            raise
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
             if nic.network in broken:
                 continue
             cidr = bridge_cidr(net, nic)
             if net.dhcp and cidr is not None:
-                server = self.servers.get(bridge)
-                if server is None:
-                    server = self._dhcp(bridge, nic)
-                    self.servers[bridge] = server
-                elif server.set_options(*dhcp_options(nic)):
-                    log.info(
-                        "dhcp on %s: now offers router %s, DNS servers %s",
-                        bridge,
-                        server.router or "none",
-                        ",".join(server.dns_servers) or "none",
-                    )
-                if server.set_hosts(per_bridge[bridge]):
-                    log.info("dhcp on %s: %d host(s)", bridge, len(per_bridge[bridge]))
-                server.ensure_running()
+                try:
+                    self._serve(bridge, nic, per_bridge[bridge])
+                except HOST_ERRORS as exc:
+                    # dnsmasq would not start (its port taken, its binary missing), a
+                    # hosts file that cannot be written: only this network waits.
+                    said = host_error(exc).message
+                    log.error("network %s (bridge %s): DHCP: %s", nic.network, bridge, said)
+                    broken[nic.network] = FailedPrecondition(f"DHCP server: {one_line(said)}")
         # Bridges no workspace uses any more keep their dnsmasq with an empty hosts file.
         for bridge, server in self.servers.items():
             if bridge not in first_nic:
-                server.set_hosts([])
+                try:
+                    server.set_hosts([])
+                except HOST_ERRORS as exc:
+                    log.error("dhcp on %s: %s", bridge, host_error(exc).message)
         failed = {name: exc.message for name, exc in broken.items()}
         self.broken = {**{name: exc.message for name, exc in unused.items()}, **failed}
         return failed
+
+    def _serve(self, bridge: str, nic: Nic, hosts: list[DhcpHost]) -> None:
+        """The DHCP server of ``bridge``: made if absent, its options and hosts those of
+        the orders, running. Raises (one of ``HOST_ERRORS``) when it cannot be."""
+        server = self.servers.get(bridge)
+        if server is None:
+            server = self._dhcp(bridge, nic)
+            self.servers[bridge] = server
+        elif server.set_options(*dhcp_options(nic)):
+            log.info(
+                "dhcp on %s: now offers router %s, DNS servers %s",
+                bridge,
+                server.router or "none",
+                ",".join(server.dns_servers) or "none",
+            )
+        if server.set_hosts(hosts):
+            log.info("dhcp on %s: %d host(s)", bridge, len(hosts))
+        server.ensure_running()
 
     def _filter(self, nics: Sequence[NicRule], bridges: Iterable[BridgeSpec]) -> None:
         """Apply the ruleset if it changed, or if our tables no longer hold what was

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.net import node
 from agent.net.dhcp import DhcpHost
 from workspace.config import AgentConfig, NodeNetworkConfig
-from workspace.domain.model import Nic, Order
+from workspace.domain.model import NETWORK_NOT_READY, Nic, NodeCondition, Order
 from workspace.domain.states import Desired
+from workspace.errors import FailedPrecondition
 
 
 class FakeDhcp:
@@ -109,3 +111,54 @@ def test_a_networks_new_dns_servers_reach_its_dhcp_server(
     assert (server.router, server.dns_servers) == ("10.0.0.1", ("10.0.0.54", "10.0.0.55"))
     net.sync([_order("w1", replace(nic, dns=()))])
     assert server.dns_servers == ()
+
+
+def test_a_bridge_the_kernel_refuses_fails_only_its_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyroute2's own error (not one of ours) making one bridge: that network is not
+    ready, said on the node; the other is served; the next pass tries again."""
+    refused = {"br-a"}
+
+    def ensure_bridge(bridge: str, cidr: str | None) -> None:
+        if bridge in refused:
+            raise NetlinkError(1, "Operation not permitted")
+
+    monkeypatch.setattr(node, "ensure_bridge", ensure_bridge)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: True)
+    FakeDhcp.made = []
+    nets = [NodeNetworkConfig(name="a"), NodeNetworkConfig(name="b")]
+    net = node.BridgeNetworking(AgentConfig(node="n1", state_dir=str(tmp_path), networks=nets))
+    orders = [
+        _order("w1", _nic("a", "10.0.0.5", "52:54:00:00:00:05", "br-a")),
+        _order("w2", _nic("b", "10.0.0.6", "52:54:00:00:00:06", "br-b")),
+    ]
+    why = "NetlinkError: (1, 'Operation not permitted')"
+    assert net.sync(orders) == {"a": why}
+    assert [s.bridge for s in FakeDhcp.made] == ["br-b"]
+    assert net.conditions() == (NodeCondition(NETWORK_NOT_READY, f"network a: {why}", "a"),)
+    refused.clear()
+    assert net.sync(orders) == {}
+    assert net.conditions() == ()
+
+
+def test_a_filter_that_cannot_be_applied_says_every_network_in_use_is_not_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def apply_ruleset(script: str, netns: str | None = None) -> None:
+        raise FailedPrecondition("nft: Error: Could not process rule: Permission denied")
+
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: None)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    monkeypatch.setattr(node, "apply_ruleset", apply_ruleset)
+    FakeDhcp.made = []
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig(name="a")])
+    net = node.BridgeNetworking(cfg)
+    with pytest.raises(FailedPrecondition):
+        net.sync([_order("w1", _nic("a", "10.0.0.5", "52:54:00:00:00:05", "br-a"))])
+    assert FakeDhcp.made == []  # no address handed out on an unguarded bridge
+    why = "network a: filter rules could not be applied: nft: Error: Could not process rule:"
+    (cond,) = net.conditions()
+    assert (cond.code, cond.subject) == (NETWORK_NOT_READY, "a")
+    assert cond.message == f"{why} Permission denied"
