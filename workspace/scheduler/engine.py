@@ -40,6 +40,8 @@ def placement_order(
     fewer nodes' static filters accept, by powers of two: a head that needs the one GPU
     node goes before workers that could take it), then the largest, then the caller's
     order."""
+    if len(requests) < 2:  # a lone create: nothing to order
+        return list(range(len(requests)))
     cfg = snapshot.cfg
     ctx = Context(cfg, snapshot, affinity)
     keys = [shape_key(r) for r in requests]
