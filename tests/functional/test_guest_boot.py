@@ -10,7 +10,7 @@ import pytest
 
 from tests.functional.harness import WS, Site
 from workspace import client_guests, errors
-from workspace.cli import ws
+from workspace.cli import guest_cmds, ws
 from workspace.client import Client
 from workspace.domain import booting
 
@@ -20,6 +20,8 @@ RUNNING = WS.WORKSPACE_STATE_RUNNING
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client_guests, "GUEST_POLL_S", 0.2)
+    # A person at a terminal: ws waits for a booting guest unasked only there.
+    monkeypatch.setattr(guest_cmds, "interactive", lambda: True)
 
 
 def cli(site: Site, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

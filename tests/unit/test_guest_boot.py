@@ -15,13 +15,19 @@ import pytest
 
 from tests.unit.test_cli_guests import HOST_KEYS, FakeClient, box, fake_ssh, run
 from workspace import errors
-from workspace.cli import sshwait
+from workspace.cli import guest_cmds, sshwait
 from workspace.client_guests import boot_wait_for
 from workspace.domain import booting
 from workspace.v1 import access_pb2, common_pb2
 
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
 STARTING = common_pb2.WorkspaceState.WORKSPACE_STATE_STARTING
+
+
+@pytest.fixture(autouse=True)
+def at_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A person at a terminal (stderr is one): the default waits apply."""
+    monkeypatch.setattr(guest_cmds, "interactive", lambda: True)
 
 
 def started(ago_s: float, state: int = RUNNING) -> common_pb2.Workspace:
@@ -180,3 +186,16 @@ def test_exec_waits_for_the_guest_agent_of_a_workspace_that_just_started(
     assert lines[0].startswith("ws: no guest agent answers in box yet (it started 2")
     assert lines[0].endswith("s for the guest to boot") and "waiting up to 2" in lines[0]
     assert "may still be booting" in lines[1]
+
+
+def test_a_script_is_not_made_to_wait_unasked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a terminal (a script, its own loop and timeouts) exec answers at once, as
+    before; --retry N still waits."""
+    monkeypatch.setattr(guest_cmds, "interactive", lambda: False)
+    c = BootingClient([started(20)])
+    assert run(c, capsys, "exec", "box", "--", "true")[0] == 0  # type: ignore[arg-type]
+    assert c.boot_waits[-1] == 0
+    assert run(c, capsys, "exec", "box", "--retry", "30", "--", "true")[0] == 0  # type: ignore[arg-type]
+    assert c.boot_waits[-1] == 30

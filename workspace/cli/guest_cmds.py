@@ -7,8 +7,9 @@
                                                         for by the service
 
 ``ws exec`` exits with the command's exit code (124 when it ran past --timeout, as
-timeout(1) does). ``ws exec``, ``ws ssh`` (and ``ws scp``) wait for the guest of a
-workspace that started recently (``workspace/domain/booting.py``; ``--retry N`` sets it).
+timeout(1) does). Run at a terminal, ``ws exec``, ``ws ssh`` (and ``ws scp``) wait for
+the guest of a workspace that started recently (``workspace/domain/booting.py``);
+``--retry N`` asks for it anywhere, scripts included.
 ``ws cluster exec`` exits 0 only when every member's command exited 0.
 Output follows workspace/cli/render.py (--output json), other exit codes
 workspace/cli/common.py.
@@ -434,13 +435,28 @@ def once_running(
     )
 
 
+def interactive() -> bool:
+    """Whether a person runs this command at a terminal (its stderr is one). Only then do
+    ``ws exec``/``ssh``/``scp`` wait for a booting guest unasked: a script keeps the
+    behaviour it was written for (an answer at once; its own loop, or ``--retry N``)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
+def default_boot_wait(ws: common_pb2.Workspace) -> float:
+    """What is left of ``ws``'s boot window for a person at a terminal; 0 for a script,
+    and for a workspace that has run for long (``workspace/domain/booting.py``)."""
+    return boot_wait_for(ws) if interactive() else 0.0
+
+
 def boot_wait(args: argparse.Namespace, ws: common_pb2.Workspace) -> float:
-    """How long to wait for ``ws``'s guest to answer: ``--retry N``'s N, else what is
-    left of the boot window of a workspace that started recently
-    (``workspace/domain/booting.py``; 0 for one that has run for long)."""
+    """How long to wait for ``ws``'s guest to answer: ``--retry N``'s N, else
+    ``default_boot_wait``."""
     if args.retry:
         return float(args.retry)
-    return boot_wait_for(ws)
+    return default_boot_wait(ws)
 
 
 def _started(ws: common_pb2.Workspace, *why: str) -> str:
@@ -459,7 +475,7 @@ def connect_attempts(args: argparse.Namespace, ws: common_pb2.Workspace, netns: 
     the command is for later)."""
     if args.retry or args.print:
         return int(args.retry or 0)
-    wait_s = boot_wait_for(ws)
+    wait_s = default_boot_wait(ws)
     if wait_s > 0:
 
         def say(why: str, wait_s: float) -> None:
