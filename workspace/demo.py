@@ -121,7 +121,13 @@ def next_steps(key: Path | None, ssh_home: Path | None = None) -> str:
     if key is not None:
         looks = (ssh_home or Path(pwd.getpwuid(os.getuid()).pw_dir)) / ".ssh"
         i = "" if key.parent == looks else f"-i {key.with_suffix('')} "
-        ssh = f"  {'ws ssh ' + i + 'demo':<32} ws exec demo -- df -h /\n"
+        login = f"ws ssh {i}demo"
+        # Two columns while the login fits the first; a long -i path: a line each.
+        ssh = (
+            f"  {login:<32} ws exec demo -- df -h /\n"
+            if len(login) < 32
+            else f"  {login}\n  ws exec demo -- df -h /\n"
+        )
     else:
         ssh = (
             "  ws exec demo -- df -h /          (you have no SSH key, so no `ws ssh demo`)\n"

@@ -37,7 +37,8 @@ def test_the_demo_logs_in_with_the_private_half_of_the_key_it_added(tmp_path: Pa
     assert key == home / ".ssh" / "id_rsa.pub"
     assert identity(key) == ["-i", str(home / ".ssh" / "id_rsa")]
     text = next_steps(key, ssh_home=tmp_path / "elsewhere")
-    assert f"  ws ssh -i {home / '.ssh' / 'id_rsa'} demo" in text
+    # A long -i path: the login and the exec each on a line of their own.
+    assert f"\n  ws ssh -i {home / '.ssh' / 'id_rsa'} demo\n  ws exec demo -- df -h /\n" in text
 
 
 def test_the_console_shown_is_its_last_lines_without_escapes() -> None:
