@@ -155,9 +155,10 @@ class Catalog:
         cutoff = env.clock() - env.cfg.blob_grace_s
         with env.store.write_lock, self.blobs.discarding() as bin:
             with env.store.write() as s:
-                rows = {d: at for d, at in s.execute(select(Blob.digest, Blob.created_at)).all()}
-                self.blobs.sweep_trash(rows.__contains__)
-                uploaded = dict(rows)
+                uploaded = {
+                    d: at for d, at in s.execute(select(Blob.digest, Blob.created_at)).all()
+                }
+                self.blobs.sweep_trash(uploaded.__contains__)  # before files are added
                 for d in self.blobs.digests():
                     if d not in uploaded:
                         uploaded[d] = self.blobs.mtime(d)

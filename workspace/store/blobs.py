@@ -40,16 +40,13 @@ def check_digest(digest: str) -> str:
 class BlobRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
-        # Only the service reads blobs (it serves them): 0700 directories, 0600 files.
-        for d in (root, root / "sha256", root / "tmp", root / "trash"):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(d, 0o700)
-        for p in (root / "sha256").iterdir():  # stored 0644 by earlier versions
-            if p.stat().st_mode & 0o077:
-                os.chmod(p, 0o600)
-        # Blobs found bad, kept aside: as private (earlier versions made it 0755).
+        # Only the service reads blobs (it serves them): 0700 directories, 0600 files,
+        # also those earlier versions left 0755/0644 (blobs, and bad/, the blobs found
+        # bad and kept aside).
+        for d in (root, root / "sha256", root / "tmp"):
+            integrity.private_dir(d)
         self.bad_dir = integrity.private_dir(root / "bad")
-        self.trash_dir = root / "trash"
+        self.trash_dir = integrity.private_dir(root / "trash")
         self.stamps = integrity.Stamps(root / "verified")
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # hex → held while re-hashing it
@@ -242,7 +239,7 @@ class Discard:
         """Move these blobs' files aside now (those absent are skipped)."""
         for d in digests:
             path = self._repo.path(d)
-            hx = digests_hex(d)
+            hx = path.name  # the digest's hex
             aside = self._repo.trash_dir / f"{hx}.{uuid.uuid4().hex[:8]}"
             try:
                 size = path.stat().st_size
@@ -268,7 +265,3 @@ class Discard:
                 os.replace(aside, path)
         self._aside = []
         self.freed = 0
-
-
-def digests_hex(digest: str) -> str:
-    return digests.hex_of(check_digest(digest))
