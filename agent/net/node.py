@@ -82,6 +82,11 @@ def one_line(message: str) -> str:
     return f"{first.rstrip(':')}: {said[-1]}" if said else first.rstrip(":")
 
 
+def _said(errs: Mapping[str, WorkspaceError]) -> dict[str, str]:
+    """Network name → why it is not ready."""
+    return {name: e.message for name, e in errs.items()}
+
+
 def dhcp_options(nic: Nic) -> tuple[str | None, tuple[str, ...]]:
     """What a bridge's DHCP server offers, from the first NIC on it: the network's
     gateway as router and its IPv4 DNS servers (DHCPv4 carries no others)."""
@@ -278,8 +283,7 @@ class BridgeNetworking:
         except Exception as exc:
             why = f"filter rules could not be applied: {host_error(exc).message}"
             self.broken = {
-                **{name: e.message for name, e in unused.items()},
-                **{name: e.message for name, e in broken.items()},
+                **_said({**unused, **broken}),
                 **dict.fromkeys(in_use - set(broken), why),
             }
             raise
@@ -304,8 +308,8 @@ class BridgeNetworking:
                     server.set_hosts([])
                 except HOST_ERRORS as exc:
                     log.error("dhcp on %s: %s", bridge, host_error(exc).message)
-        failed = {name: exc.message for name, exc in broken.items()}
-        self.broken = {**{name: exc.message for name, exc in unused.items()}, **failed}
+        failed = _said(broken)
+        self.broken = {**_said(unused), **failed}
         return failed
 
     def _serve(self, bridge: str, nic: Nic, hosts: list[DhcpHost]) -> None:
