@@ -4,9 +4,6 @@ the Python client's reconnecting watch opens it again with a fresh snapshot."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
 
@@ -16,17 +13,9 @@ from workspace.ops import events, queries
 from workspace.v1 import workspaces_pb2
 
 
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
-    monkeypatch.setattr(events, "_WATCH_QUEUE_MAX", 2)  # a watch's queue holds two
-    s = Site(tmp_path)
-    try:
-        s.stubs.network()
-        s.stubs.import_image("img")
-        s.add_agent("node1")
-        yield s
-    finally:
-        s.close()
+@pytest.fixture(autouse=True)
+def small_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "_WATCH_QUEUE_MAX", 2)  # a watch opened now holds two
 
 
 def _flood(site: Site, ref: str, times: int = 50) -> None:
@@ -38,7 +27,8 @@ def _flood(site: Site, ref: str, times: int = 50) -> None:
         env.notifier.workspace_changed(view)
 
 
-def test_a_watch_that_fell_behind_ends_resource_exhausted(site: Site) -> None:
+def test_a_watch_that_fell_behind_ends_resource_exhausted(ready_site: Site) -> None:
+    site = ready_site
     w = site.stubs.create(name="w")
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     call = site.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest(), timeout=30)
@@ -51,7 +41,8 @@ def test_a_watch_that_fell_behind_ends_resource_exhausted(site: Site) -> None:
     assert "fell too far behind" in str(err.value.details())
 
 
-def test_the_clients_reconnecting_watch_reopens_after_falling_behind(site: Site) -> None:
+def test_the_clients_reconnecting_watch_reopens_after_falling_behind(ready_site: Site) -> None:
+    site = ready_site
     w = site.stubs.create(name="w")
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     with Client(site.address) as client:
