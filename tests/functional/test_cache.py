@@ -5,9 +5,11 @@ workspace or a preload)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -185,6 +187,30 @@ def test_pins_are_recomputed_after_a_restart(net_site: Site) -> None:
 # -- peer fetch ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def service_copy_hidden(site: Site, digest: str) -> Iterator[None]:
+    """The service's copy of ``digest`` out of reach meanwhile: a node that gets the blob
+    got it from a peer."""
+    assert site.service is not None
+    service_copy = site.service.catalog.blobs.path(digest)
+    os.rename(service_copy, service_copy.with_name("hidden"))
+    try:
+        yield
+    finally:
+        os.rename(service_copy.with_name("hidden"), service_copy)
+
+
+def assert_node2_has_it_from_node1(site: Site, digest: str, content: bytes) -> None:
+    """node2 holds ``digest`` (``content``), every byte of it from a peer, node1's
+    server having served them."""
+    node2 = site.agents["node2"]
+    assert node2.cache.received_bytes == {"peer": len(content)}
+    assert node2.cache.path(digest).read_bytes() == content
+    peer_server = site.agents["node1"].peer_server
+    assert peer_server is not None
+    assert peer_server.servicer.served_bytes == len(content)
+
+
 def test_blob_is_fetched_from_a_peer(net_site: Site, tmp_path: Path) -> None:
     site = net_site
     digest = image(site, "img", 6, size=3 * 1024 * KIB)  # 3 MiB: several chunks
@@ -195,23 +221,13 @@ def test_blob_is_fetched_from_a_peer(net_site: Site, tmp_path: Path) -> None:
     wait_for(lambda: digest in cached(site, "node1"), what="node1 to report the blob")
     assert site.agents["node1"].cache.received_bytes == {"service": 3 * 1024 * KIB}
 
-    # Prove node2's copy cannot come from the service: its copy is gone.
-    assert site.service is not None
-    service_copy = site.service.catalog.blobs.path(digest)
-    os.rename(service_copy, service_copy.with_name("hidden"))
-    try:
+    with service_copy_hidden(site, digest):  # node2's copy cannot come from the service
         w2 = site.stubs.create(name="w2", **on("node2"))
         site.stubs.wait_state(w2.id, WS.WORKSPACE_STATE_RUNNING)
-    finally:
-        os.rename(service_copy.with_name("hidden"), service_copy)
-    node2 = site.agents["node2"]
-    assert node2.cache.received_bytes == {"peer": 3 * 1024 * KIB}
-    assert node2.cache.path(digest).read_bytes() == bytes([6]) * 3 * 1024 * KIB
-    peer_server = site.agents["node1"].peer_server
-    assert peer_server is not None
-    assert peer_server.servicer.served_bytes == 3 * 1024 * KIB
+    assert_node2_has_it_from_node1(site, digest, bytes([6]) * 3 * 1024 * KIB)
 
     # The assignment named node1 as the source.
+    assert site.service is not None
     aset = site.service.nodes.assignments("node2")
     (disk,) = aset.assignments[0].disks
     assert list(disk.sources) == [site.agents["node1"].peer_address]
@@ -226,26 +242,16 @@ def test_preload_fetches_from_a_peer(net_site: Site, tmp_path: Path) -> None:
     wait_for(lambda: digest in cached(site, "node1"), what="node1 to report the blob")
     assert site.agents["node1"].cache.received_bytes == {"service": 3 * 1024 * KIB}
 
-    # node2's copy cannot come from the service: its copy is gone.
-    assert site.service is not None
-    service_copy = site.service.catalog.blobs.path(digest)
-    os.rename(service_copy, service_copy.with_name("hidden"))
-    try:
+    with service_copy_hidden(site, digest):  # node2's copy cannot come from the service
         site.stubs.admin.PreloadImage(admin_pb2.PreloadImageRequest(image="img", nodes=["node2"]))
         # The orders name node1 as the source of the prefetch blob, as for a disk.
+        assert site.service is not None
         (named,) = site.service.nodes.assignments("node2").prefetch_sources
         assert named.digest == digest
         assert list(named.sources) == [site.agents["node1"].peer_address]
         assert list(named.source_nodes) == ["node1"]
         wait_for(lambda: digest in cached(site, "node2"), what="node2 to hold the blob")
-    finally:
-        os.rename(service_copy.with_name("hidden"), service_copy)
-    node2 = site.agents["node2"]
-    assert node2.cache.received_bytes == {"peer": 3 * 1024 * KIB}
-    assert node2.cache.path(digest).read_bytes() == bytes([9]) * 3 * 1024 * KIB
-    peer_server = site.agents["node1"].peer_server
-    assert peer_server is not None
-    assert peer_server.servicer.served_bytes == 3 * 1024 * KIB
+    assert_node2_has_it_from_node1(site, digest, bytes([9]) * 3 * 1024 * KIB)
 
 
 def test_failed_peer_falls_back_to_the_service(net_site: Site, tmp_path: Path) -> None:
