@@ -446,6 +446,8 @@ class DhcpServer:
             with os.fdopen(fd, "wb") as out, self.log_path.open("r+b") as f:
                 shutil.copyfileobj(f, out)
                 f.truncate(0)
+        except FileNotFoundError:
+            return  # no log yet (dnsmasq not started): nothing to trim
         except OSError as exc:
             log.warning("dnsmasq %s: cannot trim %s: %s", self.bridge, self.log_path, exc)
 

@@ -181,3 +181,13 @@ def test_the_log_is_private_and_kept_small(tmp_path: Path, monkeypatch: pytest.M
     assert old.read_bytes().count(b"DHCPACK") == 100
     assert stat.S_IMODE(old.stat().st_mode) == 0o600
     assert server.log_path.read_text().startswith("--- ")  # the new start, alone
+
+
+def test_a_first_start_has_no_log_to_trim_and_says_nothing_of_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = DhcpServer("br8", tmp_path / "dhcp", "192.0.2.0/28", dnsmasq="/bin/false")
+    with pytest.raises(errors.Unavailable):
+        server.ensure_running()
+    assert "cannot trim" not in caplog.text
+    assert server.log_path.read_text().startswith("--- ")
