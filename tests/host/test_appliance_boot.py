@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -70,9 +70,16 @@ def domain_xml(name: str, appliance: Appliance, bridge: str, mac: str, console_l
 """
 
 
-def wait_for_line(path: Path, prefix: str, timeout_s: float) -> str:
+def wait_for_line(
+    path: Path, prefix: str, timeout_s: float, meanwhile: Callable[[], object] = lambda: None
+) -> str:
+    """The first line of ``path`` that starts with ``prefix``, read every 0.1 s, calling
+    ``meanwhile`` each time (a libvirt call: a connection without an event loop answers
+    libvirtd's keepalive probes only inside a call, and one idle for 5 x 5 s, a boot
+    under a loaded TCG, is closed: "Cannot write data: Broken pipe" at its next use)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        meanwhile()
         if path.exists():
             for line in path.read_text(errors="replace").splitlines():
                 line = line.strip("\r\n\0 ")
@@ -120,7 +127,7 @@ def test_appliance_boots_gets_pinned_ip_and_powers_off_on_acpi(
         dom = conn.defineXML(domain_xml(name, appliance, bridge, MAC, console))
         started = time.monotonic()
         dom.create()
-        ready = wait_for_line(console, "WORKSPACE-READY", READY_TIMEOUT_S)
+        ready = wait_for_line(console, "WORKSPACE-READY", READY_TIMEOUT_S, dom.isActive)
         ready_s = time.monotonic() - started
         fields = dict(f.split("=", 1) for f in ready.split()[1:])
         assert fields == {"ip": PINNED_IP, "hostname": hostname}
