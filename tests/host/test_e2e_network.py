@@ -297,7 +297,13 @@ def test_limits_hold(site: Site) -> None:
     # Felt inside the guest: under TCG the work a vCPU does per host CPU-second is not
     # the same throttled and free (one CI run: 24% of a CPU against 95% did 37% of the
     # work), so this bound only says the guest is clearly slowed, as its user would see.
-    assert ratio <= 0.5
+    # It needs a yardstick that had most of a CPU: on a host too busy for that in three
+    # tries (one CI run: 39 %, so a 25 % cap could only slow the loop to about 60 %)
+    # the comparison says nothing and only the host's measure above holds.
+    if free_share >= 0.6:
+        assert ratio <= 0.5
+    else:
+        print(f"busy loop: no in-guest comparison, the uncapped run had {free_share:.0%}")
 
     # Live changes: a lower disk limit, and the CPU cap back to its default (none).
     site.ok("update", OUTBOUND, "--disk-mbps", "5", "--reset", "cpu-percent")
