@@ -122,6 +122,9 @@ class Executor:
         # Of those, the ones whose plug was pulled while a stop or reboot waited.
         self._unplugged: set[str] = set()
         self._failures = Retries(OP_RETRY)
+        # Failed removals, apart: a removal does not wait out another operation's backoff
+        # (`ws destroy` of a workspace whose start failed goes at once), only its own.
+        self._removals = Retries(OP_RETRY)
         # Resumes of guests the hypervisor paused after a failed disk write (``_io_wait``).
         self._io_paused = Retries(OP_RETRY)
         # Boots the trust policy refused: workspace → (the policy's version, what was
@@ -298,7 +301,7 @@ class Executor:
             if action is Action.RESUME and self._io_wait(wid):
                 continue
             note = self._repair_note(wid, action, wants.get(wid))
-            if self._failures.waiting(wid) and action is not Action.REMOVE:
+            if self._retries(action).waiting(wid):
                 continue
             if action in BOOTS and self._trust_refused(wid, wants[wid]):
                 continue
@@ -456,6 +459,7 @@ class Executor:
         gone = self.status.release_failed(set(desired) | present)
         for wid in gone:
             self._failures.forget(wid)
+            self._removals.forget(wid)
         if gone:
             self.pool.submit(self._report_gone, gone)
 
@@ -513,6 +517,7 @@ class Executor:
             log.info("workspace %s: %s", wid, action.value, extra={"workspace": wid})
             self._execute(wid, action, order)
             self._failures.forget(wid)
+            self._removals.forget(wid)
             if note:
                 self.status.note(wid, note)
             self.status.clear(wid)
@@ -520,7 +525,7 @@ class Executor:
         except Exception as exc:
             self._count(action, "error")
             reason = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
-            count, delay = self._failures.failed(wid)
+            count, delay = self._retries(action).failed(wid)
             log.error(
                 "workspace %s: %s failed (attempt %d, retry in %.0f s): %s",
                 wid,
@@ -553,6 +558,10 @@ class Executor:
                 self._unplugged.discard(wid)
             self.report([wid])
             self.wake.set()
+
+    def _retries(self, action: Action) -> Retries:
+        """The backoff ``action`` waits out after it failed: its own for a removal."""
+        return self._removals if action is Action.REMOVE else self._failures
 
     def _count(self, action: Action, result: str) -> None:
         with self._lock:

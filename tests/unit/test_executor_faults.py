@@ -321,3 +321,44 @@ def test_a_workspace_re_checked_is_busy_and_its_removal_waits(parts: Parts) -> N
     assert parts.driver.get("w1") is None
     assert not parts.files.dir("w1").exists()
     assert state(parts) == observed("w1", Observed.ABSENT)
+
+
+# -- a removal that keeps failing --------------------------------------------------------
+
+
+def test_a_removal_that_keeps_failing_waits_its_backoff_but_not_another_ops(
+    parts: Parts,
+) -> None:
+    """A removal goes at once, even while a failed operation of the workspace waits its
+    backoff; a removal that failed waits its own, as any operation (a pass follows each
+    operation at once: a QEMU the kernel cannot kill was destroyed, reported STOPPING and
+    logged in a loop as fast as the node could go, each line saying "retry in 60 s")."""
+    ex, driver = parts.executor, parts.driver
+    ex.take([order()])
+    settle(parts)
+    assert state(parts).state is Observed.RUNNING
+    start = driver.start
+
+    def failing_start(wid: str) -> None:
+        raise DriverError("cannot start: no memory on the host")
+
+    driver.destroy("w1")  # behind the agent's back; the start that repairs it fails
+    driver.start = failing_start  # type: ignore[method-assign]
+    settle(parts)
+    assert state(parts).state is Observed.FAILED
+    driver.start = start  # type: ignore[method-assign]
+
+    removals: list[str] = []
+
+    def failing_undefine(wid: str) -> None:
+        removals.append(wid)
+        raise DriverError("Failed to terminate process 4242 with SIGKILL: Device or resource busy")
+
+    driver.undefine = failing_undefine  # type: ignore[method-assign]
+    ex.take([])  # `ws destroy`: at once, not after the start's backoff
+    settle(parts)
+    assert removals == ["w1"]
+    for _ in range(4):
+        settle(parts)
+    assert removals == ["w1"]  # its own backoff (a minute here) holds the next try
+    assert state(parts).reason.startswith("remove failed: Failed to terminate process 4242")
