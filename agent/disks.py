@@ -77,12 +77,17 @@ class WorkspaceFiles:
     def remove(self, workspace_id: str) -> None:
         shutil.rmtree(self.dir(workspace_id), ignore_errors=True)
 
-    def prepare(self, order: Order, base_paths: dict[str, Path]) -> tuple[DiskSpec, ...]:
+    def prepare(
+        self, order: Order, base_paths: dict[str, Path], keep: bool = False
+    ) -> tuple[DiskSpec, ...]:
         """Create this workspace's disks; ``base_paths`` maps digests to cached blobs.
 
         One disk per partition, in order, then (when the order has a seed) the NoCloud
         seed ISO as the last one: a raw virtio disk, read-only, written again at every
-        create. A seed over the node's limit is refused before anything is made."""
+        create. A seed over the node's limit is refused before anything is made.
+        ``keep``: the disks were all made before (the domain went away behind the
+        agent's back): the overlays and blank disks that exist are kept as they are,
+        with what the owner wrote on them; only missing ones are made."""
         if order.seed is not None:
             try:
                 check_seed_size(order.seed)
@@ -112,9 +117,12 @@ class WorkspaceFiles:
                     )
                     continue
                 if p.mode is Mode.BLANK:
-                    disks.append(self._blank(d, p, target, order.workspace_id))
+                    disks.append(self._blank(d, p, target, order.workspace_id, keep))
                     continue
                 path = d / f"{p.name}.qcow2"
+                if keep and path.is_file():
+                    disks.append(DiskSpec(str(path), "qcow2", target))
+                    continue
                 path.unlink(missing_ok=True)
                 qemu_img.create_overlay(base_paths[p.digest], p.format, path, p.virtual_size_bytes)
                 os.chmod(path, FILE_MODE)
@@ -134,12 +142,15 @@ class WorkspaceFiles:
         return tuple(disks)
 
     @staticmethod
-    def _blank(d: Path, p: Partition, target: str, workspace_id: str) -> DiskSpec:
+    def _blank(d: Path, p: Partition, target: str, workspace_id: str, keep: bool) -> DiskSpec:
         """An empty disk: qcow2 (or raw) from qemu-img, or a raw file formatted ext4 with
-        the filesystem UUID the workspace's seed mounts it by (``mkfs.fs_uuid``)."""
+        the filesystem UUID the workspace's seed mounts it by (``mkfs.fs_uuid``); with
+        ``keep``, the one made before if it exists."""
         size = p.virtual_size_bytes or p.size_bytes
         fmt = "raw" if p.ext4 else (p.format or "qcow2")
         path = d / f"{p.name}.{fmt}"
+        if keep and path.is_file():
+            return DiskSpec(str(path), fmt, target)
         path.unlink(missing_ok=True)
         if p.ext4:
             mkfs.create_ext4(path, size, label=p.name, fs_id=mkfs.fs_uuid(workspace_id, p.name))

@@ -641,7 +641,13 @@ class Executor:
         self._set_status(wid, Observed.PROPAGATING)
         word = self.gate.check(order, "boot")
         paths = self.staging.ensure(order)
-        disks = self.files.prepare(order, paths)
+        # Its disks were made before when its state was saved (below): its domain went
+        # away behind the agent's back, or a create failed after its disks. They are
+        # kept, and what its owner wrote with them (they were made anew, empty).
+        made = REBOOTS_KEY in self.files.load_state(wid)
+        if made:
+            log.info("workspace %s: its disks were made before; kept", wid)
+        disks = self.files.prepare(order, paths, keep=made)
         spec = domain_spec(order, disks, paths, self.files.make_console_log(wid))
         # A fresh boot carries out every reboot asked for so far.
         self.files.save_state(wid, {REBOOTS_KEY: order.reboot_count, TRUST_KEY: word})

@@ -3,6 +3,7 @@ with no service — staging fetches from an in-memory source."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -586,3 +587,35 @@ def test_a_guest_paused_by_a_full_disk_runs_again_once_there_is_room(
         assert ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)]
     finally:
         parts.close()
+
+
+def test_a_domain_that_disappeared_is_recreated_on_the_disks_it_had(parts: Parts) -> None:
+    """`virsh undefine` behind the agent's back: the workspace is made again, and what
+    its owner wrote to its disks is still there (it was on fresh, empty disks)."""
+    ex, driver = parts.executor, parts.driver
+    data = Partition("data", Mode.BLANK, "", 1 << 20, "qcow2")
+    order = replace(_order(), disks=(*_order().disks, Disk(data)))
+    ex.take([order])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    ex.reconcile_once()  # the pass that sees it running
+    disks = [parts.files.dir("w1") / n for n in ("root.qcow2", "data.qcow2")]
+    for disk in disks:  # the owner writes to each disk
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4k", str(disk)],
+            check=True,
+            capture_output=True,
+        )
+    driver.destroy("w1")
+    driver.undefine("w1")
+    ex.reconcile_once()
+    (after,) = wait_for(lambda: (o := ex.observe(["w1"]))[0].state is Observed.RUNNING and o)
+    assert after.reason.endswith("(not by us); recreated")
+    for disk in disks:
+        read = subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 0 4k", str(disk)],
+            capture_output=True,
+            text=True,
+        )
+        assert "Pattern verification failed" not in read.stdout, (disk, read.stdout)
+        assert read.returncode == 0, read.stderr
