@@ -19,6 +19,8 @@ from workspace.files import private_fd
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SEED_ISO = "seed.iso"
+# What a filesystem mounted at the root has (mkfs.ext4 makes it): no workspace's.
+NOT_OURS = "lost+found"
 # The virtual size limit is the service's business (checked at import).
 _NO_SIZE_LIMIT = 1 << 62
 
@@ -72,7 +74,14 @@ class WorkspaceFiles:
         return self.dir(workspace_id) / SEED_ISO
 
     def existing(self) -> set[str]:
-        return {p.name for p in self.root.iterdir() if p.is_dir()}
+        """The workspaces with a directory here. Not ``lost+found`` (a filesystem mounted
+        here for the disks has one) nor a hidden directory: neither is a workspace's,
+        and each used to be taken as one left over, removed and reported."""
+        return {
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name != NOT_OURS and not p.name.startswith(".")
+        }
 
     def remove(self, workspace_id: str) -> None:
         shutil.rmtree(self.dir(workspace_id), ignore_errors=True)

@@ -362,3 +362,19 @@ def test_a_removal_that_keeps_failing_waits_its_backoff_but_not_another_ops(
         settle(parts)
     assert removals == ["w1"]  # its own backoff (a minute here) holds the next try
     assert state(parts).reason.startswith("remove failed: Failed to terminate process 4242")
+
+
+def test_lost_found_of_a_filesystem_mounted_for_the_disks_is_no_workspace(
+    parts: Parts,
+) -> None:
+    """A site that mounts a volume at <state_dir>/workspaces has its lost+found there:
+    it is not a workspace left over, so it is neither removed nor reported."""
+    lost = parts.files.root / "lost+found"
+    lost.mkdir()
+    (lost / "#1234").write_bytes(b"what fsck found")
+    parts.executor.take([order()])
+    for _ in range(3):
+        settle(parts)
+    assert (lost / "#1234").exists()
+    assert [o.workspace_id for o in parts.executor.observe()] == ["w1"]
+    assert not any("lost+found" in ids for ids in parts.reports)
