@@ -84,7 +84,24 @@ class WorkspaceFiles:
         }
 
     def remove(self, workspace_id: str) -> None:
-        shutil.rmtree(self.dir(workspace_id), ignore_errors=True)
+        """Delete the workspace's directory. DriverError if some of it could not be (a
+        filesystem gone read-only): the removal failed and is tried again later. (Errors
+        were ignored: the removal was taken as done, the directory found again by the
+        next pass and removed again, at every pass.)"""
+        failed: list[BaseException] = []
+
+        def onerror(
+            func: object, path: str, exc_info: tuple[object, BaseException, object]
+        ) -> None:
+            if not isinstance(exc_info[1], FileNotFoundError):
+                failed.append(exc_info[1])
+
+        shutil.rmtree(self.dir(workspace_id), onerror=onerror)
+        if failed:
+            raise DriverError(
+                f"workspace {workspace_id}: its files in {self.dir(workspace_id)} could not "
+                f"all be deleted: {failed[0]}"
+            )
 
     def prepare(
         self, order: Order, base_paths: dict[str, Path], keep: bool = False

@@ -4,6 +4,8 @@ policy arriving while the hypervisor does not answer (agent/executor.py)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -378,3 +380,44 @@ def test_lost_found_of_a_filesystem_mounted_for_the_disks_is_no_workspace(
     assert (lost / "#1234").exists()
     assert [o.workspace_id for o in parts.executor.observe()] == ["w1"]
     assert not any("lost+found" in ids for ids in parts.reports)
+
+
+def test_files_that_cannot_be_removed_fail_the_removal_and_say_why(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workspace directory that cannot be deleted (its filesystem went read-only after
+    disk errors) is a removal that failed, tried again after its backoff; it was taken as
+    done, reported ABSENT, found again by the next pass and removed again, at every pass."""
+    ex, driver = parts.executor, parts.driver
+    ex.take([order()])
+    settle(parts)
+    undefined: list[str] = []
+    undefine = driver.undefine
+
+    def counted(wid: str) -> None:
+        undefined.append(wid)
+        undefine(wid)
+
+    rmdir, unlink = os.rmdir, os.unlink
+    mine = str(parts.files.root)
+
+    def read_only(real: Any) -> Any:
+        def call(path: Any, *args: Any, dir_fd: int | None = None, **kwargs: Any) -> None:
+            where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else str(path)
+            if where.startswith(mine):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            real(path, *args, dir_fd=dir_fd, **kwargs)
+
+        return call
+
+    driver.undefine = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(os, "rmdir", read_only(rmdir))
+    monkeypatch.setattr(os, "unlink", read_only(unlink))
+    ex.take([])  # `ws destroy`
+    for _ in range(4):
+        settle(parts)
+    assert undefined == ["w1"]
+    assert parts.files.dir("w1").exists()
+    seen = state(parts)
+    assert seen.state is Observed.FAILED
+    assert "Read-only file system" in seen.reason
