@@ -379,7 +379,7 @@ class Executor:
         for wid in sorted(gone):
             self._io_paused.forget(wid)
             if self.status.drop_note_if(wid, self._io_note()):
-                log.info("workspace %s: its disk writes succeed again", wid)
+                log.info("workspace %s: no longer paused by a failed disk write", wid)
                 self.pool.submit(self.report, [wid])
 
     def _check_conditions(self) -> None:
