@@ -19,6 +19,8 @@ from workspace.files import private_fd
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SEED_ISO = "seed.iso"
+# What a filesystem mounted at the root has (mkfs.ext4 makes it): no workspace's.
+NOT_OURS = "lost+found"
 # The virtual size limit is the service's business (checked at import).
 _NO_SIZE_LIMIT = 1 << 62
 
@@ -72,17 +74,46 @@ class WorkspaceFiles:
         return self.dir(workspace_id) / SEED_ISO
 
     def existing(self) -> set[str]:
-        return {p.name for p in self.root.iterdir() if p.is_dir()}
+        """The workspaces with a directory here. Not ``lost+found`` (a filesystem mounted
+        here for the disks has one) nor a hidden directory: neither is a workspace's,
+        and each used to be taken as one left over, removed and reported."""
+        return {
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name != NOT_OURS and not p.name.startswith(".")
+        }
 
     def remove(self, workspace_id: str) -> None:
-        shutil.rmtree(self.dir(workspace_id), ignore_errors=True)
+        """Delete the workspace's directory. DriverError if some of it could not be (a
+        filesystem gone read-only): the removal failed and is tried again later. (Errors
+        were ignored: the removal was taken as done, the directory found again by the
+        next pass and removed again, at every pass.)"""
+        failed: list[BaseException] = []
 
-    def prepare(self, order: Order, base_paths: dict[str, Path]) -> tuple[DiskSpec, ...]:
+        def onerror(
+            func: object, path: str, exc_info: tuple[object, BaseException, object]
+        ) -> None:
+            if not isinstance(exc_info[1], FileNotFoundError):
+                failed.append(exc_info[1])
+
+        shutil.rmtree(self.dir(workspace_id), onerror=onerror)
+        if failed:
+            raise DriverError(
+                f"workspace {workspace_id}: its files in {self.dir(workspace_id)} could not "
+                f"all be deleted: {failed[0]}"
+            )
+
+    def prepare(
+        self, order: Order, base_paths: dict[str, Path], keep: bool = False
+    ) -> tuple[DiskSpec, ...]:
         """Create this workspace's disks; ``base_paths`` maps digests to cached blobs.
 
         One disk per partition, in order, then (when the order has a seed) the NoCloud
         seed ISO as the last one: a raw virtio disk, read-only, written again at every
-        create. A seed over the node's limit is refused before anything is made."""
+        create. A seed over the node's limit is refused before anything is made.
+        ``keep``: the disks were all made before (the domain went away behind the
+        agent's back): the overlays and blank disks that exist are kept as they are,
+        with what the owner wrote on them; only missing ones are made."""
         if order.seed is not None:
             try:
                 check_seed_size(order.seed)
@@ -112,9 +143,12 @@ class WorkspaceFiles:
                     )
                     continue
                 if p.mode is Mode.BLANK:
-                    disks.append(self._blank(d, p, target, order.workspace_id))
+                    disks.append(self._blank(d, p, target, order.workspace_id, keep))
                     continue
                 path = d / f"{p.name}.qcow2"
+                if keep and path.is_file():
+                    disks.append(DiskSpec(str(path), "qcow2", target))
+                    continue
                 path.unlink(missing_ok=True)
                 qemu_img.create_overlay(base_paths[p.digest], p.format, path, p.virtual_size_bytes)
                 os.chmod(path, FILE_MODE)
@@ -134,12 +168,15 @@ class WorkspaceFiles:
         return tuple(disks)
 
     @staticmethod
-    def _blank(d: Path, p: Partition, target: str, workspace_id: str) -> DiskSpec:
+    def _blank(d: Path, p: Partition, target: str, workspace_id: str, keep: bool) -> DiskSpec:
         """An empty disk: qcow2 (or raw) from qemu-img, or a raw file formatted ext4 with
-        the filesystem UUID the workspace's seed mounts it by (``mkfs.fs_uuid``)."""
+        the filesystem UUID the workspace's seed mounts it by (``mkfs.fs_uuid``); with
+        ``keep``, the one made before if it exists."""
         size = p.virtual_size_bytes or p.size_bytes
         fmt = "raw" if p.ext4 else (p.format or "qcow2")
         path = d / f"{p.name}.{fmt}"
+        if keep and path.is_file():
+            return DiskSpec(str(path), fmt, target)
         path.unlink(missing_ok=True)
         if p.ext4:
             mkfs.create_ext4(path, size, label=p.name, fs_id=mkfs.fs_uuid(workspace_id, p.name))

@@ -27,6 +27,7 @@ from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
 from agent.status import Sight, StatusBoard
 from agent.virt.base import (
+    PAUSED_IO_ERROR,
     DiskSpec,
     DomainInfo,
     DomainSpec,
@@ -55,6 +56,11 @@ REBOOTS_KEY = "reboot_count"
 NEEDS_NETWORK = frozenset({Action.CREATE, Action.START, Action.RESUME})
 # What boots an image, after the trust gate's check (``_trust_refused``).
 BOOTS = frozenset({Action.CREATE, Action.START})
+# What a workspace whose guest the hypervisor paused after a failed disk write says.
+IO_PAUSED = (
+    "paused by the hypervisor: a write to its disk failed (the node's disk is full?); "
+    "resumed again every {every} s at most until its writes succeed"
+)
 # What keeps a workspace busy besides an Action: its running VM checked against a new
 # trust policy (``_recheck_running``).
 RECHECK = "trust-recheck"
@@ -116,6 +122,11 @@ class Executor:
         # Of those, the ones whose plug was pulled while a stop or reboot waited.
         self._unplugged: set[str] = set()
         self._failures = Retries(OP_RETRY)
+        # Failed removals, apart: a removal does not wait out another operation's backoff
+        # (`ws destroy` of a workspace whose start failed goes at once), only its own.
+        self._removals = Retries(OP_RETRY)
+        # Resumes of guests the hypervisor paused after a failed disk write (``_io_wait``).
+        self._io_paused = Retries(OP_RETRY)
         # Boots the trust policy refused: workspace → (the policy's version, what was
         # wanted). Not tried again until either changes (``_trust_refused``): the same
         # policy gives the same verdict, and each try would only add a deny to the audit.
@@ -134,6 +145,8 @@ class Executor:
         # yet (None: none pending), and whether a re-check runs now (``recheck_running``).
         self._recheck_due: int | None = None
         self._rechecking = False
+        # Guests the last pass found paused by the hypervisor after a failed disk write.
+        self._io_noted: set[str] = set()
         # Why the last pass could not sync the node's networking ("": it could).
         self._net_failure = ""
         driver.set_event_callback(self._on_event)
@@ -269,6 +282,7 @@ class Executor:
             if self._last_want.get(wid) != want:
                 self.status.drop_note(wid)  # the owner asked for something new
         actions = plan(wants, actual, leftovers, applied)
+        self._io_resumed({d.workspace_id for d in domains if d.reason == PAUSED_IO_ERROR})
         settled = {w for w, st in actual.items() if st is not DomainState.OTHER}
         self._clear_stale_failures((set(desired) & settled) - set(actions) - set(busy))
         limits = {wid: o.limits for wid, o in desired.items()}
@@ -284,8 +298,10 @@ class Executor:
                 continue
             if action in NEEDS_NETWORK and self._held(wid, held):
                 continue
+            if action is Action.RESUME and self._io_wait(wid):
+                continue
             note = self._repair_note(wid, action, wants.get(wid))
-            if self._failures.waiting(wid) and action is not Action.REMOVE:
+            if self._retries(action).waiting(wid):
                 continue
             if action in BOOTS and self._trust_refused(wid, wants[wid]):
                 continue
@@ -330,6 +346,40 @@ class Executor:
             if self.status.clear_failed(wid):
                 self._failures.forget(wid)
                 log.info("workspace %s: what had failed is no longer asked; cleared", wid)
+                self.pool.submit(self.report, [wid])
+
+    def _io_wait(self, wid: str) -> bool:
+        """For a guest the hypervisor paused after a failed disk write (QEMU's default on
+        a full filesystem): True while its next resume must wait. Each resume tries the
+        write again and, while the disk stays full, is paused again at once: resumed at
+        every pass (one follows each operation), it looped as fast as the node could go,
+        a log line each time, and the workspace never said why. Now the resumes follow
+        the failures' backoff, and the workspace says why it is paused."""
+        with self._lock:
+            if wid not in self._io_noted:
+                return False  # not paused by a failed write (``_io_resumed``)
+        self.status.note(wid, self._io_note())  # again each time: a new ask drops notes
+        if self._io_paused.waiting(wid):
+            return True
+        count, _ = self._io_paused.failed(wid)
+        if count == 1:
+            log.error("workspace %s: %s", wid, self._io_note(), extra={"workspace": wid})
+            self.pool.submit(self.report, [wid])
+        return False
+
+    def _io_note(self) -> str:
+        return IO_PAUSED.format(every=f"{self._io_paused.backoff.max_s:.0f}")
+
+    def _io_resumed(self, paused: set[str]) -> None:
+        """Keep which guests the hypervisor paused after a failed disk write (``paused``,
+        from this pass's domains); those that are not so any more had their write
+        succeed (or were stopped): their resumes' backoff and note are dropped."""
+        with self._lock:
+            gone, self._io_noted = self._io_noted - paused, set(paused)
+        for wid in sorted(gone):
+            self._io_paused.forget(wid)
+            if self.status.drop_note_if(wid, self._io_note()):
+                log.info("workspace %s: no longer paused by a failed disk write", wid)
                 self.pool.submit(self.report, [wid])
 
     def _check_conditions(self) -> None:
@@ -409,6 +459,7 @@ class Executor:
         gone = self.status.release_failed(set(desired) | present)
         for wid in gone:
             self._failures.forget(wid)
+            self._removals.forget(wid)
         if gone:
             self.pool.submit(self._report_gone, gone)
 
@@ -466,6 +517,7 @@ class Executor:
             log.info("workspace %s: %s", wid, action.value, extra={"workspace": wid})
             self._execute(wid, action, order)
             self._failures.forget(wid)
+            self._removals.forget(wid)
             if note:
                 self.status.note(wid, note)
             self.status.clear(wid)
@@ -473,7 +525,7 @@ class Executor:
         except Exception as exc:
             self._count(action, "error")
             reason = exc.message if isinstance(exc, WorkspaceError) else f"{exc}"
-            count, delay = self._failures.failed(wid)
+            count, delay = self._retries(action).failed(wid)
             log.error(
                 "workspace %s: %s failed (attempt %d, retry in %.0f s): %s",
                 wid,
@@ -506,6 +558,10 @@ class Executor:
                 self._unplugged.discard(wid)
             self.report([wid])
             self.wake.set()
+
+    def _retries(self, action: Action) -> Retries:
+        """The backoff ``action`` waits out after it failed: its own for a removal."""
+        return self._removals if action is Action.REMOVE else self._failures
 
     def _count(self, action: Action, result: str) -> None:
         with self._lock:
@@ -585,7 +641,13 @@ class Executor:
         self._set_status(wid, Observed.PROPAGATING)
         word = self.gate.check(order, "boot")
         paths = self.staging.ensure(order)
-        disks = self.files.prepare(order, paths)
+        # Its disks were made before when its state was saved (below): its domain went
+        # away behind the agent's back, or a create failed after its disks. They are
+        # kept, and what its owner wrote with them (they were made anew, empty).
+        made = REBOOTS_KEY in self.files.load_state(wid)
+        if made:
+            log.info("workspace %s: its disks were made before; kept", wid)
+        disks = self.files.prepare(order, paths, keep=made)
         spec = domain_spec(order, disks, paths, self.files.make_console_log(wid))
         # A fresh boot carries out every reboot asked for so far.
         self.files.save_state(wid, {REBOOTS_KEY: order.reboot_count, TRUST_KEY: word})

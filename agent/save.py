@@ -20,6 +20,7 @@ from agent.virt.base import DomainState, Driver
 from images import qemu_img
 from workspace.domain.tasks import SavedPartition, SaveOutcome, SaveTask
 from workspace.errors import DriverError, FailedPrecondition, NotFound
+from workspace.files import private_fd
 
 log = logging.getLogger("agent.save")
 
@@ -67,6 +68,11 @@ class Saver:
                 if left <= 0:
                     raise DriverError(f"the save ran out of time before disk {name}")
                 told = _every(COPYING_EVERY_S, name, copying) if copying else None
+                # Made 0600 before qemu-img writes the disk into it (it keeps the mode of
+                # a file that exists; one it makes is 0644 under the agent's umask, and
+                # the workspace's directory is 0711: anyone knowing the name could read
+                # the owner's disk for as long as the copy takes).
+                os.close(private_fd(copy, os.O_WRONLY | os.O_TRUNC, FILE_MODE))
                 qemu_img.flatten(overlay, copy, left, told)
                 os.chmod(copy, FILE_MODE)
                 self._check_stopped(workspace_id)  # it did not start under the copy

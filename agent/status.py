@@ -70,6 +70,14 @@ class StatusBoard:
         with self._lock:
             self._notes.pop(workspace_id, None)
 
+    def drop_note_if(self, workspace_id: str, text: str) -> bool:
+        """Drop the note of ``workspace_id`` if it is ``text``; True if it was."""
+        with self._lock:
+            if self._notes.get(workspace_id) != text:
+                return False
+            del self._notes[workspace_id]
+            return True
+
     def release_failed(self, keep: Collection[str]) -> list[str]:
         """FAILED workspaces not in ``keep`` become ABSENT (a create that failed before
         anything reached the host, no longer desired); returns them."""

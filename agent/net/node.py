@@ -121,7 +121,8 @@ class BridgeNetworking:
         self.state_dir = Path(cfg.state_dir) / "dhcp"
         self.nets = {n.name: n for n in cfg.networks}
         self.servers: dict[str, DhcpServer] = {}
-        self.bridges_done: dict[str, str | None] = {}
+        # bridge -> (its address, its ifindex) as the last pass made it
+        self.bridges_done: dict[str, tuple[str | None, int | None]] = {}
         self.uplinks_done: dict[str, tuple[str, int, str]] = {}  # bridge -> (uplink, vlan, port)
         # Bridges joined to an uplink before any workspace used them (``join``).
         self.joined: dict[str, BridgeSpec] = {}
@@ -198,13 +199,20 @@ class BridgeNetworking:
             log.warning("cannot record uplinked networks in %s: %s", self.memory_path, exc)
 
     def _bridge(self, bridge: str, cidr: str | None) -> None:
-        if self.bridges_done.get(bridge, "-") != cidr:
-            if self.netns:
-                ensure_bridge(bridge, cidr, netns=self.netns)
-            else:
-                ensure_bridge(bridge, cidr)
-            self.bridges_done[bridge] = cidr
+        # Every pass, not once (as the uplinks): a bridge deleted behind the agent's back
+        # (`ip link del`, a reload of the host's network) or its address removed is made
+        # again; idempotent and cheap (a few netlink lookups). It was made once per
+        # process: new VMs then failed to start on it until the agent restarted.
+        if self.netns:
+            index = ensure_bridge(bridge, cidr, netns=self.netns)
+        else:
+            index = ensure_bridge(bridge, cidr)
+        done = self.bridges_done.get(bridge)
+        if done is None or done[0] != cidr:
             log.info("bridge %s ready (%s)", bridge, cidr or "no address")
+        elif done[1] != index:
+            log.warning("bridge %s had been deleted behind the agent's back; made again", bridge)
+        self.bridges_done[bridge] = (cidr, index)
 
     def _uplink(self, bridge: str, net: NodeNetworkConfig, vlan: int, gateway: str) -> BridgeSpec:
         # Every pass, not once: a port detached or re-made behind the agent's back (a

@@ -82,6 +82,12 @@ def tap_name(workspace_id: str, index: int) -> str:
     return f"wst{digest}{index:x}"[:15]
 
 
+# ``DomainInfo.reason`` of a domain the hypervisor paused because a write to one of its
+# disks failed: QEMU's default for a disk (werror=enospc) pauses the guest when the
+# node's filesystem is full, and tries the write again when the guest is resumed.
+PAUSED_IO_ERROR = "paused:ioerror"
+
+
 @dataclass(frozen=True)
 class DomainInfo:
     workspace_id: str

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent.virt.base import (
+    PAUSED_IO_ERROR,
     ConsoleSession,
     DiskSpec,
     DomainInfo,
@@ -48,6 +49,8 @@ class _Domain:
     booted_at: float = 0.0
     # The guest's files written through exec (``cat > PATH``); kept in memory only.
     files: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    # Paused by the "hypervisor" after a failed disk write (``fail_writes``).
+    io_paused: bool = False
 
 
 def _spec_from_json(d: dict[str, object]) -> DomainSpec:
@@ -72,6 +75,8 @@ class FakeDriver(Driver):
         # Set (to an error message): the hypervisor does not answer, as a dead libvirtd
         # would not; every call raises DriverError with it (tests).
         self.unreachable = ""
+        # Workspaces whose disk writes fail (the node's disk is full; ``fail_writes``).
+        self.full: set[str] = set()
         self._load()
 
     # -- persistence -------------------------------------------------------------------
@@ -135,7 +140,7 @@ class FakeDriver(Driver):
     def _boot(self, dom: _Domain) -> None:
         if self._cfg.boot_delay_s:
             time.sleep(self._cfg.boot_delay_s)
-        dom.state = DomainState.RUNNING
+        dom.state, dom.io_paused = DomainState.RUNNING, False
         dom.boots += 1
         dom.booted_at = time.monotonic()
         ip = dom.spec.nics[0].ip if dom.spec.nics else ""
@@ -147,16 +152,33 @@ class FakeDriver(Driver):
     def set_event_callback(self, callback: EventCallback | None) -> None:
         self._callback = callback
 
+    @staticmethod
+    def _info(workspace_id: str, d: _Domain) -> DomainInfo:
+        reason = PAUSED_IO_ERROR if d.io_paused and d.state is DomainState.PAUSED else ""
+        return DomainInfo(workspace_id, d.state, reason, limits=d.spec.limits)
+
     def list_domains(self) -> list[DomainInfo]:
         with self._up():
-            return [
-                DomainInfo(wid, d.state, limits=d.spec.limits) for wid, d in self._domains.items()
-            ]
+            return [self._info(wid, d) for wid, d in self._domains.items()]
 
     def get(self, workspace_id: str) -> DomainInfo | None:
         with self._up():
             d = self._domains.get(workspace_id)
-            return None if d is None else DomainInfo(workspace_id, d.state, limits=d.spec.limits)
+            return None if d is None else self._info(workspace_id, d)
+
+    def fail_writes(self, workspace_id: str, failing: bool = True) -> None:
+        """Tests: the guest's disk writes fail as on a full node (``failing``), or succeed
+        again. Like QEMU's default (werror=enospc), a running guest is paused then, and
+        a resume while they fail pauses it again at once (the write is tried again)."""
+        with self._up():
+            if not failing:
+                self.full.discard(workspace_id)
+                return
+            self.full.add(workspace_id)
+            dom = self._get(workspace_id)
+            if dom.state is DomainState.RUNNING:
+                dom.state, dom.io_paused = DomainState.PAUSED, True
+                self._changed(workspace_id)
 
     def define(self, spec: DomainSpec) -> None:
         if any(fnmatch.fnmatchcase(spec.name, pat) for pat in self._cfg.fail_create):
@@ -236,7 +258,7 @@ class FakeDriver(Driver):
     def suspend(self, workspace_id: str) -> None:
         with self._up():
             dom = self._to_act_on(workspace_id, "pause")
-            dom.state = DomainState.PAUSED
+            dom.state, dom.io_paused = DomainState.PAUSED, False
             self._changed(workspace_id)
 
     def resume(self, workspace_id: str) -> None:
@@ -244,7 +266,9 @@ class FakeDriver(Driver):
             dom = self._get(workspace_id)
             if dom.state is not DomainState.PAUSED:
                 raise DriverError(f"fake: cannot resume {workspace_id}: {dom.state.value}")
-            dom.state = DomainState.RUNNING
+            # Its failed write is tried again: paused again while the disk is full.
+            dom.io_paused = workspace_id in self.full
+            dom.state = DomainState.PAUSED if dom.io_paused else DomainState.RUNNING
             self._changed(workspace_id)
 
     def set_size(self, workspace_id: str, cpus: int, memory_mib: int) -> bool:

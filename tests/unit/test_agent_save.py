@@ -116,3 +116,20 @@ def test_qemu_img_progress_figures_are_read_as_they_come(tmp_path: Path) -> None
     assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == 100.0, seen
     with pytest.raises(qemu_img.QemuImgError, match="Could not open"):
         qemu_img.flatten(tmp_path / "none.qcow2", tmp_path / "x.qcow2", 60, seen.append)
+
+
+def test_the_copy_is_private_while_qemu_img_writes_it(
+    node: tuple[WorkspaceFiles, FakeDriver, Path],
+) -> None:
+    """The flattened copy holds the whole disk of its owner: nobody else may open it at
+    any time, not only once it is complete (qemu-img makes new files under the umask)."""
+    files, driver, _ = node
+    copy = files.dir(WID) / ("root" + COPY_SUFFIX)
+    modes: list[int] = []
+
+    def copying(disk: str, percent: float) -> None:
+        if copy.exists():  # qemu-img may say 0 % before it opens the copy
+            modes.append(copy.stat().st_mode & 0o777)
+
+    Saver(files, driver).save(WID, SaveTask(("root",), 60), collect([]), copying)
+    assert modes and set(modes) == {0o600}, [oct(m) for m in modes]

@@ -191,3 +191,25 @@ def test_a_first_start_has_no_log_to_trim_and_says_nothing_of_it(
         server.ensure_running()
     assert "cannot trim" not in caplog.text
     assert server.log_path.read_text().startswith("--- ")
+
+
+def test_a_hosts_file_that_cannot_be_written_leaves_the_old_one_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the hosts file is rewritten: the old file stays as it was and
+    no temporary is left in the server's directory (one was left per failed write, each
+    named after the agent's pid and thread)."""
+    server = DhcpServer("wsbr-x", tmp_path / "dhcp", str(NET))
+    assert server.set_hosts([("52:54:00:00:00:0a", "10.213.0.10", "ten")])
+    before = sorted(p.name for p in (tmp_path / "dhcp").iterdir())
+    write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError):
+        server.set_hosts([("52:54:00:00:00:0b", "10.213.0.11", "eleven")])
+    monkeypatch.setattr(os, "write", write)
+    assert sorted(p.name for p in (tmp_path / "dhcp").iterdir()) == before
+    assert server.hosts() == "52:54:00:00:00:0a,10.213.0.10,ten\n"

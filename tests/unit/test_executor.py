@@ -3,6 +3,7 @@ with no service — staging fetches from an in-memory source."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -520,3 +521,101 @@ def test_a_fake_guest_that_ignores_the_button_is_waited_for_up_to_ignored_wait_s
         assert least <= time.monotonic() - t0 < 10
     with pytest.raises(ConfigError, match=r"fake\.ignored_wait_s: must be 0 or more"):
         FakeDriverConfig(ignored_wait_s=-1)
+
+
+def _resumes(driver: FakeDriver) -> list[str]:
+    """The resumes the executor asks of ``driver`` from now on."""
+    calls: list[str] = []
+    resume = driver.resume
+
+    def counted(workspace_id: str) -> None:
+        calls.append(workspace_id)
+        resume(workspace_id)
+
+    driver.resume = counted  # type: ignore[method-assign]
+    return calls
+
+
+def _paused_by_a_full_disk(parts: Parts) -> list[str]:
+    ex = parts.executor
+    ex.take([_order()])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    resumes = _resumes(parts.driver)
+    parts.driver.fail_writes("w1")  # QEMU pauses it: the node's disk is full
+    return resumes
+
+
+def test_a_guest_paused_by_a_full_disk_is_not_resumed_in_a_loop_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each resume only pauses it again while the disk is full: resumed with a backoff,
+    not at every pass (a pass follows each operation at once), and the workspace says
+    why it is paused."""
+    monkeypatch.setattr(executor_mod, "OP_RETRY", Backoff(60.0, 60.0))
+    parts = Parts(tmp_path)
+    try:
+        ex = parts.executor
+        resumes = _paused_by_a_full_disk(parts)
+        for _ in range(5):
+            ex.reconcile_once()
+            wait_for(ex.idle)
+        assert resumes == ["w1"]
+        (seen,) = ex.observe(["w1"])
+        assert seen.state is Observed.PAUSED
+        assert "a write to its disk failed" in seen.reason
+        assert "full" in seen.reason
+    finally:
+        parts.close()
+
+
+def test_a_guest_paused_by_a_full_disk_runs_again_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executor_mod, "OP_RETRY", Backoff(0.0, 0.0))
+    parts = Parts(tmp_path)
+    try:
+        ex = parts.executor
+        _paused_by_a_full_disk(parts)
+        ex.reconcile_once()
+        wait_for(ex.idle)
+        assert ex.observe(["w1"])[0].state is Observed.PAUSED
+        parts.driver.fail_writes("w1", False)  # room again
+        ex.reconcile_once()
+        wait_for(ex.idle)
+        ex.reconcile_once()  # the pass that sees it running again
+        assert ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)]
+    finally:
+        parts.close()
+
+
+def test_a_domain_that_disappeared_is_recreated_on_the_disks_it_had(parts: Parts) -> None:
+    """`virsh undefine` behind the agent's back: the workspace is made again, and what
+    its owner wrote to its disks is still there (it was on fresh, empty disks)."""
+    ex, driver = parts.executor, parts.driver
+    data = Partition("data", Mode.BLANK, "", 1 << 20, "qcow2")
+    order = replace(_order(), disks=(*_order().disks, Disk(data)))
+    ex.take([order])
+    ex.reconcile_once()
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    ex.reconcile_once()  # the pass that sees it running
+    disks = [parts.files.dir("w1") / n for n in ("root.qcow2", "data.qcow2")]
+    for disk in disks:  # the owner writes to each disk
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4k", str(disk)],
+            check=True,
+            capture_output=True,
+        )
+    driver.destroy("w1")
+    driver.undefine("w1")
+    ex.reconcile_once()
+    (after,) = wait_for(lambda: (o := ex.observe(["w1"]))[0].state is Observed.RUNNING and o)
+    assert after.reason.endswith("(not by us); recreated")
+    for disk in disks:
+        read = subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 0 4k", str(disk)],
+            capture_output=True,
+            text=True,
+        )
+        assert "Pattern verification failed" not in read.stdout, (disk, read.stdout)
+        assert read.returncode == 0, read.stderr

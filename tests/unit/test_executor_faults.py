@@ -4,6 +4,8 @@ policy arriving while the hypervisor does not answer (agent/executor.py)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -321,3 +323,101 @@ def test_a_workspace_re_checked_is_busy_and_its_removal_waits(parts: Parts) -> N
     assert parts.driver.get("w1") is None
     assert not parts.files.dir("w1").exists()
     assert state(parts) == observed("w1", Observed.ABSENT)
+
+
+# -- a removal that keeps failing --------------------------------------------------------
+
+
+def test_a_removal_that_keeps_failing_waits_its_backoff_but_not_another_ops(
+    parts: Parts,
+) -> None:
+    """A removal goes at once, even while a failed operation of the workspace waits its
+    backoff; a removal that failed waits its own, as any operation (a pass follows each
+    operation at once: a QEMU the kernel cannot kill was destroyed, reported STOPPING and
+    logged in a loop as fast as the node could go, each line saying "retry in 60 s")."""
+    ex, driver = parts.executor, parts.driver
+    ex.take([order()])
+    settle(parts)
+    assert state(parts).state is Observed.RUNNING
+    start = driver.start
+
+    def failing_start(wid: str) -> None:
+        raise DriverError("cannot start: no memory on the host")
+
+    driver.destroy("w1")  # behind the agent's back; the start that repairs it fails
+    driver.start = failing_start  # type: ignore[method-assign]
+    settle(parts)
+    assert state(parts).state is Observed.FAILED
+    driver.start = start  # type: ignore[method-assign]
+
+    removals: list[str] = []
+
+    def failing_undefine(wid: str) -> None:
+        removals.append(wid)
+        raise DriverError("Failed to terminate process 4242 with SIGKILL: Device or resource busy")
+
+    driver.undefine = failing_undefine  # type: ignore[method-assign]
+    ex.take([])  # `ws destroy`: at once, not after the start's backoff
+    settle(parts)
+    assert removals == ["w1"]
+    for _ in range(4):
+        settle(parts)
+    assert removals == ["w1"]  # its own backoff (a minute here) holds the next try
+    assert state(parts).reason.startswith("remove failed: Failed to terminate process 4242")
+
+
+def test_lost_found_of_a_filesystem_mounted_for_the_disks_is_no_workspace(
+    parts: Parts,
+) -> None:
+    """A site that mounts a volume at <state_dir>/workspaces has its lost+found there:
+    it is not a workspace left over, so it is neither removed nor reported."""
+    lost = parts.files.root / "lost+found"
+    lost.mkdir()
+    (lost / "#1234").write_bytes(b"what fsck found")
+    parts.executor.take([order()])
+    for _ in range(3):
+        settle(parts)
+    assert (lost / "#1234").exists()
+    assert [o.workspace_id for o in parts.executor.observe()] == ["w1"]
+    assert not any("lost+found" in ids for ids in parts.reports)
+
+
+def test_files_that_cannot_be_removed_fail_the_removal_and_say_why(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workspace directory that cannot be deleted (its filesystem went read-only after
+    disk errors) is a removal that failed, tried again after its backoff; it was taken as
+    done, reported ABSENT, found again by the next pass and removed again, at every pass."""
+    ex, driver = parts.executor, parts.driver
+    ex.take([order()])
+    settle(parts)
+    undefined: list[str] = []
+    undefine = driver.undefine
+
+    def counted(wid: str) -> None:
+        undefined.append(wid)
+        undefine(wid)
+
+    rmdir, unlink = os.rmdir, os.unlink
+    mine = str(parts.files.root)
+
+    def read_only(real: Any) -> Any:
+        def call(path: Any, *args: Any, dir_fd: int | None = None, **kwargs: Any) -> None:
+            where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else str(path)
+            if where.startswith(mine):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            real(path, *args, dir_fd=dir_fd, **kwargs)
+
+        return call
+
+    driver.undefine = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(os, "rmdir", read_only(rmdir))
+    monkeypatch.setattr(os, "unlink", read_only(unlink))
+    ex.take([])  # `ws destroy`
+    for _ in range(4):
+        settle(parts)
+    assert undefined == ["w1"]
+    assert parts.files.dir("w1").exists()
+    seen = state(parts)
+    assert seen.state is Observed.FAILED
+    assert "Read-only file system" in seen.reason

@@ -162,3 +162,29 @@ def test_a_filter_that_cannot_be_applied_says_every_network_in_use_is_not_ready(
     (cond,) = net.conditions()
     assert (cond.code, cond.subject) == (NETWORK_NOT_READY, "a")
     assert cond.message == f"{why} Permission denied"
+
+
+def test_a_bridge_deleted_behind_the_agents_back_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ip link del` (or a host network reload) took the bridge, or its address, away:
+    the next pass makes them again, as it re-attaches an uplink (it made a bridge once
+    per process: new VMs then failed to start on it until the agent restarted)."""
+    kernel: dict[str, str | None] = {}  # bridge -> its address, as the kernel has them
+
+    def ensure_bridge(bridge: str, cidr: str | None) -> int:
+        kernel[bridge] = cidr
+        return 7
+
+    monkeypatch.setattr(node, "ensure_bridge", ensure_bridge)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    cfg = AgentConfig(
+        node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig(name="default")]
+    )
+    net = node.BridgeNetworking(cfg)
+    orders = [_order("w1", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "br0"))]
+    net.sync(orders)
+    assert kernel == {"br0": "10.0.0.1/24"}
+    kernel.clear()  # ip link del br0
+    assert net.sync(orders) == {}
+    assert kernel == {"br0": "10.0.0.1/24"}
