@@ -45,6 +45,13 @@ POOL_TIMEOUT_S = 10
 POOL_RECYCLE_S = 1800
 CONNECT_TIMEOUT_S = 5
 APPLICATION_NAME = "workspace-service"
+# The server ends a session that sits idle inside a transaction this long (PostgreSQL's
+# idle_in_transaction_session_timeout): a process stopped in the middle of a write (SIGSTOP,
+# a frozen VM) holds the site-wide write lock, and every write of every replica would wait
+# for it as long as it hangs. A transaction of the service runs its statements back to back
+# (milliseconds apart); the stopped writer, resumed, finds its transaction gone
+# (UNAVAILABLE: retrying is safe) and nothing of it committed.
+IDLE_IN_TRANSACTION_S = 15.0
 
 # SQLSTATE classes and codes that mean the server is away or not accepting work now:
 # 08 connection exception, 53 insufficient resources (too many connections), 57P01-03
@@ -90,6 +97,8 @@ def engine_options(url: str) -> dict[str, Any]:
             "connect_args": {
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "application_name": APPLICATION_NAME,
+                "options": "-c idle_in_transaction_session_timeout="
+                f"{int(IDLE_IN_TRANSACTION_S * 1000)}",
             },
         }
     return {}
