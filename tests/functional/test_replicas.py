@@ -25,7 +25,7 @@ from workspace.cli import ws
 from workspace.client import Client
 from workspace.service.replicas import LEADER_LOCK, conninfo
 from workspace.store.engines import LOCK_CLASS
-from workspace.v1 import admin_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, trust_pb2, workspaces_pb2
 
 
 @pytest.fixture
@@ -273,3 +273,28 @@ def test_a_listener_cut_off_reconnects_and_misses_nothing(replicas: list[Site]) 
     b.stubs.create(name="after", request_id=str(uuid.uuid4()))
     wait_for(lambda: "after" in seen, 5, "the watch on A to see the next one")
     stream.cancel()
+
+
+def test_a_change_after_the_notify_connection_broke_still_reaches_the_others(
+    replicas: list[Site],
+) -> None:
+    """B's connection for NOTIFY went stale while idle (the server restarted, or ended
+    it): the first change B sends after that still reaches A's streams. A trust policy
+    change wakes every node and touches no workspace, so A's re-check of workspaces
+    would never find it: the agent on A would keep the old policy."""
+    a, b = replicas[0], replicas[1]
+    agent = a.add_agent("n1")
+    svc_b = b.service
+    assert svc_b is not None and svc_b.relay is not None
+    before = agent.gate.version
+    b.stubs.trust.SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE))
+    wait_for(lambda: agent.gate.version > before, 10, "the agent on A to get the policy")
+    with psycopg.connect(svc_b.relay.dsn, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'workspace-service notify' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert ended  # B's (and the other replicas') senders, idle now
+    before = agent.gate.version
+    b.stubs.trust.SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_WARN))
+    wait_for(lambda: agent.gate.version > before, 10, "the agent on A to get the new policy")

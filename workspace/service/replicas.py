@@ -137,29 +137,38 @@ class Relay:
             self._wake.wait(1.0)
             self._wake.clear()
             pending = self._take()
-            raw: list[tuple[str, str]] = []
+            messages: list[tuple[str, str]] = []
             while not self._raw.empty():
-                raw.append(self._raw.get_nowait())
-            if pending is None and not raw:
+                messages.append(self._raw.get_nowait())
+            if pending is not None:
+                messages += [(CHANNEL, p) for p in pending.payloads(self.replica_id)]
+            if not messages:
                 continue
-            try:
-                if conn is None or conn.closed:
-                    conn = _connect(self.dsn, "workspace-service notify")
-                    self._conns.append(conn)
-                for channel, payload in raw:
-                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-                for payload in pending.payloads(self.replica_id) if pending else ():
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
-            except Exception as exc:
-                # Lost: the others find it at their next re-check.
-                log.warning("cannot notify the other replicas: %s", exc)
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                    with contextlib.suppress(ValueError):
-                        self._conns.remove(conn)
-                conn = None
-                self._stop.wait(RETRY_S)
+            # A connection idle since the last batch may have died meanwhile (the server
+            # restarted, or ended it): its first statement fails, having sent nothing.
+            # What is left is sent again at once on a new connection; dropped only when
+            # that fails too (the others find it at their next re-check).
+            sent = 0
+            for fresh in (conn is None or conn.closed, True):
+                try:
+                    if conn is None or conn.closed:
+                        conn = _connect(self.dsn, "workspace-service notify")
+                        self._conns.append(conn)
+                    for channel, payload in messages[sent:]:
+                        conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                        sent += 1
+                    break
+                except Exception as exc:
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        with contextlib.suppress(ValueError):
+                            self._conns.remove(conn)
+                    conn = None
+                    if fresh or self._stop.is_set():
+                        log.warning("cannot notify the other replicas: %s", exc)
+                        self._stop.wait(RETRY_S)
+                        break
 
     # -- listening ---------------------------------------------------------------------
 
