@@ -69,5 +69,9 @@ def test_a_writer_hung_inside_its_transaction_does_not_stop_the_others(
     assert len(outcome) == 1 and isinstance(outcome[0], Unavailable), outcome
     with other.read() as s:
         assert sorted(s.execute(select(Network.name)).scalars()) == ["after"]
+    with hung.write() as s:  # its next write works: the pool replaced the connection
+        s.add(net("again", 3))
+    with other.read() as s:
+        assert sorted(s.execute(select(Network.name)).scalars()) == ["after", "again"]
     hung.close()
     other.close()
