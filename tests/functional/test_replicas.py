@@ -21,6 +21,7 @@ from agent.agent import Agent
 from agent.virt.fake import FakeDriver
 from tests.functional.harness import WS, Site, agent_config, wait_for
 from tests.pg import PgServer
+from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
 from workspace.service.replicas import LEADER_LOCK, conninfo
@@ -298,3 +299,39 @@ def test_a_change_after_the_notify_connection_broke_still_reaches_the_others(
     before = agent.gate.version
     b.stubs.trust.SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_WARN))
     wait_for(lambda: agent.gate.version > before, 10, "the agent on A to get the new policy")
+
+
+def test_a_replica_cut_off_from_the_database_lets_its_task_streams_go(
+    replicas: list[Site],
+) -> None:
+    """A loses the database (here: only its LISTEN connection, which it cannot open
+    again) while its agent's task stream stays up; B cannot forward an exec to A, which
+    hears nothing. A ends the task streams it holds, the agent opens its stream on B, and
+    an exec through B reaches the guest again."""
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.56.0/24")
+    a.stubs.import_image("img")
+    agent_on(a, "n1", f"{a.node_address},{b.node_address}")
+    a.stubs.create(name="box", request_id="r-box")
+    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
+    svc_a, svc_b = a.service, b.service
+    assert svc_a is not None and svc_a.relay is not None and svc_b is not None
+    wait_for(lambda: svc_a.hub.connected("n1"), 10, "n1's task stream on A")
+    relay = svc_a.relay
+    dsn, relay.dsn = relay.dsn, relay.dsn + "&dbname=no_such_database"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'workspace-service listen' AND pid <> pg_backend_pid()"
+        )
+    wait_for(lambda: not relay.listening.is_set(), 5, "A deaf")
+
+    def exec_through_b() -> bool:
+        try:
+            with Client(b.address) as c:
+                return c.exec("box", ["echo", "hi"]).stdout == b"hi\n"
+        except errors.Unavailable:
+            return False
+
+    wait_for(exec_through_b, 40, "an exec through B to reach the agent")
+    assert svc_b.hub.connected("n1") and not svc_a.hub.connected("n1")

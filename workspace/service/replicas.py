@@ -186,6 +186,7 @@ class Relay:
                 self.notifier.resync()
                 since = self._recheck(since)
                 self.listening.set()
+                self.notifier.hearing(True)
                 next_check = time.monotonic() + RESYNC_S
                 while not self._stop.is_set():
                     left = max(0.05, next_check - time.monotonic())
@@ -203,6 +204,8 @@ class Relay:
                     log.warning("listening to the other replicas failed: %s; reconnecting", exc)
             finally:
                 self.listening.clear()
+                if not self._stop.is_set():
+                    self.notifier.hearing(False)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
