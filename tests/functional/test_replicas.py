@@ -335,3 +335,25 @@ def test_a_replica_cut_off_from_the_database_lets_its_task_streams_go(
 
     wait_for(exec_through_b, 40, "an exec through B to reach the agent")
     assert svc_b.hub.connected("n1") and not svc_a.hub.connected("n1")
+
+
+def test_a_lost_notification_of_a_policy_change_is_found_by_the_recheck(
+    replicas: list[Site],
+) -> None:
+    """B commits a trust policy change and its NOTIFY never goes out (B died in between,
+    say): the change touches no workspace, yet A's periodic re-check finds it (the
+    policy's version, the nodes' order generations) and the agent on A gets it."""
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.57.0/24")
+    agent = a.add_agent("n1")
+    svc_a, svc_b = a.service, b.service
+    assert svc_a is not None and svc_a.relay is not None and svc_b is not None
+    wait_for(svc_a.relay.listening.is_set, 5, "A listening")
+    svc_b.notifier.set_relay(None)  # B's changes are not sent to the others any more
+    before = agent.gate.version
+    b.stubs.trust.SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE))
+    wait_for(lambda: agent.gate.version > before, 15, "the agent on A to get the policy")
+    # A network added through B: every node's orders change (their NICs' bounds).
+    before_gen = svc_a.notifier.generation("n1")
+    b.stubs.network(name="second", subnet="192.168.58.0/24")
+    wait_for(lambda: svc_a.notifier.generation("n1") > before_gen, 15, "n1's stream on A woken")

@@ -39,9 +39,10 @@ from sqlalchemy.engine import Engine
 
 from workspace.ops.events import Change, Notifier
 from workspace.ops.unit import Env
-from workspace.store import Workspace
+from workspace.store import Node, Workspace
 from workspace.store.engines import LOCK_CLASS
 from workspace.store.mapping import VIEW_COLUMNS, view_rows, workspace_views
+from workspace.store.models import TrustSettings
 
 log = logging.getLogger("workspace.service.replicas")
 
@@ -97,6 +98,9 @@ class Relay:
         self._conns: list[Any] = []
         self.listening = threading.Event()
         self.received = 0
+        # The nodes' order generations and the trust policy's version at the last
+        # re-check (None: none yet).
+        self._known: tuple[dict[str, int], int] | None = None
         # Messages sent as they are (not coalesced), and who handles those received.
         self._raw: queue.Queue[tuple[str, str]] = queue.Queue()
         self.on_task: Callable[[str], None] | None = None
@@ -238,11 +242,15 @@ class Relay:
 
     def _recheck(self, since: float) -> float:
         """Wake the nodes and watchers of the workspaces updated since ``since`` (minus a
-        margin for the replicas' clocks): what a missed notification would have said."""
+        margin for the replicas' clocks), and the nodes whose orders changed otherwise (a
+        network, a signature: their order generations; the trust policy: its version):
+        what a missed notification would have said."""
         now = self.env.clock()
         recent = Workspace.updated_at >= since - RESYNC_S
         views = []
         with self.env.store.read() as s:
+            gens = {str(n): int(g) for n, g in s.execute(select(Node.name, Node.orders_gen))}
+            policy = s.execute(select(TrustSettings.version)).scalar() or 0
             # Only the nodes, unless a watcher wants the workspaces themselves: under a
             # steady stream of creates this pass covers thousands of rows, and loading
             # each whole (its JSON columns) cost a replica more than the notifications;
@@ -250,9 +258,15 @@ class Relay:
             changed = list(s.execute(select(Workspace.id, Workspace.node).where(recent)))
             if changed and self.notifier.watching():
                 views = workspace_views(s, view_rows(s, select(*VIEW_COLUMNS).where(recent)))
-        nodes = sorted({node for _id, node in changed if node})
-        if nodes:
-            self.notifier.node_changed(*nodes, remote=True)
+        woken = {node for _id, node in changed if node}
+        if self._known is not None:
+            old_gens, old_policy = self._known
+            if policy != old_policy:
+                woken.update(gens)
+            woken.update(n for n, g in gens.items() if old_gens.get(n) != g)
+        self._known = (gens, policy)
+        if woken:
+            self.notifier.node_changed(*sorted(woken), remote=True)
         if changed:
             self.notifier.capacity_changed(remote=True)
         for v in views:
