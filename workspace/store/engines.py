@@ -97,11 +97,18 @@ def engine_options(url: str) -> dict[str, Any]:
             "connect_args": {
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "application_name": APPLICATION_NAME,
-                "options": "-c idle_in_transaction_session_timeout="
-                f"{int(IDLE_IN_TRANSACTION_S * 1000)}",
             },
         }
     return {}
+
+
+def postgresql_session(dbapi_conn: Any, _record: Any) -> None:
+    """Each new PostgreSQL connection of the store's pool: the idle-in-transaction limit
+    (a SET, not a startup option, which a connection pooler in front may refuse)."""
+    ms = int(IDLE_IN_TRANSACTION_S * 1000)
+    with dbapi_conn.cursor() as cur:
+        cur.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+    dbapi_conn.commit()
 
 
 def serialize_writes(session: Session) -> None:
