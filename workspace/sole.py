@@ -49,9 +49,10 @@ def hold(path: Path, what: str, holder: str, rule: str) -> Held:
 
 def hold_store(database: Path) -> Held:
     """Take the SQLite store in the file ``database`` for this service process
-    (PostgreSQL takes any number of replicas: nothing to hold there)."""
+    (PostgreSQL takes any number of replicas: nothing to hold there). The lock is beside
+    the file the path leads to: a symlink to the store is the same store."""
     return hold(
-        Path(f"{database}.lock"),
+        Path(f"{os.path.realpath(database)}.lock"),
         f"the SQLite store {database}",
         "workspace-service",
         "one service process per SQLite store (several replicas need PostgreSQL: database_url)",

@@ -21,11 +21,12 @@ from agent.agent import Agent
 from agent.virt.fake import FakeDriver
 from tests.functional.harness import WS, Site, agent_config, wait_for
 from tests.pg import PgServer
+from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
 from workspace.service.replicas import LEADER_LOCK, conninfo
 from workspace.store.engines import LOCK_CLASS
-from workspace.v1 import admin_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, trust_pb2, workspaces_pb2
 
 
 @pytest.fixture
@@ -273,3 +274,84 @@ def test_a_listener_cut_off_reconnects_and_misses_nothing(replicas: list[Site]) 
     b.stubs.create(name="after", request_id=str(uuid.uuid4()))
     wait_for(lambda: "after" in seen, 5, "the watch on A to see the next one")
     stream.cancel()
+
+
+def test_a_message_after_the_notify_connection_broke_still_reaches_the_others(
+    replicas: list[Site],
+) -> None:
+    """The replicas' connections for NOTIFY went stale while idle (the server restarted,
+    or ended them): the first messages sent after that still arrive. An exec through B
+    for the agent on A is forwarded by NOTIFY (B's task, A's answer), which no re-check
+    makes up for: it failed with UNAVAILABLE ("not connected")."""
+    a, b = replicas[0], replicas[1]
+    box_on_a(a, "192.168.59.0/24")
+    svc_a, svc_b = a.service, b.service
+    assert svc_a is not None and svc_a.relay is not None and svc_b is not None
+    with Client(b.address) as c:
+        assert c.exec("box", ["echo", "one"]).stdout == b"one\n"  # both senders connected
+        with psycopg.connect(svc_a.relay.dsn, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'workspace-service notify'"
+                " AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert len(ended) >= 2  # A's and B's senders, idle now
+        assert c.exec("box", ["echo", "two"]).stdout == b"two\n"
+
+
+def test_a_replica_cut_off_from_the_database_lets_its_task_streams_go(
+    replicas: list[Site],
+) -> None:
+    """A loses the database (here: only its LISTEN connection, which it cannot open
+    again) while its agent's task stream stays up; B cannot forward an exec to A, which
+    hears nothing. A ends the task streams it holds, the agent opens its stream on B, and
+    an exec through B reaches the guest again."""
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.56.0/24")
+    a.stubs.import_image("img")
+    agent_on(a, "n1", f"{a.node_address},{b.node_address}")
+    a.stubs.create(name="box", request_id="r-box")
+    a.stubs.wait_state("box", WS.WORKSPACE_STATE_RUNNING)
+    svc_a, svc_b = a.service, b.service
+    assert svc_a is not None and svc_a.relay is not None and svc_b is not None
+    wait_for(lambda: svc_a.hub.connected("n1"), 10, "n1's task stream on A")
+    relay = svc_a.relay
+    dsn, relay.dsn = relay.dsn, relay.dsn + "&dbname=no_such_database"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'workspace-service listen' AND pid <> pg_backend_pid()"
+        )
+    wait_for(lambda: not relay.listening.is_set(), 5, "A deaf")
+
+    def exec_through_b() -> bool:
+        try:
+            with Client(b.address) as c:
+                return c.exec("box", ["echo", "hi"]).stdout == b"hi\n"
+        except errors.Unavailable:
+            return False
+
+    wait_for(exec_through_b, 40, "an exec through B to reach the agent")
+    assert svc_b.hub.connected("n1") and not svc_a.hub.connected("n1")
+
+
+def test_a_lost_notification_of_a_policy_change_is_found_by_the_recheck(
+    replicas: list[Site],
+) -> None:
+    """B commits a trust policy change and its NOTIFY never goes out (B died in between,
+    say): the change touches no workspace, yet A's periodic re-check finds it (the
+    policy's version, the nodes' order generations) and the agent on A gets it."""
+    a, b = replicas[0], replicas[1]
+    a.stubs.network(subnet="192.168.57.0/24")
+    agent = a.add_agent("n1")
+    svc_a, svc_b = a.service, b.service
+    assert svc_a is not None and svc_a.relay is not None and svc_b is not None
+    wait_for(svc_a.relay.listening.is_set, 5, "A listening")
+    svc_b.notifier.set_relay(None)  # B's changes are not sent to the others any more
+    before = agent.gate.version
+    b.stubs.trust.SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE))
+    wait_for(lambda: agent.gate.version > before, 15, "the agent on A to get the policy")
+    # A network added through B: every node's orders change (their NICs' bounds).
+    before_gen = svc_a.notifier.generation("n1")
+    b.stubs.network(name="second", subnet="192.168.58.0/24")
+    wait_for(lambda: svc_a.notifier.generation("n1") > before_gen, 15, "n1's stream on A woken")

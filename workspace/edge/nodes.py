@@ -19,10 +19,11 @@ from workspace.codec import guests as codec_guests
 from workspace.codec import node as codec_node
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
-from workspace.errors import InvalidArgument
+from workspace.errors import InvalidArgument, Unavailable
 from workspace.identity import Identity
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.ops import consoles, liveness, reports, save
+from workspace.ops.events import DEAF_S
 from workspace.ops.images import Catalog
 from workspace.ops.taskhub import AgentLine, TaskHub
 from workspace.ops.unit import Env
@@ -147,6 +148,14 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         try:
             while context.is_active() and not line.closed and not self.env.notifier.closed:
                 self.auth.check_revoked(who)
+                deaf = self.env.notifier.deaf_for()
+                if deaf > DEAF_S:
+                    # Cut off from the database: no other replica can forward a task
+                    # here. The agent opens its stream on the next replica of its list.
+                    raise Unavailable(
+                        f"this replica has not heard the others for {deaf:.0f} s (its "
+                        "database connection is down): open the task stream elsewhere"
+                    )
                 task = line.next(STREAM_POLL_S)
                 if task is not None:
                     yield codec_guests.task_to_proto(task)

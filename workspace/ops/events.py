@@ -9,6 +9,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +18,10 @@ from workspace.domain.model import WorkspaceView
 
 log = logging.getLogger("workspace.ops.events")
 _WATCH_QUEUE_MAX = 10_000
+# A replica that has not heard the others (its LISTEN connection down: cut off from the
+# database) for this long lets go of its agents' task streams (edge/nodes.py Tasks): the
+# others cannot forward an exec, a console or a save to it meanwhile.
+DEAF_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,25 @@ class Notifier:
         # Added to every node's generation: ``resync`` moves them all at once.
         self._epoch = 0
         self._relay: Callable[[Change], None] | None = None
+        # Since when (monotonic) this replica has not heard the others; None: it hears.
+        self._deaf_since: float | None = None
 
     # -- other replicas (service/replicas.py) --------------------------------------------
+
+    def hearing(self, ok: bool) -> None:
+        """The relay's listener is connected (``ok``) or not (from its first failure)."""
+        with self._lock:
+            if ok:
+                self._deaf_since = None
+            elif self._deaf_since is None:
+                self._deaf_since = time.monotonic()
+
+    def deaf_for(self) -> float:
+        """How long this replica has not heard the other replicas (0: it hears them, or
+        there are none: SQLite)."""
+        with self._lock:
+            since = self._deaf_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def set_relay(self, relay: Callable[[Change], None] | None) -> None:
         """Hand every local change to ``relay`` too (PostgreSQL: a NOTIFY to the other

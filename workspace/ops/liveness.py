@@ -21,13 +21,17 @@ from workspace.store.mapping import set_reason
 log = logging.getLogger("workspace.ops.liveness")
 
 
-def check_liveness(env: Env) -> list[str]:
-    """Mark nodes silent for longer than the grace period DOWN; their workspaces LOST."""
+def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
+    """Mark nodes silent for longer than the grace period DOWN; their workspaces LOST.
+    ``judging_since``: when this process began to judge (a replica: when it last took
+    the leader lock); the heartbeats before it were not its to see."""
     now = env.clock()
     cutoff = now - env.cfg.node_grace_s
-    if max(env.started_at, env.store.reachable_since()) > cutoff:
-        # give agents a grace period after a service restart, and after the store's
-        # database was away (their heartbeats could not be recorded meanwhile)
+    if max(env.started_at, env.store.reachable_since(), judging_since) > cutoff:
+        # give agents a grace period after a service restart, after the store's database
+        # was away (their heartbeats could not be recorded meanwhile), and after this
+        # replica became the leader: the database may have been away without its noticing
+        # (no request reached it), as when it restarted and the lock came back to another
         return []
     down: list[str] = []
     with write(env) as u:

@@ -94,7 +94,14 @@ class Service:
         # streams by NOTIFY, and the background loops run only on the leader.
         postgres = self.store.engine.dialect.name == "postgresql"
         self.relay = Relay(self.env, self.store.engine) if postgres else None
-        self.leader = Leader(self.store.engine if postgres else None, fence_s=cfg.leader_fence_s)
+        # When this replica last became the leader (liveness gives the nodes their grace
+        # from then: heartbeats lost to an outage it did not see are not held against them).
+        self.leading_since = 0.0
+        self.leader = Leader(
+            self.store.engine if postgres else None,
+            on_change=self._leading,
+            fence_s=cfg.leader_fence_s,
+        )
         # Clients and agents on two servers, each with its own threads (limits: the
         # stream cap per identity; node_server: the Nodes API, never starved by clients).
         # Metrics (metrics_listen; service/metrics.py): RPCs counted by an interceptor on
@@ -223,11 +230,15 @@ class Service:
             if not self.leader.acting():
                 continue
             try:
-                liveness.check_liveness(self.env)
+                liveness.check_liveness(self.env, self.leading_since)
                 # Again what _revoked did (or failed to do: the database away).
                 liveness.check_revocations(self.env, self.auth.revoked())
             except Exception:
                 log.exception("liveness check failed")
+
+    def _leading(self, held: bool) -> None:
+        if held:
+            self.leading_since = self.env.clock()
 
     def _watch_crl(self) -> None:
         """On every replica: read the CRL when it changes even if no call comes, so that

@@ -39,9 +39,10 @@ from sqlalchemy.engine import Engine
 
 from workspace.ops.events import Change, Notifier
 from workspace.ops.unit import Env
-from workspace.store import Workspace
+from workspace.store import Node, Workspace
 from workspace.store.engines import LOCK_CLASS
 from workspace.store.mapping import VIEW_COLUMNS, view_rows, workspace_views
+from workspace.store.models import TrustSettings
 
 log = logging.getLogger("workspace.service.replicas")
 
@@ -97,6 +98,9 @@ class Relay:
         self._conns: list[Any] = []
         self.listening = threading.Event()
         self.received = 0
+        # The nodes' order generations and the trust policy's version at the last
+        # re-check (None: none yet).
+        self._known: tuple[dict[str, int], int] | None = None
         # Messages sent as they are (not coalesced), and who handles those received.
         self._raw: queue.Queue[tuple[str, str]] = queue.Queue()
         self.on_task: Callable[[str], None] | None = None
@@ -137,29 +141,38 @@ class Relay:
             self._wake.wait(1.0)
             self._wake.clear()
             pending = self._take()
-            raw: list[tuple[str, str]] = []
+            messages: list[tuple[str, str]] = []
             while not self._raw.empty():
-                raw.append(self._raw.get_nowait())
-            if pending is None and not raw:
+                messages.append(self._raw.get_nowait())
+            if pending is not None:
+                messages += [(CHANNEL, p) for p in pending.payloads(self.replica_id)]
+            if not messages:
                 continue
-            try:
-                if conn is None or conn.closed:
-                    conn = _connect(self.dsn, "workspace-service notify")
-                    self._conns.append(conn)
-                for channel, payload in raw:
-                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-                for payload in pending.payloads(self.replica_id) if pending else ():
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
-            except Exception as exc:
-                # Lost: the others find it at their next re-check.
-                log.warning("cannot notify the other replicas: %s", exc)
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                    with contextlib.suppress(ValueError):
-                        self._conns.remove(conn)
-                conn = None
-                self._stop.wait(RETRY_S)
+            # A connection idle since the last batch may have died meanwhile (the server
+            # restarted, or ended it): its first statement fails, having sent nothing.
+            # What is left is sent again at once on a new connection; dropped only when
+            # that fails too (the others find it at their next re-check).
+            sent = 0
+            for fresh in (conn is None or conn.closed, True):
+                try:
+                    if conn is None or conn.closed:
+                        conn = _connect(self.dsn, "workspace-service notify")
+                        self._conns.append(conn)
+                    for channel, payload in messages[sent:]:
+                        conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                        sent += 1
+                    break
+                except Exception as exc:
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        with contextlib.suppress(ValueError):
+                            self._conns.remove(conn)
+                    conn = None
+                    if fresh or self._stop.is_set():
+                        log.warning("cannot notify the other replicas: %s", exc)
+                        self._stop.wait(RETRY_S)
+                        break
 
     # -- listening ---------------------------------------------------------------------
 
@@ -177,6 +190,7 @@ class Relay:
                 self.notifier.resync()
                 since = self._recheck(since)
                 self.listening.set()
+                self.notifier.hearing(True)
                 next_check = time.monotonic() + RESYNC_S
                 while not self._stop.is_set():
                     left = max(0.05, next_check - time.monotonic())
@@ -194,6 +208,8 @@ class Relay:
                     log.warning("listening to the other replicas failed: %s; reconnecting", exc)
             finally:
                 self.listening.clear()
+                if not self._stop.is_set():
+                    self.notifier.hearing(False)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
@@ -226,11 +242,15 @@ class Relay:
 
     def _recheck(self, since: float) -> float:
         """Wake the nodes and watchers of the workspaces updated since ``since`` (minus a
-        margin for the replicas' clocks): what a missed notification would have said."""
+        margin for the replicas' clocks), and the nodes whose orders changed otherwise (a
+        network, a signature: their order generations; the trust policy: its version):
+        what a missed notification would have said."""
         now = self.env.clock()
         recent = Workspace.updated_at >= since - RESYNC_S
         views = []
         with self.env.store.read() as s:
+            gens = {str(n): int(g) for n, g in s.execute(select(Node.name, Node.orders_gen))}
+            policy = s.execute(select(TrustSettings.version)).scalar() or 0
             # Only the nodes, unless a watcher wants the workspaces themselves: under a
             # steady stream of creates this pass covers thousands of rows, and loading
             # each whole (its JSON columns) cost a replica more than the notifications;
@@ -238,9 +258,15 @@ class Relay:
             changed = list(s.execute(select(Workspace.id, Workspace.node).where(recent)))
             if changed and self.notifier.watching():
                 views = workspace_views(s, view_rows(s, select(*VIEW_COLUMNS).where(recent)))
-        nodes = sorted({node for _id, node in changed if node})
-        if nodes:
-            self.notifier.node_changed(*nodes, remote=True)
+        woken = {node for _id, node in changed if node}
+        if self._known is not None:
+            old_gens, old_policy = self._known
+            if policy != old_policy:
+                woken.update(gens)
+            woken.update(n for n, g in gens.items() if old_gens.get(n) != g)
+        self._known = (gens, policy)
+        if woken:
+            self.notifier.node_changed(*sorted(woken), remote=True)
         if changed:
             self.notifier.capacity_changed(remote=True)
         for v in views:

@@ -92,6 +92,8 @@ class Store:
         self.engine: Engine = create_engine(url, **engines.engine_options(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "connect", engines.postgresql_session)
         if migrate_in_child:
             migrations.upgrade_in_child(self.engine)
         else:

@@ -45,6 +45,13 @@ POOL_TIMEOUT_S = 10
 POOL_RECYCLE_S = 1800
 CONNECT_TIMEOUT_S = 5
 APPLICATION_NAME = "workspace-service"
+# The server ends a session that sits idle inside a transaction this long (PostgreSQL's
+# idle_in_transaction_session_timeout): a process stopped in the middle of a write (SIGSTOP,
+# a frozen VM) holds the site-wide write lock, and every write of every replica would wait
+# for it as long as it hangs. A transaction of the service runs its statements back to back
+# (milliseconds apart); the stopped writer, resumed, finds its transaction gone
+# (UNAVAILABLE: retrying is safe) and nothing of it committed.
+IDLE_IN_TRANSACTION_S = 15.0
 
 # SQLSTATE classes and codes that mean the server is away or not accepting work now:
 # 08 connection exception, 53 insufficient resources (too many connections), 57P01-03
@@ -93,6 +100,15 @@ def engine_options(url: str) -> dict[str, Any]:
             },
         }
     return {}
+
+
+def postgresql_session(dbapi_conn: Any, _record: Any) -> None:
+    """Each new PostgreSQL connection of the store's pool: the idle-in-transaction limit
+    (a SET, not a startup option, which a connection pooler in front may refuse)."""
+    ms = int(IDLE_IN_TRANSACTION_S * 1000)
+    with dbapi_conn.cursor() as cur:
+        cur.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+    dbapi_conn.commit()
 
 
 def serialize_writes(session: Session) -> None:

@@ -1,0 +1,77 @@
+"""A replica that hangs in the middle of a writing transaction (docs/design/store.md,
+PostgreSQL): every write of every replica takes the store's advisory lock first, so a
+process stopped (SIGSTOP, a frozen VM) while it holds that lock would stop every write of
+the site -- creates, heartbeats, the leader's passes -- for as long as it hangs. The server
+ends a session that sits idle inside a transaction for ``IDLE_IN_TRANSACTION_S``: the
+lock is free again, and the stopped writer, resumed, finds its transaction gone
+(Unavailable: a retry with its request id is safe), nothing of it committed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from tests.pg import PgServer
+from workspace.errors import Unavailable
+from workspace.store import Network, Store, engines
+
+
+def net(name: str, third: int) -> Network:
+    return Network(
+        name=name,
+        subnet=f"10.{third}.0.0/24",
+        gateway=f"10.{third}.0.1",
+        range_start=f"10.{third}.0.10",
+        range_end=f"10.{third}.0.200",
+        bridge=f"wsbr{third}",
+        mac_prefix="52:54:00",
+    )
+
+
+def test_a_writer_hung_inside_its_transaction_does_not_stop_the_others(
+    pg_server: PgServer, pg_head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engines, "IDLE_IN_TRANSACTION_S", 1.0)
+    url = pg_server.database("hung_writer", template=pg_head)
+    hung, other = Store(url), Store(url)
+    resume = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def stopped_writer() -> None:
+        try:
+            with hung.write() as s:
+                s.add(net("half-made", 1))
+                s.flush()
+                resume.wait(60)  # stopped here, holding the site's write lock
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=stopped_writer)
+    try:
+        t.start()
+        time.sleep(0.5)  # it holds the lock now
+        done = threading.Event()
+
+        def write() -> None:
+            with other.write() as s:
+                s.add(net("after", 2))
+            done.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        assert done.wait(30), "every other write waits for the hung one"
+    finally:
+        resume.set()
+        t.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], Unavailable), outcome
+    with other.read() as s:
+        assert sorted(s.execute(select(Network.name)).scalars()) == ["after"]
+    with hung.write() as s:  # its next write works: the pool replaced the connection
+        s.add(net("again", 3))
+    with other.read() as s:
+        assert sorted(s.execute(select(Network.name)).scalars()) == ["after", "again"]
+    hung.close()
+    other.close()

@@ -1,0 +1,35 @@
+"""One service per SQLite store (workspace/sole.py), whichever path names the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workspace import sole
+from workspace.errors import ConfigError
+
+
+def test_a_second_service_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "service.db"
+    held = sole.hold_store(db)
+    try:
+        with pytest.raises(ConfigError, match="in use by another workspace-service"):
+            sole.hold_store(db)
+    finally:
+        held.release()
+    sole.hold_store(db).release()  # free again once released
+
+
+def test_the_same_store_through_a_symlink_is_the_same_store(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)  # e.g. /var/lib/workspace -> /data/workspace
+    (tmp_path / "other.db").symlink_to(real / "service.db")  # the file itself
+    held = sole.hold_store(real / "service.db")
+    try:
+        for alias in (tmp_path / "link" / "service.db", tmp_path / "other.db"):
+            with pytest.raises(ConfigError, match="in use by another workspace-service"):
+                sole.hold_store(alias)
+    finally:
+        held.release()
