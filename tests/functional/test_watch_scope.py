@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.functional.harness import WS, SitePki, TlsSite, wait_for
 from tests.functional.test_backfill import backfill_live, fill, set_
@@ -94,5 +95,43 @@ def test_a_user_removed_from_a_project_stops_seeing_its_workspaces_on_an_open_wa
         listed = alice.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces
         assert [w.name for w in listed] == ["mine"]
         stream.cancel()
+    finally:
+        site.close()
+
+
+def test_a_user_removed_from_a_project_stops_following_its_workspaces_events(
+    tmp_path: Path,
+) -> None:
+    """`ws events W --follow` of a project workspace ends NOT_FOUND once its follower is
+    taken out of the project, as `ws events W` then is: nothing of W after that."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1")
+        projects = projects_pb2_grpc.ProjectsStub(site.stubs.channel)
+        projects.CreateProject(projects_pb2.Project(name="grid"))
+        member = projects_pb2.ProjectUserRequest(project="grid", user="alice")
+        projects.AddProjectUser(member)
+        alice = site.identity("alice")
+        bob = site.identity("bob", projects=("grid",))
+        theirs = bob.create(name="theirs", project="grid")
+        bob.wait_state(theirs.id, WS.WORKSPACE_STATE_RUNNING)
+        follow = workspaces_pb2.WatchWorkspaceEventsRequest(id=theirs.id, follow=True)
+        stream = alice.ws.WatchWorkspaceEvents(follow, timeout=60)  # a bound, not a check
+        first = next(stream)  # she follows it: its past first
+        assert first.workspace_id == theirs.id
+        projects.RemoveProjectUser(member)
+        bob.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=theirs.id))
+        bob.wait_state(theirs.id, WS.WORKSPACE_STATE_STOPPED)
+        after: list[str] = []
+        with pytest.raises(grpc.RpcError) as info:
+            for e in stream:
+                after.append(e.state)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+        assert "STOPPED" not in after and "STOPPING" not in after
+        with pytest.raises(grpc.RpcError) as again:
+            list(alice.ws.WatchWorkspaceEvents(follow))
+        assert again.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         site.close()
