@@ -493,5 +493,14 @@ def test_a_victim_of_another_project_is_not_told_whose_workspace_took_its_place(
         # The admin's view names both.
         [pre] = [e for e in events(site) if e.kind == "preemption"]
         assert "secret-plan" in str(pre), pre
+        assert "carol's other" in pre.reason, pre
+        # Nor is the taker told whose workspaces it took: `ws events secret-plan` has
+        # the preemption, by count.
+        req = workspaces_pb2.WatchWorkspaceEventsRequest(id=secret.id, kinds=["preemption"])
+        [told] = list(alice.ws.WatchWorkspaceEvents(req))
+        assert told.reason == (
+            "secret-plan of alice did not fit on free capacity; preempted 2 workspace(s)"
+        )
+        assert "carol" not in str(told) and other.id not in str(told), told
     finally:
         site.close()

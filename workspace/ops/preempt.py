@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
@@ -237,10 +238,24 @@ def _apply(
             cluster=first.cluster or "",
             subject=first.owner,
             state=str(len(found.victims)),
-            reason=f"{what} of {first.owner} did not fit on free capacity; preempted "
-            + "; ".join(lines),
+            reason=f"{_did_not_fit(what, first.owner)}; preempted " + "; ".join(lines),
         ),
     )
+
+
+def _did_not_fit(what: str, owner: str) -> str:
+    return f"{what} of {owner} did not fit on free capacity"
+
+
+def as_users_see(e: SiteEvent) -> SiteEvent:
+    """A site event as a user following a workspace or cluster sees it: a ``preemption``
+    says how many workspaces it took (its ``state``), not whose: the victims' owners,
+    names and ids are other tenants' (admins, and the log, see them whole)."""
+    if e.kind != Kind.PREEMPTION.value:
+        return e
+    what = f"cluster member(s) of {e.cluster}" if e.cluster else e.workspace_name
+    took = f"preempted {e.state} workspace(s)"
+    return replace(e, reason=f"{_did_not_fit(what, e.subject)}; {took}")
 
 
 def waiting_reason(count: int) -> str:

@@ -14,7 +14,7 @@ from workspace.config import parse_retention
 from workspace.domain.events import EventFilter, SiteEvent
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import clusters, queries
+from workspace.ops import clusters, preempt, queries
 from workspace.ops.unit import Env
 from workspace.store import EventRow
 
@@ -161,7 +161,7 @@ def of_workspace(
     or name) as GetWorkspace finds it for ``who`` (NotFound if it may not see it)."""
     target = _subject(ref, kinds, "workspace", lambda: queries.get(env, who, ref).id)
     events = watch(env, since, follow, gone, EventFilter(kinds, workspace=target))
-    yield from _while_seen(env, events, lambda: queries.get(env, who, target))
+    yield from _while_seen(env, who, events, lambda: queries.get(env, who, target))
 
 
 def of_cluster(
@@ -177,23 +177,24 @@ def of_cluster(
     any): cluster ``ref`` (id or name) as GetCluster finds it for ``who``."""
     target = _subject(ref, kinds, "cluster", lambda: clusters.get(env, who, ref).id)
     events = watch(env, since, follow, gone, EventFilter(kinds, cluster=target))
-    yield from _while_seen(env, events, lambda: clusters.get(env, who, target))
+    yield from _while_seen(env, who, events, lambda: clusters.get(env, who, target))
 
 
 def _while_seen(
-    env: Env, events: Iterator[SiteEvent], check: Callable[[], object]
+    env: Env, who: Identity, events: Iterator[SiteEvent], check: Callable[[], object]
 ) -> Iterator[SiteEvent]:
-    """``events`` while the caller may still see their subject: ``check()`` (NotFound
-    if not, as a new call would be told) runs again before an event whenever site
-    events were written since it last ran, so a member an admin takes out of the
-    subject's project (an event too) gets nothing of it from then on."""
+    """``events`` as ``who`` may see them (preempt.as_users_see, for a user), while they
+    may still see their subject: ``check()`` (NotFound if not, as a new call would be
+    told) runs again before an event whenever site events were written since it last
+    ran, so a member an admin takes out of the subject's project (an event too) gets
+    nothing of it from then on."""
     checked = env.notifier.site_event_generation()
     for e in events:
         now = env.notifier.site_event_generation()
         if now != checked:
             check()
             checked = now
-        yield e
+        yield e if who.admin else preempt.as_users_see(e)
 
 
 def _subject(ref: str, kinds: tuple[str, ...], what: str, find: Callable[[], str]) -> str:
