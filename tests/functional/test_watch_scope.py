@@ -84,9 +84,18 @@ def test_a_user_removed_from_a_project_stops_seeing_its_workspaces_on_an_open_wa
         before = bob.create(name="before", project="grid")
         running = ("before", WS.WORKSPACE_STATE_RUNNING)
         wait_for(lambda: _drain(seen, got) or running in got, what="bob's workspace running")
+        # A watch of that one workspace too (`ws watch before`): its snapshot first.
+        one = alice.ws.WatchWorkspaces(
+            workspaces_pb2.WatchWorkspacesRequest(id=before.id), timeout=60
+        )  # the timeout a bound, not a check
+        assert next(one).workspace.id == before.id
         projects.RemoveProjectUser(member)
         got.clear()
         bob.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=before.id))
+        with pytest.raises(grpc.RpcError) as info:
+            for ev in one:
+                assert ev.workspace.state == WS.WORKSPACE_STATE_RUNNING, ev  # none after
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
         bob.create(name="after", project="grid")
         # Her own workspace last: once its events arrive, bob's would have too.
         alice.create(name="mine")
