@@ -83,16 +83,12 @@ class Scope:
         return self.who.name
 
     def sees(self, owner: str, project: str) -> bool:
-        # The site's backfill workspaces are the admins' alone, whatever their project.
-        return (
-            self.who.admin
-            or (self.who.is_user and owner == self.who.name)
-            or (bool(project) and project in self.projects and owner != BACKFILL_OWNER)
-        )
+        return self.who.admin or self.lists(owner, project)
 
     def lists(self, owner: str, project: str) -> bool:
         """Whether a row of ``owner`` in ``project`` is among those ``clause`` lists (not
-        all users): the caller's own, their projects' but not the site's backfill."""
+        all users): the caller's own, their projects' but not the site's backfill, which
+        are the admins' alone, whatever their project."""
         if not self.who.is_user:
             return False
         return owner == self.who.name or (
