@@ -169,6 +169,7 @@ def test_only_the_owner_and_admins_get_in(tmp_path: Path, site_pki: SitePki) -> 
             w = alice.create_workspace("img", name="mine", project="p")
             wait_for(lambda: alice.get_workspace(w.id).state == RUNNING, what="mine RUNNING")
             assert alice.exec(w.id, ["hostname"]).stdout == b"mine\n"
+            wait_for(lambda: b"WORKSPACE-READY" in alice.get_console(w.id), what="its log")
         with Client(site.address, identity=site_pki.user("bob")) as bob:
             with pytest.raises(errors.NotFound):
                 bob.exec(w.id, ["true"])
@@ -179,8 +180,13 @@ def test_only_the_owner_and_admins_get_in(tmp_path: Path, site_pki: SitePki) -> 
             assert carol.get_workspace(w.id).name == "mine"
             with pytest.raises(errors.PermissionDenied, match="owner"):
                 carol.exec(w.id, ["true"])
+            # Nor read its console log: it holds what the owner's `ws console --attach`
+            # sessions showed, as the serial port carried them.
+            with pytest.raises(errors.PermissionDenied, match="owner"):
+                carol.get_console(w.id)
         with Client(site.address, identity=admin_dir) as admin:
             assert admin.exec(w.id, ["true"]).exit_code == 0
+            assert b"WORKSPACE-READY" in admin.get_console(w.id)
     finally:
         site.close()
 

@@ -493,5 +493,24 @@ def test_a_victim_of_another_project_is_not_told_whose_workspace_took_its_place(
         # The admin's view names both.
         [pre] = [e for e in events(site) if e.kind == "preemption"]
         assert "secret-plan" in str(pre), pre
+        assert "carol's other" in pre.reason, pre
+        # Nor is the taker told whose workspaces it took: `ws events secret-plan` has
+        # the preemption, by count.
+        req = workspaces_pb2.WatchWorkspaceEventsRequest(id=secret.id, kinds=["preemption"])
+        [told] = list(alice.ws.WatchWorkspaceEvents(req))
+        assert told.reason == (
+            "secret-plan of alice did not fit on free capacity; preempted 2 workspace(s)"
+        )
+        assert "carol" not in str(told) and other.id not in str(told), told
+        # Nor is the victim told by whom, in its events: the service took it, not alice.
+        theirs = list(carol.ws.WatchWorkspaceEvents(
+            workspaces_pb2.WatchWorkspaceEventsRequest(id=other.id)))  # fmt: skip
+        assert "preempted" in {e.kind.split(".")[-1] for e in theirs}, theirs
+        assert "user:alice" not in {e.who for e in theirs}, [(e.kind, e.who) for e in theirs]
+        assert "alice" not in str(theirs) and "secret" not in str(theirs), theirs
+        # The project-mate is: alice's secret-plan took it.
+        mates = list(bob.ws.WatchWorkspaceEvents(
+            workspaces_pb2.WatchWorkspaceEventsRequest(id=mate.id)))  # fmt: skip
+        assert "user:alice" in {e.who for e in mates if e.kind == "workspace.preempted"}
     finally:
         site.close()

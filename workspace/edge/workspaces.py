@@ -204,13 +204,24 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
         target = ""
         if request.id:
             target = queries.get(self.env, who, request.id).id
-        with self.env.store.read() as s:
-            seen = projects.scope(s, who)
+        seen = projects.FollowedScope(self.env, who)
 
         def accepts(ws: WorkspaceView) -> bool:
             if target:
                 return ws.id == target
-            return ws.owner == who.name or (bool(ws.project) and ws.project in seen.projects)
+            return seen.last.lists(ws.owner, ws.project)
+
+        def still_seen(ws: WorkspaceView) -> bool:
+            """Whether the caller may see ``ws`` now (they may have left its project
+            since the watch began); a watch of that one workspace ends NOT_FOUND."""
+            if ws.owner == who.name or who.admin:
+                return True
+            if not target:
+                return seen.current().lists(ws.owner, ws.project)
+            if not seen.current().sees(ws.owner, ws.project):
+                queries.get(self.env, who, target)  # NotFound, as a new watch of it
+                return False
+            return True
 
         watcher = notifier.subscribe(accepts)
         try:
@@ -235,7 +246,8 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                     # WorkspaceError into its status, and grpc's abort exception into
                     # INTERNAL, which no client reopens.
                     raise ResourceExhausted("watch fell too far behind; re-open it")
-                yield workspaces_pb2.WorkspaceEvent(workspace=v1.workspace_to_proto(ev))
+                if still_seen(ev):
+                    yield workspaces_pb2.WorkspaceEvent(workspace=v1.workspace_to_proto(ev))
             if notifier.closed and context.is_active():
                 raise stopping()
         finally:

@@ -1,10 +1,15 @@
-"""Consoles: nodes push the tail of each VM's serial console; owners read it."""
+"""Consoles: nodes push the tail of each VM's serial console; owners (and admins) read it.
+
+Project members who see a workspace may not: its serial port carried its owner's
+interactive console sessions too (``ws console --attach``, which only the owner and
+admins may open: docs/design/guests.md)."""
 
 from __future__ import annotations
 
 from workspace.errors import NotFound
 from workspace.identity import Identity
-from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.lifecycle import check_owner, resolve_workspace
+from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env
 from workspace.store import ConsoleLog, Workspace
 
@@ -13,6 +18,7 @@ def console(env: Env, who: Identity | str, ref: str, tail_bytes: int) -> bytes:
     """The console output kept for a workspace (its last ``tail_bytes`` if > 0)."""
     with env.store.read() as s:
         ws = resolve_workspace(s, who, ref)
+        check_owner(as_identity(who), ws.owner, ws.name, "read the console of")
         row = s.get(ConsoleLog, ws.id)
         data = bytes(row.data) if row is not None else b""
     return data[-tail_bytes:] if tail_bytes > 0 else data

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
@@ -49,11 +50,61 @@ _HOLDABLE = (State.SCHEDULED.value, State.LOST.value)
 _GRACEFUL = (State.RUNNING.value, State.STOPPING.value)
 
 
+def _told(by: Workspace, victim: Workspace) -> bool:
+    """Whether the victim's owner may know whose workspace took its place: their own, or
+    their project's."""
+    return by.owner == victim.owner or bool(by.project and by.project == victim.project)
+
+
+def _mark_victim(env: Env, s: Session, by: Workspace, w: Workspace, who: str, now: float) -> None:
+    """Workspace ``w`` gives its place to ``by``: on its way out, and its event by ``who``."""
+    w.preempted_by = by.id
+    grace = grace_s(env.cfg.preempt_grace_s, w)
+    if w.state in _GRACEFUL and w.desired_state != Desired.PAUSED.value:
+        w.desired_state = Desired.STOPPED.value
+        w.stop_timeout_s = max(grace, 1)
+        w.force_stop = grace == 0
+    else:  # nothing to shut down gracefully: destroyed at once
+        w.desired_state = Desired.TERMINATED.value
+        w.force_stop = True
+    w.state = State.STOPPING.value
+    why = reason_for(by, w)
+    set_reason(w, why)
+    w.updated_at = now
+    note_changed(s, w)
+    journal.add(
+        s,
+        SiteEvent(
+            at=now,
+            kind=Kind.WORKSPACE_PREEMPTED.value,
+            who=who,
+            workspace_id=w.id,
+            workspace_name=w.name,
+            node=w.node,
+            cluster=w.cluster or "",
+            subject=w.owner,
+            state=State.STOPPING.value,
+            reason=why,
+        ),
+    )
+    log.warning(
+        "workspace %s (%s of %s) on node %s preempted for %s (%s of %s); grace %d s",
+        w.id,
+        w.name,
+        w.owner,
+        w.node,
+        by.id,
+        by.name,
+        by.owner,
+        grace if w.desired_state == Desired.STOPPED.value else 0,
+    )
+
+
 def reason_for(by: Workspace, victim: Workspace) -> str:
     """What the victim shows: whose workspace took its place if that one is its owner's
     or its project's; else not (another tenant's user, name and id are not the victim's
     to see; the log and the admin's `preemption` event name it)."""
-    if by.owner == victim.owner or (by.project and by.project == victim.project):
+    if _told(by, victim):
         return f"{PREEMPTED}: its capacity was given to {by.owner}'s {by.name} ({by.id})"
     return f"{PREEMPTED}: its capacity was given to a normal workspace of another project"
 
@@ -164,52 +215,25 @@ def _apply(
 ) -> None:
     now = env.clock()
     who = callctx.current().who
-    lines: list[str] = []
-    for i, displaced in sorted(found.displaced.items()):
-        by = rows[i]
-        for v in displaced:
-            w = by_id[v.id]
-            w.preempted_by = by.id
-            grace = grace_s(env.cfg.preempt_grace_s, w)
-            if w.state in _GRACEFUL and w.desired_state != Desired.PAUSED.value:
-                w.desired_state = Desired.STOPPED.value
-                w.stop_timeout_s = max(grace, 1)
-                w.force_stop = grace == 0
-            else:  # nothing to shut down gracefully: destroyed at once
-                w.desired_state = Desired.TERMINATED.value
-                w.force_stop = True
-            w.state = State.STOPPING.value
-            why = reason_for(by, w)
-            set_reason(w, why)
-            w.updated_at = now
-            note_changed(s, w)
-            journal.add(
-                s,
-                SiteEvent(
-                    at=now,
-                    kind=Kind.WORKSPACE_PREEMPTED.value,
-                    who=who,
-                    workspace_id=w.id,
-                    workspace_name=w.name,
-                    node=w.node,
-                    cluster=w.cluster or "",
-                    subject=w.owner,
-                    state=State.STOPPING.value,
-                    reason=why,
-                ),
-            )
-            log.warning(
-                "workspace %s (%s of %s) on node %s preempted for %s (%s of %s); grace %d s",
-                w.id,
-                w.name,
-                w.owner,
-                w.node,
-                by.id,
-                by.name,
-                by.owner,
-                grace if w.desired_state == Desired.STOPPED.value else 0,
-            )
-            lines.append(f"{w.owner}'s {w.name} ({w.id}) on {w.node}")
+    pairs = [
+        (rows[i], by_id[v.id])
+        for i, displaced in sorted(found.displaced.items())
+        for v in displaced
+    ]
+    lines = [f"{w.owner}'s {w.name} ({w.id}) on {w.node}" for _by, w in pairs]
+    # A victim of another tenant's request is preempted by the service, as its events say
+    # (their ``who``): that tenant is not the victim's to know (``reason_for``). So its
+    # changes are flushed apart, in the service's own context, which the journal's
+    # events of them take; the caller's own changes are flushed before.
+    s.flush()
+    with callctx.system():
+        for by, w in pairs:
+            if not _told(by, w):
+                _mark_victim(env, s, by, w, callctx.SYSTEM, now)
+        s.flush()
+    for by, w in pairs:
+        if _told(by, w):
+            _mark_victim(env, s, by, w, who, now)
     # Every member on a node where workspaces are on their way out waits for them all.
     waiting = {v.node for v in found.victims} | set(found.pending_nodes)
     s.flush()
@@ -237,10 +261,24 @@ def _apply(
             cluster=first.cluster or "",
             subject=first.owner,
             state=str(len(found.victims)),
-            reason=f"{what} of {first.owner} did not fit on free capacity; preempted "
-            + "; ".join(lines),
+            reason=f"{_did_not_fit(what, first.owner)}; preempted " + "; ".join(lines),
         ),
     )
+
+
+def _did_not_fit(what: str, owner: str) -> str:
+    return f"{what} of {owner} did not fit on free capacity"
+
+
+def as_users_see(e: SiteEvent) -> SiteEvent:
+    """A site event as a user following a workspace or cluster sees it: a ``preemption``
+    says how many workspaces it took (its ``state``), not whose: the victims' owners,
+    names and ids are other tenants' (admins, and the log, see them whole)."""
+    if e.kind != Kind.PREEMPTION.value:
+        return e
+    what = f"cluster member(s) of {e.cluster}" if e.cluster else e.workspace_name
+    took = f"preempted {e.state} workspace(s)"
+    return replace(e, reason=f"{_did_not_fit(what, e.subject)}; {took}")
 
 
 def waiting_reason(count: int) -> str:

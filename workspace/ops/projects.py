@@ -83,11 +83,16 @@ class Scope:
         return self.who.name
 
     def sees(self, owner: str, project: str) -> bool:
-        # The site's backfill workspaces are the admins' alone, whatever their project.
-        return (
-            self.who.admin
-            or (self.who.is_user and owner == self.who.name)
-            or (bool(project) and project in self.projects and owner != BACKFILL_OWNER)
+        return self.who.admin or self.lists(owner, project)
+
+    def lists(self, owner: str, project: str) -> bool:
+        """Whether a row of ``owner`` in ``project`` is among those ``clause`` lists (not
+        all users): the caller's own, their projects' but not the site's backfill, which
+        are the admins' alone, whatever their project."""
+        if not self.who.is_user:
+            return False
+        return owner == self.who.name or (
+            bool(project) and project in self.projects and owner != BACKFILL_OWNER
         )
 
     def clause(self, model: Any, all_users: bool = False) -> ColumnElement[bool] | None:
@@ -121,6 +126,30 @@ def memberships(s: Session, who: Identity) -> frozenset[str]:
 def scope(s: Session, who: Identity | str) -> Scope:
     ident = as_identity(who)
     return Scope(ident, memberships(s, ident))
+
+
+class FollowedScope:
+    """A caller's scope for a long stream (``ws watch``): read again whenever site events
+    were written since it was read (a member added or removed is one), so a member an
+    admin takes out of a project stops seeing its objects at the stream's next message,
+    as every new call does. ``last`` is the scope as last read (no store read: for
+    filters run by other threads)."""
+
+    def __init__(self, env: Env, who: Identity) -> None:
+        self.env = env
+        self.who = who
+        self._generation = env.notifier.site_event_generation()
+        with env.store.read() as s:
+            self.last = scope(s, who)
+
+    def current(self) -> Scope:
+        """The scope now: read again if site events were written since the last read."""
+        generation = self.env.notifier.site_event_generation()  # before: nothing missed
+        if generation != self._generation:
+            with self.env.store.read() as s:
+                self.last = scope(s, self.who)
+            self._generation = generation
+        return self.last
 
 
 def acting_scope(s: Session, owner: str, actor: Identity | None) -> Scope:

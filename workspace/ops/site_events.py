@@ -14,7 +14,7 @@ from workspace.config import parse_retention
 from workspace.domain.events import EventFilter, SiteEvent
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import clusters, queries
+from workspace.ops import clusters, preempt, queries
 from workspace.ops.unit import Env
 from workspace.store import EventRow
 
@@ -160,7 +160,8 @@ def of_workspace(
     """``watch`` of one workspace's events (of ``kinds``, if any): workspace ``ref`` (id
     or name) as GetWorkspace finds it for ``who`` (NotFound if it may not see it)."""
     target = _subject(ref, kinds, "workspace", lambda: queries.get(env, who, ref).id)
-    yield from watch(env, since, follow, gone, EventFilter(kinds, workspace=target))
+    events = watch(env, since, follow, gone, EventFilter(kinds, workspace=target))
+    yield from _while_seen(env, who, events, lambda: queries.get(env, who, target))
 
 
 def of_cluster(
@@ -175,7 +176,25 @@ def of_cluster(
     """``watch`` of one cluster's events (its members' and its own; of ``kinds``, if
     any): cluster ``ref`` (id or name) as GetCluster finds it for ``who``."""
     target = _subject(ref, kinds, "cluster", lambda: clusters.get(env, who, ref).id)
-    yield from watch(env, since, follow, gone, EventFilter(kinds, cluster=target))
+    events = watch(env, since, follow, gone, EventFilter(kinds, cluster=target))
+    yield from _while_seen(env, who, events, lambda: clusters.get(env, who, target))
+
+
+def _while_seen(
+    env: Env, who: Identity, events: Iterator[SiteEvent], check: Callable[[], object]
+) -> Iterator[SiteEvent]:
+    """``events`` as ``who`` may see them (preempt.as_users_see, for a user), while they
+    may still see their subject: ``check()`` (NotFound if not, as a new call would be
+    told) runs again before an event whenever site events were written since it last
+    ran, so a member an admin takes out of the subject's project (an event too) gets
+    nothing of it from then on."""
+    checked = env.notifier.site_event_generation()
+    for e in events:
+        now = env.notifier.site_event_generation()
+        if now != checked:
+            check()
+            checked = now
+        yield e if who.admin else preempt.as_users_see(e)
 
 
 def _subject(ref: str, kinds: tuple[str, ...], what: str, find: Callable[[], str]) -> str:
