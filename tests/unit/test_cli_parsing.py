@@ -535,6 +535,9 @@ def test_an_action_not_waited_for_says_what_was_requested(
             "(default 300); --timeout is its older name",
         ),
         (["stop"], "(default 300, or --timeout plus 60 when that is longer)"),
+        # --tail 0 is accepted and prints the whole log (the service's "no limit"), which
+        # "only the last BYTES" did not say.
+        (["console"], "--tail BYTES only the last BYTES (0: the whole log, as without --tail)"),
     ],
 )
 def test_help_names_exit_codes_that_carry_meaning(
