@@ -33,6 +33,7 @@ from workspace.client_address import SERVICE_ENV as SERVICE_ENV  # re-exported
 from workspace.client_address import TLS_ENV as TLS_ENV  # re-exported
 from workspace.client_address import ServiceNotConfigured as ServiceNotConfigured
 from workspace.client_address import identity_tls as identity_tls  # re-exported
+from workspace.client_address import local_site_hint
 from workspace.client_address import resolve_address as resolve_address  # re-exported
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
@@ -209,7 +210,7 @@ class Client(
             return rpc_status.coded(
                 errors.Unavailable(
                     f"cannot reach the workspace service at {self.address}: "
-                    f"{details or 'unavailable'}{hint}"
+                    f"{details or 'unavailable'}{hint}{local_site_hint(self.address)}"
                 ),
                 code,
             )

@@ -110,12 +110,34 @@ def resolve_tls(address: str, identity: str | None = None) -> TlsConfig | None:
     env = tls_from_env()
     if env is not None:
         return env
-    # A local site: the default one, or the one whose socket this is.
+    for _site_dir, record in _local_sites(address):
+        if record.identity_dir:
+            return identity_tls(record.identity_dir)
+    return None
+
+
+def _local_sites(address: str) -> list[tuple[Path, site_record.SiteRecord]]:
+    """The local sites at ``address``: the default one, or the one whose socket it is."""
     dirs = [site_record.default_site_dir()]
     if rpc.is_unix(address):
         dirs.append(Path(address.removeprefix("unix:").removeprefix("//")).parent)
+    found = []
     for site_dir in dirs:
         record = site_record.read_record(site_dir)
-        if record is not None and record.identity_dir and record.address == address:
-            return identity_tls(record.identity_dir)
-    return None
+        if record is not None and record.address == address:
+            found.append((site_dir, record))
+    return found
+
+
+def local_site_hint(address: str) -> str:
+    """What to do when ``address`` cannot be reached and it is a local site's ("" if it is
+    not): a site whose service stopped without `ws-admin site down` (killed, crashed, the
+    machine restarted) keeps its site.json, so its address is still found, and the
+    connection error alone did not say that the site is down."""
+    for site_dir, _record in _local_sites(address):
+        where = "" if site_dir == site_record.default_site_dir() else f" --dir {site_dir}"
+        return (
+            f"; the local site in {site_dir} does not answer: `ws-admin site status{where}` "
+            f"shows which of its processes run, `ws-admin site up{where}` starts the others"
+        )
+    return ""

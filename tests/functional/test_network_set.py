@@ -6,12 +6,13 @@ requests change nothing."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import grpc
 import pytest
 import yaml
 
-from tests.functional.harness import WS, Site, wait_for
+from tests.functional.harness import ROOT, WS, Site, wait_for
 from tests.functional.test_keys import import_cloud, orders_of
 from workspace.cli import admin as admin_cli
 from workspace.codec import node as codec_node
@@ -227,3 +228,18 @@ def test_a_networks_life_is_in_the_site_events(
         "network lab",
         "by user:local: 10.213.40.0/24, range 10.213.40.2-10.213.40.30, bridge wsbr-lab",
     ]
+
+
+def test_the_readmes_network_commands_run_as_printed(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every `ws-admin network` line of the README, in its order, as a site admin would
+    copy them: each succeeds. Its campus example gave a DNS server inside the network's
+    range, which `network create` refuses (the range is the workspaces' addresses)."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")  # joined continuations
+    lines = [line for line in text.splitlines() if line.startswith("ws-admin network ")]
+    assert any(" create " in line and "--dns" in line for line in lines)
+    for line in lines:
+        argv = shlex.split(line, comments=True)[1:]
+        code = admin(ready_site, *argv)
+        assert code == 0, f"{line!r}: {capsys.readouterr().err.strip()}"

@@ -113,3 +113,24 @@ def test_a_cluster_at_the_head_holds_the_fewest_nodes_that_hold_it(busy: Site) -
     members = clusters.GetCluster(clusters_pb2.ClusterRef(id="pair")).members
     assert sorted(m.node for m in members) == ["node1", "node3"]
     assert queue(site) == []
+
+
+def test_a_cluster_destroyed_while_waiting_says_so(busy: Site) -> None:
+    """A waiting cluster, destroyed: TERMINATED, and it said it was still "waiting for
+    capacity: ..." (the reason it had while PENDING was kept), as `ws cluster show` and
+    `ws cluster list --all` printed it."""
+    clusters = clusters_pb2_grpc.ClustersStub(busy.stubs.channel)
+    c = clusters.CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="big",
+            members=[clusters_pb2.ClusterMember(role="w", image="img", memory_mib=3900)],
+            wait_for_capacity_s=600,
+        )
+    )
+    assert c.state == clusters_pb2.CLUSTER_STATE_PENDING
+    clusters.DestroyCluster(clusters_pb2.ClusterRef(id="big"))
+    gone = clusters.GetCluster(clusters_pb2.ClusterRef(id="big"))
+    assert gone.state == clusters_pb2.CLUSTER_STATE_TERMINATED
+    assert gone.reason == "destroyed while waiting for capacity"
+    assert [m.reason for m in gone.members] == ["destroyed while waiting for capacity"]
+    assert queue(busy) == []

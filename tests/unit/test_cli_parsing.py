@@ -535,6 +535,9 @@ def test_an_action_not_waited_for_says_what_was_requested(
             "(default 300); --timeout is its older name",
         ),
         (["stop"], "(default 300, or --timeout plus 60 when that is longer)"),
+        # --tail 0 is accepted and prints the whole log (the service's "no limit"), which
+        # "only the last BYTES" did not say.
+        (["console"], "--tail BYTES only the last BYTES (0: the whole log, as without --tail)"),
     ],
 )
 def test_help_names_exit_codes_that_carry_meaning(
@@ -544,3 +547,17 @@ def test_help_names_exit_codes_that_carry_meaning(
         ws.main([*argv, "--help"], connect=lambda _s: pytest.fail("no client for --help"))
     assert exc.value.code == 0
     assert says in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["exec", "ssh", "scp"])
+def test_help_says_the_boot_wait_is_only_at_a_terminal(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --retry, ws exec/ssh/scp wait for a guest that just started only when run at
+    a terminal (guest_cmds.interactive); their --help said they always did, so a script
+    written from it expected a wait it never got."""
+    with pytest.raises(SystemExit) as exc:
+        ws.main([command, "--help"], connect=lambda _s: pytest.fail("no client for --help"))
+    assert exc.value.code == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "at a terminal" in said and "in a script" in said

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from workspace import errors, rpc
+from workspace.cli import ws as ws_cli
 from workspace.client import (
     Client,
     ServiceNotConfigured,
@@ -66,6 +67,26 @@ def test_a_local_site_that_is_down_is_named(
     (tmp_path / record.SETUP_FILE).write_text("{}")
     with pytest.raises(ServiceNotConfigured, match=f"the local site in {tmp_path} is down"):
         resolve_address(None)
+
+
+def test_a_local_site_whose_service_stopped_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A site whose service was killed, crashed or went with a restart of the machine
+    keeps its record: `ws list` found the address and said only that the socket was not
+    there, not that the local site is down nor what starts it again."""
+    monkeypatch.setenv(record.SITE_ENV, str(tmp_path))
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    address = f"unix:{tmp_path / 'service.sock'}"  # nothing listens there
+    record.write_record(tmp_path, record.SiteRecord(str(tmp_path), address, "fake"))
+    assert ws_cli.main(["list"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"ws: error: cannot reach the workspace service at {address}")
+    assert f"the local site in {tmp_path} does not answer" in err
+    assert "`ws-admin site up` starts the others" in err
+    # Another service's address that cannot be reached is not taken for the site.
+    assert ws_cli.main(["--service", f"unix:{tmp_path / 'other.sock'}", "list"]) == 3
+    assert "local site" not in capsys.readouterr().err
 
 
 def test_default_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -306,6 +306,21 @@ def test_queue_state_is_a_field(site: Site) -> None:
     assert queue.list_queue(site.core.env) == []
 
 
+def test_destroying_a_workspace_that_was_never_placed_blames_no_node(site: Site) -> None:
+    """A create that failed waiting for capacity has no node: its destroy ends it at once,
+    and says "destroyed", not "destroyed (its node was not reachable)", which sent its
+    owner (and the site admin) looking for a node that never had it."""
+    site.create(name="hog", memory_mib=6000)
+    ws = site.create(name="big", memory_mib=4096, wait_for_capacity_s=60)
+    site.clock.now += 61
+    queue.process(site.core.env)
+    assert site.core.get(OWNER, ws.id).state == WS.WORKSPACE_STATE_FAILED
+    site.core.operate(OWNER, ws.id, Op.DESTROY)
+    gone = site.core.get(OWNER, ws.id)
+    assert gone.state == WS.WORKSPACE_STATE_TERMINATED
+    assert gone.reason == "destroyed"
+
+
 def test_node_without_the_network(site: Site) -> None:
     with pytest.raises(ResourceExhausted, match="lack a requested network"):
         site.create(networks=["storage"])

@@ -137,6 +137,14 @@ def test_a_bad_window_is_refused(site: Site, since: float, until: float, message
         usage.report(site.core.env, "alice", since, until)
 
 
+def test_a_since_after_now_is_refused(site: Site) -> None:
+    """No until is now: a since after it is a reversed window too (it was reported as an
+    empty one, "usage from <later> to <now>: none")."""
+    with pytest.raises(InvalidArgument, match="in the future"):
+        usage.report(site.core.env, "alice", site.clock.now + HOUR)
+    assert not usage.report(site.core.env, "alice", site.clock.now - HOUR).rows
+
+
 def test_the_preemptible_class_is_counted_apart(site: Site) -> None:
     normal = run(site, "a")
     spec = CreateSpec(image="img", name="p", cpus=2, memory_mib=1024, preemptible=True)

@@ -167,6 +167,8 @@ def test_csv_is_only_for_usage(served: Served, capsys: pytest.CaptureFixture[str
     [
         (["--since", "yesterday"], "not a time"),
         (["--since", "2026-11-02", "--until", "2026-11-01"], "later than --since"),
+        # no --until is now: a --since after it printed "usage from 2999-... to <now>: none"
+        (["--since", "2999-01-01"], "--since is in the future"),
     ],
 )
 def test_bad_usage_windows_are_refused(

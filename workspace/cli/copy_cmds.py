@@ -125,8 +125,9 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
     p.add_argument("operands", nargs="+", metavar="SRC... DST")
     _add_scp_options(
         p,
-        f". Default: for a workspace that started less than {booting.BOOT_WINDOW_S:.0f} s "
-        "ago, wait until then for its sshd to answer (said on stderr); others: one attempt",
+        ". Default: at a terminal, for a workspace that started less than "
+        f"{booting.BOOT_WINDOW_S:.0f} s ago, wait until then for its sshd to answer (said on "
+        "stderr); in a script, and others: one attempt",
     )
     p.add_argument("--print", action="store_true", help="print the scp command, do not run it")
     p.set_defaults(func=lambda a: scp_cmd(a, client_for(a)))

@@ -677,8 +677,9 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         type=common.positive_int,
         metavar="N",
         help="a workspace still starting: wait up to N s for it to be RUNNING, then up to "
-        "N s while no guest agent answers (default: one started less than "
-        f"{booting.BOOT_WINDOW_S:.0f} s ago is waited for until then; others fail at once)",
+        "N s while no guest agent answers (default: at a terminal, one started less than "
+        f"{booting.BOOT_WINDOW_S:.0f} s ago is waited for until then; in a script, and "
+        "others, fail at once)",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=lambda a: exec_cmd(a, client_for(a), late))
@@ -702,9 +703,9 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         help="a workspace still starting: wait up to N s for it to be RUNNING, then try "
         "to connect up to N times, a second apart, while the guest boots (ssh's "
         "ConnectionAttempts; each attempt takes up to 5 s, about 4 s while the guest has "
-        "no address yet: N attempts can take 5N s). Default: for a workspace that started "
-        f"less than {booting.BOOT_WINDOW_S:.0f} s ago, wait until then for its sshd to "
-        "answer (said on stderr); others: one attempt",
+        "no address yet: N attempts can take 5N s). Default: at a terminal, for a workspace "
+        f"that started less than {booting.BOOT_WINDOW_S:.0f} s ago, wait until then for its "
+        "sshd to answer (said on stderr); in a script, and others: one attempt",
     )
     for flag, what in (
         ("-L", "a local port forwarded to HOST:HOSTPORT as the guest sees it"),

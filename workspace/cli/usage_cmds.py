@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from workspace.cli import common, render
@@ -43,6 +44,11 @@ def _usage(client_for: common.ClientFor, all_users: bool) -> common.Handler:
         since, until = args.since or 0.0, args.until or 0.0
         if since and until and until <= since:
             raise common.UsageError("--until must be later than --since")
+        if since and not until and since > time.time():
+            raise common.UsageError(
+                "--since is in the future: there is no usage after now "
+                "(--until must be later than --since, and is now unless given)"
+            )
         r = client_for(args).get_usage(since, until, args.by, all_users=all_users)
         usage_report(args, r)
         return common.EXIT_OK

@@ -600,7 +600,10 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p = sub.add_parser("console", parents=[parent], help="print a workspace's console log")
     p.add_argument("id", help="workspace id or name")
     p.add_argument(
-        "--tail", type=common.non_negative_int, metavar="BYTES", help="only the last BYTES"
+        "--tail",
+        type=common.non_negative_int,
+        metavar="BYTES",
+        help="only the last BYTES (0: the whole log, as without --tail)",
     )
     console_cmds.add_attach_option(p)
     p.set_defaults(func=cmds.console)

@@ -162,6 +162,9 @@ def refresh(env: Env, u: UnitOfWork, cluster_ids: Iterable[str]) -> None:
         if (state.value, reason) != (c.state, c.reason):
             if state is ClusterState.FAILED:
                 log.warning("cluster %s (%s) FAILED: %s", cid, c.name, reason)
+            kept = c.reason if state in _KEEPS_REASON else ""
+            if kept and c.state == ClusterState.PENDING.value:
+                kept = CANCELLED  # why it waited is no longer so: it never waits again
             c.state = state.value
-            c.reason = reason or (c.reason if state in _KEEPS_REASON else "")
+            c.reason = reason or kept
             c.updated_at = env.clock()

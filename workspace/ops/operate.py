@@ -86,7 +86,9 @@ def act(
         terminate_unconfirmed(env, u.s, ws, reason or CANCELLED)
         preempt.terminated(u, ws)
     elif op is Op.DESTROY and node_down(u.s, ws.node):
-        terminate_unconfirmed(env, u.s, ws, reason or "destroyed (its node was not reachable)")
+        # No node at all: a create that failed before it was placed (no capacity in time).
+        gone = "destroyed (its node was not reachable)" if ws.node else "destroyed"
+        terminate_unconfirmed(env, u.s, ws, reason or gone)
         preempt.terminated(u, ws)
     u.changed(ws)
     u.nodes(ws.node)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import or_, select
 
+from workspace.domain.leases import iso_time
 from workspace.domain.usage import Consumption, Grouping, Interval, UsageReport, totals
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity, Kind
@@ -15,11 +16,18 @@ from workspace.ops.unit import Env
 from workspace.store import UsageInterval
 
 
-def check_window(since: float, until: float) -> None:
+def check_window(since: float, until: float, now: float) -> None:
+    """``until`` 0 is now: a ``since`` after now, with no ``until``, is refused as a
+    reversed window is (it reported "none" from a later time to an earlier one)."""
     if since < 0 or until < 0:
         raise InvalidArgument("since and until must not be before 1970")
     if until and until <= since:
         raise InvalidArgument("until must be later than since")
+    if not until and since > now:
+        raise InvalidArgument(
+            f"since {iso_time(since)} is in the future (now {iso_time(now)}); "
+            "there is no usage after now"
+        )
 
 
 def report(
@@ -33,8 +41,8 @@ def report(
     """Usage in [since, until) (until 0 = now): of what user ``owner`` sees, their
     workspaces and those of ``projects`` but the site's backfill ones (``owner`` None:
     every workspace, an admin's report). Open intervals count until now."""
-    check_window(since, until)
     now = env.clock()
+    check_window(since, until, now)
     until = until or now
     q = select(UsageInterval).where(
         UsageInterval.started_at < until,
