@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from workspace import rpc_status
 from workspace.config import (
     SCHEDULER_POLICIES,
     AgentConfig,
+    ContextConfig,
+    DefaultsConfig,
     FakeDriverConfig,
     LibvirtConfig,
     LimitsConfig,
@@ -291,3 +294,32 @@ def test_the_scheduler_policies_a_config_names_are_the_schedulers() -> None:
     assert load(ServiceConfig, None, scheduler={"policy": "spread"}).scheduler.policy == "spread"
     assert load(ServiceConfig, None, log_level="debug").log_level == "debug"
     assert load(ServiceConfig, None, database_url="postgresql+psycopg://h/db").database_url
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        ServiceConfig,
+        AgentConfig,
+        SchedulerConfig,
+        LimitsConfig,
+        TlsConfig,
+        ContextConfig,
+        DefaultsConfig,
+        FakeDriverConfig,
+        LibvirtConfig,
+        NodeNetworkConfig,
+    ],
+)
+def test_the_readme_names_every_config_key(cls: type) -> None:
+    """An admin reads the README's "Configuration keys" for what a file may set: every
+    key the service and the agent take is named there (a table as ``[name]`` or
+    ``[[name]]``)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Configuration keys") : readme.index("## Layout")]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if not any(form.format(f.name) in section for form in ("`{}`", "`[{}]`", "`[[{}]]`"))
+    ]
+    assert not missing, f"README's Configuration keys lacks {missing} of {cls.__name__}"
