@@ -102,6 +102,16 @@ def plan_groups(nodes: Sequence[str], resume: ResumeFile | None) -> list[Group]:
     return groups
 
 
+def node_match_features(group: Group, own: frozenset[str] | None) -> frozenset[str]:
+    """The features a node's mapping rule is chosen by: its own (``scontrol show node``
+    AvailableFeatures, which hold every feature Slurm may give a job on it, changeable
+    ones too); the job's constraint only when scontrol tells none. A job's feature the
+    node lacks is an alternative Slurm did not pick for this node
+    (``--constraint="bigmem|cloud"`` may run on nodes that are only ``cloud``): it must
+    not choose the bigmem rule's image for them."""
+    return own if own else group.features
+
+
 def node_of(ws: common_pb2.Workspace, prefix: str) -> str | None:
     """The Slurm node a workspace is, or None if ws-slurm did not make it."""
     member = ws.cluster and ws.role and ws.name.startswith(prefix)
@@ -198,7 +208,7 @@ class Program:
         unmapped: list[Unmapped] = []
         for n in group.nodes:
             try:
-                specs.append(self.s.resolve(n, group.features | node_features.get(n, frozenset())))
+                specs.append(self.s.resolve(n, node_match_features(group, node_features.get(n))))
             except Unmapped as missing:
                 unmapped.append(missing)
         if unmapped:
