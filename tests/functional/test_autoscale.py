@@ -330,6 +330,47 @@ def test_a_users_command_signal_runs_only_what_the_site_vetted(tmp_path: Path) -
         site.close()
 
 
+def test_a_users_link_to_a_vetted_program_cannot_be_pointed_elsewhere_later(
+    tmp_path: Path,
+) -> None:
+    """A user's command: signal through a link of theirs into the vetted directory runs
+    the program the link named when it was set: pointing the link at a program of their
+    own afterwards must not make the service run that one (as the service's user)."""
+    vetted = tmp_path / "vetted"
+    vetted.mkdir()
+    ok = script(vetted, "echo 1", name="want")
+    mine = script(tmp_path, "echo 2", name="mine")
+    link = tmp_path / "link"
+    link.symlink_to(ok)
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), autoscale_commands_dir=str(vetted))
+    try:
+        site.stubs.network()
+        site.stubs.import_image(IMG, context="nocloud")
+        site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name=IMG, public=True))
+        site.add_agent("node1")
+        mallory = clusters_pb2_grpc.ClustersStub(site.identity("mallory").channel)
+        mallory.CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name="auto",
+                members=[clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=128)],
+            )
+        )
+        mallory.SetAutoscale(
+            clusters_pb2.SetAutoscaleRequest(
+                id="auto", role="worker", min=0, max=3, signal=f"command:{link}"
+            )
+        )
+        link.unlink()
+        link.symlink_to(mine)
+        assert site.service is not None
+        (out,) = autoscale.evaluate(site.service.env)
+        assert out.decision.wanted == 1
+        shown = mallory.GetCluster(clusters_pb2.ClusterRef(id="auto")).autoscale[0].signal
+        assert shown == f"command:{ok.resolve()}"
+    finally:
+        site.close()
+
+
 def test_without_a_commands_directory_only_admins_set_command_signals(tmp_path: Path) -> None:
     sig = script(tmp_path, "echo 1")
     user = Identity(Kind.USER, "mallory")

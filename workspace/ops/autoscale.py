@@ -61,7 +61,8 @@ def check_signal(text: str, who: Identity | None = None, commands_dir: str = "")
 
     A ``command:`` signal runs a program on the service's host as the service's user:
     an admin may name any executable; a user only one under the site's
-    ``autoscale_commands_dir`` (none when unset), after symbolic links are resolved."""
+    ``autoscale_commands_dir`` (none when unset), after symbolic links are resolved —
+    and the resolved path is what is stored and run."""
     try:
         sig = elastic.parse_signal(text)
     except ValueError as exc:
@@ -75,11 +76,15 @@ def check_signal(text: str, who: Identity | None = None, commands_dir: str = "")
                     "admin for a commands directory (autoscale_commands_dir)"
                 )
             base = os.path.realpath(commands_dir)
-            if os.path.commonpath([base, os.path.realpath(sig.arg)]) != base:
+            real = os.path.realpath(sig.arg)
+            if os.path.commonpath([base, real]) != base:
                 raise PermissionDenied(
                     f"signal {text!r}: a user's command: signal must be a program in "
                     f"{commands_dir} (the site's autoscale_commands_dir)"
                 )
+            # What is checked is what runs: the program itself, not the user's path to
+            # it (a link of theirs could be pointed at a program of their own later).
+            sig = replace(sig, arg=real)
         if not os.path.isfile(sig.arg):
             raise InvalidArgument(
                 f"signal {text!r}: {sig.arg} does not exist (on the service host)"
