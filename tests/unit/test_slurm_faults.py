@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.unit.test_slurm_program import FakeScontrol, Run, _reset_logging, run
-from workspace import errors
+from workspace import errors, rpc_status
 from workspace.slurm import cli
 from workspace.slurm.hostlist import brief
 from workspace.slurm.scontrol import Scontrol, is_powered_down
@@ -293,3 +294,37 @@ def test_check_writes_no_log_file(run: Run, capsys: pytest.CaptureFixture[str]) 
 
 def test_fake_scontrol_is_a_scontrol() -> None:
     assert isinstance(FakeScontrol(), Scontrol)
+
+
+def deadline() -> errors.WorkspaceError:
+    """What the client raises for a call the service did not answer within timeout_s."""
+    return rpc_status.coded(
+        errors.WorkspaceError("Deadline Exceeded"), grpc.StatusCode.DEADLINE_EXCEEDED
+    )
+
+
+def test_a_service_that_does_not_answer_is_not_a_refusal(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hung service (every call times out): Slurm is told it did not answer, not that it
+    # "refused ws-slurm" (which sends the admin to the certificate), and exit 3.
+    run.service.refusal = deadline()
+    assert run("resume", "c[1-2]") == 3
+    reason = run.scontrol.down["c1"]
+    assert reason.startswith("ws: the workspace service cannot be reached: it did not answer"), (
+        reason
+    )
+    assert "refused" not in reason
+    # It stops answering mid-resume: the nodes not tried yet are not each given another
+    # timeout (slurmctld waits for ResumeProgram), they are DOWN with the same words.
+    run.service.refusal = None
+    calls = len(run.service.calls)
+
+    def hung(image: str, **kw: object) -> object:
+        run.service.calls.append(f"create {kw['name']}")
+        raise deadline()
+
+    monkeypatch.setattr(run.service, "create_workspace", hung)
+    assert run("resume", "c[3-4]") == 3
+    assert run.service.calls[calls:] == ["list", "create c3"]
+    assert run.scontrol.down["c4"].startswith("ws: the workspace service cannot be reached")
