@@ -328,3 +328,28 @@ def test_a_service_that_does_not_answer_is_not_a_refusal(
     assert run("resume", "c[3-4]") == 3
     assert run.service.calls[calls:] == ["list", "create c3"]
     assert run.scontrol.down["c4"].startswith("ws: the workspace service cannot be reached")
+
+
+def test_a_node_slurm_no_longer_knows_does_not_stop_the_cleanup_of_the_others(
+    run: Run, tmp_path: Path
+) -> None:
+    """``scontrol show node -o c1,c8`` where c8 was removed from slurm.conf while it
+    had a workspace: Debian's 22.05 prints c1's line and "Node c8 not found" (stdout,
+    in the hostlist's order) and exits 1. c1's leftover is still destroyed; c8's, whose
+    state nobody can tell, is kept."""
+    assert run("resume", "c1,c8") == 0
+    fake = tmp_path / "scontrol"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'Node c8 not found'\n"  # in the hostlist's order: it may come first
+        "echo 'NodeName=c1 Arch=x86_64 State=DOWN+CLOUD+POWERED_DOWN Reason=ws: x'\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    run.scontrol.states = Scontrol(str(fake)).states  # type: ignore[method-assign]
+    assert run("suspend", "c9") == 0
+    assert run.names() == ["c8"]
+    assert "node c1 is powered down in Slurm but still has a workspace" in run.text()
+    # scontrol that cannot answer at all (slurmctld away) still tells nothing.
+    fake.write_text("#!/bin/sh\necho 'slurm_load_node error: Unable to contact' >&2\nexit 1\n")
+    assert Scontrol(str(fake)).states(["c1"]) is None
