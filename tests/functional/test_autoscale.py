@@ -195,6 +195,7 @@ def test_slurm_queue_signal_sums_pending_and_running_nodes(tmp_path: Path) -> No
         assert (d.action, d.wanted) == ("grew", 3)
         assert args.read_text().split() == [
             "-h",
+            "-r",
             "-t",
             "PENDING,RUNNING",
             "-o",

@@ -9,7 +9,7 @@ Signals:
 * ``command:/PATH`` runs PATH (no shell) with WS_CLUSTER, WS_ROLE, WS_CURRENT, WS_MIN and
   WS_MAX set, for at most ``autoscale_command_timeout_s``; it prints the wanted count;
 * ``slurm-queue[:PARTITION]`` runs ``squeue_command`` and wants the nodes of the jobs
-  PENDING and RUNNING (in PARTITION).
+  PENDING and RUNNING (in PARTITION), each task of a job array counted.
 
 A signal runs outside any transaction; the scale it asks for runs in one of its own.
 """
@@ -193,7 +193,8 @@ def read_command(
 
 
 def read_slurm(cfg: ServiceConfig, partition: str) -> int:
-    argv = [*shlex.split(cfg.squeue_command), "-h", "-t", "PENDING,RUNNING", "-o", "%D"]
+    # -r: a pending job array is one line of one task's nodes unless its tasks are listed.
+    argv = [*shlex.split(cfg.squeue_command), "-h", "-r", "-t", "PENDING,RUNNING", "-o", "%D"]
     if partition:
         argv += ["-p", partition]
     out = _run(argv, None, cfg.autoscale_command_timeout_s)
