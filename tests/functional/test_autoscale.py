@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from tests.functional.harness import Site, SitePki, TlsSite, wait_for
+from tests.functional.test_site_events import events as site_events
 from workspace.cli import render
 from workspace.cli import ws as ws_cli
 from workspace.errors import PermissionDenied
@@ -228,6 +229,36 @@ def test_a_refused_grow_is_a_decision_too(tmp_path: Path) -> None:
         d = evaluate(s).decision
         assert d.action == "failed" and "refused: cannot place" in d.detail
         assert workers(s) == before
+    finally:
+        s.close()
+
+
+def test_a_grow_refused_again_for_the_same_reason_is_not_a_new_refusal_event(
+    tmp_path: Path,
+) -> None:
+    """Every pass tries the grow again; one that is refused as before (nothing changed)
+    does not journal its workspace.refused events again: on a full site with a long
+    queue that was one event per missing member every autoscale_interval_s, forever."""
+    s = make_site(tmp_path)
+    try:
+        want = tmp_path / "want"
+        want.write_text("50\n")
+        sig = script(tmp_path, f"cat {want}")
+        set_auto(s, min=0, max=900, signal=f"command:{sig}", cooldown_s=0)
+
+        def refusals() -> int:
+            return len([e for e in site_events(s) if e.kind == "workspace.refused"])
+
+        assert evaluate(s).decision.action == "failed"
+        first = refusals()
+        assert first > 0  # the admin sees the refusal once
+        for _ in range(3):
+            assert evaluate(s).decision.action == "failed"
+        assert refusals() == first
+        # Refused for another reason (more wanted): that is news.
+        want.write_text("60\n")
+        assert evaluate(s).decision.action == "failed"
+        assert refusals() > first
     finally:
         s.close()
 

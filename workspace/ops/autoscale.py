@@ -31,10 +31,12 @@ from sqlalchemy import select
 from workspace.config import ServiceConfig
 from workspace.domain import elastic
 from workspace.domain.elastic import AutoscaleInfo, Decision, Signal
+from workspace.domain.events import SiteEvent
 from workspace.domain.model import ClusterView
 from workspace.domain.states import ClusterState
 from workspace.errors import InvalidArgument, PermissionDenied, WorkspaceError
 from workspace.identity import Identity, Kind
+from workspace.ops import refusals
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
 from workspace.ops.cluster_state import members_of, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
@@ -268,8 +270,9 @@ def _one(
     if target == current:
         _record(env, cid, a.role, d, changed=False)
         return d
+    refused: list[SiteEvent] = []
     try:
-        with write(env) as u:
+        with write(env, refused_into=refused) as u:
             c = u.s.get(Cluster, cid)
             if c is None:
                 return d
@@ -279,6 +282,10 @@ def _one(
             _store(c, a.role, d, env.clock())
     except WorkspaceError as exc:
         d = replace(d, action=elastic.FAILED, detail=f"{detail} refused: {exc.message}")
+        # Tried again every pass: a refusal as before (nothing changed) is no news, and
+        # its events (one per missing member) are not journaled again every pass.
+        if refused and not (a.last is not None and _same(a.last, d)):
+            refusals.record(env.store, env.notifier, refused)
         _record(env, cid, a.role, d, changed=False)
         log.warning("cluster %s, autoscale %s: %s", name, a.role, d.detail)
         return d
