@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from tests.functional.harness import Site, SitePki, TlsSite, wait_for
+from tests.functional.test_site_events import events as site_events
 from workspace.cli import render
 from workspace.cli import ws as ws_cli
 from workspace.errors import PermissionDenied
@@ -195,6 +196,7 @@ def test_slurm_queue_signal_sums_pending_and_running_nodes(tmp_path: Path) -> No
         assert (d.action, d.wanted) == ("grew", 3)
         assert args.read_text().split() == [
             "-h",
+            "-r",
             "-t",
             "PENDING,RUNNING",
             "-o",
@@ -227,6 +229,36 @@ def test_a_refused_grow_is_a_decision_too(tmp_path: Path) -> None:
         d = evaluate(s).decision
         assert d.action == "failed" and "refused: cannot place" in d.detail
         assert workers(s) == before
+    finally:
+        s.close()
+
+
+def test_a_grow_refused_again_for_the_same_reason_is_not_a_new_refusal_event(
+    tmp_path: Path,
+) -> None:
+    """Every pass tries the grow again; one that is refused as before (nothing changed)
+    does not journal its workspace.refused events again: on a full site with a long
+    queue that was one event per missing member every autoscale_interval_s, forever."""
+    s = make_site(tmp_path)
+    try:
+        want = tmp_path / "want"
+        want.write_text("50\n")
+        sig = script(tmp_path, f"cat {want}")
+        set_auto(s, min=0, max=900, signal=f"command:{sig}", cooldown_s=0)
+
+        def refusals() -> int:
+            return len([e for e in site_events(s) if e.kind == "workspace.refused"])
+
+        assert evaluate(s).decision.action == "failed"
+        first = refusals()
+        assert first > 0  # the admin sees the refusal once
+        for _ in range(3):
+            assert evaluate(s).decision.action == "failed"
+        assert refusals() == first
+        # Refused for another reason (more wanted): that is news.
+        want.write_text("60\n")
+        assert evaluate(s).decision.action == "failed"
+        assert refusals() > first
     finally:
         s.close()
 
@@ -326,6 +358,47 @@ def test_a_users_command_signal_runs_only_what_the_site_vetted(tmp_path: Path) -
         )
         assert c.autoscale[0].signal == f"command:{elsewhere}"
         assert mallory.GetCluster(ref).autoscale[0].signal == f"command:{elsewhere}"
+    finally:
+        site.close()
+
+
+def test_a_users_link_to_a_vetted_program_cannot_be_pointed_elsewhere_later(
+    tmp_path: Path,
+) -> None:
+    """A user's command: signal through a link of theirs into the vetted directory runs
+    the program the link named when it was set: pointing the link at a program of their
+    own afterwards must not make the service run that one (as the service's user)."""
+    vetted = tmp_path / "vetted"
+    vetted.mkdir()
+    ok = script(vetted, "echo 1", name="want")
+    mine = script(tmp_path, "echo 2", name="mine")
+    link = tmp_path / "link"
+    link.symlink_to(ok)
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), autoscale_commands_dir=str(vetted))
+    try:
+        site.stubs.network()
+        site.stubs.import_image(IMG, context="nocloud")
+        site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name=IMG, public=True))
+        site.add_agent("node1")
+        mallory = clusters_pb2_grpc.ClustersStub(site.identity("mallory").channel)
+        mallory.CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name="auto",
+                members=[clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=128)],
+            )
+        )
+        mallory.SetAutoscale(
+            clusters_pb2.SetAutoscaleRequest(
+                id="auto", role="worker", min=0, max=3, signal=f"command:{link}"
+            )
+        )
+        link.unlink()
+        link.symlink_to(mine)
+        assert site.service is not None
+        (out,) = autoscale.evaluate(site.service.env)
+        assert out.decision.wanted == 1
+        shown = mallory.GetCluster(clusters_pb2.ClusterRef(id="auto")).autoscale[0].signal
+        assert shown == f"command:{ok.resolve()}"
     finally:
         site.close()
 

@@ -131,6 +131,21 @@ def test_only_idle_capacity_is_used(bsite: Site) -> None:
     assert "real" in names
 
 
+def test_entries_share_the_idle_capacity(bsite: Site) -> None:
+    """Two entries that each want more than fits share what is idle (one create each in
+    turn), rather than the first in the store's order (on PostgreSQL, whichever row was
+    updated least recently) taking all of it."""
+    bsite.stubs.import_image("img2")
+    for image in ("img", "img2"):
+        set_(bsite, image=image, max=10, memory_mib=2048)
+    made = fill(bsite)
+    assert 2 <= made < 20
+    by_image = [len([w for w in backfill_live(bsite) if w.image == i]) for i in ("img", "img2")]
+    assert sum(by_image) == made
+    assert abs(by_image[0] - by_image[1]) <= 1, by_image
+    assert fill(bsite) == 0
+
+
 def test_backfill_never_takes_the_node_the_head_of_the_queue_holds(bsite: Site) -> None:
     bsite.add_agent("node2")  # as node1: 8 vCPUs, 16 GiB
     bsite.stubs.create(name="small", memory_mib=4096)

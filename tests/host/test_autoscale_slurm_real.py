@@ -2,11 +2,12 @@
 
 slurmctld runs in the foreground (its pid recorded; stopped by that pid) with a
 slurm.conf of the test's own: ``AuthType=auth/none``, a port of its own on 127.0.0.1,
-two partitions of nodes that never run (no slurmd). Held jobs are PENDING: 2 nodes in
-``debug``, 1 in ``other``. A cluster on the fake driver autoscales on
-``slurm-queue:debug`` (the service's ``squeue_command`` points squeue at that
-slurm.conf) and grows to the 2 nodes its partition waits for; ``slurm-queue`` (every
-partition) wants 3.
+three partitions of nodes that never run (no slurmd). Held jobs are PENDING: 2 nodes in
+``debug``, 1 in ``other``, and in ``arrays`` a job array of 3 one-node tasks (squeue
+shows a pending array as one line unless asked for its tasks). A cluster on the fake
+driver autoscales on ``slurm-queue:debug`` (the service's ``squeue_command`` points
+squeue at that slurm.conf) and grows to the 2 nodes its partition waits for;
+``slurm-queue:arrays`` wants 3, ``slurm-queue`` (every partition) 6.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
-NodeName=wse[1-3] NodeAddr=127.0.0.1 CPUs=1 State=UNKNOWN
+NodeName=wse[1-6] NodeAddr=127.0.0.1 CPUs=1 State=UNKNOWN
 PartitionName=debug Nodes=wse[1-2] Default=YES MaxTime=INFINITE State=UP
 PartitionName=other Nodes=wse3 MaxTime=INFINITE State=UP
+PartitionName=arrays Nodes=wse[4-6] MaxTime=INFINITE State=UP
 """
 
 
@@ -88,9 +90,11 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             assert proc.poll() is None, (d / "slurmctld.out").read_text()
             assert time.monotonic() < deadline, "slurmctld did not answer"
             time.sleep(0.5)
-        for part, nodes in (("debug", "2"), ("other", "1")):
+        for part, nodes, more in (("debug", "2", []), ("other", "1", []),
+                                  ("arrays", "1", ["--array=1-3"])):  # fmt: skip
+            argv = ["sbatch", "--hold", "-p", part, "-N", nodes, *more, "--chdir=/tmp"]
             subprocess.run(
-                ["sbatch", "--hold", "-p", part, "-N", nodes, "--chdir=/tmp", "--wrap", "hostname"],
+                [*argv, "--wrap", "hostname"],
                 env=env,
                 check=True,
                 capture_output=True,
@@ -132,8 +136,12 @@ def test_slurm_queue_reads_the_pending_nodes_of_a_partition(slurm: Path, tmp_pat
         c = stub.GetCluster(clusters_pb2.ClusterRef(id="wse"))
         assert sorted(m.name for m in c.members) == ["wse-worker-0", "wse-worker-1"]
 
-        # Every partition: 2 + 1 nodes.
+        # A pending job array wants a node per task (3), not the one line squeue shows
+        # for it by default.
+        arrays = AutoscaleInfo("worker", 1, 8, "slurm-queue:arrays", 1)
+        assert autoscale.read_signal(site.service.env.cfg, "wse", arrays, 2) == 3
+        # Every partition: 2 + 1 + 3 nodes.
         every = AutoscaleInfo("worker", 1, 8, "slurm-queue", 1)
-        assert autoscale.read_signal(site.service.env.cfg, "wse", every, 2) == 3
+        assert autoscale.read_signal(site.service.env.cfg, "wse", every, 2) == 6
     finally:
         site.close()

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.unit.test_slurm_program import FakeScontrol, Run, _reset_logging, run
-from workspace import errors
+from workspace import errors, rpc_status
 from workspace.slurm import cli
 from workspace.slurm.hostlist import brief
 from workspace.slurm.scontrol import Scontrol, is_powered_down
@@ -293,3 +294,62 @@ def test_check_writes_no_log_file(run: Run, capsys: pytest.CaptureFixture[str]) 
 
 def test_fake_scontrol_is_a_scontrol() -> None:
     assert isinstance(FakeScontrol(), Scontrol)
+
+
+def deadline() -> errors.WorkspaceError:
+    """What the client raises for a call the service did not answer within timeout_s."""
+    return rpc_status.coded(
+        errors.WorkspaceError("Deadline Exceeded"), grpc.StatusCode.DEADLINE_EXCEEDED
+    )
+
+
+def test_a_service_that_does_not_answer_is_not_a_refusal(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hung service (every call times out): Slurm is told it did not answer, not that it
+    # "refused ws-slurm" (which sends the admin to the certificate), and exit 3.
+    run.service.refusal = deadline()
+    assert run("resume", "c[1-2]") == 3
+    reason = run.scontrol.down["c1"]
+    assert reason.startswith("ws: the workspace service cannot be reached: it did not answer"), (
+        reason
+    )
+    assert "refused" not in reason
+    # It stops answering mid-resume: the nodes not tried yet are not each given another
+    # timeout (slurmctld waits for ResumeProgram), they are DOWN with the same words.
+    run.service.refusal = None
+    calls = len(run.service.calls)
+
+    def hung(image: str, **kw: object) -> object:
+        run.service.calls.append(f"create {kw['name']}")
+        raise deadline()
+
+    monkeypatch.setattr(run.service, "create_workspace", hung)
+    assert run("resume", "c[3-4]") == 3
+    assert run.service.calls[calls:] == ["list", "create c3"]
+    assert run.scontrol.down["c4"].startswith("ws: the workspace service cannot be reached")
+
+
+def test_a_node_slurm_no_longer_knows_does_not_stop_the_cleanup_of_the_others(
+    run: Run, tmp_path: Path
+) -> None:
+    """``scontrol show node -o c1,c8`` where c8 was removed from slurm.conf while it
+    had a workspace: Debian's 22.05 prints c1's line and "Node c8 not found" (stdout,
+    in the hostlist's order) and exits 1. c1's leftover is still destroyed; c8's, whose
+    state nobody can tell, is kept."""
+    assert run("resume", "c1,c8") == 0
+    fake = tmp_path / "scontrol"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'Node c8 not found'\n"  # in the hostlist's order: it may come first
+        "echo 'NodeName=c1 Arch=x86_64 State=DOWN+CLOUD+POWERED_DOWN Reason=ws: x'\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    run.scontrol.states = Scontrol(str(fake)).states  # type: ignore[method-assign]
+    assert run("suspend", "c9") == 0
+    assert run.names() == ["c8"]
+    assert "node c1 is powered down in Slurm but still has a workspace" in run.text()
+    # scontrol that cannot answer at all (slurmctld away) still tells nothing.
+    fake.write_text("#!/bin/sh\necho 'slurm_load_node error: Unable to contact' >&2\nexit 1\n")
+    assert Scontrol(str(fake)).states(["c1"]) is None

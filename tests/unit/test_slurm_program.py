@@ -283,6 +283,18 @@ def test_features_choose_the_rule(run: Run) -> None:
     assert run.names() == []
 
 
+def test_a_jobs_alternative_features_count_only_on_nodes_that_have_them(run: Run) -> None:
+    # --constraint="huge|small": Slurm may give the job nodes that are only "small".
+    # Such a node is not a "huge" node: it gets its own rule (c[1-9]: 512 MiB), not the
+    # huge rule, whose memory no node has (the whole job would be refused, its nodes DOWN).
+    run.scontrol.node_features = {"c1": frozenset({"small"}), "c2": frozenset({"small"})}
+    jobs = [{"job_id": 4, "nodes_resume": "c[1-2]", "features": "huge|small"}]
+    assert run("resume", "c[1-2]", jobs=jobs) == 0
+    assert run.names() == ["slurm-4-c1-0", "slurm-4-c2-0"]
+    assert {w.memory_mib for w in run.service.live()} == {512}
+    assert run.scontrol.down == {}
+
+
 def test_quota_or_capacity_refusal_leaves_nothing(run: Run) -> None:
     run.service.capacity_mib = 600
     jobs = [{"job_id": 8, "nodes_resume": "c[1-2]"}]

@@ -9,7 +9,7 @@ Signals:
 * ``command:/PATH`` runs PATH (no shell) with WS_CLUSTER, WS_ROLE, WS_CURRENT, WS_MIN and
   WS_MAX set, for at most ``autoscale_command_timeout_s``; it prints the wanted count;
 * ``slurm-queue[:PARTITION]`` runs ``squeue_command`` and wants the nodes of the jobs
-  PENDING and RUNNING (in PARTITION).
+  PENDING and RUNNING (in PARTITION), each task of a job array counted.
 
 A signal runs outside any transaction; the scale it asks for runs in one of its own.
 """
@@ -31,10 +31,12 @@ from sqlalchemy import select
 from workspace.config import ServiceConfig
 from workspace.domain import elastic
 from workspace.domain.elastic import AutoscaleInfo, Decision, Signal
+from workspace.domain.events import SiteEvent
 from workspace.domain.model import ClusterView
 from workspace.domain.states import ClusterState
 from workspace.errors import InvalidArgument, PermissionDenied, WorkspaceError
 from workspace.identity import Identity, Kind
+from workspace.ops import refusals
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
 from workspace.ops.cluster_state import members_of, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
@@ -61,7 +63,8 @@ def check_signal(text: str, who: Identity | None = None, commands_dir: str = "")
 
     A ``command:`` signal runs a program on the service's host as the service's user:
     an admin may name any executable; a user only one under the site's
-    ``autoscale_commands_dir`` (none when unset), after symbolic links are resolved."""
+    ``autoscale_commands_dir`` (none when unset), after symbolic links are resolved —
+    and the resolved path is what is stored and run."""
     try:
         sig = elastic.parse_signal(text)
     except ValueError as exc:
@@ -75,11 +78,15 @@ def check_signal(text: str, who: Identity | None = None, commands_dir: str = "")
                     "admin for a commands directory (autoscale_commands_dir)"
                 )
             base = os.path.realpath(commands_dir)
-            if os.path.commonpath([base, os.path.realpath(sig.arg)]) != base:
+            real = os.path.realpath(sig.arg)
+            if os.path.commonpath([base, real]) != base:
                 raise PermissionDenied(
                     f"signal {text!r}: a user's command: signal must be a program in "
                     f"{commands_dir} (the site's autoscale_commands_dir)"
                 )
+            # What is checked is what runs: the program itself, not the user's path to
+            # it (a link of theirs could be pointed at a program of their own later).
+            sig = replace(sig, arg=real)
         if not os.path.isfile(sig.arg):
             raise InvalidArgument(
                 f"signal {text!r}: {sig.arg} does not exist (on the service host)"
@@ -188,7 +195,8 @@ def read_command(
 
 
 def read_slurm(cfg: ServiceConfig, partition: str) -> int:
-    argv = [*shlex.split(cfg.squeue_command), "-h", "-t", "PENDING,RUNNING", "-o", "%D"]
+    # -r: a pending job array is one line of one task's nodes unless its tasks are listed.
+    argv = [*shlex.split(cfg.squeue_command), "-h", "-r", "-t", "PENDING,RUNNING", "-o", "%D"]
     if partition:
         argv += ["-p", partition]
     out = _run(argv, None, cfg.autoscale_command_timeout_s)
@@ -262,8 +270,9 @@ def _one(
     if target == current:
         _record(env, cid, a.role, d, changed=False)
         return d
+    refused: list[SiteEvent] = []
     try:
-        with write(env) as u:
+        with write(env, refused_into=refused) as u:
             c = u.s.get(Cluster, cid)
             if c is None:
                 return d
@@ -273,6 +282,10 @@ def _one(
             _store(c, a.role, d, env.clock())
     except WorkspaceError as exc:
         d = replace(d, action=elastic.FAILED, detail=f"{detail} refused: {exc.message}")
+        # Tried again every pass: a refusal as before (nothing changed) is no news, and
+        # its events (one per missing member) are not journaled again every pass.
+        if refused and not (a.last is not None and _same(a.last, d)):
+            refusals.record(env.store, env.notifier, refused)
         _record(env, cid, a.role, d, changed=False)
         log.warning("cluster %s, autoscale %s: %s", name, a.role, d.detail)
         return d

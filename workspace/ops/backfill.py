@@ -5,11 +5,12 @@ Each pass, per entry: its live workspaces (owner ``BACKFILL_OWNER``, the entry's
 neither destroyed nor being destroyed) are counted. Over ``max_count``: the newest
 extras are destroyed. Under: one ordinary create at a time (ops/create.py ``create_in``,
 through the group commit) of a preemptible workspace with ``wait_for_capacity_s`` 0,
-while it fits. Those creates are admitted like any other (ops/admission.py): never on
-the node(s) the head of the capacity queue holds, so backfill does not delay it. A
-create that does not fit (no idle capacity, a quota) stops the entry's pass and is not
-tried again until the nodes' capacity or the entry changes (or ``RETRY_S`` passed): a
-pass where nothing changed reads a few small queries and writes nothing.
+while it fits, the entries that want more taking turns (they share idle capacity). Those
+creates are admitted like any other (ops/admission.py): never on the node(s) the head of
+the capacity queue holds, so backfill does not delay it. A create that does not fit (no
+idle capacity, a quota) stops the entry's pass and is not tried again until the nodes'
+capacity or the entry changes (or ``RETRY_S`` passed): a pass where nothing changed
+reads a few small queries and writes nothing.
 """
 
 from __future__ import annotations
@@ -221,12 +222,23 @@ class Backfiller:
             entries = [(_spec(r), r.updated_at) for r in s.execute(select(Backfill)).scalars()]
             counts = _counts(s)
         acted = 0
+        growing: list[tuple[BackfillSpec, float, int]] = []
         for spec, updated in entries:
             live = counts.get(spec.image, (0, 0))[0]
             if live > spec.max_count:
                 acted += self._shrink(spec)
             elif live < spec.max_count:
-                acted += self._grow(spec, updated, live)
+                growing.append((spec, updated, live))
+        # Idle capacity is shared: one create per entry in turn, until each is full or
+        # does not fit (not the first entry in the store's order taking all of it).
+        while growing:
+            still = []
+            for spec, updated, live in growing:
+                if self._grow_one(spec, updated):
+                    acted += 1
+                    if live + 1 < spec.max_count:
+                        still.append((spec, updated, live + 1))
+            growing = still
         return acted
 
     def _shrink(self, spec: BackfillSpec) -> int:
@@ -240,27 +252,25 @@ class Backfiller:
         log.info("backfill %s: %d extra workspace(s) destroyed", spec.image, n)
         return n
 
-    def _grow(self, spec: BackfillSpec, updated: float, live: int) -> int:
-        made = 0
-        while live + made < spec.max_count:
-            # Tried again when the entry or the nodes' capacity changed, or RETRY_S passed
-            # (what else may let it fit: a quota raised, a trust policy changed).
-            key = (updated, int(self.env.clock() // RETRY_S), *self._capacity())
-            if self.blocked.get(spec.image) == key:
-                break
-            try:
-                view = self.create_one(spec)
-            except Stale:
-                break
-            except WorkspaceError as exc:
-                self.blocked[spec.image] = key  # rolled back: the capacity is as read
-                log.info("backfill %s: no more for now: %s", spec.image, exc)
-                break
-            self.seen = None  # it took some
-            self.blocked.pop(spec.image, None)
-            log.info("backfill %s: %s (%s) on %s", spec.image, view.name, view.id, view.node)
-            made += 1
-        return made
+    def _grow_one(self, spec: BackfillSpec, updated: float) -> bool:
+        """One more workspace of the entry, if it may fit; True if one was made."""
+        # Tried again when the entry or the nodes' capacity changed, or RETRY_S passed
+        # (what else may let it fit: a quota raised, a trust policy changed).
+        key = (updated, int(self.env.clock() // RETRY_S), *self._capacity())
+        if self.blocked.get(spec.image) == key:
+            return False
+        try:
+            view = self.create_one(spec)
+        except Stale:
+            return False
+        except WorkspaceError as exc:
+            self.blocked[spec.image] = key  # rolled back: the capacity is as read
+            log.info("backfill %s: no more for now: %s", spec.image, exc)
+            return False
+        self.seen = None  # it took some
+        self.blocked.pop(spec.image, None)
+        log.info("backfill %s: %s (%s) on %s", spec.image, view.name, view.id, view.node)
+        return True
 
     def _capacity(self) -> tuple[object, ...]:
         """What decides whether a backfill create can fit: each node's state, size and

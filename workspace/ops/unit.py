@@ -159,8 +159,10 @@ class UnitOfWork:
 
 
 @contextmanager
-def write(env: Env) -> Iterator[UnitOfWork]:
-    """A unit of work: commit, then publish its events (nothing if it raised)."""
+def write(env: Env, refused_into: list[SiteEvent] | None = None) -> Iterator[UnitOfWork]:
+    """A unit of work: commit, then publish its events (nothing if it raised).
+    ``refused_into``: a refusal's site events are put there for the caller to record
+    or not (the autoscaler: only when its decision is news), instead of recorded."""
     refused: list[SiteEvent] = []
     try:
         with env.store.write() as s:
@@ -172,6 +174,9 @@ def write(env: Env) -> Iterator[UnitOfWork]:
                 # Read before the rollback expires the rows.
                 made = journal.created(u.s) + u.rows()
                 refused = refusals.refused(exc, made, env.clock())
+                if refused_into is not None:
+                    refused_into.extend(refused)
+                    refused = []
                 raise
     finally:
         if refused:

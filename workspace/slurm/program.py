@@ -102,6 +102,16 @@ def plan_groups(nodes: Sequence[str], resume: ResumeFile | None) -> list[Group]:
     return groups
 
 
+def node_match_features(group: Group, own: frozenset[str] | None) -> frozenset[str]:
+    """The features a node's mapping rule is chosen by: its own (``scontrol show node``
+    AvailableFeatures, which hold every feature Slurm may give a job on it, changeable
+    ones too); the job's constraint only when scontrol tells none. A job's feature the
+    node lacks is an alternative Slurm did not pick for this node
+    (``--constraint="bigmem|cloud"`` may run on nodes that are only ``cloud``): it must
+    not choose the bigmem rule's image for them."""
+    return own if own else group.features
+
+
 def node_of(ws: common_pb2.Workspace, prefix: str) -> str | None:
     """The Slurm node a workspace is, or None if ws-slurm did not make it."""
     member = ws.cluster and ws.role and ws.name.startswith(prefix)
@@ -131,9 +141,52 @@ def request_id(group: Group, specs: Sequence[NodeSpec], data: Sequence[bytes], g
     return f"{REQUEST_PREFIX}{h.hexdigest()[:32]}-{gen}"
 
 
+NO_ANSWER = "DEADLINE_EXCEEDED"
+
+
+class Answering:
+    """The service as ws-slurm calls it: a call it did not answer within ``timeout_s``
+    (DEADLINE_EXCEEDED: a hung or overloaded service) is the service being away
+    (``errors.Unavailable``: exit 3, "cannot be reached" in Slurm, the nodes not tried
+    yet not each given another timeout), not a refusal of ws-slurm or of a create."""
+
+    def __init__(self, client: Service, timeout_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    def _away(self, exc: errors.WorkspaceError) -> errors.WorkspaceError:
+        if exc.code != NO_ANSWER or isinstance(exc, errors.Unavailable):
+            return exc
+        return errors.Unavailable(f"it did not answer within {self.timeout_s:g} s ({exc.message})")
+
+    def list_workspaces(self, include_terminated: bool = False) -> list[common_pb2.Workspace]:
+        try:
+            return self.client.list_workspaces(include_terminated=include_terminated)
+        except errors.WorkspaceError as exc:
+            raise self._away(exc) from None
+
+    def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace:
+        try:
+            return self.client.create_workspace(image, **kw)
+        except errors.WorkspaceError as exc:
+            raise self._away(exc) from None
+
+    def create_cluster(self, request: clusters_pb2.CreateClusterRequest, /) -> clusters_pb2.Cluster:
+        try:
+            return self.client.create_cluster(request)
+        except errors.WorkspaceError as exc:
+            raise self._away(exc) from None
+
+    def destroy_workspace(self, id: str) -> common_pb2.Workspace:
+        try:
+            return self.client.destroy_workspace(id)
+        except errors.WorkspaceError as exc:
+            raise self._away(exc) from None
+
+
 class Program:
     def __init__(self, client: Service, settings: Settings, scontrol: Scontrol) -> None:
-        self.client = client
+        self.client: Service = Answering(client, settings.timeout_s)
         self.s = settings
         self.scontrol = scontrol
 
@@ -198,7 +251,7 @@ class Program:
         unmapped: list[Unmapped] = []
         for n in group.nodes:
             try:
-                specs.append(self.s.resolve(n, group.features | node_features.get(n, frozenset())))
+                specs.append(self.s.resolve(n, node_match_features(group, node_features.get(n))))
             except Unmapped as missing:
                 unmapped.append(missing)
         if unmapped:

@@ -53,7 +53,10 @@ class Scontrol:
     def available(self) -> bool:
         return shutil.which(self.command) is not None
 
-    def _run(self, *args: str) -> str | None:
+    def _run(self, *args: str, partial: str = "") -> str | None:
+        """scontrol's stdout, or None when it failed. ``partial``: a failed run whose
+        stdout still has lines starting so is an answer for those (``show node`` of a
+        list with a node slurmctld does not know prints the others, then exits 1)."""
         if not self.available:
             return None
         try:
@@ -67,6 +70,10 @@ class Scontrol:
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
+        if proc.returncode != 0 and partial and _has(proc.stdout, partial):
+            log.warning("scontrol %s: %s", _shown(args),
+                        _cut(_not_partial(proc.stdout, partial), 4 * MAX_LOGGED_ARG))  # fmt: skip
+            return proc.stdout
         if proc.returncode != 0:
             log.warning(
                 "scontrol %s failed (exit %d): %s",
@@ -88,7 +95,11 @@ class Scontrol:
 
     def _show(self, names: Sequence[str]) -> dict[str, dict[str, str]] | None:
         """``scontrol show node -o``: each named node's fields (None: scontrol failed)."""
-        out = self._run("show", "node", "-o", compress(names)) if names else None
+        # A node slurmctld does not know (gone from slurm.conf) is left out, not a
+        # failure that would hide every other node's state.
+        out = (
+            self._run("show", "node", "-o", compress(names), partial="NodeName=") if names else None
+        )
         if out is None:
             return None
         found: dict[str, dict[str, str]] = {}
@@ -168,6 +179,15 @@ def is_powered_down(state: str) -> bool:
     """A node's ``State=`` (``IDLE+CLOUD+POWERED_DOWN``): powered down and staying so."""
     flags = set(state.upper().split("+"))
     return "POWERED_DOWN" in flags and "POWERING_UP" not in flags
+
+
+def _has(out: str, partial: str) -> bool:
+    return any(line.startswith(partial) for line in out.splitlines())
+
+
+def _not_partial(out: str, partial: str) -> str:
+    """The lines of ``out`` that are not answers (``Node c9 not found``), on one line."""
+    return "; ".join(line for line in out.splitlines() if line and not line.startswith(partial))
 
 
 def _cut(text: str, limit: int) -> str:
