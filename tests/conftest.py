@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.host.lanes import HostLanes
-from tests.pg import PgServer, bindir
+from tests.pg import PgServer, running_server
 
 _names = itertools.count(1)
 
@@ -38,14 +38,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> HostLanes
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    if bindir() is None:
-        pytest.skip("PostgreSQL's server is not installed (make deps installs it)")
-    server = PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from running_server()
 
 
 def db_name(hint: str) -> str:

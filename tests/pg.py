@@ -29,6 +29,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,18 @@ class PgServer:
 
     def drop(self, name: str) -> None:
         self.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def running_server() -> Iterator[PgServer]:
+    """A server of its own for the body of a pytest fixture (``yield from``): skips when
+    PostgreSQL's server is not installed, stopped (by its pid) at the end."""
+    if bindir() is None:
+        import pytest
+
+        pytest.skip("PostgreSQL's server is not installed (make deps installs it)")
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -25,7 +25,7 @@ import pytest
 
 from tests.contract.store_world import World
 from tests.functional.harness import Site
-from tests.pg import PgServer, bindir
+from tests.pg import PgServer, running_server
 from workspace.errors import ResourceExhausted, Unavailable
 from workspace.ops import liveness
 from workspace.store import Node, Store
@@ -33,14 +33,7 @@ from workspace.store import Node, Store
 
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PgServer]:
-    if bindir() is None:
-        pytest.skip("PostgreSQL's server is not installed (make deps installs it)")
-    server = PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from running_server()
 
 
 class Load:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.harness import Site, wait_for
-from tests.pg import PgServer, bindir
+from tests.pg import PgServer, running_server
 from workspace.v1 import admin_pb2
 
 GRACE_S = 12  # node_grace_s: the leader's liveness pass runs every GRACE_S / 4
@@ -23,14 +23,7 @@ GRACE_S = 12  # node_grace_s: the leader's liveness pass runs every GRACE_S / 4
 
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PgServer]:
-    if bindir() is None:
-        pytest.skip("PostgreSQL's server is not installed (make deps installs it)")
-    server = PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from running_server()
 
 
 def down_events(site: Site) -> list[str]:
