@@ -13,7 +13,7 @@ import pytest
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client, ServiceNotConfigured, WaitTimeout
-from workspace.v1 import common_pb2
+from workspace.v1 import common_pb2, images_pb2
 
 WS = common_pb2.WorkspaceState
 HUGE = "99999999999999999999"
@@ -561,3 +561,33 @@ def test_help_says_the_boot_wait_is_only_at_a_terminal(
     assert exc.value.code == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "at a terminal" in said and "in a script" in said
+
+
+class SaveClient(FakeClient):
+    """`ws image save`: the service refuses the save (``fail``), or accepts it and the
+    workspace is seen marked (``saving_as``) before the image is made."""
+
+    def save_image(
+        self, workspace: str, image: str, project: str, timeout_s: float, on_progress: Any
+    ) -> Any:
+        self._do("save_image", workspace, image)
+        if on_progress is not None:
+            on_progress(_ws(name="box", saving_as=image))
+        return images_pb2.Image(name=image, total_bytes=1024)
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_refused_save_says_only_why(output: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "its node copies its disks" before the service had answered, so a refused
+    save printed that, then the error."""
+    refused = errors.FailedPrecondition("only a stopped workspace can be saved")
+    assert _run(["-o", output, "image", "save", "box", "env:2"], SaveClient(refused)) == 1
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", f"ws: error: {refused}\n")
+    # Accepted, the line comes once the workspace is marked as being saved.
+    assert _run(["-o", output, "image", "save", "box", "env:2"], SaveClient()) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "ws: saving box as env:2: its node copies its disks (it cannot start until this ends) ..."
+    )
+    assert err[-1] == "ws: saved box as env:2 (1.0 KiB)"

@@ -108,16 +108,26 @@ class ImageCommands:
             image_manifest.parse_ref(args.image)
         except image_manifest.ManifestError as exc:
             raise common.UsageError(str(exc)) from None
-        print(
-            f"{self.prog}: saving {args.workspace} as {args.image}: its node copies its "
-            "disks (it cannot start until this ends) ...",
-            file=sys.stderr,
-            flush=True,
-        )
         shown = None if render.wants_json(args) else progress.SaveProgress(self.prog)
+        begun: list[bool] = []
+
+        def on_progress(ws: common_pb2.Workspace) -> None:
+            # Called only once the service has marked the workspace (saving_as): the
+            # save was accepted. A refused one says only why (the error, below).
+            if not begun:
+                begun.append(True)
+                print(
+                    f"{self.prog}: saving {args.workspace} as {args.image}: its node copies its "
+                    "disks (it cannot start until this ends) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if shown is not None:
+                shown(ws)
+
         try:
             img = self.client_for(args).save_image(
-                args.workspace, args.image, args.project or "", args.timeout, shown
+                args.workspace, args.image, args.project or "", args.timeout, on_progress
             )
         except BaseException:
             if shown is not None:
