@@ -375,3 +375,22 @@ def test_running_counts_against_what_the_spec_asks_for() -> None:
     c.spec.add(role="w", image="tiny", count=2)
     c.members.add(name="d-w-1", role="w", state=common_pb2.WORKSPACE_STATE_RUNNING)
     assert render.cluster_state_line(c) == "cluster d (c1): RUNNING, 1/2 members RUNNING"
+
+
+class InterruptedClient(FakeClient):
+    def wait_for_cluster_state(self, *args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_cluster_create_wait_says_the_cluster_is_still_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _write(tmp_path, MPI_TOML)
+    assert _run(["cluster", "create", "--spec", str(spec), "--wait"], InterruptedClient()) == 130
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines() == [
+        "ws: cluster mpi (c1) was created and is not destroyed: "
+        "`ws cluster show c1` follows it, `ws cluster destroy c1` removes it",
+        "ws: interrupted",
+    ]

@@ -563,6 +563,30 @@ def test_help_says_the_boot_wait_is_only_at_a_terminal(
     assert "at a terminal" in said and "in a script" in said
 
 
+class InterruptedClient(FakeClient):
+    """Ctrl-C while `ws create --wait` waits for the new workspace to run."""
+
+    def wait_for_state(self, *args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_interrupted_create_wait_says_the_workspace_is_still_there(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C ends the wait, not the workspace: it is queued or booting, and the user is
+    told which it is and how to follow or remove it (exit 130 as before)."""
+    argv = ["-o", output, "create", "--image", "img", "--wait"]
+    assert _run(argv, InterruptedClient()) == 130
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines() == [
+        "ws: workspace alpha (w1) was created and is not destroyed: "
+        "`ws show w1` follows it, `ws destroy w1` removes it",
+        "ws: interrupted",
+    ]
+
+
 class SaveClient(FakeClient):
     """`ws image save`: the service refuses the save (``fail``), or accepts it and the
     workspace is seen marked (``saving_as``) before the image is made."""

@@ -421,13 +421,30 @@ def _shown_if_wait_fails(
     """``wait()`` after a create. When it fails (times out, or the object reached a state
     it will not leave), the object exists all the same: it is printed on stdout as last
     seen (the error's ``seen_as`` attribute, else ``made``) so a script learns its id,
-    and the error is raised (stderr, exit code as for any failed wait)."""
+    and the error is raised (stderr, exit code as for any failed wait). Interrupted
+    (Ctrl-C), only the wait ends: one line on stderr says the object is still there."""
     try:
         return wait()
     except errors.WorkspaceError as exc:
         seen = getattr(exc, seen_as, None) or made
         render.emit(args, seen, text(seen))
         raise
+    except KeyboardInterrupt:
+        _say_still_there(seen_as, made)
+        raise
+
+
+def _say_still_there(seen_as: str, made: Any) -> None:
+    """A create's wait was interrupted: the workspace (cluster) stays, queued or booting."""
+    ref = made.id or made.name
+    label = f"{made.name} ({made.id})" if made.name and made.name != ref else ref
+    cmd = "ws" if seen_as == "workspace" else "ws cluster"
+    print(
+        f"{PROG}: {seen_as} {label} was created and is not destroyed: "
+        f"`{cmd} show {ref}` follows it, `{cmd} destroy {ref}` removes it",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # -- parser ------------------------------------------------------------------------------
