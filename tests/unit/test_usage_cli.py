@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from tests.unit.test_request_validation import Site, build_site
-from workspace import rpc
+from workspace import errors, rpc
 from workspace.cli import admin, common, ws
 from workspace.client import Client
 from workspace.domain.leases import iso_time
@@ -117,6 +117,45 @@ def test_bad_leases_are_refused_by_the_cli(
     assert "has no lease" in capsys.readouterr().err
     assert served.ws("lease", "extend", "nope", "1h") == common.EXIT_REQUEST
     assert "no workspace 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        # argparse read "-5h" as an option and said "the following arguments are
+        # required: duration"
+        (["box", "-5h"], "'-5h': a lease cannot be shortened: DURATION must be more than 0"),
+        (["-5h", "box"], "'-5h': a lease cannot be shortened: DURATION must be more than 0"),
+        (["box", "--", "-5h"], "argument duration: a duration must be more than 0, got '-5h'"),
+        (["box", "-5"], "argument duration: a duration must be more than 0, got '-5'"),
+        (["box", "0"], "argument duration: a duration must be more than 0, got '0'"),
+    ],
+)
+def test_a_lease_cannot_be_shortened(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ws.main(["lease", "extend", *argv], connect=lambda _s: None)  # type: ignore[arg-type, return-value]
+    assert exc.value.code == common.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"ws lease extend: error: {said} (ws lease extend --help for usage)\n"
+    )
+
+
+def test_a_negative_lease_is_named_wherever_it_is_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        ws.main(["create", "--image", "i", "--lease", "-5h"], connect=lambda _s: None)  # type: ignore[arg-type, return-value]
+    assert capsys.readouterr().err.startswith("ws create: error: '-5h': a negative value")
+
+
+def test_the_service_refuses_to_shorten_a_lease(served: Served) -> None:
+    """What the CLI cannot send, the service refuses too (any client may send it)."""
+    served.ws("create", "--image", "img", "--name", "a", "--lease", "2h")
+    for add_s in (-5 * 3600, 0):
+        with pytest.raises(errors.InvalidArgument, match="more than 0 s"):
+            served.client.extend_lease("a", add_s)
 
 
 def test_usage_csv_json_and_text(served: Served, capsys: pytest.CaptureFixture[str]) -> None:

@@ -56,6 +56,14 @@ class ClientCommands:
             self._client.close()
 
 
+# An argument argparse takes for an option it does not know: ``-5h``, ``-1``.
+_NEGATIVE = re.compile(r"-\.?\d")
+# What argparse says when it did (the value missing, or left over).
+_MISREAD = re.compile(
+    r"^the following arguments are required|^unrecognized arguments|expected one argument"
+)
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr, exit 2, naming the
     command and where its usage is (``ws create: error: argument --cpus: invalid int
@@ -64,15 +72,29 @@ class Parser(argparse.ArgumentParser):
     report arguments they do not know themselves (``ws list: error: unrecognized
     arguments: --bogus``); plain argparse leaves them to the top-level parser, whose usage
     is of no help there. Subparsers are made of the parser's own class, so one at the top
-    is enough (ws, ws-admin, ws-slurm)."""
+    is enough (ws, ws-admin, ws-slurm).
+
+    A negative value (``ws lease extend box -5h``) is read by argparse as an option it
+    does not know, and the error it gave named something else ("the following arguments
+    are required: duration"); it is named as refused instead, with ``negative`` (a
+    subcommand's own words: "a lease cannot be shortened") if given."""
+
+    def __init__(self, *args: Any, negative: str = "", **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.negative = negative or "a negative value is not taken here"
+        self.given: list[str] = []
 
     def error(self, message: str) -> NoReturn:
+        negative = [a for a in self.given if _NEGATIVE.match(a)]
+        if negative and _MISREAD.search(message):
+            message = f"{negative[0]!r}: {self.negative}"
         print(f"{self.prog}: error: {message} ({self.prog} --help for usage)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
     def parse_known_args(  # type: ignore[override]
         self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        self.given = list(sys.argv[1:] if args is None else args)
         parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
@@ -208,6 +230,9 @@ DURATION_FORMAT = "e.g. 8h, 90m, 1h30m, 7d (units s, m, h, d, w)"
 def duration_s(text: str) -> int:
     """``8h``, ``1h30m``, ``7d``, ``45s`` (or plain seconds) as seconds, more than 0."""
     t = text.strip().lower()
+    negative = t[1:] if t.startswith("-") else ""
+    if negative and (negative.isdigit() or _DURATION_PART.sub("", negative) == ""):
+        raise argparse.ArgumentTypeError(f"a duration must be more than 0, got {text!r}")
     if t.isdigit():
         value = int(t)
     elif t and _DURATION_PART.sub("", t) == "":

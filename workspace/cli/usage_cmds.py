@@ -72,6 +72,7 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
         help="make a workspace's lease end later",
         description="The lease ends DURATION later (from now, if it has ended); never "
         "more than the project's maximum lease from now.",
+        negative="a lease cannot be shortened: DURATION must be more than 0",
     )
     q.add_argument("id", help="workspace id or name")
     q.add_argument("duration", type=common.duration_s, help=common.DURATION_FORMAT)
