@@ -180,6 +180,9 @@ def test_cluster_scp_copies_to_and_from_every_member(
     doc = json.loads(out)
     assert doc["summary"] == {"members": 1, "failed": [], "text": "1 member: 1 copied"}
     assert doc["members"][0]["name"] == "mpi-head-0" and doc["members"][0]["exit_code"] == 0
+    # Each member named as `ws cluster exec -o json` names it: id and workspace (the same).
+    head = doc["members"][0]
+    assert (head["id"], head["workspace"], head["role"]) == ("id0", "id0", "head")
 
     # A member whose copy failed leaves no empty directory claiming otherwise.
     rc, _, _ = run(c, capfd, "cluster", "scp", "mpi", ":/in", str(into))  # type: ignore[arg-type]

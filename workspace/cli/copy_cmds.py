@@ -240,6 +240,7 @@ def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
                 "members": [
                     {
                         "id": c.workspace,
+                        "workspace": c.workspace,  # as `ws cluster exec -o json` gives it
                         "name": c.name,
                         "role": c.role,
                         "exit_code": c.exit_code,
