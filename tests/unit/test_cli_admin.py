@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from workspace import errors
-from workspace.cli import admin
+from workspace.cli import admin, render
 from workspace.client import Client
+from workspace.site import local
+from workspace.site.record import AgentRecord, SiteRecord
 from workspace.v1 import admin_pb2
 
 
@@ -347,3 +349,31 @@ def test_events_since_help_names_what_it_takes(capsys: pytest.CaptureFixture[str
     assert "an ISO date or time (2026-11-01," in text and "now" in text
     parser = admin.build_parser(admin.Commands(lambda _s: None))  # type: ignore[arg-type, return-value]
     assert parser.parse_args(["events", "--since", "2026-11-01"]).since == 1793491200.0
+
+
+def test_site_up_json_gives_its_start_time_as_every_other_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`site up -o json` gave `started_at` as epoch seconds (site.json's), where every
+    other time in the CLIs' JSON is ISO 8601 (`ws show`'s `created_at`, events' `time`)."""
+    rec = SiteRecord(
+        dir=str(tmp_path),
+        address=f"unix:{tmp_path}/service.sock",
+        driver="fake",
+        started_at=1_700_000_000.25,
+        agents=[AgentRecord(node="node1", pid=42)],
+    )
+
+    class Site:
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            pass
+
+        def up(self, timeout_s: float) -> local.UpResult:
+            return local.UpResult(rec, already_running=True)
+
+    monkeypatch.setattr(local, "LocalSite", Site)
+    assert _admin(["-o", "json", "site", "up", "--dir", str(tmp_path)], FakeClient()) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["started_at"] == "2023-11-14T22:13:20Z"
+    assert (shown["already"], shown["service_pid"], shown["agents"][0]["pid"]) == (True, 0, 42)
+    assert render.fmt_epoch(0.0) == ""  # never started: unset, as an unset Timestamp is

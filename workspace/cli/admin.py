@@ -300,7 +300,9 @@ class Commands(common.ClientCommands):
         result = site.up(timeout_s=args.timeout)
         rec = result.record
         if render.wants_json(args):
-            render.print_json({**json.loads(rec.to_json()), "already": result.already_running})
+            data = json.loads(rec.to_json())  # site.json's fields, its time as the others
+            data["started_at"] = render.fmt_epoch(rec.started_at)
+            render.print_json({**data, "already": result.already_running})
             return common.EXIT_OK
         found = local.default_site_dir().expanduser().resolve() == site.dir
         head = "already running" if result.already_running else "running"

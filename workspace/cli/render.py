@@ -187,8 +187,16 @@ def fields(pairs: Iterable[tuple[str, object]]) -> str:
 def fmt_time(ts: Timestamp) -> str:
     if ts.seconds == 0 and ts.nanos == 0:
         return ""
-    when = datetime.fromtimestamp(ts.seconds, tz=UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso(ts.seconds)
+
+
+def fmt_epoch(epoch_s: float) -> str:
+    """``2026-11-30T08:00:00Z``, as every time in the CLIs' output ("" for 0: unset)."""
+    return _iso(int(epoch_s)) if epoch_s else ""
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def fmt_bytes(n: int) -> str:
