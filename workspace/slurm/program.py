@@ -276,7 +276,13 @@ class Program:
             if stuck:
                 # The job's nodes are made all or none: none of them now.
                 for n, why in stuck.items():
-                    log.error("%s: node %s: %s; nothing created for it", group.what, n, why)
+                    log.error(
+                        "%snode %s: %s; nothing created for %s",
+                        f"{group.what}: " if group.job_id is not None else "",
+                        n,
+                        why,
+                        group.what if group.job_id is not None else "it",
+                    )
                 reason = "; ".join(f"node {n}: {why}" for n, why in stuck.items())
                 self._refuse(todo, list(stuck), reason)
                 failed += 1
