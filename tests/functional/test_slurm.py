@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,56 @@ def test_a_suspend_that_cannot_destroy_marks_the_node_down_and_a_later_run_clean
     assert slurm("suspend", "c5") == 0
     wait_for(lambda: set(slurm.live()) == {"c2"}, what="c1's leftover to go")
     assert "node c1 is powered down in Slurm but still has a workspace" in slurm.log.read_text()
+
+
+def test_resume_replaces_a_stopped_or_failed_workspace(slurm: Slurm) -> None:
+    """A node whose workspace is STOPPED (a project's lease ran out with STOP) or FAILED
+    gets a new one: reusing it would leave the node to fail at ResumeTimeout."""
+    assert slurm("resume", "c1") == 0
+    old = slurm.site.stubs.wait_state("c1", WS.WORKSPACE_STATE_RUNNING)
+    slurm.client.stop_workspace(old.id)
+    slurm.site.stubs.wait_state(old.id, WS.WORKSPACE_STATE_STOPPED)
+    assert slurm("resume", "c1") == 0, slurm.log.read_text()
+    new = slurm.live()["c1"]
+    assert new.id != old.id
+    assert slurm.site.stubs.get(old.id).state == WS.WORKSPACE_STATE_TERMINATED
+    slurm.site.stubs.wait_state(new.id, WS.WORKSPACE_STATE_RUNNING)
+    assert slurm.scontrol.addresses["c1"] == new.nics[0].ip
+    # c8's workspaces fail to start (the fake driver): resumed again, it gets a new one.
+    assert slurm("resume", "c8") == 0
+    failed = slurm.site.stubs.wait_state("c8", WS.WORKSPACE_STATE_FAILED)
+    assert slurm("resume", "c8") == 0, slurm.log.read_text()
+    assert slurm.live()["c8"].id != failed.id
+    assert slurm.site.stubs.get(failed.id).state == WS.WORKSPACE_STATE_TERMINATED
+    text = slurm.log.read_text()
+    assert "node c1: workspace c1 is STOPPED" in text, text
+    assert "node c8: workspace c8 is FAILED" in text, text
+    assert slurm.scontrol.down == {}
+
+
+def test_a_quick_re_resume_waits_for_the_old_workspace_to_go(slurm: Slurm) -> None:
+    """Resumed again while its old workspace is still being destroyed: resume waits for
+    it to end (its name is taken until then) instead of being refused."""
+    assert slurm("resume", "c1") == 0
+    old = slurm.site.stubs.wait_state("c1", WS.WORKSPACE_STATE_RUNNING)
+    # Without its agent the destroy is accepted but cannot finish yet.
+    slurm.site.stop_agent("node1")
+    assert slurm("suspend", "c1") == 0
+    assert slurm.site.stubs.get(old.id).state != WS.WORKSPACE_STATE_TERMINATED
+    done: list[int] = []
+    run = threading.Thread(target=lambda: done.append(slurm("resume", "c1")))
+    run.start()
+    try:
+        wait_for(
+            lambda: done or "waiting up to" in slurm.log.read_text(),
+            what="resume to wait for the old workspace",
+        )
+        assert not done, slurm.log.read_text()
+        slurm.site.add_agent("node1", cpus=8, memory_mib=4096)
+    finally:
+        run.join(timeout=120)
+    assert done == [0], slurm.log.read_text()
+    new = slurm.live()["c1"]
+    assert new.id != old.id
+    assert slurm.site.stubs.get(old.id).state == WS.WORKSPACE_STATE_TERMINATED
+    assert slurm.scontrol.down == {}

@@ -49,6 +49,11 @@ class FakeService:
         self.next_ip = 10
         # name -> context ("nocloud" takes user-data)
         self.images: dict[str, str] = {"slurm": "nocloud"}
+        # A destroy ends after this many get_workspace calls of it (0: at once; None:
+        # never, as with a node that does not act); until then it is STOPPING.
+        self.destroy_polls: int | None = 0
+        self.ending: dict[str, int | None] = {}
+        self.undestroyable: dict[str, errors.WorkspaceError] = {}  # id -> its refusal
 
     def _check(self) -> None:
         if self.unreachable:
@@ -124,10 +129,30 @@ class FakeService:
     def destroy_workspace(self, id: str) -> common_pb2.Workspace:
         self._check()
         self.calls.append(f"destroy {id}")
+        if id in self.undestroyable:
+            raise self.undestroyable[id]
         for w in self.workspaces:
             if w.id == id:
-                w.state = WS.WORKSPACE_STATE_TERMINATED
                 w.desired_state = DS.DESIRED_STATE_TERMINATED
+                if self.destroy_polls == 0:
+                    w.state = WS.WORKSPACE_STATE_TERMINATED
+                else:
+                    w.state = WS.WORKSPACE_STATE_STOPPING
+                    self.ending[id] = self.destroy_polls
+                return w
+        raise errors.NotFound(f"workspace {id} not found")
+
+    def get_workspace(self, id: str) -> common_pb2.Workspace:
+        self._check()
+        self.calls.append(f"get {id}")
+        for w in self.workspaces:
+            if w.id == id:
+                polls = self.ending.get(id)
+                if polls is not None:
+                    self.ending[id] = polls - 1
+                    if polls <= 1:
+                        w.state = WS.WORKSPACE_STATE_TERMINATED
+                        self.ending.pop(id)
                 return w
         raise errors.NotFound(f"workspace {id} not found")
 

@@ -93,6 +93,8 @@ def test_bad_config_files_are_refused(tmp_path: Path) -> None:
         load(write_config(tmp_path, sevice="x"))
     with pytest.raises(ConfigError, match="affinity 'sideways' is not a known affinity"):
         load(write_config(tmp_path, affinity="sideways"))
+    with pytest.raises(ConfigError, match="replace_wait_s -1 is negative"):
+        load(write_config(tmp_path, replace_wait_s=-1))
     with pytest.raises(ConfigError, match="controller_port: expected int, got '6817'"):
         load(write_config(tmp_path, controller_port="6817"))
     with pytest.raises(ConfigError, match=r"networks\[0\]: expected str"):
@@ -110,6 +112,7 @@ def test_config_values_and_defaults(tmp_path: Path) -> None:
     assert s.networks == ["a", "b"] and s.timeout_s == 5.0 and s.affinity == "soft-anti"
     assert (s.controller_port, s.cluster_prefix, s.lease_s) == (6817, "slurm-", 0)
     assert s.log_file == "/var/log/ws-slurm.log"
+    assert s.replace_wait_s == 60.0
 
 
 def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:

@@ -20,7 +20,10 @@
 
 Idempotent: the existing workspaces are listed first (one call) and a node that has a
 live one is not created again; each create carries a request id derived from its nodes
-and spec, so a create whose answer was lost and is sent again makes nothing new.
+and spec, so a create whose answer was lost and is sent again makes nothing new. A live
+workspace that cannot serve (FAILED, LOST, STOPPED, PAUSED) is destroyed and replaced;
+a node's old workspace still being destroyed is waited for (``replace_wait_s``) before
+its new one is made.
 
 Which workspace is a node's: a lone node's workspace is named after the node (and made
 with a ``ws-slurm-`` request id); a job's cluster is ``<prefix><job>`` and its members
@@ -33,6 +36,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,6 +58,18 @@ WORKSPACE_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 ROLE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
 CLUSTER_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 MAX_TRIES = 8
+# A workspace in one of these states (or meant to be stopped or paused) cannot be a
+# running Slurm node: resume replaces it (docs/design/slurm.md, "Idempotency").
+DEAD_STATES = frozenset(
+    {
+        WS.WORKSPACE_STATE_FAILED,
+        WS.WORKSPACE_STATE_LOST,
+        WS.WORKSPACE_STATE_STOPPED,
+        WS.WORKSPACE_STATE_PAUSED,
+    }
+)
+DEAD_DESIRED = frozenset({DS.DESIRED_STATE_STOPPED, DS.DESIRED_STATE_PAUSED})
+POLL_S = 0.5  # how often resume looks whether old workspaces have ended
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -72,6 +88,8 @@ class Service(Protocol):
     ) -> clusters_pb2.Cluster: ...
 
     def destroy_workspace(self, id: str) -> common_pb2.Workspace: ...
+
+    def get_workspace(self, id: str) -> common_pb2.Workspace: ...
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,17 @@ def _gone(ws: common_pb2.Workspace) -> bool:
     return ws.state == WS.WORKSPACE_STATE_TERMINATED or (
         ws.desired_state == DS.DESIRED_STATE_TERMINATED
     )
+
+
+def _serves(ws: common_pb2.Workspace) -> bool:
+    """A workspace that is, or is on its way to be, a running node."""
+    if _gone(ws):
+        return False
+    return ws.state not in DEAD_STATES and ws.desired_state not in DEAD_DESIRED
+
+
+def _state(ws: common_pb2.Workspace) -> str:
+    return WS.Name(ws.state).removeprefix("WORKSPACE_STATE_")
 
 
 def request_id(group: Group, specs: Sequence[NodeSpec], data: Sequence[bytes], gen: int) -> str:
@@ -183,6 +212,12 @@ class Answering:
         except errors.WorkspaceError as exc:
             raise self._away(exc) from None
 
+    def get_workspace(self, id: str) -> common_pb2.Workspace:
+        try:
+            return self.client.get_workspace(id)
+        except errors.WorkspaceError as exc:
+            raise self._away(exc) from None
+
 
 class Program:
     def __init__(self, client: Service, settings: Settings, scontrol: Scontrol) -> None:
@@ -212,7 +247,15 @@ class Program:
             raise
         live = {n: [w for w in ws if not _gone(w)] for n, ws in history.items()}
         self.sweep(live, exclude=nodes)
-        todo_nodes = [n for n in nodes if not live.get(n)]
+        try:
+            blocked = self._clear(nodes, live, history)
+        except errors.WorkspaceError as exc:
+            # Unreachable, or it refuses ws-slurm itself: a destroy's own refusal is the
+            # node's (``_clear``).
+            rest = [n for n in nodes if not any(_serves(w) for w in live.get(n, []))]
+            self._refuse(rest, rest, service_problem(exc))
+            raise
+        todo_nodes = [n for n in nodes if not live.get(n) and n not in blocked]
         features = self.scontrol.features(todo_nodes) if todo_nodes else {}
         failed = 0
         for i, group in enumerate(groups):
@@ -229,6 +272,21 @@ class Program:
             todo = tuple(n for n in group.nodes if not live.get(n))
             if not todo:
                 continue
+            stuck = {n: blocked[n] for n in todo if n in blocked}
+            if stuck:
+                # The job's nodes are made all or none: none of them now.
+                for n, why in stuck.items():
+                    log.error(
+                        "%snode %s: %s; nothing created for %s",
+                        f"{group.what}: " if group.job_id is not None else "",
+                        n,
+                        why,
+                        group.what if group.job_id is not None else "it",
+                    )
+                reason = "; ".join(f"node {n}: {why}" for n, why in stuck.items())
+                self._refuse(todo, list(stuck), reason)
+                failed += 1
+                continue
             gen = max(len(history.get(n, [])) for n in todo)
             try:
                 ok = self._resume_group(Group(todo, group.job_id, group.features), features, gen)
@@ -240,6 +298,90 @@ class Program:
             if not ok:
                 failed += 1
         return EXIT_FAILED if failed else EXIT_OK
+
+    def _clear(
+        self,
+        nodes: Sequence[str],
+        live: dict[str, list[common_pb2.Workspace]],
+        history: Mapping[str, list[common_pb2.Workspace]],
+    ) -> dict[str, str]:
+        """Make room for the nodes' new workspaces: a live workspace that cannot serve
+        (``_serves``) is destroyed (``live`` keeps only those that serve); then, for the
+        nodes that get a new one, every old workspace not yet TERMINATED (destroyed by
+        this run, or by a suspend still under way) is waited for, up to
+        ``replace_wait_s``: a lone node's name is taken until then, and its quota held.
+        Returns {node: why its new workspace cannot be made now}."""
+        blocked: dict[str, str] = {}
+        for n in nodes:
+            serving = [w for w in live.get(n, []) if _serves(w)]
+            for ws in [w for w in live.get(n, []) if not _serves(w)]:
+                state = _state(ws)
+                log.warning(
+                    "node %s: workspace %s is %s (%s): destroying it to make a new one",
+                    n,
+                    ws.name,
+                    state,
+                    ws.reason or "no reason given",
+                )
+                try:
+                    self.client.destroy_workspace(ws.id)
+                except errors.NotFound:
+                    continue
+                except errors.Unavailable:
+                    raise
+                except errors.WorkspaceError as exc:
+                    blocked[n] = (
+                        f"workspace {ws.name} is {state} and cannot be destroyed: {exc.message}"
+                    )
+            if serving:
+                live[n] = serving
+            else:
+                live.pop(n, None)
+        ending = {
+            w.id: (n, w)
+            for n in nodes
+            if n not in live and n not in blocked
+            for w in history.get(n, [])
+            if w.state != WS.WORKSPACE_STATE_TERMINATED
+        }
+        if ending:
+            left = self._wait_ended(ending)
+            for n, ws in left.values():
+                blocked.setdefault(
+                    n,
+                    f"its old workspace {ws.name} was still being destroyed after "
+                    f"{self.s.replace_wait_s:g} s ({_state(ws)})",
+                )
+        return blocked
+
+    def _wait_ended(
+        self, ending: dict[str, tuple[str, common_pb2.Workspace]]
+    ) -> dict[str, tuple[str, common_pb2.Workspace]]:
+        """Wait up to ``replace_wait_s`` for the workspaces ``ending`` to be TERMINATED;
+        returns those that are not."""
+        log.info(
+            "waiting up to %g s for the old workspaces of the nodes to be destroyed: %s",
+            self.s.replace_wait_s,
+            ", ".join(sorted(f"{w.name} ({_state(w)}, node {n})" for n, w in ending.values())),
+        )
+        deadline = time.monotonic() + self.s.replace_wait_s
+        start = time.monotonic()
+        while True:
+            for wid, (n, _) in list(ending.items()):
+                try:
+                    ws = self.client.get_workspace(wid)
+                except errors.NotFound:
+                    ws = common_pb2.Workspace(state=WS.WORKSPACE_STATE_TERMINATED)
+                if ws.state == WS.WORKSPACE_STATE_TERMINATED:
+                    ending.pop(wid)
+                else:
+                    ending[wid] = (n, ws)
+            if not ending:
+                log.info("old workspaces ended after %.1f s", time.monotonic() - start)
+                return ending
+            if time.monotonic() >= deadline:
+                return ending
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
     def _refuse(self, group_nodes: Sequence[str], down: Sequence[str], reason: str) -> None:
         refuse(self.scontrol, group_nodes, down, reason)

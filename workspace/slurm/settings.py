@@ -10,7 +10,7 @@ The config file (``/etc/workspace/slurm.toml``, or ``--config``)::
     controller_port = 6817
     mapping_file = "/etc/workspace/slurm-nodes.toml"
     # optional: project, networks, affinity, lease_s, munge_key_file, slurm_conf_file,
-    #           scontrol, cluster_prefix, timeout_s
+    #           scontrol, cluster_prefix, timeout_s, replace_wait_s
 
 The mapping file: rules tried in order, the first that matches a node wins::
 
@@ -137,8 +137,14 @@ class SlurmConfig:
     cluster_prefix: str = "slurm-"
     # Per call to the service.
     timeout_s: float = 30.0
+    # How long resume waits for a node's old workspace (being destroyed) to end before
+    # it makes the new one; then the node is DOWN with why. Keep it well below
+    # ResumeTimeout.
+    replace_wait_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.replace_wait_s < 0:
+            raise ConfigError(f"replace_wait_s {self.replace_wait_s:g} is negative")
         if self.affinity not in AFFINITIES:
             raise ConfigError(
                 f"affinity {self.affinity!r} is not a known affinity ({', '.join(AFFINITIES)})"

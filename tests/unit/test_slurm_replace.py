@@ -1,0 +1,106 @@
+"""ws-slurm resume for nodes whose old workspace cannot serve or is not gone yet: a
+FAILED, LOST, STOPPED or PAUSED workspace is destroyed and replaced, a destroy still
+under way is waited for (``replace_wait_s``), and what Slurm is told when that cannot be
+done."""
+
+from __future__ import annotations
+
+from tests.unit.test_slurm_program import Run, _reset_logging, run
+from workspace import errors
+from workspace.v1 import common_pb2
+
+__all__ = ["_reset_logging", "run"]  # the fixtures, used here
+
+WS = common_pb2.WorkspaceState
+DS = common_pb2.DesiredState
+
+
+def ws_of(run: Run, name: str) -> common_pb2.Workspace:
+    (ws,) = [w for w in run.service.live() if w.name == name]
+    return ws
+
+
+def test_a_workspace_that_cannot_serve_is_replaced(run: Run) -> None:
+    jobs = [{"job_id": 4, "nodes_resume": "c[5-6]"}]
+    assert run("resume", "c[1-4]") == 0
+    assert run("resume", "c[5-6]", jobs=jobs) == 0
+    old = {n: ws_of(run, n) for n in ("c1", "c2", "c3", "c4", "slurm-4-c5-0")}
+    old["c1"].state = WS.WORKSPACE_STATE_LOST  # its VMM node died
+    old["c1"].reason = "node node1 stopped reporting"
+    old["c2"].state = WS.WORKSPACE_STATE_FAILED
+    old["c3"].state = WS.WORKSPACE_STATE_STOPPED  # the project's lease ran out (STOP)
+    old["c3"].desired_state = DS.DESIRED_STATE_STOPPED
+    old["slurm-4-c5-0"].state = WS.WORKSPACE_STATE_PAUSED
+    # c4 and c6 are still booting: kept (Slurm may run resume twice).
+    assert run("resume", "c[1-6]", jobs=[{"job_id": 9, "nodes_resume": "c[1-6]"}]) == 0, run.text()
+    for name in ("c1", "c2", "c3", "slurm-4-c5-0"):
+        assert old[name].state == WS.WORKSPACE_STATE_TERMINATED, name
+    assert ws_of(run, "c4").id == old["c4"].id
+    # The job's new nodes are made together, one cluster (its name counts the nodes'
+    # earlier workspaces: slurm-9-1); c4 and c6 keep theirs.
+    assert run.names() == [
+        "c4",
+        "slurm-4-c6-0",
+        "slurm-9-1-c1-0",
+        "slurm-9-1-c2-0",
+        "slurm-9-1-c3-0",
+        "slurm-9-1-c5-0",
+    ]
+    text = run.text()
+    assert (
+        "node c1: workspace c1 is LOST (node node1 stopped reporting): destroying it to make "
+        "a new one" in text
+    )
+    assert "node c3: workspace c3 is STOPPED" in text
+    assert "node c5: workspace slurm-4-c5-0 is PAUSED" in text
+    assert run.scontrol.down == {}
+
+
+def test_resume_waits_for_a_destroy_still_under_way(run: Run) -> None:
+    run.service.destroy_polls = 2
+    assert run("resume", "c1") == 0
+    old = ws_of(run, "c1")
+    assert run("suspend", "c1") == 0
+    assert old.state == WS.WORKSPACE_STATE_STOPPING  # the destroy is under way
+    # Resumed again at once: the name c1 is taken until the old one is TERMINATED.
+    assert run("resume", "c1") == 0, run.text()
+    assert old.state == WS.WORKSPACE_STATE_TERMINATED
+    assert ws_of(run, "c1").id != old.id
+    assert "waiting up to 60 s for the old workspaces of the nodes to be destroyed: c1" in (
+        run.text()
+    )
+    assert run.scontrol.down == {}
+
+
+def test_an_old_workspace_that_does_not_end_in_time_is_told_to_slurm(run: Run) -> None:
+    run.config.write_text(run.config.read_text() + "replace_wait_s = 0\n")
+    run.service.destroy_polls = None  # its node never acts on the destroy
+    assert run("resume", "c1") == 0
+    assert run("suspend", "c1") == 0
+    jobs = [{"job_id": 3, "nodes_resume": "c[1-2]"}]
+    assert run("resume", "c[1-2]", jobs=jobs) == 1
+    # Nothing of the job is made (all or none); c1 DOWN with why, c2 only powered down.
+    assert run.names() == ["c1"]
+    assert run.service.live()[0].desired_state == DS.DESIRED_STATE_TERMINATED
+    assert run.scontrol.down == {
+        "c1": "ws: node c1: its old workspace c1 was still being destroyed after 0 s (STOPPING)"
+    }
+    assert run.scontrol.powered_down == ["c1"]
+    assert run.scontrol.forced == ["c2"]
+    assert "job 3: node c1: its old workspace c1 was still being destroyed" in run.text()
+
+
+def test_a_dead_workspace_that_cannot_be_destroyed_is_told_to_slurm(run: Run) -> None:
+    assert run("resume", "c1") == 0
+    old = ws_of(run, "c1")
+    old.state = WS.WORKSPACE_STATE_FAILED
+    run.service.undestroyable[old.id] = errors.FailedPrecondition("it is being saved")
+    assert run("resume", "c1") == 1
+    assert run.scontrol.down == {
+        "c1": "ws: node c1: workspace c1 is FAILED and cannot be destroyed: it is being saved"
+    }
+    assert run.scontrol.powered_down == ["c1"]
+    # The service goes away while replacing: the node DOWN as for any unreachable service.
+    run.service.undestroyable[old.id] = errors.Unavailable("connection refused")
+    assert run("resume", "c1") == 3
+    assert run.scontrol.down["c1"].startswith("ws: the workspace service cannot be reached")
