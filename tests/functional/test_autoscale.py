@@ -311,6 +311,23 @@ def test_ws_cluster_autoscale_cli(
     assert list(get(site).autoscale) == []
 
 
+def _mallorys_cluster(site: TlsSite) -> clusters_pb2_grpc.ClustersStub:
+    """A public image, a node, and a plain user's cluster "auto" (one worker role); that
+    user's (mallory's) Clusters stub."""
+    site.stubs.network()
+    site.stubs.import_image(IMG, context="nocloud")
+    site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name=IMG, public=True))
+    site.add_agent("node1")
+    mallory = clusters_pb2_grpc.ClustersStub(site.identity("mallory").channel)
+    mallory.CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="auto",
+            members=[clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=128)],
+        )
+    )
+    return mallory
+
+
 def test_a_users_command_signal_runs_only_what_the_site_vetted(tmp_path: Path) -> None:
     """A command: signal runs on the service's host as the service's user: a user may name
     only a program in the site's autoscale_commands_dir, links resolved (not /usr/bin/id,
@@ -322,17 +339,7 @@ def test_a_users_command_signal_runs_only_what_the_site_vetted(tmp_path: Path) -
     elsewhere = script(tmp_path, "echo 1", name="mine")
     site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), autoscale_commands_dir=str(vetted))
     try:
-        site.stubs.network()
-        site.stubs.import_image(IMG, context="nocloud")
-        site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name=IMG, public=True))
-        site.add_agent("node1")
-        mallory = clusters_pb2_grpc.ClustersStub(site.identity("mallory").channel)
-        mallory.CreateCluster(
-            clusters_pb2.CreateClusterRequest(
-                name="auto",
-                members=[clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=128)],
-            )
-        )
+        mallory = _mallorys_cluster(site)
         ref = clusters_pb2.ClusterRef(id="auto")
 
         def as_mallory(signal: str) -> clusters_pb2.Cluster:
@@ -376,17 +383,7 @@ def test_a_users_link_to_a_vetted_program_cannot_be_pointed_elsewhere_later(
     link.symlink_to(ok)
     site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), autoscale_commands_dir=str(vetted))
     try:
-        site.stubs.network()
-        site.stubs.import_image(IMG, context="nocloud")
-        site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name=IMG, public=True))
-        site.add_agent("node1")
-        mallory = clusters_pb2_grpc.ClustersStub(site.identity("mallory").channel)
-        mallory.CreateCluster(
-            clusters_pb2.CreateClusterRequest(
-                name="auto",
-                members=[clusters_pb2.ClusterMember(role="worker", image=IMG, memory_mib=128)],
-            )
-        )
+        mallory = _mallorys_cluster(site)
         mallory.SetAutoscale(
             clusters_pb2.SetAutoscaleRequest(
                 id="auto", role="worker", min=0, max=3, signal=f"command:{link}"

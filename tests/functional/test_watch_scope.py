@@ -23,14 +23,20 @@ def _collect(stream: object, into: queue.Queue[workspaces_pb2.WorkspaceEvent]) -
         pass
 
 
+def _grid(site: TlsSite) -> projects_pb2_grpc.ProjectsStub:
+    """A network, an image and a node, and a project "grid"; the admin's Projects stub."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1")
+    projects = projects_pb2_grpc.ProjectsStub(site.stubs.channel)
+    projects.CreateProject(projects_pb2.Project(name="grid"))
+    return projects
+
+
 def test_a_project_members_watch_carries_no_backfill_workspace(tmp_path: Path) -> None:
     site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), backfill_interval_s=3600.0)
     try:
-        site.stubs.network()
-        site.stubs.import_image("img")
-        site.add_agent("node1")
-        projects = projects_pb2_grpc.ProjectsStub(site.stubs.channel)
-        projects.CreateProject(projects_pb2.Project(name="grid"))
+        _grid(site)
         member = site.identity("alice", projects=("grid",))
         stream = member.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
         seen: queue.Queue[workspaces_pb2.WorkspaceEvent] = queue.Queue()
@@ -68,11 +74,7 @@ def test_a_user_removed_from_a_project_stops_seeing_its_workspaces_on_an_open_wa
     `ws watch` at once, as out of `ws list`: not only from the next watch they open."""
     site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
     try:
-        site.stubs.network()
-        site.stubs.import_image("img")
-        site.add_agent("node1")
-        projects = projects_pb2_grpc.ProjectsStub(site.stubs.channel)
-        projects.CreateProject(projects_pb2.Project(name="grid"))
+        projects = _grid(site)
         member = projects_pb2.ProjectUserRequest(project="grid", user="alice")
         projects.AddProjectUser(member)
         alice = site.identity("alice")  # a member by the admin's record, not her certificate
@@ -115,11 +117,7 @@ def test_a_user_removed_from_a_project_stops_following_its_workspaces_events(
     taken out of the project, as `ws events W` then is: nothing of W after that."""
     site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
     try:
-        site.stubs.network()
-        site.stubs.import_image("img")
-        site.add_agent("node1")
-        projects = projects_pb2_grpc.ProjectsStub(site.stubs.channel)
-        projects.CreateProject(projects_pb2.Project(name="grid"))
+        projects = _grid(site)
         member = projects_pb2.ProjectUserRequest(project="grid", user="alice")
         projects.AddProjectUser(member)
         alice = site.identity("alice")
