@@ -248,7 +248,6 @@ def _apply(
             + ", ".join(sorted(found.pending_nodes))
         )
     first = rows[0]
-    what = f"cluster member(s) of {first.cluster}" if first.cluster else first.name
     journal.add(
         s,
         SiteEvent(
@@ -261,12 +260,16 @@ def _apply(
             cluster=first.cluster or "",
             subject=first.owner,
             state=str(len(found.victims)),
-            reason=f"{_did_not_fit(what, first.owner)}; preempted " + "; ".join(lines),
+            reason=_did_not_fit(first.cluster or "", first.name, first.owner)
+            + "; preempted "
+            + "; ".join(lines),
         ),
     )
 
 
-def _did_not_fit(what: str, owner: str) -> str:
+def _did_not_fit(cluster: str, name: str, owner: str) -> str:
+    """The head of a ``preemption`` event's reason: what needed the capacity."""
+    what = f"cluster member(s) of {cluster}" if cluster else name
     return f"{what} of {owner} did not fit on free capacity"
 
 
@@ -276,9 +279,8 @@ def as_users_see(e: SiteEvent) -> SiteEvent:
     names and ids are other tenants' (admins, and the log, see them whole)."""
     if e.kind != Kind.PREEMPTION.value:
         return e
-    what = f"cluster member(s) of {e.cluster}" if e.cluster else e.workspace_name
     took = f"preempted {e.state} workspace(s)"
-    return replace(e, reason=f"{_did_not_fit(what, e.subject)}; {took}")
+    return replace(e, reason=f"{_did_not_fit(e.cluster, e.workspace_name, e.subject)}; {took}")
 
 
 def waiting_reason(count: int) -> str:
