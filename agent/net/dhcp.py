@@ -197,6 +197,22 @@ def readable_by(path: Path, user: str) -> bool:
     return allowed(path.stat(), stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
 
 
+def stop_leftover(
+    state_dir: Path | str, *, dnsmasq: str = "dnsmasq", timeout_s: float = 10.0
+) -> int | None:
+    """Stop the dnsmasq of ``state_dir`` (one a DhcpServer started, maybe in an earlier
+    agent process: its pid file, its command line naming that pid file); the pid
+    stopped, None if none ran. Its hosts and lease files are left."""
+    pid_path = Path(state_dir).absolute() / PID_FILE
+    matches = cmdline_has(Path(dnsmasq).name, f"--pid-file={pid_path}")
+    pid = pid_if_ours(read_pid_file(pid_path), matches)
+    if pid is None:
+        return None
+    stop_process(pid, matches, timeout_s)
+    pid_path.unlink(missing_ok=True)
+    return pid
+
+
 class DhcpServer:
     """The dnsmasq of one bridge (DHCP only, static leases only)."""
 

@@ -7,8 +7,9 @@ configured address so dnsmasq can answer) and, when the node's config names an
 uplink for it, the uplink (or its VLAN sub-interface) attached; the node's nftables
 ruleset (agent/net/filter.py: anti-spoofing and connectivity of every NIC) is
 rendered from the orders and applied when it changed (always once per process: the
-path that rebuilds it after an agent restart); and one dnsmasq per bridge whose hosts
-file lists exactly the NICs of this node's workspaces on that bridge. Nothing on
+path that rebuilds it after an agent restart); and one dnsmasq per bridge in use whose
+hosts file lists exactly the NICs of this node's workspaces on that bridge (none for a
+bridge no workspace uses). Nothing on
 the host network is touched beyond the configured bridges and uplinks.
 """
 
@@ -23,7 +24,7 @@ import netaddr
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.net.bridge import ensure_bridge
-from agent.net.dhcp import DhcpHost, DhcpServer
+from agent.net.dhcp import DhcpHost, DhcpServer, stop_leftover
 from agent.net.filter import (
     BR_NF_ADVICE,
     GUARD_TABLE,
@@ -295,30 +296,67 @@ class BridgeNetworking:
                 **dict.fromkeys(in_use - set(broken), why),
             }
             raise
+        wanted: set[str] = set()  # the bridges that have a dnsmasq
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
-            if nic.network in broken:
+            if not net.dhcp:
                 continue
-            cidr = bridge_cidr(net, nic)
-            if net.dhcp and cidr is not None:
-                try:
-                    self._serve(bridge, nic, per_bridge[bridge])
-                except HOST_ERRORS as exc:
-                    # dnsmasq would not start (its port taken, its binary missing), a
-                    # hosts file that cannot be written: only this network waits.
-                    said = host_error(exc).message
-                    log.error("network %s (bridge %s): DHCP: %s", nic.network, bridge, said)
-                    broken[nic.network] = FailedPrecondition(f"DHCP server: {one_line(said)}")
-        # Bridges no workspace uses any more keep their dnsmasq with an empty hosts file.
-        for bridge, server in self.servers.items():
-            if bridge not in first_nic:
-                try:
-                    server.set_hosts([])
-                except HOST_ERRORS as exc:
-                    log.error("dhcp on %s: %s", bridge, host_error(exc).message)
+            if nic.network in broken:
+                wanted.add(bridge)  # its dnsmasq, if any, is left as it is till next pass
+                continue
+            if bridge_cidr(net, nic) is None:
+                continue
+            wanted.add(bridge)
+            try:
+                self._serve(bridge, nic, per_bridge[bridge])
+            except HOST_ERRORS as exc:
+                # dnsmasq would not start (its port taken, its binary missing), a
+                # hosts file that cannot be written: only this network waits.
+                said = host_error(exc).message
+                log.error("network %s (bridge %s): DHCP: %s", nic.network, bridge, said)
+                broken[nic.network] = FailedPrecondition(f"DHCP server: {one_line(said)}")
+        self._retire_dhcp(wanted)
         failed = _said(broken)
         self.broken = {**_said(unused), **failed}
         return failed
+
+    def _retire_dhcp(self, wanted: set[str]) -> None:
+        """Stop the dnsmasq of every bridge not in ``wanted`` (no workspace of the node
+        uses it, or its network has no DHCP now): the ones this process started, and
+        the ones an earlier agent process left running (found by their state dir's pid
+        file; they would go on serving the hosts file of then, which no pass rewrites)."""
+        for bridge in sorted(set(self.servers) - wanted):
+            try:
+                self.servers[bridge].stop()
+            except HOST_ERRORS as exc:
+                log.error("dhcp on %s: cannot stop dnsmasq: %s", bridge, host_error(exc).message)
+                continue
+            del self.servers[bridge]
+            log.info("dhcp on %s: no workspace of node %s uses it; stopped", bridge, self.cfg.node)
+        try:
+            dirs = sorted(d for d in self.state_dir.iterdir() if d.is_dir())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("dhcp: cannot list %s: %s", self.state_dir, exc)
+            return
+        for state in dirs:
+            if state.name in wanted or state.name in self.servers:
+                continue
+            try:
+                pid = stop_leftover(state)
+            except HOST_ERRORS as exc:
+                why = host_error(exc).message
+                log.error("dhcp on %s: cannot stop dnsmasq: %s", state.name, why)
+                continue
+            if pid is not None:
+                log.info(
+                    "dhcp on %s: dnsmasq (pid %d) left by an earlier agent stopped: no"
+                    " workspace of node %s uses the bridge with DHCP",
+                    state.name,
+                    pid,
+                    self.cfg.node,
+                )
 
     def _serve(self, bridge: str, nic: Nic, hosts: list[DhcpHost]) -> None:
         """The DHCP server of ``bridge``: made if absent, its options and hosts those of

@@ -38,7 +38,11 @@ class FakeDhcp:
         return True
 
     def ensure_running(self) -> int:
+        self.stopped = False
         return 1
+
+    def stop(self) -> None:
+        self.stopped = True
 
 
 @pytest.fixture(autouse=True)
@@ -84,8 +88,10 @@ def test_bridges_and_hosts_follow_the_orders(
         DhcpHost("52:54:00:00:00:05", "10.0.0.5", "host-w1"),
         DhcpHost("52:54:00:00:00:06", "10.0.0.6", "host-w2"),
     ]
-    net.sync([])  # no workspace uses br0 any more: its dnsmasq keeps no hosts
-    assert server.hosts == [] and bridges == [("br0", "10.0.0.1/24")]
+    net.sync([])  # no workspace uses br0 any more: its dnsmasq is stopped
+    assert server.stopped and net.servers == {} and bridges == [("br0", "10.0.0.1/24")]
+    net.sync(orders[:1])  # used again: a dnsmasq with its hosts
+    assert FakeDhcp.made[1:] != [] and FakeDhcp.made[-1].hosts == server.hosts[:1]
 
 
 def test_a_networks_new_dns_servers_reach_its_dhcp_server(
@@ -188,3 +194,34 @@ def test_a_bridge_deleted_behind_the_agents_back_is_made_again(
     kernel.clear()  # ip link del br0
     assert net.sync(orders) == {}
     assert kernel == {"br0": "10.0.0.1/24"}
+
+
+def test_dnsmasqs_an_earlier_agent_left_are_stopped_unless_a_workspace_uses_their_bridge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an agent restart, the dnsmasq of a bridge no workspace uses now (its last
+    workspace deleted while the agent was away) or of a network whose DHCP is now off
+    would go on serving its old hosts file, which no pass rewrites: stopped (by its
+    pid file). The bridge in use keeps its dnsmasq (adopted by a new DhcpServer)."""
+    stopped: list[str] = []
+
+    def stop_leftover(state_dir: Path) -> int | None:
+        stopped.append(Path(state_dir).name)
+        return 4242
+
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: 7)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    monkeypatch.setattr(node, "stop_leftover", stop_leftover)
+    FakeDhcp.made = []
+    for bridge in ("br0", "br-old", "br-q"):
+        (tmp_path / "dhcp" / bridge).mkdir(parents=True)
+        (tmp_path / "dhcp" / bridge / "hosts").write_text("52:54:00:00:00:09,10.0.0.9\n")
+    nets = [NodeNetworkConfig(name="default"), NodeNetworkConfig(name="quiet", dhcp=False)]
+    net = node.BridgeNetworking(AgentConfig(node="n1", state_dir=str(tmp_path), networks=nets))
+    orders = [
+        _order("w1", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "br0")),
+        _order("w2", _nic("quiet", "10.0.0.6", "52:54:00:00:00:06", "br-q")),
+    ]
+    assert net.sync(orders) == {}
+    assert sorted(stopped) == ["br-old", "br-q"]
+    assert [s.bridge for s in FakeDhcp.made] == ["br0"]
