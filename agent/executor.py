@@ -271,6 +271,7 @@ class Executor:
             log.error("the node's network limits could not be checked or restored: %s", exc.message)
         domains = listed
         actual = {d.workspace_id: d.state for d in domains}
+        self._reattach(desired, actual)
         leftovers = self.files.existing()
         present = set(actual) | leftovers | set(busy)
         self.staging.sync_pins(desired, present)
@@ -332,6 +333,22 @@ class Executor:
             log.info("the node's networking is set up again")
             self._net_failure = ""
         return broken
+
+    def _reattach(self, desired: Mapping[str, Order], actual: Mapping[str, DomainState]) -> None:
+        """``Networking.reattach`` for the desired workspaces whose domain runs (or is
+        paused: its taps exist) with no operation under way (a start attaches its own)."""
+        with self._lock:
+            busy = set(self._busy)
+        live = (DomainState.RUNNING, DomainState.PAUSED)
+        running = [
+            order
+            for wid, order in desired.items()
+            if order.nics and actual.get(wid) in live and wid not in busy
+        ]
+        try:
+            self.net.reattach(running)
+        except Exception:
+            log.exception("the taps of the running workspaces could not be checked")
 
     def _clear_stale_failures(self, idle: set[str]) -> None:
         """A desired workspace with nothing to do (not busy, no action planned, its

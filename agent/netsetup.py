@@ -20,6 +20,13 @@ class Networking(Protocol):
         """The workspaces the last ``sync`` found must not start on this node (id →
         why): their connectivity policy cannot be enforced here."""
 
+    def reattach(self, running: Sequence[Order]) -> None:
+        """Put the taps of these workspaces (their domains run now, no operation under
+        way) back on their bridges if they are on none: a bridge deleted behind the
+        agent's back and made again by ``sync`` comes back without its ports, and
+        libvirt attaches a tap only when the domain starts. Each tap put back is logged,
+        naming the workspace and the node."""
+
     def conditions(self) -> Sequence[NodeCondition]:
         """What the last ``sync`` found keeps the node from serving some workspaces (no
         isolation, networks not ready); the node reports them (docs/design/agent.md)."""
@@ -36,6 +43,9 @@ class NullNetworking:
 
     def holds(self) -> Mapping[str, str]:
         return {}
+
+    def reattach(self, running: Sequence[Order]) -> None:
+        return None
 
     def conditions(self) -> Sequence[NodeCondition]:
         return ()

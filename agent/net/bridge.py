@@ -1,4 +1,5 @@
-"""Linux bridges for the site networks, with pyroute2; only the named bridge is touched.
+"""Linux bridges for the site networks, with pyroute2; only the named bridge (and the
+ports named to ``attach_ports``) is touched.
 
 ``netns`` (optional) names a network namespace to work in instead of the caller's own;
 it must exist (it is never created here).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -111,3 +113,31 @@ def delete_bridge(name: str, *, netns: str | None = None) -> bool:
                 raise
             return False
         return True
+
+
+def attach_ports(bridge: str, ports: Iterable[str], *, netns: str | None = None) -> list[str]:
+    """Attach to ``bridge`` each of ``ports`` that exists and is attached to nothing (a
+    VM's tap left behind when its bridge was deleted and made again: libvirt attaches a
+    tap once, when the domain starts). A port absent or attached elsewhere is left alone.
+    Returns the ports attached; raises FailedPrecondition if ``bridge`` is not a bridge."""
+    check_ifname(bridge)
+    wanted = set(ports)
+    attached: list[str] = []
+    if not wanted:
+        return attached
+    with open_iproute(netns) as ipr:
+        br = lookup_link(ipr, bridge)
+        if br is None or link_kind(br) != "bridge":
+            raise errors.FailedPrecondition(f"bridge {bridge} does not exist")
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name not in wanted or link.get_attr("IFLA_MASTER"):
+                continue
+            try:
+                ipr.link("set", index=int(link["index"]), master=int(br["index"]))
+            except NetlinkError as exc:
+                if exc.code == _ENODEV:  # the VM stopped meanwhile
+                    continue
+                raise
+            attached.append(str(name))
+    return sorted(attached)

@@ -23,7 +23,7 @@ from pathlib import Path
 import netaddr
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.net.bridge import ensure_bridge
+from agent.net.bridge import attach_ports, ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer, stop_leftover
 from agent.net.filter import (
     BR_NF_ADVICE,
@@ -38,6 +38,7 @@ from agent.net.filter import (
 )
 from agent.net.nftstate import TableWatch, list_table
 from agent.net.uplink import ensure_uplink
+from agent.virt.base import tap_name
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import (
     NETWORK_NOT_READY,
@@ -356,6 +357,38 @@ class BridgeNetworking:
                     state.name,
                     pid,
                     self.cfg.node,
+                )
+
+    def reattach(self, running: Sequence[Order]) -> None:
+        """The taps of these running workspaces put back on their bridges where they are
+        on none (``Networking.reattach``); only bridges the last pass made ready. The
+        filter rules name the taps, so they hold again at once."""
+        taps: dict[str, dict[str, str]] = {}  # bridge -> tap -> workspace
+        for order in running:
+            for i, nic in enumerate(order.nics):
+                if nic.bridge in self.bridges_done and nic.network not in self.broken:
+                    taps.setdefault(nic.bridge, {})[tap_name(order.workspace_id, i)] = (
+                        order.workspace_id
+                    )
+        for bridge, owners in sorted(taps.items()):
+            try:
+                if self.netns:
+                    done = attach_ports(bridge, owners, netns=self.netns)
+                else:
+                    done = attach_ports(bridge, owners)
+            except HOST_ERRORS as exc:
+                log.error("bridge %s: its VMs' taps: %s", bridge, host_error(exc).message)
+                continue
+            for tap in done:
+                log.warning(
+                    "node %s: workspace %s: its tap %s was on no bridge (%s deleted and"
+                    " made again?); attached to %s again",
+                    self.cfg.node,
+                    owners[tap],
+                    tap,
+                    bridge,
+                    bridge,
+                    extra={"workspace": owners[tap]},
                 )
 
     def _serve(self, bridge: str, nic: Nic, hosts: list[DhcpHost]) -> None:

@@ -9,6 +9,7 @@ is stopped by its pid file (``stop_leftover``) first.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from agent.net.dhcp import stop_leftover
 from agent.net.node import BridgeNetworking
+from agent.virt.base import tap_name
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import Nic, Order
 from workspace.domain.states import Desired
@@ -78,6 +80,54 @@ def order(wid: str, addr: str) -> Order:
     mac = f"52:54:00:d3:00:{int(addr.rsplit('.', 1)[1]):02x}"
     nic = Nic("default", addr, mac, PREFIX, GW, BRIDGE, SUBNET, ())
     return Order(wid, wid, wid, Desired.RUNNING, 1, 512, "img", (), (nic,))
+
+
+def plug_vm(site: Site, node: str, o: Order) -> str:
+    """A namespace standing for ``o``'s VM, its tap on the bridge as libvirt puts it."""
+    vm = site.add("vm")
+    tap = tap_name(o.workspace_id, 0)
+    sh("ip", "-n", node, "link", "add", tap, "type", "veth", "peer", "name", "eth0",
+       "netns", vm)  # fmt: skip
+    sh("ip", "-n", node, "link", "set", tap, "master", BRIDGE, "up")
+    sh("ip", "-n", vm, "link", "set", "eth0", "address", o.nics[0].mac, "up")
+    sh("ip", "-n", vm, "addr", "add", f"{o.nics[0].ip}/{PREFIX}", "dev", "eth0")
+    return vm
+
+
+def master(node: str, dev: str) -> str | None:
+    (info,) = json.loads(sh("ip", "-n", node, "-j", "link", "show", dev).stdout)
+    return info.get("master")
+
+
+def pings(vm: str, source: str) -> bool:
+    return in_ns(vm, "ping", "-c", "1", "-W", "2", "-I", source, GW).returncode == 0
+
+
+def test_a_bridge_deleted_under_running_vms_gets_their_taps_back_still_guarded(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ip link del` of the bridge (a host network reload): the next pass makes it
+    again, and the running VMs' taps (which libvirt attached once, at start) go back
+    on it; their filter rules hold (no address but their own gets through)."""
+    caplog.set_level(logging.INFO)
+    node = site.add("node")
+    net = site.agent(node)
+    o = order("w-a", "10.216.0.11")
+    net.sync([o])
+    vm = plug_vm(site, node, o)
+    spoofed = "10.216.0.99"
+    sh("ip", "-n", vm, "addr", "add", f"{spoofed}/{PREFIX}", "dev", "eth0")
+    assert pings(vm, o.nics[0].ip)
+    assert not pings(vm, spoofed)  # anti-spoofing, as applied
+
+    sh("ip", "-n", node, "link", "del", BRIDGE)
+    assert master(node, tap_name("w-a", 0)) is None  # the kernel let the tap go
+    net.sync([o])  # the next pass: the bridge is made again
+    net.reattach([o])  # its domain runs
+    assert master(node, tap_name("w-a", 0)) == BRIDGE
+    assert f"node n1: workspace w-a: its tap {tap_name('w-a', 0)} was on no bridge" in caplog.text
+    assert pings(vm, o.nics[0].ip)
+    assert not pings(vm, spoofed)
 
 
 def test_after_a_restart_the_dnsmasq_of_a_bridge_no_workspace_uses_is_stopped(

@@ -619,3 +619,33 @@ def test_a_domain_that_disappeared_is_recreated_on_the_disks_it_had(parts: Parts
         )
         assert "Pattern verification failed" not in read.stdout, (disk, read.stdout)
         assert read.returncode == 0, read.stderr
+
+
+class _Taps(NullNetworking):
+    """Records which workspaces each pass asks to have their taps put back."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+
+    def reattach(self, running: Any) -> None:
+        self.asked.append(sorted(o.workspace_id for o in running))
+
+
+def test_each_pass_puts_back_the_taps_of_the_running_workspaces_only(parts: Parts) -> None:
+    """A bridge deleted and made again lost its VMs' taps: each pass has them put back,
+    for the workspaces whose domain runs and that no operation is busy with (a start
+    attaches its own taps); a stopped one has none."""
+    net = _Taps()
+    parts.executor.net = net
+    ex = parts.executor
+    nic = Nic("lab", "10.0.0.5", "52:54:00:00:00:05", 24, "10.0.0.1", "wsbr-lab", "10.0.0.0/24")
+    up = replace(_order(), nics=(nic,))
+    down = replace(_order(Desired.STOPPED), workspace_id="w2", name="two", hostname="two")
+    down = replace(down, nics=(replace(nic, ip="10.0.0.6", mac="52:54:00:00:00:06"),))
+    ex.take([up, down])
+    ex.reconcile_once()
+    assert net.asked == [[]]  # no domain yet
+    wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+    wait_for(lambda: ex.observe(["w2"]) == [observed("w2", Observed.STOPPED)])
+    ex.reconcile_once()
+    assert net.asked[-1] == ["w1"]

@@ -13,6 +13,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.net import node
 from agent.net.dhcp import DhcpHost
+from agent.virt.base import tap_name
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import NETWORK_NOT_READY, Nic, NodeCondition, Order
 from workspace.domain.states import Desired
@@ -225,3 +226,34 @@ def test_dnsmasqs_an_earlier_agent_left_are_stopped_unless_a_workspace_uses_thei
     assert net.sync(orders) == {}
     assert sorted(stopped) == ["br-old", "br-q"]
     assert [s.bridge for s in FakeDhcp.made] == ["br0"]
+
+
+def test_taps_left_on_no_bridge_are_put_back_and_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bridge deleted and made again has no ports: the running VMs' taps go back on
+    it (libvirt attached them once, at start); bridges not made ready are left."""
+    detached = {tap_name("w1", 0)}  # as the kernel has them: on no bridge
+    asked: list[tuple[str, list[str]]] = []
+
+    def attach_ports(bridge: str, ports: Iterable[str]) -> list[str]:
+        asked.append((bridge, sorted(ports)))
+        done = sorted(set(ports) & detached)
+        detached.difference_update(done)
+        return done
+
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: 7)
+    monkeypatch.setattr(node, "attach_ports", attach_ports)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    nets = [NodeNetworkConfig("default"), NodeNetworkConfig("b")]
+    net = node.BridgeNetworking(AgentConfig(node="n1", state_dir=str(tmp_path), networks=nets))
+    w1 = _order("w1", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "br0"))
+    w2 = _order("w2", _nic("default", "10.0.0.6", "52:54:00:00:00:06", "br0"))
+    w3 = _order("w3", _nic("b", "10.0.1.6", "52:54:00:00:01:06", "br-b"))  # not made yet
+    net.sync([w1, w2])
+    net.reattach([w1, w2, w3])
+    assert asked == [("br0", sorted([tap_name("w1", 0), tap_name("w2", 0)]))]
+    assert f"node n1: workspace w1: its tap {tap_name('w1', 0)} was on no bridge" in caplog.text
+    assert "workspace w2" not in caplog.text
+    net.reattach([w1, w2])  # nothing left to do: nothing said
+    assert caplog.text.count("was on no bridge") == 1
