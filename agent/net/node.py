@@ -143,6 +143,9 @@ class BridgeNetworking:
         self.filtered: bool | None = None
         self.broken: dict[str, str] = {}
         self._last_nics: list[NicRule] = []
+        # (workspace, network) of the NICs on networks the node does not serve, as the
+        # last pass found them (each is logged once).
+        self._unserved: set[tuple[str, str]] = set()
         # Uplinked networks seen in orders, remembered across restarts so a restarted
         # agent rejoins their L2 before (and without) any workspace on them.
         self.memory_path = Path(cfg.state_dir) / "uplinks.json"
@@ -243,21 +246,33 @@ class BridgeNetworking:
         here are in ``held`` afterwards."""
         per_bridge: dict[str, list[DhcpHost]] = {}
         first_nic: dict[str, Nic] = {}
+        # NICs on a network this node's config does not name (removed from it while
+        # workspaces used it): not ready, so none of them starts here; a running one
+        # keeps its NIC's filter rules all the same (``nic_rules`` of every NIC).
+        unserved: dict[str, WorkspaceError] = {}
         for order in orders:
             for nic in order.nics:
                 if nic.network not in self.nets:
-                    log.error(
-                        "workspace %s: network %s is not served by node %s",
-                        order.workspace_id,
-                        nic.network,
-                        self.cfg.node,
+                    unserved[nic.network] = FailedPrecondition(
+                        f"not served by node {self.cfg.node} (not in its networks config)"
                     )
+                    if (order.workspace_id, nic.network) not in self._unserved:
+                        log.error(
+                            "workspace %s: network %s is not served by node %s",
+                            order.workspace_id,
+                            nic.network,
+                            self.cfg.node,
+                            extra={"workspace": order.workspace_id},
+                        )
                     continue
                 per_bridge.setdefault(nic.bridge, []).append(
                     DhcpHost(mac=nic.mac, ip=nic.ip, hostname=order.hostname or order.name)
                 )
                 first_nic.setdefault(nic.bridge, nic)
-        broken: dict[str, WorkspaceError] = {}
+        self._unserved = {
+            (o.workspace_id, n.network) for o in orders for n in o.nics if n.network in unserved
+        }
+        broken: dict[str, WorkspaceError] = dict(unserved)
         in_use = {nic.network for nic in first_nic.values()}
         # What the node knew and no workspace uses now: kept joined (errors only logged,
         # and the node's conditions say so).
@@ -278,7 +293,7 @@ class BridgeNetworking:
                 )
                 broken.update(self._join_each([info]))
         # The filter before DHCP: no VM gets an address on a bridge that is not guarded.
-        self._last_nics = nic_rules(orders, served=self.nets)
+        self._last_nics = nic_rules(orders)
         for n in self._last_nics:
             if n.blocked:
                 log.error(

@@ -228,6 +228,26 @@ def test_dnsmasqs_an_earlier_agent_left_are_stopped_unless_a_workspace_uses_thei
     assert [s.bridge for s in FakeDhcp.made] == ["br0"]
 
 
+def test_a_network_removed_from_the_nodes_config_holds_its_workspaces_and_keeps_them_guarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _no_nft: list[str]
+) -> None:
+    """The admin removed a network from the node's config while a VM used it: its NIC
+    kept no filter rules at all (unguarded: it could send from any MAC and address) and
+    a stopped workspace on it could start. Its rules stay; the network is not ready."""
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: 7)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: True)
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig("default")])
+    net = node.BridgeNetworking(cfg)
+    gone = _nic("lab", "10.9.0.6", "52:54:00:00:09:06", "br9")
+    why = "not served by node n1 (not in its networks config)"
+    assert net.sync([_order("w3", gone)]) == {"lab": why}
+    assert net.conditions() == (NodeCondition(NETWORK_NOT_READY, f"network lab: {why}", "lab"),)
+    rules = _no_nft[-1]
+    assert "ether saddr != 52:54:00:00:09:06 drop" in rules
+    assert "ip saddr != 10.9.0.6 drop" in rules
+
+
 def test_taps_left_on_no_bridge_are_put_back_and_said(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
