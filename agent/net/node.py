@@ -248,14 +248,18 @@ class BridgeNetworking:
         first_nic: dict[str, Nic] = {}
         # NICs on a network this node's config does not name (removed from it while
         # workspaces used it): not ready, so none of them starts here; a running one
-        # keeps its NIC's filter rules all the same (``nic_rules`` of every NIC).
+        # keeps its NIC's filter rules all the same (``nic_rules`` of every NIC), and a
+        # dnsmasq an earlier agent left on its bridge is left as it is (``_retire_dhcp``:
+        # this agent cannot run it without the network's config; its VMs renew there).
         unserved: dict[str, WorkspaceError] = {}
+        unserved_bridges: set[str] = set()
         for order in orders:
             for nic in order.nics:
                 if nic.network not in self.nets:
                     unserved[nic.network] = FailedPrecondition(
                         f"not served by node {self.cfg.node} (not in its networks config)"
                     )
+                    unserved_bridges.add(nic.bridge)
                     if (order.workspace_id, nic.network) not in self._unserved:
                         log.error(
                             "workspace %s: network %s is not served by node %s",
@@ -331,16 +335,18 @@ class BridgeNetworking:
                 said = host_error(exc).message
                 log.error("network %s (bridge %s): DHCP: %s", nic.network, bridge, said)
                 broken[nic.network] = FailedPrecondition(f"DHCP server: {one_line(said)}")
-        self._retire_dhcp(wanted)
+        self._retire_dhcp(wanted, unserved_bridges)
         failed = _said(broken)
         self.broken = {**_said(unused), **failed}
         return failed
 
-    def _retire_dhcp(self, wanted: set[str]) -> None:
+    def _retire_dhcp(self, wanted: set[str], left: set[str]) -> None:
         """Stop the dnsmasq of every bridge not in ``wanted`` (no workspace of the node
         uses it, or its network has no DHCP now): the ones this process started, and
         the ones an earlier agent process left running (found by their state dir's pid
-        file; they would go on serving the hosts file of then, which no pass rewrites)."""
+        file; they would go on serving the hosts file of then, which no pass rewrites),
+        except on the bridges in ``left`` (used by NICs on networks the node does not
+        serve)."""
         for bridge in sorted(set(self.servers) - wanted):
             try:
                 self.servers[bridge].stop()
@@ -357,7 +363,7 @@ class BridgeNetworking:
             log.error("dhcp: cannot list %s: %s", self.state_dir, exc)
             return
         for state in dirs:
-            if state.name in wanted or state.name in self.servers:
+            if state.name in wanted or state.name in self.servers or state.name in left:
                 continue
             try:
                 pid = stop_leftover(state)

@@ -237,6 +237,9 @@ def test_a_network_removed_from_the_nodes_config_holds_its_workspaces_and_keeps_
     monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: 7)
     monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
     monkeypatch.setattr(node, "bridged_ipv4_filtered", lambda netns=None: True)
+    stopped: list[Path] = []
+    monkeypatch.setattr(node, "stop_leftover", lambda d: stopped.append(d))
+    (tmp_path / "dhcp" / "br9").mkdir(parents=True)
     cfg = AgentConfig(node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig("default")])
     net = node.BridgeNetworking(cfg)
     gone = _nic("lab", "10.9.0.6", "52:54:00:00:09:06", "br9")
@@ -246,6 +249,7 @@ def test_a_network_removed_from_the_nodes_config_holds_its_workspaces_and_keeps_
     rules = _no_nft[-1]
     assert "ether saddr != 52:54:00:00:09:06 drop" in rules
     assert "ip saddr != 10.9.0.6 drop" in rules
+    assert stopped == []  # the dnsmasq left on its bridge still serves its running VMs
 
 
 def test_taps_left_on_no_bridge_are_put_back_and_said(
