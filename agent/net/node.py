@@ -126,6 +126,9 @@ class BridgeNetworking:
         # bridge -> (its address, its ifindex) as the last pass made it
         self.bridges_done: dict[str, tuple[str | None, int | None]] = {}
         self.uplinks_done: dict[str, tuple[str, int, str]] = {}  # bridge -> (uplink, vlan, port)
+        # The bridges the last pass made, with the filter applied: where ``reattach``
+        # puts taps back (none while the filter cannot be applied: no unguarded VM).
+        self.guarded: set[str] = set()
         # Bridges joined to an uplink before any workspace used them (``join``).
         self.joined: dict[str, BridgeSpec] = {}
         self.ruleset: str | None = None  # the last ruleset applied by this process
@@ -277,6 +280,8 @@ class BridgeNetworking:
             (o.workspace_id, n.network) for o in orders for n in o.nics if n.network in unserved
         }
         broken: dict[str, WorkspaceError] = dict(unserved)
+        self.guarded = set()  # filled once the filter holds (``reattach``)
+        made: set[str] = set()
         in_use = {nic.network for nic in first_nic.values()}
         # What the node knew and no workspace uses now: kept joined (errors only logged,
         # and the node's conditions say so).
@@ -291,6 +296,7 @@ class BridgeNetworking:
                     "network %s (bridge %s): %s", nic.network, bridge, broken[nic.network].message
                 )
                 continue
+            made.add(bridge)
             if net.uplink:
                 info = NetworkInfo(
                     nic.network, nic.subnet, nic.gateway, bridge=bridge, vlan=nic.vlan
@@ -316,6 +322,7 @@ class BridgeNetworking:
                 **dict.fromkeys(in_use - set(broken), why),
             }
             raise
+        self.guarded = made
         wanted: set[str] = set()  # the bridges that have a dnsmasq
         for bridge, nic in first_nic.items():
             net = self.nets[nic.network]
@@ -382,12 +389,13 @@ class BridgeNetworking:
 
     def reattach(self, running: Sequence[Order]) -> None:
         """The taps of these running workspaces put back on their bridges where they are
-        on none (``Networking.reattach``); only bridges the last pass made ready. The
-        filter rules name the taps, so they hold again at once."""
+        on none (``Networking.reattach``); only on the bridges the last pass made, the
+        filter applied (its network may be not ready for another reason: its uplink,
+        its DHCP server). The filter rules name the taps: they hold again at once."""
         taps: dict[str, dict[str, str]] = {}  # bridge -> tap -> workspace
         for order in running:
             for i, nic in enumerate(order.nics):
-                if nic.bridge in self.bridges_done and nic.network not in self.broken:
+                if nic.bridge in self.guarded:
                     taps.setdefault(nic.bridge, {})[tap_name(order.workspace_id, i)] = (
                         order.workspace_id
                     )

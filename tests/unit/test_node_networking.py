@@ -16,6 +16,7 @@ from agent.net.dhcp import DhcpHost
 from agent.virt.base import tap_name
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import NETWORK_NOT_READY, Nic, NodeCondition, Order
+from workspace.domain.netpolicy import Connectivity
 from workspace.domain.states import Desired
 from workspace.errors import FailedPrecondition
 
@@ -281,3 +282,39 @@ def test_taps_left_on_no_bridge_are_put_back_and_said(
     assert "workspace w2" not in caplog.text
     net.reattach([w1, w2])  # nothing left to do: nothing said
     assert caplog.text.count("was on no bridge") == 1
+
+
+def test_taps_go_back_on_a_bridge_whose_dhcp_failed_but_none_while_the_filter_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _no_nft: list[str]
+) -> None:
+    """The bridge is there and guarded although its network is not ready for another
+    reason (its dnsmasq would not start): its VMs' taps go back. While the filter
+    cannot be applied, no tap is put back (it would be unguarded)."""
+    asked: list[str] = []
+
+    def attach_ports(bridge: str, ports: Iterable[str]) -> list[str]:
+        asked.append(bridge)
+        return []
+
+    class NoDhcp(FakeDhcp):
+        def ensure_running(self) -> int:
+            raise OSError("dnsmasq: no such file")
+
+    def refused(script: str, netns: str | None = None) -> None:
+        raise FailedPrecondition("nft: Error: Could not process rule: Permission denied")
+
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: 7)
+    monkeypatch.setattr(node, "attach_ports", attach_ports)
+    monkeypatch.setattr(node, "DhcpServer", NoDhcp)
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig("default")])
+    net = node.BridgeNetworking(cfg)
+    w1 = _order("w1", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "br0"))
+    assert list(net.sync([w1])) == ["default"]
+    net.reattach([w1])
+    assert asked == ["br0"]
+    monkeypatch.setattr(node, "apply_ruleset", refused)
+    w1 = replace(w1, connectivity=Connectivity.OUTBOUND)  # a new ruleset to apply
+    with pytest.raises(FailedPrecondition):
+        net.sync([w1])
+    net.reattach([w1])
+    assert asked == ["br0"]
