@@ -9,8 +9,8 @@ ruleset (agent/net/filter.py: anti-spoofing and connectivity of every NIC) is
 rendered from the orders and applied when it changed (always once per process: the
 path that rebuilds it after an agent restart); and one dnsmasq per bridge in use whose
 hosts file lists exactly the NICs of this node's workspaces on that bridge (none for a
-bridge no workspace uses). Nothing on
-the host network is touched beyond the configured bridges and uplinks.
+bridge no workspace uses). Nothing on the host network is touched beyond the configured
+bridges and uplinks, and the running VMs' taps put back on their bridge (``reattach``).
 """
 
 from __future__ import annotations
