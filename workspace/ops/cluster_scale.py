@@ -247,7 +247,10 @@ def _grow(
         c.key_private, c.key_public = keys.new_key_pair()
     s.flush()
     check_workspace_quota(
-        s, c.project, f"cannot scale cluster {c.name} to {len(mine) + n} {spec.role}"
+        s,
+        c.project,
+        f"cannot scale cluster {c.name} to {len(mine) + n} {spec.role}",
+        bool(c.preemptible),
     )
     label = f"{n} new member(s) of cluster {c.name}"
     touched = admit(env, s, rows, Affinity[c.affinity], wait_s, label)
