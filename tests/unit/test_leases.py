@@ -21,7 +21,7 @@ from workspace.domain.usage import Grouping
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, create, leases, projects, usage
+from workspace.ops import cluster_scale, clusters, create, leases, projects, usage
 from workspace.ops.unit import Env
 from workspace.store import Project, Workspace
 from workspace.store.site_events import EventRow
@@ -379,3 +379,22 @@ def test_a_time_no_timestamp_holds_is_shown_as_the_last_it_can() -> None:
     """A row stored before leases had a site maximum still lists."""
     assert v1.ts(8.64e16).ToJsonString() == "9999-12-31T23:59:59Z"
     assert v1.ts(1.5e9).seconds == 1500000000
+
+
+def test_a_cluster_whose_lease_ended_does_not_grow_until_it_is_extended(site: Site) -> None:
+    """A new member shares its cluster's lease: once that ended, it would be born with an
+    ended lease and run (until the next lease pass stopped it) where a start is refused."""
+    members = (MemberSpec(role="w", image="img"),)
+    c = clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=HOUR))
+    (wid,) = [m.id for m in c.members]
+    site.report(wid, RUNNING)
+    site.clock.now += HOUR
+    assert leases.check(env(site)).expired == [wid]
+    site.report(wid, STOPPED)
+    with pytest.raises(FailedPrecondition, match=r"lease ended at .*ws lease extend"):
+        cluster_scale.scale(env(site), "alice", "c1", "w", 2)
+    assert [w.id for w in site.workspaces()] == [wid]
+    leases.extend(env(site), "alice", wid, HOUR)
+    _, result = cluster_scale.scale(env(site), "alice", "c1", "w", 2)
+    assert len(result.added) == 1
+    assert {w.lease_expires_at for w in site.workspaces()} == {site.clock.now + HOUR}
