@@ -210,7 +210,7 @@ def _grow(
     sc = acting_scope(s, c.owner, actor)
     template = workspace_views(s, [(mine or live(members) or members)[0]])[0] if members else None
     ended = template.lease_expires_at if template is not None else 0.0
-    if ended and ended <= env.clock():
+    if template is not None and ended and ended <= env.clock():
         # A new member shares the members' lease: it would be born with an ended one
         # and run until the next lease pass, where a start is refused.
         raise FailedPrecondition(
