@@ -21,7 +21,7 @@ from workspace.domain.usage import Grouping
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import cluster_scale, clusters, create, leases, projects, usage
+from workspace.ops import cluster_scale, clusters, create, leases, projects, queue, usage
 from workspace.ops.unit import Env
 from workspace.store import Project, Workspace
 from workspace.store.site_events import EventRow
@@ -277,6 +277,26 @@ def test_a_queued_workspace_is_destroyed_at_expiry(tmp_path: Path) -> None:
     with site.store.read() as s:
         ws = s.get(Workspace, wid)
         assert ws is not None and ws.state == State.TERMINATED.value
+
+
+def test_a_queued_workspace_whose_lease_ended_is_not_placed(tmp_path: Path) -> None:
+    """Capacity frees between its lease's end and the next lease pass: the queue left it
+    to wait, and the pass destroyed it as a workspace that never ran; placed, it would
+    boot after its end and then only be stopped, holding its node's memory and disk."""
+    site = build_site(tmp_path, cpus=1, memory_mib=1024)
+    hog = CreateSpec(image="img", name="hog", memory_mib=512)
+    hid = create.create(site.core.env, "alice", CreateRequest(hog)).id
+    site.report(hid, RUNNING)
+    spec = CreateSpec(image="img", name="big", memory_mib=512, lease_s=HOUR)
+    wid = create.create(site.core.env, "alice", CreateRequest(spec, wait_for_capacity_s=9999)).id
+    site.clock.now += HOUR
+    site.core.operate("alice", hid, Op.DESTROY)
+    site.report(hid, ABSENT)
+    assert row(site, hid).state == State.TERMINATED.value  # its capacity is free
+    assert queue.process(site.core.env) == 0
+    assert not row(site, wid).node
+    assert leases.check(site.core.env).expired == [wid]
+    assert row(site, wid).state == State.TERMINATED.value
 
 
 @pytest.mark.parametrize(("key", "value"), [("lease_check_interval_s", 0), ("lease_warning_s", -1)])
