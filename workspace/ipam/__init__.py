@@ -59,6 +59,10 @@ def validate_network(
             ip = netaddr.IPAddress(value)
         except (netaddr.AddrFormatError, ValueError) as exc:
             raise InvalidArgument(f"network {name}: {what} {value!r} is not an address") from exc
+        if ip.version != 4:
+            raise InvalidArgument(
+                f"network {name}: {what} {ip} is not an IPv4 address (pools are IPv4 only)"
+            )
         if ip not in net or ip in (net.network, net.broadcast):
             raise InvalidArgument(f"network {name}: {what} {ip} is not a host of {net.cidr}")
         return ip
