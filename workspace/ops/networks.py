@@ -82,7 +82,8 @@ def check_dns(name: str, servers: Iterable[str], pool: ipam.Pool) -> None:
             continue
         if ip in (subnet.network, subnet.broadcast):
             raise InvalidArgument(f"{what} is the subnet's network or broadcast address")
-        if first <= ip <= last:
+        if first <= ip <= last and ip != netaddr.IPAddress(pool.gateway):
+            # (the gateway is never a workspace's, also inside the range)
             raise InvalidArgument(
                 f"{what} is in the range workspaces' addresses are given from "
                 f"({pool.range_start}-{pool.range_end}); give the gateway, or an address "
