@@ -261,3 +261,32 @@ def test_a_project_is_deleted_once_nothing_live_belongs_to_it(
     assert code == 1 and "project 'phys' does not exist" in err
     code, _, err = run(admin, site, capsys, "project", "delete", "phys")
     assert code == 1 and "does not exist" in err
+
+
+def test_a_quota_lowered_below_use_says_so(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The admin learns that the project is now over the quota, and what that means."""
+    site = ready_site
+    argv = ("project", "create", "phys", "--quota", "instances=3")
+    assert run(admin, site, capsys, *argv)[0] == 0
+    for name in ("a", "b"):
+        assert (
+            run(ws, site, capsys, "create", "--image", "img", "--name", name, "--project", "phys")[
+                0
+            ]
+            == 0
+        )
+    code, out, err = run(admin, site, capsys, "project", "set", "phys", "--quota", "instances=1")
+    assert code == 0, err
+    assert (
+        "project phys uses 2 instances, more than its quota of 1: new workspaces are "
+        "refused until it is back under; those it has stay" in out
+    )
+    # Not over: nothing said; -o json stays the project alone.
+    code, out, _ = run(admin, site, capsys, "project", "set", "phys", "--quota", "instances=2")
+    assert code == 0 and "more than its quota" not in out
+    code, out, _ = run(
+        admin, site, capsys, "-o", "json", "project", "set", "phys", "--quota", "instances=1"
+    )
+    assert json.loads(out)["quota"]["instances"] == 1

@@ -254,3 +254,50 @@ def test_project_quota_of_one_project_is_for_members_only(tmp_path: Path) -> Non
         assert "not a member of project 'q'" in why
     finally:
         site.close()
+
+
+def test_a_class_over_a_lowered_quota_does_not_refuse_the_other(ready_site: Site) -> None:
+    """An admin lowers one class's quota below what the project holds: new workspaces of
+    that class are refused; the other class, checked apart, keeps its own room."""
+    make(ready_site, instances=3, preemptible_instances=3)
+    stubs = ready_site.stubs
+    for name in ("n1", "n2"):
+        stubs.create(name=name, project="p")
+    for name in ("p1", "p2"):
+        stubs.create(name=name, project="p", preemptible=True)
+    projects(ready_site).SetProjectDefaults(
+        projects_pb2.SetProjectDefaultsRequest(
+            project="p",
+            keep_default_limits=True,
+            quota=projects_pb2.Quota(instances=1),
+            preemptible_quota=projects_pb2.Quota(preemptible_instances=1),
+        )
+    )
+    # Each class over its own quota: refused, naming that class's quota ...
+    why = refused(lambda: stubs.create(name="n3", project="p"), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "instances quota of project p" in why and "preemptible" not in why
+    why = refused(
+        lambda: stubs.create(name="p3", project="p", preemptible=True),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    assert "preemptible-instances quota of project p" in why
+    # ... and raising one class's quota again makes room for that class, whatever the
+    # other class still holds over its own.
+    projects(ready_site).SetProjectDefaults(
+        projects_pb2.SetProjectDefaultsRequest(
+            project="p",
+            keep_default_limits=True,
+            preemptible_quota=projects_pb2.Quota(preemptible_instances=3),
+        )
+    )
+    assert stubs.create(name="p3", project="p", preemptible=True).preemptible
+    projects(ready_site).SetProjectDefaults(
+        projects_pb2.SetProjectDefaultsRequest(
+            project="p",
+            keep_default_limits=True,
+            quota=projects_pb2.Quota(instances=3),
+            preemptible_quota=projects_pb2.Quota(preemptible_instances=1),
+        )
+    )
+    assert stubs.create(name="n3", project="p").project == "p"
+    assert names(ready_site) == {"n1", "n2", "n3", "p1", "p2", "p3"}

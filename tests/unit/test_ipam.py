@@ -8,7 +8,7 @@ import re
 import pytest
 
 from workspace.errors import InvalidArgument
-from workspace.ipam import Pool, make_mac, pick_address, pool_size, validate_network
+from workspace.ipam import Pool, check_usable, make_mac, pick_address, pool_size, validate_network
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -61,11 +61,14 @@ def test_smallest_accepted_subnet_is_slash_30() -> None:
         ({"subnet": "10.0.0.0/31"}, r"too small"),
         ({"subnet": "10.0.0.5/32"}, r"too small"),
         ({"subnet": "10.0.0.7/24"}, r"host bits set; use 10\.0\.0\.0/24"),
-        ({"subnet": "10.0.0.0/8"}, r"larger than"),
+        ({"subnet": "10.0.0.0/8"}, r"larger than 1048576 addresses; give a smaller .*--range"),
         ({"gateway": "10.0.1.1"}, r"gateway 10\.0\.1\.1 is not a host of 10\.0\.0\.0/24"),
         ({"gateway": "10.0.0.0"}, r"gateway 10\.0\.0\.0 is not a host"),
         ({"gateway": "10.0.0.255"}, r"gateway 10\.0\.0\.255 is not a host"),
         ({"gateway": "gw"}, r"gateway 'gw' is not an address"),
+        ({"gateway": "fd00::1"}, r"gateway fd00::1 is not an IPv4 address \(pools are IPv4"),
+        ({"range_start": "::ffff:10.0.0.5"}, r"range start ::ffff:10\.0\.0\.5 is not an IPv4"),
+        ({"range_end": "fd00::ff"}, r"range end fd00::ff is not an IPv4 address"),
         ({"range_start": "10.0.0.200", "range_end": "10.0.0.100"}, r"range .* is empty"),
         ({"range_end": "10.0.0.255"}, r"range end 10\.0\.0\.255 is not a host"),
         ({"range_start": "192.168.0.10"}, r"range start .* is not a host"),
@@ -82,6 +85,41 @@ def test_invalid_networks_refused(kwargs: dict[str, str], pattern: str) -> None:
     with pytest.raises(InvalidArgument, match=pattern) as exc:
         validate_network("lab", **args)
     assert "network lab" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        # Addresses a guest cannot have: the node would hold the "gateway" on its bridge.
+        ({"subnet": "127.0.0.0/24"}, r"127\.0\.0\.0/24 is loopback"),
+        ({"subnet": "224.0.0.0/24"}, r"224\.0\.0\.0/24 is multicast"),
+        ({"subnet": "169.254.0.0/16"}, r"169\.254\.0\.0/16 is link-local"),
+        ({"subnet": "240.0.0.0/24"}, r"240\.0\.0\.0/24 is reserved"),
+        ({"subnet": "0.0.0.0/24"}, r"0\.0\.0\.0/24 is reserved"),
+        ({"subnet": "255.255.255.248/29"}, r"is reserved \(it overlaps 240\.0\.0\.0/4\)"),
+        ({"subnet": "127.255.255.0/24"}, r"127\.255\.255\.0/24 is loopback"),
+        # A range of the gateway alone gives no workspace an address.
+        ({"range_start": "10.0.0.1", "range_end": "10.0.0.1"}, r"but the gateway"),
+        (
+            {"gateway": "10.0.0.9", "range_start": "10.0.0.9", "range_end": "10.0.0.9"},
+            r"range 10\.0\.0\.9-10\.0\.0\.9 holds no address but the gateway",
+        ),
+    ],
+)
+def test_pools_that_serve_no_guest_refused(kwargs: dict[str, str], pattern: str) -> None:
+    args = {"subnet": "10.0.0.0/24", **kwargs}
+    with pytest.raises(InvalidArgument, match=pattern) as exc:
+        check_usable("lab", validate_network("lab", **args))
+    assert "network lab" in exc.value.message
+
+
+def test_big_private_pools_serve_guests() -> None:
+    for subnet in ("172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/30"):
+        check_usable("lab", validate_network("lab", subnet))
+    check_usable("lab", validate_network("lab", "10.0.0.0/8", range_end="10.15.255.254"))
+    # Too many for one range: the refusal says how to make the network all the same.
+    with pytest.raises(InvalidArgument, match=r"give a smaller one \(--range START-END\)"):
+        validate_network("lab", "10.0.0.0/8")
 
 
 # -- pick_address ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from workspace.domain.usage import Grouping
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, create, leases, projects, usage
+from workspace.ops import cluster_scale, clusters, create, leases, projects, queue, usage
 from workspace.ops.unit import Env
 from workspace.store import Project, Workspace
 from workspace.store.site_events import EventRow
@@ -279,6 +279,26 @@ def test_a_queued_workspace_is_destroyed_at_expiry(tmp_path: Path) -> None:
         assert ws is not None and ws.state == State.TERMINATED.value
 
 
+def test_a_queued_workspace_whose_lease_ended_is_not_placed(tmp_path: Path) -> None:
+    """Capacity frees between its lease's end and the next lease pass: the queue left it
+    to wait, and the pass destroyed it as a workspace that never ran; placed, it would
+    boot after its end and then only be stopped, holding its node's memory and disk."""
+    site = build_site(tmp_path, cpus=1, memory_mib=1024)
+    hog = CreateSpec(image="img", name="hog", memory_mib=512)
+    hid = create.create(site.core.env, "alice", CreateRequest(hog)).id
+    site.report(hid, RUNNING)
+    spec = CreateSpec(image="img", name="big", memory_mib=512, lease_s=HOUR)
+    wid = create.create(site.core.env, "alice", CreateRequest(spec, wait_for_capacity_s=9999)).id
+    site.clock.now += HOUR
+    site.core.operate("alice", hid, Op.DESTROY)
+    site.report(hid, ABSENT)
+    assert row(site, hid).state == State.TERMINATED.value  # its capacity is free
+    assert queue.process(site.core.env) == 0
+    assert not row(site, wid).node
+    assert leases.check(site.core.env).expired == [wid]
+    assert row(site, wid).state == State.TERMINATED.value
+
+
 @pytest.mark.parametrize(("key", "value"), [("lease_check_interval_s", 0), ("lease_warning_s", -1)])
 def test_bad_lease_config_is_refused(key: str, value: int) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -379,3 +399,22 @@ def test_a_time_no_timestamp_holds_is_shown_as_the_last_it_can() -> None:
     """A row stored before leases had a site maximum still lists."""
     assert v1.ts(8.64e16).ToJsonString() == "9999-12-31T23:59:59Z"
     assert v1.ts(1.5e9).seconds == 1500000000
+
+
+def test_a_cluster_whose_lease_ended_does_not_grow_until_it_is_extended(site: Site) -> None:
+    """A new member shares its cluster's lease: once that ended, it would be born with an
+    ended lease and run (until the next lease pass stopped it) where a start is refused."""
+    members = (MemberSpec(role="w", image="img"),)
+    c = clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=HOUR))
+    (wid,) = [m.id for m in c.members]
+    site.report(wid, RUNNING)
+    site.clock.now += HOUR
+    assert leases.check(env(site)).expired == [wid]
+    site.report(wid, STOPPED)
+    with pytest.raises(FailedPrecondition, match=r"lease ended at .*ws lease extend"):
+        cluster_scale.scale(env(site), "alice", "c1", "w", 2)
+    assert [w.id for w in site.workspaces()] == [wid]
+    leases.extend(env(site), "alice", wid, HOUR)
+    _, result = cluster_scale.scale(env(site), "alice", "c1", "w", 2)
+    assert len(result.added) == 1
+    assert {w.lease_expires_at for w in site.workspaces()} == {site.clock.now + HOUR}

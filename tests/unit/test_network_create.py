@@ -102,3 +102,43 @@ def test_dns_servers_off_the_range_are_taken_and_the_range_cannot_grow_over_them
         networks.update_network(env, "lab", addresses=("10.61.0.2", "10.61.0.254"))
     (lab,) = [n for n in networks.list_networks(env) if n.name == "lab"]
     assert (lab.range_start, lab.range_end) == ("10.61.0.2", "10.61.0.200")
+
+
+@pytest.mark.parametrize(
+    ("subnet", "what"),
+    [("127.0.0.0/24", "loopback"), ("224.1.0.0/24", "multicast"), ("169.254.0.0/24", "link-local")],
+)
+def test_a_subnet_no_guest_can_have_is_refused(site: Site, subnet: str, what: str) -> None:
+    """Each node would hold the gateway (here 127.0.0.1) on the network's bridge."""
+    with pytest.raises(InvalidArgument, match=f"subnet {subnet} is {what}"):
+        networks.create_network(site.core.env, NetworkInfo("lab", subnet))
+    assert names(site) == ["default", "storage"]
+
+
+def test_a_range_of_the_gateway_alone_is_refused(site: Site) -> None:
+    env = site.core.env
+    with pytest.raises(InvalidArgument, match="holds no address but the gateway's"):
+        networks.create_network(
+            env,
+            NetworkInfo("lab", "10.61.0.0/24", range_start="10.61.0.1", range_end="10.61.0.1"),
+        )
+    assert names(site) == ["default", "storage"]
+    networks.create_network(env, NetworkInfo("lab", "10.61.0.0/24"))
+    with pytest.raises(InvalidArgument, match="holds no address but the gateway's"):
+        networks.update_network(env, "lab", addresses=("10.61.0.1", "10.61.0.1"))
+    [lab] = [n for n in networks.list_networks(env) if n.name == "lab"]
+    assert (lab.range_start, lab.range_end) == ("10.61.0.2", "10.61.0.254")
+
+
+def test_the_gateway_inside_the_range_may_be_the_dns_server(site: Site) -> None:
+    """A gateway given at the top of the subnet sits inside the default range (it is
+    skipped when addresses are given): the refusal of a DNS server in the range told
+    the admin to give the gateway, and then refused the gateway too."""
+    env = site.core.env
+    made = networks.create_network(
+        env, NetworkInfo("lab", "10.61.0.0/24", gateway="10.61.0.254", dns=("10.61.0.254",))
+    )
+    assert made.dns == ("10.61.0.254",) and made.range_end == "10.61.0.254"
+    networks.update_network(env, "lab", dns=("10.61.0.254", "10.9.9.9"))
+    with pytest.raises(InvalidArgument, match=r"10\.61\.0\.253' is in the range"):
+        networks.update_network(env, "lab", dns=("10.61.0.253",))

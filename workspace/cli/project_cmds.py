@@ -127,6 +127,27 @@ def quota_rows(uses: list[Any]) -> str:
     return render.table(["PROJECT", "QUOTA", "USED", "LIMIT"], rows)
 
 
+def over_quota(uses: list[Any]) -> list[str]:
+    """A line for each quota a project's use is over (an admin lowered it below)."""
+    out = []
+    for u in uses:
+        for name, field in QUOTA_FIELDS.items():
+            limit, used = getattr(u.limits, field), getattr(u.used, field)
+            if 0 < limit < used:
+                what = (
+                    "images are"
+                    if field == "image_bytes"
+                    else "preemptible workspaces are"
+                    if name in PREEMPTIBLE_QUOTAS
+                    else "workspaces are"
+                )
+                out.append(
+                    f"project {u.project} uses {used} {name}, more than its quota of {limit}: "
+                    f"new {what} refused until it is back under; those it has stay"
+                )
+    return out
+
+
 def show(client: Any, args: argparse.Namespace, admin: bool) -> int:
     """`project show P`: its use and quotas, both classes (an admin: its settings too)."""
     uses = client.quota(args.name)
@@ -199,7 +220,8 @@ def register_admin(
             quota=quota or None,
             leases=leases,
         )
-        render.emit(args, p, project_rows([p]))
+        over = over_quota(client.quota(p.name)) if quota and not render.wants_json(args) else []
+        render.emit(args, p, "\n".join([project_rows([p]), *over]))
         return common.EXIT_OK
 
     def remove_user(args: argparse.Namespace) -> int:

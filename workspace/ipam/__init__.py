@@ -10,6 +10,15 @@ import netaddr
 from workspace.errors import InvalidArgument
 
 _MAX_RANGE = 1 << 20
+# Addresses no guest can be given: a node holds its network's gateway on a bridge, so a
+# subnet among them would shadow its own loopback, link-local or multicast routes.
+_NOT_GUESTS = (
+    ("reserved", netaddr.IPNetwork("0.0.0.0/8")),
+    ("loopback", netaddr.IPNetwork("127.0.0.0/8")),
+    ("link-local", netaddr.IPNetwork("169.254.0.0/16")),
+    ("multicast", netaddr.IPNetwork("224.0.0.0/4")),
+    ("reserved", netaddr.IPNetwork("240.0.0.0/4")),
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,10 @@ def validate_network(
             ip = netaddr.IPAddress(value)
         except (netaddr.AddrFormatError, ValueError) as exc:
             raise InvalidArgument(f"network {name}: {what} {value!r} is not an address") from exc
+        if ip.version != 4:
+            raise InvalidArgument(
+                f"network {name}: {what} {ip} is not an IPv4 address (pools are IPv4 only)"
+            )
         if ip not in net or ip in (net.network, net.broadcast):
             raise InvalidArgument(f"network {name}: {what} {ip} is not a host of {net.cidr}")
         return ip
@@ -63,7 +76,10 @@ def validate_network(
     if first > last:
         raise InvalidArgument(f"network {name}: range {first}-{last} is empty")
     if int(last) - int(first) >= _MAX_RANGE:
-        raise InvalidArgument(f"network {name}: range is larger than {_MAX_RANGE} addresses")
+        raise InvalidArgument(
+            f"network {name}: range {first}-{last} is larger than {_MAX_RANGE} addresses; "
+            "give a smaller one (--range START-END)"
+        )
     prefix = (mac_prefix or "52:54:00").lower()
     parts = prefix.split(":")
     if len(parts) != 3 or not all(
@@ -73,6 +89,25 @@ def validate_network(
     if int(parts[0], 16) & 1:
         raise InvalidArgument(f"network {name}: MAC prefix {mac_prefix} is a multicast prefix")
     return Pool(str(net.cidr), str(gw), str(first), str(last), prefix)
+
+
+def check_usable(name: str, pool: Pool) -> None:
+    """Refuse (InvalidArgument) a valid pool that cannot serve guests: a subnet of
+    addresses no guest can have (the node holds the gateway on its bridge, which would
+    shadow its own loopback, link-local or multicast routes), or a range of the gateway
+    alone."""
+    net = netaddr.IPNetwork(pool.subnet)
+    for what, block in _NOT_GUESTS:
+        if net.first <= block.last and block.first <= net.last:
+            raise InvalidArgument(
+                f"network {name}: subnet {net.cidr} is {what} (it overlaps {block}); give "
+                "a unicast one, e.g. of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"
+            )
+    if pool_size(pool) < 1:
+        raise InvalidArgument(
+            f"network {name}: range {pool.range_start}-{pool.range_end} holds no address "
+            "but the gateway's"
+        )
 
 
 def pick_address(pool: Pool, used: set[str]) -> str | None:

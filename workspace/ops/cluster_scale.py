@@ -19,6 +19,7 @@ from workspace import callctx
 from workspace.domain import seed
 from workspace.domain.elastic import ScaleResult
 from workspace.domain.events import Kind, SiteEvent
+from workspace.domain.leases import iso_time
 from workspace.domain.model import ClusterView, CreateSpec, MemberSpec
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import ClusterState, Desired, State
@@ -208,6 +209,14 @@ def _grow(
     s = u.s
     sc = acting_scope(s, c.owner, actor)
     template = workspace_views(s, [(mine or live(members) or members)[0]])[0] if members else None
+    ended = template.lease_expires_at if template is not None else 0.0
+    if template is not None and ended and ended <= env.clock():
+        # A new member shares the members' lease: it would be born with an ended one
+        # and run until the next lease pass, where a start is refused.
+        raise FailedPrecondition(
+            f"cannot scale cluster {c.name}: its lease ended at {iso_time(ended)}; "
+            f"`ws lease extend {template.name} DURATION` first"
+        )
     rows: list[Workspace] = []
     for i in free_indices(members, spec.role, n):
         asked = CreateSpec(
@@ -247,7 +256,10 @@ def _grow(
         c.key_private, c.key_public = keys.new_key_pair()
     s.flush()
     check_workspace_quota(
-        s, c.project, f"cannot scale cluster {c.name} to {len(mine) + n} {spec.role}"
+        s,
+        c.project,
+        f"cannot scale cluster {c.name} to {len(mine) + n} {spec.role}",
+        bool(c.preemptible),
     )
     label = f"{n} new member(s) of cluster {c.name}"
     touched = admit(env, s, rows, Affinity[c.affinity], wait_s, label)

@@ -376,7 +376,7 @@ def create_in(
     u.changed(ws)  # a refusal names it (ops/group_commit.py)
     if project:
         insert_workspace(u.s, ws)
-        check_workspace_quota(u.s, project, f"cannot create {spec.name}")
+        check_workspace_quota(u.s, project, f"cannot create {spec.name}", spec.preemptible)
     touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
     if inspect(ws).transient:  # queued
         insert_workspace(u.s, ws)

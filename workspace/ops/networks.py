@@ -82,7 +82,8 @@ def check_dns(name: str, servers: Iterable[str], pool: ipam.Pool) -> None:
             continue
         if ip in (subnet.network, subnet.broadcast):
             raise InvalidArgument(f"{what} is the subnet's network or broadcast address")
-        if first <= ip <= last:
+        if first <= ip <= last and ip != netaddr.IPAddress(pool.gateway):
+            # (the gateway is never a workspace's, also inside the range)
             raise InvalidArgument(
                 f"{what} is in the range workspaces' addresses are given from "
                 f"({pool.range_start}-{pool.range_end}); give the gateway, or an address "
@@ -96,6 +97,7 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     pool = ipam.validate_network(
         req.name, req.subnet, req.gateway, req.range_start, req.range_end, req.mac_prefix
     )
+    ipam.check_usable(req.name, pool)
     bridge = req.bridge or bridge_for(req.name)
     if not BRIDGE_RE.fullmatch(bridge):
         raise InvalidArgument(f"network {req.name}: bridge name {bridge!r} is not valid")
@@ -206,6 +208,7 @@ def update_network(
             pool = ipam.validate_network(
                 name, net.subnet, net.gateway, addresses[0], addresses[1], net.mac_prefix
             )
+            ipam.check_usable(name, pool)
             _check_in_range(s, name, pool)
             if (pool.range_start, pool.range_end) != (net.range_start, net.range_end):
                 net.range_start, net.range_end = pool.range_start, pool.range_end

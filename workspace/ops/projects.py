@@ -262,9 +262,13 @@ def workspace_use(s: Session, project: str) -> Quota:
     )
 
 
-def refuse_over(project: str, limits: Quota, used: Quota, label: str) -> None:
-    """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none)."""
-    over = limits.exceeded(used)
+def refuse_over(
+    project: str, limits: Quota, used: Quota, label: str, only: Iterable[str] = ()
+) -> None:
+    """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none);
+    ``only``: of these quotas alone (none given: all)."""
+    asked = set(only)
+    over = [name for name in limits.exceeded(used) if not asked or name in asked]
     if over:
         name = over[0]
         raise ResourceExhausted(
@@ -274,8 +278,10 @@ def refuse_over(project: str, limits: Quota, used: Quota, label: str) -> None:
         )
 
 
-def check_workspace_quota(s: Session, project: str, label: str) -> None:
-    """After the new rows were added (flushed): refuse if the project is over a quota."""
+def check_workspace_quota(s: Session, project: str, label: str, preemptible: bool) -> None:
+    """After the new rows (of the class ``preemptible`` says) were added (flushed):
+    refuse if the project is over a quota of that class. The classes are checked apart:
+    the other class over a quota an admin lowered does not refuse this one."""
     if not project:
         return
     p = s.get(Project, project)
@@ -283,7 +289,8 @@ def check_workspace_quota(s: Session, project: str, label: str) -> None:
         return
     limits = limits_of(p)
     if limits.limits_workspaces():
-        refuse_over(project, limits, workspace_use(s, project), label)
+        fields = PREEMPTIBLE_QUOTAS if preemptible else NORMAL_QUOTAS
+        refuse_over(project, limits, workspace_use(s, project), label, fields)
 
 
 # -- projects (admins) -----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The capacity queue: place waiting requests when capacity appears, oldest first, with
 backfill that cannot delay the head (ops/admission.py: later requests may not use the
 nodes the head holds, recomputed at each pass); fail them at their deadline, or
-as soon as no registered node could ever hold them (the nodes that could were removed)."""
+as soon as no registered node could ever hold them (the nodes that could were removed).
+One whose lease ended while it waited is left to the lease pass, which destroys it."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def process(env: Env) -> int:
             if e.deadline and now > e.deadline:
                 _fail(rows, now)
                 log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
+            elif any(0 < (w.lease_expires_at or 0) <= now for w in rows):
+                # Its lease ended while it waited: the lease pass destroys it as one
+                # that never ran; placed now, it would boot after its end.
+                continue
             else:
                 out = withheld(u.s, rows, e.affinity, held or ())
                 touched: list[str] | None

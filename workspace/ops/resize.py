@@ -84,5 +84,5 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
     ws.claimed_cpus, ws.claimed_memory_mib = fit.claimed_cpus, fit.claimed_memory_mib
     s.flush()
     if grows:  # a shrink is never refused, also in a project over a lowered quota
-        check_workspace_quota(s, ws.project or "", f"cannot resize {ws.name}")
+        check_workspace_quota(s, ws.project or "", f"cannot resize {ws.name}", bool(ws.preemptible))
     return what
