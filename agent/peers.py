@@ -14,7 +14,15 @@ DATA_LOSS). It never relays a transfer in progress.
 
 With TLS (``[tls]`` of the agent) the peer server requires a client certificate of
 the site CA and serves only node identities (``workspace://node/NAME``) whose
-certificate the CRL (``tls.crl_file``, re-read when it changes) does not revoke; the
+certificate the CRL (``tls.crl_file``, re-read when it changes) does not revoke, and
+each only the blobs the service granted it: the request must carry the service's
+grant of that digest to that node (``workspace/grants.py``: signed by an unrevoked
+service certificate of the site CA, unexpired), else PERMISSION_DENIED, checked before
+the peer says whether it holds the blob. The service grants a node the blobs its orders
+name peers for (``AssignmentSet.peer_grants``), so a node can get from a peer only what
+it could get from the service's own ``Nodes.FetchBlob``; the agent shows each blob's
+grant (``PeerChannels.take``), and a refused fetch goes on to the next source, finally
+the service. Without TLS nothing is checked (there are no identities to grant to). The
 peer client presents the agent's own node identity, and fetches only from the node the
 service named for the address: its channel expects that node's name
 (``NODE.node.workspace.invalid``, which only node NODE's certificate carries), so

@@ -5,6 +5,7 @@ and the service's orders carry grants for the blobs they name peers for."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from images.model import Mode, Partition
 from tests.functional.harness import SitePki
 from workspace import grants, pki
+from workspace.codec import node as codec
+from workspace.config import ServiceConfig, load
 from workspace.domain.model import BlobSources, Disk, Grant, Order
 from workspace.domain.states import Desired
+from workspace.edge import nodes as edge_nodes
 from workspace.errors import PermissionDenied
+from workspace.node.v1 import nodes_pb2
+from workspace.ops.events import Notifier
+from workspace.ops.images import Catalog
 from workspace.ops.reports import granted
+from workspace.ops.unit import Env
+from workspace.store import Node, Store
+from workspace.store.blobs import BlobRepository
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -132,3 +142,65 @@ def test_the_orders_grant_the_blobs_they_name_peers_for() -> None:
     )
     prefetch = (BlobSources(pre, ("p2:1",), ("p2",)),)
     assert granted(out, prefetch) == [D1, k, pre]
+
+
+class _Context:
+    """A WatchAssignments call's context: no certificate (a site without TLS checks)."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def is_active(self) -> bool:
+        return True
+
+    def peer(self) -> str:
+        return "test"
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+class _Clock:
+    now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_node_is_sent_fresh_grants_before_its_grants_expire(
+    tmp_path: Path, site_pki: SitePki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders that do not change are sent again with fresh grants once theirs are
+    ``REFRESH_S`` old: a node keeps fetching from peers however long its orders last."""
+    monkeypatch.setattr(edge_nodes, "STREAM_POLL_S", 0.01)
+    clock = _Clock()
+    d = site_pki.service()
+    cfg = load(ServiceConfig, None, data_dir=str(tmp_path))
+    env = replace(
+        Env.of(cfg, Store(f"sqlite:///{tmp_path}/db.sqlite"), Notifier(), clock=clock),
+        grant_signer=grants.Signer(d / pki.CERT, d / pki.KEY, clock),
+    )
+    servicer = edge_nodes.NodesServicer(env, Catalog(env, BlobRepository(tmp_path / "blobs")))
+    for name, address in (("n1", ""), ("p1", "p1:7071")):
+        servicer.register(
+            nodes_pb2.RegisterRequest(
+                node=name, hypervisor="fake", cpus=1, memory_mib=1024, peer_address=address
+            )
+        )
+    with env.store.write() as s:  # n1 is to preload D1, which p1 holds
+        s.get(Node, "n1").prefetch = [D1]  # type: ignore[union-attr]
+        s.get(Node, "p1").cached_digests = [D1]  # type: ignore[union-attr]
+    sets = servicer.WatchAssignments(nodes_pb2.WatchAssignmentsRequest(node="n1"), _Context())
+    first = next(sets)
+    v = verifier(site_pki, clock.now)
+    shown = codec.peer_grants_from_proto(first)
+    assert shown is not None and v.problem(shown.grant(D1), "n1", D1) == ""
+    assert v.problem(shown.grant(D1), "p1", D1) != ""  # n1's, nobody else's
+    clock.now += grants.REFRESH_S
+    again = next(sets)
+    assert again.generation == first.generation  # nothing else changed
+    fresh = codec.peer_grants_from_proto(again)
+    assert fresh is not None and fresh.expires_at == shown.expires_at + grants.REFRESH_S
+    clock.now = shown.expires_at + 1  # the first set's grants have expired; the new ones hold
+    assert "expired" in verifier(site_pki, clock.now).problem(shown.grant(D1), "n1", D1)
+    assert verifier(site_pki, clock.now).problem(fresh.grant(D1), "n1", D1) == ""

@@ -94,8 +94,8 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         serial = _serial(who)
         notifier = self.env.notifier
         seen = notifier.generation(node)
-        yield self.assignments(node, serial)
         sent = self.env.clock()
+        yield self.assignments(node, serial)
         while context.is_active() and not notifier.closed:
             self.auth.check_revoked(who)
             gen = notifier.wait_node(node, seen, STREAM_POLL_S)
@@ -103,8 +103,8 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
             stale = self.env.grant_signer is not None and self.env.clock() - sent >= REFRESH_S
             if gen != seen or stale:
                 seen = gen
-                yield self.assignments(node, serial)
                 sent = self.env.clock()
+                yield self.assignments(node, serial)
 
     @unary
     def ReportStatus(
