@@ -167,6 +167,7 @@ class Agent:
 
     def take_orders(self, orders: NodeOrders, policy: signing.Policy | None) -> None:
         renewed = self.gate.update(policy, orders.stop_running_on_revoke)
+        self.peers.take(orders.peer_grants)
         self.staging.take(orders)
         self.executor.take(orders.orders)
         if renewed:

@@ -14,7 +14,15 @@ DATA_LOSS). It never relays a transfer in progress.
 
 With TLS (``[tls]`` of the agent) the peer server requires a client certificate of
 the site CA and serves only node identities (``workspace://node/NAME``) whose
-certificate the CRL (``tls.crl_file``, re-read when it changes) does not revoke; the
+certificate the CRL (``tls.crl_file``, re-read when it changes) does not revoke, and
+each only the blobs the service granted it: the request must carry the service's
+grant of that digest to that node (``workspace/grants.py``: signed by an unrevoked
+service certificate of the site CA, unexpired), else PERMISSION_DENIED, checked before
+the peer says whether it holds the blob. The service grants a node the blobs its orders
+name peers for (``AssignmentSet.peer_grants``), so a node can get from a peer only what
+it could get from the service's own ``Nodes.FetchBlob``; the agent shows each blob's
+grant (``PeerChannels.take``), and a refused fetch goes on to the next source, finally
+the service. Without TLS nothing is checked (there are no identities to grant to). The
 peer client presents the agent's own node identity, and fetches only from the node the
 service named for the address: its channel expects that node's name
 (``NODE.node.workspace.invalid``, which only node NODE's certificate carries), so
@@ -30,6 +38,7 @@ import logging
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,8 +46,10 @@ import grpc
 
 from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.cache.blobs import CHUNK_BYTES
-from workspace import identity, pki, rpc, rpc_status
+from workspace import grants, identity, pki, rpc, rpc_status
+from workspace.codec import node as codec
 from workspace.config import TlsConfig
+from workspace.domain.model import Grant, PeerGrants
 from workspace.errors import ImageError, PermissionDenied, Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
@@ -50,13 +61,33 @@ SERVE_PARALLEL = 8
 
 
 class PeerGate:
-    """Who may fetch from this peer: with TLS, only unrevoked node identities."""
+    """Who may fetch what from this peer: with TLS, only unrevoked node identities, each
+    only the blobs the service granted it (``workspace/grants.py``)."""
 
-    def __init__(self, tls: TlsConfig) -> None:
+    def __init__(self, tls: TlsConfig, clock: Callable[[], float] = time.time) -> None:
         self.secure = tls.enabled
         self.revocations: pki.Revocations | None = None
-        if tls.enabled and tls.crl_file:
-            self.revocations = pki.Revocations(tls.crl_file, str(rpc.tls_files(tls).ca_file))
+        self.grants: grants.Verifier | None = None
+        if tls.enabled:
+            ca_file = str(rpc.tls_files(tls).ca_file)
+            if tls.crl_file:
+                self.revocations = pki.Revocations(tls.crl_file, ca_file)
+            self.grants = grants.Verifier(ca_file, self._revoked, clock)
+
+    def _revoked(self, serial: int) -> bool:
+        return self.revocations is not None and self.revocations.is_revoked(serial)
+
+    def allow(
+        self, context: grpc.ServicerContext, node: str, digest: str, grant: Grant | None
+    ) -> None:
+        """Aborts the call (PERMISSION_DENIED) unless ``grant`` lets ``node`` (the caller,
+        from ``caller``) fetch ``digest``; without TLS there is nothing to check."""
+        if self.grants is None:
+            return
+        refusal = self.grants.problem(grant, node, digest)
+        if refusal:
+            log.warning("refused a blob fetch: %s", refusal)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 
     def caller(self, context: grpc.ServicerContext) -> str:
         """The calling node's name ('' without TLS); aborts the call when refused."""
@@ -87,7 +118,7 @@ class PeerGate:
                 who.principal,
                 f"peers serve blobs only to node identities, not to {who.principal}",
             )
-        if self.revocations is not None and self.revocations.is_revoked(who.serial):
+        if self._revoked(who.serial):
             return (
                 who.principal,
                 f"the certificate of {who.principal} (serial {who.serial:#x}) is revoked",
@@ -113,6 +144,8 @@ class PeersServicer(nodes_pb2_grpc.PeersServicer):
             path = self.cache.path(digest)
         except ImageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        if node:
+            self.gate.allow(context, node, digest, codec.grant_from_proto(request))
         try:
             held = self.cache.check(digest) is not None
         except BlobCorrupted as exc:
@@ -212,6 +245,17 @@ class PeerChannels:
         self.tls = tls
         self._lock = threading.Lock()
         self._stubs: dict[tuple[str, str], tuple[grpc.Channel, nodes_pb2_grpc.PeersStub]] = {}
+        self._grants: PeerGrants | None = None
+
+    def take(self, peer_grants: PeerGrants | None) -> None:
+        """The grants of the latest orders: each fetch shows the peer its blob's."""
+        with self._lock:
+            self._grants = peer_grants
+
+    def grant(self, digest: str) -> Grant | None:
+        with self._lock:
+            held = self._grants
+        return None if held is None else held.grant(digest)
 
     def _stub(self, address: str, node: str) -> nodes_pb2_grpc.PeersStub:
         with self._lock:
@@ -234,7 +278,12 @@ class PeerChannels:
                     "(a service older than this agent?), so its certificate cannot be checked"
                 )
             stub = self._stub(address, node)
-            req = nodes_pb2.FetchBlobRequest(node=self.node, digest=digest, offset=offset)
+            req = nodes_pb2.FetchBlobRequest(
+                node=self.node,
+                digest=digest,
+                offset=offset,
+                grant=codec.grant_to_proto(self.grant(digest)),
+            )
             return _stream(lambda r: stub.FetchBlob(r, timeout=FETCH_TIMEOUT_S), req, where)
 
         return Source(f"peer {address}", fetch)

@@ -24,8 +24,9 @@ import grpc
 from agent.agent import Agent
 from agent.netsetup import Networking
 from agent.virt.fake import FakeDriver
-from workspace import config, hostproc, pki, rpc
+from workspace import config, grants, hostproc, pki, rpc
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.domain.model import PeerGrants
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.service.main import Service
@@ -253,6 +254,13 @@ class SitePki:
 
     def tls(self, identity_dir: Path) -> TlsConfig:
         return TlsConfig(identity_dir=str(identity_dir), crl_file=str(self.crl_file))
+
+    def grants(
+        self, node: str, digests: list[str], clock: Callable[[], float] = time.time
+    ) -> PeerGrants:
+        """Peer grants of ``digests`` to ``node``, signed as the service signs them."""
+        d = self.service()
+        return grants.Signer(d / pki.CERT, d / pki.KEY, clock).grants(node, digests)
 
 
 class TlsSite(Site):

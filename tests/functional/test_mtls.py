@@ -17,7 +17,9 @@ from tests.functional.test_cli import ok, run
 from workspace import config, pki, rpc
 from workspace.cli import ws
 from workspace.client import Client
+from workspace.codec import node as codec
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.domain.model import PeerGrants
 from workspace.errors import ConfigError, Unavailable
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
@@ -104,12 +106,16 @@ def test_a_certificate_of_another_ca_is_refused(tls_site: TlsSite, tmp_path: Pat
     assert list_nodes(tls_site.stubs) == []  # the site's own admin still gets in
 
 
-def _peer_fetch(address: str, tls: TlsConfig, digest: str, node: str) -> bytes:
-    """FetchBlob from the peer server of ``node`` at ``address``, as ``tls``."""
+def _peer_fetch(
+    address: str, tls: TlsConfig, digest: str, node: str, grant: PeerGrants | None = None
+) -> bytes:
+    """FetchBlob from the peer server of ``node`` at ``address``, as ``tls`` (showing the
+    grant of ``digest`` in ``grant``)."""
     ch = rpc.channel(address, tls, node=node)
     try:
         stub = nodes_pb2_grpc.PeersStub(ch)
-        req = nodes_pb2.FetchBlobRequest(node="x", digest=digest)
+        shown = codec.grant_to_proto(grant.grant(digest) if grant else None)
+        req = nodes_pb2.FetchBlobRequest(node="x", digest=digest, grant=shown)
         return b"".join(m.data for m in stub.FetchBlob(req, timeout=10))
     finally:
         ch.close()
@@ -143,7 +149,13 @@ def test_peers_fetch_over_mtls_and_serve_only_unrevoked_nodes(
 
     p1 = site.agents["p1"].peer_address
     node_tls = site.pki.tls(site.pki.node("p3"))
-    assert _peer_fetch(p1, node_tls, digest, "p1") == bytes([9]) * 2 * 1024 * KIB
+    # a node the service did not grant the blob: refused, though it knows the digest
+    with pytest.raises(grpc.RpcError) as err:
+        _peer_fetch(p1, node_tls, digest, "p1")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "node p3 shows no grant from the service" in (err.value.details() or "")
+    p3_grant = site.pki.grants("p3", [digest])
+    assert _peer_fetch(p1, node_tls, digest, "p1", p3_grant) == bytes([9]) * 2 * 1024 * KIB
     # a user (even an admin) is no node: refused
     admin_tls = site.pki.tls(site.pki.user("local", admin=True))
     with pytest.raises(grpc.RpcError) as err:
@@ -157,7 +169,7 @@ def test_peers_fetch_over_mtls_and_serve_only_unrevoked_nodes(
     # a revoked node: refused at its next call, without restarting p1
     site.revoke("p3")
     with pytest.raises(grpc.RpcError) as err:
-        _peer_fetch(p1, node_tls, digest, "p1")
+        _peer_fetch(p1, node_tls, digest, "p1", p3_grant)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "revoked" in (err.value.details() or "")
 

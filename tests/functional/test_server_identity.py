@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,10 @@ from agent.cache import BlobCache, Source
 from agent.peers import PeerChannels, PeerServer
 from agent.virt.fake import FakeDriver
 from tests.functional.harness import SitePki, TlsSite, agent_config
-from workspace import config, pki, rpc, rpc_status
+from workspace import config, grants, pki, rpc, rpc_status
 from workspace.client import Client
+from workspace.codec import node as codec
+from workspace.domain.model import PeerGrants
 from workspace.errors import Unavailable
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
@@ -241,6 +243,7 @@ def test_a_node_fetches_from_the_peer_the_service_named(
     listen = f"unix:{tmp_path / 'p1.sock'}" if where == "unix" else "127.0.0.1:0"
     p1 = serve_peer(peer_cache, "p1", site_pki.node("p1"), listen, site_pki)
     channels = PeerChannels("p2", site_pki.tls(site_pki.node("p2")))
+    channels.take(site_pki.grants("p2", [DIGEST]))  # as the service's orders grant it
     try:
         assert _fetch(tmp_path / "c", channels, p1.address, "p1") == []  # not the service
         assert p1.servicer.served_bytes == len(DATA)
@@ -301,3 +304,58 @@ def test_a_peer_refused_by_name_is_said_so_in_the_agents_log_line(
     finally:
         ch.close()
         rogue.stop()
+
+
+OTHER = "sha256:" + "0" * 64
+
+
+def _expired() -> float:
+    return time.time() - grants.LIFETIME_S - 60
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("no grant", "node p2 shows no grant from the service for"),
+        ("another node's grant", "does not grant it"),
+        ("a grant of another blob", "does not grant it"),
+        ("an expired grant", "expired at"),
+    ],
+)
+def test_a_peer_serves_a_node_only_the_blobs_the_service_granted_it(
+    tmp_path: Path, site_pki: SitePki, peer_cache: BlobCache, case: str, said: str
+) -> None:
+    """p2 knows the digest p1 holds, but the service did not grant it to p2 (or the grant
+    p2 shows is not for it, or has expired): p1 refuses with PERMISSION_DENIED, and p2's
+    cache gets the blob from the next source, the service (which checks for itself)."""
+    shown = {
+        "no grant": None,
+        "another node's grant": site_pki.grants("p3", [DIGEST]),
+        "a grant of another blob": relabelled(site_pki.grants("p2", [OTHER]), DIGEST),
+        "an expired grant": site_pki.grants("p2", [DIGEST], _expired),
+    }[case]
+    p1 = serve_peer(peer_cache, "p1", site_pki.node("p1"), f"unix:{tmp_path / 'p1.sock'}", site_pki)
+    p2_tls = site_pki.tls(site_pki.node("p2"))
+    channels = PeerChannels("p2", p2_tls)
+    ch = rpc.channel(p1.address, p2_tls, node="p1")
+    try:
+        channels.take(shown)  # p2 shows p3's grant as its own, or ...
+        assert _fetch(tmp_path / "c", channels, p1.address, "p1") == [DIGEST]
+        assert p1.servicer.served_bytes == 0
+        grant = channels.grant(DIGEST)
+        req = nodes_pb2.FetchBlobRequest(
+            node="p2", digest=DIGEST, grant=codec.grant_to_proto(grant)
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            list(nodes_pb2_grpc.PeersStub(ch).FetchBlob(req, timeout=10))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert said in (err.value.details() or "")
+    finally:
+        ch.close()
+        channels.close()
+        p1.stop()
+
+
+def relabelled(g: PeerGrants, digest: str) -> PeerGrants:
+    """``g`` with its (one) signature shown as the grant of ``digest``."""
+    return replace(g, signatures=tuple((digest, sig) for _, sig in g.signatures))

@@ -12,6 +12,7 @@ from workspace.domain.model import (
     CacheRecord,
     Disk,
     ExecOutcome,
+    Grant,
     Nic,
     NodeCache,
     NodeInfo,
@@ -19,6 +20,7 @@ from workspace.domain.model import (
     NodeReport,
     Observation,
     Order,
+    PeerGrants,
     Seed,
 )
 from workspace.domain.netpolicy import AllowRule, Connectivity
@@ -232,7 +234,41 @@ def node_orders_to_proto(n: NodeOrders) -> nodes_pb2.AssignmentSet:
             )
             for b in n.prefetch_sources
         ],
+        peer_grants=peer_grants_to_proto(n.peer_grants),
     )
+
+
+def peer_grants_to_proto(g: PeerGrants | None) -> nodes_pb2.PeerGrants | None:
+    if g is None:
+        return None
+    return nodes_pb2.PeerGrants(
+        certificate=g.certificate,
+        expires_at=g.expires_at,
+        grants=[nodes_pb2.BlobGrant(digest=d, signature=sig) for d, sig in g.signatures],
+    )
+
+
+def peer_grants_from_proto(m: nodes_pb2.AssignmentSet) -> PeerGrants | None:
+    if not m.HasField("peer_grants"):
+        return None
+    g = m.peer_grants
+    return PeerGrants(
+        g.certificate, g.expires_at, tuple((b.digest, bytes(b.signature)) for b in g.grants)
+    )
+
+
+def grant_to_proto(g: Grant | None) -> nodes_pb2.PeerGrant | None:
+    if g is None:
+        return None
+    return nodes_pb2.PeerGrant(
+        certificate=g.certificate, expires_at=g.expires_at, signature=g.signature
+    )
+
+
+def grant_from_proto(m: nodes_pb2.FetchBlobRequest) -> Grant | None:
+    if not m.HasField("grant"):
+        return None
+    return Grant(bytes(m.grant.certificate), m.grant.expires_at, bytes(m.grant.signature))
 
 
 def node_orders_from_proto(m: nodes_pb2.AssignmentSet) -> NodeOrders:
@@ -246,6 +282,7 @@ def node_orders_from_proto(m: nodes_pb2.AssignmentSet) -> NodeOrders:
             BlobSources(b.digest, tuple(b.sources), tuple(b.source_nodes))
             for b in m.prefetch_sources
         ),
+        peer_grants=peer_grants_from_proto(m),
     )
 
 

@@ -100,6 +100,31 @@ class BlobSources:
 
 
 @dataclass(frozen=True)
+class PeerGrants:
+    """The grants of one node's orders (workspace/grants.py): a signature per digest, one
+    certificate and expiry."""
+
+    certificate: bytes  # DER of the signing service certificate
+    expires_at: int
+    signatures: tuple[tuple[str, bytes], ...] = ()
+
+    def grant(self, digest: str) -> Grant | None:
+        for d, sig in self.signatures:
+            if d == digest:
+                return Grant(self.certificate, self.expires_at, sig)
+        return None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One blob granted to one node, as sent with a Peers.FetchBlob."""
+
+    certificate: bytes
+    expires_at: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class CreateSpec:
     """A validated request for one workspace (a single create, or one cluster member)."""
 
@@ -325,6 +350,8 @@ class NodeOrders:
     stop_running_on_revoke: bool = False
     # Peers that hold prefetch blobs (those without any are left out).
     prefetch_sources: tuple[BlobSources, ...] = ()
+    # The service's grants to peers of the blobs it names peers for (None: no TLS).
+    peer_grants: PeerGrants | None = None
 
 
 @dataclass(frozen=True)

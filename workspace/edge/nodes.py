@@ -20,6 +20,7 @@ from workspace.codec import node as codec_node
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
 from workspace.errors import InvalidArgument, Unavailable
+from workspace.grants import REFRESH_S
 from workspace.identity import Identity
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.ops import consoles, liveness, reports, save
@@ -93,12 +94,16 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         serial = _serial(who)
         notifier = self.env.notifier
         seen = notifier.generation(node)
+        sent = self.env.clock()
         yield self.assignments(node, serial)
         while context.is_active() and not notifier.closed:
             self.auth.check_revoked(who)
             gen = notifier.wait_node(node, seen, STREAM_POLL_S)
-            if gen != seen:
+            # Sent again, unchanged but for fresh peer grants, before those expire.
+            stale = self.env.grant_signer is not None and self.env.clock() - sent >= REFRESH_S
+            if gen != seen or stale:
                 seen = gen
+                sent = self.env.clock()
                 yield self.assignments(node, serial)
 
     @unary

@@ -4,7 +4,8 @@ A node receives its whole desired state as one AssignmentSet. If that message gr
 the gRPC message limit, the node would never receive another set (other users' stops
 and destroys included). So placement refuses a workspace whose order would take its
 node's orders over ``limits.max_node_orders_bytes`` (by default half the message limit;
-the rest is room for the trust policy and prefetch list with its peers).
+the rest is room for the trust policy, the prefetch list with its peers and the peer
+grants, at most ``grants.MAX_GRANTS`` of ~150 bytes).
 
 ``wire_bytes`` is an upper bound of the protobuf encoding of a domain value, computed
 without protobuf (this is below the edge): every string field costs its length plus 2

@@ -275,14 +275,31 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
         prefetch = tuple(d for d in node.prefetch or () if d not in cached)
         # Peers for a preload as for a disk: N nodes preloaded do not all ask the service.
         named = blob_sources(s, node_name, set(prefetch))
+        prefetch_sources = tuple(named[d] for d in dict.fromkeys(prefetch) if d in named)
+        signer = env.grant_signer
         return NodeOrders(
             generation=env.notifier.generation(node_name),
             orders=out,
             prefetch=prefetch,
             policy=policy,
             stop_running_on_revoke=stop_on_revoke,
-            prefetch_sources=tuple(named[d] for d in dict.fromkeys(prefetch) if d in named),
+            prefetch_sources=prefetch_sources,
+            peer_grants=(
+                None if signer is None else signer.grants(node_name, granted(out, prefetch_sources))
+            ),
         )
+
+
+def granted(out: Sequence[Order], prefetch_sources: Sequence[BlobSources]) -> list[str]:
+    """The blobs a node's orders name peers for, which it shows peers a grant for: a
+    disk's, the kernel and initrd of an order naming peers for a disk (the agent asks
+    those peers for them too), then the prefetch blobs'."""
+    digests: list[str] = []
+    for order in out:
+        if any(d.sources for d in order.disks):
+            digests += order.digests()
+    digests += [b.digest for b in prefetch_sources if b.sources]
+    return list(dict.fromkeys(d for d in digests if d))
 
 
 def without_held(s: Session, node_name: str, rows: list[Workspace]) -> list[Workspace]:

@@ -26,6 +26,7 @@ from workspace.domain.events import SiteEvent
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
 from workspace.errors import WorkspaceError
+from workspace.grants import Signer as GrantSigner
 from workspace.log import Throttle
 from workspace.ops import metering, refusals
 from workspace.ops.events import Notifier
@@ -64,6 +65,9 @@ class Env:
     # Node name -> (when, why) this replica last refused its agent's certificate
     # (ops/reports.py ``refused``): a node that goes DOWN says that, not "no heartbeat".
     refused_nodes: dict[str, tuple[float, str]] = field(default_factory=dict, compare=False)
+    # Signs the peer grants sent with each node's orders (workspace/grants.py; None
+    # without TLS: peers check nothing then).
+    grant_signer: GrantSigner | None = field(default=None, compare=False)
 
     @classmethod
     def of(

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -16,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workspace import callctx, config, rpc, sole, version
+from workspace import callctx, config, grants, rpc, sole, version
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
 from workspace.edge.clusters import ClustersServicer
@@ -70,6 +71,20 @@ EVENT_PRUNE_S = 300.0
 CRL_POLL_S = 1.0
 
 
+def _grant_signer(cfg: ServiceConfig) -> grants.Signer | None:
+    """What signs the peer grants of nodes' orders: this service's TLS key (None, said,
+    if it cannot: peers then refuse every fetch and nodes fetch from the service)."""
+    try:
+        files = rpc.tls_files(cfg.tls)
+        return grants.Signer(files.cert_file, files.key_file)
+    except ConfigError:
+        return None  # start() says what is missing
+    except (OSError, ValueError, WorkspaceError) as exc:
+        reason = exc.message if isinstance(exc, WorkspaceError) else str(exc)
+        log.warning("cannot sign peer grants (nodes will fetch from the service): %s", reason)
+        return None
+
+
 class Service:
     """The service with its gRPC server; start() returns once it listens."""
 
@@ -90,6 +105,9 @@ class Service:
             raise
         self.notifier = Notifier()
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
+        if cfg.tls.enabled:
+            # Peers serve a node only the blobs the service grants it (workspace/grants.py).
+            self.env = replace(self.env, grant_signer=_grant_signer(cfg))
         # Replicas (service/replicas.py): on PostgreSQL, changes reach the other replicas'
         # streams by NOTIFY, and the background loops run only on the leader.
         postgres = self.store.engine.dialect.name == "postgresql"

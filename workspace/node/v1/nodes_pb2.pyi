@@ -418,6 +418,7 @@ class AssignmentSet(_message.Message):
     PREFETCH_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     PREFETCH_SOURCES_FIELD_NUMBER: _builtins.int
+    PEER_GRANTS_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
@@ -433,6 +434,12 @@ class AssignmentSet(_message.Message):
     def prefetch_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobSources]:
         """Peers that may hold each prefetch blob, chosen as for a disk's sources."""
 
+    @_builtins.property
+    def peer_grants(self) -> Global___PeerGrants:
+        """The service's word to peers that this node may fetch these blobs: the agent sends
+        the grant of a digest with each Peers.FetchBlob of it (agent/peers.py).
+        """
+
     def __init__(
         self,
         *,
@@ -441,14 +448,68 @@ class AssignmentSet(_message.Message):
         prefetch: _abc.Iterable[_builtins.str] | None = ...,
         policy: _trust_pb2.TrustPolicy | None = ...,
         prefetch_sources: _abc.Iterable[Global___BlobSources] | None = ...,
+        peer_grants: Global___PeerGrants | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer_grants", b"peer_grants", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "policy", b"policy", "prefetch", b"prefetch", "prefetch_sources", b"prefetch_sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "peer_grants", b"peer_grants", "policy", b"policy", "prefetch", b"prefetch", "prefetch_sources", b"prefetch_sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignmentSet: _TypeAlias = AssignmentSet  # noqa: Y015
+
+@_typing.final
+class PeerGrants(_message.Message):
+    """Grants for one node, signed by the service that built the set (workspace/grants.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    GRANTS_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    """DER: the service certificate whose key signed them"""
+    expires_at: _builtins.int
+    """unix seconds, for all of them"""
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobGrant]: ...
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        expires_at: _builtins.int = ...,
+        grants: _abc.Iterable[Global___BlobGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "expires_at", b"expires_at", "grants", b"grants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerGrants: _TypeAlias = PeerGrants  # noqa: Y015
+
+@_typing.final
+class BlobGrant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    signature: _builtins.bytes
+    """over (node, digest, expires_at): workspace/grants.py"""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobGrant: _TypeAlias = BlobGrant  # noqa: Y015
 
 @_typing.final
 class BlobSources(_message.Message):
@@ -653,23 +714,58 @@ class FetchBlobRequest(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     digest: _builtins.str
     offset: _builtins.int
+    @_builtins.property
+    def grant(self) -> Global___PeerGrant:
+        """Peers.FetchBlob only (with TLS, required): the service's grant of digest to node."""
+
     def __init__(
         self,
         *,
         node: _builtins.str = ...,
         digest: _builtins.str = ...,
         offset: _builtins.int = ...,
+        grant: Global___PeerGrant | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "node", b"node", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "grant", b"grant", "node", b"node", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FetchBlobRequest: _TypeAlias = FetchBlobRequest  # noqa: Y015
+
+@_typing.final
+class PeerGrant(_message.Message):
+    """One blob granted to one node (FetchBlobRequest.node and .digest): a BlobGrant with
+    its set's certificate and expiry.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    expires_at: _builtins.int
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        expires_at: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "expires_at", b"expires_at", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerGrant: _TypeAlias = PeerGrant  # noqa: Y015
 
 @_typing.final
 class BlobData(_message.Message):
