@@ -73,3 +73,35 @@ def test_check_finds_a_replace_wait_slurm_would_not_wait_for(
     run.scontrol = fake_scontrol(run.tmp, cluster=20)
     assert run("check", "c3") == 1
     assert "(20 s, slurm.conf)" in capsys.readouterr().out
+
+
+HIDDEN = """#!/bin/sh
+case "$1 $2" in
+"show node")
+  echo 'NodeName=c1 Arch=x86_64 State=IDLE+CLOUD Partitions=p1'
+  echo 'Node c2 not found'
+  echo 'Node c3 not found'
+  exit 1
+  ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def test_check_finds_nodes_slurm_hides(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without PrivateData=cloud slurmctld hides powered-down cloud nodes (Debian's
+    22.05.8: `Node c2 not found`, exit 1): ws-slurm can then neither read their features
+    nor find a workspace a failed suspend left on them, for good."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(HIDDEN)
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run.scontrol.not_shown(["c1", "c2", "c3"]) == ["c2", "c3"]
+    assert run("check", "c[1-3]") == 1
+    out = capsys.readouterr().out
+    assert (
+        "c[2-3]: scontrol show node says 'not found': not in slurm.conf, or slurm.conf "
+        "lacks PrivateData=cloud"
+    ) in out
+    assert run("check", "c1") == 0
+    assert "not found" not in capsys.readouterr().out

@@ -5,7 +5,8 @@ Per node: its rule (image, size), its user-data, and whether its name can be a w
 name. Then ws-slurm's own ground: the identity directory, and, when the service answers,
 each image (``GetImage``): that it exists for ws-slurm's user and takes user-data (an
 image whose ``context`` is ``none`` would boot without the user-data that starts slurmd).
-And ``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
+Nodes scontrol does not show (not in slurm.conf, or no ``PrivateData=cloud``). And
+``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
 ``show partition``): a wait that long would let Slurm give up on the node first.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
 the service could not be asked (the rest was checked).
@@ -60,6 +61,15 @@ def check(
             f"{n}: image {spec.image}, cpus {spec.cpus or 'default'}, memory_mib "
             f"{spec.memory_mib or 'default'} (rule {spec.rule + 1}), user-data {size} bytes"
         )
+    hidden = scontrol.not_shown(nodes) if nodes else []
+    if hidden:
+        out(
+            f"{brief(hidden)}: scontrol show node says 'not found': not in slurm.conf, or "
+            "slurm.conf lacks PrivateData=cloud (without it powered-down cloud nodes are "
+            "hidden, and ws-slurm cannot read their features nor find a workspace a failed "
+            "suspend left on them)"
+        )
+        status = EXIT_FAILED
     if not _waits_within_resume_timeout(s, scontrol, nodes, out):
         status = EXIT_FAILED
     if s.identity and not os.path.isdir(os.path.expanduser(s.identity)):

@@ -24,6 +24,7 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import time
@@ -73,8 +74,9 @@ class Scontrol:
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
         if proc.returncode != 0 and partial and _has(proc.stdout, partial):
-            log.warning("scontrol %s: %s", _shown(args),
-                        _cut(_not_partial(proc.stdout, partial), 4 * MAX_LOGGED_ARG))  # fmt: skip
+            rest = _not_partial(proc.stdout, partial)
+            if rest:
+                log.warning("scontrol %s: %s", _shown(args), _cut(rest, 4 * MAX_LOGGED_ARG))
             return proc.stdout
         if proc.returncode != 0:
             log.warning(
@@ -121,6 +123,18 @@ class Scontrol:
             if raw and raw != "(null)":
                 found[node] = frozenset(f for f in raw.split(",") if f)
         return found
+
+    def not_shown(self, nodes: Iterable[str]) -> list[str]:
+        """Those of ``nodes`` scontrol answers ``Node X not found`` for: not in slurm.conf,
+        or powered-down cloud nodes hidden (slurm.conf without ``PrivateData=cloud``: then
+        every run's cleanup of leftovers cannot see them). Empty when scontrol cannot
+        tell (no scontrol, slurmctld away)."""
+        names = list(nodes)
+        out = self._run("show", "node", "-o", compress(names), partial="Node") if names else None
+        missing = {
+            m.group(1) for m in re.finditer(r"^Node (\S+) not found", out or "", re.MULTILINE)
+        }
+        return [n for n in names if n in missing]
 
     def states(self, nodes: Iterable[str]) -> dict[str, str] | None:
         """Each node's ``State=`` (``IDLE+CLOUD+POWERED_DOWN``); None when scontrol
