@@ -142,3 +142,28 @@ def test_the_owner_grows_from_an_image_their_certificates_project_gives(
     with pytest.raises(grpc.RpcError) as err:
         scale(site.identity("bob"), 3)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_owner_taken_out_of_the_project_grows_nothing_in_it(site: TlsSite) -> None:
+    """The new members of a project's cluster are charged to the project, as a create in
+    it would be: once an admin takes the owner out of it (remove-user), their scale may
+    shrink the cluster but not grow it (before, it grew on the project's quota)."""
+    admin = site.stubs
+    admin.import_image("pub")
+    admin.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="pub", public=True))
+    projects = projects_pb2_grpc.ProjectsStub(admin.channel)
+    projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="phys", user="frank"))
+    frank = site.identity("frank")
+    create(frank, "pub")
+    scale(frank, 2)
+    projects.RemoveProjectUser(projects_pb2.ProjectUserRequest(project="phys", user="frank"))
+    with pytest.raises(grpc.RpcError) as err:
+        scale(frank, 3)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.value.details() == (
+        "cannot grow cluster el: user:frank is not a member of project phys, which its new "
+        "members would be charged to"
+    )
+    assert workers(admin) == ["el-worker-0", "el-worker-1"]
+    scale(frank, 1)  # giving back needs no membership
+    scale(admin, 3)  # an admin may

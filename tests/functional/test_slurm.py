@@ -365,3 +365,44 @@ def test_a_quick_re_resume_waits_for_the_old_workspace_to_go(slurm: Slurm) -> No
     assert new.id != old.id
     assert slurm.site.stubs.get(old.id).state == WS.WORKSPACE_STATE_TERMINATED
     assert slurm.scontrol.down == {}
+
+
+def test_a_node_whose_vmm_node_went_silent_gets_a_new_workspace_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VMM node under a Slurm node's workspace dies. Until node_grace_s the service
+    keeps the workspace RUNNING, but says its node is silent (node_silent_since); resume
+    then destroys it and makes the node anew on another node, instead of keeping it and
+    leaving Slurm to wait its whole ResumeTimeout."""
+    site = Site(tmp_path / "site", heartbeat_interval_s=1, node_grace_s=20)
+    s = None
+    try:
+        site.stubs.network()
+        site.stubs.import_image("slurm", context="nocloud")
+        site.add_agent("node1", cpus=8, memory_mib=4096)
+        s = Slurm(site, tmp_path, monkeypatch)
+        assert s("resume", "c1") == 0
+        old = site.stubs.wait_state("c1", WS.WORKSPACE_STATE_RUNNING)
+        assert not s.client.get_workspace(old.id).HasField("node_silent_since")
+        site.add_agent("node2", cpus=8, memory_mib=4096)
+        site.stop_agent("node1")  # its heartbeats stop: the node "died"
+        client = s.client
+        silent = wait_for(
+            lambda: (w := client.get_workspace(old.id)).HasField("node_silent_since") and w,
+            timeout_s=60,
+            what="the service to say c1's node is silent",
+        )
+        assert silent.state == WS.WORKSPACE_STATE_RUNNING  # not LOST yet
+        assert old.id in {
+            w.id for w in s.client.list_workspaces() if w.HasField("node_silent_since")
+        }
+        assert s("resume", "c1") == 0, s.log.read_text()
+        new = s.live()["c1"]
+        assert new.id != old.id and new.node == "node2"
+        assert site.stubs.get(old.id).state == WS.WORKSPACE_STATE_TERMINATED
+        assert "its node node1 has not reported since" in s.log.read_text()
+        assert s.scontrol.down == {}
+    finally:
+        if s is not None:
+            s.client.close()
+        site.close()

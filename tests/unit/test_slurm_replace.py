@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from tests.unit.test_slurm_program import Run, _reset_logging, run
 from workspace import errors
+from workspace.slurm.program import fail_reason
 from workspace.v1 import common_pb2
 
 __all__ = ["_reset_logging", "run"]  # the fixtures, used here
@@ -104,3 +105,53 @@ def test_a_dead_workspace_that_cannot_be_destroyed_is_told_to_slurm(run: Run) ->
     run.service.undestroyable[old.id] = errors.Unavailable("connection refused")
     assert run("resume", "c1") == 3
     assert run.scontrol.down["c1"].startswith("ws: the workspace service cannot be reached")
+
+
+def test_a_workspace_on_a_node_that_stopped_reporting_is_replaced(run: Run) -> None:
+    """Its VMM node died moments ago: the service does not call the workspace LOST until
+    node_grace_s, but says its node is silent. Resume replaces it then and there rather
+    than keep it and leave the node to fail at ResumeTimeout (before: `already has
+    workspace`, and the job waited the whole ResumeTimeout)."""
+    assert run("resume", "c[1-2]") == 0
+    old = ws_of(run, "c1")
+    old.state = WS.WORKSPACE_STATE_RUNNING
+    old.node = "node7"
+    old.node_silent_since.FromSeconds(1_796_000_000)  # 2026-11-30T00:53:20Z
+    kept = ws_of(run, "c2")
+    kept.state = WS.WORKSPACE_STATE_RUNNING
+    assert run("resume", "c[1-2]") == 0, run.text()
+    assert old.state == WS.WORKSPACE_STATE_TERMINATED
+    new = ws_of(run, "c1")
+    assert new.id != old.id
+    assert ws_of(run, "c2").id == kept.id
+    text = run.text()
+    assert (
+        "node c1: workspace c1 is RUNNING (its node node7 has not reported since "
+        "2026-11-30T00:53:20Z): destroying it to make a new one"
+    ) in text
+    assert run.scontrol.addresses["c1"] == new.nics[0].ip
+    assert run.scontrol.down == {}
+
+
+def test_a_silent_nodes_workspace_not_gone_in_time_is_told_with_why(run: Run) -> None:
+    """Its destroy ends only when the service declares the silent node DOWN (node_grace_s):
+    if that is later than replace_wait_s, Slurm is told at once, and why."""
+    run.config.write_text(run.config.read_text() + "replace_wait_s = 0\n")
+    run.service.destroy_polls = None
+    assert run("resume", "c1") == 0
+    old = ws_of(run, "c1")
+    old.state = WS.WORKSPACE_STATE_RUNNING
+    old.node = "node7"
+    old.node_silent_since.FromSeconds(1_796_000_000)
+    assert run("resume", "c1") == 1
+    assert run.scontrol.down == {
+        "c1": "ws: node c1: its old workspace c1 was still being destroyed after 0 s "
+        "(STOPPING; its node node7 has not reported since 2026-11-30T00:53:20Z)"
+    }
+    # A workspace resume-fail finds on a silent node: its reason says so.
+    silent = common_pb2.Workspace(name="c3", node="node7", state=WS.WORKSPACE_STATE_RUNNING)
+    silent.node_silent_since.FromSeconds(1_796_000_000)
+    assert fail_reason("c3", [silent]) == (
+        "did not register in ResumeTimeout (workspace c3 was RUNNING; its node node7 has "
+        "not reported since 2026-11-30T00:53:20Z)"
+    )

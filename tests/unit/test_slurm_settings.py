@@ -254,3 +254,71 @@ def test_the_shipped_examples_parse() -> None:
     assert data == context.user_data(s.resolve("cloud3"), s)  # stable bytes
     parts = [p.get_payload(decode=True) for p in email.message_from_bytes(data).walk()]
     assert any(b"/etc/motd" in p for p in parts if isinstance(p, bytes))
+
+
+def _env_file_value(line: str) -> str:
+    """One ``NAME="..."`` line as systemd's EnvironmentFile reader takes it (v252,
+    src/basic/env-file.c): inside double quotes a backslash escapes ``\\ " ` $`` and is
+    kept before any other character."""
+    name, _, raw = line.rstrip("\n").partition("=")
+    assert name == "SLURMD_OPTIONS" and raw.startswith('"') and raw.endswith('"'), line
+    out, escaped = [], False
+    for c in raw[1:-1]:
+        if escaped:
+            out.append(c if c in '"\\`$' else "\\" + c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        else:
+            assert c != '"', f"the value ends early: {line}"
+            out.append(c)
+    return "".join(out)
+
+
+def _systemd_split(value: str) -> list[str]:
+    """An unquoted ``$SLURMD_OPTIONS`` in ExecStart=, split as systemd splits it
+    (replace_env_argv: extract_first_word with EXTRACT_RELAX|EXTRACT_UNQUOTE): whitespace
+    separates, single and double quotes group and go, a backslash (quoted or not) keeps
+    the next character."""
+    words: list[str] = []
+    word: list[str] = []
+    quote, escaped, started = "", False, False
+    for c in value:
+        if escaped:
+            word.append(c)
+            escaped = False
+        elif quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\":
+                escaped = True
+            else:
+                word.append(c)
+        elif c in "'\"":
+            quote, started = c, True
+        elif c == "\\":
+            escaped, started = True, True
+        elif c.isspace():
+            if started or word:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(c)
+    if started or word:
+        words.append("".join(word))
+    return words
+
+
+@pytest.mark.parametrize(
+    "controller",
+    ["10.0.0.1", "ctl.example.org", "[fd00::1]", "it's", 'a"b', "a\\b", "a$b`c", "two words"],
+)
+def test_slurmd_gets_the_controller_as_one_argument(tmp_path: Path, controller: str) -> None:
+    """/etc/default/slurmd is read by systemd, not a shell: what slurmd gets is what
+    systemd makes of the line (before, shell quoting: a ``"`` ended the value, a backslash
+    was lost)."""
+    s = load(write_config(tmp_path, controller=controller))
+    doc = yaml.safe_load(context.user_data(s.resolve("c1"), s))
+    line = {f["path"]: f for f in doc["write_files"]}["/etc/default/slurmd"]["content"]
+    argv = _systemd_split(_env_file_value(line))
+    assert argv == ["--conf-server", f"{controller}:6817", "-N", "c1"], line

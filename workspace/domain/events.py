@@ -78,6 +78,9 @@ class Refusal(enum.StrEnum):
     CAPACITY = "capacity"
     QUOTA = "quota"
     TRUST = "trust"
+    # The one a request is made for no longer has the rights it needs (an autoscaler
+    # whose setter's certificate was revoked, or who left the project: ops/autoscale.py).
+    RIGHTS = "rights"
     OTHER = "other"
 
 

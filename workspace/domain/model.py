@@ -191,6 +191,9 @@ class WorkspaceView:
     saving_sent_bytes: int = 0
     saving_size_bytes: int = 0
     saving_copied_percent: float = 0.0
+    # While its node has not reported for a while but is not DOWN yet: when it was last
+    # heard from (epoch s; 0: its node reports, or none). ops/queries.py.
+    node_silent_since: float = 0.0
 
 
 @dataclass(frozen=True)

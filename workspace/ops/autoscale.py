@@ -12,6 +12,12 @@ Signals:
   PENDING and RUNNING (in PARTITION), each task of a job array counted.
 
 A signal runs outside any transaction; the scale it asks for runs in one of its own.
+
+A grow is made with the rights of whoever turned the role's autoscaler on (``by``), and
+only while they still have them: their certificate not revoked, and they still may act
+on the cluster (its owner, an admin, a member of its project) and still belong to its
+project. Otherwise the grow is refused, with a site event naming why, until someone with
+rights turns the autoscaler on again.
 """
 
 from __future__ import annotations
@@ -22,16 +28,18 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
 
+from workspace import callctx
 from workspace.config import ServiceConfig
 from workspace.domain import elastic
 from workspace.domain.elastic import AutoscaleInfo, Decision, Signal
-from workspace.domain.events import SiteEvent
+from workspace.domain.events import Kind as EventKind
+from workspace.domain.events import Refusal, SiteEvent
 from workspace.domain.model import ClusterView
 from workspace.domain.states import ClusterState
 from workspace.errors import InvalidArgument, PermissionDenied, WorkspaceError
@@ -40,7 +48,7 @@ from workspace.ops import refusals
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
 from workspace.ops.cluster_state import members_of, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
-from workspace.ops.projects import as_identity
+from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster
 
@@ -229,8 +237,11 @@ class Outcome:
 Reader = Callable[[ServiceConfig, str, AutoscaleInfo, int], int]
 
 
-def evaluate(env: Env, reader: Reader = read_signal) -> list[Outcome]:
-    """One pass over every autoscaled role; each one's decision."""
+def evaluate(
+    env: Env, reader: Reader = read_signal, revoked: Set[int] = frozenset()
+) -> list[Outcome]:
+    """One pass over every autoscaled role; each one's decision. ``revoked``: the serials
+    the site's CRL revokes now (a grow set by a revoked certificate is refused)."""
     with env.store.read() as s:
         found = [
             (c.id, c.name, c.state, elastic.infos(c.autoscale))
@@ -246,12 +257,20 @@ def evaluate(env: Env, reader: Reader = read_signal) -> list[Outcome]:
     for cid, name, state, infos in found:
         for a in infos:
             current = counts[(cid, a.role)]
-            out.append(Outcome(cid, a.role, _one(env, reader, cid, name, state, a, current)))
+            d = _one(env, reader, cid, name, state, a, current, revoked)
+            out.append(Outcome(cid, a.role, d))
     return out
 
 
 def _one(
-    env: Env, reader: Reader, cid: str, name: str, state: str, a: AutoscaleInfo, current: int
+    env: Env,
+    reader: Reader,
+    cid: str,
+    name: str,
+    state: str,
+    a: AutoscaleInfo,
+    current: int,
+    revoked: Set[int],
 ) -> Decision:
     now = env.clock()
     if state in _IDLE:
@@ -270,6 +289,10 @@ def _one(
     if target == current:
         _record(env, cid, a.role, d, changed=False)
         return d
+    if target > current:
+        problem = _setter_problem(env, cid, a.role, revoked)
+        if problem:
+            return _refuse_grow(env, cid, name, a, d, problem)
     refused: list[SiteEvent] = []
     try:
         with write(env, refused_into=refused) as u:
@@ -293,11 +316,77 @@ def _one(
     return d
 
 
+def _setter_problem(env: Env, cid: str, role: str, revoked: Set[int]) -> str:
+    """Why whoever turned ``role``'s autoscaler on can no longer have it grow the cluster
+    ("": they can): their certificate is revoked, or they may no longer act on the
+    cluster, or no longer belong to the project its new members would be charged to (a
+    member an admin removed: ``ws-admin project remove-user``). An autoscaler set before
+    its setter was stored grows with the owner's name, as it always did."""
+    with env.store.read() as s:
+        c = s.get(Cluster, cid)
+        by = ((c.autoscale or {}).get(role) or {}).get(BY) if c is not None else None
+        actor = _actor(by)
+        if c is None or actor is None:
+            return ""
+        serial = _serial(by)
+        who = f"{actor.principal}, who turned the autoscaler on,"
+        if serial and serial in revoked:
+            return f"the certificate of {who} has been revoked (serial 0x{serial:x})"
+        if actor.admin:
+            return ""
+        mine = scope(s, actor)
+        if not mine.sees(c.owner, c.project):
+            return f"{who} may no longer act on cluster {c.name}"
+        if c.project and c.project not in mine.projects:
+            return f"{who} is no longer a member of project {c.project}"
+    return ""
+
+
+def _refuse_grow(
+    env: Env, cid: str, name: str, a: AutoscaleInfo, d: Decision, problem: str
+) -> Decision:
+    """A grow its setter may no longer make: the decision says why, and a
+    ``workspace.refused`` site event (state ``rights``) tells the admin, once while the
+    refusal stays the same."""
+    d = replace(
+        d,
+        action=elastic.FAILED,
+        detail=f"{d.detail} refused: {problem}; until someone with rights on the cluster "
+        "turns it on again (ws cluster autoscale)",
+    )
+    if not (a.last is not None and _same(a.last, d)):
+        event = SiteEvent(
+            at=env.clock(),
+            kind=EventKind.WORKSPACE_REFUSED.value,
+            who=callctx.current().who,
+            cluster=cid,
+            subject=a.role,
+            state=Refusal.RIGHTS.value,
+            reason=f"autoscale of cluster {name}, role {a.role}: {problem}",
+        )
+        refusals.record(env.store, env.notifier, [event])
+    _record(env, cid, a.role, d, changed=False)
+    log.warning("cluster %s, autoscale %s: %s", name, a.role, d.detail)
+    return d
+
+
 def _by(who: Identity) -> dict[str, Any]:
     """Who turned a role's autoscaler on, as stored with it: the autoscaler grows the
     cluster with their rights (an admin's cluster from another user's image included),
-    never more."""
-    return {"user": who.name, "admin": who.admin, "projects": sorted(who.projects)}
+    never more, and only while they have them (``_setter_problem``): their certificate's
+    serial is kept to tell when it is revoked."""
+    by: dict[str, Any] = {"user": who.name, "admin": who.admin, "projects": sorted(who.projects)}
+    if who.serial:
+        by["serial"] = format(who.serial, "x")
+    return by
+
+
+def _serial(by: Any) -> int:
+    """The serial ``_by`` stored (0: none, e.g. a service without TLS)."""
+    try:
+        return int(str(by.get("serial") or "0"), 16) if isinstance(by, dict) else 0
+    except ValueError:
+        return 0
 
 
 def _actor(by: Any) -> Identity | None:

@@ -23,14 +23,24 @@ from workspace.domain.leases import iso_time
 from workspace.domain.model import ClusterView, CreateSpec, MemberSpec
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import ClusterState, Desired, State
-from workspace.errors import FailedPrecondition, InvalidArgument, WorkspaceError
+from workspace.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    WorkspaceError,
+)
 from workspace.identity import Identity
 from workspace.ops import keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import destroy_member, members_of, refresh, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
 from workspace.ops.create import check_networks, check_spec, check_wait, new_row
-from workspace.ops.projects import acting_scope, as_identity, check_workspace_quota
+from workspace.ops.projects import (
+    acting_scope,
+    as_identity,
+    check_workspace_quota,
+    memberships,
+)
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.scheduler import Affinity
 from workspace.store import Cluster, Image, Workspace, journal
@@ -207,6 +217,19 @@ def _grow(
     actor: Identity | None,
 ) -> list[Workspace]:
     s = u.s
+    # New members are charged to the project, as a create in it would be, and a create
+    # in it needs its member (projects.resolve_project): one an admin took out of it
+    # (`ws-admin project remove-user`) grows nothing there.
+    if (
+        actor is not None
+        and not actor.admin
+        and c.project
+        and c.project not in memberships(s, actor)
+    ):
+        raise PermissionDenied(
+            f"cannot grow cluster {c.name}: {actor.principal} is not a member of "
+            f"project {c.project}, which its new members would be charged to"
+        )
     sc = acting_scope(s, c.owner, actor)
     template = workspace_views(s, [(mine or live(members) or members)[0]])[0] if members else None
     ended = template.lease_expires_at if template is not None else 0.0

@@ -5,11 +5,14 @@ they were being destroyed), as docs/design/control-plane.md says of a silent nod
 from __future__ import annotations
 
 import logging
-from collections.abc import Set
+from collections.abc import Sequence, Set
+from dataclasses import replace
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from workspace.domain.leases import iso_time
+from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, NodeState, State
 from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
@@ -47,6 +50,41 @@ def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
             down.append(node.name)
         refresh(env, u, u.changed_clusters())
     return down
+
+
+def silence_s(env: Env) -> float:
+    """How long a node may be silent before its workspaces' views say so
+    (``with_node_silence``): three heartbeats missed, and half of the grace period (a
+    heartbeat late under load is not news)."""
+    return max(3.0 * env.cfg.heartbeat_interval_s, env.cfg.node_grace_s / 2)
+
+
+def with_node_silence(env: Env, s: Session, views: Sequence[WorkspaceView]) -> list[WorkspaceView]:
+    """``views``, each whose node has been silent for longer than ``silence_s`` (and is
+    not DOWN yet: then they are LOST) marked with when it last reported. Nothing is
+    judged within that time of this service's start or its database's return, when
+    heartbeats could not be recorded (as ``check_liveness``)."""
+    now = env.clock()
+    cutoff = now - silence_s(env)
+    nodes = {v.node for v in views if v.node and v.state is not State.TERMINATED}
+    if not nodes or max(env.started_at, env.store.reachable_since()) > cutoff:
+        return list(views)
+    rows = s.execute(
+        select(Node.name, Node.last_heartbeat).where(
+            Node.name.in_(sorted(nodes)),
+            Node.state != NodeState.DOWN.value,
+            Node.last_heartbeat < cutoff,
+        )
+    ).all()
+    silent = {name: float(heard) for name, heard in rows}
+    if not silent:
+        return list(views)
+    return [
+        replace(v, node_silent_since=silent[v.node])
+        if v.node in silent and v.state is not State.TERMINATED
+        else v
+        for v in views
+    ]
 
 
 def check_revocations(env: Env, revoked: Set[int]) -> list[str]:

@@ -12,7 +12,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import admission
+from workspace.ops import admission, liveness
 from workspace.ops.lifecycle import choose_owned
 from workspace.ops.projects import scope
 from workspace.ops.unit import Env
@@ -42,7 +42,7 @@ def get(env: Env, who: Identity | str, ref: str) -> WorkspaceView:
         view = workspace_views(s, [row])[0]
         if row.wait_reason:
             view = replace(view, reason=admission.with_position(s, row.id, row.wait_reason))
-        return view
+        return liveness.with_node_silence(env, s, [view])[0]
 
 
 def list_page(
@@ -77,7 +77,7 @@ def list_page(
         more = bool(page_size) and len(rows) > page_size
         rows = rows[:page_size] if page_size else rows
         token = encode_token(rows[-1].created_at, rows[-1].id) if more else ""
-        return workspace_views(s, rows), token
+        return liveness.with_node_silence(env, s, workspace_views(s, rows)), token
 
 
 def list_all(

@@ -327,7 +327,8 @@ class Service:
                 continue
             try:
                 if any(
-                    o.decision.action in ("grew", "shrank") for o in autoscale.evaluate(self.env)
+                    o.decision.action in ("grew", "shrank")
+                    for o in autoscale.evaluate(self.env, revoked=self.auth.revoked())
                 ):
                     self.rosters.poke()
             except Exception:

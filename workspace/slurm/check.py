@@ -5,6 +5,9 @@ Per node: its rule (image, size), its user-data, and whether its name can be a w
 name. Then ws-slurm's own ground: the identity directory, and, when the service answers,
 each image (``GetImage``): that it exists for ws-slurm's user and takes user-data (an
 image whose ``context`` is ``none`` would boot without the user-data that starts slurmd).
+Nodes scontrol does not show (not in slurm.conf, or no ``PrivateData=cloud``). And
+``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
+``show partition``): a wait that long would let Slurm give up on the node first.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
 the service could not be asked (the rest was checked).
 """
@@ -17,6 +20,7 @@ from typing import Protocol
 
 from workspace import errors
 from workspace.slurm.context import ContextError, user_data
+from workspace.slurm.hostlist import brief
 from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, WORKSPACE_NAME_RE
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import Settings, Unmapped
@@ -57,6 +61,17 @@ def check(
             f"{n}: image {spec.image}, cpus {spec.cpus or 'default'}, memory_mib "
             f"{spec.memory_mib or 'default'} (rule {spec.rule + 1}), user-data {size} bytes"
         )
+    hidden = scontrol.not_shown(nodes) if nodes else []
+    if hidden:
+        out(
+            f"{brief(hidden)}: scontrol show node says 'not found': not in slurm.conf, or "
+            "slurm.conf lacks PrivateData=cloud (without it powered-down cloud nodes are "
+            "hidden, and ws-slurm cannot read their features nor find a workspace a failed "
+            "suspend left on them)"
+        )
+        status = EXIT_FAILED
+    if not _waits_within_resume_timeout(s, scontrol, nodes, out):
+        status = EXIT_FAILED
     if s.identity and not os.path.isdir(os.path.expanduser(s.identity)):
         out(
             f"identity directory {s.identity} not found: resume would fail (make one with "
@@ -82,6 +97,31 @@ def check(
         out(f"images not checked: the workspace service refused ws-slurm: {exc.message}")
         return EXIT_FAILED
     return status
+
+
+def _waits_within_resume_timeout(
+    s: Settings, scontrol: Scontrol, nodes: Sequence[str], out: Callable[[str], None]
+) -> bool:
+    """False (and said) when ``replace_wait_s`` is not below a node's ResumeTimeout:
+    resume may wait that long for a node's old workspace before it makes the new one, and
+    the new one still has to boot and register within ResumeTimeout, so Slurm would mark
+    the node DOWN ("ResumeTimeout reached") while resume is still waiting. Nothing is
+    said when scontrol cannot tell."""
+    timeouts = scontrol.resume_timeouts(nodes) if nodes else None
+    if not timeouts:
+        return True
+    short: dict[tuple[int, str], list[str]] = {}
+    for node in nodes:
+        if node in timeouts and s.replace_wait_s >= timeouts[node][0]:
+            short.setdefault(timeouts[node], []).append(node)
+    for (limit, where), which in short.items():
+        out(
+            f"{brief(which)}: replace_wait_s {s.replace_wait_s:g} s is not below their "
+            f"ResumeTimeout ({limit} s, {where}): Slurm would give up on a node while resume "
+            "still waits for its old workspace to be destroyed; set replace_wait_s well "
+            "below it (the new workspace must still boot within ResumeTimeout)"
+        )
+    return not short
 
 
 def _image_problem(service: Images, image: str) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shlex
+import re
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
@@ -45,16 +45,40 @@ def _read(path: str, what: str) -> bytes:
         raise ContextError(f"{what} {path}: {exc.strerror or exc}") from None
 
 
-def slurmd_options(node: str, s: Settings) -> str:
+def slurmd_args(node: str, s: Settings) -> list[str]:
     if s.slurm_conf_file:
-        return f"-N {shlex.quote(node)}"
+        return ["-N", node]
     if not s.controller:
         raise ContextError(
             "no controller in the config file: set controller (slurmctld's address) for "
             "configless slurmd, or slurm_conf_file"
         )
-    server = f"{s.controller}:{s.controller_port}"
-    return f"--conf-server {shlex.quote(server)} -N {shlex.quote(node)}"
+    return ["--conf-server", f"{s.controller}:{s.controller_port}", "-N", node]
+
+
+# A word systemd splits out of an unquoted ``$VAR`` as it is: nothing that separates,
+# quotes or escapes there.
+PLAIN_WORD = re.compile(r"[^\s'\"\\]+")
+# What a backslash escapes inside an EnvironmentFile's double-quoted value.
+ENV_FILE_ESCAPED = '\\"`$'
+
+
+def environment_line(name: str, args: list[str]) -> str:
+    """``NAME="..."`` for an EnvironmentFile that a unit expands as ``$NAME`` (Debian's
+    slurmd.service: ``ExecStart=/usr/sbin/slurmd -D -s $SLURMD_OPTIONS``), so that each
+    of ``args`` reaches the program as one argument, whatever it holds. Not shell
+    quoting: systemd reads the file itself (a double-quoted value, in which a backslash
+    escapes ``\\ " ` $`` only), then splits the unquoted ``$NAME`` at whitespace, where
+    single and double quotes group and a backslash, quoted or not, keeps the next
+    character (``extract_first_word`` with ``EXTRACT_RELAX|EXTRACT_UNQUOTE``). So a word
+    with whitespace, a quote or a backslash is single-quoted with ``\\`` and ``\'``
+    inside; ``shlex.quote`` would lose a backslash there and end the value at a ``"``."""
+    words = [
+        a if PLAIN_WORD.fullmatch(a) else "'" + a.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        for a in args
+    ]
+    value = "".join("\\" + c if c in ENV_FILE_ESCAPED else c for c in " ".join(words))
+    return f'{name}="{value}"\n'
 
 
 def cloud_config(spec: NodeSpec, s: Settings) -> str:
@@ -62,7 +86,7 @@ def cloud_config(spec: NodeSpec, s: Settings) -> str:
     files: list[dict[str, str]] = [
         {
             "path": "/etc/default/slurmd",
-            "content": f'SLURMD_OPTIONS="{slurmd_options(spec.node, s)}"\n',
+            "content": environment_line("SLURMD_OPTIONS", slurmd_args(spec.node, s)),
             "permissions": "0644",
         },
         {"path": SLURMD_DROPIN_PATH, "content": SLURMD_DROPIN, "permissions": "0644"},

@@ -21,7 +21,8 @@
 Idempotent: the existing workspaces are listed first (one call) and a node that has a
 live one is not created again; each create carries a request id derived from its nodes
 and spec, so a create whose answer was lost and is sent again makes nothing new. A live
-workspace that cannot serve (FAILED, LOST, STOPPED, PAUSED) is destroyed and replaced;
+workspace that cannot serve (FAILED, LOST, STOPPED, PAUSED, or on a node that stopped
+reporting: ``node_silent_since``) is destroyed and replaced;
 a node's old workspace still being destroyed is waited for (``replace_wait_s``) before
 its new one is made.
 
@@ -147,10 +148,30 @@ def _gone(ws: common_pb2.Workspace) -> bool:
 
 
 def _serves(ws: common_pb2.Workspace) -> bool:
-    """A workspace that is, or is on its way to be, a running node."""
+    """A workspace that is, or is on its way to be, a running node: not dead, and on a
+    node that still reports (one silent for a while has likely died with its guests,
+    and is not DOWN yet only because the service gives it node_grace_s)."""
     if _gone(ws):
         return False
+    if ws.HasField("node_silent_since"):
+        return False
     return ws.state not in DEAD_STATES and ws.desired_state not in DEAD_DESIRED
+
+
+def _silence(ws: common_pb2.Workspace) -> str:
+    """``its node n1 has not reported since ...`` for a workspace whose node is silent
+    (the service's ``node_silent_since``), else ""."""
+    if not ws.HasField("node_silent_since"):
+        return ""
+    since = ws.node_silent_since.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"its node {ws.node} has not reported since {since}"
+
+
+def _unfit(ws: common_pb2.Workspace) -> str:
+    """Why a workspace that does not serve cannot be its node (for the log)."""
+    if ws.state not in DEAD_STATES and _silence(ws):
+        return _silence(ws)
+    return ws.reason or "no reason given"
 
 
 def _state(ws: common_pb2.Workspace) -> str:
@@ -321,7 +342,7 @@ class Program:
                     n,
                     ws.name,
                     state,
-                    ws.reason or "no reason given",
+                    _unfit(ws),
                 )
                 try:
                     self.client.destroy_workspace(ws.id)
@@ -347,10 +368,11 @@ class Program:
         if ending:
             left = self._wait_ended(ending)
             for n, ws in left.values():
+                shown = "; ".join(x for x in (_state(ws), _silence(ws)) if x)
                 blocked.setdefault(
                     n,
                     f"its old workspace {ws.name} was still being destroyed after "
-                    f"{self.s.replace_wait_s:g} s ({_state(ws)})",
+                    f"{self.s.replace_wait_s:g} s ({shown})",
                 )
         return blocked
 
@@ -715,7 +737,8 @@ def fail_reason(node: str, mine: Sequence[common_pb2.Workspace]) -> str:
     if mine:
         ws = mine[0]
         state = WS.Name(ws.state).removeprefix("WORKSPACE_STATE_")
-        return f"did not register in ResumeTimeout (workspace {ws.name} was {state})"
+        silent = f"; {_silence(ws)}" if _silence(ws) else ""
+        return f"did not register in ResumeTimeout (workspace {ws.name} was {state}{silent})"
     # No workspace: resume made none (refused it, and powered the node down: see the log),
     # so "did not register" would send the admin looking at a guest that never was.
     return "resume made no workspace for it (see the ws-slurm log)"

@@ -16,12 +16,15 @@ fails) ws-slurm goes on with what it knows and says so in its log.
   (seen with Slurm 22.05). POWER_DOWN_FORCE powers it down now; its job was requeued
   already by the DOWN node, so there is nothing left on it to cancel;
 * ``scontrol show node -o NODES``: which nodes Slurm has powered down (``State=...
-  +POWERED_DOWN``): a workspace left on such a node (a suspend that failed) is destroyed.
+  +POWERED_DOWN``): a workspace left on such a node (a suspend that failed) is destroyed;
+* ``scontrol show config`` and ``scontrol show partition -o`` (``check`` only): each
+  node's ResumeTimeout, which ``replace_wait_s`` must stay below.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import time
@@ -71,8 +74,9 @@ class Scontrol:
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
         if proc.returncode != 0 and partial and _has(proc.stdout, partial):
-            log.warning("scontrol %s: %s", _shown(args),
-                        _cut(_not_partial(proc.stdout, partial), 4 * MAX_LOGGED_ARG))  # fmt: skip
+            rest = _not_partial(proc.stdout, partial)
+            if rest:
+                log.warning("scontrol %s: %s", _shown(args), _cut(rest, 4 * MAX_LOGGED_ARG))
             return proc.stdout
         if proc.returncode != 0:
             log.warning(
@@ -120,6 +124,18 @@ class Scontrol:
                 found[node] = frozenset(f for f in raw.split(",") if f)
         return found
 
+    def not_shown(self, nodes: Iterable[str]) -> list[str]:
+        """Those of ``nodes`` scontrol answers ``Node X not found`` for: not in slurm.conf,
+        or powered-down cloud nodes hidden (slurm.conf without ``PrivateData=cloud``: then
+        every run's cleanup of leftovers cannot see them). Empty when scontrol cannot
+        tell (no scontrol, slurmctld away)."""
+        names = list(nodes)
+        out = self._run("show", "node", "-o", compress(names), partial="Node") if names else None
+        missing = {
+            m.group(1) for m in re.finditer(r"^Node (\S+) not found", out or "", re.MULTILINE)
+        }
+        return [n for n in names if n in missing]
+
     def states(self, nodes: Iterable[str]) -> dict[str, str] | None:
         """Each node's ``State=`` (``IDLE+CLOUD+POWERED_DOWN``); None when scontrol
         cannot tell."""
@@ -140,6 +156,39 @@ class Scontrol:
         """Those of ``nodes`` that are DOWN already (empty when scontrol cannot tell)."""
         states = self.states(nodes) or {}
         return {n for n, state in states.items() if "DOWN" in state.upper().split("+")}
+
+    def resume_timeouts(self, nodes: Iterable[str]) -> dict[str, tuple[int, str]] | None:
+        """Each node's ResumeTimeout in seconds and where it is set (``partition p1``,
+        ``slurm.conf``); None when scontrol cannot tell. As slurm.conf(5) says: the
+        highest of the node's partitions that set one, else the cluster's. A node whose
+        timeout is INFINITE (or that scontrol does not show) is left out."""
+        shown = self._show(list(nodes))
+        config = self._run("show", "config")
+        parts = self._run("show", "partition", "-o")
+        if shown is None or config is None or parts is None:
+            return None
+        cluster: int | None = None
+        for line in config.splitlines():
+            key, eq, value = line.partition("=")
+            if eq and key.strip() == "ResumeTimeout":
+                cluster = _seconds(value.split()[0] if value.split() else "")
+        own: dict[str, int | None] = {}
+        for line in parts.splitlines():
+            fields = _node_fields(line)
+            raw = fields.get("ResumeTimeout", "GLOBAL")
+            if "PartitionName" in fields and raw.upper() != "GLOBAL":
+                own[fields["PartitionName"]] = _seconds(raw)
+        found: dict[str, tuple[int, str]] = {}
+        for node, fields in shown.items():
+            mine = [p for p in fields.get("Partitions", "").split(",") if p in own]
+            if any(own[p] is None for p in mine):
+                continue  # INFINITE: never given up
+            if mine:
+                part = max(mine, key=lambda p: own[p] or 0)
+                found[node] = (own[part] or 0, f"partition {part}")
+            elif cluster is not None:
+                found[node] = (cluster, "slurm.conf")
+        return found
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         """Tell slurmctld where ``node`` is; False if that could not be done."""
@@ -179,6 +228,12 @@ def is_powered_down(state: str) -> bool:
     """A node's ``State=`` (``IDLE+CLOUD+POWERED_DOWN``): powered down and staying so."""
     flags = set(state.upper().split("+"))
     return "POWERED_DOWN" in flags and "POWERING_UP" not in flags
+
+
+def _seconds(raw: str) -> int | None:
+    """A ResumeTimeout as scontrol shows it (``600``, ``INFINITE``): None when unbounded
+    (or unreadable)."""
+    return int(raw) if raw.isdigit() else None
 
 
 def _has(out: str, partial: str) -> bool:

@@ -1,0 +1,107 @@
+"""``ws-slurm check`` against Slurm's own settings: ``replace_wait_s`` must stay below each
+node's ResumeTimeout (``scontrol show config``, ``show partition -o``, ``show node -o``;
+the lines below are Debian's slurmctld 22.05.8's, trimmed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_slurm_program import Run, _reset_logging, run
+from workspace.slurm.scontrol import Scontrol
+
+__all__ = ["_reset_logging", "run"]  # the fixtures, used here
+
+FAKE = """#!/bin/sh
+case "$1 $2" in
+"show config")
+  echo 'ResumeProgram           = /usr/local/sbin/ws-slurm-resume'
+  echo 'ResumeRate              = 0 nodes/min'
+  echo 'ResumeTimeout           = {cluster} sec'
+  ;;
+"show partition")
+  echo 'PartitionName=p1 Nodes=c[1-2] State=UP ResumeTimeout=30 SuspendTimeout=GLOBAL'
+  echo 'PartitionName=p2 AllowGroups=ALL Default=YES Nodes=c[2-3] State=UP TRES=cpu=2,node=2'
+  echo 'PartitionName=p3 AllowGroups=ALL Nodes=c4 State=UP ResumeTimeout=INFINITE'
+  ;;
+"show node")
+  echo 'NodeName=c1 Arch=x86_64 State=IDLE+CLOUD+POWERED_DOWN Partitions=p1'
+  echo 'NodeName=c2 Arch=x86_64 State=IDLE+CLOUD+POWERED_DOWN Partitions=p1,p2'
+  echo 'NodeName=c3 Arch=x86_64 State=IDLE+CLOUD+POWERED_DOWN Partitions=p2'
+  echo 'NodeName=c4 Arch=x86_64 State=IDLE+CLOUD+POWERED_DOWN Partitions=p3'
+  ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def fake_scontrol(tmp: Path, cluster: int = 600) -> Scontrol:
+    fake = tmp / "scontrol"
+    fake.write_text(FAKE.replace("{cluster}", str(cluster)))
+    fake.chmod(0o755)
+    return Scontrol(str(fake))
+
+
+def test_resume_timeout_per_node(tmp_path: Path) -> None:
+    """slurm.conf(5): the highest of the node's partitions that set one, else the
+    cluster's; INFINITE is never given up."""
+    sc = fake_scontrol(tmp_path)
+    assert sc.resume_timeouts(["c1", "c2", "c3", "c4"]) == {
+        "c1": (30, "partition p1"),
+        "c2": (30, "partition p1"),  # p2 sets none: p1's is the only one set
+        "c3": (600, "slurm.conf"),
+    }
+    assert Scontrol("scontrol-not-here").resume_timeouts(["c1"]) is None
+
+
+def test_check_finds_a_replace_wait_slurm_would_not_wait_for(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run.scontrol = fake_scontrol(run.tmp)
+    assert run("check", "c3") == 0  # 60 s of 600
+    assert "replace_wait_s" not in capsys.readouterr().out
+    assert run("check", "c[1-4]") == 1
+    out = capsys.readouterr().out
+    assert (
+        "c[1-2]: replace_wait_s 60 s is not below their ResumeTimeout (30 s, partition p1): "
+        "Slurm would give up on a node while resume still waits for its old workspace"
+    ) in out
+    assert "c3:" in out and "c4:" in out  # still listed with their images
+    run.config.write_text(run.config.read_text() + "replace_wait_s = 20\n")
+    assert run("check", "c[1-4]") == 0
+    run.scontrol = fake_scontrol(run.tmp, cluster=20)
+    assert run("check", "c3") == 1
+    assert "(20 s, slurm.conf)" in capsys.readouterr().out
+
+
+HIDDEN = """#!/bin/sh
+case "$1 $2" in
+"show node")
+  echo 'NodeName=c1 Arch=x86_64 State=IDLE+CLOUD Partitions=p1'
+  echo 'Node c2 not found'
+  echo 'Node c3 not found'
+  exit 1
+  ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def test_check_finds_nodes_slurm_hides(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without PrivateData=cloud slurmctld hides powered-down cloud nodes (Debian's
+    22.05.8: `Node c2 not found`, exit 1): ws-slurm can then neither read their features
+    nor find a workspace a failed suspend left on them, for good."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(HIDDEN)
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run.scontrol.not_shown(["c1", "c2", "c3"]) == ["c2", "c3"]
+    assert run("check", "c[1-3]") == 1
+    out = capsys.readouterr().out
+    assert (
+        "c[2-3]: scontrol show node says 'not found': not in slurm.conf, or slurm.conf "
+        "lacks PrivateData=cloud"
+    ) in out
+    assert run("check", "c1") == 0
+    assert "not found" not in capsys.readouterr().out
