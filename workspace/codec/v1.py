@@ -242,6 +242,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         saving_sent_bytes=w.saving_sent_bytes,
         saving_size_bytes=w.saving_size_bytes,
         saving_copied_percent=w.saving_copied_percent,
+        disks=partitions_to_proto(w.disks),
     )
 
 

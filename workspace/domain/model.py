@@ -166,6 +166,9 @@ class WorkspaceView:
     saving_sent_bytes: int = 0
     saving_size_bytes: int = 0
     saving_copied_percent: float = 0.0
+    # Its disks as its create made them (the bound image's partitions, cow ones grown,
+    # then the blank ones the request or its cluster role added), in the guest's order.
+    disks: tuple[Partition, ...] = ()
 
 
 @dataclass(frozen=True)
