@@ -105,6 +105,11 @@ def test_accepted(data: bytes) -> None:
             "which cloud-init would run as a boothook; declare it text/cloud-config",
         ),
         (
+            b"\xef\xbb\xbf#cloud-config\nruncmd: [[ls]]\n",
+            "user-data starts with a byte order mark, which cloud-init does not look past: "
+            "save it as UTF-8 without one",
+        ),
+        (
             b"\x1f\x8b\x08\x00gzip",
             "user-data is gzip-compressed: give it uncompressed (expected a #cloud-config",
         ),
@@ -124,6 +129,7 @@ def test_accepted(data: bytes) -> None:
         "mime-single",
         "multipart-script-as-cloud-config",
         "multipart-cloud-config-as-boothook",
+        "bom",
         "gzip-named",
     ],
 )

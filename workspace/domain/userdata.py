@@ -9,6 +9,7 @@ naming the accepted formats. The schema is large: it is loaded once per path.
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.message
 import functools
@@ -181,6 +182,11 @@ def _check_cached(data: bytes, schema_path: str) -> None:
             raise InvalidArgument(f"user-data: #cloud-config: {'; '.join(errors)}")
     elif found == "multipart":
         _check_multipart(data, validator)
+    elif data.startswith(codecs.BOM_UTF8):
+        raise InvalidArgument(
+            "user-data starts with a byte order mark, which cloud-init does not look past: "
+            f"save it as UTF-8 without one ({FORMATS})"
+        )
     elif data.startswith(GZIP_MAGIC):
         raise InvalidArgument(
             f"user-data is gzip-compressed: give it uncompressed (expected {FORMATS})"
