@@ -341,6 +341,36 @@ def test_scaling_every_member_away_or_a_destroyed_cluster_is_refused(site: Site)
     assert "no cluster 'none'" in why
 
 
+def test_a_stopped_cluster_shrinks_but_is_not_grown_until_started(site: Site) -> None:
+    """A grow of a STOPPED cluster started its new members beside the stopped ones: the
+    cluster then said STARTING for good, and `ws cluster scale --wait` waited for a
+    RUNNING it never reached."""
+    site.add_agent("node1")
+    make(site, workers=2)
+    running(site)
+    stub(site).StopCluster(clusters_pb2.ClusterRef(id="ela"))
+    wait_for(lambda: get(site).state == CS.CLUSTER_STATE_STOPPED, what="cluster STOPPED")
+    why = refused(lambda: scale(site, 3), grpc.StatusCode.FAILED_PRECONDITION)
+    assert why == (
+        "cannot grow cluster ela: it is STOPPED (its new members would run beside stopped "
+        "ones); `ws cluster start ela` first"
+    )
+    assert [m.name for m in get(site).members] == ["ela-head-0", "ela-worker-0", "ela-worker-1"]
+    scale(site, 1)  # a shrink is fine
+    wait_for(
+        lambda: (
+            (c := get(site)).state == CS.CLUSTER_STATE_STOPPED
+            and [m.name for m in c.members] == ["ela-head-0", "ela-worker-0"]
+            and c
+        ),
+        what="cluster STOPPED with one worker",
+    )
+    stub(site).StartCluster(clusters_pb2.ClusterRef(id="ela"))
+    running(site)
+    scale(site, 2)
+    running(site)
+
+
 def test_a_member_failing_during_a_scale_is_reported(site: Site) -> None:
     site.add_agent("node1", fake={"fail_create": ["ela-worker-2"]})
     make(site)
