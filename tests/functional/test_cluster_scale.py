@@ -371,6 +371,32 @@ def test_a_stopped_cluster_shrinks_but_is_not_grown_until_started(site: Site) ->
     running(site)
 
 
+def test_a_member_grown_while_others_are_being_destroyed_boots_without_them(
+    site: Site,
+) -> None:
+    """The roster a new member's seed carries is the one the running members are given:
+    members on their way out (a shrink whose node has not confirmed yet) are not in it
+    (they were, and its seed's size bound left them out)."""
+    site.add_agent("node1")
+    make(site, workers=3)
+    running(site)
+    site.stop_agent("node1")  # the shrink's members stay STOPPING: nothing confirms
+    scale(site, 1)
+    scale(site, 2)  # ela-worker-1 and -2 still hold their names: the new one is -3
+    names = {m.name: m.state for m in get(site).members}
+    assert names["ela-worker-1"] == names["ela-worker-2"] == WS.WORKSPACE_STATE_STOPPING
+    orders = orders_of(site)
+    for name in ("ela-worker-3", "ela-worker-0"):
+        files = {f["path"]: f["content"] for f in own_config(orders[name])["write_files"]}
+        about = json.loads(files["/etc/workspace/cluster.json"])
+        assert [m["name"] for m in about["members"]] == [
+            "ela-head-0",
+            "ela-worker-0",
+            "ela-worker-3",
+        ], name
+        assert "ela-worker-1" not in files["/etc/hosts"]
+
+
 def test_a_member_failing_during_a_scale_is_reported(site: Site) -> None:
     site.add_agent("node1", fake={"fail_create": ["ela-worker-2"]})
     make(site)
