@@ -33,7 +33,13 @@ from workspace.ops.cluster_state import (
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
 from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.operate import check_lease, check_trust
-from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
+from workspace.ops.projects import (
+    Scope,
+    as_identity,
+    check_workspace_quota,
+    resolve_project,
+    scope,
+)
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Image, Workspace
 from workspace.store.mapping import (
@@ -79,6 +85,18 @@ def view(s: Session, c: Cluster) -> ClusterView:
     return replace(
         cluster_view(c, workspace_views(s, members)), autoscale=elastic.infos(c.autoscale)
     )
+
+
+def as_seen_by(view: ClusterView, who: Identity | str) -> ClusterView:
+    """``view`` as ``who`` may see it: a role's user-data (which may carry tokens,
+    passwords) only for the owner and admins, as a console (ops/consoles.py); a project
+    member sees the rest of the spec."""
+    ident = as_identity(who)
+    if ident.admin or (ident.is_user and ident.name == view.owner):
+        return view
+    if not any(m.user_data for m in view.spec):
+        return view
+    return replace(view, spec=tuple(replace(m, user_data=b"") for m in view.spec))
 
 
 def resolve(s: Session, who: Identity | str, ref: str) -> Cluster:
