@@ -17,6 +17,7 @@ Where the service is and who calls it: ``workspace/client_address.py``.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -126,6 +127,14 @@ def failure_policy_value(value: int | str) -> int:
     return _enum_value(clusters_pb2.FailurePolicy, "FAILURE_POLICY_", FAILURE_POLICIES, value)
 
 
+# gRPC's own words for a message over the size limit, on either side.
+_TOO_BIG = re.compile(r"(Sent|Received) message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 class Client(
     WaitsClientMixin,
     ImagesClientMixin,
@@ -211,6 +220,18 @@ class Client(
                 errors.Unavailable(
                     f"cannot reach the workspace service at {self.address}: "
                     f"{details or 'unavailable'}{hint}{local_site_hint(self.address)}"
+                ),
+                code,
+            )
+        too_big = _TOO_BIG.search(details) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+        if too_big is not None:
+            what = "request" if too_big[1] == "Sent" or "CLIENT" not in details else "answer"
+            size, most = int(too_big[2]), int(too_big[3])
+            why = " (user-data or a file given is too large)" if what == "request" else ""
+            return rpc_status.coded(
+                errors.ResourceExhausted(
+                    f"the {what} is {_mib(size)}, more than the {_mib(most)} one message may "
+                    f"carry{why}"
                 ),
                 code,
             )

@@ -159,6 +159,31 @@ def test_cluster_from_flags_and_a_json_spec(site_dir: Path, tmp_path: Path) -> N
     assert disks == [("scratch", True), ("raw", False)]
     shown = ok(site_dir, "ws", "cluster", "show", "flags").out
     assert "scratch:8MiB:ext4,raw:1MiB" in shown
+    # Each member's disks as it was made: the image's, then the role's blank ones.
+    member_disks = [
+        [(d["name"], d["mode"], d.get("ext4", False), d["virtual_size_bytes"]) for d in m["disks"]]
+        for m in c["members"]
+    ]
+    assert (
+        member_disks
+        == [
+            [
+                ("root", "COW", False, 1024 * 1024 + 512),
+                ("scratch", "BLANK", True, 8 * 2**20),
+                ("raw", "BLANK", False, 2**20),
+            ]
+        ]
+        * 2
+    )
+    one = js(site_dir, "ws", "show", "flags-a-0")
+    assert [d["name"] for d in one["disks"]] == ["root", "scratch", "raw"]
+    text = ok(site_dir, "ws", "show", "flags-a-0").out
+    disk_lines = [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("disk ")]
+    assert disk_lines == [
+        "root COW raw 1.0 MiB",
+        "scratch BLANK raw 8.0 MiB ext4",
+        "raw BLANK qcow2 1.0 MiB",
+    ]
     ok(site_dir, "ws", "cluster", "destroy", "flags", "--wait")
 
     spec = tmp_path / "j.json"

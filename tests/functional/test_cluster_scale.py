@@ -341,6 +341,62 @@ def test_scaling_every_member_away_or_a_destroyed_cluster_is_refused(site: Site)
     assert "no cluster 'none'" in why
 
 
+def test_a_stopped_cluster_shrinks_but_is_not_grown_until_started(site: Site) -> None:
+    """A grow of a STOPPED cluster started its new members beside the stopped ones: the
+    cluster then said STARTING for good, and `ws cluster scale --wait` waited for a
+    RUNNING it never reached."""
+    site.add_agent("node1")
+    make(site, workers=2)
+    running(site)
+    stub(site).StopCluster(clusters_pb2.ClusterRef(id="ela"))
+    wait_for(lambda: get(site).state == CS.CLUSTER_STATE_STOPPED, what="cluster STOPPED")
+    why = refused(lambda: scale(site, 3), grpc.StatusCode.FAILED_PRECONDITION)
+    assert why == (
+        "cannot grow cluster ela: it is STOPPED (its new members would run beside stopped "
+        "ones); `ws cluster start ela` first"
+    )
+    assert [m.name for m in get(site).members] == ["ela-head-0", "ela-worker-0", "ela-worker-1"]
+    scale(site, 1)  # a shrink is fine
+    wait_for(
+        lambda: (
+            (c := get(site)).state == CS.CLUSTER_STATE_STOPPED
+            and [m.name for m in c.members] == ["ela-head-0", "ela-worker-0"]
+            and c
+        ),
+        what="cluster STOPPED with one worker",
+    )
+    stub(site).StartCluster(clusters_pb2.ClusterRef(id="ela"))
+    running(site)
+    scale(site, 2)
+    running(site)
+
+
+def test_a_member_grown_while_others_are_being_destroyed_boots_without_them(
+    site: Site,
+) -> None:
+    """The roster a new member's seed carries is the one the running members are given:
+    members on their way out (a shrink whose node has not confirmed yet) are not in it
+    (they were, and its seed's size bound left them out)."""
+    site.add_agent("node1")
+    make(site, workers=3)
+    running(site)
+    site.stop_agent("node1")  # the shrink's members stay STOPPING: nothing confirms
+    scale(site, 1)
+    scale(site, 2)  # ela-worker-1 and -2 still hold their names: the new one is -3
+    names = {m.name: m.state for m in get(site).members}
+    assert names["ela-worker-1"] == names["ela-worker-2"] == WS.WORKSPACE_STATE_STOPPING
+    orders = orders_of(site)
+    for name in ("ela-worker-3", "ela-worker-0"):
+        files = {f["path"]: f["content"] for f in own_config(orders[name])["write_files"]}
+        about = json.loads(files["/etc/workspace/cluster.json"])
+        assert [m["name"] for m in about["members"]] == [
+            "ela-head-0",
+            "ela-worker-0",
+            "ela-worker-3",
+        ], name
+        assert "ela-worker-1" not in files["/etc/hosts"]
+
+
 def test_a_member_failing_during_a_scale_is_reported(site: Site) -> None:
     site.add_agent("node1", fake={"fail_create": ["ela-worker-2"]})
     make(site)

@@ -67,6 +67,21 @@ def test_cluster_is_placed_whole_and_managed_as_one(three_nodes: Site) -> None:
     assert all(n.used_cpus == 0 and n.used_memory_mib == 0 for n in nodes)
 
 
+def test_members_are_listed_in_the_order_of_roles_then_by_index(three_nodes: Site) -> None:
+    """`ws cluster show` (and exec, scp) list the members as their roster does: the
+    spec's roles in order, each by index (worker-2 before worker-10; the head after the
+    workers if the spec says so)."""
+    c = stub(three_nodes).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="big", members=[member("worker", count=11, memory_mib=64), member("head")]
+        )
+    )
+    wanted = [f"big-worker-{i}" for i in range(11)] + ["big-head-0"]
+    assert [m.name for m in c.members] == wanted
+    shown = stub(three_nodes).GetCluster(clusters_pb2.ClusterRef(id="big"))
+    assert [m.name for m in shown.members] == wanted
+
+
 def test_cluster_that_does_not_fit_leaves_nothing(three_nodes: Site) -> None:
     site = three_nodes
     with pytest.raises(grpc.RpcError) as err:

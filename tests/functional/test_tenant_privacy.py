@@ -9,7 +9,7 @@ import grpc
 
 from tests.functional.harness import SitePki, TlsSite
 from tests.functional.test_projects import make, refused
-from workspace.v1 import common_pb2, images_pb2
+from workspace.v1 import clusters_pb2, common_pb2, images_pb2
 
 
 def test_deleting_an_image_in_use_names_only_the_workspaces_the_caller_sees(
@@ -98,5 +98,41 @@ def test_an_image_name_belongs_to_the_project_holding_its_versions(tmp_path: Pat
         for v in ("2", "3"):
             site.stubs.images.DeleteImage(images_pb2.GetImageRequest(name=f"phys-base:{v}"))
         assert _import(bob, "phys-base:1", b"\4" * 65536).project == "chem"
+    finally:
+        site.close()
+
+
+def test_a_clusters_user_data_is_shown_to_its_owner_and_admins_only(tmp_path: Path) -> None:
+    """A role's user-data (tokens, passwords in a cloud-config) was in every project
+    member's `ws cluster show -o json`, though they may not read the owner's console
+    (docs/design/guests.md) and a workspace's user-data is shown to no one."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        site.stubs.network()
+        site.add_agent("node1")
+        make(site, name="phys")
+        alice = site.identity("alice", projects=("phys",))
+        bob = site.identity("bob", projects=("phys",))
+        admin = site.identity("root", admin=True)
+        site.stubs.import_image("img", context="nocloud")
+        site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="img", public=True))
+        secret = b"#cloud-config\nwrite_files:\n- path: /etc/token\n  content: s3cret\n"
+        made = alice.clusters.CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name="mpi",
+                members=[clusters_pb2.ClusterMember(role="w", image="img", user_data=secret)],
+            )
+        )
+        assert made.spec[0].user_data == secret
+        ref = clusters_pb2.ClusterRef(id="mpi")
+        assert alice.clusters.GetCluster(ref).spec[0].user_data == secret
+        assert admin.clusters.GetCluster(clusters_pb2.ClusterRef(id=made.id)).spec[0].user_data
+        shown = bob.clusters.GetCluster(clusters_pb2.ClusterRef(id=made.id))
+        assert shown.name == "mpi" and shown.spec[0].role == "w"
+        assert shown.spec[0].user_data == b""
+        listed = bob.clusters.ListClusters(clusters_pb2.ListClustersRequest()).clusters
+        assert [c.spec[0].user_data for c in listed] == [b""]
+        stopped = bob.clusters.StopCluster(clusters_pb2.ClusterRef(id=made.id))
+        assert stopped.spec[0].user_data == b""
     finally:
         site.close()

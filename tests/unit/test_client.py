@@ -225,6 +225,19 @@ def test_an_error_says_the_status_it_came_with(
     assert errors.InvalidArgument("raised here").code is None
 
 
+def test_a_request_too_large_to_send_says_so(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """gRPC's own words were "CLIENT: Sent message larger than max (20971584 vs. 16777216)"."""
+    client, wsvc, _ = served
+    with pytest.raises(errors.ResourceExhausted) as info:
+        client.create_workspace("img", user_data=b"#!/bin/sh\n" + b"#" * (20 * 2**20))
+    assert info.value.message.startswith(
+        "the request is 20.0 MiB, more than the 16.0 MiB one message may carry"
+    )
+    assert wsvc.creates == []
+
+
 def test_create_retries_once_with_the_same_request_id(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:

@@ -224,7 +224,8 @@ def test_user_data_too_large(site: Site) -> None:
     req = images_pb2.ImportImageRequest(name="cloud", partitions=[part], context="nocloud")
     site.catalog.import_image(OWNER, req)
     script = b"#!/bin/sh\n#"
-    with pytest.raises(InvalidArgument, match="user data is larger than 65536 bytes"):
+    msg = "user-data is 65537 bytes, more than the limit of 65536 bytes"
+    with pytest.raises(InvalidArgument, match=msg + r" \(limits.max_user_data_bytes\)"):
         site.create(image="cloud", user_data=script + b"x" * (65537 - len(script)))
     assert site.create(image="cloud", user_data=script + b"x" * (65536 - len(script))).id
 

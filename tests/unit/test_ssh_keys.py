@@ -57,6 +57,24 @@ def test_a_comment_with_spaces_is_kept(tmp_path: Path) -> None:
     assert keys.parse(path.with_suffix(".pub").read_text()).comment == "Jane Doe laptop"
 
 
+def test_a_pub_file_saved_with_a_byte_order_mark_is_taken(tmp_path: Path) -> None:
+    """A .pub file an editor saved as "UTF-8 with BOM" was refused, saying its data did not
+    match its type '\ufeffssh-ed25519'."""
+    path = keygen(tmp_path, "ed25519").with_suffix(".pub")
+    line = keys.parse("\ufeff" + path.read_text())
+    assert line.type == "ssh-ed25519" and line.fingerprint == keygen_fingerprint(path)
+
+
+def test_an_authorized_keys_line_with_options_is_refused_saying_so(tmp_path: Path) -> None:
+    text = keygen(tmp_path, "ed25519").with_suffix(".pub").read_text()
+    with pytest.raises(InvalidArgument) as info:
+        keys.parse('no-pty,from="10.0.0.0/8" ' + text)
+    assert info.value.message.startswith(
+        "not an SSH public key (it starts with authorized_keys options "
+        "'no-pty,from=\"10.0.0.0/8\"': give the key without them)"
+    )
+
+
 def test_a_short_rsa_key_is_refused(tmp_path: Path) -> None:
     path = keygen(tmp_path, "rsa", 1024)
     with pytest.raises(InvalidArgument, match="RSA key of 1024 bits is too weak"):

@@ -35,6 +35,10 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
             ("text/x-shellscript", b"#!/bin/sh\nls"),
         ),
         multipart(("text/plain", b"#!/bin/sh\nls")),
+        # cloud-init's boothook handler runs a #! script declared a boothook as it is
+        multipart(("text/cloud-boothook", b"#!/bin/sh\nls")),
+        # ... and looks at what a text/x-shellscript part holds
+        multipart(("text/x-shellscript", b"#cloud-config\nruncmd: [[ls]]")),
     ],
     ids=[
         "empty",
@@ -46,6 +50,8 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         "boothook",
         "multipart",
         "multipart-plain-script",
+        "multipart-boothook-script",
+        "multipart-cloud-config-declared-script",
     ],
 )
 def test_accepted(data: bytes) -> None:
@@ -57,7 +63,6 @@ def test_accepted(data: bytes) -> None:
     [
         (b"hello world\n", "user-data is not accepted: expected a #cloud-config document"),
         (b"#include\nhttp://x/y\n", "expected a #cloud-config document, a #! script"),
-        (b"\x1f\x8b\x08\x00gzip", "user-data is not accepted"),
         (b"#cloud-config\n- a\n- b\n", "user-data: #cloud-config: expected a mapping of keys"),
         (b"#cloud-config\nruncmd: [oops\n", "user-data: #cloud-config: not valid YAML (line 3"),
         (b"#cloud-config\nkey: \xff\n", "a #cloud-config document must be UTF-8"),
@@ -84,11 +89,34 @@ def test_accepted(data: bytes) -> None:
             b"MIME-Version: 1.0\nContent-Type: text/plain\n\n#!/bin/sh\n",
             "a MIME document that is not multi-part",
         ),
+        # cloud-init 22.4 runs a text/cloud-config or text/cloud-boothook part as its
+        # declared type says (it looks at the content of text/plain and
+        # text/x-shellscript parts only): a script declared cloud-config, or a
+        # cloud-config declared a boothook, was accepted and then did nothing at boot (a
+        # YAML string; "Exec format error"), nothing said to the user
+        (
+            multipart(("text/cloud-config", b"#!/bin/sh\nls")),
+            "user-data: part 1 (text/cloud-config): it holds a #! script, which cloud-init "
+            "would read as a #cloud-config document; declare it text/x-shellscript",
+        ),
+        (
+            multipart(("text/cloud-boothook", b"#cloud-config\nruncmd: [[ls]]")),
+            "user-data: part 1 (text/cloud-boothook): it holds a #cloud-config document, "
+            "which cloud-init would run as a boothook; declare it text/cloud-config",
+        ),
+        (
+            b"\xef\xbb\xbf#cloud-config\nruncmd: [[ls]]\n",
+            "user-data starts with a byte order mark, which cloud-init does not look past: "
+            "save it as UTF-8 without one",
+        ),
+        (
+            b"\x1f\x8b\x08\x00gzip",
+            "user-data is gzip-compressed: give it uncompressed (expected a #cloud-config",
+        ),
     ],
     ids=[
         "plain-text",
         "include",
-        "gzip",
         "yaml-list",
         "bad-yaml",
         "not-utf8",
@@ -99,6 +127,10 @@ def test_accepted(data: bytes) -> None:
         "multipart-include",
         "multipart-text",
         "mime-single",
+        "multipart-script-as-cloud-config",
+        "multipart-cloud-config-as-boothook",
+        "bom",
+        "gzip-named",
     ],
 )
 def test_refused(data: bytes, message: str) -> None:

@@ -253,6 +253,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("lease_ends", lease_end_text(ws)),
     ]
     pairs += [("nic", _nic_text(n)) for n in ws.nics]
+    pairs += [("disk", disk_text(d)) for d in ws.disks]
     pairs += [
         ("cluster", ws.cluster),
         ("role", ws.role),
@@ -275,6 +276,13 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("updated_at", fmt_time(ws.updated_at)),
     ]
     return fields(pairs)
+
+
+def disk_text(p: common_pb2.Partition) -> str:
+    """One disk of a workspace: ``scratch BLANK raw 8.0 MiB ext4`` (the size the guest sees)."""
+    size = fmt_bytes(p.virtual_size_bytes or p.size_bytes)
+    ext4 = " ext4" if p.ext4 else ""
+    return f"{p.name} {enum_name(_PARTITION_MODE, p.mode)} {p.format or '-'} {size}{ext4}"
 
 
 def saving_text(ws: common_pb2.Workspace) -> str:

@@ -243,6 +243,7 @@ def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:
         saving_size_bytes=w.saving_size_bytes,
         saving_copied_percent=w.saving_copied_percent,
         node_silent_since=_ts_or_none(w.node_silent_since),
+        disks=partitions_to_proto(w.disks),
     )
 
 

@@ -194,6 +194,9 @@ class WorkspaceView:
     # While its node has not reported for a while but is not DOWN yet: when it was last
     # heard from (epoch s; 0: its node reports, or none). ops/queries.py.
     node_silent_since: float = 0.0
+    # Its disks as its create made them (the bound image's partitions, cow ones grown,
+    # then the blank ones the request or its cluster role added), in the guest's order.
+    disks: tuple[Partition, ...] = ()
 
 
 @dataclass(frozen=True)

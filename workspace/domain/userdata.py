@@ -9,6 +9,7 @@ naming the accepted formats. The schema is large: it is loaded once per path.
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.message
 import functools
@@ -32,6 +33,24 @@ PART_TYPES = {
     "text/x-shellscript": "#!",
     "text/cloud-boothook": BOOTHOOK,
 }
+# The part types cloud-init 22.4 runs as declared, whatever they hold (it looks at the
+# content of text/plain and text/x-shellscript parts only: user_data.py _process_msg),
+# by the kind they must hold; and the type to declare for each kind.
+AS_DECLARED = {
+    "text/cloud-config": ("cloud-config",),
+    "text/cloud-boothook": ("boothook", "script"),
+}
+TYPE_OF = {
+    "cloud-config": "text/cloud-config",
+    "script": "text/x-shellscript",
+    "boothook": "text/cloud-boothook",
+}
+_NAMES = {
+    "cloud-config": "a #cloud-config document",
+    "script": "a #! script",
+    "boothook": "a boothook",
+}
+GZIP_MAGIC = b"\x1f\x8b"
 # Errors of one document named at most (the rest are counted).
 MAX_ERRORS = 3
 
@@ -116,6 +135,13 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
         raise InvalidArgument(f"{what}: this part type is not accepted; use {FORMATS}")
     if found in ("", "multipart"):
         raise InvalidArgument(f"{what}: expected {FORMATS}")
+    declared = AS_DECLARED.get(part.get_content_type())
+    if declared is not None and found not in declared:
+        raise InvalidArgument(
+            f"{what}: it holds {_NAMES[found]}, which cloud-init would "
+            f"{'read as' if declared[0] == 'cloud-config' else 'run as'} {_NAMES[declared[0]]}; "
+            f"declare it {TYPE_OF[found]} (or text/plain)"
+        )
     text = _decoded(data, what, found)
     if found == "cloud-config":
         errors = cloud_config_errors(text, validator)
@@ -156,5 +182,14 @@ def _check_cached(data: bytes, schema_path: str) -> None:
             raise InvalidArgument(f"user-data: #cloud-config: {'; '.join(errors)}")
     elif found == "multipart":
         _check_multipart(data, validator)
+    elif data.startswith(codecs.BOM_UTF8):
+        raise InvalidArgument(
+            "user-data starts with a byte order mark, which cloud-init does not look past: "
+            f"save it as UTF-8 without one ({FORMATS})"
+        )
+    elif data.startswith(GZIP_MAGIC):
+        raise InvalidArgument(
+            f"user-data is gzip-compressed: give it uncompressed (expected {FORMATS})"
+        )
     elif not found:
         raise InvalidArgument(f"user-data is not accepted: expected {FORMATS}")

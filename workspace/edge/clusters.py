@@ -8,6 +8,7 @@ import grpc
 
 from workspace.codec import events as codec_events
 from workspace.codec import v1
+from workspace.domain.model import ClusterView
 from workspace.domain.states import Op
 from workspace.edge import auth
 from workspace.edge.calls import stream, unary
@@ -16,6 +17,11 @@ from workspace.identity import Identity
 from workspace.ops import autoscale, cluster_scale, clusters, site_events
 from workspace.ops.unit import Env
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc
+
+
+def shown(who: Identity | str, view: ClusterView) -> clusters_pb2.Cluster:
+    """The cluster as the caller may see it (``clusters.as_seen_by``), encoded."""
+    return v1.cluster_to_proto(clusters.as_seen_by(view, who))
 
 
 class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
@@ -31,10 +37,10 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
         self, who: Identity | str, req: clusters_pb2.CreateClusterRequest
     ) -> clusters_pb2.Cluster:
         view = clusters.create(self.env, who, v1.cluster_request_from_proto(req))
-        return v1.cluster_to_proto(view)
+        return shown(who, view)
 
     def operate(self, who: Identity | str, ref: str, op: Op) -> clusters_pb2.Cluster:
-        return v1.cluster_to_proto(clusters.operate(self.env, who, ref, op))
+        return shown(who, clusters.operate(self.env, who, ref, op))
 
     @unary
     def CreateCluster(
@@ -49,7 +55,7 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
     def GetCluster(
         self, request: clusters_pb2.ClusterRef, context: grpc.ServicerContext, who: Identity
     ) -> clusters_pb2.Cluster:
-        return v1.cluster_to_proto(clusters.get(self.env, who, request.id))
+        return shown(who, clusters.get(self.env, who, request.id))
 
     @unary
     def ListClusters(
@@ -59,7 +65,7 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
         who: Identity,
     ) -> clusters_pb2.ListClustersResponse:
         rows = clusters.list_clusters(self.env, who, request.include_terminated, request.all_users)
-        return clusters_pb2.ListClustersResponse(clusters=[v1.cluster_to_proto(c) for c in rows])
+        return clusters_pb2.ListClustersResponse(clusters=[shown(who, c) for c in rows])
 
     @unary
     def StartCluster(
@@ -91,7 +97,7 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
         )
         if self.on_scaled is not None and (result.added or result.removed):
             self.on_scaled()
-        return v1.scale_to_proto(view, result)
+        return v1.scale_to_proto(clusters.as_seen_by(view, who), result)
 
     @unary
     def SetAutoscale(
@@ -111,7 +117,7 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
             request.signal,
             request.cooldown_s,
         )
-        return v1.cluster_to_proto(view)
+        return shown(who, view)
 
     @stream
     def WatchClusterEvents(

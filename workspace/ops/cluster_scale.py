@@ -79,6 +79,16 @@ def check_scalable(c: Cluster) -> None:
         )
 
 
+def check_growable(c: Cluster) -> None:
+    """New members boot and run: beside a cluster's stopped members they would leave it
+    neither RUNNING nor STOPPED (STARTING for good)."""
+    if c.state in (ClusterState.STOPPED.value, ClusterState.STOPPING.value):
+        raise FailedPrecondition(
+            f"cannot grow cluster {c.name}: it is {c.state} (its new members would run "
+            f"beside stopped ones); `ws cluster start {c.name}` first"
+        )
+
+
 def check_count(c: Cluster, role: str, count: int, others: int) -> None:
     if count < 0:
         raise InvalidArgument(
@@ -148,6 +158,7 @@ def scale_in(
     added: list[Workspace] = []
     removed: list[Workspace] = []
     if count > previous:
+        check_growable(c)
         added = _grow(env, u, c, spec, members, mine, count - previous, wait_s, actor)
     else:
         removed = _shrink(env, u, role, mine, previous, count)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from workspace.domain import elastic
 from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
+from workspace.domain.seed import member_index
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
@@ -32,7 +33,13 @@ from workspace.ops.cluster_state import (
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
 from workspace.ops.lifecycle import resolve_owned
 from workspace.ops.operate import check_lease, check_trust
-from workspace.ops.projects import Scope, check_workspace_quota, resolve_project, scope
+from workspace.ops.projects import (
+    Scope,
+    as_identity,
+    check_workspace_quota,
+    resolve_project,
+    scope,
+)
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Image, Workspace
 from workspace.store.mapping import (
@@ -40,6 +47,7 @@ from workspace.store.mapping import (
     WAITING,
     cluster_view,
     flushed,
+    member_specs,
     set_reason,
     spec_column,
     view_row,
@@ -54,8 +62,8 @@ ROLE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
 MAX_MEMBERS = 1000
 
 
-# A cluster's members as its view shows them (their view's columns, not ORM rows), in
-# the order of ``members_of``.
+# A cluster's members as its view shows them (their view's columns, not ORM rows);
+# ``view`` puts them in the roster's order.
 _MEMBER_VIEWS = Prepared(
     select(*VIEW_COLUMNS)
     .where(Workspace.cluster == bindparam("cluster"))
@@ -70,9 +78,25 @@ def view(s: Session, c: Cluster) -> ClusterView:
     if c.state != ClusterState.TERMINATED.value:
         shown = [m for m in members if m.state != State.TERMINATED.value]
         members = shown or members
+    # As its roster lists them: the spec's roles in order, each by index (not by name,
+    # which put worker-10 before worker-2).
+    roles = {m.role: i for i, m in enumerate(member_specs(c))}
+    members.sort(key=lambda m: (roles.get(m.role, len(roles)), m.role, member_index(m.name)))
     return replace(
         cluster_view(c, workspace_views(s, members)), autoscale=elastic.infos(c.autoscale)
     )
+
+
+def as_seen_by(view: ClusterView, who: Identity | str) -> ClusterView:
+    """``view`` as ``who`` may see it: a role's user-data (which may carry tokens,
+    passwords) only for the owner and admins, as a console (ops/consoles.py); a project
+    member sees the rest of the spec."""
+    ident = as_identity(who)
+    if ident.admin or (ident.is_user and ident.name == view.owner):
+        return view
+    if not any(m.user_data for m in view.spec):
+        return view
+    return replace(view, spec=tuple(replace(m, user_data=b"") for m in view.spec))
 
 
 def resolve(s: Session, who: Identity | str, ref: str) -> Cluster:

@@ -115,7 +115,10 @@ def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
     memory = spec.memory_mib or DEFAULT_MEMORY_MIB
     check_size(cpus, memory, lim)
     if len(spec.user_data) > lim.max_user_data_bytes:
-        raise InvalidArgument(f"user data is larger than {lim.max_user_data_bytes} bytes")
+        raise InvalidArgument(
+            f"user-data is {len(spec.user_data)} bytes, more than the limit of "
+            f"{lim.max_user_data_bytes} bytes (limits.max_user_data_bytes)"
+        )
     if not spec.image:
         raise InvalidArgument("an image is required (`ws image list` shows them)")
     if len(spec.networks) > lim.max_nics:

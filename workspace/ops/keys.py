@@ -10,6 +10,7 @@ log line).
 from __future__ import annotations
 
 import logging
+import re
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -31,12 +32,17 @@ ACCEPTED = "ssh-ed25519, ecdsa-sha2-nistp256/384/521, or ssh-rsa of 2048 bits or
 ECDSA_TYPES = frozenset({"ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"})
 MIN_RSA_BITS = 2048
 MAX_KEY_CHARS = 16384
+# An authorized_keys line with options before the key (``no-pty,from="..." ssh-ed25519
+# AAAA...``): options, then a key type and base64 that starts like a key blob.
+_KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-", "sk-")
+_OPTIONS_THEN_KEY = re.compile(r"\s*(\S.*?)\s+(?:ssh-|ecdsa-|sk-)\S+\s+AAAA")
 EXPECTED = f"expected one SSH public key line such as 'ssh-ed25519 AAAA... you@host' ({ACCEPTED})"
 
 
 def parse(text: str) -> sshkeys.KeyLine:
     """A public key line checked: one of the ACCEPTED types, a key cryptography can load;
     else InvalidArgument saying what was expected (a private key is named as such)."""
+    text = text.lstrip("\ufeff")  # a .pub file an editor saved as "UTF-8 with BOM"
     if "PRIVATE KEY" in text or text.lstrip().startswith("PuTTY-User-Key-File"):
         raise InvalidArgument("that is a private key; give the .pub file")
     if len(text) > MAX_KEY_CHARS:
@@ -45,6 +51,12 @@ def parse(text: str) -> sshkeys.KeyLine:
     if len(lines) != 1:
         got = "nothing" if not lines else f"{len(lines)} lines"
         raise InvalidArgument(f"not an SSH public key (got {got}): {EXPECTED}")
+    options = _OPTIONS_THEN_KEY.match(lines[0])
+    if options is not None and not options[1].startswith(_KEY_TYPE_PREFIXES):
+        raise InvalidArgument(
+            f"not an SSH public key (it starts with authorized_keys options "
+            f"{options[1].strip()!r}: give the key without them): {EXPECTED}"
+        )
     try:
         line = sshkeys.split(lines[0])
     except ValueError as exc:

@@ -19,7 +19,7 @@ from images.model import Mode
 from workspace.config import ServiceConfig
 from workspace.domain import seed, userdata
 from workspace.domain.model import Nic, Seed
-from workspace.domain.states import State
+from workspace.domain.states import Desired, State
 from workspace.errors import ConfigError, InvalidArgument, WorkspaceError
 from workspace.ops import keys
 from workspace.store import Cluster, Image, Network, Workspace
@@ -210,8 +210,8 @@ def rebound(s: Session, network: str) -> int:
 
 
 def rosters(s: Session, cluster_ids: set[str]) -> dict[str, seed.Roster]:
-    """The roster of each cluster: its live members (roles in the cluster's order, then by
-    index) with the addresses
+    """The roster of each cluster: its live members, not those being destroyed (roles in
+    the cluster's order, then by index) with the addresses
     allocated at placement (two queries for all of them, however many members)."""
     if not cluster_ids:
         return {}
@@ -223,7 +223,14 @@ def rosters(s: Session, cluster_ids: set[str]) -> dict[str, seed.Roster]:
         Workspace.name,
         Workspace.role,
         Workspace.host_key_public,
-    ).where(Workspace.cluster.in_(ids), Workspace.state != State.TERMINATED.value)
+    ).where(
+        Workspace.cluster.in_(ids),
+        Workspace.state != State.TERMINATED.value,
+        # Members on their way out (a shrink, a destroy of their own) leave the roster at
+        # once, as the running members' pushed roster (ops/rosters.py) and the seeds'
+        # size bounds (set_cluster_bounds of the members kept) have it.
+        Workspace.desired_state != Desired.TERMINATED.value,
+    )
     found = list(s.execute(q))
     addresses = nics(s, [r[0] for r in found])
     members: dict[str, list[seed.Member]] = {}

@@ -317,7 +317,25 @@ def workspace_view(ws: Workspace | ViewRow, nics_of: tuple[Nic, ...]) -> Workspa
         saving_sent_bytes=ws.saving_sent or 0,
         saving_size_bytes=ws.saving_size or 0,
         saving_copied_percent=ws.saving_copied or 0.0,
+        disks=_disks(ws),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _disks_of_text(text: str) -> tuple[Partition, ...]:
+    """The partitions of a stored ``image_spec`` read as its JSON text: workspaces made
+    alike (one image, the same blank disks) share the text, so it is decoded once."""
+    spec = json.loads(text)
+    return tuple(Partition.from_dict(p) for p in spec.get("partitions") or ())
+
+
+def _disks(ws: Workspace | ViewRow) -> tuple[Partition, ...]:
+    """A workspace's disks from its bound image spec (the ORM row's decoded column, or
+    a view row's text)."""
+    if isinstance(ws, Workspace):
+        return bound_spec(ws).partitions
+    text = ws.image_spec
+    return () if text is None or text in _EMPTY_JSON else _disks_of_text(text)
 
 
 def workspace_views(s: Session, rows: Sequence[Workspace | ViewRow]) -> list[WorkspaceView]:
@@ -329,8 +347,8 @@ class ViewRow(NamedTuple):
     """What a workspace's view shows of its row, read without the ORM: a read that only
     answers with views (``ws show``, ``ws list``). Loading an ORM row costs about ten
     times as much (every column, seven JSON columns decoded, the identity map and its
-    instance state); these are the 32 columns ``workspace_view`` reads, three of them
-    JSON, decoded here."""
+    instance state); these are the 33 columns ``workspace_view`` reads, three of them
+    JSON, decoded here, and ``image_spec`` as its JSON text (see ``_disks``)."""
 
     id: str
     name: str
@@ -364,6 +382,7 @@ class ViewRow(NamedTuple):
     saving_sent: int
     saving_size: int
     saving_copied: float
+    image_spec: str | None  # its JSON text (``_disks`` decodes it, once per distinct text)
 
 
 _WS = cast(Table, Workspace.__table__).c
@@ -375,7 +394,7 @@ _VIEW_AT = tuple(_VIEW_FIELDS.index(f) for f in _VIEW_JSON)
 _VIEW_BOOL_AT = _VIEW_FIELDS.index("preemptible")
 VIEW_COLUMNS = tuple(
     sql_cast(_WS[f], Text).label(f)
-    if f in _VIEW_JSON
+    if f in _VIEW_JSON or f == "image_spec"
     else sql_cast(_WS[f], Integer).label(f)
     if f == "preemptible"
     else _WS[f]

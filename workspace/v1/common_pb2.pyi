@@ -257,6 +257,7 @@ class Workspace(_message.Message):
     SAVING_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SAVING_COPIED_PERCENT_FIELD_NUMBER: _builtins.int
     NODE_SILENT_SINCE_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -341,6 +342,14 @@ class Workspace(_message.Message):
         workspace rather than wait for Slurm's ResumeTimeout: docs/design/slurm.md).
         """
 
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Partition]:
+        """Its disks as its create made them, in the order the guest sees them: the image's
+        partitions (cow ones with their grown virtual size) then the request's (or its
+        cluster role's) blank ones. A blank disk's digest is empty and ext4 says whether its
+        node made a filesystem on it.
+        """
+
     def __init__(
         self,
         *,
@@ -377,10 +386,11 @@ class Workspace(_message.Message):
         saving_size_bytes: _builtins.int = ...,
         saving_copied_percent: _builtins.float = ...,
         node_silent_since: _timestamp_pb2.Timestamp | None = ...,
+        disks: _abc.Iterable[Global___Partition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count", "applied_reboot_count", b"applied_reboot_count", "created_at", b"created_at", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "node_silent_since", b"node_silent_since", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count", "allow", b"allow", "applied_reboot_count", b"applied_reboot_count", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "node_silent_since", b"node_silent_since", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "saving_as", b"saving_as", "saving_copied_percent", b"saving_copied_percent", "saving_disk", b"saving_disk", "saving_sent_bytes", b"saving_sent_bytes", "saving_size_bytes", b"saving_size_bytes", "ssh_keys", b"ssh_keys", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count", "allow", b"allow", "applied_reboot_count", b"applied_reboot_count", "cluster", b"cluster", "connectivity", b"connectivity", "cpus", b"cpus", "created_at", b"created_at", "desired_state", b"desired_state", "disks", b"disks", "host_keys", b"host_keys", "id", b"id", "image", b"image", "lease_expires_at", b"lease_expires_at", "limits", b"limits", "login_user", b"login_user", "memory_mib", b"memory_mib", "name", b"name", "nics", b"nics", "node", b"node", "node_silent_since", b"node_silent_since", "owner", b"owner", "preemptible", b"preemptible", "project", b"project", "reason", b"reason", "reboot_count", b"reboot_count", "request_id", b"request_id", "role", b"role", "saving_as", b"saving_as", "saving_copied_percent", b"saving_copied_percent", "saving_disk", b"saving_disk", "saving_sent_bytes", b"saving_sent_bytes", "saving_size_bytes", b"saving_size_bytes", "ssh_keys", b"ssh_keys", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__applied_reboot_count: _TypeAlias = _typing.Literal["applied_reboot_count"]  # noqa: Y015
     _WhichOneofArgType__applied_reboot_count: _TypeAlias = _typing.Literal["_applied_reboot_count", b"_applied_reboot_count"]  # noqa: Y015
