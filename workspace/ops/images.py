@@ -36,7 +36,7 @@ from workspace.ops.projects import (
     scope,
 )
 from workspace.ops.unit import Env
-from workspace.store import Blob, Image, Project, Workspace
+from workspace.store import Blob, Image, Node, Project, Workspace
 from workspace.store.blobs import BlobRepository, check_digest
 from workspace.store.mapping import bound_spec, image_spec, partitions_column
 
@@ -153,6 +153,7 @@ class Catalog:
         from uploads, so they never pile up beyond one grace period's worth."""
         env = self.env
         cutoff = env.clock() - env.cfg.blob_grace_s
+        nodes: list[str] = []
         with env.store.write_lock, self.blobs.discarding() as bin:
             with env.store.write() as s:
                 uploaded = {
@@ -166,9 +167,10 @@ class Catalog:
                 if not old:
                     return []
                 gone = sorted(old - _referenced(s))
-                _delete_rows(s, gone)
+                nodes = _delete_rows(s, gone)
                 bin.take(gone)
             self.blobs.remove_stale_temp(cutoff)
+        env.notifier.node_changed(*nodes)
         freed = bin.freed
         if gone:
             log.info(
@@ -191,8 +193,9 @@ class Catalog:
             s.flush()
             if blob_access.holders(s, digest) or digest in _referenced(s):
                 return
-            _delete_rows(s, [digest])
+            nodes = _delete_rows(s, [digest])
             bin.take([digest])
+        self.env.notifier.node_changed(*nodes)
         log.info("refused blob %s removed (%d bytes)", digest, bin.freed)
 
     def has_blobs(self, who: Identity | str, digests: Iterable[str]) -> list[str]:
@@ -462,8 +465,9 @@ class Catalog:
             trust.delete_signatures(s, name)
             s.flush()
             gone = sorted(mine - _referenced(s))
-            _delete_rows(s, gone)
+            nodes = _delete_rows(s, gone)
             bin.take(gone)
+        env.notifier.node_changed(*nodes)
         log.info(
             "image %s deleted by %s; %d blob(s) removed (%d bytes)",
             name,
@@ -504,13 +508,26 @@ class RefusedBlob(ImageError):
         self.digest = digest
 
 
-def _delete_rows(s: Session, digests: Sequence[str]) -> None:
-    """Forget these blobs in the store (their files go after the commit)."""
+def _delete_rows(s: Session, digests: Sequence[str]) -> list[str]:
+    """Forget these blobs in the store (their files go after the commit), on the nodes'
+    prefetch lists too; returns the nodes whose list changed (to send their orders
+    again). A preload not done when its image was deleted left the node fetching a blob
+    the repository no longer had, and failing, every few minutes for ever."""
     for d in digests:
         row = s.get(Blob, d)
         if row is not None:
             s.delete(row)
     blob_access.forget(s, digests)
+    gone = set(digests)
+    changed: list[str] = []
+    if not gone:
+        return changed
+    for node in s.execute(select(Node)).scalars():
+        left = [d for d in node.prefetch or () if d not in gone]
+        if left != list(node.prefetch or ()):
+            node.prefetch = left
+            changed.append(node.name)
+    return changed
 
 
 def _in_use(name: str, users: list[Workspace], sc: Scope) -> str:
