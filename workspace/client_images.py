@@ -31,6 +31,8 @@ from workspace.v1 import (
 
 T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
+# list_images asks for this many per page (as list_workspaces does).
+IMAGE_PAGE_SIZE = 500
 # The longest a save is waited for: the service's default limit, and its grace.
 SAVE_TIMEOUT_S = 3600.0 + 60.0
 # How often a save's workspace is read for its progress (``save_image(on_progress=)``).
@@ -127,8 +129,17 @@ class ImagesClientMixin:
         )
         return self._call(self._images.ImportImage, req)
 
-    def list_images(self) -> list[images_pb2.Image]:
-        return list(self._call(self._images.ListImages, images_pb2.ListImagesRequest()).images)
+    def list_images(self, page_size: int = IMAGE_PAGE_SIZE) -> list[images_pb2.Image]:
+        """Every image the caller sees, by name, fetched page by page."""
+        out: list[images_pb2.Image] = []
+        token = ""
+        while True:
+            req = images_pb2.ListImagesRequest(page_size=page_size, page_token=token)
+            resp = self._call(self._images.ListImages, req)
+            out.extend(resp.images)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def get_image(self, name: str) -> images_pb2.Image:
         return self._call(self._images.GetImage, images_pb2.GetImageRequest(name=name))

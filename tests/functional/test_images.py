@@ -83,6 +83,14 @@ def image_names(site: Site) -> list[str]:
     return [i.name for i in site.stubs.images.ListImages(images_pb2.ListImagesRequest()).images]
 
 
+def test_the_client_lists_every_image_page_by_page(site: Site, client: Client) -> None:
+    for i in range(5):
+        site.stubs.import_image(f"img{i}:1", bytes([i + 1]) * 4096)
+    names = [f"img{i}:1" for i in range(5)]
+    assert [i.name for i in client.list_images(page_size=2)] == names
+    assert [i.name for i in client.list_images()] == names
+
+
 # -- push --------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -417,12 +418,31 @@ class Catalog:
         after = sum(self._sizes(s, have | digests).values())
         refuse_over(project, limits_of(p), Quota(image_bytes=after), f"cannot import {name}")
 
-    def list_images(self, who: Identity | str) -> list[ImageView]:
-        """The images the caller sees: public ones, their own, their projects' (admins: all)."""
+    def list_images(
+        self, who: Identity | str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[ImageView], str]:
+        """The images the caller sees (public ones, their own, their projects'; admins:
+        all), by name: at most ``page_size`` of them (0: all) after ``page_token``, and
+        the token of the next page ("" after the last). Paged as ListWorkspaces is: one
+        message of every image of a large site went past the gRPC message limit."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        after = _page_name(page_token) if page_token else None
         with self.env.store.read() as s:
             sc = scope(s, who)
-            rows = s.execute(select(Image).order_by(Image.name)).scalars().all()
-            return self._views(s, [i for i in rows if may_use(sc, i)])
+            q = select(Image).order_by(Image.name)
+            if after is not None:
+                q = q.where(Image.name > after)
+            rows: list[Image] = []
+            for img in s.execute(q).scalars():
+                if may_use(sc, img):
+                    rows.append(img)
+                    if page_size and len(rows) > page_size:
+                        break
+            more = bool(page_size) and len(rows) > page_size
+            rows = rows[:page_size] if more else rows
+            token = _page_token(rows[-1].name) if more else ""
+            return self._views(s, rows), token
 
     def get_image(self, who: Identity | str, name: str) -> ImageView:
         with self.env.store.read() as s:
@@ -506,6 +526,18 @@ class RefusedBlob(ImageError):
     def __init__(self, message: str, digest: str) -> None:
         super().__init__(message)
         self.digest = digest
+
+
+def _page_token(name: str) -> str:
+    """The token of the page after the image ``name``."""
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _page_name(token: str) -> str:
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not one this service gave out") from exc
 
 
 def _delete_rows(s: Session, digests: Sequence[str]) -> list[str]:
