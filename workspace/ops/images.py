@@ -38,7 +38,7 @@ from workspace.ops.projects import (
     scope,
 )
 from workspace.ops.unit import Env
-from workspace.store import Blob, Image, Node, Project, Workspace
+from workspace.store import Backfill, Blob, Image, Node, Project, Workspace
 from workspace.store.blobs import BlobRepository, check_digest
 from workspace.store.mapping import bound_spec, image_spec, partitions_column
 
@@ -491,6 +491,13 @@ class Catalog:
             users = image_users(s, name)
             if users:
                 raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
+            if s.get(Backfill, name) is not None:
+                # Its creates would fail unseen, and an image pushed under the name
+                # later be run in its place.
+                raise FailedPrecondition(
+                    f"image {name} is run by the site's backfill (an admin's `ws-admin "
+                    f"backfill clear {name}` ends it); delete it after"
+                )
             view = self._views(s, [img])[0]
             mine = set(view.spec.digests())
             s.delete(img)
