@@ -290,7 +290,7 @@ class ImagesClientMixin:
             # An image of that name the caller sees, made of other files: refused before a
             # byte is sent. Made of these: the blobs it lacks are sent (restored), and done.
             existing = self._visible_image(name)
-            if existing is not None and not _same_files(existing, parts, boot):
+            if existing is not None and not _same_image(existing, parts, boot, manifest):
                 raise errors.AlreadyExists(f"image {name!r} already exists; pick a new version")
             uploaded, sent = self._send_missing(digests, progress)
             skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
@@ -499,22 +499,33 @@ def _push_partitions(
     return out
 
 
-def _same_files(
-    img: images_pb2.Image, parts: Sequence[common_pb2.Partition], boot: tuple[str, str, str]
+def _same_image(
+    img: images_pb2.Image,
+    parts: Sequence[common_pb2.Partition],
+    boot: tuple[str, str, str],
+    manifest: image_manifest.Manifest,
 ) -> bool:
-    """Whether ``img`` is made of exactly these partitions and boot files."""
+    """Whether ``img`` is the image this push asks for: these partitions in this order
+    (files by digest and format, blank ones by size, format and ext4), these boot files
+    and cmdline, this context and login user. (The same files alone were taken as the
+    same image: a manifest whose blank size, disk order, context or login user changed
+    was "pushed", and the image kept the old ones.)"""
 
-    def key(ps: Iterable[common_pb2.Partition]) -> list[tuple[str, str, int]]:
-        return sorted((p.name, p.digest, p.mode) for p in ps)
+    def key(ps: Iterable[common_pb2.Partition]) -> list[tuple[object, ...]]:
+        out: list[tuple[object, ...]] = []
+        for p in ps:
+            if p.mode == common_pb2.PARTITION_MODE_BLANK:
+                fmt = "raw" if p.ext4 else (p.format or "qcow2")
+                out.append((p.name, p.mode, "", fmt, p.size_bytes, p.ext4))
+            else:
+                out.append((p.name, p.mode, p.digest, p.format or "raw", 0, False))
+        return out
 
     return (
         key(img.partitions) == key(parts)
-        and (
-            img.kernel_digest,
-            img.initrd_digest,
-            img.cmdline,
-        )
-        == boot
+        and (img.kernel_digest, img.initrd_digest, img.cmdline) == boot
+        and (img.context or "none", img.login_user)
+        == (manifest.context or "none", manifest.login_user)
     )
 
 
