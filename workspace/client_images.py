@@ -31,6 +31,8 @@ from workspace.v1 import (
 
 T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
+# list_images asks for this many per page (as list_workspaces does).
+IMAGE_PAGE_SIZE = 500
 # The longest a save is waited for: the service's default limit, and its grace.
 SAVE_TIMEOUT_S = 3600.0 + 60.0
 # How often a save's workspace is read for its progress (``save_image(on_progress=)``).
@@ -127,8 +129,17 @@ class ImagesClientMixin:
         )
         return self._call(self._images.ImportImage, req)
 
-    def list_images(self) -> list[images_pb2.Image]:
-        return list(self._call(self._images.ListImages, images_pb2.ListImagesRequest()).images)
+    def list_images(self, page_size: int = IMAGE_PAGE_SIZE) -> list[images_pb2.Image]:
+        """Every image the caller sees, by name, fetched page by page."""
+        out: list[images_pb2.Image] = []
+        token = ""
+        while True:
+            req = images_pb2.ListImagesRequest(page_size=page_size, page_token=token)
+            resp = self._call(self._images.ListImages, req)
+            out.extend(resp.images)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def get_image(self, name: str) -> images_pb2.Image:
         return self._call(self._images.GetImage, images_pb2.GetImageRequest(name=name))
@@ -279,7 +290,7 @@ class ImagesClientMixin:
             # An image of that name the caller sees, made of other files: refused before a
             # byte is sent. Made of these: the blobs it lacks are sent (restored), and done.
             existing = self._visible_image(name)
-            if existing is not None and not _same_files(existing, parts, boot):
+            if existing is not None and not _same_image(existing, parts, boot, manifest):
                 raise errors.AlreadyExists(f"image {name!r} already exists; pick a new version")
             uploaded, sent = self._send_missing(digests, progress)
             skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
@@ -488,22 +499,33 @@ def _push_partitions(
     return out
 
 
-def _same_files(
-    img: images_pb2.Image, parts: Sequence[common_pb2.Partition], boot: tuple[str, str, str]
+def _same_image(
+    img: images_pb2.Image,
+    parts: Sequence[common_pb2.Partition],
+    boot: tuple[str, str, str],
+    manifest: image_manifest.Manifest,
 ) -> bool:
-    """Whether ``img`` is made of exactly these partitions and boot files."""
+    """Whether ``img`` is the image this push asks for: these partitions in this order
+    (files by digest and format, blank ones by size, format and ext4), these boot files
+    and cmdline, this context and login user. (The same files alone were taken as the
+    same image: a manifest whose blank size, disk order, context or login user changed
+    was "pushed", and the image kept the old ones.)"""
 
-    def key(ps: Iterable[common_pb2.Partition]) -> list[tuple[str, str, int]]:
-        return sorted((p.name, p.digest, p.mode) for p in ps)
+    def key(ps: Iterable[common_pb2.Partition]) -> list[tuple[object, ...]]:
+        out: list[tuple[object, ...]] = []
+        for p in ps:
+            if p.mode == common_pb2.PARTITION_MODE_BLANK:
+                fmt = "raw" if p.ext4 else (p.format or "qcow2")
+                out.append((p.name, p.mode, "", fmt, p.size_bytes, p.ext4))
+            else:
+                out.append((p.name, p.mode, p.digest, p.format or "raw", 0, False))
+        return out
 
     return (
         key(img.partitions) == key(parts)
-        and (
-            img.kernel_digest,
-            img.initrd_digest,
-            img.cmdline,
-        )
-        == boot
+        and (img.kernel_digest, img.initrd_digest, img.cmdline) == boot
+        and (img.context or "none", img.login_user)
+        == (manifest.context or "none", manifest.login_user)
     )
 
 

@@ -418,3 +418,23 @@ def test_a_real_request_takes_the_place_of_backfill_at_once(bsite: Site) -> None
     assert all(w.reason.startswith("PREEMPTED") for w in gone)
     node = bsite.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes[0]
     assert node.used_memory_mib <= node.memory_mib
+
+
+def test_an_image_a_backfill_entry_names_is_not_deleted(bsite: Site) -> None:
+    """With no backfill workspace live (max 0, or all preempted), the image's delete
+    went through: the entry stayed, its creates failed every pass unseen, and a new image
+    pushed under the name later was run in its place. Refused, saying how to end it."""
+    from workspace.v1 import images_pb2
+
+    set_(bsite, max=0)
+    delete = images_pb2.GetImageRequest(name="img")
+    why = refused(
+        lambda: bsite.stubs.images.DeleteImage(delete), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert why == (
+        "image img is run by the site's backfill (an admin's `ws-admin backfill clear img` "
+        "ends it); delete it after"
+    )
+    assert [e.image for e in entries(bsite)] == ["img"]
+    bsite.stubs.admin.ClearBackfill(admin_pb2.ClearBackfillRequest(image="img"))
+    assert bsite.stubs.images.DeleteImage(delete).name == "img"

@@ -135,6 +135,31 @@ def test_preload_errors(net_site: Site) -> None:
         assert err.value.code() == code
 
 
+def prefetch_of(site: Site, node: str) -> list[str]:
+    assert site.service is not None
+    with site.service.store.read() as s:
+        row = s.get(Node, node)
+        return list(row.prefetch or ()) if row is not None else []
+
+
+def test_a_deleted_image_leaves_the_prefetch_lists(net_site: Site) -> None:
+    """A preload the node had not done when the image was deleted: the blobs that left
+    the repository leave the node's prefetch list (it would fetch them, and fail, every
+    few minutes for ever); a blob another image still uses stays."""
+    site = net_site
+    gone = image(site, "img", 5)
+    site.stubs.import_image("other", bytes([6]) * 64 * KIB)
+    shared = image(site, "both", 6)
+    add(site, "node1")
+    site.stop_agent("node1")  # away: the preload waits for it
+    for name in ("img", "both"):
+        site.stubs.admin.PreloadImage(admin_pb2.PreloadImageRequest(image=name, nodes=["node1"]))
+    assert prefetch_of(site, "node1") == [gone, shared]
+    for name in ("img", "both"):
+        site.stubs.images.DeleteImage(images_pb2.GetImageRequest(name=name))
+    assert prefetch_of(site, "node1") == [shared]  # "other" still has it
+
+
 # -- budget -------------------------------------------------------------------------------------
 
 

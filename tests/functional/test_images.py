@@ -83,6 +83,14 @@ def image_names(site: Site) -> list[str]:
     return [i.name for i in site.stubs.images.ListImages(images_pb2.ListImagesRequest()).images]
 
 
+def test_the_client_lists_every_image_page_by_page(site: Site, client: Client) -> None:
+    for i in range(5):
+        site.stubs.import_image(f"img{i}:1", bytes([i + 1]) * 4096)
+    names = [f"img{i}:1" for i in range(5)]
+    assert [i.name for i in client.list_images(page_size=2)] == names
+    assert [i.name for i in client.list_images()] == names
+
+
 # -- push --------------------------------------------------------------------------------
 
 
@@ -154,6 +162,31 @@ def test_push_refuses_names_twice_and_bad_refs(client: Client, tmp_path: Path) -
         client.push_image("x:1", manifest(f))
     with pytest.raises(Exception, match="NAME:VERSION"):
         client.push_image("x:1:2", manifest(f))
+
+
+def test_a_push_again_with_other_settings_is_refused_not_taken_as_done(
+    client: Client, tmp_path: Path
+) -> None:
+    """A push of an existing NAME:VERSION is taken as done (exit 0, "already exists with
+    these files") only if it asks for that very image: the same files were not enough,
+    so a manifest whose blank size, disk order, context or login user changed was
+    "pushed" and the image kept the old ones."""
+    from dataclasses import replace
+
+    f = files(tmp_path)
+    m = manifest(f)
+    client.push_image("x:1", m)
+    root, data, scratch = m.partitions
+    for other in (
+        replace(m, partitions=(root, data, replace(scratch, size_bytes=64 * MiB))),
+        replace(m, partitions=(root, data, replace(scratch, ext4=False))),
+        replace(m, partitions=(data, root, scratch)),
+        replace(m, context="nocloud", login_user="debian"),
+        replace(m, login_user="debian"),
+    ):
+        with pytest.raises(Exception, match="already exists"):
+            client.push_image("x:1", other)
+    assert client.push_image("x:1", m).existed  # the very same: taken
 
 
 def test_has_blobs(site: Site) -> None:

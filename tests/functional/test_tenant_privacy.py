@@ -136,3 +136,47 @@ def test_a_clusters_user_data_is_shown_to_its_owner_and_admins_only(tmp_path: Pa
         assert stopped.spec[0].user_data == b""
     finally:
         site.close()
+
+
+def _pages(stubs: object, size: int) -> list[list[str]]:
+    """The names on each page of ListImages, ``size`` a page."""
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        resp = stubs.images.ListImages(  # type: ignore[attr-defined]
+            images_pb2.ListImagesRequest(page_size=size, page_token=token)
+        )
+        pages.append([i.name for i in resp.images])
+        token = resp.next_page_token
+        if not token:
+            return pages
+
+
+def test_image_pages_hold_only_the_images_the_caller_sees(tmp_path: Path) -> None:
+    """ListImages is paged (as ListWorkspaces is): full pages of what the caller sees,
+    by name, another project's images never on one (nor a gap where they are)."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        make(site, name="phys")
+        make(site, name="chem")
+        alice = site.identity("alice", projects=("phys",))
+        bob = site.identity("bob", projects=("chem",))
+        for i, name in enumerate(("b-phys:1", "d-phys:1", "f-phys:1", "g-phys:1")):
+            _import(alice, name, bytes([i + 1]) * 65536)
+        for i, name in enumerate(("a-chem:1", "c-chem:1", "e-chem:1")):
+            _import(bob, name, bytes([i + 10]) * 65536)
+        site.stubs.import_image("h-site:1", b"\x20" * 65536)  # an admin's: public
+        mine = ["b-phys:1", "d-phys:1", "f-phys:1", "g-phys:1", "h-site:1"]
+        assert _pages(alice, 2) == [mine[:2], mine[2:4], mine[4:]]
+        assert _pages(alice, 5) == [mine]
+        assert _pages(alice, 0) == [mine]  # 0: all of them
+        assert _pages(bob, 3) == [["a-chem:1", "c-chem:1", "e-chem:1"], ["h-site:1"]]
+        every = sorted([*mine[:4], "a-chem:1", "c-chem:1", "e-chem:1", "h-site:1"])
+        assert [n for page in _pages(site.stubs, 3) for n in page] == every  # the admin
+        for req in (
+            images_pb2.ListImagesRequest(page_size=-1),
+            images_pb2.ListImagesRequest(page_size=2, page_token="%%%"),
+        ):
+            refused(lambda req=req: alice.images.ListImages(req), grpc.StatusCode.INVALID_ARGUMENT)
+    finally:
+        site.close()

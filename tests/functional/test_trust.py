@@ -84,7 +84,7 @@ def test_signed_image_launches_under_enforce(
 ) -> None:
     private, public = _key()
     kid = signing.key_id(public)
-    v1 = _add_key(trust, public, "img", "team/*")
+    v1 = _add_key(trust, public, "img", "team-*")
     sigs = trust.AddSignature(
         trust_pb2.AddSignatureRequest(image="img", envelope_json=_sign(ready_site, "img", private))
     )
@@ -165,7 +165,7 @@ def test_warn_mode_creates_and_audits_why_not(
     ready_site: Site, trust: trust_pb2_grpc.TrustStub
 ) -> None:
     private, public = _key()
-    _add_key(trust, public, "other/*")  # may not sign "img"
+    _add_key(trust, public, "other-*")  # may not sign "img"
     trust.AddSignature(
         trust_pb2.AddSignatureRequest(image="img", envelope_json=_sign(ready_site, "img", private))
     )

@@ -130,3 +130,22 @@ def test_expires_takes_a_day_or_a_moment_and_refuses_the_past_saying_when(
     assert out.startswith(f"key {kid[:16]}: expires {soon} -> 2099-12-31 (policy v")
     code, out, _err = run(admin, site, capsys, "trust", "list")
     assert code == 0 and "2099-12-31T23:59:59Z" in out
+
+
+@pytest.mark.parametrize("pattern", ["team/*", "app *", "sci-*/1", "app:1,app:2"])
+def test_a_pattern_no_image_name_can_match_is_refused(
+    ready_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path, pattern: str
+) -> None:
+    """An image is NAME:VERSION of letters, digits, '.', '_', '-': a pattern with another
+    character trusts the key for nothing, and every launch it was meant for is refused
+    under ENFORCE ("may not sign images named …"). The refusal of a key without patterns
+    itself suggested 'team/*'."""
+    site = ready_site
+    pub, kid = _pub(tmp_path, "bob")
+    code, _out, err = run(admin, site, capsys, "trust", "add", str(pub), "--images", pattern)
+    assert code != 0 and f"pattern {pattern!r} can match no image" in err, err
+    code, out, _err = run(admin, site, capsys, "-o", "json", "trust", "list")
+    assert code == 0 and kid not in out  # nothing was trusted
+    code, _out, err = run(admin, site, capsys, "trust", "add", str(pub), "--images", " ")
+    assert code != 0 and "team/" not in err and "'app:*'" in err, err
+    ok(site, capsys, "trust", "add", str(pub), "--images", "app:*", "sci-[0-9]*", "x?:v1.*")

@@ -68,8 +68,9 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     def ListImages(
         self, request: images_pb2.ListImagesRequest, context: grpc.ServicerContext, who: Identity
     ) -> images_pb2.ListImagesResponse:
-        images = [v1.image_to_proto(i) for i in self.catalog.list_images(who)]
-        return images_pb2.ListImagesResponse(images=images)
+        views, token = self.catalog.list_images(who, request.page_size, request.page_token)
+        images = [v1.image_to_proto(i) for i in views]
+        return images_pb2.ListImagesResponse(images=images, next_page_token=token)
 
     @unary
     def GetImage(

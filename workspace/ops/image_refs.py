@@ -53,7 +53,7 @@ def unknown_image(s: Session, name: str, sc: Scope | None = None) -> NotFound:
         .where(Image.name.startswith(base + ":", autoescape=True))
         .order_by(Image.created_at.desc(), Image.name)
     ).scalars()
-    versions = [i.name for i in found if i.name != name and may_use(sc, i)]
+    versions = [i.name for i in found if _of(i.name, base) and i.name != name and may_use(sc, i)]
     text = f"image {name!r} not found"
     if not versions:
         return NotFound(f"{text}; `ws image list` shows them")
@@ -68,8 +68,18 @@ def name_taken(s: Session, name: str, project: str, owner: str) -> bool:
     it, so a version deleted there is not taken by another project meanwhile."""
     base = name.split(":", 1)[0]
     found = s.execute(
-        select(Image.project, Image.owner).where(
+        select(Image.name, Image.project, Image.owner).where(
             (Image.name == base) | Image.name.startswith(base + ":", autoescape=True)
         )
     ).all()
-    return any((p or "") != project or (not project and o != owner) for p, o in found)
+    return any(
+        (n == base or _of(n, base)) and ((p or "") != project or (not project and o != owner))
+        for n, p, o in found
+    )
+
+
+def _of(image: str, base: str) -> bool:
+    """Whether ``image`` is a version of NAME ``base``, case and all: the SQL prefix
+    match that found it ignores ASCII case on SQLite (its LIKE does), not on PostgreSQL,
+    so ``App:1`` took the NAME ``app``, and was named among its versions, on SQLite only."""
+    return image.startswith(base + ":")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
@@ -36,7 +38,7 @@ from workspace.ops.projects import (
     scope,
 )
 from workspace.ops.unit import Env
-from workspace.store import Blob, Image, Project, Workspace
+from workspace.store import Backfill, Blob, Image, Node, Project, Workspace
 from workspace.store.blobs import BlobRepository, check_digest
 from workspace.store.mapping import bound_spec, image_spec, partitions_column
 
@@ -48,6 +50,10 @@ _NAME_TAKEN = (
     "image {0!r} already exists: its NAME is another project's; pick another name "
     "(sites give each project a prefix by convention)"
 )
+
+# What a kernel cmdline cannot hold: the characters XML 1.0 cannot carry (the node writes
+# the cmdline into the domain's XML; libvirt refused it at every boot).
+_NOT_IN_CMDLINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 # Digests one HasBlobs may ask about.
 MAX_HAS_BLOBS = 1024
@@ -153,6 +159,7 @@ class Catalog:
         from uploads, so they never pile up beyond one grace period's worth."""
         env = self.env
         cutoff = env.clock() - env.cfg.blob_grace_s
+        nodes: list[str] = []
         with env.store.write_lock, self.blobs.discarding() as bin:
             with env.store.write() as s:
                 uploaded = {
@@ -166,9 +173,10 @@ class Catalog:
                 if not old:
                     return []
                 gone = sorted(old - _referenced(s))
-                _delete_rows(s, gone)
+                nodes = _delete_rows(s, gone)
                 bin.take(gone)
             self.blobs.remove_stale_temp(cutoff)
+        env.notifier.node_changed(*nodes)
         freed = bin.freed
         if gone:
             log.info(
@@ -191,8 +199,9 @@ class Catalog:
             s.flush()
             if blob_access.holders(s, digest) or digest in _referenced(s):
                 return
-            _delete_rows(s, [digest])
+            nodes = _delete_rows(s, [digest])
             bin.take([digest])
+        self.env.notifier.node_changed(*nodes)
         log.info("refused blob %s removed (%d bytes)", digest, bin.freed)
 
     def has_blobs(self, who: Identity | str, digests: Iterable[str]) -> list[str]:
@@ -309,6 +318,13 @@ class Catalog:
                 f"image {req.image}: the kernel cmdline is {len(req.cmdline.encode())} bytes, "
                 f"more than the {limit} allowed (limits.max_cmdline_bytes)"
             )
+        bad = _NOT_IN_CMDLINE.search(req.cmdline)
+        if bad:
+            raise InvalidArgument(
+                f"image {req.image}: the kernel cmdline has a character it cannot have "
+                f"({bad[0]!r} at offset {bad.start()}): a control character (tabs and "
+                "newlines aside) or a non-character"
+            )
         if len(req.partitions) > manifest.MAX_PARTITIONS:
             raise InvalidArgument(
                 f"image {req.image}: at most {manifest.MAX_PARTITIONS} partitions, "
@@ -414,12 +430,31 @@ class Catalog:
         after = sum(self._sizes(s, have | digests).values())
         refuse_over(project, limits_of(p), Quota(image_bytes=after), f"cannot import {name}")
 
-    def list_images(self, who: Identity | str) -> list[ImageView]:
-        """The images the caller sees: public ones, their own, their projects' (admins: all)."""
+    def list_images(
+        self, who: Identity | str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[ImageView], str]:
+        """The images the caller sees (public ones, their own, their projects'; admins:
+        all), by name: at most ``page_size`` of them (0: all) after ``page_token``, and
+        the token of the next page ("" after the last). Paged as ListWorkspaces is: one
+        message of every image of a large site went past the gRPC message limit."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        after = _page_name(page_token) if page_token else None
         with self.env.store.read() as s:
             sc = scope(s, who)
-            rows = s.execute(select(Image).order_by(Image.name)).scalars().all()
-            return self._views(s, [i for i in rows if may_use(sc, i)])
+            q = select(Image).order_by(Image.name)
+            if after is not None:
+                q = q.where(Image.name > after)
+            rows: list[Image] = []
+            for img in s.execute(q).scalars():
+                if may_use(sc, img):
+                    rows.append(img)
+                    if page_size and len(rows) > page_size:
+                        break
+            more = bool(page_size) and len(rows) > page_size
+            rows = rows[:page_size] if more else rows
+            token = _page_token(rows[-1].name) if more else ""
+            return self._views(s, rows), token
 
     def get_image(self, who: Identity | str, name: str) -> ImageView:
         with self.env.store.read() as s:
@@ -456,14 +491,22 @@ class Catalog:
             users = image_users(s, name)
             if users:
                 raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
+            if s.get(Backfill, name) is not None:
+                # Its creates would fail unseen, and an image pushed under the name
+                # later be run in its place.
+                raise FailedPrecondition(
+                    f"image {name} is run by the site's backfill (an admin's `ws-admin "
+                    f"backfill clear {name}` ends it); delete it after"
+                )
             view = self._views(s, [img])[0]
             mine = set(view.spec.digests())
             s.delete(img)
             trust.delete_signatures(s, name)
             s.flush()
             gone = sorted(mine - _referenced(s))
-            _delete_rows(s, gone)
+            nodes = _delete_rows(s, gone)
             bin.take(gone)
+        env.notifier.node_changed(*nodes)
         log.info(
             "image %s deleted by %s; %d blob(s) removed (%d bytes)",
             name,
@@ -504,13 +547,38 @@ class RefusedBlob(ImageError):
         self.digest = digest
 
 
-def _delete_rows(s: Session, digests: Sequence[str]) -> None:
-    """Forget these blobs in the store (their files go after the commit)."""
+def _page_token(name: str) -> str:
+    """The token of the page after the image ``name``."""
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _page_name(token: str) -> str:
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not one this service gave out") from exc
+
+
+def _delete_rows(s: Session, digests: Sequence[str]) -> list[str]:
+    """Forget these blobs in the store (their files go after the commit), on the nodes'
+    prefetch lists too; returns the nodes whose list changed (to send their orders
+    again). A preload not done when its image was deleted left the node fetching a blob
+    the repository no longer had, and failing, every few minutes for ever."""
     for d in digests:
         row = s.get(Blob, d)
         if row is not None:
             s.delete(row)
     blob_access.forget(s, digests)
+    gone = set(digests)
+    changed: list[str] = []
+    if not gone:
+        return changed
+    for node in s.execute(select(Node)).scalars():
+        left = [d for d in node.prefetch or () if d not in gone]
+        if left != list(node.prefetch or ()):
+            node.prefetch = left
+            changed.append(node.name)
+    return changed
 
 
 def _in_use(name: str, users: list[Workspace], sc: Scope) -> str:

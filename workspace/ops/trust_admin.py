@@ -17,6 +17,7 @@ the change, and an agent that was offline finds it in its orders when it comes b
 from __future__ import annotations
 
 import logging
+import string
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -41,6 +42,9 @@ log = logging.getLogger("workspace.ops.trust")
 MIN_KEY_PREFIX = 8
 KEY_ID_LEN = 64
 _HEX = frozenset("0123456789abcdef")
+# What an image pattern may hold: the characters of NAME:VERSION (images/manifest.py),
+# and fnmatch's. A pattern with any other matches no image: it trusts the key for nothing.
+_PATTERN_CHARS = frozenset(string.ascii_letters + string.digits + "._-:" + "*?[]!")
 
 
 def _short(kid: str) -> str:
@@ -133,8 +137,17 @@ def add_key(
     patterns = [p.strip() for p in image_patterns if p.strip()]
     if not patterns:
         raise InvalidArgument(
-            f"key {_short(kid)}: give the image name patterns it may sign (e.g. 'team/*')"
+            f"key {_short(kid)}: give the image name patterns it may sign (e.g. 'app:*', 'sci-*')"
         )
+    for p in patterns:
+        odd = sorted(set(p) - _PATTERN_CHARS)
+        if odd:
+            raise InvalidArgument(
+                f"key {_short(kid)}: pattern {p!r} can match no image: it has "
+                f"{', '.join(map(repr, odd))}, and an image is NAME:VERSION of letters, "
+                "digits, '.', '_' and '-' (patterns: '*', '?', '[...]'; e.g. 'app:*', "
+                "'sci-*'; give several patterns as several arguments)"
+            )
     now = env.clock()
     if expires_at and expires_at <= now:
         raise InvalidArgument(
