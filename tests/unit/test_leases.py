@@ -415,6 +415,10 @@ def test_a_cluster_whose_lease_ended_does_not_grow_until_it_is_extended(site: Si
         cluster_scale.scale(env(site), "alice", "c1", "w", 2)
     assert [w.id for w in site.workspaces()] == [wid]
     leases.extend(env(site), "alice", wid, HOUR)
+    with pytest.raises(FailedPrecondition, match=r"is STOPPED .*ws cluster start c1"):
+        cluster_scale.scale(env(site), "alice", "c1", "w", 2)  # the lease first, then this
+    clusters.operate(env(site), "alice", "c1", Op.START)
+    site.report(wid, RUNNING)
     _, result = cluster_scale.scale(env(site), "alice", "c1", "w", 2)
     assert len(result.added) == 1
     assert {w.lease_expires_at for w in site.workspaces()} == {site.clock.now + HOUR}

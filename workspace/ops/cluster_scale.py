@@ -158,7 +158,6 @@ def scale_in(
     added: list[Workspace] = []
     removed: list[Workspace] = []
     if count > previous:
-        check_growable(c)
         added = _grow(env, u, c, spec, members, mine, count - previous, wait_s, actor)
     else:
         removed = _shrink(env, u, role, mine, previous, count)
@@ -251,6 +250,7 @@ def _grow(
             f"cannot scale cluster {c.name}: its lease ended at {iso_time(ended)}; "
             f"`ws lease extend {template.name} DURATION` first"
         )
+    check_growable(c)  # after the lease: once it is extended, `ws cluster start` is next
     rows: list[Workspace] = []
     for i in free_indices(members, spec.role, n):
         asked = CreateSpec(
