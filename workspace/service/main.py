@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from types import FrameType
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -195,8 +194,10 @@ class Service:
             log.warning("INSECURE: every caller acts as the admin user %r", self.cfg.default_owner)
         elif not self.cfg.tls.crl_file:
             log.warning("[tls] crl_file is not set: revoked certificates are not refused")
-        self.port = _bind(self.server, "listen", self.cfg.listen, self.cfg)
-        self.node_port = _bind(self.node_server, "node_listen", self.cfg.node_address, self.cfg)
+        self.port = rpc.listen_on(self.server, self.cfg.listen, self.cfg.tls, "listen")
+        self.node_port = rpc.listen_on(
+            self.node_server, self.cfg.node_address, self.cfg.tls, "node_listen"
+        )
         if self.metrics is not None:
             self.metrics_url = self.metrics.serve(self.cfg.metrics_listen).url
         self.node_server.start()
@@ -354,16 +355,6 @@ class Service:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
-
-
-def _bind(server: grpc.Server, key: str, address: str, cfg: ServiceConfig) -> int:
-    """Bind ``server`` to ``address`` (config ``key``); returns the port (0: unix socket)."""
-    if address.startswith("unix:"):
-        Path(address.removeprefix("unix:").removeprefix("//")).unlink(missing_ok=True)
-    port = rpc.bind(server, address, cfg.tls)
-    if port == 0 and not address.startswith("unix:"):
-        raise ConfigError(f"{key}: cannot bind {address}")
-    return port
 
 
 def _backup_command(cfg: ServiceConfig, command: str, where: Path) -> int:
