@@ -7,6 +7,7 @@ There is no global config object: each daemon loads its own and passes it down.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import tomllib
@@ -603,6 +604,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        # TOML's inf and nan: no interval, ratio or weight here means either.
+        raise ConfigError(f"{where}: expected a finite number, got {value}")
     if tp in (int, float, str, bool) and (
         not isinstance(value, tp) or (tp is int and isinstance(value, bool))
     ):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -323,3 +325,37 @@ def test_the_readme_names_every_config_key(cls: type) -> None:
         if not any(form.format(f.name) in section for form in ("`{}`", "`[{}]`", "`[[{}]]`"))
     ]
     assert not missing, f"README's Configuration keys lacks {missing} of {cls.__name__}"
+
+
+def float_keys(cls: type, where: str = "") -> list[tuple[str, list[str]]]:
+    """Every float key of ``cls`` and its tables: (dotted name, path of keys)."""
+    out: list[tuple[str, list[str]]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += [(f"{f.name}.{n}", [f.name, *p]) for n, p in float_keys(tp)]  # type: ignore[arg-type]
+        elif tp is float:
+            out.append((f.name, [f.name]))
+    return out
+
+
+@pytest.mark.parametrize("cls", [ServiceConfig, AgentConfig])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_float_key_that_is_not_a_finite_number_is_refused(
+    tmp_path: Path, cls: type, value: float
+) -> None:
+    """TOML has inf and nan: an interval of inf once killed the service's lease thread
+    with a traceback (OverflowError) while the service went on without it."""
+    keys = float_keys(cls)
+    assert keys
+    for name, path in keys:
+        data: dict[str, object] = {}
+        table = data
+        for key in path[:-1]:
+            table = table.setdefault(key, {})  # type: ignore[assignment]
+        table[path[-1]] = value
+        file = tmp_path / "c.toml"
+        file.write_text(tomli_w.dumps(data))
+        with pytest.raises(ConfigError, match=re.escape(f"{name}: expected a finite number")):
+            load(cls, file)
