@@ -545,6 +545,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         check_log_format(self.log_format)
         check_log_level(self.log_level)
+        if not self.node.strip():
+            raise ConfigError("node: must not be empty (the node's name; default: the host name)")
         if self.driver not in AGENT_DRIVERS:
             raise ConfigError(
                 f"driver: unknown driver {self.driver!r} (choose {' or '.join(AGENT_DRIVERS)})"

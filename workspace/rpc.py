@@ -204,6 +204,10 @@ def listen_on(srv: grpc.Server, address: str, tls: TlsConfig | None, key: str) -
     be bound is a ConfigError naming ``key``, the address and why."""
     if is_unix(address):
         _clear_unix_path(unix_path(address), key)
+    else:
+        _, sep, digits = address.rpartition(":")
+        if not sep or not digits.isdigit() or int(digits) > 65535:
+            raise ConfigError(f"{key}: cannot bind {address}: not host:port nor unix:/path")
     try:
         port = bind(srv, address, tls)
     except RuntimeError:  # gRPC's "Failed to bind to address ...": say why, in one line
@@ -252,8 +256,8 @@ def _why_not_bound(address: str) -> str:
     host, _, port = address.rpartition(":")
     try:
         infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as exc:
-        return getattr(exc, "strerror", None) or str(exc)
+    except OSError as exc:
+        return exc.strerror or str(exc)
     family, kind, proto, _, where = infos[0]
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -278,6 +278,8 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
         (AgentConfig, {"resync_interval_s": 0}, "resync_interval_s: must be more than 0"),
         (AgentConfig, {"cache_budget_bytes": -1}, "cache_budget_bytes: must be 0 or more"),
         (AgentConfig, {"cpus": -4}, "cpus: must be 0 or more, got -4"),
+        (AgentConfig, {"node": ""}, "node: must not be empty"),
+        (AgentConfig, {"node": "  "}, "node: must not be empty"),
     ],
 )
 def test_values_a_daemon_cannot_run_with_are_refused_at_load(

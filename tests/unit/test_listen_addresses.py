@@ -148,3 +148,11 @@ def test_an_agent_whose_peer_port_is_taken_says_so_in_one_line(
     err = capsys.readouterr().err
     assert f"cannot start: peer_listen: cannot bind 127.0.0.1:{port}: in use" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("listen", ["x", "127.0.0.1", "host:port"])
+def test_an_agent_peer_listen_that_is_no_address_says_so(tmp_path: Path, listen: str) -> None:
+    server = PeerServer(BlobCache(tmp_path / "c"), "n1", listen, "", TlsConfig())
+    with pytest.raises(ConfigError, match=f"^peer_listen: cannot bind {listen}: not host:port"):
+        server.start()
+    server.stop()
