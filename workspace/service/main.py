@@ -415,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("signal %d: shutting down", signum)
         done.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP too (a closed terminal; `kill -HUP` from habit: there is nothing to reload):
+    # a clean stop that says why, not a silent death.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         svc.start()
     except (ConfigError, RuntimeError) as exc:

@@ -1,0 +1,72 @@
+"""The daemons end cleanly on SIGTERM, SIGINT and SIGHUP (a closed terminal, or an
+admin's `kill -HUP` out of habit): the reason in their log, exit status 0, no
+traceback, their unix sockets removed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workspace import config
+from workspace.config import AgentConfig, ServiceConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+
+
+def wait_for(cond: object, what: str, timeout_s: float = 60.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > end:
+            raise AssertionError(f"no {what} within {timeout_s} s")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: int) -> None:
+    sock = tmp_path / "service.sock"
+    svc_cfg = config.write(
+        tmp_path / "service.toml",
+        ServiceConfig(listen=f"unix:{sock}", data_dir=str(tmp_path / "d"), insecure=True),
+    )
+    agent_cfg = config.write(
+        tmp_path / "agent.toml",
+        AgentConfig(
+            node="n1",
+            service=f"unix:{tmp_path / 'nodes.sock'}",
+            state_dir=str(tmp_path / "agent"),
+            peer_listen=f"unix:{tmp_path / 'peers.sock'}",
+            insecure=True,
+        ),
+    )
+    svc = spawn(["-m", "workspace.service.main", "--config", str(svc_cfg)], tmp_path / "s.log")
+    agent = spawn(["-m", "agent.main", "--config", str(agent_cfg)], tmp_path / "a.log")
+    try:
+        wait_for(lambda: "listening on" in (tmp_path / "s.log").read_text(), "service")
+        wait_for(lambda: "registered with" in (tmp_path / "a.log").read_text(), "agent")
+        for proc, log in ((agent, "a.log"), (svc, "s.log")):
+            proc.send_signal(sig)
+            assert proc.wait(60) == 0, (tmp_path / log).read_text()
+            text = (tmp_path / log).read_text()
+            assert f"signal {int(sig)}: shutting down" in text, text
+            assert "Traceback" not in text, text
+        for name in ("service.sock", "nodes.sock", "peers.sock"):
+            assert not (tmp_path / name).exists(), name
+    finally:
+        for proc in (agent, svc):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
