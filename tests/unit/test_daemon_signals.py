@@ -4,6 +4,7 @@ traceback, their unix sockets removed."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -70,3 +71,20 @@ def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_sqlite_service_stops_without_a_warning_about_replicas(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One process on SQLite has no replicas: its clean stop is no WARNING (an admin's
+    log watch would flag every restart)."""
+    from workspace.service.main import Service
+
+    cfg = ServiceConfig(listen=f"unix:{tmp_path}/s.sock", data_dir=str(tmp_path), insecure=True)
+    svc = Service(cfg)
+    svc.start()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        svc.stop(0)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == []
