@@ -404,6 +404,13 @@ class ServiceConfig:
         )
         check_min(self, "", at_least_1, 1)
         check_min(self, "", ("leader_fence_s",), 5)
+        if self.node_grace_s <= self.heartbeat_interval_s:
+            # Every node would go DOWN between two heartbeats, its workspaces LOST.
+            raise ConfigError(
+                f"node_grace_s: {self.node_grace_s} is not more than heartbeat_interval_s "
+                f"({self.heartbeat_interval_s}): every node would be DOWN between its "
+                "heartbeats; give it several intervals (default 40 for 5)"
+            )
         if not self.squeue_command:
             raise ConfigError("squeue_command: must not be empty")
         if self.autoscale_commands_dir and not os.path.isabs(self.autoscale_commands_dir):

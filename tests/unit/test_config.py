@@ -279,6 +279,16 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
         (AgentConfig, {"cache_budget_bytes": -1}, "cache_budget_bytes: must be 0 or more"),
         (AgentConfig, {"cpus": -4}, "cpus: must be 0 or more, got -4"),
         (AgentConfig, {"node": ""}, "node: must not be empty"),
+        (
+            ServiceConfig,
+            {"heartbeat_interval_s": 60},
+            "node_grace_s: 40 is not more than heartbeat_interval_s (60)",
+        ),
+        (
+            ServiceConfig,
+            {"heartbeat_interval_s": 30, "node_grace_s": 30},
+            "node_grace_s: 30 is not more than heartbeat_interval_s (30)",
+        ),
         (AgentConfig, {"node": "  "}, "node: must not be empty"),
     ],
 )
