@@ -88,3 +88,39 @@ def test_a_sqlite_service_stops_without_a_warning_about_replicas(
         svc.stop(0)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said == []
+
+
+def test_ctrl_c_while_the_service_waits_for_its_database_is_no_traceback(tmp_path: Path) -> None:
+    """A service started before PostgreSQL answers waits up to 5 minutes; Ctrl-C there
+    ends it with one line, as at any other time."""
+    cfg = config.write(
+        tmp_path / "service.toml",
+        ServiceConfig(
+            listen=f"unix:{tmp_path / 's.sock'}",
+            data_dir=str(tmp_path / "d"),
+            database_url="postgresql://ws@127.0.0.1:1/ws",  # nothing answers on port 1
+            insecure=True,
+        ),
+    )
+    log = tmp_path / "s.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workspace.service.main", "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # as at a terminal (a background job of a script has SIGINT ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        wait_for(lambda: "waiting for the database" in log.read_text(), "wait")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert "interrupted while starting" in text, text

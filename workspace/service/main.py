@@ -401,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dbwait.wait_for_database(cfg.db_url)
         svc = Service(cfg)
+    except KeyboardInterrupt:  # Ctrl-C while it waits for the database (up to 5 minutes)
+        log.info("interrupted while starting")
+        return 130
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
         return 1
