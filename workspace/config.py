@@ -608,7 +608,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table")
-        return {str(k): str(v) for k, v in value.items()}
+        return {str(k): _text(v, f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -621,6 +621,16 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     ):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _text(value: Any, where: str) -> str:
+    """A string value of a table of strings (``[labels]``) as it is written in TOML:
+    ``true`` is "true" (what ``--require gpu=true`` asks for), ``8`` is "8"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return str(value)
 
 
 def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:

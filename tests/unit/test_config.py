@@ -371,3 +371,16 @@ def test_a_float_key_that_is_not_a_finite_number_is_refused(
         file.write_text(tomli_w.dumps(data))
         with pytest.raises(ConfigError, match=re.escape(f"{name}: expected a finite number")):
             load(cls, file)
+
+
+def test_labels_read_as_they_are_written(tmp_path: Path) -> None:
+    """`--require gpu=true` must match `gpu = true` (not Python's "True"); a label that
+    is a table or a list is no label."""
+    path = tmp_path / "a.toml"
+    path.write_text('[labels]\ngpu = true\nssd = false\ncores = 8\nrack = "r1"\n')
+    labels = load(AgentConfig, path).labels
+    assert labels == {"gpu": "true", "ssd": "false", "cores": "8", "rack": "r1"}
+    for bad in ("zone = [1, 2]", "zone = { a = 1 }"):
+        path.write_text(f"[labels]\n{bad}\n")
+        with pytest.raises(ConfigError, match=re.escape("labels.zone: expected a string")):
+            load(AgentConfig, path)
