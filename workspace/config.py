@@ -7,6 +7,7 @@ There is no global config object: each daemon loads its own and passes it down.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import socket
@@ -492,6 +493,17 @@ class NodeNetworkConfig:
     # No other host interface is ever touched.
     uplink: str = ""
 
+    def __post_init__(self) -> None:
+        if self.bridge_address in ("", "gateway"):
+            return
+        try:
+            ipaddress.ip_interface(self.bridge_address)
+        except ValueError:
+            raise ConfigError(
+                f"networks.{self.name}.bridge_address: {self.bridge_address!r} is not a CIDR "
+                "(10.0.0.2/24), 'gateway' or ''"
+            ) from None
+
 
 # The agent's hypervisor drivers (agent/virt/__init__.py ``make_driver``).
 AGENT_DRIVERS = ("fake", "libvirt")
@@ -554,6 +566,11 @@ class AgentConfig:
         check_log_level(self.log_level)
         if not self.node.strip():
             raise ConfigError("node: must not be empty (the node's name; default: the host name)")
+        names = [n.name for n in self.networks]
+        if "" in names:
+            raise ConfigError("networks: an entry without a name (name = the site network's)")
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ConfigError(f"networks: {twice[0]!r} is named twice (one entry per network)")
         if self.driver not in AGENT_DRIVERS:
             raise ConfigError(
                 f"driver: unknown driver {self.driver!r} (choose {' or '.join(AGENT_DRIVERS)})"

@@ -280,6 +280,17 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
         (AgentConfig, {"cpus": -4}, "cpus: must be 0 or more, got -4"),
         (AgentConfig, {"node": ""}, "node: must not be empty"),
         (
+            AgentConfig,
+            {"networks": [{"name": "lab", "bridge_address": "10.0.0.300/24"}]},
+            "networks.lab.bridge_address: '10.0.0.300/24' is not a CIDR",
+        ),
+        (
+            AgentConfig,
+            {"networks": [{"name": "lab"}, {"name": "lab", "uplink": "eth1"}]},
+            "networks: 'lab' is named twice",
+        ),
+        (AgentConfig, {"networks": [{"name": ""}]}, "networks: an entry without a name"),
+        (
             ServiceConfig,
             {"heartbeat_interval_s": 60},
             "node_grace_s: 40 is not more than heartbeat_interval_s (60)",
