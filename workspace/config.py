@@ -661,6 +661,10 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
             raise ConfigError(f"config file {path} not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason})") from exc
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from exc
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return _build(cls, data, "")

@@ -395,3 +395,16 @@ def test_labels_read_as_they_are_written(tmp_path: Path) -> None:
         path.write_text(f"[labels]\n{bad}\n")
         with pytest.raises(ConfigError, match=re.escape("labels.zone: expected a string")):
             load(AgentConfig, path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "not utf-8"])
+def test_a_config_file_that_cannot_be_read_is_one_clear_error(tmp_path: Path, kind: str) -> None:
+    """Not a traceback: `--config /etc/workspace` (the directory), or a file saved in
+    another encoding."""
+    if kind == "directory":
+        path = tmp_path
+    else:
+        path = tmp_path / "c.toml"
+        path.write_bytes(b'# caf\xe9\nlog_level = "INFO"\n')  # Latin-1
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(path))}: "):
+        load(ServiceConfig, path)
