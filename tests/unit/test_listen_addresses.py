@@ -156,3 +156,43 @@ def test_an_agent_peer_listen_that_is_no_address_says_so(tmp_path: Path, listen:
     with pytest.raises(ConfigError, match=f"^peer_listen: cannot bind {listen}: not host:port"):
         server.start()
     server.stop()
+
+
+def test_an_agent_pointed_at_the_clients_address_says_to_use_node_listen(
+    tmp_path: Path,
+) -> None:
+    """`service` must name the service's node_listen (7071), not its listen (7070): the
+    README warns of it, and the agent's log says so, not only "Method not found"."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    listen = f"unix:{tmp_path}/service.sock"
+    with running(service_cfg(tmp_path, "d", listen)):
+        cfg = config.write(
+            tmp_path / "a.toml",
+            AgentConfig(
+                node="n1", service=listen, state_dir=str(tmp_path / "agent"), insecure=True
+            ),
+        )
+        log = tmp_path / "a.log"
+        root = Path(__file__).resolve().parents[2]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.main", "--config", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(root)},
+            )
+        try:
+            end = time.monotonic() + 60
+            while "retrying" not in log.read_text() and time.monotonic() < end:
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    text = log.read_text()
+    said = [line for line in text.splitlines() if "retrying" in line]
+    assert said, text
+    assert "not the service's Nodes API" in said[0] and "node_listen" in said[0], said[0]
