@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from agent.agent import Agent
 from agent.netsetup import Networking, NullNetworking
@@ -17,6 +14,7 @@ from workspace import config, rpc, sole, version
 from workspace.config import AgentConfig
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
+from workspace.stopsignals import StopSignals
 
 log = logging.getLogger("agent")
 
@@ -78,16 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except WorkspaceError as exc:
         log.error("cannot start: %s", exc.message)
         return 1
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: shutting down (VMs keep running)", signum)
-        done.set()
-
-    # SIGHUP too (a closed terminal; `kill -HUP` from habit: there is nothing to reload):
-    # a clean stop that says why, not a silent death.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    stops = StopSignals().install()
     try:
         agent.start()
     except ConfigError as exc:  # e.g. metrics_listen cannot be bound
@@ -101,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.driver,
         cfg.service,
     )
-    done.wait()
+    log.info("signal %d: shutting down (VMs keep running)", stops.wait())
     agent.stop()
     node_lock.release()
     return 0

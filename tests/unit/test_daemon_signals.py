@@ -124,3 +124,86 @@ def test_ctrl_c_while_the_service_waits_for_its_database_is_no_traceback(tmp_pat
     text = log.read_text()
     assert "Traceback" not in text, text
     assert "interrupted while starting" in text, text
+
+
+def test_a_service_started_under_nohup_keeps_ignoring_sighup(tmp_path: Path) -> None:
+    """`nohup workspace-service ... &` means: survive the terminal's hangup."""
+    sock = tmp_path / "service.sock"
+    cfg = config.write(
+        tmp_path / "service.toml",
+        ServiceConfig(listen=f"unix:{sock}", data_dir=str(tmp_path / "d"), insecure=True),
+    )
+    log = tmp_path / "s.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workspace.service.main", "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as nohup does
+        )
+    try:
+        wait_for(lambda: "listening on" in log.read_text(), "service")
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGTERM)  # the one that ends it
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "signal 15: shutting down" in text and "signal 1:" not in text, text
+
+
+def to_a_thread(pid: int, sig: int) -> None:
+    """Send ``sig`` to a thread of ``pid`` other than its main one, as the kernel may
+    deliver a process's signal to any thread that does not block it (gRPC's do not)."""
+    import ctypes
+
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert tids
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234  # x86_64
+    assert libc.syscall(sys_tgkill, pid, tids[-1], sig) == 0, ctypes.get_errno()
+
+
+@pytest.mark.parametrize("daemon", ["service", "agent"])
+def test_a_signal_taken_by_another_thread_still_stops_the_daemon(
+    tmp_path: Path, daemon: str
+) -> None:
+    """The main thread waited in Event.wait() without a timeout, which a signal that
+    another thread received does not interrupt: `kill PID` was then ignored for good (about
+    one time in ten), and `systemctl stop` took its 15 s and a SIGKILL."""
+    svc_cfg = config.write(
+        tmp_path / "service.toml",
+        ServiceConfig(
+            listen=f"unix:{tmp_path / 'service.sock'}", data_dir=str(tmp_path / "d"), insecure=True
+        ),
+    )
+    agent_cfg = config.write(
+        tmp_path / "agent.toml",
+        AgentConfig(
+            node="n1",
+            service=f"unix:{tmp_path / 'nodes.sock'}",
+            state_dir=str(tmp_path / "agent"),
+            insecure=True,
+        ),
+    )
+    svc = spawn(["-m", "workspace.service.main", "--config", str(svc_cfg)], tmp_path / "s.log")
+    agent = spawn(["-m", "agent.main", "--config", str(agent_cfg)], tmp_path / "a.log")
+    try:
+        wait_for(lambda: "listening on" in (tmp_path / "s.log").read_text(), "service")
+        wait_for(lambda: "registered with" in (tmp_path / "a.log").read_text(), "agent")
+        proc, log = (svc, "s.log") if daemon == "service" else (agent, "a.log")
+        to_a_thread(proc.pid, signal.SIGTERM)
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 0, (tmp_path / log).read_text()
+        assert "signal 15: shutting down" in (tmp_path / log).read_text()
+    finally:
+        for p in (agent, svc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

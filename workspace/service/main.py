@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -41,6 +39,7 @@ from workspace.service import backup, dbwait
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
+from workspace.stopsignals import StopSignals
 from workspace.store import Store, engines
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
@@ -412,16 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", dbwait.reason(exc))
         log.debug("traceback", exc_info=True)
         return 1
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: shutting down", signum)
-        done.set()
-
-    # SIGHUP too (a closed terminal; `kill -HUP` from habit: there is nothing to reload):
-    # a clean stop that says why, not a silent death.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    stops = StopSignals().install()
     try:
         svc.start()
     except (ConfigError, RuntimeError) as exc:
@@ -431,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     # out of the collector's way, a full collection no longer walks it (it cost a create
     # about 4 % of its time).
     gc.freeze()
-    done.wait()
+    log.info("signal %d: shutting down", stops.wait())
     svc.stop()
     return 0
 
