@@ -234,7 +234,12 @@ def _clear_unix_path(path: Path, key: str) -> None:
     try:
         probe.connect(str(path))
     except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # nobody listens: left by a process that was killed
+        try:
+            path.unlink(missing_ok=True)  # nobody listens: left by a process that was killed
+        except OSError as exc:
+            raise ConfigError(
+                f"{key}: cannot remove {path}, a socket nobody listens on: {exc.strerror}"
+            ) from None
         return
     except OSError as exc:
         reason = exc.strerror or "no answer"
