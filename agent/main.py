@@ -71,10 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
         return 1
+    except OSError as exc:  # state_dir a file, or not ours to write
+        log.error("cannot start: state_dir %s: %s", cfg.state_dir, exc.strerror or exc)
+        return 1
     try:
         agent = Agent(cfg, make_driver(cfg), make_networking(cfg))
     except WorkspaceError as exc:
         log.error("cannot start: %s", exc.message)
+        return 1
+    except OSError as exc:  # a directory it keeps (cache_dir, ...) cannot be made
+        log.error("cannot start: %s: %s", exc.filename or "", exc.strerror or exc)
         return 1
     stops = StopSignals().install()
     try:
