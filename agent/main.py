@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # e.g. metrics_listen cannot be bound
         log.error("cannot start: %s", exc.message)
         agent.stop()
+        stops.restore()
         return 1
     log.info(
         "workspace-agent %s for node %s started (driver %s, service %s)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import time
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # How long a signal another thread received may wait for the main thread to see it.
@@ -23,13 +24,20 @@ POLL_S = 0.25
 class StopSignals:
     def __init__(self) -> None:
         self.received: list[int] = []
+        self._before: dict[int, Any] = {}
 
     def install(self) -> StopSignals:
         for sig in STOP_SIGNALS:
             if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
                 continue  # started under nohup: the hangup stays ignored
-            signal.signal(sig, self._on_signal)
+            self._before[sig] = signal.signal(sig, self._on_signal)
         return self
+
+    def restore(self) -> None:
+        """Put back the handlers ``install`` replaced (a start that failed returns)."""
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before.clear()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.received.append(signum)

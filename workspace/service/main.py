@@ -416,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         svc.start()
     except (ConfigError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
+        stops.restore()
         return 1
     # What start-up made (modules, the servers, the caches) lives as long as the process:
     # out of the collector's way, a full collection no longer walks it (it cost a create
