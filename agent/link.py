@@ -174,7 +174,7 @@ class Link:
                     log.warning(
                         "service %s: %s; %s",
                         where,
-                        self._leaving or rpc_status.describe(exc),
+                        self._leaving or _why(exc),
                         self._then(turn, failures),
                     )
             except Exception:
@@ -337,3 +337,15 @@ class Link:
         except (grpc.RpcError, ValueError) as exc:  # ValueError: a channel closed under it
             what = rpc_status.describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
             raise Unavailable(f"console push failed: {what}") from None
+
+
+def _why(exc: grpc.RpcError) -> str:
+    """Why a call to the service failed; UNIMPLEMENTED there means the address is the
+    service's client API (``listen``), not its Nodes API."""
+    said = rpc_status.describe(exc)
+    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return (
+            f"{said} (this is not the service's Nodes API: set `service` to its "
+            "node_listen, by default the port after its listen's, 7071 for 7070)"
+        )
+    return said

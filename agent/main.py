@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from agent.agent import Agent
 from agent.netsetup import Networking, NullNetworking
@@ -17,6 +14,7 @@ from workspace import config, rpc, sole, version
 from workspace.config import AgentConfig
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
+from workspace.stopsignals import StopSignals
 
 log = logging.getLogger("agent")
 
@@ -73,24 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
         return 1
+    except OSError as exc:  # state_dir a file, or not ours to write
+        log.error("cannot start: state_dir %s: %s", cfg.state_dir, exc.strerror or exc)
+        return 1
     try:
         agent = Agent(cfg, make_driver(cfg), make_networking(cfg))
     except WorkspaceError as exc:
         log.error("cannot start: %s", exc.message)
         return 1
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: shutting down (VMs keep running)", signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    except OSError as exc:  # a directory it keeps (cache_dir, ...) cannot be made
+        log.error("cannot start: %s: %s", exc.filename or "", exc.strerror or exc)
+        return 1
+    stops = StopSignals().install()
     try:
         agent.start()
     except ConfigError as exc:  # e.g. metrics_listen cannot be bound
         log.error("cannot start: %s", exc.message)
         agent.stop()
+        stops.restore()
         return 1
     log.info(
         "workspace-agent %s for node %s started (driver %s, service %s)",
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.driver,
         cfg.service,
     )
-    done.wait()
+    log.info("signal %d: shutting down (VMs keep running)", stops.wait())
     agent.stop()
     node_lock.release()
     return 0

@@ -33,14 +33,11 @@ source, at worst from the service.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 
@@ -186,14 +183,8 @@ class PeerServer:
         self.address = ""
 
     def start(self) -> str:
-        if rpc.is_unix(self.listen):  # a socket left by a killed agent
-            path = Path(self.listen.removeprefix("unix:").removeprefix("//"))
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(path.lstat().st_mode):
-                    path.unlink()
-        port = rpc.bind(self.server, self.listen, self.tls)
-        if not self.listen.startswith("unix:") and port == 0:
-            raise Unavailable(f"cannot listen for peers on {self.listen}")
+        # A socket left by a killed agent is replaced; one a live agent serves is refused.
+        port = rpc.listen_on(self.server, self.listen, self.tls, "peer_listen")
         self.server.start()
         self.address = self.advertise or advertised_address(self.listen, port)
         log.info("serving cached blobs to peers on %s (as %s)", self.listen, self.address)

@@ -7,6 +7,8 @@ There is no global config object: each daemon loads its own and passes it down.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import socket
 import tomllib
@@ -403,6 +405,13 @@ class ServiceConfig:
         )
         check_min(self, "", at_least_1, 1)
         check_min(self, "", ("leader_fence_s",), 5)
+        if self.node_grace_s <= self.heartbeat_interval_s:
+            # Every node would go DOWN between two heartbeats, its workspaces LOST.
+            raise ConfigError(
+                f"node_grace_s: {self.node_grace_s} is not more than heartbeat_interval_s "
+                f"({self.heartbeat_interval_s}): every node would be DOWN between its "
+                "heartbeats; give it several intervals (default 40 for 5)"
+            )
         if not self.squeue_command:
             raise ConfigError("squeue_command: must not be empty")
         if self.autoscale_commands_dir and not os.path.isabs(self.autoscale_commands_dir):
@@ -484,6 +493,17 @@ class NodeNetworkConfig:
     # No other host interface is ever touched.
     uplink: str = ""
 
+    def __post_init__(self) -> None:
+        if self.bridge_address in ("", "gateway"):
+            return
+        try:
+            ipaddress.ip_interface(self.bridge_address)
+        except ValueError:
+            raise ConfigError(
+                f"networks.{self.name}.bridge_address: {self.bridge_address!r} is not a CIDR "
+                "(10.0.0.2/24), 'gateway' or ''"
+            ) from None
+
 
 # The agent's hypervisor drivers (agent/virt/__init__.py ``make_driver``).
 AGENT_DRIVERS = ("fake", "libvirt")
@@ -544,6 +564,13 @@ class AgentConfig:
     def __post_init__(self) -> None:
         check_log_format(self.log_format)
         check_log_level(self.log_level)
+        if not self.node.strip():
+            raise ConfigError("node: must not be empty (the node's name; default: the host name)")
+        names = [n.name for n in self.networks]
+        if "" in names:
+            raise ConfigError("networks: an entry without a name (name = the site network's)")
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ConfigError(f"networks: {twice[0]!r} is named twice (one entry per network)")
         if self.driver not in AGENT_DRIVERS:
             raise ConfigError(
                 f"driver: unknown driver {self.driver!r} (choose {' or '.join(AGENT_DRIVERS)})"
@@ -598,16 +625,29 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table")
-        return {str(k): str(v) for k, v in value.items()}
+        return {str(k): _text(v, f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        # TOML's inf and nan: no interval, ratio or weight here means either.
+        raise ConfigError(f"{where}: expected a finite number, got {value}")
     if tp in (int, float, str, bool) and (
         not isinstance(value, tp) or (tp is int and isinstance(value, bool))
     ):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _text(value: Any, where: str) -> str:
+    """A string value of a table of strings (``[labels]``) as it is written in TOML:
+    ``true`` is "true" (what ``--require gpu=true`` asks for), ``8`` is "8"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return str(value)
 
 
 def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:
@@ -621,6 +661,10 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
             raise ConfigError(f"config file {path} not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason})") from exc
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from exc
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return _build(cls, data, "")

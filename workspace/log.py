@@ -23,6 +23,12 @@ from workspace import callctx
 IDS = ("workspace", "node", "request_id")
 
 
+def about(workspace: str, node: str = "") -> dict[str, str]:
+    """``extra=`` of a line about a workspace (and the node it names): its JSON line
+    carries the ids whichever call or loop writes it."""
+    return {"workspace": workspace, "node": node} if node else {"workspace": workspace}
+
+
 class JsonFormatter(logging.Formatter):
     """``defaults``: ids every line of the process carries unless a record or the call
     context names another (an agent's ``node``)."""

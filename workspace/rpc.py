@@ -20,8 +20,11 @@ certificate (the CA is the site's own: what the server is matters, not where).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import socket
+import stat
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -190,6 +193,84 @@ def bind(srv: grpc.Server, address: str, tls: TlsConfig | None = None) -> int:
         )
         return srv.add_secure_port(address, creds)
     return srv.add_insecure_port(address)
+
+
+def listen_on(srv: grpc.Server, address: str, tls: TlsConfig | None, key: str) -> int:
+    """Bind ``srv`` to ``address``, the value of the config key ``key`` (``listen``,
+    ``node_listen``, ``peer_listen``); returns the port (0 for a unix socket).
+
+    A unix socket left by a process that was killed is replaced; one a live process
+    listens on, or a path that is not a socket, is refused (never removed). What cannot
+    be bound is a ConfigError naming ``key``, the address and why."""
+    if is_unix(address):
+        _clear_unix_path(unix_path(address), key)
+    else:
+        _, sep, digits = address.rpartition(":")
+        if not sep or not digits.isdigit() or int(digits) > 65535:
+            raise ConfigError(f"{key}: cannot bind {address}: not host:port nor unix:/path")
+    try:
+        port = bind(srv, address, tls)
+    except RuntimeError:  # gRPC's "Failed to bind to address ...": say why, in one line
+        raise ConfigError(f"{key}: cannot bind {address}: {_why_not_bound(address)}") from None
+    if port == 0 and not is_unix(address):
+        raise ConfigError(f"{key}: cannot bind {address}: {_why_not_bound(address)}")
+    return port
+
+
+def unix_path(address: str) -> Path:
+    """The file of a ``unix:/path`` (or ``unix:///path``) address."""
+    return Path(address.removeprefix("unix:").removeprefix("//"))
+
+
+def _clear_unix_path(path: Path, key: str) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"{key}: {path} is not a socket (left as it is); name another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            path.unlink(missing_ok=True)  # nobody listens: left by a process that was killed
+        except OSError as exc:
+            raise ConfigError(
+                f"{key}: cannot remove {path}, a socket nobody listens on: {exc.strerror}"
+            ) from None
+        return
+    except OSError as exc:
+        reason = exc.strerror or "no answer"
+        raise ConfigError(f"{key}: {path} is in use by another process ({reason})") from None
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"{key}: {path} is in use by another process (is a workspace-service or "
+        "workspace-agent running there already?)"
+    )
+
+
+def _why_not_bound(address: str) -> str:
+    """Why ``address`` cannot be bound, as the system says it (tried with a socket of
+    our own, closed at once)."""
+    if is_unix(address):
+        parent = unix_path(address).parent
+        return "cannot create the socket there" if parent.is_dir() else f"no directory {parent}"
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(where)
+        except OSError as exc:
+            return "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return "gRPC could not bind it"
 
 
 def is_unix(address: str) -> bool:

@@ -17,7 +17,7 @@ from tests.functional.harness import (
     write_config,
 )
 from workspace import rpc
-from workspace.v1 import admin_pb2
+from workspace.v1 import admin_pb2, workspaces_pb2
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
@@ -61,6 +61,10 @@ def test_json_logs_name_the_workspace_of_a_create(tmp_path: Path) -> None:
         )
         ws = stubs.create(name="alpha", request_id="req-alpha-1")
         stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+        stubs.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=ws.id))
+        stubs.wait_state(ws.id, WS.WORKSPACE_STATE_STOPPED)
+        stubs.ws.DestroyWorkspace(stubs.ref(ws.id))
+        stubs.wait_state(ws.id, WS.WORKSPACE_STATE_TERMINATED)
     finally:
         if agent is not None:
             agent.terminate()
@@ -76,6 +80,13 @@ def test_json_logs_name_the_workspace_of_a_create(tmp_path: Path) -> None:
     assert created[0]["method"] == "CreateWorkspace" and created[0]["caller"] == "user:local"
     placed = [x for x in about if "scheduled on node" in x["message"]]
     assert placed and placed[0]["node"] == "node1", about  # the line names both ids
+    # Every line of the service about the workspace carries its id too: its stop and
+    # destroy asked, its end reported by the node (which the line also names).
+    mention = [x for x in lines if ws.id in x["message"]]
+    assert all(x.get("workspace") == ws.id for x in mention), mention
+    assert any("stop requested" in x["message"] for x in mention), mention
+    ended = [x for x in mention if "terminated on node" in x["message"]]
+    assert ended and ended[0]["node"] == "node1", ended
     agent_lines = json_lines(tmp_path / "a.log")
     assert any(x.get("workspace") == ws.id for x in agent_lines), agent_lines
     # Every line of the agent that is about the workspace carries its id (the driver's

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -276,6 +278,29 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
         (AgentConfig, {"resync_interval_s": 0}, "resync_interval_s: must be more than 0"),
         (AgentConfig, {"cache_budget_bytes": -1}, "cache_budget_bytes: must be 0 or more"),
         (AgentConfig, {"cpus": -4}, "cpus: must be 0 or more, got -4"),
+        (AgentConfig, {"node": ""}, "node: must not be empty"),
+        (
+            AgentConfig,
+            {"networks": [{"name": "lab", "bridge_address": "10.0.0.300/24"}]},
+            "networks.lab.bridge_address: '10.0.0.300/24' is not a CIDR",
+        ),
+        (
+            AgentConfig,
+            {"networks": [{"name": "lab"}, {"name": "lab", "uplink": "eth1"}]},
+            "networks: 'lab' is named twice",
+        ),
+        (AgentConfig, {"networks": [{"name": ""}]}, "networks: an entry without a name"),
+        (
+            ServiceConfig,
+            {"heartbeat_interval_s": 60},
+            "node_grace_s: 40 is not more than heartbeat_interval_s (60)",
+        ),
+        (
+            ServiceConfig,
+            {"heartbeat_interval_s": 30, "node_grace_s": 30},
+            "node_grace_s: 30 is not more than heartbeat_interval_s (30)",
+        ),
+        (AgentConfig, {"node": "  "}, "node: must not be empty"),
     ],
 )
 def test_values_a_daemon_cannot_run_with_are_refused_at_load(
@@ -323,3 +348,63 @@ def test_the_readme_names_every_config_key(cls: type) -> None:
         if not any(form.format(f.name) in section for form in ("`{}`", "`[{}]`", "`[[{}]]`"))
     ]
     assert not missing, f"README's Configuration keys lacks {missing} of {cls.__name__}"
+
+
+def float_keys(cls: type, where: str = "") -> list[tuple[str, list[str]]]:
+    """Every float key of ``cls`` and its tables: (dotted name, path of keys)."""
+    out: list[tuple[str, list[str]]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += [(f"{f.name}.{n}", [f.name, *p]) for n, p in float_keys(tp)]  # type: ignore[arg-type]
+        elif tp is float:
+            out.append((f.name, [f.name]))
+    return out
+
+
+@pytest.mark.parametrize("cls", [ServiceConfig, AgentConfig])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_float_key_that_is_not_a_finite_number_is_refused(
+    tmp_path: Path, cls: type, value: float
+) -> None:
+    """TOML has inf and nan: an interval of inf once killed the service's lease thread
+    with a traceback (OverflowError) while the service went on without it."""
+    keys = float_keys(cls)
+    assert keys
+    for name, path in keys:
+        data: dict[str, object] = {}
+        table = data
+        for key in path[:-1]:
+            table = table.setdefault(key, {})  # type: ignore[assignment]
+        table[path[-1]] = value
+        file = tmp_path / "c.toml"
+        file.write_text(tomli_w.dumps(data))
+        with pytest.raises(ConfigError, match=re.escape(f"{name}: expected a finite number")):
+            load(cls, file)
+
+
+def test_labels_read_as_they_are_written(tmp_path: Path) -> None:
+    """`--require gpu=true` must match `gpu = true` (not Python's "True"); a label that
+    is a table or a list is no label."""
+    path = tmp_path / "a.toml"
+    path.write_text('[labels]\ngpu = true\nssd = false\ncores = 8\nrack = "r1"\n')
+    labels = load(AgentConfig, path).labels
+    assert labels == {"gpu": "true", "ssd": "false", "cores": "8", "rack": "r1"}
+    for bad in ("zone = [1, 2]", "zone = { a = 1 }"):
+        path.write_text(f"[labels]\n{bad}\n")
+        with pytest.raises(ConfigError, match=re.escape("labels.zone: expected a string")):
+            load(AgentConfig, path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "not utf-8"])
+def test_a_config_file_that_cannot_be_read_is_one_clear_error(tmp_path: Path, kind: str) -> None:
+    """Not a traceback: `--config /etc/workspace` (the directory), or a file saved in
+    another encoding."""
+    if kind == "directory":
+        path = tmp_path
+    else:
+        path = tmp_path / "c.toml"
+        path.write_bytes(b'# caf\xe9\nlog_level = "INFO"\n')  # Latin-1
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(path))}: "):
+        load(ServiceConfig, path)

@@ -34,6 +34,7 @@ from workspace.domain.model import CreateRequest, CreateSpec, WorkspaceView
 from workspace.domain.states import Desired, State
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.ops import group_commit, netpolicy, seeds, trust
 from workspace.ops.admission import admit
 from workspace.ops.image_refs import may_use, unknown_image
@@ -396,7 +397,13 @@ def create_in(
                 extra={"node": view.node},
             )
         else:
-            log.info("workspace %s (%s) waits for capacity: %s", wid, spec.name, view.reason)
+            log.info(
+                "workspace %s (%s) waits for capacity: %s",
+                wid,
+                spec.name,
+                view.reason,
+                extra=about(wid),
+            )
         return view
 
     return answer

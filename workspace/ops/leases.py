@@ -26,6 +26,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.ops.lifecycle import resolve_workspace
 from workspace.ops.operate import act
 from workspace.ops.unit import Env, write
@@ -86,7 +87,11 @@ def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView
         ws.updated_at = now
         u.changed(ws)
     log.info(
-        "workspace %s (%s): lease extended to %s", ws.id, ws.name, iso_time(ws.lease_expires_at)
+        "workspace %s (%s): lease extended to %s",
+        ws.id,
+        ws.name,
+        iso_time(ws.lease_expires_at),
+        extra=about(ws.id),
     )
     return u.view(ws.id)
 
@@ -137,7 +142,13 @@ def check(env: Env) -> Round:
                 set_reason(ws, WARNING + iso_time(end))
             u.changed(ws)
             done.warned.append(ws.id)
-            log.info("workspace %s (%s): lease ends at %s", ws.id, ws.name, iso_time(end))
+            log.info(
+                "workspace %s (%s): lease ends at %s",
+                ws.id,
+                ws.name,
+                iso_time(end),
+                extra=about(ws.id),
+            )
     with env.store.read() as s:  # a write only for those expiry acts on
         due = [ws.id for ws in _leased(s, now) if _acts_on(ws, policy(s, ws.project).action)]
     for wid in due:
@@ -162,7 +173,7 @@ def _expire(env: Env, wid: str, now: float) -> bool:
             if not act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at)):
                 return False  # already stopped or being destroyed
         except FailedPrecondition as exc:
-            log.debug("workspace %s: lease expired, but %s", wid, exc.message)
+            log.debug("workspace %s: lease expired, but %s", wid, exc.message, extra=about(wid))
             return False
         why = EXPIRED + iso_time(ws.lease_expires_at)
         expired = journal.workspace_event(
@@ -175,5 +186,6 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         ws.name,
         iso_time(ws.lease_expires_at),
         op.value,
+        extra=about(wid),
     )
     return True

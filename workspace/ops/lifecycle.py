@@ -14,6 +14,7 @@ from workspace.domain.events import Kind
 from workspace.domain.states import Desired, NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env
 from workspace.store import Cluster, IpAllocation, Node, Workspace, journal
@@ -136,7 +137,14 @@ def release(env: Env, s: Session, ws: Workspace, reason: str) -> None:
     ws.desired_state = Desired.TERMINATED.value
     set_reason(ws, reason)
     ws.updated_at = env.clock()
-    log.info("workspace %s (%s) terminated on node %s: %s", ws.id, ws.name, ws.node, reason)
+    log.info(
+        "workspace %s (%s) terminated on node %s: %s",
+        ws.id,
+        ws.name,
+        ws.node,
+        reason,
+        extra=about(ws.id, ws.node),
+    )
 
 
 def _free(s: Session, ws: Workspace) -> list[str]:
@@ -194,6 +202,7 @@ def terminate_unconfirmed(env: Env, s: Session, ws: Workspace, reason: str) -> N
         ws.name,
         ws.node,
         _addresses(ips) if ips else "its capacity",
+        extra=about(ws.id, ws.node),
     )
 
 
@@ -246,7 +255,7 @@ def confirm_gone(env: Env, s: Session, ws: Workspace, why: str) -> None:
             reason=why,
         ),
     )
-    log.info("workspace %s (%s): %s; %s released", ws.id, ws.name, why, freed)
+    log.info("workspace %s (%s): %s; %s released", ws.id, ws.name, why, freed, extra=about(ws.id))
 
 
 def image_users(s: Session, image_name: str) -> list[Workspace]:

@@ -11,6 +11,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State, apply_op
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.ops import preempt, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import (
@@ -36,9 +37,15 @@ def operate(
     with write(env) as u:
         ws = resolve_workspace(u.s, who, ref)
         if not act(env, u, ws, op, timeout_s, force):
-            log.info("workspace %s (%s): %s asked again (nothing to change)", ws.id, ws.name, op)
+            log.info(
+                "workspace %s (%s): %s asked again (nothing to change)",
+                ws.id,
+                ws.name,
+                op,
+                extra=about(ws.id),
+            )
             return workspace_views(u.s, [ws])[0]
-    log.info("workspace %s (%s): %s requested", ws.id, ws.name, op.value)
+    log.info("workspace %s (%s): %s requested", ws.id, ws.name, op.value, extra=about(ws.id))
     return u.view(ws.id)
 
 

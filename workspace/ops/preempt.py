@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from workspace import callctx, scheduler
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import Desired, State
+from workspace.log import about
 from workspace.ops.placement import NoPlacement, node_views, place_rows, request_for
 from workspace.ops.unit import Env, UnitOfWork, note_changed
 from workspace.scheduler.preempt import Plan, Victim, plan
@@ -97,6 +98,7 @@ def _mark_victim(env: Env, s: Session, by: Workspace, w: Workspace, who: str, no
         by.name,
         by.owner,
         grace if w.desired_state == Desired.STOPPED.value else 0,
+        extra=about(w.id, w.node),
     )
 
 
@@ -317,7 +319,13 @@ def observed(env: Env, u: UnitOfWork, ws: Workspace, new: State | None) -> bool:
         ws.updated_at = env.clock()
         u.changed(ws)
         u.nodes(ws.node)
-        log.info("preempted workspace %s (%s) stopped on node %s", ws.id, ws.name, ws.node)
+        log.info(
+            "preempted workspace %s (%s) stopped on node %s",
+            ws.id,
+            ws.name,
+            ws.node,
+            extra=about(ws.id, ws.node),
+        )
         return True
     if new is not None and new.value != ws.state:
         ws.state = new.value

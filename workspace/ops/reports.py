@@ -23,6 +23,7 @@ from workspace.domain.states import (
     state_from_report,
 )
 from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from workspace.log import about
 from workspace.ops import netpolicy, node_conditions, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import confirm_gone, held_on, is_held, release
@@ -459,7 +460,12 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         if new is not None and moved:
             if new is State.FAILED and ws.state != State.FAILED.value:
                 log.warning(
-                    "workspace %s (%s) failed on node %s: %s", ws.id, ws.name, r.node, obs.reason
+                    "workspace %s (%s) failed on node %s: %s",
+                    ws.id,
+                    ws.name,
+                    r.node,
+                    obs.reason,
+                    extra=about(ws.id, r.node),
                 )
             ws.state = new.value
             set_reason(ws, reason)

@@ -41,6 +41,7 @@ from workspace.errors import (
     WorkspaceError,
 )
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.ops.image_refs import name_taken
 from workspace.ops.images import Catalog
 from workspace.ops.lifecycle import (
@@ -105,6 +106,7 @@ def save(
         image,
         ident.name,
         len(cow),
+        extra=about(src.workspace_id, src.node),
     )
     try:
         sent: dict[str, str] = {}
@@ -144,6 +146,7 @@ def save(
         src.name,
         image,
         view.total_bytes,
+        extra=about(src.workspace_id),
     )
     return view
 
@@ -232,6 +235,7 @@ def clear_lapsed(env: Env) -> int:
                 ws.id,
                 ws.name,
                 ws.saving_as,
+                extra=about(ws.id),
             )
             _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, "never ended (lapsed)")
             _set_mark(ws, "", 0.0)

@@ -51,6 +51,7 @@ from workspace.domain.tasks import (
     exception_of,
 )
 from workspace.errors import Unavailable
+from workspace.log import about
 
 log = logging.getLogger("workspace.ops.tasks")
 
@@ -229,7 +230,11 @@ class TaskHub:
                 try:
                     self.on_save_copying(p.workspace_id, kind)
                 except Exception:  # the save goes on; only its progress is not shown
-                    log.exception("workspace %s: the save's progress", p.workspace_id)
+                    log.exception(
+                        "workspace %s: the save's progress",
+                        p.workspace_id,
+                        extra=about(p.workspace_id),
+                    )
             return
         if p.future is not None:
             _settle(p.future, kind)

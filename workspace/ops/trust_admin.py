@@ -29,6 +29,7 @@ from workspace.domain.events import Kind
 from workspace.domain.model import TrustSettingsView
 from workspace.domain.states import TRUST_STOPPED, Desired, Op, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
+from workspace.log import about
 from workspace.ops import admin_events, trust
 from workspace.ops.operate import act
 from workspace.ops.unit import Env, UnitOfWork, write
@@ -100,7 +101,7 @@ def _stop_denied(env: Env, u: UnitOfWork, version: int) -> list[str]:
         )
         if act(env, u, ws, Op.STOP, force=True, reason=why):
             stopped.append(ws.name)
-            log.warning("workspace %s (%s): %s", ws.id, ws.name, why)
+            log.warning("workspace %s (%s): %s", ws.id, ws.name, why, extra=about(ws.id))
     return stopped
 
 

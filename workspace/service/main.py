@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import signal
 import sys
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -43,6 +40,7 @@ from workspace.service import backup, dbwait
 from workspace.service.metrics import ServiceMetrics
 from workspace.service.replicas import Leader, Relay
 from workspace.service.task_relay import TaskForwarder
+from workspace.stopsignals import StopSignals
 from workspace.store import Store, engines
 from workspace.store.blobs import BlobRepository
 from workspace.v1 import (
@@ -213,8 +211,10 @@ class Service:
             log.warning("INSECURE: every caller acts as the admin user %r", self.cfg.default_owner)
         elif not self.cfg.tls.crl_file:
             log.warning("[tls] crl_file is not set: revoked certificates are not refused")
-        self.port = _bind(self.server, "listen", self.cfg.listen, self.cfg)
-        self.node_port = _bind(self.node_server, "node_listen", self.cfg.node_address, self.cfg)
+        self.port = rpc.listen_on(self.server, self.cfg.listen, self.cfg.tls, "listen")
+        self.node_port = rpc.listen_on(
+            self.node_server, self.cfg.node_address, self.cfg.tls, "node_listen"
+        )
         if self.metrics is not None:
             self.metrics_url = self.metrics.serve(self.cfg.metrics_listen).url
         self.node_server.start()
@@ -375,16 +375,6 @@ class Service:
         self.server.wait_for_termination()
 
 
-def _bind(server: grpc.Server, key: str, address: str, cfg: ServiceConfig) -> int:
-    """Bind ``server`` to ``address`` (config ``key``); returns the port (0: unix socket)."""
-    if address.startswith("unix:"):
-        Path(address.removeprefix("unix:").removeprefix("//")).unlink(missing_ok=True)
-    port = rpc.bind(server, address, cfg.tls)
-    if port == 0 and not address.startswith("unix:"):
-        raise ConfigError(f"{key}: cannot bind {address}")
-    return port
-
-
 def _backup_command(cfg: ServiceConfig, command: str, where: Path) -> int:
     """``workspace-service backup|restore DIR`` (service/backup.py): one line on stdout
     saying what was copied; errors on stderr, exit 1."""
@@ -429,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dbwait.wait_for_database(cfg.db_url)
         svc = Service(cfg)
+    except KeyboardInterrupt:  # Ctrl-C while it waits for the database (up to 5 minutes)
+        log.info("interrupted while starting")
+        return 130
     except ConfigError as exc:
         log.error("cannot start: %s", exc.message)
         return 1
@@ -437,24 +430,18 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", dbwait.reason(exc))
         log.debug("traceback", exc_info=True)
         return 1
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: shutting down", signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stops = StopSignals().install()
     try:
         svc.start()
     except (ConfigError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
+        stops.restore()
         return 1
     # What start-up made (modules, the servers, the caches) lives as long as the process:
     # out of the collector's way, a full collection no longer walks it (it cost a create
     # about 4 % of its time).
     gc.freeze()
-    done.wait()
+    log.info("signal %d: shutting down", stops.wait())
     svc.stop()
     return 0
 

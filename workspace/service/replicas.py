@@ -375,8 +375,10 @@ class Leader:
             self._changed.notify_all()
         if held:
             log.info("this replica is now the leader (runs the background loops)")
-        else:
+        elif not self._stop.is_set():
             log.warning("this replica is no longer the leader")
+        elif self.dsn:  # a replica stopping (on SQLite there are none: nothing to say)
+            log.info("stopping: this replica is no longer the leader")
         try:
             self.on_change(held)
         except Exception:

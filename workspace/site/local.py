@@ -457,7 +457,8 @@ class LocalSite:
         # From here on the site has state: what it is made with is kept (setup.json).
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
-        metrics = metrics_ports.addresses(old, [spec.name for spec in specs])
+        running = {*agents_alive, *([metrics_ports.SERVICE] if svc_alive else [])}
+        metrics = metrics_ports.addresses(old, [spec.name for spec in specs], running)
         rec.service_metrics = metrics_ports.url(metrics[metrics_ports.SERVICE])
         for agent in rec.agents:
             agent.metrics = metrics_ports.url(metrics[agent.node])

@@ -5,7 +5,7 @@ keeps its port), and recorded in site.json for `site status`."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from workspace.site.record import SiteRecord
 
@@ -30,8 +30,24 @@ def address_of(metrics_url: str) -> str:
     return rest.removesuffix("/metrics") if rest != metrics_url else ""
 
 
-def addresses(old: SiteRecord | None, nodes: Sequence[str]) -> dict[str, str]:
-    """``service`` and each node → ``127.0.0.1:PORT``: the old record's, else a free one."""
+def is_free(address: str) -> bool:
+    """Whether ``address`` (``127.0.0.1:PORT``) can be bound on loopback now."""
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def addresses(
+    old: SiteRecord | None, nodes: Sequence[str], running: Collection[str] = ()
+) -> dict[str, str]:
+    """``service`` and each node → ``127.0.0.1:PORT``: the old record's, else a free one.
+    ``running`` (``service``, node names): the daemons that run on and keep theirs; a
+    daemon to be started gets a new one if another process took its old one meanwhile."""
     before: dict[str, str] = {}
     if old is not None:
         before[SERVICE] = address_of(old.service_metrics)
@@ -40,6 +56,8 @@ def addresses(old: SiteRecord | None, nodes: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for who in (SERVICE, *nodes):
         address = before.get(who, "")
+        if address and who not in running and not is_free(address):
+            address = ""
         while not address or address in taken:
             address = f"{LOOPBACK}:{free_port()}"
         taken.add(address)

@@ -1,0 +1,50 @@
+"""What a daemon cannot start with is one line saying why (and exit 1), not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import main as agent_main
+from workspace import config
+from workspace.config import AgentConfig
+
+
+@pytest.mark.parametrize("key", ["state_dir", "cache_dir"])
+def test_an_agent_directory_that_is_a_file_is_one_line(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    dirs = {"state_dir": str(tmp_path / "agent"), key: str(a_file)}
+    cfg = AgentConfig(node="n1", service=f"unix:{tmp_path}/nodes.sock", insecure=True, **dirs)
+    path = config.write(tmp_path / "a.toml", cfg)
+    assert agent_main.main(["--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "cannot start" in line]
+    assert said and str(a_file) in said[0], err
+
+
+def test_a_service_that_cannot_start_leaves_the_callers_signal_handlers(tmp_path: Path) -> None:
+    """main() returning 1 (here: its address taken) puts back SIGINT's handler: a test
+    run, or any program calling it, still stops on Ctrl-C."""
+    import signal
+    import socket
+
+    from workspace.config import ServiceConfig
+    from workspace.service import main as service_main
+
+    before = signal.getsignal(signal.SIGINT)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    try:
+        port = held.getsockname()[1]
+        cfg = ServiceConfig(listen=f"127.0.0.1:{port}", data_dir=str(tmp_path / "d"), insecure=True)
+        path = config.write(tmp_path / "s.toml", cfg)
+        assert service_main.main(["--config", str(path)]) == 1
+    finally:
+        held.close()
+    assert signal.getsignal(signal.SIGINT) is before

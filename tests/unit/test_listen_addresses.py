@@ -1,0 +1,198 @@
+"""The daemons' listen addresses: one taken by a live process is refused (a unix socket
+is never taken over from a running service or agent), one a killed process left is
+reused, and every error names the config key it comes from."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agent import main as agent_main
+from agent.cache import BlobCache
+from agent.peers import PeerServer
+from workspace import config, rpc
+from workspace.config import AgentConfig, ServiceConfig, TlsConfig
+from workspace.errors import ConfigError
+from workspace.service import main as service_main
+
+
+@contextmanager
+def running(cfg: ServiceConfig) -> Iterator[service_main.Service]:
+    svc = service_main.Service(cfg)
+    try:
+        svc.start()
+        yield svc
+    finally:
+        svc.stop(0)
+
+
+def serving(address: str) -> bool:
+    with rpc.channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError:
+            return False
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def service_cfg(tmp: Path, data: str, listen: str, **kw: object) -> ServiceConfig:
+    return ServiceConfig(listen=listen, data_dir=str(tmp / data), insecure=True, **kw)  # type: ignore[arg-type]
+
+
+def test_a_second_service_on_the_unix_socket_of_a_running_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    listen = f"unix:{tmp_path}/service.sock"
+    with running(service_cfg(tmp_path, "one", listen)):
+        second = service_main.Service(service_cfg(tmp_path, "two", listen))
+        try:
+            with pytest.raises(ConfigError, match=r"^listen: .*service\.sock is in use"):
+                second.start()
+        finally:
+            second.stop(0)
+        # The first one still has its sockets and answers on them.
+        assert (tmp_path / "service.sock").is_socket()
+        assert (tmp_path / "nodes.sock").is_socket()
+        assert serving(listen)
+
+
+def test_the_socket_a_killed_service_left_is_reused(tmp_path: Path) -> None:
+    path = tmp_path / "service.sock"
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(str(path))  # bound, never listened on, closed: what a kill -9 leaves
+    left.close()
+    assert path.is_socket()
+    listen = f"unix:{path}"
+    with running(service_cfg(tmp_path, "d", listen)):
+        assert serving(listen)
+
+
+def test_a_unix_listen_path_that_is_not_a_socket_is_refused_and_kept(tmp_path: Path) -> None:
+    precious = tmp_path / "service.toml"
+    precious.write_text("listen = 'x'\n")
+    svc = service_main.Service(service_cfg(tmp_path, "d", f"unix:{precious}"))
+    try:
+        with pytest.raises(ConfigError, match=r"^listen: .*service\.toml is not a socket"):
+            svc.start()
+    finally:
+        svc.stop(0)
+    assert precious.read_text() == "listen = 'x'\n"
+
+
+def free_port_held() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("key", ["listen", "node_listen"])
+def test_a_tcp_address_in_use_is_one_line_naming_its_key(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    held = free_port_held()
+    try:
+        port = held.getsockname()[1]
+        if key == "listen":
+            cfg = service_cfg(tmp_path, "d", f"127.0.0.1:{port}", node_listen="127.0.0.1:0")
+        else:
+            cfg = service_cfg(tmp_path, "d", "127.0.0.1:0", node_listen=f"127.0.0.1:{port}")
+        path = config.write(tmp_path / "s.toml", cfg)
+        assert service_main.main(["--config", str(path)]) == 1
+    finally:
+        held.close()
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "cannot start" in line]
+    assert said and said[0].endswith(f"cannot start: {key}: cannot bind 127.0.0.1:{port}: in use")
+    assert "Traceback" not in err
+
+
+def test_an_agent_peer_socket_in_use_is_refused(tmp_path: Path) -> None:
+    listen = f"unix:{tmp_path}/peers.sock"
+    first = PeerServer(BlobCache(tmp_path / "c1"), "n1", listen, "", TlsConfig())
+    first.start()
+    try:
+        second = PeerServer(BlobCache(tmp_path / "c2"), "n2", listen, "", TlsConfig())
+        with pytest.raises(ConfigError, match=r"^peer_listen: .*peers\.sock is in use"):
+            second.start()
+        second.stop()
+        assert (tmp_path / "peers.sock").is_socket()
+    finally:
+        first.stop()
+
+
+def test_an_agent_whose_peer_port_is_taken_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    held = free_port_held()
+    try:
+        port = held.getsockname()[1]
+        cfg = AgentConfig(
+            node="n1",
+            service=f"unix:{tmp_path}/nodes.sock",
+            state_dir=str(tmp_path / "agent"),
+            peer_listen=f"127.0.0.1:{port}",
+            insecure=True,
+        )
+        path = config.write(tmp_path / "a.toml", cfg)
+        assert agent_main.main(["--config", str(path)]) == 1
+    finally:
+        held.close()
+    err = capsys.readouterr().err
+    assert f"cannot start: peer_listen: cannot bind 127.0.0.1:{port}: in use" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("listen", ["x", "127.0.0.1", "host:port"])
+def test_an_agent_peer_listen_that_is_no_address_says_so(tmp_path: Path, listen: str) -> None:
+    server = PeerServer(BlobCache(tmp_path / "c"), "n1", listen, "", TlsConfig())
+    with pytest.raises(ConfigError, match=f"^peer_listen: cannot bind {listen}: not host:port"):
+        server.start()
+    server.stop()
+
+
+def test_an_agent_pointed_at_the_clients_address_says_to_use_node_listen(
+    tmp_path: Path,
+) -> None:
+    """`service` must name the service's node_listen (7071), not its listen (7070): the
+    README warns of it, and the agent's log says so, not only "Method not found"."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    listen = f"unix:{tmp_path}/service.sock"
+    with running(service_cfg(tmp_path, "d", listen)):
+        cfg = config.write(
+            tmp_path / "a.toml",
+            AgentConfig(
+                node="n1", service=listen, state_dir=str(tmp_path / "agent"), insecure=True
+            ),
+        )
+        log = tmp_path / "a.log"
+        root = Path(__file__).resolve().parents[2]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.main", "--config", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(root)},
+            )
+        try:
+            end = time.monotonic() + 60
+            while "retrying" not in log.read_text() and time.monotonic() < end:
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    text = log.read_text()
+    said = [line for line in text.splitlines() if "retrying" in line]
+    assert said, text
+    assert "not the service's Nodes API" in said[0] and "node_listen" in said[0], said[0]
