@@ -161,7 +161,8 @@ class _Context:
 
 
 class _Clock:
-    now = time.time()
+    def __init__(self) -> None:
+        self.now = time.time()  # when made, not when the module was imported
 
     def __call__(self) -> float:
         return self.now
