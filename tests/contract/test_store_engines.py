@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import random
 import threading
 import time
@@ -461,7 +462,7 @@ def test_postgresql_connections_are_named_and_pinged(pg_server: PgServer, pg_hea
         assert store.engine.pool._pre_ping  # type: ignore[attr-defined]
         with store.read() as s:
             got = s.execute(text("SELECT current_setting('application_name')")).scalar()
-        assert got == "workspace-service"
+        assert got == f"workspace-service {os.getpid()}"  # which process, for admins
     finally:
         store.close()
         pg_server.drop(name)

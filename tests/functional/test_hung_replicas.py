@@ -106,6 +106,26 @@ def leader_pid(url: str) -> int:
     return int(row[0].rsplit(" ", 1)[-1]) if row else 0
 
 
+def hang_between_writes(url: str, replica: Replica) -> None:
+    """SIGSTOP ``replica`` where none of its sessions is inside a transaction. Stopped in
+    the middle of one, it would hold the store's write lock until PostgreSQL ends that
+    session (``engines.IDLE_IN_TRANSACTION_S``, longer than these tests' node grace):
+    tests/contract/test_store_hung_writer.py is that case. Here it is a hung process."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        for _ in range(200):
+            os.kill(replica.pid, signal.SIGSTOP)
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name LIKE %s AND state <> 'idle'",
+                (f"% {replica.pid}",),
+            ).fetchone()
+            if busy is not None and busy[0] == 0:
+                return
+            os.kill(replica.pid, signal.SIGCONT)
+            time.sleep(0.01)
+    raise AssertionError(f"replica {replica.pid} was never found between transactions")
+
+
 def lead(url: str, replicas: list[Replica]) -> tuple[Replica, Replica]:
     """(the leader, the other one), once one leads."""
     pid = wait_for(lambda: leader_pid(url), 15, "a leader")
@@ -132,7 +152,7 @@ def test_an_agent_on_a_hung_replica_moves_and_its_node_stays_up(
         w = stubs.create(name="box", request_id="r-box")
         stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING, 30)
 
-        os.kill(other.pid, signal.SIGSTOP)
+        hang_between_writes(pg_url, other)
         t0 = time.monotonic()
         wait_for(
             lambda: f"registered with {leader.nodes}" in agent_log.read_text(),

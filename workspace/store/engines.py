@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,11 @@ def engine_options(url: str) -> dict[str, Any]:
             "max_overflow": MAX_OVERFLOW,
             "pool_timeout": POOL_TIMEOUT_S,
             "pool_recycle": POOL_RECYCLE_S,
-            # the name admins see in pg_stat_activity
+            # the name admins see in pg_stat_activity, with the process it belongs to (as
+            # the leader's session names it): which replica holds what
             "connect_args": {
                 "connect_timeout": CONNECT_TIMEOUT_S,
-                "application_name": APPLICATION_NAME,
+                "application_name": f"{APPLICATION_NAME} {os.getpid()}",
             },
         }
     return {}
