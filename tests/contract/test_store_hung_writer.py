@@ -8,15 +8,21 @@ lock is free again, and the stopped writer, resumed, finds its transaction gone
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from tests.contract.store_world import World
 from tests.pg import PgServer
+from workspace.domain.states import NodeState
 from workspace.errors import Unavailable
-from workspace.store import Network, Store, engines
+from workspace.ops import liveness
+from workspace.store import Network, Node, Store, engines
 
 
 def net(name: str, third: int) -> Network:
@@ -75,3 +81,50 @@ def test_a_writer_hung_inside_its_transaction_does_not_stop_the_others(
         assert sorted(s.execute(select(Network.name)).scalars()) == ["after", "again"]
     hung.close()
     other.close()
+
+
+def test_nodes_silent_while_a_hung_writer_held_the_lock_are_not_marked_down(
+    pg_server: PgServer, pg_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another replica sat in its transaction, no heartbeat could be recorded: the
+    leader's liveness pass, which waited for that lock itself, judges no node on it, and
+    its store counts the stall as an outage (the nodes get their grace from its end)."""
+    monkeypatch.setattr(engines, "IDLE_IN_TRANSACTION_S", 2.0)
+    monkeypatch.setattr(engines, "WRITE_STALL_S", 1.0)
+    leader = World(tmp_path / "leader", pg_server.database("hung_liveness", template=pg_head))
+    hung = leader.replica("hung")
+    try:
+        leader.node("n0", cpus=8, memory_mib=8192, networks=())
+        with leader.store.write() as s:
+            node = s.get(Node, "n0")
+            assert node is not None
+            node.last_heartbeat = time.time() - leader.env.cfg.node_grace_s - 1  # silent
+        assert leader.store.reachable_since() == 0.0  # never away, never stalled
+        held = threading.Event()
+        resume = threading.Event()
+
+        def stopped_writer() -> None:
+            with contextlib.suppress(Unavailable), hung.store.write() as s:
+                s.add(net("half-made", 1))
+                s.flush()
+                held.set()
+                resume.wait(60)
+
+        t = threading.Thread(target=stopped_writer)
+        t.start()
+        try:
+            assert held.wait(30)
+            before = time.time()
+            judged = replace(leader.env, started_at=0.0)
+            assert liveness.check_liveness(judged) == []  # it waited for the lock
+        finally:
+            resume.set()
+            t.join(30)
+        assert leader.store.reachable_since() >= before
+        with leader.store.read() as s:
+            assert s.get(Node, "n0").state != NodeState.DOWN.value  # type: ignore[union-attr]
+        later = replace(judged, clock=lambda: time.time() + leader.env.cfg.node_grace_s + 5)
+        assert liveness.check_liveness(later) == ["n0"]  # still silent after the grace
+    finally:
+        hung.close()
+        leader.close()

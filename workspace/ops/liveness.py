@@ -38,6 +38,8 @@ def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
         return []
     down: list[str] = []
     with write(env) as u:
+        if env.store.reachable_since() > cutoff:
+            return []  # this very write waited for another replica's (Store.write)
         for node in u.s.execute(
             select(Node).where(Node.state != NodeState.DOWN.value, Node.last_heartbeat < cutoff)
         ).scalars():

@@ -143,9 +143,10 @@ class Store:
         return self._translated()
 
     def reachable_since(self) -> float:
-        """When the database last came back after an outage (0: never away), asking it
-        first if it was away at the last try; raises ``Unavailable`` while it still is.
-        Node liveness counts heartbeats from then on: agents could not report meanwhile."""
+        """When the database last came back after an outage, or writes after a stall (0:
+        never away), asking it first if it was away at the last try; raises
+        ``Unavailable`` while it still is. Node liveness counts heartbeats from then on:
+        agents could not report meanwhile."""
         if self._away:
             with self.read() as s:
                 s.execute(text("SELECT 1"))
@@ -160,7 +161,19 @@ class Store:
     def write(self) -> Iterator[Session]:
         """One serialised read-write transaction; commits on success, rolls back on error."""
         with self.write_lock, self._translated(), self._sessions() as session, session.begin():
+            asked = time.monotonic()
             engines.serialize_writes(session)
+            waited = time.monotonic() - asked
+            if waited >= engines.WRITE_STALL_S:
+                # Another process held the site's write lock that long (a replica stopped
+                # inside a transaction, until the server ended its session): no heartbeat
+                # could be recorded meanwhile, as when the database was away.
+                self._back_at = time.time()
+                log.warning(
+                    "a write waited %.1f s for the site's write lock (another replica held "
+                    "it); node liveness gives agents their grace again",
+                    waited,
+                )
             yield session
 
     def close(self) -> None:

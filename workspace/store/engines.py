@@ -104,6 +104,12 @@ def engine_options(url: str) -> dict[str, Any]:
     return {}
 
 
+# A write that waited this long for the site's write lock (PostgreSQL: held by another
+# replica) counts as the database having been away (``Store.reachable_since``): the
+# heartbeats of that time could not be recorded. Past the default heartbeat interval.
+WRITE_STALL_S = 6.0
+
+
 def postgresql_session(dbapi_conn: Any, _record: Any) -> None:
     """Each new PostgreSQL connection of the store's pool: the idle-in-transaction limit
     (a SET, not a startup option, which a connection pooler in front may refuse)."""
