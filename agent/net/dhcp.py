@@ -213,6 +213,14 @@ def stop_leftover(
     return pid
 
 
+def forget(state_dir: Path | str) -> None:
+    """Remove the hosts and lease files of ``state_dir`` (its dnsmasq stopped: no
+    workspace of the node uses the bridge): no binding of a workspace gone stays on the
+    node. A dnsmasq started there again begins with the hosts of then."""
+    for name in (HOSTS_FILE, LEASES_FILE):
+        (Path(state_dir) / name).unlink(missing_ok=True)
+
+
 class DhcpServer:
     """The dnsmasq of one bridge (DHCP only, static leases only)."""
 

@@ -24,7 +24,7 @@ import netaddr
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.net.bridge import attach_ports, ensure_bridge
-from agent.net.dhcp import DhcpHost, DhcpServer, stop_leftover
+from agent.net.dhcp import DhcpHost, DhcpServer, forget, stop_leftover
 from agent.net.filter import (
     BR_NF_ADVICE,
     GUARD_TABLE,
@@ -357,6 +357,7 @@ class BridgeNetworking:
         for bridge in sorted(set(self.servers) - wanted):
             try:
                 self.servers[bridge].stop()
+                forget(self.servers[bridge].state_dir)
             except HOST_ERRORS as exc:
                 log.error("dhcp on %s: cannot stop dnsmasq: %s", bridge, host_error(exc).message)
                 continue
@@ -374,6 +375,7 @@ class BridgeNetworking:
                 continue
             try:
                 pid = stop_leftover(state)
+                forget(state)
             except HOST_ERRORS as exc:
                 why = host_error(exc).message
                 log.error("dhcp on %s: cannot stop dnsmasq: %s", state.name, why)

@@ -26,6 +26,7 @@ class FakeDhcp:
 
     def __init__(self, bridge: str, state_dir: Path, subnet: str, **kw: Any) -> None:
         self.bridge, self.subnet, self.kw = bridge, subnet, kw
+        self.state_dir = Path(state_dir)
         self.hosts: list[DhcpHost] = []
         self.router, self.dns_servers = kw["router"], kw["dns_servers"]
         FakeDhcp.made.append(self)
@@ -90,8 +91,11 @@ def test_bridges_and_hosts_follow_the_orders(
         DhcpHost("52:54:00:00:00:05", "10.0.0.5", "host-w1"),
         DhcpHost("52:54:00:00:00:06", "10.0.0.6", "host-w2"),
     ]
+    server.state_dir.mkdir(parents=True, exist_ok=True)
+    (server.state_dir / "hosts").write_text("52:54:00:00:00:05,10.0.0.5,w1\n")
     net.sync([])  # no workspace uses br0 any more: its dnsmasq is stopped
     assert server.stopped and net.servers == {} and bridges == [("br0", "10.0.0.1/24")]
+    assert not (server.state_dir / "hosts").exists()  # no binding of a workspace gone
     net.sync(orders[:1])  # used again: a dnsmasq with its hosts
     assert FakeDhcp.made[1:] != [] and FakeDhcp.made[-1].hosts == server.hosts[:1]
 
@@ -227,6 +231,8 @@ def test_dnsmasqs_an_earlier_agent_left_are_stopped_unless_a_workspace_uses_thei
     assert net.sync(orders) == {}
     assert sorted(stopped) == ["br-old", "br-q"]
     assert [s.bridge for s in FakeDhcp.made] == ["br0"]
+    hosts = sorted(p.parent.name for p in (tmp_path / "dhcp").glob("*/hosts"))
+    assert hosts == ["br0"]  # the stopped ones' bindings are gone with them
 
 
 def test_a_network_removed_from_the_nodes_config_holds_its_workspaces_and_keeps_them_guarded(
