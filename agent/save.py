@@ -5,12 +5,20 @@ is copied by ``qemu-img convert`` into a self-contained qcow2 next to it and str
 the service (``Nodes.PutBlob``), which hashes it into its repository; the copy is then
 removed. The domain must be shut off: the service marks the workspace so that it does
 not start meanwhile, and the agent checks the domain itself before and after each copy.
+
+A save the service no longer waits for (the task stream it came on broke: the service
+failed it, cleared its mark, and the workspace may start or be saved again) is
+cancelled: it stops at its next step (qemu-img is killed, a send ends) rather than go
+on copying and sending for up to its time limit. One save of a workspace runs at a time
+on its node: a save asked for again waits for the one before to end (both use the same
+copy's name: the first's end removed the second's copy).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +27,7 @@ from agent.disks import FILE_MODE, WorkspaceFiles
 from agent.virt.base import DomainState, Driver
 from images import qemu_img
 from workspace.domain.tasks import SavedPartition, SaveOutcome, SaveTask
-from workspace.errors import DriverError, FailedPrecondition, NotFound
+from workspace.errors import DriverError, FailedPrecondition, NotFound, Unavailable
 from workspace.files import private_fd
 
 log = logging.getLogger("agent.save")
@@ -40,22 +48,60 @@ Send = Callable[[str, str, int, Iterator[bytes], float], tuple[str, int]]
 Copying = Callable[[str, float], None]
 # How often a copy says how far it is, at most (seconds); its start and end always.
 COPYING_EVERY_S = 1.0
+# Why a cancelled save stopped (its service no longer waits for it).
+CANCELLED = "the save was cancelled: the agent's connection to the service that asked for it broke"
 
 
 class Saver:
     def __init__(self, files: WorkspaceFiles, driver: Driver) -> None:
         self.files = files
         self.driver = driver
+        self._lock = threading.Lock()
+        self._busy: dict[str, threading.Lock] = {}  # workspace id -> held by its save
 
     def save(
-        self, workspace_id: str, task: SaveTask, send: Send, copying: Copying | None = None
+        self,
+        workspace_id: str,
+        task: SaveTask,
+        send: Send,
+        copying: Copying | None = None,
+        cancelled: threading.Event | None = None,
     ) -> SaveOutcome:
         """Flatten and send each partition ``task`` names; FailedPrecondition when the
         domain is not shut off, NotFound when it or a partition's overlay is missing.
-        ``copying`` is told how far each copy is (at most every ``COPYING_EVERY_S``)."""
+        ``copying`` is told how far each copy is (at most every ``COPYING_EVERY_S``);
+        once ``cancelled`` is set the save stops at its next step (Unavailable). A save
+        of a workspace whose earlier save still runs here waits for it to end."""
         deadline = time.monotonic() + (task.timeout_s or DEFAULT_TIMEOUT_S)
+        with self._lock:
+            busy = self._busy.setdefault(workspace_id, threading.Lock())
+        if not busy.acquire(blocking=False):
+            log.info(
+                "saving %s: waiting for an earlier save of it to end on this node", workspace_id
+            )
+            if not busy.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise DriverError(
+                    f"workspace {workspace_id}: an earlier save of it did not end on this node "
+                    "within the save's time limit"
+                )
+        try:
+            return self._save(workspace_id, task, send, deadline, copying, cancelled)
+        finally:
+            busy.release()
+
+    def _save(
+        self,
+        workspace_id: str,
+        task: SaveTask,
+        send: Send,
+        deadline: float,
+        copying: Copying | None,
+        cancelled: threading.Event | None,
+    ) -> SaveOutcome:
+        go_on = _going_on(cancelled)
         sent: list[SavedPartition] = []
         for name in task.partitions:
+            go_on()
             self._check_stopped(workspace_id)
             overlay = self.files.dir(workspace_id) / f"{name}.qcow2"
             if "/" in name or not overlay.is_file():
@@ -67,7 +113,7 @@ class Saver:
                 left = deadline - started
                 if left <= 0:
                     raise DriverError(f"the save ran out of time before disk {name}")
-                told = _every(COPYING_EVERY_S, name, copying) if copying else None
+                told = _every(COPYING_EVERY_S, name, copying, go_on)
                 # Made 0600 before qemu-img writes the disk into it (it keeps the mode of
                 # a file that exists; one it makes is 0644 under the agent's umask, and
                 # the workspace's directory is 0711: anyone knowing the name could read
@@ -75,11 +121,13 @@ class Saver:
                 os.close(private_fd(copy, os.O_WRONLY | os.O_TRUNC, FILE_MODE))
                 qemu_img.flatten(overlay, copy, left, told)
                 os.chmod(copy, FILE_MODE)
+                go_on()
                 self._check_stopped(workspace_id)  # it did not start under the copy
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DriverError(f"the save ran out of time after copying disk {name}")
-                digest, size = send(workspace_id, name, copy.stat().st_size, _chunks(copy), left)
+                size = copy.stat().st_size
+                digest, size = send(workspace_id, name, size, _chunks(copy, go_on), left)
                 log.info(
                     "workspace %s: disk %s saved as %s (%d bytes) in %.1f s",
                     workspace_id,
@@ -115,12 +163,28 @@ class Saver:
         return gone
 
 
-def _every(seconds: float, disk: str, copying: Copying) -> Callable[[float], None]:
+def _going_on(cancelled: threading.Event | None) -> Callable[[], None]:
+    """Raises Unavailable once ``cancelled`` is set (asked at each step of a save)."""
+
+    def go_on() -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise Unavailable(CANCELLED)
+
+    return go_on
+
+
+def _every(
+    seconds: float, disk: str, copying: Copying | None, go_on: Callable[[], None]
+) -> Callable[[float], None]:
     """``copying`` for ``disk``, told the first figure, then at most every ``seconds``,
-    and 100 when the copy is done."""
+    and 100 when the copy is done; each figure first asks ``go_on`` (which raises to
+    stop the copy: qemu-img is killed)."""
     last = [-seconds]
 
     def tell(percent: float) -> None:
+        go_on()
+        if copying is None:
+            return
         now = time.monotonic()
         if now - last[0] >= seconds or percent >= 100.0:
             last[0] = now
@@ -129,9 +193,10 @@ def _every(seconds: float, disk: str, copying: Copying) -> Callable[[float], Non
     return tell
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
+def _chunks(path: Path, go_on: Callable[[], None] = lambda: None) -> Iterator[bytes]:
     with path.open("rb") as f:
         while True:
+            go_on()
             data = f.read(CHUNK_BYTES)
             if not data:
                 return

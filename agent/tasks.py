@@ -10,8 +10,8 @@ its task id: a thread pumps the guest's output as ``console_output`` replies unt
 or ``console_close``, then says ``console_closed`` with the reason. A save
 (``agent/save.py``) runs in a pool of its own (it may take minutes) and sends its disks
 on the stream's channel (``PutBlob``) before it answers. A broken stream
-closes every console and reconnects after the agent's backoff (crash-only: the service
-failed whatever was waiting).
+closes every console, cancels every save taken on it, and reconnects after the agent's
+backoff (crash-only: the service failed whatever was waiting).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ class Tasks:
         self._outbox: queue.Queue[nodes_pb2.TaskReply | None] | None = None
         self.saver = saver
         self._saves = ThreadPoolExecutor(SAVE_PARALLEL, thread_name_prefix="save")
+        # The saves taken and not ended: task id -> set to cancel it (the stream broke).
+        self._running_saves: dict[str, threading.Event] = {}
         self._channel: grpc.Channel | None = None
 
     def _label(self, workspace_id: str) -> str:
@@ -169,6 +171,7 @@ class Tasks:
                     self._channel = None
                 outbox.put(None)
                 self._close_consoles("the agent's connection to the service broke")
+                self._cancel_saves("the agent's connection to the service broke")
                 channel.close()
             failures += 1
             turn += 1
@@ -182,6 +185,7 @@ class Tasks:
 
     def close(self) -> None:
         self._close_consoles("the agent is stopping")
+        self._cancel_saves("the agent is stopping")
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._saves.shutdown(wait=False, cancel_futures=True)
 
@@ -203,9 +207,14 @@ class Tasks:
             except RuntimeError:  # shutting down
                 self.reply(task.task_id, TaskError(INTERNAL_CODE, "the agent is stopping"))
         elif isinstance(kind, SaveTask):
+            cancel = threading.Event()
+            with self._lock:
+                self._running_saves[task.task_id] = cancel
             try:
-                self._saves.submit(self._save, task.task_id, task.workspace_id, kind)
+                self._saves.submit(self._save, task.task_id, task.workspace_id, kind, cancel)
             except RuntimeError:  # shutting down
+                with self._lock:
+                    self._running_saves.pop(task.task_id, None)
                 self.reply(task.task_id, TaskError(INTERNAL_CODE, "the agent is stopping"))
                 return
             self.reply(task.task_id, SaveStarted())  # the service waits for this first
@@ -255,7 +264,18 @@ class Tasks:
         )
         self.reply(task_id, outcome)
 
-    def _save(self, task_id: str, workspace_id: str, task: SaveTask) -> None:
+    def _save(
+        self, task_id: str, workspace_id: str, task: SaveTask, cancel: threading.Event
+    ) -> None:
+        try:
+            self._save_once(task_id, workspace_id, task, cancel)
+        finally:
+            with self._lock:
+                self._running_saves.pop(task_id, None)
+
+    def _save_once(
+        self, task_id: str, workspace_id: str, task: SaveTask, cancel: threading.Event
+    ) -> None:
         label = self._label(workspace_id)
         try:
             if self.saver is None:
@@ -266,6 +286,7 @@ class Tasks:
                 task,
                 self._send,
                 lambda disk, percent: self.reply(task_id, SaveCopying(disk, percent)),
+                cancel,
             )
         except WorkspaceError as exc:
             log.warning("saving %s failed: %s", label, exc.message)
@@ -357,6 +378,17 @@ class Tasks:
                 log.info("console of %s: %s", self._label(console.workspace_id), exc.message)
                 session.close()
                 return
+
+    def _cancel_saves(self, why: str) -> None:
+        """Every save taken so far stops at its next step: the service that asked for it
+        failed it (its stream is gone) and no longer keeps the workspace from starting."""
+        with self._lock:
+            saves = list(self._running_saves.values())
+            self._running_saves.clear()
+        if saves:
+            log.info("cancelling %d save(s) under way: %s", len(saves), why)
+        for cancel in saves:
+            cancel.set()
 
     def _close_consoles(self, why: str) -> None:
         with self._lock:

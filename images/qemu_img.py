@@ -78,7 +78,8 @@ def flatten(
     new self-contained qcow2 ``path`` of the same virtual size; clusters that read as
     zeros are not written, so the copy stays sparse. CPU time is limited to the
     timeout (a copy of a large disk takes longer than the other verbs).
-    ``on_progress``: told each figure qemu-img prints of how far it is (percent)."""
+    ``on_progress``: told each figure qemu-img prints of how far it is (percent); an
+    exception it raises kills qemu-img and is raised (the copy is stopped)."""
     args = ["convert", "-f", "qcow2", "-O", "qcow2", str(overlay), str(path)]
     cpu_s = max(_LIMIT_CPU_S, int(timeout_s))
     if on_progress is None:
@@ -113,22 +114,30 @@ def _run_with_progress(
     reader = threading.Thread(target=lambda: errors.append(err.read()), daemon=True)
     reader.start()
     pending = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(out, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                proc.kill()
-                proc.wait()
-                raise QemuImgError(f"qemu-img {args[0]} timed out after {timeout_s} s")
-            data = os.read(out.fileno(), 4096)
-            if not data:
-                break
-            *done, pending = (pending + data).split(b"\r")
-            for figure in progress_figures(b"\r".join(done)):
-                on_progress(figure)
-    for figure in progress_figures(pending):
-        on_progress(figure)
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(out, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise QemuImgError(f"qemu-img {args[0]} timed out after {timeout_s} s")
+                data = os.read(out.fileno(), 4096)
+                if not data:
+                    break
+                *done, pending = (pending + data).split(b"\r")
+                for figure in progress_figures(b"\r".join(done)):
+                    on_progress(figure)
+        for figure in progress_figures(pending):
+            on_progress(figure)
+    except BaseException:
+        # Timed out, or ``on_progress`` raised to stop the copy: qemu-img is not left
+        # running (it was, writing on for up to its CPU limit).
+        proc.kill()
+        proc.wait()
+        reader.join(5)
+        out.close()
+        err.close()
+        raise
     code = proc.wait()
     reader.join(5)
     out.close()

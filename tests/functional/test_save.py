@@ -7,6 +7,7 @@ no image and a workspace that starts."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import threading
@@ -292,8 +293,8 @@ def test_a_saves_progress_is_shown_while_its_disk_is_sent(
     real_chunks = agent_save._chunks
     sending, go_on = threading.Event(), threading.Event()
 
-    def held(path: Path) -> Iterator[bytes]:
-        for i, chunk in enumerate(real_chunks(path)):
+    def held(path: Path, *rest: Any) -> Iterator[bytes]:
+        for i, chunk in enumerate(real_chunks(path, *rest)):
             if i == 1:  # the first is with the service: hold the rest
                 sending.set()
                 assert go_on.wait(20)
@@ -530,3 +531,81 @@ def test_a_save_whose_service_died_lapses_and_is_cleared(env_site: Site) -> None
     ]
     assert said[0].who == "system"
     starts(site, w)
+
+
+def test_a_save_its_service_gave_up_on_stops_on_the_node_and_the_retry_saves(
+    env_site: Site,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """The node's task stream breaks while it copies a disk (a network blip, a replica
+    gone): the service fails the save (UNAVAILABLE, try again) and clears its mark. The
+    node's copy of that save must stop there, not send its disk later nor touch the copy
+    of the save the user runs again, which waits for it and makes the image."""
+    caplog.set_level(logging.INFO, logger="agent")
+    site = env_site
+    w = stopped(site, "box")
+    guest_writes(overlay(site, w), 64 * KIB, 0x5A)
+    from agent import save as agent_save
+
+    real = agent_save.qemu_img.flatten
+    calls: list[Path] = []
+    first_copied, first_go = threading.Event(), threading.Event()
+    second_copied, second_go = threading.Event(), threading.Event()
+
+    def held(src: Path, dst: Path, timeout_s: float, told: Any = None) -> None:
+        n = len(calls)
+        calls.append(dst)
+        real(src, dst, timeout_s, told)
+        copied, go = (first_copied, first_go) if n == 0 else (second_copied, second_go)
+        copied.set()
+        assert go.wait(20)
+
+    monkeypatch.setattr(agent_save.qemu_img, "flatten", held)
+    assert site.service is not None
+    hub = site.service.hub
+    blobs = site.service.catalog.blobs
+    before = set(blobs.digests())
+    first: dict[str, int] = {}
+    cli = cli_save(site, first)
+    try:
+        assert first_copied.wait(20)
+        # The stream breaks: a new one of the same node replaces it, then goes too.
+        hub.disconnect(hub.connect("node1"), "gone")
+        cli.join(30)
+        assert first["code"] != 0
+        assert "node1's agent went away" in capsys.readouterr().err
+        assert site.stubs.get(w.id).saving_as == ""
+        wait_for(lambda: hub.connected("node1"), what="node1's task stream again")
+        second: dict[str, int] = {}
+        again = cli_save(site, second)
+        # The retry has copied its disk, or it waits for the first copy to end.
+        wait_for(
+            lambda: second_copied.is_set() or "an earlier save of it" in caplog.text,
+            what="the retry under way on the node",
+        )
+        first_go.set()
+        wait_for(lambda: ended(caplog) == 1, what="the first save's end on the node")
+        second_go.set()
+        again.join(30)
+    finally:
+        first_go.set()
+        second_go.set()
+        cli.join(30)
+    assert second["code"] == 0, capsys.readouterr().err
+    img = site.stubs.images.GetImage(images_pb2.GetImageRequest(name="env:2"))
+    root = next(p for p in img.partitions if p.name == "root")
+    content = raw_content(blobs.path(root.digest), tmp_path)
+    assert content[64 * KIB : 128 * KIB] == b"\x5a" * 64 * KIB
+    # Only the retry's copy reached the repository, and none is left on the node.
+    assert set(blobs.digests()) - before == {root.digest}
+    assert not list(overlay(site, w).parent.glob("*" + agent_save.COPY_SUFFIX))
+    starts(site, w)
+
+
+def ended(caplog: pytest.LogCaptureFixture) -> int:
+    """How many saves the agent has ended (made, or given up), as its log says."""
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.tasks"]
+    return sum(m.startswith("saved ") or (m.startswith("saving ") and "failed" in m) for m in said)

@@ -4,8 +4,12 @@ sent is the overlay flattened, and copies left by a dead agent are removed."""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from agent.virt.fake import FakeDriver
 from images import qemu_img
 from workspace.config import FakeDriverConfig
 from workspace.domain.tasks import SaveTask
-from workspace.errors import FailedPrecondition, NotFound
+from workspace.errors import FailedPrecondition, NotFound, Unavailable
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
@@ -133,3 +137,97 @@ def test_the_copy_is_private_while_qemu_img_writes_it(
 
     Saver(files, driver).save(WID, SaveTask(("root",), 60), collect([]), copying)
     assert modes and set(modes) == {0o600}, [oct(m) for m in modes]
+
+
+def _qemu_img_children() -> list[int]:
+    """This process's children still running qemu-img (prlimit execs it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, _, rest = stat.partition(") ")
+        fields = rest.split()
+        if fields and fields[0] != "Z" and int(fields[1]) == os.getpid() and "qemu-img" in comm:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_cancelled_save_stops_its_copy_and_sends_nothing(
+    node: tuple[WorkspaceFiles, FakeDriver, Path],
+) -> None:
+    """The service gave up on the save (the task stream it came on broke): the save
+    stops at its next step: qemu-img is killed, nothing is sent, no copy is left."""
+    files, driver, _ = node
+    sent: list[bytes] = []
+    cancel = threading.Event()
+    with pytest.raises(Unavailable, match="cancelled"):
+        Saver(files, driver).save(
+            WID, SaveTask(("root",), 60), collect(sent), lambda d, p: cancel.set(), cancel
+        )
+    assert sent == [] and _qemu_img_children() == []
+    assert not list(files.dir(WID).glob("*" + COPY_SUFFIX))
+    # Cancelled before it began: it does not begin.
+    with pytest.raises(Unavailable, match="cancelled"):
+        Saver(files, driver).save(WID, SaveTask(("root",), 60), collect(sent), None, cancel)
+    assert sent == []
+
+
+def test_qemu_img_is_killed_when_its_progress_reader_stops_the_copy(tmp_path: Path) -> None:
+    src = tmp_path / "big.qcow2"
+    qemu_img.create_blank(src, 64 * 2**20)
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 7 0 48M", "-f", "qcow2", str(src)],
+        check=True,
+        capture_output=True,
+    )
+
+    def stop(percent: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        qemu_img.flatten(src, tmp_path / "flat.qcow2", 60, stop)
+    assert _qemu_img_children() == []
+
+
+def test_a_second_save_of_a_workspace_waits_for_the_first_to_end(
+    node: tuple[WorkspaceFiles, FakeDriver, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both would copy into the same file: the second copies once the first has ended
+    (the first's end removed the second's copy), and each sends a whole copy."""
+    caplog.set_level(logging.INFO, logger="agent.save")
+    files, driver, _ = node
+    saver = Saver(files, driver)
+    first_sent: list[bytes] = []
+    second_sent: list[bytes] = []
+    copying, go_on = threading.Event(), threading.Event()
+
+    def held(disk: str, percent: float) -> None:
+        copying.set()
+        assert go_on.wait(20)
+
+    first = threading.Thread(
+        target=saver.save, args=(WID, SaveTask(("root",), 60), collect(first_sent), held)
+    )
+    first.start()
+    second = threading.Thread(
+        target=saver.save, args=(WID, SaveTask(("root",), 60), collect(second_sent))
+    )
+    try:
+        assert copying.wait(20)
+        second.start()
+        deadline = time.monotonic() + 20
+        while "waiting for an earlier save" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "waiting for an earlier save" in caplog.text
+        assert second_sent == []
+    finally:
+        go_on.set()
+        first.join(20)
+        if second.ident is not None:
+            second.join(20)
+    assert len(first_sent) == 1 and first_sent == second_sent
+    assert not list(files.dir(WID).glob("*" + COPY_SUFFIX))

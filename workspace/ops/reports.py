@@ -395,12 +395,29 @@ def _heartbeat(env: Env, s: Session, node: Node, r: NodeReport) -> None:
             node.prefetch = left
 
 
+# What a workspace being destroyed says while its node fails to remove it (the node
+# tries again; it is STOPPING until then), after why it is destroyed if that was said.
+NOT_REMOVED = "its node has not removed it yet: "
+
+
+def _not_removed(old: str, why: str) -> str:
+    """``old`` reason (without what a failed removal said before) and ``why`` the node
+    has not removed the workspace."""
+    base = _without_removal(old)
+    return f"{base}; {NOT_REMOVED}{why}" if base else NOT_REMOVED + why
+
+
+def _without_removal(reason: str) -> str:
+    return reason.partition(NOT_REMOVED)[0].removesuffix("; ")
+
+
 def _end_reason(ws: Workspace) -> str:
     """What a workspace the node no longer has shows: why the service ended it (its
     lease, a preemption), else "destroyed"."""
-    if ws.reason.startswith(EXPIRED):
-        return ws.reason
-    return preempt.end_reason(ws, "destroyed")
+    base = _without_removal(ws.reason)
+    if base.startswith(EXPIRED) or preempt.end_reason(ws, ""):
+        return base
+    return "destroyed"
 
 
 # States in which the node had made the workspace: a node that reports it PROPAGATING
@@ -443,6 +460,11 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
         rebooted = set_applied_reboots(ws, obs.applied_reboot_count)
         old_reason = shown_reason(ws)
         reason = obs.reason if new in (State.FAILED, State.RUNNING, State.STOPPED) else old_reason
+        failed = Observed(obs.state) is Observed.FAILED
+        if Desired(ws.desired_state) is Desired.TERMINATED and failed and obs.reason:
+            # The node failed to remove it (FAILED, shown STOPPING: it tries again): said,
+            # or a `ws destroy --wait` runs out of time with no word of why.
+            reason = _not_removed(old_reason, obs.reason)
         if new is State.PROPAGATING and State(ws.state) in _MADE:
             reason = remade(r.node)
         if new is State.RUNNING and not obs.reason:
