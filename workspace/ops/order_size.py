@@ -66,7 +66,12 @@ def seed_bytes(bound: int, count: int = 1, vendor_bytes: int = 0) -> int:
 
 
 class OrdersTooLarge(ResourceExhausted):
-    """Placing the workspace would take its node's orders past the message limit."""
+    """Placing the workspace would take its node's orders past the message limit
+    (``node``: that node; "" for a check not about one placement)."""
+
+    def __init__(self, message: str, node: str = "") -> None:
+        super().__init__(message)
+        self.node = node
 
 
 def wire_bytes(value: object) -> int:
@@ -435,12 +440,13 @@ def check_orders_fit(
         by_node.setdefault(node, []).append(ws)
     sizer = sizer_of(s, vendor_bytes)
     peers_after, peers_added = _new_peers(s, rows)
+    # The running totals change only once every node passed: a refusal (and the
+    # placement tried again without that node, ops/placement.py) leaves them as they were.
+    after: dict[str, int] = {}
     for node, new in by_node.items():
         have = totals.get(node) if totals is not None else None
         if have is None:
             have = node_bound(s, node, vendor_bytes)
-        if totals is not None:
-            s.info.setdefault(_TOTALS_KEYS, {})[node] = (vendor_bytes, sizer.source_bytes)
         total = have
         if peers_added:  # the node's CLUSTER members of these clusters list the new ones
             on_node = cluster_rows_on(s, node)
@@ -467,9 +473,14 @@ def check_orders_fit(
                     f"orders to {total} bytes, over the {budget} bytes one node may be sent "
                     f"(limits.max_node_orders_bytes; {have} bytes are already there); "
                     "use a smaller user-data or kernel cmdline (a cluster member's seed "
-                    "also lists every member)"
+                    "also lists every member)",
+                    node,
                 )
-        if totals is not None:
+        after[node] = total
+    if totals is not None:
+        keys = s.info.setdefault(_TOTALS_KEYS, {})
+        for node, total in after.items():
+            keys[node] = (vendor_bytes, sizer.source_bytes)
             totals[node] = total
 
 
