@@ -18,12 +18,12 @@ from tests.unit.test_request_validation import Site, build_site
 from workspace import scheduler
 from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
 from workspace.domain.states import NodeState, Op, State
-from workspace.errors import FailedPrecondition, ResourceExhausted
+from workspace.errors import FailedPrecondition, NotFound, ResourceExhausted
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, create, nodes, operate, placement, queue
+from workspace.ops import cluster_scale, clusters, create, nodes, operate, placement, queue
 from workspace.ops.unit import Env
 from workspace.scheduler.snapshot import capacity
-from workspace.store import Node, Workspace
+from workspace.store import Cluster, Node, Workspace
 from workspace.v1 import workspaces_pb2
 
 OBSERVED = {
@@ -38,6 +38,7 @@ SIZES = {"n1": (2, 4096), "n2": (4, 8192), "n3": (1, 2048)}
 class World:
     site: Site
     down: set[str]
+    removed: set[str]
 
     @property
     def env(self) -> Env:
@@ -53,7 +54,7 @@ def build(tmp: Path) -> World:
                 node=name, hypervisor="fake", cpus=cpus, memory_mib=memory, networks=["default"]
             )
         )
-    return World(site, set())
+    return World(site, set(), set())
 
 
 def heartbeat(w: World, name: str) -> None:
@@ -86,13 +87,33 @@ def pick(rows: list[Workspace], i: int) -> Workspace | None:
     return rows[i % len(rows)] if rows else None
 
 
+def placed(w: World) -> tuple[dict[str, str], dict[str, str]]:
+    """Each workspace's node ("" if none) and each node's state."""
+    with w.site.store.read() as s:
+        where = {wid: node for wid, node in s.execute(select(Workspace.id, Workspace.node))}
+        states = {name: state for name, state in s.execute(select(Node.name, Node.state))}
+    return where, states
+
+
 def step(w: World, op: tuple[str, int, int, int], n: int) -> None:
+    """``op``, then: whatever it placed went to a node that was READY."""
+    before, states = placed(w)
+    act(w, op, n)
+    after, _ = placed(w)
+    for wid, node in after.items():
+        if node and not before.get(wid):
+            assert states.get(node) == NodeState.READY.value, (op, node, states)
+
+
+def act(w: World, op: tuple[str, int, int, int], n: int) -> None:
     kind, a, b, c = op
     env = w.env
     try:
         if kind == "create":
-            spec = CreateSpec(image="img", name=f"w{n}", cpus=a, memory_mib=256 * b)
-            create.create(env, "alice", CreateRequest(spec, wait_for_capacity_s=c * 600))
+            spec = CreateSpec(
+                image="img", name=f"w{n}", cpus=a, memory_mib=256 * b, preemptible=c % 2 == 1
+            )
+            create.create(env, "alice", CreateRequest(spec, wait_for_capacity_s=c // 2 * 600))
         elif kind == "cluster":
             affinity = list(scheduler.Affinity)[c % len(scheduler.Affinity)]
             req = ClusterRequest(
@@ -120,20 +141,53 @@ def step(w: World, op: tuple[str, int, int, int], n: int) -> None:
             name = NODES[a % 3]
             w.site.clock.now += env.cfg.node_grace_s + 1
             for other in NODES:
-                if other != name and other not in w.down:
+                if other != name and other not in w.down | w.removed:
                     heartbeat(w, other)
             w.down.update(w.site.nodes.check_liveness())
         elif kind == "up":
             name = NODES[a % 3]
-            w.down.discard(name)
-            heartbeat(w, name)
+            if name not in w.removed:
+                w.down.discard(name)
+                heartbeat(w, name)
         elif kind == "report":
             for name in NODES:
-                if name not in w.down:
+                if name not in w.down | w.removed:
                     heartbeat(w, name)
         elif kind == "queue":
             queue.process(env)
-    except (ResourceExhausted, FailedPrecondition):
+        elif kind in ("fail", "vanish"):
+            ws = pick([r for r in live(w) if r.node and r.node not in w.down | w.removed], a)
+            if ws is not None:
+                state = nodes_pb2.OBSERVED_STATE_FAILED
+                if kind == "vanish":
+                    state = nodes_pb2.OBSERVED_STATE_ABSENT
+                observed = nodes_pb2.ObservedWorkspace(workspace_id=ws.id, state=state)
+                w.site.nodes.report(
+                    nodes_pb2.ReportStatusRequest(node=ws.node, workspaces=[observed])
+                )
+        elif kind == "scale":
+            with w.site.store.read() as s:
+                names = sorted(s.scalars(select(Cluster.name)))
+            if names:
+                cluster_scale.scale(env, "alice", names[a % len(names)], "m", 1 + b % 4, c * 300)
+        elif kind == "remove":
+            nodes.remove(env, NODES[a % 3])
+            w.removed.add(NODES[a % 3])
+        elif kind == "register":
+            name = NODES[a % 3]
+            cpus, memory = SIZES[name]
+            w.site.nodes.register(
+                nodes_pb2.RegisterRequest(
+                    node=name,
+                    hypervisor="fake",
+                    cpus=cpus,
+                    memory_mib=memory,
+                    networks=["default"],
+                )
+            )
+            w.removed.discard(name)
+            w.down.discard(name)
+    except (ResourceExhausted, FailedPrecondition, NotFound):
         pass
 
 
@@ -142,7 +196,13 @@ def check(w: World) -> None:
     with w.site.store.read() as s:
         rows = {n.name: n for n in s.scalars(select(Node))}
         claims: dict[str, list[int]] = {name: [0, 0] for name in rows}
+        # preempted workspaces keep their claims until they are gone: the node is
+        # over-claimed by them meanwhile (docs/design/preemption.md)
+        going: dict[str, list[int]] = {name: [0, 0] for name in rows}
         for ws in s.scalars(select(Workspace)):
+            if ws.preempted_by and ws.preemptible and ws.node in going:
+                going[ws.node][0] += ws.claimed_cpus
+                going[ws.node][1] += ws.claimed_memory_mib
             if ws.claimed_cpus or ws.claimed_memory_mib:
                 assert ws.node in claims, f"{ws.name} claims on {ws.node!r}"
                 assert ws.state != State.PENDING.value or ws.node, ws.name
@@ -153,19 +213,33 @@ def check(w: World) -> None:
         for name, node in rows.items():
             assert [node.used_cpus, node.used_memory_mib] == claims[name], name
             most_cpus, most_memory = capacity(node.cpus, node.memory_mib, cfg)
-            assert node.used_cpus <= most_cpus, name
-            assert node.used_memory_mib <= most_memory, name
+            assert node.used_cpus - going[name][0] <= most_cpus, name
+            assert node.used_memory_mib - going[name][1] <= most_memory, name
+        # affinity holds for every cluster's placed members, also after a scale
+        for cluster in s.scalars(select(Cluster)):
+            on = [
+                m.node
+                for m in s.scalars(select(Workspace).where(Workspace.cluster == cluster.id))
+                if m.node
+                and m.desired_state != State.TERMINATED.value
+                and m.state != State.TERMINATED.value
+            ]
+            if cluster.affinity == scheduler.Affinity.HARD_ANTI.name:
+                assert len(on) == len(set(on)), (cluster.name, on)
+            if cluster.affinity == scheduler.Affinity.HARD.name:
+                assert len(set(on)) <= 1, (cluster.name, on)
+        placement.keep_node_views(s)  # the views a batch of creates starts from (cached)
         views = {v.name: v for v in placement.node_views(s)}
+        assert set(views) == set(rows)
         for name, node in rows.items():
             v = views[name]
-            assert (v.used_cpus, v.used_memory_mib, v.state) == (
+            assert (v.used_cpus, v.used_memory_mib, v.state, v.cpus, v.memory_mib) == (
                 node.used_cpus,
                 node.used_memory_mib,
                 node.state,
+                node.cpus,
+                node.memory_mib,
             ), name
-        # nothing new on a node that is not READY: every SCHEDULED row's node took it
-        for ws in s.scalars(select(Workspace).where(Workspace.state == State.SCHEDULED.value)):
-            assert rows[ws.node].state != NodeState.DOWN.value or ws.node in w.down
 
 
 OPS = st.tuples(
@@ -184,6 +258,11 @@ OPS = st.tuples(
             "report",
             "report",
             "queue",
+            "scale",
+            "remove",
+            "register",
+            "fail",
+            "vanish",
         ]
     ),
     st.integers(1, 4),
