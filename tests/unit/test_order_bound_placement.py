@@ -11,10 +11,12 @@ import pytest
 
 from tests.unit.test_request_validation import Site, build_site
 from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
+from workspace.domain.netpolicy import Connectivity
 from workspace.errors import ResourceExhausted
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, create, order_size
+from workspace.ops import cluster_scale, clusters, create, order_size
 from workspace.ops.unit import Env
+from workspace.scheduler import Affinity
 
 
 def site_of(tmp_path: Path) -> Site:
@@ -70,3 +72,27 @@ def test_when_every_node_is_full_the_refusal_says_so(tmp_path: Path) -> None:
         make(env, "third")
     assert "2 node(s) have no room left in their orders" in refused.value.message
     assert "use a smaller user-data" in refused.value.message
+
+
+def test_a_cluster_grow_keeps_the_orders_of_its_members_nodes_within_bound(
+    tmp_path: Path,
+) -> None:
+    """A CLUSTER member's order lists every member's address: a new member placed on
+    another node grows the orders of the nodes its older members are on too."""
+    site = site_of(tmp_path)
+    member = MemberSpec("m", "img", cpus=1, memory_mib=512, count=1, networks=("default",))
+    req = ClusterRequest(
+        name="c",
+        members=(member,),
+        affinity=Affinity.HARD_ANTI,
+        connectivity=Connectivity.CLUSTER,
+    )
+    assert [m.node for m in clusters.create(site.core.env, "alice", req).members] == ["n1"]
+    assert make(site.core.env, "plain") == "n1"  # n2 has room for any one order
+    with site.store.read() as s:
+        bound = order_size.node_bound(s, "n1")
+    env = bounded(site, bound + 8)  # no room on n1 for one more peer
+    with pytest.raises(ResourceExhausted, match="n1"):
+        cluster_scale.scale(env, "alice", "c", "m", 2)
+    with site.store.read() as s:
+        assert order_size.node_orders_bytes(s, "n1") <= bound + 8
