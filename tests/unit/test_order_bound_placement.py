@@ -96,3 +96,25 @@ def test_a_cluster_grow_keeps_the_orders_of_its_members_nodes_within_bound(
         cluster_scale.scale(env, "alice", "c", "m", 2)
     with site.store.read() as s:
         assert order_size.node_orders_bytes(s, "n1") <= bound + 8
+
+
+def test_a_preemption_skips_a_node_whose_orders_are_full(tmp_path: Path) -> None:
+    """The fewest victims are on n1, but n1's orders have no room for one more: the
+    preemption takes its victim on n2 instead of refusing the create."""
+    site = site_of(tmp_path)
+    env = site.core.env
+
+    def made(name: str, memory_mib: int, preemptible: bool) -> str:
+        spec = CreateSpec(image="img", name=name, memory_mib=memory_mib, preemptible=preemptible)
+        return create.create(env, "alice", CreateRequest(spec)).node
+
+    assert made("p", 3230, True) == "n1"
+    assert made("r", 512, False) == "n1"
+    assert made("q", 7680, True) == "n2"
+    with site.store.read() as s:
+        one = order_size.node_bound(s, "n2")
+    got = create.create(
+        bounded(site, 2 * one + 100), "alice", CreateRequest(CreateSpec(image="img", name="new"))
+    )
+    assert got.node == "n2"
+    assert [w.name for w in site.workspaces() if w.preempted_by and w.preemptible] == ["q"]

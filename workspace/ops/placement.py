@@ -343,7 +343,7 @@ def place_rows(
             # A node whose orders have no room for these is no place for them, but
             # another may be: placed again without it (nothing was claimed yet).
             if plan is not None or not exc.node or exc.node in out:
-                raise NoPlacement(exc.message) from exc
+                raise  # a NoPlacement (a plan's caller may plan again without the node)
             out[exc.node], full = ORDERS_FULL, exc
         except BaseException:
             s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made

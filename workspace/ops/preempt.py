@@ -32,7 +32,13 @@ from workspace import callctx, scheduler
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import Desired, State
 from workspace.log import about
-from workspace.ops.placement import NoPlacement, node_views, place_rows, request_for
+from workspace.ops.placement import (
+    NoPlacement,
+    OrdersFull,
+    node_views,
+    place_rows,
+    request_for,
+)
 from workspace.ops.unit import Env, UnitOfWork, note_changed
 from workspace.scheduler.preempt import Plan, Victim, plan
 from workspace.store import Workspace, journal
@@ -196,20 +202,29 @@ def place_preempting(
     if not victims and not going:
         return None
     requests = [request_for(w) for w in rows]
-    found = plan(nodes, victims, requests, env.cfg.scheduler, affinity, going)
-    if found is None:
-        return None
-    # The request first (it may still be refused: addresses, order size; then nothing
-    # has changed), then the victims marked: the same transaction. The victims keep
-    # their claims until they are TERMINATED (released once, as any workspace's): the
-    # node is over-claimed meanwhile, so nothing else is placed in the gap.
-    try:
-        touched = place_rows(s, env.cfg, rows, affinity, withheld, plan=found.placement)
-    except NoPlacement as exc:  # raised before anything was claimed
-        log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)
-        return None
-    _apply(env, s, rows, found, by_id)
-    return touched
+    while True:
+        found = plan(nodes, victims, requests, env.cfg.scheduler, affinity, going)
+        if found is None:
+            return None
+        # The request first (it may still be refused: addresses, order size; then
+        # nothing has changed), then the victims marked: the same transaction. The
+        # victims keep their claims until they are TERMINATED (released once, as any
+        # workspace's): the node is over-claimed meanwhile, so nothing else is placed
+        # in the gap.
+        try:
+            touched = place_rows(s, env.cfg, rows, affinity, withheld, plan=found.placement)
+        except OrdersFull as exc:  # raised before anything was claimed
+            if not exc.node or not any(n.name == exc.node for n in nodes):
+                log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)
+                return None
+            # That node's orders have no room for them; another node's victims may do.
+            nodes = [n for n in nodes if n.name != exc.node]
+            continue
+        except NoPlacement as exc:  # raised before anything was claimed
+            log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)
+            return None
+        _apply(env, s, rows, found, by_id)
+        return touched
 
 
 def _apply(
