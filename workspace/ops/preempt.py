@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from workspace import callctx, scheduler
@@ -140,12 +140,18 @@ def _victim(w: Workspace, rank: int = 0) -> Victim:
 
 
 def _going(nodes: Sequence[str]) -> ColumnElement[bool]:
-    """Preempted workspaces on ``nodes`` that are not TERMINATED yet."""
+    """Preempted workspaces on ``nodes`` that may still run there: not TERMINATED yet,
+    or TERMINATED while their node was DOWN and still holding their claim until the node
+    says the VM is gone (ops/lifecycle.py ``terminate_unconfirmed``)."""
     return and_(
         Workspace.node.in_(nodes),
         Workspace.preemptible.is_(True),
         Workspace.preempted_by != "",
-        Workspace.state != State.TERMINATED.value,
+        or_(
+            Workspace.state != State.TERMINATED.value,
+            Workspace.claimed_cpus > 0,
+            Workspace.claimed_memory_mib > 0,
+        ),
     )
 
 
