@@ -59,6 +59,9 @@ class OrdersFull(NoPlacement):
 # Why a node whose orders are at their size bound is not used (counted with the
 # filters' reasons in a refusal).
 ORDERS_FULL = "have no room left in their orders (limits.max_node_orders_bytes)"
+# Nodes found at that bound for one request before it is refused: each costs another
+# placement (a site whose every node is at its bound refuses in bounded time).
+MAX_ORDERS_FULL = 16
 
 
 # MACs drawn for one NIC at most before giving up: only MACs taken outside the counter
@@ -344,6 +347,8 @@ def place_rows(
             # another may be: placed again without it (nothing was claimed yet).
             if plan is not None or not exc.node or exc.node in out:
                 raise  # a NoPlacement (a plan's caller may plan again without the node)
+            if sum(1 for why in out.values() if why == ORDERS_FULL) >= MAX_ORDERS_FULL:
+                raise
             out[exc.node], full = ORDERS_FULL, exc
         except BaseException:
             s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made

@@ -33,6 +33,7 @@ from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import Desired, State
 from workspace.log import about
 from workspace.ops.placement import (
+    MAX_ORDERS_FULL,
     NoPlacement,
     OrdersFull,
     node_views,
@@ -208,7 +209,7 @@ def place_preempting(
     if not victims and not going:
         return None
     requests = [request_for(w) for w in rows]
-    while True:
+    for _ in range(MAX_ORDERS_FULL + 1):
         found = plan(nodes, victims, requests, env.cfg.scheduler, affinity, going)
         if found is None:
             return None
@@ -231,6 +232,10 @@ def place_preempting(
             return None
         _apply(env, s, rows, found, by_id)
         return touched
+    log.info(
+        "preemption for %s abandoned: %d nodes' orders are full", rows[0].name, MAX_ORDERS_FULL
+    )
+    return None
 
 
 def _apply(
