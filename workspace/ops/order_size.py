@@ -25,7 +25,7 @@ import functools
 import json
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Text, and_, bindparam, case, cast, func, select
@@ -66,7 +66,12 @@ def seed_bytes(bound: int, count: int = 1, vendor_bytes: int = 0) -> int:
 
 
 class OrdersTooLarge(ResourceExhausted):
-    """Placing the workspace would take its node's orders past the message limit."""
+    """Placing the workspace would take its node's orders past the message limit
+    (``node``: that node; "" for a check not about one placement)."""
+
+    def __init__(self, message: str, node: str = "") -> None:
+        super().__init__(message)
+        self.node = node
 
 
 def wire_bytes(value: object) -> int:
@@ -387,6 +392,25 @@ def cluster_rows_on(s: Session, node: str) -> dict[str, int]:
     return {c: int(n) for c, n in s.execute(q)}
 
 
+def member_nodes(s: Session, clusters: Iterable[str]) -> list[str]:
+    """The nodes holding live CLUSTER-connectivity members of ``clusters``."""
+    names = sorted(clusters)
+    if not names:
+        return []
+    q = (
+        select(Workspace.node)
+        .where(
+            Workspace.cluster.in_(names),
+            Workspace.node != "",
+            Workspace.connectivity == CLUSTER,
+        )
+        .where(*_live())
+        .distinct()
+        .order_by(Workspace.node)
+    )
+    return list(s.scalars(q))
+
+
 def cluster_addresses(s: Session, clusters: Sequence[str]) -> dict[str, int]:
     """Cluster → how many addresses its live members hold now."""
     if not clusters:
@@ -435,12 +459,16 @@ def check_orders_fit(
         by_node.setdefault(node, []).append(ws)
     sizer = sizer_of(s, vendor_bytes)
     peers_after, peers_added = _new_peers(s, rows)
+    # The nodes of the clusters' older CLUSTER members too: their orders list the new ones.
+    for node in member_nodes(s, peers_added):
+        by_node.setdefault(node, [])
+    # The running totals change only once every node passed: a refusal (and the
+    # placement tried again without that node, ops/placement.py) leaves them as they were.
+    after: dict[str, int] = {}
     for node, new in by_node.items():
         have = totals.get(node) if totals is not None else None
         if have is None:
             have = node_bound(s, node, vendor_bytes)
-        if totals is not None:
-            s.info.setdefault(_TOTALS_KEYS, {})[node] = (vendor_bytes, sizer.source_bytes)
         total = have
         if peers_added:  # the node's CLUSTER members of these clusters list the new ones
             on_node = cluster_rows_on(s, node)
@@ -467,9 +495,22 @@ def check_orders_fit(
                     f"orders to {total} bytes, over the {budget} bytes one node may be sent "
                     f"(limits.max_node_orders_bytes; {have} bytes are already there); "
                     "use a smaller user-data or kernel cmdline (a cluster member's seed "
-                    "also lists every member)"
+                    "also lists every member)",
+                    node,
                 )
-        if totals is not None:
+        if not new and total > have and total > budget:
+            added = sum(peers_added.values())
+            raise OrdersTooLarge(
+                f"node {node} holds members of the cluster whose orders list every member's "
+                f"address: {added} more would take its orders to {total} bytes, over the "
+                f"{budget} bytes one node may be sent (limits.max_node_orders_bytes; {have} "
+                "bytes are already there)"
+            )
+        after[node] = total
+    if totals is not None:
+        keys = s.info.setdefault(_TOTALS_KEYS, {})
+        for node, total in after.items():
+            keys[node] = (vendor_bytes, sizer.source_bytes)
             totals[node] = total
 
 

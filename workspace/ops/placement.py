@@ -48,6 +48,22 @@ class NoPlacement(ResourceExhausted):
     """The group does not fit now (it may later)."""
 
 
+class OrdersFull(NoPlacement):
+    """The orders of ``node`` have no room for what was placed there (ops/order_size.py)."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+# Why a node whose orders are at their size bound is not used (counted with the
+# filters' reasons in a refusal).
+ORDERS_FULL = "have no room left in their orders (limits.max_node_orders_bytes)"
+# Nodes found at that bound for one request before it is refused: each costs another
+# placement (a site whose every node is at its bound refuses in bounded time).
+MAX_ORDERS_FULL = 16
+
+
 # MACs drawn for one NIC at most before giving up: only MACs taken outside the counter
 # (store/macs.py) are skipped.
 MAC_TRIES = 1000
@@ -311,19 +327,32 @@ def place_rows(
     refusal counts as it counts the filters' reasons. ``plan``: where they go, already
     decided (ops/preempt.py), instead of the scheduler."""
     requests = [request_for(w) for w in rows]
-    if plan is not None:
-        result = plan
-        s.info.pop(SNAPSHOT_KEY, None)  # the kept snapshot does not count the plan's claims
-    else:
-        result = _schedule(s, cfg, requests, affinity, withheld or {})
-    if result.placements is None:
-        what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
-        raise NoPlacement(f"{what} does not fit: {result.reason()}")
-    try:
-        return _take(s, cfg, rows, requests, result.placements)
-    except BaseException:
-        s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made
-        raise
+    out = dict(withheld or {})
+    full: OrdersFull | None = None  # the last node found with no room in its orders
+    while True:
+        if plan is not None:
+            result = plan
+            s.info.pop(SNAPSHOT_KEY, None)  # the kept snapshot does not count the plan's claims
+        else:
+            result = _schedule(s, cfg, requests, affinity, out)
+        if result.placements is None:
+            what = rows[0].name if len(rows) == 1 else f"member {result.failed_member}"
+            why = f"{what} does not fit: {result.reason()}"
+            raise NoPlacement(why if full is None else f"{why}; {full.message}")
+        try:
+            return _take(s, cfg, rows, requests, result.placements)
+        except OrdersFull as exc:
+            s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made
+            # A node whose orders have no room for these is no place for them, but
+            # another may be: placed again without it (nothing was claimed yet).
+            if plan is not None or not exc.node or exc.node in out:
+                raise  # a NoPlacement (a plan's caller may plan again without the node)
+            if sum(1 for why in out.values() if why == ORDERS_FULL) >= MAX_ORDERS_FULL:
+                raise
+            out[exc.node], full = ORDERS_FULL, exc
+        except BaseException:
+            s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made
+            raise
 
 
 def _schedule(
@@ -381,7 +410,7 @@ def _take(
         placed = [p.node or "" for p in placements]
         check_orders_fit(s, cfg.limits, rows, placed, seeds.vendor_bytes(cfg))
     except OrdersTooLarge as exc:
-        raise NoPlacement(exc.message) from exc
+        raise OrdersFull(exc.message, exc.node) from exc
     # Nothing below can fail for want of capacity: the caller's transaction stays whole.
     touched: list[str] = []
     for ws, req, p in zip(rows, requests, placements, strict=True):

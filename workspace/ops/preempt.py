@@ -25,14 +25,21 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from workspace import callctx, scheduler
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import Desired, State
 from workspace.log import about
-from workspace.ops.placement import NoPlacement, node_views, place_rows, request_for
+from workspace.ops.placement import (
+    MAX_ORDERS_FULL,
+    NoPlacement,
+    OrdersFull,
+    node_views,
+    place_rows,
+    request_for,
+)
 from workspace.ops.unit import Env, UnitOfWork, note_changed
 from workspace.scheduler.preempt import Plan, Victim, plan
 from workspace.store import Workspace, journal
@@ -134,12 +141,18 @@ def _victim(w: Workspace, rank: int = 0) -> Victim:
 
 
 def _going(nodes: Sequence[str]) -> ColumnElement[bool]:
-    """Preempted workspaces on ``nodes`` that are not TERMINATED yet."""
+    """Preempted workspaces on ``nodes`` that may still run there: not TERMINATED yet,
+    or TERMINATED while their node was DOWN and still holding their claim until the node
+    says the VM is gone (ops/lifecycle.py ``terminate_unconfirmed``)."""
     return and_(
         Workspace.node.in_(nodes),
         Workspace.preemptible.is_(True),
         Workspace.preempted_by != "",
-        Workspace.state != State.TERMINATED.value,
+        or_(
+            Workspace.state != State.TERMINATED.value,
+            Workspace.claimed_cpus > 0,
+            Workspace.claimed_memory_mib > 0,
+        ),
     )
 
 
@@ -196,20 +209,33 @@ def place_preempting(
     if not victims and not going:
         return None
     requests = [request_for(w) for w in rows]
-    found = plan(nodes, victims, requests, env.cfg.scheduler, affinity, going)
-    if found is None:
-        return None
-    # The request first (it may still be refused: addresses, order size; then nothing
-    # has changed), then the victims marked: the same transaction. The victims keep
-    # their claims until they are TERMINATED (released once, as any workspace's): the
-    # node is over-claimed meanwhile, so nothing else is placed in the gap.
-    try:
-        touched = place_rows(s, env.cfg, rows, affinity, withheld, plan=found.placement)
-    except NoPlacement as exc:  # raised before anything was claimed
-        log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)
-        return None
-    _apply(env, s, rows, found, by_id)
-    return touched
+    for _ in range(MAX_ORDERS_FULL + 1):
+        found = plan(nodes, victims, requests, env.cfg.scheduler, affinity, going)
+        if found is None:
+            return None
+        # The request first (it may still be refused: addresses, order size; then
+        # nothing has changed), then the victims marked: the same transaction. The
+        # victims keep their claims until they are TERMINATED (released once, as any
+        # workspace's): the node is over-claimed meanwhile, so nothing else is placed
+        # in the gap.
+        try:
+            touched = place_rows(s, env.cfg, rows, affinity, withheld, plan=found.placement)
+        except OrdersFull as exc:  # raised before anything was claimed
+            if not exc.node or not any(n.name == exc.node for n in nodes):
+                log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)
+                return None
+            # That node's orders have no room for them; another node's victims may do.
+            nodes = [n for n in nodes if n.name != exc.node]
+            continue
+        except NoPlacement as exc:  # raised before anything was claimed
+            log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)
+            return None
+        _apply(env, s, rows, found, by_id)
+        return touched
+    log.info(
+        "preemption for %s abandoned: %d nodes' orders are full", rows[0].name, MAX_ORDERS_FULL
+    )
+    return None
 
 
 def _apply(

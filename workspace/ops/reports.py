@@ -447,6 +447,7 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             if Observed(obs.state) is Observed.ABSENT and is_held(u.s, ws):
                 confirm_gone(env, u.s, ws, f"node {r.node} confirmed the VM is gone")
                 u.changed(ws)
+                preempt.terminated(u, ws)  # a victim: what waited for it may go out
             continue
         new = state_from_report(State(ws.state), Desired(ws.desired_state), obs.state)
         if new is State.TERMINATED:
@@ -533,6 +534,7 @@ def _report(env: Env, r: NodeReport, cert_serial: int) -> None:
                 if ws.id not in seen:
                     confirm_gone(env, u.s, ws, f"node {r.node} confirmed the VM is gone")
                     u.changed(ws)
+                    preempt.terminated(u, ws)
         if r.audit and env.check_trust:
             trust.record_audit(env, u.s, [replace(a, where=f"node:{r.node}") for a in r.audit])
         refresh(env, u, u.changed_clusters())
