@@ -20,6 +20,7 @@ from workspace.cli import (
     console_cmds,
     copy_cmds,
     event_cmds,
+    exec_cmds,
     guest_cmds,
     image_cmds,
     key_cmds,
@@ -565,7 +566,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g}")
         p.set_defaults(func=cmds.cluster_action)
 
-    guest_cmds.register_cluster(csub, parent, cmds.client)
+    exec_cmds.register_cluster(csub, parent, cmds.client)
     copy_cmds.register_cluster(csub, parent, cmds.client)
     cluster_cmds.register(csub, parent, cmds.client)
     event_cmds.register_cluster(csub, parent, cmds.client)
@@ -658,6 +659,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.watch)
 
     policy_cmds.register(sub, parent, cmds.client)
+    exec_cmds.register(sub, parent, cmds.client)
     guest_cmds.register(sub, parent, cmds.client)
     copy_cmds.register(sub, parent, cmds.client)
     _add_cluster_parsers(sub, parent, cmds)
