@@ -92,7 +92,10 @@ def scp_command(
 
 def scp_cmd(args: argparse.Namespace, client: Client) -> int:
     ref, operands = plan(args.operands)
-    ws = guest_cmds.once_running(client, args, client.get_workspace(ref))
+    ws = guest_cmds.get_guest(
+        client, ref, "`ws cluster scp {name} SRC... :DST` (or `:SRC... DIR`) for every member"
+    )
+    ws = guest_cmds.once_running(client, args, ws)
     guest_cmds.check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = guest_cmds.site_netns(client.address, ws.node)
     known = guest_cmds.write_known_hosts(ws)

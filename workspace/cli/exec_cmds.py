@@ -82,7 +82,8 @@ def exec_cmd(args: argparse.Namespace, client: Client, late: guest_cmds.OptionPa
             "ws: standard input is not sent to the command; give --stdin to send it",
             file=sys.stderr,
         )
-    ws = guest_cmds.once_running(client, args, client.get_workspace(args.id))
+    ws = guest_cmds.get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
+    ws = guest_cmds.once_running(client, args, ws)
     wait_s = guest_cmds.boot_wait(args, ws)
     r = client.exec(
         args.id,
@@ -214,7 +215,11 @@ def chosen_members(
     members = [m for m in cluster.members if not role or m.role == role]
     if not members:
         of_role = f" with role {role}" if role else ""
-        raise errors.NotFound(f"cluster {cluster.name} has no members{of_role}")
+        roles = list(
+            dict.fromkeys([*(r.role for r in cluster.spec), *(m.role for m in cluster.members)])
+        )
+        known = f"; its roles: {', '.join(roles)}" if role and role not in roles and roles else ""
+        raise errors.NotFound(f"cluster {cluster.name} has no members{of_role}{known}")
     return cluster, members
 
 

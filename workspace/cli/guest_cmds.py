@@ -196,6 +196,32 @@ def ws_address(ws: common_pb2.Workspace) -> str:
     raise errors.FailedPrecondition(f"workspace {ws.name} has no address yet")
 
 
+# Members a cluster named where a workspace was wanted are listed up to this many.
+MEMBERS_NAMED = 6
+
+
+def get_guest(client: Client, ref: str, instead: str) -> common_pb2.Workspace:
+    """Workspace ``ref``. NotFound as the service says it, unless ``ref`` names a cluster
+    (``ws ssh mpi``): then that it is one, its members' names, and ``instead``, the
+    command that does the same for every member (``{name}`` in it: the cluster's)."""
+    try:
+        return client.get_workspace(ref)
+    except errors.NotFound as missing:
+        try:
+            cluster = client.get_cluster(ref)
+        except errors.WorkspaceError:
+            raise missing from None
+        names = [m.name for m in cluster.members]
+        shown = ", ".join(names[:MEMBERS_NAMED])
+        if len(names) > MEMBERS_NAMED:
+            shown += f", ... ({len(names)} in all)"
+        members = f"name one of its members ({shown})" if names else "it has no members now"
+        raise errors.NotFound(
+            f"{ref} is a cluster, not a workspace: {members}, or use "
+            + instead.format(name=cluster.name)
+        ) from None
+
+
 def once_running(
     client: Client, args: argparse.Namespace, ws: common_pb2.Workspace
 ) -> common_pb2.Workspace:
@@ -288,7 +314,8 @@ def check_ssh(ws: common_pb2.Workspace, user: str = "", key: str = "") -> None:
 
 def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int:
     command = command_of(args, late, "ws ssh", required=False)
-    ws = once_running(client, args, client.get_workspace(args.id))
+    ws = get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
+    ws = once_running(client, args, ws)
     check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = site_netns(client.address, ws.node)
     if args.no_command and command:
