@@ -219,7 +219,10 @@ class Commands(common.ClientCommands):
             include_terminated=args.all, all_users=args.all_users
         )
         render.emit_list(
-            args, items, render.workspace_rows, "no workspaces; `ws create --image IMAGE` makes one"
+            args,
+            items,
+            lambda rows: render.workspace_rows(rows, whose=args.all_users),
+            "no workspaces; `ws create --image IMAGE` makes one",
         )
         return common.EXIT_OK
 
@@ -345,7 +348,7 @@ class Commands(common.ClientCommands):
         render.emit_list(
             args,
             items,
-            render.cluster_rows,
+            lambda rows: render.cluster_rows(rows, whose=args.all_users),
             "no clusters; `ws cluster create --member ROLE=IMAGE` makes one",
         )
         return common.EXIT_OK
