@@ -285,6 +285,11 @@ def test_a_cluster_named_where_a_workspace_is_wanted_is_named_as_one(
         assert members in err and instead in err
     rc, _, err = cli(cluster, capsys, "ssh", "nosuch")  # neither: as the service says
     assert rc == 1 and "no workspace 'nosuch'" in err and "cluster" not in err
+    with Client(cluster.address) as c:  # a destroyed cluster is no hint any more
+        c.destroy_cluster("mpi")
+        c.wait_for_cluster_state("mpi", [clusters_pb2.CLUSTER_STATE_TERMINATED], timeout_s=60)
+    rc, _, err = cli(cluster, capsys, "exec", "mpi", "--", "hostname")
+    assert rc == 1 and "no workspace 'mpi'" in err and "cluster" not in err
 
 
 def test_cluster_exec_with_a_role_it_does_not_have_names_its_roles(

@@ -34,9 +34,10 @@ from workspace.client import Client, state_name
 from workspace.client_guests import boot_wait_for
 from workspace.domain import booting
 from workspace.site import record as site_record
-from workspace.v1 import common_pb2
+from workspace.v1 import clusters_pb2, common_pb2
 
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
+TERMINATED = common_pb2.WorkspaceState.WORKSPACE_STATE_TERMINATED
 # The states a new (or started) workspace passes on its way to RUNNING.
 ON_THE_WAY = frozenset(
     {
@@ -211,7 +212,10 @@ def get_guest(client: Client, ref: str, instead: str) -> common_pb2.Workspace:
             cluster = client.get_cluster(ref)
         except errors.WorkspaceError:
             raise missing from None
-        names = [m.name for m in cluster.members]
+        if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
+            raise missing from None  # gone: its name says nothing now
+        live = [m for m in cluster.members if m.state != TERMINATED]
+        names = [m.name for m in live]
         shown = ", ".join(names[:MEMBERS_NAMED])
         if len(names) > MEMBERS_NAMED:
             shown += f", ... ({len(names)} in all)"
