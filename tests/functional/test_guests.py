@@ -268,6 +268,38 @@ def test_cluster_exec_reports_a_stopped_member(
     assert "== mpi-worker-0 (worker): not running (STOPPED)" in out
 
 
+def test_a_cluster_named_where_a_workspace_is_wanted_is_named_as_one(
+    cluster: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws ssh mpi`, `ws exec mpi` and `ws scp` to mpi: said only "no workspace 'mpi'",
+    leaving the user to guess that mpi's members are what they log in to."""
+    members = "(mpi-head-0, mpi-worker-0, mpi-worker-1)"
+    for argv, instead in (
+        (["ssh", "mpi"], "`ws cluster exec mpi -- CMD`"),
+        (["exec", "mpi", "--", "hostname"], "`ws cluster exec mpi -- CMD`"),
+        (["scp", "f.txt", "mpi:/tmp/"], "`ws cluster scp mpi SRC... :DST`"),
+    ):
+        rc, out, err = cli(cluster, capsys, *argv)
+        assert rc == 1 and out == ""
+        assert "mpi is a cluster, not a workspace: name one of its members" in err
+        assert members in err and instead in err
+    rc, _, err = cli(cluster, capsys, "ssh", "nosuch")  # neither: as the service says
+    assert rc == 1 and "no workspace 'nosuch'" in err and "cluster" not in err
+    with Client(cluster.address) as c:  # a destroyed cluster is no hint any more
+        c.destroy_cluster("mpi")
+        c.wait_for_cluster_state("mpi", [clusters_pb2.CLUSTER_STATE_TERMINATED], timeout_s=60)
+    rc, _, err = cli(cluster, capsys, "exec", "mpi", "--", "hostname")
+    assert rc == 1 and "no workspace 'mpi'" in err and "cluster" not in err
+
+
+def test_cluster_exec_with_a_role_it_does_not_have_names_its_roles(
+    cluster: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = cli(cluster, capsys, "cluster", "exec", "mpi", "--role", "wrker", "--", "true")
+    assert rc == 1 and out == ""
+    assert "cluster mpi has no members with role wrker; its roles: head, worker" in err
+
+
 # -- the interactive console -------------------------------------------------------------
 
 

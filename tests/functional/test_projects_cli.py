@@ -132,6 +132,22 @@ def test_quota_without_projects_and_list_all_users(
     assert [w["name"] for w in json.loads(out)] == []
     code, out, _ = run(ws, ready_site, capsys, "-o", "json", "list", "--all-users")
     assert [(w["name"], w["owner"]) for w in json.loads(out)] == [("anas", "ana")]
+    # Whose each is, as the README says, even when all are one user's: the columns
+    # were there only when the list held two owners.
+    code, out, _ = run(ws, ready_site, capsys, "list", "--all-users")
+    head, row = (line.split() for line in out.splitlines())
+    assert head[:4] == ["ID", "NAME", "OWNER", "PROJECT"] and row[1:4] == ["anas", "ana", "-"]
+    code, out, _ = run(ws, ready_site, capsys, "cluster", "list", "--all-users")
+    assert code == 0 and out == ""  # no clusters
+    ready_site.service.clusters.create(  # type: ignore[union-attr]
+        "ana",
+        clusters_pb2.CreateClusterRequest(
+            name="anac", members=[clusters_pb2.ClusterMember(role="w", image="img")]
+        ),
+    )
+    code, out, _ = run(ws, ready_site, capsys, "cluster", "list", "--all-users")
+    head, row = (line.split() for line in out.splitlines())
+    assert head[:4] == ["ID", "NAME", "OWNER", "PROJECT"] and row[1:4] == ["anac", "ana", "-"]
 
 
 def test_cluster_list_all_users(ready_site: Site, capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,6 +38,12 @@ def test_site_up_serves_metrics_and_events(tmp_path: Path) -> None:
             f"metrics: {rec.service_metrics}  (service)",
             f"metrics: {rec.agents[0].metrics}  (agent local)",
         ], text
+        # and the logs, which the README sends the admin to `site status` for
+        logs = [x.strip() for x in text.splitlines() if x.strip().startswith("log: ")]
+        assert logs == [
+            f"log: {d / 'service.log'}  (service)",
+            f"log: {rec.agents[0].log}  (agent local)",
+        ], text
         st = json.loads(ok(d, "admin", "-o", "json", "site", "status").out)
         assert st["service"]["metrics"] == rec.service_metrics
         svc = scrape(rec.service_metrics)

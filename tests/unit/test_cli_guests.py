@@ -105,7 +105,8 @@ class FakeClient:
         return ws
 
     def get_cluster(self, ref: str) -> clusters_pb2.Cluster:
-        assert self.cluster is not None
+        if self.cluster is None:
+            raise errors.NotFound(f"no cluster {ref!r}")
         return self.cluster
 
     def exec(

@@ -348,6 +348,7 @@ class Commands(common.ClientCommands):
                 f"health {st['health'] or '-'}"
             )
             _metrics_line(svc, "service")
+            print(f"  log: {svc['log']}  (service)")
             ident = st.get("identity") or {}
             who = ident.get("principal") or ident.get("note") or "-"
             print(f"  identity {who}  {ident.get('dir', '')}".rstrip())
@@ -358,6 +359,7 @@ class Commands(common.ClientCommands):
                     f"{agent['state']}{why}"
                 )
                 _metrics_line(agent, f"agent {agent['node']}")
+                print(f"  log: {agent['log']}  (agent {agent['node']})")
             if st.get("switch"):
                 sw = st["switch"]
                 there = "" if sw["exists"] else " MISSING"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from workspace import errors
-from workspace.cli import common, guest_cmds, render
+from workspace.cli import common, exec_cmds, guest_cmds, render
 from workspace.client import Client
 from workspace.domain import booting
 from workspace.v1 import common_pb2
@@ -92,7 +92,10 @@ def scp_command(
 
 def scp_cmd(args: argparse.Namespace, client: Client) -> int:
     ref, operands = plan(args.operands)
-    ws = guest_cmds.once_running(client, args, client.get_workspace(ref))
+    ws = guest_cmds.get_guest(
+        client, ref, "`ws cluster scp {name} SRC... :DST` (or `:SRC... DIR`) for every member"
+    )
+    ws = guest_cmds.once_running(client, args, ws)
     guest_cmds.check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = guest_cmds.site_netns(client.address, ws.node)
     known = guest_cmds.write_known_hosts(ws)
@@ -228,11 +231,11 @@ def copy_member(
 def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
     operands = cluster_plan(args.operands)
     guest_cmds.check_key_file(args.key or "")  # once, not on each member's line
-    cluster, members = guest_cmds.chosen_members(client, args.name, args.role)
-    with ThreadPoolExecutor(min(guest_cmds.CLUSTER_PARALLEL, len(members))) as pool:
+    cluster, members = exec_cmds.chosen_members(client, args.name, args.role)
+    with ThreadPoolExecutor(min(exec_cmds.CLUSTER_PARALLEL, len(members))) as pool:
         copies = list(pool.map(lambda m: copy_member(client, m, operands, args), members))
     bad = [c for c in copies if not c.ok]
-    line = guest_cmds.summary(copies, "copied")
+    line = exec_cmds.summary(copies, "copied")
     if render.wants_json(args):
         render.print_json(
             {

@@ -1,16 +1,12 @@
-"""Into a workspace from the command line.
+"""Into a workspace with SSH from the command line, and what `ws exec`, `ws scp` and
+the cluster commands share with it (cli/exec_cmds.py, cli/copy_cmds.py).
 
-    ws exec NAME [--timeout S] [--stdin] [--retry N] -- CMD [ARG...]   the QEMU guest agent
-    ws cluster exec NAME [--role R] [--sequential] [--timeout S] -- CMD [ARG...]
-    ws console NAME --attach                            the serial console; Ctrl-] leaves
     ws ssh NAME [--user U] [-i KEY] [--retry N] [--print] [-- CMD...]   host keys vouched
                                                         for by the service
 
-``ws exec`` exits with the command's exit code (124 when it ran past --timeout, as
-timeout(1) does). Run at a terminal, ``ws exec``, ``ws ssh`` (and ``ws scp``) wait for
-the guest of a workspace that started recently (``workspace/domain/booting.py``);
-``--retry N`` asks for it anywhere, scripts included.
-``ws cluster exec`` exits 0 only when every member's command exited 0.
+Run at a terminal, ``ws exec``, ``ws ssh`` (and ``ws scp``) wait for the guest of a
+workspace that started recently (``workspace/domain/booting.py``); ``--retry N`` asks for
+it anywhere, scripts included. ``ws ssh`` exits with ssh's exit code.
 Output follows workspace/cli/render.py (--output json), other exit codes
 workspace/cli/common.py.
 """
@@ -23,17 +19,14 @@ import os
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from workspace import errors
 from workspace.cli import common, forwards, render, sshwait
@@ -41,11 +34,10 @@ from workspace.client import Client, state_name
 from workspace.client_guests import boot_wait_for
 from workspace.domain import booting
 from workspace.site import record as site_record
-from workspace.v1 import access_pb2, clusters_pb2, common_pb2
+from workspace.v1 import clusters_pb2, common_pb2
 
-# timeout(1)'s exit code for a command that ran past its time.
-EXIT_TIMED_OUT = 124
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
+TERMINATED = common_pb2.WorkspaceState.WORKSPACE_STATE_TERMINATED
 # The states a new (or started) workspace passes on its way to RUNNING.
 ON_THE_WAY = frozenset(
     {
@@ -55,14 +47,12 @@ ON_THE_WAY = frozenset(
         common_pb2.WorkspaceState.WORKSPACE_STATE_STARTING,
     }
 )
-# Members run at once by `ws cluster exec` (in parallel by default).
-CLUSTER_PARALLEL = 16
 
 
 # -- the command after `--` ----------------------------------------------------------------
 
 
-class _OptionParser(argparse.ArgumentParser):
+class OptionParser(argparse.ArgumentParser):
     """Parses options given between NAME and ``--``; errors instead of exiting."""
 
     def __init__(self) -> None:
@@ -77,8 +67,8 @@ class _OptionParser(argparse.ArgumentParser):
         raise common.UsageError(message)
 
 
-def _command(
-    args: argparse.Namespace, options: _OptionParser, what: str, required: bool = True
+def command_of(
+    args: argparse.Namespace, options: OptionParser, what: str, required: bool = True
 ) -> list[str]:
     """The command of ``args.command`` (everything after NAME): options given after NAME
     and before ``--`` are parsed into ``args`` with ``options``."""
@@ -100,225 +90,10 @@ def _command(
     return rest
 
 
-def _add(p: argparse.ArgumentParser, late: _OptionParser, *names: str, **kw: Any) -> None:
+def add_option(p: argparse.ArgumentParser, late: OptionParser, *names: str, **kw: Any) -> None:
     """An option both before NAME (``p``) and between NAME and ``--`` (``late``)."""
     p.add_argument(*names, **kw)
     late.add(*names, **{k: v for k, v in kw.items() if k != "default"})
-
-
-def _text(data: bytes) -> str:
-    return data.decode(errors="replace")
-
-
-# -- ws exec -----------------------------------------------------------------------------
-
-
-def result_json(r: access_pb2.ExecResult) -> dict[str, Any]:
-    return {
-        "id": r.workspace_id,  # as `ws show` and `ws console` name it
-        "workspace": r.workspace_id,  # the first name of it, kept for scripts
-        "name": r.name,
-        "exit_code": r.exit_code,
-        "stdout": _text(r.stdout),
-        "stderr": _text(r.stderr),
-        "timed_out": r.timed_out,
-        "truncated": r.truncated,
-    }
-
-
-def _write(stream: Any, data: bytes) -> None:
-    stream.flush()
-    buf = getattr(stream, "buffer", None)
-    if buf is not None:
-        buf.write(data)
-        buf.flush()
-    else:
-        stream.write(_text(data))
-
-
-def input_waiting() -> bool:
-    """Whether standard input is a pipe or a non-empty file: input the caller likely
-    meant for the command (`ws exec box -- sh -c 'cat > f' < data`). Not a terminal,
-    /dev/null, or a closed one (cron, CI)."""
-    try:
-        st = os.fstat(sys.stdin.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
-    return stat.S_ISFIFO(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size > 0)
-
-
-def exec_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
-    argv = _command(args, late, "ws exec")
-    stdin = sys.stdin.buffer.read() if args.stdin else b""
-    if not args.stdin and input_waiting():
-        print(
-            "ws: standard input is not sent to the command; give --stdin to send it",
-            file=sys.stderr,
-        )
-    ws = once_running(client, args, client.get_workspace(args.id))
-    wait_s = boot_wait(args, ws)
-    r = client.exec(
-        args.id,
-        argv,
-        stdin,
-        int(args.timeout or 0),
-        boot_wait_s=wait_s,
-        on_wait=lambda _exc: print(
-            f"ws: no guest agent answers in {ws.name} yet{_started(ws)}: waiting up to "
-            f"{wait_s:.0f} s for the guest to boot",
-            file=sys.stderr,
-            flush=True,
-        ),
-    )
-    if render.wants_json(args):
-        render.print_json(result_json(r))
-    else:
-        _write(sys.stdout, r.stdout)
-        _write(sys.stderr, r.stderr)
-    if r.truncated:
-        print(f"ws: the output of {argv[0]} in {r.name} was cut (too long)", file=sys.stderr)
-    if r.timed_out:
-        print(
-            f"ws: {argv[0]} in {r.name} ran past its timeout; it was asked to stop "
-            "(it may still run)",
-            file=sys.stderr,
-        )
-        return EXIT_TIMED_OUT
-    return int(r.exit_code)
-
-
-# -- ws cluster exec ---------------------------------------------------------------------
-
-
-@dataclass
-class MemberRun:
-    """What one member's command did, or why it did not run."""
-
-    workspace: str
-    name: str
-    role: str
-    result: access_pb2.ExecResult | None = None
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.result is not None and not self.result.timed_out and self.result.exit_code == 0
-
-    @property
-    def status(self) -> str:
-        if self.result is None:
-            return self.error
-        if self.result.timed_out:
-            return "timed out"
-        return f"exit {self.result.exit_code}"
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.workspace,
-            "workspace": self.workspace,
-            "name": self.name,
-            "role": self.role,
-        }
-        if self.result is not None:
-            out.update(result_json(self.result))
-            out["error"] = ""
-        else:
-            out.update(exit_code=None, stdout="", stderr="", timed_out=False, truncated=False)
-            out["error"] = self.error
-        return out
-
-
-class MemberOutcome(Protocol):
-    """What was done on one member (`ws cluster exec`, `ws cluster scp`)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def status(self) -> str: ...
-
-
-def summary(runs: Sequence[MemberOutcome], done: str = "exited 0") -> str:
-    """ "3 members: 2 exited 0, 1 failed (w-1: exit 1)" (``done``: what the good ones
-    did)."""
-    ok = [r for r in runs if r.ok]
-    bad = [r for r in runs if not r.ok]
-    word = "member" if len(runs) == 1 else "members"
-    text = f"{len(runs)} {word}: {len(ok)} {done}"
-    if bad:
-        short = "; ".join(f"{r.name}: {r.status.splitlines()[0] if r.status else '?'}" for r in bad)
-        text += f", {len(bad)} failed ({short})"
-    return text
-
-
-def run_members(
-    client: Client,
-    members: Sequence[common_pb2.Workspace],
-    argv: Sequence[str],
-    stdin: bytes,
-    timeout_s: int,
-    parallel: bool,
-) -> list[MemberRun]:
-    """The command on every member, in members' order; failures are kept, never raised."""
-
-    def one(m: common_pb2.Workspace) -> MemberRun:
-        run = MemberRun(m.id, m.name, m.role)
-        if m.state != RUNNING:
-            run.error = f"not running ({state_name(m.state)})"
-            return run
-        try:
-            run.result = client.exec(m.id, argv, stdin, timeout_s)
-        except errors.WorkspaceError as exc:
-            run.error = exc.message
-        return run
-
-    if not parallel or len(members) < 2:
-        return [one(m) for m in members]
-    with ThreadPoolExecutor(min(CLUSTER_PARALLEL, len(members))) as pool:
-        return list(pool.map(one, members))
-
-
-def chosen_members(
-    client: Client, name: str, role: str | None
-) -> tuple[clusters_pb2.Cluster, list[common_pb2.Workspace]]:
-    """Cluster ``name`` and its members (of ``role``, if given); NotFound if none."""
-    cluster = client.get_cluster(name)
-    members = [m for m in cluster.members if not role or m.role == role]
-    if not members:
-        of_role = f" with role {role}" if role else ""
-        raise errors.NotFound(f"cluster {cluster.name} has no members{of_role}")
-    return cluster, members
-
-
-def cluster_exec_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
-    argv = _command(args, late, "ws cluster exec")
-    stdin = sys.stdin.buffer.read() if args.stdin else b""
-    cluster, members = chosen_members(client, args.name, args.role)
-    runs = run_members(client, members, argv, stdin, int(args.timeout or 0), not args.sequential)
-    line = summary(runs)
-    if render.wants_json(args):
-        render.print_json(
-            {
-                "cluster": cluster.name,
-                "members": [r.to_json() for r in runs],
-                "summary": {
-                    "members": len(runs),
-                    "exited_0": sum(r.ok for r in runs),
-                    "failed": [r.name for r in runs if not r.ok],
-                    "text": line,
-                },
-            }
-        )
-    else:
-        for r in runs:
-            print(f"== {r.name} ({r.role or '-'}): {r.status}", flush=True)
-            if r.result is not None:
-                out = r.result.stdout
-                _write(sys.stdout, out if not out or out.endswith(b"\n") else out + b"\n")
-                _write(sys.stderr, r.result.stderr)
-        print(line)
-    return common.EXIT_OK if all(r.ok for r in runs) else common.EXIT_REQUEST
 
 
 # -- ws ssh ------------------------------------------------------------------------------
@@ -422,6 +197,35 @@ def ws_address(ws: common_pb2.Workspace) -> str:
     raise errors.FailedPrecondition(f"workspace {ws.name} has no address yet")
 
 
+# Members a cluster named where a workspace was wanted are listed up to this many.
+MEMBERS_NAMED = 6
+
+
+def get_guest(client: Client, ref: str, instead: str) -> common_pb2.Workspace:
+    """Workspace ``ref``. NotFound as the service says it, unless ``ref`` names a cluster
+    (``ws ssh mpi``): then that it is one, its members' names, and ``instead``, the
+    command that does the same for every member (``{name}`` in it: the cluster's)."""
+    try:
+        return client.get_workspace(ref)
+    except errors.NotFound as missing:
+        try:
+            cluster = client.get_cluster(ref)
+        except errors.WorkspaceError:
+            raise missing from None
+        if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
+            raise missing from None  # gone: its name says nothing now
+        live = [m for m in cluster.members if m.state != TERMINATED]
+        names = [m.name for m in live]
+        shown = ", ".join(names[:MEMBERS_NAMED])
+        if len(names) > MEMBERS_NAMED:
+            shown += f", ... ({len(names)} in all)"
+        members = f"name one of its members ({shown})" if names else "it has no members now"
+        raise errors.NotFound(
+            f"{ref} is a cluster, not a workspace: {members}, or use "
+            + instead.format(name=cluster.name)
+        ) from None
+
+
 def once_running(
     client: Client, args: argparse.Namespace, ws: common_pb2.Workspace
 ) -> common_pb2.Workspace:
@@ -459,7 +263,7 @@ def boot_wait(args: argparse.Namespace, ws: common_pb2.Workspace) -> float:
     return default_boot_wait(ws)
 
 
-def _started(ws: common_pb2.Workspace, *why: str) -> str:
+def started_note(ws: common_pb2.Workspace, *why: str) -> str:
     """``" (WHY; it started 12 s ago)"``: ``why`` and when ``ws`` started, those known
     ("" if neither is)."""
     up = booting.up_for(ws.updated_at.ToNanoseconds() / 1e9, time.time())
@@ -480,7 +284,7 @@ def connect_attempts(args: argparse.Namespace, ws: common_pb2.Workspace, netns: 
 
         def say(why: str, wait_s: float) -> None:
             print(
-                f"ws: {ws.name}'s sshd does not answer yet{_started(ws, why)}: waiting "
+                f"ws: {ws.name}'s sshd does not answer yet{started_note(ws, why)}: waiting "
                 f"up to {wait_s:.0f} s for the guest to boot",
                 file=sys.stderr,
                 flush=True,
@@ -512,9 +316,10 @@ def check_ssh(ws: common_pb2.Workspace, user: str = "", key: str = "") -> None:
     ws_address(ws)
 
 
-def ssh_cmd(args: argparse.Namespace, client: Client, late: _OptionParser) -> int:
-    command = _command(args, late, "ws ssh", required=False)
-    ws = once_running(client, args, client.get_workspace(args.id))
+def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int:
+    command = command_of(args, late, "ws ssh", required=False)
+    ws = get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
+    ws = once_running(client, args, ws)
     check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = site_netns(client.address, ws.node)
     if args.no_command and command:
@@ -657,44 +462,22 @@ def run_in_foreground(cmd: list[str]) -> int:
 
 
 def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
-    """Add `exec` and `ssh` to ws."""
-    late = _OptionParser()
-    p = sub.add_parser(
-        "exec",
-        parents=[parent],
-        help="run a command in a workspace through its guest agent",
-        description="Run CMD in a running workspace through the QEMU guest agent (no network "
-        "needed), as root (the guest agent's user), and print its stdout and stderr; ws "
-        "exits with the command's exit code "
-        f"({EXIT_TIMED_OUT} if it ran past --timeout).",
-    )
-    p.add_argument("id", metavar="NAME", help="workspace name or id")
-    _add_exec_options(p, late)
-    _add(
-        p,
-        late,
-        "--retry",
-        type=common.positive_int,
-        metavar="N",
-        help="a workspace still starting: wait up to N s for it to be RUNNING, then up to "
-        "N s while no guest agent answers (default: at a terminal, one started less than "
-        f"{booting.BOOT_WINDOW_S:.0f} s ago is waited for until then; in a script, and "
-        "others, fail at once)",
-    )
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    p.set_defaults(func=lambda a: exec_cmd(a, client_for(a), late))
-
-    ssh_late = _OptionParser()
+    """Add `ssh` to ws."""
+    ssh_late = OptionParser()
     p = sub.add_parser(
         "ssh",
         parents=[parent],
         help="log in to a workspace with SSH, checking the host keys the service vouches for",
     )
     p.add_argument("id", metavar="NAME", help="workspace name or id")
-    _add(p, ssh_late, "--user", "-l", metavar="U", help="log in as U (default: the image's user)")
-    _add(p, ssh_late, "-i", dest="key", metavar="KEY", help="the private key file to use")
-    _add(p, ssh_late, "--print", action="store_true", help="print the ssh command, do not run it")
-    _add(
+    add_option(
+        p, ssh_late, "--user", "-l", metavar="U", help="log in as U (default: the image's user)"
+    )
+    add_option(p, ssh_late, "-i", dest="key", metavar="KEY", help="the private key file to use")
+    add_option(
+        p, ssh_late, "--print", action="store_true", help="print the ssh command, do not run it"
+    )
+    add_option(
         p,
         ssh_late,
         "--retry",
@@ -712,7 +495,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         ("-R", "a port of the guest forwarded to HOST:HOSTPORT as seen from here"),
         ("-D", "a local SOCKS proxy through the guest"),
     ):
-        _add(
+        add_option(
             p,
             ssh_late,
             flag,
@@ -722,7 +505,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
             metavar=_SPECS[flag][0],
             help=f"{what}, as ssh {flag} (repeatable; ssh ends if it cannot open it)",
         )
-    _add(
+    add_option(
         p,
         ssh_late,
         "-N",
@@ -730,7 +513,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         action="store_true",
         help="run no command: only the forwards, until Ctrl-C",
     )
-    _add_late_output(ssh_late)
+    add_late_output(ssh_late)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=lambda a: ssh_cmd(a, client_for(a), ssh_late))
 
@@ -760,41 +543,6 @@ def _forward(flag: str, spec: str) -> tuple[str, str]:
     return flag, spec
 
 
-def _add_exec_options(p: argparse.ArgumentParser, late: _OptionParser) -> None:
-    _add(
-        p,
-        late,
-        "--timeout",
-        type=common.positive_int,
-        metavar="S",
-        help="give up after S seconds (default: the service's, 60 s unless the site says)",
-    )
-    _add(p, late, "--stdin", action="store_true", help="send our stdin to the command")
-    _add_late_output(late)
-
-
-def _add_late_output(late: _OptionParser) -> None:
+def add_late_output(late: OptionParser) -> None:
     """The global --output, after NAME too (before `--`), as on every other command."""
     late.add("--output", "-o", choices=render.FORMATS)
-
-
-def register_cluster(
-    csub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
-) -> None:
-    """Add `cluster exec` to ws."""
-    late = _OptionParser()
-    p = csub.add_parser(
-        "exec",
-        parents=[parent],
-        help="run a command on every member of a cluster (in parallel)",
-        description="Run CMD on every running member (or those of --role) through their "
-        "guest agents; print each member's exit code and output, then a summary. Exits 0 "
-        "only when every member's command exited 0; a member that failed, timed out, is "
-        "not running or has no guest agent is reported as failed.",
-    )
-    p.add_argument("name", metavar="NAME", help="cluster name or id")
-    _add(p, late, "--role", metavar="R", help="only the members of role R")
-    _add(p, late, "--sequential", action="store_true", help="one member after another")
-    _add_exec_options(p, late)
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    p.set_defaults(func=lambda a: cluster_exec_cmd(a, client_for(a), late))

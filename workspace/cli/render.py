@@ -327,11 +327,11 @@ def limits_text(lim: common_pb2.Limits) -> str:
     return " ".join(f"{n}={getattr(lim, n)}" for n in names if getattr(lim, n))
 
 
-def workspace_rows(items: Sequence[common_pb2.Workspace]) -> str:
-    """One row per workspace; with more than one owner among them (an admin's
-    ``--all-users``, a project's), OWNER and PROJECT after NAME: two rows named
-    ``c1`` are told apart."""
-    shared = len({ws.owner for ws in items}) > 1
+def workspace_rows(items: Sequence[common_pb2.Workspace], whose: bool = False) -> str:
+    """One row per workspace; with more than one owner among them (a project's), or
+    ``whose`` (an admin's ``--all-users``, which asks whose each is), OWNER and PROJECT
+    after NAME: two rows named ``c1`` are told apart."""
+    shared = whose or len({ws.owner for ws in items}) > 1
     rows = [
         [
             ws.id,
@@ -460,10 +460,10 @@ def _running(c: clusters_pb2.Cluster) -> str:
     return f"{up}/{sum(m.count for m in c.spec) or len(c.members)}"
 
 
-def cluster_rows(items: Sequence[clusters_pb2.Cluster]) -> str:
+def cluster_rows(items: Sequence[clusters_pb2.Cluster], whose: bool = False) -> str:
     """One row per cluster; OWNER and PROJECT after NAME when more than one owner is
-    among them (as ``workspace_rows``)."""
-    shared = len({c.owner for c in items}) > 1
+    among them, or ``whose`` (as ``workspace_rows``)."""
+    shared = whose or len({c.owner for c in items}) > 1
     rows = [
         [
             c.id,

@@ -20,6 +20,7 @@ from workspace.cli import (
     console_cmds,
     copy_cmds,
     event_cmds,
+    exec_cmds,
     guest_cmds,
     image_cmds,
     key_cmds,
@@ -218,7 +219,10 @@ class Commands(common.ClientCommands):
             include_terminated=args.all, all_users=args.all_users
         )
         render.emit_list(
-            args, items, render.workspace_rows, "no workspaces; `ws create --image IMAGE` makes one"
+            args,
+            items,
+            lambda rows: render.workspace_rows(rows, whose=args.all_users),
+            "no workspaces; `ws create --image IMAGE` makes one",
         )
         return common.EXIT_OK
 
@@ -344,7 +348,7 @@ class Commands(common.ClientCommands):
         render.emit_list(
             args,
             items,
-            render.cluster_rows,
+            lambda rows: render.cluster_rows(rows, whose=args.all_users),
             "no clusters; `ws cluster create --member ROLE=IMAGE` makes one",
         )
         return common.EXIT_OK
@@ -565,7 +569,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
         common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g}")
         p.set_defaults(func=cmds.cluster_action)
 
-    guest_cmds.register_cluster(csub, parent, cmds.client)
+    exec_cmds.register_cluster(csub, parent, cmds.client)
     copy_cmds.register_cluster(csub, parent, cmds.client)
     cluster_cmds.register(csub, parent, cmds.client)
     event_cmds.register_cluster(csub, parent, cmds.client)
@@ -658,6 +662,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p.set_defaults(func=cmds.watch)
 
     policy_cmds.register(sub, parent, cmds.client)
+    exec_cmds.register(sub, parent, cmds.client)
     guest_cmds.register(sub, parent, cmds.client)
     copy_cmds.register(sub, parent, cmds.client)
     _add_cluster_parsers(sub, parent, cmds)
