@@ -406,3 +406,28 @@ def test_a_console_message_that_is_no_message_ends_the_session_invalid_argument(
     assert (err.value.details() or "").startswith(
         "AttachConsole: the request is not a valid message of its type ("
     )
+
+
+def test_a_console_cut_by_the_service_stopping_is_unavailable(box: Site) -> None:
+    """As a watch (docs/api.md): a console session the service's stop ends is an
+    outage (UNAVAILABLE: attach again, here or on another replica), not the end of
+    the session the guest or the user chose (it ended OK, and `ws console` said
+    nothing)."""
+    finished = threading.Event()
+
+    def keystrokes() -> Iterator[bytes]:
+        finished.wait(20)  # never detach
+        yield from ()
+
+    seen = b""
+    try:
+        with Client(box.address) as c, pytest.raises(errors.Unavailable) as err:
+            for data in c.attach_console("box", keystrokes()):
+                seen += data
+                if b"login: " in seen and box.service is not None:
+                    box.service.stop(2.0)  # as the daemon stops: streams get a moment
+                    box.service = None
+    finally:
+        finished.set()
+    assert err.value.code == "UNAVAILABLE"
+    assert "the service is stopping" in err.value.message

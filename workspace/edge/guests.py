@@ -16,7 +16,7 @@ from workspace.codec import guests as codec_guests
 from workspace.domain.tasks import ConsoleClosed, ConsoleOutput, TaskError, exception_of
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
-from workspace.errors import InvalidArgument, WorkspaceError
+from workspace.errors import InvalidArgument, Stopping, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops import guests
 from workspace.ops.taskhub import ConsoleLink, TaskHub
@@ -84,6 +84,13 @@ class GuestsServicer(access_pb2_grpc.GuestsServicer):
                     return
                 elif isinstance(event, TaskError):
                     raise exception_of(event)
+            if self.env.notifier.closed and context.is_active():
+                # An outage to the client, as a watch's end is (edge/calls.py ``stopping``):
+                # not the end of the session that the guest or the user chose.
+                raise Stopping(
+                    "the service is stopping; attach again (another replica, or this one "
+                    "once it is back)"
+                )
         finally:
             link.close()
 
