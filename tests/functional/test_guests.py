@@ -415,3 +415,51 @@ def test_grpc_status_of_exec_on_an_unknown_workspace(box: Site) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         stub.Exec(access_pb2.ExecRequest(id="nope", argv=["true"]), timeout=10)
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_console_message_that_is_no_message_ends_the_session_invalid_argument(
+    box: Site,
+) -> None:
+    """docs/api.md: bytes that are not a valid message of the method's type are
+    INVALID_ARGUMENT, on a request stream message by message. A broken keystroke
+    message once ended the console as a detach does: OK, as if nothing was wrong."""
+    from workspace.v1 import access_pb2
+
+    def requests() -> Iterator[bytes]:
+        yield access_pb2.ConsoleInput(id="box").SerializeToString()
+        yield b"\x0a\x05ab"  # a field of 5 bytes holding 2: truncated
+        time.sleep(10)  # not a detach: the client is still there
+
+    attach = box.stubs.channel.stream_stream("/workspace.v1.Guests/AttachConsole")
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in attach(requests(), timeout=30):  # the timeout a bound, not a check
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert (err.value.details() or "").startswith(
+        "AttachConsole: the request is not a valid message of its type ("
+    )
+
+
+def test_a_console_cut_by_the_service_stopping_is_unavailable(box: Site) -> None:
+    """As a watch (docs/api.md): a console session the service's stop ends is an
+    outage (UNAVAILABLE: attach again, here or on another replica), not the end of
+    the session the guest or the user chose (it ended OK, and `ws console` said
+    nothing)."""
+    finished = threading.Event()
+
+    def keystrokes() -> Iterator[bytes]:
+        finished.wait(20)  # never detach
+        yield from ()
+
+    seen = b""
+    try:
+        with Client(box.address) as c, pytest.raises(errors.Unavailable) as err:
+            for data in c.attach_console("box", keystrokes()):
+                seen += data
+                if b"login: " in seen and box.service is not None:
+                    box.service.stop(2.0)  # as the daemon stops: streams get a moment
+                    box.service = None
+    finally:
+        finished.set()
+    assert err.value.code == "UNAVAILABLE"
+    assert "the service is stopping" in err.value.message

@@ -231,3 +231,28 @@ def test_list_pages_through_every_workspace(ready_site: Site) -> None:
             workspaces_pb2.ListWorkspacesRequest(page_size=3, page_token="garbage!")
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_page_token_is_a_position_not_a_snapshot(ready_site: Site) -> None:
+    """docs/api.md, paging: workspaces destroyed or created between two pages neither
+    repeat nor hide the others; the token still holds when the workspace it was taken
+    after is gone."""
+    s = ready_site.stubs
+    ids = [s.create(name=f"q{i}", memory_mib=64).id for i in range(6)]
+    first = s.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest(page_size=2))
+    assert [w.id for w in first.workspaces] == ids[:2]
+    # The workspace the token was taken after, and one not listed yet, are destroyed;
+    # a new one is created.
+    for gone in (ids[1], ids[3]):
+        s.ws.DestroyWorkspace(s.ref(gone))
+        s.wait_state(gone, WS.WORKSPACE_STATE_TERMINATED)
+    late = s.create(name="late", memory_mib=64).id
+    seen: list[str] = []
+    token = first.next_page_token
+    while token:
+        resp = s.ws.ListWorkspaces(
+            workspaces_pb2.ListWorkspacesRequest(page_size=2, page_token=token)
+        )
+        seen.extend(w.id for w in resp.workspaces)
+        token = resp.next_page_token
+    assert seen == [ids[2], ids[4], ids[5], late]

@@ -16,7 +16,7 @@ from workspace.codec import guests as codec_guests
 from workspace.domain.tasks import ConsoleClosed, ConsoleOutput, TaskError, exception_of
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
-from workspace.errors import InvalidArgument, WorkspaceError
+from workspace.errors import InvalidArgument, Stopping, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops import guests
 from workspace.ops.taskhub import ConsoleLink, TaskHub
@@ -65,8 +65,9 @@ class GuestsServicer(access_pb2_grpc.GuestsServicer):
         try:
             if first.data:
                 link.send(first.data)
+            refused: list[InvalidArgument] = []  # a message of the client's it could not read
             threading.Thread(
-                target=_keystrokes, args=(request, link), name="console-in", daemon=True
+                target=_keystrokes, args=(request, link, refused), name="console-in", daemon=True
             ).start()
             while context.is_active() and not self.env.notifier.closed:
                 self.auth.check_revoked(who)
@@ -74,6 +75,8 @@ class GuestsServicer(access_pb2_grpc.GuestsServicer):
                 if isinstance(event, ConsoleOutput):
                     yield access_pb2.ConsoleChunk(data=event.data)
                 elif isinstance(event, ConsoleClosed):
+                    if refused:  # the input side closed it: the call ends with its status
+                        raise refused[0]
                     if event.reason:
                         yield access_pb2.ConsoleChunk(
                             data=f"\r\n[console closed: {event.reason}]\r\n".encode()
@@ -81,18 +84,33 @@ class GuestsServicer(access_pb2_grpc.GuestsServicer):
                     return
                 elif isinstance(event, TaskError):
                     raise exception_of(event)
+            if self.env.notifier.closed and context.is_active():
+                # An outage to the client, as a watch's end is (edge/calls.py ``stopping``):
+                # not the end of the session that the guest or the user chose.
+                raise Stopping(
+                    "the service is stopping; attach again (another replica, or this one "
+                    "once it is back)"
+                )
         finally:
             link.close()
 
 
-def _keystrokes(request: Iterator[access_pb2.ConsoleInput], link: ConsoleLink) -> None:
-    """The client's input to the guest until the client stops sending (detaches)."""
+def _keystrokes(
+    request: Iterator[access_pb2.ConsoleInput],
+    link: ConsoleLink,
+    refused: list[InvalidArgument],
+) -> None:
+    """The client's input to the guest until the client stops sending (detaches). A
+    message that is not a ConsoleInput (rpc_decode.py) ends the session, and the call
+    with INVALID_ARGUMENT (``refused``), not as a detach would."""
     try:
         for msg in request:
             if msg.data:
                 link.send(msg.data)
     except grpc.RpcError:
         pass
+    except InvalidArgument as exc:
+        refused.append(exc)
     except WorkspaceError as exc:  # the agent went away: the output side says so
         log.info("console input for %s stopped: %s", link.workspace_id, exc.message)
     finally:
