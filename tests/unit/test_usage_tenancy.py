@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_request_validation import Site, build_site
-from workspace.domain.model import CreateRequest, CreateSpec
+from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
+from workspace.domain.states import Op
 from workspace.domain.tenancy import ProjectSpec
 from workspace.domain.usage import Grouping
 from workspace.errors import NotFound
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import create, projects, queries, usage
+from workspace.ops import clusters, create, projects, queries, usage
 
 HOUR = 3600.0
 RUNNING = nodes_pb2.OBSERVED_STATE_RUNNING
@@ -133,3 +134,23 @@ def test_a_recreated_project_lists_its_members_none_of_the_old_ones_workspaces(
     assert {w.id for w in queries.list_all(env, "bob", include_terminated=True)} == {old, new}
     admin = Identity(Kind.USER, "root", admin=True)
     assert queries.get(env, admin, old).id == old
+
+
+def test_a_recreated_project_lists_its_members_none_of_the_old_ones_clusters(
+    site: Site,
+) -> None:
+    env = site.core.env
+    members = (MemberSpec(role="head", image="img"),)
+    bob = Identity(Kind.USER, "bob")
+    c = clusters.create(env, bob, ClusterRequest("c1", members, project="physics"))
+    site.report(c.members[0].id, RUNNING)
+    clusters.operate(env, bob, "c1", Op.DESTROY)
+    site.report(c.members[0].id, nodes_pb2.OBSERVED_STATE_ABSENT)
+    site.clock.now += HOUR
+    projects.delete_project(env, "physics")
+    projects.create_project(env, ProjectSpec("physics"))
+    projects.add_user(env, "physics", "carol")
+    assert clusters.list_clusters(env, "carol", include_terminated=True) == []
+    with pytest.raises(NotFound):
+        clusters.get(env, "carol", c.id)
+    assert [v.id for v in clusters.list_clusters(env, "bob", include_terminated=True)] == [c.id]
