@@ -8,8 +8,15 @@ from pathlib import Path
 import grpc
 
 from tests.functional.harness import SitePki, TlsSite
-from tests.functional.test_projects import make, refused
-from workspace.v1 import clusters_pb2, common_pb2, images_pb2
+from tests.functional.test_projects import make, projects, refused
+from workspace.v1 import (
+    clusters_pb2,
+    common_pb2,
+    images_pb2,
+    projects_pb2,
+    usage_pb2,
+    workspaces_pb2,
+)
 
 
 def test_deleting_an_image_in_use_names_only_the_workspaces_the_caller_sees(
@@ -178,5 +185,37 @@ def test_image_pages_hold_only_the_images_the_caller_sees(tmp_path: Path) -> Non
             images_pb2.ListImagesRequest(page_size=2, page_token="%%%"),
         ):
             refused(lambda req=req: alice.images.ListImages(req), grpc.StatusCode.INVALID_ARGUMENT)
+    finally:
+        site.close()
+
+
+def test_a_project_made_again_shows_its_members_nothing_of_the_old_one(tmp_path: Path) -> None:
+    """Usage and terminated workspaces keep their project's name: carol, whose certificate
+    names a physics made again after alice's was deleted, saw alice's usage in it."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1")
+        make(site, name="physics")
+        alice = site.identity("alice", projects=("physics",))
+        old = alice.create(name="old-secret", project="physics")
+        alice.wait_state(old.id, common_pb2.WORKSPACE_STATE_RUNNING)
+        alice.ws.DestroyWorkspace(alice.ref(old.id))
+        alice.wait_state(old.id, common_pb2.WORKSPACE_STATE_TERMINATED)
+        projects(site).DeleteProject(projects_pb2.DeleteProjectRequest(name="physics"))
+        make(site, name="physics")
+        carol = site.identity("carol", projects=("physics",))
+        assert not carol.ws.GetUsage(usage_pb2.GetUsageRequest()).rows
+        listed = carol.ws.ListWorkspaces(
+            workspaces_pb2.ListWorkspacesRequest(include_terminated=True)
+        )
+        assert not listed.workspaces
+        refused(lambda: carol.get(old.id), grpc.StatusCode.NOT_FOUND)
+        # alice keeps her own; the admin sees it, for the old project's bill.
+        (mine,) = alice.ws.GetUsage(usage_pb2.GetUsageRequest()).rows
+        assert (mine.key, mine.project) == (old.id, "physics")
+        admin = site.stubs.admin.GetUsage(usage_pb2.GetUsageRequest()).rows
+        assert [r.key for r in admin] == [old.id]
     finally:
         site.close()

@@ -346,9 +346,10 @@ def test_events_since_help_names_what_it_takes(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         admin.main(["events", "--help"], connect=lambda _s: pytest.fail("no client for --help"))
     text = " ".join(capsys.readouterr().out.split())
-    assert "an ISO date or time (2026-11-01," in text and "now" in text
+    assert "an ISO 8601 date or time (2026-11-01 or 20261101," in text and "now" in text
     parser = admin.build_parser(admin.Commands(lambda _s: None))  # type: ignore[arg-type, return-value]
     assert parser.parse_args(["events", "--since", "2026-11-01"]).since == 1793491200.0
+    assert parser.parse_args(["events", "--since", "20261101"]).since == 1793491200.0
 
 
 def test_site_up_json_gives_its_start_time_as_every_other_time(

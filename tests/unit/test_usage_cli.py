@@ -3,6 +3,7 @@ through the real client, gRPC and servicers, over a store with an injected clock
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -230,6 +231,28 @@ def test_times_and_durations() -> None:
     assert common.point_in_time("2026-11-01T01:00+01:00", now) == 1_793_491_200.0
     assert common.duration_s("1h30m") == 5400
     assert common.duration_s("90") == 90
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["20261101", "2026-11-01", "2026-11-01T00:00Z", "2026-11-01T00:00:00+00:00", "20261101T0000Z"],
+)
+def test_a_date_is_a_date_in_every_iso_form(text: str) -> None:
+    """`--since 20261101` was read as plain seconds: 20261101 s (234 days) ago."""
+    assert common.point_in_time(text, 1_800_000_000.0) == 1_793_491_200.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("20261301", "not a date"), ("1793491200", "seconds ago or a time")],
+)
+def test_an_ambiguous_number_is_refused(text: str, message: str) -> None:
+    """An 8-digit number that is no date, and a number of 9 digits or more (an epoch
+    time read as seconds ago gave a window from 1970), say what to write instead."""
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        common.point_in_time(text, 1_800_000_000.0)
+    # As seconds ago, with their unit, they are durations still.
+    assert common.point_in_time(text + "s", 2_000_000_000.0) == 2_000_000_000.0 - int(text)
 
 
 class _Events:

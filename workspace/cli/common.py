@@ -250,18 +250,33 @@ def duration_s(text: str) -> int:
 
 # What point_in_time takes, for --since/--until help.
 TIME_FORMAT = (
-    "an ISO date or time (2026-11-01, 2026-11-30T08:00:00Z; UTC unless it says), now, "
-    "or a duration ago: 10m, 24h, 7d"
+    "an ISO 8601 date or time (2026-11-01 or 20261101, 2026-11-30T08:00:00Z; UTC unless "
+    "it says), now, or a duration ago: 10m, 24h, 7d, 3600s"
 )
 
 
 def point_in_time(text: str, now: float | None = None) -> float:
-    """An ISO date or time (``2026-11-01``, ``2026-11-01T08:00``; UTC unless it says
-    otherwise), ``now``, or a duration ago (``7d``, ``24h``), as epoch seconds."""
+    """An ISO 8601 date or time (``2026-11-01``, ``20261101``, ``2026-11-01T08:00``; UTC
+    unless it says otherwise), ``now``, or a duration ago (``7d``, ``24h``, ``90s``), as
+    epoch seconds. A bare number of 8 digits is a date (``--since 20261101`` was
+    20261101 s ago); of 9 or more it is refused (an epoch time, or seconds ago?): a
+    duration says its unit."""
     t = text.strip()
     now = time.time() if now is None else now
     if t.lower() == "now":
         return now
+    if t.isdigit() and len(t) >= 8:
+        if len(t) > 8:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: say whether it is seconds ago or a time: {t}s, or "
+                "an ISO date or time (2026-11-01T08:00Z)"
+            )
+        try:
+            return datetime.strptime(t, "%Y%m%d").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a date (YYYYMMDD); for seconds ago write {t}s"
+            ) from None
     try:
         return now - duration_s(t)
     except argparse.ArgumentTypeError:

@@ -322,6 +322,13 @@ def register_admin(
         parents=[parent],
         help="forget a project nothing live belongs to (no workspace but terminated ones, "
         "no image, no backfill); its past usage stays reported under its name",
+        description="Refused while a workspace (not terminated), an image or a backfill "
+        "entry belongs to the project. Its past usage stays reported under its name to "
+        "admins (`ws-admin usage`) and to each owner (their own). A project made later "
+        "under the same name is a new one: its members see none of the old one's usage "
+        "or workspaces; `ws-admin usage --until T` (T: when it was made, `ws-admin "
+        "events --kind project`) bills the old one apart. A certificate naming the "
+        "old project makes its holder a member of the new one: revoke it first.",
     )
     q.add_argument("name", metavar="P", help="the project's name")
     q.set_defaults(func=delete)

@@ -275,7 +275,7 @@ def list_clusters(
     """The caller's clusters and their projects' (an admin's ``all_users``: everyone's)."""
     with env.store.read() as s:
         q = select(Cluster).order_by(Cluster.created_at)
-        where = scope(s, who).clause(Cluster, all_users)
+        where = scope(s, who, made=True).clause(Cluster, all_users, Cluster.created_at)
         if where is not None:
             q = q.where(where)
         if not include_terminated:

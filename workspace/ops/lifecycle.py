@@ -56,6 +56,8 @@ class _Ownable(Protocol):
     def project(self) -> str: ...
     @property
     def state(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
 
 
 R = TypeVar("R", bound=_Ownable)
@@ -80,10 +82,11 @@ def choose_owned(
     # The caller's own row, or any for an admin: seen whatever their projects (not read).
     if row is not None and (ident.admin or (ident.is_user and row.owner == ident.name)):
         return row
-    sc = scope(s, ident)
-    if row is not None and sc.sees(row.owner, row.project):
+    # A project's rows are those made since it was (not its deleted namesake's).
+    sc = scope(s, ident, made=True)
+    if row is not None and sc.sees(row.owner, row.project, row.created_at):
         return row
-    rows = [r for r in by_name() if sc.sees(r.owner, r.project)]
+    rows = [r for r in by_name() if sc.sees(r.owner, r.project, r.created_at)]
     # The caller's own come first, even a terminated one: an admin's `ws destroy g1`
     # once destroyed the batch user's live g1 because the admin's own g1 was gone.
     own = [r for r in rows if r.owner == sc.name]

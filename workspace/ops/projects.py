@@ -77,27 +77,42 @@ class Scope:
     # The caller acting in ``who``'s name (``acting_scope``): the images it sees may be
     # used too (image_refs.may_use); nothing else of it counts.
     acting: Scope | None = None
+    # When each of ``projects`` that exists was made (``project_times``; None: not read,
+    # every row of the name is theirs). A project deleted and made again under its name
+    # is a new one: its members see the rows of the name made since (created_at,
+    # started_at), not the old project's; of a project that no longer exists, none.
+    made: tuple[tuple[str, float], ...] | None = None
 
     @property
     def name(self) -> str:
         return self.who.name
 
-    def sees(self, owner: str, project: str) -> bool:
-        return self.who.admin or self.lists(owner, project)
+    def sees(self, owner: str, project: str, made_at: float | None = None) -> bool:
+        return self.who.admin or self.lists(owner, project, made_at)
 
-    def lists(self, owner: str, project: str) -> bool:
+    def lists(self, owner: str, project: str, made_at: float | None = None) -> bool:
         """Whether a row of ``owner`` in ``project`` is among those ``clause`` lists (not
         all users): the caller's own, their projects' but not the site's backfill, which
-        are the admins' alone, whatever their project."""
+        are the admins' alone, whatever their project. ``made_at``: when the row was
+        made, to tell the project of its name then from the one now (``made``)."""
         if not self.who.is_user:
             return False
-        return owner == self.who.name or (
-            bool(project) and project in self.projects and owner != BACKFILL_OWNER
-        )
+        if owner == self.who.name:
+            return True
+        if not project or project not in self.projects or owner == BACKFILL_OWNER:
+            return False
+        if made_at is None or self.made is None:
+            return True
+        since = dict(self.made).get(project)
+        return since is not None and made_at >= since
 
-    def clause(self, model: Any, all_users: bool = False) -> ColumnElement[bool] | None:
+    def clause(
+        self, model: Any, all_users: bool = False, made: Any = None
+    ) -> ColumnElement[bool] | None:
         """A WHERE clause for rows of ``model`` (owner, project) this caller lists; None:
-        every row (an admin asking for all users)."""
+        every row (an admin asking for all users). ``made``: the column of when a row was
+        made (``model.created_at``), to leave out the rows of a project deleted since
+        and of the old project of a name made again (``Scope.made``)."""
         if all_users:
             if not self.who.admin:
                 raise PermissionDenied("only admins may list every user's objects")
@@ -107,8 +122,13 @@ class Scope:
         mine = model.owner == self.who.name
         if not self.projects:
             return mine
-        theirs = and_(model.project.in_(sorted(self.projects)), model.owner != BACKFILL_OWNER)
-        return or_(mine, theirs)
+        if made is None or self.made is None:
+            of_projects = model.project.in_(sorted(self.projects))
+        elif not self.made:
+            return mine
+        else:
+            of_projects = or_(*(and_(model.project == p, made >= t) for p, t in self.made))
+        return or_(mine, and_(of_projects, model.owner != BACKFILL_OWNER))
 
 
 # Every call asks it: built once (building a statement costs more than running it).
@@ -123,9 +143,22 @@ def memberships(s: Session, who: Identity) -> frozenset[str]:
     return frozenset(who.projects) | frozenset(r[0] for r in rows)
 
 
-def scope(s: Session, who: Identity | str) -> Scope:
+def project_times(s: Session, names: Iterable[str]) -> tuple[tuple[str, float], ...]:
+    """(name, created_at) of each of ``names`` that exists, by name (``Scope.made``)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return ()
+    q = select(Project.name, Project.created_at).where(Project.name.in_(wanted))
+    return tuple(sorted((n, float(t or 0.0)) for n, t in s.execute(q)))
+
+
+def scope(s: Session, who: Identity | str, *, made: bool = False) -> Scope:
+    """``who``'s scope; ``made``: with when each of their projects was made (a read more),
+    for the reads that reach rows a project deleted since left behind (terminated
+    workspaces, usage intervals)."""
     ident = as_identity(who)
-    return Scope(ident, memberships(s, ident))
+    mine = memberships(s, ident)
+    return Scope(ident, mine, made=project_times(s, mine) if made else None)
 
 
 class FollowedScope:

@@ -60,7 +60,7 @@ def list_page(
         raise InvalidArgument("page_size must not be negative")
     with env.store.read() as s:
         q = select(*VIEW_COLUMNS).order_by(Workspace.created_at, Workspace.id)
-        where = scope(s, who).clause(Workspace, all_users)
+        where = scope(s, who, made=True).clause(Workspace, all_users, Workspace.created_at)
         if where is not None:
             q = q.where(where)
         if not include_terminated:

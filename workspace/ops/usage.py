@@ -11,7 +11,7 @@ from workspace.domain.leases import iso_time
 from workspace.domain.usage import Consumption, Grouping, Interval, UsageReport, totals
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity, Kind
-from workspace.ops.projects import Scope, scope
+from workspace.ops.projects import Scope, project_times, scope
 from workspace.ops.unit import Env
 from workspace.store import UsageInterval
 
@@ -40,7 +40,12 @@ def report(
 ) -> UsageReport:
     """Usage in [since, until) (until 0 = now): of what user ``owner`` sees, their
     workspaces and those of ``projects`` but the site's backfill ones (``owner`` None:
-    every workspace, an admin's report). Open intervals count until now."""
+    every workspace, an admin's report). Open intervals count until now.
+
+    Intervals are kept by project name: of a project, ``owner`` sees those begun since
+    the project now of that name was made (none of a deleted one), not those of an
+    older project deleted and made again under its name (``Scope.made``). An admin
+    sees them all; the old project's are those before the new one was made."""
     now = env.clock()
     check_window(since, until, now)
     until = until or now
@@ -48,10 +53,12 @@ def report(
         UsageInterval.started_at < until,
         or_(UsageInterval.ended_at == 0, UsageInterval.ended_at > since),
     )
-    if owner is not None:  # the rows its caller may see, as every list shows them
-        seen = Scope(Identity(Kind.USER, owner), frozenset(projects)).clause(UsageInterval)
-        q = q.where(seen) if seen is not None else q
     with env.store.read() as s:
+        if owner is not None:  # the rows its caller may see, as every list shows them
+            who = Identity(Kind.USER, owner)
+            sc = Scope(who, frozenset(projects), made=project_times(s, projects))
+            seen = sc.clause(UsageInterval, made=UsageInterval.started_at)
+            q = q.where(seen) if seen is not None else q
         intervals = [
             Interval(
                 iv.workspace_id,
