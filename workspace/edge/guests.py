@@ -19,7 +19,7 @@ from workspace.edge.calls import STREAM_POLL_S, stream, unary
 from workspace.errors import InvalidArgument, Stopping, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops import guests
-from workspace.ops.taskhub import ConsoleLink, TaskHub
+from workspace.ops.taskhub import CONSOLE_STOPPING, ConsoleLink, TaskHub
 from workspace.ops.unit import Env
 from workspace.v1 import access_pb2, access_pb2_grpc
 
@@ -87,10 +87,7 @@ class GuestsServicer(access_pb2_grpc.GuestsServicer):
             if self.env.notifier.closed and context.is_active():
                 # An outage to the client, as a watch's end is (edge/calls.py ``stopping``):
                 # not the end of the session that the guest or the user chose.
-                raise Stopping(
-                    "the service is stopping; attach again (another replica, or this one "
-                    "once it is back)"
-                )
+                raise Stopping(CONSOLE_STOPPING)
         finally:
             link.close()
 

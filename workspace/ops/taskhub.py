@@ -164,6 +164,12 @@ class Elsewhere(Protocol):
         ...
 
 
+# What a console session the service's stop ends says (UNAVAILABLE, as a watch's end).
+CONSOLE_STOPPING = (
+    "the service is stopping; attach again (another replica, or this one once it is back)"
+)
+
+
 class TaskHub:
     def __init__(self, on_save_copying: Callable[[str, SaveCopying], None] | None = None) -> None:
         self._lock = threading.Lock()
@@ -205,6 +211,15 @@ class TaskHub:
             if p.events is not None:
                 _offer(p.events, TaskError(UNAVAILABLE_CODE, message), force=True)
         log.info("node %s's task stream closed: %s", line.node, why)
+
+    def end_consoles(self, message: str = CONSOLE_STOPPING) -> None:
+        """The service is stopping: every console session open here ends UNAVAILABLE with
+        ``message`` at once (its reader waits on the session's queue, which no change of
+        the notifier wakes)."""
+        with self._lock:
+            queues = [p.events for p in self._pending.values() if p.events is not None]
+        for events in queues:
+            _offer(events, TaskError(UNAVAILABLE_CODE, message), force=True)
 
     def deliver(self, line: AgentLine, reply: TaskReply) -> None:
         """An agent's answer (ignored when no task of that line waits for it, or when it

@@ -363,6 +363,7 @@ class Service:
             self.relay.close()
         self.health.enter_graceful_shutdown()
         self.notifier.close()
+        self.hub.end_consoles()
         self.server.stop(grace_s).wait()
         self.node_server.stop(grace_s).wait()
         if self.metrics is not None:
