@@ -4,12 +4,14 @@ traceback, their unix sockets removed."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +38,17 @@ def wait_for(cond: object, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: int) -> None:
-    sock = tmp_path / "service.sock"
+@contextlib.contextmanager
+def two_daemons(
+    tmp_path: Path, peers: bool = False
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """(service, agent) on unix sockets under ``tmp_path`` (logs s.log, a.log), both up:
+    the service listening, the agent registered. Killed at the end if still running."""
     svc_cfg = config.write(
         tmp_path / "service.toml",
-        ServiceConfig(listen=f"unix:{sock}", data_dir=str(tmp_path / "d"), insecure=True),
+        ServiceConfig(
+            listen=f"unix:{tmp_path / 'service.sock'}", data_dir=str(tmp_path / "d"), insecure=True
+        ),
     )
     agent_cfg = config.write(
         tmp_path / "agent.toml",
@@ -49,7 +56,7 @@ def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: 
             node="n1",
             service=f"unix:{tmp_path / 'nodes.sock'}",
             state_dir=str(tmp_path / "agent"),
-            peer_listen=f"unix:{tmp_path / 'peers.sock'}",
+            peer_listen=f"unix:{tmp_path / 'peers.sock'}" if peers else "",
             insecure=True,
         ),
     )
@@ -58,6 +65,17 @@ def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: 
     try:
         wait_for(lambda: "listening on" in (tmp_path / "s.log").read_text(), "service")
         wait_for(lambda: "registered with" in (tmp_path / "a.log").read_text(), "agent")
+        yield svc, agent
+    finally:
+        for proc in (agent, svc):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: int) -> None:
+    with two_daemons(tmp_path, peers=True) as (svc, agent):
         for proc, log in ((agent, "a.log"), (svc, "s.log")):
             proc.send_signal(sig)
             assert proc.wait(60) == 0, (tmp_path / log).read_text()
@@ -66,11 +84,6 @@ def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: 
             assert "Traceback" not in text, text
         for name in ("service.sock", "nodes.sock", "peers.sock"):
             assert not (tmp_path / name).exists(), name
-    finally:
-        for proc in (agent, svc):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_a_sqlite_service_stops_without_a_warning_about_replicas(
@@ -174,26 +187,7 @@ def test_a_signal_taken_by_another_thread_still_stops_the_daemon(
     """The main thread waited in Event.wait() without a timeout, which a signal that
     another thread received does not interrupt: `kill PID` was then ignored for good (about
     one time in ten), and `systemctl stop` took its 15 s and a SIGKILL."""
-    svc_cfg = config.write(
-        tmp_path / "service.toml",
-        ServiceConfig(
-            listen=f"unix:{tmp_path / 'service.sock'}", data_dir=str(tmp_path / "d"), insecure=True
-        ),
-    )
-    agent_cfg = config.write(
-        tmp_path / "agent.toml",
-        AgentConfig(
-            node="n1",
-            service=f"unix:{tmp_path / 'nodes.sock'}",
-            state_dir=str(tmp_path / "agent"),
-            insecure=True,
-        ),
-    )
-    svc = spawn(["-m", "workspace.service.main", "--config", str(svc_cfg)], tmp_path / "s.log")
-    agent = spawn(["-m", "agent.main", "--config", str(agent_cfg)], tmp_path / "a.log")
-    try:
-        wait_for(lambda: "listening on" in (tmp_path / "s.log").read_text(), "service")
-        wait_for(lambda: "registered with" in (tmp_path / "a.log").read_text(), "agent")
+    with two_daemons(tmp_path) as (svc, agent):
         proc, log = (svc, "s.log") if daemon == "service" else (agent, "a.log")
         to_a_thread(proc.pid, signal.SIGTERM)
         try:
@@ -202,8 +196,3 @@ def test_a_signal_taken_by_another_thread_still_stops_the_daemon(
             rc = None
         assert rc == 0, (tmp_path / log).read_text()
         assert "signal 15: shutting down" in (tmp_path / log).read_text()
-    finally:
-        for p in (agent, svc):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
