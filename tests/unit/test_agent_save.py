@@ -54,6 +54,19 @@ def collect(into: list[bytes]) -> Send:
     return send
 
 
+def _big_qcow2(tmp_path: Path) -> Path:
+    """A qcow2 of 64 MiB with 48 MiB written: a copy of many clusters, long enough to be
+    seen in progress."""
+    src = tmp_path / "big.qcow2"
+    qemu_img.create_blank(src, 64 * 2**20)
+    subprocess.run(
+        ["qemu-io", "-c", "write -P 7 0 48M", "-f", "qcow2", str(src)],
+        check=True,
+        capture_output=True,
+    )
+    return src
+
+
 def test_a_shut_off_domains_overlay_is_sent_flattened(
     node: tuple[WorkspaceFiles, FakeDriver, Path],
 ) -> None:
@@ -108,13 +121,7 @@ def test_qemu_img_progress_figures_are_read_as_they_come(tmp_path: Path) -> None
     """`qemu-img convert -p` output, parsed; a disk of many clusters tells its figures
     in order up to 100; a failing copy still says why."""
     assert qemu_img.progress_figures(b"    (0.00/100%)\r    (45.02/100%)\r") == [0.0, 45.02]
-    src = tmp_path / "big.qcow2"
-    qemu_img.create_blank(src, 64 * 2**20)
-    subprocess.run(
-        ["qemu-io", "-c", "write -P 7 0 48M", "-f", "qcow2", str(src)],
-        check=True,
-        capture_output=True,
-    )
+    src = _big_qcow2(tmp_path)
     seen: list[float] = []
     qemu_img.flatten(src, tmp_path / "flat.qcow2", 60, seen.append)
     assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == 100.0, seen
@@ -177,13 +184,7 @@ def test_a_cancelled_save_stops_its_copy_and_sends_nothing(
 
 
 def test_qemu_img_is_killed_when_its_progress_reader_stops_the_copy(tmp_path: Path) -> None:
-    src = tmp_path / "big.qcow2"
-    qemu_img.create_blank(src, 64 * 2**20)
-    subprocess.run(
-        ["qemu-io", "-c", "write -P 7 0 48M", "-f", "qcow2", str(src)],
-        check=True,
-        capture_output=True,
-    )
+    src = _big_qcow2(tmp_path)
 
     def stop(percent: float) -> None:
         raise KeyboardInterrupt

@@ -325,14 +325,21 @@ def test_a_lost_workspace_is_stopped_once_its_node_is_back(site: Site) -> None:
     assert row(site, wid).desired_state == Desired.STOPPED.value
 
 
-def test_a_cluster_start_leaves_members_whose_lease_ended(site: Site) -> None:
-    members = (MemberSpec(role="head", image="img"),)
+def _stopped_at_its_leases_end(site: Site, role: str) -> str:
+    """Cluster c1 of one member (of ``role``), stopped by the lease pass when its lease of
+    an hour ended; the member's id."""
+    members = (MemberSpec(role=role, image="img"),)
     c = clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=HOUR))
     (wid,) = [m.id for m in c.members]
     site.report(wid, RUNNING)
     site.clock.now += HOUR
     assert leases.check(env(site)).expired == [wid]
     site.report(wid, STOPPED)
+    return wid
+
+
+def test_a_cluster_start_leaves_members_whose_lease_ended(site: Site) -> None:
+    wid = _stopped_at_its_leases_end(site, "head")
     with pytest.raises(FailedPrecondition, match="lease ended at"):
         clusters.operate(env(site), "alice", "c1", Op.START)
     leases.extend(env(site), "alice", wid, HOUR)
@@ -404,13 +411,7 @@ def test_a_time_no_timestamp_holds_is_shown_as_the_last_it_can() -> None:
 def test_a_cluster_whose_lease_ended_does_not_grow_until_it_is_extended(site: Site) -> None:
     """A new member shares its cluster's lease: once that ended, it would be born with an
     ended lease and run (until the next lease pass stopped it) where a start is refused."""
-    members = (MemberSpec(role="w", image="img"),)
-    c = clusters.create(env(site), "alice", ClusterRequest("c1", members, lease_s=HOUR))
-    (wid,) = [m.id for m in c.members]
-    site.report(wid, RUNNING)
-    site.clock.now += HOUR
-    assert leases.check(env(site)).expired == [wid]
-    site.report(wid, STOPPED)
+    wid = _stopped_at_its_leases_end(site, "w")
     with pytest.raises(FailedPrecondition, match=r"lease ended at .*ws lease extend"):
         cluster_scale.scale(env(site), "alice", "c1", "w", 2)
     assert [w.id for w in site.workspaces()] == [wid]
