@@ -115,6 +115,10 @@ class GroupCommit:
     def _batch(self, env: Env, batch: list[_Item[object]]) -> None:
         refused: list[SiteEvent] = []
         self.batches += 1
+        with env.store.write_lock:  # published in commit order, as ops/unit.py ``write``
+            self._run(env, batch, refused)
+
+    def _run(self, env: Env, batch: list[_Item[object]], refused: list[SiteEvent]) -> None:
         try:
             with env.store.write() as s:
                 engines.open_transaction(s)  # the SAVEPOINTs below must not commit

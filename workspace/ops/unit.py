@@ -168,21 +168,25 @@ def write(env: Env, refused_into: list[SiteEvent] | None = None) -> Iterator[Uni
     ``refused_into``: a refusal's site events are put there for the caller to record
     or not (the autoscaler: only when its decision is news), instead of recorded."""
     refused: list[SiteEvent] = []
-    try:
-        with env.store.write() as s:
-            u = UnitOfWork(s, env.clock)
-            try:
-                yield u
-                u.seal()
-            except WorkspaceError as exc:
-                # Read before the rollback expires the rows.
-                made = journal.created(u.s) + u.rows()
-                refused = refusals.refused(exc, made, env.clock())
-                if refused_into is not None:
-                    refused_into.extend(refused)
-                    refused = []
-                raise
-    finally:
-        if refused:
-            refusals.record(env.store, env.notifier, refused)
-    u.publish(env.notifier)
+    # Published before the write lock is let go: watchers get one workspace's changes in
+    # the order they were committed (two writers publishing after the lock could be
+    # overtaken, and a watcher's last event would show the older state).
+    with env.store.write_lock:
+        try:
+            with env.store.write() as s:
+                u = UnitOfWork(s, env.clock)
+                try:
+                    yield u
+                    u.seal()
+                except WorkspaceError as exc:
+                    # Read before the rollback expires the rows.
+                    made = journal.created(u.s) + u.rows()
+                    refused = refusals.refused(exc, made, env.clock())
+                    if refused_into is not None:
+                        refused_into.extend(refused)
+                        refused = []
+                    raise
+        finally:
+            if refused:
+                refusals.record(env.store, env.notifier, refused)
+        u.publish(env.notifier)
