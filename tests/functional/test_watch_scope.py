@@ -142,3 +142,32 @@ def test_a_user_removed_from_a_project_stops_following_its_workspaces_events(
         assert again.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         site.close()
+
+
+def test_a_user_added_to_a_project_sees_its_workspaces_on_an_open_watch(
+    tmp_path: Path,
+) -> None:
+    """`ws-admin project add-user` brings the project's workspaces into the member's open
+    `ws watch`, as into `ws list`: those there already, and their changes from then on
+    (before, the watch filtered on the scope it began with)."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        projects = _grid(site)
+        alice = site.identity("alice")
+        bob = site.identity("bob", projects=("grid",))
+        there = bob.create(name="there", project="grid")
+        stream = alice.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+        seen: queue.Queue[workspaces_pb2.WorkspaceEvent] = queue.Queue()
+        threading.Thread(target=_collect, args=(stream, seen), daemon=True).start()
+        got: list[tuple[str, int]] = []
+        alice.create(name="mine")  # her own: once its events arrive, bob's would have too
+        wait_for(lambda: _drain(seen, got) or "mine" in {n for n, _ in got}, what="her own")
+        assert "there" not in {n for n, _ in got}
+        projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="grid", user="alice"))
+        wait_for(lambda: _drain(seen, got) or "there" in {n for n, _ in got}, what="bob's")
+        bob.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=there.id))
+        stopped = ("there", WS.WORKSPACE_STATE_STOPPED)
+        wait_for(lambda: _drain(seen, got) or stopped in got, what="bob's workspace stopped")
+        stream.cancel()
+    finally:
+        site.close()

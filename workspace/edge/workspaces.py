@@ -223,6 +223,25 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                 return False
             return True
 
+        shown = seen.last.projects  # the projects whose workspaces the watch has sent
+
+        def joined() -> list[WorkspaceView]:
+            """The workspaces of projects the caller was added to since the watch sent
+            theirs (`ws-admin project add-user`): their events were not accepted before,
+            so they are sent as they are now, as a new watch's snapshot has them."""
+            nonlocal shown
+            if target:
+                return []
+            now = seen.current().projects
+            added, shown = now - shown, now
+            if not added:
+                return []
+            return [
+                ws
+                for ws in queries.list_all(self.env, who, request.include_terminated)
+                if ws.project in added and ws.owner != who.name
+            ]
+
         watcher = notifier.subscribe(accepts)
         try:
             if target:
@@ -235,6 +254,8 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                 )
             while context.is_active() and not notifier.closed:
                 self.auth.check_revoked(who)
+                for ws in joined():
+                    yield workspaces_pb2.WorkspaceEvent(workspace=v1.workspace_to_proto(ws))
                 try:
                     ev = watcher.events.get(timeout=STREAM_POLL_S)
                 except queue.Empty:
