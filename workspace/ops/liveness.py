@@ -30,7 +30,7 @@ def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
     the leader lock); the heartbeats before it were not its to see."""
     now = env.clock()
     cutoff = now - env.cfg.node_grace_s
-    if max(env.started_at, env.store.reachable_since(), judging_since) > cutoff:
+    if _heard_since(env, judging_since) > cutoff:
         # give agents a grace period after a service restart, after the store's database
         # was away (their heartbeats could not be recorded meanwhile), and after this
         # replica became the leader: the database may have been away without its noticing
@@ -38,7 +38,7 @@ def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
         return []
     down: list[str] = []
     with write(env) as u:
-        if env.store.reachable_since() > cutoff:
+        if _heard_since(env, judging_since) > cutoff:
             return []  # this very write waited for another replica's (Store.write)
         for node in u.s.execute(
             select(Node).where(Node.state != NodeState.DOWN.value, Node.last_heartbeat < cutoff)
@@ -52,6 +52,12 @@ def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
             down.append(node.name)
         refresh(env, u, u.changed_clusters())
     return down
+
+
+def _heard_since(env: Env, judging_since: float = 0.0) -> float:
+    """Since when agents' heartbeats could be recorded and seen here: this service's
+    start, its database's return (or the end of a stalled write), ``judging_since``."""
+    return max(env.started_at, env.store.reachable_since(), judging_since)
 
 
 def silence_s(env: Env) -> float:
@@ -69,7 +75,7 @@ def with_node_silence(env: Env, s: Session, views: Sequence[WorkspaceView]) -> l
     now = env.clock()
     cutoff = now - silence_s(env)
     nodes = {v.node for v in views if v.node and v.state is not State.TERMINATED}
-    if not nodes or max(env.started_at, env.store.reachable_since()) > cutoff:
+    if not nodes or _heard_since(env) > cutoff:
         return list(views)
     rows = s.execute(
         select(Node.name, Node.last_heartbeat).where(
