@@ -224,8 +224,42 @@ def test_explanation_names_every_filters_verdict_per_node() -> None:
         "verdict": "rejected",
         "filter": "state",
         "reason": "are DRAINING",
+        "rejections": [{"filter": "state", "reason": "are DRAINING"}],
     }
     assert verdicts[1]["verdict"] == "chosen"
+
+
+def test_every_filter_that_rejects_a_node_is_named_not_only_the_first() -> None:
+    # node-x is draining, too small, of the wrong type and lacks both labels: an admin
+    # asking why nothing fits sees every reason, not just "are DRAINING".
+    nodes = [
+        NodeView("node-x", "DRAINING", 2, 1024, hypervisor="xen", labels={"gpu": "v100"}),
+        NodeView("node-y", "READY", 8, 16384, hypervisor="kvm", labels={"gpu": "a100"}),
+    ]
+    req = Request(10, 4096, (), (), {"gpu": "a100", "hypervisor": "kvm", "rack": "r1"})
+    story = explain(nodes, [req], CFG)
+    verdicts = {v.node: v for v in story.steps[0].verdicts}
+    x = verdicts["node-x"]
+    assert (x.filter, x.reason) == ("state", "are DRAINING")  # the placement's reason
+    assert x.rejections == (
+        ("state", "are DRAINING"),
+        ("requirements", "do not match gpu=a100"),
+        ("requirements", "do not match hypervisor=kvm"),
+        ("requirements", "do not match rack=r1"),
+        ("cpu", "have too few free CPUs"),
+        ("memory", "have too little free memory"),
+    )
+    assert verdicts["node-y"].rejections == (("requirements", "do not match rack=r1"),)
+    # the placement's own counts still name one reason per node
+    assert story.placement.rejected == {"are DRAINING": 1, "do not match rack=r1": 1}
+    assert (
+        "node-x  rejected  state: are DRAINING; requirements: do not match gpu=a100; "
+        "requirements: do not match hypervisor=kvm; requirements: do not match rack=r1; "
+        "cpu: have too few free CPUs; memory: have too little free memory"
+    ) in story.render_text()
+    got = story.to_dict()["steps"][0]["verdicts"][0]
+    assert got["filter"] == "state"
+    assert [(r["filter"], r["reason"]) for r in got["rejections"]] == list(x.rejections)
 
 
 def test_successful_explanation_lists_placements_in_callers_order() -> None:

@@ -323,6 +323,9 @@ def test_batch_paths_agree_with_the_reference(
             assert all(f.host_passes(h, req, ctx) is None for h in snap.hosts)
             continue
         expected = [h for h in snap.hosts if f.host_passes(h, req, ctx) is None]
+        for h in snap.hosts:  # explain's complete mode: the same verdict, the same first
+            why = f.host_passes(h, req, ctx)
+            assert f.every_reason(h, req, ctx)[:1] == ([] if why is None else [why])
         kept = f.filter_all(snap.hosts, req, ctx)
         assert kept == expected
         reasons = Counter(f.host_passes(h, req, ctx) for h in snap.hosts if h not in kept)

@@ -446,8 +446,8 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
         parents=[parent],
         help="replay a `schedule dump` file offline: the placement and every node's verdict",
         description="Replay a file written by `ws-admin schedule dump` without contacting "
-        "the service: the placement and, per request, every node's verdict (the filter "
-        "that rejected it, or its weights). Exit status 1 when the request does not fit.",
+        "the service: the placement and, per request, every node's verdict (every filter "
+        "that rejects it, or its weights). Exit status 1 when the request does not fit.",
     )
     p.add_argument("file", metavar="FILE", help='scheduler input JSON ("-" for stdin)')
     p.set_defaults(func=cmds.schedule_explain)

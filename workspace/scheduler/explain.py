@@ -1,7 +1,8 @@
 """Explainable placement: replay a saved scheduler input and show every verdict.
 
-For each request, in the order the scheduler places them, every node gets a verdict: the
-first filter that rejected it and why, or its total weight and each weigher's part. The
+For each request, in the order the scheduler places them, every node gets a verdict: every
+filter that rejects it and why (the placement itself stops at the first; explain runs them
+all, off the hot path), or its total weight and each weigher's part. The
 decision itself comes from the same code as a live placement (``engine.choose``), on the
 same consumed snapshot, so the explanation is of what the service would do.
 
@@ -47,10 +48,13 @@ class NodeVerdict:
     node: str
     passed: bool
     chosen: bool = False
-    filter: str = ""  # the filter that rejected the node
+    filter: str = ""  # the first filter that rejected the node (the placement's reason)
     reason: str = ""
     score: float | None = None  # total weight (None: rejected, or no weigher was active)
     weights: tuple[tuple[str, float], ...] = ()  # (weigher, multiplier x weight)
+    # Every (filter, reason) that rejects the node, in the filters' order (the first is
+    # ``filter``/``reason``): the placement stops at the first, an admin wants them all.
+    rejections: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         verdict = "chosen" if self.chosen else "passed" if self.passed else "rejected"
@@ -61,7 +65,12 @@ class NodeVerdict:
         else:
             out["filter"] = self.filter
             out["reason"] = self.reason
+            out["rejections"] = [{"filter": f, "reason": r} for f, r in self.rejections]
         return out
+
+    def rejected_text(self) -> str:
+        """``filter: reason; filter: reason ...`` for every rejection."""
+        return "; ".join(f"{f}: {r}" for f, r in self.rejections)
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,7 @@ class Explanation:
             )
             for v in s.verdicts:
                 if not v.passed:
-                    lines.append(f"    {v.node:<{width}}  rejected  {v.filter}: {v.reason}")
+                    lines.append(f"    {v.node:<{width}}  rejected  {v.rejected_text()}")
                     continue
                 what = "chosen  " if v.chosen else "passed  "
                 if v.score is None:
@@ -221,16 +230,14 @@ def _verdicts(
     snapshot: Snapshot, req: Request, ctx: Context, chosen: HostState | None
 ) -> tuple[NodeVerdict, ...]:
     weighers = weighers_for(snapshot.cfg)
-    rejected: dict[str, tuple[str, str]] = {}
+    # The complete mode: every active filter on every node, each with all its reasons.
+    active = [f for f in FILTERS if f.active(req, ctx)]
+    rejected: dict[str, tuple[tuple[str, str], ...]] = {}
     passing: list[HostState] = []
     for h in snapshot.hosts:
-        for f in FILTERS:
-            if not f.active(req, ctx):
-                continue
-            why = f.host_passes(h, req, ctx)
-            if why is not None:
-                rejected[h.name] = (f.name, why)
-                break
+        found = tuple((f.name, why) for f in active for why in f.every_reason(h, req, ctx))
+        if found:
+            rejected[h.name] = found
         else:
             passing.append(h)
     total = scores(passing, req, ctx, weighers) if passing else None
@@ -253,8 +260,11 @@ def _verdicts(
         if h.name in by_host:
             out.append(by_host[h.name])
         else:
-            f_name, why = rejected[h.name]
-            out.append(NodeVerdict(h.name, passed=False, filter=f_name, reason=why))
+            found = rejected[h.name]
+            f_name, why = found[0]
+            out.append(
+                NodeVerdict(h.name, passed=False, filter=f_name, reason=why, rejections=found)
+            )
     return tuple(out)
 
 

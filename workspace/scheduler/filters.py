@@ -44,6 +44,13 @@ class Filter:
     def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
         return [h for h in hosts if self.host_passes(h, req, ctx) is None]
 
+    def every_reason(self, host: HostState, req: Request, ctx: Context) -> list[str]:
+        """Every reason this filter has to reject ``host`` (none: it passes). Not on the
+        placement's path: ``explain`` shows them all, where ``host_passes`` stops at the
+        first (a node matching none of two labels says both)."""
+        why = self.host_passes(host, req, ctx)
+        return [] if why is None else [why]
+
     def reason(self, req: Request, ctx: Context) -> str:
         """The rejection reason of a dynamic filter (one per request and context)."""
         raise NotImplementedError
@@ -119,6 +126,14 @@ class RequirementsFilter(Filter):
                 return f"do not match {key}={want}"
         return None
 
+    def every_reason(self, host: HostState, req: Request, ctx: Context) -> list[str]:
+        view = host.view
+        return [
+            f"do not match {key}={want}"
+            for key, want in sorted(req.requirements.items())
+            if (view.hypervisor if key == "hypervisor" else view.labels.get(key)) != want
+        ]
+
 
 class ConditionFilter(Filter):
     """A node whose agent reports it cannot serve the request (docs/design/agent.md, "Node
@@ -147,6 +162,17 @@ class ConditionFilter(Filter):
         if any(f"{NETWORK_NOT_READY}:{net}" in have for net in req.networks):
             return self.NOT_READY
         return None
+
+    def every_reason(self, host: HostState, req: Request, ctx: Context) -> list[str]:
+        have = host.view.conditions
+        out = []
+        if HYPERVISOR_UNREACHABLE in have:
+            out.append(self.UNREACHABLE)
+        if req.isolated and NO_ISOLATION in have:
+            out.append(self.NO_ISOLATION)
+        if any(f"{NETWORK_NOT_READY}:{net}" in have for net in req.networks):
+            out.append(self.NOT_READY)
+        return out
 
 
 class CpuFilter(Filter):
@@ -285,5 +311,6 @@ DYNAMIC_FILTERS: tuple[Filter, ...] = (
     HardAntiAffinityFilter(),
     HardAffinityFilter(),
 )
-# The order filters run in (cheap first); a host's reported reason is the first rejection.
+# The order filters run in (cheap first); a host's reported reason is the first rejection
+# (``explain`` lists every filter's, in this order).
 FILTERS: tuple[Filter, ...] = STATIC_FILTERS + DYNAMIC_FILTERS
