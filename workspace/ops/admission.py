@@ -12,11 +12,17 @@ the node closest to fitting it, for a cluster the fewest such nodes that hold it
 recomputed at every create and queue pass; later requests may use every other node.
 Nothing new is placed on a held node, so its free capacity only grows: the head is
 never delayed by a later request.
+
+The preemptible class yields to the normal one (docs/design/preemption.md), in the queue
+too: a preemptible head holds its node(s) only against preemptible newcomers. A normal
+newcomer is kept off the nodes of the oldest waiting *normal* request instead (which a
+preemptible newcomer respects as well), so a normal request is never held back by a
+preemptible one, and the first normal waiter keeps the protection a head has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, func, or_, select
@@ -52,6 +58,25 @@ class Entry:
     deadline: float
     ids: set[str] = field(default_factory=set)
     affinity: scheduler.Affinity = scheduler.Affinity.NONE
+    preemptible: bool = False
+
+
+def holders(waiting: Sequence[Entry]) -> list[Entry]:
+    """The entries of ``waiting`` (oldest first) that hold nodes: the head, and the first
+    normal entry if the head is preemptible (a preemptible head holds nothing against
+    normal requests)."""
+    if not waiting:
+        return []
+    first_normal = next((e for e in waiting if not e.preemptible), None)
+    if first_normal is None or first_normal is waiting[0]:
+        return [waiting[0]]
+    return [waiting[0], first_normal]
+
+
+def holds_against(entry: Entry, preemptible: bool) -> bool:
+    """Whether the nodes ``entry`` holds (as one of ``holders``) keep a newcomer of that
+    class off: a preemptible entry's only keep preemptible ones off."""
+    return preemptible or not entry.preemptible
 
 
 # The waiting requests' query, built once: every create asks it.
@@ -63,6 +88,7 @@ _WAITING = Prepared(
         Workspace.owner,
         Workspace.created_at,
         Workspace.wait_deadline,
+        Workspace.preemptible,
     )
     .where(
         Workspace.state == State.PENDING.value,
@@ -77,7 +103,7 @@ def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
     """Everything waiting, oldest first, but the workspaces ``exclude`` names. Plain
     columns, not ORM entities: every create asks."""
     out: dict[str, Entry] = {}
-    for wid, cluster, name, owner, created_at, wait_deadline in _WAITING.rows(flushed(s)):
+    for wid, cluster, name, owner, created_at, wait_deadline, pre in _WAITING.rows(flushed(s)):
         if wid in exclude:
             continue
         if cluster:
@@ -92,10 +118,13 @@ def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
                     c.created_at if c else created_at,
                     wait_deadline,
                     affinity=scheduler.Affinity[c.affinity] if c else scheduler.Affinity.NONE,
+                    preemptible=bool(pre),
                 )
             e.ids.add(wid)
         else:
-            out[wid] = Entry("workspace", wid, name, owner, created_at, wait_deadline, {wid})
+            e = Entry("workspace", wid, name, owner, created_at, wait_deadline, {wid})
+            e.preemptible = bool(pre)
+            out[wid] = e
     return sorted(out.values(), key=lambda e: (e.queued_at, e.id))
 
 
@@ -143,38 +172,55 @@ def forget_waiting(s: Session) -> None:
     s.info.pop(HELD_KEY, None)
 
 
-# s.info key, with WAITING_KEY: the head's held nodes, (head id, nodes) (a batch's creates
-# place nothing on them, and only shrink the other nodes' free capacity: they stay held).
+# s.info key, with WAITING_KEY: the holders' held nodes, {entry id: nodes} (a batch's
+# creates place nothing on them, and only shrink the other nodes' free capacity: they
+# stay held; a normal create in the batch may use a preemptible head's node, which
+# then keeps it from the batch's preemptible creates a little longer than needed).
 HELD_KEY = "admission.held"
 
 # Why a node held for the head is not used (counted with the filters' reasons).
 HELD = "are held for the request waiting at the head of the capacity queue"
+# ... for the oldest normal request waiting behind a preemptible head.
+HELD_NORMAL = "are held for the oldest normal request waiting in the capacity queue"
 
 
-def head_holds(s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset()) -> tuple[str, ...]:
-    """The nodes the head of the queue holds (none if nothing waits). ``exclude``:
-    workspaces (being admitted) that do not count."""
+def head_holds(
+    s: Session, cfg: ServiceConfig, exclude: Set[str] = frozenset(), preemptible: bool = False
+) -> dict[str, str]:
+    """The nodes a newcomer (``preemptible`` or not) may not use, each with why: those the
+    head of the queue holds, or for a normal newcomer behind a preemptible head those the
+    oldest normal waiting request holds (``holders``; none if nothing waits).
+    ``exclude``: workspaces (being admitted) that do not count."""
     kept: list[Entry] | None = s.info.get(WAITING_KEY)
     if kept is None:
         kept = entries(s, exclude)
         if WAITING_KEY in s.info:
             s.info[WAITING_KEY] = kept
     if not kept:
-        return ()
+        return {}
     # A cluster some of whose members are excluded is excluded whole.
     clusters = {w.cluster for w in (s.get(Workspace, i) for i in exclude) if w and w.cluster}
     waiting = [
         e for e in kept if not (e.ids & exclude) and (e.kind != "cluster" or e.id not in clusters)
     ]
-    if not waiting:
-        return ()
-    head = waiting[0]
-    hit: tuple[str, tuple[str, ...]] | None = s.info.get(HELD_KEY)
-    if hit is not None and hit[0] == head.id:
-        return hit[1]
-    held = holds(s, cfg, head)
+    out: dict[str, str] = {}
+    for pos, entry in enumerate(holders(waiting)):
+        if not holds_against(entry, preemptible):
+            continue
+        why = HELD if pos == 0 else HELD_NORMAL
+        for node in _held_by(s, cfg, entry):
+            out.setdefault(node, why)
+    return out
+
+
+def _held_by(s: Session, cfg: ServiceConfig, entry: Entry) -> tuple[str, ...]:
+    """``holds`` of ``entry``, kept for the transaction while WAITING_KEY is."""
+    cache: dict[str, tuple[str, ...]] | None = s.info.get(HELD_KEY)
+    if cache is not None and entry.id in cache:
+        return cache[entry.id]
+    held = holds(s, cfg, entry)
     if WAITING_KEY in s.info:
-        s.info[HELD_KEY] = (head.id, held)
+        s.info[HELD_KEY] = (cache or {}) | {entry.id: held}
     return held
 
 
@@ -222,11 +268,12 @@ def leaving(s: Session) -> dict[str, scheduler.Leaving]:
 
 
 def withheld(
-    s: Session, rows: list[Workspace], affinity: scheduler.Affinity, held: Iterable[str]
+    s: Session, rows: list[Workspace], affinity: scheduler.Affinity, held: Mapping[str, str]
 ) -> dict[str, str]:
-    """The nodes ``rows`` may not use, each with why: those the head of the queue holds,
-    and for new members of a placed cluster those its affinity rules out."""
-    out = dict.fromkeys(held, HELD)
+    """The nodes ``rows`` may not use, each with why: ``held`` (those the queue's holders
+    hold against them, ``head_holds``), and for new members of a placed cluster those its
+    affinity rules out."""
+    out = dict(held)
     out.update(pinned_out(s, rows, affinity))
     return out
 
@@ -275,9 +322,12 @@ def admit(
     []), or raise RESOURCE_EXHAUSTED.
 
     Requests already waiting keep their turn: a newcomer may not use the nodes the
-    oldest waiting request holds (``head_holds``), so it cannot delay it.
+    oldest waiting request holds (``head_holds``; for a normal newcomer, the oldest
+    waiting normal request: a preemptible one does not hold normal work back), so it
+    cannot delay it.
     """
-    held = head_holds(s, env.cfg, exclude={w.id for w in rows})
+    preemptible = any(w.preemptible for w in rows)
+    held = head_holds(s, env.cfg, exclude={w.id for w in rows}, preemptible=preemptible)
     out = withheld(s, rows, affinity, held)
     try:
         return place_rows(s, env.cfg, rows, affinity, out)

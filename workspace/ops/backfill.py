@@ -274,7 +274,7 @@ class Backfiller:
 
     def _capacity(self) -> tuple[object, ...]:
         """What decides whether a backfill create can fit: each node's state, size and
-        use, and which request heads the capacity queue (it holds nodes) (read once per
+        use, and which requests of the capacity queue hold nodes (read once per
         pass, and again after a create)."""
         if self.seen is None:
             with self.env.store.read() as s:
@@ -286,7 +286,7 @@ class Backfiller:
                     Node.used_cpus,
                     Node.used_memory_mib,
                 )
-                head = [e.id for e in admission.entries(s)[:1]]
+                head = [e.id for e in admission.holders(admission.entries(s))]
                 self.seen = (*head, *(tuple(r) for r in s.execute(q.order_by(Node.name))))
         return self.seen
 

@@ -1,6 +1,8 @@
 """The capacity queue: place waiting requests when capacity appears, oldest first, with
 backfill that cannot delay the head (ops/admission.py: later requests may not use the
-nodes the head holds, recomputed at each pass); fail them at their deadline, or
+nodes the head holds, recomputed at each pass; a preemptible head holds them only against
+preemptible requests, and the first normal request blocked holds its own against normal
+ones, as at admission); fail them at their deadline, or
 as soon as no registered node could ever hold them (the nodes that could were removed).
 One whose lease ended while it waited is left to the lease pass, which destroys it."""
 
@@ -10,7 +12,7 @@ import logging
 
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
-from workspace.ops.admission import entries, holds, rows_of, withheld
+from workspace.ops.admission import HELD, HELD_NORMAL, entries, holders, holds, rows_of, withheld
 from workspace.ops.cluster_state import refresh
 from workspace.ops.placement import NoPlacement, never_placed, place_rows
 from workspace.ops.preempt import place_preempting
@@ -25,7 +27,10 @@ def process(env: Env) -> int:
     """One pass over the queue, oldest first; returns how many entries were placed."""
     with env.store.read() as s:
         waiting = entries(s)
-    held: tuple[str, ...] | None = None  # once the head is blocked: the nodes it holds
+    # Once an entry is blocked: the nodes it holds against later ones, of every class
+    # (the first blocked) and against normal ones (the first normal entry blocked).
+    held_all: dict[str, str] | None = None
+    held_normal: dict[str, str] | None = None
     placed = 0
     for e in waiting:
         with write(env) as u:
@@ -41,7 +46,8 @@ def process(env: Env) -> int:
                 # that never ran; placed now, it would boot after its end.
                 continue
             else:
-                out = withheld(u.s, rows, e.affinity, held or ())
+                held = held_all if e.preemptible else held_normal
+                out = withheld(u.s, rows, e.affinity, held or {})
                 touched: list[str] | None
                 try:
                     touched = place_rows(u.s, env.cfg, rows, e.affinity, out)
@@ -51,8 +57,13 @@ def process(env: Env) -> int:
                     if touched is None and never is None:
                         for w in rows:
                             set_waiting(w, exc.message)
-                        if held is None:
-                            held = holds(u.s, env.cfg, e)
+                        if held_all is None:
+                            held_all = dict.fromkeys(holds(u.s, env.cfg, e), HELD)
+                            if not e.preemptible:
+                                held_normal = dict(held_all)
+                        elif held_normal is None and not e.preemptible:
+                            held_normal = dict.fromkeys(holds(u.s, env.cfg, e), HELD_NORMAL)
+                            held_all = held_normal | held_all
                         continue
                 if touched is None:
                     why = f"no longer fits even on an empty node of the site: {never}"
@@ -85,7 +96,9 @@ def _fail(rows: list[Workspace], now: float, reason: str = "") -> None:
 def list_queue(env: Env) -> list[QueueEntry]:
     out: list[QueueEntry] = []
     with env.store.read() as s:
-        for pos, e in enumerate(entries(s), start=1):
+        waiting = entries(s)
+        holding = {e.id for e in holders(waiting)}
+        for pos, e in enumerate(waiting, start=1):
             rows = rows_of(s, e)
             out.append(
                 QueueEntry(
@@ -99,7 +112,7 @@ def list_queue(env: Env) -> list[QueueEntry]:
                     queued_at=e.queued_at,
                     deadline=e.deadline,
                     reason=rows[0].wait_reason if rows else "",
-                    holds=holds(s, env.cfg, e) if pos == 1 else (),
+                    holds=holds(s, env.cfg, e) if e.id in holding else (),
                 )
             )
     return out
