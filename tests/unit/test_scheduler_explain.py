@@ -262,6 +262,20 @@ def test_every_filter_that_rejects_a_node_is_named_not_only_the_first() -> None:
     assert [(r["filter"], r["reason"]) for r in got["rejections"]] == list(x.rejections)
 
 
+def test_held_nodes_are_left_out_and_named_and_bad_held_input_is_refused(tmp_path: Path) -> None:
+    why = "are held for the request waiting at the head of the capacity queue"
+    data = json.loads(to_json(NODES, REQUESTS[:1], CFG)) | {"held": {"node-b": why}}
+    story = explain_file(write(tmp_path, json.dumps(data)))
+    assert story.placement.placements is not None
+    assert story.placement.placements[0].node == "node-a"  # node-b caches its image
+    verdicts = {v.node: v for v in story.steps[0].verdicts}
+    assert verdicts["node-b"].rejections == (("capacity-queue", why),)
+    assert [v.node for v in story.steps[0].verdicts] == [n.name for n in NODES]
+    assert story.node_count == 5
+    with pytest.raises(InvalidArgument, match=r"input\.held: expected dict"):
+        explain_file(write(tmp_path, json.dumps(data | {"held": ["node-b"]})))
+
+
 def test_successful_explanation_lists_placements_in_callers_order() -> None:
     story = explain(NODES, REQUESTS, CFG, Affinity.NONE)
     assert story.placement == place_group(NODES, REQUESTS, CFG)

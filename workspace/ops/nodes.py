@@ -14,6 +14,7 @@ from workspace.domain.model import NodeCache, NodeStatus
 from workspace.domain.states import NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.ops import preempt
+from workspace.ops.admission import head_holds
 from workspace.ops.image_refs import unknown_image
 from workspace.ops.lifecycle import confirm_gone, held_on
 from workspace.ops.placement import node_views
@@ -110,7 +111,10 @@ def scheduler_input(
     networks: Sequence[str],
     requirements: Mapping[str, str],
 ) -> str:
-    """The scheduler's input for a hypothetical request, as replayable JSON."""
+    """The scheduler's input for a hypothetical normal request, as replayable JSON: the
+    node views, and what keeps their free capacity from it (the nodes the capacity queue
+    holds; workspaces preempted earlier that still hold their claims while they stop) and
+    what preemption could take."""
     with env.store.read() as s:
         digests: tuple[str, ...] = ()
         if image:
@@ -119,7 +123,15 @@ def scheduler_input(
                 raise NotFound(f"image {image!r} not found")
             digests = tuple(p.digest for p in image_spec(img).partitions if p.digest)
         nodes = node_views(s)
-        victims, _ = preempt.candidates(s, (n.name for n in nodes))
+        names = [n.name for n in nodes]
+        victims, _ = preempt.candidates(s, names)
+        pending = preempt.in_flight(s, names)
+        # What the capacity queue keeps from a new request of each class (the request
+        # dumped is normal; a preemptible one is kept from these too).
+        held = head_holds(s, env.cfg)
+        held_preemptible = {
+            k: v for k, v in head_holds(s, env.cfg, preemptible=True).items() if k not in held
+        }
     request = scheduler.Request(
         cpus or 1,
         memory_mib or 512,
@@ -131,6 +143,12 @@ def scheduler_input(
     doc = replay.to_dict(nodes, [request], env.cfg.scheduler, scheduler.Affinity.NONE)
     if victims:  # what preemption could take (explain says what it would do)
         doc["victims"] = victims_to_dicts(victims)
+    if pending:  # preempted earlier, still stopping: their claims count until they end
+        doc["pending"] = victims_to_dicts(pending)
+    if held:  # the nodes a new request may not use, and why (explain leaves them out)
+        doc["held"] = dict(sorted(held.items()))
+    if held_preemptible:
+        doc["held_preemptible"] = dict(sorted(held_preemptible.items()))
     return json.dumps(doc, indent=1) + "\n"
 
 

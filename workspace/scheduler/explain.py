@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from workspace.scheduler.model import (
     member_label,
 )
 from workspace.scheduler.preempt import Plan, Victim, plan, victims_from
-from workspace.scheduler.replay import from_dict_input
+from workspace.scheduler.replay import from_dict_input, held_from
 from workspace.scheduler.snapshot import Context, HostState, Snapshot
 from workspace.scheduler.weighers import scores, weighers_for
 
@@ -110,6 +111,14 @@ class Explanation:
     # do (None: it could not place it either); unset: no victims given.
     preemption: Plan | None = None
     victims_given: bool = False
+    # Nodes a normal request may not use, with why (the capacity queue's holders; left
+    # out of the placement as a live create leaves them out), and those held only
+    # against preemptible requests (a preemptible request at the head holds them).
+    held: Mapping[str, str] = field(default_factory=dict)
+    held_preemptible: Mapping[str, str] = field(default_factory=dict)
+    # Workspaces preempted earlier and still stopping: they hold their claims until gone
+    # (their nodes look full); a normal request may be placed there and wait for them.
+    pending: tuple[Victim, ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -126,18 +135,33 @@ class Explanation:
         where = self.preemption.placement.placements or []
         parts = [f"{v.id} on {v.node}" for v in self.preemption.victims]
         nodes = ", ".join(sorted({m.node for m in where}))
+        waits = ", ".join(sorted(self.preemption.pending_nodes))
+        wait = (
+            f", and would wait there for the workspace(s) preempted earlier on {waits} to stop"
+            if waits
+            else ""
+        )
+        if not parts:
+            return (
+                f"a normal request would be placed on {nodes} without preempting more: "
+                f"the workspace(s) preempted earlier on {waits} leave room once they stop"
+            )
         return (
             f"a normal request would be placed on {nodes} by preempting "
-            f"{len(parts)} preemptible workspace(s): {', '.join(parts)}"
+            f"{len(parts)} preemptible workspace(s): {', '.join(parts)}{wait}"
         )
 
     def headline(self) -> str:
         setting = f"policy {self.policy}, affinity {self.affinity.name}, {self.node_count} node(s)"
         if self.fits and self.placement.placements is None:
             assert self.preemption is not None
+            how = (
+                f"by preempting {len(self.preemption.victims)} preemptible workspace(s)"
+                if self.preemption.victims
+                else "once workspaces preempted earlier have stopped"
+            )
             return (
-                f"placed only by preempting {len(self.preemption.victims)} preemptible "
-                f"workspace(s) ({setting}); a preemptible request does not fit: "
+                f"placed only {how} ({setting}); a preemptible request does not fit: "
                 f"{self.placement.reason()}"
             )
         if self.placement.placements is None:
@@ -177,10 +201,30 @@ class Explanation:
         if self.not_tried:
             lines.append("")
             lines.append(f"Not tried (an earlier member did not fit): {', '.join(self.not_tried)}")
+        lines.extend(self._capacity_queue_text())
         if self.preemption_text():
             lines.append("")
             lines.append(f"Preemption: {self.preemption_text()}")
         return "\n".join(lines) + "\n"
+
+    def _capacity_queue_text(self) -> list[str]:
+        """What keeps capacity the node views show from a new request: held nodes, and
+        preempted workspaces still stopping."""
+        lines = []
+        if self.held:
+            lines.append("")
+            lines.append("Held (a new request may not use them):")
+            lines += [f"  {node}: {why}" for node, why in sorted(self.held.items())]
+        if self.held_preemptible:
+            lines.append("")
+            lines.append("Held against preemptible requests only (a normal one may use them):")
+            lines += [f"  {node}: {why}" for node, why in sorted(self.held_preemptible.items())]
+        if self.pending:
+            lines.append("")
+            lines.append("Preempted earlier, still stopping (their claims count until they end):")
+            for node, (n, cpus, mib) in sorted(_pending_by_node(self.pending).items()):
+                lines.append(f"  {node}: {n} workspace(s), {cpus} vCPU(s), {mib} MiB")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         p = self.placement
@@ -206,6 +250,12 @@ class Explanation:
             ],
             "steps": [s.to_dict() for s in self.steps],
             "not_tried": list(self.not_tried),
+            "held": dict(sorted(self.held.items())),
+            "held_preemptible": dict(sorted(self.held_preemptible.items())),
+            "pending": [
+                {"node": node, "workspaces": n, "cpus": cpus, "memory_mib": mib}
+                for node, (n, cpus, mib) in sorted(_pending_by_node(self.pending).items())
+            ],
         } | self._preemption_dict()
 
     def _preemption_dict(self) -> dict[str, Any]:
@@ -226,16 +276,37 @@ class Explanation:
         }
 
 
+def _pending_by_node(pending: Sequence[Victim]) -> dict[str, tuple[int, int, int]]:
+    """Per node: how many preempted workspaces are still stopping, their vCPUs and MiB."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for v in pending:
+        n, cpus, mib = out.get(v.node, (0, 0, 0))
+        out[v.node] = (n + 1, cpus + v.cpus, mib + v.memory_mib)
+    return out
+
+
+def _every_rejection(h: HostState, req: Request, ctx: Context) -> tuple[tuple[str, str], ...]:
+    """The complete mode: every filter on ``h``, each with all its reasons (a filter that
+    is not active for the request passes every node: running it changes nothing)."""
+    return tuple((f.name, why) for f in FILTERS for why in f.every_reason(h, req, ctx))
+
+
 def _verdicts(
-    snapshot: Snapshot, req: Request, ctx: Context, chosen: HostState | None
+    snapshot: Snapshot,
+    req: Request,
+    ctx: Context,
+    chosen: HostState | None,
+    held: Sequence[tuple[HostState, str]] = (),
 ) -> tuple[NodeVerdict, ...]:
+    """Every node's verdict; ``held``: nodes left out of the placement (the queue holds
+    them), each rejected for that and for whatever else rejects it."""
     weighers = weighers_for(snapshot.cfg)
-    # The complete mode: every active filter on every node, each with all its reasons.
-    active = [f for f in FILTERS if f.active(req, ctx)]
     rejected: dict[str, tuple[tuple[str, str], ...]] = {}
+    for h, why in held:
+        rejected[h.name] = (("capacity-queue", why), *_every_rejection(h, req, ctx))
     passing: list[HostState] = []
     for h in snapshot.hosts:
-        found = tuple((f.name, why) for f in active for why in f.every_reason(h, req, ctx))
+        found = _every_rejection(h, req, ctx)
         if found:
             rejected[h.name] = found
         else:
@@ -256,7 +327,7 @@ def _verdicts(
             weights=tuple((name, values[k]) for name, values in parts),
         )
     out = []
-    for h in snapshot.hosts:
+    for h in sorted([*snapshot.hosts, *(h for h, _ in held)], key=lambda h: h.name):
         if h.name in by_host:
             out.append(by_host[h.name])
         else:
@@ -274,10 +345,21 @@ def explain(
     cfg: SchedulerConfig,
     affinity: Affinity = Affinity.NONE,
     victims: Sequence[Victim] | None = None,
+    held: Mapping[str, str] | None = None,
+    held_preemptible: Mapping[str, str] | None = None,
+    pending: Sequence[Victim] = (),
 ) -> Explanation:
     """The placement of ``requests`` on ``nodes`` and every node's verdict for each request;
-    with ``victims`` (preemptible workspaces), what preemption would do if it does not fit."""
-    snapshot = Snapshot(nodes, cfg)
+    with ``victims`` (preemptible workspaces), what preemption would do if it does not fit.
+    ``held``: nodes a new request may not use (left out, as a live create leaves them);
+    ``held_preemptible``: shown only; ``pending``: workspaces preempted earlier, still
+    stopping (their capacity counts as free for preemption, as live)."""
+    held = dict(held or {})
+    usable = [n for n in nodes if n.name not in held]
+    snapshot = Snapshot(usable, cfg)
+    # Held nodes are judged apart (nothing is placed there, so nothing is consumed).
+    held_hosts = Snapshot([n for n in nodes if n.name in held], cfg).hosts
+    kept_out = [(h, held[h.name]) for h in held_hosts]
     weighers = weighers_for(cfg)
     group = group_context(snapshot, requests, affinity)
     labels = tuple(member_label(r, i) for i, r in enumerate(requests))
@@ -298,26 +380,40 @@ def explain(
                 memory_mib=req.memory_mib,
                 claimed_memory_mib=ctx.memory_claim_mib,
                 node=None if host is None else host.name,
-                verdicts=_verdicts(snapshot, req, ctx, host),
+                verdicts=_verdicts(snapshot, req, ctx, host, kept_out),
             )
         )
         if host is None:
-            failure = GroupPlacement(None, labels[i], i, dict(rejected))
+            counts = Counter(rejected)
+            counts.update(why for _, why in kept_out)  # as a live refusal counts them
+            failure = GroupPlacement(None, labels[i], i, dict(counts))
             break
         snapshot.consume(host, req.cpus, ctx.memory_claim_mib, req.disk_mbps, req.net_mbps)
         results[i] = MemberPlacement(host.name, req.cpus, ctx.memory_claim_mib)
     placement = failure or GroupPlacement([results[i] for i in range(len(requests))])
     not_tried = tuple(labels[i] for i in order[len(steps) :]) if failure else ()
+    given = bool(victims or pending)
+    names = {n.name for n in usable}
+    victims = [v for v in victims or () if v.node in names]
+    going = [v for v in pending if v.node in names]
+    found = (
+        plan(usable, victims, requests, cfg, affinity, going)
+        if (victims or going) and failure
+        else None
+    )
     return Explanation(
         policy=cfg.policy,
         affinity=affinity,
-        node_count=len(snapshot),
+        node_count=len(nodes),
         labels=labels,
         placement=placement,
         steps=tuple(steps),
         not_tried=not_tried,
-        preemption=plan(nodes, victims, requests, cfg, affinity) if victims and failure else None,
-        victims_given=victims is not None and bool(victims),
+        preemption=found,
+        victims_given=given,
+        held=held,
+        held_preemptible=dict(held_preemptible or {}),
+        pending=tuple(pending),
     )
 
 
@@ -329,7 +425,16 @@ def explain_file(path: str | Path) -> Explanation:
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"not valid JSON: {exc}") from exc
     nodes, requests, cfg, affinity = from_dict_input(data)
-    return explain(nodes, requests, cfg, affinity, victims_from(data))
+    return explain(
+        nodes,
+        requests,
+        cfg,
+        affinity,
+        victims_from(data),
+        held_from(data, "held"),
+        held_from(data, "held_preemptible"),
+        victims_from(data, "pending"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,15 +78,16 @@ def victims_to_dicts(victims: Iterable[Victim]) -> list[dict[str, Any]]:
     ]
 
 
-def victims_from(data: Any) -> list[Victim]:
-    """The ``victims`` of a replay input (none if absent); InvalidArgument if malformed."""
-    raw = data.get("victims", []) if isinstance(data, dict) else []
+def victims_from(data: Any, key: str = "victims") -> list[Victim]:
+    """The ``victims`` of a replay input (none if absent); InvalidArgument if malformed.
+    (``pending``: workspaces preempted earlier and still stopping, in the same form.)"""
+    raw = data.get(key, []) if isinstance(data, dict) else []
     if not isinstance(raw, list):
-        raise InvalidArgument("input.victims: must be a list")
+        raise InvalidArgument(f"input.{key}: must be a list")
     out: list[Victim] = []
     ints = ("cpus", "memory_mib", "disk_mbps", "net_mbps", "rank")
     for i, d in enumerate(raw):
-        where = f"input.victims[{i}]"
+        where = f"input.{key}[{i}]"
         if not isinstance(d, dict) or not {"id", "node", "cpus", "memory_mib"} <= set(d):
             raise InvalidArgument(f"{where}: needs id, node, cpus and memory_mib")
         unknown = set(d) - {"id", "node", *ints}

@@ -20,6 +20,12 @@ defaults shown)::
       ]
     }
 
+Optional, written by ``ws-admin schedule dump`` (``explain`` reads them): ``victims``
+(preemptible workspaces a normal request may preempt), ``pending`` (workspaces preempted
+earlier, still stopping: same form), ``held`` and ``held_preemptible`` (``{node: why}``:
+the nodes the capacity queue's holders keep from a new normal request, and those kept
+only from preemptible ones).
+
 ``requests`` are in the caller's order. A node's ``conditions`` (its agent's, by label:
 ``no-isolation``, ``network-not-ready:NET``) and a request's ``isolated`` (its CLUSTER or
 OUTBOUND connectivity must be enforced) are written only when set. ``to_json`` writes
@@ -184,9 +190,23 @@ def _request(obj: Any, where: str) -> Request:
     )
 
 
+# Optional keys read apart: "victims" and "pending" (preemptible workspaces, and those
+# preempted earlier still stopping: workspace/scheduler/preempt.py ``victims_from``),
+# "held" and "held_preemptible" (``held_from``).
+_EXTRA = {"victims", "pending", "held", "held_preemptible"}
+
+
+def held_from(data: Any, key: str) -> dict[str, str]:
+    """``{node: why}`` under ``key`` of a replay input: nodes the capacity queue holds
+    (``held``: against a new normal request; ``held_preemptible``: only against
+    preemptible ones). None if absent; InvalidArgument if malformed."""
+    if not isinstance(data, dict) or key not in data:
+        return {}
+    return _string_map(data, key, "input")
+
+
 def from_dict_input(data: Any) -> ReplayInput:
-    # "victims": preemptible workspaces (workspace/scheduler/preempt.py ``victims_from``)
-    _check_keys(data, {"version", "nodes", "requests"}, {"config", "affinity", "victims"}, "input")
+    _check_keys(data, {"version", "nodes", "requests"}, {"config", "affinity", *_EXTRA}, "input")
     if data["version"] != VERSION:
         raise InvalidArgument(
             f"input: unsupported version {data['version']!r}; this scheduler reads {VERSION}"
