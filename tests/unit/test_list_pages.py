@@ -6,6 +6,7 @@ test_usage_cli.py's site)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from functools import partialmethod
@@ -130,11 +131,13 @@ def test_bad_page_tokens_and_sizes_are_invalid_arguments(
     clusters = clusters_pb2_grpc.ClustersStub(channel)
     usage = workspaces_pb2_grpc.WorkspacesStub(channel)
     by_workspace = usage.GetUsage(usage_pb2.GetUsageRequest(page_size=1)).next_page_token
+    forged = base64.urlsafe_b64encode(b"inf|workspace|").decode()  # no end a report has
     refused = [
         lambda: clusters.ListClusters(clusters_pb2.ListClustersRequest(page_token="no token!")),
         lambda: clusters.ListClusters(clusters_pb2.ListClustersRequest(page_size=-1)),
         lambda: usage.GetUsage(usage_pb2.GetUsageRequest(page_token="no token!")),
         lambda: usage.GetUsage(usage_pb2.GetUsageRequest(page_size=-1)),
+        lambda: usage.GetUsage(usage_pb2.GetUsageRequest(page_token=forged)),
         # a token of a report by workspace, given to one by user
         lambda: usage.GetUsage(usage_pb2.GetUsageRequest(page_token=by_workspace, by=BY_USER)),
     ]

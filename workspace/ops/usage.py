@@ -4,6 +4,7 @@ over a window, from the intervals recorded at every state change (ops/metering.p
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -113,6 +114,9 @@ def _read_token(token: str, by: Grouping) -> tuple[float, str]:
         text = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
         until_text, grouping, key = text.split("|", 2)
         until = float(until_text)
+        if not math.isfinite(until) or until <= 0:
+            raise ValueError(until_text)
+        Grouping(grouping)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument("page_token is not one this service gave out") from exc
     if grouping != by.value:
