@@ -82,7 +82,7 @@ from workspace.v1 import (
 T = TypeVar("T")
 
 CHUNK_BYTES = 1024 * 1024
-# list_workspaces asks for this many per page.
+# list_workspaces, list_clusters and get_usage ask for this many per page.
 LIST_PAGE_SIZE = 500
 # Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
@@ -395,19 +395,31 @@ class Client(
         return self._call(self._workspaces.ExtendLease, req)
 
     def get_usage(
-        self, since: float = 0.0, until: float = 0.0, by: str = "workspace", all_users: bool = False
+        self,
+        since: float = 0.0,
+        until: float = 0.0,
+        by: str = "workspace",
+        all_users: bool = False,
+        page_size: int = LIST_PAGE_SIZE,
     ) -> usage_pb2.UsageReport:
         """Core-, memory-GiB- and disk-GiB-hours in [since, until) (epoch s; 0 = from the
         first record / until now) per workspace, user or project: the caller's own and
-        their projects', or with ``all_users`` every workspace (Admin.GetUsage)."""
+        their projects', or with ``all_users`` every workspace (Admin.GetUsage). Fetched
+        page by page (``page_size`` rows each), returned as one report."""
         req = usage_pb2.GetUsageRequest(
             since=_timestamp(since),
             until=_timestamp(until),
             by=usage_pb2.UsageGrouping.Value(f"USAGE_GROUPING_{by.upper()}"),
+            page_size=page_size,
         )
-        if all_users:
-            return self._call(self._admin.GetUsage, req)
-        return self._call(self._workspaces.GetUsage, req)
+        method = self._admin.GetUsage if all_users else self._workspaces.GetUsage
+        report: usage_pb2.UsageReport = self._call(method, req)
+        while report.next_page_token:
+            req.page_token = report.next_page_token
+            page: usage_pb2.UsageReport = self._call(method, req)
+            report.rows.extend(page.rows)
+            report.next_page_token = page.next_page_token
+        return report
 
     def watch(
         self,
@@ -495,17 +507,23 @@ class Client(
         return self._call(self._clusters.GetCluster, clusters_pb2.ClusterRef(id=id))
 
     def list_clusters(
-        self, include_terminated: bool = False, all_users: bool = False
+        self,
+        include_terminated: bool = False,
+        all_users: bool = False,
+        page_size: int = LIST_PAGE_SIZE,
     ) -> list[clusters_pb2.Cluster]:
         """The caller's clusters and their projects'; with ``all_users`` (admins only,
-        else PermissionDenied) every user's."""
-        resp = self._call(
-            self._clusters.ListClusters,
-            clusters_pb2.ListClustersRequest(
-                include_terminated=include_terminated, all_users=all_users
-            ),
+        else PermissionDenied) every user's; fetched page by page (oldest first)."""
+        out: list[clusters_pb2.Cluster] = []
+        req = clusters_pb2.ListClustersRequest(
+            include_terminated=include_terminated, all_users=all_users, page_size=page_size
         )
-        return list(resp.clusters)
+        while True:
+            resp = self._call(self._clusters.ListClusters, req)
+            out.extend(resp.clusters)
+            req.page_token = resp.next_page_token
+            if not req.page_token:
+                return out
 
     def start_cluster(self, id: str) -> clusters_pb2.Cluster:
         return self._call(self._clusters.StartCluster, clusters_pb2.ClusterRef(id=id))

@@ -276,13 +276,15 @@ def test_cluster_exec_reports_a_stopped_member(
 def test_a_cluster_named_where_a_workspace_is_wanted_is_named_as_one(
     cluster: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`ws ssh mpi`, `ws exec mpi` and `ws scp` to mpi: said only "no workspace 'mpi'",
-    leaving the user to guess that mpi's members are what they log in to."""
+    """`ws ssh mpi`, `ws exec mpi`, `ws scp` to mpi and `ws console mpi`: said only "no
+    workspace 'mpi'", leaving the user to guess that mpi's members are what they log in to."""
     members = "(mpi-head-0, mpi-worker-0, mpi-worker-1)"
     for argv, instead in (
         (["ssh", "mpi"], "`ws cluster exec mpi -- CMD`"),
         (["exec", "mpi", "--", "hostname"], "`ws cluster exec mpi -- CMD`"),
         (["scp", "f.txt", "mpi:/tmp/"], "`ws cluster scp mpi SRC... :DST`"),
+        (["console", "mpi"], "`ws cluster show mpi`"),
+        (["console", "mpi", "--attach"], "`ws cluster show mpi`"),
     ):
         rc, out, err = cli(cluster, capsys, *argv)
         assert rc == 1 and out == ""

@@ -109,6 +109,11 @@ class FakeClient:
             raise errors.NotFound(f"no cluster {ref!r}")
         return self.cluster
 
+    def get_console(self, ref: str, tail_bytes: int = 0) -> bytes:
+        if ref not in self.workspaces and ref not in {w.id for w in self.workspaces.values()}:
+            raise errors.NotFound(f"no workspace {ref!r}")
+        return b"login: "
+
     def exec(
         self, ref: str, argv: list[str], stdin: bytes = b"", timeout_s: int = 0, **_wait: Any
     ) -> access_pb2.ExecResult:
@@ -219,6 +224,33 @@ def test_cluster_exec_reports_failures_and_sums_up(capsys: pytest.CaptureFixture
     assert {call[0] for call in c.calls} == {"mpi-head-0", "mpi-worker-0", "mpi-worker-1"}
     rc, out, _ = run(c, capsys, "cluster", "exec", "mpi", "--role", "head", "--", "true")
     assert rc == 0 and out.splitlines()[-1] == "1 member: 1 exited 0"
+
+
+# -- ws console ----------------------------------------------------------------------------
+
+
+def test_console_of_a_cluster_says_it_is_one_and_names_its_members(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ws console mpi` said only "no workspace 'mpi'" (as `ws ssh mpi` did before it
+    named the members): the log is a member's."""
+    c = FakeClient([box()])
+    c.cluster = clusters_pb2.Cluster(name="mpi")
+    for name in ("mpi-head-0", "mpi-worker-0"):
+        c.cluster.members.add(id=name, name=name, role=name[4:-2], state=RUNNING)
+    said = "mpi is a cluster, not a workspace: name one of its members (mpi-head-0, mpi-worker-0)"
+    for argv in (
+        ["console", "mpi"],
+        ["-o", "json", "console", "mpi"],
+        ["console", "mpi", "--attach"],
+    ):
+        rc, out, err = run(c, capsys, *argv)
+        assert rc == 1 and out == ""
+        assert said in err and "`ws cluster show mpi`" in err
+    assert run(c, capsys, "console", "box")[:2] == (0, "login: \n")  # a workspace: its log
+    c.cluster = None  # neither: as the service says
+    rc, _, err = run(c, capsys, "console", "mpi")
+    assert rc == 1 and "no workspace 'mpi'" in err and "cluster" not in err
 
 
 # -- ws ssh --------------------------------------------------------------------------------

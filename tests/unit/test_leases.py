@@ -156,7 +156,7 @@ def test_extend_of_someone_elses_workspace_is_not_found(site: Site) -> None:
 
 @pytest.mark.parametrize(
     ("project", "add_s", "message"),
-    [("physics", 0, "more than 0"), ("physics", -5, "more than 0"), ("open", 60, "no lease")],
+    [("physics", 0, "more than 0"), ("physics", -5, "more than 0")],
 )
 def test_bad_extends_are_refused(site: Site, project: str, add_s: int, message: str) -> None:
     wid = make(site, "a", project)
@@ -164,6 +164,16 @@ def test_bad_extends_are_refused(site: Site, project: str, add_s: int, message: 
     with pytest.raises(InvalidArgument, match=message):
         leases.extend(env(site), "alice", "a", add_s)
     assert row(site, wid).lease_expires_at == before
+
+
+def test_extending_a_workspace_without_a_lease_is_a_failed_precondition(site: Site) -> None:
+    """The request is well formed, the workspace's state refuses it: it was
+    INVALID_ARGUMENT ("fix the request"), though no request could extend it."""
+    wid = make(site, "a", "open")
+    with pytest.raises(FailedPrecondition, match="has no lease") as refused:
+        leases.extend(env(site), "alice", "a", HOUR)
+    assert "ws create --lease DURATION" in refused.value.message
+    assert row(site, wid).lease_expires_at == 0
 
 
 def test_a_lease_over_before_any_warning_ends_without_one(site: Site) -> None:

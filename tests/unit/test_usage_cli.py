@@ -115,7 +115,11 @@ def test_bad_leases_are_refused_by_the_cli(
     assert "not a duration" in capsys.readouterr().err
     served.ws("create", "--image", "img", "--name", "a")
     assert served.ws("lease", "extend", "a", "1h") == common.EXIT_REQUEST
-    assert "has no lease" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no lease" in err and "ws create --lease DURATION" in err
+    # the workspace's state refuses it, not the request's form
+    with pytest.raises(errors.FailedPrecondition):
+        served.client.extend_lease("a", 3600)
     assert served.ws("lease", "extend", "nope", "1h") == common.EXIT_REQUEST
     assert "no workspace 'nope'" in capsys.readouterr().err
 

@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from workspace.cli import common, termfilter
-from workspace.cli.guest_cmds import RUNNING
+from workspace.cli.guest_cmds import RUNNING, get_guest
 from workspace.client import Client
+
+# What `ws console CLUSTER` suggests besides a member's name (cli/guest_cmds.py get_guest).
+CLUSTER_INSTEAD = "`ws cluster show {name}` for every member's state"
 
 DETACH = b"\x1d"  # Ctrl-]: leaves an attached console (as telnet and virsh console do)
 
@@ -94,10 +97,10 @@ def attach(
     out: BinaryIO | None = None,
 ) -> int:
     """Relay the console of ``ref``: input to the guest, its output to ``out``."""
+    # Said only for one that runs: for any other the service's refusal is the one line.
+    running = get_guest(client, ref, CLUSTER_INSTEAD).state == RUNNING
     fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     sink = out if out is not None else sys.stdout.buffer
-    # Said only for one that runs: for any other the service's refusal is the one line.
-    running = client.get_workspace(ref).state == RUNNING
     keys = Keystrokes(fd)
     try:
         with raw_terminal(fd) as tty_mode:

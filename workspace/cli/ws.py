@@ -237,11 +237,17 @@ class Commands(common.ClientCommands):
         client, tail = self.client(args), args.tail or 0
         if render.wants_json(args):
             # The JSON names the workspace by its id and name, not by what was typed.
-            ws = client.get_workspace(args.id)
+            ws = guest_cmds.get_guest(client, args.id, console_cmds.CLUSTER_INSTEAD)
             data = client.get_console(ws.id, tail_bytes=tail)
             render.emit(args, render.console_dict(ws, data), "")
         else:
-            render.console(client.get_console(args.id, tail_bytes=tail))
+            try:
+                data = client.get_console(args.id, tail_bytes=tail)
+            except errors.NotFound:
+                # `ws console mpi` for a cluster: say it is one and name its members.
+                guest_cmds.get_guest(client, args.id, console_cmds.CLUSTER_INSTEAD)
+                raise
+            render.console(data)
         return common.EXIT_OK
 
     def action(self, args: argparse.Namespace) -> int:

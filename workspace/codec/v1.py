@@ -593,4 +593,5 @@ def usage_report_to_proto(r: UsageReport) -> usage_pb2.UsageReport:
             )
             for row in r.rows
         ],
+        next_page_token=r.next_page_token,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from workspace.errors import InvalidArgument
+from workspace.errors import FailedPrecondition, InvalidArgument
 
 
 class LeaseAction(enum.StrEnum):
@@ -87,7 +87,13 @@ def extended_end(
     if add_s <= 0:
         raise InvalidArgument(f"extend a lease by more than 0 s, got {add_s} s")
     if not current_end:
-        raise InvalidArgument(f"workspace {name} has no lease; there is nothing to extend")
+        # The request is well formed; the workspace's state refuses it (as for a start
+        # after the lease ended): FAILED_PRECONDITION (docs/api.md).
+        raise FailedPrecondition(
+            f"workspace {name} has no lease; there is nothing to extend (a lease is given "
+            "when a workspace is created: `ws create --lease DURATION`, or its project's "
+            "default lease)"
+        )
     longest, named = _limit(project, max_s, site_max_s)
     start = max(current_end, now)
     if longest and start + add_s > now + longest:

@@ -87,6 +87,7 @@ class UsageReport:
     until: float  # epoch s
     by: Grouping
     rows: tuple[UsageRow, ...]
+    next_page_token: str = ""  # "" after the last page (ops/usage.py)
 
 
 def overlap_s(iv: Interval, since: float, until: float, now: float) -> float:

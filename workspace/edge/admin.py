@@ -36,7 +36,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def usage(self, request: usage_pb2.GetUsageRequest) -> usage_pb2.UsageReport:
         """Every workspace's usage."""
         since, until, by = v1.usage_query_from_proto(request)
-        return v1.usage_report_to_proto(usage.report(self.env, None, since, until, by))
+        page = usage.Page(request.page_size, request.page_token)
+        return v1.usage_report_to_proto(usage.report(self.env, None, since, until, by, (), page))
 
     @unary
     def GetUsage(

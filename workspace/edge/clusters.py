@@ -64,8 +64,17 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> clusters_pb2.ListClustersResponse:
-        rows = clusters.list_clusters(self.env, who, request.include_terminated, request.all_users)
-        return clusters_pb2.ListClustersResponse(clusters=[shown(who, c) for c in rows])
+        rows, token = clusters.list_page(
+            self.env,
+            who,
+            request.include_terminated,
+            request.page_size,
+            request.page_token,
+            request.all_users,
+        )
+        return clusters_pb2.ListClustersResponse(
+            clusters=[shown(who, c) for c in rows], next_page_token=token
+        )
 
     @unary
     def StartCluster(

@@ -92,7 +92,8 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
     def usage(self, who: Identity | str, req: usage_pb2.GetUsageRequest) -> usage_pb2.UsageReport:
         """The caller's usage and their projects'."""
         since, until, by = v1.usage_query_from_proto(req)
-        return v1.usage_report_to_proto(usage.report_for(self.env, who, since, until, by))
+        page = usage.Page(req.page_size, req.page_token)
+        return v1.usage_report_to_proto(usage.report_for(self.env, who, since, until, by, page))
 
     # -- RPCs ------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from workspace.ops.projects import (
     resolve_project,
     scope,
 )
+from workspace.ops.queries import decode_token, encode_token
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Image, Workspace
 from workspace.store.mapping import (
@@ -273,14 +274,43 @@ def list_clusters(
     env: Env, who: Identity | str, include_terminated: bool, all_users: bool = False
 ) -> list[ClusterView]:
     """The caller's clusters and their projects' (an admin's ``all_users``: everyone's)."""
+    return list_page(env, who, include_terminated, all_users=all_users)[0]
+
+
+def list_page(
+    env: Env,
+    who: Identity | str,
+    include_terminated: bool,
+    page_size: int = 0,
+    page_token: str = "",
+    all_users: bool = False,
+) -> tuple[list[ClusterView], str]:
+    """(one page of the caller's clusters and their projects', oldest first, the token
+    of the next page or "" after the last); page_size 0: all of them. Paged as
+    ListWorkspaces is (ops/queries.py: the same token, after a creation time and id):
+    a site's terminated clusters went into one message past the gRPC limit."""
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
     with env.store.read() as s:
-        q = select(Cluster).order_by(Cluster.created_at)
+        q = select(Cluster).order_by(Cluster.created_at, Cluster.id)
         where = scope(s, who, made=True).clause(Cluster, all_users, Cluster.created_at)
         if where is not None:
             q = q.where(where)
         if not include_terminated:
             q = q.where(Cluster.state != ClusterState.TERMINATED.value)
-        return [view(s, c) for c in s.execute(q).scalars()]
+        if page_token:
+            created, cid = decode_token(page_token)
+            q = q.where(
+                (Cluster.created_at > created)
+                | ((Cluster.created_at == created) & (Cluster.id > cid))
+            )
+        if page_size:
+            q = q.limit(page_size + 1)
+        rows = list(s.execute(q).scalars())
+        more = bool(page_size) and len(rows) > page_size
+        rows = rows[:page_size] if more else rows
+        token = encode_token(rows[-1].created_at, rows[-1].id) if more else ""
+        return [view(s, c) for c in rows], token
 
 
 def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:

@@ -3,7 +3,10 @@ over a window, from the intervals recorded at every state change (ops/metering.p
 
 from __future__ import annotations
 
+import base64
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import or_, select
 
@@ -30,6 +33,14 @@ def check_window(since: float, until: float, now: float) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Page:
+    """Which rows of a report: at most ``size`` (0: all) after ``token``."""
+
+    size: int = 0
+    token: str = ""
+
+
 def report(
     env: Env,
     owner: str | None,
@@ -37,6 +48,7 @@ def report(
     until: float = 0.0,
     by: Grouping = Grouping.WORKSPACE,
     projects: Sequence[str] = (),
+    page: Page = Page(),
 ) -> UsageReport:
     """Usage in [since, until) (until 0 = now): of what user ``owner`` sees, their
     workspaces and those of ``projects`` but the site's backfill ones (``owner`` None:
@@ -45,8 +57,18 @@ def report(
     Intervals are kept by project name: of a project, ``owner`` sees those begun since
     the project now of that name was made (none of a deleted one), not those of an
     older project deleted and made again under its name (``Scope.made``). An admin
-    sees them all; the old project's are those before the new one was made."""
+    sees them all; the old project's are those before the new one was made.
+
+    Paged as the List RPCs are, by key: ``page`` gives at most ``page.size`` rows after
+    the key its token names, and the report the token of the next page. A token also
+    holds the window's end, so the pages after the first of a report "until now" end
+    where the first did (their figures add up to one report, not to several nows)."""
+    if page.size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    after = _read_token(page.token, by) if page.token else None
     now = env.clock()
+    if after is not None and not until:
+        until = after[0]
     check_window(since, until, now)
     until = until or now
     q = select(UsageInterval).where(
@@ -72,7 +94,37 @@ def report(
             )
             for iv in s.execute(q).scalars()
         ]
-    return UsageReport(since, until, by, totals(intervals, since, until, now, by))
+    rows = totals(intervals, since, until, now, by)
+    if after is not None:
+        rows = tuple(r for r in rows if r.key > after[1])
+    more = bool(page.size) and len(rows) > page.size
+    rows = rows[: page.size] if more else rows
+    token = _token(until, by, rows[-1].key) if more else ""
+    return UsageReport(since, until, by, rows, token)
+
+
+def _token(until: float, by: Grouping, key: str) -> str:
+    """The token of the page after the row ``key`` of a report ending at ``until``."""
+    return base64.urlsafe_b64encode(f"{until!r}|{by.value}|{key}".encode()).decode()
+
+
+def _read_token(token: str, by: Grouping) -> tuple[float, str]:
+    """(the end of the window, the key the page comes after) of ``token``."""
+    try:
+        text = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+        until_text, grouping, key = text.split("|", 2)
+        until = float(until_text)
+        if not math.isfinite(until) or until <= 0:
+            raise ValueError(until_text)
+        Grouping(grouping)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not one this service gave out") from exc
+    if grouping != by.value:
+        raise InvalidArgument(
+            f"page_token is of a report by {grouping}, not by {by.value}: "
+            "ask for the next page with the first page's arguments"
+        )
+    return until, key
 
 
 def report_for(
@@ -81,8 +133,9 @@ def report_for(
     since: float = 0.0,
     until: float = 0.0,
     by: Grouping = Grouping.WORKSPACE,
+    page: Page = Page(),
 ) -> UsageReport:
     """Usage of ``who``'s workspaces and of their projects' (certificate and membership)."""
     with env.store.read() as s:
         sc = scope(s, who)
-    return report(env, sc.name, since, until, by, sorted(sc.projects))
+    return report(env, sc.name, since, until, by, sorted(sc.projects), page)
