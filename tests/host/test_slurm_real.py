@@ -45,7 +45,8 @@ from tests.host.slurm_site import (
     wait,
 )
 
-pytestmark = pytest.mark.host
+# Above JOB_TIMEOUT_S: a job that does not end fails with the site's diagnostics, not a bare timeout.
+pytestmark = [pytest.mark.host, pytest.mark.timeout(1200)]
 
 LOCK = "/tmp/ws-realvm.lock"
 JOB_TIMEOUT_S = 900.0  # two cloud-init boots at once under TCG on two shared cores
