@@ -139,7 +139,8 @@ class Service:
         # The agents' task streams: exec, interactive consoles and saves go through them.
         self.hub = TaskHub(lambda wid, c: save.copying(self.env, wid, c.partition, c.percent))
         self.workspaces = WorkspacesServicer(self.env)
-        self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)), self.hub)
+        blobs = BlobRepository(cfg.blob_dir, cfg.bad_blobs_max_bytes)
+        self.catalog = ImagesServicer(Catalog(self.env, blobs), self.hub)
         self.clusters = ClustersServicer(self.env)
         self.admin = AdminServicer(self.env)
         # On replicas, an exec for an agent connected to another replica goes through it.
