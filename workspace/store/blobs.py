@@ -120,6 +120,11 @@ class BlobRepository:
             raise
         bin.purge()
 
+    def has_trash(self) -> bool:
+        """Whether files wait in ``trash/`` (a transaction's, or a dead process's)."""
+        with os.scandir(self.trash_dir) as it:
+            return next(it, None) is not None
+
     def sweep_trash(self, kept: Callable[[str], bool]) -> None:
         """Files a process left aside when it died before deleting or restoring them
         (call under the store's lock): back in place if ``kept(digest)`` (their rows
