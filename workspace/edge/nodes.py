@@ -96,8 +96,9 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         seen = notifier.generation(node)
         signer = self.env.grant_signer
         sent = self.env.clock()
+        # The signer's pair before the set is made: one read while it is made is sent too.
+        signed = signer.refresh() if signer is not None else 0
         yield self.assignments(node, serial)
-        signed = signer.generation if signer is not None else 0
         while context.is_active() and not notifier.closed:
             self.auth.check_revoked(who)
             gen = notifier.wait_node(node, seen, STREAM_POLL_S)
@@ -109,8 +110,8 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
             if gen != seen or stale:
                 seen = gen
                 sent = self.env.clock()
+                signed = signer.refresh() if signer is not None else 0
                 yield self.assignments(node, serial)
-                signed = signer.generation if signer is not None else 0
 
     @unary
     def ReportStatus(
