@@ -55,7 +55,9 @@ class Agent:
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o711)  # QEMU crosses it to the disks below; nobody lists it
         self.stop_event = threading.Event()
-        self.cache = BlobCache(cfg.cache_path, cfg.cache_budget_bytes)
+        self.cache = BlobCache(
+            cfg.cache_path, cfg.cache_budget_bytes, quarantine_max_bytes=cfg.quarantine_max_bytes
+        )
         self.files = WorkspaceFiles(state / "workspaces")
         self.audit = AuditSpool(state)
         self.gate = TrustGate(cfg.node, self.audit)

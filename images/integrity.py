@@ -163,6 +163,49 @@ def record(path: Path, hx: str, stamps: Stamps) -> None:
     stamps.put(hx, Stamp.of(os.stat(path)))
 
 
+# Quarantined blobs (a node's ``quarantine/``, the service's ``blobs/bad/``) are kept at
+# most this long, and within a size bound their owner configures (``prune_quarantine``).
+QUARANTINE_MAX_AGE_S = 7 * 24 * 3600
+# That bound's default: ``quarantine_max_bytes`` (agent), ``bad_blobs_max_bytes`` (service).
+QUARANTINE_MAX_BYTES = 4 * 1024**3
+
+
+def prune_quarantine(
+    quarantine_dir: Path,
+    max_bytes: int,
+    now: float | None = None,
+    max_age_s: float = QUARANTINE_MAX_AGE_S,
+) -> list[Path]:
+    """Delete the quarantined blobs moved aside more than ``max_age_s`` ago, then the
+    oldest until those left take at most ``max_bytes`` (0: no size bound); the newest is
+    kept whatever its size (the evidence of the latest failure: it was moved, not
+    copied, so keeping it costs no more than before). Returns what was deleted, oldest
+    first. A blob's age is when it was quarantined (its name's suffix, ``quarantine``),
+    not its mtime, which is the blob's own."""
+    if not quarantine_dir.is_dir():
+        return []
+    now = time.time() if now is None else now
+    found: list[tuple[float, Path, int]] = []
+    for p in quarantine_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            st = p.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            _, _, ns = p.name.rpartition(".")
+            at = int(ns) / 1e9 if ns.isdigit() else st.st_mtime
+            found.append((at, p, st.st_size))
+    found.sort(key=lambda f: (f[0], f[1].name), reverse=True)  # newest first
+    kept_bytes, full = 0, False
+    gone: list[Path] = []
+    for i, (at, p, size) in enumerate(found):
+        kept_bytes += size
+        full = full or (i > 0 and max_bytes > 0 and kept_bytes > max_bytes)
+        if full or now - at > max_age_s:
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone[::-1]
+
+
 def quarantine(path: Path, hx: str, quarantine_dir: Path) -> Path | None:
     """Move a bad blob aside (kept for inspection, out of use): its new path, or None
     when it was already gone. The directory is its owner's alone (0700)."""

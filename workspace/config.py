@@ -319,6 +319,10 @@ class ServiceConfig:
     node_max_workers: int = 256
     # A blob uploaded but referenced by no image is deleted once it is this old.
     blob_grace_s: int = 3600
+    # Repository blobs found not to match their digest are kept in <data_dir>/blobs/bad
+    # for a week for inspection, and at most this many bytes of them (the oldest go
+    # first; the newest is kept whatever its size); 0 = no size bound.
+    bad_blobs_max_bytes: int = 4 * 1024**3
     heartbeat_interval_s: int = 5
     # A node silent for longer than this is DOWN and its workspaces LOST.
     node_grace_s: int = 40
@@ -390,6 +394,7 @@ class ServiceConfig:
                 "lease_warning_s",
                 "autoscale_cooldown_s",
                 "blob_grace_s",
+                "bad_blobs_max_bytes",
                 "default_stop_timeout_s",
                 "console_keep_bytes",
             ),
@@ -537,6 +542,10 @@ class AgentConfig:
     # Blob cache size limit in bytes (least recently used unpinned blobs are evicted to
     # stay under it); 0 = unlimited.
     cache_budget_bytes: int = 20 * 1024**3
+    # Blobs found corrupted in the cache are kept in <cache_dir>/quarantine for a week
+    # for inspection, and at most this many bytes of them (the oldest go first; the
+    # newest is kept whatever its size); 0 = no size bound.
+    quarantine_max_bytes: int = 4 * 1024**3
     # Commands run in guests at once (`ws exec`; more wait their turn), and the most
     # stdout and stderr (each) kept of one command: the rest is cut (truncated).
     exec_parallel: int = 4
@@ -589,6 +598,7 @@ class AgentConfig:
             "disk_mbps",
             "net_mbps",
             "cache_budget_bytes",
+            "quarantine_max_bytes",
             "exec_max_output_bytes",
         )
         check_min(self, "", zero_or_more, 0)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -77,31 +78,91 @@ def _verify(key: object, signature: bytes, data: bytes) -> None:
 
 
 class Signer:
-    """The service's side: signs grants with its TLS key (``cert_file``, ``key_file``)."""
+    """The service's side: signs grants with its TLS key (``cert_file``, ``key_file``).
+
+    The pair is read at start and again whenever either file changes (a certificate
+    rotation: a stat of both at each ``refresh``, as the CRL is watched), so grants are
+    signed with the certificate on disk, not with one that may be expired or revoked by
+    now. A new pair that cannot be used yet (the certificate written but not its key,
+    a certificate that is not a service's) is said at WARNING and the one read before
+    goes on signing until the files are right."""
 
     def __init__(
         self, cert_file: str | Path, key_file: str | Path, clock: Callable[[], float] = time.time
     ) -> None:
-        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
-        who = identity.from_certificate(cert)
-        if who.kind is not identity.Kind.SERVICE:
-            raise PermissionDenied(f"{cert_file} is {who.principal}'s, not a service's")
-        self.certificate = cert.public_bytes(serialization.Encoding.DER)
-        self.key = serialization.load_pem_private_key(Path(key_file).read_bytes(), None)
-        _sign(self.key, b"")  # a key that cannot sign fails here, at start
+        self.cert_file, self.key_file = Path(cert_file), Path(key_file)
         self.clock = clock
+        self._lock = threading.Lock()
+        self._seen = self._stat()
+        self._refused: object = None  # the files' stat when a pair read from them failed
+        self.certificate, self.key = _load_pair(self.cert_file, self.key_file)
+        # Moves each time another pair is read: orders sent with grants of an older one
+        # are sent again (edge/nodes.py).
+        self.generation = 0
+
+    def _stat(self) -> tuple[tuple[int, int, int, int], ...] | None:
+        try:
+            stats = [self.cert_file.stat(), self.key_file.stat()]
+        except OSError:  # a rotation renaming one of them: the next look
+            return None
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
+
+    def refresh(self) -> int:
+        """Read the pair again if either file changed since; returns ``generation``."""
+        seen = self._stat()
+        with self._lock:
+            if seen is None or seen == self._seen or seen == self._refused:
+                return self.generation
+            try:
+                certificate, key = _load_pair(self.cert_file, self.key_file)
+            except (OSError, ValueError, PermissionDenied) as exc:
+                self._refused = seen
+                why = exc.message if isinstance(exc, PermissionDenied) else str(exc)
+                log.warning(
+                    "peer grants: %s or %s changed but cannot be used (%s); still signing "
+                    "with the certificate read before",
+                    self.cert_file,
+                    self.key_file,
+                    why,
+                )
+                return self.generation
+            self._seen, self.certificate, self.key = seen, certificate, key
+            self.generation += 1
+            log.info("peer grants: signing with the new certificate in %s", self.cert_file)
+            return self.generation
 
     def grants(self, node: str, digests: Iterable[str]) -> PeerGrants:
         """Grants of ``digests`` (the first ``MAX_GRANTS``) to ``node``."""
+        self.refresh()
+        with self._lock:
+            certificate, key = self.certificate, self.key
         expires_at = int(self.clock()) + LIFETIME_S
         return PeerGrants(
-            self.certificate,
+            certificate,
             expires_at,
             tuple(
-                (d, _sign(self.key, message(node, d, expires_at)))
+                (d, _sign(key, message(node, d, expires_at)))
                 for d in list(dict.fromkeys(d for d in digests if d))[:MAX_GRANTS]
             ),
         )
+
+
+def _load_pair(cert_file: Path, key_file: Path) -> tuple[bytes, object]:
+    """A service's certificate (DER) and the private key that goes with it; raises
+    PermissionDenied (not a service's), ValueError (unreadable, not a pair, cannot sign)
+    or OSError."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    who = identity.from_certificate(cert)
+    if who.kind is not identity.Kind.SERVICE:
+        raise PermissionDenied(f"{cert_file} is {who.principal}'s, not a service's")
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"cannot sign peer grants with a {type(key).__name__}")
+    if key.public_key().public_bytes(*public) != cert.public_key().public_bytes(*public):
+        raise ValueError(f"{key_file} is not the key of the certificate in {cert_file}")
+    _sign(key, b"")  # a key that cannot sign fails here
+    return cert.public_bytes(serialization.Encoding.DER), key
 
 
 class Verifier:

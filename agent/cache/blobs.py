@@ -56,8 +56,9 @@ CHUNK_BYTES = 1024 * 1024
 PARTIAL_MAX_AGE_S = 24 * 3600
 # A write that failed with these: the cache's filesystem is full (the partial is removed).
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-# Quarantined (corrupted) blobs are kept this long for inspection, then deleted at start.
-QUARANTINE_MAX_AGE_S = 7 * 24 * 3600
+# Quarantined (corrupted) blobs are kept this long for inspection, and within
+# ``quarantine_max_bytes`` (the newest always): pruned at start and at each quarantine.
+QUARANTINE_MAX_AGE_S = integrity.QUARANTINE_MAX_AGE_S
 
 # fetch(digest, offset) → chunks from that offset on
 Fetcher = Callable[[str, int], Iterable[bytes]]
@@ -107,10 +108,15 @@ def fmt_bytes(n: int) -> str:
 
 class BlobCache:
     def __init__(
-        self, root: Path, budget_bytes: int = 0, clock: Callable[[], float] = time.time
+        self,
+        root: Path,
+        budget_bytes: int = 0,
+        clock: Callable[[], float] = time.time,
+        quarantine_max_bytes: int = integrity.QUARANTINE_MAX_BYTES,
     ) -> None:
         self.root = root
         self.budget_bytes = budget_bytes
+        self.quarantine_max_bytes = quarantine_max_bytes
         self.clock = clock  # wall clock for last-use times (tests pass their own)
         self.blob_dir = root / "blobs" / "sha256"
         self.partial_dir = root / "partial"
@@ -160,10 +166,7 @@ class BlobCache:
             if now - path.stat().st_mtime > PARTIAL_MAX_AGE_S:
                 log.info("removing stale partial transfer %s", path)
                 path.unlink(missing_ok=True)
-        for path in self.quarantine_dir.iterdir():
-            if now - path.stat().st_mtime > QUARANTINE_MAX_AGE_S:
-                log.info("removing quarantined blob %s (kept a week)", path)
-                path.unlink(missing_ok=True)
+        self._prune_quarantine()
         used = sum(e.size_bytes for e in self._entries.values())
         budget = fmt_bytes(self.budget_bytes) if self.budget_bytes else "unlimited"
         log.info(
@@ -318,9 +321,24 @@ class BlobCache:
             return got
         moved = integrity.quarantine(final, hx, self.quarantine_dir)
         self._forget(hx)
+        self._prune_quarantine()
         message = f"cached {got.describe(digest)}; moved to {moved}, it will be fetched again"
         log.error("%s", message)
         raise BlobCorrupted(message, digest, moved)
+
+    def _prune_quarantine(self) -> None:
+        """Quarantined blobs past a week, or beyond ``quarantine_max_bytes`` (the oldest
+        first; the newest is kept): a node that keeps finding bad blobs does not fill
+        its disk with them."""
+        for path in integrity.prune_quarantine(
+            self.quarantine_dir, self.quarantine_max_bytes, self.clock()
+        ):
+            log.info(
+                "removed quarantined blob %s (kept a week, and the newest within "
+                "quarantine_max_bytes = %d)",
+                path,
+                self.quarantine_max_bytes,
+            )
 
     def _forget(self, hx: str) -> None:
         with self._lock:

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from images.model import ImageSpec, Mode, Partition
 from tests.functional.harness import WS, Site
+from workspace.ops import images as images_ops
+from workspace.store import Workspace
+from workspace.store.mapping import bound_spec
 
 
 @pytest.fixture
@@ -36,3 +40,32 @@ def test_a_workspace_lives_and_dies_on_postgresql(pg_site: Site) -> None:
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
     again = site.stubs.create(name="beta", request_id="r-beta")
     assert again.nics[0].ip == w.nics[0].ip  # the address came back to the pool
+
+
+def test_the_blob_collections_check_under_the_lock_finds_what_uses_a_blob(
+    pg_site: Site,
+) -> None:
+    """The collection's look under the write lock (ops/images.py) reads only the images
+    and live workspaces whose columns name a blob (a LIKE on their JSON as text): on
+    PostgreSQL too it finds a partition's and a kernel's blob, and a live workspace's
+    (which its image names too), and not one nothing uses."""
+    site = pg_site
+    # The module's database is shared with the test above: names of its own.
+    site.stubs.network("coll", subnet="192.168.123.0/24")
+    site.stubs.import_image("coll-img")
+    site.add_agent("node1", networks=[{"name": "coll"}])
+    w = site.stubs.create(name="coll", image="coll-img", networks=["coll"])
+    root, kernel, unused = (site.stubs.upload(bytes([i]) * 4096) for i in (1, 2, 3))
+    assert site.service is not None
+    catalog = site.service.catalog.catalog
+    catalog.import_image(
+        site.cfg.default_owner,
+        ImageSpec("k:1", (Partition("root", Mode.COW, root, "raw"),), kernel),
+    )
+    with catalog.env.store.read() as s:
+        used = bound_spec(s.get(Workspace, w.id)).digests()  # type: ignore[arg-type]
+        assert images_ops._referencing(s, {root, kernel, unused, *used}) == {
+            root,
+            kernel,
+            *used,
+        }

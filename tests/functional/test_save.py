@@ -533,6 +533,63 @@ def test_a_save_whose_service_died_lapses_and_is_cleared(env_site: Site) -> None
     starts(site, w)
 
 
+def test_a_save_its_service_restarted_in_the_middle_of_is_cleared_at_once(
+    env_site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service (alone on its SQLite store) restarts while the node copies a disk:
+    the save died with it, and the node cancelled it when its task stream broke. The
+    restarted service clears the mark at once, with a `workspace.save_failed` event
+    saying why, rather than refuse `ws start` and `ws image save` for
+    `limits.save_timeout_s`; the save asked for again makes the image."""
+    site = env_site
+    w = stopped(site, "box")
+    from agent import save as agent_save
+
+    real = agent_save.qemu_img.flatten
+    copying, go = threading.Event(), threading.Event()
+
+    def held(src: Path, dst: Path, timeout_s: float, told: Any = None) -> None:
+        real(src, dst, timeout_s, told)
+        if not go.is_set():
+            copying.set()
+            assert go.wait(20)
+
+    monkeypatch.setattr(agent_save.qemu_img, "flatten", held)
+    first: dict[str, int] = {}
+    cli = cli_save(site, first)
+    try:
+        assert copying.wait(20)
+        assert site.stubs.get(w.id).saving_as == "env:2"
+        # The process dies: nothing of it clears its mark (here, in one process, its
+        # save call would when its stream ends; it does nothing).
+        died = threading.Event()
+        monkeypatch.setattr(ops_save, "_unmark", lambda *_a, **_k: died.set())
+        site.stop_service()
+        go.set()
+        cli.join(30)
+        assert died.wait(20)
+        site.start_service()
+    finally:
+        go.set()
+        cli.join(30)
+    assert first["code"] != 0
+    capsys.readouterr()
+    assert site.stubs.get(w.id).saving_as == ""
+    said = [(e.kind, e.subject, e.reason) for e in save_events(site, w.id)]
+    assert said == [
+        ("workspace.saving", "env:2", "1 partition(s) to copy"),
+        ("workspace.save_failed", "env:2", ops_save.LOST_TO_RESTART),
+    ]
+    monkeypatch.undo()
+    assert site.service is not None
+    hub = site.service.hub
+    wait_for(lambda: hub.connected("node1"), what="node1's task stream again")
+    again: dict[str, int] = {}
+    cli_save(site, again).join(60)
+    assert again["code"] == 0, capsys.readouterr().err
+    starts(site, w)
+
+
 def test_a_save_its_service_gave_up_on_stops_on_the_node_and_the_retry_saves(
     env_site: Site,
     monkeypatch: pytest.MonkeyPatch,

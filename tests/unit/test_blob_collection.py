@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from images.model import ImageSpec, Mode, Partition
 from workspace.config import ServiceConfig, load
+from workspace.ops import images as images_ops
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
 from workspace.ops.unit import Env
@@ -156,3 +159,55 @@ def test_files_a_dead_process_left_aside_go_back_or_go(
     assert c.blobs.has(kept) and c.blobs.check(kept).intact
     assert not c.blobs.has(dropped)
     assert list(c.blobs.trash_dir.iterdir()) == []
+
+
+# -- the scan runs without the write lock ------------------------------------------------------
+
+
+@pytest.mark.parametrize("meanwhile", ["imported", "imported as a kernel", "uploaded again"])
+def test_a_blob_taken_while_the_collection_scans_is_kept(
+    catalog: tuple[Catalog, Clock], monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """The collection scans every blob, image and workspace without the store's write
+    lock (with many blobs it stalled every write). A blob it found old and unused that
+    another caller imports (or uploads again) before the delete stays, and that caller
+    is not kept waiting by the scan."""
+    c, clock = catalog
+    data = [b"\x0b" * 4096]
+    d, other = (c.upload_blob(b, "alice")[0] for b in (data, [b"\x0c" * 4096]))
+    clock.now += GRACE_S + 1
+    real = images_ops._referenced
+    done = threading.Event()
+
+    def other_caller() -> None:
+        if meanwhile == "imported":
+            _import(c, "img", d)
+        elif meanwhile == "imported as a kernel":
+            root = Partition("root", Mode.COW, other, format="raw")
+            c.import_image("alice", ImageSpec("img", (root,), kernel_digest=d))
+        else:
+            assert c.blobs.put(data, 1 << 20)[0] == d
+            with c.env.store.write() as s:
+                row = s.get(Blob, d)
+                assert row is not None
+                row.created_at = clock.now
+        done.set()
+
+    def scanned(s: Session) -> set[str]:
+        found = real(s)  # the scan has found d unused
+        if not done.is_set():
+            t = threading.Thread(target=other_caller)
+            t.start()
+            t.join(30)
+        assert done.is_set(), "a write waited for the collection's scan"
+        return found
+
+    monkeypatch.setattr(images_ops, "_referenced", scanned)
+    assert d not in c.collect_blobs()
+    assert c.blobs.has(d) and c.blobs.check(d).intact and d in _rows(c)
+    monkeypatch.undo()
+    clock.now += GRACE_S + 1
+    if meanwhile.startswith("imported"):
+        assert d not in c.collect_blobs()  # used by an image: kept for good
+    else:
+        assert d in c.collect_blobs()  # its new grace is over

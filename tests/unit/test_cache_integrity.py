@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,3 +264,52 @@ def test_repository_flipped_byte_refuses_the_fetch_and_marks_the_blob_bad(tmp_pa
     # pushing the content again restores it
     assert repo.put(iter([DATA]), 1 << 30) == (digest, len(DATA))
     assert b"".join(repo.read(digest)) == DATA
+
+
+# -- quarantined blobs are kept within a bound ------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _bad_in_repository(repo: BlobRepository, n: int) -> str:
+    """Blob number ``n`` (1 MiB) stored, then found changed on disk (moved to bad/)."""
+    digest, _ = repo.put(iter([bytes([n]) * MIB]), 1 << 30)
+    flip(repo.path(digest))
+    with pytest.raises(FailedPrecondition):
+        repo.check(digest)
+    return digest.split(":")[1]
+
+
+def test_the_repositorys_bad_blobs_are_kept_within_their_bound_the_newest_first(
+    tmp_path: Path,
+) -> None:
+    """A repository that keeps finding bad blobs keeps the newest within
+    `bad_blobs_max_bytes` (the oldest go), and none older than a week: its disk does not
+    fill with them. The newest is kept even when it alone is over the bound."""
+    repo = BlobRepository(tmp_path / "blobs", bad_max_bytes=2 * MIB + MIB // 2)
+    made = [_bad_in_repository(repo, n) for n in range(1, 5)]
+    assert [p.name.split(".")[0] for p in repo.bad()] == made[-2:]
+    # A week later (the service restarted): the newest is past its week too.
+    week = integrity.QUARANTINE_MAX_AGE_S
+    gone = repo.prune_bad(time.time() + week + 60)
+    assert [p.name.split(".")[0] for p in gone] == made[-2:] and repo.bad() == []
+    tiny = BlobRepository(tmp_path / "blobs", bad_max_bytes=1)
+    made = [_bad_in_repository(tiny, n) for n in range(5, 7)]
+    assert [p.name.split(".")[0] for p in tiny.bad()] == made[-1:]
+
+
+def test_the_caches_quarantine_is_kept_within_its_bound_the_newest_first(
+    tmp_path: Path,
+) -> None:
+    """The same on a node: `quarantine_max_bytes` of the newest corrupted blobs."""
+    cache = BlobCache(tmp_path / "cache", quarantine_max_bytes=2 * MIB)
+    made = []
+    for n in range(1, 5):
+        data = bytes([n]) * MIB
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        flip(cache.ensure(digest, [served(data)], len(data)))
+        with pytest.raises(BlobCorrupted):
+            cache.ensure(digest, [served(data)], len(data))
+        made.append(digest.split(":")[1])
+    kept = sorted(cache.quarantine_dir.iterdir(), key=lambda p: int(p.name.split(".")[1]))
+    assert [p.name.split(".")[0] for p in kept] == made[-2:]

@@ -4,6 +4,8 @@ and the service's orders carry grants for the blobs they name peers for."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +24,7 @@ from workspace.domain.model import BlobSources, Disk, Grant, Order
 from workspace.domain.states import Desired
 from workspace.edge import nodes as edge_nodes
 from workspace.errors import PermissionDenied
+from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
@@ -205,3 +208,83 @@ def test_a_node_is_sent_fresh_grants_before_its_grants_expire(
     clock.now = shown.expires_at + 1  # the first set's grants have expired; the new ones hold
     assert "expired" in verifier(site_pki, clock.now).problem(shown.grant(D1), "n1", D1)
     assert verifier(site_pki, clock.now).problem(fresh.grant(D1), "n1", D1) == ""
+
+
+def _rotate(p: SitePki, into: Path, hosts: tuple[str, ...], key_too: bool = True) -> int:
+    """A new service certificate (and key) for ``into`` (an identity directory), put in
+    place as a rotation does (each file replaced whole); returns the old one's serial."""
+    old = pki.identity_of_dir(into).serial
+    new = p.issue(Identity(Kind.SERVICE, "localhost"), hosts)
+    for name in (pki.CERT, pki.KEY) if key_too else (pki.CERT,):
+        shutil.copyfile(new / name, into / f"{name}.new")
+        os.replace(into / f"{name}.new", into / name)
+    return old
+
+
+def test_a_rotated_service_certificate_signs_the_grants_from_then_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service's certificate is rotated and the old one revoked: the grants it
+    signs from then on carry the new one (peers accept them), without a restart. A
+    certificate put in place before its key is not used until the key follows."""
+    p = SitePki(tmp_path / "pki")
+    d = shutil.copytree(p.service(), tmp_path / "service")
+    signer = grants.Signer(d / pki.CERT, d / pki.KEY)
+    assert verifier(p).problem(signer.grants("n2", [D1]).grant(D1), "n2", D1) == ""
+    # Half-way: the new certificate, the old key.
+    old = _rotate(p, d, ("localhost", "a"), key_too=False)
+    g = signer.grants("n2", [D1]).grant(D1)
+    assert verifier(p).problem(g, "n2", D1) == ""  # the old pair, still whole
+    assert "is not the key of the certificate" in caplog.text
+    _rotate(p, d, ("localhost", "a"))
+    p.ca.revoke(hex(old))
+    g = signer.grants("n2", [D1]).grant(D1)
+    assert g is not None and g.certificate == signer.certificate
+    assert verifier(p).problem(g, "n2", D1) == ""
+    assert signer.generation == 1
+
+
+class _Ending(_Context):
+    """A call whose client goes away after ``polls`` looks (so a stream that would not
+    send again ends instead of waiting forever)."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def is_active(self) -> bool:
+        self.polls -= 1
+        return self.polls > 0
+
+
+def test_a_node_is_sent_grants_of_the_new_certificate_once_it_is_rotated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders are sent again, grants signed by the new certificate, as soon as the
+    service's certificate is rotated, not only once the old grants are an hour old."""
+    monkeypatch.setattr(edge_nodes, "STREAM_POLL_S", 0.01)
+    p = SitePki(tmp_path / "pki")
+    d = shutil.copytree(p.service(), tmp_path / "service")
+    cfg = load(ServiceConfig, None, data_dir=str(tmp_path))
+    env = replace(
+        Env.of(cfg, Store(f"sqlite:///{tmp_path}/db.sqlite"), Notifier()),
+        grant_signer=grants.Signer(d / pki.CERT, d / pki.KEY),
+    )
+    servicer = edge_nodes.NodesServicer(env, Catalog(env, BlobRepository(tmp_path / "blobs")))
+    for name, address in (("n1", ""), ("p1", "p1:7071")):
+        servicer.register(
+            nodes_pb2.RegisterRequest(
+                node=name, hypervisor="fake", cpus=1, memory_mib=1024, peer_address=address
+            )
+        )
+    with env.store.write() as s:
+        s.get(Node, "n1").prefetch = [D1]  # type: ignore[union-attr]
+        s.get(Node, "p1").cached_digests = [D1]  # type: ignore[union-attr]
+    sets = servicer.WatchAssignments(nodes_pb2.WatchAssignmentsRequest(node="n1"), _Ending(500))
+    first = codec.peer_grants_from_proto(next(sets))
+    old = _rotate(p, d, ("localhost", "b"))
+    p.ca.revoke(hex(old))
+    assert first is not None and "is revoked" in verifier(p).problem(first.grant(D1), "n1", D1)
+    resent = next(sets, None)
+    assert resent is not None, "the orders were not sent again"
+    again = codec.peer_grants_from_proto(resent)
+    assert again is not None and verifier(p).problem(again.grant(D1), "n1", D1) == ""

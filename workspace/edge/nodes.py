@@ -94,16 +94,23 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         serial = _serial(who)
         notifier = self.env.notifier
         seen = notifier.generation(node)
+        signer = self.env.grant_signer
         sent = self.env.clock()
+        # The signer's pair before the set is made: one read while it is made is sent too.
+        signed = signer.refresh() if signer is not None else 0
         yield self.assignments(node, serial)
         while context.is_active() and not notifier.closed:
             self.auth.check_revoked(who)
             gen = notifier.wait_node(node, seen, STREAM_POLL_S)
-            # Sent again, unchanged but for fresh peer grants, before those expire.
-            stale = self.env.grant_signer is not None and self.env.clock() - sent >= REFRESH_S
+            # Sent again, unchanged but for fresh peer grants, before those expire, and
+            # once the service's certificate was rotated (its grants signed by the new one).
+            stale = signer is not None and (
+                self.env.clock() - sent >= REFRESH_S or signer.refresh() != signed
+            )
             if gen != seen or stale:
                 seen = gen
                 sent = self.env.clock()
+                signed = signer.refresh() if signer is not None else 0
                 yield self.assignments(node, serial)
 
     @unary

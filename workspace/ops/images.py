@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
 from images import formats, manifest
@@ -156,26 +156,25 @@ class Catalog:
         """Delete the blobs that no image and no live workspace references and that were
         uploaded more than ``blob_grace_s`` ago (files without a row: by their mtime);
         returns their digests. Runs after each upload: unimported blobs only ever come
-        from uploads, so they never pile up beyond one grace period's worth."""
+        from uploads, so they never pile up beyond one grace period's worth.
+
+        The scan (every blob's row and file, every image's and live workspace's digests)
+        reads without the store's write lock, so writes go on meanwhile; under the lock
+        only the blobs it found are looked at again (still old: not uploaded again; still
+        unused: no import or create took them since) and deleted with their files."""
         env = self.env
         cutoff = env.clock() - env.cfg.blob_grace_s
-        nodes: list[str] = []
-        with env.store.write_lock, self.blobs.discarding() as bin:
-            with env.store.write() as s:
-                uploaded = {
-                    d: at for d, at in s.execute(select(Blob.digest, Blob.created_at)).all()
-                }
-                self.blobs.sweep_trash(uploaded.__contains__)  # before files are added
-                for d in self.blobs.digests():
-                    if d not in uploaded:
-                        uploaded[d] = self.blobs.mtime(d)
-                old = {d for d, at in uploaded.items() if at < cutoff}
-                if not old:
-                    return []
-                gone = sorted(old - _referenced(s))
-                nodes = _delete_rows(s, gone)
-                bin.take(gone)
-            self.blobs.remove_stale_temp(cutoff)
+        if self.blobs.has_trash():  # a process died with files aside (rare)
+            with env.store.write_lock, env.store.write() as s:
+                self.blobs.sweep_trash(lambda d: s.get(Blob, d) is not None)
+        self.blobs.remove_stale_temp(cutoff)
+        found = self._collectable(cutoff)
+        if not found:
+            return []
+        with env.store.write_lock, self.blobs.discarding() as bin, env.store.write() as s:
+            gone = sorted(self._still_collectable(s, found, cutoff))
+            nodes = _delete_rows(s, gone) if gone else []
+            bin.take(gone)
         env.notifier.node_changed(*nodes)
         freed = bin.freed
         if gone:
@@ -187,6 +186,39 @@ class Catalog:
                 ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
             )
         return gone
+
+    def _collectable(self, cutoff: float) -> set[str]:
+        """The blobs uploaded (a file without a row: written) before ``cutoff`` that no
+        image and no live workspace uses, as a read without the write lock sees them."""
+        with self.env.store.read() as s:
+            uploaded = {d: at for d, at in s.execute(select(Blob.digest, Blob.created_at)).all()}
+        old = {d for d, at in uploaded.items() if at < cutoff}
+        # Listed after the rows were read: a file uploaded since has no row here, and is
+        # young by its own time.
+        old |= {d for d in self.blobs.digests() if d not in uploaded and self._old(d, cutoff)}
+        if not old:
+            return set()
+        with self.env.store.read() as s:
+            return old - _referenced(s)
+
+    def _still_collectable(self, s: Session, found: set[str], cutoff: float) -> set[str]:
+        """Of the blobs ``_collectable`` found, those still old and unused (call under the
+        store's write lock: what it says holds until the commit)."""
+        wanted = sorted(found)
+        rows: dict[str, float] = {}
+        for i in range(0, len(wanted), _REFERENCING_BATCH * 5):
+            batch = wanted[i : i + _REFERENCING_BATCH * 5]
+            q = select(Blob.digest, Blob.created_at).where(Blob.digest.in_(batch))
+            rows.update({d: at for d, at in s.execute(q).all()})
+        old = {d for d in found if (rows[d] < cutoff if d in rows else self._old(d, cutoff))}
+        return old - _referencing(s, old)
+
+    def _old(self, digest: str, cutoff: float) -> bool:
+        """Whether the file of ``digest`` was written before ``cutoff`` (False: gone)."""
+        try:
+            return self.blobs.mtime(digest) < cutoff
+        except FileNotFoundError:
+            return False
 
     def _drop_refused(self, who: Identity, digest: str) -> None:
         """A blob refused at import (unsafe, not the declared format) stops counting
@@ -599,6 +631,33 @@ def _in_use(name: str, users: list[Workspace], sc: Scope) -> str:
         f"image {name} is in use by {len(users)} live workspace(s): {listed}; "
         f"destroy them first{theirs}"
     )
+
+
+# Digests looked for in one statement by ``_referencing``.
+_REFERENCING_BATCH = 100
+
+
+def _referencing(s: Session, digests: set[str]) -> set[str]:
+    """Which of ``digests`` an image or a live workspace uses, reading only the rows that
+    name one of them (``_referenced`` reads them all)."""
+    wanted = sorted(digests)
+    used: set[str] = set()
+    for i in range(0, len(wanted), _REFERENCING_BATCH):
+        batch = wanted[i : i + _REFERENCING_BATCH]
+        hexes = [d.partition(":")[2] for d in batch]
+        named = [cast(Image.partitions, Text).contains(h) for h in hexes]
+        images = select(Image).where(
+            or_(Image.kernel_digest.in_(batch), Image.initrd_digest.in_(batch), *named)
+        )
+        for img in s.execute(images).scalars():
+            used |= set(image_spec(img).digests())
+        live = select(Workspace).where(
+            Workspace.state != State.TERMINATED.value,
+            or_(*[cast(Workspace.image_spec, Text).contains(h) for h in hexes]),
+        )
+        for w in s.execute(live).scalars():
+            used |= set(bound_spec(w).digests())
+    return used & digests
 
 
 def _referenced(s: Session) -> set[str]:

@@ -11,9 +11,11 @@ While the node works the workspace is marked (``saving_as``): it does not start,
 disks do not change under the copy, and a second save of it is refused. The
 mark is cleared when the save ends, whatever the outcome; one older than
 ``limits.save_timeout_s`` (a service that died mid-save) no longer counts, and the
-leader's housekeeping clears it (``clear_lapsed``). Each save is in the site events:
-``workspace.saving`` when it begins, ``workspace.saved`` or ``workspace.save_failed``
-when it ends (the image itself: ``image.added``, store/journal.py).
+leader's housekeeping clears it (``clear_lapsed``); a service alone on its store (SQLite)
+clears every mark at its start (``clear_orphaned``: its previous run's saves died with
+it). Each save is in the site events: ``workspace.saving`` when it begins,
+``workspace.saved`` or ``workspace.save_failed`` when it ends (the image itself:
+``image.added``, store/journal.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, true, update
 from sqlalchemy.orm import Session
 
 from images import manifest
@@ -226,20 +228,40 @@ def clear_lapsed(env: Env) -> int:
     died mid-save: nothing else will), each with a ``workspace.save_failed`` event;
     returns how many."""
     cut = env.clock() - env.cfg.limits.save_timeout_s - SAVE_GRACE_S
-    with env.store.write() as s:
-        q = select(Workspace).where(Workspace.saving_as != "", Workspace.saving_since < cut)
-        lapsed = list(s.execute(q).scalars())
-        for ws in lapsed:
+    return _clear(env, Workspace.saving_since < cut, "never ended (lapsed)")
+
+
+# Why ``clear_orphaned`` cleared a save's mark (its ``workspace.save_failed`` event).
+LOST_TO_RESTART = "lost: the service restarted during the save; save again"
+
+
+def clear_orphaned(env: Env) -> int:
+    """At the start of a service that is its store's only process (SQLite): every save
+    mark was left by this service's previous run, whose save calls died with it, and the
+    node cancelled each save when its task stream to that run broke (agent/tasks.py).
+    Clear them now, each with a ``workspace.save_failed`` event saying the save was lost
+    to a restart, rather than keep the workspace from starting or being saved again
+    until ``limits.save_timeout_s`` has passed; returns how many. (On PostgreSQL another
+    replica may be running a save: only ``clear_lapsed`` clears a mark there.)"""
+    return _clear(env, true(), LOST_TO_RESTART)
+
+
+def _clear(env: Env, which: ColumnElement[bool], reason: str) -> int:
+    with callctx.system(), env.store.write() as s:
+        q = select(Workspace).where(Workspace.saving_as != "", which)
+        cleared = list(s.execute(q).scalars())
+        for ws in cleared:
             log.warning(
-                "workspace %s (%s): its save as image %s never ended; mark cleared",
+                "workspace %s (%s): its save as image %s ended without a word (%s); mark cleared",
                 ws.id,
                 ws.name,
                 ws.saving_as,
+                reason,
                 extra=about(ws.id),
             )
-            _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, "never ended (lapsed)")
+            _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, reason)
             _set_mark(ws, "", 0.0)
-        return len(lapsed)
+        return len(cleared)
 
 
 def progress(

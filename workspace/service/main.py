@@ -139,7 +139,8 @@ class Service:
         # The agents' task streams: exec, interactive consoles and saves go through them.
         self.hub = TaskHub(lambda wid, c: save.copying(self.env, wid, c.partition, c.percent))
         self.workspaces = WorkspacesServicer(self.env)
-        self.catalog = ImagesServicer(Catalog(self.env, BlobRepository(cfg.blob_dir)), self.hub)
+        blobs = BlobRepository(cfg.blob_dir, cfg.bad_blobs_max_bytes)
+        self.catalog = ImagesServicer(Catalog(self.env, blobs), self.hub)
         self.clusters = ClustersServicer(self.env)
         self.admin = AdminServicer(self.env)
         # On replicas, an exec for an agent connected to another replica goes through it.
@@ -211,6 +212,9 @@ class Service:
             log.warning("INSECURE: every caller acts as the admin user %r", self.cfg.default_owner)
         elif not self.cfg.tls.crl_file:
             log.warning("[tls] crl_file is not set: revoked certificates are not refused")
+        if self.sole is not None and (lost := save.clear_orphaned(self.env)):
+            # This process is the store's only one: the marks are its previous run's.
+            log.warning("%d save(s) under way when the service stopped were lost", lost)
         self.port = rpc.listen_on(self.server, self.cfg.listen, self.cfg.tls, "listen")
         self.node_port = rpc.listen_on(
             self.node_server, self.cfg.node_address, self.cfg.tls, "node_listen"

@@ -38,14 +38,17 @@ def check_digest(digest: str) -> str:
 
 
 class BlobRepository:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, bad_max_bytes: int = integrity.QUARANTINE_MAX_BYTES) -> None:
         self.root = root
+        # ``bad/`` keeps a week and at most this many bytes (``bad_blobs_max_bytes``).
+        self.bad_max_bytes = bad_max_bytes
         # Only the service reads blobs (it serves them): 0700 directories, 0600 files,
         # also those earlier versions left 0755/0644 (blobs, and bad/, the blobs found
         # bad and kept aside).
         for d in (root, root / "sha256", root / "tmp"):
             integrity.private_dir(d)
         self.bad_dir = integrity.private_dir(root / "bad")
+        self.prune_bad()
         self.trash_dir = integrity.private_dir(root / "trash")
         self.stamps = integrity.Stamps(root / "verified")
         self._lock = threading.Lock()
@@ -117,6 +120,11 @@ class BlobRepository:
             raise
         bin.purge()
 
+    def has_trash(self) -> bool:
+        """Whether files wait in ``trash/`` (a transaction's, or a dead process's)."""
+        with os.scandir(self.trash_dir) as it:
+            return next(it, None) is not None
+
     def sweep_trash(self, kept: Callable[[str], bool]) -> None:
         """Files a process left aside when it died before deleting or restoring them
         (call under the store's lock): back in place if ``kept(digest)`` (their rows
@@ -152,6 +160,7 @@ class BlobRepository:
                     log.info("repository %s", got.describe(digest))
                 return got
             moved = integrity.quarantine(path, hx, self.bad_dir)
+        self.prune_bad()
         message = (
             f"repository {got.describe(digest)}; moved to {moved}; refused: push the image "
             "again to restore it"
@@ -163,6 +172,19 @@ class BlobRepository:
             except Exception:
                 log.exception("cannot record that blob %s is bad", digest)
         raise FailedPrecondition(message)
+
+    def prune_bad(self, now: float | None = None) -> list[Path]:
+        """Delete the blobs in ``bad/`` past a week, or beyond ``bad_max_bytes`` (the
+        oldest first; the newest is kept): a repository that keeps finding bad blobs
+        does not fill the service's disk with them. Returns what went."""
+        gone = integrity.prune_quarantine(self.bad_dir, self.bad_max_bytes, now)
+        for path in gone:
+            log.info(
+                "removed bad blob %s (kept a week, and the newest within bad_blobs_max_bytes = %d)",
+                path,
+                self.bad_max_bytes,
+            )
+        return gone
 
     def _missing(self, digest: str) -> str:
         hx = digests.hex_of(digest)
