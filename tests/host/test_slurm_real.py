@@ -45,7 +45,7 @@ from tests.host.slurm_site import (
     wait,
 )
 
-# Above JOB_TIMEOUT_S: a job that does not end fails with the site's diagnostics, not a bare timeout.
+# Above JOB_TIMEOUT_S: a job that does not end fails with the site's diagnostics.
 pytestmark = [pytest.mark.host, pytest.mark.timeout(1200)]
 
 LOCK = "/tmp/ws-realvm.lock"
