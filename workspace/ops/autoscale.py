@@ -378,6 +378,8 @@ def _by(who: Identity) -> dict[str, Any]:
     by: dict[str, Any] = {"user": who.name, "admin": who.admin, "projects": sorted(who.projects)}
     if who.serial:
         by["serial"] = format(who.serial, "x")
+    if who.issued_at:
+        by["issued_at"] = who.issued_at
     return by
 
 
@@ -398,6 +400,7 @@ def _actor(by: Any) -> Identity | None:
         str(by["user"]),
         admin=bool(by.get("admin")),
         projects=tuple(str(p) for p in by.get("projects") or ()),
+        issued_at=float(by.get("issued_at") or 0.0),
     )
 
 

@@ -442,6 +442,20 @@ class ProjectMember(Base):
     user: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
+class ProjectDeletion(Base):
+    """A project that was deleted: its name, when it was made and when deleted. A
+    certificate issued before a project of its name was deleted does not make its holder
+    a member of the project made again under the name (ops/projects.py ``outdated``)."""
+
+    __tablename__ = "project_deletions"
+    __table_args__ = (Index("ix_project_deletion_name", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float, default=0.0)  # 0: not known
+    deleted_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 # -- usage (ops/metering.py records, ops/usage.py reports) -----------------------------------
 
 
