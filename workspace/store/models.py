@@ -234,6 +234,10 @@ class Workspace(Base):
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     cluster: Mapped[str] = mapped_column(String(64), default="")
     role: Mapped[str] = mapped_column(String(64), default="")
+    # Who asked for the member a cluster grow added (ops/grow_rights.py ``stored``; {}:
+    # made with its cluster, by its owner): a grow waiting for capacity is placed only
+    # while they still may make it (ops/queue.py).
+    grown_by: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     # Contextualization, copied from the image at create (it may be deleted later): "none"
     # or "nocloud", and the login user.
     context: Mapped[str] = mapped_column(String(16), default="none")

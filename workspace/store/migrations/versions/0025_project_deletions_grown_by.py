@@ -5,6 +5,9 @@ holder a member of the project made again under that name (ops/projects.py
 copied in, so a project deleted before the upgrade, and made again, is covered too
 while its event was kept.
 
+workspaces.grown_by: who asked for a member a cluster grow added ({}: made with the
+cluster); a grow waiting for capacity is placed only while they still may make it.
+
 Revision ID: 0025
 Revises: 0024
 Create Date: 2026-12-05 08:00:00
@@ -35,8 +38,12 @@ def upgrade() -> None:
         "INSERT INTO project_deletions (name, created_at, deleted_at) "
         "SELECT subject, 0.0, at FROM site_events WHERE kind = 'project.deleted'"
     )
+    with op.batch_alter_table("workspaces", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("grown_by", sa.JSON(), server_default="{}", nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("workspaces", schema=None) as batch_op:
+        batch_op.drop_column("grown_by")
     op.drop_index("ix_project_deletion_name", table_name="project_deletions")
     op.drop_table("project_deletions")
