@@ -184,6 +184,23 @@ def project_times(s: Session, names: Iterable[str]) -> tuple[tuple[str, float], 
     return tuple(sorted((n, float(t or 0.0)) for n, t in s.execute(q)))
 
 
+def deletion_times(s: Session, names: Iterable[str]) -> dict[str, list[float]]:
+    """When each of ``names`` was deleted, every time (oldest first; a name never
+    deleted is not in it): what began of a project before a deletion of its name was of
+    the project deleted then (nothing of a project outlives it: ``delete_project``)."""
+    wanted = sorted({n for n in names if n})
+    out: dict[str, list[float]] = {}
+    if wanted:
+        q = (
+            select(ProjectDeletion.name, ProjectDeletion.deleted_at)
+            .where(ProjectDeletion.name.in_(wanted))
+            .order_by(ProjectDeletion.deleted_at)
+        )
+        for name, at in s.execute(q):
+            out.setdefault(name, []).append(float(at))
+    return out
+
+
 def scope(s: Session, who: Identity | str, *, made: bool = False) -> Scope:
     """``who``'s scope; ``made``: with when each of their projects was made (a read more),
     for the reads that reach rows a project deleted since left behind (terminated

@@ -3,6 +3,7 @@ over a window, from the intervals recorded at every state change (ops/metering.p
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from sqlalchemy import or_, select
@@ -11,7 +12,7 @@ from workspace.domain.leases import iso_time
 from workspace.domain.usage import Consumption, Grouping, Interval, UsageReport, totals
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity, Kind
-from workspace.ops.projects import Scope, project_times, scope
+from workspace.ops.projects import Scope, deletion_times, project_times, scope
 from workspace.ops.unit import Env
 from workspace.store import UsageInterval
 
@@ -45,7 +46,8 @@ def report(
     Intervals are kept by project name: of a project, ``owner`` sees those begun since
     the project now of that name was made (none of a deleted one), not those of an
     older project deleted and made again under its name (``Scope.made``). An admin
-    sees them all; the old project's are those before the new one was made."""
+    sees them all; the old project's are those before the new one was made, and are
+    rows of their own (``UsageRow.project_deleted_at``)."""
     now = env.clock()
     check_window(since, until, now)
     until = until or now
@@ -59,6 +61,8 @@ def report(
             sc = Scope(who, frozenset(projects), made=project_times(s, projects))
             seen = sc.clause(UsageInterval, made=UsageInterval.started_at)
             q = q.where(seen) if seen is not None else q
+        found = list(s.execute(q).scalars())
+        deletions = deletion_times(s, (iv.project for iv in found))
         intervals = [
             Interval(
                 iv.workspace_id,
@@ -69,10 +73,19 @@ def report(
                 iv.started_at,
                 iv.ended_at,
                 bool(iv.preemptible),
+                deleted_after(deletions.get(iv.project, ()), iv.started_at),
             )
-            for iv in s.execute(q).scalars()
+            for iv in found
         ]
     return UsageReport(since, until, by, totals(intervals, since, until, now, by))
+
+
+def deleted_after(deleted: Sequence[float], started_at: float) -> float:
+    """When the project an interval begun at ``started_at`` was of was deleted, of the
+    deletion times of its name (``deleted``, oldest first): the first at or after it
+    (0: none, the project of the name now)."""
+    i = bisect.bisect_left(deleted, started_at)
+    return deleted[i] if i < len(deleted) else 0.0
 
 
 def report_for(
