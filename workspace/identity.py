@@ -41,6 +41,10 @@ RESERVED_TLD = "invalid"
 SERVICE_TLS_NAME = "service.workspace.invalid"
 # NODE + this: the DNS subjectAltName of node NODE's certificate (its peer server).
 NODE_TLS_SUFFIX = ".node.workspace.invalid"
+# How far before its issue the CA (workspace/pki.py) dates a certificate's notBefore,
+# so that a party whose clock is a little behind the CA's accepts it at once; the
+# issue time is notBefore + this (``Identity.issued_at``).
+BACKDATE_S = 300
 
 
 class Kind(enum.StrEnum):
@@ -56,6 +60,10 @@ class Identity:
     admin: bool = False
     projects: tuple[str, ...] = ()
     serial: int = 0  # the certificate's serial number (0: not from a certificate)
+    # When the CA issued the certificate (epoch seconds, whole: notBefore + BACKDATE_S;
+    # 0: not from a certificate). A project it names that was deleted after this is
+    # not the one it named (ops/projects.py ``outdated``).
+    issued_at: float = 0.0
 
     @property
     def principal(self) -> str:
@@ -118,7 +126,7 @@ def check_name(kind: Kind | str, name: str) -> str:
     return name
 
 
-def from_uris(uris: list[str], serial: int = 0) -> Identity:
+def from_uris(uris: list[str], serial: int = 0, issued_at: float = 0.0) -> Identity:
     """The identity named by these subjectAltName URIs (PermissionDenied if none or several)."""
     kinds: list[tuple[Kind, str]] = []
     admin = False
@@ -143,7 +151,7 @@ def from_uris(uris: list[str], serial: int = 0) -> Identity:
     kind, name = kinds[0]
     if kind is not Kind.USER and (admin or projects):
         raise PermissionDenied(f"a {kind.value} certificate carries roles or projects")
-    return Identity(kind, name, admin, tuple(sorted(set(projects))), serial)
+    return Identity(kind, name, admin, tuple(sorted(set(projects))), serial, issued_at)
 
 
 def from_certificate(cert: x509.Certificate) -> Identity:
@@ -152,7 +160,10 @@ def from_certificate(cert: x509.Certificate) -> Identity:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
         raise PermissionDenied("the certificate names no workspace identity") from exc
-    return from_uris(san.get_values_for_type(x509.UniformResourceIdentifier), cert.serial_number)
+    issued_at = cert.not_valid_before_utc.timestamp() + BACKDATE_S
+    return from_uris(
+        san.get_values_for_type(x509.UniformResourceIdentifier), cert.serial_number, issued_at
+    )
 
 
 def from_pem(pem: bytes) -> Identity:

@@ -38,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from workspace.files import write_private, write_public
 from workspace.identity import (
+    BACKDATE_S,
     NODE_TLS_SUFFIX,
     SERVICE_TLS_NAME,
     Identity,
@@ -164,7 +165,7 @@ class CA:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_before(now - datetime.timedelta(seconds=BACKDATE_S))
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)

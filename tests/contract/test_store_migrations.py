@@ -31,6 +31,7 @@ from workspace.store import (
     IpAllocation,
     Network,
     Node,
+    ProjectDeletion,
     Store,
     UsageInterval,
     Workspace,
@@ -526,5 +527,37 @@ def test_workspaces_holding_capacity_get_an_open_usage_interval(tmp_path: Path) 
             4096,
         )
         assert iv.ended_at == 0 and iv.started_at >= before
+    finally:
+        store.close()
+
+
+def test_project_deletions_still_journaled_are_kept_as_deletions(tmp_path: Path) -> None:
+    """0025: a project deleted before the upgrade whose project.deleted event the
+    journal still holds is known as deleted (a certificate issued before then makes no
+    member of the project made again under its name); members a grow added keep {}."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'deleted.db'}"
+    Store(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(migrations.config(conn), "0024")
+        for at, kind, subject in (
+            (100.0, "project.deleted", "physics"),
+            (200.0, "project.created", "physics"),
+            (300.0, "project.deleted", "chem"),
+        ):
+            conn.exec_driver_sql(
+                "INSERT INTO site_events (at, kind, who, workspace_id, workspace_name, node, "
+                "cluster, subject, state, previous, reason) "
+                "VALUES (?, ?, 'user:root', '', '', '', '', ?, '', '', '')",
+                (at, kind, subject),
+            )
+    engine.dispose()
+    store = Store(url)
+    try:
+        with store.read() as s:
+            got = [(d.name, d.created_at, d.deleted_at) for d in s.scalars(select(ProjectDeletion))]
+        assert sorted(got) == [("chem", 0.0, 300.0), ("physics", 0.0, 100.0)]
     finally:
         store.close()

@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.functional.harness import SitePki, Stubs, TlsSite
+from tests.functional.harness import SitePki, Stubs, TlsSite, wait_for
+from tests.functional.test_site_events import events as site_events
 from workspace.ops import autoscale
 from workspace.v1 import clusters_pb2, common_pb2, images_pb2, projects_pb2, projects_pb2_grpc
 
@@ -167,3 +168,41 @@ def test_an_owner_taken_out_of_the_project_grows_nothing_in_it(site: TlsSite) ->
     assert workers(admin) == ["el-worker-0", "el-worker-1"]
     scale(frank, 1)  # giving back needs no membership
     scale(admin, 3)  # an admin may
+
+
+def test_a_queued_grow_of_a_revoked_user_is_withdrawn_when_capacity_comes(
+    site: TlsSite,
+) -> None:
+    """frank's grow waited for capacity; his certificate was revoked meanwhile, yet the
+    service's queue placed its member when capacity came (and charged it to phys)."""
+    admin = site.stubs
+    admin.import_image("pub")
+    admin.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="pub", public=True))
+    projects = projects_pb2_grpc.ProjectsStub(admin.channel)
+    projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="phys", user="frank"))
+    frank = site.identity("frank")
+    create(frank, "pub")
+    hog = admin.create(name="hog", image="pub", memory_mib=15950)  # leaves <200 MiB
+    grown = frank.clusters.ScaleCluster(
+        clusters_pb2.ScaleClusterRequest(id="el", role="worker", count=2, wait_for_capacity_s=600)
+    )
+    assert "waiting for capacity" in grown.message
+    site.revoke("frank")
+    admin.ws.DestroyWorkspace(admin.ref(hog.id))
+    reason = wait_for(
+        lambda: next(
+            (
+                e.reason
+                for e in site_events(site)
+                if e.kind == "workspace.refused" and e.state == "rights"
+            ),
+            None,
+        ),
+        what="the queued grow withdrawn",
+    )
+    assert reason.startswith("grow of cluster el waiting for capacity (el-worker-1) withdrawn:")
+    assert "the certificate of user:frank, who asked for the grow, has been revoked" in reason
+    c = admin.clusters.GetCluster(clusters_pb2.ClusterRef(id="el"))
+    assert [(m.role, m.count) for m in c.spec] == [("worker", 1)]  # as before the grow
+    live = [m.name for m in c.members if m.state != common_pb2.WORKSPACE_STATE_TERMINATED]
+    assert live == ["el-worker-0"]

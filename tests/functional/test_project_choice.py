@@ -5,6 +5,7 @@ user of none. Over mutual TLS with real user certificates, for every kind of obj
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,14 +15,17 @@ import pytest
 
 from tests.functional.harness import SitePki, Stubs, TlsSite
 from tests.functional.test_projects import make, projects, refused
+from workspace import rpc
 from workspace.cli import admin, ws
 from workspace.client import Client
 from workspace.config import TlsConfig
+from workspace.identity import Identity, Kind
 from workspace.v1 import (
     clusters_pb2,
     common_pb2,
     images_pb2,
     projects_pb2,
+    projects_pb2_grpc,
     workspaces_pb2,
 )
 
@@ -204,3 +208,43 @@ def test_remove_user_says_what_stays_in_the_project(
         admin, site, site.client_tls(), capsys, "project", "remove-user", "chem", "frank"
     )
     assert out.strip() == "user frank is no longer a recorded member of chem"
+
+
+def test_a_certificate_of_the_deleted_project_joins_not_the_one_made_again(
+    site: TlsSite, tmp_path: Path
+) -> None:
+    """The admin deleted physics and made it again to start afresh; bob's certificate,
+    issued for the old physics, still made him a member of the new one."""
+    make(site, name="physics")
+    ca = site.pki.ca
+
+    def bob_issued_now(out: str) -> Stubs:
+        d = tmp_path / out
+        ca.issue(Identity(Kind.USER, "bob", projects=("physics",)), d)
+        stubs = Stubs(rpc.channel(site.address, site.pki.tls(d)))
+        site.channels.append(stubs.channel)
+        return stubs
+
+    def quota_of(bob: Stubs) -> list[str]:
+        got = projects_pb2_grpc.ProjectsStub(bob.channel).GetQuota(projects_pb2.GetQuotaRequest())
+        return [q.project for q in got.projects]
+
+    old = bob_issued_now("old")
+    assert quota_of(old) == ["physics"]
+    # Certificates carry whole seconds: the deletion is in a later second than the issue.
+    time.sleep(1.05 - time.time() % 1)
+    projects(site).DeleteProject(projects_pb2.DeleteProjectRequest(name="physics"))
+    make(site, name="physics")
+    why = refused(lambda: old.create(name="again"), grpc.StatusCode.PERMISSION_DENIED)
+    assert "your certificate names project 'physics', but it was issued before" in why
+    assert "Get a new certificate" in why
+    why = refused(
+        lambda: old.create(name="again", project="physics"), grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert "Get a new certificate" in why
+    assert quota_of(old) == []
+    # A certificate issued now makes bob a member of the new physics.
+    new = bob_issued_now("new")
+    assert quota_of(new) == ["physics"]
+    assert new.create(name="after").project == "physics"
+    assert "again" not in all_names(site)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,17 @@ def test_issue_writes_an_identity_directory_with_private_key_files(tmp_path: Pat
     ca = pki.init(tmp_path / "ca")
     assert _mode(tmp_path / "ca") == 0o700 and _mode(tmp_path / "ca" / "ca.key") == 0o600
     who = Identity(Kind.USER, "alice", projects=("phys",))
+    before = int(time.time())
     row = ca.issue(who, tmp_path / "alice")
+    after = time.time()
     assert _mode(tmp_path / "alice") == 0o700
     assert _mode(tmp_path / "alice" / "key.pem") == 0o600
     got = pki.identity_of_dir(tmp_path / "alice")
-    assert got == Identity(Kind.USER, "alice", projects=("phys",), serial=row.serial)
+    # issued_at: when the CA issued it (whole seconds), not its backdated notBefore.
+    assert before <= got.issued_at <= after
+    assert got == Identity(
+        Kind.USER, "alice", projects=("phys",), serial=row.serial, issued_at=got.issued_at
+    )
     cert = x509.load_pem_x509_certificate((tmp_path / "alice" / "cert.pem").read_bytes())
     ca_cert = x509.load_pem_x509_certificate((tmp_path / "alice" / "ca.pem").read_bytes())
     cert.verify_directly_issued_by(ca_cert)

@@ -3,15 +3,17 @@ SQLite store, the operations; no gRPC)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.unit.test_request_validation import Site, build_site
 from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
-from workspace.errors import NotFound
+from workspace.domain.tenancy import ProjectSpec
+from workspace.errors import NotFound, PermissionDenied
 from workspace.identity import Identity, Kind
-from workspace.ops import clusters, create, projects
+from workspace.ops import clusters, create, projects, queries
 from workspace.store import Project
 
 
@@ -53,3 +55,78 @@ def test_quota_shows_only_projects_that_exist(site: Site) -> None:
     assert projects.quotas(env, user("nonexist")) == []
     shown = projects.quotas(env, user("physics", "nonexist"))
     assert [(u.project, u.limits.instances) for u in shown] == [("physics", 1)]
+
+
+def in_physics(name: str) -> CreateRequest:
+    return CreateRequest(CreateSpec(image="img", name=name), project="physics")
+
+
+def remake_physics(site: Site) -> None:
+    """physics is deleted a minute on, and made again a minute later."""
+    env = site.core.env
+    site.clock.now += 60
+    projects.delete_project(env, "physics")
+    site.clock.now += 60
+    projects.create_project(env, ProjectSpec("physics"))
+    site.clock.now += 60
+
+
+def test_a_certificate_of_a_deleted_project_joins_not_the_one_made_again(site: Site) -> None:
+    """The admin deleted physics and made it again to start afresh, but bob's
+    certificate, issued for the old physics, made him a member of the new one."""
+    env = site.core.env
+    old = replace(user("physics"), issued_at=site.clock.now)
+    remake_physics(site)
+    projects.add_user(env, "physics", "carol")
+    carol = create.create(env, "carol", in_physics("c1"))  # a workspace of the new one
+    with pytest.raises(PermissionDenied, match="issued before that project was deleted") as e:
+        create.create(env, old, in_physics("b1"))
+    assert "Get a new certificate" in e.value.message
+    assert "ws-admin project add-user physics bob" in e.value.message
+    # Not named: the certificate's only project is refused alike, not left out silently.
+    with pytest.raises(PermissionDenied, match="Get a new certificate"):
+        create.create(env, old, CreateRequest(CreateSpec(image="img", name="b2")))
+    with pytest.raises(PermissionDenied, match="Get a new certificate"):
+        projects.quotas(env, old, project="physics")
+    assert projects.quotas(env, old) == []
+    assert queries.list_all(env, old, include_terminated=True) == []
+    with pytest.raises(NotFound):
+        queries.get(env, old, carol.id)
+    assert [w.name for w in site.workspaces()] == ["c1"]
+    # A certificate issued after the project was made again makes a member of it.
+    new = replace(old, issued_at=site.clock.now)
+    assert create.create(env, new, in_physics("b3")).project == "physics"
+    assert queries.get(env, new, carol.id).id == carol.id
+
+
+def test_a_member_row_made_since_still_makes_the_old_certificate_a_member(site: Site) -> None:
+    """Membership the store grants after the project was made again is the admin's word
+    on the new project: it holds whatever certificate bob calls with."""
+    env = site.core.env
+    old = replace(user("physics"), issued_at=site.clock.now)
+    remake_physics(site)
+    projects.add_user(env, "physics", "bob")
+    assert create.create(env, old, in_physics("b1")).project == "physics"
+    assert [u.project for u in projects.quotas(env, old)] == ["physics"]
+
+
+def test_a_certificate_issued_while_the_project_was_gone_joins_it_when_made(
+    site: Site,
+) -> None:
+    """As for a project never made yet (docs/security.md: issue, then `project create`),
+    a certificate issued after the deletion names the project made next; one issued in
+    the second of the deletion too (certificates carry whole seconds)."""
+    env = site.core.env
+    site.clock.now += 60
+    projects.delete_project(env, "physics")
+    same_second = replace(user("physics"), issued_at=float(int(site.clock.now)))
+    site.clock.now += 0.5
+    between = replace(user("physics"), issued_at=site.clock.now)
+    site.clock.now += 60
+    projects.create_project(env, ProjectSpec("physics"))
+    assert create.create(env, between, in_physics("b1")).project == "physics"
+    assert create.create(env, same_second, in_physics("b2")).project == "physics"
+    # The second before the deletion is the old project's.
+    before = replace(user("physics"), issued_at=same_second.issued_at - 1)
+    with pytest.raises(PermissionDenied, match="Get a new certificate"):
+        create.create(env, before, in_physics("b3"))

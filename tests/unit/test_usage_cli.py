@@ -12,10 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.unit.test_request_validation import Site, build_site
 from workspace import errors, rpc
-from workspace.cli import admin, common, ws
+from workspace.cli import admin, common, usage_text, ws
 from workspace.client import Client
 from workspace.domain.leases import iso_time
 from workspace.edge.admin import AdminServicer
@@ -26,6 +27,7 @@ from workspace.v1 import (
     admin_pb2_grpc,
     clusters_pb2_grpc,
     common_pb2,
+    usage_pb2,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -184,8 +186,10 @@ def test_usage_csv_json_and_text(served: Served, capsys: pytest.CaptureFixture[s
         "preemptible_core_hours",
         "preemptible_memory_gib_hours",
         "preemptible_disk_gib_hours",
+        "project_deleted",
     ]
     assert rows[1][:4] == [wid, "a", OWNER, ""]
+    assert rows[1][-1] == ""
     assert [float(x) for x in rows[1][4:6]] == [4.0, 2.0]
     # clipped: the second hour only, from an ISO time to a relative one
     since = iso_time(t0 + HOUR)
@@ -315,3 +319,36 @@ def test_watch_shows_the_lease_warning_but_not_its_clearing(
         ("STOPPING", "lease expired at 2026-11-30T08:00:00Z"),
         ("STOPPED", ""),
     ]
+
+
+def test_a_deleted_projects_row_says_when_it_was_deleted() -> None:
+    """A project deleted and made again is two rows (ops/usage.py): the text names the old
+    one's deletion time beside its name, CSV in a last column; grouped by user, none."""
+    deleted = iso_time(1_764_000_000)
+    report = usage_pb2.UsageReport(
+        by=usage_pb2.USAGE_GROUPING_PROJECT,
+        until=Timestamp(seconds=1_764_100_000),
+        rows=[
+            usage_pb2.UsageRow(
+                key="physics",
+                project="physics",
+                core_hours=6.0,
+                project_deleted=Timestamp(seconds=1_764_000_000),
+            ),
+            usage_pb2.UsageRow(key="physics", project="physics", core_hours=2.0),
+        ],
+    )
+    lines = usage_text.usage_report_text(report).splitlines()
+    assert lines[2].split() == ["physics", "(deleted", f"{deleted})", "6.00", "0.00", "0.00"]
+    assert lines[3].split() == ["physics", "2.00", "0.00", "0.00"]
+    rows = list(csv.reader(io.StringIO(usage_text.usage_csv(report))))
+    assert rows[0][0] == "project" and rows[0][-1] == "project_deleted"
+    assert [(r[0], r[1], r[-1]) for r in rows[1:]] == [
+        ("physics", "6.0", deleted),
+        ("physics", "2.0", ""),
+    ]
+    by_user = usage_pb2.UsageReport(
+        by=usage_pb2.USAGE_GROUPING_USER, rows=[usage_pb2.UsageRow(key="bob", core_hours=1.0)]
+    )
+    header = usage_text.usage_csv(by_user).splitlines()[0]
+    assert header.endswith(",preemptible_disk_gib_hours")

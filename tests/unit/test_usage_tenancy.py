@@ -88,6 +88,51 @@ def test_the_old_projects_usage_stays_its_owners_and_the_admins(site: Site) -> N
     assert new == ()
 
 
+def test_an_admins_report_over_a_re_creation_bills_old_and_new_apart(site: Site) -> None:
+    """`ws-admin usage --by project` over a window spanning the re-creation added the old
+    physics's core-hours to the new one's, in one row."""
+    made = recreate(site)
+    deleted = made - HOUR  # recreate() deletes an hour before it makes it again
+    run(site, "new", "carol", "physics", cpus=1)
+    site.clock.now += 2 * HOUR
+    env = site.core.env
+    rows = usage.report(env, None, by=Grouping.PROJECT).rows
+    assert [(r.key, r.project_deleted_at) for r in rows] == [
+        ("physics", deleted),  # the old one first
+        ("physics", 0.0),
+    ]
+    assert [r.core_hours for r in rows] == pytest.approx([6.0, 2.0])
+    by_workspace = usage.report(env, None, by=Grouping.WORKSPACE).rows
+    assert sorted((r.name, r.project_deleted_at) for r in by_workspace) == [
+        ("new", 0.0),
+        ("old", deleted),
+    ]
+    # bob, no member of either now, sees his own in the old one, as the old one.
+    (mine,) = usage.report_for(env, "bob", by=Grouping.PROJECT).rows
+    assert (mine.key, mine.project_deleted_at, mine.core_hours) == ("physics", deleted, 6.0)
+    # Grouped by user, nothing changes.
+    users = usage.report(env, None, by=Grouping.USER).rows
+    assert {r.key: r.core_hours for r in users} == pytest.approx({"bob": 6.0, "carol": 2.0})
+
+
+def test_pages_of_a_report_give_the_old_and_the_new_project_once_each(site: Site) -> None:
+    """The old and the new physics are two rows of one key: a page ending on the old one
+    goes on with the new one (the page token names the row's place, not only its key)."""
+    made = recreate(site)
+    run(site, "new", "carol", "physics", cpus=1)
+    site.clock.now += 2 * HOUR
+    env = site.core.env
+    got: list[tuple[str, float]] = []
+    token = ""
+    while True:
+        page = usage.report(env, None, by=Grouping.PROJECT, page=usage.Page(1, token))
+        got += [(r.key, r.project_deleted_at) for r in page.rows]
+        token = page.next_page_token
+        if not token:
+            break
+    assert got == [("physics", made - HOUR), ("physics", 0.0)]
+
+
 def test_a_deleted_project_shows_its_former_members_only_their_own(site: Site) -> None:
     """A certificate still naming a deleted project shows no one else's use in it."""
     projects.add_user(site.core.env, "physics", "alice")

@@ -25,6 +25,19 @@ def _usage_columns(r: usage_pb2.UsageReport) -> tuple[list[str], list[list[str]]
     return head, [[row.key, row.name, row.owner, row.project] for row in r.rows]
 
 
+def _deleted(r: usage_pb2.UsageReport) -> list[str] | None:
+    """Grouping by project or workspace: when each row's project was deleted ("": the
+    project of that name now); None for the grouping by user."""
+    if enum_name(usage_pb2.UsageGrouping.DESCRIPTOR, r.by) == "USER":
+        return None
+    return [fmt_time(row.project_deleted) for row in r.rows]
+
+
+def _named(project: str, deleted: str) -> str:
+    """A project as the text table names it: one deleted since says when."""
+    return f"{project or '-'} (deleted {deleted})" if deleted else project
+
+
 def _figures(row: usage_pb2.UsageRow) -> list[float]:
     return [getattr(row, f) for f in _USAGE_FIGURES]
 
@@ -36,6 +49,9 @@ def usage_report_text(r: usage_pb2.UsageReport) -> str:
     if not r.rows:
         return f"{window}: none"
     head, groups = _usage_columns(r)
+    deleted = _deleted(r)
+    if deleted is not None and any(deleted):  # the project is the last group column
+        groups = [[*g[:-1], _named(g[-1], d)] for g, d in zip(groups, deleted, strict=True)]
     n = 6 if any(any(_figures(row)[3:]) for row in r.rows) else 3  # preemptible: if any
     rows = [
         [c or "-" for c in group] + [f"{v:.2f}" for v in _figures(row)[:n]]
@@ -45,13 +61,18 @@ def usage_report_text(r: usage_pb2.UsageReport) -> str:
 
 
 def usage_csv(r: usage_pb2.UsageReport) -> str:
-    """A header line and one line per group; figures at full precision."""
+    """A header line and one line per group; figures at full precision. Grouping by
+    project or workspace, a last column ``project_deleted``: when the row's project was
+    deleted, if it is one deleted since ("": the project of that name now)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     head, groups = _usage_columns(r)
-    w.writerow([*head, *_USAGE_FIGURES])
-    for group, row in zip(groups, r.rows, strict=True):
-        w.writerow([*group, *(repr(v) for v in _figures(row))])
+    deleted = _deleted(r)
+    last = [] if deleted is None else ["project_deleted"]
+    w.writerow([*head, *_USAGE_FIGURES, *last])
+    for i, (group, row) in enumerate(zip(groups, r.rows, strict=True)):
+        tail = [] if deleted is None else [deleted[i]]
+        w.writerow([*group, *(repr(v) for v in _figures(row)), *tail])
     return out.getvalue().rstrip("\n")
 
 

@@ -590,6 +590,7 @@ def usage_report_to_proto(r: UsageReport) -> usage_pb2.UsageReport:
                 preemptible_core_hours=row.preemptible_core_hours,
                 preemptible_memory_gib_hours=row.preemptible_memory_gib_hours,
                 preemptible_disk_gib_hours=row.preemptible_disk_gib_hours,
+                project_deleted=_ts_or_none(row.project_deleted_at),
             )
             for row in r.rows
         ],

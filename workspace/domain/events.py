@@ -79,7 +79,8 @@ class Refusal(enum.StrEnum):
     QUOTA = "quota"
     TRUST = "trust"
     # The one a request is made for no longer has the rights it needs (an autoscaler
-    # whose setter's certificate was revoked, or who left the project: ops/autoscale.py).
+    # whose setter's certificate was revoked, or who left the project: ops/autoscale.py;
+    # a grow waiting for capacity whose asker did: ops/queue.py).
     RIGHTS = "rights"
     OTHER = "other"
 

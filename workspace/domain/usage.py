@@ -10,6 +10,7 @@ consumption (ops/metering.py), ops/usage.py adds them up with these.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -62,6 +63,9 @@ class Interval:
     started_at: float
     ended_at: float = 0.0
     preemptible: bool = False  # consumed by a workspace of the preemptible class
+    # When ``project`` was deleted, if the interval was of a project of that name deleted
+    # since (0: the project of that name now, or none).
+    project_deleted_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class UsageRow:
     preemptible_core_hours: float = 0.0
     preemptible_memory_gib_hours: float = 0.0
     preemptible_disk_gib_hours: float = 0.0
+    # Grouping by workspace or project: when ``project`` was deleted, if the row's is a
+    # project of that name deleted since (0: the project of that name now, or none). A
+    # project deleted and made again under its name is a new one: a row of its own.
+    project_deleted_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,19 +108,22 @@ def totals(
     intervals: Iterable[Interval], since: float, until: float, now: float, by: Grouping
 ) -> tuple[UsageRow, ...]:
     """The intervals clipped to [since, until) and summed per workspace, user or project,
-    sorted by key (only groups with some use); the preemptible class's apart."""
-    sums: dict[str, list[float]] = {}
-    meta: dict[str, tuple[str, str, str]] = {}
+    sorted by key (only groups with some use); the preemptible class's apart. A project
+    deleted and made again under its name is two groups: the old one (or ones, oldest
+    first) before the one of the name now."""
+    sums: dict[tuple[str, float], list[float]] = {}
+    meta: dict[tuple[str, float], tuple[str, str, str]] = {}
     for iv in intervals:
         hours = overlap_s(iv, since, until, now) / SECONDS_PER_HOUR
         if hours <= 0:
             continue
+        deleted = iv.project_deleted_at or math.inf  # the project now sorts last
         if by is Grouping.WORKSPACE:
-            key, info = iv.workspace_id, (iv.workspace_name, iv.owner, iv.project)
+            key, info = (iv.workspace_id, deleted), (iv.workspace_name, iv.owner, iv.project)
         elif by is Grouping.USER:
-            key, info = iv.owner, ("", iv.owner, "")
+            key, info = (iv.owner, 0.0), ("", iv.owner, "")
         else:
-            key, info = iv.project, ("", "", iv.project)
+            key, info = (iv.project, deleted), ("", "", iv.project)
         acc = sums.setdefault(key, [0.0] * 6)
         at = 3 if iv.preemptible else 0
         acc[at] += iv.use.cpus * hours
@@ -121,7 +132,7 @@ def totals(
         meta[key] = info
     return tuple(
         UsageRow(
-            key,
+            key[0],
             *meta[key],
             core_hours=c,
             memory_gib_hours=m,
@@ -129,6 +140,7 @@ def totals(
             preemptible_core_hours=pc,
             preemptible_memory_gib_hours=pm,
             preemptible_disk_gib_hours=pd,
+            project_deleted_at=key[1] if math.isfinite(key[1]) else 0.0,
         )
         for key, (c, m, d, pc, pm, pd) in sorted(sums.items())
     )

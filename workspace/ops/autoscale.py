@@ -30,7 +30,6 @@ import signal
 import subprocess
 from collections.abc import Callable, Set
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlalchemy import select
 
@@ -43,12 +42,12 @@ from workspace.domain.events import Refusal, SiteEvent
 from workspace.domain.model import ClusterView
 from workspace.domain.states import ClusterState
 from workspace.errors import InvalidArgument, PermissionDenied, WorkspaceError
-from workspace.identity import Identity, Kind
-from workspace.ops import refusals
+from workspace.identity import Identity
+from workspace.ops import grow_rights, refusals
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
 from workspace.ops.cluster_state import members_of, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
-from workspace.ops.projects import as_identity, scope
+from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster
 
@@ -146,7 +145,7 @@ def set_autoscale(
                 float(old.get("last_action_at", 0.0)),
                 Decision.from_dict(old["last"]) if old.get("last") else None,
             )
-            stored[role] = {**info.to_dict(), BY: _by(as_identity(who))}
+            stored[role] = {**info.to_dict(), BY: grow_rights.stored(as_identity(who))}
         c.autoscale = stored
         c.updated_at = env.clock()
         shown = view(u.s, c)
@@ -300,7 +299,7 @@ def _one(
             if c is None:
                 return d
             entry = (c.autoscale or {}).get(a.role) or {}
-            actor = _actor(entry.get(BY))
+            actor = grow_rights.actor(entry.get(BY))
             scale_in(env, u, c, a.role, target, 0, f"autoscale: {detail}", actor)
             _store(c, a.role, d, env.clock())
     except WorkspaceError as exc:
@@ -324,22 +323,10 @@ def _setter_problem(env: Env, cid: str, role: str, revoked: Set[int]) -> str:
     its setter was stored grows with the owner's name, as it always did."""
     with env.store.read() as s:
         c = s.get(Cluster, cid)
-        by = ((c.autoscale or {}).get(role) or {}).get(BY) if c is not None else None
-        actor = _actor(by)
-        if c is None or actor is None:
+        if c is None:
             return ""
-        serial = _serial(by)
-        who = f"{actor.principal}, who turned the autoscaler on,"
-        if serial and serial in revoked:
-            return f"the certificate of {who} has been revoked (serial 0x{serial:x})"
-        if actor.admin:
-            return ""
-        mine = scope(s, actor)
-        if not mine.sees(c.owner, c.project):
-            return f"{who} may no longer act on cluster {c.name}"
-        if c.project and c.project not in mine.projects:
-            return f"{who} is no longer a member of project {c.project}"
-    return ""
+        by = ((c.autoscale or {}).get(role) or {}).get(BY)
+        return grow_rights.problem(s, c, by, revoked, "who turned the autoscaler on")
 
 
 def _refuse_grow(
@@ -368,37 +355,6 @@ def _refuse_grow(
     _record(env, cid, a.role, d, changed=False)
     log.warning("cluster %s, autoscale %s: %s", name, a.role, d.detail)
     return d
-
-
-def _by(who: Identity) -> dict[str, Any]:
-    """Who turned a role's autoscaler on, as stored with it: the autoscaler grows the
-    cluster with their rights (an admin's cluster from another user's image included),
-    never more, and only while they have them (``_setter_problem``): their certificate's
-    serial is kept to tell when it is revoked."""
-    by: dict[str, Any] = {"user": who.name, "admin": who.admin, "projects": sorted(who.projects)}
-    if who.serial:
-        by["serial"] = format(who.serial, "x")
-    return by
-
-
-def _serial(by: Any) -> int:
-    """The serial ``_by`` stored (0: none, e.g. a service without TLS)."""
-    try:
-        return int(str(by.get("serial") or "0"), 16) if isinstance(by, dict) else 0
-    except ValueError:
-        return 0
-
-
-def _actor(by: Any) -> Identity | None:
-    """The identity ``_by`` stored (None: set before it was stored: the owner's name)."""
-    if not isinstance(by, dict) or not by.get("user"):
-        return None
-    return Identity(
-        Kind.USER,
-        str(by["user"]),
-        admin=bool(by.get("admin")),
-        projects=tuple(str(p) for p in by.get("projects") or ()),
-    )
 
 
 def _store(c: Cluster, role: str, d: Decision, action_at: float) -> None:

@@ -30,7 +30,7 @@ from workspace.errors import (
     WorkspaceError,
 )
 from workspace.identity import Identity
-from workspace.ops import keys, seeds
+from workspace.ops import grow_rights, keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import destroy_member, members_of, refresh, torn_down
 from workspace.ops.clusters import MAX_MEMBERS, resolve, view
@@ -276,6 +276,8 @@ def _grow(
             if image is not None and not rows:
                 seeds.check_user_data(env.cfg, image, checked.user_data)
             row = new_row(env, s, sc, checked, uuid.uuid4().hex, "", c.project)
+            if actor is not None:  # placed later (queued), it is placed while they may
+                row.grown_by = grow_rights.stored(actor)
             if template is not None and template.lease_expires_at:
                 # The cluster ends when its members do: a new one shares their lease
                 # (which was within the project's maximum when it was set, and so is
@@ -311,3 +313,39 @@ def _shrink(
     u.changed(*doomed)
     u.nodes(*(w.node for w in doomed if w.node))
     return doomed
+
+
+def withdraw(env: Env, u: UnitOfWork, c: Cluster, rows: list[Workspace], why: str) -> None:
+    """Take back members of cluster ``c`` a grow added that still wait for capacity
+    (``rows``), as the capacity queue does when whoever asked for the grow may no longer
+    make it (ops/queue.py): they end at once (never placed), each role's count goes down
+    by as many, the cluster's state follows, and a ``cluster.scaled`` site event says
+    why."""
+    s = u.s
+    for role in sorted({w.role for w in rows}):
+        gone = sorted((w for w in rows if w.role == role), key=lambda w: w.name)
+        for w in gone:
+            destroy_member(env, s, w, why)
+        previous = role_spec(c, role).count
+        count = max(0, previous - len(gone))
+        _set_count(c, role, count)
+        journal.add(
+            s,
+            SiteEvent(
+                at=env.clock(),
+                kind=Kind.CLUSTER_SCALED.value,
+                who=callctx.current().who,
+                cluster=c.id,
+                subject=role,
+                state=str(count),
+                previous=str(previous),
+                reason=f"cluster {c.name}: {role} {previous} → {count}: withdrew "
+                f"{', '.join(w.name for w in gone)} (waiting for capacity); {why}",
+            ),
+        )
+    u.changed(*rows)
+    kept = live(members_of(s, c.id))
+    seeds.set_cluster_bounds(s, c, kept)
+    u.nodes(*(w.node for w in kept if w.node))
+    refresh(env, u, {c.id})
+    c.updated_at = env.clock()

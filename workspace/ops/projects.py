@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, or_,
 from sqlalchemy.orm import Session
 
 from workspace.domain.events import Kind as EventKind
-from workspace.domain.leases import duration_text, site_maximum
+from workspace.domain.leases import duration_text, iso_time, site_maximum
 from workspace.domain.netpolicy import Limits
 from workspace.domain.states import State
 from workspace.domain.tenancy import BACKFILL_OWNER, LeaseAction, ProjectSpec, ProjectUse, Quota
@@ -33,7 +33,7 @@ from workspace.errors import (
 from workspace.identity import NAME_RE, Identity, Kind
 from workspace.ops import admin_events
 from workspace.ops.unit import Env
-from workspace.store import Backfill, Image, Project, ProjectMember, Workspace
+from workspace.store import Backfill, Image, Project, ProjectDeletion, ProjectMember, Workspace
 from workspace.store.mapping import bound_spec, flushed, limits_column
 from workspace.store.prepared import Prepared
 
@@ -136,11 +136,46 @@ _MEMBER_OF = Prepared(select(ProjectMember.project).where(ProjectMember.user == 
 
 
 def memberships(s: Session, who: Identity) -> frozenset[str]:
-    """The projects ``who`` belongs to: those of its certificate and its member rows."""
+    """The projects ``who`` belongs to: those of its certificate (but ``outdated`` ones)
+    and its member rows."""
     if not who.is_user:
         return frozenset()
     rows = _MEMBER_OF.rows(flushed(s), {"user": who.name})
-    return frozenset(who.projects) | frozenset(r[0] for r in rows)
+    carried = frozenset(who.projects) - outdated(s, who) if who.projects else frozenset()
+    return carried | frozenset(r[0] for r in rows)
+
+
+def outdated(s: Session, who: Identity) -> frozenset[str]:
+    """The projects ``who``'s certificate names that were deleted after it was issued
+    (``Identity.issued_at``): the project of such a name now, if any, was made again
+    since and is not the one the certificate named, so the certificate makes its holder
+    no member of it (a member row does: ``add_user``). Certificates carry whole seconds:
+    one issued in the second of the deletion counts as issued after it."""
+    if not who.projects:
+        return frozenset()
+    rows = _DELETED_SINCE.rows(flushed(s), {"after": who.issued_at + 1})
+    return frozenset(r[0] for r in rows) & frozenset(who.projects)
+
+
+# Every call of a certificate naming projects asks it (few projects are ever deleted).
+_DELETED_SINCE = Prepared(
+    select(ProjectDeletion.name).where(ProjectDeletion.deleted_at >= bindparam("after"))
+)
+
+
+def outdated_refusal(s: Session, who: Identity, project: str) -> PermissionDenied:
+    """The refusal of ``who`` acting in ``project``, which their certificate names but
+    which was deleted (and made again) since the certificate was issued."""
+    deleted = s.scalar(
+        select(func.max(ProjectDeletion.deleted_at)).where(ProjectDeletion.name == project)
+    )
+    when = f" at {iso_time(float(deleted))}" if deleted else ""
+    return PermissionDenied(
+        f"your certificate names project {project!r}, but it was issued before that project "
+        f"was deleted{when}: the project {project!r} now is a new one. Get a new certificate "
+        f"(an admin: ws-admin pki issue user {who.name} --project {project} ...) or ask an "
+        f"admin to add you (ws-admin project add-user {project} {who.name})"
+    )
 
 
 def project_times(s: Session, names: Iterable[str]) -> tuple[tuple[str, float], ...]:
@@ -150,6 +185,23 @@ def project_times(s: Session, names: Iterable[str]) -> tuple[tuple[str, float], 
         return ()
     q = select(Project.name, Project.created_at).where(Project.name.in_(wanted))
     return tuple(sorted((n, float(t or 0.0)) for n, t in s.execute(q)))
+
+
+def deletion_times(s: Session, names: Iterable[str]) -> dict[str, list[float]]:
+    """When each of ``names`` was deleted, every time (oldest first; a name never
+    deleted is not in it): what began of a project before a deletion of its name was of
+    the project deleted then (nothing of a project outlives it: ``delete_project``)."""
+    wanted = sorted({n for n in names if n})
+    out: dict[str, list[float]] = {}
+    if wanted:
+        q = (
+            select(ProjectDeletion.name, ProjectDeletion.deleted_at)
+            .where(ProjectDeletion.name.in_(wanted))
+            .order_by(ProjectDeletion.deleted_at)
+        )
+        for name, at in s.execute(q):
+            out.setdefault(name, []).append(float(at))
+    return out
 
 
 def scope(s: Session, who: Identity | str, *, made: bool = False) -> Scope:
@@ -221,8 +273,14 @@ def resolve_project(
             raise NotFound(f"project {asked!r} does not exist; `ws quota` shows yours")
         if asked in mine or who.admin:
             return asked
+        if asked in who.projects and who.is_user:
+            raise outdated_refusal(s, who, asked)
         raise PermissionDenied(f"you are not a member of project {asked!r}")
     if not mine:
+        # The certificate's only project was deleted since it was issued, and made again.
+        for name in sorted(outdated(s, who)):
+            if s.get(Project, name) is not None:
+                raise outdated_refusal(s, who, name)
         if require and not who.admin:
             raise FailedPrecondition(
                 "you belong to no project; ask an admin to add you: "
@@ -487,6 +545,9 @@ def delete_project(env: Env, name: str) -> ProjectSpec:
             raise FailedPrecondition(f"project {name!r} still has " + "; ".join(held))
         shown = _spec(s, p)
         s.execute(delete(ProjectMember).where(ProjectMember.project == name))
+        # Certificates issued before now that name it make nobody a member of a
+        # project made again under the name (``outdated``).
+        s.add(ProjectDeletion(name=name, created_at=p.created_at or 0.0, deleted_at=env.clock()))
         s.delete(p)
         s.flush()
         members = ", ".join(shown.users) or "none"
@@ -572,6 +633,8 @@ def shown_projects(s: Session, who: Identity, project: str = "") -> list[str]:
     if s.get(Project, project) is None:
         raise NotFound(f"project {project!r} does not exist; `ws quota` shows yours")
     if project not in mine and not who.admin:
+        if project in who.projects and who.is_user:
+            raise outdated_refusal(s, who, project)
         raise PermissionDenied(f"you are not a member of project {project!r}")
     return [project]
 

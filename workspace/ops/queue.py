@@ -4,27 +4,46 @@ nodes the head holds, recomputed at each pass; a preemptible head holds them onl
 preemptible requests, and the first normal request blocked holds its own against normal
 ones, as at admission); fail them at their deadline, or
 as soon as no registered node could ever hold them (the nodes that could were removed).
-One whose lease ended while it waited is left to the lease pass, which destroys it."""
+One whose lease ended while it waited is left to the lease pass, which destroys it.
+Members a cluster grow added are placed only while whoever asked for the grow may still
+make it (ops/grow_rights.py); otherwise they are withdrawn, with a site event saying why."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Set
 
+from workspace import callctx
+from workspace.domain.events import Kind, Refusal, SiteEvent
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
-from workspace.ops.admission import HELD, HELD_NORMAL, entries, holders, holds, rows_of, withheld
+from workspace.ops import grow_rights
+from workspace.ops.admission import (
+    HELD,
+    HELD_NORMAL,
+    Entry,
+    entries,
+    holders,
+    holds,
+    rows_of,
+    withheld,
+)
+from workspace.ops.cluster_scale import withdraw
 from workspace.ops.cluster_state import refresh
 from workspace.ops.placement import NoPlacement, never_placed, place_rows
 from workspace.ops.preempt import place_preempting
-from workspace.ops.unit import Env, write
-from workspace.store import Workspace
+from workspace.ops.unit import Env, UnitOfWork, write
+from workspace.store import Cluster, Workspace, journal
 from workspace.store.mapping import set_reason, set_waiting
 
 log = logging.getLogger("workspace.ops.queue")
 
 
-def process(env: Env) -> int:
-    """One pass over the queue, oldest first; returns how many entries were placed."""
+def process(env: Env, revoked: Set[int] = frozenset()) -> int:
+    """One pass over the queue, oldest first; returns how many entries were placed.
+    ``revoked``: the serials the site's CRL revokes now (a grow asked for with one of
+    them is withdrawn)."""
     with env.store.read() as s:
         waiting = entries(s)
     # Once an entry is blocked: the nodes it holds against later ones, of every class
@@ -37,6 +56,10 @@ def process(env: Env) -> int:
             rows = rows_of(u.s, e)
             if not rows or any(w.state != State.PENDING.value or w.node for w in rows):
                 continue
+            if e.kind == "cluster":
+                rows = _entitled(env, u, e, rows, revoked)
+                if not rows:
+                    continue
             now = env.clock()
             if e.deadline and now > e.deadline:
                 _fail(rows, now)
@@ -82,6 +105,52 @@ def process(env: Env) -> int:
             u.changed(*rows)
             refresh(env, u, u.changed_clusters())
     return placed
+
+
+def _entitled(
+    env: Env, u: UnitOfWork, e: Entry, rows: list[Workspace], revoked: Set[int]
+) -> list[Workspace]:
+    """The waiting members of cluster entry ``e`` that may still be placed: those a grow
+    added for someone who may no longer make it (certificate revoked, no longer a member
+    of the cluster's project, no longer able to act on it) are withdrawn
+    (``cluster_scale.withdraw``), and a ``workspace.refused`` site event (state
+    ``rights``) says why."""
+    c = u.s.get(Cluster, e.id)
+    if c is None or not any(w.grown_by for w in rows):
+        return rows
+    problems: dict[str, str] = {}  # by the asker as stored: one check each
+    refused: dict[str, list[Workspace]] = {}
+    kept: list[Workspace] = []
+    for w in rows:
+        key = json.dumps(w.grown_by or {}, sort_keys=True)
+        if key not in problems:
+            problems[key] = grow_rights.problem(
+                u.s, c, w.grown_by, revoked, "who asked for the grow"
+            )
+        if problems[key]:
+            refused.setdefault(problems[key], []).append(w)
+        else:
+            kept.append(w)
+    for why, gone in refused.items():
+        reason = (
+            f"grow of cluster {c.name} waiting for capacity "
+            f"({', '.join(w.name for w in gone)}) withdrawn: {why}"
+        )
+        withdraw(env, u, c, gone, reason)
+        journal.add(
+            u.s,
+            SiteEvent(
+                at=env.clock(),
+                kind=Kind.WORKSPACE_REFUSED.value,
+                who=callctx.current().who,
+                cluster=c.id,
+                subject=gone[0].role,
+                state=Refusal.RIGHTS.value,
+                reason=reason,
+            ),
+        )
+        log.warning("%s", reason)
+    return kept
 
 
 def _fail(rows: list[Workspace], now: float, reason: str = "") -> None:

@@ -4,6 +4,7 @@ over a window, from the intervals recorded at every state change (ops/metering.p
 from __future__ import annotations
 
 import base64
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,10 +12,17 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 
 from workspace.domain.leases import iso_time
-from workspace.domain.usage import Consumption, Grouping, Interval, UsageReport, totals
+from workspace.domain.usage import (
+    Consumption,
+    Grouping,
+    Interval,
+    UsageReport,
+    UsageRow,
+    totals,
+)
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity, Kind
-from workspace.ops.projects import Scope, project_times, scope
+from workspace.ops.projects import Scope, deletion_times, project_times, scope
 from workspace.ops.unit import Env
 from workspace.store import UsageInterval
 
@@ -57,7 +65,8 @@ def report(
     Intervals are kept by project name: of a project, ``owner`` sees those begun since
     the project now of that name was made (none of a deleted one), not those of an
     older project deleted and made again under its name (``Scope.made``). An admin
-    sees them all; the old project's are those before the new one was made.
+    sees them all; the old project's are those before the new one was made, and are
+    rows of their own (``UsageRow.project_deleted_at``).
 
     Paged as the List RPCs are, by key: ``page`` gives at most ``page.size`` rows after
     the key its token names, and the report the token of the next page. A token also
@@ -81,6 +90,8 @@ def report(
             sc = Scope(who, frozenset(projects), made=project_times(s, projects))
             seen = sc.clause(UsageInterval, made=UsageInterval.started_at)
             q = q.where(seen) if seen is not None else q
+        found = list(s.execute(q).scalars())
+        deletions = deletion_times(s, (iv.project for iv in found))
         intervals = [
             Interval(
                 iv.workspace_id,
@@ -91,30 +102,39 @@ def report(
                 iv.started_at,
                 iv.ended_at,
                 bool(iv.preemptible),
+                deleted_after(deletions.get(iv.project, ()), iv.started_at),
             )
-            for iv in s.execute(q).scalars()
+            for iv in found
         ]
     rows = totals(intervals, since, until, now, by)
     if after is not None:
-        rows = tuple(r for r in rows if r.key > after[1])
+        rows = tuple(r for r in rows if _place(r) > after[1])
     more = bool(page.size) and len(rows) > page.size
     rows = rows[: page.size] if more else rows
-    token = _token(until, by, rows[-1].key) if more else ""
+    token = _token(until, by, _place(rows[-1])) if more else ""
     return UsageReport(since, until, by, rows, token)
 
 
-def _token(until: float, by: Grouping, key: str) -> str:
-    """The token of the page after the row ``key`` of a report ending at ``until``."""
-    return base64.urlsafe_b64encode(f"{until!r}|{by.value}|{key}".encode()).decode()
+def _place(row: UsageRow) -> tuple[str, float]:
+    """Where ``row`` is in its report's order (``totals``): by key, and of one project
+    name the deleted projects (oldest first) before the project of that name now."""
+    return row.key, row.project_deleted_at or math.inf
 
 
-def _read_token(token: str, by: Grouping) -> tuple[float, str]:
-    """(the end of the window, the key the page comes after) of ``token``."""
+def _token(until: float, by: Grouping, place: tuple[str, float]) -> str:
+    """The token of the page after the row at ``place`` of a report ending at ``until``."""
+    key, deleted = place
+    text = f"{until!r}|{by.value}|{deleted!r}|{key}"
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _read_token(token: str, by: Grouping) -> tuple[float, tuple[str, float]]:
+    """(the end of the window, the place of the row the page comes after) of ``token``."""
     try:
         text = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-        until_text, grouping, key = text.split("|", 2)
-        until = float(until_text)
-        if not math.isfinite(until) or until <= 0:
+        until_text, grouping, deleted_text, key = text.split("|", 3)
+        until, deleted = float(until_text), float(deleted_text)
+        if not math.isfinite(until) or until <= 0 or math.isnan(deleted) or deleted <= 0:
             raise ValueError(until_text)
         Grouping(grouping)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -124,7 +144,15 @@ def _read_token(token: str, by: Grouping) -> tuple[float, str]:
             f"page_token is of a report by {grouping}, not by {by.value}: "
             "ask for the next page with the first page's arguments"
         )
-    return until, key
+    return until, (key, deleted)
+
+
+def deleted_after(deleted: Sequence[float], started_at: float) -> float:
+    """When the project an interval begun at ``started_at`` was of was deleted, of the
+    deletion times of its name (``deleted``, oldest first): the first at or after it
+    (0: none, the project of the name now)."""
+    i = bisect.bisect_left(deleted, started_at)
+    return deleted[i] if i < len(deleted) else 0.0
 
 
 def report_for(

@@ -288,7 +288,7 @@ class Service:
             if not self.leader.acting():
                 continue
             try:
-                queue.process(self.env)
+                queue.process(self.env, self.auth.revoked())
             except Exception:
                 log.exception("capacity queue pass failed")
 

@@ -234,6 +234,10 @@ class Workspace(Base):
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     cluster: Mapped[str] = mapped_column(String(64), default="")
     role: Mapped[str] = mapped_column(String(64), default="")
+    # Who asked for the member a cluster grow added (ops/grow_rights.py ``stored``; {}:
+    # made with its cluster, by its owner): a grow waiting for capacity is placed only
+    # while they still may make it (ops/queue.py).
+    grown_by: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     # Contextualization, copied from the image at create (it may be deleted later): "none"
     # or "nocloud", and the login user.
     context: Mapped[str] = mapped_column(String(16), default="none")
@@ -440,6 +444,20 @@ class ProjectMember(Base):
 
     project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
     user: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class ProjectDeletion(Base):
+    """A project that was deleted: its name, when it was made and when deleted. A
+    certificate issued before a project of its name was deleted does not make its holder
+    a member of the project made again under the name (ops/projects.py ``outdated``)."""
+
+    __tablename__ = "project_deletions"
+    __table_args__ = (Index("ix_project_deletion_name", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float, default=0.0)  # 0: not known
+    deleted_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 # -- usage (ops/metering.py records, ops/usage.py reports) -----------------------------------

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18workspace/v1/usage.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x01\n\x0fGetUsageRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x02\x62y\x18\x03 \x01(\x0e\x32\x1b.workspace.v1.UsageGrouping\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xf5\x01\n\x08UsageRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x12\n\ncore_hours\x18\x05 \x01(\x01\x12\x18\n\x10memory_gib_hours\x18\x06 \x01(\x01\x12\x16\n\x0e\x64isk_gib_hours\x18\x07 \x01(\x01\x12\x1e\n\x16preemptible_core_hours\x18\x08 \x01(\x01\x12$\n\x1cpreemptible_memory_gib_hours\x18\t \x01(\x01\x12\"\n\x1apreemptible_disk_gib_hours\x18\n \x01(\x01\"\xcb\x01\n\x0bUsageReport\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x02\x62y\x18\x03 \x01(\x0e\x32\x1b.workspace.v1.UsageGrouping\x12$\n\x04rows\x18\x04 \x03(\x0b\x32\x16.workspace.v1.UsageRow\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t*\x82\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x1c\n\x18USAGE_GROUPING_WORKSPACE\x10\x01\x12\x17\n\x13USAGE_GROUPING_USER\x10\x02\x12\x1a\n\x16USAGE_GROUPING_PROJECT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18workspace/v1/usage.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x01\n\x0fGetUsageRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x02\x62y\x18\x03 \x01(\x0e\x32\x1b.workspace.v1.UsageGrouping\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xaa\x02\n\x08UsageRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x12\n\ncore_hours\x18\x05 \x01(\x01\x12\x18\n\x10memory_gib_hours\x18\x06 \x01(\x01\x12\x16\n\x0e\x64isk_gib_hours\x18\x07 \x01(\x01\x12\x1e\n\x16preemptible_core_hours\x18\x08 \x01(\x01\x12$\n\x1cpreemptible_memory_gib_hours\x18\t \x01(\x01\x12\"\n\x1apreemptible_disk_gib_hours\x18\n \x01(\x01\x12\x33\n\x0fproject_deleted\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcb\x01\n\x0bUsageReport\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x02\x62y\x18\x03 \x01(\x0e\x32\x1b.workspace.v1.UsageGrouping\x12$\n\x04rows\x18\x04 \x03(\x0b\x32\x16.workspace.v1.UsageRow\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t*\x82\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x1c\n\x18USAGE_GROUPING_WORKSPACE\x10\x01\x12\x17\n\x13USAGE_GROUPING_USER\x10\x02\x12\x1a\n\x16USAGE_GROUPING_PROJECT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'workspace.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGEGROUPING']._serialized_start=716
-  _globals['_USAGEGROUPING']._serialized_end=846
+  _globals['_USAGEGROUPING']._serialized_start=769
+  _globals['_USAGEGROUPING']._serialized_end=899
   _globals['_GETUSAGEREQUEST']._serialized_start=76
   _globals['_GETUSAGEREQUEST']._serialized_end=259
   _globals['_USAGEROW']._serialized_start=262
-  _globals['_USAGEROW']._serialized_end=507
-  _globals['_USAGEREPORT']._serialized_start=510
-  _globals['_USAGEREPORT']._serialized_end=713
+  _globals['_USAGEROW']._serialized_end=560
+  _globals['_USAGEREPORT']._serialized_start=563
+  _globals['_USAGEREPORT']._serialized_end=766
 # @@protoc_insertion_point(module_scope)

@@ -97,6 +97,7 @@ class UsageRow(_message.Message):
     PREEMPTIBLE_CORE_HOURS_FIELD_NUMBER: _builtins.int
     PREEMPTIBLE_MEMORY_GIB_HOURS_FIELD_NUMBER: _builtins.int
     PREEMPTIBLE_DISK_GIB_HOURS_FIELD_NUMBER: _builtins.int
+    PROJECT_DELETED_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The workspace id, user or project ("" = no project) of this row."""
     name: _builtins.str
@@ -114,6 +115,13 @@ class UsageRow(_message.Message):
     """
     preemptible_memory_gib_hours: _builtins.float
     preemptible_disk_gib_hours: _builtins.float
+    @_builtins.property
+    def project_deleted(self) -> _timestamp_pb2.Timestamp:
+        """Grouping by project or workspace: set when the row's project is one deleted since
+        (at this time), not the project of that name now (a project deleted and made again
+        under its name is a new one: each is a row of its own). Unset: the project now.
+        """
+
     def __init__(
         self,
         *,
@@ -127,10 +135,11 @@ class UsageRow(_message.Message):
         preemptible_core_hours: _builtins.float = ...,
         preemptible_memory_gib_hours: _builtins.float = ...,
         preemptible_disk_gib_hours: _builtins.float = ...,
+        project_deleted: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["project_deleted", b"project_deleted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["core_hours", b"core_hours", "disk_gib_hours", b"disk_gib_hours", "key", b"key", "memory_gib_hours", b"memory_gib_hours", "name", b"name", "owner", b"owner", "preemptible_core_hours", b"preemptible_core_hours", "preemptible_disk_gib_hours", b"preemptible_disk_gib_hours", "preemptible_memory_gib_hours", b"preemptible_memory_gib_hours", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["core_hours", b"core_hours", "disk_gib_hours", b"disk_gib_hours", "key", b"key", "memory_gib_hours", b"memory_gib_hours", "name", b"name", "owner", b"owner", "preemptible_core_hours", b"preemptible_core_hours", "preemptible_disk_gib_hours", b"preemptible_disk_gib_hours", "preemptible_memory_gib_hours", b"preemptible_memory_gib_hours", "project", b"project", "project_deleted", b"project_deleted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
