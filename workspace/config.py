@@ -32,6 +32,9 @@ MAX_NODE_ORDERS_BYTES = 12 * 1024 * 1024
 SCHEDULER_POLICIES = ("pack", "spread", "first")
 # The longest site maximum lease (limits.max_lease_s): a lease's end stays a date.
 MAX_LEASE_S = 1000 * 365 * 86400
+# The longest interval, timeout or grace any other ``*_s`` key may give: 10 years. Beyond
+# it a thread's wait overflows (1e300 in a TOML file: the loop dies) or an int32 field does.
+MAX_SECONDS = 10 * 365 * 86400
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class LimitsConfig:
     save_timeout_s: int = 3600
 
     def __post_init__(self) -> None:
+        check_seconds(self, "limits.", skip=("max_lease_s",))
         if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
             raise ConfigError(
                 f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
@@ -195,6 +199,17 @@ def check_min(
             continue
         need = f"more than {low:g}" if above else ("0 or more" if low == 0 else f"at least {low:g}")
         raise ConfigError(f"{section}{key}: must be {need}, got {value}")
+
+
+def check_seconds(cfg: object, section: str, skip: Iterable[str] = ()) -> None:
+    """ConfigError naming the first ``*_s`` key of ``cfg`` (but ``skip``) beyond
+    MAX_SECONDS."""
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if f.name.endswith("_s") and f.name not in skip and value > MAX_SECONDS:
+            raise ConfigError(
+                f"{section}{f.name}: must be at most {MAX_SECONDS} (10 years), got {value:g}"
+            )
 
 
 def check_log_format(fmt: str) -> None:
@@ -405,6 +420,7 @@ class ServiceConfig:
         )
         check_min(self, "", at_least_1, 1)
         check_min(self, "", ("leader_fence_s",), 5)
+        check_seconds(self, "")
         if self.node_grace_s <= self.heartbeat_interval_s:
             # Every node would go DOWN between two heartbeats, its workspaces LOST.
             raise ConfigError(
@@ -467,6 +483,7 @@ class FakeDriverConfig:
 
     def __post_init__(self) -> None:
         check_min(self, "fake.", ("boot_delay_s", "ignored_wait_s"), 0)
+        check_seconds(self, "fake.")
 
 
 @dataclass(frozen=True)
@@ -580,6 +597,7 @@ class AgentConfig:
                 f"libvirt.virt_type: {self.libvirt.virt_type!r} is neither 'kvm' nor 'qemu'"
             )
         check_min(self, "", ("resync_interval_s",), 0, above=True)
+        check_seconds(self, "")
         at_least_1 = ("max_parallel_ops", "exec_parallel", "prefetch_parallel")
         check_min(self, "", at_least_1, 1)
         zero_or_more = (
