@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from workspace import config_paths
 from workspace.domain.netpolicy import Connectivity, Limits
 from workspace.errors import ConfigError, InvalidArgument
 from workspace.files import write_private
@@ -668,6 +669,13 @@ def _text(value: Any, where: str) -> str:
     return str(value)
 
 
+# The keys of a file that name files, directories or unix sockets: absolute paths only.
+_PATH_KEYS: dict[type, dict[str, str]] = {
+    ServiceConfig: config_paths.SERVICE_KEYS,
+    AgentConfig: config_paths.AGENT_KEYS,
+}
+
+
 def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:
     """Load ``cls`` from a TOML file (or defaults), then apply keyword overrides."""
     data: dict[str, Any] = {}
@@ -683,8 +691,12 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
             raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason})") from exc
         except OSError as exc:  # a directory, no permission
             raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from exc
-    data.update({k: v for k, v in overrides.items() if v is not None})
     try:
+        if path is not None and (paths := _PATH_KEYS.get(cls)):
+            # The file's own values: an override (--data-dir) is the caller's, relative
+            # to where it runs.
+            config_paths.check({k: v for k, v in data.items() if overrides.get(k) is None}, paths)
+        data.update({k: v for k, v in overrides.items() if v is not None})
         return _build(cls, data, "")
     except ConfigError as exc:
         if path is None:
