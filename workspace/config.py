@@ -676,6 +676,13 @@ _PATH_KEYS: dict[type, dict[str, str]] = {
 }
 
 
+def check_file_paths(cls: type, data: dict[str, Any]) -> None:
+    """ConfigError naming a key of ``data``, tables of a config file of ``cls``, that
+    holds a relative path (workspace/config_paths.py)."""
+    if paths := _PATH_KEYS.get(cls):
+        config_paths.check(data, paths)
+
+
 def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:
     """Load ``cls`` from a TOML file (or defaults), then apply keyword overrides."""
     data: dict[str, Any] = {}
@@ -692,10 +699,10 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
         except OSError as exc:  # a directory, no permission
             raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from exc
     try:
-        if path is not None and (paths := _PATH_KEYS.get(cls)):
+        if path is not None:
             # The file's own values: an override (--data-dir) is the caller's, relative
             # to where it runs.
-            config_paths.check({k: v for k, v in data.items() if overrides.get(k) is None}, paths)
+            check_file_paths(cls, {k: v for k, v in data.items() if overrides.get(k) is None})
         data.update({k: v for k, v in overrides.items() if v is not None})
         return _build(cls, data, "")
     except ConfigError as exc:
