@@ -83,3 +83,23 @@ def test_a_service_data_dir_it_cannot_make_is_one_line(
     data_dir = tmp_path / "a-file" / "d"
     said = _service_says(tmp_path, capsys, data_dir=str(data_dir), listen="127.0.0.1:0")
     assert f"data_dir {data_dir}: Not a directory" in said
+
+
+def test_an_agent_peer_socket_under_a_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    sock = tmp_path / "a-file" / "peers.sock"
+    cfg = AgentConfig(
+        node="n1",
+        service=f"unix:{tmp_path}/nodes.sock",
+        insecure=True,
+        state_dir=str(tmp_path / "agent"),
+        peer_listen=f"unix:{sock}",
+    )
+    path = config.write(tmp_path / "a.toml", cfg)
+    assert agent_main.main(["--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "cannot start" in line]
+    assert said and f"peer_listen: cannot bind unix:{sock}: Not a directory" in said[0], err
