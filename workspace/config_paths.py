@@ -14,11 +14,14 @@ from typing import Any
 
 from workspace.errors import ConfigError
 
-# What a key holds: a path ("" = none), an address list ("host:port" or "unix:PATH",
-# comma-separated), a SQLAlchemy URL, or a path but for some words ("auto", "none").
-PATH, ADDRESS, URL, SCHEMA = "path", "address", "url", "schema"
-TLS_KEYS = {f"tls.{k}": PATH for k in ("identity_dir", "ca_file", "cert_file", "key_file")}
-TLS_KEYS["tls.crl_file"] = PATH
+# What a key holds: a path ("" = none; "~/x" is a directory named "~" like any other
+# relative one), a path whose "~" is the home directory (the [tls] files: rpc.py expands
+# it), an address list ("host:port" or "unix:PATH", comma-separated), a SQLAlchemy URL,
+# or a path but for some words ("auto", "none").
+PATH, HOME_PATH, ADDRESS, URL, SCHEMA = "path", "home-path", "address", "url", "schema"
+TLS_KEYS = {
+    f"tls.{k}": HOME_PATH for k in ("identity_dir", "ca_file", "cert_file", "key_file", "crl_file")
+}
 
 SERVICE_KEYS = {
     "data_dir": PATH,
@@ -53,7 +56,7 @@ def _relative(kind: str, value: str) -> str:
             if address.startswith("unix:") and (rel := _relative(PATH, address[5:])):
                 return rel
         return ""
-    if value and not value.startswith(("/", "~")):
+    if value and not value.startswith(("/", "~") if kind == HOME_PATH else "/"):
         return value
     return ""
 

@@ -13,6 +13,7 @@ from workspace.errors import ConfigError
 
 RELATIVE = [
     (ServiceConfig, 'data_dir = "data"', "data_dir", "data"),
+    (ServiceConfig, 'data_dir = "~/ws"', "data_dir", "~/ws"),  # not expanded: a "~" dir
     (ServiceConfig, 'database_url = "sqlite:///ws/service.db"', "database_url", "ws/service.db"),
     (ServiceConfig, 'listen = "unix:run/ws.sock"', "listen", "run/ws.sock"),
     (ServiceConfig, 'node_listen = "unix:nodes.sock"', "node_listen", "nodes.sock"),
