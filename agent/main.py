@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         agent.stop()
         stops.restore()
         return 1
+    except OSError as exc:  # a file or directory it needs: one line naming it
+        log.error("cannot start: %s: %s", exc.filename or "", exc.strerror or exc)
+        agent.stop()
+        stops.restore()
+        return 1
     log.info(
         "workspace-agent %s for node %s started (driver %s, service %s)",
         version.version(),

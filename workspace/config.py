@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from workspace import config_paths
 from workspace.domain.netpolicy import Connectivity, Limits
 from workspace.errors import ConfigError, InvalidArgument
 from workspace.files import write_private
@@ -32,6 +33,9 @@ MAX_NODE_ORDERS_BYTES = 12 * 1024 * 1024
 SCHEDULER_POLICIES = ("pack", "spread", "first")
 # The longest site maximum lease (limits.max_lease_s): a lease's end stays a date.
 MAX_LEASE_S = 1000 * 365 * 86400
+# The longest interval, timeout or grace any other ``*_s`` key may give: 10 years. Beyond
+# it a thread's wait overflows (1e300 in a TOML file: the loop dies) or an int32 field does.
+MAX_SECONDS = 10 * 365 * 86400
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ class LimitsConfig:
     save_timeout_s: int = 3600
 
     def __post_init__(self) -> None:
+        check_seconds(self, "limits.", skip=("max_lease_s",))
         if not 0 < self.max_node_orders_bytes <= MAX_NODE_ORDERS_BYTES:
             raise ConfigError(
                 f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
@@ -195,6 +200,17 @@ def check_min(
             continue
         need = f"more than {low:g}" if above else ("0 or more" if low == 0 else f"at least {low:g}")
         raise ConfigError(f"{section}{key}: must be {need}, got {value}")
+
+
+def check_seconds(cfg: object, section: str, skip: Iterable[str] = ()) -> None:
+    """ConfigError naming the first ``*_s`` key of ``cfg`` (but ``skip``) beyond
+    MAX_SECONDS."""
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if f.name.endswith("_s") and f.name not in skip and value > MAX_SECONDS:
+            raise ConfigError(
+                f"{section}{f.name}: must be at most {MAX_SECONDS} (10 years), got {value:g}"
+            )
 
 
 def check_log_format(fmt: str) -> None:
@@ -410,6 +426,7 @@ class ServiceConfig:
         )
         check_min(self, "", at_least_1, 1)
         check_min(self, "", ("leader_fence_s",), 5)
+        check_seconds(self, "")
         if self.node_grace_s <= self.heartbeat_interval_s:
             # Every node would go DOWN between two heartbeats, its workspaces LOST.
             raise ConfigError(
@@ -472,6 +489,7 @@ class FakeDriverConfig:
 
     def __post_init__(self) -> None:
         check_min(self, "fake.", ("boot_delay_s", "ignored_wait_s"), 0)
+        check_seconds(self, "fake.")
 
 
 @dataclass(frozen=True)
@@ -589,6 +607,7 @@ class AgentConfig:
                 f"libvirt.virt_type: {self.libvirt.virt_type!r} is neither 'kvm' nor 'qemu'"
             )
         check_min(self, "", ("resync_interval_s",), 0, above=True)
+        check_seconds(self, "")
         at_least_1 = ("max_parallel_ops", "exec_parallel", "prefetch_parallel")
         check_min(self, "", at_least_1, 1)
         zero_or_more = (
@@ -660,6 +679,20 @@ def _text(value: Any, where: str) -> str:
     return str(value)
 
 
+# The keys of a file that name files, directories or unix sockets: absolute paths only.
+_PATH_KEYS: dict[type, dict[str, str]] = {
+    ServiceConfig: config_paths.SERVICE_KEYS,
+    AgentConfig: config_paths.AGENT_KEYS,
+}
+
+
+def check_file_paths(cls: type, data: dict[str, Any]) -> None:
+    """ConfigError naming a key of ``data``, tables of a config file of ``cls``, that
+    holds a relative path (workspace/config_paths.py)."""
+    if paths := _PATH_KEYS.get(cls):
+        config_paths.check(data, paths)
+
+
 def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:
     """Load ``cls`` from a TOML file (or defaults), then apply keyword overrides."""
     data: dict[str, Any] = {}
@@ -675,8 +708,12 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
             raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason})") from exc
         except OSError as exc:  # a directory, no permission
             raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from exc
-    data.update({k: v for k, v in overrides.items() if v is not None})
     try:
+        if path is not None:
+            # The file's own values: an override (--data-dir) is the caller's, relative
+            # to where it runs.
+            check_file_paths(cls, {k: v for k, v in data.items() if overrides.get(k) is None})
+        data.update({k: v for k, v in overrides.items() if v is not None})
         return _build(cls, data, "")
     except ConfigError as exc:
         if path is None:

@@ -227,6 +227,8 @@ def _clear_unix_path(path: Path, key: str) -> None:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return
+    except OSError as exc:  # a parent that is a file, or not ours to search
+        raise ConfigError(f"{key}: cannot bind unix:{path}: {exc.strerror or exc}") from None
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"{key}: {path} is not a socket (left as it is); name another path")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -139,3 +139,16 @@ def test_errors_are_clear_and_write_nothing(
     code, _, err = run(capsys, "pki", "revoke", "nobody", "--dir", ca)
     assert code == 1 and "no certificate named 'nobody'" in err
     assert json.loads(run(capsys, "pki", "list", "--dir", ca, "-o", "json")[1])["issued"] == []
+
+
+def test_issue_with_a_relative_out_says_an_absolute_identity_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `use it: [tls] identity_dir = "..."` hint goes into a config, where a relative
+    path is refused (workspace/config_paths.py): it names the directory absolutely."""
+    ca = str(tmp_path / "ca")
+    assert run(capsys, "pki", "init", "--dir", ca)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "pki", "issue", "node", "n1", "--out", "N1", "--dir", ca)
+    assert code == 0
+    assert f'[tls] identity_dir = "{tmp_path}/N1"' in out

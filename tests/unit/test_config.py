@@ -384,6 +384,42 @@ def test_a_float_key_that_is_not_a_finite_number_is_refused(
             load(cls, file)
 
 
+def seconds_keys(cls: type) -> list[tuple[str, list[str], type]]:
+    """Every ``*_s`` key of ``cls`` and its nested tables: (dotted name, path, type)."""
+    out: list[tuple[str, list[str], type]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += [(f"{f.name}.{n}", [f.name, *p], t) for n, p, t in seconds_keys(tp)]  # type: ignore[arg-type]
+        elif f.name.endswith("_s"):
+            out.append((f.name, [f.name], tp))
+    return out
+
+
+@pytest.mark.parametrize("cls", [ServiceConfig, AgentConfig])
+def test_an_interval_of_centuries_is_refused_naming_its_key(tmp_path: Path, cls: type) -> None:
+    """lease_check_interval_s = 1e300 passed the checks and the lease thread died at
+    its first wait (OverflowError, a traceback) while the service went on without it;
+    every interval, timeout and grace is at most 10 years (max_lease_s has its own)."""
+    keys = [k for k in seconds_keys(cls) if k[0] != "limits.max_lease_s"]
+    assert len(keys) > 3
+    for name, path, tp in keys:
+        data: dict[str, object] = {}
+        table = data
+        for key in path[:-1]:
+            table = table.setdefault(key, {})  # type: ignore[assignment]
+        table[path[-1]] = 1e300 if tp is float else 10**18
+        file = tmp_path / "c.toml"
+        file.write_text(tomli_w.dumps(data))
+        with pytest.raises(ConfigError, match=re.escape(f"{name}: must be at most 315360000")):
+            load(cls, file)
+        table[path[-1]] = 315360000
+        file.write_text(tomli_w.dumps(data))
+        if name not in ("heartbeat_interval_s", "limits.exec_default_timeout_s"):
+            load(cls, file)  # 10 years is still an interval
+
+
 def test_labels_read_as_they_are_written(tmp_path: Path) -> None:
     """`--require gpu=true` must match `gpu = true` (not Python's "True"); a label that
     is a table or a list is no label."""

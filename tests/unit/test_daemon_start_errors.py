@@ -48,3 +48,58 @@ def test_a_service_that_cannot_start_leaves_the_callers_signal_handlers(tmp_path
     finally:
         held.close()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def _service_says(tmp_path: Path, capsys: pytest.CaptureFixture[str], **keys: str) -> str:
+    """main()'s exit and the one line it says for a service config of ``keys``."""
+    from workspace.config import ServiceConfig
+    from workspace.service import main as service_main
+
+    cfg = ServiceConfig(insecure=True, **{"data_dir": str(tmp_path / "d"), **keys})
+    path = config.write(tmp_path / "s.toml", cfg)
+    assert service_main.main(["--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "cannot start" in line]
+    assert len(said) == 1, err
+    return said[0]
+
+
+def test_a_service_socket_under_a_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """listen's socket where a path component is a file (or a directory it may not
+    search): one line naming the key and the path, not an OSError's traceback."""
+    (tmp_path / "a-file").write_text("")
+    sock = tmp_path / "a-file" / "service.sock"
+    said = _service_says(tmp_path, capsys, listen=f"unix:{sock}")
+    assert f"listen: cannot bind unix:{sock}: Not a directory" in said
+
+
+def test_a_service_data_dir_it_cannot_make_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / "a-file" / "d"
+    said = _service_says(tmp_path, capsys, data_dir=str(data_dir), listen="127.0.0.1:0")
+    assert f"data_dir {data_dir}: Not a directory" in said
+
+
+def test_an_agent_peer_socket_under_a_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    sock = tmp_path / "a-file" / "peers.sock"
+    cfg = AgentConfig(
+        node="n1",
+        service=f"unix:{tmp_path}/nodes.sock",
+        insecure=True,
+        state_dir=str(tmp_path / "agent"),
+        peer_listen=f"unix:{sock}",
+    )
+    path = config.write(tmp_path / "a.toml", cfg)
+    assert agent_main.main(["--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "cannot start" in line]
+    assert said and f"peer_listen: cannot bind unix:{sock}: Not a directory" in said[0], err

@@ -71,6 +71,8 @@ def test_site_up_keeps_what_an_admin_set_but_the_keys_the_site_owns(tmp_path: Pa
         .replace('policy = "pack"', 'policy = "spread"')
         .replace("heartbeat_interval_s = 5", "heartbeat_interval_s = 99")
         .replace("\nmax_workers = 256", "\nmax_workers = 0")  # refused: at least 1
+        # refused: the service would not start on a relative path
+        .replace('vendor_data_file = ""', 'vendor_data_file = "vendor.yaml"')
     )
     agent_text = specs[1].config.read_text()
     specs[1].config.write_text(agent_text.replace('log_level = "INFO"', 'log_level = "LOUD"'))
@@ -84,12 +86,14 @@ def test_site_up_keeps_what_an_admin_set_but_the_keys_the_site_owns(tmp_path: Pa
     assert (svc.log_level, svc.log_format, svc.scheduler.policy) == ("DEBUG", "json", "spread")
     assert svc.heartbeat_interval_s == 5  # what the site needs: rewritten
     assert svc.max_workers == 256  # refused, and said so
+    assert svc.context.vendor_data_file == ""
     agents = [config.load(AgentConfig, spec.config) for spec in specs]
     assert agents[0].log_level == "WARNING" and agents[0].node == "local-1"
     assert (agents[0].cpus, agents[0].labels) == (4, {"gpu": "1"})
     assert agents[1].log_level == "INFO"  # not a level: the site's own
     assert [line.split(": ")[:2] for line in not_kept] == [
         [str(site.service_config), "max_workers"],
+        [str(site.service_config), "context.vendor_data_file"],
         [str(specs[1].config), "log_level"],
     ], not_kept
     # Kept again at the next start: the admin's values are not the site's.

@@ -71,7 +71,7 @@ def init(args: argparse.Namespace) -> int:
 
 def issue(args: argparse.Namespace) -> int:
     kind = Kind(args.kind)
-    out = Path(args.out).expanduser()
+    out = Path(args.out).expanduser().absolute()  # the hint below goes into a config
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         # A refusal (exit 1), as pki.CA.issue's of a directory holding an identity.
         raise errors.AlreadyExists(f"--out {out} exists and is not empty; choose a new directory")

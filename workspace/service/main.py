@@ -89,8 +89,11 @@ class Service:
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         # The store and the blobs are the service's alone (file modes: store/db.py, blobs.py).
-        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(cfg.data_dir).chmod(0o700)
+        try:
+            Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            Path(cfg.data_dir).chmod(0o700)
+        except OSError as exc:  # a file in its way, not ours, a read-only filesystem
+            raise ConfigError(f"data_dir {cfg.data_dir}: {exc.strerror or exc}") from None
         # A SQLite store is this process's alone (workspace/sole.py): a second service on
         # it refuses to start.
         database = engines.sqlite_file(cfg.db_url)
@@ -440,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         svc.start()
     except (ConfigError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
+        stops.restore()
+        return 1
+    except OSError as exc:  # a file or directory it needs: one line naming it
+        log.error("cannot start: %s: %s", exc.filename or "", exc.strerror or exc)
+        log.debug("traceback", exc_info=True)
         stops.restore()
         return 1
     # What start-up made (modules, the servers, the caches) lives as long as the process:

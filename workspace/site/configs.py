@@ -154,6 +154,7 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
             continue
         trial = {**merged, key: value}
         try:
+            config.check_file_paths(type(cfg), {key: value})  # the daemon reads the file
             config.from_dict(type(cfg), trial)
         except ConfigError as exc:
             refused.append(exc.message if key in exc.message else f"{key}: {exc.message}")
