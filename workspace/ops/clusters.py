@@ -290,7 +290,16 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
         changed: list[Workspace] = []
         refusals: list[str] = []
         already = 0  # members the op was already asked for (nothing to change)
-        for m in members_of(s, c.id):
+        members = members_of(s, c.id)
+        if op is not Op.DESTROY:
+            # Members destroyed by a scale or on their own have left the cluster (its
+            # state leaves them out too): they are not its to start or stop, and would
+            # refuse a start of a RUNNING cluster, or a stop of a STOPPED one, asked again.
+            # None left (a torn-down cluster): each refuses, saying why.
+            members = [m for m in members if m.desired_state != Desired.TERMINATED.value] or (
+                members
+            )
+        for m in members:
             try:
                 if op is Op.START:
                     check_lease(env, m, op)
