@@ -454,6 +454,12 @@ def test_a_scale_waits_for_capacity_when_asked(site: Site) -> None:
     c = get(site)
     waiting = [m for m in c.members if m.name in got.added]
     assert all(m.state == WS.WORKSPACE_STATE_PENDING and not m.node for m in waiting)
+    # A stop meanwhile would leave the waiting members STOPPING with no node, for good.
+    why = refused(
+        lambda: stub(site).StopCluster(clusters_pb2.ClusterRef(id="ela")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert why.startswith(f"cluster ela has members waiting for capacity ({got.added[0]}, ")
     site.add_agent("node2", cpus=8, memory_mib=4096)
     running(site)
 

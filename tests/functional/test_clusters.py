@@ -253,6 +253,32 @@ def test_waiting_for_capacity_and_fifo_order(site: Site) -> None:
     assert list(site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries) == []
 
 
+def test_a_cluster_waiting_for_capacity_is_not_stopped_but_keeps_its_turn(site: Site) -> None:
+    """A stop of a cluster waiting for capacity is FAILED_PRECONDITION, as a waiting
+    workspace's is (docs/api.md). It made its members STOPPING with no node to stop them:
+    the cluster left the queue, never started when room came, and could not be started."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    first = site.stubs.create(name="first", memory_mib=1500)
+    ref = clusters_pb2.ClusterRef(id="waits")
+    stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="waits", members=[member("w", count=2, memory_mib=600)], wait_for_capacity_s=60
+        )
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).StopCluster(ref)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "cluster waits is waiting for capacity; destroy it to cancel"
+    queue = site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries
+    assert [(e.name, e.position) for e in queue] == [("waits", 1)]
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(first.id))
+    wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+    stub(site).StopCluster(ref)
+    wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_STOPPED, what="STOPPED")
+
+
 def test_backfill_only_on_nodes_useless_to_the_head(site: Site) -> None:
     site.stubs.network()
     site.stubs.network("other", "10.214.0.0/24")
