@@ -371,6 +371,30 @@ def test_a_stopped_cluster_shrinks_but_is_not_grown_until_started(site: Site) ->
     running(site)
 
 
+def test_a_start_or_stop_asked_again_after_a_shrink_is_accepted(site: Site) -> None:
+    """A start of a RUNNING cluster and a stop of a STOPPED one are accepted and change
+    nothing (a retry whose answer was lost, on another replica too: docs/api.md). Once a
+    scale had removed a member they were refused FAILED_PRECONDITION, naming the member
+    the cluster no longer shows ("ela-worker-1 was destroyed; nothing to start")."""
+    site.add_agent("node1")
+    make(site, workers=2)
+    running(site)
+    scale(site, 1)
+    site.stubs.wait_state("ela-worker-1", WS.WORKSPACE_STATE_TERMINATED)
+    ref = clusters_pb2.ClusterRef(id="ela")
+    again = stub(site).StartCluster(ref)
+    assert again.state == CS.CLUSTER_STATE_RUNNING
+    assert member_names(again) == ["ela-head-0", "ela-worker-0"]
+    stub(site).StopCluster(ref)
+    wait_for(lambda: get(site).state == CS.CLUSTER_STATE_STOPPED, what="cluster STOPPED")
+    again = stub(site).StopCluster(ref)
+    assert again.state == CS.CLUSTER_STATE_STOPPED
+    assert member_names(again) == ["ela-head-0", "ela-worker-0"]
+    # What was not asked before is still done: a start starts the members left.
+    stub(site).StartCluster(ref)
+    running(site)
+
+
 def test_a_member_grown_while_others_are_being_destroyed_boots_without_them(
     site: Site,
 ) -> None:
@@ -430,6 +454,12 @@ def test_a_scale_waits_for_capacity_when_asked(site: Site) -> None:
     c = get(site)
     waiting = [m for m in c.members if m.name in got.added]
     assert all(m.state == WS.WORKSPACE_STATE_PENDING and not m.node for m in waiting)
+    # A stop meanwhile would leave the waiting members STOPPING with no node, for good.
+    why = refused(
+        lambda: stub(site).StopCluster(clusters_pb2.ClusterRef(id="ela")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert why.startswith(f"cluster ela has members waiting for capacity ({got.added[0]}, ")
     site.add_agent("node2", cpus=8, memory_mib=4096)
     running(site)
 

@@ -253,6 +253,42 @@ def test_waiting_for_capacity_and_fifo_order(site: Site) -> None:
     assert list(site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries) == []
 
 
+def test_a_cluster_waiting_for_capacity_is_not_stopped_or_grown_but_keeps_its_turn(
+    site: Site,
+) -> None:
+    """A stop of a cluster waiting for capacity is FAILED_PRECONDITION, as a waiting
+    workspace's is (docs/api.md). It made its members STOPPING with no node to stop them:
+    the cluster left the queue, never started when room came, and could not be started.
+    A grow is refused too: its new member was placed at once, on the node the waiting
+    ones held, and the cluster (placed all or nothing) said STARTING, partly placed."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    first = site.stubs.create(name="first", memory_mib=1500)
+    ref = clusters_pb2.ClusterRef(id="waits")
+    stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="waits", members=[member("w", count=2, memory_mib=300)], wait_for_capacity_s=60
+        )
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).StopCluster(ref)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "cluster waits is waiting for capacity; destroy it to cancel"
+    grow = clusters_pb2.ScaleClusterRequest(id="waits", role="w", count=3)
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).ScaleCluster(grow)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot grow cluster waits: it is waiting for capacity" in err.value.details()
+    assert cluster_state(site, "waits") == CS.CLUSTER_STATE_PENDING
+    queue = site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries
+    assert [(e.name, e.position) for e in queue] == [("waits", 1)]
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(first.id))
+    wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+    stub(site).StopCluster(ref)
+    wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_STOPPED, what="STOPPED")
+
+
 def test_backfill_only_on_nodes_useless_to_the_head(site: Site) -> None:
     site.stubs.network()
     site.stubs.network("other", "10.214.0.0/24")

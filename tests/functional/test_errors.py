@@ -123,6 +123,21 @@ def test_invalid_transitions(ready_site: Site) -> None:
     assert s.ws.StartWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_RUNNING
 
 
+def test_a_negative_console_tail_is_refused(ready_site: Site) -> None:
+    """GetConsole's tail_bytes is a count (0: everything): a negative one returned the
+    whole console, as if 0, while the API refuses every other negative count."""
+    s = ready_site.stubs
+    s.wait_state(s.create(name="tail").id, WS.WORKSPACE_STATE_RUNNING)
+    wait_for(lambda: s.ws.GetConsole(workspaces_pb2.GetConsoleRequest(id="tail")).data)
+    req = workspaces_pb2.GetConsoleRequest(id="tail", tail_bytes=-5)
+    err = rpc_error(s.ws.GetConsole, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "tail_bytes must not be negative (0: everything), got -5"
+    whole = s.ws.GetConsole(workspaces_pb2.GetConsoleRequest(id="tail")).data
+    req = workspaces_pb2.GetConsoleRequest(id="tail", tail_bytes=5)
+    assert s.ws.GetConsole(req).data == whole[-5:]
+
+
 def test_unknown_workspace(ready_site: Site) -> None:
     err = rpc_error(ready_site.stubs.get, "does-not-exist")
     assert err.code() == grpc.StatusCode.NOT_FOUND

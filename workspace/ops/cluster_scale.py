@@ -82,6 +82,13 @@ def check_scalable(c: Cluster) -> None:
 def check_growable(c: Cluster) -> None:
     """New members boot and run: beside a cluster's stopped members they would leave it
     neither RUNNING nor STOPPED (STARTING for good)."""
+    if c.state == ClusterState.PENDING.value:
+        # Placed all or nothing: a new member placed at once (on the very nodes the
+        # waiting ones hold) left the cluster partly running and no longer said it waits.
+        raise FailedPrecondition(
+            f"cannot grow cluster {c.name}: it is waiting for capacity (nothing placed "
+            f"yet); grow it once it is placed, or destroy it and create it with the count"
+        )
     if c.state in (ClusterState.STOPPED.value, ClusterState.STOPPING.value):
         raise FailedPrecondition(
             f"cannot grow cluster {c.name}: it is {c.state} (its new members would run "

@@ -31,7 +31,7 @@ from workspace.ops.cluster_state import (
     torn_down,
 )
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
-from workspace.ops.lifecycle import resolve_owned
+from workspace.ops.lifecycle import resolve_owned, waiting
 from workspace.ops.operate import check_lease, check_trust
 from workspace.ops.projects import (
     Scope,
@@ -313,6 +313,21 @@ def list_page(
         return [view(s, c) for c in rows], token
 
 
+def check_not_waiting(c: Cluster, members: list[Workspace]) -> None:
+    """A stop of a cluster waiting for capacity (or with a grow waiting) is refused, as a
+    waiting workspace's stop is: its waiting members, never placed, were made STOPPING
+    with no node to stop them, left the queue and stayed so for good."""
+    queued = [m.name for m in members if waiting(m)]
+    if not queued:
+        return
+    if len(queued) == len(members):
+        raise FailedPrecondition(f"cluster {c.name} is waiting for capacity; destroy it to cancel")
+    raise FailedPrecondition(
+        f"cluster {c.name} has members waiting for capacity ({', '.join(queued)}): "
+        f"`ws cluster scale` back cancels them; or stop it once they are placed"
+    )
+
+
 def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
     with write(env) as u:
         s = u.s
@@ -320,7 +335,18 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
         changed: list[Workspace] = []
         refusals: list[str] = []
         already = 0  # members the op was already asked for (nothing to change)
-        for m in members_of(s, c.id):
+        members = members_of(s, c.id)
+        if op is not Op.DESTROY:
+            # Members destroyed by a scale or on their own have left the cluster (its
+            # state leaves them out too): they are not its to start or stop, and would
+            # refuse a start of a RUNNING cluster, or a stop of a STOPPED one, asked again.
+            # None left (a torn-down cluster): each refuses, saying why.
+            members = [m for m in members if m.desired_state != Desired.TERMINATED.value] or (
+                members
+            )
+        if op is Op.STOP:
+            check_not_waiting(c, members)
+        for m in members:
             try:
                 if op is Op.START:
                     check_lease(env, m, op)

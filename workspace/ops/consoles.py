@@ -6,7 +6,7 @@ admins may open: docs/design/guests.md)."""
 
 from __future__ import annotations
 
-from workspace.errors import NotFound
+from workspace.errors import InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops.lifecycle import check_owner, resolve_workspace
 from workspace.ops.projects import as_identity
@@ -15,7 +15,11 @@ from workspace.store import ConsoleLog, Workspace
 
 
 def console(env: Env, who: Identity | str, ref: str, tail_bytes: int) -> bytes:
-    """The console output kept for a workspace (its last ``tail_bytes`` if > 0)."""
+    """The console output kept for a workspace (its last ``tail_bytes`` if > 0; 0:
+    all of it). A negative ``tail_bytes`` is refused rather than taken for 0, as the
+    API's other counts are (a stop's timeout, a page size)."""
+    if tail_bytes < 0:
+        raise InvalidArgument(f"tail_bytes must not be negative (0: everything), got {tail_bytes}")
     with env.store.read() as s:
         ws = resolve_workspace(s, who, ref)
         check_owner(as_identity(who), ws.owner, ws.name, "read the console of")

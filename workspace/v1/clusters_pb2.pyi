@@ -375,7 +375,9 @@ class ScaleClusterRequest(_message.Message):
     """cluster id or name"""
     role: _builtins.str
     count: _builtins.int
-    """the role's new member count (0 removes every member of the role)"""
+    """The role's new member count (0 removes every member of the role; refused with
+    INVALID_ARGUMENT when no member of the cluster would be left: DestroyCluster ends it).
+    """
     wait_for_capacity_s: _builtins.int
     """Wait this long in the queue for capacity instead of failing at once (0: fail at once)."""
     def __init__(

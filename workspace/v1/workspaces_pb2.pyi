@@ -427,7 +427,7 @@ class GetConsoleRequest(_message.Message):
     TAIL_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tail_bytes: _builtins.int
-    """0: everything the service holds"""
+    """The last this many bytes; 0: everything the service holds (below 0: INVALID_ARGUMENT)."""
     def __init__(
         self,
         *,
