@@ -18,7 +18,13 @@ from tests.unit.test_usage_cli import HOUR, Served, served
 from workspace import errors
 from workspace.client import Client
 from workspace.node.v1 import nodes_pb2
-from workspace.v1 import clusters_pb2, clusters_pb2_grpc, usage_pb2, workspaces_pb2_grpc
+from workspace.v1 import (
+    clusters_pb2,
+    clusters_pb2_grpc,
+    usage_pb2,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
 
 __all__ = ["served"]  # the fixture, used by name
 
@@ -131,7 +137,8 @@ def test_bad_page_tokens_and_sizes_are_invalid_arguments(
     clusters = clusters_pb2_grpc.ClustersStub(channel)
     usage = workspaces_pb2_grpc.WorkspacesStub(channel)
     by_workspace = usage.GetUsage(usage_pb2.GetUsageRequest(page_size=1)).next_page_token
-    forged = base64.urlsafe_b64encode(b"inf|workspace|").decode()  # no end a report has
+    forged = base64.urlsafe_b64encode(b"usage|inf|workspace|inf|").decode()  # no end
+    of_clusters = clusters.ListClusters(clusters_pb2.ListClustersRequest(page_size=1))
     refused = [
         lambda: clusters.ListClusters(clusters_pb2.ListClustersRequest(page_token="no token!")),
         lambda: clusters.ListClusters(clusters_pb2.ListClustersRequest(page_size=-1)),
@@ -140,6 +147,12 @@ def test_bad_page_tokens_and_sizes_are_invalid_arguments(
         lambda: usage.GetUsage(usage_pb2.GetUsageRequest(page_token=forged)),
         # a token of a report by workspace, given to one by user
         lambda: usage.GetUsage(usage_pb2.GetUsageRequest(page_token=by_workspace, by=BY_USER)),
+        # a token of one list given to another (was read as a place in it: a wrong page)
+        lambda: clusters.ListClusters(clusters_pb2.ListClustersRequest(page_token=by_workspace)),
+        lambda: usage.GetUsage(usage_pb2.GetUsageRequest(page_token=of_clusters.next_page_token)),
+        lambda: usage.ListWorkspaces(
+            workspaces_pb2.ListWorkspacesRequest(page_token=of_clusters.next_page_token)
+        ),
     ]
     for call in refused:
         with pytest.raises(grpc.RpcError) as exc:

@@ -299,7 +299,7 @@ def list_page(
         if not include_terminated:
             q = q.where(Cluster.state != ClusterState.TERMINATED.value)
         if page_token:
-            created, cid = decode_token(page_token)
+            created, cid = decode_token("clusters", page_token)
             q = q.where(
                 (Cluster.created_at > created)
                 | ((Cluster.created_at == created) & (Cluster.id > cid))
@@ -309,7 +309,7 @@ def list_page(
         rows = list(s.execute(q).scalars())
         more = bool(page_size) and len(rows) > page_size
         rows = rows[:page_size] if more else rows
-        token = encode_token(rows[-1].created_at, rows[-1].id) if more else ""
+        token = encode_token("clusters", rows[-1].created_at, rows[-1].id) if more else ""
         return [view(s, c) for c in rows], token
 
 

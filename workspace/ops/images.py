@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
-from workspace.ops import blob_access, projects, refusals, seeds, trust
+from workspace.ops import blob_access, pages, projects, refusals, seeds, trust
 from workspace.ops.image_refs import may_use, name_taken, unknown_image, visible_image
 from workspace.ops.lifecycle import image_users
 from workspace.ops.projects import (
@@ -581,14 +580,11 @@ class RefusedBlob(ImageError):
 
 def _page_token(name: str) -> str:
     """The token of the page after the image ``name``."""
-    return base64.urlsafe_b64encode(name.encode()).decode()
+    return pages.encode("images", name)
 
 
 def _page_name(token: str) -> str:
-    try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument("page_token is not one this service gave out") from exc
+    return pages.decode("images", token, 1)[0]
 
 
 def _delete_rows(s: Session, digests: Sequence[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -12,7 +11,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity
-from workspace.ops import admission, liveness
+from workspace.ops import admission, liveness, pages
 from workspace.ops.lifecycle import choose_owned
 from workspace.ops.projects import scope
 from workspace.ops.unit import Env
@@ -66,7 +65,7 @@ def list_page(
         if not include_terminated:
             q = q.where(Workspace.state != State.TERMINATED.value)
         if page_token:
-            created, wid = decode_token(page_token)
+            created, wid = decode_token("workspaces", page_token)
             q = q.where(
                 (Workspace.created_at > created)
                 | ((Workspace.created_at == created) & (Workspace.id > wid))
@@ -76,7 +75,7 @@ def list_page(
         rows = view_rows(s, q)
         more = bool(page_size) and len(rows) > page_size
         rows = rows[:page_size] if page_size else rows
-        token = encode_token(rows[-1].created_at, rows[-1].id) if more else ""
+        token = encode_token("workspaces", rows[-1].created_at, rows[-1].id) if more else ""
         return liveness.with_node_silence(env, s, workspace_views(s, rows)), token
 
 
@@ -86,13 +85,11 @@ def list_all(
     return [*list_page(env, who, include_terminated, all_users=all_users)[0]]
 
 
-def encode_token(created_at: float, wid: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at!r}|{wid}".encode()).decode()
+def encode_token(list_name: str, created_at: float, oid: str) -> str:
+    """The page token of a list ordered by creation time, then id."""
+    return pages.encode(list_name, repr(created_at), oid)
 
 
-def decode_token(token: str) -> tuple[float, str]:
-    try:
-        created, _, wid = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return float(created), wid
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument("page_token is not one this service gave out") from exc
+def decode_token(list_name: str, token: str) -> tuple[float, str]:
+    created, oid = pages.decode(list_name, token, 2)
+    return pages.time_of(created), oid

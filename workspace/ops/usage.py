@@ -3,7 +3,6 @@ over a window, from the intervals recorded at every state change (ops/metering.p
 
 from __future__ import annotations
 
-import base64
 import bisect
 import math
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from workspace.domain.usage import (
 )
 from workspace.errors import InvalidArgument
 from workspace.identity import Identity, Kind
+from workspace.ops import pages
 from workspace.ops.projects import Scope, deletion_times, project_times, scope
 from workspace.ops.unit import Env
 from workspace.store import UsageInterval
@@ -124,27 +124,28 @@ def _place(row: UsageRow) -> tuple[str, float]:
 def _token(until: float, by: Grouping, place: tuple[str, float]) -> str:
     """The token of the page after the row at ``place`` of a report ending at ``until``."""
     key, deleted = place
-    text = f"{until!r}|{by.value}|{deleted!r}|{key}"
-    return base64.urlsafe_b64encode(text.encode()).decode()
+    return pages.encode("usage", repr(until), by.value, repr(deleted), key)
 
 
 def _read_token(token: str, by: Grouping) -> tuple[float, tuple[str, float]]:
     """(the end of the window, the place of the row the page comes after) of ``token``."""
+    until_text, grouping, deleted_text, key = pages.decode("usage", token, 4)
+    until = pages.time_of(until_text)
     try:
-        text = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-        until_text, grouping, deleted_text, key = text.split("|", 3)
-        until, deleted = float(until_text), float(deleted_text)
-        if not math.isfinite(until) or until <= 0 or math.isnan(deleted) or deleted <= 0:
-            raise ValueError(until_text)
-        Grouping(grouping)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument("page_token is not one this service gave out") from exc
+        deleted = float(deleted_text)  # inf: the project of the name now
+    except ValueError as exc:
+        raise InvalidArgument(pages.NOT_OURS) from exc
+    if until <= 0 or math.isnan(deleted) or deleted <= 0 or grouping not in _GROUPINGS:
+        raise InvalidArgument(pages.NOT_OURS)
     if grouping != by.value:
         raise InvalidArgument(
             f"page_token is of a report by {grouping}, not by {by.value}: "
             "ask for the next page with the first page's arguments"
         )
     return until, (key, deleted)
+
+
+_GROUPINGS = {g.value for g in Grouping}
 
 
 def deleted_after(deleted: Sequence[float], started_at: float) -> float:
