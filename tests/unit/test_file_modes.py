@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,13 +146,15 @@ def test_what_earlier_versions_left_open_is_made_private_at_start(tmp_path: Path
     with pytest.raises(Unavailable):
         cache.ensure(digests.of_bytes(data), [cut_short(data)], len(data))
     cache.ensure(digests.of_bytes(b"x"), [Source("service", lambda d, o: iter([b"x"[o:]]))])
-    # As an earlier version left them: directories 0755, files 0644.
+    # As an earlier version left them: directories 0755, files 0644 (quarantined blobs
+    # named as they are, by when they were moved aside: kept a week).
+    moved_at = time.time_ns()
     opened = [
-        repo.bad_dir / "a.1",
+        repo.bad_dir / f"a.{moved_at}",
         *repo.stamps.dir.iterdir(),
         *cache.partial_dir.iterdir(),
         *cache.stamps.dir.iterdir(),
-        cache.quarantine_dir / "b.1",
+        cache.quarantine_dir / f"b.{moved_at}",
     ]
     for d in (repo.bad_dir, cache.quarantine_dir, cache.partial_dir, cache.stamps.dir):
         d.chmod(0o755)
