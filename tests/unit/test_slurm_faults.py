@@ -383,3 +383,21 @@ def test_a_node_slurm_no_longer_knows_does_not_stop_the_cleanup_of_the_others(
     # scontrol that cannot answer at all (slurmctld away) still tells nothing.
     fake.write_text("#!/bin/sh\necho 'slurm_load_node error: Unable to contact' >&2\nexit 1\n")
     assert Scontrol(str(fake)).states(["c1"]) is None
+
+
+def test_an_unforeseen_failure_is_logged_with_its_cause(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slurmctld discards stderr: an exception ws-slurm did not foresee must be in its log
+    (it was only a traceback on stderr, and the log ended at ``resume c1 (1 node(s))``)."""
+
+    def broken(include_terminated: bool = False) -> list[object]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run.service, "list_workspaces", broken)
+    assert run("resume", "c1") == 1
+    lines = run.text().splitlines()
+    assert any(
+        "ws-slurm failed unexpectedly: OSError: [Errno 28] No space left on device" in line
+        for line in lines
+    ), lines
