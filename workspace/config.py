@@ -688,8 +688,9 @@ _PATH_KEYS: dict[type, dict[str, str]] = {
 
 def check_file_paths(cls: type, data: dict[str, Any]) -> None:
     """ConfigError naming a key of ``data``, tables of a config file of ``cls``, that
-    holds a relative path (workspace/config_paths.py)."""
-    if paths := _PATH_KEYS.get(cls):
+    holds a relative path (workspace/config_paths.py). A config class of another package
+    names its keys in a ``PATH_KEYS`` class variable (ws-slurm's ``SlurmConfig``)."""
+    if paths := _PATH_KEYS.get(cls) or getattr(cls, "PATH_KEYS", None):
         config_paths.check(data, paths)
 
 

@@ -17,8 +17,10 @@ from workspace.errors import ConfigError
 # What a key holds: a path ("" = none; "~/x" is a directory named "~" like any other
 # relative one), a path whose "~" is the home directory (the [tls] files: rpc.py expands
 # it), an address list ("host:port" or "unix:PATH", comma-separated), a SQLAlchemy URL,
-# or a path but for some words ("auto", "none").
+# a path but for some words ("auto", "none"), or a command (a bare name is looked up in
+# $PATH; one with a "/" is a path).
 PATH, HOME_PATH, ADDRESS, URL, SCHEMA = "path", "home-path", "address", "url", "schema"
+COMMAND = "command"
 TLS_KEYS = {
     f"tls.{k}": HOME_PATH for k in ("identity_dir", "ca_file", "cert_file", "key_file", "crl_file")
 }
@@ -39,6 +41,17 @@ AGENT_KEYS = {
     "peer_listen": ADDRESS,
     **TLS_KEYS,
 }
+# ws-slurm's config (workspace/slurm/settings.py). slurmctld runs its programs in its own
+# working directory. ``mapping_file`` is not here: a relative one is taken relative to
+# the config file (docs/design/slurm.md).
+SLURM_KEYS = {
+    "service": ADDRESS,
+    "identity": HOME_PATH,
+    "log_file": PATH,
+    "munge_key_file": PATH,
+    "slurm_conf_file": PATH,
+    "scontrol": COMMAND,
+}
 
 
 def _relative(kind: str, value: str) -> str:
@@ -50,6 +63,8 @@ def _relative(kind: str, value: str) -> str:
         if not sep or not scheme.startswith("sqlite") or rest in ("", ":memory:"):
             return ""
         value = rest.partition("?")[0]
+    if kind == COMMAND and "/" not in value:
+        return ""
     if kind == ADDRESS:
         for address in value.split(","):
             address = address.strip()

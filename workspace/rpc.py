@@ -111,9 +111,15 @@ def tls_files(tls: TlsConfig) -> TlsFiles:
             f"tls: {', '.join(unnamed)} not set (give identity_dir, or all of "
             "ca_file, cert_file and key_file)"
         )
-    missing = [v for v in named.values() if not Path(v).expanduser().is_file()]
+    where = f" (identity_dir {tls.identity_dir})" if tls.identity_dir else ""
+    missing = []
+    for v in named.values():
+        try:
+            if not Path(v).expanduser().is_file():
+                missing.append(v)
+        except OSError as exc:  # EACCES: a directory this user may not search
+            raise ConfigError(f"tls: cannot read {v}: {exc.strerror or exc}{where}") from exc
     if missing:
-        where = f" (identity_dir {tls.identity_dir})" if tls.identity_dir else ""
         raise ConfigError(
             f"tls: {', '.join(missing)} not found{where}; "
             "make an identity directory with `ws-admin pki issue`"

@@ -57,6 +57,36 @@ def test_a_missing_identity_is_a_config_error_told_to_slurm(
     assert "identity directory /nope/ident not found" in run.text()
 
 
+@pytest.mark.parametrize("command", ["resume", "suspend"])
+def test_an_identity_slurmuser_may_not_read_is_one_log_line_and_told_to_slurm(
+    run: Run, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """The identity directory is root's 0700 (copied as root, not chowned): SlurmUser
+    may not look inside. ws-slurm crashed with a traceback slurmctld discards: nothing
+    in its log, the nodes left POWERING_UP until ResumeTimeout."""
+    ident = run.tmp / "ident"
+    ident.mkdir()
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (ident / name).write_text("x")
+    stat = Path.stat
+
+    def denied(self: Path, **kw: bool) -> object:
+        if self.parent == ident:  # as SlurmUser sees it (the test runs as root)
+            raise PermissionError(13, "Permission denied", str(self))
+        return stat(self, **kw)
+
+    monkeypatch.setattr(Path, "stat", denied)
+    run.config.write_text(
+        run.config.read_text() + f'identity = "{ident}"\nservice = "unix:/nonexistent/ws.sock"\n'
+    )
+    code = cli.main(["--config", str(run.config), command, "c[1-2]"], None, run.scontrol)
+    assert code == 2
+    cause = f"tls: cannot read {ident}/ca.pem: Permission denied"
+    assert cause in run.scontrol.down["c1"], run.scontrol.down
+    assert set(run.scontrol.down) == {"c1", "c2"}
+    assert [line for line in run.text().splitlines() if cause in line] != []
+
+
 def test_no_service_address_is_a_config_error_told_to_slurm(
     run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -353,3 +383,21 @@ def test_a_node_slurm_no_longer_knows_does_not_stop_the_cleanup_of_the_others(
     # scontrol that cannot answer at all (slurmctld away) still tells nothing.
     fake.write_text("#!/bin/sh\necho 'slurm_load_node error: Unable to contact' >&2\nexit 1\n")
     assert Scontrol(str(fake)).states(["c1"]) is None
+
+
+def test_an_unforeseen_failure_is_logged_with_its_cause(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slurmctld discards stderr: an exception ws-slurm did not foresee must be in its log
+    (it was only a traceback on stderr, and the log ended at ``resume c1 (1 node(s))``)."""
+
+    def broken(include_terminated: bool = False) -> list[object]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run.service, "list_workspaces", broken)
+    assert run("resume", "c1") == 1
+    lines = run.text().splitlines()
+    assert any(
+        "ws-slurm failed unexpectedly: OSError: [Errno 28] No space left on device" in line
+        for line in lines
+    ), lines

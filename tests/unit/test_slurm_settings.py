@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import json
 from pathlib import Path
@@ -11,7 +12,14 @@ import yaml
 
 from workspace.slurm import context
 from workspace.slurm.resumefile import ResumeFileError, feature_names, parse
-from workspace.slurm.settings import ConfigError, Settings, Unmapped, load, parse_rules
+from workspace.slurm.settings import (
+    ConfigError,
+    Settings,
+    SlurmConfig,
+    Unmapped,
+    load,
+    parse_rules,
+)
 
 MAPPING = """
 [[node]]
@@ -93,7 +101,7 @@ def test_bad_config_files_are_refused(tmp_path: Path) -> None:
         load(write_config(tmp_path, sevice="x"))
     with pytest.raises(ConfigError, match="affinity 'sideways' is not a known affinity"):
         load(write_config(tmp_path, affinity="sideways"))
-    with pytest.raises(ConfigError, match="replace_wait_s -1 is negative"):
+    with pytest.raises(ConfigError, match="replace_wait_s: must be 0 or more, got -1"):
         load(write_config(tmp_path, replace_wait_s=-1))
     with pytest.raises(ConfigError, match="controller_port: expected int, got '6817'"):
         load(write_config(tmp_path, controller_port="6817"))
@@ -105,6 +113,63 @@ def test_bad_config_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"mapping file /nonexistent/nodes\.toml does not exist"):
         load(path)
     assert load(path, need_mapping=False).controller == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # As the service's and agent's config files: no interval beyond 10 years (1e300
+        # overflowed the waits), none negative or (a call's timeout) zero.
+        ({"timeout_s": 1e300}, r"timeout_s: must be at most 315360000 \(10 years\)"),
+        ({"replace_wait_s": 1e300}, r"replace_wait_s: must be at most 315360000"),
+        ({"timeout_s": 0}, "timeout_s: must be more than 0"),
+        ({"lease_s": -1}, "lease_s: must be 0 or more"),
+        ({"lease_s": 10**12}, "lease_s: must be at most"),
+        ({"controller_port": 70000}, "controller_port: 70000 is not a port"),
+        # slurmctld runs its programs in its own working directory: a relative path
+        # named a file there, not next to the config.
+        ({"identity": "slurm-identity"}, "identity: 'slurm-identity' is a relative path"),
+        ({"log_file": "ws-slurm.log"}, "log_file: 'ws-slurm.log' is a relative path"),
+        ({"munge_key_file": "munge.key"}, "munge_key_file: 'munge.key' is a relative path"),
+        ({"slurm_conf_file": "slurm.conf"}, "slurm_conf_file: 'slurm.conf' is a relative"),
+        ({"scontrol": "bin/scontrol"}, "scontrol: 'bin/scontrol' is a relative path"),
+        ({"service": "unix:run/ws.sock"}, "service: 'run/ws.sock' is a relative path"),
+    ],
+)
+def test_out_of_range_values_and_relative_paths_are_refused(
+    tmp_path: Path, extra: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"slurm\.toml: " + message):
+        load(write_config(tmp_path, **extra))
+
+
+def test_absolute_paths_a_home_identity_and_a_bare_scontrol_are_taken(tmp_path: Path) -> None:
+    s = load(
+        write_config(
+            tmp_path,
+            identity="~slurm/identity",
+            log_file="/var/log/x.log",
+            scontrol="scontrol",
+            lease_s=20 * 365 * 86400,  # a site's max_lease_s may be longer than 10 years
+        )
+    )
+    assert (s.identity, s.scontrol, s.mapping_file) == ("~slurm/identity", "scontrol", "nodes.toml")
+
+
+def test_the_readme_shows_every_key_with_its_default() -> None:
+    """An admin reads the README's ws-slurm table for what the config may set."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows.setdefault(cells[0].strip("`"), cells[1])
+    for f in dataclasses.fields(SlurmConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)
+        shown = json.dumps(default)
+        assert rows.get(f.name) == f"`{shown}`", f"README: {f.name} should show `{shown}`"
 
 
 def test_config_values_and_defaults(tmp_path: Path) -> None:

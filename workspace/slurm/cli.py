@@ -223,6 +223,16 @@ def main(
     client: program.Service | None = None,
     scontrol: Scontrol | None = None,
 ) -> int:
+    """ws-slurm; whatever stops it unforeseen is a line in the log naming the cause, with
+    its traceback (slurmctld discards stderr, where Python would print it), exit 1."""
+    try:
+        return _main(argv, client, scontrol)
+    except Exception as exc:
+        log.exception("%s failed unexpectedly: %s: %s", PROG, type(exc).__name__, exc)
+        return program.EXIT_FAILED
+
+
+def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scontrol | None) -> int:
     ensure_std_fds()
     if argv is None:
         argv = implied_command(sys.argv)

@@ -44,9 +44,9 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from workspace import config, errors
+from workspace import config, config_paths, errors
 from workspace.slurm.hostlist import HostlistError, expand
 
 DEFAULT_CONFIG = Path("/etc/workspace/slurm.toml")
@@ -109,6 +109,10 @@ class Unmapped(LookupError):
 class SlurmConfig:
     """The config file's keys (``conf/slurm/ws-slurm.toml`` documents each)."""
 
+    # Keys that name files or commands: absolute paths only (config.load refuses a relative
+    # one, naming the key: slurmctld runs ws-slurm in its own working directory).
+    PATH_KEYS: ClassVar[dict[str, str]] = config_paths.SLURM_KEYS
+
     # The workspace service ("host:port", "unix:/path"; replicas comma-separated).
     service: str = ""
     # The batch user's identity directory (ws-admin pki issue user slurm --out DIR).
@@ -143,8 +147,16 @@ class SlurmConfig:
     replace_wait_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.replace_wait_s < 0:
-            raise ConfigError(f"replace_wait_s {self.replace_wait_s:g} is negative")
+        # As the service's and agent's config: no interval beyond 10 years (1e300 would
+        # overflow a wait), none negative, a call's timeout more than 0; a lease at most
+        # the longest a site may allow.
+        config.check_seconds(self, "", skip=("lease_s",))
+        config.check_min(self, "", ("replace_wait_s", "lease_s"), 0)
+        config.check_min(self, "", ("timeout_s",), 0, above=True)
+        if self.lease_s > config.MAX_LEASE_S:
+            raise ConfigError(f"lease_s: must be at most {config.MAX_LEASE_S}, got {self.lease_s}")
+        if not 1 <= self.controller_port <= 65535:
+            raise ConfigError(f"controller_port: {self.controller_port} is not a port (1 to 65535)")
         if self.affinity not in AFFINITIES:
             raise ConfigError(
                 f"affinity {self.affinity!r} is not a known affinity ({', '.join(AFFINITIES)})"
