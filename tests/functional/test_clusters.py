@@ -350,6 +350,35 @@ def test_a_request_no_node_could_ever_hold_is_refused_at_once_not_queued(site: S
     assert w.state == WS.WORKSPACE_STATE_PENDING
 
 
+def test_a_create_no_node_could_ever_hold_says_waiting_would_not_help_unasked(
+    site: Site,
+) -> None:
+    """Without wait_for_capacity_s, a create (and a cluster create) that could never fit
+    got a bare RESOURCE_EXHAUSTED: a program retrying it on that code retried forever. It
+    now ends with the same words as when it asks to wait."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.create(name="huge", memory_mib=16384)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    said = err.value.details() or ""
+    assert "even on an empty, READY node of the site, huge does not fit" in said
+    assert said.endswith("so waiting would not help") and "not queued" not in said
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).CreateCluster(
+            clusters_pb2.CreateClusterRequest(name="big", members=[member("w", cpus=64)])
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (err.value.details() or "").endswith("so waiting would not help")
+    # One that fits an emptied node but not now is still the plain refusal.
+    site.stubs.create(name="hog", memory_mib=1800)
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.create(name="later", memory_mib=1800)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "would not help" not in (err.value.details() or "")
+
+
 def test_a_queued_request_fails_when_the_last_node_that_could_hold_it_is_removed(
     site: Site,
 ) -> None:
