@@ -289,6 +289,48 @@ def test_a_cluster_waiting_for_capacity_is_not_stopped_or_grown_but_keeps_its_tu
     wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_STOPPED, what="STOPPED")
 
 
+def test_a_start_of_a_cluster_waiting_for_capacity_is_refused_as_a_workspaces_is(
+    site: Site,
+) -> None:
+    """StartCluster of a cluster waiting for capacity answered OK (changing nothing) while
+    StartWorkspace of a waiting workspace is FAILED_PRECONDITION (docs/api.md: operations
+    other than destroy are refused while a create waits). Both are refused now; a start of
+    the running cluster with a grow waiting is a start asked again, and is accepted."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    first = site.stubs.create(name="first", memory_mib=1500)
+    lone = site.stubs.create(name="lone", memory_mib=1200, wait_for_capacity_s=60)
+    ref = clusters_pb2.ClusterRef(id="waits")
+    stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="waits", members=[member("w", count=2, memory_mib=300)], wait_for_capacity_s=60
+        )
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.ws.StartWorkspace(site.stubs.ref(lone.id))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "workspace lone is waiting for capacity; destroy it to cancel"
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).StartCluster(ref)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "cluster waits is waiting for capacity; destroy it to cancel"
+    queue = site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries
+    assert [e.name for e in queue] == ["lone", "waits"]
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(first.id))
+    wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+    # Running, with a grow waiting (no room left for a third member): a start asked again.
+    with pytest.raises(grpc.RpcError):
+        for n in range(20):  # fill node1
+            site.stubs.create(name=f"fill{n}", memory_mib=300)
+    grow = clusters_pb2.ScaleClusterRequest(id="waits", role="w", count=3, wait_for_capacity_s=60)
+    assert "waiting for capacity" in stub(site).ScaleCluster(grow).message
+    stub(site).StartCluster(ref)  # accepted; the grow keeps waiting
+    assert [e.name for e in site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries] == [
+        "waits"
+    ]
+
+
 def test_backfill_only_on_nodes_useless_to_the_head(site: Site) -> None:
     site.stubs.network()
     site.stubs.network("other", "10.214.0.0/24")
