@@ -21,7 +21,7 @@ from workspace.domain.seed import member_index
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
-from workspace.ops import admission, keys, seeds
+from workspace.ops import admission, grow_rights, keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import (
     cluster_state,
@@ -246,6 +246,8 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
         c.state = state.value
         if not touched:
             c.wait_deadline = rows[0].wait_deadline
+            for w in rows:  # placed only while its asker may make it (ops/queue.py)
+                w.asked_by = grow_rights.stored(sc.who)
         u.changed(*rows)
         u.nodes(*touched)
         shown = view(s, c)
