@@ -11,6 +11,7 @@ import pytest
 
 from agent import link
 from tests.functional.harness import WS, Site, wait_for
+from workspace.cli.ws import main as ws_main
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
 
 CS = clusters_pb2.ClusterState
@@ -393,7 +394,7 @@ def test_a_request_no_node_could_ever_hold_is_refused_at_once_not_queued(site: S
 
 
 def test_a_create_no_node_could_ever_hold_says_waiting_would_not_help_unasked(
-    site: Site,
+    site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without wait_for_capacity_s, a create (and a cluster create) that could never fit
     got a bare RESOURCE_EXHAUSTED: a program retrying it on that code retried forever. It
@@ -407,6 +408,10 @@ def test_a_create_no_node_could_ever_hold_says_waiting_would_not_help_unasked(
     said = err.value.details() or ""
     assert "even on an empty, READY node of the site, huge does not fit" in said
     assert said.endswith("so waiting would not help") and "not queued" not in said
+    capsys.readouterr()  # and ws says it as the service does
+    argv = ["--service", site.address, "create", "--image", "img", "--memory-mib", "16384"]
+    assert ws_main(argv) != 0
+    assert capsys.readouterr().err.rstrip().endswith("so waiting would not help")
     with pytest.raises(grpc.RpcError) as err:
         stub(site).CreateCluster(
             clusters_pb2.CreateClusterRequest(name="big", members=[member("w", cpus=64)])
