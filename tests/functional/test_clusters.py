@@ -11,6 +11,7 @@ import pytest
 
 from agent import link
 from tests.functional.harness import WS, Site, wait_for
+from workspace.cli.ws import main as ws_main
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc, workspaces_pb2
 
 CS = clusters_pb2.ClusterState
@@ -289,6 +290,48 @@ def test_a_cluster_waiting_for_capacity_is_not_stopped_or_grown_but_keeps_its_tu
     wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_STOPPED, what="STOPPED")
 
 
+def test_a_start_of_a_cluster_waiting_for_capacity_is_refused_as_a_workspaces_is(
+    site: Site,
+) -> None:
+    """StartCluster of a cluster waiting for capacity answered OK (changing nothing) while
+    StartWorkspace of a waiting workspace is FAILED_PRECONDITION (docs/api.md: operations
+    other than destroy are refused while a create waits). Both are refused now; a start of
+    the running cluster with a grow waiting is a start asked again, and is accepted."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    first = site.stubs.create(name="first", memory_mib=1500)
+    lone = site.stubs.create(name="lone", memory_mib=1200, wait_for_capacity_s=60)
+    ref = clusters_pb2.ClusterRef(id="waits")
+    stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="waits", members=[member("w", count=2, memory_mib=300)], wait_for_capacity_s=60
+        )
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.ws.StartWorkspace(site.stubs.ref(lone.id))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "workspace lone is waiting for capacity; destroy it to cancel"
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).StartCluster(ref)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "cluster waits is waiting for capacity; destroy it to cancel"
+    queue = site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries
+    assert [e.name for e in queue] == ["lone", "waits"]
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(first.id))
+    wait_for(lambda: cluster_state(site, "waits") == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+    # Running, with a grow waiting (no room left for a third member): a start asked again.
+    with pytest.raises(grpc.RpcError):
+        for n in range(20):  # fill node1
+            site.stubs.create(name=f"fill{n}", memory_mib=300)
+    grow = clusters_pb2.ScaleClusterRequest(id="waits", role="w", count=3, wait_for_capacity_s=60)
+    assert "waiting for capacity" in stub(site).ScaleCluster(grow).message
+    stub(site).StartCluster(ref)  # accepted; the grow keeps waiting
+    assert [e.name for e in site.stubs.admin.ListQueue(admin_pb2.ListQueueRequest()).entries] == [
+        "waits"
+    ]
+
+
 def test_backfill_only_on_nodes_useless_to_the_head(site: Site) -> None:
     site.stubs.network()
     site.stubs.network("other", "10.214.0.0/24")
@@ -348,6 +391,39 @@ def test_a_request_no_node_could_ever_hold_is_refused_at_once_not_queued(site: S
     # What the drained node could hold once back still waits for it.
     w = site.stubs.create(name="huge", memory_mib=6000, wait_for_capacity_s=600)
     assert w.state == WS.WORKSPACE_STATE_PENDING
+
+
+def test_a_create_no_node_could_ever_hold_says_waiting_would_not_help_unasked(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without wait_for_capacity_s, a create (and a cluster create) that could never fit
+    got a bare RESOURCE_EXHAUSTED: a program retrying it on that code retried forever. It
+    now ends with the same words as when it asks to wait."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=2, memory_mib=2048)
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.create(name="huge", memory_mib=16384)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    said = err.value.details() or ""
+    assert "even on an empty, READY node of the site, huge does not fit" in said
+    assert said.endswith("so waiting would not help") and "not queued" not in said
+    capsys.readouterr()  # and ws says it as the service does
+    argv = ["--service", site.address, "create", "--image", "img", "--memory-mib", "16384"]
+    assert ws_main(argv) != 0
+    assert capsys.readouterr().err.rstrip().endswith("so waiting would not help")
+    with pytest.raises(grpc.RpcError) as err:
+        stub(site).CreateCluster(
+            clusters_pb2.CreateClusterRequest(name="big", members=[member("w", cpus=64)])
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (err.value.details() or "").endswith("so waiting would not help")
+    # One that fits an emptied node but not now is still the plain refusal.
+    site.stubs.create(name="hog", memory_mib=1800)
+    with pytest.raises(grpc.RpcError) as err:
+        site.stubs.create(name="later", memory_mib=1800)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "would not help" not in (err.value.details() or "")
 
 
 def test_a_queued_request_fails_when_the_last_node_that_could_hold_it_is_removed(

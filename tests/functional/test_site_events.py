@@ -155,7 +155,21 @@ def test_events_are_filtered_by_kind_family_workspace_and_node(
     assert {e.kind for e in family} >= {"workspace.created", "workspace.state", "image.added"}
     on_node = only(node="node1", kinds=("trust",))
     assert on_node and all(e.kind == "trust.decision" and e.node == "node1" for e in on_node)
-    assert only(workspace="nobody") == []
+    # A workspace the site never had is NOT_FOUND, as an unknown cluster is (it was an
+    # empty stream: a typo looked like a workspace with no events).
+    with pytest.raises(grpc.RpcError) as unknown:
+        only(workspace="nobody")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no workspace 'nobody'" in str(unknown.value.details())
+    capsys.readouterr()
+    assert admin_cli.main(["--service", site.address, "events", "--workspace", "nobody"]) != 0
+    assert "no workspace 'nobody'" in capsys.readouterr().err
+    # A destroyed one still streams its history, by name and by id.
+    beta = next(e.workspace_id for e in every if e.workspace_name == "beta")
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(beta))
+    site.stubs.wait_state(beta, WS.WORKSPACE_STATE_TERMINATED)
+    assert "workspace.created" in {e.kind for e in only(workspace="beta")}
+    assert only(workspace=beta) == only(workspace="beta")
     # An unknown kind: a clear error from the service, and from the CLI before it asks.
     with pytest.raises(grpc.RpcError) as bad:
         only(kinds=("imag",))
@@ -165,7 +179,7 @@ def test_events_are_filtered_by_kind_family_workspace_and_node(
     assert admin_cli.main(["--service", site.address, "events", "--kind", "imag"]) == 2
     assert "unknown event kind(s) 'imag'" in capsys.readouterr().err
     # None to show: said on stderr, stdout empty for a script; with -o json nothing at all.
-    argv = ["--service", site.address, "events", "--workspace", "nobody"]
+    argv = ["--service", site.address, "events", "--workspace", "alpha", "--kind", "image"]
     assert admin_cli.main(argv) == 0
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("ws-admin: no events (kept for")

@@ -336,14 +336,17 @@ def admit(
         if preempted is not None:
             return preempted
         why = exc.message
-        if wait_s <= 0:
-            raise ResourceExhausted(f"cannot place {label}: {why}") from exc
         never = never_placed(s, env.cfg, rows)
         if never is not None:
+            # Asked to wait or not, the same words: a program that retries
+            # RESOURCE_EXHAUSTED stops on them (docs/api.md).
+            queued = "not queued: " if wait_s > 0 else ""
             raise ResourceExhausted(
-                f"cannot place {label}: {why}; not queued: even on an empty, READY node of "
+                f"cannot place {label}: {why}; {queued}even on an empty, READY node of "
                 f"the site, {never}, so waiting would not help"
             ) from exc
+        if wait_s <= 0:
+            raise ResourceExhausted(f"cannot place {label}: {why}") from exc
         deadline = env.clock() + wait_s
         for w in rows:
             set_waiting(w, why, deadline)

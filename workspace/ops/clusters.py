@@ -21,7 +21,7 @@ from workspace.domain.seed import member_index
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
-from workspace.ops import admission, keys, seeds
+from workspace.ops import admission, grow_rights, keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import (
     cluster_state,
@@ -246,6 +246,8 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
         c.state = state.value
         if not touched:
             c.wait_deadline = rows[0].wait_deadline
+            for w in rows:  # placed only while its asker may make it (ops/queue.py)
+                w.asked_by = grow_rights.stored(sc.who)
         u.changed(*rows)
         u.nodes(*touched)
         shown = view(s, c)
@@ -313,15 +315,20 @@ def list_page(
         return [view(s, c) for c in rows], token
 
 
-def check_not_waiting(c: Cluster, members: list[Workspace]) -> None:
+def check_not_waiting(c: Cluster, members: list[Workspace], op: Op = Op.STOP) -> None:
     """A stop of a cluster waiting for capacity (or with a grow waiting) is refused, as a
     waiting workspace's stop is: its waiting members, never placed, were made STOPPING
-    with no node to stop them, left the queue and stayed so for good."""
+    with no node to stop them, left the queue and stayed so for good. A start of a
+    cluster waiting for capacity is refused too, as a waiting workspace's start is (it
+    was OK, changing nothing); a start of a running cluster with a grow waiting is a
+    start asked again, and stays accepted."""
     queued = [m.name for m in members if waiting(m)]
     if not queued:
         return
     if len(queued) == len(members):
         raise FailedPrecondition(f"cluster {c.name} is waiting for capacity; destroy it to cancel")
+    if op is not Op.STOP:
+        return
     raise FailedPrecondition(
         f"cluster {c.name} has members waiting for capacity ({', '.join(queued)}): "
         f"`ws cluster scale` back cancels them; or stop it once they are placed"
@@ -344,8 +351,8 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             members = [m for m in members if m.desired_state != Desired.TERMINATED.value] or (
                 members
             )
-        if op is Op.STOP:
-            check_not_waiting(c, members)
+        if op in (Op.STOP, Op.START):
+            check_not_waiting(c, members, op)
         for m in members:
             try:
                 if op is Op.START:

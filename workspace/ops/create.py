@@ -35,7 +35,7 @@ from workspace.domain.states import Desired, State
 from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.log import about
-from workspace.ops import group_commit, netpolicy, seeds, trust
+from workspace.ops import group_commit, grow_rights, netpolicy, seeds, trust
 from workspace.ops.admission import admit
 from workspace.ops.image_refs import may_use, unknown_image
 from workspace.ops.leases import lease_end
@@ -382,6 +382,8 @@ def create_in(
         insert_workspace(u.s, ws)
         check_workspace_quota(u.s, project, f"cannot create {spec.name}", spec.preemptible)
     touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
+    if not touched:  # queued: placed only while its asker may make it (ops/queue.py)
+        ws.asked_by = grow_rights.stored(sc.who)
     if inspect(ws).transient:  # queued
         insert_workspace(u.s, ws)
     u.nodes(*touched)

@@ -9,6 +9,11 @@ their certificate's projects, serial and issue time) and check it again then
 cluster (its owner, a member of its project, an admin), or who no longer belongs to the
 project its new members are charged to (``ws-admin project remove-user``), grows
 nothing.
+
+A create (a workspace's, or a cluster's) that waits for capacity keeps who asked for it
+too (``workspaces.asked_by``) and is placed only while they still may make it
+(``asker_problem``): not with a certificate revoked since, nor in a project they no
+longer belong to.
 """
 
 from __future__ import annotations
@@ -72,4 +77,21 @@ def problem(s: Session, c: Cluster, by: Any, revoked: Set[int], role: str) -> st
         return f"{named} may no longer act on cluster {c.name}"
     if c.project and c.project not in mine.projects:
         return f"{named} is no longer a member of project {c.project}"
+    return ""
+
+
+def asker_problem(s: Session, project: str, by: Any, revoked: Set[int]) -> str:
+    """Why the user ``by`` names may no longer have the create they asked for, waiting for
+    capacity in ``project``, placed ("": they may, or nobody is named): their
+    certificate revoked, or (not an admin) no longer a member of ``project``."""
+    who = actor(by)
+    if who is None:
+        return ""
+    named = f"{who.principal}, who asked for it,"
+    if who.serial and who.serial in revoked:
+        return f"the certificate of {named} has been revoked (serial 0x{who.serial:x})"
+    if who.admin or not project:
+        return ""
+    if project not in scope(s, who).projects:
+        return f"{named} is no longer a member of project {project}"
     return ""

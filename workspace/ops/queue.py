@@ -6,7 +6,11 @@ ones, as at admission); fail them at their deadline, or
 as soon as no registered node could ever hold them (the nodes that could were removed).
 One whose lease ended while it waited is left to the lease pass, which destroys it.
 Members a cluster grow added are placed only while whoever asked for the grow may still
-make it (ops/grow_rights.py); otherwise they are withdrawn, with a site event saying why."""
+make it (ops/grow_rights.py); otherwise they are withdrawn, with a site event saying why.
+A create (a lone workspace's or a cluster's) is placed only while whoever asked for it may
+still make it: their certificate not revoked, still a member of its project (a removed
+member keeps only their *live* workspaces there); otherwise it FAILS, with a site event
+saying why."""
 
 from __future__ import annotations
 
@@ -61,7 +65,10 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                 if not rows:
                     continue
             now = env.clock()
-            if e.deadline and now > e.deadline:
+            why = _asker_problem(u, rows, revoked)
+            if why:
+                _refuse(env, u, e, rows, why)
+            elif e.deadline and now > e.deadline:
                 _fail(rows, now)
                 log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
             elif any(0 < (w.lease_expires_at or 0) <= now for w in rows):
@@ -151,6 +158,38 @@ def _entitled(
         )
         log.warning("%s", reason)
     return kept
+
+
+def _asker_problem(u: UnitOfWork, rows: list[Workspace], revoked: Set[int]) -> str:
+    """Why whoever asked for the create that made the waiting ``rows`` may no longer
+    have it placed ("": they may; members a grow added are ``_entitled``'s)."""
+    asked = next((w for w in rows if w.asked_by and not w.grown_by), None)
+    if asked is None:
+        return ""
+    return grow_rights.asker_problem(u.s, asked.project, asked.asked_by, revoked)
+
+
+def _refuse(env: Env, u: UnitOfWork, e: Entry, rows: list[Workspace], why: str) -> None:
+    """The waiting create ``e`` FAILED, never placed, for ``why`` (its asker's rights),
+    and a ``workspace.refused`` site event (state ``rights``) saying so."""
+    what = f"cluster {e.name}" if e.kind == "cluster" else f"workspace {e.name}"
+    _fail(rows, env.clock(), f"not placed: {why}")
+    one = rows[0]
+    journal.add(
+        u.s,
+        SiteEvent(
+            at=env.clock(),
+            kind=Kind.WORKSPACE_REFUSED.value,
+            who=callctx.current().who,
+            workspace_id="" if e.kind == "cluster" else one.id,
+            workspace_name="" if e.kind == "cluster" else one.name,
+            cluster=e.id if e.kind == "cluster" else "",
+            subject=one.role if e.kind == "cluster" else one.image,
+            state=Refusal.RIGHTS.value,
+            reason=f"create of {what} waiting for capacity failed: {why}",
+        ),
+    )
+    log.warning("create of %s (%s) waiting for capacity failed: %s", what, e.id, why)
 
 
 def _fail(rows: list[Workspace], now: float, reason: str = "") -> None:

@@ -12,11 +12,11 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select
 
 from workspace.config import parse_retention
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.errors import InvalidArgument
+from workspace.errors import InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops import clusters, preempt, queries
 from workspace.ops.unit import Env
-from workspace.store import EventRow
+from workspace.store import EventRow, Workspace
 
 # Events read per query.
 BATCH = 500
@@ -140,12 +140,36 @@ def of_site(
 ) -> Iterator[SiteEvent]:
     """``watch`` as `ws-admin events` asks it: a cluster in ``which`` may be named (id or
     name), found as GetCluster finds it for ``who`` (NotFound if none), after the kinds
-    are checked."""
+    are checked; a workspace named must be one the site has or had (NotFound if neither
+    a workspace nor a kept event has that id or name)."""
     which = which or EventFilter()
     if which.cluster:
         check_filter(which)
         which = dataclasses.replace(which, cluster=clusters.get(env, who, which.cluster).id)
+    if which.workspace:
+        check_filter(which)
+        _check_known_workspace(env, which.workspace)
     yield from watch(env, since, follow, gone, which)
+
+
+def _check_known_workspace(env: Env, ref: str) -> None:
+    """NotFound unless a workspace row (any state, any owner) or a kept event has ``ref``
+    as its id or name: a workspace destroyed long ago still streams its history."""
+    with env.store.read() as s:
+        known = (
+            s.execute(
+                select(Workspace.id).where(or_(Workspace.id == ref, Workspace.name == ref)).limit(1)
+            ).first()
+            is not None
+            or s.execute(
+                select(EventRow.id)
+                .where(or_(EventRow.workspace_id == ref, EventRow.workspace_name == ref))
+                .limit(1)
+            ).first()
+            is not None
+        )
+    if not known:
+        raise NotFound(f"no workspace {ref!r}: none has that id or name, and no event names it")
 
 
 def of_workspace(

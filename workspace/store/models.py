@@ -238,6 +238,10 @@ class Workspace(Base):
     # made with its cluster, by its owner): a grow waiting for capacity is placed only
     # while they still may make it (ops/queue.py).
     grown_by: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    # Who asked for the create (a workspace's, or its cluster's) that left it waiting for
+    # capacity (ops/grow_rights.py ``stored``; {}: placed at once, or queued before
+    # migration 0026): it is placed only while they still may make it (ops/queue.py).
+    asked_by: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     # Contextualization, copied from the image at create (it may be deleted later): "none"
     # or "nocloud", and the login user.
     context: Mapped[str] = mapped_column(String(16), default="none")

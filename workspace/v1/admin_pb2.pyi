@@ -173,7 +173,9 @@ class WatchEventsRequest(_message.Message):
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only the events every filter given matches (none given: all). kinds: any of these
         kinds ("workspace.state") or families of kinds ("image": image.added, ...; an
-        unknown one is INVALID_ARGUMENT); workspace: its id or name; node: its name;
+        unknown one is INVALID_ARGUMENT); workspace: its id or name (NOT_FOUND if no
+        workspace, in any state, and no kept event has it: a destroyed one still streams its
+        history); node: its name;
         cluster: its id or name as GetCluster finds it (NOT_FOUND if none), its members'
         events and its own.
         """
