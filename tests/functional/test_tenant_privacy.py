@@ -9,7 +9,7 @@ import grpc
 
 from tests.functional.harness import SitePki, TlsSite
 from tests.functional.test_projects import make, projects, refused
-from workspace.ops.queries import encode_token
+from workspace.ops import pages
 from workspace.v1 import (
     clusters_pb2,
     common_pb2,
@@ -185,7 +185,7 @@ def test_image_pages_hold_only_the_images_the_caller_sees(tmp_path: Path) -> Non
             images_pb2.ListImagesRequest(page_size=-1),
             images_pb2.ListImagesRequest(page_size=2, page_token="%%%"),
             # a ListWorkspaces token: was read as an image name (a wrong page)
-            images_pb2.ListImagesRequest(page_token=encode_token("workspaces", 1.0, "w1")),
+            images_pb2.ListImagesRequest(page_token=pages.encode("workspaces", "1.0", "w1")),
         ):
             refused(lambda req=req: alice.images.ListImages(req), grpc.StatusCode.INVALID_ARGUMENT)
     finally:

@@ -21,7 +21,7 @@ from workspace.domain.seed import member_index
 from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
-from workspace.ops import admission, grow_rights, keys, seeds
+from workspace.ops import admission, grow_rights, keys, pages, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import (
     cluster_state,
@@ -40,7 +40,6 @@ from workspace.ops.projects import (
     resolve_project,
     scope,
 )
-from workspace.ops.queries import decode_token, encode_token
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster, Image, Workspace
 from workspace.store.mapping import (
@@ -291,8 +290,7 @@ def list_page(
     of the next page or "" after the last); page_size 0: all of them. Paged as
     ListWorkspaces is (ops/queries.py: the same token, after a creation time and id):
     a site's terminated clusters went into one message past the gRPC limit."""
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
+    pages.check_size(page_size)
     with env.store.read() as s:
         q = select(Cluster).order_by(Cluster.created_at, Cluster.id)
         where = scope(s, who, made=True).clause(Cluster, all_users, Cluster.created_at)
@@ -300,18 +298,8 @@ def list_page(
             q = q.where(where)
         if not include_terminated:
             q = q.where(Cluster.state != ClusterState.TERMINATED.value)
-        if page_token:
-            created, cid = decode_token("clusters", page_token)
-            q = q.where(
-                (Cluster.created_at > created)
-                | ((Cluster.created_at == created) & (Cluster.id > cid))
-            )
-        if page_size:
-            q = q.limit(page_size + 1)
-        rows = list(s.execute(q).scalars())
-        more = bool(page_size) and len(rows) > page_size
-        rows = rows[:page_size] if more else rows
-        token = encode_token("clusters", rows[-1].created_at, rows[-1].id) if more else ""
+        q = pages.by_creation(q, Cluster, "clusters", page_size, page_token)
+        rows, token = pages.cut(list(s.execute(q).scalars()), "clusters", page_size)
         return [view(s, c) for c in rows], token
 
 

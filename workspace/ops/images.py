@@ -468,8 +468,7 @@ class Catalog:
         all), by name: at most ``page_size`` of them (0: all) after ``page_token``, and
         the token of the next page ("" after the last). Paged as ListWorkspaces is: one
         message of every image of a large site went past the gRPC message limit."""
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
+        pages.check_size(page_size)
         after = _page_name(page_token) if page_token else None
         with self.env.store.read() as s:
             sc = scope(s, who)

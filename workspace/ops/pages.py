@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Select
 
 from workspace.errors import InvalidArgument
 
@@ -41,3 +45,49 @@ def time_of(text: str) -> float:
     if not math.isfinite(value):
         raise InvalidArgument(NOT_OURS)
     return value
+
+
+class Created(Protocol):
+    """A row of a list ordered by creation time, then id."""
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=Created)
+Q = TypeVar("Q", bound=Select[Any])
+
+
+def check_size(size: int) -> None:
+    if size < 0:
+        raise InvalidArgument("page_size must not be negative")
+
+
+def by_creation(q: Q, table: Any, list_name: str, size: int, token: str) -> Q:
+    """``q`` (ordered by ``table``'s creation time, then id) limited to the page of
+    ``size`` rows (0: all) after the place ``token`` names, and one row more (is there a
+    next page?)."""
+    if token:
+        created, oid = creation_place(list_name, token)
+        q = q.where(
+            (table.created_at > created) | ((table.created_at == created) & (table.id > oid))
+        )
+    return q.limit(size + 1) if size else q
+
+
+def cut(rows: Sequence[R], list_name: str, size: int) -> tuple[Sequence[R], str]:
+    """The page of ``rows`` (read by ``by_creation``) and the token of the next page ("" after
+    the last)."""
+    if not size or len(rows) <= size:
+        return rows, ""
+    rows = rows[:size]
+    return rows, encode(list_name, repr(rows[-1].created_at), rows[-1].id)
+
+
+def creation_place(list_name: str, token: str) -> tuple[float, str]:
+    """(creation time, id) of the row a token of a list by creation names."""
+    created, oid = decode(list_name, token, 2)
+    return time_of(created), oid

@@ -9,7 +9,6 @@ from sqlalchemy import select
 
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import State
-from workspace.errors import InvalidArgument
 from workspace.identity import Identity
 from workspace.ops import admission, liveness, pages
 from workspace.ops.lifecycle import choose_owned
@@ -55,8 +54,7 @@ def list_page(
     """(one page, oldest first, the token of the next page or "" after the last); with
     page_size 0, every workspace the caller sees: theirs and their projects' (an admin's
     ``all_users``: everyone's)."""
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
+    pages.check_size(page_size)
     with env.store.read() as s:
         q = select(*VIEW_COLUMNS).order_by(Workspace.created_at, Workspace.id)
         where = scope(s, who, made=True).clause(Workspace, all_users, Workspace.created_at)
@@ -64,18 +62,8 @@ def list_page(
             q = q.where(where)
         if not include_terminated:
             q = q.where(Workspace.state != State.TERMINATED.value)
-        if page_token:
-            created, wid = decode_token("workspaces", page_token)
-            q = q.where(
-                (Workspace.created_at > created)
-                | ((Workspace.created_at == created) & (Workspace.id > wid))
-            )
-        if page_size:
-            q = q.limit(page_size + 1)
-        rows = view_rows(s, q)
-        more = bool(page_size) and len(rows) > page_size
-        rows = rows[:page_size] if page_size else rows
-        token = encode_token("workspaces", rows[-1].created_at, rows[-1].id) if more else ""
+        q = pages.by_creation(q, Workspace, "workspaces", page_size, page_token)
+        rows, token = pages.cut(view_rows(s, q), "workspaces", page_size)
         return liveness.with_node_silence(env, s, workspace_views(s, rows)), token
 
 
@@ -83,13 +71,3 @@ def list_all(
     env: Env, who: Identity | str, include_terminated: bool, all_users: bool = False
 ) -> list[WorkspaceView]:
     return [*list_page(env, who, include_terminated, all_users=all_users)[0]]
-
-
-def encode_token(list_name: str, created_at: float, oid: str) -> str:
-    """The page token of a list ordered by creation time, then id."""
-    return pages.encode(list_name, repr(created_at), oid)
-
-
-def decode_token(list_name: str, token: str) -> tuple[float, str]:
-    created, oid = pages.decode(list_name, token, 2)
-    return pages.time_of(created), oid

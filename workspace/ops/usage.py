@@ -72,8 +72,7 @@ def report(
     the key its token names, and the report the token of the next page. A token also
     holds the window's end, so the pages after the first of a report "until now" end
     where the first did (their figures add up to one report, not to several nows)."""
-    if page.size < 0:
-        raise InvalidArgument("page_size must not be negative")
+    pages.check_size(page.size)
     after = _read_token(page.token, by) if page.token else None
     now = env.clock()
     if after is not None and not until:
