@@ -15,6 +15,8 @@ import logging
 import uuid
 from dataclasses import replace
 
+from sqlalchemy.orm import Session
+
 from workspace import callctx
 from workspace.domain import seed
 from workspace.domain.elastic import ScaleResult
@@ -183,18 +185,8 @@ def scale_in(
             message += " (waiting for capacity)"
     else:
         message = f"cluster {c.name}: {arrow}: removing {', '.join(w.name for w in removed)}"
-    journal.add(
-        s,
-        SiteEvent(
-            at=env.clock(),
-            kind=Kind.CLUSTER_SCALED.value,
-            who=callctx.current().who,
-            cluster=c.id,
-            subject=role,
-            state=str(count),
-            previous=str(previous),
-            reason=f"{message}; {why or 'asked by ' + callctx.current().who}",
-        ),
+    _scaled(
+        env, s, c, role, previous, count, f"{message}; {why or 'asked by ' + callctx.current().who}"
     )
     return ScaleResult(
         previous, count, tuple(w.name for w in added), tuple(w.name for w in removed), message
@@ -336,19 +328,16 @@ def withdraw(env: Env, u: UnitOfWork, c: Cluster, rows: list[Workspace], why: st
         previous = role_spec(c, role).count
         count = max(0, previous - len(gone))
         _set_count(c, role, count)
-        journal.add(
+        names = ", ".join(w.name for w in gone)
+        _scaled(
+            env,
             s,
-            SiteEvent(
-                at=env.clock(),
-                kind=Kind.CLUSTER_SCALED.value,
-                who=callctx.current().who,
-                cluster=c.id,
-                subject=role,
-                state=str(count),
-                previous=str(previous),
-                reason=f"cluster {c.name}: {role} {previous} → {count}: withdrew "
-                f"{', '.join(w.name for w in gone)} (waiting for capacity); {why}",
-            ),
+            c,
+            role,
+            previous,
+            count,
+            f"cluster {c.name}: {role} {previous} → {count}: withdrew {names} "
+            f"(waiting for capacity); {why}",
         )
     u.changed(*rows)
     kept = live(members_of(s, c.id))
@@ -356,3 +345,22 @@ def withdraw(env: Env, u: UnitOfWork, c: Cluster, rows: list[Workspace], why: st
     u.nodes(*(w.node for w in kept if w.node))
     refresh(env, u, {c.id})
     c.updated_at = env.clock()
+
+
+def _scaled(
+    env: Env, s: Session, c: Cluster, role: str, previous: int, count: int, reason: str
+) -> None:
+    """The ``cluster.scaled`` site event of ``role`` going from ``previous`` to ``count``."""
+    journal.add(
+        s,
+        SiteEvent(
+            at=env.clock(),
+            kind=Kind.CLUSTER_SCALED.value,
+            who=callctx.current().who,
+            cluster=c.id,
+            subject=role,
+            state=str(count),
+            previous=str(previous),
+            reason=reason,
+        ),
+    )

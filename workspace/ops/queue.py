@@ -144,18 +144,7 @@ def _entitled(
             f"({', '.join(w.name for w in gone)}) withdrawn: {why}"
         )
         withdraw(env, u, c, gone, reason)
-        journal.add(
-            u.s,
-            SiteEvent(
-                at=env.clock(),
-                kind=Kind.WORKSPACE_REFUSED.value,
-                who=callctx.current().who,
-                cluster=c.id,
-                subject=gone[0].role,
-                state=Refusal.RIGHTS.value,
-                reason=reason,
-            ),
-        )
+        _rights_refused(env, u, reason, cluster=c.id, subject=gone[0].role)
         log.warning("%s", reason)
     return kept
 
@@ -174,21 +163,13 @@ def _refuse(env: Env, u: UnitOfWork, e: Entry, rows: list[Workspace], why: str) 
     and a ``workspace.refused`` site event (state ``rights``) saying so."""
     what = f"cluster {e.name}" if e.kind == "cluster" else f"workspace {e.name}"
     _fail(rows, env.clock(), f"not placed: {why}")
-    one = rows[0]
-    journal.add(
-        u.s,
-        SiteEvent(
-            at=env.clock(),
-            kind=Kind.WORKSPACE_REFUSED.value,
-            who=callctx.current().who,
-            workspace_id="" if e.kind == "cluster" else one.id,
-            workspace_name="" if e.kind == "cluster" else one.name,
-            cluster=e.id if e.kind == "cluster" else "",
-            subject=one.role if e.kind == "cluster" else one.image,
-            state=Refusal.RIGHTS.value,
-            reason=f"create of {what} waiting for capacity failed: {why}",
-        ),
-    )
+    one, reason = rows[0], f"create of {what} waiting for capacity failed: {why}"
+    if e.kind == "cluster":
+        _rights_refused(env, u, reason, cluster=e.id, subject=one.role)
+    else:
+        _rights_refused(
+            env, u, reason, workspace_id=one.id, workspace_name=one.name, subject=one.image
+        )
     log.warning("create of %s (%s) waiting for capacity failed: %s", what, e.id, why)
 
 
@@ -224,3 +205,30 @@ def list_queue(env: Env) -> list[QueueEntry]:
                 )
             )
     return out
+
+
+def _rights_refused(
+    env: Env,
+    u: UnitOfWork,
+    reason: str,
+    subject: str,
+    cluster: str = "",
+    workspace_id: str = "",
+    workspace_name: str = "",
+) -> None:
+    """The ``workspace.refused`` site event (state ``rights``) of a waiting request not
+    placed because its asker may no longer make it."""
+    journal.add(
+        u.s,
+        SiteEvent(
+            at=env.clock(),
+            kind=Kind.WORKSPACE_REFUSED.value,
+            who=callctx.current().who,
+            state=Refusal.RIGHTS.value,
+            reason=reason,
+            subject=subject,
+            cluster=cluster,
+            workspace_id=workspace_id,
+            workspace_name=workspace_name,
+        ),
+    )
