@@ -5,31 +5,16 @@ real SQLite store, the operations; no gRPC)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from sqlalchemy import select
 
-from tests.unit.test_request_validation import Site, build_site
+from tests.unit.test_queued_grow_rights import BOB, site
+from tests.unit.test_request_validation import Site
 from workspace.domain.model import ClusterRequest, MemberSpec
-from workspace.domain.tenancy import ProjectSpec
 from workspace.identity import Identity, Kind
 from workspace.ops import clusters, projects, queue
 from workspace.store import Cluster, EventRow
 
-ALICE = Identity(Kind.USER, "alice")
-# bob calls with a certificate (serial 0xb0b) and is a recorded member of physics.
-BOB = Identity(Kind.USER, "bob", serial=0xB0B)
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Site:
-    s = build_site(tmp_path)
-    env = s.core.env
-    projects.create_project(env, ProjectSpec("physics"))
-    projects.add_user(env, "physics", "alice")
-    projects.add_user(env, "physics", "bob")
-    return s
+__all__ = ["site"]  # the fixture, used by name
 
 
 def queued_job(site: Site, who: Identity = BOB) -> str:
