@@ -321,6 +321,16 @@ def test_a_saves_progress_is_shown_while_its_disk_is_sent(
             "root",
             size,
         )
+        # The node's last word on the copy travels beside the upload, not in line with it:
+        # when it comes late it does not undo what the upload has shown.
+        assert site.service is not None
+        ops_save.copying(site.service.env, w.id, "root", 100.0)
+        late = site.stubs.get(w.id)
+        assert (late.saving_disk, late.saving_sent_bytes, late.saving_size_bytes) == (
+            "root",
+            64 * KIB,
+            size,
+        )
         # ws image save says which disk it sends (said once, when the disk starts) ...
         wait_for(
             lambda: said.append(capsys.readouterr().err) or "sending disk root" in "".join(said),

@@ -283,14 +283,24 @@ def progress(
 
 def copying(env: Env, workspace_id: str, disk: str, percent: float) -> None:
     """How far the node's copy of ``disk`` is (the agent says at most once a second),
-    kept on the row of a workspace still being saved, for `ws show` and `ws image save`."""
-    _progress(env, workspace_id, disk, 0, 0, min(100.0, max(0.0, percent)))
+    kept on the row of a workspace still being saved, for `ws show` and `ws image save`.
+    The node tells it beside the disk's upload, not in line with it: a figure that comes
+    once the upload of that disk has begun is late, and is dropped (it set the bytes
+    received back to none, and `ws image save` went back to "copying")."""
+    sending = (Workspace.saving_disk == disk[:32]) & (Workspace.saving_size > 0)
+    _progress(env, workspace_id, disk, 0, 0, min(100.0, max(0.0, percent)), ~sending)
 
 
 def _progress(
-    env: Env, workspace_id: str, disk: str, sent: int, size: int, copied: float = 100.0
+    env: Env,
+    workspace_id: str,
+    disk: str,
+    sent: int,
+    size: int,
+    copied: float = 100.0,
+    *only: ColumnElement[bool],
 ) -> None:
-    q = update(Workspace).where(Workspace.id == workspace_id, Workspace.saving_as != "")
+    q = update(Workspace).where(Workspace.id == workspace_id, Workspace.saving_as != "", *only)
     with env.store.write() as s:
         s.execute(
             q.values(
