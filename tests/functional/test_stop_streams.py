@@ -66,11 +66,20 @@ def test_a_client_slow_to_read_gets_the_stopping_status_on_a_live_connection(
         # The service still answers: its server stops only after that moment.
         with Client(site.address) as c:
             assert c.get_workspace("w2").name == "w2"
+        # A watch opened meanwhile ends at once, before any message (which would tell a
+        # client watching again that the service answers again).
+        again = workspaces_pb2_grpc.WorkspacesStub(channel).WatchWorkspaces(
+            workspaces_pb2.WatchWorkspacesRequest()
+        )
+        try:
+            next(again)
+        except grpc.RpcError as exc:
+            streams.append(exc)
     finally:
         stopper.join(30)
         channel.close()
     assert not stopper.is_alive()
-    assert len(streams) == 2 * PAIRS
+    assert len(streams) == 2 * PAIRS + 1
     for exc in streams:
         assert exc.code() is grpc.StatusCode.UNAVAILABLE, exc
         assert (exc.details() or "").startswith("the service is stopping; watch again"), exc

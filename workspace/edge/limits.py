@@ -92,6 +92,13 @@ class StreamCap(grpc.ServerInterceptor):
         # Open response streams of the service's own RPCs (see the module's doc).
         self._ours = 0
         self._ours_changed = threading.Condition()
+        self._refusal = ""
+
+    def refuse_new(self, message: str) -> None:
+        """The service is stopping: a response stream of its own RPCs opened from now on
+        ends UNAVAILABLE with ``message`` before it sends anything (a client watching
+        again must not take it for the service answering again)."""
+        self._refusal = message
 
     def open_responses(self) -> int:
         """How many response streams of the service's own RPCs are open."""
@@ -142,6 +149,8 @@ class StreamCap(grpc.ServerInterceptor):
             ours = not handler_call_details.method.startswith("/grpc.")
 
             def streams_out(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                if ours and self._refusal:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, self._refusal)
                 key = self._enter(context, method)
                 if ours:
                     self._count(1)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from workspace import callctx, config, grants, rpc, sole, version
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
+from workspace.edge.calls import stopping
 from workspace.edge.clusters import ClustersServicer
 from workspace.edge.guests import GuestsServicer
 from workspace.edge.images import ImagesServicer
@@ -392,6 +393,8 @@ class Service:
         loaded machine) then lost it to the closed connection ("Stream removed (sendmsg:
         Broken pipe)") instead of the service's "the service is stopping; watch again"."""
         caps = (self.stream_cap, self.node_stream_cap)
+        for cap in caps:
+            cap.refuse_new(stopping().message)
         were_open = sum(cap.open_responses() for cap in caps)
         self.notifier.close()
         self.hub.end_consoles()
