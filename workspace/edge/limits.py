@@ -9,6 +9,11 @@ are not counted: they return.
 The caller is keyed by its certificate identity (``user:alice``, ``node:n1``) under mutual
 TLS, and by the admin user ``default_owner`` without TLS (``insecure = true``: every caller
 is that user).
+
+It also counts the response streams of the service's own RPCs (not gRPC's health and
+reflection services, which do not end when the service stops), so that a stopping service
+can wait for its watches to have sent their last status (``wait_ended``) before the
+server tears its connections down.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -83,6 +89,39 @@ class StreamCap(grpc.ServerInterceptor):
         self.counter = StreamCounter(limit)
         self.default_owner = default_owner
         self.key = key
+        # Open response streams of the service's own RPCs (see the module's doc).
+        self._ours = 0
+        self._ours_changed = threading.Condition()
+        self._refusal = ""
+
+    def refuse_new(self, message: str) -> None:
+        """The service is stopping: a response stream of its own RPCs opened from now on
+        ends UNAVAILABLE with ``message`` before it sends anything (a client watching
+        again must not take it for the service answering again)."""
+        self._refusal = message
+
+    def open_responses(self) -> int:
+        """How many response streams of the service's own RPCs are open."""
+        with self._ours_changed:
+            return self._ours
+
+    def wait_ended(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until no response stream of the service's own RPCs is
+        open (their handlers have returned or raised: their status is on its way out)."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._ours_changed:
+            while self._ours > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._ours_changed.wait(left)
+            return True
+
+    def _count(self, step: int) -> None:
+        with self._ours_changed:
+            self._ours += step
+            if self._ours == 0:
+                self._ours_changed.notify_all()
 
     def _enter(self, context: grpc.ServicerContext, method: str) -> str:
         key = self.key(context, self.default_owner)
@@ -107,13 +146,20 @@ class StreamCap(grpc.ServerInterceptor):
         if handler.response_streaming:
             inner_stream = handler.stream_stream or handler.unary_stream
             assert inner_stream is not None
+            ours = not handler_call_details.method.startswith("/grpc.")
 
             def streams_out(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                if ours and self._refusal:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, self._refusal)
                 key = self._enter(context, method)
+                if ours:
+                    self._count(1)
                 try:
                     yield from inner_stream(request, context)
                 finally:
                     self.counter.release(key)
+                    if ours:
+                        self._count(-1)
 
             make = (
                 grpc.stream_stream_rpc_method_handler

@@ -98,6 +98,10 @@ class AgentLine:
         self._closed.set()
         self._out.put(None)  # wakes the sender
 
+    def wake(self) -> None:
+        """Wake the sender without closing the line (it looks at why it should stop)."""
+        self._out.put(None)
+
 
 # How long an agent has to say it took a save (``SaveStarted``): one that does not know
 # saves (older than the service) ignores the task, and the caller learns it now rather
@@ -220,6 +224,14 @@ class TaskHub:
             queues = [p.events for p in self._pending.values() if p.events is not None]
         for events in queues:
             _offer(events, TaskError(UNAVAILABLE_CODE, message), force=True)
+
+    def wake_lines(self) -> None:
+        """The service is stopping: every agent's task stream wakes now (not at its next
+        poll) to see it, and ends, so that the stop need not wait for it."""
+        with self._lock:
+            lines = list(self._lines.values())
+        for line in lines:
+            line.wake()
 
     def deliver(self, line: AgentLine, reply: TaskReply) -> None:
         """An agent's answer (ignored when no task of that line waits for it, or when it

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from workspace import callctx, config, grants, rpc, sole, version
 from workspace.config import ServiceConfig
 from workspace.edge.admin import AdminServicer
+from workspace.edge.calls import stopping
 from workspace.edge.clusters import ClustersServicer
 from workspace.edge.guests import GuestsServicer
 from workspace.edge.images import ImagesServicer
@@ -67,6 +68,9 @@ QUEUE_POLL_S = 2.0
 EVENT_PRUNE_S = 300.0
 # The CRL file is checked (a stat; re-read if it changed) at least this often, calls or none.
 CRL_POLL_S = 1.0
+# How long a stopping service keeps its connections open after its streams have sent their
+# last status (within the stop's grace), for their clients to read it (see stop()).
+STREAMS_LINGER_S = 1.0
 
 
 def _grant_signer(cfg: ServiceConfig) -> grants.Signer | None:
@@ -369,15 +373,37 @@ class Service:
         if self.relay is not None:
             self.relay.close()
         self.health.enter_graceful_shutdown()
-        self.notifier.close()
-        self.hub.end_consoles()
-        self.server.stop(grace_s).wait()
-        self.node_server.stop(grace_s).wait()
+        deadline = time.monotonic() + grace_s
+        self._end_streams(deadline)
+        left = max(0.0, deadline - time.monotonic())
+        stopped = [self.server.stop(left), self.node_server.stop(left)]
+        for done in stopped:
+            done.wait()
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
         if self.sole is not None:
             self.sole.release()
+
+    def _end_streams(self, deadline: float) -> None:
+        """End the open streams (watches, consoles, the agents' order and task streams) with
+        their statuses, wait until their handlers have returned, then keep the connections
+        open a moment longer (all within ``deadline``): a server's stop closes a connection
+        as soon as its last call ended, and a client that had not yet read the status (a
+        loaded machine) then lost it to the closed connection ("Stream removed (sendmsg:
+        Broken pipe)") instead of the service's "the service is stopping; watch again"."""
+        caps = (self.stream_cap, self.node_stream_cap)
+        for cap in caps:
+            cap.refuse_new(stopping().message)
+        were_open = sum(cap.open_responses() for cap in caps)
+        self.notifier.close()
+        self.hub.end_consoles()
+        self.hub.wake_lines()
+        if not were_open:
+            return
+        for cap in caps:
+            cap.wait_ended(deadline - time.monotonic())
+        time.sleep(max(0.0, min(STREAMS_LINGER_S, deadline - time.monotonic())))
 
     def wait(self) -> None:
         self.server.wait_for_termination()
