@@ -58,6 +58,12 @@ PING_TIMEOUT_MS = 10_000
 # connection but is stopped) fails after this, not gRPC's default 20 s: a call on it is
 # UNAVAILABLE "failed to connect", never sent, so a list of replicas goes to the next.
 CONNECT_TIMEOUT_MS = 5_000
+# A channel whose server is away tries again after a backoff that grows 1.6× a try; gRPC
+# lets it grow to two minutes, so a `ws watch` or `ws-admin events --follow` kept open
+# through a long outage (a database upgrade, a host reboot) saw the service back up to
+# two minutes late (measured: 1.5 min after an outage of 2.5 min). At most this instead:
+# a client knocks every 10 s at worst while the service is away.
+MAX_RECONNECT_BACKOFF_MS = 10_000
 _OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -67,6 +73,7 @@ _OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 _SERVER_OPTIONS = [
     *_OPTIONS,
