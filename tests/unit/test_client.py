@@ -5,6 +5,8 @@ uploads, waits that follow the watch)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -446,3 +448,31 @@ def test_a_reconnecting_watch_reopens_one_that_fell_behind_but_not_a_revoked_one
     with pytest.raises(errors.Unauthenticated, match="revoked"):
         next(events)
     assert wsvc.watches == 1
+
+
+def test_a_closed_client_refuses_a_call_and_does_not_crash_the_process(tmp_path: Path) -> None:
+    """grpc crashes the process (SIGSEGV) when a stub is made on a closed channel: the
+    Guests stub was made at the first exec or console, so a client closed before that
+    (another thread shutting down, say) took the whole program down at its first exec."""
+    code = (
+        "from workspace.client import Client\n"
+        "for address in ('unix:/nonexistent/a.sock', 'unix:/nonexistent/a.sock,unix:/b.sock'):\n"
+        "    c = Client(address)\n"
+        "    c.close()\n"
+        "    calls = (lambda: c.exec('w1', ['true']), lambda: list(c.attach_console('w1', [])))\n"
+        "    for call in calls:\n"
+        "        try:\n"
+        "            call()\n"
+        "        except ValueError as exc:\n"
+        "            print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    refusals = out.stdout.splitlines()
+    assert len(refusals) == 4 and all("closed" in r.lower() for r in refusals), refusals
