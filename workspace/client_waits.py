@@ -214,10 +214,30 @@ class WaitsClientMixin:
                 return gone
             raise errors.NotFound(f"workspace {id} no longer exists")
 
-        try:
-            current = self.get_workspace(id)
-        except errors.NotFound:
-            return vanished()
+        def timed_out() -> WaitTimeout:
+            ws = last[-1] if last else None
+            now = f"; it is {describe(ws)}" if ws is not None else ""
+            if ws is not None and outage.since is not None:
+                now = f"; it was {describe(ws)} when last seen"
+            return WaitTimeout(
+                f"timed out after {_seconds(timeout_s)} s waiting for workspace {id} "
+                f"to be {goal}{now}{outage.note()}",
+                ws,
+            )
+
+        current: common_pb2.Workspace | None = None
+        while current is None:  # the first read too waits out an outage
+            try:
+                current = self.get_workspace(id)
+            except errors.NotFound:
+                return vanished()
+            except errors.Unavailable as exc:
+                outage.lost(exc.message)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise timed_out() from None
+                time.sleep(min(POLL_S, remaining))
+        outage.back()
         if reached(current):
             return current
         ws_id = current.id
@@ -226,15 +246,7 @@ class WaitsClientMixin:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                ws = last[-1] if last else None
-                now = f"; it is {describe(ws)}" if ws is not None else ""
-                if ws is not None and outage.since is not None:
-                    now = f"; it was {describe(ws)} when last seen"
-                raise WaitTimeout(
-                    f"timed out after {_seconds(timeout_s)} s waiting for workspace {id} "
-                    f"to be {goal}{now}{outage.note()}",
-                    ws,
-                )
+                raise timed_out()
             if time.monotonic() < poll_until:
                 time.sleep(min(POLL_S, remaining))
             else:

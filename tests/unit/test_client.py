@@ -384,6 +384,24 @@ def test_a_wait_says_when_it_loses_the_service_and_a_timeout_says_since_when(
     assert len(told) == 2 and "connection refused" in told[0] and told[1] == ""
 
 
+def test_a_wait_begun_while_the_service_is_away_waits_for_it(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """The first read of a wait raised Unavailable at once (a batch system's
+    wait_for_state right after a create, while the service restarted), though a read
+    failing later in the same wait is retried until its deadline."""
+    client, wsvc, _ = served
+    wsvc.states = [WS.WORKSPACE_STATE_RUNNING]
+    wsvc.away_after, wsvc.away_for = 0, 2  # the first two reads are refused
+    told: list[str] = []
+    got = client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 20, on_outage=told.append)
+    assert got.state == WS.WORKSPACE_STATE_RUNNING and wsvc.gets == 3
+    assert len(told) == 2 and "connection refused" in told[0] and told[1] == ""
+    wsvc.gets, wsvc.away_for = 0, None  # away for good: the wait's own timeout
+    with pytest.raises(WaitTimeout, match="the service has not answered since "):
+        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 1.5)
+
+
 def test_a_failed_workspace_its_node_tries_again_says_so(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:
