@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from workspace import errors, rpc
+from workspace import client_images, errors, rpc
 from workspace.cli import ws as ws_cli
 from workspace.client import (
     Client,
@@ -165,8 +166,15 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
 class FakeImages(images_pb2_grpc.ImagesServicer):
     def __init__(self) -> None:
         self.chunks: list[int] = []
+        # Take one chunk, then read no more (a hung service, a stuck blob directory).
+        self.stall = False
 
     def UploadBlob(self, request_iterator: Any, context: Any) -> images_pb2.BlobRef:
+        if self.stall:
+            next(request_iterator)
+            while context.is_active():
+                time.sleep(0.05)
+            return images_pb2.BlobRef()
         self.chunks = [len(c.data) for c in request_iterator]
         return images_pb2.BlobRef(digest="sha256:ab", size_bytes=sum(self.chunks))
 
@@ -266,6 +274,37 @@ def test_upload_blob_streams_1mib_chunks(
     assert ref.size_bytes == path.stat().st_size
     total = path.stat().st_size
     assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
+
+
+def test_an_upload_the_service_stops_taking_is_given_up(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upload had no deadline: one to a service that stopped reading it (hung, its
+    blob directory stuck) waited for ever, also where keepalive pings wait behind the
+    held-back chunks (a unix socket, as here)."""
+    client, _, isvc = served
+    isvc.stall = True
+    monkeypatch.setattr(client_images, "UPLOAD_STALL_S", 2.0, raising=False)
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    got: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            client.upload_blob(path)
+        except BaseException as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=upload, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the upload still waits for the service"
+    assert isinstance(got[0], errors.Unavailable), got
+    assert got[0].code == "DEADLINE_EXCEEDED"
+    assert "took no data of the upload" in got[0].message and str(path) in got[0].message
 
 
 def test_wait_for_state_follows_the_watch(
