@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 
 from workspace import errors
-from workspace.v1 import clusters_pb2, common_pb2, workspaces_pb2, workspaces_pb2_grpc
+from workspace.v1 import (
+    clusters_pb2,
+    clusters_pb2_grpc,
+    common_pb2,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
 
 # wait_until re-reads the workspace at least this often, whatever the events say.
 RESYNC_S = 30.0
@@ -36,6 +42,9 @@ CS = clusters_pb2.ClusterState
 _CLUSTER_FAILED_STATES = frozenset({CS.CLUSTER_STATE_FAILED, CS.CLUSTER_STATE_TERMINATED})
 # wait_for_cluster_state reads the cluster this often.
 CLUSTER_POLL_S = 0.5
+# A wait's read is given the client's timeout, or what is left of the wait when that is
+# less, but at least this long.
+MIN_READ_S = 1.0
 
 
 def _seconds(t: float) -> str:
@@ -150,13 +159,31 @@ def _retried(ws: common_pb2.Workspace) -> str:
 
 
 class WaitsClientMixin:
-    """Needs ``_workspaces``, ``_error``, ``get_workspace`` and ``get_cluster`` from the
-    Client."""
+    """Needs ``_workspaces``, ``_clusters``, ``_call``, ``_error`` and ``timeout_s`` from
+    the Client."""
 
     _workspaces: workspaces_pb2_grpc.WorkspacesStub
+    _clusters: clusters_pb2_grpc.ClustersStub
+    _call: Callable[..., Any]
     _error: Callable[[grpc.RpcError], errors.WorkspaceError]
-    get_workspace: Callable[[str], common_pb2.Workspace]
-    get_cluster: Callable[[str], clusters_pb2.Cluster]
+    timeout_s: float
+
+    def _read_workspace(self, id: str, deadline: float) -> common_pb2.Workspace:
+        """GetWorkspace within what is left of a wait (a service that does not answer
+        kept a wait the client's whole timeout past its own)."""
+        req = workspaces_pb2.GetWorkspaceRequest(id=id)
+        found: common_pb2.Workspace = self._call(
+            self._workspaces.GetWorkspace, req, _read_timeout(self.timeout_s, deadline)
+        )
+        return found
+
+    def _read_cluster(self, ref: str, deadline: float) -> clusters_pb2.Cluster:
+        """GetCluster within what is left of a wait."""
+        req = clusters_pb2.ClusterRef(id=ref)
+        found: clusters_pb2.Cluster = self._call(
+            self._clusters.GetCluster, req, _read_timeout(self.timeout_s, deadline)
+        )
+        return found
 
     def wait_until(
         self,
@@ -228,7 +255,7 @@ class WaitsClientMixin:
         current: common_pb2.Workspace | None = None
         while current is None:  # the first read too waits out an outage
             try:
-                current = self.get_workspace(id)
+                current = self._read_workspace(id, deadline)
             except errors.NotFound:
                 return vanished()
             except errors.Unavailable as exc:
@@ -260,7 +287,7 @@ class WaitsClientMixin:
                     poll_until = time.monotonic() + RESYNC_S
             # Level-triggered: whatever the stream did, look at the workspace itself.
             try:
-                current = self.get_workspace(ws_id)
+                current = self._read_workspace(ws_id, deadline)
             except errors.NotFound:
                 return vanished()
             except errors.Unavailable as exc:
@@ -399,7 +426,7 @@ class WaitsClientMixin:
 
         while True:
             try:
-                current: clusters_pb2.Cluster | None = self.get_cluster(ref)
+                current: clusters_pb2.Cluster | None = self._read_cluster(ref, deadline)
             except errors.NotFound:
                 if CS.CLUSTER_STATE_TERMINATED not in wanted:
                     raise errors.NotFound(f"cluster {ref} no longer exists") from None
@@ -440,6 +467,12 @@ class WaitsClientMixin:
                     c,
                 )
             time.sleep(min(poll_s, remaining))
+
+
+def _read_timeout(timeout_s: float, deadline: float) -> float:
+    """A wait's read's deadline: the client's ``timeout_s``, or less when the wait ends
+    sooner (``MIN_READ_S`` at least)."""
+    return min(timeout_s, max(deadline - time.monotonic(), MIN_READ_S))
 
 
 def _reboots(ws: common_pb2.Workspace) -> str:

@@ -116,6 +116,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         # GetWorkspace calls answered before the service is "away" (UNAVAILABLE), and
         # how many it then refuses (None: for ever).
         self.gets = 0
+        # The time each GetWorkspace had left when it arrived (its caller's deadline).
+        self.get_deadlines: list[float] = []
         self.away_after: int | None = None
         self.away_for: int | None = None
 
@@ -137,6 +139,7 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
         self.gets += 1
+        self.get_deadlines.append(context.time_remaining())
         self._away(context)
         if request.id == "bug":
             context.abort(grpc.StatusCode.INTERNAL, "internal error (incident 1)")
@@ -439,6 +442,21 @@ def test_a_wait_begun_while_the_service_is_away_waits_for_it(
     wsvc.gets, wsvc.away_for = 0, None  # away for good: the wait's own timeout
     with pytest.raises(WaitTimeout, match="the service has not answered since "):
         client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 1.5)
+
+
+def test_a_wait_reads_within_its_own_timeout(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """Each read of a wait had the client's whole timeout (30 s by default): a service
+    that did not answer kept `ws create --wait --timeout 5` waiting 30 s more. A read is
+    given what is left of the wait when that is less."""
+    client, wsvc, _ = served
+    wsvc.states = [WS.WORKSPACE_STATE_STARTING]
+    with Client(client.address, timeout_s=60) as patient:
+        with pytest.raises(WaitTimeout):
+            patient.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 3)
+        assert len(wsvc.get_deadlines) >= 2
+        assert all(t < 3.5 for t in wsvc.get_deadlines), wsvc.get_deadlines  # not 60
 
 
 def test_a_failed_workspace_its_node_tries_again_says_so(
