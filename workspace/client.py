@@ -169,6 +169,8 @@ class Client(
         self._trust = trust_pb2_grpc.TrustStub(self._channel)
         self._projects = projects_pb2_grpc.ProjectsStub(self._channel)
         self._keys = access_pb2_grpc.KeysStub(self._channel)
+        # Every stub now: one made on a closed channel crashes the process (SIGSEGV).
+        self._guests = access_pb2_grpc.GuestsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @classmethod

@@ -37,22 +37,17 @@ def boot_wait_for(ws: common_pb2.Workspace, now: float | None = None) -> float:
 
 
 class GuestsClientMixin:
-    """Needs ``_call``, ``_error`` and ``_channel`` from the Client."""
+    """Needs ``_call``, ``_error`` and ``_guests`` from the Client."""
 
-    _channel: grpc.Channel
-    _guests_stub: access_pb2_grpc.GuestsStub | None = None
+    # Made with the Client's other stubs, never later: grpc crashes the process
+    # (SIGSEGV) when a stub is made on a channel already closed.
+    _guests: access_pb2_grpc.GuestsStub
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         raise NotImplementedError
 
     def _error(self, exc: grpc.RpcError) -> errors.WorkspaceError:
         raise NotImplementedError
-
-    @property
-    def _guests(self) -> access_pb2_grpc.GuestsStub:
-        if self._guests_stub is None:
-            self._guests_stub = access_pb2_grpc.GuestsStub(self._channel)
-        return self._guests_stub
 
     def exec(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import grpc
 
 from images import formats, signing
 from images import manifest as image_manifest
-from workspace import errors
+from workspace import errors, rpc_status
 from workspace.codec import v1 as codec_v1
 from workspace.v1 import (
     common_pb2,
@@ -37,6 +38,10 @@ IMAGE_PAGE_SIZE = 500
 SAVE_TIMEOUT_S = 3600.0 + 60.0
 # How often a save's workspace is read for its progress (``save_image(on_progress=)``).
 SAVE_POLL_S = 1.0
+# An upload the service has taken no chunk of for this long is given up (``upload_blob``).
+UPLOAD_STALL_S = 60.0
+# How often an upload looks at whether it still moves.
+UPLOAD_CHECK_S = 1.0
 
 # progress(step, path, done_bytes, total_bytes); step is "hash", "upload" or "skip".
 PushProgress = Callable[[str, str, int, int], None]
@@ -62,6 +67,7 @@ class ImagesClientMixin:
     _images: images_pb2_grpc.ImagesStub
     _projects: projects_pb2_grpc.ProjectsStub
     _trust: trust_pb2_grpc.TrustStub
+    address: str
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         raise NotImplementedError
@@ -78,13 +84,20 @@ class ImagesClientMixin:
         self,
         path: str | os.PathLike[str],
         progress: Callable[[int, int], None] | None = None,
+        stall_s: float | None = None,
     ) -> images_pb2.BlobRef:
         """Stream a file to the service's blob store in 1 MiB chunks.
 
         ``progress(sent_bytes, total_bytes)`` is called before the first chunk and
-        after each one. Returns the blob's digest ("sha256:<hex>") and size.
+        after each one. Returns the blob's digest ("sha256:<hex>") and size. An upload
+        has no deadline (a large file over a slow link takes what it takes), but one the
+        service takes no chunk of for ``stall_s`` seconds (default ``UPLOAD_STALL_S``)
+        is cancelled: Unavailable (code DEADLINE_EXCEEDED), nothing stored.
         """
+        stall = UPLOAD_STALL_S if stall_s is None else stall_s
         total = os.path.getsize(path)
+        moved = [time.monotonic()]  # when gRPC last took a chunk
+        sent_all = threading.Event()
 
         def chunks() -> Iterator[images_pb2.BlobChunk]:
             sent = 0
@@ -93,12 +106,32 @@ class ImagesClientMixin:
                     progress(0, total)
                 while data := f.read(CHUNK_BYTES):
                     yield images_pb2.BlobChunk(data=data)
+                    moved[0] = time.monotonic()  # gRPC sent the last one, wants the next
                     sent += len(data)
                     if progress is not None:
                         progress(sent, total)
+            sent_all.set()
 
+        # A service that stops reading (hung, or its blob directory stuck) keeps the
+        # connection up while flow control holds every chunk back; on a unix socket even
+        # keepalive pings wait behind them, so the upload waited for ever.
+        call = self._images.UploadBlob.future(chunks())
         try:
-            return self._images.UploadBlob(chunks())
+            while True:
+                try:
+                    return call.result(timeout=UPLOAD_CHECK_S)
+                except grpc.FutureTimeoutError:
+                    idle = time.monotonic() - moved[0]
+                    if sent_all.is_set() or idle < stall:
+                        continue
+                    call.cancel()
+                    raise rpc_status.coded(
+                        errors.Unavailable(
+                            f"the workspace service at {self.address} took no data of the "
+                            f"upload of {path} for {idle:.0f} s; nothing was stored, try again"
+                        ),
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ) from None
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 
 from workspace import errors
-from workspace.v1 import clusters_pb2, common_pb2, workspaces_pb2, workspaces_pb2_grpc
+from workspace.v1 import (
+    clusters_pb2,
+    clusters_pb2_grpc,
+    common_pb2,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
 
 # wait_until re-reads the workspace at least this often, whatever the events say.
 RESYNC_S = 30.0
@@ -36,6 +42,9 @@ CS = clusters_pb2.ClusterState
 _CLUSTER_FAILED_STATES = frozenset({CS.CLUSTER_STATE_FAILED, CS.CLUSTER_STATE_TERMINATED})
 # wait_for_cluster_state reads the cluster this often.
 CLUSTER_POLL_S = 0.5
+# A wait's read is given the client's timeout, or what is left of the wait when that is
+# less, but at least this long.
+MIN_READ_S = 1.0
 
 
 def _seconds(t: float) -> str:
@@ -150,13 +159,31 @@ def _retried(ws: common_pb2.Workspace) -> str:
 
 
 class WaitsClientMixin:
-    """Needs ``_workspaces``, ``_error``, ``get_workspace`` and ``get_cluster`` from the
-    Client."""
+    """Needs ``_workspaces``, ``_clusters``, ``_call``, ``_error`` and ``timeout_s`` from
+    the Client."""
 
     _workspaces: workspaces_pb2_grpc.WorkspacesStub
+    _clusters: clusters_pb2_grpc.ClustersStub
+    _call: Callable[..., Any]
     _error: Callable[[grpc.RpcError], errors.WorkspaceError]
-    get_workspace: Callable[[str], common_pb2.Workspace]
-    get_cluster: Callable[[str], clusters_pb2.Cluster]
+    timeout_s: float
+
+    def _read_workspace(self, id: str, deadline: float) -> common_pb2.Workspace:
+        """GetWorkspace within what is left of a wait (a service that does not answer
+        kept a wait the client's whole timeout past its own)."""
+        req = workspaces_pb2.GetWorkspaceRequest(id=id)
+        found: common_pb2.Workspace = self._call(
+            self._workspaces.GetWorkspace, req, _read_timeout(self.timeout_s, deadline)
+        )
+        return found
+
+    def _read_cluster(self, ref: str, deadline: float) -> clusters_pb2.Cluster:
+        """GetCluster within what is left of a wait."""
+        req = clusters_pb2.ClusterRef(id=ref)
+        found: clusters_pb2.Cluster = self._call(
+            self._clusters.GetCluster, req, _read_timeout(self.timeout_s, deadline)
+        )
+        return found
 
     def wait_until(
         self,
@@ -214,10 +241,30 @@ class WaitsClientMixin:
                 return gone
             raise errors.NotFound(f"workspace {id} no longer exists")
 
-        try:
-            current = self.get_workspace(id)
-        except errors.NotFound:
-            return vanished()
+        def timed_out() -> WaitTimeout:
+            ws = last[-1] if last else None
+            now = f"; it is {describe(ws)}" if ws is not None else ""
+            if ws is not None and outage.since is not None:
+                now = f"; it was {describe(ws)} when last seen"
+            return WaitTimeout(
+                f"timed out after {_seconds(timeout_s)} s waiting for workspace {id} "
+                f"to be {goal}{now}{outage.note()}",
+                ws,
+            )
+
+        current: common_pb2.Workspace | None = None
+        while current is None:  # the first read too waits out an outage
+            try:
+                current = self._read_workspace(id, deadline)
+            except errors.NotFound:
+                return vanished()
+            except errors.Unavailable as exc:
+                outage.lost(exc.message)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise timed_out() from None
+                time.sleep(min(POLL_S, remaining))
+        outage.back()
         if reached(current):
             return current
         ws_id = current.id
@@ -226,15 +273,7 @@ class WaitsClientMixin:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                ws = last[-1] if last else None
-                now = f"; it is {describe(ws)}" if ws is not None else ""
-                if ws is not None and outage.since is not None:
-                    now = f"; it was {describe(ws)} when last seen"
-                raise WaitTimeout(
-                    f"timed out after {_seconds(timeout_s)} s waiting for workspace {id} "
-                    f"to be {goal}{now}{outage.note()}",
-                    ws,
-                )
+                raise timed_out()
             if time.monotonic() < poll_until:
                 time.sleep(min(POLL_S, remaining))
             else:
@@ -248,7 +287,7 @@ class WaitsClientMixin:
                     poll_until = time.monotonic() + RESYNC_S
             # Level-triggered: whatever the stream did, look at the workspace itself.
             try:
-                current = self.get_workspace(ws_id)
+                current = self._read_workspace(ws_id, deadline)
             except errors.NotFound:
                 return vanished()
             except errors.Unavailable as exc:
@@ -387,7 +426,7 @@ class WaitsClientMixin:
 
         while True:
             try:
-                current: clusters_pb2.Cluster | None = self.get_cluster(ref)
+                current: clusters_pb2.Cluster | None = self._read_cluster(ref, deadline)
             except errors.NotFound:
                 if CS.CLUSTER_STATE_TERMINATED not in wanted:
                     raise errors.NotFound(f"cluster {ref} no longer exists") from None
@@ -428,6 +467,12 @@ class WaitsClientMixin:
                     c,
                 )
             time.sleep(min(poll_s, remaining))
+
+
+def _read_timeout(timeout_s: float, deadline: float) -> float:
+    """A wait's read's deadline: the client's ``timeout_s``, or less when the wait ends
+    sooner (``MIN_READ_S`` at least)."""
+    return min(timeout_s, max(deadline - time.monotonic(), MIN_READ_S))
 
 
 def _reboots(ws: common_pb2.Workspace) -> str:

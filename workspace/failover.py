@@ -144,7 +144,17 @@ class _Unary(_Callable):
         return self._attempts(lambda mc: mc.with_call(request, *args, **kw))
 
     def future(self, request: Any, *args: Any, **kw: Any) -> Any:
-        return self._on(self.ch.current()).future(request, *args, **kw)
+        """Sent once, to the replica in use; one failing with UNAVAILABLE moves the
+        channel on, as a blocking call does."""
+        index = self.ch.current()
+        fut = self._on(index).future(request, *args, **kw)
+
+        def ended(done: Any) -> None:
+            if done.code() == grpc.StatusCode.UNAVAILABLE:
+                self.ch.failed(index)
+
+        fut.add_done_callback(ended)
+        return fut
 
     def _attempts(self, call: Callable[[Any], Any]) -> Any:
         for attempt in range(len(self.ch.addresses)):

@@ -5,6 +5,9 @@ uploads, waits that follow the watch)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from workspace import errors, rpc
+from workspace import client_images, errors, rpc
 from workspace.cli import ws as ws_cli
 from workspace.client import (
     Client,
@@ -113,6 +116,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         # GetWorkspace calls answered before the service is "away" (UNAVAILABLE), and
         # how many it then refuses (None: for ever).
         self.gets = 0
+        # The time each GetWorkspace had left when it arrived (its caller's deadline).
+        self.get_deadlines: list[float] = []
         self.away_after: int | None = None
         self.away_for: int | None = None
 
@@ -134,6 +139,7 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
         self.gets += 1
+        self.get_deadlines.append(context.time_remaining())
         self._away(context)
         if request.id == "bug":
             context.abort(grpc.StatusCode.INTERNAL, "internal error (incident 1)")
@@ -163,8 +169,15 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
 class FakeImages(images_pb2_grpc.ImagesServicer):
     def __init__(self) -> None:
         self.chunks: list[int] = []
+        # Take one chunk, then read no more (a hung service, a stuck blob directory).
+        self.stall = False
 
     def UploadBlob(self, request_iterator: Any, context: Any) -> images_pb2.BlobRef:
+        if self.stall:
+            next(request_iterator)
+            while context.is_active():
+                time.sleep(0.05)
+            return images_pb2.BlobRef()
         self.chunks = [len(c.data) for c in request_iterator]
         return images_pb2.BlobRef(digest="sha256:ab", size_bytes=sum(self.chunks))
 
@@ -264,6 +277,37 @@ def test_upload_blob_streams_1mib_chunks(
     assert ref.size_bytes == path.stat().st_size
     total = path.stat().st_size
     assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
+
+
+def test_an_upload_the_service_stops_taking_is_given_up(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upload had no deadline: one to a service that stopped reading it (hung, its
+    blob directory stuck) waited for ever, also where keepalive pings wait behind the
+    held-back chunks (a unix socket, as here)."""
+    client, _, isvc = served
+    isvc.stall = True
+    monkeypatch.setattr(client_images, "UPLOAD_STALL_S", 2.0, raising=False)
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    got: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            client.upload_blob(path)
+        except BaseException as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=upload, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the upload still waits for the service"
+    assert isinstance(got[0], errors.Unavailable), got
+    assert got[0].code == "DEADLINE_EXCEEDED"
+    assert "took no data of the upload" in got[0].message and str(path) in got[0].message
 
 
 def test_wait_for_state_follows_the_watch(
@@ -382,6 +426,39 @@ def test_a_wait_says_when_it_loses_the_service_and_a_timeout_says_since_when(
     assert len(told) == 2 and "connection refused" in told[0] and told[1] == ""
 
 
+def test_a_wait_begun_while_the_service_is_away_waits_for_it(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """The first read of a wait raised Unavailable at once (a batch system's
+    wait_for_state right after a create, while the service restarted), though a read
+    failing later in the same wait is retried until its deadline."""
+    client, wsvc, _ = served
+    wsvc.states = [WS.WORKSPACE_STATE_RUNNING]
+    wsvc.away_after, wsvc.away_for = 0, 2  # the first two reads are refused
+    told: list[str] = []
+    got = client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 20, on_outage=told.append)
+    assert got.state == WS.WORKSPACE_STATE_RUNNING and wsvc.gets == 3
+    assert len(told) == 2 and "connection refused" in told[0] and told[1] == ""
+    wsvc.gets, wsvc.away_for = 0, None  # away for good: the wait's own timeout
+    with pytest.raises(WaitTimeout, match="the service has not answered since "):
+        client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 1.5)
+
+
+def test_a_wait_reads_within_its_own_timeout(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """Each read of a wait had the client's whole timeout (30 s by default): a service
+    that did not answer kept `ws create --wait --timeout 5` waiting 30 s more. A read is
+    given what is left of the wait when that is less."""
+    client, wsvc, _ = served
+    wsvc.states = [WS.WORKSPACE_STATE_STARTING]
+    with Client(client.address, timeout_s=60) as patient:
+        with pytest.raises(WaitTimeout):
+            patient.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 3)
+        assert len(wsvc.get_deadlines) >= 2
+        assert all(t < 3.5 for t in wsvc.get_deadlines), wsvc.get_deadlines  # not 60
+
+
 def test_a_failed_workspace_its_node_tries_again_says_so(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:
@@ -446,3 +523,31 @@ def test_a_reconnecting_watch_reopens_one_that_fell_behind_but_not_a_revoked_one
     with pytest.raises(errors.Unauthenticated, match="revoked"):
         next(events)
     assert wsvc.watches == 1
+
+
+def test_a_closed_client_refuses_a_call_and_does_not_crash_the_process(tmp_path: Path) -> None:
+    """grpc crashes the process (SIGSEGV) when a stub is made on a closed channel: the
+    Guests stub was made at the first exec or console, so a client closed before that
+    (another thread shutting down, say) took the whole program down at its first exec."""
+    code = (
+        "from workspace.client import Client\n"
+        "for address in ('unix:/nonexistent/a.sock', 'unix:/nonexistent/a.sock,unix:/b.sock'):\n"
+        "    c = Client(address)\n"
+        "    c.close()\n"
+        "    calls = (lambda: c.exec('w1', ['true']), lambda: list(c.attach_console('w1', [])))\n"
+        "    for call in calls:\n"
+        "        try:\n"
+        "            call()\n"
+        "        except ValueError as exc:\n"
+        "            print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    refusals = out.stdout.splitlines()
+    assert len(refusals) == 4 and all("closed" in r.lower() for r in refusals), refusals

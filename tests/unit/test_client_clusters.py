@@ -36,6 +36,8 @@ class FakeClusters(clusters_pb2_grpc.ClustersServicer):
             (CS.CLUSTER_STATE_RUNNING, WS.WORKSPACE_STATE_RUNNING)
         ]
         self.gets = 0
+        # The time each GetCluster had left when it arrived (its caller's deadline).
+        self.get_deadlines: list[float] = []
 
     def CreateCluster(self, request: Any, context: Any) -> clusters_pb2.Cluster:
         self.creates.append(request)
@@ -47,6 +49,7 @@ class FakeClusters(clusters_pb2_grpc.ClustersServicer):
         return c
 
     def GetCluster(self, request: Any, context: Any) -> clusters_pb2.Cluster:
+        self.get_deadlines.append(context.time_remaining())
         if request.id not in ("c1", "mpi"):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no cluster {request.id!r}")
         state, member = self.states[min(self.gets, len(self.states) - 1)]
@@ -191,6 +194,18 @@ def test_wait_for_cluster_state_fails_and_times_out(served: Served) -> None:
     assert gone.state == CS.CLUSTER_STATE_TERMINATED and gone.id == "gone"
     with pytest.raises(errors.NotFound, match="cluster gone no longer exists"):
         client.wait_for_cluster_state("gone", [CS.CLUSTER_STATE_RUNNING], 1)
+
+
+def test_a_cluster_wait_reads_within_its_own_timeout(served: Served) -> None:
+    """As a workspace wait: a read is given what is left of the wait when that is less
+    than the client's timeout, so a service that does not answer does not keep the wait
+    going that long past its own."""
+    client, csvc, _, _ = served
+    csvc.states = [(CS.CLUSTER_STATE_PENDING, WS.WORKSPACE_STATE_PENDING)]
+    with Client(client.address, timeout_s=60) as patient, pytest.raises(ClusterWaitTimeout):
+        patient.wait_for_cluster_state("c1", [CS.CLUSTER_STATE_RUNNING], 2, poll_s=0.2)
+    assert len(csvc.get_deadlines) >= 2
+    assert all(t < 2.5 for t in csvc.get_deadlines), csvc.get_deadlines  # not 60
 
 
 def test_admin_and_workspace_rpcs(served: Served) -> None:

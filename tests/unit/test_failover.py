@@ -4,6 +4,7 @@ replicas (ops/events.py), without a server."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,8 +88,9 @@ def test_pending_changes_fit_in_notifications() -> None:
 
 class _Replica:
     """A gRPC server on a unix socket with three methods of a made-up service: ``Do``
-    (unary; ``busy`` makes it answer UNAVAILABLE itself), ``Watch`` (two messages) and
-    ``Chat`` (a stream both ways); it counts the calls it received."""
+    (unary; ``busy`` makes it answer UNAVAILABLE itself), ``Watch`` (two messages),
+    ``Chat`` (a stream both ways) and ``Up`` (a stream of requests, one answer); it counts
+    the calls it received."""
 
     def __init__(self, path: Path, busy: bool = False) -> None:
         self.calls = 0
@@ -109,9 +111,14 @@ class _Replica:
             self.calls += 1
             yield from requests
 
+        def up(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+            self.calls += 1
+            return b"".join(requests)
+
         handler = grpc.method_handlers_generic_handler(
             "t.T",
             {
+                "Up": grpc.stream_unary_rpc_method_handler(up),
                 "Do": grpc.unary_unary_rpc_method_handler(do),
                 "Watch": grpc.unary_stream_rpc_method_handler(watch),
                 "Chat": grpc.stream_stream_rpc_method_handler(chat),
@@ -163,3 +170,27 @@ def test_a_call_no_replica_received_goes_to_the_next_and_one_received_does_not(
     finally:
         live.stop()
         busy.stop()
+
+
+def test_a_future_that_fails_unavailable_moves_the_channel_on(tmp_path: Path) -> None:
+    """A call made as a future (the client's uploads are, to notice a stalled one) did
+    not move the channel on when it failed with UNAVAILABLE: every later upload went to
+    the dead replica first in the list again, where a blocking call moves on."""
+    live = _Replica(tmp_path / "live.sock")
+    dead = f"unix:{tmp_path / 'dead.sock'}"
+    ch = rpc.channel(f"{dead},{live.address}")
+    try:
+        up = ch.stream_unary("/t.T/Up")
+        with pytest.raises(grpc.RpcError) as err:
+            up.future(iter([b"a", b"b"]), timeout=10).result()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        for _ in range(100):  # the future's callback runs as the call ends
+            if ch.address == live.address:
+                break
+            time.sleep(0.05)
+        assert ch.address == live.address
+        assert up.future(iter([b"a", b"b"]), timeout=10).result() == b"ab"
+        assert live.calls == 1
+    finally:
+        ch.close()
+        live.stop()
