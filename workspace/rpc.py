@@ -58,7 +58,7 @@ PING_TIMEOUT_MS = 10_000
 # connection but is stopped) fails after this, not gRPC's default 20 s: a call on it is
 # UNAVAILABLE "failed to connect", never sent, so a list of replicas goes to the next.
 CONNECT_TIMEOUT_MS = 5_000
-# A channel whose server is away tries again after a backoff that grows 1.6× a try; gRPC
+# A channel whose server is away tries again after a backoff that grows by 1.6 a try; gRPC
 # lets it grow to two minutes, so a `ws watch` or `ws-admin events --follow` kept open
 # through a long outage (a database upgrade, a host reboot) saw the service back up to
 # two minutes late (measured: 1.5 min after an outage of 2.5 min). At most this instead:
