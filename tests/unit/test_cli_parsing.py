@@ -615,3 +615,20 @@ def test_a_refused_save_says_only_why(output: str, capsys: pytest.CaptureFixture
         "ws: saving box as env:2: its node copies its disks (it cannot start until this ends) ..."
     )
     assert err[-1] == "ws: saved box as env:2 (1.0 KiB)"
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "1e300"])
+def test_a_save_timeout_no_wait_can_take_is_a_usage_error(
+    timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws image save --timeout` took any float: -1, 0, nan or 1e300 went to the service as
+    the call's deadline, which ran out at once, and the user read "the workspace service
+    did not answer in time" with exit 3 (unreachable), the save never asked for."""
+    client = SaveClient()
+    with pytest.raises(SystemExit) as exc:
+        _run(["image", "save", "box", "env:2", "--timeout", timeout], client)
+    assert exc.value.code == 2
+    assert client.calls == []
+    err = capsys.readouterr().err
+    assert err.startswith("ws image save: error: argument --timeout:"), err
+    assert _parse(["image", "save", "box", "env:2", "--timeout", "90"]).timeout == 90.0

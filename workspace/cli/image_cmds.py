@@ -221,7 +221,7 @@ def register(
     )
     q.add_argument(
         "--timeout",
-        type=float,
+        type=common.seconds,
         default=SAVE_TIMEOUT_S,
         metavar="S",
         help=f"give up waiting after S seconds (default {SAVE_TIMEOUT_S:g})",
