@@ -28,15 +28,20 @@ POLL_S = 1.0
 
 
 def wait_scaled(
-    client: Client, resp: clusters_pb2.ScaleClusterResponse, timeout_s: float
+    client: Client,
+    resp: clusters_pb2.ScaleClusterResponse,
+    timeout_s: float,
+    seen: list[clusters_pb2.Cluster] | None = None,
 ) -> clusters_pb2.Cluster:
     """Until the new members run and the removed ones are gone (FAILED: an error naming
-    the member)."""
+    the member). ``seen``: the cluster as last read is kept there."""
     deadline = time.monotonic() + timeout_s
     added, removed = set(resp.added), set(resp.removed)
     ref = resp.cluster.id
     while True:
         c = client.get_cluster(ref)
+        if seen is not None:
+            seen[:] = [c]
         names = {m.name: m for m in c.members}
         bad = [m for m in c.members if m.name in added and m.state in _BAD]
         if c.state == CS.CLUSTER_STATE_FAILED or bad:
@@ -58,7 +63,15 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
     resp = client.scale_cluster(args.name, args.role, args.count, args.wait_for_capacity or 0)
     cluster = resp.cluster
     if args.wait and (resp.added or resp.removed):
-        cluster = wait_scaled(client, resp, args.wait_timeout or DEFAULT_WAIT_S)
+        seen = [cluster]
+        try:
+            cluster = wait_scaled(client, resp, args.wait_timeout or DEFAULT_WAIT_S, seen)
+        except KeyboardInterrupt:
+            last = seen[-1]
+            common.say_wait_interrupted(
+                "ws", render.cluster_state_line(last), "scale", f"ws cluster show {last.id}"
+            )
+            raise
     data = render.plain(resp)
     data["cluster"] = render.plain(cluster)
     render.emit(args, data, resp.message)

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from workspace import errors
 from workspace.cli import (
@@ -262,6 +262,8 @@ class Commands(common.ClientCommands):
             return cast(common_pb2.Workspace, getattr(client, method)(ref))
 
         asked, ok = _each(args.id, [(ref, None) for ref in args.id], ask)
+        # The last each was seen as, for the line an interrupted wait leaves.
+        seen = {ws.id or ref: ws for ref, ws in asked}
         if args.wait:
             if args.wait_timeout:
                 wait_s = args.wait_timeout
@@ -274,13 +276,17 @@ class Commands(common.ClientCommands):
             def wait(ref: str, ws: common_pb2.Workspace) -> common_pb2.Workspace:
                 left = max(0.0, deadline - time.monotonic())
                 if args.command == "reboot":
-                    return _wait_rebooted(client, args, ws.id or ref, ws.reboot_count, left)
-                progress = render.workspace_progress(args, PROG)
+                    return _wait_rebooted(client, args, ws.id or ref, ws.reboot_count, left, seen)
+                progress = _recorded(seen, render.workspace_progress(args, PROG))
                 return client.wait_for_state(
                     ws.id or ref, [target], left, progress, on_outage=WAIT_OUTAGE
                 )
 
-            asked, waited_ok = _each(args.id, asked, wait)
+            try:
+                asked, waited_ok = _each(args.id, asked, wait)
+            except KeyboardInterrupt:
+                _say_left_as(args.command, list(seen.values()))
+                raise
             ok = ok and waited_ok
         done = [ws for _, ws in asked]
         if len(args.id) == 1:
@@ -369,13 +375,24 @@ class Commands(common.ClientCommands):
         client = self.client(args)
         c = getattr(client, method)(args.name)
         if args.wait:
-            c = client.wait_for_cluster_state(
-                c.id or args.name,
-                [target],
-                args.wait_timeout or DEFAULT_WAIT_S,
-                render.cluster_progress(args, PROG),
-                on_outage=WAIT_OUTAGE,
-            )
+            seen = {c.id: c}
+            try:
+                c = client.wait_for_cluster_state(
+                    c.id or args.name,
+                    [target],
+                    args.wait_timeout or DEFAULT_WAIT_S,
+                    _recorded(seen, render.cluster_progress(args, PROG)),
+                    on_outage=WAIT_OUTAGE,
+                )
+            except KeyboardInterrupt:
+                last = seen[c.id]
+                common.say_wait_interrupted(
+                    PROG,
+                    render.cluster_state_line(last),
+                    args.cluster_command,
+                    f"ws cluster show {last.id or last.name}",
+                )
+                raise
         render.emit(args, c, render.cluster_state_line(c))
         return common.EXIT_OK
 
@@ -402,12 +419,17 @@ def _each(
 
 
 def _wait_rebooted(
-    client: Client, args: argparse.Namespace, ref: str, reboot_count: int, wait_s: float
+    client: Client,
+    args: argparse.Namespace,
+    ref: str,
+    reboot_count: int,
+    wait_s: float,
+    seen: dict[str, common_pb2.Workspace],
 ) -> common_pb2.Workspace:
     """`ws reboot --wait`: until the node reports reboot ``reboot_count`` carried out and
     the workspace RUNNING. A node whose agent does not report reboots (an older release)
     cannot confirm it: then RUNNING is enough, as before, and stderr says so."""
-    progress = render.reboot_progress(args, PROG, reboot_count)
+    progress = _recorded(seen, render.reboot_progress(args, PROG, reboot_count))
     ws = client.wait_for_reboot(ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE)
     if rebooted(ws, reboot_count) is None:
         print(
@@ -417,6 +439,34 @@ def _wait_rebooted(
             file=sys.stderr,
         )
     return ws
+
+
+class _HasId(Protocol):
+    id: str
+
+
+H = TypeVar("H", bound=_HasId)
+
+
+def _recorded(seen: dict[str, H], on_change: Callable[[H], None] | None) -> Callable[[H], None]:
+    """``on_change`` for a wait that also keeps, by id, the last each object was seen as
+    (``seen``): what an interrupted wait says it left."""
+
+    def record(obj: H) -> None:
+        seen[obj.id] = obj
+        if on_change is not None:
+            on_change(obj)
+
+    return record
+
+
+def _say_left_as(command: str, seen: list[common_pb2.Workspace]) -> None:
+    """Ctrl-C during `ws start|stop|reboot|pause|resume|destroy --wait`: what each asked
+    workspace was last seen as (the request stands)."""
+    for ws in seen:
+        common.say_wait_interrupted(
+            PROG, render.requested_line(ws), command, f"ws show {ws.id or ws.name}"
+        )
 
 
 def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) -> float:

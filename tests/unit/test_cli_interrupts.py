@@ -1,0 +1,145 @@
+"""Ctrl-C during a wait of ws (`ws stop|start|… --wait`, `ws cluster stop|… --wait`,
+`ws cluster scale --wait`), against a fake client: only the wait ends (exit 130), and
+stderr says what was asked, the state it was last seen in and how to follow it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.cluster_examples import CS, WS
+from tests.unit.cluster_examples import cluster as _cluster
+from workspace.cli import ws
+from workspace.v1 import clusters_pb2, common_pb2
+
+
+def _ws(ref: str, state: int, **kw: Any) -> common_pb2.Workspace:
+    return common_pb2.Workspace(id=f"id-{ref}", name=ref, state=state, **kw)
+
+
+class WaitInterrupted:
+    """Asked to stop (or pause), the workspaces are seen STOPPING (PAUSED requested) by the
+    wait, and then Ctrl-C; the clusters likewise."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def stop_workspace(self, ref: str, timeout_s: int = 0, force: bool = False) -> Any:
+        self.calls.append(f"stop {ref}")
+        return _ws(ref, WS.WORKSPACE_STATE_RUNNING, desired_state=common_pb2.DESIRED_STATE_STOPPED)
+
+    def pause_workspace(self, ref: str) -> Any:
+        self.calls.append(f"pause {ref}")
+        return _ws(ref, WS.WORKSPACE_STATE_RUNNING, desired_state=common_pb2.DESIRED_STATE_PAUSED)
+
+    def wait_for_state(
+        self, ref: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+    ) -> Any:
+        name = ref.removeprefix("id-")
+        if name == "b":  # the second of two: the first was waited for
+            raise KeyboardInterrupt
+        if on_change is not None:
+            on_change(_ws(name, WS.WORKSPACE_STATE_STOPPING))
+        if name == "a":
+            return _ws(name, WS.WORKSPACE_STATE_STOPPED)
+        raise KeyboardInterrupt
+
+    def stop_cluster(self, ref: str) -> Any:
+        self.calls.append(f"stop_cluster {ref}")
+        return _cluster(CS.CLUSTER_STATE_RUNNING)
+
+    def wait_for_cluster_state(
+        self, ref: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+    ) -> Any:
+        c = _cluster(CS.CLUSTER_STATE_STOPPING, WS.WORKSPACE_STATE_STOPPING)
+        c.members[1].state = WS.WORKSPACE_STATE_STOPPED
+        if on_change is not None:
+            on_change(c)
+        raise KeyboardInterrupt
+
+    def scale_cluster(self, ref: str, role: str, count: int, wait_for_capacity_s: int) -> Any:
+        self.calls.append(f"scale {ref} {role} {count}")
+        return clusters_pb2.ScaleClusterResponse(
+            cluster=_cluster(), added=["mpi-worker-1"], message="worker 1 → 2"
+        )
+
+    def get_cluster(self, ref: str) -> Any:
+        c = _cluster(CS.CLUSTER_STATE_STARTING)
+        c.members.add(name="mpi-worker-1", role="worker", state=WS.WORKSPACE_STATE_PENDING)
+        self.calls.append(f"get_cluster {ref}")
+        raise_after = sum(call.startswith("get_cluster") for call in self.calls) > 1
+        if raise_after:
+            raise KeyboardInterrupt
+        return c
+
+    def close(self) -> None:
+        pass
+
+
+def _run(argv: list[str], client: WaitInterrupted) -> int:
+    return ws.main(argv, connect=lambda _s: client)  # type: ignore[arg-type, return-value]
+
+
+def _said(err: str) -> list[str]:
+    """stderr without the progress lines of the wait (text mode): what the end said."""
+    return [line for line in err.splitlines() if "interrupted" in line]
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_interrupted_action_wait_says_what_was_left_and_that_it_goes_on(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said only "ws: interrupted": whether the stop had been asked, and what state the
+    workspace was in, the user had to find out."""
+    client = WaitInterrupted()
+    assert _run(["-o", output, "stop", "x", "--wait"], client) == 130
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert _said(out.err) == [
+        "ws: wait interrupted: x (id-x): STOPPING when last seen; the stop goes on "
+        "(`ws show id-x` follows it)",
+        "ws: interrupted",
+    ]
+    # Interrupted before the wait saw it: as the request left it.
+    assert _run(["-o", output, "pause", "a", "b", "--wait"], client) == 130
+    assert client.calls == ["stop x", "pause a", "pause b"]
+    assert _said(capsys.readouterr().err) == [
+        "ws: wait interrupted: a (id-a): STOPPING when last seen; the pause goes on "
+        "(`ws show id-a` follows it)",
+        "ws: wait interrupted: b (id-b): RUNNING, PAUSED requested when last seen; the pause "
+        "goes on (`ws show id-b` follows it)",
+        "ws: interrupted",
+    ]
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_interrupted_cluster_wait_says_what_was_left(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = WaitInterrupted()
+    assert _run(["-o", output, "cluster", "stop", "mpi", "--wait"], client) == 130
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert _said(out.err) == [
+        "ws: wait interrupted: cluster mpi (c1): STOPPING, 0/2 members RUNNING when last "
+        "seen; the stop goes on (`ws cluster show c1` follows it)",
+        "ws: interrupted",
+    ]
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_interrupted_scale_wait_says_the_scale_goes_on(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grow queued for capacity stays queued after Ctrl-C; the user was told nothing."""
+    client = WaitInterrupted()
+    argv = ["-o", output, "cluster", "scale", "mpi", "--role", "worker", "--count", "2"]
+    assert _run([*argv, "--wait"], client) == 130
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert _said(out.err) == [
+        "ws: wait interrupted: cluster mpi (c1): STARTING, 2/2 members RUNNING when last "
+        "seen; the scale goes on (`ws cluster show c1` follows it)",
+        "ws: interrupted",
+    ]
