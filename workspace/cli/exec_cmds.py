@@ -234,6 +234,11 @@ def cluster_exec_cmd(
     if render.wants_json(args):
         render.print_json(
             {
+                # The cluster's id and name, as `ws cluster show -o json` gives them
+                # (and "cluster", its name, which came first: a member's "cluster" is
+                # its cluster's id).
+                "id": cluster.id,
+                "name": cluster.name,
                 "cluster": cluster.name,
                 "members": [r.to_json() for r in runs],
                 "summary": {
