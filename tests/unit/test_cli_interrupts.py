@@ -143,3 +143,54 @@ def test_an_interrupted_scale_wait_says_the_scale_goes_on(
         "seen; the scale goes on (`ws cluster show c1` follows it)",
         "ws: interrupted",
     ]
+
+
+class SaveInterrupted:
+    """`ws image save`: the workspace is seen marked (``seen``), then Ctrl-C."""
+
+    def __init__(self, seen: bool) -> None:
+        self.seen = seen
+
+    def save_image(
+        self, workspace: str, image: str, project: str, timeout_s: float, on_progress: Any
+    ) -> Any:
+        if self.seen:
+            on_progress(
+                _ws(
+                    workspace,
+                    WS.WORKSPACE_STATE_STOPPED,
+                    saving_as=image,
+                    saving_disk="root",
+                    saving_sent_bytes=1024,
+                    saving_size_bytes=2048,
+                )
+            )
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_interrupted_save_says_the_save_goes_on(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service and the node go on with a save they accepted (the workspace cannot
+    start until it ends, and the image is made); "ws: interrupted" let the user think
+    it was called off."""
+    argv = ["-o", output, "image", "save", "box", "env:2"]
+    assert _run(argv, SaveInterrupted(seen=True)) == 130  # type: ignore[arg-type]
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert _said(out.err) == [
+        "ws: wait interrupted: box (id-box): STOPPED, saving as image env:2: disk root, "
+        "1.0 KiB of 2.0 KiB sent when last seen; the save goes on (`ws show id-box` follows "
+        "it)",
+        "ws: interrupted",
+    ]
+    assert _run(argv, SaveInterrupted(seen=False)) == 130  # type: ignore[arg-type]
+    assert _said(capsys.readouterr().err) == [
+        "ws: wait interrupted: the save of box as env:2 was asked and may go on (`ws show "
+        "box` says: saving, or not)",
+        "ws: interrupted",
+    ]

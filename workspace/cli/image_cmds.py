@@ -109,13 +109,14 @@ class ImageCommands:
         except image_manifest.ManifestError as exc:
             raise common.UsageError(str(exc)) from None
         shown = None if render.wants_json(args) else progress.SaveProgress(self.prog)
-        begun: list[bool] = []
+        begun: list[common_pb2.Workspace] = []  # the workspace as last seen saving
 
         def on_progress(ws: common_pb2.Workspace) -> None:
             # Called only once the service has marked the workspace (saving_as): the
             # save was accepted. A refused one says only why (the error, below).
-            if not begun:
-                begun.append(True)
+            said = bool(begun)
+            begun[:] = [ws]
+            if not said:
                 print(
                     f"{self.prog}: saving {args.workspace} as {args.image}: its node copies its "
                     "disks (it cannot start until this ends) ...",
@@ -129,9 +130,11 @@ class ImageCommands:
             img = self.client_for(args).save_image(
                 args.workspace, args.image, args.project or "", args.timeout, on_progress
             )
-        except BaseException:
+        except BaseException as exc:
             if shown is not None:
                 shown.end()
+            if isinstance(exc, KeyboardInterrupt):
+                self._save_interrupted(args, begun[-1] if begun else None)
             raise
         if shown is not None:
             shown.end(saved=True)
@@ -143,6 +146,24 @@ class ImageCommands:
         )
         render.emit(args, render.image_dict(img), render.image_text(img))
         return common.EXIT_OK
+
+    def _save_interrupted(self, args: argparse.Namespace, ws: common_pb2.Workspace | None) -> None:
+        """Ctrl-C during `ws image save`: only the wait ends; the service and the node go
+        on with a save they accepted (the workspace cannot start until it ends)."""
+        if ws is None:  # not seen marked yet: asked, but perhaps not accepted
+            print(
+                f"{self.prog}: wait interrupted: the save of {args.workspace} as {args.image} "
+                f"was asked and may go on (`ws show {args.workspace}` says: saving, or not)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        common.say_wait_interrupted(
+            self.prog,
+            render.state_line(ws, f", saving {render.saving_text(ws)}"),
+            "save",
+            f"ws show {ws.id or ws.name}",
+        )
 
     def usage(self, args: argparse.Namespace) -> int:
         u = self.client_for(args).repository_usage()
