@@ -1,9 +1,11 @@
 """Ctrl-C during a wait of ws (`ws stop|start|… --wait`, `ws cluster stop|… --wait`,
-`ws cluster scale --wait`), against a fake client: only the wait ends (exit 130), and
-stderr says what was asked, the state it was last seen in and how to follow it."""
+`ws cluster scale --wait`, `ws image save`), against a fake client: only the wait ends
+(exit 130), and stderr says what was asked, the state it was last seen in and how to
+follow it. And a scale whose wait fails: what was scaled is printed all the same."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -194,3 +196,36 @@ def test_an_interrupted_save_says_the_save_goes_on(
         "box` says: saving, or not)",
         "ws: interrupted",
     ]
+
+
+class ScaleFails(WaitInterrupted):
+    """The member a scale added fails to start."""
+
+    def get_cluster(self, ref: str) -> Any:
+        c = _cluster(CS.CLUSTER_STATE_STARTING)
+        c.members.add(
+            id="id-w1", name="mpi-worker-1", role="worker", state=WS.WORKSPACE_STATE_FAILED
+        )
+        c.members[-1].reason = "no disk"
+        return c
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_failed_scale_wait_still_prints_what_was_scaled(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scale whose wait failed printed nothing on stdout: a script learnt neither the
+    members added nor the cluster's state, where a create whose wait fails prints what it
+    made (docs/design/cli.md) before the error (exit 1)."""
+    argv = ["-o", output, "cluster", "scale", "mpi", "--role", "worker", "--count", "2"]
+    assert _run([*argv, "--wait"], ScaleFails()) == 1
+    out = capsys.readouterr()
+    assert out.err.splitlines()[-1] == (
+        "ws: error: cluster mpi FAILED during the scale: member mpi-worker-1 failed: no disk"
+    )
+    if output == "json":
+        doc = json.loads(out.out)
+        assert doc["added"] == ["mpi-worker-1"]
+        assert doc["cluster"]["members"][-1]["state"] == "FAILED"
+    else:
+        assert out.out == "worker 1 → 2\n"

@@ -54,7 +54,7 @@ def wait_scaled(
         if time.monotonic() > deadline:
             raise errors.FailedPrecondition(
                 f"cluster {c.name} is still {cluster_state_name(c.state)} after {timeout_s:g} s "
-                "(--timeout)"
+                "(--wait-timeout)"
             )
         time.sleep(POLL_S)
 
@@ -72,10 +72,23 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
                 "ws", render.cluster_state_line(last), "scale", f"ws cluster show {last.id}"
             )
             raise
+        except errors.WorkspaceError:
+            # The scale was made (members added or removing): said as for a create whose
+            # wait fails, with the cluster as last seen, before the error.
+            _emit_scaled(args, resp, seen[-1])
+            raise
+    _emit_scaled(args, resp, cluster)
+    return common.EXIT_OK
+
+
+def _emit_scaled(
+    args: argparse.Namespace,
+    resp: clusters_pb2.ScaleClusterResponse,
+    cluster: clusters_pb2.Cluster,
+) -> None:
     data = render.plain(resp)
     data["cluster"] = render.plain(cluster)
     render.emit(args, data, resp.message)
-    return common.EXIT_OK
 
 
 def autoscale_cmd(args: argparse.Namespace, client: Client) -> int:
