@@ -1,11 +1,14 @@
 """Ctrl-C during a wait of ws (`ws stop|start|… --wait`, `ws cluster stop|… --wait`,
 `ws cluster scale --wait`, `ws image save`), against a fake client: only the wait ends
 (exit 130), and stderr says what was asked, the state it was last seen in and how to
-follow it. And a scale whose wait fails: what was scaled is printed all the same."""
+follow it; `ws cluster exec` ends at once. And a scale whose wait fails: what was scaled
+is printed all the same."""
 
 from __future__ import annotations
 
+import _thread
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from tests.unit.cluster_examples import CS, WS
 from tests.unit.cluster_examples import cluster as _cluster
 from workspace.cli import ws
-from workspace.v1 import clusters_pb2, common_pb2
+from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 
 
 def _ws(ref: str, state: int, **kw: Any) -> common_pb2.Workspace:
@@ -229,3 +232,41 @@ def test_a_failed_scale_wait_still_prints_what_was_scaled(
         assert doc["cluster"]["members"][-1]["state"] == "FAILED"
     else:
         assert out.out == "worker 1 → 2\n"
+
+
+class ExecHangs:
+    """`ws cluster exec`: mpi-worker-0's command runs on (and Ctrl-C comes meanwhile)
+    until ``release`` is set; mpi-head-0's returns at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.returned: list[str] = []
+
+    def get_cluster(self, ref: str) -> Any:
+        return _cluster()
+
+    def exec(self, ref: str, argv: Any, stdin: bytes, timeout_s: int, **kw: Any) -> Any:
+        if ref == "id-mpi-worker-0":
+            _thread.interrupt_main()
+            self.release.wait(10)
+        self.returned.append(ref)
+        return access_pb2.ExecResult(name=ref, exit_code=0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_interrupted_cluster_exec_ends_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C during `ws cluster exec` waited until every member's command had ended (its
+    --timeout, or for good: `-- tail -f log`), the members run in a ThreadPoolExecutor
+    that its end waited for. It now ends at once, saying the command may still run."""
+    client = ExecHangs()
+    try:
+        assert _run(["cluster", "exec", "mpi", "--", "sleep", "600"], client) == 130  # type: ignore[arg-type]
+        assert "id-mpi-worker-0" not in client.returned  # its command had not ended
+    finally:
+        client.release.set()
+    assert capsys.readouterr().err.splitlines() == [
+        "ws: the command may still run in the members of mpi it was started in, until it ends",
+        "ws: interrupted",
+    ]
