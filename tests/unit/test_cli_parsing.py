@@ -13,7 +13,7 @@ import pytest
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client, ServiceNotConfigured, WaitTimeout
-from workspace.v1 import common_pb2, images_pb2
+from workspace.v1 import common_pb2, images_pb2, trust_pb2
 
 WS = common_pb2.WorkspaceState
 HUGE = "99999999999999999999"
@@ -632,3 +632,31 @@ def test_a_save_timeout_no_wait_can_take_is_a_usage_error(
     err = capsys.readouterr().err
     assert err.startswith("ws image save: error: argument --timeout:"), err
     assert _parse(["image", "save", "box", "env:2", "--timeout", "90"]).timeout == 90.0
+
+
+class VerifyClient(FakeClient):
+    """`ws image verify`: the site's verdict on image ``img`` (``trusted``)."""
+
+    def __init__(self, trusted: bool) -> None:
+        super().__init__()
+        self.trusted = trusted
+
+    def get_signatures(self, image: str) -> Any:
+        reason = "signed by trusted key 757a" if self.trusted else f"image {image} is not signed"
+        return trust_pb2.ImageSignatures(image=image, trusted=self.trusted, reason=reason)
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_untrusted_verdict_says_why_on_stderr(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws image verify` of an untrusted image exited 1 with nothing on stderr: a script
+    reading the exit code (stdout kept for the verdict, or dropped) learnt no reason, where
+    every other exit 1 says why in one line, `ws-admin schedule explain`'s "does not fit"
+    too."""
+    assert _run(["-o", output, "image", "verify", "img"], VerifyClient(False)) == 1
+    out = capsys.readouterr()
+    assert out.err == "ws: error: image img is not trusted: image img is not signed\n"
+    assert "not signed" in out.out  # the verdict, as before
+    assert _run(["-o", output, "image", "verify", "img"], VerifyClient(True)) == 0
+    assert capsys.readouterr().err == ""
