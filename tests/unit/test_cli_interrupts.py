@@ -7,15 +7,18 @@ is printed all the same."""
 from __future__ import annotations
 
 import _thread
+import io
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.unit.cluster_examples import CS, WS
 from tests.unit.cluster_examples import cluster as _cluster
-from workspace.cli import ws
+from workspace import errors
+from workspace.cli import admin, ws
 from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 
 
@@ -270,3 +273,84 @@ def test_an_interrupted_cluster_exec_ends_at_once(capsys: pytest.CaptureFixture[
         "ws: the command may still run in the members of mpi it was started in, until it ends",
         "ws: interrupted",
     ]
+
+
+class PushCut:
+    """`ws image push`: a tenth of the disk is sent (a bar drawn on a terminal), then
+    ``cut`` (Ctrl-C, or the service's refusal)."""
+
+    def __init__(self, cut: BaseException) -> None:
+        self.cut = cut
+
+    def push_image(self, name: str, manifest: Any, progress: Any, project: str = "") -> Any:
+        progress("upload", "/data/disk.raw", 100, 1000)
+        raise self.cut
+
+    def close(self) -> None:
+        pass
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("cut", "code", "said"),
+    [
+        (
+            KeyboardInterrupt(),
+            130,
+            [
+                "ws: push interrupted: sci:1 is not registered; the files sent in full stay "
+                "in the repository, so pushing again sends only the rest",
+                "ws: interrupted",
+            ],
+        ),
+        (errors.ResourceExhausted("over your quota"), 1, ["ws: error: over your quota"]),
+    ],
+)
+def test_a_push_cut_short_ends_its_bar_and_says_what_is_left(
+    cut: BaseException,
+    code: int,
+    said: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut short, the push's bar was left open at a terminal: "ws: interrupted" (or the
+    error) was written at the end of it, and nothing said whether the image was made."""
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 4096)
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    assert _run(["image", "push", "sci:1", str(disk)], PushCut(cut)) == code  # type: ignore[arg-type]
+    bar, *lines = term.getvalue().split("\n")
+    assert bar.startswith("\rsending  disk.raw [###") and bar.endswith("100 B/1000 B")
+    assert lines == [*said, ""]
+
+
+class UploadCut:
+    """`ws-admin image import`: a tenth of the disk is sent, then Ctrl-C."""
+
+    def get_image(self, name: str) -> Any:
+        raise errors.NotFound(f"no image {name!r}")
+
+    def upload_blob(self, path: Any, progress: Any = None) -> Any:
+        progress(100, 1000)
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_interrupted_import_ends_its_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 4096)
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    argv = ["image", "import", "sci", str(disk), "--format", "raw"]
+    assert admin.main(argv, connect=lambda _s: UploadCut()) == 130  # type: ignore[arg-type, return-value]
+    bar, *lines = term.getvalue().split("\n")
+    assert bar.startswith("\rdisk disk.raw [###") and lines == ["ws-admin: interrupted", ""]

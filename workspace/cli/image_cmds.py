@@ -74,7 +74,18 @@ class ImageCommands:
         m = _manifest(args)
         client = self.client_for(args)
         bar = progress.PushProgress(self.prog)
-        result: PushResult = client.push_image(args.name, m, bar, project=args.project or "")
+        try:
+            result: PushResult = client.push_image(args.name, m, bar, project=args.project or "")
+        except BaseException as exc:
+            bar.end()
+            if isinstance(exc, KeyboardInterrupt):
+                print(
+                    f"{self.prog}: push interrupted: {args.name} is not registered; the files "
+                    "sent in full stay in the repository, so pushing again sends only the rest",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            raise
         sent = (
             f"{len(result.uploaded)} blob(s) sent ({render.fmt_bytes(result.sent_bytes)}),"
             f" {len(result.skipped)} already there"
