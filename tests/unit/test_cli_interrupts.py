@@ -354,3 +354,36 @@ def test_an_interrupted_import_ends_its_bar(
     assert admin.main(argv, connect=lambda _s: UploadCut()) == 130  # type: ignore[arg-type, return-value]
     bar, *lines = term.getvalue().split("\n")
     assert bar.startswith("\rdisk disk.raw [###") and lines == ["ws-admin: interrupted", ""]
+
+
+class CreateSeenStarting:
+    """`ws create --wait`: the new workspace is seen STARTING, then Ctrl-C."""
+
+    def create_workspace(self, **kw: Any) -> Any:
+        return _ws("alpha", WS.WORKSPACE_STATE_PENDING)
+
+    def wait_for_state(
+        self, ref: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+    ) -> Any:
+        on_change(_ws("alpha", WS.WORKSPACE_STATE_STARTING))
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_interrupted_create_wait_says_the_state_last_seen(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said the workspace was created and not destroyed, not whether it was still
+    queued or already booting."""
+    argv = ["-o", output, "create", "--image", "img", "--wait"]
+    assert _run(argv, CreateSeenStarting()) == 130  # type: ignore[arg-type]
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines()[-2:] == [
+        "ws: workspace alpha (id-alpha) was created and is not destroyed (STARTING when last "
+        "seen): `ws show id-alpha` follows it, `ws destroy id-alpha` removes it",
+        "ws: interrupted",
+    ]

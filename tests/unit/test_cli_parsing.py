@@ -581,7 +581,7 @@ def test_an_interrupted_create_wait_says_the_workspace_is_still_there(
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err.splitlines() == [
-        "ws: workspace alpha (w1) was created and is not destroyed: "
+        "ws: workspace alpha (w1) was created and is not destroyed (PENDING when last seen): "
         "`ws show w1` follows it, `ws destroy w1` removes it",
         "ws: interrupted",
     ]

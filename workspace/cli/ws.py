@@ -197,7 +197,7 @@ class Commands(common.ClientCommands):
             **policy_cmds.policy_kwargs(args),
         )
         if args.wait:
-            made = ws
+            made, seen = ws, {ws.id: ws}
             ws = _shown_if_wait_fails(
                 args,
                 made,
@@ -207,9 +207,10 @@ class Commands(common.ClientCommands):
                     made.id,
                     [WS.WORKSPACE_STATE_RUNNING],
                     _create_wait_s(args, args.wait_for_capacity),
-                    render.workspace_progress(args, PROG),
+                    _recorded(seen, render.workspace_progress(args, PROG)),
                     on_outage=WAIT_OUTAGE,
                 ),
+                lambda: state_name(seen[made.id].state),
             )
         render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
@@ -336,7 +337,7 @@ class Commands(common.ClientCommands):
         client = self.client(args)
         c = client.create_cluster(req, request_id=args.request_id)
         if args.wait:
-            made = c
+            made, seen_c = c, {c.id: c}
             c = _shown_if_wait_fails(
                 args,
                 made,
@@ -346,9 +347,10 @@ class Commands(common.ClientCommands):
                     made.id,
                     [CS.CLUSTER_STATE_RUNNING],
                     _create_wait_s(args, req.wait_for_capacity_s),
-                    render.cluster_progress(args, PROG),
+                    _recorded(seen_c, render.cluster_progress(args, PROG)),
                     on_outage=WAIT_OUTAGE,
                 ),
+                lambda: cluster_state_name(seen_c[made.id].state),
             )
         render.emit(args, c, render.cluster_text(c))
         return common.EXIT_OK
@@ -476,7 +478,12 @@ def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) ->
 
 
 def _shown_if_wait_fails(
-    args: argparse.Namespace, made: T, seen_as: str, text: Callable[[T], str], wait: Callable[[], T]
+    args: argparse.Namespace,
+    made: T,
+    seen_as: str,
+    text: Callable[[T], str],
+    wait: Callable[[], T],
+    last_state: Callable[[], str],
 ) -> T:
     """``wait()`` after a create. When it fails (times out, or the object reached a state
     it will not leave), the object exists all the same: it is printed on stdout as last
@@ -490,18 +497,19 @@ def _shown_if_wait_fails(
         render.emit(args, seen, text(seen))
         raise
     except KeyboardInterrupt:
-        _say_still_there(seen_as, made)
+        _say_still_there(seen_as, made, last_state())
         raise
 
 
-def _say_still_there(seen_as: str, made: Any) -> None:
-    """A create's wait was interrupted: the workspace (cluster) stays, queued or booting."""
+def _say_still_there(seen_as: str, made: Any, state: str) -> None:
+    """A create's wait was interrupted: the workspace (cluster) stays, queued or booting
+    (``state``: as last seen)."""
     ref = made.id or made.name
     label = f"{made.name} ({made.id})" if made.name and made.name != ref else ref
     cmd = "ws" if seen_as == "workspace" else "ws cluster"
     print(
-        f"{PROG}: {seen_as} {label} was created and is not destroyed: "
-        f"`{cmd} show {ref}` follows it, `{cmd} destroy {ref}` removes it",
+        f"{PROG}: {seen_as} {label} was created and is not destroyed ({state} when last "
+        f"seen): `{cmd} show {ref}` follows it, `{cmd} destroy {ref}` removes it",
         file=sys.stderr,
         flush=True,
     )
