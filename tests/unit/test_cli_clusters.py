@@ -390,7 +390,7 @@ def test_an_interrupted_cluster_create_wait_says_the_cluster_is_still_there(
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err.splitlines() == [
-        "ws: cluster mpi (c1) was created and is not destroyed: "
+        "ws: cluster mpi (c1) was created and is not destroyed (STARTING when last seen): "
         "`ws cluster show c1` follows it, `ws cluster destroy c1` removes it",
         "ws: interrupted",
     ]

@@ -226,6 +226,22 @@ def test_cluster_exec_reports_failures_and_sums_up(capsys: pytest.CaptureFixture
     assert rc == 0 and out.splitlines()[-1] == "1 member: 1 exited 0"
 
 
+def test_cluster_exec_json_gives_the_clusters_id_and_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Its "cluster" is the cluster's name, where a workspace's "cluster" (`ws show -o
+    json`, the members of `ws cluster show`) and a site event's are its id: a script
+    matching them found nothing. It gives "id" and "name" too, as `ws exec` and `ws
+    console` give the workspace's, whichever was typed."""
+    c = FakeClient()
+    c.cluster = clusters_pb2.Cluster(id="c1", name="mpi")
+    c.cluster.members.add(id="w1", name="mpi-head-0", role="head", state=RUNNING)
+    for typed in ("mpi", "c1"):
+        rc, out, _ = run(c, capsys, "-o", "json", "cluster", "exec", typed, "--", "true")
+        doc = json.loads(out)
+        assert rc == 0 and (doc["id"], doc["name"], doc["cluster"]) == ("c1", "mpi", "mpi")
+
+
 # -- ws console ----------------------------------------------------------------------------
 
 

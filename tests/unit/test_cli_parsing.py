@@ -13,7 +13,7 @@ import pytest
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client, ServiceNotConfigured, WaitTimeout
-from workspace.v1 import common_pb2, images_pb2
+from workspace.v1 import common_pb2, images_pb2, trust_pb2
 
 WS = common_pb2.WorkspaceState
 HUGE = "99999999999999999999"
@@ -581,7 +581,7 @@ def test_an_interrupted_create_wait_says_the_workspace_is_still_there(
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err.splitlines() == [
-        "ws: workspace alpha (w1) was created and is not destroyed: "
+        "ws: workspace alpha (w1) was created and is not destroyed (PENDING when last seen): "
         "`ws show w1` follows it, `ws destroy w1` removes it",
         "ws: interrupted",
     ]
@@ -615,3 +615,48 @@ def test_a_refused_save_says_only_why(output: str, capsys: pytest.CaptureFixture
         "ws: saving box as env:2: its node copies its disks (it cannot start until this ends) ..."
     )
     assert err[-1] == "ws: saved box as env:2 (1.0 KiB)"
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "1e300"])
+def test_a_save_timeout_no_wait_can_take_is_a_usage_error(
+    timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws image save --timeout` took any float: -1, 0, nan or 1e300 went to the service as
+    the call's deadline, which ran out at once, and the user read "the workspace service
+    did not answer in time" with exit 3 (unreachable), the save never asked for."""
+    client = SaveClient()
+    with pytest.raises(SystemExit) as exc:
+        _run(["image", "save", "box", "env:2", "--timeout", timeout], client)
+    assert exc.value.code == 2
+    assert client.calls == []
+    err = capsys.readouterr().err
+    assert err.startswith("ws image save: error: argument --timeout:"), err
+    assert _parse(["image", "save", "box", "env:2", "--timeout", "90"]).timeout == 90.0
+
+
+class VerifyClient(FakeClient):
+    """`ws image verify`: the site's verdict on image ``img`` (``trusted``)."""
+
+    def __init__(self, trusted: bool) -> None:
+        super().__init__()
+        self.trusted = trusted
+
+    def get_signatures(self, image: str) -> Any:
+        reason = "signed by trusted key 757a" if self.trusted else f"image {image} is not signed"
+        return trust_pb2.ImageSignatures(image=image, trusted=self.trusted, reason=reason)
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_an_untrusted_verdict_says_why_on_stderr(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws image verify` of an untrusted image exited 1 with nothing on stderr: a script
+    reading the exit code (stdout kept for the verdict, or dropped) learnt no reason, where
+    every other exit 1 says why in one line, `ws-admin schedule explain`'s "does not fit"
+    too."""
+    assert _run(["-o", output, "image", "verify", "img"], VerifyClient(False)) == 1
+    out = capsys.readouterr()
+    assert out.err == "ws: error: image img is not trusted: image img is not signed\n"
+    assert "not signed" in out.out  # the verdict, as before
+    assert _run(["-o", output, "image", "verify", "img"], VerifyClient(True)) == 0
+    assert capsys.readouterr().err == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,25 @@ def test_issue_with_a_relative_out_says_an_absolute_identity_dir(
     code, out, _ = run(capsys, "pki", "issue", "node", "n1", "--out", "N1", "--dir", ca)
     assert code == 0
     assert f'[tls] identity_dir = "{tmp_path}/N1"' in out
+
+
+def test_not_after_is_written_as_every_other_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pki list` and `pki issue` gave not_after as issued.json keeps it,
+    2027-12-05T08:34:36+00:00, where every other time the CLIs print (`site up`'s
+    started_at, each created_at) ends in Z: jq's fromdate, which reads only the Z form,
+    failed on it in a script checking which certificates expire soon."""
+    ca = str(tmp_path / "ca")
+    assert run(capsys, "pki", "init", "--dir", ca)[0] == 0
+    code, out, _ = run(
+        capsys, "-o", "json", "pki", "issue", "user", "alice", "--out", str(tmp_path / "a"),
+        "--dir", ca,
+    )  # fmt: skip
+    assert code == 0
+    not_after = json.loads(out)["not_after"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", not_after), not_after
+    code, out, _ = run(capsys, "-o", "json", "pki", "list", "--dir", ca)
+    assert [r["not_after"] for r in json.loads(out)["issued"]] == [not_after]
+    code, out, _ = run(capsys, "pki", "list", "--dir", ca)
+    assert out.split("\n")[1].split()[3] == not_after  # the NOT_AFTER column

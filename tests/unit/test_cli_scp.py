@@ -136,7 +136,7 @@ def _cluster(client: FakeClient) -> None:
         m.id, m.name, m.role = f"id{i}", name, role
         m.nics[0].ip = f"10.213.0.{5 + i}"
         members.append(m)
-    client.cluster = clusters_pb2.Cluster(name="mpi", members=members)
+    client.cluster = clusters_pb2.Cluster(id="c1", name="mpi", members=members)
 
 
 def test_cluster_scp_copies_to_and_from_every_member(
@@ -183,6 +183,8 @@ def test_cluster_scp_copies_to_and_from_every_member(
     # Each member named as `ws cluster exec -o json` names it: id and workspace (the same).
     head = doc["members"][0]
     assert (head["id"], head["workspace"], head["role"]) == ("id0", "id0", "head")
+    # The cluster by id and name, as `ws cluster exec -o json` names it.
+    assert (doc["id"], doc["name"], doc["cluster"]) == ("c1", "mpi", "mpi")
 
     # A member whose copy failed leaves no empty directory claiming otherwise.
     rc, _, _ = run(c, capfd, "cluster", "scp", "mpi", ":/in", str(into))  # type: ignore[arg-type]

@@ -221,7 +221,11 @@ class Commands(common.ClientCommands):
 
     def _upload(self, client: Client, path: str, what: str) -> images_pb2.BlobRef:
         bar = progress.UploadProgress(PROG, f"{what} {os.path.basename(path)}")
-        ref = client.upload_blob(path, bar)
+        try:
+            ref = client.upload_blob(path, bar)
+        except BaseException:
+            bar.end()  # the error (or "interrupted") on a line of its own
+            raise
         bar.done(ref)
         return ref
 

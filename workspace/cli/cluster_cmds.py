@@ -28,15 +28,20 @@ POLL_S = 1.0
 
 
 def wait_scaled(
-    client: Client, resp: clusters_pb2.ScaleClusterResponse, timeout_s: float
+    client: Client,
+    resp: clusters_pb2.ScaleClusterResponse,
+    timeout_s: float,
+    seen: list[clusters_pb2.Cluster] | None = None,
 ) -> clusters_pb2.Cluster:
     """Until the new members run and the removed ones are gone (FAILED: an error naming
-    the member)."""
+    the member). ``seen``: the cluster as last read is kept there."""
     deadline = time.monotonic() + timeout_s
     added, removed = set(resp.added), set(resp.removed)
     ref = resp.cluster.id
     while True:
         c = client.get_cluster(ref)
+        if seen is not None:
+            seen[:] = [c]
         names = {m.name: m for m in c.members}
         bad = [m for m in c.members if m.name in added and m.state in _BAD]
         if c.state == CS.CLUSTER_STATE_FAILED or bad:
@@ -49,7 +54,7 @@ def wait_scaled(
         if time.monotonic() > deadline:
             raise errors.FailedPrecondition(
                 f"cluster {c.name} is still {cluster_state_name(c.state)} after {timeout_s:g} s "
-                "(--timeout)"
+                "(--wait-timeout)"
             )
         time.sleep(POLL_S)
 
@@ -58,11 +63,32 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
     resp = client.scale_cluster(args.name, args.role, args.count, args.wait_for_capacity or 0)
     cluster = resp.cluster
     if args.wait and (resp.added or resp.removed):
-        cluster = wait_scaled(client, resp, args.wait_timeout or DEFAULT_WAIT_S)
+        seen = [cluster]
+        try:
+            cluster = wait_scaled(client, resp, args.wait_timeout or DEFAULT_WAIT_S, seen)
+        except KeyboardInterrupt:
+            last = seen[-1]
+            common.say_wait_interrupted(
+                "ws", render.cluster_state_line(last), "scale", f"ws cluster show {last.id}"
+            )
+            raise
+        except errors.WorkspaceError:
+            # The scale was made (members added or removing): said as for a create whose
+            # wait fails, with the cluster as last seen, before the error.
+            _emit_scaled(args, resp, seen[-1])
+            raise
+    _emit_scaled(args, resp, cluster)
+    return common.EXIT_OK
+
+
+def _emit_scaled(
+    args: argparse.Namespace,
+    resp: clusters_pb2.ScaleClusterResponse,
+    cluster: clusters_pb2.Cluster,
+) -> None:
     data = render.plain(resp)
     data["cluster"] = render.plain(cluster)
     render.emit(args, data, resp.message)
-    return common.EXIT_OK
 
 
 def autoscale_cmd(args: argparse.Namespace, client: Client) -> int:

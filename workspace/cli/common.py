@@ -315,6 +315,18 @@ def outage_notice(what: str) -> Callable[[str], None]:
     return notice
 
 
+def say_wait_interrupted(prog: str, line: str, request: str, show: str) -> None:
+    """One line on stderr after Ctrl-C ended a wait (``--wait`` of an action, a scale):
+    the object as last seen (its state ``line``), that the ``request`` made goes on (only
+    the wait ended), and how to follow it. `run` then says "interrupted" (exit 130)."""
+    print(
+        f"{prog}: wait interrupted: {line} when last seen; the {request} goes on "
+        f"(`{show}` follows it)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def exit_code(exc: errors.WorkspaceError) -> int:
     return EXIT_UNREACHABLE if isinstance(exc, errors.Unavailable) else EXIT_REQUEST
 

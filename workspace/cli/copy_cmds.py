@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,13 +231,19 @@ def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
     operands = cluster_plan(args.operands)
     guest_cmds.check_key_file(args.key or "")  # once, not on each member's line
     cluster, members = exec_cmds.chosen_members(client, args.name, args.role)
-    with ThreadPoolExecutor(min(exec_cmds.CLUSTER_PARALLEL, len(members))) as pool:
-        copies = list(pool.map(lambda m: copy_member(client, m, operands, args), members))
+    copies = exec_cmds.in_parallel(
+        lambda m: copy_member(client, m, operands, args), members, exec_cmds.CLUSTER_PARALLEL
+    )
     bad = [c for c in copies if not c.ok]
     line = exec_cmds.summary(copies, "copied")
     if render.wants_json(args):
         render.print_json(
             {
+                # The cluster's id and name, as `ws cluster show -o json` gives them
+                # (and "cluster", its name, which came first: a member's "cluster" is
+                # its cluster's id).
+                "id": cluster.id,
+                "name": cluster.name,
                 "cluster": cluster.name,
                 "members": [
                     {

@@ -16,10 +16,10 @@ import argparse
 import os
 import stat
 import sys
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from workspace import errors
 from workspace.cli import common, guest_cmds, render
@@ -31,6 +31,10 @@ from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 EXIT_TIMED_OUT = 124
 # Members run at once by `ws cluster exec` (in parallel by default).
 CLUSTER_PARALLEL = 16
+# How often the main thread looks up from waiting for the members (so Ctrl-C is seen).
+_JOIN_S = 0.1
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _text(data: bytes) -> str:
@@ -203,8 +207,44 @@ def run_members(
 
     if not parallel or len(members) < 2:
         return [one(m) for m in members]
-    with ThreadPoolExecutor(min(CLUSTER_PARALLEL, len(members))) as pool:
-        return list(pool.map(one, members))
+    return in_parallel(one, members, CLUSTER_PARALLEL)
+
+
+def in_parallel(call: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """``call(item)`` for each of ``items``, ``workers`` at a time; the results in the
+    items' order (``call`` keeps its failures: one raised is raised here). The threads are
+    daemons and the caller's thread only looks in on them, so Ctrl-C ends the command at
+    once: in a ThreadPoolExecutor it waited until every member's command had ended (as
+    long as its --timeout, or for good)."""
+    results: list[Any] = [None] * len(items)
+    raised: list[BaseException] = []
+    todo = list(range(len(items)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo or raised:
+                    return
+                i = todo.pop(0)
+            try:
+                results[i] = call(items[i])
+            except BaseException as exc:  # raised in the caller's thread below
+                with lock:
+                    raised.append(exc)
+
+    threads = [
+        threading.Thread(target=work, name=f"ws-member-{n}", daemon=True)
+        for n in range(min(workers, len(items)))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(_JOIN_S)
+    if raised:
+        raise raised[0]
+    return results
 
 
 def chosen_members(
@@ -229,11 +269,28 @@ def cluster_exec_cmd(
     argv = guest_cmds.command_of(args, late, "ws cluster exec")
     stdin = sys.stdin.buffer.read() if args.stdin else b""
     cluster, members = chosen_members(client, args.name, args.role)
-    runs = run_members(client, members, argv, stdin, int(args.timeout or 0), not args.sequential)
+    try:
+        runs = run_members(
+            client, members, argv, stdin, int(args.timeout or 0), not args.sequential
+        )
+    except KeyboardInterrupt:
+        ends = f" (its --timeout, {args.timeout} s)" if args.timeout else ""
+        print(
+            f"ws: the command may still run in the members of {cluster.name} it was started "
+            f"in, until it ends{ends}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
     line = summary(runs)
     if render.wants_json(args):
         render.print_json(
             {
+                # The cluster's id and name, as `ws cluster show -o json` gives them
+                # (and "cluster", its name, which came first: a member's "cluster" is
+                # its cluster's id).
+                "id": cluster.id,
+                "name": cluster.name,
                 "cluster": cluster.name,
                 "members": [r.to_json() for r in runs],
                 "summary": {

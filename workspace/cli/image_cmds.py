@@ -74,7 +74,18 @@ class ImageCommands:
         m = _manifest(args)
         client = self.client_for(args)
         bar = progress.PushProgress(self.prog)
-        result: PushResult = client.push_image(args.name, m, bar, project=args.project or "")
+        try:
+            result: PushResult = client.push_image(args.name, m, bar, project=args.project or "")
+        except BaseException as exc:
+            bar.end()
+            if isinstance(exc, KeyboardInterrupt):
+                print(
+                    f"{self.prog}: push interrupted: {args.name} is not registered; the files "
+                    "sent in full stay in the repository, so pushing again sends only the rest",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            raise
         sent = (
             f"{len(result.uploaded)} blob(s) sent ({render.fmt_bytes(result.sent_bytes)}),"
             f" {len(result.skipped)} already there"
@@ -109,13 +120,14 @@ class ImageCommands:
         except image_manifest.ManifestError as exc:
             raise common.UsageError(str(exc)) from None
         shown = None if render.wants_json(args) else progress.SaveProgress(self.prog)
-        begun: list[bool] = []
+        begun: list[common_pb2.Workspace] = []  # the workspace as last seen saving
 
         def on_progress(ws: common_pb2.Workspace) -> None:
             # Called only once the service has marked the workspace (saving_as): the
             # save was accepted. A refused one says only why (the error, below).
-            if not begun:
-                begun.append(True)
+            said = bool(begun)
+            begun[:] = [ws]
+            if not said:
                 print(
                     f"{self.prog}: saving {args.workspace} as {args.image}: its node copies its "
                     "disks (it cannot start until this ends) ...",
@@ -129,9 +141,11 @@ class ImageCommands:
             img = self.client_for(args).save_image(
                 args.workspace, args.image, args.project or "", args.timeout, on_progress
             )
-        except BaseException:
+        except BaseException as exc:
             if shown is not None:
                 shown.end()
+            if isinstance(exc, KeyboardInterrupt):
+                self._save_interrupted(args, begun[-1] if begun else None)
             raise
         if shown is not None:
             shown.end(saved=True)
@@ -143,6 +157,24 @@ class ImageCommands:
         )
         render.emit(args, render.image_dict(img), render.image_text(img))
         return common.EXIT_OK
+
+    def _save_interrupted(self, args: argparse.Namespace, ws: common_pb2.Workspace | None) -> None:
+        """Ctrl-C during `ws image save`: only the wait ends; the service and the node go
+        on with a save they accepted (the workspace cannot start until it ends)."""
+        if ws is None:  # not seen marked yet: asked, but perhaps not accepted
+            print(
+                f"{self.prog}: wait interrupted: the save of {args.workspace} as {args.image} "
+                f"was asked and may go on (`ws show {args.workspace}` says: saving, or not)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        common.say_wait_interrupted(
+            self.prog,
+            render.state_line(ws, f", saving {render.saving_text(ws)}"),
+            "save",
+            f"ws show {ws.id or ws.name}",
+        )
 
     def usage(self, args: argparse.Namespace) -> int:
         u = self.client_for(args).repository_usage()
@@ -221,7 +253,7 @@ def register(
     )
     q.add_argument(
         "--timeout",
-        type=float,
+        type=common.seconds,
         default=SAVE_TIMEOUT_S,
         metavar="S",
         help=f"give up waiting after S seconds (default {SAVE_TIMEOUT_S:g})",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,21 @@ def _ca_dir(args: argparse.Namespace) -> Path:
     return Path(args.dir).expanduser() if getattr(args, "dir", None) else default_ca_dir()
 
 
+def _not_after(row: pki.Issued) -> str:
+    """When the certificate expires, as every time the CLIs print (``2027-12-05T08:34:36Z``;
+    issued.json keeps ``+00:00``, which jq's ``fromdate`` does not read)."""
+    try:
+        return render.fmt_epoch(datetime.fromisoformat(row.not_after).timestamp())
+    except ValueError:  # not written by pki.py: shown as it is
+        return row.not_after
+
+
 def _issued_dict(row: pki.Issued) -> dict[str, Any]:
     return {
         "serial": f"{row.serial:#x}",
         "kind": row.kind,
         "name": row.name,
-        "not_after": row.not_after,
+        "not_after": _not_after(row),
         "revoked": row.revoked,
     }
 
@@ -110,7 +120,7 @@ def issue(args: argparse.Namespace) -> int:
     }
     text = (
         f"issued {who.principal}{' (admin)' if who.admin else ''} serial {row.serial:#x}, "
-        f"valid until {row.not_after}\n"
+        f"valid until {_not_after(row)}\n"
         f"  identity directory {out} (ca.pem, cert.pem, key.pem 0600)"
     )
     if server_name:
@@ -141,7 +151,7 @@ def list_issued(args: argparse.Namespace) -> int:
     text = render.table(
         ["SERIAL", "KIND", "NAME", "NOT_AFTER", "STATE"],
         [
-            (f"{r.serial:#x}", r.kind, r.name, r.not_after, "revoked" if r.revoked else "valid")
+            (f"{r.serial:#x}", r.kind, r.name, _not_after(r), "revoked" if r.revoked else "valid")
             for r in rows
         ],
     )

@@ -58,6 +58,11 @@ class UploadProgress:
     def __call__(self, sent: int, total: int) -> None:
         self._bar.draw(self.label, sent, total)
 
+    def end(self) -> None:
+        """Finish the bar's line (an upload that failed or was interrupted): what follows
+        is a line of its own."""
+        self._bar.end()
+
     def done(self, ref: images_pb2.BlobRef) -> None:
         self._bar.end()
         print(
@@ -143,6 +148,11 @@ class PushProgress:
             self._bar.end()
         if step == "upload" and finished:
             self._line(f"{name}: sent {fmt_bytes(total)}")
+
+    def end(self) -> None:
+        """Finish the bar's line (a push that failed or was interrupted): what follows is
+        a line of its own."""
+        self._bar.end()
 
     def _line(self, text: str) -> None:
         print(f"{self.prog}: {text}", file=self.stream, flush=True)

@@ -111,7 +111,12 @@ def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common
     def verify(args: argparse.Namespace) -> int:
         sigs = client_for(args).get_signatures(args.name)
         render.emit(args, sigs, render.signatures_text(sigs))
-        return 0 if sigs.trusted else 1
+        if sigs.trusted:
+            return common.EXIT_OK
+        # The failure said on stderr too, as `ws-admin schedule explain` says a request
+        # that does not fit: a script reading only the exit code learns why.
+        common.error("ws", f"image {sigs.image or args.name} is not trusted: {sigs.reason}")
+        return common.EXIT_REQUEST
 
     q = sub.add_parser("keygen", parents=[parent], help="make an Ed25519 publisher key")
     q.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.key, PREFIX.pub")
@@ -128,7 +133,8 @@ def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common
         parents=[parent],
         help="an image's signatures and the site's verdict",
         description="Show an image's signatures and whether the site's trust policy trusts "
-        "it. Exits 0 when it is trusted, 1 when it is not (the verdict says why).",
+        "it. Exits 0 when it is trusted, 1 when it is not (the verdict says why, and one "
+        "line on stderr).",
     )
     q.add_argument("name", help="image name")
     q.set_defaults(func=verify)

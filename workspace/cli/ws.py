@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from workspace import errors
 from workspace.cli import (
@@ -197,7 +197,7 @@ class Commands(common.ClientCommands):
             **policy_cmds.policy_kwargs(args),
         )
         if args.wait:
-            made = ws
+            made, seen = ws, {ws.id: ws}
             ws = _shown_if_wait_fails(
                 args,
                 made,
@@ -207,9 +207,10 @@ class Commands(common.ClientCommands):
                     made.id,
                     [WS.WORKSPACE_STATE_RUNNING],
                     _create_wait_s(args, args.wait_for_capacity),
-                    render.workspace_progress(args, PROG),
+                    _recorded(seen, render.workspace_progress(args, PROG)),
                     on_outage=WAIT_OUTAGE,
                 ),
+                lambda: state_name(seen[made.id].state),
             )
         render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
@@ -262,6 +263,8 @@ class Commands(common.ClientCommands):
             return cast(common_pb2.Workspace, getattr(client, method)(ref))
 
         asked, ok = _each(args.id, [(ref, None) for ref in args.id], ask)
+        # The last each was seen as, for the line an interrupted wait leaves.
+        seen = {ws.id or ref: ws for ref, ws in asked}
         if args.wait:
             if args.wait_timeout:
                 wait_s = args.wait_timeout
@@ -274,13 +277,17 @@ class Commands(common.ClientCommands):
             def wait(ref: str, ws: common_pb2.Workspace) -> common_pb2.Workspace:
                 left = max(0.0, deadline - time.monotonic())
                 if args.command == "reboot":
-                    return _wait_rebooted(client, args, ws.id or ref, ws.reboot_count, left)
-                progress = render.workspace_progress(args, PROG)
+                    return _wait_rebooted(client, args, ws.id or ref, ws.reboot_count, left, seen)
+                progress = _recorded(seen, render.workspace_progress(args, PROG))
                 return client.wait_for_state(
                     ws.id or ref, [target], left, progress, on_outage=WAIT_OUTAGE
                 )
 
-            asked, waited_ok = _each(args.id, asked, wait)
+            try:
+                asked, waited_ok = _each(args.id, asked, wait)
+            except KeyboardInterrupt:
+                _say_left_as(args.command, list(seen.values()))
+                raise
             ok = ok and waited_ok
         done = [ws for _, ws in asked]
         if len(args.id) == 1:
@@ -330,7 +337,7 @@ class Commands(common.ClientCommands):
         client = self.client(args)
         c = client.create_cluster(req, request_id=args.request_id)
         if args.wait:
-            made = c
+            made, seen_c = c, {c.id: c}
             c = _shown_if_wait_fails(
                 args,
                 made,
@@ -340,9 +347,10 @@ class Commands(common.ClientCommands):
                     made.id,
                     [CS.CLUSTER_STATE_RUNNING],
                     _create_wait_s(args, req.wait_for_capacity_s),
-                    render.cluster_progress(args, PROG),
+                    _recorded(seen_c, render.cluster_progress(args, PROG)),
                     on_outage=WAIT_OUTAGE,
                 ),
+                lambda: cluster_state_name(seen_c[made.id].state),
             )
         render.emit(args, c, render.cluster_text(c))
         return common.EXIT_OK
@@ -369,13 +377,24 @@ class Commands(common.ClientCommands):
         client = self.client(args)
         c = getattr(client, method)(args.name)
         if args.wait:
-            c = client.wait_for_cluster_state(
-                c.id or args.name,
-                [target],
-                args.wait_timeout or DEFAULT_WAIT_S,
-                render.cluster_progress(args, PROG),
-                on_outage=WAIT_OUTAGE,
-            )
+            seen = {c.id: c}
+            try:
+                c = client.wait_for_cluster_state(
+                    c.id or args.name,
+                    [target],
+                    args.wait_timeout or DEFAULT_WAIT_S,
+                    _recorded(seen, render.cluster_progress(args, PROG)),
+                    on_outage=WAIT_OUTAGE,
+                )
+            except KeyboardInterrupt:
+                last = seen[c.id]
+                common.say_wait_interrupted(
+                    PROG,
+                    render.cluster_state_line(last),
+                    args.cluster_command,
+                    f"ws cluster show {last.id or last.name}",
+                )
+                raise
         render.emit(args, c, render.cluster_state_line(c))
         return common.EXIT_OK
 
@@ -402,12 +421,17 @@ def _each(
 
 
 def _wait_rebooted(
-    client: Client, args: argparse.Namespace, ref: str, reboot_count: int, wait_s: float
+    client: Client,
+    args: argparse.Namespace,
+    ref: str,
+    reboot_count: int,
+    wait_s: float,
+    seen: dict[str, common_pb2.Workspace],
 ) -> common_pb2.Workspace:
     """`ws reboot --wait`: until the node reports reboot ``reboot_count`` carried out and
     the workspace RUNNING. A node whose agent does not report reboots (an older release)
     cannot confirm it: then RUNNING is enough, as before, and stderr says so."""
-    progress = render.reboot_progress(args, PROG, reboot_count)
+    progress = _recorded(seen, render.reboot_progress(args, PROG, reboot_count))
     ws = client.wait_for_reboot(ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE)
     if rebooted(ws, reboot_count) is None:
         print(
@@ -419,6 +443,34 @@ def _wait_rebooted(
     return ws
 
 
+class _HasId(Protocol):
+    id: str
+
+
+H = TypeVar("H", bound=_HasId)
+
+
+def _recorded(seen: dict[str, H], on_change: Callable[[H], None] | None) -> Callable[[H], None]:
+    """``on_change`` for a wait that also keeps, by id, the last each object was seen as
+    (``seen``): what an interrupted wait says it left."""
+
+    def record(obj: H) -> None:
+        seen[obj.id] = obj
+        if on_change is not None:
+            on_change(obj)
+
+    return record
+
+
+def _say_left_as(command: str, seen: list[common_pb2.Workspace]) -> None:
+    """Ctrl-C during `ws start|stop|reboot|pause|resume|destroy --wait`: what each asked
+    workspace was last seen as (the request stands)."""
+    for ws in seen:
+        common.say_wait_interrupted(
+            PROG, render.requested_line(ws), command, f"ws show {ws.id or ws.name}"
+        )
+
+
 def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) -> float:
     """--wait-timeout (or --timeout), else the default plus the time the request may wait
     for capacity."""
@@ -426,7 +478,12 @@ def _create_wait_s(args: argparse.Namespace, wait_for_capacity_s: int | None) ->
 
 
 def _shown_if_wait_fails(
-    args: argparse.Namespace, made: T, seen_as: str, text: Callable[[T], str], wait: Callable[[], T]
+    args: argparse.Namespace,
+    made: T,
+    seen_as: str,
+    text: Callable[[T], str],
+    wait: Callable[[], T],
+    last_state: Callable[[], str],
 ) -> T:
     """``wait()`` after a create. When it fails (times out, or the object reached a state
     it will not leave), the object exists all the same: it is printed on stdout as last
@@ -440,18 +497,19 @@ def _shown_if_wait_fails(
         render.emit(args, seen, text(seen))
         raise
     except KeyboardInterrupt:
-        _say_still_there(seen_as, made)
+        _say_still_there(seen_as, made, last_state())
         raise
 
 
-def _say_still_there(seen_as: str, made: Any) -> None:
-    """A create's wait was interrupted: the workspace (cluster) stays, queued or booting."""
+def _say_still_there(seen_as: str, made: Any, state: str) -> None:
+    """A create's wait was interrupted: the workspace (cluster) stays, queued or booting
+    (``state``: as last seen)."""
     ref = made.id or made.name
     label = f"{made.name} ({made.id})" if made.name and made.name != ref else ref
     cmd = "ws" if seen_as == "workspace" else "ws cluster"
     print(
-        f"{PROG}: {seen_as} {label} was created and is not destroyed: "
-        f"`{cmd} show {ref}` follows it, `{cmd} destroy {ref}` removes it",
+        f"{PROG}: {seen_as} {label} was created and is not destroyed ({state} when last "
+        f"seen): `{cmd} show {ref}` follows it, `{cmd} destroy {ref}` removes it",
         file=sys.stderr,
         flush=True,
     )
