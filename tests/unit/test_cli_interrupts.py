@@ -387,3 +387,29 @@ def test_an_interrupted_create_wait_says_the_state_last_seen(
         "seen): `ws show id-alpha` follows it, `ws destroy id-alpha` removes it",
         "ws: interrupted",
     ]
+
+
+class LoneExecInterrupted:
+    """`ws exec`: the workspace is RUNNING; Ctrl-C comes while its command runs."""
+
+    def get_workspace(self, ref: str) -> Any:
+        return _ws(ref, WS.WORKSPACE_STATE_RUNNING)
+
+    def exec(self, ref: str, argv: Any, stdin: bytes, timeout_s: int, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_interrupted_exec_says_the_command_may_still_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C during `ws exec` ends only the wait for the command: the guest agent runs it
+    on (to its --timeout). It said only "interrupted", as if the command had been stopped."""
+    client = LoneExecInterrupted()
+    assert _run(["exec", "box", "--timeout", "60", "--", "make", "-j4"], client) == 130  # type: ignore[arg-type]
+    assert capsys.readouterr().err.splitlines() == [
+        "ws: make may still run in box, if it was started, until it ends (its --timeout, 60 s)",
+        "ws: interrupted",
+    ]

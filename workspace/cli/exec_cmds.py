@@ -89,19 +89,30 @@ def exec_cmd(args: argparse.Namespace, client: Client, late: guest_cmds.OptionPa
     ws = guest_cmds.get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
     ws = guest_cmds.once_running(client, args, ws)
     wait_s = guest_cmds.boot_wait(args, ws)
-    r = client.exec(
-        args.id,
-        argv,
-        stdin,
-        int(args.timeout or 0),
-        boot_wait_s=wait_s,
-        on_wait=lambda _exc: print(
-            f"ws: no guest agent answers in {ws.name} yet{guest_cmds.started_note(ws)}: "
-            f"waiting up to {wait_s:.0f} s for the guest to boot",
+    try:
+        r = client.exec(
+            args.id,
+            argv,
+            stdin,
+            int(args.timeout or 0),
+            boot_wait_s=wait_s,
+            on_wait=lambda _exc: print(
+                f"ws: no guest agent answers in {ws.name} yet{guest_cmds.started_note(ws)}: "
+                f"waiting up to {wait_s:.0f} s for the guest to boot",
+                file=sys.stderr,
+                flush=True,
+            ),
+        )
+    except KeyboardInterrupt:
+        # The guest agent runs it on: only our wait for its end is cut.
+        ends = f" (its --timeout, {args.timeout} s)" if args.timeout else ""
+        print(
+            f"ws: {argv[0]} may still run in {ws.name}, if it was started, until it "
+            f"ends{ends}",
             file=sys.stderr,
             flush=True,
-        ),
-    )
+        )
+        raise
     if render.wants_json(args):
         render.print_json(result_json(r))
     else:
