@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import io
 import json
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -264,10 +265,14 @@ def test_an_interrupted_cluster_exec_ends_at_once(capsys: pytest.CaptureFixture[
     --timeout, or for good: `-- tail -f log`), the members run in a ThreadPoolExecutor
     that its end waited for. It now ends at once, saying the command may still run."""
     client = ExecHangs()
+    # interrupt_main() does nothing while SIGINT is ignored, as it is in a process started
+    # in the background without job control (CI, a pytest-xdist worker of such a run).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert _run(["cluster", "exec", "mpi", "--", "sleep", "600"], client) == 130  # type: ignore[arg-type]
         assert "id-mpi-worker-0" not in client.returned  # its command had not ended
     finally:
+        signal.signal(signal.SIGINT, before)
         client.release.set()
     assert capsys.readouterr().err.splitlines() == [
         "ws: the command may still run in the members of mpi it was started in, until it ends",
