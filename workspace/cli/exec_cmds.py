@@ -107,8 +107,7 @@ def exec_cmd(args: argparse.Namespace, client: Client, late: guest_cmds.OptionPa
         # The guest agent runs it on: only our wait for its end is cut.
         ends = f" (its --timeout, {args.timeout} s)" if args.timeout else ""
         print(
-            f"ws: {argv[0]} may still run in {ws.name}, if it was started, until it "
-            f"ends{ends}",
+            f"ws: {argv[0]} may still run in {ws.name}, if it was started, until it ends{ends}",
             file=sys.stderr,
             flush=True,
         )

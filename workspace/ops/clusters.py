@@ -288,7 +288,7 @@ def list_page(
 ) -> tuple[list[ClusterView], str]:
     """(one page of the caller's clusters and their projects', oldest first, the token
     of the next page or "" after the last); page_size 0: all of them. Paged as
-    ListWorkspaces is (ops/queries.py: the same token, after a creation time and id):
+    ListWorkspaces is (ops/pages.py: a token of its own, after a creation time and id):
     a site's terminated clusters went into one message past the gRPC limit."""
     pages.check_size(page_size)
     with env.store.read() as s:
