@@ -70,6 +70,19 @@ def workers(stubs: Stubs) -> list[str]:
     return sorted(m.name for m in c.members if m.role == "worker")
 
 
+def franks_cluster(site: TlsSite) -> tuple[Stubs, Stubs]:
+    """frank, a member of phys, makes cluster el of the admin's public image "pub".
+    Returns the admin's stubs and frank's."""
+    admin = site.stubs
+    admin.import_image("pub")
+    admin.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="pub", public=True))
+    projects = projects_pb2_grpc.ProjectsStub(admin.channel)
+    projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="phys", user="frank"))
+    frank = site.identity("frank")
+    create(frank, "pub")
+    return admin, frank
+
+
 def test_an_admins_cluster_of_another_users_image_grows_as_it_was_made(
     site: TlsSite, tmp_path: Path
 ) -> None:
@@ -149,14 +162,9 @@ def test_an_owner_taken_out_of_the_project_grows_nothing_in_it(site: TlsSite) ->
     """The new members of a project's cluster are charged to the project, as a create in
     it would be: once an admin takes the owner out of it (remove-user), their scale may
     shrink the cluster but not grow it (before, it grew on the project's quota)."""
-    admin = site.stubs
-    admin.import_image("pub")
-    admin.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="pub", public=True))
-    projects = projects_pb2_grpc.ProjectsStub(admin.channel)
-    projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="phys", user="frank"))
-    frank = site.identity("frank")
-    create(frank, "pub")
+    admin, frank = franks_cluster(site)
     scale(frank, 2)
+    projects = projects_pb2_grpc.ProjectsStub(admin.channel)
     projects.RemoveProjectUser(projects_pb2.ProjectUserRequest(project="phys", user="frank"))
     with pytest.raises(grpc.RpcError) as err:
         scale(frank, 3)
@@ -175,13 +183,7 @@ def test_a_queued_grow_of_a_revoked_user_is_withdrawn_when_capacity_comes(
 ) -> None:
     """frank's grow waited for capacity; his certificate was revoked meanwhile, yet the
     service's queue placed its member when capacity came (and charged it to phys)."""
-    admin = site.stubs
-    admin.import_image("pub")
-    admin.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="pub", public=True))
-    projects = projects_pb2_grpc.ProjectsStub(admin.channel)
-    projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="phys", user="frank"))
-    frank = site.identity("frank")
-    create(frank, "pub")
+    admin, frank = franks_cluster(site)
     hog = admin.create(name="hog", image="pub", memory_mib=15950)  # leaves <200 MiB
     grown = frank.clusters.ScaleCluster(
         clusters_pb2.ScaleClusterRequest(id="el", role="worker", count=2, wait_for_capacity_s=600)
