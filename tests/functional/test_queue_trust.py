@@ -66,9 +66,13 @@ def test_a_queued_create_whose_key_was_revoked_fails_unplaced(small: Site) -> No
     hog = site.stubs.create(name="hog", memory_mib=2500)
     job = site.stubs.create(name="job", memory_mib=2500, wait_for_capacity_s=600)
     assert job.state == WS.WORKSPACE_STATE_PENDING
+    ok = site.stubs.create(name="ok", image="tools", memory_mib=1000, wait_for_capacity_s=600)
+    assert queue(site) == ["job", "ok"]
     revoke(site, "img")
     site.stubs.ws.DestroyWorkspace(site.stubs.ref(hog.id))
     got = site.stubs.wait_state(job.id, WS.WORKSPACE_STATE_FAILED)
+    # The one behind it, of an image still trusted, is placed as before.
+    assert site.stubs.wait_state(ok.id, WS.WORKSPACE_STATE_RUNNING).node == "node1"
     # Not placed, so never refused by the node at boot (it was: FAILED on node1, "start
     # failed: image img refused on this node", with node1's memory held for it).
     assert got.node == ""

@@ -58,6 +58,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
     # (the first blocked) and against normal ones (the first normal entry blocked).
     held_all: dict[str, str] | None = None
     held_normal: dict[str, str] | None = None
+    trusted: set[str] = set()  # images the trust policy let launch, judged once a pass
     placed = 0
     for e in waiting:
         with write(env) as u:
@@ -70,7 +71,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                     continue
             now = env.clock()
             why = _asker_problem(u, rows, revoked)
-            untrusted = "" if why or not env.check_trust else _untrusted(env, u, rows)
+            untrusted = "" if why or not env.check_trust else _untrusted(env, u, rows, trusted)
             if why:
                 _refuse(env, u, e, rows, why, Refusal.RIGHTS)
             elif untrusted and e.kind == "cluster" and all(w.grown_by for w in rows):
@@ -167,18 +168,18 @@ def _asker_problem(u: UnitOfWork, rows: list[Workspace], revoked: Set[int]) -> s
     return grow_rights.asker_problem(u.s, asked.project, asked.asked_by, revoked)
 
 
-def _untrusted(env: Env, u: UnitOfWork, rows: list[Workspace]) -> str:
+def _untrusted(env: Env, u: UnitOfWork, rows: list[Workspace], trusted: set[str]) -> str:
     """Why the waiting ``rows`` may no longer be placed for their images under the trust
     policy now ("": they may; ``trust.placement_problem``): one member's image denied
-    denies a cluster's create, all or nothing, as at create."""
-    seen: set[str] = set()
+    denies a cluster's create, all or nothing, as at create. ``trusted``: the images
+    found allowed earlier in the pass (not judged again; those allowed now are added)."""
     for w in rows:
-        if w.image in seen:
+        if w.image in trusted:
             continue
-        seen.add(w.image)
         why = trust.placement_problem(env, u.s, w.image, w.id)
         if why:
             return why
+        trusted.add(w.image)
     return ""
 
 
