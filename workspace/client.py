@@ -630,14 +630,17 @@ class Client(
         networks: Sequence[str] = (),
         image: str = "",
         requirements: Mapping[str, str] | None = None,
+        preemptible: bool = False,
     ) -> str:
-        """The scheduler's input for such a request, as JSON text (for offline replay)."""
+        """The scheduler's input for such a request, as JSON text (for offline replay);
+        ``preemptible``: of the preemptible class."""
         req = admin_pb2.SchedulerInputRequest(
             cpus=cpus,
             memory_mib=memory_mib,
             networks=list(networks),
             image=image,
             requirements=dict(requirements or {}),
+            preemptible=preemptible,
         )
         return self._call(self._admin.GetSchedulerInput, req).json
 

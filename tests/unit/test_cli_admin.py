@@ -255,9 +255,12 @@ def test_admin_schedule_dump(capsys: pytest.CaptureFixture[str]) -> None:
         "networks": ["a", "b"],
         "image": "img",
         "requirements": {"gpu": "1"},
+        "preemptible": False,
     }
     assert _admin(["schedule", "dump"], client) == 0
     assert client.calls[1][1][1]["cpus"] == 0
+    assert _admin(["schedule", "dump", "--preemptible"], client) == 0
+    assert client.calls[2][1][1]["preemptible"] is True
 
 
 SCHEDULER_INPUT: dict[str, Any] = {
@@ -315,6 +318,22 @@ def test_admin_schedule_explain_is_offline(
     assert "DOES NOT FIT" in captured.out and "gpu=1" in captured.out
     assert captured.err.startswith("ws-admin: error: does not fit")
     assert captured.err.count("\n") == 1
+
+    # The node held against preemptible requests only: a normal request may use it, a
+    # preemptible one (the file's "preemptible", or --preemptible) may not.
+    held = SCHEDULER_INPUT | {"held_preemptible": {"n1": "held for p"}}
+    path.write_text(json.dumps(held))
+    assert admin.main(["schedule", "explain", str(path)], connect=_no_client) == 0
+    capsys.readouterr()
+    argv = ["schedule", "explain", str(path), "--preemptible"]
+    assert admin.main(argv, connect=_no_client) == 1
+    assert "n1  rejected  capacity-queue: held for p" in capsys.readouterr().out
+    path.write_text(json.dumps(held | {"preemptible": True}))
+    assert admin.main(["schedule", "explain", str(path)], connect=_no_client) == 1
+    assert ", preemptible)" in capsys.readouterr().out
+    path.write_text(json.dumps(held | {"preemptible": "yes"}))
+    assert admin.main(["schedule", "explain", str(path)], connect=_no_client) == 1
+    assert "input.preemptible: expected bool" in capsys.readouterr().err
 
     path.write_text("{}")
     assert admin.main(["schedule", "explain", str(path)], connect=_no_client) == 1

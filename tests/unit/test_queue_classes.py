@@ -100,8 +100,10 @@ def test_the_oldest_normal_request_behind_a_preemptible_head_holds_for_normal_wo
     assert holds(site) == [("p", ["n1"])]
 
 
-def dump_and_explain(site: Site, tmp: Path, memory_mib: int) -> tuple[dict[str, Any], Explanation]:
-    text = nodes.scheduler_input(site.core.env, "", 1, memory_mib, (), {})
+def dump_and_explain(
+    site: Site, tmp: Path, memory_mib: int, preemptible: bool = False
+) -> tuple[dict[str, Any], Explanation]:
+    text = nodes.scheduler_input(site.core.env, "", 1, memory_mib, (), {}, preemptible)
     path = tmp / "input.json"
     path.write_text(text)
     return json.loads(text), explain_file(path)
@@ -159,3 +161,48 @@ def test_dump_and_explain_show_preempted_workspaces_still_stopping(
         {"node": "n1", "workspaces": 1, "cpus": 1, "memory_mib": 3078}
     ]
     assert site.create(name="u", memory_mib=512).node == "n1"
+
+
+def test_dump_and_explain_of_a_preemptible_request_leave_out_every_held_node(
+    full: Site, tmp_path: Path
+) -> None:
+    """A preemptible head holds n1 against preemptible requests: the normal dump places a
+    request there (a normal create would be), `--preemptible` does not, as a live
+    preemptible create is refused; either way explain is asked, it agrees with it."""
+    site = full
+    gone(site, "c")  # n1: 1018 MiB free, the only node a 900 MiB request fits on
+    site.create(name="p", memory_mib=2000, preemptible=True, wait_for_capacity_s=600)
+    doc, story = dump_and_explain(site, tmp_path, 900, preemptible=True)
+    assert doc["preemptible"] is True
+    assert doc["held"] == {"n1": HELD} and "held_preemptible" not in doc
+    assert story.placement.placements is None and not story.fits
+    verdicts = {v.node: v for v in story.steps[0].verdicts}
+    assert verdicts["n1"].rejections == (("capacity-queue", HELD),)
+    text = story.render_text()
+    assert text.startswith("Placement: does not fit (policy ")
+    assert ", preemptible): member request does not fit" in text.splitlines()[0]
+    assert "a preemptible request preempts nobody" in text
+    assert story.to_dict()["preemptible"] is True
+    # A normal dump explained as preemptible says the same.
+    _, normal = dump_and_explain(site, tmp_path, 900)
+    assert normal.placement.placements is not None
+    again = explain_file(tmp_path / "input.json", preemptible=True)
+    assert again.placement.placements is None and again.held == {"n1": HELD}
+    with pytest.raises(ResourceExhausted, match=f"1 node\\(s\\) {HELD}"):
+        site.create(name="q", memory_mib=900, preemptible=True)
+
+
+def test_a_preemptible_request_is_explained_without_preemption(tmp_path: Path) -> None:
+    """A normal request that fits only by preempting is "placed only by preempting"; a
+    preemptible one preempts nobody: the dump carries no victims, explain says it does
+    not fit (exit 1), as a live preemptible create is refused."""
+    site = build_site(tmp_path, memory_mib=4096)
+    victim = site.create(name="v", memory_mib=3000, preemptible=True)
+    site.report(victim.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    doc, story = dump_and_explain(site, tmp_path, 3000)
+    assert [v["id"] for v in doc["victims"]] == [victim.id] and story.fits
+    doc, story = dump_and_explain(site, tmp_path, 3000, preemptible=True)
+    assert "victims" not in doc and not story.fits
+    assert story.preemption is None
+    with pytest.raises(ResourceExhausted):
+        site.create(name="t", memory_mib=3000, preemptible=True)

@@ -141,6 +141,7 @@ class Commands(common.ClientCommands):
             networks=args.network or [],
             image=args.image or "",
             requirements=requirements,
+            preemptible=args.preemptible,
         )
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
@@ -155,7 +156,7 @@ class Commands(common.ClientCommands):
                 f"schedule explain is not available in this installation ({exc})"
             ) from None
         try:
-            result = explain.explain_file(args.file)
+            result = explain.explain_file(args.file, args.preemptible)
         except errors.WorkspaceError as exc:
             raise type(exc)(f"{args.file}: {exc.message}") from None
         if render.wants_json(args):
@@ -444,6 +445,12 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a node label the request needs (repeatable)",
     )
+    p.add_argument(
+        "--preemptible",
+        action="store_true",
+        help="a preemptible request: kept off every node the capacity queue holds, "
+        "preempting nobody (default: a normal one)",
+    )
     p.set_defaults(func=cmds.schedule_dump)
     p = sched.add_parser(
         "explain",
@@ -454,6 +461,12 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
         "that rejects it, or its weights). Exit status 1 when the request does not fit.",
     )
     p.add_argument("file", metavar="FILE", help='scheduler input JSON ("-" for stdin)')
+    p.add_argument(
+        "--preemptible",
+        action="store_true",
+        help="place the request as a preemptible one (every held node left out; it "
+        "preempts nobody), whatever the file says",
+    )
     p.set_defaults(func=cmds.schedule_explain)
 
     nets = group("network", "networks")

@@ -81,6 +81,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             request.memory_mib,
             list(request.networks),
             dict(request.requirements),
+            request.preemptible,
         )
         return admin_pb2.SchedulerInput(json=text)
 

@@ -110,11 +110,13 @@ def scheduler_input(
     memory_mib: int,
     networks: Sequence[str],
     requirements: Mapping[str, str],
+    preemptible: bool = False,
 ) -> str:
-    """The scheduler's input for a hypothetical normal request, as replayable JSON: the
-    node views, and what keeps their free capacity from it (the nodes the capacity queue
-    holds; workspaces preempted earlier that still hold their claims while they stop) and
-    what preemption could take."""
+    """The scheduler's input for a hypothetical request, normal or ``preemptible``, as
+    replayable JSON: the node views, and what keeps their free capacity from it (the
+    nodes the capacity queue holds; workspaces preempted earlier that still hold their
+    claims while they stop) and, for a normal one, what preemption could take (a
+    preemptible request preempts nobody, and is kept off every held node)."""
     with env.store.read() as s:
         digests: tuple[str, ...] = ()
         if image:
@@ -126,12 +128,10 @@ def scheduler_input(
         names = [n.name for n in nodes]
         victims, _ = preempt.candidates(s, names)
         pending = preempt.in_flight(s, names)
-        # What the capacity queue keeps from a new request of each class (the request
-        # dumped is normal; a preemptible one is kept from these too).
+        # What the capacity queue keeps from a new request of each class.
         held = head_holds(s, env.cfg)
-        held_preemptible = {
-            k: v for k, v in head_holds(s, env.cfg, preemptible=True).items() if k not in held
-        }
+        against_preemptible = head_holds(s, env.cfg, preemptible=True)
+        held_preemptible = {k: v for k, v in against_preemptible.items() if k not in held}
     request = scheduler.Request(
         cpus or 1,
         memory_mib or 512,
@@ -141,6 +141,11 @@ def scheduler_input(
         member="request",
     )
     doc = replay.to_dict(nodes, [request], env.cfg.scheduler, scheduler.Affinity.NONE)
+    if preemptible:
+        doc["preemptible"] = True
+        # Every holder keeps its nodes from a preemptible request (and says so as a live
+        # preemptible create's refusal does).
+        held, held_preemptible, victims = against_preemptible, {}, []
     if victims:  # what preemption could take (explain says what it would do)
         doc["victims"] = victims_to_dicts(victims)
     if pending:  # preempted earlier, still stopping: their claims count until they end

@@ -10,7 +10,11 @@ make it (ops/grow_rights.py); otherwise they are withdrawn, with a site event sa
 A create (a lone workspace's or a cluster's) is placed only while whoever asked for it may
 still make it: their certificate not revoked, still a member of its project (a removed
 member keeps only their *live* workspaces there); otherwise it FAILS, with a site event
-saying why."""
+saying why. Under an ENFORCE trust policy, a waiting request is placed only while its
+image is still trusted (a key revoked, expired or narrowed, a digest revoked, the mode
+turned to ENFORCE while it waited): otherwise a create FAILS (a cluster's whole, one
+member's image is enough) and a grow is withdrawn, with a ``workspace.refused`` event
+(state ``trust``), rather than holding capacity for a boot the node would refuse."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from workspace import callctx
 from workspace.domain.events import Kind, Refusal, SiteEvent
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
-from workspace.ops import grow_rights
+from workspace.ops import grow_rights, trust
 from workspace.ops.admission import (
     HELD,
     HELD_NORMAL,
@@ -54,6 +58,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
     # (the first blocked) and against normal ones (the first normal entry blocked).
     held_all: dict[str, str] | None = None
     held_normal: dict[str, str] | None = None
+    trusted: set[str] = set()  # images the trust policy let launch, judged once a pass
     placed = 0
     for e in waiting:
         with write(env) as u:
@@ -66,8 +71,13 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                     continue
             now = env.clock()
             why = _asker_problem(u, rows, revoked)
+            untrusted = "" if why or not env.check_trust else _untrusted(env, u, rows, trusted)
             if why:
-                _refuse(env, u, e, rows, why)
+                _refuse(env, u, e, rows, why, Refusal.RIGHTS)
+            elif untrusted and e.kind == "cluster" and all(w.grown_by for w in rows):
+                _withdraw_untrusted(env, u, e, rows, untrusted)
+            elif untrusted:
+                _refuse(env, u, e, rows, untrusted, Refusal.TRUST)
             elif e.deadline and now > e.deadline:
                 _fail(rows, now)
                 log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
@@ -144,7 +154,7 @@ def _entitled(
             f"({', '.join(w.name for w in gone)}) withdrawn: {why}"
         )
         withdraw(env, u, c, gone, reason)
-        _rights_refused(env, u, reason, cluster=c.id, subject=gone[0].role)
+        _refusal_event(env, u, reason, cluster=c.id, subject=gone[0].role)
         log.warning("%s", reason)
     return kept
 
@@ -158,17 +168,57 @@ def _asker_problem(u: UnitOfWork, rows: list[Workspace], revoked: Set[int]) -> s
     return grow_rights.asker_problem(u.s, asked.project, asked.asked_by, revoked)
 
 
-def _refuse(env: Env, u: UnitOfWork, e: Entry, rows: list[Workspace], why: str) -> None:
-    """The waiting create ``e`` FAILED, never placed, for ``why`` (its asker's rights),
-    and a ``workspace.refused`` site event (state ``rights``) saying so."""
+def _untrusted(env: Env, u: UnitOfWork, rows: list[Workspace], trusted: set[str]) -> str:
+    """Why the waiting ``rows`` may no longer be placed for their images under the trust
+    policy now ("": they may; ``trust.placement_problem``): one member's image denied
+    denies a cluster's create, all or nothing, as at create. ``trusted``: the images
+    found allowed earlier in the pass (not judged again; those allowed now are added)."""
+    for w in rows:
+        if w.image in trusted:
+            continue
+        why = trust.placement_problem(env, u.s, w.image, w.id)
+        if why:
+            return why
+        trusted.add(w.image)
+    return ""
+
+
+def _withdraw_untrusted(env: Env, u: UnitOfWork, e: Entry, rows: list[Workspace], why: str) -> None:
+    """A cluster grow waiting for capacity whose image the trust policy now denies: its
+    members are withdrawn (``cluster_scale.withdraw``), with a ``workspace.refused``
+    site event (state ``trust``) saying why."""
+    c = u.s.get(Cluster, e.id)
+    if c is None:
+        return
+    reason = (
+        f"grow of cluster {c.name} waiting for capacity "
+        f"({', '.join(w.name for w in rows)}) withdrawn: {why}"
+    )
+    withdraw(env, u, c, rows, reason)
+    _refusal_event(env, u, reason, cluster=c.id, subject=rows[0].role, state=Refusal.TRUST)
+    log.warning("%s", reason)
+
+
+def _refuse(
+    env: Env, u: UnitOfWork, e: Entry, rows: list[Workspace], why: str, state: Refusal
+) -> None:
+    """The waiting create ``e`` FAILED, never placed, for ``why`` (its asker's rights,
+    or its image no longer trusted), and a ``workspace.refused`` site event (``state``
+    ``rights`` or ``trust``) saying so."""
     what = f"cluster {e.name}" if e.kind == "cluster" else f"workspace {e.name}"
     _fail(rows, env.clock(), f"not placed: {why}")
     one, reason = rows[0], f"create of {what} waiting for capacity failed: {why}"
     if e.kind == "cluster":
-        _rights_refused(env, u, reason, cluster=e.id, subject=one.role)
+        _refusal_event(env, u, reason, cluster=e.id, subject=one.role, state=state)
     else:
-        _rights_refused(
-            env, u, reason, workspace_id=one.id, workspace_name=one.name, subject=one.image
+        _refusal_event(
+            env,
+            u,
+            reason,
+            workspace_id=one.id,
+            workspace_name=one.name,
+            subject=one.image,
+            state=state,
         )
     log.warning("create of %s (%s) waiting for capacity failed: %s", what, e.id, why)
 
@@ -207,7 +257,7 @@ def list_queue(env: Env) -> list[QueueEntry]:
     return out
 
 
-def _rights_refused(
+def _refusal_event(
     env: Env,
     u: UnitOfWork,
     reason: str,
@@ -215,16 +265,18 @@ def _rights_refused(
     cluster: str = "",
     workspace_id: str = "",
     workspace_name: str = "",
+    state: Refusal = Refusal.RIGHTS,
 ) -> None:
-    """The ``workspace.refused`` site event (state ``rights``) of a waiting request not
-    placed because its asker may no longer make it."""
+    """The ``workspace.refused`` site event of a waiting request not placed because its
+    asker may no longer make it (state ``rights``), or its image is no longer trusted
+    (``trust``)."""
     journal.add(
         u.s,
         SiteEvent(
             at=env.clock(),
             kind=Kind.WORKSPACE_REFUSED.value,
             who=callctx.current().who,
-            state=Refusal.RIGHTS.value,
+            state=state.value,
             reason=reason,
             subject=subject,
             cluster=cluster,

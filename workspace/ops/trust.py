@@ -287,6 +287,29 @@ def running_verdict(env: Env, s: Session, img: Image, workspace_id: str) -> sign
     return v
 
 
+def placement_problem(env: Env, s: Session, image_name: str, workspace_id: str) -> str:
+    """Why a create waiting for capacity, of image ``image_name``, may no longer be
+    placed under the policy now ("": it may). Its create was judged under the policy of
+    its day; a key revoked, expired or narrowed, a digest revoked or the mode turned to
+    ENFORCE while it waited would otherwise be found by the node's check at boot, after
+    the capacity was held for it. Under WARN nothing is refused (the node audits the
+    boot as it does every launch); a denial is audited (action "place")."""
+    if settings(s).mode != "ENFORCE":
+        return ""
+    img = s.get(Image, image_name)
+    if img is None:  # a live workspace's image cannot be deleted; should it be gone...
+        return f"image {image_name} no longer exists"
+    envs = envelopes(s, img.name)
+    v = _verdict(env, s, img, envs)
+    if v.allowed:
+        return ""
+    _record_surviving(env, s, [_entry(env, img, v, "place", envs, workspace_id)])
+    return (
+        f"image {img.name} is no longer trusted: {v.reason} (the site's trust policy "
+        f"v{v.policy_version} enforces signatures; `ws image verify {img.name}`)"
+    )
+
+
 def _entry(
     env: Env,
     img: Image,

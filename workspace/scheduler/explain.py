@@ -37,7 +37,7 @@ from workspace.scheduler.model import (
     member_label,
 )
 from workspace.scheduler.preempt import Plan, Victim, plan, victims_from
-from workspace.scheduler.replay import from_dict_input, held_from
+from workspace.scheduler.replay import from_dict_input, held_from, preemptible_from
 from workspace.scheduler.snapshot import Context, HostState, Snapshot
 from workspace.scheduler.weighers import scores, weighers_for
 
@@ -119,15 +119,20 @@ class Explanation:
     # Workspaces preempted earlier and still stopping: they hold their claims until gone
     # (their nodes look full); a normal request may be placed there and wait for them.
     pending: tuple[Victim, ...] = ()
+    # The request is of the preemptible class: every held node is left out, and it
+    # preempts nobody (preemption.md, "Who may preempt whom").
+    preemptible: bool = False
 
     @property
     def fits(self) -> bool:
-        """A normal request would be placed: on free capacity, or by preemption."""
+        """The request would be placed: on free capacity, or (a normal one) by preemption."""
         if self.placement.placements is not None:
             return True
         return self.preemption is not None and self.preemption.placement.placements is not None
 
     def preemption_text(self) -> str:
+        if self.preemptible and self.placement.placements is None:
+            return "a preemptible request preempts nobody: it is refused, or waits for capacity"
         if not self.victims_given or self.placement.placements is not None:
             return ""
         if self.preemption is None:
@@ -153,6 +158,8 @@ class Explanation:
 
     def headline(self) -> str:
         setting = f"policy {self.policy}, affinity {self.affinity.name}, {self.node_count} node(s)"
+        if self.preemptible:
+            setting += ", preemptible"
         if self.fits and self.placement.placements is None:
             assert self.preemption is not None
             how = (
@@ -252,6 +259,7 @@ class Explanation:
             "not_tried": list(self.not_tried),
             "held": dict(sorted(self.held.items())),
             "held_preemptible": dict(sorted(self.held_preemptible.items())),
+            "preemptible": self.preemptible,
             "pending": [
                 {"node": node, "workspaces": n, "cpus": cpus, "memory_mib": mib}
                 for node, (n, cpus, mib) in sorted(_pending_by_node(self.pending).items())
@@ -348,13 +356,20 @@ def explain(
     held: Mapping[str, str] | None = None,
     held_preemptible: Mapping[str, str] | None = None,
     pending: Sequence[Victim] = (),
+    preemptible: bool = False,
 ) -> Explanation:
     """The placement of ``requests`` on ``nodes`` and every node's verdict for each request;
     with ``victims`` (preemptible workspaces), what preemption would do if it does not fit.
     ``held``: nodes a new request may not use (left out, as a live create leaves them);
     ``held_preemptible``: shown only; ``pending``: workspaces preempted earlier, still
-    stopping (their capacity counts as free for preemption, as live)."""
+    stopping (their capacity counts as free for preemption, as live). ``preemptible``:
+    the requests are of the preemptible class, placed as a live preemptible create is:
+    ``held_preemptible`` is left out too, and nothing is preempted for them (``pending``
+    is only listed)."""
     held = dict(held or {})
+    if preemptible:
+        held |= {k: v for k, v in (held_preemptible or {}).items() if k not in held}
+        held_preemptible, victims = {}, None
     usable = [n for n in nodes if n.name not in held]
     snapshot = Snapshot(usable, cfg)
     # Held nodes are judged apart (nothing is placed there, so nothing is consumed).
@@ -392,13 +407,13 @@ def explain(
         results[i] = MemberPlacement(host.name, req.cpus, ctx.memory_claim_mib)
     placement = failure or GroupPlacement([results[i] for i in range(len(requests))])
     not_tried = tuple(labels[i] for i in order[len(steps) :]) if failure else ()
-    given = bool(victims or pending)
+    given = bool(victims or pending) and not preemptible
     names = {n.name for n in usable}
     victims = [v for v in victims or () if v.node in names]
     going = [v for v in pending if v.node in names]
     found = (
         plan(usable, victims, requests, cfg, affinity, going)
-        if (victims or going) and failure
+        if (victims or going) and failure and not preemptible
         else None
     )
     return Explanation(
@@ -414,11 +429,13 @@ def explain(
         held=held,
         held_preemptible=dict(held_preemptible or {}),
         pending=tuple(pending),
+        preemptible=preemptible,
     )
 
 
-def explain_file(path: str | Path) -> Explanation:
-    """Replay a file written by ``to_json`` ("-" reads stdin). Raises InvalidArgument, OSError."""
+def explain_file(path: str | Path, preemptible: bool = False) -> Explanation:
+    """Replay a file written by ``to_json`` ("-" reads stdin); ``preemptible``: as a
+    preemptible request, whatever the file says. Raises InvalidArgument, OSError."""
     text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
     try:
         data = json.loads(text)
@@ -434,6 +451,7 @@ def explain_file(path: str | Path) -> Explanation:
         held_from(data, "held"),
         held_from(data, "held_preemptible"),
         victims_from(data, "pending"),
+        preemptible or preemptible_from(data),
     )
 
 
@@ -446,9 +464,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("file", metavar="FILE", help='scheduler input JSON ("-" for stdin)')
     parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--preemptible",
+        action="store_true",
+        help="place the request as a preemptible one (every held node left out; it "
+        "preempts nobody), whatever the file says",
+    )
     args = parser.parse_args(argv)
     try:
-        result = explain_file(args.file)
+        result = explain_file(args.file, args.preemptible)
     except WorkspaceError as exc:
         print(f"{parser.prog}: {args.file}: {exc.message}", file=sys.stderr)
         return 2

@@ -24,7 +24,9 @@ Optional, written by ``ws-admin schedule dump`` (``explain`` reads them): ``vict
 (preemptible workspaces a normal request may preempt), ``pending`` (workspaces preempted
 earlier, still stopping: same form), ``held`` and ``held_preemptible`` (``{node: why}``:
 the nodes the capacity queue's holders keep from a new normal request, and those kept
-only from preemptible ones).
+only from preemptible ones); ``preemptible`` (``true``: the request is of the preemptible
+class, ``ws-admin schedule dump --preemptible``: it may use no held node and preempts
+nobody).
 
 ``requests`` are in the caller's order. A node's ``conditions`` (its agent's, by label:
 ``no-isolation``, ``network-not-ready:NET``) and a request's ``isolated`` (its CLUSTER or
@@ -192,8 +194,16 @@ def _request(obj: Any, where: str) -> Request:
 
 # Optional keys read apart: "victims" and "pending" (preemptible workspaces, and those
 # preempted earlier still stopping: workspace/scheduler/preempt.py ``victims_from``),
-# "held" and "held_preemptible" (``held_from``).
-_EXTRA = {"victims", "pending", "held", "held_preemptible"}
+# "held" and "held_preemptible" (``held_from``), "preemptible" (``preemptible_from``).
+_EXTRA = {"victims", "pending", "held", "held_preemptible", "preemptible"}
+
+
+def preemptible_from(data: Any) -> bool:
+    """Whether a replay input's request is of the preemptible class (False if absent;
+    InvalidArgument if not a boolean)."""
+    if not isinstance(data, dict) or "preemptible" not in data:
+        return False
+    return bool(_get(data, "preemptible", bool, "input"))
 
 
 def held_from(data: Any, key: str) -> dict[str, str]:

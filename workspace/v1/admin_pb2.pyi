@@ -516,9 +516,14 @@ class SchedulerInputRequest(_message.Message):
     NETWORKS_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     cpus: _builtins.int
     memory_mib: _builtins.int
     image: _builtins.str
+    preemptible: _builtins.bool
+    """The request is of the preemptible class: kept off every node the capacity queue
+    holds, and never preempting (the input then has "preemptible": true, no victims).
+    """
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -531,10 +536,11 @@ class SchedulerInputRequest(_message.Message):
         networks: _abc.Iterable[_builtins.str] | None = ...,
         image: _builtins.str = ...,
         requirements: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "image", b"image", "memory_mib", b"memory_mib", "networks", b"networks", "requirements", b"requirements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "image", b"image", "memory_mib", b"memory_mib", "networks", b"networks", "preemptible", b"preemptible", "requirements", b"requirements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
