@@ -2,7 +2,8 @@
 (a real SQLite store, or PostgreSQL through ``pg_server``; the operations, no gRPC):
 many creates, cluster creates and grows at once, from two service processes' stores on
 one PostgreSQL database too, never take a project over its quota; a quota its column
-cannot hold is refused."""
+cannot hold is refused; a create that gave up waiting for capacity cannot be started or
+stopped into a state no node ever leaves."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from tests.conftest import db_name
 from tests.unit.test_request_validation import Site, build_site
 from workspace.config import ServiceConfig, load
 from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
-from workspace.domain.states import State
+from workspace.domain.states import Op, State
 from workspace.domain.tenancy import ProjectSpec, Quota
-from workspace.errors import InvalidArgument, WorkspaceError
+from workspace.errors import FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity, Kind
-from workspace.ops import cluster_scale, clusters, create, projects
+from workspace.ops import cluster_scale, clusters, create, leases, operate, projects, queue
 from workspace.ops.events import Notifier
 from workspace.ops.unit import Env
 from workspace.store import Store, Workspace
@@ -162,3 +163,70 @@ def test_a_quota_its_column_cannot_hold_is_refused(site: Site) -> None:
     with pytest.raises(InvalidArgument, match="preemptible-vcpus"):
         projects.set_defaults(env, "p", None, Quota(preemptible_vcpus=2**31))
     assert projects.list_projects(env)[0].quota == big
+
+
+# -- a create that gave up waiting --------------------------------------------------------
+
+
+def gave_up(site: Site) -> str:
+    """A workspace of project p that waited for capacity in vain: FAILED, no node."""
+    env = site.core.env
+    alice = member("alice")
+    create.create(env, alice, in_p("big", memory_mib=60000))  # most of the node's memory
+    wid = create.create(env, alice, in_p("late", wait_s=60, memory_mib=8192)).id
+    site.clock.now += 120
+    queue.process(env)
+    with site.store.read() as s:
+        ws = s.get(Workspace, wid)
+        assert ws is not None and (ws.state, ws.node) == (State.FAILED.value, "")
+    return wid
+
+
+def test_a_create_that_gave_up_waiting_is_not_started_nor_stopped_into_nowhere(
+    site: Site,
+) -> None:
+    """`ws start` of a workspace whose wait for capacity ran out was accepted: it showed
+    STARTING for ever, on no node (the queue places only requests still waiting), and a
+    `ws stop` left it STOPPING for ever, which a start then refused. Both are refused,
+    saying what to do; a destroy ends it."""
+    env = site.core.env
+    projects.create_project(env, ProjectSpec("p"))
+    wid = gave_up(site)
+    for op in (Op.START, Op.STOP):
+        with pytest.raises(FailedPrecondition, match="never placed on a node"):
+            operate.operate(env, member("alice"), wid, op)
+    row = next(w for w in live_in_p(site) if w.id == wid)
+    assert (row.state, row.node) == (State.FAILED.value, "")
+    operate.operate(env, member("alice"), wid, Op.DESTROY)
+    assert wid not in {w.id for w in live_in_p(site)}
+
+
+def test_a_cluster_that_gave_up_waiting_is_not_started(site: Site) -> None:
+    env = site.core.env
+    projects.create_project(env, ProjectSpec("p"))
+    create.create(env, member("alice"), in_p("big", memory_mib=60000))
+    req = ClusterRequest(
+        "late",
+        (MemberSpec(role="w", image="img", count=2, memory_mib=4096),),
+        wait_for_capacity_s=60,
+    )
+    clusters.create(env, member("alice"), in_project(req))
+    site.clock.now += 120
+    queue.process(env)
+    with pytest.raises(FailedPrecondition, match="never placed on a node"):
+        clusters.operate(env, member("alice"), "late", Op.START)
+    assert {w.state for w in live_in_p(site) if w.cluster} == {State.FAILED.value}
+
+
+def test_the_lease_end_of_a_create_that_gave_up_waiting_destroys_it(site: Site) -> None:
+    """A project whose expiry stops: the lease pass stopped a workspace that waited in
+    vain into STOPPING for ever (no node to confirm it), still counted against the
+    project's quota, and tried nothing more. It never ran: it is destroyed, as one still
+    waiting is."""
+    env = site.core.env
+    projects.create_project(env, ProjectSpec("p", max_lease_s=2 * HOUR))
+    wid = gave_up(site)
+    site.clock.now += 3 * HOUR
+    assert wid in leases.check(env).expired
+    assert wid not in {w.id for w in live_in_p(site)}
+    assert projects.quotas(env, member("alice"))[0].used.instances == 1  # "big" only
