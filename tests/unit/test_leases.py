@@ -397,6 +397,29 @@ def test_an_extend_beyond_the_sites_maximum_is_refused(site: Site) -> None:
     assert row(site, wid).lease_expires_at == site.clock.now + 24 * HOUR
 
 
+def test_a_default_lease_beyond_a_lowered_sites_maximum_is_cut_to_it(site: Site) -> None:
+    """An admin lowers limits.max_lease_s below a project's default lease (8h) and
+    restarts: every `ws create` and `ws cluster create` in the project that asked for no
+    lease was refused ("a lease of 8h is longer than the site's maximum lease of 4h"),
+    though its user asked for none and could do nothing about it. The default is cut to
+    the site's maximum, as it is to the project's; a lease asked for beyond it is still
+    refused."""
+    short = dataclasses.replace(
+        site.core.env, cfg=load(ServiceConfig, None, limits={"max_lease_s": 4 * HOUR})
+    )
+    alice = member("alice", "physics")
+    spec = CreateSpec(image="img", name="a")
+    made = create.create(short, alice, CreateRequest(spec, project="physics"))
+    assert row(site, made.id).lease_expires_at == site.clock.now + 4 * HOUR
+    members = (MemberSpec(role="w", image="img", count=2),)
+    c = clusters.create(short, alice, ClusterRequest("c1", members, project="physics"))
+    ends = {w.lease_expires_at for w in site.workspaces() if w.cluster == c.id}
+    assert ends == {site.clock.now + 4 * HOUR}
+    asked = CreateSpec(image="img", name="b", lease_s=5 * HOUR)
+    with pytest.raises(InvalidArgument, match="the site's maximum lease of 4h"):
+        create.create(short, alice, CreateRequest(asked, project="physics"))
+
+
 def test_a_project_lease_beyond_the_sites_maximum_is_refused(site: Site) -> None:
     for spec in (
         ProjectSpec("p1", max_lease_s=11 * YEAR),

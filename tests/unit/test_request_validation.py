@@ -92,11 +92,14 @@ def build_site(
     memory_mib: int = 8192,
     register: bool = True,
     max_name_len: int | None = None,
+    database_url: str = "",
 ) -> Site:
+    """A site of one node ``n1`` and a public image ``img``; its store on SQLite in
+    ``tmp_path``, or at ``database_url`` (PostgreSQL: ``pg_url``)."""
     cfg = load(ServiceConfig, None, data_dir=str(tmp_path))
     if max_name_len is not None:
         cfg = replace(cfg, limits=replace(cfg.limits, max_name_len=max_name_len))
-    store = Store(f"sqlite:///{tmp_path}/db.sqlite")
+    store = Store(database_url or f"sqlite:///{tmp_path}/db.sqlite")
     clock = Clock()
     env = Env.of(cfg, store, Notifier(), clock=clock)
     core = Core(env)

@@ -61,13 +61,17 @@ def new_lease_end(
     """When a new workspace's lease ends (0 = no lease).
 
     ``requested_s`` 0 takes the project's default; a project with a maximum and no
-    default gives the maximum; longer than the maximum (the project's, or the site's
-    ``site_max_s`` for any lease asked for) is refused."""
+    default gives the maximum; a lease asked for longer than the maximum (the project's,
+    or the site's ``site_max_s`` for any lease) is refused. A default is cut to the
+    maximum: the site's may have been lowered below a project's default since the
+    project was set, and the user asked for no lease to shorten."""
     if requested_s < 0:
         raise InvalidArgument(f"a lease must not be negative, got {requested_s} s")
+    longest, named = _limit(project, max_s, site_max_s)
     if requested_s == 0:
         requested_s = min(default_s, max_s) if default_s and max_s else default_s or max_s
-    longest, named = _limit(project, max_s, site_max_s)
+        if longest:
+            requested_s = min(requested_s, longest)
     if longest and requested_s > longest:
         raise InvalidArgument(f"a lease of {duration_text(requested_s)} is longer than {named}")
     return now + requested_s if requested_s else 0.0

@@ -31,7 +31,7 @@ from workspace.ops.cluster_state import (
     torn_down,
 )
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
-from workspace.ops.lifecycle import resolve_owned, waiting
+from workspace.ops.lifecycle import refuse_never_placed, resolve_owned, waiting
 from workspace.ops.operate import check_lease, check_trust
 from workspace.ops.projects import (
     Scope,
@@ -343,6 +343,7 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             check_not_waiting(c, members, op)
         for m in members:
             try:
+                refuse_never_placed(m, op)
                 if op is Op.START:
                     check_lease(env, m, op)
                 t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)

@@ -167,8 +167,10 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         action = policy(u.s, ws.project).action
         if not _acts_on(ws, action):
             return False
-        waiting = not ws.node and ws.state == State.PENDING.value
-        op = Op.DESTROY if action is LeaseAction.DESTROY or waiting else Op.STOP
+        # Never on a node (still waiting, or given up waiting): it never ran, and a
+        # stop would leave it STOPPING nowhere (lifecycle.refuse_never_placed).
+        unplaced = not ws.node
+        op = Op.DESTROY if action is LeaseAction.DESTROY or unplaced else Op.STOP
         try:
             if not act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at)):
                 return False  # already stopped or being destroyed

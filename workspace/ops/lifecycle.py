@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from workspace import callctx
 from workspace.domain.events import Kind
-from workspace.domain.states import Desired, NodeState, State
+from workspace.domain.states import Desired, NodeState, Op, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity
 from workspace.log import about
@@ -125,6 +125,23 @@ CANCELLED = "destroyed while waiting for capacity"
 def waiting(ws: Workspace) -> bool:
     """PENDING without a node: a create waiting for capacity (never placed)."""
     return not ws.node and ws.state == State.PENDING.value
+
+
+def never_placed(ws: Workspace) -> bool:
+    """No node ever held it and it no longer waits: a create that gave up waiting for
+    capacity, or one refused while it waited (FAILED, ``node`` "")."""
+    return not ws.node and ws.state not in (State.PENDING.value, State.TERMINATED.value)
+
+
+def refuse_never_placed(ws: Workspace, op: Op) -> None:
+    """FAILED_PRECONDITION for ``op`` (a destroy excepted) on a workspace ``never_placed``:
+    no node would act on it, and a start left it STARTING (a stop STOPPING) for ever,
+    nowhere, holding its project's quota."""
+    if op is not Op.DESTROY and never_placed(ws):
+        raise FailedPrecondition(
+            f"cannot {op.value} workspace {ws.name}: it was never placed on a node "
+            f"({ws.reason or ws.state}); destroy it, and create it again"
+        )
 
 
 def node_down(s: Session, name: str) -> bool:

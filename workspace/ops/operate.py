@@ -17,6 +17,7 @@ from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import (
     CANCELLED,
     node_down,
+    refuse_never_placed,
     refuse_while_saving,
     resolve_workspace,
     terminate_unconfirmed,
@@ -66,6 +67,7 @@ def act(
         raise FailedPrecondition(
             f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
         )
+    refuse_never_placed(ws, op)
     t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
     if t is not None and op is Op.START:
         refuse_while_saving(env, ws, "start")

@@ -14,7 +14,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, false, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from workspace.domain.events import Kind as EventKind
@@ -413,10 +423,25 @@ def _spec(s: Session, p: Project) -> ProjectSpec:
     )
 
 
+def most_quota(field: str) -> int:
+    """The largest ``field`` quota its column holds on both engines: a count of instances
+    or vCPUs is an INTEGER column (32 bits on PostgreSQL), the others 64-bit ones."""
+    column = Project.__table__.c[f"quota_{field}"]
+    return 2**63 - 1 if isinstance(column.type, BigInteger) else 2**31 - 1
+
+
 def _check_quota(q: Quota, fields: Iterable[str]) -> None:
     for field in fields:
-        if getattr(q, field) < 0:
+        value = getattr(q, field)
+        if value < 0:
             raise InvalidArgument(f"quota {QUOTA_NAMES[field]} must not be negative")
+        if value > most_quota(field):
+            # PostgreSQL refused it after the checks ("integer out of range"): an
+            # internal error, where SQLite stored it.
+            raise InvalidArgument(
+                f"quota {QUOTA_NAMES[field]} {value} is too large: at most "
+                f"{most_quota(field)} (0: no limit)"
+            )
 
 
 def _check_leases(env: Env, default_s: int, max_s: int) -> None:
