@@ -159,16 +159,16 @@ def channel(address: str, tls: TlsConfig | None = None, node: str = "") -> grpc.
             return grpc.secure_channel(address, creds, options=options)
 
         # A re-issued client certificate is used for the calls that follow (tls_reload).
-        return tls_reload.ReloadingChannel(watch(tls), make)
+        return tls_reload.ReloadingChannel(watch(tls, strict=False), make)
     return grpc.insecure_channel(address, options=_OPTIONS)
 
 
-def watch(tls: TlsConfig) -> tls_reload.TlsWatch:
-    """A watch of the files ``tls`` names; ConfigError when they are missing or cannot
-    be used (naming the file)."""
+def watch(tls: TlsConfig, strict: bool) -> tls_reload.TlsWatch:
+    """A watch of the files ``tls`` names; ConfigError when they are missing, cannot be
+    read, or (``strict``) cannot be used, naming the file."""
     files = tls_files(tls)
     try:
-        return tls_reload.TlsWatch(files.key_file, files.cert_file, files.ca_file)
+        return tls_reload.TlsWatch(files.key_file, files.cert_file, files.ca_file, strict)
     except tls_reload.TlsFileError as exc:
         raise ConfigError(f"tls: {exc}") from None
 
@@ -205,7 +205,7 @@ def bind(srv: grpc.Server, address: str, tls: TlsConfig | None = None) -> int:
     change: each new connection gets the certificate and CA bundle on disk then
     (tls_reload.py; connections already open keep theirs)."""
     if tls is not None and tls.enabled:
-        return srv.add_secure_port(address, tls_reload.server_credentials(watch(tls)))
+        return srv.add_secure_port(address, tls_reload.server_credentials(watch(tls, strict=True)))
     return srv.add_insecure_port(address)
 
 

@@ -89,15 +89,26 @@ def load(key_file: Path, cert_file: Path, ca_file: Path) -> TlsMaterial:
 
 class TlsWatch:
     """The current ``TlsMaterial`` of three files; ``poll`` reads them again when one of
-    them changed. The first read raises TlsFileError (a daemon does not start on files it
-    cannot use); later ones keep the set read before."""
+    them changed, and keeps the set read before when the new one cannot be used.
 
-    def __init__(self, key_file: Path, cert_file: Path, ca_file: Path) -> None:
+    The first read, ``strict`` (a server: a daemon does not start on files it cannot
+    use), raises TlsFileError; otherwise (a channel, made again by an agent each time it
+    reconnects, maybe in the middle of a rotation) it says so in a WARNING and takes
+    the files as they are, as gRPC would (its handshakes then fail), until they change."""
+
+    def __init__(self, key_file: Path, cert_file: Path, ca_file: Path, strict: bool) -> None:
         self.files = (key_file, cert_file, ca_file)
         self._lock = threading.Lock()
         self._seen = self._stamp()
         self._refused: Stamp | None = None
-        self.material = load(*self.files)
+        try:
+            self.material = load(*self.files)
+        except TlsFileError as exc:
+            if strict:
+                raise
+            log.warning("TLS: %s cannot be used (%s)", exc.path, exc)
+            self.material = TlsMaterial(*(_read(f) for f in self.files))
+            self._seen, self._refused = None, self._seen
         # Moves each time another set is read.
         self.generation = 0
 

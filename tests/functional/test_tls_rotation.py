@@ -255,6 +255,31 @@ def test_a_channel_presents_a_reissued_client_certificate(
         ch.close()
 
 
+def test_a_channel_made_in_the_middle_of_a_rotation_waits_for_whole_files(
+    tmp_path: Path, site_pki: SitePki, probe_of: list[Probe], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent makes its channel to the service anew at each reconnect: over files half
+    written at that moment it is still made (its calls fail, the agent tries again, as
+    with any broken connection: its link thread goes on), the file named in a WARNING;
+    once the files are whole its calls carry the new certificate."""
+    probe = start_probe(probe_of, site_pki.service())
+    b = issue(site_pki, Identity(Kind.USER, "alice"), tmp_path / "b")
+    live = tmp_path / "live"
+    put(b, live, ("ca.pem", "cert.pem"))
+    (live / "key.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nhalf")
+    with caplog.at_level(logging.WARNING, logger="workspace.tls"):
+        ch = rpc.channel(f"127.0.0.1:{probe.port}", site_pki.tls(live))
+    try:
+        assert any(str(live / "key.pem") in r.getMessage() for r in caplog.records)
+        with pytest.raises(grpc.RpcError) as failed:
+            who(ch)
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+        put(b, live, ("key.pem",))
+        assert who(ch) == cert_serial(b)
+    finally:
+        ch.close()
+
+
 def test_the_service_and_a_long_lived_client_rotate_without_a_restart(
     tmp_path: Path, site_pki: SitePki
 ) -> None:
