@@ -1,13 +1,14 @@
 """TLS files read again when they change: certificate rotation without a restart.
 
 A site admin re-issues a certificate before it expires (``ws-admin pki issue``) and puts
-the new files where ``[tls]`` names them (docs/design/server-identity.md, "Rotation").
-Every TLS server (``rpc.bind``: the service's ``listen`` and ``node_listen``, an agent's
-``peer_listen``) and every TLS channel (``rpc.channel``: clients, agents, peers) keeps a
-``TlsWatch`` of its three files -- key, certificate, CA bundle -- and uses what is on disk
-now for each *new* connection: a server through gRPC's certificate-configuration
-fetcher (called before each handshake), a channel by making a new gRPC channel for the
-calls that follow. Connections and streams already open keep the pair they started with.
+the new files where ``[tls]`` names them (docs/design/server-identity.md, "Rotation
+without restarts"). Every TLS server (``rpc.bind``: the service's ``listen`` and
+``node_listen``, an agent's ``peer_listen``) and every TLS channel (``rpc.channel``:
+clients, agents, peers) keeps a ``TlsWatch`` of its three files -- key, certificate, CA
+bundle -- and uses what is on disk now for each *new* connection: a server through
+gRPC's certificate-configuration fetcher (called before each handshake), a channel by
+making a new gRPC channel for the calls that follow. Connections and streams already
+open keep the pair they started with.
 
 A change is seen by a ``stat`` of the three files (inode, size, mtime, ctime), so a
 rename into place and a rewrite alike count. Files that do not make a usable set (half
