@@ -170,6 +170,13 @@ class CA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage(extended_key_usage(identity.kind)), critical=False)
+            # Which CA key signed it: TLS libraries pick the issuer among CAs of the same
+            # name (a bundle of the old and the new CA, every one "workspace site CA",
+            # during a CA rotation) by this, not by trying each one.
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,

@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 
-from workspace import failover, identity
+from workspace import failover, identity, tls_reload
 from workspace.config import TlsConfig
 from workspace.errors import ConfigError
 from workspace.rpc_decode import DecodeRequests
@@ -134,13 +134,6 @@ def tls_files(tls: TlsConfig) -> TlsFiles:
     return TlsFiles(Path(ca).expanduser(), Path(cert).expanduser(), Path(key).expanduser())
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"tls: cannot read {path}: {exc.strerror or exc}") from exc
-
-
 def channel(address: str, tls: TlsConfig | None = None, node: str = "") -> grpc.Channel:
     """A client channel to ``address`` with the credentials ``tls`` describes; to a
     comma-separated list of addresses (replicas), one that fails over (failover.py).
@@ -154,18 +147,30 @@ def channel(address: str, tls: TlsConfig | None = None, node: str = "") -> grpc.
             return failover.FailoverChannel(addresses, [channel(a, tls, node) for a in addresses])
         address = addresses[0] if addresses else address
     if tls is not None and tls.enabled:
-        files = tls_files(tls)
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(files.ca_file),
-            private_key=_read(files.key_file),
-            certificate_chain=_read(files.cert_file),
-        )
         options: list[tuple[str, Any]] = [
             *_OPTIONS,
             ("grpc.ssl_target_name_override", expected_name(node)),
         ]
-        return grpc.secure_channel(address, creds, options=options)
+
+        def make(m: tls_reload.TlsMaterial) -> grpc.Channel:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=m.ca, private_key=m.key, certificate_chain=m.cert
+            )
+            return grpc.secure_channel(address, creds, options=options)
+
+        # A re-issued client certificate is used for the calls that follow (tls_reload).
+        return tls_reload.ReloadingChannel(watch(tls, strict=False), make)
     return grpc.insecure_channel(address, options=_OPTIONS)
+
+
+def watch(tls: TlsConfig, strict: bool) -> tls_reload.TlsWatch:
+    """A watch of the files ``tls`` names; ConfigError when they are missing, cannot be
+    read, or (``strict``) cannot be used, naming the file."""
+    files = tls_files(tls)
+    try:
+        return tls_reload.TlsWatch(files.key_file, files.cert_file, files.ca_file, strict)
+    except tls_reload.TlsFileError as exc:
+        raise ConfigError(f"tls: {exc}") from None
 
 
 def expected_name(node: str = "") -> str:
@@ -196,15 +201,11 @@ def bind(srv: grpc.Server, address: str, tls: TlsConfig | None = None) -> int:
     """Bind ``srv`` to ``address``; returns the port (0 for unix sockets).
 
     With ``tls`` the server presents its certificate and requires every client to
-    present one signed by the same CA (mutual TLS)."""
+    present one signed by the same CA (mutual TLS). The files are read again when they
+    change: each new connection gets the certificate and CA bundle on disk then
+    (tls_reload.py; connections already open keep theirs)."""
     if tls is not None and tls.enabled:
-        files = tls_files(tls)
-        creds = grpc.ssl_server_credentials(
-            [(_read(files.key_file), _read(files.cert_file))],
-            root_certificates=_read(files.ca_file),
-            require_client_auth=True,
-        )
-        return srv.add_secure_port(address, creds)
+        return srv.add_secure_port(address, tls_reload.server_credentials(watch(tls, strict=True)))
     return srv.add_insecure_port(address)
 
 
