@@ -153,6 +153,34 @@ def test_the_journal_records_node_changes_in_the_same_transaction(tmp_path: Path
         store.close()
 
 
+def test_the_store_publishes_the_events_of_plain_writes_once(tmp_path: Path) -> None:
+    """A plain write's events (an image import, a save) reach the store's listeners (the
+    service's notifier: metrics, followers); a unit of work's are published by the unit
+    (after commit, in order), not twice; a rollback's not at all."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    heard: list[str] = []
+    store.on_site_events(lambda events: heard.extend(e.kind for e in events))
+    try:
+        with store.write() as s:
+            s.add(Node(name="n1", hypervisor="fake", cpus=4, memory_mib=1024, state="READY"))
+        assert heard == ["node.registered"]
+        with pytest.raises(RuntimeError), store.write() as s:
+            s.add(Node(name="n2", hypervisor="fake", cpus=4, memory_mib=1024, state="READY"))
+            s.flush()
+            raise RuntimeError("rolled back")
+        assert heard == ["node.registered"]
+        with store.write() as s:
+            journal.owner_publishes(s)  # as a unit of work does
+            node = s.get(Node, "n1")
+            assert node is not None
+            node.state = "DRAINING"
+        assert heard == ["node.registered"]
+        with store.read() as s:
+            assert [r.kind for r in s.query(EventRow)] == ["node.registered", "node.state"]
+    finally:
+        store.close()
+
+
 def test_metrics_addresses() -> None:
     assert split_address("127.0.0.1:9464") == ("127.0.0.1", 9464)
     assert split_address("[::1]:0") == ("::1", 0)
