@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,6 +72,43 @@ def test_an_exception_is_one_field_of_the_same_line() -> None:
         r.exc_info = sys.exc_info()
     line = JsonFormatter("s").format(r)
     assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
+
+
+JSON_PROCESS = """
+import logging, threading, warnings
+from workspace import log
+log.setup("INFO", "workspace-service", "json")
+logging.getLogger("sqlalchemy.engine").warning("a library's line")
+warnings.warn("an old call", DeprecationWarning, stacklevel=1)
+t = threading.Thread(target=lambda: 1 / 0, name="queue")
+t.start()
+t.join()
+raise RuntimeError("the end")
+"""
+
+
+def test_with_json_logs_every_line_python_writes_is_json() -> None:
+    """Warnings and uncaught tracebacks (a loop's thread that dies, the main one) were
+    written as Python writes them: lines of text among the JSON ones."""
+    r = subprocess.run(
+        [sys.executable, "-W", "always", "-c", JSON_PROCESS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert r.returncode == 1
+    lines = [json.loads(x) for x in r.stderr.splitlines()]  # each line is JSON
+    assert [x["logger"] for x in lines] == [
+        "sqlalchemy.engine",
+        "py.warnings",
+        "workspace.uncaught",
+        "workspace.uncaught",
+    ]
+    assert "an old call" in lines[1]["message"]
+    assert lines[2]["message"].startswith("uncaught exception in thread queue: ZeroDivisionError")
+    assert "ZeroDivisionError" in lines[2]["exception"]
+    assert lines[3]["level"] == "CRITICAL" and "RuntimeError: the end" in lines[3]["exception"]
 
 
 def test_log_format_is_checked() -> None:
