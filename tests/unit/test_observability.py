@@ -9,7 +9,9 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -27,6 +29,8 @@ from workspace.errors import (
 from workspace.log import JsonFormatter, Throttle
 from workspace.metrics_http import split_address
 from workspace.ops.refusals import refusal_of
+from workspace.ops.unit import Env
+from workspace.service.metrics import ServiceMetrics
 from workspace.store import EventRow, Node, Store, journal
 
 
@@ -218,6 +222,22 @@ def test_the_store_publishes_the_events_of_plain_writes_once(tmp_path: Path) -> 
             assert [r.kind for r in s.query(EventRow)] == ["node.registered", "node.state"]
     finally:
         store.close()
+
+
+def test_an_rpc_of_minutes_is_not_read_as_ten_seconds() -> None:
+    """An Exec (or an upload, a save) that took two minutes falls in a finite bucket of
+    the RPC histogram, so the dashboard's quantiles show minutes: with buckets up to 10 s
+    it fell in +Inf only, and histogram_quantile read it as 10 s."""
+    metrics = ServiceMetrics(cast(Env, None))  # the store is read at scrape time only
+    metrics.rpc._done("workspace.v1.Workspaces", "Exec", "OK", time.perf_counter() - 120)
+    buckets = {
+        float(s.labels["le"]): s.value
+        for fam in metrics.rpc_seconds.collect()
+        for s in fam.samples
+        if s.name.endswith("_bucket") and s.labels["method"] == "Exec"
+    }
+    holding = [le for le, count in buckets.items() if count == 1 and le != float("inf")]
+    assert holding and 120 <= min(holding) <= 600, buckets
 
 
 def test_metrics_addresses() -> None:

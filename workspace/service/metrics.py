@@ -33,7 +33,13 @@ from workspace.ops.unit import Env
 
 log = logging.getLogger("workspace.service.metrics")
 
-RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Most RPCs answer in milliseconds; some take minutes (Exec runs a command in the guest,
+# UploadBlob and ImportImage move an image, SaveImage and PutBlob a saved disk): above 10 s
+# their quantiles would all read 10 s (histogram_quantile stops at the last finite bucket).
+RPC_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    30, 60, 300, 900, 3600,
+)  # fmt: skip
 START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 WAIT_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400, 604800)
 MIB = 1024 * 1024
