@@ -79,11 +79,26 @@ def test_an_exception_is_one_field_of_the_same_line() -> None:
 
 
 JSON_PROCESS = """
-import logging, threading, warnings
+import logging, threading, urllib.error, urllib.request, warnings
+from prometheus_client import CollectorRegistry
 from workspace import log
-log.setup("INFO", "workspace-service", "json")
+from workspace.metrics_http import serve
+log.setup("INFO", "workspace-agent", "json")
 logging.getLogger("sqlalchemy.engine").warning("a library's line")
 warnings.warn("an old call", DeprecationWarning, stacklevel=1)
+class Broken:
+    def describe(self):
+        return []
+    def collect(self):
+        raise OSError("the cache directory is gone")
+registry = CollectorRegistry()
+registry.register(Broken())
+metrics = serve(registry, "127.0.0.1:0", "workspace-agent")
+try:
+    urllib.request.urlopen(metrics.url, timeout=10)
+except urllib.error.HTTPError as exc:
+    assert exc.code == 500
+metrics.close()
 t = threading.Thread(target=lambda: 1 / 0, name="queue")
 t.start()
 t.join()
@@ -92,8 +107,9 @@ raise RuntimeError("the end")
 
 
 def test_with_json_logs_every_line_python_writes_is_json() -> None:
-    """Warnings and uncaught tracebacks (a loop's thread that dies, the main one) were
-    written as Python writes them: lines of text among the JSON ones."""
+    """Warnings, uncaught tracebacks (a loop's thread that dies, the main one) and a
+    failed scrape of /metrics (wsgiref's traceback) were written as Python writes them:
+    lines of text among the JSON ones."""
     r = subprocess.run(
         [sys.executable, "-W", "always", "-c", JSON_PROCESS],
         capture_output=True,
@@ -106,13 +122,16 @@ def test_with_json_logs_every_line_python_writes_is_json() -> None:
     assert [x["logger"] for x in lines] == [
         "sqlalchemy.engine",
         "py.warnings",
+        "workspace.metrics",  # serving on ...
+        "workspace.metrics",
         "workspace.uncaught",
         "workspace.uncaught",
     ]
     assert "an old call" in lines[1]["message"]
-    assert lines[2]["message"].startswith("uncaught exception in thread queue: ZeroDivisionError")
-    assert "ZeroDivisionError" in lines[2]["exception"]
-    assert lines[3]["level"] == "CRITICAL" and "RuntimeError: the end" in lines[3]["exception"]
+    assert lines[3]["level"] == "ERROR" and "the cache directory is gone" in lines[3]["message"]
+    assert lines[4]["message"].startswith("uncaught exception in thread queue: ZeroDivisionError")
+    assert "ZeroDivisionError" in lines[4]["exception"]
+    assert lines[5]["level"] == "CRITICAL" and "RuntimeError: the end" in lines[5]["exception"]
 
 
 def test_log_format_is_checked() -> None:
