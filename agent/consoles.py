@@ -26,6 +26,7 @@ from typing import Protocol
 
 from agent.disks import WorkspaceFiles
 from workspace.errors import Unavailable
+from workspace.log import about
 
 log = logging.getLogger("agent")
 
@@ -81,7 +82,7 @@ class Consoles:
                 except Unavailable:
                     self._cursors.pop(wid, None)
                 except Exception:
-                    log.exception("console push for %s failed", wid)
+                    log.exception("console push for %s failed", wid, extra=about(wid))
 
     def push(self, workspace_id: str) -> None:
         """Send what the service does not have yet of one workspace's console log (a

@@ -40,6 +40,7 @@ from workspace import callctx
 from workspace.domain.model import NodeCondition, Observation, Order
 from workspace.domain.states import Desired, Observed
 from workspace.errors import DriverError, WorkspaceError
+from workspace.log import about
 
 log = logging.getLogger("agent")
 # What a workspace busy waiting for its guest (a stop, a reboot) gets at once, not after
@@ -362,7 +363,11 @@ class Executor:
                     continue
             if self.status.clear_failed(wid):
                 self._failures.forget(wid)
-                log.info("workspace %s: what had failed is no longer asked; cleared", wid)
+                log.info(
+                    "workspace %s: what had failed is no longer asked; cleared",
+                    wid,
+                    extra=about(wid),
+                )
                 self.pool.submit(self.report, [wid])
 
     def _io_wait(self, wid: str) -> bool:
@@ -396,7 +401,9 @@ class Executor:
         for wid in sorted(gone):
             self._io_paused.forget(wid)
             if self.status.drop_note_if(wid, self._io_note()):
-                log.info("workspace %s: no longer paused by a failed disk write", wid)
+                log.info(
+                    "workspace %s: no longer paused by a failed disk write", wid, extra=about(wid)
+                )
                 self.pool.submit(self.report, [wid])
 
     def _check_conditions(self) -> None:
@@ -443,11 +450,17 @@ class Executor:
             if wid in self._unplugged:
                 return
             self._unplugged.add(wid)
-        log.info("workspace %s: forced stop while the guest was waited for; powering off", wid)
+        log.info(
+            "workspace %s: forced stop while the guest was waited for; powering off",
+            wid,
+            extra=about(wid),
+        )
         try:
             self.driver.destroy(wid)
         except DriverError as exc:
-            log.warning("workspace %s: forced power-off failed: %s", wid, exc.message)
+            log.warning(
+                "workspace %s: forced power-off failed: %s", wid, exc.message, extra=about(wid)
+            )
 
     def _network_broken(self, order: Order | None, broken: Mapping[str, str]) -> bool:
         """True (and the workspace reported FAILED, saying why) if ``order`` has a NIC on
@@ -516,7 +529,7 @@ class Executor:
             found, done = f"domain had disappeared at {when} (not by us)", "recreated"
         else:
             return ""
-        log.warning("workspace %s: %s; repairing", wid, found)
+        log.warning("workspace %s: %s; repairing", wid, found, extra=about(wid))
         return f"{found}; {done}"
 
     # -- operations --------------------------------------------------------------------

@@ -16,6 +16,7 @@ from agent.audit import AuditSpool
 from images import signing
 from workspace.domain.model import Order
 from workspace.errors import PermissionDenied
+from workspace.log import about
 
 log = logging.getLogger("agent")
 
@@ -84,6 +85,7 @@ class TrustGate:
             order.workspace_id,
             order.image,
             verdict.reason,
+            extra=about(order.workspace_id),
         )
         return verdict.word
 

@@ -29,6 +29,7 @@ from images import qemu_img
 from workspace.domain.tasks import SavedPartition, SaveOutcome, SaveTask
 from workspace.errors import DriverError, FailedPrecondition, NotFound, Unavailable
 from workspace.files import private_fd
+from workspace.log import about
 
 log = logging.getLogger("agent.save")
 
@@ -77,7 +78,9 @@ class Saver:
             busy = self._busy.setdefault(workspace_id, threading.Lock())
         if not busy.acquire(blocking=False):
             log.info(
-                "saving %s: waiting for an earlier save of it to end on this node", workspace_id
+                "saving %s: waiting for an earlier save of it to end on this node",
+                workspace_id,
+                extra=about(workspace_id),
             )
             if not busy.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 raise DriverError(
@@ -135,6 +138,7 @@ class Saver:
                     digest,
                     size,
                     time.monotonic() - started,
+                    extra=about(workspace_id),
                 )
                 sent.append(SavedPartition(name, digest, size))
             except qemu_img.QemuImgError as exc:

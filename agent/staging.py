@@ -25,6 +25,7 @@ from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.gate import TrustGate
 from workspace.domain.model import BlobSources, CacheRecord, Disk, NodeOrders, Order
 from workspace.errors import ImageError, Unavailable, WorkspaceError
+from workspace.log import about
 
 log = logging.getLogger("agent")
 
@@ -120,7 +121,12 @@ class Staging:
                 paths[digest] = self.cache.ensure(digest, self.sources(peers), size)
             except BlobCorrupted as exc:
                 self.gate.audit_blob(order, digest, False, exc.message)
-                log.error("workspace %s refused: %s", order.workspace_id, exc.message)
+                log.error(
+                    "workspace %s refused: %s",
+                    order.workspace_id,
+                    exc.message,
+                    extra=about(order.workspace_id),
+                )
                 raise ImageError(
                     f"image {order.image or '?'}: {exc.message}; refused, nothing was booted"
                 ) from exc

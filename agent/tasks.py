@@ -50,6 +50,7 @@ from workspace.domain.tasks import (
     error_of,
 )
 from workspace.errors import WorkspaceError
+from workspace.log import about
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 log = logging.getLogger("agent.tasks")
@@ -375,7 +376,12 @@ class Tasks:
             try:
                 session.write(data)
             except WorkspaceError as exc:
-                log.info("console of %s: %s", self._label(console.workspace_id), exc.message)
+                log.info(
+                    "console of %s: %s",
+                    self._label(console.workspace_id),
+                    exc.message,
+                    extra=about(console.workspace_id),
+                )
                 session.close()
                 return
 
@@ -394,7 +400,12 @@ class Tasks:
         with self._lock:
             consoles = list(self._consoles.values())
         for c in consoles:
-            log.info("closing the console of %s: %s", self._label(c.workspace_id), why)
+            log.info(
+                "closing the console of %s: %s",
+                self._label(c.workspace_id),
+                why,
+                extra=about(c.workspace_id),
+            )
             c.close()
 
 

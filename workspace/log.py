@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +59,8 @@ class JsonFormatter(logging.Formatter):
             out["caller"] = ctx.who
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, ensure_ascii=False)
 
 
@@ -104,3 +107,35 @@ def setup(level: str = "INFO", name: str = "workspace", fmt: str = "text", **ids
             )
         )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    if fmt == "json":
+        # What Python itself writes to stderr goes through the handler too, so that every
+        # line is JSON: warnings (DeprecationWarning of a library, ...) and the tracebacks
+        # of exceptions no one caught, in a thread or in the main one.
+        logging.captureWarnings(True)
+        sys.excepthook = _uncaught
+        threading.excepthook = _uncaught_in_thread
+
+
+_crash = logging.getLogger("workspace.uncaught")
+
+
+def _uncaught(
+    kind: type[BaseException], exc: BaseException, tb: types.TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    _crash.critical("uncaught exception: %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if issubclass(args.exc_type, SystemExit):
+        return  # as threading's own hook: a thread's SystemExit is its quiet end
+    name = args.thread.name if args.thread is not None else "?"
+    _crash.error(
+        "uncaught exception in thread %s: %s: %s",
+        name,
+        args.exc_type.__name__,
+        args.exc_value,
+        exc_info=args.exc_value or (None, None, None),
+    )

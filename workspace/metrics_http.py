@@ -1,14 +1,21 @@
 """Serving a Prometheus registry on its own address (``metrics_listen``), for the service
-and the agent: prometheus-client's HTTP server on a thread of its own, bound exactly to
-the configured host and port (port 0: any free one)."""
+and the agent: prometheus-client's WSGI app on a threading server of its own, bound
+exactly to the configured host and port (port 0: any free one). What goes wrong serving
+a scrape (a collector that raises) is logged, as one record (a JSON line with
+``log_format = "json"``), not printed to stderr by wsgiref as lines of text."""
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from workspace.errors import ConfigError
 
@@ -43,12 +50,46 @@ class MetricsServer:
         self._thread.join(5)
 
 
+class _LoggedStderr(io.StringIO):
+    """wsgiref's stderr for one request: what it writes (the traceback of a failed
+    scrape) becomes one log record when it flushes."""
+
+    def flush(self) -> None:
+        text = self.getvalue().strip()
+        if text:
+            log.error("a metrics scrape failed: %s", text)
+        self.seek(0)
+        self.truncate()
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line per request."""
+
+    def get_stderr(self) -> Any:
+        return _LoggedStderr()
+
+
+class _Server(ThreadingWSGIServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("a metrics request from %s failed", client_address)
+
+
 def serve(registry: CollectorRegistry, address: str, what: str) -> MetricsServer:
     host, port = split_address(address)
+    server_class = type(
+        "MetricsHTTPServer",
+        (_Server,),
+        {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET},
+    )
     try:
-        httpd, thread = start_http_server(port, addr=host, registry=registry)
+        httpd: _Server = make_server(
+            host, port, make_wsgi_app(registry), server_class, handler_class=_Handler
+        )
     except OSError as exc:
         raise ConfigError(f"metrics_listen: cannot bind {address}: {exc}") from exc
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
+    thread.start()
     server = MetricsServer(host, int(httpd.server_port), httpd, thread)
     log.info("%s metrics on %s", what, server.url)
     return server

@@ -66,6 +66,7 @@ from workspace.config import LibvirtConfig
 from workspace.domain.model import ExecOutcome
 from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError, FailedPrecondition, NotFound
+from workspace.log import about
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +461,12 @@ class LibvirtDriver(Driver):
                 # disks first, which a reset would not let it do.
                 dom.reboot(0)
             except libvirt.libvirtError as exc:
-                log.info("libvirt: workspace %s: no clean reboot (%s)", workspace_id, _message(exc))
+                log.info(
+                    "libvirt: workspace %s: no clean reboot (%s)",
+                    workspace_id,
+                    _message(exc),
+                    extra=about(workspace_id),
+                )
                 return False
             return True
 

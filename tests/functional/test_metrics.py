@@ -62,6 +62,63 @@ def promtool_check(text: str) -> None:
     assert not (r.stdout + r.stderr).strip(), r.stdout + r.stderr  # no lint complaints
 
 
+# Labels Prometheus adds to every series it scrapes, and the one of histogram buckets.
+TARGET_LABELS = {"job", "instance"}
+# A metric selector in PromQL: a name, its label matchers (if any), its range (if any).
+SELECTOR = re.compile(r"\b(workspace_[a-z_]+)(\{[^}]*\})?(\[[^\]]+\])?")
+FUNCTION_CALL = re.compile(r"\b(rate|irate|increase)\(\s*(workspace_[a-z_]+)")
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+def dashboard_exprs() -> list[str]:
+    def panels(node: dict[str, object]) -> Iterator[dict[str, object]]:
+        for p in node.get("panels", []) or []:  # type: ignore[attr-defined]
+            yield p
+            yield from panels(p)
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [str(t["expr"]) for p in panels(dashboard) for t in p.get("targets", [])]  # type: ignore[attr-defined]
+
+
+def check_dashboard(exposition: str) -> None:
+    """Every expression of the Grafana dashboard reads series the service and the agent
+    export: each metric name is a sample's name (with its _total, _bucket, _seconds), each
+    label it matches or groups by is one of that metric's (or one Prometheus adds), rate()
+    and increase() read only counters and histogram buckets, and the gauges every replica
+    exports alike (read from the database) are taken once per replica (max), not summed."""
+    types: dict[str, str] = {}  # sample name -> its family's type
+    labels: dict[str, set[str]] = {}  # sample name -> its labels
+    for fam in text_string_to_metric_families(exposition):
+        for s in fam.samples:
+            types[s.name] = fam.type
+            labels.setdefault(s.name, set()).update(s.labels)
+    exprs = dashboard_exprs()
+    assert exprs
+    for e in exprs:
+        names = [m.group(1) for m in SELECTOR.finditer(e)]
+        assert names, e
+        for m in SELECTOR.finditer(e):
+            name = m.group(1)
+            assert name in types, f"{name} is not exported (in {e})"
+            matched = re.findall(r"([a-z_]+)\s*=~?", m.group(2) or "")
+            unknown = set(matched) - labels[name] - TARGET_LABELS
+            assert not unknown, f"{name} has no label {unknown} (in {e})"
+        for by in GROUPING.findall(e):
+            grouped = {x.strip() for x in by.split(",") if x.strip()}
+            have = set().union(*(labels[n] for n in names)) | TARGET_LABELS
+            assert grouped <= have, f"no label {grouped - have} on {names} (in {e})"
+        for fn, name in FUNCTION_CALL.findall(e):
+            assert types[name] in ("counter", "histogram") and name.endswith(
+                ("_total", "_bucket", "_count", "_sum")
+            ), f"{fn}() over {name}, a {types[name]} (in {e})"
+        # Gauges read from the database are the same on every replica: a panel takes one
+        # replica's value (max), never their sum (two replicas showed twice the workspaces).
+        shared = ("workspace_workspaces", "workspace_nodes", "workspace_queue_", "workspace_node_")
+        for m in re.finditer(r"(max(?: by \([a-z, ]+\))? ?\()?(workspace_[a-z_]+)\{", e):
+            if m.group(2).startswith(shared) and types[m.group(2)] == "gauge":
+                assert m.group(1), f"{m.group(2)} not taken once per replica in {e}"
+
+
 def test_service_and_agent_metrics_pass_promtool_and_count(metered: Site) -> None:
     assert metered.service is not None
     service_url = metered.service.metrics_url
@@ -118,6 +175,15 @@ def test_service_and_agent_metrics_pass_promtool_and_count(metered: Site) -> Non
     assert value(text, "workspace_nodes", state="READY") == 1
     assert value(text, "workspace_queue_depth") == 0
     assert value(text, "workspace_leader") == 1
+    # Every site event counts, also those of a plain store write (the image imported
+    # once the site was up): image.added stayed at 0.
+    assert value(text, "workspace_site_events_total", kind="image.added") == 1
+    assert value(text, "workspace_site_events_total", kind="workspace.created") == 1
+    # The gauges read from the database say they are the site's, for whoever sums replicas.
+    helps = {f.name: f.documentation for f in text_string_to_metric_families(text)}
+    for name in ("workspace_workspaces", "workspace_nodes", "workspace_queue_depth"):
+        assert "every replica exports the same" in helps[name], helps[name]
+    assert "every replica" not in helps["workspace_placements"]
     # the Nodes API is counted too
     assert (
         value(
@@ -145,19 +211,7 @@ def test_service_and_agent_metrics_pass_promtool_and_count(metered: Site) -> Non
     assert value(agent_text, "workspace_agent_blob_transfer_bytes_total", source="peer") == 0
     assert value(agent_text, "workspace_agent_cache_used_bytes") == 65536
 
-    # The Grafana dashboard reads only metrics that exist.
-    exposed = {name for name, _labels in samples(text) | samples(agent_text)}
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = {m for e in exprs for m in re.findall(r"workspace_[a-z_]+", e)}
-    assert used and used <= exposed, used - exposed
-    # Gauges read from the database are the same on every replica: a panel takes one
-    # replica's value (max), never their sum (two replicas showed twice the workspaces).
-    shared = ("workspace_workspaces", "workspace_nodes", "workspace_queue_", "workspace_node_")
-    for e in exprs:
-        for m in re.finditer(r"(max(?: by \([a-z, ]+\))? ?\()?(workspace_[a-z_]+)\{", e):
-            if m.group(2).startswith(shared) and not m.group(2).endswith(("_bucket", "_total")):
-                assert m.group(1), f"{m.group(2)} not taken once per replica in {e}"
+    check_dashboard(text + agent_text)
 
 
 def test_queue_metrics(metered: Site) -> None:

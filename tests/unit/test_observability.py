@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -25,6 +29,8 @@ from workspace.errors import (
 from workspace.log import JsonFormatter, Throttle
 from workspace.metrics_http import split_address
 from workspace.ops.refusals import refusal_of
+from workspace.ops.unit import Env
+from workspace.service.metrics import ServiceMetrics
 from workspace.store import EventRow, Node, Store, journal
 
 
@@ -70,6 +76,62 @@ def test_an_exception_is_one_field_of_the_same_line() -> None:
         r.exc_info = sys.exc_info()
     line = JsonFormatter("s").format(r)
     assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
+
+
+JSON_PROCESS = """
+import logging, threading, urllib.error, urllib.request, warnings
+from prometheus_client import CollectorRegistry
+from workspace import log
+from workspace.metrics_http import serve
+log.setup("INFO", "workspace-agent", "json")
+logging.getLogger("sqlalchemy.engine").warning("a library's line")
+warnings.warn("an old call", DeprecationWarning, stacklevel=1)
+class Broken:
+    def describe(self):
+        return []
+    def collect(self):
+        raise OSError("the cache directory is gone")
+registry = CollectorRegistry()
+registry.register(Broken())
+metrics = serve(registry, "127.0.0.1:0", "workspace-agent")
+try:
+    urllib.request.urlopen(metrics.url, timeout=10)
+except urllib.error.HTTPError as exc:
+    assert exc.code == 500
+metrics.close()
+t = threading.Thread(target=lambda: 1 / 0, name="queue")
+t.start()
+t.join()
+raise RuntimeError("the end")
+"""
+
+
+def test_with_json_logs_every_line_python_writes_is_json() -> None:
+    """Warnings, uncaught tracebacks (a loop's thread that dies, the main one) and a
+    failed scrape of /metrics (wsgiref's traceback) were written as Python writes them:
+    lines of text among the JSON ones."""
+    r = subprocess.run(
+        [sys.executable, "-W", "always", "-c", JSON_PROCESS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert r.returncode == 1
+    lines = [json.loads(x) for x in r.stderr.splitlines()]  # each line is JSON
+    assert [x["logger"] for x in lines] == [
+        "sqlalchemy.engine",
+        "py.warnings",
+        "workspace.metrics",  # serving on ...
+        "workspace.metrics",
+        "workspace.uncaught",
+        "workspace.uncaught",
+    ]
+    assert "an old call" in lines[1]["message"]
+    assert lines[3]["level"] == "ERROR" and "the cache directory is gone" in lines[3]["message"]
+    assert lines[4]["message"].startswith("uncaught exception in thread queue: ZeroDivisionError")
+    assert "ZeroDivisionError" in lines[4]["exception"]
+    assert lines[5]["level"] == "CRITICAL" and "RuntimeError: the end" in lines[5]["exception"]
 
 
 def test_log_format_is_checked() -> None:
@@ -151,6 +213,50 @@ def test_the_journal_records_node_changes_in_the_same_transaction(tmp_path: Path
         assert [e.kind for e in written] == ["node.state"]
     finally:
         store.close()
+
+
+def test_the_store_publishes_the_events_of_plain_writes_once(tmp_path: Path) -> None:
+    """A plain write's events (an image import, a save) reach the store's listeners (the
+    service's notifier: metrics, followers); a unit of work's are published by the unit
+    (after commit, in order), not twice; a rollback's not at all."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    heard: list[str] = []
+    store.on_site_events(lambda events: heard.extend(e.kind for e in events))
+    try:
+        with store.write() as s:
+            s.add(Node(name="n1", hypervisor="fake", cpus=4, memory_mib=1024, state="READY"))
+        assert heard == ["node.registered"]
+        with pytest.raises(RuntimeError), store.write() as s:
+            s.add(Node(name="n2", hypervisor="fake", cpus=4, memory_mib=1024, state="READY"))
+            s.flush()
+            raise RuntimeError("rolled back")
+        assert heard == ["node.registered"]
+        with store.write() as s:
+            journal.owner_publishes(s)  # as a unit of work does
+            node = s.get(Node, "n1")
+            assert node is not None
+            node.state = "DRAINING"
+        assert heard == ["node.registered"]
+        with store.read() as s:
+            assert [r.kind for r in s.query(EventRow)] == ["node.registered", "node.state"]
+    finally:
+        store.close()
+
+
+def test_an_rpc_of_minutes_is_not_read_as_ten_seconds() -> None:
+    """An Exec (or an upload, a save) that took two minutes falls in a finite bucket of
+    the RPC histogram, so the dashboard's quantiles show minutes: with buckets up to 10 s
+    it fell in +Inf only, and histogram_quantile read it as 10 s."""
+    metrics = ServiceMetrics(cast(Env, None))  # the store is read at scrape time only
+    metrics.rpc._done("workspace.v1.Workspaces", "Exec", "OK", time.perf_counter() - 120)
+    buckets = {
+        float(s.labels["le"]): s.value
+        for fam in metrics.rpc_seconds.collect()
+        for s in fam.samples
+        if s.name.endswith("_bucket") and s.labels["method"] == "Exec"
+    }
+    holding = [le for le, count in buckets.items() if count == 1 and le != float("inf")]
+    assert holding and 120 <= min(holding) <= 600, buckets
 
 
 def test_metrics_addresses() -> None:

@@ -18,6 +18,7 @@ from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stream, unary
 from workspace.errors import InvalidArgument, Stopping, WorkspaceError
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.ops import guests
 from workspace.ops.taskhub import CONSOLE_STOPPING, ConsoleLink, TaskHub
 from workspace.ops.unit import Env
@@ -109,6 +110,11 @@ def _keystrokes(
     except InvalidArgument as exc:
         refused.append(exc)
     except WorkspaceError as exc:  # the agent went away: the output side says so
-        log.info("console input for %s stopped: %s", link.workspace_id, exc.message)
+        log.info(
+            "console input for %s stopped: %s",
+            link.workspace_id,
+            exc.message,
+            extra=about(link.workspace_id),
+        )
     finally:
         link.close()

@@ -22,6 +22,7 @@ from workspace.edge.calls import STREAM_POLL_S, stream, unary
 from workspace.errors import InvalidArgument, Unavailable
 from workspace.grants import REFRESH_S
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.ops import consoles, liveness, reports, save
 from workspace.ops.events import DEAF_S
@@ -225,5 +226,6 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
             digest,
             size,
             first.workspace_id,
+            extra=about(first.workspace_id, node),
         )
         return nodes_pb2.PutBlobResponse(digest=digest, size_bytes=size)

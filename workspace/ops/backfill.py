@@ -30,6 +30,7 @@ from workspace.domain.states import Desired, Op, State
 from workspace.domain.tenancy import BACKFILL_OWNER
 from workspace.errors import InvalidArgument, NotFound, WorkspaceError
 from workspace.identity import Identity, Kind
+from workspace.log import about
 from workspace.ops import admin_events, admission, group_commit
 from workspace.ops.create import check_networks, check_spec, create_in, request_hash
 from workspace.ops.image_refs import unknown_image
@@ -269,7 +270,14 @@ class Backfiller:
             return False
         self.seen = None  # it took some
         self.blocked.pop(spec.image, None)
-        log.info("backfill %s: %s (%s) on %s", spec.image, view.name, view.id, view.node)
+        log.info(
+            "backfill %s: %s (%s) on %s",
+            spec.image,
+            view.name,
+            view.id,
+            view.node,
+            extra=about(view.id, view.node),
+        )
         return True
 
     def _capacity(self) -> tuple[object, ...]:

@@ -62,6 +62,7 @@ def record(store: Store, notifier: Notifier, events: list[SiteEvent]) -> None:
     """Write and publish refusal events; never raises (the refusal itself is the answer)."""
     try:
         with store.write() as s:
+            journal.owner_publishes(s)  # published below, also when the store tells none
             for e in events:
                 journal.add(s, e)
         notifier.site_events(events)

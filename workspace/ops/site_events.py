@@ -20,8 +20,8 @@ from workspace.store import EventRow, Workspace
 
 # Events read per query.
 BATCH = 500
-# A follower also looks at the table this often (events written outside a unit of work,
-# e.g. trust decisions kept after a refusal, wake no one).
+# A follower also looks at the table this often (events written by another process
+# without a notice, or by a store without the service's notifier, wake no one).
 POLL_S = 1.0
 
 

@@ -91,8 +91,10 @@ class UnitOfWork:
         self._nodes: set[str] = set()
         self._capacity = False
         self.views: dict[str, WorkspaceView] = {}
-        # The site events this transaction writes (the list grows with each flush).
+        # The site events this transaction writes (the list grows with each flush),
+        # published by ``publish`` (not by the store: in commit order, under the lock).
         self.events: list[SiteEvent] = journal.events_of(s)
+        journal.owner_publishes(s)
 
     def changed(self, *rows: Workspace) -> None:
         for w in rows:

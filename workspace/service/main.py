@@ -109,6 +109,9 @@ class Service:
                 self.sole.release()
             raise
         self.notifier = Notifier()
+        # Events of plain store writes (an image import, a save) are published as a unit
+        # of work's are: counted by the metrics, waking WatchEvents streams.
+        self.store.on_site_events(self.notifier.site_events)
         self.env = Env.of(cfg, self.store, self.notifier, check_trust=True)
         if cfg.tls.enabled:
             # Peers serve a node only the blobs the service grants it (workspace/grants.py).

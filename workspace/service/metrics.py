@@ -33,7 +33,13 @@ from workspace.ops.unit import Env
 
 log = logging.getLogger("workspace.service.metrics")
 
-RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Most RPCs answer in milliseconds; some take minutes (Exec runs a command in the guest,
+# UploadBlob and ImportImage move an image, SaveImage and PutBlob a saved disk): above 10 s
+# their quantiles would all read 10 s (histogram_quantile stops at the last finite bucket).
+RPC_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    30, 60, 300, 900, 3600,
+)  # fmt: skip
 START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 WAIT_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400, 604800)
 MIB = 1024 * 1024
@@ -64,7 +70,7 @@ class ServiceMetrics:
         )
         self.refusals = Counter(
             "workspace_refusals",
-            "Workspaces refused, by reason: capacity, quota, trust",
+            "Workspaces refused, by reason: capacity, quota, trust, rights",
             ["reason"],
             registry=r,
         )
@@ -97,7 +103,7 @@ class ServiceMetrics:
         self.leader.set(1)
         for source in ("request", "queue"):
             self.placements.labels(source)
-        for reason in ("capacity", "quota", "trust"):
+        for reason in ("capacity", "quota", "trust", "rights"):
             self.refusals.labels(reason)
         r.register(SiteCollector(env, clock))
         self.rpc = RpcMetrics(self)
@@ -132,8 +138,13 @@ class ServiceMetrics:
             self.server = None
 
 
+# Said by every gauge read from the database: each replica exports the site's value.
+SITE_WIDE = " (site-wide: every replica exports the same value; aggregate with max, not sum)"
+
+
 class SiteCollector(Collector):
-    """Gauges read from the store at scrape time."""
+    """Gauges read from the store at scrape time: the site's, the same on every replica
+    (their HELP says so, for whoever sums them)."""
 
     def __init__(self, env: Env, clock: Callable[[], float]) -> None:
         self.env = env
@@ -148,34 +159,42 @@ class SiteCollector(Collector):
         except Exception:
             log.exception("cannot read the site's gauges for metrics")
             return
-        ws = GaugeMetricFamily("workspace_workspaces", "Workspaces by state", labels=["state"])
+        ws = GaugeMetricFamily(
+            "workspace_workspaces", "Workspaces by state" + SITE_WIDE, labels=["state"]
+        )
         for st in State:
             ws.add_metric([st.value], g.workspaces.get(st.value, 0))
         yield ws
         yield GaugeMetricFamily(
-            "workspace_queue_depth", "Workspaces waiting for capacity", value=g.queue_depth
+            "workspace_queue_depth",
+            "Workspaces waiting for capacity" + SITE_WIDE,
+            value=g.queue_depth,
         )
         oldest = max(0.0, self.clock() - g.oldest_queued_at) if g.oldest_queued_at else 0.0
         yield GaugeMetricFamily(
             "workspace_queue_oldest_wait_seconds",
-            "How long the oldest workspace waiting for capacity has waited",
+            "How long the oldest workspace waiting for capacity has waited" + SITE_WIDE,
             value=oldest,
         )
-        states = GaugeMetricFamily("workspace_nodes", "Nodes by state", labels=["state"])
+        states = GaugeMetricFamily(
+            "workspace_nodes", "Nodes by state" + SITE_WIDE, labels=["state"]
+        )
         for ns in NodeState:
             states.add_metric([ns.value], sum(1 for n in g.nodes if n.state == ns.value))
         yield states
         fams = {
-            "cpus": GaugeMetricFamily("workspace_node_cpus", "A node's cpus", labels=["node"]),
+            "cpus": GaugeMetricFamily(
+                "workspace_node_cpus", "A node's cpus" + SITE_WIDE, labels=["node"]
+            ),
             "used_cpus": GaugeMetricFamily(
-                "workspace_node_used_cpus", "Cpus claimed on a node", labels=["node"]
+                "workspace_node_used_cpus", "Cpus claimed on a node" + SITE_WIDE, labels=["node"]
             ),
             "memory": GaugeMetricFamily(
-                "workspace_node_memory_bytes", "A node's memory", labels=["node"]
+                "workspace_node_memory_bytes", "A node's memory" + SITE_WIDE, labels=["node"]
             ),
             "used_memory": GaugeMetricFamily(
                 "workspace_node_used_memory_bytes",
-                "Memory claimed on a node (with per-VM overhead)",
+                "Memory claimed on a node (with per-VM overhead)" + SITE_WIDE,
                 labels=["node"],
             ),
         }

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from workspace.domain.events import SiteEvent
 from workspace.errors import InvalidArgument
 from workspace.store import bounds, engines, journal, macs, migrations, orders_gen
 
@@ -100,7 +101,9 @@ class Store:
             migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         event.listen(self._sessions, "before_flush", bounds.check_flush)
-        journal.install(self._sessions)
+        # Told the site events of each commit no unit of work publishes (``on_site_events``).
+        self._event_listeners: list[Callable[[Sequence[SiteEvent]], None]] = []
+        journal.install(self._sessions, self._committed)
         orders_gen.install(self._sessions)
         macs.install(self._sessions)
         event.listen(self._sessions, "after_rollback", _after_rollback)
@@ -110,6 +113,16 @@ class Store:
         # when it last came back (time.time(); 0: never away).
         self._away = False
         self._back_at = 0.0
+
+    def on_site_events(self, listener: Callable[[Sequence[SiteEvent]], None]) -> None:
+        """Call ``listener`` with the site events of each commit of a plain ``write``
+        (a unit of work publishes its own: ops/unit.py); the service passes its notifier's
+        ``site_events``, so that they are counted and wake readers as the others do."""
+        self._event_listeners.append(listener)
+
+    def _committed(self, events: Sequence[SiteEvent]) -> None:
+        for listener in self._event_listeners:
+            listener(events)
 
     @property
     def display_url(self) -> str:

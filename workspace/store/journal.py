@@ -21,8 +21,9 @@ own. Who: the caller of the RPC (workspace/callctx.py), or "system".
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, event, insert, inspect, select
@@ -35,19 +36,46 @@ from workspace.store.models import Audit, Image, Network, Node, Workspace
 from workspace.store.prepared import Prepared
 from workspace.store.site_events import EventRow
 
+log = logging.getLogger("workspace.store.journal")
+
 # session.info keys: the SiteEvents the session's transactions wrote (published after
-# commit), those still to write at commit, the workspaces created in this transaction.
+# commit), those still to write at commit, the workspaces created in this transaction,
+# those the committing transaction wrote, and whether the session's owner publishes them.
 EVENTS = "site_events"
 _PENDING = "site_events_pending"
 _CREATED = "site_events_created"
+_COMMITTING = "site_events_committing"
+_OWNER_PUBLISHES = "site_events_owner_publishes"
 _RUNNING = "RUNNING"
 _INSERT_EVENT = Prepared(insert(cast(Table, EventRow.__table__)))  # built once
 
 
-def install(sessions: sessionmaker[Session]) -> None:
+def install(
+    sessions: sessionmaker[Session], committed: Callable[[Sequence[SiteEvent]], None]
+) -> None:
+    """Journal every session of ``sessions``; ``committed`` is given the events of each
+    committed transaction whose session's owner does not publish them itself (a plain
+    ``Store.write``: an image import, a save, a trust decision kept after a refusal),
+    so that they count and wake readers as a unit of work's do."""
     event.listen(sessions, "before_flush", _before_flush)
     event.listen(sessions, "before_commit", _before_commit)
     event.listen(sessions, "after_rollback", _after_rollback)
+
+    def after_commit(s: Session) -> None:
+        written = s.info.pop(_COMMITTING, None)
+        if written and not s.info.get(_OWNER_PUBLISHES):
+            try:
+                committed(written)
+            except Exception:  # the change is committed: its publication must not undo that
+                log.exception("cannot publish %d site event(s)", len(written))
+
+    event.listen(sessions, "after_commit", after_commit)
+
+
+def owner_publishes(s: Session) -> None:
+    """``s``'s owner publishes the events its transactions write (a unit of work, in
+    commit order under the write lock; a refusal's record), not the store."""
+    s.info[_OWNER_PUBLISHES] = True
 
 
 def events_of(s: Session) -> list[SiteEvent]:
@@ -137,6 +165,7 @@ def _before_commit(s: Session) -> None:
     if out:
         _INSERT_EVENT.write(s.connection(), [row_of(e) for e in out])
         events_of(s).extend(out)
+        s.info.setdefault(_COMMITTING, []).extend(out)
 
 
 def _named(
@@ -154,6 +183,7 @@ def _after_rollback(s: Session) -> None:
         return
     s.info.pop(_PENDING, None)
     s.info.pop(_CREATED, None)
+    s.info.pop(_COMMITTING, None)
 
 
 def _change(obj: Any, attr: str) -> tuple[Any, Any] | None:

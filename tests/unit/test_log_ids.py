@@ -1,0 +1,69 @@
+"""JSON log lines about a workspace carry its id (docs/design/observability.md, "JSON
+logs"): a line whose arguments name a workspace's id passes ``extra=about(id, node)``, so
+that the id is a field of the line wherever it is written from (a loop, a node's call, a
+pool thread), not only words of its message."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
+# Names an id of a workspace goes by in the service and the agent.
+ID_NAMES = {"wid", "workspace_id"}
+ID_OWNERS = {"w", "ws", "row", "view", "src", "order", "link", "first", "console"}
+# Functions run only inside ``callctx.bound(workspace=wid)``: the call context names the
+# workspace of each of their lines (agent/executor.py ``_run_for``, ``_recheck``).
+BOUND = {("agent/executor.py", name) for name in ("_execute", "create", "_recheck_one")}
+
+
+def names_a_workspace_id(node: ast.expr) -> bool:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and sub.id in ID_NAMES:
+            return True
+        if isinstance(sub, ast.Attribute) and sub.attr in ID_NAMES:
+            return True
+        if (
+            isinstance(sub, ast.Attribute)
+            and sub.attr == "id"
+            and isinstance(sub.value, ast.Name)
+            and sub.value.id in ID_OWNERS
+        ):
+            return True
+    return False
+
+
+def lines_without_ids() -> list[str]:
+    out = []
+    # The service's and the agent's modules (the clients log as they print: no JSON).
+    daemons = ("workspace/ops", "workspace/edge", "workspace/service", "workspace/store", "agent")
+    for path in sorted(p for d in daemons for p in ROOT.glob(f"{d}/**/*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        where = str(path.relative_to(ROOT))
+        bound = {
+            id(c)
+            for fn in ast.walk(tree)
+            if isinstance(fn, ast.FunctionDef) and (where, fn.name) in BOUND
+            for c in ast.walk(fn)
+        }
+        for call in ast.walk(tree):
+            if id(call) in bound:
+                continue
+            if not (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr in LEVELS
+                and isinstance(call.func.value, ast.Name)
+                and call.func.value.id == "log"
+            ):
+                continue
+            if call.func.attr == "debug" or not any(names_a_workspace_id(a) for a in call.args[1:]):
+                continue
+            if not any(k.arg == "extra" for k in call.keywords):
+                out.append(f"{where}:{call.lineno}")
+    return out
+
+
+def test_a_log_line_naming_a_workspace_carries_its_id() -> None:
+    assert lines_without_ids() == []
