@@ -91,3 +91,28 @@ def test_two_replicas_holding_the_node_run_it_once() -> None:
     for _ in range(5):
         assert origin.exec("n1", "w1", ExecTask(("true",), stdin=b"1"), 5).stdout == b"111"
     assert a.runs + b.runs == 5
+
+
+def test_an_exec_whose_replica_is_gone_is_not_waited_for() -> None:
+    """The replica running a forwarded exec dies (its registry lock free): the one the
+    exec arrived at fails it with UNAVAILABLE saying so, not after the exec's time limit."""
+    release = threading.Event()
+
+    class Stuck(FakeHub):
+        def exec(
+            self, node: str, workspace_id: str, task: ExecTask, wait_s: float, forward: bool = True
+        ) -> ExecOutcome:
+            release.wait(60)  # its replica died: no answer comes
+            return super().exec(node, workspace_id, task, wait_s, forward)
+
+    bus = Bus()
+    dead: set[str] = set()
+    origin = TaskForwarder(FakeHub(set(), None), FakeRelay(bus, "r0"), dead.__contains__)  # type: ignore[arg-type]
+    holder = TaskForwarder(Stuck({"n1"}, None), FakeRelay(bus, "r1"))  # type: ignore[arg-type]
+    bus.members += [origin, holder]
+    threading.Timer(0.5, lambda: dead.add("r1")).start()
+    try:
+        with pytest.raises(Unavailable, match=r"holding node n1's agent \(r1\) is gone"):
+            origin.exec("n1", "w1", ExecTask(("sleep", "300")), 300)
+    finally:
+        release.set()

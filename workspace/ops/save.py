@@ -13,9 +13,11 @@ mark is cleared when the save ends, whatever the outcome; one older than
 ``limits.save_timeout_s`` (a service that died mid-save) no longer counts, and the
 leader's housekeeping clears it (``clear_lapsed``); a service alone on its store (SQLite)
 clears every mark at its start (``clear_orphaned``: its previous run's saves died with
-it). Each save is in the site events: ``workspace.saving`` when it begins,
-``workspace.saved`` or ``workspace.save_failed`` when it ends (the image itself:
-``image.added``, store/journal.py).
+it); on PostgreSQL each mark names the replica running the save (``saving_by``) and the
+leader clears those of a replica that is gone within seconds (``clear_gone``). Each
+save is in the site events: ``workspace.saving`` when it begins, ``workspace.saved`` or
+``workspace.save_failed`` when it ends (the image itself: ``image.added``,
+store/journal.py).
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ def _mark(env: Env, ident: Identity, ref: str, image: str, project: str) -> _Sou
         partitions = tuple(p for p in bound.partitions if own is None or p.name in own)
         if not partitions and not bound.kernel_digest:
             raise FailedPrecondition(f"workspace {ws.name} has nothing to save")
-        _set_mark(ws, image, env.clock())
+        _set_mark(ws, image, env.clock(), env.replica_id)
         _event(
             s,
             ws,
@@ -218,7 +220,8 @@ def _mark(env: Env, ident: Identity, ref: str, image: str, project: str) -> _Sou
 def _unmark(env: Env, workspace_id: str, image: str, kind: Kind, reason: str) -> None:
     with env.store.write() as s:
         ws = s.get(Workspace, workspace_id)
-        if ws is not None and ws.saving_as == image:
+        # Not a later save's mark (this one's cleared meanwhile, its replica taken for gone).
+        if ws is not None and ws.saving_as == image and ws.saving_by == env.replica_id:
             _set_mark(ws, "", 0.0)
             _event(s, ws, kind, image, reason)
 
@@ -242,8 +245,21 @@ def clear_orphaned(env: Env) -> int:
     Clear them now, each with a ``workspace.save_failed`` event saying the save was lost
     to a restart, rather than keep the workspace from starting or being saved again
     until ``limits.save_timeout_s`` has passed; returns how many. (On PostgreSQL another
-    replica may be running a save: only ``clear_lapsed`` clears a mark there.)"""
+    replica may be running a save: ``clear_gone`` clears the marks of those gone.)"""
     return _clear(env, true(), LOST_TO_RESTART)
+
+
+def lost_with(replica: str) -> str:
+    """Why ``clear_gone`` cleared a save's mark: the replica that ran it is gone."""
+    return f"lost: service replica {replica} that ran the save is gone; save again"
+
+
+def clear_gone(env: Env, gone: dict[str, str]) -> int:
+    """On PostgreSQL: clear the marks of the saves run by replicas that are gone (id ->
+    how to name it; service/registry.py), each with a ``workspace.save_failed`` event, at
+    once rather than after ``limits.save_timeout_s``: their save calls died with them;
+    returns how many."""
+    return sum(_clear(env, Workspace.saving_by == rid, lost_with(d)) for rid, d in gone.items())
 
 
 def _clear(env: Env, which: ColumnElement[bool], reason: str) -> int:
@@ -309,10 +325,12 @@ def _progress(
         )
 
 
-def _set_mark(ws: Workspace, image: str, since: float) -> None:
-    """Mark ``ws`` as being saved as ``image`` since ``since`` ("": not), no progress yet."""
+def _set_mark(ws: Workspace, image: str, since: float, by: str = "") -> None:
+    """Mark ``ws`` as being saved as ``image`` since ``since`` ("": not) by replica ``by``,
+    no progress yet."""
     ws.saving_as = image
     ws.saving_since = since
+    ws.saving_by = by
     ws.saving_disk = ""
     ws.saving_sent = 0
     ws.saving_size = 0

@@ -68,6 +68,9 @@ class Env:
     # Signs the peer grants sent with each node's orders (workspace/grants.py; None
     # without TLS: peers check nothing then).
     grant_signer: GrantSigner | None = field(default=None, compare=False)
+    # This replica's id on PostgreSQL (service/registry.py; "" on SQLite): the saves it
+    # runs are marked with it.
+    replica_id: str = ""
 
     @classmethod
     def of(

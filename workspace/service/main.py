@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +40,8 @@ from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.service import backup, dbwait
 from workspace.service.metrics import ServiceMetrics
-from workspace.service.replicas import Leader, Relay
+from workspace.service.registry import Registry
+from workspace.service.replicas import Leader, Relay, conninfo
 from workspace.service.task_relay import TaskForwarder
 from workspace.stopsignals import StopSignals
 from workspace.store import Store, engines
@@ -119,7 +121,11 @@ class Service:
         # Replicas (service/replicas.py): on PostgreSQL, changes reach the other replicas'
         # streams by NOTIFY, and the background loops run only on the leader.
         postgres = self.store.engine.dialect.name == "postgresql"
-        self.relay = Relay(self.env, self.store.engine) if postgres else None
+        if postgres:  # the saves it runs are marked with its id (service/registry.py)
+            self.env = replace(self.env, replica_id=uuid.uuid4().hex[:12])
+        self.relay = Relay(self.env, self.store.engine, self.env.replica_id) if postgres else None
+        # Which replicas are alive (made in start(), once its addresses are known).
+        self.registry: Registry | None = None
         # When this replica last became the leader (liveness gives the nodes their grace
         # from then: heartbeats lost to an outage it did not see are not held against them).
         self.leading_since = 0.0
@@ -154,7 +160,9 @@ class Service:
         self.clusters = ClustersServicer(self.env)
         self.admin = AdminServicer(self.env)
         # On replicas, an exec for an agent connected to another replica goes through it.
-        self.forwarder = TaskForwarder(self.hub, self.relay) if self.relay else None
+        self.forwarder = (
+            TaskForwarder(self.hub, self.relay, self._replica_gone) if self.relay else None
+        )
         self.nodes = NodesServicer(self.env, self.catalog.catalog, self.hub)
         self.guests = GuestsServicer(self.env, self.hub)
         # Elastic clusters: running members learn changed rosters (on the leader).
@@ -231,6 +239,18 @@ class Service:
         )
         if self.metrics is not None:
             self.metrics_url = self.metrics.serve(self.cfg.metrics_listen).url
+        if self.relay is not None:
+            # Registered before it serves: a save it marks names a replica the others know.
+            self.registry = Registry(
+                conninfo(self.store.engine),
+                self.env.replica_id,
+                _bound(self.cfg.listen, self.port),
+                _bound(self.cfg.node_address, self.node_port),
+                acting=self.leader.acting,
+                on_gone=lambda gone: save.clear_gone(self.env, gone),
+                fence_s=self.cfg.leader_fence_s,
+            )
+            self.registry.start()
         self.node_server.start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -267,6 +287,9 @@ class Service:
                 liveness.check_revocations(self.env, self.auth.revoked())
             except Exception:
                 log.exception("liveness check failed")
+
+    def _replica_gone(self, replica_id: str) -> bool:
+        return self.registry is not None and self.registry.gone(replica_id)
 
     def _leading(self, held: bool) -> None:
         if held:
@@ -375,6 +398,8 @@ class Service:
         self.leader.close()
         if self.relay is not None:
             self.relay.close()
+        if self.registry is not None:
+            self.registry.close()
         self.health.enter_graceful_shutdown()
         deadline = time.monotonic() + grace_s
         self._end_streams(deadline)
@@ -410,6 +435,12 @@ class Service:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+def _bound(address: str, port: int) -> str:
+    """``address`` with the port it was given (``host:0``: any free one) when it ends in 0."""
+    host, sep, asked = address.rpartition(":")
+    return f"{host}:{port}" if sep and asked == "0" and not address.startswith("unix:") else address
 
 
 def _backup_command(cfg: ServiceConfig, command: str, where: Path) -> int:

@@ -67,7 +67,8 @@ def conninfo(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _connect(dsn: str, name: str) -> Any:
+def connect(dsn: str, name: str) -> Any:
+    """A dedicated autocommit connection named ``name`` (pg_stat_activity), with keepalives."""
     import psycopg  # only on PostgreSQL
 
     return psycopg.connect(
@@ -156,7 +157,7 @@ class Relay:
             for fresh in (conn is None or conn.closed, True):
                 try:
                     if conn is None or conn.closed:
-                        conn = _connect(self.dsn, "workspace-service notify")
+                        conn = connect(self.dsn, "workspace-service notify")
                         self._conns.append(conn)
                     for channel, payload in messages[sent:]:
                         conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
@@ -181,7 +182,7 @@ class Relay:
         while not self._stop.is_set():
             conn = None
             try:
-                conn = _connect(self.dsn, "workspace-service listen")
+                conn = connect(self.dsn, "workspace-service listen")
                 self._conns.append(conn)
                 conn.execute(f"LISTEN {CHANNEL}")
                 conn.execute(f"LISTEN {TASKS_CHANNEL}")
@@ -391,7 +392,7 @@ class Leader:
                     # The pid names the replica in pg_stat_activity: a candidate until
                     # it holds the lock, then the leader (the session ends with the lock).
                     name = f"workspace-service candidate {os.getpid()}"
-                    self._conn = _connect(self.dsn, name)
+                    self._conn = connect(self.dsn, name)
                 if not self._held:
                     row = self._conn.execute(
                         "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LEADER_LOCK)

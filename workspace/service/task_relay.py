@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ log = logging.getLogger("workspace.service.tasks")
 ACK_S = 2.0
 # Base64 characters of an answer per notification (under PostgreSQL's 8000 bytes).
 PART_CHARS = 6000
+# How often a replica waiting for an answer asks whether the one running the task is gone.
+GONE_CHECK_S = 1.0
 
 
 @dataclass
@@ -54,6 +57,7 @@ class _Waiting:
     acked: threading.Event = field(default_factory=threading.Event)
     parts: dict[int, str] = field(default_factory=dict)
     answer: Future[Answer] = field(default_factory=Future)
+    holder: str = ""  # the replica running it (the first to acknowledge)
 
 
 def _b64(data: bytes) -> str:
@@ -61,9 +65,14 @@ def _b64(data: bytes) -> str:
 
 
 class TaskForwarder:
-    def __init__(self, hub: TaskHub, relay: Relay) -> None:
+    def __init__(
+        self, hub: TaskHub, relay: Relay, gone: Callable[[str], bool] = lambda _r: False
+    ) -> None:
+        """``gone``: whether a replica is known to be gone (service/registry.py): a task
+        whose holder is gone is not waited for any longer."""
         self.hub = hub
         self.relay = relay
+        self.gone = gone
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}
         # Execs this replica offered to run (acked), waiting for their ``go``.
@@ -122,12 +131,22 @@ class TaskForwarder:
             self.relay.send(TASKS_CHANNEL, payload)
             if not w.acked.wait(ACK_S):
                 raise Unavailable(f"node {node}'s agent is not connected; try again")
-            try:
-                return w.answer.result(timeout=wait_s + ACK_S)
-            except FutureTimeout:
-                raise Unavailable(
-                    f"node {node}'s agent did not answer within {wait_s:g} s; try again"
-                ) from None
+            end = time.monotonic() + wait_s + ACK_S
+            while True:
+                try:
+                    return w.answer.result(
+                        timeout=max(0.0, min(GONE_CHECK_S, end - time.monotonic()))
+                    )
+                except FutureTimeout:
+                    if time.monotonic() >= end:
+                        raise Unavailable(
+                            f"node {node}'s agent did not answer within {wait_s:g} s; try again"
+                        ) from None
+                    if self.gone(w.holder):
+                        raise Unavailable(
+                            f"the service replica holding node {node}'s agent ({w.holder}) "
+                            "is gone; try again"
+                        ) from None
         finally:
             with self._lock:
                 self._waiting.pop(tid, None)
@@ -169,6 +188,7 @@ class TaskForwarder:
             return
         if op == "ack":
             if not w.acked.is_set():
+                w.holder = str(msg.get("by", ""))
                 w.acked.set()
                 self._reply(str(msg.get("by", "")), str(msg["id"]), {"op": "go"})
         elif op == "part":

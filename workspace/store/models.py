@@ -287,6 +287,9 @@ class Workspace(Base):
     saving_sent: Mapped[int] = mapped_column(BigInteger, default=0)
     saving_size: Mapped[int] = mapped_column(BigInteger, default=0)
     saving_copied: Mapped[float] = mapped_column(Float, default=0.0)
+    # The replica running the save (its ``replicas.replica_id``; "" on SQLite and for
+    # marks from before 0027): when that replica is gone the mark is cleared at once.
+    saving_by: Mapped[str] = mapped_column(String(32), default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -510,3 +513,20 @@ class Backfill(Base):
     owner: Mapped[str] = mapped_column(String(255), default="")
     project: Mapped[str] = mapped_column(String(64), default="")
     updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Replica(Base):
+    """A service replica on PostgreSQL (service/registry.py): written when it starts. It
+    is alive while its session holds the advisory lock ``(0x5754, seq)``; a row whose
+    lock is free is a replica that is gone (docs/design/replicas.md)."""
+
+    __tablename__ = "replicas"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    replica_id: Mapped[str] = mapped_column(String(32), unique=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    # Its addresses: for clients (listen) and for agents (node_listen).
+    listen: Mapped[str] = mapped_column(String(255), default="")
+    node_listen: Mapped[str] = mapped_column(String(255), default="")
+    started_at: Mapped[float] = mapped_column(Float, default=0.0)

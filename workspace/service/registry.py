@@ -1,0 +1,234 @@
+"""Which service replicas are alive, on PostgreSQL (docs/design/replicas.md).
+
+Each replica has a row in ``replicas`` (its id, host, pid, addresses, when it started)
+and, on a connection of its own, holds the session-level advisory lock ``(REPLICA_CLASS,
+seq)`` of that row for as long as it lives: the database's own liveness. A process that
+dies, even by kill -9, loses its session and so its lock at once. A replica whose session
+stays open while it does not run (stopped, frozen, cut off without the server noticing)
+is caught by its lease: every ``CHECK_S`` its loop reads the registry on that connection,
+which renews the session's ``query_start``; a replica that finds another's older than
+``fence_s`` ends that session (``pg_terminate_backend``), as a candidate does to a hung
+leader (service/replicas.py).
+
+A row whose lock has been free for ``GONE_S`` (a replica reconnecting after a blip or a
+database restart takes it again within a second or two) is a replica that is gone:
+the leader clears the save marks it left (``on_gone``: ops/save.py ``clear_gone``) and
+deletes the row; the task relay stops waiting for an answer from it
+(``gone``: service/task_relay.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workspace.service.replicas import CHECK_S, FENCE_S, connect
+
+log = logging.getLogger("workspace.service.registry")
+
+# The replicas' locks: (REPLICA_CLASS, seq of the replica's row). The store's are 0x5753.
+REPLICA_CLASS = 0x5754
+# How long a replica's lock must stay free before it is taken for gone.
+GONE_S = 5.0
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """A live replica as the registry shows it."""
+
+    replica_id: str
+    host: str
+    pid: int
+    listen: str
+    node_listen: str
+    started_at: float
+
+    def describe(self) -> str:
+        return f"{self.replica_id} (pid {self.pid} on {self.host or 'an unknown host'})"
+
+
+# Every replica's row, the database session holding its lock (NULL: none) and how long
+# ago that session last renewed its lease (its last statement started).
+_PICTURE = """
+SELECT r.replica_id, r.host, r.pid, r.listen, r.node_listen, r.started_at, l.pid,
+       EXTRACT(EPOCH FROM clock_timestamp() - a.query_start)
+FROM replicas r
+LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.classid = %s
+  AND l.objid::bigint = r.seq AND l.objsubid = 2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+"""
+
+_REGISTER = """
+INSERT INTO replicas (replica_id, host, pid, listen, node_listen, started_at)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (replica_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+  listen = EXCLUDED.listen, node_listen = EXCLUDED.node_listen
+RETURNING seq
+"""
+
+# A gone replica's row, unless its lock was taken again meanwhile.
+_FORGET = """
+DELETE FROM replicas r WHERE r.replica_id = %s AND NOT EXISTS (
+  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+    AND l.classid = %s AND l.objid::bigint = r.seq AND l.objsubid = 2
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+"""
+
+
+class Registry:
+    """This replica's row and lock, and what it knows of the others."""
+
+    def __init__(
+        self,
+        dsn: str,
+        replica_id: str,
+        listen: str,
+        node_listen: str,
+        acting: Callable[[], bool],
+        on_gone: Callable[[dict[str, str]], int],
+        fence_s: float = FENCE_S,
+    ) -> None:
+        """``acting``: whether this replica leads (only the leader clears and forgets the
+        gone); ``on_gone``: clears what the replicas named (id -> description) left."""
+        self.dsn = dsn
+        self.replica_id = replica_id
+        self.me = ReplicaView(
+            replica_id, socket.gethostname(), os.getpid(), listen, node_listen, time.time()
+        )
+        self.acting = acting
+        self.on_gone = on_gone
+        self.fence_s = fence_s
+        self._conn: Any = None
+        self._locked = False
+        self._since = 0.0  # when this replica's current session began (monotonic)
+        self._missing: dict[str, float] = {}  # replica id -> first seen without its lock
+        self._gone: set[str] = set()
+        self._live: list[ReplicaView] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.passes = 0
+
+    def start(self) -> None:
+        """Register now (before this replica serves: a save it marks names a replica the
+        others know), then keep the lock and the picture in a thread of its own."""
+        self.check()
+        threading.Thread(target=self._run, name="registry", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()  # the session ends: the lock is free (stopping is going)
+
+    def live(self) -> list[ReplicaView]:
+        """The replicas alive at the last check (this one first)."""
+        with self._lock:
+            return list(self._live)
+
+    def gone(self, replica_id: str) -> bool:
+        """Whether ``replica_id`` is known to be gone (its lock free for ``GONE_S``, or its
+        row forgotten by the leader)."""
+        with self._lock:
+            return replica_id in self._gone
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECK_S):
+            self.check()
+
+    def check(self) -> None:
+        """One pass: hold this replica's lock, read every replica's, judge them."""
+        try:
+            rows = self._read()
+        except Exception as exc:
+            if not self._stop.is_set():
+                log.warning("the replica registry: %s; trying again", str(exc).strip())
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            return
+        now = time.monotonic()
+        settled = now - self._since >= GONE_S  # this session saw the others come back
+        live: list[ReplicaView] = []
+        gone: dict[str, str] = {}
+        for rid, host, pid, listen, node_listen, started, holder, age in rows:
+            view = ReplicaView(str(rid), str(host), int(pid), listen, node_listen, started)
+            held = holder is not None
+            if held and rid != self.replica_id and age is not None and age >= self.fence_s:
+                self._fence(view, int(holder), float(age))
+                held = False
+            if held:
+                self._missing.pop(view.replica_id, None)
+                live.append(view)
+                continue
+            first = self._missing.setdefault(view.replica_id, now)
+            if settled and now - first >= GONE_S and rid != self.replica_id:
+                gone[view.replica_id] = view.describe()
+        seen = {str(r[0]) for r in rows}
+        with self._lock:
+            # A row that went away was forgotten by the leader: that replica is gone.
+            self._gone |= {v.replica_id for v in self._live} - seen
+            self._gone |= set(gone)
+            self._gone -= {v.replica_id for v in live}
+            live.sort(key=lambda v: (v.replica_id != self.replica_id, v.started_at))
+            self._live = live
+        self.passes += 1
+        if gone and self.acting():
+            self._forget(gone)
+
+    def _read(self) -> list[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn, f"workspace-service replica {self.replica_id}")
+            self._since = time.monotonic()
+            self._locked = False
+            self._missing.clear()
+        conn = self._conn
+        if not self._locked:
+            me = self.me
+            with conn.transaction():
+                (seq,) = conn.execute(
+                    _REGISTER,
+                    (me.replica_id, me.host, me.pid, me.listen, me.node_listen, me.started_at),
+                ).fetchone()
+                # Taken in the row's transaction: no one sees the row without its lock.
+                row = conn.execute(
+                    "SELECT pg_try_advisory_lock(%s, %s)", (REPLICA_CLASS, seq)
+                ).fetchone()
+            self._locked = bool(row and row[0])
+        rows = list(conn.execute(_PICTURE, (REPLICA_CLASS,)).fetchall())
+        if not any(r[0] == self.replica_id and r[6] is not None for r in rows):
+            self._locked = False  # forgotten (taken for gone): register again next pass
+        return rows
+
+    def _fence(self, view: ReplicaView, backend: int, age: float) -> None:
+        log.warning(
+            "replica %s has not renewed its lease for %.1f s (leader_fence_s = %g): ending "
+            "its database session %d; it counts as gone",
+            view.describe(),
+            age,
+            self.fence_s,
+            backend,
+        )
+        try:
+            self._conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        except Exception as exc:  # another role's session: a superuser must end it
+            log.error("cannot end replica %s's session %d: %s", view.replica_id, backend, exc)
+
+    def _forget(self, gone: dict[str, str]) -> None:
+        """Clear what the gone replicas left, then their rows (unless one came back)."""
+        try:
+            self.on_gone(gone)
+            for rid in gone:
+                self._conn.execute(_FORGET, (rid, REPLICA_CLASS))
+                self._missing.pop(rid, None)
+        except Exception:
+            log.exception("clearing what gone replicas left failed")
