@@ -8,8 +8,9 @@ docs/design/network-policy.md for the why; in short:
 * ``table bridge ws_guard`` (hooks forward/input/output, priority -200) sees every frame
   a VM's tap sends or receives. Per NIC a chain ``from_<tap>`` lets through only frames
   with the NIC's MAC, ARP with its MAC and IP (or 0.0.0.0, probes), IPv4 from its IP (or
-  a DHCP discover from 0.0.0.0), no DHCP server replies; everything else (IPv6, VLAN-
-  tagged frames, other ethertypes) is dropped. A NIC with CLUSTER or OUTBOUND
+  a DHCP discover from 0.0.0.0), DHCP client messages for its own MAC only (chaddr), no
+  DHCP server replies; everything else (IPv6, VLAN-tagged frames, other ethertypes) is
+  dropped. A NIC with CLUSTER or OUTBOUND
   connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``) and a
   chain ``to_<tap>`` that delivers it only IPv4 for its own address (and DHCP replies)
   and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local
@@ -194,6 +195,13 @@ def _from_chain(nic: NicRule, mark: int) -> list[str]:
         f"ether type arp arp saddr ip != {_set(sorted({'0.0.0.0', nic.ip}))} drop",
         "ether type arp return",
         "ether type ip udp sport 67 drop",
+        # DHCP names its client by the BOOTP chaddr, not by the frame's source: a VM may
+        # speak for its own MAC only (a DHCPDECLINE naming another VM's MAC disabled that
+        # VM's address in dnsmasq for ten minutes). chaddr is 36 bytes into the UDP
+        # header, so a first fragment could leave it to a later one that carries no UDP
+        # header: DHCP is never fragmented, so a fragmented one is dropped.
+        "ether type ip udp dport 67 ip frag-off & 0x3fff != 0 drop",
+        f"ether type ip udp dport 67 @th,288,48 != 0x{nic.mac.replace(':', '')} drop",
         "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return",
         f"ether type ip ip saddr != {nic.ip} drop",
         "ether type ip return",

@@ -1,0 +1,184 @@
+"""What a VM can do to the node's DHCP server and to its neighbours' leases, with the real
+dnsmasq and the real nftables ruleset of ``BridgeNetworking`` in network namespaces.
+
+Each "VM" is a namespace plugged into the node's bridge by a veth pair whose host end
+has the workspace's tap name, so the filter rules apply to it as to a real VM's tap.
+Frames are forged with raw sockets (AF_PACKET) inside the VM's namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agent.net.node import BridgeNetworking
+from agent.virt.base import tap_name
+from workspace.config import AgentConfig, NodeNetworkConfig
+from workspace.domain.model import Nic, Order
+from workspace.domain.states import Desired
+
+pytestmark = pytest.mark.host
+
+SUBNET, GW, PREFIX = "10.216.0.0/24", "10.216.0.1", 24
+BRIDGE = "wsn8br0"
+_ids = itertools.count(1)
+
+
+def ns_name(role: str) -> str:
+    return f"wsn8-{os.getpid() % 100000}-{next(_ids)}-{role}"
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+
+
+def in_ns(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, *argv, check=False)
+
+
+@dataclass
+class Vm:
+    netns: str
+    ip: str
+    mac: str
+
+
+@dataclass
+class Node:
+    netns: str
+    state: Path
+    net: BridgeNetworking
+    orders: dict[str, Order] = field(default_factory=dict)
+    vms: list[Vm] = field(default_factory=list)
+
+    def sync(self) -> None:
+        assert self.net.sync(sorted(self.orders.values(), key=lambda o: o.workspace_id)) == {}
+
+    def add_vm(self, wid: str, ip_addr: str) -> Vm:
+        mac = f"52:54:00:d5:00:{int(ip_addr.rsplit('.', 1)[1]):02x}"
+        nic = Nic("default", ip_addr, mac, PREFIX, GW, BRIDGE, SUBNET)
+        self.orders[wid] = Order(wid, wid, wid, Desired.RUNNING, 1, 512, "img", (), (nic,))
+        self.sync()
+        vm_ns = ns_name("vm")
+        sh("ip", "netns", "add", vm_ns)
+        vm = Vm(vm_ns, ip_addr, mac)
+        self.vms.append(vm)
+        tap = tap_name(wid, 0)
+        sh("ip", "-n", self.netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0",
+           "netns", vm_ns)  # fmt: skip
+        sh("ip", "-n", self.netns, "link", "set", tap, "master", BRIDGE, "up")
+        sh("ip", "-n", vm_ns, "link", "set", "lo", "up")
+        sh("ip", "-n", vm_ns, "link", "set", "eth0", "address", mac, "up")
+        return vm
+
+    def lease(self, vm: Vm) -> str:
+        """What the VM's DHCP client is given (busybox udhcpc): "ip=... " or ""."""
+        script = self.state / "lease.sh"
+        udhcpc = f"busybox udhcpc -i eth0 -s {script} -q -n -t 3 -T 1"
+        out = in_ns(vm.netns, *udhcpc.split()).stdout
+        return next((line[6:] for line in out.splitlines() if line.startswith("BOUND ")), "")
+
+
+LEASE_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] && echo "BOUND ip=$ip"
+exit 0
+"""
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    state = Path(tempfile.mkdtemp(prefix="wsn8-", dir="/var/tmp"))
+    state.chmod(0o755)  # dnsmasq (as nobody) reads its hosts file below it
+    (state / "lease.sh").write_text(LEASE_SCRIPT)
+    (state / "lease.sh").chmod(0o755)
+    netns = ns_name("node")
+    sh("ip", "netns", "add", netns)
+    sh("ip", "-n", netns, "link", "set", "lo", "up")
+    cfg = AgentConfig(
+        node="n1",
+        state_dir=str(state / "agent"),
+        networks=[NodeNetworkConfig(name="default", dhcp=True)],
+    )
+    n = Node(netns, state, BridgeNetworking(cfg, netns=netns))
+    try:
+        yield n
+    finally:
+        for server in n.net.servers.values():
+            server.stop()
+        for ns in [vm.netns for vm in n.vms] + [netns]:
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def dhcp_message(kind: int, chaddr: str, options: bytes = b"") -> bytes:
+    """A BOOTP request (UDP payload) of DHCP message type ``kind`` for ``chaddr``."""
+    bootp = struct.pack("!BBBBIHH4s4s4s4s", 1, 1, 6, 0, 0x5753D5, 0, 0x8000, *[bytes(4)] * 4)
+    bootp += _mac(chaddr).ljust(16, b"\0") + bytes(64 + 128) + bytes.fromhex("63825363")
+    bootp += bytes((53, 1, kind)) + options + b"\xff"
+    return bootp.ljust(300, b"\0")
+
+
+def frames(vm: Vm, payload: bytes, fragment: bool) -> list[bytes]:
+    """Ethernet frames of a UDP datagram 0.0.0.0:68 -> 255.255.255.255:67 (as a DHCP
+    client sends before it has an address); ``fragment``: from the VM's own address to
+    the server's, in two IPv4 fragments, the first holding the UDP header and 16 bytes
+    of the payload, chaddr in the second."""
+    src, dst = (vm.ip, GW) if fragment else ("0.0.0.0", "255.255.255.255")
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(payload), 0) + payload
+    parts = [(0, udp[:24], True), (3, udp[24:], False)] if fragment else [(0, udp, False)]
+    out = []
+    for offset, data, more in parts:
+        flags = (0x2000 if more else 0) | offset
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), 0x77, flags, 64, 17, 0,
+                          socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+        hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+        out.append(b"\xff" * 6 + _mac(vm.mac) + b"\x08\x00" + hdr + data)
+    return out
+
+
+SEND = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for frame in {frames!r}:
+    s.send(frame)
+"""
+
+
+def send(vm: Vm, raw: list[bytes]) -> None:
+    code = SEND.format(frames=raw)
+    assert in_ns(vm.netns, sys.executable, "-c", code).returncode == 0
+
+
+@pytest.mark.parametrize("fragment", [False, True], ids=["whole", "fragmented"])
+def test_a_vm_cannot_decline_another_vms_address(node: Node, fragment: bool) -> None:
+    victim = node.add_vm("w-victim", "10.216.0.11")
+    rogue = node.add_vm("w-rogue", "10.216.0.12")
+    assert node.lease(victim) == f"ip={victim.ip}"  # the path works
+    # A DHCPDECLINE in the victim's name (its MAC as chaddr): dnsmasq would refuse the
+    # victim's configured address for ten minutes ("previously declined").
+    opts = bytes((50, 4)) + socket.inet_aton(victim.ip) + bytes((54, 4)) + socket.inet_aton(GW)
+    send(rogue, frames(rogue, dhcp_message(4, victim.mac, opts), fragment))
+    assert node.lease(victim) == f"ip={victim.ip}"
+    assert node.lease(rogue) == f"ip={rogue.ip}"  # its own still works
