@@ -33,7 +33,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from agent.virt.base import tap_name
+from agent.virt.base import TAP_PREFIX, tap_name
 from workspace import errors
 from workspace.domain.model import Nic, Order
 from workspace.domain.netpolicy import AllowRule, Connectivity
@@ -272,6 +272,16 @@ def _uplink_rules(bridges: Sequence[BridgeSpec], hook: str) -> list[str]:
     return rules
 
 
+def _unknown_taps(nics: Sequence[NicRule]) -> str:
+    """Drop what a tap of ours sends when no NIC of the orders has it: its workspace left
+    the orders (destroyed) but its domain still runs until its removal is carried out
+    (queued behind other operations, failing, or a create under way that starts it);
+    without rules it could send from any MAC and address, answer DHCP, advertise
+    routes."""
+    known = f" iifname != {_set(_q(n.tap) for n in nics)}" if nics else ""
+    return f'iifname "{TAP_PREFIX}*"{known} drop'
+
+
 def render(orders: Iterable[Order], bridges: Iterable[BridgeSpec] = ()) -> str:
     """The whole ruleset of a node: both tables, replaced in one transaction."""
     return render_nics(nic_rules(orders), bridges)
@@ -293,6 +303,8 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
     to_map = _set(f"{_q(n.tap)} : jump to_{n.tap}" for n in restricted)
     for hook in ("forward", "input", "output"):
         rules = _uplink_rules(brs, hook)
+        if hook in ("forward", "input"):
+            rules.append(_unknown_taps(nics))
         if nics and hook in ("forward", "input"):
             rules.append(f"iifname vmap {from_map}")
         if restricted and hook in ("forward", "output"):

@@ -1,5 +1,6 @@
-"""What a VM can do to the node's DHCP server and to its neighbours' leases, with the real
-dnsmasq and the real nftables ruleset of ``BridgeNetworking`` in network namespaces.
+"""What a VM can forge, with the real dnsmasq and the real nftables ruleset of
+``BridgeNetworking`` in network namespaces: DHCP messages in another VM's name, and
+anything at all once its workspace has left the orders while its domain still runs.
 
 Each "VM" is a namespace plugged into the node's bridge by a veth pair whose host end
 has the workspace's tap name, so the filter rules apply to it as to a real VM's tap.
@@ -16,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +147,14 @@ def frames(vm: Vm, payload: bytes, fragment: bool) -> list[bytes]:
     the server's, in two IPv4 fragments, the first holding the UDP header and 16 bytes
     of the payload, chaddr in the second."""
     src, dst = (vm.ip, GW) if fragment else ("0.0.0.0", "255.255.255.255")
-    udp = struct.pack("!HHHH", 68, 67, 8 + len(payload), 0) + payload
+    return udp_frames(vm.mac, src, dst, (68, 67), payload, fragment)
+
+
+def udp_frames(
+    mac: str, src: str, dst: str, ports: tuple[int, int], payload: bytes, fragment: bool = False
+) -> list[bytes]:
+    """Broadcast Ethernet frames from ``mac`` of one UDP datagram ``src`` -> ``dst``."""
+    udp = struct.pack("!HHHH", *ports, 8 + len(payload), 0) + payload
     parts = [(0, udp[:24], True), (3, udp[24:], False)] if fragment else [(0, udp, False)]
     out = []
     for offset, data, more in parts:
@@ -153,7 +162,7 @@ def frames(vm: Vm, payload: bytes, fragment: bool) -> list[bytes]:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), 0x77, flags, 64, 17, 0,
                           socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
         hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
-        out.append(b"\xff" * 6 + _mac(vm.mac) + b"\x08\x00" + hdr + data)
+        out.append(b"\xff" * 6 + _mac(mac) + b"\x08\x00" + hdr + data)
     return out
 
 
@@ -182,3 +191,42 @@ def test_a_vm_cannot_decline_another_vms_address(node: Node, fragment: bool) -> 
     send(rogue, frames(rogue, dhcp_message(4, victim.mac, opts), fragment))
     assert node.lease(victim) == f"ip={victim.ip}"
     assert node.lease(rogue) == f"ip={rogue.ip}"  # its own still works
+
+
+LISTEN = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(({gw!r}, 5353)); s.settimeout(3)
+try:
+    print(s.recvfrom(100)[1][0])
+except TimeoutError:
+    print("none")
+"""
+
+
+def forged_source_arrives(node: Node, rogue: Vm, claim: str) -> str:
+    """What the node sees as the source of a datagram ``rogue`` sends from ``claim``."""
+    argv = ["ip", "netns", "exec", node.netns, sys.executable, "-c", LISTEN.format(gw=GW)]
+    listener = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.4)  # bound before the rogue sends
+        send(rogue, udp_frames(rogue.mac, claim, GW, (5353, 5353), b"forged"))
+        out, _ = listener.communicate(timeout=10)
+    finally:
+        listener.kill()
+        listener.wait()
+    return out.strip()
+
+
+def test_a_vm_whose_workspace_left_the_orders_sends_nothing(node: Node) -> None:
+    victim = node.add_vm("w-victim", "10.216.0.21")
+    rogue = node.add_vm("w-rogue", "10.216.0.22")
+    assert forged_source_arrives(node, rogue, rogue.ip) == rogue.ip  # the path works
+    assert forged_source_arrives(node, rogue, victim.ip) == "none"
+    # Destroyed: its order is gone, its domain (here: its tap) not yet removed, as while
+    # the node's removal waits behind other operations or fails.
+    del node.orders["w-rogue"]
+    node.sync()
+    assert forged_source_arrives(node, rogue, victim.ip) == "none"
+    assert forged_source_arrives(node, rogue, rogue.ip) == "none"
+    assert node.lease(victim) == f"ip={victim.ip}"  # the others are unaffected
