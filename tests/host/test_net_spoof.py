@@ -230,3 +230,39 @@ def test_a_vm_whose_workspace_left_the_orders_sends_nothing(node: Node) -> None:
     assert forged_source_arrives(node, rogue, victim.ip) == "none"
     assert forged_source_arrives(node, rogue, rogue.ip) == "none"
     assert node.lease(victim) == f"ip={victim.ip}"  # the others are unaffected
+
+
+RENEW = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 68)); s.settimeout(3)
+s.sendto({message!r}, ({server!r}, 67))
+data = s.recvfrom(1500)[0]
+print({{5: "ACK", 6: "NAK"}}.get(data[data.index(bytes((53, 1)), 240) + 2], "other"))
+"""
+
+
+def renew(vm: Vm, client_id: bytes) -> str:
+    """The server's answer to the VM renewing its lease (a DHCPREQUEST from its address,
+    ciaddr set, no broadcast flag, as a client in RENEWING state sends): ACK or NAK."""
+    msg = bytearray(dhcp_message(3, vm.mac, client_id))
+    msg[10:12] = bytes(2)  # flags
+    msg[12:16] = socket.inet_aton(vm.ip)  # ciaddr
+    sh("ip", "-n", vm.netns, "addr", "replace", f"{vm.ip}/{PREFIX}", "dev", "eth0")
+    code = RENEW.format(message=bytes(msg), server=GW)
+    return in_ns(vm.netns, sys.executable, "-c", code).stdout.strip()
+
+
+def test_a_vm_cannot_take_another_vms_lease_by_its_client_id(node: Node) -> None:
+    victim = node.add_vm("w-victim", "10.216.0.41")
+    rogue = node.add_vm("w-rogue", "10.216.0.42")
+    assert node.lease(victim) == f"ip={victim.ip}"  # busybox sends client-id 01:<MAC>
+    client_id = bytes((61, 7, 1)) + _mac(victim.mac)
+    assert renew(victim, client_id) == "ACK"
+    # The rogue asks for its own address, with its own MAC (as the filter demands), but
+    # the victim's client-id: dnsmasq found the victim's lease by that id and moved it.
+    opts = bytes((50, 4)) + socket.inet_aton(rogue.ip) + bytes((54, 4)) + socket.inet_aton(GW)
+    send(rogue, frames(rogue, dhcp_message(3, rogue.mac, opts + client_id), False))
+    assert renew(victim, client_id) == "ACK"  # it was NAK: "lease not found"
+    assert node.lease(rogue) == f"ip={rogue.ip}"
