@@ -23,6 +23,7 @@ from pathlib import Path
 import netaddr
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.net import flows
 from agent.net.bridge import attach_ports, ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer, forget, stop_leftover
 from agent.net.filter import (
@@ -153,6 +154,10 @@ class BridgeNetworking:
         # agent rejoins their L2 before (and without) any workspace on them.
         self.memory_path = Path(cfg.state_dir) / "uplinks.json"
         self.remembered = self._load_memory()
+        # Address -> the NIC that held it in the last ruleset applied (agent/net/flows.py:
+        # the flows of an address given to another NIC are forgotten).
+        self.owners_path = Path(cfg.state_dir) / "addresses.json"
+        self.owners = flows.load(self.owners_path)
 
     def join(self, networks: Iterable[NetworkInfo]) -> None:
         """Make the bridge of every configured network with an uplink and attach the
@@ -322,6 +327,7 @@ class BridgeNetworking:
                 **dict.fromkeys(in_use - set(broken), why),
             }
             raise
+        self._forget_moved(self._last_nics)
         self.guarded = made
         wanted: set[str] = set()  # the bridges that have a dnsmasq
         for bridge, nic in first_nic.items():
@@ -463,6 +469,34 @@ class BridgeNetworking:
                 len(nics),
             )
         self._isolation(nics)
+
+    def _forget_moved(self, nics: Sequence[NicRule]) -> None:
+        """The conntrack entries of each address now held by another NIC than in the last
+        ruleset (a workspace ended, its address given to a new one) deleted, so that no
+        flow of the old workspace is established for the new one (agent/net/flows.py).
+        Called with the new ruleset applied, before any new VM starts."""
+        now = {n.ip: f"{n.workspace_id}/{n.index}" for n in nics if not n.blocked}
+        if now == self.owners:
+            return
+        addresses = flows.moved(self.owners, now)
+        try:
+            count = flows.forget(addresses, self.netns) if addresses else 0
+        except HOST_ERRORS as exc:
+            # Kept as it was: the next pass tries again.
+            log.error(
+                "conntrack: cannot forget the flows of %s: %s",
+                ", ".join(sorted(addresses)),
+                host_error(exc).message,
+            )
+            return
+        if count:
+            log.info(
+                "conntrack: %d flow(s) of %s forgotten (now another workspace's)",
+                count,
+                ", ".join(sorted(addresses)),
+            )
+        self.owners = now
+        flows.save(self.owners_path, now)
 
     def _isolation(self, nics: Sequence[NicRule]) -> None:
         """Anti-spoofing holds anyway; a CLUSTER or OUTBOUND policy only where bridged

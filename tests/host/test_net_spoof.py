@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from agent.net.node import BridgeNetworking
 from agent.virt.base import tap_name
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import Nic, Order
+from workspace.domain.netpolicy import Connectivity, parse_rules
 from workspace.domain.states import Desired
 
 pytestmark = pytest.mark.host
@@ -266,3 +267,85 @@ def test_a_vm_cannot_take_another_vms_lease_by_its_client_id(node: Node) -> None
     send(rogue, frames(rogue, dhcp_message(3, rogue.mac, opts + client_id), False))
     assert renew(victim, client_id) == "ACK"  # it was NAK: "lease not found"
     assert node.lease(rogue) == f"ip={rogue.ip}"
+
+
+ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", {port}))
+while True:
+    data, peer = s.recvfrom(100); s.sendto({answer!r}, peer)
+"""
+
+ASK = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {sport})); s.settimeout(2)
+s.sendto(b"q", ({dst!r}, {dport}))
+try:
+    print(s.recvfrom(100)[0].decode())
+except TimeoutError:
+    print("none")
+"""
+
+
+def plug(node: Node, wid: str, order: Order) -> Vm:
+    """A VM for ``order`` (already in the node's orders), its address configured."""
+    nic = order.nics[0]
+    vm = Vm(ns_name("vm"), nic.ip, nic.mac)
+    sh("ip", "netns", "add", vm.netns)
+    node.vms.append(vm)
+    tap = tap_name(wid, 0)
+    sh("ip", "-n", node.netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0",
+       "netns", vm.netns)  # fmt: skip
+    sh("ip", "-n", node.netns, "link", "set", tap, "master", BRIDGE, "up")
+    sh("ip", "-n", vm.netns, "link", "set", "eth0", "address", vm.mac, "up")
+    sh("ip", "-n", vm.netns, "addr", "add", f"{vm.ip}/{PREFIX}", "dev", "eth0")
+    return vm
+
+
+def outbound(wid: str, nic: Nic, *allow: str) -> Order:
+    return Order(wid, wid, wid, Desired.RUNNING, 1, 512, "img", (), (nic,),
+                 connectivity=Connectivity.OUTBOUND, allow=parse_rules(allow))  # fmt: skip
+
+
+def test_a_reused_address_does_not_inherit_the_old_workspaces_flows(node: Node) -> None:
+    peer = node.add_vm("w-peer", "10.216.0.52")
+    sh("ip", "-n", peer.netns, "addr", "add", f"{peer.ip}/{PREFIX}", "dev", "eth0")
+    nic = Nic("default", "10.216.0.51", "52:54:00:d5:00:33", PREFIX, GW, BRIDGE, SUBNET)
+    node.orders["w-old"] = outbound("w-old", nic, "udp/5000")
+    node.sync()
+    old = plug(node, "w-old", node.orders["w-old"])
+    procs = []
+
+    def serve(vm: Vm, answer: str) -> None:
+        code = ECHO.format(port=5000, answer=answer.encode())
+        argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
+        procs.append(subprocess.Popen(argv))
+        time.sleep(0.4)  # bound before the peer asks
+
+    def ask(sport: int) -> str:
+        code = ASK.format(sport=sport, dst=nic.ip, dport=5000)
+        return in_ns(peer.netns, sys.executable, "-c", code).stdout.strip()
+
+    try:
+        serve(old, "old")
+        assert ask(40000) == "old"  # its allow rule opens udp/5000
+        # w-old ends (its VM gone), and its address goes to w-new of another owner, on the
+        # same node, with no allow rule: nothing may come in unasked.
+        del node.orders["w-old"]
+        node.sync()
+        sh("ip", "netns", "del", old.netns)
+        new_nic = replace(nic, mac="52:54:00:d5:01:33")
+        node.orders["w-new"] = outbound("w-new", new_nic)
+        node.sync()
+        new = plug(node, "w-new", node.orders["w-new"])
+        sh("ip", "-n", peer.netns, "neigh", "flush", "all")  # the new VM's MAC, as after its ARP
+        serve(new, "new")
+        assert ask(40001) == "none"  # a new flow: refused
+        assert ask(40000) == "none"  # the old workspace's flow: refused too (it came in)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
