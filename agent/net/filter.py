@@ -58,12 +58,15 @@ class BridgeSpec:
 
     ``uplink_port``: the interface attached to it towards other nodes ("" = none);
     ``local_gateway``: the gateway address every node's bridge holds (a distributed
-    gateway, kept node-local), "" when the bridge has no shared gateway address.
+    gateway, kept node-local), "" when the bridge has no shared gateway address;
+    ``dhcp_server``: the address the node's DHCP server answers from on it ("" = the
+    node serves no DHCP there: the site's server may be anywhere).
     """
 
     bridge: str
     uplink_port: str = ""
     local_gateway: str = ""
+    dhcp_server: str = ""
 
 
 @dataclass(frozen=True, order=True)
@@ -219,11 +222,18 @@ def _to_chain(nic: NicRule) -> list[str]:
     ]
 
 
-def _out_chain(nic: NicRule) -> list[str]:
+def _dhcp_peers(server: str) -> str:
+    """Where a restricted NIC's DHCP goes to or comes from: its node's server (and a
+    broadcast), when the node serves DHCP on its bridge; else anywhere (the site's)."""
+    return f"ip daddr {_set(sorted({'255.255.255.255', server}))} " if server else ""
+
+
+def _out_chain(nic: NicRule, server: str = "") -> list[str]:
     # Only CLUSTER NICs have one: OUTBOUND may send anywhere. ``return``, not accept:
-    # the receiving NIC's own ``in_`` chain must still see what passes here.
+    # the receiving NIC's own ``in_`` chain must still see what passes here. DHCP goes
+    # to the node's server only: "udp 68 -> 67" to any host was a way out.
     rules = [
-        "udp sport 68 udp dport 67 return",
+        f"{_dhcp_peers(server)}udp sport 68 udp dport 67 return",
         f"ip daddr {nic.gateway} return" if nic.gateway else "",
         f"ip daddr {_set(nic.dns)} meta l4proto {{ tcp, udp }} th dport 53 return"
         if nic.dns
@@ -235,13 +245,16 @@ def _out_chain(nic: NicRule) -> list[str]:
     return [r for r in rules if r]
 
 
-def _in_chain(nic: NicRule, gateway_trusted: bool = True) -> list[str]:
+def _in_chain(nic: NicRule, gateway_trusted: bool = True, server: str = "") -> list[str]:
     """``gateway_trusted``: the gateway address can only be the node itself here (it
     holds it, and ws_guard drops it from the uplink) or nobody; False when a site
-    router holds it beyond the uplink, where any host of the L2 could forge it."""
+    router holds it beyond the uplink, where any host of the L2 could forge it.
+    ``server``: the node's DHCP server on the NIC's bridge ("" = none)."""
     rules = [
         "ct state established,related accept",
-        "udp sport 67 udp dport 68 accept",
+        f"ip saddr {server} udp sport 67 udp dport 68 accept"
+        if server
+        else "udp sport 67 udp dport 68 accept",
         f"ip saddr {nic.gateway} accept" if nic.gateway and gateway_trusted else "",
     ]
     if nic.connectivity is Connectivity.CLUSTER and nic.peers:
@@ -342,11 +355,13 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
     # Uplinked bridges whose gateway a site router holds (bridge_address "" or a CIDR):
     # their gateway address is not trusted (see _in_chain).
     routed = {b.bridge for b in brs if b.uplink_port and not b.local_gateway}
+    servers = {b.bridge: b.dhcp_server for b in brs if _ipv4(b.dhcp_server)}
     for n in restricted:
         where = f"workspace {n.workspace_id} nic {n.index} bridge {n.bridge}"
+        server = servers.get(n.bridge, "")
         if n.connectivity is Connectivity.CLUSTER:
-            s.chain(f"out_{n.tap}", _out_chain(n), comment=where)
-        s.chain(f"in_{n.tap}", _in_chain(n, n.bridge not in routed), comment=where)
+            s.chain(f"out_{n.tap}", _out_chain(n, server), comment=where)
+        s.chain(f"in_{n.tap}", _in_chain(n, n.bridge not in routed, server), comment=where)
     s.add("}")
     return "\n".join(s.lines) + "\n"
 

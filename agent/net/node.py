@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import netaddr
@@ -319,7 +320,7 @@ class BridgeNetworking:
                     extra={"workspace": n.workspace_id},
                 )
         try:
-            self._filter(self._last_nics, self.joined.values())
+            self._filter(self._last_nics, self._specs(made, first_nic))
         except Exception as exc:
             why = f"filter rules could not be applied: {host_error(exc).message}"
             self.broken = {
@@ -352,6 +353,20 @@ class BridgeNetworking:
         failed = _said(broken)
         self.broken = {**_said(unused), **failed}
         return failed
+
+    def _specs(self, made: Iterable[str], first_nic: Mapping[str, Nic]) -> list[BridgeSpec]:
+        """The bridges as the filter needs them: the uplinked ones (``joined``), and the
+        address of the node's DHCP server on each bridge made this pass that has one
+        (a restricted NIC's DHCP goes to it only)."""
+        specs = dict(self.joined)
+        for bridge in made:
+            nic = first_nic[bridge]
+            net = self.nets[nic.network]
+            cidr = bridge_cidr(net, nic) if net.dhcp else None
+            if cidr:
+                spec = specs.get(bridge, BridgeSpec(bridge))
+                specs[bridge] = replace(spec, dhcp_server=cidr.split("/")[0])
+        return list(specs.values())
 
     def _retire_dhcp(self, wanted: set[str], left: set[str]) -> None:
         """Stop the dnsmasq of every bridge not in ``wanted`` (no workspace of the node

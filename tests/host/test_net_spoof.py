@@ -349,3 +349,54 @@ def test_a_reused_address_does_not_inherit_the_old_workspaces_flows(node: Node) 
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+RECEIVE = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", {port})); s.settimeout(3)
+try:
+    print(s.recvfrom(100)[0].decode())
+except TimeoutError:
+    print("none")
+"""
+
+SEND_FROM = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {sport}))
+s.sendto(b"from {sport}", ({dst!r}, {dport}))
+"""
+
+
+def received(receiver: Vm, port: int, sender: Vm, sport: int) -> str:
+    """What ``receiver`` gets on ``port`` when ``sender`` sends to it from ``sport``."""
+    argv = ["ip", "netns", "exec", receiver.netns, sys.executable, "-c", RECEIVE.format(port=port)]
+    listener = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.4)  # bound before the sender sends
+        code = SEND_FROM.format(sport=sport, dst=receiver.ip, dport=port)
+        assert in_ns(sender.netns, sys.executable, "-c", code).returncode == 0
+        out, _ = listener.communicate(timeout=10)
+    finally:
+        listener.kill()
+        listener.wait()
+    return out.strip()
+
+
+def test_a_cluster_vm_sends_dhcp_to_its_server_only(node: Node) -> None:
+    """A CLUSTER workspace reaches its peers, its gateway, DHCP and DNS only: "DHCP"
+    (udp 68 -> 67) is its node's server or a broadcast, not any host's port 67."""
+    other = node.add_vm("w-other", "10.216.0.62")
+    sh("ip", "-n", other.netns, "addr", "add", f"{other.ip}/{PREFIX}", "dev", "eth0")
+    nic = Nic("default", "10.216.0.61", "52:54:00:d5:00:3d", PREFIX, GW, BRIDGE, SUBNET)
+    node.orders["w-clu"] = replace(outbound("w-clu", nic), connectivity=Connectivity.CLUSTER)
+    node.sync()
+    member = plug(node, "w-clu", node.orders["w-clu"])
+    assert node.lease(member) == f"ip={member.ip}"  # its DHCP works (broadcast, then GW)
+    assert received(member, 5000, other, 40000) == "none"  # not a peer (the path: below)
+    assert received(other, 67, member, 68) == "none"
+    node.orders["w-clu"] = replace(node.orders["w-clu"], connectivity=Connectivity.OPEN)
+    node.sync()
+    assert received(other, 67, member, 68) == "from 68"
