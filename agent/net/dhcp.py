@@ -288,6 +288,12 @@ class DhcpServer:
             "--except-interface=lo",
             f"--dhcp-range={net.network_address},static,{net.netmask},{self.lease_time_s}",
             "--dhcp-authoritative",
+            # Clients are known by their MAC (chaddr) only, as the hosts file names them:
+            # a lease found by a client-id another VM may send too (01:<its MAC>) let
+            # that VM take the lease over, and the owner's renewal was refused ("lease
+            # not found"), so it dropped its address. The filter lets a VM send DHCP for
+            # its own MAC only (agent/net/filter.py).
+            "--dhcp-ignore-clid",
             f"--dhcp-hostsfile={self.hosts_path}",
             f"--dhcp-leasefile={self.leases_path}",
             f"--pid-file={self.pid_path}",

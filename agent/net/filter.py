@@ -8,8 +8,9 @@ docs/design/network-policy.md for the why; in short:
 * ``table bridge ws_guard`` (hooks forward/input/output, priority -200) sees every frame
   a VM's tap sends or receives. Per NIC a chain ``from_<tap>`` lets through only frames
   with the NIC's MAC, ARP with its MAC and IP (or 0.0.0.0, probes), IPv4 from its IP (or
-  a DHCP discover from 0.0.0.0), no DHCP server replies; everything else (IPv6, VLAN-
-  tagged frames, other ethertypes) is dropped. A NIC with CLUSTER or OUTBOUND
+  a DHCP discover from 0.0.0.0), DHCP client messages for its own MAC only (chaddr), no
+  DHCP server replies; everything else (IPv6, VLAN-tagged frames, other ethertypes) is
+  dropped. A NIC with CLUSTER or OUTBOUND
   connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``) and a
   chain ``to_<tap>`` that delivers it only IPv4 for its own address (and DHCP replies)
   and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local
@@ -32,7 +33,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from agent.virt.base import tap_name
+from agent.virt.base import TAP_PREFIX, tap_name
 from workspace import errors
 from workspace.domain.model import Nic, Order
 from workspace.domain.netpolicy import AllowRule, Connectivity
@@ -57,12 +58,15 @@ class BridgeSpec:
 
     ``uplink_port``: the interface attached to it towards other nodes ("" = none);
     ``local_gateway``: the gateway address every node's bridge holds (a distributed
-    gateway, kept node-local), "" when the bridge has no shared gateway address.
+    gateway, kept node-local), "" when the bridge has no shared gateway address;
+    ``dhcp_server``: the address the node's DHCP server answers from on it ("" = the
+    node serves no DHCP there: the site's server may be anywhere).
     """
 
     bridge: str
     uplink_port: str = ""
     local_gateway: str = ""
+    dhcp_server: str = ""
 
 
 @dataclass(frozen=True, order=True)
@@ -194,6 +198,13 @@ def _from_chain(nic: NicRule, mark: int) -> list[str]:
         f"ether type arp arp saddr ip != {_set(sorted({'0.0.0.0', nic.ip}))} drop",
         "ether type arp return",
         "ether type ip udp sport 67 drop",
+        # DHCP names its client by the BOOTP chaddr, not by the frame's source: a VM may
+        # speak for its own MAC only (a DHCPDECLINE naming another VM's MAC disabled that
+        # VM's address in dnsmasq for ten minutes). chaddr is 36 bytes into the UDP
+        # header, so a first fragment could leave it to a later one that carries no UDP
+        # header: DHCP is never fragmented, so a fragmented one is dropped.
+        "ether type ip udp dport 67 ip frag-off & 0x3fff != 0 drop",
+        f"ether type ip udp dport 67 @th,288,48 != 0x{nic.mac.replace(':', '')} drop",
         "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return",
         f"ether type ip ip saddr != {nic.ip} drop",
         "ether type ip return",
@@ -211,11 +222,18 @@ def _to_chain(nic: NicRule) -> list[str]:
     ]
 
 
-def _out_chain(nic: NicRule) -> list[str]:
+def _dhcp_peers(server: str) -> str:
+    """Where a restricted NIC's DHCP goes to or comes from: its node's server (and a
+    broadcast), when the node serves DHCP on its bridge; else anywhere (the site's)."""
+    return f"ip daddr {_set(sorted({'255.255.255.255', server}))} " if server else ""
+
+
+def _out_chain(nic: NicRule, server: str = "") -> list[str]:
     # Only CLUSTER NICs have one: OUTBOUND may send anywhere. ``return``, not accept:
-    # the receiving NIC's own ``in_`` chain must still see what passes here.
+    # the receiving NIC's own ``in_`` chain must still see what passes here. DHCP goes
+    # to the node's server only: "udp 68 -> 67" to any host was a way out.
     rules = [
-        "udp sport 68 udp dport 67 return",
+        f"{_dhcp_peers(server)}udp sport 68 udp dport 67 return",
         f"ip daddr {nic.gateway} return" if nic.gateway else "",
         f"ip daddr {_set(nic.dns)} meta l4proto {{ tcp, udp }} th dport 53 return"
         if nic.dns
@@ -227,13 +245,16 @@ def _out_chain(nic: NicRule) -> list[str]:
     return [r for r in rules if r]
 
 
-def _in_chain(nic: NicRule, gateway_trusted: bool = True) -> list[str]:
+def _in_chain(nic: NicRule, gateway_trusted: bool = True, server: str = "") -> list[str]:
     """``gateway_trusted``: the gateway address can only be the node itself here (it
     holds it, and ws_guard drops it from the uplink) or nobody; False when a site
-    router holds it beyond the uplink, where any host of the L2 could forge it."""
+    router holds it beyond the uplink, where any host of the L2 could forge it.
+    ``server``: the node's DHCP server on the NIC's bridge ("" = none)."""
     rules = [
         "ct state established,related accept",
-        "udp sport 67 udp dport 68 accept",
+        f"ip saddr {server} udp sport 67 udp dport 68 accept"
+        if server
+        else "udp sport 67 udp dport 68 accept",
         f"ip saddr {nic.gateway} accept" if nic.gateway and gateway_trusted else "",
     ]
     if nic.connectivity is Connectivity.CLUSTER and nic.peers:
@@ -264,6 +285,16 @@ def _uplink_rules(bridges: Sequence[BridgeSpec], hook: str) -> list[str]:
     return rules
 
 
+def _unknown_taps(nics: Sequence[NicRule]) -> str:
+    """Drop what a tap of ours sends when no NIC of the orders has it: its workspace left
+    the orders (destroyed) but its domain still runs until its removal is carried out
+    (queued behind other operations, failing, or a create under way that starts it);
+    without rules it could send from any MAC and address, answer DHCP, advertise
+    routes."""
+    known = f" iifname != {_set(_q(n.tap) for n in nics)}" if nics else ""
+    return f'iifname "{TAP_PREFIX}*"{known} drop'
+
+
 def render(orders: Iterable[Order], bridges: Iterable[BridgeSpec] = ()) -> str:
     """The whole ruleset of a node: both tables, replaced in one transaction."""
     return render_nics(nic_rules(orders), bridges)
@@ -285,6 +316,8 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
     to_map = _set(f"{_q(n.tap)} : jump to_{n.tap}" for n in restricted)
     for hook in ("forward", "input", "output"):
         rules = _uplink_rules(brs, hook)
+        if hook in ("forward", "input"):
+            rules.append(_unknown_taps(nics))
         if nics and hook in ("forward", "input"):
             rules.append(f"iifname vmap {from_map}")
         if restricted and hook in ("forward", "output"):
@@ -322,11 +355,13 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
     # Uplinked bridges whose gateway a site router holds (bridge_address "" or a CIDR):
     # their gateway address is not trusted (see _in_chain).
     routed = {b.bridge for b in brs if b.uplink_port and not b.local_gateway}
+    servers = {b.bridge: b.dhcp_server for b in brs if _ipv4(b.dhcp_server)}
     for n in restricted:
         where = f"workspace {n.workspace_id} nic {n.index} bridge {n.bridge}"
+        server = servers.get(n.bridge, "")
         if n.connectivity is Connectivity.CLUSTER:
-            s.chain(f"out_{n.tap}", _out_chain(n), comment=where)
-        s.chain(f"in_{n.tap}", _in_chain(n, n.bridge not in routed), comment=where)
+            s.chain(f"out_{n.tap}", _out_chain(n, server), comment=where)
+        s.chain(f"in_{n.tap}", _in_chain(n, n.bridge not in routed, server), comment=where)
     s.add("}")
     return "\n".join(s.lines) + "\n"
 

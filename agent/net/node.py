@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import netaddr
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.net import flows
 from agent.net.bridge import attach_ports, ensure_bridge
 from agent.net.dhcp import DhcpHost, DhcpServer, forget, stop_leftover
 from agent.net.filter import (
@@ -153,6 +155,10 @@ class BridgeNetworking:
         # agent rejoins their L2 before (and without) any workspace on them.
         self.memory_path = Path(cfg.state_dir) / "uplinks.json"
         self.remembered = self._load_memory()
+        # Address -> the NIC that held it in the last ruleset applied (agent/net/flows.py:
+        # the flows of an address given to another NIC are forgotten).
+        self.owners_path = Path(cfg.state_dir) / "addresses.json"
+        self.owners = flows.load(self.owners_path)
 
     def join(self, networks: Iterable[NetworkInfo]) -> None:
         """Make the bridge of every configured network with an uplink and attach the
@@ -314,7 +320,7 @@ class BridgeNetworking:
                     extra={"workspace": n.workspace_id},
                 )
         try:
-            self._filter(self._last_nics, self.joined.values())
+            self._filter(self._last_nics, self._specs(made, first_nic))
         except Exception as exc:
             why = f"filter rules could not be applied: {host_error(exc).message}"
             self.broken = {
@@ -322,6 +328,7 @@ class BridgeNetworking:
                 **dict.fromkeys(in_use - set(broken), why),
             }
             raise
+        self._forget_moved(self._last_nics)
         self.guarded = made
         wanted: set[str] = set()  # the bridges that have a dnsmasq
         for bridge, nic in first_nic.items():
@@ -346,6 +353,20 @@ class BridgeNetworking:
         failed = _said(broken)
         self.broken = {**_said(unused), **failed}
         return failed
+
+    def _specs(self, made: Iterable[str], first_nic: Mapping[str, Nic]) -> list[BridgeSpec]:
+        """The bridges as the filter needs them: the uplinked ones (``joined``), and the
+        address of the node's DHCP server on each bridge made this pass that has one
+        (a restricted NIC's DHCP goes to it only)."""
+        specs = dict(self.joined)
+        for bridge in made:
+            nic = first_nic[bridge]
+            net = self.nets[nic.network]
+            cidr = bridge_cidr(net, nic) if net.dhcp else None
+            if cidr:
+                spec = specs.get(bridge, BridgeSpec(bridge))
+                specs[bridge] = replace(spec, dhcp_server=cidr.split("/")[0])
+        return list(specs.values())
 
     def _retire_dhcp(self, wanted: set[str], left: set[str]) -> None:
         """Stop the dnsmasq of every bridge not in ``wanted`` (no workspace of the node
@@ -463,6 +484,34 @@ class BridgeNetworking:
                 len(nics),
             )
         self._isolation(nics)
+
+    def _forget_moved(self, nics: Sequence[NicRule]) -> None:
+        """The conntrack entries of each address now held by another NIC than in the last
+        ruleset (a workspace ended, its address given to a new one) deleted, so that no
+        flow of the old workspace is established for the new one (agent/net/flows.py).
+        Called with the new ruleset applied, before any new VM starts."""
+        now = {n.ip: f"{n.workspace_id}/{n.index}" for n in nics if not n.blocked}
+        if now == self.owners:
+            return
+        addresses = flows.moved(self.owners, now)
+        try:
+            count = flows.forget(addresses, self.netns) if addresses else 0
+        except HOST_ERRORS as exc:
+            # Kept as it was: the next pass tries again.
+            log.error(
+                "conntrack: cannot forget the flows of %s: %s",
+                ", ".join(sorted(addresses)),
+                host_error(exc).message,
+            )
+            return
+        if count:
+            log.info(
+                "conntrack: %d flow(s) of %s forgotten (now another workspace's)",
+                count,
+                ", ".join(sorted(addresses)),
+            )
+        self.owners = now
+        flows.save(self.owners_path, now)
 
     def _isolation(self, nics: Sequence[NicRule]) -> None:
         """Anti-spoofing holds anyway; a CLUSTER or OUTBOUND policy only where bridged

@@ -74,12 +74,18 @@ def domain_name(workspace_id: str) -> str:
     return f"ws-{workspace_id}"
 
 
+# What every tap of ours begins with: the node's filter drops what a tap of this name
+# sends when no NIC of the orders has it (its workspace left the orders, its domain not
+# yet removed).
+TAP_PREFIX = "wst"
+
+
 def tap_name(workspace_id: str, index: int) -> str:
     """The host-side tap device of a workspace's NIC number ``index`` (at most 15
     characters, stable across agent restarts, distinct per workspace and NIC): the
     node's nftables rules match on it (agent/net/filter.py)."""
     digest = hashlib.sha256(workspace_id.encode()).hexdigest()[:10]
-    return f"wst{digest}{index:x}"[:15]
+    return f"{TAP_PREFIX}{digest}{index:x}"[:15]
 
 
 # ``DomainInfo.reason`` of a domain the hypervisor paused because a write to one of its

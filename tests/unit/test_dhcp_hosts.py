@@ -108,6 +108,7 @@ def test_command_line(tmp_path: Path) -> None:
         "--except-interface=lo",
         "--dhcp-range=10.213.0.0,static,255.255.255.0,7200",
         "--dhcp-authoritative",
+        "--dhcp-ignore-clid",
         f"--dhcp-hostsfile={state}/hosts",
         f"--dhcp-leasefile={state}/leases",
         f"--pid-file={state}/dnsmasq.pid",

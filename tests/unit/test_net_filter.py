@@ -88,8 +88,24 @@ def test_open_only_guards() -> None:
 
 
 def test_every_policy_and_an_uplink() -> None:
-    bridges = [BridgeSpec("wsbr0", "eth1.100", "10.0.0.1"), BridgeSpec("wsbr5", "eth1")]
+    bridges = [
+        BridgeSpec("wsbr0", "eth1.100", "10.0.0.1", dhcp_server="10.0.0.1"),
+        BridgeSpec("wsbr5", "eth1"),
+    ]
     golden("netfilter_policies.nft", render([OUTBOUND, CLUSTER, OPEN], bridges))
+
+
+def test_restricted_dhcp_is_with_the_nodes_server_only() -> None:
+    """udp 68 -> 67 from a CLUSTER NIC goes to its node's DHCP server or a broadcast,
+    and udp 67 -> 68 comes in from that server only; where the node serves no DHCP on
+    the bridge (the site's server, anywhere) both stay open."""
+    served = render([CLUSTER], [BridgeSpec("wsbr0", dhcp_server="10.0.0.2")])
+    assert "ip daddr { 10.0.0.2, 255.255.255.255 } udp sport 68 udp dport 67 return" in served
+    assert "ip saddr 10.0.0.2 udp sport 67 udp dport 68 accept" in served
+    assert "\t\tudp sport 68 udp dport 67 return" not in served
+    elsewhere = render([CLUSTER])
+    assert "\t\tudp sport 68 udp dport 67 return" in elsewhere
+    assert "\t\tudp sport 67 udp dport 68 accept" in elsewhere
 
 
 def test_empty_node_still_replaces_both_tables() -> None:

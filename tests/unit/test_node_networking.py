@@ -48,13 +48,24 @@ class FakeDhcp:
         self.stopped = True
 
 
+forgotten: list[set[str]] = []
+
+
+def _forget(addresses: Iterable[str], netns: str | None = None) -> int:
+    forgotten.append(set(addresses))
+    return 0
+
+
 @pytest.fixture(autouse=True)
 def _no_nft(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Never load filter rules into the test host's own namespace."""
+    """Never load filter rules into the test host's own namespace, nor touch its
+    conntrack table."""
     applied: list[str] = []
     monkeypatch.setattr(node, "apply_ruleset", lambda script, netns=None: applied.append(script))
     # our tables, as listed: always what was applied (their checks are in test_uplink.py)
     monkeypatch.setattr(node, "list_table", lambda family, name, netns=None: "as applied")
+    forgotten.clear()
+    monkeypatch.setattr(node.flows, "forget", _forget)
     return applied
 
 
@@ -324,3 +335,30 @@ def test_taps_go_back_on_a_bridge_whose_dhcp_failed_but_none_while_the_filter_fa
         net.sync([w1])
     net.reattach([w1])
     assert asked == ["br0"]
+
+
+def test_an_address_given_to_another_workspace_loses_its_flows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conntrack knows flows by address: those of an ended workspace must not be
+    established for the one its address is given to next (agent/net/flows.py)."""
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: None)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig()])
+    a = _order("w-a", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "wsbr0"))
+    b = _order("w-b", _nic("default", "10.0.0.6", "52:54:00:00:00:06", "wsbr0"))
+    net = node.BridgeNetworking(cfg)
+    net.sync([a, b])  # a node's first start: nothing to compare with, nothing forgotten
+    net.sync([b])  # w-a ended: its address is free, nobody else's yet
+    assert forgotten == []
+    c = _order("w-c", _nic("default", "10.0.0.5", "52:54:00:00:00:07", "wsbr0"))
+    net.sync([b, c])
+    assert forgotten == [{"10.0.0.5"}]
+    net.sync([b, c])  # nothing moved: conntrack is not asked again
+    assert len(forgotten) == 1
+    # A restarted agent compares with what the last one applied
+    d = _order("w-d", _nic("default", "10.0.0.6", "52:54:00:00:00:08", "wsbr0"))
+    node.BridgeNetworking(cfg).sync([c, d])
+    assert forgotten[-1] == {"10.0.0.6"}
+    node.BridgeNetworking(cfg).sync([c, d])  # ... and forgets nothing when nothing moved
+    assert len(forgotten) == 2
