@@ -160,6 +160,45 @@ def test_cool_down_holds_a_change(site: Site, tmp_path: Path) -> None:
     assert a.last_action_at == first.last_action_at
 
 
+def test_an_autoscaler_turned_off_while_its_signal_is_read_scales_nothing(
+    site: Site, tmp_path: Path
+) -> None:
+    """`ws cluster autoscale --off` answered while a pass read the signal (a command or
+    squeue may take seconds): the pass must not scale after the owner turned it off."""
+    sig, _want = counter(tmp_path)
+    set_auto(site, min=1, max=4, signal=f"command:{sig}", cooldown_s=0)
+
+    def reader(*_args: Any) -> int:
+        set_auto(site, off=True)
+        return 4
+
+    assert site.service is not None
+    (out,) = autoscale.evaluate(site.service.env, reader)
+    assert out.decision.action != "grew"
+    assert workers(site) == ["auto-worker-0", "auto-worker-1"]
+    assert not get(site).autoscale
+
+
+def test_two_overlapping_passes_keep_the_cool_down(site: Site, tmp_path: Path) -> None:
+    """Two replicas' passes at once (the old leader's in flight as the next one leads):
+    the second to write sees the first one's change and holds for the cool-down, rather
+    than undoing it at once from what it read before."""
+    sig, _want = counter(tmp_path)
+    set_auto(site, min=1, max=5, signal=f"command:{sig}", cooldown_s=3600)
+    assert site.service is not None
+    env = site.service.env
+
+    def other_pass(*_args: Any) -> int:
+        (other,) = autoscale.evaluate(env, lambda *_a: 4)
+        assert other.decision.action == "grew"
+        return 1
+
+    (out,) = autoscale.evaluate(env, other_pass)
+    assert out.decision.action == "hold"
+    assert len(workers(site)) == 4
+    assert info(site).action == "hold"
+
+
 @pytest.mark.parametrize(
     ("body", "match"),
     [

@@ -243,20 +243,21 @@ def evaluate(
     the site's CRL revokes now (a grow set by a revoked certificate is refused)."""
     with env.store.read() as s:
         found = [
-            (c.id, c.name, c.state, elastic.infos(c.autoscale))
+            (c.id, c.name, c.state, elastic.infos(c.autoscale), dict(c.autoscale))
             for c in s.execute(select(Cluster).where(Cluster.state.not_in(_GONE))).scalars()
             if c.autoscale and not torn_down(c)
         ]
         counts = {
             (cid, a.role): len(live([m for m in members_of(s, cid) if m.role == a.role]))
-            for cid, _n, _st, infos in found
+            for cid, _n, _st, infos, _e in found
             for a in infos
         }
     out = []
-    for cid, name, state, infos in found:
+    for cid, name, state, infos, entries in found:
         for a in infos:
             current = counts[(cid, a.role)]
-            d = _one(env, reader, cid, name, state, a, current, revoked)
+            read = _settings(entries.get(a.role))
+            d = _one(env, reader, cid, name, state, a, current, revoked, read)
             out.append(Outcome(cid, a.role, d))
     return out
 
@@ -270,7 +271,10 @@ def _one(
     a: AutoscaleInfo,
     current: int,
     revoked: Set[int],
+    read: dict[str, object],
 ) -> Decision:
+    """``read``: the role's settings as the pass read them (``_settings``); the scale
+    is made only while they are still the role's."""
     now = env.clock()
     if state in _IDLE:
         d = Decision(now, -1, current, elastic.HOLD, f"hold: cluster is {state}")
@@ -299,9 +303,23 @@ def _one(
             if c is None:
                 return d
             entry = (c.autoscale or {}).get(a.role) or {}
+            if _settings(entry) != read:
+                # Turned off or set anew while the signal was read: the next pass
+                # decides on the settings as they are now.
+                return replace(d, action=elastic.HOLD, detail=f"{detail}: not done, {CHANGED}")
+            # Decided again on what the role is now: another pass (the old leader's, in
+            # flight as the next one leads) or a scale may have changed it meanwhile.
+            fresh = AutoscaleInfo.from_dict(a.role, entry)
+            have = len(live([m for m in members_of(u.s, cid) if m.role == a.role]))
+            at = env.clock()
+            target, again, detail = elastic.decide(fresh, wanted, have, at)
+            d = Decision(at, wanted, have, again, detail)
+            if again != action:  # (a grow's rights were checked for a grow only)
+                _store(c, a.role, d, 0.0)
+                return d
             actor = grow_rights.actor(entry.get(BY))
             scale_in(env, u, c, a.role, target, 0, f"autoscale: {detail}", actor)
-            _store(c, a.role, d, env.clock())
+            _store(c, a.role, d, at)
     except WorkspaceError as exc:
         d = replace(d, action=elastic.FAILED, detail=f"{detail} refused: {exc.message}")
         # Tried again every pass: a refusal as before (nothing changed) is no news, and
@@ -355,6 +373,17 @@ def _refuse_grow(
     _record(env, cid, a.role, d, changed=False)
     log.warning("cluster %s, autoscale %s: %s", name, a.role, d.detail)
     return d
+
+
+CHANGED = "the autoscaler was turned off or set anew meanwhile"
+
+
+def _settings(entry: object) -> dict[str, object]:
+    """A role's stored autoscaler without its decisions: what it was set to, and by whom
+    (empty: off)."""
+    if not isinstance(entry, dict):
+        return {}
+    return {k: v for k, v in entry.items() if k not in ("last", "last_action_at")}
 
 
 def _store(c: Cluster, role: str, d: Decision, action_at: float) -> None:

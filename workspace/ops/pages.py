@@ -72,9 +72,10 @@ def by_creation(q: Q, table: Any, list_name: str, size: int, token: str) -> Q:
     next page?)."""
     if token:
         created, oid = creation_place(list_name, token)
-        q = q.where(
-            (table.created_at > created) | ((table.created_at == created) & (table.id > oid))
-        )
+        # The bound on created_at alone first: an index on (created_at, id) then starts
+        # at the page (an OR alone is no index condition: every page scanned from the
+        # first row).
+        q = q.where(table.created_at >= created, (table.created_at > created) | (table.id > oid))
     return q.limit(size + 1) if size else q
 
 

@@ -196,6 +196,16 @@ class Workspace(Base):
         Index("ix_ws_owner_name", "owner", "name"),
         Index("ix_ws_state", "state"),
         Index("ix_ws_updated", "updated_at"),
+        # Read on every create of a project with quotas (ops/projects.py
+        # ``workspace_use``, under the write lock) and by members' `ws list`.
+        Index("ix_ws_project", "project"),
+        # A cluster's members: cluster operations, rosters, and every unit of work that
+        # places or ends a member (ops/unit.py ``_peers_moved``, under the write lock).
+        Index("ix_ws_cluster", "cluster"),
+        # The lease pass (ops/leases.py ``_leased``, a write every lease_check_interval_s).
+        Index("ix_ws_lease", "lease_expires_at"),
+        # The paged lists, oldest first (ops/queries.py ``list_page``: an admin's pages).
+        Index("ix_ws_created", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

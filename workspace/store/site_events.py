@@ -19,6 +19,9 @@ class EventRow(Base):
         Index("ix_event_at", "at"),
         Index("ix_event_workspace", "workspace_id"),
         Index("ix_event_cluster", "cluster"),
+        # `ws events NAME` matches the id or the name (ops/site_events.py ``_filtered``):
+        # without it, an OR that scans every kept event.
+        Index("ix_event_workspace_name", "workspace_name"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
