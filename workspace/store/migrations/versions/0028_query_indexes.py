@@ -2,8 +2,8 @@
 check of every create, members' `ws list`), a cluster's members, the lease pass, the
 paged lists by creation, and a workspace's events by name (`ws events NAME`)
 
-Revision ID: 0027
-Revises: 0026
+Revision ID: 0028
+Revises: 0027
 Create Date: 2026-12-05 11:10:00
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0027"
-down_revision: str | None = "0026"
+revision = "0028"
+down_revision: str | None = "0027"
 branch_labels: str | None = None
 depends_on: str | None = None
 
