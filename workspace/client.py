@@ -623,6 +623,12 @@ class Client(
         """Requests waiting for capacity, first in line first."""
         return list(self._call(self._admin.ListQueue, admin_pb2.ListQueueRequest()).entries)
 
+    def list_replicas(self) -> list[admin_pb2.Replica]:
+        """(admins) The service replicas alive now, the one answering first; on SQLite
+        the one process. ``leader``: the one running the background loops."""
+        resp = self._call(self._admin.ListReplicas, admin_pb2.ListReplicasRequest())
+        return list(resp.replicas)
+
     def get_scheduler_input(
         self,
         cpus: int = 0,

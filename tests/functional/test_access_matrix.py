@@ -341,6 +341,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         admin_pb2.ListBackfillRequest(), timeout=T)),
     (AD, "ClearBackfill", ADMIN, lambda c, w: c.admin.ClearBackfill(
         admin_pb2.ClearBackfillRequest(image=NOPE), timeout=T)),
+    (AD, "ListReplicas", ADMIN, lambda c, w: c.admin.ListReplicas(
+        admin_pb2.ListReplicasRequest(), timeout=T)),
     (PR, "CreateProject", ADMIN, lambda c, w: c.projects.CreateProject(
         projects_pb2.Project(name=""), timeout=T)),
     (PR, "AddProjectUser", ADMIN, lambda c, w: c.projects.AddProjectUser(

@@ -20,6 +20,7 @@ from workspace.cli import (
     progress,
     project_cmds,
     render,
+    replica_cmds,
     usage_text,
     ws,
 )
@@ -284,6 +285,7 @@ def test_every_table_header_is_one_spelling(
     admin_text.cache_text(admin_pb2.ListCacheResponse(entries=[admin_pb2.CacheEntry()]))
     key_cmds.key_rows([access_pb2.SshKey(public_key=ED25519)])
     backfill_cmds.entry_rows([admin_pb2.BackfillEntry()])
+    replica_cmds.replica_rows([admin_pb2.Replica()])
     project_cmds.project_rows([projects_pb2.Project(name="p")])
     project_cmds.quota_rows([projects_pb2.ProjectQuota(project="p")])
     for by in (usage_pb2.USAGE_GROUPING_WORKSPACE, usage_pb2.USAGE_GROUPING_USER):

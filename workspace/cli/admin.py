@@ -1,5 +1,5 @@
 """ws-admin: administer a workspace service (nodes, networks, images, the capacity queue,
-the scheduler) and run a local site.
+the scheduler, its replicas) and run a local site.
 
 `ws-admin site up` starts an all-in-one site (service + one agent) on this machine;
 `ws` then finds it by default. Every command takes --output json.
@@ -28,6 +28,7 @@ from workspace.cli import (
     progress,
     project_cmds,
     render,
+    replica_cmds,
     trust_cmds,
     usage_cmds,
 )
@@ -543,6 +544,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     usage_cmds.register_admin(sub, parent, cmds.client)
     event_cmds.register(sub, parent, cmds.client)
     backfill_cmds.register(sub, parent, cmds.client)
+    replica_cmds.register(sub, parent, cmds.client)
     pki_cmds.register(sub, parent)
 
     site = group("site", "the local all-in-one site (service + one agent)")

@@ -1,16 +1,18 @@
 """The Admin API: nodes, networks, caches, the capacity queue, the scheduler's input, site
-events, backfill."""
+events, backfill, the service's replicas."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from workspace.codec import backfill as codec_backfill
 from workspace.codec import events as codec_events
 from workspace.codec import node as codec_node
+from workspace.codec import replicas as codec_replicas
 from workspace.codec import v1
+from workspace.domain.replicas import ReplicaView
 from workspace.edge import auth
 from workspace.edge.calls import stream, unary
 from workspace.edge.event_stream import events_out
@@ -27,6 +29,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, env: Env) -> None:
         self.env = env
         self.auth = auth.for_config(env.cfg)
+        # The live service replicas (service/main.py ``Service.replicas``).
+        self.replicas: Callable[[], list[ReplicaView]] = list
 
     def create_network(self, request: admin_pb2.Network) -> admin_pb2.Network:
         return v1.network_to_proto(
@@ -171,3 +175,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ClearBackfillRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.BackfillEntry:
         return codec_backfill.entry_to_proto(backfill.clear_entry(self.env, request.image))
+
+    @unary
+    def ListReplicas(
+        self, request: admin_pb2.ListReplicasRequest, context: grpc.ServicerContext, who: Identity
+    ) -> admin_pb2.ListReplicasResponse:
+        listed = [codec_replicas.replica_to_proto(r) for r in self.replicas()]
+        return admin_pb2.ListReplicasResponse(replicas=listed)

@@ -117,6 +117,7 @@ def _rules() -> dict[str, Role]:
             "SetBackfill": a,
             "ListBackfill": a,
             "ClearBackfill": a,
+            "ListReplicas": a,
         },
         "workspace.v1.Projects": {
             "CreateProject": a,

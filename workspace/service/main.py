@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
+import socket
 import sys
 import threading
 import time
@@ -17,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from workspace import callctx, config, grants, rpc, sole, version
 from workspace.config import ServiceConfig
+from workspace.domain.replicas import ReplicaView
 from workspace.edge.admin import AdminServicer
 from workspace.edge.calls import stopping
 from workspace.edge.clusters import ClustersServicer
@@ -124,6 +127,9 @@ class Service:
         if postgres:  # the saves it runs are marked with its id (service/registry.py)
             self.env = replace(self.env, replica_id=uuid.uuid4().hex[:12])
         self.relay = Relay(self.env, self.store.engine, self.env.replica_id) if postgres else None
+        # What `ws-admin replica list` calls this process on SQLite (its saves are not
+        # marked with it: it is the store's only process).
+        self.local_id = uuid.uuid4().hex[:12]
         # Which replicas are alive (made in start(), once its addresses are known).
         self.registry: Registry | None = None
         # When this replica last became the leader (liveness gives the nodes their grace
@@ -159,6 +165,7 @@ class Service:
         self.catalog = ImagesServicer(Catalog(self.env, blobs), self.hub)
         self.clusters = ClustersServicer(self.env)
         self.admin = AdminServicer(self.env)
+        self.admin.replicas = self.replicas
         # On replicas, an exec for an agent connected to another replica goes through it.
         self.forwarder = (
             TaskForwarder(self.hub, self.relay, self._replica_gone) if self.relay else None
@@ -220,8 +227,27 @@ class Service:
             self.auth.revocations.on_change(self._revoked)
         self._crl_thread = threading.Thread(target=self._watch_crl, name="crl", daemon=True)
         self.metrics_url = ""
+        self.started_at = time.time()
+
+    def replicas(self) -> list[ReplicaView]:
+        """The live replicas (`ws-admin replica list`): on PostgreSQL the registry's
+        picture at its last check (this one first); on SQLite this process, the leader."""
+        if self.registry is not None:
+            return self.registry.live()
+        me = ReplicaView(
+            self.env.replica_id or self.local_id,
+            socket.gethostname(),
+            os.getpid(),
+            _bound(self.cfg.listen, self.port),
+            _bound(self.cfg.node_address, self.node_port),
+            self.started_at,
+            self.metrics_url,
+            self.leader.acting(),
+        )
+        return [me]
 
     def start(self) -> None:
+        self.started_at = time.time()
         # Refuses plaintext unless insecure = true (said at ERROR off loopback/unix).
         plaintext = rpc.check_listen(self.cfg.listen, self.cfg.tls, self.cfg.insecure)
         rpc.check_listen(self.cfg.node_address, self.cfg.tls, self.cfg.insecure)
@@ -249,6 +275,8 @@ class Service:
                 acting=self.leader.acting,
                 on_gone=lambda gone: save.clear_gone(self.env, gone),
                 fence_s=self.cfg.leader_fence_s,
+                metrics_url=self.metrics_url,
+                leader_session=lambda: self.leader.session,
             )
             self.registry.start()
         self.node_server.start()

@@ -26,10 +26,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from workspace.service.replicas import CHECK_S, FENCE_S, connect
+from workspace.domain.replicas import ReplicaView
+from workspace.service.replicas import CHECK_S, FENCE_S, LEADER_LOCK, connect
+from workspace.store.engines import LOCK_CLASS
+
+__all__ = ["GONE_S", "REPLICA_CLASS", "Registry", "ReplicaView"]
 
 log = logging.getLogger("workspace.service.registry")
 
@@ -38,41 +41,36 @@ REPLICA_CLASS = 0x5754
 # How long a replica's lock must stay free before it is taken for gone.
 GONE_S = 5.0
 
-
-@dataclass(frozen=True)
-class ReplicaView:
-    """A live replica as the registry shows it."""
-
-    replica_id: str
-    host: str
-    pid: int
-    listen: str
-    node_listen: str
-    started_at: float
-
-    def describe(self) -> str:
-        return f"{self.replica_id} (pid {self.pid} on {self.host or 'an unknown host'})"
-
-
-# Every replica's row, the database session holding its lock (NULL: none) and how long
-# ago that session last renewed its lease (its last statement started).
+# Every replica's row, whether it leads (the session its row names holds the leader lock
+# now: service/replicas.py), the database session holding its own lock (NULL: none) and
+# how long ago that session last renewed its lease (its last statement started).
 _PICTURE = """
-SELECT r.replica_id, r.host, r.pid, r.listen, r.node_listen, r.started_at, l.pid,
-       EXTRACT(EPOCH FROM clock_timestamp() - a.query_start)
+SELECT r.replica_id, r.host, r.pid, r.listen, r.node_listen, r.started_at,
+       r.metrics_listen,
+       EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted
+         AND k.classid = %(leader_class)s AND k.objid = %(leader_lock)s AND k.objsubid = 2
+         AND k.pid = r.leader_session
+         AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())),
+       l.pid, EXTRACT(EPOCH FROM clock_timestamp() - a.query_start)
 FROM replicas r
-LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.classid = %s
+LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.classid = %(cls)s
   AND l.objid::bigint = r.seq AND l.objsubid = 2
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 """
 
 _REGISTER = """
-INSERT INTO replicas (replica_id, host, pid, listen, node_listen, started_at)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO replicas (replica_id, host, pid, listen, node_listen, started_at, metrics_listen,
+  leader_session)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (replica_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
-  listen = EXCLUDED.listen, node_listen = EXCLUDED.node_listen
+  listen = EXCLUDED.listen, node_listen = EXCLUDED.node_listen,
+  metrics_listen = EXCLUDED.metrics_listen, leader_session = EXCLUDED.leader_session
 RETURNING seq
 """
+
+# The session holding the leader lock for this replica (NULL: none).
+_LEADING = "UPDATE replicas SET leader_session = %s WHERE replica_id = %s"
 
 # A gone replica's row, unless its lock was taken again meanwhile.
 _FORGET = """
@@ -95,15 +93,27 @@ class Registry:
         acting: Callable[[], bool],
         on_gone: Callable[[dict[str, str]], int],
         fence_s: float = FENCE_S,
+        metrics_url: str = "",
+        leader_session: Callable[[], int] = lambda: 0,
     ) -> None:
         """``acting``: whether this replica leads (only the leader clears and forgets the
-        gone); ``on_gone``: clears what the replicas named (id -> description) left."""
+        gone); ``on_gone``: clears what the replicas named (id -> description) left;
+        ``leader_session``: the database session holding the leader lock for this replica
+        (0: none; ``Leader.session``), written in its row for the others to see."""
         self.dsn = dsn
         self.replica_id = replica_id
         self.me = ReplicaView(
-            replica_id, socket.gethostname(), os.getpid(), listen, node_listen, time.time()
+            replica_id,
+            socket.gethostname(),
+            os.getpid(),
+            listen,
+            node_listen,
+            time.time(),
+            metrics_url,
         )
         self.acting = acting
+        self.leader_session = leader_session
+        self._marked = 0  # the leader session this replica's row names
         self.on_gone = on_gone
         self.fence_s = fence_s
         self._conn: Any = None
@@ -160,8 +170,10 @@ class Registry:
         settled = now - self._since >= GONE_S  # this session saw the others come back
         live: list[ReplicaView] = []
         gone: dict[str, str] = {}
-        for rid, host, pid, listen, node_listen, started, holder, age in rows:
-            view = ReplicaView(str(rid), str(host), int(pid), listen, node_listen, started)
+        for rid, host, pid, listen, node_listen, started, metrics, leads, holder, age in rows:
+            view = ReplicaView(
+                str(rid), str(host), int(pid), listen, node_listen, started, metrics, leads
+            )
             held = holder is not None
             if held and rid != self.replica_id and age is not None and age >= self.fence_s:
                 self._fence(view, int(holder), float(age))
@@ -192,22 +204,30 @@ class Registry:
             self._locked = False
             self._missing.clear()
         conn = self._conn
+        session = self.leader_session()
         if not self._locked:
             me = self.me
+            row_values = (me.replica_id, me.host, me.pid, me.listen, me.node_listen)
             with conn.transaction():
                 (seq,) = conn.execute(
                     _REGISTER,
-                    (me.replica_id, me.host, me.pid, me.listen, me.node_listen, me.started_at),
+                    (*row_values, me.started_at, me.metrics_url, session or None),
                 ).fetchone()
                 # Taken in the row's transaction: no one sees the row without its lock.
                 row = conn.execute(
                     "SELECT pg_try_advisory_lock(%s, %s)", (REPLICA_CLASS, seq)
                 ).fetchone()
             self._locked = bool(row and row[0])
-        rows = list(conn.execute(_PICTURE, (REPLICA_CLASS,)).fetchall())
-        if not any(r[0] == self.replica_id and r[6] is not None for r in rows):
+            self._marked = session
+        elif session != self._marked:  # it leads now, or no longer
+            conn.execute(_LEADING, (session or None, self.replica_id))
+            self._marked = session
+        rows = list(conn.execute(_PICTURE, self._picture_args).fetchall())
+        if not any(r[0] == self.replica_id and r[8] is not None for r in rows):
             self._locked = False  # forgotten (taken for gone): register again next pass
         return rows
+
+    _picture_args = {"cls": REPLICA_CLASS, "leader_class": LOCK_CLASS, "leader_lock": LEADER_LOCK}
 
     def _fence(self, view: ReplicaView, backend: int, age: float) -> None:
         log.warning(

@@ -337,6 +337,9 @@ class Leader:
         self._stop = threading.Event()
         self._conn: Any = None
         self._changed = threading.Condition()
+        # The database session (backend pid) holding the leader lock, while it is held
+        # (0: not held); the registry writes it in this replica's row (service/registry.py).
+        self.session = 0
 
     def start(self) -> None:
         if not self.dsn:
@@ -369,6 +372,8 @@ class Leader:
                 conn.close()  # the session ends: the lock is free for another replica
 
     def _set(self, held: bool) -> None:
+        if not held:
+            self.session = 0
         if held == self._held:
             return
         self._held = held
@@ -403,6 +408,7 @@ class Leader:
                             (f"workspace-service leader {os.getpid()}",),
                         )
                         self._ok_at = time.monotonic()
+                        self.session = int(self._conn.info.backend_pid)
                         self._set(True)
                     else:
                         self._fence_if_stale(self._conn)

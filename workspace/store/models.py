@@ -540,3 +540,8 @@ class Replica(Base):
     listen: Mapped[str] = mapped_column(String(255), default="")
     node_listen: Mapped[str] = mapped_column(String(255), default="")
     started_at: Mapped[float] = mapped_column(Float, default=0.0)
+    # Its metrics URL ("" when it serves none: no metrics_listen).
+    metrics_listen: Mapped[str] = mapped_column(String(255), default="")
+    # The database session (backend pid) holding the leader lock for it, written by its
+    # registry once it leads (NULL: it does not): it leads while that session holds it.
+    leader_session: Mapped[int | None] = mapped_column(Integer, nullable=True)

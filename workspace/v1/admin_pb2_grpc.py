@@ -120,6 +120,11 @@ class AdminStub:
                 request_serializer=workspace_dot_v1_dot_admin__pb2.ClearBackfillRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.FromString,
                 _registered_method=True)
+        self.ListReplicas = channel.unary_unary(
+                '/workspace.v1.Admin/ListReplicas',
+                request_serializer=workspace_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -242,6 +247,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReplicas(self, request, context):
+        """The service replicas alive now (docs/design/replicas.md): on PostgreSQL every
+        replica whose registry lock is held, as the answering replica saw them at its last
+        check (a second ago at most; itself first); on SQLite the one process, the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +343,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ClearBackfill,
                     request_deserializer=workspace_dot_v1_dot_admin__pb2.ClearBackfillRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.BackfillEntry.SerializeToString,
+            ),
+            'ListReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplicas,
+                    request_deserializer=workspace_dot_v1_dot_admin__pb2.ListReplicasRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_admin__pb2.ListReplicasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -790,6 +809,33 @@ class Admin:
             '/workspace.v1.Admin/ClearBackfill',
             workspace_dot_v1_dot_admin__pb2.ClearBackfillRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.BackfillEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Admin/ListReplicas',
+            workspace_dot_v1_dot_admin__pb2.ListReplicasRequest.SerializeToString,
+            workspace_dot_v1_dot_admin__pb2.ListReplicasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,11 @@ class AdminStub:
     """
     ListBackfill: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListBackfillRequest, _admin_pb2.ListBackfillResponse]
     ClearBackfill: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearBackfillRequest, _admin_pb2.BackfillEntry]
+    ListReplicas: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]
+    """The service replicas alive now (docs/design/replicas.md): on PostgreSQL every
+    replica whose registry lock is held, as the answering replica saw them at its last
+    check (a second ago at most; itself first); on SQLite the one process, the leader.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -106,6 +111,11 @@ class AdminAsyncStub(AdminStub):
     """
     ListBackfill: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListBackfillRequest, _admin_pb2.ListBackfillResponse]  # type: ignore[assignment]
     ClearBackfill: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearBackfillRequest, _admin_pb2.BackfillEntry]  # type: ignore[assignment]
+    ListReplicas: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListReplicasRequest, _admin_pb2.ListReplicasResponse]  # type: ignore[assignment]
+    """The service replicas alive now (docs/design/replicas.md): on PostgreSQL every
+    replica whose registry lock is held, as the answering replica saw them at its last
+    check (a second ago at most; itself first); on SQLite the one process, the leader.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -244,5 +254,16 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ClearBackfillRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.BackfillEntry, _abc.Awaitable[_admin_pb2.BackfillEntry]]: ...
+
+    @_abc_1.abstractmethod
+    def ListReplicas(
+        self,
+        request: _admin_pb2.ListReplicasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListReplicasResponse, _abc.Awaitable[_admin_pb2.ListReplicasResponse]]:
+        """The service replicas alive now (docs/design/replicas.md): on PostgreSQL every
+        replica whose registry lock is held, as the answering replica saw them at its last
+        check (a second ago at most; itself first); on SQLite the one process, the leader.
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,6 +1,8 @@
 """replicas (a registry of the service replicas on PostgreSQL, each alive while its
-session holds its advisory lock) and workspaces.saving_by (the replica running a save):
-a save whose replica is gone is cleared at once, not after limits.save_timeout_s.
+session holds its advisory lock; its metrics URL, and the database session of its leader
+lock while it holds one: `ws-admin replica list`) and workspaces.saving_by (the replica
+running a save): a save whose replica is gone is cleared at once, not after
+limits.save_timeout_s.
 
 Revision ID: 0027
 Revises: 0026
@@ -28,6 +30,8 @@ def upgrade() -> None:
         sa.Column("listen", sa.String(length=255), nullable=False),
         sa.Column("node_listen", sa.String(length=255), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=False),
+        sa.Column("metrics_listen", sa.String(length=255), server_default="", nullable=False),
+        sa.Column("leader_session", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("replica_id"),
     )
