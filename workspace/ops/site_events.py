@@ -248,13 +248,19 @@ def _subject(ref: str, kinds: tuple[str, ...], what: str, find: Callable[[], str
 
 
 def prune(env: Env) -> int:
-    """Delete what ``event_retention`` no longer keeps; returns how many."""
+    """Delete what ``event_retention`` no longer keeps; returns how many.
+
+    The newest event is always kept, however old: SQLite gives a new row the largest id
+    plus one, so an idle site whose events had all been pruned would give its next
+    events ids a follower (``--follow``, which reads on from the last id it saw) has
+    already passed, and it would miss them."""
     count, seconds = parse_retention(env.cfg.event_retention)
     with env.store.write() as s:
+        newest = s.execute(select(func.max(EventRow.id))).scalar() or 0
         if seconds:
             cut = env.clock() - seconds
-            return _deleted(s.execute(delete(EventRow).where(EventRow.at < cut)))
-        newest = s.execute(select(func.max(EventRow.id))).scalar() or 0
+            old = delete(EventRow).where(EventRow.at < cut, EventRow.id < newest)
+            return _deleted(s.execute(old))
         floor = newest - count
         if floor <= 0:
             return 0
