@@ -21,6 +21,9 @@ from workspace.errors import ConfigError
 
 log = logging.getLogger("workspace.metrics")
 
+# Hosts that bind every address rather than name one.
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
 
 def split_address(address: str) -> tuple[str, int]:
     """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` → (host, port)."""
@@ -41,7 +44,10 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """Where to scrape it. Bound to every address (``0.0.0.0``, ``::``), it is named
+        by this host's name: the wildcard is no address another host can reach."""
+        host = socket.gethostname() if self.host in WILDCARDS else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:

@@ -267,6 +267,22 @@ def test_metrics_addresses() -> None:
             split_address(bad)
 
 
+def test_a_metrics_url_names_a_host_others_can_reach() -> None:
+    """Bound to every address, the URL an admin is shown (`ws-admin replica list`, the
+    log) names this host, not 0.0.0.0; bound to one address, that address."""
+    import socket
+
+    from workspace.metrics_http import MetricsServer
+
+    def url(host: str) -> str:
+        return MetricsServer(host, 9464, None, None).url
+
+    me = socket.gethostname()
+    assert url("0.0.0.0") == url("::") == f"http://{me}:9464/metrics"
+    assert url("127.0.0.1") == "http://127.0.0.1:9464/metrics"
+    assert url("::1") == "http://[::1]:9464/metrics"
+
+
 def test_a_throttle_lets_one_line_per_key_and_interval_through() -> None:
     now = [100.0]
     t = Throttle(300.0, clock=lambda: now[0], size=2)
