@@ -35,11 +35,12 @@ from agent.save import Saver
 from agent.staging import Staging
 from agent.status import Sight
 from agent.tasks import Tasks
-from agent.virt.base import Driver
+from agent.virt.base import Driver, local_capacity
 from images import signing
 from workspace import version
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders
+from workspace.errors import DriverError
 
 log = logging.getLogger("agent")
 
@@ -94,6 +95,8 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self.metrics: AgentMetrics | None = None
         self.metrics_url = ""
+        # The host's (cpus, memory_mib) as the hypervisor last said (``_host_capacity``).
+        self._capacity: tuple[int, int] | None = None
 
     def _name_of(self, workspace_id: str) -> str:
         order = self.executor.orders().get(workspace_id)
@@ -149,7 +152,7 @@ class Agent:
     # -- what the link asks of the node (agent.link.Node) ------------------------------
 
     def node_info(self) -> NodeInfo:
-        cpus, mem = self.driver.host_capacity()
+        cpus, mem = self._host_capacity()
         st = os.statvfs(self.cfg.state_dir)
         disk_gib = self.cfg.disk_gib or (st.f_blocks * st.f_frsize) // 1024**3
         return NodeInfo(
@@ -166,6 +169,26 @@ class Agent:
             net_mbps=self.cfg.net_mbps,
             agent_version=version.version(),
         )
+
+    def _host_capacity(self) -> tuple[int, int]:
+        """The host's (cpus, memory_mib) for registration: the config's when it names
+        both, else the hypervisor's. While the hypervisor does not answer (libvirtd down
+        when the agent starts or its link reconnects), what it said last, else the
+        kernel's: a node that cannot register sends no heartbeat, and would go DOWN with
+        all its workspaces LOST while their VMs run (the outage is the node's condition,
+        hypervisor-unreachable, docs/design/agent.md)."""
+        if self.cfg.cpus and self.cfg.memory_mib:
+            return self.cfg.cpus, self.cfg.memory_mib
+        try:
+            self._capacity = self.driver.host_capacity()
+        except DriverError as exc:
+            log.warning(
+                "the hypervisor does not answer (%s); registering with the host's size as %s",
+                exc.message,
+                "it said last" if self._capacity else "the kernel gives it",
+            )
+            return self._capacity or local_capacity()
+        return self._capacity
 
     def take_orders(self, orders: NodeOrders, policy: signing.Policy | None) -> None:
         renewed = self.gate.update(policy, orders.stop_running_on_revoke)

@@ -606,7 +606,16 @@ class Executor:
         d = self.driver
         if action is Action.CREATE:
             assert order is not None
-            self.create(order)
+            # A create may wait in the pool for a worker (more asked than max_parallel_ops)
+            # and be destroyed meanwhile: nothing of it exists, so a full report leaves it
+            # out and the service gives its address back. Said PROPAGATING first (every
+            # report names it from here on), then made only if still asked, as asked now.
+            self.status.set(wid, Observed.PROPAGATING)
+            latest = self.orders().get(wid)
+            if latest is None:
+                log.info("workspace %s: no longer asked for; not created", wid)
+                return
+            self.create(latest)
         elif action is Action.START:
             if order is not None:  # signatures only: the disks exist already
                 self._booted_under(wid, self.gate.check(order, "start"))

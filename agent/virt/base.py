@@ -218,15 +218,21 @@ class Driver(ABC):
         Raises DriverError when it could not."""
 
     def host_capacity(self) -> tuple[int, int]:
-        """(cpus, memory_mib) of the host, for registration."""
-        import os
-
-        cpus = os.cpu_count() or 1
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return cpus, int(line.split()[1]) // 1024
-        return cpus, 1024
+        """(cpus, memory_mib) of the host, for registration (DriverError when the
+        hypervisor does not answer)."""
+        return local_capacity()
 
     def close(self) -> None:  # noqa: B027
         """Release connections and threads."""
+
+
+def local_capacity() -> tuple[int, int]:
+    """(cpus, memory_mib) of the machine this process runs on, as the kernel says."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return cpus, int(line.split()[1]) // 1024
+    return cpus, 1024

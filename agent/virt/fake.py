@@ -157,6 +157,10 @@ class FakeDriver(Driver):
         reason = PAUSED_IO_ERROR if d.io_paused and d.state is DomainState.PAUSED else ""
         return DomainInfo(workspace_id, d.state, reason, limits=d.spec.limits)
 
+    def host_capacity(self) -> tuple[int, int]:
+        with self._up():  # libvirt's getInfo: not without libvirtd
+            return super().host_capacity()
+
     def list_domains(self) -> list[DomainInfo]:
         with self._up():
             return [self._info(wid, d) for wid, d in self._domains.items()]

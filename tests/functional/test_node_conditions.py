@@ -5,6 +5,7 @@ one `node.condition` site event per condition that appears or clears."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -15,7 +16,9 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.agent import Agent
 from agent.netsetup import NullNetworking
+from agent.virt.base import local_capacity
 from agent.virt.fake import FakeDriver
 from tests.functional.harness import WS, Site, wait_for
 from tests.functional.test_netpolicy import run
@@ -244,5 +247,42 @@ def test_a_node_whose_hypervisor_is_down_stays_up_with_its_workspaces_as_they_we
             ("hypervisor-unreachable", "appeared"),
             ("hypervisor-unreachable", "cleared"),
         ]
+    finally:
+        site.close()
+
+
+def test_an_agent_restarted_while_its_hypervisor_is_down_registers_and_keeps_its_node_up(
+    tmp_path: Path,
+) -> None:
+    """libvirtd down, then the agent restarted (or its link reconnecting: a service
+    restart): it registers all the same, so its node stays READY and its workspaces are
+    not LOST; the node says `hypervisor-unreachable`. Registering asked the hypervisor
+    for the host's size, failed, and was tried again for ever while the node went DOWN
+    and every workspace on it LOST."""
+    site = Site(tmp_path, node_grace_s=2)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        agent = site.add_agent("node1")
+        w = site.stubs.create(name="kept")
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        site.stop_agent("node1")  # its fake domains persist, as libvirt's
+        driver = FakeDriver(agent.cfg.fake, agent.cfg.state_dir)
+        driver.unreachable = LIBVIRT_DOWN
+        # its size not in its config: the hypervisor's to say, which cannot now
+        again = Agent(dataclasses.replace(agent.cfg, cpus=0, memory_mib=0), driver)
+        again.start()
+        site.agents["node1"] = again
+        wait_for(again.link.connected, what="the restarted agent's order stream")
+        wait_for(lambda: [c[0] for c in listed(site)] == ["hypervisor-unreachable"], what="it")
+        time.sleep(4)  # twice node_grace_s
+        (node,) = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
+        assert node.state == admin_pb2.NODE_STATE_READY
+        assert node.cpus == local_capacity()[0]  # the kernel's word meanwhile
+        assert site.stubs.get(w.id).state == WS.WORKSPACE_STATE_RUNNING
+
+        driver.unreachable = ""  # libvirtd started again
+        wait_for(lambda: listed(site) == [], what="the condition to clear")
+        assert site.stubs.get(w.id).state == WS.WORKSPACE_STATE_RUNNING
     finally:
         site.close()

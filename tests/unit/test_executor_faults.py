@@ -421,3 +421,36 @@ def test_files_that_cannot_be_removed_fail_the_removal_and_say_why(
     seen = state(parts)
     assert seen.state is Observed.FAILED
     assert "Read-only file system" in seen.reason
+
+
+# -- a create that waited for a worker ----------------------------------------------------
+
+
+def test_a_create_destroyed_while_it_waits_for_a_worker_is_never_made(parts: Parts) -> None:
+    """A node asked for more creates than it runs at once (a cluster) queues the rest;
+    one destroyed meanwhile is left out of the node's full reports (nothing of it
+    exists), so the service gives its address back. It used to be made all the same
+    once a worker was free: a VM with an address the pool could hand out again."""
+    ex, driver = parts.executor, parts.driver
+    gate = threading.Event()
+    define = driver.define
+    defined: list[str] = []
+
+    def slow_define(spec: Any) -> None:
+        defined.append(spec.workspace_id)
+        if spec.workspace_id in ("w1", "w2"):
+            gate.wait(10)
+        define(spec)
+
+    driver.define = slow_define  # type: ignore[method-assign]
+    ex.take([order("w1"), order("w2"), order("w3")])
+    ex.reconcile_once()  # two workers, both busy: w3 waits for one
+    wait_for(lambda: sorted(defined) == ["w1", "w2"])
+    ex.take([order("w1"), order("w2")])  # `ws destroy w3`
+    assert "w3" not in {o.workspace_id for o in ex.observe()}  # the service lets it go
+    gate.set()
+    wait_for(ex.idle)
+    settle(parts)
+    assert "w3" not in defined
+    assert sorted(d.workspace_id for d in driver.list_domains()) == ["w1", "w2"]
+    assert "w3" not in parts.files.existing()

@@ -14,7 +14,7 @@ from tests.unit.test_request_validation import Site, build_site
 from workspace.errors import PermissionDenied
 from workspace.node.v1 import nodes_pb2
 from workspace.ops import reports
-from workspace.store import Node
+from workspace.store import Node, Workspace
 from workspace.store.site_events import EventRow
 
 BOUND, OTHER = 0xA1, 0xB2
@@ -97,3 +97,38 @@ def test_a_workspace_its_node_makes_anew_says_so(tmp_path: Path) -> None:
     site.report(other, nodes_pb2.OBSERVED_STATE_PROPAGATING)
     site.report(other, nodes_pb2.OBSERVED_STATE_RUNNING)
     assert row(site, other).reason == ""
+
+
+@pytest.mark.parametrize(
+    ("desired", "seen"),
+    [
+        (None, nodes_pb2.OBSERVED_STATE_RUNNING),
+        ("PAUSED", nodes_pb2.OBSERVED_STATE_PAUSED),
+        ("STOPPED", nodes_pb2.OBSERVED_STATE_STOPPED),
+    ],
+)
+def test_a_lost_workspace_whose_node_comes_back_no_longer_says_it_is_lost(
+    tmp_path: Path, desired: str | None, seen: int
+) -> None:
+    """LOST with its node, then the node reports it again (a partition healed, an agent
+    restarted): its state is the node's, and the LOST reason ("node n1 stopped
+    reporting; …") goes. A PAUSED one kept it: `ws show` said PAUSED, its node gone."""
+    site = build_site(tmp_path)
+    wid = site.create(name="back").id
+    site.report(wid, seen)
+    if desired is not None:
+        with site.store.write() as s:
+            s.get(Workspace, wid).desired_state = desired  # type: ignore[union-attr]
+    grace(site)
+    assert site.nodes.check_liveness() == ["n1"]
+    assert "node n1 stopped reporting" in row(site, wid).reason
+    site.nodes.report(
+        nodes_pb2.ReportStatusRequest(
+            node="n1",
+            full=True,
+            workspaces=[nodes_pb2.ObservedWorkspace(workspace_id=wid, state=seen)],
+        )
+    )
+    back = row(site, wid)
+    assert back.state == nodes_pb2.ObservedState.Name(seen).removeprefix("OBSERVED_STATE_")
+    assert back.reason == ""

@@ -17,6 +17,9 @@ from workspace.errors import FailedPrecondition
 # The reason a workspace shows once the site's trust policy stopped it (ops/trust_admin.py:
 # a revocation under ENFORCE with stop_running_on_revoke); it keeps it when stopped.
 TRUST_STOPPED = "stopped by the site's trust policy: "
+# How the reason of a workspace LOST with its node ends (ops/liveness.py); its node's
+# next word of it (ops/reports.py) says what it is instead.
+NOT_MOVED = "; the workspace was not restarted elsewhere"
 
 
 class State(enum.StrEnum):

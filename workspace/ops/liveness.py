@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from workspace.domain.leases import iso_time
 from workspace.domain.model import WorkspaceView
-from workspace.domain.states import Desired, NodeState, State
+from workspace.domain.states import NOT_MOVED, Desired, NodeState, State
 from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import terminate_unconfirmed
@@ -144,7 +144,7 @@ def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> None:
         elif ws.state != State.LOST.value:
             ws.state = State.LOST.value
             if not (ws.preemptible and ws.preempted_by):  # a victim keeps its reason
-                set_reason(ws, f"{lost}; the workspace was not restarted elsewhere")
+                set_reason(ws, lost + NOT_MOVED)
             ws.updated_at = now
         else:
             continue

@@ -15,6 +15,7 @@ from workspace.config import ServiceConfig
 from workspace.domain.leases import EXPIRED
 from workspace.domain.model import BlobSources, Disk, NodeInfo, NodeOrders, NodeReport, Order
 from workspace.domain.states import (
+    NOT_MOVED,
     TRUST_STOPPED,
     Desired,
     NodeState,
@@ -466,6 +467,10 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             # The node failed to remove it (FAILED, shown STOPPING: it tries again): said,
             # or a `ws destroy --wait` runs out of time with no word of why.
             reason = _not_removed(old_reason, obs.reason)
+        if new is not None and ws.state == State.LOST.value and old_reason.endswith(NOT_MOVED):
+            # Its node speaks for it again (back after a partition, an agent restarted):
+            # why it was LOST no longer holds, in any state (a PAUSED one kept saying it).
+            reason = obs.reason
         if new is State.PROPAGATING and State(ws.state) in _MADE:
             reason = remade(r.node)
         if new is State.RUNNING and not obs.reason:
