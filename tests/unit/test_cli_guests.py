@@ -312,6 +312,34 @@ def test_ssh_print_builds_a_strict_command_and_known_hosts(
     ]  # fmt: skip
 
 
+def test_interactive_commands_refuse_json_they_would_not_print(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ws ssh`, `ws scp` and `ws console --attach` ran with the terminal and printed no
+    JSON though `-o json` was given: a script waiting for it got none and no word why.
+    Without --print that is a usage error (exit 2, nothing run, nothing written); with
+    --print, ssh's and scp's command is the JSON."""
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+    c = FakeClient([box(host_keys=HOST_KEYS)])
+    ran: list[list[str]] = []
+    monkeypatch.setattr(guest_cmds, "run_in_foreground", lambda cmd: ran.append(cmd) or 0)
+    for what, argv in (
+        ("ssh", ["-o", "json", "ssh", "box"]),
+        ("ssh", ["ssh", "box", "-o", "json", "--", "uname"]),
+        ("scp", ["-o", "json", "scp", "f", "box:"]),
+        ("scp", ["scp", "box:f", ".", "-o", "json"]),
+    ):
+        rc, out, err = run(c, capsys, *argv)
+        assert (rc, out) == (2, ""), argv
+        assert err.startswith(f"ws: error: -o json prints the {what} command as JSON, with --print")
+    rc, out, err = run(c, capsys, "-o", "json", "console", "box", "--attach")
+    assert (rc, out) == (2, "")
+    assert err.startswith("ws: error: --attach relays the console both ways")
+    assert ran == [] and list((tmp_path / "tmp").iterdir()) == []
+    rc, out, _ = run(c, capsys, "-o", "json", "scp", "--print", "f", "box:d")
+    assert rc == 0 and json.loads(out)["command"][-1] == "debian@10.213.0.5:d"
+
+
 def test_ssh_forwards_ports_as_ssh_does(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -316,8 +316,20 @@ def check_ssh(ws: common_pb2.Workspace, user: str = "", key: str = "") -> None:
     ws_address(ws)
 
 
+def json_only_with_print(args: argparse.Namespace, what: str) -> None:
+    """UsageError for ``-o json`` without ``--print``: ``what`` (ssh, scp) then runs with
+    the terminal and prints no result of ws's, so the JSON a script asked for would never
+    come (it was ignored silently)."""
+    if render.wants_json(args) and not args.print:
+        raise common.UsageError(
+            f"-o json prints the {what} command as JSON, with --print; without it {what} "
+            f"runs with your terminal and ws prints nothing of its own (exit code: {what}'s)"
+        )
+
+
 def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int:
     command = command_of(args, late, "ws ssh", required=False)
+    json_only_with_print(args, "ssh")
     ws = get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
     ws = once_running(client, args, ws)
     check_ssh(ws, args.user or "", "" if args.print else args.key or "")

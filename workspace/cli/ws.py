@@ -234,6 +234,11 @@ class Commands(common.ClientCommands):
 
     def console(self, args: argparse.Namespace) -> int:
         if args.attach:
+            if render.wants_json(args):
+                raise common.UsageError(
+                    "--attach relays the console both ways and prints no result: -o json "
+                    "is for `ws console NAME` without it (the log, as JSON)"
+                )
             return console_cmds.attach(self.client(args), args.id)
         client, tail = self.client(args), args.tail or 0
         if render.wants_json(args):
