@@ -104,9 +104,14 @@ _CONNECT_MARKERS = (
     "connect failed",
     "permission denied",
 )
-# Of those, the ones that say nothing listens at the address at all (no identity
-# would have helped).
-_NOTHING_THERE = ("connection refused", "no such file or directory")
+# Of those, the ones that say nothing listens at the address at all, or that its name
+# does not resolve (no identity would have helped).
+_NOTHING_THERE = (
+    "connection refused",
+    "no such file or directory",
+    "dns resolution",
+    "errors resolving",
+)
 # gRPC's preamble to the reason one address failed, left out where each is named.
 _PICK_FAILED = "failed to connect to all addresses; last error: "
 

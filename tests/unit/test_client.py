@@ -239,8 +239,10 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
     with pytest.raises(errors.Unavailable, match="cannot reach the workspace service"):
         Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
     # A name that does not resolve (a typo in $WS_SERVICE) says the same, not grpc's words.
-    with pytest.raises(errors.Unavailable, match="cannot reach the workspace service at no-"):
+    with pytest.raises(errors.Unavailable, match="cannot reach the workspace service at no-") as e:
         Client("no-such-host.invalid:1", timeout_s=2).list_workspaces()
+    # A name that does not resolve is not helped by an identity: no hint that it would be.
+    assert "identity" not in e.value.message
 
 
 def test_an_error_says_the_status_it_came_with(
