@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from workspace import client_images, errors, rpc
+from workspace.cli import common
 from workspace.cli import ws as ws_cli
 from workspace.client import (
     Client,
@@ -113,6 +114,11 @@ def test_a_list_of_addresses_none_answers_names_each(
     assert isinstance(caught.value, errors.Unavailable)
     assert [address for address, _why in caught.value.failures] == [a, b]
     assert all("No such file" in why for _address, why in caught.value.failures)
+    # A wait that loses every replica says so on one line, each address in it.
+    common.outage_notice("ws: wait")(caught.value.message)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("ws: wait: lost the service (cannot reach the workspace service at")
+    assert f"tried: {a}: " in line and f"; {b}: " in line and line.endswith("); retrying")
     # One address: one line, as before, and the one failure.
     with Client(a, timeout_s=5) as client, pytest.raises(ServiceUnreachable) as caught:
         client.get_workspace("x")
