@@ -269,6 +269,42 @@ def test_console_of_a_cluster_says_it_is_one_and_names_its_members(
     assert rc == 1 and "no workspace 'mpi'" in err and "cluster" not in err
 
 
+def test_workspace_commands_given_a_cluster_say_it_is_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ws show mpi`, `ws destroy mpi`, `ws events mpi` said only "no workspace 'mpi';
+    `ws list` shows yours" (and `ws list` shows mpi-head-0 ...), where `ws console|exec|
+    ssh mpi` said it is a cluster: they name it one too, and the cluster command."""
+    c = FakeClient([box()])
+    c.cluster = clusters_pb2.Cluster(name="mpi")
+    c.cluster.members.add(id="m0", name="mpi-head-0", role="head", state=RUNNING)
+
+    def missing(ref: str, *_a: Any, **_kw: Any) -> Any:
+        raise errors.NotFound(f"no workspace {ref!r}; `ws list` shows yours")
+
+    monkeypatch.setattr(c, "destroy_workspace", missing, raising=False)
+    monkeypatch.setattr(c, "reboot_workspace", missing, raising=False)
+
+    def events(ref: str, *_a: Any, **_kw: Any) -> Any:
+        yield from ()
+        missing(ref)
+
+    monkeypatch.setattr(c, "watch_workspace_events", events, raising=False)
+    said = "mpi is a cluster, not a workspace: name one of its members (mpi-head-0), or use "
+    for argv, instead in (
+        (["show", "mpi"], "`ws cluster show mpi`"),
+        (["destroy", "mpi"], "`ws cluster destroy mpi` for every member"),
+        (["reboot", "mpi"], "`ws cluster show mpi` for every member's state"),
+        (["events", "mpi"], "`ws cluster events mpi`"),
+    ):
+        rc, out, err = run(c, capsys, *argv)
+        assert (rc, out) == (1, ""), argv
+        assert err == f"ws: error: {said}{instead}\n", argv
+    c.cluster = None  # neither: as the service says
+    rc, _, err = run(c, capsys, "destroy", "mpi")
+    assert rc == 1 and err == "ws: error: no workspace 'mpi'; `ws list` shows yours\n"
+
+
 # -- ws ssh --------------------------------------------------------------------------------
 
 

@@ -208,22 +208,31 @@ def get_guest(client: Client, ref: str, instead: str) -> common_pb2.Workspace:
     try:
         return client.get_workspace(ref)
     except errors.NotFound as missing:
-        try:
-            cluster = client.get_cluster(ref)
-        except errors.WorkspaceError:
-            raise missing from None
-        if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
-            raise missing from None  # gone: its name says nothing now
-        live = [m for m in cluster.members if m.state != TERMINATED]
-        names = [m.name for m in live]
-        shown = ", ".join(names[:MEMBERS_NAMED])
-        if len(names) > MEMBERS_NAMED:
-            shown += f", ... ({len(names)} in all)"
-        members = f"name one of its members ({shown})" if names else "it has no members now"
-        raise errors.NotFound(
-            f"{ref} is a cluster, not a workspace: {members}, or use "
-            + instead.format(name=cluster.name)
-        ) from None
+        raise cluster_named(client, ref, missing, instead) from None
+
+
+def cluster_named(
+    client: Client, ref: str, missing: errors.NotFound, instead: str
+) -> errors.NotFound:
+    """The error for workspace ``ref`` not found (``missing``, as the service said it),
+    unless ``ref`` names a live cluster: then that it is one, its members' names, and
+    ``instead`` (``{name}`` in it: the cluster's)."""
+    try:
+        cluster = client.get_cluster(ref)
+    except errors.WorkspaceError:
+        return missing
+    if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
+        return missing  # gone: its name says nothing now
+    live = [m for m in cluster.members if m.state != TERMINATED]
+    names = [m.name for m in live]
+    shown = ", ".join(names[:MEMBERS_NAMED])
+    if len(names) > MEMBERS_NAMED:
+        shown += f", ... ({len(names)} in all)"
+    members = f"name one of its members ({shown})" if names else "it has no members now"
+    return errors.NotFound(
+        f"{ref} is a cluster, not a workspace: {members}, or use "
+        + instead.format(name=cluster.name)
+    )
 
 
 def once_running(
