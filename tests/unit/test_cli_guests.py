@@ -272,7 +272,7 @@ def test_console_of_a_cluster_says_it_is_one_and_names_its_members(
 def test_workspace_commands_given_a_cluster_say_it_is_one(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`ws show mpi`, `ws destroy mpi`, `ws events mpi` said only "no workspace 'mpi';
+    """`ws show mpi`, `ws destroy mpi`, `ws events|watch mpi` said only "no workspace 'mpi';
     `ws list` shows yours" (and `ws list` shows mpi-head-0 ...), where `ws console|exec|
     ssh mpi` said it is a cluster: they name it one too, and the cluster command."""
     c = FakeClient([box()])
@@ -296,6 +296,7 @@ def test_workspace_commands_given_a_cluster_say_it_is_one(
         (["destroy", "mpi"], "`ws cluster destroy mpi` for every member"),
         (["reboot", "mpi"], "`ws cluster show mpi` for every member's state"),
         (["events", "mpi"], "`ws cluster events mpi`"),
+        (["watch", "mpi"], "`ws cluster events mpi --follow` for its members' changes"),
     ):
         rc, out, err = run(c, capsys, *argv)
         assert (rc, out) == (1, ""), argv

@@ -317,7 +317,8 @@ class Commands(common.ClientCommands):
         client = self.client(args)
         ws_id = ""
         if args.id:
-            ws_id = client.get_workspace(args.id).id
+            cluster_watch = "`ws cluster events {name} --follow` for its members' changes"
+            ws_id = guest_cmds.get_guest(client, args.id, cluster_watch).id
         else:
             client.health()  # fail now (exit 3) rather than retry silently
         # A line per change of state, or of reason to a new one (a lease warning changes
