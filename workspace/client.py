@@ -251,7 +251,9 @@ class Client(
         """No connection could be made: to the one address, what gRPC said; to several
         replicas, each address with what gRPC said of it, one indented line each."""
         said = " ".join(d for _a, d in failures).lower()
-        absent = any(m in said for m in _NOTHING_THERE)
+        # Nothing at any of them: no identity would have helped (one that answered and
+        # closed the connection may want one).
+        absent = all(any(m in why.lower() for m in _NOTHING_THERE) for _a, why in failures)
         hint = (
             rpc_status.server_identity_hint(said)
             if self.tls is not None or absent
