@@ -28,11 +28,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from workspace import client_streams, errors, rpc, rpc_status
+from workspace import client_streams, errors, failover, rpc, rpc_status
 from workspace.client_address import IDENTITY_ENV as IDENTITY_ENV  # re-exported
 from workspace.client_address import SERVICE_ENV as SERVICE_ENV  # re-exported
 from workspace.client_address import TLS_ENV as TLS_ENV  # re-exported
 from workspace.client_address import ServiceNotConfigured as ServiceNotConfigured
+from workspace.client_address import ServiceUnreachable as ServiceUnreachable
 from workspace.client_address import identity_tls as identity_tls  # re-exported
 from workspace.client_address import local_site_hint
 from workspace.client_address import resolve_address as resolve_address  # re-exported
@@ -103,9 +104,16 @@ _CONNECT_MARKERS = (
     "connect failed",
     "permission denied",
 )
-# Of those, the ones that say nothing listens at the address at all (no identity
-# would have helped).
-_NOTHING_THERE = ("connection refused", "no such file or directory")
+# Of those, the ones that say nothing listens at the address at all, or that its name
+# does not resolve (no identity would have helped).
+_NOTHING_THERE = (
+    "connection refused",
+    "no such file or directory",
+    "dns resolution",
+    "errors resolving",
+)
+# gRPC's preamble to the reason one address failed, left out where each is named.
+_PICK_FAILED = "failed to connect to all addresses; last error: "
 
 
 def _enum_value(enum: Any, prefix: str, choices: Sequence[str], value: int | str) -> int:
@@ -207,24 +215,16 @@ class Client(
     def _error(self, exc: grpc.RpcError) -> errors.WorkspaceError:
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else "") or ""
-        said = details.lower()
+        failures = (
+            exc.failures
+            if isinstance(exc, failover.AllFailed)
+            else [(self.address, details or "unavailable")]
+        )
+        said = " ".join(d for _a, d in failures).lower()
         if code == grpc.StatusCode.UNAVAILABLE and (
             not details or any(m in said for m in _CONNECT_MARKERS)
         ):
-            absent = any(m in said for m in _NOTHING_THERE)
-            hint = (
-                rpc_status.server_identity_hint(details)
-                if self.tls is not None or absent
-                else f" (no identity given: a service with mutual TLS needs --identity DIR "
-                f"or ${IDENTITY_ENV})"
-            )
-            return rpc_status.coded(
-                errors.Unavailable(
-                    f"cannot reach the workspace service at {self.address}: "
-                    f"{details or 'unavailable'}{hint}{local_site_hint(self.address)}"
-                ),
-                code,
-            )
+            return rpc_status.coded(self._unreachable(details, failures), code)
         too_big = _TOO_BIG.search(details) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
         if too_big is not None:
             what = "request" if too_big[1] == "Sent" or "CLIENT" not in details else "answer"
@@ -246,6 +246,34 @@ class Client(
                 code,
             )
         return rpc_status.from_rpc_error(exc)
+
+    def _unreachable(self, details: str, failures: list[tuple[str, str]]) -> ServiceUnreachable:
+        """No connection could be made: to the one address, what gRPC said; to several
+        replicas, each address with what gRPC said of it, one indented line each."""
+        said = " ".join(d for _a, d in failures).lower()
+        # Nothing at any of them: no identity would have helped (one that answered and
+        # closed the connection may want one).
+        absent = all(any(m in why.lower() for m in _NOTHING_THERE) for _a, why in failures)
+        hint = (
+            rpc_status.server_identity_hint(said)
+            if self.tls is not None or absent
+            else f" (no identity given: a service with mutual TLS needs --identity DIR "
+            f"or ${IDENTITY_ENV})"
+        )
+        if len(failures) < 2:
+            return ServiceUnreachable(
+                f"cannot reach the workspace service at {failures[0][0]}: "
+                f"{details or 'unavailable'}{hint}{local_site_hint(self.address)}",
+                failures,
+            )
+        each = "".join(
+            f"\n  {address}: {why.removeprefix(_PICK_FAILED)}" for address, why in failures
+        )
+        return ServiceUnreachable(
+            f"cannot reach the workspace service at any of the {len(failures)} addresses "
+            f"tried{hint}{local_site_hint(self.address)}:{each}",
+            failures,
+        )
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         try:

@@ -37,6 +37,15 @@ class ServiceNotConfigured(errors.Unavailable):
     expected = True
 
 
+class ServiceUnreachable(errors.Unavailable):
+    """No connection could be made to the service: ``failures`` holds each address tried
+    (one, or each replica of a list) with what gRPC said of it, in the order tried."""
+
+    def __init__(self, message: str, failures: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 def resolve_address(service: str | None = None) -> str:
     """The service address: ``service``, else $WS_SERVICE, else the local site."""
     if service:

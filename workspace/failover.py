@@ -9,6 +9,9 @@ response stream before its first message, that never left this process: gRPC fou
 connection to send it on (``never_sent``: a replica that is down refuses the connection).
 Any other failure of a call -- an exec, an upload, a stream under way -- is what it would
 be on one address, and its caller's own retry or reconnect goes to the next replica.
+A call that failed with UNAVAILABLE raises ``AllFailed``: the last replica's error,
+carrying each address tried and what gRPC said of it (``failures``), so the client can
+name them all rather than only the last (and not the list for the one tried).
 """
 
 from __future__ import annotations
@@ -51,6 +54,37 @@ def never_sent(exc: BaseException) -> bool:
         return False
     details = getattr(exc, "details", lambda: "")()
     return isinstance(details, str) and details.startswith(_PICK_FAILED)
+
+
+class AllFailed(grpc.RpcError):
+    """A call that failed with UNAVAILABLE on each address it was tried on (one, or
+    several when it could be sent again): the last one's error (its ``code()`` and
+    ``details()``), and ``failures``, each address tried with what gRPC said of it, in
+    the order they were tried."""
+
+    def __init__(self, last: grpc.RpcError, failures: Sequence[tuple[str, str]]) -> None:
+        super().__init__(str(last))
+        self.last = last
+        self.failures = list(failures)
+
+    def code(self) -> Any:
+        return self.last.code()
+
+    def details(self) -> Any:
+        return self.last.details()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "last":  # (before __init__ set it: no recursion)
+            raise AttributeError(name)
+        return getattr(self.last, name)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{a}: {d}" for a, d in self.failures)
+
+
+def _said(exc: BaseException) -> str:
+    details = getattr(exc, "details", lambda: "")()
+    return details if isinstance(details, str) and details else "unavailable"
 
 
 class FailoverChannel(grpc.Channel):
@@ -157,6 +191,7 @@ class _Unary(_Callable):
         return fut
 
     def _attempts(self, call: Callable[[Any], Any]) -> Any:
+        failures: list[tuple[str, str]] = []
         for attempt in range(len(self.ch.addresses)):
             index = self.ch.current()
             try:
@@ -164,11 +199,12 @@ class _Unary(_Callable):
             except grpc.RpcError as exc:
                 if not _unavailable(exc):
                     raise
+                failures.append((self.ch.addresses[index], _said(exc)))
                 self.ch.failed(index)
                 # A stream of requests may have been read in part: never sent again.
                 again = self.again or (self.kind == "unary_unary" and never_sent(exc))
                 if not again or attempt == len(self.ch.addresses) - 1:
-                    raise
+                    raise AllFailed(exc, failures) from None
         raise AssertionError("unreachable")
 
 
@@ -192,6 +228,7 @@ class _Stream:
         self._inner = start(self._index)
         self._resends = len(ch.addresses) - 1 if again else 0
         self._received = False
+        self._failures: list[tuple[str, str]] = []
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -204,8 +241,12 @@ class _Stream:
                 if not _unavailable(exc):
                     raise
                 self._ch.failed(self._index)
+                if not self._received:
+                    self._failures.append((self._ch.addresses[self._index], _said(exc)))
                 if self._received or self._resends <= 0 or not never_sent(exc):
-                    raise
+                    if self._received:
+                        raise
+                    raise AllFailed(exc, self._failures) from None
                 self._resends -= 1
                 self._index = self._ch.current()
                 self._inner = self._start(self._index)

@@ -86,6 +86,11 @@ def test_a_client_without_a_certificate_cannot_connect(tls_site: TlsSite, tmp_pa
         c.list_workspaces()
     assert "No such file or directory" in str(err.value)
     assert "no identity given" not in str(err.value)
+    # Of a list, one with nothing there does not hide that another may want an identity.
+    with Client(f"{nowhere},{tls_site.address}") as c, pytest.raises(Unavailable) as err:
+        c.list_workspaces()
+    assert "(no identity given: a service with mutual TLS needs --identity DIR" in str(err.value)
+    assert f"\n  {nowhere}: " in str(err.value) and f"\n  {tls_site.address}: " in str(err.value)
 
 
 def test_a_certificate_of_another_ca_is_refused(tls_site: TlsSite, tmp_path: Path) -> None:

@@ -105,6 +105,16 @@ def test_admin_parsing() -> None:
         p.parse_args(["site", "up", "--driver", "xen"])
 
 
+def test_site_up_nodes_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`site up --nodes 0` was a usage error (exit 2) but `--nodes 17` a failed request
+    (exit 1), told only after reading the site: both are now usage errors."""
+    for n in ("0", str(local.MAX_NODES + 1)):
+        with pytest.raises(SystemExit) as exited:
+            admin.main(["site", "up", "--dir", "/nonexistent/x", "--nodes", n])
+        assert exited.value.code == 2
+        assert "ws-admin site up: error: argument --nodes: must be " in capsys.readouterr().err
+
+
 def test_admin_usage_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     client = FakeClient()
     connect = lambda _s: client  # noqa: E731

@@ -269,6 +269,43 @@ def test_console_of_a_cluster_says_it_is_one_and_names_its_members(
     assert rc == 1 and "no workspace 'mpi'" in err and "cluster" not in err
 
 
+def test_workspace_commands_given_a_cluster_say_it_is_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ws show mpi`, `ws destroy mpi`, `ws events|watch mpi` said only "no workspace 'mpi';
+    `ws list` shows yours" (and `ws list` shows mpi-head-0 ...), where `ws console|exec|
+    ssh mpi` said it is a cluster: they name it one too, and the cluster command."""
+    c = FakeClient([box()])
+    c.cluster = clusters_pb2.Cluster(name="mpi")
+    c.cluster.members.add(id="m0", name="mpi-head-0", role="head", state=RUNNING)
+
+    def missing(ref: str, *_a: Any, **_kw: Any) -> Any:
+        raise errors.NotFound(f"no workspace {ref!r}; `ws list` shows yours")
+
+    monkeypatch.setattr(c, "destroy_workspace", missing, raising=False)
+    monkeypatch.setattr(c, "reboot_workspace", missing, raising=False)
+
+    def events(ref: str, *_a: Any, **_kw: Any) -> Any:
+        yield from ()
+        missing(ref)
+
+    monkeypatch.setattr(c, "watch_workspace_events", events, raising=False)
+    said = "mpi is a cluster, not a workspace: name one of its members (mpi-head-0), or use "
+    for argv, instead in (
+        (["show", "mpi"], "`ws cluster show mpi`"),
+        (["destroy", "mpi"], "`ws cluster destroy mpi` for every member"),
+        (["reboot", "mpi"], "`ws cluster show mpi` for every member's state"),
+        (["events", "mpi"], "`ws cluster events mpi`"),
+        (["watch", "mpi"], "`ws cluster events mpi --follow` for its members' changes"),
+    ):
+        rc, out, err = run(c, capsys, *argv)
+        assert (rc, out) == (1, ""), argv
+        assert err == f"ws: error: {said}{instead}\n", argv
+    c.cluster = None  # neither: as the service says
+    rc, _, err = run(c, capsys, "destroy", "mpi")
+    assert rc == 1 and err == "ws: error: no workspace 'mpi'; `ws list` shows yours\n"
+
+
 # -- ws ssh --------------------------------------------------------------------------------
 
 
@@ -310,6 +347,34 @@ def test_ssh_print_builds_a_strict_command_and_known_hosts(
     assert argv[argv.index("--") - 4 :] == [
         "-o", "ConnectionAttempts=90", "-o", "ConnectTimeout=5", "--", "10.213.0.5",
     ]  # fmt: skip
+
+
+def test_interactive_commands_refuse_json_they_would_not_print(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ws ssh`, `ws scp` and `ws console --attach` ran with the terminal and printed no
+    JSON though `-o json` was given: a script waiting for it got none and no word why.
+    Without --print that is a usage error (exit 2, nothing run, nothing written); with
+    --print, ssh's and scp's command is the JSON."""
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+    c = FakeClient([box(host_keys=HOST_KEYS)])
+    ran: list[list[str]] = []
+    monkeypatch.setattr(guest_cmds, "run_in_foreground", lambda cmd: ran.append(cmd) or 0)
+    for what, argv in (
+        ("ssh", ["-o", "json", "ssh", "box"]),
+        ("ssh", ["ssh", "box", "-o", "json", "--", "uname"]),
+        ("scp", ["-o", "json", "scp", "f", "box:"]),
+        ("scp", ["scp", "box:f", ".", "-o", "json"]),
+    ):
+        rc, out, err = run(c, capsys, *argv)
+        assert (rc, out) == (2, ""), argv
+        assert err.startswith(f"ws: error: -o json prints the {what} command as JSON, with --print")
+    rc, out, err = run(c, capsys, "-o", "json", "console", "box", "--attach")
+    assert (rc, out) == (2, "")
+    assert err.startswith("ws: error: --attach relays the console both ways")
+    assert ran == [] and list((tmp_path / "tmp").iterdir()) == []
+    rc, out, _ = run(c, capsys, "-o", "json", "scp", "--print", "f", "box:d")
+    assert rc == 0 and json.loads(out)["command"][-1] == "debian@10.213.0.5:d"
 
 
 def test_ssh_forwards_ports_as_ssh_does(

@@ -225,6 +225,9 @@ class FakeClient:
         self._do("get", id)
         return _ws(id=id)
 
+    def get_cluster(self, id: str) -> Any:
+        raise errors.NotFound(f"no cluster {id!r}")  # (a workspace not found may be one)
+
     def create_workspace(self, **kw: Any) -> common_pb2.Workspace:
         self._do("create", **kw)
         return _ws(WS.WORKSPACE_STATE_PENDING)

@@ -18,10 +18,12 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from workspace import client_images, errors, rpc
+from workspace.cli import common
 from workspace.cli import ws as ws_cli
 from workspace.client import (
     Client,
     ServiceNotConfigured,
+    ServiceUnreachable,
     WaitFailed,
     WaitTimeout,
     rebooted,
@@ -90,6 +92,39 @@ def test_a_local_site_whose_service_stopped_is_named(
     # Another service's address that cannot be reached is not taken for the site.
     assert ws_cli.main(["--service", f"unix:{tmp_path / 'other.sock'}", "list"]) == 3
     assert "local site" not in capsys.readouterr().err
+
+
+def test_a_list_of_addresses_none_answers_names_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When every replica of a list failed, only the last one's error was shown, under
+    the whole list: which address failed how (a typo in one, another down) was lost. Each
+    is named on a line of its own; the exception carries them; the exit code is 3."""
+    monkeypatch.setenv(record.SITE_ENV, str(tmp_path))
+    a, b = f"unix:{tmp_path / 'a.sock'}", f"unix:{tmp_path / 'b.sock'}"
+    assert ws_cli.main(["--service", f"{a},{b}", "list"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "ws: error: cannot reach the workspace service at any of the 2 addresses tried:"
+    )
+    assert err[1].startswith(f"  {a}: ") and "No such file or directory" in err[1]
+    assert err[2].startswith(f"  {b}: ") and "No such file or directory" in err[2]
+    with Client(f"{a},{b}", timeout_s=5) as client, pytest.raises(ServiceUnreachable) as caught:
+        client.list_workspaces()
+    assert isinstance(caught.value, errors.Unavailable)
+    assert [address for address, _why in caught.value.failures] == [a, b]
+    assert all("No such file" in why for _address, why in caught.value.failures)
+    # A wait that loses every replica says so on one line, each address in it.
+    common.outage_notice("ws: wait")(caught.value.message)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("ws: wait: lost the service (cannot reach the workspace service at")
+    assert f"tried: {a}: " in line and f"; {b}: " in line and line.endswith("); retrying")
+    # One address: one line, as before, and the one failure.
+    with Client(a, timeout_s=5) as client, pytest.raises(ServiceUnreachable) as caught:
+        client.get_workspace("x")
+    assert caught.value.message.startswith(f"cannot reach the workspace service at {a}: ")
+    assert "\n" not in caught.value.message
+    assert [address for address, _why in caught.value.failures] == [a]
 
 
 def test_default_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,8 +245,10 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
     with pytest.raises(errors.Unavailable, match="cannot reach the workspace service"):
         Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
     # A name that does not resolve (a typo in $WS_SERVICE) says the same, not grpc's words.
-    with pytest.raises(errors.Unavailable, match="cannot reach the workspace service at no-"):
+    with pytest.raises(errors.Unavailable, match="cannot reach the workspace service at no-") as e:
         Client("no-such-host.invalid:1", timeout_s=2).list_workspaces()
+    # A name that does not resolve is not helped by an identity: no hint that it would be.
+    assert "identity" not in e.value.message
 
 
 def test_an_error_says_the_status_it_came_with(

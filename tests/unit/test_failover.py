@@ -56,6 +56,12 @@ def test_an_unreachable_list_fails_unavailable_after_trying_each() -> None:
         with pytest.raises(grpc.RpcError) as err:
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Each address tried, with what gRPC said of it, not only the last one's error.
+        assert isinstance(err.value, failover.AllFailed)
+        assert [a for a, _why in err.value.failures] == [
+            "unix:/tmp/nowhere-a.sock",
+            "unix:/tmp/nowhere-b.sock",
+        ]
     finally:
         ch.close()
 

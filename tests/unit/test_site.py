@@ -229,6 +229,24 @@ def test_a_site_from_before_setup_json_is_recognised(tmp_path: Path) -> None:
         local.LocalSite(tmp_path, driver="fake").up()
 
 
+def test_down_of_a_directory_that_is_not_there_makes_none(tmp_path: Path) -> None:
+    """`ws-admin site down --dir X` of a mistyped X made X with a lock file in it."""
+    where = tmp_path / "typo"
+    assert local.LocalSite(where).down() == [f"no site running in {where}"]
+    assert not where.exists()
+
+
+def test_a_site_directory_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    """`site up --dir FILE` said "FILE: File exists"; `site status --dir FILE` that
+    FILE/site.json was no valid record, "remove it"."""
+    where = tmp_path / "file"
+    where.write_text("mine\n")
+    with pytest.raises(SiteError, match=f"^{where} is not a directory: a site needs"):
+        local.LocalSite(where).up()
+    assert local.LocalSite(where).status()["state"] == "absent"
+    assert where.read_text() == "mine\n"
+
+
 def test_purge_without_a_site(tmp_path: Path) -> None:
     assert local.LocalSite(tmp_path / "none").down(purge=True) == [
         f"no site in {tmp_path / 'none'}"

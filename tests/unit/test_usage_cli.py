@@ -197,10 +197,15 @@ def test_usage_csv_json_and_text(served: Served, capsys: pytest.CaptureFixture[s
     text = out(capsys)
     assert text.splitlines()[0] == f"usage from {since} to {iso_time(t0 + 2 * HOUR)}"
     assert "2.00" in text and "1.00" in text
+    # Grouped by workspace, each row gives its id as `id` too (as `ws list` does).
+    assert served.ws("usage", "-o", "json") == 0
+    (row,) = json.loads(out(capsys))["rows"]
+    assert (row["id"], row["key"], row["name"]) == (wid, wid, "a")
     assert served.admin("usage", "--by", "user", "-o", "json") == 0
     report = json.loads(out(capsys))
     assert report["by"] == "USER"
     assert [(r["key"], r["core_hours"]) for r in report["rows"]] == [(OWNER, 4.0)]
+    assert "id" not in report["rows"][0]  # a user's row: no workspace id to give
 
 
 def test_csv_is_only_for_usage(served: Served, capsys: pytest.CaptureFixture[str]) -> None:

@@ -391,6 +391,14 @@ def _range(text: str) -> tuple[str, str]:
     return start.strip(), end.strip()
 
 
+def _node_count(text: str) -> int:
+    """``site up --nodes N``: 1 to MAX_NODES (a usage error otherwise, as for 0)."""
+    n = common.positive_int(text)
+    if n > local.MAX_NODES:
+        raise argparse.ArgumentTypeError(f"must be at most {local.MAX_NODES}, got {n}")
+    return n
+
+
 def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = common.Parser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -566,7 +574,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--nodes",
-        type=common.positive_int,
+        type=_node_count,
         metavar="N",
         help=f"N agents on this machine (at most {local.MAX_NODES}), nodes local-1..local-N, "
         "each with its own state, cache and (libvirt) network namespace and libvirtd; "

@@ -86,7 +86,9 @@ def _emit_scaled(
     resp: clusters_pb2.ScaleClusterResponse,
     cluster: clusters_pb2.Cluster,
 ) -> None:
-    data = render.plain(resp)
+    # The cluster's id and name (as `ws cluster exec` gives them) and the role scaled:
+    # the response named the role nowhere, and the cluster only inside "cluster".
+    data = {"id": cluster.id, "name": cluster.name, "role": args.role, **render.plain(resp)}
     data["cluster"] = render.plain(cluster)
     render.emit(args, data, resp.message)
 

@@ -308,6 +308,10 @@ def outage_notice(what: str) -> Callable[[str], None]:
 
     def notice(why: str) -> None:
         if why:
+            # One line, in the parentheses: an error naming each replica it tried has a
+            # line for each (``a: …; b: …`` here).
+            first, *rest = [line.strip() for line in why.splitlines() if line.strip()] or [""]
+            why = " ".join([first, "; ".join(rest)]) if rest else first
             print(f"{what}: lost the service ({why}); retrying", file=sys.stderr)
         else:
             print(f"{what}: the service answers again", file=sys.stderr)

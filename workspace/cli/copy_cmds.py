@@ -91,6 +91,7 @@ def scp_command(
 
 def scp_cmd(args: argparse.Namespace, client: Client) -> int:
     ref, operands = plan(args.operands)
+    guest_cmds.json_only_with_print(args, "scp")
     ws = guest_cmds.get_guest(
         client, ref, "`ws cluster scp {name} SRC... :DST` (or `:SRC... DIR`) for every member"
     )

@@ -10,7 +10,8 @@ from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from typing import Any
 
-from workspace.cli import common, render
+from workspace import errors
+from workspace.cli import common, guest_cmds, render
 from workspace.client import Client
 from workspace.domain.events import EventFilter, Kind, SiteEvent
 
@@ -134,7 +135,15 @@ def _subject_runner(
             on_outage=common.outage_notice("ws: events"),
             kinds=kinds,
         )
-        return _print(args, events, "ws")
+        try:
+            return _print(args, events, "ws")
+        except errors.NotFound as missing:
+            if ref != "workspace":
+                raise
+            # `ws events mpi` of a cluster: say so, and what gives its events.
+            raise guest_cmds.cluster_named(
+                client, args.workspace, missing, "`ws cluster events {name}`"
+            ) from None
 
     return run
 

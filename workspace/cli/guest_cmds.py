@@ -208,22 +208,31 @@ def get_guest(client: Client, ref: str, instead: str) -> common_pb2.Workspace:
     try:
         return client.get_workspace(ref)
     except errors.NotFound as missing:
-        try:
-            cluster = client.get_cluster(ref)
-        except errors.WorkspaceError:
-            raise missing from None
-        if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
-            raise missing from None  # gone: its name says nothing now
-        live = [m for m in cluster.members if m.state != TERMINATED]
-        names = [m.name for m in live]
-        shown = ", ".join(names[:MEMBERS_NAMED])
-        if len(names) > MEMBERS_NAMED:
-            shown += f", ... ({len(names)} in all)"
-        members = f"name one of its members ({shown})" if names else "it has no members now"
-        raise errors.NotFound(
-            f"{ref} is a cluster, not a workspace: {members}, or use "
-            + instead.format(name=cluster.name)
-        ) from None
+        raise cluster_named(client, ref, missing, instead) from None
+
+
+def cluster_named(
+    client: Client, ref: str, missing: errors.NotFound, instead: str
+) -> errors.NotFound:
+    """The error for workspace ``ref`` not found (``missing``, as the service said it),
+    unless ``ref`` names a live cluster: then that it is one, its members' names, and
+    ``instead`` (``{name}`` in it: the cluster's)."""
+    try:
+        cluster = client.get_cluster(ref)
+    except errors.WorkspaceError:
+        return missing
+    if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
+        return missing  # gone: its name says nothing now
+    live = [m for m in cluster.members if m.state != TERMINATED]
+    names = [m.name for m in live]
+    shown = ", ".join(names[:MEMBERS_NAMED])
+    if len(names) > MEMBERS_NAMED:
+        shown += f", ... ({len(names)} in all)"
+    members = f"name one of its members ({shown})" if names else "it has no members now"
+    return errors.NotFound(
+        f"{ref} is a cluster, not a workspace: {members}, or use "
+        + instead.format(name=cluster.name)
+    )
 
 
 def once_running(
@@ -316,8 +325,20 @@ def check_ssh(ws: common_pb2.Workspace, user: str = "", key: str = "") -> None:
     ws_address(ws)
 
 
+def json_only_with_print(args: argparse.Namespace, what: str) -> None:
+    """UsageError for ``-o json`` without ``--print``: ``what`` (ssh, scp) then runs with
+    the terminal and prints no result of ws's, so the JSON a script asked for would never
+    come (it was ignored silently)."""
+    if render.wants_json(args) and not args.print:
+        raise common.UsageError(
+            f"-o json prints the {what} command as JSON, with --print; without it {what} "
+            f"runs with your terminal and ws prints nothing of its own (exit code: {what}'s)"
+        )
+
+
 def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int:
     command = command_of(args, late, "ws ssh", required=False)
+    json_only_with_print(args, "ssh")
     ws = get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
     ws = once_running(client, args, ws)
     check_ssh(ws, args.user or "", "" if args.print else args.key or "")

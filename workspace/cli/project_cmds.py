@@ -148,14 +148,22 @@ def over_quota(uses: list[Any]) -> list[str]:
     return out
 
 
+def quota_dict(use: Any) -> dict[str, Any]:
+    """A project's use and limits as JSON: the ProjectQuota, and its ``project`` as
+    ``name`` too, the key a project (`ws-admin project list`) and every other object
+    the CLIs print is named by."""
+    data = render.plain(use)
+    return {"name": use.project, **data}
+
+
 def show(client: Any, args: argparse.Namespace, admin: bool) -> int:
     """`project show P`: its use and quotas, both classes (an admin: its settings too)."""
     uses = client.quota(args.name)
     if not admin:
-        render.emit(args, uses[0], quota_rows(uses))
+        render.emit(args, quota_dict(uses[0]), quota_rows(uses))
         return common.EXIT_OK
     spec = next(p for p in client.list_projects() if p.name == args.name)
-    data = {"project": render.plain(spec), "quota": render.plain(uses[0])}
+    data = {"name": spec.name, "project": render.plain(spec), "quota": quota_dict(uses[0])}
     render.emit(args, data, project_rows([spec]) + "\n\n" + quota_rows(uses))
     return common.EXIT_OK
 
@@ -356,7 +364,11 @@ def register_user(
     def quota(args: argparse.Namespace) -> int:
         uses = client_for(args).quota()
         render.emit_list(
-            args, uses, quota_rows, "you belong to no project (no project quota applies)"
+            args,
+            uses,
+            quota_rows,
+            "you belong to no project (no project quota applies)",
+            quota_dict,
         )
         return common.EXIT_OK
 

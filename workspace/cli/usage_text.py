@@ -6,7 +6,7 @@ import argparse
 import csv
 import io
 
-from workspace.cli.render import emit, enum_name, fmt_time, table
+from workspace.cli.render import emit, enum_name, fmt_time, plain, table
 from workspace.v1 import usage_pb2
 
 _NORMAL_FIGURES = ("core_hours", "memory_gib_hours", "disk_gib_hours")
@@ -76,9 +76,22 @@ def usage_csv(r: usage_pb2.UsageReport) -> str:
     return out.getvalue().rstrip("\n")
 
 
+# The groupings whose rows are workspaces (UNSPECIFIED is WORKSPACE).
+_BY_WORKSPACE = (
+    usage_pb2.UsageGrouping.USAGE_GROUPING_UNSPECIFIED,
+    usage_pb2.UsageGrouping.USAGE_GROUPING_WORKSPACE,
+)
+
+
 def usage_report(args: argparse.Namespace, r: usage_pb2.UsageReport) -> None:
     """`ws usage` / `ws-admin usage` in the chosen format (text, json or csv)."""
     if getattr(args, "output", "text") == "csv":
         print(usage_csv(r))
+    elif r.by in _BY_WORKSPACE:
+        # Each workspace's row gives its id as `id` too, as every workspace the CLIs
+        # print does (``key`` is it, whatever the grouping).
+        data = plain(r)
+        data["rows"] = [{"id": row["key"], **row} for row in data["rows"]]
+        emit(args, data, usage_report_text(r))
     else:
         emit(args, r, usage_report_text(r))

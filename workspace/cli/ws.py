@@ -82,6 +82,10 @@ CLUSTER_ACTIONS: dict[str, tuple[str, int, str]] = {
 DEFAULT_WAIT_S = 300.0
 # A --wait that loses the service says so on stderr (and when it answers again).
 WAIT_OUTAGE = common.outage_notice(f"{PROG}: wait")
+# What a workspace action named with a cluster's name is for a cluster.
+CLUSTER_ACTION = {
+    a: f"`ws cluster {a} {{name}}` for every member" for a in ("start", "stop", "destroy")
+}
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -228,12 +232,17 @@ class Commands(common.ClientCommands):
         return common.EXIT_OK
 
     def show(self, args: argparse.Namespace) -> int:
-        ws = self.client(args).get_workspace(args.id)
+        ws = guest_cmds.get_guest(self.client(args), args.id, "`ws cluster show {name}`")
         render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
 
     def console(self, args: argparse.Namespace) -> int:
         if args.attach:
+            if render.wants_json(args):
+                raise common.UsageError(
+                    "--attach relays the console both ways and prints no result: -o json "
+                    "is for `ws console NAME` without it (the log, as JSON)"
+                )
             return console_cmds.attach(self.client(args), args.id)
         client, tail = self.client(args), args.tail or 0
         if render.wants_json(args):
@@ -258,9 +267,17 @@ class Commands(common.ClientCommands):
         client = self.client(args)
 
         def ask(ref: str, _: None) -> common_pb2.Workspace:
-            if args.command == "stop":
-                return client.stop_workspace(ref, timeout_s=args.timeout or 0, force=args.force)
-            return cast(common_pb2.Workspace, getattr(client, method)(ref))
+            try:
+                if args.command == "stop":
+                    return client.stop_workspace(ref, timeout_s=args.timeout or 0, force=args.force)
+                return cast(common_pb2.Workspace, getattr(client, method)(ref))
+            except errors.NotFound as missing:  # `ws destroy mpi`: the cluster's command
+                raise guest_cmds.cluster_named(
+                    client,
+                    ref,
+                    missing,
+                    CLUSTER_ACTION.get(args.command, console_cmds.CLUSTER_INSTEAD),
+                ) from None
 
         asked, ok = _each(args.id, [(ref, None) for ref in args.id], ask)
         # The last each was seen as, for the line an interrupted wait leaves.
@@ -300,7 +317,8 @@ class Commands(common.ClientCommands):
         client = self.client(args)
         ws_id = ""
         if args.id:
-            ws_id = client.get_workspace(args.id).id
+            cluster_watch = "`ws cluster events {name} --follow` for its members' changes"
+            ws_id = guest_cmds.get_guest(client, args.id, cluster_watch).id
         else:
             client.health()  # fail now (exit 3) rather than retry silently
         # A line per change of state, or of reason to a new one (a lease warning changes

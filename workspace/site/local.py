@@ -583,8 +583,9 @@ class LocalSite:
 
         With ``purge``, then remove everything the site wrote in its directory.
         """
-        if purge and not self.dir.is_dir():
-            return [f"no site in {self.dir}"]
+        if not self.dir.is_dir():
+            # Nothing to stop: a --dir mistyped is not made (with a lock file in it).
+            return [f"no site in {self.dir}" if purge else f"no site running in {self.dir}"]
         with self._locked():
             rec = read_record(self.dir)
             done = self._stop(rec, timeout_s) if rec is not None else []

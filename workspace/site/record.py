@@ -126,8 +126,8 @@ class SiteSetup:
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # (a site directory that is a file holds no site either)
     except (OSError, ValueError) as exc:
         raise SiteError(f"{path} is not a valid {what} ({exc}); remove it") from exc
     if not isinstance(data, dict):
@@ -139,6 +139,9 @@ def site_directory(path: Path) -> None:
     """Make ``path`` (the site's directory or a node's in it) if missing, and 0711: its
     owner's, searchable by QEMU's user on its way to a disk below, listable by nobody
     else (docs/design/host-environment.md, Permissions)."""
+    if path.exists() and not path.is_dir():
+        # (mkdir said only "File exists")
+        raise SiteError(f"{path} is not a directory: a site needs a directory of its own")
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o711)
 

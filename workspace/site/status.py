@@ -264,6 +264,7 @@ def report(
     out["agents"] = [
         {
             "node": a.node,
+            "name": a.node,  # the node's, as `ws-admin node list` names it
             "pid": a.pid,
             "running": running[a.node],
             **views[a.node],

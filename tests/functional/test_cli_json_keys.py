@@ -1,0 +1,99 @@
+"""The keys a script reads the same way across ws and ws-admin (`-o json`): an object
+the CLIs print names itself by ``name`` (and ``id`` where it has one), whatever other
+keys it had first; walked once over a local site on the fake driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.functional.test_cli import ok, run, wait_gone
+from workspace.site import local
+
+IMAGE = "keys-img"
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("keys") / "site"
+    ok(d, "admin", "site", "up", "--driver", "fake", "--dir", str(d))
+    disk = d.parent / "disk.img"
+    disk.write_bytes(os.urandom(1024 * 1024))
+    try:
+        ok(d, "admin", "image", "import", IMAGE, str(disk))
+        yield d
+    finally:
+        record = local.read_record(d)
+        run(d, "admin", "site", "down", "--dir", str(d))
+        if record is not None:  # nothing may outlive the tests
+            for pid in (record.service_pid, record.agent_pid):
+                if not wait_gone(pid, 1.0):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def js(site_dir: Path, module: str, *args: str) -> Any:
+    return ok(site_dir, module, "-o", "json", *args).json()
+
+
+def has(obj: dict[str, Any], **want: Any) -> None:
+    got = {k: obj.get(k, "<missing>") for k in want}
+    assert got == want, f"{sorted(obj)}"
+
+
+def test_objects_name_themselves_alike_across_commands(site_dir: Path) -> None:
+    """`ws cluster scale -o json` named neither its cluster (but inside "cluster") nor
+    the role scaled; `ws project list|show` and `ws quota` named a project only as
+    "project" where `ws-admin project list` says "name"; `ws-admin site status` gave
+    each node's agent as "node" where `ws-admin node list` says "name". The keys a
+    script used stay; the common ones are added."""
+    ok(site_dir, "admin", "project", "create", "phys", "--quota", "vcpus=16")
+    ok(site_dir, "admin", "project", "add-user", "phys", "local")
+    box = js(site_dir, "ws", "create", "--image", IMAGE, "--name", "box", "--project", "phys")
+    has(box, name="box", project="phys", owner="local")
+    for ws in (js(site_dir, "ws", "show", "box"), *js(site_dir, "ws", "list")):
+        assert {"id", "name", "state", "node", "project", "owner"} <= set(ws), sorted(ws)
+
+    made = js(
+        site_dir,
+        "ws",
+        "cluster",
+        "create",
+        "duo",
+        "--project",
+        "phys",
+        "--member",
+        f"head={IMAGE},memory-mib=64",
+        "--member",
+        f"worker={IMAGE},memory-mib=64",
+        "--wait",
+    )
+    shown = js(site_dir, "ws", "cluster", "show", "duo")
+    has(shown, id=made["id"], name="duo", project="phys", owner="local", state="RUNNING")
+    scaled = js(site_dir, "ws", "cluster", "scale", "duo", "--role", "worker", "--count", "2")
+    has(scaled, id=made["id"], name="duo", role="worker", previous=1, count=2)
+    has(scaled["cluster"], id=made["id"], name="duo", project="phys")  # as it was
+    ran = js(site_dir, "ws", "cluster", "exec", "duo", "--", "true")
+    has(ran, id=made["id"], name="duo", cluster="duo")
+
+    (mine,) = js(site_dir, "ws", "quota")
+    has(mine, name="phys", project="phys")
+    assert js(site_dir, "ws", "project", "list") == [mine]
+    has(js(site_dir, "ws", "project", "show", "phys"), name="phys", project="phys")
+    (listed,) = js(site_dir, "admin", "project", "list")
+    has(listed, name="phys")
+    admin_show = js(site_dir, "admin", "project", "show", "phys")
+    has(admin_show, name="phys")
+    has(admin_show["project"], name="phys")
+    has(admin_show["quota"], name="phys", project="phys")
+
+    (node,) = js(site_dir, "admin", "node", "list")
+    has(node, name="local", state="READY")
+    status = js(site_dir, "admin", "site", "status")
+    has(status["node"], name="local", state="READY")
+    (agent,) = status["agents"]
+    has(agent, name="local", node="local", state="READY")
