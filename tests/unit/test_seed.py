@@ -347,6 +347,61 @@ def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
     assert merged["hostname"] == "mine"
 
 
+USERS_SCRIPT = r"""
+import json, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from cloudinit import handlers, util
+from cloudinit.distros import ug_util
+from cloudinit.handlers.cloud_config import CloudConfigPartHandler
+from cloudinit.user_data import UserDataProcessor
+class Paths:  # where the handler would write the merged config (it does not, here)
+    def get_ipath(self, name):
+        return "/nonexistent"
+h = CloudConfigPartHandler(Paths())
+h.handle_part(None, handlers.CONTENT_START, None, None, None, None)
+for part in UserDataProcessor({}).process(sys.stdin.buffer.read()).walk():
+    if not part.is_multipart() and part.get_content_type() == "text/cloud-config":
+        payload = part.get_payload(decode=True).decode()
+        h.handle_part(None, part.get_content_type(), "f", payload, None, dict(part.items()))
+class Distro:  # the cloud appliance's default user (system_info.default_user)
+    def get_default_user(self):
+        return {"name": "debian", "lock_passwd": True}
+# Over the image's /etc/cloud/cloud.cfg (`users: [default]`), the user-data's keys first.
+cfg = util.mergemanydict([h.cloud_buf, {"users": ["default"]}])
+users, _ = ug_util.normalize_users_groups(cfg, Distro())
+print(json.dumps({"users": sorted(users), "default": ug_util.extract_default(users)[0]}))
+"""
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+@pytest.mark.parametrize(
+    ("user", "accounts"),
+    [
+        (b"#cloud-config\nusers:\n- name: alice\n  groups: sudo\n", ["alice", "debian"]),
+        (b"#cloud-config\nusers: [default, bob]\n", ["bob", "debian"]),
+        (b"#cloud-config\nruncmd: [[true]]\n", ["debian"]),
+    ],
+)
+def test_a_users_list_without_default_still_creates_the_login_user(
+    user: bytes, accounts: list[str]
+) -> None:
+    """cloud-init gives the authorized keys to the default user only, and a `users` list
+    replaces the image's `[default]`: a scientist's `users: [{name: alice}]` left no
+    login user (`ws ssh` refused, the keys on a disabled root). The service's part adds
+    `default` to such a list; the user's accounts stay."""
+    s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", USERS_SCRIPT],
+        input=s.user_data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(out.stdout) == {"users": accounts, "default": "debian"}
+    # Without a users list of theirs the image's own list (its cloud.cfg) stays in force.
+    assert ("users" in own_config(s.user_data)) == (b"users:" in user)
+
+
 @pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
 def test_cloud_init_reads_our_user_data_as_multipart() -> None:
     """cloud-init's own user-data processor splits the document into our parts."""

@@ -223,9 +223,12 @@ def system_config(
     login_user: str,
     roster: Roster | None,
     data_disks: Sequence[str] = (),
+    users_given: bool = False,
 ) -> dict[str, object]:
     """The service's own cloud-config (as a mapping). ``data_disks``: the names of the
-    workspace's ext4 blank partitions."""
+    workspace's ext4 blank partitions; ``users_given``: an earlier part (the user's, the
+    site's) sets ``users``, which replaces the image's list (``[default]``): ours then
+    adds ``default`` to it, since the authorized keys go to the default user only."""
     private, public = host_key
     cfg: dict[str, object] = {
         "merge_how": MERGE_HOW,
@@ -233,6 +236,12 @@ def system_config(
         "preserve_hostname": False,
         "disable_root": True,
     }
+    if users_given and login_user and login_user != "root":
+        # `users: [{name: alice}]` without `- default` (cloud-init's own trap) would
+        # leave the login user uncreated and the keys on a disabled root: `ws ssh`
+        # refused, the cluster key written to a home that does not exist. The list is
+        # appended to (MERGE_HOW), so the user's accounts stay.
+        cfg["users"] = ["default"]
     if private:
         cfg["ssh_deletekeys"] = True
         # Nothing is generated: the ed25519 key is given, and a type whose key exists is
@@ -342,6 +351,14 @@ def parts_of(data: bytes, filename: str) -> list[Part]:
     return out
 
 
+def _sets_users(p: Part) -> bool:
+    """Whether part ``p`` is a cloud-config that sets ``users`` to a list (the form our
+    part's ``default`` is appended to)."""
+    if p.subtype not in ("cloud-config", "plain") or userdata.kind(p.payload) != "cloud-config":
+        return False
+    return userdata.sets_list(p.payload, "users")
+
+
 def _mime_part(p: Part) -> MIMENonMultipart:
     part = MIMENonMultipart("text", p.subtype, charset="utf-8")
     part.set_payload(p.payload)
@@ -380,15 +397,19 @@ def render(
     """The seed of one workspace. ``host_key``: (OpenSSH PEM private, public line);
     ``roster``: the cluster the workspace is a member of (None: a single workspace);
     ``data_disks``: its ext4 blank partitions, mounted at /mnt/<name>."""
+    theirs = [*parts_of(vendor_data, "vendor-data"), *parts_of(user_data, "user-data")]
     cfg = system_config(
-        hostname, instance_id, authorized_keys, host_key, login_user, roster, data_disks
+        hostname,
+        instance_id,
+        authorized_keys,
+        host_key,
+        login_user,
+        roster,
+        data_disks,
+        any(_sets_users(p) for p in theirs),
     )
     own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
-    parts = [
-        *parts_of(vendor_data, "vendor-data"),
-        *parts_of(user_data, "user-data"),
-        Part("cloud-config", own, "workspace.cfg"),
-    ]
+    parts = [*theirs, Part("cloud-config", own, "workspace.cfg")]
     return Seed(
         meta_data=meta_data(instance_id, hostname),
         user_data=multipart(parts),

@@ -110,6 +110,18 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def sets_list(data: bytes, key: str) -> bool:
+    """Whether #cloud-config ``data`` sets top-level ``key`` to a list (False for a
+    document that does not parse: it was checked at create). Cached: a cluster's members
+    share their user-data, and a node's orders render every seed."""
+    try:
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get(key), list)
+
+
 # How each kind is named when it is not UTF-8 (cloud-init writes every part as UTF-8
 # text: a script that is not fails in its handler and is never run, unreported).
 _KIND_NAMES = {"cloud-config": "a #cloud-config document", "script": "a #! script"}
