@@ -402,6 +402,55 @@ def test_a_users_list_without_default_still_creates_the_login_user(
     assert ("users" in own_config(s.user_data)) == (b"users:" in user)
 
 
+SCRIPTS_SCRIPT = r"""
+import os, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from cloudinit.handlers.shell_script import ShellScriptPartHandler
+from cloudinit.user_data import UserDataProcessor
+class Paths:
+    def get_ipath_cur(self, name):
+        return sys.argv[1]
+h = ShellScriptPartHandler(Paths())
+for part in UserDataProcessor({}).process(sys.stdin.buffer.read()).walk():
+    if not part.is_multipart() and part.get_content_type() == "text/x-shellscript":
+        payload = part.get_payload(decode=True).decode()
+        try:
+            h.handle_part(None, part.get_content_type(), part.get_filename(), payload, None)
+        except OSError as exc:
+            print("not written:", exc, file=sys.stderr)
+d = sys.argv[1]
+print(sorted(open(os.path.join(d, n)).read().split()[-1] for n in os.listdir(d)))
+"""
+
+
+def mime(*scripts: tuple[str, str]) -> bytes:
+    """A MIME multi-part document of #! scripts (filename, the word it echoes)."""
+    return seed.multipart([seed.Part("x-shellscript", f"#!/bin/sh\necho {w}\n".encode(), n)
+                           for n, w in scripts])  # fmt: skip
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+def test_every_script_part_is_written_for_cloud_init_to_run(tmp_path: Path) -> None:
+    """cloud-init writes each script part to instance/scripts/FILENAME and runs what is
+    there: the site's vendor script and a user's of the same name (setup.sh) were one
+    file, and only the user's ran; a name of non-ASCII letters became "" there, and
+    that script was never written."""
+    vendor = mime(("setup.sh", "site"))
+    user = mime(("setup.sh", "mine"), ("データ", "data"), ("workspace.cfg", "cfg"))
+    s = seed.render("box", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian")
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", SCRIPTS_SCRIPT, str(tmp_path)],
+        input=s.user_data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stderr == b""
+    assert out.stdout.decode().strip() == "['cfg', 'data', 'mine', 'site']"
+    names = [p.get_filename() for p in parts(s.user_data)]
+    assert names == ["setup.sh", "setup.sh-2", "part-003", "workspace.cfg-2", "workspace.cfg"]
+
+
 @pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
 def test_cloud_init_reads_our_user_data_as_multipart() -> None:
     """cloud-init's own user-data processor splits the document into our parts."""

@@ -26,8 +26,9 @@ import email.message
 import email.policy
 import hashlib
 import json
+import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 
@@ -51,6 +52,8 @@ SUBTYPES = {
     "script": "x-shellscript",
     "boothook": "cloud-boothook",
 }
+# The filename of the service's own part.
+OWN_PART = "workspace.cfg"
 # Where an ext4 blank disk is mounted in the guest: /mnt/<partition name>.
 MOUNT_ROOT = "/mnt"
 
@@ -351,6 +354,37 @@ def parts_of(data: bytes, filename: str) -> list[Part]:
     return out
 
 
+# The characters cloud-init keeps of a part's filename (util.clean_filename: "/" becomes
+# "_", the others are dropped); a script part is written under that name and run from there.
+_FN_ALLOWED = frozenset("_-.()" + string.digits + string.ascii_letters)
+
+
+def _clean_filename(name: str) -> str:
+    return "".join(c for c in name.replace("/", "_") if c in _FN_ALLOWED).strip()
+
+
+def distinct_names(parts: Sequence[Part], taken: Sequence[str] = ()) -> list[Part]:
+    """``parts`` with filenames cloud-init writes apart: each as cloud-init cleans it,
+    and one already used (by an earlier part or ``taken``), or that cleans to nothing (a
+    name of non-ASCII letters), made ``NAME-2``... or ``part-N``. cloud-init writes each
+    script part to instance/scripts/NAME: a vendor script and a user's of one name
+    (``setup.sh``) left one file, and only the user's ran; a name it cleans to "" made
+    the write fail, and that script never ran."""
+    used = set(taken)
+    out = []
+    for i, p in enumerate(parts, 1):
+        base = _clean_filename(p.filename)
+        if base in ("", ".", ".."):
+            base = f"part-{i:03d}"
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        out.append(p if name == p.filename else replace(p, filename=name))
+    return out
+
+
 def _sets_users(p: Part) -> bool:
     """Whether part ``p`` is a cloud-config that sets ``users`` to a list (the form our
     part's ``default`` is appended to)."""
@@ -397,7 +431,10 @@ def render(
     """The seed of one workspace. ``host_key``: (OpenSSH PEM private, public line);
     ``roster``: the cluster the workspace is a member of (None: a single workspace);
     ``data_disks``: its ext4 blank partitions, mounted at /mnt/<name>."""
-    theirs = [*parts_of(vendor_data, "vendor-data"), *parts_of(user_data, "user-data")]
+    theirs = distinct_names(
+        [*parts_of(vendor_data, "vendor-data"), *parts_of(user_data, "user-data")],
+        (OWN_PART,),
+    )
     cfg = system_config(
         hostname,
         instance_id,
@@ -409,7 +446,7 @@ def render(
         any(_sets_users(p) for p in theirs),
     )
     own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
-    parts = [*theirs, Part("cloud-config", own, "workspace.cfg")]
+    parts = [*theirs, Part("cloud-config", own, OWN_PART)]
     return Seed(
         meta_data=meta_data(instance_id, hostname),
         user_data=multipart(parts),
