@@ -251,19 +251,19 @@ def test_ext4_blank_disks_are_mounted_by_the_uuid_the_node_gives_them() -> None:
     ]
     # Each workspace's filesystems have their own UUIDs.
     assert len({mkfs.fs_uuid(w, n) for w in ("id1", "id2") for n in ("scratch", "work")}) == 4
-    ((sh, c, script),) = cfg["runcmd"]
-    assert (sh, c) == ("sh", "-c")
+    prune, (sh, c, script) = cfg["runcmd"]  # the keys' pruning (no keys given), the chown
+    assert seed.KEYS_PREVIOUS in prune[2] and (sh, c) == ("sh", "-c")
     assert "for d in /mnt/scratch /mnt/work;" in script and 'chown debian: "$d"' in script
     assert 'mountpoint -q "$d"' in script and script.endswith("; true")
 
 
 def test_no_mounts_without_ext4_blanks_and_no_chown_for_root() -> None:
     cfg = own_config(seed.render("box", "id1", (NIC,), login_user="debian").user_data)
-    assert "mounts" not in cfg and "runcmd" not in cfg
+    assert "mounts" not in cfg and len(cfg["runcmd"]) == 1  # the keys' pruning only
     cfg = own_config(
         seed.render("box", "id1", (NIC,), login_user="root", data_disks=("s",)).user_data
     )
-    assert len(cfg["mounts"]) == 1 and "runcmd" not in cfg
+    assert len(cfg["mounts"]) == 1 and len(cfg["runcmd"]) == 1
 
 
 def test_member_index_comes_from_the_name() -> None:
@@ -558,3 +558,46 @@ def test_a_new_instance_of_a_saved_disk_keeps_only_the_keys_it_was_given(tmp_pat
     # A disk never saved (no record set aside): nothing is touched.
     subprocess.run([sh, c, local(script)], check=True)
     assert keys.read_text().splitlines() == [hand, new_key]
+
+
+def test_a_saved_disks_next_owner_with_no_keys_and_no_cluster_gets_none_of_the_old_ones(
+    tmp_path: Path,
+) -> None:
+    """A cluster member's disk, saved and then used for a single workspace whose owner
+    has no SSH key yet: the earlier owner's key and the old cluster's key pair (which
+    every member of the old cluster accepts) leave it. Before, a workspace given no keys
+    had no pruning at all, and a cluster key pair in ~/.ssh was never pruned; the new
+    instance's owner could log in to the old cluster's members with it. A key pair
+    the user made there stays."""
+    first = own_config(
+        seed.render(
+            "mpi-head-0", "id1", (NIC,), authorized_keys=[USER_KEY], login_user="debian",
+            roster=three_members(),
+        ).user_data
+    )  # fmt: skip
+    second = own_config(seed.render("copy", "id2", (NIC,), login_user="debian").user_data)
+    by_path = files(first)
+    etc, home = tmp_path / "etc", tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    etc.mkdir()
+    # The disk as saved: the first instance's record, authorized_keys, the cluster key
+    # pair in ~/.ssh, and a key pair the user made by hand (id_rsa).
+    (etc / "authorized_keys").write_text(by_path[seed.KEYS_RECORD]["content"])
+    keys = home / ".ssh" / "authorized_keys"
+    keys.write_text(by_path[seed.KEYS_RECORD]["content"])
+    for name in ("id_ed25519", "id_ed25519.pub"):
+        (home / ".ssh" / name).write_text(by_path[f"/home/debian/.ssh/{name}"]["content"])
+    (home / ".ssh" / "id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQhand me\n")
+
+    def local(text: str) -> str:
+        return text.replace("/etc/workspace", str(etc)).replace(
+            "$(getent passwd debian | cut -d: -f6)", str(home)
+        )
+
+    (_per, _instance, _name, *set_aside) = second["bootcmd"][0]
+    subprocess.run([local(a) for a in set_aside], check=True)
+    (etc / "authorized_keys").write_text(files(second)[seed.KEYS_RECORD]["content"])
+    ((sh, c, script),) = second["runcmd"]
+    subprocess.run([sh, c, local(script)], check=True)
+    assert keys.read_text() == ""
+    assert sorted(p.name for p in (home / ".ssh").iterdir()) == ["authorized_keys", "id_rsa.pub"]

@@ -277,10 +277,12 @@ def system_config(
     runcmd: list[list[str]] = []
     if keys:
         cfg["ssh_authorized_keys"] = keys
-        if login_user:
-            files.append(_file(KEYS_RECORD, "".join(k + "\n" for k in keys), "0600"))
-            cfg["bootcmd"] = [KEYS_SET_ASIDE]
-            runcmd.append(["sh", "-c", _prune_script(login_user)])
+    if login_user:
+        # Also with no keys (an owner who has none yet): the disk may be a saved one,
+        # whose earlier owner's keys must leave it all the same.
+        files.append(_file(KEYS_RECORD, "".join(k + "\n" for k in keys), "0600"))
+        cfg["bootcmd"] = [KEYS_SET_ASIDE]
+        runcmd.append(["sh", "-c", _prune_script(login_user)])
     cfg["write_files"] = files
     if data_disks:
         cfg["mounts"], chown = _mounts(instance_id, data_disks, login_user)
@@ -310,12 +312,21 @@ KEYS_SET_ASIDE = [
 
 
 def _prune_script(login_user: str) -> str:
+    # FILENAME == ARGV[1], not NR == FNR: the record of an instance given no keys is
+    # empty, and NR == FNR then holds for every line of the old record (nothing pruned).
+    # A cluster key pair in ~/.ssh (id_ed25519) whose public half is among the stale
+    # keys is the old cluster's (a new member's own was written before this runs, by
+    # write-files-deferred): it goes too, or the disk's next owner could log in to the
+    # old cluster's members with it. A key pair the user made there is not in a record.
     return (
         f"prev={KEYS_PREVIOUS}; [ -f $prev ] || exit 0; "
         f'home=$(getent passwd {login_user} | cut -d: -f6); f="$home/.ssh/authorized_keys"; '
-        f"awk 'NR==FNR {{keep[$2]=1; next}} !($2 in keep) {{print $2}}' {KEYS_RECORD} $prev"
-        ' > $prev.stale; if [ -s $prev.stale ] && [ -f "$f" ]; then '
+        "awk 'FILENAME == ARGV[1] {keep[$2]=1; next} !($2 in keep) {print $2}' "
+        f"{KEYS_RECORD} $prev > $prev.stale; if [ -s $prev.stale ]; then "
+        'if [ -f "$f" ]; then '
         'grep -vF -f $prev.stale "$f" > "$f.new"; cat "$f.new" > "$f"; rm -f "$f.new"; fi; '
+        'k="$home/.ssh/id_ed25519"; if [ -f "$k.pub" ] && grep -qF -f $prev.stale "$k.pub"; '
+        'then rm -f "$k" "$k.pub"; fi; fi; '
         "rm -f $prev $prev.stale"
     )
 
