@@ -601,3 +601,42 @@ def test_a_saved_disks_next_owner_with_no_keys_and_no_cluster_gets_none_of_the_o
     subprocess.run([sh, c, local(script)], check=True)
     assert keys.read_text() == ""
     assert sorted(p.name for p in (home / ".ssh").iterdir()) == ["authorized_keys", "id_rsa.pub"]
+
+
+CREDENTIALS_SCRIPT = r"""
+import json, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+import yaml
+from cloudinit import ssh_util
+from cloudinit.config import cc_ssh
+cfg = yaml.safe_load(sys.stdin.read())
+given = []
+ssh_util.setup_user_keys = lambda keys, user, options=None: given.append([user, options or ""])
+default_user = sys.argv[1] or None  # the image's (None: its cloud.cfg names none)
+opts = cfg.get("disable_root_opts", ssh_util.DISABLE_USER_OPTS)
+cc_ssh.apply_credentials(cfg["ssh_authorized_keys"], default_user, cfg["disable_root"], opts)
+print(json.dumps(given))
+"""
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+@pytest.mark.parametrize(("login", "default_user"), [("root", ""), ("debian", "debian")])
+def test_the_login_user_gets_the_keys_without_a_refusing_command(
+    login: str, default_user: str
+) -> None:
+    """cloud-init's cc_ssh as it hands out the keys: the login user gets them plainly.
+    With `disable_root: true` always, an image whose login user is root (no default
+    user in its cloud.cfg) got them behind "Please login as the user NONE": `ws ssh`
+    could never log in, nor its cluster's members to each other."""
+    s = seed.render("box", "id1", (NIC,), authorized_keys=[USER_KEY], login_user=login)
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", CREDENTIALS_SCRIPT, default_user],
+        input=payload(parts(s.user_data)[-1]),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    given = dict(json.loads(out.stdout))
+    assert given[login] == ""
+    if login != "root":  # root is still refused where another user logs in
+        assert "Please login as the user" in given["root"]

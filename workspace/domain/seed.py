@@ -237,7 +237,10 @@ def system_config(
         "merge_how": MERGE_HOW,
         "hostname": hostname,
         "preserve_hostname": False,
-        "disable_root": True,
+        # Root logins are refused (cloud-init prefixes root's keys with a command that
+        # only says "Please login as the user ...") unless root is the user ws ssh
+        # logs in as: an image whose login_user is root could not be logged in to.
+        "disable_root": login_user != "root",
     }
     if users_given and login_user and login_user != "root":
         # `users: [{name: alice}]` without `- default` (cloud-init's own trap) would
