@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from images import mkfs
-from workspace.domain import seed
+from workspace.domain import seed, userdata
 from workspace.domain.model import Nic
 from workspace.ops.keys import new_key_pair
 
@@ -380,6 +380,11 @@ print(json.dumps({"users": sorted(users), "default": ug_util.extract_default(use
         (b"#cloud-config\nusers:\n- name: alice\n  groups: sudo\n", ["alice", "debian"]),
         (b"#cloud-config\nusers: [default, bob]\n", ["bob", "debian"]),
         (b"#cloud-config\nruncmd: [[true]]\n", ["debian"]),
+        (  # a part declared cloud-config needs no #cloud-config line
+            b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n--B\n'
+            b"Content-Type: text/cloud-config\n\nusers: [carol]\n--B--\n",
+            ["carol", "debian"],
+        ),
     ],
 )
 def test_a_users_list_without_default_still_creates_the_login_user(
@@ -400,6 +405,7 @@ def test_a_users_list_without_default_still_creates_the_login_user(
     assert json.loads(out.stdout) == {"users": accounts, "default": "debian"}
     # Without a users list of theirs the image's own list (its cloud.cfg) stays in force.
     assert ("users" in own_config(s.user_data)) == (b"users:" in user)
+    userdata.check(user)
 
 
 SCRIPTS_SCRIPT = r"""

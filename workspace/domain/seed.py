@@ -402,7 +402,9 @@ def distinct_names(parts: Sequence[Part], taken: Sequence[str] = ()) -> list[Par
 def _sets_users(p: Part) -> bool:
     """Whether part ``p`` is a cloud-config that sets ``users`` to a list (the form our
     part's ``default`` is appended to)."""
-    if p.subtype not in ("cloud-config", "plain") or userdata.kind(p.payload) != "cloud-config":
+    if p.subtype != "cloud-config" and (
+        p.subtype != "plain" or userdata.kind(p.payload) != "cloud-config"
+    ):
         return False
     return userdata.sets_list(p.payload, "users")
 

@@ -142,6 +142,10 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
     raw = part.get_payload(decode=True)
     data = raw if isinstance(raw, bytes) else b""
     found = kind(data)
+    if not found and part.get_content_type() == "text/cloud-config":
+        # cloud-init reads a part declared cloud-config as YAML, with the #cloud-config
+        # line or without (Terraform's cloudinit_config of a yamlencode() has none).
+        found = "cloud-config"
     wanted = PART_TYPES.get(part.get_content_type())
     if wanted is None and part.get_content_type() not in ("text/plain", "text/x-not-multipart"):
         raise InvalidArgument(f"{what}: this part type is not accepted; use {FORMATS}")
