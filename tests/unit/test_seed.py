@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import json
+import shutil
 import subprocess
 from email.message import Message
 from pathlib import Path
@@ -572,41 +573,61 @@ def test_a_saved_disks_next_owner_with_no_keys_and_no_cluster_gets_none_of_the_o
     """A cluster member's disk, saved and then used for a single workspace whose owner
     has no SSH key yet: the earlier owner's key and the old cluster's key pair (which
     every member of the old cluster accepts) leave it. Before, a workspace given no keys
-    had no pruning at all, and a cluster key pair in ~/.ssh was never pruned; the new
-    instance's owner could log in to the old cluster's members with it. A key pair
-    the user made there stays."""
+    had no pruning at all, and a cluster key pair in ~/.ssh was never pruned: the new
+    instance's owner could log in to the old cluster's members with it. A key pair the
+    user made there stays."""
     first = own_config(
         seed.render(
             "mpi-head-0", "id1", (NIC,), authorized_keys=[USER_KEY], login_user="debian",
             roster=three_members(),
         ).user_data
     )  # fmt: skip
-    second = own_config(seed.render("copy", "id2", (NIC,), login_user="debian").user_data)
-    by_path = files(first)
     etc, home = tmp_path / "etc", tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    etc.mkdir()
-    # The disk as saved: the first instance's record, authorized_keys, the cluster key
-    # pair in ~/.ssh, and a key pair the user made by hand (id_rsa).
-    (etc / "authorized_keys").write_text(by_path[seed.KEYS_RECORD]["content"])
-    keys = home / ".ssh" / "authorized_keys"
-    keys.write_text(by_path[seed.KEYS_RECORD]["content"])
-    for name in ("id_ed25519", "id_ed25519.pub"):
-        (home / ".ssh" / name).write_text(by_path[f"/home/debian/.ssh/{name}"]["content"])
-    (home / ".ssh" / "id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQhand me\n")
+    ssh = home / ".ssh"
+    keys = ssh / "authorized_keys"
 
-    def local(text: str) -> str:
-        return text.replace("/etc/workspace", str(etc)).replace(
-            "$(getent passwd debian | cut -d: -f6)", str(home)
-        )
+    def saved_disk(own_pair: str) -> None:
+        """The disk as saved: the first instance's records and authorized_keys, the
+        cluster key pair in ~/.ssh (or the user's own one), and an id_rsa.pub."""
+        shutil.rmtree(tmp_path)
+        ssh.mkdir(parents=True)
+        etc.mkdir()
+        by_path = files(first)
+        for path in (seed.KEYS_RECORD, seed.CLUSTER_KEY_RECORD):
+            (etc / Path(path).name).write_text(by_path[path]["content"])
+        keys.write_text(by_path[seed.KEYS_RECORD]["content"])
+        (ssh / "id_ed25519").write_text("PRIVATE\n")
+        (ssh / "id_ed25519.pub").write_text(own_pair)
+        (ssh / "id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQhand me\n")
 
-    (_per, _instance, _name, *set_aside) = second["bootcmd"][0]
-    subprocess.run([local(a) for a in set_aside], check=True)
-    (etc / "authorized_keys").write_text(files(second)[seed.KEYS_RECORD]["content"])
-    ((sh, c, script),) = second["runcmd"]
-    subprocess.run([sh, c, local(script)], check=True)
+    def boot(cfg: dict[str, Any]) -> None:
+        """The next instance's first boot: set aside, record, then the pruning."""
+
+        def local(text: str) -> str:
+            return text.replace("/etc/workspace", str(etc)).replace(
+                "$(getent passwd debian | cut -d: -f6)", str(home)
+            )
+
+        (_per, _instance, _name, *set_aside) = cfg["bootcmd"][0]
+        subprocess.run([local(a) for a in set_aside], check=True)
+        for path, f in files(cfg).items():
+            if path.startswith("/etc/workspace/"):
+                (etc / Path(path).name).write_text(f["content"])
+        ((sh, c, script),) = cfg["runcmd"]
+        subprocess.run([sh, c, local(script)], check=True)
+
+    alone = own_config(seed.render("copy", "id2", (NIC,), login_user="debian").user_data)
+    saved_disk(CLUSTER[1] + "\n")
+    boot(alone)
     assert keys.read_text() == ""
-    assert sorted(p.name for p in (home / ".ssh").iterdir()) == ["authorized_keys", "id_rsa.pub"]
+    assert sorted(p.name for p in ssh.iterdir()) == ["authorized_keys", "id_rsa.pub"]
+    assert sorted(p.name for p in etc.iterdir()) == ["authorized_keys", "workspace.json"]
+    # The user's own laptop key, which they had copied into the guest: it stays.
+    saved_disk(USER_KEY + "\n")
+    boot(alone)
+    assert sorted(p.name for p in ssh.iterdir()) == [
+        "authorized_keys", "id_ed25519", "id_ed25519.pub", "id_rsa.pub",
+    ]  # fmt: skip
 
 
 CREDENTIALS_SCRIPT = r"""

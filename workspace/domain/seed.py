@@ -267,6 +267,8 @@ def system_config(
                 files.append(_file(path, content, "0644"))
         if roster.key_private:
             keys.append(roster.key_public)
+            if login_user:
+                files.append(_file(CLUSTER_KEY_RECORD, roster.key_public + "\n", "0644"))
             home = _home(login_user)
             owner = f"{login_user}:{login_user}" if login_user else "root:root"
             for path, content, mode in (
@@ -304,33 +306,39 @@ def system_config(
 # base64 blob; a key the user put there through user-data or by hand stays).
 KEYS_RECORD = "/etc/workspace/authorized_keys"
 KEYS_PREVIOUS = KEYS_RECORD + ".previous"
+# A cluster member's record of its cluster's public key (the pair it was given in ~/.ssh).
+CLUSTER_KEY_RECORD = "/etc/workspace/cluster_key.pub"
+CLUSTER_KEY_PREVIOUS = CLUSTER_KEY_RECORD + ".previous"
 KEYS_SET_ASIDE = [
     "cloud-init-per",
     "instance",
     "workspace-keys-previous",
     "sh",
     "-c",
-    f"if [ -f {KEYS_RECORD} ]; then mv -f {KEYS_RECORD} {KEYS_PREVIOUS}; fi",
+    f"for r in {KEYS_RECORD} {CLUSTER_KEY_RECORD}; do "
+    'if [ -f "$r" ]; then mv -f "$r" "$r.previous"; fi; done',
 ]
 
 
 def _prune_script(login_user: str) -> str:
     # FILENAME == ARGV[1], not NR == FNR: the record of an instance given no keys is
     # empty, and NR == FNR then holds for every line of the old record (nothing pruned).
-    # A cluster key pair in ~/.ssh (id_ed25519) whose public half is among the stale
-    # keys is the old cluster's (a new member's own was written before this runs, by
-    # write-files-deferred): it goes too, or the disk's next owner could log in to the
-    # old cluster's members with it. A key pair the user made there is not in a record.
+    # The old instance's cluster key pair in ~/.ssh (id_ed25519, its public half as in
+    # the set-aside cluster record) goes too when this instance was not given that key:
+    # with it the disk's next owner could log in to every member of the old cluster. A
+    # new member's own pair was written before this runs (write-files-deferred); a pair
+    # the user made or copied there is not the recorded one and stays.
     return (
         f"prev={KEYS_PREVIOUS}; [ -f $prev ] || exit 0; "
         f'home=$(getent passwd {login_user} | cut -d: -f6); f="$home/.ssh/authorized_keys"; '
         "awk 'FILENAME == ARGV[1] {keep[$2]=1; next} !($2 in keep) {print $2}' "
-        f"{KEYS_RECORD} $prev > $prev.stale; if [ -s $prev.stale ]; then "
-        'if [ -f "$f" ]; then '
+        f'{KEYS_RECORD} $prev > $prev.stale; if [ -s $prev.stale ] && [ -f "$f" ]; then '
         'grep -vF -f $prev.stale "$f" > "$f.new"; cat "$f.new" > "$f"; rm -f "$f.new"; fi; '
-        'k="$home/.ssh/id_ed25519"; if [ -f "$k.pub" ] && grep -qF -f $prev.stale "$k.pub"; '
+        f'old={CLUSTER_KEY_PREVIOUS}; k="$home/.ssh/id_ed25519"; if [ -f $old ]; then '
+        "blob=$(cut -d' ' -f2 $old); "
+        'if grep -qxF "$blob" $prev.stale && [ -f "$k.pub" ] && grep -qF "$blob" "$k.pub"; '
         'then rm -f "$k" "$k.pub"; fi; fi; '
-        "rm -f $prev $prev.stale"
+        "rm -f $prev $prev.stale $old"
     )
 
 
