@@ -124,6 +124,30 @@ def test_ssh_and_scp_right_after_a_start_wait_for_the_sshd_and_say_so(
     assert rc == 0 and err == "" and time.monotonic() - started_at < 5
 
 
+def test_a_guest_reached_through_a_proxy_jump_is_not_knocked_on(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A guest on a node's network this machine has no route to is reached through a
+    ProxyJump in ~/.ssh/config. ws knocked on its port from here, where nothing ever
+    answers, and made the user wait out the boot window before running ssh; now ssh
+    (which goes through the jump host) runs at once."""
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        'if [ "$1" = -G ]; then printf "user debian\\nproxyjump login.example\\n"; exit 0; fi\n'
+        'echo "$@" > "$ARGS_FILE"\n',
+    )
+    args_file = tmp_path / "args"
+    monkeypatch.setenv("ARGS_FILE", str(args_file))
+    monkeypatch.setattr(sshwait, "SSH_PORT", free_port())  # no route from here: no answer
+    c = FakeClient([started(booting.BOOT_WINDOW_S - 3)])
+    c.workspaces["box"].nics[0].ip = "127.0.0.1"
+    rc, _, err = run(c, capfd, "ssh", "box", "--", "hostname")  # type: ignore[arg-type]
+    assert rc == 0 and err == ""  # no "sshd does not answer yet ... waiting"
+    assert args_file.read_text().rstrip().endswith("-- 127.0.0.1 hostname")
+    assert sshwait.proxy_of("127.0.0.1") == "login.example"
+
+
 def test_the_wait_for_an_sshd_is_bounded_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sshwait, "SSH_PORT", free_port())  # nothing listens
     monkeypatch.setattr(sshwait, "KNOCK_EVERY_S", 0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import json
+import shutil
 import subprocess
 from email.message import Message
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from images import mkfs
-from workspace.domain import seed
+from workspace.domain import seed, userdata
 from workspace.domain.model import Nic
 from workspace.ops.keys import new_key_pair
 
@@ -251,19 +252,19 @@ def test_ext4_blank_disks_are_mounted_by_the_uuid_the_node_gives_them() -> None:
     ]
     # Each workspace's filesystems have their own UUIDs.
     assert len({mkfs.fs_uuid(w, n) for w in ("id1", "id2") for n in ("scratch", "work")}) == 4
-    ((sh, c, script),) = cfg["runcmd"]
-    assert (sh, c) == ("sh", "-c")
+    prune, (sh, c, script) = cfg["runcmd"]  # the keys' pruning (no keys given), the chown
+    assert seed.KEYS_PREVIOUS in prune[2] and (sh, c) == ("sh", "-c")
     assert "for d in /mnt/scratch /mnt/work;" in script and 'chown debian: "$d"' in script
     assert 'mountpoint -q "$d"' in script and script.endswith("; true")
 
 
 def test_no_mounts_without_ext4_blanks_and_no_chown_for_root() -> None:
     cfg = own_config(seed.render("box", "id1", (NIC,), login_user="debian").user_data)
-    assert "mounts" not in cfg and "runcmd" not in cfg
+    assert "mounts" not in cfg and len(cfg["runcmd"]) == 1  # the keys' pruning only
     cfg = own_config(
         seed.render("box", "id1", (NIC,), login_user="root", data_disks=("s",)).user_data
     )
-    assert len(cfg["mounts"]) == 1 and "runcmd" not in cfg
+    assert len(cfg["mounts"]) == 1 and len(cfg["runcmd"]) == 1
 
 
 def test_member_index_comes_from_the_name() -> None:
@@ -345,6 +346,116 @@ def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
     assert merged["ssh_genkeytypes"] == ["ed25519"] and merged["ssh_deletekeys"] is True
     assert merged["ssh_authorized_keys"][1:] == [USER_KEY, CLUSTER[1]]
     assert merged["hostname"] == "mine"
+
+
+USERS_SCRIPT = r"""
+import json, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from cloudinit import handlers, util
+from cloudinit.distros import ug_util
+from cloudinit.handlers.cloud_config import CloudConfigPartHandler
+from cloudinit.user_data import UserDataProcessor
+class Paths:  # where the handler would write the merged config (it does not, here)
+    def get_ipath(self, name):
+        return "/nonexistent"
+h = CloudConfigPartHandler(Paths())
+h.handle_part(None, handlers.CONTENT_START, None, None, None, None)
+for part in UserDataProcessor({}).process(sys.stdin.buffer.read()).walk():
+    if not part.is_multipart() and part.get_content_type() == "text/cloud-config":
+        payload = part.get_payload(decode=True).decode()
+        h.handle_part(None, part.get_content_type(), "f", payload, None, dict(part.items()))
+class Distro:  # the cloud appliance's default user (system_info.default_user)
+    def get_default_user(self):
+        return {"name": "debian", "lock_passwd": True}
+# Over the image's /etc/cloud/cloud.cfg (`users: [default]`), the user-data's keys first.
+cfg = util.mergemanydict([h.cloud_buf, {"users": ["default"]}])
+users, _ = ug_util.normalize_users_groups(cfg, Distro())
+print(json.dumps({"users": sorted(users), "default": ug_util.extract_default(users)[0]}))
+"""
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+@pytest.mark.parametrize(
+    ("user", "accounts"),
+    [
+        (b"#cloud-config\nusers:\n- name: alice\n  groups: sudo\n", ["alice", "debian"]),
+        (b"#cloud-config\nusers: [default, bob]\n", ["bob", "debian"]),
+        (b"#cloud-config\nruncmd: [[true]]\n", ["debian"]),
+        (  # a part declared cloud-config needs no #cloud-config line
+            b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n--B\n'
+            b"Content-Type: text/cloud-config\n\nusers: [carol]\n--B--\n",
+            ["carol", "debian"],
+        ),
+    ],
+)
+def test_a_users_list_without_default_still_creates_the_login_user(
+    user: bytes, accounts: list[str]
+) -> None:
+    """cloud-init gives the authorized keys to the default user only, and a `users` list
+    replaces the image's `[default]`: a scientist's `users: [{name: alice}]` left no
+    login user (`ws ssh` refused, the keys on a disabled root). The service's part adds
+    `default` to such a list; the user's accounts stay."""
+    s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", USERS_SCRIPT],
+        input=s.user_data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(out.stdout) == {"users": accounts, "default": "debian"}
+    # Without a users list of theirs the image's own list (its cloud.cfg) stays in force.
+    assert ("users" in own_config(s.user_data)) == (b"users:" in user)
+    userdata.check(user)
+
+
+SCRIPTS_SCRIPT = r"""
+import os, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from cloudinit.handlers.shell_script import ShellScriptPartHandler
+from cloudinit.user_data import UserDataProcessor
+class Paths:
+    def get_ipath_cur(self, name):
+        return sys.argv[1]
+h = ShellScriptPartHandler(Paths())
+for part in UserDataProcessor({}).process(sys.stdin.buffer.read()).walk():
+    if not part.is_multipart() and part.get_content_type() == "text/x-shellscript":
+        payload = part.get_payload(decode=True).decode()
+        try:
+            h.handle_part(None, part.get_content_type(), part.get_filename(), payload, None)
+        except OSError as exc:
+            print("not written:", exc, file=sys.stderr)
+d = sys.argv[1]
+print(sorted(open(os.path.join(d, n)).read().split()[-1] for n in os.listdir(d)))
+"""
+
+
+def mime(*scripts: tuple[str, str]) -> bytes:
+    """A MIME multi-part document of #! scripts (filename, the word it echoes)."""
+    return seed.multipart([seed.Part("x-shellscript", f"#!/bin/sh\necho {w}\n".encode(), n)
+                           for n, w in scripts])  # fmt: skip
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+def test_every_script_part_is_written_for_cloud_init_to_run(tmp_path: Path) -> None:
+    """cloud-init writes each script part to instance/scripts/FILENAME and runs what is
+    there: the site's vendor script and a user's of the same name (setup.sh) were one
+    file, and only the user's ran; a name of non-ASCII letters became "" there, and
+    that script was never written."""
+    vendor = mime(("setup.sh", "site"))
+    user = mime(("setup.sh", "mine"), ("データ", "data"), ("workspace.cfg", "cfg"))
+    s = seed.render("box", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian")
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", SCRIPTS_SCRIPT, str(tmp_path)],
+        input=s.user_data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stderr == b""
+    assert out.stdout.decode().strip() == "['cfg', 'data', 'mine', 'site']"
+    names = [p.get_filename() for p in parts(s.user_data)]
+    assert names == ["setup.sh", "setup.sh-2", "part-003", "workspace.cfg-2", "workspace.cfg"]
 
 
 @pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
@@ -454,3 +565,105 @@ def test_a_new_instance_of_a_saved_disk_keeps_only_the_keys_it_was_given(tmp_pat
     # A disk never saved (no record set aside): nothing is touched.
     subprocess.run([sh, c, local(script)], check=True)
     assert keys.read_text().splitlines() == [hand, new_key]
+
+
+def test_a_saved_disks_next_owner_with_no_keys_and_no_cluster_gets_none_of_the_old_ones(
+    tmp_path: Path,
+) -> None:
+    """A cluster member's disk, saved and then used for a single workspace whose owner
+    has no SSH key yet: the earlier owner's key and the old cluster's key pair (which
+    every member of the old cluster accepts) leave it. Before, a workspace given no keys
+    had no pruning at all, and a cluster key pair in ~/.ssh was never pruned: the new
+    instance's owner could log in to the old cluster's members with it. A key pair the
+    user made there stays."""
+    first = own_config(
+        seed.render(
+            "mpi-head-0", "id1", (NIC,), authorized_keys=[USER_KEY], login_user="debian",
+            roster=three_members(),
+        ).user_data
+    )  # fmt: skip
+    etc, home = tmp_path / "etc", tmp_path / "home"
+    ssh = home / ".ssh"
+    keys = ssh / "authorized_keys"
+
+    def saved_disk(own_pair: str) -> None:
+        """The disk as saved: the first instance's records and authorized_keys, the
+        cluster key pair in ~/.ssh (or the user's own one), and an id_rsa.pub."""
+        shutil.rmtree(tmp_path)
+        ssh.mkdir(parents=True)
+        etc.mkdir()
+        by_path = files(first)
+        for path in (seed.KEYS_RECORD, seed.CLUSTER_KEY_RECORD):
+            (etc / Path(path).name).write_text(by_path[path]["content"])
+        keys.write_text(by_path[seed.KEYS_RECORD]["content"])
+        (ssh / "id_ed25519").write_text("PRIVATE\n")
+        (ssh / "id_ed25519.pub").write_text(own_pair)
+        (ssh / "id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQhand me\n")
+
+    def boot(cfg: dict[str, Any]) -> None:
+        """The next instance's first boot: set aside, record, then the pruning."""
+
+        def local(text: str) -> str:
+            return text.replace("/etc/workspace", str(etc)).replace(
+                "$(getent passwd debian | cut -d: -f6)", str(home)
+            )
+
+        (_per, _instance, _name, *set_aside) = cfg["bootcmd"][0]
+        subprocess.run([local(a) for a in set_aside], check=True)
+        for path, f in files(cfg).items():
+            if path.startswith("/etc/workspace/"):
+                (etc / Path(path).name).write_text(f["content"])
+        ((sh, c, script),) = cfg["runcmd"]
+        subprocess.run([sh, c, local(script)], check=True)
+
+    alone = own_config(seed.render("copy", "id2", (NIC,), login_user="debian").user_data)
+    saved_disk(CLUSTER[1] + "\n")
+    boot(alone)
+    assert keys.read_text() == ""
+    assert sorted(p.name for p in ssh.iterdir()) == ["authorized_keys", "id_rsa.pub"]
+    assert sorted(p.name for p in etc.iterdir()) == ["authorized_keys", "workspace.json"]
+    # The user's own laptop key, which they had copied into the guest: it stays.
+    saved_disk(USER_KEY + "\n")
+    boot(alone)
+    assert sorted(p.name for p in ssh.iterdir()) == [
+        "authorized_keys", "id_ed25519", "id_ed25519.pub", "id_rsa.pub",
+    ]  # fmt: skip
+
+
+CREDENTIALS_SCRIPT = r"""
+import json, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+import yaml
+from cloudinit import ssh_util
+from cloudinit.config import cc_ssh
+cfg = yaml.safe_load(sys.stdin.read())
+given = []
+ssh_util.setup_user_keys = lambda keys, user, options=None: given.append([user, options or ""])
+default_user = sys.argv[1] or None  # the image's (None: its cloud.cfg names none)
+opts = cfg.get("disable_root_opts", ssh_util.DISABLE_USER_OPTS)
+cc_ssh.apply_credentials(cfg["ssh_authorized_keys"], default_user, cfg["disable_root"], opts)
+print(json.dumps(given))
+"""
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+@pytest.mark.parametrize(("login", "default_user"), [("root", ""), ("debian", "debian")])
+def test_the_login_user_gets_the_keys_without_a_refusing_command(
+    login: str, default_user: str
+) -> None:
+    """cloud-init's cc_ssh as it hands out the keys: the login user gets them plainly.
+    With `disable_root: true` always, an image whose login user is root (no default
+    user in its cloud.cfg) got them behind "Please login as the user NONE": `ws ssh`
+    could never log in, nor its cluster's members to each other."""
+    s = seed.render("box", "id1", (NIC,), authorized_keys=[USER_KEY], login_user=login)
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", CREDENTIALS_SCRIPT, default_user],
+        input=payload(parts(s.user_data)[-1]),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    given = dict(json.loads(out.stdout))
+    assert given[login] == ""
+    if login != "root":  # root is still refused where another user logs in
+        assert "Please login as the user" in given["root"]

@@ -39,6 +39,9 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         multipart(("text/cloud-boothook", b"#!/bin/sh\nls")),
         # ... and looks at what a text/x-shellscript part holds
         multipart(("text/x-shellscript", b"#cloud-config\nruncmd: [[ls]]")),
+        # ... and reads a part declared cloud-config as YAML, its #cloud-config line or
+        # not (Terraform's cloudinit_config of a yamlencode() has none): it was refused
+        multipart(("text/cloud-config", b'runcmd: [[ls]]\nusers: [{"name": "alice"}]')),
     ],
     ids=[
         "empty",
@@ -52,6 +55,7 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         "multipart-plain-script",
         "multipart-boothook-script",
         "multipart-cloud-config-declared-script",
+        "multipart-cloud-config-without-its-line",
     ],
 )
 def test_accepted(data: bytes) -> None:
@@ -75,6 +79,10 @@ def test_accepted(data: bytes) -> None:
         ),
         (
             multipart(("text/cloud-config", b"#cloud-config\n[1, 2]")),
+            "user-data: part 1 (text/cloud-config): #cloud-config: expected a mapping",
+        ),
+        (
+            multipart(("text/cloud-config", b"- runcmd")),
             "user-data: part 1 (text/cloud-config): #cloud-config: expected a mapping",
         ),
         (
@@ -124,6 +132,7 @@ def test_accepted(data: bytes) -> None:
         "boothook-not-utf8",
         "multipart-script-not-utf8",
         "multipart-list",
+        "multipart-list-without-its-line",
         "multipart-include",
         "multipart-text",
         "mime-single",

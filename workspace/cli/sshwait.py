@@ -6,6 +6,9 @@ the boot window (``workspace/domain/booting.py``) ws first knocks on the guest's
 (a TCP connect, in the node's network namespace on a local site, where the guest is
 reachable) about once a second, up to the end of the window, saying once on stderr that
 it waits; then ssh runs once and gives its own error if the guest still does not answer.
+A guest that ssh reaches through a ProxyJump or ProxyCommand of the user's ssh
+configuration (a node's network this machine has no route to) is not knocked on: no
+knock from here could be answered, and ws waited out the whole window for nothing.
 ssh's own retries (``ConnectionAttempts``, ``--retry N``) are silent and bounded by
 attempts, not time: a guest that drops packets makes each one last ConnectTimeout.
 """
@@ -48,11 +51,39 @@ def knock(address: str, prefix: Sequence[str] = ()) -> str:
     return done.stdout.strip() or done.stderr.strip() or f"exit {done.returncode}"
 
 
+def proxy_of(address: str, prefix: Sequence[str] = ()) -> str:
+    """The ProxyJump or ProxyCommand the user's ssh configuration gives ``address``
+    (``ssh -G``; "" when none, or when ssh cannot say). A guest on a network this
+    machine has no route to is reached that way (``Host 10.0.0.*`` / ``ProxyJump
+    node``): a knock from here would never be answered."""
+    try:
+        done = subprocess.run(
+            [*prefix, "ssh", "-G", "--", address],
+            capture_output=True,
+            text=True,
+            timeout=KNOCK_TIMEOUT_S + 10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if done.returncode != 0:
+        return ""
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key.lower() in ("proxyjump", "proxycommand") and value.strip() not in ("", "none"):
+            return value.strip()
+    return ""
+
+
 def wait_for_sshd(
     address: str, prefix: Sequence[str], wait_s: float, say: Callable[[str, float], None]
 ) -> bool:
     """Knock until ``address``'s sshd port answers or ``wait_s`` has passed; ``say(why,
-    wait_s)`` once, at the first knock that found none. Whether it answered."""
+    wait_s)`` once, at the first knock that found none. Whether it answered. Not at all
+    (False at once) when ssh reaches ``address`` through a proxy (``proxy_of``): ssh
+    then gives its own answer at once, where knocks from here would wait for nothing."""
+    if proxy_of(address, prefix):
+        return False
     deadline = time.monotonic() + wait_s
     said = False
     while True:

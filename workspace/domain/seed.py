@@ -26,8 +26,9 @@ import email.message
 import email.policy
 import hashlib
 import json
+import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 
@@ -51,6 +52,8 @@ SUBTYPES = {
     "script": "x-shellscript",
     "boothook": "cloud-boothook",
 }
+# The filename of the service's own part.
+OWN_PART = "workspace.cfg"
 # Where an ext4 blank disk is mounted in the guest: /mnt/<partition name>.
 MOUNT_ROOT = "/mnt"
 
@@ -223,16 +226,28 @@ def system_config(
     login_user: str,
     roster: Roster | None,
     data_disks: Sequence[str] = (),
+    users_given: bool = False,
 ) -> dict[str, object]:
     """The service's own cloud-config (as a mapping). ``data_disks``: the names of the
-    workspace's ext4 blank partitions."""
+    workspace's ext4 blank partitions; ``users_given``: an earlier part (the user's, the
+    site's) sets ``users``, which replaces the image's list (``[default]``): ours then
+    adds ``default`` to it, since the authorized keys go to the default user only."""
     private, public = host_key
     cfg: dict[str, object] = {
         "merge_how": MERGE_HOW,
         "hostname": hostname,
         "preserve_hostname": False,
-        "disable_root": True,
+        # Root logins are refused (cloud-init prefixes root's keys with a command that
+        # only says "Please login as the user ...") unless root is the user ws ssh
+        # logs in as: an image whose login_user is root could not be logged in to.
+        "disable_root": login_user != "root",
     }
+    if users_given and login_user and login_user != "root":
+        # `users: [{name: alice}]` without `- default` (cloud-init's own trap) would
+        # leave the login user uncreated and the keys on a disabled root: `ws ssh`
+        # refused, the cluster key written to a home that does not exist. The list is
+        # appended to (MERGE_HOW), so the user's accounts stay.
+        cfg["users"] = ["default"]
     if private:
         cfg["ssh_deletekeys"] = True
         # Nothing is generated: the ed25519 key is given, and a type whose key exists is
@@ -252,6 +267,8 @@ def system_config(
                 files.append(_file(path, content, "0644"))
         if roster.key_private:
             keys.append(roster.key_public)
+            if login_user:
+                files.append(_file(CLUSTER_KEY_RECORD, roster.key_public + "\n", "0644"))
             home = _home(login_user)
             owner = f"{login_user}:{login_user}" if login_user else "root:root"
             for path, content, mode in (
@@ -265,10 +282,12 @@ def system_config(
     runcmd: list[list[str]] = []
     if keys:
         cfg["ssh_authorized_keys"] = keys
-        if login_user:
-            files.append(_file(KEYS_RECORD, "".join(k + "\n" for k in keys), "0600"))
-            cfg["bootcmd"] = [KEYS_SET_ASIDE]
-            runcmd.append(["sh", "-c", _prune_script(login_user)])
+    if login_user:
+        # Also with no keys (an owner who has none yet): the disk may be a saved one,
+        # whose earlier owner's keys must leave it all the same.
+        files.append(_file(KEYS_RECORD, "".join(k + "\n" for k in keys), "0600"))
+        cfg["bootcmd"] = [KEYS_SET_ASIDE]
+        runcmd.append(["sh", "-c", _prune_script(login_user)])
     cfg["write_files"] = files
     if data_disks:
         cfg["mounts"], chown = _mounts(instance_id, data_disks, login_user)
@@ -287,24 +306,39 @@ def system_config(
 # base64 blob; a key the user put there through user-data or by hand stays).
 KEYS_RECORD = "/etc/workspace/authorized_keys"
 KEYS_PREVIOUS = KEYS_RECORD + ".previous"
+# A cluster member's record of its cluster's public key (the pair it was given in ~/.ssh).
+CLUSTER_KEY_RECORD = "/etc/workspace/cluster_key.pub"
+CLUSTER_KEY_PREVIOUS = CLUSTER_KEY_RECORD + ".previous"
 KEYS_SET_ASIDE = [
     "cloud-init-per",
     "instance",
     "workspace-keys-previous",
     "sh",
     "-c",
-    f"if [ -f {KEYS_RECORD} ]; then mv -f {KEYS_RECORD} {KEYS_PREVIOUS}; fi",
+    f"for r in {KEYS_RECORD} {CLUSTER_KEY_RECORD}; do "
+    'if [ -f "$r" ]; then mv -f "$r" "$r.previous"; fi; done',
 ]
 
 
 def _prune_script(login_user: str) -> str:
+    # FILENAME == ARGV[1], not NR == FNR: the record of an instance given no keys is
+    # empty, and NR == FNR then holds for every line of the old record (nothing pruned).
+    # The old instance's cluster key pair in ~/.ssh (id_ed25519, its public half as in
+    # the set-aside cluster record) goes too when this instance was not given that key:
+    # with it the disk's next owner could log in to every member of the old cluster. A
+    # new member's own pair was written before this runs (write-files-deferred); a pair
+    # the user made or copied there is not the recorded one and stays.
     return (
         f"prev={KEYS_PREVIOUS}; [ -f $prev ] || exit 0; "
         f'home=$(getent passwd {login_user} | cut -d: -f6); f="$home/.ssh/authorized_keys"; '
-        f"awk 'NR==FNR {{keep[$2]=1; next}} !($2 in keep) {{print $2}}' {KEYS_RECORD} $prev"
-        ' > $prev.stale; if [ -s $prev.stale ] && [ -f "$f" ]; then '
+        "awk 'FILENAME == ARGV[1] {keep[$2]=1; next} !($2 in keep) {print $2}' "
+        f'{KEYS_RECORD} $prev > $prev.stale; if [ -s $prev.stale ] && [ -f "$f" ]; then '
         'grep -vF -f $prev.stale "$f" > "$f.new"; cat "$f.new" > "$f"; rm -f "$f.new"; fi; '
-        "rm -f $prev $prev.stale"
+        f'old={CLUSTER_KEY_PREVIOUS}; k="$home/.ssh/id_ed25519"; if [ -f $old ]; then '
+        "blob=$(cut -d' ' -f2 $old); "
+        'if grep -qxF "$blob" $prev.stale && [ -f "$k.pub" ] && grep -qF "$blob" "$k.pub"; '
+        'then rm -f "$k" "$k.pub"; fi; fi; '
+        "rm -f $prev $prev.stale $old"
     )
 
 
@@ -340,6 +374,47 @@ def parts_of(data: bytes, filename: str) -> list[Part]:
         name = p.get_filename() or f"{filename}-{i}"
         out.append(Part(p.get_content_subtype(), payload, name, merge))
     return out
+
+
+# The characters cloud-init keeps of a part's filename (util.clean_filename: "/" becomes
+# "_", the others are dropped); a script part is written under that name and run from there.
+_FN_ALLOWED = frozenset("_-.()" + string.digits + string.ascii_letters)
+
+
+def _clean_filename(name: str) -> str:
+    return "".join(c for c in name.replace("/", "_") if c in _FN_ALLOWED).strip()
+
+
+def distinct_names(parts: Sequence[Part], taken: Sequence[str] = ()) -> list[Part]:
+    """``parts`` with filenames cloud-init writes apart: each as cloud-init cleans it,
+    and one already used (by an earlier part or ``taken``), or that cleans to nothing (a
+    name of non-ASCII letters), made ``NAME-2``... or ``part-N``. cloud-init writes each
+    script part to instance/scripts/NAME: a vendor script and a user's of one name
+    (``setup.sh``) left one file, and only the user's ran; a name it cleans to "" made
+    the write fail, and that script never ran."""
+    used = set(taken)
+    out = []
+    for i, p in enumerate(parts, 1):
+        base = _clean_filename(p.filename)
+        if base in ("", ".", ".."):
+            base = f"part-{i:03d}"
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        out.append(p if name == p.filename else replace(p, filename=name))
+    return out
+
+
+def _sets_users(p: Part) -> bool:
+    """Whether part ``p`` is a cloud-config that sets ``users`` to a list (the form our
+    part's ``default`` is appended to)."""
+    if p.subtype != "cloud-config" and (
+        p.subtype != "plain" or userdata.kind(p.payload) != "cloud-config"
+    ):
+        return False
+    return userdata.sets_list(p.payload, "users")
 
 
 def _mime_part(p: Part) -> MIMENonMultipart:
@@ -380,15 +455,22 @@ def render(
     """The seed of one workspace. ``host_key``: (OpenSSH PEM private, public line);
     ``roster``: the cluster the workspace is a member of (None: a single workspace);
     ``data_disks``: its ext4 blank partitions, mounted at /mnt/<name>."""
+    theirs = distinct_names(
+        [*parts_of(vendor_data, "vendor-data"), *parts_of(user_data, "user-data")],
+        (OWN_PART,),
+    )
     cfg = system_config(
-        hostname, instance_id, authorized_keys, host_key, login_user, roster, data_disks
+        hostname,
+        instance_id,
+        authorized_keys,
+        host_key,
+        login_user,
+        roster,
+        data_disks,
+        any(_sets_users(p) for p in theirs),
     )
     own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
-    parts = [
-        *parts_of(vendor_data, "vendor-data"),
-        *parts_of(user_data, "user-data"),
-        Part("cloud-config", own, "workspace.cfg"),
-    ]
+    parts = [*theirs, Part("cloud-config", own, OWN_PART)]
     return Seed(
         meta_data=meta_data(instance_id, hostname),
         user_data=multipart(parts),

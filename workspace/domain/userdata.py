@@ -110,6 +110,18 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def sets_list(data: bytes, key: str) -> bool:
+    """Whether #cloud-config ``data`` sets top-level ``key`` to a list (False for a
+    document that does not parse: it was checked at create). Cached: a cluster's members
+    share their user-data, and a node's orders render every seed."""
+    try:
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get(key), list)
+
+
 # How each kind is named when it is not UTF-8 (cloud-init writes every part as UTF-8
 # text: a script that is not fails in its handler and is never run, unreported).
 _KIND_NAMES = {"cloud-config": "a #cloud-config document", "script": "a #! script"}
@@ -130,6 +142,10 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
     raw = part.get_payload(decode=True)
     data = raw if isinstance(raw, bytes) else b""
     found = kind(data)
+    if not found and part.get_content_type() == "text/cloud-config":
+        # cloud-init reads a part declared cloud-config as YAML, with the #cloud-config
+        # line or without (Terraform's cloudinit_config of a yamlencode() has none).
+        found = "cloud-config"
     wanted = PART_TYPES.get(part.get_content_type())
     if wanted is None and part.get_content_type() not in ("text/plain", "text/x-not-multipart"):
         raise InvalidArgument(f"{what}: this part type is not accepted; use {FORMATS}")
