@@ -253,10 +253,15 @@ def prune(env: Env) -> int:
     """Delete what ``event_retention`` no longer keeps; returns how many."""
     count, seconds = parse_retention(env.cfg.event_retention)
     with env.store.write() as s:
-        if seconds:
-            cut = env.clock() - seconds
-            return _deleted(s.execute(delete(EventRow).where(EventRow.at < cut)))
         newest = s.execute(select(func.max(EventRow.id))).scalar() or 0
+        if seconds:
+            # The newest event stays, however old its time: SQLite gives a new row the
+            # highest id plus one, so deleting it would give its id to the next event, and
+            # a follower resuming after that id (``after_id``) would not be sent that one.
+            cut = env.clock() - seconds
+            return _deleted(
+                s.execute(delete(EventRow).where(EventRow.at < cut, EventRow.id < newest))
+            )
         floor = newest - count
         if floor <= 0:
             return 0
