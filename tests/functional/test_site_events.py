@@ -375,3 +375,17 @@ def test_lease_warning_and_expiry_are_events(tmp_path: Path) -> None:
         assert stopping.who == "system" and stopping.reason.startswith("lease expired at ")
     finally:
         site.close()
+
+
+def test_a_reboot_leaves_an_event_with_who_asked(ready_site: Site) -> None:
+    """A reboot keeps the workspace RUNNING, so no workspace.state event tells it: it has
+    an event of its own, with who asked it (`ws events NAME --kind workspace.reboot`)."""
+    site = ready_site
+    ws = site.stubs.create(name="r1", memory_mib=64)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    for _ in range(2):
+        site.stubs.ws.RebootWorkspace(workspaces_pb2.WorkspaceRef(id=ws.id))
+    req = workspaces_pb2.WatchWorkspaceEventsRequest(id="r1", kinds=["workspace.reboot"])
+    evs = [codec_events.event_from_proto(p) for p in site.stubs.ws.WatchWorkspaceEvents(req)]
+    assert [(e.workspace_name, e.who) for e in evs] == [("r1", "user:local")] * 2
+    assert ["reboot 1" in evs[0].reason, "reboot 2" in evs[1].reason] == [True, True]
