@@ -41,6 +41,7 @@ class EventsClientMixin:
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
         which: EventFilter | None = None,
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
         """(admins) Site events since ``since`` (epoch seconds; 0 = the oldest kept), oldest
         first; with ``follow`` the stream stays open for new ones. Closing the iterator
@@ -54,13 +55,15 @@ class EventsClientMixin:
         ``on_outage`` is told once when the stream is lost (why) and once when events can
         flow again (""). ``which``: only the events of these kinds or families, of this
         workspace, of this node, of this cluster (its id or name; InvalidArgument for an
-        unknown kind, NotFound for a cluster the caller cannot see)."""
+        unknown kind, NotFound for a cluster the caller cannot see). ``after_id``: only
+        the events after that one (the id of the last event a script was given: every one
+        committed after it, whatever its time; ``since`` is then not used)."""
 
         def open_call(start: float, after_id: int, remaining: float | None) -> Any:
             req = codec_events.watch_request_to_proto(start, follow, which, after_id)
             return self._admin.WatchEvents(req, timeout=remaining)
 
-        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
 
     def watch_workspace_events(
         self,
@@ -71,6 +74,7 @@ class EventsClientMixin:
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
         kinds: tuple[str, ...] = (),
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
         """The site events of workspace ``ref`` (id or name; one the caller may see:
         NotFound otherwise), as ``watch_events`` gives the site's: what happened to it,
@@ -82,7 +86,7 @@ class EventsClientMixin:
             )
             return self._workspaces.WatchWorkspaceEvents(req, timeout=remaining)
 
-        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
 
     def watch_cluster_events(
         self,
@@ -93,6 +97,7 @@ class EventsClientMixin:
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
         kinds: tuple[str, ...] = (),
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
         """The site events of cluster ``ref`` (id or name; one the caller may see): its
         members' (created, placed, state changes, trust decisions, ...) and its own
@@ -104,7 +109,7 @@ class EventsClientMixin:
             )
             return self._clusters.WatchClusterEvents(req, timeout=remaining)
 
-        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
 
     def _events(
         self,
@@ -114,13 +119,14 @@ class EventsClientMixin:
         timeout_s: float | None,
         reconnect: bool,
         on_outage: Callable[[str], None] | None,
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
         """The events of the stream ``open_at(start, after_id, remaining_s)`` opens,
         opened again after the last one given after an outage (``reconnect``): the server
         sends every event committed after that id, whatever its time (a node's trust
         records keep the node's clock); one that does not know ``after_id`` reads from
         ``start``, a little before the last one's time, and ids weed out repeats."""
-        last_id, start = 0, since
+        last_id, start = max(0, after_id), since
 
         def open_call(remaining: float | None) -> Any:
             return open_at(start, last_id, remaining)

@@ -6,14 +6,18 @@ commits later whatever its time."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace.cli import admin as admin_cli
+from workspace.cli.ws import main as ws_main
 from workspace.client import Client
 from workspace.codec import events as codec_events
 from workspace.domain.events import SiteEvent
@@ -200,3 +204,34 @@ def test_on_two_replicas_a_follower_that_fails_over_misses_nothing(
     finally:
         for site in sites:
             site.close()
+
+
+def test_a_script_goes_on_after_the_last_id_it_printed(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws-admin events -o json` prints each event's id; `--after ID` (also `ws events`)
+    goes on after it: a script that stopped misses none (a node's late record too) and
+    is given none twice."""
+    site = ready_site
+    ws = site.stubs.create(name="s1", memory_mib=64)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    base = ["--service", site.address]
+
+    def printed(main: Callable[[list[str]], int], argv: list[str]) -> list[dict[str, object]]:
+        assert main([*base, *argv, "-o", "json"]) == 0
+        return [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+
+    first = printed(admin_cli.main, ["events"])
+    last = int(str(first[-1]["id"]))
+    report_late_audit(site, hours_ago=1.0, workspace_id=ws.id)
+    site.stubs.create(name="s2", memory_mib=64)
+    rest = printed(admin_cli.main, ["events", "--after", str(last)])
+    every = [x["id"] for x in printed(admin_cli.main, ["events"])]
+    assert [x["id"] for x in first + rest] == every[: len(first) + len(rest)]
+    late = [x["reason"] for x in rest if x["kind"] == "trust.decision"]
+    assert late[:1] == [f"boot: {LATE}"]
+    mine = printed(ws_main, ["events", "s1", "--after", str(last)])
+    assert [x["kind"] for x in mine] == ["trust.decision"]
+    with pytest.raises(SystemExit) as both:
+        admin_cli.main([*base, "events", "--after", "3", "--since", "1h"])
+    assert both.value.code == 2
