@@ -20,7 +20,8 @@ from workspace.v1 import (
     workspaces_pb2_grpc,
 )
 
-# How far before the last event seen a re-opened stream starts (seconds).
+# How far before the last event seen a re-opened stream starts (seconds), for a server
+# that does not know ``after_id`` (older than session 38): it reads by time.
 RESUME_SLACK_S = 60.0
 
 
@@ -40,6 +41,7 @@ class EventsClientMixin:
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
         which: EventFilter | None = None,
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
         """(admins) Site events since ``since`` (epoch seconds; 0 = the oldest kept), oldest
         first; with ``follow`` the stream stays open for new ones. Closing the iterator
@@ -47,18 +49,21 @@ class EventsClientMixin:
 
         With ``follow`` and ``reconnect``, a stream lost to an outage (the service stopping
         or restarting, the replica in use dying: UNAVAILABLE) is opened again with back-off
-        (on the next replica of an address list) from the last event seen: none is given
-        twice (events are told apart by id), and none committed since is missed.
+        (on the next replica of an address list) after the last event seen (its id, the
+        order of commits): none is given twice, and none committed since is missed, even
+        one whose time is older (a node's late trust records).
         ``on_outage`` is told once when the stream is lost (why) and once when events can
         flow again (""). ``which``: only the events of these kinds or families, of this
         workspace, of this node, of this cluster (its id or name; InvalidArgument for an
-        unknown kind, NotFound for a cluster the caller cannot see)."""
+        unknown kind, NotFound for a cluster the caller cannot see). ``after_id``: only
+        the events after that one (the id of the last event a script was given: every one
+        committed after it, whatever its time; ``since`` is then not used)."""
 
-        def open_call(start: float, remaining: float | None) -> Any:
-            req = codec_events.watch_request_to_proto(start, follow, which)
+        def open_call(start: float, after_id: int, remaining: float | None) -> Any:
+            req = codec_events.watch_request_to_proto(start, follow, which, after_id)
             return self._admin.WatchEvents(req, timeout=remaining)
 
-        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
 
     def watch_workspace_events(
         self,
@@ -69,18 +74,19 @@ class EventsClientMixin:
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
         kinds: tuple[str, ...] = (),
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
         """The site events of workspace ``ref`` (id or name; one the caller may see:
         NotFound otherwise), as ``watch_events`` gives the site's: what happened to it,
         by whom and why. ``kinds``: only these kinds or families."""
 
-        def open_call(start: float, remaining: float | None) -> Any:
+        def open_call(start: float, after_id: int, remaining: float | None) -> Any:
             req = codec_events.subject_watch_to_proto(
-                workspaces_pb2.WatchWorkspaceEventsRequest, ref, start, follow, kinds
+                workspaces_pb2.WatchWorkspaceEventsRequest, ref, start, follow, kinds, after_id
             )
             return self._workspaces.WatchWorkspaceEvents(req, timeout=remaining)
 
-        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
 
     def watch_cluster_events(
         self,
@@ -91,34 +97,39 @@ class EventsClientMixin:
         reconnect: bool = False,
         on_outage: Callable[[str], None] | None = None,
         kinds: tuple[str, ...] = (),
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
         """The site events of cluster ``ref`` (id or name; one the caller may see): its
         members' (created, placed, state changes, trust decisions, ...) and its own
         (``cluster.scaled``), as ``watch_workspace_events`` gives one workspace's."""
 
-        def open_call(start: float, remaining: float | None) -> Any:
+        def open_call(start: float, after_id: int, remaining: float | None) -> Any:
             req = codec_events.subject_watch_to_proto(
-                clusters_pb2.WatchClusterEventsRequest, ref, start, follow, kinds
+                clusters_pb2.WatchClusterEventsRequest, ref, start, follow, kinds, after_id
             )
             return self._clusters.WatchClusterEvents(req, timeout=remaining)
 
-        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage)
+        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
 
     def _events(
         self,
-        open_at: Callable[[float, float | None], Any],
+        open_at: Callable[[float, int, float | None], Any],
         since: float,
         follow: bool,
         timeout_s: float | None,
         reconnect: bool,
         on_outage: Callable[[str], None] | None,
+        after_id: int = 0,
     ) -> Generator[SiteEvent, None, None]:
-        """The events of the stream ``open_at(start, remaining_s)`` opens, opened again
-        from a little before the last one after an outage (``reconnect``)."""
-        last_id, start = 0, since
+        """The events of the stream ``open_at(start, after_id, remaining_s)`` opens,
+        opened again after the last one given after an outage (``reconnect``): the server
+        sends every event committed after that id, whatever its time (a node's trust
+        records keep the node's clock); one that does not know ``after_id`` reads from
+        ``start``, a little before the last one's time, and ids weed out repeats."""
+        last_id, start = max(0, after_id), since
 
         def open_call(remaining: float | None) -> Any:
-            return open_at(start, remaining)
+            return open_at(start, last_id, remaining)
 
         stream = client_streams.reopening(
             open_call, self._error, follow and reconnect, timeout_s, on_outage
@@ -129,8 +140,8 @@ class EventsClientMixin:
                 if e.id and e.id <= last_id:
                     continue  # given before the outage
                 last_id = e.id
-                # Again from a little before it: commits of other replicas may carry a
-                # slightly earlier time (their clocks), and ids weed out repeats.
+                # For an older server: commits of other replicas may carry a slightly
+                # earlier time (their clocks).
                 start = max(since, e.at - RESUME_SLACK_S)
                 yield e
         finally:

@@ -302,14 +302,16 @@ def test_retention_keeps_the_newest_events(tmp_path: Path) -> None:
         assert [e.kind for e in before][:1] == ["network.created"] and len(before) == 6
         assert site_events.prune(env) == 3
         assert [e.id for e in events(site)] == [e.id for e in before[-3:]]
-        # a duration: everything older goes, but for the newest: the next event's id
-        # must still come after every id a follower has seen (SQLite reuses the largest)
+        # a duration: everything older goes, but the newest event (whatever its time):
+        # SQLite would give its id to the next one, and a follower resuming after it
+        # (after_id) would not be sent that one
         later = replace(env, cfg=replace(env.cfg, event_retention="1m"), clock=lambda: 1e12)
         assert site_events.prune(later) == 2
         assert [e.id for e in events(site)] == [before[-1].id]
         site.stubs.admin.DrainNode(admin_pb2.NodeRef(name="n1"))
-        (_, drained) = events(site)
-        assert drained.kind == "node.state" and drained.id > before[-1].id
+        req = codec_events.watch_request_to_proto(0.0, False, after_id=before[-1].id)
+        resumed = [codec_events.event_from_proto(p) for p in site.stubs.admin.WatchEvents(req)]
+        assert [(e.kind, e.node) for e in resumed] == [("node.state", "n1")]
     finally:
         site.close()
 
@@ -373,3 +375,17 @@ def test_lease_warning_and_expiry_are_events(tmp_path: Path) -> None:
         assert stopping.who == "system" and stopping.reason.startswith("lease expired at ")
     finally:
         site.close()
+
+
+def test_a_reboot_leaves_an_event_with_who_asked(ready_site: Site) -> None:
+    """A reboot keeps the workspace RUNNING, so no workspace.state event tells it: it has
+    an event of its own, with who asked it (`ws events NAME --kind workspace.reboot`)."""
+    site = ready_site
+    ws = site.stubs.create(name="r1", memory_mib=64)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    for _ in range(2):
+        site.stubs.ws.RebootWorkspace(workspaces_pb2.WorkspaceRef(id=ws.id))
+    req = workspaces_pb2.WatchWorkspaceEventsRequest(id="r1", kinds=["workspace.reboot"])
+    evs = [codec_events.event_from_proto(p) for p in site.stubs.ws.WatchWorkspaceEvents(req)]
+    assert [(e.workspace_name, e.who) for e in evs] == [("r1", "user:local")] * 2
+    assert ["reboot 1" in evs[0].reason, "reboot 2" in evs[1].reason] == [True, True]

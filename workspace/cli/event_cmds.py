@@ -79,14 +79,22 @@ def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None], p
         events.close()
         sys.stdout.flush()
     if not shown and not args.follow and not render.wants_json(args):
-        since = " since then" if args.since else ""
+        since = " since then" if args.since or args.after else ""
         print(f"{prog}: no events{since} (kept for the service's event_retention)", file=sys.stderr)
     return common.EXIT_OK
 
 
 def _since_and_follow(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
         "--since", type=common.point_in_time, metavar="T", help=f"from T: {common.TIME_FORMAT}"
+    )
+    start.add_argument(
+        "--after",
+        type=common.non_negative_int,
+        metavar="ID",
+        help="only the events after event ID (the id -o json prints): a script that stopped "
+        "goes on where it was, none missed and none twice",
     )
     p.add_argument(
         "--follow",
@@ -134,6 +142,7 @@ def _subject_runner(
             reconnect=True,
             on_outage=common.outage_notice("ws: events"),
             kinds=kinds,
+            after_id=args.after or 0,
         )
         try:
             return _print(args, events, "ws")
@@ -199,6 +208,7 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
             reconnect=True,
             on_outage=common.outage_notice("ws-admin: events"),
             which=which,
+            after_id=args.after or 0,
         )
         return _print(args, events, "ws-admin")
 

@@ -11,11 +11,12 @@ from workspace.v1 import admin_pb2, clusters_pb2, workspaces_pb2
 
 
 def watch_request_to_proto(
-    since: float, follow: bool, which: EventFilter | None = None
+    since: float, follow: bool, which: EventFilter | None = None, after_id: int = 0
 ) -> admin_pb2.WatchEventsRequest:
     which = which or EventFilter()
     req = admin_pb2.WatchEventsRequest(
         follow=follow,
+        after_id=after_id,
         kinds=list(which.kinds),
         workspace=which.workspace,
         node=which.node,
@@ -28,30 +29,39 @@ def watch_request_to_proto(
 
 def watch_request_from_proto(
     req: admin_pb2.WatchEventsRequest,
-) -> tuple[float, bool, EventFilter]:
-    """(since, follow, which); an unset ``since`` is 0 (from the oldest kept)."""
+) -> tuple[float, bool, EventFilter, int]:
+    """(since, follow, which, after_id); an unset ``since`` is 0 (from the oldest kept),
+    an unset ``after_id`` 0 (from ``since``)."""
     since = epoch(req.since, "since") if req.HasField("since") else 0.0
-    return since, req.follow, EventFilter(tuple(req.kinds), req.workspace, req.node, req.cluster)
+    which = EventFilter(tuple(req.kinds), req.workspace, req.node, req.cluster)
+    return since, req.follow, which, max(0, req.after_id)
 
 
 # One workspace's or one cluster's: the same fields.
 SubjectWatch = workspaces_pb2.WatchWorkspaceEventsRequest | clusters_pb2.WatchClusterEventsRequest
 
 
-def subject_watch_from_proto(req: SubjectWatch) -> tuple[str, float, bool, tuple[str, ...]]:
-    """(the workspace's or cluster's id or name, since, follow, kinds)."""
+def subject_watch_from_proto(
+    req: SubjectWatch,
+) -> tuple[str, float, bool, tuple[str, ...], int]:
+    """(the workspace's or cluster's id or name, since, follow, kinds, after_id)."""
     since = epoch(req.since, "since") if req.HasField("since") else 0.0
-    return req.id, since, req.follow, tuple(req.kinds)
+    return req.id, since, req.follow, tuple(req.kinds), max(0, req.after_id)
 
 
 W = TypeVar("W", workspaces_pb2.WatchWorkspaceEventsRequest, clusters_pb2.WatchClusterEventsRequest)
 
 
 def subject_watch_to_proto(
-    cls: type[W], ref: str, since: float, follow: bool, kinds: tuple[str, ...] = ()
+    cls: type[W],
+    ref: str,
+    since: float,
+    follow: bool,
+    kinds: tuple[str, ...] = (),
+    after_id: int = 0,
 ) -> W:
     """A ``cls`` (one workspace's or one cluster's watch) of ``ref``."""
-    req = cls(id=ref, follow=follow, kinds=list(kinds))
+    req = cls(id=ref, follow=follow, kinds=list(kinds), after_id=after_id)
     if since:
         req.since.CopyFrom(ts(since))
     return req

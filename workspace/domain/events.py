@@ -15,6 +15,9 @@ class Kind(enum.StrEnum):
     WORKSPACE_REFUSED = "workspace.refused"
     # `ws update`: connectivity, allow rules or limits changed (reason: what changed).
     WORKSPACE_UPDATED = "workspace.updated"
+    # `ws reboot` (a user's or an admin's; who: the caller): asked of a RUNNING workspace,
+    # which stays RUNNING, so no workspace.state event tells it (reason: which reboot).
+    WORKSPACE_REBOOT = "workspace.reboot"
     QUOTA_REFUSED = "quota.refused"
     # A normal request took preemptible workspaces' capacity (reason: the victims), and
     # each victim (subject: its owner); ops/preempt.py.

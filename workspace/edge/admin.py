@@ -146,14 +146,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def WatchEvents(
         self, request: admin_pb2.WatchEventsRequest, context: grpc.ServicerContext, who: Identity
     ) -> Iterator[admin_pb2.SiteEvent]:
-        since, follow, which = codec_events.watch_request_from_proto(request)
+        since, follow, which, after_id = codec_events.watch_request_from_proto(request)
         yield from events_out(
             self.env,
             self.auth,
             who,
             context,
             follow,
-            lambda gone: site_events.of_site(self.env, who, since, follow, gone, which),
+            lambda gone: site_events.of_site(self.env, who, since, follow, gone, which, after_id),
         )
 
     @unary

@@ -135,12 +135,14 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> Iterator[admin_pb2.SiteEvent]:
-        ref, since, follow, kinds = codec_events.subject_watch_from_proto(request)
+        ref, since, follow, kinds, after_id = codec_events.subject_watch_from_proto(request)
         yield from events_out(
             self.env,
             self.auth,
             who,
             context,
             follow,
-            lambda gone: site_events.of_cluster(self.env, who, ref, since, follow, gone, kinds),
+            lambda gone: site_events.of_cluster(
+                self.env, who, ref, since, follow, gone, kinds, after_id
+            ),
         )

@@ -58,35 +58,43 @@ def after(
         return [view(r) for r in s.execute(q.order_by(EventRow.id).limit(limit)).scalars()]
 
 
-def _page(env: Env, last_id: int, since: float, which: EventFilter) -> tuple[list[SiteEvent], int]:
-    """Up to ``BATCH`` events ``which`` wants after id ``last_id``, and the id to read on
-    from: the last one's, or (a page not full) the newest event's when it was read, so
-    that a filter matching few events does not read the same other rows at each wake."""
+def _page(
+    env: Env, last_id: int, since: float, which: EventFilter, dated_upto: int
+) -> tuple[list[SiteEvent], int]:
+    """Up to ``BATCH`` events ``which`` wants after id ``last_id`` (of those up to id
+    ``dated_upto``, only the ones at or after ``since``), and the id to read on from: the
+    last one's, or (a page not full) the newest event's when it was read, so that a filter
+    matching few events does not read the same other rows at each wake."""
     with env.store.read() as s:
         # The newest id first: the page below then reads no event after it.
         top = s.execute(select(func.max(EventRow.id))).scalar() or 0
         q = _filtered(select(EventRow).where(EventRow.id > last_id, EventRow.id <= top), which)
         if since:
-            q = q.where(EventRow.at >= since)
+            q = q.where(or_(EventRow.at >= since, EventRow.id > dated_upto))
         batch = [view(r) for r in s.execute(q.order_by(EventRow.id).limit(BATCH)).scalars()]
     return batch, batch[-1].id if len(batch) == BATCH else max(top, last_id)
 
 
-def before_since(env: Env, since: float) -> int:
-    """The id the events at or after ``since`` come after: the first one's, less one,
-    found through the index on ``at`` (the newest id when there is none). Reading by id
-    from 0 with ``at >= since`` only as a filter walked every older event first: the
-    planner takes the id order, expecting the newer events spread through it, when they
-    are all at its end (a month of events kept, `ws events --since 1h`).
+def newest_id(env: Env) -> int:
+    """The id of the newest event (0: none)."""
+    with env.store.read() as s:
+        return s.execute(select(func.max(EventRow.id))).scalar() or 0
+
+
+def before_since(env: Env, since: float, upto: int) -> int:
+    """The id the events at or after ``since`` come after, of those up to id ``upto``
+    (the newest when the stream opened): the first one's, less one, found through the
+    index on ``at`` (``upto`` when there is none). Reading by id from 0 with ``at >=
+    since`` only as a filter walked every older event first: the planner takes the id
+    order, expecting the newer events spread through it, when they are all at its end (a
+    month of events kept, `ws events --since 1h`).
 
     ``id + 0``: a plain ``min(id)`` is planned as the first id in id order whose ``at``
     fits, the same walk. Writers commit one at a time, each event's id given in its
     transaction, so an event committed later has a higher id than any read now."""
     with env.store.read() as s:
         first = s.execute(select(func.min(EventRow.id + 0)).where(EventRow.at >= since)).scalar()
-        if first is not None:
-            return int(first) - 1
-        return int(s.execute(select(func.max(EventRow.id))).scalar() or 0)
+    return upto if first is None or first > upto else int(first) - 1
 
 
 def check_filter(which: EventFilter) -> None:
@@ -120,16 +128,25 @@ def watch(
     follow: bool,
     gone: Callable[[], bool] = lambda: False,
     which: EventFilter | None = None,
+    after_id: int = 0,
 ) -> Iterator[SiteEvent]:
-    """The events since ``since`` (0: all kept) that ``which`` wants (InvalidArgument
-    for an unknown kind); with ``follow``, then each new one, until ``gone()`` or the
-    service stops."""
+    """The events that ``which`` wants (InvalidArgument for an unknown kind), in commit
+    order (their ids): with ``after_id``, every one after that id, whatever its time;
+    else those at or after ``since`` (0: all kept) of the events committed when the
+    stream opens. With ``follow``, then each one committed later, whatever its time (a
+    node's trust records keep the node's clock, a node cut off for a while sends them
+    late), until ``gone()`` or the service stops."""
     which = which or EventFilter()
     check_filter(which)
-    last = before_since(env, since) if since else 0
+    last = max(0, after_id)
+    if last:
+        since = 0.0
+    dated_upto = newest_id(env) if since else 0
+    if since:  # start at the first event of the time asked for
+        last = before_since(env, since, dated_upto)
     while True:
         seen = env.notifier.site_event_generation()  # before reading: nothing is missed
-        batch, upto = _page(env, last, since, which)
+        batch, upto = _page(env, last, since, which, dated_upto)
         for e in batch:
             last = e.id
             yield e
@@ -141,7 +158,7 @@ def watch(
         while not (gone() or env.notifier.closed):
             if env.notifier.wait_site_events(seen, POLL_S) != seen:
                 break
-            if after(env, last, since, 1, which):
+            if after(env, last, 0.0, 1, which):
                 break
         else:
             return
@@ -154,6 +171,7 @@ def of_site(
     follow: bool,
     gone: Callable[[], bool] = lambda: False,
     which: EventFilter | None = None,
+    after_id: int = 0,
 ) -> Iterator[SiteEvent]:
     """``watch`` as `ws-admin events` asks it: a cluster in ``which`` may be named (id or
     name), found as GetCluster finds it for ``who`` (NotFound if none), after the kinds
@@ -166,7 +184,7 @@ def of_site(
     if which.workspace:
         check_filter(which)
         _check_known_workspace(env, which.workspace)
-    yield from watch(env, since, follow, gone, which)
+    yield from watch(env, since, follow, gone, which, after_id)
 
 
 def _check_known_workspace(env: Env, ref: str) -> None:
@@ -197,11 +215,12 @@ def of_workspace(
     follow: bool,
     gone: Callable[[], bool] = lambda: False,
     kinds: tuple[str, ...] = (),
+    after_id: int = 0,
 ) -> Iterator[SiteEvent]:
     """``watch`` of one workspace's events (of ``kinds``, if any): workspace ``ref`` (id
     or name) as GetWorkspace finds it for ``who`` (NotFound if it may not see it)."""
     target = _subject(ref, kinds, "workspace", lambda: queries.get(env, who, ref).id)
-    events = watch(env, since, follow, gone, EventFilter(kinds, workspace=target))
+    events = watch(env, since, follow, gone, EventFilter(kinds, workspace=target), after_id)
     yield from _while_seen(env, who, events, lambda: queries.get(env, who, target))
 
 
@@ -213,11 +232,12 @@ def of_cluster(
     follow: bool,
     gone: Callable[[], bool] = lambda: False,
     kinds: tuple[str, ...] = (),
+    after_id: int = 0,
 ) -> Iterator[SiteEvent]:
     """``watch`` of one cluster's events (its members' and its own; of ``kinds``, if
     any): cluster ``ref`` (id or name) as GetCluster finds it for ``who``."""
     target = _subject(ref, kinds, "cluster", lambda: clusters.get(env, who, ref).id)
-    events = watch(env, since, follow, gone, EventFilter(kinds, cluster=target))
+    events = watch(env, since, follow, gone, EventFilter(kinds, cluster=target), after_id)
     yield from _while_seen(env, who, events, lambda: clusters.get(env, who, target))
 
 
@@ -258,6 +278,9 @@ def prune(env: Env) -> int:
     with env.store.write() as s:
         newest = s.execute(select(func.max(EventRow.id))).scalar() or 0
         if seconds:
+            # The newest event stays, however old its time: SQLite gives a new row the
+            # highest id plus one, so deleting it would give its id to the next event, and
+            # a follower resuming after that id (``after_id``) would not be sent that one.
             cut = env.clock() - seconds
             old = delete(EventRow).where(EventRow.at < cut, EventRow.id < newest)
             return _deleted(s.execute(old))

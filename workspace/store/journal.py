@@ -285,6 +285,10 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
                 elapsed_s=elapsed,
             )
         )
+    rebooted = _change(ws, "reboot_count")
+    if rebooted is not None and (rebooted[1] or 0) > (rebooted[0] or 0):
+        reason = f"reboot {rebooted[1]} of the workspace asked"
+        out.append(workspace_event(ws, who, Kind.WORKSPACE_REBOOT, reason=reason))
     warned = _change(ws, "lease_warned")
     if warned is not None and warned[1]:
         out.append(workspace_event(ws, who, Kind.LEASE_WARNING, reason=ws.reason))

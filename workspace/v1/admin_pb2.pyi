@@ -243,11 +243,17 @@ class WatchEventsRequest(_message.Message):
     WORKSPACE_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
+    AFTER_ID_FIELD_NUMBER: _builtins.int
     follow: _builtins.bool
     """keep the stream open for new events"""
     workspace: _builtins.str
     node: _builtins.str
     cluster: _builtins.str
+    after_id: _builtins.int
+    """Resume after this event (its id; 0: unset): every event committed after it, in
+    commit order, whatever its time (since is then not used). A follower that lost its
+    stream sends the id of the last event it was given.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """unset: from the oldest kept"""
@@ -272,10 +278,11 @@ class WatchEventsRequest(_message.Message):
         workspace: _builtins.str = ...,
         node: _builtins.str = ...,
         cluster: _builtins.str = ...,
+        after_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "follow", b"follow", "kinds", b"kinds", "node", b"node", "since", b"since", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "cluster", b"cluster", "follow", b"follow", "kinds", b"kinds", "node", b"node", "since", b"since", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -367,10 +367,13 @@ class WatchWorkspaceEventsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
+    AFTER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """the workspace's id or name"""
     follow: _builtins.bool
     """keep the stream open for new events"""
+    after_id: _builtins.int
+    """resume after this event's id (as WatchEvents)"""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """unset: from the oldest kept"""
@@ -386,10 +389,11 @@ class WatchWorkspaceEventsRequest(_message.Message):
         since: _timestamp_pb2.Timestamp | None = ...,
         follow: _builtins.bool = ...,
         kinds: _abc.Iterable[_builtins.str] | None = ...,
+        after_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "id", b"id", "kinds", b"kinds", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "follow", b"follow", "id", b"id", "kinds", b"kinds", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
