@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from tests.unit.test_request_validation import Site, build_site
+from tests.unit.test_request_validation import OWNER, Site, build_site
+from workspace.domain.model import ClusterRequest, MemberSpec
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import queue
+from workspace.ops import clusters, queue
 from workspace.v1 import common_pb2
 
 WS = common_pb2.WorkspaceState
@@ -118,3 +119,25 @@ def test_a_heartbeat_reads_its_workspaces_in_one_query_not_one_each(site: Site) 
         Statements.reading("workspaces", two)
     )
     assert {w.state for w in site.workspaces()} == {"RUNNING"}
+
+
+def test_a_page_of_clusters_reads_their_members_at_once_not_per_cluster(site: Site) -> None:
+    """`ws cluster list` (and an admin's list of every cluster) read each cluster's
+    members, then their addresses, with queries of their own: two or more per cluster
+    of the page, up to 500 a page."""
+    add_nodes(site, 3)
+    env = site.core.env
+    for i in range(8):  # 5 members each: a page's NICs are read in one query (16 or more)
+        members = (MemberSpec("head", "img", 1, 128), MemberSpec("worker", "img", 1, 128, 4))
+        clusters.create(env, OWNER, ClusterRequest(f"c{i}", members))
+    count = Statements(site)
+    with count.counting() as four:
+        page, token = clusters.list_page(env, OWNER, False, page_size=4)
+    assert token and len(page) == 4
+    with count.counting() as eight:
+        listed = clusters.list_clusters(env, OWNER, False)
+    assert len(eight) == len(four)
+    # As each is shown alone: every member, in roster order.
+    assert listed == [clusters.get(env, OWNER, c.name) for c in listed]
+    assert sorted(c.name for c in listed) == [f"c{i}" for i in range(8)]
+    assert [[m.role for m in c.members] for c in listed] == [["head", *["worker"] * 4]] * 8
