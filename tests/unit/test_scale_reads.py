@@ -141,3 +141,23 @@ def test_a_page_of_clusters_reads_their_members_at_once_not_per_cluster(site: Si
     assert listed == [clusters.get(env, OWNER, c.name) for c in listed]
     assert sorted(c.name for c in listed) == [f"c{i}" for i in range(8)]
     assert [[m.role for m in c.members] for c in listed] == [["head", *["worker"] * 4]] * 8
+
+
+def test_a_cluster_create_counts_its_networks_addresses_once_not_per_member(site: Site) -> None:
+    """Each member's address was found after an aggregate over every address of its
+    network: a 500-member cluster at a site of 20,000 addresses read 10 million rows
+    under the write lock (4.6 s)."""
+    add_nodes(site, 3)
+    env = site.core.env
+    count = Statements(site)
+
+    def create(name: str, workers: int) -> list[str]:
+        with count.counting() as sent:
+            members = (MemberSpec("worker", "img", 1, 128, workers),)
+            shown = clusters.create(env, OWNER, ClusterRequest(name, members))
+        assert len(shown.members) == workers
+        return [s for s in Statements.reading("ip_allocations", sent) if "count(" in s]
+
+    assert len(create("small", 2)) == len(create("large", 8))
+    # Lowest first, one each: .1 is the gateway.
+    assert sorted(int(a.ip.rsplit(".", 1)[1]) for a in site.allocations()) == list(range(2, 12))

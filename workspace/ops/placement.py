@@ -404,7 +404,31 @@ def _take(
     requests: list[scheduler.Request],
     placements: list[scheduler.MemberPlacement],
 ) -> list[str]:
-    """Claim what the scheduler placed: capacity, addresses, the node of each row."""
+    """Claim what the scheduler placed: capacity, addresses, the node of each row.
+
+    A group's addresses are counted once per network, not once per member: in a
+    transaction that keeps no counts, they are kept while its rows get theirs (nothing
+    else allocates or releases an address meanwhile). A 500-member cluster read every
+    address of its network 500 times (``_use``), under the write lock."""
+    own = len(rows) > 1 and ADDRESSES_KEY not in s.info
+    if own:
+        s.info[ADDRESSES_KEY] = {}
+        s.info[ADDRESSES_GEN_KEY] = None  # these counts only, not the last batch's
+    try:
+        return _take_rows(s, cfg, rows, requests, placements)
+    finally:
+        if own:
+            s.info.pop(ADDRESSES_KEY, None)
+            s.info.pop(ADDRESSES_GEN_KEY, None)
+
+
+def _take_rows(
+    s: Session,
+    cfg: ServiceConfig,
+    rows: Sequence[Workspace],
+    requests: list[scheduler.Request],
+    placements: list[scheduler.MemberPlacement],
+) -> list[str]:
     _check_addresses(s, rows)
     try:  # the node's orders must still fit in one message (ops/order_size.py)
         placed = [p.node or "" for p in placements]
