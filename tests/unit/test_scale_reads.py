@@ -161,3 +161,19 @@ def test_a_cluster_create_counts_its_networks_addresses_once_not_per_member(site
     assert len(create("small", 2)) == len(create("large", 8))
     # Lowest first, one each: .1 is the gateway.
     assert sorted(int(a.ip.rsplit(".", 1)[1]) for a in site.allocations()) == list(range(2, 12))
+
+
+def test_the_queue_list_reads_the_waiting_rows_at_once_not_one_each(site: Site) -> None:
+    """`ws-admin queue` read each waiting workspace with a query of its own."""
+    assert site.create(name="big", memory_mib=3000).node
+
+    def wait(count: int) -> list[str]:
+        for i in range(count):
+            w = site.create(name=f"w{count}-{i}", memory_mib=3000, wait_for_capacity_s=3600)
+            assert w.state == WS.WORKSPACE_STATE_PENDING
+        with Statements(site).counting() as sent:
+            listed = queue.list_queue(site.core.env)
+        assert all(e.memory_mib == 3000 and e.reason for e in listed)
+        return Statements.reading("workspaces", sent)
+
+    assert len(wait(2)) == len(wait(6))  # 2, then 8 waiting

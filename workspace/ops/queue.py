@@ -18,6 +18,9 @@ import json
 import logging
 from collections.abc import Set
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from workspace import callctx
 from workspace.domain.events import Kind, Refusal, SiteEvent
 from workspace.domain.model import QueueEntry
@@ -193,8 +196,9 @@ def list_queue(env: Env) -> list[QueueEntry]:
     with env.store.read() as s:
         waiting = entries(s)
         holding = {e.id for e in holders(waiting)}
+        found = _load(s, sorted(i for e in waiting for i in e.ids))
         for pos, e in enumerate(waiting, start=1):
-            rows = rows_of(s, e)
+            rows = rows_of(s, e, found)
             out.append(
                 QueueEntry(
                     kind=e.kind,
@@ -211,6 +215,19 @@ def list_queue(env: Env) -> list[QueueEntry]:
                 )
             )
     return out
+
+
+# Ids bound per query (SQLite caps the number of bound parameters).
+_CHUNK = 500
+
+
+def _load(s: Session, ids: list[str]) -> dict[str, Workspace]:
+    """The rows of ``ids`` by id: one query per 500, not one each."""
+    rows: dict[str, Workspace] = {}
+    for i in range(0, len(ids), _CHUNK):
+        q = select(Workspace).where(Workspace.id.in_(ids[i : i + _CHUNK]))
+        rows.update((w.id, w) for w in s.execute(q).scalars())
+    return rows
 
 
 def _rights_refused(
