@@ -17,9 +17,11 @@ import pytest
 from sqlalchemy import event
 
 from tests.unit.test_request_validation import OWNER, Site, build_site
+from workspace import scheduler
 from workspace.domain.model import ClusterRequest, MemberSpec
+from workspace.domain.states import Op
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, queue
+from workspace.ops import clusters, nodes, queue
 from workspace.v1 import common_pb2
 
 WS = common_pb2.WorkspaceState
@@ -177,3 +179,51 @@ def test_the_queue_list_reads_the_waiting_rows_at_once_not_one_each(site: Site) 
         return Statements.reading("workspaces", sent)
 
     assert len(wait(2)) == len(wait(6))  # 2, then 8 waiting
+
+
+def test_whether_a_waiting_request_could_ever_fit_is_judged_again_only_when_nodes_change(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each pass asked of every blocked request whether it fits any node of the site
+    made empty: every node emptied and a placement tried, per request (at 1,000 nodes,
+    a fifth of a queue pass). The answer is kept while the nodes are unchanged; a node
+    removed is judged anew, and the request that only fitted there fails."""
+    env = site.core.env
+    site.nodes.register(
+        nodes_pb2.RegisterRequest(
+            node="big", hypervisor="fake", cpus=8, memory_mib=8192, networks=["default"]
+        )
+    )
+    filler = site.create(name="filler", memory_mib=7000)
+    assert filler.node == "big"
+    for i in range(4):  # fit only "big", and only empty
+        w = site.create(name=f"w{i}", memory_mib=6000, wait_for_capacity_s=3600)
+        assert w.state == WS.WORKSPACE_STATE_PENDING
+    emptied: list[str] = []
+    real = scheduler.emptied
+
+    def counted(view: scheduler.NodeView) -> scheduler.NodeView:
+        emptied.append(view.name)
+        return real(view)
+
+    monkeypatch.setattr(scheduler, "emptied", counted)
+    queue.process(env)
+    emptied.clear()
+    queue.process(env)
+    assert emptied == []  # nothing changed: nothing judged again
+    assert {w.state for w in site.workspaces() if w.name.startswith("w")} == {"PENDING"}
+    # The only node it fits goes: the next pass fails them all.
+    site.core.operate(OWNER, "filler", Op.DESTROY)
+    site.nodes.report(
+        nodes_pb2.ReportStatusRequest(
+            node="big",
+            workspaces=[
+                nodes_pb2.ObservedWorkspace(
+                    workspace_id=filler.id, state=nodes_pb2.OBSERVED_STATE_ABSENT
+                )
+            ],
+        )
+    )
+    nodes.remove(env, "big")
+    queue.process(env)
+    assert {w.state for w in site.workspaces() if w.name.startswith("w")} == {"FAILED"}
