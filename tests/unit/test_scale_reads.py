@@ -19,16 +19,19 @@ from sqlalchemy import event, update
 from tests.unit.test_request_validation import OWNER, Site, build_site
 from workspace import scheduler
 from workspace.domain import seed
-from workspace.domain.model import ClusterRequest, MemberSpec
+from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
 from workspace.domain.states import Op
 from workspace.domain.tasks import ExecTask
+from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, nodes, queue, seeds
+from workspace.ops import clusters, create, leases, nodes, queue, seeds
 from workspace.ops.rosters import RosterPusher
-from workspace.store import Workspace
+from workspace.store import Project, Workspace
 from workspace.v1 import common_pb2
 
 WS = common_pb2.WorkspaceState
+HOUR = 3600
+ALICE = Identity(Kind.USER, "alice", projects=("physics",))
 
 
 class Statements:
@@ -36,7 +39,7 @@ class Statements:
 
     def __init__(self, site: Site) -> None:
         self.sent: list[str] = []
-        self._on = False
+        self.active = False
         event.listen(site.store.engine, "checkout", self._trace)
         site.store.engine.dispose()  # connections opened before: traced from their next use
 
@@ -44,17 +47,17 @@ class Statements:
         dbapi_conn.set_trace_callback(self._sent)
 
     def _sent(self, sql: str) -> None:
-        if self._on:
+        if self.active:
             self.sent.append(sql)
 
     @contextmanager
     def counting(self) -> Iterator[list[str]]:
         self.sent = []
-        self._on = True
+        self.active = True
         try:
             yield self.sent
         finally:
-            self._on = False
+            self.active = False
 
     @staticmethod
     def reading(table: str, sent: list[str]) -> list[str]:
@@ -273,3 +276,51 @@ def test_a_roster_pass_renders_a_clusters_files_again_only_when_its_roster_chang
     assert len(pusher.run_once()) == 4
     known_hosts = [t.stdin.decode() for _w, t in pushed if "ssh_known_hosts" in " ".join(t.argv)]
     assert len(known_hosts) == 4 and all(key in k for k in known_hosts)
+
+
+class UnderLock:
+    """The store's write lock, counting the statements sent while it is held."""
+
+    def __init__(self, site: Site, count: Statements) -> None:
+        self.lock = site.store.write_lock
+        self.count = count
+        self.depth = 0
+        count.sent = []
+
+    def __enter__(self) -> bool:
+        got = self.lock.__enter__()
+        self.depth += 1
+        self.count.active = True
+        return got
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        self.count.active = self.depth > 0
+        self.lock.__exit__(*exc)
+
+
+def test_a_lease_pass_reads_the_workspaces_outside_the_write_lock(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease pass (every 30 s) looked for the workspaces to warn with a read of every
+    live workspace (there is no index on the lease's end) inside a write transaction: the
+    write lock held for the whole scan, every create waiting behind it. The scan is a
+    read now; the write lock is taken for the workspaces to warn, read by id."""
+    env = site.core.env
+    with site.store.write() as s:
+        s.add(Project(name="physics", default_lease_s=8 * HOUR, max_lease_s=72 * HOUR))
+    ids = [
+        create.create(
+            env, ALICE, CreateRequest(CreateSpec(image="img", name=f"w{i}"), project="physics")
+        ).id
+        for i in range(3)
+    ]
+    count = Statements(site)
+    monkeypatch.setattr(site.store, "write_lock", UnderLock(site, count))
+    assert leases.check(env) == leases.Round()  # nothing ends within the warning
+    assert Statements.reading("workspaces", count.sent) == []
+    site.clock.now += 8 * HOUR - env.cfg.lease_warning_s / 2
+    assert sorted(leases.check(env).warned) == sorted(ids)
+    under = Statements.reading("workspaces", count.sent)
+    assert under and all("workspaces.id IN" in s for s in under)
+    assert leases.check(env) == leases.Round()  # warned once
