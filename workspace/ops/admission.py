@@ -150,8 +150,11 @@ def ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def rows_of(s: Session, entry: Entry) -> list[Workspace]:
-    rows = [s.get(Workspace, i) for i in sorted(entry.ids)]
+def rows_of(
+    s: Session, entry: Entry, found: Mapping[str, Workspace] | None = None
+) -> list[Workspace]:
+    """``entry``'s rows (``found``: those read already, by id; else each read)."""
+    rows = [found.get(i) if found is not None else s.get(Workspace, i) for i in sorted(entry.ids)]
     live = [w for w in rows if w is not None]
     return sorted(live, key=lambda w: (w.role, w.name))
 

@@ -9,6 +9,7 @@ end, stops or destroys the workspace through the same path as a user's request
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -114,8 +115,15 @@ def _acts_on(ws: Workspace, action: LeaseAction) -> bool:
     return action is LeaseAction.DESTROY or ws.desired_state != Desired.STOPPED.value
 
 
-def _leased(s: Session, before: float, unwarned: bool = False) -> list[Workspace]:
-    """Live workspaces whose lease ends by ``before`` (only those not warned yet)."""
+# Ids bound per query (SQLite caps the number of bound parameters).
+_CHUNK = 500
+
+
+def _leased(
+    s: Session, before: float, unwarned: bool = False, ids: Sequence[str] | None = None
+) -> list[Workspace]:
+    """Live workspaces whose lease ends by ``before`` (only those not warned yet; only
+    those of ``ids``, if given)."""
     q = select(Workspace).where(
         Workspace.lease_expires_at > 0,
         Workspace.lease_expires_at <= before,
@@ -124,19 +132,54 @@ def _leased(s: Session, before: float, unwarned: bool = False) -> list[Workspace
     )
     if unwarned:
         q = q.where(Workspace.lease_warned.is_(False))
-    return list(s.execute(q.order_by(Workspace.lease_expires_at, Workspace.id)).scalars())
+    q = q.order_by(Workspace.lease_expires_at, Workspace.id)
+    if ids is None:
+        return list(s.execute(q).scalars())
+    found: list[Workspace] = []
+    for i in range(0, len(ids), _CHUNK):
+        found += s.execute(q.where(Workspace.id.in_(ids[i : i + _CHUNK]))).scalars()
+    return sorted(found, key=lambda w: (w.lease_expires_at, w.id))
+
+
+def _to_warn(
+    s: Session, now: float, before: float, ids: Sequence[str] | None = None
+) -> list[Workspace]:
+    """The live workspaces not warned yet whose lease ends after ``now`` and by
+    ``before``, and whose expiry would act on them."""
+    return [
+        ws
+        for ws in _leased(s, before, unwarned=True, ids=ids)
+        if ws.lease_expires_at > now and _acts_on(ws, policy(s, ws.project).action)
+    ]
 
 
 def check(env: Env) -> Round:
     """Warn the workspaces whose lease ends within ``lease_warning_s``; stop or destroy
-    those whose lease has ended (each in its own transaction)."""
+    those whose lease has ended (each in its own transaction).
+
+    The workspaces are found by reads outside the write lock (they read every live
+    workspace: there is no index on the lease's end); the write lock is taken only for
+    those to warn, read again by id, and for each expiry."""
     done = Round()
     now = env.clock()
+    before = now + env.cfg.lease_warning_s
+    with env.store.read() as s:
+        warn = [ws.id for ws in _to_warn(s, now, before)]
+    if warn:
+        _warn(env, now, before, warn, done)
+    with env.store.read() as s:  # a write only for those expiry acts on
+        due = [ws.id for ws in _leased(s, now) if _acts_on(ws, policy(s, ws.project).action)]
+    for wid in due:
+        if _expire(env, wid, now):
+            done.expired.append(wid)
+    return done
+
+
+def _warn(env: Env, now: float, before: float, ids: list[str], done: Round) -> None:
+    """Warn those of ``ids`` still to be warned (in one transaction)."""
     with write(env) as u:
-        for ws in _leased(u.s, now + env.cfg.lease_warning_s, unwarned=True):
+        for ws in _to_warn(u.s, now, before, ids):
             end = ws.lease_expires_at
-            if end <= now or not _acts_on(ws, policy(u.s, ws.project).action):
-                continue
             ws.lease_warned = True
             if not ws.wait_reason:  # a queued workspace keeps saying why it waits
                 set_reason(ws, WARNING + iso_time(end))
@@ -149,12 +192,6 @@ def check(env: Env) -> Round:
                 iso_time(end),
                 extra=about(ws.id),
             )
-    with env.store.read() as s:  # a write only for those expiry acts on
-        due = [ws.id for ws in _leased(s, now) if _acts_on(ws, policy(s, ws.project).action)]
-    for wid in due:
-        if _expire(env, wid, now):
-            done.expired.append(wid)
-    return done
 
 
 def _expire(env: Env, wid: str, now: float) -> bool:

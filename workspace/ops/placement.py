@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from workspace import ipam, scheduler
-from workspace.config import ServiceConfig
+from workspace.config import SchedulerConfig, ServiceConfig
 from workspace.domain.states import NodeState, State
 from workspace.errors import ResourceExhausted
 from workspace.ops import netpolicy, seeds
@@ -404,7 +404,31 @@ def _take(
     requests: list[scheduler.Request],
     placements: list[scheduler.MemberPlacement],
 ) -> list[str]:
-    """Claim what the scheduler placed: capacity, addresses, the node of each row."""
+    """Claim what the scheduler placed: capacity, addresses, the node of each row.
+
+    A group's addresses are counted once per network, not once per member: in a
+    transaction that keeps no counts, they are kept while its rows get theirs (nothing
+    else allocates or releases an address meanwhile). A 500-member cluster read every
+    address of its network 500 times (``_use``), under the write lock."""
+    own = len(rows) > 1 and ADDRESSES_KEY not in s.info
+    if own:
+        s.info[ADDRESSES_KEY] = {}
+        s.info[ADDRESSES_GEN_KEY] = None  # these counts only, not the last batch's
+    try:
+        return _take_rows(s, cfg, rows, requests, placements)
+    finally:
+        if own:
+            s.info.pop(ADDRESSES_KEY, None)
+            s.info.pop(ADDRESSES_GEN_KEY, None)
+
+
+def _take_rows(
+    s: Session,
+    cfg: ServiceConfig,
+    rows: Sequence[Workspace],
+    requests: list[scheduler.Request],
+    placements: list[scheduler.MemberPlacement],
+) -> list[str]:
     _check_addresses(s, rows)
     try:  # the node's orders must still fit in one message (ops/order_size.py)
         placed = [p.node or "" for p in placements]
@@ -618,14 +642,47 @@ def never_placed(s: Session, cfg: ServiceConfig, rows: Sequence[Workspace]) -> s
     nodes = node_views(s)
     if not nodes:
         return None
-    ready, none = NodeState.READY.value, frozenset[str]()
-    emptied = [replace(scheduler.emptied(n), state=ready, conditions=none) for n in nodes]
+    known = _never_known(s, cfg)
+    emptied: list[scheduler.NodeView] | None = None
     for req in distinct([request_for(w) for w in rows]):
-        result = scheduler.place_group(emptied, [req], cfg.scheduler)
-        if result.placements is None:
+        key = (req.cpus, req.memory_mib, *scheduler.shape_key(req), req.disk_mbps, req.net_mbps)
+        if key not in known:
+            if emptied is None:
+                ready, none = NodeState.READY.value, frozenset[str]()
+                emptied = [
+                    replace(scheduler.emptied(n), state=ready, conditions=none) for n in nodes
+                ]
+            result = scheduler.place_group(emptied, [req], cfg.scheduler)
+            known[key] = None if result.placements is not None else result.reason()
+        why = known[key]
+        if why is not None:
             what = f"member {req.member}" if rows[0].cluster else req.member
-            return f"{what} does not fit: {result.reason()}"
+            return f"{what} does not fit: {why}"
     return None
+
+
+# never_placed's answers per database while the nodes are unchanged: (the nodes
+# generation of the views they were judged on, the scheduler's settings, {a request's
+# shape: why it fits no empty node, or None}). A queue pass asks for every blocked
+# request, each over every node of the site made empty; the answer for a shape changes
+# only with the nodes (an added or removed node, new labels: a new generation).
+_never: weakref.WeakKeyDictionary[
+    Engine, tuple[int, SchedulerConfig, dict[tuple[object, ...], str | None]]
+] = weakref.WeakKeyDictionary()
+
+
+def _never_known(s: Session, cfg: ServiceConfig) -> dict[tuple[object, ...], str | None]:
+    """The answers kept for the transaction's node views: shared while they are the
+    cached views of a generation (``_cached_node_views``), else the transaction's own."""
+    gen = s.info.get(VIEWS_GEN_KEY) if NODES_KEY in s.info else None
+    if gen is None:
+        return {}
+    engine = _engine(s)
+    with _views_lock:
+        hit = _never.get(engine)
+        if hit is None or hit[0] != gen or hit[1] != cfg.scheduler:
+            hit = _never[engine] = (gen, cfg.scheduler, {})
+    return hit[2]
 
 
 def distinct(requests: list[scheduler.Request]) -> list[scheduler.Request]:

@@ -436,12 +436,28 @@ def remade(node: str) -> str:
     )
 
 
+# Ids bound per query (SQLite caps the number of bound parameters).
+_CHUNK = 500
+
+
+def _reported(s: Session, r: NodeReport) -> dict[str, Workspace]:
+    """The rows of the workspaces ``r`` observes, by id: one query (per 500), not one
+    per workspace (a full report, every heartbeat of every node, names them all)."""
+    ids = sorted({obs.workspace_id for obs in r.observations})
+    found: dict[str, Workspace] = {}
+    for i in range(0, len(ids), _CHUNK):
+        q = select(Workspace).where(Workspace.id.in_(ids[i : i + _CHUNK]))
+        found.update((w.id, w) for w in s.execute(q).scalars())
+    return found
+
+
 def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
     """Apply what the node saw; returns the ids it reported."""
     seen = set(r.unknown)
+    rows = _reported(u.s, r)
     for obs in r.observations:
         seen.add(obs.workspace_id)
-        ws = u.s.get(Workspace, obs.workspace_id)
+        ws = rows.get(obs.workspace_id)
         if ws is None or ws.node != r.node:
             continue
         if ws.state == State.TERMINATED.value:
