@@ -43,6 +43,13 @@ from workspace.errors import DriverError, WorkspaceError
 from workspace.log import about
 
 log = logging.getLogger("agent")
+
+
+def _note(level: int, wid: str, what: str, *args: object) -> None:
+    """A log line about workspace ``wid``: named in the message and in the record."""
+    log.log(level, "workspace %s: " + what, wid, *args, extra=about(wid))
+
+
 # What a workspace busy waiting for its guest (a stop, a reboot) gets at once, not after
 # the wait: a forced stop, and its removal (`ws destroy`).
 _UNPLUGS = (Action.FORCE_STOP, Action.REMOVE)
@@ -363,11 +370,7 @@ class Executor:
                     continue
             if self.status.clear_failed(wid):
                 self._failures.forget(wid)
-                log.info(
-                    "workspace %s: what had failed is no longer asked; cleared",
-                    wid,
-                    extra=about(wid),
-                )
+                _note(logging.INFO, wid, "what had failed is no longer asked; cleared")
                 self.pool.submit(self.report, [wid])
 
     def _io_wait(self, wid: str) -> bool:
@@ -401,9 +404,7 @@ class Executor:
         for wid in sorted(gone):
             self._io_paused.forget(wid)
             if self.status.drop_note_if(wid, self._io_note()):
-                log.info(
-                    "workspace %s: no longer paused by a failed disk write", wid, extra=about(wid)
-                )
+                _note(logging.INFO, wid, "no longer paused by a failed disk write")
                 self.pool.submit(self.report, [wid])
 
     def _check_conditions(self) -> None:
@@ -450,17 +451,11 @@ class Executor:
             if wid in self._unplugged:
                 return
             self._unplugged.add(wid)
-        log.info(
-            "workspace %s: forced stop while the guest was waited for; powering off",
-            wid,
-            extra=about(wid),
-        )
+        _note(logging.INFO, wid, "forced stop while the guest was waited for; powering off")
         try:
             self.driver.destroy(wid)
         except DriverError as exc:
-            log.warning(
-                "workspace %s: forced power-off failed: %s", wid, exc.message, extra=about(wid)
-            )
+            _note(logging.WARNING, wid, "forced power-off failed: %s", exc.message)
 
     def _network_broken(self, order: Order | None, broken: Mapping[str, str]) -> bool:
         """True (and the workspace reported FAILED, saying why) if ``order`` has a NIC on
@@ -529,7 +524,7 @@ class Executor:
             found, done = f"domain had disappeared at {when} (not by us)", "recreated"
         else:
             return ""
-        log.warning("workspace %s: %s; repairing", wid, found, extra=about(wid))
+        _note(logging.WARNING, wid, "%s; repairing", found)
         return f"{found}; {done}"
 
     # -- operations --------------------------------------------------------------------
@@ -606,10 +601,8 @@ class Executor:
         d = self.driver
         if action is Action.CREATE:
             assert order is not None
-            # A create may wait in the pool for a worker (more asked than max_parallel_ops)
-            # and be destroyed meanwhile: nothing of it exists, so a full report leaves it
-            # out and the service gives its address back. Said PROPAGATING first (every
-            # report names it from here on), then made only if still asked, as asked now.
+            # Destroyed while it waited for a worker, nothing of it exists and the service
+            # gave its address back: said PROPAGATING, then made only if still asked.
             self.status.set(wid, Observed.PROPAGATING)
             latest = self.orders().get(wid)
             if latest is None:

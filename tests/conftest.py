@@ -57,6 +57,17 @@ def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]
         pg_server.drop(name)
 
 
+@pytest.fixture
+def pg_db(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of its own for one test (``pg_url``: one per module)."""
+    name = db_name(request.node.name)
+    url = pg_server.database(name)
+    try:
+        yield url
+    finally:
+        pg_server.drop(name)
+
+
 @pytest.fixture(scope="session")
 def pg_head(pg_server: PgServer) -> str:
     from workspace.store import Store

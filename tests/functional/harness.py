@@ -328,5 +328,42 @@ def write_config(path: Path, cfg: ServiceConfig | AgentConfig) -> Path:
     return config.write(path, cfg)
 
 
+@dataclass
+class Replica:
+    """A service replica as a subprocess (``start_replicas``): its client and node
+    addresses (unix sockets) and its log."""
+
+    proc: Proc
+    listen: str
+    nodes: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.popen.pid
+
+    def said(self, text: str) -> bool:
+        return text in self.log.read_text()
+
+
+def start_replicas(tmp: Path, database_url: str, **kw: Any) -> dict[str, Replica]:
+    """Service replicas ``a`` and ``b`` as processes on one database and one data_dir
+    (``tmp/data``), each in ``tmp/NAME`` with its sockets ``svc.sock`` and ``nodes.sock``
+    and its log ``service.log``; ``kw``: more of their config. Not waited for."""
+    made: dict[str, Replica] = {}
+    for name in ("a", "b"):
+        d = tmp / name
+        d.mkdir()
+        listen = f"unix:{d / 'svc.sock'}"
+        cfg = service_config(
+            d, listen=listen, data_dir=str(tmp / "data"), database_url=database_url, **kw
+        )
+        conf = write_config(d / "service.toml", cfg)
+        log = d / "service.log"
+        proc = Proc(["-m", "workspace.service.main", "--config", str(conf)], log)
+        made[name] = Replica(proc, listen, listen.replace("svc.sock", "nodes.sock"), log)
+    return made
+
+
 def iter_events(stubs: Stubs, ref: str = "") -> Iterator[workspaces_pb2.WorkspaceEvent]:
     yield from stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest(id=ref))

@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.functional.harness import WS, Site, wait_for
-from tests.pg import PgServer
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
@@ -25,16 +23,7 @@ BANNER = b"box login: "
 
 
 @pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    name = f"consrelay_{uuid.uuid4().hex[:8]}"
-    try:
-        yield pg_server.database(name)
-    finally:
-        pg_server.drop(name)
-
-
-@pytest.fixture
-def two(tmp_path: Path, pg_url: str) -> Iterator[tuple[Site, Site]]:
+def two(tmp_path: Path, pg_db: str) -> Iterator[tuple[Site, Site]]:
     """Replicas A and B, node n1's agent on B, a running workspace ``box`` on n1."""
     shared = tmp_path / "data"
     sites: list[Site] = []
@@ -42,7 +31,7 @@ def two(tmp_path: Path, pg_url: str) -> Iterator[tuple[Site, Site]]:
         for name in ("a", "b"):
             d = tmp_path / name
             d.mkdir()
-            sites.append(Site(d, database_url=pg_url, data_dir=str(shared)))
+            sites.append(Site(d, database_url=pg_db, data_dir=str(shared)))
         a, b = sites
         a.stubs.network(subnet="192.168.60.0/24")
         a.stubs.import_image("img")

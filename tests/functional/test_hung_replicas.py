@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -19,13 +17,13 @@ import pytest
 from tests.functional.harness import (
     WS,
     Proc,
+    Replica,
     Stubs,
     agent_config,
-    service_config,
+    start_replicas,
     wait_for,
     write_config,
 )
-from tests.pg import PgServer
 from workspace import rpc
 from workspace.service.replicas import LEADER_LOCK
 from workspace.store.engines import LOCK_CLASS
@@ -36,53 +34,18 @@ FENCE_S = 5
 
 
 @pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    name = f"hung_{uuid.uuid4().hex[:8]}"
-    try:
-        yield pg_server.database(name)
-    finally:
-        pg_server.drop(name)
-
-
-@dataclass
-class Replica:
-    proc: Proc
-    listen: str
-    nodes: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.popen.pid
-
-    def said(self, text: str) -> bool:
-        return text in self.log.read_text()
-
-
-@pytest.fixture
-def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Replica]]:
+def replicas(tmp_path: Path, pg_db: str) -> Iterator[list[Replica]]:
     made: list[Replica] = []
-    stopped: list[int] = []
     try:
-        for name in ("a", "b"):
-            d = tmp_path / name
-            d.mkdir()
-            listen = f"unix:{d / 'svc.sock'}"
-            conf = write_config(
-                d / "service.toml",
-                service_config(
-                    d,
-                    listen=listen,
-                    data_dir=str(tmp_path / "data"),
-                    database_url=pg_url,
-                    heartbeat_interval_s=1,
-                    node_grace_s=GRACE_S,
-                    leader_fence_s=FENCE_S,
-                ),
-            )
-            log = d / "service.log"
-            proc = Proc(["-m", "workspace.service.main", "--config", str(conf)], log)
-            made.append(Replica(proc, listen, listen.replace("svc.sock", "nodes.sock"), log))
+        made.extend(
+            start_replicas(
+                tmp_path,
+                pg_db,
+                heartbeat_interval_s=1,
+                node_grace_s=GRACE_S,
+                leader_fence_s=FENCE_S,
+            ).values()
+        )
         for r in made:
             wait_for(lambda r=r: Path(r.nodes[5:]).exists(), 60, r.nodes)
         yield made
@@ -91,7 +54,6 @@ def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Replica]]:
             if r.proc.popen.poll() is None:
                 os.kill(r.pid, signal.SIGCONT)  # a stopped process cannot stop
             r.proc.terminate()
-        del stopped
 
 
 def leader_pid(url: str) -> int:
@@ -134,9 +96,9 @@ def lead(url: str, replicas: list[Replica]) -> tuple[Replica, Replica]:
 
 
 def test_an_agent_on_a_hung_replica_moves_and_its_node_stays_up(
-    tmp_path: Path, pg_url: str, replicas: list[Replica]
+    tmp_path: Path, pg_db: str, replicas: list[Replica]
 ) -> None:
-    leader, other = lead(pg_url, replicas)
+    leader, other = lead(pg_db, replicas)
     # The agent dials the replica that does not lead first: that one hangs.
     conf = write_config(
         tmp_path / "agent.toml",
@@ -152,7 +114,7 @@ def test_an_agent_on_a_hung_replica_moves_and_its_node_stays_up(
         w = stubs.create(name="box", request_id="r-box")
         stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING, 30)
 
-        hang_between_writes(pg_url, other)
+        hang_between_writes(pg_db, other)
         t0 = time.monotonic()
         wait_for(
             lambda: f"registered with {leader.nodes}" in agent_log.read_text(),
@@ -175,13 +137,13 @@ def test_an_agent_on_a_hung_replica_moves_and_its_node_stays_up(
 
 
 def test_a_hung_leader_is_fenced_and_does_not_lead_when_it_resumes(
-    pg_url: str, replicas: list[Replica]
+    pg_db: str, replicas: list[Replica]
 ) -> None:
-    leader, other = lead(pg_url, replicas)
+    leader, other = lead(pg_db, replicas)
     os.kill(leader.pid, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
-        wait_for(lambda: leader_pid(pg_url) == other.pid, FENCE_S + 10, "the other replica leads")
+        wait_for(lambda: leader_pid(pg_db) == other.pid, FENCE_S + 10, "the other replica leads")
         print(f"new leader {time.monotonic() - t0:.1f} s after SIGSTOP")
         assert other.said("has not renewed its lease")
     finally:
@@ -189,4 +151,4 @@ def test_a_hung_leader_is_fenced_and_does_not_lead_when_it_resumes(
     # Resumed, the old leader finds its session ended and says it does not lead.
     wait_for(lambda: leader.said("leader connection lost"), 10, "the old leader to notice")
     assert leader.said("this replica is no longer the leader")
-    assert leader_pid(pg_url) == other.pid
+    assert leader_pid(pg_db) == other.pid

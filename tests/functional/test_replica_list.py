@@ -9,23 +9,18 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.functional.harness import (
-    Proc,
     Site,
     SitePki,
     TlsSite,
-    service_config,
+    start_replicas,
     wait_for,
-    write_config,
 )
-from tests.pg import PgServer
 from workspace import errors
 from workspace.cli import admin as admin_cli
 from workspace.client import Client
@@ -91,15 +86,6 @@ def test_only_admins_list_the_replicas(tmp_path: Path) -> None:
 # -- several replicas on PostgreSQL -----------------------------------------------------------
 
 
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    name = f"replist_{uuid.uuid4().hex[:8]}"
-    try:
-        yield pg_server.database(name)
-    finally:
-        pg_server.drop(name)
-
-
 def leader_pid(url: str) -> int:
     """The pid of the replica whose session holds the leader lock (0: none), as
     pg_stat_activity names it (`workspace-service leader <pid>`)."""
@@ -113,27 +99,11 @@ def leader_pid(url: str) -> int:
 
 
 def test_two_replicas_on_postgresql_both_listed_one_leader_a_stopped_one_leaves(
-    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pg_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    procs: dict[str, Proc] = {}
-    socks: dict[str, str] = {}
-    for name in ("a", "b"):
-        d = tmp_path / name
-        d.mkdir()
-        socks[name] = f"unix:{d / 'svc.sock'}"
-        conf = write_config(
-            d / "service.toml",
-            service_config(
-                d,
-                listen=socks[name],
-                data_dir=str(tmp_path / "data"),
-                database_url=pg_url,
-                metrics_listen="127.0.0.1:0",
-            ),
-        )
-        procs[name] = Proc(
-            ["-m", "workspace.service.main", "--config", str(conf)], d / "service.log"
-        )
+    replicas = start_replicas(tmp_path, pg_db, metrics_listen="127.0.0.1:0")
+    procs = {name: r.proc for name, r in replicas.items()}
+    socks = {name: r.listen for name, r in replicas.items()}
     try:
         pids = {p.popen.pid: name for name, p in procs.items()}
         for name, sock in socks.items():
@@ -145,7 +115,7 @@ def test_two_replicas_on_postgresql_both_listed_one_leader_a_stopped_one_leaves(
             got = listed(address)
             ok = sorted(r.pid for r in got) == sorted(pids) and [
                 r.pid for r in got if r.leader
-            ] == [leader_pid(pg_url)]
+            ] == [leader_pid(pg_db)]
             return got if ok else []
 
         seen = {name: wait_for(lambda s=sock: settled(s), 20, f"both through {name}")
@@ -159,7 +129,7 @@ def test_two_replicas_on_postgresql_both_listed_one_leader_a_stopped_one_leaves(
                 assert r.metrics_url.startswith("http://127.0.0.1:") and r.id and r.host
         assert {r.id for r in seen["a"]} == {r.id for r in seen["b"]}
         assert len({r.metrics_url for r in seen["a"]}) == 2
-        leader = pids[leader_pid(pg_url)]
+        leader = pids[leader_pid(pg_db)]
         survivor = "b" if leader == "a" else "a"
         rows = cli_json(capsys, f"{socks['a']},{socks['b']}")
         assert sorted((r["pid"], r["leader"]) for r in rows) == sorted(

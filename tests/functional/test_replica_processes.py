@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -21,11 +18,10 @@ from tests.functional.harness import (
     Proc,
     Stubs,
     agent_config,
-    service_config,
+    start_replicas,
     wait_for,
     write_config,
 )
-from tests.pg import PgServer
 from workspace import errors, rpc
 from workspace.client import Client
 from workspace.service.replicas import LEADER_LOCK
@@ -33,38 +29,12 @@ from workspace.store.engines import LOCK_CLASS
 from workspace.v1 import admin_pb2
 
 
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    name = f"replica_procs_{uuid.uuid4().hex[:8]}"
-    try:
-        yield pg_server.database(name)
-    finally:
-        pg_server.drop(name)
-
-
-def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
-    shared = tmp_path / "data"
-    procs: dict[str, Proc] = {}
-    socks: dict[str, str] = {}
-    for name in ("a", "b"):
-        d = tmp_path / name
-        d.mkdir()
-        socks[name] = f"unix:{d / 'svc.sock'}"
-        conf = write_config(
-            d / "service.toml",
-            service_config(
-                d,
-                listen=socks[name],
-                data_dir=str(shared),
-                database_url=pg_url,
-                heartbeat_interval_s=1,
-                node_grace_s=6,
-                default_stop_timeout_s=2,
-            ),
-        )
-        procs[name] = Proc(
-            ["-m", "workspace.service.main", "--config", str(conf)], d / "service.log"
-        )
+def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_db: str) -> None:
+    replicas = start_replicas(
+        tmp_path, pg_db, heartbeat_interval_s=1, node_grace_s=6, default_stop_timeout_s=2
+    )
+    procs = {name: r.proc for name, r in replicas.items()}
+    socks = {name: r.listen for name, r in replicas.items()}
     both = f"{socks['a']},{socks['b']}"
     nodes_both = ",".join(s.replace("svc.sock", "nodes.sock") for s in socks.values())
     agent_conf = write_config(
@@ -81,9 +51,9 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
         agent = Proc(["-m", "agent.main", "--config", str(agent_conf)], tmp_path / "agent.log")
         wait_for(lambda: _node_states(stubs["b"]) == [admin_pb2.NODE_STATE_READY], what="READY")
         pids = {p.popen.pid: name for name, p in procs.items()}
-        leader = wait_for(lambda: pids.get(_leader_pid(pg_url), ""), 10, "a leader")
+        leader = wait_for(lambda: pids.get(_leader_pid(pg_db), ""), 10, "a leader")
         survivor = "b" if leader == "a" else "a"
-        assert _lock_sessions(pg_url) == [
+        assert _lock_sessions(pg_db) == [
             f"workspace-service candidate {procs[survivor].popen.pid}",
             f"workspace-service leader {procs[leader].popen.pid}",
         ]
@@ -115,7 +85,7 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_url: str) -> None:
         wait_for(lambda: len(acked) >= 20, 20, "creates under way")
         procs[leader].kill9()  # mid-create
         t0 = time.monotonic()
-        wait_for(lambda: _leader_pid(pg_url) == procs[survivor].popen.pid, 10, "the survivor leads")
+        wait_for(lambda: _leader_pid(pg_db) == procs[survivor].popen.pid, 10, "the survivor leads")
         assert time.monotonic() - t0 < 5
         before = len(acked)
         wait_for(lambda: len(acked) >= before + 20, 20, "creates going on through B")

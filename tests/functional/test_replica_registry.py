@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,29 +20,17 @@ from agent.agent import Agent
 from agent.virt.fake import FakeDriver
 from tests.functional.harness import (
     WS,
-    Proc,
     Site,
     Stubs,
     agent_config,
-    service_config,
+    start_replicas,
     wait_for,
-    write_config,
 )
-from tests.pg import PgServer
 from workspace import errors, rpc
 from workspace.client import Client
 from workspace.ops import save as ops_save
 from workspace.service.registry import GONE_S
 from workspace.v1 import admin_pb2
-
-
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    name = f"registry_{uuid.uuid4().hex[:8]}"
-    try:
-        yield pg_server.database(name)
-    finally:
-        pg_server.drop(name)
 
 
 class Held:
@@ -101,29 +88,13 @@ class Replicas:
     """Service processes (``a``, ``b``) on one PostgreSQL and one blob directory, and an
     in-process agent of node n1 on ``b``'s node address only."""
 
-    def __init__(self, tmp: Path, pg_url: str) -> None:
-        self.url = pg_url
-        self.procs: dict[str, Proc] = {}
-        self.socks: dict[str, str] = {}
+    def __init__(self, tmp: Path, pg_db: str) -> None:
+        self.url = pg_db
         self.stubs: dict[str, Stubs] = {}
         self.agent: Agent | None = None
-        for name in ("a", "b"):
-            d = tmp / name
-            d.mkdir()
-            self.socks[name] = f"unix:{d / 'svc.sock'}"
-            conf = write_config(
-                d / "service.toml",
-                service_config(
-                    d,
-                    listen=self.socks[name],
-                    data_dir=str(tmp / "data"),
-                    database_url=pg_url,
-                    node_grace_s=60,
-                ),
-            )
-            self.procs[name] = Proc(
-                ["-m", "workspace.service.main", "--config", str(conf)], d / "service.log"
-            )
+        replicas = start_replicas(tmp, pg_db, node_grace_s=60)
+        self.procs = {name: r.proc for name, r in replicas.items()}
+        self.socks = {name: r.listen for name, r in replicas.items()}
         for name, sock in self.socks.items():
             wait_for(lambda s=sock: Path(s[5:]).exists(), 60, f"replica {name}")
             self.stubs[name] = Stubs(rpc.channel(sock))
@@ -152,8 +123,8 @@ class Replicas:
 
 
 @pytest.fixture
-def two(tmp_path: Path, pg_url: str) -> Iterator[Replicas]:
-    r = Replicas(tmp_path, pg_url)
+def two(tmp_path: Path, pg_db: str) -> Iterator[Replicas]:
+    r = Replicas(tmp_path, pg_db)
     try:
         yield r
     finally:
@@ -217,13 +188,13 @@ def test_a_save_whose_agent_replica_is_killed_9_fails_at_once(
 
 
 @pytest.fixture
-def sites(tmp_path: Path, pg_url: str) -> Iterator[list[Site]]:
+def sites(tmp_path: Path, pg_db: str) -> Iterator[list[Site]]:
     out: list[Site] = []
     try:
         for name in ("a", "b"):
             d = tmp_path / name
             d.mkdir()
-            out.append(Site(d, database_url=pg_url, data_dir=str(tmp_path / "data")))
+            out.append(Site(d, database_url=pg_db, data_dir=str(tmp_path / "data")))
         yield out
     finally:
         for s in out:

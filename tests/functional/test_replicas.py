@@ -20,7 +20,6 @@ import pytest
 from agent.agent import Agent
 from agent.virt.fake import FakeDriver
 from tests.functional.harness import WS, Site, agent_config, wait_for
-from tests.pg import PgServer
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
@@ -30,24 +29,14 @@ from workspace.v1 import admin_pb2, trust_pb2, workspaces_pb2
 
 
 @pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    """A database of its own for each test."""
-    name = f"replicas_{uuid.uuid4().hex[:8]}"
-    try:
-        yield pg_server.database(name)
-    finally:
-        pg_server.drop(name)
-
-
-@pytest.fixture
-def replicas(tmp_path: Path, pg_url: str) -> Iterator[list[Site]]:
+def replicas(tmp_path: Path, pg_db: str) -> Iterator[list[Site]]:
     shared = tmp_path / "data"
     sites: list[Site] = []
     try:
         for name in ("a", "b", "c"):
             d = tmp_path / name
             d.mkdir()
-            sites.append(Site(d, database_url=pg_url, data_dir=str(shared)))
+            sites.append(Site(d, database_url=pg_db, data_dir=str(shared)))
         yield sites
     finally:
         for s in sites:
@@ -137,7 +126,7 @@ def test_a_watch_on_one_replica_sees_a_create_on_another(replicas: list[Site]) -
 
 
 def test_the_leader_moves_when_it_dies_or_loses_its_session(
-    replicas: list[Site], pg_url: str
+    replicas: list[Site], pg_db: str
 ) -> None:
     first = wait_for(lambda: leaders(replicas), 10, "a leader")
     assert len(first) == 1
