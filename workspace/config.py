@@ -245,6 +245,18 @@ def parse_retention(text: str) -> tuple[int, float]:
     )
 
 
+def parse_terminated_retention(text: str) -> float:
+    """``terminated_retention``: seconds a TERMINATED workspace is kept (0: "forever")."""
+    t = text.strip().lower()
+    if t == "forever":
+        return 0.0
+    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isdigit() and int(t[:-1]) > 0:
+        return float(int(t[:-1]) * _UNITS[t[-1]])
+    raise ConfigError(
+        f"terminated_retention: {text!r} is neither a duration (30d, 12h) nor forever"
+    )
+
+
 # Where Debian's cloud-init package keeps the schema of cloud-config documents.
 CLOUD_CONFIG_SCHEMA = (
     "/usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json"
@@ -360,6 +372,9 @@ class ServiceConfig:
     # Site events kept (`ws-admin events`): a duration ("30d", "12h", "90m") or a count
     # of the newest events ("100000").
     event_retention: str = "30d"
+    # TERMINATED workspaces (and TERMINATED clusters) kept after their end: a duration, or
+    # "forever" (docs/design/store.md, "Terminated workspaces are deleted").
+    terminated_retention: str = "30d"
     # Without TLS, every caller is the admin user ``default_owner``: allowed only with
     # insecure = true, and only on loopback or a unix socket (development and tests).
     default_owner: str = "local"
@@ -444,6 +459,7 @@ class ServiceConfig:
         check_log_format(self.log_format)
         check_log_level(self.log_level)
         parse_retention(self.event_retention)
+        parse_terminated_retention(self.terminated_retention)
         scheme = self.database_url.partition(":")[0].partition("+")[0]
         if self.database_url and scheme not in DATABASE_SCHEMES:
             raise ConfigError(

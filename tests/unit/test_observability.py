@@ -17,7 +17,7 @@ import pytest
 
 from workspace import callctx
 from workspace.cli import event_cmds
-from workspace.config import ServiceConfig, load, parse_retention
+from workspace.config import ServiceConfig, load, parse_retention, parse_terminated_retention
 from workspace.domain.events import Refusal, SiteEvent
 from workspace.errors import (
     AlreadyExists,
@@ -156,6 +156,19 @@ def test_event_retention(text: str, want: tuple[int, float]) -> None:
 def test_a_bad_event_retention_is_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="event_retention"):
         parse_retention(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"), [("30d", 30 * 86400.0), ("12h", 43200.0), ("forever", 0.0)]
+)
+def test_terminated_retention(text: str, want: float) -> None:
+    assert parse_terminated_retention(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "0", "1000", "d", "3w", "never"])
+def test_a_bad_terminated_retention_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="terminated_retention"):
+        parse_terminated_retention(text)
 
 
 def test_an_event_line_says_who_what_and_why() -> None:

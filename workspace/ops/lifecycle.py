@@ -15,6 +15,7 @@ from workspace.domain.states import Desired, NodeState, Op, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity
 from workspace.log import about
+from workspace.ops import purge
 from workspace.ops.projects import as_identity, scope
 from workspace.ops.unit import Env
 from workspace.store import Cluster, IpAllocation, Node, Workspace, journal
@@ -99,7 +100,9 @@ def choose_owned(
         )
     if live or pool:
         return (live or pool)[0]
-    raise NotFound(f"no {what} {ref!r}; `{list_cmd}` shows yours")
+    # A workspace of the caller's deleted after terminated_retention says so.
+    gone = purge.gone_note(s, ident, ref) if what == "workspace" else ""
+    raise NotFound(f"no {what} {ref!r}{gone or f'; `{list_cmd}` shows yours'}")
 
 
 def resolve_workspace(s: Session, who: Identity | str, ref: str) -> Workspace:

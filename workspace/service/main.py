@@ -34,7 +34,7 @@ from workspace.edge.workspaces import WorkspacesServicer
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
-from workspace.ops import autoscale, leases, liveness, queue, save, site_events
+from workspace.ops import autoscale, leases, liveness, purge, queue, save, site_events
 from workspace.ops.backfill import Backfiller
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
@@ -69,7 +69,8 @@ from workspace.v1 import (
 log = logging.getLogger("workspace.service")
 # The queue is also retried this often (deadlines, capacity freed by a node coming back).
 QUEUE_POLL_S = 2.0
-# Site events beyond `event_retention` are deleted, and lapsed save marks cleared, this often.
+# Site events beyond `event_retention` are deleted, lapsed save marks cleared, and TERMINATED
+# workspaces past `terminated_retention` deleted, this often.
 EVENT_PRUNE_S = 300.0
 # The CRL file is checked (a stat; re-read if it changed) at least this often, calls or none.
 CRL_POLL_S = 1.0
@@ -400,7 +401,8 @@ class Service:
                 log.exception("autoscale pass failed")
 
     def _prune_events(self) -> None:
-        """Housekeeping: site events past their retention, saves that never ended."""
+        """Housekeeping: site events past their retention, saves that never ended,
+        TERMINATED workspaces and clusters past ``terminated_retention``."""
         while True:
             # The first pass once leader, then every EVENT_PRUNE_S.
             if self.leader.wait_acting(EVENT_PRUNE_S):
@@ -413,8 +415,18 @@ class Service:
                             self.env.cfg.event_retention,
                         )
                     save.clear_lapsed(self.env)
+                    gone = purge.purge(self.env, self.leader.acting)
+                    if any(gone):
+                        log.info(
+                            "deleted %d workspace(s) and %d cluster(s) TERMINATED for longer "
+                            "than terminated_retention = %r",
+                            *gone,
+                            self.env.cfg.terminated_retention,
+                        )
                 except Exception:
-                    log.exception("housekeeping pass failed (site events, lapsed saves)")
+                    log.exception(
+                        "housekeeping pass failed (site events, lapsed saves, terminated rows)"
+                    )
             if self._stop.wait(EVENT_PRUNE_S if self.leader.acting() else 0):
                 return
 
