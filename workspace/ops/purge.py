@@ -59,61 +59,78 @@ def purge(env: Env, acting: Callable[[], bool] = lambda: True) -> tuple[int, int
     cut = env.clock() - seconds
     workspaces = clusters = 0
     while acting():
-        n = _workspaces(env, cut)
+        found, n = _workspaces(env, cut)
         workspaces += n
-        if n < BATCH:
+        if found < BATCH:
             break
     while acting():
-        members, n = _clusters(env, cut)
+        found, members, n = _clusters(env, cut)
         workspaces += members
         clusters += n
-        if n < CLUSTERS:
+        if found < CLUSTERS:
             break
     return workspaces, clusters
 
 
-def _workspaces(env: Env, cut: float) -> int:
-    """One batch of workspaces outside any live cluster."""
+def _outside_live_cluster() -> ColumnElement[bool]:
     live_cluster = (
         select(Cluster.id)
         .where(Cluster.id == Workspace.cluster, Cluster.state != ClusterState.TERMINATED.value)
         .exists()
     )
-    with env.store.write() as s:
-        rows = s.execute(
-            select(Workspace.id, Workspace.node)
-            .where(_may_go(cut), or_(Workspace.cluster == "", ~live_cluster))
-            .order_by(Workspace.updated_at)
-            .limit(BATCH)
-        ).all()
-        _delete(s, rows)
-    return len(rows)
+    return or_(Workspace.cluster == "", ~live_cluster)
 
 
-def _clusters(env: Env, cut: float) -> tuple[int, int]:
-    """One batch of TERMINATED clusters whose members may all go: (members, clusters)."""
-    staying = select(Workspace.id).where(Workspace.cluster == Cluster.id, ~_may_go(cut)).exists()
-    with env.store.write() as s:
-        ids = list(
+def _workspaces(env: Env, cut: float) -> tuple[int, int]:
+    """One batch of workspaces outside any live cluster: (found, deleted). They are
+    looked for outside the write lock (the search passes every row kept), and checked
+    again under it by their ids."""
+    with env.store.read() as s:
+        found = list(
             s.execute(
-                select(Cluster.id)
-                .where(
-                    Cluster.state == ClusterState.TERMINATED.value,
-                    Cluster.updated_at < cut,
-                    ~staying,
-                )
-                .order_by(Cluster.updated_at)
-                .limit(CLUSTERS)
+                select(Workspace.id)
+                .where(_may_go(cut), _outside_live_cluster())
+                .order_by(Workspace.updated_at)
+                .limit(BATCH)
             ).scalars()
         )
+    if not found:
+        return 0, 0
+    with env.store.write() as s:
+        rows = s.execute(
+            select(Workspace.id, Workspace.node).where(
+                Workspace.id.in_(found), _may_go(cut), _outside_live_cluster()
+            )
+        ).all()
+        _delete(s, rows)
+    return len(found), len(rows)
+
+
+def _clusters(env: Env, cut: float) -> tuple[int, int, int]:
+    """One batch of TERMINATED clusters whose members may all go: (found, members
+    deleted, clusters deleted); looked for outside the write lock, checked under it."""
+    staying = select(Workspace.id).where(Workspace.cluster == Cluster.id, ~_may_go(cut)).exists()
+    may_go = and_(
+        Cluster.state == ClusterState.TERMINATED.value, Cluster.updated_at < cut, ~staying
+    )
+    with env.store.read() as s:
+        found = list(
+            s.execute(
+                select(Cluster.id).where(may_go).order_by(Cluster.updated_at).limit(CLUSTERS)
+            ).scalars()
+        )
+    if not found:
+        return 0, 0, 0
+    with env.store.write() as s:
+        ids = list(s.execute(select(Cluster.id).where(Cluster.id.in_(found), may_go)).scalars())
         if not ids:
-            return 0, 0
+            return len(found), 0, 0
         rows = s.execute(
             select(Workspace.id, Workspace.node).where(Workspace.cluster.in_(ids))
         ).all()
         _delete(s, rows)
         s.execute(delete(Cluster).where(Cluster.id.in_(ids)))
-    return len(rows), len(ids)
+    return len(found), len(rows), len(ids)
 
 
 def _delete(s: Session, rows: Sequence[tuple[str, str]]) -> None:
