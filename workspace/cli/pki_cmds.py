@@ -150,7 +150,7 @@ def revoke(args: argparse.Namespace) -> int:
 
 
 def bundle(args: argparse.Namespace) -> int:
-    out = pki.bundle(args.ca_dirs, args.out)
+    out = pki.bundle(args.ca_dirs, Path(args.out).expanduser().absolute())
     data = {
         "ca_dirs": [str(Path(d).expanduser().absolute()) for d in args.ca_dirs],
         "ca_file": str(out / pki.CA_CERT),
