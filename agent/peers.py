@@ -71,8 +71,8 @@ class PeerGate:
                 self.revocations = pki.Revocations(tls.crl_file, ca_file)
             self.grants = grants.Verifier(ca_file, self._revoked, clock)
 
-    def _revoked(self, serial: int) -> bool:
-        return self.revocations is not None and self.revocations.is_revoked(serial)
+    def _revoked(self, serial: int, authority: bytes = b"") -> bool:
+        return self.revocations is not None and self.revocations.is_revoked(serial, authority)
 
     def allow(
         self, context: grpc.ServicerContext, node: str, digest: str, grant: Grant | None
@@ -115,7 +115,7 @@ class PeerGate:
                 who.principal,
                 f"peers serve blobs only to node identities, not to {who.principal}",
             )
-        if self._revoked(who.serial):
+        if self._revoked(who.serial, who.authority):
             return (
                 who.principal,
                 f"the certificate of {who.principal} (serial {who.serial:#x}) is revoked",

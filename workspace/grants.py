@@ -40,7 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from workspace import identity
+from workspace import identity, tls_reload
 from workspace.domain.model import Grant, PeerGrants
 from workspace.errors import PermissionDenied
 
@@ -171,10 +171,12 @@ class Verifier:
     def __init__(
         self,
         ca_file: str | Path,
-        is_revoked: Callable[[int], bool] = lambda _serial: False,
+        is_revoked: Callable[[int, bytes], bool] = lambda _serial, _authority: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.cas = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+        # Every CA of the bundle (the old and the new one during a CA rotation), read
+        # again when the file changes.
+        self.cas = tls_reload.CaBundle(ca_file)
         self.is_revoked = is_revoked
         self.clock = clock
 
@@ -208,7 +210,7 @@ class Verifier:
 
     def _signer(self, cert: x509.Certificate, now: float) -> str:
         """What is wrong with ``cert`` as a grant's signer ("": nothing)."""
-        if not any(_issued_by(cert, ca) for ca in self.cas):
+        if not any(_issued_by(cert, ca) for ca in self.cas.certs()):
             return "its certificate is not issued by the site CA"
         try:
             who = identity.from_certificate(cert)
@@ -219,7 +221,7 @@ class Verifier:
         when = datetime.datetime.fromtimestamp(now, datetime.UTC)
         if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
             return f"the certificate of {who.principal} is not valid now"
-        if self.is_revoked(cert.serial_number):
+        if self.is_revoked(cert.serial_number, identity.authority_key_id(cert)):
             return f"the certificate of {who.principal} (serial {cert.serial_number:#x}) is revoked"
         return ""
 

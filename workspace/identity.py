@@ -22,9 +22,10 @@ refuses them as hosts (``reserved_host``), so no other certificate can carry the
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 
@@ -64,6 +65,10 @@ class Identity:
     # 0: not from a certificate). A project it names that was deleted after this is
     # not the one it named (ops/projects.py ``outdated``).
     issued_at: float = 0.0
+    # Which CA key signed the certificate (its authority key identifier; b"": not said):
+    # during a CA rotation a certificate is checked against its own CA's CRL. Not part
+    # of what the identity is (the serial already tells certificates apart).
+    authority: bytes = field(default=b"", compare=False)
 
     @property
     def principal(self) -> str:
@@ -161,9 +166,29 @@ def from_certificate(cert: x509.Certificate) -> Identity:
     except x509.ExtensionNotFound as exc:
         raise PermissionDenied("the certificate names no workspace identity") from exc
     issued_at = cert.not_valid_before_utc.timestamp() + BACKDATE_S
-    return from_uris(
+    found = from_uris(
         san.get_values_for_type(x509.UniformResourceIdentifier), cert.serial_number, issued_at
     )
+    return dataclasses.replace(found, authority=authority_key_id(cert))
+
+
+def authority_key_id(cert: x509.Certificate | x509.CertificateRevocationList) -> bytes:
+    """The key identifier of the CA key that signed ``cert`` (a certificate or a CRL), as
+    its authority key identifier says (b"": it says none)."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return b""
+    return aki.key_identifier or b""
+
+
+def key_id(ca: x509.Certificate) -> bytes:
+    """A CA certificate's key identifier (what the certificates it signs name as their
+    authority key identifier)."""
+    try:
+        return ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
 
 
 def from_pem(pem: bytes) -> Identity:

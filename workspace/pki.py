@@ -15,7 +15,9 @@ CLIENT_AUTH) and names no hosts; the service's is a server's only (SERVER_AUTH).
 
 Nothing here talks to the network or to the service: the CA can live on an offline
 host, and ``crl.pem`` is copied to where the service and agents read it
-(``[tls] crl_file``); they reload it when it changes, without a restart.
+(``[tls] crl_file``); they reload it when it changes, without a restart. During a CA
+rotation (``bundle``) every party's CA file holds the old and the new CA, and its CRL
+file a CRL of each; a certificate is checked against its own CA's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from workspace import tls_reload
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from workspace.files import write_private, write_public
 from workspace.identity import (
@@ -44,6 +47,7 @@ from workspace.identity import (
     Identity,
     Kind,
     from_pem,
+    key_id,
     name_problem,
     reserved_host,
     tls_name,
@@ -126,6 +130,7 @@ class CA:
         out_dir: str | os.PathLike[str],
         hosts: Iterable[str] = (),
         days: int = CERT_DAYS,
+        ca_bundle: bytes | None = None,
     ) -> Issued:
         """Write an identity directory (ca.pem, cert.pem, key.pem) for ``identity``.
 
@@ -134,6 +139,8 @@ class CA:
         adds the name that proves what the server is (``identity.tls_name``) itself,
         refuses hosts under ``.invalid`` (reserved for those names) and any host for a
         user. What the key may do follows the kind (``extended_key_usage``).
+        ``ca_bundle`` (PEM; it must hold this CA) is the ``ca.pem`` written, instead of
+        this CA alone: the old and the new CA during a CA rotation (``bundle``).
         """
         names = [(identity.kind, identity.name, "")]
         names += [(Kind.USER, p, "project") for p in identity.projects]
@@ -145,6 +152,18 @@ class CA:
         problem = hosts_problem(identity, hosts)
         if problem:
             raise InvalidArgument(problem)
+        trusted = self.cert.public_bytes(serialization.Encoding.PEM)
+        if ca_bundle is not None:
+            try:
+                cas = x509.load_pem_x509_certificates(ca_bundle)
+            except ValueError as exc:
+                raise InvalidArgument(f"the CA bundle is not PEM certificates ({exc})") from None
+            if self.cert not in cas:
+                raise InvalidArgument(
+                    f"the CA bundle does not hold the CA of {self.dir} that issues this "
+                    "certificate (make it with `ws-admin pki bundle`)"
+                )
+            trusted = ca_bundle
         out = _private_dir(Path(out_dir))
         if (out / KEY).exists():
             raise AlreadyExists(f"{out} already holds an identity; choose another --out")
@@ -195,7 +214,7 @@ class CA:
         )
         write_private(out / KEY, _key_pem(key), sync=True)
         write_public(out / CERT, cert.public_bytes(serialization.Encoding.PEM))
-        write_public(out / CA_CERT, self.cert.public_bytes(serialization.Encoding.PEM))
+        write_public(out / CA_CERT, trusted)
         row = Issued(
             serial, identity.kind.value, identity.name, cert.not_valid_after_utc.isoformat()
         )
@@ -259,9 +278,37 @@ class CA:
         # Each CRL is numbered one above the last (RFC 5280 cRLNumber): a reader holding
         # a newer list refuses an older one put back (a revocation undone by a copy).
         builder = builder.add_extension(x509.CRLNumber(crl_number(path) + 1), critical=False)
+        # Which CA key signed it (a CRL file of several CAs during a CA rotation).
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+            critical=False,
+        )
         crl = builder.sign(self.key, hashes.SHA256())
         write_public(path, crl.public_bytes(serialization.Encoding.PEM), sync=True)
         return path
+
+
+def bundle(ca_dirs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``ca.pem`` (every CA's certificate) and ``crl.pem`` (every CA's current CRL)
+    of the CA directories ``ca_dirs`` into ``out_dir``: what every party's ``[tls]``
+    ca_file and crl_file hold during a CA rotation (the old and the new CA), and, with
+    the new CA alone, after it. Run again after each revoke by either CA."""
+    dirs = [Path(d) for d in dict.fromkeys(Path(d).expanduser().absolute() for d in ca_dirs)]
+    if not dirs:
+        raise InvalidArgument("name the CA directories to bundle (the old and the new CA)")
+    cas, crls = b"", b""
+    for d in dirs:
+        ca = CA(d)  # a CA directory (refused with how to make one)
+        crl = d / CRL
+        if not crl.exists():
+            ca.publish_crl()
+        cas += ca.cert.public_bytes(serialization.Encoding.PEM)
+        crls += crl.read_bytes()
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    write_public(out / CA_CERT, cas, sync=True)
+    write_public(out / CRL, crls, sync=True)
+    return out
 
 
 def crl_number(path: Path) -> int:
@@ -359,23 +406,31 @@ def init(ca_dir: str | os.PathLike[str], name: str = "workspace site CA") -> CA:
 
 
 class Revocations:
-    """The serials a CRL file revokes, re-read whenever the file changes (no restart).
+    """The serials the CRLs of a file revoke, re-read whenever it changes (no restart).
 
-    The CRL's signature is checked against the CA certificate; a CRL that does not
-    verify is refused (the previous list stays in force and the error is reported).
-    Every reader checks the file (a stat) and re-reads it if it changed; ``on_change``
-    listeners are called, in the thread that read it, when the list it holds changed.
+    The file holds one CRL per CA of the CA bundle (``ca_file``: one CA, or the old and
+    the new one during a CA rotation; ``ws-admin pki bundle`` writes both files). Each
+    CRL's signature is checked against the CA of the bundle that issued it; a file
+    holding a CRL that verifies against none of them is refused (the previous lists stay
+    in force and the error is reported). A certificate is checked against its own CA's
+    list (by its authority key identifier), and against all of them when it names no CA.
+    Every reader checks the CRL file and the bundle (a stat each: ``tls_reload``) and
+    re-reads them if one changed; ``on_change`` listeners are called, in the thread that
+    read it, when the serials revoked changed.
     """
 
     def __init__(self, crl_file: str, ca_file: str) -> None:
         self.crl_file = crl_file
-        self.ca = x509.load_pem_x509_certificate(Path(ca_file).read_bytes()) if ca_file else None
-        self._stamp: tuple[int, int] | None = None
+        self.bundle = tls_reload.CaBundle(ca_file) if ca_file else None
+        self._stamp: tuple[object, int] | None = None
         self._serials: frozenset[int] = frozenset()
+        self._by_ca: dict[bytes, frozenset[int]] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[frozenset[int]], None]] = []
-        self._number = -1  # the cRLNumber of the list in force (-1: none read yet)
+        # The cRLNumber of each CA's list in force (a CA not here: none read yet).
+        self._numbers: dict[bytes, int] = {}
         self._next_update: datetime.datetime | None = None
+        self._lacking = ""  # the CAs of the bundle without a list in the file
         self.error = ""
 
     def on_change(self, listener: Callable[[frozenset[int]], None]) -> None:
@@ -388,14 +443,16 @@ class Revocations:
             self._listeners.remove(listener)
 
     def serials(self) -> frozenset[int]:
+        """Every serial revoked now, by any CA's list (the files are checked first)."""
         if not self.crl_file:
             return frozenset()
-        try:
-            st = os.stat(self.crl_file)
-        except FileNotFoundError:
+        seen = tls_reload.stamp((Path(self.crl_file),))
+        if seen is None:
             self.error = f"CRL {self.crl_file} is missing"
             return self._serials
-        stamp = (st.st_mtime_ns, st.st_size)
+        if self.bundle is not None:
+            self.bundle.certs()  # read again if it changed
+        stamp = (seen, self.bundle.generation if self.bundle is not None else 0)
         if stamp != self._stamp:
             changed = False
             with self._lock:
@@ -415,32 +472,89 @@ class Revocations:
                 f"CRL {self.crl_file} is past its next update ({due:%Y-%m-%d %H:%M} UTC): "
                 "publish a new one (`ws-admin pki revoke` re-signs it) and copy it here"
             )
+        if not self.error and self._lacking:
+            self.error = self._lacking
         return self._serials
 
-    def _load(self, stamp: tuple[int, int]) -> bool:
-        """Read the CRL; whether the serials it revokes changed."""
+    def _issuer(self, crl: x509.CertificateRevocationList) -> bytes:
+        """The key identifier of the bundle's CA that signed ``crl`` (b"": no bundle to
+        check against); ValueError if none did."""
+        if self.bundle is None:
+            return b""
+        for ca in self.bundle.certs():
+            if ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+                return key_id(ca)
+        return _refuse(
+            f"a CRL in it (of {crl.issuer.rfc4514_string()}) does not verify against the "
+            f"site CA, nor any CA of the bundle {self.bundle.file}"
+        )
+
+    def _load(self, stamp: tuple[object, int]) -> bool:
+        """Read the CRLs; whether the serials they revoke changed."""
+        by_ca: dict[bytes, frozenset[int]] = {}
+        numbers: dict[bytes, int] = {}
+        due: list[datetime.datetime] = []
         try:
-            crl = x509.load_pem_x509_crl(Path(self.crl_file).read_bytes())
-            if self.ca is not None and not crl.is_signature_valid(self.ca.public_key()):  # type: ignore[arg-type]
-                raise ValueError("its signature does not verify against the site CA")
-            number = _number_of(crl)
-            if number < self._number:
-                raise ValueError(
-                    f"it is number {number}, older than number {self._number} in force "
-                    "(an old copy put back would undo the revocations made since)"
-                )
+            for crl in _crls(Path(self.crl_file).read_bytes()):
+                kid = self._issuer(crl)
+                if kid in by_ca:
+                    _refuse("it holds two CRLs of one CA")
+                number = _number_of(crl)
+                if number < self._numbers.get(kid, -1):
+                    _refuse(
+                        f"it is number {number}, older than number {self._numbers[kid]} in "
+                        "force (an old copy put back would undo the revocations made since)"
+                    )
+                by_ca[kid], numbers[kid] = frozenset(r.serial_number for r in crl), number
+                if crl.next_update_utc is not None:
+                    due.append(crl.next_update_utc)
         except (OSError, ValueError) as exc:
             self.error = f"CRL {self.crl_file} refused: {exc}"
-            self._stamp = stamp  # not read again until the file changes
+            self._stamp = stamp  # not read again until a file changes
             return False
-        old, self._serials = self._serials, frozenset(r.serial_number for r in crl)
-        self._stamp, self._number = stamp, number
-        self._next_update = crl.next_update_utc
+        old, self._serials = self._serials, frozenset().union(*by_ca.values())
+        self._by_ca = by_ca
+        self._stamp = stamp
+        self._numbers.update(numbers)  # a CA's number is kept if it leaves and comes back
+        self._next_update = min(due, default=None)
+        cas = self.bundle.certs() if self.bundle is not None else []
+        lacking = [ca.subject.rfc4514_string() for ca in cas if key_id(ca) not in by_ca]
+        self._lacking = (
+            f"CRL {self.crl_file} holds no list of the CA {', '.join(lacking)} of "
+            f"{self.bundle.file if self.bundle else ''} (key id "
+            f"{', '.join(key_id(ca).hex()[:16] for ca in cas if key_id(ca) not in by_ca)}): "
+            "the certificates it issues cannot be revoked until it does (`ws-admin pki "
+            "bundle` writes a CRL file of every CA)"
+            if lacking
+            else ""
+        )
         self.error = ""
         return self._serials != old
 
-    def is_revoked(self, serial: int) -> bool:
-        return serial in self.serials()
+    def is_revoked(self, serial: int, authority: bytes = b"") -> bool:
+        """Whether the certificate of ``serial`` signed by the CA key ``authority`` (its
+        authority key identifier; b"": unknown) is revoked now (the files are checked)."""
+        self.serials()
+        return self.lists(serial, authority)
+
+    def lists(self, serial: int, authority: bytes = b"") -> bool:
+        """Whether the lists read last revoke ``serial`` of ``authority``: its CA's list,
+        or every list when the certificate names no CA of the bundle."""
+        own = self._by_ca.get(authority) if authority else None
+        return serial in (own if own is not None else self._serials)
+
+
+def _refuse(why: str) -> bytes:
+    raise ValueError(why)
+
+
+def _crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """Every PEM CRL in ``data`` (one per CA); ValueError if there is none or one is bad."""
+    marker = b"-----BEGIN X509 CRL-----"
+    blocks = [marker + b for b in data.split(marker)[1:]]
+    if not blocks:
+        raise ValueError("it holds no PEM CRL")
+    return [x509.load_pem_x509_crl(b) for b in blocks]
 
 
 def load_identity_dir(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
@@ -466,6 +580,7 @@ __all__ = [
     "Issued",
     "Kind",
     "Revocations",
+    "bundle",
     "identity_of_dir",
     "init",
     "load_identity_dir",

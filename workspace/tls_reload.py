@@ -14,7 +14,9 @@ A change is seen by a ``stat`` of the three files (inode, size, mtime, ctime), s
 rename into place and a rewrite alike count. Files that do not make a usable set (half
 written, not PEM, a key that is not the certificate's, an empty CA bundle) are said in
 one WARNING line naming the file, and the set read before goes on being used until the
-files change again.
+files change again. ``CaBundle`` does the same for a CA bundle alone: the CAs the CRL
+check (``pki.Revocations``) and the peers' grant check (``grants.Verifier``) read, every
+CA of it (the old and the new one during a CA rotation).
 """
 
 from __future__ import annotations
@@ -88,6 +90,62 @@ def load(key_file: Path, cert_file: Path, ca_file: Path) -> TlsMaterial:
     return TlsMaterial(key, cert, ca)
 
 
+def stamp(files: tuple[Path, ...]) -> Stamp | None:
+    """What tells a change of ``files`` (inode, size, mtime, ctime of each; None while one
+    is missing, e.g. being renamed into place: look again later)."""
+    try:
+        stats = [f.stat() for f in files]
+    except OSError:
+        return None
+    return tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
+
+
+class CaBundle:
+    """The CA certificates of a bundle file (``[tls]``'s ca.pem: one CA, or the old and the
+    new one during a CA rotation), read again when the file changes, as ``TlsWatch``
+    does. A bundle that cannot be used (unreadable, not PEM, empty) is said in one
+    WARNING and the CAs read before stay in use until it changes again; at the first read
+    it raises TlsFileError. ``generation`` moves each time another set is read."""
+
+    def __init__(self, ca_file: str | Path) -> None:
+        self.file = Path(ca_file)
+        self._lock = threading.Lock()
+        self._seen = stamp((self.file,))
+        self._cas = self._load()
+        self.generation = 0
+
+    def _load(self) -> list[x509.Certificate]:
+        data = _read(self.file)
+        try:
+            cas = x509.load_pem_x509_certificates(data)
+        except ValueError as exc:
+            raise TlsFileError(self.file, f"not a PEM CA bundle ({exc})") from None
+        return cas
+
+    def certs(self) -> list[x509.Certificate]:
+        """The CAs of the bundle now (the file is checked, a stat, and re-read if it changed)."""
+        seen = stamp((self.file,))
+        if seen is None or seen == self._seen:
+            return self._cas
+        with self._lock:
+            if seen != self._seen:
+                self._seen = seen
+                try:
+                    cas = self._load()
+                except TlsFileError as exc:
+                    log.warning(
+                        "TLS: %s changed but cannot be used (%s); still using the CAs read before",
+                        exc.path,
+                        exc,
+                    )
+                    return self._cas
+                if cas != self._cas:
+                    self._cas = cas
+                    self.generation += 1
+                    log.info("TLS: using the %d CA(s) now in %s", len(cas), self.file)
+            return self._cas
+
+
 class TlsWatch:
     """The current ``TlsMaterial`` of three files; ``poll`` reads them again when one of
     them changed, and keeps the set read before when the new one cannot be used.
@@ -114,11 +172,7 @@ class TlsWatch:
         self.generation = 0
 
     def _stamp(self) -> Stamp | None:
-        try:
-            stats = [f.stat() for f in self.files]
-        except OSError:  # a rotation renaming one of them: the next look
-            return None
-        return tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats)
+        return stamp(self.files)
 
     def poll(self) -> TlsMaterial | None:
         """The new set when the files changed since and make a usable one; else None."""

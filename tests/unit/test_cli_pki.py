@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from workspace import pki
 from workspace.cli import admin
@@ -175,3 +176,26 @@ def test_not_after_is_written_as_every_other_time(
     assert [r["not_after"] for r in json.loads(out)["issued"]] == [not_after]
     code, out, _ = run(capsys, "pki", "list", "--dir", ca)
     assert out.split("\n")[1].split()[3] == not_after  # the NOT_AFTER column
+
+
+def test_bundle_and_issue_with_the_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CA rotation: `pki bundle` writes one ca.pem and crl.pem of both CAs; `issue
+    --ca-file` writes that ca.pem into the identity, and refuses a bundle without the CA
+    that issues."""
+    old, new, dist = (str(tmp_path / n) for n in ("old", "new", "dist"))
+    for d in (old, new):
+        assert run(capsys, "pki", "init", "--dir", d)[0] == 0
+    code, out, _ = run(capsys, "pki", "bundle", old, new, "--out", dist)
+    assert code == 0 and "run this again after each revoke" in out
+    bundle = Path(dist, "ca.pem").read_bytes()
+    assert len(x509.load_pem_x509_certificates(bundle)) == 2
+    assert Path(dist, "crl.pem").read_bytes().count(b"BEGIN X509 CRL") == 2
+    a = tmp_path / "alice"
+    code, _, _ = run(capsys, "pki", "issue", "user", "alice", "--dir", new,
+                     "--ca-file", f"{dist}/ca.pem", "--out", str(a))  # fmt: skip
+    assert code == 0 and (a / "ca.pem").read_bytes() == bundle
+    code, _, err = run(capsys, "pki", "issue", "user", "bob", "--dir", new,
+                       "--ca-file", f"{old}/ca.pem", "--out", str(tmp_path / "bob"))  # fmt: skip
+    assert code == 1 and "does not hold the CA" in err

@@ -302,3 +302,31 @@ def test_a_changed_crl_is_told_to_listeners_once(tmp_path: Path) -> None:
     ca.issue(Identity(Kind.NODE, "n2"), tmp_path / "n2")
     ca.revoke("n2")
     assert len(crl.serials()) == 2 and len(told) == 1
+
+
+def test_a_bundle_of_two_cas_checks_each_certificate_against_its_own_cas_crl(
+    tmp_path: Path,
+) -> None:
+    """During a CA rotation: a CRL per CA (``pki.bundle``), each verified against its own
+    CA; a serial the old CA lists does not revoke the new CA's certificate of that
+    serial; a CRL of a CA outside the bundle is refused."""
+    old, new = pki.init(tmp_path / "old"), pki.init(tmp_path / "new")
+    new.issue(Identity(Kind.USER, "carol"), tmp_path / "carol")
+    carol = pki.identity_of_dir(tmp_path / "carol")
+    assert carol.authority == identity.key_id(new.cert)
+    old.publish_crl([carol.serial])  # the old CA lists a serial it never issued
+    dist = pki.bundle([old.dir, new.dir], tmp_path / "dist")
+    crl = pki.Revocations(str(dist / "crl.pem"), str(dist / "ca.pem"))
+    assert not crl.is_revoked(carol.serial, carol.authority) and crl.error == ""
+    new.revoke("carol")
+    pki.bundle([old.dir, new.dir], dist)
+    assert crl.is_revoked(carol.serial, carol.authority) and crl.error == ""
+    # Only the new CA's list, the bundle still holding both: said, the list is used.
+    (dist / "crl.pem").write_bytes((new.dir / "crl.pem").read_bytes())
+    assert crl.is_revoked(carol.serial, carol.authority)
+    assert "holds no list of the CA" in crl.error
+    # A CRL of a CA outside the bundle: refused, what was read stays in force.
+    other = pki.init(tmp_path / "other")
+    (dist / "crl.pem").write_bytes((other.dir / "crl.pem").read_bytes())
+    assert crl.is_revoked(carol.serial, carol.authority)
+    assert "does not verify against the site CA" in crl.error

@@ -6,6 +6,7 @@
     ws-admin pki issue service HOST... --out DIR
     ws-admin pki revoke NAME|KIND:NAME|SERIAL     re-signs crl.pem
     ws-admin pki list                             what was issued, and what is revoked
+    ws-admin pki bundle CA_DIR... --out DIR       ca.pem and crl.pem of several CAs
 
 The CA directory is ``--dir``, else ``$WS_PKI_DIR``, else ``pki/`` in the local
 site's directory (where ``ws-admin site up`` makes its CA). Nothing here talks to
@@ -100,7 +101,11 @@ def issue(args: argparse.Namespace) -> int:
     else:
         who, hosts = Identity(kind, args.hosts[0]), list(args.hosts)
     before = [r for r in ca.issued() if (r.kind, r.name) == (kind.value, who.name)]
-    row = ca.issue(who, out, hosts)
+    try:
+        bundle = Path(args.ca_file).expanduser().read_bytes() if args.ca_file else None
+    except OSError as exc:
+        raise errors.NotFound(f"--ca-file {args.ca_file}: {exc.strerror or exc}") from None
+    row = ca.issue(who, out, hosts, ca_bundle=bundle)
     server_name = tls_name(who.kind, who.name)
     valid = [r for r in before if not r.revoked]
     if valid and not render.wants_json(args):
@@ -144,6 +149,24 @@ def revoke(args: argparse.Namespace) -> int:
     return common.EXIT_OK
 
 
+def bundle(args: argparse.Namespace) -> int:
+    out = pki.bundle(args.ca_dirs, Path(args.out).expanduser().absolute())
+    data = {
+        "ca_dirs": [str(Path(d).expanduser().absolute()) for d in args.ca_dirs],
+        "ca_file": str(out / pki.CA_CERT),
+        "crl_file": str(out / pki.CRL),
+    }
+    render.emit(
+        args,
+        data,
+        f"wrote {data['ca_file']} (the CAs of {', '.join(data['ca_dirs'])})\n"
+        f"  and {data['crl_file']} (the CRL of each)\n"
+        "  copy ca.pem over every party's CA file and crl.pem over every [tls] crl_file "
+        "(re-read on change); run this again after each revoke",
+    )
+    return common.EXIT_OK
+
+
 def list_issued(args: argparse.Namespace) -> int:
     ca = pki.CA(_ca_dir(args))
     rows = ca.issued()
@@ -160,7 +183,7 @@ def list_issued(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
-    """Add `pki init|issue|revoke|list` to ``sub``, the subparsers of ws-admin."""
+    """Add `pki init|issue|revoke|list|bundle` to ``sub``, the subparsers of ws-admin."""
     dir_help = f"CA directory (default: ${PKI_ENV}, else pki/ in the local site's directory)"
     top = sub.add_parser("pki", parents=[parent], help="the site CA: issue and revoke identities")
     top.description = __doc__.split("\n\n")[1] if __doc__ else None
@@ -174,6 +197,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = pki_sub.add_parser("issue", parents=[parent], help="issue an identity directory")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     out_help = "write ca.pem, cert.pem and key.pem here (a new or empty directory)"
+    ca_help = (
+        "write this CA bundle as the identity's ca.pem instead of the CA alone (during a CA "
+        "rotation: the ca.pem of `pki bundle`)"
+    )
     q = kinds.add_parser("user", parents=[parent], help="a user (optionally an admin)")
     q.add_argument("name")
     q.add_argument("--admin", action="store_true", help="a site admin")
@@ -182,6 +209,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     q.add_argument("--out", required=True, metavar="DIR", help=out_help)
     q.add_argument("--dir", help=dir_help)
+    q.add_argument("--ca-file", metavar="FILE", help=ca_help)
     q.set_defaults(func=issue)
     q = kinds.add_parser("node", parents=[parent], help="a node agent")
     q.add_argument("name")
@@ -194,6 +222,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     q.add_argument("--out", required=True, metavar="DIR", help=out_help)
     q.add_argument("--dir", help=dir_help)
+    q.add_argument("--ca-file", metavar="FILE", help=ca_help)
     q.set_defaults(func=issue)
     q = kinds.add_parser("service", parents=[parent], help="the service")
     q.add_argument(
@@ -205,6 +234,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     q.add_argument("--out", required=True, metavar="DIR", help=out_help)
     q.add_argument("--dir", help=dir_help)
+    q.add_argument("--ca-file", metavar="FILE", help=ca_help)
     q.set_defaults(func=issue)
 
     p = pki_sub.add_parser("revoke", parents=[parent], help="revoke by name or serial")
@@ -216,6 +246,13 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dir", help=dir_help)
     p.set_defaults(func=revoke)
+
+    p = pki_sub.add_parser(
+        "bundle", parents=[parent], help="one ca.pem and crl.pem of several CAs (CA rotation)"
+    )
+    p.add_argument("ca_dirs", nargs="+", metavar="CA_DIR", help="the CA directories (old, new)")
+    p.add_argument("--out", required=True, metavar="DIR", help="write ca.pem and crl.pem here")
+    p.set_defaults(func=bundle)
 
     p = pki_sub.add_parser("list", parents=[parent], help="what was issued")
     p.add_argument("--dir", help=dir_help)

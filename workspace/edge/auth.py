@@ -212,7 +212,8 @@ class Authenticator:
         before every message they send, and their loops as they wait: edge/calls.py)."""
         if not who.serial or self.revocations is None:
             return
-        if who.serial in self.revoked():
+        self.revoked()  # the files checked, a problem said
+        if self.revocations.lists(who.serial, who.authority):
             raise Unauthenticated(f"the certificate of {who.principal} has been revoked")
 
     def revoked(self) -> frozenset[int]:
@@ -266,7 +267,7 @@ def identify(
     """The caller of ``context`` under ``cfg`` (``revocations``: the CRL to check, default
     the one ``cfg.tls.crl_file`` names)."""
     found = for_config(cfg).identify(context)
-    if revocations is not None and revocations.is_revoked(found.serial):
+    if revocations is not None and revocations.is_revoked(found.serial, found.authority):
         raise Unauthenticated(f"the certificate of {found.principal} has been revoked")
     return found
 
