@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.agent import Agent
+from agent.link import decode
+from agent.virt.fake import FakeDriver
 from tests.unit.test_request_validation import Site, build_site
+from workspace import config
+from workspace.codec import node as codec
+from workspace.config import AgentConfig
 from workspace.domain.states import Op
 from workspace.node.v1 import nodes_pb2
 from workspace.v1 import common_pb2
@@ -103,3 +109,32 @@ def test_a_pending_create_is_not_judged_missing_by_a_report_built_before_its_ord
     full_report(site, before.sequence)
     shown = site.core.get("alice", new)
     assert (shown.state, address(site, new)) == (state, ip)
+
+
+def test_the_agent_says_the_sequence_of_the_orders_it_had_taken(tmp_path: Path) -> None:
+    cfg = config.from_dict(
+        AgentConfig,
+        {
+            "node": "n1",
+            "service": "unix:/nonexistent",
+            "driver": "fake",
+            "state_dir": str(tmp_path / "agent"),
+            "insecure": True,
+        },
+    )
+    agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
+    try:
+        assert agent.sight(None).orders_sequence == 0  # no orders yet
+        aset = nodes_pb2.AssignmentSet(
+            sequence=7, assignments=[nodes_pb2.Assignment(workspace_id="w1", name="one")]
+        )
+        agent.take_orders(*decode(aset))
+        sight = agent.sight(None)
+        assert sight.orders_sequence == 7
+        assert [o.workspace_id for o in sight.observations] == ["w1"]  # named: desired
+    finally:
+        agent.stop()
+    said = codec.report_from_proto(
+        nodes_pb2.ReportStatusRequest(node="n1", full=True, orders_sequence=7)
+    )
+    assert said.orders_sequence == 7
