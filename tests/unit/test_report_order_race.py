@@ -22,6 +22,7 @@ from workspace.codec import node as codec
 from workspace.config import AgentConfig
 from workspace.domain.states import Op
 from workspace.node.v1 import nodes_pb2
+from workspace.ops.sent_orders import SentOrders
 from workspace.v1 import common_pb2
 
 
@@ -138,3 +139,16 @@ def test_the_agent_says_the_sequence_of_the_orders_it_had_taken(tmp_path: Path) 
         nodes_pb2.ReportStatusRequest(node="n1", full=True, orders_sequence=7)
     )
     assert said.orders_sequence == 7
+
+
+def test_what_was_sent_is_forgotten_once_a_report_judged_it() -> None:
+    sent = SentOrders()
+    first = sent.stamp("n1", ["a", "b"])
+    second = sent.stamp("n1", ["a", "c"])
+    assert sent.may_have("n1", first) == {"a", "c"}  # sent after the report's orders
+    assert sent.may_have("n1", second) == set()
+    third = sent.stamp("n1", ["a"])
+    assert sent.may_have("n1", third - 1) == {"a"}  # not a number it gave: all it kept
+    sent.stamp("n1", ["d"])
+    assert sent.may_have("n1", 0) == set()  # an agent that says none: nothing kept
+    assert sent.may_have("n1", 12345) == set()

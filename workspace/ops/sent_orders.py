@@ -55,10 +55,11 @@ class SentOrders:
         leave out while the node has them (or is making them): those sent in a later set
         (all those sent, when ``sequence`` is not a number this process gave ``node``).
         ``sequence`` 0 (not said): none."""
-        if not sequence:
-            return frozenset()
         with self._lock:
             last = self._last.get(node, {})
+            if not sequence:
+                last.clear()  # an agent older than numbers: nothing to keep for it
+                return frozenset()
             if sequence not in self._given.get(node, ()):
                 return frozenset(last)
             later = frozenset(wid for wid, seq in last.items() if seq > sequence)
