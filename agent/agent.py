@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from agent.audit import AuditSpool
@@ -97,6 +98,8 @@ class Agent:
         self.metrics_url = ""
         # The host's (cpus, memory_mib) as the hypervisor last said (``_host_capacity``).
         self._capacity: tuple[int, int] | None = None
+        # The sequence of the last orders taken (``sight``).
+        self._sequence = 0
 
     def _name_of(self, workspace_id: str) -> str:
         order = self.executor.orders().get(workspace_id)
@@ -195,12 +198,16 @@ class Agent:
         self.peers.take(orders.peer_grants)
         self.staging.take(orders)
         self.executor.take(orders.orders)
+        # Set once the executor has them: a sight reads it first, so it never says a
+        # later set than the one it saw (saying an earlier one only delays a release).
+        self._sequence = orders.sequence
         if renewed:
             self.executor.recheck_running()
         self.staging.kick_prefetch()
 
     def sight(self, ids: Sequence[str] | None) -> Sight:
-        return self.executor.sight(ids)
+        sequence = self._sequence
+        return replace(self.executor.sight(ids), orders_sequence=sequence)
 
     def conditions(self) -> tuple[NodeCondition, ...] | None:
         return self.executor.conditions()

@@ -266,6 +266,7 @@ class Link:
                 full=full,
                 workspaces=[codec.observation_to_proto(o) for o in sight.observations],
                 audit=[codec.audit_to_proto(r) for r in batch.records],
+                orders_sequence=sight.orders_sequence if full else 0,
             )
             req.workspaces.extend(codec.unknown_to_proto(wid) for wid in sight.unknown)
             if full:

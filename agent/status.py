@@ -29,6 +29,10 @@ class Sight:
 
     observations: list[Observation]
     unknown: tuple[str, ...] = field(default=())
+    # The ``NodeOrders.sequence`` of the orders taken before this was seen (0: none): a
+    # full report says it, and the service does not take a workspace ordered in a later
+    # set as gone for not being named (workspace/ops/sent_orders.py).
+    orders_sequence: int = 0
 
 
 class StatusBoard:

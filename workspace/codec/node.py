@@ -235,6 +235,7 @@ def node_orders_to_proto(n: NodeOrders) -> nodes_pb2.AssignmentSet:
             for b in n.prefetch_sources
         ],
         peer_grants=peer_grants_to_proto(n.peer_grants),
+        sequence=n.sequence,
     )
 
 
@@ -283,6 +284,7 @@ def node_orders_from_proto(m: nodes_pb2.AssignmentSet) -> NodeOrders:
             for b in m.prefetch_sources
         ),
         peer_grants=peer_grants_from_proto(m),
+        sequence=m.sequence,
     )
 
 
@@ -449,4 +451,5 @@ def report_from_proto(m: nodes_pb2.ReportStatusRequest) -> NodeReport:
             if m.conditions_checked
             else None
         ),
+        orders_sequence=m.orders_sequence if m.full else 0,
     )

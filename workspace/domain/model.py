@@ -358,6 +358,9 @@ class NodeOrders:
     prefetch_sources: tuple[BlobSources, ...] = ()
     # The service's grants to peers of the blobs it names peers for (None: no TLS).
     peer_grants: PeerGrants | None = None
+    # This set's number, strictly increasing among the sets one service process builds
+    # (ops/sent_orders.py; 0: not numbered). Full reports say the last one taken.
+    sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -602,6 +605,9 @@ class NodeReport:
     # Full reports: every condition of the node now, which replace those held; None: the
     # agent has not checked them yet (just started, or older than conditions).
     conditions: tuple[NodeCondition, ...] | None = None
+    # Full reports: the ``NodeOrders.sequence`` of the last orders the node had taken when
+    # it built the report (0: not said; ops/sent_orders.py).
+    orders_sequence: int = 0
 
 
 @dataclass(frozen=True)

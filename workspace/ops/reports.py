@@ -289,6 +289,8 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
             peer_grants=(
                 None if signer is None else signer.grants(node_name, granted(out, prefetch_sources))
             ),
+            # Numbered last: a set numbered later was read later.
+            sequence=env.sent_orders.stamp(node_name, (o.workspace_id for o in out)),
         )
 
 
@@ -540,6 +542,9 @@ def _report(env: Env, r: NodeReport, cert_serial: int) -> None:
             _heartbeat(env, u.s, node, r)
         seen = _observe(env, u, r)
         if r.full:
+            # Not named because the node had not been sent them yet when it built the
+            # report, not because they are gone (ops/sent_orders.py).
+            seen |= env.sent_orders.may_have(r.node, r.orders_sequence)
             for ws in u.s.execute(
                 select(Workspace).where(
                     Workspace.node == r.node,

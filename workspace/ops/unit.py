@@ -30,6 +30,7 @@ from workspace.grants import Signer as GrantSigner
 from workspace.log import Throttle
 from workspace.ops import metering, refusals
 from workspace.ops.events import Notifier
+from workspace.ops.sent_orders import SentOrders
 from workspace.store import Store, Workspace, journal
 from workspace.store.mapping import workspace_views
 
@@ -71,6 +72,10 @@ class Env:
     # This replica's id on PostgreSQL (service/registry.py; "" on SQLite): the saves it
     # runs are marked with it.
     replica_id: str = ""
+    # Which workspaces each node was sent in which numbered set of its orders, so that a
+    # full report built before a set is not read as saying they are gone
+    # (ops/sent_orders.py).
+    sent_orders: SentOrders = field(default_factory=SentOrders, compare=False)
 
     @classmethod
     def of(

@@ -419,7 +419,13 @@ class AssignmentSet(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     PREFETCH_SOURCES_FIELD_NUMBER: _builtins.int
     PEER_GRANTS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
+    sequence: _builtins.int
+    """This set's number, strictly increasing among the sets one service process builds (0:
+    a service older than it). The agent says in each full report the number of the last
+    set it had taken when it built the report (ReportStatusRequest.orders_sequence).
+    """
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
     @_builtins.property
@@ -449,10 +455,11 @@ class AssignmentSet(_message.Message):
         policy: _trust_pb2.TrustPolicy | None = ...,
         prefetch_sources: _abc.Iterable[Global___BlobSources] | None = ...,
         peer_grants: Global___PeerGrants | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["peer_grants", b"peer_grants", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "peer_grants", b"peer_grants", "policy", b"policy", "prefetch", b"prefetch", "prefetch_sources", b"prefetch_sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "generation", b"generation", "peer_grants", b"peer_grants", "policy", b"policy", "prefetch", b"prefetch", "prefetch_sources", b"prefetch_sources", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -588,6 +595,7 @@ class ReportStatusRequest(_message.Message):
     CACHE_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
     CONDITIONS_CHECKED_FIELD_NUMBER: _builtins.int
+    ORDERS_SEQUENCE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     full: _builtins.bool
     """True when the list covers every workspace the node knows of (a heartbeat);
@@ -598,6 +606,11 @@ class ReportStatusRequest(_message.Message):
     """Whether the agent has checked its conditions yet (its first reconcile pass is done).
     False (an agent just started, or one older than conditions): the service keeps the
     conditions it holds, so an agent restart does not clear and raise them again.
+    """
+    orders_sequence: _builtins.int
+    """Full reports: the AssignmentSet.sequence of the last set the agent had taken when it
+    built this report (0: none yet, or an agent older than it). A workspace ordered in a
+    later set is not taken as gone from the node for not being named (ops/reports.py).
     """
     @_builtins.property
     def workspaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObservedWorkspace]: ...
@@ -630,10 +643,11 @@ class ReportStatusRequest(_message.Message):
         cache_budget_bytes: _builtins.int = ...,
         conditions: _abc.Iterable[_admin_pb2.NodeCondition] | None = ...,
         conditions_checked: _builtins.bool = ...,
+        orders_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "cache", b"cache", "cache_budget_bytes", b"cache_budget_bytes", "cached_digests", b"cached_digests", "conditions", b"conditions", "conditions_checked", b"conditions_checked", "full", b"full", "node", b"node", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "cache", b"cache", "cache_budget_bytes", b"cache_budget_bytes", "cached_digests", b"cached_digests", "conditions", b"conditions", "conditions_checked", b"conditions_checked", "full", b"full", "node", b"node", "orders_sequence", b"orders_sequence", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,70 @@
+"""Which workspaces each node was sent in which of its order sets, so that a full report
+is not read as saying more than its node knew when it built it.
+
+A full report names every workspace the node may have; one it does not name is taken as
+gone from the node (ops/reports.py): its address and capacity are given back. But the
+node built the report from the orders it had then. A workspace ordered in a later set
+(created after those orders were read) is not named because the node had not heard of
+it yet, and the node may be making it now. Each set this service process builds gets a
+number (``NodeOrders.sequence``, strictly increasing), the workspaces in it are recorded
+against it, and a full report says the number of the last set its node had taken
+(``NodeReport.orders_sequence``): a workspace sent in a later set is not judged by it
+(``may_have``). The next full report, built once the node took that set, judges it.
+
+Kept in this process's memory only: a number this process did not give out (another
+replica's, or one from before a restart) is not compared, and a workspace this process
+sent the node at all is not judged by such a report. A report that says no number (an
+agent older than it) is taken as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+# The numbers given out to one node that are kept (a report says one of the last few).
+_KEPT = 64
+
+
+class SentOrders:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Starts at this process's start time in µs: a process started later gives out
+        # larger numbers (nothing relies on it: unknown numbers are never compared).
+        self._next = itertools.count(time.time_ns() // 1000)
+        # node -> workspace id -> the last set it was sent in.
+        self._last: dict[str, dict[str, int]] = {}
+        # node -> the numbers of the sets it was sent lately.
+        self._given: dict[str, deque[int]] = {}
+
+    def stamp(self, node: str, ids: Iterable[str]) -> int:
+        """A new number for a set of ``node``'s orders holding ``ids``."""
+        with self._lock:
+            seq = next(self._next)
+            last = self._last.setdefault(node, {})
+            for wid in ids:
+                last[wid] = seq
+            self._given.setdefault(node, deque(maxlen=_KEPT)).append(seq)
+            return seq
+
+    def may_have(self, node: str, sequence: int) -> frozenset[str]:
+        """The workspaces a full report of ``node`` built with the set ``sequence`` may
+        leave out while the node has them (or is making them): those sent in a later set
+        (all those sent, when ``sequence`` is not a number this process gave ``node``).
+        ``sequence`` 0 (not said): none."""
+        with self._lock:
+            last = self._last.get(node, {})
+            if not sequence:
+                last.clear()  # an agent older than numbers: nothing to keep for it
+                return frozenset()
+            if sequence not in self._given.get(node, ()):
+                return frozenset(last)
+            later = frozenset(wid for wid, seq in last.items() if seq > sequence)
+            # What was sent up to this set is judged by this report: no later report of
+            # the node says an older number (one report at a time, in order).
+            for wid in [w for w, seq in last.items() if seq <= sequence]:
+                del last[wid]
+            return later
