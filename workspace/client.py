@@ -39,6 +39,8 @@ from workspace.client_address import local_site_hint
 from workspace.client_address import resolve_address as resolve_address  # re-exported
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
+from workspace.client_args import BadArgument as BadArgument  # re-exported
+from workspace.client_args import checked_arguments
 from workspace.client_backfill import BackfillClientMixin
 from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
@@ -143,6 +145,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+@checked_arguments
 class Client(
     WaitsClientMixin,
     ImagesClientMixin,
@@ -154,7 +157,8 @@ class Client(
     BackfillClientMixin,
     ElasticClientMixin,
 ):
-    """A connection to one workspace service. Thread-safe; close() when done."""
+    """A connection to one workspace service. Thread-safe; close() when done. A wrong
+    argument (type, range) raises ``BadArgument``, an ``errors.InvalidArgument``."""
 
     def __init__(
         self,

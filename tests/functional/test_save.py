@@ -28,7 +28,7 @@ from workspace.domain.events import SiteEvent
 from workspace.node.v1 import nodes_pb2
 from workspace.ops import save as ops_save
 from workspace.store import Workspace
-from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
+from workspace.v1 import common_pb2, images_pb2, projects_pb2, projects_pb2_grpc, workspaces_pb2
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-io") is None or shutil.which("qemu-img") is None,
@@ -479,6 +479,47 @@ def test_a_copy_over_the_sites_limits_is_refused(
         assert over.value.code() == code
         assert words in str(over.value.details())
         assert "env:2" not in images(site)
+        starts(site, w)
+    finally:
+        site.close()
+
+
+@pytest.mark.parametrize(
+    ("limits", "project_bytes", "words"),
+    [
+        # What env:1 holds (its root and ref blobs) is all the owner may hold: any copy
+        # goes over.
+        ({"repo_quota_bytes_per_user": 1024 * KIB + 128 * KIB}, 0, "repository quota of"),
+        # The project's images would be over with the readonly disk the new image reuses.
+        ({}, 1000, "image-bytes quota of project small"),
+    ],
+)
+def test_a_save_a_quota_has_no_room_for_is_refused_before_its_node_copies(
+    tmp_path: Path, limits: dict[str, int], project_bytes: int, words: str
+) -> None:
+    """The image-bytes quotas were checked only at the import, after the node had
+    copied every disk (minutes, GBs) into the repository: a quota already used up now
+    refuses the save at once, with the quota's error, and nothing is copied."""
+    site = Site(tmp_path, limits=limits)
+    try:
+        with_env(site)
+        project = ""
+        if project_bytes:
+            project = "small"
+            projects_pb2_grpc.ProjectsStub(site.stubs.channel).CreateProject(
+                projects_pb2.Project(
+                    name=project, quota=projects_pb2.Quota(image_bytes=project_bytes)
+                )
+            )
+        w = stopped(site, "box")
+        req = images_pb2.SaveImageRequest(workspace="box", image="mine:1", project=project)
+        with pytest.raises(grpc.RpcError) as over:
+            site.stubs.images.SaveImage(req)
+        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert words in str(over.value.details())
+        assert "before its disks are copied" in str(over.value.details())
+        assert save_events(site, w.id) == []  # no save began: the node copied nothing
+        assert "mine:1" not in images(site)
         starts(site, w)
     finally:
         site.close()

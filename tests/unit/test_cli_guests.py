@@ -272,9 +272,10 @@ def test_console_of_a_cluster_says_it_is_one_and_names_its_members(
 def test_workspace_commands_given_a_cluster_say_it_is_one(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`ws show mpi`, `ws destroy mpi`, `ws events|watch mpi` said only "no workspace 'mpi';
-    `ws list` shows yours" (and `ws list` shows mpi-head-0 ...), where `ws console|exec|
-    ssh mpi` said it is a cluster: they name it one too, and the cluster command."""
+    """`ws show mpi`, `ws destroy mpi`, `ws events|watch mpi` (and later `ws update`, `ws
+    lease extend`, `ws image save`) said only "no workspace 'mpi'; `ws list` shows yours"
+    (and `ws list` shows mpi-head-0 ...), where `ws console|exec|ssh mpi` said it is a
+    cluster: they name it one too, and the cluster command."""
     c = FakeClient([box()])
     c.cluster = clusters_pb2.Cluster(name="mpi")
     c.cluster.members.add(id="m0", name="mpi-head-0", role="head", state=RUNNING)
@@ -282,8 +283,14 @@ def test_workspace_commands_given_a_cluster_say_it_is_one(
     def missing(ref: str, *_a: Any, **_kw: Any) -> Any:
         raise errors.NotFound(f"no workspace {ref!r}; `ws list` shows yours")
 
-    monkeypatch.setattr(c, "destroy_workspace", missing, raising=False)
-    monkeypatch.setattr(c, "reboot_workspace", missing, raising=False)
+    for method in (
+        "destroy_workspace",
+        "reboot_workspace",
+        "update_workspace",
+        "extend_lease",
+        "save_image",
+    ):
+        monkeypatch.setattr(c, method, missing, raising=False)
 
     def events(ref: str, *_a: Any, **_kw: Any) -> Any:
         yield from ()
@@ -297,6 +304,18 @@ def test_workspace_commands_given_a_cluster_say_it_is_one(
         (["reboot", "mpi"], "`ws cluster show mpi` for every member's state"),
         (["events", "mpi"], "`ws cluster events mpi`"),
         (["watch", "mpi"], "`ws cluster events mpi --follow` for its members' changes"),
+        (
+            ["update", "mpi", "--cpus", "2"],
+            "`ws update MEMBER` on each of them (`ws cluster show mpi` lists them)",
+        ),
+        (
+            ["lease", "extend", "mpi", "8h"],
+            "`ws lease extend MEMBER DURATION` on each (`ws cluster show mpi` lists them)",
+        ),
+        (
+            ["image", "save", "mpi", "mine:1.0"],
+            "`ws cluster show mpi` for each member's role: a save is of one member's disks",
+        ),
     ):
         rc, out, err = run(c, capsys, *argv)
         assert (rc, out) == (1, ""), argv

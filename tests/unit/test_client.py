@@ -288,6 +288,42 @@ def test_a_request_too_large_to_send_says_so(
     assert wsvc.creates == []
 
 
+def test_a_wrong_argument_is_the_clients_invalid_argument(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """``create_workspace(cpus=2**40)`` or ``(name=123)`` raised protobuf's bare
+    ValueError/TypeError, which a program catching ``WorkspaceError`` (README, "The Python
+    client") let through: it is InvalidArgument naming the method, and nothing is sent."""
+    client, wsvc, _ = served
+    wrong: list[dict[str, Any]] = [
+        {"cpus": 2**40},
+        {"memory_mib": 2**64},
+        {"name": 123},
+        {"user_data": "#!/bin/sh"},
+        {"requirements": {"gpu": 1}},
+        {"limits": {"no_such_limit": 1}},  # the client's own check
+    ]
+    for kwargs in wrong:
+        with pytest.raises(errors.InvalidArgument, match=r"^create_workspace: ") as bad:
+            client.create_workspace("img", **kwargs)
+        assert bad.value.code is None, kwargs
+        # Still what it was for a caller that caught protobuf's errors.
+        assert isinstance(bad.value, ValueError | TypeError)
+    assert wsvc.creates == []
+    with pytest.raises(errors.InvalidArgument, match=r"^stop_workspace: "):
+        client.stop_workspace("alpha", timeout_s=2**33)
+    with pytest.raises(errors.InvalidArgument, match=r"^watch: "):
+        next(client.watch(id=5))  # type: ignore[arg-type]
+    # A caller's own mistake in a callback stays the caller's.
+
+    def broken(ws: common_pb2.Workspace) -> bool:
+        raise TypeError("the caller's")
+
+    with pytest.raises(TypeError, match="the caller's") as theirs:
+        client.wait_until("w1", broken, "a condition", timeout_s=5)
+    assert not isinstance(theirs.value, errors.WorkspaceError)
+
+
 def test_create_retries_once_with_the_same_request_id(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:

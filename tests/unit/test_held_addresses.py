@@ -14,7 +14,7 @@ from workspace.domain.events import Kind
 from workspace.domain.model import ClusterRequest, MemberSpec
 from workspace.domain.states import Desired, Op, State
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import clusters, leases, operate
+from workspace.ops import clusters, leases, nodes, operate
 from workspace.store import IpAllocation
 from workspace.store.site_events import EventRow
 
@@ -106,3 +106,23 @@ def test_a_cluster_destroy_holds_its_lost_members_addresses(site: Site) -> None:
     held(site, wid)
     full_report(site)
     assert addresses(site) == 0
+
+
+def test_removing_the_node_publishes_the_released_workspace(site: Site) -> None:
+    """`ws-admin node remove` released what a destroyed LOST workspace held, but wrote it
+    outside a unit of work: a `ws watch` open then saw nothing until its next re-read
+    and the queue did not wake. It is published as the node's own confirmation is."""
+    wid = make(site, "a")
+    site.clock.now += HOUR
+    site.nodes.check_liveness()
+    operate.operate(env(site), "alice", wid, Op.DESTROY)
+    held(site, wid)
+    notifier = env(site).notifier
+    watcher = notifier.subscribe(lambda v: v.id == wid)
+    queue_at = notifier.wait_capacity(-1, 0)
+    nodes.remove(env(site), "n1")
+    assert addresses(site) == 0 and released(site, wid) == ["node n1 was removed"]
+    seen = watcher.events.get_nowait()
+    assert seen is not None and seen.state is State.TERMINATED
+    assert "node n1 was removed" in seen.reason
+    assert notifier.wait_capacity(queue_at, 0) > queue_at

@@ -386,6 +386,13 @@ print(json.dumps({"users": sorted(users), "default": ug_util.extract_default(use
             b"Content-Type: text/cloud-config\n\nusers: [carol]\n--B--\n",
             ["carol", "debian"],
         ),
+        # The forms cloud-init still reads besides a list (deprecated there): a string of
+        # names, a mapping of name to config; its `default: false` is the user's choice.
+        (b"#cloud-config\nusers: alice\n", ["alice", "debian"]),
+        (b"#cloud-config\nusers: alice, bob\n", ["alice", "bob", "debian"]),
+        (b"#cloud-config\nusers: 'default, alice'\n", ["alice", "debian"]),
+        (b"#cloud-config\nusers:\n  alice: {groups: sudo}\n", ["alice", "debian"]),
+        (b"#cloud-config\nusers: {alice: true}\n", ["alice", "debian"]),
     ],
 )
 def test_a_users_list_without_default_still_creates_the_login_user(
@@ -394,7 +401,9 @@ def test_a_users_list_without_default_still_creates_the_login_user(
     """cloud-init gives the authorized keys to the default user only, and a `users` list
     replaces the image's `[default]`: a scientist's `users: [{name: alice}]` left no
     login user (`ws ssh` refused, the keys on a disabled root). The service's part adds
-    `default` to such a list; the user's accounts stay."""
+    `default` to such a list; the user's accounts stay. `users: alice` or a mapping did
+    the same (a list of ours would replace the string): there the part names the default
+    user (`user:`), which cloud-init adds to `users` in any form."""
     s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
     out = subprocess.run(
         ["/usr/bin/python3", "-c", USERS_SCRIPT],
@@ -404,9 +413,32 @@ def test_a_users_list_without_default_still_creates_the_login_user(
         timeout=60,
     )
     assert json.loads(out.stdout) == {"users": accounts, "default": "debian"}
-    # Without a users list of theirs the image's own list (its cloud.cfg) stays in force.
-    assert ("users" in own_config(s.user_data)) == (b"users:" in user)
+    # Without users of theirs the image's own list (its cloud.cfg) stays in force.
+    own = own_config(s.user_data)
+    assert ("users" in own or "user" in own) == (b"users:" in user)
     userdata.check(user)
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+def test_the_last_users_given_decides_how_the_login_user_is_kept() -> None:
+    """The site's vendor-data gives a users list and the user's `users: alice` replaces
+    it: a `users: [default]` of ours, appended as to the vendor's list, replaced the
+    user's string (alice not created); `users: {alice: ..., default: false}` is the
+    user's own choice and stays so."""
+    vendor = b"#cloud-config\nusers: [default, ops]\n"
+    for user, accounts in (
+        (b"#cloud-config\nusers: alice\n", ["alice", "debian"]),
+        (b"#cloud-config\nusers: {alice: {groups: sudo}, default: false}\n", ["alice"]),
+    ):
+        s = seed.render("box", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian")
+        out = subprocess.run(
+            ["/usr/bin/python3", "-c", USERS_SCRIPT],
+            input=s.user_data,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        assert json.loads(out.stdout)["users"] == accounts, user
 
 
 SCRIPTS_SCRIPT = r"""
@@ -506,21 +538,23 @@ def test_ifupdown_gets_the_default_route_from_cloud_init() -> None:
 
 @pytest.mark.skipif(not Path("/usr/bin/cloud-init").exists(), reason="no cloud-init here")
 def test_the_services_part_passes_cloud_init_s_schema(tmp_path: Path) -> None:
-    """An invalid key costs the guest a warning at every boot (and hides real ones)."""
-    s = seed.render(
-        "mpi-head-0", "id1", (NIC,), b"", b"", [USER_KEY], HOST, "debian", three_members(),
-        ("scratch",),
-    )  # fmt: skip
-    own = tmp_path / "workspace.cfg"
-    own.write_bytes(payload(parts(s.user_data)[-1]))
-    out = subprocess.run(
-        ["/usr/bin/cloud-init", "schema", "--config-file", str(own)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "Valid schema" in out.stdout or "Valid cloud-config" in out.stdout, out.stdout
+    """An invalid key costs the guest a warning at every boot (and hides real ones); with
+    the user's `users` as a list (ours: `users`) or a string (ours: `user`) too."""
+    for user in (b"", b"#cloud-config\nusers: [alice]\n", b"#cloud-config\nusers: alice\n"):
+        s = seed.render(
+            "mpi-head-0", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian", three_members(),
+            ("scratch",),
+        )  # fmt: skip
+        own = tmp_path / "workspace.cfg"
+        own.write_bytes(payload(parts(s.user_data)[-1]))
+        out = subprocess.run(
+            ["/usr/bin/cloud-init", "schema", "--config-file", str(own)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "Valid schema" in out.stdout or "Valid cloud-config" in out.stdout, out.stdout
 
 
 def test_a_new_instance_of_a_saved_disk_keeps_only_the_keys_it_was_given(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ workspace/cli/common.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import shlex
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -233,6 +234,16 @@ def cluster_named(
         f"{ref} is a cluster, not a workspace: {members}, or use "
         + instead.format(name=cluster.name)
     )
+
+
+@contextlib.contextmanager
+def naming_clusters(client: Client, ref: str, instead: str) -> Iterator[None]:
+    """Around a call on workspace ``ref`` (``ws update mpi``): its NotFound says that
+    ``ref`` is a cluster, its members and ``instead``, when it is one (``cluster_named``)."""
+    try:
+        yield
+    except errors.NotFound as missing:
+        raise cluster_named(client, ref, missing, instead) from None
 
 
 def once_running(

@@ -19,11 +19,13 @@ from typing import Any
 
 from images import manifest as image_manifest
 from workspace import errors
-from workspace.cli import common, progress, render
+from workspace.cli import common, guest_cmds, progress, render
 from workspace.client import PushResult, parse_blank
 from workspace.client_images import SAVE_TIMEOUT_S
 from workspace.v1 import common_pb2
 
+# What `ws image save CLUSTER IMAGE` suggests besides a member's name (cli/guest_cmds.py).
+SAVE_CLUSTER = "`ws cluster show {name}` for each member's role: a save is of one member's disks"
 # -- commands ----------------------------------------------------------------------------
 
 
@@ -137,10 +139,12 @@ class ImageCommands:
             if shown is not None:
                 shown(ws)
 
+        client = self.client_for(args)
         try:
-            img = self.client_for(args).save_image(
-                args.workspace, args.image, args.project or "", args.timeout, on_progress
-            )
+            with guest_cmds.naming_clusters(client, args.workspace, SAVE_CLUSTER):
+                img = client.save_image(
+                    args.workspace, args.image, args.project or "", args.timeout, on_progress
+                )
         except BaseException as exc:
             if shown is not None:
                 shown.end()

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from workspace.cli import common, render
+from workspace.cli import common, guest_cmds, render
 from workspace.client_policy import LIMIT_NAMES
 
 CONNECTIVITIES = ("open", "cluster", "outbound")
 RULE_HELP = "PROTO[/PORT[-PORT]][:CIDR], e.g. tcp/22 or tcp/8000-8100:10.0.0.0/8"
+# What `ws update CLUSTER` suggests besides a member's name (cli/guest_cmds.py).
+UPDATE_CLUSTER = "`ws update MEMBER` on each of them (`ws cluster show {name}` lists them)"
 _LIMIT_HELP = {
     "cpu_percent": "cap each vCPU at N %% of a host CPU (1-100)",
     "cpu_weight": "relative CPU shares (1-10000; 100 = normal)",
@@ -97,9 +99,11 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
                 "nothing to change: give --connectivity, --allow, --no-allow, a limit, "
                 "--reset, --cpus or --memory-mib"
             )
-        ws = client_for(args).update_workspace(
-            args.id, args.connectivity or "", allow, limits, reset, *size
-        )
+        client = client_for(args)
+        with guest_cmds.naming_clusters(client, args.id, UPDATE_CLUSTER):
+            ws = client.update_workspace(
+                args.id, args.connectivity or "", allow, limits, reset, *size
+            )
         render.emit(args, ws, render.workspace_text(ws))
         return common.EXIT_OK
 

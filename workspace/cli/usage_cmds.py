@@ -7,10 +7,12 @@ import argparse
 import time
 from typing import Any
 
-from workspace.cli import common, render
+from workspace.cli import common, guest_cmds, render
 from workspace.cli.usage_text import usage_report
 
 GROUPINGS = ("workspace", "user", "project")
+# What `ws lease extend CLUSTER` suggests besides a member's name (cli/guest_cmds.py).
+EXTEND_CLUSTER = "`ws lease extend MEMBER DURATION` on each (`ws cluster show {name}` lists them)"
 
 
 def add_lease_option(p: argparse.ArgumentParser, what: str) -> None:
@@ -60,7 +62,9 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
     """Add `lease extend` and `usage` to ws."""
 
     def extend(args: argparse.Namespace) -> int:
-        ws = client_for(args).extend_lease(args.id, args.duration)
+        client = client_for(args)
+        with guest_cmds.naming_clusters(client, args.id, EXTEND_CLUSTER):
+            ws = client.extend_lease(args.id, args.duration)
         render.emit(args, ws, render.lease_line(ws))
         return common.EXIT_OK
 

@@ -226,12 +226,13 @@ def system_config(
     login_user: str,
     roster: Roster | None,
     data_disks: Sequence[str] = (),
-    users_given: bool = False,
+    users_given: str = "",
 ) -> dict[str, object]:
     """The service's own cloud-config (as a mapping). ``data_disks``: the names of the
-    workspace's ext4 blank partitions; ``users_given``: an earlier part (the user's, the
-    site's) sets ``users``, which replaces the image's list (``[default]``): ours then
-    adds ``default`` to it, since the authorized keys go to the default user only."""
+    workspace's ext4 blank partitions; ``users_given``: how an earlier part (the user's,
+    the site's) sets ``users`` ("list", "string", "mapping"; "" not), which replaces the
+    image's list (``[default]``): ours then keeps the default user in it, since the
+    authorized keys go to the default user only."""
     private, public = host_key
     cfg: dict[str, object] = {
         "merge_how": MERGE_HOW,
@@ -247,7 +248,15 @@ def system_config(
         # leave the login user uncreated and the keys on a disabled root: `ws ssh`
         # refused, the cluster key written to a home that does not exist. The list is
         # appended to (MERGE_HOW), so the user's accounts stay.
-        cfg["users"] = ["default"]
+        if users_given == "list":
+            cfg["users"] = ["default"]
+        else:
+            # `users: alice` or `users: {alice: {...}}` (forms cloud-init still reads):
+            # a list of ours would replace theirs, and is not merged into a mapping.
+            # `user:` names the default user, and cloud-init then adds `default` to
+            # `users` in any form (ug_util.normalize_users_groups); one the user set
+            # stays theirs (MERGE_HOW), as does an explicit `default: false`.
+            cfg["user"] = {"name": login_user}
     if private:
         cfg["ssh_deletekeys"] = True
         # Nothing is generated: the ed25519 key is given, and a type whose key exists is
@@ -407,14 +416,21 @@ def distinct_names(parts: Sequence[Part], taken: Sequence[str] = ()) -> list[Par
     return out
 
 
-def _sets_users(p: Part) -> bool:
-    """Whether part ``p`` is a cloud-config that sets ``users`` to a list (the form our
-    part's ``default`` is appended to)."""
+def _users_form(p: Part) -> str:
+    """How part ``p`` sets ``users`` (``userdata.form_of``; "" when it is no cloud-config
+    or does not set it)."""
     if p.subtype != "cloud-config" and (
         p.subtype != "plain" or userdata.kind(p.payload) != "cloud-config"
     ):
-        return False
-    return userdata.sets_list(p.payload, "users")
+        return ""
+    return userdata.form_of(p.payload, "users")
+
+
+def users_given(parts: Sequence[Part]) -> str:
+    """How the last of ``parts`` to set ``users`` sets it (each replaces the one before,
+    cloud-init's default merging): "list", "string", "mapping", ... or "" (none does)."""
+    forms = [form for form in map(_users_form, parts) if form]
+    return forms[-1] if forms else ""
 
 
 def _mime_part(p: Part) -> MIMENonMultipart:
@@ -467,7 +483,7 @@ def render(
         login_user,
         roster,
         data_disks,
-        any(_sets_users(p) for p in theirs),
+        users_given(theirs),
     )
     own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
     parts = [*theirs, Part("cloud-config", own, OWN_PART)]

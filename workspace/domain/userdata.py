@@ -111,15 +111,23 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def sets_list(data: bytes, key: str) -> bool:
-    """Whether #cloud-config ``data`` sets top-level ``key`` to a list (False for a
-    document that does not parse: it was checked at create). Cached: a cluster's members
-    share their user-data, and a node's orders render every seed."""
+def form_of(data: bytes, key: str) -> str:
+    """What #cloud-config ``data`` sets top-level ``key`` to: "list", "string",
+    "mapping", "other", or "" when it does not set it (or does not parse: it was checked
+    at create). Cached: a cluster's members share their user-data, and a node's orders
+    render every seed."""
     try:
         doc = yaml.safe_load(data.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(doc, dict) and isinstance(doc.get(key), list)
+        return ""
+    if not isinstance(doc, dict) or doc.get(key) is None:
+        return ""
+    value = doc[key]
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    return "mapping" if isinstance(value, dict) else "other"
 
 
 # How each kind is named when it is not UTF-8 (cloud-init writes every part as UTF-8

@@ -461,6 +461,33 @@ class Catalog:
         after = sum(self._sizes(s, have | digests).values())
         refuse_over(project, limits_of(p), Quota(image_bytes=after), f"cannot import {name}")
 
+    def refuse_full(
+        self, s: Session, owner: str, project: str, digests: Iterable[str], adds: bool, name: str
+    ) -> None:
+        """Before a save's node copies a byte (ops/save.py): RESOURCE_EXHAUSTED, as the
+        import would say it at the end, when the owner's repository quota or the project's
+        image-bytes quota has no room left for image ``name``: its images with ``digests``
+        (what the new image reuses) go over it already, or reach it while the save
+        ``adds`` blobs of its own (its copied disks, a byte or more)."""
+        wanted = set(digests)
+        room = [(f"repository quota of {owner}", self.env.cfg.limits.repo_quota_bytes_per_user, "")]
+        p = s.get(Project, project) if project else None
+        if p is not None:
+            room.append((f"image-bytes quota of project {project}", p.quota_image_bytes, project))
+        for what, limit, of_project in room:
+            if limit <= 0:
+                continue
+            have = self._project_digests(s, of_project) if of_project else None
+            held = have if have is not None else self._owned_digests(s, owner)
+            used = sum(self._sizes(s, held | wanted).values())
+            if used > limit or (adds and used >= limit):
+                raise ResourceExhausted(
+                    f"cannot save {name}: the {what} would be exceeded ({used} bytes in "
+                    f"use before its disks are copied, the limit is {limit}); delete images "
+                    "(`ws image delete NAME`) or ask the site for a larger quota; "
+                    "`ws quota` shows use and limits"
+                )
+
     def list_images(
         self, who: Identity | str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ImageView], str]:

@@ -79,7 +79,11 @@ def set_drained(env: Env, name: str, drained: bool) -> NodeStatus:
 
 
 def remove(env: Env, name: str) -> NodeStatus:
-    with env.store.write() as s:
+    """Forget node ``name`` (it must hold no live workspace). In a unit of work like
+    every other write: the workspaces whose addresses it held are published released
+    (their watchers see it at once; the queue wakes for what they freed)."""
+    with write(env) as u:
+        s = u.s
         node = _get(s, name)
         shown = _status(env, s, node)
         if shown.workspaces and node_state(node) is NodeState.DOWN:
@@ -98,6 +102,8 @@ def remove(env: Env, name: str) -> NodeStatus:
         # destroyed while it was DOWN still held goes back to the pools.
         for ws in held_on(s, name):
             confirm_gone(env, s, ws, f"node {name} was removed")
+            u.changed(ws)
+            preempt.terminated(u, ws)  # as when its node confirms it gone (ops/reports.py)
         s.delete(node)
     log.info("node %s removed", name)
     return shown

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import ColumnElement, select, true, update
 from sqlalchemy.orm import Session
@@ -46,6 +46,7 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.log import about
+from workspace.ops import refusals
 from workspace.ops.image_refs import name_taken
 from workspace.ops.images import Catalog
 from workspace.ops.lifecycle import (
@@ -99,7 +100,8 @@ def save(
         manifest.parse_ref(image)
     except manifest.ManifestError as exc:
         raise InvalidArgument(str(exc)) from None
-    src = _mark(env, ident, ref, image, project)
+    with refusals.recorded(env.store, env.notifier, env.clock, image):  # a quota's
+        src = _mark(env, catalog, ident, ref, image, project)
     limit = env.cfg.limits.save_timeout_s
     cow = tuple(p.name for p in src.partitions if p.mode is Mode.COW)
     log.info(
@@ -168,10 +170,13 @@ def may_send(env: Env, node: str, workspace_id: str) -> None:
             raise FailedPrecondition(f"no save of workspace {workspace_id} is under way")
 
 
-def _mark(env: Env, ident: Identity, ref: str, image: str, project: str) -> _Source:
+def _mark(
+    env: Env, catalog: Catalog, ident: Identity, ref: str, image: str, project: str
+) -> _Source:
     """Check that the save may go ahead and mark the workspace; what the save needs.
     The image's project (``project``, else the workspace's) is checked here, as the
-    import will, before a node copies a byte."""
+    import will, before a node copies a byte; so are the quotas of image bytes, as far
+    as they can be before the copies exist (one used up refuses the save)."""
     with env.store.write() as s:
         ws = resolve_workspace(s, ident, ref)
         check_owner(ident, ws.owner, ws.name, "save")
@@ -196,6 +201,10 @@ def _mark(env: Env, ident: Identity, ref: str, image: str, project: str) -> _Sou
         partitions = tuple(p for p in bound.partitions if own is None or p.name in own)
         if not partitions and not bound.kernel_digest:
             raise FailedPrecondition(f"workspace {ws.name} has nothing to save")
+        # What the image will reuse is known now; its cow partitions are new blobs.
+        reused = replace(bound, partitions=tuple(p for p in partitions if p.mode is not Mode.COW))
+        copies = any(p.mode is Mode.COW for p in partitions)
+        catalog.refuse_full(s, ident.name, into or "", reused.digests(), copies, image)
         _set_mark(ws, image, env.clock(), env.replica_id)
         _event(
             s,

@@ -1,0 +1,100 @@
+"""A wrong argument to a ``Client`` method is the client's documented error, not protobuf's.
+
+The client's methods build their requests from what the caller gave; protobuf refuses a
+value of the wrong type (``name=123``: ``TypeError: bad argument type for built-in
+operation``) or out of its field's range (``cpus=2**40``: ``ValueError: Value out of
+range``), and the client's own argument checks (``limits``, ``affinity``, quotas) raise
+ValueError or TypeError too. A library user catches ``workspace.errors.WorkspaceError``
+(README, "The Python client"), so ``checked_arguments`` wraps every public method once:
+such an error leaves it as ``BadArgument``, an ``InvalidArgument`` naming the method, which
+is still a ValueError and a TypeError for callers that caught those.
+
+Only errors raised in the client's own modules or in protobuf are changed: one raised by a
+caller's callback (``on_progress``, a ``wait_until`` predicate) is the caller's, as it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sysconfig
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import google.protobuf
+
+from workspace import errors
+
+C = TypeVar("C", bound=type)
+
+_CLIENT_DIR = os.path.dirname(os.path.abspath(__file__))
+_PROTOBUF_DIR = os.path.dirname(os.path.abspath(google.protobuf.__file__))
+_STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"])
+
+
+class BadArgument(errors.InvalidArgument, ValueError, TypeError):
+    """A ``Client`` method was given an argument of the wrong type or out of range."""
+
+    expected = True
+
+
+def _ours(tb: TracebackType | None) -> bool:
+    """Whether the error of traceback ``tb`` was raised by protobuf or by the client's own
+    code (a workspace/client*.py module: a request built there, or its own check): the
+    innermost frame that is not the standard library's (protobuf fills a map field through
+    ``collections.abc``) decides."""
+    paths = []
+    while tb is not None:
+        paths.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    for path in reversed(paths):
+        if path.startswith("<"):  # frozen: the standard library's
+            continue
+        path = os.path.abspath(path)
+        if path.startswith(_PROTOBUF_DIR + os.sep):
+            return True
+        if path.startswith(_STDLIB_DIR + os.sep):
+            continue
+        folder, name = os.path.split(path)
+        return folder == _CLIENT_DIR and name.startswith("client")
+    return False
+
+
+def _bad(method: str, exc: ValueError | TypeError) -> BadArgument:
+    return BadArgument(f"{method}: invalid argument: {exc}")
+
+
+def _wrapped(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def stream(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        try:
+            return (yield from gen)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, errors.WorkspaceError) or not _ours(exc.__traceback__):
+                raise
+            raise _bad(name, exc) from exc
+
+    @functools.wraps(fn)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        try:
+            out = fn(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, errors.WorkspaceError) or not _ours(exc.__traceback__):
+                raise
+            raise _bad(name, exc) from exc
+        # A stream builds its request when first iterated (watch, the event streams).
+        return stream(out) if inspect.isgenerator(out) else out
+
+    return method
+
+
+def checked_arguments(cls: C) -> C:
+    """``cls`` with every public method (its own and its mixins') raising ``BadArgument``
+    for a wrong argument (see the module's docstring)."""
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        if inspect.isfunction(inspect.getattr_static(cls, name)):
+            setattr(cls, name, _wrapped(name, getattr(cls, name)))
+    return cls
