@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 
 from agent.agent import Agent
 from agent.netsetup import Networking
@@ -30,6 +31,8 @@ from workspace.domain.model import PeerGrants
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.service.main import Service
+from workspace.service.replicas import LEADER_LOCK
+from workspace.store.engines import LOCK_CLASS
 from workspace.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -363,6 +366,19 @@ def start_replicas(tmp: Path, database_url: str, **kw: Any) -> dict[str, Replica
         proc = Proc(["-m", "workspace.service.main", "--config", str(conf)], log)
         made[name] = Replica(proc, listen, listen.replace("svc.sock", "nodes.sock"), log)
     return made
+
+
+def leader_pid(url: str) -> int:
+    """The pid of the replica whose session holds the leader lock on database ``url``
+    (0: none), as pg_stat_activity names it (``workspace-service leader <pid>``)."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted"
+            " AND a.datname = current_database()",
+            (LOCK_CLASS, LEADER_LOCK),
+        ).fetchone()
+    return int(row[0].rsplit(" ", 1)[-1]) if row else 0
 
 
 def iter_events(stubs: Stubs, ref: str = "") -> Iterator[workspaces_pb2.WorkspaceEvent]:

@@ -20,13 +20,12 @@ from tests.functional.harness import (
     Replica,
     Stubs,
     agent_config,
+    leader_pid,
     start_replicas,
     wait_for,
     write_config,
 )
 from workspace import rpc
-from workspace.service.replicas import LEADER_LOCK
-from workspace.store.engines import LOCK_CLASS
 from workspace.v1 import admin_pb2
 
 GRACE_S = 6
@@ -54,18 +53,6 @@ def replicas(tmp_path: Path, pg_db: str) -> Iterator[list[Replica]]:
             if r.proc.popen.poll() is None:
                 os.kill(r.pid, signal.SIGCONT)  # a stopped process cannot stop
             r.proc.terminate()
-
-
-def leader_pid(url: str) -> int:
-    """The pid of the replica whose session holds the leader lock."""
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted"
-            " AND a.datname = current_database()",
-            (LOCK_CLASS, LEADER_LOCK),
-        ).fetchone()
-    return int(row[0].rsplit(" ", 1)[-1]) if row else 0
 
 
 def hang_between_writes(url: str, replica: Replica) -> None:

@@ -11,21 +11,19 @@ import os
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from tests.functional.harness import (
     Site,
     SitePki,
     TlsSite,
+    leader_pid,
     start_replicas,
     wait_for,
 )
 from workspace import errors
 from workspace.cli import admin as admin_cli
 from workspace.client import Client
-from workspace.service.replicas import LEADER_LOCK
-from workspace.store.engines import LOCK_CLASS
 from workspace.v1 import admin_pb2
 
 
@@ -84,18 +82,6 @@ def test_only_admins_list_the_replicas(tmp_path: Path) -> None:
 
 
 # -- several replicas on PostgreSQL -----------------------------------------------------------
-
-
-def leader_pid(url: str) -> int:
-    """The pid of the replica whose session holds the leader lock (0: none), as
-    pg_stat_activity names it (`workspace-service leader <pid>`)."""
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
-            (LOCK_CLASS, LEADER_LOCK),
-        ).fetchone()
-    return int(row[0].rsplit(" ", 1)[-1]) if row else 0
 
 
 def test_two_replicas_on_postgresql_both_listed_one_leader_a_stopped_one_leaves(

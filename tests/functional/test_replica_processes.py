@@ -18,14 +18,13 @@ from tests.functional.harness import (
     Proc,
     Stubs,
     agent_config,
+    leader_pid,
     start_replicas,
     wait_for,
     write_config,
 )
 from workspace import errors, rpc
 from workspace.client import Client
-from workspace.service.replicas import LEADER_LOCK
-from workspace.store.engines import LOCK_CLASS
 from workspace.v1 import admin_pb2
 
 
@@ -51,7 +50,7 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_db: str) -> None:
         agent = Proc(["-m", "agent.main", "--config", str(agent_conf)], tmp_path / "agent.log")
         wait_for(lambda: _node_states(stubs["b"]) == [admin_pb2.NODE_STATE_READY], what="READY")
         pids = {p.popen.pid: name for name, p in procs.items()}
-        leader = wait_for(lambda: pids.get(_leader_pid(pg_db), ""), 10, "a leader")
+        leader = wait_for(lambda: pids.get(leader_pid(pg_db), ""), 10, "a leader")
         survivor = "b" if leader == "a" else "a"
         assert _lock_sessions(pg_db) == [
             f"workspace-service candidate {procs[survivor].popen.pid}",
@@ -85,7 +84,7 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_db: str) -> None:
         wait_for(lambda: len(acked) >= 20, 20, "creates under way")
         procs[leader].kill9()  # mid-create
         t0 = time.monotonic()
-        wait_for(lambda: _leader_pid(pg_db) == procs[survivor].popen.pid, 10, "the survivor leads")
+        wait_for(lambda: leader_pid(pg_db) == procs[survivor].popen.pid, 10, "the survivor leads")
         assert time.monotonic() - t0 < 5
         before = len(acked)
         wait_for(lambda: len(acked) >= before + 20, 20, "creates going on through B")
@@ -139,17 +138,6 @@ def test_kill_9_of_a_replica_under_load(tmp_path: Path, pg_db: str) -> None:
             agent.terminate()
         for p in procs.values():
             p.terminate()
-
-
-def _leader_pid(url: str) -> int:
-    """The pid of the replica holding the leader lock (its session's application_name)."""
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
-            (LOCK_CLASS, LEADER_LOCK),
-        ).fetchone()
-    return int(row[0].rsplit(" ", 1)[-1]) if row else 0
 
 
 def _lock_sessions(url: str) -> list[str]:
