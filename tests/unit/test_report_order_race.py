@@ -152,3 +152,20 @@ def test_what_was_sent_is_forgotten_once_a_report_judged_it() -> None:
     sent.stamp("n1", ["d"])
     assert sent.may_have("n1", 0) == set()  # an agent that says none: nothing kept
     assert sent.may_have("n1", 12345) == set()
+
+
+def test_a_node_sent_many_sets_between_two_reports_is_still_judged() -> None:
+    """A busy node (a cluster's creates, a backfill) may be sent more sets between two of
+    its full reports than a list of the last few would hold: its report still says a
+    number of this process's, and what went out up to it is judged (released if gone)."""
+    sent = SentOrders()
+    first = sent.stamp("n1", ["a"])
+    for _ in range(1000):
+        sent.stamp("n1", ["b"])
+    taken = sent.stamp("n1", ["c"])
+    sent.stamp("n1", ["d"])
+    assert sent.may_have("n1", first) == {"b", "c", "d"}  # a left out: judged
+    assert sent.may_have("n1", taken) == {"d"}  # b and c judged too
+    other = SentOrders()  # another replica, or this one restarted
+    other.stamp("n1", ["e"])
+    assert other.may_have("n1", taken) == {"e"}  # not its number: nothing it sent judged

@@ -14,53 +14,58 @@ against it, and a full report says the number of the last set its node had taken
 Kept in this process's memory only: a number this process did not give out (another
 replica's, or one from before a restart) is not compared, and a workspace this process
 sent the node at all is not judged by such a report. A report that says no number (an
-agent older than it) is taken as before.
+agent older than it) is taken as before. A number's high bits are this process's own
+random prefix and its low bits a counter, so any number this process gave out is known
+as its own however many sets were sent since (a node sent more sets between two of its
+reports than a list of the last few could hold would otherwise never be judged).
 """
 
 from __future__ import annotations
 
-import itertools
+import secrets
 import threading
-import time
-from collections import deque
 from collections.abc import Iterable
 
-# The numbers given out to one node that are kept (a report says one of the last few).
-_KEPT = 64
+# A number: this process's prefix (PREFIX_BITS random bits) above a counter of COUNT_BITS,
+# 63 bits in all (the proto's int64 stays positive).
+COUNT_BITS = 40
+PREFIX_BITS = 23
 
 
 class SentOrders:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Starts at this process's start time in µs: a process started later gives out
-        # larger numbers (nothing relies on it: unknown numbers are never compared).
-        self._next = itertools.count(time.time_ns() // 1000)
+        self._prefix = (secrets.randbits(PREFIX_BITS) | 1) << COUNT_BITS  # never 0
+        self._count = 0
         # node -> workspace id -> the last set it was sent in.
         self._last: dict[str, dict[str, int]] = {}
-        # node -> the numbers of the sets it was sent lately.
-        self._given: dict[str, deque[int]] = {}
 
     def stamp(self, node: str, ids: Iterable[str]) -> int:
         """A new number for a set of ``node``'s orders holding ``ids``."""
         with self._lock:
-            seq = next(self._next)
+            self._count += 1
+            seq = self._prefix | self._count
             last = self._last.setdefault(node, {})
             for wid in ids:
                 last[wid] = seq
-            self._given.setdefault(node, deque(maxlen=_KEPT)).append(seq)
             return seq
+
+    def _ours(self, sequence: int) -> bool:
+        """Whether this process gave out ``sequence``."""
+        count = sequence & ((1 << COUNT_BITS) - 1)
+        return sequence >> COUNT_BITS << COUNT_BITS == self._prefix and 0 < count <= self._count
 
     def may_have(self, node: str, sequence: int) -> frozenset[str]:
         """The workspaces a full report of ``node`` built with the set ``sequence`` may
         leave out while the node has them (or is making them): those sent in a later set
-        (all those sent, when ``sequence`` is not a number this process gave ``node``).
+        (all those sent, when ``sequence`` is not a number this process gave out).
         ``sequence`` 0 (not said): none."""
         with self._lock:
             last = self._last.get(node, {})
             if not sequence:
                 last.clear()  # an agent older than numbers: nothing to keep for it
                 return frozenset()
-            if sequence not in self._given.get(node, ()):
+            if not self._ours(sequence):
                 return frozenset(last)
             later = frozenset(wid for wid, seq in last.items() if seq > sequence)
             # What was sent up to this set is judged by this report: no later report of
