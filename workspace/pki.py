@@ -448,7 +448,9 @@ class Revocations:
             return frozenset()
         seen = tls_reload.stamp((Path(self.crl_file),))
         if seen is None:
-            self.error = f"CRL {self.crl_file} is missing"
+            self.error = (
+                f"CRL {self.crl_file} is missing; the revocations read before stay in force"
+            )
             return self._serials
         if self.bundle is not None:
             self.bundle.certs()  # read again if it changed
@@ -509,7 +511,9 @@ class Revocations:
                 if crl.next_update_utc is not None:
                     due.append(crl.next_update_utc)
         except (OSError, ValueError) as exc:
-            self.error = f"CRL {self.crl_file} refused: {exc}"
+            self.error = (
+                f"CRL {self.crl_file} refused: {exc}; the revocations read before stay in force"
+            )
             self._stamp = stamp  # not read again until a file changes
             return False
         old, self._serials = self._serials, frozenset().union(*by_ca.values())

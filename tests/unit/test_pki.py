@@ -247,6 +247,7 @@ def test_an_older_crl_put_back_is_refused_and_the_newer_stays(tmp_path: Path) ->
     path.write_bytes(old)
     assert crl.is_revoked(dave.serial)  # still
     assert "older than number" in crl.error and "refused" in crl.error
+    assert crl.error.endswith("the revocations read before stay in force")
     ca.publish_crl()  # a new one, numbered above both: taken
     assert crl.is_revoked(dave.serial) and crl.error == ""
 
@@ -325,6 +326,8 @@ def test_a_bundle_of_two_cas_checks_each_certificate_against_its_own_cas_crl(
     (dist / "crl.pem").write_bytes((new.dir / "crl.pem").read_bytes())
     assert crl.is_revoked(carol.serial, carol.authority)
     assert "holds no list of the CA" in crl.error
+    # the lists just read are the ones in force: not said to be an older set kept
+    assert "read before" not in crl.error
     # A CRL of a CA outside the bundle: refused, what was read stays in force.
     other = pki.init(tmp_path / "other")
     (dist / "crl.pem").write_bytes((other.dir / "crl.pem").read_bytes())

@@ -226,7 +226,7 @@ class Authenticator:
         if crl.error != self._crl_error:  # said once per new problem (or its end)
             self._crl_error = crl.error
             if crl.error:
-                log.error("%s; the revocations read before stay in force", crl.error)
+                log.error("%s", crl.error)
         return serials
 
     def authorize(self, context: grpc.ServicerContext, method: str) -> Identity:
