@@ -516,19 +516,26 @@ class Revocations:
             )
             self._stamp = stamp  # not read again until a file changes
             return False
+        cas = self.bundle.certs() if self.bundle is not None else []
+        lacking = [ca for ca in cas if key_id(ca) not in by_ca]
+        # A CA still trusted whose list the file lacks (a CRL file copied before ca.pem
+        # when the old CA is dropped; one CA's own crl.pem copied where the bundle's
+        # goes) keeps the list read before: its revoked certificates stay revoked.
+        for ca in lacking:
+            if key_id(ca) in self._by_ca:
+                by_ca[key_id(ca)] = self._by_ca[key_id(ca)]
         old, self._serials = self._serials, frozenset().union(*by_ca.values())
         self._by_ca = by_ca
         self._stamp = stamp
         self._numbers.update(numbers)  # a CA's number is kept if it leaves and comes back
         self._next_update = min(due, default=None)
-        cas = self.bundle.certs() if self.bundle is not None else []
-        lacking = [ca.subject.rfc4514_string() for ca in cas if key_id(ca) not in by_ca]
         self._lacking = (
-            f"CRL {self.crl_file} holds no list of the CA {', '.join(lacking)} of "
+            f"CRL {self.crl_file} holds no list of the CA "
+            f"{', '.join(ca.subject.rfc4514_string() for ca in lacking)} of "
             f"{self.bundle.file if self.bundle else ''} (key id "
-            f"{', '.join(key_id(ca).hex()[:16] for ca in cas if key_id(ca) not in by_ca)}): "
-            "the certificates it issues cannot be revoked until it does (`ws-admin pki "
-            "bundle` writes a CRL file of every CA)"
+            f"{', '.join(key_id(ca).hex()[:16] for ca in lacking)}): its list read before, "
+            "if any, stays in force, and what it revokes from now on is not seen until the "
+            "file has its list again (`ws-admin pki bundle` writes a CRL file of every CA)"
             if lacking
             else ""
         )

@@ -322,12 +322,18 @@ def test_a_bundle_of_two_cas_checks_each_certificate_against_its_own_cas_crl(
     new.revoke("carol")
     pki.bundle([old.dir, new.dir], dist)
     assert crl.is_revoked(carol.serial, carol.authority) and crl.error == ""
-    # Only the new CA's list, the bundle still holding both: said, the list is used.
+    # Only the new CA's list, the bundle still holding both (its crl.pem copied where the
+    # bundle's goes): said; the new list is used, and the old CA's list read before stays
+    # in force, so what the old CA revoked stays revoked.
+    old.issue(Identity(Kind.USER, "alice"), tmp_path / "alice")
+    alice = pki.identity_of_dir(tmp_path / "alice")
+    old.revoke("alice")
+    pki.bundle([old.dir, new.dir], dist)
+    assert crl.is_revoked(alice.serial, alice.authority)
     (dist / "crl.pem").write_bytes((new.dir / "crl.pem").read_bytes())
     assert crl.is_revoked(carol.serial, carol.authority)
-    assert "holds no list of the CA" in crl.error
-    # the lists just read are the ones in force: not said to be an older set kept
-    assert "read before" not in crl.error
+    assert crl.is_revoked(alice.serial, alice.authority)
+    assert "holds no list of the CA" in crl.error and "read before" in crl.error
     # A CRL of a CA outside the bundle: refused, what was read stays in force.
     other = pki.init(tmp_path / "other")
     (dist / "crl.pem").write_bytes((other.dir / "crl.pem").read_bytes())
