@@ -152,17 +152,21 @@ class Link:
                 with self._report_lock:
                     self._stream, self._where, self._leaving = stream, where, ""
                 for aset in stream:
+                    first = not self._connected.is_set()
+                    # Taken before the first report can be built, so that it says the
+                    # set's number (ops/sent_orders.py): one saying none is read as an
+                    # agent's older than numbers, and the set just sent is not kept.
+                    self.node.take_orders(*decode(aset))
                     # Connected once the order stream delivers its first set (sent at
                     # once), not at Register: a node removed in between fails the stream
                     # and is registered again by the next turn of this loop, and its
                     # reports and fetches must not run (and be refused) meanwhile.
-                    if not self._connected.is_set():
+                    if first:
                         self._stub = stub
                         self._connected.set()
                         # A full report at once: what was not sent while the link was
                         # away (a report that failed is sent again this way).
                         self._report_soon.set()
-                    self.node.take_orders(*decode(aset))
                 if not self.stop.is_set():
                     log.warning(
                         "service %s ended the order stream; %s",
