@@ -32,6 +32,10 @@ C = TypeVar("C", bound=type)
 _CLIENT_DIR = os.path.dirname(os.path.abspath(__file__))
 _PROTOBUF_DIR = os.path.dirname(os.path.abspath(google.protobuf.__file__))
 _STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"])
+# Where installed packages go; without a venv they may lie inside _STDLIB_DIR.
+_SITE_DIRS = tuple(
+    os.path.abspath(sysconfig.get_paths()[k]) + os.sep for k in ("purelib", "platlib")
+)
 
 
 class BadArgument(errors.InvalidArgument, ValueError, TypeError):
@@ -55,7 +59,9 @@ def _ours(tb: TracebackType | None) -> bool:
         path = os.path.abspath(path)
         if path.startswith(_PROTOBUF_DIR + os.sep):
             return True
-        if path.startswith(_STDLIB_DIR + os.sep):
+        # The standard library's own modules, not the packages installed inside its
+        # directory (a Python without a venv: Docker's python images, pyenv builds).
+        if path.startswith(_STDLIB_DIR + os.sep) and not path.startswith(_SITE_DIRS):
             continue
         folder, name = os.path.split(path)
         return folder == _CLIENT_DIR and name.startswith("client")

@@ -324,6 +324,29 @@ def test_a_wrong_argument_is_the_clients_invalid_argument(
     assert not isinstance(theirs.value, errors.WorkspaceError)
 
 
+def test_a_wrong_argument_is_found_where_packages_lie_inside_the_standard_library(
+    served: tuple[Client, FakeWorkspaces, FakeImages], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python without a venv (Docker's python images, pyenv) installs packages inside
+    the standard library's directory: the client's and protobuf's frames are still
+    theirs, and a caller's callback installed there is still the caller's."""
+    from workspace import client_args
+
+    client, _, _ = served
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setattr(client_args, "_STDLIB_DIR", str(repo.parent))
+    monkeypatch.setattr(client_args, "_SITE_DIRS", (str(repo) + os.sep,))
+    with pytest.raises(errors.InvalidArgument, match=r"^create_workspace: "):
+        client.create_workspace("img", cpus=2**40)
+
+    def broken(ws: common_pb2.Workspace) -> bool:
+        raise TypeError("the caller's")
+
+    with pytest.raises(TypeError, match="the caller's") as theirs:
+        client.wait_until("w1", broken, "a condition", timeout_s=5)
+    assert not isinstance(theirs.value, errors.WorkspaceError)
+
+
 def test_create_retries_once_with_the_same_request_id(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:
