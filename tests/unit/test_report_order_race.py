@@ -91,6 +91,20 @@ def test_a_number_this_service_did_not_give_out_releases_nothing_it_sent(site: S
     assert site.core.get("alice", new).state == common_pb2.WORKSPACE_STATE_TERMINATED
 
 
+def test_a_report_with_another_replicas_number_releases_nothing(site: Site) -> None:
+    """A full report that failed over to this replica while its node's order stream
+    stayed on another: what that replica sent after the report's set is not known here,
+    so the report judges no workspace, not even one this process never sent (the other
+    replica may have, after the set the report names)."""
+    foreign = site.nodes.assignments("n1").sequence - 1_000_000
+    other = site.create(name="other").id  # sent by the other replica only, say
+    site.core.operate("alice", other, Op.DESTROY)
+    full_report(site, foreign)
+    assert site.core.get("alice", other).state != common_pb2.WORKSPACE_STATE_TERMINATED
+    full_report(site, site.nodes.assignments("n1").sequence)
+    assert site.core.get("alice", other).state == common_pb2.WORKSPACE_STATE_TERMINATED
+
+
 def test_a_report_of_an_agent_that_says_no_sequence_releases_as_before(site: Site) -> None:
     site.nodes.assignments("n1")
     new = site.create(name="new").id
@@ -151,7 +165,7 @@ def test_what_was_sent_is_forgotten_once_a_report_judged_it() -> None:
     assert sent.may_have("n1", third - 1) == {"a"}  # not a number it gave: all it kept
     sent.stamp("n1", ["d"])
     assert sent.may_have("n1", 0) == set()  # an agent that says none: nothing kept
-    assert sent.may_have("n1", 12345) == set()
+    assert sent.may_have("n1", 12345) is None  # not its number: the report judges nothing
 
 
 def test_a_node_sent_many_sets_between_two_reports_is_still_judged() -> None:
@@ -168,4 +182,4 @@ def test_a_node_sent_many_sets_between_two_reports_is_still_judged() -> None:
     assert sent.may_have("n1", taken) == {"d"}  # b and c judged too
     other = SentOrders()  # another replica, or this one restarted
     other.stamp("n1", ["e"])
-    assert other.may_have("n1", taken) == {"e"}  # not its number: nothing it sent judged
+    assert other.may_have("n1", taken) is None  # not its number: nothing judged

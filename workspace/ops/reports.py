@@ -541,10 +541,12 @@ def _report(env: Env, r: NodeReport, cert_serial: int) -> None:
         if r.full:
             _heartbeat(env, u.s, node, r)
         seen = _observe(env, u, r)
-        if r.full:
-            # Not named because the node had not been sent them yet when it built the
-            # report, not because they are gone (ops/sent_orders.py).
-            seen |= env.sent_orders.may_have(r.node, r.orders_sequence)
+        # Not named because the node had not been sent them yet when it built the report,
+        # not because they are gone (ops/sent_orders.py); None: the report's orders were
+        # another process's, and it judges nothing.
+        later = env.sent_orders.may_have(r.node, r.orders_sequence) if r.full else None
+        if r.full and later is not None:
+            seen |= later
             for ws in u.s.execute(
                 select(Workspace).where(
                     Workspace.node == r.node,

@@ -12,12 +12,15 @@ against it, and a full report says the number of the last set its node had taken
 (``may_have``). The next full report, built once the node took that set, judges it.
 
 Kept in this process's memory only: a number this process did not give out (another
-replica's, or one from before a restart) is not compared, and a workspace this process
-sent the node at all is not judged by such a report. A report that says no number (an
-agent older than it) is taken as before. A number's high bits are this process's own
-random prefix and its low bits a counter, so any number this process gave out is known
-as its own however many sets were sent since (a node sent more sets between two of its
-reports than a list of the last few could hold would otherwise never be judged).
+replica's, or one from before a restart) is not compared, and no workspace is judged by
+such a report (another replica may have sent the node a workspace after that set: a
+report that failed over to this replica while the node's order stream stayed on the
+other); the node's next report, once it took a set from this process, judges them. A
+report that says no number (an agent older than it) is taken as before. A number's high
+bits are this process's own random prefix and its low bits a counter, so any number this
+process gave out is known as its own however many sets were sent since (a node sent
+more sets between two of its reports than a list of the last few could hold would
+otherwise never be judged).
 """
 
 from __future__ import annotations
@@ -55,18 +58,20 @@ class SentOrders:
         count = sequence & ((1 << COUNT_BITS) - 1)
         return sequence >> COUNT_BITS << COUNT_BITS == self._prefix and 0 < count <= self._count
 
-    def may_have(self, node: str, sequence: int) -> frozenset[str]:
+    def may_have(self, node: str, sequence: int) -> frozenset[str] | None:
         """The workspaces a full report of ``node`` built with the set ``sequence`` may
-        leave out while the node has them (or is making them): those sent in a later set
-        (all those sent, when ``sequence`` is not a number this process gave out).
-        ``sequence`` 0 (not said): none."""
+        leave out while the node has them (or is making them): those sent in a later set.
+        None when ``sequence`` is not a number this process gave out (another replica's,
+        the report having failed over without its order stream; one from before a
+        restart): the report judges no workspace, since what another process sent after
+        that set is not known here. ``sequence`` 0 (not said): none."""
         with self._lock:
             last = self._last.get(node, {})
             if not sequence:
                 last.clear()  # an agent older than numbers: nothing to keep for it
                 return frozenset()
             if not self._ours(sequence):
-                return frozenset(last)
+                return None
             later = frozenset(wid for wid, seq in last.items() if seq > sequence)
             # What was sent up to this set is judged by this report: no later report of
             # the node says an older number (one report at a time, in order).
