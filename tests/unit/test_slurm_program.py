@@ -212,6 +212,7 @@ class Run:
             f'controller = "10.213.0.1"\nmapping_file = "nodes.toml"\nlog_file = "{self.log}"\n'
         )
         monkeypatch.delenv("SLURM_RESUME_FILE", raising=False)
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # set: a reboot (resumefile.py)
 
     def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:
         if jobs is not None:

@@ -155,3 +155,32 @@ def test_a_silent_nodes_workspace_not_gone_in_time_is_told_with_why(run: Run) ->
         "did not register in ResumeTimeout (workspace c3 was RUNNING; its node node7 has "
         "not reported since 2026-11-30T00:53:20Z)"
     )
+
+
+def test_a_reboot_slurm_asks_for_makes_the_nodes_anew(run: Run) -> None:
+    """``sbatch --reboot`` on nodes that are up: slurmctld runs ResumeProgram with the
+    nodes (and the features to boot with, if any) and SLURM_JOB_ID, without a resume
+    file, then waits for a slurmd that registers with a new boot time. Keeping the
+    running workspaces left the job CONFIGURING until ResumeTimeout and the node DOWN
+    with "did not register"."""
+    assert run("resume", "c[1-2]") == 0
+    old = {n: ws_of(run, n) for n in ("c1", "c2")}
+    for ws in old.values():
+        ws.state = WS.WORKSPACE_STATE_RUNNING
+    run.monkeypatch.setenv("SLURM_JOB_ID", "12")
+    assert run("resume", "c[1-2]", "quad") == 0, run.text()
+    assert all(ws.state == WS.WORKSPACE_STATE_TERMINATED for ws in old.values())
+    # The job's nodes made together (the name counts their earlier workspaces); "quad"
+    # is a feature, not a node.
+    assert run.names() == ["slurm-12-1-c1-0", "slurm-12-1-c2-0"]
+    assert run.scontrol.down == {}
+    text = run.text()
+    assert "resume c[1-2] (2 node(s), Slurm reboots them for job 12)" in text
+    assert (
+        "node c1: workspace c1 is RUNNING (Slurm reboots the node for job 12): destroying "
+        "it to make a new one" in text
+    )
+    # A power-up (no SLURM_JOB_ID) of the same nodes keeps what runs.
+    run.monkeypatch.delenv("SLURM_JOB_ID")
+    assert run("resume", "c[1-2]") == 0
+    assert run.names() == ["slurm-12-1-c1-0", "slurm-12-1-c2-0"]

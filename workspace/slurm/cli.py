@@ -43,7 +43,12 @@ from workspace.client_address import ServiceNotConfigured
 from workspace.slurm import program
 from workspace.slurm.check import Images, check
 from workspace.slurm.hostlist import HostlistError
-from workspace.slurm.resumefile import RESUME_FILE_ENV, ResumeFile, ResumeFileError
+from workspace.slurm.resumefile import (
+    RESUME_FILE_ENV,
+    ResumeFile,
+    ResumeFileError,
+    reboot_request,
+)
 from workspace.slurm.resumefile import parse as parse_resume
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import (
@@ -239,29 +244,36 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     raw_resume = read_resume_text() if args.command == "resume" else ("", None)
+    # slurmctld's reboot of a job's nodes: the first argument only is a hostlist.
+    hostlist, reboot = (
+        reboot_request(os.environ, args.hostlist)
+        if args.command == "resume"
+        else (args.hostlist, None)
+    )
     path = args.config or os.environ.get(CONFIG_ENV) or str(DEFAULT_CONFIG)
     try:
         s = load(path)
     except ConfigError as exc:
-        return config_failed(args.command, args.hostlist, path, exc, scontrol)
+        return config_failed(args.command, list(hostlist), path, exc, scontrol)
     setup_logging(s.log_file if args.command in COMMANDS else None)
     resume = resume_file(*raw_resume)
     sc = scontrol or Scontrol(s.scontrol)
     try:
-        nodes = sc.hostnames(args.hostlist)
+        nodes = sc.hostnames(hostlist)
     except HostlistError as exc:
-        log.error("%s %s: %s", args.command, " ".join(args.hostlist), exc)
+        log.error("%s %s: %s", args.command, " ".join(hostlist), exc)
         if args.command in COMMANDS and not log_to_tty():  # check logs to stderr already
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check":
         return check(s, sc, nodes, lambda: connect(s) if client is None else cast(Images, client))
     log.info(
-        "%s %s (%d node(s)%s)",
+        "%s %s (%d node(s)%s%s)",
         args.command,
-        " ".join(args.hostlist),
+        " ".join(hostlist),
         len(nodes),
         f", {len(resume.jobs)} job(s) in {RESUME_FILE_ENV}" if resume else "",
+        f", Slurm reboots them for job {reboot.job_id}" if reboot else "",
     )
     own = client is None
     try:
@@ -277,7 +289,7 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
     try:
         prog = program.Program(service, s, sc)
         if args.command == "resume":
-            code = prog.resume(nodes, resume)
+            code = prog.resume(nodes, resume, reboot)
         elif args.command == "resume-fail":
             code = prog.resume_fail(nodes)
         else:

@@ -1,7 +1,8 @@
 """What ``ws-slurm resume|suspend|resume-fail`` do, over the client library.
 
-* **resume**: the nodes are grouped by job (SLURM_RESUME_FILE); each group's nodes that
-  have no workspace yet are mapped (features, mapping file) and created — one workspace
+* **resume**: the nodes are grouped by job (SLURM_RESUME_FILE; a reboot Slurm asks for,
+  ``SLURM_JOB_ID``, makes them one group whose workspaces are all replaced); each group's
+  nodes that have no workspace yet are mapped (features, mapping file) and created — one workspace
   for a lone node, one virtual cluster for a job's several nodes, so the service places
   them all or none in one decision. Each new node's address goes to slurmctld
   (``scontrol update NodeAddr=``). It returns once the creates are accepted; booting is
@@ -45,7 +46,7 @@ from typing import Any, Protocol
 from workspace import errors
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
-from workspace.slurm.resumefile import ResumeFile
+from workspace.slurm.resumefile import Reboot, ResumeFile
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import NodeSpec, Settings, Unmapped
 from workspace.v1 import clusters_pb2, common_pb2
@@ -258,8 +259,16 @@ class Program:
 
     # -- resume --------------------------------------------------------------------------
 
-    def resume(self, nodes: Sequence[str], resume: ResumeFile | None) -> int:
+    def resume(
+        self, nodes: Sequence[str], resume: ResumeFile | None, reboot: Reboot | None = None
+    ) -> int:
+        """``reboot``: Slurm reboots these nodes for a job (they are up): every workspace
+        of theirs is replaced, the nodes made together as the job's."""
         groups = plan_groups(nodes, resume)
+        renew = ""
+        if reboot is not None:
+            groups = [Group(tuple(nodes), reboot.job_id, reboot.features)]
+            renew = f"Slurm reboots the node for job {reboot.job_id}"
         try:
             history = self._by_node(include_terminated=True)
         except errors.WorkspaceError as exc:
@@ -269,7 +278,7 @@ class Program:
         live = {n: [w for w in ws if not _gone(w)] for n, ws in history.items()}
         self.sweep(live, exclude=nodes)
         try:
-            blocked = self._clear(nodes, live, history)
+            blocked = self._clear(nodes, live, history, renew)
         except errors.WorkspaceError as exc:
             # Unreachable, or it refuses ws-slurm itself: a destroy's own refusal is the
             # node's (``_clear``).
@@ -325,24 +334,26 @@ class Program:
         nodes: Sequence[str],
         live: dict[str, list[common_pb2.Workspace]],
         history: Mapping[str, list[common_pb2.Workspace]],
+        renew: str = "",
     ) -> dict[str, str]:
         """Make room for the nodes' new workspaces: a live workspace that cannot serve
-        (``_serves``) is destroyed (``live`` keeps only those that serve); then, for the
+        (``_serves``; with ``renew``, why Slurm wants them new, every one) is destroyed
+        (``live`` keeps only those that serve); then, for the
         nodes that get a new one, every old workspace not yet TERMINATED (destroyed by
         this run, or by a suspend still under way) is waited for, up to
         ``replace_wait_s``: a lone node's name is taken until then, and its quota held.
         Returns {node: why its new workspace cannot be made now}."""
         blocked: dict[str, str] = {}
         for n in nodes:
-            serving = [w for w in live.get(n, []) if _serves(w)]
-            for ws in [w for w in live.get(n, []) if not _serves(w)]:
+            serving = [] if renew else [w for w in live.get(n, []) if _serves(w)]
+            for ws in [w for w in live.get(n, []) if renew or not _serves(w)]:
                 state = _state(ws)
                 log.warning(
                     "node %s: workspace %s is %s (%s): destroying it to make a new one",
                     n,
                     ws.name,
                     state,
-                    _unfit(ws),
+                    renew or _unfit(ws),
                 )
                 try:
                     self.client.destroy_workspace(ws.id)

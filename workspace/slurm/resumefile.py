@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from workspace.slurm.hostlist import HostlistError, expand
 
 RESUME_FILE_ENV = "SLURM_RESUME_FILE"
+JOB_ID_ENV = "SLURM_JOB_ID"
 
 
 class ResumeFileError(ValueError):
@@ -107,3 +108,29 @@ def parse(text: str) -> ResumeFile:
             )
         )
     return ResumeFile(all_nodes=tuple(all_nodes), jobs=tuple(jobs))
+
+
+@dataclass(frozen=True)
+class Reboot:
+    """slurmctld asks ResumeProgram to reboot a job's nodes (``sbatch --reboot``, or node
+    features that need a reboot): ``power_job_reboot`` runs it with the nodes, optionally
+    the features to boot with as a second argument, and ``SLURM_JOB_ID``, without
+    ``SLURM_RESUME_FILE`` (a power-up has the file and no job id; seen with Debian's
+    22.05.8). The nodes are up: their workspaces must be made anew, for Slurm waits for
+    a slurmd that registers with a new boot time."""
+
+    job_id: int
+    features: frozenset[str] = frozenset()
+
+
+def reboot_request(
+    environ: Mapping[str, str], args: Sequence[str]
+) -> tuple[Sequence[str], Reboot | None]:
+    """(the hostlist arguments, the reboot asked) of a ``resume``: a reboot when
+    ``SLURM_JOB_ID`` is set without ``SLURM_RESUME_FILE``; then only the first argument
+    is a hostlist, a second names the features."""
+    job = environ.get(JOB_ID_ENV, "").strip()
+    if environ.get(RESUME_FILE_ENV, "").strip() or not job.isdigit():
+        return args, None
+    features = feature_names(args[1]) if len(args) > 1 else frozenset()
+    return args[:1], Reboot(int(job), features)
