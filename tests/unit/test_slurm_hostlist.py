@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from workspace.slurm.hostlist import HostlistError, compress, expand, expand_all
+from workspace.slurm.scontrol import Scontrol
 
 
 @pytest.mark.parametrize(
@@ -71,3 +72,14 @@ def test_expand_agrees_with_scontrol(text: str, tmp_path: Path) -> None:
         env={**os.environ, "SLURM_CONF": str(conf)},
     )
     assert expand(text) == proc.stdout.split()
+
+
+def test_a_bad_hostlist_is_refused_whatever_scontrol_makes_of_it(tmp_path: Path) -> None:
+    """Debian's 22.05 scontrol reads ``c[1-3`` (a typo by hand) as the node ``c]``,
+    exit 0: ``ws-slurm suspend 'c[1-3'`` said "node c] has no workspace; nothing to do",
+    exit 0, where the same typo without scontrol is a usage error (exit 2)."""
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\necho 'c]'\n")  # what Debian's scontrol prints for c[1-3
+    fake.chmod(0o755)
+    with pytest.raises(HostlistError, match="without"):
+        Scontrol(str(fake)).hostnames(["c[1-3"])

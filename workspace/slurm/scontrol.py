@@ -89,13 +89,17 @@ class Scontrol:
         return proc.stdout
 
     def hostnames(self, exprs: Sequence[str]) -> list[str]:
-        """Every node of the hostlist arguments: scontrol's reading, else ours."""
+        """Every node of the hostlist arguments: scontrol's reading, else ours. One that
+        is not a hostlist is a HostlistError (exit 2) whatever scontrol makes of it:
+        Debian's 22.05 scontrol reads ``c[1-3`` as the node ``c]``, exit 0, so a typo
+        by hand was a suspend of nothing that succeeded."""
+        ours = expand_all(exprs)
         out = self._run("show", "hostnames", ",".join(exprs)) if exprs else None
         if out is not None:
             names = [line.strip() for line in out.splitlines() if line.strip()]
             if names:
                 return list(dict.fromkeys(names))
-        return expand_all(exprs)
+        return ours
 
     def _show(self, names: Sequence[str]) -> dict[str, dict[str, str]] | None:
         """``scontrol show node -o``: each named node's fields (None: scontrol failed)."""
