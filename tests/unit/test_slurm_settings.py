@@ -126,6 +126,11 @@ def test_bad_config_files_are_refused(tmp_path: Path) -> None:
         ({"lease_s": -1}, "lease_s: must be 0 or more"),
         ({"lease_s": 10**12}, "lease_s: must be at most"),
         ({"controller_port": 70000}, "controller_port: 70000 is not a port"),
+        # A job's cluster is <cluster_prefix><job id>: a prefix no cluster name can start
+        # with made every multi-node job "refused by the service" and its nodes DOWN.
+        ({"cluster_prefix": "Slurm_"}, "cluster_prefix 'Slurm_': a job's cluster is"),
+        ({"cluster_prefix": "-slurm-"}, "cluster_prefix '-slurm-'"),
+        ({"cluster_prefix": "s" * 29}, "cluster_prefix 's+': a job's cluster is"),
         # slurmctld runs its programs in its own working directory: a relative path
         # named a file there, not next to the config.
         ({"identity": "slurm-identity"}, "identity: 'slurm-identity' is a relative path"),
@@ -178,6 +183,8 @@ def test_config_values_and_defaults(tmp_path: Path) -> None:
     assert (s.controller_port, s.cluster_prefix, s.lease_s) == (6817, "slurm-", 0)
     assert s.log_file == "/var/log/ws-slurm.log"
     assert s.replace_wait_s == 60.0
+    # The empty prefix: a job's cluster is named by its id alone ("7").
+    assert load(write_config(tmp_path, cluster_prefix="")).cluster_prefix == ""
 
 
 def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ CONFIG_ENV = "WS_SLURM_CONFIG"
 # The config or mapping file is wrong; the message names the file and the key.
 ConfigError = errors.ConfigError
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
+# A job's cluster is <cluster_prefix><job id>[-N]: a cluster name (ops/clusters.py: at most
+# 40 characters) for job ids of up to 10 digits (Slurm's are 32-bit) and N up to 9.
+CLUSTER_PREFIX_RE = re.compile(r"([a-z0-9][a-z0-9-]{0,27})?")  # "": the job id alone
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,12 @@ class SlurmConfig:
             raise ConfigError(f"lease_s: must be at most {config.MAX_LEASE_S}, got {self.lease_s}")
         if not 1 <= self.controller_port <= 65535:
             raise ConfigError(f"controller_port: {self.controller_port} is not a port (1 to 65535)")
+        if not CLUSTER_PREFIX_RE.fullmatch(self.cluster_prefix):
+            raise ConfigError(
+                f"cluster_prefix {self.cluster_prefix!r}: a job's cluster is <cluster_prefix>"
+                "<job id>, a cluster name: lowercase letters, digits and '-', starting with a "
+                "letter or digit, at most 28 characters"
+            )
         if self.affinity not in AFFINITIES:
             raise ConfigError(
                 f"affinity {self.affinity!r} is not a known affinity ({', '.join(AFFINITIES)})"
