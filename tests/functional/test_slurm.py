@@ -96,6 +96,7 @@ class Slurm:
         )
         self.client = Client(site.address)
         self.scontrol = RecordingScontrol()
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # set: a reboot (resumefile.py)
 
     def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:
         if jobs is None:
@@ -233,6 +234,21 @@ def test_resume_for_nodes_that_exist_duplicates_nothing(slurm: Slurm) -> None:
     assert slurm.client.list_clusters() == []  # only c2 was new: a lone workspace
     text = slurm.log.read_text()
     assert "job 3: node c1 already has workspace c1" in text
+    assert slurm.scontrol.down == {}
+
+
+def test_a_reboot_slurm_asks_for_makes_a_running_node_anew(slurm: Slurm) -> None:
+    """``sbatch --reboot`` on an up node: slurmctld runs resume with SLURM_JOB_ID and no
+    resume file; the RUNNING workspace is replaced (its name waited for), not kept."""
+    assert slurm("resume", "c1") == 0, slurm.log.read_text()
+    old = slurm.site.stubs.wait_state("c1", WS.WORKSPACE_STATE_RUNNING)
+    slurm.monkeypatch.setenv("SLURM_JOB_ID", "31")
+    assert slurm("resume", "c1") == 0, slurm.log.read_text()
+    new = slurm.live()["c1"]
+    assert new.id != old.id
+    assert slurm.site.stubs.get(old.id).state == WS.WORKSPACE_STATE_TERMINATED
+    slurm.site.stubs.wait_state(new.id, WS.WORKSPACE_STATE_RUNNING)
+    assert slurm.scontrol.addresses["c1"] == new.nics[0].ip
     assert slurm.scontrol.down == {}
 
 
