@@ -2,9 +2,9 @@
 
 * **resume**: the nodes are grouped by job (SLURM_RESUME_FILE; a reboot Slurm asks for,
   ``SLURM_JOB_ID``, makes them one group whose workspaces are all replaced); each group's
-  nodes that have no workspace yet are mapped (features, mapping file) and created — one workspace
-  for a lone node, one virtual cluster for a job's several nodes, so the service places
-  them all or none in one decision. Each new node's address goes to slurmctld
+  nodes that have no workspace yet are mapped (features, mapping file) and created — one
+  workspace for a lone node, one virtual cluster for a job's several nodes, so the service
+  places them all or none in one decision. Each new node's address goes to slurmctld
   (``scontrol update NodeAddr=``). It returns once the creates are accepted; booting is
   covered by Slurm's ResumeTimeout. A group that cannot be created (a node no rule maps,
   the service's refusal: quota, capacity, unknown image) is marked DOWN in Slurm with

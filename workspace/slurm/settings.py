@@ -60,7 +60,8 @@ CONFIG_ENV = "WS_SLURM_CONFIG"
 ConfigError = errors.ConfigError
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 # A job's cluster is <cluster_prefix><job id>[-N]: a cluster name (ops/clusters.py: at most
-# 40 characters) for job ids of up to 10 digits (Slurm's are 32-bit) and N up to 9.
+# 40 characters) for job ids of up to 10 digits (Slurm's are 32-bit) and a one-digit N (N
+# counts the nodes' earlier workspaces: program.cluster_name).
 CLUSTER_PREFIX_RE = re.compile(r"([a-z0-9][a-z0-9-]{0,27})?")  # "": the job id alone
 
 
