@@ -54,6 +54,8 @@ class FakeService:
         self.destroy_polls: int | None = 0
         self.ending: dict[str, int | None] = {}
         self.undestroyable: dict[str, errors.WorkspaceError] = {}  # id -> its refusal
+        # Set: new workspaces are SCHEDULED with this reason (held behind preempted ones).
+        self.held_reason = ""
 
     def _check(self) -> None:
         if self.unreachable:
@@ -81,7 +83,10 @@ class FakeService:
             name=name,
             memory_mib=memory_mib,
             request_id=rid,
-            state=WS.WORKSPACE_STATE_PROPAGATING,
+            state=WS.WORKSPACE_STATE_SCHEDULED
+            if self.held_reason
+            else WS.WORKSPACE_STATE_PROPAGATING,
+            reason=self.held_reason,
             node="node1",
             **kw,
         )

@@ -157,6 +157,22 @@ def test_a_silent_nodes_workspace_not_gone_in_time_is_told_with_why(run: Run) ->
     )
 
 
+def test_resume_fail_says_why_a_workspace_never_started(run: Run) -> None:
+    """A node's workspace placed by preempting backfill waits SCHEDULED (held) until
+    the victims stop, which a backfill grace longer than ResumeTimeout outlasts: Slurm's
+    reason said only "was SCHEDULED", and the admin looked for a slurmd problem."""
+    held = "waiting for 1 preempted workspace(s) to stop"
+    run.service.held_reason = held
+    assert run("resume", "c3") == 0
+    assert f"node c3 is workspace c3 (w10) on node1, address 10.213.0.10 (SCHEDULED: {held})" in (
+        run.text()
+    )
+    assert run("resume-fail", "c3") == 0
+    assert run.scontrol.down == {
+        "c3": f"ws: did not register in ResumeTimeout (workspace c3 was SCHEDULED; {held})"
+    }
+
+
 def test_a_reboot_slurm_asks_for_makes_the_nodes_anew(run: Run) -> None:
     """``sbatch --reboot`` on nodes that are up: slurmctld runs ResumeProgram with the
     nodes (and the features to boot with, if any) and SLURM_JOB_ID, without a resume

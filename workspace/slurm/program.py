@@ -478,13 +478,14 @@ class Program:
             return False
         for node, ws in made:
             log.info(
-                "%snode %s is workspace %s (%s) on %s, address %s",
+                "%snode %s is workspace %s (%s) on %s, address %s%s",
                 f"{group.what}: " if group.job_id is not None else "",
                 node,
                 ws.name,
                 ws.id,
                 ws.node or "-",
                 ws.nics[0].ip if ws.nics else "-",
+                f" ({_state(ws)}: {ws.reason})" if ws.reason else "",
             )
             self._tell_address(node, ws)
         return True
@@ -748,8 +749,10 @@ def fail_reason(node: str, mine: Sequence[common_pb2.Workspace]) -> str:
     if mine:
         ws = mine[0]
         state = WS.Name(ws.state).removeprefix("WORKSPACE_STATE_")
-        silent = f"; {_silence(ws)}" if _silence(ws) else ""
-        return f"did not register in ResumeTimeout (workspace {ws.name} was {state}{silent})"
+        # The service's reason, if any: why it is still SCHEDULED (held while the
+        # preempted workspaces on its node stop, ops/preempt.py), or the node's silence.
+        why = "".join(f"; {x}" for x in (ws.reason, _silence(ws)) if x)
+        return f"did not register in ResumeTimeout (workspace {ws.name} was {state}{why})"
     # No workspace: resume made none (refused it, and powered the node down: see the log),
     # so "did not register" would send the admin looking at a guest that never was.
     return "resume made no workspace for it (see the ws-slurm log)"
