@@ -204,6 +204,17 @@ def test_the_fake_drivers_console_log_is_private(tmp_path: Path) -> None:
     assert log.read_text() and mode(log) == 0o600
 
 
+def test_the_fake_drivers_state_is_private(tmp_path: Path) -> None:
+    """fake-domains.json (every domain: its workspace, disks, addresses) was written as
+    the umask said: 0644 here, 0666 under umask 000 (`ws-admin site up --driver fake`)."""
+    driver = FakeDriver(FakeDriverConfig(persist=True), tmp_path)
+    driver.define(DomainSpec(workspace_id="w1", name="w1", cpus=1, memory_mib=64))
+    state = tmp_path / "fake-domains.json"
+    assert "w1" in state.read_text() and mode(state) == 0o600
+    again = FakeDriver(FakeDriverConfig(persist=True), tmp_path)  # an agent restarted
+    assert again.list_domains() == driver.list_domains()
+
+
 def test_a_private_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
