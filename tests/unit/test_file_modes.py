@@ -23,6 +23,7 @@ from workspace.config import FakeDriverConfig
 from workspace.domain.model import Disk, Order
 from workspace.domain.states import Desired
 from workspace.errors import FailedPrecondition, Unavailable
+from workspace.site.hostenv import HostEnv
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 
@@ -232,3 +233,21 @@ def test_a_private_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["uplinks.json"]
     assert mode(path) == 0o600
+
+
+def test_the_private_libvirtds_configuration_is_its_owners_to_write(tmp_path: Path) -> None:
+    """A libvirt site's libvirtd.conf, virtlogd.conf and qemu.conf, which root's libvirtd
+    reads, and their directories were made as the umask said: under umask 000 anyone
+    could rewrite them (qemu.conf's `user = "root"`), or the daemons' socket directory.
+    They are 0644 and 0755 now, also when an earlier start left them open."""
+    env = HostEnv(tmp_path, "s39s-modes")
+    old = os.umask(0)
+    try:
+        (tmp_path / "libvirt" / "etc").mkdir(parents=True, mode=0o777)  # an earlier start's
+        env.write_config()
+    finally:
+        os.umask(old)
+    made = [tmp_path / "libvirt", *(tmp_path / "libvirt").rglob("*")]
+    assert {p.name for p in made} >= {"etc", "run", "log", "qemu.conf", "libvirtd.conf"}
+    for p in made:
+        assert mode(p) == (0o755 if p.is_dir() else 0o644), p
