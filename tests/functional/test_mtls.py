@@ -227,6 +227,23 @@ def test_an_expired_certificate_is_said_not_taken_for_an_outage(
         Client(tls_site.address, identity=old)
 
 
+def test_an_identity_whose_files_do_not_match_is_said_not_taken_for_an_outage(
+    tls_site: TlsSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rotation half done (the new cert.pem moved in, not its key.pem): ws logged a
+    TLS warning, then said it "cannot reach the workspace service" (exit 3; for a local
+    site, that it does not answer and to start it). It says which file is wrong now."""
+    new, old = tls_site.pki.user("alice"), tmp_path / "old-alice"
+    tls_site.pki.ca.issue(Identity(Kind.USER, "alice"), old)
+    (old / "cert.pem").write_bytes((new / "cert.pem").read_bytes())
+    code, text = _ws(["--service", tls_site.address, "--identity", str(old), "list"], capsys)
+    assert code == 1
+    assert f"identity directory {old} cannot be used: {old}/key.pem: not the key" in text
+    assert "cannot reach" not in text
+    with pytest.raises(ConfigError, match="not the key of the certificate"):
+        Client(tls_site.address, identity=old)
+
+
 def test_the_local_site_runs_mtls_and_works_without_flags(tmp_path: Path) -> None:
     """`ws-admin site up --driver fake`: its own CA and identities, every hop over mTLS,
     and `ws` finds the admin identity through the site record; other users get theirs
