@@ -258,16 +258,19 @@ class Client(
         # Nothing at any of them: no identity would have helped (one that answered and
         # closed the connection may want one).
         absent = all(any(m in why.lower() for m in _NOTHING_THERE) for _a, why in failures)
+        answered = rpc_status.server_identity_hint(said)
         hint = (
-            rpc_status.server_identity_hint(said)
+            answered
             if self.tls is not None or absent
             else f" (no identity given: a service with mutual TLS needs --identity DIR "
             f"or ${IDENTITY_ENV})"
         )
+        # A server whose certificate was refused answered: the local site is not down.
+        site = "" if answered else local_site_hint(self.address)
         if len(failures) < 2:
             return ServiceUnreachable(
                 f"cannot reach the workspace service at {failures[0][0]}: "
-                f"{details or 'unavailable'}{hint}{local_site_hint(self.address)}",
+                f"{details or 'unavailable'}{hint}{site}",
                 failures,
             )
         each = "".join(
@@ -275,7 +278,7 @@ class Client(
         )
         return ServiceUnreachable(
             f"cannot reach the workspace service at any of the {len(failures)} addresses "
-            f"tried{hint}{local_site_hint(self.address)}:{each}",
+            f"tried{hint}{site}:{each}",
             failures,
         )
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from workspace import errors, rpc
+from workspace import errors, rpc, tls_reload
 from workspace.config import TlsConfig
 from workspace.site import record as site_record
 
@@ -84,6 +84,13 @@ def identity_tls(identity_dir: str | os.PathLike[str]) -> TlsConfig:
         )
     tls = TlsConfig(identity_dir=d)
     files = rpc.tls_files(tls)  # a clear error now for a directory missing one of its files
+    try:  # files that cannot make a handshake: the connection would only fail
+        tls_reload.load(files.key_file, files.cert_file, files.ca_file)
+    except tls_reload.TlsFileError as exc:
+        raise errors.ConfigError(
+            f"identity directory {d} cannot be used: {exc} (its key.pem, cert.pem and ca.pem "
+            "come together from one `ws-admin pki issue ... --out DIR`)"
+        ) from None
     _check_dates(d, files.cert_file)
     return tls
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import stat
 from collections.abc import Sequence
@@ -44,6 +45,8 @@ log = logging.getLogger("workspace.rpc")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # The key of the peer's certificate (PEM) in a call's auth context.
 PEER_CERT_KEY = "x509_pem_cert"
+# A unix socket a daemon serves on: its owner's alone (``listen_on``).
+UNIX_SOCKET_MODE = 0o600
 # A peer that stopped (hung, SIGSTOP: its kernel keeps the TCP connection up) is found
 # by keepalive: a ping every KEEPALIVE_MS, the connection dropped when its answer does not
 # come within PING_TIMEOUT_MS -- UNAVAILABLE "ping timeout" for every call and stream on
@@ -214,8 +217,10 @@ def listen_on(srv: grpc.Server, address: str, tls: TlsConfig | None, key: str) -
     ``node_listen``, ``peer_listen``); returns the port (0 for a unix socket).
 
     A unix socket left by a process that was killed is replaced; one a live process
-    listens on, or a path that is not a socket, is refused (never removed). What cannot
-    be bound is a ConfigError naming ``key``, the address and why."""
+    listens on, or a path that is not a socket, is refused (never removed). A unix
+    socket is made its owner's alone (0600), before the server starts, whatever the
+    umask: connecting needs write permission on it, and without TLS every caller is the
+    admin. What cannot be bound is a ConfigError naming ``key``, the address and why."""
     if is_unix(address):
         _clear_unix_path(unix_path(address), key)
     else:
@@ -228,6 +233,8 @@ def listen_on(srv: grpc.Server, address: str, tls: TlsConfig | None, key: str) -
         raise ConfigError(f"{key}: cannot bind {address}: {_why_not_bound(address)}") from None
     if port == 0 and not is_unix(address):
         raise ConfigError(f"{key}: cannot bind {address}: {_why_not_bound(address)}")
+    if is_unix(address):
+        os.chmod(unix_path(address), UNIX_SOCKET_MODE)
     return port
 
 

@@ -15,6 +15,8 @@ E = TypeVar("E", bound=errors.WorkspaceError)
 # client expects (``rpc.channel``), and when it may not serve at all (a user's).
 _WRONG_NAME = "hostname verification check failed"
 _NOT_A_SERVER = "unsupported certificate purpose"
+# ... and when the server's certificate is of no CA the client trusts (another site's).
+_UNKNOWN_CA = "unable to get local issuer certificate"
 
 _STATUS: dict[type[errors.WorkspaceError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,5 +92,12 @@ def server_identity_hint(details: str) -> str:
         return (
             " (the server presented a certificate that may not serve, such as a user's: "
             "it is not the workspace service or a node)"
+        )
+    if _UNKNOWN_CA in said:
+        return (
+            " (the server's certificate is not of a CA this side trusts, the identity's "
+            "ca.pem or [tls] ca_file: the identity is another site's, or the site's CA was "
+            "made anew since it was issued (`ws-admin site down --purge`): get one of the "
+            "site's CA (`ws-admin pki issue`))"
         )
     return ""

@@ -37,7 +37,7 @@ from workspace.config import FakeDriverConfig
 from workspace.domain.model import ExecOutcome
 from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError, FailedPrecondition, NotFound
-from workspace.files import private_fd
+from workspace.files import private_fd, write_private
 
 
 @dataclasses.dataclass
@@ -98,12 +98,8 @@ class FakeDriver(Driver):
             wid: {"spec": dataclasses.asdict(d.spec), "state": d.state.value, "boots": d.boots}
             for wid, d in self._domains.items()
         }
-        tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        # It names workspaces, disks and addresses: its owner's alone, whatever the umask.
+        write_private(self._path, json.dumps(data), sync=True)
 
     @contextlib.contextmanager
     def _up(self) -> Iterator[None]:

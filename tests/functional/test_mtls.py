@@ -23,6 +23,7 @@ from workspace.domain.model import PeerGrants
 from workspace.errors import ConfigError, Unavailable
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+from workspace.site import record as site_record
 from workspace.v1 import admin_pb2, images_pb2
 
 KIB = 1024
@@ -226,6 +227,23 @@ def test_an_expired_certificate_is_said_not_taken_for_an_outage(
         Client(tls_site.address, identity=old)
 
 
+def test_an_identity_whose_files_do_not_match_is_said_not_taken_for_an_outage(
+    tls_site: TlsSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rotation half done (the new cert.pem moved in, not its key.pem): ws logged a
+    TLS warning, then said it "cannot reach the workspace service" (exit 3; for a local
+    site, that it does not answer and to start it). It says which file is wrong now."""
+    new, old = tls_site.pki.user("alice"), tmp_path / "old-alice"
+    tls_site.pki.ca.issue(Identity(Kind.USER, "alice"), old)
+    (old / "cert.pem").write_bytes((new / "cert.pem").read_bytes())
+    code, text = _ws(["--service", tls_site.address, "--identity", str(old), "list"], capsys)
+    assert code == 1
+    assert f"identity directory {old} cannot be used: {old}/key.pem: not the key" in text
+    assert "cannot reach" not in text
+    with pytest.raises(ConfigError, match="not the key of the certificate"):
+        Client(tls_site.address, identity=old)
+
+
 def test_the_local_site_runs_mtls_and_works_without_flags(tmp_path: Path) -> None:
     """`ws-admin site up --driver fake`: its own CA and identities, every hop over mTLS,
     and `ws` finds the admin identity through the site record; other users get theirs
@@ -255,3 +273,29 @@ def test_the_local_site_runs_mtls_and_works_without_flags(tmp_path: Path) -> Non
         r = run(d, "admin", "site", "down", "--purge")
     assert r.code == 0 and "pki" in r.out and "identities" in r.out
     assert not (d / "pki").exists()
+
+
+def test_an_identity_of_another_ca_is_said_not_taken_for_an_outage(
+    tls_site: TlsSite,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An identity issued by another CA (another site's, or the local site's before
+    `site down --purge` made a new CA) could not check the service's certificate, and `ws`
+    said the local site "does not answer" and to start it, while it ran. It now says the
+    server's certificate is of no CA the identity trusts."""
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "site"))
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    (tmp_path / "site").mkdir()
+    site_record.write_record(
+        tmp_path / "site", site_record.SiteRecord(str(tmp_path / "site"), tls_site.address, "fake")
+    )
+    other = SitePki(tmp_path / "other")
+    stale = other.user("bob")  # its ca.pem is the other CA's
+    code, text = _ws(["--identity", str(stale), "list"], capsys)
+    assert code == 3
+    assert "the server's certificate is not of a CA this side trusts" in text
+    assert "does not answer" not in text and "site up" not in text
+    # An identity of the site CA gets in.
+    assert _ws(["--identity", str(tls_site.pki.user("bob")), "list"], capsys)[0] == 0

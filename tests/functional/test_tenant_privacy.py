@@ -222,3 +222,49 @@ def test_a_project_made_again_shows_its_members_nothing_of_the_old_one(tmp_path:
         assert [r.key for r in admin] == [old.id]
     finally:
         site.close()
+
+
+def test_a_project_image_is_deleted_by_its_owner_only(tmp_path: Path) -> None:
+    """docs/security.md's table said a user may act on their project's images ("yes"):
+    a member sees and uses another member's image, but only its owner (or an admin)
+    deletes it."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        make(site, name="phys")
+        alice = site.identity("alice", projects=("phys",))
+        carol = site.identity("carol", projects=("phys",))
+        _import(alice, "tool:1", b"\x07" * 65536)
+        shown = carol.images.GetImage(images_pb2.GetImageRequest(name="tool:1"))
+        assert shown.owner == "alice"
+        why = refused(
+            lambda: carol.images.DeleteImage(images_pb2.GetImageRequest(name="tool:1")),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        assert why == "image tool:1 belongs to alice; only its owner can delete it"
+        alice.images.DeleteImage(images_pb2.GetImageRequest(name="tool:1"))
+    finally:
+        site.close()
+
+
+def test_a_project_member_stops_a_workspace_but_only_its_owner_updates_it(
+    tmp_path: Path,
+) -> None:
+    """The role table said a user may act on their project's workspaces ("yes"), but `ws
+    update` (size, network policy, limits) is the owner's or an admin's, as the README
+    says: the table names it now."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        site.stubs.network()
+        site.add_agent("node1")
+        make(site, name="phys")
+        alice = site.identity("alice", projects=("phys",))
+        carol = site.identity("carol", projects=("phys",))
+        _import(alice, "tool:1", b"\x08" * 65536)
+        w = alice.create(name="a1", image="tool:1")
+        change = workspaces_pb2.UpdateWorkspaceRequest(id=w.id, connectivity="cluster")
+        why = refused(lambda: carol.ws.UpdateWorkspace(change), grpc.StatusCode.PERMISSION_DENIED)
+        assert why == "only the owner of workspace a1 (alice) or an admin may update it"
+        carol.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id))  # as the table says
+        assert alice.ws.UpdateWorkspace(change).connectivity == "cluster"
+    finally:
+        site.close()

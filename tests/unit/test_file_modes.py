@@ -23,6 +23,7 @@ from workspace.config import FakeDriverConfig
 from workspace.domain.model import Disk, Order
 from workspace.domain.states import Desired
 from workspace.errors import FailedPrecondition, Unavailable
+from workspace.site.hostenv import HostEnv
 from workspace.store import Store
 from workspace.store.blobs import BlobRepository
 
@@ -204,6 +205,17 @@ def test_the_fake_drivers_console_log_is_private(tmp_path: Path) -> None:
     assert log.read_text() and mode(log) == 0o600
 
 
+def test_the_fake_drivers_state_is_private(tmp_path: Path) -> None:
+    """fake-domains.json (every domain: its workspace, disks, addresses) was written as
+    the umask said: 0644 here, 0666 under umask 000 (`ws-admin site up --driver fake`)."""
+    driver = FakeDriver(FakeDriverConfig(persist=True), tmp_path)
+    driver.define(DomainSpec(workspace_id="w1", name="w1", cpus=1, memory_mib=64))
+    state = tmp_path / "fake-domains.json"
+    assert "w1" in state.read_text() and mode(state) == 0o600
+    again = FakeDriver(FakeDriverConfig(persist=True), tmp_path)  # an agent restarted
+    assert again.list_domains() == driver.list_domains()
+
+
 def test_a_private_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,3 +233,21 @@ def test_a_private_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["uplinks.json"]
     assert mode(path) == 0o600
+
+
+def test_the_private_libvirtds_configuration_is_its_owners_to_write(tmp_path: Path) -> None:
+    """A libvirt site's libvirtd.conf, virtlogd.conf and qemu.conf, which root's libvirtd
+    reads, and their directories were made as the umask said: under umask 000 anyone
+    could rewrite them (qemu.conf's `user = "root"`), or the daemons' socket directory.
+    They are 0644 and 0755 now, also when an earlier start left them open."""
+    env = HostEnv(tmp_path, "s39s-modes")
+    old = os.umask(0)
+    try:
+        (tmp_path / "libvirt" / "etc").mkdir(parents=True, mode=0o777)  # an earlier start's
+        env.write_config()
+    finally:
+        os.umask(old)
+    made = [tmp_path / "libvirt", *(tmp_path / "libvirt").rglob("*")]
+    assert {p.name for p in made} >= {"etc", "run", "log", "qemu.conf", "libvirtd.conf"}
+    for p in made:
+        assert mode(p) == (0o755 if p.is_dir() else 0o644), p

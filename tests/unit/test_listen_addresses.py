@@ -4,7 +4,9 @@ reused, and every error names the config key it comes from."""
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -196,3 +198,28 @@ def test_an_agent_pointed_at_the_clients_address_says_to_use_node_listen(
     said = [line for line in text.splitlines() if "retrying" in line]
     assert said, text
     assert "not the service's Nodes API" in said[0] and "node_listen" in said[0], said[0]
+
+
+def test_unix_sockets_are_their_owners_alone_whatever_the_umask(tmp_path: Path) -> None:
+    """The service's sockets were made as the umask said: under umask 000 (or 002 and a
+    shared group) anyone on the machine could connect to a local site, and to a service
+    with `insecure = true` on a unix socket as the site admin, though docs/security.md
+    says the local site's socket is its owner's alone. Now 0600 whatever the umask, for
+    the service's listen and node_listen and an agent's peer_listen."""
+    old = os.umask(0)
+    try:
+        cfg = service_cfg(tmp_path, "data", f"unix:{tmp_path}/service.sock")
+        with running(cfg):
+            for name in ("service.sock", "nodes.sock"):
+                assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+            assert serving(cfg.listen)  # its owner still gets in
+        peer = PeerServer(
+            BlobCache(tmp_path / "cache"), "n1", f"unix:{tmp_path}/peer.sock", "", TlsConfig()
+        )
+        peer.start()
+        try:
+            assert stat.S_IMODE((tmp_path / "peer.sock").stat().st_mode) == 0o600
+        finally:
+            peer.stop()
+    finally:
+        os.umask(old)

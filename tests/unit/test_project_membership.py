@@ -130,3 +130,26 @@ def test_a_certificate_issued_while_the_project_was_gone_joins_it_when_made(
     before = replace(user("physics"), issued_at=same_second.issued_at - 1)
     with pytest.raises(PermissionDenied, match="Get a new certificate"):
         create.create(env, before, in_physics("b3"))
+
+
+def test_a_stranger_is_not_told_which_projects_exist(site: Site) -> None:
+    """`ws create --project chem` by a user of no project was refused with "you are not
+    a member of project 'chem'", `--project nope` with "project 'nope' does not exist":
+    trying names showed anyone which projects the site has. Both say the same now; an
+    admin, and a holder of a certificate naming the project, are still told it is not
+    there."""
+    env = site.core.env
+    carol = Identity(Kind.USER, "carol")
+    for name in ("physics", "nope"):
+        said = f"^you are not a member of project '{name}'$"
+        with pytest.raises(PermissionDenied, match=said):
+            asked = CreateRequest(CreateSpec(image="img", name="c"), project=name)
+            create.create(env, carol, asked)
+        with pytest.raises(PermissionDenied, match=said):
+            projects.quotas(env, carol, project=name)
+    admin = Identity(Kind.USER, "root", admin=True)
+    with pytest.raises(NotFound, match="project 'nope' does not exist"):
+        projects.quotas(env, admin, project="nope")
+    with pytest.raises(NotFound, match="project 'nope' does not exist"):
+        projects.quotas(env, user("nope"), project="nope")
+    assert site.workspaces() == []

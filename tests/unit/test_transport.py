@@ -317,6 +317,8 @@ def test_channels_expect_the_service_or_the_named_node() -> None:
         ("... Custom verification check failed with error: UNAUTHENTICATED: Hostname "
          "Verification Check failed.", "does not prove it is the server expected"),
         ("... CERTIFICATE_VERIFY_FAILED: unsupported certificate purpose", "may not serve"),
+        ("... CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate",
+         "not of a CA this side trusts"),
         ("failed to connect to all addresses; Connection refused", ""),
     ],
 )  # fmt: skip

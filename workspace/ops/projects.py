@@ -260,6 +260,22 @@ def acting_scope(s: Session, owner: str, actor: Identity | None) -> Scope:
     return replace(own, acting=scope(s, actor))
 
 
+def check_member(s: Session, who: Identity, asked: str, mine: frozenset[str]) -> None:
+    """Nothing if ``who`` (of memberships ``mine``) may act in project ``asked``, which
+    exists. NotFound if it does not exist, said only to whoever may know the name: an
+    admin, a member, a holder of a certificate naming it (one no admin made yet has no
+    quota, so nothing may be charged to it). To anyone else PermissionDenied whether it
+    exists or not: the refusal tells no stranger which projects the site has."""
+    if asked in mine or who.admin or (who.is_user and asked in who.projects):
+        # The row is read once per transaction: the session holds it.
+        if s.get(Project, asked) is None:
+            raise NotFound(f"project {asked!r} does not exist; `ws quota` shows yours")
+        if asked in mine or who.admin:
+            return
+        raise outdated_refusal(s, who, asked)
+    raise PermissionDenied(f"you are not a member of project {asked!r}")
+
+
 def resolve_project(
     s: Session,
     who: Identity,
@@ -277,15 +293,8 @@ def resolve_project(
     if mine is None:
         mine = memberships(s, who)
     if asked:
-        # A certificate may name a project no admin made: it has no quota, so nothing
-        # is charged to it (the row is read once per transaction: the session holds it).
-        if s.get(Project, asked) is None:
-            raise NotFound(f"project {asked!r} does not exist; `ws quota` shows yours")
-        if asked in mine or who.admin:
-            return asked
-        if asked in who.projects and who.is_user:
-            raise outdated_refusal(s, who, asked)
-        raise PermissionDenied(f"you are not a member of project {asked!r}")
+        check_member(s, who, asked, mine)
+        return asked
     if not mine:
         # The certificate's only project was deleted since it was issued, and made again.
         for name in sorted(outdated(s, who)):
@@ -655,12 +664,7 @@ def shown_projects(s: Session, who: Identity, project: str = "") -> list[str]:
     mine = memberships(s, who)
     if not project:
         return sorted(mine)
-    if s.get(Project, project) is None:
-        raise NotFound(f"project {project!r} does not exist; `ws quota` shows yours")
-    if project not in mine and not who.admin:
-        if project in who.projects and who.is_user:
-            raise outdated_refusal(s, who, project)
-        raise PermissionDenied(f"you are not a member of project {project!r}")
+    check_member(s, who, project, mine)
     return [project]
 
 

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from workspace import errors
-from workspace.files import open_private, write_private
+from workspace.files import open_private, write_private, write_public
 from workspace.hostproc import (
     Matcher,
     cmdline_has,
@@ -75,6 +75,9 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 # sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
+# The private libvirtd's directories under the site (what a umask of 022 made them):
+# root's libvirtd reads its configuration there, so nobody else may write them.
+CONFIG_DIR_MODE = 0o755
 _NETNS_DIR = Path("/run/netns")
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
@@ -307,7 +310,7 @@ class HostEnv:
             for d in qemu_access.ensure_traversable(self.site_dir):
                 log.warning("gave %s search permission (ACL --x) on %s", QEMU_USER, d)
             create_netns(self.netns)
-            self._write_config()
+            self.write_config()
             inode = netns_inode(self.netns)
             for daemon in DAEMONS:
                 pid = self.pid(daemon)
@@ -355,11 +358,15 @@ class HostEnv:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _write_config(self) -> None:
-        for _, sub in LIBVIRT_DIRS:
-            (self.libvirt_dir / sub).mkdir(parents=True, exist_ok=True)
-        (self.libvirt_dir / "mnt" / "cgroup").mkdir(parents=True, exist_ok=True)
-        self.pid_dir.mkdir(parents=True, exist_ok=True)
+    def write_config(self) -> None:
+        """The private libvirtd's directories and configuration files, as root's
+        libvirtd reads them: writable by their owner alone (directories 0755, files
+        0644), whatever the umask, also if an earlier start left them otherwise."""
+        ours = [self.libvirt_dir, *(self.libvirt_dir / sub for _, sub in LIBVIRT_DIRS)]
+        ours += [self.libvirt_dir / "mnt", self.libvirt_dir / "mnt" / "cgroup", self.pid_dir]
+        for d in ours:  # parents first
+            d.mkdir(mode=CONFIG_DIR_MODE, exist_ok=True)
+            d.chmod(CONFIG_DIR_MODE)
         etc = self.libvirt_dir / "etc"
         for name, text in (
             ("libvirtd.conf", LIBVIRTD_CONF),
@@ -368,12 +375,11 @@ class HostEnv:
         ):
             path = etc / name
             if not path.exists() or path.read_text() != text:
-                tmp = path.with_name(f".{name}.tmp")
-                tmp.write_text(text)
-                tmp.replace(path)
+                write_public(path, text)
+            path.chmod(0o644)
         # The mount points must exist on the host (empty directories, never written).
         for inside, _ in LIBVIRT_DIRS:
-            Path(inside).mkdir(parents=True, exist_ok=True)
+            Path(inside).mkdir(mode=CONFIG_DIR_MODE, parents=True, exist_ok=True)
 
     def _start_commands(self, daemons: Sequence[str]) -> list[str]:
         lines = []
