@@ -450,3 +450,38 @@ def test_a_scale_wait_lasts_as_long_as_the_grow_may_wait_for_capacity(
         assert _run([*argv, *extra], client) == 1  # type: ignore[arg-type]
         err = capsys.readouterr().err.splitlines()[-1]
         assert err.startswith("ws: error: cluster mpi is still STARTING after ")
+
+
+class StoppedShrink:
+    """A STOPPED cluster shrunk: its removed member is gone at the first look, and the
+    cluster stays STOPPED."""
+
+    def __init__(self) -> None:
+        self.gets = 0
+
+    def scale_cluster(self, ref: str, role: str, count: int, wait_for_capacity_s: int) -> Any:
+        c = _cluster(CS.CLUSTER_STATE_STOPPED, WS.WORKSPACE_STATE_STOPPED)
+        c.members.add(name="mpi-worker-1", role="worker", state=WS.WORKSPACE_STATE_STOPPING)
+        return clusters_pb2.ScaleClusterResponse(
+            cluster=c, removed=["mpi-worker-1"], message="worker 2 → 1"
+        )
+
+    def get_cluster(self, ref: str) -> Any:
+        self.gets += 1
+        if self.gets > 3:
+            raise AssertionError("still waiting: the scale was done at the first look")
+        return _cluster(CS.CLUSTER_STATE_STOPPED, WS.WORKSPACE_STATE_STOPPED)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_shrink_of_a_stopped_cluster_is_waited_for(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped cluster may be shrunk (docs/design/elastic-clusters.md), but `--wait`
+    waited for RUNNING: it ran until its timeout and exited 1 ("still STOPPED after 600
+    s") although the member was gone at once."""
+    client = StoppedShrink()
+    argv = ["cluster", "scale", "mpi", "--role", "worker", "--count", "1", "--wait"]
+    assert _run(argv, client) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out == "worker 2 → 1\n"
+    assert client.gets == 1

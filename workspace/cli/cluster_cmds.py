@@ -50,7 +50,12 @@ def wait_scaled(
             raise errors.FailedPrecondition(f"cluster {c.name} FAILED during the scale: {why}")
         up = all(names[n].state == WS.WORKSPACE_STATE_RUNNING for n in added if n in names)
         gone = not (removed & set(names))
-        if up and gone and c.state == CS.CLUSTER_STATE_RUNNING:
+        # A stopped cluster may shrink (not grow): it stays STOPPED, and waiting for
+        # RUNNING outlasted every timeout although the scale was done.
+        settled = c.state == CS.CLUSTER_STATE_RUNNING or (
+            not added and c.state == CS.CLUSTER_STATE_STOPPED
+        )
+        if up and gone and settled:
             return c
         if time.monotonic() > deadline:
             raise errors.FailedPrecondition(
