@@ -293,6 +293,17 @@ def test_cluster_create_wait_prints_member_progress(
     assert "state       RUNNING" in out.out
 
 
+def test_a_role_scaled_to_none_shows_count_0() -> None:
+    """`ws cluster scale mpi --role worker --count 0` (the head stays): `ws cluster show`
+    said COUNT 1 for worker, beside `running 1/1` and no worker listed."""
+    c = _cluster()
+    c.spec[1].count = 0
+    del c.members[1]
+    lines = render.cluster_text(c).splitlines()
+    assert next(line for line in lines if line.startswith("worker ")).split()[2] == "0"
+    assert "running     1/1" in lines
+
+
 def test_cluster_show_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     client = FakeClient()
     assert _run(["cluster", "show", "mpi"], client) == 0
