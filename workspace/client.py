@@ -504,18 +504,21 @@ class Client(
         allow: Sequence[str] = (),
         limits: Mapping[str, int] | None = None,
         preemptible: bool = False,
+        project: str = "",
     ) -> clusters_pb2.Cluster:
         """Create a virtual cluster, placed all or nothing; idempotent by request id.
 
         Give a whole ``CreateClusterRequest`` or the fields as keywords (members as
         ``ClusterMember`` or dicts of its fields; ``affinity`` and ``on_failure`` as
-        numbers or short names, "soft-anti", "teardown"). A request without a request id
-        gets a fresh uuid4 (the caller's message is not changed). Retried once on
-        UNAVAILABLE with the same request id, like create_workspace.
+        numbers or short names, "soft-anti", "teardown"; ``project``: the project charged,
+        as ``ws cluster create --project``, "" = the caller's only one). A request without
+        a request id gets a fresh uuid4 (the caller's message is not changed). Retried
+        once on UNAVAILABLE with the same request id, like create_workspace.
         """
         if request is not None:
             given = (name, tuple(members), affinity, on_failure, wait_for_capacity_s, lease_s)
-            if given != ("", (), 0, 0, 0, 0) or connectivity or allow or limits or preemptible:
+            extra = connectivity or allow or limits or preemptible or project
+            if given != ("", (), 0, 0, 0, 0) or extra:
                 raise TypeError("create_cluster: give a request or keywords, not both")
             req = clusters_pb2.CreateClusterRequest()
             req.CopyFrom(request)
@@ -533,6 +536,7 @@ class Client(
                 preemptible=preemptible,
                 allow=list(allow),
                 limits=limits_message(limits),
+                project=project,
             )
         if request_id:
             req.request_id = request_id

@@ -575,6 +575,34 @@ def test_a_member_destroyed_on_its_own_leaves_the_cluster(site: Site) -> None:
     wait_for(lambda: get(site, "rep").state == CS.CLUSTER_STATE_TERMINATED, what="rep TERMINATED")
 
 
+def test_a_scale_to_the_members_left_makes_it_the_count(site: Site) -> None:
+    """After `ws destroy` of one of 2 workers, `ws cluster scale --count 1` (keep what is
+    left) said "already has 1 member(s): nothing to do": the spec kept 2, and the
+    cluster said for good that the member left (RUNNING 2/3). The count now follows,
+    whichever index left."""
+    site.add_agent("node1")
+    make(site, "rep", workers=2)
+    running(site, "rep")
+    gone = next(m for m in get(site, "rep").members if m.name == "rep-worker-0")
+    site.stubs.ws.DestroyWorkspace(site.stubs.ref(gone.id))
+    site.stubs.wait_state(gone.id, WS.WORKSPACE_STATE_TERMINATED)
+    assert get(site, "rep").reason.startswith("rep-worker-0 was destroyed on its own")
+    r = scale(site, 1, ref="rep")
+    assert (list(r.added), list(r.removed)) == ([], [])
+    assert r.message.startswith("cluster rep: worker 2 → 1: keeps the 1 member(s) it has")
+    c = get(site, "rep")
+    assert (c.state, c.reason, spec_counts(c)) == (
+        CS.CLUSTER_STATE_RUNNING,
+        "",
+        {"head": 1, "worker": 1},
+    )
+    assert member_names(c) == ["rep-head-0", "rep-worker-1"]
+    assert "nothing to do" in scale(site, 1, ref="rep").message
+    assert site.service is not None
+    scaled = [e for e in site_events.after(site.service.env, 0) if e.kind == "cluster.scaled"]
+    assert [(e.previous, e.state, e.cluster) for e in scaled] == [("2", "1", c.id)]
+
+
 def test_ws_cluster_events_tells_the_members_and_the_scaling(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import shlex
+import types
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from tests.unit.cluster_examples import cluster as _cluster
 from tests.unit.cluster_examples import member as _member
 from tests.unit.cluster_examples import write_spec as _write
 from workspace import errors
-from workspace.cli import render, ws
+from workspace.cli import cluster_cmds, render, ws
 from workspace.client import ClusterWaitTimeout
 from workspace.v1 import clusters_pb2, common_pb2
 
@@ -292,6 +293,17 @@ def test_cluster_create_wait_prints_member_progress(
     assert "state       RUNNING" in out.out
 
 
+def test_a_role_scaled_to_none_shows_count_0() -> None:
+    """`ws cluster scale mpi --role worker --count 0` (the head stays): `ws cluster show`
+    said COUNT 1 for worker, beside `running 1/1` and no worker listed."""
+    c = _cluster()
+    c.spec[1].count = 0
+    del c.members[1]
+    lines = render.cluster_text(c).splitlines()
+    assert next(line for line in lines if line.startswith("worker ")).split()[2] == "0"
+    assert "running     1/1" in lines
+
+
 def test_cluster_show_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     client = FakeClient()
     assert _run(["cluster", "show", "mpi"], client) == 0
@@ -394,3 +406,93 @@ def test_an_interrupted_cluster_create_wait_says_the_cluster_is_still_there(
         "`ws cluster show c1` follows it, `ws cluster destroy c1` removes it",
         "ws: interrupted",
     ]
+
+
+class QueuedGrow:
+    """`ws cluster scale --wait-for-capacity`: the new member waits in the queue, and each
+    look at the cluster is ``step_s`` seconds later (a clock of the test's, not time);
+    capacity comes at ``placed_at_s``."""
+
+    def __init__(self, placed_at_s: float, step_s: float = 100.0) -> None:
+        self.now, self.placed_at_s, self.step_s = 0.0, placed_at_s, step_s
+
+    def scale_cluster(self, ref: str, role: str, count: int, wait_for_capacity_s: int) -> Any:
+        self.asked = wait_for_capacity_s
+        c = _cluster()
+        c.members.add(name="mpi-worker-1", role="worker", state=WS.WORKSPACE_STATE_PENDING)
+        return clusters_pb2.ScaleClusterResponse(
+            cluster=c, added=["mpi-worker-1"], message="worker 1 → 2"
+        )
+
+    def get_cluster(self, ref: str) -> Any:
+        self.now += self.step_s
+        placed = self.now >= self.placed_at_s
+        c = _cluster(CS.CLUSTER_STATE_RUNNING if placed else CS.CLUSTER_STATE_STARTING)
+        state = WS.WORKSPACE_STATE_RUNNING if placed else WS.WORKSPACE_STATE_PENDING
+        c.members.add(name="mpi-worker-1", role="worker", state=state)
+        return c
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_scale_wait_lasts_as_long_as_the_grow_may_wait_for_capacity(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--wait --wait-for-capacity 3600` gave up after 600 s, saying the cluster was still
+    STARTING, while the grow still had its turn in the queue: the time it may wait for
+    capacity comes on top of the default, as for `ws cluster create`."""
+    clients: list[QueuedGrow] = []
+
+    def grow(placed_at_s: float) -> QueuedGrow:
+        clients.append(QueuedGrow(placed_at_s))
+        return clients[-1]
+
+    clock = types.SimpleNamespace(monotonic=lambda: clients[-1].now, sleep=lambda _s: None)
+    monkeypatch.setattr(cluster_cmds, "time", clock)
+    client = grow(placed_at_s=1500)
+    argv = ["cluster", "scale", "mpi", "--role", "worker", "--count", "2", "--wait"]
+    assert _run([*argv, "--wait-for-capacity", "3600"], client) == 0  # type: ignore[arg-type]
+    assert client.asked == 3600
+    assert capsys.readouterr().out == "worker 1 → 2\n"
+    # --wait-timeout still says how long, and without a capacity wait the default holds.
+    for extra in (["--wait-for-capacity", "3600", "--wait-timeout", "900"], []):
+        client = grow(placed_at_s=1500)
+        assert _run([*argv, *extra], client) == 1  # type: ignore[arg-type]
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith("ws: error: cluster mpi is still STARTING after ")
+
+
+class StoppedShrink:
+    """A STOPPED cluster shrunk: its removed member is gone at the first look, and the
+    cluster stays STOPPED."""
+
+    def __init__(self) -> None:
+        self.gets = 0
+
+    def scale_cluster(self, ref: str, role: str, count: int, wait_for_capacity_s: int) -> Any:
+        c = _cluster(CS.CLUSTER_STATE_STOPPED, WS.WORKSPACE_STATE_STOPPED)
+        c.members.add(name="mpi-worker-1", role="worker", state=WS.WORKSPACE_STATE_STOPPING)
+        return clusters_pb2.ScaleClusterResponse(
+            cluster=c, removed=["mpi-worker-1"], message="worker 2 → 1"
+        )
+
+    def get_cluster(self, ref: str) -> Any:
+        self.gets += 1
+        if self.gets > 3:
+            raise AssertionError("still waiting: the scale was done at the first look")
+        return _cluster(CS.CLUSTER_STATE_STOPPED, WS.WORKSPACE_STATE_STOPPED)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_shrink_of_a_stopped_cluster_is_waited_for(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped cluster may be shrunk (docs/design/elastic-clusters.md), but `--wait`
+    waited for RUNNING: it ran until its timeout and exited 1 ("still STOPPED after 600
+    s") although the member was gone at once."""
+    client = StoppedShrink()
+    argv = ["cluster", "scale", "mpi", "--role", "worker", "--count", "1", "--wait"]
+    assert _run(argv, client) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out == "worker 2 → 1\n"
+    assert client.gets == 1

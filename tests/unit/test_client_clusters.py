@@ -150,6 +150,19 @@ def test_create_cluster_from_keywords(served: Served) -> None:
         client.create_cluster(name="x", affinity="diagonal")
 
 
+def test_create_cluster_names_the_project_charged(served: Served) -> None:
+    # A member of several projects must name one (as `ws cluster create --project`);
+    # the keywords had no project, so such a user could not create a cluster with them.
+    client, csvc, _, _ = served
+    client.create_cluster(name="mpi", members=[{"role": "w", "image": "a"}], project="phys")
+    assert csvc.creates[0].project == "phys"
+    req = clusters_pb2.CreateClusterRequest(name="mpi", project="bio")
+    client.create_cluster(req)
+    assert csvc.creates[1].project == "bio"
+    with pytest.raises(TypeError, match="not both"):
+        client.create_cluster(req, project="phys")
+
+
 def test_wait_for_cluster_state(served: Served) -> None:
     client, csvc, _, _ = served
     csvc.states = [

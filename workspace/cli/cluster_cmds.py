@@ -1,6 +1,7 @@
 """Elastic clusters on the command line (docs/design/elastic-clusters.md):
 
     ws cluster scale NAME --role ROLE --count N [--wait-for-capacity S] [--wait [--timeout S]]
+    (--wait's default: 600 s plus --wait-for-capacity)
     ws cluster autoscale NAME --role R --min A --max B --signal SIGNAL [--cooldown S]
     ws cluster autoscale NAME --role R --off
 
@@ -49,7 +50,12 @@ def wait_scaled(
             raise errors.FailedPrecondition(f"cluster {c.name} FAILED during the scale: {why}")
         up = all(names[n].state == WS.WORKSPACE_STATE_RUNNING for n in added if n in names)
         gone = not (removed & set(names))
-        if up and gone and c.state == CS.CLUSTER_STATE_RUNNING:
+        # A stopped cluster may shrink (not grow): it stays STOPPED, and waiting for
+        # RUNNING outlasted every timeout although the scale was done.
+        settled = c.state == CS.CLUSTER_STATE_RUNNING or (
+            not added and c.state == CS.CLUSTER_STATE_STOPPED
+        )
+        if up and gone and settled:
             return c
         if time.monotonic() > deadline:
             raise errors.FailedPrecondition(
@@ -65,7 +71,10 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
     if args.wait and (resp.added or resp.removed):
         seen = [cluster]
         try:
-            cluster = wait_scaled(client, resp, args.wait_timeout or DEFAULT_WAIT_S, seen)
+            # A grow may wait for capacity first: that time comes on top, as for a create
+            # (it gave up waiting while the grow still had its turn in the queue).
+            wait_s = args.wait_timeout or DEFAULT_WAIT_S + (args.wait_for_capacity or 0)
+            cluster = wait_scaled(client, resp, wait_s, seen)
         except KeyboardInterrupt:
             last = seen[-1]
             common.say_wait_interrupted(
@@ -155,7 +164,7 @@ def register(csub: Any, parent: argparse.ArgumentParser, client_for: common.Clie
         action="store_true",
         help="wait until the new members run and the removed ones are gone",
     )
-    common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g}")
+    common.add_wait_timeout(p, f"{DEFAULT_WAIT_S:g} plus --wait-for-capacity")
     p.set_defaults(func=lambda a: scale_cmd(a, client_for(a)))
 
     p = csub.add_parser(

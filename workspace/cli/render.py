@@ -504,7 +504,7 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
             [
                 m.role,
                 m.image,
-                m.count or 1,
+                m.count,  # 0: scaled away (`ws cluster scale --count 0`), not 1
                 m.cpus or "-",
                 m.memory_mib or "-",
                 ",".join(m.networks) or "-",

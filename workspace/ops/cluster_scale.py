@@ -156,7 +156,8 @@ def scale_in(
     others = len(live([w for w in members if w.role != role]))
     check_count(c, role, count, others)
     previous = len(mine)
-    if count == previous:
+    asked = spec.count  # more than ``previous`` when members were destroyed on their own
+    if count == previous and asked == count:
         return ScaleResult(
             previous,
             count,
@@ -168,7 +169,7 @@ def scale_in(
     removed: list[Workspace] = []
     if count > previous:
         added = _grow(env, u, c, spec, members, mine, count - previous, wait_s, actor)
-    else:
+    elif count < previous:
         removed = _shrink(env, u, role, mine, previous, count)
     _set_count(c, role, count)
     # Every member's seed now carries the new roster: their bounds follow, and their
@@ -178,15 +179,23 @@ def scale_in(
     u.nodes(*(w.node for w in kept if w.node))
     refresh(env, u, {c.id})
     c.updated_at = env.clock()
-    arrow = f"{role} {previous} → {count}"
+    # Scaled to the members left after some were destroyed on their own: nothing to add
+    # or remove, the role's count follows, and the cluster no longer says they left.
+    before = previous if count != previous else asked
+    arrow = f"{role} {before} → {count}"
     if added:
         message = f"cluster {c.name}: {arrow}: added {', '.join(w.name for w in added)}"
         if not any(w.node for w in added):
             message += " (waiting for capacity)"
-    else:
+    elif removed:
         message = f"cluster {c.name}: {arrow}: removing {', '.join(w.name for w in removed)}"
+    else:
+        message = (
+            f"cluster {c.name}: {arrow}: keeps the {count} member(s) it has "
+            "(the others were destroyed on their own)"
+        )
     _scaled(
-        env, s, c, role, previous, count, f"{message}; {why or 'asked by ' + callctx.current().who}"
+        env, s, c, role, before, count, f"{message}; {why or 'asked by ' + callctx.current().who}"
     )
     return ScaleResult(
         previous, count, tuple(w.name for w in added), tuple(w.name for w in removed), message

@@ -5,6 +5,7 @@ destroy` ends it (TERMINATED)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import select
@@ -27,11 +28,14 @@ def current_members(
     members: Sequence[Workspace], counts: Mapping[str, int] | None
 ) -> list[Workspace]:
     """The members that make the cluster's state: without those a scale removed (being
-    destroyed, at an index at or above their role's count) or replaced (terminated, with
-    a newer member of the same name). All of them if none would be left."""
+    destroyed, at an index at or above their role's count), replaced (terminated, with
+    a newer member of the same name) or let go (their role has its count without them:
+    scaled to the members left after one was destroyed on its own). All of them if none
+    would be left."""
     if counts is None:
         return list(members)
     names = {m.name for m in members if m.state != State.TERMINATED.value}
+    staying = Counter(m.role for m in members if m.desired_state != Desired.TERMINATED.value)
     kept = [
         m
         for m in members
@@ -40,6 +44,7 @@ def current_members(
             and (
                 seed.member_index(m.name) >= counts.get(m.role, 0)
                 or (m.state == State.TERMINATED.value and m.name in names)
+                or staying[m.role] >= counts.get(m.role, 0)
             )
         )
     ]

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
@@ -120,26 +120,16 @@ class RosterPusher:
         with self.env.store.read() as s:
             found = list(s.execute(q))
             cids = {r[3] for r in found}
+            # Members being destroyed (a shrink) are left out at once, not once gone. (A
+            # list of their names, taken out of every roster read, also took a running
+            # namesake out of another user's cluster "mpi": names are per owner.)
             by_cluster = seeds.rosters(s, cids)
-            # Members being destroyed (a shrink) leave the roster at once, not once gone.
-            doomed = set(
-                s.execute(
-                    select(Workspace.name).where(
-                        Workspace.cluster.in_(sorted(cids)),
-                        Workspace.desired_state == Desired.TERMINATED.value,
-                        Workspace.state != State.TERMINATED.value,
-                    )
-                ).scalars()
-            )
         out = []
         digests: dict[str, tuple[seed.Roster, dict[str, str]]] = {}
         for wid, name, node, cid in found:
             roster = by_cluster.get(cid)
             if roster is None:
                 continue
-            if doomed:
-                kept = tuple(m for m in roster.members if m.name not in doomed)
-                roster = replace(roster, members=kept)
             known = digests.get(cid)
             if known is None:
                 known = self._digests.get(cid)
