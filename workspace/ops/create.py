@@ -380,7 +380,7 @@ def create_in(
     u.changed(ws)  # a refusal names it (ops/group_commit.py)
     if project:
         insert_workspace(u.s, ws)
-        check_workspace_quota(u.s, project, f"cannot create {spec.name}", spec.preemptible)
+        check_workspace_quota(u.s, project, f"cannot create {spec.name}", spec.preemptible, (wid,))
     touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
     if not touched:  # queued: placed only while its asker may make it (ops/queue.py)
         ws.asked_by = grow_rights.stored(sc.who)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -331,9 +331,10 @@ def disk_bytes(w: Workspace) -> int:
     return sum(p.virtual_size_bytes or p.size_bytes for p in bound_spec(w).partitions)
 
 
-def workspace_use(s: Session, project: str) -> Quota:
+def workspace_use(s: Session, project: str, leaving_out: Collection[str] = ()) -> Quota:
     """What the project's live workspaces (placed or waiting) hold, each class apart;
-    image bytes not counted."""
+    image bytes not counted. ``leaving_out``: ids of workspaces not to count (those a
+    refused request adds: what was in use before it)."""
     rows = s.execute(
         select(Workspace).where(
             Workspace.project == project, Workspace.state != State.TERMINATED.value
@@ -341,6 +342,8 @@ def workspace_use(s: Session, project: str) -> Quota:
     ).scalars()
     n = cpus = mem = disk = pn = pcpus = pmem = pdisk = 0
     for w in rows:
+        if w.id in leaving_out:
+            continue
         if w.preemptible:
             pn += 1
             pcpus += w.cpus
@@ -364,25 +367,48 @@ def workspace_use(s: Session, project: str) -> Quota:
 
 
 def refuse_over(
-    project: str, limits: Quota, used: Quota, label: str, only: Iterable[str] = ()
+    project: str, limits: Quota, before: Quota, used: Quota, label: str, only: Iterable[str] = ()
 ) -> None:
-    """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none);
+    """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none),
+    its limit, what was in use ``before`` the request and what the request asks more;
     ``only``: of these quotas alone (none given: all)."""
     asked = set(only)
     over = [name for name in limits.exceeded(used) if not asked or name in asked]
     if over:
         name = over[0]
-        raise ResourceExhausted(
-            f"{label}: the {QUOTA_NAMES[name]} quota of project {project} would be exceeded "
-            f"({getattr(used, name)} asked in all, the limit is {getattr(limits, name)}); "
-            "`ws quota` shows use and limits"
-        )
+        unit = " bytes" if name == "image_bytes" else ""
+        total, limit = getattr(used, name), getattr(limits, name)
+        quota = f"the {QUOTA_NAMES[name]} quota of project {project}"
+        had = getattr(before, name)
+        if total <= had:
+            # An admin set it below what the project uses: a request that adds nothing
+            # of it (a resize growing another figure) still does not grow the project.
+            why = (
+                f"{quota} is exceeded already ({had}{unit} in use, the limit is "
+                f"{limit}{unit}): nothing is added to the project until it is back under"
+            )
+        else:
+            why = (
+                f"{quota} would be exceeded ({had}{unit} in use, {total - had}{unit} more "
+                f"asked: {total}{unit} in all, the limit is {limit}{unit})"
+            )
+        raise ResourceExhausted(f"{label}: {why}; `ws quota` shows use and limits")
 
 
-def check_workspace_quota(s: Session, project: str, label: str, preemptible: bool) -> None:
+def check_workspace_quota(
+    s: Session,
+    project: str,
+    label: str,
+    preemptible: bool,
+    adds: Collection[str] = (),
+    *,
+    before: Quota | None = None,
+) -> None:
     """After the new rows (of the class ``preemptible`` says) were added (flushed):
     refuse if the project is over a quota of that class. The classes are checked apart:
-    the other class over a quota an admin lowered does not refuse this one."""
+    the other class over a quota an admin lowered does not refuse this one. The refusal
+    says what was in use before: the use ``before`` it, else all but the workspaces of
+    the ids ``adds`` (the new rows)."""
     if not project:
         return
     p = s.get(Project, project)
@@ -391,7 +417,12 @@ def check_workspace_quota(s: Session, project: str, label: str, preemptible: boo
     limits = limits_of(p)
     if limits.limits_workspaces():
         fields = PREEMPTIBLE_QUOTAS if preemptible else NORMAL_QUOTAS
-        refuse_over(project, limits, workspace_use(s, project), label, fields)
+        used = workspace_use(s, project)
+        if not any(name in fields for name in limits.exceeded(used)):
+            return
+        if before is None:  # only on a refusal: a create pays no second read
+            before = workspace_use(s, project, frozenset(adds))
+        refuse_over(project, limits, before, used, label, fields)
 
 
 # -- projects (admins) -----------------------------------------------------------------------

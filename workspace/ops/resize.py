@@ -23,7 +23,7 @@ from workspace.errors import FailedPrecondition, ResourceExhausted
 from workspace.ops import placement
 from workspace.ops.create import check_size
 from workspace.ops.lifecycle import stopped
-from workspace.ops.projects import check_workspace_quota
+from workspace.ops.projects import check_workspace_quota, workspace_use
 from workspace.scheduler.model import format_rejections
 from workspace.store import Workspace
 
@@ -80,9 +80,13 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
         0,
     )
     grows = new_cpus > ws.cpus or new_memory > ws.memory_mib
+    # What the project used before: the refusal says it (a read only for a growth).
+    before = workspace_use(s, ws.project) if grows and ws.project else None
     ws.cpus, ws.memory_mib = new_cpus, new_memory
     ws.claimed_cpus, ws.claimed_memory_mib = fit.claimed_cpus, fit.claimed_memory_mib
     s.flush()
     if grows:  # a shrink is never refused, also in a project over a lowered quota
-        check_workspace_quota(s, ws.project or "", f"cannot resize {ws.name}", bool(ws.preemptible))
+        check_workspace_quota(
+            s, ws.project or "", f"cannot resize {ws.name}", bool(ws.preemptible), before=before
+        )
     return what
