@@ -429,6 +429,19 @@ def test_a_project_lease_beyond_the_sites_maximum_is_refused(site: Site) -> None
             projects.create_project(env(site), spec)
 
 
+def test_a_default_lease_longer_than_the_maximum_names_both(site: Site) -> None:
+    """`ws-admin project set physics --max-lease 4h` (its default is 8h) said only "the
+    default lease is longer than the maximum lease": the admin had to look up the
+    default kept from before."""
+    with pytest.raises(InvalidArgument) as info:
+        projects.set_defaults(
+            env(site), "physics", None, leases=(8 * HOUR, 4 * HOUR, projects.LeaseAction.STOP)
+        )
+    assert "the default lease of 8h is longer than the maximum lease of 4h" in info.value.message
+    kept = {p.name: p.max_lease_s for p in projects.list_projects(env(site))}
+    assert kept["physics"] == 72 * HOUR
+
+
 @pytest.mark.parametrize("value", [0, 1001 * YEAR])
 def test_a_site_maximum_lease_out_of_range_is_refused(value: int) -> None:
     with pytest.raises(ConfigError, match=r"limits\.max_lease_s"):

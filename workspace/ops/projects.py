@@ -479,7 +479,11 @@ def _check_leases(env: Env, default_s: int, max_s: int) -> None:
     if default_s < 0 or max_s < 0:
         raise InvalidArgument("lease durations must not be negative")
     if max_s and default_s > max_s:
-        raise InvalidArgument("the default lease is longer than the maximum lease")
+        raise InvalidArgument(
+            f"the default lease of {duration_text(default_s)} is longer than the maximum "
+            f"lease of {duration_text(max_s)}: lower the default or raise the maximum "
+            "(--default-lease, --max-lease)"
+        )
     site_max = env.cfg.limits.max_lease_s
     for what, value in (("default", default_s), ("maximum", max_s)):
         if value > site_max:
