@@ -714,5 +714,14 @@ def quotas(
             limits = limits_of(p)
             use = workspace_use(s, name)
             used = replace(use, image_bytes=images.get(name, 0))
-            out.append(ProjectUse(name, limits, used))
+            out.append(
+                ProjectUse(
+                    name,
+                    limits,
+                    used,
+                    p.default_lease_s or 0,
+                    p.max_lease_s or 0,
+                    LeaseAction(p.lease_action),
+                )
+            )
         return out
