@@ -480,6 +480,17 @@ def cluster_rows(items: Sequence[clusters_pb2.Cluster], whose: bool = False) -> 
     return table(["ID", "NAME", *who, "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
 
 
+def cluster_lease_text(c: clusters_pb2.Cluster) -> str:
+    """When the cluster's lease ends: its members' (they share the lease given at create;
+    "" = none), the first of them if they were extended apart."""
+    leased = [m for m in c.members if m.HasField("lease_expires_at")]
+    if not leased:
+        return ""
+    first = min(leased, key=lambda m: m.lease_expires_at.ToNanoseconds())
+    apart = len({m.lease_expires_at.seconds for m in leased}) > 1
+    return lease_end_text(first) + (f" (the first: {first.name}'s)" if apart else "")
+
+
 def cluster_text(c: clusters_pb2.Cluster) -> str:
     head = fields(
         [
@@ -488,6 +499,7 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
             ("state", cluster_state_name(c.state)),
             ("reason", c.reason),
             ("running", _running(c)),
+            ("lease_ends", cluster_lease_text(c)),
             ("affinity", enum_name(_AFFINITY, c.affinity)),
             ("on_failure", enum_name(_FAILURE_POLICY, c.on_failure)),
             ("owner", c.owner),
