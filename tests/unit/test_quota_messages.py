@@ -15,7 +15,7 @@ from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, Me
 from workspace.domain.netpolicy import PolicyUpdate
 from workspace.domain.states import Op
 from workspace.domain.tenancy import ProjectSpec, Quota
-from workspace.errors import ResourceExhausted
+from workspace.errors import NotFound, ResourceExhausted
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
 from workspace.ops import cluster_scale, clusters, create, projects, update
@@ -110,3 +110,21 @@ def test_an_import_says_the_bytes_in_use(site: Site) -> None:
     assert "image-bytes quota of project p would be exceeded" in why
     assert "4000 bytes in use, 3000 bytes more asked: 7000 bytes in all" in why
     assert "the limit is 6000 bytes" in why
+
+
+def test_an_unknown_project_points_each_caller_at_a_list_they_have(site: Site) -> None:
+    """`ws-admin project show nosuch` said "`ws quota` shows yours", which shows an admin
+    only the projects they are a member of (often none): an admin is pointed at
+    `ws-admin project list`, a user still at `ws quota`."""
+    env = site.core.env
+    admin = Identity(Kind.USER, "root", admin=True)
+    with pytest.raises(NotFound) as info:
+        projects.quotas(env, admin, project="nosuch")
+    assert info.value.message.endswith("`ws-admin project list` shows them")
+    spec = CreateSpec(image="img", name="x")
+    with pytest.raises(NotFound) as info:
+        create.create(env, admin, CreateRequest(spec, project="nosuch"))
+    assert "`ws-admin project list` shows them" in info.value.message
+    with pytest.raises(NotFound) as info:
+        projects.quotas(env, ALICE, project="nosuch")
+    assert info.value.message.endswith("`ws quota` shows yours")
