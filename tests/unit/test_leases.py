@@ -469,3 +469,17 @@ def test_a_cluster_whose_lease_ended_does_not_grow_until_it_is_extended(site: Si
     _, result = cluster_scale.scale(env(site), "alice", "c1", "w", 2)
     assert len(result.added) == 1
     assert {w.lease_expires_at for w in site.workspaces()} == {site.clock.now + HOUR}
+
+
+def test_an_extend_with_no_room_left_says_it_cannot_be_extended(site: Site) -> None:
+    """A lease already at the project's maximum from now, or beyond it since an admin
+    lowered the maximum, was refused with "it can be extended by at most 0s"."""
+    wid = make(site, "a", "physics", lease_s=72 * HOUR)
+    end = row(site, wid).lease_expires_at
+    with pytest.raises(InvalidArgument) as info:
+        leases.extend(env(site), "alice", "a", HOUR)
+    assert f"it cannot be extended now: it ends at {iso_time(end)}" in info.value.message
+    assert "at most 0s" not in info.value.message
+    site.clock.now += 2 * HOUR  # two hours of room again
+    assert leases.extend(env(site), "alice", "a", HOUR)
+    assert row(site, wid).lease_expires_at == end + HOUR
