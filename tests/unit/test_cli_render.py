@@ -231,11 +231,14 @@ def test_a_clusters_lease_end_is_shown() -> None:
     members[0].lease_expires_at.seconds += 3600
     shown = render.cluster_text(clusters_pb2.Cluster(name="c", members=members))
     assert "lease_ends  2033-05-18T03:33:20Z (the first: c-w-1's)" in shown
+    data = render.cluster_dict(clusters_pb2.Cluster(name="c", members=members))
+    assert data["lease_expires_at"] == "2033-05-18T03:33:20Z"  # -o json: the same end
     # Ended: said so, as `ws show` says it of a workspace.
     members[1].lease_expires_at.seconds = 1_000_000
     shown = render.cluster_text(clusters_pb2.Cluster(name="c", members=members))
     assert "(ended) (the first: c-w-1's)" in shown
     assert "lease_ends" not in render.cluster_text(clusters_pb2.Cluster(members=[_ws()]))
+    assert "lease_expires_at" not in render.cluster_dict(clusters_pb2.Cluster(members=[_ws()]))
 
 
 @pytest.mark.parametrize("main", [ws.main, admin.main])
