@@ -358,8 +358,12 @@ def test_pool_exhaustion_leaves_no_partial_rows(tmp_path: Path) -> None:
     made = [site.create(name=f"w{i}") for i in range(5)]
     assert sorted(w.nics[0].ip for w in made) == [f"10.0.0.{i}" for i in range(2, 7)]
     usage = site.node_usage()
-    with pytest.raises(ResourceExhausted, match="network 'default' has no free address left"):
+    with pytest.raises(
+        ResourceExhausted, match="network 'default' has no free address left"
+    ) as info:
         site.create(name="w5", request_id="r-w5")
+    # How many it holds of how many: the range's size was not said.
+    assert "(1 needed, 0 free: 5 of the 5 of its range 10.0.0.2-10.0.0.6 held" in info.value.message
     assert sorted(w.name for w in site.workspaces()) == [f"w{i}" for i in range(5)]
     assert len(site.allocations()) == 5
     assert site.node_usage() == usage
