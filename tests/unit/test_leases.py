@@ -483,3 +483,26 @@ def test_an_extend_with_no_room_left_says_it_cannot_be_extended(site: Site) -> N
     site.clock.now += 2 * HOUR  # two hours of room again
     assert leases.extend(env(site), "alice", "a", HOUR)
     assert row(site, wid).lease_expires_at == end + HOUR
+
+
+def test_a_destroy_expiry_waits_for_a_save_under_way(site: Site) -> None:
+    """A project that destroys at expiry destroyed a workspace while its owner saved it
+    as an image (`ws image save`, minutes of copying): the save failed and the disks it
+    copied were gone with the workspace. The expiry waits for the save to end."""
+    wid = make(site, "a", "chem", lease_s=HOUR)
+    site.core.operate("alice", wid, Op.STOP)
+    site.report(wid, STOPPED)
+    site.clock.now += HOUR - 60  # a minute before the end, its owner saves it
+    with site.store.write() as s:
+        ws = s.get(Workspace, wid)
+        assert ws is not None
+        ws.saving_as, ws.saving_since = "mine:1", site.clock.now
+    site.clock.now += 120
+    assert leases.check(env(site)).expired == []
+    assert row(site, wid).desired_state == Desired.STOPPED.value
+    with site.store.write() as s:  # the save ended
+        ws = s.get(Workspace, wid)
+        assert ws is not None
+        ws.saving_as = ""
+    assert leases.check(env(site)).expired == [wid]
+    assert row(site, wid).desired_state == Desired.TERMINATED.value
