@@ -128,3 +128,18 @@ def test_an_unknown_project_points_each_caller_at_a_list_they_have(site: Site) -
     with pytest.raises(NotFound) as info:
         projects.quotas(env, ALICE, project="nosuch")
     assert info.value.message.endswith("`ws quota` shows yours")
+
+
+def test_a_workspace_being_destroyed_is_said_to_count(site: Site) -> None:
+    """`ws destroy a && ws create b` in a full project: the create was refused with "1
+    in use" while `ws list` showed a going (its node had not removed it yet). The refusal
+    says it counts until then, and how to wait for it."""
+    make(site, instances=1)
+    a = new(site, "a")
+    site.report(a, nodes_pb2.OBSERVED_STATE_RUNNING)
+    site.core.operate(ALICE, a, Op.DESTROY)  # its node has not removed it yet
+    why = refusal(lambda: new(site, "b"))
+    assert "1 in use, 1 workspace(s) being destroyed among them" in why
+    assert "`ws destroy NAME --wait`" in why
+    site.report(a, nodes_pb2.OBSERVED_STATE_ABSENT)
+    assert new(site, "b")

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from workspace.domain.events import Kind as EventKind
 from workspace.domain.leases import duration_text, iso_time, site_maximum
 from workspace.domain.netpolicy import Limits
-from workspace.domain.states import State
+from workspace.domain.states import Desired, State
 from workspace.domain.tenancy import BACKFILL_OWNER, LeaseAction, ProjectSpec, ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
@@ -375,11 +375,18 @@ def workspace_use(s: Session, project: str, leaving_out: Collection[str] = ()) -
 
 
 def refuse_over(
-    project: str, limits: Quota, before: Quota, used: Quota, label: str, only: Iterable[str] = ()
+    project: str,
+    limits: Quota,
+    before: Quota,
+    used: Quota,
+    label: str,
+    only: Iterable[str] = (),
+    going: int = 0,
 ) -> None:
     """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none),
     its limit, what was in use ``before`` the request and what the request asks more;
-    ``only``: of these quotas alone (none given: all)."""
+    ``only``: of these quotas alone (none given: all); ``going``: how many of the
+    workspaces in use are being destroyed (they count until their node removed them)."""
     asked = set(only)
     over = [name for name in limits.exceeded(used) if not asked or name in asked]
     if over:
@@ -388,17 +395,23 @@ def refuse_over(
         total, limit = getattr(used, name), getattr(limits, name)
         quota = f"the {QUOTA_NAMES[name]} quota of project {project}"
         had = getattr(before, name)
+        in_use = f"{had}{unit} in use"
+        if going:  # `ws destroy` returns before the node has removed them
+            in_use += (
+                f", {going} workspace(s) being destroyed among them (counted until their "
+                "node has removed them: `ws destroy NAME --wait` waits for that)"
+            )
         if total <= had:
             # An admin set it below what the project uses: a request that adds nothing
             # of it (a resize growing another figure) still does not grow the project.
             why = (
-                f"{quota} is exceeded already ({had}{unit} in use, the limit is "
-                f"{limit}{unit}): nothing is added to the project until it is back under"
+                f"{quota} is exceeded already ({in_use}, the limit is {limit}{unit}): "
+                "nothing is added to the project until it is back under"
             )
         else:
             why = (
-                f"{quota} would be exceeded ({had}{unit} in use, {total - had}{unit} more "
-                f"asked: {total}{unit} in all, the limit is {limit}{unit})"
+                f"{quota} would be exceeded ({in_use}, {total - had}{unit} more asked: "
+                f"{total}{unit} in all, the limit is {limit}{unit})"
             )
         raise ResourceExhausted(f"{label}: {why}; `ws quota` shows use and limits")
 
@@ -430,7 +443,17 @@ def check_workspace_quota(
             return
         if before is None:  # only on a refusal: a create pays no second read
             before = workspace_use(s, project, frozenset(adds))
-        refuse_over(project, limits, before, used, label, fields)
+        going = s.scalar(
+            select(func.count())
+            .select_from(Workspace)
+            .where(
+                Workspace.project == project,
+                Workspace.state != State.TERMINATED.value,
+                Workspace.desired_state == Desired.TERMINATED.value,
+                Workspace.preemptible.is_(preemptible),
+            )
+        )
+        refuse_over(project, limits, before, used, label, fields, int(going or 0))
 
 
 # -- projects (admins) -----------------------------------------------------------------------
