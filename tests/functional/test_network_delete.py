@@ -63,6 +63,9 @@ def test_a_network_in_use_stays_and_the_refusal_names_its_users(two_nets: Site) 
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     why = refused(site, "lab", grpc.StatusCode.FAILED_PRECONDITION)
     assert "network lab is in use by workspaces user1" in why
+    # What ends the use: a workspace's networks cannot be changed ("destroy or change
+    # those first", it said).
+    assert "(`ws destroy NAME --wait` ends each)" in why and "change" not in why
     assert "lab" in names(site)
     assert site.stubs.get(w.id).nics[0].ip == "10.213.40.2"  # nothing of it changed
     # once its last user is destroyed (and the node said so), it can go
@@ -98,6 +101,7 @@ def test_a_cluster_and_a_backfill_entry_keep_it(two_nets: Site) -> None:
     )
     why = refused(site, "lab", grpc.StatusCode.FAILED_PRECONDITION)
     assert "clusters mpi" in why and "backfill entries of images img" in why
+    assert "`ws cluster destroy NAME`" in why and "`ws-admin backfill clear IMAGE`" in why
 
 
 def test_an_unknown_network_is_not_found(ready_site: Site) -> None:

@@ -56,6 +56,35 @@ def test_projects_from_the_command_line(
     assert run(ws, ready_site, capsys, "-o", "json", "project", "list")[1] == out
 
 
+def test_a_member_sees_the_lease_policy_of_their_projects(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scientist had no way to learn their project's default and maximum lease but a
+    refused `ws create --lease` or `ws lease extend`: `ws quota` and `ws project show`
+    showed quotas only (the settings were in the admins' `ws-admin project list`)."""
+    for argv in (
+        ("project", "create", "phys", "--default-lease", "8h", "--max-lease", "72h",
+         "--on-expiry", "destroy"),
+        ("project", "create", "open"),
+        ("project", "add-user", "phys", "local"),
+        ("project", "add-user", "open", "local"),
+    ):  # fmt: skip
+        assert run(admin, ready_site, capsys, *argv)[0] == 0
+    code, out, _ = run(ws, ready_site, capsys, "quota")
+    assert code == 0
+    assert (
+        "project phys: a new workspace's lease is 8h, at most 72h from now (--lease, "
+        "`ws lease extend`); at its end the workspace is destroyed"
+    ) in out.splitlines()
+    assert "project open: no lease (its workspaces live until destroyed)" in out
+    code, out, _ = run(ws, ready_site, capsys, "-o", "json", "project", "show", "phys")
+    assert json.loads(out)["leases"] == {
+        "default_lease_s": 8 * 3600,
+        "max_lease_s": 72 * 3600,
+        "on_expiry": "DESTROY",
+    }
+
+
 def test_project_refusals_on_the_command_line(
     ready_site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -108,6 +108,13 @@ def test_only_a_stopped_workspace_is_resized(small_node: Site) -> None:
     [
         ({"memory_mib": 4096}, grpc.StatusCode.RESOURCE_EXHAUSTED, "does not fit on its node"),
         ({"cpus": 9}, grpc.StatusCode.RESOURCE_EXHAUSTED, "does not fit on its node node1"),
+        # How much the node holds of how much (it said only "too few free CPUs").
+        (
+            {"cpus": 9},
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "(its other workspaces hold 2 of its 8 vCPUs and ",
+        ),
+        ({"cpus": 9}, grpc.StatusCode.RESOURCE_EXHAUSTED, "this one would claim 9 vCPUs and "),
         ({"cpus": 65}, grpc.StatusCode.INVALID_ARGUMENT, "cpus must be between 1 and 64"),
         ({"memory_mib": 1}, grpc.StatusCode.INVALID_ARGUMENT, "memory_mib must be between"),
     ],

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from workspace.cli import (
     admin,
@@ -216,6 +217,28 @@ def _column(text: str, header: str) -> list[str]:
     head, *rows = text.splitlines()
     at = head.index(f" {header} ") + 1
     return [row[at:].split()[0] for row in rows]
+
+
+def test_a_clusters_lease_end_is_shown() -> None:
+    """`ws cluster create --lease 8h` gives every member the lease, but `ws cluster show`
+    printed no end: a cluster stopped by its lease showed STOPPED with no reason, and
+    its end was in each member's `ws show` only."""
+    ends = [Timestamp(seconds=2_000_000_000), Timestamp(seconds=2_000_000_000)]
+    members = [_ws(name=f"c-w-{i}", lease_expires_at=t) for i, t in enumerate(ends)]
+    shown = render.cluster_text(clusters_pb2.Cluster(name="c", members=members))
+    assert "lease_ends  2033-05-18T03:33:20Z\n" in shown
+    # One member extended apart: the first end, and whose it is.
+    members[0].lease_expires_at.seconds += 3600
+    shown = render.cluster_text(clusters_pb2.Cluster(name="c", members=members))
+    assert "lease_ends  2033-05-18T03:33:20Z (the first: c-w-1's)" in shown
+    data = render.cluster_dict(clusters_pb2.Cluster(name="c", members=members))
+    assert data["lease_expires_at"] == "2033-05-18T03:33:20Z"  # -o json: the same end
+    # Ended: said so, as `ws show` says it of a workspace.
+    members[1].lease_expires_at.seconds = 1_000_000
+    shown = render.cluster_text(clusters_pb2.Cluster(name="c", members=members))
+    assert "(ended) (the first: c-w-1's)" in shown
+    assert "lease_ends" not in render.cluster_text(clusters_pb2.Cluster(members=[_ws()]))
+    assert "lease_expires_at" not in render.cluster_dict(clusters_pb2.Cluster(members=[_ws()]))
 
 
 @pytest.mark.parametrize("main", [ws.main, admin.main])

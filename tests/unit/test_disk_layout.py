@@ -106,7 +106,12 @@ def test_grow_and_add() -> None:
         ([], {"nope": MiB}, r"grow 'nope': image img:1 has no such partition \(it has: data, old"),
         ([], {"data": 16 * MiB}, "the partition is readonly; only cow partitions can grow"),
         ([], {"root": 32 * MiB}, "smaller than the image's 67108864 bytes; partitions can grow"),
-        ([], {"root": 2048 * MiB}, "more than the limit of 1073741824"),
+        (
+            [],
+            {"root": 2048 * MiB},
+            r"2147483648 bytes \(2\.0 GiB\) is more than the limit of 1073741824 "
+            r"\(1\.0 GiB, the site's limits\.max_grow_bytes\)",
+        ),
         ([], {"root": 128 * MiB + 1}, "not a multiple of 512"),
         ([], {"oldq": 128 * MiB}, "re-import the image"),
         ([blank("a"), blank("b"), blank("c")], {}, "at most 2 extra partitions"),

@@ -429,6 +429,19 @@ def test_a_project_lease_beyond_the_sites_maximum_is_refused(site: Site) -> None
             projects.create_project(env(site), spec)
 
 
+def test_a_default_lease_longer_than_the_maximum_names_both(site: Site) -> None:
+    """`ws-admin project set physics --max-lease 4h` (its default is 8h) said only "the
+    default lease is longer than the maximum lease": the admin had to look up the
+    default kept from before."""
+    with pytest.raises(InvalidArgument) as info:
+        projects.set_defaults(
+            env(site), "physics", None, leases=(8 * HOUR, 4 * HOUR, projects.LeaseAction.STOP)
+        )
+    assert "the default lease of 8h is longer than the maximum lease of 4h" in info.value.message
+    kept = {p.name: p.max_lease_s for p in projects.list_projects(env(site))}
+    assert kept["physics"] == 72 * HOUR
+
+
 @pytest.mark.parametrize("value", [0, 1001 * YEAR])
 def test_a_site_maximum_lease_out_of_range_is_refused(value: int) -> None:
     with pytest.raises(ConfigError, match=r"limits\.max_lease_s"):
@@ -456,3 +469,40 @@ def test_a_cluster_whose_lease_ended_does_not_grow_until_it_is_extended(site: Si
     _, result = cluster_scale.scale(env(site), "alice", "c1", "w", 2)
     assert len(result.added) == 1
     assert {w.lease_expires_at for w in site.workspaces()} == {site.clock.now + HOUR}
+
+
+def test_an_extend_with_no_room_left_says_it_cannot_be_extended(site: Site) -> None:
+    """A lease already at the project's maximum from now, or beyond it since an admin
+    lowered the maximum, was refused with "it can be extended by at most 0s"."""
+    wid = make(site, "a", "physics", lease_s=72 * HOUR)
+    end = row(site, wid).lease_expires_at
+    with pytest.raises(InvalidArgument) as info:
+        leases.extend(env(site), "alice", "a", HOUR)
+    assert f"it cannot be extended now: it ends at {iso_time(end)}" in info.value.message
+    assert "at most 0s" not in info.value.message
+    site.clock.now += 2 * HOUR  # two hours of room again
+    assert leases.extend(env(site), "alice", "a", HOUR)
+    assert row(site, wid).lease_expires_at == end + HOUR
+
+
+def test_a_destroy_expiry_waits_for_a_save_under_way(site: Site) -> None:
+    """A project that destroys at expiry destroyed a workspace while its owner saved it
+    as an image (`ws image save`, minutes of copying): the save failed and the disks it
+    copied were gone with the workspace. The expiry waits for the save to end."""
+    wid = make(site, "a", "chem", lease_s=HOUR)
+    site.core.operate("alice", wid, Op.STOP)
+    site.report(wid, STOPPED)
+    site.clock.now += HOUR - 60  # a minute before the end, its owner saves it
+    with site.store.write() as s:
+        ws = s.get(Workspace, wid)
+        assert ws is not None
+        ws.saving_as, ws.saving_since = "mine:1", site.clock.now
+    site.clock.now += 120
+    assert leases.check(env(site)).expired == []
+    assert row(site, wid).desired_state == Desired.STOPPED.value
+    with site.store.write() as s:  # the save ended
+        ws = s.get(Workspace, wid)
+        assert ws is not None
+        ws.saving_as = ""
+    assert leases.check(env(site)).expired == [wid]
+    assert row(site, wid).desired_state == Desired.TERMINATED.value

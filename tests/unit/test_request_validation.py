@@ -202,14 +202,17 @@ def test_max_name_len_is_the_limit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cpus", [-1, -64, 65, 1000])
 def test_cpus_out_of_range(site: Site, cpus: int) -> None:
-    with pytest.raises(InvalidArgument, match=rf"cpus must be between 1 and 64, got {cpus}"):
+    # Which setting bounds it: an admin finds it in the service's [limits].
+    msg = rf"cpus must be between 1 and 64, got {cpus} \(the site's limits\.max_cpus\)"
+    with pytest.raises(InvalidArgument, match=msg):
         site.create(cpus=cpus)
 
 
 @pytest.mark.parametrize("memory_mib", [-512, 1, 15, 512 * 1024 + 1])
 def test_memory_out_of_range(site: Site, memory_mib: int) -> None:
     with pytest.raises(
-        InvalidArgument, match=rf"memory_mib must be between 16 and 524288, got {memory_mib}"
+        InvalidArgument,
+        match=rf"memory_mib must be between 16 and 524288, got {memory_mib} \(the site's limits",
     ):
         site.create(memory_mib=memory_mib)
 
@@ -249,12 +252,12 @@ def test_unknown_network(site: Site) -> None:
 
 
 def test_network_named_twice(site: Site) -> None:
-    with pytest.raises(InvalidArgument, match="named twice"):
-        site.create(networks=["default", "default"])
+    with pytest.raises(InvalidArgument, match="network 'default' is named twice"):
+        site.create(networks=["storage", "default", "default"])
 
 
 def test_too_many_networks(site: Site) -> None:
-    with pytest.raises(InvalidArgument, match="at most 8 networks"):
+    with pytest.raises(InvalidArgument, match=r"at most 8 networks .*limits\.max_nics\), got 9"):
         site.create(networks=["default"] * 9)
 
 
@@ -358,8 +361,12 @@ def test_pool_exhaustion_leaves_no_partial_rows(tmp_path: Path) -> None:
     made = [site.create(name=f"w{i}") for i in range(5)]
     assert sorted(w.nics[0].ip for w in made) == [f"10.0.0.{i}" for i in range(2, 7)]
     usage = site.node_usage()
-    with pytest.raises(ResourceExhausted, match="network 'default' has no free address left"):
+    with pytest.raises(
+        ResourceExhausted, match="network 'default' has no free address left"
+    ) as info:
         site.create(name="w5", request_id="r-w5")
+    # How many it holds of how many: the range's size was not said.
+    assert "(1 needed, 0 free: 5 of the 5 of its range 10.0.0.2-10.0.0.6 held" in info.value.message
     assert sorted(w.name for w in site.workspaces()) == [f"w{i}" for i in range(5)]
     assert len(site.allocations()) == 5
     assert site.node_usage() == usage

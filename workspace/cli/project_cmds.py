@@ -9,9 +9,9 @@
     ws-admin project add-user P NAME
     ws-admin project list
     ws-admin project show P                           one project: settings, use and quotas
-    ws project show P                                 one of your projects: use and quotas
+    ws project show P                                 one of your projects: use, quotas, leases
     ws-admin image publish NAME | unpublish NAME     make an image visible to every user, or not
-    ws quota                                          your projects: use and limits
+    ws quota                                          your projects: use, limits, leases
 
 Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
 """
@@ -127,6 +127,34 @@ def quota_rows(uses: list[Any]) -> str:
     return render.table(["PROJECT", "QUOTA", "USED", "LIMIT"], rows)
 
 
+def lease_lines(uses: list[Any]) -> str:
+    """A line per project on its lease policy, which a member could learn only from a
+    refusal before: what a new workspace gets, the longest it may have, its end."""
+    out = []
+    for u in uses:
+        p = u.leases
+        if not (p.default_lease_s or p.max_lease_s):
+            out.append(f"project {u.project}: no lease (its workspaces live until destroyed)")
+            continue
+        default = duration_text(p.default_lease_s or p.max_lease_s)
+        most = (
+            f"at most {duration_text(p.max_lease_s)} from now (--lease, `ws lease extend`)"
+            if p.max_lease_s
+            else "any length asked (--lease, `ws lease extend`)"
+        )
+        end = "destroyed" if p.on_expiry == LEASE_ACTIONS["destroy"] else "stopped"
+        out.append(
+            f"project {u.project}: a new workspace's lease is {default}, {most}; "
+            f"at its end the workspace is {end}"
+        )
+    return "\n".join(out)
+
+
+def user_quota_text(uses: list[Any]) -> str:
+    """`ws quota`, `ws project show`: the quotas, then each project's lease policy."""
+    return quota_rows(uses) + "\n\n" + lease_lines(uses)
+
+
 def over_quota(uses: list[Any]) -> list[str]:
     """A line for each quota a project's use is over (an admin lowered it below)."""
     out = []
@@ -160,7 +188,7 @@ def show(client: Any, args: argparse.Namespace, admin: bool) -> int:
     """`project show P`: its use and quotas, both classes (an admin: its settings too)."""
     uses = client.quota(args.name)
     if not admin:
-        render.emit(args, quota_dict(uses[0]), quota_rows(uses))
+        render.emit(args, quota_dict(uses[0]), user_quota_text(uses))
         return common.EXIT_OK
     spec = next(p for p in client.list_projects() if p.name == args.name)
     data = {"name": spec.name, "project": render.plain(spec), "quota": quota_dict(uses[0])}
@@ -366,7 +394,7 @@ def register_user(
         render.emit_list(
             args,
             uses,
-            quota_rows,
+            user_quota_text,
             "you belong to no project (no project quota applies)",
             quota_dict,
         )

@@ -480,6 +480,34 @@ def cluster_rows(items: Sequence[clusters_pb2.Cluster], whose: bool = False) -> 
     return table(["ID", "NAME", *who, "STATE", "RUNNING", "AFFINITY", "CREATED"], rows)
 
 
+def _first_lease(c: clusters_pb2.Cluster) -> tuple[common_pb2.Workspace | None, bool]:
+    """The member whose lease ends first (None: no member has one), and whether the
+    members' ends differ (extended apart; they share the lease given at create)."""
+    leased = [m for m in c.members if m.HasField("lease_expires_at")]
+    if not leased:
+        return None, False
+    first = min(leased, key=lambda m: m.lease_expires_at.ToNanoseconds())
+    return first, len({m.lease_expires_at.seconds for m in leased}) > 1
+
+
+def cluster_lease_text(c: clusters_pb2.Cluster) -> str:
+    """When the cluster's lease ends ("" = none): the first of its members'."""
+    first, apart = _first_lease(c)
+    if first is None:
+        return ""
+    return lease_end_text(first) + (f" (the first: {first.name}'s)" if apart else "")
+
+
+def cluster_dict(c: clusters_pb2.Cluster) -> dict[str, Any]:
+    """A cluster as JSON: its fields, and ``lease_expires_at`` as ``lease_ends`` shows it
+    (the first of its members' ends; absent without a lease, as a workspace's is)."""
+    data = to_dict(c)
+    first, _ = _first_lease(c)
+    if first is not None:
+        data["lease_expires_at"] = to_dict(first)["lease_expires_at"]
+    return data
+
+
 def cluster_text(c: clusters_pb2.Cluster) -> str:
     head = fields(
         [
@@ -488,6 +516,7 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
             ("state", cluster_state_name(c.state)),
             ("reason", c.reason),
             ("running", _running(c)),
+            ("lease_ends", cluster_lease_text(c)),
             ("affinity", enum_name(_AFFINITY, c.affinity)),
             ("on_failure", enum_name(_FAILURE_POLICY, c.on_failure)),
             ("owner", c.owner),

@@ -370,7 +370,7 @@ class Commands(common.ClientCommands):
                 ),
                 lambda: cluster_state_name(seen_c[made.id].state),
             )
-        render.emit(args, c, render.cluster_text(c))
+        render.emit(args, render.cluster_dict(c), render.cluster_text(c))
         return common.EXIT_OK
 
     def cluster_list(self, args: argparse.Namespace) -> int:
@@ -387,7 +387,7 @@ class Commands(common.ClientCommands):
 
     def cluster_show(self, args: argparse.Namespace) -> int:
         c = self.client(args).get_cluster(args.name)
-        render.emit(args, c, render.cluster_text(c))
+        render.emit(args, render.cluster_dict(c), render.cluster_text(c))
         return common.EXIT_OK
 
     def cluster_action(self, args: argparse.Namespace) -> int:

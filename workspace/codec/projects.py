@@ -59,13 +59,24 @@ def project_to_proto(p: ProjectSpec) -> projects_pb2.Project:
         quota=quota_to_proto(p.quota),
         default_lease_s=p.default_lease_s,
         max_lease_s=p.max_lease_s,
-        on_expiry=projects_pb2.LeaseAction.Value(f"LEASE_ACTION_{p.on_expiry.value}"),
+        on_expiry=lease_action_to_proto(p.on_expiry),
         users=list(p.users),
         default_limits=limits_to_proto(p.default_limits),
     )
 
 
+def lease_action_to_proto(action: LeaseAction) -> projects_pb2.LeaseAction.ValueType:
+    return projects_pb2.LeaseAction.Value(f"LEASE_ACTION_{action.value}")
+
+
 def use_to_proto(u: ProjectUse) -> projects_pb2.ProjectQuota:
     return projects_pb2.ProjectQuota(
-        project=u.project, limits=quota_to_proto(u.limits), used=quota_to_proto(u.used)
+        project=u.project,
+        limits=quota_to_proto(u.limits),
+        used=quota_to_proto(u.used),
+        leases=projects_pb2.LeasePolicy(
+            default_lease_s=u.default_lease_s,
+            max_lease_s=u.max_lease_s,
+            on_expiry=lease_action_to_proto(u.on_expiry),
+        ),
     )

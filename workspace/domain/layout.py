@@ -62,13 +62,21 @@ def _grow(
             f"{what}: {new_size} bytes is smaller than the image's {base} bytes; "
             "partitions can grow, not shrink"
         )
-    if new_size > lim.max_grow_bytes:
-        raise InvalidArgument(
-            f"{what}: {new_size} bytes is more than the limit of {lim.max_grow_bytes}"
-        )
+    check_grow_limit(what, new_size, lim)
     if new_size % 512:
         raise InvalidArgument(f"{what}: {new_size} bytes is not a multiple of 512")
     return p.grown(new_size)
+
+
+def check_grow_limit(what: str, size: int, lim: LimitsConfig) -> None:
+    """A grown or blank partition is at most the site's ``limits.max_grow_bytes``: the
+    refusal names that setting and both sizes in GiB too."""
+    if size > lim.max_grow_bytes:
+        raise InvalidArgument(
+            f"{what}: {size} bytes ({size / 2**30:.1f} GiB) is more than the limit of "
+            f"{lim.max_grow_bytes} ({lim.max_grow_bytes / 2**30:.1f} GiB, the site's "
+            "limits.max_grow_bytes)"
+        )
 
 
 def _extra(x: Partition, taken: Mapping[str, Partition], lim: LimitsConfig) -> Partition:
@@ -89,10 +97,7 @@ def _extra(x: Partition, taken: Mapping[str, Partition], lim: LimitsConfig) -> P
     size = x.virtual_size_bytes or x.size_bytes
     if size <= 0:
         raise InvalidArgument(f"{what}: give its size in bytes (size_bytes)")
-    if size > lim.max_grow_bytes:
-        raise InvalidArgument(
-            f"{what}: {size} bytes is more than the limit of {lim.max_grow_bytes}"
-        )
+    check_grow_limit(what, size, lim)
     return blank_partition(x, what, size)
 
 

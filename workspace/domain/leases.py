@@ -105,6 +105,11 @@ def extended_end(
         if left >= 3600:  # to the minute below: "156h14m", not "156h14m27s"
             left -= left % 60
         room = f"it can be extended by at most {duration_text(left)}"
+        if not left:  # "at most 0s": it ends at the maximum from now already, or later
+            room = (
+                f"it cannot be extended now: it ends at {iso_time(start)}, no earlier than "
+                "that maximum from now"
+            )
         if add_s > longest:  # (its end may be past what a date can say)
             raise InvalidArgument(
                 f"extending the lease of workspace {name} by {duration_text(add_s)} goes "

@@ -80,3 +80,7 @@ class ProjectUse:
     project: str
     limits: Quota
     used: Quota
+    # Its lease policy (seconds; 0 = none), as ProjectSpec has it: a member sees it too.
+    default_lease_s: int = 0
+    max_lease_s: int = 0
+    on_expiry: LeaseAction = LeaseAction.STOP

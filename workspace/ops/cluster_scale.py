@@ -304,6 +304,7 @@ def _grow(
         c.project,
         f"cannot scale cluster {c.name} to {len(mine) + n} {spec.role}",
         bool(c.preemptible),
+        [w.id for w in rows],
     )
     label = f"{n} new member(s) of cluster {c.name}"
     touched = admit(env, s, rows, Affinity[c.affinity], wait_s, label)

@@ -268,7 +268,13 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
         if any(w.context == seeds.NOCLOUD for w in rows):
             c.key_private, c.key_public = keys.new_key_pair()
         seeds.set_cluster_bounds(s, c, rows)
-        check_workspace_quota(s, project, f"cannot create cluster {req.name}", req.preemptible)
+        check_workspace_quota(
+            s,
+            project,
+            f"cannot create cluster {req.name}",
+            req.preemptible,
+            [w.id for w in rows],
+        )
         touched = admit(
             env,
             s,

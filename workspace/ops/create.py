@@ -100,11 +100,13 @@ def check_wait(wait_s: int, lim: LimitsConfig) -> None:
 def check_size(cpus: int, memory_mib: int, lim: LimitsConfig) -> None:
     """A workspace's size within the site's limits (at create and at a resize)."""
     if not 1 <= cpus <= lim.max_cpus:
-        raise InvalidArgument(f"cpus must be between 1 and {lim.max_cpus}, got {cpus}")
+        raise InvalidArgument(
+            f"cpus must be between 1 and {lim.max_cpus}, got {cpus} (the site's limits.max_cpus)"
+        )
     if not lim.min_memory_mib <= memory_mib <= lim.max_memory_mib:
         raise InvalidArgument(
             f"memory_mib must be between {lim.min_memory_mib} and {lim.max_memory_mib}, "
-            f"got {memory_mib}"
+            f"got {memory_mib} (the site's limits.min_memory_mib and max_memory_mib)"
         )
 
 
@@ -123,9 +125,13 @@ def check_spec(spec: CreateSpec, lim: LimitsConfig) -> CreateSpec:
     if not spec.image:
         raise InvalidArgument("an image is required (`ws image list` shows them)")
     if len(spec.networks) > lim.max_nics:
-        raise InvalidArgument(f"at most {lim.max_nics} networks per workspace")
-    if len(set(spec.networks)) != len(spec.networks):
-        raise InvalidArgument("a network is named twice")
+        raise InvalidArgument(
+            f"at most {lim.max_nics} networks per workspace (the site's limits.max_nics), "
+            f"got {len(spec.networks)}"
+        )
+    twice = sorted({n for n in spec.networks if spec.networks.count(n) > 1})
+    if twice:
+        raise InvalidArgument(f"network {twice[0]!r} is named twice (one NIC per network)")
     spec.limits.validate()
     return replace(spec, cpus=cpus, memory_mib=memory)
 
@@ -380,7 +386,7 @@ def create_in(
     u.changed(ws)  # a refusal names it (ops/group_commit.py)
     if project:
         insert_workspace(u.s, ws)
-        check_workspace_quota(u.s, project, f"cannot create {spec.name}", spec.preemptible)
+        check_workspace_quota(u.s, project, f"cannot create {spec.name}", spec.preemptible, (wid,))
     touched = admit(env, u.s, [ws], scheduler.Affinity.NONE, req.wait_for_capacity_s, spec.name)
     if not touched:  # queued: placed only while its asker may make it (ops/queue.py)
         ws.asked_by = grow_rights.stored(sc.who)

@@ -458,8 +458,10 @@ class Catalog:
         if p is None or not p.quota_image_bytes:
             return
         have = self._project_digests(s, project)
-        after = sum(self._sizes(s, have | digests).values())
-        refuse_over(project, limits_of(p), Quota(image_bytes=after), f"cannot import {name}")
+        sizes = self._sizes(s, have | digests)
+        before = Quota(image_bytes=sum(sizes[d] for d in have))
+        after = Quota(image_bytes=sum(sizes.values()))
+        refuse_over(project, limits_of(p), before, after, f"cannot import {name}")
 
     def refuse_full(
         self, s: Session, owner: str, project: str, digests: Iterable[str], adds: bool, name: str

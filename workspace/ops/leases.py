@@ -28,7 +28,7 @@ from workspace.domain.states import Desired, Op, State
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
 from workspace.log import about
-from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.lifecycle import resolve_workspace, saving
 from workspace.ops.operate import act
 from workspace.ops.unit import Env, write
 from workspace.store import Project, Workspace, journal
@@ -208,6 +208,17 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         # stop would leave it STOPPING nowhere (lifecycle.refuse_never_placed).
         unplaced = not ws.node
         op = Op.DESTROY if action is LeaseAction.DESTROY or unplaced else Op.STOP
+        if op is Op.DESTROY and saving(env, ws):
+            # Its owner saves what it holds as an image (a stopped workspace, so a STOP
+            # has nothing to do): destroyed mid-copy, the save failed and the disks went
+            # with it. It goes at the first pass after the save ends.
+            log.info(
+                "workspace %s: lease expired; destroyed once its save as %s ends",
+                wid,
+                ws.saving_as,
+                extra=about(wid),
+            )
+            return False
         try:
             if not act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at)):
                 return False  # already stopped or being destroyed

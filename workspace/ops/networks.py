@@ -160,9 +160,7 @@ def delete_network(env: Env, name: str) -> NetworkInfo:
             raise NotFound(f"network {name!r} not found; `ws-admin network list` shows them")
         users = _users(s, name)
         if users:
-            raise FailedPrecondition(
-                f"network {name} is in use by {'; '.join(users)}; destroy or change those first"
-            )
+            raise FailedPrecondition(f"network {name} is in use by {'; '.join(users)}")
         info = network_info(net, 0)
         s.delete(net)
         serving = sorted(
@@ -314,11 +312,16 @@ def _users(s: Session, name: str, shown: int = 3) -> list[str]:
         for image, nets in s.execute(select(Backfill.image, Backfill.networks))
         if name in (nets or ())
     ]
+    # Each with what ends its use: a workspace's or a cluster's networks cannot be
+    # changed (the refusal used to say "destroy or change those").
     out = []
     if workspaces:
-        out.append(phrase("workspaces", workspaces))
+        out.append(phrase("workspaces", workspaces) + " (`ws destroy NAME --wait` ends each)")
     if clusters:
-        out.append(phrase("clusters", clusters))
+        out.append(phrase("clusters", clusters) + " (`ws cluster destroy NAME`)")
     if backfill:
-        out.append(phrase("the backfill entries of images", backfill))
+        out.append(
+            phrase("the backfill entries of images", backfill)
+            + " (`ws-admin backfill clear IMAGE`, or `backfill set IMAGE --network` another)"
+        )
     return out

@@ -553,10 +553,13 @@ def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
         if not isinstance(used, int):
             used = _use(s, pool, net_name)[0]
         first, last, gw = _range_of(pool.range_start, pool.range_end, pool.gateway)
-        free = last - first + 1 - (1 if first <= gw <= last else 0) - used
+        size = last - first + 1 - (1 if first <= gw <= last else 0)
+        free = size - used
         if free < count:
             raise NoPlacement(
-                f"network {net_name!r} has no free address left ({count} needed, {free} free)"
+                f"network {net_name!r} has no free address left ({count} needed, {free} free: "
+                f"{used} of the {size} of its range {pool.range_start}-{pool.range_end} "
+                f"held; `ws-admin network set {net_name} --range` grows it)"
             )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from workspace.domain.events import Kind as EventKind
 from workspace.domain.leases import duration_text, iso_time, site_maximum
 from workspace.domain.netpolicy import Limits
-from workspace.domain.states import State
+from workspace.domain.states import Desired, State
 from workspace.domain.tenancy import BACKFILL_OWNER, LeaseAction, ProjectSpec, ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
@@ -53,6 +53,14 @@ log = logging.getLogger("workspace.ops.projects")
 def no_such_project(name: str) -> NotFound:
     """The error for an admin's command naming a project that does not exist."""
     return NotFound(f"project {name!r} does not exist; `ws-admin project list` shows them")
+
+
+def unknown_project(name: str, who: Identity) -> NotFound:
+    """The error for a request of ``who`` naming a project that does not exist: a user is
+    shown their own projects, an admin every project."""
+    if who.admin:
+        return no_such_project(name)
+    return NotFound(f"project {name!r} does not exist; `ws quota` shows yours")
 
 
 GIB = 1024**3
@@ -269,7 +277,7 @@ def check_member(s: Session, who: Identity, asked: str, mine: frozenset[str]) ->
     if asked in mine or who.admin or (who.is_user and asked in who.projects):
         # The row is read once per transaction: the session holds it.
         if s.get(Project, asked) is None:
-            raise NotFound(f"project {asked!r} does not exist; `ws quota` shows yours")
+            raise unknown_project(asked, who)
         if asked in mine or who.admin:
             return
         raise outdated_refusal(s, who, asked)
@@ -340,9 +348,10 @@ def disk_bytes(w: Workspace) -> int:
     return sum(p.virtual_size_bytes or p.size_bytes for p in bound_spec(w).partitions)
 
 
-def workspace_use(s: Session, project: str) -> Quota:
+def workspace_use(s: Session, project: str, leaving_out: Collection[str] = ()) -> Quota:
     """What the project's live workspaces (placed or waiting) hold, each class apart;
-    image bytes not counted."""
+    image bytes not counted. ``leaving_out``: ids of workspaces not to count (those a
+    refused request adds: what was in use before it)."""
     rows = s.execute(
         select(Workspace).where(
             Workspace.project == project, Workspace.state != State.TERMINATED.value
@@ -350,6 +359,8 @@ def workspace_use(s: Session, project: str) -> Quota:
     ).scalars()
     n = cpus = mem = disk = pn = pcpus = pmem = pdisk = 0
     for w in rows:
+        if w.id in leaving_out:
+            continue
         if w.preemptible:
             pn += 1
             pcpus += w.cpus
@@ -373,25 +384,61 @@ def workspace_use(s: Session, project: str) -> Quota:
 
 
 def refuse_over(
-    project: str, limits: Quota, used: Quota, label: str, only: Iterable[str] = ()
+    project: str,
+    limits: Quota,
+    before: Quota,
+    used: Quota,
+    label: str,
+    only: Iterable[str] = (),
+    going: int = 0,
 ) -> None:
-    """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none);
-    ``only``: of these quotas alone (none given: all)."""
+    """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none),
+    its limit, what was in use ``before`` the request and what the request asks more;
+    ``only``: of these quotas alone (none given: all); ``going``: how many of the
+    workspaces in use are being destroyed (they count until their node removed them)."""
     asked = set(only)
     over = [name for name in limits.exceeded(used) if not asked or name in asked]
     if over:
         name = over[0]
-        raise ResourceExhausted(
-            f"{label}: the {QUOTA_NAMES[name]} quota of project {project} would be exceeded "
-            f"({getattr(used, name)} asked in all, the limit is {getattr(limits, name)}); "
-            "`ws quota` shows use and limits"
-        )
+        unit = " bytes" if name == "image_bytes" else ""
+        total, limit = getattr(used, name), getattr(limits, name)
+        quota = f"the {QUOTA_NAMES[name]} quota of project {project}"
+        had = getattr(before, name)
+        in_use = f"{had}{unit} in use"
+        if going:  # `ws destroy` returns before the node has removed them
+            in_use += (
+                f", {going} workspace(s) being destroyed among them (counted until their "
+                "node has removed them: `ws destroy NAME --wait` waits for that)"
+            )
+        if total <= had:
+            # An admin set it below what the project uses: a request that adds nothing
+            # of it (a resize growing another figure) still does not grow the project.
+            why = (
+                f"{quota} is exceeded already ({in_use}, the limit is {limit}{unit}): "
+                "nothing is added to the project until it is back under"
+            )
+        else:
+            why = (
+                f"{quota} would be exceeded ({in_use}, {total - had}{unit} more asked: "
+                f"{total}{unit} in all, the limit is {limit}{unit})"
+            )
+        raise ResourceExhausted(f"{label}: {why}; `ws quota` shows use and limits")
 
 
-def check_workspace_quota(s: Session, project: str, label: str, preemptible: bool) -> None:
+def check_workspace_quota(
+    s: Session,
+    project: str,
+    label: str,
+    preemptible: bool,
+    adds: Collection[str] = (),
+    *,
+    before: Quota | None = None,
+) -> None:
     """After the new rows (of the class ``preemptible`` says) were added (flushed):
     refuse if the project is over a quota of that class. The classes are checked apart:
-    the other class over a quota an admin lowered does not refuse this one."""
+    the other class over a quota an admin lowered does not refuse this one. The refusal
+    says what was in use before: the use ``before`` it, else all but the workspaces of
+    the ids ``adds`` (the new rows)."""
     if not project:
         return
     p = s.get(Project, project)
@@ -400,7 +447,22 @@ def check_workspace_quota(s: Session, project: str, label: str, preemptible: boo
     limits = limits_of(p)
     if limits.limits_workspaces():
         fields = PREEMPTIBLE_QUOTAS if preemptible else NORMAL_QUOTAS
-        refuse_over(project, limits, workspace_use(s, project), label, fields)
+        used = workspace_use(s, project)
+        if not any(name in fields for name in limits.exceeded(used)):
+            return
+        if before is None:  # only on a refusal: a create pays no second read
+            before = workspace_use(s, project, frozenset(adds))
+        going = s.scalar(
+            select(func.count())
+            .select_from(Workspace)
+            .where(
+                Workspace.project == project,
+                Workspace.state != State.TERMINATED.value,
+                Workspace.desired_state == Desired.TERMINATED.value,
+                Workspace.preemptible.is_(preemptible),
+            )
+        )
+        refuse_over(project, limits, before, used, label, fields, int(going or 0))
 
 
 # -- projects (admins) -----------------------------------------------------------------------
@@ -457,7 +519,11 @@ def _check_leases(env: Env, default_s: int, max_s: int) -> None:
     if default_s < 0 or max_s < 0:
         raise InvalidArgument("lease durations must not be negative")
     if max_s and default_s > max_s:
-        raise InvalidArgument("the default lease is longer than the maximum lease")
+        raise InvalidArgument(
+            f"the default lease of {duration_text(default_s)} is longer than the maximum "
+            f"lease of {duration_text(max_s)}: lower the default or raise the maximum "
+            "(--default-lease, --max-lease)"
+        )
     site_max = env.cfg.limits.max_lease_s
     for what, value in (("default", default_s), ("maximum", max_s)):
         if value > site_max:
@@ -683,5 +749,14 @@ def quotas(
             limits = limits_of(p)
             use = workspace_use(s, name)
             used = replace(use, image_bytes=images.get(name, 0))
-            out.append(ProjectUse(name, limits, used))
+            out.append(
+                ProjectUse(
+                    name,
+                    limits,
+                    used,
+                    p.default_lease_s or 0,
+                    p.max_lease_s or 0,
+                    LeaseAction(p.lease_action),
+                )
+            )
         return out

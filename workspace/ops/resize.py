@@ -23,8 +23,8 @@ from workspace.errors import FailedPrecondition, ResourceExhausted
 from workspace.ops import placement
 from workspace.ops.create import check_size
 from workspace.ops.lifecycle import stopped
-from workspace.ops.projects import check_workspace_quota
-from workspace.scheduler.model import format_rejections
+from workspace.ops.projects import check_workspace_quota, workspace_use
+from workspace.scheduler.model import format_rejections, memory_claim_mib
 from workspace.store import Workspace
 
 
@@ -59,9 +59,13 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
     req = replace(placement.request_for(ws), cpus=new_cpus, memory_mib=new_memory)
     fit = scheduler.place([without], req, cfg.scheduler)
     if fit.node is None:
+        cpus_cap, memory_cap = scheduler.capacity(view.cpus, view.memory_mib, cfg.scheduler)
         raise ResourceExhausted(
             f"workspace {ws.name} with {new_cpus} vCPU(s) and {new_memory} MiB does not fit "
-            f"on its node {ws.node}: {format_rejections(fit.rejected)}"
+            f"on its node {ws.node}: {format_rejections(fit.rejected)} (its other workspaces "
+            f"hold {without.used_cpus} of its {cpus_cap} vCPUs and {without.used_memory_mib} "
+            f"of its {memory_cap} MiB; this one would claim {new_cpus} vCPUs and "
+            f"{memory_claim_mib(cfg.scheduler, req)} MiB with the hypervisor's overhead)"
         )
     what = "; ".join(
         f"{name} {old} -> {new}"
@@ -80,9 +84,13 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
         0,
     )
     grows = new_cpus > ws.cpus or new_memory > ws.memory_mib
+    # What the project used before: the refusal says it (a read only for a growth).
+    before = workspace_use(s, ws.project) if grows and ws.project else None
     ws.cpus, ws.memory_mib = new_cpus, new_memory
     ws.claimed_cpus, ws.claimed_memory_mib = fit.claimed_cpus, fit.claimed_memory_mib
     s.flush()
     if grows:  # a shrink is never refused, also in a project over a lowered quota
-        check_workspace_quota(s, ws.project or "", f"cannot resize {ws.name}", bool(ws.preemptible))
+        check_workspace_quota(
+            s, ws.project or "", f"cannot resize {ws.name}", bool(ws.preemptible), before=before
+        )
     return what

@@ -316,21 +316,29 @@ class ProjectQuota(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     USED_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     @_builtins.property
     def limits(self) -> Global___Quota: ...
     @_builtins.property
     def used(self) -> Global___Quota: ...
+    @_builtins.property
+    def leases(self) -> Global___LeasePolicy:
+        """The project's lease policy: what a new workspace gets without --lease, the longest
+        it may ask for or be extended to from now, and what its end does (0 = none).
+        """
+
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         limits: Global___Quota | None = ...,
         used: Global___Quota | None = ...,
+        leases: Global___LeasePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "used", b"used"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases", "limits", b"limits", "used", b"used"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "project", b"project", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases", "limits", b"limits", "project", b"project", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
