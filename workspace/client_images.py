@@ -327,10 +327,9 @@ class ImagesClientMixin:
                 raise errors.AlreadyExists(f"image {name!r} already exists; pick a new version")
             uploaded, sent = self._send_missing(digests, progress)
             skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
+            done = (tuple(uploaded), tuple(dict.fromkeys(skipped)), sent)
             if existing is not None:
-                return PushResult(
-                    existing, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent, True
-                )
+                return PushResult(existing, *done, True)
             try:
                 image = self.import_image(
                     name,
@@ -340,6 +339,14 @@ class ImagesClientMixin:
                     context=manifest.context,
                     login_user=manifest.login_user,
                 )
+            except errors.AlreadyExists:
+                # Registered since it was looked up: by another push of the same image at
+                # once (a job array, a script run twice), done as this one asked; or of
+                # other files, still "pick a new version".
+                existing = self._visible_image(name)
+                if existing is None or not _same_image(existing, parts, boot, manifest):
+                    raise
+                return PushResult(existing, *done, True)
             except errors.NotFound as exc:
                 # A blob vanished between HasBlobs and the import (a DeleteImage of
                 # another image that shared it): ask again once. Nothing else (a project
@@ -347,7 +354,7 @@ class ImagesClientMixin:
                 if attempt or not _blob_missing(exc):
                     raise
                 continue
-            return PushResult(image, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent)
+            return PushResult(image, *done)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _visible_image(self, name: str) -> images_pb2.Image | None:
