@@ -477,14 +477,20 @@ def _formats(manifest: image_manifest.Manifest) -> dict[str, str]:
 
 
 def _inspect(manifest: image_manifest.Manifest, fmts: Mapping[str, str], limit: int) -> None:
-    """The service's checks at import (images/formats.py), on the local files: nothing is
-    hashed or sent that it would refuse."""
+    """The service's checks at import (images/formats.py; a blank partition's size), on
+    the local files and the manifest: nothing is hashed or sent that it would refuse."""
     for p in manifest.partitions:
         if p.file is not None:
             try:
                 formats.inspect(p.file, fmts[p.name], limit, f"partition {p.name}")
             except formats.UnsafeImage as exc:
                 raise errors.InvalidArgument(f"{exc} ({p.file}); nothing sent") from None
+        elif p.size_bytes % 512 or not 0 < p.size_bytes <= limit:
+            raise errors.InvalidArgument(
+                f"partition {p.name}: a blank partition's size is a multiple of 512 bytes "
+                f"from 512 to {limit} (the service's limits.max_virtual_bytes), not "
+                f"{p.size_bytes}; nothing sent"
+            )
 
 
 def _check_sizes(

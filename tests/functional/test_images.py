@@ -683,12 +683,19 @@ def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
         huge = write(tmp_path / "huge.raw", b"", 15 * 1024**4)
         backing = write(tmp_path / "b.qcow2", qcow2_header(backing_offset=512, backing_len=9))
         broken = write(tmp_path / "x.qcow2", qcow2_header(size=8 * MiB)[:100])
-        for path, error, pattern in (
-            (huge, "ResourceExhausted", "more than the service takes in a file"),
-            (backing, "InvalidArgument", "partition root: qcow2 names a backing file"),
-            (broken, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
+        good = write(tmp_path / "good.raw", b"good", MiB)
+        odd, over = 1000, site.cfg.limits.max_virtual_bytes + 512  # blank sizes refused
+        for path, blank, error, pattern in (
+            (huge, 0, "ResourceExhausted", "more than the service takes in a file"),
+            (backing, 0, "InvalidArgument", "partition root: qcow2 names a backing file"),
+            (broken, 0, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
+            # Refused at import after the file was sent, which stayed an hour, counted.
+            (good, odd, "InvalidArgument", "partition tmp: .* multiple of 512 .* not 1000"),
+            (good, over, "InvalidArgument", f"partition tmp: .* not {over}; nothing sent"),
         ):
             m = Manifest((PartitionSpec("root", "cow", path),))
+            if blank:
+                m = Manifest((*m.partitions, PartitionSpec("tmp", "blank", size_bytes=blank)))
             with pytest.raises(Exception, match=pattern) as ei:
                 client.push_image("x:1", m, lambda step, *_: steps.append(step))
             assert type(ei.value).__name__ == error
