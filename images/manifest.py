@@ -256,10 +256,18 @@ def single(path: str | os.PathLike[str], fmt: str = "") -> Manifest:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """raw or qcow2 from the file's content; other containers are refused."""
+    """raw or qcow2 from the file's content; other containers are refused, and so is a
+    file named as a qcow2 that is not one (an error page saved by a failed download is
+    no raw disk): its format is then said, not guessed."""
     found = formats.sniff_file(path)
     if found == "iso":
         raise ManifestError(f"{path}: {formats.ISO_REFUSED}")
+    if found == "raw" and Path(path).suffix.lower() in (".qcow2", ".qcow"):
+        raise ManifestError(
+            f"{path}: named as a qcow2, but its content is not a qcow2 (it does not begin "
+            "with QFI\\xfb): a failed or partial download? If it is a raw disk, say so: "
+            '--format raw (in a manifest: format = "raw")'
+        )
     if found not in FORMATS:
         raise ManifestError(
             f"{path}: the file is {found}, not raw or qcow2; convert it first "
