@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Text, cast, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from images import formats, manifest
@@ -27,7 +27,7 @@ from workspace.errors import (
 from workspace.identity import Identity
 from workspace.ops import blob_access, pages, projects, refusals, seeds, trust
 from workspace.ops.image_refs import may_use, name_taken, unknown_image, visible_image
-from workspace.ops.lifecycle import image_users
+from workspace.ops.lifecycle import SAVE_GRACE_S, image_users
 from workspace.ops.projects import (
     Scope,
     as_identity,
@@ -162,7 +162,7 @@ class Catalog:
         only the blobs it found are looked at again (still old: not uploaded again; still
         unused: no import or create took them since) and deleted with their files."""
         env = self.env
-        cutoff = env.clock() - env.cfg.blob_grace_s
+        cutoff = min(env.clock() - env.cfg.blob_grace_s, self._saves_since())
         if self.blobs.has_trash():  # a process died with files aside (rare)
             with env.store.write_lock, env.store.write() as s:
                 self.blobs.sweep_trash(lambda d: s.get(Blob, d) is not None)
@@ -185,6 +185,20 @@ class Catalog:
                 ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
             )
         return gone
+
+    def _saves_since(self) -> float:
+        """When the oldest save under way began (ops/save.py; a lapsed mark does not
+        count), else infinity: the disks its node sent are no image's until every disk
+        is sent, which may take longer than ``blob_grace_s`` (they went with the upload
+        of its last disk, and the import failed "not uploaded" after the whole save)."""
+        env = self.env
+        lapsed = env.clock() - env.cfg.limits.save_timeout_s - SAVE_GRACE_S
+        with env.store.read() as s:
+            q = select(func.min(Workspace.saving_since)).where(
+                Workspace.saving_as != "", Workspace.saving_since > lapsed
+            )
+            since = s.execute(q).scalar()
+        return float("inf") if since is None else float(since)
 
     def _collectable(self, cutoff: float) -> set[str]:
         """The blobs uploaded (a file without a row: written) before ``cutoff`` that no
