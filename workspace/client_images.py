@@ -498,11 +498,14 @@ def _check_sizes(
 ) -> None:
     """ResourceExhausted, before anything is hashed, for a file larger than the service
     takes as a blob, or than the caller's repository quota or their project's image
-    bytes (0: none) alone: no import of it could ever fit."""
+    bytes (0: none) alone: no import of it could ever fit. InvalidArgument for an empty
+    file (`wget -O` leaves one where a download failed), as `ws-admin image import`."""
     for path in dict.fromkeys(manifest.files()):
         if not path.is_file():
             continue  # said by _hash_files
         size = path.stat().st_size
+        if not size:
+            raise errors.InvalidArgument(f"{path}: is empty; nothing sent")
         for limit, what in (
             (usage.max_blob_bytes, "the service takes in a file (limits.max_blob_bytes)"),
             (usage.quota_bytes, "your repository quota (limits.repo_quota_bytes_per_user)"),

@@ -684,9 +684,11 @@ def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
         backing = write(tmp_path / "b.qcow2", qcow2_header(backing_offset=512, backing_len=9))
         broken = write(tmp_path / "x.qcow2", qcow2_header(size=8 * MiB)[:100])
         good = write(tmp_path / "good.raw", b"good", MiB)
+        empty = write(tmp_path / "disk.img", b"")  # a failed `wget -O disk.img`
         odd, over = 1000, site.cfg.limits.max_virtual_bytes + 512  # blank sizes refused
         for path, blank, error, pattern in (
             (huge, 0, "ResourceExhausted", "more than the service takes in a file"),
+            (empty, 0, "InvalidArgument", "disk.img: is empty; nothing sent"),
             (backing, 0, "InvalidArgument", "partition root: qcow2 names a backing file"),
             (broken, 0, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
             # Refused at import after the file was sent, which stayed an hour, counted.
