@@ -13,7 +13,7 @@ from images import formats, manifest
 from images.model import ImageSpec, Mode, Partition
 from workspace.domain.layout import blank_partition
 from workspace.domain.model import AuditRecord, ImageView, RepositoryUsage
-from workspace.domain.states import State
+from workspace.domain.states import ClusterState, State
 from workspace.domain.tenancy import ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
@@ -37,9 +37,9 @@ from workspace.ops.projects import (
     scope,
 )
 from workspace.ops.unit import Env
-from workspace.store import Backfill, Blob, Image, Node, Project, Workspace
+from workspace.store import Backfill, Blob, Cluster, Image, Node, Project, Workspace
 from workspace.store.blobs import BlobRepository, check_digest
-from workspace.store.mapping import bound_spec, image_spec, partitions_column
+from workspace.store.mapping import bound_spec, image_spec, member_specs, partitions_column
 
 log = logging.getLogger("workspace.ops.images")
 
@@ -562,6 +562,9 @@ class Catalog:
             users = image_users(s, name)
             if users:
                 raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
+            grows = _grown_from(s, name)
+            if grows:
+                raise FailedPrecondition(_grows(name, grows, scope(s, ident)))
             if s.get(Backfill, name) is not None:
                 # Its creates would fail unseen, and an image pushed under the name
                 # later be run in its place.
@@ -647,6 +650,36 @@ def _delete_rows(s: Session, digests: Sequence[str]) -> list[str]:
             node.prefetch = left
             changed.append(node.name)
     return changed
+
+
+def _grown_from(s: Session, name: str) -> list[tuple[Cluster, str]]:
+    """The (cluster, role) pairs of the clusters not destroyed whose role is of image
+    ``name``: a role scaled to no member has no live workspace of it, and grows from it
+    again (`ws cluster scale`, its autoscaler)."""
+    live = select(Cluster).where(Cluster.state != ClusterState.TERMINATED.value)
+    return [
+        (c, m.role)
+        for c in s.execute(live.order_by(Cluster.created_at, Cluster.id)).scalars()
+        for m in member_specs(c)
+        if m.image == name
+    ]
+
+
+def _grows(name: str, grows: list[tuple[Cluster, str]], sc: Scope) -> str:
+    """Why image ``name`` cannot be deleted: the cluster roles that grow from it, named
+    as far as the caller (``sc``) may see them."""
+    named = [
+        f"role {role} of cluster {c.owner}/{c.name} ({c.id})"
+        if sc.sees(c.owner, c.project or "")
+        else "a role of another user's cluster"
+        for c, role in grows
+    ]
+    return (
+        f"image {name} is the image of {', '.join(dict.fromkeys(named))}: no member of it "
+        "is live now, but the cluster grows from it again (`ws cluster scale`, its "
+        "autoscaler), from a deleted image or from another pushed under its name; "
+        "destroy the cluster first"
+    )
 
 
 def _in_use(name: str, users: list[Workspace], sc: Scope) -> str:
