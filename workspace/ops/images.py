@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Text, cast, func, or_, select
@@ -49,10 +48,6 @@ _NAME_TAKEN = (
     "image {0!r} already exists: its NAME is another project's; pick another name "
     "(sites give each project a prefix by convention)"
 )
-
-# What a kernel cmdline cannot hold: the characters XML 1.0 cannot carry (the node writes
-# the cmdline into the domain's XML; libvirt refused it at every boot).
-_NOT_IN_CMDLINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 # Digests one HasBlobs may ask about.
 MAX_HAS_BLOBS = 1024
@@ -363,13 +358,10 @@ class Catalog:
                 f"image {req.image}: the kernel cmdline is {len(req.cmdline.encode())} bytes, "
                 f"more than the {limit} allowed (limits.max_cmdline_bytes)"
             )
-        bad = _NOT_IN_CMDLINE.search(req.cmdline)
-        if bad:
-            raise InvalidArgument(
-                f"image {req.image}: the kernel cmdline has a character it cannot have "
-                f"({bad[0]!r} at offset {bad.start()}): a control character (tabs and "
-                "newlines aside) or a non-character"
-            )
+        try:
+            manifest.check_cmdline(req.cmdline)
+        except manifest.ManifestError as exc:
+            raise InvalidArgument(f"image {req.image}: {exc}") from None
         if len(req.partitions) > manifest.MAX_PARTITIONS:
             raise InvalidArgument(
                 f"image {req.image}: at most {manifest.MAX_PARTITIONS} partitions, "
