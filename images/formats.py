@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 QCOW2_MAGIC = b"QFI\xfb"
 _OTHER_MAGICS = {
@@ -42,6 +43,8 @@ _MAX_L1_BYTES = 32 * 1024 * 1024
 _MAX_REFTABLE_BYTES = 8 * 1024 * 1024
 _V2_HEADER = 72
 _V3_HEADER = 104
+# The bits of a refcount table entry that are its block's offset.
+_REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
 
 
 class UnsafeImage(ValueError):
@@ -88,7 +91,48 @@ def _table(what: str, name: str, offset: int, size: int, cluster: int, file_size
         )
 
 
-def _check_qcow2(header: bytes, file_size: int, what: str) -> int:
+def _counted_from(block: bytes, first: int, bits: int) -> bool:
+    """Whether a refcount block of ``bits``-bit entries counts a cluster at or after its
+    entry ``first`` (entries narrower than a byte are packed from its low bits)."""
+    byte, shift = divmod(first * bits, 8)
+    if shift and byte < len(block) and block[byte] >> shift:
+        return True
+    rest = block[byte + bool(shift) :]
+    return rest != bytes(len(rest))
+
+
+def _check_in_use(
+    f: BinaryIO, what: str, cluster: int, order: int, rt_off: int, rt_bytes: int, file_size: int
+) -> None:
+    """Every cluster the qcow2's refcounts say is in use starts inside the file, as
+    `qemu-img check` sees it: a download cut short after its tables ends before its data
+    or its L2 tables, which QEMU would read as zeros. Only the refcount blocks that count
+    clusters past the end of the file are read (in a whole file: the one of its end)."""
+    bits = 1 << order
+    per_block = cluster * 8 // bits  # the clusters one refcount block counts
+    in_file = -(-file_size // cluster)  # the clusters that start inside the file
+    f.seek(rt_off)
+    table = f.read(rt_bytes)
+    read: set[int] = set()  # blocks read whole: each once, however many entries name it
+    for i in range(in_file // per_block, len(table) // 8):
+        (entry,) = struct.unpack_from(">Q", table, i * 8)
+        block_off = entry & _REFT_OFFSET_MASK
+        first = max(0, in_file - i * per_block)
+        if not block_off or (not first and block_off in read):
+            continue
+        _table(what, "refcount block", block_off, cluster, cluster, file_size)
+        if not first:
+            read.add(block_off)
+        f.seek(block_off)
+        if _counted_from(f.read(cluster), first, bits):
+            raise UnsafeImage(
+                f"{what}: truncated qcow2: its refcounts use clusters past the end of the "
+                f"file ({file_size} bytes); is it a partial download? (qemu-img check "
+                "says more)"
+            )
+
+
+def _check_qcow2(f: BinaryIO, header: bytes, file_size: int, what: str) -> int:
     if len(header) < _V2_HEADER:
         raise UnsafeImage(f"{what}: truncated qcow2 header ({len(header)} bytes)")
     (version, backing_off, backing_len, cluster_bits, size, crypt) = struct.unpack(
@@ -102,6 +146,7 @@ def _check_qcow2(header: bytes, file_size: int, what: str) -> int:
         raise UnsafeImage(f"{what}: encrypted qcow2 images are not accepted")
     incompat = 0
     header_len = _V2_HEADER
+    refcount_order = 4  # a v2 qcow2's refcounts are 16 bits
     if version == 3:
         if len(header) < _V3_HEADER:
             raise UnsafeImage(f"{what}: truncated qcow2 v3 header ({len(header)} bytes)")
@@ -153,6 +198,7 @@ def _check_qcow2(header: bytes, file_size: int, what: str) -> int:
     _table(what, "refcount table", rt_off, rt_clusters * cluster, cluster, file_size)
     if nb_snapshots:
         _table(what, "snapshot table", snap_off, 1, cluster, file_size)
+    _check_in_use(f, what, cluster, refcount_order, rt_off, rt_clusters * cluster, file_size)
     return int(size)
 
 
@@ -162,18 +208,19 @@ def inspect(
     """Check ``path`` against its declared format; raise UnsafeImage on any problem."""
     if declared_format not in ("raw", "qcow2"):
         raise UnsafeImage(f"{what}: format {declared_format!r} is not supported (raw, qcow2)")
-    file_size = os.stat(path).st_size
     with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
         header = f.read(SNIFF_BYTES)
-    actual = sniff(header)
-    if actual == "iso":
-        raise UnsafeImage(f"{what}: {ISO_REFUSED}")
-    if actual != declared_format:
-        raise UnsafeImage(
-            f"{what}: declared {declared_format} but the content is {actual}; "
-            f"declare the real format"
-        )
-    virtual = _check_qcow2(header[:4096], file_size, what) if actual == "qcow2" else file_size
+        actual = sniff(header)
+        if actual == "iso":
+            raise UnsafeImage(f"{what}: {ISO_REFUSED}")
+        if actual != declared_format:
+            raise UnsafeImage(
+                f"{what}: declared {declared_format} but the content is {actual}; "
+                f"declare the real format"
+            )
+        qcow2 = actual == "qcow2"
+        virtual = _check_qcow2(f, header[:4096], file_size, what) if qcow2 else file_size
     if virtual > max_virtual_bytes:
         raise UnsafeImage(
             f"{what}: virtual size {virtual} bytes exceeds the limit of {max_virtual_bytes}"

@@ -208,7 +208,7 @@ def parse(data: Mapping[str, Any], base_dir: Path) -> Manifest:
         raise ManifestError(f"at most {MAX_PARTITIONS} partitions, got {len(parts)}")
     kernel = _str(data, "kernel", "manifest")
     initrd = _str(data, "initrd", "manifest")
-    cmdline = _str(data, "cmdline", "manifest")
+    cmdline = check_cmdline(_str(data, "cmdline", "manifest"))
     if (initrd or cmdline) and not kernel:
         raise ManifestError("initrd and cmdline need a kernel")
     if not parts and not kernel:
@@ -216,12 +216,7 @@ def parse(data: Mapping[str, Any], base_dir: Path) -> Manifest:
     context = _str(data, "context", "manifest") or "none"
     if context not in CONTEXTS:
         raise ManifestError(f"context {context!r} is not one of {', '.join(CONTEXTS)}")
-    login_user = _str(data, "login_user", "manifest")
-    if login_user and not LOGIN_USER_RE.match(login_user):
-        raise ManifestError(
-            f"login_user {login_user!r} is not a user name (1-32 of a-z, 0-9, '_', '-'; "
-            "first a-z or '_')"
-        )
+    login_user = check_login_user(_str(data, "login_user", "manifest"))
     return Manifest(
         parts,
         _path(base_dir, kernel) if kernel else None,
@@ -230,6 +225,32 @@ def parse(data: Mapping[str, Any], base_dir: Path) -> Manifest:
         context,
         login_user,
     )
+
+
+# What a kernel cmdline cannot hold: the characters XML 1.0 cannot carry (the node writes
+# the cmdline into the domain's XML; libvirt refused it at every boot).
+_NOT_IN_CMDLINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def check_cmdline(cmdline: str) -> str:
+    """``cmdline`` if the domain's XML can carry it, else ManifestError."""
+    bad = _NOT_IN_CMDLINE.search(cmdline)
+    if bad:
+        raise ManifestError(
+            f"the kernel cmdline has a character it cannot have ({bad[0]!r} at offset "
+            f"{bad.start()}): a control character (tabs and newlines aside) or a non-character"
+        )
+    return cmdline
+
+
+def check_login_user(login_user: str) -> str:
+    """``login_user`` if it is "" or a user name, else ManifestError."""
+    if login_user and not LOGIN_USER_RE.match(login_user):
+        raise ManifestError(
+            f"login_user {login_user!r} is not a user name (1-32 of a-z, 0-9, '_', '-'; "
+            "first a-z or '_')"
+        )
+    return login_user
 
 
 def load(path: str | os.PathLike[str]) -> Manifest:
@@ -256,10 +277,18 @@ def single(path: str | os.PathLike[str], fmt: str = "") -> Manifest:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """raw or qcow2 from the file's content; other containers are refused."""
+    """raw or qcow2 from the file's content; other containers are refused, and so is a
+    file named as a qcow2 that is not one (an error page saved by a failed download is
+    no raw disk): its format is then said, not guessed."""
     found = formats.sniff_file(path)
     if found == "iso":
         raise ManifestError(f"{path}: {formats.ISO_REFUSED}")
+    if found == "raw" and Path(path).suffix.lower() in (".qcow2", ".qcow"):
+        raise ManifestError(
+            f"{path}: named as a qcow2, but its content is not a qcow2 (it does not begin "
+            "with QFI\\xfb): a failed or partial download? If it is a raw disk, say so: "
+            '--format raw (in a manifest: format = "raw")'
+        )
     if found not in FORMATS:
         raise ManifestError(
             f"{path}: the file is {found}, not raw or qcow2; convert it first "

@@ -18,7 +18,7 @@ import fnmatch
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,20 +202,36 @@ class Verdict:
         return "allow" if self.trusted else ("warn" if self.allowed else "deny")
 
 
-def _decode_envelope(text: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+def decode_envelope(text: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """(payload, [(key id, signature)]) of a DSSE envelope of ours; SignatureError saying
+    what is wrong with one that is not (each signature a key id and a base64 ``sig``,
+    both strings, at least one of them)."""
     try:
         env = json.loads(text)
         if env.get("payloadType") != PAYLOAD_TYPE:
             raise SignatureError(f"payload type {env.get('payloadType')!r} is not in-toto")
         payload = base64.b64decode(env["payload"], validate=True)
-        sigs = [
-            (str(s["keyid"]), base64.b64decode(s["sig"], validate=True)) for s in env["signatures"]
-        ]
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        sigs = [(s["keyid"], base64.b64decode(s["sig"], validate=True)) for s in env["signatures"]]
+        if not isinstance(env["signatures"], list) or not sigs:
+            raise SignatureError("malformed DSSE envelope: no signature in it")
+        if not all(isinstance(s["keyid"], str) and s["keyid"] for s in env["signatures"]):
+            raise SignatureError("malformed DSSE envelope: a keyid that is not a string")
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         if isinstance(exc, SignatureError):
             raise
         raise SignatureError(f"malformed DSSE envelope: {exc}") from exc
     return payload, sigs
+
+
+def signers(envelopes: Iterable[str]) -> list[str]:
+    """The key ids named in these envelopes, once each (malformed ones are skipped)."""
+    out: list[str] = []
+    for text in envelopes:
+        try:
+            out += [kid for kid, _ in decode_envelope(text)[1]]
+        except SignatureError:
+            continue
+    return list(dict.fromkeys(out))
 
 
 def _check_statement(payload: bytes, manifest: ImageSpec) -> str:
@@ -262,7 +278,7 @@ def verify(
     problems: list[str] = []
     for text in envelopes:
         try:
-            payload, sigs = _decode_envelope(text)
+            payload, sigs = decode_envelope(text)
         except SignatureError as exc:
             problems.append(str(exc))
             continue

@@ -327,10 +327,9 @@ class ImagesClientMixin:
                 raise errors.AlreadyExists(f"image {name!r} already exists; pick a new version")
             uploaded, sent = self._send_missing(digests, progress)
             skipped = tuple(d for d, _ in digests.values() if d not in uploaded)
+            done = (tuple(uploaded), tuple(dict.fromkeys(skipped)), sent)
             if existing is not None:
-                return PushResult(
-                    existing, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent, True
-                )
+                return PushResult(existing, *done, True)
             try:
                 image = self.import_image(
                     name,
@@ -340,6 +339,14 @@ class ImagesClientMixin:
                     context=manifest.context,
                     login_user=manifest.login_user,
                 )
+            except errors.AlreadyExists:
+                # Registered since it was looked up: by another push of the same image at
+                # once (a job array, a script run twice), done as this one asked; or of
+                # other files, still "pick a new version".
+                existing = self._visible_image(name)
+                if existing is None or not _same_image(existing, parts, boot, manifest):
+                    raise
+                return PushResult(existing, *done, True)
             except errors.NotFound as exc:
                 # A blob vanished between HasBlobs and the import (a DeleteImage of
                 # another image that shared it): ask again once. Nothing else (a project
@@ -347,7 +354,7 @@ class ImagesClientMixin:
                 if attempt or not _blob_missing(exc):
                     raise
                 continue
-            return PushResult(image, tuple(uploaded), tuple(dict.fromkeys(skipped)), sent)
+            return PushResult(image, *done)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _visible_image(self, name: str) -> images_pb2.Image | None:
@@ -470,14 +477,20 @@ def _formats(manifest: image_manifest.Manifest) -> dict[str, str]:
 
 
 def _inspect(manifest: image_manifest.Manifest, fmts: Mapping[str, str], limit: int) -> None:
-    """The service's checks at import (images/formats.py), on the local files: nothing is
-    hashed or sent that it would refuse."""
+    """The service's checks at import (images/formats.py; a blank partition's size), on
+    the local files and the manifest: nothing is hashed or sent that it would refuse."""
     for p in manifest.partitions:
         if p.file is not None:
             try:
                 formats.inspect(p.file, fmts[p.name], limit, f"partition {p.name}")
             except formats.UnsafeImage as exc:
                 raise errors.InvalidArgument(f"{exc} ({p.file}); nothing sent") from None
+        elif p.size_bytes % 512 or not 0 < p.size_bytes <= limit:
+            raise errors.InvalidArgument(
+                f"partition {p.name}: a blank partition's size is a multiple of 512 bytes "
+                f"from 512 to {limit} (the service's limits.max_virtual_bytes), not "
+                f"{p.size_bytes}; nothing sent"
+            )
 
 
 def _check_sizes(
@@ -485,11 +498,14 @@ def _check_sizes(
 ) -> None:
     """ResourceExhausted, before anything is hashed, for a file larger than the service
     takes as a blob, or than the caller's repository quota or their project's image
-    bytes (0: none) alone: no import of it could ever fit."""
+    bytes (0: none) alone: no import of it could ever fit. InvalidArgument for an empty
+    file (`wget -O` leaves one where a download failed), as `ws-admin image import`."""
     for path in dict.fromkeys(manifest.files()):
         if not path.is_file():
             continue  # said by _hash_files
         size = path.stat().st_size
+        if not size:
+            raise errors.InvalidArgument(f"{path}: is empty; nothing sent")
         for limit, what in (
             (usage.max_blob_bytes, "the service takes in a file (limits.max_blob_bytes)"),
             (usage.quota_bytes, "your repository quota (limits.repo_quota_bytes_per_user)"),

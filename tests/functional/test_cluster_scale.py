@@ -341,6 +341,39 @@ def test_scaling_every_member_away_or_a_destroyed_cluster_is_refused(site: Site)
     assert "no cluster 'none'" in why
 
 
+def test_the_image_of_a_role_scaled_to_no_member_is_not_deleted_under_it(site: Site) -> None:
+    """A role scaled to 0 (workers overnight) has no live workspace of its image, and
+    `ws image delete` took the image: the next grow failed "not found", or grew from
+    another image pushed under the name since. Refused now until the cluster is gone."""
+    from workspace.v1 import images_pb2
+
+    site.add_agent("node1")
+    site.stubs.import_image("wimg:1", b"\1" * 65536, context="nocloud")
+    stub(site).CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="ela",
+            members=[
+                clusters_pb2.ClusterMember(role="head", image=IMG, memory_mib=256),
+                clusters_pb2.ClusterMember(role="worker", image="wimg:1", memory_mib=256),
+            ],
+        )
+    )
+    running(site)
+    scale(site, 0)
+    wait_for(lambda: member_names(get(site)) == ["ela-head-0"], what="the worker gone")
+    delete = site.stubs.images.DeleteImage
+    why = refused(
+        lambda: delete(images_pb2.GetImageRequest(name="wimg:1")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "image wimg:1 is the image of role worker of cluster " in why
+    assert "destroy the cluster first" in why
+    assert list(scale(site, 1).added) == ["ela-worker-0"]  # it still grows from it
+    stub(site).DestroyCluster(clusters_pb2.ClusterRef(id="ela"))
+    wait_for(lambda: get(site).state == CS.CLUSTER_STATE_TERMINATED, what="cluster gone")
+    assert delete(images_pb2.GetImageRequest(name="wimg:1")).name == "wimg:1"
+
+
 def test_a_stopped_cluster_shrinks_but_is_not_grown_until_started(site: Site) -> None:
     """A grow of a STOPPED cluster started its new members beside the stopped ones: the
     cluster then said STARTING for good, and `ws cluster scale --wait` waited for a

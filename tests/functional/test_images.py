@@ -22,6 +22,7 @@ from images import mkfs
 from images.manifest import Manifest, PartitionSpec
 from tests.functional.harness import WS, Site, wait_for
 from tests.unit.test_formats import qcow2_header
+from workspace import errors
 from workspace.client import Client, blank_partition
 from workspace.node.v1 import nodes_pb2
 from workspace.store import Image
@@ -162,6 +163,41 @@ def test_push_refuses_names_twice_and_bad_refs(client: Client, tmp_path: Path) -
         client.push_image("x:1", manifest(f))
     with pytest.raises(Exception, match="NAME:VERSION"):
         client.push_image("x:1:2", manifest(f))
+
+
+def test_two_pushes_of_the_same_image_at_once_both_end_well(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pushes of the same NAME:VERSION and files at once (a job array, a script run
+    twice): both looked it up before either registered it, and the second's import was
+    refused "already exists; pick a new version", exit 1, though the image it asked for
+    was there. It now ends as a push again does; one of other files is still refused."""
+    f = files(tmp_path)
+    first = Client(client.address)
+    try:
+        first.push_image("x:1", manifest(f))  # the other push, done meanwhile
+    finally:
+        first.close()
+    # This push looked the name up before the other registered it.
+    look = Client._visible_image
+    monkeypatch.setattr(Client, "_visible_image", _unseen_once(look))
+    again = client.push_image("x:1", manifest(f))
+    assert again.existed and again.image.name == "x:1"
+    write(f["root"], b"ROOT v2\n", MiB)
+    monkeypatch.setattr(Client, "_visible_image", _unseen_once(look))
+    with pytest.raises(errors.AlreadyExists, match="pick a new version"):
+        client.push_image("x:1", manifest(f))
+
+
+def _unseen_once(look: Any) -> Any:
+    """``Client._visible_image`` that finds nothing the first time it is asked."""
+    asked: list[str] = []
+
+    def lookup(self: Client, name: str) -> images_pb2.Image | None:
+        asked.append(name)
+        return None if len(asked) == 1 else look(self, name)
+
+    return lookup
 
 
 def test_a_push_again_with_other_settings_is_refused_not_taken_as_done(
@@ -647,12 +683,21 @@ def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
         huge = write(tmp_path / "huge.raw", b"", 15 * 1024**4)
         backing = write(tmp_path / "b.qcow2", qcow2_header(backing_offset=512, backing_len=9))
         broken = write(tmp_path / "x.qcow2", qcow2_header(size=8 * MiB)[:100])
-        for path, error, pattern in (
-            (huge, "ResourceExhausted", "more than the service takes in a file"),
-            (backing, "InvalidArgument", "partition root: qcow2 names a backing file"),
-            (broken, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
+        good = write(tmp_path / "good.raw", b"good", MiB)
+        empty = write(tmp_path / "disk.img", b"")  # a failed `wget -O disk.img`
+        odd, over = 1000, site.cfg.limits.max_virtual_bytes + 512  # blank sizes refused
+        for path, blank, error, pattern in (
+            (huge, 0, "ResourceExhausted", "more than the service takes in a file"),
+            (empty, 0, "InvalidArgument", "disk.img: is empty; nothing sent"),
+            (backing, 0, "InvalidArgument", "partition root: qcow2 names a backing file"),
+            (broken, 0, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
+            # Refused at import after the file was sent, which stayed an hour, counted.
+            (good, odd, "InvalidArgument", "partition tmp: .* multiple of 512 .* not 1000"),
+            (good, over, "InvalidArgument", f"partition tmp: .* not {over}; nothing sent"),
         ):
             m = Manifest((PartitionSpec("root", "cow", path),))
+            if blank:
+                m = Manifest((*m.partitions, PartitionSpec("tmp", "blank", size_bytes=blank)))
             with pytest.raises(Exception, match=pattern) as ei:
                 client.push_image("x:1", m, lambda step, *_: steps.append(step))
             assert type(ei.value).__name__ == error

@@ -3,6 +3,7 @@ in-process service (fake-driver agent), through ws.main."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,13 @@ def test_usage_errors(
         (["image", "push", "x:1", "--manifest", str(tmp_path / "bad.toml")], 1, "colour"),
         (["image", "push", "x:1", str(vmdk)], 1, "vmdk, not raw or qcow2; convert"),
         (["image", "push", "x:1", str(tmp_path)], 1, f"{tmp_path}: is a directory, not a disk"),
+        # Said once the disk was sent (it stayed, counted, for blob_grace_s): now before.
+        (["image", "push", "x:1", str(disk), "--login-user", "Debian"], 1, "'Debian' is not a"),
+        (
+            ["image", "push", "x:1", str(disk), "--kernel", str(disk), "--cmdline", "ro\x1b"],
+            1,
+            "the kernel cmdline has a character it cannot have ('\\x1b' at offset 2)",
+        ),
         (["image", "delete", "nope"], 1, "not found"),
         (["create", "--image", "x", "--blank", "s"], 2, "NAME:SIZE[:ext4]"),
         (["create", "--image", "x", "--blank", "s:1G:xfs"], 2, "NAME:SIZE[:ext4]"),
@@ -159,3 +167,5 @@ def test_usage_errors(
         assert message in err, (argv, err)
     assert client.list_images() == []
     assert client.list_workspaces() == []
+    digest = "sha256:" + hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert client.has_blobs([digest]) == [digest]  # nothing was sent

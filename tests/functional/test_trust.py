@@ -161,6 +161,39 @@ def test_signature_over_another_manifest_refused(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("mode", [WARN, ENFORCE])
+def test_a_malformed_envelope_is_refused_as_such_in_either_mode(
+    ready_site: Site, trust: trust_pb2_grpc.TrustStub, mode: int
+) -> None:
+    """An envelope whose signature had no ``sig``, a ``sig`` that was not base64 or a
+    keyid that was not a string was kept as a signature under warn (`ws image verify`
+    counted it, naming the signer "{'a': 1}") and refused PERMISSION_DENIED under
+    enforce; the docs say INVALID_ARGUMENT, in any mode, and nothing kept."""
+    private, public = _key()
+    _add_key(trust, public)
+    trust.SetMode(trust_pb2.SetModeRequest(mode=mode))
+    good = json.loads(_sign(ready_site, "img", private))
+    (sig,) = good["signatures"]
+    for broken, why in (
+        ([{"keyid": sig["keyid"]}], "'sig'"),
+        ([{"keyid": sig["keyid"], "sig": "!!"}], "base64"),
+        ([{"keyid": {"a": 1}, "sig": sig["sig"]}], "keyid"),
+        ([], "no signature"),
+    ):
+        envelope = json.dumps({**good, "signatures": broken})
+        with pytest.raises(grpc.RpcError) as err:
+            trust.AddSignature(trust_pb2.AddSignatureRequest(image="img", envelope_json=envelope))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+        assert "not a DSSE envelope" in (err.value.details() or "") and why in (
+            err.value.details() or ""
+        )
+    sigs = trust.GetSignatures(trust_pb2.ImageSignaturesRequest(image="img"))
+    assert list(sigs.envelopes_json) == []
+    # The well-formed one is taken.
+    trust.AddSignature(trust_pb2.AddSignatureRequest(image="img", envelope_json=json.dumps(good)))
+    assert trust.GetSignatures(trust_pb2.ImageSignaturesRequest(image="img")).trusted
+
+
 def test_warn_mode_creates_and_audits_why_not(
     ready_site: Site, trust: trust_pb2_grpc.TrustStub
 ) -> None:

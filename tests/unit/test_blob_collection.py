@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from images.model import ImageSpec, Mode, Partition
 from workspace.config import ServiceConfig, load
+from workspace.domain.states import State
 from workspace.ops import images as images_ops
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
 from workspace.ops.unit import Env
-from workspace.store import Blob, Store
+from workspace.store import Blob, Store, Workspace
 from workspace.store.blobs import BlobRepository, Discard
 
 GRACE_S = 3600
@@ -33,7 +34,11 @@ class Clock:
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> tuple[Catalog, Clock]:
-    cfg = load(ServiceConfig, None, data_dir=str(tmp_path), blob_grace_s=GRACE_S)
+    return _catalog(tmp_path)
+
+
+def _catalog(tmp_path: Path, **overrides: object) -> tuple[Catalog, Clock]:
+    cfg = load(ServiceConfig, None, data_dir=str(tmp_path), blob_grace_s=GRACE_S, **overrides)
     clock = Clock()
     env = Env.of(cfg, Store(f"sqlite:///{tmp_path}/db.sqlite"), Notifier(), clock=clock)
     return Catalog(env, BlobRepository(tmp_path / "blobs")), clock
@@ -92,6 +97,49 @@ def test_a_file_without_a_row_is_collected_by_its_age(
     clock.now = c.blobs.mtime(stray) + GRACE_S + 1
     assert c.collect_blobs() == [stray]
     assert not c.blobs.has(stray)
+
+
+def _mark_saving(c: Catalog, since: float, image: str = "env:1") -> None:
+    """A stopped workspace being saved as ``image`` since ``since`` (ops/save.py's mark)."""
+    with c.env.store.write() as s:
+        w = s.get(Workspace, "w1")
+        if w is None:
+            w = Workspace(id="w1", name="box", owner="alice", request_id="r", request_hash="h")
+            w.image, w.cpus, w.memory_mib = "base:1", 1, 64
+            w.state = w.desired_state = State.STOPPED.value
+            w.created_at = w.updated_at = since
+            s.add(w)
+        w.saving_as, w.saving_since = image, since
+
+
+def test_the_disks_a_save_under_way_sent_are_kept_past_the_grace(tmp_path: Path) -> None:
+    """A save's node sends its disks one by one, and they are no image's until the last
+    is sent and the image imported: a save longer than blob_grace_s (large disks,
+    limits.save_timeout_s raised) lost its first disks to the collection the upload of
+    its last one ran, and its import failed "has not been uploaded" after all that time."""
+    c, clock = _catalog(tmp_path, limits={"save_timeout_s": 4 * GRACE_S})  # large disks
+    old = c.upload_blob([b"\x08" * 4096], "alice")[0]  # before the save: collected
+    clock.now += 10
+    _mark_saving(c, clock.now)
+    root = c.upload_blob([b"\x09" * 4096], None)[0]  # its node's copy of disk root
+    clock.now += GRACE_S + 60
+    data = c.upload_blob([b"\x0a" * 4096], None)[0]  # disk data, last: a collection ran
+    assert not c.blobs.has(old)
+    assert c.blobs.has(root) and c.blobs.has(data)
+    parts = tuple(
+        Partition(n, Mode.COW, d, format="raw") for n, d in (("root", root), ("data", data))
+    )
+    c.import_image("alice", ImageSpec("env:1", parts), vouched=(root, data))
+    # A save that ended without an image (refused, failed) keeps nothing beyond the grace.
+    lost = c.upload_blob([b"\x0b" * 4096], None)[0]
+    _mark_saving(c, 0.0, "")
+    clock.now += GRACE_S + 1
+    assert c.collect_blobs() == [lost]
+    # Nor does a mark that lapsed (its service died mid-save).
+    _mark_saving(c, clock.now, "env:2")
+    stale = c.upload_blob([b"\x0c" * 4096], None)[0]
+    clock.now += c.env.cfg.limits.save_timeout_s + 60 + GRACE_S
+    assert c.collect_blobs() == [stale]
 
 
 # -- removal and replicas: files leave with their rows, under the store's lock ------------

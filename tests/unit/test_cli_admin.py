@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_formats import qcow2_header
 from workspace import errors
 from workspace.cli import admin, render
 from workspace.client import Client
 from workspace.site import local
 from workspace.site.record import AgentRecord, SiteRecord
-from workspace.v1 import admin_pb2
+from workspace.v1 import admin_pb2, images_pb2
 
 
 class FakeClient:
@@ -66,6 +67,9 @@ class FakeClient:
         if name != "taken":
             raise errors.NotFound(f"no image {name!r}")
         return object()
+
+    def repository_usage(self) -> Any:
+        return images_pb2.RepositoryUsage(max_virtual_bytes=1024)
 
     def upload_blob(self, path: Any, progress: Any = None) -> Any:
         self._do("upload_blob", str(path))
@@ -176,6 +180,17 @@ def test_admin_image_import_says_what_is_wrong_before_uploading(
     for args, said in cases:
         assert _admin(["image", "import", *args, "--format", "raw"], client) == 1
         assert said in capsys.readouterr().err
+    # The import's checks of the file itself: it was sent whole, then refused.
+    qcow2 = tmp_path / "d.qcow2"
+    qcow2.write_bytes(qcow2_header(backing_offset=512, backing_len=9))
+    for args, said in (
+        ([str(qcow2)], "qcow2 names a backing file"),
+        ([str(qcow2), "--format", "raw"], "declared raw but the content is qcow2"),
+        ([str(disk), "--format", "raw"], "virtual size 4096 bytes exceeds the limit of 1024"),
+    ):
+        assert _admin(["image", "import", "i", *args], client) == 1
+        err = capsys.readouterr().err
+        assert said in err and err.rstrip().endswith("; nothing sent"), err
     assert all(call != "upload_blob" for call, _ in client.calls)
 
 

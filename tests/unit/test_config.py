@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -249,6 +250,39 @@ def test_shipped_config_loads_and_documents_the_defaults(name: str, cls: type) -
     cfg = load(cls, path, **extra)
     # The file says "the values shown are the defaults": they must be.
     assert cfg == cls(**extra)
+
+
+def _command_of(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
+    """The subcommands ``words`` name in ``parser`` (up to the first option or argument;
+    ``create/set``: both); a word where a subcommand is expected that is none raises
+    KeyError."""
+    found: list[str] = []
+    for word in words:
+        subs = [a.choices for a in parser._actions if isinstance(a.choices, dict)]
+        if not subs or word.startswith("-"):
+            break
+        parser, *_ = (subs[0][w] for w in word.split("/"))  # each must be there
+        found.append(word)
+    return found
+
+
+def test_the_commands_the_shipped_configs_name_exist() -> None:
+    """conf/service.toml said `ws-admin trust sign` for the command that signs images
+    (`ws image sign`): an admin looking for it found none."""
+    from workspace.cli import admin, ws
+
+    parsers = {
+        "ws": ws.build_parser(ws.Commands(lambda _s: None)),  # type: ignore[arg-type]
+        "ws-admin": admin.build_parser(admin.Commands(lambda _s: None)),  # type: ignore[arg-type]
+    }
+    named = [
+        (prog, rest.split())
+        for conf in sorted((REPO / "conf").glob("*.toml"))
+        for prog, rest in re.findall(r"`(ws-admin|ws) ([^`]+)`", conf.read_text())
+    ]
+    assert ("ws-admin", ["pki", "issue"]) in [(p, w[:2]) for p, w in named]
+    for prog, words in named:
+        assert _command_of(parsers[prog], words), (prog, words)
 
 
 def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -350,6 +351,27 @@ def test_real_truncated_qcow2_refused(tmp_path: Path) -> None:
         f.truncate(0x20000)  # the header and the refcount table; the L1 table cut off
     with pytest.raises(UnsafeImage, match=r"L1 table .* beyond the end of the file"):
         inspect(path, "qcow2", LIMIT, what="partition root: f.qcow2")
+
+
+@needs_qemu_img
+@pytest.mark.parametrize(
+    "options", ["", "cluster_size=512", "refcount_bits=1", "refcount_bits=64", "compat=0.10"]
+)
+def test_a_qcow2_cut_short_after_its_tables_is_refused(tmp_path: Path, options: str) -> None:
+    """A download cut short keeps the header, the refcount and L1 tables (at the start of
+    the file), and loses data and L2 tables: it was taken, as `qemu-img check` refuses
+    it, and its workspaces read zeros where the data was. The refcounts say which
+    clusters are in use; one past the end of the file refuses it."""
+    raw = write(tmp_path, "data.raw", os.urandom(2 * MiB))
+    whole = tmp_path / "whole.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", *(["-o", options] if options else []),
+             str(raw), str(whole))  # fmt: skip
+    assert inspect(whole, "qcow2", LIMIT).virtual_size_bytes == 2 * MiB
+    data = whole.read_bytes()
+    for cut in (len(data) // 2, len(data) - 128 * 1024):  # (a tail of a cluster is taken)
+        path = write(tmp_path, "cut.qcow2", data[:cut])
+        with pytest.raises(UnsafeImage, match=r"(past|beyond) the end of the file"):
+            inspect(path, "qcow2", LIMIT, what="partition root")
 
 
 # -- raw disks and other files ----------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from images import formats
 from images.manifest import (
     ImageRef,
     Manifest,
@@ -221,6 +222,19 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(qcow) == "qcow2"
     with pytest.raises(ManifestError, match="vmdk, not raw or qcow2; convert"):
         detect_format(vmdk)
+
+
+@pytest.mark.parametrize("name", ["disk.qcow2", "disk.QCOW2", "disk.qcow"])
+def test_a_file_named_qcow2_that_is_not_one_is_not_taken_for_raw(tmp_path: Path, name: str) -> None:
+    """A 404 page saved as disk.qcow2 was pushed as a raw disk of a few hundred bytes
+    (`ws image push` and `ws-admin image import` said nothing), and its workspaces
+    booted nothing. Its format is to be said now; said raw, it is taken."""
+    page = tmp_path / name
+    page.write_bytes(b"<html><body>404 Not Found</body></html>\n")
+    with pytest.raises(ManifestError, match=r"not a qcow2 .* --format raw"):
+        detect_format(page)
+    assert single(page, "raw").partitions[0].format == "raw"
+    assert formats.inspect(page, "raw", 2**40).format == "raw"
 
 
 def test_sha256_file(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from images import formats
 from images import manifest as image_manifest
 from workspace import errors
 from workspace.cli import (
@@ -262,6 +263,13 @@ class Commands(common.ClientCommands):
         with contextlib.suppress(errors.NotFound):
             client.get_image(args.name)
             raise errors.AlreadyExists(f"image {args.name!r} already exists; pick a new version")
+        # The import's checks of the disk (a backing file, a truncated qcow2, its virtual
+        # size), as `ws image push` runs them: it was sent whole, then refused.
+        limit = client.repository_usage().max_virtual_bytes or image_manifest.MAX_SIZE
+        try:
+            formats.inspect(disk, fmt, limit, f"image {args.name}, disk {disk}")
+        except formats.UnsafeImage as exc:
+            raise errors.InvalidArgument(f"{exc}; nothing sent") from None
         ref = self._upload(client, disk, "disk")
         kernel_ref = self._upload(client, kernel, "kernel") if kernel else None
         initrd_ref = self._upload(client, initrd, "initrd") if initrd else None

@@ -55,9 +55,9 @@ def _manifest(args: argparse.Namespace) -> image_manifest.Manifest:
             single.partitions,
             Path(args.kernel).resolve() if args.kernel else None,
             Path(args.initrd).resolve() if args.initrd else None,
-            args.cmdline or "",
+            image_manifest.check_cmdline(args.cmdline or ""),
             args.context or "none",
-            args.login_user or "",
+            image_manifest.check_login_user(args.login_user or ""),
         )
     except image_manifest.ManifestError as exc:
         raise errors.InvalidArgument(str(exc)) from None

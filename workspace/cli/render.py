@@ -33,6 +33,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from images import signing
 from workspace.cli import termfilter
 from workspace.cli.elastic_text import autoscale_line
 from workspace.client import cluster_state_name, rebooted, state_name
@@ -665,20 +666,9 @@ def usage_text(u: images_pb2.RepositoryUsage) -> str:
 # -- image trust -------------------------------------------------------------------------
 
 
-def _signers(envelopes: Iterable[str]) -> list[str]:
-    """The key ids named in DSSE envelopes (malformed ones are skipped)."""
-    out: list[str] = []
-    for text in envelopes:
-        try:
-            out += [str(s["keyid"]) for s in json.loads(text)["signatures"]]
-        except (ValueError, KeyError, TypeError):
-            continue
-    return list(dict.fromkeys(out))
-
-
 def signatures_text(sigs: trust_pb2.ImageSignatures) -> str:
     verdict = "trusted" if sigs.trusted else "NOT trusted"
-    signers = ", ".join(k[:16] for k in _signers(sigs.envelopes_json)) or "none"
+    signers = ", ".join(k[:16] for k in signing.signers(sigs.envelopes_json)) or "none"
     return fields(
         [
             ("image", sigs.image),

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Text, cast, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from images import formats, manifest
 from images.model import ImageSpec, Mode, Partition
 from workspace.domain.layout import blank_partition
 from workspace.domain.model import AuditRecord, ImageView, RepositoryUsage
-from workspace.domain.states import State
+from workspace.domain.states import ClusterState, State
 from workspace.domain.tenancy import ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
@@ -27,7 +26,7 @@ from workspace.errors import (
 from workspace.identity import Identity
 from workspace.ops import blob_access, pages, projects, refusals, seeds, trust
 from workspace.ops.image_refs import may_use, name_taken, unknown_image, visible_image
-from workspace.ops.lifecycle import image_users
+from workspace.ops.lifecycle import SAVE_GRACE_S, image_users
 from workspace.ops.projects import (
     Scope,
     as_identity,
@@ -37,9 +36,9 @@ from workspace.ops.projects import (
     scope,
 )
 from workspace.ops.unit import Env
-from workspace.store import Backfill, Blob, Image, Node, Project, Workspace
+from workspace.store import Backfill, Blob, Cluster, Image, Node, Project, Workspace
 from workspace.store.blobs import BlobRepository, check_digest
-from workspace.store.mapping import bound_spec, image_spec, partitions_column
+from workspace.store.mapping import bound_spec, image_spec, member_specs, partitions_column
 
 log = logging.getLogger("workspace.ops.images")
 
@@ -49,10 +48,6 @@ _NAME_TAKEN = (
     "image {0!r} already exists: its NAME is another project's; pick another name "
     "(sites give each project a prefix by convention)"
 )
-
-# What a kernel cmdline cannot hold: the characters XML 1.0 cannot carry (the node writes
-# the cmdline into the domain's XML; libvirt refused it at every boot).
-_NOT_IN_CMDLINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 # Digests one HasBlobs may ask about.
 MAX_HAS_BLOBS = 1024
@@ -162,7 +157,7 @@ class Catalog:
         only the blobs it found are looked at again (still old: not uploaded again; still
         unused: no import or create took them since) and deleted with their files."""
         env = self.env
-        cutoff = env.clock() - env.cfg.blob_grace_s
+        cutoff = min(env.clock() - env.cfg.blob_grace_s, self._saves_since())
         if self.blobs.has_trash():  # a process died with files aside (rare)
             with env.store.write_lock, env.store.write() as s:
                 self.blobs.sweep_trash(lambda d: s.get(Blob, d) is not None)
@@ -185,6 +180,20 @@ class Catalog:
                 ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
             )
         return gone
+
+    def _saves_since(self) -> float:
+        """When the oldest save under way began (ops/save.py; a lapsed mark does not
+        count), else infinity: the disks its node sent are no image's until every disk
+        is sent, which may take longer than ``blob_grace_s`` (they went with the upload
+        of its last disk, and the import failed "not uploaded" after the whole save)."""
+        env = self.env
+        lapsed = env.clock() - env.cfg.limits.save_timeout_s - SAVE_GRACE_S
+        with env.store.read() as s:
+            q = select(func.min(Workspace.saving_since)).where(
+                Workspace.saving_as != "", Workspace.saving_since > lapsed
+            )
+            since = s.execute(q).scalar()
+        return float("inf") if since is None else float(since)
 
     def _collectable(self, cutoff: float) -> set[str]:
         """The blobs uploaded (a file without a row: written) before ``cutoff`` that no
@@ -349,13 +358,10 @@ class Catalog:
                 f"image {req.image}: the kernel cmdline is {len(req.cmdline.encode())} bytes, "
                 f"more than the {limit} allowed (limits.max_cmdline_bytes)"
             )
-        bad = _NOT_IN_CMDLINE.search(req.cmdline)
-        if bad:
-            raise InvalidArgument(
-                f"image {req.image}: the kernel cmdline has a character it cannot have "
-                f"({bad[0]!r} at offset {bad.start()}): a control character (tabs and "
-                "newlines aside) or a non-character"
-            )
+        try:
+            manifest.check_cmdline(req.cmdline)
+        except manifest.ManifestError as exc:
+            raise InvalidArgument(f"image {req.image}: {exc}") from None
         if len(req.partitions) > manifest.MAX_PARTITIONS:
             raise InvalidArgument(
                 f"image {req.image}: at most {manifest.MAX_PARTITIONS} partitions, "
@@ -550,6 +556,9 @@ class Catalog:
             users = image_users(s, name)
             if users:
                 raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
+            grows = _grown_from(s, name)
+            if grows:
+                raise FailedPrecondition(_grows(name, grows, scope(s, ident)))
             if s.get(Backfill, name) is not None:
                 # Its creates would fail unseen, and an image pushed under the name
                 # later be run in its place.
@@ -635,6 +644,36 @@ def _delete_rows(s: Session, digests: Sequence[str]) -> list[str]:
             node.prefetch = left
             changed.append(node.name)
     return changed
+
+
+def _grown_from(s: Session, name: str) -> list[tuple[Cluster, str]]:
+    """The (cluster, role) pairs of the clusters not destroyed whose role is of image
+    ``name``: a role scaled to no member has no live workspace of it, and grows from it
+    again (`ws cluster scale`, its autoscaler)."""
+    live = select(Cluster).where(Cluster.state != ClusterState.TERMINATED.value)
+    return [
+        (c, m.role)
+        for c in s.execute(live.order_by(Cluster.created_at, Cluster.id)).scalars()
+        for m in member_specs(c)
+        if m.image == name
+    ]
+
+
+def _grows(name: str, grows: list[tuple[Cluster, str]], sc: Scope) -> str:
+    """Why image ``name`` cannot be deleted: the cluster roles that grow from it, named
+    as far as the caller (``sc``) may see them."""
+    named = [
+        f"role {role} of cluster {c.owner}/{c.name} ({c.id})"
+        if sc.sees(c.owner, c.project or "")
+        else "a role of another user's cluster"
+        for c, role in grows
+    ]
+    return (
+        f"image {name} is the image of {', '.join(dict.fromkeys(named))}: no member of it "
+        "is live now, but the cluster grows from it again (`ws cluster scale`, its "
+        "autoscaler), from a deleted image or from another pushed under its name; "
+        "destroy the cluster first"
+    )
 
 
 def _in_use(name: str, users: list[Workspace], sc: Scope) -> str:

@@ -10,7 +10,6 @@ transaction rolls back). The manifest a signature covers is the image's ``ImageS
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -63,18 +62,6 @@ MAX_AUDIT_LIMIT = 10000
 # workspace_id). Decisions are written with Core (store/mapping.py ``insert_audits``):
 # every create makes one, so no ORM object is built for it.
 Decision = dict[str, Any]
-
-
-def signers(envelopes: Iterable[str]) -> list[str]:
-    """The key ids named in these envelopes (malformed ones are skipped)."""
-    out: list[str] = []
-    for text in envelopes:
-        try:
-            env = json.loads(text)
-            out += [str(s["keyid"]) for s in env["signatures"]]
-        except (ValueError, KeyError, TypeError):
-            continue
-    return list(dict.fromkeys(out))
 
 
 def audit_record(row: Audit) -> AuditRecord:
@@ -318,7 +305,7 @@ def _entry(
     envs: Sequence[str],
     workspace_id: str = "",
 ) -> Decision:
-    kid = verdict.key_id or next(iter(signers(envs)), "")
+    kid = verdict.key_id or next(iter(signing.signers(envs)), "")
     return {
         "at": env.clock(),
         "source": "service",
@@ -399,23 +386,17 @@ def signatures(env: Env, who: Identity | str, image_name: str) -> SignatureStatu
 
 
 def _signed_key_ids(envelope: str, what: str) -> tuple[object, list[str]]:
-    """(the signed statement, the key ids) of a DSSE envelope, or InvalidArgument."""
+    """(the signed statement, the key ids) of a DSSE envelope, or InvalidArgument: one
+    that is malformed (a signature without its ``sig``, a ``sig`` not base64, a keyid
+    not a string) was kept as a signature under warn."""
     try:
-        env = json.loads(envelope)
-        if env.get("payloadType") != signing.PAYLOAD_TYPE:
-            raise InvalidArgument(
-                f"{what}: payload type {env.get('payloadType')!r} is not {signing.PAYLOAD_TYPE}"
-            )
-        payload = base64.b64decode(env["payload"], validate=True)
+        payload, sigs = signing.decode_envelope(envelope)
         signed = json.loads(payload)
-        kids = [str(x["keyid"]) for x in env["signatures"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        if isinstance(exc, InvalidArgument):
-            raise
+    except signing.SignatureError as exc:
         raise InvalidArgument(f"{what}: not a DSSE envelope: {exc}") from exc
-    if not kids:
-        raise InvalidArgument(f"{what}: the envelope carries no signature")
-    return signed, kids
+    except ValueError as exc:
+        raise InvalidArgument(f"{what}: not a DSSE envelope: its payload is not JSON") from exc
+    return signed, [kid for kid, _ in sigs]
 
 
 def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str) -> SignatureStatus:
