@@ -496,7 +496,10 @@ class LocalSite:
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
         running = {*agents_alive, *([metrics_ports.SERVICE] if svc_alive else [])}
-        metrics = metrics_ports.addresses(old, [spec.name for spec in specs], running)
+        configs = {metrics_ports.SERVICE: self.service_config}
+        configs.update({spec.name: spec.config for spec in specs})
+        written = metrics_ports.configured(configs)
+        metrics = metrics_ports.addresses(old, [spec.name for spec in specs], running, written)
         rec.service_metrics = metrics_ports.url(metrics[metrics_ports.SERVICE])
         for agent in rec.agents:
             agent.metrics = metrics_ports.url(metrics[agent.node])
