@@ -15,6 +15,8 @@ E = TypeVar("E", bound=errors.WorkspaceError)
 # client expects (``rpc.channel``), and when it may not serve at all (a user's).
 _WRONG_NAME = "hostname verification check failed"
 _NOT_A_SERVER = "unsupported certificate purpose"
+# ... and when the server's certificate is not of any CA the client trusts.
+_OTHER_CA = "unable to get local issuer certificate"
 
 _STATUS: dict[type[errors.WorkspaceError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,5 +92,11 @@ def server_identity_hint(details: str) -> str:
         return (
             " (the server presented a certificate that may not serve, such as a user's: "
             "it is not the workspace service or a node)"
+        )
+    if _OTHER_CA in said:
+        return (
+            " (the server's certificate is not of the CA this side trusts, the ca.pem of "
+            "its identity directory or [tls] ca_file: one of them is of another site CA; "
+            "after a CA rotation, `ws-admin pki bundle` makes a ca.pem of both)"
         )
     return ""

@@ -317,6 +317,9 @@ def test_channels_expect_the_service_or_the_named_node() -> None:
         ("... Custom verification check failed with error: UNAUTHENTICATED: Hostname "
          "Verification Check failed.", "does not prove it is the server expected"),
         ("... CERTIFICATE_VERIFY_FAILED: unsupported certificate purpose", "may not serve"),
+        ("Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+         "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer "
+         "certificate: OK", "is not of the CA this side trusts, the ca.pem of its identity"),
         ("failed to connect to all addresses; Connection refused", ""),
     ],
 )  # fmt: skip
