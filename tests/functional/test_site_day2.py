@@ -165,7 +165,7 @@ def test_site_up_right_after_a_kill_starts_the_daemon_still_stopping_again(
     starts it again."""
     d = site
     conf = d / "agent.toml"
-    conf.write_text(conf.read_text().replace("boot_delay_s = 0.0", "boot_delay_s = 10.0"))
+    conf.write_text(conf.read_text().replace("boot_delay_s = 0.0", "boot_delay_s = 20.0"))
     first = local.read_record(d)
     assert first is not None
     os.kill(first.agents[0].pid, signal.SIGTERM)
@@ -195,4 +195,5 @@ def test_site_up_right_after_a_kill_starts_the_daemon_still_stopping_again(
     until(
         "the workspace RUNNING",
         lambda: ok(d, "ws", "-o", "json", "show", "slow").json()["state"] == "RUNNING",  # type: ignore[index]
+        60.0,
     )
