@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -45,6 +47,25 @@ from workspace.errors import DriverError
 
 log = logging.getLogger("agent")
 
+# The id of an agent's state directory (made once): with the host's name and the
+# directory, the key the agent registers with (NodeInfo.agent_key).
+AGENT_ID_FILE = "agent-id"
+
+
+def agent_key(state_dir: str) -> str:
+    """ "HOST:STATE_DIR (ID)": the same for this agent after a restart (the one agent per
+    state directory, workspace/sole.py), another for an agent of the same node name
+    on another host or state directory."""
+    path = Path(state_dir) / AGENT_ID_FILE
+    try:
+        made = path.read_text().strip()
+    except FileNotFoundError:
+        made = ""
+    if not made:
+        made = secrets.token_hex(6)
+        path.write_text(made + "\n")
+    return f"{socket.gethostname()}:{os.path.realpath(state_dir)} ({made})"
+
 
 class Agent:
     def __init__(
@@ -56,6 +77,7 @@ class Agent:
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o711)  # QEMU crosses it to the disks below; nobody lists it
+        self.key = agent_key(cfg.state_dir)
         self.stop_event = threading.Event()
         self.cache = BlobCache(
             cfg.cache_path, cfg.cache_budget_bytes, quarantine_max_bytes=cfg.quarantine_max_bytes
@@ -171,6 +193,7 @@ class Agent:
             disk_mbps=self.cfg.disk_mbps,
             net_mbps=self.cfg.net_mbps,
             agent_version=version.version(),
+            agent_key=self.key,
         )
 
     def _host_capacity(self) -> tuple[int, int]:

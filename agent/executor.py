@@ -538,8 +538,9 @@ class Executor:
     def _run(self, wid: str, action: Action, order: Order | None, note: str = "") -> None:
         """Carry out ``action``; ``note``: what the workspace shows once it worked (a
         repair's, ``_repair_note``)."""
+        who = f"{wid} ({order.name})" if order is not None and order.name else wid
         try:
-            log.info("workspace %s: %s", wid, action.value, extra={"workspace": wid})
+            log.info("workspace %s: %s", who, action.value, extra={"workspace": wid})
             self._execute(wid, action, order)
             self._failures.forget(wid)
             self._removals.forget(wid)
@@ -553,7 +554,7 @@ class Executor:
             count, delay = self._retries(action).failed(wid)
             log.error(
                 "workspace %s: %s failed (attempt %d, retry in %.0f s): %s",
-                wid,
+                who,
                 action.value,
                 count,
                 delay,

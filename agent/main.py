@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg.driver,
         cfg.service,
     )
-    log.info("signal %d: shutting down (VMs keep running)", stops.wait())
+    signum = stops.wait()
+    node_lock.stopping()  # `ws-admin site up` meanwhile waits for us to go
+    log.info("signal %d: shutting down (VMs keep running)", signum)
     agent.stop()
     node_lock.release()
     return 0

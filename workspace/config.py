@@ -155,23 +155,17 @@ class LimitsConfig:
                 f"limits.max_node_orders_bytes: {self.max_node_orders_bytes} is not between 1 "
                 f"and {MAX_NODE_ORDERS_BYTES} (3/4 of the gRPC message limit)"
             )
-        check_min(
-            self,
-            "limits.",
-            (
-                "max_cmdline_bytes",
-                "max_signatures_per_image",
-                "max_wait_for_capacity_s",
-                "max_ssh_keys_per_user",
-            ),
-            0,
-        )
-        check_min(
-            self,
-            "limits.",
-            ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s", "save_timeout_s"),
-            1,
-        )
+        # Every limit is a count or a size: 0 may mean none (or no quota), never less; and
+        # with no CPU, memory, NIC or byte of image allowed no workspace could be made.
+        check_min(self, "limits.", (f.name for f in dataclasses.fields(self)), 0)
+        sizes = ("max_cpus", "min_memory_mib", "max_nics", "max_blob_bytes", "max_virtual_bytes")
+        execs = ("max_exec_argv_bytes", "max_exec_stdin_bytes", "max_exec_timeout_s")
+        check_min(self, "limits.", (*sizes, *execs, "save_timeout_s"), 1)
+        if self.max_memory_mib < self.min_memory_mib:
+            raise ConfigError(
+                f"limits.max_memory_mib: {self.max_memory_mib} is below limits.min_memory_mib "
+                f"({self.min_memory_mib}): no workspace would fit"
+            )
         if not 1 <= self.exec_default_timeout_s <= self.max_exec_timeout_s:
             raise ConfigError(
                 f"limits.exec_default_timeout_s: {self.exec_default_timeout_s} is not between "
@@ -609,6 +603,8 @@ class AgentConfig:
         check_log_level(self.log_level)
         if not self.node.strip():
             raise ConfigError("node: must not be empty (the node's name; default: the host name)")
+        if not self.service.replace(",", "").strip():
+            raise ConfigError("service: must not be empty (the service's node_listen, host:port)")
         names = [n.name for n in self.networks]
         if "" in names:
             raise ConfigError("networks: an entry without a name (name = the site network's)")

@@ -98,6 +98,7 @@ def server_identity_hint(details: str) -> str:
             " (the server's certificate is not of a CA this side trusts, the identity's "
             "ca.pem or [tls] ca_file: the identity is another site's, or the site's CA was "
             "made anew since it was issued (`ws-admin site down --purge`): get one of the "
-            "site's CA (`ws-admin pki issue`))"
+            "site's CA (`ws-admin pki issue`); after a CA rotation, `ws-admin pki bundle` "
+            "makes a ca.pem of both)"
         )
     return ""

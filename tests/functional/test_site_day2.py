@@ -1,7 +1,8 @@
 """A local site's day 2 (fake driver, through the command lines): a node certificate
 `site up` issues anew (renewal, or names an upgrade adds) does not strand the node;
 `site up` waits for heartbeats of this start and `site status` calls a silent READY node
-STALE; an admin's log_level survives `site up`."""
+STALE; an admin's log_level survives `site up`; `site up` right after a daemon's
+SIGTERM waits for it to go and starts it again."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.functional.test_cli import ROOT, cli_env, ok, run, wait_gone
-from workspace import pki
+from workspace import hostproc, pki
 from workspace.site import local
 
 IMAGE = "day2-img"
@@ -152,3 +153,47 @@ def test_a_store_restored_under_a_new_ca_is_said_and_left_running(
         assert heartbeat(node(d)) > time.time() - 10
     finally:
         stop_site(d)
+
+
+def test_site_up_right_after_a_kill_starts_the_daemon_still_stopping_again(
+    site: Path, tmp_path: Path
+) -> None:
+    """README, "Restarting one daemon": `kill PID`, then `ws-admin site up`. An agent
+    finishes the operation it runs before it exits (here a create, slowed by the fake
+    driver's boot delay), so it still ran when `site up` looked: `site up` said the site
+    was running and the agent was gone a moment later. Now `site up` waits for it and
+    starts it again."""
+    d = site
+    conf = d / "agent.toml"
+    conf.write_text(conf.read_text().replace("boot_delay_s = 0.0", "boot_delay_s = 20.0"))
+    first = local.read_record(d)
+    assert first is not None
+    os.kill(first.agents[0].pid, signal.SIGTERM)
+    assert wait_gone(first.agents[0].pid, 10.0)
+    ok(d, "admin", "site", "up", "--dir", str(d))  # the agent with the boot delay
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(os.urandom(1024 * 1024 + 17))
+    ok(d, "admin", "image", "import", IMAGE, str(disk))
+    ok(d, "ws", "create", "--image", IMAGE, "--name", "slow")
+    until(
+        "the create under way on the node",
+        lambda: ok(d, "ws", "-o", "json", "show", "slow").json()["state"] == "STARTING",  # type: ignore[index]
+    )
+    log = d / "agent.log"
+    stops = log.read_text().count("shutting down")
+    busy = local.read_record(d)
+    assert busy is not None
+    old = busy.agents[0].pid
+    os.kill(old, signal.SIGTERM)
+    until("the agent stopping", lambda: log.read_text().count("shutting down") > stops)
+    up = ok(d, "admin", "site", "up", "--dir", str(d))
+    assert f"waiting for workspace-agent of node local (pid {old})" in up.err, up.err
+    after = local.read_record(d)
+    assert after is not None and after.agents[0].pid != old
+    assert hostproc.process_alive(after.agents[0].pid)
+    assert run(d, "admin", "site", "status", "--dir", str(d)).code == 0
+    until(
+        "the workspace RUNNING",
+        lambda: ok(d, "ws", "-o", "json", "show", "slow").json()["state"] == "RUNNING",  # type: ignore[index]
+        60.0,
+    )

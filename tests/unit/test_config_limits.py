@@ -49,3 +49,44 @@ def test_bad_values_are_refused_with_the_key(tmp_path: Path, text: str, words: s
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=words):
         load(ServiceConfig, path)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("max_cpus = 0", "limits.max_cpus: must be at least 1, got 0"),
+        ("min_memory_mib = 0", "limits.min_memory_mib: must be at least 1"),
+        ("max_memory_mib = 8", r"limits.max_memory_mib: 8 is below limits.min_memory_mib \(16\)"),
+        ("max_nics = 0", "limits.max_nics: must be at least 1"),
+        ("max_blob_bytes = 0", "limits.max_blob_bytes: must be at least 1"),
+        ("max_virtual_bytes = 0", "limits.max_virtual_bytes: must be at least 1"),
+        ("max_user_data_bytes = -1", "limits.max_user_data_bytes: must be 0 or more"),
+        ("repo_quota_bytes_per_user = -1", "limits.repo_quota_bytes_per_user: must be 0 or"),
+        ("max_extra_partitions = -1", "limits.max_extra_partitions: must be 0 or more"),
+        ("max_grow_bytes = -1", "limits.max_grow_bytes: must be 0 or more"),
+    ],
+)
+def test_limits_no_workspace_could_pass_are_refused_with_the_key(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    # They used to start a service that refused every create ("cpus must be between 1
+    # and 0") or took a negative quota.
+    path = tmp_path / "service.toml"
+    path.write_text(f"[limits]\n{text}\n")
+    with pytest.raises(ConfigError, match=words):
+        load(ServiceConfig, path)
+
+
+def test_limits_of_none_stay_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "service.toml"
+    path.write_text("[limits]\nmax_user_data_bytes = 0\nrepo_quota_bytes_per_user = 0\n")
+    assert load(ServiceConfig, path).limits.max_user_data_bytes == 0
+
+
+@pytest.mark.parametrize("service", ["", " ", ","])
+def test_an_agent_without_a_service_address_is_refused(tmp_path: Path, service: str) -> None:
+    # It used to start and retry "Failed to create channel to ''" forever.
+    path = tmp_path / "agent.toml"
+    path.write_text(f'node = "n1"\nservice = "{service}"\n')
+    with pytest.raises(ConfigError, match="service: must not be empty"):
+        load(AgentConfig, path)

@@ -454,3 +454,22 @@ def test_a_create_destroyed_while_it_waits_for_a_worker_is_never_made(parts: Par
     assert "w3" not in defined
     assert sorted(d.workspace_id for d in driver.list_domains()) == ["w1", "w2"]
     assert "w3" not in parts.files.existing()
+
+
+def test_a_failed_operation_is_logged_with_the_workspace_name(
+    parts: Parts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operation's line and its failure's name the workspace as `ws list` does, not
+    only by its id: an admin looks for `alpha` in the node's log."""
+    driver = parts.driver
+
+    def failing_start(wid: str) -> None:
+        raise DriverError("cannot start: no memory on the host")
+
+    driver.start = failing_start  # type: ignore[method-assign]
+    parts.executor.take([replace(order(), name="alpha")])
+    with caplog.at_level("INFO", logger="agent"):
+        settle(parts)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "workspace w1 (alpha): create" in lines, lines
+    assert any(m.startswith("workspace w1 (alpha): create failed (attempt 1") for m in lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,28 @@ def test_the_same_store_through_a_symlink_is_the_same_store(tmp_path: Path) -> N
                 sole.hold_store(alias)
     finally:
         held.release()
+
+
+def test_a_holder_on_its_way_out_says_so(tmp_path: Path) -> None:
+    """A daemon that got its stop signal marks its lock (`ws-admin site up` then waits
+    for it to go); a second one started meanwhile is told whose it still is."""
+    state = tmp_path / "agent"
+    state.mkdir()
+    lock = sole.node_lock(state)
+    assert sole.stopping(lock) is None  # no such file yet
+    held = sole.hold_node(str(state))
+    try:
+        assert sole.stopping(lock) is None  # running, not stopping
+        held.stopping()
+        assert sole.stopping(lock) == os.getpid()
+        with pytest.raises(
+            ConfigError, match=rf"another workspace-agent \(pid {os.getpid()}, stopping\)"
+        ):
+            sole.hold_node(str(state))
+    finally:
+        held.release()
+    again = sole.hold_node(str(state))  # the next one writes its own pid over the mark
+    try:
+        assert sole.stopping(lock) is None
+    finally:
+        again.release()

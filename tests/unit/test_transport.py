@@ -319,6 +319,9 @@ def test_channels_expect_the_service_or_the_named_node() -> None:
         ("... CERTIFICATE_VERIFY_FAILED: unsupported certificate purpose", "may not serve"),
         ("... CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate",
          "not of a CA this side trusts"),
+        ("Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+         "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer "
+         "certificate: OK", "`ws-admin pki bundle` makes a ca.pem of both"),
         ("failed to connect to all addresses; Connection refused", ""),
     ],
 )  # fmt: skip

@@ -394,6 +394,7 @@ def node_info_to_proto(n: NodeInfo) -> nodes_pb2.RegisterRequest:
         peer_address=n.peer_address,
         disk_mbps=n.disk_mbps,
         net_mbps=n.net_mbps,
+        agent_key=n.agent_key,
     )
 
 
@@ -411,6 +412,7 @@ def node_info_from_proto(r: nodes_pb2.RegisterRequest) -> NodeInfo:
         disk_mbps=r.disk_mbps,
         net_mbps=r.net_mbps,
         agent_version=r.agent_version,
+        agent_key=r.agent_key,
     )
 
 

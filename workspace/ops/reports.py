@@ -23,7 +23,13 @@ from workspace.domain.states import (
     State,
     state_from_report,
 )
-from workspace.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from workspace.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from workspace.log import about
 from workspace.ops import netpolicy, node_conditions, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
@@ -167,6 +173,10 @@ def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[
             )
         elif NodeState(node.state) is NodeState.DOWN:
             _back(node)
+        else:
+            check_one_agent(node, info, now, 3 * env.cfg.heartbeat_interval_s)
+        if info.agent_key:
+            node.agent_key = info.agent_key[:512]
         node.hypervisor = info.hypervisor or "unknown"
         node.cpus = info.cpus
         node.memory_mib = info.memory_mib
@@ -185,6 +195,31 @@ def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[
         u.nodes(info.name)
         u.capacity()
     return env.cfg.heartbeat_interval_s
+
+
+def check_one_agent(node: Node, info: NodeInfo, now: float, silent_s: float) -> None:
+    """Refuse another agent the name of a node whose agent reports (its last heartbeat
+    within ``silent_s``): both would run the node's VMs (on two hosts: twice, with the
+    same addresses), take each other's order streams and report each other's VMs gone.
+    The same agent restarting says the same key; one that does not say is let be."""
+    if not info.agent_key or not node.agent_key or info.agent_key == node.agent_key:
+        return
+    age = now - node.last_heartbeat
+    if age >= silent_s:
+        log.warning(
+            "node %s: now served by agent %s (agent %s last reported %.0f s ago)",
+            node.name,
+            info.agent_key,
+            node.agent_key,
+            age,
+        )
+        return
+    raise FailedPrecondition(
+        f"node {node.name} is served by another agent, {node.agent_key}, which reported "
+        f"{max(age, 0):.0f} s ago: two agents of one node would both run its VMs. Stop one "
+        "of them, or give this one a node name of its own (`node` in agent.toml); this "
+        f"one may take the node over once the other has not reported for {silent_s:.0f} s"
+    )
 
 
 # -- orders ----------------------------------------------------------------------------------

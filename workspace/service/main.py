@@ -554,7 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     # out of the collector's way, a full collection no longer walks it (it cost a create
     # about 4 % of its time).
     gc.freeze()
-    log.info("signal %d: shutting down", stops.wait())
+    signum = stops.wait()
+    if svc.sole is not None:
+        svc.sole.stopping()  # `ws-admin site up` meanwhile waits for us to go
+    log.info("signal %d: shutting down", signum)
     svc.stop()
     return 0
 

@@ -109,7 +109,17 @@ class NodeSpec:
 
     @property
     def state_dir(self) -> Path:
-        return self.dir / "agent"
+        return agent_state_dir(self.dir)
+
+
+def agent_state_dir(node_dir: Path) -> Path:
+    """The state directory of the agent of a node whose files are in ``node_dir``."""
+    return node_dir / "agent"
+
+
+def service_store(site_dir: Path) -> Path:
+    """The SQLite store of the site's service (in its data_dir)."""
+    return site_dir / "service" / "service.db"
 
 
 def header(site_dir: Path, name: str) -> str:
@@ -186,7 +196,7 @@ def service_config(
         # Agents dial the Nodes API on a socket of its own (nodes.sock beside it).
         node_listen=config.node_address_for(address),
         # The store (SQLite) and the image blobs.
-        data_dir=str(site_dir / "service"),
+        data_dir=str(service_store(site_dir).parent),
         heartbeat_interval_s=5,
         node_grace_s=40,
         log_level="INFO",

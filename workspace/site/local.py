@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from workspace import config, errors, hostproc
+from workspace import config, errors, hostproc, sole
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.files import open_private
 from workspace.site import hostenv, identities, metrics_ports, status
@@ -55,6 +55,8 @@ from workspace.site.configs import (
     SERVICE_CONFIG,
     UNIX_PATH_MAX,
     NodeSpec,
+    agent_state_dir,
+    service_store,
     write_configs,
 )
 from workspace.site.record import (
@@ -101,6 +103,8 @@ __all__ = [
 NODES_DIR = "nodes"  # <site>/nodes/<node>/ on a site of several nodes
 MAX_NODES = 16
 STOP_TIMEOUT_S = 10.0
+# How long `site up` waits for a daemon that got its stop signal to finish and go.
+STOPPING_WAIT_S = 60.0
 START_TIMEOUT_S = 90.0
 
 STATE_RULE = (
@@ -353,6 +357,8 @@ class LocalSite:
         with self._locked():
             setup = self._adopt_setup()
             old = read_record(self.dir)
+            if old is not None:
+                self._await_stopping(old)
             svc_alive = old is not None and self._service_runs(old)
             agents_alive = {
                 a.node
@@ -377,6 +383,38 @@ class LocalSite:
             if setup is not None:
                 made = SiteSetup(setup.driver, setup.nodes, self.virt_type, setup.created_at)
             return self._start(old, svc_alive, agents_alive, timeout_s, made)
+
+    def _await_stopping(self, rec: SiteRecord) -> None:
+        """Wait for each daemon of ``rec`` that got its stop signal and still finishes its
+        work (its lock file says so: workspace/sole.py) to be gone, so that it is started
+        again rather than taken as running: `kill PID; ws-admin site up` used to say the
+        site ran and leave it without the daemon a moment later."""
+        store = sole.store_lock(service_store(self.dir))
+        daemons = [
+            ("workspace-service", rec.service_pid, store, service_matcher(self.service_config))
+        ]
+        daemons += [
+            (
+                f"workspace-agent of node {a.node}",
+                a.pid,
+                sole.node_lock(agent_state_dir(Path(a.dir))),
+                agent_matcher(a.config),
+            )
+            for a in rec.agents
+        ]
+        for what, pid, lock, matches in daemons:
+            if not pid or sole.stopping(lock) != pid or not hostproc.pid_if_ours(pid, matches):
+                continue
+            self._say(f"waiting for {what} (pid {pid}) to finish stopping")
+            deadline = time.monotonic() + STOPPING_WAIT_S
+            while hostproc.process_alive(pid):
+                if time.monotonic() > deadline:
+                    raise SiteError(
+                        f"{what} (pid {pid}) is still stopping after {STOPPING_WAIT_S:g} s; "
+                        f"run `ws-admin site up{self._dir_flag()}` again once it is gone, or "
+                        f"end it with `kill -9 {pid}`"
+                    )
+                time.sleep(0.2)
 
     def _service_runs(self, rec: SiteRecord) -> bool:
         matches = service_matcher(self.service_config)
@@ -458,7 +496,10 @@ class LocalSite:
         if read_setup(self.dir) != setup:
             write_setup(self.dir, setup)
         running = {*agents_alive, *([metrics_ports.SERVICE] if svc_alive else [])}
-        metrics = metrics_ports.addresses(old, [spec.name for spec in specs], running)
+        configs = {metrics_ports.SERVICE: self.service_config}
+        configs.update({spec.name: spec.config for spec in specs})
+        written = metrics_ports.configured(configs)
+        metrics = metrics_ports.addresses(old, [spec.name for spec in specs], running, written)
         rec.service_metrics = metrics_ports.url(metrics[metrics_ports.SERVICE])
         for agent in rec.agents:
             agent.metrics = metrics_ports.url(metrics[agent.node])

@@ -1,11 +1,14 @@
 """The local site's metrics addresses: `site up` turns metrics on for the service and every
 agent, each on a free loopback port, kept across `site up`s (a daemon still running
-keeps its port), and recorded in site.json for `site status`."""
+keeps its port; after `site down`, which removes site.json, the port its config names),
+and recorded in site.json for `site status`."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection, Sequence
+import tomllib
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 
 from workspace.site.record import SiteRecord
 
@@ -42,16 +45,35 @@ def is_free(address: str) -> bool:
     return True
 
 
+def configured(configs: Mapping[str, Path]) -> dict[str, str]:
+    """``service`` and node names → the ``metrics_listen`` of their config file (what the
+    last `site up` wrote there), for those that have one it can read."""
+    out: dict[str, str] = {}
+    for who, path in configs.items():
+        try:
+            address = tomllib.loads(path.read_text()).get("metrics_listen", "")
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(address, str) and address.startswith(f"{LOOPBACK}:"):
+            out[who] = address
+    return out
+
+
 def addresses(
-    old: SiteRecord | None, nodes: Sequence[str], running: Collection[str] = ()
+    old: SiteRecord | None,
+    nodes: Sequence[str],
+    running: Collection[str] = (),
+    written: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """``service`` and each node → ``127.0.0.1:PORT``: the old record's, else a free one.
-    ``running`` (``service``, node names): the daemons that run on and keep theirs; a
-    daemon to be started gets a new one if another process took its old one meanwhile."""
-    before: dict[str, str] = {}
+    """``service`` and each node → ``127.0.0.1:PORT``: the old record's, else the one its
+    config names (``written``: after `site down`, which removes the record), else a free
+    one. ``running`` (``service``, node names): the daemons that run on and keep theirs;
+    a daemon to be started gets a new one if another process took its old one meanwhile."""
+    before: dict[str, str] = dict(written or {})
     if old is not None:
-        before[SERVICE] = address_of(old.service_metrics)
-        before.update({a.node: address_of(a.metrics) for a in old.agents})
+        recorded = {a.node: address_of(a.metrics) for a in old.agents}
+        recorded[SERVICE] = address_of(old.service_metrics)
+        before.update({who: address for who, address in recorded.items() if address})
     taken: set[str] = set()
     out: dict[str, str] = {}
     for who in (SERVICE, *nodes):

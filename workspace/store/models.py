@@ -79,6 +79,9 @@ class Node(Base):
     orders_gen: Mapped[int] = mapped_column(BigInteger, default=new_gen, server_default="0")
     # The release of the node's agent, as it last registered ("" = it did not say).
     agent_version: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Which agent last registered the node (NodeInfo.agent_key; "" = it did not say):
+    # another one is refused the name while the node reports (ops/reports.py).
+    agent_key: Mapped[str] = mapped_column(String(512), default="", server_default="")
     # What keeps the node from serving some workspaces, as its agent last reported
     # (ops/reports.py): [{"code", "subject", "message"}]; each full report replaces them.
     conditions: Mapped[list[dict[str, str]]] = mapped_column(

@@ -91,6 +91,7 @@ class RegisterRequest(_message.Message):
     PEER_ADDRESS_FIELD_NUMBER: _builtins.int
     DISK_MBPS_FIELD_NUMBER: _builtins.int
     NET_MBPS_FIELD_NUMBER: _builtins.int
+    AGENT_KEY_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     hypervisor: _builtins.str
     """"kvm" | "qemu" | "xen" | "fake" """
@@ -106,6 +107,11 @@ class RegisterRequest(_message.Message):
     """
     net_mbps: _builtins.int
     """Mbit/s per direction over all NICs"""
+    agent_key: _builtins.str
+    """Which agent this is: its host and state directory, and an id kept in that directory
+    (empty from an agent older than it). While a node's agent with another key reports,
+    the name is refused: two agents of one node would each run its VMs.
+    """
     @_builtins.property
     def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """network names this node can attach to"""
@@ -129,10 +135,11 @@ class RegisterRequest(_message.Message):
         peer_address: _builtins.str = ...,
         disk_mbps: _builtins.int = ...,
         net_mbps: _builtins.int = ...,
+        agent_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cached_digests", b"cached_digests", "cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "memory_mib", b"memory_mib", "net_mbps", b"net_mbps", "networks", b"networks", "node", b"node", "peer_address", b"peer_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_key", b"agent_key", "agent_version", b"agent_version", "cached_digests", b"cached_digests", "cpus", b"cpus", "disk_gib", b"disk_gib", "disk_mbps", b"disk_mbps", "hypervisor", b"hypervisor", "labels", b"labels", "memory_mib", b"memory_mib", "net_mbps", b"net_mbps", "networks", b"networks", "node", b"node", "peer_address", b"peer_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

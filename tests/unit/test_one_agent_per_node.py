@@ -1,0 +1,77 @@
+"""One agent per node name, across hosts (ops/reports.py ``check_one_agent``): a second
+agent registering a node whose agent reports is refused, saying which agent has it. It
+used to be taken: both agents ran the node's VMs (on two hosts, twice with the same
+addresses and MACs), took each other's order streams every few seconds and reported
+each other's VMs. The same agent restarting, an agent older than the key, and an agent
+taking over a node whose agent went silent are let in. (A real SQLite store and the
+servicers' plain methods; no gRPC.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.agent import AGENT_ID_FILE, agent_key
+from tests.unit.test_request_validation import Site, build_site
+from workspace.errors import FailedPrecondition
+from workspace.node.v1 import nodes_pb2
+
+A = "host-a:/var/lib/workspace/agent (0a1b2c3d4e5f)"
+B = "host-b:/var/lib/workspace/agent (6789abcdef01)"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return build_site(tmp_path, register=False)
+
+
+def register(site: Site, key: str) -> None:
+    site.nodes.register(
+        nodes_pb2.RegisterRequest(
+            node="n1",
+            hypervisor="fake",
+            cpus=4,
+            memory_mib=8192,
+            networks=["default"],
+            agent_key=key,
+        )
+    )
+
+
+def test_a_second_agent_of_a_node_that_reports_is_refused_naming_the_first(site: Site) -> None:
+    register(site, A)
+    with pytest.raises(FailedPrecondition) as refused:
+        register(site, B)
+    said = refused.value.message
+    assert f"node n1 is served by another agent, {A}, which reported 0 s ago" in said
+    assert "give this one a node name of its own" in said
+    register(site, A)  # the first one goes on: its restart (same key) is let in
+    site.clock.now += 10  # a report a while ago, still within 3 heartbeat intervals
+    with pytest.raises(FailedPrecondition, match="which reported 10 s ago"):
+        register(site, B)
+
+
+def test_a_node_whose_agent_went_silent_is_taken_over(site: Site) -> None:
+    register(site, A)
+    site.clock.now += 3 * 5  # three heartbeat intervals without a word from A
+    register(site, B)  # the node moved to another host
+    with pytest.raises(FailedPrecondition) as refused:
+        register(site, A)  # now A is the other one
+    assert f"served by another agent, {B}" in refused.value.message
+
+
+def test_an_agent_that_does_not_say_its_key_is_let_in(site: Site) -> None:
+    register(site, A)
+    register(site, "")  # an agent older than the key: as before
+    with pytest.raises(FailedPrecondition, match="served by another agent"):
+        register(site, B)  # the key of the node's agent is kept
+
+
+def test_an_agent_keeps_its_key_across_restarts(tmp_path: Path) -> None:
+    first = agent_key(str(tmp_path))
+    assert agent_key(str(tmp_path)) == first  # the id is kept in its state directory
+    assert (tmp_path / AGENT_ID_FILE).read_text().strip() in first
+    other = tmp_path / "other"
+    other.mkdir()
+    assert agent_key(str(other)) != first  # another directory: another agent
