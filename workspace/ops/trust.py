@@ -409,6 +409,8 @@ def _signed_key_ids(envelope: str, what: str) -> tuple[object, list[str]]:
         payload = base64.b64decode(env["payload"], validate=True)
         signed = json.loads(payload)
         kids = [str(x["keyid"]) for x in env["signatures"]]
+    except RecursionError:  # JSON nested thousands deep: it was an INTERNAL error
+        raise InvalidArgument(f"{what}: not a DSSE envelope: nested too deep") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         if isinstance(exc, InvalidArgument):
             raise
