@@ -216,6 +216,8 @@ def decode_envelope(text: str) -> tuple[bytes, list[tuple[str, bytes]]]:
             raise SignatureError("malformed DSSE envelope: no signature in it")
         if not all(isinstance(s["keyid"], str) and s["keyid"] for s in env["signatures"]):
             raise SignatureError("malformed DSSE envelope: a keyid that is not a string")
+    except RecursionError:  # JSON nested thousands deep
+        raise SignatureError("malformed DSSE envelope: nested too deep") from None
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         if isinstance(exc, SignatureError):
             raise
@@ -238,7 +240,7 @@ def _check_statement(payload: bytes, manifest: ImageSpec) -> str:
     """'' if the signed statement covers exactly this manifest, else what differs."""
     try:
         signed = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "the signed payload is not JSON"
     if signed.get("_type") != STATEMENT_TYPE or signed.get("predicateType") != PREDICATE_TYPE:
         return "the signed payload is not an image-manifest statement"

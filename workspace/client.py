@@ -40,7 +40,7 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_args import BadArgument as BadArgument  # re-exported
-from workspace.client_args import checked_arguments
+from workspace.client_args import checked_arguments, strings
 from workspace.client_backfill import BackfillClientMixin
 from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
@@ -358,7 +358,7 @@ class Client(
             image=image,
             cpus=cpus,
             memory_mib=memory_mib,
-            networks=list(networks),
+            networks=strings(networks, "networks"),
             user_data=user_data,
             requirements=dict(requirements or {}),
             wait_for_capacity_s=wait_for_capacity_s,
@@ -367,7 +367,7 @@ class Client(
             project=project,
             lease_s=lease_s,
             connectivity=connectivity,
-            allow=list(allow),
+            allow=strings(allow, "allow"),
             limits=limits_message(limits),
             preemptible=preemptible,
         )
@@ -534,7 +534,7 @@ class Client(
                 lease_s=lease_s,
                 connectivity=connectivity,
                 preemptible=preemptible,
-                allow=list(allow),
+                allow=strings(allow, "allow"),
                 limits=limits_message(limits),
                 project=project,
             )
@@ -591,7 +591,7 @@ class Client(
         return self._call(self._admin.ListCache, admin_pb2.NodeRef(name=node))
 
     def preload_image(self, image: str, nodes: list[str]) -> admin_pb2.PreloadImageResponse:
-        req = admin_pb2.PreloadImageRequest(image=image, nodes=nodes)
+        req = admin_pb2.PreloadImageRequest(image=image, nodes=strings(nodes, "nodes"))
         return self._call(self._admin.PreloadImage, req)
 
     def create_network(
@@ -615,7 +615,7 @@ class Client(
             range_end=range_end,
             bridge=bridge,
             mac_prefix=mac_prefix,
-            dns=list(dns),
+            dns=strings(dns, "dns"),
         )
         return self._call(self._admin.CreateNetwork, net)
 
@@ -640,7 +640,7 @@ class Client(
         req = admin_pb2.UpdateNetworkRequest(name=name)
         if dns is not None:
             req.set_dns = True
-            req.dns.extend(dns)
+            req.dns.extend(strings(dns, "dns"))
         if addresses is not None:
             req.set_range = True
             req.range_start, req.range_end = addresses
@@ -682,7 +682,7 @@ class Client(
         req = admin_pb2.SchedulerInputRequest(
             cpus=cpus,
             memory_mib=memory_mib,
-            networks=list(networks),
+            networks=strings(networks, "networks"),
             image=image,
             requirements=dict(requirements or {}),
             preemptible=preemptible,
@@ -701,7 +701,7 @@ def _timestamp(epoch_s: float) -> Timestamp | None:
 def _member(fields: Mapping[str, Any]) -> clusters_pb2.ClusterMember:
     data = dict(fields)
     if "networks" in data:
-        data["networks"] = list(data["networks"])
+        data["networks"] = strings(data["networks"], "networks")
     if "requirements" in data:
         data["requirements"] = {str(k): str(v) for k, v in data["requirements"].items()}
     return clusters_pb2.ClusterMember(**data)

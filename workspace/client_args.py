@@ -19,7 +19,7 @@ import functools
 import inspect
 import os
 import sysconfig
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -66,6 +66,19 @@ def _ours(tb: TracebackType | None) -> bool:
         folder, name = os.path.split(path)
         return folder == _CLIENT_DIR and name.startswith("client")
     return False
+
+
+def strings(value: Iterable[str], what: str) -> list[str]:
+    """``value``, a list of strings, as a list; one string is refused (TypeError, so
+    BadArgument), where ``list()`` and protobuf's repeated fields split it into its
+    characters: ``exec(id, "uname -a")`` ran the command ``u``, ``networks="default"``
+    asked for the network ``d``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"{what} must be a list of strings, not the string {value!r} "
+            "(it would be taken a character at a time)"
+        )
+    return list(value)
 
 
 def _bad(method: str, exc: ValueError | TypeError) -> BadArgument:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from workspace.client_args import strings
 from workspace.v1 import admin_pb2, admin_pb2_grpc
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ class BackfillClientMixin:
             max=max_count,
             cpus=cpus,
             memory_mib=memory_mib,
-            networks=list(networks),
+            networks=strings(networks, "networks"),
             grace_s=grace_s,
             project=project,
         )

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from workspace import client_streams, errors
+from workspace.client_args import strings
 from workspace.codec import events as codec_events
 from workspace.domain.events import EventFilter, SiteEvent
 from workspace.v1 import (
@@ -79,6 +80,7 @@ class EventsClientMixin:
         """The site events of workspace ``ref`` (id or name; one the caller may see:
         NotFound otherwise), as ``watch_events`` gives the site's: what happened to it,
         by whom and why. ``kinds``: only these kinds or families."""
+        kinds = tuple(strings(kinds, "kinds"))
 
         def open_call(start: float, after_id: int, remaining: float | None) -> Any:
             req = codec_events.subject_watch_to_proto(
@@ -102,6 +104,7 @@ class EventsClientMixin:
         """The site events of cluster ``ref`` (id or name; one the caller may see): its
         members' (created, placed, state changes, trust decisions, ...) and its own
         (``cluster.scaled``), as ``watch_workspace_events`` gives one workspace's."""
+        kinds = tuple(strings(kinds, "kinds"))
 
         def open_call(start: float, after_id: int, remaining: float | None) -> Any:
             req = codec_events.subject_watch_to_proto(

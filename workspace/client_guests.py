@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from workspace import errors
+from workspace.client_args import strings
 from workspace.domain import booting
 from workspace.v1 import access_pb2, access_pb2_grpc, common_pb2
 
@@ -67,7 +68,9 @@ class GuestsClientMixin:
         every ``GUEST_POLL_S`` until this long has passed (0: once), telling ``on_wait``
         the first refusal; then the last refusal is raised. ``boot_wait_for`` says how long
         a workspace just started may take."""
-        req = access_pb2.ExecRequest(id=id, argv=list(argv), stdin=stdin, timeout_s=timeout_s)
+        req = access_pb2.ExecRequest(
+            id=id, argv=strings(argv, "argv"), stdin=stdin, timeout_s=timeout_s
+        )
         deadline = time.monotonic() + boot_wait_s
         waiting = False
         while True:

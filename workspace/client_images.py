@@ -19,6 +19,7 @@ import grpc
 from images import formats, signing
 from images import manifest as image_manifest
 from workspace import errors, rpc_status
+from workspace.client_args import strings
 from workspace.codec import v1 as codec_v1
 from workspace.v1 import (
     common_pb2,
@@ -179,7 +180,7 @@ class ImagesClientMixin:
 
     def has_blobs(self, digests: Sequence[str]) -> list[str]:
         """The digests the service's repository does not hold yet (a push sends those)."""
-        req = images_pb2.HasBlobsRequest(digests=list(digests))
+        req = images_pb2.HasBlobsRequest(digests=strings(digests, "digests"))
         return list(self._call(self._images.HasBlobs, req).missing)
 
     def delete_image(self, name: str) -> images_pb2.Image:
@@ -264,7 +265,9 @@ class ImagesClientMixin:
         """Trust a publisher key for images whose names match ``image_patterns``
         (fnmatch); ``expires_at`` in epoch seconds, 0 = never."""
         req = trust_pb2.AddKeyRequest(
-            public_key_pem=public_key_pem, image_patterns=list(image_patterns), comment=comment
+            public_key_pem=public_key_pem,
+            image_patterns=strings(image_patterns, "image_patterns"),
+            comment=comment,
         )
         if expires_at:
             req.expires_at.FromNanoseconds(int(expires_at * 1e9))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from workspace.client_args import strings
 from workspace.v1 import common_pb2, workspaces_pb2, workspaces_pb2_grpc
 
 T = TypeVar("T")
@@ -51,9 +52,9 @@ class PolicyClientMixin:
             id=id,
             connectivity=connectivity,
             set_allow=allow is not None,
-            allow=list(allow or ()),
+            allow=strings(allow or (), "allow"),
             limits=limits_message(limits),
-            reset_limits=list(reset_limits),
+            reset_limits=strings(reset_limits, "reset_limits"),
             cpus=cpus,
             memory_mib=memory_mib,
         )

@@ -4,6 +4,8 @@ clear error that leaves nothing behind."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,6 +143,30 @@ def test_signatures_per_image_are_capped_by_config(two_signature_site: Site) -> 
     assert "limits.max_signatures_per_image" in err.details()
     img = site.stubs.images.GetImage(images_pb2.GetImageRequest(name="img"))
     assert img.name == "img"
+
+
+def test_an_envelope_nested_thousands_deep_is_invalid(ready_site: Site) -> None:
+    """JSON nested thousands deep, within the 64 KiB an envelope may have, made the
+    service's JSON parser recurse past Python's limit: AddSignature was an INTERNAL
+    error. The envelope, or the statement signed in it, is refused as malformed."""
+    trust = trust_pb2_grpc.TrustStub(ready_site.stubs.channel)
+    deep = "[" * 20000 + "]" * 20000
+    payload = base64.b64encode(deep.encode()).decode()
+    for env in (
+        deep,
+        json.dumps(
+            {
+                "payloadType": signing.PAYLOAD_TYPE,
+                "payload": payload,
+                "signatures": [{"keyid": "k", "sig": base64.b64encode(b"s").decode()}],
+            }
+        ),
+    ):
+        err = _refused(
+            trust.AddSignature, trust_pb2.AddSignatureRequest(image="img", envelope_json=env)
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "nested too deep" in err.details()
 
 
 @pytest.fixture

@@ -269,6 +269,26 @@ def test_bad_update_is_refused_and_nothing_changed(ready_site: Site) -> None:
     client.close()
 
 
+def test_allow_rules_without_set_allow_are_refused_not_ignored(ready_site: Site) -> None:
+    """A program calling UpdateWorkspace with allow rules but not set_allow (a field a
+    generated stub leaves false unless told) was answered OK and its rules were not
+    applied: the call said it succeeded and changed nothing. It is INVALID_ARGUMENT."""
+    site = ready_site
+    w = site.stubs.create(name="rules", allow=["tcp/22"])
+    with pytest.raises(grpc.RpcError) as exc:
+        site.stubs.ws.UpdateWorkspace(
+            workspaces_pb2.UpdateWorkspaceRequest(id="rules", allow=["tcp/80"])
+        )
+    assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "set_allow" in (exc.value.details() or "")
+    assert list(site.stubs.get("rules").allow) == list(w.allow) == ["tcp/22"]
+    # With set_allow they are applied; set_allow and none: no rules.
+    req = workspaces_pb2.UpdateWorkspaceRequest(id="rules", set_allow=True, allow=["tcp/80"])
+    assert list(site.stubs.ws.UpdateWorkspace(req).allow) == ["tcp/80"]
+    req = workspaces_pb2.UpdateWorkspaceRequest(id="rules", set_allow=True)
+    assert list(site.stubs.ws.UpdateWorkspace(req).allow) == []
+
+
 def test_update_only_by_the_owner_or_an_admin(ready_site: Site) -> None:
     site = ready_site
     assert site.service is not None

@@ -154,6 +154,35 @@ def test_an_update_that_asks_no_change_is_invalid(ready_site: Site) -> None:
     assert dns_of(ready_site) == []
 
 
+def test_a_part_given_without_its_flag_is_refused_not_ignored(ready_site: Site) -> None:
+    """DNS servers sent beside set_range but without set_dns (or a range without
+    set_range) were left as they were while the update answered OK."""
+    for req, says in (
+        (
+            admin_pb2.UpdateNetworkRequest(
+                name="default",
+                set_range=True,
+                range_start="10.213.0.2",
+                range_end="10.213.0.200",
+                dns=["10.213.0.9"],
+            ),
+            "dns given without set_dns",
+        ),
+        (
+            admin_pb2.UpdateNetworkRequest(
+                name="default", set_dns=True, dns=["10.213.0.9"], range_end="10.213.0.200"
+            ),
+            "range given without set_range",
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            ready_site.stubs.admin.UpdateNetwork(req)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert says in str(err.value.details())
+    assert dns_of(ready_site) == []
+    assert range_of(ready_site) == ("10.213.0.2", "10.213.0.254")
+
+
 def test_a_full_range_grows_and_the_waiting_create_is_placed(
     ready_site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

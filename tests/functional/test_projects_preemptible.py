@@ -148,6 +148,38 @@ def test_setting_preemptible_quotas_keeps_the_default_limits(ready_site: Site) -
     assert got.quota.preemptible_instances == 3 and got.default_limits.net_mbps == 0
 
 
+def test_a_request_setting_only_quotas_or_leases_keeps_the_default_limits(
+    ready_site: Site,
+) -> None:
+    """A program in another language (or grpcurl) that sets a project's quota leaves
+    default_limits and keep_default_limits out: the project's default limits were
+    cleared by the quota change. Left out beside another setting, they now stay."""
+    stub = projects(ready_site)
+    stub.CreateProject(
+        projects_pb2.Project(name="p", default_limits=common_pb2.Limits(net_mbps=50))
+    )
+    for req in (
+        projects_pb2.SetProjectDefaultsRequest(project="p", quota=projects_pb2.Quota(instances=4)),
+        projects_pb2.SetProjectDefaultsRequest(
+            project="p", preemptible_quota=projects_pb2.Quota(preemptible_instances=2)
+        ),
+        projects_pb2.SetProjectDefaultsRequest(
+            project="p", leases=projects_pb2.LeasePolicy(max_lease_s=3600)
+        ),
+    ):
+        got = stub.SetProjectDefaults(req)
+        assert got.default_limits.net_mbps == 50, req
+    assert (got.quota.instances, got.quota.preemptible_instances) == (4, 2)
+    assert got.max_lease_s == 3600
+    # Given beside them, they are set as before (here: to the site's default).
+    got = stub.SetProjectDefaults(
+        projects_pb2.SetProjectDefaultsRequest(
+            project="p", quota=projects_pb2.Quota(instances=5), default_limits=common_pb2.Limits()
+        )
+    )
+    assert (got.quota.instances, got.default_limits.net_mbps) == (5, 0)
+
+
 def test_a_negative_preemptible_quota_is_refused_and_changes_nothing(ready_site: Site) -> None:
     make(ready_site, preemptible_vcpus=4)
     stub = projects(ready_site)

@@ -196,6 +196,25 @@ def test_events_are_filtered_by_kind_family_workspace_and_node(
     ]
 
 
+def test_a_kind_named_many_times_filters_as_named_once(ready_site: Site) -> None:
+    """Each kind given made two terms of the query, and SQLite refuses an expression tree
+    deeper than 1,000: a filter naming known kinds a few hundred times over, which any
+    user may send to WatchWorkspaceEvents, was an INTERNAL error."""
+    site = ready_site
+    ws = site.stubs.create(name="many")
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+
+    def of_many(kinds: list[str]) -> list[int]:
+        req = workspaces_pb2.WatchWorkspaceEventsRequest(id="many", kinds=kinds)
+        return [e.id for e in site.stubs.ws.WatchWorkspaceEvents(req)]
+
+    once = of_many(["workspace.state", "trust"])
+    assert once
+    assert of_many(["workspace.state", "trust"] * 500) == once
+    req = admin_pb2.WatchEventsRequest(kinds=["workspace.state", "trust"] * 500, workspace="many")
+    assert [e.id for e in site.stubs.admin.WatchEvents(req)] == once
+
+
 def test_a_followed_filter_streams_only_what_it_matches(ready_site: Site) -> None:
     site = ready_site
     with following(site, 0.0, EventFilter(kinds=("image",))) as got:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.functional.harness import WS, Site, wait_for
 from workspace.client import Client
+from workspace.edge import workspaces as edge_workspaces
 from workspace.v1 import workspaces_pb2
 
 CAP = 6  # the agent's own streams, counted on the Nodes API's server, fit below it
@@ -96,3 +97,34 @@ def test_a_reconnecting_watch_backs_off_while_the_stream_cap_refuses_it(capped: 
             events.close()
             for call in watches:
                 call.cancel()
+
+
+def test_a_cancelled_watch_gives_its_place_back_at_once(
+    capped: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch its client cancelled kept its thread and its place among the caller's
+    streams until the watch's next poll (5 s; an hour here): a program at the cap that
+    cancelled one watch and opened another was refused meanwhile. The cancel ends it."""
+    monkeypatch.setattr(edge_workspaces, "STREAM_POLL_S", 3600.0)
+    w = capped.stubs.create(name="job3")
+    capped.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)  # no change wakes a watch
+    watches = _fill(capped)
+    try:
+        watches[0].cancel()
+
+        def opens() -> bool:
+            call = capped.stubs.ws.WatchWorkspaces(
+                workspaces_pb2.WatchWorkspacesRequest(), timeout=60
+            )
+            try:
+                next(call)
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                return False
+            watches.append(call)
+            return True
+
+        wait_for(opens, 20, "a new watch in the cancelled one's place")
+    finally:
+        for call in watches:
+            call.cancel()

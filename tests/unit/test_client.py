@@ -324,6 +324,30 @@ def test_a_wrong_argument_is_the_clients_invalid_argument(
     assert not isinstance(theirs.value, errors.WorkspaceError)
 
 
+def test_one_string_where_a_list_of_strings_belongs_is_a_wrong_argument(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """Protobuf and ``list()`` take a string for a list of strings a character at a
+    time: ``exec(id, "uname -a")`` ran the command ``u`` with the arguments ``n``, ``a``,
+    ..., ``networks="default"`` asked for the network ``d``. It is refused, and nothing
+    is sent."""
+    client, wsvc, _ = served
+    for kwargs in ({"networks": "default"}, {"allow": "tcp/22"}):
+        with pytest.raises(errors.InvalidArgument, match=r"^create_workspace: ") as bad:
+            client.create_workspace("img", **kwargs)  # type: ignore[arg-type]
+        assert bad.value.code is None
+        assert "not the string" in bad.value.message
+    assert wsvc.creates == []
+    with pytest.raises(errors.InvalidArgument, match=r"^exec: .*argv.*'uname -a'"):
+        client.exec("alpha", "uname -a")
+    with pytest.raises(errors.InvalidArgument, match=r"^watch_workspace_events: .*kinds"):
+        client.watch_workspace_events("alpha", kinds="workspace.state")  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidArgument, match=r"^create_cluster: .*networks"):
+        client.create_cluster(name="c", members=[{"role": "r", "networks": "default"}])
+    # A tuple or any other iterable of strings is as good as a list.
+    assert client.create_workspace("img", networks=("default",)).request_id
+
+
 def test_a_wrong_argument_is_found_where_packages_lie_inside_the_standard_library(
     served: tuple[Client, FakeWorkspaces, FakeImages], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -246,6 +246,18 @@ def test_unknown_image(site: Site) -> None:
         site.create(image="nope")
 
 
+def test_unknown_image_of_a_name_longer_than_sqlite_matches(site: Site) -> None:
+    # SQLite refuses a LIKE pattern over 50,000 bytes: looking for the versions of such a
+    # NAME was an INTERNAL error, where any caller naming no image gets NOT_FOUND.
+    huge = "x" * 60_000
+    with pytest.raises(NotFound, match=r"image 'x+' not found"):
+        site.create(image=huge)
+    with pytest.raises(NotFound, match="not found"):
+        site.catalog.catalog.get_image(OWNER, huge + ":1")
+    with pytest.raises(NotFound, match="not found"):
+        site.catalog.delete_image(OWNER, huge)
+
+
 def test_unknown_network(site: Site) -> None:
     with pytest.raises(NotFound, match="network 'dmz' does not exist"):
         site.create(networks=["dmz"])

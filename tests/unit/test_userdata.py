@@ -193,3 +193,45 @@ def test_kinds() -> None:
     assert userdata.kind(b"#cloud-boothook") == "boothook"
     assert userdata.kind(b"Content-Type: multipart/mixed; boundary=x") == "multipart"
     assert userdata.kind(b"{}") == ""
+
+
+def _aliases(levels: int) -> bytes:
+    """A #cloud-config of a few hundred bytes whose YAML aliases of aliases expand to
+    9**levels values."""
+    lines = ["#cloud-config", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    lines.append(f"runcmd: [*a{levels - 1}]")
+    return "\n".join(lines).encode() + b"\n"
+
+
+def _nested_mime(depth: int) -> bytes:
+    heads = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i) for i in range(depth)
+    )
+    tails = b"".join(b"\n--b%d--\n" % i for i in reversed(range(depth)))
+    return (
+        b"MIME-Version: 1.0\n" + heads + b"Content-Type: text/x-shellscript\n\n#!/bin/sh\n" + tails
+    )
+
+
+@pytest.mark.parametrize("schema", ["", SCHEMA])
+def test_a_document_too_big_or_too_deep_to_check_is_refused(schema: str) -> None:
+    """A few hundred bytes of YAML aliases of aliases expand to 43 million values: they
+    were taken, and with cloud-init's schema checked (and printed in the refusal) for
+    some 17 s in the create's transaction. YAML, MIME parts or JSON nested a thousand
+    deep made Python's parsers recurse past their limit: an INTERNAL error."""
+    deep = b"[" * 1000 + b"]" * 1000
+    for data, message in (
+        (_aliases(8), "more than 100000 values, its YAML aliases expanded"),
+        (b"#cloud-config\nruncmd: " + deep, "nested more than 64 deep"),
+        (b"#cloud-config\nruncmd: " + b"[" * 65 + b"]" * 65, "nested more than 64 deep"),
+        (multipart(("text/cloud-config", b"runcmd: " + deep)), "nested more than 64 deep"),
+        (_nested_mime(1000), "a MIME document of multi-parts nested too deep"),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            userdata.check(data, schema)
+        assert message in info.value.message
+    # Aliases that expand to little, and parts nested a few deep, are taken.
+    userdata.check(b"#cloud-config\nx: &a [1, 2]\ny: [*a, *a]\n", schema)
+    userdata.check(_nested_mime(3), schema)

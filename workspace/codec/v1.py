@@ -276,7 +276,12 @@ def create_from_proto(req: workspaces_pb2.CreateWorkspaceRequest) -> CreateReque
 
 def update_from_proto(req: workspaces_pb2.UpdateWorkspaceRequest) -> PolicyUpdate:
     """`ws update`: InvalidArgument for an unknown connectivity or a rule that does not
-    parse (naming it)."""
+    parse (naming it), and for allow rules without set_allow, which would change nothing."""
+    if req.allow and not req.set_allow:
+        raise InvalidArgument(
+            "allow rules given without set_allow, which would leave the workspace's rules "
+            "as they are: set set_allow to make them its rules (set_allow and no rules: none)"
+        )
     return PolicyUpdate(
         ref=req.id,
         connectivity=connectivity_from_proto(req.connectivity),

@@ -53,6 +53,13 @@ _NAMES = {
 GZIP_MAGIC = b"\x1f\x8b"
 # Errors of one document named at most (the rest are counted).
 MAX_ERRORS = 3
+# How many values a #cloud-config document may hold, its YAML aliases expanded, and how
+# deep: a few hundred bytes of aliases of aliases expand to millions of values, which the
+# schema check walked (and printed) for many seconds, and a document nested a thousand
+# deep was an INTERNAL error. Within the user-data size limit a document without aliases
+# holds far fewer values, and a real one is a few levels deep.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 
 
 def kind(data: bytes) -> str:
@@ -97,8 +104,13 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         return [f"not valid YAML{where}: {problem}"]
+    except RecursionError:
+        return [f"nested more than {MAX_DEPTH} deep"]
     if doc is None:
         return []
+    too_big = _too_big(doc)
+    if too_big:
+        return [too_big]
     if not isinstance(doc, dict):
         return [f"expected a mapping of keys (such as runcmd:), got a {type(doc).__name__}"]
     if validator is None:
@@ -110,6 +122,25 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
     return out
 
 
+def _too_big(doc: object) -> str:
+    """Why ``doc`` holds too much to check ("": it does not), counted without recursion
+    and without expanding more than ``MAX_VALUES`` values."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return f"more than {MAX_VALUES} values, its YAML aliases expanded"
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} deep"
+        if isinstance(value, dict):
+            stack.extend((x, depth + 1) for item in value.items() for x in item)
+        elif isinstance(value, list):
+            stack.extend((x, depth + 1) for x in value)
+    return ""
+
+
 @functools.lru_cache(maxsize=64)
 def form_of(data: bytes, key: str) -> str:
     """What #cloud-config ``data`` sets top-level ``key`` to: "list", "string",
@@ -118,7 +149,7 @@ def form_of(data: bytes, key: str) -> str:
     render every seed."""
     try:
         doc = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return ""
     if not isinstance(doc, dict) or doc.get(key) is None:
         return ""
@@ -174,10 +205,13 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
 
 
 def _check_multipart(data: bytes, validator: Any) -> None:
-    msg = email.message_from_bytes(data)
+    try:  # the parser and walk() recurse into each multi-part inside another
+        msg = email.message_from_bytes(data)
+        parts = [p for p in msg.walk() if not p.is_multipart()]
+    except RecursionError:
+        raise InvalidArgument("user-data: a MIME document of multi-parts nested too deep") from None
     if not msg.is_multipart():
         raise InvalidArgument(f"user-data: a MIME document that is not multi-part; use {FORMATS}")
-    parts = [p for p in msg.walk() if not p.is_multipart()]
     if not parts:
         raise InvalidArgument("user-data: a MIME multi-part document without parts")
     for i, part in enumerate(parts, 1):

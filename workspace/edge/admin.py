@@ -134,6 +134,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.Network:
         if not (request.set_dns or request.set_range):
             raise InvalidArgument(f"network {request.name}: nothing to change (set_dns, set_range)")
+        # A part given without its flag would be left as it is while the call succeeds.
+        if request.dns and not request.set_dns:
+            raise InvalidArgument(f"network {request.name}: dns given without set_dns")
+        if (request.range_start or request.range_end) and not request.set_range:
+            raise InvalidArgument(f"network {request.name}: a range given without set_range")
         net = networks.update_network(
             self.env,
             request.name,

@@ -53,7 +53,12 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> projects_pb2.Project:
-        limits = None if request.keep_default_limits else limits_from_proto(request.default_limits)
+        # default_limits left out of a request that sets another of the settings keep
+        # theirs: a program changing a quota (grpcurl -d '{"project": "p", "quota": ...}')
+        # cleared the project's default limits. Alone, as first defined, it sets them.
+        others = any(request.HasField(f) for f in ("quota", "preemptible_quota", "leases"))
+        keep = request.keep_default_limits or (others and not request.HasField("default_limits"))
+        limits = None if keep else limits_from_proto(request.default_limits)
         preemptible = (
             codec.quota_from_proto(request.preemptible_quota)
             if request.HasField("preemptible_quota")

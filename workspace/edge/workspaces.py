@@ -246,6 +246,8 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
             ]
 
         watcher = notifier.subscribe(accepts)
+        # A client that cancels (or goes) ends the stream at once, not at its next poll.
+        context.add_callback(lambda: notifier.end(watcher))
         try:
             if target:
                 initial = [queries.get(self.env, who, target)]
@@ -264,7 +266,7 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                 except queue.Empty:
                     continue
                 if ev is None:
-                    break  # the service stops
+                    break  # the service stops, or the client went
                 if watcher.overflowed:
                     # Raised, not context.abort(): the stream's guard turns a
                     # WorkspaceError into its status, and grpc's abort exception into

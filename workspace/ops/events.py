@@ -204,6 +204,13 @@ class Notifier:
         with self._wlock:
             self._watchers.discard(w)
 
+    def end(self, w: Watcher) -> None:
+        """End ``w``'s stream now (its client went): it is woken with the None that ends a
+        stream, rather than notice at its next poll (its thread and its place among the
+        caller's ``max_streams_per_caller`` held meanwhile)."""
+        with contextlib.suppress(queue.Full):  # a full queue wakes it as well
+            w.events.put_nowait(None)
+
     def watching(self) -> bool:
         """Whether any workspace stream is open (else remote changes need no reading)."""
         with self._wlock:

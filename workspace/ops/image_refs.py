@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from images import manifest
 from workspace.errors import NotFound
 from workspace.identity import Identity
 from workspace.ops.projects import Scope, scope
@@ -48,12 +49,19 @@ def unknown_image(s: Session, name: str, sc: Scope | None = None) -> NotFound:
     """NotFound for the image ``name``: the versions of its NAME the caller of scope
     ``sc`` sees (None: every image, for an admin's call), if there are any."""
     base = name.split(":", 1)[0]
-    found = s.execute(
-        select(Image)
-        .where(Image.name.startswith(base + ":", autoescape=True))
-        .order_by(Image.created_at.desc(), Image.name)
-    ).scalars()
-    versions = [i.name for i in found if _of(i.name, base) and i.name != name and may_use(sc, i)]
+    versions: list[str] = []
+    # No image has a NAME that is not one (imports take only NAME:VERSION), and SQLite
+    # refuses a LIKE pattern over 50,000 bytes: such a name is not looked up (one that
+    # long was an INTERNAL error instead of NOT_FOUND).
+    if manifest.NAME_RE.match(base):
+        found = s.execute(
+            select(Image)
+            .where(Image.name.startswith(base + ":", autoescape=True))
+            .order_by(Image.created_at.desc(), Image.name)
+        ).scalars()
+        versions = [
+            i.name for i in found if _of(i.name, base) and i.name != name and may_use(sc, i)
+        ]
     text = f"image {name!r} not found"
     if not versions:
         return NotFound(f"{text}; `ws image list` shows them")

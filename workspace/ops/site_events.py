@@ -106,7 +106,10 @@ def check_filter(which: EventFilter) -> None:
 
 def _filtered(q: Select[Any], which: EventFilter) -> Select[Any]:
     if which.kinds:
-        q = q.where(or_(*(_kind_is(k) for k in which.kinds)))
+        # Each kind once: a filter naming a kind hundreds of times (every one checked
+        # against the known ones) made SQLite refuse the query ("Expression tree is too
+        # large"), an INTERNAL error; the known kinds bound it.
+        q = q.where(or_(*(_kind_is(k) for k in dict.fromkeys(which.kinds))))
     if which.workspace:
         w = which.workspace
         q = q.where(or_(EventRow.workspace_id == w, EventRow.workspace_name == w))

@@ -396,6 +396,8 @@ def _signed_key_ids(envelope: str, what: str) -> tuple[object, list[str]]:
         raise InvalidArgument(f"{what}: not a DSSE envelope: {exc}") from exc
     except ValueError as exc:
         raise InvalidArgument(f"{what}: not a DSSE envelope: its payload is not JSON") from exc
+    except RecursionError:  # JSON nested thousands deep: it was an INTERNAL error
+        raise InvalidArgument(f"{what}: not a DSSE envelope: nested too deep") from None
     return signed, [kid for kid, _ in sigs]
 
 

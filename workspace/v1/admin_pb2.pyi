@@ -951,6 +951,7 @@ class UpdateNetworkRequest(_message.Message):
     """With set_range, addresses are allocated from range_start to range_end (empty: the
     subnet's first host after the gateway, its last host). Refused (FAILED_PRECONDITION)
     if an address in use would fall outside; creates waiting for an address try again.
+    dns given without set_dns, or a range without set_range: INVALID_ARGUMENT.
     """
     range_start: _builtins.str
     range_end: _builtins.str

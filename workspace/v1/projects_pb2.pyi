@@ -166,7 +166,9 @@ class SetProjectDefaultsRequest(_message.Message):
     """The default limits stay as they are (default_limits is ignored)."""
     @_builtins.property
     def default_limits(self) -> _common_pb2.Limits:
-        """The project's default limits become exactly these (0: the site's default)."""
+        """The project's default limits become exactly these (0: the site's default). Unset
+        in a request that sets quota, preemptible_quota or leases: they stay.
+        """
 
     @_builtins.property
     def preemptible_quota(self) -> Global___Quota:

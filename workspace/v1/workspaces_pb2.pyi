@@ -174,7 +174,7 @@ class UpdateWorkspaceRequest(_message.Message):
     """"" = unchanged."""
     set_allow: _builtins.bool
     """When set_allow: the allow rules become exactly these (none when empty);
-    otherwise they are unchanged.
+    otherwise they are unchanged (rules given without set_allow: INVALID_ARGUMENT).
     """
     cpus: _builtins.int
     """A new size, only while the workspace is STOPPED (0 = unchanged): it stays on its

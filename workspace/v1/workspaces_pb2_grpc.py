@@ -184,7 +184,9 @@ class WorkspacesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExtendLease(self, request, context):
-        """The owner: the lease ends add_s later (never beyond the project's maximum from now).
+        """The owner (or anyone who may operate it): the lease ends add_s later, from its end
+        (from now once it ended). An end beyond the project's (or the site's) maximum lease
+        from now is refused (INVALID_ARGUMENT, saying how much it may be extended), not cut.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,10 @@ class WorkspacesStub:
     WatchWorkspaces: _grpc.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspacesRequest, _workspaces_pb2.WorkspaceEvent]
     GetConsole: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.GetConsoleRequest, _workspaces_pb2.ConsoleOutput]
     ExtendLease: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.ExtendLeaseRequest, _common_pb2.Workspace]
-    """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
+    """The owner (or anyone who may operate it): the lease ends add_s later, from its end
+    (from now once it ended). An end beyond the project's (or the site's) maximum lease
+    from now is refused (INVALID_ARGUMENT, saying how much it may be extended), not cut.
+    """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]
     """Usage of the caller's workspaces (and their projects')."""
     UpdateWorkspace: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.UpdateWorkspaceRequest, _common_pb2.Workspace]
@@ -73,7 +76,10 @@ class WorkspacesAsyncStub(WorkspacesStub):
     WatchWorkspaces: _aio.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspacesRequest, _workspaces_pb2.WorkspaceEvent]  # type: ignore[assignment]
     GetConsole: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.GetConsoleRequest, _workspaces_pb2.ConsoleOutput]  # type: ignore[assignment]
     ExtendLease: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.ExtendLeaseRequest, _common_pb2.Workspace]  # type: ignore[assignment]
-    """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
+    """The owner (or anyone who may operate it): the lease ends add_s later, from its end
+    (from now once it ended). An end beyond the project's (or the site's) maximum lease
+    from now is refused (INVALID_ARGUMENT, saying how much it may be extended), not cut.
+    """
     GetUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetUsageRequest, _usage_pb2.UsageReport]  # type: ignore[assignment]
     """Usage of the caller's workspaces (and their projects')."""
     UpdateWorkspace: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.UpdateWorkspaceRequest, _common_pb2.Workspace]  # type: ignore[assignment]
@@ -169,7 +175,10 @@ class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
         request: _workspaces_pb2.ExtendLeaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Workspace, _abc.Awaitable[_common_pb2.Workspace]]:
-        """The owner: the lease ends add_s later (never beyond the project's maximum from now)."""
+        """The owner (or anyone who may operate it): the lease ends add_s later, from its end
+        (from now once it ended). An end beyond the project's (or the site's) maximum lease
+        from now is refused (INVALID_ARGUMENT, saying how much it may be extended), not cut.
+        """
 
     @_abc_1.abstractmethod
     def GetUsage(
