@@ -289,7 +289,12 @@ def register_admin(
         "--default-lease", type=common.duration_s, metavar="8h", help="a new workspace's"
     )
     q.add_argument("--max-lease", type=common.duration_s, metavar="72h", help="the longest allowed")
-    q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS), default="stop")
+    q.add_argument(
+        "--on-expiry",
+        choices=sorted(LEASE_ACTIONS),
+        default="stop",
+        help="what happens to a workspace whose lease ends (default stop)",
+    )
     add_default_limits(q, "default: the site's")
     add_preemptible_quotas(q, "left out: no limit")
     q.set_defaults(func=create)
@@ -308,7 +313,11 @@ def register_admin(
     )
     q.add_argument("--default-lease", type=lease_arg, metavar="8h", help="0 or none: none")
     q.add_argument("--max-lease", type=lease_arg, metavar="72h", help="0 or none: none")
-    q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS))
+    q.add_argument(
+        "--on-expiry",
+        choices=sorted(LEASE_ACTIONS),
+        help="what happens to a workspace whose lease ends",
+    )
     add_default_limits(q, "left out: the site's")
     add_preemptible_quotas(q, "left out: unchanged")
     q.set_defaults(func=set_)
