@@ -67,6 +67,9 @@ def test_project_refusals_on_the_command_line(
     assert code == 1 and "project 'nope' does not exist" in err
     code, _, err = run(admin, ready_site, capsys, "project", "add-user", "nope", "ana")
     assert code == 1 and "does not exist; `ws-admin project list` shows them\n" in err
+    # An admin was sent to `ws quota`, which lists only their own projects (often none).
+    code, _, err = run(admin, ready_site, capsys, "project", "show", "nope")
+    assert code == 1 and "does not exist; `ws-admin project list` shows them\n" in err
 
 
 def test_publish_and_unpublish(ready_site: Site, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,6 +55,14 @@ def no_such_project(name: str) -> NotFound:
     return NotFound(f"project {name!r} does not exist; `ws-admin project list` shows them")
 
 
+def _not_yours(who: Identity, name: str) -> NotFound:
+    """A project named that does not exist: an admin is sent to every project (`ws quota`
+    lists only those they belong to, often none), a user to theirs."""
+    if who.admin:
+        return no_such_project(name)
+    return NotFound(f"project {name!r} does not exist; `ws quota` shows yours")
+
+
 GIB = 1024**3
 # The quota names as `ws-admin project create --quota` spells them.
 QUOTA_NAMES = {
@@ -280,7 +288,7 @@ def resolve_project(
         # A certificate may name a project no admin made: it has no quota, so nothing
         # is charged to it (the row is read once per transaction: the session holds it).
         if s.get(Project, asked) is None:
-            raise NotFound(f"project {asked!r} does not exist; `ws quota` shows yours")
+            raise _not_yours(who, asked)
         if asked in mine or who.admin:
             return asked
         if asked in who.projects and who.is_user:
@@ -656,7 +664,7 @@ def shown_projects(s: Session, who: Identity, project: str = "") -> list[str]:
     if not project:
         return sorted(mine)
     if s.get(Project, project) is None:
-        raise NotFound(f"project {project!r} does not exist; `ws quota` shows yours")
+        raise _not_yours(who, project)
     if project not in mine and not who.admin:
         if project in who.projects and who.is_user:
             raise outdated_refusal(s, who, project)
