@@ -70,9 +70,23 @@ def resolve_address(service: str | None = None) -> str:
 
 
 def tls_from_env() -> TlsConfig | None:
-    ca, cert, key = (os.environ.get(name, "") for name in TLS_ENV)
-    tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key)
-    return tls if tls.enabled else None
+    """$WS_TLS_CA, $WS_TLS_CERT and $WS_TLS_KEY: all three, or none (ConfigError naming
+    those missing: the config loader's "tls: cert_file, key_file not set" named no
+    variable the caller had set)."""
+    values = {name: os.environ.get(name, "").strip() for name in TLS_ENV}
+    given = [name for name, value in values.items() if value]
+    if not given:
+        return None
+    if len(given) < len(TLS_ENV):
+        missing = [name for name in TLS_ENV if name not in given]
+        raise errors.ConfigError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set but "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: set all of "
+            f"{', '.join(TLS_ENV)} (CA certificate, certificate, key), or name an identity "
+            "directory with --identity DIR or $WS_IDENTITY"
+        )
+    ca, cert, key = values.values()
+    return TlsConfig(ca_file=ca, cert_file=cert, key_file=key)
 
 
 def identity_tls(identity_dir: str | os.PathLike[str]) -> TlsConfig:

@@ -38,10 +38,8 @@ _SITE_DIRS = tuple(
 )
 
 
-class BadArgument(errors.InvalidArgument, ValueError, TypeError):
-    """A ``Client`` method was given an argument of the wrong type or out of range."""
-
-    expected = True
+# With the other errors, where the README names it (`except errors.BadArgument`).
+BadArgument = errors.BadArgument
 
 
 def _ours(tb: TracebackType | None) -> bool:

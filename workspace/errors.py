@@ -28,6 +28,14 @@ class InvalidArgument(WorkspaceError):
     expected = True
 
 
+class BadArgument(InvalidArgument, ValueError, TypeError):
+    """A ``Client`` method was given an argument of the wrong type or out of range
+    (``workspace/client_args.py``): raised before anything is sent; still a ValueError and
+    a TypeError for callers that caught those."""
+
+    expected = True
+
+
 class NotFound(WorkspaceError):
     expected = True
 

@@ -96,6 +96,34 @@ def test_project_refusals_on_the_command_line(
     assert code == 1 and "project 'nope' does not exist" in err
     code, _, err = run(admin, ready_site, capsys, "project", "add-user", "nope", "ana")
     assert code == 1 and "does not exist; `ws-admin project list` shows them\n" in err
+    # An admin was sent to `ws quota`, which lists only their own projects (often none).
+    code, _, err = run(admin, ready_site, capsys, "project", "show", "nope")
+    assert code == 1 and "does not exist; `ws-admin project list` shows them\n" in err
+
+
+def test_quota_given_twice_sets_both(ready_site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--quota instances=3 --quota vcpus=8` set vcpus alone: argparse kept the last
+    --quota, and the project had no instance limit, without a word."""
+    argv = ["-o", "json", "project", "create", "q2", "--quota", "instances=3", "--quota", "vcpus=8"]
+    code, out, err = run(admin, ready_site, capsys, *argv)
+    assert code == 0, err
+    quota = json.loads(out)["quota"]
+    assert (quota["instances"], quota["vcpus"]) == (3, 8)
+    argv = [
+        "-o",
+        "json",
+        "project",
+        "set",
+        "q2",
+        "--quota",
+        "memory-mib=100",
+        "--quota",
+        "instances=4",
+    ]
+    code, out, err = run(admin, ready_site, capsys, *argv)
+    assert code == 0, err
+    quota = json.loads(out)["quota"]
+    assert (quota["instances"], quota["vcpus"], quota["memory_mib"]) == (4, 8, 100)
 
 
 def test_publish_and_unpublish(ready_site: Site, capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,6 +81,16 @@ def test_adding_a_trusted_key_again_says_what_changed_and_keeps_its_comment(
     assert out.startswith(f"key {kid[:16]}: comment 'bob' -> 'Bob B'")
 
 
+def test_images_given_twice_trusts_the_key_for_both(
+    ready_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`--images 'app*' --images 'sci-*'` trusted the key for sci-* alone: argparse kept the
+    last --images, and the key's app signatures counted for nothing."""
+    pub, kid = _pub(tmp_path, "bob")
+    out = ok(ready_site, capsys, "trust", "add", str(pub), "--images", "app*", "--images", "sci-*")
+    assert out.startswith(f"key {kid[:16]} trusted for app*,sci-*, expires never")
+
+
 def test_trust_changes_are_site_events_with_who_and_what(
     ready_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -78,6 +78,13 @@ def test_preload_with_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "2 blob(s) to be fetched in the background by n1, n3" in capsys.readouterr().out
 
 
+def test_preload_nodes_given_twice_are_all_preloaded() -> None:
+    """`--nodes n1 --nodes n2` preloaded n2 alone: the first --nodes did nothing."""
+    client = FakeClient()
+    assert run(client, "cache", "preload", "img:1", "--nodes", "n1", "--nodes", "n2,n1") == 0
+    assert client.calls == [("preload", ("img:1", ["n1", "n2"]))]
+
+
 def test_preload_names_the_nodes_that_hold_the_image_already(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

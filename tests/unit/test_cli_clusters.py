@@ -164,7 +164,7 @@ def test_cluster_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixt
             "give --min, --max and --signal (or --off)",
         ),
         (
-            ["cluster", "autoscale", "c", "--role", "w", "--off", "--max", "4", "--cooldown", "0"],
+            ["cluster", "autoscale", "c", "--role", "w", "--off", "--max", "4", "--cooldown", "9"],
             "--off cannot be combined with --max, --cooldown",
         ),
     ],
@@ -178,6 +178,18 @@ def test_cluster_usage_checks_exit_2(
     assert ws.main(argv, connect=lambda _s: client) == 2  # type: ignore[arg-type, return-value]
     err = capsys.readouterr().err
     assert err.startswith("ws: error: ") and match in err and err.count("\n") == 1
+    assert client.calls == []
+
+
+def test_autoscale_cooldown_0_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cooldown 0` went out as the request's cooldown_s 0, which the service reads as
+    its autoscale_cooldown_s: the role got a 60 s cool-down, not none, and no word said so."""
+    client = FakeClient()
+    argv = ["cluster", "autoscale", "c", "--role", "w", "--min", "1", "--max", "2"]
+    with pytest.raises(SystemExit) as exc:
+        _run([*argv, "--signal", "slurm-queue", "--cooldown", "0"], client)
+    assert exc.value.code == 2
+    assert "argument --cooldown: must be at least 1, got 0" in capsys.readouterr().err
     assert client.calls == []
 
 

@@ -338,6 +338,16 @@ def test_stop_wait_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(out.out)["state"] == "STOPPED" and out.err == ""
 
 
+def test_stop_timeout_0_powers_off_at_once() -> None:
+    """`ws stop --timeout 0` (no wait for a clean shutdown) went out as the request's
+    timeout_s 0, which the service reads as its default: the guest had 60 s, not none."""
+    client = FakeClient()
+    assert _run(["stop", "w1", "--timeout", "0"], client) == 0
+    assert client.calls[0][1] == (("w1",), {"timeout_s": 0, "force": True})
+    assert _run(["stop", "w1"], client) == 0  # left out: the service's default, no force
+    assert client.calls[1][1] == (("w1",), {"timeout_s": 0, "force": False})
+
+
 def test_console_prints_the_text(capsys: pytest.CaptureFixture[str]) -> None:
     client = FakeClient()
     assert _run(["console", "w1", "--tail", "100"], client) == 0

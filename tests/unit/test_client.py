@@ -310,6 +310,10 @@ def test_a_wrong_argument_is_the_clients_invalid_argument(
         # Still what it was for a caller that caught protobuf's errors.
         assert isinstance(bad.value, ValueError | TypeError)
     assert wsvc.creates == []
+    # The README lists BadArgument with the workspace.errors classes a program catches:
+    # it was only in workspace.client (`errors.BadArgument` was an AttributeError).
+    with pytest.raises(errors.BadArgument, match=r"^create_workspace: "):
+        client.create_workspace("img", cpus="2")
     with pytest.raises(errors.InvalidArgument, match=r"^stop_workspace: "):
         client.stop_workspace("alpha", timeout_s=2**33)
     with pytest.raises(errors.InvalidArgument, match=r"^watch: "):

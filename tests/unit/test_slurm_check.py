@@ -105,3 +105,23 @@ def test_check_finds_nodes_slurm_hides(run: Run, capsys: pytest.CaptureFixture[s
     ) in out
     assert run("check", "c1") == 0
     assert "not found" not in capsys.readouterr().out
+
+
+def test_check_says_when_scontrol_cannot_be_asked(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slurmctld away (scontrol exits 1 for every call): check printed each node's rule and
+    exited 0, though no feature, visibility or ResumeTimeout had been read, a node mapped
+    by feature had taken another rule, and resume could not set the nodes' addresses."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(
+        "#!/bin/sh\necho 'scontrol: fatal: Could not establish a config source' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run("check", "c[1-2]") == 1
+    assert (
+        "c[1-2]: scontrol could not be asked (see the warnings above): the nodes' features "
+        "(rules by feature), whether slurmctld shows them and their ResumeTimeout are not "
+        "checked"
+    ) in capsys.readouterr().out

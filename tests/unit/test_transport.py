@@ -235,6 +235,30 @@ def test_client_picks_its_identity(
         client.resolve_tls(addr, str(tmp_path / "nope"))
 
 
+def test_tls_env_is_all_three_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$WS_TLS_CA set alone was refused as "tls: cert_file, key_file not set (give
+    identity_dir, ...)": config-file words for no file the caller had written."""
+    for name in ("WS_IDENTITY", *client.TLS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert client.tls_from_env() is None
+    monkeypatch.setenv("WS_TLS_CA", "/etc/ws/ca.pem")
+    with pytest.raises(ConfigError) as exc:
+        client.resolve_tls("svc:7070")
+    assert exc.value.message.startswith(
+        "WS_TLS_CA is set but WS_TLS_CERT, WS_TLS_KEY are not: set all of WS_TLS_CA, "
+        "WS_TLS_CERT, WS_TLS_KEY"
+    )
+    monkeypatch.setenv("WS_TLS_CERT", "/etc/ws/cert.pem")
+    monkeypatch.setenv("WS_TLS_KEY", "/etc/ws/key.pem")
+    tls = client.tls_from_env()
+    assert tls is not None
+    assert (tls.ca_file, tls.cert_file, tls.key_file) == (
+        "/etc/ws/ca.pem",
+        "/etc/ws/cert.pem",
+        "/etc/ws/key.pem",
+    )
+
+
 def test_site_configs_use_the_site_identities(tmp_path: Path) -> None:
     from workspace.site import local
     from workspace.site.configs import write_configs

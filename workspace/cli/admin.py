@@ -1,7 +1,7 @@
 """ws-admin: administer a workspace service (nodes, networks, images, the capacity queue,
 the scheduler, its replicas) and run a local site.
 
-`ws-admin site up` starts an all-in-one site (service + one agent) on this machine;
+`ws-admin site up` starts an all-in-one site (service + an agent per node) on this machine;
 `ws` then finds it by default. Every command takes --output json.
 """
 
@@ -563,7 +563,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     replica_cmds.register(sub, parent, cmds.client)
     pki_cmds.register(sub, parent)
 
-    site = group("site", "the local all-in-one site (service + one agent)")
+    site = group("site", "the local all-in-one site (service + an agent per node, --nodes N)")
     sub.choices["site"].description = local.STATE_RULE
     dir_help = f"site directory (default: ${local.SITE_ENV} or ~/.local/share/workspace/site)"
     p = site.add_parser("up", parents=[parent], help="start the local site")

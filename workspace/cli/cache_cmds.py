@@ -1,8 +1,8 @@
 """`ws-admin cache …`: what a node's blob cache holds, and preloading images onto nodes.
 
     ws-admin cache list NODE                       the node's cache, as its agent last reported
-    ws-admin cache preload IMAGE [--nodes N1,N2]   fetch an image's blobs ahead of use
-                                                   (default: every READY node)
+    ws-admin cache preload IMAGE [--nodes N1,N2]...   fetch an image's blobs ahead of use
+                                                      (default: every READY node)
 
 Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
 """
@@ -35,7 +35,9 @@ class CacheCommands:
         return common.EXIT_OK
 
     def preload(self, args: argparse.Namespace) -> int:
-        resp = self.client_for(args).preload_image(args.image, args.nodes or [])
+        # --nodes N1,N2 given more than once: every list (argparse kept only the last).
+        nodes = list(dict.fromkeys(n for given in args.nodes or [] for n in given))
+        resp = self.client_for(args).preload_image(args.image, nodes)
         cached = list(resp.cached)
         fetching = [n for n in resp.nodes if n not in cached]
         said = [f"already cached on {', '.join(cached)}"] if cached else []
@@ -74,7 +76,8 @@ def register(
     p.add_argument(
         "--nodes",
         type=node_list,
+        action="append",
         metavar="N1,N2",
-        help="nodes to preload onto (default: every READY node)",
+        help="nodes to preload onto (repeatable; default: every READY node)",
     )
     p.set_defaults(func=cmds.preload)

@@ -145,7 +145,7 @@ def register(csub: Any, parent: argparse.ArgumentParser, client_for: common.Clie
         "/etc/workspace/cluster.json). Scaling to the current count changes nothing.",
     )
     p.add_argument("name", metavar="NAME", help="cluster name or id")
-    p.add_argument("--role", required=True, metavar="ROLE")
+    p.add_argument("--role", required=True, metavar="ROLE", help="the role to grow or shrink")
     p.add_argument(
         "--count",
         required=True,
@@ -178,15 +178,22 @@ def register(csub: Any, parent: argparse.ArgumentParser, client_for: common.Clie
         "decision. --off stops it.",
     )
     p.add_argument("name", metavar="NAME", help="cluster name or id")
-    p.add_argument("--role", required=True, metavar="ROLE")
-    p.add_argument("--min", type=common.non_negative_int, metavar="A")
-    p.add_argument("--max", type=common.non_negative_int, metavar="B")
+    p.add_argument("--role", required=True, metavar="ROLE", help="the role to scale")
+    p.add_argument(
+        "--min", type=common.non_negative_int, metavar="A", help="never fewer members than A"
+    )
+    p.add_argument(
+        "--max", type=common.non_negative_int, metavar="B", help="never more members than B"
+    )
     p.add_argument("--signal", metavar="SIGNAL", help="slurm-queue[:PARTITION] or command:PATH")
+    # At least 1: the request's cooldown_s 0 is the service's default, so a 0 given here
+    # was a cool-down of 60 s, not none.
     p.add_argument(
         "--cooldown",
-        type=common.non_negative_int,
+        type=common.positive_int,
         metavar="S",
-        help="seconds between two changes (default: the service's autoscale_cooldown_s)",
+        help="seconds between two changes, at least 1 (default: the service's "
+        "autoscale_cooldown_s)",
     )
     p.add_argument("--off", action="store_true", help="stop scaling this role on a signal")
     p.set_defaults(func=lambda a: autoscale_cmd(a, client_for(a)))

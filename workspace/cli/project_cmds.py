@@ -88,6 +88,13 @@ def add_preemptible_quotas(p: argparse.ArgumentParser, unset: str) -> None:
         )
 
 
+def given_quotas(args: argparse.Namespace) -> dict[str, int]:
+    """Every --quota given (repeatable: `--quota instances=20 --quota vcpus=64` is both;
+    a name given twice, the last), then the --quota-preemptible-* options."""
+    out = {name: n for given in args.quota or [] for name, n in given.items()}
+    return {**out, **preemptible_quotas(args)}
+
+
 def preemptible_quotas(args: argparse.Namespace) -> dict[str, int]:
     """The --quota-preemptible-* options given: {"preemptible-vcpus": N, ...}."""
     out = {}
@@ -208,7 +215,7 @@ def register_admin(
     def create(args: argparse.Namespace) -> int:
         p = client_for(args).create_project(
             args.name,
-            {**(args.quota or {}), **preemptible_quotas(args)},
+            given_quotas(args),
             args.default_lease or 0,
             args.max_lease or 0,
             args.on_expiry,
@@ -222,7 +229,7 @@ def register_admin(
         its value)."""
         client = client_for(args)
         limits_given = any(getattr(args, "default_" + n) is not None for n in LIMIT_NAMES)
-        quota = {**(args.quota or {}), **preemptible_quotas(args)}
+        quota = given_quotas(args)
         lease_given = (args.default_lease, args.max_lease, args.on_expiry) != (None,) * 3
         known = (
             next((p for p in client.list_projects() if p.name == args.name), None)
@@ -310,14 +317,20 @@ def register_admin(
     q.add_argument(
         "--quota",
         type=quota_arg,
+        action="append",
         metavar="instances=N,vcpus=N,memory-mib=N,disk-gib=N,image-bytes=N",
-        help="limits (0 or left out: no limit)",
+        help="limits (0 or left out: no limit; repeatable)",
     )
     q.add_argument(
         "--default-lease", type=common.duration_s, metavar="8h", help="a new workspace's"
     )
     q.add_argument("--max-lease", type=common.duration_s, metavar="72h", help="the longest allowed")
-    q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS), default="stop")
+    q.add_argument(
+        "--on-expiry",
+        choices=sorted(LEASE_ACTIONS),
+        default="stop",
+        help="what happens to a workspace whose lease ends (default stop)",
+    )
     add_default_limits(q, "default: the site's")
     add_preemptible_quotas(q, "left out: no limit")
     q.set_defaults(func=create)
@@ -331,12 +344,17 @@ def register_admin(
     q.add_argument(
         "--quota",
         type=quota_arg,
+        action="append",
         metavar="instances=N,vcpus=N,...",
-        help="quotas to change (0: no limit); those left out stay",
+        help="quotas to change (0: no limit; repeatable); those left out stay",
     )
     q.add_argument("--default-lease", type=lease_arg, metavar="8h", help="0 or none: none")
     q.add_argument("--max-lease", type=lease_arg, metavar="72h", help="0 or none: none")
-    q.add_argument("--on-expiry", choices=sorted(LEASE_ACTIONS))
+    q.add_argument(
+        "--on-expiry",
+        choices=sorted(LEASE_ACTIONS),
+        help="what happens to a workspace whose lease ends",
+    )
     add_default_limits(q, "left out: the site's")
     add_preemptible_quotas(q, "left out: unchanged")
     q.set_defaults(func=set_)

@@ -196,9 +196,10 @@ def register_admin(
     q.add_argument(
         "--images",
         nargs="+",
+        action="extend",  # --images a* --images b*: both (the last alone was kept)
         required=True,
         metavar="PATTERN",
-        help="patterns of the full NAME:VERSION, e.g. 'app:*', 'sci-*'",
+        help="patterns of the full NAME:VERSION, e.g. 'app:*', 'sci-*' (repeatable)",
     )
     q.add_argument(
         "--expires",

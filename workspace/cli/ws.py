@@ -269,7 +269,10 @@ class Commands(common.ClientCommands):
         def ask(ref: str, _: None) -> common_pb2.Workspace:
             try:
                 if args.command == "stop":
-                    return client.stop_workspace(ref, timeout_s=args.timeout or 0, force=args.force)
+                    # --timeout 0: no wait for a clean shutdown, i.e. power off at once (the
+                    # request's timeout_s 0 is the service's default, 60 s, not none).
+                    force = args.force or args.timeout == 0
+                    return client.stop_workspace(ref, timeout_s=args.timeout or 0, force=force)
                 return cast(common_pb2.Workspace, getattr(client, method)(ref))
             except errors.NotFound as missing:  # `ws destroy mpi`: the cluster's command
                 raise guest_cmds.cluster_named(
@@ -725,7 +728,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
                 type=common.non_negative_int,
                 metavar="S",
                 help="seconds to wait for a clean shutdown before powering off "
-                "(default: the service's)",
+                "(default: the service's; 0: power off at once, as --force)",
             )
             p.add_argument(
                 "--force",

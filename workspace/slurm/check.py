@@ -5,7 +5,8 @@ Per node: its rule (image, size), its user-data, and whether its name can be a w
 name. Then ws-slurm's own ground: the identity directory, and, when the service answers,
 each image (``GetImage``): that it exists for ws-slurm's user and takes user-data (an
 image whose ``context`` is ``none`` would boot without the user-data that starts slurmd).
-Nodes scontrol does not show (not in slurm.conf, or no ``PrivateData=cloud``). And
+Nodes scontrol does not show (not in slurm.conf, or no ``PrivateData=cloud``), and
+scontrol that does not answer at all (not installed, slurmctld away). And
 ``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
 ``show partition``): a wait that long would let Slurm give up on the node first.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
@@ -61,6 +62,16 @@ def check(
             f"{n}: image {spec.image}, cpus {spec.cpus or 'default'}, memory_mib "
             f"{spec.memory_mib or 'default'} (rule {spec.rule + 1}), user-data {size} bytes"
         )
+    if nodes and scontrol.states(nodes) is None:
+        # No answer at all (no scontrol, slurmctld away): every check of Slurm's side
+        # below is silent then, and a node mapped by feature took another rule.
+        out(
+            f"{brief(list(nodes))}: scontrol could not be asked (see the warnings above): "
+            "the nodes' features (rules by feature), whether slurmctld shows them and "
+            "their ResumeTimeout are not checked; resume could not tell slurmctld their "
+            "addresses either"
+        )
+        status = EXIT_FAILED
     hidden = scontrol.not_shown(nodes) if nodes else []
     if hidden:
         out(
