@@ -575,6 +575,12 @@ class Client(
     def destroy_cluster(self, id: str) -> clusters_pb2.Cluster:
         return self._call(self._clusters.DestroyCluster, clusters_pb2.ClusterRef(id=id))
 
+    def extend_cluster_lease(self, id: str, add_s: int) -> clusters_pb2.Cluster:
+        """Every live member's lease ends ``add_s`` seconds later (from now, once it
+        ended), or none's: a member that cannot be extended so far refuses the whole."""
+        req = clusters_pb2.ExtendClusterLeaseRequest(id=id, add_s=add_s)
+        return self._call(self._clusters.ExtendClusterLease, req)
+
     # -- Admin -------------------------------------------------------------------------
 
     def list_nodes(self) -> list[admin_pb2.Node]:

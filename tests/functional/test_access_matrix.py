@@ -269,6 +269,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         clusters_pb2.ClusterRef(id=NOPE), timeout=T)),
     (CL, "ScaleCluster", USER, lambda c, w: c.clusters.ScaleCluster(
         clusters_pb2.ScaleClusterRequest(id=NOPE, role="worker", count=1), timeout=T)),
+    (CL, "ExtendClusterLease", USER, lambda c, w: c.clusters.ExtendClusterLease(
+        clusters_pb2.ExtendClusterLeaseRequest(id=NOPE, add_s=60), timeout=T)),
     (CL, "SetAutoscale", USER, lambda c, w: c.clusters.SetAutoscale(
         clusters_pb2.SetAutoscaleRequest(id=NOPE, role="worker", off=True), timeout=T)),
     (CL, "WatchClusterEvents", USER, lambda c, w: first(c.clusters.WatchClusterEvents(

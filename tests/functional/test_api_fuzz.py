@@ -185,6 +185,7 @@ SEEDS: dict[str, list[Message]] = {
     "/workspace.v1.Clusters/ScaleCluster": [
         _C.ScaleClusterRequest(id="c1", role="worker", count=3)
     ],
+    "/workspace.v1.Clusters/ExtendClusterLease": [_C.ExtendClusterLeaseRequest(id="c1", add_s=60)],
     "/workspace.v1.Clusters/SetAutoscale": [
         _C.SetAutoscaleRequest(id="c1", role="worker", min=1, max=3, signal="command:/bin/true")
     ],

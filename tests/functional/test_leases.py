@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from agent.virt.base import DomainState
-from tests.functional.harness import WS, Site, iter_events
-from workspace.v1 import common_pb2, usage_pb2
+from tests.functional.harness import WS, Site, iter_events, wait_for
+from workspace.v1 import clusters_pb2, common_pb2, usage_pb2
+
+CS = clusters_pb2.ClusterState
 
 
 @pytest.fixture
@@ -52,3 +55,33 @@ def test_a_lease_expiry_stops_the_workspace_on_its_node(lease_site: Site) -> Non
     first = cpu_hours()
     assert first > 0
     assert cpu_hours() == first  # stopped: no more core-hours
+
+
+def test_a_clusters_ended_lease_is_extended_once_for_every_member(lease_site: Site) -> None:
+    """A cluster stopped at its lease's end: a grow said to extend one member, which left
+    the others' leases ended; `ws lease extend CLUSTER` (ExtendClusterLease) extends all,
+    and `ws cluster start` then starts every member on its node."""
+    stubs = lease_site.stubs
+    member = clusters_pb2.ClusterMember(role="w", image="img", memory_mib=256, count=3)
+    req = clusters_pb2.CreateClusterRequest(name="mpi", members=[member], lease_s=3)
+    stubs.clusters.CreateCluster(req)
+    ref = clusters_pb2.ClusterRef(id="mpi")
+    wait_for(
+        lambda: stubs.clusters.GetCluster(ref).state == CS.CLUSTER_STATE_STOPPED,
+        what="the lease loop to stop the cluster",
+    )
+    with pytest.raises(grpc.RpcError) as grow:
+        stubs.clusters.ScaleCluster(clusters_pb2.ScaleClusterRequest(id="mpi", role="w", count=4))
+    assert "`ws lease extend mpi DURATION` first" in (grow.value.details() or "")
+    extended = stubs.clusters.ExtendClusterLease(
+        clusters_pb2.ExtendClusterLeaseRequest(id="mpi", add_s=3600)
+    )
+    assert len({m.lease_expires_at.seconds for m in extended.members}) == 1
+    stubs.clusters.StartCluster(ref)
+    wait_for(
+        lambda: stubs.clusters.GetCluster(ref).state == CS.CLUSTER_STATE_RUNNING,
+        what="every member running again",
+    )
+    watch = clusters_pb2.WatchClusterEventsRequest(id="mpi", kinds=["lease.extended"])
+    events = list(stubs.clusters.WatchClusterEvents(watch))
+    assert sorted(e.workspace_name for e in events) == ["", "mpi-w-0", "mpi-w-1", "mpi-w-2"]

@@ -272,8 +272,9 @@ def test_console_of_a_cluster_says_it_is_one_and_names_its_members(
 def test_workspace_commands_given_a_cluster_say_it_is_one(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`ws show mpi`, `ws destroy mpi`, `ws events|watch mpi` (and later `ws update`, `ws
-    lease extend`, `ws image save`) said only "no workspace 'mpi'; `ws list` shows yours"
+    """`ws show mpi`, `ws destroy mpi`, `ws events|watch mpi` (and later `ws update`,
+    `ws image save`; `ws lease extend mpi` extends the cluster now) said only "no
+    workspace 'mpi'; `ws list` shows yours"
     (and `ws list` shows mpi-head-0 ...), where `ws console|exec|ssh mpi` said it is a
     cluster: they name it one too, and the cluster command."""
     c = FakeClient([box()])
@@ -287,7 +288,6 @@ def test_workspace_commands_given_a_cluster_say_it_is_one(
         "destroy_workspace",
         "reboot_workspace",
         "update_workspace",
-        "extend_lease",
         "save_image",
     ):
         monkeypatch.setattr(c, method, missing, raising=False)
@@ -307,10 +307,6 @@ def test_workspace_commands_given_a_cluster_say_it_is_one(
         (
             ["update", "mpi", "--cpus", "2"],
             "`ws update MEMBER` on each of them (`ws cluster show mpi` lists them)",
-        ),
-        (
-            ["lease", "extend", "mpi", "8h"],
-            "`ws lease extend MEMBER DURATION` on each (`ws cluster show mpi` lists them)",
         ),
         (
             ["image", "save", "mpi", "mine:1.0"],

@@ -103,6 +103,38 @@ def test_cluster_create_with_a_lease(served: Served, capsys: pytest.CaptureFixtu
     assert [m["lease_expires_at"] for m in members] == [end] * 3
 
 
+def test_lease_extend_of_a_cluster_extends_every_member(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws lease extend c1 4h` was refused ("c1 is a cluster, not a workspace ... `ws lease
+    extend MEMBER DURATION` on each"): a 16-member cluster took 16 commands."""
+    now = served.site.clock.now
+    argv = ["cluster", "create", "c1", "--member", "head=img", "--member", "w=img,count=2"]
+    assert served.ws(*argv, "--lease", "2h") == 0
+    out(capsys)
+    assert served.ws("lease", "extend", "c1", "4h") == 0
+    end = iso_time(now + 6 * HOUR)
+    assert out(capsys) == f"cluster c1: lease of 3 member(s) ends at {end}\n"
+    assert served.ws("lease", "extend", "c1", "1h", "-o", "json") == 0
+    shown = json.loads(out(capsys))
+    end = iso_time(now + 7 * HOUR)
+    assert shown["name"] == "c1" and shown["lease_expires_at"] == end
+    assert [m["lease_expires_at"] for m in shown["members"]] == [end] * 3
+    # The client does the same.
+    c = served.client.extend_cluster_lease("c1", 3600)
+    assert {m.lease_expires_at.seconds for m in c.members} == {int(now + 8 * HOUR)}
+    # A member that cannot be extended so far refuses the whole, naming it.
+    assert served.ws("lease", "extend", "c1", "20000d") == common.EXIT_REQUEST
+    err = capsys.readouterr().err
+    assert "cannot extend the lease of cluster c1, nor of any of its members" in err
+    assert "workspace c1-head-0" in err and "limits.max_lease_s" in err
+    assert served.ws("cluster", "show", "c1", "-o", "json") == 0
+    assert json.loads(out(capsys))["lease_expires_at"] == iso_time(now + 8 * HOUR)
+    # Neither a workspace nor a cluster: as the service says.
+    assert served.ws("lease", "extend", "c9", "1h") == common.EXIT_REQUEST
+    assert "no workspace 'c9'" in capsys.readouterr().err
+
+
 def test_no_lease_shows_none(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     assert served.ws("create", "--image", "img", "--name", "a") == 0
     assert "lease_ends" not in out(capsys)

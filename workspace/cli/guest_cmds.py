@@ -212,18 +212,27 @@ def get_guest(client: Client, ref: str, instead: str) -> common_pb2.Workspace:
         raise cluster_named(client, ref, missing, instead) from None
 
 
+def live_cluster(client: Client, ref: str) -> clusters_pb2.Cluster | None:
+    """Cluster ``ref``, if the caller may see one of that name or id that is not gone
+    (a terminated cluster's name says nothing now)."""
+    try:
+        cluster = client.get_cluster(ref)
+    except errors.WorkspaceError:
+        return None
+    if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
+        return None
+    return cluster
+
+
 def cluster_named(
     client: Client, ref: str, missing: errors.NotFound, instead: str
 ) -> errors.NotFound:
     """The error for workspace ``ref`` not found (``missing``, as the service said it),
     unless ``ref`` names a live cluster: then that it is one, its members' names, and
     ``instead`` (``{name}`` in it: the cluster's)."""
-    try:
-        cluster = client.get_cluster(ref)
-    except errors.WorkspaceError:
+    cluster = live_cluster(client, ref)
+    if cluster is None:
         return missing
-    if cluster.state == clusters_pb2.ClusterState.CLUSTER_STATE_TERMINATED:
-        return missing  # gone: its name says nothing now
     live = [m for m in cluster.members if m.state != TERMINATED]
     names = [m.name for m in live]
     shown = ", ".join(names[:MEMBERS_NAMED])

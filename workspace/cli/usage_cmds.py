@@ -7,12 +7,12 @@ import argparse
 import time
 from typing import Any
 
+from workspace import errors
 from workspace.cli import common, guest_cmds, render
 from workspace.cli.usage_text import usage_report
+from workspace.v1 import clusters_pb2
 
 GROUPINGS = ("workspace", "user", "project")
-# What `ws lease extend CLUSTER` suggests besides a member's name (cli/guest_cmds.py).
-EXTEND_CLUSTER = "`ws lease extend MEMBER DURATION` on each (`ws cluster show {name}` lists them)"
 
 
 def add_lease_option(p: argparse.ArgumentParser, what: str) -> None:
@@ -63,8 +63,16 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
 
     def extend(args: argparse.Namespace) -> int:
         client = client_for(args)
-        with guest_cmds.naming_clusters(client, args.id, EXTEND_CLUSTER):
+        try:
             ws = client.extend_lease(args.id, args.duration)
+        except errors.NotFound:
+            # Not a workspace: a cluster's every live member (a workspace's name wins).
+            cluster = guest_cmds.live_cluster(client, args.id)
+            if cluster is None:
+                raise
+            c = client.extend_cluster_lease(cluster.id, args.duration)
+            render.emit(args, render.cluster_dict(c), _cluster_lease_line(c))
+            return common.EXIT_OK
         render.emit(args, ws, render.lease_line(ws))
         return common.EXIT_OK
 
@@ -73,12 +81,13 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
     q = lsub.add_parser(
         "extend",
         parents=[parent],
-        help="make a workspace's lease end later",
+        help="make a workspace's (or a cluster's) lease end later",
         description="The lease ends DURATION later (from now, if it has ended); never "
-        "more than the project's maximum lease from now.",
+        "more than the project's maximum lease from now. Given a cluster, every live "
+        "member's lease, or none if one of them cannot be extended so far.",
         negative="a lease cannot be shortened: DURATION must be more than 0",
     )
-    q.add_argument("id", help="workspace id or name")
+    q.add_argument("id", help="workspace (or cluster) id or name")
     q.add_argument("duration", type=common.duration_s, help=common.DURATION_FORMAT)
     q.set_defaults(func=extend)
 
@@ -91,6 +100,15 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
     )
     _add_usage_options(p)
     p.set_defaults(func=_usage(client_for, all_users=False))
+
+
+def _cluster_lease_line(c: clusters_pb2.Cluster) -> str:
+    """``cluster mpi: lease of 16 member(s) ends at T`` (from T1 to T2: extended apart)."""
+    ends = sorted(m.lease_expires_at.seconds for m in c.members if m.HasField("lease_expires_at"))
+    when = render.fmt_epoch(ends[0])
+    if ends[-1] != ends[0]:
+        when = f"from {when} to {render.fmt_epoch(ends[-1])}"
+    return f"cluster {c.name}: lease of {len(ends)} member(s) ends at {when}"
 
 
 def register_admin(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:

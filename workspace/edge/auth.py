@@ -72,6 +72,7 @@ def _rules() -> dict[str, Role]:
             "StopCluster": u,
             "DestroyCluster": u,
             "ScaleCluster": u,
+            "ExtendClusterLease": u,
             "SetAutoscale": u,
             "WatchClusterEvents": u,
         },

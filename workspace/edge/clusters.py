@@ -14,7 +14,7 @@ from workspace.edge import auth
 from workspace.edge.calls import stream, unary
 from workspace.edge.event_stream import events_out
 from workspace.identity import Identity
-from workspace.ops import autoscale, cluster_scale, clusters, site_events
+from workspace.ops import autoscale, cluster_leases, cluster_scale, clusters, site_events
 from workspace.ops.unit import Env
 from workspace.v1 import admin_pb2, clusters_pb2, clusters_pb2_grpc
 
@@ -127,6 +127,15 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
             request.cooldown_s,
         )
         return shown(who, view)
+
+    @unary
+    def ExtendClusterLease(
+        self,
+        request: clusters_pb2.ExtendClusterLeaseRequest,
+        context: grpc.ServicerContext,
+        who: Identity,
+    ) -> clusters_pb2.Cluster:
+        return shown(who, cluster_leases.extend(self.env, who, request.id, request.add_s))
 
     @stream
     def WatchClusterEvents(

@@ -256,7 +256,7 @@ def _grow(
         # and run until the next lease pass, where a start is refused.
         raise FailedPrecondition(
             f"cannot scale cluster {c.name}: its lease ended at {iso_time(ended)}; "
-            f"`ws lease extend {template.name} DURATION` first"
+            f"`ws lease extend {c.name} DURATION` first (every member's)"
         )
     check_growable(c)  # after the lease: once it is extended, `ws cluster start` is next
     rows: list[Workspace] = []

@@ -387,7 +387,7 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             try:
                 refuse_never_placed(m, op)
                 if op is Op.START:
-                    check_lease(env, m, op)
+                    check_lease(env, m, op, c.name)
                 t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
             except FailedPrecondition as exc:
                 refusals.append(exc.message)

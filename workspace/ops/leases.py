@@ -71,21 +71,7 @@ def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView
         ws = resolve_workspace(u.s, who, ref)
         if ws.state == State.TERMINATED.value or ws.desired_state == Desired.TERMINATED.value:
             raise FailedPrecondition(f"workspace {ws.name} is destroyed; its lease is over")
-        now = env.clock()
-        pol = policy(u.s, ws.project)
-        ws.lease_expires_at = extended_end(
-            ws.name,
-            ws.lease_expires_at or 0.0,
-            add_s,
-            pol.max_s,
-            now,
-            ws.project,
-            env.cfg.limits.max_lease_s,
-        )
-        ws.lease_warned = False
-        if ws.reason.startswith(WARNING):
-            set_reason(ws, "")
-        ws.updated_at = now
+        extend_row(env, u.s, ws, add_s, env.clock())
         u.changed(ws)
     log.info(
         "workspace %s (%s): lease extended to %s",
@@ -95,6 +81,25 @@ def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView
         extra=about(ws.id),
     )
     return u.view(ws.id)
+
+
+def extend_row(env: Env, s: Session, ws: Workspace, add_s: int, now: float) -> None:
+    """Move live workspace ``ws``'s lease ``add_s`` later (``extended_end``: refused
+    beyond its project's maximum, or the site's, from ``now``) and clear its warning;
+    the caller names it changed."""
+    ws.lease_expires_at = extended_end(
+        ws.name,
+        ws.lease_expires_at or 0.0,
+        add_s,
+        policy(s, ws.project).max_s,
+        now,
+        ws.project,
+        env.cfg.limits.max_lease_s,
+    )
+    ws.lease_warned = False
+    if ws.reason.startswith(WARNING):
+        set_reason(ws, "")
+    ws.updated_at = now
 
 
 # -- the lease loop --------------------------------------------------------------------------

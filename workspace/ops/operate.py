@@ -105,13 +105,14 @@ def act(
     return True
 
 
-def check_lease(env: Env, ws: Workspace, op: Op) -> None:
-    """A workspace whose lease has ended does not run again until the lease is extended."""
+def check_lease(env: Env, ws: Workspace, op: Op, cluster: str = "") -> None:
+    """A workspace whose lease has ended does not run again until the lease is extended
+    (of a member started with its ``cluster``: the cluster's, every member's)."""
     end = ws.lease_expires_at or 0.0
     if end and end <= env.clock():
         raise FailedPrecondition(
             f"cannot {op.value} workspace {ws.name}: its lease ended at {iso_time(end)}; "
-            f"`ws lease extend {ws.name} DURATION` first"
+            f"`ws lease extend {cluster or ws.name} DURATION` first"
         )
 
 

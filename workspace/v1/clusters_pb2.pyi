@@ -260,6 +260,29 @@ class ClusterRef(_message.Message):
 Global___ClusterRef: _TypeAlias = ClusterRef  # noqa: Y015
 
 @_typing.final
+class ExtendClusterLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADD_S_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """cluster id or name"""
+    add_s: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        add_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_s", b"add_s", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendClusterLeaseRequest: _TypeAlias = ExtendClusterLeaseRequest  # noqa: Y015
+
+@_typing.final
 class WatchClusterEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -76,6 +76,11 @@ class ClustersStub:
                 request_serializer=workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
                 _registered_method=True)
+        self.ExtendClusterLease = channel.unary_unary(
+                '/workspace.v1.Clusters/ExtendClusterLease',
+                request_serializer=workspace_dot_v1_dot_clusters__pb2.ExtendClusterLeaseRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
+                _registered_method=True)
         self.WatchClusterEvents = channel.unary_stream(
                 '/workspace.v1.Clusters/WatchClusterEvents',
                 request_serializer=workspace_dot_v1_dot_clusters__pb2.WatchClusterEventsRequest.SerializeToString,
@@ -138,6 +143,15 @@ class ClustersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtendClusterLease(self, request, context):
+        """Every live member's lease, add_s later (as ExtendLease: from its end, or from now
+        once it has ended), all or none: one member that cannot be extended that far (the
+        project's or the site's maximum) refuses the whole, naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchClusterEvents(self, request, context):
         """The site events of one cluster the caller may see (its members' and its own),
         oldest first; with follow, then each new one.
@@ -187,6 +201,11 @@ def add_ClustersServicer_to_server(servicer, server):
             'SetAutoscale': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAutoscale,
                     request_deserializer=workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_clusters__pb2.Cluster.SerializeToString,
+            ),
+            'ExtendClusterLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendClusterLease,
+                    request_deserializer=workspace_dot_v1_dot_clusters__pb2.ExtendClusterLeaseRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_clusters__pb2.Cluster.SerializeToString,
             ),
             'WatchClusterEvents': grpc.unary_stream_rpc_method_handler(
@@ -411,6 +430,33 @@ class Clusters:
             target,
             '/workspace.v1.Clusters/SetAutoscale',
             workspace_dot_v1_dot_clusters__pb2.SetAutoscaleRequest.SerializeToString,
+            workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendClusterLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Clusters/ExtendClusterLease',
+            workspace_dot_v1_dot_clusters__pb2.ExtendClusterLeaseRequest.SerializeToString,
             workspace_dot_v1_dot_clusters__pb2.Cluster.FromString,
             options,
             channel_credentials,

@@ -46,6 +46,11 @@ class ClustersStub:
     """
     SetAutoscale: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.SetAutoscaleRequest, _clusters_pb2.Cluster]
     """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
+    ExtendClusterLease: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.ExtendClusterLeaseRequest, _clusters_pb2.Cluster]
+    """Every live member's lease, add_s later (as ExtendLease: from its end, or from now
+    once it has ended), all or none: one member that cannot be extended that far (the
+    project's or the site's maximum) refuses the whole, naming it.
+    """
     WatchClusterEvents: _grpc.UnaryStreamMultiCallable[_clusters_pb2.WatchClusterEventsRequest, _admin_pb2.SiteEvent]
     """The site events of one cluster the caller may see (its members' and its own),
     oldest first; with follow, then each new one.
@@ -68,6 +73,11 @@ class ClustersAsyncStub(ClustersStub):
     """
     SetAutoscale: _aio.UnaryUnaryMultiCallable[_clusters_pb2.SetAutoscaleRequest, _clusters_pb2.Cluster]  # type: ignore[assignment]
     """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
+    ExtendClusterLease: _aio.UnaryUnaryMultiCallable[_clusters_pb2.ExtendClusterLeaseRequest, _clusters_pb2.Cluster]  # type: ignore[assignment]
+    """Every live member's lease, add_s later (as ExtendLease: from its end, or from now
+    once it has ended), all or none: one member that cannot be extended that far (the
+    project's or the site's maximum) refuses the whole, naming it.
+    """
     WatchClusterEvents: _aio.UnaryStreamMultiCallable[_clusters_pb2.WatchClusterEventsRequest, _admin_pb2.SiteEvent]  # type: ignore[assignment]
     """The site events of one cluster the caller may see (its members' and its own),
     oldest first; with follow, then each new one.
@@ -135,6 +145,17 @@ class ClustersServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_clusters_pb2.Cluster, _abc.Awaitable[_clusters_pb2.Cluster]]:
         """Turn a role's autoscaler on (min, max, signal, cool-down) or off."""
+
+    @_abc_1.abstractmethod
+    def ExtendClusterLease(
+        self,
+        request: _clusters_pb2.ExtendClusterLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clusters_pb2.Cluster, _abc.Awaitable[_clusters_pb2.Cluster]]:
+        """Every live member's lease, add_s later (as ExtendLease: from its end, or from now
+        once it has ended), all or none: one member that cannot be extended that far (the
+        project's or the site's maximum) refuses the whole, naming it.
+        """
 
     @_abc_1.abstractmethod
     def WatchClusterEvents(
