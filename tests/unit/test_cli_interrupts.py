@@ -12,6 +12,7 @@ import json
 import signal
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -339,6 +340,9 @@ class UploadCut:
 
     def get_image(self, name: str) -> Any:
         raise errors.NotFound(f"no image {name!r}")
+
+    def repository_usage(self) -> Any:
+        return SimpleNamespace(max_virtual_bytes=0)  # the site's bound: the default
 
     def upload_blob(self, path: Any, progress: Any = None) -> Any:
         progress(100, 1000)
