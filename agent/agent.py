@@ -44,6 +44,7 @@ from workspace import version
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders
 from workspace.errors import DriverError
+from workspace.files import write_private
 
 log = logging.getLogger("agent")
 
@@ -63,7 +64,7 @@ def agent_key(state_dir: str) -> str:
         made = ""
     if not made:
         made = secrets.token_hex(6)
-        path.write_text(made + "\n")
+        write_private(path, made + "\n")  # as every file of the agent's, whatever the umask
     return f"{socket.gethostname()}:{os.path.realpath(state_dir)} ({made})"
 
 

@@ -8,6 +8,7 @@ servicers' plain methods; no gRPC.)"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,23 @@ def test_an_agent_keeps_its_key_across_restarts(tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     assert agent_key(str(other)) != first  # another directory: another agent
+
+
+def test_an_agent_with_a_long_key_is_itself_at_a_restart(site: Site) -> None:
+    """The node's row keeps 512 characters of the key; a key longer (a deep state
+    directory) was compared whole with what was kept, so the same agent restarting was
+    refused its own node, as another agent of it."""
+    deep = "host-a:/" + "d" * 600 + " (0a1b2c3d4e5f)"
+    register(site, deep)
+    register(site, deep)  # its restart: the same agent
+    with pytest.raises(FailedPrecondition, match="served by another agent"):
+        register(site, B)
+
+
+def test_the_agent_id_is_its_owners_alone(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        agent_key(str(tmp_path))
+    finally:
+        os.umask(old)
+    assert (tmp_path / AGENT_ID_FILE).stat().st_mode & 0o777 == 0o600
