@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import agent as agent_mod
 from agent.agent import AGENT_ID_FILE, agent_key
 from tests.unit.test_request_validation import Site, build_site
 from workspace.errors import FailedPrecondition
@@ -96,3 +97,20 @@ def test_the_agent_id_is_its_owners_alone(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / AGENT_ID_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_host_cloned_whole_is_another_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host cloned whole has the original's name, state directory and agent-id: its
+    agent said the original's key and was let in beside it (both ran the node's VMs).
+    Its boot tells them apart; the same boot (a restart) is the same agent."""
+    boot = tmp_path / "boot_id"
+    monkeypatch.setattr(agent_mod, "BOOT_ID_FILE", str(boot))
+    state = tmp_path / "state"
+    state.mkdir()
+    boot.write_text("aa905b5b-0e53-4351-904c-19f0dee30c87\n")
+    original = agent_key(str(state))
+    assert agent_key(str(state)) == original  # a restart
+    boot.write_text("5d1c7a2e-9f4b-4c1a-8e3d-2b6f0a9c7e51\n")  # the clone, booted
+    assert agent_key(str(state)) != original
