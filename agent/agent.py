@@ -44,18 +44,22 @@ from workspace import version
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders
 from workspace.errors import DriverError
+from workspace.files import write_private
 
 log = logging.getLogger("agent")
 
-# The id of an agent's state directory (made once): with the host's name and the
-# directory, the key the agent registers with (NodeInfo.agent_key).
+# The id of an agent's state directory (made once): with the host's name, the directory
+# and the host's boot, the key the agent registers with (NodeInfo.agent_key).
 AGENT_ID_FILE = "agent-id"
+# The kernel's id of this boot of the host: a host cloned whole (its state directory, its
+# agent-id and its name too) differs from the original by it alone.
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
 def agent_key(state_dir: str) -> str:
-    """ "HOST:STATE_DIR (ID)": the same for this agent after a restart (the one agent per
-    state directory, workspace/sole.py), another for an agent of the same node name
-    on another host or state directory."""
+    """ "HOST:STATE_DIR (ID, boot B)": the same for this agent after a restart (the one
+    agent per state directory, workspace/sole.py), another for an agent of the same node
+    name on another host or state directory, or on a clone of this host whole."""
     path = Path(state_dir) / AGENT_ID_FILE
     try:
         made = path.read_text().strip()
@@ -63,8 +67,13 @@ def agent_key(state_dir: str) -> str:
         made = ""
     if not made:
         made = secrets.token_hex(6)
-        path.write_text(made + "\n")
-    return f"{socket.gethostname()}:{os.path.realpath(state_dir)} ({made})"
+        write_private(path, made + "\n")  # as every file of the agent's, whatever the umask
+    try:
+        boot = Path(BOOT_ID_FILE).read_text().strip()[:8]
+    except OSError:
+        boot = ""
+    ids = f"{made}, boot {boot}" if boot else made
+    return f"{socket.gethostname()}:{os.path.realpath(state_dir)} ({ids})"
 
 
 class Agent:

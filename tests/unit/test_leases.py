@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import pytest
 from sqlalchemy import select
@@ -21,7 +22,8 @@ from workspace.domain.usage import Grouping
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import cluster_scale, clusters, create, leases, projects, queue, usage
+from workspace.ops import cluster_scale, clusters, create, leases, projects, queue, save, usage
+from workspace.ops.taskhub import TaskHub
 from workspace.ops.unit import Env
 from workspace.store import Project, Workspace
 from workspace.store.site_events import EventRow
@@ -506,3 +508,39 @@ def test_a_destroy_expiry_waits_for_a_save_under_way(site: Site) -> None:
         ws.saving_as = ""
     assert leases.check(env(site)).expired == [wid]
     assert row(site, wid).desired_state == Desired.TERMINATED.value
+
+
+class _NoNode:
+    """A task hub that fails the test if a save reaches the node."""
+
+    def save(self, *args: object) -> None:
+        raise AssertionError("the save reached the node")
+
+
+NO_NODE = cast(TaskHub, _NoNode())
+
+
+def test_no_save_begins_once_a_destroy_lease_has_ended(site: Site) -> None:
+    """The expiry waits for a save under way, so saves begun one after another after the
+    end kept a workspace of a project that destroys at expiry past its lease, with no
+    extend. A save begun after the end is refused, saying how to go on; the expiry then
+    destroys it. (A STOP project's stopped workspace may still be saved.)"""
+    wid = make(site, "a", "chem", lease_s=HOUR)
+    site.core.operate("alice", wid, Op.STOP)
+    site.report(wid, STOPPED)
+    site.clock.now += HOUR + 1
+    alice = member("alice", "chem")
+    with pytest.raises(FailedPrecondition) as refused:
+        save.save(env(site), NO_NODE, site.catalog.catalog, alice, wid, "mine:1")
+    assert "its lease ended at" in refused.value.message
+    assert "`ws lease extend a DURATION` first" in refused.value.message
+    assert not row(site, wid).saving_as
+    assert leases.check(env(site)).expired == [wid]
+    other = make(site, "b", "physics", lease_s=HOUR)
+    site.core.operate("alice", other, Op.STOP)
+    site.report(other, STOPPED)
+    site.clock.now += HOUR + 1
+    with pytest.raises(AssertionError, match="reached the node"):
+        save.save(
+            env(site), NO_NODE, site.catalog.catalog, member("alice", "physics"), other, "b:1"
+        )

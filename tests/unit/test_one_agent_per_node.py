@@ -8,10 +8,12 @@ servicers' plain methods; no gRPC.)"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from agent import agent as agent_mod
 from agent.agent import AGENT_ID_FILE, agent_key
 from tests.unit.test_request_validation import Site, build_site
 from workspace.errors import FailedPrecondition
@@ -75,3 +77,40 @@ def test_an_agent_keeps_its_key_across_restarts(tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     assert agent_key(str(other)) != first  # another directory: another agent
+
+
+def test_an_agent_with_a_long_key_is_itself_at_a_restart(site: Site) -> None:
+    """The node's row keeps 512 characters of the key; a key longer (a deep state
+    directory) was compared whole with what was kept, so the same agent restarting was
+    refused its own node, as another agent of it."""
+    deep = "host-a:/" + "d" * 600 + " (0a1b2c3d4e5f)"
+    register(site, deep)
+    register(site, deep)  # its restart: the same agent
+    with pytest.raises(FailedPrecondition, match="served by another agent"):
+        register(site, B)
+
+
+def test_the_agent_id_is_its_owners_alone(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        agent_key(str(tmp_path))
+    finally:
+        os.umask(old)
+    assert (tmp_path / AGENT_ID_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_host_cloned_whole_is_another_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host cloned whole has the original's name, state directory and agent-id: its
+    agent said the original's key and was let in beside it (both ran the node's VMs).
+    Its boot tells them apart; the same boot (a restart) is the same agent."""
+    boot = tmp_path / "boot_id"
+    monkeypatch.setattr(agent_mod, "BOOT_ID_FILE", str(boot))
+    state = tmp_path / "state"
+    state.mkdir()
+    boot.write_text("aa905b5b-0e53-4351-904c-19f0dee30c87\n")
+    original = agent_key(str(state))
+    assert agent_key(str(state)) == original  # a restart
+    boot.write_text("5d1c7a2e-9f4b-4c1a-8e3d-2b6f0a9c7e51\n")  # the clone, booted
+    assert agent_key(str(state)) != original

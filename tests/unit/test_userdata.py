@@ -235,3 +235,13 @@ def test_a_document_too_big_or_too_deep_to_check_is_refused(schema: str) -> None
     # Aliases that expand to little, and parts nested a few deep, are taken.
     userdata.check(b"#cloud-config\nx: &a [1, 2]\ny: [*a, *a]\n", schema)
     userdata.check(_nested_mime(3), schema)
+
+
+def test_a_long_document_without_aliases_is_not_refused_for_its_values() -> None:
+    """A site may raise limits.max_user_data_bytes: a #cloud-config of 100,001 values
+    and no alias (200 KB) was refused "more than 100000 values, its YAML aliases
+    expanded". The values a document may expand to are at least one per byte of it."""
+    many = b"#cloud-config\nruncmd: [" + b",".join([b"x"] * 100_001) + b"]\n"
+    userdata.check(many)
+    with pytest.raises(InvalidArgument, match="its YAML aliases expanded"):
+        userdata.check(_aliases(8) + b"pad: " + b"x" * len(many) + b"\n")

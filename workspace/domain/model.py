@@ -317,8 +317,9 @@ class NodeInfo:
     disk_mbps: int = 0  # MB/s over all local disks
     net_mbps: int = 0  # Mbit/s per direction over all NICs
     agent_version: str = ""  # the agent's release ("" from an agent that does not say)
-    # Which agent: "HOST:STATE_DIR (ID)", the id kept in its state directory; another
-    # key for a node whose agent reports is another agent ("": one that does not say).
+    # Which agent: "HOST:STATE_DIR (ID, boot B)", the id kept in its state directory and
+    # the host's boot; another key for a node whose agent reports is another agent ("":
+    # one that does not say).
     agent_key: str = ""
 
 

@@ -53,11 +53,12 @@ _NAMES = {
 GZIP_MAGIC = b"\x1f\x8b"
 # Errors of one document named at most (the rest are counted).
 MAX_ERRORS = 3
-# How many values a #cloud-config document may hold, its YAML aliases expanded, and how
-# deep: a few hundred bytes of aliases of aliases expand to millions of values, which the
-# schema check walked (and printed) for many seconds, and a document nested a thousand
-# deep was an INTERNAL error. Within the user-data size limit a document without aliases
-# holds far fewer values, and a real one is a few levels deep.
+# How many values a #cloud-config document may hold, its YAML aliases expanded (or one
+# per byte of it, if that is more), and how deep: a few hundred bytes of aliases of
+# aliases expand to millions of values, which the schema check walked (and printed) for
+# many seconds, and a document nested a thousand deep was an INTERNAL error. A document
+# without aliases holds fewer values than it has bytes (so one within a raised
+# limits.max_user_data_bytes is never refused so), and a real one is a few levels deep.
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
 
@@ -108,7 +109,7 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
         return [f"nested more than {MAX_DEPTH} deep"]
     if doc is None:
         return []
-    too_big = _too_big(doc)
+    too_big = _too_big(doc, max(MAX_VALUES, len(text)))
     if too_big:
         return [too_big]
     if not isinstance(doc, dict):
@@ -122,16 +123,16 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
     return out
 
 
-def _too_big(doc: object) -> str:
+def _too_big(doc: object, most: int) -> str:
     """Why ``doc`` holds too much to check ("": it does not), counted without recursion
-    and without expanding more than ``MAX_VALUES`` values."""
+    and without expanding more than ``most`` values."""
     stack: list[tuple[object, int]] = [(doc, 1)]
     seen = 0
     while stack:
         value, depth = stack.pop()
         seen += 1
-        if seen > MAX_VALUES:
-            return f"more than {MAX_VALUES} values, its YAML aliases expanded"
+        if seen > most:
+            return f"more than {most} values, its YAML aliases expanded"
         if depth > MAX_DEPTH:
             return f"nested more than {MAX_DEPTH} deep"
         if isinstance(value, dict):

@@ -102,6 +102,22 @@ def extend_row(env: Env, s: Session, ws: Workspace, add_s: int, now: float) -> N
     ws.updated_at = now
 
 
+def refuse_save_after_end(env: Env, s: Session, ws: Workspace) -> None:
+    """FAILED_PRECONDITION for a save of ``ws`` begun once its lease has ended in a
+    project that destroys at expiry: the expiry waits for a save under way (``_expire``),
+    so saves begun one after another kept the workspace past its lease without an
+    extend. A save begun before the end still holds it until the save ends."""
+    end = ws.lease_expires_at or 0.0
+    if not end or end > env.clock():
+        return
+    if policy(s, ws.project).action is LeaseAction.DESTROY:
+        raise FailedPrecondition(
+            f"cannot save workspace {ws.name}: its lease ended at {iso_time(end)} and "
+            f"project {ws.project} destroys workspaces at expiry; "
+            f"`ws lease extend {ws.name} DURATION` first"
+        )
+
+
 # -- the lease loop --------------------------------------------------------------------------
 
 

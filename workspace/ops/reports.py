@@ -176,7 +176,7 @@ def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[
         else:
             check_one_agent(node, info, now, 3 * env.cfg.heartbeat_interval_s)
         if info.agent_key:
-            node.agent_key = info.agent_key[:512]
+            node.agent_key = agent_key_of(info)
         node.hypervisor = info.hypervisor or "unknown"
         node.cpus = info.cpus
         node.memory_mib = info.memory_mib
@@ -197,12 +197,22 @@ def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[
     return env.cfg.heartbeat_interval_s
 
 
+# What the node's row keeps of an agent's key (nodes.agent_key is a String(512)).
+AGENT_KEY_MAX = 512
+
+
+def agent_key_of(info: NodeInfo) -> str:
+    """The agent's key as the node's row keeps it: compared so too, or an agent whose
+    key is longer (a deep state directory) was another agent to itself at a restart."""
+    return info.agent_key[:AGENT_KEY_MAX]
+
+
 def check_one_agent(node: Node, info: NodeInfo, now: float, silent_s: float) -> None:
     """Refuse another agent the name of a node whose agent reports (its last heartbeat
     within ``silent_s``): both would run the node's VMs (on two hosts: twice, with the
     same addresses), take each other's order streams and report each other's VMs gone.
     The same agent restarting says the same key; one that does not say is let be."""
-    if not info.agent_key or not node.agent_key or info.agent_key == node.agent_key:
+    if not info.agent_key or not node.agent_key or agent_key_of(info) == node.agent_key:
         return
     age = now - node.last_heartbeat
     if age >= silent_s:

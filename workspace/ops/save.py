@@ -46,7 +46,7 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.log import about
-from workspace.ops import refusals
+from workspace.ops import leases, refusals
 from workspace.ops.image_refs import name_taken
 from workspace.ops.images import Catalog
 from workspace.ops.lifecycle import (
@@ -189,6 +189,7 @@ def _mark(
                 f"(`ws stop {ws.name} --wait` first)"
             )
         refuse_while_saving(env, ws, "save")
+        leases.refuse_save_after_end(env, s, ws)
         if s.get(Image, image) is not None:
             raise AlreadyExists(f"image {image!r} already exists; pick a new version")
         if name_taken(s, image, into or "", ident.name):

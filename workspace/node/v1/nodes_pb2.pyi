@@ -108,8 +108,8 @@ class RegisterRequest(_message.Message):
     net_mbps: _builtins.int
     """Mbit/s per direction over all NICs"""
     agent_key: _builtins.str
-    """Which agent this is: its host and state directory, and an id kept in that directory
-    (empty from an agent older than it). While a node's agent with another key reports,
+    """Which agent this is: its host, state directory, an id kept in that directory and the
+    host's boot id (empty from an agent older than it). While a node's agent with another key reports,
     the name is refused: two agents of one node would each run its VMs.
     """
     @_builtins.property
