@@ -59,6 +59,8 @@ class EventsClientMixin:
         unknown kind, NotFound for a cluster the caller cannot see). ``after_id``: only
         the events after that one (the id of the last event a script was given: every one
         committed after it, whatever its time; ``since`` is then not used)."""
+        if which is not None:  # one kind given as a string: taken a character at a time
+            strings(which.kinds, "which.kinds")
 
         def open_call(start: float, after_id: int, remaining: float | None) -> Any:
             req = codec_events.watch_request_to_proto(start, follow, which, after_id)

@@ -18,6 +18,7 @@ from tests.functional.harness import Site, wait_for
 from workspace.client import Client
 from workspace.slurm import cli
 from workspace.slurm.hostlist import expand_all
+from workspace.slurm.resumefile import JOB_ENV
 from workspace.slurm.scontrol import Scontrol, reason_text
 from workspace.v1 import clusters_pb2, common_pb2
 
@@ -97,6 +98,8 @@ class Slurm:
         self.client = Client(site.address)
         self.scontrol = RecordingScontrol()
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # set: a reboot (resumefile.py)
+        for name in JOB_ENV:  # set: a job's shell, never a reboot
+            monkeypatch.delenv(name, raising=False)
 
     def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:
         if jobs is None:

@@ -406,3 +406,16 @@ def test_the_json_docs_say_what_the_output_holds() -> None:
     assert "`lease_expires_at`" in doc and "`applied_reboot_count`" in doc
     for command in ("`ws watch`", "`ws events`", "`ws cluster events`", "`ws-admin events`"):
         assert command in doc.split("print JSON lines")[0].rsplit("A list is a JSON array", 1)[1]
+
+
+def test_the_lease_lines_say_nothing_of_a_policy_the_service_did_not_send() -> None:
+    """`ws quota` names each project's lease policy (ProjectQuota.leases); a service older
+    than that field sends none, and the project was said to have "no lease (its
+    workspaces live until destroyed)" though it may destroy them after 8h."""
+    old = projects_pb2.ProjectQuota(project="phys")
+    assert "phys" not in project_cmds.lease_lines([old])
+    assert project_cmds.user_quota_text([old]) == project_cmds.quota_rows([old])
+    none = projects_pb2.ProjectQuota(project="open", leases=projects_pb2.LeasePolicy())
+    assert project_cmds.lease_lines([none]) == (
+        "project open: no lease (its workspaces live until destroyed)"
+    )

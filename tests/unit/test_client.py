@@ -29,6 +29,7 @@ from workspace.client import (
     rebooted,
     resolve_address,
 )
+from workspace.domain.events import EventFilter
 from workspace.site import record
 from workspace.v1 import (
     common_pb2,
@@ -346,6 +347,10 @@ def test_one_string_where_a_list_of_strings_belongs_is_a_wrong_argument(
         client.exec("alpha", "uname -a")
     with pytest.raises(errors.InvalidArgument, match=r"^watch_workspace_events: .*kinds"):
         client.watch_workspace_events("alpha", kinds="workspace.state")  # type: ignore[arg-type]
+    # The admins' watch takes its kinds in an EventFilter: the same (it was sent as
+    # fifteen one-letter kinds, and refused naming them).
+    with pytest.raises(errors.InvalidArgument, match=r"^watch_events: .*which.kinds"):
+        client.watch_events(which=EventFilter(kinds="workspace.state"))  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidArgument, match=r"^create_cluster: .*networks"):
         client.create_cluster(name="c", members=[{"role": "r", "networks": "default"}])
     # A tuple or any other iterable of strings is as good as a list.

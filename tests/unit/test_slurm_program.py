@@ -15,7 +15,7 @@ from workspace import errors
 from workspace.slurm import cli
 from workspace.slurm.hostlist import expand_all
 from workspace.slurm.program import REQUEST_PREFIX, node_of, plan_groups
-from workspace.slurm.resumefile import Job, ResumeFile
+from workspace.slurm.resumefile import JOB_ENV, Job, ResumeFile
 from workspace.slurm.scontrol import Scontrol, reason_text
 from workspace.v1 import clusters_pb2, common_pb2, images_pb2
 
@@ -218,6 +218,8 @@ class Run:
         )
         monkeypatch.delenv("SLURM_RESUME_FILE", raising=False)
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # set: a reboot (resumefile.py)
+        for name in JOB_ENV:  # set: a job's shell, never a reboot
+            monkeypatch.delenv(name, raising=False)
 
     def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:
         if jobs is not None:

@@ -200,3 +200,27 @@ def test_a_reboot_slurm_asks_for_makes_the_nodes_anew(run: Run) -> None:
     run.monkeypatch.delenv("SLURM_JOB_ID")
     assert run("resume", "c[1-2]") == 0
     assert run.names() == ["slurm-12-1-c1-0", "slurm-12-1-c2-0"]
+
+
+def test_a_resume_by_hand_in_a_slurm_job_is_no_reboot(run: Run) -> None:
+    """An admin's shell in an allocation (salloc, srun --pty) has SLURM_JOB_ID too, and no
+    resume file: `ws-slurm resume c1 c2` there was read as slurmctld's reboot for that job,
+    destroyed c1's running workspace (and the job on it) and took c2 for a feature. A
+    job's environment has SLURM_JOB_NODELIST, which slurmctld's for its programs has not:
+    the resume is one by hand, and what runs is kept."""
+    assert run("resume", "c[1-2]") == 0
+    old = {n: ws_of(run, n) for n in ("c1", "c2")}
+    for ws in old.values():
+        ws.state = WS.WORKSPACE_STATE_RUNNING
+    run.monkeypatch.setenv("SLURM_JOB_ID", "77")
+    run.monkeypatch.setenv("SLURM_JOB_NODELIST", "login1")
+    assert run("resume", "c1", "c2") == 0, run.text()
+    assert {n: ws_of(run, n).id for n in ("c1", "c2")} == {n: w.id for n, w in old.items()}
+    assert all(ws.state == WS.WORKSPACE_STATE_RUNNING for ws in old.values())
+    text = run.text()
+    assert (
+        "resume c1 c2 (2 node(s); SLURM_JOB_ID 77 is a Slurm job's (SLURM_JOB_NODELIST set): "
+        "not a reboot, what runs is kept)" in text
+    )
+    assert "node c2 already has workspace c2" in text
+    assert "destroying" not in text

@@ -139,6 +139,8 @@ def lease_lines(uses: list[Any]) -> str:
     refusal before: what a new workspace gets, the longest it may have, its end."""
     out = []
     for u in uses:
+        if not u.HasField("leases"):
+            continue  # a service older than the field: its policy unknown, not "no lease"
         p = u.leases
         if not (p.default_lease_s or p.max_lease_s):
             out.append(f"project {u.project}: no lease (its workspaces live until destroyed)")
@@ -159,7 +161,8 @@ def lease_lines(uses: list[Any]) -> str:
 
 def user_quota_text(uses: list[Any]) -> str:
     """`ws quota`, `ws project show`: the quotas, then each project's lease policy."""
-    return quota_rows(uses) + "\n\n" + lease_lines(uses)
+    leases = lease_lines(uses)
+    return quota_rows(uses) + ("\n\n" + leases if leases else "")
 
 
 def over_quota(uses: list[Any]) -> list[str]:

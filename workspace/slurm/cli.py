@@ -44,9 +44,11 @@ from workspace.slurm import program
 from workspace.slurm.check import Images, check
 from workspace.slurm.hostlist import HostlistError
 from workspace.slurm.resumefile import (
+    JOB_ID_ENV,
     RESUME_FILE_ENV,
     ResumeFile,
     ResumeFileError,
+    in_job,
     reboot_request,
 )
 from workspace.slurm.resumefile import parse as parse_resume
@@ -182,6 +184,15 @@ def resume_file(path: str, text: str | None) -> ResumeFile | None:
         return None
 
 
+def not_a_reboot(environ: Mapping[str, str]) -> str:
+    """For the log line of a resume run in a Slurm job (by hand, in an allocation): its
+    SLURM_JOB_ID is not slurmctld's reboot of the nodes ("" otherwise)."""
+    job, shown = environ.get(JOB_ID_ENV, "").strip(), in_job(environ)
+    if not job or not shown or environ.get(RESUME_FILE_ENV, "").strip():
+        return ""
+    return f"; {JOB_ID_ENV} {job} is a Slurm job's ({shown} set): not a reboot, what runs is kept"
+
+
 def connect(s: Settings) -> Client:
     """A client of the configured service; no address anywhere is a ConfigError (the config
     file's ``service`` is what slurmctld's programs have: it passes them no $WS_SERVICE)."""
@@ -268,12 +279,13 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
     if args.command == "check":
         return check(s, sc, nodes, lambda: connect(s) if client is None else cast(Images, client))
     log.info(
-        "%s %s (%d node(s)%s%s)",
+        "%s %s (%d node(s)%s%s%s)",
         args.command,
         " ".join(hostlist),
         len(nodes),
         f", {len(resume.jobs)} job(s) in {RESUME_FILE_ENV}" if resume else "",
         f", Slurm reboots them for job {reboot.job_id}" if reboot else "",
+        not_a_reboot(os.environ) if args.command == "resume" and not reboot else "",
     )
     own = client is None
     try:

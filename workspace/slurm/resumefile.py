@@ -123,14 +123,27 @@ class Reboot:
     features: frozenset[str] = frozenset()
 
 
+# What the environment of a job (salloc, sbatch, srun, scrontab) has, and the one
+# slurmctld makes for its programs (SLURM_CONF, SLURM_JOB_ID, SLURM_RESUME_FILE) has not.
+JOB_ENV = ("SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOBID")
+
+
+def in_job(environ: Mapping[str, str]) -> str:
+    """The variable that shows ``environ`` is a Slurm job's, not slurmctld's ("" if none):
+    ``ws-slurm resume`` run by hand in an allocation has SLURM_JOB_ID too."""
+    return next((v for v in JOB_ENV if environ.get(v, "").strip()), "")
+
+
 def reboot_request(
     environ: Mapping[str, str], args: Sequence[str]
 ) -> tuple[Sequence[str], Reboot | None]:
     """(the hostlist arguments, the reboot asked) of a ``resume``: a reboot when
-    ``SLURM_JOB_ID`` is set without ``SLURM_RESUME_FILE``; then only the first argument
-    is a hostlist, a second names the features."""
+    ``SLURM_JOB_ID`` is set without ``SLURM_RESUME_FILE``, in slurmctld's environment,
+    not a job's (``in_job``: a resume by hand in an allocation would otherwise destroy
+    the running workspaces of the nodes named, and read a second hostlist as features);
+    then only the first argument is a hostlist, a second names the features."""
     job = environ.get(JOB_ID_ENV, "").strip()
-    if environ.get(RESUME_FILE_ENV, "").strip() or not job.isdigit():
+    if environ.get(RESUME_FILE_ENV, "").strip() or not job.isdigit() or in_job(environ):
         return args, None
     features = feature_names(args[1]) if len(args) > 1 else frozenset()
     return args[:1], Reboot(int(job), features)
