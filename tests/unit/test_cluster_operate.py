@@ -117,3 +117,19 @@ def test_a_cluster_stop_is_a_clean_shutdown_after_a_member_was_forced_once(site:
             False,
             default,
         ), w.name
+
+
+def test_a_cluster_partly_stopped_says_which_members_do_not_run(site: Site) -> None:
+    """The lease pass stopped the workers whose lease ended (the head's was extended
+    alone): the cluster showed STARTING with no reason, as if a start were under way."""
+    ids = cluster(site, workers=2)
+    leases.extend(env(site), "alice", "c1-head-0", HOUR)
+    site.clock.now += HOUR
+    assert sorted(leases.check(env(site)).expired) == sorted(ids[1:])
+    for wid in ids[1:]:
+        site.report(wid, STOPPED)
+    shown = clusters.get(env(site), "alice", "c1")
+    assert shown.state.value == "STARTING"
+    assert shown.reason == "partly running, nothing starting: c1-w-0 STOPPED, c1-w-1 STOPPED"
+    cluster_leases.extend(env(site), "alice", "c1", HOUR)
+    assert clusters.operate(env(site), "alice", "c1", Op.START).reason == ""  # booting
