@@ -130,6 +130,27 @@ def test_cluster_lifecycle_from_a_spec_file(site_dir: Path, tmp_path: Path) -> N
     refused(site_dir, "ws", "cluster", "show", "no-such-cluster", match="no-such-cluster")
 
 
+def test_a_cluster_start_one_member_refuses_starts_none_and_says_why(site_dir: Path) -> None:
+    """A member that cannot start (here PAUSED on its own): `ws cluster start` printed
+    STARTING, started the others and left that one, and the cluster stayed STARTING for
+    good (`--wait` waited out its timeout). The start is refused whole, naming it."""
+    ok(site_dir, "ws", "cluster", "create", "part", "--member", f"w={IMAGE},count=2", "--wait")
+    ok(site_dir, "ws", "pause", "part-w-0", "--wait")
+    ok(site_dir, "ws", "stop", "part-w-1", "--wait")
+    for wait in ((), ("--wait", "--wait-timeout", "60")):
+        line = refused(site_dir, "ws", "cluster", "start", "part", *wait)
+        assert "cannot start cluster part; nothing was started" in line, line
+        assert "workspace part-w-0: it is PAUSED" in line, line
+    members = {
+        m["name"]: m["state"] for m in js(site_dir, "ws", "cluster", "show", "part")["members"]
+    }
+    assert members == {"part-w-0": "PAUSED", "part-w-1": "STOPPED"}
+    ok(site_dir, "ws", "resume", "part-w-0", "--wait")
+    c = js(site_dir, "ws", "cluster", "start", "part", "--wait")
+    assert c["state"] == "RUNNING" and {m["state"] for m in c["members"]} == {"RUNNING"}
+    ok(site_dir, "ws", "cluster", "destroy", "part", "--wait")
+
+
 def test_cluster_from_flags_and_a_json_spec(site_dir: Path, tmp_path: Path) -> None:
     c = js(
         site_dir,

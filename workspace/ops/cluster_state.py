@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workspace.domain import seed
-from workspace.domain.states import ClusterState, Desired, FailurePolicy, State
+from workspace.domain.states import BOOTING, ClusterState, Desired, FailurePolicy, State
 from workspace.ops.lifecycle import CANCELLED, node_down, terminate_unconfirmed, waiting
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Cluster, Workspace
@@ -120,7 +120,18 @@ def _state_of(members: Sequence[Workspace]) -> tuple[ClusterState, str]:
         return ClusterState.STOPPED, ""
     if any(s is State.STOPPING for s in states):
         return ClusterState.STOPPING, ""
-    return ClusterState.STARTING, ""
+    if any(s in BOOTING for s in states):
+        return ClusterState.STARTING, ""
+    # Nothing boots: some members run and others were stopped or paused on their own
+    # (`ws stop MEMBER`, the lease pass of members whose lease ended): STARTING with no
+    # word looked like a start under way. Say which do not run.
+    idle = sorted(
+        (m for m in members if m.state != State.RUNNING.value),
+        key=lambda m: (m.role, seed.member_index(m.name)),
+    )
+    shown = ", ".join(f"{m.name} {m.state}" for m in idle[:8])
+    more = f" and {len(idle) - 8} more" if len(idle) > 8 else ""
+    return ClusterState.STARTING, f"partly running, nothing starting: {shown}{more}"
 
 
 def members_of(s: Session, cid: str) -> list[Workspace]:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from workspace.domain import elastic
 from workspace.domain.model import ClusterRequest, ClusterView, CreateSpec
 from workspace.domain.seed import member_index
-from workspace.domain.states import ClusterState, Desired, Op, State, apply_op
+from workspace.domain.states import ClusterState, Desired, Op, State, Transition, apply_op
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, WorkspaceError
 from workspace.identity import Identity
 from workspace.ops import admission, grow_rights, keys, pages, seeds
@@ -32,8 +32,8 @@ from workspace.ops.cluster_state import (
     torn_down,
 )
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
-from workspace.ops.lifecycle import refuse_never_placed, resolve_owned, waiting
-from workspace.ops.operate import check_lease, check_trust
+from workspace.ops.lifecycle import resolve_owned, waiting
+from workspace.ops.operate import admissible, apply, check_trust
 from workspace.ops.projects import (
     Scope,
     as_identity,
@@ -50,7 +50,6 @@ from workspace.store.mapping import (
     cluster_view,
     flushed,
     member_specs,
-    set_reason,
     spec_column,
     view_row,
     view_rows,
@@ -366,11 +365,18 @@ def check_not_waiting(c: Cluster, members: list[Workspace], op: Op = Op.STOP) ->
 
 
 def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
+    """Start, stop or destroy every member. A start is all or nothing: one member that
+    cannot start (its lease ended, being saved, PAUSED, LOST, never placed ...) refuses
+    the whole, naming each such member and why, and nothing starts; a partial start left
+    the cluster STARTING for good (and `ws cluster start --wait` waiting out its timeout),
+    saying nothing of the members left STOPPED. A stop or a destroy acts on every member
+    it can (one that cannot, LOST or never placed, keeps the cluster FAILED, saying so);
+    it is refused when it can act on none."""
     with write(env) as u:
         s = u.s
         c = resolve(s, who, ref)
-        changed: list[Workspace] = []
-        refusals: list[str] = []
+        todo: list[tuple[Workspace, Transition]] = []
+        refused: list[tuple[str, str]] = []  # (member, why)
         already = 0  # members the op was already asked for (nothing to change)
         members = members_of(s, c.id)
         if op is not Op.DESTROY:
@@ -383,39 +389,71 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             )
         if op in (Op.STOP, Op.START):
             check_not_waiting(c, members, op)
+            if torn_down(c):
+                raise FailedPrecondition(
+                    f"cannot {op.value} cluster {c.name}: it is FAILED and was torn down "
+                    f"({c.reason}); `ws cluster destroy {c.name}` removes it"
+                )
         for m in members:
+            if op is Op.START and waiting(m):  # a grow waiting: a start asked again
+                already += 1
+                continue
             try:
-                refuse_never_placed(m, op)
-                if op is Op.START:
-                    check_lease(env, m, op, c.name)
-                t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
+                if op is Op.DESTROY:
+                    t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
+                else:  # as `ws start` / `ws stop` of the member would
+                    t = admissible(env, m, op, c.name)
             except FailedPrecondition as exc:
-                refusals.append(exc.message)
+                refused.append((m.name, exc.message))
                 continue
             if t is None:
                 already += 1
-                continue
-            if op is Op.START:
+            else:
+                todo.append((m, t))
+        if refused and (op is Op.START or not todo):
+            raise FailedPrecondition(_refusal(c.name, op, refused))
+        if not todo and not already:
+            raise FailedPrecondition(
+                f"cannot {op.value} cluster {c.name}: it has no member to act on"
+            )
+        if op is Op.START:
+            for m, _ in todo:
                 check_trust(env, s, m)  # one member refused: the whole start is
+        for m, t in todo:
             if op is Op.DESTROY:
                 destroy_member(env, s, m, "")
+                u.changed(m)
+                u.nodes(m.node)
             else:
-                m.desired_state, m.state = t.desired.value, t.state.value
-                if op is Op.START:
-                    set_reason(m, "")
-                m.updated_at = env.clock()
-            changed.append(m)
-        if not changed and (refusals or not already):
-            # Nothing done, and not because it was all done already (a retried request).
-            why = refusals[0] if refusals else "it has no member to act on"
-            raise FailedPrecondition(f"cannot {op.value} cluster {c.name}: {why}")
-        if op is Op.START and c.state == ClusterState.FAILED.value:
+                apply(env, u, m, op, t)
+        if todo and op is Op.START and c.state == ClusterState.FAILED.value:
             c.state = ClusterState.STARTING.value
         if op is Op.DESTROY and torn_down(c):
             c.state = ClusterState.TERMINATING.value  # its members follow: TERMINATED
-        u.changed(*changed)
-        u.nodes(*(m.node for m in changed))
         refresh(env, u, {c.id})
         shown = view(s, c)
-    log.info("cluster %s (%s): %s requested for %d member(s)", c.id, c.name, op.value, len(changed))
+    log.info("cluster %s (%s): %s requested for %d member(s)", c.id, c.name, op.value, len(todo))
     return shown
+
+
+# Members named in one line of a refusal; the rest are counted.
+_NAMED = 8
+
+
+def _refusal(cluster: str, op: Op, refused: Sequence[tuple[str, str]]) -> str:
+    """Why ``op`` of ``cluster`` was refused: each member's reason, those refused alike
+    in one line (16 workers whose lease ended: one line naming them, not 16)."""
+    alike: dict[str, list[str]] = {}
+    for name, why in refused:
+        alike.setdefault(why.replace(name, "\0"), []).append(name)
+    lines = []
+    for why, names in alike.items():
+        names.sort(key=lambda n: (n.rsplit("-", 1)[0], member_index(n)))
+        shown = ", ".join(names[:_NAMED])
+        if len(names) > _NAMED:
+            shown += f" and {len(names) - _NAMED} more"
+        if len(names) > 1:
+            why = why.replace("workspace \0", "workspaces \0")
+        lines.append(why.replace("\0", shown))
+    none = "; nothing was started" if op is Op.START else ""
+    return f"cannot {op.value} cluster {cluster}{none}: {'; '.join(lines)}"

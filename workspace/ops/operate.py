@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from workspace.domain.leases import iso_time
 from workspace.domain.model import WorkspaceView
-from workspace.domain.states import Desired, Op, State, apply_op
+from workspace.domain.states import Desired, Op, State, Transition, apply_op
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
 from workspace.log import about
@@ -62,21 +62,48 @@ def act(
     """``op`` on a row already found (a user's request, or the service's own: lease
     expiry), inside ``u``; ``reason`` (if given) is what the workspace shows. False: the
     op was already asked for, and nothing changed."""
-    was_waiting = waiting(ws)
-    if was_waiting and op is not Op.DESTROY:
+    t = admissible(env, ws, op)
+    if t is None:  # already so: also a running workspace whose lease just ended
+        return False
+    if op is Op.START:
+        check_trust(env, u.s, ws)
+    apply(env, u, ws, op, t, timeout_s, force, reason)
+    refresh(env, u, {ws.cluster})
+    return True
+
+
+def admissible(env: Env, ws: Workspace, op: Op, cluster: str = "") -> Transition | None:
+    """What ``op`` does to ``ws`` now; None when it was already asked for (nothing to
+    change); FailedPrecondition saying why it is refused (the trust policy apart:
+    ``check_trust``). ``cluster``: the op is its cluster's (named in a lease's hint).
+    Every way of starting or stopping a workspace asks this, a cluster's too."""
+    if waiting(ws) and op is not Op.DESTROY:
         raise FailedPrecondition(
             f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
         )
     refuse_never_placed(ws, op)
     t = apply_op(op, State(ws.state), Desired(ws.desired_state), f"workspace {ws.name}")
-    if t is not None and op is Op.START:
-        refuse_while_saving(env, ws, "start")
-    if t is None:  # already so: also a running workspace whose lease just ended
-        return False
-    if op in (Op.START, Op.RESUME):
-        check_lease(env, ws, op)
+    if t is None:
+        return None
     if op is Op.START:
-        check_trust(env, u.s, ws)
+        refuse_while_saving(env, ws, "start")
+    if op in (Op.START, Op.RESUME):
+        check_lease(env, ws, op, cluster)
+    return t
+
+
+def apply(
+    env: Env,
+    u: UnitOfWork,
+    ws: Workspace,
+    op: Op,
+    t: Transition,
+    timeout_s: int = 0,
+    force: bool = False,
+    reason: str = "",
+) -> None:
+    """Make ``t`` (from ``admissible``) so; the caller refreshes the cluster's state."""
+    was_waiting = waiting(ws)
     ws.desired_state = t.desired.value
     ws.state = t.state.value
     ws.updated_at = env.clock()
@@ -101,8 +128,6 @@ def act(
         preempt.terminated(u, ws)
     u.changed(ws)
     u.nodes(ws.node)
-    refresh(env, u, {ws.cluster})
-    return True
 
 
 def check_lease(env: Env, ws: Workspace, op: Op, cluster: str = "") -> None:
