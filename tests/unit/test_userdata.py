@@ -73,6 +73,12 @@ def test_accepted(data: bytes) -> None:
         # cloud-init accepted these and then never ran them, reporting nothing
         (b"#!/bin/sh\necho \xff\xfe bad\n", "user-data: a #! script must be UTF-8 (byte 15"),
         (b"#cloud-boothook\n#!/bin/sh\n\xff\n", "user-data: a boothook must be UTF-8"),
+        # cloud-init finds the script past them, writes it as given, and its exec fails
+        (b"\n#!/bin/sh\necho hi\n", "user-data: a #! script must start with #! at its very"),
+        (
+            multipart(("text/x-shellscript", b"  #!/bin/sh\necho hi\n")),
+            "user-data: part 1 (text/x-shellscript): a #! script must start with #! at its",
+        ),
         (
             multipart(("text/x-shellscript", b"#!/bin/sh\necho \xff\n")),
             "user-data: part 1 (text/x-shellscript): a #! script must be UTF-8",
@@ -130,6 +136,8 @@ def test_accepted(data: bytes) -> None:
         "not-utf8",
         "script-not-utf8",
         "boothook-not-utf8",
+        "script-after-a-blank-line",
+        "multipart-script-after-spaces",
         "multipart-script-not-utf8",
         "multipart-list",
         "multipart-list-without-its-line",

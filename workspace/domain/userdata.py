@@ -177,6 +177,17 @@ def _decoded(data: bytes, what: str, found: str = "cloud-config") -> str:
         ) from None
 
 
+def _check_script(data: bytes, what: str, found: str) -> None:
+    """A script must start with its ``#!`` (cloud-init finds it past leading blanks,
+    writes it as given and execs it: the kernel then says "Exec format error", the
+    script never runs, and only the guest's log tells)."""
+    if found == "script" and not data.startswith(b"#!"):
+        raise InvalidArgument(
+            f"{what}: a #! script must start with #! at its very first byte, not after blank "
+            "lines or spaces: cloud-init would take it, and the guest could not run it"
+        )
+
+
 def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
     what = f"user-data: part {i} ({part.get_content_type()})"
     raw = part.get_payload(decode=True)
@@ -199,6 +210,7 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
             f"declare it {TYPE_OF[found]} (or text/plain)"
         )
     text = _decoded(data, what, found)
+    _check_script(data, what, found)
     if found == "cloud-config":
         errors = cloud_config_errors(text, validator)
         if errors:
@@ -235,6 +247,7 @@ def _check_cached(data: bytes, schema_path: str) -> None:
     found = kind(data)
     if found in ("cloud-config", "script", "boothook"):
         text = _decoded(data, "user-data", found)
+        _check_script(data, "user-data", found)
     if found == "cloud-config":
         errors = cloud_config_errors(text, validator)
         if errors:
