@@ -119,6 +119,11 @@ def test_accepted(data: bytes) -> None:
             "which cloud-init would run as a boothook; declare it text/cloud-config",
         ),
         (
+            multipart(("text/x-shellscript-per-boot", b"#cloud-config\nruncmd: [[ls]]")),
+            "user-data: part 1 (text/x-shellscript-per-boot): it holds a #cloud-config "
+            "document, which cloud-init would run as a #! script; declare it text/cloud-config",
+        ),
+        (
             b"\xef\xbb\xbf#cloud-config\nruncmd: [[ls]]\n",
             "user-data starts with a byte order mark, which cloud-init does not look past: "
             "save it as UTF-8 without one",
@@ -146,6 +151,7 @@ def test_accepted(data: bytes) -> None:
         "mime-single",
         "multipart-script-as-cloud-config",
         "multipart-cloud-config-as-boothook",
+        "multipart-cloud-config-as-per-boot-script",
         "bom",
         "gzip-named",
     ],

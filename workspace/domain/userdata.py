@@ -33,6 +33,11 @@ PART_TYPES = {
     "text/x-shellscript": "#!",
     "text/cloud-boothook": BOOTHOOK,
 }
+# Scripts cloud-init (22.1+) keeps in /var/lib/cloud/scripts/per-boot|per-instance|
+# per-once and runs at that frequency (handlers/shell_script_by_frequency.py): MIME
+# part types only, run as declared.
+BY_FREQUENCY = tuple(f"text/x-shellscript-per-{f}" for f in ("boot", "instance", "once"))
+PART_TYPES.update(dict.fromkeys(BY_FREQUENCY, "#!"))
 # The part types cloud-init 22.4 runs as declared, whatever they hold (it looks at the
 # content of text/plain and text/x-shellscript parts only: user_data.py _process_msg),
 # by the kind they must hold; and the type to declare for each kind.
@@ -40,6 +45,7 @@ AS_DECLARED = {
     "text/cloud-config": ("cloud-config",),
     "text/cloud-boothook": ("boothook", "script"),
 }
+AS_DECLARED.update(dict.fromkeys(BY_FREQUENCY, ("script",)))
 TYPE_OF = {
     "cloud-config": "text/cloud-config",
     "script": "text/x-shellscript",
