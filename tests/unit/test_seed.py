@@ -380,6 +380,7 @@ print(json.dumps({"users": sorted(users), "default": ug_util.extract_default(use
     [
         (b"#cloud-config\nusers:\n- name: alice\n  groups: sudo\n", ["alice", "debian"]),
         (b"#cloud-config\nusers: [default, bob]\n", ["bob", "debian"]),
+        (b"#Cloud-Config\nusers: [erin]\n", ["debian", "erin"]),  # cloud-init lowercases it
         (b"#cloud-config\nruncmd: [[true]]\n", ["debian"]),
         (  # a part declared cloud-config needs no #cloud-config line
             b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n--B\n'

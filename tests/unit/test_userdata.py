@@ -27,6 +27,7 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         b"#cloud-config\n",
         b"#cloud-config\nruncmd:\n- [touch, /tmp/x]\npackages: [htop]\n",
         b"#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: hi\n",
+        b"#Cloud-Config\nruncmd: [[ls]]\n",  # cloud-init lowercases it (it was refused)
         b"#!/bin/sh\necho hello\n",
         b"#!/usr/bin/env python3\nprint('hi')\n",
         b"#cloud-boothook\n#!/bin/sh\necho early\n",
@@ -48,6 +49,7 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         "empty-cloud-config",
         "cloud-config",
         "write-files",
+        "cloud-config-capitalised",
         "script",
         "python-script",
         "boothook",
@@ -67,6 +69,7 @@ def test_accepted(data: bytes) -> None:
     [
         (b"hello world\n", "user-data is not accepted: expected a #cloud-config document"),
         (b"#include\nhttp://x/y\n", "expected a #cloud-config document, a #! script"),
+        (b"#cloud-config-archive\n- type: text/x-shellscript\n", "user-data is not accepted"),
         (b"#cloud-config\n- a\n- b\n", "user-data: #cloud-config: expected a mapping of keys"),
         (b"#cloud-config\nruncmd: [oops\n", "user-data: #cloud-config: not valid YAML (line 3"),
         (b"#cloud-config\nkey: \xff\n", "a #cloud-config document must be UTF-8"),
@@ -136,6 +139,7 @@ def test_accepted(data: bytes) -> None:
     ids=[
         "plain-text",
         "include",
+        "cloud-config-archive",
         "yaml-list",
         "bad-yaml",
         "not-utf8",

@@ -23,6 +23,9 @@ from workspace.errors import InvalidArgument
 
 CLOUD_CONFIG = "#cloud-config"
 BOOTHOOK = "#cloud-boothook"
+# Other formats whose marker starts like #cloud-config (a list of parts, a JSON patch),
+# which cloud-init reads as such: not a #cloud-config document.
+OTHER_CLOUD_CONFIGS = (b"#cloud-config-archive", b"#cloud-config-jsonp")
 FORMATS = (
     "a #cloud-config document, a #! script, a #cloud-boothook, "
     "or a MIME multi-part document of these"
@@ -73,13 +76,18 @@ def kind(data: bytes) -> str:
     """What a user-data document is: "cloud-config", "script", "boothook", "multipart",
     or "" (none of them)."""
     head = data.lstrip()[:256]
-    if head.startswith(CLOUD_CONFIG.encode()):
+    low = head.lower()
+    if low.startswith(OTHER_CLOUD_CONFIGS):
+        return ""
+    # cloud-init compares the start lowercased (handlers.type_from_starts_with): a
+    # `#Cloud-Config` is one. Not so a boothook: its handler strips the line only when
+    # it is `#cloud-boothook`, and the script left cannot run.
+    if low.startswith(CLOUD_CONFIG.encode()):
         return "cloud-config"
     if head.startswith(BOOTHOOK.encode()):
         return "boothook"
     if head.startswith(b"#!"):
         return "script"
-    low = head.lower()
     if low.startswith(b"content-type: multipart/") or low.startswith(b"mime-version:"):
         return "multipart"
     return ""
