@@ -28,6 +28,10 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         b"#cloud-config\nruncmd:\n- [touch, /tmp/x]\npackages: [htop]\n",
         b"#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: hi\n",
         b"#Cloud-Config\nruncmd: [[ls]]\n",  # cloud-init lowercases it (it was refused)
+        # cloud-init's own write_files example: a gzip'd file as YAML !!binary (bytes)
+        b"#cloud-config\nwrite_files:\n- encoding: gzip\n  path: /usr/bin/hello\n"
+        b"  content: !!binary |\n"
+        b"    H4sIAIDb/U8C/1NW1E/KzNMvzuBKTc7IV8hIzcnJVyjPL8pJ4QIA6N+MVxsAAAA=\n",
         b"#!/bin/sh\necho hello\n",
         b"#!/usr/bin/env python3\nprint('hi')\n",
         b"#cloud-boothook\n#!/bin/sh\necho early\n",
@@ -50,6 +54,7 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         "cloud-config",
         "write-files",
         "cloud-config-capitalised",
+        "write-files-binary",
         "script",
         "python-script",
         "boothook",

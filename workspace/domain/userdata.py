@@ -101,8 +101,17 @@ def load_schema(path: str) -> jsonschema.protocols.Validator | None:
     with open(path, encoding="utf-8") as f:
         schema = json.load(f)
     cls = jsonschema.validators.validator_for(schema)
+    # As cloud-init's own validator (config/schema.py get_jsonschema_validator): bytes
+    # are a string, so that its documented `content: !!binary |` (a gzip'd file in
+    # write_files) passes; it was refused as "... is not of type 'string'".
+    strings = cls.TYPE_CHECKER.redefine("string", _is_string)
+    cls = jsonschema.validators.extend(cls, type_checker=strings)
     validator: jsonschema.protocols.Validator = cls(schema)
     return validator
+
+
+def _is_string(_checker: object, value: object) -> bool:
+    return isinstance(value, str | bytes)
 
 
 def _where(error: jsonschema.ValidationError) -> str:
