@@ -81,6 +81,12 @@ def test_accepted(data: bytes) -> None:
         # cloud-init accepted these and then never ran them, reporting nothing
         (b"#!/bin/sh\necho \xff\xfe bad\n", "user-data: a #! script must be UTF-8 (byte 15"),
         (b"#cloud-boothook\n#!/bin/sh\n\xff\n", "user-data: a boothook must be UTF-8"),
+        # cloud-init execs what follows the #cloud-boothook line: without #! it cannot
+        (b"#cloud-boothook\necho hi > /etc/motd\n", "user-data: a boothook must be a script"),
+        (
+            multipart(("text/cloud-boothook", b"  #cloud-boothook\n#!/bin/sh\n")),
+            "user-data: part 1 (text/cloud-boothook): a boothook must be a script",
+        ),
         # cloud-init finds the script past them, writes it as given, and its exec fails
         (b"\n#!/bin/sh\necho hi\n", "user-data: a #! script must start with #! at its very"),
         (
@@ -150,6 +156,8 @@ def test_accepted(data: bytes) -> None:
         "not-utf8",
         "script-not-utf8",
         "boothook-not-utf8",
+        "boothook-without-its-interpreter",
+        "multipart-boothook-after-spaces",
         "script-after-a-blank-line",
         "multipart-script-after-spaces",
         "multipart-script-not-utf8",

@@ -200,11 +200,21 @@ def _decoded(data: bytes, what: str, found: str = "cloud-config") -> str:
         ) from None
 
 
-def _check_script(data: bytes, what: str, found: str) -> None:
+def _check_script(data: bytes, what: str, found: str, declared: str = "") -> None:
     """A script must start with its ``#!`` (cloud-init finds it past leading blanks,
     writes it as given and execs it: the kernel then says "Exec format error", the
-    script never runs, and only the guest's log tells)."""
-    if found == "script" and not data.startswith(b"#!"):
+    script never runs, and only the guest's log tells). A boothook too, after its
+    ``#cloud-boothook`` line: cloud-init execs what follows it, blanks stripped
+    (handlers/boot_hook.py); ``declared``: the MIME part's type."""
+    if found == "boothook" or declared == "text/cloud-boothook":
+        body = data[len(BOOTHOOK) :] if data.startswith(BOOTHOOK.encode()) else data
+        if not body.lstrip().startswith(b"#!"):
+            raise InvalidArgument(
+                f"{what}: a boothook must be a script: put its #! line (#!/bin/sh) right "
+                "after #cloud-boothook (cloud-init runs what follows that line as a "
+                "program, which it could not)"
+            )
+    elif found == "script" and not data.startswith(b"#!"):
         raise InvalidArgument(
             f"{what}: a #! script must start with #! at its very first byte, not after blank "
             "lines or spaces: cloud-init would take it, and the guest could not run it"
@@ -233,7 +243,7 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
             f"declare it {TYPE_OF[found]} (or text/plain)"
         )
     text = _decoded(data, what, found)
-    _check_script(data, what, found)
+    _check_script(data, what, found, part.get_content_type())
     if found == "cloud-config":
         errors = cloud_config_errors(text, validator)
         if errors:
