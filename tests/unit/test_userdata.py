@@ -194,6 +194,24 @@ def test_a_nested_schema_error_names_its_path() -> None:
 
 
 @needs_schema
+def test_an_unquoted_mode_is_said_to_need_quotes_and_a_problem_once() -> None:
+    """YAML reads `permissions: 0644` as the number 420, and the message named only 420;
+    a hostname met through both branches of the schema's oneOf was said twice."""
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(b"#cloud-config\nwrite_files:\n- {path: /x, permissions: 0644}\n", SCHEMA)
+    assert info.value.message == (
+        "user-data: #cloud-config: write_files.0.permissions: 420 is not of type 'string' "
+        "(YAML read the unquoted value as a number: quote it: '0644')"
+    )
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(b"#cloud-config\nhostname: 123\n", SCHEMA)
+    assert info.value.message == (
+        "user-data: #cloud-config: hostname: 123 is not of type 'string' "
+        "(YAML read the unquoted value as a number: quote it)"
+    )
+
+
+@needs_schema
 def test_a_multipart_cloud_config_part_is_checked_against_the_schema() -> None:
     data = multipart(
         ("text/x-shellscript", b"#!/bin/sh\nls"), ("text/cloud-config", b"#cloud-config\nruncmd: 5")

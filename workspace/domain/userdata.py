@@ -140,10 +140,23 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
     if validator is None:
         return []
     errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
-    out = [f"{_where(e)}{e.message}" for e in errors[:MAX_ERRORS]]
-    if len(errors) > MAX_ERRORS:
-        out.append(f"and {len(errors) - MAX_ERRORS} more")
+    # One problem met through two branches of the schema (a oneOf) is said once.
+    said = list(dict.fromkeys(f"{_where(e)}{e.message}{_hint(e)}" for e in errors))
+    out = said[:MAX_ERRORS]
+    if len(said) > MAX_ERRORS:
+        out.append(f"and {len(said) - MAX_ERRORS} more")
     return out
+
+
+def _hint(error: jsonschema.ValidationError) -> str:
+    """What to do about a number where a string is wanted: YAML read an unquoted
+    `permissions: 0644` as the octal number 420, which the message names."""
+    wanted = error.validator_value if error.validator == "type" else None
+    value = error.instance
+    if wanted != "string" or isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    example = ": '0644'" if list(error.absolute_path)[-1:] == ["permissions"] else ""
+    return f" (YAML read the unquoted value as a number: quote it{example})"
 
 
 def _too_big(doc: object, most: int) -> str:
