@@ -442,42 +442,6 @@ def test_the_last_users_given_decides_how_the_login_user_is_kept() -> None:
         assert json.loads(out.stdout)["users"] == accounts, user
 
 
-HOSTNAME_SCRIPT = (
-    USERS_SCRIPT.split("class Distro:")[0]
-    + r"""
-class Cloud:  # the NoCloud datasource: local-hostname from our meta-data
-    def get_hostname(self, fqdn=False, metadata_only=False):
-        from cloudinit.sources import DataSourceHostname
-        return DataSourceHostname("box", False)
-print(json.dumps(list(util.get_hostname_fqdn(h.cloud_buf, Cloud())[:2])))
-"""
-)
-
-
-@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
-@pytest.mark.parametrize(
-    ("user", "names"),
-    [
-        (b"#cloud-config\nfqdn: node1.example.org\n", ["node1", "node1.example.org"]),
-        (b"#cloud-config\nhostname: mine\n", ["mine", "box"]),
-        (b"#cloud-config\nruncmd: [[true]]\n", ["box", "box"]),
-    ],
-)
-def test_a_users_fqdn_names_the_guest(user: bytes, names: list[str]) -> None:
-    """cloud-init's documented way to name a host is `fqdn`, its first label the
-    hostname unless `hostname` is set: the service's `hostname` (merged in, as the user
-    set none) kept the workspace's name as the hostname beside the user's fqdn."""
-    s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", HOSTNAME_SCRIPT],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    assert json.loads(out.stdout) == names
-
-
 SCRIPTS_SCRIPT = r"""
 import os, sys
 sys.path.append("/usr/lib/python3/dist-packages")

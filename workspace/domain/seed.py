@@ -424,14 +424,27 @@ def distinct_names(parts: Sequence[Part], taken: Sequence[str] = ()) -> list[Par
     return out
 
 
+def _is_cloud_config(p: Part) -> bool:
+    return p.subtype == "cloud-config" or (
+        p.subtype == "plain" and userdata.kind(p.payload) == "cloud-config"
+    )
+
+
 def _form(p: Part, key: str) -> str:
     """How part ``p`` sets top-level ``key`` (``userdata.form_of``; "" when it is no
     cloud-config or does not set it)."""
-    if p.subtype != "cloud-config" and (
-        p.subtype != "plain" or userdata.kind(p.payload) != "cloud-config"
-    ):
-        return ""
-    return userdata.form_of(p.payload, key)
+    return userdata.form_of(p.payload, key) if _is_cloud_config(p) else ""
+
+
+def default_user(user_data: bytes) -> str:
+    """The name user-data gives the image's default user: cloud-init's ``user: NAME``
+    or ``user: {name: NAME}`` (the last cloud-config part to name one), which the
+    authorized keys then go to; "" when it names none (or no valid account name)."""
+    named = ""
+    for p in parts_of(user_data, "user-data"):
+        if _is_cloud_config(p) and _form(p, "user"):
+            named = userdata.default_user_of(p.payload) or named
+    return named
 
 
 def given(parts: Sequence[Part], key: str) -> str:

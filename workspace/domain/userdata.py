@@ -14,6 +14,7 @@ import email
 import email.message
 import functools
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -196,6 +197,23 @@ def form_of(data: bytes, key: str) -> str:
     if isinstance(value, str):
         return "string"
     return "mapping" if isinstance(value, dict) else "other"
+
+
+# An account name useradd takes (Debian's default NAME_REGEX, at most 32 characters).
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
+
+
+@functools.lru_cache(maxsize=64)
+def default_user_of(data: bytes) -> str:
+    """The name #cloud-config ``data`` gives the default user (``user: NAME`` or
+    ``user: {name: NAME}``; "" none, or not an account name)."""
+    try:
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return ""
+    user = doc.get("user") if isinstance(doc, dict) else None
+    name = user.get("name") if isinstance(user, dict) else user
+    return name if isinstance(name, str) and _ACCOUNT.fullmatch(name) else ""
 
 
 # How each kind is named when it is not UTF-8 (cloud-init writes every part as UTF-8
