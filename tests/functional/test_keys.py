@@ -272,6 +272,17 @@ def test_a_clusters_orders_carry_the_complete_roster(ready_site: Site) -> None:
     assert len(cluster_keys) == 1  # one key pair per cluster
 
 
+def test_a_default_user_named_in_user_data_is_the_login_user(ready_site: Site) -> None:
+    """`user: {name: alice}` renames the image's default user (the one given the keys):
+    the workspace said debian, and `ws ssh` logged in as an account that did not exist."""
+    import_cloud(ready_site)
+    w = ready_site.stubs.create(
+        name="named", image="cloud", user_data=b"#cloud-config\nuser: {name: alice}\n"
+    )
+    assert w.login_user == "alice"
+    assert ready_site.stubs.create(name="plain2", image="cloud").login_user == "debian"
+
+
 def test_user_data_for_an_image_without_context_is_refused(ready_site: Site) -> None:
     with pytest.raises(grpc.RpcError) as info:
         ready_site.stubs.create(name="x", image="img", user_data=b"#!/bin/sh\necho hi\n")

@@ -25,6 +25,7 @@ from workspace.cli import (
     usage_text,
     ws,
 )
+from workspace.domain import sshkeys
 from workspace.v1 import (
     access_pb2,
     admin_pb2,
@@ -269,6 +270,27 @@ def test_ssh_key_json_carries_the_type_the_table_shows(
     added = json.loads(_out(ws.main, ["key", "add", str(pub), "-o", "json"], capsys))
     removed = json.loads(_out(ws.main, ["key", "remove", "SHA256:x", "-o", "json"], capsys))
     assert added == removed == listed[0]
+
+
+def test_ws_key_remove_takes_the_pub_file_the_key_was_added_from(
+    capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    """`ws key remove ~/.ssh/id_ed25519.pub` sent the path as a comment to match, and the
+    service answered "you have no SSH key" for a key it had."""
+    asked: list[str] = []
+
+    class Recording(CatalogClient):
+        def remove_ssh_key(self, key: str) -> access_pb2.SshKey:
+            asked.append(key)
+            return self._key()
+
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_text(ED25519 + "\n")
+    for ref in (str(pub), "ana@lab"):
+        assert ws.main(["key", "remove", ref], connect=lambda *_a: Recording()) == 0
+    assert asked == [sshkeys.fingerprint(ED25519), "ana@lab"]
+    assert asked[0].startswith("SHA256:")
+    capsys.readouterr()
 
 
 # -- table headers -----------------------------------------------------------------------

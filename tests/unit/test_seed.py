@@ -380,6 +380,7 @@ print(json.dumps({"users": sorted(users), "default": ug_util.extract_default(use
     [
         (b"#cloud-config\nusers:\n- name: alice\n  groups: sudo\n", ["alice", "debian"]),
         (b"#cloud-config\nusers: [default, bob]\n", ["bob", "debian"]),
+        (b"#Cloud-Config\nusers: [erin]\n", ["debian", "erin"]),  # cloud-init lowercases it
         (b"#cloud-config\nruncmd: [[true]]\n", ["debian"]),
         (  # a part declared cloud-config needs no #cloud-config line
             b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n--B\n'
@@ -509,6 +510,50 @@ def test_cloud_init_reads_our_user_data_as_multipart() -> None:
         timeout=60,
     )
     assert out.stdout.decode().strip() == "['text/x-shellscript', 'text/cloud-config']"
+
+
+BY_FREQUENCY_SCRIPT = r"""
+import os, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from cloudinit.handlers.shell_script_by_frequency import ShellScriptByFreqPartHandler
+from cloudinit.settings import PER_ALWAYS, PER_INSTANCE
+from cloudinit.user_data import UserDataProcessor
+class Paths:
+    def get_cpath(self, name):
+        return os.path.join(sys.argv[1], name)
+hs = {f"text/x-shellscript-per-{k}": ShellScriptByFreqPartHandler(f, Paths())
+      for k, f in (("boot", PER_ALWAYS), ("instance", PER_INSTANCE))}
+for part in UserDataProcessor({}).process(sys.stdin.buffer.read()).walk():
+    if part.get_content_type() in hs:
+        payload = part.get_payload(decode=True).decode()
+        hs[part.get_content_type()].handle_part(
+            None, part.get_content_type(), part.get_filename(), payload, None)
+"""
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+def test_a_script_by_frequency_is_kept_for_cloud_init_to_run(tmp_path: Path) -> None:
+    """cloud-init runs a text/x-shellscript-per-boot (-per-instance, -per-once) part at
+    that frequency; ws create refused the type (a script at every boot had no way in)."""
+    user = (
+        b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n--B\n'
+        b"Content-Type: text/x-shellscript-per-boot\n"
+        b'Content-Disposition: attachment; filename="mount.sh"\n\n'
+        b"#!/bin/sh\nmount -a\n--B\n"
+        b"Content-Type: text/x-shellscript-per-instance\n\n#!/bin/sh\necho once\n--B--\n"
+    )
+    userdata.check(user)
+    s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
+    subprocess.run(
+        ["/usr/bin/python3", "-c", BY_FREQUENCY_SCRIPT, str(tmp_path)],
+        input=s.user_data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    boot = tmp_path / "scripts" / "per-boot" / "mount.sh"
+    assert boot.read_text() == "#!/bin/sh\nmount -a"
+    assert [p.name for p in (tmp_path / "scripts" / "per-instance").iterdir()] == ["user-data-2"]
 
 
 RENDER_SCRIPT = r"""

@@ -4,11 +4,14 @@ key pairs the service makes for guests."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from workspace.domain import sshkeys
 from workspace.errors import InvalidArgument
@@ -75,6 +78,45 @@ def test_an_authorized_keys_line_with_options_is_refused_saying_so(tmp_path: Pat
     )
 
 
+def _wire(*fields: bytes) -> str:
+    return base64.b64encode(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).decode()
+
+
+def sk_key(kind: str, application: bytes = b"ssh:") -> str:
+    """A security key's .pub line as ssh-keygen -t ed25519-sk|ecdsa-sk writes it (made
+    without the hardware: the line holds only the public key and the application)."""
+    if kind == "ed25519-sk":
+        raw = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+        return f"{keys.SK_ED25519} {_wire(keys.SK_ED25519.encode(), raw, application)} me@yubi"
+    point = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    return (
+        f"{keys.SK_ECDSA} {_wire(keys.SK_ECDSA.encode(), b'nistp256', point, application)} me@yubi"
+    )
+
+
+@pytest.mark.parametrize("kind", ["ed25519-sk", "ecdsa-sk"])
+def test_a_security_keys_public_key_is_accepted(tmp_path: Path, kind: str) -> None:
+    """A scientist logging in with a FIDO key (YubiKey: ssh-keygen -t ed25519-sk) was
+    told its type was not accepted, though the guests' OpenSSH and cloud-init take it."""
+    text = sk_key(kind) + "\n"
+    line = keys.parse(text)
+    (tmp_path / "id.pub").write_text(text)
+    assert line.fingerprint == keygen_fingerprint(tmp_path / "id.pub")
+    assert line.line() == text.strip() and line.comment == "me@yubi"
+
+
+def test_a_security_key_that_is_not_one_is_refused() -> None:
+    bad = _wire(keys.SK_ED25519.encode(), b"\x01" * 31, b"ssh:")
+    with pytest.raises(InvalidArgument, match=r"not a valid sk-ssh-ed25519@openssh\.com key"):
+        keys.parse(f"{keys.SK_ED25519} {bad}")
+    with pytest.raises(InvalidArgument, match="no application"):
+        keys.parse(sk_key("ed25519-sk", b""))
+
+
 def test_a_short_rsa_key_is_refused(tmp_path: Path) -> None:
     path = keygen(tmp_path, "rsa", 1024)
     with pytest.raises(InvalidArgument, match="RSA key of 1024 bits is too weak"):
@@ -114,8 +156,6 @@ def test_anything_else_is_refused_saying_what_was_expected(text: str, message: s
 
 def test_a_dsa_key_type_is_not_accepted() -> None:
     blob = b"\x00\x00\x00\x07ssh-dss" + b"\x00" * 16
-    import base64
-
     with pytest.raises(InvalidArgument, match="SSH key type 'ssh-dss' is not accepted"):
         keys.parse(f"ssh-dss {base64.b64encode(blob).decode()} old")
 

@@ -27,6 +27,11 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         b"#cloud-config\n",
         b"#cloud-config\nruncmd:\n- [touch, /tmp/x]\npackages: [htop]\n",
         b"#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: hi\n",
+        b"#Cloud-Config\nruncmd: [[ls]]\n",  # cloud-init lowercases it (it was refused)
+        # cloud-init's own write_files example: a gzip'd file as YAML !!binary (bytes)
+        b"#cloud-config\nwrite_files:\n- encoding: gzip\n  path: /usr/bin/hello\n"
+        b"  content: !!binary |\n"
+        b"    H4sIAIDb/U8C/1NW1E/KzNMvzuBKTc7IV8hIzcnJVyjPL8pJ4QIA6N+MVxsAAAA=\n",
         b"#!/bin/sh\necho hello\n",
         b"#!/usr/bin/env python3\nprint('hi')\n",
         b"#cloud-boothook\n#!/bin/sh\necho early\n",
@@ -48,6 +53,8 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
         "empty-cloud-config",
         "cloud-config",
         "write-files",
+        "cloud-config-capitalised",
+        "write-files-binary",
         "script",
         "python-script",
         "boothook",
@@ -67,12 +74,25 @@ def test_accepted(data: bytes) -> None:
     [
         (b"hello world\n", "user-data is not accepted: expected a #cloud-config document"),
         (b"#include\nhttp://x/y\n", "expected a #cloud-config document, a #! script"),
+        (b"#cloud-config-archive\n- type: text/x-shellscript\n", "user-data is not accepted"),
         (b"#cloud-config\n- a\n- b\n", "user-data: #cloud-config: expected a mapping of keys"),
         (b"#cloud-config\nruncmd: [oops\n", "user-data: #cloud-config: not valid YAML (line 3"),
         (b"#cloud-config\nkey: \xff\n", "a #cloud-config document must be UTF-8"),
         # cloud-init accepted these and then never ran them, reporting nothing
         (b"#!/bin/sh\necho \xff\xfe bad\n", "user-data: a #! script must be UTF-8 (byte 15"),
         (b"#cloud-boothook\n#!/bin/sh\n\xff\n", "user-data: a boothook must be UTF-8"),
+        # cloud-init execs what follows the #cloud-boothook line: without #! it cannot
+        (b"#cloud-boothook\necho hi > /etc/motd\n", "user-data: a boothook must be a script"),
+        (
+            multipart(("text/cloud-boothook", b"  #cloud-boothook\n#!/bin/sh\n")),
+            "user-data: part 1 (text/cloud-boothook): a boothook must be a script",
+        ),
+        # cloud-init finds the script past them, writes it as given, and its exec fails
+        (b"\n#!/bin/sh\necho hi\n", "user-data: a #! script must start with #! at its very"),
+        (
+            multipart(("text/x-shellscript", b"  #!/bin/sh\necho hi\n")),
+            "user-data: part 1 (text/x-shellscript): a #! script must start with #! at its",
+        ),
         (
             multipart(("text/x-shellscript", b"#!/bin/sh\necho \xff\n")),
             "user-data: part 1 (text/x-shellscript): a #! script must be UTF-8",
@@ -113,6 +133,11 @@ def test_accepted(data: bytes) -> None:
             "which cloud-init would run as a boothook; declare it text/cloud-config",
         ),
         (
+            multipart(("text/x-shellscript-per-boot", b"#cloud-config\nruncmd: [[ls]]")),
+            "user-data: part 1 (text/x-shellscript-per-boot): it holds a #cloud-config "
+            "document, which cloud-init would run as a #! script; declare it text/cloud-config",
+        ),
+        (
             b"\xef\xbb\xbf#cloud-config\nruncmd: [[ls]]\n",
             "user-data starts with a byte order mark, which cloud-init does not look past: "
             "save it as UTF-8 without one",
@@ -125,11 +150,16 @@ def test_accepted(data: bytes) -> None:
     ids=[
         "plain-text",
         "include",
+        "cloud-config-archive",
         "yaml-list",
         "bad-yaml",
         "not-utf8",
         "script-not-utf8",
         "boothook-not-utf8",
+        "boothook-without-its-interpreter",
+        "multipart-boothook-after-spaces",
+        "script-after-a-blank-line",
+        "multipart-script-after-spaces",
         "multipart-script-not-utf8",
         "multipart-list",
         "multipart-list-without-its-line",
@@ -138,6 +168,7 @@ def test_accepted(data: bytes) -> None:
         "mime-single",
         "multipart-script-as-cloud-config",
         "multipart-cloud-config-as-boothook",
+        "multipart-cloud-config-as-per-boot-script",
         "bom",
         "gzip-named",
     ],
@@ -160,6 +191,24 @@ def test_a_nested_schema_error_names_its_path() -> None:
     with pytest.raises(InvalidArgument) as info:
         userdata.check(b"#cloud-config\nwrite_files:\n- path: 3\n", SCHEMA)
     assert "write_files.0.path: 3 is not of type 'string'" in info.value.message
+
+
+@needs_schema
+def test_an_unquoted_mode_is_said_to_need_quotes_and_a_problem_once() -> None:
+    """YAML reads `permissions: 0644` as the number 420, and the message named only 420;
+    a hostname met through both branches of the schema's oneOf was said twice."""
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(b"#cloud-config\nwrite_files:\n- {path: /x, permissions: 0644}\n", SCHEMA)
+    assert info.value.message == (
+        "user-data: #cloud-config: write_files.0.permissions: 420 is not of type 'string' "
+        "(YAML read the unquoted value as a number: quote it: '0644')"
+    )
+    with pytest.raises(InvalidArgument) as info:
+        userdata.check(b"#cloud-config\nhostname: 123\n", SCHEMA)
+    assert info.value.message == (
+        "user-data: #cloud-config: hostname: 123 is not of type 'string' "
+        "(YAML read the unquoted value as a number: quote it)"
+    )
 
 
 @needs_schema

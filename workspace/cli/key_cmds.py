@@ -2,7 +2,8 @@
 
     ws key add FILE|-        store a public key (an id_ed25519.pub; - reads stdin)
     ws key list              your keys: fingerprint, type, comment, when added
-    ws key remove KEY        by fingerprint (SHA256:...) or a comment naming exactly one key
+    ws key remove KEY        by fingerprint (SHA256:...), a comment naming exactly one key,
+                             or the .pub file it was added from
 
 Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
 """
@@ -10,11 +11,13 @@ Output follows workspace/cli/render.py (--output json), exit codes workspace/cli
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from workspace.cli import common, render
+from workspace.domain import sshkeys
 
 
 def key_type(k: Any) -> str:
@@ -64,6 +67,16 @@ def _read(path: str) -> str:
         return f.read(65536)
 
 
+def key_ref(key: str) -> str:
+    """KEY as given, or the fingerprint of the public key in file KEY: the .pub file
+    `ws key add` was given (`ws key remove ~/.ssh/id_ed25519.pub` was told "you have no
+    SSH key", though the key it holds was there)."""
+    if key.startswith("SHA256:") or not os.path.isfile(key):
+        return key
+    found = sshkeys.fingerprint(_read(key).lstrip("\ufeff"))
+    return key if found == "?" else found
+
+
 def register(
     subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
 ) -> None:
@@ -83,7 +96,7 @@ def register(
         return common.EXIT_OK
 
     def remove(args: argparse.Namespace) -> int:
-        k = client_for(args).remove_ssh_key(args.key)
+        k = client_for(args).remove_ssh_key(key_ref(args.key))
         render.emit(
             args, key_dict(k), f"removed SSH key {k.fingerprint} ({k.comment or 'no comment'})"
         )
@@ -101,5 +114,7 @@ def register(
     q = sub.add_parser("list", parents=[parent], help="your SSH public keys")
     q.set_defaults(func=list_)
     q = sub.add_parser("remove", parents=[parent], help="remove one of your SSH keys")
-    q.add_argument("key", metavar="KEY", help="its fingerprint (SHA256:...) or its comment")
+    q.add_argument(
+        "key", metavar="KEY", help="its fingerprint (SHA256:...), its comment, or its .pub file"
+    )
     q.set_defaults(func=remove)

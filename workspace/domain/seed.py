@@ -227,22 +227,30 @@ def system_config(
     roster: Roster | None,
     data_disks: Sequence[str] = (),
     users_given: str = "",
+    fqdn_given: bool = False,
 ) -> dict[str, object]:
     """The service's own cloud-config (as a mapping). ``data_disks``: the names of the
     workspace's ext4 blank partitions; ``users_given``: how an earlier part (the user's,
     the site's) sets ``users`` ("list", "string", "mapping"; "" not), which replaces the
     image's list (``[default]``): ours then keeps the default user in it, since the
-    authorized keys go to the default user only."""
+    authorized keys go to the default user only; ``fqdn_given``: an earlier part sets
+    ``fqdn``, whose first label is then the hostname (no ``hostname`` of ours)."""
     private, public = host_key
-    cfg: dict[str, object] = {
-        "merge_how": MERGE_HOW,
-        "hostname": hostname,
-        "preserve_hostname": False,
-        # Root logins are refused (cloud-init prefixes root's keys with a command that
-        # only says "Please login as the user ...") unless root is the user ws ssh
-        # logs in as: an image whose login_user is root could not be logged in to.
-        "disable_root": login_user != "root",
-    }
+    cfg: dict[str, object] = {"merge_how": MERGE_HOW}
+    if not fqdn_given:
+        # cloud-init takes the hostname from `fqdn` only when `hostname` is not set:
+        # ours (merged in, as the user set none) made `fqdn: node1.example.org` a
+        # guest named after the workspace, its /etc/hosts naming both.
+        cfg["hostname"] = hostname
+    cfg.update(
+        {
+            "preserve_hostname": False,
+            # Root logins are refused (cloud-init prefixes root's keys with a command that
+            # only says "Please login as the user ...") unless root is the user ws ssh
+            # logs in as: an image whose login_user is root could not be logged in to.
+            "disable_root": login_user != "root",
+        }
+    )
     if users_given and login_user and login_user != "root":
         # `users: [{name: alice}]` without `- default` (cloud-init's own trap) would
         # leave the login user uncreated and the keys on a disabled root: `ws ssh`
@@ -416,21 +424,39 @@ def distinct_names(parts: Sequence[Part], taken: Sequence[str] = ()) -> list[Par
     return out
 
 
-def _users_form(p: Part) -> str:
-    """How part ``p`` sets ``users`` (``userdata.form_of``; "" when it is no cloud-config
-    or does not set it)."""
-    if p.subtype != "cloud-config" and (
-        p.subtype != "plain" or userdata.kind(p.payload) != "cloud-config"
-    ):
-        return ""
-    return userdata.form_of(p.payload, "users")
+def _is_cloud_config(p: Part) -> bool:
+    return p.subtype == "cloud-config" or (
+        p.subtype == "plain" and userdata.kind(p.payload) == "cloud-config"
+    )
+
+
+def _form(p: Part, key: str) -> str:
+    """How part ``p`` sets top-level ``key`` (``userdata.form_of``; "" when it is no
+    cloud-config or does not set it)."""
+    return userdata.form_of(p.payload, key) if _is_cloud_config(p) else ""
+
+
+def default_user(user_data: bytes) -> str:
+    """The name user-data gives the image's default user: cloud-init's ``user: NAME``
+    or ``user: {name: NAME}`` (the last cloud-config part to name one), which the
+    authorized keys then go to; "" when it names none (or no valid account name)."""
+    named = ""
+    for p in parts_of(user_data, "user-data"):
+        if _is_cloud_config(p) and _form(p, "user"):
+            named = userdata.default_user_of(p.payload) or named
+    return named
+
+
+def given(parts: Sequence[Part], key: str) -> str:
+    """How the last of ``parts`` to set ``key`` sets it (each replaces the one before,
+    cloud-init's default merging): "list", "string", "mapping", ... or "" (none does)."""
+    forms = [form for form in (_form(p, key) for p in parts) if form]
+    return forms[-1] if forms else ""
 
 
 def users_given(parts: Sequence[Part]) -> str:
-    """How the last of ``parts`` to set ``users`` sets it (each replaces the one before,
-    cloud-init's default merging): "list", "string", "mapping", ... or "" (none does)."""
-    forms = [form for form in map(_users_form, parts) if form]
-    return forms[-1] if forms else ""
+    """How the last of ``parts`` to set ``users`` sets it ("" none does)."""
+    return given(parts, "users")
 
 
 def _mime_part(p: Part) -> MIMENonMultipart:
@@ -484,6 +510,7 @@ def render(
         roster,
         data_disks,
         users_given(theirs),
+        given(theirs, "fqdn") != "",
     )
     own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
     parts = [*theirs, Part("cloud-config", own, OWN_PART)]

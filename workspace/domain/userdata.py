@@ -14,6 +14,7 @@ import email
 import email.message
 import functools
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -23,6 +24,9 @@ from workspace.errors import InvalidArgument
 
 CLOUD_CONFIG = "#cloud-config"
 BOOTHOOK = "#cloud-boothook"
+# Other formats whose marker starts like #cloud-config (a list of parts, a JSON patch),
+# which cloud-init reads as such: not a #cloud-config document.
+OTHER_CLOUD_CONFIGS = (b"#cloud-config-archive", b"#cloud-config-jsonp")
 FORMATS = (
     "a #cloud-config document, a #! script, a #cloud-boothook, "
     "or a MIME multi-part document of these"
@@ -33,6 +37,11 @@ PART_TYPES = {
     "text/x-shellscript": "#!",
     "text/cloud-boothook": BOOTHOOK,
 }
+# Scripts cloud-init (22.1+) keeps in /var/lib/cloud/scripts/per-boot|per-instance|
+# per-once and runs at that frequency (handlers/shell_script_by_frequency.py): MIME
+# part types only, run as declared.
+BY_FREQUENCY = tuple(f"text/x-shellscript-per-{f}" for f in ("boot", "instance", "once"))
+PART_TYPES.update(dict.fromkeys(BY_FREQUENCY, "#!"))
 # The part types cloud-init 22.4 runs as declared, whatever they hold (it looks at the
 # content of text/plain and text/x-shellscript parts only: user_data.py _process_msg),
 # by the kind they must hold; and the type to declare for each kind.
@@ -40,6 +49,7 @@ AS_DECLARED = {
     "text/cloud-config": ("cloud-config",),
     "text/cloud-boothook": ("boothook", "script"),
 }
+AS_DECLARED.update(dict.fromkeys(BY_FREQUENCY, ("script",)))
 TYPE_OF = {
     "cloud-config": "text/cloud-config",
     "script": "text/x-shellscript",
@@ -67,13 +77,18 @@ def kind(data: bytes) -> str:
     """What a user-data document is: "cloud-config", "script", "boothook", "multipart",
     or "" (none of them)."""
     head = data.lstrip()[:256]
-    if head.startswith(CLOUD_CONFIG.encode()):
+    low = head.lower()
+    if low.startswith(OTHER_CLOUD_CONFIGS):
+        return ""
+    # cloud-init compares the start lowercased (handlers.type_from_starts_with): a
+    # `#Cloud-Config` is one. Not so a boothook: its handler strips the line only when
+    # it is `#cloud-boothook`, and the script left cannot run.
+    if low.startswith(CLOUD_CONFIG.encode()):
         return "cloud-config"
     if head.startswith(BOOTHOOK.encode()):
         return "boothook"
     if head.startswith(b"#!"):
         return "script"
-    low = head.lower()
     if low.startswith(b"content-type: multipart/") or low.startswith(b"mime-version:"):
         return "multipart"
     return ""
@@ -87,8 +102,17 @@ def load_schema(path: str) -> jsonschema.protocols.Validator | None:
     with open(path, encoding="utf-8") as f:
         schema = json.load(f)
     cls = jsonschema.validators.validator_for(schema)
+    # As cloud-init's own validator (config/schema.py get_jsonschema_validator): bytes
+    # are a string, so that its documented `content: !!binary |` (a gzip'd file in
+    # write_files) passes; it was refused as "... is not of type 'string'".
+    strings = cls.TYPE_CHECKER.redefine("string", _is_string)
+    cls = jsonschema.validators.extend(cls, type_checker=strings)
     validator: jsonschema.protocols.Validator = cls(schema)
     return validator
+
+
+def _is_string(_checker: object, value: object) -> bool:
+    return isinstance(value, str | bytes)
 
 
 def _where(error: jsonschema.ValidationError) -> str:
@@ -117,10 +141,23 @@ def cloud_config_errors(text: str, validator: Any) -> list[str]:
     if validator is None:
         return []
     errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
-    out = [f"{_where(e)}{e.message}" for e in errors[:MAX_ERRORS]]
-    if len(errors) > MAX_ERRORS:
-        out.append(f"and {len(errors) - MAX_ERRORS} more")
+    # One problem met through two branches of the schema (a oneOf) is said once.
+    said = list(dict.fromkeys(f"{_where(e)}{e.message}{_hint(e)}" for e in errors))
+    out = said[:MAX_ERRORS]
+    if len(said) > MAX_ERRORS:
+        out.append(f"and {len(said) - MAX_ERRORS} more")
     return out
+
+
+def _hint(error: jsonschema.ValidationError) -> str:
+    """What to do about a number where a string is wanted: YAML read an unquoted
+    `permissions: 0644` as the octal number 420, which the message names."""
+    wanted = error.validator_value if error.validator == "type" else None
+    value = error.instance
+    if wanted != "string" or isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    example = ": '0644'" if list(error.absolute_path)[-1:] == ["permissions"] else ""
+    return f" (YAML read the unquoted value as a number: quote it{example})"
 
 
 def _too_big(doc: object, most: int) -> str:
@@ -162,6 +199,23 @@ def form_of(data: bytes, key: str) -> str:
     return "mapping" if isinstance(value, dict) else "other"
 
 
+# An account name useradd takes (Debian's default NAME_REGEX, at most 32 characters).
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
+
+
+@functools.lru_cache(maxsize=64)
+def default_user_of(data: bytes) -> str:
+    """The name #cloud-config ``data`` gives the default user (``user: NAME`` or
+    ``user: {name: NAME}``; "" none, or not an account name)."""
+    try:
+        doc = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return ""
+    user = doc.get("user") if isinstance(doc, dict) else None
+    name = user.get("name") if isinstance(user, dict) else user
+    return name if isinstance(name, str) and _ACCOUNT.fullmatch(name) else ""
+
+
 # How each kind is named when it is not UTF-8 (cloud-init writes every part as UTF-8
 # text: a script that is not fails in its handler and is never run, unreported).
 _KIND_NAMES = {"cloud-config": "a #cloud-config document", "script": "a #! script"}
@@ -175,6 +229,27 @@ def _decoded(data: bytes, what: str, found: str = "cloud-config") -> str:
         raise InvalidArgument(
             f"{what}: {name} must be UTF-8 (byte {exc.start} is not); cloud-init would not run it"
         ) from None
+
+
+def _check_script(data: bytes, what: str, found: str, declared: str = "") -> None:
+    """A script must start with its ``#!`` (cloud-init finds it past leading blanks,
+    writes it as given and execs it: the kernel then says "Exec format error", the
+    script never runs, and only the guest's log tells). A boothook too, after its
+    ``#cloud-boothook`` line: cloud-init execs what follows it, blanks stripped
+    (handlers/boot_hook.py); ``declared``: the MIME part's type."""
+    if found == "boothook" or declared == "text/cloud-boothook":
+        body = data[len(BOOTHOOK) :] if data.startswith(BOOTHOOK.encode()) else data
+        if not body.lstrip().startswith(b"#!"):
+            raise InvalidArgument(
+                f"{what}: a boothook must be a script: put its #! line (#!/bin/sh) right "
+                "after #cloud-boothook (cloud-init runs what follows that line as a "
+                "program, which it could not)"
+            )
+    elif found == "script" and not data.startswith(b"#!"):
+        raise InvalidArgument(
+            f"{what}: a #! script must start with #! at its very first byte, not after blank "
+            "lines or spaces: cloud-init would take it, and the guest could not run it"
+        )
 
 
 def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
@@ -199,6 +274,7 @@ def _check_part(part: email.message.Message, i: int, validator: Any) -> None:
             f"declare it {TYPE_OF[found]} (or text/plain)"
         )
     text = _decoded(data, what, found)
+    _check_script(data, what, found, part.get_content_type())
     if found == "cloud-config":
         errors = cloud_config_errors(text, validator)
         if errors:
@@ -235,6 +311,7 @@ def _check_cached(data: bytes, schema_path: str) -> None:
     found = kind(data)
     if found in ("cloud-config", "script", "boothook"):
         text = _decoded(data, "user-data", found)
+        _check_script(data, "user-data", found)
     if found == "cloud-config":
         errors = cloud_config_errors(text, validator)
         if errors:

@@ -28,8 +28,15 @@ from workspace.store import SshKey
 
 log = logging.getLogger("workspace.ops.keys")
 
-ACCEPTED = "ssh-ed25519, ecdsa-sha2-nistp256/384/521, or ssh-rsa of 2048 bits or more"
+ACCEPTED = (
+    "ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa of 2048 bits or more, "
+    "or a security key's sk-ssh-ed25519@openssh.com or sk-ecdsa-sha2-nistp256@openssh.com"
+)
 ECDSA_TYPES = frozenset({"ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"})
+# FIDO security key types (ssh-keygen -t ed25519-sk|ecdsa-sk, OpenSSH 8.2+): cryptography
+# does not load them, so their blob is read here: the key, then the application string.
+SK_ED25519 = "sk-ssh-ed25519@openssh.com"
+SK_ECDSA = "sk-ecdsa-sha2-nistp256@openssh.com"
 MIN_RSA_BITS = 2048
 MAX_KEY_CHARS = 16384
 # An authorized_keys line with options before the key (``no-pty,from="..." ssh-ed25519
@@ -61,6 +68,12 @@ def parse(text: str) -> sshkeys.KeyLine:
         line = sshkeys.split(lines[0])
     except ValueError as exc:
         raise InvalidArgument(f"not an SSH public key ({exc}): {EXPECTED}") from None
+    if line.type in (SK_ED25519, SK_ECDSA):
+        try:
+            _check_sk(line)
+        except ValueError as exc:
+            raise InvalidArgument(f"not a valid {line.type} key ({exc}): {EXPECTED}") from None
+        return line
     if line.type not in ECDSA_TYPES | {"ssh-ed25519", "ssh-rsa"}:
         raise InvalidArgument(f"SSH key type {line.type!r} is not accepted: {ACCEPTED}")
     try:
@@ -75,6 +88,34 @@ def parse(text: str) -> sshkeys.KeyLine:
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         raise InvalidArgument(f"SSH key type {line.type!r} is not accepted: {ACCEPTED}")
     return line
+
+
+def _fields(blob: bytes) -> list[bytes]:
+    """The SSH wire strings of a key blob (ValueError when it is not made of them)."""
+    out, at = [], 0
+    while at < len(blob):
+        n = int.from_bytes(blob[at : at + 4], "big")
+        if at + 4 + n > len(blob):
+            raise ValueError("the key's data is cut short")
+        out.append(blob[at + 4 : at + 4 + n])
+        at += 4 + n
+    return out
+
+
+def _check_sk(line: sshkeys.KeyLine) -> None:
+    """ValueError unless ``line`` is a security key OpenSSH reads: the type, the key
+    (a valid ed25519 key, or a P-256 point), the application ("ssh:...")."""
+    fields = _fields(line.blob)
+    if line.type == SK_ED25519:
+        if len(fields) != 3:
+            raise ValueError("expected the key and its application")
+        ed25519.Ed25519PublicKey.from_public_bytes(fields[1])
+    else:
+        if len(fields) != 4 or fields[1] != b"nistp256":
+            raise ValueError("expected the curve nistp256, the key and its application")
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), fields[2])
+    if not fields[-1]:
+        raise ValueError("no application")
 
 
 def new_key_pair() -> tuple[str, str]:

@@ -103,6 +103,9 @@ def contextualize(cfg: ServiceConfig, s: Session, ws: Workspace, image: Image) -
     ws.context = image.context or NONE
     ws.login_user = image.login_user or ""
     if ws.context == NOCLOUD:
+        # A user-data `user: {name: alice}` renames the image's default user, whom the
+        # keys go to: `ws ssh` logged in as the image's name, which no longer existed.
+        ws.login_user = seed.default_user(ws.user_data or b"") or ws.login_user
         ws.host_key_private, ws.host_key_public = keys.new_key_pair()
         ws.authorized_keys = keys.owner_keys(s, ws.owner)
 
