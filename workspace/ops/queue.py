@@ -99,7 +99,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                 out = withheld(u.s, rows, e.affinity, held or {})
                 touched: list[str] | None
                 try:
-                    touched = place_rows(u.s, env.cfg, rows, e.affinity, out)
+                    touched = place_rows(u.s, env.cfg, rows, e.affinity, out, now=now)
                 except NoPlacement as exc:
                     touched = place_preempting(env, u.s, rows, e.affinity, out)
                     never = never_placed(u.s, env.cfg, rows) if touched is None else None
