@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from workspace import callctx
 from workspace.cli import event_cmds
 from workspace.config import ServiceConfig, load, parse_retention, parse_terminated_retention
-from workspace.domain.events import Refusal, SiteEvent
+from workspace.domain.events import Kind, Refusal, SiteEvent
 from workspace.errors import (
     AlreadyExists,
     ConfigError,
@@ -349,3 +350,13 @@ def test_a_create_refused_for_its_name_takes_no_trust_decision(tmp_path: Path) -
     decisions = [a for a in trust.list_audit(site.core.env) if a.action == "create"]
     assert len(decisions) == 2, decisions  # box's, huge's; none for the second box
     assert box.id in {a.workspace_id for a in decisions}
+
+
+def test_every_event_kind_is_in_the_documented_table() -> None:
+    """An admin reads observability.md's table of kinds to know what `--kind` takes and
+    what each event says; `preemption` and `workspace.preempted` were emitted (and
+    offered by `--kind`) but not in it."""
+    doc = (Path(__file__).resolve().parents[2] / "docs/design/observability.md").read_text()
+    table = [line for line in doc.splitlines() if line.startswith("| `")]
+    documented = {k for line in table for k in re.findall(r"`([a-z_.]+)`", line.split("|")[1])}
+    assert {k.value for k in Kind} - documented == set()
