@@ -29,6 +29,7 @@ from workspace.errors import (
 )
 from workspace.log import JsonFormatter, Throttle
 from workspace.metrics_http import split_address
+from workspace.node.v1 import nodes_pb2
 from workspace.ops.refusals import refusal_of
 from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
@@ -324,11 +325,43 @@ def test_warn_mode_logs_an_untrusted_launch_once_and_audits_each(
     with caplog.at_level(logging.WARNING, logger="workspace.ops.trust"):
         for i in range(4):
             site.create(name=f"w{i}", memory_mib=64)
-    lines = [r.getMessage() for r in caplog.records if "warn mode" in r.getMessage()]
+    warned = [r for r in caplog.records if "warn mode" in r.getMessage()]
+    lines = [r.getMessage() for r in warned]
     assert len(lines) == 1, lines
     assert "untrusted image img allowed (warn mode): image img is not signed" in lines[0]
     decisions = [a for a in trust.list_audit(site.core.env) if a.action == "create"]
     assert len(decisions) == 4 and {a.verdict for a in decisions} == {"warn"}
+    # The line names (in JSON logs) the workspace its decision was for, as the audit does.
+    first = next(a for a in decisions if a.workspace_id == getattr(warned[0], "workspace", ""))
+    assert json.loads(JsonFormatter("s").format(warned[0]))["workspace"] == first.workspace_id
+
+
+def test_a_launch_refused_by_the_trust_policy_logs_the_workspace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ws start box` refused under enforce logged "start by alice refused: image img is
+    not trusted": with log_format = "json" the line had no workspace, so an admin
+    reading the lines of box did not see why it did not start."""
+    import dataclasses
+
+    from tests.unit.test_request_validation import OWNER, build_site
+    from workspace.domain.states import Op
+    from workspace.ops import trust_admin
+
+    site = build_site(tmp_path)
+    box = site.create(name="box", memory_mib=64)
+    site.report(box.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    site.core.operate(OWNER, box.id, Op.STOP)
+    site.report(box.id, nodes_pb2.OBSERVED_STATE_STOPPED)
+    site.core.env = dataclasses.replace(site.core.env, check_trust=True)
+    trust_admin.set_mode(site.core.env, True, False)
+    with (
+        caplog.at_level(logging.WARNING, logger="workspace.ops.trust"),
+        pytest.raises(PermissionDenied),
+    ):
+        site.core.operate(OWNER, box.id, Op.START)
+    (refused,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert json.loads(JsonFormatter("s").format(refused))["workspace"] == box.id
 
 
 def test_a_create_refused_for_its_name_takes_no_trust_decision(tmp_path: Path) -> None:
