@@ -393,3 +393,38 @@ def test_every_event_kind_is_in_the_documented_table() -> None:
     table = [line for line in doc.splitlines() if line.startswith("| `")]
     documented = {k for line in table for k in re.findall(r"`([a-z_.]+)`", line.split("|")[1])}
     assert {k.value for k in Kind} - documented == set()
+
+
+def test_domains_are_unknown_not_zero_while_the_hypervisor_does_not_answer() -> None:
+    """The agent's /metrics said 0 domains in every state while libvirtd did not answer:
+    the dashboard's "Domains by state" showed every VM of the node gone. Unknown is no
+    sample; once it answers again the counts are back."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from agent.cache import BlobCache
+    from agent.executor import Executor
+    from agent.metrics import AgentCollector
+    from agent.virt.base import DomainSpec
+    from agent.virt.fake import FakeDriver
+    from workspace.config import FakeDriverConfig
+
+    driver = FakeDriver(FakeDriverConfig(persist=False))
+    driver.define(DomainSpec("w1", "box", 1, 64))
+    driver.start("w1")
+    cache = SimpleNamespace(
+        hits=0, misses=0, used_bytes=lambda: 0, budget_bytes=0, digests=list, received_bytes={}
+    )
+    executor = SimpleNamespace(operations={})
+    registry = CollectorRegistry()
+    registry.register(
+        AgentCollector("n1", cast(BlobCache, cache), cast(Executor, executor), driver)
+    )
+    running = {"state": "running"}
+    assert registry.get_sample_value("workspace_agent_domains", running) == 1
+    driver.unreachable = "libvirtd is not running"
+    assert registry.get_sample_value("workspace_agent_domains", running) is None
+    assert registry.get_sample_value("workspace_agent_cache_blobs") == 0  # the rest still
+    driver.unreachable = ""
+    assert registry.get_sample_value("workspace_agent_domains", running) == 1
