@@ -10,7 +10,10 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
+
 from tests.unit.test_cli_guests import agent_tasks, replies
+from tests.unit.test_request_validation import build_site
 from workspace.domain.model import ExecOutcome
 from workspace.domain.tasks import (
     ConsoleClose,
@@ -21,6 +24,7 @@ from workspace.domain.tasks import (
     Task,
 )
 from workspace.log import JsonFormatter
+from workspace.ops import queue
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
@@ -121,3 +125,20 @@ def test_the_agents_exec_and_console_lines_carry_the_workspace_id(tmp_path: Path
     assert ("exec hostname in w1: exit 0", "w1", "n1") in said
     assert ("console of w1 attached", "w1", "n1") in said
     assert all(ws == "w1" for _m, ws, _n in said), said
+
+
+def test_the_queue_lines_of_a_workspace_carry_its_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "workspace 1a2b (later) placed from the queue on ['n1']" was written by the
+    queue's loop (no call context) with the id in its words only: no workspace field in
+    JSON logs."""
+    site = build_site(tmp_path, memory_mib=4096)
+    big = site.create(name="big", memory_mib=3000)
+    later = site.create(name="later", memory_mib=2000, wait_for_capacity_s=600)
+    site.destroy(big.id)
+    with caplog.at_level(logging.INFO, logger="workspace.ops.queue"):
+        queue.process(site.core.env)
+    (placed,) = [r for r in caplog.records if "placed from the queue" in r.getMessage()]
+    line = json.loads(JsonFormatter("workspace-service").format(placed))
+    assert (line["workspace"], line["node"]) == (later.id, "n1")
