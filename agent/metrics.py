@@ -80,18 +80,19 @@ class AgentCollector(Collector):
         domains = GaugeMetricFamily(
             "workspace_agent_domains", "The hypervisor's domains by state", labels=["state"]
         )
+        # None: the hypervisor did not say. Its domains are then unknown, not none: no
+        # sample (a dashboard showed every VM gone while libvirtd did not answer).
+        states: list[DomainState] | None = None
         try:
             states = [d.state for d in self.driver.list_domains()]
         except DriverError as exc:
             # The hypervisor does not answer: the executor says so once, and the node
             # reports it (hypervisor-unreachable); not a traceback per scrape.
             log.debug("cannot list domains for metrics: %s", exc.message)
-            states = []
         except Exception:
             log.exception("cannot list domains for metrics")
-            states = []
-        for st in DomainState:
-            domains.add_metric([st.value], sum(1 for s in states if s is st))
+        for st in DomainState if states is not None else ():
+            domains.add_metric([st.value], sum(1 for s in states or () if s is st))
         yield domains
 
 

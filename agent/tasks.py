@@ -27,7 +27,7 @@ import grpc
 from agent.backoff import Backoff
 from agent.save import Saver
 from agent.virt.base import ConsoleSession, Driver
-from workspace import failover, rpc, rpc_status
+from workspace import callctx, failover, rpc, rpc_status
 from workspace.codec import guests as codec
 from workspace.config import AgentConfig
 from workspace.domain.model import ExecOutcome
@@ -204,7 +204,8 @@ class Tasks:
         kind = task.kind
         if isinstance(kind, ExecTask):
             try:
-                self._pool.submit(self._exec, task.task_id, task.workspace_id, kind)
+                wid = task.workspace_id
+                self._pool.submit(_about, wid, self._exec, task.task_id, wid, kind)
             except RuntimeError:  # shutting down
                 self.reply(task.task_id, TaskError(INTERNAL_CODE, "the agent is stopping"))
         elif isinstance(kind, SaveTask):
@@ -212,7 +213,8 @@ class Tasks:
             with self._lock:
                 self._running_saves[task.task_id] = cancel
             try:
-                self._saves.submit(self._save, task.task_id, task.workspace_id, kind, cancel)
+                wid = task.workspace_id
+                self._saves.submit(_about, wid, self._save, task.task_id, wid, kind, cancel)
             except RuntimeError:  # shutting down
                 with self._lock:
                     self._running_saves.pop(task.task_id, None)
@@ -224,8 +226,8 @@ class Tasks:
             with self._lock:
                 self._consoles[task.task_id] = console
             threading.Thread(
-                target=self._console,
-                args=(console,),
+                target=_about,
+                args=(task.workspace_id, self._console, console),
                 name=f"console-{task.workspace_id}",
                 daemon=True,
             ).start()
@@ -407,6 +409,15 @@ class Tasks:
                 extra=about(c.workspace_id),
             )
             c.close()
+
+
+def _about(workspace_id: str, work: Callable[..., None], *args: object) -> None:
+    """``work(*args)`` for workspace ``workspace_id``, in a thread of a pool or its own:
+    every line it logs (the driver's too) carries the id in JSON logs (its messages
+    name the workspace by its name, which was all a line of an exec, a save or a
+    console said of it)."""
+    with callctx.bound(workspace=workspace_id):
+        work(*args)
 
 
 def _drain(outbox: queue.Queue[nodes_pb2.TaskReply | None]) -> Iterator[nodes_pb2.TaskReply]:

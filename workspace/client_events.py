@@ -56,7 +56,8 @@ class EventsClientMixin:
         ``on_outage`` is told once when the stream is lost (why) and once when events can
         flow again (""). ``which``: only the events of these kinds or families, of this
         workspace, of this node, of this cluster (its id or name; InvalidArgument for an
-        unknown kind, NotFound for a cluster the caller cannot see). ``after_id``: only
+        unknown kind, NotFound for a cluster the caller cannot see, or a workspace or a
+        node the site never had). ``after_id``: only
         the events after that one (the id of the last event a script was given: every one
         committed after it, whatever its time; ``since`` is then not used)."""
         if which is not None:  # one kind given as a string: taken a character at a time

@@ -6,7 +6,25 @@ pool thread), not only words of its message."""
 from __future__ import annotations
 
 import ast
+import json
+import logging
 from pathlib import Path
+
+import pytest
+
+from tests.unit.test_cli_guests import agent_tasks, replies
+from tests.unit.test_request_validation import build_site
+from workspace.domain.model import ExecOutcome
+from workspace.domain.tasks import (
+    ConsoleClose,
+    ConsoleClosed,
+    ConsoleOpen,
+    ConsoleOutput,
+    ExecTask,
+    Task,
+)
+from workspace.log import JsonFormatter
+from workspace.ops import queue
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
@@ -67,3 +85,60 @@ def lines_without_ids() -> list[str]:
 
 def test_a_log_line_naming_a_workspace_carries_its_id() -> None:
     assert lines_without_ids() == []
+
+
+class JsonLines(logging.Handler):
+    """The JSON lines of the records it is given, formatted in the thread that logs them
+    (where the call context is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("workspace-agent[n1]", {"node": "n1"}))
+        self.lines: list[dict[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+def test_the_agents_exec_and_console_lines_carry_the_workspace_id(tmp_path: Path) -> None:
+    """`ws exec` and `ws console` of a workspace logged on its node as "exec hostname in
+    box (w1): exit 0": the id in the words only, so a JSON line had no ``workspace`` and
+    an admin selecting the lines of w1 did not find them."""
+    tasks, _driver, outbox = agent_tasks(tmp_path)
+    lines = JsonLines()
+    logger = logging.getLogger("agent.tasks")
+    logger.addHandler(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        tasks.take(Task("e1", "w1", ExecTask(("hostname",))))
+        assert replies(outbox, "e1", ExecOutcome) == [ExecOutcome(0, b"box\n")]
+        tasks.take(Task("c1", "w1", ConsoleOpen()))
+        replies(outbox, "c1", ConsoleOutput)
+        tasks.take(Task("c1", "w1", ConsoleClose()))
+        replies(outbox, "c1", ConsoleClosed)
+    finally:
+        tasks.close()
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    said = [(line["message"], line.get("workspace"), line.get("node")) for line in lines.lines]
+    assert ("exec hostname in w1: exit 0", "w1", "n1") in said
+    assert ("console of w1 attached", "w1", "n1") in said
+    assert all(ws == "w1" for _m, ws, _n in said), said
+
+
+def test_the_queue_lines_of_a_workspace_carry_its_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "workspace 1a2b (later) placed from the queue on ['n1']" was written by the
+    queue's loop (no call context) with the id in its words only: no workspace field in
+    JSON logs."""
+    site = build_site(tmp_path, memory_mib=4096)
+    big = site.create(name="big", memory_mib=3000)
+    later = site.create(name="later", memory_mib=2000, wait_for_capacity_s=600)
+    site.destroy(big.id)
+    with caplog.at_level(logging.INFO, logger="workspace.ops.queue"):
+        queue.process(site.core.env)
+    (placed,) = [r for r in caplog.records if "placed from the queue" in r.getMessage()]
+    line = json.loads(JsonFormatter("workspace-service").format(placed))
+    assert (line["workspace"], line["node"]) == (later.id, "n1")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from workspace import callctx
 from workspace.cli import event_cmds
 from workspace.config import ServiceConfig, load, parse_retention, parse_terminated_retention
-from workspace.domain.events import Refusal, SiteEvent
+from workspace.domain.events import Kind, Refusal, SiteEvent
 from workspace.errors import (
     AlreadyExists,
     ConfigError,
@@ -28,6 +29,7 @@ from workspace.errors import (
 )
 from workspace.log import JsonFormatter, Throttle
 from workspace.metrics_http import split_address
+from workspace.node.v1 import nodes_pb2
 from workspace.ops.refusals import refusal_of
 from workspace.ops.unit import Env
 from workspace.service.metrics import ServiceMetrics
@@ -323,11 +325,43 @@ def test_warn_mode_logs_an_untrusted_launch_once_and_audits_each(
     with caplog.at_level(logging.WARNING, logger="workspace.ops.trust"):
         for i in range(4):
             site.create(name=f"w{i}", memory_mib=64)
-    lines = [r.getMessage() for r in caplog.records if "warn mode" in r.getMessage()]
+    warned = [r for r in caplog.records if "warn mode" in r.getMessage()]
+    lines = [r.getMessage() for r in warned]
     assert len(lines) == 1, lines
     assert "untrusted image img allowed (warn mode): image img is not signed" in lines[0]
     decisions = [a for a in trust.list_audit(site.core.env) if a.action == "create"]
     assert len(decisions) == 4 and {a.verdict for a in decisions} == {"warn"}
+    # The line names (in JSON logs) the workspace its decision was for, as the audit does.
+    first = next(a for a in decisions if a.workspace_id == getattr(warned[0], "workspace", ""))
+    assert json.loads(JsonFormatter("s").format(warned[0]))["workspace"] == first.workspace_id
+
+
+def test_a_launch_refused_by_the_trust_policy_logs_the_workspace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ws start box` refused under enforce logged "start by alice refused: image img is
+    not trusted": with log_format = "json" the line had no workspace, so an admin
+    reading the lines of box did not see why it did not start."""
+    import dataclasses
+
+    from tests.unit.test_request_validation import OWNER, build_site
+    from workspace.domain.states import Op
+    from workspace.ops import trust_admin
+
+    site = build_site(tmp_path)
+    box = site.create(name="box", memory_mib=64)
+    site.report(box.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    site.core.operate(OWNER, box.id, Op.STOP)
+    site.report(box.id, nodes_pb2.OBSERVED_STATE_STOPPED)
+    site.core.env = dataclasses.replace(site.core.env, check_trust=True)
+    trust_admin.set_mode(site.core.env, True, False)
+    with (
+        caplog.at_level(logging.WARNING, logger="workspace.ops.trust"),
+        pytest.raises(PermissionDenied),
+    ):
+        site.core.operate(OWNER, box.id, Op.START)
+    (refused,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert json.loads(JsonFormatter("s").format(refused))["workspace"] == box.id
 
 
 def test_a_create_refused_for_its_name_takes_no_trust_decision(tmp_path: Path) -> None:
@@ -349,3 +383,48 @@ def test_a_create_refused_for_its_name_takes_no_trust_decision(tmp_path: Path) -
     decisions = [a for a in trust.list_audit(site.core.env) if a.action == "create"]
     assert len(decisions) == 2, decisions  # box's, huge's; none for the second box
     assert box.id in {a.workspace_id for a in decisions}
+
+
+def test_every_event_kind_is_in_the_documented_table() -> None:
+    """An admin reads observability.md's table of kinds to know what `--kind` takes and
+    what each event says; `preemption` and `workspace.preempted` were emitted (and
+    offered by `--kind`) but not in it."""
+    doc = (Path(__file__).resolve().parents[2] / "docs/design/observability.md").read_text()
+    table = [line for line in doc.splitlines() if line.startswith("| `")]
+    documented = {k for line in table for k in re.findall(r"`([a-z_.]+)`", line.split("|")[1])}
+    assert {k.value for k in Kind} - documented == set()
+
+
+def test_domains_are_unknown_not_zero_while_the_hypervisor_does_not_answer() -> None:
+    """The agent's /metrics said 0 domains in every state while libvirtd did not answer:
+    the dashboard's "Domains by state" showed every VM of the node gone. Unknown is no
+    sample; once it answers again the counts are back."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from agent.cache import BlobCache
+    from agent.executor import Executor
+    from agent.metrics import AgentCollector
+    from agent.virt.base import DomainSpec
+    from agent.virt.fake import FakeDriver
+    from workspace.config import FakeDriverConfig
+
+    driver = FakeDriver(FakeDriverConfig(persist=False))
+    driver.define(DomainSpec("w1", "box", 1, 64))
+    driver.start("w1")
+    cache = SimpleNamespace(
+        hits=0, misses=0, used_bytes=lambda: 0, budget_bytes=0, digests=list, received_bytes={}
+    )
+    executor = SimpleNamespace(operations={})
+    registry = CollectorRegistry()
+    registry.register(
+        AgentCollector("n1", cast(BlobCache, cache), cast(Executor, executor), driver)
+    )
+    running = {"state": "running"}
+    assert registry.get_sample_value("workspace_agent_domains", running) == 1
+    driver.unreachable = "libvirtd is not running"
+    assert registry.get_sample_value("workspace_agent_domains", running) is None
+    assert registry.get_sample_value("workspace_agent_cache_blobs") == 0  # the rest still
+    driver.unreachable = ""
+    assert registry.get_sample_value("workspace_agent_domains", running) == 1

@@ -276,6 +276,9 @@ def test_times_and_durations() -> None:
     assert common.point_in_time("2026-11-01T01:00+01:00", now) == 1_793_491_200.0
     assert common.duration_s("1h30m") == 5400
     assert common.duration_s("90") == 90
+    # No year: seconds ago, as before.
+    assert common.point_in_time("1800", now) == now - 1800
+    assert common.point_in_time("3600", now) == now - 3600
 
 
 @pytest.mark.parametrize(
@@ -289,11 +292,16 @@ def test_a_date_is_a_date_in_every_iso_form(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("20261301", "not a date"), ("1793491200", "seconds ago or a time")],
+    [
+        ("20261301", "not a date"),
+        ("1793491200", "seconds ago or a time"),
+        ("2026", "a year or seconds ago: 2026-01-01 or 2026s"),
+    ],
 )
 def test_an_ambiguous_number_is_refused(text: str, message: str) -> None:
-    """An 8-digit number that is no date, and a number of 9 digits or more (an epoch
-    time read as seconds ago gave a window from 1970), say what to write instead."""
+    """An 8-digit number that is no date, a number of 9 digits or more (an epoch time
+    read as seconds ago gave a window from 1970), and a year alone (`--since 2026` was
+    2026 s ago: the last 34 minutes) say what to write instead."""
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         common.point_in_time(text, 1_800_000_000.0)
     # As seconds ago, with their unit, they are durations still.

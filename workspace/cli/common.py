@@ -260,11 +260,16 @@ def point_in_time(text: str, now: float | None = None) -> float:
     unless it says otherwise), ``now``, or a duration ago (``7d``, ``24h``, ``90s``), as
     epoch seconds. A bare number of 8 digits is a date (``--since 20261101`` was
     20261101 s ago); of 9 or more it is refused (an epoch time, or seconds ago?): a
-    duration says its unit."""
+    duration says its unit. So is one of 1970 to 2199 (``--since 2026`` was the
+    last 34 minutes, not the year: ISO 8601's year alone)."""
     t = text.strip()
     now = time.time() if now is None else now
     if t.lower() == "now":
         return now
+    if t.isdigit() and len(t) == 4 and 1970 <= int(t) < 2200:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: say whether it is a year or seconds ago: {t}-01-01 or {t}s"
+        )
     if t.isdigit() and len(t) >= 8:
         if len(t) > 8:
             raise argparse.ArgumentTypeError(

@@ -321,11 +321,14 @@ def place_rows(
     affinity: scheduler.Affinity = scheduler.Affinity.NONE,
     withheld: Mapping[str, str] | None = None,
     plan: scheduler.GroupPlacement | None = None,
+    now: float = 0.0,
 ) -> list[str]:
     """Place ``rows`` all-or-nothing; returns the nodes touched. Raises NoPlacement.
     ``withheld``: nodes they may not use, each with why ("are held for ..."), which a
     refusal counts as it counts the filters' reasons. ``plan``: where they go, already
-    decided (ops/preempt.py), instead of the scheduler."""
+    decided (ops/preempt.py), instead of the scheduler. ``now``: the rows' new
+    ``updated_at`` (0: left as it is; a new row has it already), set with their node so
+    that the journal's placed event of a row that waited times its wait from it."""
     requests = [request_for(w) for w in rows]
     out = dict(withheld or {})
     full: OrdersFull | None = None  # the last node found with no room in its orders
@@ -340,7 +343,7 @@ def place_rows(
             why = f"{what} does not fit: {result.reason()}"
             raise NoPlacement(why if full is None else f"{why}; {full.message}")
         try:
-            return _take(s, cfg, rows, requests, result.placements)
+            return _take(s, cfg, rows, requests, result.placements, now)
         except OrdersFull as exc:
             s.info.pop(SNAPSHOT_KEY, None)  # it counts placements that were not made
             # A node whose orders have no room for these is no place for them, but
@@ -403,6 +406,7 @@ def _take(
     rows: Sequence[Workspace],
     requests: list[scheduler.Request],
     placements: list[scheduler.MemberPlacement],
+    now: float = 0.0,
 ) -> list[str]:
     """Claim what the scheduler placed: capacity, addresses, the node of each row.
 
@@ -415,7 +419,7 @@ def _take(
         s.info[ADDRESSES_KEY] = {}
         s.info[ADDRESSES_GEN_KEY] = None  # these counts only, not the last batch's
     try:
-        return _take_rows(s, cfg, rows, requests, placements)
+        return _take_rows(s, cfg, rows, requests, placements, now)
     finally:
         if own:
             s.info.pop(ADDRESSES_KEY, None)
@@ -428,6 +432,7 @@ def _take_rows(
     rows: Sequence[Workspace],
     requests: list[scheduler.Request],
     placements: list[scheduler.MemberPlacement],
+    now: float,
 ) -> list[str]:
     _check_addresses(s, rows)
     try:  # the node's orders must still fit in one message (ops/order_size.py)
@@ -444,6 +449,8 @@ def _take_rows(
         ws.claimed_disk_mbps = req.disk_mbps
         ws.claimed_net_mbps = req.net_mbps
         ws.node = p.node
+        if now:
+            ws.updated_at = now
         ws.claimed_cpus = p.claimed_cpus
         ws.claimed_memory_mib = p.claimed_memory_mib
         ws.state = State.SCHEDULED.value

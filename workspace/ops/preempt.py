@@ -219,7 +219,9 @@ def place_preempting(
         # workspace's): the node is over-claimed meanwhile, so nothing else is placed
         # in the gap.
         try:
-            touched = place_rows(s, env.cfg, rows, affinity, withheld, plan=found.placement)
+            touched = place_rows(
+                s, env.cfg, rows, affinity, withheld, plan=found.placement, now=env.clock()
+            )
         except OrdersFull as exc:  # raised before anything was claimed
             if not exc.node or not any(n.name == exc.node for n in nodes):
                 log.info("preemption for %s abandoned: %s", rows[0].name, exc.message)

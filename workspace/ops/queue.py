@@ -29,6 +29,7 @@ from workspace import callctx
 from workspace.domain.events import Kind, Refusal, SiteEvent
 from workspace.domain.model import QueueEntry
 from workspace.domain.states import State
+from workspace.log import about
 from workspace.ops import grow_rights, placement, trust
 from workspace.ops.admission import (
     HELD,
@@ -89,7 +90,9 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                 _refuse(env, u, e, rows, untrusted, Refusal.TRUST)
             elif e.deadline and now > e.deadline:
                 _fail(rows, now)
-                log.warning("%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name)
+                log.warning(
+                    "%s %s (%s) gave up waiting for capacity", e.kind, e.id, e.name, extra=_ids(e)
+                )
             elif any(0 < (w.lease_expires_at or 0) <= now for w in rows):
                 # Its lease ended while it waited: the lease pass destroys it as one
                 # that never ran; placed now, it would boot after its end.
@@ -99,7 +102,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                 out = withheld(u.s, rows, e.affinity, held or {})
                 touched: list[str] | None
                 try:
-                    touched = place_rows(u.s, env.cfg, rows, e.affinity, out)
+                    touched = place_rows(u.s, env.cfg, rows, e.affinity, out, now=now)
                 except NoPlacement as exc:
                     touched = place_preempting(env, u.s, rows, e.affinity, out)
                     never = never_placed(u.s, env.cfg, rows) if touched is None else None
@@ -117,7 +120,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                 if touched is None:
                     why = f"no longer fits even on an empty node of the site: {never}"
                     _fail(rows, now, why)
-                    log.warning("%s %s (%s) failed: %s", e.kind, e.id, e.name, why)
+                    log.warning("%s %s (%s) failed: %s", e.kind, e.id, e.name, why, extra=_ids(e))
                 else:
                     placed += 1
                     u.nodes(*touched)
@@ -127,6 +130,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                         e.id,
                         e.name,
                         sorted(set(touched)),
+                        extra=_ids(e, *set(touched)),
                     )
             u.changed(*rows)
             refresh(env, u, u.changed_clusters())
@@ -229,7 +233,15 @@ def _refuse(
             subject=one.image,
             state=state,
         )
-    log.warning("create of %s (%s) waiting for capacity failed: %s", what, e.id, why)
+    log.warning("create of %s (%s) waiting for capacity failed: %s", what, e.id, why, extra=_ids(e))
+
+
+def _ids(e: Entry, *nodes: str) -> dict[str, str]:
+    """``extra=`` of a line about entry ``e``: a lone workspace's id, and its node (JSON
+    logs; a cluster's lines name it in their words)."""
+    if e.kind != "workspace":
+        return {}
+    return about(e.id, nodes[0] if len(nodes) == 1 else "")
 
 
 def _fail(rows: list[Workspace], now: float, reason: str = "") -> None:

@@ -16,7 +16,7 @@ from workspace.errors import InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops import clusters, preempt, queries
 from workspace.ops.unit import Env
-from workspace.store import EventRow, Workspace
+from workspace.store import EventRow, Node, Workspace
 
 # Events read per query.
 BATCH = 500
@@ -179,7 +179,8 @@ def of_site(
     """``watch`` as `ws-admin events` asks it: a cluster in ``which`` may be named (id or
     name), found as GetCluster finds it for ``who`` (NotFound if none), after the kinds
     are checked; a workspace named must be one the site has or had (NotFound if neither
-    a workspace nor a kept event has that id or name)."""
+    a workspace nor a kept event has that id or name), and so must a node (a node row,
+    or a kept event of it: one removed still streams its history)."""
     which = which or EventFilter()
     if which.cluster:
         check_filter(which)
@@ -187,27 +188,43 @@ def of_site(
     if which.workspace:
         check_filter(which)
         _check_known_workspace(env, which.workspace)
+    if which.node:
+        check_filter(which)
+        _check_known_node(env, which.node)
     yield from watch(env, since, follow, gone, which, after_id)
+
+
+def _known(env: Env, *queries: Select[Any]) -> bool:
+    """Whether any of ``queries`` finds a row."""
+    with env.store.read() as s:
+        return any(s.execute(q.limit(1)).first() is not None for q in queries)
 
 
 def _check_known_workspace(env: Env, ref: str) -> None:
     """NotFound unless a workspace row (any state, any owner) or a kept event has ``ref``
     as its id or name: a workspace destroyed long ago still streams its history."""
-    with env.store.read() as s:
-        known = (
-            s.execute(
-                select(Workspace.id).where(or_(Workspace.id == ref, Workspace.name == ref)).limit(1)
-            ).first()
-            is not None
-            or s.execute(
-                select(EventRow.id)
-                .where(or_(EventRow.workspace_id == ref, EventRow.workspace_name == ref))
-                .limit(1)
-            ).first()
-            is not None
-        )
-    if not known:
+    if not _known(
+        env,
+        select(Workspace.id).where(or_(Workspace.id == ref, Workspace.name == ref)),
+        select(EventRow.id).where(
+            or_(EventRow.workspace_id == ref, EventRow.workspace_name == ref)
+        ),
+    ):
         raise NotFound(f"no workspace {ref!r}: none has that id or name, and no event names it")
+
+
+def _check_known_node(env: Env, name: str) -> None:
+    """NotFound unless a node row or a kept event has ``name`` as its node: `--node`
+    with a typo was an empty stream, a node where nothing happened."""
+    if not _known(
+        env,
+        select(Node.name).where(Node.name == name),
+        select(EventRow.id).where(EventRow.node == name),
+    ):
+        raise NotFound(
+            f"no node {name!r}: none has that name, and no event names it "
+            "(`ws-admin node list` shows the site's)"
+        )
 
 
 def of_workspace(

@@ -35,6 +35,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
+from workspace.log import about
 from workspace.ops.image_refs import visible_image
 from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity
@@ -477,6 +478,8 @@ def check_launch(
     envs = envelopes(s, image_row.name)
     v = _verdict(env, s, image_row, envs)
     _record_surviving(env, s, [_entry(env, image_row, v, action, envs, workspace_id)])
+    # The workspace the decision is for (the id its audit record and event carry).
+    ids = about(workspace_id) if workspace_id else {}
     if not v.allowed:
         log.warning(
             "%s by %s refused: image %s is not trusted: %s (policy v%d)",
@@ -485,6 +488,7 @@ def check_launch(
             image_row.name,
             v.reason,
             v.policy_version,
+            extra=ids,
         )
         raise PermissionDenied(
             f"image {image_row.name} is not trusted: {v.reason} (the site's trust policy "
@@ -504,6 +508,7 @@ def check_launch(
                 f" ({muted} more since this was last logged; every one is in the audit)"
                 if muted
                 else "",
+                extra=ids,
             )
     return v
 

@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, event, insert, inspect, select
+from sqlalchemy import Table, event, exists, insert, inspect, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from workspace import callctx
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.leases import iso_time
-from workspace.store.models import Audit, Image, Network, Node, Workspace
+from workspace.store.models import Audit, Image, Network, Node, UsageInterval, Workspace
 from workspace.store.prepared import Prepared
 from workspace.store.site_events import EventRow
 
@@ -301,11 +301,22 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
 
 
 def _first_running(s: Session, wid: str) -> bool:
+    """Whether workspace ``wid`` was never RUNNING before: no kept event says so, and
+    no usage interval of it with cpus, closed (it left RUNNING: the one this change
+    opens is open). The events alone forgot a workspace older than
+    ``event_retention``: its start weeks later was counted as its create → running."""
     with s.no_autoflush:
-        q = select(EventRow.id).where(
-            EventRow.workspace_id == wid, EventRow.kind == Kind.WORKSPACE_STATE.value
+        ran = exists().where(
+            EventRow.workspace_id == wid,
+            EventRow.kind == Kind.WORKSPACE_STATE.value,
+            EventRow.state == _RUNNING,
         )
-        return s.execute(q.where(EventRow.state == _RUNNING).limit(1)).first() is None
+        used = exists().where(
+            UsageInterval.workspace_id == wid,
+            UsageInterval.ended_at != 0,
+            UsageInterval.cpus > 0,
+        )
+        return not s.execute(select(or_(ran, used))).scalar()
 
 
 def _node_why(node: Node) -> str:

@@ -264,7 +264,7 @@ class WatchEventsRequest(_message.Message):
         kinds ("workspace.state") or families of kinds ("image": image.added, ...; an
         unknown one is INVALID_ARGUMENT); workspace: its id or name (NOT_FOUND if no
         workspace, in any state, and no kept event has it: a destroyed one still streams its
-        history); node: its name;
+        history); node: its name (NOT_FOUND likewise if no node and no kept event has it);
         cluster: its id or name as GetCluster finds it (NOT_FOUND if none), its members'
         events and its own.
         """
