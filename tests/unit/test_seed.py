@@ -39,6 +39,18 @@ CLUSTER = new_key_pair()
 CLOUD_INIT = Path("/usr/lib/python3/dist-packages/cloudinit/mergers/__init__.py")
 
 
+def cloud_init(script: str, stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``script`` run by the Python of the installed cloud-init, with ``stdin`` its input
+    and ``args`` its arguments (it must succeed)."""
+    return subprocess.run(
+        ["/usr/bin/python3", "-c", script, *args],
+        input=stdin,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+
+
 def parts(user_data: bytes) -> list[Message]:
     msg = email.message_from_bytes(user_data)
     assert msg.is_multipart() and msg.get_content_type() == "multipart/mixed"
@@ -320,13 +332,7 @@ def test_cloud_init_merges_the_users_lists_with_the_services() -> None:
         three_members(),
         ("scratch",),
     )
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", MERGE_SCRIPT],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    out = cloud_init(MERGE_SCRIPT, s.user_data)
     merged = json.loads(out.stdout)
     paths = [f["path"] for f in merged["write_files"]]
     # The user's part replaces the vendor's list (cloud-init's default), ours is appended.
@@ -406,13 +412,7 @@ def test_a_users_list_without_default_still_creates_the_login_user(
     the same (a list of ours would replace the string): there the part names the default
     user (`user:`), which cloud-init adds to `users` in any form."""
     s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", USERS_SCRIPT],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    out = cloud_init(USERS_SCRIPT, s.user_data)
     assert json.loads(out.stdout) == {"users": accounts, "default": "debian"}
     # Without users of theirs the image's own list (its cloud.cfg) stays in force.
     own = own_config(s.user_data)
@@ -432,13 +432,7 @@ def test_the_last_users_given_decides_how_the_login_user_is_kept() -> None:
         (b"#cloud-config\nusers: {alice: {groups: sudo}, default: false}\n", ["alice"]),
     ):
         s = seed.render("box", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian")
-        out = subprocess.run(
-            ["/usr/bin/python3", "-c", USERS_SCRIPT],
-            input=s.user_data,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
+        out = cloud_init(USERS_SCRIPT, s.user_data)
         assert json.loads(out.stdout)["users"] == accounts, user
 
 
@@ -478,13 +472,7 @@ def test_every_script_part_is_written_for_cloud_init_to_run(tmp_path: Path) -> N
     vendor = mime(("setup.sh", "site"))
     user = mime(("setup.sh", "mine"), ("データ", "data"), ("workspace.cfg", "cfg"))
     s = seed.render("box", "id1", (NIC,), user, vendor, [USER_KEY], HOST, "debian")
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", SCRIPTS_SCRIPT, str(tmp_path)],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    out = cloud_init(SCRIPTS_SCRIPT, s.user_data, str(tmp_path))
     assert out.stderr == b""
     assert out.stdout.decode().strip() == "['cfg', 'data', 'mine', 'site']"
     names = [p.get_filename() for p in parts(s.user_data)]
@@ -502,13 +490,7 @@ def test_cloud_init_reads_our_user_data_as_multipart() -> None:
         "msg = UserDataProcessor({}).process(sys.stdin.buffer.read())\n"
         "print([p.get_content_type() for p in msg.walk() if not p.is_multipart()])\n"
     )
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", script],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    out = cloud_init(script, s.user_data)
     assert out.stdout.decode().strip() == "['text/x-shellscript', 'text/cloud-config']"
 
 
@@ -544,13 +526,7 @@ def test_a_script_by_frequency_is_kept_for_cloud_init_to_run(tmp_path: Path) -> 
     )
     userdata.check(user)
     s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
-    subprocess.run(
-        ["/usr/bin/python3", "-c", BY_FREQUENCY_SCRIPT, str(tmp_path)],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    cloud_init(BY_FREQUENCY_SCRIPT, s.user_data, str(tmp_path))
     boot = tmp_path / "scripts" / "per-boot" / "mount.sh"
     assert boot.read_text() == "#!/bin/sh\nmount -a"
     assert [p.name for p in (tmp_path / "scripts" / "per-instance").iterdir()] == ["user-data-2"]
@@ -569,13 +545,7 @@ print(eni.Renderer()._render_interfaces(state))
 def test_ifupdown_gets_the_default_route_from_cloud_init() -> None:
     """What the installed cloud-init writes for ifupdown (the cloud appliance's renderer):
     the gateway as ifupdown's own line, no `route` command (net-tools is not there)."""
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", RENDER_SCRIPT],
-        input=seed.network_config((NIC, NIC2)),
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout.decode()
+    out = cloud_init(RENDER_SCRIPT, seed.network_config((NIC, NIC2))).stdout.decode()
     assert "    address 10.0.0.5/24\n" in out and "    address 10.9.0.7/24\n" in out
     assert out.count("    gateway ") == 1 and "    gateway 10.0.0.1\n" in out
     assert "route add" not in out
@@ -735,13 +705,7 @@ def test_the_login_user_gets_the_keys_without_a_refusing_command(
     user in its cloud.cfg) got them behind "Please login as the user NONE": `ws ssh`
     could never log in, nor its cluster's members to each other."""
     s = seed.render("box", "id1", (NIC,), authorized_keys=[USER_KEY], login_user=login)
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", CREDENTIALS_SCRIPT, default_user],
-        input=payload(parts(s.user_data)[-1]),
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    out = cloud_init(CREDENTIALS_SCRIPT, payload(parts(s.user_data)[-1]), default_user)
     given = dict(json.loads(out.stdout))
     assert given[login] == ""
     if login != "root":  # root is still refused where another user logs in

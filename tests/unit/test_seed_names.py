@@ -5,11 +5,10 @@ code (workspace/domain/seed.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.unit.test_seed import CLOUD_INIT, HOST, NIC, USER_KEY, USERS_SCRIPT
+from tests.unit.test_seed import CLOUD_INIT, HOST, NIC, USER_KEY, USERS_SCRIPT, cloud_init
 from workspace.domain import seed
 
 
@@ -31,13 +30,7 @@ def test_the_login_user_is_the_default_user_the_user_data_names(user: bytes, log
     assert (seed.default_user(user) or "debian") == login
     assert seed.default_user(b"#cloud-config\nuser: {name: 'Not An Account'}\n") == ""
     s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, login)
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", USERS_SCRIPT],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    out = cloud_init(USERS_SCRIPT, s.user_data)
     assert json.loads(out.stdout)["default"] == login
 
 
@@ -67,11 +60,5 @@ def test_a_users_fqdn_names_the_guest(user: bytes, names: list[str]) -> None:
     hostname unless `hostname` is set: the service's `hostname` (merged in, as the user
     set none) kept the workspace's name as the hostname beside the user's fqdn."""
     s = seed.render("box", "id1", (NIC,), user, b"", [USER_KEY], HOST, "debian")
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", HOSTNAME_SCRIPT],
-        input=s.user_data,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
+    out = cloud_init(HOSTNAME_SCRIPT, s.user_data)
     assert json.loads(out.stdout) == names
