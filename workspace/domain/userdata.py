@@ -15,6 +15,7 @@ import email.message
 import functools
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
@@ -180,18 +181,24 @@ def _too_big(doc: object, most: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def form_of(data: bytes, key: str) -> str:
-    """What #cloud-config ``data`` sets top-level ``key`` to: "list", "string",
-    "mapping", "other", or "" when it does not set it (or does not parse: it was checked
-    at create). Cached: a cluster's members share their user-data, and a node's orders
-    render every seed."""
+def top_level(data: bytes) -> Mapping[str, Any]:
+    """The top-level keys of #cloud-config ``data`` (empty when it is no mapping, or does
+    not parse: it was checked at create). Parsed once and cached: the seed asks it
+    several keys, a cluster's members share their user-data, and a node's orders render
+    every seed. Read only."""
     try:
         doc = yaml.safe_load(data.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def form_of(data: bytes, key: str) -> str:
+    """What #cloud-config ``data`` sets top-level ``key`` to: "list", "string",
+    "mapping", "other", or "" when it does not set it (or does not parse)."""
+    value = top_level(data).get(key)
+    if value is None:
         return ""
-    if not isinstance(doc, dict) or doc.get(key) is None:
-        return ""
-    value = doc[key]
     if isinstance(value, list):
         return "list"
     if isinstance(value, str):
@@ -203,15 +210,10 @@ def form_of(data: bytes, key: str) -> str:
 _ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
 
 
-@functools.lru_cache(maxsize=64)
 def default_user_of(data: bytes) -> str:
     """The name #cloud-config ``data`` gives the default user (``user: NAME`` or
     ``user: {name: NAME}``; "" none, or not an account name)."""
-    try:
-        doc = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        return ""
-    user = doc.get("user") if isinstance(doc, dict) else None
+    user = top_level(data).get("user")
     name = user.get("name") if isinstance(user, dict) else user
     return name if isinstance(name, str) and _ACCOUNT.fullmatch(name) else ""
 
