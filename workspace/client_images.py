@@ -353,9 +353,17 @@ class ImagesClientMixin:
             except errors.NotFound as exc:
                 # A blob vanished between HasBlobs and the import (a DeleteImage of
                 # another image that shared it): ask again once. Nothing else (a project
-                # that does not exist) is helped by sending again.
-                if attempt or not _blob_missing(exc):
+                # that does not exist) is helped by sending again. Twice: the push outlasts
+                # the site's blob grace (docs/images.md), and no retry can help.
+                if not _blob_missing(exc):
                     raise
+                if attempt:
+                    raise errors.NotFound(
+                        f"{exc.message} (twice: this push sent it again): the repository "
+                        "keeps a blob that is no image's yet for the service's blob_grace_s "
+                        "(default 1 h) after it was sent, and sending this image's files "
+                        "probably took longer; ask the site's admin to raise blob_grace_s"
+                    ) from exc
                 continue
             return PushResult(image, *done)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -706,3 +706,25 @@ def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
     finally:
         client.close()
         site.close()
+
+
+def test_a_push_slower_than_the_blob_grace_is_told_to_ask_for_a_longer_one(
+    tmp_path: Path,
+) -> None:
+    """A push whose files each take longer to send than `blob_grace_s` loses the first
+    to the collection the next upload runs, and its retry loses the others: it can never
+    finish. The user was told only "blob … has not been uploaded"; the error now says
+    why and what to ask the site for (docs/images.md). Here the grace is 0, so every
+    blob is collected by its own upload's pass."""
+    site = Site(tmp_path, blob_grace_s=0)
+    client = Client(site.address)
+    try:
+        disk = write(tmp_path / "root.raw", b"slow", 2 * MiB)
+        with pytest.raises(errors.NotFound) as exc:
+            client.push_image("app:1", Manifest((PartitionSpec("root", "cow", disk),)))
+        assert "has not been uploaded" in exc.value.message
+        assert "raise blob_grace_s" in exc.value.message
+        assert client.list_images() == []
+    finally:
+        client.close()
+        site.close()
