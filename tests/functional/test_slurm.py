@@ -20,7 +20,7 @@ from workspace.slurm import cli
 from workspace.slurm.hostlist import expand_all
 from workspace.slurm.resumefile import JOB_ENV
 from workspace.slurm.scontrol import Scontrol, reason_text
-from workspace.v1 import clusters_pb2, common_pb2
+from workspace.v1 import clusters_pb2, common_pb2, workspaces_pb2
 
 WS = common_pb2.WorkspaceState
 MAPPING = """
@@ -240,18 +240,24 @@ def test_resume_for_nodes_that_exist_duplicates_nothing(slurm: Slurm) -> None:
     assert slurm.scontrol.down == {}
 
 
-def test_a_reboot_slurm_asks_for_makes_a_running_node_anew(slurm: Slurm) -> None:
-    """``sbatch --reboot`` on an up node: slurmctld runs resume with SLURM_JOB_ID and no
-    resume file; the RUNNING workspace is replaced (its name waited for), not kept."""
-    assert slurm("resume", "c1") == 0, slurm.log.read_text()
-    old = slurm.site.stubs.wait_state("c1", WS.WORKSPACE_STATE_RUNNING)
-    slurm.monkeypatch.setenv("SLURM_JOB_ID", "31")
+def assert_resumed_anew(slurm: Slurm, old: workspaces_pb2.Workspace) -> None:
+    """``ws-slurm resume c1`` replaced the workspace ``old``: the node has a new one,
+    RUNNING at the address slurmctld was told, and ``old`` is gone."""
     assert slurm("resume", "c1") == 0, slurm.log.read_text()
     new = slurm.live()["c1"]
     assert new.id != old.id
     assert slurm.site.stubs.get(old.id).state == WS.WORKSPACE_STATE_TERMINATED
     slurm.site.stubs.wait_state(new.id, WS.WORKSPACE_STATE_RUNNING)
     assert slurm.scontrol.addresses["c1"] == new.nics[0].ip
+
+
+def test_a_reboot_slurm_asks_for_makes_a_running_node_anew(slurm: Slurm) -> None:
+    """``sbatch --reboot`` on an up node: slurmctld runs resume with SLURM_JOB_ID and no
+    resume file; the RUNNING workspace is replaced (its name waited for), not kept."""
+    assert slurm("resume", "c1") == 0, slurm.log.read_text()
+    old = slurm.site.stubs.wait_state("c1", WS.WORKSPACE_STATE_RUNNING)
+    slurm.monkeypatch.setenv("SLURM_JOB_ID", "31")
+    assert_resumed_anew(slurm, old)
     assert slurm.scontrol.down == {}
 
 
@@ -340,12 +346,7 @@ def test_resume_replaces_a_stopped_or_failed_workspace(slurm: Slurm) -> None:
     old = slurm.site.stubs.wait_state("c1", WS.WORKSPACE_STATE_RUNNING)
     slurm.client.stop_workspace(old.id)
     slurm.site.stubs.wait_state(old.id, WS.WORKSPACE_STATE_STOPPED)
-    assert slurm("resume", "c1") == 0, slurm.log.read_text()
-    new = slurm.live()["c1"]
-    assert new.id != old.id
-    assert slurm.site.stubs.get(old.id).state == WS.WORKSPACE_STATE_TERMINATED
-    slurm.site.stubs.wait_state(new.id, WS.WORKSPACE_STATE_RUNNING)
-    assert slurm.scontrol.addresses["c1"] == new.nics[0].ip
+    assert_resumed_anew(slurm, old)
     # c8's workspaces fail to start (the fake driver): resumed again, it gets a new one.
     assert slurm("resume", "c8") == 0
     failed = slurm.site.stubs.wait_state("c8", WS.WORKSPACE_STATE_FAILED)
