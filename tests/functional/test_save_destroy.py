@@ -58,6 +58,10 @@ def test_a_workspace_destroyed_while_it_is_saved_goes_once_its_image_is_made(
         shown = site.stubs.get(w.id)
         assert shown.state == WS.WORKSPACE_STATE_STOPPING
         assert "once its save as image env:2 ends" in shown.reason
+        # Not saved again: it goes (not "`ws stop box --wait` first").
+        code, _out, err = test_save.save(site, capsys, "box", "env:3")
+        assert code == 1
+        assert "workspace box is being destroyed; it cannot be saved" in err
     finally:
         go_on.set()
         t.join(30)
