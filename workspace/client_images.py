@@ -20,6 +20,7 @@ from images import formats, signing
 from images import manifest as image_manifest
 from workspace import errors, rpc_status
 from workspace.client_args import strings
+from workspace.client_waits import WaitTimeout
 from workspace.codec import v1 as codec_v1
 from workspace.v1 import (
     common_pb2,
@@ -205,13 +206,13 @@ class ImagesClientMixin:
         of ``saving_size_bytes``)."""
         req = images_pb2.SaveImageRequest(workspace=workspace, image=image, project=project)
         if on_progress is None:
-            return self._call(self._images.SaveImage, req, timeout_s)
+            return self._save_call(req, timeout_s)
         outcome: dict[str, Any] = {}
         done = threading.Event()
 
         def call() -> None:
             try:
-                outcome["image"] = self._call(self._images.SaveImage, req, timeout_s)
+                outcome["image"] = self._save_call(req, timeout_s)
             except BaseException as exc:  # raised in the caller's thread below
                 outcome["error"] = exc
             finally:
@@ -229,6 +230,35 @@ class ImagesClientMixin:
             raise outcome["error"]
         found: images_pb2.Image = outcome["image"]
         return found
+
+    def _save_call(self, req: images_pb2.SaveImageRequest, timeout_s: float) -> images_pb2.Image:
+        """``SaveImage``; its wait running out while the service saves is a WaitTimeout
+        saying the save goes on (the service and the node do not stop for it), not the
+        Unavailable of a service that did not answer."""
+        try:
+            return self._call(self._images.SaveImage, req, timeout_s)
+        except errors.Unavailable as exc:
+            if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED.name:
+                raise
+            try:
+                ws = self.get_workspace(req.workspace)
+            except errors.WorkspaceError:
+                raise exc from None  # no answer at all: as it was
+        waited = (
+            f"timed out after {timeout_s:g} s waiting for the save of {req.workspace} "
+            f"as {req.image}"
+        )
+        if ws.saving_as == req.image:
+            raise WaitTimeout(
+                f"{waited}, which goes on: the image is made when it ends "
+                f"(`ws show {req.workspace}` follows it)",
+                ws,
+            ) from None
+        raise WaitTimeout(
+            f"{waited}; it is no longer being saved (`ws image show {req.image}` says whether "
+            "the image was made)",
+            ws,
+        ) from None
 
     def repository_usage(self) -> images_pb2.RepositoryUsage:
         """Bytes your images take in the repository, and your quota (0: none)."""

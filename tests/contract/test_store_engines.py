@@ -555,11 +555,14 @@ def test_a_refused_create_keeps_its_trust_decision_and_the_batch_goes_on(world: 
         audited = s.execute(select(Audit.action, Audit.workspace_id)).all()
     assert [a for a, _ in audited].count("create") == 3  # lead, a, huge: once each
     assert len({w for _, w in audited}) == 3
-    # ... and each decision is one site event (the refused create's too).
+    # ... and each decision is one site event (the refused create's too: by the name it
+    # asked for, with no id, since no workspace has the one it had).
     with world.store.read() as s:
-        kinds = s.execute(select(EventRow.kind, EventRow.workspace_id)).all()
-    decided = [w for k, w in kinds if k == "trust.decision"]
-    assert sorted(decided) == sorted(w for _, w in audited)
+        rows = s.execute(
+            select(EventRow.kind, EventRow.workspace_name, EventRow.workspace_id)
+        ).all()
+    decided = sorted((n, w) for k, n, w in rows if k == "trust.decision")
+    assert decided == [("a", got["a"].id), ("huge", ""), ("lead", got["lead"].id)]
 
 
 def test_a_batch_that_fails_to_commit_acknowledges_nothing(

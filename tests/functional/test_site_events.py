@@ -73,10 +73,42 @@ def test_a_refusal_is_an_event_though_nothing_else_is_kept(ready_site: Site) -> 
         ready_site.stubs.create(name="huge", cpus=64, memory_mib=1024)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     evs = events(ready_site)
-    refused = [e for e in evs if e.workspace_name == "huge"]
-    assert [e.kind for e in refused] == ["workspace.refused"]
+    # Its trust decision (warn: the image is unsigned), named by the name asked for, then
+    # the refusal.
+    named = [e for e in evs if e.workspace_name == "huge"]
+    assert [e.kind for e in named] == ["trust.decision", "workspace.refused"]
+    refused = named[1:]
     assert refused[0].state == "capacity" and "cannot place" in refused[0].reason
     assert refused[0].who == "user:local" and refused[0].workspace_id == ""
+
+
+def test_the_trust_decision_of_a_refused_create_names_the_request_not_a_workspace(
+    ready_site: Site,
+) -> None:
+    """A create refused after its trust decision (no capacity; under ENFORCE the image
+    itself) made no workspace: its decision is kept, named by the name asked for and
+    saying the create was refused, with no workspace id (it named none that exists)."""
+    from workspace.v1 import trust_pb2, trust_pb2_grpc
+
+    with pytest.raises(grpc.RpcError):
+        ready_site.stubs.create(name="huge", cpus=64, memory_mib=1024)
+    trust = trust_pb2_grpc.TrustStub(ready_site.stubs.channel)
+    trust.SetMode(trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE))
+    with pytest.raises(grpc.RpcError) as denied:
+        ready_site.stubs.create(name="unsigned")
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    decisions = [e for e in events(ready_site) if e.kind == "trust.decision"]
+    assert [(e.workspace_name, e.workspace_id, e.state) for e in decisions] == [
+        ("huge", "", "warn"),
+        ("unsigned", "", "deny"),
+    ]
+    assert all(
+        e.reason.endswith("; the request was refused: no workspace was made") for e in decisions
+    )
+    assert "image img is not signed" in decisions[1].reason
+    # Nor does `ws-admin events --workspace` find anything by the id it had.
+    listed = ready_site.stubs.ws.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest())
+    assert not listed.workspaces
 
 
 def test_queued_then_placed_from_the_queue(ready_site: Site) -> None:

@@ -616,6 +616,50 @@ def test_a_new_instance_of_a_saved_disk_keeps_only_the_keys_it_was_given(tmp_pat
     assert keys.read_text().splitlines() == [hand, new_key]
 
 
+def test_a_key_the_new_instances_user_data_lists_is_not_pruned(tmp_path: Path) -> None:
+    """A saved disk's next instance whose user-data lists a key the earlier instance was
+    given (top-level, or for the login user in `users`), its owner's service keys not
+    holding it: cloud-init adds it, and the pruning keeps it (it took it out). Recorded,
+    so the instance after, not asking for it, prunes it as it prunes service keys."""
+    new_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnewnewnewnewnew new@x"
+    other = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQother other@x"
+    asked = (
+        f"#cloud-config\nssh_authorized_keys: ['{USER_KEY}']\n"
+        f"users: [default, {{name: debian, ssh_authorized_keys: ['{other}']}}]\n"
+    )
+    given = [USER_KEY, other]
+    first = own_config(
+        seed.render("box", "id1", (NIC,), authorized_keys=given, login_user="debian").user_data
+    )
+    second = own_config(
+        seed.render(
+            "copy", "id2", (NIC,), asked.encode(), authorized_keys=[new_key], login_user="debian"
+        ).user_data
+    )
+    etc, home = tmp_path / "etc", tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    etc.mkdir()
+    (etc / "authorized_keys").write_text(files(first)[seed.KEYS_RECORD]["content"])
+    keys = home / ".ssh" / "authorized_keys"
+    keys.write_text(f"{USER_KEY}\n{other}\n")
+
+    def local(text: str) -> str:
+        return text.replace("/etc/workspace", str(etc)).replace(
+            "$(getent passwd debian | cut -d: -f6)", str(home)
+        )
+
+    (_per, _instance, _name, *set_aside) = second["bootcmd"][0]
+    subprocess.run([local(a) for a in set_aside], check=True)
+    (etc / "authorized_keys").write_text(files(second)[seed.KEYS_RECORD]["content"])
+    with keys.open("a") as f:
+        f.write(new_key + "\n")
+    ((sh, c, script),) = second["runcmd"]
+    subprocess.run([sh, c, local(script)], check=True)
+    assert keys.read_text().splitlines() == [USER_KEY, other, new_key]
+    recorded = files(second)[seed.KEYS_RECORD]["content"].splitlines()
+    assert sorted(recorded) == sorted([new_key, USER_KEY, other])
+
+
 def test_a_saved_disks_next_owner_with_no_keys_and_no_cluster_gets_none_of_the_old_ones(
     tmp_path: Path,
 ) -> None:

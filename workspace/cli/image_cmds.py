@@ -260,7 +260,7 @@ def register(
         type=common.seconds,
         default=SAVE_TIMEOUT_S,
         metavar="S",
-        help=f"give up waiting after S seconds (default {SAVE_TIMEOUT_S:g})",
+        help=f"give up waiting after S seconds; the save goes on (default {SAVE_TIMEOUT_S:g})",
     )
     q.set_defaults(func=cmds.save)
     return sub

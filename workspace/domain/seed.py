@@ -228,13 +228,16 @@ def system_config(
     data_disks: Sequence[str] = (),
     users_given: str = "",
     fqdn_given: bool = False,
+    asked_keys: Sequence[str] = (),
 ) -> dict[str, object]:
     """The service's own cloud-config (as a mapping). ``data_disks``: the names of the
     workspace's ext4 blank partitions; ``users_given``: how an earlier part (the user's,
     the site's) sets ``users`` ("list", "string", "mapping"; "" not), which replaces the
     image's list (``[default]``): ours then keeps the default user in it, since the
     authorized keys go to the default user only; ``fqdn_given``: an earlier part sets
-    ``fqdn``, whose first label is then the hostname (no ``hostname`` of ours)."""
+    ``fqdn``, whose first label is then the hostname (no ``hostname`` of ours);
+    ``asked_keys``: the keys an earlier part gives the login user (recorded with ours:
+    a saved disk's pruning keeps them)."""
     private, public = host_key
     cfg: dict[str, object] = {"merge_how": MERGE_HOW}
     if not fqdn_given:
@@ -302,7 +305,10 @@ def system_config(
     if login_user:
         # Also with no keys (an owner who has none yet): the disk may be a saved one,
         # whose earlier owner's keys must leave it all the same.
-        files.append(_file(KEYS_RECORD, "".join(k + "\n" for k in keys), "0600"))
+        # With the keys the user-data gives it: an earlier instance's key that this one's
+        # user-data lists again was taken out at its first boot.
+        recorded = dict.fromkeys([*keys, *asked_keys])
+        files.append(_file(KEYS_RECORD, "".join(k + "\n" for k in recorded), "0600"))
         cfg["bootcmd"] = [KEYS_SET_ASIDE]
         runcmd.append(["sh", "-c", _prune_script(login_user)])
     cfg["write_files"] = files
@@ -320,7 +326,8 @@ def system_config(
 # boot, before write_files records its own keys, the record found is set aside
 # (``cloud-init-per instance``: once per instance); at its end the set-aside keys this
 # instance was not given leave the login user's authorized_keys (matched by their
-# base64 blob; a key the user put there through user-data or by hand stays).
+# base64 blob; a key the user put there by hand stays; the keys the user-data gives
+# the login user are recorded too).
 KEYS_RECORD = "/etc/workspace/authorized_keys"
 KEYS_PREVIOUS = KEYS_RECORD + ".previous"
 # A cluster member's record of its cluster's public key (the pair it was given in ~/.ssh).
@@ -511,6 +518,12 @@ def render(
         data_disks,
         users_given(theirs),
         given(theirs, "fqdn") != "",
+        [
+            k
+            for p in theirs
+            if _is_cloud_config(p)
+            for k in userdata.keys_for(p.payload, login_user)
+        ],
     )
     own = ("#cloud-config\n" + json.dumps(cfg, indent=1) + "\n").encode()
     parts = [*theirs, Part("cloud-config", own, OWN_PART)]

@@ -206,6 +206,28 @@ def form_of(data: bytes, key: str) -> str:
     return "mapping" if isinstance(value, dict) else "other"
 
 
+def keys_for(data: bytes, user: str) -> list[str]:
+    """The SSH public keys #cloud-config ``data`` has cloud-init give ``user`` (the
+    default user): its top-level ``ssh_authorized_keys`` and those of its ``users``
+    entry named ``user`` (in a list, or a mapping's)."""
+    doc = top_level(data)
+    out = _key_lines(doc.get("ssh_authorized_keys"))
+    users = doc.get("users")
+    if isinstance(users, dict):
+        users = [{**v, "name": k} for k, v in users.items() if isinstance(v, dict)]
+    for entry in users if isinstance(users, list) else ():
+        if isinstance(entry, dict) and entry.get("name") == user:
+            out.extend(_key_lines(entry.get("ssh_authorized_keys")))
+    return out
+
+
+def _key_lines(value: object) -> list[str]:
+    """The keys of a cloud-config ``ssh_authorized_keys`` list, one line each."""
+    if not isinstance(value, list):
+        return []
+    return [k.strip() for k in value if isinstance(k, str) and k.strip() and "\n" not in k.strip()]
+
+
 # An account name useradd takes (Debian's default NAME_REGEX, at most 32 characters).
 _ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
 

@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 
 from workspace.domain import seed
 from workspace.domain.states import BOOTING, ClusterState, Desired, FailurePolicy, State
-from workspace.ops.lifecycle import CANCELLED, node_down, terminate_unconfirmed, waiting
+from workspace.ops.lifecycle import (
+    CANCELLED,
+    destroy_reason,
+    node_down,
+    terminate_unconfirmed,
+    waiting,
+)
 from workspace.ops.unit import Env, UnitOfWork
 from workspace.store import Cluster, Workspace
 from workspace.store.mapping import member_specs, set_reason, shown_reason
@@ -153,7 +159,7 @@ def destroy_member(env: Env, s: Session, m: Workspace, reason: str) -> None:
         terminate_unconfirmed(env, s, m, reason)
     else:
         m.state = State.STOPPING.value
-        set_reason(m, reason)
+        set_reason(m, destroy_reason(env, m, reason))
 
 
 def refresh(env: Env, u: UnitOfWork, cluster_ids: Iterable[str]) -> None:

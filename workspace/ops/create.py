@@ -238,7 +238,7 @@ def prerequisites(env: Env, s: Session, sc: Scope, wid: str, spec: CreateSpec) -
     # Last: a request refused for what it asked (its disks, its name) takes no trust
     # decision, which the audit would keep naming a workspace that never was.
     if env.check_trust:
-        trust.check_launch(env, s, owner, image, "create", workspace_id=wid)
+        trust.check_launch(env, s, owner, image, "create", workspace_id=wid, name=spec.name)
     return replace(source, partitions=partitions)
 
 

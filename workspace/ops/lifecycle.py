@@ -298,7 +298,22 @@ def saving(env: Env, ws: Workspace) -> bool:
     """Whether a save of ``ws`` is under way (ops/save.py; a stale mark does not count)."""
     if not ws.saving_as:
         return False
-    return env.clock() - ws.saving_since < env.cfg.limits.save_timeout_s + SAVE_GRACE_S
+    return ws.saving_since > saves_from(env)
+
+
+def saves_from(env: Env) -> float:
+    """A save mark set before this time has lapsed (its service died mid-save)."""
+    return env.clock() - env.cfg.limits.save_timeout_s - SAVE_GRACE_S
+
+
+def destroy_reason(env: Env, ws: Workspace, reason: str) -> str:
+    """The reason of ``ws`` destroyed for ``reason``; while it is being saved, that its
+    node keeps it until the save ends (ops/reports.py ``live_rows``) so that the save's
+    image is made, as a lease's expiry waits for the save (ops/leases.py)."""
+    if not saving(env, ws):
+        return reason
+    kept = f"destroyed once its save as image {ws.saving_as} ends"
+    return f"{reason}; {kept}" if reason else kept
 
 
 def refuse_while_saving(env: Env, ws: Workspace, what: str) -> None:

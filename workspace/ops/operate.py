@@ -16,6 +16,7 @@ from workspace.ops import preempt, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import (
     CANCELLED,
+    destroy_reason,
     node_down,
     refuse_never_placed,
     refuse_while_saving,
@@ -126,6 +127,8 @@ def apply(
         gone = "destroyed (its node was not reachable)" if ws.node else "destroyed"
         terminate_unconfirmed(env, u.s, ws, reason or gone)
         preempt.terminated(u, ws)
+    elif op is Op.DESTROY:
+        set_reason(ws, destroy_reason(env, ws, reason))  # kept while it is saved
     u.changed(ws)
     u.nodes(ws.node)
 

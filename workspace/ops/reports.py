@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from images.model import Partition
@@ -33,7 +33,7 @@ from workspace.errors import (
 from workspace.log import about
 from workspace.ops import netpolicy, node_conditions, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
-from workspace.ops.lifecycle import confirm_gone, held_on, is_held, release
+from workspace.ops.lifecycle import confirm_gone, held_on, is_held, release, saves_from
 from workspace.ops.order_size import MAX_SOURCES
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Node, Workspace
@@ -235,16 +235,17 @@ def check_one_agent(node: Node, info: NodeInfo, now: float, silent_s: float) -> 
 # -- orders ----------------------------------------------------------------------------------
 
 
-def live_rows(s: Session, node_name: str) -> list[Workspace]:
-    """The workspaces ``node_name`` should hold (not terminated, nor to be)."""
+def live_rows(s: Session, node_name: str, saves_from: float | None = None) -> list[Workspace]:
+    """The workspaces ``node_name`` should hold (not terminated, nor to be; with
+    ``saves_from``, also those to be whose save mark was set after it: destroyed while
+    they are saved, they are kept, stopped, until the save ends: lifecycle.kept_for_save)."""
+    live = Workspace.desired_state != Desired.TERMINATED.value
+    if saves_from is not None:
+        live = or_(live, and_(Workspace.saving_as != "", Workspace.saving_since > saves_from))
     return list(
         s.execute(
             select(Workspace)
-            .where(
-                Workspace.node == node_name,
-                Workspace.desired_state != Desired.TERMINATED.value,
-                Workspace.state != State.TERMINATED.value,
-            )
+            .where(Workspace.node == node_name, live, Workspace.state != State.TERMINATED.value)
             .order_by(Workspace.id)
         )
         .scalars()
@@ -282,7 +283,10 @@ def build_orders(
             workspace_id=w.id,
             name=w.name,
             hostname=w.name,
-            desired=Desired(w.desired_state),
+            # Destroyed while it is saved (kept until the save ends): it stays stopped.
+            desired=Desired(w.desired_state)
+            if w.desired_state != Desired.TERMINATED.value
+            else Desired.STOPPED,
             cpus=w.cpus,
             memory_mib=w.memory_mib,
             image=w.image,
@@ -315,7 +319,7 @@ def orders(env: Env, node_name: str, cert_serial: int = 0) -> NodeOrders:
         if node is None:
             raise NotFound(f"node {node_name} is not registered")
         check_bound(node, cert_serial)
-        rows = without_held(s, node_name, live_rows(s, node_name))
+        rows = without_held(s, node_name, live_rows(s, node_name, saves_from(env)))
         out = build_orders(s, node_name, rows, env.check_trust, env.cfg)
         policy, stop_on_revoke = trust.node_policy(s) if env.check_trust else (None, False)
         cached = set(node.cached_digests or ())

@@ -35,6 +35,7 @@ from images.model import ImageSpec, Mode, Partition
 from workspace import callctx
 from workspace.domain.events import Kind
 from workspace.domain.model import ImageView
+from workspace.domain.states import Desired
 from workspace.domain.tasks import SaveTask
 from workspace.errors import (
     AlreadyExists,
@@ -54,12 +55,13 @@ from workspace.ops.lifecycle import (
     check_owner,
     refuse_while_saving,
     resolve_workspace,
+    saves_from,
     saving,
     stopped,
 )
 from workspace.ops.projects import as_identity, resolve_project
 from workspace.ops.taskhub import TaskHub
-from workspace.ops.unit import Env
+from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Image, Workspace, journal
 from workspace.store.mapping import bound_spec, image_spec
 
@@ -183,6 +185,8 @@ def _mark(
         into = resolve_project(
             s, ident, project or ws.project or "", require=env.cfg.require_project
         )
+        if ws.desired_state == Desired.TERMINATED.value:  # not `ws stop` first: it goes
+            raise FailedPrecondition(f"workspace {ws.name} is being destroyed; it cannot be saved")
         if not stopped(ws) or not ws.node:
             raise FailedPrecondition(
                 f"workspace {ws.name} is {ws.state}; only a stopped workspace can be saved "
@@ -228,20 +232,27 @@ def _mark(
 
 
 def _unmark(env: Env, workspace_id: str, image: str, kind: Kind, reason: str) -> None:
-    with env.store.write() as s:
-        ws = s.get(Workspace, workspace_id)
+    with write(env) as u:
+        ws = u.s.get(Workspace, workspace_id)
         # Not a later save's mark (this one's cleared meanwhile, its replica taken for gone).
         if ws is not None and ws.saving_as == image and ws.saving_by == env.replica_id:
             _set_mark(ws, "", 0.0)
-            _event(s, ws, kind, image, reason)
+            _event(u.s, ws, kind, image, reason)
+            _ended(u, ws)
+
+
+def _ended(u: UnitOfWork, ws: Workspace) -> None:
+    """Its save ended: watchers see the mark gone, and its node is sent its orders again
+    (a workspace destroyed while it was saved was kept until now: reports.live_rows)."""
+    u.changed(ws)
+    u.nodes(ws.node)
 
 
 def clear_lapsed(env: Env) -> int:
     """Clear the marks of saves that outlived ``limits.save_timeout_s`` (their service
     died mid-save: nothing else will), each with a ``workspace.save_failed`` event;
     returns how many."""
-    cut = env.clock() - env.cfg.limits.save_timeout_s - SAVE_GRACE_S
-    return _clear(env, Workspace.saving_since < cut, "never ended (lapsed)")
+    return _clear(env, Workspace.saving_since < saves_from(env), "never ended (lapsed)")
 
 
 # Why ``clear_orphaned`` cleared a save's mark (its ``workspace.save_failed`` event).
@@ -273,7 +284,8 @@ def clear_gone(env: Env, gone: dict[str, str]) -> int:
 
 
 def _clear(env: Env, which: ColumnElement[bool], reason: str) -> int:
-    with callctx.system(), env.store.write() as s:
+    with callctx.system(), write(env) as u:
+        s = u.s
         q = select(Workspace).where(Workspace.saving_as != "", which)
         cleared = list(s.execute(q).scalars())
         for ws in cleared:
@@ -287,6 +299,7 @@ def _clear(env: Env, which: ColumnElement[bool], reason: str) -> int:
             )
             _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, reason)
             _set_mark(ws, "", 0.0)
+            _ended(u, ws)
         return len(cleared)
 
 

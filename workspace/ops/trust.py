@@ -40,6 +40,7 @@ from workspace.ops.image_refs import visible_image
 from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, UnitOfWork
+from workspace.store import journal
 from workspace.store.db import on_rollback
 from workspace.store.mapping import flushed, image_spec, insert_audits
 from workspace.store.models import (
@@ -348,6 +349,7 @@ def _record_surviving(env: Env, s: Session, rows: list[Decision]) -> None:
     def after_rollback(session: Session) -> None:
         try:
             with env.store.write() as w:
+                journal.requested(w, journal.requested_of(session))
                 for values in session.info.get(SURVIVING, []):
                     w.add(Audit(**values))
         except Exception:
@@ -472,9 +474,13 @@ def check_launch(
     image_row: Image,
     action: str = "create",
     workspace_id: str = "",
+    name: str = "",
 ) -> signing.Verdict:
     """The policy's verdict on launching ``image_row``; recorded in the audit. Under
-    enforce an untrusted image raises PermissionDenied (naming image and reason)."""
+    enforce an untrusted image raises PermissionDenied (naming image and reason).
+    ``name``: the workspace is asked for by that name, not made yet (a create)."""
+    if name:
+        journal.requested(s, {workspace_id: name})
     envs = envelopes(s, image_row.name)
     v = _verdict(env, s, image_row, envs)
     _record_surviving(env, s, [_entry(env, image_row, v, action, envs, workspace_id)])

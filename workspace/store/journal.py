@@ -45,6 +45,11 @@ EVENTS = "site_events"
 _PENDING = "site_events_pending"
 _CREATED = "site_events_created"
 _COMMITTING = "site_events_committing"
+# The names asked for of the workspaces the transaction's trust decisions are for (id ->
+# name; ``requested``): a create refused after its decision kept no workspace.
+_REQUESTED = "site_events_requested"
+# What the event of a trust decision whose workspace was never kept adds to its reason.
+NOT_MADE = "the request was refused: no workspace was made"
 _OWNER_PUBLISHES = "site_events_owner_publishes"
 _RUNNING = "RUNNING"
 _INSERT_EVENT = Prepared(insert(cast(Table, EventRow.__table__)))  # built once
@@ -125,6 +130,18 @@ def audited(s: Session, a: Mapping[str, Any]) -> None:
     _pending(s).append(_trust(a, callctx.current().who))
 
 
+def requested(s: Session, names: Mapping[str, str]) -> None:
+    """The workspaces ``names`` (id -> name) are asked for in ``s``'s transaction: should
+    one never be kept (its create refused after its trust decision was taken), the
+    decision's event names the request by the name, with no id (``_named``)."""
+    s.info.setdefault(_REQUESTED, {}).update(names)
+
+
+def requested_of(s: Session) -> dict[str, str]:
+    """The names ``requested`` of ``s``'s transaction (to carry into another one)."""
+    return dict(s.info.get(_REQUESTED, {}))
+
+
 def created(s: Session) -> list[Workspace]:
     """The workspaces made in ``s``'s transaction so far (flushed)."""
     made: dict[str, tuple[Workspace, str, float]] = s.info.get(_CREATED, {})
@@ -172,10 +189,19 @@ def _named(
     s: Session, e: SiteEvent, created: Mapping[str, tuple[Workspace, str, float]]
 ) -> SiteEvent:
     """A trust decision's event with its workspace's name (the decision of a create is
-    taken before the row has one): the row made in this transaction, else the stored one."""
+    taken before the row has one): the row made in this transaction, else the stored one.
+    Of a workspace asked for and never kept (its create refused after the decision): the
+    name asked for and no id, which would name nothing (``ws-admin events --workspace``
+    of it: NOT_FOUND)."""
     made = created.get(e.workspace_id)
     ws = made[0] if made is not None else s.get(Workspace, e.workspace_id)
-    return dataclasses.replace(e, workspace_name=ws.name) if ws is not None else e
+    if ws is not None:
+        return dataclasses.replace(e, workspace_name=ws.name)
+    name = s.info.get(_REQUESTED, {}).get(e.workspace_id)
+    if name is None:
+        return e
+    why = f"{e.reason}; {NOT_MADE}" if e.reason else NOT_MADE
+    return dataclasses.replace(e, workspace_id="", workspace_name=name, reason=why)
 
 
 def _after_rollback(s: Session) -> None:
