@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 import netaddr
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session
 
 from workspace import ipam
@@ -16,7 +16,9 @@ from workspace.domain.events import Kind
 from workspace.domain.model import NetworkInfo
 from workspace.domain.states import ClusterState, State
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from workspace.identity import Identity
 from workspace.ops import seeds, unit
+from workspace.ops.projects import scope
 from workspace.ops.unit import Env
 from workspace.store import Backfill, Cluster, IpAllocation, Network, Node, Workspace
 from workspace.store.mapping import network_info
@@ -134,13 +136,19 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     return network_info(net, 0)
 
 
-def list_networks(env: Env) -> list[NetworkInfo]:
+def list_networks(env: Env, who: Identity | None = None) -> list[NetworkInfo]:
+    """Every network, with the addresses in use on it (``allocated``): for an admin (or
+    ``who`` None, the service itself) the whole site's; for a user only those of the
+    workspaces they see (their own, their projects'), as `ws list` shows them: how many
+    other projects run on a network is theirs, not every user's to learn."""
     with env.store.read() as s:
-        counts = dict(
-            s.execute(
-                select(IpAllocation.network, func.count()).group_by(IpAllocation.network)
-            ).all()
-        )
+        held = select(IpAllocation.network, func.count())
+        if who is not None and not who.admin:
+            where = scope(s, who, made=True).clause(Workspace, made=Workspace.created_at)
+            held = held.join(Workspace, Workspace.id == IpAllocation.workspace_id).where(
+                where if where is not None else false()
+            )
+        counts = dict(s.execute(held.group_by(IpAllocation.network)).all())
         return [
             network_info(n, int(counts.get(n.name, 0)))
             for n in s.execute(select(Network).order_by(Network.name)).scalars()

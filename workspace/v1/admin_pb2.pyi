@@ -871,7 +871,9 @@ class Network(_message.Message):
     mac_prefix: _builtins.str
     """three octets, e.g. 52:54:00"""
     allocated: _builtins.int
-    """output only"""
+    """Output only: the addresses in use. To admins the site's; to a user only those of
+    the workspaces they see (their own, their projects').
+    """
     vlan: _builtins.int
     """802.1Q id on the nodes' uplinks (1-4094); 0 = untagged"""
     @_builtins.property
