@@ -27,6 +27,9 @@ log = logging.getLogger("workspace.ops.networks")
 
 NET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# DNS servers a network may give its guests: glibc's and musl's resolvers ask the first
+# three of /etc/resolv.conf only (MAXNS), so a fourth is never asked.
+MAX_DNS_SERVERS = 3
 # "This network" and the class E range with the limited broadcast: never a DNS server.
 _NOT_UNICAST = netaddr.IPSet(["0.0.0.0/8", "240.0.0.0/4", "::/128"])
 
@@ -65,19 +68,22 @@ def check_apart(name: str, subnet: str, bridge: str, vlan: int, others: Iterable
             )
 
 
-def check_dns(name: str, servers: Iterable[str], pool: ipam.Pool) -> None:
+def check_dns(name: str, servers: Sequence[str], pool: ipam.Pool, *, given: bool = True) -> None:
     """DNS servers a guest can ask: unicast addresses off the guest's own host, and none
     of the addresses ``pool`` gives to workspaces (a ``cluster`` workspace may ask
     its network's DNS servers: one that is a workspace's address would open that
-    workspace's port 53 to every tenant on the network)."""
+    workspace's port 53 to every tenant on the network).
+
+    ``given``: a list the request gives (not one stored before these checks): also at
+    most ``MAX_DNS_SERVERS``, each once, IPv4 only (a guest sends no IPv6: the node's
+    filter drops it, and the DHCP server offers IPv4 servers only)."""
+    if given:
+        _check_dns_list(name, servers)
     subnet = netaddr.IPNetwork(pool.subnet)
     first, last = netaddr.IPAddress(pool.range_start), netaddr.IPAddress(pool.range_end)
     for d in servers:
         what = f"network {name}: DNS server {d!r}"
-        try:
-            ip = netaddr.IPAddress(d)
-        except (netaddr.AddrFormatError, ValueError) as exc:
-            raise InvalidArgument(f"{what} is not an address") from exc
+        ip = _dns_address(what, d)
         if ip.is_loopback() or ip.is_multicast() or ip in _NOT_UNICAST:
             raise InvalidArgument(f"{what} is not a unicast address a guest can ask")
         if ip.version != 4:
@@ -91,6 +97,36 @@ def check_dns(name: str, servers: Iterable[str], pool: ipam.Pool) -> None:
                 f"({pool.range_start}-{pool.range_end}); give the gateway, or an address "
                 "outside the range"
             )
+
+
+def _dns_address(what: str, text: str) -> netaddr.IPAddress:
+    try:
+        return netaddr.IPAddress(text)
+    except (netaddr.AddrFormatError, ValueError) as exc:
+        raise InvalidArgument(f"{what} is not an address") from exc
+
+
+def _check_dns_list(name: str, servers: Sequence[str]) -> None:
+    """A DNS server list as a request gives it: a guest's resolver asks the first
+    ``MAX_DNS_SERVERS`` only, and dnsmasq refuses a DHCP option of more than 63
+    addresses ("dhcp-option too long"): every node's DHCP server of the network stopped."""
+    if len(servers) > MAX_DNS_SERVERS:
+        raise InvalidArgument(
+            f"network {name}: {len(servers)} DNS servers given, at most {MAX_DNS_SERVERS} "
+            f"(a guest's resolver asks the first {MAX_DNS_SERVERS} only: resolv.conf's MAXNS)"
+        )
+    seen: set[netaddr.IPAddress] = set()
+    for d in servers:
+        what = f"network {name}: DNS server {d!r}"
+        ip = _dns_address(what, d)
+        if ip.version != 4:
+            raise InvalidArgument(
+                f"{what} is an IPv6 address: networks are IPv4, and guests send no IPv6 "
+                "(the nodes' filters drop it); give an IPv4 address"
+            )
+        if ip in seen:
+            raise InvalidArgument(f"{what} is given twice")
+        seen.add(ip)
 
 
 def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
@@ -223,7 +259,10 @@ def update_network(
             now = ipam.validate_network(
                 name, net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix
             )
-            check_dns(name, net.dns or () if dns is None else dns, now)
+            if dns is None:  # the stored list, checked against the new range only
+                check_dns(name, net.dns or (), now, given=False)
+            else:
+                check_dns(name, dns, now)
         if dns is not None and tuple(dns) != tuple(net.dns or ()):
             net.dns = list(dns)  # a new list: the JSON column is seen as changed
             seeded = seeds.rebound(s, name)
