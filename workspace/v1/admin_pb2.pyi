@@ -252,7 +252,9 @@ class WatchEventsRequest(_message.Message):
     after_id: _builtins.int
     """Resume after this event (its id; 0: unset): every event committed after it, in
     commit order, whatever its time (since is then not used). A follower that lost its
-    stream sends the id of the last event it was given.
+    stream sends the id of the last event it was given. FAILED_PRECONDITION for an id
+    past the newest event, and (no filter given) for one whose next events the
+    retention deleted.
     """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
