@@ -346,6 +346,9 @@ class ImagesClientMixin:
             raise errors.InvalidArgument(
                 f"you are a member of {', '.join(mine)}: say which with --project"
             )
+        # A name no push of the caller can take (another project's, or an image they do
+        # not see): refused now, not after the upload.
+        self.check_import(name, project)
         project_limit = quotas.projects[0].limits.image_bytes if len(quotas.projects) == 1 else 0
         usage = self.repository_usage()
         _check_sizes(manifest, usage, project_limit)
@@ -398,6 +401,18 @@ class ImagesClientMixin:
             return PushResult(image, *done)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def check_import(self, name: str, project: str = "") -> None:
+        """Raise what an import of ``name`` into ``project`` would be refused for whatever
+        its files (ALREADY_EXISTS for a name another project holds, or a NAME:VERSION the
+        caller does not see), importing nothing. A service older than the check takes the
+        request for an import of nothing and refuses it so: then nothing is raised."""
+        req = images_pb2.ImportImageRequest(name=name, project=project, check_only=True)
+        try:
+            self._call(self._images.ImportImage, req)
+        except errors.InvalidArgument as exc:
+            if not exc.message.endswith(NOTHING_TO_BOOT):
+                raise
+
     def _visible_image(self, name: str) -> images_pb2.Image | None:
         try:
             return self.get_image(name)
@@ -448,6 +463,10 @@ class ImagesClientMixin:
             uploaded.append(digest)
             sent += ref.size_bytes
         return uploaded, sent
+
+
+# How a service older than ImportImageRequest.check_only refuses the check (ops/images.py).
+NOTHING_TO_BOOT = "nothing to boot (no partition, no kernel)"
 
 
 def _blob_missing(exc: errors.NotFound) -> bool:

@@ -237,3 +237,50 @@ def test_a_script_goes_on_after_the_last_id_it_printed(
     with pytest.raises(SystemExit) as both:
         admin_cli.main([*base, "events", "--after", "3", "--since", "1h"])
     assert both.value.code == 2
+
+
+def test_a_resume_point_the_site_no_longer_has_is_refused_saying_where_to_start(
+    ready_site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--after ID` past the newest event (an id of a site restored from a backup, or
+    made anew) waited in silence; after events the retention deleted it went on past
+    them without a word. Both are refused (exit 1), saying where to start instead; a
+    filtered stream, whose last id lies behind while it missed nothing, is not."""
+    from dataclasses import replace
+
+    from workspace.ops import site_events
+
+    site = ready_site
+    ws = site.stubs.create(name="s1", memory_mib=64)
+    site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    base = ["--service", site.address]
+    ids = [e.id for e in all_events(site)]
+    newest = ids[-1]
+    for argv in (
+        ["events", "--after", str(newest + 5)],
+        ["events", "--after", str(newest + 5), "--follow"],
+    ):
+        assert admin_cli.main([*base, *argv]) == 1
+        err = capsys.readouterr().err
+        assert f"no event has id {newest + 5}: the site's newest is {newest}" in err
+    assert ws_main([*base, "events", "s1", "--after", str(newest + 5)]) == 1
+    assert f"no event has id {newest + 5}" in capsys.readouterr().err
+
+    s1_ids = [e.id for e in all_events(site) if e.workspace_id == ws.id]
+    assert site.service is not None
+    env = site.service.env
+    kept = 2
+    site_events.prune(replace(env, cfg=replace(env.cfg, event_retention=str(kept))))
+    oldest = ids[-kept]
+    assert [e.id for e in all_events(site)] == ids[-kept:]
+    assert admin_cli.main([*base, "events", "--after", str(ids[0])]) == 1
+    assert (
+        f"the events after id {ids[0]} are no longer kept up to id {oldest - 1} "
+        f"(event_retention deletes the oldest): the oldest kept is {oldest}; --after "
+        f"{oldest - 1} goes on from it"
+    ) in capsys.readouterr().err
+    assert admin_cli.main([*base, "events", "--after", str(oldest - 1), "-o", "json"]) == 0
+    got = [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()]
+    assert got == ids[-kept:]
+    # One workspace's: its last id lies behind the others' events, nothing refused.
+    assert ws_main([*base, "events", "s1", "--after", str(s1_ids[0]), "-o", "json"]) == 0

@@ -369,6 +369,29 @@ def test_console_attach_with_piped_input_shows_the_answer_then_detaches(
     assert err.endswith(b"ws: end of input: detached\n")
 
 
+def test_console_attach_with_tail_prints_the_logs_end_first(
+    box: Site,
+    client: Client,
+    capfdbinary: pytest.CaptureFixture[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ws console box --attach --tail N` took --tail and ignored it: the log's last N
+    bytes (what the guest printed before) are shown first, then the live console."""
+    log = wait_for(lambda: b"WORKSPACE-READY" in (d := client.get_console("box")) and d)
+    last = log[log.rindex(b"WORKSPACE-READY") :]
+    r, w = os.pipe()
+    os.write(w, b"root\r")
+    os.close(w)
+    with os.fdopen(r, "rb") as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        argv = ["--service", box.address, "console", "box", "--attach", "--tail", str(len(last))]
+        assert ws.main(argv) == 0
+    out, err = capfdbinary.readouterr()
+    assert out.startswith(last) and b"fake: boot" not in out
+    assert out.index(b"box login: root\r\n") > len(last)
+    assert err.endswith(b"ws: end of input: detached\n")
+
+
 def test_console_attach_to_a_stopped_workspace_is_refused(
     box: Site,
     client: Client,

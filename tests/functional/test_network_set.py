@@ -22,8 +22,9 @@ from workspace.store import Workspace
 from workspace.v1 import admin_pb2
 
 NEW = ["192.0.2.53", "192.0.2.54"]  # off the network (nothing is sent to them)
-# Ten long IPv6 servers: more seed than a bound's slack covers.
-LONG = [f"2001:db8:ffff:ffff:ffff:ffff:ffff:{i:04x}" for i in range(10)]
+# As many servers as a network may have (networks.MAX_DNS_SERVERS), each as long as an
+# IPv4 address is: the most seed a list adds.
+LONG = [f"223.255.255.{i}" for i in range(251, 254)]
 
 
 def network_of(site: Site, name: str) -> admin_pb2.Network:
@@ -89,8 +90,8 @@ def test_new_servers_reach_the_nodes_orders_and_new_workspaces(
     assert net["ethernets"]["nic0"]["nameservers"] == {"addresses": NEW}
     site.stubs.wait_state(after.id, WS.WORKSPACE_STATE_RUNNING)
 
-    # Many more servers than before: the seeds the orders carry stay within the bounds
-    # the order sizes are computed from (the bounds of the workspaces there are grown).
+    # The longest list a network may have: the seeds the orders carry stay within the
+    # bounds the order sizes are computed from (those of the workspaces there grown).
     assert admin(site, "network", "set", "default", "--output", "json", *_each(LONG)) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["name"], shown["dns"], shown["allocated"]) == ("default", LONG, 2)
@@ -117,6 +118,8 @@ def _each(servers: list[str]) -> list[str]:
         (["nope", "--dns", "10.0.0.1"], 1, "network 'nope' not found"),
         (["default", "--dns", "10.1"], 1, "network default: DNS server '10.1' is not an address"),
         (["default", "--dns", NEW[0], "--dns", "x"], 1, "DNS server 'x' is not an address"),
+        (["default", *_each([*LONG, NEW[0]])], 1, "4 DNS servers given, at most 3"),
+        (["default", "--dns", "2001:db8::53"], 1, "DNS server '2001:db8::53' is an IPv6 address"),
         (["default"], 2, "say what to change: --dns IP (repeatable), --no-dns or --range"),
         (["default", "--range", "10.213.1.2-10.213.1.9"], 1, "is not a host of 10.213.0.0/24"),
         (["default", "--range", "10.213.0.9-10.213.0.3"], 1, "is empty"),

@@ -263,6 +263,7 @@ class Commands(common.ClientCommands):
         with contextlib.suppress(errors.NotFound):
             client.get_image(args.name)
             raise errors.AlreadyExists(f"image {args.name!r} already exists; pick a new version")
+        client.check_import(args.name)  # a NAME a project holds: not the admin's to take
         # The import's checks of the disk (a backing file, a truncated qcow2, its virtual
         # size), as `ws image push` runs them: it was sent whole, then refused.
         limit = client.repository_usage().max_virtual_bytes or image_manifest.MAX_SIZE

@@ -13,7 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from workspace.cli import common, termfilter
+from workspace import errors
+from workspace.cli import common, render, termfilter
 from workspace.cli.guest_cmds import RUNNING, get_guest
 from workspace.client import Client
 
@@ -88,6 +89,17 @@ def raw_terminal(fd: int) -> Iterator[bool]:
         yield True
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def print_log(client: Client, ref: str, tail: int) -> None:
+    """`ws console NAME`: the log's last ``tail`` bytes (0: all of it) on stdout."""
+    try:
+        data = client.get_console(ref, tail_bytes=tail)
+    except errors.NotFound:
+        # `ws console mpi` for a cluster: say it is one and name its members.
+        get_guest(client, ref, CLUSTER_INSTEAD)
+        raise
+    render.console(data)
 
 
 def attach(

@@ -243,7 +243,10 @@ class Commands(common.ClientCommands):
                     "--attach relays the console both ways and prints no result: -o json "
                     "is for `ws console NAME` without it (the log, as JSON)"
                 )
-            return console_cmds.attach(self.client(args), args.id)
+            client = self.client(args)
+            if args.tail is not None:  # the log's end first (it was ignored), then live
+                console_cmds.print_log(client, args.id, args.tail)
+            return console_cmds.attach(client, args.id)
         client, tail = self.client(args), args.tail or 0
         if render.wants_json(args):
             # The JSON names the workspace by its id and name, not by what was typed.
@@ -251,13 +254,7 @@ class Commands(common.ClientCommands):
             data = client.get_console(ws.id, tail_bytes=tail)
             render.emit(args, render.console_dict(ws, data), "")
         else:
-            try:
-                data = client.get_console(args.id, tail_bytes=tail)
-            except errors.NotFound:
-                # `ws console mpi` for a cluster: say it is one and name its members.
-                guest_cmds.get_guest(client, args.id, console_cmds.CLUSTER_INSTEAD)
-                raise
-            render.console(data)
+            console_cmds.print_log(client, args.id, tail)
         return common.EXIT_OK
 
     def action(self, args: argparse.Namespace) -> int:
@@ -709,7 +706,8 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
         "--tail",
         type=common.non_negative_int,
         metavar="BYTES",
-        help="only the last BYTES (0: the whole log, as without --tail)",
+        help="only the last BYTES (0: the whole log, as without --tail); with --attach, "
+        "the log's last BYTES are printed before the live console",
     )
     console_cmds.add_attach_option(p)
     p.set_defaults(func=cmds.console)

@@ -119,7 +119,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def ListNetworks(
         self, request: admin_pb2.ListNetworksRequest, context: grpc.ServicerContext, who: Identity
     ) -> admin_pb2.ListNetworksResponse:
-        listed = [v1.network_to_proto(n) for n in networks.list_networks(self.env)]
+        listed = [v1.network_to_proto(n) for n in networks.list_networks(self.env, who)]
         return admin_pb2.ListNetworksResponse(networks=listed)
 
     @unary

@@ -39,6 +39,9 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     def import_image(
         self, who: Identity | str, req: images_pb2.ImportImageRequest
     ) -> images_pb2.Image:
+        if req.check_only:  # nothing imported: an empty image of that name
+            self.catalog.check_import(who, req.name, req.project)
+            return images_pb2.Image(name=req.name)
         view = self.catalog.import_image(
             who, v1.image_request_from_proto(req), req.project, req.context, req.login_user
         )

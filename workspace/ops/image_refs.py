@@ -13,13 +13,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from images import manifest
-from workspace.errors import NotFound
+from workspace.errors import AlreadyExists, NotFound
 from workspace.identity import Identity
 from workspace.ops.projects import Scope, scope
 from workspace.store import Image
 
 # Versions named in the refusal at most (the newest).
 SHOWN = 5
+
+# A NAME another project holds versions of: "already exists", as an exact NAME:VERSION is
+# (whose it is and what it holds stay unsaid).
+NAME_TAKEN = (
+    "image {0!r} already exists: its NAME is another project's; pick another name "
+    "(sites give each project a prefix by convention)"
+)
 
 
 def may_use(sc: Scope | None, image: Image) -> bool:
@@ -84,6 +91,21 @@ def name_taken(s: Session, name: str, project: str, owner: str) -> bool:
         (n == base or _of(n, base)) and ((p or "") != project or (not project and o != owner))
         for n, p, o in found
     )
+
+
+def refuse_taken(s: Session, who: Identity, name: str, project: str) -> None:
+    """AlreadyExists if ``who`` cannot import an image ``name`` into ``project`` (already
+    resolved) whatever it is made of: a NAME:VERSION that exists and they do not see, or
+    a NAME another project holds (``name_taken``). One they see is left to the caller,
+    which compares it with what it would push (the same image pushed again is no
+    error)."""
+    existing = s.get(Image, name)
+    if existing is not None:
+        if may_use(scope(s, who), existing):
+            return
+        raise AlreadyExists(f"image {name!r} already exists; pick a new version")
+    if name_taken(s, name, project, who.name):
+        raise AlreadyExists(NAME_TAKEN.format(name))
 
 
 def _of(image: str, base: str) -> bool:

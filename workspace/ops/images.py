@@ -25,7 +25,14 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.ops import blob_access, pages, projects, refusals, seeds, trust
-from workspace.ops.image_refs import may_use, name_taken, unknown_image, visible_image
+from workspace.ops.image_refs import (
+    NAME_TAKEN,
+    may_use,
+    name_taken,
+    refuse_taken,
+    unknown_image,
+    visible_image,
+)
 from workspace.ops.lifecycle import SAVE_GRACE_S, image_users
 from workspace.ops.projects import (
     Scope,
@@ -41,13 +48,6 @@ from workspace.store.blobs import BlobRepository, check_digest
 from workspace.store.mapping import bound_spec, image_spec, member_specs, partitions_column
 
 log = logging.getLogger("workspace.ops.images")
-
-# A NAME another project holds versions of: "already exists", as an exact NAME:VERSION is
-# (whose it is and what it holds stay unsaid).
-_NAME_TAKEN = (
-    "image {0!r} already exists: its NAME is another project's; pick another name "
-    "(sites give each project a prefix by convention)"
-)
 
 # Digests one HasBlobs may ask about.
 MAX_HAS_BLOBS = 1024
@@ -436,7 +436,7 @@ class Catalog:
             if s.get(Image, req.image) is not None:
                 raise AlreadyExists(f"image {req.image!r} already exists; pick a new version")
             if name_taken(s, req.image, img.project or "", owner):
-                raise AlreadyExists(_NAME_TAKEN.format(req.image))
+                raise AlreadyExists(NAME_TAKEN.format(req.image))
             digests = set(spec.digests())
             for d in digests:  # a DeleteImage may have removed it since the checks above
                 if not self.blobs.has(d):
@@ -458,6 +458,20 @@ class Catalog:
             shown = self._views(s, [img])[0]
         log.info("image %s imported by %s (%d bytes)", req.image, owner, shown.total_bytes)
         return shown
+
+    def check_import(self, who: Identity | str, name: str, project: str = "") -> None:
+        """What an import of ``name`` into ``project`` would be refused for whatever its
+        blobs: the name's form, the project, a name taken (``refuse_taken``). A push asks
+        before it hashes or sends a byte (ImportImageRequest.check_only); the import
+        checks it all again."""
+        try:
+            manifest.parse_ref(name)
+        except manifest.ManifestError as exc:
+            raise InvalidArgument(str(exc)) from None
+        ident = as_identity(who)
+        with self.env.store.read() as s:
+            into = resolve_project(s, ident, project, require=self.env.cfg.require_project)
+            refuse_taken(s, ident, name, into or "")
 
     def _check_project_bytes(self, s: Session, project: str, digests: set[str], name: str) -> None:
         p = s.get(Project, project) if project else None

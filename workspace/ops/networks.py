@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 import netaddr
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session
 
 from workspace import ipam
@@ -16,7 +16,9 @@ from workspace.domain.events import Kind
 from workspace.domain.model import NetworkInfo
 from workspace.domain.states import ClusterState, State
 from workspace.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from workspace.identity import Identity
 from workspace.ops import seeds, unit
+from workspace.ops.projects import scope
 from workspace.ops.unit import Env
 from workspace.store import Backfill, Cluster, IpAllocation, Network, Node, Workspace
 from workspace.store.mapping import network_info
@@ -25,6 +27,9 @@ log = logging.getLogger("workspace.ops.networks")
 
 NET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# DNS servers a network may give its guests: glibc's and musl's resolvers ask the first
+# three of /etc/resolv.conf only (MAXNS), so a fourth is never asked.
+MAX_DNS_SERVERS = 3
 # "This network" and the class E range with the limited broadcast: never a DNS server.
 _NOT_UNICAST = netaddr.IPSet(["0.0.0.0/8", "240.0.0.0/4", "::/128"])
 
@@ -63,19 +68,22 @@ def check_apart(name: str, subnet: str, bridge: str, vlan: int, others: Iterable
             )
 
 
-def check_dns(name: str, servers: Iterable[str], pool: ipam.Pool) -> None:
+def check_dns(name: str, servers: Sequence[str], pool: ipam.Pool, *, given: bool = True) -> None:
     """DNS servers a guest can ask: unicast addresses off the guest's own host, and none
     of the addresses ``pool`` gives to workspaces (a ``cluster`` workspace may ask
     its network's DNS servers: one that is a workspace's address would open that
-    workspace's port 53 to every tenant on the network)."""
+    workspace's port 53 to every tenant on the network).
+
+    ``given``: a list the request gives (not one stored before these checks): also at
+    most ``MAX_DNS_SERVERS``, each once, IPv4 only (a guest sends no IPv6: the node's
+    filter drops it, and the DHCP server offers IPv4 servers only)."""
+    if given:
+        _check_dns_list(name, servers)
     subnet = netaddr.IPNetwork(pool.subnet)
     first, last = netaddr.IPAddress(pool.range_start), netaddr.IPAddress(pool.range_end)
     for d in servers:
         what = f"network {name}: DNS server {d!r}"
-        try:
-            ip = netaddr.IPAddress(d)
-        except (netaddr.AddrFormatError, ValueError) as exc:
-            raise InvalidArgument(f"{what} is not an address") from exc
+        ip = _dns_address(what, d)
         if ip.is_loopback() or ip.is_multicast() or ip in _NOT_UNICAST:
             raise InvalidArgument(f"{what} is not a unicast address a guest can ask")
         if ip.version != 4:
@@ -89,6 +97,36 @@ def check_dns(name: str, servers: Iterable[str], pool: ipam.Pool) -> None:
                 f"({pool.range_start}-{pool.range_end}); give the gateway, or an address "
                 "outside the range"
             )
+
+
+def _dns_address(what: str, text: str) -> netaddr.IPAddress:
+    try:
+        return netaddr.IPAddress(text)
+    except (netaddr.AddrFormatError, ValueError) as exc:
+        raise InvalidArgument(f"{what} is not an address") from exc
+
+
+def _check_dns_list(name: str, servers: Sequence[str]) -> None:
+    """A DNS server list as a request gives it: a guest's resolver asks the first
+    ``MAX_DNS_SERVERS`` only, and dnsmasq refuses a DHCP option of more than 63
+    addresses ("dhcp-option too long"): every node's DHCP server of the network stopped."""
+    if len(servers) > MAX_DNS_SERVERS:
+        raise InvalidArgument(
+            f"network {name}: {len(servers)} DNS servers given, at most {MAX_DNS_SERVERS} "
+            f"(a guest's resolver asks the first {MAX_DNS_SERVERS} only: resolv.conf's MAXNS)"
+        )
+    seen: set[netaddr.IPAddress] = set()
+    for d in servers:
+        what = f"network {name}: DNS server {d!r}"
+        ip = _dns_address(what, d)
+        if ip.version != 4:
+            raise InvalidArgument(
+                f"{what} is an IPv6 address: networks are IPv4, and guests send no IPv6 "
+                "(the nodes' filters drop it); give an IPv4 address"
+            )
+        if ip in seen:
+            raise InvalidArgument(f"{what} is given twice")
+        seen.add(ip)
 
 
 def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
@@ -134,13 +172,19 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     return network_info(net, 0)
 
 
-def list_networks(env: Env) -> list[NetworkInfo]:
+def list_networks(env: Env, who: Identity | None = None) -> list[NetworkInfo]:
+    """Every network, with the addresses in use on it (``allocated``): for an admin (or
+    ``who`` None, the service itself) the whole site's; for a user only those of the
+    workspaces they see (their own, their projects'), as `ws list` shows them: how many
+    other projects run on a network is theirs, not every user's to learn."""
     with env.store.read() as s:
-        counts = dict(
-            s.execute(
-                select(IpAllocation.network, func.count()).group_by(IpAllocation.network)
-            ).all()
-        )
+        held = select(IpAllocation.network, func.count())
+        if who is not None and not who.admin:
+            where = scope(s, who, made=True).clause(Workspace, made=Workspace.created_at)
+            held = held.join(Workspace, Workspace.id == IpAllocation.workspace_id).where(
+                where if where is not None else false()
+            )
+        counts = dict(s.execute(held.group_by(IpAllocation.network)).all())
         return [
             network_info(n, int(counts.get(n.name, 0)))
             for n in s.execute(select(Network).order_by(Network.name)).scalars()
@@ -215,7 +259,10 @@ def update_network(
             now = ipam.validate_network(
                 name, net.subnet, net.gateway, net.range_start, net.range_end, net.mac_prefix
             )
-            check_dns(name, net.dns or () if dns is None else dns, now)
+            if dns is None:  # the stored list, checked against the new range only
+                check_dns(name, net.dns or (), now, given=False)
+            else:
+                check_dns(name, dns, now)
         if dns is not None and tuple(dns) != tuple(net.dns or ()):
             net.dns = list(dns)  # a new list: the JSON column is seen as changed
             seeded = seeds.rebound(s, name)

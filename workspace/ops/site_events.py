@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select
 
 from workspace.config import parse_retention
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.errors import InvalidArgument, NotFound
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops import clusters, preempt, queries
 from workspace.ops.unit import Env
@@ -97,6 +97,31 @@ def before_since(env: Env, since: float, upto: int) -> int:
     return upto if first is None or first > upto else int(first) - 1
 
 
+def check_resume(env: Env, after_id: int, whole: bool) -> None:
+    """FailedPrecondition unless the stream can go on after ``after_id``: an id past the
+    newest (a site restored from a backup, or made anew, numbers its events again) was
+    waited for in silence, and the events that took its ids again never sent. ``whole``
+    (a stream of every event): also when the events right after ``after_id`` were
+    deleted by the retention, which the stream went on past without a word. (A filtered
+    stream's last id may lie far behind while it missed nothing: the events since were
+    not of its filter, and whether the deleted ones were is not known.) Each refusal
+    says where the stream can start instead."""
+    with env.store.read() as s:
+        oldest, newest = s.execute(select(func.min(EventRow.id), func.max(EventRow.id))).one()
+    if after_id > (newest or 0):
+        raise FailedPrecondition(
+            f"no event has id {after_id}: the site's newest is {newest or 0} (a site restored "
+            "from a backup or made anew numbers its events again); start from a time "
+            "(--since) or from the oldest kept (no --after)"
+        )
+    if whole and after_id < oldest - 1:
+        raise FailedPrecondition(
+            f"the events after id {after_id} are no longer kept up to id {oldest - 1} "
+            f"(event_retention deletes the oldest): the oldest kept is {oldest}; --after "
+            f"{oldest - 1} goes on from it, without those deleted"
+        )
+
+
 def check_filter(which: EventFilter) -> None:
     """InvalidArgument for a kind that is neither a kind nor a family of kinds."""
     wrong = which.unknown_kinds()
@@ -144,6 +169,7 @@ def watch(
     last = max(0, after_id)
     if last:
         since = 0.0
+        check_resume(env, last, which == EventFilter())
     dated_upto = newest_id(env) if since else 0
     if since:  # start at the first event of the time asked for
         last = before_since(env, since, dated_upto)

@@ -252,7 +252,9 @@ class WatchEventsRequest(_message.Message):
     after_id: _builtins.int
     """Resume after this event (its id; 0: unset): every event committed after it, in
     commit order, whatever its time (since is then not used). A follower that lost its
-    stream sends the id of the last event it was given.
+    stream sends the id of the last event it was given. FAILED_PRECONDITION for an id
+    past the newest event, and (no filter given) for one whose next events the
+    retention deleted.
     """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
@@ -871,7 +873,9 @@ class Network(_message.Message):
     mac_prefix: _builtins.str
     """three octets, e.g. 52:54:00"""
     allocated: _builtins.int
-    """output only"""
+    """Output only: the addresses in use. To admins the site's; to a user only those of
+    the workspaces they see (their own, their projects').
+    """
     vlan: _builtins.int
     """802.1Q id on the nodes' uplinks (1-4094); 0 = untagged"""
     @_builtins.property

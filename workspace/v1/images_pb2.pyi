@@ -253,6 +253,7 @@ class ImportImageRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     LOGIN_USER_FIELD_NUMBER: _builtins.int
+    CHECK_ONLY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kernel_digest: _builtins.str
     initrd_digest: _builtins.str
@@ -262,6 +263,13 @@ class ImportImageRequest(_message.Message):
     context: _builtins.str
     """"none" ("" = none) or "nocloud"; see Image.context."""
     login_user: _builtins.str
+    check_only: _builtins.bool
+    """Only check what needs no blob, importing nothing: the name (its form; not a
+    NAME:VERSION that exists unseen by the caller, nor a NAME another project holds:
+    ALREADY_EXISTS) and the project. The reply is an Image with only its name. A push
+    asks it before it hashes or sends a byte (an older service ignores the field and
+    refuses the request for its missing partitions).
+    """
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Partition]: ...
     def __init__(
@@ -275,10 +283,11 @@ class ImportImageRequest(_message.Message):
         project: _builtins.str = ...,
         context: _builtins.str = ...,
         login_user: _builtins.str = ...,
+        check_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cmdline", b"cmdline", "context", b"context", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "login_user", b"login_user", "name", b"name", "partitions", b"partitions", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_only", b"check_only", "cmdline", b"cmdline", "context", b"context", "initrd_digest", b"initrd_digest", "kernel_digest", b"kernel_digest", "login_user", b"login_user", "name", b"name", "partitions", b"partitions", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
