@@ -6,6 +6,7 @@ identity it calls with (--identity, $WS_IDENTITY)."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -299,3 +300,32 @@ def test_an_identity_of_another_ca_is_said_not_taken_for_an_outage(
     assert "does not answer" not in text and "site up" not in text
     # An identity of the site CA gets in.
     assert _ws(["--identity", str(tls_site.pki.user("bob")), "list"], capsys)[0] == 0
+
+
+def test_a_certificate_the_service_refuses_is_said_not_taken_for_an_outage(
+    tls_site: TlsSite,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An identity whose ca.pem is the site's but whose certificate is of another CA:
+    the service closes the connection in the handshake, with no TLS alert, and gRPC says
+    only "Socket closed"; `ws` said the local site "does not answer" and to start it,
+    while it ran. It now asks once more on its own, sees the service close the handshake
+    after its certificate, and says so, naming the CA that issued it."""
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "site"))
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    (tmp_path / "site").mkdir()
+    site_record.write_record(
+        tmp_path / "site", site_record.SiteRecord(str(tmp_path / "site"), tls_site.address, "fake")
+    )
+    mixed = tmp_path / "mixed"
+    shutil.copytree(SitePki(tmp_path / "other").user("bob"), mixed)
+    shutil.copy(tls_site.pki.ca.dir / pki.CA_CERT, mixed / "ca.pem")  # trusts the site
+    code, text = _ws(["--identity", str(mixed), "list"], capsys)
+    assert code == 3
+    assert "the service closed the connection in the TLS handshake, after this identity's" in text
+    assert "issued by another CA named" in text or "(its ca.pem holds " in text, text
+    assert "does not answer" not in text and "site up" not in text
+    code, text = _ws(["--identity", str(tls_site.pki.user("bob")), "list"], capsys)
+    assert code == 0, text
