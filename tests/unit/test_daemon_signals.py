@@ -1,6 +1,6 @@
 """The daemons end cleanly on SIGTERM, SIGINT and SIGHUP (a closed terminal, or an
 admin's `kill -HUP` out of habit): the reason in their log, exit status 0, no
-traceback, their unix sockets removed."""
+traceback, their unix sockets removed, and a last line saying they stopped."""
 
 from __future__ import annotations
 
@@ -82,6 +82,8 @@ def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: 
             text = (tmp_path / log).read_text()
             assert f"signal {int(sig)}: shutting down" in text, text
             assert "Traceback" not in text, text
+            # its last line says it stopped: a log cut short (kill -9) is told from it
+            assert text.splitlines()[-1].endswith(" stopped"), text
         for name in ("service.sock", "nodes.sock", "peers.sock"):
             assert not (tmp_path / name).exists(), name
 
