@@ -5,6 +5,7 @@ identity it calls with (--identity, $WS_IDENTITY)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.functional.harness import WS, SitePki, Stubs, TlsSite, wait_for
+from agent.agent import Agent
+from agent.virt.fake import FakeDriver
+from tests.functional.harness import WS, SitePki, Stubs, TlsSite, agent_config, wait_for
 from tests.functional.test_cli import ok, run
 from workspace import config, pki, rpc
 from workspace.cli import ws
@@ -329,3 +332,26 @@ def test_a_certificate_the_service_refuses_is_said_not_taken_for_an_outage(
     assert "does not answer" not in text and "site up" not in text
     code, text = _ws(["--identity", str(tls_site.pki.user("bob")), "list"], capsys)
     assert code == 0, text
+
+
+def test_an_agent_whose_certificate_the_service_refuses_says_why_in_its_log(
+    tls_site: TlsSite, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for an agent with a node certificate of another CA (and the site's
+    ca.pem): its log said "Socket closed; retrying" at every try, and `site up`, which
+    shows its last lines, left the admin guessing. It says why at its first failure."""
+    mixed = tmp_path / "node-mixed"
+    shutil.copytree(SitePki(tmp_path / "other").node("node9"), mixed)
+    shutil.copy(tls_site.pki.ca.dir / pki.CA_CERT, mixed / "ca.pem")
+    cfg = agent_config(tmp_path, "node9", tls_site.node_address, tls={"identity_dir": str(mixed)})
+    agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
+    with caplog.at_level(logging.WARNING, logger="agent"):
+        agent.start()
+        try:
+            wait_for(
+                lambda: "closed the connection in the TLS handshake" in caplog.text,
+                what="the agent saying why the service refused it",
+            )
+        finally:
+            agent.stop()
+    assert "after this identity's certificate" in caplog.text
