@@ -23,7 +23,7 @@ from agent.cache import BlobCache, Source
 from agent.peers import service_source
 from agent.status import Sight
 from images import signing
-from workspace import failover, rpc, rpc_status
+from workspace import failover, rpc, rpc_status, tls_probe
 from workspace.codec import node as codec
 from workspace.codec import v1 as codec_v1
 from workspace.config import AgentConfig
@@ -34,6 +34,8 @@ from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 log = logging.getLogger("agent")
 
 RECONNECT = Backoff(0.5, 5.0)
+# Failures in a row between two looks at whether the service refused our certificate.
+PROBE_EVERY = 12
 DEFAULT_HEARTBEAT_S = 5.0
 # A call to the service (Register, a report) is given twice the heartbeat interval the
 # service asked for, within these bounds: a replica that stopped answering (hung, not
@@ -176,9 +178,10 @@ class Link:
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
                     log.warning(
-                        "service %s: %s; %s",
+                        "service %s: %s%s; %s",
                         where,
                         self._leaving or _why(exc),
+                        "" if self._leaving else self._refused(where, exc, failures),
                         self._then(turn, failures),
                     )
             except Exception:
@@ -202,6 +205,18 @@ class Link:
             failures += 1
             turn += 1
             self.stop.wait(RECONNECT.delay_s(failures))
+
+    def _refused(self, address: str, exc: grpc.RpcError, failures: int) -> str:
+        """Why the service closed the connection when it refused this node's certificate
+        in the TLS handshake (gRPC says only "Socket closed"; tls_probe asks once more),
+        for the log line; asked at the first failure in a row, then every
+        ``PROBE_EVERY`` ("" otherwise, and for any other failure)."""
+        if not self.cfg.tls.enabled or failures % PROBE_EVERY:
+            return ""
+        said = rpc_status.describe(exc).lower()
+        if not any(m in said for m in tls_probe.CLOSED_MARKERS):
+            return ""
+        return tls_probe.refused_certificate(address, self.cfg.tls)
 
     def _then(self, turn: int, failures: int) -> str:
         """What the next turn of ``run`` does, for a log line: "trying B in 0.5 s" (the

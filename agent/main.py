@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("signal %d: shutting down (VMs keep running)", signum)
     agent.stop()
     node_lock.release()
+    # The last line of a clean stop (workspace-service says the same).
+    log.info("workspace-agent for node %s stopped", cfg.node)
     return 0
 
 

@@ -218,19 +218,28 @@ def listen_on(srv: grpc.Server, address: str, tls: TlsConfig | None, key: str) -
 
     A unix socket left by a process that was killed is replaced; one a live process
     listens on, or a path that is not a socket, is refused (never removed). A unix
-    socket is made its owner's alone (0600), before the server starts, whatever the
-    umask: connecting needs write permission on it, and without TLS every caller is the
-    admin. What cannot be bound is a ConfigError naming ``key``, the address and why."""
+    socket is its owner's alone (0600) from the moment it exists, whatever the umask:
+    connecting needs write permission on it, and without TLS every caller is the admin.
+    gRPC binds and listens when the port is added, so a socket made as the umask said
+    and chmod-ed after took connections in that window (queued, then served), hence the
+    umask for the bind itself. What cannot be bound is a ConfigError naming ``key``,
+    the address and why."""
     if is_unix(address):
         _clear_unix_path(unix_path(address), key)
     else:
         _, sep, digits = address.rpartition(":")
         if not sep or not digits.isdigit() or int(digits) > 65535:
             raise ConfigError(f"{key}: cannot bind {address}: not host:port nor unix:/path")
+    # The umask is the process's: set only for the bind (the daemons add their ports
+    # at start, before their own threads make files), and put back at once.
+    umask = os.umask(0o777 & ~UNIX_SOCKET_MODE) if is_unix(address) else None
     try:
         port = bind(srv, address, tls)
     except RuntimeError:  # gRPC's "Failed to bind to address ...": say why, in one line
         raise ConfigError(f"{key}: cannot bind {address}: {_why_not_bound(address)}") from None
+    finally:
+        if umask is not None:
+            os.umask(umask)
     if port == 0 and not is_unix(address):
         raise ConfigError(f"{key}: cannot bind {address}: {_why_not_bound(address)}")
     if is_unix(address):

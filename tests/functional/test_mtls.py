@@ -5,14 +5,18 @@ identity it calls with (--identity, $WS_IDENTITY)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.functional.harness import WS, SitePki, Stubs, TlsSite, wait_for
+from agent.agent import Agent
+from agent.virt.fake import FakeDriver
+from tests.functional.harness import WS, SitePki, Stubs, TlsSite, agent_config, wait_for
 from tests.functional.test_cli import ok, run
 from workspace import config, pki, rpc
 from workspace.cli import ws
@@ -299,3 +303,55 @@ def test_an_identity_of_another_ca_is_said_not_taken_for_an_outage(
     assert "does not answer" not in text and "site up" not in text
     # An identity of the site CA gets in.
     assert _ws(["--identity", str(tls_site.pki.user("bob")), "list"], capsys)[0] == 0
+
+
+def test_a_certificate_the_service_refuses_is_said_not_taken_for_an_outage(
+    tls_site: TlsSite,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An identity whose ca.pem is the site's but whose certificate is of another CA:
+    the service closes the connection in the handshake, with no TLS alert, and gRPC says
+    only "Socket closed"; `ws` said the local site "does not answer" and to start it,
+    while it ran. It now asks once more on its own, sees the service close the handshake
+    after its certificate, and says so, naming the CA that issued it."""
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "site"))
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    (tmp_path / "site").mkdir()
+    site_record.write_record(
+        tmp_path / "site", site_record.SiteRecord(str(tmp_path / "site"), tls_site.address, "fake")
+    )
+    mixed = tmp_path / "mixed"
+    shutil.copytree(SitePki(tmp_path / "other").user("bob"), mixed)
+    shutil.copy(tls_site.pki.ca.dir / pki.CA_CERT, mixed / "ca.pem")  # trusts the site
+    code, text = _ws(["--identity", str(mixed), "list"], capsys)
+    assert code == 3
+    assert "the service closed the connection in the TLS handshake, after this identity's" in text
+    assert "issued by another CA named" in text or "(its ca.pem holds " in text, text
+    assert "does not answer" not in text and "site up" not in text
+    code, text = _ws(["--identity", str(tls_site.pki.user("bob")), "list"], capsys)
+    assert code == 0, text
+
+
+def test_an_agent_whose_certificate_the_service_refuses_says_why_in_its_log(
+    tls_site: TlsSite, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for an agent with a node certificate of another CA (and the site's
+    ca.pem): its log said "Socket closed; retrying" at every try, and `site up`, which
+    shows its last lines, left the admin guessing. It says why at its first failure."""
+    mixed = tmp_path / "node-mixed"
+    shutil.copytree(SitePki(tmp_path / "other").node("node9"), mixed)
+    shutil.copy(tls_site.pki.ca.dir / pki.CA_CERT, mixed / "ca.pem")
+    cfg = agent_config(tmp_path, "node9", tls_site.node_address, tls={"identity_dir": str(mixed)})
+    agent = Agent(cfg, FakeDriver(cfg.fake, cfg.state_dir))
+    with caplog.at_level(logging.WARNING, logger="agent"):
+        agent.start()
+        try:
+            wait_for(
+                lambda: "closed the connection in the TLS handshake" in caplog.text,
+                what="the agent saying why the service refused it",
+            )
+        finally:
+            agent.stop()
+    assert "after this identity's certificate" in caplog.text

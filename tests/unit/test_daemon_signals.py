@@ -1,12 +1,13 @@
 """The daemons end cleanly on SIGTERM, SIGINT and SIGHUP (a closed terminal, or an
 admin's `kill -HUP` out of habit): the reason in their log, exit status 0, no
-traceback, their unix sockets removed."""
+traceback, their unix sockets removed, and a last line saying they stopped."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from workspace import config
 from workspace.config import AgentConfig, ServiceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
+# A line of the daemons' own log (not gRPC's C core, which writes to the same stderr).
+OUR_LINE = re.compile(r"\d{4}-\d\d-\d\d [\d:,]+ workspace-(service|agent)\[")
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -82,6 +85,9 @@ def test_the_service_and_the_agent_end_cleanly_on_a_signal(tmp_path: Path, sig: 
             text = (tmp_path / log).read_text()
             assert f"signal {int(sig)}: shutting down" in text, text
             assert "Traceback" not in text, text
+            # its last line says it stopped: a log cut short (kill -9) is told from it
+            ours = [line for line in text.splitlines() if OUR_LINE.match(line)]
+            assert ours[-1].endswith(" stopped"), text
         for name in ("service.sock", "nodes.sock", "peers.sock"):
             assert not (tmp_path / name).exists(), name
 

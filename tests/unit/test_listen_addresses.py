@@ -223,3 +223,30 @@ def test_unix_sockets_are_their_owners_alone_whatever_the_umask(tmp_path: Path) 
             peer.stop()
     finally:
         os.umask(old)
+
+
+def test_a_unix_socket_is_never_open_to_others_while_it_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC binds and listens as the port is added: the socket was made as the umask
+    said (0777 under umask 000) and chmod-ed 0600 only after, and a connection made in
+    between was queued and served once the server started. Now it is 0600 as it is
+    made; the umask is the process's own again after."""
+    seen: list[int] = []
+    bind = rpc.bind
+
+    def watched(srv: grpc.Server, address: str, tls: TlsConfig | None = None) -> int:
+        port = bind(srv, address, tls)
+        seen.append(stat.S_IMODE(rpc.unix_path(address).stat().st_mode))
+        return port
+
+    monkeypatch.setattr(rpc, "bind", watched)
+    old = os.umask(0)
+    try:
+        srv = rpc.server(2)
+        rpc.listen_on(srv, f"unix:{tmp_path}/s.sock", None, "listen")
+        assert os.umask(0) == 0  # put back
+        srv.stop(0)
+    finally:
+        os.umask(old)
+    assert seen == [0o600]

@@ -12,12 +12,15 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from agent import agent as agent_mod
 from agent.agent import AGENT_ID_FILE, agent_key
 from tests.unit.test_request_validation import Site, build_site
-from workspace.errors import FailedPrecondition
+from workspace.errors import FailedPrecondition, PermissionDenied
 from workspace.node.v1 import nodes_pb2
+from workspace.ops import nodes
+from workspace.store.site_events import EventRow
 
 A = "host-a:/var/lib/workspace/agent (0a1b2c3d4e5f)"
 B = "host-b:/var/lib/workspace/agent (6789abcdef01)"
@@ -28,7 +31,7 @@ def site(tmp_path: Path) -> Site:
     return build_site(tmp_path, register=False)
 
 
-def register(site: Site, key: str) -> None:
+def register(site: Site, key: str, serial: int = 0) -> None:
     site.nodes.register(
         nodes_pb2.RegisterRequest(
             node="n1",
@@ -37,8 +40,20 @@ def register(site: Site, key: str) -> None:
             memory_mib=8192,
             networks=["default"],
             agent_key=key,
-        )
+        ),
+        serial,
     )
+
+
+def refusals(site: Site) -> list[EventRow]:
+    with site.store.read() as s:
+        q = select(EventRow).where(EventRow.kind == "node.refused").order_by(EventRow.id)
+        return list(s.execute(q).scalars())
+
+
+def conditions(site: Site) -> dict[str, str]:
+    (n1,) = nodes.list_nodes(site.core.env)
+    return {c.label: c.message for c in n1.conditions}
 
 
 def test_a_second_agent_of_a_node_that_reports_is_refused_naming_the_first(site: Site) -> None:
@@ -114,3 +129,42 @@ def test_a_host_cloned_whole_is_another_agent(
     assert agent_key(str(state)) == original  # a restart
     boot.write_text("5d1c7a2e-9f4b-4c1a-8e3d-2b6f0a9c7e51\n")  # the clone, booted
     assert agent_key(str(state)) != original
+
+
+def test_an_agent_refused_is_seen_by_the_admin_not_only_in_its_log(site: Site) -> None:
+    """The second agent's refusal was only in its own log (and it tries again every few
+    seconds) while the node, served by the first, looked fine. Now a `node.refused` site
+    event says it, one per agent and five minutes however often it tries (the next one
+    counting those between), and the node shows an `agent-refused` condition while the
+    refusals go on (`ws-admin node list/show`)."""
+    env = site.core.env
+    env.warned.clock = site.clock  # the events' rate, on the test's clock
+    register(site, A)
+    assert conditions(site) == {}
+    for _ in range(3):  # a looping agent
+        with pytest.raises(FailedPrecondition):
+            register(site, B)
+    (event,) = refusals(site)
+    assert (event.node, event.subject, event.state) == ("n1", B, "another-agent")
+    assert event.reason.startswith(f"agent {B}: node n1 is served by another agent, {A}")
+    said = conditions(site)["agent-refused"]
+    assert f"another agent, {B}, asks for its name while {A} reports for it" in said, said
+    site.clock.now += 301
+    register(site, A)  # A still reports
+    with pytest.raises(FailedPrecondition):
+        register(site, B)
+    assert refusals(site)[-1].reason.endswith("(2 more refusal(s) since the last such event)")
+    assert len(refusals(site)) == 2
+    site.clock.now += env.cfg.node_grace_s + 1  # B gave up
+    assert conditions(site) == {}
+
+
+def test_an_agent_refused_for_its_certificate_on_a_ready_node_is_seen(site: Site) -> None:
+    """The same for an agent with another certificate than the one the node is bound
+    to, while the node's agent reports (the node is not DOWN: no reason says it)."""
+    register(site, A, 0xA1)
+    with pytest.raises(PermissionDenied, match="another certificate"):
+        register(site, B, 0xB2)
+    (event,) = refusals(site)
+    assert (event.subject, event.state) == (B, "certificate")
+    assert "registered with another certificate (serial 0xa1)" in conditions(site)["agent-refused"]

@@ -3,14 +3,18 @@ before; `site status` calls a READY node whose heartbeat is stale STALE, saying 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from workspace.cli import admin
 from workspace.site import status
-from workspace.site.record import SiteError
+from workspace.site.record import AgentRecord, SiteError, SiteRecord, write_record
 from workspace.v1 import admin_pb2
 
 READY = admin_pb2.NodeState.NODE_STATE_READY
@@ -85,3 +89,55 @@ def test_the_stale_threshold_follows_the_sites_heartbeat(tmp_path: Path) -> None
     assert status.heartbeat_interval(tmp_path) == 5.0  # no service.toml: the default
     (tmp_path / "service.toml").write_text("heartbeat_interval_s = 2\n")
     assert status.heartbeat_interval(tmp_path) == 2.0
+
+
+def _daemon(module: str, config: Path) -> subprocess.Popen[bytes]:
+    """A process our matchers take for the site's daemon (its command line names the
+    module and the config), which only sleeps."""
+    code = "import time; time.sleep(60)"
+    argv = [sys.executable, "-c", code, "-m", module, "--config", str(config)]
+    return subprocess.Popen(argv)
+
+
+def test_site_status_shows_a_daemon_finishing_its_work_as_stopping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README, "Restarting one daemon": after `kill PID` a daemon finishes what it runs
+    and says so in its lock file (workspace/sole.py). `site status` showed it running
+    until it was gone; now STOPPING (JSON: ``"stopping": true``, not running), and the
+    site degraded (exit 3)."""
+    site = tmp_path / "site"
+    (site / "service").mkdir(parents=True)
+    (site / "agent").mkdir()
+    svc = _daemon(status.SERVICE_MODULE, site / "service.toml")
+    agent = _daemon(status.AGENT_MODULE, site / "agent.toml")
+    try:
+        rec = SiteRecord(
+            dir=str(site),
+            address=f"unix:{site}/service.sock",
+            driver="fake",
+            service_pid=svc.pid,
+            agents=[AgentRecord("local", agent.pid, dir=str(site))],
+        )
+        write_record(site, rec)
+        status.service_lock(site).write_text(f"{svc.pid}\n")  # running
+        status.agent_lock(rec.agents[0]).write_text(f"{agent.pid} stopping\n")
+        assert admin.main(["-o", "json", "site", "status", "--dir", str(site)]) == 3
+        st = json.loads(capsys.readouterr().out)
+        assert st["state"] == "degraded"
+        assert (st["agents"][0]["running"], st["agents"][0]["stopping"]) == (False, True)
+        assert (st["agent"]["running"], st["agent"]["stopping"]) == (False, True)
+        assert st["service"]["stopping"] is False
+        status.service_lock(site).write_text(f"{svc.pid} stopping\n")
+        assert admin.main(["site", "status", "--dir", str(site)]) == 3
+        out = capsys.readouterr().out
+        assert f"service  pid {svc.pid} STOPPING" in out, out
+        assert f"agent    pid {agent.pid} STOPPING" in out, out
+        status.agent_lock(rec.agents[0]).write_text(f"{agent.pid + 1} stopping\n")  # not its
+        assert status.report(rec, site, status.service_matcher(site / "service.toml"), site)[
+            "agents"
+        ][0]["running"]
+    finally:
+        for p in (svc, agent):
+            p.kill()
+            p.wait()

@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent import main as agent_main
 from agent.peers import PeerGate
-from workspace import client, config, pki, rpc, rpc_status
+from workspace import client, config, pki, rpc, rpc_status, tls_probe
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.errors import ConfigError, PermissionDenied
 from workspace.identity import Identity, Kind
@@ -352,3 +352,29 @@ def test_channels_expect_the_service_or_the_named_node() -> None:
 def test_a_refused_server_identity_is_explained(details: str, says: str) -> None:
     hint = rpc_status.server_identity_hint(details)
     assert (says in hint) if says else hint == ""
+
+
+def test_a_client_certificate_the_server_refuses_is_told_from_an_outage(
+    ca: pki.CA, tmp_path: Path
+) -> None:
+    """tls_probe: the server closes the handshake after a certificate of another CA
+    (gRPC says only "Socket closed"); a certificate it takes, or no server, says nothing."""
+    srv = rpc.server(2)
+    service = issue(ca, tmp_path, Identity(Kind.SERVICE, "localhost"))
+    unix = f"unix:{tmp_path}/s.sock"
+    rpc.listen_on(srv, unix, TlsConfig(identity_dir=str(service)), "listen")
+    port = rpc.listen_on(srv, "127.0.0.1:0", TlsConfig(identity_dir=str(service)), "listen")
+    srv.start()
+    try:
+        own = TlsConfig(identity_dir=str(issue(ca, tmp_path, Identity(Kind.USER, "bob"))))
+        stranger = issue(pki.init(tmp_path / "other"), tmp_path / "o", Identity(Kind.USER, "bob"))
+        shutil.copy(ca.dir / pki.CA_CERT, stranger / "ca.pem")  # trusts the server
+        foreign = TlsConfig(identity_dir=str(stranger))
+        for address in (unix, f"127.0.0.1:{port}"):
+            assert tls_probe.refused_certificate(address, own) == ""
+            said = tls_probe.refused_certificate(address, foreign)
+            assert said.startswith(" (the service closed the connection in the TLS handshake")
+            assert "issued by another CA named" in said or "its ca.pem holds" in said
+    finally:
+        srv.stop(0)
+    assert tls_probe.refused_certificate(unix, foreign) == ""  # nobody there

@@ -355,6 +355,8 @@ class Commands(common.ClientCommands):
             svc = st["service"]
 
             def run(p: dict[str, Any]) -> str:
+                if p.get("stopping"):  # got its SIGTERM, finishes its work, then exits
+                    return "STOPPING"
                 return "running" if p["running"] else "NOT RUNNING"
 
             print(f"local site in {st['dir']}: {st['state']} (driver {st['driver']})")

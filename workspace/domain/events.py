@@ -26,6 +26,10 @@ class Kind(enum.StrEnum):
     NODE_REGISTERED = "node.registered"
     NODE_STATE = "node.state"
     NODE_REMOVED = "node.removed"
+    # An agent was refused a node's name: another agent reports for it, or another
+    # certificate is bound to it (subject: the refused agent's key; state: what for;
+    # reason: the refusal). One per node, agent and five minutes (ops/node_refusals.py).
+    NODE_REFUSED = "node.refused"
     # A condition of a node appeared or cleared, as its agent reported (subject: the
     # condition, ``no-isolation`` or ``network-not-ready:NET``; state: appeared or
     # cleared; reason: its message); ops/node_conditions.py.

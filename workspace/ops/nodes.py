@@ -13,7 +13,7 @@ from workspace import scheduler
 from workspace.domain.model import NodeCache, NodeStatus
 from workspace.domain.states import NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
-from workspace.ops import preempt
+from workspace.ops import node_refusals, preempt
 from workspace.ops.admission import head_holds
 from workspace.ops.image_refs import unknown_image
 from workspace.ops.lifecycle import confirm_gone, held_on
@@ -46,7 +46,7 @@ def _status(env: Env, s: Session, node: Node) -> NodeStatus:
 def _shown(env: Env, node: Node, workspaces: int) -> NodeStatus:
     """``node`` as the admin API shows it: with what the scheduler may place there."""
     cap = scheduler.capacity(node.cpus, node.memory_mib, env.cfg.scheduler)
-    return node_status(node, workspaces, cap)
+    return node_refusals.shown(env, node_status(node, workspaces, cap))
 
 
 def list_nodes(env: Env) -> list[NodeStatus]:

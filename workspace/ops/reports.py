@@ -31,7 +31,7 @@ from workspace.errors import (
     Unauthenticated,
 )
 from workspace.log import about
-from workspace.ops import netpolicy, node_conditions, preempt, seeds, trust
+from workspace.ops import netpolicy, node_conditions, node_refusals, preempt, seeds, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import confirm_gone, held_on, is_held, release, saves_from
 from workspace.ops.order_size import MAX_SOURCES
@@ -86,18 +86,24 @@ def check_bound(node: Node, serial: int) -> None:
 
 # nodes.reason's width (its column is String(255)).
 NODE_REASON_MAX = 255
-# How a DOWN node's reason begins when the service refuses its agent (its certificate).
-REFUSED = "its agent is refused: "
 
 
-def refused(env: Env, name: str, exc: PermissionDenied) -> None:
-    """The service refused ``name``'s agent (another certificate than the bound one):
-    remembered for the node's reason. A node DOWN already says it now (unless it is DOWN
-    for its revoked certificate, which says more); one the liveness check marks DOWN
-    later says it instead of "no heartbeat since …" (ops/liveness.py)."""
+class AnotherAgent(FailedPrecondition):
+    """``check_one_agent``'s refusal: another agent (``holder``, its key) reports for
+    the node."""
+
+    holder = ""
+
+
+def refused(env: Env, name: str, exc: PermissionDenied, agent_key: str = "") -> None:
+    """The service refused ``name``'s agent (another certificate than the bound one; its
+    key if it said it): remembered for the node's reason, and said where the admin looks
+    (ops/node_refusals.py). A node DOWN already says it now (unless it is DOWN for its
+    revoked certificate, which says more); one the liveness check marks DOWN later says
+    it instead of "no heartbeat since …" (ops/liveness.py)."""
     said = exc.message.removeprefix(f"node {name} is ").split(";")[0]
-    why = (REFUSED + said)[:NODE_REASON_MAX]
-    env.refused_nodes[name] = (env.clock(), why)
+    why = (node_refusals.REFUSED + said)[:NODE_REASON_MAX]
+    node_refusals.refused(env, name, agent_key, why, node_refusals.CERTIFICATE, exc.message)
     with env.store.read() as s:
         node = s.get(Node, name)
         if node is None or not _shows_refusal(node, why):
@@ -129,7 +135,18 @@ def register(
         interval = _register(env, info, cert_serial, is_revoked)
     except PermissionDenied as exc:
         if "another certificate" in exc.message:
-            refused(env, info.name, exc)
+            refused(env, info.name, exc, agent_key_of(info))
+        raise
+    except AnotherAgent as exc:
+        why = f"{node_refusals.REFUSED}another agent, {agent_key_of(info)}, asks for its name"
+        node_refusals.refused(
+            env,
+            info.name,
+            agent_key_of(info),
+            f"{why} while {exc.holder} reports for it"[:NODE_REASON_MAX],
+            node_refusals.ANOTHER_AGENT,
+            exc.message,
+        )
         raise
     env.refused_nodes.pop(info.name, None)
     return interval
@@ -224,12 +241,14 @@ def check_one_agent(node: Node, info: NodeInfo, now: float, silent_s: float) -> 
             age,
         )
         return
-    raise FailedPrecondition(
+    exc = AnotherAgent(
         f"node {node.name} is served by another agent, {node.agent_key}, which reported "
         f"{max(age, 0):.0f} s ago: two agents of one node would both run its VMs. Stop one "
         "of them, or give this one a node name of its own (`node` in agent.toml); this "
         f"one may take the node over once the other has not reported for {silent_s:.0f} s"
     )
+    exc.holder = node.agent_key
+    raise exc
 
 
 # -- orders ----------------------------------------------------------------------------------

@@ -559,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         svc.sole.stopping()  # `ws-admin site up` meanwhile waits for us to go
     log.info("signal %d: shutting down", signum)
     svc.stop()
+    # The last line of a clean stop: a log that ends without it was cut short (kill -9,
+    # a crash, the SIGKILL of a stop that took too long).
+    log.info("workspace-service stopped")
     return 0
 
 

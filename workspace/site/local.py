@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from workspace import config, errors, hostproc, sole
+from workspace import config, errors, hostproc
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.files import open_private
 from workspace.site import hostenv, identities, metrics_ports, status
@@ -55,8 +55,6 @@ from workspace.site.configs import (
     SERVICE_CONFIG,
     UNIX_PATH_MAX,
     NodeSpec,
-    agent_state_dir,
-    service_store,
     write_configs,
 )
 from workspace.site.record import (
@@ -389,21 +387,25 @@ class LocalSite:
         work (its lock file says so: workspace/sole.py) to be gone, so that it is started
         again rather than taken as running: `kill PID; ws-admin site up` used to say the
         site ran and leave it without the daemon a moment later."""
-        store = sole.store_lock(service_store(self.dir))
         daemons = [
-            ("workspace-service", rec.service_pid, store, service_matcher(self.service_config))
+            (
+                "workspace-service",
+                rec.service_pid,
+                status.service_lock(self.dir),
+                service_matcher(self.service_config),
+            )
         ]
         daemons += [
             (
                 f"workspace-agent of node {a.node}",
                 a.pid,
-                sole.node_lock(agent_state_dir(Path(a.dir))),
+                status.agent_lock(a),
                 agent_matcher(a.config),
             )
             for a in rec.agents
         ]
         for what, pid, lock, matches in daemons:
-            if not pid or sole.stopping(lock) != pid or not hostproc.pid_if_ours(pid, matches):
+            if not status.is_stopping(pid, lock, matches):
                 continue
             self._say(f"waiting for {what} (pid {pid}) to finish stopping")
             deadline = time.monotonic() + STOPPING_WAIT_S

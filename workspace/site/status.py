@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from workspace import config, errors, hostproc, pki
+from workspace import config, errors, hostproc, pki, sole
 from workspace.client import Client
 from workspace.config import ServiceConfig, TlsConfig
-from workspace.site.configs import DEFAULT_NETWORK, SERVICE_CONFIG
+from workspace.site.configs import DEFAULT_NETWORK, SERVICE_CONFIG, agent_state_dir, service_store
 from workspace.site.hostenv import netns_exists
-from workspace.site.record import SiteError, SiteRecord
+from workspace.site.record import AgentRecord, SiteError, SiteRecord
 from workspace.v1 import admin_pb2
 
 SERVICE_MODULE = "workspace.service.main"
@@ -43,6 +43,24 @@ def service_matcher(config_path: Path) -> hostproc.Matcher:
 def agent_matcher(config_path: Path) -> hostproc.Matcher:
     """Our agent: ``python -m agent.main --config <node dir>/agent.toml``."""
     return hostproc.argv_includes(AGENT_MODULE, config_path)
+
+
+def service_lock(site_dir: Path) -> Path:
+    """The lock file the site's service holds while it runs (its SQLite store's)."""
+    return sole.store_lock(service_store(site_dir))
+
+
+def agent_lock(agent: AgentRecord) -> Path:
+    """The lock file ``agent`` holds while it runs (its state directory's)."""
+    return sole.node_lock(agent_state_dir(Path(agent.dir)))
+
+
+def is_stopping(pid: int, lock: Path, matches: hostproc.Matcher) -> bool:
+    """Whether our daemon ``pid`` got its stop signal and still finishes its work before
+    it exits (it says so in its lock file: workspace/sole.py)."""
+    return (
+        bool(pid) and sole.stopping(lock) == pid and hostproc.pid_if_ours(pid, matches) is not None
+    )
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -222,10 +240,20 @@ def identity_of(rec: SiteRecord) -> dict[str, str]:
 def report(
     rec: SiteRecord, site_dir: Path, service_matches: hostproc.Matcher, service_log: Path
 ) -> dict[str, Any]:
-    """``site status``: what runs, whether the service answers, every node's state."""
-    svc = hostproc.pid_if_ours(rec.service_pid or None, service_matches) is not None
+    """``site status``: what runs, whether the service answers, every node's state. A
+    daemon that got its stop signal and still finishes its work is ``stopping``, not
+    running: it is gone a moment later (``site up`` then starts it again)."""
+    svc_stopping = is_stopping(rec.service_pid, service_lock(site_dir), service_matches)
+    svc = (
+        not svc_stopping
+        and hostproc.pid_if_ours(rec.service_pid or None, service_matches) is not None
+    )
+    stopping = {
+        a.node: is_stopping(a.pid, agent_lock(a), agent_matcher(a.config)) for a in rec.agents
+    }
     running = {
-        a.node: hostproc.pid_if_ours(a.pid or None, agent_matcher(a.config)) is not None
+        a.node: not stopping[a.node]
+        and hostproc.pid_if_ours(a.pid or None, agent_matcher(a.config)) is not None
         for a in rec.agents
     }
     first = rec.agents[0]
@@ -237,11 +265,17 @@ def report(
         service={
             "pid": rec.service_pid,
             "running": svc,
+            "stopping": svc_stopping,
             "log": str(service_log),
             "netns": rec.service_netns,
             "metrics": rec.service_metrics,
         },
-        agent={"pid": first.pid, "running": running[first.node], "log": str(first.log)},
+        agent={
+            "pid": first.pid,
+            "running": running[first.node],
+            "stopping": stopping[first.node],
+            "log": str(first.log),
+        },
     )
     if rec.switch_netns:
         out["switch"] = {"netns": rec.switch_netns, "exists": netns_exists(rec.switch_netns)}
@@ -267,6 +301,7 @@ def report(
             "name": a.node,  # the node's, as `ws-admin node list` names it
             "pid": a.pid,
             "running": running[a.node],
+            "stopping": stopping[a.node],
             **views[a.node],
             "netns": a.netns,
             "log": str(a.log),

@@ -1,0 +1,97 @@
+"""Whether the service refused our certificate, when gRPC says only that the connection
+closed.
+
+A gRPC server that does not take a client's certificate (of a CA it does not trust: an
+identity of another site, or of the site's CA before it was made anew) sends no TLS
+alert: it closes the connection. Over TLS 1.3 the client has finished its side of the
+handshake by then, so gRPC reports "Socket closed" or "Connection reset by peer",
+UNAVAILABLE, like a service that is down. ``refused_certificate`` asks again, once, on
+its own: a TLS 1.2 handshake (the server's verdict on the client's certificate then comes
+within the handshake), the server checked as the channel checks it (our ca.pem, the
+service's name), presenting our certificate. A server that then closes the connection in
+the handshake refused the certificate; the answer says so, and which CA issued it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from workspace import rpc
+from workspace.config import TlsConfig
+from workspace.errors import ConfigError
+from workspace.identity import SERVICE_TLS_NAME
+
+# What gRPC says of a connection the server closed (a refused certificate among others).
+CLOSED_MARKERS = ("socket closed", "connection reset", "broken pipe")
+
+
+def refused_certificate(address: str, tls: TlsConfig, timeout_s: float = 3.0) -> str:
+    """Why the service at ``address`` (one address) closed the connection, when it closed
+    it in the TLS handshake after our certificate, for the end of the message ("" when
+    it did not, or that cannot be told)."""
+    try:
+        files = rpc.tls_files(tls)
+        ctx = ssl.create_default_context(cafile=str(files.ca_file))
+        ctx.load_cert_chain(str(files.cert_file), str(files.key_file))
+    except (ConfigError, OSError, ssl.SSLError):
+        return ""
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        sock = _connect(address, timeout_s)
+    except (OSError, ValueError):
+        return ""
+    with sock:
+        try:
+            ctx.wrap_socket(sock, server_hostname=SERVICE_TLS_NAME).close()
+            return ""  # the certificate was taken: something else closed the connection
+        except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+            pass
+        except (OSError, ssl.SSLError):  # the server refused, or this side, for another reason
+            return ""
+    return (
+        " (the service closed the connection in the TLS handshake, after this identity's "
+        f"certificate{_issuers(files.cert_file, files.ca_file)}: it does not take it, being "
+        "of a CA the service does not trust: the identity is another site's, or its CA was "
+        "made anew since it was issued (`ws-admin site down --purge`); ask the site's admin "
+        "for one of the site's CA (`ws-admin pki issue`))"
+    )
+
+
+def _connect(address: str, timeout_s: float) -> socket.socket:
+    if rpc.is_unix(address):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(rpc.unix_path(address)))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    host, _, port = address.rpartition(":")
+    return socket.create_connection((host.strip("[]"), int(port)), timeout_s)
+
+
+def _issuers(cert_file: Path, ca_file: Path) -> str:
+    """ ", issued by CN=…, its ca.pem holding CN=…" when the certificate is not of a CA
+    of the identity's own ca.pem ("" when it is, or the files cannot say)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        cas = x509.load_pem_x509_certificates(ca_file.read_bytes())
+    except (OSError, ValueError):
+        return ""
+    for ca in cas:
+        with contextlib.suppress(ValueError, TypeError, InvalidSignature):
+            cert.verify_directly_issued_by(ca)
+            return ""
+    issuer = cert.issuer.rfc4514_string()
+    held = [ca.subject.rfc4514_string() for ca in cas]
+    if issuer in held:
+        return f", issued by another CA named {issuer} than the one its ca.pem holds"
+    return f", issued by {issuer} (its ca.pem holds {'; '.join(held)})"
