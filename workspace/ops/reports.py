@@ -135,11 +135,31 @@ def register(
     return interval
 
 
+# The largest size a node may register with: more CPUs than any host has (Linux's own
+# limit is 8192), and what the nodes table's INTEGER columns hold (32 bits on PostgreSQL).
+MAX_NODE_CPUS = 65536
+MAX_NODE_SIZE = 2**31 - 1
+
+
+def check_size(info: NodeInfo) -> None:
+    """InvalidArgument unless ``info``'s sizes are a host's: a node that said 2**31 CPUs
+    was stored, and its capacity (times the overcommit) no longer fit the admin API's
+    ``Node.cpu_capacity``: ``ws-admin node list`` failed, INTERNAL, for every node."""
+    for what, value, least, most in (
+        ("cpus", info.cpus, 1, MAX_NODE_CPUS),
+        ("memory_mib", info.memory_mib, 1, MAX_NODE_SIZE),
+        ("disk_gib", info.disk_gib, 0, MAX_NODE_SIZE),
+    ):
+        if not least <= value <= most:
+            raise InvalidArgument(
+                f"node {info.name}: {what} must be {least} to {most}, got {value}"
+            )
+
+
 def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[int], bool]) -> int:
     if not info.name or len(info.name) > 255:
         raise InvalidArgument("a node name is required")
-    if info.cpus < 1 or info.memory_mib < 1:
-        raise InvalidArgument(f"node {info.name}: cpus and memory_mib must be positive")
+    check_size(info)
     now = env.clock()
     with write(env) as u:
         node = u.s.get(Node, info.name)

@@ -1,0 +1,90 @@
+"""A compromised node, over real mutual TLS: a site of two fake-driver agents, n1 and n2,
+each with a workspace, and raw Nodes stubs holding n2's certificate that send what a
+malicious agent would. Each attempt is refused with a status that says why, and n1,
+its workspace and the site's view of both are untouched.
+
+(Which node a Nodes call may name, and which RPCs a node certificate may call at all:
+tests/functional/test_access_matrix.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from tests.functional.harness import WS, SitePki, TlsSite
+from workspace import rpc
+from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
+from workspace.v1 import admin_pb2, common_pb2
+
+
+@dataclass
+class World:
+    site: TlsSite
+    n2: nodes_pb2_grpc.NodesStub  # what the compromised node n2 calls with
+    w1: common_pb2.Workspace  # on n1
+    w2: common_pb2.Workspace  # on n2
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    site_pki = SitePki(tmp / "pki")
+    site = TlsSite(tmp / "site", site_pki)
+    try:
+        s = site.stubs
+        s.network()
+        s.import_image("img")
+        site.add_agent("n1")
+        w1 = s.create(name="w1")
+        s.wait_state(w1.id, WS.WORKSPACE_STATE_RUNNING)
+        site.add_agent("n2")
+        s.admin.DrainNode(admin_pb2.NodeRef(name="n1"))
+        w2 = s.create(name="w2")
+        s.wait_state(w2.id, WS.WORKSPACE_STATE_RUNNING)
+        s.admin.EnableNode(admin_pb2.NodeRef(name="n1"))
+        channel = rpc.channel(site.node_address, site_pki.tls(site_pki.node("n2")))
+        site.channels.append(channel)
+        yield World(site, nodes_pb2_grpc.NodesStub(channel), s.get(w1.id), s.get(w2.id))
+    finally:
+        site.close()
+
+
+def nodes(world: World) -> dict[str, admin_pb2.Node]:
+    """The admin's `ws-admin node list`."""
+    listed = world.site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest(), timeout=10)
+    return {n.name: n for n in listed.nodes}
+
+
+def sizes(node: admin_pb2.Node) -> tuple[int, int, int]:
+    return (node.cpus, node.memory_mib, node.disk_gib)
+
+
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [
+        ({"cpus": 2**31 - 1}, "cpus must be 1 to 65536, got 2147483647"),
+        ({"memory_mib": 2**62}, f"memory_mib must be 1 to {2**31 - 1}, got {2**62}"),
+        ({"disk_gib": -5}, f"disk_gib must be 0 to {2**31 - 1}, got -5"),
+    ],
+)
+def test_a_node_claiming_an_impossible_size_is_refused(
+    world: World, size: dict[str, int], said: str
+) -> None:
+    """2**31 CPUs were stored: the node's capacity (times the overcommit) no longer fit
+    the admin API, and `ws-admin node list` failed INTERNAL for the whole site."""
+    before = nodes(world)
+    claim = {"cpus": 8, "memory_mib": 16384, "disk_gib": 100, **size}
+    request = nodes_pb2.RegisterRequest(node="n2", hypervisor="fake", networks=["default"], **claim)
+    with pytest.raises(grpc.RpcError) as refused:
+        world.n2.Register(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == f"node n2: {said}"
+    after = nodes(world)  # the list still answers, with both nodes as they were
+    assert {name: sizes(n) for name, n in after.items()} == {
+        name: sizes(n) for name, n in before.items()
+    }
+    assert after["n1"].state == admin_pb2.NODE_STATE_READY
+    assert world.site.stubs.get(world.w1.id).state == WS.WORKSPACE_STATE_RUNNING
