@@ -17,7 +17,7 @@ import pytest
 from tests.functional.harness import WS, SitePki, TlsSite
 from workspace import rpc
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.v1 import admin_pb2, common_pb2
+from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
 
 
 @dataclass
@@ -88,3 +88,50 @@ def test_a_node_claiming_an_impossible_size_is_refused(
     }
     assert after["n1"].state == admin_pb2.NODE_STATE_READY
     assert world.site.stubs.get(world.w1.id).state == WS.WORKSPACE_STATE_RUNNING
+
+
+def test_a_long_failure_said_again_is_no_change(world: World) -> None:
+    """A reason longer than a workspace keeps (1,024 characters: a hypervisor's error
+    with its whole command line, or a node that pads it) was never equal to the one
+    stored, cut: every report of the same failure was a change, sent to every watcher
+    of the workspace (and logged whole) at each heartbeat of the node."""
+    site, pki = world.site, world.site.pki
+    channel = rpc.channel(site.node_address, pki.tls(pki.node("n3")))
+    site.channels.append(channel)
+    n3 = nodes_pb2_grpc.NodesStub(channel)
+    n3.Register(
+        nodes_pb2.RegisterRequest(
+            node="n3", hypervisor="fake", cpus=8, memory_mib=16384, networks=["default"]
+        )
+    )
+    others = ("n1", "n2")
+    for name in others:
+        site.stubs.admin.DrainNode(admin_pb2.NodeRef(name=name))
+    try:
+        w3 = site.stubs.create(name="w3")
+    finally:
+        for name in others:
+            site.stubs.admin.EnableNode(admin_pb2.NodeRef(name=name))
+    assert w3.node == "n3"
+    watch = site.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest(id=w3.id))
+    seen = iter(watch)
+    assert next(seen).workspace.id == w3.id  # the snapshot
+
+    def report(state: int, reason: str = "") -> None:
+        w = nodes_pb2.ObservedWorkspace(workspace_id=w3.id, state=state, reason=reason)
+        n3.ReportStatus(nodes_pb2.ReportStatusRequest(node="n3", full=True, workspaces=[w]))
+
+    said = "qemu-system-x86_64: " + "-device virtio-blk-pci " * 100
+    for _ in range(3):  # three heartbeats of the same failure
+        report(nodes_pb2.OBSERVED_STATE_FAILED, said)
+    report(nodes_pb2.OBSERVED_STATE_RUNNING)
+    states = []
+    try:
+        for event in seen:
+            states.append(WS.Name(event.workspace.state))
+            if event.workspace.state == WS.WORKSPACE_STATE_RUNNING:
+                break
+    finally:
+        watch.cancel()
+    assert states == ["WORKSPACE_STATE_FAILED", "WORKSPACE_STATE_RUNNING"]
+    site.stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=w3.id))

@@ -47,6 +47,7 @@ from workspace.store.mapping import (
     set_applied_reboots,
     set_reason,
     shown_reason,
+    stored_reason,
 )
 
 log = logging.getLogger("workspace.ops.reports")
@@ -567,6 +568,9 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             # Stopped because its lease ended or the trust policy stopped it: it keeps
             # saying so.
             reason = old_reason
+        # As it will be stored: a longer one was never equal to the stored one, and each
+        # report of the same failure was a change (sent to every watcher, logged whole).
+        reason = stored_reason(reason)
         moved = new is not None and (new.value != ws.state or reason != old_reason)
         if new is not None and moved:
             if new is State.FAILED and ws.state != State.FAILED.value:
@@ -575,7 +579,7 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
                     ws.id,
                     ws.name,
                     r.node,
-                    obs.reason,
+                    stored_reason(obs.reason),
                     extra=about(ws.id, r.node),
                 )
             ws.state = new.value
