@@ -8,6 +8,7 @@ tests/functional/test_access_matrix.py.)"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -135,3 +136,21 @@ def test_a_long_failure_said_again_is_no_change(world: World) -> None:
         watch.cancel()
     assert states == ["WORKSPACE_STATE_FAILED", "WORKSPACE_STATE_RUNNING"]
     site.stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=w3.id))
+
+
+def test_a_refusal_echoing_a_huge_name_is_logged_cut(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal names the node asked for; the service's log line said it whole, so a
+    node could write lines of megabytes into the service's log at every call."""
+    asked = "n1" + "x" * 1_000_000
+    request = nodes_pb2.RegisterRequest(node=asked, cpus=1, memory_mib=1)
+    with (
+        caplog.at_level(logging.WARNING, logger="workspace.edge"),
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        world.n2.Register(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    lines = [r.getMessage() for r in caplog.records if "refused Register" in r.getMessage()]
+    assert lines and "this certificate is node n2's; it cannot act for node 'n1xxx" in lines[0]
+    assert max(len(line) for line in lines) < 4096
