@@ -154,3 +154,31 @@ def test_a_refusal_echoing_a_huge_name_is_logged_cut(
     lines = [r.getMessage() for r in caplog.records if "refused Register" in r.getMessage()]
     assert lines and "this certificate is node n2's; it cannot act for node 'n1xxx" in lines[0]
     assert max(len(line) for line in lines) < 4096
+
+
+@pytest.mark.parametrize(
+    ("budget", "sizes"),
+    [(0, [2**63 - 1, 2**63 - 1]), (0, [-(2**63)]), (-1, [])],
+)
+def test_a_cache_of_impossible_sizes_is_refused(
+    world: World, budget: int, sizes: list[int]
+) -> None:
+    """Two cached blobs of 2**63-1 bytes were kept: `ws-admin cache list n2` failed
+    INTERNAL from then on (their sum did not fit the API)."""
+    admin = world.site.stubs.admin
+    before = admin.ListCache(admin_pb2.NodeRef(name="n2"), timeout=10)
+    cache = [
+        admin_pb2.CacheEntry(digest=f"sha256:{i:064x}", size_bytes=n) for i, n in enumerate(sizes)
+    ]
+    report = nodes_pb2.ReportStatusRequest(
+        node="n2", full=True, cache=cache, cache_budget_bytes=budget
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        world.n2.ReportStatus(report, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node n2: its cache's budget and blob sizes must not be negative" in str(
+        refused.value.details()
+    )
+    after = admin.ListCache(admin_pb2.NodeRef(name="n2"), timeout=10)
+    assert {e.digest for e in after.entries} == {e.digest for e in before.entries}
+    assert after.used_bytes >= 0 and after.budget_bytes == before.budget_bytes

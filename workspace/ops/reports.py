@@ -446,9 +446,27 @@ def may_fetch(env: Env, node_name: str, digest: str, cert_serial: int = 0) -> No
 # -- reports ---------------------------------------------------------------------------------
 
 
+# The most a node's cache may hold in all: what the admin API's ListCacheResponse
+# (int64 used_bytes) says.
+MAX_CACHE_BYTES = 2**63 - 1
+
+
+def check_cache(r: NodeReport) -> None:
+    """InvalidArgument unless ``r``'s cache sizes are a cache's: a report of two blobs of
+    2**63-1 bytes was kept, and `ws-admin cache list` of the node failed INTERNAL from
+    then on (their sum did not fit the API); negative ones were shown as they came."""
+    sizes = [e.size_bytes for e in r.cache]
+    if r.cache_budget_bytes < 0 or any(n < 0 for n in sizes) or sum(sizes) > MAX_CACHE_BYTES:
+        raise InvalidArgument(
+            f"node {r.node}: its cache's budget and blob sizes must not be negative, and "
+            f"its blobs must add up to at most {MAX_CACHE_BYTES} bytes"
+        )
+
+
 def _heartbeat(env: Env, s: Session, node: Node, r: NodeReport) -> None:
     """A full report: the node is alive; keep its cache contents and its conditions (if
     it says them); drop prefetch digests now cached."""
+    check_cache(r)
     node.last_heartbeat = env.clock()
     if NodeState(node.state) is NodeState.DOWN:
         _back(node)
