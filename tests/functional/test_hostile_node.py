@@ -182,3 +182,32 @@ def test_a_cache_of_impossible_sizes_is_refused(
     after = admin.ListCache(admin_pb2.NodeRef(name="n2"), timeout=10)
     assert {e.digest for e in after.entries} == {e.digest for e in before.entries}
     assert after.used_bytes >= 0 and after.budget_bytes == before.budget_bytes
+
+
+@pytest.mark.parametrize(
+    ("declared", "said"),
+    [
+        ({"labels": {f"k{i}": "v" for i in range(65)}}, "at most 64 labels, got 65"),
+        ({"labels": {"gpu": "x" * 10_000}}, "a label's key must be 1 to 63 characters"),
+        ({"networks": ["default"] + [f"n{i}" for i in range(2000)]}, "at most 1024 networks"),
+    ],
+)
+def test_a_node_declaring_more_than_a_config_would_is_refused(
+    world: World, declared: dict[str, object], said: str
+) -> None:
+    """Every node is in each `ws-admin node list` answer: one node's 16 MB of labels
+    brought it to gRPC's message limit, over it with the other nodes' rows."""
+    before = nodes(world)["n2"]
+    kw: dict[str, object] = {"networks": ["default"], **declared}
+    request = nodes_pb2.RegisterRequest(
+        node="n2", hypervisor="fake", cpus=8, memory_mib=16384, disk_gib=100, **kw
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        world.n2.Register(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert said in str(refused.value.details())
+    after = nodes(world)["n2"]
+    assert (dict(after.labels), list(after.networks)) == (
+        dict(before.labels),
+        list(before.networks),
+    )
