@@ -20,7 +20,7 @@ from workspace import rpc
 from workspace.cli import ws as ws_cli
 from workspace.client import Client
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, common_pb2, trust_pb2, workspaces_pb2
 
 
 @dataclass
@@ -245,3 +245,29 @@ def test_a_reason_cannot_drive_its_readers_terminal(
         assert "\x1b" not in out and "\x07" not in out, argv
         assert "disk error\\x1b]52;c;" in out, argv  # written out, for whoever looks
     site.stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=w4))
+
+
+def test_a_node_cannot_write_into_another_nodes_workspace_history(world: World) -> None:
+    """A node's audit records are the service's site events too: n2 naming w1 (on n1,
+    maybe another user's) put its "deny boot: image tampered" in w1's `ws events`."""
+    site = world.site
+
+    def history(workspace_id: str) -> list[tuple[str, str]]:
+        req = workspaces_pb2.WatchWorkspaceEventsRequest(id=workspace_id)
+        return [(e.who, e.reason) for e in site.stubs.ws.WatchWorkspaceEvents(req, timeout=10)]
+
+    w1_before = history(world.w1.id)
+    forged = "FORGED: image tampered, mail evil@example.com"
+    mine = "its own decision"
+    entry = trust_pb2.AuditEntry
+    audit = [
+        entry(action="boot", verdict="deny", workspace_id=world.w1.id, reason=forged),
+        entry(action="boot", verdict="allow", workspace_id=world.w2.id, reason=mine),
+    ]
+    world.n2.ReportStatus(nodes_pb2.ReportStatusRequest(node="n2", audit=audit), timeout=10)
+    assert history(world.w1.id) == w1_before
+    assert ("node:n2", f"boot: {mine}") in history(world.w2.id)  # its own: as before
+    # The admin's audit still has what n2 said, from n2, about no workspace.
+    entries = site.stubs.trust.ListAudit(trust_pb2.ListAuditRequest(limit=10)).entries
+    said = [(e.where, e.workspace_id) for e in entries if e.reason == forged]
+    assert said == [("node:n2", "")]

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session
 from images.model import Partition
 from workspace.config import ServiceConfig
 from workspace.domain.leases import EXPIRED
-from workspace.domain.model import BlobSources, Disk, NodeInfo, NodeOrders, NodeReport, Order
+from workspace.domain.model import (
+    AuditRecord,
+    BlobSources,
+    Disk,
+    NodeInfo,
+    NodeOrders,
+    NodeReport,
+    Order,
+)
 from workspace.domain.states import (
     NOT_MOVED,
     TRUST_STOPPED,
@@ -635,6 +643,28 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
     return seen
 
 
+def as_seen(s: Session, r: NodeReport) -> list[AuditRecord]:
+    """``r``'s audit records as the service keeps them: from ``node:NAME`` whatever they
+    say, and about a workspace only if it is (or was last) on that node. A node naming
+    another node's workspace put its record, as a site event, in that workspace's
+    history, which its owner reads with `ws events` ("deny boot: image tampered, …")."""
+    named = sorted({a.workspace_id for a in r.audit if a.workspace_id})
+    ours: set[str] = set()
+    for i in range(0, len(named), _CHUNK):
+        q = select(Workspace.id).where(
+            Workspace.id.in_(named[i : i + _CHUNK]), Workspace.node == r.node
+        )
+        ours.update(s.execute(q).scalars())
+    return [
+        replace(
+            a,
+            where=f"node:{r.node}",
+            workspace_id=a.workspace_id if a.workspace_id in ours else "",
+        )
+        for a in r.audit
+    ]
+
+
 def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
     """Apply a node's report. Its audit records are stored as the service saw them come:
     from ``node:<name>``, whatever they say."""
@@ -678,5 +708,5 @@ def _report(env: Env, r: NodeReport, cert_serial: int) -> None:
                     u.changed(ws)
                     preempt.terminated(u, ws)
         if r.audit and env.check_trust:
-            trust.record_audit(env, u.s, [replace(a, where=f"node:{r.node}") for a in r.audit])
+            trust.record_audit(env, u.s, as_seen(u.s, r))
         refresh(env, u, u.changed_clusters())
