@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -64,6 +65,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+# Every control character but tab: C0 (newline too), DEL, C1.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+class TextFormatter(logging.Formatter):
+    """``text`` lines: one per record, whatever its message says. Messages carry what
+    callers sent (a node's reason for a failure, the node a request names): a newline in
+    one forged lines of the log (``... ERROR workspace.ops: node n1 ...`` of another
+    node), and an escape sequence acted on the terminal of an admin reading it. Each
+    control character of the message is written out (``\\x0a``, ``\\x1b``); a
+    traceback still follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
+
+
 class Throttle:
     """At most one line per key and ``interval_s`` for messages that would otherwise repeat
     at every call (a warning each create of an unsigned image). ``due(key)`` is None while
@@ -102,9 +120,7 @@ def setup(level: str = "INFO", name: str = "workspace", fmt: str = "text", **ids
         handler.setFormatter(JsonFormatter(name, ids))
     else:
         handler.setFormatter(
-            logging.Formatter(
-                f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"
-            )
+            TextFormatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
         )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     if fmt == "json":

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -553,6 +554,39 @@ def test_a_node_may_send_only_the_disks_of_its_own_save_under_way(
     assert refused.value.code() == code
     assert words in str(refused.value.details())
     assert set(blobs.digests()) == before  # nothing stored
+
+
+def test_a_node_naming_a_blob_it_did_not_send_as_the_disk_makes_no_image(
+    env_site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A compromised node sends the disk as asked but says it saved it as another blob
+    of the repository (another user's private disk: a digest is no secret). The save
+    vouched for whatever it named, and the saver got an image of that blob to boot."""
+    from agent import save as agent_save
+    from workspace.domain.tasks import SaveOutcome
+
+    site = env_site
+    w = stopped(site, "box")
+    theirs = tmp_path / "theirs.qcow2"  # a disk the node never had, in the repository
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(theirs), "1M"], check=True)
+    foreign = site.stubs.upload(theirs.read_bytes())
+    honest = agent_save.Saver.save
+
+    def lying(self: agent_save.Saver, *args: Any, **kw: Any) -> SaveOutcome:
+        out = honest(self, *args, **kw)
+        return SaveOutcome(tuple(replace(p, digest=foreign) for p in out.partitions))
+
+    monkeypatch.setattr(agent_save.Saver, "save", lying)
+    with pytest.raises(grpc.RpcError) as refused:
+        site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace="box", image="env:2"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"(root as {foreign}) as blobs it never sent" in str(refused.value.details())
+    assert "env:2" not in images(site)
+    assert [e.kind for e in save_events(site, w.id)][-1] == "workspace.save_failed"
+    monkeypatch.undo()  # the node behaves again: the save works
+    site.stubs.images.SaveImage(images_pb2.SaveImageRequest(workspace="box", image="env:2"))
+    saved = site.stubs.images.GetImage(images_pb2.GetImageRequest(name="env:2"))
+    assert saved.partitions[0].digest not in ("", foreign)
 
 
 def test_a_save_whose_service_died_lapses_and_is_cleared(env_site: Site) -> None:

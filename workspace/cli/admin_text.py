@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from workspace.cli.render import enum_name, fields, fmt_bytes, fmt_time, table
+from workspace.cli.termfilter import plain
 from workspace.codec.v1 import condition_from_proto
 from workspace.v1 import admin_pb2
 
@@ -62,7 +63,7 @@ def node_text(n: admin_pb2.Node) -> str:
     )
     shown = [(c.label, c.message) for c in map(condition_from_proto, n.conditions)]
     width = max((len(label) for label, _ in shown), default=0)
-    lines = [f"  {label.ljust(width)}  {message}" for label, message in shown]
+    lines = [f"  {label.ljust(width)}  {plain(message)}" for label, message in shown]
     return "\n".join([head, "conditions", *lines] if lines else [head])
 
 

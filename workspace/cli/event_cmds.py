@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workspace import errors
-from workspace.cli import common, guest_cmds, render
+from workspace.cli import common, guest_cmds, render, termfilter
 from workspace.client import Client
 from workspace.domain.events import EventFilter, Kind, SiteEvent
 
@@ -59,7 +59,7 @@ def line(e: SiteEvent) -> str:
         parts.append(f"{e.previous or '-'} -> {e.state}" if e.previous else e.state)
     parts.append(f"by {e.who}")
     text = "  ".join(parts)
-    return f"{text}: {e.reason}" if e.reason else text
+    return termfilter.plain(f"{text}: {e.reason}" if e.reason else text)
 
 
 def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None], prog: str) -> int:

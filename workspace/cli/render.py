@@ -169,7 +169,7 @@ def print_json_line(data: Any) -> None:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [[termfilter.plain(str(c)) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -180,7 +180,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 def fields(pairs: Iterable[tuple[str, object]]) -> str:
     """A "key  value" block for one object (empty values are left out)."""
-    items = [(k, str(v)) for k, v in pairs if v not in ("", None)]
+    items = [(k, termfilter.plain(str(v))) for k, v in pairs if v not in ("", None)]
     width = max((len(k) for k, _ in items), default=0)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in items)
 
@@ -364,7 +364,7 @@ def lease_line(ws: common_pb2.Workspace) -> str:
 
 
 def state_line(ws: common_pb2.Workspace, asked: str = "") -> str:
-    reason = f"  ({ws.reason})" if ws.reason else ""
+    reason = f"  ({termfilter.plain(ws.reason)})" if ws.reason else ""
     return f"{_label(ws)}: {state_name(ws.state)}{asked}{reason}"
 
 

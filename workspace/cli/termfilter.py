@@ -13,6 +13,8 @@ introducers are bytes of UTF-8 characters in a UTF-8 stream.
 
 from __future__ import annotations
 
+import re
+
 ESC = 0x1B
 BEL = 0x07
 CAN, SUB = 0x18, 0x1A
@@ -67,3 +69,16 @@ class Filter:
         held = bytes((ESC,)) if self._escape and not self._in_string else b""
         self._escape = False
         return held
+
+
+# Every C0 control but tab and newline, DEL and the C1 controls (U+0080..U+009F).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: str) -> str:
+    """``text`` the service sends (a workspace's reason, a node's labels or conditions: a
+    node's agent writes them) as a terminal shows it without acting on it: each control
+    character written out (``\\x1b``). A compromised node could put an OSC 52 (write the
+    clipboard), a hyperlink or a window title in a reason that its workspace's owner's
+    `ws show` or `ws list` printed to their terminal."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -86,12 +86,14 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     if isinstance(exc, (Unauthenticated, AccessDenied)) and _SAME_ERRORS.first(
         (method, exc.message)
     ):
-        log.warning("refused %s from %s: %s", method, _peer(context), exc.message)
+        # Cut as the caller is told it: the message may echo what they sent (a node
+        # naming another node of 10 MB wrote 10 MB lines in the service's log each call).
+        log.warning("refused %s from %s: %s", method, _peer(context), shown(exc.message))
     if isinstance(exc, Unauthenticated):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, shown(exc.message))
     if isinstance(exc, WorkspaceError):
         if not exc.expected and _SAME_ERRORS.first((method, exc.message)):
-            log.error("%s failed: %s", method, exc.message)
+            log.error("%s failed: %s", method, shown(exc.message))
         context.abort(rpc_status.status_of(exc), shown(exc.message))
     storage = storage_error(exc)
     if storage is not None:  # a full or read-only data directory: no incident

@@ -219,7 +219,8 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         counted = save.progress(
             self.env, first.workspace_id, first.partition, max(0, first.size_bytes), chunks
         )
-        digest, size = self.catalog.upload_blob(counted, None)  # the save vouches for it
+        # The save vouches for it, as a blob this node sent.
+        digest, size = self.catalog.upload_blob(counted, None, save.holder(node))
         log.info(
             "node %s sent %s (%d bytes) of workspace %s's save",
             node,

@@ -12,7 +12,8 @@ the repository holds it (HasBlobs, so that a push skips sending it), only if
 
 Anyone else is told the blob is missing and sends it: sending the bytes is the proof of
 holding them, and the repository still keeps one copy. A saved workspace's disks come
-from its node (Nodes.PutBlob), not from the caller: the save vouches for them itself.
+from its node (Nodes.PutBlob), not from the caller: the save vouches for them itself,
+for the blobs that node sent (recorded as their holder, ``node:NAME``) and no other.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ def usable(s: Session, who: Identity, digests: Iterable[str]) -> set[str]:
     return ok
 
 
-def held(s: Session, holder: str) -> set[str]:
-    """The blobs ``holder`` sent (those still in the repository)."""
-    rows = s.execute(select(BlobHolder.digest).where(BlobHolder.holder == holder))
-    return set(rows.scalars())
+def held(s: Session, holder: str, among: Iterable[str] | None = None) -> set[str]:
+    """The blobs ``holder`` sent (those still in the repository); of ``among`` only, if
+    given."""
+    q = select(BlobHolder.digest).where(BlobHolder.holder == holder)
+    if among is not None:
+        q = q.where(BlobHolder.digest.in_(set(among)))
+    return set(s.execute(q).scalars())
 
 
 def record_holder(s: Session, digest: str, holder: str, at: float) -> None:

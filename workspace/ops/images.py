@@ -93,12 +93,16 @@ class Catalog:
 
     # -- blobs -------------------------------------------------------------------------------
 
-    def upload_blob(self, chunks: Iterable[bytes], who: Identity | str | None) -> tuple[str, int]:
+    def upload_blob(
+        self, chunks: Iterable[bytes], who: Identity | str | None, holder: str = ""
+    ) -> tuple[str, int]:
         """Store a stream of bytes: (its digest, its size). ``who`` sent them: they may
         make images of the blob from now on (ops/blob_access.py); None: a node sending a
-        saved disk, which its save vouches for."""
+        saved disk, which its save vouches for once it is sure the node sent it
+        (``holder``, the node's principal, is recorded as having sent it)."""
         env = self.env
         sender = as_identity(who) if who is not None else None
+        holder = sender.principal if sender is not None else holder
         tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes)
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
@@ -113,8 +117,8 @@ class Catalog:
                     s.add(Blob(digest=digest, size_bytes=size, created_at=env.clock()))
                 else:  # uploaded again: its grace period starts again
                     row.created_at = env.clock()
-                if sender is not None:
-                    blob_access.record_holder(s, digest, sender.principal, env.clock())
+                if holder:
+                    blob_access.record_holder(s, digest, holder, env.clock())
         finally:
             tmp.unlink(missing_ok=True)
         log.info("blob %s stored (%d bytes)", digest, size)

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session
 from images.model import Partition
 from workspace.config import ServiceConfig
 from workspace.domain.leases import EXPIRED
-from workspace.domain.model import BlobSources, Disk, NodeInfo, NodeOrders, NodeReport, Order
+from workspace.domain.model import (
+    AuditRecord,
+    BlobSources,
+    Disk,
+    NodeInfo,
+    NodeOrders,
+    NodeReport,
+    Order,
+)
 from workspace.domain.states import (
     NOT_MOVED,
     TRUST_STOPPED,
@@ -47,6 +55,7 @@ from workspace.store.mapping import (
     set_applied_reboots,
     set_reason,
     shown_reason,
+    stored_reason,
 )
 
 log = logging.getLogger("workspace.ops.reports")
@@ -152,11 +161,58 @@ def register(
     return interval
 
 
+# The largest size a node may register with: more CPUs than any host has (Linux's own
+# limit is 8192), and what the nodes table's INTEGER columns hold (32 bits on PostgreSQL).
+MAX_NODE_CPUS = 65536
+MAX_NODE_SIZE = 2**31 - 1
+
+
+def check_size(info: NodeInfo) -> None:
+    """InvalidArgument unless ``info``'s sizes are a host's: a node that said 2**31 CPUs
+    was stored, and its capacity (times the overcommit) no longer fit the admin API's
+    ``Node.cpu_capacity``: ``ws-admin node list`` failed, INTERNAL, for every node."""
+    for what, value, least, most in (
+        ("cpus", info.cpus, 1, MAX_NODE_CPUS),
+        ("memory_mib", info.memory_mib, 1, MAX_NODE_SIZE),
+        ("disk_gib", info.disk_gib, 0, MAX_NODE_SIZE),
+    ):
+        if not least <= value <= most:
+            raise InvalidArgument(
+                f"node {info.name}: {what} must be {least} to {most}, got {value}"
+            )
+
+
+# What a node may declare: labels (a key as Kubernetes allows one) and networks (a
+# network's name is at most 64 characters).
+MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 64, 63, 255
+MAX_NETWORKS, MAX_NETWORK_NAME = 1024, 64
+
+
+def check_declared(info: NodeInfo) -> None:
+    """InvalidArgument unless ``info``'s labels and networks are a config's: every node
+    is in each `ws-admin node list` answer and each placement reads them all, and one
+    node that declared 16 MB of labels brought that answer to gRPC's message limit, over
+    it with the other nodes' rows (RESOURCE_EXHAUSTED for every admin)."""
+    where = f"node {info.name}"
+    if len(info.labels) > MAX_LABELS:
+        raise InvalidArgument(f"{where}: at most {MAX_LABELS} labels, got {len(info.labels)}")
+    for key, value in info.labels.items():
+        if not 0 < len(key) <= MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(
+                f"{where}: a label's key must be 1 to {MAX_LABEL_KEY} characters and its "
+                f"value at most {MAX_LABEL_VALUE} (label {key[:MAX_LABEL_KEY]!r})"
+            )
+    if len(info.networks) > MAX_NETWORKS:
+        raise InvalidArgument(f"{where}: at most {MAX_NETWORKS} networks, got {len(info.networks)}")
+    if any(len(n) > MAX_NETWORK_NAME for n in info.networks):
+        raise InvalidArgument(f"{where}: a network's name is at most {MAX_NETWORK_NAME} characters")
+
+
 def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[int], bool]) -> int:
     if not info.name or len(info.name) > 255:
         raise InvalidArgument("a node name is required")
-    if info.cpus < 1 or info.memory_mib < 1:
-        raise InvalidArgument(f"node {info.name}: cpus and memory_mib must be positive")
+    check_size(info)
+    check_declared(info)
     now = env.clock()
     with write(env) as u:
         node = u.s.get(Node, info.name)
@@ -448,9 +504,27 @@ def may_fetch(env: Env, node_name: str, digest: str, cert_serial: int = 0) -> No
 # -- reports ---------------------------------------------------------------------------------
 
 
+# The most a node's cache may hold in all: what the admin API's ListCacheResponse
+# (int64 used_bytes) says.
+MAX_CACHE_BYTES = 2**63 - 1
+
+
+def check_cache(r: NodeReport) -> None:
+    """InvalidArgument unless ``r``'s cache sizes are a cache's: a report of two blobs of
+    2**63-1 bytes was kept, and `ws-admin cache list` of the node failed INTERNAL from
+    then on (their sum did not fit the API); negative ones were shown as they came."""
+    sizes = [e.size_bytes for e in r.cache]
+    if r.cache_budget_bytes < 0 or any(n < 0 for n in sizes) or sum(sizes) > MAX_CACHE_BYTES:
+        raise InvalidArgument(
+            f"node {r.node}: its cache's budget and blob sizes must not be negative, and "
+            f"its blobs must add up to at most {MAX_CACHE_BYTES} bytes"
+        )
+
+
 def _heartbeat(env: Env, s: Session, node: Node, r: NodeReport) -> None:
     """A full report: the node is alive; keep its cache contents and its conditions (if
     it says them); drop prefetch digests now cached."""
+    check_cache(r)
     node.last_heartbeat = env.clock()
     if NodeState(node.state) is NodeState.DOWN:
         _back(node)
@@ -570,6 +644,9 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             # Stopped because its lease ended or the trust policy stopped it: it keeps
             # saying so.
             reason = old_reason
+        # As it will be stored: a longer one was never equal to the stored one, and each
+        # report of the same failure was a change (sent to every watcher, logged whole).
+        reason = stored_reason(reason)
         moved = new is not None and (new.value != ws.state or reason != old_reason)
         if new is not None and moved:
             if new is State.FAILED and ws.state != State.FAILED.value:
@@ -578,7 +655,7 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
                     ws.id,
                     ws.name,
                     r.node,
-                    obs.reason,
+                    stored_reason(obs.reason),
                     extra=about(ws.id, r.node),
                 )
             ws.state = new.value
@@ -587,6 +664,28 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
             ws.updated_at = env.clock()
             u.changed(ws)
     return seen
+
+
+def as_seen(s: Session, r: NodeReport) -> list[AuditRecord]:
+    """``r``'s audit records as the service keeps them: from ``node:NAME`` whatever they
+    say, and about a workspace only if it is (or was last) on that node. A node naming
+    another node's workspace put its record, as a site event, in that workspace's
+    history, which its owner reads with `ws events` ("deny boot: image tampered, …")."""
+    named = sorted({a.workspace_id for a in r.audit if a.workspace_id})
+    ours: set[str] = set()
+    for i in range(0, len(named), _CHUNK):
+        q = select(Workspace.id).where(
+            Workspace.id.in_(named[i : i + _CHUNK]), Workspace.node == r.node
+        )
+        ours.update(s.execute(q).scalars())
+    return [
+        replace(
+            a,
+            where=f"node:{r.node}",
+            workspace_id=a.workspace_id if a.workspace_id in ours else "",
+        )
+        for a in r.audit
+    ]
 
 
 def report(env: Env, r: NodeReport, cert_serial: int = 0) -> None:
@@ -632,5 +731,5 @@ def _report(env: Env, r: NodeReport, cert_serial: int) -> None:
                     u.changed(ws)
                     preempt.terminated(u, ws)
         if r.audit and env.check_trust:
-            trust.record_audit(env, u.s, [replace(a, where=f"node:{r.node}") for a in r.audit])
+            trust.record_audit(env, u.s, as_seen(u.s, r))
         refresh(env, u, u.changed_clusters())

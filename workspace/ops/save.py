@@ -46,8 +46,9 @@ from workspace.errors import (
     WorkspaceError,
 )
 from workspace.identity import Identity
+from workspace.identity import Kind as Caller
 from workspace.log import about
-from workspace.ops import leases, refusals
+from workspace.ops import blob_access, leases, refusals
 from workspace.ops.image_refs import name_taken
 from workspace.ops.images import Catalog
 from workspace.ops.lifecycle import (
@@ -129,6 +130,7 @@ def save(
                     f"node {src.node} did not send partition(s) {', '.join(missing)} of "
                     f"workspace {src.name}; try again"
                 )
+            check_sent(env, src, {n: sent[n] for n in cow})
         parts = tuple(_image_partition(p, sent) for p in src.partitions)
         spec = ImageSpec(
             image, parts, src.spec.kernel_digest, src.spec.initrd_digest, src.spec.cmdline
@@ -157,6 +159,35 @@ def save(
         extra=about(src.workspace_id),
     )
     return view
+
+
+def holder(node: str) -> str:
+    """Who a node's saved disk is recorded as sent by (ops/blob_access.py)."""
+    return Identity(Caller.NODE, node).principal
+
+
+def check_sent(env: Env, src: _Source, sent: dict[str, str]) -> None:
+    """FailedPrecondition unless the node sent (``Nodes.PutBlob``) each blob its outcome
+    names as a disk of the save: the save vouches for them, and a node that named
+    another blob of the repository (another user's private disk: a digest is no
+    secret) made the saver an image of it, to boot and read."""
+    with env.store.read() as s:
+        held = blob_access.held(s, holder(src.node), sent.values())
+    foreign = {name: digest for name, digest in sent.items() if digest not in held}
+    if foreign:
+        said = ", ".join(f"{name} as {digest}" for name, digest in sorted(foreign.items()))
+        log.warning(
+            "workspace %s: node %s said it saved %s, which it never sent; save refused",
+            src.workspace_id,
+            src.node,
+            said,
+            extra=about(src.workspace_id, src.node),
+        )
+        raise FailedPrecondition(
+            f"node {src.node} said it saved partition(s) of workspace {src.name} ({said}) "
+            "as blobs it never sent; the save is refused (the node's agent misbehaves: "
+            "tell the site's admins)"
+        )
 
 
 def may_send(env: Env, node: str, workspace_id: str) -> None:

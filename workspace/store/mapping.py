@@ -156,6 +156,16 @@ def set_waiting(ws: Workspace, why: str, deadline: float | None = None) -> None:
         ws.wait_deadline = deadline
 
 
+# workspaces.reason's width (its column is String(1024)).
+REASON_MAX = 1024
+
+
+def stored_reason(reason: str) -> str:
+    """``reason`` as a workspace's row keeps it (cut to fit, store/bounds.py): what a
+    reason to be stored is compared with the one stored."""
+    return bounds.fit(reason, REASON_MAX)
+
+
 def set_reason(ws: Workspace, reason: str) -> None:
     """The reason the API shows; the workspace no longer waits for capacity."""
     ws.reason = reason
