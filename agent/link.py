@@ -124,7 +124,7 @@ class Link:
 
     def blob_source(self) -> Source:
         """The service's Nodes.FetchBlob, through whatever connection the link has now."""
-        return service_source(self.cfg.node, lambda: self._stub, self.cfg.service)
+        return service_source(self.cfg.node, lambda: self._stub, self.cfg.service, self.stop)
 
     # -- the stream --------------------------------------------------------------------
 
