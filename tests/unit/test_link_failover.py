@@ -44,6 +44,7 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         self.fetched_from: list[int] = []
         self.part = 0
         self.sent_part = threading.Event()
+        self.refuse = ""  # Register: UNAVAILABLE with this message
         self._hung = threading.Event()
         self._gone = threading.Event()
         self.server = rpc.server(max_workers=8)
@@ -61,6 +62,8 @@ class Replica(nodes_pb2_grpc.NodesServicer):
     def Register(
         self, request: nodes_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> nodes_pb2.RegisterResponse:
+        if self.refuse:  # a replica that cannot reach its database
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.refuse)
         self.registered += 1
         return nodes_pb2.RegisterResponse(heartbeat_interval_s=1)
 
@@ -234,3 +237,28 @@ def test_a_blob_fetched_from_a_replica_that_dies_comes_from_the_next_one(
     # B sent the rest, from where A stopped: the transfer went on, not again from zero.
     assert a.fetched_from == [0]
     assert b.fetched_from == [10000]
+
+
+def test_a_registration_refused_by_every_replica_names_each_with_its_own_error(
+    tmp_path: Path, replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "agent")
+    a, b = replicas
+    a.refuse = "the service's database cannot be reached right now; try again"
+    b.stop()  # dead: its address refuses connections
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "agent"]
+
+    _link, stop = start_link(tmp_path, replicas)
+    try:
+        wait_for(lambda: len([m for m in said() if m.startswith("service ")]) >= 2, 30, "two turns")
+    finally:
+        stop.set()
+    turns = [m for m in said() if m.startswith("service ")]
+    # Each turn tries both (the first one of the turn first): each address with its own
+    # error, never the dead one blamed for the other's database.
+    for m in turns[:2]:
+        assert f"{a.address}: {a.refuse}" in m, m
+        assert f"{b.address}: failed to connect" in m, m
+        assert f"{b.address}: {a.refuse}" not in m, m
