@@ -126,7 +126,7 @@ class Link:
 
     def blob_source(self) -> Source:
         """The service's Nodes.FetchBlob, through whatever connection the link has now."""
-        return service_source(self.cfg.node, lambda: self._stub, self.cfg.service)
+        return service_source(self.cfg.node, lambda: self._stub, self.cfg.service, self.stop)
 
     # -- the stream --------------------------------------------------------------------
 
@@ -178,9 +178,8 @@ class Link:
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
                     log.warning(
-                        "service %s: %s%s; %s",
-                        where,
-                        self._leaving or _why(exc),
+                        "service %s%s; %s",
+                        f"{where}: {self._leaving}" if self._leaving else _failed(where, exc),
                         "" if self._leaving else self._refused(where, exc, failures),
                         self._then(turn, failures),
                     )
@@ -357,6 +356,18 @@ class Link:
         except (grpc.RpcError, ValueError) as exc:  # ValueError: a channel closed under it
             what = rpc_status.describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
             raise Unavailable(f"console push failed: {what}") from None
+
+
+def _failed(where: str, exc: grpc.RpcError) -> str:
+    """A call that failed, for a log line: the replica and why; a registration tried on
+    several replicas (``failover.AllFailed``), each with why. Until session 40 the line
+    named the first one tried with the last one's error: while a replica was dead and
+    the database away, "service <the dead one>: the service's database cannot be
+    reached"."""
+    tried = getattr(exc, "failures", [])
+    if len(tried) < 2:
+        return f"{where}: {_why(exc)}"
+    return "; ".join(f"{address}: {why}" for address, why in tried)
 
 
 def _why(exc: grpc.RpcError) -> str:

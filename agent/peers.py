@@ -33,6 +33,7 @@ source, at worst from the service.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -53,6 +54,16 @@ from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 log = logging.getLogger("agent.peers")
 
 FETCH_TIMEOUT_S = 3600.0
+# A transfer from the service whose stream broke (its replica died or hung, or the link
+# left it) goes on from the offset reached through the replica the agent's link moves
+# to, if the link has moved within this long (docs/design/replicas.md).
+FOLLOW_LINK_S = 30.0
+_FOLLOW_POLL_S = 0.1
+# Consecutive moves that brought no byte before a transfer from the service gives up.
+_FOLLOW_MOVES = 3
+# A stream that ended so broke with its connection (the other side gone, the channel
+# closed under it), not with an answer.
+_BROKEN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 # Concurrent peer transfers one agent serves (more callers queue in gRPC).
 SERVE_PARALLEL = 8
 
@@ -220,7 +231,9 @@ def _stream(
                 raise ImageError(f"{where} sent more than the {msg.total_size} bytes it announced")
             yield msg.data
     except grpc.RpcError as exc:
-        raise Unavailable(rpc_status.describe(exc)) from None
+        said = rpc_status.describe(exc)
+        code = exc.code() if hasattr(exc, "code") else None
+        raise (_Broken(said) if code in _BROKEN else Unavailable(said)) from None
     finally:
         cancel = getattr(responses, "cancel", None)
         if cancel is not None:
@@ -286,18 +299,90 @@ class PeerChannels:
             ch.close()
 
 
+class _Broken(Unavailable):
+    """A transfer's stream broke with its connection (``_BROKEN``)."""
+
+
+Stub = Callable[[], nodes_pb2_grpc.NodesStub | None]
+
+
 def service_source(
-    node: str, stub: Callable[[], nodes_pb2_grpc.NodesStub | None], address: str
+    node: str,
+    stub: Stub,
+    address: str,
+    stop: threading.Event | None = None,
+    follow_s: float = FOLLOW_LINK_S,
 ) -> Source:
-    """The service's Nodes.FetchBlob, through whatever connection the agent has now."""
+    """The service's Nodes.FetchBlob, through whatever connection the agent has now (and
+    through the next one, should the replica of this one die mid-way, unless ``stop``:
+    the agent stops)."""
+    where = f"service {address}"
+    stopping = stop or threading.Event()
 
     def fetch(digest: str, offset: int) -> Iterator[bytes]:
         current = stub()
         if current is None:
             raise Unavailable("not connected to the service; cannot fetch blobs")
-        req = nodes_pb2.FetchBlobRequest(node=node, digest=digest, offset=offset)
-        return _stream(
-            lambda r: current.FetchBlob(r, timeout=FETCH_TIMEOUT_S), req, f"service {address}"
+        return _following(
+            current,
+            nodes_pb2.FetchBlobRequest(node=node, digest=digest, offset=offset),
+            where,
+            lambda old: _moved(stub, old, follow_s, stopping),
         )
 
-    return Source(f"service {address}", fetch)
+    return Source(where, fetch)
+
+
+def _following(
+    current: nodes_pb2_grpc.NodesStub,
+    req: nodes_pb2.FetchBlobRequest,
+    where: str,
+    moved: Callable[[nodes_pb2_grpc.NodesStub], nodes_pb2_grpc.NodesStub | None],
+) -> Iterator[bytes]:
+    """The chunks of ``req`` through ``current``; when its stream breaks and the link
+    moves to another replica meanwhile (a new stub), the rest from there, at the offset
+    reached. Until session 40 the transfer failed: a replica killed while a node fetched
+    an image from it failed the create (FAILED, `ws create --wait` exit 1) although the
+    link was on the next replica within a second."""
+    idle = 0
+    while True:
+        got = 0
+        call = functools.partial(current.FetchBlob, timeout=FETCH_TIMEOUT_S)
+        try:
+            for chunk in _stream(call, req, where):
+                got += len(chunk)
+                yield chunk
+            return
+        except (_Broken, ValueError) as exc:  # ValueError: a call on a closed channel
+            idle = 0 if got else idle + 1
+            following = None if idle >= _FOLLOW_MOVES else moved(current)
+            if following is None:
+                if isinstance(exc, ValueError):
+                    raise Unavailable(f"{where}: {exc}") from None
+                raise
+            req = nodes_pb2.FetchBlobRequest(
+                node=req.node, digest=req.digest, offset=req.offset + got
+            )
+            log.info(
+                "fetching %s from %s broke at byte %d (%s); going on through the replica "
+                "the agent moved to",
+                req.digest,
+                where,
+                req.offset,
+                exc,
+            )
+            current = following
+
+
+def _moved(
+    stub: Stub, old: nodes_pb2_grpc.NodesStub, within_s: float, stop: threading.Event
+) -> nodes_pb2_grpc.NodesStub | None:
+    """The stub of the link's next connection, once it has one other than ``old`` (None:
+    not within ``within_s``, or the agent stops)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        now = stub()
+        if now is not None and now is not old:
+            return now
+        if time.monotonic() >= deadline or stop.wait(_FOLLOW_POLL_S):
+            return None

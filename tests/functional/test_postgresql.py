@@ -4,15 +4,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from images.model import ImageSpec, Mode, Partition
-from tests.functional.harness import WS, Site
+from tests.functional.harness import WS, Site, wait_for
 from workspace.ops import images as images_ops
 from workspace.store import Workspace
+from workspace.store.engines import MAX_OVERFLOW, POOL_SIZE
 from workspace.store.mapping import bound_spec
 
 
@@ -69,3 +72,46 @@ def test_the_blob_collections_check_under_the_lock_finds_what_uses_a_blob(
             kernel,
             *used,
         }
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_replica_holds_the_database_connections_the_docs_say(tmp_path: Path, pg_db: str) -> None:
+    """An admin sizes PostgreSQL's max_connections by the README ("Each replica holds up
+    to N database connections") and store.md: the store's pool at most, and the sessions
+    the replica holds beside it, as pg_stat_activity names them."""
+    site = Site(tmp_path, database_url=pg_db)
+    try:
+        site.stubs.network(subnet="192.168.124.0/24")  # a change: the NOTIFY session opens
+        pool = f"workspace-service {os.getpid()}"
+
+        def beside_the_pool() -> list[str]:
+            with psycopg.connect(pg_db.replace("+psycopg", ""), autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
+            return sorted(name for (name,) in rows if name != pool)
+
+        def all_four() -> list[str] | None:
+            names = beside_the_pool()
+            return names if len(names) >= 4 else None
+
+        names = wait_for(all_four, 30, "its own sessions")
+    finally:
+        site.close()
+    assert names[:3] == [
+        f"workspace-service leader {os.getpid()}",
+        "workspace-service listen",
+        "workspace-service notify",
+    ]
+    assert names[3].startswith("workspace-service replica ") and len(names) == 4
+    held = POOL_SIZE + MAX_OVERFLOW + len(names)
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"Each replica holds up to {held} database connections" in readme
+    store = " ".join((REPO / "docs/design/store.md").read_text().split())
+    assert (
+        f"{held} database connections" in store
+        and f"at least {held} \N{MULTIPLICATION SIGN} N" in store
+    )

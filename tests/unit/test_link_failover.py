@@ -1,12 +1,16 @@
 """The agent's link over a list of replicas, against two fake Nodes servers: a replica that
 stops answering (hung, its connections up) is left after a failed heartbeat, not kept
 until the node is marked DOWN; a report made while the link moves between replicas never
-fails its caller and is sent again, in full, on the next replica."""
+fails its caller and is sent again, in full, on the next replica; a blob being fetched
+from a replica that dies is fetched on from the next one."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -34,6 +38,13 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         self.address = f"unix:{path}"
         self.registered = 0
         self.full_reports: list[nodes_pb2.ReportStatusRequest] = []
+        # FetchBlob: the blob it serves, the offsets asked, and how many bytes it sends
+        # before it stalls as a replica does when it dies mid-transfer (0: all of them).
+        self.blob = b""
+        self.fetched_from: list[int] = []
+        self.part = 0
+        self.sent_part = threading.Event()
+        self.refuse = ""  # Register: UNAVAILABLE with this message
         self._hung = threading.Event()
         self._gone = threading.Event()
         self.server = rpc.server(max_workers=8)
@@ -51,6 +62,8 @@ class Replica(nodes_pb2_grpc.NodesServicer):
     def Register(
         self, request: nodes_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> nodes_pb2.RegisterResponse:
+        if self.refuse:  # a replica that cannot reach its database
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.refuse)
         self.registered += 1
         return nodes_pb2.RegisterResponse(heartbeat_interval_s=1)
 
@@ -71,6 +84,20 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         if request.full:
             self.full_reports.append(request)
         return nodes_pb2.ReportStatusResponse()
+
+    def FetchBlob(
+        self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext
+    ) -> Iterator[nodes_pb2.BlobData]:
+        self.fetched_from.append(request.offset)
+        rest = self.blob[request.offset :]
+        if self.part:
+            yield nodes_pb2.BlobData(data=rest[: self.part], total_size=len(self.blob))
+            self.sent_part.set()
+            while context.is_active():  # until the server's stop breaks the stream
+                time.sleep(0.05)
+            return
+        for i in range(0, len(rest), 4096):
+            yield nodes_pb2.BlobData(data=rest[i : i + 4096], total_size=len(self.blob))
 
 
 class Node:
@@ -175,3 +202,63 @@ def test_reports_while_the_link_moves_never_fail_and_are_sent_again(
     # The log names the replica that failed and the one tried next, not the whole list.
     said = [r.getMessage() for r in caplog.records if r.name == "agent"]
     assert any(m.startswith(f"service {a.address}") and f"trying {b.address}" in m for m in said)
+
+
+def test_a_blob_fetched_from_a_replica_that_dies_comes_from_the_next_one(
+    tmp_path: Path, replicas: list[Replica]
+) -> None:
+    a, b = replicas
+    blob = os.urandom(40000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    a.blob = b.blob = blob
+    a.part = 10000
+    link, stop = start_link(tmp_path, replicas)
+    cache = BlobCache(tmp_path / "node-cache")
+    got: list[Path] = []
+    failed: list[BaseException] = []
+
+    def fetch() -> None:  # what staging does for a create whose image is not cached
+        try:
+            got.append(cache.ensure(digest, [link.blob_source()], len(blob)))
+        except BaseException as exc:  # what failed the create
+            failed.append(exc)
+
+    try:
+        wait_for(lambda: a.full_reports, 10, "a heartbeat on A")
+        fetching = threading.Thread(target=fetch)
+        fetching.start()
+        wait_for(a.sent_part.is_set, 10, "part of the blob sent by A")
+        a.stop()  # the replica dies mid-transfer; the link moves to B
+        fetching.join(60)
+    finally:
+        stop.set()
+    assert failed == []
+    assert got and got[0].read_bytes() == blob
+    # B sent the rest, from where A stopped: the transfer went on, not again from zero.
+    assert a.fetched_from == [0]
+    assert b.fetched_from == [10000]
+
+
+def test_a_registration_refused_by_every_replica_names_each_with_its_own_error(
+    tmp_path: Path, replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "agent")
+    a, b = replicas
+    a.refuse = "the service's database cannot be reached right now; try again"
+    b.stop()  # dead: its address refuses connections
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "agent"]
+
+    _link, stop = start_link(tmp_path, replicas)
+    try:
+        wait_for(lambda: len([m for m in said() if m.startswith("service ")]) >= 2, 30, "two turns")
+    finally:
+        stop.set()
+    turns = [m for m in said() if m.startswith("service ")]
+    # Each turn tries both (the first one of the turn first): each address with its own
+    # error, never the dead one blamed for the other's database.
+    for m in turns[:2]:
+        assert f"{a.address}: {a.refuse}" in m, m
+        assert f"{b.address}: failed to connect" in m, m
+        assert f"{b.address}: {a.refuse}" not in m, m

@@ -1,9 +1,12 @@
 """Execs forwarded between replicas (service/task_relay.py) over a fake channel: the
-answer comes back whole, errors keep their class, and when two replicas both still hold
-a stream of the node only one runs the command."""
+answer comes back whole, errors keep their class, when two replicas both still hold a
+stream of the node only one runs the command, and a command larger than one notification
+goes in parts."""
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
 from typing import Any
@@ -22,6 +25,7 @@ class Bus:
     def __init__(self) -> None:
         self.members: list[TaskForwarder] = []
         self.q: queue.Queue[str | None] = queue.Queue()
+        self.longest = 0  # the longest payload sent (PostgreSQL takes under 8000 bytes)
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
@@ -37,6 +41,7 @@ class FakeRelay:
         self.on_task: Any = None
 
     def send(self, channel: str, payload: str) -> None:
+        self.bus.longest = max(self.bus.longest, len(payload.encode()))
         self.bus.q.put(payload)
 
 
@@ -116,3 +121,36 @@ def test_an_exec_whose_replica_is_gone_is_not_waited_for() -> None:
             origin.exec("n1", "w1", ExecTask(("sleep", "300")), 300)
     finally:
         release.set()
+
+
+def test_a_command_larger_than_one_notification_goes_in_parts() -> None:
+    """`ws exec --stdin` with more than about 5 KiB through a replica that does not hold
+    the agent: until session 40 refused, "too large to forward; try again" (and the
+    next try went to the same replica)."""
+    holder = FakeHub({"n1"}, None)
+    origin, _ = replicas(FakeHub(set(), None), holder)
+    stdin = os.urandom(300_000)
+    out = origin.exec("n1", "w1", ExecTask(("cat",), stdin=stdin), 30)
+    assert out.stdout == stdin * 3 and holder.runs == 1
+    assert origin.relay.bus.longest < 8000  # type: ignore[attr-defined]
+
+
+def test_a_large_command_for_a_replica_of_an_older_release_is_refused_not_run() -> None:
+    """A replica of an older release does not say it takes a task in parts: it would run
+    the offer without its fields, so it is not told to run it."""
+
+    class Older(FakeRelay):
+        def send(self, channel: str, payload: str) -> None:
+            msg = json.loads(payload)
+            msg.pop("parts", None)  # its acknowledgement says nothing of parts
+            super().send(channel, json.dumps(msg))
+
+    bus = Bus()
+    holder = FakeHub({"n1"}, None)
+    origin = TaskForwarder(FakeHub(set(), None), FakeRelay(bus, "r0"))  # type: ignore[arg-type]
+    old = TaskForwarder(holder, Older(bus, "r1"))  # type: ignore[arg-type]
+    bus.members += [origin, old]
+    with pytest.raises(Unavailable, match="older release"):
+        origin.exec("n1", "w1", ExecTask(("cat",), stdin=os.urandom(20_000)), 5)
+    assert origin.exec("n1", "w1", ExecTask(("cat",), stdin=b"small"), 5).stdout == b"small" * 3
+    assert holder.runs == 1

@@ -6,7 +6,9 @@ task on PostgreSQL's ``workspace_tasks`` channel; a replica holding the node's s
 answers at once that it has it (``ack``); the sender tells the first one to answer to run
 it (``go``: two replicas that both still hold a stream of the node -- an old one not yet
 seen broken -- never both run it); that one runs the task through its hub and sends the
-outcome (or the error) back, in parts when it is larger than one notification. No replica
+outcome (or the error) back, in parts when it is larger than one notification. A task
+larger than one notification (an exec's stdin or argv) is offered without its fields,
+which go to the one that runs it in parts, with the ``go``. No replica
 acknowledging within ``ACK_S`` means no replica has the agent: UNAVAILABLE, as on one
 replica. Interactive consoles go the same way, as sessions (``service/console_relay.py``,
 whose messages this relay hands over).
@@ -48,6 +50,8 @@ log = logging.getLogger("workspace.service.tasks")
 ACK_S = 2.0
 # Base64 characters of an answer per notification (under PostgreSQL's 8000 bytes).
 PART_CHARS = 6000
+# A message longer than this goes in parts (PostgreSQL's payload limit is 8000 bytes).
+NOTIFY_MAX = 7900
 # How often a replica waiting for an answer asks whether the one running the task is gone.
 GONE_CHECK_S = 1.0
 
@@ -58,6 +62,7 @@ class _Waiting:
     parts: dict[int, str] = field(default_factory=dict)
     answer: Future[Answer] = field(default_factory=Future)
     holder: str = ""  # the replica running it (the first to acknowledge)
+    body: list[str] = field(default_factory=list)  # the task's fields in parts ([]: inline)
 
 
 def _b64(data: bytes) -> str:
@@ -75,8 +80,10 @@ class TaskForwarder:
         self.gone = gone
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}
-        # Execs this replica offered to run (acked), waiting for their ``go``.
+        # Execs this replica offered to run (acked), waiting for their ``go``; those told
+        # to run whose fields still come in parts (the offer, the parts so far).
         self._offered: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._incoming: dict[str, tuple[float, dict[str, Any], dict[int, str]]] = {}
         # Interactive consoles: sessions through the same channel.
         self.consoles = ConsoleRelay(hub, relay)
 
@@ -123,11 +130,14 @@ class TaskForwarder:
         }
         try:
             payload = json.dumps(msg)
-            if len(payload) >= 7900:
-                raise Unavailable(
-                    f"node {node}'s agent is connected to another replica and the command "
-                    "is too large to forward; try again"
-                )
+            if len(payload) >= NOTIFY_MAX:
+                # Until session 40 refused ("too large to forward; try again"): an exec
+                # with more than about 5 KiB of stdin failed through every replica but the
+                # one holding the agent, and trying again went to the same one.
+                text = _b64(json.dumps(fields).encode())
+                w.body = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)]
+                offer = {k: v for k, v in msg.items() if k not in fields}
+                payload = json.dumps({**offer, "body": len(w.body)})
             self.relay.send(TASKS_CHANNEL, payload)
             if not w.acked.wait(ACK_S):
                 raise Unavailable(f"node {node}'s agent is not connected; try again")
@@ -169,17 +179,21 @@ class TaskForwarder:
                     self._offered = {
                         k: v for k, v in self._offered.items() if now - v[0] < 2 * ACK_S
                     }
+                    self._incoming = {
+                        k: v for k, v in self._incoming.items() if now - v[0] < 30 * ACK_S
+                    }
                     self._offered[str(msg["id"])] = (now, msg)
-                self._reply(msg["from"], msg["id"], {"op": "ack", "by": self.relay.replica_id})
+                # "parts": this replica takes a task's fields in parts with the go.
+                ack = {"op": "ack", "by": self.relay.replica_id, "parts": 1}
+                self._reply(msg["from"], msg["id"], ack)
             return
         if msg.get("to") != self.relay.replica_id:
             return
         if op == "go":
-            with self._lock:
-                offered = self._offered.pop(str(msg.get("id", "")), None)
-            if offered is not None:
+            task = self._told(msg)
+            if task is not None:
                 threading.Thread(
-                    target=self._run, args=(offered[1],), name="forwarded-exec", daemon=True
+                    target=self._run, args=(task,), name="forwarded-exec", daemon=True
                 ).start()
             return
         with self._lock:
@@ -189,13 +203,48 @@ class TaskForwarder:
         if op == "ack":
             if not w.acked.is_set():
                 w.holder = str(msg.get("by", ""))
+                if w.body and not msg.get("parts"):
+                    w.answer.set_exception(
+                        Unavailable(
+                            "the node's agent is connected to a replica of an older "
+                            "release, which cannot take a command this large (stdin over "
+                            "about 5 KiB); run it through that replica, or once it is upgraded"
+                        )
+                    )
+                    w.acked.set()
+                    return
                 w.acked.set()
-                self._reply(str(msg.get("by", "")), str(msg["id"]), {"op": "go"})
+                n = len(w.body)
+                for i, part in enumerate(w.body or [""]):
+                    go = {"op": "go", "i": i, "n": n, "d": part} if n else {"op": "go"}
+                    self._reply(w.holder, str(msg["id"]), go)
         elif op == "part":
             w.parts[int(msg["i"])] = str(msg["d"])
             if len(w.parts) == int(msg["n"]):
                 text = base64.b64decode("".join(w.parts[i] for i in range(len(w.parts))))
                 self._settle(w, json.loads(text))
+
+    def _told(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The task a ``go`` tells this replica to run, once its fields are all here (an
+        offer made without them: they come in parts, one per ``go``); None: not yet, or
+        not offered by this replica."""
+        tid = str(msg.get("id", ""))
+        with self._lock:
+            offered = self._offered.pop(tid, None)
+            if offered is not None and "body" not in offered[1]:
+                return offered[1]
+            if offered is not None:
+                self._incoming[tid] = (offered[0], offered[1], {})
+            incoming = self._incoming.get(tid)
+            if incoming is None:
+                return None
+            _when, task, parts = incoming
+            parts[int(msg.get("i", 0))] = str(msg.get("d", ""))
+            if len(parts) < int(task["body"]):
+                return None
+            del self._incoming[tid]
+        fields = json.loads(base64.b64decode("".join(parts[i] for i in range(len(parts)))))
+        return {**task, **fields}
 
     def _settle(self, w: _Waiting, answer: dict[str, Any]) -> None:
         if w.answer.done():
