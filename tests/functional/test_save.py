@@ -220,22 +220,29 @@ def test_what_the_guest_wrote_is_in_the_saved_image_and_a_new_workspace_boots_it
     assert raw_content(overlay(site, w2), tmp_path)[64 * KIB : 128 * KIB] == b"\x5a" * 64 * KIB
 
 
+def hold_copies(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The node's copy of a disk, once begun (the first event set), waits for the second
+    (the save stays under way until the test sets it)."""
+    from agent import save as agent_save
+
+    real = agent_save.qemu_img.flatten
+    copying, go_on = threading.Event(), threading.Event()
+
+    def slow(overlay: Path, path: Path, timeout_s: float, told: Any = None) -> None:
+        copying.set()
+        assert go_on.wait(30)
+        real(overlay, path, timeout_s, told)
+
+    monkeypatch.setattr(agent_save.qemu_img, "flatten", slow)
+    return copying, go_on
+
+
 def test_a_workspace_being_saved_does_not_start_and_is_not_saved_twice(
     env_site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site = env_site
     w = stopped(site, "box")
-    copying, go_on = threading.Event(), threading.Event()
-    from agent import save as agent_save
-
-    real = agent_save.qemu_img.flatten
-
-    def slow(overlay: Path, path: Path, timeout_s: float, told: Any = None) -> None:
-        copying.set()
-        assert go_on.wait(20)
-        real(overlay, path, timeout_s, told)
-
-    monkeypatch.setattr(agent_save.qemu_img, "flatten", slow)
+    copying, go_on = hold_copies(monkeypatch)
     result: dict[str, Any] = {}
 
     def run() -> None:

@@ -27,17 +27,7 @@ def test_a_workspace_destroyed_while_it_is_saved_goes_once_its_image_is_made(
     site = test_save.with_env(site)
     w = test_save.stopped(site, "box")
     test_save.guest_writes(test_save.overlay(site, w), 64 * 1024, 0x5A)
-    from agent import save as agent_save
-
-    real = agent_save.qemu_img.flatten
-    copying, go_on = threading.Event(), threading.Event()
-
-    def slow(overlay: Path, path: Path, timeout_s: float, told: Any = None) -> None:
-        copying.set()
-        assert go_on.wait(20)
-        real(overlay, path, timeout_s, told)
-
-    monkeypatch.setattr(agent_save.qemu_img, "flatten", slow)
+    copying, go_on = test_save.hold_copies(monkeypatch)
     result: dict[str, Any] = {}
 
     def run() -> None:

@@ -4,10 +4,6 @@ answer (exit 3, as if it were unreachable, while the image was made after all)."
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from tests.functional import test_save
@@ -23,16 +19,7 @@ def test_a_save_whose_wait_ran_out_is_said_to_go_on_and_is_made(
 ) -> None:
     site = test_save.with_env(site)
     w = test_save.stopped(site, "box")
-    from agent import save as agent_save
-
-    real = agent_save.qemu_img.flatten
-    go_on = threading.Event()
-
-    def slow(overlay: Path, path: Path, timeout_s: float, told: Any = None) -> None:
-        assert go_on.wait(30)
-        real(overlay, path, timeout_s, told)
-
-    monkeypatch.setattr(agent_save.qemu_img, "flatten", slow)
+    _, go_on = test_save.hold_copies(monkeypatch)
     try:
         code, out, err = test_save.save(site, capsys, "box", "env:2", "--timeout", "2")
     finally:
