@@ -9,10 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tests.functional.harness import (
+    ROOT,
     WS,
     Proc,
     SitePki,
@@ -23,7 +25,7 @@ from tests.functional.harness import (
     write_config,
 )
 from workspace import config, rpc
-from workspace.v1 import admin_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, clusters_pb2, workspaces_pb2
 
 
 class Daemons:
@@ -361,3 +363,77 @@ def _ready(stubs: Stubs) -> bool:
 def _starts(log: Path) -> int:
     """How many times the agent logging to ``log`` started."""
     return log.read_text().count("for node node1 started") if log.exists() else 0
+
+
+# -- kill -9 of the service in the middle of what a user does: a `ws cluster scale --wait`.
+# The user's wait goes on (docs/design/cli.md, "A wait that loses the service").
+
+WS_CLI = [sys.executable, "-m", "workspace.cli.ws"]
+
+
+def _site(tmp: Path) -> tuple[Daemons, Stubs]:
+    d = Daemons(tmp)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    wait_for(lambda: _answers(stubs), START_S, what="the service answering")
+    stubs.network()
+    stubs.import_image("img", data=os.urandom(200_000))
+    d.start_agent()
+    wait_for(lambda: _ready(stubs), what="node READY")
+    return d, stubs
+
+
+def test_a_scale_wait_goes_on_across_a_kill_9_of_the_service(tmp_path: Path) -> None:
+    """`ws cluster scale --wait` lost the service and ended with exit 3 ("cannot reach the
+    workspace service") although the scale was made: every other --wait keeps waiting."""
+    d, stubs = _site(tmp_path)
+    try:
+        member = clusters_pb2.ClusterMember(role="worker", image="img", memory_mib=256)
+        c = stubs.clusters.CreateCluster(
+            clusters_pb2.CreateClusterRequest(name="ela", members=[member])
+        )
+        stubs.wait_state(c.members[0].id, WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
+        assert d.agent is not None
+        d.agent.kill9()  # the new members wait for their node while the service restarts
+        cli = subprocess.Popen(
+            [*WS_CLI, "cluster", "scale", "ela", "--role", "worker", "--count", "3", "--wait"],
+            env=dict(os.environ, WS_SERVICE=d.sock, PYTHONPATH=str(ROOT)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def members() -> set[str]:
+            req = workspaces_pb2.ListWorkspacesRequest()
+            return {w.name for w in stubs.ws.ListWorkspaces(req).workspaces}
+
+        said: list[str] = []
+        assert cli.stderr is not None
+        reader = threading.Thread(target=lambda: said.extend(cli.stderr or ()))
+        reader.start()
+        wait_for(lambda: "ela-worker-2" in members(), 60, what="the scale made")
+        assert d.service is not None
+        d.service.kill9()
+        # Down until the wait has seen it gone (it ended there, exit 3, before the fix).
+        wait_for(
+            lambda: cli.poll() is not None or any("lost the service" in x for x in said),
+            60,
+            what="the wait to notice",
+        )
+        d.start_service()
+        d.start_agent()
+        out = cli.stdout.read() if cli.stdout is not None else ""
+        cli.wait(180)
+        reader.join(10)
+        err = "".join(said)
+        assert cli.returncode == 0, (out, err)
+        assert (
+            "ws: wait: lost the service (" in err and "ws: wait: the service answers again" in err
+        )
+        assert "added ela-worker-1, ela-worker-2" in out, out
+        shown = stubs.clusters.GetCluster(clusters_pb2.ClusterRef(id="ela"))
+        assert shown.state == clusters_pb2.CLUSTER_STATE_RUNNING
+        assert [m.state for m in shown.members] == [WS.WORKSPACE_STATE_RUNNING] * 3
+    finally:
+        stubs.channel.close()
+        d.stop()
