@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.functional.harness import (
     ROOT,
@@ -28,7 +29,8 @@ from tests.functional.harness import (
     wait_for,
     write_config,
 )
-from workspace import config, rpc
+from workspace import config, errors, rpc
+from workspace.client import Client
 from workspace.v1 import admin_pb2, clusters_pb2, images_pb2, workspaces_pb2
 
 
@@ -500,5 +502,33 @@ def test_an_upload_and_a_delete_cut_short_by_kill_9_leave_nothing_behind(tmp_pat
     finally:
         hold.set()
         uploader.join(30)
+        stubs.channel.close()
+        d.stop()
+
+
+def test_an_upload_the_service_died_in_says_so(tmp_path: Path) -> None:
+    """The service killed while it took an upload: the client said "cannot reach the
+    workspace service ... (no identity given: a service with mutual TLS needs --identity
+    DIR ...)", as if it had never been reached, and sent the user after a TLS identity."""
+    d = Daemons(tmp_path)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    client = Client(d.sock)
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(16 << 20))
+
+    def progress(sent: int, _total: int) -> None:
+        if sent >= 8 << 20 and d.service is not None and d.service.popen.poll() is None:
+            d.service.kill9()  # halfway through the file
+
+    try:
+        wait_for(lambda: _answers(stubs), START_S, what="the service answering")
+        with pytest.raises(errors.Unavailable) as got:
+            client.upload_blob(disk, progress)
+        said = got.value.message
+        assert f"the workspace service at {d.sock} went away during the upload of {disk}" in said
+        assert "nothing was stored, try again" in said and "identity" not in said, said
+    finally:
+        client.close()
         stubs.channel.close()
         d.stop()
