@@ -173,6 +173,9 @@ class Client(
         self.address = address
         self.timeout_s = timeout_s
         self.tls = tls
+        # Whether the service answered a call of this client: one that fails later
+        # stopped or restarted, it does not want an identity it did not want before.
+        self._answered = False
         self._channel = rpc.channel(address, tls)
         self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
@@ -265,6 +268,8 @@ class Client(
             else f" (no identity given: a service with mutual TLS needs --identity DIR "
             f"or ${IDENTITY_ENV})"
         )
+        if self._answered and not answered:
+            hint = " (it answered this client before: it stopped or restarted since)"
         # A server whose certificate was refused answered: the local site is not down.
         site = "" if answered else local_site_hint(self.address)
         if len(failures) < 2:
@@ -284,9 +289,11 @@ class Client(
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         try:
-            return method(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
+            found = method(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
+        self._answered = True
+        return found
 
     def _create(self, method: Callable[..., T], request: Any) -> T:
         """A create RPC, retried once with the same request (and so the same request id)

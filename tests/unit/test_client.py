@@ -156,12 +156,14 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.get_deadlines: list[float] = []
         self.away_after: int | None = None
         self.away_for: int | None = None
+        # What gRPC says of a service that is away.
+        self.away_says = "connection refused"
 
     def _away(self, context: Any) -> None:
         if self.away_after is None or self.gets <= self.away_after:
             return
         if self.away_for is None or self.gets <= self.away_after + self.away_for:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "connection refused")
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.away_says)
 
     def _shown(self) -> list[common_pb2.Workspace]:
         return self.views or [_ws(state) for state in self.states]
@@ -250,6 +252,30 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
         Client("no-such-host.invalid:1", timeout_s=2).list_workspaces()
     # A name that does not resolve is not helped by an identity: no hint that it would be.
     assert "identity" not in e.value.message
+
+
+def test_a_service_that_answered_and_went_away_is_not_said_to_want_an_identity(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """The service killed during a call (a `ws image save` that waits for the node's copy):
+    gRPC says "Socket closed", and the client, given no identity, said "(no identity given:
+    a service with mutual TLS needs --identity DIR ...)" of a plaintext service it had
+    talked to a moment before. Only a service that never answered may want one."""
+    client, wsvc, _ = served
+    wsvc.away_says = "Stream removed (Socket closed)"
+    with Client(client.address, timeout_s=5) as fresh:
+        wsvc.away_after = wsvc.gets
+        with pytest.raises(errors.Unavailable) as never:
+            fresh.get_workspace("w1")
+    assert "(no identity given: a service with mutual TLS needs --identity" in never.value.message
+    wsvc.away_after = None
+    assert client.get_workspace("w1").id
+    wsvc.away_after = wsvc.gets
+    with pytest.raises(errors.Unavailable) as lost:
+        client.get_workspace("w1")
+    assert lost.value.message.startswith(f"cannot reach the workspace service at {client.address}")
+    assert "identity" not in lost.value.message
+    assert "(it answered this client before: it stopped or restarted since)" in lost.value.message
 
 
 def test_an_error_says_the_status_it_came_with(
