@@ -87,6 +87,8 @@ T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
 # list_workspaces, list_clusters and get_usage ask for this many per page.
 LIST_PAGE_SIZE = 500
+# A create whose answer was lost is sent again (the same request id) this often.
+CREATE_RETRY_S = 0.5
 # Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 FAILURE_POLICIES = ("keep", "teardown")
@@ -296,15 +298,27 @@ class Client(
         return found
 
     def _create(self, method: Callable[..., T], request: Any) -> T:
-        """A create RPC, retried once with the same request (and so the same request id)
-        when it fails with UNAVAILABLE: a lost answer never makes a second object."""
+        """A create RPC, retried with the same request (and so the same request id) when
+        it fails with UNAVAILABLE: a lost answer never makes a second object. Once if the
+        call never left (no service there); if it may have reached the service (which went
+        away under it: killed, restarted), until the service answers or ``timeout_s`` has
+        passed. Retried once only, a create cut short by a restart failed "cannot reach"
+        while the service restarted, though it may have made the object: the user ran it
+        again, and an unnamed workspace or cluster was made twice."""
+        deadline = time.monotonic() + self.timeout_s
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise self._error(exc) from None
-        time.sleep(0.5)
-        return self._call(method, request)
+            reached = not failover.never_sent(exc)
+        while True:
+            time.sleep(CREATE_RETRY_S)
+            try:
+                return self._call(method, request)
+            except errors.Unavailable as exc:
+                if not reached or exc.code != "UNAVAILABLE" or time.monotonic() > deadline:
+                    raise
 
     # -- health ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -528,6 +529,49 @@ def test_an_upload_the_service_died_in_says_so(tmp_path: Path) -> None:
         said = got.value.message
         assert f"the workspace service at {d.sock} went away during the upload of {disk}" in said
         assert "nothing was stored, try again" in said and "identity" not in said, said
+    finally:
+        client.close()
+        stubs.channel.close()
+        d.stop()
+
+
+def test_a_create_the_service_died_under_is_made_once_when_it_is_back(tmp_path: Path) -> None:
+    """The service killed while it held a create: the client sent it again once, half a
+    second later, while the service was still starting, and failed "cannot reach" (exit 3)
+    though the create may have been made; a user who then ran `ws create` again got a
+    second workspace of an unnamed one. It is sent again, with the same request id, until
+    the service answers."""
+    d = Daemons(tmp_path)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    client = Client(d.sock, timeout_s=START_S)
+    made: list[object] = []
+    try:
+        wait_for(lambda: _answers(stubs), START_S, what="the service answering")
+        stubs.network()
+        stubs.import_image("img")
+        d.start_agent()
+        wait_for(lambda: _ready(stubs), what="node READY")
+        assert d.service is not None
+        os.kill(d.service.popen.pid, signal.SIGSTOP)  # it takes the call but never answers
+
+        def create() -> None:
+            try:
+                made.append(client.create_workspace("img", memory_mib=256))
+            except errors.WorkspaceError as exc:
+                made.append(exc)
+
+        creating = threading.Thread(target=create)
+        creating.start()
+        time.sleep(1)  # the request is on its way to the stopped process
+        d.service.kill9()
+        time.sleep(2)  # the client has tried again by now, and found nothing there
+        d.start_service()
+        creating.join(START_S + 30)
+        (w,) = made
+        assert not isinstance(w, errors.WorkspaceError), w
+        shown = [x.id for x in live(stubs)]
+        assert shown == [getattr(w, "id", None)]
     finally:
         client.close()
         stubs.channel.close()

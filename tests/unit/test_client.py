@@ -142,6 +142,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
     def __init__(self) -> None:
         self.creates: list[str] = []
         self.fail_creates = 0
+        # What the failed creates say (gRPC's words for a connection lost mid-call).
+        self.creates_fail_with = "failed to connect: connection reset"
         self.states = [WS.WORKSPACE_STATE_PENDING]
         # What GetWorkspace and the watch show, when more than a state matters.
         self.views: list[common_pb2.Workspace] = []
@@ -172,7 +174,7 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.creates.append(request.request_id)
         if self.fail_creates:
             self.fail_creates -= 1
-            context.abort(grpc.StatusCode.UNAVAILABLE, "failed to connect: connection reset")
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.creates_fail_with)
         return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
@@ -406,18 +408,33 @@ def test_a_wrong_argument_is_found_where_packages_lie_inside_the_standard_librar
     assert not isinstance(theirs.value, errors.WorkspaceError)
 
 
-def test_create_retries_once_with_the_same_request_id(
+def test_create_retries_with_the_same_request_id(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:
     client, wsvc, _ = served
     wsvc.fail_creates = 1
     w = client.create_workspace("img")
     assert len(wsvc.creates) == 2 and wsvc.creates[0] == wsvc.creates[1] == w.request_id
+    # Nothing left this process (no service there): sent again once, then the error.
     wsvc.creates.clear()
+    wsvc.creates_fail_with = "failed to connect to all addresses; last error: refused"
     wsvc.fail_creates = 2
     with pytest.raises(errors.Unavailable):
         client.create_workspace("img", request_id="mine")
     assert wsvc.creates == ["mine", "mine"]
+    # The service went away during the call (it may have made the workspace): sent again
+    # until it answers, so a restart ends in the workspace made once, not in an error.
+    wsvc.creates.clear()
+    wsvc.creates_fail_with = "Stream removed (recvmsg:Connection reset by peer (104))"
+    wsvc.fail_creates = 4
+    assert client.create_workspace("img", request_id="cut").request_id == "cut"
+    assert wsvc.creates == ["cut"] * 5
+    # ... within the client's timeout.
+    wsvc.creates.clear()
+    wsvc.fail_creates = 1000
+    with Client(client.address, timeout_s=2) as hasty, pytest.raises(errors.Unavailable):
+        hasty.create_workspace("img", request_id="gone")
+    assert len(wsvc.creates) >= 2 and set(wsvc.creates) == {"gone"}
 
 
 def test_upload_blob_streams_1mib_chunks(
