@@ -116,6 +116,9 @@ _NOTHING_THERE = (
     "dns resolution",
     "errors resolving",
 )
+# How gRPC says a call's stream was torn down under it: the connection had been made and
+# the call sent (the service went away during it), not refused.
+_CUT = "stream removed"
 # gRPC's preamble to the reason one address failed, left out where each is named.
 _PICK_FAILED = "failed to connect to all addresses; last error: "
 
@@ -270,7 +273,11 @@ class Client(
             else f" (no identity given: a service with mutual TLS needs --identity DIR "
             f"or ${IDENTITY_ENV})"
         )
-        if self._answered and not answered:
+        if answered:
+            pass
+        elif len(failures) == 1 and failures[0][1].lower().startswith(_CUT):
+            hint = " (it went away during the call: it stopped or restarted)"
+        elif self._answered:
             hint = " (it answered this client before: it stopped or restarted since)"
         # A server whose certificate was refused answered: the local site is not down.
         site = "" if answered else local_site_hint(self.address)

@@ -259,17 +259,26 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
 def test_a_service_that_answered_and_went_away_is_not_said_to_want_an_identity(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:
-    """The service killed during a call (a `ws image save` that waits for the node's copy):
-    gRPC says "Socket closed", and the client, given no identity, said "(no identity given:
-    a service with mutual TLS needs --identity DIR ...)" of a plaintext service it had
-    talked to a moment before. Only a service that never answered may want one."""
+    """The service killed during a call (a `ws image save` that waits for the node's copy,
+    a `ws cluster scale`): gRPC says "Stream removed (...)", and the client, given no
+    identity, said "(no identity given: a service with mutual TLS needs --identity DIR
+    ...)" of a plaintext service that had taken the call, or answered a moment before.
+    Only a service that never let a call through may want one."""
     client, wsvc, _ = served
-    wsvc.away_says = "Stream removed (Socket closed)"
+    # What gRPC says where a TLS service refused a plaintext connection: an identity may help.
+    wsvc.away_says = "failed to connect to all addresses; last error: UNAVAILABLE: Socket closed"
     with Client(client.address, timeout_s=5) as fresh:
         wsvc.away_after = wsvc.gets
         with pytest.raises(errors.Unavailable) as never:
             fresh.get_workspace("w1")
     assert "(no identity given: a service with mutual TLS needs --identity" in never.value.message
+    # The first call of a client, its stream torn down under it: the service was there.
+    wsvc.away_says = "Stream removed (recvmsg:Connection reset by peer (104))"
+    with Client(client.address, timeout_s=5) as fresh, pytest.raises(errors.Unavailable) as cut:
+        fresh.get_workspace("w1")
+    assert "identity" not in cut.value.message
+    assert "(it went away during the call: it stopped or restarted)" in cut.value.message
+    wsvc.away_says = "connection refused"
     wsvc.away_after = None
     assert client.get_workspace("w1").id
     wsvc.away_after = wsvc.gets
