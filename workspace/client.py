@@ -273,11 +273,9 @@ class Client(
             else f" (no identity given: a service with mutual TLS needs --identity DIR "
             f"or ${IDENTITY_ENV})"
         )
-        if answered:
-            pass
-        elif len(failures) == 1 and failures[0][1].lower().startswith(_CUT):
+        if not answered and len(failures) == 1 and failures[0][1].lower().startswith(_CUT):
             hint = " (it went away during the call: it stopped or restarted)"
-        elif self._answered:
+        elif not answered and self._answered:
             hint = " (it answered this client before: it stopped or restarted since)"
         # A server whose certificate was refused answered: the local site is not down.
         site = "" if answered else local_site_hint(self.address)
@@ -323,8 +321,8 @@ class Client(
             time.sleep(CREATE_RETRY_S)
             try:
                 return self._call(method, request)
-            except errors.Unavailable as exc:
-                if not reached or exc.code != "UNAVAILABLE" or time.monotonic() > deadline:
+            except ServiceUnreachable:  # not the service's own UNAVAILABLE (its store)
+                if not reached or time.monotonic() > deadline:
                     raise
 
     # -- health ------------------------------------------------------------------------

@@ -444,6 +444,13 @@ def test_create_retries_with_the_same_request_id(
     with Client(client.address, timeout_s=2) as hasty, pytest.raises(errors.Unavailable):
         hasty.create_workspace("img", request_id="gone")
     assert len(wsvc.creates) >= 2 and set(wsvc.creates) == {"gone"}
+    # The service's own UNAVAILABLE (its store away, its data directory read-only) came
+    # with nothing made: sent again once, as before.
+    wsvc.creates.clear()
+    wsvc.creates_fail_with = "the service's data directory is read-only (Read-only file system)"
+    with pytest.raises(errors.Unavailable, match="read-only"):
+        client.create_workspace("img", request_id="ro")
+    assert wsvc.creates == ["ro", "ro"]
 
 
 def test_upload_blob_streams_1mib_chunks(
