@@ -88,6 +88,8 @@ T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
 # list_workspaces, list_clusters and get_usage ask for this many per page.
 LIST_PAGE_SIZE = 500
+# A create whose answer was lost is sent again (the same request id) this often.
+CREATE_RETRY_S = 0.5
 # Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 FAILURE_POLICIES = ("keep", "teardown")
@@ -115,6 +117,9 @@ _NOTHING_THERE = (
     "dns resolution",
     "errors resolving",
 )
+# How gRPC says a call's stream was torn down under it: the connection had been made and
+# the call sent (the service went away during it), not refused.
+_CUT = "stream removed"
 # gRPC's preamble to the reason one address failed, left out where each is named.
 _PICK_FAILED = "failed to connect to all addresses; last error: "
 
@@ -174,6 +179,9 @@ class Client(
         self.address = address
         self.timeout_s = timeout_s
         self.tls = tls
+        # Whether the service answered a call of this client: one that fails later
+        # stopped or restarted, it does not want an identity it did not want before.
+        self._answered = False
         self._channel = rpc.channel(address, tls)
         self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
@@ -269,6 +277,10 @@ class Client(
             else f" (no identity given: a service with mutual TLS needs --identity DIR "
             f"or ${IDENTITY_ENV})"
         )
+        if not answered and len(failures) == 1 and failures[0][1].lower().startswith(_CUT):
+            hint = " (it went away during the call: it stopped or restarted)"
+        elif not answered and self._answered:
+            hint = " (it answered this client before: it stopped or restarted since)"
         # A server whose certificate was refused answered: the local site is not down.
         site = "" if answered else local_site_hint(self.address)
         if len(failures) < 2:
@@ -288,20 +300,34 @@ class Client(
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         try:
-            return method(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
+            found = method(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
+        self._answered = True
+        return found
 
     def _create(self, method: Callable[..., T], request: Any) -> T:
-        """A create RPC, retried once with the same request (and so the same request id)
-        when it fails with UNAVAILABLE: a lost answer never makes a second object."""
+        """A create RPC, retried with the same request (and so the same request id) when
+        it fails with UNAVAILABLE: a lost answer never makes a second object. Once if the
+        call never left (no service there); if it may have reached the service (which went
+        away under it: killed, restarted), until the service answers or ``timeout_s`` has
+        passed. Retried once only, a create cut short by a restart failed "cannot reach"
+        while the service restarted, though it may have made the object: the user ran it
+        again, and an unnamed workspace or cluster was made twice."""
+        deadline = time.monotonic() + self.timeout_s
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise self._error(exc) from None
-        time.sleep(0.5)
-        return self._call(method, request)
+            reached = not failover.never_sent(exc)
+        while True:
+            time.sleep(CREATE_RETRY_S)
+            try:
+                return self._call(method, request)
+            except ServiceUnreachable:  # not the service's own UNAVAILABLE (its store)
+                if not reached or time.monotonic() > deadline:
+                    raise
 
     # -- health ------------------------------------------------------------------------
 

@@ -100,6 +100,7 @@ class ImagesClientMixin:
         total = os.path.getsize(path)
         moved = [time.monotonic()]  # when gRPC last took a chunk
         sent_all = threading.Event()
+        taken = [0]  # bytes gRPC took (the chunk before each it asked for was sent)
 
         def chunks() -> Iterator[images_pb2.BlobChunk]:
             sent = 0
@@ -109,6 +110,7 @@ class ImagesClientMixin:
                 while data := f.read(CHUNK_BYTES):
                     yield images_pb2.BlobChunk(data=data)
                     moved[0] = time.monotonic()  # gRPC sent the last one, wants the next
+                    taken[0] = sent
                     sent += len(data)
                     if progress is not None:
                         progress(sent, total)
@@ -135,6 +137,17 @@ class ImagesClientMixin:
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                     ) from None
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and taken[0]:
+                # The service took part of the file, so it was reached: it went away (a
+                # restart, a crash). Not "cannot reach", with a hint at a TLS identity.
+                raise rpc_status.coded(
+                    errors.Unavailable(
+                        f"the workspace service at {self.address} went away during the "
+                        f"upload of {path} ({exc.details() or 'unavailable'}) after "
+                        f"{taken[0]} of {total} bytes; nothing was stored, try again"
+                    ),
+                    grpc.StatusCode.UNAVAILABLE,
+                ) from None
             raise self._error(exc) from None
 
     def import_image(

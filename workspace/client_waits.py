@@ -119,7 +119,7 @@ def _state(ws: common_pb2.Workspace) -> str:
     return state_name(ws.state)
 
 
-class _Outage:
+class Outage:
     """Whether a wait has lost the service: ``on_outage`` is told once when it does (why)
     and once when it answers again (""); a timeout says since when it has not."""
 
@@ -214,7 +214,7 @@ class WaitsClientMixin:
         """
         deadline = time.monotonic() + timeout_s
         last: list[common_pb2.Workspace] = []
-        outage = _Outage(on_outage)
+        outage = Outage(on_outage)
 
         def reached(ws: common_pb2.Workspace) -> bool:
             if (not last or describe(last[-1]) != describe(ws)) and on_change is not None:
@@ -419,7 +419,7 @@ class WaitsClientMixin:
         wanted = frozenset(states)
         deadline = time.monotonic() + timeout_s
         last: list[clusters_pb2.Cluster] = []
-        outage = _Outage(on_outage)
+        outage = Outage(on_outage)
 
         def key(c: clusters_pb2.Cluster) -> tuple[object, ...]:
             return (c.state, tuple((m.name, m.state) for m in c.members))

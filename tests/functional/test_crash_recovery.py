@@ -3,16 +3,24 @@ One daemon per store and per node. A store lost with its disk comes back from a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import pytest
+
 from tests.functional.harness import (
+    ROOT,
     WS,
     Proc,
     SitePki,
@@ -22,8 +30,9 @@ from tests.functional.harness import (
     wait_for,
     write_config,
 )
-from workspace import config, rpc
-from workspace.v1 import admin_pb2, workspaces_pb2
+from workspace import config, errors, rpc
+from workspace.client import Client
+from workspace.v1 import admin_pb2, clusters_pb2, images_pb2, workspaces_pb2
 
 
 class Daemons:
@@ -361,3 +370,209 @@ def _ready(stubs: Stubs) -> bool:
 def _starts(log: Path) -> int:
     """How many times the agent logging to ``log`` started."""
     return log.read_text().count("for node node1 started") if log.exists() else 0
+
+
+# -- kill -9 of the service in the middle of what a user does: a `ws cluster scale --wait`,
+# an upload, a blob's delete. The user's wait goes on, and nothing the dead process had
+# half done is left behind (docs/design/cli.md, "A wait that loses the service";
+# control-plane.md, "Blobs never imported are collected").
+
+WS_CLI = [sys.executable, "-m", "workspace.cli.ws"]
+
+
+def _site(tmp: Path) -> tuple[Daemons, Stubs]:
+    d = Daemons(tmp)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    wait_for(lambda: _answers(stubs), START_S, what="the service answering")
+    stubs.network()
+    stubs.import_image("img", data=os.urandom(200_000))
+    d.start_agent()
+    wait_for(lambda: _ready(stubs), what="node READY")
+    return d, stubs
+
+
+def _restart_service(d: Daemons, stubs: Stubs) -> None:
+    assert d.service is not None
+    d.service.kill9()
+    d.start_service()
+    wait_for(lambda: _answers(stubs), START_S, what="the restarted service answering")
+
+
+def test_a_scale_wait_goes_on_across_a_kill_9_of_the_service(tmp_path: Path) -> None:
+    """`ws cluster scale --wait` lost the service and ended with exit 3 ("cannot reach the
+    workspace service") although the scale was made: every other --wait keeps waiting."""
+    d, stubs = _site(tmp_path)
+    try:
+        member = clusters_pb2.ClusterMember(role="worker", image="img", memory_mib=256)
+        c = stubs.clusters.CreateCluster(
+            clusters_pb2.CreateClusterRequest(name="ela", members=[member])
+        )
+        stubs.wait_state(c.members[0].id, WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
+        assert d.agent is not None
+        d.agent.kill9()  # the new members wait for their node while the service restarts
+        cli = subprocess.Popen(
+            [*WS_CLI, "cluster", "scale", "ela", "--role", "worker", "--count", "3", "--wait"],
+            env=dict(os.environ, WS_SERVICE=d.sock, PYTHONPATH=str(ROOT)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def members() -> set[str]:
+            req = workspaces_pb2.ListWorkspacesRequest()
+            return {w.name for w in stubs.ws.ListWorkspaces(req).workspaces}
+
+        said: list[str] = []
+        assert cli.stderr is not None
+        reader = threading.Thread(target=lambda: said.extend(cli.stderr or ()))
+        reader.start()
+        wait_for(lambda: "ela-worker-2" in members(), 60, what="the scale made")
+        assert d.service is not None
+        d.service.kill9()
+        # Down until the wait has seen it gone (it ended there, exit 3, before the fix).
+        wait_for(
+            lambda: cli.poll() is not None or any("lost the service" in x for x in said),
+            60,
+            what="the wait to notice",
+        )
+        d.start_service()
+        d.start_agent()
+        out = cli.stdout.read() if cli.stdout is not None else ""
+        cli.wait(180)
+        reader.join(10)
+        err = "".join(said)
+        assert cli.returncode == 0, (out, err)
+        assert (
+            "ws: wait: lost the service (" in err and "ws: wait: the service answers again" in err
+        )
+        assert "added ela-worker-1, ela-worker-2" in out, out
+        shown = stubs.clusters.GetCluster(clusters_pb2.ClusterRef(id="ela"))
+        assert shown.state == clusters_pb2.CLUSTER_STATE_RUNNING
+        assert [m.state for m in shown.members] == [WS.WORKSPACE_STATE_RUNNING] * 3
+    finally:
+        stubs.channel.close()
+        d.stop()
+
+
+def test_an_upload_and_a_delete_cut_short_by_kill_9_leave_nothing_behind(tmp_path: Path) -> None:
+    """An upload's temp file stayed until the next upload more than `blob_grace_s` later (on
+    a quiet site: for good), and the blob files a delete had moved aside stayed there until
+    then too, with their image still in the catalog: its workspaces failed ("not in the
+    repository"). The restarted service cleans both up before it serves."""
+    d, stubs = _site(tmp_path)
+    blobs = tmp_path / "service" / "blobs"
+    sent = threading.Event()
+    hold = threading.Event()
+
+    def chunks() -> Iterator[images_pb2.BlobChunk]:
+        for _ in range(4):
+            yield images_pb2.BlobChunk(data=os.urandom(1 << 20))
+        sent.set()
+        hold.wait(60)  # the rest of the file never comes: the service dies first
+
+    def upload() -> None:
+        with contextlib.suppress(grpc.RpcError):  # UNAVAILABLE: the service died under it
+            stubs.images.UploadBlob(chunks())
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        wait_for(sent.is_set, what="the first chunks sent")
+        wait_for(
+            lambda: any(f.stat().st_size >= 4 << 20 for f in (blobs / "tmp").iterdir()),
+            what="the upload's temp file",
+        )
+        _restart_service(d, stubs)
+        assert list((blobs / "tmp").iterdir()) == []
+
+        # A delete moves the image's blob files aside inside its transaction; killed
+        # before the commit, the rows stay and the files wait in trash/. That moment lasts
+        # a commit's fsync, so the state it leaves is made here by hand.
+        assert d.service is not None
+        d.service.kill9()
+        (blob,) = (blobs / "sha256").iterdir()
+        (blobs / "trash").mkdir(exist_ok=True)
+        blob.rename(blobs / "trash" / f"{blob.name}.0123abcd")
+        d.start_service()
+        wait_for(lambda: _answers(stubs), START_S, what="the restarted service answering")
+        assert (blobs / "sha256" / blob.name).exists()
+        assert list((blobs / "trash").iterdir()) == []
+        w = stubs.create(name="after")
+        stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING, timeout_s=30)
+    finally:
+        hold.set()
+        uploader.join(30)
+        stubs.channel.close()
+        d.stop()
+
+
+def test_an_upload_the_service_died_in_says_so(tmp_path: Path) -> None:
+    """The service killed while it took an upload: the client said "cannot reach the
+    workspace service ... (no identity given: a service with mutual TLS needs --identity
+    DIR ...)", as if it had never been reached, and sent the user after a TLS identity."""
+    d = Daemons(tmp_path)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    client = Client(d.sock)
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(16 << 20))
+
+    def progress(sent: int, _total: int) -> None:
+        if sent >= 8 << 20 and d.service is not None and d.service.popen.poll() is None:
+            d.service.kill9()  # halfway through the file
+
+    try:
+        wait_for(lambda: _answers(stubs), START_S, what="the service answering")
+        with pytest.raises(errors.Unavailable) as got:
+            client.upload_blob(disk, progress)
+        said = got.value.message
+        assert f"the workspace service at {d.sock} went away during the upload of {disk}" in said
+        assert "nothing was stored, try again" in said and "identity" not in said, said
+    finally:
+        client.close()
+        stubs.channel.close()
+        d.stop()
+
+
+def test_a_create_the_service_died_under_is_made_once_when_it_is_back(tmp_path: Path) -> None:
+    """The service killed while it held a create: the client sent it again once, half a
+    second later, while the service was still starting, and failed "cannot reach" (exit 3)
+    though the create may have been made; a user who then ran `ws create` again got a
+    second workspace of an unnamed one. It is sent again, with the same request id, until
+    the service answers."""
+    d = Daemons(tmp_path)
+    d.start_service()
+    stubs = Stubs(rpc.channel(d.sock))
+    client = Client(d.sock, timeout_s=START_S)
+    made: list[object] = []
+    try:
+        wait_for(lambda: _answers(stubs), START_S, what="the service answering")
+        stubs.network()
+        stubs.import_image("img")
+        d.start_agent()
+        wait_for(lambda: _ready(stubs), what="node READY")
+        assert d.service is not None
+        os.kill(d.service.popen.pid, signal.SIGSTOP)  # it takes the call but never answers
+
+        def create() -> None:
+            try:
+                made.append(client.create_workspace("img", memory_mib=256))
+            except errors.WorkspaceError as exc:
+                made.append(exc)
+
+        creating = threading.Thread(target=create)
+        creating.start()
+        time.sleep(1)  # the request is on its way to the stopped process
+        d.service.kill9()
+        time.sleep(2)  # the client has tried again by now, and found nothing there
+        d.start_service()
+        creating.join(START_S + 30)
+        (w,) = made
+        assert not isinstance(w, errors.WorkspaceError), w
+        shown = [x.id for x in live(stubs)]
+        assert shown == [getattr(w, "id", None)]
+    finally:
+        client.close()
+        stubs.channel.close()
+        d.stop()

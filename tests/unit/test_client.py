@@ -142,6 +142,8 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
     def __init__(self) -> None:
         self.creates: list[str] = []
         self.fail_creates = 0
+        # What the failed creates say (gRPC's words for a connection lost mid-call).
+        self.creates_fail_with = "failed to connect: connection reset"
         self.states = [WS.WORKSPACE_STATE_PENDING]
         # What GetWorkspace and the watch show, when more than a state matters.
         self.views: list[common_pb2.Workspace] = []
@@ -156,12 +158,14 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.get_deadlines: list[float] = []
         self.away_after: int | None = None
         self.away_for: int | None = None
+        # What gRPC says of a service that is away.
+        self.away_says = "connection refused"
 
     def _away(self, context: Any) -> None:
         if self.away_after is None or self.gets <= self.away_after:
             return
         if self.away_for is None or self.gets <= self.away_after + self.away_for:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "connection refused")
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.away_says)
 
     def _shown(self) -> list[common_pb2.Workspace]:
         return self.views or [_ws(state) for state in self.states]
@@ -170,7 +174,7 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.creates.append(request.request_id)
         if self.fail_creates:
             self.fail_creates -= 1
-            context.abort(grpc.StatusCode.UNAVAILABLE, "failed to connect: connection reset")
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.creates_fail_with)
         return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
@@ -250,6 +254,39 @@ def test_client_health_and_errors(served: tuple[Client, FakeWorkspaces, FakeImag
         Client("no-such-host.invalid:1", timeout_s=2).list_workspaces()
     # A name that does not resolve is not helped by an identity: no hint that it would be.
     assert "identity" not in e.value.message
+
+
+def test_a_service_that_answered_and_went_away_is_not_said_to_want_an_identity(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """The service killed during a call (a `ws image save` that waits for the node's copy,
+    a `ws cluster scale`): gRPC says "Stream removed (...)", and the client, given no
+    identity, said "(no identity given: a service with mutual TLS needs --identity DIR
+    ...)" of a plaintext service that had taken the call, or answered a moment before.
+    Only a service that never let a call through may want one."""
+    client, wsvc, _ = served
+    # What gRPC says where a TLS service refused a plaintext connection: an identity may help.
+    wsvc.away_says = "failed to connect to all addresses; last error: UNAVAILABLE: Socket closed"
+    with Client(client.address, timeout_s=5) as fresh:
+        wsvc.away_after = wsvc.gets
+        with pytest.raises(errors.Unavailable) as never:
+            fresh.get_workspace("w1")
+    assert "(no identity given: a service with mutual TLS needs --identity" in never.value.message
+    # The first call of a client, its stream torn down under it: the service was there.
+    wsvc.away_says = "Stream removed (recvmsg:Connection reset by peer (104))"
+    with Client(client.address, timeout_s=5) as fresh, pytest.raises(errors.Unavailable) as cut:
+        fresh.get_workspace("w1")
+    assert "identity" not in cut.value.message
+    assert "(it went away during the call: it stopped or restarted)" in cut.value.message
+    wsvc.away_says = "connection refused"
+    wsvc.away_after = None
+    assert client.get_workspace("w1").id
+    wsvc.away_after = wsvc.gets
+    with pytest.raises(errors.Unavailable) as lost:
+        client.get_workspace("w1")
+    assert lost.value.message.startswith(f"cannot reach the workspace service at {client.address}")
+    assert "identity" not in lost.value.message
+    assert "(it answered this client before: it stopped or restarted since)" in lost.value.message
 
 
 def test_an_error_says_the_status_it_came_with(
@@ -380,18 +417,40 @@ def test_a_wrong_argument_is_found_where_packages_lie_inside_the_standard_librar
     assert not isinstance(theirs.value, errors.WorkspaceError)
 
 
-def test_create_retries_once_with_the_same_request_id(
+def test_create_retries_with_the_same_request_id(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:
     client, wsvc, _ = served
     wsvc.fail_creates = 1
     w = client.create_workspace("img")
     assert len(wsvc.creates) == 2 and wsvc.creates[0] == wsvc.creates[1] == w.request_id
+    # Nothing left this process (no service there): sent again once, then the error.
     wsvc.creates.clear()
+    wsvc.creates_fail_with = "failed to connect to all addresses; last error: refused"
     wsvc.fail_creates = 2
     with pytest.raises(errors.Unavailable):
         client.create_workspace("img", request_id="mine")
     assert wsvc.creates == ["mine", "mine"]
+    # The service went away during the call (it may have made the workspace): sent again
+    # until it answers, so a restart ends in the workspace made once, not in an error.
+    wsvc.creates.clear()
+    wsvc.creates_fail_with = "Stream removed (recvmsg:Connection reset by peer (104))"
+    wsvc.fail_creates = 4
+    assert client.create_workspace("img", request_id="cut").request_id == "cut"
+    assert wsvc.creates == ["cut"] * 5
+    # ... within the client's timeout.
+    wsvc.creates.clear()
+    wsvc.fail_creates = 1000
+    with Client(client.address, timeout_s=2) as hasty, pytest.raises(errors.Unavailable):
+        hasty.create_workspace("img", request_id="gone")
+    assert len(wsvc.creates) >= 2 and set(wsvc.creates) == {"gone"}
+    # The service's own UNAVAILABLE (its store away, its data directory read-only) came
+    # with nothing made: sent again once, as before.
+    wsvc.creates.clear()
+    wsvc.creates_fail_with = "the service's data directory is read-only (Read-only file system)"
+    with pytest.raises(errors.Unavailable, match="read-only"):
+        client.create_workspace("img", request_id="ro")
+    assert wsvc.creates == ["ro", "ro"]
 
 
 def test_upload_blob_streams_1mib_chunks(

@@ -19,6 +19,7 @@ from workspace import errors
 from workspace.cli import common, render
 from workspace.cli.elastic_text import autoscale_line
 from workspace.client import Client, cluster_state_name
+from workspace.client_waits import Outage
 from workspace.v1 import clusters_pb2, common_pb2
 
 CS = clusters_pb2.ClusterState
@@ -35,12 +36,27 @@ def wait_scaled(
     seen: list[clusters_pb2.Cluster] | None = None,
 ) -> clusters_pb2.Cluster:
     """Until the new members run and the removed ones are gone (FAILED: an error naming
-    the member). ``seen``: the cluster as last read is kept there."""
+    the member). ``seen``: the cluster as last read is kept there. A service that does
+    not answer (it restarts) is read again until the deadline, saying so on stderr once
+    when it is lost and once when it answers again, as every other ``--wait``."""
     deadline = time.monotonic() + timeout_s
     added, removed = set(resp.added), set(resp.removed)
     ref = resp.cluster.id
+    outage = Outage(common.outage_notice("ws: wait"))
+    c = resp.cluster
     while True:
-        c = client.get_cluster(ref)
+        try:
+            c = client.get_cluster(ref)
+        except errors.Unavailable as exc:
+            outage.lost(exc.message)
+            if time.monotonic() > deadline:
+                raise errors.FailedPrecondition(
+                    f"cluster {c.name} was {cluster_state_name(c.state)} when last seen; "
+                    f"waited {timeout_s:g} s (--wait-timeout){outage.note()}"
+                ) from None
+            time.sleep(POLL_S)
+            continue
+        outage.back()
         if seen is not None:
             seen[:] = [c]
         names = {m.name: m for m in c.members}

@@ -162,9 +162,7 @@ class Catalog:
         unused: no import or create took them since) and deleted with their files."""
         env = self.env
         cutoff = min(env.clock() - env.cfg.blob_grace_s, self._saves_since())
-        if self.blobs.has_trash():  # a process died with files aside (rare)
-            with env.store.write_lock, env.store.write() as s:
-                self.blobs.sweep_trash(lambda d: s.get(Blob, d) is not None)
+        self._sweep_trash()
         self.blobs.remove_stale_temp(cutoff)
         found = self._collectable(cutoff)
         if not found:
@@ -184,6 +182,26 @@ class Catalog:
                 ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
             )
         return gone
+
+    def _sweep_trash(self) -> None:
+        """Files a process that died left aside (rare): back in place if their row is
+        there (its delete never committed), else deleted."""
+        if self.blobs.has_trash():
+            with self.env.store.write_lock, self.env.store.write() as s:
+                self.blobs.sweep_trash(lambda d: s.get(Blob, d) is not None)
+
+    def recover_files(self, sole: bool) -> int:
+        """At the service's start, what a process killed in the middle of a blob's
+        delete or upload left: files moved aside go back if their row is there (an image
+        still has them) or go; upload temp files go, every one when this process is its
+        store's only one (``sole``: their uploads died with its previous run), else those
+        older than ``blob_grace_s`` (another replica's may be under way). Until now both
+        waited for the next upload: an image whose delete was cut short could not be
+        fetched, and a push cut short kept its bytes on disk, on a quiet site for good.
+        Returns how many temp files went."""
+        self._sweep_trash()
+        now = self.env.clock()
+        return self.blobs.remove_stale_temp(now if sole else now - self.env.cfg.blob_grace_s)
 
     def _saves_since(self) -> float:
         """When the oldest save under way began (ops/save.py; a lapsed mark does not

@@ -260,6 +260,8 @@ class Service:
         if self.sole is not None and (lost := save.clear_orphaned(self.env)):
             # This process is the store's only one: the marks are its previous run's.
             log.warning("%d save(s) under way when the service stopped were lost", lost)
+        if gone := self.catalog.catalog.recover_files(sole=self.sole is not None):
+            log.warning("%d upload(s) cut short when the service stopped were removed", gone)
         self.port = rpc.listen_on(self.server, self.cfg.listen, self.cfg.tls, "listen")
         self.node_port = rpc.listen_on(
             self.node_server, self.cfg.node_address, self.cfg.tls, "node_listen"
