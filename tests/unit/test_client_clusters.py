@@ -32,6 +32,7 @@ class FakeClusters(clusters_pb2_grpc.ClustersServicer):
     def __init__(self) -> None:
         self.creates: list[clusters_pb2.CreateClusterRequest] = []
         self.fail_creates = 0
+        self.fail_with = "failed to connect: connection reset"
         self.states: list[tuple[int, int]] = [
             (CS.CLUSTER_STATE_RUNNING, WS.WORKSPACE_STATE_RUNNING)
         ]
@@ -43,7 +44,7 @@ class FakeClusters(clusters_pb2_grpc.ClustersServicer):
         self.creates.append(request)
         if self.fail_creates:
             self.fail_creates -= 1
-            context.abort(grpc.StatusCode.UNAVAILABLE, "failed to connect: connection reset")
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.fail_with)
         c = _cluster(CS.CLUSTER_STATE_STARTING)
         c.request_id = request.request_id
         return c
@@ -105,7 +106,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         server.stop(0).wait()
 
 
-def test_create_cluster_adds_a_request_id_and_retries_once(served: Served) -> None:
+def test_create_cluster_adds_a_request_id_and_retries(served: Served) -> None:
     client, csvc, _, _ = served
     req = clusters_pb2.CreateClusterRequest(
         name="mpi", members=[clusters_pb2.ClusterMember(role="a", image="i")]
@@ -115,7 +116,15 @@ def test_create_cluster_adds_a_request_id_and_retries_once(served: Served) -> No
     first, second = csvc.creates
     assert first.request_id and first.request_id == second.request_id == c.request_id
     assert req.request_id == ""  # the caller's message is left alone
+    # The service went away under the call (it may have made the cluster): sent again,
+    # the same id, until it answers (test_client.py has the workspace's cases).
     csvc.creates.clear()
+    csvc.fail_creates = 3
+    assert client.create_cluster(req, request_id="cut").request_id == "cut"
+    assert [r.request_id for r in csvc.creates] == ["cut"] * 4
+    # Nothing left this process (no service there): sent again once, then the error.
+    csvc.creates.clear()
+    csvc.fail_with = "failed to connect to all addresses; last error: refused"
     csvc.fail_creates = 2
     with pytest.raises(errors.Unavailable):
         client.create_cluster(req, request_id="mine")
