@@ -208,7 +208,8 @@ class WaitsClientMixin:
         reaches FAILED, TERMINATED or LOST without ``done`` holding (``done`` may raise
         WaitFailed itself: the goal can no longer be reached) and WaitTimeout after
         ``timeout_s``. A workspace that
-        vanishes is judged as TERMINATED (NotFound unless ``done`` takes that). An
+        vanishes is judged as TERMINATED (NotFound unless ``done`` takes that: the
+        service's own, with its code, when the wait never saw it: a wrong id). An
         unreachable service is retried until the deadline; ``on_outage`` is told once
         when it is lost (why) and once when it answers again ("").
         """
@@ -231,7 +232,10 @@ class WaitsClientMixin:
                 )
             return False
 
-        def vanished() -> common_pb2.Workspace:
+        def vanished(unseen: errors.NotFound) -> common_pb2.Workspace:
+            """``unseen``: the service's NOT_FOUND; raised as it is when the wait never
+            saw the workspace (a wrong id, or one deleted after its retention: the
+            service's words tell them apart, the client cannot)."""
             gone = common_pb2.Workspace()
             if last:
                 gone.CopyFrom(last[-1])
@@ -239,6 +243,8 @@ class WaitsClientMixin:
             gone.state = WS.WORKSPACE_STATE_TERMINATED
             if done(gone):
                 return gone
+            if not last:
+                raise unseen
             raise errors.NotFound(f"workspace {id} no longer exists")
 
         def timed_out() -> WaitTimeout:
@@ -256,8 +262,8 @@ class WaitsClientMixin:
         while current is None:  # the first read too waits out an outage
             try:
                 current = self._read_workspace(id, deadline)
-            except errors.NotFound:
-                return vanished()
+            except errors.NotFound as exc:
+                return vanished(exc)
             except errors.Unavailable as exc:
                 outage.lost(exc.message)
                 remaining = deadline - time.monotonic()
@@ -282,14 +288,14 @@ class WaitsClientMixin:
                     outage.back()
                     return last[-1]
                 if watched == "gone":
-                    return vanished()
+                    return vanished(errors.NotFound(f"workspace {id} no longer exists"))
                 if watched == "refused":
                     poll_until = time.monotonic() + RESYNC_S
             # Level-triggered: whatever the stream did, look at the workspace itself.
             try:
                 current = self._read_workspace(ws_id, deadline)
-            except errors.NotFound:
-                return vanished()
+            except errors.NotFound as exc:
+                return vanished(exc)
             except errors.Unavailable as exc:
                 outage.lost(exc.message)
                 continue
@@ -414,7 +420,8 @@ class WaitsClientMixin:
         state or a member's state changes. Raises ClusterWaitFailed when it reaches
         FAILED or TERMINATED (unless waited for) and ClusterWaitTimeout after
         ``timeout_s``. A cluster that vanishes while TERMINATED is waited for counts as
-        terminated. ``on_outage``: as for ``wait_until``.
+        terminated (else NotFound: the service's own when the wait never saw it).
+        ``on_outage``: as for ``wait_until``.
         """
         wanted = frozenset(states)
         deadline = time.monotonic() + timeout_s
@@ -429,6 +436,8 @@ class WaitsClientMixin:
                 current: clusters_pb2.Cluster | None = self._read_cluster(ref, deadline)
             except errors.NotFound:
                 if CS.CLUSTER_STATE_TERMINATED not in wanted:
+                    if not last:  # never seen: the service's words (a wrong id or name)
+                        raise
                     raise errors.NotFound(f"cluster {ref} no longer exists") from None
                 gone = clusters_pb2.Cluster()
                 if last:

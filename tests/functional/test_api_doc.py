@@ -4,6 +4,8 @@ mutual TLS; and the services it lists are the ones the service reflects."""
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -12,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from tests.functional.doc_examples import marked_block, run_example
-from tests.functional.harness import ROOT, WS, Site, SitePki, TlsSite
+from tests.functional.harness import ROOT, WS, Site, SitePki, TlsSite, wait_for
 from workspace.v1 import images_pb2, workspaces_pb2
 
 DOC = "docs/api.md"
@@ -86,3 +88,37 @@ def test_the_create_defaults_it_states_are_the_sites(site: Site) -> None:
     prepare(site)
     w = site.stubs.create(image="tiny", name="sized", cpus=0, memory_mib=0)
     assert (w.cpus, w.memory_mib) == (1, 512)
+
+
+def test_the_example_stops_waiting_for_a_workspace_destroyed_meanwhile(
+    site: Site, tmp_path: Path
+) -> None:
+    """Its wait settled only on RUNNING, FAILED or LOST: a workspace destroyed while it
+    booted (a batch job cancelled) kept it waiting out its whole deadline for a state
+    that never came. It now ends at once, saying the workspace is TERMINATED."""
+    site.stubs.network()
+    site.stubs.import_image("tiny")
+    site.add_agent("node1", fake={"boot_delay_s": 3})  # destroyed while it boots
+    done: list[subprocess.CompletedProcess[str]] = []
+    run = threading.Thread(
+        target=lambda: done.append(
+            run_example(example(), tmp_path, {"WS_SERVICE": site.address}, timeout_s=60)
+        )
+    )
+    every = workspaces_pb2.ListWorkspacesRequest()
+    run.start()
+    try:
+        gamma = wait_for(
+            lambda: next(
+                (w for w in site.stubs.ws.ListWorkspaces(every).workspaces if w.name == "gamma"),
+                None,
+            ),
+            what="the example's workspace",
+        )
+        site.stubs.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=gamma.id))
+    finally:
+        run.join()
+    assert done, "the example did not end"
+    out = done[0]
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip() == "gamma is WORKSPACE_STATE_TERMINATED: destroyed"

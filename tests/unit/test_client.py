@@ -535,6 +535,11 @@ def test_wait_for_state_fails_and_times_out(
         client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 0.4999987)
     gone = client.wait_for_state("gone", [WS.WORKSPACE_STATE_TERMINATED], 1)
     assert gone.state == WS.WORKSPACE_STATE_TERMINATED
+    # Never seen (a wrong id or name): the service's NOT_FOUND as it is; it was "workspace
+    # gone no longer exists" with no code, as if one had been there.
+    with pytest.raises(errors.NotFound, match=r"^no workspace 'gone'$") as missing:
+        client.wait_for_state("gone", [WS.WORKSPACE_STATE_RUNNING], 1)
+    assert missing.value.code == "NOT_FOUND"
 
 
 def test_wait_for_reboot_waits_for_the_node_to_carry_it_out(

@@ -214,8 +214,11 @@ def test_wait_for_cluster_state_fails_and_times_out(served: Served) -> None:
     assert time.monotonic() - start < 3
     gone = client.wait_for_cluster_state("gone", [CS.CLUSTER_STATE_TERMINATED], 1)
     assert gone.state == CS.CLUSTER_STATE_TERMINATED and gone.id == "gone"
-    with pytest.raises(errors.NotFound, match="cluster gone no longer exists"):
+    # Never seen (a wrong name or id): the service's NOT_FOUND as it is, not "no longer
+    # exists", which said a cluster that never was had been there.
+    with pytest.raises(errors.NotFound, match=r"^no cluster 'gone'$") as missing:
         client.wait_for_cluster_state("gone", [CS.CLUSTER_STATE_RUNNING], 1)
+    assert missing.value.code == "NOT_FOUND"
 
 
 def test_a_cluster_wait_reads_within_its_own_timeout(served: Served) -> None:
