@@ -241,6 +241,19 @@ class Client(
                 ),
                 code,
             )
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            # gRPC's own words ("Method not found!"): a service of an older release (a
+            # user who upgraded first), or an address that is not its client API.
+            return rpc_status.coded(
+                errors.FailedPrecondition(
+                    f"the workspace service at {self.address} does not know this call "
+                    f"({details or code.name}): it runs an older release than this client; "
+                    'upgrade the service (README, "Upgrading a site with running VMs") or '
+                    "use a client of its release. Or the address is not the service's client "
+                    "API (its node_listen, the agents' port, say)"
+                ),
+                code,
+            )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             # Unavailable (retry with back-off), as before; ``code`` tells them apart.
             return rpc_status.coded(

@@ -276,6 +276,22 @@ def test_an_error_says_the_status_it_came_with(
     assert errors.InvalidArgument("raised here").code is None
 
 
+def test_a_call_the_service_does_not_know_says_it_is_older_than_the_client(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """A user who upgraded `ws` before the site's service upgraded it (here: a service
+    without the Clusters API) was told "ws: error: Method not found!"."""
+    client, _, _ = served
+    with pytest.raises(errors.FailedPrecondition) as info:
+        client.list_clusters()
+    assert info.value.message.startswith(
+        f"the workspace service at {client.address} does not know this call (Method not "
+        "found!): it runs an older release than this client; upgrade the service"
+    )
+    assert info.value.code == "UNIMPLEMENTED"
+    assert common.exit_code(info.value) == common.EXIT_REQUEST
+
+
 def test_a_request_too_large_to_send_says_so(
     served: tuple[Client, FakeWorkspaces, FakeImages],
 ) -> None:
