@@ -166,6 +166,7 @@ def test_a_site_identity_issued_anew_revokes_the_one_it_replaces(tmp_path: Path)
     assert n1 != before["n1"] and rows[before["n1"]].revoked and not rows[n1].revoked
     crl = pki.Revocations(str(first.crl_file), str(ca.dir / pki.CA_CERT))
     assert crl.is_revoked(before["n1"])
+    assert crl.superseded() == {before["n1"]}  # replaced, not distrusted: n1 is not lost
     assert pki.identity_of_dir(again.nodes["n2"]).serial == before["n2"]  # its agent runs
     assert not rows[before["n2"]].revoked
     service = pki.identity_of_dir(again.service).serial

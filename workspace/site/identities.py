@@ -22,8 +22,9 @@ do what it should (no more: ``pki.extended_key_usage``), is not revoked and is n
 within ``RENEW_BEFORE`` of its expiry; otherwise it is issued anew, so ``site up``
 replaces one issued before those rules.
 
-The certificate an identity replaces is revoked (by serial, the CRL re-published) before
-the new one is issued, as docs/security.md says a rotation ends. For a node that is what
+The certificate an identity replaces is revoked (by serial, the CRL re-published; its
+reason "superseded": its node is not taken for lost, ``ops/liveness.py``) before the
+new one is issued, as docs/security.md says a rotation ends. For a node that is what
 lets the new certificate register: the service binds a node's name to the certificate it
 registered with and refuses another while that one is valid (``ops/reports.py``
 ``check_bound``). The identity of a daemon that runs is not replaced: it
@@ -112,7 +113,7 @@ def _ensure_one(ca: pki.CA, who: Identity, out: Path, hosts: tuple[str, ...] = (
         if old:
             # Revoked first: a start that dies before the new one is issued leaves a
             # revoked certificate, which the next start replaces.
-            ca.revoke(f"0x{old:x}")
+            ca.revoke(f"0x{old:x}", superseded=True)
         if out.exists():
             shutil.rmtree(out)
         ca.issue(who, out, hosts)
