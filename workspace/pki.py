@@ -57,6 +57,11 @@ CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 CRL = "crl.pem"
 INDEX = "issued.json"
+# The serials revoked as replaced by a certificate of the same identity (RFC 5280
+# "superseded": the local site's renewal, site/identities.py), not as no longer trusted:
+# their CRL entries say so, and the service refuses them without taking their node for
+# lost. A file of its own: releases before it read INDEX's rows field by field.
+SUPERSEDED_INDEX = "superseded.json"
 CERT = "cert.pem"
 KEY = "key.pem"
 CA_DAYS = 3650
@@ -93,10 +98,6 @@ class Issued:
     name: str
     not_after: str
     revoked: bool = False
-    # Revoked as replaced by a certificate of the same identity (RFC 5280 "superseded":
-    # the local site's renewal, site/identities.py), not as no longer trusted: its CRL
-    # entry says so, and the service refuses it without taking its node for lost.
-    superseded: bool = False
 
 
 class CA:
@@ -123,6 +124,11 @@ class CA:
         if not path.exists():
             return []
         return [Issued(**row) for row in json.loads(path.read_text())]
+
+    def superseded(self) -> set[int]:
+        """The serials revoked as superseded (``SUPERSEDED_INDEX``)."""
+        path = self.dir / SUPERSEDED_INDEX
+        return set(json.loads(path.read_text())) if path.exists() else set()
 
     def _save(self, rows: Iterable[Issued]) -> None:
         data = [r.__dict__ for r in sorted(rows, key=lambda r: r.serial)]
@@ -236,7 +242,8 @@ class CA:
         and publish a new CRL. Returns what was revoked. A bare name that two kinds
         share is refused (InvalidArgument): revoking the admin ``local`` must not also
         revoke the node ``local``. ``superseded``: a certificate of the same identity
-        replaces it (``Issued.superseded``)."""
+        replaces it (``SUPERSEDED_INDEX``); else a revocation of one revoked so before
+        makes it one of distrust."""
         kind, _, name = ref.partition(":")
         if kind not in {k.value for k in Kind}:
             kind, name = "", ref
@@ -259,12 +266,15 @@ class CA:
                 )
             serials = {r.serial for r in hit}
             rows = [
-                Issued(r.serial, r.kind, r.name, r.not_after, True, superseded)
-                if r.serial in serials
-                else r
+                Issued(r.serial, r.kind, r.name, r.not_after, True) if r.serial in serials else r
                 for r in rows
             ]
             self._save(rows)
+            before = self.superseded()
+            after = (before | serials) if superseded else (before - serials)
+            if after != before:
+                data = json.dumps(sorted(after)).encode()
+                write_private(self.dir / SUPERSEDED_INDEX, data, sync=True)
             self.publish_crl(r.serial for r in rows if r.revoked)
         return [r for r in rows if r.serial in serials]
 
@@ -272,7 +282,7 @@ class CA:
         """Sign and write crl.pem listing ``serials`` (default: every revoked one)."""
         if serials is None:
             serials = [r.serial for r in self.issued() if r.revoked]
-        superseded = {r.serial for r in self.issued() if r.superseded}
+        superseded = self.superseded()
         now = _now()
         builder = (
             x509.CertificateRevocationListBuilder()

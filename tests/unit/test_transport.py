@@ -5,6 +5,7 @@ their identity."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -167,6 +168,12 @@ def test_a_site_identity_issued_anew_revokes_the_one_it_replaces(tmp_path: Path)
     crl = pki.Revocations(str(first.crl_file), str(ca.dir / pki.CA_CERT))
     assert crl.is_revoked(before["n1"])
     assert crl.superseded() == {before["n1"]}  # replaced, not distrusted: n1 is not lost
+    # The CA's index keeps the fields `ws-admin` of the release before reads (it took
+    # each row's keys as its fields: a key more, and its `site up` failed on this CA).
+    index = json.loads((ca.dir / pki.INDEX).read_text())
+    assert {tuple(sorted(row)) for row in index} == {
+        ("kind", "name", "not_after", "revoked", "serial")
+    }
     assert pki.identity_of_dir(again.nodes["n2"]).serial == before["n2"]  # its agent runs
     assert not rows[before["n2"]].revoked
     service = pki.identity_of_dir(again.service).serial
