@@ -185,6 +185,10 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
         return self._shown()[0]
 
+    def UpdateWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        # As a service before resizing answers: the size fields are not read.
+        return self._shown()[0]
+
     def WatchWorkspaces(self, request: Any, context: Any) -> Iterator[Any]:
         self.watches += 1
         if self.away_after is not None and self.gets >= self.away_after:
@@ -290,6 +294,21 @@ def test_a_call_the_service_does_not_know_says_it_is_older_than_the_client(
     )
     assert info.value.code == "UNIMPLEMENTED"
     assert common.exit_code(info.value) == common.EXIT_REQUEST
+
+
+def test_a_resize_a_service_of_an_older_release_ignores_is_not_taken_for_done(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """`ws update alpha --cpus 2` against a service before resizing exited 0 and showed
+    alpha as it was: the service had not read the fields, and said OK."""
+    client, _, _ = served
+    with pytest.raises(errors.FailedPrecondition) as info:
+        client.update_workspace("alpha", cpus=2, memory_mib=1024)
+    assert info.value.message.startswith(
+        f"the workspace service at {client.address} did not resize alpha, still cpus 1 "
+        "(asked 2), memory_mib 512 (asked 1024): it runs an older release than this client"
+    )
+    assert client.update_workspace("alpha", cpus=1).cpus == 1  # its size: nothing to do
 
 
 def test_a_request_too_large_to_send_says_so(
