@@ -29,9 +29,11 @@ from workspace.client import (
     rebooted,
     resolve_address,
 )
-from workspace.domain.events import EventFilter
+from workspace.codec import events as codec_events
+from workspace.domain.events import EventFilter, SiteEvent
 from workspace.site import record
 from workspace.v1 import (
+    admin_pb2_grpc,
     common_pb2,
     images_pb2,
     images_pb2_grpc,
@@ -309,6 +311,52 @@ def test_a_resize_a_service_of_an_older_release_ignores_is_not_taken_for_done(
         "(asked 2), memory_mib 512 (asked 1024): it runs an older release than this client"
     )
     assert client.update_workspace("alpha", cpus=1).cpus == 1  # its size: nothing to do
+
+
+class OlderAdmin(admin_pb2_grpc.AdminServicer):
+    """WatchEvents as a service before its filters answers: every event, whatever asked."""
+
+    EVENTS = (
+        SiteEvent(1.0, "node.registered", "node:n1", node="n1", id=1),
+        SiteEvent(2.0, "workspace.created", "user:ana", "w1", "alpha", "n1", id=2),
+        SiteEvent(3.0, "workspace.state", "node:n2", "w2", "beta", "n2", "c1", id=3),
+        SiteEvent(4.0, "image.added", "user:ana", subject="img", id=4),
+    )
+
+    def WatchEvents(self, request: Any, context: Any) -> Iterator[Any]:
+        yield from map(codec_events.event_to_proto, self.EVENTS)
+
+
+def test_site_events_a_service_of_an_older_release_does_not_filter_are_filtered(
+    tmp_path: Path,
+) -> None:
+    """`ws-admin events --node n1` (or --kind, --workspace) against a service before
+    those filters listed every event of the site, as if all were n1's. The client keeps
+    to the filter; a cluster named it cannot tell, and says the service is older."""
+    server = rpc.server(2)
+    admin_pb2_grpc.add_AdminServicer_to_server(OlderAdmin(), server)
+    address = f"unix:{tmp_path}/old.sock"
+    rpc.bind(server, address)
+    server.start()
+    try:
+        with Client(address, timeout_s=5) as client:
+
+            def ids(**which: Any) -> list[int]:
+                return [e.id for e in client.watch_events(which=EventFilter(**which))]
+
+            assert ids() == [1, 2, 3, 4]
+            assert ids(node="n1") == [1, 2]
+            assert ids(kinds=("workspace",)) == [2, 3]
+            assert ids(kinds=("image.added", "node.registered")) == [1, 4]
+            assert ids(workspace="beta") == ids(workspace="w2") == [3]
+            with pytest.raises(errors.FailedPrecondition) as info:
+                ids(cluster="hpc")
+            assert info.value.message.startswith(
+                f"the workspace service at {address} did not keep to cluster hpc: it runs "
+                "an older release than this client"
+            )
+    finally:
+        server.stop(0).wait()
 
 
 def test_a_request_too_large_to_send_says_so(
