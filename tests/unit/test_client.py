@@ -37,6 +37,8 @@ from workspace.v1 import (
     common_pb2,
     images_pb2,
     images_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -355,6 +357,43 @@ def test_site_events_a_service_of_an_older_release_does_not_filter_are_filtered(
                 f"the workspace service at {address} did not keep to cluster hpc: it runs "
                 "an older release than this client"
             )
+    finally:
+        server.stop(0).wait()
+
+
+class OlderProjects(projects_pb2_grpc.ProjectsServicer):
+    """A service before the preemptible disk quota: it does not read the field."""
+
+    def CreateProject(self, request: Any, context: Any) -> projects_pb2.Project:
+        request.quota.ClearField("preemptible_disk_gib")
+        return request
+
+    def SetProjectDefaults(self, request: Any, context: Any) -> projects_pb2.Project:
+        quota = projects_pb2.Quota(instances=request.quota.instances)
+        return projects_pb2.Project(name=request.project, quota=quota)
+
+
+def test_a_quota_a_service_of_an_older_release_ignores_is_not_taken_for_set(
+    tmp_path: Path,
+) -> None:
+    """`ws-admin project create p --quota-preemptible-disk-gib 50` (and `project set`)
+    against a service before that quota exited 0, the project without it."""
+    server = rpc.server(2)
+    projects_pb2_grpc.add_ProjectsServicer_to_server(OlderProjects(), server)
+    address = f"unix:{tmp_path}/old.sock"
+    rpc.bind(server, address)
+    server.start()
+    try:
+        with Client(address, timeout_s=5) as client:
+            with pytest.raises(errors.FailedPrecondition) as info:
+                client.create_project("p", {"instances": 3, "preemptible-disk-gib": 50})
+            assert info.value.message.startswith(
+                f"the workspace service at {address} did not set project p's quota "
+                "preemptible_disk_gib 50 (it has 0): it runs an older release than this client"
+            )
+            with pytest.raises(errors.FailedPrecondition, match="preemptible_disk_gib 60"):
+                client.set_project("p", quota={"preemptible-disk-gib": 60})
+            assert client.set_project("p", quota={"instances": 4}).quota.instances == 4
     finally:
         server.stop(0).wait()
 
