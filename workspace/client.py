@@ -35,7 +35,7 @@ from workspace.client_address import TLS_ENV as TLS_ENV  # re-exported
 from workspace.client_address import ServiceNotConfigured as ServiceNotConfigured
 from workspace.client_address import ServiceUnreachable as ServiceUnreachable
 from workspace.client_address import identity_tls as identity_tls  # re-exported
-from workspace.client_address import local_site_hint
+from workspace.client_address import local_site_hint, older_service
 from workspace.client_address import resolve_address as resolve_address  # re-exported
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
@@ -247,6 +247,18 @@ class Client(
                 errors.ResourceExhausted(
                     f"the {what} is {_mib(size)}, more than the {_mib(most)} one message may "
                     f"carry{why}"
+                ),
+                code,
+            )
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            # gRPC's own words ("Method not found!"): a service of an older release (a
+            # user who upgraded first), or an address that is not its client API.
+            return rpc_status.coded(
+                older_service(
+                    self.address,
+                    f"does not know this call ({details or code.name})",
+                    "Or the address is not the service's client API (its node_listen, the "
+                    "agents' port, say)",
                 ),
                 code,
             )

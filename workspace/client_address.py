@@ -37,6 +37,17 @@ class ServiceNotConfigured(errors.Unavailable):
     expected = True
 
 
+def older_service(address: str, what: str, also: str = "") -> errors.FailedPrecondition:
+    """The service at ``address`` did not do ``what`` as a service of this client's release
+    does: it is of an older one (a user who upgraded first: README, "Upgrading a site
+    with running VMs"). ``also``: a sentence more."""
+    return errors.FailedPrecondition(
+        f"the workspace service at {address} {what}: it runs an older release than this "
+        'client; upgrade the service (README, "Upgrading a site with running VMs") or use '
+        f"a client of its release{'. ' + also if also else ''}"
+    )
+
+
 class ServiceUnreachable(errors.Unavailable):
     """No connection could be made to the service: ``failures`` holds each address tried
     (one, or each replica of a list) with what gRPC said of it, in the order tried."""

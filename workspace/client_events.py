@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from workspace import client_streams, errors
+from workspace.client_address import older_service
 from workspace.client_args import strings
 from workspace.codec import events as codec_events
 from workspace.domain.events import EventFilter, SiteEvent
@@ -27,8 +28,10 @@ RESUME_SLACK_S = 60.0
 
 
 class EventsClientMixin:
-    """Needs ``_admin``, ``_workspaces``, ``_clusters`` and ``_error`` from the Client."""
+    """Needs ``_admin``, ``_workspaces``, ``_clusters``, ``_error`` and ``address`` from
+    the Client."""
 
+    address: str
     _admin: admin_pb2_grpc.AdminStub
     _workspaces: workspaces_pb2_grpc.WorkspacesStub
     _clusters: clusters_pb2_grpc.ClustersStub
@@ -67,7 +70,24 @@ class EventsClientMixin:
             req = codec_events.watch_request_to_proto(start, follow, which, after_id)
             return self._admin.WatchEvents(req, timeout=remaining)
 
-        return self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
+        events = self._events(open_call, since, follow, timeout_s, reconnect, on_outage, after_id)
+        return events if which is None else self._only(events, which)
+
+    def _only(
+        self, events: Generator[SiteEvent, None, None], which: EventFilter
+    ) -> Generator[SiteEvent, None, None]:
+        """``events`` the filter admits. A service older than the filter's fields (a user
+        who upgraded first) does not read them and sends every event: those outside are
+        left out here, as the service leaves them; a cluster it was given by name cannot
+        be told here, and is said to need the service upgraded."""
+        try:
+            for e in events:
+                if which.admits(e):
+                    yield e
+                elif which.cluster and not e.cluster:
+                    raise older_service(self.address, f"did not keep to cluster {which.cluster}")
+        finally:
+            events.close()
 
     def watch_workspace_events(
         self,

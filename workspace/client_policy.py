@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from workspace.client_address import older_service
 from workspace.client_args import strings
 from workspace.v1 import common_pb2, workspaces_pb2, workspaces_pb2_grpc
 
@@ -26,9 +27,10 @@ def limits_message(limits: Mapping[str, int] | None) -> common_pb2.Limits:
 
 
 class PolicyClientMixin:
-    """Needs ``_call`` and ``_workspaces`` from the Client."""
+    """Needs ``_call``, ``_workspaces`` and ``address`` from the Client."""
 
     _workspaces: workspaces_pb2_grpc.WorkspacesStub
+    address: str
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         raise NotImplementedError
@@ -58,4 +60,19 @@ class PolicyClientMixin:
             cpus=cpus,
             memory_mib=memory_mib,
         )
-        return self._call(self._workspaces.UpdateWorkspace, req)
+        ws: common_pb2.Workspace = self._call(self._workspaces.UpdateWorkspace, req)
+        unsized = [
+            f"{name} {got} (asked {asked})"
+            for name, asked, got in (
+                ("cpus", cpus, ws.cpus),
+                ("memory_mib", memory_mib, ws.memory_mib),
+            )
+            if asked and asked != got
+        ]
+        if unsized:  # a service before resizing ignores the fields and answers OK
+            raise older_service(
+                self.address,
+                f"did not resize {ws.name or id}, still {', '.join(unsized)}",
+                "The rest of the update, if any, was made",
+            )
+        return ws

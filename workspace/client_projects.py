@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from workspace.client_address import older_service
 from workspace.client_policy import limits_message
 from workspace.v1 import images_pb2, images_pb2_grpc, projects_pb2, projects_pb2_grpc
 
@@ -37,10 +38,11 @@ LEASE_ACTIONS = {
 
 
 class ProjectsClientMixin:
-    """Needs ``_call``, ``_projects`` and ``_images`` from the Client."""
+    """Needs ``_call``, ``_projects``, ``_images`` and ``address`` from the Client."""
 
     _projects: projects_pb2_grpc.ProjectsStub
     _images: images_pb2_grpc.ImagesStub
+    address: str
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         raise NotImplementedError
@@ -65,7 +67,7 @@ class ProjectsClientMixin:
             on_expiry=LEASE_ACTIONS[on_expiry],
             default_limits=limits_message(default_limits),
         )
-        return self._call(self._projects.CreateProject, req)
+        return self._quota_set(self._call(self._projects.CreateProject, req), fields)
 
     def set_project_defaults(
         self, project: str, default_limits: Mapping[str, int]
@@ -114,7 +116,26 @@ class ProjectsClientMixin:
                     on_expiry=LEASE_ACTIONS[leases[2]],
                 )
             )
-        return self._call(self._projects.SetProjectDefaults, req)
+        got = self._call(self._projects.SetProjectDefaults, req)
+        return self._quota_set(got, {QUOTA_FIELDS[n]: v for n, v in asked.items()})
+
+    def _quota_set(
+        self, project: projects_pb2.Project, asked: Mapping[str, int]
+    ) -> projects_pb2.Project:
+        """``project`` as the service answered, if its quotas are the ``asked`` ones (Quota
+        field names): a service older than a quota does not read it and answers OK."""
+        unset = [
+            f"{field} {asked[field]} (it has {getattr(project.quota, field)})"
+            for field in asked
+            if getattr(project.quota, field) != asked[field]
+        ]
+        if unset:
+            raise older_service(
+                self.address,
+                f"did not set project {project.name}'s quota {', '.join(unset)}",
+                "The rest, if any, was made",
+            )
+        return project
 
     def add_project_user(self, project: str, user: str) -> projects_pb2.Project:
         req = projects_pb2.ProjectUserRequest(project=project, user=user)

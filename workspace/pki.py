@@ -57,11 +57,18 @@ CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 CRL = "crl.pem"
 INDEX = "issued.json"
+# The serials revoked as replaced by a certificate of the same identity (RFC 5280
+# "superseded": the local site's renewal, site/identities.py), not as no longer trusted:
+# their CRL entries say so, and the service refuses them without taking their node for
+# lost. A file of its own: releases before it read INDEX's rows field by field.
+SUPERSEDED_INDEX = "superseded.json"
 CERT = "cert.pem"
 KEY = "key.pem"
 CA_DAYS = 3650
 CERT_DAYS = 365
 CRL_DAYS = 30
+# The CRL reason of a certificate a new one of the same identity replaced (Issued.superseded).
+SUPERSEDED = x509.ReasonFlags.superseded
 
 log = logging.getLogger("workspace.pki")
 
@@ -117,6 +124,11 @@ class CA:
         if not path.exists():
             return []
         return [Issued(**row) for row in json.loads(path.read_text())]
+
+    def superseded(self) -> set[int]:
+        """The serials revoked as superseded (``SUPERSEDED_INDEX``)."""
+        path = self.dir / SUPERSEDED_INDEX
+        return set(json.loads(path.read_text())) if path.exists() else set()
 
     def _save(self, rows: Iterable[Issued]) -> None:
         data = [r.__dict__ for r in sorted(rows, key=lambda r: r.serial)]
@@ -224,12 +236,14 @@ class CA:
 
     # -- revoking -----------------------------------------------------------------------------
 
-    def revoke(self, ref: str) -> list[Issued]:
+    def revoke(self, ref: str, superseded: bool = False) -> list[Issued]:
         """Revoke every certificate of name ``ref`` (``KIND:NAME`` for one kind's: a user
         and a node may share a name), or the one with serial ``ref`` (decimal or 0x-hex),
         and publish a new CRL. Returns what was revoked. A bare name that two kinds
         share is refused (InvalidArgument): revoking the admin ``local`` must not also
-        revoke the node ``local``."""
+        revoke the node ``local``. ``superseded``: a certificate of the same identity
+        replaces it (``SUPERSEDED_INDEX``); else a revocation of one revoked so before
+        makes it one of distrust."""
         kind, _, name = ref.partition(":")
         if kind not in {k.value for k in Kind}:
             kind, name = "", ref
@@ -256,6 +270,11 @@ class CA:
                 for r in rows
             ]
             self._save(rows)
+            before = self.superseded()
+            after = (before | serials) if superseded else (before - serials)
+            if after != before:
+                data = json.dumps(sorted(after)).encode()
+                write_private(self.dir / SUPERSEDED_INDEX, data, sync=True)
             self.publish_crl(r.serial for r in rows if r.revoked)
         return [r for r in rows if r.serial in serials]
 
@@ -263,6 +282,7 @@ class CA:
         """Sign and write crl.pem listing ``serials`` (default: every revoked one)."""
         if serials is None:
             serials = [r.serial for r in self.issued() if r.revoked]
+        superseded = self.superseded()
         now = _now()
         builder = (
             x509.CertificateRevocationListBuilder()
@@ -271,9 +291,10 @@ class CA:
             .next_update(now + datetime.timedelta(days=CRL_DAYS))
         )
         for serial in sorted(set(serials)):
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
-            )
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+            if serial in superseded:
+                entry = entry.add_extension(x509.CRLReason(SUPERSEDED), critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
         path = self.dir / CRL
         # Each CRL is numbered one above the last (RFC 5280 cRLNumber): a reader holding
         # a newer list refuses an older one put back (a revocation undone by a copy).
@@ -424,6 +445,7 @@ class Revocations:
         self.bundle = tls_reload.CaBundle(ca_file) if ca_file else None
         self._stamp: tuple[object, int] | None = None
         self._serials: frozenset[int] = frozenset()
+        self._superseded: frozenset[int] = frozenset()
         self._by_ca: dict[bytes, frozenset[int]] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[frozenset[int]], None]] = []
@@ -496,6 +518,7 @@ class Revocations:
         by_ca: dict[bytes, frozenset[int]] = {}
         numbers: dict[bytes, int] = {}
         due: list[datetime.datetime] = []
+        superseded: set[int] = set()
         try:
             for crl in _crls(Path(self.crl_file).read_bytes()):
                 kid = self._issuer(crl)
@@ -508,6 +531,7 @@ class Revocations:
                         "force (an old copy put back would undo the revocations made since)"
                     )
                 by_ca[kid], numbers[kid] = frozenset(r.serial_number for r in crl), number
+                superseded.update(r.serial_number for r in crl if _reason(r) == SUPERSEDED)
                 if crl.next_update_utc is not None:
                     due.append(crl.next_update_utc)
         except (OSError, ValueError) as exc:
@@ -524,7 +548,9 @@ class Revocations:
         for ca in lacking:
             if key_id(ca) in self._by_ca:
                 by_ca[key_id(ca)] = self._by_ca[key_id(ca)]
+                superseded.update(self._superseded & by_ca[key_id(ca)])
         old, self._serials = self._serials, frozenset().union(*by_ca.values())
+        self._superseded = frozenset(superseded)
         self._by_ca = by_ca
         self._stamp = stamp
         self._numbers.update(numbers)  # a CA's number is kept if it leaves and comes back
@@ -542,6 +568,11 @@ class Revocations:
         self.error = ""
         return self._serials != old
 
+    def superseded(self) -> frozenset[int]:
+        """The serials revoked as replaced by a certificate of the same identity (their
+        CRL reason "superseded"), of those ``serials`` read last."""
+        return self._superseded
+
     def is_revoked(self, serial: int, authority: bytes = b"") -> bool:
         """Whether the certificate of ``serial`` signed by the CA key ``authority`` (its
         authority key identifier; b"": unknown) is revoked now (the files are checked)."""
@@ -553,6 +584,13 @@ class Revocations:
         or every list when the certificate names no CA of the bundle."""
         own = self._by_ca.get(authority) if authority else None
         return serial in (own if own is not None else self._serials)
+
+
+def _reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:
+    try:
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _refuse(why: str) -> bytes:

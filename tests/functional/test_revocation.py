@@ -21,12 +21,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.functional.harness import WS, SitePki, TlsSite, wait_for
 from tests.pg import PgServer
-from workspace import config, errors, rpc
+from workspace import config, errors, pki, rpc
 from workspace.cli import admin_text
 from workspace.client import Client
 from workspace.config import TlsConfig
+from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.v1 import admin_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, clusters_pb2, workspaces_pb2
 
 # Far beyond the test: a node DOWN here was not marked so by the heartbeat timeout.
 GRACE_S = 600
@@ -230,3 +231,55 @@ def test_the_python_client_raises_unauthenticated_for_a_revoked_certificate(
             wait_for(lambda: dave.list_workspaces() is None, 10, "the revocation to count")
         assert got.value.code == "UNAUTHENTICATED"
         assert isinstance(got.value, errors.PermissionDenied)
+
+
+def test_a_node_certificate_superseded_at_an_agent_restart_loses_nothing(
+    tls_site: TlsSite,
+) -> None:
+    """`ws-admin site up` restarting an agent (on a new release: README, "Upgrading a
+    site with running VMs") whose certificate is stale (issued before the server names,
+    or in its last 30 days) revokes it as superseded and issues the node a new one. The
+    service took that for a node not to be trusted: DOWN at its next read of the CRL,
+    its workspaces LOST, and a cluster of them with on_failure teardown destroyed before
+    the new agent registered."""
+    site = tls_site
+    site.add_agent("up1")  # a name of its own: the module's CA revoked others' (n1)
+    clusters = site.stubs.clusters
+    c = clusters.CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="hpc",
+            members=[clusters_pb2.ClusterMember(role="w", image="img", cpus=1, memory_mib=256)],
+            on_failure=clusters_pb2.FAILURE_POLICY_TEARDOWN,
+        ),
+        timeout=10,
+    )
+    ref = clusters_pb2.ClusterRef(id=c.id)
+    wait_for(
+        lambda: clusters.GetCluster(ref).state == clusters_pb2.CLUSTER_STATE_RUNNING,
+        what="the cluster RUNNING",
+    )
+    member = clusters.GetCluster(ref).members[0].id
+    site.stop_agent("up1")  # what `site up` does next, as identities.ensure does it:
+    old = site.pki.node("up1")
+    site.pki.ca.revoke(hex(pki.identity_of_dir(old).serial), superseded=True)
+    new = site.tmp / "up1-renewed"
+    site.pki.ca.issue(Identity(Kind.NODE, "up1"), new)
+
+    # This call reads the new CRL (the service checks it before each call).
+    assert _node(site, "up1").state == admin_pb2.NODE_STATE_READY
+    assert site.stubs.get(member).state == WS.WORKSPACE_STATE_RUNNING
+    site.add_agent("up1", tls=config.to_dict(site.pki.tls(new)))
+    got = clusters.GetCluster(ref)
+    assert got.state == clusters_pb2.CLUSTER_STATE_RUNNING, got.reason
+    assert [(m.id, m.state) for m in got.members] == [(member, WS.WORKSPACE_STATE_RUNNING)]
+    events = site.stubs.admin.WatchEvents(admin_pb2.WatchEventsRequest(node="up1"), timeout=10)
+    assert [e.state for e in events if e.state in ("DOWN", "LOST")] == []
+    # The certificate it replaced is refused all the same.
+    with (
+        rpc.channel(site.node_address, site.pki.tls(old)) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        nodes_pb2_grpc.NodesStub(channel).WatchAssignments(
+            nodes_pb2.WatchAssignmentsRequest(node="up1"), timeout=10
+        ).next()
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED

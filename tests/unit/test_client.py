@@ -29,12 +29,16 @@ from workspace.client import (
     rebooted,
     resolve_address,
 )
-from workspace.domain.events import EventFilter
+from workspace.codec import events as codec_events
+from workspace.domain.events import EventFilter, SiteEvent
 from workspace.site import record
 from workspace.v1 import (
+    admin_pb2_grpc,
     common_pb2,
     images_pb2,
     images_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
     workspaces_pb2,
     workspaces_pb2_grpc,
 )
@@ -189,6 +193,10 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
         return self._shown()[0]
 
+    def UpdateWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        # As a service before resizing answers: the size fields are not read.
+        return self._shown()[0]
+
     def WatchWorkspaces(self, request: Any, context: Any) -> Iterator[Any]:
         self.watches += 1
         if self.away_after is not None and self.gets >= self.away_after:
@@ -311,6 +319,120 @@ def test_an_error_says_the_status_it_came_with(
         Client("unix:/nonexistent/ws.sock", timeout_s=2).list_workspaces()
     assert away.value.code == "UNAVAILABLE"
     assert errors.InvalidArgument("raised here").code is None
+
+
+def test_a_call_the_service_does_not_know_says_it_is_older_than_the_client(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """A user who upgraded `ws` before the site's service upgraded it (here: a service
+    without the Clusters API) was told "ws: error: Method not found!"."""
+    client, _, _ = served
+    with pytest.raises(errors.FailedPrecondition) as info:
+        client.list_clusters()
+    assert info.value.message.startswith(
+        f"the workspace service at {client.address} does not know this call (Method not "
+        "found!): it runs an older release than this client; upgrade the service"
+    )
+    assert info.value.code == "UNIMPLEMENTED"
+    assert common.exit_code(info.value) == common.EXIT_REQUEST
+
+
+def test_a_resize_a_service_of_an_older_release_ignores_is_not_taken_for_done(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """`ws update alpha --cpus 2` against a service before resizing exited 0 and showed
+    alpha as it was: the service had not read the fields, and said OK."""
+    client, _, _ = served
+    with pytest.raises(errors.FailedPrecondition) as info:
+        client.update_workspace("alpha", cpus=2, memory_mib=1024)
+    assert info.value.message.startswith(
+        f"the workspace service at {client.address} did not resize alpha, still cpus 1 "
+        "(asked 2), memory_mib 512 (asked 1024): it runs an older release than this client"
+    )
+    assert client.update_workspace("alpha", cpus=1).cpus == 1  # its size: nothing to do
+
+
+class OlderAdmin(admin_pb2_grpc.AdminServicer):
+    """WatchEvents as a service before its filters answers: every event, whatever asked."""
+
+    EVENTS = (
+        SiteEvent(1.0, "node.registered", "node:n1", node="n1", id=1),
+        SiteEvent(2.0, "workspace.created", "user:ana", "w1", "alpha", "n1", id=2),
+        SiteEvent(3.0, "workspace.state", "node:n2", "w2", "beta", "n2", "c1", id=3),
+        SiteEvent(4.0, "image.added", "user:ana", subject="img", id=4),
+    )
+
+    def WatchEvents(self, request: Any, context: Any) -> Iterator[Any]:
+        yield from map(codec_events.event_to_proto, self.EVENTS)
+
+
+def test_site_events_a_service_of_an_older_release_does_not_filter_are_filtered(
+    tmp_path: Path,
+) -> None:
+    """`ws-admin events --node n1` (or --kind, --workspace) against a service before
+    those filters listed every event of the site, as if all were n1's. The client keeps
+    to the filter; a cluster named it cannot tell, and says the service is older."""
+    server = rpc.server(2)
+    admin_pb2_grpc.add_AdminServicer_to_server(OlderAdmin(), server)
+    address = f"unix:{tmp_path}/old.sock"
+    rpc.bind(server, address)
+    server.start()
+    try:
+        with Client(address, timeout_s=5) as client:
+
+            def ids(**which: Any) -> list[int]:
+                return [e.id for e in client.watch_events(which=EventFilter(**which))]
+
+            assert ids() == [1, 2, 3, 4]
+            assert ids(node="n1") == [1, 2]
+            assert ids(kinds=("workspace",)) == [2, 3]
+            assert ids(kinds=("image.added", "node.registered")) == [1, 4]
+            assert ids(workspace="beta") == ids(workspace="w2") == [3]
+            with pytest.raises(errors.FailedPrecondition) as info:
+                ids(cluster="hpc")
+            assert info.value.message.startswith(
+                f"the workspace service at {address} did not keep to cluster hpc: it runs "
+                "an older release than this client"
+            )
+    finally:
+        server.stop(0).wait()
+
+
+class OlderProjects(projects_pb2_grpc.ProjectsServicer):
+    """A service before the preemptible disk quota: it does not read the field."""
+
+    def CreateProject(self, request: Any, context: Any) -> projects_pb2.Project:
+        request.quota.ClearField("preemptible_disk_gib")
+        return request
+
+    def SetProjectDefaults(self, request: Any, context: Any) -> projects_pb2.Project:
+        quota = projects_pb2.Quota(instances=request.quota.instances)
+        return projects_pb2.Project(name=request.project, quota=quota)
+
+
+def test_a_quota_a_service_of_an_older_release_ignores_is_not_taken_for_set(
+    tmp_path: Path,
+) -> None:
+    """`ws-admin project create p --quota-preemptible-disk-gib 50` (and `project set`)
+    against a service before that quota exited 0, the project without it."""
+    server = rpc.server(2)
+    projects_pb2_grpc.add_ProjectsServicer_to_server(OlderProjects(), server)
+    address = f"unix:{tmp_path}/old.sock"
+    rpc.bind(server, address)
+    server.start()
+    try:
+        with Client(address, timeout_s=5) as client:
+            with pytest.raises(errors.FailedPrecondition) as info:
+                client.create_project("p", {"instances": 3, "preemptible-disk-gib": 50})
+            assert info.value.message.startswith(
+                f"the workspace service at {address} did not set project p's quota "
+                "preemptible_disk_gib 50 (it has 0): it runs an older release than this client"
+            )
+            with pytest.raises(errors.FailedPrecondition, match="preemptible_disk_gib 60"):
+                client.set_project("p", quota={"preemptible-disk-gib": 60})
+            assert client.set_project("p", quota={"instances": 4}).quota.instances == 4
+    finally:
+        server.stop(0).wait()
 
 
 def test_a_request_too_large_to_send_says_so(

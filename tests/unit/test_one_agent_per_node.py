@@ -85,6 +85,18 @@ def test_an_agent_that_does_not_say_its_key_is_let_in(site: Site) -> None:
         register(site, B)  # the key of the node's agent is kept
 
 
+def test_an_agent_upgraded_to_the_key_takes_its_node_over_at_once(site: Site) -> None:
+    """README's upgrade: the service first, then each agent. The agent of the release
+    before says no key and keeps reporting; its successor, started right after it stops,
+    registers with one and is not made to wait out a "duplicate" agent's silence."""
+    register(site, "")
+    site.clock.now += 1  # the old agent's last report, a second before
+    register(site, A)
+    with pytest.raises(FailedPrecondition) as refused:
+        register(site, B)
+    assert f"served by another agent, {A}" in refused.value.message  # the node's, now
+
+
 def test_an_agent_keeps_its_key_across_restarts(tmp_path: Path) -> None:
     first = agent_key(str(tmp_path))
     assert agent_key(str(tmp_path)) == first  # the id is kept in its state directory

@@ -5,10 +5,12 @@ their identity."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -165,6 +167,13 @@ def test_a_site_identity_issued_anew_revokes_the_one_it_replaces(tmp_path: Path)
     assert n1 != before["n1"] and rows[before["n1"]].revoked and not rows[n1].revoked
     crl = pki.Revocations(str(first.crl_file), str(ca.dir / pki.CA_CERT))
     assert crl.is_revoked(before["n1"])
+    assert crl.superseded() == {before["n1"]}  # replaced, not distrusted: n1 is not lost
+    # The CA's index keeps the fields `ws-admin` of the release before reads (it took
+    # each row's keys as its fields: a key more, and its `site up` failed on this CA).
+    index = json.loads((ca.dir / pki.INDEX).read_text())
+    assert {tuple(sorted(row)) for row in index} == {
+        ("kind", "name", "not_after", "revoked", "serial")
+    }
     assert pki.identity_of_dir(again.nodes["n2"]).serial == before["n2"]  # its agent runs
     assert not rows[before["n2"]].revoked
     service = pki.identity_of_dir(again.service).serial
@@ -208,6 +217,49 @@ def test_site_identities_issued_before_the_server_names_are_issued_anew(
     assert (
         pki.identity_of_dir(again.nodes["n1"]).serial == pki.identity_of_dir(new.nodes["n1"]).serial
     )
+
+
+def test_the_site_service_still_answers_agents_and_clients_of_the_release_before(
+    tmp_path: Path,
+) -> None:
+    """Releases before the server names checked the local site's unix sockets for the
+    name `localhost`. Upgraded first (README, "Upgrading a site with running VMs"), the
+    service was issued a certificate without it: its agents, still running, were
+    refused in the handshake (UNAVAILABLE) until each was restarted, their nodes DOWN and
+    their VMs LOST meanwhile, and users' older `ws` could not reach the site. It now
+    answers them; today's clients check it by its own name as before."""
+    ids = identities.ensure(tmp_path, "local", ["n1"])
+    srv = rpc.server(max_workers=2)
+    address = f"unix:{tmp_path}/service.sock"
+    rpc.bind(srv, address, ids.tls(ids.service))
+    srv.start()
+
+    def call(ch: grpc.Channel) -> grpc.StatusCode:
+        try:
+            ch.unary_unary("/workspace.v1.Nothing/Here")(b"", timeout=30)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    def old_channel(identity_dir: Path) -> grpc.Channel:  # as rpc.channel was before
+        files = rpc.tls_files(TlsConfig(identity_dir=str(identity_dir)))
+        creds = grpc.ssl_channel_credentials(
+            files.ca_file.read_bytes(), files.key_file.read_bytes(), files.cert_file.read_bytes()
+        )
+        return grpc.secure_channel(
+            address, creds, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+
+    try:
+        for who in (ids.nodes["n1"], ids.admin):  # an old agent, an old `ws`
+            with old_channel(who) as ch:
+                assert call(ch) is grpc.StatusCode.UNIMPLEMENTED  # TLS passed
+        with rpc.channel(address, ids.tls(ids.admin)) as ch:
+            assert call(ch) is grpc.StatusCode.UNIMPLEMENTED
+        again = identities.ensure(tmp_path, "local", ["n1"])  # kept, not issued anew
+        assert pki.identity_of_dir(again.service).serial == pki.identity_of_dir(ids.service).serial
+    finally:
+        srv.stop(0)
 
 
 def test_client_picks_its_identity(

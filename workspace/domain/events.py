@@ -136,6 +136,17 @@ class EventFilter:
             f"{', '.join(sorted(KNOWN_KINDS))}"
         )
 
+    def admits(self, e: SiteEvent) -> bool:
+        """Whether ``e`` may be one the filter gives (ops/site_events.py ``_filtered``):
+        of its kinds, workspace (id or name) and node. Of a cluster given by name only
+        its id is stored: an event of no cluster is outside, one of a cluster may not be."""
+        return (
+            (not self.kinds or any(e.kind == k or e.kind.startswith(k + ".") for k in self.kinds))
+            and (not self.workspace or self.workspace in (e.workspace_id, e.workspace_name))
+            and (not self.node or e.node == self.node)
+            and (not self.cluster or bool(e.cluster))
+        )
+
 
 # Every kind, and every family (a kind's first word), as ``EventFilter.kinds`` takes them.
 KNOWN_KINDS = frozenset(k.value for k in Kind) | frozenset(k.value.split(".")[0] for k in Kind)

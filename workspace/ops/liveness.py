@@ -95,11 +95,18 @@ def with_node_silence(env: Env, s: Session, views: Sequence[WorkspaceView]) -> l
     ]
 
 
-def check_revocations(env: Env, revoked: Set[int]) -> list[str]:
+def check_revocations(env: Env, revoked: Set[int], superseded: Set[int] = frozenset()) -> list[str]:
     """Mark DOWN every node whose bound certificate is ``revoked`` (the serials of this
     replica's CRL), its workspaces LOST, and record the revocation on the node: from then
     on every replica refuses that certificate for it (ops/reports.py ``check_bound``),
-    whatever its own copy of the CRL says. Returns the nodes marked."""
+    whatever its own copy of the CRL says. Returns the nodes marked.
+
+    A certificate revoked as ``superseded`` (a new one of the same node replaced it: the
+    local site's `site up` renewing it while the agent is stopped) is refused as any
+    revoked one, but does not make its node lost: its agent registers with the new one,
+    and an agent that does not is DOWN once silent for the grace period, as at any
+    restart. Taken for lost, its workspaces went LOST and a cluster of them with
+    ``on_failure = teardown`` was destroyed at an agent's restart."""
     marked: list[str] = []
     if not revoked:
         return marked
@@ -107,7 +114,11 @@ def check_revocations(env: Env, revoked: Set[int]) -> list[str]:
         bound = s.execute(
             select(Node.name, Node.cert_serial).where(Node.cert_serial != "", ~Node.cert_revoked)
         ).all()
-    hit = {name: serial for name, serial in bound if int(serial, 16) in revoked}
+    hit = {
+        name: serial
+        for name, serial in bound
+        if int(serial, 16) in revoked and int(serial, 16) not in superseded
+    }
     if not hit:
         return marked
     with write(env) as u:

@@ -315,7 +315,7 @@ class Service:
             try:
                 liveness.check_liveness(self.env, self.leading_since)
                 # Again what _revoked did (or failed to do: the database away).
-                liveness.check_revocations(self.env, self.auth.revoked())
+                liveness.check_revocations(self.env, self.auth.revoked(), self._superseded())
             except Exception:
                 log.exception("liveness check failed")
 
@@ -332,6 +332,10 @@ class Service:
         while not self._stop.wait(CRL_POLL_S):
             self.auth.revoked()
 
+    def _superseded(self) -> frozenset[int]:
+        crl = self.auth.revocations
+        return crl.superseded() if crl is not None else frozenset()
+
     def _revoked(self, serials: frozenset[int]) -> None:
         """The CRL this replica reads changed: nodes bound to a revoked certificate are
         DOWN now, not after the heartbeat timeout (their streams end as they wake)."""
@@ -339,7 +343,7 @@ class Service:
             return
         try:
             with callctx.system():  # whichever call read the CRL, this is not its doing
-                liveness.check_revocations(self.env, serials)
+                liveness.check_revocations(self.env, serials, self._superseded())
         except Exception:
             log.exception("marking the nodes of revoked certificates DOWN failed")
 

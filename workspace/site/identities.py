@@ -6,21 +6,25 @@ from it without flags) and keeps it across ``site down``/``site up``; ``site dow
 --purge`` removes it. Identity directories live in ``<site>/identities/``:
 
     service        workspace://service/localhost, and the name clients check
-                   (``service.workspace.invalid``: see ``workspace.rpc``)
+                   (``service.workspace.invalid``: see ``workspace.rpc``), and the host
+                   ``localhost`` (``OLD_CLIENTS_NAME``), which releases before those
+                   names checked on the unix sockets: agents and ``ws`` of the release
+                   before keep reaching a service upgraded first
     node-NAME      workspace://node/NAME, one per agent, and the name its peers check
                    (``NAME.node.workspace.invalid``)
     admin-OWNER    workspace://user/OWNER + role admin: the user who ran ``site up``;
                    ``ws`` finds it through the site record (a client's certificate only)
 
-The CA adds the names clients check; nothing is issued a host (``localhost``): the
-sockets are reached by path and checked by those names. An identity is issued once and
-reused while its certificate is of this CA, names what it should, may do what it
-should (no more: ``pki.extended_key_usage``), is not revoked and is not within
-``RENEW_BEFORE`` of its expiry; otherwise it is issued anew, so ``site up`` replaces one
-issued before those rules.
+The CA adds the names clients check; nothing else is issued a host (no node nor user is
+``localhost``): the sockets are reached by path and checked by those names. An identity
+is issued once and reused while its certificate is of this CA, names what it should, may
+do what it should (no more: ``pki.extended_key_usage``), is not revoked and is not
+within ``RENEW_BEFORE`` of its expiry; otherwise it is issued anew, so ``site up``
+replaces one issued before those rules.
 
-The certificate an identity replaces is revoked (by serial, the CRL re-published) before
-the new one is issued, as docs/security.md says a rotation ends. For a node that is what
+The certificate an identity replaces is revoked (by serial, the CRL re-published; its
+reason "superseded": its node is not taken for lost, ``ops/liveness.py``) before the
+new one is issued, as docs/security.md says a rotation ends. For a node that is what
 lets the new certificate register: the service binds a node's name to the certificate it
 registered with and refuses another while that one is valid (``ops/reports.py``
 ``check_bound``). The identity of a daemon that runs is not replaced: it
@@ -44,8 +48,15 @@ from workspace.identity import Identity, Kind, from_pem, tls_name
 
 PKI_DIR = "pki"
 IDENTITIES_DIR = "identities"
-# The service identity's name (workspace://service/localhost); not a host it is issued.
+# The service identity's name (workspace://service/localhost).
 SERVICE_HOST = "localhost"
+# The host the service's certificate also carries: what agents and clients of releases
+# before the server names (identity.tls_name) checked it by on a unix socket. Without it
+# the agents still running when the service is upgraded first (README, "Upgrading a site
+# with running VMs") were refused by it until each was restarted, their nodes DOWN and
+# VMs LOST meanwhile, and users' older `ws` could not reach the site. Only the service
+# carries it: a node's or user's certificate cannot pose as the service to them.
+OLD_CLIENTS_NAME = "localhost"
 # An identity that expires sooner than this is issued anew at `site up`.
 RENEW_BEFORE = datetime.timedelta(days=30)
 
@@ -87,7 +98,7 @@ def ensure(
     ids.mkdir(mode=0o700, exist_ok=True)
     service = ids / "service"
     if not service_runs:
-        _ensure_one(ca, Identity(Kind.SERVICE, SERVICE_HOST), service)
+        _ensure_one(ca, Identity(Kind.SERVICE, SERVICE_HOST), service, (OLD_CLIENTS_NAME,))
     admin = _ensure_one(ca, Identity(Kind.USER, owner, admin=True), ids / f"admin-{owner}")
     node_dirs = {name: ids / f"node-{name}" for name in nodes}
     for name, out in node_dirs.items():
@@ -96,16 +107,16 @@ def ensure(
     return SiteIdentities(d, service, admin, node_dirs)
 
 
-def _ensure_one(ca: pki.CA, who: Identity, out: Path) -> Path:
-    if not _current(ca, who, out):
+def _ensure_one(ca: pki.CA, who: Identity, out: Path, hosts: tuple[str, ...] = ()) -> Path:
+    if not _current(ca, who, out, hosts):
         old = _replaced_serial(ca, out)
         if old:
             # Revoked first: a start that dies before the new one is issued leaves a
             # revoked certificate, which the next start replaces.
-            ca.revoke(f"0x{old:x}")
+            ca.revoke(f"0x{old:x}", superseded=True)
         if out.exists():
             shutil.rmtree(out)
-        ca.issue(who, out)
+        ca.issue(who, out, hosts)
     return out
 
 
@@ -120,8 +131,8 @@ def _replaced_serial(ca: pki.CA, out: Path) -> int:
     return serial if serial in mine and not mine[serial].revoked else 0
 
 
-def _current(ca: pki.CA, who: Identity, out: Path) -> bool:
-    """Whether ``out`` holds a usable identity ``who`` of ``ca``."""
+def _current(ca: pki.CA, who: Identity, out: Path, hosts: tuple[str, ...]) -> bool:
+    """Whether ``out`` holds a usable identity ``who`` of ``ca``, issued ``hosts``."""
     try:
         ca_file, cert_file, _key_file = pki.load_identity_dir(out)
         pem = cert_file.read_bytes()
@@ -133,6 +144,7 @@ def _current(ca: pki.CA, who: Identity, out: Path) -> bool:
         return False
     revoked = {r.serial for r in ca.issued() if r.revoked}
     expected_dns = [tls_name(who.kind, who.name)] if tls_name(who.kind, who.name) else []
+    expected_dns += hosts
     return (
         cert.issuer == ca.cert.subject
         and ca_file.read_bytes() == (ca.dir / pki.CA_CERT).read_bytes()
