@@ -561,3 +561,30 @@ def test_project_deletions_still_journaled_are_kept_as_deletions(tmp_path: Path)
         assert sorted(got) == [("chem", 0.0, 300.0), ("physics", 0.0, 100.0)]
     finally:
         store.close()
+
+
+def test_the_cached_blobs_nodes_said_before_are_believed_again_only_when_given(
+    tmp_path: Path,
+) -> None:
+    """0030: what nodes reported cached was kept as they said it, a compromised node's
+    claims with it (placement prefers a node caching the image); the upgrade forgets it,
+    and each node's next report says again what the service believes (ops/cache_claims.py)."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    store = Store(url)
+    with store.write() as s:
+        claimed = ["sha256:" + "a" * 64]
+        s.add(Node(name="n2", hypervisor="fake", cpus=8, memory_mib=16384, cached_digests=claimed))
+    store.close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(migrations.config(conn), "0029")
+    engine.dispose()
+    store = Store(url)
+    try:
+        with store.read() as s:
+            node = s.get(Node, "n2")
+            assert node is not None and node.cached_digests == []
+    finally:
+        store.close()

@@ -20,7 +20,7 @@ from workspace import rpc
 from workspace.cli import ws as ws_cli
 from workspace.client import Client
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
-from workspace.v1 import admin_pb2, common_pb2, trust_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, common_pb2, images_pb2, trust_pb2, workspaces_pb2
 
 
 @dataclass
@@ -271,3 +271,76 @@ def test_a_node_cannot_write_into_another_nodes_workspace_history(world: World) 
     entries = site.stubs.trust.ListAudit(trust_pb2.ListAuditRequest(limit=10)).entries
     said = [(e.where, e.workspace_id) for e in entries if e.reason == forged]
     assert said == [("node:n2", "")]
+
+
+def test_a_node_claiming_blobs_it_was_never_given_draws_no_workspace(world: World) -> None:
+    """A node reports the blobs it caches, and under pack a node caching a request's
+    image wins (x100): n4, which said it held an image it was never given (a digest is no
+    secret), drew three launches of it out of three, other users' workspaces with their
+    user-data and disks, and was named to other nodes as a peer to fetch it from. Its
+    claim no longer counts. A blob n4 was given (a workspace of its image placed there)
+    still counts, after that workspace is gone too: the next launch of that image goes
+    to n4, though n4 is the node pack picks last (the most memory free)."""
+    site, s = world.site, world.site.stubs
+
+    def digest_of(image: str, fill: int) -> str:
+        s.import_image(image, bytes([fill]) * 65536)
+        return str(s.images.GetImage(images_pb2.GetImageRequest(name=image)).partitions[0].digest)
+
+    claimed, handed = digest_of("claimed", 7), digest_of("handed", 8)
+    channel = rpc.channel(site.node_address, site.pki.tls(site.pki.node("n4")))
+    site.channels.append(channel)
+    n4 = nodes_pb2_grpc.NodesStub(channel)
+    n4.Register(
+        nodes_pb2.RegisterRequest(
+            node="n4",
+            hypervisor="fake",
+            cpus=64,
+            memory_mib=1_000_000,  # pack puts a workspace anywhere else first
+            networks=["default"],
+            cached_digests=[claimed, handed],
+            peer_address="unix:/nonexistent/n4-peers.sock",
+        )
+    )
+
+    def n4_says(*workspaces: nodes_pb2.ObservedWorkspace) -> None:
+        """A heartbeat of n4: it holds both images, and runs ``workspaces``."""
+        report = nodes_pb2.ReportStatusRequest(
+            node="n4", full=True, cached_digests=[claimed, handed], workspaces=workspaces
+        )
+        n4.ReportStatus(report, timeout=10)
+
+    launched = []
+    for i in range(3):
+        n4_says()
+        launched.append(s.create(name=f"claimed{i}", image="claimed"))
+    assert [w.node for w in launched if w.node == "n4"] == []
+    assert site.service is not None
+    for w in launched:  # n4 is named to none of them as a peer holding the image
+        disks = site.service.nodes.assignments(w.node).assignments
+        assert [list(d.source_nodes) for a in disks for d in a.disks] == [[]] * len(disks)
+
+    others = [n for n in nodes(world) if n != "n4"]
+    for other in others:
+        s.admin.DrainNode(admin_pb2.NodeRef(name=other))
+    try:
+        given = s.create(name="given", image="handed")
+    finally:
+        for other in others:
+            s.admin.EnableNode(admin_pb2.NodeRef(name=other))
+    assert given.node == "n4"
+    n4_says(
+        nodes_pb2.ObservedWorkspace(workspace_id=given.id, state=nodes_pb2.OBSERVED_STATE_RUNNING)
+    )
+    s.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=given.id))
+    n4_says(
+        nodes_pb2.ObservedWorkspace(workspace_id=given.id, state=nodes_pb2.OBSERVED_STATE_ABSENT)
+    )
+    s.wait_state(given.id, WS.WORKSPACE_STATE_TERMINATED)
+    n4_says()
+    again = s.create(name="again", image="handed")
+    assert again.node == "n4"
+    later = s.create(name="later", image="claimed")  # still not believed
+    assert later.node != "n4"
+    for w in [*launched, again, later]:
+        s.ws.DestroyWorkspace(workspaces_pb2.WorkspaceRef(id=w.id))

@@ -40,6 +40,7 @@ from workspace.errors import (
 )
 from workspace.log import about
 from workspace.ops import netpolicy, node_conditions, node_refusals, preempt, seeds, trust
+from workspace.ops.cache_claims import assigned, believed
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import confirm_gone, held_on, is_held, release, saves_from
 from workspace.ops.order_size import MAX_SOURCES
@@ -256,7 +257,7 @@ def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[
         node.disk_gib = info.disk_gib
         node.labels = dict(info.labels)
         node.networks = list(info.networks)
-        node.cached_digests = list(info.cached_digests)
+        node.cached_digests = believed(u.s, node, info.cached_digests, logging.INFO)
         node.peer_address = info.peer_address
         node.disk_mbps = max(0, info.disk_mbps)
         node.net_mbps = max(0, info.net_mbps)
@@ -489,15 +490,8 @@ def may_fetch(env: Env, node_name: str, digest: str, cert_serial: int = 0) -> No
         if node is None:
             raise NotFound(f"node {node_name} is not registered")
         check_bound(node, cert_serial)
-        if digest in (node.prefetch or ()):
+        if digest in (node.prefetch or ()) or digest in assigned(s, node_name):
             return
-        for w in s.execute(
-            select(Workspace).where(
-                Workspace.node == node_name, Workspace.state != State.TERMINATED.value
-            )
-        ).scalars():
-            if digest in bound_spec(w).digests():
-                return
     raise PermissionDenied(f"blob {digest} is not assigned to node {node_name}")
 
 
@@ -530,11 +524,11 @@ def _heartbeat(env: Env, s: Session, node: Node, r: NodeReport) -> None:
         _back(node)
     if r.conditions is not None:
         node_conditions.replace(s, node, r.conditions)
-    node.cached_digests = list(r.cached_digests)
+    node.cached_digests = kept = believed(s, node, r.cached_digests)
     node.cache = cache_column(r.cache)
     node.cache_budget_bytes = r.cache_budget_bytes
     if node.prefetch:
-        cached = set(r.cached_digests)
+        cached = set(kept)
         left = [d for d in node.prefetch if d not in cached]
         if left != node.prefetch:
             node.prefetch = left
