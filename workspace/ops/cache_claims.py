@@ -35,6 +35,12 @@ from workspace.store.mapping import bound_spec
 
 log = logging.getLogger("workspace.ops.reports")
 
+# Per node, the digests last refused and the node's ``orders_gen`` then (a new value
+# whenever its workspaces or prefetch list change, store/orders_gen.py): until it
+# changes, the same claims are refused again without a query. This process's own (a
+# replica that has not seen them checks them once).
+_doubted: dict[str, tuple[int, frozenset[str]]] = {}
+
 
 def assigned(s: Session, node_name: str) -> set[str]:
     """The blobs of the workspaces on ``node_name`` (those not terminated): what the
@@ -60,11 +66,19 @@ def believed(
     new = {d for d in reported if d not in before}
     if new:
         new -= set(node.prefetch or ())
+    doubted = _doubted.get(node.name)
+    if new and doubted is not None and doubted[0] == node.orders_gen and new <= doubted[1]:
+        # Refused already, and the node's workspaces are as they were (a save's upload
+        # changes its workspace too): the heartbeat of a node caching blobs of
+        # workspaces long gone (every node, the first hours after migration 0030) costs
+        # no query.
+        return [d for d in reported if d not in new]
     if new:
         new -= blob_access.held(s, holder(node.name))
     if new:
         new -= assigned(s, node.name)
     if new:
+        _doubted[node.name] = (node.orders_gen, frozenset(new))
         log.log(
             said,
             "node %s reports %d cached blob(s) the service did not let it have (%s%s); "
