@@ -15,6 +15,7 @@ the handshake refused the certificate; the answer says so, and which CA issued i
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 import ssl
 from pathlib import Path
@@ -57,10 +58,35 @@ def refused_certificate(address: str, tls: TlsConfig, timeout_s: float = 3.0) ->
             return ""
     return (
         " (the service closed the connection in the TLS handshake, after this identity's "
-        f"certificate{_issuers(files.cert_file, files.ca_file)}: it does not take it, being "
-        "of a CA the service does not trust: the identity is another site's, or its CA was "
-        "made anew since it was issued (`ws-admin site down --purge`); ask the site's admin "
-        "for one of the site's CA (`ws-admin pki issue`))"
+        f"certificate{_why(files.cert_file, files.ca_file)})"
+    )
+
+
+def _why(cert_file: Path, ca_file: Path) -> str:
+    """Why the service does not take the certificate, for the end of the message: it is
+    out of its dates (expired: certificates are issued for a year), else it is of a CA
+    the service does not trust. An expired one was said to be of another CA, sending its
+    holder after another site or a CA made anew."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        cert = None
+    now = datetime.datetime.now(datetime.UTC)
+    if cert is not None and cert.not_valid_after_utc < now:
+        return (
+            f", which expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: ask the site's "
+            "admin for a new one (`ws-admin pki issue`)"
+        )
+    if cert is not None and cert.not_valid_before_utc > now:
+        return (
+            f", which is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: this "
+            "host's clock is behind"
+        )
+    return (
+        f"{_issuers(cert_file, ca_file)}: it does not take it, being of a CA the service "
+        "does not trust: the identity is another site's, or its CA was made anew since it "
+        "was issued (`ws-admin site down --purge`); ask the site's admin for one of the "
+        "site's CA (`ws-admin pki issue`)"
     )
 
 

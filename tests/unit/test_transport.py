@@ -5,6 +5,7 @@ their identity."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import shutil
 from pathlib import Path
@@ -378,3 +379,30 @@ def test_a_client_certificate_the_server_refuses_is_told_from_an_outage(
     finally:
         srv.stop(0)
     assert tls_probe.refused_certificate(unix, foreign) == ""  # nobody there
+
+
+def test_an_expired_certificate_the_server_refuses_is_said_to_have_expired(
+    ca: pki.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tls_probe: a certificate of the site's CA that expired (a node's, after its year)
+    is closed in the handshake as a stranger's is: said to have expired, not to be of a
+    CA the service does not trust (another site's, a CA made anew), which sent the
+    agent's admin after the wrong fix."""
+    srv = rpc.server(2)
+    service = issue(ca, tmp_path, Identity(Kind.SERVICE, "localhost"))
+    unix = f"unix:{tmp_path}/s.sock"
+    rpc.listen_on(srv, unix, TlsConfig(identity_dir=str(service)), "listen")
+    srv.start()
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=pki.CERT_DAYS + 30)
+    with monkeypatch.context() as m:
+        m.setattr(pki, "_now", lambda: long_ago)
+        old = TlsConfig(identity_dir=str(issue(ca, tmp_path, Identity(Kind.NODE, "n1"))))
+    try:
+        said = tls_probe.refused_certificate(unix, old)
+    finally:
+        srv.stop(0)
+    assert said.startswith(" (the service closed the connection in the TLS handshake")
+    assert (
+        f", which expired on {long_ago + datetime.timedelta(days=pki.CERT_DAYS):%Y-%m-%d}" in said
+    )
+    assert "does not trust" not in said and "made anew" not in said
