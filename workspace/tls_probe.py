@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import socket
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -30,6 +31,17 @@ from workspace.identity import SERVICE_TLS_NAME
 
 # What gRPC says of a connection the server closed (a refused certificate among others).
 CLOSED_MARKERS = ("socket closed", "connection reset", "broken pipe")
+
+
+def refused_by_any(failures: Sequence[tuple[str, str]], tls: TlsConfig) -> str:
+    """``refused_certificate`` of the first address of ``failures`` (each address tried,
+    with what gRPC said of it) whose connection was closed ("" when none was). With a
+    list of replicas whose first one is down, the probe went to that one, which does not
+    answer, and a certificate the others closed the connection on was not said."""
+    for address, said in failures:
+        if any(m in said.lower() for m in CLOSED_MARKERS):
+            return refused_certificate(address, tls)
+    return ""
 
 
 def refused_certificate(address: str, tls: TlsConfig, timeout_s: float = 3.0) -> str:
