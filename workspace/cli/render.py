@@ -364,7 +364,7 @@ def lease_line(ws: common_pb2.Workspace) -> str:
 
 
 def state_line(ws: common_pb2.Workspace, asked: str = "") -> str:
-    reason = f"  ({termfilter.plain(ws.reason)})" if ws.reason else ""
+    reason = f"  ({termfilter.one_line(ws.reason)})" if ws.reason else ""
     return f"{_label(ws)}: {state_name(ws.state)}{asked}{reason}"
 
 
