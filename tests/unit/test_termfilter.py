@@ -94,3 +94,7 @@ def test_a_reason_with_a_newline_stays_on_its_line() -> None:
     ws = common_pb2.Workspace(id="abc", name="alpha", reason=reason)
     state = render.state_line(ws)
     assert "\n" not in state and state.endswith(f"(disk error\\x0a{forged}\tx)")
+    shown = render.workspace_text(ws).splitlines()  # `ws show`: no row of the node's making
+    assert f"disk error\\x0a{forged}\tx" in shown[4] and len(shown) == len(
+        render.workspace_text(common_pb2.Workspace(id="abc", name="alpha", reason="r")).splitlines()
+    )

@@ -246,7 +246,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("name", ws.name),
         ("state", state_name(ws.state)),
         ("desired", enum_name(_DESIRED, ws.desired_state)),
-        ("reason", ws.reason),
+        ("reason", termfilter.one_line(ws.reason)),  # a node's: no row of its making
         ("image", ws.image),
         ("cpus", ws.cpus),
         ("memory_mib", ws.memory_mib),
@@ -515,7 +515,7 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
             ("id", c.id),
             ("name", c.name),
             ("state", cluster_state_name(c.state)),
-            ("reason", c.reason),
+            ("reason", termfilter.one_line(c.reason)),
             ("running", _running(c)),
             ("lease_ends", cluster_lease_text(c)),
             ("affinity", enum_name(_AFFINITY, c.affinity)),
