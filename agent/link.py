@@ -212,10 +212,8 @@ class Link:
         ``PROBE_EVERY`` ("" otherwise, and for any other failure)."""
         if not self.cfg.tls.enabled or failures % PROBE_EVERY:
             return ""
-        said = rpc_status.describe(exc).lower()
-        if not any(m in said for m in tls_probe.CLOSED_MARKERS):
-            return ""
-        return tls_probe.refused_certificate(address, self.cfg.tls)
+        tried = getattr(exc, "failures", None) or [(address, rpc_status.describe(exc))]
+        return tls_probe.refused_by_any(tried, self.cfg.tls)
 
     def _then(self, turn: int, failures: int) -> str:
         """What the next turn of ``run`` does, for a log line: "trying B in 0.5 s" (the

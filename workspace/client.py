@@ -67,7 +67,7 @@ from workspace.client_waits import cluster_state_name as cluster_state_name  # r
 from workspace.client_waits import rebooted as rebooted  # re-exported
 from workspace.client_waits import state_name as state_name  # re-exported
 from workspace.config import TlsConfig
-from workspace.tls_probe import CLOSED_MARKERS, refused_certificate
+from workspace.tls_probe import refused_by_any
 from workspace.v1 import (
     access_pb2_grpc,
     admin_pb2,
@@ -280,9 +280,9 @@ class Client(
         # closed the connection may want one).
         absent = all(any(m in why.lower() for m in _NOTHING_THERE) for _a, why in failures)
         answered = rpc_status.server_identity_hint(said)
-        if not answered and self.tls is not None and any(m in said for m in CLOSED_MARKERS):
+        if not answered and self.tls is not None:
             # Closed: down, or our certificate refused in the handshake (no alert says so).
-            answered = refused_certificate(failures[0][0], self.tls)
+            answered = refused_by_any(failures, self.tls)
         hint = (
             answered
             if self.tls is not None or absent

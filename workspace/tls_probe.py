@@ -15,8 +15,10 @@ the handshake refused the certificate; the answer says so, and which CA issued i
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -29,6 +31,17 @@ from workspace.identity import SERVICE_TLS_NAME
 
 # What gRPC says of a connection the server closed (a refused certificate among others).
 CLOSED_MARKERS = ("socket closed", "connection reset", "broken pipe")
+
+
+def refused_by_any(failures: Sequence[tuple[str, str]], tls: TlsConfig) -> str:
+    """``refused_certificate`` of the first address of ``failures`` (each address tried,
+    with what gRPC said of it) whose connection was closed ("" when none was). With a
+    list of replicas whose first one is down, the probe went to that one, which does not
+    answer, and a certificate the others closed the connection on was not said."""
+    for address, said in failures:
+        if any(m in said.lower() for m in CLOSED_MARKERS):
+            return refused_certificate(address, tls)
+    return ""
 
 
 def refused_certificate(address: str, tls: TlsConfig, timeout_s: float = 3.0) -> str:
@@ -57,10 +70,35 @@ def refused_certificate(address: str, tls: TlsConfig, timeout_s: float = 3.0) ->
             return ""
     return (
         " (the service closed the connection in the TLS handshake, after this identity's "
-        f"certificate{_issuers(files.cert_file, files.ca_file)}: it does not take it, being "
-        "of a CA the service does not trust: the identity is another site's, or its CA was "
-        "made anew since it was issued (`ws-admin site down --purge`); ask the site's admin "
-        "for one of the site's CA (`ws-admin pki issue`))"
+        f"certificate{_why(files.cert_file, files.ca_file)})"
+    )
+
+
+def _why(cert_file: Path, ca_file: Path) -> str:
+    """Why the service does not take the certificate, for the end of the message: it is
+    out of its dates (expired: certificates are issued for a year), else it is of a CA
+    the service does not trust. An expired one was said to be of another CA, sending its
+    holder after another site or a CA made anew."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        cert = None
+    now = datetime.datetime.now(datetime.UTC)
+    if cert is not None and cert.not_valid_after_utc < now:
+        return (
+            f", which expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: ask the site's "
+            "admin for a new one (`ws-admin pki issue`)"
+        )
+    if cert is not None and cert.not_valid_before_utc > now:
+        return (
+            f", which is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: this "
+            "host's clock is behind"
+        )
+    return (
+        f"{_issuers(cert_file, ca_file)}: it does not take it, being of a CA the service "
+        "does not trust: the identity is another site's, or its CA was made anew since it "
+        "was issued (`ws-admin site down --purge`); ask the site's admin for one of the "
+        "site's CA (`ws-admin pki issue`)"
     )
 
 

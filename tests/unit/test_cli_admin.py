@@ -68,6 +68,12 @@ class FakeClient:
             raise errors.NotFound(f"no image {name!r}")
         return object()
 
+    def check_import(self, name: str, project: str = "") -> None:
+        """ImportImage(check_only): "others" is a NAME another project holds."""
+        self._do("check_import", name, project)
+        if name.startswith("others:"):
+            raise errors.AlreadyExists(f"image {name!r} already exists: its NAME is another's")
+
     def repository_usage(self) -> Any:
         return images_pb2.RepositoryUsage(max_virtual_bytes=1024)
 
@@ -173,6 +179,7 @@ def test_admin_image_import_says_what_is_wrong_before_uploading(
     empty.write_bytes(b"")
     cases = [
         (["taken", str(disk)], "image 'taken' already exists"),
+        (["others:1", str(disk)], "image 'others:1' already exists: its NAME is another's"),
         (["Bad:Name:x", str(disk)], "is not NAME:VERSION"),
         (["i", str(empty)], f"{empty}: is empty"),
         (["i", str(tmp_path)], f"{tmp_path}: is a directory, not a file"),

@@ -341,6 +341,9 @@ class UploadCut:
     def get_image(self, name: str) -> Any:
         raise errors.NotFound(f"no image {name!r}")
 
+    def check_import(self, name: str, project: str = "") -> None:
+        pass  # the service would take the name
+
     def repository_usage(self) -> Any:
         return SimpleNamespace(max_virtual_bytes=0)  # the site's bound: the default
 

@@ -616,6 +616,35 @@ def test_a_new_instance_of_a_saved_disk_keeps_only_the_keys_it_was_given(tmp_pat
     assert keys.read_text().splitlines() == [hand, new_key]
 
 
+def boot_again(
+    tmp_path: Path, first: dict[str, Any], second: dict[str, Any], on_disk: list[str]
+) -> list[str]:
+    """The login user's authorized_keys after a saved disk's next boot, its pruning run
+    for real: the disk holds ``first``'s record and ``on_disk``; ``second``'s seed sets the
+    record aside, records its own keys, cloud-init appends its service keys, and the
+    pruning runs."""
+    etc, home = tmp_path / "etc", tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    etc.mkdir()
+    (etc / "authorized_keys").write_text(files(first)[seed.KEYS_RECORD]["content"])
+    keys = home / ".ssh" / "authorized_keys"
+    keys.write_text("".join(k + "\n" for k in on_disk))
+
+    def local(text: str) -> str:
+        return text.replace("/etc/workspace", str(etc)).replace(
+            "$(getent passwd debian | cut -d: -f6)", str(home)
+        )
+
+    (_per, _instance, _name, *set_aside) = second["bootcmd"][0]
+    subprocess.run([local(a) for a in set_aside], check=True)
+    (etc / "authorized_keys").write_text(files(second)[seed.KEYS_RECORD]["content"])
+    with keys.open("a") as f:
+        f.write("".join(k + "\n" for k in second["ssh_authorized_keys"]))
+    ((sh, c, script),) = second["runcmd"]
+    subprocess.run([sh, c, local(script)], check=True)
+    return keys.read_text().splitlines()
+
+
 def test_a_key_the_new_instances_user_data_lists_is_not_pruned(tmp_path: Path) -> None:
     """A saved disk's next instance whose user-data lists a key the earlier instance was
     given (top-level, or for the login user in `users`), its owner's service keys not
@@ -636,28 +665,39 @@ def test_a_key_the_new_instances_user_data_lists_is_not_pruned(tmp_path: Path) -
             "copy", "id2", (NIC,), asked.encode(), authorized_keys=[new_key], login_user="debian"
         ).user_data
     )
-    etc, home = tmp_path / "etc", tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    etc.mkdir()
-    (etc / "authorized_keys").write_text(files(first)[seed.KEYS_RECORD]["content"])
-    keys = home / ".ssh" / "authorized_keys"
-    keys.write_text(f"{USER_KEY}\n{other}\n")
-
-    def local(text: str) -> str:
-        return text.replace("/etc/workspace", str(etc)).replace(
-            "$(getent passwd debian | cut -d: -f6)", str(home)
-        )
-
-    (_per, _instance, _name, *set_aside) = second["bootcmd"][0]
-    subprocess.run([local(a) for a in set_aside], check=True)
-    (etc / "authorized_keys").write_text(files(second)[seed.KEYS_RECORD]["content"])
-    with keys.open("a") as f:
-        f.write(new_key + "\n")
-    ((sh, c, script),) = second["runcmd"]
-    subprocess.run([sh, c, local(script)], check=True)
-    assert keys.read_text().splitlines() == [USER_KEY, other, new_key]
+    assert boot_again(tmp_path, first, second, [USER_KEY, other]) == [USER_KEY, other, new_key]
     recorded = files(second)[seed.KEYS_RECORD]["content"].splitlines()
     assert sorted(recorded) == sorted([new_key, USER_KEY, other])
+
+
+def test_a_user_data_key_with_options_does_not_take_the_next_instances_keys(
+    tmp_path: Path,
+) -> None:
+    """A key the user-data gives with authorized_keys options (``from=...``, or a
+    ``cert-authority`` line) is recorded by its key alone: recorded as written, the
+    pruning took its first field for the key ("ssh-ed25519") and the next instance of
+    the saved disk lost every ed25519 key, the one the service had just given it too
+    (`ws ssh` refused); a line that is no key at all took every key."""
+    limited = f'from="10.0.0.0/8",no-agent-forwarding {USER_KEY}'
+    authority = "cert-authority ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGcacacacacaca ca@site"
+    asked = f"#cloud-config\nssh_authorized_keys: ['{limited}', '{authority}', 'not-a-key']\n"
+    service_key = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQservice me@x"
+    new_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnewnewnewnewnew new@x"
+    first = own_config(
+        seed.render(
+            "box", "id1", (NIC,), asked.encode(), authorized_keys=[service_key],
+            login_user="debian",
+        ).user_data
+    )  # fmt: skip
+    recorded = files(first)[seed.KEYS_RECORD]["content"].splitlines()
+    assert sorted(recorded) == sorted([service_key, USER_KEY, authority.split(" ", 1)[1]])
+    second = own_config(
+        seed.render("copy", "id2", (NIC,), authorized_keys=[new_key], login_user="debian").user_data
+    )
+    hand = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGhandhandhand by-hand"
+    on_disk = [service_key, limited, authority, "not-a-key", hand]
+    # The earlier instance's keys leave; the one put there by hand and the new one stay.
+    assert boot_again(tmp_path, first, second, on_disk) == ["not-a-key", hand, new_key]
 
 
 def test_a_saved_disks_next_owner_with_no_keys_and_no_cluster_gets_none_of_the_old_ones(

@@ -10,8 +10,10 @@ import select
 
 import pytest
 
-from workspace.cli import console_cmds, render
+from workspace.cli import console_cmds, event_cmds, render
 from workspace.cli.termfilter import Filter
+from workspace.domain.events import SiteEvent
+from workspace.v1 import common_pb2
 
 TITLE = b"\x1b]0;pwned\x07"
 CLIPBOARD = b"\x1b]52;c;ZWNobyBoaQ==\x1b\\"  # OSC 52: write the clipboard
@@ -76,3 +78,23 @@ def test_attach_filters_what_goes_to_a_terminal() -> None:
     finally:
         for fd in (parent, child, stdin_r):
             os.close(fd)
+
+
+def test_a_reason_with_a_newline_stays_on_its_line() -> None:
+    """A node writes its workspaces' reasons: one with a newline made `ws events` print
+    an event line of the node's making, and `ws show`'s state line a line of its own."""
+    forged = "1970-01-01T00:00:09Z  trust.decision  workspace alpha (abc)  by service: ok"
+    reason = f"disk error\n{forged}\tx"
+    e = SiteEvent(
+        at=0.0, kind="workspace.state", who="node:n1", workspace_id="abc",
+        workspace_name="alpha", node="n1", state="FAILED", previous="RUNNING", reason=reason,
+    )  # fmt: skip
+    line = event_cmds.line(e)
+    assert "\n" not in line and line.endswith(f"by node:n1: disk error\\x0a{forged}\tx")
+    ws = common_pb2.Workspace(id="abc", name="alpha", reason=reason)
+    state = render.state_line(ws)
+    assert "\n" not in state and state.endswith(f"(disk error\\x0a{forged}\tx)")
+    shown = render.workspace_text(ws).splitlines()  # `ws show`: no row of the node's making
+    assert f"disk error\\x0a{forged}\tx" in shown[4] and len(shown) == len(
+        render.workspace_text(common_pb2.Workspace(id="abc", name="alpha", reason="r")).splitlines()
+    )

@@ -5,6 +5,7 @@ their identity."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import shutil
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from grpc_health.v1 import health, health_pb2_grpc
 
 from agent import main as agent_main
 from agent.peers import PeerGate
@@ -430,3 +432,58 @@ def test_a_client_certificate_the_server_refuses_is_told_from_an_outage(
     finally:
         srv.stop(0)
     assert tls_probe.refused_certificate(unix, foreign) == ""  # nobody there
+
+
+def test_an_expired_certificate_the_server_refuses_is_said_to_have_expired(
+    ca: pki.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tls_probe: a certificate of the site's CA that expired (a node's, after its year)
+    is closed in the handshake as a stranger's is: said to have expired, not to be of a
+    CA the service does not trust (another site's, a CA made anew), which sent the
+    agent's admin after the wrong fix."""
+    srv = rpc.server(2)
+    service = issue(ca, tmp_path, Identity(Kind.SERVICE, "localhost"))
+    unix = f"unix:{tmp_path}/s.sock"
+    rpc.listen_on(srv, unix, TlsConfig(identity_dir=str(service)), "listen")
+    srv.start()
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=pki.CERT_DAYS + 30)
+    with monkeypatch.context() as m:
+        m.setattr(pki, "_now", lambda: long_ago)
+        old = TlsConfig(identity_dir=str(issue(ca, tmp_path, Identity(Kind.NODE, "n1"))))
+    try:
+        said = tls_probe.refused_certificate(unix, old)
+    finally:
+        srv.stop(0)
+    assert said.startswith(" (the service closed the connection in the TLS handshake")
+    assert (
+        f", which expired on {long_ago + datetime.timedelta(days=pki.CERT_DAYS):%Y-%m-%d}" in said
+    )
+    assert "does not trust" not in said and "made anew" not in said
+
+
+def test_a_refused_certificate_is_said_when_the_first_replica_is_down(
+    ca: pki.CA, tmp_path: Path
+) -> None:
+    """ws with the replicas' list, the first one down and the next closing the handshake
+    on a certificate of another CA: the probe asked the first one, which does not
+    answer, and the refusal went unsaid; it asks the one that closed the connection."""
+    srv = rpc.server(2)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), srv)
+    service = issue(ca, tmp_path, Identity(Kind.SERVICE, "localhost"))
+    live = f"unix:{tmp_path}/s.sock"
+    rpc.listen_on(srv, live, TlsConfig(identity_dir=str(service)), "listen")
+    srv.start()
+    stranger = issue(pki.init(tmp_path / "other"), tmp_path / "o", Identity(Kind.USER, "bob"))
+    shutil.copy(ca.dir / pki.CA_CERT, stranger / "ca.pem")  # trusts the server
+    try:
+        with (
+            client.Client(
+                f"unix:{tmp_path}/down.sock,{live}", TlsConfig(identity_dir=str(stranger))
+            ) as c,
+            pytest.raises(client.ServiceUnreachable) as refused,
+        ):
+            c.health()
+    finally:
+        srv.stop(0)
+    assert "any of the 2 addresses" in refused.value.message
+    assert "the service closed the connection in the TLS handshake" in refused.value.message

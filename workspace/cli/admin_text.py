@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from workspace.cli.render import enum_name, fields, fmt_bytes, fmt_time, table
-from workspace.cli.termfilter import plain
+from workspace.cli.termfilter import one_line, plain
 from workspace.codec.v1 import condition_from_proto
 from workspace.v1 import admin_pb2
 
@@ -47,7 +47,7 @@ def node_text(n: admin_pb2.Node) -> str:
         [
             ("name", n.name),
             ("state", enum_name(_NODE_STATE, n.state)),
-            ("reason", n.reason),
+            ("reason", one_line(n.reason)),
             ("hypervisor", n.hypervisor),
             ("agent", n.agent_version or "-"),
             ("heartbeat", fmt_time(n.last_heartbeat) or "-"),

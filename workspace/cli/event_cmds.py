@@ -59,7 +59,7 @@ def line(e: SiteEvent) -> str:
         parts.append(f"{e.previous or '-'} -> {e.state}" if e.previous else e.state)
     parts.append(f"by {e.who}")
     text = "  ".join(parts)
-    return termfilter.plain(f"{text}: {e.reason}" if e.reason else text)
+    return termfilter.one_line(f"{text}: {e.reason}" if e.reason else text)
 
 
 def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None], prog: str) -> int:

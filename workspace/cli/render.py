@@ -246,7 +246,7 @@ def workspace_text(ws: common_pb2.Workspace) -> str:
         ("name", ws.name),
         ("state", state_name(ws.state)),
         ("desired", enum_name(_DESIRED, ws.desired_state)),
-        ("reason", ws.reason),
+        ("reason", termfilter.one_line(ws.reason)),  # a node's: no row of its making
         ("image", ws.image),
         ("cpus", ws.cpus),
         ("memory_mib", ws.memory_mib),
@@ -364,7 +364,7 @@ def lease_line(ws: common_pb2.Workspace) -> str:
 
 
 def state_line(ws: common_pb2.Workspace, asked: str = "") -> str:
-    reason = f"  ({termfilter.plain(ws.reason)})" if ws.reason else ""
+    reason = f"  ({termfilter.one_line(ws.reason)})" if ws.reason else ""
     return f"{_label(ws)}: {state_name(ws.state)}{asked}{reason}"
 
 
@@ -515,7 +515,7 @@ def cluster_text(c: clusters_pb2.Cluster) -> str:
             ("id", c.id),
             ("name", c.name),
             ("state", cluster_state_name(c.state)),
-            ("reason", c.reason),
+            ("reason", termfilter.one_line(c.reason)),
             ("running", _running(c)),
             ("lease_ends", cluster_lease_text(c)),
             ("affinity", enum_name(_AFFINITY, c.affinity)),

@@ -82,3 +82,10 @@ def plain(text: str) -> str:
     clipboard), a hyperlink or a window title in a reason that its workspace's owner's
     `ws show` or `ws list` printed to their terminal."""
     return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def one_line(text: str) -> str:
+    """``plain``, and a newline written out too (``\\x0a``): for what is one line per
+    item (an event of `ws events`, a workspace's state line), where a node's reason with
+    a newline printed a line of its own making ("... workspace.state ... -> RUNNING")."""
+    return plain(text).replace("\n", "\\x0a")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 
@@ -59,6 +60,22 @@ def split(text: str) -> KeyLine:
         raise ValueError(f"the key's data does not match its type {parts[0]!r}")
     comment = parts[2].strip() if len(parts) > 2 else ""
     return KeyLine(parts[0], blob, comment)
+
+
+# How a key type starts (ssh-ed25519, ssh-rsa, ecdsa-sha2-*, sk-*, their -cert-v01 forms).
+KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-", "sk-")
+
+
+def key_of(line: str) -> str:
+    """An authorized_keys ``line`` from its key on (``TYPE BASE64 [COMMENT]``), without
+    the options before it (``from="...",no-pty``, ``cert-authority``); "" when no key
+    type followed by a key blob is in it. What names the key in a record whose second
+    field is taken for its blob (the seed's pruning of a saved disk's keys)."""
+    fields = line.split()
+    for i, (kind, blob) in enumerate(itertools.pairwise(fields)):
+        if kind.startswith(KEY_TYPE_PREFIXES) and blob.startswith("AAAA"):
+            return " ".join(fields[i:])
+    return ""
 
 
 def fingerprint(text: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from workspace.domain import sshkeys
 from workspace.errors import InvalidArgument
 
 CLOUD_CONFIG = "#cloud-config"
@@ -222,10 +223,16 @@ def keys_for(data: bytes, user: str) -> list[str]:
 
 
 def _key_lines(value: object) -> list[str]:
-    """The keys of a cloud-config ``ssh_authorized_keys`` list, one line each."""
+    """The keys of a cloud-config ``ssh_authorized_keys`` list, one line each, from the
+    key on (``sshkeys.key_of``): the pruning takes a record's second field for the key,
+    and a line with options (``from="..." ssh-ed25519 AAAA...``) gave it "ssh-ed25519",
+    which took every ed25519 key of the saved disk's next instance; one with no key
+    (one field) gave it an empty pattern, which took every key. Lines with no key are
+    left out."""
     if not isinstance(value, list):
         return []
-    return [k.strip() for k in value if isinstance(k, str) and k.strip() and "\n" not in k.strip()]
+    lines = [k for k in value if isinstance(k, str) and "\n" not in k.strip()]
+    return [key for key in map(sshkeys.key_of, lines) if key]
 
 
 # An account name useradd takes (Debian's default NAME_REGEX, at most 32 characters).

@@ -41,7 +41,6 @@ MIN_RSA_BITS = 2048
 MAX_KEY_CHARS = 16384
 # An authorized_keys line with options before the key (``no-pty,from="..." ssh-ed25519
 # AAAA...``): options, then a key type and base64 that starts like a key blob.
-_KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 _OPTIONS_THEN_KEY = re.compile(r"\s*(\S.*?)\s+(?:ssh-|ecdsa-|sk-)\S+\s+AAAA")
 EXPECTED = f"expected one SSH public key line such as 'ssh-ed25519 AAAA... you@host' ({ACCEPTED})"
 
@@ -59,7 +58,7 @@ def parse(text: str) -> sshkeys.KeyLine:
         got = "nothing" if not lines else f"{len(lines)} lines"
         raise InvalidArgument(f"not an SSH public key (got {got}): {EXPECTED}")
     options = _OPTIONS_THEN_KEY.match(lines[0])
-    if options is not None and not options[1].startswith(_KEY_TYPE_PREFIXES):
+    if options is not None and not options[1].startswith(sshkeys.KEY_TYPE_PREFIXES):
         raise InvalidArgument(
             f"not an SSH public key (it starts with authorized_keys options "
             f"{options[1].strip()!r}: give the key without them): {EXPECTED}"
