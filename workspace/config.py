@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import tomli_w
 
 from workspace import config_paths
+from workspace.domain.declared import declared_problem
 from workspace.domain.netpolicy import Connectivity, Limits
 from workspace.errors import ConfigError, InvalidArgument
 from workspace.files import write_private
@@ -610,6 +611,9 @@ class AgentConfig:
             raise ConfigError("networks: an entry without a name (name = the site network's)")
         if twice := sorted({n for n in names if names.count(n) > 1}):
             raise ConfigError(f"networks: {twice[0]!r} is named twice (one entry per network)")
+        if why := declared_problem(self.labels, names):
+            # The service would refuse every Register of the node (ops/reports.py).
+            raise ConfigError(f"labels or networks: {why}")
         if self.driver not in AGENT_DRIVERS:
             raise ConfigError(
                 f"driver: unknown driver {self.driver!r} (choose {' or '.join(AGENT_DRIVERS)})"

@@ -478,3 +478,24 @@ def test_a_config_file_that_cannot_be_read_is_one_clear_error(tmp_path: Path, ki
         path.write_bytes(b'# caf\xe9\nlog_level = "INFO"\n')  # Latin-1
     with pytest.raises(ConfigError, match=f"^config file {re.escape(str(path))}: "):
         load(ServiceConfig, path)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (
+            "[labels]\n" + "".join(f"k{i} = 'v'\n" for i in range(65)),
+            r"labels or networks: at most 64 labels, got 65$",
+        ),
+        ("[labels]\n" + "k = '" + "v" * 256 + "'\n", r"its value at most 255 \(label 'k'\)$"),
+        ("[[networks]]\nname = '" + "n" * 65 + "'\n", r"a network's name is at most 64"),
+    ],
+)
+def test_an_agent_config_the_service_would_refuse_is_refused_at_start(
+    tmp_path: Path, text: str, pattern: str
+) -> None:
+    """Labels or networks over the bounds a Register is held to (the service refuses every
+    Register of such a node, and the agent retried for good): refused when the agent
+    reads its config, naming the bound."""
+    with pytest.raises(ConfigError, match=pattern):
+        load(AgentConfig, toml(tmp_path, text), node="n1")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from images.model import Partition
 from workspace.config import ServiceConfig
+from workspace.domain.declared import declared_problem
 from workspace.domain.leases import EXPIRED
 from workspace.domain.model import (
     AuditRecord,
@@ -183,30 +184,12 @@ def check_size(info: NodeInfo) -> None:
             )
 
 
-# What a node may declare: labels (a key as Kubernetes allows one) and networks (a
-# network's name is at most 64 characters).
-MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 64, 63, 255
-MAX_NETWORKS, MAX_NETWORK_NAME = 1024, 64
-
-
 def check_declared(info: NodeInfo) -> None:
-    """InvalidArgument unless ``info``'s labels and networks are a config's: every node
-    is in each `ws-admin node list` answer and each placement reads them all, and one
-    node that declared 16 MB of labels brought that answer to gRPC's message limit, over
-    it with the other nodes' rows (RESOURCE_EXHAUSTED for every admin)."""
-    where = f"node {info.name}"
-    if len(info.labels) > MAX_LABELS:
-        raise InvalidArgument(f"{where}: at most {MAX_LABELS} labels, got {len(info.labels)}")
-    for key, value in info.labels.items():
-        if not 0 < len(key) <= MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgument(
-                f"{where}: a label's key must be 1 to {MAX_LABEL_KEY} characters and its "
-                f"value at most {MAX_LABEL_VALUE} (label {key[:MAX_LABEL_KEY]!r})"
-            )
-    if len(info.networks) > MAX_NETWORKS:
-        raise InvalidArgument(f"{where}: at most {MAX_NETWORKS} networks, got {len(info.networks)}")
-    if any(len(n) > MAX_NETWORK_NAME for n in info.networks):
-        raise InvalidArgument(f"{where}: a network's name is at most {MAX_NETWORK_NAME} characters")
+    """InvalidArgument unless ``info``'s labels and networks are a config's
+    (``model.declared_problem``)."""
+    why = declared_problem(info.labels, info.networks)
+    if why:
+        raise InvalidArgument(f"node {info.name}: {why}")
 
 
 def _register(env: Env, info: NodeInfo, cert_serial: int, is_revoked: Callable[[int], bool]) -> int:
