@@ -171,6 +171,11 @@ class Client(
         """``identity``: an identity directory to call as (instead of ``tls``)."""
         if identity is not None:
             tls = identity_tls(identity)
+        # What a caller refused for want of a certificate is told to give (``from_env``
+        # reads $WS_IDENTITY; this constructor does not).
+        self._identity_hint = (
+            f"Client(address, identity=DIR), or Client.from_env() with ${IDENTITY_ENV} set"
+        )
         self.address = address
         self.timeout_s = timeout_s
         self.tls = tls
@@ -199,7 +204,9 @@ class Client(
         address = resolve_address(service)
         if identity or tls is None:
             tls = resolve_tls(address, identity)
-        return cls(address, tls, timeout_s)
+        client = cls(address, tls, timeout_s)
+        client._identity_hint = f"--identity DIR or ${IDENTITY_ENV}"
+        return client
 
     def close(self) -> None:
         self._channel.close()
@@ -266,8 +273,7 @@ class Client(
         hint = (
             answered
             if self.tls is not None or absent
-            else f" (no identity given: a service with mutual TLS needs --identity DIR "
-            f"or ${IDENTITY_ENV})"
+            else f" (no identity given: a service with mutual TLS needs {self._identity_hint})"
         )
         # A server whose certificate was refused answered: the local site is not down.
         site = "" if answered else local_site_hint(self.address)
