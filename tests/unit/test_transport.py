@@ -375,6 +375,13 @@ def test_a_client_certificate_the_server_refuses_is_told_from_an_outage(
             said = tls_probe.refused_certificate(address, foreign)
             assert said.startswith(" (the service closed the connection in the TLS handshake")
             assert "issued by another CA named" in said or "its ca.pem holds" in said
+            # The service's own identity, used to call: of the site's CA, but a server's
+            # only. Not taken for another CA's.
+            said = tls_probe.refused_certificate(address, TlsConfig(identity_dir=str(service)))
+            assert said.startswith(" (the service closed the connection in the TLS handshake")
+            assert "it is the service's own certificate (service:localhost), for a server" in said
+            assert "a caller needs a user's identity (`ws-admin pki issue user" in said
+            assert "CA" not in said
     finally:
         srv.stop(0)
     assert tls_probe.refused_certificate(unix, foreign) == ""  # nobody there
