@@ -159,6 +159,16 @@ def nul_in_text(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DataError) and "NUL (0x00)" in str(exc.orig)
 
 
+def reason(exc: BaseException) -> str:
+    """The driver's message in one line: what the server said (after FATAL:) if it
+    answered, else the first line of the client's error (psycopg's go on with hints, and
+    SQLAlchemy's with the statement and a link, each on lines of their own)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    if "FATAL:" in text:
+        text = text.rsplit("FATAL:", 1)[1]
+    return " ".join(text.split("\n", 1)[0].split())
+
+
 def away(writes: bool = True) -> Unavailable:
     """The error a caller gets while the database cannot be reached (``unavailable``); for
     a request that ``writes`` and carries a request id (the call's: workspace/callctx.py;
