@@ -198,14 +198,17 @@ class Client(
         tls: TlsConfig | None = None,
         timeout_s: float = 30.0,
         identity: str | None = None,
+        identity_hint: str = "",
     ) -> Client:
         """A client for ``service``, else $WS_SERVICE, else the local site; as
-        ``identity`` (or ``tls``), else as ``resolve_tls`` finds."""
+        ``identity`` (or ``tls``), else as ``resolve_tls`` finds. ``identity_hint``: how
+        the caller's user names an identity, for a refusal for want of one (ws's
+        ``--identity DIR or $WS_IDENTITY``, the default)."""
         address = resolve_address(service)
         if identity or tls is None:
             tls = resolve_tls(address, identity)
         client = cls(address, tls, timeout_s)
-        client._identity_hint = f"--identity DIR or ${IDENTITY_ENV}"
+        client._identity_hint = identity_hint or f"--identity DIR or ${IDENTITY_ENV}"
         return client
 
     def close(self) -> None:

@@ -28,6 +28,8 @@ from workspace.errors import ConfigError, Unavailable
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.site import record as site_record
+from workspace.slurm import cli as slurm_cli
+from workspace.slurm.settings import Settings
 from workspace.v1 import admin_pb2, images_pb2
 
 KIB = 1024
@@ -98,6 +100,13 @@ def test_a_client_without_a_certificate_cannot_connect(
     with Client.from_env(tls_site.address) as c, pytest.raises(Unavailable) as err:
         c.list_workspaces()
     assert f"{NEEDS_ONE}--identity DIR or $WS_IDENTITY)" in str(err.value)
+    # ws-slurm (run by slurmctld) names its identity in its config file.
+    slurm = slurm_cli.connect(Settings(service=tls_site.address))
+    with slurm as c, pytest.raises(Unavailable) as err:
+        c.list_workspaces()
+    assert f'{NEEDS_ONE}identity = "DIR" in the ws-slurm config (or $WS_IDENTITY))' in str(
+        err.value
+    )
     nowhere = f"unix:{tmp_path / 'absent.sock'}"
     with Client(nowhere) as c, pytest.raises(Unavailable) as err:
         c.list_workspaces()
