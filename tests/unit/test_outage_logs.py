@@ -14,15 +14,18 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy import create_engine
 from sqlalchemy import exc as sa_exc
 
 from tests.unit.test_request_validation import build_site
 from workspace.errors import Unavailable
 from workspace.log import Outage
+from workspace.ops import gauges
 from workspace.service import registry as registry_mod
 from workspace.service import replicas
 from workspace.service.main import pass_failed
+from workspace.service.metrics import ServiceMetrics
 from workspace.service.registry import Registry
 from workspace.service.replicas import Leader, Relay
 from workspace.store import engines
@@ -219,3 +222,25 @@ def test_a_background_pass_the_database_failed_is_one_line(
     )
     assert first.exc_info is None and first.levelno == logging.WARNING
     assert second.getMessage() == "lease check failed" and second.exc_info is not None
+
+
+def test_metrics_scrapes_while_the_database_is_away(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prometheus scrapes on through the outage: the site's gauges are left out, and the
+    log says so once a minute, in one line (it wrote a traceback at every scrape)."""
+    metrics = ServiceMetrics(build_site(tmp_path).core.env)
+
+    def away(_env: object) -> None:
+        raise engines.away(writes=False) from psycopg.OperationalError(REFUSED)
+
+    monkeypatch.setattr(gauges, "read", away)
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        page = generate_latest(metrics.registry).decode()
+        assert "workspace_workspaces" not in page and "workspace_rpc" in page
+    lines = said(caplog, "workspace.service.metrics")
+    assert lines == [
+        "cannot read the site's gauges for metrics: the service's database cannot be reached "
+        "right now; try again (0 other scrape(s) failed since the last line)"
+    ]
