@@ -58,11 +58,11 @@ def refused_certificate(address: str, tls: TlsConfig, timeout_s: float = 3.0) ->
             pass
         except (OSError, ssl.SSLError):  # the server refused, or this side, for another reason
             return ""
-    server_only = _server_only(files.cert_file)
-    if server_only:
+    whose = server_only(files.cert_file)
+    if whose:
         return (
             " (the service closed the connection in the TLS handshake, after this identity's "
-            f"certificate: it is {server_only}, for a server only (extended key usage "
+            f"certificate: it is {whose}, for a server only (extended key usage "
             "serverAuth), and no server's certificate may call the service; a caller needs "
             "a user's identity (`ws-admin pki issue user NAME [--admin] --out DIR`), an "
             "agent its node's)"
@@ -90,7 +90,7 @@ def _connect(address: str, timeout_s: float) -> socket.socket:
     return socket.create_connection((host.strip("[]"), int(port)), timeout_s)
 
 
-def _server_only(cert_file: Path) -> str:
+def server_only(cert_file: Path) -> str:
     """Whose certificate ``cert_file`` is ("the service's (service:HOST)"), when its
     extended key usage allows a server's use but not a client's: the service's own
     identity (workspace/pki.py ``extended_key_usage``), which the service's TLS layer

@@ -235,6 +235,25 @@ def test_client_picks_its_identity(
         client.resolve_tls(addr, str(tmp_path / "nope"))
 
 
+def test_the_services_identity_is_refused_as_a_callers_at_once(ca: pki.CA, tmp_path: Path) -> None:
+    """`ws --identity DIR` (or Client(identity=DIR)) with the service's own identity
+    directory: a clear error before any connection (the service would only close it,
+    which looks like an outage); a node's (client and server) is taken."""
+    service = issue(ca, tmp_path, Identity(Kind.SERVICE, "head.example"))
+    with pytest.raises(ConfigError) as exc:
+        client.resolve_tls("svc:7070", str(service))
+    assert exc.value.message == (
+        f"identity directory {service} holds the service's own certificate "
+        "(service:head.example), for a server only (extended key usage serverAuth): it "
+        "cannot call the service; use a user's identity (`ws-admin pki issue user NAME "
+        "[--admin] --out DIR`)"
+    )
+    with pytest.raises(ConfigError, match="for a server only"):
+        client.Client("svc:7070", identity=service)
+    node = issue(ca, tmp_path, Identity(Kind.NODE, "n1"))
+    assert client.identity_tls(node).identity_dir == str(node)
+
+
 def test_tls_env_is_all_three_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
     """$WS_TLS_CA set alone was refused as "tls: cert_file, key_file not set (give
     identity_dir, ...)": config-file words for no file the caller had written."""
