@@ -176,6 +176,11 @@ class Client(
         """``identity``: an identity directory to call as (instead of ``tls``)."""
         if identity is not None:
             tls = identity_tls(identity)
+        # What a caller refused for want of a certificate is told to give (``from_env``
+        # reads $WS_IDENTITY; this constructor does not).
+        self._identity_hint = (
+            f"Client(address, identity=DIR), or Client.from_env() with ${IDENTITY_ENV} set"
+        )
         self.address = address
         self.timeout_s = timeout_s
         self.tls = tls
@@ -201,13 +206,18 @@ class Client(
         tls: TlsConfig | None = None,
         timeout_s: float = 30.0,
         identity: str | None = None,
+        identity_hint: str = "",
     ) -> Client:
         """A client for ``service``, else $WS_SERVICE, else the local site; as
-        ``identity`` (or ``tls``), else as ``resolve_tls`` finds."""
+        ``identity`` (or ``tls``), else as ``resolve_tls`` finds. ``identity_hint``: how
+        the caller's user names an identity, for a refusal for want of one (ws's
+        ``--identity DIR or $WS_IDENTITY``, the default)."""
         address = resolve_address(service)
         if identity or tls is None:
             tls = resolve_tls(address, identity)
-        return cls(address, tls, timeout_s)
+        client = cls(address, tls, timeout_s)
+        client._identity_hint = identity_hint or f"--identity DIR or ${IDENTITY_ENV}"
+        return client
 
     def close(self) -> None:
         self._channel.close()
@@ -286,8 +296,7 @@ class Client(
         hint = (
             answered
             if self.tls is not None or absent
-            else f" (no identity given: a service with mutual TLS needs --identity DIR "
-            f"or ${IDENTITY_ENV})"
+            else f" (no identity given: a service with mutual TLS needs {self._identity_hint})"
         )
         if not answered and len(failures) == 1 and failures[0][1].lower().startswith(_CUT):
             hint = " (it went away during the call: it stopped or restarted)"

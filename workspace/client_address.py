@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from workspace import errors, rpc, tls_reload
+from workspace import errors, rpc, tls_probe, tls_reload
 from workspace.config import TlsConfig
 from workspace.site import record as site_record
 
@@ -117,6 +117,13 @@ def identity_tls(identity_dir: str | os.PathLike[str]) -> TlsConfig:
             "come together from one `ws-admin pki issue ... --out DIR`)"
         ) from None
     _check_dates(d, files.cert_file)
+    whose = tls_probe.server_only(files.cert_file)
+    if whose:  # the service would only close the connection, which looks like an outage
+        raise errors.ConfigError(
+            f"identity directory {d} holds {whose}, for a server only (extended key usage "
+            "serverAuth): it cannot call the service; use a user's identity (`ws-admin pki "
+            "issue user NAME [--admin] --out DIR`)"
+        )
     return tls
 
 

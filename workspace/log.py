@@ -112,6 +112,71 @@ class Throttle:
             return muted
 
 
+class Outage:
+    """A connection a loop keeps trying while it fails (one of a replica's own database
+    connections during a PostgreSQL outage), said in few lines instead of one per try:
+    the first failure (what fails, why, that it is tried again), then a reminder at most
+    every ``remind_s`` while it lasts (for how long, how many tries), and one line when
+    it works again. ``failed`` and ``answered`` are called from the loop's one thread."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        retry_s: float,
+        remind_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = logger
+        self.what = what
+        self.retry_s = retry_s
+        self.clock = clock
+        self._throttle = Throttle(remind_s, clock, size=2)
+        self._since: float | None = None  # when the failures began (None: it works)
+        self._tries = 0
+
+    @property
+    def failing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, reason: str, first: str = "") -> None:
+        """One more failed try, for ``reason`` (one line); ``first``: the first line's
+        words when the caller has more to say than what failed (what it stops doing)."""
+        now = self.clock()
+        if self._since is None:
+            self._since, self._tries = now, 0
+        self._tries += 1
+        if self._throttle.due(self._since) is None:
+            return  # said less than remind_s ago
+        if self._tries == 1:
+            self.log.warning(
+                "%s; trying again every %g s",
+                first or f"{self.what} failed: {reason}",
+                self.retry_s,
+            )
+            return
+        self.log.warning(
+            "%s still fails after %.0f s (%d tries): %s; trying again every %g s",
+            self.what,
+            now - self._since,
+            self._tries,
+            reason,
+            self.retry_s,
+        )
+
+    def answered(self) -> None:
+        """The try worked: a line if it had failed."""
+        if self._since is None:
+            return
+        self.log.warning(
+            "%s works again after %.0f s (%d failed tries)",
+            self.what,
+            self.clock() - self._since,
+            self._tries,
+        )
+        self._since = None
+
+
 def setup(level: str = "INFO", name: str = "workspace", fmt: str = "text", **ids: str) -> None:
     """Log to stderr at ``level``, as ``fmt`` ("text" or "json"); ``ids`` (e.g. an agent's
     ``node``) go into every JSON line."""

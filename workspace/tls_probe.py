@@ -9,7 +9,9 @@ UNAVAILABLE, like a service that is down. ``refused_certificate`` asks again, on
 its own: a TLS 1.2 handshake (the server's verdict on the client's certificate then comes
 within the handshake), the server checked as the channel checks it (our ca.pem, the
 service's name), presenting our certificate. A server that then closes the connection in
-the handshake refused the certificate; the answer says so, and which CA issued it.
+the handshake refused the certificate; the answer says so, and why: a certificate of
+another CA (which CA issued it), or one for servers only (the service's own identity,
+used to call: its extended key usage is serverAuth alone).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from workspace import rpc
+from workspace import identity, rpc
 from workspace.config import TlsConfig
-from workspace.errors import ConfigError
-from workspace.identity import SERVICE_TLS_NAME
+from workspace.errors import ConfigError, WorkspaceError
+from workspace.identity import SERVICE_TLS_NAME, Kind
 
 # What gRPC says of a connection the server closed (a refused certificate among others).
 CLOSED_MARKERS = ("socket closed", "connection reset", "broken pipe")
@@ -68,6 +71,15 @@ def refused_certificate(address: str, tls: TlsConfig, timeout_s: float = 3.0) ->
             pass
         except (OSError, ssl.SSLError):  # the server refused, or this side, for another reason
             return ""
+    whose = server_only(files.cert_file)
+    if whose:
+        return (
+            " (the service closed the connection in the TLS handshake, after this identity's "
+            f"certificate: it is {whose}, for a server only (extended key usage "
+            "serverAuth), and no server's certificate may call the service; a caller needs "
+            "a user's identity (`ws-admin pki issue user NAME [--admin] --out DIR`), an "
+            "agent its node's)"
+        )
     return (
         " (the service closed the connection in the TLS handshake, after this identity's "
         f"certificate{_why(files.cert_file, files.ca_file)})"
@@ -114,6 +126,28 @@ def _connect(address: str, timeout_s: float) -> socket.socket:
         return sock
     host, _, port = address.rpartition(":")
     return socket.create_connection((host.strip("[]"), int(port)), timeout_s)
+
+
+def server_only(cert_file: Path) -> str:
+    """Whose certificate ``cert_file`` is ("the service's (service:HOST)"), when its
+    extended key usage allows a server's use but not a client's: the service's own
+    identity (workspace/pki.py ``extended_key_usage``), which the service's TLS layer
+    refuses from a caller ("unsupported certificate purpose", sent as no alert). "" when
+    it may be a client's, or the file cannot say."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return ""
+    if ExtendedKeyUsageOID.CLIENT_AUTH in usage or ExtendedKeyUsageOID.SERVER_AUTH not in usage:
+        return ""
+    try:
+        who = identity.from_certificate(cert)
+    except WorkspaceError:
+        return "a server's certificate"
+    if who.kind is Kind.SERVICE:
+        return f"the service's own certificate ({who.principal})"
+    return f"a server's certificate ({who.principal})"
 
 
 def _issuers(cert_file: Path, ca_file: Path) -> str:

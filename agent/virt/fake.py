@@ -133,9 +133,14 @@ class FakeDriver(Driver):
             with os.fdopen(private_fd(path, os.O_WRONLY | os.O_APPEND), "a") as f:
                 f.write(text)
 
-    def _boot(self, dom: _Domain) -> None:
+    def _boot_delay(self) -> None:
+        """A boot's ``boot_delay_s``, slept without the driver's lock: the node's other
+        calls (its Register's capacity, a heartbeat's domain list, other workspaces'
+        operations) go on meanwhile, as they do while libvirt boots a guest."""
         if self._cfg.boot_delay_s:
             time.sleep(self._cfg.boot_delay_s)
+
+    def _boot(self, dom: _Domain) -> None:
         dom.state, dom.io_paused = DomainState.RUNNING, False
         dom.boots += 1
         dom.booted_at = time.monotonic()
@@ -193,12 +198,18 @@ class FakeDriver(Driver):
                 self._domains[spec.workspace_id] = _Domain(spec=spec)
             self._changed(spec.workspace_id)
 
+    def _shut_off(self, workspace_id: str) -> _Domain:
+        dom = self._get(workspace_id)
+        if dom.state is not DomainState.SHUTOFF:
+            raise DriverError(f"fake: domain {workspace_id} is {dom.state.value}, not shut off")
+        return dom
+
     def start(self, workspace_id: str) -> None:
         with self._up():
-            dom = self._get(workspace_id)
-            if dom.state is not DomainState.SHUTOFF:
-                raise DriverError(f"fake: domain {workspace_id} is {dom.state.value}, not shut off")
-            self._boot(dom)
+            self._shut_off(workspace_id)
+        self._boot_delay()
+        with self._up():  # checked again: it may have been started or undefined meanwhile
+            self._boot(self._shut_off(workspace_id))
             self._changed(workspace_id)
 
     def _ignores_the_button(self, dom: _Domain) -> bool:
@@ -238,22 +249,29 @@ class FakeDriver(Driver):
             raise DriverError(f"fake: cannot {verb} {workspace_id}: {dom.state.value}")
         return dom
 
-    def _boot_again(self, workspace_id: str, dom: _Domain, how: str) -> None:
-        self._console(dom, f"fake: {how}\n")
-        self._boot(dom)
-        self._changed(workspace_id)
+    def _boot_again(self, workspace_id: str, verb: str) -> None:
+        """Reboot (or reset) a running domain: it says so on its console, then boots
+        after the boot delay (slept without the lock), unless it was powered off
+        meanwhile (a forced stop cutting a reboot short)."""
+        with self._up():
+            self._console(self._to_act_on(workspace_id, verb), f"fake: {verb}\n")
+        self._boot_delay()
+        with self._up():
+            dom = self._get(workspace_id)
+            if dom.state is DomainState.RUNNING:
+                self._boot(dom)
+                self._changed(workspace_id)
 
     def reboot(self, workspace_id: str, timeout_s: float) -> bool:
         with self._up():
-            dom = self._to_act_on(workspace_id, "reboot")
-            ignore = self._ignores_the_button(dom)
-            if not ignore:
-                self._boot_again(workspace_id, dom, "reboot")
-        return self.wait_ignored(timeout_s) if ignore else True
+            ignore = self._ignores_the_button(self._to_act_on(workspace_id, "reboot"))
+        if ignore:
+            return self.wait_ignored(timeout_s)
+        self._boot_again(workspace_id, "reboot")
+        return True
 
     def reset(self, workspace_id: str) -> None:
-        with self._up():
-            self._boot_again(workspace_id, self._to_act_on(workspace_id, "reset"), "reset")
+        self._boot_again(workspace_id, "reset")
 
     def suspend(self, workspace_id: str) -> None:
         with self._up():

@@ -24,14 +24,16 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import MetaData, Table, create_engine, inspect, select, text
+from sqlalchemy import exc as sa_exc
 
 from tests.conftest import db_name
 from tests.contract.store_world import OWNER, Snapshot, World
 from tests.contract.test_store_migrations import ROWS
 from tests.pg import PgServer
+from workspace import callctx
 from workspace.domain.states import Op
 from workspace.edge.workspaces import WorkspacesServicer
-from workspace.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from workspace.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unavailable
 from workspace.node.v1 import nodes_pb2
 from workspace.ops import group_commit, order_size
 from workspace.ops.unit import UnitOfWork
@@ -48,7 +50,7 @@ from workspace.store import (
 from workspace.store.engines import normalize_url
 from workspace.store.models import Audit
 from workspace.store.site_events import EventRow
-from workspace.v1 import clusters_pb2
+from workspace.v1 import clusters_pb2, workspaces_pb2
 
 ENGINES = ["sqlite", "postgresql"]
 
@@ -591,6 +593,43 @@ def test_a_batch_that_fails_to_commit_acknowledges_nothing(
     assert {w.name for w in snap.workspaces.values()} == {"before", "lead"}
     failing["on"] = False
     assert world.create("after", memory_mib=128).nics
+
+
+def test_a_batch_the_database_fails_tells_each_create_what_a_retry_does(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away under a batch: every create of it gets UNAVAILABLE, and
+    only those sent with a request id are told that a retry with it is not done twice (a
+    create without one gets a fresh id each time: a retry may make a second workspace),
+    whichever create led the batch."""
+    standard(world, "10.31.0.0/24", nodes=1)
+    real = UnitOfWork.seal
+
+    def seal(u: UnitOfWork) -> None:
+        if len(u.rows()) > 1:
+            raise sa_exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        real(u)
+
+    monkeypatch.setattr(UnitOfWork, "seal", seal)
+    create = world.create
+
+    def as_called(name: str, request_id: str = "", **kw: Any) -> Any:
+        # What the RPC wrapper does: the call's context carries the request's id.
+        rid = "" if name.startswith("no-id") else request_id or name
+        with callctx.bound(method="CreateWorkspace", request_id=rid):
+            if rid:
+                return create(name, request_id=rid, **kw)
+            req = workspaces_pb2.CreateWorkspaceRequest(name=name, image="img", **kw)
+            return world.core.create(OWNER, req)
+
+    monkeypatch.setattr(world, "create", as_called)
+    got = batched(world, {"with-id": {"memory_mib": 128}, "no-id": {"memory_mib": 128}})
+    assert not isinstance(got["lead"], Exception)  # its own batch, before
+    for name in ("with-id", "no-id"):
+        assert isinstance(got[name], Unavailable), got[name]
+        assert "try again" in got[name].message
+    assert "same request id is not done twice" in got["with-id"].message
+    assert "request id" not in got["no-id"].message
 
 
 def test_a_batch_keeps_each_node_s_orders_within_their_bound(world: World) -> None:

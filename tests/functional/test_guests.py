@@ -470,6 +470,19 @@ def test_a_console_message_that_is_no_message_ends_the_session_invalid_argument(
     )
 
 
+@pytest.mark.parametrize("first", [[], [b""]], ids=["no message", "an empty hello"])
+def test_a_task_stream_without_a_hello_is_invalid_argument(site: Site, first: list[bytes]) -> None:
+    """The Nodes.Tasks stream's first message is a hello naming the node (nodes.proto).
+    A stream that ended before it, or began with one naming no node, once ended OK (or
+    was taken for a node named ""), as if an agent had served and left."""
+    tasks = site.stubs.node_channel.stream_stream("/workspace.node.v1.Nodes/Tasks")
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in tasks(iter(first), timeout=30):  # the timeout a bound, not a check
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "first message must be a hello naming the node" in (err.value.details() or "")
+
+
 def test_a_console_cut_by_the_service_stopping_is_unavailable(box: Site) -> None:
     """As a watch (docs/api.md): a console session the service's stop ends is an
     outage (UNAVAILABLE: attach again, here or on another replica), not the end of

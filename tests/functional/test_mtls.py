@@ -28,6 +28,8 @@ from workspace.errors import ConfigError, Unavailable
 from workspace.identity import Identity, Kind
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 from workspace.site import record as site_record
+from workspace.slurm import cli as slurm_cli
+from workspace.slurm.settings import Settings
 from workspace.v1 import admin_pb2, images_pb2
 
 KIB = 1024
@@ -76,16 +78,35 @@ def test_a_site_over_mutual_tls_runs_a_workspace(tls_site: TlsSite) -> None:
         wait_for(lambda: alice.get_workspace(mine.id).state == running, what="a1 RUNNING")
 
 
-def test_a_client_without_a_certificate_cannot_connect(tls_site: TlsSite, tmp_path: Path) -> None:
+NEEDS_ONE = "(no identity given: a service with mutual TLS needs "
+
+
+def test_a_client_without_a_certificate_cannot_connect(
+    tls_site: TlsSite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plain = Stubs(rpc.channel(tls_site.address))
     try:
         assert code_of(lambda: list_nodes(plain)) == grpc.StatusCode.UNAVAILABLE
     finally:
         plain.channel.close()
-    # The client says what is likely missing; where nothing listens it does not.
+    # The client says what is likely missing, in the words of the way it was made
+    # (Client() reads no $WS_IDENTITY: from_env does); where nothing listens it does not.
     with Client(tls_site.address) as c, pytest.raises(Unavailable) as err:
         c.list_workspaces()
-    assert "(no identity given: a service with mutual TLS needs --identity DIR" in str(err.value)
+    assert f"{NEEDS_ONE}Client(address, identity=DIR), or Client.from_env() with " in str(err.value)
+    for name in ("WS_IDENTITY", "WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WS_SITE_DIR", str(tmp_path / "no-site"))
+    with Client.from_env(tls_site.address) as c, pytest.raises(Unavailable) as err:
+        c.list_workspaces()
+    assert f"{NEEDS_ONE}--identity DIR or $WS_IDENTITY)" in str(err.value)
+    # ws-slurm (run by slurmctld) names its identity in its config file.
+    slurm = slurm_cli.connect(Settings(service=tls_site.address))
+    with slurm as c, pytest.raises(Unavailable) as err:
+        c.list_workspaces()
+    assert f'{NEEDS_ONE}identity = "DIR" in the ws-slurm config (or $WS_IDENTITY))' in str(
+        err.value
+    )
     nowhere = f"unix:{tmp_path / 'absent.sock'}"
     with Client(nowhere) as c, pytest.raises(Unavailable) as err:
         c.list_workspaces()
@@ -94,7 +115,7 @@ def test_a_client_without_a_certificate_cannot_connect(tls_site: TlsSite, tmp_pa
     # Of a list, one with nothing there does not hide that another may want an identity.
     with Client(f"{nowhere},{tls_site.address}") as c, pytest.raises(Unavailable) as err:
         c.list_workspaces()
-    assert "(no identity given: a service with mutual TLS needs --identity DIR" in str(err.value)
+    assert f"{NEEDS_ONE}Client(address, identity=DIR)" in str(err.value)
     assert f"\n  {nowhere}: " in str(err.value) and f"\n  {tls_site.address}: " in str(err.value)
 
 

@@ -289,6 +289,25 @@ def test_client_picks_its_identity(
         client.resolve_tls(addr, str(tmp_path / "nope"))
 
 
+def test_the_services_identity_is_refused_as_a_callers_at_once(ca: pki.CA, tmp_path: Path) -> None:
+    """`ws --identity DIR` (or Client(identity=DIR)) with the service's own identity
+    directory: a clear error before any connection (the service would only close it,
+    which looks like an outage); a node's (client and server) is taken."""
+    service = issue(ca, tmp_path, Identity(Kind.SERVICE, "head.example"))
+    with pytest.raises(ConfigError) as exc:
+        client.resolve_tls("svc:7070", str(service))
+    assert exc.value.message == (
+        f"identity directory {service} holds the service's own certificate "
+        "(service:head.example), for a server only (extended key usage serverAuth): it "
+        "cannot call the service; use a user's identity (`ws-admin pki issue user NAME "
+        "[--admin] --out DIR`)"
+    )
+    with pytest.raises(ConfigError, match="for a server only"):
+        client.Client("svc:7070", identity=service)
+    node = issue(ca, tmp_path, Identity(Kind.NODE, "n1"))
+    assert client.identity_tls(node).identity_dir == str(node)
+
+
 def test_tls_env_is_all_three_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
     """$WS_TLS_CA set alone was refused as "tls: cert_file, key_file not set (give
     identity_dir, ...)": config-file words for no file the caller had written."""
@@ -429,6 +448,13 @@ def test_a_client_certificate_the_server_refuses_is_told_from_an_outage(
             said = tls_probe.refused_certificate(address, foreign)
             assert said.startswith(" (the service closed the connection in the TLS handshake")
             assert "issued by another CA named" in said or "its ca.pem holds" in said
+            # The service's own identity, used to call: of the site's CA, but a server's
+            # only. Not taken for another CA's.
+            said = tls_probe.refused_certificate(address, TlsConfig(identity_dir=str(service)))
+            assert said.startswith(" (the service closed the connection in the TLS handshake")
+            assert "it is the service's own certificate (service:localhost), for a server" in said
+            assert "a caller needs a user's identity (`ws-admin pki issue user" in said
+            assert "CA" not in said
     finally:
         srv.stop(0)
     assert tls_probe.refused_certificate(unix, foreign) == ""  # nobody there

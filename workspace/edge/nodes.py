@@ -149,8 +149,10 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         # The hello names the node (the certificate's, under TLS); then tasks go out as
         # operations make them and replies come in on a thread of their own.
         hello = next(request, None)
-        if hello is None:
-            return
+        if hello is None or not hello.node:
+            raise InvalidArgument(
+                "Tasks: the first message must be a hello naming the node (TaskReply.node)"
+            )
         node = self._node(who, hello.node)
         if who.is_node:
             reports.check_node(self.env, node, who.serial)

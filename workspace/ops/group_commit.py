@@ -134,10 +134,12 @@ class GroupCommit:
             placement.remember_addresses(s)  # and the networks' address counts
             self.committed += sum(1 for i in batch if i.error is None)
         except BaseException as exc:
-            if not isinstance(exc, WorkspaceError) and engines.unavailable(exc):
-                exc = engines.away()
+            # The database away: each create is told so in its own words (whether a
+            # retry with its request id is safe depends on its having one).
+            cause = exc.__cause__ if isinstance(exc, Unavailable) else exc
+            away = cause is not None and engines.unavailable(cause)
             for item in batch:  # nothing of the batch was committed
-                item.error = item.error or exc
+                item.error = item.error or (item.ctx.run(engines.away) if away else exc)
         else:
             u.publish(env.notifier)
         finally:

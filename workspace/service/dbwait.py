@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from workspace.errors import ConfigError
 from workspace.store import engines
+from workspace.store.engines import reason as reason  # re-exported (main.py)
 
 log = logging.getLogger("workspace.service")
 
@@ -36,15 +37,6 @@ _FINAL = (
     "password",
     "certificate",
 )
-
-
-def reason(exc: BaseException) -> str:
-    """The driver's message in one line: what the server said (after FATAL:) if it
-    answered, else the first line of the client's error."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    if "FATAL:" in text:
-        text = text.rsplit("FATAL:", 1)[1]
-    return " ".join(text.split("\n", 1)[0].split())
 
 
 def final(message: str) -> bool:

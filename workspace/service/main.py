@@ -31,7 +31,7 @@ from workspace.edge.nodes import NodesServicer
 from workspace.edge.projects import ProjectsServicer
 from workspace.edge.trust import TrustServicer
 from workspace.edge.workspaces import WorkspacesServicer
-from workspace.errors import ConfigError, WorkspaceError
+from workspace.errors import ConfigError, Unavailable, WorkspaceError
 from workspace.log import setup as setup_logging
 from workspace.node.v1 import nodes_pb2_grpc
 from workspace.ops import autoscale, leases, liveness, purge, queue, save, site_events
@@ -77,6 +77,17 @@ CRL_POLL_S = 1.0
 # How long a stopping service keeps its connections open after its streams have sent their
 # last status (within the stop's grace), for their clients to read it (see stop()).
 STREAMS_LINGER_S = 1.0
+
+
+def pass_failed(what: str) -> None:
+    """Log, in an ``except`` block, that a background pass failed: because the database
+    cannot be reached (``Unavailable``: the store says once that it is away, and when it
+    is back), in one line; anything else with its traceback, a bug to report."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, Unavailable):
+        log.warning("%s: %s", what, exc.message)
+    else:
+        log.exception(what)
 
 
 def _grant_signer(cfg: ServiceConfig) -> grants.Signer | None:
@@ -317,7 +328,7 @@ class Service:
                 # Again what _revoked did (or failed to do: the database away).
                 liveness.check_revocations(self.env, self.auth.revoked(), self._superseded())
             except Exception:
-                log.exception("liveness check failed")
+                pass_failed("liveness check failed")
 
     def _replica_gone(self, replica_id: str) -> bool:
         return self.registry is not None and self.registry.gone(replica_id)
@@ -345,7 +356,7 @@ class Service:
             with callctx.system():  # whichever call read the CRL, this is not its doing
                 liveness.check_revocations(self.env, serials, self._superseded())
         except Exception:
-            log.exception("marking the nodes of revoked certificates DOWN failed")
+            pass_failed("marking the nodes of revoked certificates DOWN failed")
 
     def _run_queue(self) -> None:
         seen = 0
@@ -358,7 +369,7 @@ class Service:
             try:
                 queue.process(self.env, self.auth.revoked())
             except Exception:
-                log.exception("capacity queue pass failed")
+                pass_failed("capacity queue pass failed")
 
     def _run_leases(self) -> None:
         while not self._stop.wait(self.cfg.lease_check_interval_s):
@@ -367,7 +378,7 @@ class Service:
             try:
                 leases.check(self.env)
             except Exception:
-                log.exception("lease check failed")
+                pass_failed("lease check failed")
 
     def _run_backfill(self) -> None:
         """Backfill (ops/backfill.py) on the leader, every backfill_interval_s."""
@@ -378,7 +389,7 @@ class Service:
             try:
                 filler.run()
             except Exception:
-                log.exception("backfill pass failed")
+                pass_failed("backfill pass failed")
 
     def _push_rosters(self) -> None:
         while not self._stop.is_set():
@@ -391,7 +402,7 @@ class Service:
             try:
                 self.rosters.run_once()
             except Exception:
-                log.exception("roster push pass failed")
+                pass_failed("roster push pass failed")
 
     def _run_autoscale(self) -> None:
         while not self._stop.wait(self.cfg.autoscale_interval_s):
@@ -404,7 +415,7 @@ class Service:
                 ):
                     self.rosters.poke()
             except Exception:
-                log.exception("autoscale pass failed")
+                pass_failed("autoscale pass failed")
 
     def _prune_events(self) -> None:
         """Housekeeping: site events past their retention, saves that never ended,
@@ -430,7 +441,7 @@ class Service:
                             self.env.cfg.terminated_retention,
                         )
                 except Exception:
-                    log.exception(
+                    pass_failed(
                         "housekeeping pass failed (site events, lapsed saves, terminated rows)"
                     )
             if self._stop.wait(EVENT_PRUNE_S if self.leader.acting() else 0):

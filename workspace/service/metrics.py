@@ -27,6 +27,8 @@ from prometheus_client.registry import Collector
 
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import NodeState, State
+from workspace.errors import Unavailable
+from workspace.log import Throttle
 from workspace.metrics_http import MetricsServer, serve
 from workspace.ops import gauges
 from workspace.ops.unit import Env
@@ -149,6 +151,8 @@ class SiteCollector(Collector):
     def __init__(self, env: Env, clock: Callable[[], float]) -> None:
         self.env = env
         self.clock = clock
+        # While the database is away every scrape fails alike: a line a minute says so.
+        self._away = Throttle(60.0)
 
     def describe(self) -> Iterable[Metric]:
         return []  # collected at scrape time only: no store query at registration
@@ -156,6 +160,16 @@ class SiteCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         try:
             g = gauges.read(self.env)
+        except Unavailable as exc:
+            muted = self._away.due("gauges")
+            if muted is not None:
+                log.warning(
+                    "cannot read the site's gauges for metrics: %s (%d other scrape(s) "
+                    "failed since the last line)",
+                    exc.message,
+                    muted,
+                )
+            return
         except Exception:
             log.exception("cannot read the site's gauges for metrics")
             return

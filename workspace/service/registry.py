@@ -29,8 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 from workspace.domain.replicas import ReplicaView
+from workspace.log import Outage
 from workspace.service.replicas import CHECK_S, FENCE_S, LEADER_LOCK, connect
-from workspace.store.engines import LOCK_CLASS
+from workspace.store.engines import LOCK_CLASS, reason
 
 __all__ = ["GONE_S", "REPLICA_CLASS", "Registry", "ReplicaView"]
 
@@ -124,6 +125,7 @@ class Registry:
         self._live: list[ReplicaView] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._outage = Outage(log, "the replica registry", CHECK_S)
         self.passes = 0
 
     def start(self) -> None:
@@ -160,12 +162,14 @@ class Registry:
             rows = self._read()
         except Exception as exc:
             if not self._stop.is_set():
-                log.warning("the replica registry: %s; trying again", str(exc).strip())
+                # Once, then at most every minute while it lasts (a PostgreSQL outage).
+                self._outage.failed(reason(exc))
             conn, self._conn = self._conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
             return
+        self._outage.answered()
         now = time.monotonic()
         settled = now - self._since >= GONE_S  # this session saw the others come back
         live: list[ReplicaView] = []

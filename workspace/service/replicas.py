@@ -37,10 +37,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from workspace.log import Outage
 from workspace.ops.events import Change, Notifier
 from workspace.ops.unit import Env
 from workspace.store import Node, Workspace
-from workspace.store.engines import LOCK_CLASS
+from workspace.store.engines import LOCK_CLASS, reason
 from workspace.store.mapping import VIEW_COLUMNS, view_rows, workspace_views
 from workspace.store.models import TrustSettings
 
@@ -105,6 +106,7 @@ class Relay:
         # Messages sent as they are (not coalesced), and who handles those received.
         self._raw: queue.Queue[tuple[str, str]] = queue.Queue()
         self.on_task: Callable[[str], None] | None = None
+        self._deaf = Outage(log, "listening to the other replicas", RETRY_S)
 
     def start(self) -> None:
         self.notifier.set_relay(self.offer)
@@ -190,6 +192,7 @@ class Relay:
                 # watchers get the workspaces updated since the last re-check.
                 self.notifier.resync()
                 since = self._recheck(since)
+                self._deaf.answered()
                 self.listening.set()
                 self.notifier.hearing(True)
                 next_check = time.monotonic() + RESYNC_S
@@ -206,7 +209,7 @@ class Relay:
                         next_check = time.monotonic() + RESYNC_S
             except Exception as exc:
                 if not self._stop.is_set():
-                    log.warning("listening to the other replicas failed: %s; reconnecting", exc)
+                    self._deaf.failed(reason(exc))
             finally:
                 self.listening.clear()
                 if not self._stop.is_set():
@@ -340,6 +343,7 @@ class Leader:
         # The database session (backend pid) holding the leader lock, while it is held
         # (0: not held); the registry writes it in this replica's row (service/registry.py).
         self.session = 0
+        self._outage = Outage(log, "the leader connection", CHECK_S)
 
     def start(self) -> None:
         if not self.dsn:
@@ -402,6 +406,7 @@ class Leader:
                     row = self._conn.execute(
                         "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LEADER_LOCK)
                     ).fetchone()
+                    self._outage.answered()  # (a failure lost the lock: only here)
                     if row and row[0]:
                         self._conn.execute(
                             "SELECT set_config('application_name', %s, false)",
@@ -421,18 +426,17 @@ class Leader:
                 # Lost the connection, so the lock with it: stop acting first.
                 was = self._held
                 self._set(False)
-                if self._stop.is_set():
-                    pass
-                elif was:
-                    log.warning(
-                        "leader connection lost (%s): this replica does not lead until it "
-                        "takes the lock again (another replica may have ended its session "
-                        "after it did not renew its lease for %g s: leader_fence_s)",
-                        str(exc).strip(),
-                        self.fence_s,
+                if not self._stop.is_set():
+                    why = reason(exc)
+                    lost = (
+                        f"leader connection lost ({why}): this replica does not lead until "
+                        "it takes the lock again (another replica may have ended its session "
+                        f"after it did not renew its lease for {self.fence_s:g} s: "
+                        "leader_fence_s)"
                     )
-                else:
-                    log.warning("leader connection: %s; trying again", exc)
+                    # Said once, then at most every minute while it lasts (a PostgreSQL
+                    # outage): not at every try.
+                    self._outage.failed(why, lost if was else "")
                 conn, self._conn = self._conn, None
                 if conn is not None:
                     with contextlib.suppress(Exception):

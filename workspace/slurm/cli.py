@@ -38,7 +38,7 @@ from typing import cast
 
 from workspace import errors, version
 from workspace.cli import common
-from workspace.client import Client
+from workspace.client import IDENTITY_ENV, Client
 from workspace.client_address import ServiceNotConfigured
 from workspace.slurm import program
 from workspace.slurm.check import Images, check
@@ -198,7 +198,10 @@ def connect(s: Settings) -> Client:
     file's ``service`` is what slurmctld's programs have: it passes them no $WS_SERVICE)."""
     try:
         return Client.from_env(
-            s.service or None, identity=s.identity or None, timeout_s=s.timeout_s
+            s.service or None,
+            identity=s.identity or None,
+            timeout_s=s.timeout_s,
+            identity_hint=f'identity = "DIR" in the ws-slurm config (or ${IDENTITY_ENV})',
         )
     except ServiceNotConfigured as exc:
         raise errors.ConfigError(

@@ -141,7 +141,7 @@ class Store:
                 raise InvalidArgument("text values must not contain NUL characters") from exc
             if engines.unavailable(exc):
                 if not self._away:
-                    log.warning("the store's database cannot be reached: %s", exc)
+                    log.warning("the store's database cannot be reached: %s", engines.reason(exc))
                 self._away = True
                 raise engines.away(writes) from exc
             raise

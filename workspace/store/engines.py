@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session
 
+from workspace import callctx
 from workspace.errors import Unavailable
 
 PSYCOPG = "postgresql+psycopg"
@@ -158,11 +159,23 @@ def nul_in_text(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DataError) and "NUL (0x00)" in str(exc.orig)
 
 
+def reason(exc: BaseException) -> str:
+    """The driver's message in one line: what the server said (after FATAL:) if it
+    answered, else the first line of the client's error (psycopg's go on with hints, and
+    SQLAlchemy's with the statement and a link, each on lines of their own)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    if "FATAL:" in text:
+        text = text.rsplit("FATAL:", 1)[1]
+    return " ".join(text.split("\n", 1)[0].split())
+
+
 def away(writes: bool = True) -> Unavailable:
     """The error a caller gets while the database cannot be reached (``unavailable``); for
-    a request that ``writes``, it says that retrying it is safe."""
+    a request that ``writes`` and carries a request id (the call's: workspace/callctx.py;
+    CreateWorkspace, CreateCluster), it says that retrying it is safe. Other writes
+    (a destroy, an agent's Register or ReportStatus) have no id to be matched by."""
     message = "the service's database cannot be reached right now; try again"
-    if writes:
+    if writes and callctx.current().request_id:
         message += " (a retried request with the same request id is not done twice)"
     return Unavailable(message)
 

@@ -1,0 +1,246 @@
+"""What a replica's log says while its PostgreSQL server is away (workspace/log.py
+``Outage``): each of its own connections (the leader's, the replica registry's, the
+listener's) says once, in one line, what fails and that it is tried again; reminds at
+most every minute; and says when it works again. Each used to write psycopg's
+multi-line error at every try, every second: some 180 lines a minute per replica."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import generate_latest
+from sqlalchemy import create_engine
+from sqlalchemy import exc as sa_exc
+
+from tests.unit.test_request_validation import build_site
+from workspace.errors import Unavailable
+from workspace.log import Outage
+from workspace.ops import gauges
+from workspace.service import registry as registry_mod
+from workspace.service import replicas
+from workspace.service.main import pass_failed
+from workspace.service.metrics import ServiceMetrics
+from workspace.service.registry import Registry
+from workspace.service.replicas import Leader, Relay
+from workspace.store import engines
+
+REFUSED = (
+    'connection failed: connection to server at "127.0.0.1", port 5432 failed: Connection '
+    "refused\n\tIs the server running on that host and accepting TCP/IP connections?"
+)
+TRIES = 40
+
+
+class Answers:
+    """A psycopg connection that answers what the loops ask."""
+
+    closed = False
+
+    def __init__(self, on_notifies: Any = None) -> None:
+        self.info = type("Info", (), {"backend_pid": 4242})()
+        self.on_notifies = on_notifies
+
+    def execute(self, _sql: str, _args: object = None) -> Answers:
+        return self
+
+    def fetchone(self) -> tuple[object, ...]:
+        return (True,)
+
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return []
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def notifies(self, **_kw: object) -> list[object]:
+        if self.on_notifies is not None:
+            self.on_notifies()
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def away_then(conn: Answers, tries: int = TRIES) -> Any:
+    """``connect`` that fails ``tries`` times as psycopg does with no server, then
+    returns ``conn``."""
+    calls = [0]
+
+    def connect(_dsn: str, _name: str) -> Answers:
+        calls[0] += 1
+        if calls[0] <= tries:
+            raise psycopg.OperationalError(REFUSED)
+        return conn
+
+    return connect
+
+
+def said(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.name == logger]
+    for r in caplog.records:
+        assert r.exc_info is None, r.getMessage()  # no traceback
+    for line in lines:
+        assert "\n" not in line, line  # one line each
+    return lines
+
+
+def test_an_outage_is_said_once_reminded_every_minute_and_its_end_said() -> None:
+    now = [1000.0]
+    lines: list[str] = []
+
+    class Sink(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger("test.outage")
+    log.addHandler(Sink())
+    log.propagate = False
+    out = Outage(log, "the replica registry", 1.0, clock=lambda: now[0])
+    out.answered()
+    assert lines == []  # nothing failed: nothing to say
+    for _ in range(60):  # a try a second for a minute
+        out.failed("connection refused")
+        now[0] += 1.0
+    assert lines == ["the replica registry failed: connection refused; trying again every 1 s"]
+    out.failed("connection refused")  # 60 s after the first
+    assert lines[1] == (
+        "the replica registry still fails after 60 s (61 tries): connection refused; "
+        "trying again every 1 s"
+    )
+    now[0] += 5.0
+    out.answered()
+    assert lines[2] == "the replica registry works again after 65 s (61 failed tries)"
+    out.answered()
+    out.failed("server closed the connection")  # another outage: said at once
+    assert len(lines) == 4 and lines[3].startswith("the replica registry failed: server closed")
+
+
+def test_the_leader_connection(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replicas, "CHECK_S", 0.0)
+    monkeypatch.setattr(replicas, "connect", away_then(Answers()))
+    leader = Leader(create_engine("postgresql+psycopg://ws@127.0.0.1:9/ws"))
+    caplog.set_level(logging.INFO)
+    leader.start()
+    try:
+        assert leader.wait_acting(30.0)
+    finally:
+        leader.close()
+    lines = said(caplog, "workspace.service.replicas")
+    refused = 'connection to server at "127.0.0.1", port 5432 failed: Connection refused'
+    assert lines[0] == (
+        f"the leader connection failed: connection failed: {refused}; trying again every 0 s"
+    )
+    assert lines[1].startswith("the leader connection works again after ")
+    assert lines[1].endswith(f" s ({TRIES} failed tries)")
+    assert lines[2] == "this replica is now the leader (runs the background loops)"
+
+
+def test_the_replica_registry(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_mod, "connect", away_then(Answers()))
+    reg = Registry("postgresql://ws@127.0.0.1:9/ws", "r1", "", "", lambda: False, lambda _g: 0)
+    caplog.set_level(logging.INFO)
+    for _ in range(TRIES + 1):
+        reg.check()
+    lines = said(caplog, "workspace.service.registry")
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("the replica registry failed: connection failed: connection to")
+    assert lines[0].endswith("Connection refused; trying again every 1 s")
+    assert lines[1].endswith(f" s ({TRIES} failed tries)")
+    reg.close()
+
+
+def test_the_listener(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = build_site(tmp_path).core.env
+    heard = threading.Event()
+    relay: list[Relay] = []
+
+    def listened() -> None:
+        relay[0].close()
+        heard.set()
+
+    monkeypatch.setattr(replicas, "RETRY_S", 0.0)
+    monkeypatch.setattr(replicas, "connect", away_then(Answers(listened)))
+    relay.append(Relay(env, create_engine("postgresql+psycopg://ws@127.0.0.1:9/ws"), "r1"))
+    caplog.set_level(logging.INFO)
+    relay[0].start()
+    assert heard.wait(30.0)
+    lines = said(caplog, "workspace.service.replicas")
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("listening to the other replicas failed: connection failed: ")
+    assert lines[1].startswith("listening to the other replicas works again after ")
+
+
+def test_the_store_says_it_once_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = build_site(tmp_path).store
+
+    def no_server(_session: object) -> None:
+        raise sa_exc.OperationalError("SELECT 1", {}, psycopg.OperationalError(REFUSED))
+
+    monkeypatch.setattr(engines, "serialize_writes", no_server)
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        with pytest.raises(Unavailable), store.write():
+            pass
+    lines = said(caplog, "workspace.store")
+    assert lines == [
+        "the store's database cannot be reached: connection failed: connection to server at "
+        '"127.0.0.1", port 5432 failed: Connection refused'
+    ]
+
+
+def test_a_background_pass_the_database_failed_is_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The leader's passes (queue, leases, liveness, ...) under way as the database went
+    away: one line each, not a traceback; any other failure keeps its traceback."""
+    caplog.set_level(logging.INFO)
+    try:
+        raise engines.away(writes=False) from psycopg.OperationalError(REFUSED)
+    except Exception:
+        pass_failed("capacity queue pass failed")
+    try:
+        raise KeyError("a bug")
+    except Exception:
+        pass_failed("lease check failed")
+    first, second = [r for r in caplog.records if r.name == "workspace.service"]
+    assert first.getMessage() == (
+        "capacity queue pass failed: the service's database cannot be reached right now; try again"
+    )
+    assert first.exc_info is None and first.levelno == logging.WARNING
+    assert second.getMessage() == "lease check failed" and second.exc_info is not None
+
+
+def test_metrics_scrapes_while_the_database_is_away(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prometheus scrapes on through the outage: the site's gauges are left out, and the
+    log says so once a minute, in one line (it wrote a traceback at every scrape)."""
+    metrics = ServiceMetrics(build_site(tmp_path).core.env)
+
+    def away(_env: object) -> None:
+        raise engines.away(writes=False) from psycopg.OperationalError(REFUSED)
+
+    monkeypatch.setattr(gauges, "read", away)
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        page = generate_latest(metrics.registry).decode()
+        assert "workspace_workspaces" not in page and "workspace_rpc" in page
+    lines = said(caplog, "workspace.service.metrics")
+    assert lines == [
+        "cannot read the site's gauges for metrics: the service's database cannot be reached "
+        "right now; try again (0 other scrape(s) failed since the last line)"
+    ]
