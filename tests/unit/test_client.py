@@ -219,6 +219,8 @@ class FakeImages(images_pb2_grpc.ImagesServicer):
         self.chunks: list[int] = []
         # Take one chunk, then read no more (a hung service, a stuck blob directory).
         self.stall = False
+        # Take every chunk, then answer UNAVAILABLE with these words (its store read-only).
+        self.refuse_with = ""
 
     def UploadBlob(self, request_iterator: Any, context: Any) -> images_pb2.BlobRef:
         if self.stall:
@@ -227,6 +229,8 @@ class FakeImages(images_pb2_grpc.ImagesServicer):
                 time.sleep(0.05)
             return images_pb2.BlobRef()
         self.chunks = [len(c.data) for c in request_iterator]
+        if self.refuse_with:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.refuse_with)
         return images_pb2.BlobRef(digest="sha256:ab", size_bytes=sum(self.chunks))
 
 
@@ -587,6 +591,24 @@ def test_upload_blob_streams_1mib_chunks(
     assert ref.size_bytes == path.stat().st_size
     total = path.stat().st_size
     assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
+
+
+def test_an_upload_the_service_refuses_itself_is_not_said_to_be_cut_short(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
+) -> None:
+    """A service whose data directory is read-only takes the whole file, then answers
+    UNAVAILABLE in its own words. `ws image push` said "the workspace service ... went
+    away during the upload of ... after N of M bytes; nothing was stored, try again": it
+    had not gone away, and trying again does the same. Its own words, as for any call."""
+    client, _, isvc = served
+    isvc.refuse_with = "the service's data directory is read-only (the database is read-only)"
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * 1024 * 1024))
+    with pytest.raises(errors.Unavailable) as got:
+        client.upload_blob(path)
+    assert got.value.message == isvc.refuse_with
+    assert got.value.code == "UNAVAILABLE"
+    assert sum(isvc.chunks) == path.stat().st_size  # the service did take it all
 
 
 def test_an_upload_the_service_stops_taking_is_given_up(
