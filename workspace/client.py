@@ -312,7 +312,7 @@ class Client(
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise self._error(exc) from None
-            reached = not failover.never_sent(exc)
+            reached = failover.may_have_reached(exc)
         while True:
             time.sleep(CREATE_RETRY_S)
             try:
@@ -371,8 +371,9 @@ class Client(
         ``preemptible``: the preemptible class (destroyed, reason PREEMPTED, when a
         normal request needs its place).
 
-        A create that fails with UNAVAILABLE is retried once with the same request id,
-        so a lost answer never makes a second workspace.
+        A create that fails with UNAVAILABLE is sent again with the same request id (once
+        if it never left; until the service answers, within ``timeout_s``, if the service
+        may have taken it), so a lost answer never makes a second workspace.
         """
         req = workspaces_pb2.CreateWorkspaceRequest(
             request_id=request_id or str(uuid.uuid4()),

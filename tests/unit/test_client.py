@@ -579,6 +579,24 @@ def test_create_retries_with_the_same_request_id(
     assert wsvc.creates == ["ro", "ro"]
 
 
+def test_a_create_one_replica_went_away_under_is_sent_until_answered(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
+) -> None:
+    """Two replicas: the first went away under the create (it may have made the
+    workspace), the second is down too (nothing listens). The client judged the create
+    by the last replica's error alone, "never sent", and sent it once more: it failed
+    "cannot reach" while the first restarted, and a user who ran the create again got a
+    second workspace. It is sent again, the same id, until a replica answers."""
+    client, wsvc, _ = served
+    down = f"unix:{tmp_path}/down.sock"  # nothing listens there
+    wsvc.creates_fail_with = "Stream removed (recvmsg:Connection reset by peer (104))"
+    wsvc.fail_creates = 3
+    with Client(f"{client.address},{down}", timeout_s=10) as replicas:
+        made = replicas.create_workspace("img", request_id="twice")
+    assert made.request_id == "twice"
+    assert wsvc.creates == ["twice"] * 4  # each one reached the first replica
+
+
 def test_upload_blob_streams_1mib_chunks(
     served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
 ) -> None:
