@@ -29,13 +29,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from workspace import client_streams, errors, failover, rpc, rpc_status
+from workspace.client_address import CUT, local_site_hint, no_connection, older_service
 from workspace.client_address import IDENTITY_ENV as IDENTITY_ENV  # re-exported
 from workspace.client_address import SERVICE_ENV as SERVICE_ENV  # re-exported
 from workspace.client_address import TLS_ENV as TLS_ENV  # re-exported
 from workspace.client_address import ServiceNotConfigured as ServiceNotConfigured
 from workspace.client_address import ServiceUnreachable as ServiceUnreachable
 from workspace.client_address import identity_tls as identity_tls  # re-exported
-from workspace.client_address import local_site_hint, older_service
 from workspace.client_address import resolve_address as resolve_address  # re-exported
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
@@ -94,32 +94,14 @@ CREATE_RETRY_S = 0.5
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 FAILURE_POLICIES = ("keep", "teardown")
 
-# Text in grpc-core's details when no connection could be made (as opposed to an
-# UNAVAILABLE the service chose to return).
-_CONNECT_MARKERS = (
-    "failed to connect",
-    "connection refused",
-    "connection reset",
-    "no such file",
-    "socket closed",
-    "dns resolution",
-    "errors resolving",
-    "broken pipe",
-    "goaway",
-    "connect failed",
-    "permission denied",
-)
-# Of those, the ones that say nothing listens at the address at all, or that its name
-# does not resolve (no identity would have helped).
+# Of CONNECT_MARKERS (client_address), the ones that say nothing listens at the address
+# at all, or that its name does not resolve (no identity would have helped).
 _NOTHING_THERE = (
     "connection refused",
     "no such file or directory",
     "dns resolution",
     "errors resolving",
 )
-# How gRPC says a call's stream was torn down under it: the connection had been made and
-# the call sent (the service went away during it), not refused.
-_CUT = "stream removed"
 # gRPC's preamble to the reason one address failed, left out where each is named.
 _PICK_FAILED = "failed to connect to all addresses; last error: "
 
@@ -243,10 +225,8 @@ class Client(
             if isinstance(exc, failover.AllFailed)
             else [(self.address, details or "unavailable")]
         )
-        said = " ".join(d for _a, d in failures).lower()
-        if code == grpc.StatusCode.UNAVAILABLE and (
-            not details or any(m in said for m in _CONNECT_MARKERS)
-        ):
+        said = " ".join(d for _a, d in failures)
+        if code == grpc.StatusCode.UNAVAILABLE and (not details or no_connection(said)):
             return rpc_status.coded(self._unreachable(details, failures), code)
         too_big = _TOO_BIG.search(details) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
         if too_big is not None:
@@ -298,7 +278,7 @@ class Client(
             if self.tls is not None or absent
             else f" (no identity given: a service with mutual TLS needs {self._identity_hint})"
         )
-        if not answered and len(failures) == 1 and failures[0][1].lower().startswith(_CUT):
+        if not answered and len(failures) == 1 and failures[0][1].lower().startswith(CUT):
             hint = " (it went away during the call: it stopped or restarted)"
         elif not answered and self._answered:
             hint = " (it answered this client before: it stopped or restarted since)"
@@ -341,7 +321,7 @@ class Client(
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise self._error(exc) from None
-            reached = not failover.never_sent(exc)
+            reached = failover.may_have_reached(exc)
         while True:
             time.sleep(CREATE_RETRY_S)
             try:
@@ -400,8 +380,9 @@ class Client(
         ``preemptible``: the preemptible class (destroyed, reason PREEMPTED, when a
         normal request needs its place).
 
-        A create that fails with UNAVAILABLE is retried once with the same request id,
-        so a lost answer never makes a second workspace.
+        A create that fails with UNAVAILABLE is sent again with the same request id (once
+        if it never left; until the service answers, within ``timeout_s``, if the service
+        may have taken it), so a lost answer never makes a second workspace.
         """
         req = workspaces_pb2.CreateWorkspaceRequest(
             request_id=request_id or str(uuid.uuid4()),

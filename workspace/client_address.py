@@ -48,6 +48,33 @@ def older_service(address: str, what: str, also: str = "") -> errors.FailedPreco
     )
 
 
+# How gRPC says a call's stream was torn down under it: the connection had been made and
+# the call sent (the service went away during it), not refused.
+CUT = "stream removed"
+# Text in grpc-core's details when no connection could be made, or the one made broke
+# (as opposed to an UNAVAILABLE the service chose to return).
+CONNECT_MARKERS = (
+    "failed to connect",
+    "connection refused",
+    "connection reset",
+    "no such file",
+    "socket closed",
+    "dns resolution",
+    "errors resolving",
+    "broken pipe",
+    "goaway",
+    "connect failed",
+    "permission denied",
+)
+
+
+def no_connection(details: str) -> bool:
+    """Whether gRPC's ``details`` of an UNAVAILABLE say that no connection carried the
+    call (none could be made, or the one made broke), not the service's own words."""
+    said = details.lower()
+    return any(m in said for m in CONNECT_MARKERS)
+
+
 class ServiceUnreachable(errors.Unavailable):
     """No connection could be made to the service: ``failures`` holds each address tried
     (one, or each replica of a list) with what gRPC said of it, in the order tried."""

@@ -19,6 +19,7 @@ import grpc
 from images import formats, signing
 from images import manifest as image_manifest
 from workspace import errors, rpc_status
+from workspace.client_address import CUT, no_connection
 from workspace.client_args import strings
 from workspace.client_waits import WaitTimeout
 from workspace.codec import v1 as codec_v1
@@ -137,13 +138,17 @@ class ImagesClientMixin:
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                     ) from None
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE and taken[0]:
+            said = exc.details() or ""
+            lost = not said or no_connection(said) or said.lower().startswith(CUT)
+            if taken[0] and lost and exc.code() == grpc.StatusCode.UNAVAILABLE:
                 # The service took part of the file, so it was reached: it went away (a
                 # restart, a crash). Not "cannot reach", with a hint at a TLS identity.
+                # Its own UNAVAILABLE (its data directory read-only, its database away)
+                # is said in its own words, as for any other call.
                 raise rpc_status.coded(
                     errors.Unavailable(
                         f"the workspace service at {self.address} went away during the "
-                        f"upload of {path} ({exc.details() or 'unavailable'}) after "
+                        f"upload of {path} ({said or 'unavailable'}) after "
                         f"{taken[0]} of {total} bytes; nothing was stored, try again"
                     ),
                     grpc.StatusCode.UNAVAILABLE,

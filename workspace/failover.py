@@ -56,6 +56,16 @@ def never_sent(exc: BaseException) -> bool:
     return isinstance(details, str) and details.startswith(_PICK_FAILED)
 
 
+def may_have_reached(exc: BaseException) -> bool:
+    """Whether a call that failed with ``exc`` may have been received by a service: it
+    was not ``never_sent``, or, failed on several replicas (``AllFailed``), it was not on
+    one of them (the last one tried may have been down while an earlier one took the
+    call and went away under it)."""
+    if isinstance(exc, AllFailed):
+        return any(not why.startswith(_PICK_FAILED) for _a, why in exc.failures)
+    return not never_sent(exc)
+
+
 class AllFailed(grpc.RpcError):
     """A call that failed with UNAVAILABLE on each address it was tried on (one, or
     several when it could be sent again): the last one's error (its ``code()`` and

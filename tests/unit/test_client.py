@@ -219,6 +219,8 @@ class FakeImages(images_pb2_grpc.ImagesServicer):
         self.chunks: list[int] = []
         # Take one chunk, then read no more (a hung service, a stuck blob directory).
         self.stall = False
+        # Take every chunk, then answer UNAVAILABLE with these words (its store read-only).
+        self.refuse_with = ""
 
     def UploadBlob(self, request_iterator: Any, context: Any) -> images_pb2.BlobRef:
         if self.stall:
@@ -227,6 +229,8 @@ class FakeImages(images_pb2_grpc.ImagesServicer):
                 time.sleep(0.05)
             return images_pb2.BlobRef()
         self.chunks = [len(c.data) for c in request_iterator]
+        if self.refuse_with:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.refuse_with)
         return images_pb2.BlobRef(digest="sha256:ab", size_bytes=sum(self.chunks))
 
 
@@ -575,6 +579,24 @@ def test_create_retries_with_the_same_request_id(
     assert wsvc.creates == ["ro", "ro"]
 
 
+def test_a_create_one_replica_went_away_under_is_sent_until_answered(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
+) -> None:
+    """Two replicas: the first went away under the create (it may have made the
+    workspace), the second is down too (nothing listens). The client judged the create
+    by the last replica's error alone, "never sent", and sent it once more: it failed
+    "cannot reach" while the first restarted, and a user who ran the create again got a
+    second workspace. It is sent again, the same id, until a replica answers."""
+    client, wsvc, _ = served
+    down = f"unix:{tmp_path}/down.sock"  # nothing listens there
+    wsvc.creates_fail_with = "Stream removed (recvmsg:Connection reset by peer (104))"
+    wsvc.fail_creates = 3
+    with Client(f"{client.address},{down}", timeout_s=10) as replicas:
+        made = replicas.create_workspace("img", request_id="twice")
+    assert made.request_id == "twice"
+    assert wsvc.creates == ["twice"] * 4  # each one reached the first replica
+
+
 def test_upload_blob_streams_1mib_chunks(
     served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
 ) -> None:
@@ -587,6 +609,24 @@ def test_upload_blob_streams_1mib_chunks(
     assert ref.size_bytes == path.stat().st_size
     total = path.stat().st_size
     assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
+
+
+def test_an_upload_the_service_refuses_itself_is_not_said_to_be_cut_short(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
+) -> None:
+    """A service whose data directory is read-only takes the whole file, then answers
+    UNAVAILABLE in its own words. `ws image push` said "the workspace service ... went
+    away during the upload of ... after N of M bytes; nothing was stored, try again": it
+    had not gone away, and trying again does the same. Its own words, as for any call."""
+    client, _, isvc = served
+    isvc.refuse_with = "the service's data directory is read-only (the database is read-only)"
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * 1024 * 1024))
+    with pytest.raises(errors.Unavailable) as got:
+        client.upload_blob(path)
+    assert got.value.message == isvc.refuse_with
+    assert got.value.code == "UNAVAILABLE"
+    assert sum(isvc.chunks) == path.stat().st_size  # the service did take it all
 
 
 def test_an_upload_the_service_stops_taking_is_given_up(
