@@ -1,8 +1,9 @@
 """docs/api.md, "A batch system's jobs, with the Python client": its example run exactly
 as printed, as a batch user over mutual TLS beside a project colleague who uses the same
-request-id prefix. What a batch system's author checks: each job's workspace or cluster
-comes up and answers, a job cancelled while it waits for capacity leaves nothing waiting,
-and the sweep after a crash ends exactly what the batch user made for jobs gone."""
+request-id prefix (the sweep lists only its own: ``mine``). What a batch system's author
+checks: each job's workspace or cluster comes up and answers, a job cancelled while it
+waits for capacity leaves nothing waiting, and the sweep after a crash ends exactly what
+the batch user made for jobs gone."""
 
 from __future__ import annotations
 
@@ -41,11 +42,7 @@ def test_the_batch_example_runs_and_sweeps_only_its_own(tmp_path: Path) -> None:
         ]
         run_dir = tmp_path / "run"
         run_dir.mkdir()
-        env = {
-            "WS_SERVICE": site.address,
-            "WS_IDENTITY": str(site.pki.user("alice")),
-            "BATCH_USER": "alice",
-        }
+        env = {"WS_SERVICE": site.address, "WS_IDENTITY": str(site.pki.user("alice"))}
         code = marked_block("docs/api.md", "test_api_batch_doc.py")
         out = run_example(code, run_dir, env)
         assert out.returncode == 0, out.stderr
@@ -61,7 +58,8 @@ def test_the_batch_example_runs_and_sweeps_only_its_own(tmp_path: Path) -> None:
             "ended htc-1234-0",
         ]
         progress = out.stderr.splitlines()
-        assert progress[-1] == "  htc-1235-0: RUNNING RUNNING RUNNING", out.stderr
+        assert progress[-1] == "sweeping as alice", out.stderr  # WhoAmI
+        assert progress[-2] == "  htc-1235-0: RUNNING RUNNING RUNNING", out.stderr
         assert "  htc-1234-0: RUNNING" in progress, out.stderr
         # Of alice's, nothing is left running or waiting; bob's is untouched.
         every = workspaces_pb2.ListWorkspacesRequest(all_users=True)
