@@ -330,9 +330,9 @@ def list_page(
 ) -> tuple[list[ClusterView], str]:
     """(one page of the caller's clusters and their projects', oldest first, the token
     of the next page or "" after the last; ``mine``: only the caller's own); page_size 0:
-    all of them. Paged as
-    ListWorkspaces is (ops/pages.py: a token of its own, after a creation time and id):
-    a site's terminated clusters went into one message past the gRPC limit."""
+    all of them. Paged as ListWorkspaces is (ops/pages.py: a token of its own, after a
+    creation time and id): a site's terminated clusters went into one message past the
+    gRPC limit."""
     pages.check_size(page_size)
     with env.store.read() as s:
         q = select(Cluster).order_by(Cluster.created_at, Cluster.id)
