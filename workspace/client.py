@@ -66,6 +66,7 @@ from workspace.client_waits import WaitTimeout as WaitTimeout  # re-exported
 from workspace.client_waits import cluster_state_name as cluster_state_name  # re-exported
 from workspace.client_waits import rebooted as rebooted  # re-exported
 from workspace.client_waits import state_name as state_name  # re-exported
+from workspace.client_whoami import WhoAmIClientMixin
 from workspace.config import TlsConfig
 from workspace.tls_probe import refused_by_any
 from workspace.v1 import (
@@ -144,6 +145,7 @@ class Client(
     PolicyClientMixin,
     BackfillClientMixin,
     ElasticClientMixin,
+    WhoAmIClientMixin,
 ):
     """A connection to one workspace service. Thread-safe; close() when done. A wrong
     argument (type, range) raises ``BadArgument``, an ``errors.InvalidArgument``."""
@@ -413,9 +415,11 @@ class Client(
         include_terminated: bool = False,
         page_size: int = LIST_PAGE_SIZE,
         all_users: bool = False,
+        mine: bool = False,
     ) -> list[common_pb2.Workspace]:
         """Every workspace the caller sees (theirs and their projects'; an admin's
-        ``all_users``: everyone's), fetched page by page (oldest first)."""
+        ``all_users``: everyone's; ``mine``: only the caller's own, not their project
+        colleagues'), fetched page by page (oldest first)."""
         out: list[common_pb2.Workspace] = []
         token = ""
         while True:
@@ -426,9 +430,10 @@ class Client(
                     page_size=page_size,
                     page_token=token,
                     all_users=all_users,
+                    mine=mine,
                 ),
             )
-            out.extend(resp.workspaces)
+            out.extend(self._own(mine, resp.mine, resp.workspaces, "workspace"))
             token = resp.next_page_token
             if not token:
                 return out
@@ -584,16 +589,21 @@ class Client(
         include_terminated: bool = False,
         all_users: bool = False,
         page_size: int = LIST_PAGE_SIZE,
+        mine: bool = False,
     ) -> list[clusters_pb2.Cluster]:
         """The caller's clusters and their projects'; with ``all_users`` (admins only,
-        else PermissionDenied) every user's; fetched page by page (oldest first)."""
+        else PermissionDenied) every user's; ``mine``: only the caller's own; fetched
+        page by page (oldest first)."""
         out: list[clusters_pb2.Cluster] = []
         req = clusters_pb2.ListClustersRequest(
-            include_terminated=include_terminated, all_users=all_users, page_size=page_size
+            include_terminated=include_terminated,
+            all_users=all_users,
+            page_size=page_size,
+            mine=mine,
         )
         while True:
             resp = self._call(self._clusters.ListClusters, req)
-            out.extend(resp.clusters)
+            out.extend(self._own(mine, resp.mine, resp.clusters, "cluster"))
             req.page_token = resp.next_page_token
             if not req.page_token:
                 return out

@@ -255,6 +255,8 @@ MATRIX: list[tuple[str, str, str, Call]] = [
         workspaces_pb2.UpdateWorkspaceRequest(id=NOPE, connectivity="cluster"), timeout=T)),
     (WS, "GetUsage", USER, lambda c, w: c.ws.GetUsage(
         usage_pb2.GetUsageRequest(), timeout=T)),
+    (WS, "WhoAmI", USER, lambda c, w: c.ws.WhoAmI(
+        workspaces_pb2.WhoAmIRequest(), timeout=T)),
     (CL, "CreateCluster", USER, lambda c, w: c.clusters.CreateCluster(
         clusters_pb2.CreateClusterRequest(name="BAD"), timeout=T)),
     (CL, "GetCluster", USER, lambda c, w: c.clusters.GetCluster(

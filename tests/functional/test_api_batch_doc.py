@@ -1,8 +1,10 @@
 """docs/api.md, "A batch system's jobs, with the Python client": its example run exactly
 as printed, as a batch user over mutual TLS beside a project colleague who uses the same
-request-id prefix. What a batch system's author checks: each job's workspace or cluster
-comes up and answers, a job cancelled while it waits for capacity leaves nothing waiting,
-and the sweep after a crash ends exactly what the batch user made for jobs gone."""
+request-id prefix (the sweep lists only its own: ``mine``). What a batch system's author
+checks: each job's workspace or cluster comes up and answers, a job cancelled while it
+waits for capacity leaves nothing waiting, a cancel of a job never created ends nothing
+(a colleague's workspace of its name survives), and the sweep after a crash ends exactly
+what the batch user made for jobs gone."""
 
 from __future__ import annotations
 
@@ -34,41 +36,51 @@ def test_the_batch_example_runs_and_sweeps_only_its_own(tmp_path: Path) -> None:
                 name="bobs", image="tiny", cpus=1, memory_mib=64, request_id="htc-sched1-9.0"
             )
         )
+        # And one named as alice's job 1238.0 would be, which alice cancels before its
+        # create: by name, her cancel destroyed bob's.
+        same = bob.CreateWorkspace(
+            workspaces_pb2.CreateWorkspaceRequest(
+                name="htc-1238-0", image="tiny", cpus=1, memory_mib=64, request_id="b-1238"
+            )
+        )
         alice = site.identity("alice").ws
         listed = alice.ListWorkspaces(workspaces_pb2.ListWorkspacesRequest()).workspaces
         assert [(w.name, w.owner, w.request_id) for w in listed] == [
-            ("bobs", "bob", "htc-sched1-9.0")
+            ("bobs", "bob", "htc-sched1-9.0"),
+            ("htc-1238-0", "bob", "b-1238"),
         ]
         run_dir = tmp_path / "run"
         run_dir.mkdir()
-        env = {
-            "WS_SERVICE": site.address,
-            "WS_IDENTITY": str(site.pki.user("alice")),
-            "BATCH_USER": "alice",
-        }
+        env = {"WS_SERVICE": site.address, "WS_IDENTITY": str(site.pki.user("alice"))}
         code = marked_block("docs/api.md", "test_api_batch_doc.py")
         out = run_example(code, run_dir, env)
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines() == [
-            "htc-1234-0 ['10.213.0.3'] 0 htc-1234-0",
-            "htc-1235-0-head-0 head ['10.213.0.4']",
-            "htc-1235-0-worker-0 worker ['10.213.0.5']",
-            "htc-1235-0-worker-1 worker ['10.213.0.6']",
+            "htc-1234-0 ['10.213.0.4'] 0 htc-1234-0",
+            "htc-1235-0-head-0 head ['10.213.0.5']",
+            "htc-1235-0-worker-0 worker ['10.213.0.6']",
+            "htc-1235-0-worker-1 worker ['10.213.0.7']",
             "htc-1236-0 PENDING",
             "htc-1236-0 TERMINATED destroyed while waiting for capacity",
             "swept cluster htc-1235-0",
             "swept workspace htc-1237-0",
             "ended htc-1234-0",
+            "ended None",
         ]
         progress = out.stderr.splitlines()
-        assert progress[-1] == "  htc-1235-0: RUNNING RUNNING RUNNING", out.stderr
+        assert progress[-1] == "sweeping as alice", out.stderr  # WhoAmI
+        assert progress[-2] == "  htc-1235-0: RUNNING RUNNING RUNNING", out.stderr
         assert "  htc-1234-0: RUNNING" in progress, out.stderr
         # Of alice's, nothing is left running or waiting; bob's is untouched.
         every = workspaces_pb2.ListWorkspacesRequest(all_users=True)
         live = site.stubs.ws.ListWorkspaces(every).workspaces
         going = common_pb2.DESIRED_STATE_TERMINATED
-        assert [(w.name, w.owner) for w in live if w.desired_state != going] == [("bobs", "bob")]
-        assert site.stubs.get(bobs.id).desired_state == common_pb2.DESIRED_STATE_RUNNING
+        assert [(w.name, w.owner) for w in live if w.desired_state != going] == [
+            ("bobs", "bob"),
+            ("htc-1238-0", "bob"),
+        ]
+        for w in (bobs, same):
+            assert site.stubs.get(w.id).desired_state == common_pb2.DESIRED_STATE_RUNNING
         for w in live:
             if w.owner == "alice":
                 site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)

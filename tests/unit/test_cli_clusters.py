@@ -233,8 +233,12 @@ class FakeClient:
         self._do("get_cluster", id)
         return _cluster()
 
-    def list_clusters(self, include_terminated: bool = False, all_users: bool = False) -> Any:
-        self._do("list_clusters", include_terminated=include_terminated, all_users=all_users)
+    def list_clusters(
+        self, include_terminated: bool = False, all_users: bool = False, mine: bool = False
+    ) -> Any:
+        self._do(
+            "list_clusters", include_terminated=include_terminated, all_users=all_users, mine=mine
+        )
         return [_cluster()]
 
     def stop_cluster(self, id: str) -> Any:
@@ -357,10 +361,12 @@ def test_cluster_list_and_actions(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[1].split()[:5] == ["c1", "mpi", "RUNNING", "2/2", "SOFT_ANTI"]
     assert client.calls[-1] == (
         "list_clusters",
-        ((), {"include_terminated": True, "all_users": False}),
+        ((), {"include_terminated": True, "all_users": False, "mine": False}),
     )
     assert _run(["cluster", "list", "--all-users"], client) == 0
     assert client.calls[-1][1][1]["all_users"] is True
+    assert _run(["cluster", "list", "--mine"], client) == 0
+    assert client.calls[-1][1][1]["mine"] is True
     capsys.readouterr()
     for flag in ("--wait-timeout", "--timeout"):  # the name docs/clusters.md gives; the old
         argv = ["-o", "json", "cluster", "stop", "mpi", "--wait", flag, "7"]

@@ -216,9 +216,9 @@ class FakeClient:
             raise self.fail
 
     def list_workspaces(
-        self, include_terminated: bool = False, all_users: bool = False
+        self, include_terminated: bool = False, all_users: bool = False, mine: bool = False
     ) -> list[common_pb2.Workspace]:
-        self._do("list", include_terminated=include_terminated, all_users=all_users)
+        self._do("list", include_terminated=include_terminated, all_users=all_users, mine=mine)
         return [_ws()]
 
     def get_workspace(self, id: str) -> common_pb2.Workspace:
@@ -311,7 +311,11 @@ def test_list_json_and_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["list", "--all", "--output", "json"], client) == 0
     data = json.loads(capsys.readouterr().out)
     assert data[0]["state"] == "RUNNING" and data[0]["memory_mib"] == 512
-    assert client.calls == [("list", ((), {"include_terminated": True, "all_users": False}))]
+    asked = {"include_terminated": True, "all_users": False, "mine": False}
+    assert client.calls == [("list", ((), asked))]
+    assert _run(["list", "--mine", "-o", "json"], client) == 0
+    assert client.calls[-1][1][1]["mine"] is True
+    capsys.readouterr()
     assert _run(["list"], FakeClient()) == 0
     assert capsys.readouterr().out.split()[8:11] == ["w1", "alpha", "RUNNING"]
 

@@ -391,7 +391,7 @@ def test_an_unforeseen_failure_is_logged_with_its_cause(
     """slurmctld discards stderr: an exception ws-slurm did not foresee must be in its log
     (it was only a traceback on stderr, and the log ended at ``resume c1 (1 node(s))``)."""
 
-    def broken(include_terminated: bool = False) -> list[object]:
+    def broken(include_terminated: bool = False, *, mine: bool = False) -> list[object]:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(run.service, "list_workspaces", broken)

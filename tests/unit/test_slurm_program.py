@@ -36,6 +36,9 @@ memory_mib = 512
 """
 
 
+OWNER = "slurm"  # ws-slurm's user at the fake service
+
+
 class FakeService:
     """Workspaces and clusters by request id, a memory capacity, names unique while live."""
 
@@ -72,10 +75,14 @@ class FakeService:
     def live(self) -> list[common_pb2.Workspace]:
         return [w for w in self.workspaces if w.state != WS.WORKSPACE_STATE_TERMINATED]
 
-    def list_workspaces(self, include_terminated: bool = False) -> list[common_pb2.Workspace]:
+    def list_workspaces(
+        self, include_terminated: bool = False, *, mine: bool = False
+    ) -> list[common_pb2.Workspace]:
+        """As the service lists them: ``mine``, only ws-slurm's user's (``OWNER``)."""
         self._check()
         self.calls.append("list")
-        return list(self.workspaces if include_terminated else self.live())
+        listed = self.workspaces if include_terminated else self.live()
+        return [w for w in listed if w.owner == OWNER or not mine]
 
     def _new(self, name: str, memory_mib: int, rid: str, **kw: Any) -> common_pb2.Workspace:
         ws = common_pb2.Workspace(
@@ -88,6 +95,7 @@ class FakeService:
             else WS.WORKSPACE_STATE_PROPAGATING,
             reason=self.held_reason,
             node="node1",
+            owner=OWNER,
             **kw,
         )
         ws.nics.add(ip=f"10.213.0.{self.next_ip}")
@@ -105,7 +113,7 @@ class FakeService:
         self.calls.append(f"create {kw['name']}")
         if rid in self.by_request:
             return self.by_request[rid]
-        if any(w.name == kw["name"] for w in self.live()):
+        if any(w.name == kw["name"] and w.owner == OWNER for w in self.live()):
             raise errors.AlreadyExists(f"you already have a workspace named {kw['name']!r}")
         self._fits(kw["memory_mib"])
         ws = self._new(kw["name"], kw["memory_mib"], rid)
@@ -381,6 +389,28 @@ def test_other_workspaces_are_left_alone(run: Run) -> None:
     )
     assert run("suspend", "c1") == 0
     assert run.names() == ["c1"]
+
+
+def test_a_project_colleagues_workspaces_named_like_nodes_are_never_touched(run: Run) -> None:
+    """A colleague in ws-slurm's project (another Slurm cluster's batch user, say) has a
+    workspace named like node c1 with a ws-slurm request id and a cluster member named
+    like job 3's node c2. ws-slurm lists only its own (``mine``): resume makes c1 its
+    own, and neither suspend nor the cleanup of powered-down nodes destroys theirs
+    (they took c1 for the node's and destroyed theirs)."""
+    theirs = [
+        common_pb2.Workspace(id="b1", name="c1", owner="bob", request_id="ws-slurm-x-0"),
+        common_pb2.Workspace(id="b2", name="slurm-3-c2-0", owner="bob", cluster="k1", role="c2"),
+    ]
+    run.service.workspaces.extend(theirs)
+    run.scontrol.node_states = {"c1": "IDLE+CLOUD+POWERED_DOWN", "c2": "IDLE+CLOUD+POWERED_DOWN"}
+    assert run("suspend", "c[1-2]") == 0
+    assert run("resume", "c1") == 0, run.text()
+    run.scontrol.node_states["c1"] = "ALLOCATED+CLOUD"  # up, its job running
+    assert run("suspend", "c5") == 0
+    assert all(w.desired_state != DS.DESIRED_STATE_TERMINATED for w in theirs)
+    ours = [w for w in run.service.live() if w.owner == OWNER]
+    assert [w.name for w in ours] == ["c1"]
+    assert "already has workspace" not in run.text()
 
 
 def test_unreachable_service(run: Run) -> None:

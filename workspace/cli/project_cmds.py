@@ -12,6 +12,8 @@
     ws project show P                                 one of your projects: use, quotas, leases
     ws-admin image publish NAME | unpublish NAME     make an image visible to every user, or not
     ws quota                                          your projects: use, limits, leases
+    ws whoami                                         who the service takes you for: user, admin,
+                                                      projects
 
 Output follows workspace/cli/render.py (--output json), exit codes workspace/cli/common.py.
 """
@@ -405,6 +407,23 @@ def register_admin(
         q.set_defaults(func=publish)
 
 
+def whoami_text(me: Any) -> str:
+    """`ws whoami`: the user, whether an admin, the projects the service counts."""
+    return render.fields(
+        [
+            ("user", me.user),
+            ("admin", "yes" if me.admin else "no"),
+            ("projects", ", ".join(me.projects) or "-"),
+        ]
+    )
+
+
+def whoami(client: Any, args: argparse.Namespace) -> int:
+    me = client.whoami()
+    render.emit(args, me, whoami_text(me))
+    return common.EXIT_OK
+
+
 def register_user(
     subparsers: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor
 ) -> None:
@@ -423,6 +442,10 @@ def register_user(
 
     p = subparsers.add_parser("quota", parents=[parent], help="your projects: use and limits")
     p.set_defaults(func=quota)
+    p = subparsers.add_parser(
+        "whoami", parents=[parent], help="who the service takes you for: user, admin, projects"
+    )
+    p.set_defaults(func=lambda args: whoami(client_for(args), args))
     p = subparsers.add_parser("project", parents=[parent], help="your projects")
     sub = p.add_subparsers(dest="project_command", metavar="COMMAND", required=True)
     q = sub.add_parser(

@@ -221,7 +221,7 @@ class Commands(common.ClientCommands):
 
     def list(self, args: argparse.Namespace) -> int:
         items = self.client(args).list_workspaces(
-            include_terminated=args.all, all_users=args.all_users
+            include_terminated=args.all, all_users=args.all_users, mine=args.mine
         )
         render.emit_list(
             args,
@@ -375,7 +375,7 @@ class Commands(common.ClientCommands):
 
     def cluster_list(self, args: argparse.Namespace) -> int:
         items = self.client(args).list_clusters(
-            include_terminated=args.all, all_users=args.all_users
+            include_terminated=args.all, all_users=args.all_users, mine=args.mine
         )
         render.emit_list(
             args,
@@ -634,6 +634,7 @@ def _add_cluster_parsers(sub: Any, parent: argparse.ArgumentParser, cmds: Comman
     p = csub.add_parser("list", parents=[parent], help="list clusters")
     p.add_argument("--all", action="store_true", help="include terminated clusters")
     p.add_argument("--all-users", action="store_true", help="(admins) every user's, not only yours")
+    p.add_argument("--mine", action="store_true", help="only yours, not your project colleagues'")
     p.set_defaults(func=cmds.cluster_list)
 
     p = csub.add_parser("show", parents=[parent], help="show a cluster and its members")
@@ -694,6 +695,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[parent], help="list workspaces")
     p.add_argument("--all", action="store_true", help="include terminated workspaces")
     p.add_argument("--all-users", action="store_true", help="(admins) every user's, not only yours")
+    p.add_argument("--mine", action="store_true", help="only yours, not your project colleagues'")
     p.set_defaults(func=cmds.list)
 
     p = sub.add_parser("show", parents=[parent], help="show one workspace")

@@ -32,6 +32,7 @@ from workspace.domain.netpolicy import Connectivity, Limits, PolicyUpdate, parse
 from workspace.domain.states import Desired, FailurePolicy, State
 from workspace.domain.usage import Grouping, UsageReport
 from workspace.errors import InvalidArgument
+from workspace.identity import Identity
 from workspace.scheduler.model import Affinity
 from workspace.v1 import (
     admin_pb2,
@@ -206,6 +207,11 @@ def limits_from_proto(m: common_pb2.Limits) -> Limits:
 def connectivity_from_proto(text: str) -> Connectivity | None:
     """None for "" (the default); InvalidArgument for an unknown one."""
     return Connectivity.parse(text) if text else None
+
+
+def caller_to_proto(who: Identity) -> workspaces_pb2.Caller:
+    """``WhoAmI``'s answer: the caller's name, admin role and projects."""
+    return workspaces_pb2.Caller(user=who.name, admin=who.admin, projects=list(who.projects))
 
 
 def workspace_to_proto(w: WorkspaceView) -> common_pb2.Workspace:

@@ -63,6 +63,8 @@ def _rules() -> dict[str, Role]:
             "UpdateWorkspace": u,
             # A workspace the caller may see (as GetWorkspace): checked by the operation.
             "WatchWorkspaceEvents": u,
+            # The caller's own name, role and projects.
+            "WhoAmI": u,
         },
         "workspace.v1.Clusters": {
             "CreateCluster": u,

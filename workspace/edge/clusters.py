@@ -71,9 +71,10 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServicer):
             request.page_size,
             request.page_token,
             request.all_users,
+            request.mine,
         )
         return clusters_pb2.ListClustersResponse(
-            clusters=[shown(who, c) for c in rows], next_page_token=token
+            clusters=[shown(who, c) for c in rows], next_page_token=token, mine=request.mine
         )
 
     @unary

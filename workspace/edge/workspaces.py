@@ -65,9 +65,10 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
         page_size: int = 0,
         page_token: str = "",
         all_users: bool = False,
+        mine: bool = False,
     ) -> tuple[Sequence[common_pb2.Workspace], str]:
         rows, token = queries.list_page(
-            self.env, who, include_terminated, page_size, page_token, all_users
+            self.env, who, include_terminated, page_size, page_token, all_users, mine
         )
         return [v1.workspace_to_proto(w) for w in rows], token
 
@@ -128,8 +129,17 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
             request.page_size,
             request.page_token,
             request.all_users,
+            request.mine,
         )
-        return workspaces_pb2.ListWorkspacesResponse(workspaces=rows, next_page_token=token)
+        return workspaces_pb2.ListWorkspacesResponse(
+            workspaces=rows, next_page_token=token, mine=request.mine
+        )
+
+    @unary
+    def WhoAmI(
+        self, request: workspaces_pb2.WhoAmIRequest, context: grpc.ServicerContext, who: Identity
+    ) -> workspaces_pb2.Caller:
+        return v1.caller_to_proto(queries.caller(self.env, who))
 
     def _op(
         self, request: workspaces_pb2.WorkspaceRef, who: Identity, op: Op

@@ -326,16 +326,17 @@ def list_page(
     page_size: int = 0,
     page_token: str = "",
     all_users: bool = False,
+    mine: bool = False,
 ) -> tuple[list[ClusterView], str]:
     """(one page of the caller's clusters and their projects', oldest first, the token
-    of the next page or "" after the last); page_size 0: all of them. Paged as
-    ListWorkspaces is (ops/pages.py: a token of its own, after a creation time and id):
-    a site's terminated clusters went into one message past the gRPC limit."""
+    of the next page or "" after the last; ``mine``: only the caller's own); page_size 0:
+    all of them. Paged as ListWorkspaces is (ops/pages.py: a token of its own, after a
+    creation time and id): a site's terminated clusters went into one message past the
+    gRPC limit."""
     pages.check_size(page_size)
     with env.store.read() as s:
         q = select(Cluster).order_by(Cluster.created_at, Cluster.id)
-        where = scope(s, who, made=True).clause(Cluster, all_users, Cluster.created_at)
-        if where is not None:
+        for where in scope(s, who, made=True).clauses(Cluster, all_users, mine):
             q = q.where(where)
         if not include_terminated:
             q = q.where(Cluster.state != ClusterState.TERMINATED.value)

@@ -148,6 +148,13 @@ class Scope:
             of_projects = or_(*(and_(model.project == p, made >= t) for p, t in self.made))
         return or_(mine, and_(of_projects, model.owner != BACKFILL_OWNER))
 
+    def clauses(self, model: Any, all_users: bool, mine: bool) -> list[ColumnElement[bool]]:
+        """The WHERE clauses of a list of ``model`` (``clause``, by ``created_at``);
+        ``mine``: only the caller's own rows, not their projects' (ListWorkspaces.mine)."""
+        where = self.clause(model, all_users, model.created_at)
+        own = [model.owner == self.who.name] if mine else []
+        return ([] if where is None else [where]) + own
+
 
 # Every call asks it: built once (building a statement costs more than running it).
 _MEMBER_OF = Prepared(select(ProjectMember.project).where(ProjectMember.user == bindparam("user")))

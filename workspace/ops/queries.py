@@ -1,4 +1,4 @@
-"""Reading workspaces: one by id or name, or a page of the caller's."""
+"""Reading workspaces: one by id or name, or a page of the caller's; who the caller is."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from workspace.domain.states import State
 from workspace.identity import Identity
 from workspace.ops import admission, liveness, pages
 from workspace.ops.lifecycle import choose_owned
-from workspace.ops.projects import scope
+from workspace.ops.projects import as_identity, memberships, scope
 from workspace.ops.unit import Env
 from workspace.store import Workspace
 from workspace.store.mapping import (
@@ -50,15 +50,15 @@ def list_page(
     page_size: int = 0,
     page_token: str = "",
     all_users: bool = False,
+    mine: bool = False,
 ) -> tuple[Sequence[WorkspaceView], str]:
     """(one page, oldest first, the token of the next page or "" after the last); with
     page_size 0, every workspace the caller sees: theirs and their projects' (an admin's
-    ``all_users``: everyone's)."""
+    ``all_users``: everyone's; ``mine``: only the caller's own)."""
     pages.check_size(page_size)
     with env.store.read() as s:
         q = select(*VIEW_COLUMNS).order_by(Workspace.created_at, Workspace.id)
-        where = scope(s, who, made=True).clause(Workspace, all_users, Workspace.created_at)
-        if where is not None:
+        for where in scope(s, who, made=True).clauses(Workspace, all_users, mine):
             q = q.where(where)
         if not include_terminated:
             q = q.where(Workspace.state != State.TERMINATED.value)
@@ -71,3 +71,11 @@ def list_all(
     env: Env, who: Identity | str, include_terminated: bool, all_users: bool = False
 ) -> list[WorkspaceView]:
     return [*list_page(env, who, include_terminated, all_users=all_users)[0]]
+
+
+def caller(env: Env, who: Identity | str) -> Identity:
+    """``who`` as the service takes them (``WhoAmI``): their name, admin role, and the
+    projects it counts them in (their certificate's and their member rows)."""
+    ident = as_identity(who)
+    with env.store.read() as s:
+        return replace(ident, projects=tuple(sorted(memberships(s, ident))))

@@ -27,7 +27,8 @@ reporting: ``node_silent_since``) is destroyed and replaced;
 a node's old workspace still being destroyed is waited for (``replace_wait_s``) before
 its new one is made.
 
-Which workspace is a node's: a lone node's workspace is named after the node (and made
+Which workspace is a node's, of ws-slurm's own (``mine``: never a project colleague's,
+whatever its name): a lone node's workspace is named after the node (and made
 with a ``ws-slurm-`` request id); a job's cluster is ``<prefix><job>`` and its members
 ``<prefix><job>-<node>-0`` with role ``<node>``. Hostnames are node names in both cases.
 """
@@ -81,7 +82,9 @@ EXIT_UNREACHABLE = 3
 class Service(Protocol):
     """The part of ``workspace.client.Client`` ws-slurm uses (tests pass a fake)."""
 
-    def list_workspaces(self, include_terminated: bool = ...) -> list[common_pb2.Workspace]: ...
+    def list_workspaces(
+        self, include_terminated: bool = ..., *, mine: bool = ...
+    ) -> list[common_pb2.Workspace]: ...
 
     def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace: ...
 
@@ -133,7 +136,8 @@ def node_match_features(group: Group, own: frozenset[str] | None) -> frozenset[s
 
 
 def node_of(ws: common_pb2.Workspace, prefix: str) -> str | None:
-    """The Slurm node a workspace is, or None if ws-slurm did not make it."""
+    """The Slurm node a workspace of ws-slurm's own user is, or None if ws-slurm did not
+    make it (its colleagues' are never listed: ``Program._by_node``)."""
     member = ws.cluster and ws.role and ws.name.startswith(prefix)
     if member and ws.name.endswith(f"-{ws.role}-0"):
         return ws.role
@@ -210,9 +214,11 @@ class Answering:
             return exc
         return errors.Unavailable(f"it did not answer within {self.timeout_s:g} s ({exc.message})")
 
-    def list_workspaces(self, include_terminated: bool = False) -> list[common_pb2.Workspace]:
+    def list_workspaces(
+        self, include_terminated: bool = False, *, mine: bool = True
+    ) -> list[common_pb2.Workspace]:
         try:
-            return self.client.list_workspaces(include_terminated=include_terminated)
+            return self.client.list_workspaces(include_terminated=include_terminated, mine=mine)
         except errors.WorkspaceError as exc:
             raise self._away(exc) from None
 
@@ -250,8 +256,11 @@ class Program:
     # -- what exists ---------------------------------------------------------------------
 
     def _by_node(self, include_terminated: bool) -> dict[str, list[common_pb2.Workspace]]:
+        """ws-slurm's own workspaces by node: ``mine``, never a project colleague's, even
+        one named like a node or made by another ws-slurm (another batch user of the
+        project, or the same names in another Slurm cluster)."""
         found: dict[str, list[common_pb2.Workspace]] = {}
-        for ws in self.client.list_workspaces(include_terminated=include_terminated):
+        for ws in self.client.list_workspaces(include_terminated=include_terminated, mine=True):
             node = node_of(ws, self.s.cluster_prefix)
             if node is not None:
                 found.setdefault(node, []).append(ws)

@@ -575,6 +575,7 @@ class ListClustersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ALL_USERS_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     include_terminated: _builtins.bool
     page_size: _builtins.int
     """At most this many per response (0: all of them); oldest first."""
@@ -582,6 +583,8 @@ class ListClustersRequest(_message.Message):
     """next_page_token of the previous response; empty for the first page."""
     all_users: _builtins.bool
     """Admins only: every user's clusters."""
+    mine: _builtins.bool
+    """Only the caller's own clusters (`owner` is the caller), as ListWorkspacesRequest.mine."""
     def __init__(
         self,
         *,
@@ -589,10 +592,11 @@ class ListClustersRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         all_users: _builtins.bool = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "include_terminated", b"include_terminated", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "include_terminated", b"include_terminated", "mine", b"mine", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -604,8 +608,11 @@ class ListClustersResponse(_message.Message):
 
     CLUSTERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
+    mine: _builtins.bool
+    """True when the service kept to `mine` (an older service answers false)."""
     @_builtins.property
     def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cluster]: ...
     def __init__(
@@ -613,10 +620,11 @@ class ListClustersResponse(_message.Message):
         *,
         clusters: _abc.Iterable[Global___Cluster] | None = ...,
         next_page_token: _builtins.str = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "mine", b"mine", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -289,6 +289,7 @@ class ListWorkspacesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ALL_USERS_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     include_terminated: _builtins.bool
     page_size: _builtins.int
     """At most this many per response (0: all of them); oldest first."""
@@ -296,6 +297,10 @@ class ListWorkspacesRequest(_message.Message):
     """next_page_token of the previous response; empty for the first page."""
     all_users: _builtins.bool
     """Admins only: every user's workspaces (default: yours and your projects')."""
+    mine: _builtins.bool
+    """Only the caller's own workspaces (`owner` is the caller), not their project
+    colleagues' (what a batch system acts on). With all_users too: the caller's own.
+    """
     def __init__(
         self,
         *,
@@ -303,10 +308,11 @@ class ListWorkspacesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         all_users: _builtins.bool = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "include_terminated", b"include_terminated", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "include_terminated", b"include_terminated", "mine", b"mine", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -318,8 +324,13 @@ class ListWorkspacesResponse(_message.Message):
 
     WORKSPACES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
+    mine: _builtins.bool
+    """True when the service kept to `mine`: a service older than it ignores the field,
+    answers false and lists every workspace the caller sees.
+    """
     @_builtins.property
     def workspaces(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Workspace]: ...
     def __init__(
@@ -327,14 +338,61 @@ class ListWorkspacesResponse(_message.Message):
         *,
         workspaces: _abc.Iterable[_common_pb2.Workspace] | None = ...,
         next_page_token: _builtins.str = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mine", b"mine", "next_page_token", b"next_page_token", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListWorkspacesResponse: _TypeAlias = ListWorkspacesResponse  # noqa: Y015
+
+@_typing.final
+class WhoAmIRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhoAmIRequest: _TypeAlias = WhoAmIRequest  # noqa: Y015
+
+@_typing.final
+class Caller(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    PROJECTS_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """the `owner` of the workspaces and clusters it makes"""
+    admin: _builtins.bool
+    @_builtins.property
+    def projects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The projects the service counts the caller in: those its certificate names and
+        those an admin added it to (ws-admin project add-user).
+        """
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+        projects: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "projects", b"projects", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Caller: _TypeAlias = Caller  # noqa: Y015
 
 @_typing.final
 class WatchWorkspacesRequest(_message.Message):

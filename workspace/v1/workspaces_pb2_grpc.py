@@ -112,6 +112,11 @@ class WorkspacesStub:
                 request_serializer=workspace_dot_v1_dot_workspaces__pb2.WatchWorkspaceEventsRequest.SerializeToString,
                 response_deserializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/workspace.v1.Workspaces/WhoAmI',
+                request_serializer=workspace_dot_v1_dot_workspaces__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=workspace_dot_v1_dot_workspaces__pb2.Caller.FromString,
+                _registered_method=True)
 
 
 class WorkspacesServicer:
@@ -215,6 +220,14 @@ class WorkspacesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who the service takes the caller for: the user its certificate names (the `owner`
+        of what it makes), whether an admin, and the projects it counts the caller in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspacesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -292,6 +305,11 @@ def add_WorkspacesServicer_to_server(servicer, server):
                     servicer.WatchWorkspaceEvents,
                     request_deserializer=workspace_dot_v1_dot_workspaces__pb2.WatchWorkspaceEventsRequest.FromString,
                     response_serializer=workspace_dot_v1_dot_admin__pb2.SiteEvent.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=workspace_dot_v1_dot_workspaces__pb2.WhoAmIRequest.FromString,
+                    response_serializer=workspace_dot_v1_dot_workspaces__pb2.Caller.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -699,6 +717,33 @@ class Workspaces:
             '/workspace.v1.Workspaces/WatchWorkspaceEvents',
             workspace_dot_v1_dot_workspaces__pb2.WatchWorkspaceEventsRequest.SerializeToString,
             workspace_dot_v1_dot_admin__pb2.SiteEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/workspace.v1.Workspaces/WhoAmI',
+            workspace_dot_v1_dot_workspaces__pb2.WhoAmIRequest.SerializeToString,
+            workspace_dot_v1_dot_workspaces__pb2.Caller.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,10 @@ class WorkspacesStub:
     """What happened to one workspace the caller may see, by whom and why (`ws events`):
     its site events (Admin.WatchEvents' journal, only its own), oldest first.
     """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.WhoAmIRequest, _workspaces_pb2.Caller]
+    """Who the service takes the caller for: the user its certificate names (the `owner`
+    of what it makes), whether an admin, and the projects it counts the caller in.
+    """
 
 @_typing.type_check_only
 class WorkspacesAsyncStub(WorkspacesStub):
@@ -89,6 +93,10 @@ class WorkspacesAsyncStub(WorkspacesStub):
     WatchWorkspaceEvents: _aio.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspaceEventsRequest, _admin_pb2.SiteEvent]  # type: ignore[assignment]
     """What happened to one workspace the caller may see, by whom and why (`ws events`):
     its site events (Admin.WatchEvents' journal, only its own), oldest first.
+    """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.WhoAmIRequest, _workspaces_pb2.Caller]  # type: ignore[assignment]
+    """Who the service takes the caller for: the user its certificate names (the `owner`
+    of what it makes), whether an admin, and the projects it counts the caller in.
     """
 
 class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +214,16 @@ class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_admin_pb2.SiteEvent], _abc.AsyncIterator[_admin_pb2.SiteEvent]]:
         """What happened to one workspace the caller may see, by whom and why (`ws events`):
         its site events (Admin.WatchEvents' journal, only its own), oldest first.
+        """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _workspaces_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspaces_pb2.Caller, _abc.Awaitable[_workspaces_pb2.Caller]]:
+        """Who the service takes the caller for: the user its certificate names (the `owner`
+        of what it makes), whether an admin, and the projects it counts the caller in.
         """
 
 def add_WorkspacesServicer_to_server(servicer: WorkspacesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
