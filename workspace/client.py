@@ -156,13 +156,15 @@ class Client(
         tls: TlsConfig | None = None,
         timeout_s: float = 30.0,
         identity: str | os.PathLike[str] | None = None,
+        *,
+        identity_hint: str = "",
     ) -> None:
-        """``identity``: an identity directory to call as (instead of ``tls``)."""
+        """``identity``: an identity directory to call as (instead of ``tls``).
+        ``identity_hint``: what a caller refused for want of a certificate is told to
+        give (``from_env`` reads $WS_IDENTITY; this constructor does not)."""
         if identity is not None:
             tls = identity_tls(identity)
-        # What a caller refused for want of a certificate is told to give (``from_env``
-        # reads $WS_IDENTITY; this constructor does not).
-        self._identity_hint = (
+        self._identity_hint = identity_hint or (
             f"Client(address, identity=DIR), or Client.from_env() with ${IDENTITY_ENV} set"
         )
         self.address = address
@@ -199,9 +201,12 @@ class Client(
         address = resolve_address(service)
         if identity or tls is None:
             tls = resolve_tls(address, identity)
-        client = cls(address, tls, timeout_s)
-        client._identity_hint = identity_hint or f"--identity DIR or ${IDENTITY_ENV}"
-        return client
+        return cls(
+            address,
+            tls,
+            timeout_s,
+            identity_hint=identity_hint or f"--identity DIR or ${IDENTITY_ENV}",
+        )
 
     def close(self) -> None:
         self._channel.close()
