@@ -27,7 +27,7 @@ import grpc
 IDEMPOTENT = re.compile(
     r"/(Get\w*|List\w*|Check|HasBlobs|Register|ReportStatus|PushConsole|CreateWorkspace|"
     r"CreateCluster|(Start|Stop|Pause|Resume|Destroy)(Workspace|Cluster)|DrainNode|"
-    r"EnableNode|SetMode|SetImagePublic)$"
+    r"EnableNode|SetMode|SetImagePublic|WhoAmI)$"
 )
 
 

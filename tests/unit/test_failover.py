@@ -25,7 +25,14 @@ def test_address_lists_split_and_rotate() -> None:
 
 
 def test_only_calls_safe_to_repeat_are_retried_elsewhere() -> None:
-    safe = ["GetWorkspace", "ListNodes", "CreateWorkspace", "StopWorkspace", "ReportStatus"]
+    safe = [
+        "GetWorkspace",
+        "ListNodes",
+        "CreateWorkspace",
+        "StopWorkspace",
+        "ReportStatus",
+        "WhoAmI",  # a read (ws whoami, a batch system's sweep)
+    ]
     unsafe = ["Exec", "CreateNetwork", "AddSshKey", "UploadBlob", "ImportImage", "RevokeKey"]
     for m in safe:
         assert failover.IDEMPOTENT.search(f"/workspace.v1.X/{m}"), m

@@ -57,6 +57,18 @@ def test_quota_shows_only_projects_that_exist(site: Site) -> None:
     assert [(u.project, u.limits.instances) for u in shown] == [("physics", 1)]
 
 
+def test_whoami_names_only_projects_that_exist(site: Site) -> None:
+    """`ws whoami` (WhoAmI) named a certificate's project no admin made among the
+    caller's projects: a create in it is refused (NotFound), and `ws quota` leaves it
+    out. It names those that exist, certificate's and member rows' alike."""
+    env = site.core.env
+    assert queries.caller(env, user("nonexist")).projects == ()
+    projects.create_project(env, ProjectSpec("chemistry"))
+    projects.add_user(env, "chemistry", "bob")
+    me = queries.caller(env, user("physics", "nonexist"))
+    assert (me.name, me.projects) == ("bob", ("chemistry", "physics"))
+
+
 def in_physics(name: str) -> CreateRequest:
     return CreateRequest(CreateSpec(image="img", name=name), project="physics")
 

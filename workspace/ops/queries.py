@@ -12,7 +12,7 @@ from workspace.domain.states import State
 from workspace.identity import Identity
 from workspace.ops import admission, liveness, pages
 from workspace.ops.lifecycle import choose_owned
-from workspace.ops.projects import as_identity, memberships, scope
+from workspace.ops.projects import as_identity, memberships, project_times, scope
 from workspace.ops.unit import Env
 from workspace.store import Workspace
 from workspace.store.mapping import (
@@ -75,7 +75,9 @@ def list_all(
 
 def caller(env: Env, who: Identity | str) -> Identity:
     """``who`` as the service takes them (``WhoAmI``): their name, admin role, and the
-    projects it counts them in (their certificate's and their member rows)."""
+    projects it counts them in (their certificate's and their member rows) that exist:
+    a project a certificate names but no admin made takes no workspace (as `ws quota`)."""
     ident = as_identity(who)
     with env.store.read() as s:
-        return replace(ident, projects=tuple(sorted(memberships(s, ident))))
+        existing = project_times(s, memberships(s, ident))
+        return replace(ident, projects=tuple(name for name, _made in existing))

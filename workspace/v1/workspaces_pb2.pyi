@@ -376,7 +376,7 @@ class Caller(_message.Message):
     @_builtins.property
     def projects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The projects the service counts the caller in: those its certificate names and
-        those an admin added it to (ws-admin project add-user).
+        those an admin added it to (ws-admin project add-user), of those that exist.
         """
 
     def __init__(
