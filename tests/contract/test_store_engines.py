@@ -23,7 +23,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import MetaData, Table, create_engine, inspect, select, text
+from sqlalchemy import MetaData, Table, create_engine, insert, inspect, select, text
 from sqlalchemy import exc as sa_exc
 
 from tests.conftest import db_name
@@ -33,9 +33,15 @@ from tests.pg import PgServer
 from workspace import callctx
 from workspace.domain.states import Op
 from workspace.edge.workspaces import WorkspacesServicer
-from workspace.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unavailable
+from workspace.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import group_commit, order_size
+from workspace.ops import group_commit, order_size, site_events
 from workspace.ops.unit import UnitOfWork
 from workspace.store import (
     Base,
@@ -650,3 +656,74 @@ def test_a_batch_keeps_each_node_s_orders_within_their_bound(world: World) -> No
     assert all(isinstance(got[f"y{i}"], ResourceExhausted) for i in range(1, 4))
     with world.store.read() as s:
         assert order_size.node_orders_bytes(s, "n0") <= limits.max_node_orders_bytes
+
+
+# -- site events: ids with gaps ---------------------------------------------------------------
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def events_of_networks(w: World, *names: str) -> list[int]:
+    """The ids of the events of networks ``names`` (one letter each), made one by one."""
+    for name in names:
+        w.network(f"10.{ord(name)}.0.0/24", name=name)
+    with w.store.read() as s:
+        rows = s.execute(select(EventRow.id, EventRow.subject).order_by(EventRow.id)).all()
+    return [i for i, subject in rows if subject in names]
+
+
+def ids_left_unused(w: World, n: int) -> None:
+    """A transaction that writes ``n`` events in a SAVEPOINT rolled back (a refused create
+    of a group commit) and commits: PostgreSQL's sequence does not give their ids back
+    (on SQLite a new row takes the highest id plus one, and there is no gap)."""
+    with w.store.write() as s:
+        try:
+            with s.begin_nested():
+                s.execute(insert(EventRow), [{"at": time.time(), "kind": "x"}] * n)
+                raise _RolledBack
+        except _RolledBack:
+            pass
+
+
+def test_a_resume_across_unused_ids_is_taken_one_across_deleted_events_refused(
+    world: World,
+) -> None:
+    """`ws-admin events --after ID` after the last event before ids a rolled-back
+    transaction left unused, once the retention deleted the events before that gap, was
+    refused as if events after ID had been deleted (the refusal took the oldest kept id
+    less one for the highest deleted); it goes on with the events kept. A resume before
+    an event the retention deleted is still refused, saying to go on after the highest
+    id deleted. A count retention keeps that many events across a gap."""
+    before = events_of_networks(world, "a", "b", "c")
+    ids_left_unused(world, 3)
+    kept = events_of_networks(world, "d", "e")
+    if world.store.engine.dialect.name == "postgresql":
+        assert kept[0] > before[-1] + 1  # the gap this is about
+    env = world.env
+    by_count = dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, event_retention="2"))
+    assert site_events.prune(by_count) == 3
+
+    def resumed(after_id: int) -> list[int]:
+        return [e.id for e in site_events.watch(env, 0.0, False, after_id=after_id)]
+
+    assert resumed(before[-1]) == kept
+    with pytest.raises(FailedPrecondition) as refused:
+        resumed(before[-2])
+    assert (
+        f"the events after id {before[-2]} are no longer kept up to id {before[-1]} "
+        f"(event_retention deletes the oldest): the oldest kept is {kept[0]}; "
+        f"--after {before[-1]} goes on from it"
+    ) in refused.value.message
+    ids_left_unused(world, 3)
+    last = events_of_networks(world, "f")
+    assert site_events.prune(by_count) == 1
+    with world.store.read() as s:
+        assert list(s.execute(select(EventRow.id).order_by(EventRow.id)).scalars()) == [
+            kept[-1],
+            *last,
+        ]
+    assert resumed(kept[-1]) == last
+    with pytest.raises(FailedPrecondition):
+        resumed(before[-1])

@@ -588,3 +588,36 @@ def test_the_cached_blobs_nodes_said_before_are_believed_again_only_when_given(
             assert node is not None and node.cached_digests == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kept", [[], [5, 6, 7]])
+def test_an_upgraded_sites_deleted_mark_starts_at_the_oldest_kept_less_one(
+    tmp_path: Path, kept: list[int]
+) -> None:
+    """0031: the highest event id the retention deleted is kept from then on; a site's
+    mark starts where the refusal of a resume was (the oldest kept id less one, 0
+    without events): what was deleted before the upgrade is not known any better."""
+    from alembic import command
+
+    from workspace.store.site_events import DELETED_UPTO, EventMark
+
+    url = f"sqlite:///{tmp_path / 'marks.db'}"
+    Store(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(migrations.config(conn), "0030")
+        for i in kept:
+            conn.exec_driver_sql(
+                "INSERT INTO site_events (id, at, kind, who, workspace_id, workspace_name, "
+                "node, cluster, subject, state, previous, reason) "
+                "VALUES (?, 1.0, 'node.state', '', '', '', '', '', '', '', '', '')",
+                (i,),
+            )
+    engine.dispose()
+    store = Store(url)
+    try:
+        with store.read() as s:
+            mark = s.get(EventMark, DELETED_UPTO)
+            assert mark is not None and mark.value == (kept[0] - 1 if kept else 0)
+    finally:
+        store.close()

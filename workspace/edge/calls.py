@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 
 from workspace import callctx, rpc_status
 from workspace.edge.auth import Authenticator, method_name
 from workspace.edge.storage import storage_error
-from workspace.errors import AccessDenied, Stopping, Unauthenticated, WorkspaceError
+from workspace.errors import (
+    AccessDenied,
+    InvalidArgument,
+    Stopping,
+    Unauthenticated,
+    WorkspaceError,
+)
 from workspace.identity import Identity, Kind
 
 log = logging.getLogger("workspace.edge")
@@ -52,6 +59,19 @@ STREAM_POLL_S = 5.0
 # refuses more than 8 KiB at times, 16 KiB always), and the client got "Stream removed"
 # instead of the refusal. 2,048 bytes are at most 6 KiB percent-encoded.
 MAX_DETAILS = 2048
+
+
+# How long a request stream's caller may send nothing: the first message of a stream
+# that opens with one (an agent's Tasks hello, a console's workspace id: their clients
+# send it on opening), and each chunk of an upload (UploadBlob, PutBlob: read from a
+# file). grpcio waits for a request message without end: a caller that opened such a
+# stream and sent nothing held a server thread until it cancelled (and a stopping
+# service waited out its grace for it).
+HELLO_S = 10.0
+CHUNK_S = 60.0
+# How often a request stream's reader looks whether its handler still wants the message
+# it holds.
+_HANDOVER_S = 1.0
 
 
 def shown(message: str) -> str:
@@ -211,3 +231,70 @@ def stream(
                     close()
 
     return wrapper
+
+
+def first_request(requests: Iterator[Req], what: str, within_s: float | None = None) -> Req | None:
+    """The first message of ``requests`` (None: the stream ended without one), awaited at
+    most ``within_s`` (default ``HELLO_S``): then InvalidArgument naming ``what``. Read on
+    a thread of its own, which reads nothing more: the rest is read from ``requests`` as
+    before. The handler raising ends the call, and with it that thread's read."""
+    box: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue()
+
+    def read() -> None:
+        try:
+            box.put((next(requests, None), None))
+        except BaseException as exc:  # the client gone (RpcError), a message unreadable
+            box.put((None, exc))
+
+    threading.Thread(target=read, name="first-request", daemon=True).start()
+    return cast("Req | None", _take(box, what, HELLO_S if within_s is None else within_s))
+
+
+def each_request(
+    requests: Iterator[Req], context: grpc.ServicerContext, what: str, within_s: float | None = None
+) -> Iterator[Req]:
+    """The messages of ``requests``, each awaited at most ``within_s`` (default
+    ``CHUNK_S``): then InvalidArgument naming ``what``. A thread of its own reads them,
+    one ahead of the handler; it stops once the handler stops taking them (the generator
+    closed) or the call ``context`` ended."""
+    box: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
+    taking = threading.Event()
+    taking.set()
+
+    def hand(item: tuple[Any, BaseException | None]) -> bool:
+        while taking.is_set() and context.is_active():
+            try:
+                box.put(item, timeout=_HANDOVER_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for message in requests:
+                if not hand((message, None)):
+                    return
+            hand((None, None))
+        except BaseException as exc:  # the client gone (RpcError), a message unreadable
+            hand((None, exc))
+
+    threading.Thread(target=read, name="each-request", daemon=True).start()
+    wait = CHUNK_S if within_s is None else within_s
+    try:
+        while (message := _take(box, what, wait)) is not None:
+            yield cast(Req, message)
+    finally:
+        taking.clear()
+
+
+def _take(box: queue.Queue[tuple[Any, BaseException | None]], what: str, within_s: float) -> Any:
+    """The next message in ``box`` (None: the stream ended), or InvalidArgument ("``what``
+    did not come within ...") when none came within ``within_s``."""
+    try:
+        message, exc = box.get(timeout=within_s)
+    except queue.Empty:
+        raise InvalidArgument(f"{what} did not come within {within_s:g} s") from None
+    if exc is not None:
+        raise exc
+    return message

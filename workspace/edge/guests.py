@@ -15,7 +15,7 @@ import grpc
 from workspace.codec import guests as codec_guests
 from workspace.domain.tasks import ConsoleClosed, ConsoleOutput, TaskError, exception_of
 from workspace.edge import auth
-from workspace.edge.calls import STREAM_POLL_S, stream, unary
+from workspace.edge.calls import STREAM_POLL_S, first_request, stream, unary
 from workspace.errors import InvalidArgument, Stopping, WorkspaceError
 from workspace.identity import Identity
 from workspace.log import about
@@ -57,7 +57,7 @@ class GuestsServicer(access_pb2_grpc.GuestsServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> Iterator[access_pb2.ConsoleChunk]:
-        first = next(request, None)
+        first = first_request(request, "AttachConsole: the first message (naming the workspace)")
         if first is None:
             return
         if not first.id:

@@ -8,7 +8,7 @@ import grpc
 
 from workspace.codec import v1
 from workspace.edge import auth
-from workspace.edge.calls import unary
+from workspace.edge.calls import each_request, unary
 from workspace.identity import Identity
 from workspace.ops import save
 from workspace.ops.images import Catalog
@@ -59,7 +59,8 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> images_pb2.BlobRef:
-        return self.upload_blob((c.data for c in request_iterator), who)
+        chunks = each_request(request_iterator, context, "UploadBlob: the next chunk")
+        return self.upload_blob((c.data for c in chunks), who)
 
     @unary
     def ImportImage(

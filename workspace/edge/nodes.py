@@ -18,7 +18,7 @@ import grpc
 from workspace.codec import guests as codec_guests
 from workspace.codec import node as codec_node
 from workspace.edge import auth
-from workspace.edge.calls import STREAM_POLL_S, stream, unary
+from workspace.edge.calls import STREAM_POLL_S, each_request, first_request, stream, unary
 from workspace.errors import InvalidArgument, Unavailable
 from workspace.grants import REFRESH_S
 from workspace.identity import Identity
@@ -148,7 +148,7 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
     ) -> Iterator[nodes_pb2.Task]:
         # The hello names the node (the certificate's, under TLS); then tasks go out as
         # operations make them and replies come in on a thread of their own.
-        hello = next(request, None)
+        hello = first_request(request, "Tasks: the hello (the first message, naming the node)")
         if hello is None or not hello.node:
             raise InvalidArgument(
                 "Tasks: the first message must be a hello naming the node (TaskReply.node)"
@@ -210,14 +210,15 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         context: grpc.ServicerContext,
         who: Identity,
     ) -> nodes_pb2.PutBlobResponse:
-        first = next(request_iterator, None)
+        chunks_in = each_request(request_iterator, context, "PutBlob: the next chunk")
+        first = next(chunks_in, None)
         if first is None:
             raise InvalidArgument("PutBlob: no message (the first names the node and workspace)")
         node = self._node(who, first.node)
         if who.is_node:
             reports.check_node(self.env, node, who.serial)
         save.may_send(self.env, node, first.workspace_id)
-        chunks = itertools.chain([first.data], (c.data for c in request_iterator))
+        chunks = itertools.chain([first.data], (c.data for c in chunks_in))
         counted = save.progress(
             self.env, first.workspace_id, first.partition, max(0, first.size_bytes), chunks
         )

@@ -8,7 +8,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select
+from sqlalchemy.orm import Session
 
 from workspace.config import parse_retention
 from workspace.domain.events import EventFilter, SiteEvent
@@ -17,6 +18,7 @@ from workspace.identity import Identity
 from workspace.ops import clusters, preempt, queries
 from workspace.ops.unit import Env
 from workspace.store import EventRow, Node, Workspace
+from workspace.store.site_events import DELETED_UPTO, EventMark
 
 # Events read per query.
 BATCH = 500
@@ -101,24 +103,30 @@ def check_resume(env: Env, after_id: int, whole: bool) -> None:
     """FailedPrecondition unless the stream can go on after ``after_id``: an id past the
     newest (a site restored from a backup, or made anew, numbers its events again) was
     waited for in silence, and the events that took its ids again never sent. ``whole``
-    (a stream of every event): also when the events right after ``after_id`` were
-    deleted by the retention, which the stream went on past without a word. (A filtered
-    stream's last id may lie far behind while it missed nothing: the events since were
-    not of its filter, and whether the deleted ones were is not known.) Each refusal
-    says where the stream can start instead."""
+    (a stream of every event): also when the retention deleted an event after
+    ``after_id`` (it is below the highest id deleted, ``EventMark`` ``DELETED_UPTO``),
+    which the stream went on past without a word. Not when the ids right after it are
+    merely missing: on PostgreSQL a transaction that rolled back after writing its
+    events leaves their ids unused, and a resume across them was refused as if they had
+    been deleted. (A filtered stream's last id may lie far behind while it missed
+    nothing: the events since were not of its filter, and whether the deleted ones were
+    is not known.) Each refusal says where the stream can start instead."""
     with env.store.read() as s:
-        oldest, newest = s.execute(select(func.min(EventRow.id), func.max(EventRow.id))).one()
-    if after_id > (newest or 0):
+        newest = s.execute(select(func.max(EventRow.id))).scalar() or 0
+        deleted = s.get(EventMark, DELETED_UPTO)
+        upto = deleted.value if deleted else 0
+        first = s.execute(select(func.min(EventRow.id)).where(EventRow.id > upto)).scalar()
+    if after_id > newest:
         raise FailedPrecondition(
-            f"no event has id {after_id}: the site's newest is {newest or 0} (a site restored "
+            f"no event has id {after_id}: the site's newest is {newest} (a site restored "
             "from a backup or made anew numbers its events again); start from a time "
             "(--since) or from the oldest kept (no --after)"
         )
-    if whole and after_id < oldest - 1:
+    if whole and after_id < upto:
         raise FailedPrecondition(
-            f"the events after id {after_id} are no longer kept up to id {oldest - 1} "
-            f"(event_retention deletes the oldest): the oldest kept is {oldest}; --after "
-            f"{oldest - 1} goes on from it, without those deleted"
+            f"the events after id {after_id} are no longer kept up to id {upto} "
+            f"(event_retention deletes the oldest): the oldest kept is {first or newest}; "
+            f"--after {upto} goes on from it, without those deleted"
         )
 
 
@@ -314,7 +322,9 @@ def _subject(ref: str, kinds: tuple[str, ...], what: str, find: Callable[[], str
 
 
 def prune(env: Env) -> int:
-    """Delete what ``event_retention`` no longer keeps; returns how many.
+    """Delete what ``event_retention`` no longer keeps; returns how many. The highest id
+    deleted is kept (``EventMark`` ``DELETED_UPTO``): ``check_resume`` refuses a resume
+    after an id below it.
 
     The newest event is always kept, however old: SQLite gives a new row the largest id
     plus one, so an idle site whose events had all been pruned would give its next
@@ -328,13 +338,26 @@ def prune(env: Env) -> int:
             # highest id plus one, so deleting it would give its id to the next event, and
             # a follower resuming after that id (``after_id``) would not be sent that one.
             cut = env.clock() - seconds
-            old = delete(EventRow).where(EventRow.at < cut, EventRow.id < newest)
-            return _deleted(s.execute(old))
-        floor = newest - count
-        if floor <= 0:
+            return _delete(s, and_(EventRow.at < cut, EventRow.id < newest))
+        # The count-th newest id, not the newest less the count: ids have gaps on
+        # PostgreSQL, and fewer events than the count were kept.
+        floor = s.execute(
+            select(EventRow.id).order_by(EventRow.id.desc()).offset(count).limit(1)
+        ).scalar()
+        if floor is None:
             return 0
-        return _deleted(s.execute(delete(EventRow).where(EventRow.id <= floor)))
+        return _delete(s, EventRow.id <= floor)
 
 
-def _deleted(result: object) -> int:
+def _delete(s: Session, which: ColumnElement[bool]) -> int:
+    """Delete the events ``which`` matches, raising the mark of the highest id deleted."""
+    upto = s.execute(select(func.max(EventRow.id)).where(which)).scalar()
+    if upto is None:
+        return 0
+    result = s.execute(delete(EventRow).where(which))
+    mark = s.get(EventMark, DELETED_UPTO)
+    if mark is None:
+        s.add(EventMark(name=DELETED_UPTO, value=upto))
+    elif mark.value < upto:
+        mark.value = upto
     return int(getattr(result, "rowcount", 0) or 0)

@@ -10,6 +10,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from workspace.store.models import Base
 
+# The ``EventMark`` row of the highest event id the retention deleted.
+DELETED_UPTO = "deleted_upto"
+
 
 class EventRow(Base):
     """One site event; ``id`` orders them by commit (bounded by ``event_retention``)."""
@@ -36,3 +39,16 @@ class EventRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="")
     previous: Mapped[str] = mapped_column(String(16), default="")
     reason: Mapped[str] = mapped_column(String(1024), default="")
+
+
+class EventMark(Base):
+    """A named event id: ``DELETED_UPTO``, the highest one ``event_retention`` deleted
+    (ops/site_events.py ``prune``). A resume after an id below it is refused
+    (``check_resume``); the oldest kept id less one is not that bound, for ids have gaps
+    on PostgreSQL (a sequence does not give back the ids of a transaction, or a
+    SAVEPOINT, that rolled back after writing its events)."""
+
+    __tablename__ = "event_marks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
