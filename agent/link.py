@@ -28,7 +28,8 @@ from workspace.codec import node as codec
 from workspace.codec import v1 as codec_v1
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders
-from workspace.errors import Unavailable
+from workspace.errors import DATABASE_AWAY, Unavailable
+from workspace.log import Outage
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 log = logging.getLogger("agent")
@@ -110,6 +111,17 @@ class Link:
         self._unknown_told = False  # the service said it does not know this node
         # Send the next full report now rather than at the next heartbeat.
         self._report_soon = threading.Event()
+        # The service's database away (a site's PostgreSQL outage): said once, then at
+        # most every minute, and when a report is taken again; not at every try.
+        self._db_away = Outage(
+            log,
+            "the link to the service",
+            RECONNECT.max_s,
+            again=(
+                f"reconnecting at most every {RECONNECT.max_s:g} s (the node's "
+                "workspaces run on; their reports follow)"
+            ),
+        )
 
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -176,7 +188,11 @@ class Link:
                         self._then(turn, failures),
                     )
             except grpc.RpcError as exc:
-                if not self.stop.is_set():
+                if self.stop.is_set():
+                    pass
+                elif _database_away(exc):
+                    self._db_away.failed(_failed(where, exc))
+                elif not (self._leaving and self._db_away.failing):  # said by _move_on
                     log.warning(
                         "service %s%s; %s",
                         f"{where}: {self._leaving}" if self._leaving else _failed(where, exc),
@@ -224,14 +240,17 @@ class Link:
             return f"retrying in {delay:.1f} s"
         return f"trying {addresses[0]} in {delay:.1f} s"
 
-    def _move_on(self, stub: nodes_pb2_grpc.NodesStub, why: str) -> None:
+    def _move_on(self, stub: nodes_pb2_grpc.NodesStub, exc: grpc.RpcError) -> None:
         """A report through ``stub`` could not be sent: leave that replica (cancel the
         order stream; ``run`` registers with the next one and a full report follows).
         Called with the report lock held."""
         if stub is not self._stub or self._stream is None or self._leaving:
             return  # the link has moved on already
+        why = rpc_status.describe(exc)
         self._leaving = f"reports failed ({why}); leaving it"
-        if len(failover.split(self.cfg.service)) > 1:
+        if _database_away(exc):
+            self._db_away.failed(f"report to {self._where}: {why}")
+        elif len(failover.split(self.cfg.service)) > 1:
             log.warning("report to %s failed: %s; moving to another replica", self._where, why)
         else:
             log.warning("report to %s failed: %s; reconnecting", self._where, why)
@@ -308,7 +327,7 @@ class Link:
                 self._unknown_told = True
                 return
             if code in _MOVE_ON:
-                self._move_on(stub, rpc_status.describe(exc))
+                self._move_on(stub, exc)
             else:
                 log.warning("report to %s failed: %s", self._where, rpc_status.describe(exc))
             return
@@ -323,6 +342,7 @@ class Link:
             self.audit.failed(batch)
             raise
         self._unknown_told = False
+        self._db_away.answered()  # a report taken: the whole link works
         self.audit.acked(batch)
 
     def heartbeats(self) -> None:
@@ -366,6 +386,15 @@ def _failed(where: str, exc: grpc.RpcError) -> str:
     if len(tried) < 2:
         return f"{where}: {_why(exc)}"
     return "; ".join(f"{address}: {why}" for address, why in tried)
+
+
+def _database_away(exc: grpc.RpcError) -> bool:
+    """Whether the service (each replica tried) answered that its database cannot be
+    reached: the site's outage, not one replica's."""
+    if not hasattr(exc, "code") or exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    tried = getattr(exc, "failures", None) or [("", exc.details() or "")]
+    return all(DATABASE_AWAY in why for _address, why in tried)
 
 
 def _why(exc: grpc.RpcError) -> str:

@@ -70,9 +70,10 @@ CONNECT_MARKERS = (
 
 def no_connection(details: str) -> bool:
     """Whether gRPC's ``details`` of an UNAVAILABLE say that no connection carried the
-    call (none could be made, or the one made broke), not the service's own words."""
+    call (none could be made, or the one made broke: "Stream removed", with or without
+    the socket's error after it), not the service's own words."""
     said = details.lower()
-    return any(m in said for m in CONNECT_MARKERS)
+    return CUT in said or any(m in said for m in CONNECT_MARKERS)
 
 
 class ServiceUnreachable(errors.Unavailable):

@@ -19,7 +19,7 @@ import grpc
 from images import formats, signing
 from images import manifest as image_manifest
 from workspace import errors, rpc_status
-from workspace.client_address import CUT, no_connection
+from workspace.client_address import no_connection
 from workspace.client_args import strings
 from workspace.client_waits import WaitTimeout
 from workspace.codec import v1 as codec_v1
@@ -111,8 +111,8 @@ class ImagesClientMixin:
                 while data := f.read(CHUNK_BYTES):
                     yield images_pb2.BlobChunk(data=data)
                     moved[0] = time.monotonic()  # gRPC sent the last one, wants the next
-                    taken[0] = sent
                     sent += len(data)
+                    taken[0] = sent
                     if progress is not None:
                         progress(sent, total)
             sent_all.set()
@@ -139,7 +139,7 @@ class ImagesClientMixin:
                     ) from None
         except grpc.RpcError as exc:
             said = exc.details() or ""
-            lost = not said or no_connection(said) or said.lower().startswith(CUT)
+            lost = not said or no_connection(said)
             if taken[0] and lost and exc.code() == grpc.StatusCode.UNAVAILABLE:
                 # The service took part of the file, so it was reached: it went away (a
                 # restart, a crash). Not "cannot reach", with a hint at a TLS identity.

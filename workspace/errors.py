@@ -72,6 +72,11 @@ class Unavailable(WorkspaceError):
     """A service or node could not be reached; worth retrying."""
 
 
+# How the service's Unavailable begins while its database cannot be reached (store/
+# engines.py ``away``): an agent tells a site's outage from a replica's by it.
+DATABASE_AWAY = "the service's database cannot be reached"
+
+
 class Stopping(Unavailable):
     """The service is stopping (a stream it ends): nothing went wrong, retry elsewhere."""
 

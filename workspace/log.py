@@ -117,7 +117,9 @@ class Outage:
     connections during a PostgreSQL outage), said in few lines instead of one per try:
     the first failure (what fails, why, that it is tried again), then a reminder at most
     every ``remind_s`` while it lasts (for how long, how many tries), and one line when
-    it works again. ``failed`` and ``answered`` are called from the loop's one thread."""
+    it works again. ``again``: what the lines say of the next try, when not "trying again
+    every ``retry_s`` s". ``answered`` means the loop's whole step worked, not only its
+    connection: said after a step that fails later each time, it would flap."""
 
     def __init__(
         self,
@@ -126,11 +128,14 @@ class Outage:
         retry_s: float,
         remind_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        again: str = "",
     ) -> None:
         self.log = logger
         self.what = what
         self.retry_s = retry_s
         self.clock = clock
+        self.again = again or f"trying again every {retry_s:g} s"
+        self._lock = threading.Lock()  # a loop's threads may share one (an agent's link)
         self._throttle = Throttle(remind_s, clock, size=2)
         self._since: float | None = None  # when the failures began (None: it works)
         self._tries = 0
@@ -142,39 +147,39 @@ class Outage:
     def failed(self, reason: str, first: str = "") -> None:
         """One more failed try, for ``reason`` (one line); ``first``: the first line's
         words when the caller has more to say than what failed (what it stops doing)."""
-        now = self.clock()
-        if self._since is None:
-            self._since, self._tries = now, 0
-        self._tries += 1
-        if self._throttle.due(self._since) is None:
+        with self._lock:
+            now = self.clock()
+            if self._since is None:
+                self._since, self._tries = now, 0
+            self._tries += 1
+            since, tries = self._since, self._tries
+        if self._throttle.due(since) is None:
             return  # said less than remind_s ago
-        if self._tries == 1:
-            self.log.warning(
-                "%s; trying again every %g s",
-                first or f"{self.what} failed: {reason}",
-                self.retry_s,
-            )
+        if tries == 1:
+            self.log.warning("%s; %s", first or f"{self.what} failed: {reason}", self.again)
             return
         self.log.warning(
-            "%s still fails after %.0f s (%d tries): %s; trying again every %g s",
+            "%s still fails after %.0f s (%d tries): %s; %s",
             self.what,
-            now - self._since,
-            self._tries,
+            now - since,
+            tries,
             reason,
-            self.retry_s,
+            self.again,
         )
 
     def answered(self) -> None:
         """The try worked: a line if it had failed."""
-        if self._since is None:
+        with self._lock:
+            since, self._since = self._since, None
+            tries = self._tries
+        if since is None:
             return
         self.log.warning(
             "%s works again after %.0f s (%d failed tries)",
             self.what,
-            self.clock() - self._since,
-            self._tries,
+            self.clock() - since,
+            tries,
         )
-        self._since = None
 
 
 def setup(level: str = "INFO", name: str = "workspace", fmt: str = "text", **ids: str) -> None:

@@ -629,6 +629,41 @@ def test_an_upload_the_service_refuses_itself_is_not_said_to_be_cut_short(
     assert sum(isvc.chunks) == path.stat().st_size  # the service did take it all
 
 
+def test_a_small_upload_cut_short_is_said_to_have_gone_away(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
+) -> None:
+    """A file smaller than one chunk, its stream torn down after gRPC took it all: the
+    bytes counted taken lagged one chunk behind, so none were counted, and `ws image
+    push` said "cannot reach the workspace service" of a service that had taken the
+    file; and gRPC's bare "Stream removed" was read as the service's own words."""
+    client, _, isvc = served
+    isvc.refuse_with = "Stream removed"
+    path = tmp_path / "small"
+    path.write_bytes(b"x" * 100)
+    with pytest.raises(errors.Unavailable) as got:
+        client.upload_blob(path)
+    assert got.value.message == (
+        f"the workspace service at {client.address} went away during the upload of "
+        f"{path} (Stream removed) after 100 of 100 bytes; nothing was stored, try again"
+    )
+
+
+def test_a_bare_stream_removed_is_a_lost_connection(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """gRPC says only "Stream removed" (no socket error after it) where the stream was
+    reset under the call: the client gave that as the service's answer, not as a
+    service that went away."""
+    client, wsvc, _ = served
+    assert client.get_workspace("w1").id
+    wsvc.away_says = "Stream removed"
+    wsvc.away_after = wsvc.gets
+    with pytest.raises(ServiceUnreachable) as cut:
+        client.get_workspace("w1")
+    assert cut.value.message.startswith(f"cannot reach the workspace service at {client.address}")
+    assert "Stream removed" in cut.value.message
+
+
 def test_an_upload_the_service_stops_taking_is_given_up(
     served: tuple[Client, FakeWorkspaces, FakeImages],
     tmp_path: Path,

@@ -9,6 +9,7 @@ import pytest
 
 from workspace.edge import calls
 from workspace.errors import (
+    DATABASE_AWAY,
     AccessDenied,
     NotFound,
     PermissionDenied,
@@ -68,6 +69,19 @@ def test_an_outage_is_logged_once_a_period_per_method_not_once_a_call(
         code, details = end(RuntimeError("boom"), "GetWorkspace") or (None, "")
         assert code == grpc.StatusCode.INTERNAL and "incident" in details
     assert len([r for r in caplog.records if "unexpectedly" in r.getMessage()]) == 2
+
+
+def test_the_database_away_is_left_to_the_stores_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the service's database was away each method refused wrote an ERROR every
+    10 s (an agent's Register and ReportStatus, each client call) for as long as the
+    outage lasted, beside the store's own "cannot be reached" and "answers again"."""
+    away = f"{DATABASE_AWAY} right now; try again"
+    caplog.set_level(logging.INFO, logger="workspace.edge")
+    for method in ("Register", "ReportStatus", "ListWorkspaces"):
+        assert end(Unavailable(away), method) == (grpc.StatusCode.UNAVAILABLE, away)
+    assert caplog.records == []
 
 
 def test_callers_refused_for_who_they_are_are_logged_with_their_peer(

@@ -44,7 +44,8 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         self.fetched_from: list[int] = []
         self.part = 0
         self.sent_part = threading.Event()
-        self.refuse = ""  # Register: UNAVAILABLE with this message
+        self.refuse = ""  # Register and reports: UNAVAILABLE with this message
+        self.refused = 0
         self._hung = threading.Event()
         self._gone = threading.Event()
         self.server = rpc.server(max_workers=8)
@@ -63,6 +64,7 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         self, request: nodes_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> nodes_pb2.RegisterResponse:
         if self.refuse:  # a replica that cannot reach its database
+            self.refused += 1
             context.abort(grpc.StatusCode.UNAVAILABLE, self.refuse)
         self.registered += 1
         return nodes_pb2.RegisterResponse(heartbeat_interval_s=1)
@@ -81,6 +83,8 @@ class Replica(nodes_pb2_grpc.NodesServicer):
             while context.is_active() and not self._gone.wait(0.2):
                 pass
             return nodes_pb2.ReportStatusResponse()
+        if self.refuse:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.refuse)
         if request.full:
             self.full_reports.append(request)
         return nodes_pb2.ReportStatusResponse()
@@ -262,3 +266,37 @@ def test_a_registration_refused_by_every_replica_names_each_with_its_own_error(
         assert f"{a.address}: {a.refuse}" in m, m
         assert f"{b.address}: failed to connect" in m, m
         assert f"{b.address}: {a.refuse}" not in m, m
+
+
+def test_the_services_database_away_is_said_once_and_when_back(
+    tmp_path: Path, replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site's PostgreSQL outage: every replica answers reports and registrations
+    UNAVAILABLE "the service's database cannot be reached". The agent wrote two lines
+    for the report that failed, then one at each registration tried (every 5 s), for as
+    long as it lasted, and none saying it was over. Now one line, a reminder at most
+    every minute, and one when a report is taken again."""
+    caplog.set_level(logging.INFO, "agent")
+    a, b = replicas
+    away = "the service's database cannot be reached right now; try again"
+    _link, stop = start_link(tmp_path, replicas)
+    try:
+        wait_for(lambda: a.full_reports, 10, "a heartbeat on A")
+        a.refuse = b.refuse = away
+        wait_for(lambda: a.refused + b.refused >= 6, 60, "three turns refused")
+        reported = len(a.full_reports) + len(b.full_reports)
+        a.refuse = b.refuse = ""
+        wait_for(lambda: len(a.full_reports) + len(b.full_reports) > reported, 30, "a report")
+    finally:
+        stop.set()
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "agent" and not r.getMessage().startswith("node n1 registered with ")
+    ]
+    assert len(said) == 2, said
+    assert said[0] == (
+        f"the link to the service failed: report to {a.address}: UNAVAILABLE: {away}; "
+        "reconnecting at most every 5 s (the node's workspaces run on; their reports follow)"
+    )
+    assert said[1].startswith("the link to the service works again after ")

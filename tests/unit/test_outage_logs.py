@@ -143,6 +143,86 @@ def test_the_leader_connection(
     assert lines[2] == "this replica is now the leader (runs the background loops)"
 
 
+def test_a_leader_try_that_fails_after_connecting_does_not_flap(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate whose connection opens and takes no lock, then fails at each look for
+    a stale leader (its query refused): the connection's "works again" was said at each
+    try, then "failed" again, two lines a second. Only a whole try ends the outage."""
+    looks = [0]
+    enough = threading.Event()
+
+    class NoFence(Answers):
+        def execute(self, sql: str, _args: object = None) -> Answers:
+            if "pg_try_advisory_lock" in sql:
+                return Taken()
+            looks[0] += 1
+            if looks[0] >= TRIES:
+                enough.set()
+            raise psycopg.OperationalError("permission denied for view pg_stat_activity")
+
+    class Taken(Answers):
+        def fetchone(self) -> tuple[object, ...]:
+            return (False,)  # another replica leads
+
+    monkeypatch.setattr(replicas, "CHECK_S", 0.0)
+    monkeypatch.setattr(replicas, "connect", lambda _dsn, _name: NoFence())
+    leader = Leader(create_engine("postgresql+psycopg://ws@127.0.0.1:9/ws"))
+    caplog.set_level(logging.INFO)
+    leader.start()
+    try:
+        assert enough.wait(30.0)
+    finally:
+        leader.close()
+    lines = said(caplog, "workspace.service.replicas")
+    assert lines == [
+        "the leader connection failed: permission denied for view pg_stat_activity; "
+        "trying again every 0 s"
+    ]
+
+
+def test_notifying_the_other_replicas(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender wrote psycopg's multi-line error at each change it could not send, for
+    as long as the database was away, and nothing when it could send again."""
+    env = build_site(tmp_path).core.env
+    tried = threading.Event()
+    notify = away_then(Answers())
+
+    def connect(dsn: str, name: str) -> Answers:
+        if name.endswith("listen"):
+            return Answers(lambda: tried.wait(0.05))  # hears nothing, slowly
+        tried.set()
+        return notify(dsn, name)
+
+    monkeypatch.setattr(replicas, "RETRY_S", 0.0)
+    monkeypatch.setattr(replicas, "connect", connect)
+    relay = Relay(env, create_engine("postgresql+psycopg://ws@127.0.0.1:9/ws"), "r1")
+    caplog.set_level(logging.INFO)
+    relay.start()
+    try:
+        for i in range(TRIES + 1):
+            tried.clear()
+            relay.send(replicas.TASKS_CHANNEL, f"task {i}")
+            assert tried.wait(30.0)
+    finally:
+        relay.close()
+    lines = [
+        line
+        for line in said(caplog, "workspace.service.replicas")
+        if not line.startswith("listening")
+    ]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("notifying the other replicas failed: connection failed: ")
+    assert lines[0].endswith(
+        "Connection refused; trying again at the next change (the others see what was "
+        "not sent at their next re-check, within 5 s)"
+    )
+    assert lines[1].startswith("notifying the other replicas works again after ")
+    assert lines[1].endswith(f" s ({TRIES} failed tries)")
+
+
 def test_the_replica_registry(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

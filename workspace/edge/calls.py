@@ -17,6 +17,7 @@ from workspace import callctx, rpc_status
 from workspace.edge.auth import Authenticator, method_name
 from workspace.edge.storage import storage_error
 from workspace.errors import (
+    DATABASE_AWAY,
     AccessDenied,
     InvalidArgument,
     Stopping,
@@ -112,7 +113,10 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     if isinstance(exc, Unauthenticated):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, shown(exc.message))
     if isinstance(exc, WorkspaceError):
-        if not exc.expected and _SAME_ERRORS.first((method, exc.message)):
+        # The database away is the store's to say: once, and when it answers again
+        # (store/db.py), not each method every period for as long as it lasts.
+        store_says = exc.message.startswith(DATABASE_AWAY)
+        if not exc.expected and not store_says and _SAME_ERRORS.first((method, exc.message)):
             log.error("%s failed: %s", method, shown(exc.message))
         context.abort(rpc_status.status_of(exc), shown(exc.message))
     storage = storage_error(exc)

@@ -107,6 +107,16 @@ class Relay:
         self._raw: queue.Queue[tuple[str, str]] = queue.Queue()
         self.on_task: Callable[[str], None] | None = None
         self._deaf = Outage(log, "listening to the other replicas", RETRY_S)
+        # Tried at each change; what is not sent the others find at their re-check.
+        self._mute = Outage(
+            log,
+            "notifying the other replicas",
+            RETRY_S,
+            again=(
+                f"trying again at the next change (the others see what was not sent "
+                f"at their next re-check, within {RESYNC_S:g} s)"
+            ),
+        )
 
     def start(self) -> None:
         self.notifier.set_relay(self.offer)
@@ -164,6 +174,7 @@ class Relay:
                     for channel, payload in messages[sent:]:
                         conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
                         sent += 1
+                    self._mute.answered()
                     break
                 except Exception as exc:
                     if conn is not None:
@@ -173,7 +184,9 @@ class Relay:
                             self._conns.remove(conn)
                     conn = None
                     if fresh or self._stop.is_set():
-                        log.warning("cannot notify the other replicas: %s", exc)
+                        if not self._stop.is_set():
+                            # Once, then at most every minute (a PostgreSQL outage).
+                            self._mute.failed(reason(exc))
                         self._stop.wait(RETRY_S)
                         break
 
@@ -406,7 +419,6 @@ class Leader:
                     row = self._conn.execute(
                         "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LEADER_LOCK)
                     ).fetchone()
-                    self._outage.answered()  # (a failure lost the lock: only here)
                     if row and row[0]:
                         self._conn.execute(
                             "SELECT set_config('application_name', %s, false)",
@@ -414,6 +426,7 @@ class Leader:
                         )
                         self._ok_at = time.monotonic()
                         self.session = int(self._conn.info.backend_pid)
+                        self._outage.answered()  # (said before it leads)
                         self._set(True)
                     else:
                         self._fence_if_stale(self._conn)
@@ -422,6 +435,9 @@ class Leader:
                     # and renews the lease the candidates read (the session's query_start).
                     self._conn.execute("SELECT 1").fetchone()
                     self._ok_at = time.monotonic()
+                # The whole try worked (a candidate's look for a stale leader too): not
+                # only its connection, or a step failing after it would flap the lines.
+                self._outage.answered()
             except Exception as exc:
                 # Lost the connection, so the lock with it: stop acting first.
                 was = self._held

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session
 
 from workspace import callctx
-from workspace.errors import Unavailable
+from workspace.errors import DATABASE_AWAY, Unavailable
 
 PSYCOPG = "postgresql+psycopg"
 
@@ -174,7 +174,7 @@ def away(writes: bool = True) -> Unavailable:
     a request that ``writes`` and carries a request id (the call's: workspace/callctx.py;
     CreateWorkspace, CreateCluster), it says that retrying it is safe. Other writes
     (a destroy, an agent's Register or ReportStatus) have no id to be matched by."""
-    message = "the service's database cannot be reached right now; try again"
+    message = f"{DATABASE_AWAY} right now; try again"
     if writes and callctx.current().request_id:
         message += " (a retried request with the same request id is not done twice)"
     return Unavailable(message)
