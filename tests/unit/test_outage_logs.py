@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,14 @@ def test_notifying_the_other_replicas(
             tried.clear()
             relay.send(replicas.TASKS_CHANNEL, f"task {i}")
             assert tried.wait(30.0)
+        # The last send's connection answered; its line follows the send, on the
+        # sender's thread.
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and not any(
+            line.startswith("notifying the other replicas works again")
+            for line in said(caplog, "workspace.service.replicas")
+        ):
+            time.sleep(0.01)
     finally:
         relay.close()
     lines = [
