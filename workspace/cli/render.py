@@ -571,16 +571,17 @@ def cluster_progress(
     args: argparse.Namespace, prog: str
 ) -> Callable[[clusters_pb2.Cluster], None] | None:
     """``on_change`` for Client.wait_for_cluster_state: a line on stderr when the
-    cluster's state changes and one per member state change (none for JSON)."""
+    cluster's state or reason (a waiting cluster's place in the queue) changes and one
+    per member state change (none for JSON)."""
     if wants_json(args):
         return None
-    last_state: list[int] = []
+    last: list[tuple[int, str]] = []
     members: dict[str, int] = {}
 
     def on_change(c: clusters_pb2.Cluster) -> None:
         lines = []
-        if last_state != [c.state]:
-            last_state[:] = [c.state]
+        if last != [(c.state, c.reason)]:
+            last[:] = [(c.state, c.reason)]
             lines.append(cluster_state_line(c))
         for m in c.members:
             if members.get(m.id) != m.state:
