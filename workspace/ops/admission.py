@@ -111,16 +111,20 @@ def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
             e = out.get(cluster)
             if e is None:
                 c = s.get(Cluster, cluster)
+                # Queued when its first waiting member was made: a grow's members when
+                # the grow was asked (the cluster's own creation put a grow ahead of
+                # every request that had queued since).
                 e = out[cluster] = Entry(
                     "cluster",
                     cluster,
                     c.name if c else cluster,
                     owner,
-                    c.created_at if c else created_at,
+                    created_at,
                     wait_deadline,
                     affinity=scheduler.Affinity[c.affinity] if c else scheduler.Affinity.NONE,
                     preemptible=bool(pre),
                 )
+            e.queued_at = min(e.queued_at, created_at)
             e.ids.add(wid)
         else:
             e = Entry("workspace", wid, name, owner, created_at, wait_deadline, {wid})
