@@ -111,3 +111,30 @@ def test_a_cluster_create_wait_says_its_place_in_the_queue_as_it_changes(
     clusters = clusters_pb2_grpc.ClustersStub(site.stubs.channel)
     got = clusters.GetCluster(clusters_pb2.ClusterRef(id="pair"))
     assert got.state == clusters_pb2.CLUSTER_STATE_RUNNING
+
+
+def test_a_scale_wait_says_where_its_new_members_wait(
+    site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ws cluster scale --wait --wait-for-capacity` printed nothing while its new members
+    waited; it says how many run and their place in the queue as that changes."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=4, memory_mib=4096)
+    argv = ["cluster", "create", "ela", "--member", "w=img,count=1,memory-mib=600", "--wait"]
+    assert ws.main(argv, connect=lambda _s: Client(site.address)) == 0
+    assert site.stubs.create(name="x", memory_mib=3200).node == "node1"
+    site.stubs.create(name="ahead", memory_mib=2000, wait_for_capacity_s=600)
+    capsys.readouterr()
+    argv = ["cluster", "scale", "ela", "--role", "w", "--count", "2"]
+    argv += ["--wait-for-capacity", "600", "--wait", "--wait-timeout", "60"]
+
+    def cancel_ahead() -> None:
+        site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get("ahead").id))
+
+    lines = _progress(site, capsys, argv, cancel_ahead)
+    said = [line for line in lines if line.startswith("ws: cluster ela")]
+    assert [SECOND in line for line in said].count(True) == 1, lines
+    assert [FIRST in line for line in said].count(True) == 1, lines
+    assert "0/1 new members RUNNING" in said[0] and SECOND in said[0], lines
+    assert said[-1].endswith(": 1/1 new members RUNNING"), lines

@@ -37,6 +37,7 @@ from images import signing
 from workspace.cli import termfilter
 from workspace.cli.elastic_text import autoscale_line
 from workspace.client import cluster_state_name, rebooted, state_name
+from workspace.client_waits import WAITING_PREFIX
 from workspace.domain.sshkeys import fingerprint
 from workspace.v1 import (
     clusters_pb2,
@@ -588,6 +589,29 @@ def cluster_progress(
                 members[m.id] = m.state
                 lines.append(f"  {state_line(m)}")
         for line in lines:
+            _say(prog, line)
+
+    return on_change
+
+
+def scale_progress(
+    args: argparse.Namespace, prog: str, added: Iterable[str]
+) -> Callable[[clusters_pb2.Cluster], None] | None:
+    """``on_change`` for a `ws cluster scale --wait` that adds members: a line on stderr
+    when how many of them run, or why they still wait (their place in the capacity
+    queue), changes (none for JSON)."""
+    if wants_json(args):
+        return None
+    new, last = set(added), [""]
+
+    def on_change(c: clusters_pb2.Cluster) -> None:
+        mine = [m for m in c.members if m.name in new]
+        up = sum(1 for m in mine if m.state == _RUNNING)
+        why = next((m.reason for m in mine if m.reason.startswith(WAITING_PREFIX)), "")
+        line = f"cluster {_cluster_label(c)}: {up}/{len(new)} new members RUNNING"
+        line += f"  ({termfilter.one_line(why)})" if why else ""
+        if line != last[0]:
+            last[0] = line
             _say(prog, line)
 
     return on_change
