@@ -366,6 +366,7 @@ class Service:
             if self._stop.is_set():
                 return
             if not self.leader.acting():
+                shown.clear()  # another leader's passes send them meanwhile
                 continue
             try:
                 queue.process(self.env, self.auth.revoked(), shown)
