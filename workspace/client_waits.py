@@ -119,6 +119,18 @@ def _state(ws: common_pb2.Workspace) -> str:
     return state_name(ws.state)
 
 
+# How the reason of a request waiting in the capacity queue begins (docs/api.md).
+WAITING_PREFIX = "waiting for capacity"
+
+
+def _state_or_wait(ws: common_pb2.Workspace) -> str:
+    """The state, and while the workspace waits for capacity its reason: its place in the
+    queue and why it waits (``PENDING (waiting for capacity (2nd in the queue): …)``)."""
+    if ws.state == WS.WORKSPACE_STATE_PENDING and ws.reason.startswith(WAITING_PREFIX):
+        return f"{state_name(ws.state)} ({ws.reason})"
+    return state_name(ws.state)
+
+
 class Outage:
     """Whether a wait has lost the service: ``on_outage`` is told once when it does (why)
     and once when it answers again (""); a timeout says since when it has not."""
@@ -345,10 +357,12 @@ class WaitsClientMixin:
     ) -> common_pb2.Workspace:
         """Block until workspace ``id`` is in one of ``states``; return it.
 
-        ``on_change`` sees the workspace first and then at each state change. Raises
-        WaitFailed when it reaches FAILED, TERMINATED or LOST (unless waited for) and
-        WaitTimeout after ``timeout_s`` (``wait_until``). A workspace that vanishes while
-        TERMINATED is waited for counts as terminated.
+        ``on_change`` sees the workspace first and then at each state change, and while it
+        waits for capacity whenever its reason changes (its place in the queue, why it
+        waits: the service sends them as they change). Raises WaitFailed when it reaches
+        FAILED, TERMINATED or LOST (unless waited for) and WaitTimeout after
+        ``timeout_s`` (``wait_until``). A workspace that vanishes while TERMINATED is
+        waited for counts as terminated.
         """
         wanted = frozenset(states)
         return self.wait_until(
@@ -357,6 +371,7 @@ class WaitsClientMixin:
             _names(wanted),
             timeout_s,
             on_change,
+            _state_or_wait,
             on_outage=on_outage,
         )
 
@@ -417,7 +432,8 @@ class WaitsClientMixin:
 
         Polls GetCluster every ``poll_s`` seconds (an unreachable service is retried
         until the deadline). ``on_change`` sees the cluster first and then whenever its
-        state or a member's state changes. Raises ClusterWaitFailed when it reaches
+        state, its reason (a waiting cluster's place in the queue) or a member's state
+        changes. Raises ClusterWaitFailed when it reaches
         FAILED or TERMINATED (unless waited for) and ClusterWaitTimeout after
         ``timeout_s``. A cluster that vanishes while TERMINATED is waited for counts as
         terminated (else NotFound: the service's own when the wait never saw it).
@@ -429,7 +445,7 @@ class WaitsClientMixin:
         outage = Outage(on_outage)
 
         def key(c: clusters_pb2.Cluster) -> tuple[object, ...]:
-            return (c.state, tuple((m.name, m.state) for m in c.members))
+            return (c.state, c.reason, tuple((m.name, m.state) for m in c.members))
 
         while True:
             try:

@@ -134,3 +134,22 @@ def test_a_cluster_destroyed_while_waiting_says_so(busy: Site) -> None:
     assert gone.reason == "destroyed while waiting for capacity"
     assert [m.reason for m in gone.members] == ["destroyed while waiting for capacity"]
     assert queue(busy) == []
+
+
+def test_a_grow_waits_behind_the_requests_queued_before_it(site: Site) -> None:
+    """A cluster's grow queued after a workspace waits behind it (first come, first
+    served): it took the cluster's creation as its time in the queue, and went first."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=4, memory_mib=4096)
+    clusters = clusters_pb2_grpc.ClustersStub(site.stubs.channel)
+    member = clusters_pb2.ClusterMember(role="w", image="img", memory_mib=600, count=1)
+    clusters.CreateCluster(clusters_pb2.CreateClusterRequest(name="ela", members=[member]))
+    ref = clusters_pb2.ClusterRef(id="ela")
+    wait_for(lambda: clusters.GetCluster(ref).state == clusters_pb2.CLUSTER_STATE_RUNNING)
+    site.stubs.create(name="x", memory_mib=3200)
+    site.stubs.create(name="ahead", memory_mib=2000, wait_for_capacity_s=600)
+    clusters.ScaleCluster(
+        clusters_pb2.ScaleClusterRequest(id="ela", role="w", count=2, wait_for_capacity_s=600)
+    )
+    assert [(e.name, e.position) for e in queue(site)] == [("ahead", 1), ("ela", 2)]

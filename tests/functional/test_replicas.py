@@ -344,3 +344,34 @@ def test_a_lost_notification_of_a_policy_change_is_found_by_the_recheck(
     before_gen = svc_a.notifier.generation("n1")
     b.stubs.network(name="second", subnet="192.168.58.0/24")
     wait_for(lambda: svc_a.notifier.generation("n1") > before_gen, 15, "n1's stream on A woken")
+
+
+def test_a_watch_on_another_replica_hears_a_queued_workspace_move_up(
+    replicas: list[Site],
+) -> None:
+    """The leader's queue pass says a waiting workspace's new place; a watch on another
+    replica is sent it as read there, with its place too (`ws create --wait` through that
+    replica prints "1st in the queue" when it is)."""
+    [lead] = wait_for(lambda: leaders(replicas), 10, "a leader")
+    a, other = replicas[lead], replicas[(lead + 1) % 3]
+    a.stubs.network(subnet="192.168.52.0/24")
+    a.stubs.import_image("img")
+    a.add_agent("n1", cpus=4, memory_mib=4096)
+    a.stubs.create(name="x", memory_mib=3500)
+    ahead = a.stubs.create(name="ahead", memory_mib=2000, wait_for_capacity_s=600)
+    b = a.stubs.create(name="b", memory_mib=2000, wait_for_capacity_s=600)
+    reasons: list[str] = []
+    stream = other.stubs.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest(id=b.id))
+
+    def follow() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+            for ev in stream:
+                reasons.append(ev.workspace.reason)
+
+    threading.Thread(target=follow, daemon=True).start()
+    wait_for(lambda: reasons, 5, "the watch's first event")
+    assert reasons[0].startswith("waiting for capacity (2nd in the queue): "), reasons
+    a.stubs.ws.DestroyWorkspace(a.stubs.ref(ahead.id))
+    first = "waiting for capacity (1st in the queue): "
+    wait_for(lambda: any(r.startswith(first) for r in reasons), 10, f"{first!r} among the reasons")
+    stream.cancel()

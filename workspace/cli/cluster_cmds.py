@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 
 from workspace import errors
@@ -34,9 +35,11 @@ def wait_scaled(
     resp: clusters_pb2.ScaleClusterResponse,
     timeout_s: float,
     seen: list[clusters_pb2.Cluster] | None = None,
+    on_change: Callable[[clusters_pb2.Cluster], None] | None = None,
 ) -> clusters_pb2.Cluster:
     """Until the new members run and the removed ones are gone (FAILED: an error naming
-    the member). ``seen``: the cluster as last read is kept there. A service that does
+    the member). ``seen``: the cluster as last read is kept there; ``on_change`` is
+    called with each read (render.scale_progress says what changed). A service that does
     not answer (it restarts) is read again until the deadline, saying so on stderr once
     when it is lost and once when it answers again, as every other ``--wait``."""
     deadline = time.monotonic() + timeout_s
@@ -59,6 +62,8 @@ def wait_scaled(
         outage.back()
         if seen is not None:
             seen[:] = [c]
+        if on_change is not None:
+            on_change(c)
         names = {m.name: m for m in c.members}
         bad = [m for m in c.members if m.name in added and m.state in _BAD]
         if c.state == CS.CLUSTER_STATE_FAILED or bad:
@@ -90,7 +95,8 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
             # A grow may wait for capacity first: that time comes on top, as for a create
             # (it gave up waiting while the grow still had its turn in the queue).
             wait_s = args.wait_timeout or DEFAULT_WAIT_S + (args.wait_for_capacity or 0)
-            cluster = wait_scaled(client, resp, wait_s, seen)
+            progress = render.scale_progress(args, "ws", resp.added)
+            cluster = wait_scaled(client, resp, wait_s, seen, progress)
         except KeyboardInterrupt:
             last = seen[-1]
             common.say_wait_interrupted(

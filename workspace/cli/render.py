@@ -37,6 +37,7 @@ from images import signing
 from workspace.cli import termfilter
 from workspace.cli.elastic_text import autoscale_line
 from workspace.client import cluster_state_name, rebooted, state_name
+from workspace.client_waits import WAITING_PREFIX
 from workspace.domain.sshkeys import fingerprint
 from workspace.v1 import (
     clusters_pb2,
@@ -571,22 +572,46 @@ def cluster_progress(
     args: argparse.Namespace, prog: str
 ) -> Callable[[clusters_pb2.Cluster], None] | None:
     """``on_change`` for Client.wait_for_cluster_state: a line on stderr when the
-    cluster's state changes and one per member state change (none for JSON)."""
+    cluster's state or reason (a waiting cluster's place in the queue) changes and one
+    per member state change (none for JSON)."""
     if wants_json(args):
         return None
-    last_state: list[int] = []
+    last: list[tuple[int, str]] = []
     members: dict[str, int] = {}
 
     def on_change(c: clusters_pb2.Cluster) -> None:
         lines = []
-        if last_state != [c.state]:
-            last_state[:] = [c.state]
+        if last != [(c.state, c.reason)]:
+            last[:] = [(c.state, c.reason)]
             lines.append(cluster_state_line(c))
         for m in c.members:
             if members.get(m.id) != m.state:
                 members[m.id] = m.state
                 lines.append(f"  {state_line(m)}")
         for line in lines:
+            _say(prog, line)
+
+    return on_change
+
+
+def scale_progress(
+    args: argparse.Namespace, prog: str, added: Iterable[str]
+) -> Callable[[clusters_pb2.Cluster], None] | None:
+    """``on_change`` for a `ws cluster scale --wait` that adds members: a line on stderr
+    when how many of them run, or why they still wait (their place in the capacity
+    queue), changes (none for JSON)."""
+    if wants_json(args):
+        return None
+    new, last = set(added), [""]
+
+    def on_change(c: clusters_pb2.Cluster) -> None:
+        mine = [m for m in c.members if m.name in new]
+        up = sum(1 for m in mine if m.state == _RUNNING)
+        why = next((m.reason for m in mine if m.reason.startswith(WAITING_PREFIX)), "")
+        line = f"cluster {_cluster_label(c)}: {up}/{len(new)} new members RUNNING"
+        line += f"  ({termfilter.one_line(why)})" if why else ""
+        if line != last[0]:
+            last[0] = line
             _say(prog, line)
 
     return on_change

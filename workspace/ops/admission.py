@@ -23,13 +23,14 @@ preemptible one, and the first normal waiter keeps the protection a head has.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from workspace import scheduler
 from workspace.config import ServiceConfig
+from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
 from workspace.ops.placement import (
@@ -110,16 +111,20 @@ def entries(s: Session, exclude: Set[str] = frozenset()) -> list[Entry]:
             e = out.get(cluster)
             if e is None:
                 c = s.get(Cluster, cluster)
+                # Queued when its first waiting member was made: a grow's members when
+                # the grow was asked (the cluster's own creation put a grow ahead of
+                # every request that had queued since).
                 e = out[cluster] = Entry(
                     "cluster",
                     cluster,
                     c.name if c else cluster,
                     owner,
-                    c.created_at if c else created_at,
+                    created_at,
                     wait_deadline,
                     affinity=scheduler.Affinity[c.affinity] if c else scheduler.Affinity.NONE,
                     preemptible=bool(pre),
                 )
+            e.queued_at = min(e.queued_at, created_at)
             e.ids.add(wid)
         else:
             e = Entry("workspace", wid, name, owner, created_at, wait_deadline, {wid})
@@ -140,8 +145,26 @@ def position(s: Session, ref: str) -> int:
 def with_position(s: Session, ref: str, why: str) -> str:
     """What a waiting request shows: why it waits (its ``wait_reason``), with its place in
     the queue (not who else waits)."""
-    pos = position(s, ref)
+    return placed_reason(position(s, ref), why)
+
+
+def placed_reason(pos: int, why: str) -> str:
+    """The reason of a request waiting at ``pos`` (0: not known) because ``why``."""
     return f"waiting for capacity ({ordinal(pos)} in the queue): {why}" if pos else WAITING + why
+
+
+def positioned(s: Session, views: Sequence[WorkspaceView]) -> list[WorkspaceView]:
+    """``views`` with the waiting ones' reasons saying their place, as GetWorkspace shows
+    them (the queue read once, and only if one waits): what a watcher is sent."""
+    if not any(v.waiting for v in views):
+        return list(views)
+    at = {i: pos for pos, e in enumerate(entries(s), start=1) for i in e.ids}
+    return [
+        replace(v, reason=placed_reason(at.get(v.id, 0), v.reason.removeprefix(WAITING)))
+        if v.waiting and v.reason.startswith(WAITING)
+        else v
+        for v in views
+    ]
 
 
 def ordinal(n: int) -> str:

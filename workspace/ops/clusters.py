@@ -302,10 +302,12 @@ def create(env: Env, who: Identity | str, req: ClusterRequest) -> ClusterView:
 
 
 def get(env: Env, who: Identity | str, ref: str) -> ClusterView:
-    """The cluster as shown; one waiting for capacity says its place in the queue."""
+    """The cluster as shown; one waiting for capacity says its place in the queue, and so
+    do its members that wait (a grow's too)."""
     with env.store.read() as s:
         c = resolve(s, who, ref)
         shown = view(s, c)
+        shown = replace(shown, members=tuple(admission.positioned(s, shown.members)))
         if c.state == ClusterState.PENDING.value and shown.reason.startswith(WAITING):
             why = shown.reason.removeprefix(WAITING)
             shown = replace(shown, reason=admission.with_position(s, c.id, why))

@@ -38,6 +38,7 @@ from workspace.ops.admission import (
     entries,
     holders,
     holds,
+    placed_reason,
     rows_of,
     withheld,
 )
@@ -52,12 +53,19 @@ from workspace.store.mapping import set_reason, set_waiting
 log = logging.getLogger("workspace.ops.queue")
 
 
-def process(env: Env, revoked: Set[int] = frozenset()) -> int:
+def process(env: Env, revoked: Set[int] = frozenset(), shown: dict[str, str] | None = None) -> int:
     """One pass over the queue, oldest first; returns how many entries were placed.
     ``revoked``: the serials the site's CRL revokes now (a grow asked for with one of
-    them is withdrawn)."""
+    them is withdrawn). ``shown``: by workspace id, the reason the passes last sent the
+    watchers of a request that still waits (its place in the queue and why it waits);
+    a pass sends a waiting request's workspaces again only when that changed, so that a
+    `ws create --wait` hears "2nd in the queue" become "1st" when it does (kept by
+    the caller across passes; None: each pass sends every waiting one once)."""
+    shown = {} if shown is None else shown
     with env.store.read() as s:
         waiting = entries(s)
+    ahead = 0  # the entries before this one that still wait
+    still: set[str] = set()
     # Once an entry is blocked: the nodes it holds against later ones, of every class
     # (the first blocked) and against normal ones (the first normal entry blocked).
     held_all: dict[str, str] | None = None
@@ -96,6 +104,7 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
             elif any(0 < (w.lease_expires_at or 0) <= now for w in rows):
                 # Its lease ended while it waited: the lease pass destroys it as one
                 # that never ran; placed now, it would boot after its end.
+                ahead += 1
                 continue
             else:
                 held = held_all if e.preemptible else held_normal
@@ -109,6 +118,10 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                     if touched is None and never is None:
                         for w in rows:
                             set_waiting(w, exc.message)
+                        ahead += 1
+                        if _show(u, rows, placed_reason(ahead, exc.message), shown):
+                            refresh(env, u, u.changed_clusters())  # a cluster's says why too
+                        still.update(w.id for w in rows)
                         if held_all is None:
                             held_all = dict.fromkeys(holds(u.s, env.cfg, e), HELD)
                             if not e.preemptible:
@@ -134,7 +147,20 @@ def process(env: Env, revoked: Set[int] = frozenset()) -> int:
                     )
             u.changed(*rows)
             refresh(env, u, u.changed_clusters())
+    for gone in set(shown) - still:
+        del shown[gone]
     return placed
+
+
+def _show(u: UnitOfWork, rows: list[Workspace], reason: str, shown: dict[str, str]) -> bool:
+    """Send the watchers of a request that still waits its ``reason`` (its place and why)
+    if that is not what they were sent last; whether it was."""
+    if all(shown.get(w.id) == reason for w in rows):
+        return False
+    for w in rows:
+        shown[w.id] = u.reasons[w.id] = reason
+    u.changed(*rows)
+    return True
 
 
 def _entitled(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -99,6 +99,9 @@ class UnitOfWork:
         self._nodes: set[str] = set()
         self._capacity = False
         self.views: dict[str, WorkspaceView] = {}
+        # The reasons the views of some workspaces show instead of their rows': a waiting
+        # one's place in the queue (ops/queue.py, which knows it without reading the queue).
+        self.reasons: dict[str, str] = {}
         # The site events this transaction writes (the list grows with each flush),
         # published by ``publish`` (not by the store: in commit order, under the lock).
         self.events: list[SiteEvent] = journal.events_of(s)
@@ -145,7 +148,10 @@ class UnitOfWork:
         rows = list(self._rows.values())
         self._peers_moved(rows)
         metering.record(self.s, rows, self.clock())
-        self.views = {v.id: v for v in workspace_views(self.s, rows)}
+        self.views = {
+            v.id: replace(v, reason=self.reasons[v.id]) if v.id in self.reasons else v
+            for v in workspace_views(self.s, rows)
+        }
 
     def _peers_moved(self, rows: list[Workspace]) -> None:
         """A cluster member placed (addresses allocated) or terminated (released): the

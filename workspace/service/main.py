@@ -360,14 +360,16 @@ class Service:
 
     def _run_queue(self) -> None:
         seen = 0
+        shown: dict[str, str] = {}  # what the passes sent the waiting requests' watchers
         while not self._stop.is_set():
             seen = self.notifier.wait_capacity(seen, QUEUE_POLL_S)
             if self._stop.is_set():
                 return
             if not self.leader.acting():
+                shown.clear()  # another leader's passes send them meanwhile
                 continue
             try:
-                queue.process(self.env, self.auth.revoked())
+                queue.process(self.env, self.auth.revoked(), shown)
             except Exception:
                 pass_failed("capacity queue pass failed")
 

@@ -38,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from workspace.log import Outage
+from workspace.ops.admission import positioned
 from workspace.ops.events import Change, Notifier
 from workspace.ops.unit import Env
 from workspace.store import Node, Workspace
@@ -253,7 +254,7 @@ class Relay:
         if ids and self.notifier.watching():
             with self.env.store.read() as s:
                 rows = view_rows(s, select(*VIEW_COLUMNS).where(Workspace.id.in_(ids)))
-                views = workspace_views(s, rows)
+                views = positioned(s, workspace_views(s, rows))
             for v in views:
                 self.notifier.workspace_changed(v, remote=True)
 
@@ -274,7 +275,9 @@ class Relay:
             # the watchers get views, read as their columns (store/mapping.py ViewRow).
             changed = list(s.execute(select(Workspace.id, Workspace.node).where(recent)))
             if changed and self.notifier.watching():
-                views = workspace_views(s, view_rows(s, select(*VIEW_COLUMNS).where(recent)))
+                views = positioned(
+                    s, workspace_views(s, view_rows(s, select(*VIEW_COLUMNS).where(recent)))
+                )
         woken = {node for _id, node in changed if node}
         if self._known is not None:
             old_gens, old_policy = self._known
