@@ -76,7 +76,7 @@ def run(sock: str, pid: int, args: argparse.Namespace) -> None:
     stubs.import_image("img")
     stubs.nodes.Register(
         nodes_pb2.RegisterRequest(
-            node="sim1", hypervisor="fake", cpus=100_000, memory_mib=1 << 30, networks=["default"]
+            node="sim1", hypervisor="fake", cpus=65_536, memory_mib=1 << 30, networks=["default"]
         )
     )
     ids = [stubs.create(name=f"pre{i}", memory_mib=64).id for i in range(args.workspaces)]

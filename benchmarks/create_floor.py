@@ -123,7 +123,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             nodes_pb2.RegisterRequest(
                 node="sim1",
                 hypervisor="fake",
-                cpus=100_000,
+                cpus=65_536,
                 memory_mib=1 << 30,
                 networks=["default"],
             )

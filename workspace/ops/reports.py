@@ -186,7 +186,7 @@ def check_size(info: NodeInfo) -> None:
 
 def check_declared(info: NodeInfo) -> None:
     """InvalidArgument unless ``info``'s labels and networks are a config's
-    (``model.declared_problem``)."""
+    (``domain.declared.declared_problem``)."""
     why = declared_problem(info.labels, info.networks)
     if why:
         raise InvalidArgument(f"node {info.name}: {why}")
