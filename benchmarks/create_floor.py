@@ -266,7 +266,7 @@ class Floor:
         self.snapshot = scheduler.Snapshot(
             [
                 scheduler.NodeView(
-                    "sim1", "READY", 100_000, 1 << 30, hypervisor="fake", networks=("default",)
+                    "sim1", "READY", 65_536, 1 << 30, hypervisor="fake", networks=("default",)
                 )
             ],
             SchedulerConfig(),

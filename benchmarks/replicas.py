@@ -78,7 +78,7 @@ def run(sites: list[Site], creates: int) -> None:
     a.stubs.import_image("img")
     a.stubs.nodes.Register(
         nodes_pb2.RegisterRequest(
-            node="sim1", hypervisor="fake", cpus=100_000, memory_mib=1 << 30, networks=["default"]
+            node="sim1", hypervisor="fake", cpus=65_536, memory_mib=1 << 30, networks=["default"]
         )
     )
     health = health_pb2_grpc.HealthStub(a.stubs.channel)
