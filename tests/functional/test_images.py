@@ -25,7 +25,7 @@ from tests.unit.test_formats import qcow2_header
 from workspace import errors
 from workspace.client import Client, blank_partition
 from workspace.node.v1 import nodes_pb2
-from workspace.store import Image
+from workspace.store import Blob, Image, Store
 from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
 
 MiB = 1024 * 1024
@@ -727,4 +727,28 @@ def test_a_push_slower_than_the_blob_grace_is_told_to_ask_for_a_longer_one(
         assert client.list_images() == []
     finally:
         client.close()
+        site.close()
+
+
+def test_a_push_given_up_on_a_quiet_site_leaves_the_repository(tmp_path: Path) -> None:
+    """Blobs never imported were collected only after another upload: on a site where no
+    one uploaded after it, a push given up (or a save killed with its service) kept its
+    blobs on the service's disk for good. The leader's housekeeping collects them too,
+    here at its first pass after the service started."""
+    site = Site(tmp_path)
+    try:
+        digest = site.stubs.upload(b"given up" * 1024)
+        sent = Path(site.cfg.data_dir) / "blobs" / "sha256" / digest.split(":")[1]
+        assert sent.exists()
+        site.stop_service()
+        # Sent longer ago than blob_grace_s (a restart, so that a pass runs at once).
+        store = Store(site.cfg.db_url)
+        with store.write() as s:
+            s.execute(update(Blob).values(created_at=Blob.created_at - site.cfg.blob_grace_s - 1))
+        store.close()
+        site.start_service()
+        wait_for(lambda: not sent.exists(), what="the blob of the push given up collected")
+        with Client(site.address) as client:
+            assert client.has_blobs([digest]) == [digest]
+    finally:
         site.close()

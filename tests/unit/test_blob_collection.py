@@ -15,6 +15,7 @@ from images.model import ImageSpec, Mode, Partition
 from workspace.config import ServiceConfig, load
 from workspace.domain.states import State
 from workspace.ops import images as images_ops
+from workspace.ops import save
 from workspace.ops.events import Notifier
 from workspace.ops.images import Catalog
 from workspace.ops.unit import Env
@@ -140,6 +141,31 @@ def test_the_disks_a_save_under_way_sent_are_kept_past_the_grace(tmp_path: Path)
     stale = c.upload_blob([b"\x0c" * 4096], None)[0]
     clock.now += c.env.cfg.limits.save_timeout_s + 60 + GRACE_S
     assert c.collect_blobs() == [stale]
+
+
+def test_what_a_killed_save_sent_is_collected_with_no_upload_after_it(tmp_path: Path) -> None:
+    """The disks a save had sent when its service was killed (kill -9) are no image's, and
+    blobs were collected only after an upload: on a site with no upload after it they stayed
+    for good (so did a push given up). The leader's housekeeping collects too
+    (``collect_blobs_due``), when none ran for blob_grace_s / 2."""
+    c, clock = _catalog(tmp_path)
+    _mark_saving(c, clock.now)
+    sent = c.upload_blob([b"\x0d" * 4096], None, "node:n1")[0]  # the save's first disk
+    clock.now += 10
+    pushed = c.upload_blob([b"\x0e" * 4096], "alice")[0]  # a push, given up
+    # kill -9: the service that starts again clears its previous run's save marks.
+    c = Catalog(c.env, BlobRepository(tmp_path / "blobs"))
+    assert save.clear_orphaned(c.env) == 1
+    clock.now += GRACE_S - 9  # the grace of the save's disk is over, not the push's
+    assert c.collect_blobs_due() == [sent]
+    assert not c.blobs.has(sent) and sent not in _rows(c)
+    assert c.blobs.has(pushed) and pushed in _rows(c)
+    clock.now += GRACE_S / 2 - 1  # the push's grace is over too, but no pass is due yet
+    assert c.collect_blobs_due() == []
+    assert c.blobs.has(pushed)
+    clock.now += 1
+    assert c.collect_blobs_due() == [pushed]
+    assert _rows(c) == set() and not c.blobs.has(pushed)
 
 
 # -- removal and replicas: files leave with their rows, under the store's lock ------------

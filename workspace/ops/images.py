@@ -51,6 +51,8 @@ log = logging.getLogger("workspace.ops.images")
 
 # Digests one HasBlobs may ask about.
 MAX_HAS_BLOBS = 1024
+# The leader's housekeeping collects blobs at least this often (``collect_blobs_due``).
+COLLECT_EVERY_S = 3600.0
 
 
 class Catalog:
@@ -60,6 +62,8 @@ class Catalog:
         self.env = env
         self.blobs = blobs
         blobs.on_bad.append(self.audit_bad_blob)
+        # When this process last ran ``collect_blobs`` (by ``env.clock``).
+        self._collected_at = float("-inf")
 
     def audit_bad_blob(self, digest: str, reason: str) -> None:
         """A repository blob no longer matches its digest: an audit entry (deny) for each
@@ -153,15 +157,16 @@ class Catalog:
     def collect_blobs(self) -> list[str]:
         """Delete the blobs that no image and no live workspace references and that were
         uploaded more than ``blob_grace_s`` ago (files without a row: by their mtime);
-        returns their digests. Runs after each upload: unimported blobs only ever come
-        from uploads, so they never pile up beyond one grace period's worth.
+        returns their digests. Runs after each upload, and from the leader's housekeeping
+        when no upload ran it for a while (``collect_blobs_due``).
 
         The scan (every blob's row and file, every image's and live workspace's digests)
         reads without the store's write lock, so writes go on meanwhile; under the lock
         only the blobs it found are looked at again (still old: not uploaded again; still
         unused: no import or create took them since) and deleted with their files."""
         env = self.env
-        cutoff = min(env.clock() - env.cfg.blob_grace_s, self._saves_since())
+        self._collected_at = env.clock()
+        cutoff = min(self._collected_at - env.cfg.blob_grace_s, self._saves_since())
         self._sweep_trash()
         self.blobs.remove_stale_temp(cutoff)
         found = self._collectable(cutoff)
@@ -182,6 +187,17 @@ class Catalog:
                 ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
             )
         return gone
+
+    def collect_blobs_due(self) -> list[str]:
+        """``collect_blobs`` if it has not run for ``blob_grace_s`` / 2 (at most
+        ``COLLECT_EVERY_S``), from the leader's housekeeping (service/main.py): the disks a
+        save killed with its service had sent, and the blobs of a push given up, are no
+        image's, and on a site with no upload after them they stayed for good."""
+        now = self.env.clock()
+        every = min(COLLECT_EVERY_S, self.env.cfg.blob_grace_s / 2)
+        if self._collected_at <= now < self._collected_at + every:
+            return []
+        return self.collect_blobs()
 
     def _sweep_trash(self) -> None:
         """Files a process that died left aside (rare): back in place if their row is

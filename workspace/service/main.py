@@ -69,8 +69,9 @@ from workspace.v1 import (
 log = logging.getLogger("workspace.service")
 # The queue is also retried this often (deadlines, capacity freed by a node coming back).
 QUEUE_POLL_S = 2.0
-# Site events beyond `event_retention` are deleted, lapsed save marks cleared, and TERMINATED
-# workspaces past `terminated_retention` deleted, this often.
+# Site events beyond `event_retention` are deleted, lapsed save marks cleared, TERMINATED
+# workspaces past `terminated_retention` deleted, and blobs never imported collected when no
+# upload did for a while (Catalog.collect_blobs_due), this often.
 EVENT_PRUNE_S = 300.0
 # The CRL file is checked (a stat; re-read if it changed) at least this often, calls or none.
 CRL_POLL_S = 1.0
@@ -421,7 +422,8 @@ class Service:
 
     def _prune_events(self) -> None:
         """Housekeeping: site events past their retention, saves that never ended,
-        TERMINATED workspaces and clusters past ``terminated_retention``."""
+        TERMINATED workspaces and clusters past ``terminated_retention``, blobs never
+        imported past ``blob_grace_s``."""
         while True:
             # The first pass once leader, then every EVENT_PRUNE_S.
             if self.leader.wait_acting(EVENT_PRUNE_S):
@@ -446,6 +448,10 @@ class Service:
                     pass_failed(
                         "housekeeping pass failed (site events, lapsed saves, terminated rows)"
                     )
+                try:  # after clear_lapsed: the disks of a save whose mark lapsed may go
+                    self.catalog.catalog.collect_blobs_due()
+                except Exception:
+                    pass_failed("collecting the blobs never imported failed")
             if self._stop.wait(EVENT_PRUNE_S if self.leader.acting() else 0):
                 return
 
