@@ -138,3 +138,23 @@ def test_a_scale_wait_says_where_its_new_members_wait(
     assert [FIRST in line for line in said].count(True) == 1, lines
     assert "0/1 new members RUNNING" in said[0] and SECOND in said[0], lines
     assert said[-1].endswith(": 1/1 new members RUNNING"), lines
+
+
+def test_a_shrink_wait_says_nothing_of_new_members(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws cluster scale --wait` that only removes members printed "cluster NAME: 0/0 new
+    members RUNNING", a line about members that a shrink has none of."""
+    site.stubs.network()
+    site.stubs.import_image("img")
+    site.add_agent("node1", cpus=4, memory_mib=4096)
+    argv = ["cluster", "create", "ela", "--member", "w=img,count=2,memory-mib=600", "--wait"]
+    assert ws.main(argv, connect=lambda _s: Client(site.address)) == 0
+    capsys.readouterr()
+    argv = ["cluster", "scale", "ela", "--role", "w", "--count", "1", "--wait"]
+    assert ws.main([*argv, "--wait-timeout", "60"], connect=lambda _s: Client(site.address)) == 0
+    err = capsys.readouterr().err
+    assert "new members" not in err, err
+    clusters = clusters_pb2_grpc.ClustersStub(site.stubs.channel)
+    got = clusters.GetCluster(clusters_pb2.ClusterRef(id="ela"))
+    assert len(got.members) == 1

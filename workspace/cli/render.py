@@ -595,12 +595,12 @@ def cluster_progress(
 
 
 def scale_progress(
-    args: argparse.Namespace, prog: str, added: Iterable[str]
+    args: argparse.Namespace, prog: str, added: Sequence[str]
 ) -> Callable[[clusters_pb2.Cluster], None] | None:
     """``on_change`` for a `ws cluster scale --wait` that adds members: a line on stderr
     when how many of them run, or why they still wait (their place in the capacity
-    queue), changes (none for JSON)."""
-    if wants_json(args):
+    queue), changes (none for JSON, nor for a scale that adds none: a shrink)."""
+    if wants_json(args) or not added:
         return None
     new, last = set(added), [""]
 
