@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -47,11 +46,10 @@ def _until_said(capsys: pytest.CaptureFixture[str], err: list[str], words: str) 
         time.sleep(0.05)
 
 
-def _progress(
-    site: Site, capsys: pytest.CaptureFixture[str], argv: list[str], ahead: Callable[[], None]
-) -> list[str]:
-    """Run ``ws ARGV`` (a create that waits 2nd in the queue); once it said so, remove the
-    request ahead (``ahead``), then free the node once it said it is 1st; its stderr lines."""
+def _progress(site: Site, capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[str]:
+    """Run ``ws ARGV`` (a create that waits 2nd in the queue); once it said so, destroy
+    the request ahead (the workspace "ahead"), then free the node once it said it is 1st;
+    its stderr lines."""
     code: list[int] = []
 
     def wait() -> None:
@@ -62,7 +60,7 @@ def _progress(
     err: list[str] = []
     try:
         _until_said(capsys, err, SECOND)
-        ahead()
+        site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get("ahead").id))
         _until_said(capsys, err, FIRST)
     finally:
         site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get("x").id))
@@ -79,10 +77,7 @@ def test_a_create_wait_says_its_place_in_the_queue_as_it_changes(
     argv = ["create", "--image", "img", "--name", "b", "--memory-mib", "2000"]
     argv += ["--wait-for-capacity", "600", "--wait", "--wait-timeout", "60"]
 
-    def cancel_ahead() -> None:
-        site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get("ahead").id))
-
-    lines = _progress(site, capsys, argv, cancel_ahead)
+    lines = _progress(site, capsys, argv)
     said = [line for line in lines if line.startswith("ws: b (")]
     # One line per change: 2nd, then 1st, then the states of its boot, ending RUNNING.
     assert [SECOND in line for line in said].count(True) == 1, lines
@@ -99,10 +94,7 @@ def test_a_cluster_create_wait_says_its_place_in_the_queue_as_it_changes(
     argv = ["cluster", "create", "pair", "--member", "w=img,count=1,memory-mib=2000"]
     argv += ["--wait-for-capacity", "600", "--wait", "--wait-timeout", "60"]
 
-    def cancel_ahead() -> None:
-        site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get("ahead").id))
-
-    lines = _progress(site, capsys, argv, cancel_ahead)
+    lines = _progress(site, capsys, argv)
     said = [line for line in lines if line.startswith("ws: cluster pair")]
     assert [SECOND in line for line in said].count(True) == 1, lines
     assert [FIRST in line for line in said].count(True) == 1, lines
@@ -129,10 +121,7 @@ def test_a_scale_wait_says_where_its_new_members_wait(
     argv = ["cluster", "scale", "ela", "--role", "w", "--count", "2"]
     argv += ["--wait-for-capacity", "600", "--wait", "--wait-timeout", "60"]
 
-    def cancel_ahead() -> None:
-        site.stubs.ws.DestroyWorkspace(site.stubs.ref(site.stubs.get("ahead").id))
-
-    lines = _progress(site, capsys, argv, cancel_ahead)
+    lines = _progress(site, capsys, argv)
     said = [line for line in lines if line.startswith("ws: cluster ela")]
     assert [SECOND in line for line in said].count(True) == 1, lines
     assert [FIRST in line for line in said].count(True) == 1, lines
