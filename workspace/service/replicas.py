@@ -396,15 +396,17 @@ class Leader:
             self.session = 0
         if held == self._held:
             return
-        self._held = held
-        with self._changed:
-            self._changed.notify_all()
+        # Said before it holds (acting() reads it) and the waiters are woken: one that then
+        # reads the log finds the line.
         if held:
             log.info("this replica is now the leader (runs the background loops)")
         elif not self._stop.is_set():
             log.warning("this replica is no longer the leader")
         elif self.dsn:  # a replica stopping (on SQLite there are none: nothing to say)
             log.info("stopping: this replica is no longer the leader")
+        self._held = held
+        with self._changed:
+            self._changed.notify_all()
         try:
             self.on_change(held)
         except Exception:
