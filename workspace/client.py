@@ -507,8 +507,12 @@ class Client(
         reconnect: bool = False,
         timeout_s: float | None = None,
         on_outage: Callable[[str], None] | None = None,
+        mine: bool = False,
     ) -> Generator[workspaces_pb2.WorkspaceEvent, None, None]:
-        """Workspace events: first a snapshot (``initial``), then every change.
+        """Workspace events: first a snapshot (``initial``), then every change; of the
+        caller's workspaces and their projects', with ``mine`` only the caller's own (as
+        ``list_workspaces``; against a service older than it, those its certificate's
+        user owns, or ``FailedPrecondition`` without a certificate).
 
         With ``reconnect`` a dropped stream (service restart, network blip), one the
         service ended because it fell behind, or one refused because the caller has too
@@ -518,8 +522,10 @@ class Client(
         is lost (the reason) and once when events flow again (""). ``timeout_s``
         bounds the whole watch. Closing the iterator cancels the stream.
         """
-        req = workspaces_pb2.WatchWorkspacesRequest(id=id, include_terminated=include_terminated)
-        yield from client_streams.reopening(
+        req = workspaces_pb2.WatchWorkspacesRequest(
+            id=id, include_terminated=include_terminated, mine=mine
+        )
+        events = client_streams.reopening(
             lambda remaining: self._workspaces.WatchWorkspaces(req, timeout=remaining),
             self._error,
             reconnect,
@@ -527,6 +533,7 @@ class Client(
             on_outage,
             again_after_end=True,
         )
+        yield from self._own_events(events) if mine else events
 
     # -- Clusters ----------------------------------------------------------------------
 

@@ -1,18 +1,19 @@
 """Who the caller is, for the Python client (``Client`` inherits it): ``whoami`` asks the
-service, and the lists asked for the caller's own objects only (``mine``) are checked to
-have been kept to them.
+service, and the lists and watches asked for the caller's own objects only (``mine``) are
+checked to have been kept to them.
 
-A service older than ``ListWorkspacesRequest.mine`` ignores the field and answers with
-every workspace the caller sees, its project colleagues' too; its answer says so
-(``mine`` false). The client then keeps those whose ``owner`` is the user its certificate
-names (the service names callers by it: workspace/identity.py), or, without one to
-read, refuses with ``FailedPrecondition``: a batch system must never take a colleague's
-workspace for its own.
+A service older than ``ListWorkspacesRequest.mine`` (or ``WatchWorkspacesRequest.mine``)
+ignores the field and answers with every workspace the caller sees, its project
+colleagues' too; its answer (each event of a watch) says so (``mine`` false). The client
+then keeps those whose ``owner`` is the user its certificate names (the service names
+callers by it: workspace/identity.py), or, without one to read, refuses with
+``FailedPrecondition``: a batch system must never take a colleague's workspace for its
+own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Protocol, TypeVar
 
 from workspace import errors, identity, rpc
@@ -53,11 +54,29 @@ class WhoAmIClientMixin:
         whose owner is the user this client's certificate names."""
         if not asked or kept:
             return list(items)
-        me = self._certificate_user(what)
+        me = self._certificate_user(f"listed every {what} you see")
         return [x for x in items if x.owner == me]
 
-    def _certificate_user(self, what: str) -> str:
-        refused = f"listed every {what} you see, not only yours (it does not know `mine`)"
+    def _own_events(
+        self, events: Generator[workspaces_pb2.WorkspaceEvent, None, None]
+    ) -> Generator[workspaces_pb2.WorkspaceEvent, None, None]:
+        """The events of a watch asked for the caller's own workspaces only; of an event
+        the service did not keep to it (``mine`` false: a service older than the field),
+        only one whose owner is the user this client's certificate names. Closing it
+        closes ``events`` (the stream is cancelled)."""
+        me = ""
+        try:
+            for ev in events:
+                if not ev.mine:
+                    me = me or self._certificate_user("watched every workspace you see")
+                    if ev.workspace.owner != me:
+                        continue
+                yield ev
+        finally:
+            events.close()
+
+    def _certificate_user(self, did: str) -> str:
+        refused = f"{did}, not only yours (it does not know `mine`)"
         if self.tls is None or not self.tls.enabled:
             raise older_service(
                 self.address,

@@ -330,6 +330,7 @@ class Commands(common.ClientCommands):
             include_terminated=args.all or bool(ws_id),
             reconnect=True,
             on_outage=common.outage_notice(f"{PROG}: watch"),
+            mine=args.mine,
         )
         try:
             for event in events:
@@ -744,6 +745,7 @@ def build_parser(cmds: Commands) -> argparse.ArgumentParser:
     )
     p.add_argument("id", nargs="?", help="only this workspace (id or name)")
     p.add_argument("--all", action="store_true", help="include terminated workspaces")
+    p.add_argument("--mine", action="store_true", help="only yours, not your project colleagues'")
     p.set_defaults(func=cmds.watch)
 
     policy_cmds.register(sub, parent, cmds.client)

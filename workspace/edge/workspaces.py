@@ -19,7 +19,7 @@ from workspace.domain.states import Op
 from workspace.edge import auth
 from workspace.edge.calls import STREAM_POLL_S, stopping, stream, unary
 from workspace.edge.event_stream import events_out
-from workspace.errors import InvalidArgument, ResourceExhausted
+from workspace.errors import InvalidArgument, NotFound, ResourceExhausted
 from workspace.identity import Identity
 from workspace.ops import (
     consoles,
@@ -214,14 +214,23 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
         who: Identity,
     ) -> Iterator[workspaces_pb2.WorkspaceEvent]:
         notifier = self.env.notifier
+        mine = request.mine  # only the caller's own, as ListWorkspaces' mine
+        seen = projects.FollowedScope(self.env, who)
         target = ""
         if request.id:
-            target = queries.get(self.env, who, request.id).id
-        seen = projects.FollowedScope(self.env, who)
+            one = queries.get(self.env, who, request.id)
+            if mine and not seen.last.owns(one.owner):
+                raise NotFound(
+                    f"workspace {request.id!r} is {one.owner}'s, not yours (the watch asked"
+                    " for `mine`)"
+                )
+            target = one.id
 
         def accepts(ws: WorkspaceView) -> bool:
             if target:
                 return ws.id == target
+            if mine:
+                return seen.last.owns(ws.owner)
             return seen.last.lists(ws.owner, ws.project)
 
         def still_seen(ws: WorkspaceView) -> bool:
@@ -243,7 +252,7 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
             theirs (`ws-admin project add-user`): their events were not accepted before,
             so they are sent as they are now, as a new watch's snapshot has them."""
             nonlocal shown
-            if target:
+            if target or mine:  # a project's workspaces joined are others'
                 return []
             now = seen.current().projects
             added, shown = now - shown, now
@@ -262,15 +271,17 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
             if target:
                 initial = [queries.get(self.env, who, target)]
             else:
-                initial = queries.list_all(self.env, who, request.include_terminated)
+                initial = queries.list_all(self.env, who, request.include_terminated, mine=mine)
             for ws in initial:
                 yield workspaces_pb2.WorkspaceEvent(
-                    workspace=v1.workspace_to_proto(ws), initial=True
+                    workspace=v1.workspace_to_proto(ws), initial=True, mine=mine
                 )
             while context.is_active() and not notifier.closed:
                 self.auth.check_revoked(who)
                 for ws in joined():
-                    yield workspaces_pb2.WorkspaceEvent(workspace=v1.workspace_to_proto(ws))
+                    yield workspaces_pb2.WorkspaceEvent(
+                        workspace=v1.workspace_to_proto(ws), mine=mine
+                    )
                 try:
                     ev = watcher.events.get(timeout=STREAM_POLL_S)
                 except queue.Empty:
@@ -283,7 +294,9 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                     # INTERNAL, which no client reopens.
                     raise ResourceExhausted("watch fell too far behind; re-open it")
                 if still_seen(ev):
-                    yield workspaces_pb2.WorkspaceEvent(workspace=v1.workspace_to_proto(ev))
+                    yield workspaces_pb2.WorkspaceEvent(
+                        workspace=v1.workspace_to_proto(ev), mine=mine
+                    )
             if notifier.closed and context.is_active():
                 raise stopping()
         finally:

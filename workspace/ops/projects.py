@@ -155,6 +155,11 @@ class Scope:
         own = [model.owner == self.who.name] if mine else []
         return ([] if where is None else [where]) + own
 
+    def owns(self, owner: str) -> bool:
+        """Whether a row of ``owner`` is the caller's own: the rows ``mine`` keeps
+        (``clauses`` says it in SQL; WatchWorkspaces.mine asks it of each change)."""
+        return self.who.is_user and owner == self.who.name
+
 
 # Every call asks it: built once (building a statement costs more than running it).
 _MEMBER_OF = Prepared(select(ProjectMember.project).where(ProjectMember.user == bindparam("user")))

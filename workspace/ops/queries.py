@@ -68,9 +68,13 @@ def list_page(
 
 
 def list_all(
-    env: Env, who: Identity | str, include_terminated: bool, all_users: bool = False
+    env: Env,
+    who: Identity | str,
+    include_terminated: bool,
+    all_users: bool = False,
+    mine: bool = False,
 ) -> list[WorkspaceView]:
-    return [*list_page(env, who, include_terminated, all_users=all_users)[0]]
+    return [*list_page(env, who, include_terminated, all_users=all_users, mine=mine)[0]]
 
 
 def caller(env: Env, who: Identity | str) -> Identity:

@@ -400,18 +400,25 @@ class WatchWorkspacesRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     INCLUDE_TERMINATED_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """empty: every workspace the caller may see"""
     include_terminated: _builtins.bool
+    mine: _builtins.bool
+    """Only the caller's own workspaces (`owner` is the caller), not their project
+    colleagues', as ListWorkspacesRequest.mine: in the first part and in the changes.
+    With `id`: a workspace of someone else's is NOT_FOUND.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         include_terminated: _builtins.bool = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_terminated", b"include_terminated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_terminated", b"include_terminated", "mine", b"mine"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -463,8 +470,13 @@ class WorkspaceEvent(_message.Message):
 
     WORKSPACE_FIELD_NUMBER: _builtins.int
     INITIAL_FIELD_NUMBER: _builtins.int
+    MINE_FIELD_NUMBER: _builtins.int
     initial: _builtins.bool
     """True for the snapshot sent when the watch starts."""
+    mine: _builtins.bool
+    """True when the service kept to the request's `mine`: a service older than it ignores
+    the field, answers false and sends every workspace the caller sees.
+    """
     @_builtins.property
     def workspace(self) -> _common_pb2.Workspace: ...
     def __init__(
@@ -472,10 +484,11 @@ class WorkspaceEvent(_message.Message):
         *,
         workspace: _common_pb2.Workspace | None = ...,
         initial: _builtins.bool = ...,
+        mine: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["workspace", b"workspace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "mine", b"mine", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
