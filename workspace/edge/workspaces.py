@@ -231,7 +231,7 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
                 return ws.id == target
             if mine:
                 return seen.last.owns(ws.owner)
-            return seen.last.lists(ws.owner, ws.project)
+            return seen.last.lists(ws.owner, ws.project, ws.created_at)
 
         def still_seen(ws: WorkspaceView) -> bool:
             """Whether the caller may see ``ws`` now (they may have left its project
@@ -239,8 +239,8 @@ class WorkspacesServicer(workspaces_pb2_grpc.WorkspacesServicer):
             if ws.owner == who.name or who.admin:
                 return True
             if not target:
-                return seen.current().lists(ws.owner, ws.project)
-            if not seen.current().sees(ws.owner, ws.project):
+                return seen.current().lists(ws.owner, ws.project, ws.created_at)
+            if not seen.current().sees(ws.owner, ws.project, ws.created_at):
                 queries.get(self.env, who, target)  # NotFound, as a new watch of it
                 return False
             return True

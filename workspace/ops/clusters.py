@@ -32,6 +32,7 @@ from workspace.ops.cluster_state import (
     torn_down,
 )
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
+from workspace.ops.image_refs import may_use
 from workspace.ops.lifecycle import resolve_owned, waiting
 from workspace.ops.operate import admissible, apply, check_trust
 from workspace.ops.projects import (
@@ -195,7 +196,10 @@ def _member_rows(
                 spec = check_spec(asked, env.cfg.limits)
                 spec = replace(spec, networks=check_networks(s, spec.networks))
                 image = s.get(Image, spec.image)
-                if image is not None and i == 0:
+                # Only of an image the caller may use: of another's private image the
+                # refusal told that it exists and takes no user-data; new_row says it
+                # is not found, as of one that does not exist.
+                if image is not None and i == 0 and may_use(sc, image):
                     seeds.check_user_data(env.cfg, image, spec.user_data)
                 rows.append(new_row(env, s, sc, spec, uuid.uuid4().hex, "", project))
             except WorkspaceError as exc:

@@ -248,21 +248,23 @@ class FollowedScope:
     were written since it was read (a member added or removed is one), so a member an
     admin takes out of a project stops seeing its objects at the stream's next message,
     as every new call does. ``last`` is the scope as last read (no store read: for
-    filters run by other threads)."""
+    filters run by other threads). Read with when each project was made (``made``): a
+    row of a project deleted since, and of the old project of a name made again, is
+    not its members' (``Scope.lists`` with the row's ``made_at``)."""
 
     def __init__(self, env: Env, who: Identity) -> None:
         self.env = env
         self.who = who
         self._generation = env.notifier.site_event_generation()
         with env.store.read() as s:
-            self.last = scope(s, who)
+            self.last = scope(s, who, made=True)
 
     def current(self) -> Scope:
         """The scope now: read again if site events were written since the last read."""
         generation = self.env.notifier.site_event_generation()  # before: nothing missed
         if generation != self._generation:
             with self.env.store.read() as s:
-                self.last = scope(s, self.who)
+                self.last = scope(s, self.who, made=True)
             self._generation = generation
         return self.last
 
