@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from agent.backoff import Backoff
 from agent.cache import BlobCache, BlobCorrupted, Source
 from agent.cache.blobs import CHUNK_BYTES
 from workspace import grants, identity, pki, rpc, rpc_status
@@ -56,8 +57,11 @@ log = logging.getLogger("agent.peers")
 FETCH_TIMEOUT_S = 3600.0
 # A transfer from the service whose stream broke (its replica died or hung, or the link
 # left it) goes on from the offset reached through the replica the agent's link moves
-# to, if the link has moved within this long (docs/design/replicas.md).
+# to; one the service answered UNAVAILABLE while the link stays where it is (the
+# service's database away for a moment) goes on through the same link after a backoff
+# (``SAME_LINK``). It gives up when no byte came for this long (docs/design/replicas.md).
 FOLLOW_LINK_S = 30.0
+SAME_LINK = Backoff(0.5, 5.0)
 _FOLLOW_POLL_S = 0.1
 # Consecutive moves that brought no byte before a transfer from the service gives up.
 _FOLLOW_MOVES = 3
@@ -327,24 +331,40 @@ def service_source(
             current,
             nodes_pb2.FetchBlobRequest(node=node, digest=digest, offset=offset),
             where,
-            lambda old: _moved(stub, old, follow_s, stopping),
+            lambda old, tries, deadline: _next_try(stub, old, tries, deadline, stopping),
+            follow_s,
         )
 
     return Source(where, fetch)
+
+
+# After a transfer from the service broke: the stub to go on through, and whether it is
+# the link's new connection (True) or the same one again (False); None: give up.
+_NextTry = Callable[
+    [nodes_pb2_grpc.NodesStub, int, float], tuple[nodes_pb2_grpc.NodesStub, bool] | None
+]
 
 
 def _following(
     current: nodes_pb2_grpc.NodesStub,
     req: nodes_pb2.FetchBlobRequest,
     where: str,
-    moved: Callable[[nodes_pb2_grpc.NodesStub], nodes_pb2_grpc.NodesStub | None],
+    next_try: _NextTry,
+    within_s: float,
 ) -> Iterator[bytes]:
-    """The chunks of ``req`` through ``current``; when its stream breaks and the link
-    moves to another replica meanwhile (a new stub), the rest from there, at the offset
-    reached. Until session 40 the transfer failed: a replica killed while a node fetched
-    an image from it failed the create (FAILED, `ws create --wait` exit 1) although the
-    link was on the next replica within a second."""
-    idle = 0
+    """The chunks of ``req`` through ``current``; when its stream breaks, the rest at the
+    offset reached: through the link's next connection once the link moves to another
+    replica (a new stub), or through the same one again after a backoff (``SAME_LINK``)
+    while the link stays on it. Gives up when no byte came for ``within_s``, or after
+    ``_FOLLOW_MOVES`` moves in a row that brought none.
+
+    Until session 40 the transfer failed: a replica killed while a node fetched an image
+    from it failed the create (FAILED, `ws create --wait` exit 1) although the link was
+    on the next replica within a second. Until session 41 a fetch the service answered
+    UNAVAILABLE while the link stayed up (its database away for a second) waited 30 s
+    for a move of the link that never came, then failed."""
+    moves = tries = 0  # in a row, that brought no byte
+    deadline = 0.0  # no byte since the first of them broke: give up then
     while True:
         got = 0
         call = functools.partial(current.FetchBlob, timeout=FETCH_TIMEOUT_S)
@@ -354,35 +374,56 @@ def _following(
                 yield chunk
             return
         except (_Broken, ValueError) as exc:  # ValueError: a call on a closed channel
-            idle = 0 if got else idle + 1
-            following = None if idle >= _FOLLOW_MOVES else moved(current)
+            if got or not deadline:
+                moves = tries = 0
+                deadline = time.monotonic() + within_s
+            following = None if moves >= _FOLLOW_MOVES else next_try(current, tries, deadline)
             if following is None:
                 if isinstance(exc, ValueError):
                     raise Unavailable(f"{where}: {exc}") from None
                 raise
+            current, moved = following
+            if moved:
+                moves, tries = moves + 1, 0
+            else:
+                tries += 1
             req = nodes_pb2.FetchBlobRequest(
                 node=req.node, digest=req.digest, offset=req.offset + got
             )
             log.info(
-                "fetching %s from %s broke at byte %d (%s); going on through the replica "
-                "the agent moved to",
+                "fetching %s from %s broke at byte %d (%s); %s",
                 req.digest,
                 where,
                 req.offset,
                 exc,
+                "going on through the replica the agent moved to"
+                if moved
+                else f"tried again through the same link after {SAME_LINK.delay_s(tries):g} s "
+                "(the link did not move)",
             )
-            current = following
 
 
-def _moved(
-    stub: Stub, old: nodes_pb2_grpc.NodesStub, within_s: float, stop: threading.Event
-) -> nodes_pb2_grpc.NodesStub | None:
-    """The stub of the link's next connection, once it has one other than ``old`` (None:
-    not within ``within_s``, or the agent stops)."""
-    deadline = time.monotonic() + within_s
+def _next_try(
+    stub: Stub,
+    old: nodes_pb2_grpc.NodesStub,
+    tries: int,
+    deadline: float,
+    stop: threading.Event,
+) -> tuple[nodes_pb2_grpc.NodesStub, bool] | None:
+    """After a transfer through ``old`` broke (``tries`` tries on it in a row before
+    this one broke too): the link's next connection as soon as it has one other than
+    ``old`` (True); ``old`` again once the backoff of ``tries + 1`` failures has passed
+    and the link is still on it (False): the link did not move (the service answered
+    UNAVAILABLE, e.g. its database away for a moment). While the link has no connection
+    (it is moving), its next one is waited for. None: not before ``deadline``
+    (monotonic), or the agent stops."""
+    again_at = time.monotonic() + SAME_LINK.delay_s(tries + 1)
     while True:
         now = stub()
         if now is not None and now is not old:
-            return now
-        if time.monotonic() >= deadline or stop.wait(_FOLLOW_POLL_S):
+            return now, True
+        at = time.monotonic()
+        if now is old and at >= again_at and at < deadline:
+            return old, False
+        if at >= deadline or stop.wait(_FOLLOW_POLL_S):
             return None

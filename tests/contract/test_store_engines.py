@@ -552,7 +552,8 @@ def test_a_refused_create_keeps_its_trust_decision_and_the_batch_goes_on(world: 
     of a batch refused after its decision (it does not fit) rolls back to its SAVEPOINT:
     its decision is put back into the batch's transaction (recorded once, not in a
     transaction of its own, which would wait for the lock the batch holds), and the batch
-    commits."""
+    commits. The refused create's decision names the workspace it asked for, not the id
+    no workspace has."""
     world.env = dataclasses.replace(world.env, check_trust=True)
     world.core = WorkspacesServicer(world.env)
     standard(world, "192.168.8.0/28", nodes=1, memory=4000)
@@ -560,9 +561,13 @@ def test_a_refused_create_keeps_its_trust_decision_and_the_batch_goes_on(world: 
     assert isinstance(got["huge"], ResourceExhausted)
     assert not isinstance(got["a"], Exception)
     with world.store.read() as s:
-        audited = s.execute(select(Audit.action, Audit.workspace_id)).all()
-    assert [a for a, _ in audited].count("create") == 3  # lead, a, huge: once each
-    assert len({w for _, w in audited}) == 3
+        audited = s.execute(select(Audit.action, Audit.workspace_name, Audit.workspace_id)).all()
+    assert [a for a, _, _ in audited].count("create") == 3  # lead, a, huge: once each
+    assert sorted((n, w) for a, n, w in audited if a == "create") == [
+        ("a", got["a"].id),
+        ("huge", ""),
+        ("lead", got["lead"].id),
+    ]
     # ... and each decision is one site event (the refused create's too: by the name it
     # asked for, with no id, since no workspace has the one it had).
     with world.store.read() as s:

@@ -394,3 +394,41 @@ def test_cli_keygen_sign_verify_trust_audit(
     assert admin_cli.main([*svc, "audit", "--image", "nope"]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "no trust decisions" in err
+
+
+def test_the_audit_of_a_refused_create_names_the_request_not_a_workspace(
+    ready_site: Site, trust: trust_pb2_grpc.TrustStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A create refused after its trust decision made no workspace: its audit row keeps
+    the name asked for and no workspace id (it named one that never existed), and
+    `ws-admin audit` says the workspace was not made. A create of a batch (its SAVEPOINT
+    rolled back) and a cluster refused whole (its transaction rolled back) alike."""
+    from workspace.v1 import clusters_pb2, clusters_pb2_grpc
+
+    made = ready_site.stubs.create(name="kept")
+    with pytest.raises(grpc.RpcError):
+        ready_site.stubs.create(name="huge", cpus=64, memory_mib=1024)
+    member = clusters_pb2.ClusterMember(role="big", image="img", cpus=64, memory_mib=1024)
+    with pytest.raises(grpc.RpcError) as whole:
+        clusters_pb2_grpc.ClustersStub(ready_site.stubs.channel).CreateCluster(
+            clusters_pb2.CreateClusterRequest(name="cl", members=[member])
+        )
+    assert whole.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trust.SetMode(trust_pb2.SetModeRequest(mode=ENFORCE))
+    _refused(ready_site, "unsigned")
+    entries = trust.ListAudit(trust_pb2.ListAuditRequest(image="img")).entries
+    creates = [
+        (e.workspace_name, e.workspace_id, e.verdict)
+        for e in reversed(entries)
+        if e.action == "create" and e.where == "service"
+    ]
+    assert creates == [
+        ("kept", made.id, "warn"),
+        ("huge", "", "warn"),
+        ("cl-big-0", "", "warn"),
+        ("unsigned", "", "deny"),
+    ]
+    assert admin_cli.main(["--service", ready_site.address, "audit", "--image", "img"]) == 0
+    out = capsys.readouterr().out
+    assert "huge (not made)" in out and "unsigned (not made)" in out
+    assert made.id in out and "kept (not made)" not in out

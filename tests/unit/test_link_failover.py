@@ -46,6 +46,10 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         self.sent_part = threading.Event()
         self.refuse = ""  # Register and reports: UNAVAILABLE with this message
         self.refused = 0
+        # FetchBlob: the next this many calls answer UNAVAILABLE with this message (its
+        # database away for a moment: the replica and its connections stay up).
+        self.fetch_refuse = ""
+        self.fetch_refusals = 0
         self._hung = threading.Event()
         self._gone = threading.Event()
         self.server = rpc.server(max_workers=8)
@@ -93,6 +97,9 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         self, request: nodes_pb2.FetchBlobRequest, context: grpc.ServicerContext
     ) -> Iterator[nodes_pb2.BlobData]:
         self.fetched_from.append(request.offset)
+        if self.fetch_refusals > 0:
+            self.fetch_refusals -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.fetch_refuse)
         rest = self.blob[request.offset :]
         if self.part:
             yield nodes_pb2.BlobData(data=rest[: self.part], total_size=len(self.blob))
@@ -241,6 +248,54 @@ def test_a_blob_fetched_from_a_replica_that_dies_comes_from_the_next_one(
     # B sent the rest, from where A stopped: the transfer went on, not again from zero.
     assert a.fetched_from == [0]
     assert b.fetched_from == [10000]
+
+
+def test_a_blob_fetch_the_service_answers_unavailable_is_tried_again_on_the_same_link(
+    tmp_path: Path, replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service answers a fetch UNAVAILABLE (its database away for a moment: each
+    replica says so) and stays up: the link does not move. The fetch waited for a move
+    of the link that never came (30 s), then failed; it is tried again on the same link
+    (its channel sends it to the replica it uses now), after a backoff, and the blob
+    comes through it."""
+    caplog.set_level(logging.INFO, "agent")
+    a, b = replicas
+    blob = os.urandom(40000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    a.blob = b.blob = blob
+    a.fetch_refuse = b.fetch_refuse = (
+        "the service's database cannot be reached right now; try again"
+    )
+    a.fetch_refusals = b.fetch_refusals = 1
+    link, stop = start_link(tmp_path, replicas)
+    cache = BlobCache(tmp_path / "node-cache")
+    got: list[Path] = []
+    failed: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            got.append(cache.ensure(digest, [link.blob_source()], len(blob)))
+        except BaseException as exc:  # what failed the create
+            failed.append(exc)
+
+    try:
+        wait_for(lambda: a.full_reports, 10, "a heartbeat on A")
+        fetching = threading.Thread(target=fetch)
+        fetching.start()
+        fetching.join(60)
+    finally:
+        stop.set()
+    assert failed == []
+    assert got and got[0].read_bytes() == blob
+    # Refused twice (the link's channel moves to the other replica after an UNAVAILABLE
+    # answer), then the whole blob; the link stayed registered where it was.
+    assert sorted(a.fetched_from + b.fetched_from) == [0, 0, 0]
+    assert (a.registered, b.registered) == (1, 0)
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.peers"]
+    assert any(
+        f"UNAVAILABLE: {a.fetch_refuse}" in m and "again through the same link after 0.5 s" in m
+        for m in said
+    ), said
 
 
 def test_a_registration_refused_by_every_replica_names_each_with_its_own_error(

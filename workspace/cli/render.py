@@ -727,6 +727,14 @@ def policy_text(p: trust_pb2.TrustPolicy) -> str:
     return out
 
 
+def _audited_workspace(e: trust_pb2.AuditEntry) -> str:
+    """The WORKSPACE of an audit entry: its id; a create refused after its decision made
+    none: the name it asked for, "(not made)"."""
+    if e.workspace_id:
+        return e.workspace_id
+    return f"{e.workspace_name} (not made)" if e.workspace_name else "-"
+
+
 def audit_text(entries: Sequence[trust_pb2.AuditEntry]) -> str:
     rows = [
         [
@@ -737,7 +745,7 @@ def audit_text(entries: Sequence[trust_pb2.AuditEntry]) -> str:
             e.verdict,
             e.key_id[:16] or "-",
             f"v{e.policy_version}",
-            e.workspace_id or "-",
+            _audited_workspace(e),
             e.reason,
         ]
         for e in entries

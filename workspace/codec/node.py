@@ -343,6 +343,7 @@ def audit_to_proto(a: AuditRecord) -> trust_pb2.AuditEntry:
         verdict=a.verdict,
         reason=a.reason,
         workspace_id=a.workspace_id,
+        workspace_name=a.workspace_name,
     )
 
 
@@ -358,6 +359,7 @@ def audit_from_proto(a: trust_pb2.AuditEntry) -> AuditRecord:
         verdict=a.verdict,
         reason=a.reason,
         workspace_id=a.workspace_id,
+        workspace_name=a.workspace_name,
     )
 
 

@@ -336,7 +336,8 @@ class AuditRecord:
     policy_version: int = 0
     verdict: str = ""  # allow | deny | warn
     reason: str = ""
-    workspace_id: str = ""
+    workspace_id: str = ""  # "": none (a refused create made none: workspace_name says which)
+    workspace_name: str = ""  # a create's: the name asked for, made or refused
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from workspace.ops.image_refs import visible_image
 from workspace.ops.order_size import ENVELOPES_READ, check_signature_fits
 from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, UnitOfWork
-from workspace.store import journal
 from workspace.store.db import on_rollback
 from workspace.store.mapping import flushed, image_spec, insert_audits
 from workspace.store.models import (
@@ -61,8 +60,8 @@ DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10000
 # One trust decision as the audit stores it: a row's values by column, all but its id
 # (at, source, action, image, digest, key_id, policy_version, verdict, reason,
-# workspace_id). Decisions are written with Core (store/mapping.py ``insert_audits``):
-# every create makes one, so no ORM object is built for it.
+# workspace_id, workspace_name). Decisions are written with Core (store/mapping.py
+# ``insert_audits``): every create makes one, so no ORM object is built for it.
 Decision = dict[str, Any]
 
 
@@ -78,6 +77,7 @@ def audit_record(row: Audit) -> AuditRecord:
         verdict=row.verdict,
         reason=row.reason,
         workspace_id=row.workspace_id,
+        workspace_name=row.workspace_name,
     )
 
 
@@ -306,6 +306,7 @@ def _entry(
     action: str,
     envs: Sequence[str],
     workspace_id: str = "",
+    workspace_name: str = "",
 ) -> Decision:
     kid = verdict.key_id or next(iter(signing.signers(envs)), "")
     return {
@@ -319,6 +320,7 @@ def _entry(
         "verdict": verdict.word,
         "reason": verdict.reason,
         "workspace_id": workspace_id,
+        "workspace_name": workspace_name,
     }
 
 
@@ -329,6 +331,22 @@ SURVIVING = "workspace.surviving_audit"
 
 # Session.info key: the session's transaction has the listeners of ``_record_surviving``.
 _LISTENING = "workspace.surviving_audit.listening"
+
+# Session.info key: the ids of the workspaces whose create the session's transaction
+# decided on (``check_launch`` with a name): should the create be undone, no workspace
+# has that id.
+_ASKED = "workspace.surviving_audit.asked"
+
+
+def _unmade(s: Session, rows: Iterable[Decision]) -> list[Decision]:
+    """``rows`` as recorded once their transaction (or SAVEPOINT) rolled back: the
+    decision of a create that was undone names the workspace it asked for by its name,
+    not by the id no workspace has (``workspace_name`` is set: ``_entry``)."""
+    asked: set[str] = s.info.get(_ASKED, set())
+    return [
+        {**values, "workspace_id": ""} if values["workspace_id"] in asked else values
+        for values in rows
+    ]
 
 
 def _record_surviving(env: Env, s: Session, rows: list[Decision]) -> None:
@@ -349,8 +367,7 @@ def _record_surviving(env: Env, s: Session, rows: list[Decision]) -> None:
     def after_rollback(session: Session) -> None:
         try:
             with env.store.write() as w:
-                journal.requested(w, journal.requested_of(session))
-                for values in session.info.get(SURVIVING, []):
+                for values in _unmade(session, session.info.get(SURVIVING, [])):
                     w.add(Audit(**values))
         except Exception:
             log.exception("cannot record the audit of a refused operation")
@@ -365,8 +382,9 @@ def audit_mark(s: Session) -> int:
 
 def restore_audit(s: Session, mark: int) -> None:
     """After a SAVEPOINT rolled back: add again the audit rows recorded since ``mark``
-    (the decisions of the create that was undone stay recorded with the batch)."""
-    for values in s.info.get(SURVIVING, [])[mark:]:
+    (the decisions of the create that was undone stay recorded with the batch, naming
+    the workspace it asked for by its name: it was not made)."""
+    for values in _unmade(s, s.info.get(SURVIVING, [])[mark:]):
         s.add(Audit(**values))
 
 
@@ -478,12 +496,14 @@ def check_launch(
 ) -> signing.Verdict:
     """The policy's verdict on launching ``image_row``; recorded in the audit. Under
     enforce an untrusted image raises PermissionDenied (naming image and reason).
-    ``name``: the workspace is asked for by that name, not made yet (a create)."""
+    ``name``: the workspace is asked for by that name, not made yet (a create); its
+    decision names it, and only by it should the create be undone (``_unmade``)."""
     if name:
-        journal.requested(s, {workspace_id: name})
+        s.info.setdefault(_ASKED, set()).add(workspace_id)
     envs = envelopes(s, image_row.name)
     v = _verdict(env, s, image_row, envs)
-    _record_surviving(env, s, [_entry(env, image_row, v, action, envs, workspace_id)])
+    entry = _entry(env, image_row, v, action, envs, workspace_id, name)
+    _record_surviving(env, s, [entry])
     # The workspace the decision is for (the id its audit record and event carry).
     ids = about(workspace_id) if workspace_id else {}
     if not v.allowed:
@@ -533,6 +553,7 @@ def record_audit(env: Env, s: Session, records: Iterable[AuditRecord]) -> None:
             "verdict": r.verdict,
             "reason": r.reason[:2048],
             "workspace_id": r.workspace_id,
+            "workspace_name": "",  # a create's alone (``check_launch``)
         }
         for r in records
     ]

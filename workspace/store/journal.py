@@ -45,9 +45,6 @@ EVENTS = "site_events"
 _PENDING = "site_events_pending"
 _CREATED = "site_events_created"
 _COMMITTING = "site_events_committing"
-# The names asked for of the workspaces the transaction's trust decisions are for (id ->
-# name; ``requested``): a create refused after its decision kept no workspace.
-_REQUESTED = "site_events_requested"
 # What the event of a trust decision whose workspace was never kept adds to its reason.
 NOT_MADE = "the request was refused: no workspace was made"
 _OWNER_PUBLISHES = "site_events_owner_publishes"
@@ -130,18 +127,6 @@ def audited(s: Session, a: Mapping[str, Any]) -> None:
     _pending(s).append(_trust(a, callctx.current().who))
 
 
-def requested(s: Session, names: Mapping[str, str]) -> None:
-    """The workspaces ``names`` (id -> name) are asked for in ``s``'s transaction: should
-    one never be kept (its create refused after its trust decision was taken), the
-    decision's event names the request by the name, with no id (``_named``)."""
-    s.info.setdefault(_REQUESTED, {}).update(names)
-
-
-def requested_of(s: Session) -> dict[str, str]:
-    """The names ``requested`` of ``s``'s transaction (to carry into another one)."""
-    return dict(s.info.get(_REQUESTED, {}))
-
-
 def created(s: Session) -> list[Workspace]:
     """The workspaces made in ``s``'s transaction so far (flushed)."""
     made: dict[str, tuple[Workspace, str, float]] = s.info.get(_CREATED, {})
@@ -175,7 +160,9 @@ def _before_commit(s: Session) -> None:
         if isinstance(item, Workspace):
             _ws, who, at = created[item.id]
             out.extend(_created(item, who, at))
-        elif item.kind == Kind.TRUST_DECISION.value and item.workspace_id:
+        elif (
+            item.kind == Kind.TRUST_DECISION.value and item.workspace_id and not item.workspace_name
+        ):
             out.append(_named(s, item, created))
         else:
             out.append(item)
@@ -188,20 +175,13 @@ def _before_commit(s: Session) -> None:
 def _named(
     s: Session, e: SiteEvent, created: Mapping[str, tuple[Workspace, str, float]]
 ) -> SiteEvent:
-    """A trust decision's event with its workspace's name (the decision of a create is
-    taken before the row has one): the row made in this transaction, else the stored one.
-    Of a workspace asked for and never kept (its create refused after the decision): the
-    name asked for and no id, which would name nothing (``ws-admin events --workspace``
-    of it: NOT_FOUND)."""
+    """A trust decision's event with its workspace's name, when its audit row has none
+    (not a create's): the row made in this transaction, else the stored one."""
     made = created.get(e.workspace_id)
     ws = made[0] if made is not None else s.get(Workspace, e.workspace_id)
     if ws is not None:
         return dataclasses.replace(e, workspace_name=ws.name)
-    name = s.info.get(_REQUESTED, {}).get(e.workspace_id)
-    if name is None:
-        return e
-    why = f"{e.reason}; {NOT_MADE}" if e.reason else NOT_MADE
-    return dataclasses.replace(e, workspace_id="", workspace_name=name, reason=why)
+    return e
 
 
 def _after_rollback(s: Session) -> None:
@@ -407,17 +387,34 @@ def _image_about(img: Image) -> str:
     return f"{where}, {_visibility(img.public)}; partitions {parts or 'none'}{kernel}"
 
 
-_TRUST_FIELDS = ("source", "at", "workspace_id", "image", "verdict", "action", "reason")
+_TRUST_FIELDS = (
+    "source",
+    "at",
+    "workspace_id",
+    "workspace_name",
+    "image",
+    "verdict",
+    "action",
+    "reason",
+)
 
 
 def _trust(a: Mapping[str, Any], who: str) -> SiteEvent:
+    """The event of the audit row ``a``. A create's row names the workspace asked for;
+    one with that name and no id is of a create refused after its decision (ops/trust.py
+    ``_unmade``): its event names the request, with no id, which would name nothing
+    (``ws-admin events --workspace`` of it: NOT_FOUND), and says no workspace was made."""
     source = a.get("source") or "service"
     action, reason = a.get("action"), a.get("reason") or ""
+    wid, name = a.get("workspace_id") or "", a.get("workspace_name") or ""
+    if name and not wid:
+        reason = f"{reason}; {NOT_MADE}" if reason else NOT_MADE
     return SiteEvent(
         at=float(a.get("at") or 0.0),
         kind=Kind.TRUST_DECISION.value,
         who=who if source == "service" else source,
-        workspace_id=a.get("workspace_id") or "",
+        workspace_id=wid,
+        workspace_name=name,
         node="" if source == "service" else source.removeprefix("node:"),
         subject=a.get("image") or "",
         state=a.get("verdict") or "",

@@ -426,7 +426,11 @@ class Audit(Base):
     policy_version: Mapped[int] = mapped_column(BigInteger, default=0)
     verdict: Mapped[str] = mapped_column(String(8), default="")
     reason: Mapped[str] = mapped_column(String(2048), default="")
+    # The workspace decided on; "" for a create refused after its decision (no workspace
+    # was made, so no id names it: ``workspace_name`` does).
     workspace_id: Mapped[str] = mapped_column(String(32), default="")
+    # A create's decision: the name asked for (made or refused); "" for other actions.
+    workspace_name: Mapped[str] = mapped_column(String(63), default="")
 
 
 # -- tenancy ---------------------------------------------------------------------------------

@@ -332,6 +332,7 @@ class AuditEntry(_message.Message):
     VERDICT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
     where: _builtins.str
     """"service" or "node:<name>" """
     action: _builtins.str
@@ -344,6 +345,13 @@ class AuditEntry(_message.Message):
     """"allow" | "deny" | "warn" """
     reason: _builtins.str
     workspace_id: _builtins.str
+    """The workspace decided on; "" for a create that was refused (no workspace was made:
+    workspace_name names the request).
+    """
+    workspace_name: _builtins.str
+    """A create's decision: the name the workspace was asked for, also when the create was
+    refused and no workspace was made ("" for the other actions).
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -359,10 +367,11 @@ class AuditEntry(_message.Message):
         verdict: _builtins.str = ...,
         reason: _builtins.str = ...,
         workspace_id: _builtins.str = ...,
+        workspace_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "digest", b"digest", "image", b"image", "key_id", b"key_id", "policy_version", b"policy_version", "reason", b"reason", "verdict", b"verdict", "where", b"where", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "digest", b"digest", "image", b"image", "key_id", b"key_id", "policy_version", b"policy_version", "reason", b"reason", "verdict", b"verdict", "where", b"where", "workspace_id", b"workspace_id", "workspace_name", b"workspace_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
