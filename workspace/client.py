@@ -533,7 +533,7 @@ class Client(
             on_outage,
             again_after_end=True,
         )
-        yield from self._own_events(events) if mine else events
+        yield from self._own_events(events, id) if mine else events
 
     # -- Clusters ----------------------------------------------------------------------
 

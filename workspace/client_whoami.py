@@ -58,18 +58,25 @@ class WhoAmIClientMixin:
         return [x for x in items if x.owner == me]
 
     def _own_events(
-        self, events: Generator[workspaces_pb2.WorkspaceEvent, None, None]
+        self, events: Generator[workspaces_pb2.WorkspaceEvent, None, None], watched: str = ""
     ) -> Generator[workspaces_pb2.WorkspaceEvent, None, None]:
         """The events of a watch asked for the caller's own workspaces only; of an event
         the service did not keep to it (``mine`` false: a service older than the field),
-        only one whose owner is the user this client's certificate names. Closing it
-        closes ``events`` (the stream is cancelled)."""
+        only one whose owner is the user this client's certificate names. ``watched``:
+        the one workspace the watch follows (its id); someone else's is ``NotFound``, as
+        a service that knows ``mine`` answers, not a watch that never sends anything.
+        Closing it closes ``events`` (the stream is cancelled)."""
         me = ""
         try:
             for ev in events:
                 if not ev.mine:
                     me = me or self._certificate_user("watched every workspace you see")
                     if ev.workspace.owner != me:
+                        if watched:
+                            raise errors.NotFound(
+                                f"workspace {watched!r} is {ev.workspace.owner}'s, not yours"
+                                " (the watch asked for `mine`)"
+                            )
                         continue
                 yield ev
         finally:

@@ -207,15 +207,23 @@ def test_the_clients_mine_watch_keeps_to_its_own_against_an_older_service_too(
     sites: Sites,
 ) -> None:
     site = sites.acted
-    site.identity("alice", projects=("physics",)).create(name="a1", project="physics")
+    a1 = site.identity("alice", projects=("physics",)).create(name="a1", project="physics")
     site.identity("bob").create(name="b1", project="physics")
     with Client(site.address, site.pki.tls(site.pki.user("bob"))) as c:
+        with pytest.raises(errors.NotFound) as theirs:
+            _until(c.watch(a1.id, mine=True, timeout_s=60), "a1")
+        assert f"workspace '{a1.id}' is alice's, not yours" in theirs.value.message
         assert set(_until(c.watch(timeout_s=60), "b1")) == {("a1", "alice"), ("b1", "bob")}
         assert _until(c.watch(mine=True, timeout_s=60), "b1") == [("b1", "bob")]
         c._workspaces.WatchWorkspaces = _OlderService(c._workspaces)  # type: ignore[method-assign]
         # The service sends alice's too (mine false on each): the client keeps bob's, the
         # user its certificate names.
         assert _until(c.watch(mine=True, reconnect=True, timeout_s=60), "b1") == [("b1", "bob")]
+        # A colleague's one workspace: NOT_FOUND, as the newer service says, not a watch
+        # that drops every event of it and so says nothing until it is interrupted.
+        with pytest.raises(errors.NotFound) as theirs:
+            _until(c.watch(a1.id, mine=True, reconnect=True, timeout_s=30), "a1")
+        assert f"workspace '{a1.id}' is alice's, not yours" in theirs.value.message
         # Without a certificate to read (a plaintext client): refused, never everyone's.
         c.tls = None
         with pytest.raises(errors.FailedPrecondition) as info:
