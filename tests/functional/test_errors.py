@@ -123,6 +123,34 @@ def test_invalid_transitions(ready_site: Site) -> None:
     assert s.ws.StartWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_RUNNING
 
 
+def test_a_resume_withdraws_a_pause_its_node_has_not_made(ready_site: Site) -> None:
+    """A pause shows the workspace RUNNING until its node has paused it (here never: its
+    agent is away). A batch system that suspends a job and resumes it at once got
+    FAILED_PRECONDITION "cannot resume ...: it is RUNNING; only a PAUSED workspace can be
+    resumed", and the pause went ahead; a reboot meanwhile silently undid the pause."""
+    s = ready_site.stubs
+    w = s.create(name="susp")
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    ready_site.stop_agent("node1")
+    paused = s.ws.PauseWorkspace(s.ref(w.id))
+    assert (paused.state, paused.desired_state) == (
+        WS.WORKSPACE_STATE_RUNNING,
+        DS.DESIRED_STATE_PAUSED,
+    )
+    err = rpc_error(s.ws.RebootWorkspace, s.ref(w.id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.details() == (
+        "cannot reboot workspace susp: it is being paused (still RUNNING); resume it first"
+    )
+    assert s.get(w.id).desired_state == DS.DESIRED_STATE_PAUSED
+    resumed = s.ws.ResumeWorkspace(s.ref(w.id))
+    assert (resumed.state, resumed.desired_state) == (
+        WS.WORKSPACE_STATE_RUNNING,
+        DS.DESIRED_STATE_RUNNING,
+    )
+    assert s.ws.ResumeWorkspace(s.ref(w.id)).desired_state == DS.DESIRED_STATE_RUNNING
+
+
 def test_a_negative_console_tail_is_refused(ready_site: Site) -> None:
     """GetConsole's tail_bytes is a count (0: everything): a negative one returned the
     whole console, as if 0, while the API refuses every other negative count."""
