@@ -401,7 +401,9 @@ class WatchWorkspacesRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     INCLUDE_TERMINATED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """empty: every workspace the caller may see"""
+    """A workspace's id or name (NOT_FOUND as GetWorkspace); empty: the caller's own and
+    their projects' (as ListWorkspaces without all_users, for an admin too).
+    """
     include_terminated: _builtins.bool
     def __init__(
         self,
