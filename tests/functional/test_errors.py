@@ -8,7 +8,15 @@ import grpc
 import pytest
 
 from tests.functional.harness import WS, Site, wait_for
-from workspace.v1 import admin_pb2, common_pb2, images_pb2, workspaces_pb2
+from workspace.v1 import (
+    admin_pb2,
+    common_pb2,
+    images_pb2,
+    projects_pb2,
+    projects_pb2_grpc,
+    trust_pb2,
+    workspaces_pb2,
+)
 
 DS = common_pb2.DesiredState
 
@@ -121,6 +129,67 @@ def test_invalid_transitions(ready_site: Site) -> None:
     s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
     assert s.ws.ResumeWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_RUNNING
     assert s.ws.StartWorkspace(s.ref(w.id)).state == WS.WORKSPACE_STATE_RUNNING
+
+
+def test_a_resume_withdraws_a_pause_its_node_has_not_made(ready_site: Site) -> None:
+    """A pause shows the workspace RUNNING until its node has paused it (here never: its
+    agent is away). A batch system that suspends a job and resumes it at once got
+    FAILED_PRECONDITION "cannot resume ...: it is RUNNING; only a PAUSED workspace can be
+    resumed", and the pause went ahead; a reboot meanwhile silently undid the pause."""
+    s = ready_site.stubs
+    w = s.create(name="susp")
+    s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    ready_site.stop_agent("node1")
+    paused = s.ws.PauseWorkspace(s.ref(w.id))
+    assert (paused.state, paused.desired_state) == (
+        WS.WORKSPACE_STATE_RUNNING,
+        DS.DESIRED_STATE_PAUSED,
+    )
+    err = rpc_error(s.ws.RebootWorkspace, s.ref(w.id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.details() == (
+        "cannot reboot workspace susp: it is being paused (still RUNNING); resume it first"
+    )
+    assert s.get(w.id).desired_state == DS.DESIRED_STATE_PAUSED
+    resumed = s.ws.ResumeWorkspace(s.ref(w.id))
+    assert (resumed.state, resumed.desired_state) == (
+        WS.WORKSPACE_STATE_RUNNING,
+        DS.DESIRED_STATE_RUNNING,
+    )
+    assert s.ws.ResumeWorkspace(s.ref(w.id)).desired_state == DS.DESIRED_STATE_RUNNING
+
+
+# Each RPC that names an image, a node, a network or a project, with the name left empty.
+NAMELESS = {
+    "GetImage": ("images", images_pb2.GetImageRequest(), "give an image name"),
+    "DeleteImage": ("images", images_pb2.GetImageRequest(), "give an image name"),
+    "SetImagePublic": ("images", images_pb2.SetImagePublicRequest(), "give an image name"),
+    "GetSignatures": ("trust", trust_pb2.ImageSignaturesRequest(), "give an image name"),
+    "AddSignature": ("trust", trust_pb2.AddSignatureRequest(), "give an image name"),
+    "DrainNode": ("admin", admin_pb2.NodeRef(), "give a node name"),
+    "EnableNode": ("admin", admin_pb2.NodeRef(), "give a node name"),
+    "RemoveNode": ("admin", admin_pb2.NodeRef(), "give a node name"),
+    "ListCache": ("admin", admin_pb2.NodeRef(), "give a node name"),
+    "PreloadImage": ("admin", admin_pb2.PreloadImageRequest(image="img", nodes=[""]), "node"),
+    "DeleteNetwork": ("admin", admin_pb2.NetworkRef(), "give a network name"),
+    "UpdateNetwork": ("admin", admin_pb2.UpdateNetworkRequest(set_dns=True), "network name"),
+    "AddProjectUser": ("projects", projects_pb2.ProjectUserRequest(user="u"), "project name"),
+    "RemoveProjectUser": ("projects", projects_pb2.ProjectUserRequest(user="u"), "project"),
+    "SetProjectDefaults": ("projects", projects_pb2.SetProjectDefaultsRequest(), "project"),
+    "DeleteProject": ("projects", projects_pb2.DeleteProjectRequest(), "give a project name"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(NAMELESS))
+def test_a_request_that_names_nothing_is_an_invalid_argument(ready_site: Site, method: str) -> None:
+    """As a workspace's or a cluster's RPCs say "give a workspace id or name": these said
+    NOT_FOUND, "image '' not found", "no node ''", as if a name had been given."""
+    stubs = ready_site.stubs
+    service, req, words = NAMELESS[method]
+    stub = projects_pb2_grpc.ProjectsStub(stubs.channel) if service == "projects" else None
+    err = rpc_error(getattr(stub or getattr(stubs, service), method), req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert err.details().startswith("give a") and words in err.details()
 
 
 def test_a_negative_console_tail_is_refused(ready_site: Site) -> None:

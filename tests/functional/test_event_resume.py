@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -22,7 +23,7 @@ from workspace.client import Client
 from workspace.codec import events as codec_events
 from workspace.domain.events import SiteEvent
 from workspace.node.v1 import nodes_pb2
-from workspace.v1 import trust_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, clusters_pb2, trust_pb2, workspaces_pb2
 
 LATE = "late-from-node1"
 
@@ -284,3 +285,33 @@ def test_a_resume_point_the_site_no_longer_has_is_refused_saying_where_to_start(
     assert got == ids[-kept:]
     # One workspace's: its last id lies behind the others' events, nothing refused.
     assert ws_main([*base, "events", "s1", "--after", str(s1_ids[0]), "-o", "json"]) == 0
+
+
+def test_a_negative_resume_point_is_an_invalid_argument(ready_site: Site) -> None:
+    """after_id below 0 was taken for 0 (unset): the whole journal was sent, while the API
+    refuses every other negative count (page_size, tail_bytes, limit). All three event
+    watches now refuse it, saying so."""
+    s = ready_site.stubs
+    ws = s.create(name="n1", memory_mib=64)
+    s.clusters.CreateCluster(
+        clusters_pb2.CreateClusterRequest(
+            name="c1", members=[clusters_pb2.ClusterMember(role="w", image="img", memory_mib=64)]
+        )
+    )
+    for call, req in (
+        (s.admin.WatchEvents, admin_pb2.WatchEventsRequest(after_id=-1)),
+        (
+            s.ws.WatchWorkspaceEvents,
+            workspaces_pb2.WatchWorkspaceEventsRequest(id=ws.id, after_id=-1),
+        ),
+        (
+            s.clusters.WatchClusterEvents,
+            clusters_pb2.WatchClusterEventsRequest(id="c1", after_id=-1),
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call(req, timeout=10))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "after_id must not be negative (0: not set), got -1"
+    # 0 is unset: from the oldest kept.
+    assert list(s.admin.WatchEvents(admin_pb2.WatchEventsRequest(), timeout=10))

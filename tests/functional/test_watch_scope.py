@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.functional.harness import WS, SitePki, TlsSite, wait_for
+from tests.functional.harness import ROOT, WS, SitePki, TlsSite, wait_for
 from tests.functional.test_backfill import backfill_live, fill, set_
 from workspace.v1 import projects_pb2, projects_pb2_grpc, workspaces_pb2
 
@@ -169,5 +169,39 @@ def test_a_user_added_to_a_project_sees_its_workspaces_on_an_open_watch(
         stopped = ("there", WS.WORKSPACE_STATE_STOPPED)
         wait_for(lambda: _drain(seen, got) or stopped in got, what="bob's workspace stopped")
         stream.cancel()
+    finally:
+        site.close()
+
+
+def test_an_admins_watch_of_every_workspace_is_of_their_own_and_their_projects(
+    tmp_path: Path,
+) -> None:
+    """WatchWorkspacesRequest.id said "empty: every workspace the caller may see": an
+    admin may see every workspace, but such a watch carries, as for any user, their own
+    and their projects' (docs/api.md: "there is no all_users here"). The proto says so
+    now; a watch of another user's workspace by its id follows it."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        _grid(site)
+        alice = site.identity("alice", projects=("grid",))
+        hers = alice.create(name="hers", project="grid")
+        admin = site.stubs
+        stream = admin.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest())
+        seen: queue.Queue[workspaces_pb2.WorkspaceEvent] = queue.Queue()
+        threading.Thread(target=_collect, args=(stream, seen), daemon=True).start()
+        got: list[tuple[str, int]] = []
+        own = admin.create(name="own")
+        wait_for(lambda: _drain(seen, got) or ("own", WS.WORKSPACE_STATE_RUNNING) in got)
+        alice.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=hers.id, force=True))
+        admin.wait_state(hers.id, WS.WORKSPACE_STATE_STOPPED)
+        admin.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=own.id, force=True))
+        wait_for(lambda: _drain(seen, got) or ("own", WS.WORKSPACE_STATE_STOPPED) in got)
+        assert "hers" not in {name for name, _ in got}
+        stream.cancel()
+        one = admin.ws.WatchWorkspaces(workspaces_pb2.WatchWorkspacesRequest(id=hers.id))
+        assert next(iter(one)).workspace.name == "hers"
+        one.cancel()
+        proto = (ROOT / "protos/workspace/v1/workspaces.proto").read_text()
+        assert "empty: every workspace the caller may see" not in proto
     finally:
         site.close()

@@ -194,6 +194,27 @@ def test_roles(ca: pki.CA, ident: Identity, method: str, allowed: bool) -> None:
             auth.authorize(ctx, method)  # type: ignore[arg-type]
 
 
+def test_the_roles_the_protos_state_are_the_rules() -> None:
+    """The protos are the API's reference. trust.proto marked GetPolicy "Policy (admin)"
+    though any user may read the policy, and admin.proto said nothing of who may call
+    the Admin service: both now say what RULES does."""
+    protos = Path(__file__).resolve().parents[2] / "protos" / "workspace" / "v1"
+
+    def text(name: str) -> str:  # the comments' words, as one line
+        return " ".join((protos / name).read_text().replace("//", " ").split())
+
+    admin = text("admin.proto")
+    assert "admins only (PERMISSION_DENIED for any other caller), but for ListNetworks" in admin
+    for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods:
+        want = Role.USER if m.name == "ListNetworks" else Role.ADMIN
+        assert RULES[f"/workspace.v1.Admin/{m.name}"] is want, m.name
+    trust = text("trust.proto")
+    assert "any user may read it (GetPolicy); only admins change it (AddKey," in trust
+    assert RULES["/workspace.v1.Trust/GetPolicy"] is Role.USER
+    for m in ("AddKey", "RevokeKey", "RevokeDigest", "SetMode", "ListAudit"):
+        assert RULES[f"/workspace.v1.Trust/{m}"] is Role.ADMIN, m
+
+
 def test_health_is_open() -> None:
     assert RULES["/grpc.health.v1.Health/Check"] is Role.OPEN
 

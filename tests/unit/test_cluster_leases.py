@@ -121,6 +121,12 @@ def test_destroyed_members_are_left_and_a_cluster_without_a_lease_refused(site: 
     clusters.create(env(site), "alice", req)
     with pytest.raises(FailedPrecondition, match="cluster c2 has no lease"):
         cluster_leases.extend(env(site), "alice", "c2", HOUR)
+    # A bad amount is the request's fault, whatever the cluster: it was refused as c2
+    # having no lease (FAILED_PRECONDITION), while a workspace's said the amount.
+    for add_s in (0, -HOUR):
+        with pytest.raises(InvalidArgument) as bad:
+            cluster_leases.extend(env(site), "alice", "c2", add_s)
+        assert bad.value.message == f"extend a lease by more than 0 s, got {add_s} s"
 
 
 def test_an_ended_lease_names_the_cluster_to_extend_and_one_extend_does(site: Site) -> None:

@@ -122,6 +122,45 @@ def test_refusal_hints_say_what_would_work() -> None:
         apply_op(Op.PAUSE, S.STOPPED, D.STOPPED)
 
 
+def test_a_pause_not_carried_out_yet_is_withdrawn_by_a_resume() -> None:
+    """Pause shows the workspace RUNNING until its node pauses it. A resume then was
+    refused, "it is RUNNING; only a PAUSED workspace can be resumed", though it was
+    being paused; it now keeps it running. Likewise a pause of one being resumed."""
+    t = apply_op(Op.RESUME, S.RUNNING, D.PAUSED, "workspace web1")
+    assert t is not None and (t.desired, t.state) == (D.RUNNING, S.RUNNING)
+    t = apply_op(Op.PAUSE, S.PAUSED, D.RUNNING, "workspace web1")
+    assert t is not None and (t.desired, t.state) == (D.PAUSED, S.PAUSED)
+    # The same again is as before: accepted, nothing new.
+    t = apply_op(Op.PAUSE, S.RUNNING, D.PAUSED, "workspace web1")
+    assert t is not None and (t.desired, t.state) == (D.PAUSED, S.RUNNING)
+    t = apply_op(Op.RESUME, S.PAUSED, D.RUNNING, "workspace web1")
+    assert t is not None and (t.desired, t.state) == (D.RUNNING, S.PAUSED)
+    # Stop and destroy are as from the state.
+    t = apply_op(Op.STOP, S.RUNNING, D.PAUSED, "workspace web1")
+    assert t is not None and (t.desired, t.state) == (D.STOPPED, S.STOPPING)
+    t = apply_op(Op.DESTROY, S.PAUSED, D.RUNNING, "workspace web1")
+    assert t is not None and t.desired is D.TERMINATED
+
+
+@pytest.mark.parametrize(
+    ("op", "state", "desired", "why"),
+    [
+        # A reboot, allowed by RUNNING alone, made it RUNNING again: the pause undone.
+        (Op.REBOOT, S.RUNNING, D.PAUSED, "it is being paused (still RUNNING); resume it first"),
+        (Op.START, S.RUNNING, D.PAUSED, "it is being paused (still RUNNING); resume it first"),
+        (Op.REBOOT, S.PAUSED, D.RUNNING, "being resumed (still PAUSED); wait until it is RUNNING"),
+        (Op.START, S.PAUSED, D.RUNNING, "being resumed (still PAUSED); wait until it is RUNNING"),
+    ],
+)
+def test_what_a_pause_or_resume_under_way_refuses_says_so(
+    op: Op, state: State, desired: Desired, why: str
+) -> None:
+    with pytest.raises(FailedPrecondition) as exc:
+        apply_op(op, state, desired, "workspace web1")
+    assert exc.value.message.startswith(f"cannot {op.value} workspace web1: ")
+    assert exc.value.message.endswith(why)
+
+
 def test_lost_workspace_can_only_be_destroyed() -> None:
     for op in Op:
         if op is Op.DESTROY:

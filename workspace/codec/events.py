@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from workspace.codec.v1 import epoch, ts
 from workspace.domain.events import EventFilter, SiteEvent
+from workspace.errors import InvalidArgument
 from workspace.v1 import admin_pb2, clusters_pb2, workspaces_pb2
 
 
@@ -34,7 +35,15 @@ def watch_request_from_proto(
     an unset ``after_id`` 0 (from ``since``)."""
     since = epoch(req.since, "since") if req.HasField("since") else 0.0
     which = EventFilter(tuple(req.kinds), req.workspace, req.node, req.cluster)
-    return since, req.follow, which, max(0, req.after_id)
+    return since, req.follow, which, _after_id(req.after_id)
+
+
+def _after_id(after_id: int) -> int:
+    """An event id to resume after (0: unset); InvalidArgument below 0 (it was taken
+    for 0, the stream sent from the start, as no other negative count of the API is)."""
+    if after_id < 0:
+        raise InvalidArgument(f"after_id must not be negative (0: not set), got {after_id}")
+    return after_id
 
 
 # One workspace's or one cluster's: the same fields.
@@ -46,7 +55,7 @@ def subject_watch_from_proto(
 ) -> tuple[str, float, bool, tuple[str, ...], int]:
     """(the workspace's or cluster's id or name, since, follow, kinds, after_id)."""
     since = epoch(req.since, "since") if req.HasField("since") else 0.0
-    return req.id, since, req.follow, tuple(req.kinds), max(0, req.after_id)
+    return req.id, since, req.follow, tuple(req.kinds), _after_id(req.after_id)
 
 
 W = TypeVar("W", workspaces_pb2.WatchWorkspaceEventsRequest, clusters_pb2.WatchClusterEventsRequest)

@@ -77,6 +77,12 @@ def new_lease_end(
     return now + requested_s if requested_s else 0.0
 
 
+def check_extension(add_s: int) -> None:
+    """InvalidArgument unless ``add_s`` (how much longer a lease is to be) is positive."""
+    if add_s <= 0:
+        raise InvalidArgument(f"extend a lease by more than 0 s, got {add_s} s")
+
+
 def extended_end(
     name: str,
     current_end: float,
@@ -88,8 +94,7 @@ def extended_end(
 ) -> float:
     """The end of a lease extended by ``add_s`` (from its end, or from now once it has
     ended); never more than the project's maximum (or the site's) from now."""
-    if add_s <= 0:
-        raise InvalidArgument(f"extend a lease by more than 0 s, got {add_s} s")
+    check_extension(add_s)
     if not current_end:
         # The request is well formed; the workspace's state refuses it (as for a start
         # after the lease ended): FAILED_PRECONDITION (docs/api.md).

@@ -132,6 +132,25 @@ _ALREADY: dict[Op, tuple[Desired, frozenset[State]]] = {
 }
 
 
+# A pause or resume asked for that the node has not carried out yet, by (state shown,
+# desired): the state is still the one before it. The opposite operation withdraws it
+# (a resume of a workspace still RUNNING, being paused, keeps it running: refused as
+# "it is RUNNING" before); the same one again is as before; a start or a reboot is
+# refused, saying so (a reboot, allowed by the RUNNING state alone, undid the pause).
+_UNDER_WAY: dict[tuple[State, Desired], tuple[Op, Op, str]] = {
+    (State.RUNNING, Desired.PAUSED): (
+        Op.RESUME,
+        Op.PAUSE,
+        "it is being paused (still RUNNING); resume it first",
+    ),
+    (State.PAUSED, Desired.RUNNING): (
+        Op.PAUSE,
+        Op.RESUME,
+        "it is being resumed (still PAUSED); wait until it is RUNNING",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Transition:
     desired: Desired
@@ -151,6 +170,13 @@ def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") ->
     already = _ALREADY.get(op)
     if already is not None and desired is already[0] and state in already[1]:
         return None
+    under_way = _UNDER_WAY.get((state, desired))
+    if under_way is not None and op in (Op.START, Op.REBOOT, Op.PAUSE, Op.RESUME):
+        withdraws, again, refusal = under_way
+        if op is withdraws:  # not carried out yet: it need not be
+            return Transition(_EFFECT[op][0], state)
+        if op is not again:
+            raise FailedPrecondition(f"cannot {op.value} {name}: {refusal}")
     if state not in _ALLOWED[op]:
         hint = {
             Op.START: "only a STOPPED or FAILED workspace can be started",

@@ -13,7 +13,7 @@ import logging
 
 from workspace import callctx
 from workspace.domain.events import Kind, SiteEvent
-from workspace.domain.leases import iso_time
+from workspace.domain.leases import check_extension, iso_time
 from workspace.domain.model import ClusterView
 from workspace.errors import FailedPrecondition, InvalidArgument
 from workspace.identity import Identity
@@ -32,6 +32,9 @@ def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> ClusterView:
     from now once it has ended), or none of them."""
     with write(env) as u:
         c = resolve(u.s, who, ref)
+        # The amount before the members, as for a workspace: 0 s or less was refused as
+        # "no lease" (FAILED_PRECONDITION: read the cluster) when the cluster had none.
+        check_extension(add_s)
         members = live(members_of(u.s, c.id))
         leased = [m for m in members if m.lease_expires_at]
         if not leased:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from images import manifest
-from workspace.errors import AlreadyExists, NotFound
+from workspace.errors import AlreadyExists, InvalidArgument, NotFound
 from workspace.identity import Identity
 from workspace.ops.projects import Scope, scope
 from workspace.store import Image
@@ -43,13 +43,21 @@ def may_use(sc: Scope | None, image: Image) -> bool:
 def visible_image(s: Session, who: Identity | str, name: str) -> Image:
     """The image ``name`` if ``who`` sees it, else ``unknown_image``'s NotFound (the
     caller's scope is read only when the image is not public)."""
-    img = s.get(Image, name)
+    img = s.get(Image, named(name))
     if img is not None and img.public:
         return img
     sc = scope(s, who)
     if img is None or not may_use(sc, img):
         raise unknown_image(s, name, sc)
     return img
+
+
+def named(image: str) -> str:
+    """``image``, the name a request gives; InvalidArgument if it gives none (that was
+    NOT_FOUND, "image '' not found", as if one had been named)."""
+    if not image:
+        raise InvalidArgument("give an image name, NAME:VERSION (`ws image list` shows them)")
+    return image
 
 
 def unknown_image(s: Session, name: str, sc: Scope | None = None) -> NotFound:

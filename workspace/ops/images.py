@@ -29,6 +29,7 @@ from workspace.ops.image_refs import (
     NAME_TAKEN,
     may_use,
     name_taken,
+    named,
     refuse_taken,
     unknown_image,
     visible_image,
@@ -580,7 +581,7 @@ class Catalog:
     def set_public(self, name: str, public: bool) -> ImageView:
         """(admins) Make an image visible to every user, or private to its project again."""
         with self.env.store.write() as s:
-            img = s.get(Image, name)
+            img = s.get(Image, named(name))
             if img is None:
                 raise unknown_image(s, name)
             img.public = public

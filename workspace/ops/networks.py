@@ -199,9 +199,7 @@ def delete_network(env: Env, name: str) -> NetworkInfo:
     their bridge until their own configuration drops it."""
     with unit.write(env) as u:  # its site event is published at commit
         s = u.s
-        net = s.get(Network, name)
-        if net is None:
-            raise NotFound(f"network {name!r} not found; `ws-admin network list` shows them")
+        net = _named(s, name)
         users = _users(s, name)
         if users:
             raise FailedPrecondition(f"network {name} is in use by {'; '.join(users)}")
@@ -243,9 +241,7 @@ def update_network(
     seeded = 0
     with unit.write(env) as u:
         s = u.s
-        net = s.get(Network, name)
-        if net is None:
-            raise NotFound(f"network {name!r} not found; `ws-admin network list` shows them")
+        net = _named(s, name)
         if addresses is not None:
             pool = ipam.validate_network(
                 name, net.subnet, net.gateway, addresses[0], addresses[1], net.mac_prefix
@@ -315,6 +311,17 @@ def _nodes_using(s: Session, name: str) -> set[str]:
         )
     )
     return {node for node, nets in live if name in (nets or ())}
+
+
+def _named(s: Session, name: str) -> Network:
+    """The network an admin's command names: InvalidArgument for no name (it was
+    NOT_FOUND, "network '' not found", as if one had been named), NotFound if none has it."""
+    if not name:
+        raise InvalidArgument("give a network name (`ws-admin network list` shows them)")
+    net = s.get(Network, name)
+    if net is None:
+        raise NotFound(f"network {name!r} not found; `ws-admin network list` shows them")
+    return net
 
 
 def _users(s: Session, name: str, shown: int = 3) -> list[str]:

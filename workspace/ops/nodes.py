@@ -28,6 +28,8 @@ log = logging.getLogger("workspace.ops.nodes")
 
 
 def _get(s: Session, name: str) -> Node:
+    if not name:  # it was NOT_FOUND, "no node ''", as if one had been named
+        raise InvalidArgument("give a node name (`ws-admin node list` shows them)")
     node = s.get(Node, name)
     if node is None:
         raise NotFound(f"no node {name!r}; `ws-admin node list` shows them")

@@ -55,6 +55,17 @@ def no_such_project(name: str) -> NotFound:
     return NotFound(f"project {name!r} does not exist; `ws-admin project list` shows them")
 
 
+def admin_project(s: Session, name: str) -> Project:
+    """The project an admin's command names: InvalidArgument for no name (it was NOT_FOUND,
+    "project '' does not exist", as if one had been named), NotFound if none has it."""
+    if not name:
+        raise InvalidArgument("give a project name (`ws-admin project list` shows them)")
+    p = s.get(Project, name)
+    if p is None:
+        raise no_such_project(name)
+    return p
+
+
 def unknown_project(name: str, who: Identity) -> NotFound:
     """The error for a request of ``who`` naming a project that does not exist: a user is
     shown their own projects, an admin every project."""
@@ -586,9 +597,7 @@ def create_project(env: Env, spec: ProjectSpec) -> ProjectSpec:
 def add_user(env: Env, project: str, user: str) -> ProjectSpec:
     _check_name("user", user)
     with env.store.write() as s:
-        p = s.get(Project, project)
-        if p is None:
-            raise no_such_project(project)
+        p = admin_project(s, project)
         if s.get(ProjectMember, (project, user)) is None:
             s.add(ProjectMember(project=project, user=user))
             s.flush()
@@ -601,9 +610,7 @@ def remove_user(env: Env, project: str, user: str) -> ProjectSpec:
     """Take ``user`` out of ``project``'s recorded members (a certificate naming the
     project still makes its holder a member: revoke it for that)."""
     with env.store.write() as s:
-        p = s.get(Project, project)
-        if p is None:
-            raise no_such_project(project)
+        p = admin_project(s, project)
         row = s.get(ProjectMember, (project, user))
         if row is None:
             raise NotFound(f"user {user!r} is not a recorded member of project {project!r}")
@@ -639,9 +646,7 @@ def delete_project(env: Env, name: str) -> ProjectSpec:
     names what does, and how to end it). Terminated workspaces and usage intervals keep
     the name: past usage is still reported under it. Returns the project as it was."""
     with env.store.write() as s:
-        p = s.get(Project, name)
-        if p is None:
-            raise no_such_project(name)
+        p = admin_project(s, name)
         used = workspace_use(s, name)
         live = used.instances + used.preemptible_instances
         images = s.scalar(select(func.count()).select_from(Image).where(Image.project == name))
@@ -709,9 +714,7 @@ def set_defaults(
     if leases is not None:
         _check_leases(env, leases[0], leases[1])
     with env.store.write() as s:
-        p = s.get(Project, project)
-        if p is None:
-            raise no_such_project(project)
+        p = admin_project(s, project)
         before = _spec(s, p)
         if defaults is not None:
             p.default_limits = limits_column(defaults)

@@ -229,8 +229,9 @@ class GuestsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AttachConsole(self, request_iterator, context):
-        """The serial console, both ways: the first message names the workspace; then input
-        bytes go in and console bytes come out until either side closes.
+        """The serial console, both ways (owner and admins, as Exec): the first message names
+        the workspace, within 10 s of opening; then input bytes go in and console bytes come
+        out until either side closes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -94,8 +94,9 @@ class GuestsStub:
     Exec: _grpc.UnaryUnaryMultiCallable[_access_pb2.ExecRequest, _access_pb2.ExecResult]
     """Run a command in a running workspace through its guest agent (owner and admins)."""
     AttachConsole: _grpc.StreamStreamMultiCallable[_access_pb2.ConsoleInput, _access_pb2.ConsoleChunk]
-    """The serial console, both ways: the first message names the workspace; then input
-    bytes go in and console bytes come out until either side closes.
+    """The serial console, both ways (owner and admins, as Exec): the first message names
+    the workspace, within 10 s of opening; then input bytes go in and console bytes come
+    out until either side closes.
     """
 
 @_typing.type_check_only
@@ -106,8 +107,9 @@ class GuestsAsyncStub(GuestsStub):
     Exec: _aio.UnaryUnaryMultiCallable[_access_pb2.ExecRequest, _access_pb2.ExecResult]  # type: ignore[assignment]
     """Run a command in a running workspace through its guest agent (owner and admins)."""
     AttachConsole: _aio.StreamStreamMultiCallable[_access_pb2.ConsoleInput, _access_pb2.ConsoleChunk]  # type: ignore[assignment]
-    """The serial console, both ways: the first message names the workspace; then input
-    bytes go in and console bytes come out until either side closes.
+    """The serial console, both ways (owner and admins, as Exec): the first message names
+    the workspace, within 10 s of opening; then input bytes go in and console bytes come
+    out until either side closes.
     """
 
 class GuestsServicer(metaclass=_abc_1.ABCMeta):
@@ -127,8 +129,9 @@ class GuestsServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_access_pb2.ConsoleInput],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_access_pb2.ConsoleChunk], _abc.AsyncIterator[_access_pb2.ConsoleChunk]]:
-        """The serial console, both ways: the first message names the workspace; then input
-        bytes go in and console bytes come out until either side closes.
+        """The serial console, both ways (owner and admins, as Exec): the first message names
+        the workspace, within 10 s of opening; then input bytes go in and console bytes come
+        out until either side closes.
         """
 
 def add_GuestsServicer_to_server(servicer: GuestsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

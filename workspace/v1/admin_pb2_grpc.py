@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Site administration: admins only (PERMISSION_DENIED for any other caller), but for
+    ListNetworks, which any user may call.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -128,7 +130,9 @@ class AdminStub:
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Site administration: admins only (PERMISSION_DENIED for any other caller), but for
+    ListNetworks, which any user may call.
+    """
 
     def ListNodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -358,7 +362,9 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Site administration: admins only (PERMISSION_DENIED for any other caller), but for
+    ListNetworks, which any user may call.
+    """
 
     @staticmethod
     def ListNodes(request,

@@ -28,6 +28,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminStub:
+    """Site administration: admins only (PERMISSION_DENIED for any other caller), but for
+    ListNetworks, which any user may call.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -75,6 +79,10 @@ class AdminStub:
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
+    """Site administration: admins only (PERMISSION_DENIED for any other caller), but for
+    ListNetworks, which any user may call.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNodes: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNodesRequest, _admin_pb2.ListNodesResponse]  # type: ignore[assignment]
     CreateNetwork: _aio.UnaryUnaryMultiCallable[_admin_pb2.Network, _admin_pb2.Network]  # type: ignore[assignment]
@@ -118,6 +126,10 @@ class AdminAsyncStub(AdminStub):
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
+    """Site administration: admins only (PERMISSION_DENIED for any other caller), but for
+    ListNetworks, which any user may call.
+    """
+
     @_abc_1.abstractmethod
     def ListNodes(
         self,

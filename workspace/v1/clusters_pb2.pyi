@@ -438,7 +438,9 @@ class ScaleClusterResponse(_message.Message):
     count: _builtins.int
     """its count now"""
     message: _builtins.str
-    """one line: what happened ("already 3: nothing to do", ...)"""
+    """One line: what happened ("role worker of cluster c already has 3 member(s): nothing
+    to do", ...).
+    """
     @_builtins.property
     def cluster(self) -> Global___Cluster: ...
     @_builtins.property
@@ -486,7 +488,10 @@ class SetAutoscaleRequest(_message.Message):
     min: _builtins.int
     max: _builtins.int
     signal: _builtins.str
-    """"slurm-queue", "slurm-queue:PARTITION" or "command:/ABS/PATH" """
+    """"slurm-queue", "slurm-queue:PARTITION" or "command:/ABS/PATH". A command runs on the
+    service's host: only an admin may name one, a user only a program in the site's
+    autoscale_commands_dir (none set: no user; else PERMISSION_DENIED).
+    """
     cooldown_s: _builtins.int
     """0 = the service's default (autoscale_cooldown_s)"""
     def __init__(

@@ -96,7 +96,8 @@ class TrustServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPolicy(self, request, context):
-        """Policy (admin).
+        """The policy: any user may read it (GetPolicy); only admins change it (AddKey,
+        RevokeKey, RevokeDigest, SetMode) and read the audit (ListAudit): PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

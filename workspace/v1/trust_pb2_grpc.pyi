@@ -39,7 +39,9 @@ class TrustStub:
     """
     GetSignatures: _grpc.UnaryUnaryMultiCallable[_trust_pb2.ImageSignaturesRequest, _trust_pb2.ImageSignatures]
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_trust_pb2.GetPolicyRequest, _trust_pb2.TrustPolicy]
-    """Policy (admin)."""
+    """The policy: any user may read it (GetPolicy); only admins change it (AddKey,
+    RevokeKey, RevokeDigest, SetMode) and read the audit (ListAudit): PERMISSION_DENIED.
+    """
     AddKey: _grpc.UnaryUnaryMultiCallable[_trust_pb2.AddKeyRequest, _trust_pb2.TrustPolicy]
     RevokeKey: _grpc.UnaryUnaryMultiCallable[_trust_pb2.RevokeKeyRequest, _trust_pb2.TrustPolicy]
     RevokeDigest: _grpc.UnaryUnaryMultiCallable[_trust_pb2.RevokeDigestRequest, _trust_pb2.TrustPolicy]
@@ -57,7 +59,9 @@ class TrustAsyncStub(TrustStub):
     """
     GetSignatures: _aio.UnaryUnaryMultiCallable[_trust_pb2.ImageSignaturesRequest, _trust_pb2.ImageSignatures]  # type: ignore[assignment]
     GetPolicy: _aio.UnaryUnaryMultiCallable[_trust_pb2.GetPolicyRequest, _trust_pb2.TrustPolicy]  # type: ignore[assignment]
-    """Policy (admin)."""
+    """The policy: any user may read it (GetPolicy); only admins change it (AddKey,
+    RevokeKey, RevokeDigest, SetMode) and read the audit (ListAudit): PERMISSION_DENIED.
+    """
     AddKey: _aio.UnaryUnaryMultiCallable[_trust_pb2.AddKeyRequest, _trust_pb2.TrustPolicy]  # type: ignore[assignment]
     RevokeKey: _aio.UnaryUnaryMultiCallable[_trust_pb2.RevokeKeyRequest, _trust_pb2.TrustPolicy]  # type: ignore[assignment]
     RevokeDigest: _aio.UnaryUnaryMultiCallable[_trust_pb2.RevokeDigestRequest, _trust_pb2.TrustPolicy]  # type: ignore[assignment]
@@ -90,7 +94,9 @@ class TrustServicer(metaclass=_abc_1.ABCMeta):
         request: _trust_pb2.GetPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trust_pb2.TrustPolicy, _abc.Awaitable[_trust_pb2.TrustPolicy]]:
-        """Policy (admin)."""
+        """The policy: any user may read it (GetPolicy); only admins change it (AddKey,
+        RevokeKey, RevokeDigest, SetMode) and read the audit (ListAudit): PERMISSION_DENIED.
+        """
 
     @_abc_1.abstractmethod
     def AddKey(

@@ -402,7 +402,9 @@ class WatchWorkspacesRequest(_message.Message):
     INCLUDE_TERMINATED_FIELD_NUMBER: _builtins.int
     MINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """empty: every workspace the caller may see"""
+    """A workspace's id or name (NOT_FOUND as GetWorkspace); empty: the caller's own and
+    their projects' (as ListWorkspaces without all_users, for an admin too).
+    """
     include_terminated: _builtins.bool
     mine: _builtins.bool
     """Only the caller's own workspaces (`owner` is the caller), not their project

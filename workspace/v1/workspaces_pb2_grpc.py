@@ -206,7 +206,8 @@ class WorkspacesServicer:
 
     def UpdateWorkspace(self, request, context):
         """The owner (or an admin): change connectivity, allow rules and limits of a live
-        workspace; the node's filter and domain follow.
+        workspace (the node's filter and domain follow), and the size of a STOPPED one
+        (cpus, memory_mib: FAILED_PRECONDITION in any other state).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

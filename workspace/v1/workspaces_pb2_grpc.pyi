@@ -54,7 +54,8 @@ class WorkspacesStub:
     """Usage of the caller's workspaces (and their projects')."""
     UpdateWorkspace: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.UpdateWorkspaceRequest, _common_pb2.Workspace]
     """The owner (or an admin): change connectivity, allow rules and limits of a live
-    workspace; the node's filter and domain follow.
+    workspace (the node's filter and domain follow), and the size of a STOPPED one
+    (cpus, memory_mib: FAILED_PRECONDITION in any other state).
     """
     WatchWorkspaceEvents: _grpc.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspaceEventsRequest, _admin_pb2.SiteEvent]
     """What happened to one workspace the caller may see, by whom and why (`ws events`):
@@ -88,7 +89,8 @@ class WorkspacesAsyncStub(WorkspacesStub):
     """Usage of the caller's workspaces (and their projects')."""
     UpdateWorkspace: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.UpdateWorkspaceRequest, _common_pb2.Workspace]  # type: ignore[assignment]
     """The owner (or an admin): change connectivity, allow rules and limits of a live
-    workspace; the node's filter and domain follow.
+    workspace (the node's filter and domain follow), and the size of a STOPPED one
+    (cpus, memory_mib: FAILED_PRECONDITION in any other state).
     """
     WatchWorkspaceEvents: _aio.UnaryStreamMultiCallable[_workspaces_pb2.WatchWorkspaceEventsRequest, _admin_pb2.SiteEvent]  # type: ignore[assignment]
     """What happened to one workspace the caller may see, by whom and why (`ws events`):
@@ -203,7 +205,8 @@ class WorkspacesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Workspace, _abc.Awaitable[_common_pb2.Workspace]]:
         """The owner (or an admin): change connectivity, allow rules and limits of a live
-        workspace; the node's filter and domain follow.
+        workspace (the node's filter and domain follow), and the size of a STOPPED one
+        (cpus, memory_mib: FAILED_PRECONDITION in any other state).
         """
 
     @_abc_1.abstractmethod
