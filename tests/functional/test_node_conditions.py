@@ -59,8 +59,8 @@ GRACE_S = 15
 
 
 def heartbeats_go_on(site: Site, since: float, for_s: float = 3.0) -> None:
-    """The node's heartbeats are still taken ``for_s`` after ``since`` (many heartbeats
-    and liveness passes), whatever the machine's load; the node is READY then."""
+    """Wait until the node's heartbeats are still taken ``for_s`` after ``since`` (many
+    heartbeats and liveness passes), however slowly a busy machine gets there."""
 
     def latest() -> float:
         (node,) = site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
