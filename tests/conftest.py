@@ -6,6 +6,8 @@ at the end. Skipped where PostgreSQL's server is not installed (``make deps`` in
 ``pg_url``: a database of its own for the requesting test module.
 ``pg_head``: the name of a database migrated to the newest revision, a template:
 ``pg_server.database(name, template=pg_head)`` is a store at head in milliseconds.
+``_logging_as_it_was`` (autouse): what a test changes of the process's logging is undone
+after it, so that no later test on the same xdist worker inherits it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import logstate
 from tests.host.lanes import HostLanes
 from tests.pg import PgServer, running_server
 
@@ -34,6 +37,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> HostLanes | None:
     return HostLanes(config, log) if config.getoption("host_lanes") else None
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """What the test changes of the process's logging set-up undone after it
+    (tests/logstate.py): a test that runs a daemon's main() in-process calls
+    ``workspace.log.setup``, which leaves the root logger at INFO with a handler writing to
+    that test's captured stderr; a later test on the same worker then captured other
+    modules' lines with caplog (CI failed so, 20699ff)."""
+    with logstate.kept():
+        yield
 
 
 @pytest.fixture(scope="session")

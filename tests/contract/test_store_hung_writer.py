@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -24,6 +25,7 @@ from tests.pg import PgServer
 from workspace.domain.states import NodeState
 from workspace.errors import Unavailable
 from workspace.ops import liveness
+from workspace.service.replicas import conninfo
 from workspace.store import Network, Node, Store, engines
 
 T = TypeVar("T")
@@ -57,6 +59,29 @@ def short_limited(monkeypatch: pytest.MonkeyPatch, limit_s: float, make: Callabl
     return made
 
 
+def end_the_holder_once_waited_for(store: Store, waited_s: float) -> None:
+    """Once another session has been waiting for the store's write lock for ``waited_s``
+    (at least: the clock starts when the wait is seen), end the session holding it, as the
+    server ends one idle in its transaction."""
+    waiting = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+        " AND objid = %s AND NOT granted AND database ="
+        " (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    with psycopg.connect(conninfo(store.engine), autocommit=True) as conn:
+        deadline = time.monotonic() + 30
+        while not conn.execute(waiting, (engines.LOCK_CLASS, engines.WRITE_LOCK)).fetchone()[0]:
+            assert time.monotonic() < deadline, "no one waited for the write lock"
+            time.sleep(0.05)
+        time.sleep(waited_s)  # the waiter has waited at least this long
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND classid = %s AND objid = %s AND granted AND database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (engines.LOCK_CLASS, engines.WRITE_LOCK),
+        )
+
+
 def test_a_writer_hung_inside_its_transaction_does_not_stop_the_others(
     pg_server: PgServer, pg_head: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,11 +91,14 @@ def test_a_writer_hung_inside_its_transaction_does_not_stop_the_others(
     resume = threading.Event()
     outcome: list[BaseException | None] = []
 
+    held = threading.Event()
+
     def stopped_writer() -> None:
         try:
             with hung.write() as s:
                 s.add(net("half-made", 1))
                 s.flush()
+                held.set()
                 resume.wait(60)  # stopped here, holding the site's write lock
             outcome.append(None)
         except BaseException as exc:
@@ -79,7 +107,10 @@ def test_a_writer_hung_inside_its_transaction_does_not_stop_the_others(
     t = threading.Thread(target=stopped_writer)
     try:
         t.start()
-        time.sleep(0.5)  # it holds the lock now
+        # It holds the lock now. (A fixed nap before was not always enough on a busy
+        # machine: the other write went first, and the hung one was then let go before
+        # its limit and committed.)
+        assert held.wait(30)
         done = threading.Event()
 
         def write() -> None:
@@ -108,10 +139,16 @@ def test_nodes_silent_while_a_hung_writer_held_the_lock_are_not_marked_down(
 ) -> None:
     """While another replica sat in its transaction, no heartbeat could be recorded: the
     leader's liveness pass, which waited for that lock itself, judges no node on it, and
-    its store counts the stall as an outage (the nodes get their grace from its end)."""
-    monkeypatch.setattr(engines, "WRITE_STALL_S", 1.0)
+    its store counts the stall as an outage (the nodes get their grace from its end).
+
+    The hung session is ended as the server ends it (pg_terminate_backend, what
+    ``IDLE_IN_TRANSACTION_S`` does), but only once the leader has waited for the lock
+    longer than ``WRITE_STALL_S``: with the server's own short limit, a leader kept from
+    asking for a while on a busy machine waited less than that, and the stall was not
+    counted. The short stall limit is set only after the leader's own set-up writes, which
+    a busy machine could otherwise have made look stalled."""
     leader = World(tmp_path / "leader", pg_server.database("hung_liveness", template=pg_head))
-    hung = short_limited(monkeypatch, 2.0, lambda: leader.replica("hung"))
+    hung = leader.replica("hung")
     try:
         leader.node("n0", cpus=8, memory_mib=8192, networks=())
         with leader.store.write() as s:
@@ -119,6 +156,7 @@ def test_nodes_silent_while_a_hung_writer_held_the_lock_are_not_marked_down(
             assert node is not None
             node.last_heartbeat = time.time() - leader.env.cfg.node_grace_s - 1  # silent
         assert leader.store.reachable_since() == 0.0  # never away, never stalled
+        monkeypatch.setattr(engines, "WRITE_STALL_S", 1.0)
         held = threading.Event()
         resume = threading.Event()
 
@@ -131,12 +169,15 @@ def test_nodes_silent_while_a_hung_writer_held_the_lock_are_not_marked_down(
 
         t = threading.Thread(target=stopped_writer)
         t.start()
+        ender = threading.Thread(target=end_the_holder_once_waited_for, args=(leader.store, 1.5))
         try:
             assert held.wait(30)
             before = time.time()
+            ender.start()
             judged = replace(leader.env, started_at=0.0)
             assert liveness.check_liveness(judged) == []  # it waited for the lock
         finally:
+            ender.join(60)
             resume.set()
             t.join(30)
         assert leader.store.reachable_since() >= before

@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -77,11 +78,18 @@ def gone(pid: int) -> bool:
     return st[st.rfind(")") + 2] in "ZX"
 
 
-def wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
+def wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not gone(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return gone(pid)
+
+
+def until(check: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +284,9 @@ def test_watch_prints_state_changes_and_ends_on_ctrl_c(site_dir: Path) -> None:
     # then before it runs anything ("epoll_wait error: Bad file descriptor", grpc#43055).
     sigint = "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     ws = sigint + "runpy.run_module('workspace.cli.ws', run_name='__main__', alter_sys=True)"
+    # Waited for by what it prints, not for a fixed time: started on a busy machine, `ws`
+    # took more than the second once given to subscribe, and missed the create.
+    ok(site_dir, "ws", "create", "--image", IMAGE, "--name", "cli-watch-mark")
     proc = subprocess.Popen(
         [sys.executable, "-c", ws, "-o", "json", "watch"],
         stdout=subprocess.PIPE,
@@ -284,23 +295,38 @@ def test_watch_prints_state_changes_and_ends_on_ctrl_c(site_dir: Path) -> None:
         env=cli_env(site_dir),
         cwd=ROOT,
     )
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout or ():
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def states(name: str) -> list[str]:
+        events = [json.loads(line) for line in list(lines)]
+        return [e["workspace"]["state"] for e in events if e["workspace"]["name"] == name]
+
     try:
-        time.sleep(1.0)  # let it subscribe
+        until(lambda: states("cli-watch-mark"), "the watch's snapshot: it has subscribed")
         ok(site_dir, "ws", "create", "--image", IMAGE, "--name", "cli-watch", "--wait")
         ok(site_dir, "ws", "destroy", "cli-watch", "--wait")
-        time.sleep(0.5)
+        until(lambda: "TERMINATED" in states("cli-watch"), "the watch to print TERMINATED")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(60)
+        reader.join(60)
+        err = proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        ok(site_dir, "ws", "destroy", "cli-watch-mark", "--wait")
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    events = [json.loads(line) for line in out.splitlines()]
-    states = [e["workspace"]["state"] for e in events if e["workspace"]["name"] == "cli-watch"]
-    assert states[-1] == "TERMINATED" and "RUNNING" in states
-    assert len(states) == len(set(states)) or states.count("RUNNING") == 1
+    states_seen = states("cli-watch")
+    assert states_seen[-1] == "TERMINATED" and "RUNNING" in states_seen
+    assert len(states_seen) == len(set(states_seen)) or states_seen.count("RUNNING") == 1
 
 
 def test_site_down_leaves_no_process_and_restarts_after_a_crash(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +55,31 @@ def sessions(site: Site) -> tuple[int, int]:
     fwd = service(site).forwarder
     assert fwd is not None
     return fwd.consoles.sessions()
+
+
+class Screen:
+    """``sys.stdout`` for ``ws console --attach``: what it shows, to wait for."""
+
+    def __init__(self) -> None:
+        self.buffer = self
+        self.shown = b""
+        self.cond = threading.Condition()
+
+    def write(self, data: bytes) -> int:
+        with self.cond:
+            self.shown += data
+            self.cond.notify_all()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def wait_for(self, text: bytes, timeout_s: float = 60.0) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: text in self.shown, timeout_s)
 
 
 class Typist:
@@ -120,20 +144,25 @@ def test_ws_console_attach_through_the_replica_without_the_agent(
 ) -> None:
     a, _b = two
     r, w = os.pipe()
+    screen = Screen()
 
     def type_in() -> None:
-        time.sleep(1.0)
+        # Typed as a person does, on what the screen shows: typed after fixed naps (1 s,
+        # then 1 s), a ws slow to attach on a busy machine read the login and the Ctrl-]
+        # together, and detached before the guest echoed the login.
+        screen.wait_for(BANNER)
         os.write(w, b"root\r")
-        time.sleep(1.0)
+        screen.wait_for(b"box login: root\r\n")
         os.write(w, b"\x1d")  # Ctrl-]
         os.close(w)
 
     threading.Thread(target=type_in, daemon=True).start()
     with os.fdopen(r, "rb") as stdin:
         monkeypatch.setattr("sys.stdin", stdin)
+        monkeypatch.setattr("sys.stdout", screen)
         assert ws.main(["--service", a.address, "console", "box", "--attach"]) == 0
-    out, err = capfdbinary.readouterr()
-    assert b"box login: root\r\n" in out
+    _, err = capfdbinary.readouterr()
+    assert b"box login: root\r\n" in screen.shown
     assert b"ws: detached" in err
 
 

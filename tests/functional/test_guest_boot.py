@@ -34,10 +34,11 @@ def test_exec_right_after_create_waits_for_the_guest_to_boot(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`ws create --wait` then `ws exec box -- cat /etc/hostname`, as typed: the guest
-    agent answers 2 s after the domain runs; ws waits, says so once, then runs it."""
+    agent answers 8 s after the domain runs; ws waits, says so once, then runs it. (It
+    answered after 2 s before: on a busy machine the exec came later than that.)"""
     site.stubs.network()
     site.stubs.import_image("img")
-    site.add_agent("node1", fake={"guest_agent_after_s": 2.0})
+    site.add_agent("node1", fake={"guest_agent_after_s": 8.0})
     site.stubs.create(name="box")
     site.stubs.wait_state("box", RUNNING)
     with Client(site.address) as c, pytest.raises(errors.FailedPrecondition) as exc:
@@ -48,7 +49,7 @@ def test_exec_right_after_create_waits_for_the_guest_to_boot(
     assert (rc, out) == (0, "box\n")
     assert err.startswith("ws: no guest agent answers in box yet (it started ")
     assert err.endswith(" s for the guest to boot\n") and err.count("\n") == 1
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < booting.BOOT_WINDOW_S / 5  # not the whole window
     # Now up: no wait, nothing said.
     assert cli(site, capsys, "exec", "box", "--", "true") == (0, "", "")
 
@@ -56,7 +57,8 @@ def test_exec_right_after_create_waits_for_the_guest_to_boot(
 def test_a_guest_without_a_guest_agent_is_said_plainly_after_the_boot_window(
     site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(booting, "BOOT_WINDOW_S", 1.5)
+    # Long enough for the first exec to come within it on a busy machine (1.5 s was not).
+    monkeypatch.setattr(booting, "BOOT_WINDOW_S", 8.0)
     site.stubs.network()
     site.stubs.import_image("img")
     site.add_agent("node1", fake={"no_guest_agent": ["bare"]})
@@ -81,4 +83,4 @@ def test_a_guest_without_a_guest_agent_is_said_plainly_after_the_boot_window(
     assert "its image most likely lacks qemu-guest-agent" in exc.value.message
     rc, _, err = cli(site, capsys, "exec", "bare", "--", "true")
     assert rc == 1 and err.count("\n") == 1 and "most likely lacks" in err
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < booting.BOOT_WINDOW_S  # not another window waited out

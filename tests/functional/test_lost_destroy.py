@@ -19,8 +19,10 @@ PERSIST = {"persist": True}  # the fake node's domains survive its agent (as lib
 @pytest.fixture
 def two_nodes(tmp_path: Path) -> Iterator[tuple[Site, common_pb2.Workspace]]:
     """A site with node1 (running k-m-0) and node2; node1's agent then dies (kill -9):
-    node1 DOWN, k-m-0 LOST."""
-    site = Site(tmp_path, node_grace_s=2)
+    node1 DOWN, k-m-0 LOST. The grace is well above the heartbeat interval (1 s): with 2 s,
+    a busy machine that held node2's heartbeat back for a second made it DOWN too, and the
+    tests' creates on it failed."""
+    site = Site(tmp_path, node_grace_s=8)
     try:
         site.stubs.network()
         site.stubs.import_image("img")
@@ -30,7 +32,7 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[Site, common_pb2.Workspace]]:
         assert w.node == "node1"
         site.add_agent("node2")
         site.agents.pop("node1").stop_event.set()  # cut off, its VM left running
-        w = site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_LOST, timeout_s=15)
+        w = site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_LOST, timeout_s=60)
         yield site, w
     finally:
         site.close()

@@ -263,7 +263,9 @@ def test_queued_normal_request_preempts_when_processed(site: Site) -> None:
 
 
 def test_victims_node_down_mid_preemption_is_not_stuck(tmp_path: Path) -> None:
-    site = Site(tmp_path, preempt_grace_s=30, node_grace_s=2)
+    # node_grace_s well above the heartbeat interval (1 s): node1 must stay up until it is
+    # stopped, and after it comes back, on a busy machine too.
+    site = Site(tmp_path, preempt_grace_s=30, node_grace_s=8)
     try:
         site.stubs.network()
         site.stubs.import_image("img")
@@ -279,6 +281,7 @@ def test_victims_node_down_mid_preemption_is_not_stuck(tmp_path: Path) -> None:
                 n.state == admin_pb2.NODE_STATE_DOWN
                 for n in site.stubs.admin.ListNodes(admin_pb2.ListNodesRequest()).nodes
             ),
+            60,
             what="node1 DOWN",
         )
         assert site.stubs.get(new.id).state == WS.WORKSPACE_STATE_LOST

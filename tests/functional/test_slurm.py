@@ -6,7 +6,6 @@ marked DOWN in Slurm (a fake scontrol records it) and why."""
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,15 +111,6 @@ class Slurm:
 
     def live(self) -> dict[str, common_pb2.Workspace]:
         return {w.name: w for w in self.client.list_workspaces()}
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    logger = logging.getLogger("ws-slurm")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
 
 
 @pytest.fixture

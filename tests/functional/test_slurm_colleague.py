@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.harness import WS, SitePki, Stubs, TlsSite, wait_for
-from tests.functional.test_slurm import MAPPING, RecordingScontrol, _reset_logging
+from tests.functional.test_slurm import MAPPING, RecordingScontrol
 from workspace.slurm import cli
 from workspace.slurm.resumefile import JOB_ENV
 from workspace.v1 import (
@@ -26,8 +26,6 @@ from workspace.v1 import (
     projects_pb2_grpc,
     workspaces_pb2,
 )
-
-__all__ = ["_reset_logging"]  # the autouse fixture, run here too
 
 
 @pytest.fixture

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import warnings
 
+from tests import logstate
 from workspace import log
 
 
 def daemon_formatter() -> logging.Formatter:
     """The formatter ``log.setup`` gives the service's stderr in ``text`` format."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
+    with logstate.kept():
         log.setup("INFO", "workspace-service", "text")
-        formatter = root.handlers[0].formatter
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+        formatter = logging.getLogger().handlers[0].formatter
     assert formatter is not None
     return formatter
 
@@ -54,3 +52,22 @@ def test_a_traceback_still_follows_on_its_own_lines() -> None:
     assert lines[0].endswith("ListNodes failed unexpectedly (incident abc)")
     assert lines[1] == "Traceback (most recent call last):"
     assert lines[-1] == "ValueError: boom"
+
+
+def test_what_log_setup_changes_is_undone_for_the_tests_after() -> None:
+    """tests/conftest.py undoes around each test what ``log.setup`` (a daemon's main() run
+    in-process) changes: left, the root logger at INFO made later tests' caplog capture
+    other modules' lines, and its handler wrote to a finished test's captured stderr."""
+    root, slurm = logging.getLogger(), logging.getLogger("ws-slurm")
+    before = (root.level, root.handlers[:], slurm.propagate, slurm.handlers[:])
+    hooks = (warnings.showwarning, sys.excepthook, threading.excepthook)
+    with logstate.kept():
+        log.setup("INFO", "workspace-agent", "json", node="n1")
+        slurm.propagate = False
+        assert root.level == logging.INFO and root.handlers != before[1]
+        assert warnings.showwarning is not hooks[0] and sys.excepthook is not hooks[1]
+    assert (root.level, root.handlers, slurm.propagate, slurm.handlers) == before
+    assert (warnings.showwarning, sys.excepthook, threading.excepthook) == hooks
+    with logstate.kept():  # and it captures warnings again when set up again
+        log.setup("INFO", "workspace-agent", "json")
+        assert warnings.showwarning is not hooks[0]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_slurm_program import Run, _reset_logging, run
+from tests.unit.test_slurm_program import Run, run
 from workspace.slurm.scontrol import Scontrol
 
-__all__ = ["_reset_logging", "run"]  # the fixtures, used here
+__all__ = ["run"]  # the fixture, used here
 
 FAKE = """#!/bin/sh
 case "$1 $2" in

@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.unit.test_slurm_program import FakeScontrol, Run, _reset_logging, run
+from tests.unit.test_slurm_program import FakeScontrol, Run, run
 from workspace import errors, rpc_status
 from workspace.slurm import cli
 from workspace.slurm.hostlist import brief
 from workspace.slurm.scontrol import Scontrol, is_powered_down
 
-__all__ = ["_reset_logging", "run"]  # the fixtures, used here
+__all__ = ["run"]  # the fixture, used here
 
 REVOKED = errors.PermissionDenied("the certificate of user:slurm has been revoked")
 

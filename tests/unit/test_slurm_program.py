@@ -4,8 +4,6 @@ mapping, idempotency (Slurm retries) and the error paths, through ``cli.main``."
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,15 +199,6 @@ class FakeScontrol(Scontrol):
 
     def states(self, nodes: Any) -> dict[str, str] | None:
         return {n: self.node_states.get(n, "IDLE+CLOUD") for n in nodes}
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    logger = logging.getLogger("ws-slurm")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
 
 
 class Run:

@@ -5,12 +5,12 @@ done."""
 
 from __future__ import annotations
 
-from tests.unit.test_slurm_program import Run, _reset_logging, run
+from tests.unit.test_slurm_program import Run, run
 from workspace import errors
 from workspace.slurm.program import fail_reason
 from workspace.v1 import common_pb2
 
-__all__ = ["_reset_logging", "run"]  # the fixtures, used here
+__all__ = ["run"]  # the fixture, used here
 
 WS = common_pb2.WorkspaceState
 DS = common_pb2.DesiredState
