@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_cli_guests import agent_tasks, replies
-from tests.unit.test_request_validation import build_site
+from tests.unit.test_request_validation import OWNER, build_site
 from workspace.domain.model import ExecOutcome
+from workspace.domain.netpolicy import Limits, PolicyUpdate
+from workspace.domain.states import Op
 from workspace.domain.tasks import (
     ConsoleClose,
     ConsoleClosed,
@@ -24,7 +26,8 @@ from workspace.domain.tasks import (
     Task,
 )
 from workspace.log import JsonFormatter
-from workspace.ops import queue
+from workspace.node.v1 import nodes_pb2
+from workspace.ops import queue, update
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
@@ -142,3 +145,36 @@ def test_the_queue_lines_of_a_workspace_carry_its_id(
     (placed,) = [r for r in caplog.records if "placed from the queue" in r.getMessage()]
     line = json.loads(JsonFormatter("workspace-service").format(placed))
     assert (line["workspace"], line["node"]) == (later.id, "n1")
+
+
+def test_the_service_lines_of_a_placed_workspace_carry_its_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "workspace 1a2b (box): stop requested" (and destroy, update, a lease's warning
+    and end, a trust power-off, a save, a release) passed the workspace's id only,
+    though its row names the node it is on: an admin selecting the JSON lines of node n1
+    (`jq 'select(.node == "n1")'`) did not see what was asked of its workspaces."""
+    site = build_site(tmp_path)
+    box = site.create(name="box", cpus=1, memory_mib=256)
+    assert box.node == "n1"
+    site.report(box.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    loggers = ("workspace.ops.operate", "workspace.ops.update")
+    with caplog.at_level(logging.INFO):
+        update.update(site.core.env, OWNER, PolicyUpdate("box", limits=Limits(cpu_percent=50)))
+        site.core.operate(OWNER, box.id, Op.STOP)
+        site.core.operate(OWNER, box.id, Op.DESTROY)
+        site.core.operate(OWNER, box.id, Op.DESTROY)  # asked again: nothing to change
+    lines = [
+        json.loads(JsonFormatter("workspace-service").format(r))
+        for r in caplog.records
+        if r.name in loggers
+    ]
+    said = [
+        (line["message"].split(": ", 1)[1], line["workspace"], line.get("node")) for line in lines
+    ]
+    assert said == [
+        ("cpu_percent 0 -> 50", box.id, "n1"),
+        ("stop requested", box.id, "n1"),
+        ("destroy requested", box.id, "n1"),
+        ("destroy asked again (nothing to change)", box.id, "n1"),
+    ], said
