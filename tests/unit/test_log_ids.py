@@ -27,7 +27,7 @@ from workspace.domain.tasks import (
 )
 from workspace.log import JsonFormatter
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import queue, update
+from workspace.ops import nodes, queue, update
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
@@ -178,3 +178,42 @@ def test_the_service_lines_of_a_placed_workspace_carry_its_node(
         ("destroy requested", box.id, "n1"),
         ("destroy asked again (nothing to change)", box.id, "n1"),
     ], said
+
+
+def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "node n1 is DOWN: no heartbeat since ..." was written by the liveness loop with
+    the node in its words only (no node field in JSON), and named none of the
+    workspaces it made LOST: the admin reading the log learnt of the outage, not what
+    it cost. The node's drain, enable and removal, asked by an admin (whose call names
+    no node), had no node field either."""
+    site = build_site(tmp_path)
+    a = site.create(name="a", cpus=1, memory_mib=256)
+    b = site.create(name="b", cpus=1, memory_mib=256)
+    gone = site.create(name="gone", cpus=1, memory_mib=256)
+    site.core.operate(OWNER, gone.id, Op.DESTROY)  # released at DOWN, not LOST
+    env = site.core.env
+    site.clock.now += env.cfg.node_grace_s + 1
+    with caplog.at_level(logging.INFO):
+        assert site.nodes.check_liveness() == ["n1"]
+        nodes.set_drained(env, "n1", True)
+        nodes.set_drained(env, "n1", False)
+        for w in (a, b):
+            site.core.operate(OWNER, w.id, Op.DESTROY)
+        nodes.remove(env, "n1")
+    loggers = ("workspace.ops.liveness", "workspace.ops.nodes")
+    lines = [
+        json.loads(JsonFormatter("workspace-service").format(r))
+        for r in caplog.records
+        if r.name in loggers
+    ]
+    said = [(line["message"], line.get("node")) for line in lines]
+    assert said[0][0].startswith("node n1 is DOWN: no heartbeat since "), said
+    assert said[0][0].endswith(f"; workspace(s) LOST: a ({a.id}), b ({b.id})"), said
+    assert [m for m, _ in said[1:]] == [
+        "node n1 draining: no new work",
+        "node n1 enabled",
+        "node n1 removed",
+    ]
+    assert all(node == "n1" for _m, node in said), said
