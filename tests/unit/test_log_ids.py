@@ -186,8 +186,8 @@ def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
     """ "node n1 is DOWN: no heartbeat since ..." was written by the liveness loop with
     the node in its words only (no node field in JSON), and named none of the
     workspaces it made LOST: the admin reading the log learnt of the outage, not what
-    it cost. The node's drain, enable and removal, asked by an admin (whose call names
-    no node), had no node field either."""
+    it cost, nor did a line say which came back. The node's drain, enable and removal,
+    asked by an admin (whose call names no node), had no node field either."""
     site = build_site(tmp_path)
     a = site.create(name="a", cpus=1, memory_mib=256)
     b = site.create(name="b", cpus=1, memory_mib=256)
@@ -197,12 +197,14 @@ def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
     site.clock.now += env.cfg.node_grace_s + 1
     with caplog.at_level(logging.INFO):
         assert site.nodes.check_liveness() == ["n1"]
+        site.report(b.id, nodes_pb2.OBSERVED_STATE_RUNNING)  # its agent back, b with it
         nodes.set_drained(env, "n1", True)
         nodes.set_drained(env, "n1", False)
-        for w in (a, b):
-            site.core.operate(OWNER, w.id, Op.DESTROY)
+        site.core.operate(OWNER, b.id, Op.DESTROY)
+        site.report(b.id, nodes_pb2.OBSERVED_STATE_ABSENT)
+        site.core.operate(OWNER, a.id, Op.DESTROY)
         nodes.remove(env, "n1")
-    loggers = ("workspace.ops.liveness", "workspace.ops.nodes")
+    loggers = ("workspace.ops.liveness", "workspace.ops.nodes", "workspace.ops.reports")
     lines = [
         json.loads(JsonFormatter("workspace-service").format(r))
         for r in caplog.records
@@ -212,8 +214,9 @@ def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
     assert said[0][0].startswith("node n1 is DOWN: no heartbeat since "), said
     assert said[0][0].endswith(f"; workspace(s) LOST: a ({a.id}), b ({b.id})"), said
     assert [m for m, _ in said[1:]] == [
+        f"workspace {b.id} (b) is back from LOST on node n1: RUNNING",
         "node n1 draining: no new work",
         "node n1 enabled",
         "node n1 removed",
-    ]
+    ], said
     assert all(node == "n1" for _m, node in said), said

@@ -635,6 +635,16 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
                     stored_reason(obs.reason),
                     extra=about(ws.id, r.node),
                 )
+            if ws.state == State.LOST.value and new is not State.LOST:
+                # Said as its going LOST was (ops/liveness.py): the node's DOWN line.
+                log.info(
+                    "workspace %s (%s) is back from LOST on node %s: %s",
+                    ws.id,
+                    ws.name,
+                    r.node,
+                    new.value,
+                    extra=about(ws.id, r.node),
+                )
             ws.state = new.value
             set_reason(ws, reason)
         if moved or rebooted:
