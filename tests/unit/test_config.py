@@ -252,6 +252,20 @@ def test_shipped_config_loads_and_documents_the_defaults(name: str, cls: type) -
     assert cfg == cls(**extra)
 
 
+def test_the_agents_example_addresses_are_not_the_services_ports() -> None:
+    """conf/agent.toml offered "0.0.0.0:7071" for peer_listen, the port of the service's
+    Nodes API by default (conf/service.toml): copied onto a node that is also the
+    service's host, the agent could not start ("peer_listen: cannot bind")."""
+    service = ServiceConfig()
+    taken = {int(service.listen.rpartition(":")[2]), int(service.node_address.rpartition(":")[2])}
+    lines = (REPO / "conf" / "agent.toml").read_text().splitlines()
+    # The examples of the agent's own addresses (peer_listen, metrics_listen): comments;
+    # `service = "127.0.0.1:7071"` names the service's port, as it should.
+    comments = "\n".join(line for line in lines if line.startswith("#"))
+    offered = [int(port) for port in re.findall(r'"[\w.]+:(\d+)"', comments)]
+    assert 7072 in offered and not taken & set(offered), (taken, offered)
+
+
 def _command_of(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
     """The subcommands ``words`` name in ``parser`` (up to the first option or argument;
     ``create/set``: both); a word where a subcommand is expected that is none raises
