@@ -23,6 +23,7 @@ def _site(tmp_path: Path) -> Path:
 
 
 def _says(conf: Path, capsys: pytest.CaptureFixture[str], *command: str) -> str:
+    capsys.readouterr()  # what making the store wrote (a test before may have set logging)
     assert service_main.main(["--config", str(conf), *command]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err, err

@@ -159,6 +159,7 @@ def test_the_service_lines_of_a_placed_workspace_carry_its_node(
     assert box.node == "n1"
     site.report(box.id, nodes_pb2.OBSERVED_STATE_RUNNING)
     loggers = ("workspace.ops.operate", "workspace.ops.update")
+    caplog.clear()
     with caplog.at_level(logging.INFO):
         update.update(site.core.env, OWNER, PolicyUpdate("box", limits=Limits(cpu_percent=50)))
         site.core.operate(OWNER, box.id, Op.STOP)
@@ -195,6 +196,7 @@ def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
     site.core.operate(OWNER, gone.id, Op.DESTROY)  # released at DOWN, not LOST
     env = site.core.env
     site.clock.now += env.cfg.node_grace_s + 1
+    caplog.clear()  # the site's making (a test before may have set INFO for every logger)
     with caplog.at_level(logging.INFO):
         assert site.nodes.check_liveness() == ["n1"]
         site.report(b.id, nodes_pb2.OBSERVED_STATE_RUNNING)  # its agent back, b with it
