@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import tomli_w
 
 from workspace import config_paths
-from workspace.domain.declared import declared_problem
+from workspace.domain.declared import declared_problem, size_problem
 from workspace.domain.netpolicy import Connectivity, Limits
 from workspace.errors import ConfigError, InvalidArgument
 from workspace.files import write_private
@@ -626,17 +626,11 @@ class AgentConfig:
         check_seconds(self, "")
         at_least_1 = ("max_parallel_ops", "exec_parallel", "prefetch_parallel")
         check_min(self, "", at_least_1, 1)
-        zero_or_more = (
-            "cpus",
-            "memory_mib",
-            "disk_gib",
-            "disk_mbps",
-            "net_mbps",
-            "cache_budget_bytes",
-            "quarantine_max_bytes",
-            "exec_max_output_bytes",
-        )
-        check_min(self, "", zero_or_more, 0)
+        sizes = ("cpus", "memory_mib", "disk_gib", "disk_mbps", "net_mbps")  # registered
+        budgets = ("cache_budget_bytes", "quarantine_max_bytes", "exec_max_output_bytes")
+        check_min(self, "", (*sizes, *budgets), 0)
+        if why := size_problem({k: getattr(self, k) for k in sizes}):
+            raise ConfigError(why)  # the service would refuse every Register of the node
 
     @property
     def cache_path(self) -> Path:

@@ -31,6 +31,12 @@ def about(workspace: str, node: str = "") -> dict[str, str]:
     return {"workspace": workspace, "node": node} if node else {"workspace": workspace}
 
 
+def about_node(node: str) -> dict[str, str]:
+    """``extra=`` of a line about a node alone (DOWN, drained, its streams): its JSON line
+    carries the node whichever call or loop writes it (an admin's call names none)."""
+    return {"node": node}
+
+
 class JsonFormatter(logging.Formatter):
     """``defaults``: ids every line of the process carries unless a record or the call
     context names another (an agent's ``node``)."""

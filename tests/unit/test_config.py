@@ -252,6 +252,20 @@ def test_shipped_config_loads_and_documents_the_defaults(name: str, cls: type) -
     assert cfg == cls(**extra)
 
 
+def test_the_agents_example_addresses_are_not_the_services_ports() -> None:
+    """conf/agent.toml offered "0.0.0.0:7071" for peer_listen, the port of the service's
+    Nodes API by default (conf/service.toml): copied onto a node that is also the
+    service's host, the agent could not start ("peer_listen: cannot bind")."""
+    service = ServiceConfig()
+    taken = {int(service.listen.rpartition(":")[2]), int(service.node_address.rpartition(":")[2])}
+    lines = (REPO / "conf" / "agent.toml").read_text().splitlines()
+    # The examples of the agent's own addresses (peer_listen, metrics_listen): comments;
+    # `service = "127.0.0.1:7071"` names the service's port, as it should.
+    comments = "\n".join(line for line in lines if line.startswith("#"))
+    offered = [int(port) for port in re.findall(r'"[\w.]+:(\d+)"', comments)]
+    assert 7072 in offered and not taken & set(offered), (taken, offered)
+
+
 def _command_of(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
     """The subcommands ``words`` name in ``parser`` (up to the first option or argument;
     ``create/set``: both); a word where a subcommand is expected that is none raises
@@ -489,13 +503,21 @@ def test_a_config_file_that_cannot_be_read_is_one_clear_error(tmp_path: Path, ki
         ),
         ("[labels]\n" + "k = '" + "v" * 256 + "'\n", r"its value at most 255 \(label 'k'\)$"),
         ("[[networks]]\nname = '" + "n" * 65 + "'\n", r"a network's name is at most 64"),
+        # A size the service refuses (cpus), or one the Register message's int32 field
+        # cannot carry (disk_mbps in bits): the agent started and tried for good, with a
+        # warning or a ValueError's traceback at every try.
+        ("cpus = 100000\n", r"cpus: must be at most 65536, got 100000 \(more than a node"),
+        ("memory_mib = 2147483648\n", r"memory_mib: must be at most 2147483647, got"),
+        ("disk_gib = 2147483648\n", r"disk_gib: must be at most 2147483647, got"),
+        ("disk_mbps = 3000000000\n", r"disk_mbps: must be at most 2147483647, got 3000000000"),
+        ("net_mbps = 3000000000\n", r"net_mbps: must be at most 2147483647, got 3000000000"),
     ],
 )
 def test_an_agent_config_the_service_would_refuse_is_refused_at_start(
     tmp_path: Path, text: str, pattern: str
 ) -> None:
-    """Labels or networks over the bounds a Register is held to (the service refuses every
-    Register of such a node, and the agent retried for good): refused when the agent
-    reads its config, naming the bound."""
+    """Labels, networks or sizes over the bounds a Register is held to (the service
+    refuses every Register of such a node, and the agent retried for good): refused when
+    the agent reads its config, naming the bound."""
     with pytest.raises(ConfigError, match=pattern):
         load(AgentConfig, toml(tmp_path, text), node="n1")

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_cli_guests import agent_tasks, replies
-from tests.unit.test_request_validation import build_site
+from tests.unit.test_request_validation import OWNER, build_site
 from workspace.domain.model import ExecOutcome
+from workspace.domain.netpolicy import Limits, PolicyUpdate
+from workspace.domain.states import Op
 from workspace.domain.tasks import (
     ConsoleClose,
     ConsoleClosed,
@@ -24,7 +26,8 @@ from workspace.domain.tasks import (
     Task,
 )
 from workspace.log import JsonFormatter
-from workspace.ops import queue
+from workspace.node.v1 import nodes_pb2
+from workspace.ops import nodes, queue, update
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
@@ -142,3 +145,80 @@ def test_the_queue_lines_of_a_workspace_carry_its_id(
     (placed,) = [r for r in caplog.records if "placed from the queue" in r.getMessage()]
     line = json.loads(JsonFormatter("workspace-service").format(placed))
     assert (line["workspace"], line["node"]) == (later.id, "n1")
+
+
+def test_the_service_lines_of_a_placed_workspace_carry_its_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "workspace 1a2b (box): stop requested" (and destroy, update, a lease's warning
+    and end, a trust power-off, a save, a release) passed the workspace's id only,
+    though its row names the node it is on: an admin selecting the JSON lines of node n1
+    (`jq 'select(.node == "n1")'`) did not see what was asked of its workspaces."""
+    site = build_site(tmp_path)
+    box = site.create(name="box", cpus=1, memory_mib=256)
+    assert box.node == "n1"
+    site.report(box.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    loggers = ("workspace.ops.operate", "workspace.ops.update")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        update.update(site.core.env, OWNER, PolicyUpdate("box", limits=Limits(cpu_percent=50)))
+        site.core.operate(OWNER, box.id, Op.STOP)
+        site.core.operate(OWNER, box.id, Op.DESTROY)
+        site.core.operate(OWNER, box.id, Op.DESTROY)  # asked again: nothing to change
+    lines = [
+        json.loads(JsonFormatter("workspace-service").format(r))
+        for r in caplog.records
+        if r.name in loggers
+    ]
+    said = [
+        (line["message"].split(": ", 1)[1], line["workspace"], line.get("node")) for line in lines
+    ]
+    assert said == [
+        ("cpu_percent 0 -> 50", box.id, "n1"),
+        ("stop requested", box.id, "n1"),
+        ("destroy requested", box.id, "n1"),
+        ("destroy asked again (nothing to change)", box.id, "n1"),
+    ], said
+
+
+def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "node n1 is DOWN: no heartbeat since ..." was written by the liveness loop with
+    the node in its words only (no node field in JSON), and named none of the
+    workspaces it made LOST: the admin reading the log learnt of the outage, not what
+    it cost, nor did a line say which came back. The node's drain, enable and removal,
+    asked by an admin (whose call names no node), had no node field either."""
+    site = build_site(tmp_path)
+    a = site.create(name="a", cpus=1, memory_mib=256)
+    b = site.create(name="b", cpus=1, memory_mib=256)
+    gone = site.create(name="gone", cpus=1, memory_mib=256)
+    site.core.operate(OWNER, gone.id, Op.DESTROY)  # released at DOWN, not LOST
+    env = site.core.env
+    site.clock.now += env.cfg.node_grace_s + 1
+    caplog.clear()  # the site's making (a test before may have set INFO for every logger)
+    with caplog.at_level(logging.INFO):
+        assert site.nodes.check_liveness() == ["n1"]
+        site.report(b.id, nodes_pb2.OBSERVED_STATE_RUNNING)  # its agent back, b with it
+        nodes.set_drained(env, "n1", True)
+        nodes.set_drained(env, "n1", False)
+        site.core.operate(OWNER, b.id, Op.DESTROY)
+        site.report(b.id, nodes_pb2.OBSERVED_STATE_ABSENT)
+        site.core.operate(OWNER, a.id, Op.DESTROY)
+        nodes.remove(env, "n1")
+    loggers = ("workspace.ops.liveness", "workspace.ops.nodes", "workspace.ops.reports")
+    lines = [
+        json.loads(JsonFormatter("workspace-service").format(r))
+        for r in caplog.records
+        if r.name in loggers
+    ]
+    said = [(line["message"], line.get("node")) for line in lines]
+    assert said[0][0].startswith("node n1 is DOWN: no heartbeat since "), said
+    assert said[0][0].endswith(f"; workspace(s) LOST: a ({a.id}), b ({b.id})"), said
+    assert [m for m, _ in said[1:]] == [
+        f"workspace {b.id} (b) is back from LOST on node n1: RUNNING",
+        "node n1 draining: no new work",
+        "node n1 enabled",
+        "node n1 removed",
+    ], said
+    assert all(node == "n1" for _m, node in said), said

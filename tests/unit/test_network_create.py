@@ -186,3 +186,25 @@ def test_a_range_change_keeps_a_dns_list_stored_before_the_bounds(site: Site) ->
         row.dns = old
     got = networks.update_network(env, "lab", addresses=("10.61.0.2", "10.61.0.100"))
     assert (got.range_end, list(got.dns)) == ("10.61.0.100", old)
+
+
+@pytest.mark.parametrize(
+    ("name", "bridge", "says"),
+    [
+        ("lab", "br 0", "network lab: bridge name 'br 0' is not an interface name: 1-15 letters"),
+        ("lab", "b" * 16, "is not an interface name: 1-15 letters, digits, '_', '.' and '-'"),
+        ("Lab", "", "network name 'Lab': 1-63 lowercase letters, digits and '-', starting with"),
+        ("-lab", "", "network name '-lab': 1-63 lowercase letters"),
+        ("l" * 64, "", "1-63 lowercase letters, digits and '-', starting with a letter or digit"),
+    ],
+)
+def test_a_bad_name_or_bridge_says_what_a_good_one_is(
+    site: Site, name: str, bridge: str, says: str
+) -> None:
+    """`ws-admin network create lab --bridge br0-of-the-lab` said only "bridge name
+    'br0-of-the-lab' is not valid": not that an interface name has at most 15
+    characters; a network name of 64 characters was told "lowercase letters, digits,
+    '-'", which it was."""
+    with pytest.raises(InvalidArgument, match=re.escape(says)):
+        networks.create_network(site.core.env, NetworkInfo(name, "10.61.0.0/24", bridge=bridge))
+    assert names(site) == ["default", "storage"]

@@ -11,7 +11,7 @@ import pytest
 from workspace import config
 from workspace.config import AgentConfig, ServiceConfig
 from workspace.site import configs, local
-from workspace.site.configs import write_configs
+from workspace.site.configs import OWNED_WHY, write_configs
 from workspace.site.record import (
     SETUP_FILE,
     SITE_FILE,
@@ -58,8 +58,8 @@ def test_site_configs_of_several_nodes(tmp_path: Path) -> None:
 
 def test_site_up_keeps_what_an_admin_set_but_the_keys_the_site_owns(tmp_path: Path) -> None:
     """`site up` rewrites its configs: the keys the site owns anew (addresses, the
-    heartbeat, ...); every other key an admin changed keeps its value if the daemon
-    accepts it, and one it would refuse is named."""
+    heartbeat, ...), naming one an admin changed; every other key an admin changed keeps
+    its value if the daemon accepts it, and one it would refuse is named."""
     site = local.LocalSite(tmp_path, driver="fake", nodes=2)
     specs = site.node_specs()
     assert write_configs(site.dir, site.address, specs, "fake", "qemu", {}) == []
@@ -77,7 +77,9 @@ def test_site_up_keeps_what_an_admin_set_but_the_keys_the_site_owns(tmp_path: Pa
     agent_text = specs[1].config.read_text()
     specs[1].config.write_text(agent_text.replace('log_level = "INFO"', 'log_level = "LOUD"'))
     specs[0].config.write_text(
-        agent_text.replace('log_level = "INFO"', 'log_level = "WARNING"')
+        specs[0]
+        .config.read_text()
+        .replace('log_level = "INFO"', 'log_level = "WARNING"')
         .replace("cpus = 0", "cpus = 4")
         .replace("[labels]\n", '[labels]\ngpu = "1"\n')
     )
@@ -93,9 +95,12 @@ def test_site_up_keeps_what_an_admin_set_but_the_keys_the_site_owns(tmp_path: Pa
     assert agents[1].log_level == "INFO"  # not a level: the site's own
     assert [line.split(": ")[:2] for line in not_kept] == [
         [str(site.service_config), "max_workers"],
+        # The site's own, changed: said too (it was set back without a word).
+        [str(site.service_config), "heartbeat_interval_s"],
         [str(site.service_config), "context.vendor_data_file"],
         [str(specs[1].config), "log_level"],
     ], not_kept
+    assert not_kept[1].endswith(f"heartbeat_interval_s: the site sets it itself ({OWNED_WHY})")
     # Kept again at the next start: the admin's values are not the site's.
     assert write_configs(site.dir, site.address, specs, "fake", "qemu", {}) == []
     assert config.load(ServiceConfig, site.service_config).scheduler.policy == "spread"

@@ -11,6 +11,22 @@ from collections.abc import Mapping, Sequence
 # declared 16 MB of labels brought that answer over gRPC's message limit.
 MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 64, 63, 255
 MAX_NETWORKS, MAX_NETWORK_NAME = 1024, 64
+# The largest size a node may register with: more CPUs than any host has (Linux's own
+# limit is 8192), and what the nodes table's INTEGER columns and the Register message's
+# int32 fields hold (32 bits).
+MAX_NODE_CPUS = 65536
+MAX_NODE_SIZE = 2**31 - 1
+
+
+def size_problem(sizes: Mapping[str, int]) -> str:
+    """What is wrong with the sizes a node's config declares (``cpus``, ``memory_mib``,
+    ``disk_gib``, ``disk_mbps``, ``net_mbps``; 0: detected, or none) ("": nothing):
+    beyond them every Register of the node is refused, or cannot even be sent."""
+    for key, value in sizes.items():
+        most = MAX_NODE_CPUS if key == "cpus" else MAX_NODE_SIZE
+        if value > most:
+            return f"{key}: must be at most {most}, got {value} (more than a node may register)"
+    return ""
 
 
 def declared_problem(labels: Mapping[str, str], networks: Sequence[str]) -> str:

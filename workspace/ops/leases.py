@@ -78,7 +78,7 @@ def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView
         ws.id,
         ws.name,
         iso_time(ws.lease_expires_at),
-        extra=about(ws.id),
+        extra=about(ws.id, ws.node),
     )
     return u.view(ws.id)
 
@@ -211,7 +211,7 @@ def _warn(env: Env, now: float, before: float, ids: list[str], done: Round) -> N
                 ws.id,
                 ws.name,
                 iso_time(end),
-                extra=about(ws.id),
+                extra=about(ws.id, ws.node),
             )
 
 
@@ -237,14 +237,16 @@ def _expire(env: Env, wid: str, now: float) -> bool:
                 "workspace %s: lease expired; destroyed once its save as %s ends",
                 wid,
                 ws.saving_as,
-                extra=about(wid),
+                extra=about(wid, ws.node),
             )
             return False
         try:
             if not act(env, u, ws, op, reason=EXPIRED + iso_time(ws.lease_expires_at)):
                 return False  # already stopped or being destroyed
         except FailedPrecondition as exc:
-            log.debug("workspace %s: lease expired, but %s", wid, exc.message, extra=about(wid))
+            log.debug(
+                "workspace %s: lease expired, but %s", wid, exc.message, extra=about(wid, ws.node)
+            )
             return False
         why = EXPIRED + iso_time(ws.lease_expires_at)
         expired = journal.workspace_event(
@@ -257,6 +259,6 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         ws.name,
         iso_time(ws.lease_expires_at),
         op.value,
-        extra=about(wid),
+        extra=about(wid, ws.node),
     )
     return True

@@ -278,7 +278,14 @@ def confirm_gone(env: Env, s: Session, ws: Workspace, why: str) -> None:
             reason=why,
         ),
     )
-    log.info("workspace %s (%s): %s; %s released", ws.id, ws.name, why, freed, extra=about(ws.id))
+    log.info(
+        "workspace %s (%s): %s; %s released",
+        ws.id,
+        ws.name,
+        why,
+        freed,
+        extra=about(ws.id, ws.node),
+    )
 
 
 def image_users(s: Session, image_name: str) -> list[Workspace]:

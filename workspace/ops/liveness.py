@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from workspace.domain.leases import iso_time
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import NOT_MOVED, Desired, NodeState, State
+from workspace.log import about_node
 from workspace.ops import preempt
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import terminate_unconfirmed
@@ -47,8 +48,10 @@ def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
             when, why = env.refused_nodes.get(node.name, (0.0, ""))
             if when > cutoff:  # its agent calls, and is refused (ops/reports.py)
                 silent = why
-            log.warning("node %s is DOWN: %s", node.name, silent)
-            _down(env, u, node, silent, f"node {node.name} stopped reporting")
+            lost = _down(env, u, node, silent, f"node {node.name} stopped reporting")
+            log.warning(
+                "node %s is DOWN: %s%s", node.name, silent, _lost(lost), extra=about_node(node.name)
+            )
             down.append(node.name)
         refresh(env, u, u.changed_clusters())
     return down
@@ -126,18 +129,34 @@ def check_revocations(env: Env, revoked: Set[int], superseded: Set[int] = frozen
             if node.cert_revoked or node.cert_serial != hit[node.name]:
                 continue  # marked meanwhile, or another certificate took the name
             why = f"its certificate (serial 0x{node.cert_serial}) was revoked"
-            log.warning("node %s is DOWN: %s", node.name, why)
             node.cert_revoked = True
-            _down(env, u, node, why, f"the certificate of node {node.name} was revoked")
+            lost = _down(env, u, node, why, f"the certificate of node {node.name} was revoked")
+            log.warning(
+                "node %s is DOWN: %s%s", node.name, why, _lost(lost), extra=about_node(node.name)
+            )
             marked.append(node.name)
         refresh(env, u, u.changed_clusters())
     return marked
 
 
-def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> None:
+# LOST workspaces a node's DOWN line names at most (the rest are counted).
+LOST_NAMED = 20
+
+
+def _lost(names: Sequence[str]) -> str:
+    """What a node's DOWN line says of the workspaces it made LOST ("" for none)."""
+    if not names:
+        return ""
+    more = f" and {len(names) - LOST_NAMED} more" if len(names) > LOST_NAMED else ""
+    return f"; workspace(s) LOST: {', '.join(names[:LOST_NAMED])}{more}"
+
+
+def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> list[str]:
     """``node`` DOWN because ``why``; its workspaces LOST (``lost``: what happened to the
     node, as their reason says it), or released if they were being destroyed. Its order
-    stream wakes (a revoked node's then ends: UNAUTHENTICATED)."""
+    stream wakes (a revoked node's then ends: UNAUTHENTICATED). Returns the workspaces
+    made LOST now, as "name (id)", for the log to name them."""
+    made_lost: list[str] = []
     now = env.clock()
     node.state = NodeState.DOWN.value
     node.reason = why
@@ -157,6 +176,8 @@ def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> None:
             if not (ws.preemptible and ws.preempted_by):  # a victim keeps its reason
                 set_reason(ws, lost + NOT_MOVED)
             ws.updated_at = now
+            made_lost.append(f"{ws.name} ({ws.id})")
         else:
             continue
         u.changed(ws)
+    return sorted(made_lost)

@@ -131,14 +131,20 @@ def _check_dns_list(name: str, servers: Sequence[str]) -> None:
 
 def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     if not NET_NAME_RE.fullmatch(req.name):
-        raise InvalidArgument(f"network name {req.name!r}: lowercase letters, digits, '-'")
+        raise InvalidArgument(
+            f"network name {req.name!r}: 1-63 lowercase letters, digits and '-', starting "
+            "with a letter or digit"
+        )
     pool = ipam.validate_network(
         req.name, req.subnet, req.gateway, req.range_start, req.range_end, req.mac_prefix
     )
     ipam.check_usable(req.name, pool)
     bridge = req.bridge or bridge_for(req.name)
     if not BRIDGE_RE.fullmatch(bridge):
-        raise InvalidArgument(f"network {req.name}: bridge name {bridge!r} is not valid")
+        raise InvalidArgument(
+            f"network {req.name}: bridge name {bridge!r} is not an interface name: 1-15 "
+            "letters, digits, '_', '.' and '-'"
+        )
     check_dns(req.name, req.dns, pool)
     if not (req.vlan == 0 or 1 <= req.vlan <= 4094):
         raise InvalidArgument(

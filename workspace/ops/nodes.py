@@ -13,6 +13,7 @@ from workspace import scheduler
 from workspace.domain.model import NodeCache, NodeStatus
 from workspace.domain.states import NodeState, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
+from workspace.log import about_node
 from workspace.ops import node_refusals, preempt
 from workspace.ops.admission import head_holds
 from workspace.ops.image_refs import unknown_image
@@ -76,7 +77,12 @@ def set_drained(env: Env, name: str, drained: bool) -> NodeStatus:
         shown = _status(env, u.s, node)
         if not drained:
             u.capacity()
-    log.info("node %s %s", name, "draining: no new work" if drained else "enabled")
+    log.info(
+        "node %s %s",
+        name,
+        "draining: no new work" if drained else "enabled",
+        extra=about_node(name),
+    )
     return shown
 
 
@@ -107,7 +113,7 @@ def remove(env: Env, name: str) -> NodeStatus:
             u.changed(ws)
             preempt.terminated(u, ws)  # as when its node confirms it gone (ops/reports.py)
         s.delete(node)
-    log.info("node %s removed", name)
+    log.info("node %s removed", name, extra=about_node(name))
     return shown
 
 

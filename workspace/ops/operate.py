@@ -44,10 +44,12 @@ def operate(
                 ws.id,
                 ws.name,
                 op,
-                extra=about(ws.id),
+                extra=about(ws.id, ws.node),
             )
             return workspace_views(u.s, [ws])[0]
-    log.info("workspace %s (%s): %s requested", ws.id, ws.name, op.value, extra=about(ws.id))
+    log.info(
+        "workspace %s (%s): %s requested", ws.id, ws.name, op.value, extra=about(ws.id, ws.node)
+    )
     return u.view(ws.id)
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from workspace import callctx, scheduler
 from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import Desired, State
-from workspace.log import about
+from workspace.log import about, about_node
 from workspace.ops.placement import (
     MAX_ORDERS_FULL,
     NoPlacement,
@@ -388,4 +388,8 @@ def terminated(u: UnitOfWork, ws: Workspace) -> None:
         u.changed(by)
     if not left:
         u.nodes(ws.node)
-        log.info("the last workspace preempted on node %s is gone: held orders go out", ws.node)
+        log.info(
+            "the last workspace preempted on node %s is gone: held orders go out",
+            ws.node,
+            extra=about_node(ws.node),
+        )

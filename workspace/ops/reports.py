@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from images.model import Partition
 from workspace.config import ServiceConfig
-from workspace.domain.declared import declared_problem
+from workspace.domain.declared import MAX_NODE_CPUS, MAX_NODE_SIZE, declared_problem
 from workspace.domain.leases import EXPIRED
 from workspace.domain.model import (
     AuditRecord,
@@ -161,12 +161,6 @@ def register(
         raise
     env.refused_nodes.pop(info.name, None)
     return interval
-
-
-# The largest size a node may register with: more CPUs than any host has (Linux's own
-# limit is 8192), and what the nodes table's INTEGER columns hold (32 bits on PostgreSQL).
-MAX_NODE_CPUS = 65536
-MAX_NODE_SIZE = 2**31 - 1
 
 
 def check_size(info: NodeInfo) -> None:
@@ -633,6 +627,16 @@ def _observe(env: Env, u: UnitOfWork, r: NodeReport) -> set[str]:
                     ws.name,
                     r.node,
                     stored_reason(obs.reason),
+                    extra=about(ws.id, r.node),
+                )
+            if ws.state == State.LOST.value and new is not State.LOST:
+                # Said as its going LOST was (ops/liveness.py): the node's DOWN line.
+                log.info(
+                    "workspace %s (%s) is back from LOST on node %s: %s",
+                    ws.id,
+                    ws.name,
+                    r.node,
+                    new.value,
                     extra=about(ws.id, r.node),
                 )
             ws.state = new.value

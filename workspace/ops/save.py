@@ -156,7 +156,7 @@ def save(
         src.name,
         image,
         view.total_bytes,
-        extra=about(src.workspace_id),
+        extra=about(src.workspace_id, src.node),
     )
     return view
 
@@ -326,7 +326,7 @@ def _clear(env: Env, which: ColumnElement[bool], reason: str) -> int:
                 ws.name,
                 ws.saving_as,
                 reason,
-                extra=about(ws.id),
+                extra=about(ws.id, ws.node),
             )
             _event(s, ws, Kind.WORKSPACE_SAVE_FAILED, ws.saving_as, reason)
             _set_mark(ws, "", 0.0)

@@ -51,7 +51,7 @@ from workspace.domain.tasks import (
     exception_of,
 )
 from workspace.errors import Unavailable
-from workspace.log import about
+from workspace.log import about, about_node
 
 log = logging.getLogger("workspace.ops.tasks")
 
@@ -194,7 +194,7 @@ class TaskHub:
             self._lines[node] = line
         if old is not None:
             self.disconnect(old, "a new stream of the same agent replaced it")
-        log.info("node %s's agent opened its task stream", node)
+        log.info("node %s's agent opened its task stream", node, extra=about_node(node))
         return line
 
     def disconnect(self, line: AgentLine, why: str = "the stream ended") -> None:
@@ -214,7 +214,7 @@ class TaskHub:
                 p.future.set_exception(Unavailable(message))
             if p.events is not None:
                 _offer(p.events, TaskError(UNAVAILABLE_CODE, message), force=True)
-        log.info("node %s's task stream closed: %s", line.node, why)
+        log.info("node %s's task stream closed: %s", line.node, why, extra=about_node(line.node))
 
     def end_consoles(self, message: str = CONSOLE_STOPPING) -> None:
         """The service is stopping: every console session open here ends UNAVAILABLE with

@@ -101,7 +101,7 @@ def _stop_denied(env: Env, u: UnitOfWork, version: int) -> list[str]:
         )
         if act(env, u, ws, Op.STOP, force=True, reason=why):
             stopped.append(ws.name)
-            log.warning("workspace %s (%s): %s", ws.id, ws.name, why, extra=about(ws.id))
+            log.warning("workspace %s (%s): %s", ws.id, ws.name, why, extra=about(ws.id, ws.node))
     return stopped
 
 

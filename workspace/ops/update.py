@@ -70,5 +70,5 @@ def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
             u.nodes(ws.node)
         u.changed(ws)
     if what:
-        log.info("workspace %s (%s) updated: %s", ws.id, ws.name, what, extra=about(ws.id))
+        log.info("workspace %s (%s) updated: %s", ws.id, ws.name, what, extra=about(ws.id, ws.node))
     return u.view(ws.id)

@@ -78,6 +78,8 @@ def backup(cfg: ServiceConfig, dest: Path) -> Copied:
     src = _sqlite_file(cfg)
     if not src.exists():
         raise FailedPrecondition(f"there is no store at {src}: nothing to back up")
+    if dest.exists() and not dest.is_dir():
+        raise FailedPrecondition(f"{dest} is not a directory: give a directory to back up into")
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(dest, 0o700)
     fd, tmp = tempfile.mkstemp(dir=dest, prefix=".store-")

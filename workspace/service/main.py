@@ -518,6 +518,13 @@ def _backup_command(cfg: ServiceConfig, command: str, where: Path) -> int:
     except WorkspaceError as exc:
         print(f"workspace-service: error: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:  # DIR not writable, under a file, a full disk: one line
+        path = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"workspace-service: error: {command} {where}: {path}{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     print(backup.summary(command, where, done, started))
     for digest in done.bad:
         print(

@@ -133,6 +133,13 @@ def header(site_dir: Path, name: str) -> str:
     )
 
 
+# Why an admin's value of an owned key is not kept (``with_kept``).
+OWNED_WHY = (
+    "where the daemons listen and keep their data, their identities, the heartbeat and "
+    "the nodes' networks are the site's; run daemons with configs of your own for others"
+)
+
+
 def written_copy(path: Path) -> Path:
     """Where ``site up`` keeps what it last wrote to ``path`` (``.NAME.site``): a key
     whose value differs from it there is one an admin set."""
@@ -151,8 +158,8 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
     """``cfg`` with what an admin set in the file at ``path``: every key but the
     ``owned`` ones whose value differs from what ``site up`` last wrote there (from
     ``cfg``'s, for a file written before that was kept), each kept only if the daemon
-    accepts it; and why each key not kept was not ("KEY: why"). A missing or unreadable
-    file keeps nothing."""
+    accepts it; and why each key not kept was not ("KEY: why"), an owned one an admin
+    changed included. A missing or unreadable file keeps nothing."""
     data = _read_toml(path)
     if data is None:
         return cfg, []
@@ -160,7 +167,12 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
     last = _read_toml(written_copy(path))
     refused: list[str] = []
     for key, value in data.items():
-        if key in owned or value == (merged if last is None else last).get(key):
+        if key in owned:
+            if last is not None and value not in (last.get(key), merged.get(key)):
+                # An admin's change of a key the site writes anew: said, not dropped unseen.
+                refused.append(f"{key}: the site sets it itself ({OWNED_WHY})")
+            continue
+        if value == (merged if last is None else last).get(key):
             continue
         trial = {**merged, key: value}
         try:

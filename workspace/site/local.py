@@ -563,7 +563,7 @@ class LocalSite:
             metrics,
         )
         for why in not_kept:
-            self._say(f"not kept (the daemon would refuse it; the site's value used): {why}")
+            self._say(f"not kept (the site's value used): {why}")
 
     @property
     def owner(self) -> str:
