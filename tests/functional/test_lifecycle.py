@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import grpc
@@ -9,7 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace.cli import ws
 from workspace.client import Client
+from workspace.domain.states import Observed
 from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
 
 
@@ -94,6 +97,41 @@ def test_stop_forces_power_off_after_timeout(tmp_path) -> None:  # type: ignore[
         assert stopped and said in stopped[-1].reason
         site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=w.id))
         assert site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING).reason == ""
+    finally:
+        site.close()
+
+
+def test_a_forced_stop_while_a_stop_waits_ends_that_wait_without_blaming_the_guest(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """README's `ws stop alpha --force` "pulls the plug, also while a stop still waits":
+    on the fake driver too the plug ends the wait for the guest, as libvirt's does. It
+    went on to the end of ``ignored_wait_s`` and then said on the workspace that the
+    guest "did not power off within 600 s of the shutdown request" (the stop's timeout,
+    which had not passed): the owner who forced it was told a timeout ran out."""
+    site = Site(tmp_path)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", fake={"ignore_shutdown": ["stubborn"], "ignored_wait_s": 20})
+        w = site.stubs.create(name="stubborn")
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+
+        def ws_cli(*argv: str) -> tuple[int, str, str]:
+            code = ws.main(list(argv), connect=lambda _s: Client(site.address))
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        assert ws_cli("stop", "stubborn", "--timeout", "600")[0] == 0
+        # The node waits for the guest now (its stop's timeout: 600 s, at most 20 here).
+        status = site.agents["node1"].executor.status
+        wait_for(lambda: status.get(w.id) == (Observed.STOPPING, ""), what="the node's stop")
+        code, out, err = ws_cli("-o", "json", "stop", "stubborn", "--force", "--wait")
+        assert code == 0, err
+        stopped = json.loads(out)
+        assert stopped["state"] == "STOPPED"
+        assert "did not power off" not in stopped["reason"]
+        wait_for(lambda: "power off (forced)" in console(site, w.id), what="the plug pulled")
     finally:
         site.close()
 
