@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import grpc
 import pytest
@@ -294,3 +295,28 @@ def test_a_page_token_is_a_position_not_a_snapshot(ready_site: Site) -> None:
         seen.extend(w.id for w in resp.workspaces)
         token = resp.next_page_token
     assert seen == [ids[2], ids[4], ids[5], late]
+
+
+@pytest.mark.parametrize("verb", ["stop", "reboot"])
+def test_several_waits_that_run_out_each_say_the_whole_wait(
+    ready_site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """`ws stop|reboot A B --wait --wait-timeout 1` waits for both under one deadline:
+    the second has what the first left of it, nothing once it ran out. Its error said
+    "timed out after 0 s waiting for workspace ...", as if the user had given 0 s."""
+    s = ready_site.stubs
+    for name in ("slow-a", "slow-b"):
+        s.wait_state(s.create(name=name).id, WS.WORKSPACE_STATE_RUNNING)
+    driver = ready_site.agents["node1"].driver
+    # The node takes longer than the wait to carry either out.
+    monkeypatch.setattr(driver, "shutdown", lambda wid, timeout_s: time.sleep(3) or True)
+    monkeypatch.setattr(driver, "reboot", lambda wid, timeout_s: time.sleep(3) or True)
+    code = ws.main(
+        [verb, "slow-a", "slow-b", "--wait", "--wait-timeout", "1"],
+        connect=lambda _s: Client(ready_site.address),
+    )
+    _, err = capsys.readouterr()
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("ws: error: ")]
+    assert [line.split(":")[2].strip() for line in lines] == ["slow-a", "slow-b"], err
+    assert all(" timed out after 1 s waiting for workspace " in line for line in lines), err
