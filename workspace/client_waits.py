@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import grpc
 
-from workspace import errors
+from workspace import errors, rpc_status
 from workspace.v1 import (
     clusters_pb2,
     clusters_pb2_grpc,
@@ -345,7 +345,7 @@ class WaitsClientMixin:
                 return "gone"
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 return "refused"
-            if code == grpc.StatusCode.UNAVAILABLE:
+            if code == grpc.StatusCode.UNAVAILABLE or rpc_status.cancelled_by_service(exc):
                 time.sleep(min(1.0, timeout_s))
             elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise self._error(exc) from None
