@@ -259,6 +259,16 @@ class Client(
                 ),
                 code,
             )
+        if rpc_status.cancelled_by_service(exc):
+            # Its server stopped before it answered: an outage (exit 3, a wait goes on),
+            # not "CANCELLED" ended with exit 1. A change may have been made before.
+            return rpc_status.coded(
+                errors.Unavailable(
+                    f"the workspace service at {self.address} stopped during the call "
+                    "(stopping or restarting); a change asked may or may not have been made"
+                ),
+                code,
+            )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             # Unavailable (retry with back-off), as before; ``code`` tells them apart.
             return rpc_status.coded(

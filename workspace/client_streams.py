@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from workspace import errors
+from workspace import errors, rpc_status
 
 # Back-off between attempts to open a lost stream again (seconds): first, and at most.
 FIRST_BACKOFF_S = 0.5
@@ -30,7 +30,8 @@ def reopening(
     """The messages of the stream ``open_call(remaining timeout)`` opens.
 
     With ``reconnect``, a stream lost to an outage (UNAVAILABLE: the service stopping or
-    restarting, a replica dying; the channel moves on to the next one of an address
+    restarting, a replica dying, or CANCELLED by a server that stopped before its
+    status was sent; the channel moves on to the next one of an address
     list) or that the service ended or refused with RESOURCE_EXHAUSTED (a watch that fell
     behind, "re-open it"; too many of the caller's streams open, or calls) is opened
     again with back-off, and with ``again_after_end`` also one that ended. A revoked
@@ -58,10 +59,12 @@ def reopening(
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
                 return
-            if not (reconnect and code in REOPENED):
+            lost = code in REOPENED or rpc_status.cancelled_by_service(exc)
+            if not (reconnect and lost):
                 raise error(exc) from None
             if not away and on_outage is not None:
-                on_outage(exc.details() or code.name)
+                cut = code == grpc.StatusCode.CANCELLED
+                on_outage(exc.details() or ("it stopped during the call" if cut else code.name))
             away = True
         finally:
             call.cancel()

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import grpc
 
-from workspace import errors
+from workspace import errors, rpc_status
 from workspace.v1 import (
     clusters_pb2,
     clusters_pb2_grpc,
@@ -206,6 +206,8 @@ class WaitsClientMixin:
         on_change: Callable[[common_pb2.Workspace], None] | None = None,
         describe: Callable[[common_pb2.Workspace], str] = _state,
         on_outage: Callable[[str], None] | None = None,
+        *,
+        waited_s: float | None = None,
     ) -> common_pb2.Workspace:
         """Block until ``done(workspace)`` holds for workspace ``id``; return the workspace.
 
@@ -224,6 +226,9 @@ class WaitsClientMixin:
         service's own, with its code, when the wait never saw it: a wrong id). An
         unreachable service is retried until the deadline; ``on_outage`` is told once
         when it is lost (why) and once when it answers again ("").
+        ``waited_s``: how long a timeout says was waited, when ``timeout_s`` is only what
+        was left of a longer wait (several workspaces waited for under one deadline, the
+        later ones have what the first ones left); by default ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
         last: list[common_pb2.Workspace] = []
@@ -265,7 +270,8 @@ class WaitsClientMixin:
             if ws is not None and outage.since is not None:
                 now = f"; it was {describe(ws)} when last seen"
             return WaitTimeout(
-                f"timed out after {_seconds(timeout_s)} s waiting for workspace {id} "
+                f"timed out after {_seconds(timeout_s if waited_s is None else waited_s)} s "
+                f"waiting for workspace {id} "
                 f"to be {goal}{now}{outage.note()}",
                 ws,
             )
@@ -339,7 +345,7 @@ class WaitsClientMixin:
                 return "gone"
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 return "refused"
-            if code == grpc.StatusCode.UNAVAILABLE:
+            if code == grpc.StatusCode.UNAVAILABLE or rpc_status.cancelled_by_service(exc):
                 time.sleep(min(1.0, timeout_s))
             elif code != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise self._error(exc) from None
@@ -354,6 +360,8 @@ class WaitsClientMixin:
         timeout_s: float = 300.0,
         on_change: Callable[[common_pb2.Workspace], None] | None = None,
         on_outage: Callable[[str], None] | None = None,
+        *,
+        waited_s: float | None = None,
     ) -> common_pb2.Workspace:
         """Block until workspace ``id`` is in one of ``states``; return it.
 
@@ -361,8 +369,8 @@ class WaitsClientMixin:
         waits for capacity whenever its reason changes (its place in the queue, why it
         waits: the service sends them as they change). Raises WaitFailed when it reaches
         FAILED, TERMINATED or LOST (unless waited for) and WaitTimeout after
-        ``timeout_s`` (``wait_until``). A workspace that vanishes while TERMINATED is
-        waited for counts as terminated.
+        ``timeout_s`` (``wait_until``, as ``waited_s``). A workspace that vanishes while
+        TERMINATED is waited for counts as terminated.
         """
         wanted = frozenset(states)
         return self.wait_until(
@@ -373,6 +381,7 @@ class WaitsClientMixin:
             on_change,
             _state_or_wait,
             on_outage=on_outage,
+            waited_s=waited_s,
         )
 
     def wait_for_reboot(
@@ -382,6 +391,8 @@ class WaitsClientMixin:
         timeout_s: float = 300.0,
         on_change: Callable[[common_pb2.Workspace], None] | None = None,
         on_outage: Callable[[str], None] | None = None,
+        *,
+        waited_s: float | None = None,
     ) -> common_pb2.Workspace:
         """Block until the node has carried out reboot number ``reboot_count`` of
         workspace ``id`` (the ``reboot_count`` that ``reboot_workspace`` returned: its
@@ -394,7 +405,7 @@ class WaitsClientMixin:
         workspace first and then whenever its state or its count changes. Raises
         WaitFailed when the workspace is asked to stop, pause or go before it is back
         RUNNING rebooted, or reaches FAILED, TERMINATED or LOST, and WaitTimeout after
-        ``timeout_s``.
+        ``timeout_s`` (``waited_s`` as for ``wait_until``).
         """
         goal = f"RUNNING with reboot {reboot_count} carried out"
 
@@ -417,7 +428,9 @@ class WaitsClientMixin:
         def describe(ws: common_pb2.Workspace) -> str:
             return f"{state_name(ws.state)}, {_reboots(ws)}"
 
-        return self.wait_until(id, done, goal, timeout_s, on_change, describe, on_outage)
+        return self.wait_until(
+            id, done, goal, timeout_s, on_change, describe, on_outage, waited_s=waited_s
+        )
 
     def wait_for_cluster_state(
         self,

@@ -17,6 +17,8 @@ _WRONG_NAME = "hostname verification check failed"
 _NOT_A_SERVER = "unsupported certificate purpose"
 # ... and when the server's certificate is of no CA the client trusts (another site's).
 _UNKNOWN_CA = "unable to get local issuer certificate"
+# What gRPC says of a call the caller cancelled itself.
+_LOCAL = "Locally cancelled"
 
 _STATUS: dict[type[errors.WorkspaceError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,6 +59,14 @@ def status_code(exc: grpc.RpcError) -> grpc.StatusCode:
     """The status of a failed call (UNKNOWN for an error that carries none)."""
     code = exc.code() if hasattr(exc, "code") else None
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def cancelled_by_service(exc: grpc.RpcError) -> bool:
+    """Whether the service ended the call CANCELLED, as a server that stops does to the
+    calls it has not answered yet (not a cancel of the caller's own: gRPC says
+    "Locally cancelled ..." of those): an outage, like UNAVAILABLE, not a refusal."""
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    return status_code(exc) == grpc.StatusCode.CANCELLED and not details.startswith(_LOCAL)
 
 
 def coded(err: E, code: grpc.StatusCode) -> E:

@@ -39,6 +39,9 @@ from workspace.domain.netpolicy import Limits
 from workspace.errors import DriverError, FailedPrecondition, NotFound
 from workspace.files import private_fd, write_private
 
+# How often a wait for a guest that ignores the button looks whether it was powered off.
+_IGNORED_POLL_S = 0.05
+
 
 @dataclasses.dataclass
 class _Domain:
@@ -216,11 +219,22 @@ class FakeDriver(Driver):
         """A guest named in ``ignore_shutdown`` ignores the ACPI button (stop and reboot)."""
         return any(fnmatch.fnmatchcase(dom.spec.name, p) for p in self._cfg.ignore_shutdown)
 
-    def wait_ignored(self, timeout_s: float) -> bool:
+    def wait_ignored(self, timeout_s: float, workspace_id: str = "") -> bool:
         """A guest that ignores the button: the wait for it, at most ``ignored_wait_s``
-        (tests keep it short; a site that wants to watch a grace period lengthens it)."""
-        time.sleep(min(timeout_s, self._cfg.ignored_wait_s))
-        return False
+        (tests keep it short; a site that wants to watch a grace period lengthens it).
+        True, as libvirt's wait says, once ``workspace_id``'s domain is off meanwhile (a
+        forced stop pulled the plug), which ends the wait; else False at its end."""
+        deadline = time.monotonic() + min(timeout_s, self._cfg.ignored_wait_s)
+        while True:
+            if workspace_id:
+                with self._lock:
+                    dom = self._domains.get(workspace_id)
+                    if dom is None or dom.state is DomainState.SHUTOFF:
+                        return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(_IGNORED_POLL_S, remaining))
 
     def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
         with self._up():
@@ -232,7 +246,7 @@ class FakeDriver(Driver):
                 dom.state = DomainState.SHUTOFF
                 self._console(dom, "fake: power off (ACPI)\n")
                 self._changed(workspace_id)
-        return self.wait_ignored(timeout_s) if ignore else True
+        return self.wait_ignored(timeout_s, workspace_id) if ignore else True
 
     def destroy(self, workspace_id: str) -> None:
         with self._up():
@@ -266,7 +280,7 @@ class FakeDriver(Driver):
         with self._up():
             ignore = self._ignores_the_button(self._to_act_on(workspace_id, "reboot"))
         if ignore:
-            return self.wait_ignored(timeout_s)
+            return self.wait_ignored(timeout_s, workspace_id)
         self._boot_again(workspace_id, "reboot")
         return True
 

@@ -608,6 +608,23 @@ def test_a_member_destroyed_on_its_own_leaves_the_cluster(site: Site) -> None:
     wait_for(lambda: get(site, "rep").state == CS.CLUSTER_STATE_TERMINATED, what="rep TERMINATED")
 
 
+def test_a_member_destroyed_on_its_own_twice_is_named_once(site: Site) -> None:
+    """A member put back by a scale and destroyed on its own again: the cluster named it
+    twice ("rep-worker-0, rep-worker-0 were destroyed on their own"): the one it had
+    replaced counted again once both were TERMINATED."""
+    site.add_agent("node1")
+    make(site, "rep", workers=1)
+    running(site, "rep")
+    for _ in range(2):
+        gone = next(m for m in get(site, "rep").members if m.name == "rep-worker-0")
+        site.stubs.ws.DestroyWorkspace(site.stubs.ref(gone.id))
+        site.stubs.wait_state(gone.id, WS.WORKSPACE_STATE_TERMINATED)
+        c = get(site, "rep")
+        assert c.reason.startswith("rep-worker-0 was destroyed on its own;"), c.reason
+        assert list(scale(site, 1, ref="rep").added) == ["rep-worker-0"]  # put back
+        running(site, "rep")
+
+
 def test_a_scale_to_the_members_left_makes_it_the_count(site: Site) -> None:
     """After `ws destroy` of one of 2 workers, `ws cluster scale --count 1` (keep what is
     left) said "already has 1 member(s): nothing to do": the spec kept 2, and the

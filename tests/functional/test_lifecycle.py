@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace.cli import ws
 from workspace.client import Client
+from workspace.domain.states import Observed
 from workspace.v1 import admin_pb2, common_pb2, workspaces_pb2
 
 
@@ -94,6 +98,41 @@ def test_stop_forces_power_off_after_timeout(tmp_path) -> None:  # type: ignore[
         assert stopped and said in stopped[-1].reason
         site.stubs.ws.StartWorkspace(workspaces_pb2.WorkspaceRef(id=w.id))
         assert site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING).reason == ""
+    finally:
+        site.close()
+
+
+def test_a_forced_stop_while_a_stop_waits_ends_that_wait_without_blaming_the_guest(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """README's `ws stop alpha --force` "pulls the plug, also while a stop still waits":
+    on the fake driver too the plug ends the wait for the guest, as libvirt's does. It
+    went on to the end of ``ignored_wait_s`` and then said on the workspace that the
+    guest "did not power off within 600 s of the shutdown request" (the stop's timeout,
+    which had not passed): the owner who forced it was told a timeout ran out."""
+    site = Site(tmp_path)
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.add_agent("node1", fake={"ignore_shutdown": ["stubborn"], "ignored_wait_s": 20})
+        w = site.stubs.create(name="stubborn")
+        site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+
+        def ws_cli(*argv: str) -> tuple[int, str, str]:
+            code = ws.main(list(argv), connect=lambda _s: Client(site.address))
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        assert ws_cli("stop", "stubborn", "--timeout", "600")[0] == 0
+        # The node waits for the guest now (its stop's timeout: 600 s, at most 20 here).
+        status = site.agents["node1"].executor.status
+        wait_for(lambda: status.get(w.id) == (Observed.STOPPING, ""), what="the node's stop")
+        code, out, err = ws_cli("-o", "json", "stop", "stubborn", "--force", "--wait")
+        assert code == 0, err
+        stopped = json.loads(out)
+        assert stopped["state"] == "STOPPED"
+        assert "did not power off" not in stopped["reason"]
+        wait_for(lambda: "power off (forced)" in console(site, w.id), what="the plug pulled")
     finally:
         site.close()
 
@@ -256,3 +295,28 @@ def test_a_page_token_is_a_position_not_a_snapshot(ready_site: Site) -> None:
         seen.extend(w.id for w in resp.workspaces)
         token = resp.next_page_token
     assert seen == [ids[2], ids[4], ids[5], late]
+
+
+@pytest.mark.parametrize("verb", ["stop", "reboot"])
+def test_several_waits_that_run_out_each_say_the_whole_wait(
+    ready_site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """`ws stop|reboot A B --wait --wait-timeout 1` waits for both under one deadline:
+    the second has what the first left of it, nothing once it ran out. Its error said
+    "timed out after 0 s waiting for workspace ...", as if the user had given 0 s."""
+    s = ready_site.stubs
+    for name in ("slow-a", "slow-b"):
+        s.wait_state(s.create(name=name).id, WS.WORKSPACE_STATE_RUNNING)
+    driver = ready_site.agents["node1"].driver
+    # The node takes longer than the wait to carry either out.
+    monkeypatch.setattr(driver, "shutdown", lambda wid, timeout_s: time.sleep(3) or True)
+    monkeypatch.setattr(driver, "reboot", lambda wid, timeout_s: time.sleep(3) or True)
+    code = ws.main(
+        [verb, "slow-a", "slow-b", "--wait", "--wait-timeout", "1"],
+        connect=lambda _s: Client(ready_site.address),
+    )
+    _, err = capsys.readouterr()
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("ws: error: ")]
+    assert [line.split(":")[2].strip() for line in lines] == ["slow-a", "slow-b"], err
+    assert all(" timed out after 1 s waiting for workspace " in line for line in lines), err

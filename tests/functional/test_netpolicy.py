@@ -200,6 +200,11 @@ def test_update_is_recorded_as_a_site_event(ready_site: Site) -> None:
     events = list(site.stubs.admin.WatchEvents(admin_pb2.WatchEventsRequest(), timeout=5))
     updated = [e for e in events if e.kind == "workspace.updated"]
     assert [(e.workspace_id, e.reason) for e in updated] == [(w.id, "connectivity open -> cluster")]
+    # Who: the caller's principal, as every other event of a user's says (`user:local`,
+    # not `local`: `ws events` printed "by local" beside "by user:local").
+    (created,) = [e for e in events if e.kind == "workspace.created" and e.workspace_id == w.id]
+    assert created.who.startswith("user:")
+    assert [e.who for e in updated] == [created.who]
     client.close()
 
 

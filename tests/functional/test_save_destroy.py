@@ -59,6 +59,10 @@ def test_a_workspace_destroyed_while_it_is_saved_goes_once_its_image_is_made(
     assert result["image"].name == "env:2"
     assert "env:2" in test_save.images(site)
     site.stubs.wait_state(w.id, WS.WORKSPACE_STATE_TERMINATED)
+    # Gone now, its disks too: not "being destroyed" (a save after it cannot wait for it).
+    code, _out, err = test_save.save(site, capsys, w.id, "env:3")
+    assert code == 1
+    assert "workspace box was destroyed; nothing to save" in err, err
     kinds = [e.kind for e in test_save.save_events(site, w.id)]
     assert kinds == ["workspace.saving", "image.added", "workspace.saved"]
     # What the guest wrote is in the image: a new workspace boots it.

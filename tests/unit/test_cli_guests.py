@@ -95,6 +95,7 @@ class FakeClient:
         timeout_s: float,
         on_change: Any = None,
         on_outage: Any = None,
+        waited_s: Any = None,
     ) -> common_pb2.Workspace:
         """The workspace once in ``states`` (at once here: its state is set so)."""
         self.waited.append((id, list(states), timeout_s))

@@ -44,7 +44,13 @@ class WaitInterrupted:
         return _ws(ref, WS.WORKSPACE_STATE_RUNNING, desired_state=common_pb2.DESIRED_STATE_PAUSED)
 
     def wait_for_state(
-        self, ref: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+        self,
+        ref: str,
+        states: Any,
+        timeout_s: float,
+        on_change: Any,
+        on_outage: Any = None,
+        waited_s: Any = None,
     ) -> Any:
         name = ref.removeprefix("id-")
         if name == "b":  # the second of two: the first was waited for

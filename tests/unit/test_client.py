@@ -162,14 +162,15 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.get_deadlines: list[float] = []
         self.away_after: int | None = None
         self.away_for: int | None = None
-        # What gRPC says of a service that is away.
+        # What gRPC says of a service that is away, with which status.
         self.away_says = "connection refused"
+        self.away_code = grpc.StatusCode.UNAVAILABLE
 
     def _away(self, context: Any) -> None:
         if self.away_after is None or self.gets <= self.away_after:
             return
         if self.away_for is None or self.gets <= self.away_after + self.away_for:
-            context.abort(grpc.StatusCode.UNAVAILABLE, self.away_says)
+            context.abort(self.away_code, self.away_says)
 
     def _shown(self) -> list[common_pb2.Workspace]:
         return self.views or [_ws(state) for state in self.states]
@@ -715,6 +716,46 @@ def test_wait_for_state_follows_the_watch(
         "WORKSPACE_STATE_STARTING",
         "WORKSPACE_STATE_RUNNING",
     ]
+
+
+def test_a_call_its_service_cancelled_as_it_stopped_is_an_outage_and_a_wait_goes_on(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """A service that stops ends the calls it has not answered CANCELLED (no words): `ws
+    list` said "ws: error: CANCELLED" with exit 1, and a `--wait` whose watch or read
+    was one of them ended so, where docs/design/cli.md says a wait that loses the service
+    keeps waiting. It is an outage: Unavailable (exit 3), and the wait watches again."""
+    client, wsvc, _ = served
+    wsvc.away_code, wsvc.away_says = grpc.StatusCode.CANCELLED, ""
+    wsvc.away_after, wsvc.away_for = wsvc.gets, 1
+    with pytest.raises(errors.Unavailable) as cut:
+        client.get_workspace("w1")
+    assert cut.value.code == "CANCELLED"
+    assert f"the workspace service at {client.address} stopped during the call" in (
+        cut.value.message
+    )
+    assert common.exit_code(cut.value) == common.EXIT_UNREACHABLE
+    assert client.get_workspace("w1").id  # back
+
+    wsvc.away_after = None
+    wsvc.states = [
+        WS.WORKSPACE_STATE_PENDING,
+        WS.WORKSPACE_STATE_STARTING,
+        WS.WORKSPACE_STATE_RUNNING,
+    ]
+    wsvc.watches, wsvc.end_first_watch = 0, (grpc.StatusCode.CANCELLED, "")
+    w = client.wait_for_state("alpha", [WS.WORKSPACE_STATE_RUNNING], 10)
+    assert w.state == WS.WORKSPACE_STATE_RUNNING and wsvc.watches == 2
+    # A watch that reconnects (`ws watch`) opens it again too.
+    wsvc.watches = 0
+    told: list[str] = []
+    events = client.watch(reconnect=True, timeout_s=10, on_outage=told.append)
+    try:
+        assert next(events).initial
+        assert next(events).initial  # the re-list of a new watch
+    finally:
+        events.close()
+    assert wsvc.watches == 2 and told[0] == "it stopped during the call"
 
 
 def test_wait_for_state_fails_and_times_out(

@@ -294,10 +294,13 @@ class Commands(common.ClientCommands):
             def wait(ref: str, ws: common_pb2.Workspace) -> common_pb2.Workspace:
                 left = max(0.0, deadline - time.monotonic())
                 if args.command == "reboot":
-                    return _wait_rebooted(client, args, ws.id or ref, ws.reboot_count, left, seen)
+                    return _wait_rebooted(
+                        client, args, ws.id or ref, ws.reboot_count, left, seen, wait_s
+                    )
                 progress = _recorded(seen, render.workspace_progress(args, PROG))
+                # A timeout says the whole wait (the later ones have what is left of it).
                 return client.wait_for_state(
-                    ws.id or ref, [target], left, progress, on_outage=WAIT_OUTAGE
+                    ws.id or ref, [target], left, progress, on_outage=WAIT_OUTAGE, waited_s=wait_s
                 )
 
             try:
@@ -446,12 +449,15 @@ def _wait_rebooted(
     reboot_count: int,
     wait_s: float,
     seen: dict[str, common_pb2.Workspace],
+    waited_s: float | None = None,
 ) -> common_pb2.Workspace:
     """`ws reboot --wait`: until the node reports reboot ``reboot_count`` carried out and
     the workspace RUNNING. A node whose agent does not report reboots (an older release)
     cannot confirm it: then RUNNING is enough, as before, and stderr says so."""
     progress = _recorded(seen, render.reboot_progress(args, PROG, reboot_count))
-    ws = client.wait_for_reboot(ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE)
+    ws = client.wait_for_reboot(
+        ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE, waited_s=waited_s
+    )
     if rebooted(ws, reboot_count) is None:
         print(
             f"{PROG}: {render.state_line(ws)}, but the reboot cannot be confirmed: its node's "

@@ -41,6 +41,9 @@ def current_members(
     if counts is None:
         return list(members)
     names = {m.name for m in members if m.state != State.TERMINATED.value}
+    # Each name's newest member: an older one of its name was replaced, also when the
+    # newer one is TERMINATED too (put back by a scale, then destroyed on its own again).
+    newest = {m.name: m for m in sorted(members, key=lambda m: (m.created_at, m.id))}
     staying = Counter(m.role for m in members if m.desired_state != Desired.TERMINATED.value)
     kept = [
         m
@@ -49,7 +52,10 @@ def current_members(
             m.desired_state == Desired.TERMINATED.value
             and (
                 seed.member_index(m.name) >= counts.get(m.role, 0)
-                or (m.state == State.TERMINATED.value and m.name in names)
+                or (
+                    m.state == State.TERMINATED.value
+                    and (m.name in names or newest[m.name] is not m)
+                )
                 or staying[m.role] >= counts.get(m.role, 0)
             )
         )

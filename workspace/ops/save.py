@@ -35,7 +35,7 @@ from images.model import ImageSpec, Mode, Partition
 from workspace import callctx
 from workspace.domain.events import Kind
 from workspace.domain.model import ImageView
-from workspace.domain.states import Desired
+from workspace.domain.states import Desired, State
 from workspace.domain.tasks import SaveTask
 from workspace.errors import (
     AlreadyExists,
@@ -216,6 +216,8 @@ def _mark(
         into = resolve_project(
             s, ident, project or ws.project or "", require=env.cfg.require_project
         )
+        if ws.state == State.TERMINATED.value:  # its disks are gone
+            raise FailedPrecondition(f"workspace {ws.name} was destroyed; nothing to save")
         if ws.desired_state == Desired.TERMINATED.value:  # not `ws stop` first: it goes
             raise FailedPrecondition(f"workspace {ws.name} is being destroyed; it cannot be saved")
         if not stopped(ws) or not ws.node:

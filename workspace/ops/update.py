@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from workspace import callctx
 from workspace.domain.events import Kind
 from workspace.domain.model import WorkspaceView
 from workspace.domain.netpolicy import PolicyUpdate
@@ -64,7 +65,7 @@ def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
         if what:
             ws.updated_at = env.clock()
             updated = journal.workspace_event(
-                ws, ident.name, Kind.WORKSPACE_UPDATED, env.clock(), reason=what
+                ws, callctx.current().who, Kind.WORKSPACE_UPDATED, env.clock(), reason=what
             )
             journal.add(u.s, updated)
             u.nodes(ws.node)
