@@ -17,8 +17,17 @@ _WRONG_NAME = "hostname verification check failed"
 _NOT_A_SERVER = "unsupported certificate purpose"
 # ... and when the server's certificate is of no CA the client trusts (another site's).
 _UNKNOWN_CA = "unable to get local issuer certificate"
-# What gRPC says of a call the caller cancelled itself.
-_LOCAL = "Locally cancelled"
+# What gRPC says of a call this process ended itself, CANCELLED too: cancelled, its
+# channel closed (``Client.close`` from another thread, to end a watch or a wait), the
+# channel or the call collected, a fork. The details may carry more around them ("Stream
+# removed (Channel closed!)").
+_LOCAL = (
+    "Locally cancelled",
+    "Channel closed!",
+    "Channel deallocated!",
+    "Cancelled upon garbage collection!",
+    "Call cancelled in fork child",
+)
 
 _STATUS: dict[type[errors.WorkspaceError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -63,10 +72,15 @@ def status_code(exc: grpc.RpcError) -> grpc.StatusCode:
 
 def cancelled_by_service(exc: grpc.RpcError) -> bool:
     """Whether the service ended the call CANCELLED, as a server that stops does to the
-    calls it has not answered yet (not a cancel of the caller's own: gRPC says
-    "Locally cancelled ..." of those): an outage, like UNAVAILABLE, not a refusal."""
+    calls it has not answered yet: an outage, like UNAVAILABLE, not a refusal. Not a
+    call this process ended itself (a cancel, its channel closed: gRPC names those, and
+    the call knows it was cancelled), which opened again would be refused or run on."""
+    if status_code(exc) != grpc.StatusCode.CANCELLED:
+        return False
+    if hasattr(exc, "cancelled") and exc.cancelled() is True:
+        return False
     details = (exc.details() if hasattr(exc, "details") else "") or ""
-    return status_code(exc) == grpc.StatusCode.CANCELLED and not details.startswith(_LOCAL)
+    return not any(said in details for said in _LOCAL)
 
 
 def coded(err: E, code: grpc.StatusCode) -> E:

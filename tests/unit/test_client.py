@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from workspace import client_images, errors, rpc
+from workspace import client_images, errors, rpc, rpc_status
 from workspace.cli import common
 from workspace.cli import ws as ws_cli
 from workspace.client import (
@@ -756,6 +756,79 @@ def test_a_call_its_service_cancelled_as_it_stopped_is_an_outage_and_a_wait_goes
     finally:
         events.close()
     assert wsvc.watches == 2 and told[0] == "it stopped during the call"
+
+
+@pytest.mark.parametrize("how", ["watch", "wait"])
+def test_closing_the_client_under_a_watch_or_a_wait_ends_it_and_is_no_outage(
+    served: tuple[Client, FakeWorkspaces, FakeImages], how: str
+) -> None:
+    """A program that closes its Client from another thread (shutting down) ends the
+    watch or wait under way CANCELLED ("Channel closed!"), a cancel of its own. Taken for
+    a service that stopped, the reconnecting watch and the wait went on on the closed
+    channel and ended in "ValueError: Cannot invoke RPC on closed channel!"; and a call
+    said "the workspace service ... stopped during the call" though it had not."""
+    address = served[0].address
+    wsvc = served[1]
+    wsvc.states = [WS.WORKSPACE_STATE_PENDING]  # never RUNNING: the wait goes on
+    client = Client(address, timeout_s=5)
+    told: list[str] = []
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if how == "watch":
+                for _ in client.watch(reconnect=True, timeout_s=30, on_outage=told.append):
+                    pass
+            else:
+                client.wait_for_state("alpha", [WS.WORKSPACE_STATE_RUNNING], 30)
+        except BaseException as exc:  # what the program sees
+            ended.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    for _ in range(600):  # its watch is open
+        if wsvc.watches:
+            break
+        time.sleep(0.05)
+    assert wsvc.watches
+    client.close()
+    t.join(60)
+    assert not t.is_alive()
+    assert len(ended) == 1 and isinstance(ended[0], errors.WorkspaceError), ended
+    assert not isinstance(ended[0], errors.Unavailable), ended[0]
+    assert ended[0].code == "CANCELLED" and "Channel closed" in ended[0].message
+    assert told == [] and wsvc.watches == 1
+
+
+def test_only_a_cancel_the_service_sent_is_an_outage() -> None:
+    """gRPC's own words for a call this process ended (cancelled, channel closed or
+    collected) are no outage; a bare CANCELLED from the other side is."""
+
+    class Ended(grpc.RpcError):
+        def __init__(self, details: str, mine: bool = False) -> None:
+            self._details, self._mine = details, mine
+
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.CANCELLED
+
+        def details(self) -> str:
+            return self._details
+
+        def cancelled(self) -> bool:
+            return self._mine
+
+    assert rpc_status.cancelled_by_service(Ended(""))
+    assert rpc_status.cancelled_by_service(Ended("Cancelled"))
+    for said in (
+        "Locally cancelled by application!",
+        "Channel closed!",
+        "Stream removed (Channel closed!)",
+        "Channel deallocated!",
+        "Cancelled upon garbage collection!",
+        "Call cancelled in fork child",
+    ):
+        assert not rpc_status.cancelled_by_service(Ended(said)), said
+    assert not rpc_status.cancelled_by_service(Ended("", mine=True))
 
 
 def test_wait_for_state_fails_and_times_out(
