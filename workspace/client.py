@@ -326,9 +326,10 @@ class Client(
 
     def _create(self, method: Callable[..., T], request: Any) -> T:
         """A create RPC, retried with the same request (and so the same request id) when
-        it fails with UNAVAILABLE: a lost answer never makes a second object. Once if the
-        call never left (no service there); if it may have reached the service (which went
-        away under it: killed, restarted), until the service answers or ``timeout_s`` has
+        it fails with UNAVAILABLE (or CANCELLED by a server that stopped under it): a lost
+        answer never makes a second object. Once if the call never left (no service
+        there); if it may have reached the service (which went away under it: killed,
+        stopped, restarted), until the service answers or ``timeout_s`` has
         passed. Retried once only, a create cut short by a restart failed "cannot reach"
         while the service restarted, though it may have made the object: the user ran it
         again, and an unnamed workspace or cluster was made twice."""
@@ -336,9 +337,10 @@ class Client(
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            cut = rpc_status.cancelled_by_service(exc)  # its server stopped under it
+            if exc.code() != grpc.StatusCode.UNAVAILABLE and not cut:
                 raise self._error(exc) from None
-            reached = failover.may_have_reached(exc)
+            reached = cut or failover.may_have_reached(exc)
         while True:
             time.sleep(CREATE_RETRY_S)
             try:
@@ -397,9 +399,10 @@ class Client(
         ``preemptible``: the preemptible class (destroyed, reason PREEMPTED, when a
         normal request needs its place).
 
-        A create that fails with UNAVAILABLE is sent again with the same request id (once
-        if it never left; until the service answers, within ``timeout_s``, if the service
-        may have taken it), so a lost answer never makes a second workspace.
+        A create that fails with UNAVAILABLE (or CANCELLED as its server stopped) is sent
+        again with the same request id (once if it never left; until the service answers,
+        within ``timeout_s``, if the service may have taken it), so a lost answer never
+        makes a second workspace.
         """
         req = workspaces_pb2.CreateWorkspaceRequest(
             request_id=request_id or str(uuid.uuid4()),

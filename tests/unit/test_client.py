@@ -148,6 +148,7 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.fail_creates = 0
         # What the failed creates say (gRPC's words for a connection lost mid-call).
         self.creates_fail_with = "failed to connect: connection reset"
+        self.creates_fail_code = grpc.StatusCode.UNAVAILABLE
         self.states = [WS.WORKSPACE_STATE_PENDING]
         # What GetWorkspace and the watch show, when more than a state matters.
         self.views: list[common_pb2.Workspace] = []
@@ -179,7 +180,7 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
         self.creates.append(request.request_id)
         if self.fail_creates:
             self.fail_creates -= 1
-            context.abort(grpc.StatusCode.UNAVAILABLE, self.creates_fail_with)
+            context.abort(self.creates_fail_code, self.creates_fail_with)
         return _ws(WS.WORKSPACE_STATE_PENDING, request_id=request.request_id)
 
     def GetWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
@@ -578,6 +579,15 @@ def test_create_retries_with_the_same_request_id(
     with pytest.raises(errors.Unavailable, match="read-only"):
         client.create_workspace("img", request_id="ro")
     assert wsvc.creates == ["ro", "ro"]
+    # A server that stopped under the create ended it CANCELLED (it may have made the
+    # workspace): sent again, as a connection it cut. `ws create` said "stopped during
+    # the call; a change asked may or may not have been made" (exit 3), and a user who
+    # ran it again got a second workspace.
+    wsvc.creates.clear()
+    wsvc.creates_fail_code, wsvc.creates_fail_with = grpc.StatusCode.CANCELLED, ""
+    wsvc.fail_creates = 1
+    assert client.create_workspace("img", request_id="stopped").request_id == "stopped"
+    assert wsvc.creates == ["stopped", "stopped"]
 
 
 def test_a_create_one_replica_went_away_under_is_sent_until_answered(
