@@ -1,9 +1,12 @@
 """`workspace-service backup|restore DIR` that cannot write where it is told says so in
 one line and exits 1: run from cron, a traceback was all an admin got when DIR was a
-file, under a file or on a disk not mounted."""
+file, under a file, on a disk not mounted or full."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,32 @@ def test_a_restore_into_a_data_dir_it_cannot_make_is_one_line(
     other = config.write(tmp_path / "other.toml", cfg)
     said = _says(other, capsys, "restore", str(dest))
     assert said == f"workspace-service: error: restore {dest}: {data}: Not a directory"
+
+
+def test_a_backup_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """docs/design/store.md: a DIR on a disk full is one line, exit 1. SQLite's copy of the
+    store failed with sqlite3.OperationalError, no OSError: a traceback. The disk is
+    made full for the copy by a file size limit (SQLite's writes then fail)."""
+    conf = _site(tmp_path)
+    dest = tmp_path / "backup"
+    code = (
+        "import resource, signal, sys\n"
+        "from workspace.service import main\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))\n"
+        f"sys.exit(main.main(['--config', {str(conf)!r}, 'backup', {str(dest)!r}]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=120,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"workspace-service: error: the store could not be copied into {dest}: "
+    ), out.stderr
+    assert list(dest.iterdir()) == []  # no half copy left

@@ -92,6 +92,8 @@ def backup(cfg: ServiceConfig, dest: Path) -> Copied:
             # A plain file, readable alone (a WAL-mode file wants its -shm beside it); the
             # service switches it back to WAL when it opens it.
             copy.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error as exc:  # a full disk, an I/O error: SQLite's, not an OSError
+            raise FailedPrecondition(f"the store could not be copied into {dest}: {exc}") from None
         finally:
             source.close()
             copy.close()
