@@ -222,3 +222,19 @@ def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
         "node n1 removed",
     ], said
     assert all(node == "n1" for _m, node in said), said
+
+
+def test_a_node_down_line_names_twenty_lost_workspaces_and_counts_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The DOWN line of a node with many workspaces stays one bounded line: it names 20
+    of those it made LOST (by name) and counts the others."""
+    site = build_site(tmp_path, cpus=64, memory_mib=65536)
+    made = [site.create(name=f"w{i:02d}", cpus=1, memory_mib=128) for i in range(23)]
+    site.clock.now += site.core.env.cfg.node_grace_s + 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert site.nodes.check_liveness() == ["n1"]
+    (down,) = [r.getMessage() for r in caplog.records if "is DOWN" in r.getMessage()]
+    named = ", ".join(f"{w.name} ({w.id})" for w in made[:20])
+    assert down.endswith(f"; workspace(s) LOST: {named} and 3 more"), down
