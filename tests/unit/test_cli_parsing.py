@@ -241,7 +241,13 @@ class FakeClient:
         return _ws(desired_state=common_pb2.DESIRED_STATE_PAUSED)
 
     def wait_for_state(
-        self, id: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+        self,
+        id: str,
+        states: Any,
+        timeout_s: float,
+        on_change: Any,
+        on_outage: Any = None,
+        desired: Any = None,
     ) -> Any:
         self._do("wait", id, states=list(states), timeout_s=timeout_s)
         final = _ws(next(iter(states)))
