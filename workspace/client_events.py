@@ -62,7 +62,8 @@ class EventsClientMixin:
         unknown kind, NotFound for a cluster the caller cannot see, or a workspace or a
         node the site never had). ``after_id``: only
         the events after that one (the id of the last event a script was given: every one
-        committed after it, whatever its time; ``since`` is then not used)."""
+        committed after it, whatever its time; ``since`` is then not used; below 0:
+        InvalidArgument, from the service)."""
         if which is not None:  # one kind given as a string: taken a character at a time
             strings(which.kinds, "which.kinds")
 
@@ -152,7 +153,9 @@ class EventsClientMixin:
         sends every event committed after that id, whatever its time (a node's trust
         records keep the node's clock); one that does not know ``after_id`` reads from
         ``start``, a little before the last one's time, and ids weed out repeats."""
-        last_id, start = max(0, after_id), since
+        # Sent as given: the service refuses one below 0 (it was made 0 here, and the
+        # whole journal sent, silently).
+        last_id, start = after_id, since
 
         def open_call(remaining: float | None) -> Any:
             return open_at(start, last_id, remaining)

@@ -362,6 +362,7 @@ class WaitsClientMixin:
         on_outage: Callable[[str], None] | None = None,
         *,
         waited_s: float | None = None,
+        desired: common_pb2.DesiredState.ValueType = common_pb2.DESIRED_STATE_UNSPECIFIED,
     ) -> common_pb2.Workspace:
         """Block until workspace ``id`` is in one of ``states``; return it.
 
@@ -371,12 +372,31 @@ class WaitsClientMixin:
         FAILED, TERMINATED or LOST (unless waited for) and WaitTimeout after
         ``timeout_s`` (``wait_until``, as ``waited_s``). A workspace that vanishes while
         TERMINATED is waited for counts as terminated.
+
+        ``desired``: the desired state the operation waited for asked (DESIRED_STATE_PAUSED
+        after ``pause_workspace``). A workspace asked for another one meanwhile will not
+        get there by itself (a resume withdrew the pause, a stop, a destroy): WaitFailed
+        at once, saying what it is to be now, rather than WaitTimeout at the end.
         """
         wanted = frozenset(states)
+        goal = _names(wanted)
+
+        def done(ws: common_pb2.Workspace) -> bool:
+            if ws.state in wanted:
+                return True
+            if desired and ws.desired_state and ws.desired_state != desired:
+                reason = f": {ws.reason}" if ws.reason else ""
+                raise WaitFailed(
+                    f"workspace {ws.name or ws.id} is to be {_desired_name(ws.desired_state)} "
+                    f"now, no longer {_desired_name(desired)}{reason} (waited for {goal})",
+                    ws,
+                )
+            return False
+
         return self.wait_until(
             id,
-            lambda ws: ws.state in wanted,
-            _names(wanted),
+            done,
+            goal,
             timeout_s,
             on_change,
             _state_or_wait,
@@ -518,6 +538,10 @@ def _reboots(ws: common_pb2.Workspace) -> str:
     if not ws.HasField("applied_reboot_count"):
         return "its node does not report reboots carried out"
     return f"{ws.applied_reboot_count} of {ws.reboot_count} reboots carried out"
+
+
+def _desired_name(desired: common_pb2.DesiredState.ValueType) -> str:
+    return common_pb2.DesiredState.Name(desired).removeprefix("DESIRED_STATE_")
 
 
 def _names(states: Iterable[int]) -> str:

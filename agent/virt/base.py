@@ -150,7 +150,8 @@ class Driver(ABC):
 
     @abstractmethod
     def shutdown(self, workspace_id: str, timeout_s: float) -> bool:
-        """ACPI shutdown; wait up to timeout_s. True if it powered off by itself."""
+        """ACPI shutdown (a paused domain is resumed first: it could not take the button);
+        wait up to timeout_s. True if it powered off by itself."""
 
     @abstractmethod
     def destroy(self, workspace_id: str) -> None:

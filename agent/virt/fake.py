@@ -241,6 +241,11 @@ class FakeDriver(Driver):
             dom = self._get(workspace_id)
             if dom.state is DomainState.SHUTOFF:
                 return True
+            if dom.state is DomainState.PAUSED:  # resumed to take the button (as libvirt's)
+                dom.io_paused = workspace_id in self.full
+                if dom.io_paused:  # its failed write is tried again: paused again
+                    raise DriverError(f"fake: cannot shut down {workspace_id}: paused")
+                dom.state = DomainState.RUNNING
             ignore = self._ignores_the_button(dom)
             if not ignore:
                 dom.state = DomainState.SHUTOFF

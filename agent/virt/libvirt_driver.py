@@ -396,6 +396,10 @@ class LibvirtDriver(Driver):
             dom = self._require(conn, workspace_id, "shut down")
             if not dom.isActive():
                 return True
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                # libvirt refuses to shut a paused domain down ("domain is not running"),
+                # and its guest could not take the button: it runs again to do so.
+                dom.resume()
             try:
                 # No flags: the guest agent when one is connected, else the ACPI button.
                 dom.shutdown()

@@ -17,6 +17,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace import errors
 from workspace.cli import admin as admin_cli
 from workspace.cli.ws import main as ws_main
 from workspace.client import Client
@@ -315,3 +316,24 @@ def test_a_negative_resume_point_is_an_invalid_argument(ready_site: Site) -> Non
         assert refused.value.details() == "after_id must not be negative (0: not set), got -1"
     # 0 is unset: from the oldest kept.
     assert list(s.admin.WatchEvents(admin_pb2.WatchEventsRequest(), timeout=10))
+
+
+def test_the_python_client_passes_a_negative_resume_point_on_to_be_refused(
+    ready_site: Site,
+) -> None:
+    """The service refuses after_id below 0; the Python client made it 0 before sending
+    (``max(0, after_id)``), so ``watch_events(after_id=-1)`` still gave a script the whole
+    journal, silently, where a gRPC caller is told INVALID_ARGUMENT."""
+    s = ready_site.stubs
+    ws = s.create(name="n2", memory_mib=64)
+    client = Client(ready_site.address)
+    try:
+        for events in (
+            client.watch_events(after_id=-1),
+            client.watch_workspace_events(ws.id, after_id=-1),
+        ):
+            with pytest.raises(errors.InvalidArgument) as refused:
+                list(events)
+            assert refused.value.message == "after_id must not be negative (0: not set), got -1"
+    finally:
+        client.close()

@@ -356,3 +356,45 @@ def test_reconnects_after_libvirtd_restart(
         with contextlib.suppress(Exception):
             driver.undefine(wid)
         driver.close()
+
+
+def test_a_paused_guest_is_resumed_to_take_the_shutdown(
+    libvirtd: Daemons, guest_files: Path
+) -> None:
+    """libvirt refuses to shut a paused domain down ("Requested operation is not valid:
+    domain is not running"): the agent's stop of a PAUSED workspace (`ws stop`, a lease's
+    end, a stop while a pause its node made is still being reported) failed, left it
+    FAILED "stop failed: ..." and failed again at every retry; only `--force` stopped it.
+    The driver resumes it first, so its guest can take the button."""
+    cfg = LibvirtConfig(uri=URI, virt_type="qemu")
+    wid = f"hosttest-{uuid.uuid4().hex[:8]}"
+    log = guest_files / "console.log"
+    spec = DomainSpec(
+        workspace_id=wid,
+        name="host-test",
+        cpus=1,
+        memory_mib=256,
+        kernel=str(guest_files / "vmlinuz"),
+        initrd=str(guest_files / "initrd.gz"),
+        cmdline="console=ttyS0 panic=-1",
+        console_log=str(log),
+        hostname="host-test",
+    )
+    driver = LibvirtDriver(cfg, str(guest_files / "state"))
+    try:
+        driver.define(spec)
+        driver.start(wid)
+        _wait_markers(log, 1)
+        driver.suspend(wid)
+        assert driver.get(wid).state is DomainState.PAUSED  # type: ignore[union-attr]
+        # This guest's init handles no ACPI button: asked, it stays up (False); the
+        # agent powers it off then, as for any guest that ignores the button.
+        assert driver.shutdown(wid, timeout_s=2.0) is False
+        assert driver.get(wid).state is DomainState.RUNNING  # type: ignore[union-attr]
+        driver.destroy(wid)
+        assert driver.get(wid).state is DomainState.SHUTOFF  # type: ignore[union-attr]
+    finally:
+        with contextlib.suppress(Exception):
+            driver.destroy(wid)
+        driver.undefine(wid)
+        driver.close()

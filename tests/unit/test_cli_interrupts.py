@@ -51,6 +51,7 @@ class WaitInterrupted:
         on_change: Any,
         on_outage: Any = None,
         waited_s: Any = None,
+        desired: Any = None,
     ) -> Any:
         name = ref.removeprefix("id-")
         if name == "b":  # the second of two: the first was waited for
@@ -66,7 +67,13 @@ class WaitInterrupted:
         return _cluster(CS.CLUSTER_STATE_RUNNING)
 
     def wait_for_cluster_state(
-        self, ref: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+        self,
+        ref: str,
+        states: Any,
+        timeout_s: float,
+        on_change: Any,
+        on_outage: Any = None,
+        desired: Any = None,
     ) -> Any:
         c = _cluster(CS.CLUSTER_STATE_STOPPING, WS.WORKSPACE_STATE_STOPPING)
         c.members[1].state = WS.WORKSPACE_STATE_STOPPED
@@ -381,7 +388,13 @@ class CreateSeenStarting:
         return _ws("alpha", WS.WORKSPACE_STATE_PENDING)
 
     def wait_for_state(
-        self, ref: str, states: Any, timeout_s: float, on_change: Any, on_outage: Any = None
+        self,
+        ref: str,
+        states: Any,
+        timeout_s: float,
+        on_change: Any,
+        on_outage: Any = None,
+        desired: Any = None,
     ) -> Any:
         on_change(_ws("alpha", WS.WORKSPACE_STATE_STARTING))
         raise KeyboardInterrupt

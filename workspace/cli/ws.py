@@ -63,6 +63,14 @@ ACTIONS: dict[str, tuple[str, int, str]] = {
         "destroy a workspace and its disks",
     ),
 }
+# The desired state each action asks (a `--wait` asked another meanwhile ends).
+ACTION_DESIRED: dict[str, common_pb2.DesiredState.ValueType] = {
+    "start": common_pb2.DESIRED_STATE_RUNNING,
+    "stop": common_pb2.DESIRED_STATE_STOPPED,
+    "pause": common_pb2.DESIRED_STATE_PAUSED,
+    "resume": common_pb2.DESIRED_STATE_RUNNING,
+    "destroy": common_pb2.DESIRED_STATE_TERMINATED,
+}
 # What `ws reboot --wait` waits for (the workspace is RUNNING before and after).
 REBOOT_WAIT = (
     "its node reports the reboot carried out and the workspace is RUNNING (a node whose "
@@ -300,7 +308,13 @@ class Commands(common.ClientCommands):
                 progress = _recorded(seen, render.workspace_progress(args, PROG))
                 # A timeout says the whole wait (the later ones have what is left of it).
                 return client.wait_for_state(
-                    ws.id or ref, [target], left, progress, on_outage=WAIT_OUTAGE, waited_s=wait_s
+                    ws.id or ref,
+                    [target],
+                    left,
+                    progress,
+                    on_outage=WAIT_OUTAGE,
+                    waited_s=wait_s,
+                    desired=ACTION_DESIRED[args.command],
                 )
 
             try:
