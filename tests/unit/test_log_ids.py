@@ -214,7 +214,7 @@ def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
     ]
     said = [(line["message"], line.get("node")) for line in lines]
     assert said[0][0].startswith("node n1 is DOWN: no heartbeat since "), said
-    assert said[0][0].endswith(f"; workspace(s) LOST: a ({a.id}), b ({b.id})"), said
+    assert said[0][0].endswith(f"; workspace(s) LOST: {a.id} (a), {b.id} (b)"), said
     assert [m for m, _ in said[1:]] == [
         f"workspace {b.id} (b) is back from LOST on node n1: RUNNING",
         "node n1 draining: no new work",
@@ -222,6 +222,9 @@ def test_a_node_down_line_carries_the_node_and_names_what_it_lost(
         "node n1 removed",
     ], said
     assert all(node == "n1" for _m, node in said), said
+    # b is named the same way going LOST and coming back (as every line names a
+    # workspace: "ID (NAME)"); the DOWN line said "b (ID)" and the other "ID (b)".
+    assert f"{b.id} (b)" in said[0][0] and f"{b.id} (b)" in said[1][0], said
 
 
 def test_a_node_down_line_names_twenty_lost_workspaces_and_counts_the_rest(
@@ -236,5 +239,5 @@ def test_a_node_down_line_names_twenty_lost_workspaces_and_counts_the_rest(
     with caplog.at_level(logging.INFO):
         assert site.nodes.check_liveness() == ["n1"]
     (down,) = [r.getMessage() for r in caplog.records if "is DOWN" in r.getMessage()]
-    named = ", ".join(f"{w.name} ({w.id})" for w in made[:20])
+    named = ", ".join(f"{w.id} ({w.name})" for w in made[:20])
     assert down.endswith(f"; workspace(s) LOST: {named} and 3 more"), down

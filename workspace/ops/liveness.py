@@ -155,8 +155,9 @@ def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> list[str]
     """``node`` DOWN because ``why``; its workspaces LOST (``lost``: what happened to the
     node, as their reason says it), or released if they were being destroyed. Its order
     stream wakes (a revoked node's then ends: UNAUTHENTICATED). Returns the workspaces
-    made LOST now, as "name (id)", for the log to name them."""
-    made_lost: list[str] = []
+    made LOST now, as "id (name)" (as every line about a workspace names it) in the
+    order of their names, for the log to name them."""
+    made_lost: list[tuple[str, str]] = []
     now = env.clock()
     node.state = NodeState.DOWN.value
     node.reason = why
@@ -176,8 +177,8 @@ def _down(env: Env, u: UnitOfWork, node: Node, why: str, lost: str) -> list[str]
             if not (ws.preemptible and ws.preempted_by):  # a victim keeps its reason
                 set_reason(ws, lost + NOT_MOVED)
             ws.updated_at = now
-            made_lost.append(f"{ws.name} ({ws.id})")
+            made_lost.append((ws.name, ws.id))
         else:
             continue
         u.changed(ws)
-    return sorted(made_lost)
+    return [f"{wid} ({name})" for name, wid in sorted(made_lost)]
