@@ -20,12 +20,15 @@ from workspace import errors
 _EEXIST = 17
 _ENODEV = 19
 _IFF_UP = 0x1
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+# An interface name Linux takes (dev_valid_name): "." and ".." it refuses.
+_IFNAME = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def check_ifname(name: str, what: str = "bridge name") -> None:
     if not _IFNAME.match(name):
-        raise errors.InvalidArgument(f"{what} {name!r}: 1 to 15 letters, digits, '_', '.', '-'")
+        raise errors.InvalidArgument(
+            f"{what} {name!r}: 1 to 15 letters, digits, '_', '.', '-', not '.' or '..'"
+        )
 
 
 def open_iproute(netns: str | None) -> IPRoute:

@@ -106,7 +106,8 @@ def nic_rules(orders: Iterable[Order], served: Iterable[str] | None = None) -> l
 
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+# As agent/net/bridge.py's: Linux refuses "." and ".." as interface names.
+_IFNAME = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def _ipv4(text: str) -> bool:

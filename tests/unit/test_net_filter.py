@@ -272,3 +272,6 @@ def test_a_nic_with_bad_values_is_cut_off_and_the_others_keep_their_rules() -> N
     assert "ether saddr != 52:54:00:00:00:05 drop" in text
     (rule,) = nic_rules([order("w-x", nic("10.0.0.9", "52:54:00:00:00:09", bridge='br"x'))])
     assert rule.blocked.startswith("bridge")
+    for dots in (".", ".."):  # Linux refuses them as interface names
+        (rule,) = nic_rules([order("w-x", nic("10.0.0.9", "52:54:00:00:00:09", bridge=dots))])
+        assert rule.blocked == f"bridge {dots!r} is not an interface name"

@@ -193,6 +193,14 @@ def test_a_range_change_keeps_a_dns_list_stored_before_the_bounds(site: Site) ->
     [
         ("lab", "br 0", "network lab: bridge name 'br 0' is not an interface name: 1-15 letters"),
         ("lab", "b" * 16, "is not an interface name: 1-15 letters, digits, '_', '.' and '-'"),
+        # Linux refuses these two (dev_valid_name): the agent could never make the bridge.
+        ("lab", ".", "network lab: bridge name '.' is not an interface name: 1-15 letters"),
+        (
+            "lab",
+            "..",
+            "bridge name '..' is not an interface name: 1-15 letters, digits, '_', "
+            "'.' and '-', not '.' or '..'",
+        ),
         ("Lab", "", "network name 'Lab': 1-63 lowercase letters, digits and '-', starting with"),
         ("-lab", "", "network name '-lab': 1-63 lowercase letters"),
         ("l" * 64, "", "1-63 lowercase letters, digits and '-', starting with a letter or digit"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.net import node
+from agent.net.bridge import check_ifname
 from agent.net.uplink import vlan_ifname
 from agent.virt.base import tap_name
 from workspace import errors
@@ -73,6 +74,25 @@ def test_vlan_interface_names() -> None:
     long = vlan_ifname("enp1s0f1np1", 4094)
     assert len(long) <= 15 and long.endswith(".4094") and long == vlan_ifname("enp1s0f1np1", 4094)
     assert vlan_ifname("enp1s0f1np1", 4094) != vlan_ifname("enp1s0f0np0", 4094)
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "eth 1", "e" * 16])
+def test_a_name_linux_refuses_for_an_interface_is_refused_saying_what_a_good_one_is(
+    name: str,
+) -> None:
+    """ "." and ".." passed the agent's interface-name check (letters, digits, '_', '.',
+    '-'), though Linux refuses them as interface names: the bridge or uplink named so
+    failed later in netlink, not with the rule."""
+    with pytest.raises(errors.InvalidArgument) as caught:
+        check_ifname(name, "uplink")
+    assert str(caught.value) == (
+        f"uplink {name!r}: 1 to 15 letters, digits, '_', '.', '-', not '.' or '..'"
+    )
+
+
+def test_names_with_dots_linux_takes_pass() -> None:
+    for name in ("...", ".a", "eth1.100", "br-lab_0"):
+        check_ifname(name)
 
 
 def test_uplinks_follow_the_orders(host: Host, tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ from workspace.store.mapping import network_info
 log = logging.getLogger("workspace.ops.networks")
 
 NET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# An interface name Linux takes (dev_valid_name): "." and ".." it refuses.
+BRIDGE_RE = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,15}")
 # DNS servers a network may give its guests: glibc's and musl's resolvers ask the first
 # three of /etc/resolv.conf only (MAXNS), so a fourth is never asked.
 MAX_DNS_SERVERS = 3
@@ -143,7 +144,7 @@ def create_network(env: Env, req: NetworkInfo) -> NetworkInfo:
     if not BRIDGE_RE.fullmatch(bridge):
         raise InvalidArgument(
             f"network {req.name}: bridge name {bridge!r} is not an interface name: 1-15 "
-            "letters, digits, '_', '.' and '-'"
+            "letters, digits, '_', '.' and '-', not '.' or '..'"
         )
     check_dns(req.name, req.dns, pool)
     if not (req.vlan == 0 or 1 <= req.vlan <= 4094):
