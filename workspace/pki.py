@@ -77,6 +77,16 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _not_a_directory(path: Path) -> Path | None:
+    """``path`` itself, or the directory above it, that is there but no directory (a
+    file): nothing can be made in it (mkdir said only "File exists" or "Not a
+    directory")."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
 def _private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
@@ -385,6 +395,13 @@ def _serial_matches(ref: str, serial: int) -> bool:
 
 def init(ca_dir: str | os.PathLike[str], name: str = "workspace site CA") -> CA:
     """Make a new site CA in ``ca_dir`` (refuses to overwrite one)."""
+    blocked = _not_a_directory(Path(ca_dir))
+    if blocked is not None:
+        where = "" if blocked == Path(ca_dir) else f"{ca_dir}: "
+        raise InvalidArgument(
+            f"{where}{blocked} is a file, not a directory: the CA is made in a directory "
+            "(`--dir DIR` or $WS_PKI_DIR)"
+        )
     d = _private_dir(Path(ca_dir))
     if (d / CA_KEY).exists():
         raise AlreadyExists(f"{d} already holds a CA")

@@ -106,6 +106,30 @@ def test_default_ca_dir_is_the_local_sites(
     assert (tmp_path / "elsewhere" / "ca.pem").exists()
 
 
+def test_init_in_a_file_says_it_is_a_file_not_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`WS_PKI_DIR=notes.txt ws-admin pki init` (or --dir) said only "notes.txt: File
+    exists", and a directory under a file "Not a directory": not that the path is a
+    file where the CA's directory goes."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    monkeypatch.setenv("WS_PKI_DIR", str(notes))
+    code, out, err = run(capsys, "pki", "init")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"ws-admin: error: {notes} is a file, not a directory: the CA is made in a "
+        "directory (`--dir DIR` or $WS_PKI_DIR)\n"
+    )
+    code, out, err = run(capsys, "pki", "init", "--dir", str(notes / "ca"))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"ws-admin: error: {notes / 'ca'}: {notes} is a file, not a directory: the CA is "
+        "made in a directory (`--dir DIR` or $WS_PKI_DIR)\n"
+    )
+    assert notes.read_text() == "mine"
+
+
 def test_errors_are_clear_and_write_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
