@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -58,6 +59,57 @@ def test_invalid_create_is_refused_and_leaves_nothing(
     assert err.code() == code
     assert words in err.details()
     nothing_left(ready_site)
+
+
+@pytest.mark.parametrize(
+    ("kw", "code", "says"),
+    [
+        (
+            {"cpus": -1},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cpus must be between 1 and 64, got -1 (the site's limits.max_cpus)",
+        ),
+        (
+            {"cpus": 1000},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cpus must be between 1 and 64, got 1000 (the site's limits.max_cpus)",
+        ),
+        (
+            {"memory_mib": -5},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "memory_mib must be between 16 and 524288, got -5 (the site's "
+            "limits.min_memory_mib and max_memory_mib)",
+        ),
+        (
+            {"networks": ["default", "nonet"]},
+            grpc.StatusCode.NOT_FOUND,
+            "network 'nonet' does not exist; `ws-admin network list` shows them",
+        ),
+    ],
+)
+def test_scheduler_input_of_a_request_a_create_refuses_is_refused_as_it(
+    ready_site: Site, kw: dict[str, object], code: grpc.StatusCode, says: str
+) -> None:
+    """`GetSchedulerInput` (`ws-admin schedule dump`, whose own flags stop a bad size
+    before the call; a batch system calls it directly) dumped -1 CPUs, -5 MiB and a
+    network that does not exist as the request, for `schedule explain` to replay: a
+    request no create would send. It is refused as the create refuses it."""
+    err = rpc_error(ready_site.stubs.admin.GetSchedulerInput, admin_pb2.SchedulerInputRequest(**kw))
+    assert (err.code(), err.details()) == (code, says)
+
+
+def test_scheduler_input_without_a_network_is_a_create_s_default(ready_site: Site) -> None:
+    """A request naming no network joins "default", as a create does; the input said it
+    joined none, so nodes not serving "default" seemed to fit it."""
+    doc = json.loads(
+        ready_site.stubs.admin.GetSchedulerInput(admin_pb2.SchedulerInputRequest()).json
+    )
+    (request,) = doc["requests"]
+    assert (request["cpus"], request["memory_mib"], request["networks"]) == (
+        1,
+        512,
+        ["default"],
+    )
 
 
 def test_duplicate_name_is_refused(ready_site: Site) -> None:

@@ -16,6 +16,7 @@ from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.log import about_node
 from workspace.ops import node_refusals, preempt
 from workspace.ops.admission import head_holds
+from workspace.ops.create import DEFAULT_MEMORY_MIB, check_networks, check_size
 from workspace.ops.image_refs import unknown_image
 from workspace.ops.lifecycle import confirm_gone, held_on
 from workspace.ops.placement import node_views
@@ -130,8 +131,15 @@ def scheduler_input(
     replayable JSON: the node views, and what keeps their free capacity from it (the
     nodes the capacity queue holds; workspaces preempted earlier that still hold their
     claims while they stop) and, for a normal one, what preemption could take (a
-    preemptible request preempts nobody, and is kept off every held node)."""
+    preemptible request preempts nobody, and is kept off every held node). Its size and
+    networks are checked, and defaulted, as a create's are: a size the site refuses is
+    InvalidArgument, a network that does not exist NotFound, and none named is "default"
+    if it exists."""
+    cpus = cpus or 1
+    memory_mib = memory_mib or DEFAULT_MEMORY_MIB
+    check_size(cpus, memory_mib, env.cfg.limits)
     with env.store.read() as s:
+        joined = check_networks(s, tuple(networks))
         digests: tuple[str, ...] = ()
         if image:
             img = s.get(Image, image)
@@ -147,9 +155,9 @@ def scheduler_input(
         against_preemptible = head_holds(s, env.cfg, preemptible=True)
         held_preemptible = {k: v for k, v in against_preemptible.items() if k not in held}
     request = scheduler.Request(
-        cpus or 1,
-        memory_mib or 512,
-        tuple(networks),
+        cpus,
+        memory_mib,
+        joined,
         digests,
         dict(requirements),
         member="request",
