@@ -496,6 +496,34 @@ def test_destroy_twice(site: Site) -> None:
     assert site.allocations() == []
 
 
+def test_a_pause_or_resume_again_while_under_way_changes_nothing(site: Site) -> None:
+    """`ws pause` again before the node paused it (desired PAUSED, still RUNNING) was
+    taken as a new change: a new updated_at, an event to every watcher, the node's
+    orders sent again, "pause requested" logged; as a start again while it boots, it is
+    now already asked for (and a resume again before the node resumed it likewise)."""
+    ws = site.create(name="web1")
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    first = site.core.operate(OWNER, ws.id, Op.PAUSE)
+    assert (first.state, first.desired_state) == (
+        WS.WORKSPACE_STATE_RUNNING,
+        DS.DESIRED_STATE_PAUSED,
+    )
+    site.clock.now += 5
+    events = site.core.env.notifier.subscribe(lambda w: True)
+    assert site.core.operate(OWNER, ws.id, Op.PAUSE) == first
+    assert events.events.empty()
+    site.report(ws.id, nodes_pb2.OBSERVED_STATE_PAUSED)
+    resumed = site.core.operate(OWNER, ws.id, Op.RESUME)
+    assert (resumed.state, resumed.desired_state) == (
+        WS.WORKSPACE_STATE_PAUSED,
+        DS.DESIRED_STATE_RUNNING,
+    )
+    site.clock.now += 5
+    events = site.core.env.notifier.subscribe(lambda w: True)
+    assert site.core.operate(OWNER, ws.id, Op.RESUME) == resumed
+    assert events.events.empty()
+
+
 @pytest.mark.parametrize("op", [op for op in Op if op is not Op.DESTROY], ids=str)
 def test_operations_on_destroyed_workspace(site: Site, op: Op) -> None:
     ws = site.create(name="web1")

@@ -123,29 +123,30 @@ _EFFECT: dict[Op, tuple[Desired, State | None]] = {
 
 # An operation whose effect was already asked for, and holds or is under way: accepted
 # again, changing nothing. A client that lost the first answer retries it, on another
-# replica too (workspace/failover.py), and a script may simply make sure.
+# replica too (workspace/failover.py), and a script may simply make sure. A stop under
+# way (STOPPING) is not: a second one sets its timeout and --force anew (``_ALLOWED``).
+# A pause or resume under way shows the state before it (``_UNDER_WAY``).
 _ALREADY: dict[Op, tuple[Desired, frozenset[State]]] = {
     Op.START: (Desired.RUNNING, frozenset({*BOOTING, State.RUNNING})),
     Op.STOP: (Desired.STOPPED, frozenset({State.STOPPED})),
-    Op.PAUSE: (Desired.PAUSED, frozenset({State.PAUSED})),
-    Op.RESUME: (Desired.RUNNING, frozenset({State.RUNNING})),
+    Op.PAUSE: (Desired.PAUSED, frozenset({State.RUNNING, State.PAUSED})),
+    Op.RESUME: (Desired.RUNNING, frozenset({State.PAUSED, State.RUNNING})),
 }
 
 
 # A pause or resume asked for that the node has not carried out yet, by (state shown,
 # desired): the state is still the one before it. The opposite operation withdraws it
 # (a resume of a workspace still RUNNING, being paused, keeps it running: refused as
-# "it is RUNNING" before); the same one again is as before; a start or a reboot is
-# refused, saying so (a reboot, allowed by the RUNNING state alone, undid the pause).
-_UNDER_WAY: dict[tuple[State, Desired], tuple[Op, Op, str]] = {
+# "it is RUNNING" before); the same one again was already asked (``_ALREADY``); a start
+# or a reboot is refused, saying so (a reboot, allowed by the RUNNING state alone, undid
+# the pause).
+_UNDER_WAY: dict[tuple[State, Desired], tuple[Op, str]] = {
     (State.RUNNING, Desired.PAUSED): (
         Op.RESUME,
-        Op.PAUSE,
         "it is being paused (still RUNNING); resume it first",
     ),
     (State.PAUSED, Desired.RUNNING): (
         Op.PAUSE,
-        Op.RESUME,
         "it is being resumed (still PAUSED); wait until it is RUNNING",
     ),
 }
@@ -172,11 +173,11 @@ def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") ->
         return None
     under_way = _UNDER_WAY.get((state, desired))
     if under_way is not None and op in (Op.START, Op.REBOOT, Op.PAUSE, Op.RESUME):
-        withdraws, again, refusal = under_way
+        withdraws, refusal = under_way
         if op is withdraws:  # not carried out yet: it need not be
             return Transition(_EFFECT[op][0], state)
-        if op is not again:
-            raise FailedPrecondition(f"cannot {op.value} {name}: {refusal}")
+        # The same one again was already asked for (above): a start or a reboot.
+        raise FailedPrecondition(f"cannot {op.value} {name}: {refusal}")
     if state not in _ALLOWED[op]:
         hint = {
             Op.START: "only a STOPPED or FAILED workspace can be started",
