@@ -82,7 +82,7 @@ def _not_a_directory(path: Path) -> Path | None:
     file): nothing can be made in it (mkdir said only "File exists" or "Not a
     directory")."""
     for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
+        if p.exists():
             return None if p.is_dir() else p
     return None
 
