@@ -13,7 +13,8 @@ from agent.virt.base import DomainState
 from tests.functional.harness import WS, Site, wait_for
 from workspace.cli import ws
 from workspace.client import Client
-from workspace.v1 import common_pb2
+from workspace.codec import events as codec_events
+from workspace.v1 import common_pb2, workspaces_pb2
 
 DS = common_pb2.DesiredState
 
@@ -155,3 +156,16 @@ def test_a_resume_wait_ends_when_a_pause_withdraws_the_resume(
         "ws: error: workspace wd2 is to be PAUSED now, no longer RUNNING (waited for RUNNING)"
         in err
     )
+    # Each asked leaves an event of who asked; the pause that withdrew the resume says so.
+    req = workspaces_pb2.WatchWorkspaceEventsRequest(id="wd2", kinds=["workspace"])
+    evs = [codec_events.event_from_proto(p) for p in s.ws.WatchWorkspaceEvents(req)]
+    assert [(e.kind, e.who, e.reason) for e in evs if e.kind != "workspace.state"][-3:] == [
+        ("workspace.pause", "user:local", "pause of the workspace asked"),
+        ("workspace.resume", "user:local", "resume of the workspace asked"),
+        (
+            "workspace.pause",
+            "user:local",
+            "pause asked: it withdrew the resume asked before, which its node had not "
+            "reported done (still PAUSED); the workspace stays paused",
+        ),
+    ]

@@ -16,14 +16,14 @@ import grpc
 import pytest
 
 from images import digest as digests
-from tests.functional.harness import WS, Site, wait_for
+from tests.functional.harness import WS, Site, SitePki, TlsSite, wait_for
 from workspace.cli import admin as admin_cli
 from workspace.cli import event_cmds
 from workspace.cli.ws import main as ws_main
 from workspace.client import Client
 from workspace.codec import events as codec_events
 from workspace.domain.events import EventFilter, SiteEvent
-from workspace.v1 import admin_pb2, images_pb2, workspaces_pb2
+from workspace.v1 import admin_pb2, images_pb2, projects_pb2, projects_pb2_grpc, workspaces_pb2
 
 
 def events(site: Site, since: float = 0.0) -> list[SiteEvent]:
@@ -440,3 +440,61 @@ def test_a_reboot_leaves_an_event_with_who_asked(ready_site: Site) -> None:
     evs = [codec_events.event_from_proto(p) for p in site.stubs.ws.WatchWorkspaceEvents(req)]
     assert [(e.workspace_name, e.who) for e in evs] == [("r1", "user:local")] * 2
     assert ["reboot 1" in evs[0].reason, "reboot 2" in evs[1].reason] == [True, True]
+
+
+def test_a_pause_and_the_resume_withdrawing_it_each_say_who_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pause or resume leaves the state as it is until the node reports it carried
+    out (and that workspace.state event is the node's), so neither request left any trace
+    of who asked: a pause withdrawn by a resume before its node paused left none at all.
+    Each now has an event with who asked, which the owner's `ws events` shows; the
+    resume's says it withdrew the pause."""
+    site = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        site.stubs.network()
+        site.stubs.import_image("img")
+        site.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="img", public=True))
+        site.add_agent("node1")
+        projects = projects_pb2_grpc.ProjectsStub(site.stubs.channel)
+        projects.CreateProject(projects_pb2.Project(name="physics"))
+        projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="physics", user="bob"))
+        alice = site.identity("alice", projects=("physics",))
+        w = alice.create(name="shared", memory_mib=64, project="physics")
+        alice.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        ref = workspaces_pb2.WorkspaceRef(id=w.id)
+        bob = site.identity("bob")
+        bob.ws.PauseWorkspace(ref)  # carried out: the PAUSED state is the node's event
+        alice.wait_state(w.id, WS.WORKSPACE_STATE_PAUSED)
+        alice.ws.ResumeWorkspace(ref)
+        alice.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        site.stop_agent("node1")  # the next pause is not carried out meanwhile
+        bob.ws.PauseWorkspace(ref)
+        site.identity("root", admin=True).ws.ResumeWorkspace(ref)
+        assert alice.get(w.id).state == WS.WORKSPACE_STATE_RUNNING
+
+        owner = ["--service", site.address, "--identity", str(site.pki.user("alice"))]
+        capsys.readouterr()
+        assert ws_main([*owner, "events", "shared", "--kind", "workspace", "-o", "json"]) == 0
+        mine = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        paused = [
+            e["who"] for e in mine if e["kind"] == "workspace.state" and e["state"] == "PAUSED"
+        ]
+        assert paused == ["node:node1"]
+        asked = [
+            (e["kind"], e["who"], e["reason"])
+            for e in mine
+            if e["kind"] in ("workspace.pause", "workspace.resume")
+        ]
+        assert asked[:3] == [
+            ("workspace.pause", "user:bob", "pause of the workspace asked"),
+            ("workspace.resume", "user:alice", "resume of the workspace asked"),
+            ("workspace.pause", "user:bob", "pause of the workspace asked"),
+        ]
+        assert asked[3][:2] == ("workspace.resume", "user:root") and len(asked) == 4
+        assert asked[3][2].startswith("resume asked: it withdrew the pause asked before")
+        assert ws_main([*owner, "events", "shared", "--kind", "workspace.resume"]) == 0
+        text = capsys.readouterr().out
+        assert "workspace.resume  workspace shared" in text and "by user:root: resume asked" in text
+    finally:
+        site.close()

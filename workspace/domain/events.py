@@ -18,6 +18,12 @@ class Kind(enum.StrEnum):
     # `ws reboot` (a user's or an admin's; who: the caller): asked of a RUNNING workspace,
     # which stays RUNNING, so no workspace.state event tells it (reason: which reboot).
     WORKSPACE_REBOOT = "workspace.reboot"
+    # `ws pause` / `ws resume` (a user's or an admin's; who: the caller): the state stays
+    # as it is until the node reports the pause or resume carried out, and that
+    # workspace.state event is the node's, so only these tell who asked (reason: what was
+    # asked, and whether it withdrew the opposite one its node had not reported done yet).
+    WORKSPACE_PAUSE = "workspace.pause"
+    WORKSPACE_RESUME = "workspace.resume"
     QUOTA_REFUSED = "quota.refused"
     # A normal request took preemptible workspaces' capacity (reason: the victims), and
     # each victim (subject: its owner); ops/preempt.py.

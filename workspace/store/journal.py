@@ -49,6 +49,7 @@ _COMMITTING = "site_events_committing"
 NOT_MADE = "the request was refused: no workspace was made"
 _OWNER_PUBLISHES = "site_events_owner_publishes"
 _RUNNING = "RUNNING"
+_PAUSED = "PAUSED"
 _INSERT_EVENT = Prepared(insert(cast(Table, EventRow.__table__)))  # built once
 
 
@@ -291,6 +292,8 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
                 elapsed_s=elapsed,
             )
         )
+    if state is None and (asked := _pause_or_resume(ws, who)) is not None:
+        out.append(asked)
     rebooted = _change(ws, "reboot_count")
     if rebooted is not None and (rebooted[1] or 0) > (rebooted[0] or 0):
         reason = f"reboot {rebooted[1]} of the workspace asked"
@@ -304,6 +307,38 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
             workspace_event(ws, who, Kind.LEASE_EXTENDED, reason=f"until {iso_time(extended[1])}")
         )
     return out
+
+
+# A pause or resume asked (desired RUNNING <-> PAUSED while the state stays): what its
+# event says, by (new desired, state shown). A state the other way round is the opposite
+# operation asked before and not reported done yet, which this one withdrew.
+_ASKED = {
+    (_PAUSED, _RUNNING): (Kind.WORKSPACE_PAUSE, "pause of the workspace asked"),
+    (_RUNNING, _PAUSED): (Kind.WORKSPACE_RESUME, "resume of the workspace asked"),
+    (_PAUSED, _PAUSED): (
+        Kind.WORKSPACE_PAUSE,
+        "pause asked: it withdrew the resume asked before, which its node had not "
+        "reported done (still PAUSED); the workspace stays paused",
+    ),
+    (_RUNNING, _RUNNING): (
+        Kind.WORKSPACE_RESUME,
+        "resume asked: it withdrew the pause asked before, which its node had not "
+        "reported done (still RUNNING); the workspace keeps running",
+    ),
+}
+
+
+def _pause_or_resume(ws: Workspace, who: str) -> SiteEvent | None:
+    """The event of a pause or a resume ``who`` asked of ``ws`` (None: neither). Its
+    state does not change until its node reports, so no workspace.state event of the
+    caller's tells it; a stop, start or destroy changes the state and has one."""
+    desired = _change(ws, "desired_state")
+    if desired is None or {desired[0], desired[1]} != {_RUNNING, _PAUSED}:
+        return None
+    asked = _ASKED.get((str(desired[1]), ws.state))
+    if asked is None:
+        return None
+    return workspace_event(ws, who, asked[0], reason=asked[1])
 
 
 def _first_running(s: Session, wid: str) -> bool:
