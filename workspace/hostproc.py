@@ -148,12 +148,26 @@ def argv_includes(*items: str | os.PathLike[str]) -> Matcher:
     return matches
 
 
+# How long a live process may show an empty command line before it is judged by it. The
+# kernel wakes a process that started another (its exec's close-on-exec pipe, which
+# subprocess.Popen waits on) before the new program's arguments are set up: right after
+# spawn_daemon returns, /proc/<pid>/cmdline can still be empty for a moment.
+EXEC_SETTLE_S = 1.0
+
+
 def pid_if_ours(pid: int | None, matches: Matcher) -> int | None:
-    """``pid`` if it still runs a command line we started, else None."""
+    """``pid`` if it still runs a command line we started, else None. A live process whose
+    command line reads empty (still in its exec) is read again, for up to EXEC_SETTLE_S."""
     if pid is None:
         return None
-    argv = process_cmdline(pid)
-    return pid if argv is not None and matches(argv) and process_alive(pid) else None
+    deadline = time.monotonic() + EXEC_SETTLE_S
+    while True:
+        argv = process_cmdline(pid)
+        if argv is not None:
+            return pid if matches(argv) and process_alive(pid) else None
+        if not process_alive(pid) or time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL_INTERVAL_S / 5)
 
 
 # -- start ------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from workspace import hostproc
 from workspace.site.status import AGENT_MODULE, SERVICE_MODULE, agent_matcher, service_matcher
 
@@ -66,6 +68,32 @@ def test_stop_process_outcomes(tmp_path: Path) -> None:
         assert proc.poll() is not None
         assert hostproc.stop_process(proc.pid, ours) is hostproc.Stopped.NOT_RUNNING
         assert hostproc.stop_process(None, ours) is hostproc.Stopped.NOT_RUNNING
+    finally:
+        hostproc.stop_child(proc, 1)
+
+
+def test_a_daemon_still_in_its_exec_is_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Popen returns once the child's exec has closed its close-on-exec pipe, which the
+    kernel does before it sets up the new program's arguments: for a moment the daemon's
+    command line reads empty. It was judged 'no longer ours' then (a stop right after a
+    spawn left the daemon running; CI saw it once); a live process's empty command line is
+    read again."""
+    proc = hostproc.spawn_daemon(["sleep", "60"], tmp_path / "daemon.log")
+    real = hostproc.process_cmdline
+    reads: list[int] = []
+
+    def mid_exec(pid: int) -> list[str] | None:  # the first two reads fall in the exec
+        reads.append(pid)
+        return None if len(reads) <= 2 else real(pid)
+
+    monkeypatch.setattr(hostproc, "process_cmdline", mid_exec)
+    try:
+        ours = hostproc.cmdline_has("sleep", "60")
+        assert hostproc.pid_if_ours(proc.pid, ours) == proc.pid
+        assert hostproc.stop_process(proc.pid, ours, 5) is hostproc.Stopped.STOPPED
+        assert proc.poll() is not None
     finally:
         hostproc.stop_child(proc, 1)
 
