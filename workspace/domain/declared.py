@@ -18,12 +18,17 @@ MAX_NODE_CPUS = 65536
 MAX_NODE_SIZE = 2**31 - 1
 
 
+def most_of(key: str) -> int:
+    """The largest value of size ``key`` a node may register with."""
+    return MAX_NODE_CPUS if key == "cpus" else MAX_NODE_SIZE
+
+
 def size_problem(sizes: Mapping[str, int]) -> str:
     """What is wrong with the sizes a node's config declares (``cpus``, ``memory_mib``,
     ``disk_gib``, ``disk_mbps``, ``net_mbps``; 0: detected, or none) ("": nothing):
     beyond them every Register of the node is refused, or cannot even be sent."""
     for key, value in sizes.items():
-        most = MAX_NODE_CPUS if key == "cpus" else MAX_NODE_SIZE
+        most = most_of(key)
         if value > most:
             return f"{key}: must be at most {most}, got {value} (more than a node may register)"
     return ""

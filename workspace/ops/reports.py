@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from images.model import Partition
 from workspace.config import ServiceConfig
-from workspace.domain.declared import MAX_NODE_CPUS, MAX_NODE_SIZE, declared_problem
+from workspace.domain.declared import declared_problem, most_of
 from workspace.domain.leases import EXPIRED
 from workspace.domain.model import (
     AuditRecord,
@@ -167,11 +167,12 @@ def check_size(info: NodeInfo) -> None:
     """InvalidArgument unless ``info``'s sizes are a host's: a node that said 2**31 CPUs
     was stored, and its capacity (times the overcommit) no longer fit the admin API's
     ``Node.cpu_capacity``: ``ws-admin node list`` failed, INTERNAL, for every node."""
-    for what, value, least, most in (
-        ("cpus", info.cpus, 1, MAX_NODE_CPUS),
-        ("memory_mib", info.memory_mib, 1, MAX_NODE_SIZE),
-        ("disk_gib", info.disk_gib, 0, MAX_NODE_SIZE),
+    for what, value, least in (
+        ("cpus", info.cpus, 1),
+        ("memory_mib", info.memory_mib, 1),
+        ("disk_gib", info.disk_gib, 0),
     ):
+        most = most_of(what)
         if not least <= value <= most:
             raise InvalidArgument(
                 f"node {info.name}: {what} must be {least} to {most}, got {value}"
