@@ -456,7 +456,7 @@ def test_a_client_certificate_the_server_refuses_is_told_from_an_outage(
             assert "a caller needs a user's identity (`ws-admin pki issue user" in said
             assert "CA" not in said
     finally:
-        srv.stop(0)
+        srv.stop(0).wait()  # stop() only begins it: until it ends, the socket may still answer
     assert tls_probe.refused_certificate(unix, foreign) == ""  # nobody there
 
 
