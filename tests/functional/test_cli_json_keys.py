@@ -1,6 +1,7 @@
 """The keys a script reads the same way across ws and ws-admin (`-o json`): an object
 the CLIs print names itself by ``name`` (and ``id`` where it has one), whatever other
-keys it had first; walked once over a local site on the fake driver."""
+keys it had first; `site up` and `site status` give a site alike. Walked over a local
+site on the fake driver."""
 
 from __future__ import annotations
 
@@ -97,3 +98,27 @@ def test_objects_name_themselves_alike_across_commands(site_dir: Path) -> None:
     has(status["node"], name="local", state="READY")
     (agent,) = status["agents"]
     has(agent, name="local", node="local", state="READY")
+
+
+def test_site_up_gives_what_site_status_gives_under_the_same_keys(site_dir: Path) -> None:
+    """`ws-admin site up -o json` printed site.json's flat keys (``service_pid``,
+    ``identity_dir``, agents without ``name`` or ``log``) where `site status -o json`
+    says ``service.pid``, ``identity.dir``, ``agents[].name``: a script had to read the
+    same site two ways. Both give the nested keys now; the flat ones stay."""
+    up = js(site_dir, "admin", "site", "up", "--dir", str(site_dir))
+    status = js(site_dir, "admin", "site", "status", "--dir", str(site_dir))
+    assert up["state"] == status["state"] == "running" and up["already"] is True
+    for key in ("pid", "log", "netns", "metrics"):
+        assert up["service"][key] == status["service"][key], key
+    assert up["service"]["pid"] == up["service_pid"] > 0
+    assert up["service"]["metrics"] == up["service_metrics"]
+    assert up["agent"] == {k: status["agent"][k] for k in ("pid", "log")}
+    assert up["agent"]["pid"] == up["agent_pid"]
+    assert up["identity"] == status["identity"]
+    assert up["identity"]["dir"] == up["identity_dir"]
+    assert up["virt_type"] == status["virt_type"]
+    (agent,) = up["agents"]
+    (seen,) = status["agents"]
+    for key in ("node", "name", "pid", "netns", "dir", "log", "metrics"):
+        assert agent[key] == seen[key], key
+    has(agent, name="local", node="local", dir=str(site_dir))

@@ -16,6 +16,7 @@ from workspace import errors
 from workspace.cli import admin, render
 from workspace.client import Client
 from workspace.site import local
+from workspace.site import status as site_status
 from workspace.site.record import AgentRecord, SiteRecord
 from workspace.v1 import admin_pb2, images_pb2
 
@@ -423,9 +424,18 @@ def test_site_up_json_gives_its_start_time_as_every_other_time(
         def up(self, timeout_s: float) -> local.UpResult:
             return local.UpResult(rec, already_running=True)
 
+        def processes(self, rec: SiteRecord) -> dict[str, Any]:
+            return site_status.processes(rec, tmp_path / "service.log")
+
     monkeypatch.setattr(local, "LocalSite", Site)
     assert _admin(["-o", "json", "site", "up", "--dir", str(tmp_path)], FakeClient()) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["started_at"] == "2023-11-14T22:13:20Z"
     assert (shown["already"], shown["service_pid"], shown["agents"][0]["pid"]) == (True, 0, 42)
+    # and under the keys `site status` gives them
+    assert (shown["service"]["pid"], shown["agent"]["pid"], shown["agents"][0]["name"]) == (
+        0,
+        42,
+        "node1",
+    )
     assert render.fmt_epoch(0.0) == ""  # never started: unset, as an unset Timestamp is

@@ -315,8 +315,11 @@ class Commands(common.ClientCommands):
         result = site.up(timeout_s=args.timeout)
         rec = result.record
         if render.wants_json(args):
-            data = json.loads(rec.to_json())  # site.json's fields, its time as the others
+            # site.json's fields (service_pid, ...: scripts read them), its time as the
+            # others, and the keys `site status` gives the same things (service.pid, ...).
+            data = json.loads(rec.to_json())
             data["started_at"] = render.fmt_epoch(rec.started_at)
+            data.update(state="running", **site.processes(rec))
             render.print_json({**data, "already": result.already_running})
             return common.EXIT_OK
         found = local.default_site_dir().expanduser().resolve() == site.dir

@@ -718,6 +718,10 @@ class LocalSite:
         matches = service_matcher(self.service_config)
         return status.report(rec, self.dir, matches, self.service_log)
 
+    def processes(self, rec: SiteRecord) -> dict[str, Any]:
+        """What ``rec`` says the site started, in `status`'s keys (``site up -o json``)."""
+        return status.processes(rec, self.service_log)
+
 
 def _mount_below(top: Path) -> Path | None:
     """The first mount point at or below ``top`` (without following symlinks), if any."""

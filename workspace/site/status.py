@@ -237,6 +237,41 @@ def identity_of(rec: SiteRecord) -> dict[str, str]:
     return {"dir": rec.identity_dir, "principal": who.principal + role, "note": ""}
 
 
+def processes(rec: SiteRecord, service_log: Path) -> dict[str, Any]:
+    """What the site started, in the keys both ``site up -o json`` and ``site status -o
+    json`` give it: ``service`` (pid, log, netns, metrics), ``agent`` (node 1's pid and
+    log), ``agents`` (each node's, named by ``name`` as `ws-admin node list` does, and by
+    ``node``), ``identity`` and, with a switch between the nodes, ``switch``. ``site
+    status`` adds whether each runs; site.json's flat keys (``service_pid``, ``agent_pid``,
+    ``identity_dir``, ...) are ``site up``'s too, kept for the scripts that read them."""
+    first = rec.agents[0]
+    out: dict[str, Any] = {
+        "service": {
+            "pid": rec.service_pid,
+            "log": str(service_log),
+            "netns": rec.service_netns,
+            "metrics": rec.service_metrics,
+        },
+        "agent": {"pid": first.pid, "log": str(first.log)},
+        "agents": [
+            {
+                "node": a.node,
+                "name": a.node,  # the node's, as `ws-admin node list` names it
+                "pid": a.pid,
+                "netns": a.netns,
+                "dir": a.dir,
+                "log": str(a.log),
+                "metrics": a.metrics,
+            }
+            for a in rec.agents
+        ],
+        "identity": identity_of(rec),
+    }
+    if rec.switch_netns:
+        out["switch"] = {"netns": rec.switch_netns, "exists": netns_exists(rec.switch_netns)}
+    return out
+
+
 def report(
     rec: SiteRecord, site_dir: Path, service_matches: hostproc.Matcher, service_log: Path
 ) -> dict[str, Any]:
@@ -257,29 +292,23 @@ def report(
         for a in rec.agents
     }
     first = rec.agents[0]
+    started = processes(rec, service_log)
     out: dict[str, Any] = {"dir": str(site_dir), "state": "stopped"}
     out.update(
         address=rec.address,
         driver=rec.driver,
+        virt_type=rec.virt_type,
         netns=rec.netns,
-        service={
-            "pid": rec.service_pid,
-            "running": svc,
-            "stopping": svc_stopping,
-            "log": str(service_log),
-            "netns": rec.service_netns,
-            "metrics": rec.service_metrics,
-        },
+        service={**started["service"], "running": svc, "stopping": svc_stopping},
         agent={
-            "pid": first.pid,
+            **started["agent"],
             "running": running[first.node],
             "stopping": stopping[first.node],
-            "log": str(first.log),
         },
     )
-    if rec.switch_netns:
-        out["switch"] = {"netns": rec.switch_netns, "exists": netns_exists(rec.switch_netns)}
-    out["identity"] = identity_of(rec)
+    if "switch" in started:
+        out["switch"] = started["switch"]
+    out["identity"] = started["identity"]
     tls = TlsConfig(identity_dir=rec.identity_dir) if rec.identity_dir else None
     health = ""
     nodes: dict[str, admin_pb2.Node] = {}
@@ -296,18 +325,8 @@ def report(
     states = {name: v["state"] for name, v in views.items()}
     out["node"] = {"name": first.node, "state": states[first.node]}
     out["agents"] = [
-        {
-            "node": a.node,
-            "name": a.node,  # the node's, as `ws-admin node list` names it
-            "pid": a.pid,
-            "running": running[a.node],
-            "stopping": stopping[a.node],
-            **views[a.node],
-            "netns": a.netns,
-            "log": str(a.log),
-            "metrics": a.metrics,
-        }
-        for a in rec.agents
+        {**seen, "running": running[a.node], "stopping": stopping[a.node], **views[a.node]}
+        for a, seen in zip(rec.agents, started["agents"], strict=True)
     ]
     ok = (
         svc
