@@ -1,10 +1,11 @@
 """The keys a script reads the same way across ws and ws-admin (`-o json`): an object
 the CLIs print names itself by ``name`` (and ``id`` where it has one), whatever other
-keys it had first; `site up` and `site status` give a site alike. Walked over a local
-site on the fake driver."""
+keys it had first; `site up` and `site status` give a site alike; a wait's progress is on
+stderr. Walked over a local site on the fake driver."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -122,3 +123,47 @@ def test_site_up_gives_what_site_status_gives_under_the_same_keys(site_dir: Path
     for key in ("node", "name", "pid", "netns", "dir", "log", "metrics"):
         assert agent[key] == seen[key], key
     has(agent, name="local", node="local", dir=str(site_dir))
+
+
+def test_a_wait_in_json_mode_says_its_progress_on_stderr(site_dir: Path) -> None:
+    """`--wait -o json` printed no progress at all: a long wait (a boot, a queue) was
+    silent until the result. The state lines go to stderr as in text mode; stdout
+    holds the result alone."""
+    r = ok(site_dir, "ws", "-o", "json", "create", "--image", IMAGE, "--name", "slow", "--wait")
+    made = json.loads(r.out)
+    assert made["state"] == "RUNNING"
+    assert f"ws: slow ({made['id']}): RUNNING" in r.err.splitlines(), r.err
+    r = ok(site_dir, "ws", "-o", "json", "stop", "slow", "--wait")
+    assert json.loads(r.out)["state"] == "STOPPED"
+    assert f"ws: slow ({made['id']}): STOPPED" in r.err.splitlines(), r.err
+    r = ok(
+        site_dir,
+        "ws",
+        "-o",
+        "json",
+        "cluster",
+        "create",
+        "solo",
+        "--member",
+        f"head={IMAGE},memory-mib=64",
+        "--wait",
+    )
+    c = json.loads(r.out)
+    assert c["state"] == "RUNNING"
+    assert f"ws: cluster solo ({c['id']}): RUNNING, 1/1 members RUNNING" in r.err, r.err
+    r = ok(
+        site_dir,
+        "ws",
+        "-o",
+        "json",
+        "cluster",
+        "scale",
+        "solo",
+        "--role",
+        "head",
+        "--count",
+        "2",
+        "--wait",
+    )
+    assert json.loads(r.out)["count"] == 2
+    assert f"ws: cluster solo ({c['id']}): 1/1 new members RUNNING" in r.err, r.err

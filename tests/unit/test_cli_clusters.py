@@ -372,7 +372,11 @@ def test_cluster_list_and_actions(capsys: pytest.CaptureFixture[str]) -> None:
         argv = ["-o", "json", "cluster", "stop", "mpi", "--wait", flag, "7"]
         assert _run(argv, client) == 0
         out = capsys.readouterr()
-        assert json.loads(out.out)["state"] == "STOPPED" and out.err == ""
+        assert json.loads(out.out)["state"] == "STOPPED"  # the progress: on stderr
+        assert out.err.splitlines()[-2:] == [
+            "ws: cluster mpi (c1): STOPPED, 0/2 members RUNNING",
+            "ws:   mpi-worker-0 (id-mpi-worker-0): STOPPED",
+        ], out.err
         assert client.calls[-1][1] == (
             ("c1",),
             {"states": [CS.CLUSTER_STATE_STOPPED], "timeout_s": 7.0},

@@ -346,7 +346,9 @@ def test_stop_wait_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert stop[1] == (("w1",), {"timeout_s": 5, "force": True})
     assert wait[1][1]["states"] == [WS.WORKSPACE_STATE_STOPPED]
     out = capsys.readouterr()
-    assert json.loads(out.out)["state"] == "STOPPED" and out.err == ""
+    # The result alone on stdout; the wait's progress on stderr, as in text mode.
+    assert json.loads(out.out)["state"] == "STOPPED"
+    assert out.err == "ws: alpha (w1): STOPPED\n"
 
 
 def test_stop_timeout_0_powers_off_at_once() -> None:

@@ -95,7 +95,7 @@ def scale_cmd(args: argparse.Namespace, client: Client) -> int:
             # A grow may wait for capacity first: that time comes on top, as for a create
             # (it gave up waiting while the grow still had its turn in the queue).
             wait_s = args.wait_timeout or DEFAULT_WAIT_S + (args.wait_for_capacity or 0)
-            progress = render.scale_progress(args, "ws", resp.added)
+            progress = render.scale_progress("ws", resp.added)
             cluster = wait_scaled(client, resp, wait_s, seen, progress)
         except KeyboardInterrupt:
             last = seen[-1]

@@ -263,9 +263,7 @@ def once_running(
     its state changes said on stderr (WaitTimeout, WaitFailed otherwise)."""
     if not args.retry or ws.state not in ON_THE_WAY:
         return ws
-    return client.wait_for_state(
-        ws.id, [RUNNING], args.retry, render.workspace_progress(args, "ws")
-    )
+    return client.wait_for_state(ws.id, [RUNNING], args.retry, render.workspace_progress("ws"))
 
 
 def interactive() -> bool:

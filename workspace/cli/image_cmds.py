@@ -121,7 +121,7 @@ class ImageCommands:
             image_manifest.parse_ref(args.image)
         except image_manifest.ManifestError as exc:
             raise common.UsageError(str(exc)) from None
-        shown = None if render.wants_json(args) else progress.SaveProgress(self.prog)
+        shown = progress.SaveProgress(self.prog)  # on stderr, in JSON mode too
         begun: list[common_pb2.Workspace] = []  # the workspace as last seen saving
 
         def on_progress(ws: common_pb2.Workspace) -> None:
@@ -136,8 +136,7 @@ class ImageCommands:
                     file=sys.stderr,
                     flush=True,
                 )
-            if shown is not None:
-                shown(ws)
+            shown(ws)
 
         client = self.client_for(args)
         try:
@@ -146,13 +145,11 @@ class ImageCommands:
                     args.workspace, args.image, args.project or "", args.timeout, on_progress
                 )
         except BaseException as exc:
-            if shown is not None:
-                shown.end()
+            shown.end()
             if isinstance(exc, KeyboardInterrupt):
                 self._save_interrupted(args, begun[-1] if begun else None)
             raise
-        if shown is not None:
-            shown.end(saved=True)
+        shown.end(saved=True)
         print(
             f"{self.prog}: saved {args.workspace} as {img.name} "
             f"({render.fmt_bytes(img.total_bytes)})",

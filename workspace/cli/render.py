@@ -416,12 +416,9 @@ def console(data: bytes) -> None:
     sys.stdout.flush()
 
 
-def workspace_progress(
-    args: argparse.Namespace, prog: str
-) -> Callable[[common_pb2.Workspace], None] | None:
-    """``on_change`` for Client.wait_for_state: a state line on stderr (none for JSON)."""
-    if wants_json(args):
-        return None
+def workspace_progress(prog: str) -> Callable[[common_pb2.Workspace], None]:
+    """``on_change`` for Client.wait_for_state: a state line on stderr (in JSON mode too:
+    stdout holds only the result)."""
 
     def on_change(ws: common_pb2.Workspace) -> None:
         _say(prog, state_line(ws))
@@ -429,14 +426,10 @@ def workspace_progress(
     return on_change
 
 
-def reboot_progress(
-    args: argparse.Namespace, prog: str, reboot_count: int
-) -> Callable[[common_pb2.Workspace], None] | None:
+def reboot_progress(prog: str, reboot_count: int) -> Callable[[common_pb2.Workspace], None]:
     """``on_change`` for Client.wait_for_reboot: a line on stderr whenever the state or
-    the reboots carried out change ("RUNNING, reboot requested", "RUNNING, rebooted";
-    none for JSON)."""
-    if wants_json(args):
-        return None
+    the reboots carried out change ("RUNNING, reboot requested", "RUNNING, rebooted"; in
+    JSON mode too)."""
 
     def on_change(ws: common_pb2.Workspace) -> None:
         done = rebooted(ws, reboot_count)
@@ -568,14 +561,10 @@ def cluster_state_line(c: clusters_pb2.Cluster) -> str:
     return f"cluster {_cluster_label(c)}: {cluster_state_name(c.state)}{members}{reason}"
 
 
-def cluster_progress(
-    args: argparse.Namespace, prog: str
-) -> Callable[[clusters_pb2.Cluster], None] | None:
+def cluster_progress(prog: str) -> Callable[[clusters_pb2.Cluster], None]:
     """``on_change`` for Client.wait_for_cluster_state: a line on stderr when the
     cluster's state or reason (a waiting cluster's place in the queue) changes and one
-    per member state change (none for JSON)."""
-    if wants_json(args):
-        return None
+    per member state change (in JSON mode too)."""
     last: list[tuple[int, str]] = []
     members: dict[str, int] = {}
 
@@ -595,12 +584,12 @@ def cluster_progress(
 
 
 def scale_progress(
-    args: argparse.Namespace, prog: str, added: Sequence[str]
+    prog: str, added: Sequence[str]
 ) -> Callable[[clusters_pb2.Cluster], None] | None:
     """``on_change`` for a `ws cluster scale --wait` that adds members: a line on stderr
     when how many of them run, or why they still wait (their place in the capacity
-    queue), changes (none for JSON, nor for a scale that adds none: a shrink)."""
-    if wants_json(args) or not added:
+    queue), changes (in JSON mode too; none for a scale that adds none: a shrink)."""
+    if not added:
         return None
     new, last = set(added), [""]
 

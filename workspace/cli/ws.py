@@ -219,7 +219,7 @@ class Commands(common.ClientCommands):
                     made.id,
                     [WS.WORKSPACE_STATE_RUNNING],
                     _create_wait_s(args, args.wait_for_capacity),
-                    _recorded(seen, render.workspace_progress(args, PROG)),
+                    _recorded(seen, render.workspace_progress(PROG)),
                     on_outage=WAIT_OUTAGE,
                 ),
                 lambda: state_name(seen[made.id].state),
@@ -305,7 +305,7 @@ class Commands(common.ClientCommands):
                     return _wait_rebooted(
                         client, args, ws.id or ref, ws.reboot_count, left, seen, wait_s
                     )
-                progress = _recorded(seen, render.workspace_progress(args, PROG))
+                progress = _recorded(seen, render.workspace_progress(PROG))
                 # A timeout says the whole wait (the later ones have what is left of it).
                 return client.wait_for_state(
                     ws.id or ref,
@@ -383,7 +383,7 @@ class Commands(common.ClientCommands):
                     made.id,
                     [CS.CLUSTER_STATE_RUNNING],
                     _create_wait_s(args, req.wait_for_capacity_s),
-                    _recorded(seen_c, render.cluster_progress(args, PROG)),
+                    _recorded(seen_c, render.cluster_progress(PROG)),
                     on_outage=WAIT_OUTAGE,
                 ),
                 lambda: cluster_state_name(seen_c[made.id].state),
@@ -419,7 +419,7 @@ class Commands(common.ClientCommands):
                     c.id or args.name,
                     [target],
                     args.wait_timeout or DEFAULT_WAIT_S,
-                    _recorded(seen, render.cluster_progress(args, PROG)),
+                    _recorded(seen, render.cluster_progress(PROG)),
                     on_outage=WAIT_OUTAGE,
                 )
             except KeyboardInterrupt:
@@ -468,7 +468,7 @@ def _wait_rebooted(
     """`ws reboot --wait`: until the node reports reboot ``reboot_count`` carried out and
     the workspace RUNNING. A node whose agent does not report reboots (an older release)
     cannot confirm it: then RUNNING is enough, as before, and stderr says so."""
-    progress = _recorded(seen, render.reboot_progress(args, PROG, reboot_count))
+    progress = _recorded(seen, render.reboot_progress(PROG, reboot_count))
     ws = client.wait_for_reboot(
         ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE, waited_s=waited_s
     )
