@@ -1,12 +1,14 @@
 """The keys a script reads the same way across ws and ws-admin (`-o json`): an object
 the CLIs print names itself by ``name`` (and ``id`` where it has one), whatever other
-keys it had first; `site up` and `site status` give a site alike; a wait's progress is on
-stderr. Walked over a local site on the fake driver."""
+keys it had first; `site up` and `site status` give a site alike; every time is RFC
+3339 to the second; a wait's progress is on stderr. Walked over a local site on the fake
+driver."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +125,41 @@ def test_site_up_gives_what_site_status_gives_under_the_same_keys(site_dir: Path
     for key in ("node", "name", "pid", "netns", "dir", "log", "metrics"):
         assert agent[key] == seen[key], key
     has(agent, name="local", node="local", dir=str(site_dir))
+
+
+# What every time in -o json looks like: RFC 3339, UTC, to the second (jq's fromdate).
+RFC3339_S = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def test_times_are_rfc3339_to_the_second_as_the_text_shows_them(site_dir: Path) -> None:
+    """A protobuf Timestamp came out with its nanoseconds (``…T00:05:43.064617472Z``),
+    which jq's ``fromdate`` refuses, while `site up`, `pki list` and the events gave
+    ``…T00:05:43Z``; every time is now to the second, as the text shows it."""
+    box = js(site_dir, "ws", "create", "--image", IMAGE, "--name", "clock")
+    shown = js(site_dir, "ws", "show", "clock")
+    text = ok(site_dir, "ws", "show", "clock").out
+    for key in ("created_at", "updated_at"):
+        assert RFC3339_S.fullmatch(shown[key]), shown[key]
+        assert re.search(rf"^{key} +{shown[key]}$", text, re.M), text
+    assert box["created_at"] == shown["created_at"]
+    (img,) = [i for i in js(site_dir, "ws", "image", "list") if i["name"] == IMAGE]
+    (node,) = js(site_dir, "admin", "node", "list")
+    replicas = js(site_dir, "admin", "replica", "list")
+    usage = js(site_dir, "ws", "usage")
+    up = js(site_dir, "admin", "site", "up", "--dir", str(site_dir))
+    events = [
+        json.loads(line)
+        for line in ok(site_dir, "ws", "-o", "json", "events", "clock").out.splitlines()
+    ]
+    times = [
+        img["created_at"],
+        node["last_heartbeat"],
+        *(r["started_at"] for r in replicas),
+        usage["until"],
+        up["started_at"],
+        *(e["time"] for e in events),
+    ]
+    assert events and all(RFC3339_S.fullmatch(t) for t in times), times
 
 
 def test_a_wait_in_json_mode_says_its_progress_on_stderr(site_dir: Path) -> None:

@@ -64,6 +64,20 @@ def test_json_shortens_enums_keeps_ints_and_field_order() -> None:
     json.dumps(data)
 
 
+def test_json_times_are_to_the_second_as_the_text_shows_them() -> None:
+    """A Timestamp with nanoseconds came out as ``…T22:13:20.250000Z`` (0, 3, 6 or 9
+    digits, as the nanoseconds fell), which jq's ``fromdate`` refuses; the text shows
+    the same time to the second, and so does every other time in the JSON."""
+    at = Timestamp(seconds=1_700_000_000, nanos=250_000_000)
+    ws = _ws(created_at=at, updated_at=Timestamp(seconds=1_700_000_001, nanos=7))
+    data = render.to_dict(clusters_pb2.Cluster(created_at=at, members=[ws]))
+    (member,) = data["members"]
+    assert data["created_at"] == member["created_at"] == "2023-11-14T22:13:20Z"
+    assert member["updated_at"] == "2023-11-14T22:13:21Z"
+    assert render.fmt_time(at) == "2023-11-14T22:13:20Z"  # what `ws show` prints
+    assert "lease_expires_at" not in member  # unset: still absent
+
+
 def test_text_tables_use_short_names() -> None:
     text = render.workspace_rows(
         [_ws(nics=[common_pb2.Nic(ip="10.0.0.2")]), _ws(WS.WORKSPACE_STATE_PAUSED, id="w2")]

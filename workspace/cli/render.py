@@ -13,9 +13,9 @@ Two output formats (``--output`` / ``-o``, default text):
 A command hands its result to ``emit(args, data, text)``; ``wants_json(args)`` is the
 only place that reads the format. Some text views live beside this module and use its
 helpers: workspace/cli/admin_text.py (nodes, networks, the queue, node caches),
-usage_text.py, elastic_text.py. Progress and state-change lines go to stderr (not in
-JSON mode), so stdout holds only the result.
-"""
+usage_text.py, elastic_text.py. Progress and state-change lines go to stderr (in JSON
+mode too), so stdout holds only the result. Every time is RFC 3339 UTC to the second
+(``2026-11-30T08:00:00Z``: ``fmt_time``, and a Timestamp in ``to_dict``)."""
 
 from __future__ import annotations
 
@@ -109,8 +109,22 @@ def enum_name(enum: EnumDescriptor, number: int) -> str:
     return value.name.removeprefix(_enum_prefix(enum))
 
 
+_TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+# The fraction MessageToDict gives a Timestamp with nanoseconds (0, 3, 6 or 9 digits).
+_FRACTION = re.compile(r"\.\d+(?=Z$)")
+
+
+def _whole_seconds(value: Any) -> Any:
+    """A Timestamp's RFC 3339 text to the second, as every time the CLIs print
+    (``2026-11-30T08:00:00Z``, what jq's ``fromdate`` reads; it refused
+    ``2026-11-30T08:00:00.064617472Z``)."""
+    if isinstance(value, list):
+        return [_whole_seconds(v) for v in value]
+    return _FRACTION.sub("", value) if isinstance(value, str) else value
+
+
 def _shortened(desc: Any, data: dict[str, Any]) -> dict[str, Any]:
-    """Enum values shortened, keys in field order, recursively."""
+    """Enum values shortened, times to the second, keys in field order, recursively."""
     out: dict[str, Any] = {}
     for field in desc.fields:
         if field.name not in data:
@@ -123,6 +137,8 @@ def _shortened(desc: Any, data: dict[str, Any]) -> dict[str, Any]:
                 value = [str(v).removeprefix(prefix) for v in value]
             else:
                 value = str(value).removeprefix(prefix)
+        elif sub is not None and sub.full_name == _TIMESTAMP:
+            value = _whole_seconds(value)
         elif sub is None or sub.full_name.startswith("google.protobuf."):
             pass
         elif sub.GetOptions().map_entry:
