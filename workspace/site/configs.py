@@ -21,7 +21,7 @@ import dataclasses
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from workspace import config
 from workspace.config import (
@@ -159,12 +159,15 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
     ``owned`` ones whose value differs from what ``site up`` last wrote there (from
     ``cfg``'s, for a file written before that was kept), each kept only if the daemon
     accepts it; and why each key not kept was not ("KEY: why"), an owned one an admin
-    changed included. A missing or unreadable file keeps nothing."""
+    changed included. A table (``[scheduler]``, ``[limits]``, ``[labels]``, ...) is
+    kept key by key: one key the daemon refuses does not take the table's others with
+    it. A missing or unreadable file keeps nothing."""
     data = _read_toml(path)
     if data is None:
         return cfg, []
     merged = config.to_dict(cfg, skip_defaults=False)
     last = _read_toml(written_copy(path))
+    before = merged if last is None else last
     refused: list[str] = []
     for key, value in data.items():
         if key in owned:
@@ -172,17 +175,35 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
                 # An admin's change of a key the site writes anew: said, not dropped unseen.
                 refused.append(f"{key}: the site sets it itself ({OWNED_WHY})")
             continue
-        if value == (merged if last is None else last).get(key):
+        table = merged.get(key)
+        if isinstance(value, dict) and isinstance(table, dict):
+            was = before.get(key)
+            was = was if isinstance(was, dict) else {}
+            for sub, sub_value in value.items():
+                if sub in was and sub_value == was[sub]:
+                    continue
+                merged = _kept(cfg, merged, key, {**table, sub: sub_value}, f"{key}.{sub}", refused)
+                table = merged[key]
             continue
-        trial = {**merged, key: value}
-        try:
-            config.check_file_paths(type(cfg), {key: value})  # the daemon reads the file
-            config.from_dict(type(cfg), trial)
-        except ConfigError as exc:
-            refused.append(exc.message if key in exc.message else f"{key}: {exc.message}")
+        if value == before.get(key):
             continue
-        merged = trial
+        merged = _kept(cfg, merged, key, value, key, refused)
     return config.from_dict(type(cfg), merged), refused
+
+
+def _kept(
+    cfg: C, merged: dict[str, Any], key: str, value: Any, name: str, refused: list[str]
+) -> dict[str, Any]:
+    """``merged`` with ``key`` set to ``value`` if the daemon accepts it; else
+    ``merged`` as it was, and why not appended to ``refused`` (naming ``name``)."""
+    trial = {**merged, key: value}
+    try:
+        config.check_file_paths(type(cfg), {key: value})  # the daemon reads the file
+        config.from_dict(type(cfg), trial)
+    except ConfigError as exc:
+        refused.append(exc.message if name in exc.message else f"{name}: {exc.message}")
+        return merged
+    return trial
 
 
 def write_kept(path: Path, site: C, owned: frozenset[str], head: str) -> list[str]:
