@@ -150,8 +150,39 @@ def _read_toml(path: Path) -> dict[str, object] | None:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
+
+
+def set_aside_unreadable(path: Path) -> str:
+    """Move the file at ``path`` aside (to ``NAME.bad``, else ``NAME.bad.2``, ...) when
+    it is there but not TOML that can be read, so that the file written anew in its
+    place loses nothing an admin wrote; why, and where it went ("" when it was read or
+    is not there)."""
+    try:
+        with path.open("rb") as f:
+            tomllib.load(f)
+    except FileNotFoundError:
+        return ""
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        why = f"not valid TOML ({exc})"
+    except OSError as exc:
+        why = f"cannot read it ({exc.strerror})"
+    else:
+        return ""
+    bad = path.with_name(f"{path.name}.bad")
+    n = 1
+    while bad.exists():
+        n += 1
+        bad = path.with_name(f"{path.name}.bad.{n}")
+    try:
+        path.rename(bad)
+    except OSError as exc:
+        return f"{why}, and it could not be moved aside ({exc.strerror}): written anew"
+    return (
+        f"{why}: nothing of it kept, moved to {bad} (set your keys again in the new "
+        "file, then restart the daemon)"
+    )
 
 
 def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
@@ -211,7 +242,10 @@ def write_kept(path: Path, site: C, owned: frozenset[str], head: str) -> list[st
     in the file (``with_kept``), every key shown; and the site's own choice beside it
     (``written_copy``), so that a default a later release changes reaches a key nobody
     set. Returns what could not be kept ("PATH: KEY: why")."""
+    unreadable = set_aside_unreadable(path)
     cfg, refused = with_kept(site, path, owned)
+    if unreadable:
+        refused.insert(0, unreadable)
     config.write(path, cfg, head, skip_defaults=False)
     config.write(written_copy(path), site, "", skip_defaults=False)
     return [f"{path}: {why}" for why in refused]
