@@ -641,15 +641,30 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        keys = ", ".join(f"{where}.{k}" if where else k for k in unknown)
-        raise ConfigError(f"unknown key(s) {keys}")
+    if unknown := _unknown_keys(cls, data, where):
+        # Every table's at once: a file with two typos is not refused twice in turn.
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
+
+
+def _unknown_keys(cls: type, data: dict[str, Any], where: str) -> list[str]:
+    """The keys of table ``data``, its tables and arrays of tables, ``cls`` does not know."""
+    hints, known = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
+    out: list[str] = []
+    for key, value in sorted(data.items()):
+        name, tp = f"{where}.{key}" if where else key, hints.get(key) if key in known else None
+        tables = [(value, name)] if isinstance(value, dict) else []
+        if typing.get_origin(tp) is list and isinstance(value, list):
+            (tp,) = typing.get_args(tp)
+            tables = [(v, f"{name}[{i}]") for i, v in enumerate(value) if isinstance(v, dict)]
+        if tp is None:
+            out.append(name)
+        elif dataclasses.is_dataclass(tp):
+            out += [k for t, n in tables for k in _unknown_keys(tp, t, n)]  # type: ignore[arg-type]
+    return out
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -521,3 +521,24 @@ def test_an_agent_config_the_service_would_refuse_is_refused_at_start(
     the agent reads its config, naming the bound."""
     with pytest.raises(ConfigError, match=pattern):
         load(AgentConfig, toml(tmp_path, text), node="n1")
+
+
+def test_unknown_keys_of_every_table_are_named_at_once(tmp_path: Path) -> None:
+    """A file with typos in several tables named only the top level's ("unknown key(s)
+    foo"); the next start named [scheduler]'s, the one after that [[networks]]'s: one
+    restart per table. Every table's are named together."""
+    path = toml(tmp_path, "listne = 'x'\n[scheduler]\npolcy = 'spread'\n[limits]\nmax_cpu = 4\n")
+    with pytest.raises(ConfigError) as exc:
+        load(ServiceConfig, path)
+    assert exc.value.message == (
+        f"config file {path}: unknown key(s) limits.max_cpu, listne, scheduler.polcy"
+    )
+    path = toml(
+        tmp_path,
+        "nod = 'n1'\n[fake]\npersits = true\n[[networks]]\nname = 'a'\nuplnk = 'eth1'\n",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load(AgentConfig, path)
+    assert exc.value.message == (
+        f"config file {path}: unknown key(s) fake.persits, networks[0].uplnk, nod"
+    )

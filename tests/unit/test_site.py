@@ -106,6 +106,79 @@ def test_site_up_keeps_what_an_admin_set_but_the_keys_the_site_owns(tmp_path: Pa
     assert config.load(ServiceConfig, site.service_config).scheduler.policy == "spread"
 
 
+def test_a_refused_key_of_a_table_leaves_the_tables_other_keys_kept(tmp_path: Path) -> None:
+    """One key of a table the daemon would refuse (a typo, a bad value) is named and
+    dropped alone: the table's other keys an admin set stay (the whole [scheduler]
+    table, the admin's policy with it, went back to the site's with only the typo named)."""
+    site = local.LocalSite(tmp_path, driver="fake", nodes=1)
+    specs = site.node_specs()
+    write_configs(site.dir, site.address, specs, "fake", "qemu", {})
+    site.service_config.write_text(
+        site.service_config.read_text()
+        .replace('policy = "pack"', 'policy = "spread"\npolcy = "first"')
+        .replace("cpu_overcommit = 4.0", "cpu_overcommit = -1.0")
+        .replace("max_cpus = 64", "max_cpus = 8")
+    )
+    specs[0].config.write_text(
+        specs[0]
+        .config.read_text()
+        .replace("[labels]\n", '[labels]\ngpu = "1"\nbad = [1]\n')
+        .replace("ignored_wait_s = 0.5", "ignored_wait_s = -1.0")
+        .replace("boot_delay_s = 0.0", "boot_delay_s = 2.0")
+    )
+    not_kept = write_configs(site.dir, site.address, specs, "fake", "qemu", {})
+    svc = config.load(ServiceConfig, site.service_config)
+    assert (svc.scheduler.policy, svc.scheduler.cpu_overcommit) == ("spread", 4.0)
+    assert svc.limits.max_cpus == 8
+    agent = config.load(AgentConfig, specs[0].config)
+    assert agent.labels == {"gpu": "1"}
+    assert (agent.fake.boot_delay_s, agent.fake.ignored_wait_s) == (2.0, 0.5)
+    assert [line.removeprefix(f"{site.service_config}: ") for line in not_kept[:2]] == [
+        "unknown key(s) scheduler.polcy",
+        "scheduler.cpu_overcommit: must be more than 0, got -1.0",
+    ], not_kept
+    assert [line.split(": ")[:2] for line in not_kept[2:]] == [
+        [str(specs[0].config), "labels.bad"],
+        [str(specs[0].config), "fake.ignored_wait_s"],
+    ], not_kept
+    # Kept again at the next start, and nothing else said.
+    assert write_configs(site.dir, site.address, specs, "fake", "qemu", {}) == []
+    assert config.load(ServiceConfig, site.service_config).scheduler.policy == "spread"
+
+
+def test_a_config_that_is_not_toml_is_set_aside_not_overwritten_unseen(tmp_path: Path) -> None:
+    """An admin's edit that breaks the TOML (a key twice, a missing quote) was written
+    over without a word: every key they set lost. It is moved aside to NAME.bad (never
+    over an earlier one), `site up` says so, and the site's file is written anew."""
+    site = local.LocalSite(tmp_path, driver="fake", nodes=1)
+    specs = site.node_specs()
+    write_configs(site.dir, site.address, specs, "fake", "qemu", {})
+    broken = (
+        site.service_config.read_text()
+        .replace('log_level = "INFO"', 'log_level = "DEBUG"')
+        .replace('policy = "pack"', 'policy = "spread"\npolicy = "first"')
+    )
+    site.service_config.write_text(broken)
+    specs[0].config.write_bytes(b'log_level = "\xff"\n')
+    not_kept = write_configs(site.dir, site.address, specs, "fake", "qemu", {})
+    bad = site.dir / "service.toml.bad"
+    assert bad.read_text() == broken
+    assert config.load(ServiceConfig, site.service_config).log_level == "INFO"
+    assert not_kept[0].startswith(f"{site.service_config}: not valid TOML (Cannot overwrite")
+    assert f"nothing of it kept, moved to {bad} (" in not_kept[0]
+    agent_bad = specs[0].config.with_name("agent.toml.bad")
+    assert agent_bad.read_bytes() == b'log_level = "\xff"\n'
+    assert not_kept[1].startswith(f"{specs[0].config}: not valid TOML (")
+    assert config.load(AgentConfig, specs[0].config).node == "local"
+    assert len(not_kept) == 2, not_kept
+    # Broken again: the first copy stays, the second goes beside it.
+    site.service_config.write_text("log_level = \n")
+    not_kept = write_configs(site.dir, site.address, specs, "fake", "qemu", {})
+    assert bad.read_text() == broken
+    assert (site.dir / "service.toml.bad.2").read_text() == "log_level = \n"
+    assert "moved to " + str(site.dir / "service.toml.bad.2") in not_kept[0]
+
+
 def test_a_key_nobody_set_follows_the_sites_own_choice(tmp_path: Path) -> None:
     """A value `site up` wrote itself is not taken for an admin's: when the site's
     choice changes (a new release), the file follows."""

@@ -141,3 +141,28 @@ def test_site_status_shows_a_daemon_finishing_its_work_as_stopping(
         for p in (svc, agent):
             p.kill()
             p.wait()
+
+
+def test_a_stopped_or_absent_sites_hint_names_its_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`site status --dir D` of a site not in the default directory said "`ws-admin site
+    up` starts it", which starts (or makes) the default site, not D's: it names --dir."""
+    monkeypatch.delenv("WS_SITE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    site = (tmp_path / "s").resolve()
+    assert admin.main(["site", "status", "--dir", str(site)]) == 3
+    assert capsys.readouterr().out == (
+        f"no local site in {site} (`ws-admin site up --dir {site}` makes one)\n"
+    )
+    site.mkdir()
+    (site / "setup.json").write_text("{}")  # made, and down
+    assert admin.main(["site", "status", "--dir", str(site)]) == 3
+    assert capsys.readouterr().out == (
+        f"local site in {site}: stopped (`ws-admin site up --dir {site}` starts it)\n"
+    )
+    monkeypatch.setenv("WS_SITE_DIR", str(site))  # found without --dir
+    assert admin.main(["site", "status"]) == 3
+    assert (
+        capsys.readouterr().out == f"local site in {site}: stopped (`ws-admin site up` starts it)\n"
+    )

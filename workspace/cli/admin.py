@@ -322,9 +322,8 @@ class Commands(common.ClientCommands):
             data.update(state="running", **site.processes(rec))
             render.print_json({**data, "already": result.already_running})
             return common.EXIT_OK
-        found = local.default_site_dir().expanduser().resolve() == site.dir
+        where = _dir_flag(site.dir)
         head = "already running" if result.already_running else "running"
-        where = "" if found else f" --dir {site.dir}"
         print(f"local site {head} in {site.dir} (driver {rec.driver})")
         print(f"  service  pid {rec.service_pid}  {rec.address}  (log {site.service_log})")
         for agent in rec.agents:
@@ -332,7 +331,7 @@ class Commands(common.ClientCommands):
         if rec.identity_dir:
             print(f"  identity {rec.identity_dir}  (mutual TLS; ws uses it by default)")
         print()
-        if found:
+        if not where:
             print("use it:   ws list            (ws finds this site by default)")
         else:
             print(f"use it:   export WS_SITE_DIR={site.dir}")
@@ -351,9 +350,11 @@ class Commands(common.ClientCommands):
         if render.wants_json(args):
             render.print_json(st)
         elif st["state"] == "stopped":
-            print(f"local site in {st['dir']}: stopped (`ws-admin site up` starts it)")
+            up = f"ws-admin site up{_dir_flag(Path(st['dir']))}"
+            print(f"local site in {st['dir']}: stopped (`{up}` starts it)")
         elif st["state"] == "absent":
-            print(f"no local site in {st['dir']} (`ws-admin site up` makes one)")
+            up = f"ws-admin site up{_dir_flag(Path(st['dir']))}"
+            print(f"no local site in {st['dir']} (`{up}` makes one)")
         else:
             svc = st["service"]
 
@@ -385,6 +386,13 @@ class Commands(common.ClientCommands):
                 there = "" if sw["exists"] else " MISSING"
                 print(f"  switch   network namespace {sw['netns']}{there} (L2 between the nodes)")
         return common.EXIT_OK if st["state"] == "running" else common.EXIT_UNREACHABLE
+
+
+def _dir_flag(site_dir: Path) -> str:
+    """`` --dir DIR`` for a command about the site in ``site_dir``, unless ws-admin finds
+    it without (the default site directory, or $WS_SITE_DIR's)."""
+    here = local.default_site_dir().expanduser().resolve() == site_dir.resolve()
+    return "" if here else f" --dir {site_dir}"
 
 
 def _metrics_line(proc: dict[str, Any], what: str) -> None:

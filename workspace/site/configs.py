@@ -21,7 +21,7 @@ import dataclasses
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from workspace import config
 from workspace.config import (
@@ -150,8 +150,39 @@ def _read_toml(path: Path) -> dict[str, object] | None:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
+
+
+def set_aside_unreadable(path: Path) -> str:
+    """Move the file at ``path`` aside (to ``NAME.bad``, else ``NAME.bad.2``, ...) when
+    it is there but not TOML that can be read, so that the file written anew in its
+    place loses nothing an admin wrote; why, and where it went ("" when it was read or
+    is not there)."""
+    try:
+        with path.open("rb") as f:
+            tomllib.load(f)
+    except FileNotFoundError:
+        return ""
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        why = f"not valid TOML ({exc})"
+    except OSError as exc:
+        why = f"cannot read it ({exc.strerror})"
+    else:
+        return ""
+    bad = path.with_name(f"{path.name}.bad")
+    n = 1
+    while bad.exists():
+        n += 1
+        bad = path.with_name(f"{path.name}.bad.{n}")
+    try:
+        path.rename(bad)
+    except OSError as exc:
+        return f"{why}, and it could not be moved aside ({exc.strerror}): written anew"
+    return (
+        f"{why}: nothing of it kept, moved to {bad} (set your keys again in the new "
+        "file, then restart the daemon)"
+    )
 
 
 def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
@@ -159,12 +190,15 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
     ``owned`` ones whose value differs from what ``site up`` last wrote there (from
     ``cfg``'s, for a file written before that was kept), each kept only if the daemon
     accepts it; and why each key not kept was not ("KEY: why"), an owned one an admin
-    changed included. A missing or unreadable file keeps nothing."""
+    changed included. A table (``[scheduler]``, ``[limits]``, ``[labels]``, ...) is
+    kept key by key: one key the daemon refuses does not take the table's others with
+    it. A missing or unreadable file keeps nothing."""
     data = _read_toml(path)
     if data is None:
         return cfg, []
     merged = config.to_dict(cfg, skip_defaults=False)
     last = _read_toml(written_copy(path))
+    before = merged if last is None else last
     refused: list[str] = []
     for key, value in data.items():
         if key in owned:
@@ -172,17 +206,35 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
                 # An admin's change of a key the site writes anew: said, not dropped unseen.
                 refused.append(f"{key}: the site sets it itself ({OWNED_WHY})")
             continue
-        if value == (merged if last is None else last).get(key):
+        table = merged.get(key)
+        if isinstance(value, dict) and isinstance(table, dict):
+            was = before.get(key)
+            was = was if isinstance(was, dict) else {}
+            for sub, sub_value in value.items():
+                if sub in was and sub_value == was[sub]:
+                    continue
+                merged = _kept(cfg, merged, key, {**table, sub: sub_value}, f"{key}.{sub}", refused)
+                table = merged[key]
             continue
-        trial = {**merged, key: value}
-        try:
-            config.check_file_paths(type(cfg), {key: value})  # the daemon reads the file
-            config.from_dict(type(cfg), trial)
-        except ConfigError as exc:
-            refused.append(exc.message if key in exc.message else f"{key}: {exc.message}")
+        if value == before.get(key):
             continue
-        merged = trial
+        merged = _kept(cfg, merged, key, value, key, refused)
     return config.from_dict(type(cfg), merged), refused
+
+
+def _kept(
+    cfg: C, merged: dict[str, Any], key: str, value: Any, name: str, refused: list[str]
+) -> dict[str, Any]:
+    """``merged`` with ``key`` set to ``value`` if the daemon accepts it; else
+    ``merged`` as it was, and why not appended to ``refused`` (naming ``name``)."""
+    trial = {**merged, key: value}
+    try:
+        config.check_file_paths(type(cfg), {key: value})  # the daemon reads the file
+        config.from_dict(type(cfg), trial)
+    except ConfigError as exc:
+        refused.append(exc.message if name in exc.message else f"{name}: {exc.message}")
+        return merged
+    return trial
 
 
 def write_kept(path: Path, site: C, owned: frozenset[str], head: str) -> list[str]:
@@ -190,7 +242,10 @@ def write_kept(path: Path, site: C, owned: frozenset[str], head: str) -> list[st
     in the file (``with_kept``), every key shown; and the site's own choice beside it
     (``written_copy``), so that a default a later release changes reaches a key nobody
     set. Returns what could not be kept ("PATH: KEY: why")."""
+    unreadable = set_aside_unreadable(path)
     cfg, refused = with_kept(site, path, owned)
+    if unreadable:
+        refused.insert(0, unreadable)
     config.write(path, cfg, head, skip_defaults=False)
     config.write(written_copy(path), site, "", skip_defaults=False)
     return [f"{path}: {why}" for why in refused]

@@ -369,13 +369,13 @@ class LocalSite:
             if old is not None and (svc_alive or agents_alive) and old.driver != self.driver:
                 raise SiteError(
                     f"the site in {self.dir} is partly running with driver {old.driver}; "
-                    "run `ws-admin site down` first"
+                    f"run `ws-admin site down{self._dir_flag()}` first"
                 )
             if old is not None and old.netns_names() and self.driver != "libvirt":
                 raise SiteError(
                     f"the site in {self.dir} was started with driver {old.driver} and its "
                     f"network namespace(s) {', '.join(old.netns_names())} may still exist; "
-                    "run `ws-admin site down` first"
+                    f"run `ws-admin site down{self._dir_flag()}` first"
                 )
             made = SiteSetup(self.driver, self.nodes, self.virt_type, time.time())
             if setup is not None:
