@@ -147,8 +147,10 @@ class Client(
     ElasticClientMixin,
     WhoAmIClientMixin,
 ):
-    """A connection to one workspace service. Thread-safe; close() when done. A wrong
-    argument (type, range) raises ``BadArgument``, an ``errors.InvalidArgument``."""
+    """A connection to one workspace service. Thread-safe; close() when done (or use it
+    as a context manager). A wrong argument (type, range) raises ``BadArgument``, an
+    ``errors.InvalidArgument``; a call after ``close()``, or one under way that it ends,
+    ``errors.ClientClosed``."""
 
     def __init__(
         self,
@@ -173,6 +175,7 @@ class Client(
         # Whether the service answered a call of this client: one that fails later
         # stopped or restarted, it does not want an identity it did not want before.
         self._answered = False
+        self._closed = False
         self._channel = rpc.channel(address, tls)
         self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
@@ -209,7 +212,14 @@ class Client(
         )
 
     def close(self) -> None:
+        """Calls under way (another thread's) and any later end with ``ClientClosed``."""
+        self._closed = True
         self._channel.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
 
     def __enter__(self) -> Client:
         return self
@@ -258,6 +268,11 @@ class Client(
                     "agents' port, say)",
                 ),
                 code,
+            )
+        if code == grpc.StatusCode.CANCELLED and self._closed:
+            # Our own close() ended it (another thread's): not the service's doing.
+            return rpc_status.coded(
+                errors.ClientClosed(f"the client was closed during the call ({details})"), code
             )
         if rpc_status.cancelled_by_service(exc):
             # Its server stopped before it answered: an outage (exit 3, a wait goes on),
@@ -530,10 +545,10 @@ class Client(
         With ``reconnect`` a dropped stream (service restart, network blip), one the
         service ended because it fell behind, or one refused because the caller has too
         many streams open is re-opened with back-off and starts again with a fresh
-        snapshot (a revoked certificate still raises); otherwise the iterator ends when
-        the stream does. ``on_outage`` is told once when the stream
-        is lost (the reason) and once when events flow again (""). ``timeout_s``
-        bounds the whole watch. Closing the iterator cancels the stream.
+        snapshot (a revoked certificate still raises); otherwise the error that ended the
+        stream is raised (``Unavailable`` for an outage). ``on_outage`` is told once when
+        the stream is lost (the reason) and once when events flow again (""). ``timeout_s``
+        bounds the whole watch (then it just ends). Closing the iterator cancels the stream.
         """
         req = workspaces_pb2.WatchWorkspacesRequest(
             id=id, include_terminated=include_terminated, mine=mine
