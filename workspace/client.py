@@ -94,6 +94,8 @@ CREATE_RETRY_S = 0.5
 # Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 FAILURE_POLICIES = ("keep", "teardown")
+# What get_usage may group by.
+USAGE_GROUPINGS = ("workspace", "user", "project")
 
 # Of CONNECT_MARKERS (client_address), the ones that say nothing listens at the address
 # at all, or that its name does not resolve (no identity would have helped).
@@ -510,9 +512,11 @@ class Client(
         page_size: int = LIST_PAGE_SIZE,
     ) -> usage_pb2.UsageReport:
         """Core-, memory-GiB- and disk-GiB-hours in [since, until) (epoch s; 0 = from the
-        first record / until now) per workspace, user or project: the caller's own and
+        first record / until now) per ``by``, one of USAGE_GROUPINGS: the caller's own and
         their projects', or with ``all_users`` every workspace (Admin.GetUsage). Fetched
         page by page (``page_size`` rows each), returned as one report."""
+        if by.lower() not in USAGE_GROUPINGS:
+            raise ValueError(f"by must be one of {', '.join(USAGE_GROUPINGS)}, not {by!r}")
         req = usage_pb2.GetUsageRequest(
             since=_timestamp(since),
             until=_timestamp(until),
