@@ -97,3 +97,19 @@ def test_a_usage_grouping_that_is_not_one_is_a_wrong_argument(
         errors.BadArgument, match="by must be one of workspace, user, project, not 'owner'"
     ):
         client.get_usage(by="owner")
+
+
+def test_a_wait_for_states_it_cannot_meet_is_refused_before_it_begins(
+    projects: tuple[Client, Projects],
+) -> None:
+    """``wait_for_cluster_state(id, ["RUNNING"], 600)`` polled the cluster for the whole
+    600 s (a name is never equal to a state's number) and only then failed on the name;
+    ``wait_for_state(id, [])`` waited out its timeout. Both are refused before anything
+    is read (this service has no Workspaces or Clusters: a read would be refused)."""
+    client, _ = projects
+    with pytest.raises(errors.BadArgument, match=r"CS.CLUSTER_STATE_RUNNING; not 'RUNNING'"):
+        client.wait_for_cluster_state("c", ["RUNNING"], 600)  # type: ignore[list-item]
+    with pytest.raises(errors.BadArgument, match=r"WS.WORKSPACE_STATE_RUNNING; none was given"):
+        client.wait_for_state("w", [], 600)
+    with pytest.raises(errors.BadArgument, match=r"not 'RUNNING'"):
+        client.wait_for_state("w", ["RUNNING"], 600)  # type: ignore[list-item]
