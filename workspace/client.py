@@ -40,7 +40,7 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_args import BadArgument as BadArgument  # re-exported
-from workspace.client_args import checked_arguments, strings
+from workspace.client_args import checked_arguments, seconds, strings
 from workspace.client_backfill import BackfillClientMixin
 from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
@@ -163,7 +163,8 @@ class Client(
         *,
         identity_hint: str = "",
     ) -> None:
-        """``identity``: an identity directory to call as (instead of ``tls``).
+        """``timeout_s``: each call's deadline (above 0; BadArgument else).
+        ``identity``: an identity directory to call as (instead of ``tls``).
         ``identity_hint``: what a caller refused for want of a certificate is told to
         give (``from_env`` reads $WS_IDENTITY; this constructor does not)."""
         if identity is not None:
@@ -172,7 +173,7 @@ class Client(
             f"Client(address, identity=DIR), or Client.from_env() with ${IDENTITY_ENV} set"
         )
         self.address = address
-        self.timeout_s = timeout_s
+        self.timeout_s = seconds(timeout_s, "Client: timeout_s")
         self.tls = tls
         # Whether the service answered a call of this client: one that fails later
         # stopped or restarted, it does not want an identity it did not want before.

@@ -90,6 +90,15 @@ def strings(value: Iterable[str], what: str) -> list[str]:
     return list(value)
 
 
+def seconds(value: object, what: str) -> float:
+    """``value``, a time in seconds above 0; else a ValueError: a Client whose
+    ``timeout_s`` was 0 (meant as "none") gave every call up at once, a retryable
+    Unavailable "did not answer in time" a program retried for minutes."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise BadArgument(f"{what} must be a number of seconds above 0, not {value!r}")
+    return float(value)
+
+
 def _bad(method: str, exc: ValueError | TypeError) -> BadArgument:
     return BadArgument(f"{method}: invalid argument: {exc}")
 

@@ -113,3 +113,16 @@ def test_a_wait_for_states_it_cannot_meet_is_refused_before_it_begins(
         client.wait_for_state("w", [], 600)
     with pytest.raises(errors.BadArgument, match=r"not 'RUNNING'"):
         client.wait_for_state("w", ["RUNNING"], 600)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, None, "30", float("nan")])
+def test_a_client_deadline_that_is_no_time_is_a_wrong_argument(
+    tmp_path: Path, timeout_s: Any
+) -> None:
+    """``Client(address, timeout_s=0)``, meant as "no deadline", gave every call up at
+    once as ``Unavailable`` ("did not answer in time"), which a program retrying outages
+    retried for minutes; ``None`` failed later in a wait with a TypeError."""
+    with pytest.raises(errors.BadArgument, match=r"^Client: timeout_s must be a number of sec"):
+        Client(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
+    with pytest.raises(errors.BadArgument, match="above 0"):
+        Client.from_env(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
