@@ -516,7 +516,7 @@ class Client(
         first record / until now) per ``by``, one of USAGE_GROUPINGS: the caller's own and
         their projects', or with ``all_users`` every workspace (Admin.GetUsage). Fetched
         page by page (``page_size`` rows each), returned as one report."""
-        if by.lower() not in USAGE_GROUPINGS:
+        if not isinstance(by, str) or by.lower() not in USAGE_GROUPINGS:
             raise ValueError(f"by must be one of {', '.join(USAGE_GROUPINGS)}, not {by!r}")
         req = usage_pb2.GetUsageRequest(
             since=_timestamp(since),

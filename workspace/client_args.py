@@ -91,7 +91,7 @@ def strings(value: Iterable[str], what: str) -> list[str]:
 
 
 def seconds(value: object, what: str) -> float:
-    """``value``, a time in seconds above 0; else a ValueError: a Client whose
+    """``value``, a time in seconds above 0; else BadArgument: a Client whose
     ``timeout_s`` was 0 (meant as "none") gave every call up at once, a retryable
     Unavailable "did not answer in time" a program retried for minutes."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:

@@ -97,6 +97,8 @@ def test_a_usage_grouping_that_is_not_one_is_a_wrong_argument(
         errors.BadArgument, match="by must be one of workspace, user, project, not 'owner'"
     ):
         client.get_usage(by="owner")
+    with pytest.raises(errors.BadArgument, match="not 2"):  # an AttributeError before
+        client.get_usage(by=2)  # type: ignore[arg-type]
 
 
 def test_a_wait_for_states_it_cannot_meet_is_refused_before_it_begins(
