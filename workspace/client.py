@@ -40,7 +40,7 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_args import BadArgument as BadArgument  # re-exported
-from workspace.client_args import checked_arguments, strings
+from workspace.client_args import checked_arguments, seconds, strings
 from workspace.client_backfill import BackfillClientMixin
 from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
@@ -94,6 +94,8 @@ CREATE_RETRY_S = 0.5
 # Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
 AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 FAILURE_POLICIES = ("keep", "teardown")
+# What get_usage may group by.
+USAGE_GROUPINGS = ("workspace", "user", "project")
 
 # Of CONNECT_MARKERS (client_address), the ones that say nothing listens at the address
 # at all, or that its name does not resolve (no identity would have helped).
@@ -147,8 +149,10 @@ class Client(
     ElasticClientMixin,
     WhoAmIClientMixin,
 ):
-    """A connection to one workspace service. Thread-safe; close() when done. A wrong
-    argument (type, range) raises ``BadArgument``, an ``errors.InvalidArgument``."""
+    """A connection to one workspace service. Thread-safe; close() when done (or use it
+    as a context manager). A wrong argument (type, range) raises ``BadArgument``, an
+    ``errors.InvalidArgument``; a call after ``close()``, or one under way that it ends,
+    ``errors.ClientClosed``."""
 
     def __init__(
         self,
@@ -159,7 +163,8 @@ class Client(
         *,
         identity_hint: str = "",
     ) -> None:
-        """``identity``: an identity directory to call as (instead of ``tls``).
+        """``timeout_s``: each call's deadline (above 0; BadArgument else).
+        ``identity``: an identity directory to call as (instead of ``tls``).
         ``identity_hint``: what a caller refused for want of a certificate is told to
         give (``from_env`` reads $WS_IDENTITY; this constructor does not)."""
         if identity is not None:
@@ -168,11 +173,12 @@ class Client(
             f"Client(address, identity=DIR), or Client.from_env() with ${IDENTITY_ENV} set"
         )
         self.address = address
-        self.timeout_s = timeout_s
+        self.timeout_s = seconds(timeout_s, "Client: timeout_s")
         self.tls = tls
         # Whether the service answered a call of this client: one that fails later
         # stopped or restarted, it does not want an identity it did not want before.
         self._answered = False
+        self._closed = False
         self._channel = rpc.channel(address, tls)
         self._workspaces = workspaces_pb2_grpc.WorkspacesStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
@@ -209,7 +215,14 @@ class Client(
         )
 
     def close(self) -> None:
+        """Calls under way (another thread's) and any later end with ``ClientClosed``."""
+        self._closed = True
         self._channel.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
 
     def __enter__(self) -> Client:
         return self
@@ -258,6 +271,11 @@ class Client(
                     "agents' port, say)",
                 ),
                 code,
+            )
+        if code == grpc.StatusCode.CANCELLED and self._closed:
+            # Our own close() ended it (another thread's): not the service's doing.
+            return rpc_status.coded(
+                errors.ClientClosed(f"the client was closed during the call ({details})"), code
             )
         if rpc_status.cancelled_by_service(exc):
             # Its server stopped before it answered: an outage (exit 3, a wait goes on),
@@ -495,9 +513,11 @@ class Client(
         page_size: int = LIST_PAGE_SIZE,
     ) -> usage_pb2.UsageReport:
         """Core-, memory-GiB- and disk-GiB-hours in [since, until) (epoch s; 0 = from the
-        first record / until now) per workspace, user or project: the caller's own and
+        first record / until now) per ``by``, one of USAGE_GROUPINGS: the caller's own and
         their projects', or with ``all_users`` every workspace (Admin.GetUsage). Fetched
         page by page (``page_size`` rows each), returned as one report."""
+        if not isinstance(by, str) or by.lower() not in USAGE_GROUPINGS:
+            raise ValueError(f"by must be one of {', '.join(USAGE_GROUPINGS)}, not {by!r}")
         req = usage_pb2.GetUsageRequest(
             since=_timestamp(since),
             until=_timestamp(until),
@@ -530,10 +550,10 @@ class Client(
         With ``reconnect`` a dropped stream (service restart, network blip), one the
         service ended because it fell behind, or one refused because the caller has too
         many streams open is re-opened with back-off and starts again with a fresh
-        snapshot (a revoked certificate still raises); otherwise the iterator ends when
-        the stream does. ``on_outage`` is told once when the stream
-        is lost (the reason) and once when events flow again (""). ``timeout_s``
-        bounds the whole watch. Closing the iterator cancels the stream.
+        snapshot (a revoked certificate still raises); otherwise the error that ended the
+        stream is raised (``Unavailable`` for an outage). ``on_outage`` is told once when
+        the stream is lost (the reason) and once when events flow again (""). ``timeout_s``
+        bounds the whole watch (then it just ends). Closing the iterator cancels the stream.
         """
         req = workspaces_pb2.WatchWorkspacesRequest(
             id=id, include_terminated=include_terminated, mine=mine

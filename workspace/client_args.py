@@ -11,6 +11,10 @@ is still a ValueError and a TypeError for callers that caught those.
 
 Only errors raised in the client's own modules or in protobuf are changed: one raised by a
 caller's callback (``on_progress``, a ``wait_until`` predicate) is the caller's, as it was.
+A ValueError gRPC raises for a call on a closed channel leaves a closed ``Client`` as
+``ClientClosed`` (a ``WorkspaceError``, still a ValueError): a program sharing one client
+between threads got that ValueError, not a ``WorkspaceError``, when another thread closed
+it just before a call, and a ``WorkspaceError`` when it closed it just after.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import google.protobuf
+import grpc
 
 from workspace import errors
 
@@ -31,6 +36,7 @@ C = TypeVar("C", bound=type)
 
 _CLIENT_DIR = os.path.dirname(os.path.abspath(__file__))
 _PROTOBUF_DIR = os.path.dirname(os.path.abspath(google.protobuf.__file__))
+_GRPC_DIR = os.path.dirname(os.path.abspath(grpc.__file__))
 _STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"])
 # Where installed packages go; without a venv they may lie inside _STDLIB_DIR.
 _SITE_DIRS = tuple(
@@ -42,11 +48,12 @@ _SITE_DIRS = tuple(
 BadArgument = errors.BadArgument
 
 
-def _ours(tb: TracebackType | None) -> bool:
-    """Whether the error of traceback ``tb`` was raised by protobuf or by the client's own
-    code (a workspace/client*.py module: a request built there, or its own check): the
-    innermost frame that is not the standard library's (protobuf fills a map field through
-    ``collections.abc``) decides."""
+def _origin(tb: TracebackType | None) -> str:
+    """Who raised the error of traceback ``tb``: "client" (protobuf, or the client's own
+    code, a workspace/client*.py module: a request built there, or its own check),
+    "grpc" (a call on a closed channel) or "" (anyone else: a caller's callback). The
+    innermost frame that is not the standard library's (protobuf fills a map field
+    through ``collections.abc``) decides."""
     paths = []
     while tb is not None:
         paths.append(tb.tb_frame.f_code.co_filename)
@@ -54,16 +61,20 @@ def _ours(tb: TracebackType | None) -> bool:
     for path in reversed(paths):
         if path.startswith("<"):  # frozen: the standard library's
             continue
+        if path.endswith((".pyx", ".pxi")):  # compiled: the package that called it decides
+            continue
         path = os.path.abspath(path)
         if path.startswith(_PROTOBUF_DIR + os.sep):
-            return True
+            return "client"
+        if path.startswith(_GRPC_DIR + os.sep):
+            return "grpc"
         # The standard library's own modules, not the packages installed inside its
         # directory (a Python without a venv: Docker's python images, pyenv builds).
         if path.startswith(_STDLIB_DIR + os.sep) and not path.startswith(_SITE_DIRS):
             continue
         folder, name = os.path.split(path)
-        return folder == _CLIENT_DIR and name.startswith("client")
-    return False
+        return "client" if folder == _CLIENT_DIR and name.startswith("client") else ""
+    return ""
 
 
 def strings(value: Iterable[str], what: str) -> list[str]:
@@ -79,29 +90,57 @@ def strings(value: Iterable[str], what: str) -> list[str]:
     return list(value)
 
 
+def seconds(value: object, what: str) -> float:
+    """``value``, a time in seconds above 0; else BadArgument: a Client whose
+    ``timeout_s`` was 0 (meant as "none") gave every call up at once, a retryable
+    Unavailable "did not answer in time" a program retried for minutes."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise BadArgument(f"{what} must be a number of seconds above 0, not {value!r}")
+    return float(value)
+
+
 def _bad(method: str, exc: ValueError | TypeError) -> BadArgument:
     return BadArgument(f"{method}: invalid argument: {exc}")
 
 
+def _translated(name: str, owner: Any, exc: ValueError | TypeError) -> errors.WorkspaceError | None:
+    """The client's error for ``exc``, raised in method ``name`` of ``owner``: a wrong
+    argument (``BadArgument``) or a call gRPC refused because ``owner`` (a ``Client``) was
+    closed (``ClientClosed``); None to let it through as it is."""
+    if isinstance(exc, errors.WorkspaceError):
+        return None
+    origin = _origin(exc.__traceback__)
+    if origin == "client":
+        return _bad(name, exc)
+    if origin == "grpc" and isinstance(exc, ValueError) and getattr(owner, "closed", False):
+        return errors.ClientClosed(
+            f"{name}: the client is closed ({exc}): a call needs a Client that is open"
+        )
+    return None
+
+
 def _wrapped(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    def stream(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    def stream(gen: Generator[Any, Any, Any], owner: Any) -> Generator[Any, Any, Any]:
         try:
             return (yield from gen)
         except (ValueError, TypeError) as exc:
-            if isinstance(exc, errors.WorkspaceError) or not _ours(exc.__traceback__):
+            err = _translated(name, owner, exc)
+            if err is None:
                 raise
-            raise _bad(name, exc) from exc
+            raise err from exc
 
     @functools.wraps(fn)
     def method(*args: Any, **kwargs: Any) -> Any:
+        owner = args[0] if args else None
         try:
             out = fn(*args, **kwargs)
         except (ValueError, TypeError) as exc:
-            if isinstance(exc, errors.WorkspaceError) or not _ours(exc.__traceback__):
+            err = _translated(name, owner, exc)
+            if err is None:
                 raise
-            raise _bad(name, exc) from exc
+            raise err from exc
         # A stream builds its request when first iterated (watch, the event streams).
-        return stream(out) if inspect.isgenerator(out) else out
+        return stream(out, owner) if inspect.isgenerator(out) else out
 
     return method
 

@@ -37,6 +37,33 @@ LEASE_ACTIONS = {
 }
 
 
+def lease_action(on_expiry: str) -> projects_pb2.LeaseAction.ValueType:
+    """``"stop"`` or ``"destroy"`` -> the LeaseAction (another word: ValueError, so the
+    client's BadArgument, where a KeyError no ``WorkspaceError`` caught came out)."""
+    if on_expiry not in LEASE_ACTIONS:
+        raise ValueError(f"on_expiry must be one of {', '.join(LEASE_ACTIONS)}, not {on_expiry!r}")
+    return LEASE_ACTIONS[on_expiry]
+
+
+def quota_fields(quota: Mapping[str, int] | None) -> dict[str, int]:
+    """Quotas by QUOTA_FIELDS name (``memory-mib``) or Quota field (``memory_mib``) ->
+    by Quota field; another name is a ValueError naming those there are."""
+    fields = set(QUOTA_FIELDS.values())
+    out: dict[str, int] = {}
+    unknown = []
+    for name, value in (quota or {}).items():
+        field = QUOTA_FIELDS.get(name, name)
+        if field in fields:
+            out[field] = value
+        else:
+            unknown.append(str(name))
+    if unknown:
+        raise ValueError(
+            f"not a quota: {', '.join(sorted(unknown))}; the quotas are {', '.join(QUOTA_FIELDS)}"
+        )
+    return out
+
+
 class ProjectsClientMixin:
     """Needs ``_call``, ``_projects``, ``_images`` and ``address`` from the Client."""
 
@@ -56,15 +83,16 @@ class ProjectsClientMixin:
         on_expiry: str = "stop",
         default_limits: Mapping[str, int] | None = None,
     ) -> projects_pb2.Project:
-        """(admins) A new project; ``quota`` keys as QUOTA_FIELDS names them (0 = no limit);
+        """(admins) A new project; ``quota`` keys as QUOTA_FIELDS names them ("memory-mib",
+        or the Quota field "memory_mib"; 0 = no limit); ``on_expiry`` "stop" or "destroy";
         ``default_limits`` ({"net_mbps": 50, ...}) for its workspaces that ask for none."""
-        fields = {QUOTA_FIELDS.get(k, k): v for k, v in (quota or {}).items()}
+        fields = quota_fields(quota)
         req = projects_pb2.Project(
             name=name,
             quota=projects_pb2.Quota(**fields),
             default_lease_s=default_lease_s,
             max_lease_s=max_lease_s,
-            on_expiry=LEASE_ACTIONS[on_expiry],
+            on_expiry=lease_action(on_expiry),
             default_limits=limits_message(default_limits),
         )
         return self._quota_set(self._call(self._projects.CreateProject, req), fields)
@@ -87,15 +115,13 @@ class ProjectsClientMixin:
         leases: tuple[int, int, str] | None = None,
     ) -> projects_pb2.Project:
         """(admins) Change what is given of a project's settings; what is None stays.
-        ``default_limits`` become exactly these; ``quota`` (QUOTA_FIELDS names) replaces
+        ``default_limits`` become exactly these; ``quota`` (QUOTA_FIELDS names, or Quota
+        fields, as for ``create_project``) replaces
         the quotas of each class it names a quota of (the normal class's, the
         preemptible class's; a quota of that class left out: 0 = no limit); ``leases``
         (default s, maximum s, "stop" or "destroy" at expiry) replaces the lease policy.
         A lower quota refuses new workspaces; those running stay."""
-        asked = dict(quota or {})
-        unknown = set(asked) - set(QUOTA_FIELDS)
-        if unknown:
-            raise ValueError(f"not a quota: {', '.join(sorted(unknown))}")
+        asked = quota_fields(quota)
         req = projects_pb2.SetProjectDefaultsRequest(
             project=project,
             default_limits=limits_message(default_limits or {}),
@@ -105,7 +131,9 @@ class ProjectsClientMixin:
             (req.quota, [n for n in QUOTA_FIELDS if n not in PREEMPTIBLE_QUOTAS]),
             (req.preemptible_quota, list(PREEMPTIBLE_QUOTAS)),
         ):
-            given = {QUOTA_FIELDS[n]: asked[n] for n in names if n in asked}
+            given = {
+                QUOTA_FIELDS[n]: asked[QUOTA_FIELDS[n]] for n in names if QUOTA_FIELDS[n] in asked
+            }
             if given:
                 field.CopyFrom(projects_pb2.Quota(**given))
         if leases is not None:
@@ -113,11 +141,11 @@ class ProjectsClientMixin:
                 projects_pb2.LeasePolicy(
                     default_lease_s=leases[0],
                     max_lease_s=leases[1],
-                    on_expiry=LEASE_ACTIONS[leases[2]],
+                    on_expiry=lease_action(leases[2]),
                 )
             )
         got = self._call(self._projects.SetProjectDefaults, req)
-        return self._quota_set(got, {QUOTA_FIELDS[n]: v for n, v in asked.items()})
+        return self._quota_set(got, asked)
 
     def _quota_set(
         self, project: projects_pb2.Project, asked: Mapping[str, int]

@@ -378,7 +378,7 @@ class WaitsClientMixin:
         get there by itself (a resume withdrew the pause, a stop, a destroy): WaitFailed
         at once, saying what it is to be now, rather than WaitTimeout at the end.
         """
-        wanted = frozenset(states)
+        wanted = _wanted(states, WS, "WS.WORKSPACE_STATE_RUNNING")
         goal = _names(wanted)
 
         def done(ws: common_pb2.Workspace) -> bool:
@@ -472,7 +472,7 @@ class WaitsClientMixin:
         terminated (else NotFound: the service's own when the wait never saw it).
         ``on_outage``: as for ``wait_until``.
         """
-        wanted = frozenset(states)
+        wanted = _wanted(states, CS, "CS.CLUSTER_STATE_RUNNING")
         deadline = time.monotonic() + timeout_s
         last: list[clusters_pb2.Cluster] = []
         outage = Outage(on_outage)
@@ -525,6 +525,20 @@ class WaitsClientMixin:
                     c,
                 )
             time.sleep(min(poll_s, remaining))
+
+
+def _wanted(states: Iterable[int], enum: Any, example: str) -> frozenset[int]:
+    """The states a wait is given, checked before it begins: none (it could only time
+    out) or one that is not a number of ``enum`` (a name, "RUNNING": never equal to a
+    state; a cluster wait found it only at its timeout) is a ValueError."""
+    wanted = frozenset(states)
+    bad = [s for s in wanted if not isinstance(s, int) or s not in enum.values()]
+    if bad or not wanted:
+        given = f"not {', '.join(sorted(repr(s) for s in bad))}" if bad else "none was given"
+        raise ValueError(
+            f"states must be {enum.DESCRIPTOR.name} numbers such as {example}; {given}"
+        )
+    return wanted
 
 
 def _read_timeout(timeout_s: float, deadline: float) -> float:

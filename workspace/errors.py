@@ -36,6 +36,16 @@ class BadArgument(InvalidArgument, ValueError, TypeError):
     expected = True
 
 
+class ClientClosed(WorkspaceError, ValueError):
+    """A ``Client`` call made after the client was closed (``close()``, the end of its
+    ``with`` block; in a program that shares one client between threads, another thread
+    may have closed it), or one under way that the close ended. ``code`` is None for a
+    call refused before it was sent, ``"CANCELLED"`` for one the close cut short. Still
+    a ValueError, which gRPC raised for the first before."""
+
+    expected = True
+
+
 class NotFound(WorkspaceError):
     expected = True
 

@@ -807,7 +807,47 @@ def test_closing_the_client_under_a_watch_or_a_wait_ends_it_and_is_no_outage(
     assert len(ended) == 1 and isinstance(ended[0], errors.WorkspaceError), ended
     assert not isinstance(ended[0], errors.Unavailable), ended[0]
     assert ended[0].code == "CANCELLED" and "Channel closed" in ended[0].message
+    assert isinstance(ended[0], errors.ClientClosed), ended[0]
     assert told == [] and wsvc.watches == 1
+
+
+def test_a_call_on_a_closed_client_is_a_workspace_error(
+    served: tuple[Client, FakeWorkspaces, FakeImages],
+) -> None:
+    """A program sharing one Client between threads, one of which closes it (shutting
+    down), met gRPC's bare ``ValueError: Cannot invoke RPC on closed channel!`` in a
+    thread whose call began just after the close, where one that began just before got a
+    ``WorkspaceError``: ``except WorkspaceError`` let it through. Each call of a closed
+    client is ``ClientClosed``, a WorkspaceError (code None: nothing was sent) and still
+    the ValueError it was."""
+    address = served[0].address
+    client = Client(address, timeout_s=5)
+    assert client.get_workspace("alpha").id == "w1" and not client.closed
+    with client:
+        pass  # the end of a with block closes it
+    assert client.closed
+    calls = {
+        "get_workspace": lambda: client.get_workspace("alpha"),
+        "list_workspaces": lambda: client.list_workspaces(),
+        "create_workspace": lambda: client.create_workspace("img", request_id="r1"),
+        "wait_for_state": lambda: client.wait_for_state("alpha", [WS.WORKSPACE_STATE_RUNNING]),
+        "watch": lambda: next(client.watch(reconnect=True)),
+        "health": lambda: client.health(),
+    }
+    for name, call in calls.items():
+        with pytest.raises(errors.WorkspaceError, match=r"^\w+: the client is closed") as e:
+            call()
+        assert isinstance(e.value, errors.ClientClosed) and isinstance(e.value, ValueError)
+        assert e.value.code is None, name
+    assert served[1].creates == []
+    # A ValueError of the caller's own callback stays the caller's, closed or not.
+
+    def broken(ws: common_pb2.Workspace) -> bool:
+        raise ValueError("the caller's")
+
+    with pytest.raises(ValueError, match="the caller's") as theirs:
+        served[0].wait_until("w1", broken, "a condition", timeout_s=5)
+    assert not isinstance(theirs.value, errors.WorkspaceError)
 
 
 def test_only_a_cancel_the_service_sent_is_an_outage() -> None:

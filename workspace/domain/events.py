@@ -100,6 +100,18 @@ class Refusal(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SiteEvent:
+    """One site event, as ``Client.watch_events`` (and the workspace's and cluster's
+    event watches) give them; the fields of admin.proto's ``SiteEvent``.
+
+    ``at``: when, in epoch seconds. ``kind``: a ``Kind`` value (``workspace.state``,
+    ``node.state``, ``trust.decision``, ...). ``who``: the caller that caused it
+    (``user:alice``, ``node:n1``) or ``system``. ``workspace_id``, ``workspace_name``,
+    ``node``, ``cluster`` (an id): what it is about, "" where none. ``subject``: another
+    thing it names (an image, a key, a project). ``state`` and ``previous``: the new state
+    (or verdict) and the one before, where there is one. ``reason``: why. ``id``:
+    increasing in the order of commits; give the last one seen as ``after_id`` to resume
+    a watch after it."""
+
     at: float
     kind: str
     who: str

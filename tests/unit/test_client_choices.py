@@ -1,0 +1,130 @@
+"""A ``Client`` argument that must be one of a few words (a project's ``on_expiry``, a
+quota's name, ``get_usage``'s ``by``): another word is ``BadArgument`` naming those there
+are, a ``WorkspaceError``, and nothing is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workspace import errors, rpc
+from workspace.client import Client
+from workspace.v1 import projects_pb2, projects_pb2_grpc
+
+
+class Projects(projects_pb2_grpc.ProjectsServicer):
+    """Answers each request with the project it asks for, and keeps it."""
+
+    def __init__(self) -> None:
+        self.got: list[Any] = []
+
+    def CreateProject(self, request: Any, context: Any) -> projects_pb2.Project:
+        self.got.append(request)
+        return request
+
+    def SetProjectDefaults(self, request: Any, context: Any) -> projects_pb2.Project:
+        self.got.append(request)
+        quota = projects_pb2.Quota()
+        quota.MergeFrom(request.quota)
+        quota.MergeFrom(request.preemptible_quota)
+        return projects_pb2.Project(name=request.project, quota=quota)
+
+
+@pytest.fixture
+def projects(tmp_path: Path) -> Iterator[tuple[Client, Projects]]:
+    server = rpc.server(2)
+    svc = Projects()
+    projects_pb2_grpc.add_ProjectsServicer_to_server(svc, server)
+    address = f"unix:{tmp_path}/p.sock"
+    rpc.bind(server, address)
+    server.start()
+    try:
+        with Client(address, timeout_s=5) as client:
+            yield client, svc
+    finally:
+        server.stop(0).wait()
+
+
+def test_a_lease_action_that_is_not_one_is_a_wrong_argument(
+    projects: tuple[Client, Projects],
+) -> None:
+    """``create_project(on_expiry="delete")`` and ``set_project(leases=(..., "remove"))``
+    raised a bare ``KeyError: 'delete'``, which a program catching ``WorkspaceError`` let
+    through and which did not say what the choices are."""
+    client, svc = projects
+    with pytest.raises(errors.BadArgument, match="on_expiry must be one of stop, destroy"):
+        client.create_project("p", on_expiry="delete")
+    with pytest.raises(errors.WorkspaceError, match="not 'remove'") as info:
+        client.set_project("p", leases=(3600, 7200, "remove"))
+    assert info.value.code is None
+    assert svc.got == []
+    made = client.create_project("p", on_expiry="destroy")
+    assert made.on_expiry == projects_pb2.LEASE_ACTION_DESTROY
+
+
+def test_a_quota_is_named_alike_in_create_and_set(projects: tuple[Client, Projects]) -> None:
+    """``create_project`` took a quota by its Quota field (``memory_mib``) as well as by
+    its ``ws-admin`` name (``memory-mib``); ``set_project`` refused the field ("not a
+    quota: memory_mib") that create had just taken. Both take both; any other name is
+    refused naming the quotas (create said protobuf's "Protocol message Quota has no
+    ... field")."""
+    client, svc = projects
+    assert client.create_project("p", {"memory_mib": 4096}).quota.memory_mib == 4096
+    got = client.set_project("p", quota={"memory_mib": 8192, "preemptible_vcpus": 4})
+    assert (got.quota.memory_mib, got.quota.preemptible_vcpus) == (8192, 4)
+    got = client.set_project("p", quota={"memory-mib": 2048})
+    assert got.quota.memory_mib == 2048
+    sent = len(svc.got)
+    for call in (
+        lambda: client.create_project("q", {"cpus": 2}),
+        lambda: client.set_project("p", quota={"cpus": 2}),
+    ):
+        with pytest.raises(errors.BadArgument, match=r"not a quota: cpus; the quotas are "):
+            call()
+    assert len(svc.got) == sent
+
+
+def test_a_usage_grouping_that_is_not_one_is_a_wrong_argument(
+    projects: tuple[Client, Projects],
+) -> None:
+    """``get_usage(by="owner")`` said protobuf's "Enum UsageGrouping has no value defined
+    for name 'USAGE_GROUPING_OWNER'": the words to give are not those."""
+    client, _ = projects
+    with pytest.raises(
+        errors.BadArgument, match="by must be one of workspace, user, project, not 'owner'"
+    ):
+        client.get_usage(by="owner")
+    with pytest.raises(errors.BadArgument, match="not 2"):  # an AttributeError before
+        client.get_usage(by=2)  # type: ignore[arg-type]
+
+
+def test_a_wait_for_states_it_cannot_meet_is_refused_before_it_begins(
+    projects: tuple[Client, Projects],
+) -> None:
+    """``wait_for_cluster_state(id, ["RUNNING"], 600)`` polled the cluster for the whole
+    600 s (a name is never equal to a state's number) and only then failed on the name;
+    ``wait_for_state(id, [])`` waited out its timeout. Both are refused before anything
+    is read (this service has no Workspaces or Clusters: a read would be refused)."""
+    client, _ = projects
+    with pytest.raises(errors.BadArgument, match=r"CS.CLUSTER_STATE_RUNNING; not 'RUNNING'"):
+        client.wait_for_cluster_state("c", ["RUNNING"], 600)  # type: ignore[list-item]
+    with pytest.raises(errors.BadArgument, match=r"WS.WORKSPACE_STATE_RUNNING; none was given"):
+        client.wait_for_state("w", [], 600)
+    with pytest.raises(errors.BadArgument, match=r"not 'RUNNING'"):
+        client.wait_for_state("w", ["RUNNING"], 600)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, None, "30", float("nan")])
+def test_a_client_deadline_that_is_no_time_is_a_wrong_argument(
+    tmp_path: Path, timeout_s: Any
+) -> None:
+    """``Client(address, timeout_s=0)``, meant as "no deadline", gave every call up at
+    once as ``Unavailable`` ("did not answer in time"), which a program retrying outages
+    retried for minutes; ``None`` failed later in a wait with a TypeError."""
+    with pytest.raises(errors.BadArgument, match=r"^Client: timeout_s must be a number of sec"):
+        Client(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
+    with pytest.raises(errors.BadArgument, match="above 0"):
+        Client.from_env(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
