@@ -309,3 +309,20 @@ def test_the_agents_lines_of_a_workspace_name_it(
     assert "workspace w1 (one): 2 vCPU(s) and 512 MiB from this start on" in said, said
     assert "workspace w1 (one): remove" in said, said
     assert all(m.startswith("workspace w1 (one)") for m in said), said
+
+
+def test_the_agents_exec_lines_name_a_workspace_as_its_other_lines_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ws exec` on a node logged "exec hostname in box (w1): exit 0" beside "workspace
+    w1 (box): stop": the same workspace written two ways, so grepping the log for "w1
+    (box)" missed its execs, consoles and saves."""
+    tasks, _driver, outbox = agent_tasks(tmp_path)
+    tasks.name_of = {"w1": "box"}.get  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.tasks"):
+            tasks.take(Task("e1", "w1", ExecTask(("hostname",))))
+            assert replies(outbox, "e1", ExecOutcome) == [ExecOutcome(0, b"box\n")]
+    finally:
+        tasks.close()
+    assert "exec hostname in w1 (box): exit 0" in caplog.messages, caplog.messages
