@@ -151,9 +151,8 @@ def save(
         raise
     _unmark(env, src.workspace_id, image, Kind.WORKSPACE_SAVED, f"{view.total_bytes} bytes")
     log.info(
-        "workspace %s (%s) saved as image %s (%d bytes)",
-        src.workspace_id,
-        src.name,
+        "workspace %s saved as image %s (%d bytes)",
+        named(src.workspace_id, src.name, src.node),
         image,
         view.total_bytes,
         extra=about(src.workspace_id, src.node),
