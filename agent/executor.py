@@ -92,7 +92,8 @@ class Executor:
         self._lock = threading.RLock()
         self._desired: dict[str, Order] | None = None  # None: no orders yet
         # Each workspace's name as its orders last gave it, for the log lines of its
-        # removal too (the orders no longer name it then; ``who``).
+        # removal too (the orders no longer name it then; ``who``); kept while the node
+        # has anything of it.
         self._names: dict[str, str] = {}
         self.status = StatusBoard()
         # Workspaces with an operation under way, and which.
@@ -263,6 +264,9 @@ class Executor:
         self._reattach(desired, actual)
         leftovers = self.files.existing()
         present = set(actual) | leftovers | set(busy)
+        with self._lock:  # the names of workspaces gone from the orders and the node
+            keep = present | set(self._desired or ())
+            self._names = {w: n for w, n in self._names.items() if w in keep}
         self.staging.sync_pins(desired, present)
         self._forget_failed(desired, present)
         self.staging.kick_prefetch()
@@ -649,8 +653,6 @@ class Executor:
             self.files.remove(wid)
             self.staging.release(wid)
             self.status.set(wid, Observed.ABSENT)
-            with self._lock:
-                self._names.pop(wid, None)
             self.report([wid])
 
     def create(self, order: Order) -> None:

@@ -326,3 +326,23 @@ def test_the_agents_exec_lines_name_a_workspace_as_its_other_lines_do(
     finally:
         tasks.close()
     assert "exec hostname in w1 (box): exit 0" in caplog.messages, caplog.messages
+
+
+def test_the_agent_forgets_the_name_of_a_workspace_gone_from_its_node(tmp_path: Path) -> None:
+    """The names kept for a removal's lines go with the workspace: a node that ran
+    thousands of workspaces over months does not keep them all."""
+    parts = Parts(tmp_path)
+    ex = parts.executor
+    try:
+        ex.take([_order()])
+        ex.reconcile_once()
+        wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+        ex.take([])
+        ex.reconcile_once()
+        wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.ABSENT)])
+        assert ex.who("w1") == "w1 (one)"  # still named until a pass finds nothing of it
+        wait_for(lambda: ex.idle())
+        ex.reconcile_once()
+        assert ex.who("w1") == "w1"
+    finally:
+        parts.close()
