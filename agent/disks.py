@@ -6,11 +6,12 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.seed import check_seed_size, write_seed_iso
-from agent.virt.base import DiskSpec
+from agent.virt.base import DiskSpec, DomainSpec, NicSpec, tap_name
 from images import formats, mkfs, qemu_img
 from images.model import Mode, Partition
 from workspace.domain.model import Order
@@ -42,6 +43,29 @@ def disk_target(index: int) -> str:
         n, r = divmod(n - 1, len(_LETTERS))
         letters = _LETTERS[r] + letters
     return "vd" + letters
+
+
+def domain_spec(
+    order: Order, disks: tuple[DiskSpec, ...], paths: Mapping[str, Path], console_log: Path
+) -> DomainSpec:
+    """What the driver defines for ``order``, its disks prepared and blobs cached."""
+    return DomainSpec(
+        workspace_id=order.workspace_id,
+        name=order.name,
+        cpus=order.cpus,
+        memory_mib=order.memory_mib,
+        disks=disks,
+        nics=tuple(
+            NicSpec(n.mac, n.bridge, n.ip, tap_name(order.workspace_id, i))
+            for i, n in enumerate(order.nics)
+        ),
+        kernel=str(paths[order.kernel_digest]) if order.kernel_digest else "",
+        initrd=str(paths[order.initrd_digest]) if order.initrd_digest else "",
+        cmdline=order.cmdline,
+        console_log=str(console_log),
+        hostname=order.hostname,
+        limits=order.limits,
+    )
 
 
 class WorkspaceFiles:

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 from agent.backoff import Backoff, Retries
-from agent.disks import WorkspaceFiles
+from agent.disks import WorkspaceFiles, domain_spec
 from agent.gate import Refused, TrustGate
 from agent.hypervisor import HypervisorWatch
 from agent.netsetup import Networking
@@ -28,26 +27,17 @@ from agent.staging import Staging
 from agent.status import Sight, StatusBoard
 from agent.virt.base import (
     PAUSED_IO_ERROR,
-    DiskSpec,
     DomainInfo,
-    DomainSpec,
     DomainState,
     Driver,
-    NicSpec,
-    tap_name,
 )
 from workspace import callctx
 from workspace.domain.model import NodeCondition, Observation, Order
 from workspace.domain.states import Desired, Observed
 from workspace.errors import DriverError, WorkspaceError
-from workspace.log import about
+from workspace.log import about, named
 
 log = logging.getLogger("agent")
-
-
-def _note(level: int, wid: str, what: str, *args: object) -> None:
-    """A log line about workspace ``wid``: named in the message and in the record."""
-    log.log(level, "workspace %s: " + what, wid, *args, extra=about(wid))
 
 
 # What a workspace busy waiting for its guest (a stop, a reboot) gets at once, not after
@@ -72,29 +62,6 @@ IO_PAUSED = (
 # What keeps a workspace busy besides an Action: its running VM checked against a new
 # trust policy (``_recheck_running``).
 RECHECK = "trust-recheck"
-
-
-def domain_spec(
-    order: Order, disks: tuple[DiskSpec, ...], paths: Mapping[str, Path], console_log: Path
-) -> DomainSpec:
-    """What the driver defines for ``order``, its disks prepared and blobs cached."""
-    return DomainSpec(
-        workspace_id=order.workspace_id,
-        name=order.name,
-        cpus=order.cpus,
-        memory_mib=order.memory_mib,
-        disks=disks,
-        nics=tuple(
-            NicSpec(n.mac, n.bridge, n.ip, tap_name(order.workspace_id, i))
-            for i, n in enumerate(order.nics)
-        ),
-        kernel=str(paths[order.kernel_digest]) if order.kernel_digest else "",
-        initrd=str(paths[order.initrd_digest]) if order.initrd_digest else "",
-        cmdline=order.cmdline,
-        console_log=str(console_log),
-        hostname=order.hostname,
-        limits=order.limits,
-    )
 
 
 class Executor:
@@ -124,6 +91,10 @@ class Executor:
         self.pool = ThreadPoolExecutor(max_parallel_ops, thread_name_prefix="op")
         self._lock = threading.RLock()
         self._desired: dict[str, Order] | None = None  # None: no orders yet
+        # Each workspace's name as its orders last gave it, for the log lines of its
+        # removal too (the orders no longer name it then; ``who``); kept while the node
+        # has anything of it.
+        self._names: dict[str, str] = {}
         self.status = StatusBoard()
         # Workspaces with an operation under way, and which.
         self._busy: dict[str, Action | str] = {}
@@ -169,7 +140,18 @@ class Executor:
         """The node's new desired state (every workspace it should have)."""
         with self._lock:
             self._desired = {o.workspace_id: o for o in orders}
+            self._names.update((o.workspace_id, o.name) for o in orders if o.name)
         self.wake.set()
+
+    def who(self, wid: str) -> str:
+        """How the log names workspace ``wid``: "ID (NAME)" (its id alone if it was never
+        in this agent's orders)."""
+        with self._lock:
+            return named(wid, self._names.get(wid, ""))
+
+    def _note(self, level: int, wid: str, what: str, *args: object) -> None:
+        """A log line about workspace ``wid``: named in the message and in the record."""
+        log.log(level, "workspace %s: " + what, self.who(wid), *args, extra=about(wid))
 
     def orders(self) -> dict[str, Order]:
         """The latest orders by workspace id (empty before the first ones)."""
@@ -282,6 +264,9 @@ class Executor:
         self._reattach(desired, actual)
         leftovers = self.files.existing()
         present = set(actual) | leftovers | set(busy)
+        with self._lock:  # the names of workspaces gone from the orders and the node
+            keep = present | set(self._desired or ())
+            self._names = {w: n for w, n in self._names.items() if w in keep}
         self.staging.sync_pins(desired, present)
         self._forget_failed(desired, present)
         self.staging.kick_prefetch()
@@ -370,7 +355,7 @@ class Executor:
                     continue
             if self.status.clear_failed(wid):
                 self._failures.forget(wid)
-                _note(logging.INFO, wid, "what had failed is no longer asked; cleared")
+                self._note(logging.INFO, wid, "what had failed is no longer asked; cleared")
                 self.pool.submit(self.report, [wid])
 
     def _io_wait(self, wid: str) -> bool:
@@ -388,7 +373,7 @@ class Executor:
             return True
         count, _ = self._io_paused.failed(wid)
         if count == 1:
-            log.error("workspace %s: %s", wid, self._io_note(), extra={"workspace": wid})
+            log.error("workspace %s: %s", self.who(wid), self._io_note(), extra=about(wid))
             self.pool.submit(self.report, [wid])
         return False
 
@@ -404,7 +389,7 @@ class Executor:
         for wid in sorted(gone):
             self._io_paused.forget(wid)
             if self.status.drop_note_if(wid, self._io_note()):
-                _note(logging.INFO, wid, "no longer paused by a failed disk write")
+                self._note(logging.INFO, wid, "no longer paused by a failed disk write")
                 self.pool.submit(self.report, [wid])
 
     def _check_conditions(self) -> None:
@@ -451,11 +436,11 @@ class Executor:
             if wid in self._unplugged:
                 return
             self._unplugged.add(wid)
-        _note(logging.INFO, wid, "forced stop while the guest was waited for; powering off")
+        self._note(logging.INFO, wid, "forced stop while the guest was waited for; powering off")
         try:
             self.driver.destroy(wid)
         except DriverError as exc:
-            _note(logging.WARNING, wid, "forced power-off failed: %s", exc.message)
+            self._note(logging.WARNING, wid, "forced power-off failed: %s", exc.message)
 
     def _network_broken(self, order: Order | None, broken: Mapping[str, str]) -> bool:
         """True (and the workspace reported FAILED, saying why) if ``order`` has a NIC on
@@ -524,7 +509,7 @@ class Executor:
             found, done = f"domain had disappeared at {when} (not by us)", "recreated"
         else:
             return ""
-        _note(logging.WARNING, wid, "%s; repairing", found)
+        self._note(logging.WARNING, wid, "%s; repairing", found)
         return f"{found}; {done}"
 
     # -- operations --------------------------------------------------------------------
@@ -538,7 +523,7 @@ class Executor:
     def _run(self, wid: str, action: Action, order: Order | None, note: str = "") -> None:
         """Carry out ``action``; ``note``: what the workspace shows once it worked (a
         repair's, ``_repair_note``)."""
-        who = f"{wid} ({order.name})" if order is not None and order.name else wid
+        who = self.who(wid)
         try:
             log.info("workspace %s: %s", who, action.value, extra={"workspace": wid})
             self._execute(wid, action, order)
@@ -607,7 +592,7 @@ class Executor:
             self.status.set(wid, Observed.PROPAGATING)
             latest = self.orders().get(wid)
             if latest is None:
-                log.info("workspace %s: no longer asked for; not created", wid)
+                log.info("workspace %s: no longer asked for; not created", self.who(wid))
                 return
             self.create(latest)
         elif action is Action.START:
@@ -617,7 +602,7 @@ class Executor:
                 if d.set_size(wid, order.cpus, order.memory_mib):
                     log.info(
                         "workspace %s: %d vCPU(s) and %d MiB from this start on",
-                        wid,
+                        self.who(wid),
                         order.cpus,
                         order.memory_mib,
                     )
@@ -630,7 +615,9 @@ class Executor:
             self._set_status(wid, Observed.STOPPING)
             timeout_s = order.stop_timeout_s or DEFAULT_STOP_TIMEOUT_S
             if not d.shutdown(wid, float(timeout_s)):
-                log.info("workspace %s did not power off within %d s; forcing", wid, timeout_s)
+                log.info(
+                    "workspace %s did not power off within %d s; forcing", self.who(wid), timeout_s
+                )
                 d.destroy(wid)
                 # Said on the workspace (its reason, its state event) until it is asked
                 # something new: an owner waiting 60 s should learn why.
@@ -649,7 +636,9 @@ class Executor:
             assert order is not None
             timeout_s = order.stop_timeout_s or DEFAULT_STOP_TIMEOUT_S
             if not d.reboot(wid, float(timeout_s)):
-                log.info("workspace %s did not reboot within %d s; resetting", wid, timeout_s)
+                log.info(
+                    "workspace %s did not reboot within %d s; resetting", self.who(wid), timeout_s
+                )
                 d.reset(wid)
             # Reported by _run, once the reboot is done.
             self.files.update_state(wid, **{REBOOTS_KEY: order.reboot_count})
@@ -657,7 +646,7 @@ class Executor:
             assert order is not None
             d.set_limits(wid, order.limits)
             self.status.drop_note(wid)  # a failure's note, if an earlier try failed
-            log.info("workspace %s: limits now %s", wid, order.limits.as_dict())
+            log.info("workspace %s: limits now %s", self.who(wid), order.limits.as_dict())
         elif action is Action.REMOVE:
             self._set_status(wid, Observed.STOPPING)
             d.undefine(wid)
@@ -679,7 +668,7 @@ class Executor:
         # kept, and what its owner wrote with them (they were made anew, empty).
         made = REBOOTS_KEY in self.files.load_state(wid)
         if made:
-            log.info("workspace %s: its disks were made before; kept", wid)
+            log.info("workspace %s: its disks were made before; kept", self.who(wid))
         disks = self.files.prepare(order, paths, keep=made)
         spec = domain_spec(order, disks, paths, self.files.make_console_log(wid))
         # A fresh boot carries out every reboot asked for so far.
@@ -788,7 +777,7 @@ class Executor:
             f"{verdict.policy_version} ({verdict.reason}); "
             + ("powered off (the site stops VMs on revocation)" if stop else "the VM keeps running")
         )
-        log.warning("workspace %s: %s", wid, note)
+        log.warning("workspace %s: %s", self.who(wid), note)
         if stop:
             # It stays off: starting it again needs a verdict that allows it.
             self.driver.destroy(wid)

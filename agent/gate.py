@@ -16,7 +16,7 @@ from agent.audit import AuditSpool
 from images import signing
 from workspace.domain.model import Order
 from workspace.errors import PermissionDenied
-from workspace.log import about
+from workspace.log import about, named
 
 log = logging.getLogger("agent")
 
@@ -82,7 +82,7 @@ class TrustGate:
             raise Refused(f"image {order.image or '?'} refused on this node: {verdict.reason}")
         log.warning(
             "workspace %s: image %s is not trusted (%s); booting it anyway: the policy only warns",
-            order.workspace_id,
+            named(order.workspace_id, order.name),
             order.image,
             verdict.reason,
             extra=about(order.workspace_id),

@@ -50,7 +50,7 @@ from workspace.domain.tasks import (
     error_of,
 )
 from workspace.errors import WorkspaceError
-from workspace.log import about
+from workspace.log import about, named
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 log = logging.getLogger("agent.tasks")
@@ -116,8 +116,7 @@ class Tasks:
         self._channel: grpc.Channel | None = None
 
     def _label(self, workspace_id: str) -> str:
-        name = self.name_of(workspace_id)
-        return f"{name} ({workspace_id})" if name and name != workspace_id else workspace_id
+        return named(workspace_id, self.name_of(workspace_id))
 
     # -- the stream --------------------------------------------------------------------
 

@@ -31,6 +31,15 @@ def about(workspace: str, node: str = "") -> dict[str, str]:
     return {"workspace": workspace, "node": node} if node else {"workspace": workspace}
 
 
+def named(workspace: str, name: str = "", node: str = "") -> str:
+    """How a log line names a workspace in its words: "ID (NAME) on node N", its name and
+    node when it has them. The text log (the default) shows no fields, so what ``about``
+    gives a JSON line must be in the message too: an admin reading service.log learns
+    which node a stop is for."""
+    label = f"{workspace} ({name})" if name and name != workspace else workspace
+    return f"{label} on node {node}" if node else label
+
+
 def about_node(node: str) -> dict[str, str]:
     """``extra=`` of a line about a node alone (DOWN, drained, its streams): its JSON line
     carries the node whichever call or loop writes it (an admin's call names none)."""

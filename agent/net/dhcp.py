@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workspace import errors
+from workspace.files import private_fd
 from workspace.hostproc import (
     cmdline_has,
     pid_if_ours,
@@ -476,7 +477,8 @@ class DhcpServer:
             if self.log_path.stat().st_size <= LOG_MAX_BYTES:
                 return
             old = self.log_path.with_name(LOG_FILE + ".1")
-            fd = os.open(old, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # 0600 as the log, also one an earlier version made under the umask.
+            fd = private_fd(old, os.O_WRONLY | os.O_TRUNC)
             with os.fdopen(fd, "wb") as out, self.log_path.open("r+b") as f:
                 shutil.copyfileobj(f, out)
                 f.truncate(0)

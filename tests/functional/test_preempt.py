@@ -229,7 +229,8 @@ def test_victim_that_ignores_acpi_is_forced_after_the_grace(
     site.stubs.wait_state(new.id, WS.WORKSPACE_STATE_RUNNING)
     assert site.stubs.get(victims[0].id).state == WS.WORKSPACE_STATE_TERMINATED
     assert watch.close() <= 3
-    assert f"workspace {victims[0].id} did not power off within 2 s; forcing" in caplog.text
+    said = f"workspace {victims[0].id} ({victims[0].name}) did not power off within 2 s; forcing"
+    assert said in caplog.text
     console = site.agents["node1"].driver.list_domains()
     assert victims[0].id not in {d.workspace_id for d in console}
 

@@ -146,9 +146,13 @@ def starts(site: Site, w: common_pb2.Workspace) -> None:
 
 
 def test_what_the_guest_wrote_is_in_the_saved_image_and_a_new_workspace_boots_it(
-    env_site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    env_site: Site,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     site = env_site
+    caplog.set_level(logging.INFO, logger="workspace.ops.save")
     w = stopped(
         site,
         "box",
@@ -193,6 +197,9 @@ def test_what_the_guest_wrote_is_in_the_saved_image_and_a_new_workspace_boots_it
     assert img.public is False
     assert said[2].reason == f"{shown['total_bytes']} bytes"
     assert {e.who for e in said} == {"user:local"}
+    # The service's log says where, as its other lines of a placed workspace do.
+    done = f"workspace {w.id} (box) on node node1 saved as image env:2 ("
+    assert any(m.startswith(done) for m in caplog.messages), caplog.messages
 
     # The blob: self-contained, with the base's bytes and the guest's.
     assert site.service is not None

@@ -2,7 +2,7 @@
 
 Both guests boot (QEMU/TCG, no NIC) under a private libvirtd in a network namespace of
 this module's own (``wsseed...``), from disks the agent's own code made
-(``WorkspaceFiles.prepare`` → ``executor.domain_spec`` → ``LibvirtDriver``):
+(``WorkspaceFiles.prepare`` → ``disks.domain_spec`` → ``LibvirtDriver``):
 
 * the busybox test appliance, whose console line ``WORKSPACE-DISKS`` lists what the
   guest sees: the seed is one more read-only disk, the size of the ISO; the live domain
@@ -30,8 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.disks import WorkspaceFiles
-from agent.executor import domain_spec
+from agent.disks import WorkspaceFiles, domain_spec
 from agent.seed import VOLUME_ID
 from agent.virt.base import DomainState
 from agent.virt.domain_xml import GUEST_AGENT_CHANNEL

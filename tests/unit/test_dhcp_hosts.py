@@ -214,3 +214,22 @@ def test_a_hosts_file_that_cannot_be_written_leaves_the_old_one_and_no_temporary
     monkeypatch.setattr(os, "write", write)
     assert sorted(p.name for p in (tmp_path / "dhcp").iterdir()) == before
     assert server.hosts() == "52:54:00:00:00:0a,10.213.0.10,ten\n"
+
+
+def test_the_previous_log_is_private_also_when_an_earlier_version_left_it_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trimmed log goes to dnsmasq.log.1 (every VM's MAC and address): one an earlier
+    version made 0644 under the umask kept that mode when it was written over, for any
+    local user to read, though dnsmasq.log itself was made 0600."""
+    monkeypatch.setattr(dhcp, "LOG_MAX_BYTES", 1000)
+    server = DhcpServer("br7", tmp_path / "dhcp", "192.0.2.0/28", dnsmasq="/bin/false")
+    server.log_path.parent.mkdir(parents=True, exist_ok=True)
+    server.log_path.write_bytes(b"DHCPACK(br7) 192.0.2.5 52:54:00:00:00:05 vm\n" * 100)
+    old = server.log_path.with_name("dnsmasq.log.1")
+    old.write_bytes(b"DHCPACK(br7) 192.0.2.6 52:54:00:00:00:06 older\n")
+    old.chmod(0o644)
+    with pytest.raises(errors.Unavailable, match="exited at start"):
+        server.ensure_running()
+    assert old.read_bytes().count(b"DHCPACK") == 100
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600

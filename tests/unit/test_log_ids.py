@@ -8,15 +8,17 @@ from __future__ import annotations
 import ast
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.unit.test_cli_guests import agent_tasks, replies
+from tests.unit.test_executor import Parts, _order, observed, wait_for
 from tests.unit.test_request_validation import OWNER, build_site
 from workspace.domain.model import ExecOutcome
 from workspace.domain.netpolicy import Limits, PolicyUpdate
-from workspace.domain.states import Op
+from workspace.domain.states import Desired, Observed, Op
 from workspace.domain.tasks import (
     ConsoleClose,
     ConsoleClosed,
@@ -27,7 +29,7 @@ from workspace.domain.tasks import (
 )
 from workspace.log import JsonFormatter
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import nodes, queue, update
+from workspace.ops import leases, nodes, queue, update
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
@@ -241,3 +243,106 @@ def test_a_node_down_line_names_twenty_lost_workspaces_and_counts_the_rest(
     (down,) = [r.getMessage() for r in caplog.records if "is DOWN" in r.getMessage()]
     named = ", ".join(f"{w.id} ({w.name})" for w in made[:20])
     assert down.endswith(f"; workspace(s) LOST: {named} and 3 more"), down
+
+
+def test_the_text_lines_of_a_placed_workspace_name_its_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default text log said "workspace 1a2b (box): stop requested" (and destroy,
+    update, a lease's extension): the node the workspace is on was a field of the JSON
+    line only, so an admin reading service.log, or grepping it for a node before its
+    maintenance, did not learn where the stop was to happen."""
+    site = build_site(tmp_path)
+    box = site.create(name="box", cpus=1, memory_mib=256, lease_s=3600)
+    site.report(box.id, nodes_pb2.OBSERVED_STATE_RUNNING)
+    loggers = ("workspace.ops.operate", "workspace.ops.update", "workspace.ops.leases")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        update.update(site.core.env, OWNER, PolicyUpdate("box", limits=Limits(cpu_percent=50)))
+        leases.extend(site.core.env, OWNER, box.id, 600)
+        site.core.operate(OWNER, box.id, Op.STOP)
+        site.core.operate(OWNER, box.id, Op.DESTROY)
+        site.core.operate(OWNER, box.id, Op.DESTROY)  # asked again: nothing to change
+    said = [r.getMessage() for r in caplog.records if r.name in loggers]
+    named = f"workspace {box.id} (box) on node n1"
+    assert [m.partition(": ")[0] for m in said] == [
+        f"{named} updated",
+        named,
+        named,
+        named,
+        named,
+    ], said
+    assert said[2:] == [
+        f"{named}: stop requested",
+        f"{named}: destroy requested",
+        f"{named}: destroy asked again (nothing to change)",
+    ], said
+
+
+def test_the_agents_lines_of_a_workspace_name_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The node's log named a workspace by its id alone in some lines ("workspace w1:
+    remove", "workspace w1: 2 vCPU(s) and 512 MiB from this start on", "workspace w1:
+    image img is not trusted ..."), by "ID (NAME)" in others: an admin who read "w1:
+    remove" had to look the id up to know which workspace of theirs went. Every line
+    names it "ID (NAME)", also the removal, whose orders no longer name it."""
+    parts = Parts(tmp_path)
+    ex = parts.executor
+    try:
+        with caplog.at_level(logging.INFO, logger="agent"):
+            ex.take([_order()])
+            ex.reconcile_once()
+            wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+            ex.take([_order(Desired.STOPPED, stop_timeout_s=1)])
+            ex.reconcile_once()
+            wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.STOPPED)])
+            ex.take([replace(_order(), cpus=2)])  # `ws update --cpus 2`, then `ws start`
+            ex.reconcile_once()
+            wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+            ex.take([])
+            ex.reconcile_once()
+            wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.ABSENT)])
+    finally:
+        parts.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "agent" and "w1" in r.getMessage()]
+    assert "workspace w1 (one): 2 vCPU(s) and 512 MiB from this start on" in said, said
+    assert "workspace w1 (one): remove" in said, said
+    assert all(m.startswith("workspace w1 (one)") for m in said), said
+
+
+def test_the_agents_exec_lines_name_a_workspace_as_its_other_lines_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ws exec` on a node logged "exec hostname in box (w1): exit 0" beside "workspace
+    w1 (box): stop": the same workspace written two ways, so grepping the log for "w1
+    (box)" missed its execs, consoles and saves."""
+    tasks, _driver, outbox = agent_tasks(tmp_path)
+    tasks.name_of = {"w1": "box"}.get  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.tasks"):
+            tasks.take(Task("e1", "w1", ExecTask(("hostname",))))
+            assert replies(outbox, "e1", ExecOutcome) == [ExecOutcome(0, b"box\n")]
+    finally:
+        tasks.close()
+    assert "exec hostname in w1 (box): exit 0" in caplog.messages, caplog.messages
+
+
+def test_the_agent_forgets_the_name_of_a_workspace_gone_from_its_node(tmp_path: Path) -> None:
+    """The names kept for a removal's lines go with the workspace: a node that ran
+    thousands of workspaces over months does not keep them all."""
+    parts = Parts(tmp_path)
+    ex = parts.executor
+    try:
+        ex.take([_order()])
+        ex.reconcile_once()
+        wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.RUNNING)])
+        ex.take([])
+        ex.reconcile_once()
+        wait_for(lambda: ex.observe(["w1"]) == [observed("w1", Observed.ABSENT)])
+        assert ex.who("w1") == "w1 (one)"  # still named until a pass finds nothing of it
+        wait_for(lambda: ex.idle())
+        ex.reconcile_once()
+        assert ex.who("w1") == "w1"
+    finally:
+        parts.close()

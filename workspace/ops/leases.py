@@ -27,7 +27,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
-from workspace.log import about
+from workspace.log import about, named
 from workspace.ops.lifecycle import resolve_workspace, saving
 from workspace.ops.operate import act
 from workspace.ops.unit import Env, write
@@ -74,9 +74,8 @@ def extend(env: Env, who: Identity | str, ref: str, add_s: int) -> WorkspaceView
         extend_row(env, u.s, ws, add_s, env.clock())
         u.changed(ws)
     log.info(
-        "workspace %s (%s): lease extended to %s",
-        ws.id,
-        ws.name,
+        "workspace %s: lease extended to %s",
+        named(ws.id, ws.name, ws.node),
         iso_time(ws.lease_expires_at),
         extra=about(ws.id, ws.node),
     )
@@ -207,9 +206,8 @@ def _warn(env: Env, now: float, before: float, ids: list[str], done: Round) -> N
             u.changed(ws)
             done.warned.append(ws.id)
             log.info(
-                "workspace %s (%s): lease ends at %s",
-                ws.id,
-                ws.name,
+                "workspace %s: lease ends at %s",
+                named(ws.id, ws.name, ws.node),
                 iso_time(end),
                 extra=about(ws.id, ws.node),
             )
@@ -235,7 +233,7 @@ def _expire(env: Env, wid: str, now: float) -> bool:
             # with it. It goes at the first pass after the save ends.
             log.info(
                 "workspace %s: lease expired; destroyed once its save as %s ends",
-                wid,
+                named(wid, ws.name, ws.node),
                 ws.saving_as,
                 extra=about(wid, ws.node),
             )
@@ -254,9 +252,8 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         )
         journal.add(u.s, expired)
     log.warning(
-        "workspace %s (%s): lease expired at %s: %s",
-        wid,
-        ws.name,
+        "workspace %s: lease expired at %s: %s",
+        named(wid, ws.name, ws.node),
         iso_time(ws.lease_expires_at),
         op.value,
         extra=about(wid, ws.node),

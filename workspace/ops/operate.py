@@ -11,7 +11,7 @@ from workspace.domain.model import WorkspaceView
 from workspace.domain.states import Desired, Op, State, Transition, apply_op
 from workspace.errors import FailedPrecondition
 from workspace.identity import Identity
-from workspace.log import about
+from workspace.log import about, named
 from workspace.ops import preempt, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import (
@@ -40,15 +40,17 @@ def operate(
         ws = resolve_workspace(u.s, who, ref)
         if not act(env, u, ws, op, timeout_s, force):
             log.info(
-                "workspace %s (%s): %s asked again (nothing to change)",
-                ws.id,
-                ws.name,
+                "workspace %s: %s asked again (nothing to change)",
+                named(ws.id, ws.name, ws.node),
                 op,
                 extra=about(ws.id, ws.node),
             )
             return workspace_views(u.s, [ws])[0]
     log.info(
-        "workspace %s (%s): %s requested", ws.id, ws.name, op.value, extra=about(ws.id, ws.node)
+        "workspace %s: %s requested",
+        named(ws.id, ws.name, ws.node),
+        op.value,
+        extra=about(ws.id, ws.node),
     )
     return u.view(ws.id)
 

@@ -47,7 +47,7 @@ from workspace.errors import (
 )
 from workspace.identity import Identity
 from workspace.identity import Kind as Caller
-from workspace.log import about
+from workspace.log import about, named
 from workspace.ops import blob_access, leases, refusals
 from workspace.ops.image_refs import name_taken
 from workspace.ops.images import Catalog
@@ -151,9 +151,8 @@ def save(
         raise
     _unmark(env, src.workspace_id, image, Kind.WORKSPACE_SAVED, f"{view.total_bytes} bytes")
     log.info(
-        "workspace %s (%s) saved as image %s (%d bytes)",
-        src.workspace_id,
-        src.name,
+        "workspace %s saved as image %s (%d bytes)",
+        named(src.workspace_id, src.name, src.node),
         image,
         view.total_bytes,
         extra=about(src.workspace_id, src.node),
@@ -323,9 +322,8 @@ def _clear(env: Env, which: ColumnElement[bool], reason: str) -> int:
         cleared = list(s.execute(q).scalars())
         for ws in cleared:
             log.warning(
-                "workspace %s (%s): its save as image %s ended without a word (%s); mark cleared",
-                ws.id,
-                ws.name,
+                "workspace %s: its save as image %s ended without a word (%s); mark cleared",
+                named(ws.id, ws.name, ws.node),
                 ws.saving_as,
                 reason,
                 extra=about(ws.id, ws.node),

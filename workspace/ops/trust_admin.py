@@ -29,7 +29,7 @@ from workspace.domain.events import Kind
 from workspace.domain.model import TrustSettingsView
 from workspace.domain.states import TRUST_STOPPED, Desired, Op, State
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
-from workspace.log import about
+from workspace.log import about, named
 from workspace.ops import admin_events, trust
 from workspace.ops.operate import act
 from workspace.ops.unit import Env, UnitOfWork, write
@@ -101,7 +101,9 @@ def _stop_denied(env: Env, u: UnitOfWork, version: int) -> list[str]:
         )
         if act(env, u, ws, Op.STOP, force=True, reason=why):
             stopped.append(ws.name)
-            log.warning("workspace %s (%s): %s", ws.id, ws.name, why, extra=about(ws.id, ws.node))
+            log.warning(
+                "workspace %s: %s", named(ws.id, ws.name, ws.node), why, extra=about(ws.id, ws.node)
+            )
     return stopped
 
 

@@ -16,7 +16,7 @@ from workspace.domain.netpolicy import PolicyUpdate
 from workspace.domain.states import Desired, State
 from workspace.errors import FailedPrecondition, PermissionDenied
 from workspace.identity import Identity
-from workspace.log import about
+from workspace.log import about, named
 from workspace.ops import netpolicy
 from workspace.ops.lifecycle import resolve_workspace
 from workspace.ops.projects import as_identity
@@ -71,5 +71,10 @@ def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
             u.nodes(ws.node)
         u.changed(ws)
     if what:
-        log.info("workspace %s (%s) updated: %s", ws.id, ws.name, what, extra=about(ws.id, ws.node))
+        log.info(
+            "workspace %s updated: %s",
+            named(ws.id, ws.name, ws.node),
+            what,
+            extra=about(ws.id, ws.node),
+        )
     return u.view(ws.id)
