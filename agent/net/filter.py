@@ -9,8 +9,8 @@ docs/design/network-policy.md for the why; in short:
   a VM's tap sends or receives. Per NIC a chain ``from_<tap>`` lets through only frames
   with the NIC's MAC, ARP with its MAC and IP (or 0.0.0.0, probes), IPv4 from its IP (or
   a DHCP discover from 0.0.0.0), DHCP client messages for its own MAC only (chaddr), no
-  DHCP server replies; everything else (IPv6, VLAN-tagged frames, other ethertypes) is
-  dropped. A NIC with CLUSTER or OUTBOUND
+  DHCP server replies (nothing from port 67 nor to port 68); everything else (IPv6,
+  VLAN-tagged frames, other ethertypes) is dropped. A NIC with CLUSTER or OUTBOUND
   connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``) and a
   chain ``to_<tap>`` that delivers it only IPv4 for its own address (and DHCP replies)
   and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local
@@ -199,6 +199,10 @@ def _from_chain(nic: NicRule, mark: int) -> list[str]:
         f"ether type arp arp saddr ip != {_set(sorted({'0.0.0.0', nic.ip}))} drop",
         "ether type arp return",
         "ether type ip udp sport 67 drop",
+        # A client may take a server's reply by its destination port alone (busybox
+        # udhcpc checks no source port): from port 6767 a VM was still its neighbours'
+        # DHCP server. No VM has anything to send to a DHCP client's port.
+        "ether type ip udp dport 68 drop",
         # DHCP names its client by the BOOTP chaddr, not by the frame's source: a VM may
         # speak for its own MAC only (a DHCPDECLINE naming another VM's MAC disabled that
         # VM's address in dnsmasq for ten minutes). chaddr is 36 bytes into the UDP

@@ -38,8 +38,13 @@ BRIDGE = "wsn8br0"
 _ids = itertools.count(1)
 
 
+# The namespaces' prefix: another one (WS_TEST_NETNS_PREFIX) keeps runs beside each
+# other apart by name.
+NS_PREFIX = os.environ.get("WS_TEST_NETNS_PREFIX", "wsn8")
+
+
 def ns_name(role: str) -> str:
-    return f"wsn8-{os.getpid() % 100000}-{next(_ids)}-{role}"
+    return f"{NS_PREFIX}-{os.getpid() % 100000}-{next(_ids)}-{role}"
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -101,7 +106,7 @@ exit 0
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    state = Path(tempfile.mkdtemp(prefix="wsn8-", dir="/var/tmp"))
+    state = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-", dir="/var/tmp"))
     state.chmod(0o755)  # dnsmasq (as nobody) reads its hosts file below it
     (state / "lease.sh").write_text(LEASE_SCRIPT)
     (state / "lease.sh").chmod(0o755)
@@ -400,3 +405,18 @@ def test_a_cluster_vm_sends_dhcp_to_its_server_only(node: Node) -> None:
     node.orders["w-clu"] = replace(node.orders["w-clu"], connectivity=Connectivity.OPEN)
     node.sync()
     assert received(other, 67, member, 68) == "from 68"
+
+
+def test_a_vm_sends_no_dhcp_server_replies_from_another_port(node: Node) -> None:
+    """A DHCP client (busybox udhcpc) takes a reply by its destination port 68 alone,
+    whatever its source port: a VM answering from port 6767 was its neighbours' DHCP
+    server (their router and DNS servers, or a NAK at each of their requests). Nothing
+    a VM sends reaches a port 68."""
+    victim = node.add_vm("w-victim", "10.216.0.71")
+    sh("ip", "-n", victim.netns, "addr", "add", f"{victim.ip}/{PREFIX}", "dev", "eth0")
+    rogue = node.add_vm("w-rogue", "10.216.0.72")
+    sh("ip", "-n", rogue.netns, "addr", "add", f"{rogue.ip}/{PREFIX}", "dev", "eth0")
+    assert received(victim, 6868, rogue, 6767) == "from 6767"  # the path works
+    assert received(victim, 68, rogue, 6767) == "none"
+    assert received(victim, 68, rogue, 67) == "none"
+    assert node.lease(victim) == f"ip={victim.ip}"  # the node's own server still answers

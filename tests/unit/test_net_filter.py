@@ -136,6 +136,21 @@ def test_anti_spoofing_of_each_nic() -> None:
         assert discover < chain.index(f"ether type ip ip saddr != {ip} drop")
 
 
+def test_no_nic_sends_to_a_dhcp_clients_port() -> None:
+    """A DHCP client may take a server's reply by its destination port (68) alone
+    (busybox udhcpc checks no source port), so a VM replying from port 6767 was a DHCP
+    server to its OPEN neighbours (their router and DNS, or a NAK at each of their
+    requests). No VM sends to port 68 at all."""
+    text = render([OPEN, CLUSTER, OUTBOUND])
+    for tap in (tap_name("w-open", 0), tap_name("w-clu", 0), tap_name("w-out", 1)):
+        chain = _chain(text, f"from_{tap}")
+        assert "ether type ip udp dport 68 drop" in chain
+        # before anything returns an IPv4 datagram (its own address's)
+        assert chain.index("ether type ip udp dport 68 drop") < chain.index("ether type ip return")
+        discover = next(i for i, r in enumerate(chain) if "ip saddr 0.0.0.0" in r)
+        assert chain.index("ether type ip udp dport 68 drop") < discover
+
+
 def test_cluster_chains() -> None:
     text = render([CLUSTER])
     tap = tap_name("w-clu", 0)
