@@ -420,3 +420,58 @@ def test_a_vm_sends_no_dhcp_server_replies_from_another_port(node: Node) -> None
     assert received(victim, 68, rogue, 6767) == "none"
     assert received(victim, 68, rogue, 67) == "none"
     assert node.lease(victim) == f"ip={victim.ip}"  # the node's own server still answers
+
+
+SNIFF = """
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind(("eth0", 0)); s.settimeout(0.2)
+seen, end = "none", time.monotonic() + 3
+while time.monotonic() < end:
+    try:
+        frame = s.recv(2000)
+    except TimeoutError:
+        continue
+    if frame[:6] == {mac!r} and b"secret" in frame:
+        seen = "seen"
+print(seen)
+"""
+
+SEND_SECRET = """
+import socket
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"secret", ({dst!r}, 5000))
+"""
+
+
+def test_a_vm_does_not_see_frames_flooded_to_another(node: Node) -> None:
+    """A bridge floods a frame for a MAC it has not learned (a VM silent for the 5 min of
+    its FDB's ageing, or just plugged) to every port: a VM's tap delivers it frames for
+    its own MAC, broadcasts and multicasts only, so a neighbour's traffic is not its to
+    read, whatever either's connectivity."""
+    victim = node.add_vm("w-victim", "10.216.0.81")
+    in_ns(victim.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")  # silent
+    sender = node.add_vm("w-sender", "10.216.0.82")
+    sh("ip", "-n", sender.netns, "addr", "add", f"{sender.ip}/{PREFIX}", "dev", "eth0")
+    # No ARP (the victim's answer would teach the bridge its port)
+    sh("ip", "-n", sender.netns, "neigh", "replace", victim.ip, "lladdr", victim.mac,
+       "dev", "eth0", "nud", "permanent")  # fmt: skip
+    rogue = node.add_vm("w-rogue", "10.216.0.83")
+
+    def sniffed(vm: Vm) -> str:
+        argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c",
+                SNIFF.format(mac=_mac(victim.mac))]  # fmt: skip
+        sniffer = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.4)  # bound before the sender sends
+            sh("bridge", "-n", node.netns, "fdb", "del", victim.mac, "dev",
+               tap_name("w-victim", 0), "master", check=False)  # fmt: skip
+            code = SEND_SECRET.format(dst=victim.ip)
+            assert in_ns(sender.netns, sys.executable, "-c", code).returncode == 0
+            out, _ = sniffer.communicate(timeout=10)
+        finally:
+            sniffer.kill()
+            sniffer.wait()
+        return out.strip()
+
+    assert sniffed(victim) == "seen"  # the path works: flooded, as nothing taught the bridge
+    assert sniffed(rogue) == "none"
