@@ -1,5 +1,6 @@
 """What a VM can forge, with the real dnsmasq and the real nftables ruleset of
-``BridgeNetworking`` in network namespaces: DHCP messages in another VM's name, and
+``BridgeNetworking`` in network namespaces: DHCP messages in another VM's name or as a
+server, frames flooded to it for another VM, flows with a cluster it has left, and
 anything at all once its workspace has left the orders while its domain still runs.
 
 Each "VM" is a namespace plugged into the node's bridge by a veth pair whose host end
@@ -475,3 +476,37 @@ def test_a_vm_does_not_see_frames_flooded_to_another(node: Node) -> None:
 
     assert sniffed(victim) == "seen"  # the path works: flooded, as nothing taught the bridge
     assert sniffed(rogue) == "none"
+
+
+def test_a_peer_that_left_the_cluster_keeps_no_flow_with_its_members(node: Node) -> None:
+    """A member that left the cluster (destroyed: its address is soon another
+    workspace's, on this node or another) is no peer in the new ruleset, and the flows
+    it had with the members left are forgotten: nobody who holds its address next goes
+    on in them."""
+    former = node.add_vm("w-former", "10.216.0.92")
+    sh("ip", "-n", former.netns, "addr", "add", f"{former.ip}/{PREFIX}", "dev", "eth0")
+    nic = Nic("default", "10.216.0.91", "52:54:00:d5:00:5b", PREFIX, GW, BRIDGE, SUBNET)
+    member = replace(
+        outbound("w-member", nic), connectivity=Connectivity.CLUSTER, peers=(nic.ip, former.ip)
+    )
+    node.orders["w-member"] = member
+    node.sync()
+    vm = plug(node, "w-member", member)
+    code = ECHO.format(port=5000, answer=b"member")
+    argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
+    server = subprocess.Popen(argv)
+
+    def ask(sport: int) -> str:
+        code = ASK.format(sport=sport, dst=nic.ip, dport=5000)
+        return in_ns(former.netns, sys.executable, "-c", code).stdout.strip()
+
+    try:
+        time.sleep(0.4)  # bound before the peer asks
+        assert ask(40000) == "member"  # a peer: let in
+        node.orders["w-member"] = replace(member, peers=(nic.ip,))
+        node.sync()
+        assert ask(40001) == "none"  # a new flow: refused
+        assert ask(40000) == "none"  # its old flow: refused too (it was established)
+    finally:
+        server.kill()
+        server.wait()
