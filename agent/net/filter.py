@@ -9,12 +9,13 @@ docs/design/network-policy.md for the why; in short:
   a VM's tap sends or receives. Per NIC a chain ``from_<tap>`` lets through only frames
   with the NIC's MAC, ARP with its MAC and IP (or 0.0.0.0, probes), IPv4 from its IP (or
   a DHCP discover from 0.0.0.0), DHCP client messages for its own MAC only (chaddr), no
-  DHCP server replies; everything else (IPv6, VLAN-tagged frames, other ethertypes) is
-  dropped. A NIC with CLUSTER or OUTBOUND
-  connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``) and a
-  chain ``to_<tap>`` that delivers it only IPv4 for its own address (and DHCP replies)
-  and ARP. Uplinked bridges with the distributed gateway keep the gateway node-local
-  (no ARP for it, no IPv4 from it, crosses the uplink).
+  DHCP server replies (nothing from port 67 nor to port 68); everything else (IPv6,
+  VLAN-tagged frames, other ethertypes) is dropped. A NIC with CLUSTER or OUTBOUND
+  connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``). Per NIC
+  a chain ``to_<tap>`` delivers it no frame unicast to another MAC (a bridge floods those
+  it has not learned to every port), and for CLUSTER or OUTBOUND only IPv4 for its own
+  address (and DHCP replies) and ARP. Uplinked bridges with the distributed gateway
+  keep the gateway node-local (no ARP for it, no IPv4 from it, crosses the uplink).
 * ``table inet ws_policy`` (hooks forward/input/output, priority 0) is where conntrack
   works: bridged IPv4 reaches it through br_netfilter. The mark names the sending NIC
   (``out_<tap>``: a CLUSTER NIC may only talk to its peers, its gateway, DHCP and port
@@ -199,6 +200,10 @@ def _from_chain(nic: NicRule, mark: int) -> list[str]:
         f"ether type arp arp saddr ip != {_set(sorted({'0.0.0.0', nic.ip}))} drop",
         "ether type arp return",
         "ether type ip udp sport 67 drop",
+        # A client may take a server's reply by its destination port alone (busybox
+        # udhcpc checks no source port): from port 6767 a VM was still its neighbours'
+        # DHCP server. No VM has anything to send to a DHCP client's port.
+        "ether type ip udp dport 68 drop",
         # DHCP names its client by the BOOTP chaddr, not by the frame's source: a VM may
         # speak for its own MAC only (a DHCPDECLINE naming another VM's MAC disabled that
         # VM's address in dnsmasq for ten minutes). chaddr is 36 bytes into the UDP
@@ -215,12 +220,17 @@ def _from_chain(nic: NicRule, mark: int) -> list[str]:
 
 
 def _to_chain(nic: NicRule) -> list[str]:
-    return [
-        "ether type arp return",
-        f"ether type ip ip daddr {nic.ip} return",
-        "ether type ip udp sport 67 udp dport 68 return",
-        "drop",
-    ]
+    # A bridge floods a frame for a MAC it has not learned (a VM silent for its FDB's
+    # ageing time, or just plugged) to every port: no VM reads frames unicast to another.
+    rules = [f"ether daddr != {nic.mac} ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"]
+    if nic.restricted:
+        rules += [
+            "ether type arp return",
+            f"ether type ip ip daddr {nic.ip} return",
+            "ether type ip udp sport 67 udp dport 68 return",
+            "drop",
+        ]
+    return rules
 
 
 def _dhcp_peers(server: str) -> str:
@@ -314,14 +324,16 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
     s.add(f"delete table bridge {GUARD_TABLE}")
     s.add(f"table bridge {GUARD_TABLE} {{")
     from_map = _set(f"{_q(n.tap)} : jump from_{n.tap}" for n in nics)
-    to_map = _set(f"{_q(n.tap)} : jump to_{n.tap}" for n in restricted)
+    # Every NIC whose MAC can be named receives only its own frames (``_to_chain``).
+    receiving = [n for n in nics if not n.blocked]
+    to_map = _set(f"{_q(n.tap)} : jump to_{n.tap}" for n in receiving)
     for hook in ("forward", "input", "output"):
         rules = _uplink_rules(brs, hook)
         if hook in ("forward", "input"):
             rules.append(_unknown_taps(nics))
         if nics and hook in ("forward", "input"):
             rules.append(f"iifname vmap {from_map}")
-        if restricted and hook in ("forward", "output"):
+        if receiving and hook in ("forward", "output"):
             rules.append(f"oifname vmap {to_map}")
         s.chain(
             f"guard_{hook}",
@@ -333,7 +345,7 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
         if n.blocked:
             where = f"workspace {n.workspace_id} nic {n.index}: blocked, {n.blocked}"
         s.chain(f"from_{n.tap}", _from_chain(n, marks[n.tap]), comment=where)
-        if n.restricted:
+        if not n.blocked:
             s.chain(f"to_{n.tap}", _to_chain(n), comment=where)
     s.add("}")
     s.add(f"add table inet {POLICY_TABLE}")

@@ -8,6 +8,13 @@ seconds) went on being established for the new one, whose policy never allowed i
 So every address whose NIC changed (``moved``) has its flows deleted (``forget``) once
 the new ruleset holds, before the new VM starts.
 
+The same holds for a CLUSTER NIC's peers: a member that left the cluster (destroyed, its
+address soon another workspace's, on any node) is no peer in the new ruleset, but the
+flows it had with the NIC stayed established, and whoever holds its address next could
+go on in them. So the flows between a NIC and each address that left its peers
+(``dropped_peers``) are deleted too (``forget_pairs``). Peers are compared with the
+last pass of this agent process only: a restarted agent forgets none.
+
 Which NIC held each address is kept in ``<state_dir>/addresses.json`` so that a
 restarted agent compares with what the last one applied; without that file (a node's
 first start, an upgrade) nothing is forgotten: an agent restart must not cut the
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from pyroute2 import Conntrack
@@ -59,27 +66,59 @@ def save(path: Path, owners: Mapping[str, str]) -> None:
         log.warning("cannot record the NICs' addresses in %s: %s", path, exc)
 
 
+def dropped_peers(
+    before: Mapping[str, tuple[str, frozenset[str]]] | None,
+    now: Mapping[str, tuple[str, frozenset[str]]],
+) -> set[tuple[str, str]]:
+    """(address, former peer) pairs: for each NIC of ``now`` (NIC → its address and
+    peers) that has the same address in ``before``, every peer it had there and has no
+    more; none when ``before`` is unknown."""
+    if before is None:
+        return set()
+    out: set[tuple[str, str]] = set()
+    for key, (ip, peers) in now.items():
+        old_ip, old_peers = before.get(key, ("", frozenset()))
+        if old_ip == ip:
+            out.update((ip, p) for p in old_peers - peers)
+    return out
+
+
 def forget(addresses: Iterable[str], netns: str | None = None) -> int:
     """Delete every conntrack entry with one of ``addresses`` as a source or destination
     (either direction); the number deleted. Raises OSError or NetlinkError."""
     wanted = set(addresses)
     if not wanted:
         return 0
+    return _delete(lambda ends: bool(ends & wanted), netns)
+
+
+def forget_pairs(pairs: Iterable[tuple[str, str]], netns: str | None = None) -> int:
+    """Delete every conntrack entry between the two addresses of one of ``pairs`` (either
+    direction); the number deleted. Raises OSError or NetlinkError."""
+    wanted = [frozenset(p) for p in pairs if p[0] != p[1]]
+    if not wanted:
+        return 0
+    return _delete(lambda ends: any(pair <= ends for pair in wanted), netns)
+
+
+def _delete(stale: Callable[[set[str]], bool], netns: str | None) -> int:
+    """Delete the conntrack entries whose addresses (both tuples') ``stale`` picks."""
     done = 0
     ct = Conntrack(netns=netns) if netns else Conntrack()
     try:
-        stale = [
+        entries = [
             e
             for e in ct.dump_entries()
-            if {
-                e.tuple_orig.saddr,
-                e.tuple_orig.daddr,
-                e.tuple_reply.saddr,
-                e.tuple_reply.daddr,
-            }
-            & wanted
+            if stale(
+                {
+                    e.tuple_orig.saddr,
+                    e.tuple_orig.daddr,
+                    e.tuple_reply.saddr,
+                    e.tuple_reply.daddr,
+                }
+            )
         ]
-        for entry in stale:
+        for entry in entries:
             try:
                 ct.delete(entry)
             except NetlinkError as exc:

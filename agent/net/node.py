@@ -50,6 +50,7 @@ from workspace.domain.model import (
     NodeCondition,
     Order,
 )
+from workspace.domain.netpolicy import Connectivity
 from workspace.errors import ConfigError, FailedPrecondition, WorkspaceError
 from workspace.files import write_private
 
@@ -159,6 +160,9 @@ class BridgeNetworking:
         # the flows of an address given to another NIC are forgotten).
         self.owners_path = Path(cfg.state_dir) / "addresses.json"
         self.owners = flows.load(self.owners_path)
+        # CLUSTER NIC -> (its address, its peers) in the last ruleset this process
+        # applied (None: none yet): the flows with a peer that left are forgotten.
+        self.peers_seen: dict[str, tuple[str, frozenset[str]]] | None = None
 
     def join(self, networks: Iterable[NetworkInfo]) -> None:
         """Make the bridge of every configured network with an uplink and attach the
@@ -329,6 +333,7 @@ class BridgeNetworking:
             }
             raise
         self._forget_moved(self._last_nics)
+        self._forget_dropped_peers(self._last_nics)
         self.guarded = made
         wanted: set[str] = set()  # the bridges that have a dnsmasq
         for bridge, nic in first_nic.items():
@@ -512,6 +517,37 @@ class BridgeNetworking:
             )
         self.owners = now
         flows.save(self.owners_path, now)
+
+    def _forget_dropped_peers(self, nics: Sequence[NicRule]) -> None:
+        """The conntrack entries between each CLUSTER NIC and every address that left its
+        peers since the last ruleset deleted (agent/net/flows.py): a member gone from
+        the cluster, its address maybe another workspace's on another node, has no flow
+        established with the members left."""
+        now = {
+            f"{n.workspace_id}/{n.index}": (n.ip, frozenset(n.peers))
+            for n in nics
+            if n.restricted and n.connectivity is Connectivity.CLUSTER
+        }
+        if now == self.peers_seen:
+            return
+        pairs = flows.dropped_peers(self.peers_seen, now)
+        try:
+            count = flows.forget_pairs(pairs, self.netns) if pairs else 0
+        except HOST_ERRORS as exc:
+            # Kept as it was: the next pass tries again.
+            log.error(
+                "conntrack: cannot forget the flows with former peers (%s): %s",
+                ", ".join(sorted(f"{a}-{b}" for a, b in pairs)),
+                host_error(exc).message,
+            )
+            return
+        if count:
+            log.info(
+                "conntrack: %d flow(s) with former cluster peers forgotten (%s)",
+                count,
+                ", ".join(sorted(f"{a}-{b}" for a, b in pairs)),
+            )
+        self.peers_seen = now
 
     def _isolation(self, nics: Sequence[NicRule]) -> None:
         """Anti-spoofing holds anyway; a CLUSTER or OUTBOUND policy only where bridged

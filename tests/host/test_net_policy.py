@@ -4,8 +4,8 @@ a namespace of its own plugged in by a veth pair whose bridge-side end carries t
 name the domain XML gives the VM's NIC (``tap_name``). Two nodes share L2 through a
 "switch" namespace, each node's uplink being a veth into it.
 
-Every namespace is named ``wsnf-...`` and deleted in teardown; processes started here are
-stopped by their pid.
+Every namespace is named ``wsnf-...`` (or ``$WS_TEST_NETNS_PREFIX-...``) and deleted in
+teardown; processes started here are stopped by their pid.
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ BRIDGE = "wsnfbr0"
 _ids = itertools.count(1)
 
 
+# The namespaces' prefix: another one (WS_TEST_NETNS_PREFIX) keeps runs beside each
+# other apart by name.
+NS_PREFIX = os.environ.get("WS_TEST_NETNS_PREFIX", "wsnf")
+
+
 def ns_name(role: str) -> str:
-    return f"wsnf-{os.getpid() % 100000}-{next(_ids)}-{role}"
+    return f"{NS_PREFIX}-{os.getpid() % 100000}-{next(_ids)}-{role}"
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -326,14 +331,14 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 s.bind(("0.0.0.0", {sport}))
 for _ in range(3):
-    s.sendto(b"offer", ("255.255.255.255", 68))
+    s.sendto(b"offer", ("255.255.255.255", {dport}))
 """
 
 DHCP_CLIENT = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 68)); s.settimeout({timeout})
+s.bind(("0.0.0.0", {port})); s.settimeout({timeout})
 try:
     data, src = s.recvfrom(100)
     print(src[1])
@@ -343,15 +348,18 @@ except TimeoutError:
 
 
 def test_dhcp_server_replies_from_a_vm_are_dropped(node: Node) -> None:
+    """From port 67, or to port 68 from any port (a client may take a reply by its
+    destination port alone); 1067 -> 1068: the path itself works."""
     rogue = node.add_vm("w-a", "10.214.0.11")
     victim = node.add_vm("w-b", "10.214.0.12")
-    for sport, expect in ((67, "none"), (1067, "1067")):  # 1067: the path itself works
+    for sport, dport, expect in ((67, 68, "none"), (1067, 68, "none"), (1067, 1068, "1067")):
         argv = ["ip", "netns", "exec", victim.netns, sys.executable, "-c",
-                DHCP_CLIENT.format(timeout=2)]  # fmt: skip
+                DHCP_CLIENT.format(port=dport, timeout=2)]  # fmt: skip
         client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(0.4)
-            assert py_in(rogue.netns, DHCP_SERVER.format(sport=sport)).returncode == 0
+            code = DHCP_SERVER.format(sport=sport, dport=dport)
+            assert py_in(rogue.netns, code).returncode == 0
             out, _ = client.communicate(timeout=10)
         finally:
             client.kill()
@@ -641,7 +649,7 @@ exit 0
 
 
 def test_dhcp_and_the_gateway_work_in_every_mode() -> None:
-    state = Path(tempfile.mkdtemp(prefix="wsnf-", dir="/var/tmp"))
+    state = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-", dir="/var/tmp"))
     state.chmod(0o755)  # dnsmasq (as nobody) reads its hosts file below it
     script = state / "lease.sh"
     script.write_text(LEASE_SCRIPT)

@@ -1,5 +1,6 @@
 """What a VM can forge, with the real dnsmasq and the real nftables ruleset of
-``BridgeNetworking`` in network namespaces: DHCP messages in another VM's name, and
+``BridgeNetworking`` in network namespaces: DHCP messages in another VM's name or as a
+server, frames flooded to it for another VM, flows with a cluster it has left, and
 anything at all once its workspace has left the orders while its domain still runs.
 
 Each "VM" is a namespace plugged into the node's bridge by a veth pair whose host end
@@ -38,8 +39,13 @@ BRIDGE = "wsn8br0"
 _ids = itertools.count(1)
 
 
+# The namespaces' prefix: another one (WS_TEST_NETNS_PREFIX) keeps runs beside each
+# other apart by name.
+NS_PREFIX = os.environ.get("WS_TEST_NETNS_PREFIX", "wsn8")
+
+
 def ns_name(role: str) -> str:
-    return f"wsn8-{os.getpid() % 100000}-{next(_ids)}-{role}"
+    return f"{NS_PREFIX}-{os.getpid() % 100000}-{next(_ids)}-{role}"
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -101,7 +107,7 @@ exit 0
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    state = Path(tempfile.mkdtemp(prefix="wsn8-", dir="/var/tmp"))
+    state = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-", dir="/var/tmp"))
     state.chmod(0o755)  # dnsmasq (as nobody) reads its hosts file below it
     (state / "lease.sh").write_text(LEASE_SCRIPT)
     (state / "lease.sh").chmod(0o755)
@@ -400,3 +406,107 @@ def test_a_cluster_vm_sends_dhcp_to_its_server_only(node: Node) -> None:
     node.orders["w-clu"] = replace(node.orders["w-clu"], connectivity=Connectivity.OPEN)
     node.sync()
     assert received(other, 67, member, 68) == "from 68"
+
+
+def test_a_vm_sends_no_dhcp_server_replies_from_another_port(node: Node) -> None:
+    """A DHCP client (busybox udhcpc) takes a reply by its destination port 68 alone,
+    whatever its source port: a VM answering from port 6767 was its neighbours' DHCP
+    server (their router and DNS servers, or a NAK at each of their requests). Nothing
+    a VM sends reaches a port 68."""
+    victim = node.add_vm("w-victim", "10.216.0.71")
+    sh("ip", "-n", victim.netns, "addr", "add", f"{victim.ip}/{PREFIX}", "dev", "eth0")
+    rogue = node.add_vm("w-rogue", "10.216.0.72")
+    sh("ip", "-n", rogue.netns, "addr", "add", f"{rogue.ip}/{PREFIX}", "dev", "eth0")
+    assert received(victim, 6868, rogue, 6767) == "from 6767"  # the path works
+    assert received(victim, 68, rogue, 6767) == "none"
+    assert received(victim, 68, rogue, 67) == "none"
+    assert node.lease(victim) == f"ip={victim.ip}"  # the node's own server still answers
+
+
+SNIFF = """
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind(("eth0", 0)); s.settimeout(0.2)
+seen, end = "none", time.monotonic() + 3
+while time.monotonic() < end:
+    try:
+        frame = s.recv(2000)
+    except TimeoutError:
+        continue
+    if frame[:6] == {mac!r} and b"secret" in frame:
+        seen = "seen"
+print(seen)
+"""
+
+SEND_SECRET = """
+import socket
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"secret", ({dst!r}, 5000))
+"""
+
+
+def test_a_vm_does_not_see_frames_flooded_to_another(node: Node) -> None:
+    """A bridge floods a frame for a MAC it has not learned (a VM silent for the 5 min of
+    its FDB's ageing, or just plugged) to every port: a VM's tap delivers it frames for
+    its own MAC, broadcasts and multicasts only, so a neighbour's traffic is not its to
+    read, whatever either's connectivity."""
+    victim = node.add_vm("w-victim", "10.216.0.81")
+    in_ns(victim.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")  # silent
+    sender = node.add_vm("w-sender", "10.216.0.82")
+    sh("ip", "-n", sender.netns, "addr", "add", f"{sender.ip}/{PREFIX}", "dev", "eth0")
+    # No ARP (the victim's answer would teach the bridge its port)
+    sh("ip", "-n", sender.netns, "neigh", "replace", victim.ip, "lladdr", victim.mac,
+       "dev", "eth0", "nud", "permanent")  # fmt: skip
+    rogue = node.add_vm("w-rogue", "10.216.0.83")
+
+    def sniffed(vm: Vm) -> str:
+        argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c",
+                SNIFF.format(mac=_mac(victim.mac))]  # fmt: skip
+        sniffer = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.4)  # bound before the sender sends
+            sh("bridge", "-n", node.netns, "fdb", "del", victim.mac, "dev",
+               tap_name("w-victim", 0), "master", check=False)  # fmt: skip
+            code = SEND_SECRET.format(dst=victim.ip)
+            assert in_ns(sender.netns, sys.executable, "-c", code).returncode == 0
+            out, _ = sniffer.communicate(timeout=10)
+        finally:
+            sniffer.kill()
+            sniffer.wait()
+        return out.strip()
+
+    assert sniffed(victim) == "seen"  # the path works: flooded, as nothing taught the bridge
+    assert sniffed(rogue) == "none"
+
+
+def test_a_peer_that_left_the_cluster_keeps_no_flow_with_its_members(node: Node) -> None:
+    """A member that left the cluster (destroyed: its address is soon another
+    workspace's, on this node or another) is no peer in the new ruleset, and the flows
+    it had with the members left are forgotten: nobody who holds its address next goes
+    on in them."""
+    former = node.add_vm("w-former", "10.216.0.92")
+    sh("ip", "-n", former.netns, "addr", "add", f"{former.ip}/{PREFIX}", "dev", "eth0")
+    nic = Nic("default", "10.216.0.91", "52:54:00:d5:00:5b", PREFIX, GW, BRIDGE, SUBNET)
+    member = replace(
+        outbound("w-member", nic), connectivity=Connectivity.CLUSTER, peers=(nic.ip, former.ip)
+    )
+    node.orders["w-member"] = member
+    node.sync()
+    vm = plug(node, "w-member", member)
+    code = ECHO.format(port=5000, answer=b"member")
+    argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
+    server = subprocess.Popen(argv)
+
+    def ask(sport: int) -> str:
+        code = ASK.format(sport=sport, dst=nic.ip, dport=5000)
+        return in_ns(former.netns, sys.executable, "-c", code).stdout.strip()
+
+    try:
+        time.sleep(0.4)  # bound before the peer asks
+        assert ask(40000) == "member"  # a peer: let in
+        node.orders["w-member"] = replace(member, peers=(nic.ip,))
+        node.sync()
+        assert ask(40001) == "none"  # a new flow: refused
+        assert ask(40000) == "none"  # its old flow: refused too (it was established)
+    finally:
+        server.kill()
+        server.wait()

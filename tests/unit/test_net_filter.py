@@ -83,8 +83,34 @@ def test_open_only_guards() -> None:
     golden("netfilter_open.nft", text)
     tap = tap_name("w-open", 0)
     assert f"from_{tap}" in text
-    assert f"to_{tap}" not in text and "meta mark set" not in text
+    assert "meta mark set" not in text
     assert "out_" not in text and "in_" not in text
+    # what it receives: only frames to its own MAC, broadcasts and multicasts
+    assert _chain(text, f"to_{tap}") == [UNICAST_TO_OTHERS.format(mac="52:54:00:00:00:05")]
+
+
+UNICAST_TO_OTHERS = "ether daddr != {mac} ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"
+
+
+def test_no_nic_receives_frames_unicast_to_another_mac() -> None:
+    """A bridge floods a frame for a MAC it has not learned (a VM silent for its FDB's
+    ageing time, or just plugged) to every port: an OPEN VM read its neighbours' traffic
+    (a CLUSTER member's with its peers too). Every NIC's tap delivers frames for its own
+    MAC, broadcasts and multicasts only, on every path into it (bridged, or the node's)."""
+    text = render([OPEN, CLUSTER, OUTBOUND])
+    for wid, index, mac in (
+        ("w-open", 0, "52:54:00:00:00:05"),
+        ("w-clu", 0, "52:54:00:00:00:06"),
+        ("w-out", 1, "52:54:00:00:05:08"),
+    ):
+        tap = tap_name(wid, index)
+        assert _chain(text, f"to_{tap}")[0] == UNICAST_TO_OTHERS.format(mac=mac)
+        for hook in ("guard_forward", "guard_output"):
+            vmap = next(r for r in _chain(text, hook) if r.startswith("oifname vmap"))
+            assert f'"{tap}" : jump to_{tap}' in vmap
+    # a NIC whose values cannot be rendered sends nothing, and has no MAC to name here
+    bad = order("w-bad", nic("10.0.0.9", "52:54:00:zz:00:09"))
+    assert f"to_{tap_name('w-bad', 0)}" not in render([OPEN, bad])
 
 
 def test_every_policy_and_an_uplink() -> None:
@@ -134,6 +160,21 @@ def test_anti_spoofing_of_each_nic() -> None:
         # the DHCP discover (from 0.0.0.0) passes before the source check
         discover = next(i for i, r in enumerate(chain) if "ip saddr 0.0.0.0" in r)
         assert discover < chain.index(f"ether type ip ip saddr != {ip} drop")
+
+
+def test_no_nic_sends_to_a_dhcp_clients_port() -> None:
+    """A DHCP client may take a server's reply by its destination port (68) alone
+    (busybox udhcpc checks no source port), so a VM replying from port 6767 was a DHCP
+    server to its OPEN neighbours (their router and DNS, or a NAK at each of their
+    requests). No VM sends to port 68 at all."""
+    text = render([OPEN, CLUSTER, OUTBOUND])
+    for tap in (tap_name("w-open", 0), tap_name("w-clu", 0), tap_name("w-out", 1)):
+        chain = _chain(text, f"from_{tap}")
+        assert "ether type ip udp dport 68 drop" in chain
+        # before anything returns an IPv4 datagram (its own address's)
+        assert chain.index("ether type ip udp dport 68 drop") < chain.index("ether type ip return")
+        discover = next(i for i, r in enumerate(chain) if "ip saddr 0.0.0.0" in r)
+        assert chain.index("ether type ip udp dport 68 drop") < discover
 
 
 def test_cluster_chains() -> None:

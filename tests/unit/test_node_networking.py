@@ -49,10 +49,16 @@ class FakeDhcp:
 
 
 forgotten: list[set[str]] = []
+forgotten_pairs: list[set[tuple[str, str]]] = []
 
 
 def _forget(addresses: Iterable[str], netns: str | None = None) -> int:
     forgotten.append(set(addresses))
+    return 0
+
+
+def _forget_pairs(pairs: Iterable[tuple[str, str]], netns: str | None = None) -> int:
+    forgotten_pairs.append(set(pairs))
     return 0
 
 
@@ -66,6 +72,8 @@ def _no_nft(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(node, "list_table", lambda family, name, netns=None: "as applied")
     forgotten.clear()
     monkeypatch.setattr(node.flows, "forget", _forget)
+    forgotten_pairs.clear()
+    monkeypatch.setattr(node.flows, "forget_pairs", _forget_pairs)
     return applied
 
 
@@ -362,3 +370,54 @@ def test_an_address_given_to_another_workspace_loses_its_flows(
     assert forgotten[-1] == {"10.0.0.6"}
     node.BridgeNetworking(cfg).sync([c, d])  # ... and forgets nothing when nothing moved
     assert len(forgotten) == 2
+
+
+def test_a_peer_that_left_the_cluster_loses_its_flows_with_the_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLUSTER member accepts what conntrack calls established: the flows a member that
+    left (destroyed, its address soon another workspace's, maybe on another node) had
+    with it must not stay established for whoever holds that address next."""
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: None)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig()])
+    member = replace(
+        _order("w-m", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "wsbr0")),
+        connectivity=Connectivity.CLUSTER,
+        peers=("10.0.0.5", "10.0.9.7", "10.0.9.8"),
+    )
+    net = node.BridgeNetworking(cfg)
+    net.sync([member])  # the first pass: nothing to compare with
+    assert forgotten_pairs == []
+    net.sync([replace(member, peers=("10.0.0.5", "10.0.9.8"))])  # 10.0.9.7 left
+    assert forgotten_pairs == [{("10.0.0.5", "10.0.9.7")}]
+    net.sync([replace(member, peers=("10.0.0.5", "10.0.9.8"))])  # nothing changed
+    assert len(forgotten_pairs) == 1
+    # a member joining forgets nothing; a NIC that is no longer CLUSTER is not compared
+    net.sync([replace(member, peers=("10.0.0.5", "10.0.9.8", "10.0.9.9"))])
+    net.sync([replace(member, connectivity=Connectivity.OPEN)])
+    assert len(forgotten_pairs) == 1
+
+
+def test_flows_with_a_former_peer_are_forgotten_again_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node, "ensure_bridge", lambda b, cidr: None)
+    monkeypatch.setattr(node, "DhcpServer", FakeDhcp)
+    cfg = AgentConfig(node="n1", state_dir=str(tmp_path), networks=[NodeNetworkConfig()])
+    member = replace(
+        _order("w-m", _nic("default", "10.0.0.5", "52:54:00:00:00:05", "wsbr0")),
+        connectivity=Connectivity.CLUSTER,
+        peers=("10.0.9.7",),
+    )
+    net = node.BridgeNetworking(cfg)
+    net.sync([member])
+
+    def refused(pairs: Iterable[tuple[str, str]], netns: str | None = None) -> int:
+        raise OSError("conntrack refused")
+
+    monkeypatch.setattr(node.flows, "forget_pairs", refused)
+    net.sync([replace(member, peers=())])
+    monkeypatch.setattr(node.flows, "forget_pairs", _forget_pairs)
+    net.sync([replace(member, peers=())])  # tried again on the next pass
+    assert forgotten_pairs == [{("10.0.0.5", "10.0.9.7")}]
