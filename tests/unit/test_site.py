@@ -146,6 +146,43 @@ def test_a_refused_key_of_a_table_leaves_the_tables_other_keys_kept(tmp_path: Pa
     assert config.load(ServiceConfig, site.service_config).scheduler.policy == "spread"
 
 
+def test_keys_of_a_table_the_daemon_accepts_together_are_kept_together(tmp_path: Path) -> None:
+    """Two keys of a table bound by each other (limits.max_memory_mib is at least
+    min_memory_mib, exec_default_timeout_s at most max_exec_timeout_s): an admin's
+    max_exec_timeout_s = 30 with exec_default_timeout_s = 20, which the service loads,
+    was tried alone against the site's default of 60, refused, and written back to 3600
+    ("exec_default_timeout_s: 60 is not between 1 and ... (30)"). Both are kept."""
+    site = local.LocalSite(tmp_path, driver="fake", nodes=1)
+    specs = site.node_specs()
+    write_configs(site.dir, site.address, specs, "fake", "qemu", {})
+    site.service_config.write_text(
+        site.service_config.read_text()
+        .replace("max_memory_mib = 524288", "max_memory_mib = 12")
+        .replace("min_memory_mib = 16", "min_memory_mib = 8")
+        .replace("max_exec_timeout_s = 3600", "max_exec_timeout_s = 30")
+        .replace("exec_default_timeout_s = 60", "exec_default_timeout_s = 20")
+    )
+    admins = config.load(ServiceConfig, site.service_config).limits  # the daemon takes it
+    assert write_configs(site.dir, site.address, specs, "fake", "qemu", {}) == []
+    assert config.load(ServiceConfig, site.service_config).limits == admins
+    assert (admins.max_memory_mib, admins.max_exec_timeout_s) == (12, 30)
+    # With a key refused beside them (not together): still kept, one after the other.
+    site.service_config.write_text(
+        site.service_config.read_text()
+        .replace("max_memory_mib = 12", "max_memory_mib = 10")
+        .replace("min_memory_mib = 8", "min_memory_mib = 4")
+        .replace("max_exec_timeout_s = 30", "max_exec_timeout_s = 25")
+        .replace("max_cpus = 64", "max_cpus = -1")
+    )
+    not_kept = write_configs(site.dir, site.address, specs, "fake", "qemu", {})
+    assert [line.removeprefix(f"{site.service_config}: ") for line in not_kept] == [
+        "limits.max_cpus: must be 0 or more, got -1"
+    ]
+    limits = config.load(ServiceConfig, site.service_config).limits
+    assert (limits.max_cpus, limits.max_memory_mib, limits.min_memory_mib) == (64, 10, 4)
+    assert (limits.max_exec_timeout_s, limits.exec_default_timeout_s) == (25, 20)
+
+
 def test_a_config_that_is_not_toml_is_set_aside_not_overwritten_unseen(tmp_path: Path) -> None:
     """An admin's edit that breaks the TOML (a key twice, a missing quote) was written
     over without a word: every key they set lost. It is moved aside to NAME.bad (never

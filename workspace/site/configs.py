@@ -18,10 +18,11 @@ and checks the site's CRL; without them (only where tests ask for it) the config
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from workspace import config
 from workspace.config import (
@@ -190,51 +191,89 @@ def with_kept(cfg: C, path: Path, owned: frozenset[str]) -> tuple[C, list[str]]:
     ``owned`` ones whose value differs from what ``site up`` last wrote there (from
     ``cfg``'s, for a file written before that was kept), each kept only if the daemon
     accepts it; and why each key not kept was not ("KEY: why"), an owned one an admin
-    changed included. A table (``[scheduler]``, ``[limits]``, ``[labels]``, ...) is
-    kept key by key: one key the daemon refuses does not take the table's others with
-    it. A missing or unreadable file keeps nothing."""
+    changed included, in the file's order. A table (``[scheduler]``, ``[limits]``,
+    ``[labels]``, ...) is kept key by key: one key the daemon refuses does not take the
+    table's others with it. A missing or unreadable file keeps nothing."""
     data = _read_toml(path)
     if data is None:
         return cfg, []
     merged = config.to_dict(cfg, skip_defaults=False)
     last = _read_toml(written_copy(path))
     before = merged if last is None else last
-    refused: list[str] = []
+    said: list[tuple[int, str]] = []  # (place in the file, why)
+    changes: list[_Change] = []
+    places = itertools.count()
     for key, value in data.items():
         if key in owned:
             if last is not None and value not in (last.get(key), merged.get(key)):
                 # An admin's change of a key the site writes anew: said, not dropped unseen.
-                refused.append(f"{key}: the site sets it itself ({OWNED_WHY})")
+                said.append((next(places), f"{key}: the site sets it itself ({OWNED_WHY})"))
             continue
-        table = merged.get(key)
-        if isinstance(value, dict) and isinstance(table, dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
             was = before.get(key)
             was = was if isinstance(was, dict) else {}
             for sub, sub_value in value.items():
-                if sub in was and sub_value == was[sub]:
-                    continue
-                merged = _kept(cfg, merged, key, {**table, sub: sub_value}, f"{key}.{sub}", refused)
-                table = merged[key]
+                if not (sub in was and sub_value == was[sub]):
+                    changes.append(_Change(next(places), f"{key}.{sub}", key, sub, sub_value))
             continue
-        if value == before.get(key):
-            continue
-        merged = _kept(cfg, merged, key, value, key, refused)
-    return config.from_dict(type(cfg), merged), refused
+        if value != before.get(key):
+            changes.append(_Change(next(places), key, key, None, value))
+    merged, refused = _kept(type(cfg), merged, changes)
+    return config.from_dict(type(cfg), merged), [why for _, why in sorted(said + refused)]
+
+
+class _Change(NamedTuple):
+    """A key an admin set: ``key``'s value, or the value of ``sub`` in table ``key``."""
+
+    place: int
+    name: str
+    key: str
+    sub: str | None
+    value: Any
+
+    def on(self, merged: dict[str, Any]) -> dict[str, Any]:
+        value = self.value if self.sub is None else {**merged[self.key], self.sub: self.value}
+        return {**merged, self.key: value}
 
 
 def _kept(
-    cfg: C, merged: dict[str, Any], key: str, value: Any, name: str, refused: list[str]
-) -> dict[str, Any]:
-    """``merged`` with ``key`` set to ``value`` if the daemon accepts it; else
-    ``merged`` as it was, and why not appended to ``refused`` (naming ``name``)."""
-    trial = {**merged, key: value}
+    cls: type, merged: dict[str, Any], changes: Sequence[_Change]
+) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+    """``merged`` with the ``changes`` the daemon accepts, and why each other is
+    refused (by place). All at once if it takes them together; else one by one, and the
+    refused ones again while one more is kept: keys bound by each other (limits.
+    max_memory_mib at least min_memory_mib) are each refused beside the other's old
+    value, and kept in the order that passes."""
+    everything = merged
+    for change in changes:
+        everything = change.on(everything)
+    if not changes or not _refusal(cls, everything, {c.key for c in changes}, ""):
+        return everything, []
+    pending = list(changes)
+    while True:
+        left: list[_Change] = []
+        refused: list[tuple[int, str]] = []
+        for change in pending:
+            trial = change.on(merged)
+            if why := _refusal(cls, trial, {change.key}, change.name):
+                left.append(change)
+                refused.append((change.place, why))
+            else:
+                merged = trial
+        if len(left) in (0, len(pending)):
+            return merged, refused
+        pending = left
+
+
+def _refusal(cls: type, data: dict[str, Any], keys: set[str], name: str) -> str:
+    """Why the daemon refuses config ``data`` ("" if it takes it); a refusal that does
+    not name ``name`` (the key tried) begins with it."""
     try:
-        config.check_file_paths(type(cfg), {key: value})  # the daemon reads the file
-        config.from_dict(type(cfg), trial)
+        config.check_file_paths(cls, {k: data[k] for k in keys})  # the daemon reads the file
+        config.from_dict(cls, data)
     except ConfigError as exc:
-        refused.append(exc.message if name in exc.message else f"{name}: {exc.message}")
-        return merged
-    return trial
+        return exc.message if name in exc.message else f"{name}: {exc.message}"
+    return ""
 
 
 def write_kept(path: Path, site: C, owned: frozenset[str], head: str) -> list[str]:
