@@ -157,3 +157,33 @@ def test_check_finds_a_scontrol_slurmctlds_programs_would_not_find(
     run.config.write_text(run.config.read_text() + f'scontrol = "{opt}/scontrol"\n')
     assert run("check", "c1") == 0
     assert "on your PATH" not in capsys.readouterr().out
+
+
+def test_check_says_what_it_took_from_this_shell_that_slurmctld_does_not_pass(
+    run: Run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin with $WS_SERVICE and $WS_IDENTITY in root's profile and neither in the
+    config: check connected with them and found every image, exit 0; under slurmctld,
+    which passes no environment, resume had no service address (every node DOWN) or
+    called without a certificate."""
+    run.scontrol = FakeScontrol()
+    monkeypatch.setenv("WS_SERVICE", "ws.example.org:7070")
+    monkeypatch.setenv("WS_IDENTITY", "/root/.ws/admin")
+    assert run("check", "c1") == 1
+    out = capsys.readouterr().out
+    assert (
+        "service: the config names none; this check used $WS_SERVICE (ws.example.org:7070), "
+        'which slurmctld does not pass to ws-slurm: set service = "HOST:PORT"'
+    ) in out
+    assert (
+        "identity: the config names none; this check used $WS_IDENTITY (/root/.ws/admin), "
+        "which slurmctld does not pass to ws-slurm (it would call the service without a "
+        "certificate)"
+    ) in out
+    ident = run.tmp / "ident"
+    ident.mkdir()
+    run.config.write_text(
+        run.config.read_text() + f'service = "ws.example.org:7070"\nidentity = "{ident}"\n'
+    )
+    assert run("check", "c1") == 0
+    assert "slurmctld does not pass" not in capsys.readouterr().out

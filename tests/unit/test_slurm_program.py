@@ -217,6 +217,10 @@ class Run:
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # set: a reboot (resumefile.py)
         for name in JOB_ENV:  # set: a job's shell, never a reboot
             monkeypatch.delenv(name, raising=False)
+        # As under slurmctld, which passes no environment (check says what it took from one).
+        for name in ("WS_SERVICE", "WS_IDENTITY", "WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY",
+                     "WS_SITE_DIR"):  # fmt: skip
+            monkeypatch.delenv(name, raising=False)
 
     def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:
         if jobs is not None:

@@ -7,7 +7,9 @@ each image (``GetImage``): that it exists for ws-slurm's user and takes user-dat
 image whose ``context`` is ``none`` would boot without the user-data that starts slurmd).
 Nodes scontrol does not show (not in slurm.conf, or no ``PrivateData=cloud``), and
 scontrol that does not answer at all (not installed, slurmctld away), or that this
-shell's PATH finds but slurmctld's programs, which have no PATH, would not. And
+shell's PATH finds but slurmctld's programs, which have no PATH, would not; a
+``service`` or ``identity`` the config leaves to this shell's $WS_* variables, which
+slurmctld does not pass. And
 ``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
 ``show partition``): a wait that long would let Slurm give up on the node first.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
@@ -21,6 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from workspace import errors
+from workspace.client_address import IDENTITY_ENV, SERVICE_ENV, TLS_ENV
+from workspace.site.record import SITE_ENV
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
 from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, WORKSPACE_NAME_RE
@@ -41,10 +45,10 @@ def check(
     out: Callable[[str], None] = print,
 ) -> int:
     status = EXIT_OK
-    problem = scontrol_elsewhere(s.scontrol)
-    if problem:
-        out(problem)
-        status = EXIT_FAILED
+    for problem in (scontrol_elsewhere(s.scontrol), *from_this_shell(s)):
+        if problem:
+            out(problem)
+            status = EXIT_FAILED
     features = scontrol.features(nodes)
     images: dict[str, list[str]] = {}
     for n in nodes:
@@ -113,6 +117,31 @@ def check(
         out(f"images not checked: the workspace service refused ws-slurm: {exc.message}")
         return EXIT_FAILED
     return status
+
+
+def from_this_shell(s: Settings) -> list[str]:
+    """What this check takes from this shell's environment that ws-slurm under slurmctld,
+    which passes it none, would not have: a ``service`` or ``identity`` the config leaves
+    empty, filled here from $WS_SERVICE, $WS_IDENTITY, $WS_TLS_* or $WS_SITE_DIR. The
+    images were then checked at a service, or as a user, that resume would not call
+    (no address at all: DOWN ``ws: config: ...``; no identity: plaintext, refused)."""
+    found: list[str] = []
+    given = [v for v in (SERVICE_ENV, SITE_ENV) if os.environ.get(v, "").strip()]
+    if not s.service and given:
+        found.append(
+            f"service: the config names none; this check used ${given[0]} "
+            f"({os.environ[given[0]].strip()}), which slurmctld does not pass to ws-slurm: "
+            'set service = "HOST:PORT" in the ws-slurm config'
+        )
+    given = [v for v in (IDENTITY_ENV, *TLS_ENV, SITE_ENV) if os.environ.get(v, "").strip()]
+    if not s.identity and given:
+        found.append(
+            f"identity: the config names none; this check used ${given[0]} "
+            f"({os.environ[given[0]].strip()}), which slurmctld does not pass to ws-slurm "
+            "(it would call the service without a certificate): set identity = "
+            '"/etc/workspace/slurm-identity" (ws-admin pki issue user slurm --out DIR)'
+        )
+    return found
 
 
 def scontrol_elsewhere(command: str) -> str:
