@@ -122,7 +122,7 @@ def check(
 def from_this_shell(s: Settings) -> list[str]:
     """What this check takes from this shell's environment that ws-slurm under slurmctld,
     which passes it none, would not have: a ``service`` or ``identity`` the config leaves
-    empty, filled here from $WS_SERVICE, $WS_IDENTITY, $WS_TLS_* or $WS_SITE_DIR. The
+    empty, filled here from $WS_SERVICE or $WS_SITE_DIR, $WS_IDENTITY or $WS_TLS_*. The
     images were then checked at a service, or as a user, that resume would not call
     (no address at all: DOWN ``ws: config: ...``; no identity: plaintext, refused)."""
     found: list[str] = []
@@ -133,7 +133,8 @@ def from_this_shell(s: Settings) -> list[str]:
             f"({os.environ[given[0]].strip()}), which slurmctld does not pass to ws-slurm: "
             'set service = "HOST:PORT" in the ws-slurm config'
         )
-    given = [v for v in (IDENTITY_ENV, *TLS_ENV, SITE_ENV) if os.environ.get(v, "").strip()]
+    # (A local site's identity, found by its socket's directory, is found there too.)
+    given = [v for v in (IDENTITY_ENV, *TLS_ENV) if os.environ.get(v, "").strip()]
     if not s.identity and given:
         found.append(
             f"identity: the config names none; this check used ${given[0]} "
