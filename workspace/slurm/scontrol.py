@@ -183,6 +183,12 @@ class Scontrol:
             return None
         return {n: fields.get("State", "") for n, fields in shown.items()}
 
+    def not_cloud(self, nodes: Iterable[str]) -> dict[str, str]:
+        """Those of ``nodes`` that are no State=CLOUD nodes, with their ``State=`` (empty
+        when scontrol cannot tell): the site's own machines, not ws-slurm's to make."""
+        states = self.states(nodes) or {}
+        return {n: s for n, s in states.items() if "CLOUD" not in s.upper().split("+")}
+
     def powered_off(self, nodes: Iterable[str]) -> set[str] | None:
         """Those of ``nodes`` Slurm has powered down (``POWERED_DOWN``, not powering up
         again): None when scontrol cannot tell."""
