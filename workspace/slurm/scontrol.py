@@ -187,7 +187,7 @@ class Scontrol:
         """Those of ``nodes`` that are no State=CLOUD nodes, with their ``State=`` (empty
         when scontrol cannot tell): the site's own machines, not ws-slurm's to make."""
         states = self.states(nodes) or {}
-        return {n: s for n, s in states.items() if "CLOUD" not in s.upper().split("+")}
+        return {n: s for n, s in states.items() if s and "CLOUD" not in s.upper().split("+")}
 
     def powered_off(self, nodes: Iterable[str]) -> set[str] | None:
         """Those of ``nodes`` Slurm has powered down (``POWERED_DOWN``, not powering up
