@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_slurm_program import Run, run
+from tests.unit.test_slurm_program import FakeScontrol, Run, run
+from workspace.slurm import check, scontrol
 from workspace.slurm.scontrol import Scontrol
 
 __all__ = ["run"]  # the fixture, used here
@@ -125,3 +126,64 @@ def test_check_says_when_scontrol_cannot_be_asked(
         "(rules by feature), whether slurmctld shows them and their ResumeTimeout are not "
         "checked"
     ) in capsys.readouterr().out
+
+
+def test_check_finds_a_scontrol_slurmctlds_programs_would_not_find(
+    run: Run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm under /opt/slurm: the admin's PATH has it, and check said all was well, but
+    slurmctld runs ws-slurm without PATH, where a bare ``scontrol`` is looked for in the
+    default directories only: resume could then tell Slurm nothing (no address, no DOWN
+    reason, no features)."""
+    opt, std = run.tmp / "opt", run.tmp / "std"
+    opt.mkdir()
+    std.mkdir()
+    (opt / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (opt / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{opt}:/usr/bin:/bin")
+    monkeypatch.setattr(scontrol, "NO_PATH_SEARCH", str(std))
+    monkeypatch.setattr(check, "NO_PATH_SEARCH", str(std))
+    run.scontrol = FakeScontrol()
+    assert run("check", "c1") == 1
+    assert (
+        f"scontrol: 'scontrol' is {opt}/scontrol on your PATH, but slurmctld runs ws-slurm "
+        f"without PATH, and in {std} it is not found: set "
+        f'scontrol = "{opt}/scontrol" in the ws-slurm config'
+    ) in capsys.readouterr().out
+    # Found in the default directories too, or named by its path: nothing to say.
+    (std / "scontrol").symlink_to(opt / "scontrol")
+    assert run("check", "c1") == 0
+    (std / "scontrol").unlink()
+    run.config.write_text(run.config.read_text() + f'scontrol = "{opt}/scontrol"\n')
+    assert run("check", "c1") == 0
+    assert "on your PATH" not in capsys.readouterr().out
+
+
+def test_check_says_what_it_took_from_this_shell_that_slurmctld_does_not_pass(
+    run: Run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin with $WS_SERVICE and $WS_IDENTITY in root's profile and neither in the
+    config: check connected with them and found every image, exit 0; under slurmctld,
+    which passes no environment, resume had no service address (every node DOWN) or
+    called without a certificate."""
+    run.scontrol = FakeScontrol()
+    monkeypatch.setenv("WS_SERVICE", "ws.example.org:7070")
+    monkeypatch.setenv("WS_IDENTITY", "/root/.ws/admin")
+    assert run("check", "c1") == 1
+    out = capsys.readouterr().out
+    assert (
+        "service: the config names none; this check used $WS_SERVICE (ws.example.org:7070), "
+        'which slurmctld does not pass to ws-slurm: set service = "HOST:PORT"'
+    ) in out
+    assert (
+        "identity: the config names none; this check used $WS_IDENTITY (/root/.ws/admin), "
+        "which slurmctld does not pass to ws-slurm (it would call the service without a "
+        "certificate)"
+    ) in out
+    ident = run.tmp / "ident"
+    ident.mkdir()
+    run.config.write_text(
+        run.config.read_text() + f'service = "ws.example.org:7070"\nidentity = "{ident}"\n'
+    )
+    assert run("check", "c1") == 0
+    assert "slurmctld does not pass" not in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.test_slurm_program import FakeScontrol, Run, run
 from workspace import errors, rpc_status
-from workspace.slurm import cli
+from workspace.slurm import cli, scontrol
 from workspace.slurm.hostlist import brief
 from workspace.slurm.scontrol import Scontrol, is_powered_down
 
@@ -401,3 +401,33 @@ def test_an_unforeseen_failure_is_logged_with_its_cause(
         "ws-slurm failed unexpectedly: OSError: [Errno 28] No space left on device" in line
         for line in lines
     ), lines
+
+
+def test_scontrol_is_found_without_path_as_slurmctld_runs_ws_slurm(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slurmctld gives its programs SLURM_CONF and no PATH: Python then looks for a bare
+    ``scontrol`` in /bin:/usr/bin only, so with Slurm under /usr/local (its default
+    prefix) a refused resume could not mark its nodes DOWN nor set an address, and the
+    job waited ResumeTimeout. The default directories are searched now, and a scontrol
+    that is not there is said once, with the key that fixes it."""
+    bin_dir = run.tmp / "local-bin"
+    bin_dir.mkdir()
+    record = run.tmp / "argv"
+    fake = bin_dir / "scontrol"
+    fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {record}\necho >> {record}\n')
+    fake.chmod(0o755)
+    monkeypatch.delenv("PATH")
+    monkeypatch.setattr(scontrol, "NO_PATH_SEARCH", f"/nonexistent:{bin_dir}")
+    run.scontrol = None  # type: ignore[assignment]  # as under slurmctld: from the config
+    run.service.capacity_mib = 100
+    assert run("resume", "c1") == 1
+    lines = record.read_text().splitlines()
+    assert lines[0] == "show|hostnames|c1|"
+    assert lines[-2].startswith("update|NodeName=c1|State=DOWN|Reason=ws: node c1: the service")
+    assert lines[-1] == "update|NodeName=c1|State=POWER_DOWN|"
+    monkeypatch.setattr(scontrol, "NO_PATH_SEARCH", "/nonexistent")
+    assert run("resume", "c2") == 1
+    text = run.text()
+    assert text.count("scontrol is not in /nonexistent (no PATH: as slurmctld runs") == 3
+    assert 'set scontrol = "/full/path/scontrol" in the ws-slurm config' in text

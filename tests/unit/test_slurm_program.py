@@ -4,13 +4,14 @@ mapping, idempotency (Slurm retries) and the error paths, through ``cli.main``."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from workspace import errors
-from workspace.slurm import cli
+from workspace.slurm import check, cli
 from workspace.slurm.hostlist import expand_all
 from workspace.slurm.program import REQUEST_PREFIX, node_of, plan_groups
 from workspace.slurm.resumefile import JOB_ENV, Job, ResumeFile
@@ -216,6 +217,12 @@ class Run:
         monkeypatch.delenv("SLURM_RESUME_FILE", raising=False)
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # set: a reboot (resumefile.py)
         for name in JOB_ENV:  # set: a job's shell, never a reboot
+            monkeypatch.delenv(name, raising=False)
+        # check's own findings about this machine's scontrol: none (tested apart).
+        monkeypatch.setattr(check, "NO_PATH_SEARCH", os.environ.get("PATH", ""))
+        # As under slurmctld, which passes no environment (check says what it took from one).
+        for name in ("WS_SERVICE", "WS_IDENTITY", "WS_TLS_CA", "WS_TLS_CERT", "WS_TLS_KEY",
+                     "WS_SITE_DIR"):  # fmt: skip
             monkeypatch.delenv(name, raising=False)
 
     def __call__(self, *argv: str, jobs: list[dict[str, Any]] | None = None) -> int:

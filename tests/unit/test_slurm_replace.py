@@ -224,3 +224,34 @@ def test_a_resume_by_hand_in_a_slurm_job_is_no_reboot(run: Run) -> None:
     )
     assert "node c2 already has workspace c2" in text
     assert "destroying" not in text
+
+
+def test_a_reboot_of_the_sites_own_nodes_is_not_made_into_workspaces(run: Run) -> None:
+    """With power saving on, slurmctld (22.05, job_scheduler.c reboot_job_nodes) reboots
+    every node through ResumeProgram, the site's own machines too: an admin's
+    `sbatch --reboot -w tux1` ran ws-slurm resume tux1 with SLURM_JOB_ID, and ws-slurm
+    marked tux1 DOWN with "maps to no image" and powered it down in Slurm (a catch-all
+    rule would have made it a workspace and pointed its NodeAddr at the VM). A node that
+    is no State=CLOUD node is now only marked DOWN, saying why; the cloud ones of the
+    job are made anew as before."""
+    run.config.write_text(run.config.read_text().replace("nodes.toml", "all.toml"))
+    (run.tmp / "all.toml").write_text('[[node]]\nimage = "slurm"\nmemory_mib = 512\n')
+    assert run("resume", "c1") == 0
+    ws_of(run, "c1").state = WS.WORKSPACE_STATE_RUNNING
+    run.scontrol.node_states = {"tux1": "MIXED+REBOOT_REQUESTED"}  # no CLOUD flag
+    run.monkeypatch.setenv("SLURM_JOB_ID", "12")
+    assert run("resume", "c1,tux1") == 1
+    assert run.names() == ["c1"]  # the cloud node made anew (it alone: a lone workspace)
+    assert run.scontrol.down == {
+        "tux1": "ws: not rebooted: with power saving on, slurmctld reboots nodes through "
+        "ResumeProgram (ws-slurm), which makes only State=CLOUD nodes anew; reboot it yourself"
+    }
+    assert run.scontrol.powered_down == [] and run.scontrol.forced == []
+    assert run.scontrol.addresses.keys() == {"c1"}
+    assert (
+        "node tux1: Slurm reboots it for job 12, but it is no cloud node "
+        "(State=MIXED+REBOOT_REQUESTED): not rebooted" in run.text()
+    )
+    run.scontrol.node_states = {"tux1": "MIXED+REBOOT_REQUESTED"}  # (the fake set DOWN+CLOUD)
+    assert run("resume", "tux1") == 1  # alone: nothing else is done
+    assert run.names() == ["c1"]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from workspace.slurm import context
+from workspace.slurm.hostlist import expand
 from workspace.slurm.resumefile import ResumeFileError, feature_names, parse
 from workspace.slurm.settings import (
     ConfigError,
@@ -326,6 +327,27 @@ def test_the_shipped_examples_parse() -> None:
     assert data == context.user_data(s.resolve("cloud3"), s)  # stable bytes
     parts = [p.get_payload(decode=True) for p in email.message_from_bytes(data).walk()]
     assert any(b"/etc/motd" in p for p in parts if isinstance(p, bytes))
+
+
+def test_the_shipped_fragment_powers_down_cloud_nodes_only() -> None:
+    """slurm.conf(5): a global SuspendTime makes every idle node of the cluster one to
+    power down, the site's own too (slurmctld ran ws-slurm suspend for them, counted
+    them powered down, and ws-slurm resume later marked them DOWN: no rule maps them).
+    The fragment sets SuspendTime on partitions whose nodes are all State=CLOUD."""
+    conf = Path(__file__).resolve().parents[2] / "conf" / "slurm" / "slurm.conf.fragment"
+    lines = [ln.split("#", 1)[0].split() for ln in conf.read_text().splitlines()]
+    lines = [words for words in lines if words]
+    fields = [dict(w.split("=", 1) for w in words if "=" in w) for words in lines]
+    globals_ = [f for f in fields if not {"NodeName", "PartitionName"} & set(f)]
+    assert not [f for f in globals_ if "SuspendTime" in f], "SuspendTime set cluster-wide"
+    cloud = {
+        n for f in fields if f.get("State") == "CLOUD" and "NodeName" in f
+        for n in expand(f["NodeName"])
+    }  # fmt: skip
+    suspending = [f for f in fields if "PartitionName" in f and "SuspendTime" in f]
+    assert suspending, "no partition sets SuspendTime: power saving would be off"
+    for f in suspending:
+        assert set(expand(f["Nodes"])) <= cloud, f
 
 
 def _env_file_value(line: str) -> str:

@@ -6,7 +6,10 @@ name. Then ws-slurm's own ground: the identity directory, and, when the service 
 each image (``GetImage``): that it exists for ws-slurm's user and takes user-data (an
 image whose ``context`` is ``none`` would boot without the user-data that starts slurmd).
 Nodes scontrol does not show (not in slurm.conf, or no ``PrivateData=cloud``), and
-scontrol that does not answer at all (not installed, slurmctld away). And
+scontrol that does not answer at all (not installed, slurmctld away), or that this
+shell's PATH finds but slurmctld's programs, which have no PATH, would not; a
+``service`` or ``identity`` the config leaves to this shell's $WS_* variables, which
+slurmctld does not pass. And
 ``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
 ``show partition``): a wait that long would let Slurm give up on the node first.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
@@ -20,10 +23,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from workspace import errors
+from workspace.client_address import IDENTITY_ENV, SERVICE_ENV, TLS_ENV
+from workspace.site.record import SITE_ENV
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
 from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, WORKSPACE_NAME_RE
-from workspace.slurm.scontrol import Scontrol
+from workspace.slurm.scontrol import NO_PATH_SEARCH, Scontrol, find
 from workspace.slurm.settings import Settings, Unmapped
 from workspace.v1 import images_pb2
 
@@ -39,8 +44,12 @@ def check(
     connect: Callable[[], Images],
     out: Callable[[str], None] = print,
 ) -> int:
-    features = scontrol.features(nodes)
     status = EXIT_OK
+    for problem in (scontrol_elsewhere(s.scontrol), *from_this_shell(s)):
+        if problem:
+            out(problem)
+            status = EXIT_FAILED
+    features = scontrol.features(nodes)
     images: dict[str, list[str]] = {}
     for n in nodes:
         try:
@@ -108,6 +117,51 @@ def check(
         out(f"images not checked: the workspace service refused ws-slurm: {exc.message}")
         return EXIT_FAILED
     return status
+
+
+def from_this_shell(s: Settings) -> list[str]:
+    """What this check takes from this shell's environment that ws-slurm under slurmctld,
+    which passes it none, would not have: a ``service`` or ``identity`` the config leaves
+    empty, filled here from $WS_SERVICE or $WS_SITE_DIR, $WS_IDENTITY or $WS_TLS_*. The
+    images were then checked at a service, or as a user, that resume would not call
+    (no address at all: DOWN ``ws: config: ...``; no identity: plaintext, refused)."""
+    found: list[str] = []
+    given = [v for v in (SERVICE_ENV, SITE_ENV) if os.environ.get(v, "").strip()]
+    if not s.service and given:
+        found.append(
+            f"service: the config names none; this check used ${given[0]} "
+            f"({os.environ[given[0]].strip()}), which slurmctld does not pass to ws-slurm: "
+            'set service = "HOST:PORT" in the ws-slurm config'
+        )
+    # (A local site's identity, found by its socket's directory, is found there too.)
+    given = [v for v in (IDENTITY_ENV, *TLS_ENV) if os.environ.get(v, "").strip()]
+    if not s.identity and given:
+        found.append(
+            f"identity: the config names none; this check used ${given[0]} "
+            f"({os.environ[given[0]].strip()}), which slurmctld does not pass to ws-slurm "
+            "(it would call the service without a certificate): set identity = "
+            '"/etc/workspace/slurm-identity" (ws-admin pki issue user slurm --out DIR)'
+        )
+    return found
+
+
+def scontrol_elsewhere(command: str) -> str:
+    """What is wrong when the ``scontrol`` this shell's PATH finds is not the one ws-slurm
+    finds under slurmctld, which runs it without PATH (bare names are then looked for in
+    ``NO_PATH_SEARCH``): ``/opt/slurm/bin/scontrol`` is found here, nothing there, and
+    resume could tell Slurm nothing (no NodeAddr, no DOWN reason, no features)."""
+    path = os.environ.get("PATH")
+    if "/" in command or path is None:
+        return ""
+    here = find(command, path)
+    there = find(command, NO_PATH_SEARCH)
+    if here is None or (there is not None and os.path.realpath(there) == os.path.realpath(here)):
+        return ""
+    return (
+        f"scontrol: {command!r} is {here} on your PATH, but slurmctld runs ws-slurm without "
+        f"PATH, and in {NO_PATH_SEARCH} it is {there or 'not found'}: set "
+        f'scontrol = "{here}" in the ws-slurm config'
+    )
 
 
 def _waits_within_resume_timeout(

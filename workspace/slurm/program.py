@@ -73,6 +73,11 @@ DEAD_STATES = frozenset(
 )
 DEAD_DESIRED = frozenset({DS.DESIRED_STATE_STOPPED, DS.DESIRED_STATE_PAUSED})
 POLL_S = 0.5  # how often resume looks whether old workspaces have ended
+# A node slurmctld asks ResumeProgram to reboot that is no State=CLOUD node.
+NOT_REBOOTED = (
+    "not rebooted: with power saving on, slurmctld reboots nodes through ResumeProgram "
+    "(ws-slurm), which makes only State=CLOUD nodes anew; reboot it yourself"
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -273,6 +278,18 @@ class Program:
     ) -> int:
         """``reboot``: Slurm reboots these nodes for a job (they are up): every workspace
         of theirs is replaced, the nodes made together as the job's."""
+        foreign: dict[str, str] = {}
+        if reboot is not None:
+            # With power saving on, slurmctld reboots every node through ResumeProgram,
+            # the site's own too: not ws-slurm's to make anew (nor to mark powered down).
+            foreign = self.scontrol.not_cloud(nodes)
+            nodes = [n for n in nodes if n not in foreign]
+            for n, state in foreign.items():
+                log.error("node %s: Slurm reboots it for job %d, but it is no cloud node "
+                          "(State=%s): not rebooted", n, reboot.job_id, state)  # fmt: skip
+            mark_down(self.scontrol, "resume", {n: NOT_REBOOTED for n in foreign})
+            if not nodes:
+                return EXIT_FAILED
         groups = plan_groups(nodes, resume)
         renew = ""
         if reboot is not None:
@@ -336,7 +353,7 @@ class Program:
                 raise
             if not ok:
                 failed += 1
-        return EXIT_FAILED if failed else EXIT_OK
+        return EXIT_FAILED if failed or foreign else EXIT_OK
 
     def _clear(
         self,

@@ -24,6 +24,7 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +38,23 @@ TIMEOUT_S = 20.0
 REASON_PREFIX = "ws: "
 MAX_REASON = 200
 MAX_LOGGED_ARG = 120
+# Where a bare ``scontrol`` is looked for when the environment has no PATH: slurmctld runs
+# its programs with SLURM_CONF (and SLURM_JOB_ID, SLURM_RESUME_FILE) alone, and Python
+# would then look in /bin:/usr/bin only, missing a Slurm installed under /usr/local (its
+# own default prefix). The default PATH of Debian's login shells.
+NO_PATH_SEARCH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def search_path() -> str:
+    """The directories a bare command is looked up in: $PATH, or ``NO_PATH_SEARCH``
+    when there is none (under slurmctld)."""
+    path = os.environ.get("PATH")
+    return NO_PATH_SEARCH if path is None else path
+
+
+def find(command: str, path: str | None = None) -> str | None:
+    """The file ``command`` runs (a name with a ``/`` as it is), or None."""
+    return shutil.which(command, path=search_path() if path is None else path)
 
 
 def reason_text(text: str) -> str:
@@ -51,20 +69,37 @@ def reason_text(text: str) -> str:
 class Scontrol:
     def __init__(self, command: str = "scontrol") -> None:
         self.command = command
+        self._said_missing = False
 
     @property
     def available(self) -> bool:
-        return shutil.which(self.command) is not None
+        return find(self.command) is not None
+
+    def missing(self) -> str:
+        """Why scontrol cannot be run (for the log): where it was looked for."""
+        if "/" in self.command:
+            return f"{self.command} is not an executable file"
+        where = os.environ.get("PATH")
+        return (
+            f"{self.command} is not on PATH ({where})"
+            if where is not None
+            else f"{self.command} is not in {NO_PATH_SEARCH} (no PATH: as slurmctld runs "
+            'ws-slurm); set scontrol = "/full/path/scontrol" in the ws-slurm config'
+        )
 
     def _run(self, *args: str, partial: str = "") -> str | None:
         """scontrol's stdout, or None when it failed. ``partial``: a failed run whose
         stdout still has lines starting so is an answer for those (``show node`` of a
         list with a node slurmctld does not know prints the others, then exits 1)."""
-        if not self.available:
+        command = find(self.command)
+        if command is None:
+            if not self._said_missing:  # once a run: its hostnames, features, updates
+                log.warning("scontrol %s: %s", _shown(args), self.missing())
+                self._said_missing = True
             return None
         try:
             proc = subprocess.run(
-                [self.command, *args],
+                [command, *args],
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT_S,
@@ -148,6 +183,12 @@ class Scontrol:
             return None
         return {n: fields.get("State", "") for n, fields in shown.items()}
 
+    def not_cloud(self, nodes: Iterable[str]) -> dict[str, str]:
+        """Those of ``nodes`` that are no State=CLOUD nodes, with their ``State=`` (empty
+        when scontrol cannot tell): the site's own machines, not ws-slurm's to make."""
+        states = self.states(nodes) or {}
+        return {n: s for n, s in states.items() if s and "CLOUD" not in s.upper().split("+")}
+
     def powered_off(self, nodes: Iterable[str]) -> set[str] | None:
         """Those of ``nodes`` Slurm has powered down (``POWERED_DOWN``, not powering up
         again): None when scontrol cannot tell."""
@@ -218,7 +259,7 @@ class Scontrol:
         an update out (seen while it was trying to resolve the names of other
         powered-down nodes). Without scontrol at all: False at once, no retries."""
         if not self.available:
-            log.warning("scontrol %s: %s is not on PATH", _shown(args), self.command)
+            log.warning("scontrol %s: %s", _shown(args), self.missing())
             return False
         for attempt in range(tries):
             if self._run(*args) is not None:
