@@ -163,7 +163,7 @@ class Client(
         *,
         identity_hint: str = "",
     ) -> None:
-        """``timeout_s``: each call's deadline (above 0; BadArgument else).
+        """``timeout_s``: each call's deadline (above 0, at most 2**31 - 1 s; BadArgument else).
         ``identity``: an identity directory to call as (instead of ``tls``).
         ``identity_hint``: what a caller refused for want of a certificate is told to
         give (``from_env`` reads $WS_IDENTITY; this constructor does not)."""

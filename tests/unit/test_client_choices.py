@@ -128,3 +128,24 @@ def test_a_client_deadline_that_is_no_time_is_a_wrong_argument(
         Client(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
     with pytest.raises(errors.BadArgument, match="above 0"):
         Client.from_env(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("timeout_s", [float("inf"), 1e12, 2**31])
+def test_a_client_deadline_past_grpcs_clock_is_a_wrong_argument(
+    tmp_path: Path, timeout_s: float
+) -> None:
+    """``Client(address, timeout_s=float("inf"))``, what a program tries for "no
+    deadline" once 0 is refused, passed the check, and so did 1e12: a deadline past the
+    end of gRPC's clock (the year 2262) is one already passed, so every call gave up at
+    once, ``Unavailable`` "did not answer in time" without having waited at all (a
+    program retrying outages retried for minutes). It is refused as the CLIs refuse a
+    time over 2**31 - 1 s (68 years); that much is still taken, and waits."""
+    address = f"unix:{tmp_path}/none.sock"
+    with pytest.raises(errors.BadArgument, match=r"^Client: timeout_s must be a number of sec"):
+        Client(address, timeout_s=timeout_s)
+    with pytest.raises(errors.BadArgument, match=r"at most 2147483647 \(68 years\)"):
+        Client.from_env(address, timeout_s=timeout_s)
+    with Client(address, timeout_s=2**31 - 1) as client, pytest.raises(errors.Unavailable) as info:
+        client.health()
+    assert info.value.code == "UNAVAILABLE", info.value  # nothing there: not a deadline
+    assert "cannot reach the workspace service" in info.value.message
