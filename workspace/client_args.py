@@ -112,6 +112,15 @@ def seconds(value: object, what: str) -> float:
     return float(value)
 
 
+def grpc_timeout(timeout_s: float | None) -> float | None:
+    """``timeout_s`` as gRPC's ``timeout``: None (no deadline) for one past MAX_SECONDS,
+    ``float("inf")`` too, which gRPC took for a deadline already passed (a call gave up
+    at once, a watch ended before its first event)."""
+    if timeout_s is not None and timeout_s > MAX_SECONDS:
+        return None
+    return timeout_s
+
+
 def _bad(method: str, exc: ValueError | TypeError) -> BadArgument:
     return BadArgument(f"{method}: invalid argument: {exc}")
 
