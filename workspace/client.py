@@ -40,7 +40,7 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_args import BadArgument as BadArgument  # re-exported
-from workspace.client_args import checked_arguments, seconds, strings
+from workspace.client_args import checked_arguments, grpc_timeout, seconds, strings
 from workspace.client_backfill import BackfillClientMixin
 from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
@@ -163,7 +163,7 @@ class Client(
         *,
         identity_hint: str = "",
     ) -> None:
-        """``timeout_s``: each call's deadline (above 0; BadArgument else).
+        """``timeout_s``: each call's deadline (above 0, at most 2**31 - 1 s; BadArgument else).
         ``identity``: an identity directory to call as (instead of ``tls``).
         ``identity_hint``: what a caller refused for want of a certificate is told to
         give (``from_env`` reads $WS_IDENTITY; this constructor does not)."""
@@ -336,7 +336,8 @@ class Client(
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         try:
-            found = method(request, timeout=self.timeout_s if timeout_s is None else timeout_s)
+            given = self.timeout_s if timeout_s is None else timeout_s
+            found = method(request, timeout=grpc_timeout(given))
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         self._answered = True
@@ -553,7 +554,8 @@ class Client(
         snapshot (a revoked certificate still raises); otherwise the error that ended the
         stream is raised (``Unavailable`` for an outage). ``on_outage`` is told once when
         the stream is lost (the reason) and once when events flow again (""). ``timeout_s``
-        bounds the whole watch (then it just ends). Closing the iterator cancels the stream.
+        bounds the whole watch (then it just ends; ``float("inf")``: nothing). Closing the
+        iterator cancels the stream.
         """
         req = workspaces_pb2.WatchWorkspacesRequest(
             id=id, include_terminated=include_terminated, mine=mine

@@ -90,13 +90,35 @@ def strings(value: Iterable[str], what: str) -> list[str]:
     return list(value)
 
 
+# The longest time ``seconds`` takes, as the CLIs' (68 years): a deadline past the end of
+# gRPC's clock (2262; ``float("inf")`` too) is one already passed, not none.
+MAX_SECONDS = 2**31 - 1
+
+
 def seconds(value: object, what: str) -> float:
-    """``value``, a time in seconds above 0; else BadArgument: a Client whose
-    ``timeout_s`` was 0 (meant as "none") gave every call up at once, a retryable
-    Unavailable "did not answer in time" a program retried for minutes."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise BadArgument(f"{what} must be a number of seconds above 0, not {value!r}")
+    """``value``, a time in seconds above 0 and at most MAX_SECONDS; else BadArgument: a
+    Client whose ``timeout_s`` was 0 (meant as "none"), or ``float("inf")`` or 1e12,
+    gave every call up at once, a retryable Unavailable "did not answer in time" a
+    program retried for minutes."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_SECONDS
+    ):
+        raise BadArgument(
+            f"{what} must be a number of seconds above 0 and at most {MAX_SECONDS} "
+            f"(68 years), not {value!r}"
+        )
     return float(value)
+
+
+def grpc_timeout(timeout_s: float | None) -> float | None:
+    """``timeout_s`` as gRPC's ``timeout``: None (no deadline) for one past MAX_SECONDS,
+    ``float("inf")`` too, which gRPC took for a deadline already passed (a call gave up
+    at once, a watch ended before its first event)."""
+    if timeout_s is not None and timeout_s > MAX_SECONDS:
+        return None
+    return timeout_s
 
 
 def _bad(method: str, exc: ValueError | TypeError) -> BadArgument:

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from workspace import errors, rpc_status
+from workspace.client_args import grpc_timeout
 
 # Back-off between attempts to open a lost stream again (seconds): first, and at most.
 FIRST_BACKOFF_S = 0.5
@@ -38,8 +39,10 @@ def reopening(
     or refused identity (UNAUTHENTICATED, PERMISSION_DENIED) is never retried.
     ``open_call`` is called anew each time (it may start where the last stream
     stopped). ``on_outage`` is told once when the stream is lost (why) and once when
-    messages flow again (""). ``timeout_s`` bounds the whole; reaching it just ends.
-    Another error is raised as ``error`` makes it."""
+    messages flow again (""). ``timeout_s`` bounds the whole; reaching it just ends (one
+    past MAX_SECONDS, ``float("inf")`` too, bounds nothing). Another error is raised as
+    ``error`` makes it."""
+    timeout_s = grpc_timeout(timeout_s)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     backoff, away = FIRST_BACKOFF_S, False
     while True:

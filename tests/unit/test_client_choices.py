@@ -4,15 +4,23 @@ are, a ``WorkspaceError``, and nothing is sent."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from workspace import errors, rpc
 from workspace.client import Client
-from workspace.v1 import projects_pb2, projects_pb2_grpc
+from workspace.v1 import (
+    common_pb2,
+    projects_pb2,
+    projects_pb2_grpc,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
 
 
 class Projects(projects_pb2_grpc.ProjectsServicer):
@@ -128,3 +136,64 @@ def test_a_client_deadline_that_is_no_time_is_a_wrong_argument(
         Client(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
     with pytest.raises(errors.BadArgument, match="above 0"):
         Client.from_env(f"unix:{tmp_path}/none.sock", timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("timeout_s", [float("inf"), 1e12, 2**31])
+def test_a_client_deadline_past_grpcs_clock_is_a_wrong_argument(
+    tmp_path: Path, timeout_s: float
+) -> None:
+    """``Client(address, timeout_s=float("inf"))``, what a program tries for "no
+    deadline" once 0 is refused, passed the check, and so did 1e12: a deadline past the
+    end of gRPC's clock (the year 2262) is one already passed, so every call gave up at
+    once, ``Unavailable`` "did not answer in time" without having waited at all (a
+    program retrying outages retried for minutes). It is refused as the CLIs refuse a
+    time over 2**31 - 1 s (68 years); that much is still taken, and waits."""
+    address = f"unix:{tmp_path}/none.sock"
+    with pytest.raises(errors.BadArgument, match=r"^Client: timeout_s must be a number of sec"):
+        Client(address, timeout_s=timeout_s)
+    with pytest.raises(errors.BadArgument, match=r"at most 2147483647 \(68 years\)"):
+        Client.from_env(address, timeout_s=timeout_s)
+    with Client(address, timeout_s=2**31 - 1) as client, pytest.raises(errors.Unavailable) as info:
+        client.health()
+    assert info.value.code == "UNAVAILABLE", info.value  # nothing there: not a deadline
+    assert "cannot reach the workspace service" in info.value.message
+
+
+class Watched(workspaces_pb2_grpc.WorkspacesServicer):
+    """A watch that gives one workspace and then stays open."""
+
+    def WatchWorkspaces(self, request: Any, context: Any) -> Iterator[Any]:
+        yield workspaces_pb2.WorkspaceEvent(
+            workspace=common_pb2.Workspace(id="w1", name="alpha"), initial=True
+        )
+        while context.is_active():
+            time.sleep(0.01)
+
+
+def test_a_calls_timeout_past_grpcs_clock_is_no_bound_not_one_already_passed(
+    tmp_path: Path,
+) -> None:
+    """``watch(timeout_s=float("inf"))`` (the events of a workspace for as long as it
+    takes) gave no event at all and ended as a watch whose time is up, without a word:
+    a deadline past gRPC's clock is one already passed. ``health(timeout_s=inf)`` said
+    "did not answer in time" at once. A timeout of a call or a stream past it is none."""
+    server = rpc.server(2)
+    workspaces_pb2_grpc.add_WorkspacesServicer_to_server(Watched(), server)
+    checks = health.HealthServicer()
+    checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    address = f"unix:{tmp_path}/w.sock"
+    rpc.bind(server, address)
+    server.start()
+    try:
+        with Client(address, timeout_s=5) as client:
+            for forever in (float("inf"), 1e12):
+                assert client.health(timeout_s=forever) == "SERVING"
+                events = client.watch(timeout_s=forever)
+                try:
+                    assert next(events).workspace.name == "alpha"
+                finally:
+                    events.close()
+            assert list(client.watch(timeout_s=0)) == []  # a bound still bounds it
+    finally:
+        server.stop(0).wait()
