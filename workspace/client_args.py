@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import os
 import sysconfig
 from collections.abc import Callable, Generator, Iterable
@@ -100,16 +101,14 @@ def seconds(value: object, what: str) -> float:
     Client whose ``timeout_s`` was 0 (meant as "none"), or ``float("inf")`` or 1e12,
     gave every call up at once, a retryable Unavailable "did not answer in time" a
     program retried for minutes."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 < value <= MAX_SECONDS
-    ):
+    # numpy's numbers too (numbers.Real), not a bool
+    number = float(value) if isinstance(value, numbers.Real) else None
+    if isinstance(value, bool) or number is None or not 0 < number <= MAX_SECONDS:
         raise BadArgument(
             f"{what} must be a number of seconds above 0 and at most {MAX_SECONDS} "
             f"(68 years), not {value!r}"
         )
-    return float(value)
+    return number
 
 
 def grpc_timeout(timeout_s: float | None) -> float | None:

@@ -9,6 +9,7 @@ states) and ``wait_for_reboot`` (the node carried a reboot out) are conditions f
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -531,14 +532,18 @@ def _wanted(states: Iterable[int], enum: Any, example: str) -> frozenset[int]:
     """The states a wait is given, checked before it begins: none (it could only time
     out) or one that is not a number of ``enum`` (a name, "RUNNING": never equal to a
     state; a cluster wait found it only at its timeout) is a ValueError."""
-    wanted = frozenset(states)
-    bad = [s for s in wanted if not isinstance(s, int) or s not in enum.values()]
+    given = frozenset(states)
+    # numpy's integers too (numbers.Integral), as the plain ints they stand for
+    wanted = frozenset(int(s) for s in given if _integral(s))
+    bad = [s for s in given if not _integral(s) or int(s) not in enum.values()]
     if bad or not wanted:
-        given = f"not {', '.join(sorted(repr(s) for s in bad))}" if bad else "none was given"
-        raise ValueError(
-            f"states must be {enum.DESCRIPTOR.name} numbers such as {example}; {given}"
-        )
+        said = f"not {', '.join(sorted(repr(s) for s in bad))}" if bad else "none was given"
+        raise ValueError(f"states must be {enum.DESCRIPTOR.name} numbers such as {example}; {said}")
     return wanted
+
+
+def _integral(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _read_timeout(timeout_s: float, deadline: float) -> float:

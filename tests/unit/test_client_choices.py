@@ -4,8 +4,10 @@ are, a ``WorkspaceError``, and nothing is sent."""
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,43 @@ def test_a_wait_for_states_it_cannot_meet_is_refused_before_it_begins(
         client.wait_for_state("w", [], 600)
     with pytest.raises(errors.BadArgument, match=r"not 'RUNNING'"):
         client.wait_for_state("w", ["RUNNING"], 600)  # type: ignore[list-item]
+
+
+class _NumpyLikeInt:
+    """An integer of another library (numpy's int64, say): a numbers.Integral, not an int."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+    __int__ = __index__
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return int(self) == other
+
+
+numbers.Integral.register(_NumpyLikeInt)
+
+
+def test_numbers_of_other_libraries_are_taken_as_the_numbers_they_are(
+    projects: tuple[Client, Projects], tmp_path: Path
+) -> None:
+    """A state or a timeout a program got from numpy (int64, float64) or as a Fraction is
+    a number: the checks the client makes before a call took only Python's int and float,
+    and refused them as BadArgument."""
+    client, _ = projects
+    state = _NumpyLikeInt(common_pb2.WORKSPACE_STATE_RUNNING)
+    # Past the states' check, the wait reads the workspace: this service has none.
+    with pytest.raises(errors.WorkspaceError) as info:
+        client.wait_for_state("w", [state], 600)  # type: ignore[list-item]
+    assert not isinstance(info.value, errors.BadArgument), info.value
+    with Client(f"unix:{tmp_path}/none.sock", timeout_s=Fraction(1, 2)) as other:
+        assert other.timeout_s == 0.5
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1, None, "30", float("nan")])
