@@ -14,7 +14,8 @@ docs/design/network-policy.md for the why; in short:
   connectivity also gets its frames marked (``meta mark``, ``MARK_BASE | id``). Per NIC
   a chain ``to_<tap>`` delivers it no frame unicast to another MAC (a bridge floods those
   it has not learned to every port), and for CLUSTER or OUTBOUND only IPv4 for its own
-  address (and DHCP replies) and ARP. Uplinked bridges with the distributed gateway
+  address (and DHCP replies) and ARP. A NIC whose values cannot be rendered (``blocked``)
+  sends and receives nothing. Uplinked bridges with the distributed gateway
   keep the gateway node-local (no ARP for it, no IPv4 from it, crosses the uplink).
 * ``table inet ws_policy`` (hooks forward/input/output, priority 0) is where conntrack
   works: bridged IPv4 reaches it through br_netfilter. The mark names the sending NIC
@@ -85,8 +86,9 @@ class NicRule:
     allow: tuple[AllowRule, ...]
     peers: tuple[str, ...]
     dns: tuple[str, ...] = ()  # its network's DNS servers (IPv4 ones; port 53 only)
-    # Why this NIC's values cannot be rendered ("" = they can): such a NIC's tap gets a
-    # chain that drops everything it sends (fail closed, the others are unaffected).
+    # Why this NIC's values cannot be rendered ("" = they can): such a NIC's tap gets
+    # chains that drop everything it sends and everything sent to it (fail closed, the
+    # others are unaffected).
     blocked: str = ""
 
     @property
@@ -220,6 +222,8 @@ def _from_chain(nic: NicRule, mark: int) -> list[str]:
 
 
 def _to_chain(nic: NicRule) -> list[str]:
+    if nic.blocked:  # fail closed both ways: without a MAC to trust, nothing is its own
+        return ["drop"]
     # A bridge floods a frame for a MAC it has not learned (a VM silent for its FDB's
     # ageing time, or just plugged) to every port: no VM reads frames unicast to another.
     rules = [f"ether daddr != {nic.mac} ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00 drop"]
@@ -324,16 +328,15 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
     s.add(f"delete table bridge {GUARD_TABLE}")
     s.add(f"table bridge {GUARD_TABLE} {{")
     from_map = _set(f"{_q(n.tap)} : jump from_{n.tap}" for n in nics)
-    # Every NIC whose MAC can be named receives only its own frames (``_to_chain``).
-    receiving = [n for n in nics if not n.blocked]
-    to_map = _set(f"{_q(n.tap)} : jump to_{n.tap}" for n in receiving)
+    # Every NIC receives only its own frames; one with bad values nothing (``_to_chain``).
+    to_map = _set(f"{_q(n.tap)} : jump to_{n.tap}" for n in nics)
     for hook in ("forward", "input", "output"):
         rules = _uplink_rules(brs, hook)
         if hook in ("forward", "input"):
             rules.append(_unknown_taps(nics))
         if nics and hook in ("forward", "input"):
             rules.append(f"iifname vmap {from_map}")
-        if receiving and hook in ("forward", "output"):
+        if nics and hook in ("forward", "output"):
             rules.append(f"oifname vmap {to_map}")
         s.chain(
             f"guard_{hook}",
@@ -345,8 +348,7 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
         if n.blocked:
             where = f"workspace {n.workspace_id} nic {n.index}: blocked, {n.blocked}"
         s.chain(f"from_{n.tap}", _from_chain(n, marks[n.tap]), comment=where)
-        if not n.blocked:
-            s.chain(f"to_{n.tap}", _to_chain(n), comment=where)
+        s.chain(f"to_{n.tap}", _to_chain(n), comment=where)
     s.add("}")
     s.add(f"add table inet {POLICY_TABLE}")
     s.add(f"delete table inet {POLICY_TABLE}")

@@ -108,9 +108,28 @@ def test_no_nic_receives_frames_unicast_to_another_mac() -> None:
         for hook in ("guard_forward", "guard_output"):
             vmap = next(r for r in _chain(text, hook) if r.startswith("oifname vmap"))
             assert f'"{tap}" : jump to_{tap}' in vmap
-    # a NIC whose values cannot be rendered sends nothing, and has no MAC to name here
-    bad = order("w-bad", nic("10.0.0.9", "52:54:00:zz:00:09"))
-    assert f"to_{tap_name('w-bad', 0)}" not in render([OPEN, bad])
+
+
+def test_a_nic_with_bad_values_receives_nothing_either() -> None:
+    """A NIC whose values cannot be rendered sends nothing (fail closed), and has no MAC
+    to trust for what it may receive: without a to_ chain its tap delivered every frame
+    the bridge floods, its neighbours' unicast included, to a VM its owner still reads
+    (a console, another NIC), while every valid NIC gets its own frames only."""
+    for conn in (Connectivity.OPEN, Connectivity.CLUSTER):
+        for bad_nic in (
+            nic("10.0.0.9", "52:54:00:zz:00:09"),  # no MAC to name
+            nic("10.0.0.9", "52:54:00:00:00:09", bridge='br"x'),  # a MAC, not to trust
+        ):
+            text = render([OPEN, order("w-bad", bad_nic, conn=conn)])
+            tap = tap_name("w-bad", 0)
+            assert _chain(text, f"to_{tap}") == ["drop"]
+            for hook in ("guard_forward", "guard_output"):
+                vmap = next(r for r in _chain(text, hook) if r.startswith("oifname vmap"))
+                assert f'"{tap}" : jump to_{tap}' in vmap
+    # alone on the node too
+    text = render([order("w-bad", nic("10.0.0.9", "52:54:00:zz:00:09"))])
+    assert _chain(text, f"to_{tap_name('w-bad', 0)}") == ["drop"]
+    assert any(r.startswith("oifname vmap") for r in _chain(text, "guard_output"))
 
 
 def test_every_policy_and_an_uplink() -> None:
