@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from itertools import combinations
 from pathlib import Path
 
 from pyroute2 import Conntrack
@@ -95,10 +96,13 @@ def forget(addresses: Iterable[str], netns: str | None = None) -> int:
 def forget_pairs(pairs: Iterable[tuple[str, str]], netns: str | None = None) -> int:
     """Delete every conntrack entry between the two addresses of one of ``pairs`` (either
     direction); the number deleted. Raises OSError or NetlinkError."""
-    wanted = [frozenset(p) for p in pairs if p[0] != p[1]]
+    wanted = {frozenset(p) for p in pairs if p[0] != p[1]}
     if not wanted:
         return 0
-    return _delete(lambda ends: any(pair <= ends for pair in wanted), netns)
+    # An entry has at most four addresses, so at most six pairs to look up: its cost
+    # does not grow with the number of pairs dropped (a busy node's table times the
+    # pairs a cluster's shrink drops).
+    return _delete(lambda ends: any(frozenset(p) in wanted for p in combinations(ends, 2)), netns)
 
 
 def _delete(stale: Callable[[set[str]], bool], netns: str | None) -> int:
