@@ -291,6 +291,49 @@ def test_user_data_for_an_image_without_context_is_refused(ready_site: Site) -> 
     assert "x" not in names(ready_site)
 
 
+def test_a_members_user_data_that_would_drop_the_roster_at_reboot_is_refused(
+    ready_site: Site,
+) -> None:
+    """``manage_etc_hosts: true`` (common in copied templates) has cloud-init write
+    /etc/hosts from its template at every boot: after a member's first reboot the other
+    members' names no longer resolved. A cluster's member is refused it, saying what to
+    set instead; ``localhost`` is taken, and a lone workspace may set it."""
+    site = ready_site
+    import_cloud(site)
+
+    def cluster(name: str, user_data: bytes) -> clusters_pb2.Cluster:
+        return site.stubs.clusters.CreateCluster(
+            clusters_pb2.CreateClusterRequest(
+                name=name,
+                members=[
+                    clusters_pb2.ClusterMember(
+                        role="w", image="cloud", count=2, user_data=user_data
+                    )
+                ],
+            )
+        )
+
+    for user_data in (
+        b"#cloud-config\nmanage_etc_hosts: true\n",
+        b"#cloud-config\nmanage_etc_hosts: template\npackages: [htop]\n",
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            cluster("c", user_data)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == (
+            "cluster c, member w: user-data sets manage_etc_hosts to true: cloud-init would "
+            "write /etc/hosts anew at every boot and drop the cluster's roster (the members' "
+            "names) from it after the first reboot; leave it out, or set it to localhost"
+        )
+    assert names(site) == set()
+    cluster("d", b"#cloud-config\nmanage_etc_hosts: localhost\n")
+    assert names(site) == {"d-w-0", "d-w-1"}
+    site.stubs.create(
+        name="lone", image="cloud", user_data=b"#cloud-config\nmanage_etc_hosts: true\n"
+    )
+    assert "lone" in names(site)
+
+
 def test_a_bad_cloud_config_is_refused_and_nothing_is_stored(ready_site: Site) -> None:
     site = ready_site
     import_cloud(site)

@@ -794,3 +794,38 @@ def test_the_login_user_gets_the_keys_without_a_refusing_command(
     assert given[login] == ""
     if login != "root":  # root is still refused where another user logs in
         assert "Please login as the user" in given["root"]
+
+
+@pytest.mark.parametrize(
+    ("user_data", "rewrites"),
+    [
+        (b"#cloud-config\nmanage_etc_hosts: true\n", True),
+        (b"#cloud-config\nmanage_etc_hosts: template\n", True),
+        (b"#cloud-config\nmanage_etc_hosts: 'yes'\n", True),
+        (b"#cloud-config\nmanage_etc_hosts: localhost\n", False),
+        (b"#cloud-config\nmanage_etc_hosts: false\n", False),
+        (b"#cloud-config\npackages: [htop]\n", False),
+        (b"#!/bin/sh\necho manage_etc_hosts: true\n", False),  # a script sets nothing
+        (b"", False),
+    ],
+)
+def test_which_user_data_has_cloud_init_write_etc_hosts_at_every_boot(
+    user_data: bytes, rewrites: bool
+) -> None:
+    assert seed.rewrites_etc_hosts(user_data) is rewrites
+
+
+def test_the_last_cloud_config_part_to_set_manage_etc_hosts_decides() -> None:
+    def two(first: bytes, second: bytes) -> bytes:
+        return seed.multipart(
+            [
+                seed.Part("cloud-config", b"#cloud-config\n" + first, "a.cfg"),
+                seed.Part("cloud-config", b"#cloud-config\n" + second, "b.cfg"),
+            ]
+        )
+
+    assert seed.rewrites_etc_hosts(two(b"manage_etc_hosts: true\n", b"packages: [htop]\n"))
+    assert not seed.rewrites_etc_hosts(
+        two(b"manage_etc_hosts: true\n", b"manage_etc_hosts: localhost\n")
+    )
+    assert seed.rewrites_etc_hosts(two(b"manage_etc_hosts: false\n", b"manage_etc_hosts: true\n"))

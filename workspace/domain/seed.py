@@ -454,6 +454,22 @@ def default_user(user_data: bytes) -> str:
     return named
 
 
+# What cloud-init takes for "render /etc/hosts from its template at every boot"
+# (cc_update_etc_hosts: util.translate_bool with the addon "template").
+_TEMPLATE_HOSTS = frozenset({"true", "1", "on", "yes", "y", "template"})
+
+
+def rewrites_etc_hosts(user_data: bytes) -> bool:
+    """Whether ``user_data`` has cloud-init write /etc/hosts anew from its template at
+    every boot (``manage_etc_hosts: true`` or ``template``, by the last cloud-config
+    part that sets it); ``localhost`` and ``false`` keep the file's other lines."""
+    value: object = None
+    for p in parts_of(user_data, "user-data"):
+        if _is_cloud_config(p):
+            value = userdata.top_level(p.payload).get("manage_etc_hosts", value)
+    return value is not None and str(value).strip().lower() in _TEMPLATE_HOSTS
+
+
 def given(parts: Sequence[Part], key: str) -> str:
     """How the last of ``parts`` to set ``key`` sets it (each replaces the one before,
     cloud-init's default merging): "list", "string", "mapping", ... or "" (none does)."""

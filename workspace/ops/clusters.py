@@ -200,7 +200,7 @@ def _member_rows(
                 # refusal told that it exists and takes no user-data; new_row says it
                 # is not found, as of one that does not exist.
                 if image is not None and i == 0 and may_use(sc, image):
-                    seeds.check_user_data(env.cfg, image, spec.user_data)
+                    seeds.check_user_data(env.cfg, image, spec.user_data, member=True)
                 rows.append(new_row(env, s, sc, spec, uuid.uuid4().hex, "", project))
             except WorkspaceError as exc:
                 raise type(exc)(f"cluster {req.name}, member {m.role}: {exc.message}") from exc

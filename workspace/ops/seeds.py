@@ -87,13 +87,25 @@ def vendor_bytes(cfg: ServiceConfig) -> int:
 # -- at create -------------------------------------------------------------------------------
 
 
-def check_user_data(cfg: ServiceConfig, image: Image, user_data: bytes) -> None:
+def check_user_data(
+    cfg: ServiceConfig, image: Image, user_data: bytes, member: bool = False
+) -> None:
     """InvalidArgument if the image takes no user-data and some is given, or if the
-    user-data is not an accepted document."""
+    user-data is not an accepted document, or (for a cluster's ``member``) if it would
+    have cloud-init drop the cluster's roster from /etc/hosts."""
     if user_data and (image.context or NONE) == NONE:
         raise InvalidArgument(f"image {image.name} takes no user-data (its context is none)")
     if user_data:  # (finding the schema looks at the file system)
         userdata.check(user_data, cfg.context.schema_path())
+    if member and user_data and seed.rewrites_etc_hosts(user_data):
+        # The roster's /etc/hosts is written once, at the first boot; with this,
+        # cloud-init writes the file anew from its template at every boot, and after a
+        # reboot the members' names no longer resolved (MPI launchers failed), unsaid.
+        raise InvalidArgument(
+            "user-data sets manage_etc_hosts to true: cloud-init would write /etc/hosts "
+            "anew at every boot and drop the cluster's roster (the members' names) from "
+            "it after the first reboot; leave it out, or set it to localhost"
+        )
 
 
 def contextualize(cfg: ServiceConfig, s: Session, ws: Workspace, image: Image) -> None:
