@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.functional.harness import WS, Site, wait_for
+from workspace.v1 import admin_pb2, workspaces_pb2
 
 LOOPBACK_ANY = "127.0.0.1:0"
 DASHBOARD = Path(__file__).resolve().parents[2] / "conf" / "grafana-dashboard.json"
@@ -235,3 +236,62 @@ def test_metrics_are_off_by_default(ready_site: Site) -> None:
     assert ready_site.service is not None
     assert ready_site.service.metrics is None and ready_site.service.metrics_url == ""
     assert ready_site.agents["node1"].metrics_url == ""
+
+
+def dashboard_targets() -> Iterator[tuple[str, str, str, str]]:
+    """(panel title, refId, expr, the unit Grafana draws that target's series in: the
+    panel's, or an override's for that refId)."""
+    for p in json.loads(DASHBOARD.read_text())["panels"]:
+        field_config = p.get("fieldConfig", {})
+        default = field_config.get("defaults", {}).get("unit", "")
+        for t in p["targets"]:
+            unit = default
+            for o in field_config.get("overrides", []):
+                if o["matcher"] == {"id": "byFrameRefID", "options": t["refId"]}:
+                    for prop in o["properties"]:
+                        unit = prop["value"] if prop["id"] == "unit" else unit
+            yield p["title"], t["refId"], t["expr"], unit
+
+
+def expected_unit(expr: str) -> set[str]:
+    """The Grafana units that fit what ``expr`` computes, from its metric's name."""
+    name = SELECTOR.search(expr).group(1)  # type: ignore[union-attr]
+    if "histogram_quantile" in expr:
+        assert name.endswith("_seconds_bucket"), expr
+        return {"s"}
+    if " / " in expr:
+        return {"percentunit"}  # a ratio of two like quantities
+    if "rate(" in expr:
+        return {"Bps"} if name.endswith("_bytes_total") else {"reqps", "ops"}
+    if name.endswith("_seconds"):
+        return {"s"}
+    if name.endswith("_bytes"):
+        return {"bytes"}
+    return {"short"}
+
+
+def test_each_dashboard_series_is_drawn_in_its_metrics_unit() -> None:
+    """A panel showing a count and a time drew the time on the count's axis (the queue's
+    oldest wait of an hour read "3.6 K" next to "waiting"): each target's unit is its
+    metric's, overriding the panel's where they differ."""
+    targets = list(dashboard_targets())
+    assert targets
+    for title, ref, expr, unit in targets:
+        assert unit in expected_unit(expr), f"{title} {ref}: {expr} drawn in {unit!r}"
+
+
+def test_rpc_panels_keep_methods_of_two_services_apart() -> None:
+    """Admin.GetUsage (every project's) and Workspaces.GetUsage (the caller's) are
+    different calls with one method name: a panel grouping by method alone added their
+    rates and latencies into one GetUsage series."""
+    services: dict[str, set[str]] = {}
+    for module in (admin_pb2, workspaces_pb2):
+        for svc in module.DESCRIPTOR.services_by_name.values():
+            services[svc.full_name] = {m.name for m in svc.methods}
+    assert services["workspace.v1.Admin"] & services["workspace.v1.Workspaces"]
+    for title, ref, expr, _unit in dashboard_targets():
+        if "workspace_rpc_" not in expr:
+            continue
+        for by in GROUPING.findall(expr):
+            grouped = {x.strip() for x in by.split(",")}
+            assert "method" not in grouped or "service" in grouped, f"{title} {ref}: {expr}"
