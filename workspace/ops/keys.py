@@ -49,8 +49,8 @@ def parse(text: str) -> sshkeys.KeyLine:
     """A public key line checked: one of the ACCEPTED types, a key cryptography can load;
     else InvalidArgument saying what was expected (a private key is named as such)."""
     text = text.lstrip("\ufeff")  # a .pub file an editor saved as "UTF-8 with BOM"
-    if "PRIVATE KEY" in text or text.lstrip().startswith("PuTTY-User-Key-File"):
-        raise InvalidArgument("that is a private key; give the .pub file")
+    if sshkeys.is_private(text):
+        raise InvalidArgument(sshkeys.PRIVATE_REFUSED)
     if len(text) > MAX_KEY_CHARS:
         raise InvalidArgument(f"the key is longer than {MAX_KEY_CHARS} characters; {EXPECTED}")
     lines = [x for x in text.splitlines() if x.strip() and not x.lstrip().startswith("#")]
