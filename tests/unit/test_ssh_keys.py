@@ -217,3 +217,37 @@ def test_ws_key_add_of_a_private_key_file_names_its_pub_and_does_not_connect(
         f"ws: error: {private} is a private key, which stays on this machine (it was not "
         f"sent): give its public half, {private}.pub\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "form", "said"),
+    [
+        ("ed25519", "RFC4716", "in the SSH2 format (RFC 4716) PuTTYgen saves: give it as "),
+        ("rsa", "PKCS8", "in PEM (PKCS#8): give it as "),
+        ("rsa", "PEM", "in PEM (PKCS#1): give it as "),
+    ],
+)
+def test_a_public_key_in_another_format_says_how_to_convert_it(
+    tmp_path: Path, kind: str, form: str, said: str
+) -> None:
+    """PuTTYgen's "Save public key" (RFC 4716) and PEM public keys were refused as "not an
+    SSH public key (got 4 lines)"; the refusal names the format and the ssh-keygen command
+    that prints the line wanted, and that command's output is accepted."""
+    path = keygen(tmp_path, kind)
+    exported = tmp_path / "exported"
+    exported.write_text(
+        subprocess.run(
+            ["ssh-keygen", "-e", "-m", form, "-f", str(path.with_suffix(".pub"))],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    with pytest.raises(InvalidArgument) as info:
+        keys.parse(exported.read_text())
+    message = info.value.message
+    assert message.startswith(f"that is a public key {said}OpenSSH's one line, which `ssh-keygen")
+    command = message.split("`")[1].replace("FILE", str(exported)).split()
+    line = subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+    assert keys.parse(line).fingerprint == keygen_fingerprint(path.with_suffix(".pub"))
