@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from workspace import errors
+from workspace.domain import sshkeys
 from workspace.v1 import access_pb2, access_pb2_grpc
 
 T = TypeVar("T")
@@ -21,7 +23,10 @@ class KeysClientMixin:
 
     def add_ssh_key(self, public_key: str) -> access_pb2.SshKey:
         """Store an SSH public key line (an ``id_ed25519.pub``'s content); adding the same
-        key again returns the one stored."""
+        key again returns the one stored. A private key is refused here
+        (InvalidArgument), before anything is sent: it never leaves this machine."""
+        if sshkeys.is_private(public_key):
+            raise errors.InvalidArgument(f"{sshkeys.PRIVATE_REFUSED} (it was not sent)")
         req = access_pb2.AddSshKeyRequest(public_key=public_key)
         return self._call(self._keys.AddSshKey, req)
 

@@ -25,6 +25,8 @@ from workspace.domain.model import Order
 from workspace.errors import InvalidArgument, NotFound, ResourceExhausted
 from workspace.ops import reports
 from workspace.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     clusters_pb2,
     common_pb2,
     images_pb2,
@@ -119,6 +121,12 @@ def test_bad_keys_are_refused_clearly(site: Site, tmp_path: Path) -> None:
     with Client(site.address) as c:
         with pytest.raises(InvalidArgument, match=r"that is a private key; give the \.pub file"):
             c.add_ssh_key(a.read_text())
+        # The service refuses one a client sent all the same (not this one: it is not sent).
+        keys = access_pb2_grpc.KeysStub(site.stubs.channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            keys.AddSshKey(access_pb2.AddSshKeyRequest(public_key=a.read_text()))
+        said = refused.value.details()  # type: ignore[attr-defined]
+        assert said == "that is a private key; give the .pub file"
         with pytest.raises(InvalidArgument, match=r"not an SSH public key .*ssh-ed25519"):
             c.add_ssh_key("hello world")
         assert c.list_ssh_keys() == []
@@ -152,7 +160,8 @@ def test_keys_on_the_command_line(
     (listed,) = json.loads(out)
     assert listed["fingerprint"] == fp and listed["comment"] == "alice@laptop"
     code, _, err = run(ws, site, capsys, "key", "add", str(a.with_suffix("")))
-    assert code != 0 and "that is a private key; give the .pub file" in err
+    said = "is a private key, which stays on this machine (it was not sent): give its public half"
+    assert code != 0 and f"{said}, {a}" in err
     code, out, _ = run(ws, site, capsys, "key", "remove", "alice@laptop")
     assert code == 0 and fp in out
     code, out, _ = run(ws, site, capsys, "-o", "json", "key", "list")

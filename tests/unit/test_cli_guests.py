@@ -452,7 +452,14 @@ def test_retry_waits_for_a_starting_workspace_and_nothing_else(
     starting.state = common_pb2.WorkspaceState.WORKSPACE_STATE_STARTING
     c = FakeClient([starting])
     rc, _, err = run(c, capsys, "ssh", "box", "--print")
-    assert rc == 1 and "workspace box is STARTING" in err and c.waited == []
+    assert rc == 1 and c.waited == []
+    # It says how to wait for it (the refusal alone left one to try again by hand); so
+    # do scp and exec, which did not reach the guest.
+    said = "workspace box is STARTING, not RUNNING yet: give --retry N to wait up to N s"
+    assert said in err
+    for argv in (["scp", "f", "box:"], ["exec", "box", "--", "uname"]):
+        rc, _, err = run(c, capsys, *argv)
+        assert rc == 1 and said in err and c.calls == [], argv
     rc, out, _ = run(c, capsys, "ssh", "--retry", "90", "box", "--print")
     assert rc == 0 and c.waited == [("abc123", [RUNNING], 90)]
     assert "ConnectionAttempts=90" in out

@@ -8,11 +8,15 @@ import base64
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from workspace.cli import ws
+from workspace.client_keys import KeysClientMixin
 from workspace.domain import sshkeys
 from workspace.errors import InvalidArgument
 from workspace.ops import keys
@@ -177,3 +181,73 @@ def test_a_generated_host_key_pair_is_one_openssh_reads(tmp_path: Path) -> None:
 
 def test_fingerprint_of_an_unreadable_line() -> None:
     assert sshkeys.fingerprint("nonsense") == "?"
+
+
+PPK = "PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\nComment: me\nPublic-Lines: 2\n"
+
+
+def test_the_client_refuses_a_private_key_without_sending_it(tmp_path: Path) -> None:
+    """A private key given where the public one was meant (`ws key add ~/.ssh/id_ed25519`,
+    ``Client.add_ssh_key``) was sent to the service, which refused it: the secret left the
+    machine. It is refused before any call now."""
+
+    class Keys(KeysClientMixin):
+        _keys = cast(Any, SimpleNamespace(AddSshKey="AddSshKey"))
+
+        def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
+            pytest.fail(f"the private key was sent: {request}")
+
+    private = keygen(tmp_path, "ed25519")
+    for text in (private.read_text(), PPK, "\ufeff" + PPK):
+        with pytest.raises(InvalidArgument) as info:
+            Keys().add_ssh_key(text)
+        assert info.value.message == "that is a private key; give the .pub file (it was not sent)"
+
+
+def test_ws_key_add_of_a_private_key_file_names_its_pub_and_does_not_connect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private = keygen(tmp_path, "rsa", 3072)
+    code = ws.main(
+        ["key", "add", str(private)], connect=lambda _s: pytest.fail("connected to send it")
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == (
+        f"ws: error: {private} is a private key, which stays on this machine (it was not "
+        f"sent): give its public half, {private}.pub\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "form", "said"),
+    [
+        ("ed25519", "RFC4716", "in the SSH2 format (RFC 4716) PuTTYgen saves: give it as "),
+        ("rsa", "PKCS8", "in PEM (PKCS#8): give it as "),
+        ("rsa", "PEM", "in PEM (PKCS#1): give it as "),
+    ],
+)
+def test_a_public_key_in_another_format_says_how_to_convert_it(
+    tmp_path: Path, kind: str, form: str, said: str
+) -> None:
+    """PuTTYgen's "Save public key" (RFC 4716) and PEM public keys were refused as "not an
+    SSH public key (got 4 lines)"; the refusal names the format and the ssh-keygen command
+    that prints the line wanted, and that command's output is accepted."""
+    path = keygen(tmp_path, kind)
+    exported = tmp_path / "exported"
+    exported.write_text(
+        subprocess.run(
+            ["ssh-keygen", "-e", "-m", form, "-f", str(path.with_suffix(".pub"))],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    with pytest.raises(InvalidArgument) as info:
+        keys.parse(exported.read_text())
+    message = info.value.message
+    assert message.startswith(f"that is a public key {said}OpenSSH's one line, which `ssh-keygen")
+    command = message.split("`")[1].replace("FILE", str(exported)).split()
+    line = subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+    assert keys.parse(line).fingerprint == keygen_fingerprint(path.with_suffix(".pub"))

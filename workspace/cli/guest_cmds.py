@@ -266,6 +266,18 @@ def once_running(
     return client.wait_for_state(ws.id, [RUNNING], args.retry, render.workspace_progress("ws"))
 
 
+def check_on_its_way(ws: common_pb2.Workspace) -> None:
+    """FailedPrecondition for ``ws`` still on its way to RUNNING (``once_running`` waited
+    for none: no ``--retry``), saying that ``--retry N`` waits for it: right after a ``ws
+    create`` without --wait, "workspace box is STARTING" alone left a scientist to try
+    again by hand."""
+    if ws.state in ON_THE_WAY:
+        raise errors.FailedPrecondition(
+            f"workspace {ws.name} is {state_name(ws.state)}, not RUNNING yet: give "
+            "--retry N to wait up to N s for it and its guest"
+        )
+
+
 def interactive() -> bool:
     """Whether a person runs this command at a terminal (its stderr is one). Only then do
     ``ws exec``/``ssh``/``scp`` wait for a booting guest unasked: a script keeps the
@@ -359,6 +371,7 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int
     json_only_with_print(args, "ssh")
     ws = get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
     ws = once_running(client, args, ws)
+    check_on_its_way(ws)
     check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = site_netns(client.address, ws.node)
     if args.no_command and command:

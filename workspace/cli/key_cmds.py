@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from workspace import errors
 from workspace.cli import common, render
 from workspace.domain import sshkeys
 
@@ -84,6 +85,13 @@ def register(
 
     def add(args: argparse.Namespace) -> int:
         public_key = _read(args.file)  # before connecting: a file that says no is said first
+        if sshkeys.is_private(public_key):
+            # Said here, before connecting: the private key is never sent anywhere.
+            pub = "the .pub file" if args.file == "-" else f"{args.file}.pub"
+            raise errors.InvalidArgument(
+                f"{'that' if args.file == '-' else args.file} is a private key, which "
+                f"stays on this machine (it was not sent): give its public half, {pub}"
+            )
         k = client_for(args).add_ssh_key(public_key)
         render.emit(args, key_dict(k), key_text(k))
         return common.EXIT_OK

@@ -78,6 +78,20 @@ def key_of(line: str) -> str:
     return ""
 
 
+# What a private key's text holds: PEM ("-----BEGIN OPENSSH PRIVATE KEY-----", RSA, EC,
+# DSA, ENCRYPTED), ssh.com's "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----"; PuTTY's .ppk
+# starts with its own header.
+PRIVATE_MARK = "PRIVATE KEY"
+PUTTY_PRIVATE = "PuTTY-User-Key-File"
+PRIVATE_REFUSED = "that is a private key; give the .pub file"
+
+
+def is_private(text: str) -> bool:
+    """Whether ``text`` is (or holds) a private key, which is refused, before it is sent
+    anywhere, where a public key is wanted."""
+    return PRIVATE_MARK in text or text.lstrip("\ufeff").lstrip().startswith(PUTTY_PRIVATE)
+
+
 def fingerprint(text: str) -> str:
     """``SHA256:...`` of a public key line ("?" if it cannot be read)."""
     try:

@@ -49,8 +49,11 @@ def parse(text: str) -> sshkeys.KeyLine:
     """A public key line checked: one of the ACCEPTED types, a key cryptography can load;
     else InvalidArgument saying what was expected (a private key is named as such)."""
     text = text.lstrip("\ufeff")  # a .pub file an editor saved as "UTF-8 with BOM"
-    if "PRIVATE KEY" in text or text.lstrip().startswith("PuTTY-User-Key-File"):
-        raise InvalidArgument("that is a private key; give the .pub file")
+    if sshkeys.is_private(text):
+        raise InvalidArgument(sshkeys.PRIVATE_REFUSED)
+    other = _other_format(text)
+    if other:
+        raise InvalidArgument(other)
     if len(text) > MAX_KEY_CHARS:
         raise InvalidArgument(f"the key is longer than {MAX_KEY_CHARS} characters; {EXPECTED}")
     lines = [x for x in text.splitlines() if x.strip() and not x.lstrip().startswith("#")]
@@ -87,6 +90,33 @@ def parse(text: str) -> sshkeys.KeyLine:
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         raise InvalidArgument(f"SSH key type {line.type!r} is not accepted: {ACCEPTED}")
     return line
+
+
+# Public keys in other formats than OpenSSH's one line (what they are, and the ssh-keygen
+# command that converts them): they were refused as "not an SSH public key (got 4 lines)",
+# leaving a PuTTY user to guess what was wrong with the file PuTTYgen saved.
+_OTHER_FORMATS = (
+    (
+        "---- BEGIN SSH2 PUBLIC KEY ----",
+        "the SSH2 format (RFC 4716) PuTTYgen saves",
+        "ssh-keygen -i -f FILE",
+        ' (PuTTYgen shows it too, under "Public key for pasting into OpenSSH authorized_keys'
+        ' file")',
+    ),
+    ("-----BEGIN PUBLIC KEY-----", "PEM (PKCS#8)", "ssh-keygen -i -m PKCS8 -f FILE", ""),
+    ("-----BEGIN RSA PUBLIC KEY-----", "PEM (PKCS#1)", "ssh-keygen -i -m PEM -f FILE", ""),
+)
+
+
+def _other_format(text: str) -> str:
+    """What to do about a public key in another format ("": it is not in one)."""
+    for mark, what, command, also in _OTHER_FORMATS:
+        if mark in text:
+            return (
+                f"that is a public key in {what}: give it as OpenSSH's one line, "
+                f"which `{command}` prints{also}"
+            )
+    return ""
 
 
 def _fields(blob: bytes) -> list[bytes]:
