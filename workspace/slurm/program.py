@@ -42,9 +42,9 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from workspace import errors
+from workspace.slurm.answering import Answering, Service
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
 from workspace.slurm.resumefile import Reboot, ResumeFile
@@ -82,24 +82,6 @@ NOT_REBOOTED = (
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
-
-
-class Service(Protocol):
-    """The part of ``workspace.client.Client`` ws-slurm uses (tests pass a fake)."""
-
-    def list_workspaces(
-        self, include_terminated: bool = ..., *, mine: bool = ...
-    ) -> list[common_pb2.Workspace]: ...
-
-    def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace: ...
-
-    def create_cluster(
-        self, request: clusters_pb2.CreateClusterRequest, /
-    ) -> clusters_pb2.Cluster: ...
-
-    def destroy_workspace(self, id: str) -> common_pb2.Workspace: ...
-
-    def get_workspace(self, id: str) -> common_pb2.Workspace: ...
 
 
 @dataclass(frozen=True)
@@ -199,57 +181,6 @@ def request_id(group: Group, specs: Sequence[NodeSpec], data: Sequence[bytes], g
     for d in data:
         h.update(hashlib.sha256(d).digest())
     return f"{REQUEST_PREFIX}{h.hexdigest()[:32]}-{gen}"
-
-
-NO_ANSWER = "DEADLINE_EXCEEDED"
-
-
-class Answering:
-    """The service as ws-slurm calls it: a call it did not answer within ``timeout_s``
-    (DEADLINE_EXCEEDED: a hung or overloaded service) is the service being away
-    (``errors.Unavailable``: exit 3, "cannot be reached" in Slurm, the nodes not tried
-    yet not each given another timeout), not a refusal of ws-slurm or of a create."""
-
-    def __init__(self, client: Service, timeout_s: float) -> None:
-        self.client = client
-        self.timeout_s = timeout_s
-
-    def _away(self, exc: errors.WorkspaceError) -> errors.WorkspaceError:
-        if exc.code != NO_ANSWER or isinstance(exc, errors.Unavailable):
-            return exc
-        return errors.Unavailable(f"it did not answer within {self.timeout_s:g} s ({exc.message})")
-
-    def list_workspaces(
-        self, include_terminated: bool = False, *, mine: bool = True
-    ) -> list[common_pb2.Workspace]:
-        try:
-            return self.client.list_workspaces(include_terminated=include_terminated, mine=mine)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace:
-        try:
-            return self.client.create_workspace(image, **kw)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def create_cluster(self, request: clusters_pb2.CreateClusterRequest, /) -> clusters_pb2.Cluster:
-        try:
-            return self.client.create_cluster(request)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def destroy_workspace(self, id: str) -> common_pb2.Workspace:
-        try:
-            return self.client.destroy_workspace(id)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def get_workspace(self, id: str) -> common_pb2.Workspace:
-        try:
-            return self.client.get_workspace(id)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
 
 
 class Program:
