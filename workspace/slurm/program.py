@@ -246,16 +246,16 @@ class Program:
         features = self.scontrol.features(todo_nodes) if todo_nodes else {}
         failed = 0
         for i, group in enumerate(groups):
-            for n in group.nodes:
-                for ws in live.get(n, []):
-                    log.info(
-                        "%snode %s already has workspace %s (%s): not created again",
-                        f"{group.what}: " if group.job_id is not None else "",
-                        n,
-                        ws.name,
-                        WS.Name(ws.state).removeprefix("WORKSPACE_STATE_"),
-                    )
-                    self._tell_address(n, ws)
+            kept = [(n, ws) for n in group.nodes for ws in live.get(n, [])]
+            for n, ws in kept:
+                log.info(
+                    "%snode %s already has workspace %s (%s): not created again",
+                    f"{group.what}: " if group.job_id is not None else "",
+                    n,
+                    ws.name,
+                    WS.Name(ws.state).removeprefix("WORKSPACE_STATE_"),
+                )
+            self._tell_addresses(kept)
             todo = tuple(n for n in group.nodes if not live.get(n))
             if not todo:
                 continue
@@ -444,7 +444,7 @@ class Program:
                 ws.nics[0].ip if ws.nics else "-",
                 f" ({_state(ws)}: {ws.reason})" if ws.reason else "",
             )
-            self._tell_address(node, ws)
+        self._tell_addresses(made)
         return True
 
     def _create_one(
@@ -508,13 +508,19 @@ class Program:
             return [(m.role, m) for m in members]
         raise errors.FailedPrecondition(f"{group.what}: no fresh cluster name found")
 
-    def _tell_address(self, node: str, ws: common_pb2.Workspace) -> None:
-        ip = ws.nics[0].ip if ws.nics else ""
-        if not ip:
-            log.warning("node %s: workspace %s has no address yet", node, ws.name)
+    def _tell_addresses(self, found: Sequence[tuple[str, common_pb2.Workspace]]) -> None:
+        """Tell slurmctld where the nodes' workspaces are: one update for a group."""
+        addresses: dict[str, str] = {}
+        for node, ws in found:
+            if ws.nics and ws.nics[0].ip:
+                addresses[node] = ws.nics[0].ip
+            else:
+                log.warning("node %s: workspace %s has no address yet", node, ws.name)
+        if not addresses:
             return
-        if not self.scontrol.set_address(node, ip):
-            log.warning("node %s: could not tell slurmctld its address %s", node, ip)
+        for node in self.scontrol.set_addresses(addresses):
+            log.warning("node %s: could not tell slurmctld its address %s", node,
+                        addresses[node])  # fmt: skip
 
     # -- suspend, resume-fail --------------------------------------------------------------
 
