@@ -47,6 +47,7 @@ from workspace import errors
 from workspace.slurm.answering import Answering, Service
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
+from workspace.slurm.nodelock import NodeLocks
 from workspace.slurm.resumefile import Reboot, ResumeFile
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import NodeSpec, Settings, Unmapped
@@ -184,10 +185,32 @@ def request_id(group: Group, specs: Sequence[NodeSpec], data: Sequence[bytes], g
 
 
 class Program:
-    def __init__(self, client: Service, settings: Settings, scontrol: Scontrol) -> None:
+    def __init__(
+        self,
+        client: Service,
+        settings: Settings,
+        scontrol: Scontrol,
+        locks: NodeLocks | None = None,
+    ) -> None:
         self.client: Service = Answering(client, settings.timeout_s)
         self.s = settings
         self.scontrol = scontrol
+        self.locks = locks if locks is not None else NodeLocks(settings.log_file or None)
+
+    def close(self) -> None:
+        """The run's node locks freed (as they are when it is killed)."""
+        self.locks.close()
+
+    def _hold(self, nodes: Sequence[str]) -> dict[str, str]:
+        """Lock the run's nodes against other runs (``nodelock``), waiting for a run that
+        holds one as long as such a run may take (``replace_wait_s`` and a call); {node:
+        why} for those still held by another run after that: left alone by this run."""
+        wait = self.s.replace_wait_s + self.s.timeout_s
+        late = self.locks.acquire(nodes, wait)
+        why = f"another ws-slurm run held the node for {wait:g} s"
+        for n in late:
+            log.error("node %s: %s; left alone", n, why)
+        return {n: why for n in late}
 
     # -- what exists ---------------------------------------------------------------------
 
@@ -221,6 +244,7 @@ class Program:
             mark_down(self.scontrol, "resume", {n: NOT_REBOOTED for n in foreign})
             if not nodes:
                 return EXIT_FAILED
+        busy = self._hold(nodes)
         groups = plan_groups(nodes, resume)
         renew = ""
         if reboot is not None:
@@ -232,10 +256,13 @@ class Program:
             # Unreachable, or it refuses ws-slurm itself (a revoked certificate).
             self._refuse(nodes, nodes, service_problem(exc))
             raise
+        for n in busy:  # another run's to handle: neither kept nor replaced here
+            history.pop(n, None)
         live = {n: [w for w in ws if not _gone(w)] for n, ws in history.items()}
         self.sweep(live, exclude=nodes)
         try:
-            blocked = self._clear(nodes, live, history, renew)
+            blocked = self._clear([n for n in nodes if n not in busy], live, history, renew)
+            blocked.update(busy)
         except errors.WorkspaceError as exc:
             # Unreachable, or it refuses ws-slurm itself: a destroy's own refusal is the
             # node's (``_clear``).
@@ -527,6 +554,10 @@ class Program:
     def destroy(self, nodes: Sequence[str], why: str) -> int:
         """Suspend: every workspace of ``nodes`` destroyed; nodes without one are fine. A
         node whose workspace cannot be destroyed is marked DOWN with why (``fail_nodes``)."""
+        busy = self._hold(nodes)
+        if busy:
+            fail_nodes(self.scontrol, why, list(busy), next(iter(busy.values())))
+            nodes = [n for n in nodes if n not in busy]
         try:
             live = self._by_node(include_terminated=False)
         except errors.WorkspaceError as exc:
@@ -541,11 +572,15 @@ class Program:
         )
         if unreachable is not None:
             raise unreachable
-        return EXIT_FAILED if failed else EXIT_OK
+        return EXIT_FAILED if failed or busy else EXIT_OK
 
     def resume_fail(self, nodes: Sequence[str]) -> int:
         """What the failed resume made destroyed; each node DOWN with why (Slurm has marked
         it DOWN with "ResumeTimeout reached": ours says what happened to its workspace)."""
+        busy = self._hold(nodes)
+        if busy:
+            fail_nodes(self.scontrol, "resume-fail", list(busy), next(iter(busy.values())))
+            nodes = [n for n in nodes if n not in busy]
         try:
             live = self._by_node(include_terminated=False)
         except errors.WorkspaceError as exc:
@@ -559,19 +594,40 @@ class Program:
         mark_down(self.scontrol, "resume-fail", reasons)
         if unreachable is not None:
             raise unreachable
-        return EXIT_FAILED if failed else EXIT_OK
+        return EXIT_FAILED if failed or busy else EXIT_OK
 
     def sweep(self, live: dict[str, list[common_pb2.Workspace]], exclude: Sequence[str]) -> None:
         """Destroy the workspaces of nodes Slurm has powered down (a suspend that could not
         destroy them: the VM would hold its quota forever, for Slurm never suspends a
         powered-down node again). Safe: only ws-slurm's workspaces (``node_of``), only of
         nodes that scontrol says are POWERED_DOWN and not powering up, never of the nodes
-        this run was given (a resume of them is under way, or this run handles them).
+        this run was given (a resume of them is under way, or this run handles them),
+        never of a node another run holds (``nodelock``): a node is taken only when its
+        lock is free, and its state read under the lock. slurmctld marks a node
+        POWERING_UP before it runs ResumeProgram for it, and that resume holds the node
+        from before its first look until it is done: so a node still POWERED_DOWN under
+        the lock has no resume that could have kept its workspace. (Until session 42
+        the state was read first and the workspaces destroyed after, unlocked: a resume
+        of the node in between kept the workspace, which was then destroyed under it.)
         Without scontrol's answer nothing is destroyed. ``live`` loses what is destroyed."""
         skip = set(exclude)
         candidates = [
             n for n, ws in live.items() if n not in skip and any(not _gone(w) for w in ws)
         ]
+        if not candidates:
+            return
+        taken = self.locks.try_acquire(candidates)
+        if len(taken) < len(candidates):
+            log.info("cleanup: %s left to a later run: another ws-slurm run holds them",
+                     brief([n for n in candidates if n not in taken]))  # fmt: skip
+        try:
+            self._sweep(taken, live)
+        finally:
+            self.locks.release(taken)
+
+    def _sweep(
+        self, candidates: Sequence[str], live: dict[str, list[common_pb2.Workspace]]
+    ) -> None:
         if not candidates:
             return
         down = self.scontrol.powered_off(candidates)
