@@ -7,6 +7,7 @@ for a busy lock), not with sleeps."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import workspace
 from tests.unit.test_slurm_program import Run, run
 from workspace.slurm import nodelock
 from workspace.slurm.nodelock import NodeLocks
@@ -210,6 +212,7 @@ def test_a_killed_run_frees_its_node_locks(tmp_path: Path) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(workspace.__file__).parents[1])},
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
