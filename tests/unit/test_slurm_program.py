@@ -185,9 +185,9 @@ class FakeScontrol(Scontrol):
     def features(self, nodes: Any) -> dict[str, frozenset[str]]:
         return {n: self.node_features.get(n, frozenset()) for n in nodes}
 
-    def set_address(self, node: str, address: str, tries: int = 3) -> bool:
-        self.addresses[node] = address
-        return True
+    def set_addresses(self, addresses: Any, tries: int = 3) -> list[str]:
+        self.addresses.update(addresses)
+        return []
 
     def set_down(self, nodes: Any, reason: str, tries: int = 3) -> bool:
         self.down.update({n: reason_text(reason) for n in nodes})

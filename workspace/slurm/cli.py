@@ -301,8 +301,8 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
         why = config_reason(exc.message) if config else program.service_problem(exc)
         program.fail_nodes(sc, args.command, nodes, why)
         return EXIT_USAGE if config else program.EXIT_UNREACHABLE
+    prog = program.Program(service, s, sc)
     try:
-        prog = program.Program(service, s, sc)
         if args.command == "resume":
             code = prog.resume(nodes, resume, reboot)
         elif args.command == "resume-fail":
@@ -316,6 +316,7 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
         log.error("%s: %s", args.command, exc.message)
         code = program.EXIT_FAILED
     finally:
+        prog.close()
         if own and isinstance(service, Client):
             service.close()
     log.info("%s done in %.2f s, exit %d", args.command, time.monotonic() - started, code)

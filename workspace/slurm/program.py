@@ -42,11 +42,12 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from workspace import errors
+from workspace.slurm.answering import Answering, Service
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
+from workspace.slurm.nodelock import NodeLocks
 from workspace.slurm.resumefile import Reboot, ResumeFile
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import NodeSpec, Settings, Unmapped
@@ -82,24 +83,6 @@ NOT_REBOOTED = (
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
-
-
-class Service(Protocol):
-    """The part of ``workspace.client.Client`` ws-slurm uses (tests pass a fake)."""
-
-    def list_workspaces(
-        self, include_terminated: bool = ..., *, mine: bool = ...
-    ) -> list[common_pb2.Workspace]: ...
-
-    def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace: ...
-
-    def create_cluster(
-        self, request: clusters_pb2.CreateClusterRequest, /
-    ) -> clusters_pb2.Cluster: ...
-
-    def destroy_workspace(self, id: str) -> common_pb2.Workspace: ...
-
-    def get_workspace(self, id: str) -> common_pb2.Workspace: ...
 
 
 @dataclass(frozen=True)
@@ -201,62 +184,33 @@ def request_id(group: Group, specs: Sequence[NodeSpec], data: Sequence[bytes], g
     return f"{REQUEST_PREFIX}{h.hexdigest()[:32]}-{gen}"
 
 
-NO_ANSWER = "DEADLINE_EXCEEDED"
-
-
-class Answering:
-    """The service as ws-slurm calls it: a call it did not answer within ``timeout_s``
-    (DEADLINE_EXCEEDED: a hung or overloaded service) is the service being away
-    (``errors.Unavailable``: exit 3, "cannot be reached" in Slurm, the nodes not tried
-    yet not each given another timeout), not a refusal of ws-slurm or of a create."""
-
-    def __init__(self, client: Service, timeout_s: float) -> None:
-        self.client = client
-        self.timeout_s = timeout_s
-
-    def _away(self, exc: errors.WorkspaceError) -> errors.WorkspaceError:
-        if exc.code != NO_ANSWER or isinstance(exc, errors.Unavailable):
-            return exc
-        return errors.Unavailable(f"it did not answer within {self.timeout_s:g} s ({exc.message})")
-
-    def list_workspaces(
-        self, include_terminated: bool = False, *, mine: bool = True
-    ) -> list[common_pb2.Workspace]:
-        try:
-            return self.client.list_workspaces(include_terminated=include_terminated, mine=mine)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def create_workspace(self, image: str, **kw: Any) -> common_pb2.Workspace:
-        try:
-            return self.client.create_workspace(image, **kw)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def create_cluster(self, request: clusters_pb2.CreateClusterRequest, /) -> clusters_pb2.Cluster:
-        try:
-            return self.client.create_cluster(request)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def destroy_workspace(self, id: str) -> common_pb2.Workspace:
-        try:
-            return self.client.destroy_workspace(id)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-    def get_workspace(self, id: str) -> common_pb2.Workspace:
-        try:
-            return self.client.get_workspace(id)
-        except errors.WorkspaceError as exc:
-            raise self._away(exc) from None
-
-
 class Program:
-    def __init__(self, client: Service, settings: Settings, scontrol: Scontrol) -> None:
+    def __init__(
+        self,
+        client: Service,
+        settings: Settings,
+        scontrol: Scontrol,
+        locks: NodeLocks | None = None,
+    ) -> None:
         self.client: Service = Answering(client, settings.timeout_s)
         self.s = settings
         self.scontrol = scontrol
+        self.locks = locks if locks is not None else NodeLocks(settings.log_file or None)
+
+    def close(self) -> None:
+        """The run's node locks freed (as they are when it is killed)."""
+        self.locks.close()
+
+    def _hold(self, nodes: Sequence[str]) -> dict[str, str]:
+        """Lock the run's nodes against other runs (``nodelock``), waiting for a run that
+        holds one as long as such a run may take (``replace_wait_s`` and a call); {node:
+        why} for those still held by another run after that: left alone by this run."""
+        wait = self.s.replace_wait_s + self.s.timeout_s
+        late = self.locks.acquire(nodes, wait)
+        why = f"another ws-slurm run held the node for {wait:g} s"
+        for n in late:
+            log.error("node %s: %s; left alone", n, why)
+        return {n: why for n in late}
 
     # -- what exists ---------------------------------------------------------------------
 
@@ -290,6 +244,7 @@ class Program:
             mark_down(self.scontrol, "resume", {n: NOT_REBOOTED for n in foreign})
             if not nodes:
                 return EXIT_FAILED
+        busy = self._hold(nodes)
         groups = plan_groups(nodes, resume)
         renew = ""
         if reboot is not None:
@@ -301,10 +256,13 @@ class Program:
             # Unreachable, or it refuses ws-slurm itself (a revoked certificate).
             self._refuse(nodes, nodes, service_problem(exc))
             raise
+        for n in busy:  # another run's to handle: neither kept nor replaced here
+            history.pop(n, None)
         live = {n: [w for w in ws if not _gone(w)] for n, ws in history.items()}
         self.sweep(live, exclude=nodes)
         try:
-            blocked = self._clear(nodes, live, history, renew)
+            blocked = self._clear([n for n in nodes if n not in busy], live, history, renew)
+            blocked.update(busy)
         except errors.WorkspaceError as exc:
             # Unreachable, or it refuses ws-slurm itself: a destroy's own refusal is the
             # node's (``_clear``).
@@ -315,16 +273,16 @@ class Program:
         features = self.scontrol.features(todo_nodes) if todo_nodes else {}
         failed = 0
         for i, group in enumerate(groups):
-            for n in group.nodes:
-                for ws in live.get(n, []):
-                    log.info(
-                        "%snode %s already has workspace %s (%s): not created again",
-                        f"{group.what}: " if group.job_id is not None else "",
-                        n,
-                        ws.name,
-                        WS.Name(ws.state).removeprefix("WORKSPACE_STATE_"),
-                    )
-                    self._tell_address(n, ws)
+            kept = [(n, ws) for n in group.nodes for ws in live.get(n, [])]
+            for n, ws in kept:
+                log.info(
+                    "%snode %s already has workspace %s (%s): not created again",
+                    f"{group.what}: " if group.job_id is not None else "",
+                    n,
+                    ws.name,
+                    WS.Name(ws.state).removeprefix("WORKSPACE_STATE_"),
+                )
+            self._tell_addresses(kept)
             todo = tuple(n for n in group.nodes if not live.get(n))
             if not todo:
                 continue
@@ -513,7 +471,7 @@ class Program:
                 ws.nics[0].ip if ws.nics else "-",
                 f" ({_state(ws)}: {ws.reason})" if ws.reason else "",
             )
-            self._tell_address(node, ws)
+        self._tell_addresses(made)
         return True
 
     def _create_one(
@@ -577,19 +535,29 @@ class Program:
             return [(m.role, m) for m in members]
         raise errors.FailedPrecondition(f"{group.what}: no fresh cluster name found")
 
-    def _tell_address(self, node: str, ws: common_pb2.Workspace) -> None:
-        ip = ws.nics[0].ip if ws.nics else ""
-        if not ip:
-            log.warning("node %s: workspace %s has no address yet", node, ws.name)
+    def _tell_addresses(self, found: Sequence[tuple[str, common_pb2.Workspace]]) -> None:
+        """Tell slurmctld where the nodes' workspaces are: one update for a group."""
+        addresses: dict[str, str] = {}
+        for node, ws in found:
+            if ws.nics and ws.nics[0].ip:
+                addresses[node] = ws.nics[0].ip
+            else:
+                log.warning("node %s: workspace %s has no address yet", node, ws.name)
+        if not addresses:
             return
-        if not self.scontrol.set_address(node, ip):
-            log.warning("node %s: could not tell slurmctld its address %s", node, ip)
+        for node in self.scontrol.set_addresses(addresses):
+            log.warning("node %s: could not tell slurmctld its address %s", node,
+                        addresses[node])  # fmt: skip
 
     # -- suspend, resume-fail --------------------------------------------------------------
 
     def destroy(self, nodes: Sequence[str], why: str) -> int:
         """Suspend: every workspace of ``nodes`` destroyed; nodes without one are fine. A
         node whose workspace cannot be destroyed is marked DOWN with why (``fail_nodes``)."""
+        busy = self._hold(nodes)
+        if busy:
+            fail_nodes(self.scontrol, why, list(busy), next(iter(busy.values())))
+            nodes = [n for n in nodes if n not in busy]
         try:
             live = self._by_node(include_terminated=False)
         except errors.WorkspaceError as exc:
@@ -604,11 +572,15 @@ class Program:
         )
         if unreachable is not None:
             raise unreachable
-        return EXIT_FAILED if failed else EXIT_OK
+        return EXIT_FAILED if failed or busy else EXIT_OK
 
     def resume_fail(self, nodes: Sequence[str]) -> int:
         """What the failed resume made destroyed; each node DOWN with why (Slurm has marked
         it DOWN with "ResumeTimeout reached": ours says what happened to its workspace)."""
+        busy = self._hold(nodes)
+        if busy:
+            fail_nodes(self.scontrol, "resume-fail", list(busy), next(iter(busy.values())))
+            nodes = [n for n in nodes if n not in busy]
         try:
             live = self._by_node(include_terminated=False)
         except errors.WorkspaceError as exc:
@@ -622,19 +594,40 @@ class Program:
         mark_down(self.scontrol, "resume-fail", reasons)
         if unreachable is not None:
             raise unreachable
-        return EXIT_FAILED if failed else EXIT_OK
+        return EXIT_FAILED if failed or busy else EXIT_OK
 
     def sweep(self, live: dict[str, list[common_pb2.Workspace]], exclude: Sequence[str]) -> None:
         """Destroy the workspaces of nodes Slurm has powered down (a suspend that could not
         destroy them: the VM would hold its quota forever, for Slurm never suspends a
         powered-down node again). Safe: only ws-slurm's workspaces (``node_of``), only of
         nodes that scontrol says are POWERED_DOWN and not powering up, never of the nodes
-        this run was given (a resume of them is under way, or this run handles them).
+        this run was given (a resume of them is under way, or this run handles them),
+        never of a node another run holds (``nodelock``): a node is taken only when its
+        lock is free, and its state read under the lock. slurmctld marks a node
+        POWERING_UP before it runs ResumeProgram for it, and that resume holds the node
+        from before its first look until it is done: so a node still POWERED_DOWN under
+        the lock has no resume that could have kept its workspace. (Until session 42
+        the state was read first and the workspaces destroyed after, unlocked: a resume
+        of the node in between kept the workspace, which was then destroyed under it.)
         Without scontrol's answer nothing is destroyed. ``live`` loses what is destroyed."""
         skip = set(exclude)
         candidates = [
             n for n, ws in live.items() if n not in skip and any(not _gone(w) for w in ws)
         ]
+        if not candidates:
+            return
+        taken = self.locks.try_acquire(candidates)
+        if len(taken) < len(candidates):
+            log.info("cleanup: %s left to a later run: another ws-slurm run holds them",
+                     brief([n for n in candidates if n not in taken]))  # fmt: skip
+        try:
+            self._sweep(taken, live)
+        finally:
+            self.locks.release(taken)
+
+    def _sweep(
+        self, candidates: Sequence[str], live: dict[str, list[common_pb2.Workspace]]
+    ) -> None:
         if not candidates:
             return
         down = self.scontrol.powered_off(candidates)

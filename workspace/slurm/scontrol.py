@@ -3,7 +3,8 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 
 * ``scontrol show hostnames EXPR``: the controller's own expansion of a hostlist;
 * ``scontrol show node -o NODES``: the nodes' features (``AvailableFeatures``);
-* ``scontrol update NodeName=X NodeAddr=IP NodeHostname=X``: where a new node is;
+* ``scontrol update NodeName=X,Y NodeAddr=IPX,IPY NodeHostname=X,Y``: where new nodes are
+  (a group's nodes in one call: slurmctld pairs the lists in order);
 * ``scontrol update NodeName=NODES State=DOWN Reason=...``: a node that cannot run (its
   resume was refused, or it failed): the admin sees why in ``sinfo -R``, and its job is
   requeued at once;
@@ -19,6 +20,11 @@ fails) ws-slurm goes on with what it knows and says so in its log.
   +POWERED_DOWN``): a workspace left on such a node (a suspend that failed) is destroyed;
 * ``scontrol show config`` and ``scontrol show partition -o`` (``check`` only): each
   node's ResumeTimeout, which ``replace_wait_s`` must stay below.
+
+Each call is given ``TIMEOUT_S``, an update is tried up to three times, and one run spends
+at most ``RUN_BUDGET_S`` in scontrol in all (then it runs no more): slurmctld kills its
+power programs after the longest ResumeTimeout or SuspendTimeout (from 23.02), and a
+slurmctld that does not answer would otherwise cost every node of a big job a minute.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from workspace.slurm.hostlist import compress, expand_all
 
 log = logging.getLogger("ws-slurm")
 TIMEOUT_S = 20.0
+RUN_BUDGET_S = 60.0  # one run's scontrol time in all, retries' pauses included
+RETRY_PAUSE_S = 1.0
+ADDRESS_CHUNK = 200  # nodes per NodeAddr update (one argument of ~20 characters each)
 REASON_PREFIX = "ws: "
 MAX_REASON = 200
 MAX_LOGGED_ARG = 120
@@ -67,9 +76,16 @@ def reason_text(text: str) -> str:
 
 
 class Scontrol:
-    def __init__(self, command: str = "scontrol") -> None:
+    def __init__(self, command: str = "scontrol", budget_s: float = RUN_BUDGET_S) -> None:
         self.command = command
+        self.budget_s = budget_s
+        self.spent_s = 0.0  # in scontrol (and between tries) so far
         self._said_missing = False
+        self._said_spent = False
+
+    def left_s(self) -> float:
+        """What this run may still spend in scontrol."""
+        return self.budget_s - self.spent_s
 
     @property
     def available(self) -> bool:
@@ -97,17 +113,30 @@ class Scontrol:
                 log.warning("scontrol %s: %s", _shown(args), self.missing())
                 self._said_missing = True
             return None
+        if self.left_s() <= 0:
+            if not self._said_spent:  # once a run
+                log.warning(
+                    "scontrol %s: not run: this run has spent its %g s for scontrol "
+                    "(slurmctld slow or away); no more scontrol calls in it",
+                    _shown(args),
+                    self.budget_s,
+                )
+                self._said_spent = True
+            return None
+        start = time.monotonic()
         try:
             proc = subprocess.run(
                 [command, *args],
                 capture_output=True,
                 text=True,
-                timeout=TIMEOUT_S,
+                timeout=min(TIMEOUT_S, self.left_s()),
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
+        finally:
+            self.spent_s += time.monotonic() - start
         if proc.returncode != 0 and partial and _has(proc.stdout, partial):
             rest = _not_partial(proc.stdout, partial)
             if rest:
@@ -237,8 +266,22 @@ class Scontrol:
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         """Tell slurmctld where ``node`` is; False if that could not be done."""
-        args = ("update", f"NodeName={node}", f"NodeAddr={address}", f"NodeHostname={node}")
-        return self._update(args, tries)
+        return not self.set_addresses({node: address}, tries)
+
+    def set_addresses(self, addresses: Mapping[str, str], tries: int = 3) -> list[str]:
+        """Tell slurmctld where the nodes are (node -> address), ``ADDRESS_CHUNK`` nodes
+        an update (slurmctld pairs NodeName=, NodeAddr= and NodeHostname= lists in their
+        order, which a plain comma list keeps); the nodes that could not be told."""
+        pairs = list(addresses.items())
+        failed: list[str] = []
+        for i in range(0, len(pairs), ADDRESS_CHUNK):
+            chunk = pairs[i : i + ADDRESS_CHUNK]
+            names = ",".join(n for n, _ in chunk)
+            where = ",".join(a for _, a in chunk)
+            args = ("update", f"NodeName={names}", f"NodeAddr={where}", f"NodeHostname={names}")
+            if not self._update(args, tries):
+                failed.extend(n for n, _ in chunk)
+        return failed
 
     def set_down(self, nodes: Sequence[str], reason: str, tries: int = 3) -> bool:
         """Mark ``nodes`` DOWN with ``reason`` (``reason_text``): their jobs are requeued,
@@ -264,8 +307,9 @@ class Scontrol:
         for attempt in range(tries):
             if self._run(*args) is not None:
                 return True
-            if attempt + 1 < tries:
-                time.sleep(1.0)
+            if attempt + 1 < tries and self.left_s() > RETRY_PAUSE_S:
+                time.sleep(RETRY_PAUSE_S)
+                self.spent_s += RETRY_PAUSE_S
         return False
 
 
