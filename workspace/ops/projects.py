@@ -736,6 +736,8 @@ def set_defaults(
                 log.info("project %s: quotas %s", project, limits_of(p))
         if leases is not None:
             p.default_lease_s, p.max_lease_s = leases[0], leases[1]
+            if leases[2] is LeaseAction.DESTROY and p.lease_action != leases[2].value:
+                p.lease_destroy_since = env.clock()  # leases ended before: under STOP
             p.lease_action = leases[2].value
             log.info("project %s: leases %s", project, leases)
         s.flush()
