@@ -363,3 +363,19 @@ def test_a_quota_lowered_below_use_says_so(
         admin, site, capsys, "-o", "json", "project", "set", "phys", "--quota", "instances=1"
     )
     assert json.loads(out)["quota"]["instances"] == 1
+    # A member's `ws quota` and `ws project show`, and `ws-admin project show`, say it
+    # too: they showed USED 2, LIMIT 1 alone, and the member whose create was refused
+    # could not tell an admin had lowered the quota from a bug.
+    said = "project phys uses 2 instances, more than its quota of 1: new workspaces are refused"
+    assert run(admin, site, capsys, "project", "add-user", "phys", "local")[0] == 0
+    for module, argv in (
+        (ws, ("quota",)),
+        (ws, ("project", "show", "phys")),
+        (admin, ("project", "show", "phys")),
+    ):
+        code, out, err = run(module, site, capsys, *argv)
+        assert code == 0, err
+        table, rest = out.split("\n\n", 1)
+        assert said not in table and said in rest
+    code, out, _ = run(ws, site, capsys, "-o", "json", "quota")
+    assert json.loads(out)[0]["used"]["instances"] == 2  # JSON: the figures alone

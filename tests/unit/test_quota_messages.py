@@ -146,3 +146,27 @@ def test_a_workspace_being_destroyed_is_said_to_count(site: Site) -> None:
     assert "`ws destroy NAME --wait`" in why
     site.report(a, nodes_pb2.OBSERVED_STATE_ABSENT)
     assert new(site, "b")
+
+
+def test_a_stopped_workspace_is_said_to_count(site: Site) -> None:
+    """`ws stop a && ws create b` in a full project: a stopped workspace keeps its share
+    of the quota (its node keeps its memory and disks), and the refusal said "1 in use"
+    while `ws list` showed nothing running, so a user took stopping for freeing. It says
+    how many of those in use are stopped, and that a destroy frees them."""
+    make(site, instances=2, vcpus=8)
+    a = new(site, "a")
+    stopped(site, a)
+    new(site, "b")
+    why = refusal(lambda: new(site, "c"))
+    assert "(2 in use, 1 more asked: 3 in all, the limit is 2)" in why
+    assert "; 1 stopped workspace(s) of the project count too: a stopped workspace" in why
+    assert "keeps its share until it is destroyed (`ws destroy NAME`)" in why
+    assert why.endswith("; `ws quota` shows use and limits")
+    # A resize of the stopped one is not told of itself.
+    why = refusal(lambda: update.update(site.core.env, ALICE, PolicyUpdate("a", cpus=8)))
+    assert "stopped workspace(s)" not in why
+    # None stopped: nothing said of them.
+    site.core.operate(ALICE, a, Op.DESTROY)
+    site.report(a, nodes_pb2.OBSERVED_STATE_ABSENT)
+    site.report(new(site, "c"), nodes_pb2.OBSERVED_STATE_RUNNING)
+    assert "stopped" not in refusal(lambda: new(site, "d"))

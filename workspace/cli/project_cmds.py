@@ -162,9 +162,11 @@ def lease_lines(uses: list[Any]) -> str:
 
 
 def user_quota_text(uses: list[Any]) -> str:
-    """`ws quota`, `ws project show`: the quotas, then each project's lease policy."""
-    leases = lease_lines(uses)
-    return quota_rows(uses) + ("\n\n" + leases if leases else "")
+    """`ws quota`, `ws project show`: the quotas, a line for each one a project is over
+    (an admin lowered it: a member's creates are refused, saying "exceeded already"),
+    then each project's lease policy."""
+    parts = [quota_rows(uses), "\n".join(over_quota(uses)), lease_lines(uses)]
+    return "\n\n".join(part for part in parts if part)
 
 
 def over_quota(uses: list[Any]) -> list[str]:
@@ -204,7 +206,8 @@ def show(client: Any, args: argparse.Namespace, admin: bool) -> int:
         return common.EXIT_OK
     spec = next(p for p in client.list_projects() if p.name == args.name)
     data = {"name": spec.name, "project": render.plain(spec), "quota": quota_dict(uses[0])}
-    render.emit(args, data, project_rows([spec]) + "\n\n" + quota_rows(uses))
+    parts = [project_rows([spec]), quota_rows(uses), "\n".join(over_quota(uses))]
+    render.emit(args, data, "\n\n".join(part for part in parts if part))
     return common.EXIT_OK
 
 

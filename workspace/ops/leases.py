@@ -47,6 +47,17 @@ class Policy:
     default_s: int = 0
     max_s: int = 0
     action: LeaseAction = LeaseAction.STOP
+    # When the action last became DESTROY (0: always so, as far as the store knows).
+    destroy_since: float = 0.0
+
+    def action_at(self, end: float) -> LeaseAction:
+        """What the expiry of a lease that ends at ``end`` does: a lease that ended
+        before the project's action became DESTROY ended under STOP, and its workspace,
+        stopped then (or by its owner before), is not destroyed with its disks for an
+        admin's later change (`ws-admin project set P --on-expiry destroy`)."""
+        if self.action is LeaseAction.DESTROY and end <= self.destroy_since:
+            return LeaseAction.STOP
+        return self.action
 
 
 def policy(s: Session, project: str) -> Policy:
@@ -54,7 +65,7 @@ def policy(s: Session, project: str) -> Policy:
     if p is None:
         return Policy()
     action = LeaseAction.DESTROY if p.lease_action == "DESTROY" else LeaseAction.STOP
-    return Policy(p.default_lease_s or 0, p.max_lease_s or 0, action)
+    return Policy(p.default_lease_s or 0, p.max_lease_s or 0, action, p.lease_destroy_since or 0.0)
 
 
 def lease_end(s: Session, project: str, requested_s: int, now: float, site_max_s: int) -> float:
@@ -109,7 +120,7 @@ def refuse_save_after_end(env: Env, s: Session, ws: Workspace) -> None:
     end = ws.lease_expires_at or 0.0
     if not end or end > env.clock():
         return
-    if policy(s, ws.project).action is LeaseAction.DESTROY:
+    if policy(s, ws.project).action_at(end) is LeaseAction.DESTROY:
         raise FailedPrecondition(
             f"cannot save workspace {ws.name}: its lease ended at {iso_time(end)} and "
             f"project {ws.project} destroys workspaces at expiry; "
@@ -126,6 +137,11 @@ class Round:
 
     warned: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+
+
+def action_of(s: Session, ws: Workspace) -> LeaseAction:
+    """What the expiry of ``ws``'s lease does (``Policy.action_at``)."""
+    return policy(s, ws.project).action_at(ws.lease_expires_at or 0.0)
 
 
 def _acts_on(ws: Workspace, action: LeaseAction) -> bool:
@@ -169,7 +185,7 @@ def _to_warn(
     return [
         ws
         for ws in _leased(s, before, unwarned=True, ids=ids)
-        if ws.lease_expires_at > now and _acts_on(ws, policy(s, ws.project).action)
+        if ws.lease_expires_at > now and _acts_on(ws, action_of(s, ws))
     ]
 
 
@@ -188,7 +204,7 @@ def check(env: Env) -> Round:
     if warn:
         _warn(env, now, before, warn, done)
     with env.store.read() as s:  # a write only for those expiry acts on
-        due = [ws.id for ws in _leased(s, now) if _acts_on(ws, policy(s, ws.project).action)]
+        due = [ws.id for ws in _leased(s, now) if _acts_on(ws, action_of(s, ws))]
     for wid in due:
         if _expire(env, wid, now):
             done.expired.append(wid)
@@ -220,7 +236,7 @@ def _expire(env: Env, wid: str, now: float) -> bool:
         ws = u.s.get(Workspace, wid)
         if ws is None or not ws.lease_expires_at or ws.lease_expires_at > now:
             return False
-        action = policy(u.s, ws.project).action
+        action = action_of(u.s, ws)
         if not _acts_on(ws, action):
             return False
         # Never on a node (still waiting, or given up waiting): it never ran, and a

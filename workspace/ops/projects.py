@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -416,11 +417,13 @@ def refuse_over(
     label: str,
     only: Iterable[str] = (),
     going: int = 0,
+    stopped: int = 0,
 ) -> None:
     """RESOURCE_EXHAUSTED naming the first quota ``used`` goes over (nothing if none),
     its limit, what was in use ``before`` the request and what the request asks more;
     ``only``: of these quotas alone (none given: all); ``going``: how many of the
-    workspaces in use are being destroyed (they count until their node removed them)."""
+    workspaces in use are being destroyed (they count until their node removed them);
+    ``stopped``: how many are stopped (they count until they are destroyed)."""
     asked = set(only)
     over = [name for name in limits.exceeded(used) if not asked or name in asked]
     if over:
@@ -447,6 +450,11 @@ def refuse_over(
                 f"{quota} would be exceeded ({in_use}, {total - had}{unit} more asked: "
                 f"{total}{unit} in all, the limit is {limit}{unit})"
             )
+        if stopped:  # `ws stop` frees no quota: the node keeps its memory and disks
+            why += (
+                f"; {stopped} stopped workspace(s) of the project count too: a stopped "
+                "workspace keeps its share until it is destroyed (`ws destroy NAME`)"
+            )
         raise ResourceExhausted(f"{label}: {why}; `ws quota` shows use and limits")
 
 
@@ -463,7 +471,8 @@ def check_workspace_quota(
     refuse if the project is over a quota of that class. The classes are checked apart:
     the other class over a quota an admin lowered does not refuse this one. The refusal
     says what was in use before: the use ``before`` it, else all but the workspaces of
-    the ids ``adds`` (the new rows)."""
+    the ids ``adds`` (the new rows, or the one resized); and how many of the others are
+    being destroyed or stopped, which count as well."""
     if not project:
         return
     p = s.get(Project, project)
@@ -477,17 +486,18 @@ def check_workspace_quota(
             return
         if before is None:  # only on a refusal: a create pays no second read
             before = workspace_use(s, project, frozenset(adds))
-        going = s.scalar(
-            select(func.count())
-            .select_from(Workspace)
-            .where(
+        others = s.execute(
+            select(Workspace.id, Workspace.desired_state).where(
                 Workspace.project == project,
                 Workspace.state != State.TERMINATED.value,
-                Workspace.desired_state == Desired.TERMINATED.value,
+                Workspace.desired_state.in_((Desired.TERMINATED.value, Desired.STOPPED.value)),
                 Workspace.preemptible.is_(preemptible),
             )
-        )
-        refuse_over(project, limits, before, used, label, fields, int(going or 0))
+        ).all()
+        new = frozenset(adds)
+        counts = Counter(desired for wid, desired in others if wid not in new)
+        going, stopped = counts[Desired.TERMINATED.value], counts[Desired.STOPPED.value]
+        refuse_over(project, limits, before, used, label, fields, going, stopped)
 
 
 # -- projects (admins) -----------------------------------------------------------------------
@@ -726,6 +736,8 @@ def set_defaults(
                 log.info("project %s: quotas %s", project, limits_of(p))
         if leases is not None:
             p.default_lease_s, p.max_lease_s = leases[0], leases[1]
+            if leases[2] is LeaseAction.DESTROY and p.lease_action != leases[2].value:
+                p.lease_destroy_since = env.clock()  # leases ended before: under STOP
             p.lease_action = leases[2].value
             log.info("project %s: leases %s", project, leases)
         s.flush()

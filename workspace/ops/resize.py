@@ -91,6 +91,11 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
     s.flush()
     if grows:  # a shrink is never refused, also in a project over a lowered quota
         check_workspace_quota(
-            s, ws.project or "", f"cannot resize {ws.name}", bool(ws.preemptible), before=before
+            s,
+            ws.project or "",
+            f"cannot resize {ws.name}",
+            bool(ws.preemptible),
+            (ws.id,),  # (stopped, as it must be: not named among the others stopped)
+            before=before,
         )
     return what

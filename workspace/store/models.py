@@ -456,6 +456,9 @@ class Project(Base):
     default_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
     max_lease_s: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_action: Mapped[str] = mapped_column(String(16), default="STOP")
+    # When lease_action last became DESTROY (0: never changed to it since made): a lease
+    # that ended before it ended under STOP and is not destroyed for it (ops/leases.py).
+    lease_destroy_since: Mapped[float] = mapped_column(Float, default=0.0)
     # Default limits of new workspaces ({"cpu_percent", ..., "net_mbps"}; 0/absent = the
     # site's default).
     default_limits: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
