@@ -253,6 +253,12 @@ def _hostile(tmp: Path) -> list[tuple[str, bytes, str, str]]:
         ("encrypted", qcow2_header(crypt_method=1), "qcow2", "encrypted"),
         ("unknown-feature", qcow2_header(incompatible=1 << 20), "qcow2", "unknown incompatible"),
         ("version1", qcow2_header(version=1), "qcow2", "unsupported qcow2 version 1"),
+        (
+            "compression-type",
+            qcow2_header(incompatible=1 << 3, compression_type=7),
+            "qcow2",
+            "broken qcow2: unknown compression type 7",
+        ),
         ("truncated", b"QFI\xfb\0\0\0\x03", "qcow2", "truncated"),
         ("huge", qcow2_header(size=2 * 1024**4), "qcow2", "exceeds the limit"),
         (
