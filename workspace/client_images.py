@@ -560,9 +560,14 @@ def _inspect(manifest: image_manifest.Manifest, fmts: Mapping[str, str], limit: 
     for p in manifest.partitions:
         if p.file is not None:
             try:
-                formats.inspect(p.file, fmts[p.name], limit, f"partition {p.name}")
+                info = formats.inspect(p.file, fmts[p.name], limit, f"partition {p.name}")
             except formats.UnsafeImage as exc:
                 raise errors.InvalidArgument(f"{exc} ({p.file}); nothing sent") from None
+            if not info.virtual_size_bytes and info.file_size_bytes:  # (empty: said before)
+                raise errors.InvalidArgument(
+                    f"partition {p.name}: a disk of 0 bytes (the qcow2's virtual size is 0), "
+                    f"which boots and holds nothing ({p.file}); nothing sent"
+                )
         elif p.size_bytes % 512 or not 0 < p.size_bytes <= limit:
             raise errors.InvalidArgument(
                 f"partition {p.name}: a blank partition's size is a multiple of 512 bytes "

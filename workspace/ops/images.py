@@ -372,6 +372,13 @@ class Catalog:
             info = formats.inspect(self.blobs.path(p.digest), fmt, limit, what)
         except formats.UnsafeImage as exc:
             raise RefusedBlob(str(exc), p.digest) from exc
+        if not info.virtual_size_bytes:  # its workspaces would get a disk of nothing
+            why = "the file is empty" if not size else "the qcow2's virtual size is 0"
+            raise RefusedBlob(
+                f"{what}: a disk of 0 bytes ({why}: a failed download?), which boots and "
+                "holds nothing",
+                p.digest,
+            )
         return Partition(
             name=p.name,
             mode=p.mode,
@@ -418,10 +425,10 @@ class Catalog:
                 raise InvalidArgument(f"{what}: partition named twice")
             names.add(p.name)
             parts.append(self._partition(req.image, p, usable))
-        if req.kernel_digest:
-            self._need_blob(req.kernel_digest, f"image {req.image}, kernel", usable)
-        if req.initrd_digest:
-            self._need_blob(req.initrd_digest, f"image {req.image}, initrd", usable)
+        for what, digest in (("kernel", req.kernel_digest), ("initrd", req.initrd_digest)):
+            what = f"image {req.image}, {what}"
+            if digest and not self._need_blob(digest, what, usable):
+                raise InvalidArgument(f"{what}: the file is empty; a failed download?")
         return tuple(parts)
 
     def import_image(
