@@ -25,7 +25,14 @@ _OTHER_MAGICS = {
     b"vhdxfile": "vhdx",
     b"LUKS\xba\xbe": "luks",
     b"QED\0": "qed",
+    b"WithoutFreeSpace": "parallels",
+    b"WithouFreSpacExt": "parallels",
+    # A VMDK's text descriptor (monolithicFlat and the split kinds): it names the extent
+    # files that hold the disk, and taken as raw it was a disk of a few hundred bytes.
+    b"# Disk DescriptorFile": "vmdk",
 }
+# qemu-img's name of a format where it is not ours (``qemu-img convert -f vpc``).
+_QEMU_DRIVERS = {"vhd": "vpc"}
 # ISO 9660: the primary volume descriptor's "CD001" at 32769 (sector 16, byte 1).
 _ISO_MAGIC = b"CD001"
 _ISO_OFFSET = 32769
@@ -87,6 +94,11 @@ def sniff(header: bytes) -> str:
     if header[_ISO_OFFSET:SNIFF_BYTES] == _ISO_MAGIC:
         return "iso"
     return "raw"
+
+
+def qemu_driver(fmt: str) -> str:
+    """The name qemu-img knows a format ``sniff`` names by (``-f`` of qemu-img convert)."""
+    return _QEMU_DRIVERS.get(fmt, fmt)
 
 
 def sniff_file(path: str | os.PathLike[str]) -> str:
