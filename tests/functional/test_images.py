@@ -795,3 +795,51 @@ def test_a_disk_of_nothing_is_refused_at_import(site: Site, client: Client, tmp_
     assert "image k:1, kernel: the file is empty" in str(exc.value.details())
     assert image_names(site) == []
     assert client.repository_usage().used_bytes == 0
+
+
+def test_an_upload_whose_bytes_are_not_the_digest_it_said_stores_nothing(tmp_path: Path) -> None:
+    """An upload says its digest in its first chunk: one that ends short of it (a
+    client cut off, which gRPC's server may see as the stream's end) or whose bytes are
+    other (a file that changed between its hash and its send) is refused, nothing
+    stored. Before, the bytes that came were stored as a blob of their own, counted
+    against the sender's quota for blob_grace_s: the retry of a push near its quota
+    failed RESOURCE_EXHAUSTED for an hour."""
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 3 * MiB})
+    client = Client(site.address)
+    blobs = Path(site.cfg.data_dir) / "blobs"
+    try:
+        whole = b"disk" * (MiB // 2)  # 2 MiB
+        said = digests.of_bytes(whole)
+        cut = [
+            images_pb2.BlobChunk(digest=said, data=whole[:MiB]),
+            images_pb2.BlobChunk(data=whole[MiB : MiB + 4096]),
+        ]
+        with pytest.raises(grpc.RpcError) as exc:
+            site.stubs.images.UploadBlob(iter(cut))
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"not {said}" in str(exc.value.details())
+        assert "nothing stored" in str(exc.value.details())
+        assert list((blobs / "sha256").iterdir()) == []
+        assert list((blobs / "tmp").iterdir()) == []
+        assert client.repository_usage().used_bytes == 0
+
+        # The client's push says the digest it hashed: a file that changed since is
+        # refused by the service, and said so; the fixed push fits in the quota.
+        disk = write(tmp_path / "disk.raw", whole)
+        real = client.upload_blob
+
+        def changed(path: Any, *args: Any, **kw: Any) -> Any:
+            write(disk, b"DISK" * (MiB // 2))  # rewritten after the hash
+            return real(path, *args, **kw)
+
+        client.upload_blob = changed  # type: ignore[method-assign]
+        with pytest.raises(errors.InvalidArgument, match=r"disk\.raw changed while it was pushed"):
+            client.push_image("app:1", Manifest((PartitionSpec("root", "cow", disk),)))
+        client.upload_blob = real  # type: ignore[method-assign]
+        assert list((blobs / "sha256").iterdir()) == []
+        assert client.repository_usage().used_bytes == 0
+        client.push_image("app:1", Manifest((PartitionSpec("root", "cow", disk),)))
+        assert client.repository_usage().used_bytes == 2 * MiB
+    finally:
+        client.close()
+        site.close()

@@ -99,16 +99,22 @@ class Catalog:
     # -- blobs -------------------------------------------------------------------------------
 
     def upload_blob(
-        self, chunks: Iterable[bytes], who: Identity | str | None, holder: str = ""
+        self,
+        chunks: Iterable[bytes],
+        who: Identity | str | None,
+        holder: str = "",
+        expected: str = "",
     ) -> tuple[str, int]:
         """Store a stream of bytes: (its digest, its size). ``who`` sent them: they may
         make images of the blob from now on (ops/blob_access.py); None: a node sending a
         saved disk, which its save vouches for once it is sure the node sent it
-        (``holder``, the node's principal, is recorded as having sent it)."""
+        (``holder``, the node's principal, is recorded as having sent it). ``expected``:
+        the digest the sender said, else nothing is stored (store/blobs.py ``receive``)."""
         env = self.env
         sender = as_identity(who) if who is not None else None
         holder = sender.principal if sender is not None else holder
-        tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes)
+        limit = env.cfg.limits.max_blob_bytes
+        tmp, digest, size = self.blobs.receive(chunks, limit, expected)
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
             # file between the rename and the row.
