@@ -113,8 +113,7 @@ class Catalog:
         env = self.env
         sender = as_identity(who) if who is not None else None
         holder = sender.principal if sender is not None else holder
-        limit = env.cfg.limits.max_blob_bytes
-        tmp, digest, size = self.blobs.receive(chunks, limit, expected)
+        tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes, expected)
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
             # file between the rename and the row.
