@@ -25,7 +25,14 @@ _OTHER_MAGICS = {
     b"vhdxfile": "vhdx",
     b"LUKS\xba\xbe": "luks",
     b"QED\0": "qed",
+    b"WithoutFreeSpace": "parallels",
+    b"WithouFreSpacExt": "parallels",
+    # A VMDK's text descriptor (monolithicFlat and the split kinds): it names the extent
+    # files that hold the disk, and taken as raw it was a disk of a few hundred bytes.
+    b"# Disk DescriptorFile": "vmdk",
 }
+# qemu-img's name of a format where it is not ours (``qemu-img convert -f vpc``).
+_QEMU_DRIVERS = {"vhd": "vpc"}
 # ISO 9660: the primary volume descriptor's "CD001" at 32769 (sector 16, byte 1).
 _ISO_MAGIC = b"CD001"
 _ISO_OFFSET = 32769
@@ -34,6 +41,7 @@ SNIFF_BYTES = _ISO_OFFSET + len(_ISO_MAGIC)
 
 _QCOW2_INCOMPAT_CORRUPT = 1 << 1
 _QCOW2_INCOMPAT_EXTERNAL_DATA = 1 << 2
+_QCOW2_INCOMPAT_COMPRESSION = 1 << 3
 _QCOW2_INCOMPAT_EXTENDED_L2 = 1 << 4
 _QCOW2_KNOWN_INCOMPAT = 0b11111  # dirty, corrupt, external data, compression type, extended L2
 # QEMU's own bounds (block/qcow2.h): cluster_bits, and the largest L1 and refcount tables.
@@ -43,6 +51,21 @@ _MAX_L1_BYTES = 32 * 1024 * 1024
 _MAX_REFTABLE_BYTES = 8 * 1024 * 1024
 _V2_HEADER = 72
 _V3_HEADER = 104
+# Compression types (the v3 header's byte 104, when its header is longer): zlib, zstd.
+_COMPRESSION_TYPES = {0: "zlib", 1: "zstd"}
+# Extended L2 entries split a cluster into 32 subclusters of at least 512 bytes.
+_MIN_EXTENDED_L2_CLUSTER_BITS = 14
+# Header extensions (after the header, up to the end of its cluster): the end marker, and
+# the backing file's format (a name QEMU keeps in 16 bytes).
+_EXT_END = 0
+_EXT_BACKING_FORMAT = 0xE2792ACA
+_MAX_BACKING_FORMAT = 15
+# Internal snapshots (block/qcow2.h): how many, their table's size, each one's extra data.
+_MAX_SNAPSHOTS = 65536
+_MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024
+_MAX_SNAPSHOT_EXTRA = 1024
+_SNAPSHOT_ENTRY = struct.Struct(">QIHHIIQII")  # 40 bytes, then extra data, id and name
+_INT64_MAX = (1 << 63) - 1
 # The bits of a refcount table entry that are its block's offset.
 _REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
 
@@ -71,6 +94,11 @@ def sniff(header: bytes) -> str:
     if header[_ISO_OFFSET:SNIFF_BYTES] == _ISO_MAGIC:
         return "iso"
     return "raw"
+
+
+def qemu_driver(fmt: str) -> str:
+    """The name qemu-img knows a format ``sniff`` names by (``-f`` of qemu-img convert)."""
+    return _QEMU_DRIVERS.get(fmt, fmt)
 
 
 def sniff_file(path: str | os.PathLike[str]) -> str:
@@ -132,6 +160,84 @@ def _check_in_use(
             )
 
 
+def _check_compression(what: str, incompat: int, header: bytes, header_len: int) -> None:
+    """A v3 qcow2's compression type (byte 104 of a header longer than 104 bytes, else
+    zlib) is one QEMU knows, and its incompatible feature bit is set exactly when it is
+    not zlib: QEMU refuses to open the file otherwise."""
+    kind = header[_V3_HEADER] if header_len > _V3_HEADER else 0
+    if kind not in _COMPRESSION_TYPES:
+        raise UnsafeImage(
+            f"{what}: broken qcow2: unknown compression type {kind} (qemu knows 0, zlib, "
+            "and 1, zstd)"
+        )
+    if bool(kind) != bool(incompat & _QCOW2_INCOMPAT_COMPRESSION):
+        raise UnsafeImage(
+            f"{what}: broken qcow2: its compression type is {_COMPRESSION_TYPES[kind]}, but "
+            f"its compression type feature bit is {'not set' if kind else 'set'}"
+        )
+
+
+def _check_extensions(f: BinaryIO, what: str, start: int, end: int) -> None:
+    """The header extensions between the header (``start``) and the end of its cluster
+    (``end``) each fit there, as QEMU reads them (the file reads as zeros past its end,
+    and a zero type ends them)."""
+    f.seek(start)
+    data = f.read(end - start).ljust(end - start + 8, b"\0")  # (+8: a last type and length)
+    offset = start
+    while offset < end:
+        kind, length = struct.unpack_from(">II", data, offset - start)
+        offset += 8
+        if offset > end or length > end - offset:
+            raise UnsafeImage(
+                f"{what}: broken qcow2: a header extension ({kind:#x}, {length} bytes) runs "
+                f"past the end of the header's cluster ({end} bytes)"
+            )
+        if kind == _EXT_END:
+            return
+        if kind == _EXT_BACKING_FORMAT and length > _MAX_BACKING_FORMAT:
+            raise UnsafeImage(
+                f"{what}: broken qcow2: a backing format name of {length} bytes (qemu "
+                f"takes at most {_MAX_BACKING_FORMAT})"
+            )
+        offset += (length + 7) & ~7
+
+
+def _check_snapshots(
+    f: BinaryIO, what: str, count: int, offset: int, cluster: int, file_size: int
+) -> None:
+    """The internal snapshot table: cluster-aligned (also when empty), at most QEMU's
+    number of snapshots, each with at most its extra data, the whole at most its size.
+    Only the entries' headers are read (a snapshot's own L1 table is not)."""
+    if offset % cluster or offset > _INT64_MAX - count * _SNAPSHOT_ENTRY.size:
+        raise UnsafeImage(f"{what}: broken qcow2: the snapshot table offset {offset:#x} is invalid")
+    if count > _MAX_SNAPSHOTS:
+        raise UnsafeImage(
+            f"{what}: broken qcow2: {count} internal snapshots (qemu takes at most "
+            f"{_MAX_SNAPSHOTS})"
+        )
+    if not count:
+        return
+    _table(what, "snapshot table", offset, 1, cluster, file_size)
+    at = offset
+    for i in range(count):
+        at = (at + 7) & ~7
+        f.seek(at)
+        entry = f.read(_SNAPSHOT_ENTRY.size).ljust(_SNAPSHOT_ENTRY.size, b"\0")
+        *_, id_len, name_len, _, _, _, _, extra = _SNAPSHOT_ENTRY.unpack(entry)
+        if extra > _MAX_SNAPSHOT_EXTRA:
+            raise UnsafeImage(
+                f"{what}: broken qcow2: internal snapshot {i} has {extra} bytes of extra "
+                f"data (qemu takes at most {_MAX_SNAPSHOT_EXTRA}; qemu-img check -r all "
+                "removes them)"
+            )
+        at += _SNAPSHOT_ENTRY.size + extra + id_len + name_len
+        if at - offset > _MAX_SNAPSHOT_TABLE_BYTES:
+            raise UnsafeImage(
+                f"{what}: broken qcow2: its snapshot table is larger than "
+                f"{_MAX_SNAPSHOT_TABLE_BYTES} bytes"
+            )
+
+
 def _check_qcow2(f: BinaryIO, header: bytes, file_size: int, what: str) -> int:
     if len(header) < _V2_HEADER:
         raise UnsafeImage(f"{what}: truncated qcow2 header ({len(header)} bytes)")
@@ -182,6 +288,14 @@ def _check_qcow2(f: BinaryIO, header: bytes, file_size: int, what: str) -> int:
         raise UnsafeImage(
             f"{what}: truncated qcow2: the file has {file_size} bytes, its header {header_len}"
         )
+    if version == 3:
+        _check_compression(what, incompat, header, header_len)
+    if incompat & _QCOW2_INCOMPAT_EXTENDED_L2 and cluster_bits < _MIN_EXTENDED_L2_CLUSTER_BITS:
+        raise UnsafeImage(
+            f"{what}: broken qcow2: extended L2 entries need clusters of at least "
+            f"{1 << _MIN_EXTENDED_L2_CLUSTER_BITS} bytes, not {cluster}"
+        )
+    _check_extensions(f, what, header_len, cluster)
     (l1_entries, l1_off, rt_off, rt_clusters, nb_snapshots, snap_off) = struct.unpack(
         ">IQQIIQ", header[36:72]
     )
@@ -196,8 +310,7 @@ def _check_qcow2(f: BinaryIO, header: bytes, file_size: int, what: str) -> int:
     if rt_clusters == 0 or rt_clusters * cluster > _MAX_REFTABLE_BYTES:
         raise UnsafeImage(f"{what}: broken qcow2: a refcount table of {rt_clusters} cluster(s)")
     _table(what, "refcount table", rt_off, rt_clusters * cluster, cluster, file_size)
-    if nb_snapshots:
-        _table(what, "snapshot table", snap_off, 1, cluster, file_size)
+    _check_snapshots(f, what, nb_snapshots, snap_off, cluster, file_size)
     _check_in_use(f, what, cluster, refcount_order, rt_off, rt_clusters * cluster, file_size)
     return int(size)
 

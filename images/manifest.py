@@ -292,7 +292,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if found not in FORMATS:
         raise ManifestError(
             f"{path}: the file is {found}, not raw or qcow2; convert it first "
-            f"(qemu-img convert -f {found} -O qcow2 {path} out.qcow2)"
+            f"(qemu-img convert -f {formats.qemu_driver(found)} -O qcow2 {path} out.qcow2)"
         )
     return found
 

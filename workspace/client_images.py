@@ -88,8 +88,13 @@ class ImagesClientMixin:
         path: str | os.PathLike[str],
         progress: Callable[[int, int], None] | None = None,
         stall_s: float | None = None,
+        digest: str = "",
     ) -> images_pb2.BlobRef:
         """Stream a file to the service's blob store in 1 MiB chunks.
+
+        ``digest``: the file's, as hashed before ("sha256:<hex>"); the service then
+        stores nothing unless the bytes it received hash to it (InvalidArgument: the
+        file changed since, or the upload was cut short).
 
         ``progress(sent_bytes, total_bytes)`` is called before the first chunk and
         after each one. Returns the blob's digest ("sha256:<hex>") and size. An upload
@@ -108,8 +113,10 @@ class ImagesClientMixin:
             with open(path, "rb") as f:
                 if progress is not None:
                     progress(0, total)
-                while data := f.read(CHUNK_BYTES):
-                    yield images_pb2.BlobChunk(data=data)
+                said = digest  # in the first chunk
+                while (data := f.read(CHUNK_BYTES)) or said:
+                    yield images_pb2.BlobChunk(data=data, digest=said)
+                    said = ""
                     moved[0] = time.monotonic()  # gRPC sent the last one, wants the next
                     sent += len(data)
                     taken[0] = sent
@@ -472,8 +479,16 @@ class ImagesClientMixin:
                 if progress is not None:
                     progress("upload", str(path), done, total)
 
-            ref = self.upload_blob(path, report)
-            if ref.digest != digest:
+            try:
+                ref = self.upload_blob(path, report, digest=digest)
+            except errors.InvalidArgument as exc:
+                if f"not {digest} as the upload said" in exc.message:
+                    raise errors.InvalidArgument(
+                        f"{path} changed while it was pushed (hashed {digest}, the service "
+                        "received other bytes and stored nothing); push again"
+                    ) from None
+                raise
+            if ref.digest != digest:  # (a service older than BlobChunk.digest stored it)
                 raise errors.InvalidArgument(
                     f"{path} changed while it was pushed (hashed {digest}, sent {ref.digest}); "
                     "push again"
@@ -560,9 +575,14 @@ def _inspect(manifest: image_manifest.Manifest, fmts: Mapping[str, str], limit: 
     for p in manifest.partitions:
         if p.file is not None:
             try:
-                formats.inspect(p.file, fmts[p.name], limit, f"partition {p.name}")
+                info = formats.inspect(p.file, fmts[p.name], limit, f"partition {p.name}")
             except formats.UnsafeImage as exc:
                 raise errors.InvalidArgument(f"{exc} ({p.file}); nothing sent") from None
+            if not info.virtual_size_bytes and info.file_size_bytes:  # (empty: said before)
+                raise errors.InvalidArgument(
+                    f"partition {p.name}: a disk of 0 bytes (the qcow2's virtual size is 0), "
+                    f"which boots and holds nothing ({p.file}); nothing sent"
+                )
         elif p.size_bytes % 512 or not 0 < p.size_bytes <= limit:
             raise errors.InvalidArgument(
                 f"partition {p.name}: a blank partition's size is a multiple of 512 bytes "

@@ -253,6 +253,12 @@ def _hostile(tmp: Path) -> list[tuple[str, bytes, str, str]]:
         ("encrypted", qcow2_header(crypt_method=1), "qcow2", "encrypted"),
         ("unknown-feature", qcow2_header(incompatible=1 << 20), "qcow2", "unknown incompatible"),
         ("version1", qcow2_header(version=1), "qcow2", "unsupported qcow2 version 1"),
+        (
+            "compression-type",
+            qcow2_header(incompatible=1 << 3, compression_type=7),
+            "qcow2",
+            "broken qcow2: unknown compression type 7",
+        ),
         ("truncated", b"QFI\xfb\0\0\0\x03", "qcow2", "truncated"),
         ("huge", qcow2_header(size=2 * 1024**4), "qcow2", "exceeds the limit"),
         (
@@ -683,6 +689,7 @@ def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
         huge = write(tmp_path / "huge.raw", b"", 15 * 1024**4)
         backing = write(tmp_path / "b.qcow2", qcow2_header(backing_offset=512, backing_len=9))
         broken = write(tmp_path / "x.qcow2", qcow2_header(size=8 * MiB)[:100])
+        nothing = write(tmp_path / "n.qcow2", qcow2_header(size=0))
         good = write(tmp_path / "good.raw", b"good", MiB)
         empty = write(tmp_path / "disk.img", b"")  # a failed `wget -O disk.img`
         odd, over = 1000, site.cfg.limits.max_virtual_bytes + 512  # blank sizes refused
@@ -691,6 +698,7 @@ def test_push_checks_files_before_hashing_them(tmp_path: Path) -> None:
             (empty, 0, "InvalidArgument", "disk.img: is empty; nothing sent"),
             (backing, 0, "InvalidArgument", "partition root: qcow2 names a backing file"),
             (broken, 0, "InvalidArgument", "partition root: truncated qcow2 v3 header"),
+            (nothing, 0, "InvalidArgument", "partition root: a disk of 0 bytes .*nothing sent"),
             # Refused at import after the file was sent, which stayed an hour, counted.
             (good, odd, "InvalidArgument", "partition tmp: .* multiple of 512 .* not 1000"),
             (good, over, "InvalidArgument", f"partition tmp: .* not {over}; nothing sent"),
@@ -751,4 +759,87 @@ def test_a_push_given_up_on_a_quiet_site_leaves_the_repository(tmp_path: Path) -
         with Client(site.address) as client:
             assert client.has_blobs([digest]) == [digest]
     finally:
+        site.close()
+
+
+@needs_qemu_img
+def test_a_disk_of_nothing_is_refused_at_import(site: Site, client: Client, tmp_path: Path) -> None:
+    """An empty file (a failed `wget -O disk.img`, sent through the API or the Python
+    client's upload_blob and import_image, which `ws image push` refuses locally) or a
+    qcow2 of virtual size 0 as a partition: each was registered, and its workspaces got
+    a disk of 0 bytes that boots nothing. Now refused like any unusable file: nothing
+    registered, nothing left in the repository or counted. An empty kernel too."""
+    s = site.stubs
+    zero = tmp_path / "zero.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(zero), "0"], check=True)
+    for data, fmt, reason in (
+        (b"", "raw", "the file is empty"),
+        (zero.read_bytes(), "qcow2", "the qcow2's virtual size is 0"),
+    ):
+        digest = s.upload(data)
+        req = images_pb2.ImportImageRequest(
+            name="nothing:1",
+            partitions=[common_pb2.Partition(name="root", digest=digest, format=fmt, mode=COW)],
+        )
+        with pytest.raises(grpc.RpcError) as exc:
+            s.images.ImportImage(req)
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        said = str(exc.value.details())
+        assert said.startswith("image nothing:1, partition 'root': a disk of 0 bytes"), said
+        assert reason in said
+        assert client.has_blobs([digest]) == [digest]  # gone at once
+    kernel = s.upload(b"")
+    with pytest.raises(grpc.RpcError) as exc:
+        s.images.ImportImage(images_pb2.ImportImageRequest(name="k:1", kernel_digest=kernel))
+    assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image k:1, kernel: the file is empty" in str(exc.value.details())
+    assert image_names(site) == []
+    assert client.repository_usage().used_bytes == 0
+
+
+def test_an_upload_whose_bytes_are_not_the_digest_it_said_stores_nothing(tmp_path: Path) -> None:
+    """An upload says its digest in its first chunk: one that ends short of it (a
+    client cut off, which gRPC's server may see as the stream's end) or whose bytes are
+    other (a file that changed between its hash and its send) is refused, nothing
+    stored. Before, the bytes that came were stored as a blob of their own, counted
+    against the sender's quota for blob_grace_s: the retry of a push near its quota
+    failed RESOURCE_EXHAUSTED for an hour."""
+    site = Site(tmp_path, limits={"repo_quota_bytes_per_user": 3 * MiB})
+    client = Client(site.address)
+    blobs = Path(site.cfg.data_dir) / "blobs"
+    try:
+        whole = b"disk" * (MiB // 2)  # 2 MiB
+        said = digests.of_bytes(whole)
+        cut = [
+            images_pb2.BlobChunk(digest=said, data=whole[:MiB]),
+            images_pb2.BlobChunk(data=whole[MiB : MiB + 4096]),
+        ]
+        with pytest.raises(grpc.RpcError) as exc:
+            site.stubs.images.UploadBlob(iter(cut))
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"not {said}" in str(exc.value.details())
+        assert "nothing stored" in str(exc.value.details())
+        assert list((blobs / "sha256").iterdir()) == []
+        assert list((blobs / "tmp").iterdir()) == []
+        assert client.repository_usage().used_bytes == 0
+
+        # The client's push says the digest it hashed: a file that changed since is
+        # refused by the service, and said so; the fixed push fits in the quota.
+        disk = write(tmp_path / "disk.raw", whole)
+        real = client.upload_blob
+
+        def changed(path: Any, *args: Any, **kw: Any) -> Any:
+            write(disk, b"DISK" * (MiB // 2))  # rewritten after the hash
+            return real(path, *args, **kw)
+
+        client.upload_blob = changed  # type: ignore[method-assign]
+        with pytest.raises(errors.InvalidArgument, match=r"disk\.raw changed while it was pushed"):
+            client.push_image("app:1", Manifest((PartitionSpec("root", "cow", disk),)))
+        client.upload_blob = real  # type: ignore[method-assign]
+        assert list((blobs / "sha256").iterdir()) == []
+        assert client.repository_usage().used_bytes == 0
+        client.push_image("app:1", Manifest((PartitionSpec("root", "cow", disk),)))
+        assert client.repository_usage().used_bytes == 2 * MiB
+    finally:
+        client.close()
         site.close()

@@ -30,6 +30,7 @@ def qcow2_header(
     l1_offset: int | None = None,
     refcount_offset: int = 0x10000,
     header_length: int = 104,
+    compression_type: int | None = None,
 ) -> bytes:
     """A qcow2 laid out as in QEMU's docs/interop/qcow2.txt: the header in cluster 0, the
     refcount table in cluster 1, the L1 table (as many entries as the virtual size
@@ -55,7 +56,11 @@ def qcow2_header(
     )
     assert len(header) == 72
     if version >= 3:
+        if compression_type is not None:
+            header_length = 112
         header += struct.pack(">QQQII", incompatible, 0, 0, 4, header_length)
+        if compression_type is not None:
+            header += bytes([compression_type]).ljust(8, b"\0")
     end = max(3 * cluster, 2 * cluster + l1_entries * 8)
     return header.ljust(end, b"\0")
 
@@ -104,9 +109,13 @@ def test_crafted_clean_qcow2_accepted(tmp_path: Path) -> None:
 
 
 def test_known_harmless_incompatible_bits_accepted(tmp_path: Path) -> None:
-    # dirty (0), compression type (3), extended L2 (4): QEMU handles them, nothing external.
-    path = write(tmp_path, "c.qcow2", qcow2_header(incompatible=0b11001))
+    # dirty (0), compression type (3: zstd), extended L2 (4): QEMU handles them, nothing
+    # external. (The compression bit with no compression type said, zlib, was taken
+    # here, and QEMU refuses to open such a file.)
+    path = write(tmp_path, "c.qcow2", qcow2_header(incompatible=0b11001, compression_type=1))
     assert inspect(path, "qcow2", LIMIT).format == "qcow2"
+    if shutil.which("qemu-img"):
+        qemu_img("info", "-f", "qcow2", str(path))
 
 
 def test_virtual_size_at_the_limit_accepted(tmp_path: Path) -> None:
@@ -416,3 +425,80 @@ def test_push_progress_says_when_it_hashes_a_big_file_off_a_terminal() -> None:
     bar("hash", "/x/huge.raw", total // 2, total)  # within LINE_EVERY_S: not said
     bar("hash", "/x/small.raw", 0, 1024)
     assert out.getvalue() == "ws: huge.raw: hashing 512.0 MiB\n"
+
+
+# -- broken qcow2 that QEMU refuses to open -------------------------------------------------
+
+
+def _put(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+def _snapshot_table(data: bytes) -> int:
+    (offset,) = struct.unpack_from(">Q", data, 64)
+    return int(offset)
+
+
+def _qemu_refuses(path: Path) -> str:
+    proc = subprocess.run(
+        ["qemu-img", "info", "-f", "qcow2", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0, "qemu-img opened it"
+    return proc.stderr
+
+
+# (what is changed, a made file -> the broken one, what inspect says); the files come
+# from qemu-img: v3 (header of 112 bytes, compression type zlib), 64 KiB clusters, with
+# one internal snapshot.
+_BROKEN = [
+    ("compression-type-7", lambda d: _put(_put(d, 72, ">Q", 1 << 3), 104, ">B", 7),
+     "unknown compression type 7"),
+    ("zstd-without-its-bit", lambda d: _put(d, 104, ">B", 1),
+     "compression type is zstd, but its compression type feature bit is not set"),
+    ("zlib-with-the-zstd-bit", lambda d: _put(d, 72, ">Q", 1 << 3),
+     "compression type is zlib, but its compression type feature bit is set"),
+    ("65537-snapshots", lambda d: _put(d, 60, ">I", 65537),
+     "65537 internal snapshots .*at most 65536"),
+    ("snapshot-extra-data-1025", lambda d: _put(d, _snapshot_table(d) + 36, ">I", 1025),
+     "internal snapshot 0 has 1025 bytes of extra data"),
+    ("no-snapshot-table-unaligned", lambda d: _put(_put(d, 60, ">I", 0), 64, ">Q", 0x10008),
+     "snapshot table offset 0x10008 is invalid"),
+    ("header-extension-too-long", lambda d: _put(d, 112 + 4, ">I", 0x10000),
+     "header extension .* runs past the end of the header's cluster"),
+]  # fmt: skip
+
+
+@needs_qemu_img
+@pytest.mark.parametrize(
+    ("change", "pattern"), [(c, p) for _, c, p in _BROKEN], ids=[i for i, _, _ in _BROKEN]
+)
+def test_a_qcow2_qemu_would_not_open_is_refused(
+    tmp_path: Path, change: object, pattern: str
+) -> None:
+    """Each was taken, and qemu-img refused it on every node at create ("Could not open
+    backing image"), as an error about the workspace's overlay."""
+    made = tmp_path / "made.qcow2"
+    qemu_img(
+        "convert", "-f", "raw", "-O", "qcow2", str(write(tmp_path, "r", b"x" * MiB)), str(made)
+    )
+    qemu_img("snapshot", "-c", "s1", str(made))
+    assert inspect(made, "qcow2", LIMIT).format == "qcow2"
+    assert callable(change)
+    path = write(tmp_path, "broken.qcow2", change(made.read_bytes()))
+    _qemu_refuses(path)
+    with pytest.raises(UnsafeImage, match=f"partition root: broken qcow2: .*{pattern}"):
+        inspect(path, "qcow2", LIMIT, what="partition root")
+
+
+def test_extended_l2_entries_need_clusters_of_16_kib(tmp_path: Path) -> None:
+    small = qcow2_header(incompatible=1 << 4, cluster_bits=12, refcount_offset=4096)
+    path = write(tmp_path, "x.qcow2", small)
+    if shutil.which("qemu-img"):
+        assert "subcluster size" in _qemu_refuses(path)
+    with pytest.raises(UnsafeImage, match="extended L2 entries need clusters of at least 16384"):
+        inspect(path, "qcow2", LIMIT)
+    fits = qcow2_header(incompatible=1 << 4, cluster_bits=14, refcount_offset=16384)
+    ok = write(tmp_path, "ok.qcow2", fits)
+    assert inspect(ok, "qcow2", LIMIT).format == "qcow2"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -222,6 +225,49 @@ def test_detect_format(tmp_path: Path) -> None:
     assert detect_format(qcow) == "qcow2"
     with pytest.raises(ManifestError, match="vmdk, not raw or qcow2; convert"):
         detect_format(vmdk)
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+@pytest.mark.parametrize(
+    ("fmt", "options", "found"),
+    [
+        ("vpc", "", "vhd"),
+        ("vmdk", "", "vmdk"),
+        ("vmdk", "subformat=monolithicFlat", "vmdk"),  # a text descriptor, its -flat.vmdk
+        ("parallels", "", "parallels"),
+        ("vdi", "", "vdi"),
+        ("vhdx", "", "vhdx"),
+        ("qed", "", "qed"),
+    ],
+)
+def test_a_disk_of_another_format_is_refused_with_a_command_that_converts_it(
+    tmp_path: Path, fmt: str, options: str, found: str
+) -> None:
+    """A VMDK descriptor or a Parallels disk was taken for a raw disk of a few hundred
+    bytes (or a few MiB of metadata) and pushed, and booted nothing; a VHD was refused
+    with `qemu-img convert -f vhd`, which qemu-img does not know (it calls it vpc)."""
+    disk = tmp_path / f"disk.{found}"
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            fmt,
+            *(["-o", options] if options else []),
+            str(disk),
+            "1M",
+        ],
+        check=True,
+    )
+    with pytest.raises(ManifestError, match=f"the file is {found}, not raw or qcow2") as exc:
+        detect_format(disk)
+    with pytest.raises(formats.UnsafeImage, match=f"declared raw but the content is {found}"):
+        formats.inspect(disk, "raw", 2**40)
+    command = str(exc.value).rpartition("(")[2].rstrip(")")
+    assert command.startswith(f"qemu-img convert -f {fmt} -O qcow2 ")
+    subprocess.run(shlex.split(command), check=True, capture_output=True, cwd=tmp_path)
+    assert detect_format(tmp_path / "out.qcow2") == "qcow2"
 
 
 @pytest.mark.parametrize("name", ["disk.qcow2", "disk.QCOW2", "disk.qcow"])

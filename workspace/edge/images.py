@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -32,8 +33,11 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
 
     # -- messages in, messages out ---------------------------------------------------------
 
-    def upload_blob(self, chunks: Iterable[bytes], who: Identity | str) -> images_pb2.BlobRef:
-        digest, size = self.catalog.upload_blob(chunks, who)
+    def upload_blob(
+        self, chunks: Iterable[bytes], who: Identity | str, expected: str = ""
+    ) -> images_pb2.BlobRef:
+        """Store the bytes; ``expected``: the digest they must have ("": any)."""
+        digest, size = self.catalog.upload_blob(chunks, who, expected=expected)
         return images_pb2.BlobRef(digest=digest, size_bytes=size)
 
     def import_image(
@@ -60,7 +64,9 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         who: Identity,
     ) -> images_pb2.BlobRef:
         chunks = each_request(request_iterator, context, "UploadBlob: the next chunk")
-        return self.upload_blob((c.data for c in chunks), who)
+        first = next(chunks, None)  # it may say the digest of the whole
+        data = itertools.chain([first.data] if first else [], (c.data for c in chunks))
+        return self.upload_blob(data, who, first.digest if first else "")
 
     @unary
     def ImportImage(

@@ -99,16 +99,21 @@ class Catalog:
     # -- blobs -------------------------------------------------------------------------------
 
     def upload_blob(
-        self, chunks: Iterable[bytes], who: Identity | str | None, holder: str = ""
+        self,
+        chunks: Iterable[bytes],
+        who: Identity | str | None,
+        holder: str = "",
+        expected: str = "",
     ) -> tuple[str, int]:
         """Store a stream of bytes: (its digest, its size). ``who`` sent them: they may
         make images of the blob from now on (ops/blob_access.py); None: a node sending a
         saved disk, which its save vouches for once it is sure the node sent it
-        (``holder``, the node's principal, is recorded as having sent it)."""
+        (``holder``, the node's principal, is recorded as having sent it). ``expected``:
+        the digest the sender said, else nothing is stored (store/blobs.py ``receive``)."""
         env = self.env
         sender = as_identity(who) if who is not None else None
         holder = sender.principal if sender is not None else holder
-        tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes)
+        tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes, expected)
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
             # file between the rename and the row.
@@ -372,6 +377,13 @@ class Catalog:
             info = formats.inspect(self.blobs.path(p.digest), fmt, limit, what)
         except formats.UnsafeImage as exc:
             raise RefusedBlob(str(exc), p.digest) from exc
+        if not info.virtual_size_bytes:  # its workspaces would get a disk of nothing
+            why = "the file is empty" if not size else "the qcow2's virtual size is 0"
+            raise RefusedBlob(
+                f"{what}: a disk of 0 bytes ({why}: a failed download?), which boots and "
+                "holds nothing",
+                p.digest,
+            )
         return Partition(
             name=p.name,
             mode=p.mode,
@@ -418,10 +430,10 @@ class Catalog:
                 raise InvalidArgument(f"{what}: partition named twice")
             names.add(p.name)
             parts.append(self._partition(req.image, p, usable))
-        if req.kernel_digest:
-            self._need_blob(req.kernel_digest, f"image {req.image}, kernel", usable)
-        if req.initrd_digest:
-            self._need_blob(req.initrd_digest, f"image {req.image}, initrd", usable)
+        for what, digest in (("kernel", req.kernel_digest), ("initrd", req.initrd_digest)):
+            what = f"image {req.image}, {what}"
+            if digest and not self._need_blob(digest, what, usable):
+                raise InvalidArgument(f"{what}: the file is empty; a failed download?")
         return tuple(parts)
 
     def import_image(

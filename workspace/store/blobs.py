@@ -62,11 +62,18 @@ class BlobRepository:
     def has(self, digest: str) -> bool:
         return self.path(digest).exists()
 
-    def receive(self, chunks: Iterable[bytes], max_bytes: int) -> tuple[Path, str, int]:
+    def receive(
+        self, chunks: Iterable[bytes], max_bytes: int, expected: str = ""
+    ) -> tuple[Path, str, int]:
         """Write a stream to a temp file, hashing while writing: (temp path, digest, size).
 
         The caller makes it visible with ``commit`` (or removes the temp file on error).
+        ``expected``: the digest the sender said ("": none); bytes that hash to another
+        (an upload cut short, a file changed since it was hashed) are InvalidArgument,
+        and the temp file goes.
         """
+        if expected:
+            check_digest(expected)
         h = digests.Hasher()
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         try:
@@ -78,6 +85,12 @@ class BlobRepository:
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+            if expected and h.digest() != expected:
+                raise InvalidArgument(
+                    f"the {h.size_bytes} bytes uploaded hash to {h.digest()}, not {expected} "
+                    "as the upload said; nothing stored (an upload cut short, or a file "
+                    "that changed after it was hashed): send it again"
+                )
             os.chmod(tmp, 0o600)
             return Path(tmp), h.digest(), h.size_bytes
         except OSError as exc:

@@ -145,15 +145,24 @@ class BlobChunk(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DATA_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    digest: _builtins.str
+    """The whole blob's digest ("sha256:<hex>"), said in the first message (its data may
+    be empty); optional. The service stores the blob only if the bytes it received
+    hash to it, else INVALID_ARGUMENT and nothing is stored: an upload cut short (which
+    the service may see as the stream's end) or of a file that changed since it was
+    hashed. Unsaid, whatever came is stored under its own digest.
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
+        digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "digest", b"digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
