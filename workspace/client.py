@@ -42,6 +42,11 @@ from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_args import BadArgument as BadArgument  # re-exported
 from workspace.client_args import checked_arguments, grpc_timeout, seconds, strings
 from workspace.client_backfill import BackfillClientMixin
+from workspace.client_choices import AFFINITIES as AFFINITIES  # re-exported
+from workspace.client_choices import FAILURE_POLICIES as FAILURE_POLICIES  # re-exported
+from workspace.client_choices import USAGE_GROUPINGS as USAGE_GROUPINGS  # re-exported
+from workspace.client_choices import affinity_value as affinity_value  # re-exported
+from workspace.client_choices import failure_policy_value as failure_policy_value  # re-exported
 from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
 from workspace.client_guests import GuestsClientMixin
@@ -91,11 +96,6 @@ CHUNK_BYTES = 1024 * 1024
 LIST_PAGE_SIZE = 500
 # A create whose answer was lost is sent again (the same request id) this often.
 CREATE_RETRY_S = 0.5
-# Short names accepted for the cluster enums ("soft-anti", "SOFT_ANTI", "AFFINITY_SOFT_ANTI").
-AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
-FAILURE_POLICIES = ("keep", "teardown")
-# What get_usage may group by.
-USAGE_GROUPINGS = ("workspace", "user", "project")
 
 # Of CONNECT_MARKERS (client_address), the ones that say nothing listens at the address
 # at all, or that its name does not resolve (no identity would have helped).
@@ -107,25 +107,6 @@ _NOTHING_THERE = (
 )
 # gRPC's preamble to the reason one address failed, left out where each is named.
 _PICK_FAILED = "failed to connect to all addresses; last error: "
-
-
-def _enum_value(enum: Any, prefix: str, choices: Sequence[str], value: int | str) -> int:
-    if isinstance(value, int):
-        return value
-    text = value.strip().upper().replace("-", "_").removeprefix(prefix)
-    if text.lower().replace("_", "-") not in choices:
-        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-    return int(enum.Value(prefix + text))
-
-
-def affinity_value(value: int | str) -> int:
-    """``"soft-anti"`` (or ``SOFT_ANTI``, ``AFFINITY_SOFT_ANTI``) -> the Affinity number."""
-    return _enum_value(clusters_pb2.Affinity, "AFFINITY_", AFFINITIES, value)
-
-
-def failure_policy_value(value: int | str) -> int:
-    """``"teardown"`` (or ``TEARDOWN``, ``FAILURE_POLICY_TEARDOWN``) -> the FailurePolicy number."""
-    return _enum_value(clusters_pb2.FailurePolicy, "FAILURE_POLICY_", FAILURE_POLICIES, value)
 
 
 # gRPC's own words for a message over the size limit, on either side.

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import os
 import socket
 import tomllib
-import types
-import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from workspace import config_paths
+from workspace import config_paths, config_tables
 from workspace.domain.declared import declared_problem, size_problem
 from workspace.domain.netpolicy import Connectivity, Limits
 from workspace.errors import ConfigError, InvalidArgument
@@ -637,73 +634,6 @@ class AgentConfig:
         return Path(self.cache_dir) if self.cache_dir else Path(self.state_dir) / "cache"
 
 
-def _build(cls: type[T], data: Any, where: str) -> T:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    if unknown := _unknown_keys(cls, data, where):
-        # Every table's at once: a file with two typos is not refused twice in turn.
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
-
-
-def _unknown_keys(cls: type, data: dict[str, Any], where: str) -> list[str]:
-    """The keys of table ``data``, its tables and arrays of tables, ``cls`` does not know."""
-    hints, known = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
-    out: list[str] = []
-    for key, value in sorted(data.items()):
-        name, tp = f"{where}.{key}" if where else key, hints.get(key) if key in known else None
-        tables = [(value, name)] if isinstance(value, dict) else []
-        if typing.get_origin(tp) is list and isinstance(value, list):
-            (tp,) = typing.get_args(tp)
-            tables = [(v, f"{name}[{i}]") for i, v in enumerate(value) if isinstance(v, dict)]
-        if tp is None:
-            out.append(name)
-        elif dataclasses.is_dataclass(tp):
-            out += [k for t, n in tables for k in _unknown_keys(tp, t, n)]  # type: ignore[arg-type]
-    return out
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)  # type: ignore[arg-type]
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list")
-        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table")
-        return {str(k): _text(v, f"{where}.{k}") for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, float) and not math.isfinite(value):
-        # TOML's inf and nan: no interval, ratio or weight here means either.
-        raise ConfigError(f"{where}: expected a finite number, got {value}")
-    if tp in (int, float, str, bool) and (
-        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def _text(value: Any, where: str) -> str:
-    """A string value of a table of strings (``[labels]``) as it is written in TOML:
-    ``true`` is "true" (what ``--require gpu=true`` asks for), ``8`` is "8"."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return str(value)
-
-
 # The keys of a file that name files, directories or unix sockets: absolute paths only.
 _PATH_KEYS: dict[type, dict[str, str]] = {
     ServiceConfig: config_paths.SERVICE_KEYS,
@@ -740,7 +670,7 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
             # to where it runs.
             check_file_paths(cls, {k: v for k, v in data.items() if overrides.get(k) is None})
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return _build(cls, data, "")
+        return config_tables.build(cls, data, "")
     except ConfigError as exc:
         if path is None:
             raise
@@ -748,7 +678,7 @@ def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: 
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    return _build(cls, data, "")
+    return config_tables.build(cls, data, "")
 
 
 def to_dict(cfg: Any, *, skip_defaults: bool = True) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from workspace import config, config_paths, errors
+from workspace.client_choices import AFFINITIES
 from workspace.slurm.hostlist import HostlistError, expand
 
 DEFAULT_CONFIG = Path("/etc/workspace/slurm.toml")
@@ -58,7 +59,6 @@ CONFIG_ENV = "WS_SLURM_CONFIG"
 
 # The config or mapping file is wrong; the message names the file and the key.
 ConfigError = errors.ConfigError
-AFFINITIES = ("none", "soft-anti", "hard-anti", "soft", "hard")
 # A job's cluster is <cluster_prefix><job id>[-N]: a cluster name (ops/clusters.py: at most
 # 40 characters) for job ids of up to 10 digits (Slurm's are 32-bit) and a one-digit N (N
 # counts the nodes' earlier workspaces: program.cluster_name).
