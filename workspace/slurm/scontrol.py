@@ -4,7 +4,8 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 * ``scontrol show hostnames EXPR``: the controller's own expansion of a hostlist;
 * ``scontrol show node -o NODES``: the nodes' features (``AvailableFeatures``);
 * ``scontrol update NodeName=X,Y NodeAddr=IPX,IPY NodeHostname=X,Y``: where new nodes are
-  (a group's nodes in one call: slurmctld pairs the lists in order);
+  (a group's nodes of one name prefix and width in one call, in their numbers' order,
+  which slurmctld pairs the lists in: ``address_batches``);
 * ``scontrol update NodeName=NODES State=DOWN Reason=...``: a node that cannot run (its
   resume was refused, or it failed): the admin sees why in ``sinfo -R``, and its job is
   requeued at once;
@@ -73,6 +74,30 @@ def reason_text(text: str) -> str:
     if len(one) > MAX_REASON - len(REASON_PREFIX):
         one = one[: MAX_REASON - len(REASON_PREFIX) - 3] + "..."
     return REASON_PREFIX + one
+
+
+# A node name as Slurm's hostlist reads it: a prefix, then a numeric suffix (up to 9
+# digits here: longer ones are not taken apart the same way by every version).
+_NUMBERED = re.compile(r"(.*\D|)(\d{1,9})")
+
+
+def address_batches(nodes: Iterable[str]) -> list[list[str]]:
+    """The nodes in groups that one ``NodeName=a,b NodeAddr=x,y`` update may name, each in
+    the order slurmctld pairs the lists in. Slurm 22.05.0 to 22.05.7 sort the NodeName
+    list (and drop duplicates) before pairing it with NodeAddr's, which they keep as
+    given (SchedMD bug 15731, fixed in 22.05.8): ``NodeName=gpu1,cpu1 NodeAddr=x,y``
+    gave cpu1 the address x. A group holds nodes of one prefix and one suffix width,
+    in their number's order: the order every version keeps; a name without a numeric
+    suffix is a group of its own."""
+    groups: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    alone: list[list[str]] = []
+    for node in dict.fromkeys(nodes):
+        m = _NUMBERED.fullmatch(node)
+        if m is None:
+            alone.append([node])
+        else:
+            groups.setdefault((m[1], len(m[2])), []).append((int(m[2]), node))
+    return [[n for _, n in sorted(g)] for g in groups.values()] + alone
 
 
 class Scontrol:
@@ -269,18 +294,19 @@ class Scontrol:
         return not self.set_addresses({node: address}, tries)
 
     def set_addresses(self, addresses: Mapping[str, str], tries: int = 3) -> list[str]:
-        """Tell slurmctld where the nodes are (node -> address), ``ADDRESS_CHUNK`` nodes
-        an update (slurmctld pairs NodeName=, NodeAddr= and NodeHostname= lists in their
-        order, which a plain comma list keeps); the nodes that could not be told."""
-        pairs = list(addresses.items())
+        """Tell slurmctld where the nodes are (node -> address), up to ``ADDRESS_CHUNK``
+        nodes an update (``address_batches``: lists slurmctld pairs in order whatever its
+        version); the nodes that could not be told."""
         failed: list[str] = []
-        for i in range(0, len(pairs), ADDRESS_CHUNK):
-            chunk = pairs[i : i + ADDRESS_CHUNK]
-            names = ",".join(n for n, _ in chunk)
-            where = ",".join(a for _, a in chunk)
-            args = ("update", f"NodeName={names}", f"NodeAddr={where}", f"NodeHostname={names}")
-            if not self._update(args, tries):
-                failed.extend(n for n, _ in chunk)
+        for batch in address_batches(addresses):
+            for i in range(0, len(batch), ADDRESS_CHUNK):
+                chunk = batch[i : i + ADDRESS_CHUNK]
+                names = ",".join(chunk)
+                where = ",".join(addresses[n] for n in chunk)
+                args = ("update", f"NodeName={names}", f"NodeAddr={where}",
+                        f"NodeHostname={names}")  # fmt: skip
+                if not self._update(args, tries):
+                    failed.extend(chunk)
         return failed
 
     def set_down(self, nodes: Sequence[str], reason: str, tries: int = 3) -> bool:
