@@ -111,3 +111,35 @@ def test_every_slurm_version_pairs_a_batched_update_as_meant(run: Run) -> None:
     for how in ("kept", "sorted"):
         told = {name: addr for h, name, addr in lines if h == how}
         assert told == ips, how
+
+
+def test_answered_scontrol_calls_do_not_use_up_the_runs_time(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slurmctld busy starting a burst of 150 one-node jobs, each update answered in 0.5 s:
+    the run's 60 s were used up by answered calls after 120 updates, and the last 30
+    nodes were never told their address (their jobs waited out ResumeTimeout). Only
+    calls that fail count now; every node is told."""
+    (run.tmp / "nodes.toml").write_text(
+        '[[node]]\nnames = "c[1-200]"\nimage = "slurm"\ncpus = 1\nmemory_mib = 512\n'
+    )
+    clock = [0.0]
+    told: list[str] = []
+
+    def busy(argv: list[str], **kw: Any) -> Any:
+        if argv[1] == "update":
+            clock[0] += 0.5
+            told.extend(a for a in argv if a.startswith("NodeName="))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(scontrol.subprocess, "run", busy)
+    monkeypatch.setattr(scontrol.time, "monotonic", lambda: clock[0])
+    run.scontrol = Scontrol(str(_recording_scontrol(run.tmp)[0]))  # type: ignore[assignment]
+    run.service.capacity_mib = 1 << 20
+    jobs = [{"job_id": 100 + i, "nodes_resume": f"c{i}"} for i in range(1, 151)]
+    assert run("resume", "c[1-150]", jobs=jobs) == 0
+    assert len(run.names()) == 150
+    assert sorted(told) == sorted(f"NodeName=c{i}" for i in range(1, 151))
+    text = run.text()
+    assert "could not tell slurmctld its address" not in text
+    assert "spent its" not in text

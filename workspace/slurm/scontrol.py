@@ -23,9 +23,12 @@ fails) ws-slurm goes on with what it knows and says so in its log.
   node's ResumeTimeout, which ``replace_wait_s`` must stay below.
 
 Each call is given ``TIMEOUT_S``, an update is tried up to three times, and one run spends
-at most ``RUN_BUDGET_S`` in scontrol in all (then it runs no more): slurmctld kills its
-power programs after the longest ResumeTimeout or SuspendTimeout (from 23.02), and a
-slurmctld that does not answer would otherwise cost every node of a big job a minute.
+at most ``RUN_BUDGET_S`` in scontrol calls that failed (timed out, not run, exit non-zero) and
+the pauses between tries (then it runs no more): slurmctld kills its power programs after
+the longest ResumeTimeout or SuspendTimeout (from 23.02), and a slurmctld that does not
+answer would otherwise cost every node of a big job a minute. Calls that are answered do
+not count: a resume of many jobs (an update each) is told every address however long
+slurmctld, busy starting them, takes to answer each.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from workspace.slurm.hostlist import compress, expand_all
 
 log = logging.getLogger("ws-slurm")
 TIMEOUT_S = 20.0
-RUN_BUDGET_S = 60.0  # one run's scontrol time in all, retries' pauses included
+RUN_BUDGET_S = 60.0  # one run's time in failed scontrol calls, retries' pauses included
 RETRY_PAUSE_S = 1.0
 ADDRESS_CHUNK = 200  # nodes per NodeAddr update (one argument of ~20 characters each)
 REASON_PREFIX = "ws: "
@@ -104,12 +107,12 @@ class Scontrol:
     def __init__(self, command: str = "scontrol", budget_s: float = RUN_BUDGET_S) -> None:
         self.command = command
         self.budget_s = budget_s
-        self.spent_s = 0.0  # in scontrol (and between tries) so far
+        self.spent_s = 0.0  # in failed scontrol calls (and between tries) so far
         self._said_missing = False
         self._said_spent = False
 
     def left_s(self) -> float:
-        """What this run may still spend in scontrol."""
+        """What this run may still spend in scontrol calls that fail."""
         return self.budget_s - self.spent_s
 
     @property
@@ -141,8 +144,9 @@ class Scontrol:
         if self.left_s() <= 0:
             if not self._said_spent:  # once a run
                 log.warning(
-                    "scontrol %s: not run: this run has spent its %g s for scontrol "
-                    "(slurmctld slow or away); no more scontrol calls in it",
+                    "scontrol %s: not run: this run has spent its %g s for scontrol in "
+                    "calls that failed (slurmctld away or too slow); no more scontrol "
+                    "calls in it",
                     _shown(args),
                     self.budget_s,
                 )
@@ -158,16 +162,16 @@ class Scontrol:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
+            self.spent_s += time.monotonic() - start
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
-        finally:
-            self.spent_s += time.monotonic() - start
         if proc.returncode != 0 and partial and _has(proc.stdout, partial):
             rest = _not_partial(proc.stdout, partial)
             if rest:
                 log.warning("scontrol %s: %s", _shown(args), _cut(rest, 4 * MAX_LOGGED_ARG))
             return proc.stdout
         if proc.returncode != 0:
+            self.spent_s += time.monotonic() - start
             log.warning(
                 "scontrol %s failed (exit %d): %s",
                 _shown(args),
