@@ -251,3 +251,45 @@ def test_a_public_key_in_another_format_says_how_to_convert_it(
     command = message.split("`")[1].replace("FILE", str(exported)).split()
     line = subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
     assert keys.parse(line).fingerprint == keygen_fingerprint(path.with_suffix(".pub"))
+
+
+def test_a_public_key_whose_comment_says_private_key_is_taken(tmp_path: Path) -> None:
+    """Any text holding "PRIVATE KEY" was a private key: a public key whose comment said
+    so (``-C "laptop, PRIVATE KEY on the yubikey"``) was refused "that is a private key;
+    give the .pub file", though it was the .pub file. Only a private key's armour counts."""
+    pub = keygen(tmp_path, "ed25519", comment="laptop, PRIVATE KEY on the yubikey")
+    text = pub.with_suffix(".pub").read_text()
+    assert not sshkeys.is_private(text)
+    assert keys.parse(text).comment == "laptop, PRIVATE KEY on the yubikey"
+
+
+def test_every_private_key_format_is_taken_for_one(tmp_path: Path) -> None:
+    """OpenSSH's, PEM (RSA, EC, PKCS#8, encrypted), ssh.com's, PuTTY's .ppk (also without
+    its header line), PGP's, and a paste of a key's last lines only."""
+    rsa_key = keygen(tmp_path, "rsa", 3072)
+    openssh = rsa_key.read_text()
+    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "", "-m", "PEM", "-f", str(rsa_key)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    pem_rsa = rsa_key.read_text()
+    assert pem_rsa.startswith("-----BEGIN RSA PRIVATE KEY-----")
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    enc = serialization.BestAvailableEncryption(b"secret")
+    formats = (serialization.PrivateFormat.TraditionalOpenSSL, serialization.PrivateFormat.PKCS8)
+    texts = [
+        openssh,
+        pem_rsa,
+        *(
+            ec_key.private_bytes(serialization.Encoding.PEM, f, e).decode()
+            for f in formats
+            for e in (serialization.NoEncryption(), enc)
+        ),
+        "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: me\nP2/56wAAA\n",
+        PPK,
+        "Encryption: none\nComment: me\nPublic-Lines: 2\nAAAA\nPrivate-Lines: 1\nAAAA\n",
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF\n",
+        openssh.splitlines()[-2] + "\n" + openssh.splitlines()[-1] + "\n",
+    ]
+    for text in texts:
+        assert sshkeys.is_private(text), text
+        with pytest.raises(InvalidArgument, match="that is a private key"):
+            keys.parse(text)

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass
 
 
@@ -78,18 +79,23 @@ def key_of(line: str) -> str:
     return ""
 
 
-# What a private key's text holds: PEM ("-----BEGIN OPENSSH PRIVATE KEY-----", RSA, EC,
-# DSA, ENCRYPTED), ssh.com's "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----"; PuTTY's .ppk
-# starts with its own header.
-PRIVATE_MARK = "PRIVATE KEY"
-PUTTY_PRIVATE = "PuTTY-User-Key-File"
+# What a private key's text holds: a PEM armour line ("-----BEGIN OPENSSH PRIVATE
+# KEY-----", RSA, EC, DSA, PKCS#8's plain and ENCRYPTED, or only its END line), ssh.com's
+# "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----", PGP's "PRIVATE KEY BLOCK"; PuTTY's .ppk
+# header, or its "Private-Lines:" (a .ppk pasted without its first line). The armour, not
+# the words alone: a public key line whose comment says "PRIVATE KEY" is no private key.
+_PRIVATE = re.compile(
+    r"\b(?:BEGIN|END) (?:[A-Z0-9]+ )*PRIVATE KEY\b"
+    r"|^\s*PuTTY-User-Key-File|^\s*Private-Lines: *\d",
+    re.MULTILINE,
+)
 PRIVATE_REFUSED = "that is a private key; give the .pub file"
 
 
 def is_private(text: str) -> bool:
     """Whether ``text`` is (or holds) a private key, which is refused, before it is sent
     anywhere, where a public key is wanted."""
-    return PRIVATE_MARK in text or text.lstrip("\ufeff").lstrip().startswith(PUTTY_PRIVATE)
+    return _PRIVATE.search(text.lstrip("\ufeff")) is not None
 
 
 def fingerprint(text: str) -> str:

@@ -4,7 +4,8 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 * ``scontrol show hostnames EXPR``: the controller's own expansion of a hostlist;
 * ``scontrol show node -o NODES``: the nodes' features (``AvailableFeatures``);
 * ``scontrol update NodeName=X,Y NodeAddr=IPX,IPY NodeHostname=X,Y``: where new nodes are
-  (a group's nodes in one call: slurmctld pairs the lists in order);
+  (a group's nodes of one name prefix and width in one call, in their numbers' order,
+  which slurmctld pairs the lists in: ``address_batches``);
 * ``scontrol update NodeName=NODES State=DOWN Reason=...``: a node that cannot run (its
   resume was refused, or it failed): the admin sees why in ``sinfo -R``, and its job is
   requeued at once;
@@ -22,9 +23,12 @@ fails) ws-slurm goes on with what it knows and says so in its log.
   node's ResumeTimeout, which ``replace_wait_s`` must stay below.
 
 Each call is given ``TIMEOUT_S``, an update is tried up to three times, and one run spends
-at most ``RUN_BUDGET_S`` in scontrol in all (then it runs no more): slurmctld kills its
-power programs after the longest ResumeTimeout or SuspendTimeout (from 23.02), and a
-slurmctld that does not answer would otherwise cost every node of a big job a minute.
+at most ``RUN_BUDGET_S`` in scontrol calls that failed (timed out, not run, exit non-zero) and
+the pauses between tries (then it runs no more): slurmctld kills its power programs after
+the longest ResumeTimeout or SuspendTimeout (from 23.02), and a slurmctld that does not
+answer would otherwise cost every node of a big job a minute. Calls that are answered do
+not count: a resume of many jobs (an update each) is told every address however long
+slurmctld, busy starting them, takes to answer each.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from workspace.slurm.hostlist import compress, expand_all
 
 log = logging.getLogger("ws-slurm")
 TIMEOUT_S = 20.0
-RUN_BUDGET_S = 60.0  # one run's scontrol time in all, retries' pauses included
+RUN_BUDGET_S = 60.0  # one run's time in failed scontrol calls, retries' pauses included
 RETRY_PAUSE_S = 1.0
 ADDRESS_CHUNK = 200  # nodes per NodeAddr update (one argument of ~20 characters each)
 REASON_PREFIX = "ws: "
@@ -75,16 +79,40 @@ def reason_text(text: str) -> str:
     return REASON_PREFIX + one
 
 
+# A node name as Slurm's hostlist reads it: a prefix, then a numeric suffix (up to 9
+# digits here: longer ones are not taken apart the same way by every version).
+_NUMBERED = re.compile(r"(.*\D|)(\d{1,9})")
+
+
+def address_batches(nodes: Iterable[str]) -> list[list[str]]:
+    """The nodes in groups that one ``NodeName=a,b NodeAddr=x,y`` update may name, each in
+    the order slurmctld pairs the lists in. Slurm 22.05.0 to 22.05.7 sort the NodeName
+    list (and drop duplicates) before pairing it with NodeAddr's, which they keep as
+    given (SchedMD bug 15731, fixed in 22.05.8): ``NodeName=gpu1,cpu1 NodeAddr=x,y``
+    gave cpu1 the address x. A group holds nodes of one prefix and one suffix width,
+    in their number's order: the order every version keeps; a name without a numeric
+    suffix is a group of its own."""
+    groups: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    alone: list[list[str]] = []
+    for node in dict.fromkeys(nodes):
+        m = _NUMBERED.fullmatch(node)
+        if m is None:
+            alone.append([node])
+        else:
+            groups.setdefault((m[1], len(m[2])), []).append((int(m[2]), node))
+    return [[n for _, n in sorted(g)] for g in groups.values()] + alone
+
+
 class Scontrol:
     def __init__(self, command: str = "scontrol", budget_s: float = RUN_BUDGET_S) -> None:
         self.command = command
         self.budget_s = budget_s
-        self.spent_s = 0.0  # in scontrol (and between tries) so far
+        self.spent_s = 0.0  # in failed scontrol calls (and between tries) so far
         self._said_missing = False
         self._said_spent = False
 
     def left_s(self) -> float:
-        """What this run may still spend in scontrol."""
+        """What this run may still spend in scontrol calls that fail."""
         return self.budget_s - self.spent_s
 
     @property
@@ -116,8 +144,9 @@ class Scontrol:
         if self.left_s() <= 0:
             if not self._said_spent:  # once a run
                 log.warning(
-                    "scontrol %s: not run: this run has spent its %g s for scontrol "
-                    "(slurmctld slow or away); no more scontrol calls in it",
+                    "scontrol %s: not run: this run has spent its %g s for scontrol in "
+                    "calls that failed (slurmctld away or too slow); no more scontrol "
+                    "calls in it",
                     _shown(args),
                     self.budget_s,
                 )
@@ -133,16 +162,16 @@ class Scontrol:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
+            self.spent_s += time.monotonic() - start
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
-        finally:
-            self.spent_s += time.monotonic() - start
         if proc.returncode != 0 and partial and _has(proc.stdout, partial):
             rest = _not_partial(proc.stdout, partial)
             if rest:
                 log.warning("scontrol %s: %s", _shown(args), _cut(rest, 4 * MAX_LOGGED_ARG))
             return proc.stdout
         if proc.returncode != 0:
+            self.spent_s += time.monotonic() - start
             log.warning(
                 "scontrol %s failed (exit %d): %s",
                 _shown(args),
@@ -269,18 +298,19 @@ class Scontrol:
         return not self.set_addresses({node: address}, tries)
 
     def set_addresses(self, addresses: Mapping[str, str], tries: int = 3) -> list[str]:
-        """Tell slurmctld where the nodes are (node -> address), ``ADDRESS_CHUNK`` nodes
-        an update (slurmctld pairs NodeName=, NodeAddr= and NodeHostname= lists in their
-        order, which a plain comma list keeps); the nodes that could not be told."""
-        pairs = list(addresses.items())
+        """Tell slurmctld where the nodes are (node -> address), up to ``ADDRESS_CHUNK``
+        nodes an update (``address_batches``: lists slurmctld pairs in order whatever its
+        version); the nodes that could not be told."""
         failed: list[str] = []
-        for i in range(0, len(pairs), ADDRESS_CHUNK):
-            chunk = pairs[i : i + ADDRESS_CHUNK]
-            names = ",".join(n for n, _ in chunk)
-            where = ",".join(a for _, a in chunk)
-            args = ("update", f"NodeName={names}", f"NodeAddr={where}", f"NodeHostname={names}")
-            if not self._update(args, tries):
-                failed.extend(n for n, _ in chunk)
+        for batch in address_batches(addresses):
+            for i in range(0, len(batch), ADDRESS_CHUNK):
+                chunk = batch[i : i + ADDRESS_CHUNK]
+                names = ",".join(chunk)
+                where = ",".join(addresses[n] for n in chunk)
+                args = ("update", f"NodeName={names}", f"NodeAddr={where}",
+                        f"NodeHostname={names}")  # fmt: skip
+                if not self._update(args, tries):
+                    failed.extend(chunk)
         return failed
 
     def set_down(self, nodes: Sequence[str], reason: str, tries: int = 3) -> bool:
