@@ -829,3 +829,15 @@ def test_the_last_cloud_config_part_to_set_manage_etc_hosts_decides() -> None:
         two(b"manage_etc_hosts: true\n", b"manage_etc_hosts: localhost\n")
     )
     assert seed.rewrites_etc_hosts(two(b"manage_etc_hosts: false\n", b"manage_etc_hosts: true\n"))
+
+
+def test_the_vendor_data_sets_manage_etc_hosts_unless_the_user_data_sets_it_after() -> None:
+    """The site's vendor-data comes first in the seed (``render``): its value stands
+    when the user-data sets none, and the user-data's replaces it."""
+    vendor = b"#cloud-config\nmanage_etc_hosts: true\n"
+    assert seed.rewrites_etc_hosts(b"", vendor)
+    assert seed.rewrites_etc_hosts(b"#cloud-config\npackages: [htop]\n", vendor)
+    assert not seed.rewrites_etc_hosts(b"#cloud-config\nmanage_etc_hosts: localhost\n", vendor)
+    assert seed.rewrites_etc_hosts(
+        b"#cloud-config\nmanage_etc_hosts: true\n", b"#cloud-config\nmanage_etc_hosts: false\n"
+    )

@@ -459,12 +459,14 @@ def default_user(user_data: bytes) -> str:
 _TEMPLATE_HOSTS = frozenset({"true", "1", "on", "yes", "y", "template"})
 
 
-def rewrites_etc_hosts(user_data: bytes) -> bool:
-    """Whether ``user_data`` has cloud-init write /etc/hosts anew from its template at
-    every boot (``manage_etc_hosts: true`` or ``template``, by the last cloud-config
-    part that sets it); ``localhost`` and ``false`` keep the file's other lines."""
+def rewrites_etc_hosts(user_data: bytes, vendor_data: bytes = b"") -> bool:
+    """Whether ``user_data`` (after the site's ``vendor_data``, whose parts come first
+    in the seed, as ``render`` puts them) has cloud-init write /etc/hosts anew from its
+    template at every boot (``manage_etc_hosts: true`` or ``template``, by the last
+    cloud-config part that sets it); ``localhost`` and ``false`` keep the file's other
+    lines."""
     value: object = None
-    for p in parts_of(user_data, "user-data"):
+    for p in [*parts_of(vendor_data, "vendor-data"), *parts_of(user_data, "user-data")]:
         if _is_cloud_config(p):
             value = userdata.top_level(p.payload).get("manage_etc_hosts", value)
     return value is not None and str(value).strip().lower() in _TEMPLATE_HOSTS
