@@ -20,7 +20,7 @@ import yaml
 from tests.functional.harness import Site
 from workspace.cli import ws
 from workspace.client import Client
-from workspace.domain import sshkeys
+from workspace.domain import seed, sshkeys
 from workspace.domain.model import Order
 from workspace.errors import InvalidArgument, NotFound, ResourceExhausted
 from workspace.ops import reports
@@ -404,9 +404,30 @@ def test_a_vendor_data_that_would_drop_every_members_roster_is_said_at_a_cluster
                 "cloud-init would write /etc/hosts anew at every boot and drop the "
                 "cluster's roster (the members' names) from it after the first reboot; set "
                 "manage_etc_hosts: localhost in the members' user-data (it comes after the "
-                "vendor-data), or ask the site's admins to take it out of "
-                "context.vendor_data_file"
+                "vendor-data; in a part that replaces what came before, cloud-init's default "
+                "merge), or ask the site's admins to take it out of context.vendor_data_file"
             )
+        # ws-slurm's rule part keeps what came before (its Merge-Type): its localhost
+        # does not undo the vendor-data's true, and is no way around the refusal.
+        rule = clusters_pb2.ClusterMember(
+            role="w",
+            image="cloud",
+            user_data=seed.multipart(
+                [
+                    seed.Part(
+                        "cloud-config",
+                        b"#cloud-config\nmanage_etc_hosts: localhost\n",
+                        "ws-slurm-0",
+                        "dict(recurse_array,no_replace)+list(append)",
+                    )
+                ]
+            ),
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            site.stubs.clusters.CreateCluster(
+                clusters_pb2.CreateClusterRequest(name="s", members=[rule])
+            )
+        assert "the site's vendor-data sets manage_etc_hosts" in (info.value.details() or "")
         assert names(site) == set()
         cluster("d", b"#cloud-config\nmanage_etc_hosts: localhost\n")
         assert names(site) == {"d-w-0", "d-w-1"}

@@ -128,7 +128,8 @@ def _refuse_etc_hosts_rewrite(cfg: ServiceConfig, user_data: bytes) -> None:
         raise InvalidArgument(
             f"the site's vendor-data sets manage_etc_hosts to true: {_DROPS_ROSTER}; "
             "set manage_etc_hosts: localhost in the members' user-data (it comes after "
-            "the vendor-data), or ask the site's admins to take it out of "
+            "the vendor-data; in a part that replaces what came before, cloud-init's "
+            "default merge), or ask the site's admins to take it out of "
             "context.vendor_data_file"
         )
 
