@@ -17,13 +17,14 @@ import grpc
 import pytest
 import yaml
 
-from tests.functional.harness import Site
+from tests.functional.harness import Site, service_config
 from workspace.cli import ws
 from workspace.client import Client
 from workspace.domain import seed, sshkeys
 from workspace.domain.model import Order
 from workspace.errors import InvalidArgument, NotFound, ResourceExhausted
-from workspace.ops import reports
+from workspace.ops import reports, seeds
+from workspace.store import Image
 from workspace.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -435,3 +436,20 @@ def test_a_vendor_data_that_would_drop_every_members_roster_is_said_at_a_cluster
         assert "lone" in names(site)
     finally:
         site.close()
+
+
+def test_a_members_manage_etc_hosts_that_cloud_init_would_not_take_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """The refusal follows what cloud-init makes of the whole seed: a user part that
+    keeps what came before (``dict()``) setting true after a vendor-data's false
+    changes nothing, and was refused all the same."""
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text("#cloud-config\nmanage_etc_hosts: false\n")
+    cfg = service_config(tmp_path, context={"vendor_data_file": str(vendor)})
+    image = Image(name="cloud", context="nocloud")
+    kept = b"#cloud-config\nmerge_how: dict()+list()\nmanage_etc_hosts: true\n"
+    seeds.check_user_data(cfg, image, kept, member=True)
+    with pytest.raises(InvalidArgument) as info:
+        seeds.check_user_data(cfg, image, b"#cloud-config\nmanage_etc_hosts: true\n", member=True)
+    assert info.value.message.startswith("user-data sets manage_etc_hosts to true")

@@ -116,22 +116,22 @@ def _refuse_etc_hosts_rewrite(cfg: ServiceConfig, user_data: bytes) -> None:
     # The roster's /etc/hosts is written once, at the first boot; with this,
     # cloud-init writes the file anew from its template at every boot, and after a
     # reboot the members' names no longer resolved (MPI launchers failed), unsaid.
-    if user_data and seed.rewrites_etc_hosts(user_data):
+    if not seed.rewrites_etc_hosts(user_data, vendor_data(cfg)):
+        return
+    if seed.rewrites_etc_hosts(user_data):
         raise InvalidArgument(
             f"user-data sets manage_etc_hosts to true: {_DROPS_ROSTER}; leave it out, "
             "or set it to localhost"
         )
-    vendor = vendor_data(cfg)
-    if vendor and seed.rewrites_etc_hosts(user_data, vendor):
-        # The site's own file (context.vendor_data_file) set it for every member: the
-        # check above, of the user's part alone, let every cluster through.
-        raise InvalidArgument(
-            f"the site's vendor-data sets manage_etc_hosts to true: {_DROPS_ROSTER}; "
-            "set manage_etc_hosts: localhost in the members' user-data (it comes after "
-            "the vendor-data; in a part that replaces what came before, cloud-init's "
-            "default merge), or ask the site's admins to take it out of "
-            "context.vendor_data_file"
-        )
+    # The site's own file (context.vendor_data_file) set it for every member: the user's
+    # user-data alone was looked at, and every cluster let through.
+    raise InvalidArgument(
+        f"the site's vendor-data sets manage_etc_hosts to true: {_DROPS_ROSTER}; "
+        "set manage_etc_hosts: localhost in the members' user-data (it comes after "
+        "the vendor-data; in a part that replaces what came before, cloud-init's "
+        "default merge), or ask the site's admins to take it out of "
+        "context.vendor_data_file"
+    )
 
 
 def contextualize(cfg: ServiceConfig, s: Session, ws: Workspace, image: Image) -> None:
