@@ -17,13 +17,14 @@ import grpc
 import pytest
 import yaml
 
-from tests.functional.harness import Site
+from tests.functional.harness import Site, service_config
 from workspace.cli import ws
 from workspace.client import Client
-from workspace.domain import sshkeys
+from workspace.domain import seed, sshkeys
 from workspace.domain.model import Order
 from workspace.errors import InvalidArgument, NotFound, ResourceExhausted
-from workspace.ops import reports
+from workspace.ops import reports, seeds
+from workspace.store import Image
 from workspace.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -368,3 +369,87 @@ def test_a_bad_cloud_config_is_refused_and_nothing_is_stored(ready_site: Site) -
     assert names(site) == set()
     listed = site.stubs.clusters.ListClusters(clusters_pb2.ListClustersRequest())
     assert list(listed.clusters) == []
+
+
+def test_a_vendor_data_that_would_drop_every_members_roster_is_said_at_a_cluster_create(
+    tmp_path: Path,
+) -> None:
+    """The site's vendor-data comes first in every seed, and the service's part keeps
+    a value an earlier part set: a vendor-data with ``manage_etc_hosts: true`` dropped
+    the roster of every cluster's members at their first reboot, and the creates were
+    let through, since only the user's user-data was looked at. A cluster create says
+    so and what to do; user-data that sets ``localhost`` (after the vendor's) is taken,
+    and a lone workspace is not refused."""
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text("#cloud-config\nmanage_etc_hosts: true\n")
+    site = Site(tmp_path / "site", context={"vendor_data_file": str(vendor)})
+    try:
+        site.stubs.network()
+        site.add_agent("node1")
+        import_cloud(site)
+
+        def cluster(name: str, user_data: bytes = b"") -> clusters_pb2.Cluster:
+            member = clusters_pb2.ClusterMember(
+                role="w", image="cloud", count=2, user_data=user_data
+            )
+            return site.stubs.clusters.CreateCluster(
+                clusters_pb2.CreateClusterRequest(name=name, members=[member])
+            )
+
+        for user_data in (b"", b"#cloud-config\npackages: [htop]\n"):
+            with pytest.raises(grpc.RpcError) as info:
+                cluster("c", user_data)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == (
+                "cluster c, member w: the site's vendor-data sets manage_etc_hosts to true: "
+                "cloud-init would write /etc/hosts anew at every boot and drop the "
+                "cluster's roster (the members' names) from it after the first reboot; set "
+                "manage_etc_hosts: localhost in the members' user-data (it comes after the "
+                "vendor-data; in a part that replaces what came before, cloud-init's default "
+                "merge), or ask the site's admins to take it out of context.vendor_data_file"
+            )
+        # ws-slurm's rule part keeps what came before (its Merge-Type): its localhost
+        # does not undo the vendor-data's true, and is no way around the refusal.
+        rule = clusters_pb2.ClusterMember(
+            role="w",
+            image="cloud",
+            user_data=seed.multipart(
+                [
+                    seed.Part(
+                        "cloud-config",
+                        b"#cloud-config\nmanage_etc_hosts: localhost\n",
+                        "ws-slurm-0",
+                        "dict(recurse_array,no_replace)+list(append)",
+                    )
+                ]
+            ),
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            site.stubs.clusters.CreateCluster(
+                clusters_pb2.CreateClusterRequest(name="s", members=[rule])
+            )
+        assert "the site's vendor-data sets manage_etc_hosts" in (info.value.details() or "")
+        assert names(site) == set()
+        cluster("d", b"#cloud-config\nmanage_etc_hosts: localhost\n")
+        assert names(site) == {"d-w-0", "d-w-1"}
+        site.stubs.create(name="lone", image="cloud")
+        assert "lone" in names(site)
+    finally:
+        site.close()
+
+
+def test_a_members_manage_etc_hosts_that_cloud_init_would_not_take_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """The refusal follows what cloud-init makes of the whole seed: a user part that
+    keeps what came before (``dict()``) setting true after a vendor-data's false
+    changes nothing, and was refused all the same."""
+    vendor = tmp_path / "vendor.yaml"
+    vendor.write_text("#cloud-config\nmanage_etc_hosts: false\n")
+    cfg = service_config(tmp_path, context={"vendor_data_file": str(vendor)})
+    image = Image(name="cloud", context="nocloud")
+    kept = b"#cloud-config\nmerge_how: dict()+list()\nmanage_etc_hosts: true\n"
+    seeds.check_user_data(cfg, image, kept, member=True)
+    with pytest.raises(InvalidArgument) as info:
+        seeds.check_user_data(cfg, image, b"#cloud-config\nmanage_etc_hosts: true\n", member=True)
+    assert info.value.message.startswith("user-data sets manage_etc_hosts to true")

@@ -829,3 +829,82 @@ def test_the_last_cloud_config_part_to_set_manage_etc_hosts_decides() -> None:
         two(b"manage_etc_hosts: true\n", b"manage_etc_hosts: localhost\n")
     )
     assert seed.rewrites_etc_hosts(two(b"manage_etc_hosts: false\n", b"manage_etc_hosts: true\n"))
+
+
+def test_the_vendor_data_sets_manage_etc_hosts_unless_the_user_data_sets_it_after() -> None:
+    """The site's vendor-data comes first in the seed (``render``): its value stands
+    when the user-data sets none, and the user-data's replaces it."""
+    vendor = b"#cloud-config\nmanage_etc_hosts: true\n"
+    assert seed.rewrites_etc_hosts(b"", vendor)
+    assert seed.rewrites_etc_hosts(b"#cloud-config\npackages: [htop]\n", vendor)
+    assert not seed.rewrites_etc_hosts(b"#cloud-config\nmanage_etc_hosts: localhost\n", vendor)
+    assert seed.rewrites_etc_hosts(
+        b"#cloud-config\nmanage_etc_hosts: true\n", b"#cloud-config\nmanage_etc_hosts: false\n"
+    )
+
+
+def slurm_rule_part(body: bytes) -> bytes:
+    """User-data as ws-slurm makes it for a rule with its own #cloud-config: the rule's
+    part first, with a Merge-Type that keeps what parts before it set."""
+    return seed.multipart(
+        [
+            seed.Part(
+                "cloud-config",
+                b"#cloud-config\n" + body,
+                "ws-slurm-0",
+                "dict(recurse_array,no_replace)+list(append)",
+            ),
+            seed.Part("cloud-config", b"#cloud-config\nruncmd: [[true]]\n", "ws-slurm-1"),
+        ]
+    )
+
+
+TRUE = b"#cloud-config\nmanage_etc_hosts: true\n"
+LOCALHOST = b"#cloud-config\nmanage_etc_hosts: localhost\n"
+
+
+@pytest.mark.skipif(not CLOUD_INIT.exists(), reason="cloud-init is not installed here")
+@pytest.mark.parametrize(
+    ("user_data", "vendor_data"),
+    [
+        (b"", TRUE),
+        (LOCALHOST, TRUE),
+        (TRUE, b"#cloud-config\nmanage_etc_hosts: false\n"),
+        # A part that keeps what came before does not undo the vendor-data's value:
+        # ws-slurm's rule part, a body's own merge_how, a bare dict() (no_replace).
+        (slurm_rule_part(b"manage_etc_hosts: localhost\n"), TRUE),
+        (b"#cloud-config\nmerge_how: dict()+list()\nmanage_etc_hosts: localhost\n", TRUE),
+        (b"#cloud-config\nmerge_how: list(append)\nmanage_etc_hosts: localhost\n", TRUE),
+        (b"#cloud-config\nmerge_how: dict(replace)+list()\nmanage_etc_hosts: localhost\n", TRUE),
+        (
+            b"#cloud-config\nmerge_how: [{name: dict, settings: [no_replace]}]\n"
+            b"manage_etc_hosts: localhost\n",
+            TRUE,
+        ),
+        (slurm_rule_part(b"manage_etc_hosts: true\n"), b""),
+        (slurm_rule_part(b"manage_etc_hosts: true\n"), LOCALHOST),
+    ],
+)
+def test_manage_etc_hosts_is_read_as_cloud_init_merges_the_parts(
+    user_data: bytes, vendor_data: bytes
+) -> None:
+    """What ``rewrites_etc_hosts`` says is what cloud-init's own mergers make of a
+    member's seed: the site's vendor-data, the user's parts, then the service's (whose
+    ``manage_etc_hosts: false`` keeps what came before). It read the last part to set
+    the key: ws-slurm's rule part, which keeps what came before (its Merge-Type), setting
+    ``localhost`` after a vendor-data's ``true`` was taken for a fix that was none."""
+    s = seed.render(
+        "mpi-w-0",
+        "id1",
+        (NIC,),
+        user_data,
+        vendor_data,
+        [USER_KEY],
+        HOST,
+        "debian",
+        three_members(),
+    )
+    merged = json.loads(cloud_init(MERGE_SCRIPT, s.user_data).stdout)
+    value = merged.get("manage_etc_hosts")
+    by_cloud_init = value is not None and str(value).lower() in ("true", "template")
+    assert seed.rewrites_etc_hosts(user_data, vendor_data) is by_cloud_init

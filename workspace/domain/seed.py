@@ -26,6 +26,7 @@ import email.message
 import email.policy
 import hashlib
 import json
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -459,15 +460,68 @@ def default_user(user_data: bytes) -> str:
 _TEMPLATE_HOSTS = frozenset({"true", "1", "on", "yes", "y", "template"})
 
 
-def rewrites_etc_hosts(user_data: bytes) -> bool:
-    """Whether ``user_data`` has cloud-init write /etc/hosts anew from its template at
-    every boot (``manage_etc_hosts: true`` or ``template``, by the last cloud-config
-    part that sets it); ``localhost`` and ``false`` keep the file's other lines."""
-    value: object = None
-    for p in parts_of(user_data, "user-data"):
-        if _is_cloud_config(p):
-            value = userdata.top_level(p.payload).get("manage_etc_hosts", value)
+def rewrites_etc_hosts(user_data: bytes, vendor_data: bytes = b"") -> bool:
+    """Whether ``user_data`` (after the site's ``vendor_data``, whose parts come first
+    in the seed, as ``render`` puts them) has cloud-init write /etc/hosts anew from its
+    template at every boot (``manage_etc_hosts: true`` or ``template``, as cloud-init
+    merges the cloud-config parts: ``_merged_scalar``); ``localhost`` and ``false`` keep
+    the file's other lines."""
+    parts = [*parts_of(vendor_data, "vendor-data"), *parts_of(user_data, "user-data")]
+    value = _merged_scalar(parts, "manage_etc_hosts")
     return value is not None and str(value).strip().lower() in _TEMPLATE_HOSTS
+
+
+# cloud-init's merger names ("dict(no_replace,recurse_list)"): mergers.NAME_MTHD_CHOPPER.
+_MERGER = re.compile(r"(^[a-zA-Z_][A-Za-z0-9_]*)\((.*?)\)$")
+# How a part merges onto those before it when it says nothing: DEF_MERGERS.
+_DEFAULT_DICT_OPTIONS = ("replace",)
+
+
+def _dict_options(p: Part) -> tuple[str, ...] | None:
+    """The options of part ``p``'s dict merger (cloud-init's handlers/cloud_config.py:
+    the mergers its body names in ``merge_how`` or ``merge_type``, then its
+    ``Merge-Type`` header's; none named: the default, ``dict(replace)``); None when it
+    names mergers but no dict one: cloud-init then merges none of its keys."""
+    named: object = userdata.top_level(p.payload).get("merge_how")
+    if named is None:
+        named = userdata.top_level(p.payload).get("merge_type")
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for spec in (named, p.merge_type):
+        if isinstance(spec, str):
+            for m in spec.split("+"):
+                match = _MERGER.match(m.lower().strip().replace("-", "_"))
+                if match:
+                    opts = (o.strip().lower() for o in match.group(2).split(","))
+                    found.append((match.group(1), tuple(o for o in opts if o)))
+        elif isinstance(spec, list):
+            for m in spec:
+                if isinstance(m, dict) and isinstance(m.get("name"), str):
+                    found.append(
+                        (m["name"].replace("-", "_").strip(), tuple(m.get("settings") or ()))
+                    )
+                elif isinstance(m, list) and m and isinstance(m[0], str):
+                    found.append((m[0], tuple(str(o) for o in m[1:])))
+    if not found:
+        return _DEFAULT_DICT_OPTIONS
+    return next((opts for name, opts in found if name == "dict"), None)
+
+
+def _merged_scalar(parts: Sequence[Part], key: str) -> object:
+    """The top-level ``key`` of the cloud-config ``parts`` merged in order, as cloud-init
+    merges them (mergers/m_dict.py): a part whose dict merger replaces sets it; one that
+    does not ("no_replace", the service's own MERGE_HOW, ws-slurm's Merge-Type) sets it
+    only where no part before did; one without a dict merger sets nothing. None: unset."""
+    merged: dict[str, object] = {}
+    for p in parts:
+        if not _is_cloud_config(p):
+            continue
+        doc = userdata.top_level(p.payload)
+        options = _dict_options(p)
+        if key not in doc or options is None:
+            continue
+        if "replace" in options or key not in merged:
+            merged[key] = doc[key]
+    return merged.get(key)
 
 
 def given(parts: Sequence[Part], key: str) -> str:

@@ -91,21 +91,47 @@ def check_user_data(
     cfg: ServiceConfig, image: Image, user_data: bytes, member: bool = False
 ) -> None:
     """InvalidArgument if the image takes no user-data and some is given, or if the
-    user-data is not an accepted document, or (for a cluster's ``member``) if it would
-    have cloud-init drop the cluster's roster from /etc/hosts."""
+    user-data is not an accepted document, or (for a cluster's ``member``) if it, or the
+    site's vendor-data it leaves so, would have cloud-init drop the cluster's roster
+    from /etc/hosts."""
     if user_data and (image.context or NONE) == NONE:
         raise InvalidArgument(f"image {image.name} takes no user-data (its context is none)")
     if user_data:  # (finding the schema looks at the file system)
         userdata.check(user_data, cfg.context.schema_path())
-    if member and user_data and seed.rewrites_etc_hosts(user_data):
-        # The roster's /etc/hosts is written once, at the first boot; with this,
-        # cloud-init writes the file anew from its template at every boot, and after a
-        # reboot the members' names no longer resolved (MPI launchers failed), unsaid.
+    if member and (image.context or NONE) == NOCLOUD:
+        _refuse_etc_hosts_rewrite(cfg, user_data)
+
+
+# What a member's /etc/hosts becomes when cloud-init renders it at each boot.
+_DROPS_ROSTER = (
+    "cloud-init would write /etc/hosts anew at every boot and drop the cluster's roster "
+    "(the members' names) from it after the first reboot"
+)
+
+
+def _refuse_etc_hosts_rewrite(cfg: ServiceConfig, user_data: bytes) -> None:
+    """InvalidArgument if a cluster member's seed would have cloud-init render
+    /etc/hosts from its template at every boot: by its ``user_data``, or by the site's
+    vendor-data, which comes first in the seed, when the user-data leaves it so."""
+    # The roster's /etc/hosts is written once, at the first boot; with this,
+    # cloud-init writes the file anew from its template at every boot, and after a
+    # reboot the members' names no longer resolved (MPI launchers failed), unsaid.
+    if not seed.rewrites_etc_hosts(user_data, vendor_data(cfg)):
+        return
+    if seed.rewrites_etc_hosts(user_data):
         raise InvalidArgument(
-            "user-data sets manage_etc_hosts to true: cloud-init would write /etc/hosts "
-            "anew at every boot and drop the cluster's roster (the members' names) from "
-            "it after the first reboot; leave it out, or set it to localhost"
+            f"user-data sets manage_etc_hosts to true: {_DROPS_ROSTER}; leave it out, "
+            "or set it to localhost"
         )
+    # The site's own file (context.vendor_data_file) set it for every member: the user's
+    # user-data alone was looked at, and every cluster let through.
+    raise InvalidArgument(
+        f"the site's vendor-data sets manage_etc_hosts to true: {_DROPS_ROSTER}; "
+        "set manage_etc_hosts: localhost in the members' user-data (it comes after "
+        "the vendor-data; in a part that replaces what came before, cloud-init's "
+        "default merge), or ask the site's admins to take it out of "
+        "context.vendor_data_file"
+    )
 
 
 def contextualize(cfg: ServiceConfig, s: Session, ws: Workspace, image: Image) -> None:
