@@ -5,6 +5,7 @@ its boot window (said once on stderr), fail at once for one that has run for lon
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -114,7 +115,8 @@ def test_ssh_and_scp_right_after_a_start_wait_for_the_sshd_and_say_so(
     # --retry N: as before, N attempts, no knocks, nothing said.
     rc, _, err = run(c, capfd, "ssh", "--retry", "5", "box")  # type: ignore[arg-type]
     assert rc == 0 and err == "" and "-o ConnectionAttempts=5" in args_file.read_text()
-    # --print: a command for later.
+    # --print: a command for later (its known_hosts file stays: here, in tmp_path).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rc, out, err = run(c, capfd, "ssh", "box", "--print")  # type: ignore[arg-type]
     assert rc == 0 and err == "" and "ConnectionAttempts" not in out
     # Running for long: at once, as ever (nothing listens: ssh's own error would say).
