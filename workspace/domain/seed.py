@@ -28,10 +28,11 @@ import hashlib
 import json
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
+from typing import Any
 
 import yaml
 
@@ -477,14 +478,15 @@ _MERGER = re.compile(r"(^[a-zA-Z_][A-Za-z0-9_]*)\((.*?)\)$")
 _DEFAULT_DICT_OPTIONS = ("replace",)
 
 
-def _dict_options(p: Part) -> tuple[str, ...] | None:
+def _dict_options(p: Part, doc: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The options of part ``p``'s dict merger (cloud-init's handlers/cloud_config.py:
     the mergers its body names in ``merge_how`` or ``merge_type``, then its
     ``Merge-Type`` header's; none named: the default, ``dict(replace)``); None when it
-    names mergers but no dict one: cloud-init then merges none of its keys."""
-    named: object = userdata.top_level(p.payload).get("merge_how")
+    names mergers but no dict one: cloud-init then merges none of its keys. ``doc``:
+    the part's top-level keys."""
+    named: object = doc.get("merge_how")
     if named is None:
-        named = userdata.top_level(p.payload).get("merge_type")
+        named = doc.get("merge_type")
     found: list[tuple[str, tuple[str, ...]]] = []
     for spec in (named, p.merge_type):
         if isinstance(spec, str):
@@ -516,8 +518,7 @@ def _merged_scalar(parts: Sequence[Part], key: str) -> object:
         if not _is_cloud_config(p):
             continue
         doc = userdata.top_level(p.payload)
-        options = _dict_options(p)
-        if key not in doc or options is None:
+        if key not in doc or (options := _dict_options(p, doc)) is None:
             continue
         if "replace" in options or key not in merged:
             merged[key] = doc[key]
