@@ -120,7 +120,7 @@ def refuse_save_after_end(env: Env, s: Session, ws: Workspace) -> None:
     end = ws.lease_expires_at or 0.0
     if not end or end > env.clock():
         return
-    if policy(s, ws.project).action_at(end) is LeaseAction.DESTROY:
+    if action_of(s, ws) is LeaseAction.DESTROY:
         raise FailedPrecondition(
             f"cannot save workspace {ws.name}: its lease ended at {iso_time(end)} and "
             f"project {ws.project} destroys workspaces at expiry; "
