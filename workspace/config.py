@@ -540,6 +540,10 @@ class NodeNetworkConfig:
 AGENT_DRIVERS = ("fake", "libvirt")
 
 
+# The largest ``conntrack_per_nic`` (nftables' ``ct count`` is a 32-bit number).
+MAX_CT_COUNT = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     node: str = field(default_factory=socket.gethostname)
@@ -563,6 +567,10 @@ class AgentConfig:
     networks: list[NodeNetworkConfig] = field(default_factory=lambda: [NodeNetworkConfig()])
     # Seconds between reconcile passes when nothing happens.
     resync_interval_s: float = 10.0
+    # The most connections the node's conntrack table tracks at once for what one VM NIC
+    # opens (bridged, or to the node itself): a new one beyond it is dropped, so one VM
+    # cannot fill the table the node's other VMs share; 0 = no bound.
+    conntrack_per_nic: int = 4096
     # Parallel workspace operations.
     max_parallel_ops: int = 8
     # Blob cache size limit in bytes (least recently used unpinned blobs are evicted to
@@ -624,10 +632,21 @@ class AgentConfig:
         at_least_1 = ("max_parallel_ops", "exec_parallel", "prefetch_parallel")
         check_min(self, "", at_least_1, 1)
         sizes = ("cpus", "memory_mib", "disk_gib", "disk_mbps", "net_mbps")  # registered
-        budgets = ("cache_budget_bytes", "quarantine_max_bytes", "exec_max_output_bytes")
+        budgets = (
+            "cache_budget_bytes",
+            "quarantine_max_bytes",
+            "exec_max_output_bytes",
+            "conntrack_per_nic",
+        )
         check_min(self, "", (*sizes, *budgets), 0)
         if why := size_problem({k: getattr(self, k) for k in sizes}):
             raise ConfigError(why)  # the service would refuse every Register of the node
+        if self.conntrack_per_nic > MAX_CT_COUNT:
+            # nft's ct count takes 32 bits: a larger one would fail the whole ruleset.
+            raise ConfigError(
+                f"conntrack_per_nic: must be at most {MAX_CT_COUNT} (0 = no bound),"
+                f" got {self.conntrack_per_nic}"
+            )
 
     @property
     def cache_path(self) -> Path:

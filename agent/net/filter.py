@@ -23,7 +23,9 @@ docs/design/network-policy.md for the why; in short:
   53 of its network's DNS servers, and answer what came in); the bridge and destination
   address name the receiving NIC (``in_<tap>``: replies, DHCP, the gateway -- unless a
   site router beyond the uplink holds it --, the peers for CLUSTER, allow rules, and
-  nothing else).
+  nothing else). First of all, every NIC that may send is bounded in the connections
+  it opens that conntrack tracks at once (``flows_<tap>``, ``ct count``; the agent's
+  ``conntrack_per_nic``), so one VM cannot fill the node's table.
 """
 
 from __future__ import annotations
@@ -310,12 +312,39 @@ def _unknown_taps(nics: Sequence[NicRule]) -> str:
     return f'iifname "{TAP_PREFIX}*"{known} drop'
 
 
-def render(orders: Iterable[Order], bridges: Iterable[BridgeSpec] = ()) -> str:
+def _flow_limit(nics: Sequence[NicRule], limit: int) -> tuple[list[str], dict[str, list[str]]]:
+    """The per-NIC bound on tracked connections (``limit``; 0 = none): a rule of the
+    ``policy_forward`` and ``policy_input`` hooks that sends what each NIC opens
+    (bridged IPv4 names its bridge as ``iifname``, and ws_guard keeps its source address
+    its own) to a chain of its own, whose ``ct count`` drops a new connection beyond
+    ``limit`` before conntrack confirms it. Every NIC that may send has one, whatever its
+    connectivity: an OPEN VM's flows fill the node's table as well."""
+    # One chain per (bridge, address): two NICs given one address (which the service
+    # never does) would be one key twice, which nft refuses, and are one source anyway.
+    first: dict[tuple[str, str], NicRule] = {}
+    for n in nics:
+        if not n.blocked:
+            first.setdefault((n.bridge, n.ip), n)
+    if limit <= 0 or not first:
+        return [], {}
+    sending = sorted(first.values(), key=lambda n: n.tap)
+    dispatch = _set(f"{_q(n.bridge)} . {n.ip} : jump flows_{n.tap}" for n in sending)
+    chains = {n.tap: [f"ct state new ct count over {limit} drop"] for n in sending}
+    return [f"iifname . ip saddr vmap {dispatch}"], chains
+
+
+def render(
+    orders: Iterable[Order], bridges: Iterable[BridgeSpec] = (), *, flow_limit: int = 0
+) -> str:
     """The whole ruleset of a node: both tables, replaced in one transaction."""
-    return render_nics(nic_rules(orders), bridges)
+    return render_nics(nic_rules(orders), bridges, flow_limit=flow_limit)
 
 
-def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> str:
+def render_nics(
+    nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = (), *, flow_limit: int = 0
+) -> str:
+    """``flow_limit``: the most connections each NIC may have tracked at once (0 = no
+    bound; ``_flow_limit``)."""
     if len(nics) > MAX_NICS:
         raise FilterError(f"{len(nics)} NICs on one node: the filter marks at most {MAX_NICS}")
     brs = sorted(set(bridges))
@@ -356,8 +385,10 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
     cluster = [n for n in restricted if n.connectivity is Connectivity.CLUSTER]
     out_map = _set(f"{marks[n.tap]:#010x} : jump out_{n.tap}" for n in cluster)
     in_map = _set(f"{_q(n.bridge)} . {n.ip} : jump in_{n.tap}" for n in restricted)
+    limit_rules, limit_chains = _flow_limit(nics, flow_limit)
     for hook in ("forward", "input", "output"):
-        rules = []
+        # The bound first: a verdict of a NIC's chains below ends the hook's evaluation.
+        rules = list(limit_rules) if hook in ("forward", "input") else []
         if cluster and hook in ("forward", "input"):
             rules.append(f"meta mark vmap {out_map}")
         if restricted and hook in ("forward", "output"):
@@ -377,6 +408,10 @@ def render_nics(nics: Sequence[NicRule], bridges: Iterable[BridgeSpec] = ()) -> 
         if n.connectivity is Connectivity.CLUSTER:
             s.chain(f"out_{n.tap}", _out_chain(n, server), comment=where)
         s.chain(f"in_{n.tap}", _in_chain(n, n.bridge not in routed, server), comment=where)
+    for n in nics:
+        if n.tap in limit_chains:
+            where = f"workspace {n.workspace_id} nic {n.index} bridge {n.bridge}"
+            s.chain(f"flows_{n.tap}", limit_chains[n.tap], comment=where)
     s.add("}")
     return "\n".join(s.lines) + "\n"
 

@@ -6,7 +6,8 @@ The kernel prints a table in its own normal form, which is not the text we load;
 agent lists each table right after applying it and keeps a digest of that listing
 (``TableWatch.record``). A later pass lists it again (``drifted``): a table missing, or
 listed differently, is what the agent must apply again. Our tables hold no counters,
-quotas or dynamic sets, so their listing changes only when their rules do.
+quotas or dynamic sets (the ``ct count`` of the per-NIC bound keeps its count out of
+the listing), so their listing changes only when their rules do.
 """
 
 from __future__ import annotations

@@ -470,7 +470,7 @@ class BridgeNetworking:
         """Apply the ruleset if it changed, or if our tables no longer hold what was
         applied (deleted, flushed, edited behind the agent's back); FilterError raised
         when it could not be. Then ``held``: the workspaces whose policy cannot hold."""
-        script = render_nics(nics, bridges)
+        script = render_nics(nics, bridges, flow_limit=self.cfg.conntrack_per_nic)
         drifted = self.watch.drifted() if script == self.ruleset else []
         if drifted:
             log.warning(

@@ -326,6 +326,13 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
         (AgentConfig, {"resync_interval_s": 0}, "resync_interval_s: must be more than 0"),
         (AgentConfig, {"cache_budget_bytes": -1}, "cache_budget_bytes: must be 0 or more"),
         (AgentConfig, {"cpus": -4}, "cpus: must be 0 or more, got -4"),
+        (AgentConfig, {"conntrack_per_nic": -1}, "conntrack_per_nic: must be 0 or more, got -1"),
+        (
+            AgentConfig,
+            {"conntrack_per_nic": 2**32},
+            "conntrack_per_nic: must be at most 4294967295 (0 = no bound), got 4294967296",
+        ),
+        (AgentConfig, {"conntrack_per_nic": "lots"}, "conntrack_per_nic: expected int, got 'lots'"),
         (AgentConfig, {"node": ""}, "node: must not be empty"),
         (
             AgentConfig,

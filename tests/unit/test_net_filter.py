@@ -335,3 +335,30 @@ def test_a_nic_with_bad_values_is_cut_off_and_the_others_keep_their_rules() -> N
     for dots in (".", ".."):  # Linux refuses them as interface names
         (rule,) = nic_rules([order("w-x", nic("10.0.0.9", "52:54:00:00:00:09", bridge=dots))])
         assert rule.blocked == f"bridge {dots!r} is not an interface name"
+
+
+def test_each_nic_has_a_bound_on_its_tracked_connections() -> None:
+    """``flow_limit``: every NIC that may send, whatever its connectivity, gets a chain
+    of its own counting the connections it opens, reached by (bridge, address) first
+    in the inet forward and input hooks; 0 renders none."""
+    bad = order("w-bad", nic("10.0.0.9", "52:54:00:zz:00:09"))
+    text = render([OPEN, CLUSTER, bad], flow_limit=4096)
+    for wid, ip in (("w-open", "10.0.0.5"), ("w-clu", "10.0.0.6")):
+        tap = tap_name(wid, 0)
+        assert _chain(text, f"flows_{tap}") == ["ct state new ct count over 4096 drop"]
+        for hook in ("policy_forward", "policy_input"):
+            first = _chain(text, hook)[0]
+            assert first.startswith("iifname . ip saddr vmap")
+            assert f'"wsbr0" . {ip} : jump flows_{tap}' in first
+    assert f"flows_{tap_name('w-bad', 0)}" not in text  # it sends nothing anyway
+    assert "ct count" not in "".join(_chain(text, "policy_output"))
+    assert "ct count" not in render([OPEN, CLUSTER])
+
+
+def test_two_nics_with_one_address_share_one_bound() -> None:
+    """Never sent by the service, but one key twice in a map would fail the whole
+    ruleset: the first NIC's chain counts for both (one source, as conntrack sees it)."""
+    twin = order("w-twin", nic("10.0.0.5", "52:54:00:00:00:15"))
+    text = render([OPEN, twin], flow_limit=10)
+    first = _chain(text, "policy_forward")[0]
+    assert first.count('"wsbr0" . 10.0.0.5') == 1

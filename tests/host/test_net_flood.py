@@ -1,0 +1,208 @@
+"""What one VM can take from its node's other VMs through the node's network, with the
+real nftables ruleset of ``BridgeNetworking`` and the real conntrack table of a "node"
+network namespace: the table's room (``conntrack_per_nic``), the frames a departed
+workspace's tap is still delivered, and the table's clean-ups of a pass.
+
+Each "VM" is a namespace plugged into the node's bridge by a veth pair whose host end
+has the workspace's tap name, so the filter rules apply to it as to a real VM's tap.
+Every namespace is named ``wsfl-...`` (or ``$WS_TEST_NETNS_PREFIX-...``) and deleted in
+teardown; processes started here are stopped by their pid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.net.node import BridgeNetworking
+from agent.virt.base import tap_name
+from workspace.config import AgentConfig, NodeNetworkConfig
+from workspace.domain.model import Nic, Order
+from workspace.domain.netpolicy import Connectivity
+from workspace.domain.states import Desired
+
+pytestmark = pytest.mark.host
+
+SUBNET, GW, PREFIX = "10.217.0.0/24", "10.217.0.1", 24
+BROADCAST = "10.217.0.255"
+BRIDGE = "wsflbr0"
+LIMIT = 12  # conntrack_per_nic of the node
+_ids = itertools.count(1)
+
+# The namespaces' prefix: another one (WS_TEST_NETNS_PREFIX) keeps runs beside each
+# other apart by name.
+NS_PREFIX = os.environ.get("WS_TEST_NETNS_PREFIX", "wsfl")
+BR_NF = "net.bridge.bridge-nf-call-iptables"
+
+
+def ns_name(role: str) -> str:
+    return f"{NS_PREFIX}-{os.getpid() % 100000}-{next(_ids)}-{role}"
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+
+
+def in_ns(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, *argv, check=False)
+
+
+def py_in(ns: str, code: str) -> str:
+    proc = in_ns(ns, sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@dataclass
+class Vm:
+    netns: str
+    ip: str
+    mac: str
+
+
+@dataclass
+class Node:
+    netns: str
+    net: BridgeNetworking
+    orders: dict[str, Order] = field(default_factory=dict)
+    vms: list[Vm] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def sync(self) -> None:
+        assert self.net.sync(sorted(self.orders.values(), key=lambda o: o.workspace_id)) == {}
+
+    def add_vm(
+        self, wid: str, ip_addr: str, conn: Connectivity = Connectivity.OPEN, **kw: Any
+    ) -> Vm:
+        """A VM of a new workspace in the orders, plugged in, its address configured and
+        every other VM's MAC known (no ARP: a VM's answer would teach the bridge its
+        port, and the flooding tests need it unlearned)."""
+        mac = f"52:54:00:d7:00:{int(ip_addr.rsplit('.', 1)[1]):02x}"
+        nic = Nic("default", ip_addr, mac, PREFIX, GW, BRIDGE, SUBNET)
+        self.orders[wid] = Order(
+            wid, wid, wid, Desired.RUNNING, 1, 512, "img", (), (nic,), connectivity=conn, **kw
+        )
+        self.sync()
+        vm = Vm(ns_name("vm"), ip_addr, mac)
+        sh("ip", "netns", "add", vm.netns)
+        self.vms.append(vm)
+        tap = tap_name(wid, 0)
+        sh("ip", "-n", self.netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0",
+           "netns", vm.netns)  # fmt: skip
+        sh("ip", "-n", self.netns, "link", "set", tap, "master", BRIDGE, "up")
+        sh("ip", "-n", vm.netns, "link", "set", "lo", "up")
+        sh("ip", "-n", vm.netns, "link", "set", "eth0", "address", mac, "up")
+        sh("ip", "-n", vm.netns, "addr", "add", f"{ip_addr}/{PREFIX}", "dev", "eth0")
+        in_ns(vm.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")  # silent
+        for other in self.vms[:-1]:
+            for a, b in ((vm, other), (other, vm)):
+                sh("ip", "-n", a.netns, "neigh", "replace", b.ip, "lladdr", b.mac,
+                   "dev", "eth0", "nud", "permanent")  # fmt: skip
+        return vm
+
+    def serve(self, vm: Vm, code: str) -> None:
+        argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", code]
+        self.procs.append(subprocess.Popen(argv))
+        time.sleep(0.4)  # bound before anyone sends
+
+    def flows(self) -> list[tuple[str, str]]:
+        """The node's conntrack table: (original source, destination) of each entry."""
+        code = (
+            "from pyroute2 import Conntrack\n"
+            "ct = Conntrack()\n"
+            "for e in ct.dump_entries():\n"
+            "    print(e.tuple_orig.saddr, e.tuple_orig.daddr)\n"
+        )
+        out = py_in(self.netns, code)
+        return [(a, b) for a, b in (line.split() for line in out.splitlines())]
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    state = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-", dir="/var/tmp"))
+    netns = ns_name("node")
+    sh("ip", "netns", "add", netns)
+    cfg = AgentConfig(
+        node="n1",
+        state_dir=str(state / "agent"),
+        networks=[NodeNetworkConfig(name="default", dhcp=False)],
+        conntrack_per_nic=LIMIT,
+    )
+    n = Node(netns, BridgeNetworking(cfg, netns=netns))
+    try:
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        if in_ns(netns, "sysctl", "-qw", f"{BR_NF}=1").returncode != 0:
+            pytest.skip("no per-namespace net.bridge.bridge-nf-call-iptables (br_netfilter)")
+        yield n
+    finally:
+        for proc in n.procs:
+            proc.kill()
+            proc.wait()
+        for ns in [vm.netns for vm in n.vms] + [netns]:
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5000))
+while True:
+    data, peer = s.recvfrom(100); s.sendto(data, peer)
+"""
+
+# ``count`` new flows to DST:5000 at once (a socket each, a source port each); how many
+# were answered.
+FLOWS = """
+import select, socket, time
+socks = []
+for i in range({count}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"q", ({dst!r}, 5000))
+    socks.append(s)
+answered, end = set(), time.monotonic() + 3
+while len(answered) < len(socks) and time.monotonic() < end:
+    ready, _, _ = select.select([s for s in socks if s not in answered], [], [], 0.2)
+    for s in ready:
+        s.recv(100)
+        answered.add(s)
+print(len(answered))
+"""
+
+
+def opened(vm: Vm, dst: str, count: int) -> int:
+    return int(py_in(vm.netns, FLOWS.format(count=count, dst=dst)))
+
+
+def test_one_vm_cannot_take_the_nodes_conntrack_table(node: Node) -> None:
+    """A VM opening connections as fast as it can gets ``conntrack_per_nic`` of them
+    tracked and no more (bridged ones to its neighbours as those to the node itself),
+    whatever its connectivity, while another VM of the node still opens its own."""
+    server = node.add_vm("w-server", "10.217.0.10")
+    greedy = node.add_vm("w-greedy", "10.217.0.11")
+    other = node.add_vm("w-other", "10.217.0.12", Connectivity.OUTBOUND)
+    node.serve(server, ECHO)
+    assert opened(greedy, server.ip, 3 * LIMIT) == LIMIT
+    assert opened(greedy, server.ip, 1) == 0  # still full
+    from_greedy = [f for f in node.flows() if f[0] == greedy.ip]
+    assert len(from_greedy) == LIMIT  # the node's table holds no more of its flows
+    assert opened(other, server.ip, 3) == 3  # another VM still can
+    # the node's own addresses are behind the same bound
+    sh("ip", "-n", node.netns, "addr", "replace", f"{GW}/{PREFIX}", "dev", BRIDGE)
+    assert in_ns(greedy.netns, "ping", "-c", "1", "-W", "1", GW).returncode != 0
+    assert in_ns(other.netns, "ping", "-c", "1", "-W", "1", GW).returncode == 0
+    # conntrack_per_nic = 0: no bound, from the next pass on
+    node.net.cfg = replace(node.net.cfg, conntrack_per_nic=0)
+    node.sync()
+    assert opened(greedy, server.ip, 3) == 3
