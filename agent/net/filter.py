@@ -302,14 +302,16 @@ def _uplink_rules(bridges: Sequence[BridgeSpec], hook: str) -> list[str]:
     return rules
 
 
-def _unknown_taps(nics: Sequence[NicRule]) -> str:
-    """Drop what a tap of ours sends when no NIC of the orders has it: its workspace left
-    the orders (destroyed) but its domain still runs until its removal is carried out
-    (queued behind other operations, failing, or a create under way that starts it);
-    without rules it could send from any MAC and address, answer DHCP, advertise
-    routes."""
-    known = f" iifname != {_set(_q(n.tap) for n in nics)}" if nics else ""
-    return f'iifname "{TAP_PREFIX}*"{known} drop'
+def _unknown_taps(nics: Sequence[NicRule], way: str = "iifname") -> str:
+    """Drop what a tap of ours sends (``way`` "iifname") or would be delivered
+    ("oifname") when no NIC of the orders has it: its workspace left the orders
+    (destroyed) but its domain still runs until its removal is carried out (queued
+    behind other operations, failing, or a create under way that starts it); without
+    rules it could send from any MAC and address, answer DHCP, advertise routes, and it
+    read every broadcast and every frame the bridge floods (unicast to a MAC it has not
+    learned: its neighbours' conversations)."""
+    known = f" {way} != {_set(_q(n.tap) for n in nics)}" if nics else ""
+    return f'{way} "{TAP_PREFIX}*"{known} drop'
 
 
 def _flow_limit(nics: Sequence[NicRule], limit: int) -> tuple[list[str], dict[str, list[str]]]:
@@ -363,6 +365,8 @@ def render_nics(
         rules = _uplink_rules(brs, hook)
         if hook in ("forward", "input"):
             rules.append(_unknown_taps(nics))
+        if hook in ("forward", "output"):
+            rules.append(_unknown_taps(nics, "oifname"))
         if nics and hook in ("forward", "input"):
             rules.append(f"iifname vmap {from_map}")
         if nics and hook in ("forward", "output"):

@@ -206,3 +206,59 @@ def test_one_vm_cannot_take_the_nodes_conntrack_table(node: Node) -> None:
     node.net.cfg = replace(node.net.cfg, conntrack_per_nic=0)
     node.sync()
     assert opened(greedy, server.ip, 3) == 3
+
+
+SNIFF = """
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind(("eth0", 0)); s.settimeout(0.2)
+seen, end = set(), time.monotonic() + 3
+while time.monotonic() < end:
+    try:
+        frame = s.recv(2000)
+    except TimeoutError:
+        continue
+    for word in (b"broadcast", b"unicast"):
+        if word + b"-secret" in frame:
+            seen.add(word.decode())
+print(",".join(sorted(seen)) or "none")
+"""
+
+SEND = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.sendto(b"broadcast-secret", ({broadcast!r}, 5000))
+s.sendto(b"unicast-secret", ({dst!r}, 5000))
+"""
+
+
+def test_a_departed_workspaces_tap_is_delivered_nothing(node: Node) -> None:
+    """Destroyed: its order is gone, its domain (here: its tap) not yet removed, as
+    while the node's removal waits behind other operations or fails. From the pass that
+    drops its order on, its tap is delivered neither its neighbours' broadcasts nor
+    what the bridge floods to every port (unicast to a MAC it has not learned)."""
+    victim = node.add_vm("w-victim", "10.217.0.31")
+    sender = node.add_vm("w-sender", "10.217.0.32")
+    rogue = node.add_vm("w-rogue", "10.217.0.33")
+
+    def sniffed(vm: Vm) -> str:
+        argv = ["ip", "netns", "exec", vm.netns, sys.executable, "-c", SNIFF]
+        sniffer = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.4)  # bound before the sender sends
+            sh("bridge", "-n", node.netns, "fdb", "del", victim.mac, "dev",
+               tap_name("w-victim", 0), "master", check=False)  # fmt: skip
+            py_in(sender.netns, SEND.format(broadcast=BROADCAST, dst=victim.ip))
+            out, _ = sniffer.communicate(timeout=10)
+        finally:
+            sniffer.kill()
+            sniffer.wait()
+        return out.strip()
+
+    assert sniffed(victim) == "broadcast,unicast"  # the path works: flooded to it
+    assert sniffed(rogue) == "broadcast"  # its own workspace: broadcasts only
+    del node.orders["w-rogue"]
+    node.sync()
+    assert sniffed(rogue) == "none"
+    assert sniffed(victim) == "broadcast,unicast"  # the others are unaffected

@@ -337,6 +337,21 @@ def test_a_nic_with_bad_values_is_cut_off_and_the_others_keep_their_rules() -> N
         assert rule.blocked == f"bridge {dots!r} is not an interface name"
 
 
+def test_a_tap_no_nic_has_is_delivered_nothing() -> None:
+    """A tap of ours whose workspace left the orders (its domain not yet removed) sends
+    nothing, and is delivered nothing either, bridged or from the node: it read every
+    broadcast and every frame the bridge floods."""
+    text = render([OPEN])
+    tap = tap_name("w-open", 0)
+    for hook in ("guard_forward", "guard_output"):
+        rules = _chain(text, hook)
+        unknown = f'oifname "wst*" oifname != {{ "{tap}" }} drop'
+        assert unknown in rules
+        vmap = next(i for i, r in enumerate(rules) if r.startswith("oifname vmap"))
+        assert rules.index(unknown) < vmap
+    assert 'oifname "wst*"' not in "".join(_chain(text, "guard_input"))
+
+
 def test_each_nic_has_a_bound_on_its_tracked_connections() -> None:
     """``flow_limit``: every NIC that may send, whatever its connectivity, gets a chain
     of its own counting the connections it opens, reached by (bridge, address) first
