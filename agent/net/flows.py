@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -84,52 +85,82 @@ def dropped_peers(
     return out
 
 
+# Why ``Stale.why`` picks an entry: one of its addresses moved, or it is between a NIC
+# and a former peer.
+MOVED = "moved"
+PEER = "peer"
+
+
+@dataclass(frozen=True)
+class Stale:
+    """What one pass forgets, looked for in one dump of the table: every flow of
+    ``addresses`` (``moved``), and every flow between the two addresses of one of
+    ``pairs`` (``dropped_peers``), either direction."""
+
+    addresses: frozenset[str] = frozenset()
+    pairs: frozenset[frozenset[str]] = frozenset()
+
+    @classmethod
+    def of(cls, addresses: Iterable[str] = (), pairs: Iterable[tuple[str, str]] = ()) -> Stale:
+        return cls(frozenset(addresses), frozenset(frozenset(p) for p in pairs if p[0] != p[1]))
+
+    def __bool__(self) -> bool:
+        return bool(self.addresses or self.pairs)
+
+    def why(self, ends: Set[str]) -> str:
+        """Why the entry with these addresses (both tuples') is forgotten: ``MOVED``,
+        ``PEER``, or "" (kept). An entry has at most four addresses, so at most six pairs
+        to look up: its cost does not grow with the number of pairs dropped (a busy
+        node's table times the pairs a cluster's shrink drops)."""
+        if ends & self.addresses:
+            return MOVED
+        if self.pairs and any(frozenset(p) in self.pairs for p in combinations(sorted(ends), 2)):
+            return PEER
+        return ""
+
+
 def forget(addresses: Iterable[str], netns: str | None = None) -> int:
     """Delete every conntrack entry with one of ``addresses`` as a source or destination
     (either direction); the number deleted. Raises OSError or NetlinkError."""
-    wanted = set(addresses)
-    if not wanted:
-        return 0
-    return _delete(lambda ends: bool(ends & wanted), netns)
+    stale = Stale.of(addresses=addresses)
+    return forget_stale(stale, netns)[MOVED] if stale else 0
 
 
 def forget_pairs(pairs: Iterable[tuple[str, str]], netns: str | None = None) -> int:
     """Delete every conntrack entry between the two addresses of one of ``pairs`` (either
     direction); the number deleted. Raises OSError or NetlinkError."""
-    wanted = {frozenset(p) for p in pairs if p[0] != p[1]}
-    if not wanted:
-        return 0
-    # An entry has at most four addresses, so at most six pairs to look up: its cost
-    # does not grow with the number of pairs dropped (a busy node's table times the
-    # pairs a cluster's shrink drops).
-    return _delete(lambda ends: any(frozenset(p) in wanted for p in combinations(ends, 2)), netns)
+    stale = Stale.of(pairs=pairs)
+    return forget_stale(stale, netns)[PEER] if stale else 0
 
 
-def _delete(stale: Callable[[set[str]], bool], netns: str | None) -> int:
-    """Delete the conntrack entries whose addresses (both tuples') ``stale`` picks."""
-    done = 0
+def forget_stale(stale: Stale, netns: str | None = None) -> dict[str, int]:
+    """Delete the conntrack entries ``stale`` picks, from ONE dump of the table (it may
+    hold hundreds of thousands of entries: the two clean-ups of a pass each dumped it
+    whole); the number deleted for each reason (``MOVED``, ``PEER``). Raises OSError or
+    NetlinkError."""
+    done = {MOVED: 0, PEER: 0}
+    if not stale:
+        return done
     ct = Conntrack(netns=netns) if netns else Conntrack()
     try:
-        entries = [
-            e
-            for e in ct.dump_entries()
-            if stale(
-                {
-                    e.tuple_orig.saddr,
-                    e.tuple_orig.daddr,
-                    e.tuple_reply.saddr,
-                    e.tuple_reply.daddr,
-                }
-            )
-        ]
-        for entry in entries:
+        picked = []
+        for e in ct.dump_entries():
+            ends = {
+                e.tuple_orig.saddr,
+                e.tuple_orig.daddr,
+                e.tuple_reply.saddr,
+                e.tuple_reply.daddr,
+            }
+            if why := stale.why(ends):
+                picked.append((e, why))
+        for entry, why in picked:
             try:
                 ct.delete(entry)
             except NetlinkError as exc:
                 if exc.code != 2:  # ENOENT: it ended meanwhile
                     raise
                 continue
-            done += 1
+            done[why] += 1
     finally:
         ct.close()
     return done

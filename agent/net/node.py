@@ -332,8 +332,7 @@ class BridgeNetworking:
                 **dict.fromkeys(in_use - set(broken), why),
             }
             raise
-        self._forget_moved(self._last_nics)
-        self._forget_dropped_peers(self._last_nics)
+        self._forget_flows(self._last_nics)
         self.guarded = made
         wanted: set[str] = set()  # the bridges that have a dnsmasq
         for bridge, nic in first_nic.items():
@@ -490,64 +489,65 @@ class BridgeNetworking:
             )
         self._isolation(nics)
 
-    def _forget_moved(self, nics: Sequence[NicRule]) -> None:
-        """The conntrack entries of each address now held by another NIC than in the last
-        ruleset (a workspace ended, its address given to a new one) deleted, so that no
-        flow of the old workspace is established for the new one (agent/net/flows.py).
-        Called with the new ruleset applied, before any new VM starts."""
-        now = {n.ip: f"{n.workspace_id}/{n.index}" for n in nics if not n.blocked}
-        if now == self.owners:
+    def _forget_flows(self, nics: Sequence[NicRule]) -> None:
+        """Called with the new ruleset applied, before any new VM starts: the conntrack
+        entries that must not stay established deleted (agent/net/flows.py), all found
+        in one dump of the table:
+
+        * those of each address now held by another NIC than in the last ruleset (a
+          workspace ended, its address given to a new one), so that no flow of the old
+          workspace is established for the new one;
+        * those between each CLUSTER NIC and every address that left its peers since the
+          last ruleset: a member gone from the cluster, its address maybe another
+          workspace's on another node, has no flow established with the members left.
+
+        A deletion that fails is logged; both are tried again on the next pass."""
+        owners = {n.ip: f"{n.workspace_id}/{n.index}" for n in nics if not n.blocked}
+        peers = {
+            f"{n.workspace_id}/{n.index}": (n.ip, frozenset(n.peers))
+            for n in nics
+            if n.restricted and n.connectivity is Connectivity.CLUSTER
+        }
+        owners_changed, peers_changed = owners != self.owners, peers != self.peers_seen
+        if not owners_changed and not peers_changed:
             return
-        addresses = flows.moved(self.owners, now)
+        addresses = flows.moved(self.owners, owners) if owners_changed else set()
+        pairs = flows.dropped_peers(self.peers_seen, peers) if peers_changed else set()
+        stale = flows.Stale.of(addresses, pairs)
         try:
-            count = flows.forget(addresses, self.netns) if addresses else 0
+            counts = flows.forget_stale(stale, self.netns) if stale else {}
         except HOST_ERRORS as exc:
             # Kept as it was: the next pass tries again.
-            log.error(
-                "conntrack: cannot forget the flows of %s: %s",
-                ", ".join(sorted(addresses)),
-                host_error(exc).message,
-            )
+            why = host_error(exc).message
+            if addresses:
+                log.error(
+                    "conntrack: cannot forget the flows of %s: %s",
+                    ", ".join(sorted(addresses)),
+                    why,
+                )
+            if pairs:
+                log.error(
+                    "conntrack: cannot forget the flows with former peers (%s): %s",
+                    ", ".join(sorted(f"{a}-{b}" for a, b in pairs)),
+                    why,
+                )
             return
-        if count:
+        if count := counts.get(flows.MOVED, 0):
             log.info(
                 "conntrack: %d flow(s) of %s forgotten (now another workspace's)",
                 count,
                 ", ".join(sorted(addresses)),
             )
-        self.owners = now
-        flows.save(self.owners_path, now)
-
-    def _forget_dropped_peers(self, nics: Sequence[NicRule]) -> None:
-        """The conntrack entries between each CLUSTER NIC and every address that left its
-        peers since the last ruleset deleted (agent/net/flows.py): a member gone from
-        the cluster, its address maybe another workspace's on another node, has no flow
-        established with the members left."""
-        now = {
-            f"{n.workspace_id}/{n.index}": (n.ip, frozenset(n.peers))
-            for n in nics
-            if n.restricted and n.connectivity is Connectivity.CLUSTER
-        }
-        if now == self.peers_seen:
-            return
-        pairs = flows.dropped_peers(self.peers_seen, now)
-        try:
-            count = flows.forget_pairs(pairs, self.netns) if pairs else 0
-        except HOST_ERRORS as exc:
-            # Kept as it was: the next pass tries again.
-            log.error(
-                "conntrack: cannot forget the flows with former peers (%s): %s",
-                ", ".join(sorted(f"{a}-{b}" for a, b in pairs)),
-                host_error(exc).message,
-            )
-            return
-        if count:
+        if count := counts.get(flows.PEER, 0):
             log.info(
                 "conntrack: %d flow(s) with former cluster peers forgotten (%s)",
                 count,
                 ", ".join(sorted(f"{a}-{b}" for a, b in pairs)),
             )
-        self.peers_seen = now
+        if owners_changed:
+            self.owners = owners
+            flows.save(self.owners_path, owners)
+        self.peers_seen = peers
 
     def _isolation(self, nics: Sequence[NicRule]) -> None:
         """Anti-spoofing holds anyway; a CLUSTER or OUTBOUND policy only where bridged

@@ -25,11 +25,12 @@ from typing import Any
 
 import pytest
 
+from agent.net import flows
 from agent.net.node import BridgeNetworking
 from agent.virt.base import tap_name
 from workspace.config import AgentConfig, NodeNetworkConfig
 from workspace.domain.model import Nic, Order
-from workspace.domain.netpolicy import Connectivity
+from workspace.domain.netpolicy import Connectivity, parse_rules
 from workspace.domain.states import Desired
 
 pytestmark = pytest.mark.host
@@ -262,3 +263,51 @@ def test_a_departed_workspaces_tap_is_delivered_nothing(node: Node) -> None:
     node.sync()
     assert sniffed(rogue) == "none"
     assert sniffed(victim) == "broadcast,unicast"  # the others are unaffected
+
+
+ALLOWED = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+    " s.sendto(b'q', ({dst!r}, 5000))"
+)
+
+
+def test_a_pass_forgets_moved_and_former_peers_flows_in_one_dump(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass in which an address goes to another workspace and a cluster member
+    loses a peer: both kinds of stale flow are deleted from the node's table, from one
+    dump of it (a busy node's table holds hundreds of thousands of entries), and the
+    other flows stay."""
+    member_nic_ip, former_ip, moved_ip = "10.217.0.41", "10.217.0.42", "10.217.0.43"
+    peer = node.add_vm("w-peer", "10.217.0.44")
+    former = node.add_vm("w-former", former_ip)
+    member_vm = node.add_vm(
+        "w-member", member_nic_ip, Connectivity.CLUSTER, peers=(member_nic_ip, former_ip)
+    )
+    node.add_vm("w-old", moved_ip, Connectivity.OUTBOUND, allow=parse_rules(["udp/5000"]))
+    py_in(peer.netns, ALLOWED.format(dst=moved_ip))  # a flow of the old workspace
+    py_in(former.netns, ALLOWED.format(dst=member_nic_ip))  # a peer's flow
+    py_in(peer.netns, ALLOWED.format(dst=former_ip))  # neither: stays
+    table = node.flows()
+    assert (peer.ip, moved_ip) in table and (former_ip, member_nic_ip) in table
+    dumps: list[str | None] = []
+    real = flows.Conntrack
+
+    def counted(netns: str | None = None) -> object:
+        ct = real(netns=netns) if netns else real()
+        dump = ct.dump_entries
+        ct.dump_entries = lambda *a, **kw: dumps.append(netns) or dump(*a, **kw)
+        return ct
+
+    monkeypatch.setattr(flows, "Conntrack", counted)
+    old = node.orders.pop("w-old")
+    new_nic = replace(old.nics[0], mac="52:54:00:d7:01:43")
+    node.orders["w-new"] = replace(old, workspace_id="w-new", nics=(new_nic,), allow=())
+    node.orders["w-member"] = replace(node.orders["w-member"], peers=(member_nic_ip,))
+    node.sync()
+    assert dumps == [node.netns]
+    table = node.flows()
+    assert (peer.ip, moved_ip) not in table
+    assert (former_ip, member_nic_ip) not in table
+    assert (peer.ip, former_ip) in table
+    assert member_vm.ip == member_nic_ip

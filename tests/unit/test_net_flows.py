@@ -64,3 +64,32 @@ def test_every_flow_of_a_moved_address_is_forgotten(monkeypatch: pytest.MonkeyPa
     assert flows.forget(["10.0.0.2"]) == 2
     assert table.deleted == [("10.0.0.2", "10.0.0.9"), ("10.0.0.3", "10.0.0.2")]
     assert flows.forget([]) == 0
+
+
+def test_one_filter_picks_both_kinds_of_stale_flow() -> None:
+    """``Stale.why``, the filter of the one dump a pass makes: an entry with a moved
+    address is forgotten as moved, one between a dropped pair as a former peer's (either
+    direction, also through a NAT's reply tuple), any other kept."""
+    stale = flows.Stale.of(
+        addresses=["10.0.0.2"], pairs=[("10.0.0.5", "10.0.0.9"), ("10.0.0.7", "10.0.0.7")]
+    )
+    assert stale.why({"10.0.0.2", "10.0.0.9"}) == flows.MOVED
+    assert stale.why({"10.0.0.3", "10.0.0.2"}) == flows.MOVED
+    assert stale.why({"10.0.0.9", "10.0.0.5"}) == flows.PEER
+    assert stale.why({"10.0.0.5", "192.0.2.1", "10.0.0.9", "10.0.0.4"}) == flows.PEER
+    assert stale.why({"10.0.0.5", "10.0.0.2", "10.0.0.9"}) == flows.MOVED  # both: once
+    assert stale.why({"10.0.0.5", "10.0.0.3"}) == ""  # its other flows stay
+    assert stale.why({"10.0.0.7"}) == ""  # a pair of one address is none
+    assert not flows.Stale.of(pairs=[("10.0.0.7", "10.0.0.7")])
+
+
+def test_both_clean_ups_of_a_pass_dump_the_table_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = _Table([("10.0.0.2", "10.0.0.9"), ("10.0.0.9", "10.0.0.5"), ("10.0.0.4", "10.0.0.5")])
+    dumps: list[int] = []
+    dump = table.dump_entries
+    monkeypatch.setattr(table, "dump_entries", lambda: dumps.append(1) or dump())
+    monkeypatch.setattr(flows, "Conntrack", table)
+    stale = flows.Stale.of(addresses=["10.0.0.2"], pairs=[("10.0.0.5", "10.0.0.9")])
+    assert flows.forget_stale(stale) == {flows.MOVED: 1, flows.PEER: 1}
+    assert len(dumps) == 1
+    assert table.deleted == [("10.0.0.2", "10.0.0.9"), ("10.0.0.9", "10.0.0.5")]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.net import node
+from agent.net import flows, node
 from agent.net.dhcp import DhcpHost
 from agent.virt.base import tap_name
 from workspace.config import AgentConfig, NodeNetworkConfig
@@ -52,14 +52,13 @@ forgotten: list[set[str]] = []
 forgotten_pairs: list[set[tuple[str, str]]] = []
 
 
-def _forget(addresses: Iterable[str], netns: str | None = None) -> int:
-    forgotten.append(set(addresses))
-    return 0
-
-
-def _forget_pairs(pairs: Iterable[tuple[str, str]], netns: str | None = None) -> int:
-    forgotten_pairs.append(set(pairs))
-    return 0
+def _forget_stale(stale: flows.Stale, netns: str | None = None) -> dict[str, int]:
+    """One pass's clean-up: its addresses and pairs recorded apart."""
+    if stale.addresses:
+        forgotten.append(set(stale.addresses))
+    if stale.pairs:
+        forgotten_pairs.append({(min(p), max(p)) for p in stale.pairs})
+    return {}
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +70,8 @@ def _no_nft(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     # our tables, as listed: always what was applied (their checks are in test_uplink.py)
     monkeypatch.setattr(node, "list_table", lambda family, name, netns=None: "as applied")
     forgotten.clear()
-    monkeypatch.setattr(node.flows, "forget", _forget)
     forgotten_pairs.clear()
-    monkeypatch.setattr(node.flows, "forget_pairs", _forget_pairs)
+    monkeypatch.setattr(node.flows, "forget_stale", _forget_stale)
     return applied
 
 
@@ -413,11 +411,11 @@ def test_flows_with_a_former_peer_are_forgotten_again_after_a_failure(
     net = node.BridgeNetworking(cfg)
     net.sync([member])
 
-    def refused(pairs: Iterable[tuple[str, str]], netns: str | None = None) -> int:
+    def refused(stale: flows.Stale, netns: str | None = None) -> dict[str, int]:
         raise OSError("conntrack refused")
 
-    monkeypatch.setattr(node.flows, "forget_pairs", refused)
+    monkeypatch.setattr(node.flows, "forget_stale", refused)
     net.sync([replace(member, peers=())])
-    monkeypatch.setattr(node.flows, "forget_pairs", _forget_pairs)
+    monkeypatch.setattr(node.flows, "forget_stale", _forget_stale)
     net.sync([replace(member, peers=())])  # tried again on the next pass
     assert forgotten_pairs == [{("10.0.0.5", "10.0.9.7")}]

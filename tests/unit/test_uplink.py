@@ -53,8 +53,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     monkeypatch.setattr(
         node, "list_table", lambda fam, name, netns=None: h.live.get(f"{fam} {name}")
     )
-    monkeypatch.setattr(node.flows, "forget", lambda addresses, netns=None: 0)  # the host's
-    monkeypatch.setattr(node.flows, "forget_pairs", lambda pairs, netns=None: 0)
+    monkeypatch.setattr(node.flows, "forget_stale", lambda stale, netns=None: {})  # the host's
     yield h
 
 
