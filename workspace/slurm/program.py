@@ -195,7 +195,7 @@ class Program:
         self.client: Service = Answering(client, settings.timeout_s)
         self.s = settings
         self.scontrol = scontrol
-        self.locks = locks if locks is not None else NodeLocks(settings.log_file or None)
+        self.locks = locks if locks is not None else NodeLocks(settings.lock_file)
 
     def close(self) -> None:
         """The run's node locks freed (as they are when it is killed)."""
