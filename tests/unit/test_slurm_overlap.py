@@ -181,7 +181,7 @@ def test_a_node_held_too_long_by_another_run_is_down_with_why(
     jobs = [{"job_id": 7, "nodes_resume": "c[1-2]"}]
     assert run("resume", "c[1-2]", jobs=jobs) == 1
     assert run.names() == []
-    why = "another ws-slurm run held the node for 90 s"
+    why = "another ws-slurm run held the node for 60 s"
     assert run.scontrol.down == {"c1": f"ws: node c1: {why}"}
     assert run.scontrol.forced == ["c2"]
     assert f"node c1: {why}; left alone" in run.text()
@@ -266,3 +266,32 @@ def test_the_locks_do_not_depend_on_the_log_file(
     second.join(WAIT)
     assert (first.code, second.code) == (0, 0)
     assert run.names() == ["slurm-5-c1-0", "slurm-5-c2-0"]
+
+
+def test_a_runs_waits_end_within_replace_wait_s(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run holds c1 for 50 s, and c1's old workspace is never destroyed: the
+    resume waited for the lock (up to replace_wait_s + timeout_s, 90 s), then for the old
+    workspace (replace_wait_s, 60 s) again: 110 s here, past a ResumeTimeout of 90 s that
+    ``check`` passes (replace_wait_s below it). Both waits now end replace_wait_s after
+    the run began, and the node is DOWN with why, before ResumeTimeout."""
+    run.service.destroy_polls = None  # its node never acts on the destroy
+    assert run("resume", "c1") == 0
+    assert run("suspend", "c1") == 0
+    clock = [0.0]
+    other = NodeLocks(str(run.lock))  # another run, holding c1 for 50 s
+
+    def wait(self: NodeLocks) -> None:
+        clock[0] += 1
+        if clock[0] >= 50:
+            other.close()
+
+    monkeypatch.setattr(nodelock.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(nodelock.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(NodeLocks, "wait", wait)
+    assert other.try_acquire(["c1"]) == ["c1"]
+    assert run("resume", "c1") == 1
+    assert clock[0] <= 60  # replace_wait_s, the default
+    assert run.scontrol.down == {
+        "c1": "ws: node c1: its old workspace c1 was still being destroyed after 60 s (STOPPING)"
+    }
+    assert "waiting up to 10 s for the old workspaces of the nodes to be destroyed" in run.text()

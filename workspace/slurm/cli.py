@@ -313,7 +313,7 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
         why = config_reason(exc.message) if config else program.service_problem(exc)
         program.fail_nodes(sc, args.command, nodes, why)
         return EXIT_USAGE if config else program.EXIT_UNREACHABLE
-    prog = program.Program(service, s, sc, locks)
+    prog = program.Program(service, s, sc, locks, started=started)
     try:
         if args.command == "resume":
             code = prog.resume(nodes, resume, reboot)
