@@ -48,6 +48,7 @@ SLURM_KEYS = {
     "service": ADDRESS,
     "identity": HOME_PATH,
     "log_file": PATH,
+    "lock_file": PATH,
     "munge_key_file": PATH,
     "slurm_conf_file": PATH,
     "scontrol": COMMAND,

@@ -93,6 +93,7 @@ class Slurm:
         self.config.write_text(
             f'service = "{site.address}"\ncontroller = "10.213.0.1"\n'
             f'mapping_file = "nodes.toml"\nlog_file = "{self.log}"\n'
+            f'lock_file = "{tmp / "nodes.lock"}"\n'
         )
         self.client = Client(site.address)
         self.scontrol = RecordingScontrol()

@@ -69,7 +69,7 @@ def test_a_colleagues_workspaces_named_like_nodes_survive_resume_suspend_and_cle
     config.write_text(
         f'service = "{site.address}"\nidentity = "{site.pki.user("slurm")}"\n'
         f'controller = "10.213.0.1"\nproject = "hpc"\nmapping_file = "nodes.toml"\n'
-        f'log_file = "{log}"\n'
+        f'log_file = "{log}"\nlock_file = "{tmp_path / "nodes.lock"}"\n'
     )
     scontrol = RecordingScontrol()
 

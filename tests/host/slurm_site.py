@@ -206,6 +206,7 @@ class SlurmSite:
             f'controller = "{GATEWAY}"\n'
             'mapping_file = "nodes.toml"\n'
             f'log_file = "{self.ws_slurm_log}"\n'
+            f'lock_file = "{d / "ws-slurm" / "nodes.lock"}"\n'
             + (
                 f'slurm_conf_file = "{d / "slurm.conf"}"\n'
                 if self.auth == "none"

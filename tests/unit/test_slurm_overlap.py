@@ -176,12 +176,12 @@ def test_a_node_held_too_long_by_another_run_is_down_with_why(
     clock = [0.0]
     monkeypatch.setattr(nodelock.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(NodeLocks, "wait", lambda self: clock.__setitem__(0, clock[0] + 1))
-    other = NodeLocks(str(run.log))  # another run, holding c1
+    other = NodeLocks(str(run.lock))  # another run, holding c1
     assert other.try_acquire(["c1"]) == ["c1"]
     jobs = [{"job_id": 7, "nodes_resume": "c[1-2]"}]
     assert run("resume", "c[1-2]", jobs=jobs) == 1
     assert run.names() == []
-    why = "another ws-slurm run held the node for 90 s"
+    why = "another ws-slurm run held the node for 60 s"
     assert run.scontrol.down == {"c1": f"ws: node c1: {why}"}
     assert run.scontrol.forced == ["c2"]
     assert f"node c1: {why}; left alone" in run.text()
@@ -198,7 +198,7 @@ def test_a_killed_run_frees_its_node_locks(tmp_path: Path) -> None:
     """slurmctld (23.02 on) kills a power program that outlives the longest
     ResumeTimeout/SuspendTimeout: SIGTERM to its process group, SIGKILL 10 ms later. The
     kernel frees its node locks: the next run is not kept waiting by a dead one."""
-    path = tmp_path / "ws-slurm.log"
+    path = tmp_path / "nodes.lock"
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -226,3 +226,72 @@ def test_a_killed_run_frees_its_node_locks(tmp_path: Path) -> None:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+@pytest.mark.parametrize("how", ["log rotated by renaming", "no log file"])
+def test_the_locks_do_not_depend_on_the_log_file(
+    run: Run, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The locks were on the log file: logrotate renaming it while a run held c1 let a
+    later run lock the new file, and ``log_file = ""`` meant no locks at all; either way
+    two resumes of c1 both made it (a job's member and a lone c1). They are on the lock
+    file now: the second run waits, then keeps the first one's."""
+    if how == "no log file":
+        run.config.write_text(
+            run.config.read_text().replace(f'log_file = "{run.log}"', 'log_file = ""')
+        )
+    asked, go, ready = threading.Event(), threading.Event(), threading.Event()
+    create_cluster = run.service.create_cluster
+
+    def slow_create(req: Any) -> Any:
+        if threading.current_thread() is first and not asked.is_set():
+            asked.set()
+            go.wait(WAIT)
+        return create_cluster(req)
+
+    monkeypatch.setattr(run.service, "create_cluster", slow_create)
+    _ready_when_waiting(monkeypatch, ready)
+    first = Runner(
+        run, threading.Event(), "resume", "c[1-2]", jobs=[{"job_id": 5, "nodes_resume": "c[1-2]"}]
+    )
+    first.start()
+    assert asked.wait(WAIT)
+    if how == "log rotated by renaming":
+        run.log.rename(run.tmp / "ws-slurm.log.1")  # logrotate without copytruncate
+    second = Runner(run, ready, "resume", "c1")
+    second.start()
+    assert ready.wait(WAIT)
+    go.set()
+    first.join(WAIT)
+    second.join(WAIT)
+    assert (first.code, second.code) == (0, 0)
+    assert run.names() == ["slurm-5-c1-0", "slurm-5-c2-0"]
+
+
+def test_a_runs_waits_end_within_replace_wait_s(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run holds c1 for 50 s, and c1's old workspace is never destroyed: the
+    resume waited for the lock (up to replace_wait_s + timeout_s, 90 s), then for the old
+    workspace (replace_wait_s, 60 s) again: 110 s here, past a ResumeTimeout of 90 s that
+    ``check`` passes (replace_wait_s below it). Both waits now end replace_wait_s after
+    the run began, and the node is DOWN with why, before ResumeTimeout."""
+    run.service.destroy_polls = None  # its node never acts on the destroy
+    assert run("resume", "c1") == 0
+    assert run("suspend", "c1") == 0
+    clock = [0.0]
+    other = NodeLocks(str(run.lock))  # another run, holding c1 for 50 s
+
+    def wait(self: NodeLocks) -> None:
+        clock[0] += 1
+        if clock[0] >= 50:
+            other.close()
+
+    monkeypatch.setattr(nodelock.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(nodelock.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(NodeLocks, "wait", wait)
+    assert other.try_acquire(["c1"]) == ["c1"]
+    assert run("resume", "c1") == 1
+    assert clock[0] <= 60  # replace_wait_s, the default
+    assert run.scontrol.down == {
+        "c1": "ws: node c1: its old workspace c1 was still being destroyed after 60 s (STOPPING)"
+    }
+    assert "waiting up to 10 s for the old workspaces of the nodes to be destroyed" in run.text()

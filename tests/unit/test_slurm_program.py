@@ -209,10 +209,12 @@ class Run:
         self.service = FakeService()
         self.scontrol = FakeScontrol()
         self.log = tmp / "ws-slurm.log"
+        self.lock = tmp / "state" / "nodes.lock"  # its directory made by the first run
         (tmp / "nodes.toml").write_text(MAPPING)
         self.config = tmp / "slurm.toml"
         self.config.write_text(
             f'controller = "10.213.0.1"\nmapping_file = "nodes.toml"\nlog_file = "{self.log}"\n'
+            f'lock_file = "{self.lock}"\n'
         )
         monkeypatch.delenv("SLURM_RESUME_FILE", raising=False)
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # set: a reboot (resumefile.py)

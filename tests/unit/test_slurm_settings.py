@@ -136,6 +136,9 @@ def test_bad_config_files_are_refused(tmp_path: Path) -> None:
         # named a file there, not next to the config.
         ({"identity": "slurm-identity"}, "identity: 'slurm-identity' is a relative path"),
         ({"log_file": "ws-slurm.log"}, "log_file: 'ws-slurm.log' is a relative path"),
+        ({"lock_file": "nodes.lock"}, "lock_file: 'nodes.lock' is a relative path"),
+        # The runs lock their nodes on it: none would let two runs act on one node.
+        ({"lock_file": ""}, "lock_file: must name a file: ws-slurm runs lock their nodes"),
         ({"munge_key_file": "munge.key"}, "munge_key_file: 'munge.key' is a relative path"),
         ({"slurm_conf_file": "slurm.conf"}, "slurm_conf_file: 'slurm.conf' is a relative"),
         ({"scontrol": "bin/scontrol"}, "scontrol: 'bin/scontrol' is a relative path"),

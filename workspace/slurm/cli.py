@@ -17,11 +17,14 @@ slurmctld does not reach them, so under slurmctld the config file is
 ``check`` logs to stderr only (a person runs it, often as root: a log file it made would
 be root's and SlurmUser could not write it). slurmctld discards what its programs print,
 so everything else goes to the log file
-(``log_file`` in the config, default /var/log/ws-slurm.log; one line per event, with the
-pid). Exit codes: 0 done, 1 something failed (the log says what), 2 usage or config
-error (a config file or identity directory that cannot be read), 3 the service cannot
-be reached. Whatever stops resume, suspend or resume-fail from doing its work (config,
-identity, service) is also told to Slurm: the nodes are marked DOWN with a ``ws: ``
+(``log_file`` in the config, default /var/log/ws-slurm.log, made 0640 if missing; one line
+per event, with the pid). The runs lock their nodes against each other on ``lock_file``
+(``nodelock``; default /var/lib/ws-slurm/nodes.lock); one that cannot open it does nothing
+(a config error, exit 2, the nodes told to Slurm). Exit codes: 0 done, 1 something
+failed (the log says what), 2 usage or config error (a config file, identity directory
+or lock file that cannot be read), 3 the service cannot be reached. Whatever stops
+resume, suspend or resume-fail from doing its work (config, identity, lock file,
+service) is also told to Slurm: the nodes are marked DOWN with a ``ws: ``
 reason (``program.fail_nodes``), for scontrol needs no ws-slurm config.
 """
 
@@ -43,6 +46,7 @@ from workspace.client_address import ServiceNotConfigured
 from workspace.slurm import program
 from workspace.slurm.check import Images, check
 from workspace.slurm.hostlist import HostlistError
+from workspace.slurm.nodelock import NodeLocks
 from workspace.slurm.resumefile import (
     JOB_ID_ENV,
     RESUME_FILE_ENV,
@@ -108,6 +112,9 @@ def setup_logging(path: str | None, stderr: bool = False) -> None:
     if path is not None:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Made 0640 if missing (README's install -m 0640): FileHandler would make it
+            # 0644, every local user reading the nodes' failures and the service's answers.
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
             handler = logging.FileHandler(path)
         except OSError as exc:
             print(
@@ -290,18 +297,23 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
         f", Slurm reboots them for job {reboot.job_id}" if reboot else "",
         not_a_reboot(os.environ) if args.command == "resume" and not reboot else "",
     )
+    locks = NodeLocks(s.lock_file)
     own = client is None
     try:
+        # Without its locks a run could act on a node another run is acting on.
+        locks.open()
         # Client is a Service (its create methods take more keywords than the protocol).
         service = client if client is not None else cast(program.Service, connect(s))
     except errors.WorkspaceError as exc:
-        # A missing or broken identity directory is a config error (2); else 3.
+        # A missing or broken identity directory, or a lock file that cannot be opened,
+        # is a config error (2); else 3.
+        locks.close()
         config = isinstance(exc, errors.ConfigError)
         log.error("%s: %s", args.command, exc.message)
         why = config_reason(exc.message) if config else program.service_problem(exc)
         program.fail_nodes(sc, args.command, nodes, why)
         return EXIT_USAGE if config else program.EXIT_UNREACHABLE
-    prog = program.Program(service, s, sc)
+    prog = program.Program(service, s, sc, locks, started=started)
     try:
         if args.command == "resume":
             code = prog.resume(nodes, resume, reboot)
@@ -321,3 +333,7 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
             service.close()
     log.info("%s done in %.2f s, exit %d", args.command, time.monotonic() - started, code)
     return code
+
+
+if __name__ == "__main__":  # python -m workspace.slurm.cli, as python -m workspace.slurm
+    sys.exit(main())

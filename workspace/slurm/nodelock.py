@@ -8,11 +8,16 @@ locks from its first look at the service until it is done with them; the cleanup
 takes a node whose lock is free, and looks at its state again under the lock.
 
 The locks are Linux open-file-description locks (``F_OFD_SETLK``) on one byte each, at an
-offset drawn from the node's name, of the log file: the one file every run (slurmctld's,
-as SlurmUser, and an admin's by hand) shares and may write, made by the admin for
-SlurmUser (README). They belong to the run's own open file (not inherited by scontrol),
-so the kernel frees them when the run ends however it ends: killed by slurmctld
-(SIGTERM, then SIGKILL), or dying. Nothing is written to the file for them.
+offset drawn from the node's name, of the **lock file** (``lock_file`` in the config,
+default /var/lib/ws-slurm/nodes.lock): a file of their own, made 0600 (its directory 0700)
+when missing, that every run (slurmctld's, as SlurmUser, and an admin's by hand) opens.
+Until session 43 they were on the log file: a log rotated by renaming while a run held
+its locks let a newer run lock the new file (two runs on one node), and no log file meant
+no locks at all. Nothing renames the lock file; a run that cannot open it fails
+(``LockFileError``, a config error: the nodes are told to Slurm) rather than run unlocked.
+The locks belong to the run's own open file (not inherited by scontrol), so the kernel
+frees them when the run ends however it ends: killed by slurmctld (SIGTERM, then
+SIGKILL), or dying. Nothing is written to the file.
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import logging
 import os
 import struct
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
-log = logging.getLogger("ws-slurm")
+from workspace import errors
+
 POLL_S = 0.1  # how often a busy lock is tried again
-# Far beyond any log file's end; 48 bits of the name's digest each.
+# 48 bits of the name's digest each, far beyond the (empty) file's end (as when the
+# locks were on the log file: the same offsets, so the same order of locking).
 BASE = 1 << 56
 _FLOCK = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid (+ padding)
 
@@ -38,29 +45,42 @@ def offset(node: str) -> int:
     return BASE + int.from_bytes(hashlib.sha256(node.encode()).digest()[:6], "big")
 
 
-class NodeLocks:
-    """The locks of one run. ``path`` None: no locking (said once in the log)."""
+class LockFileError(errors.ConfigError):
+    """The lock file cannot be opened (or made): the run cannot keep other runs off its
+    nodes, so it does nothing."""
 
-    def __init__(self, path: str | None) -> None:
+
+class NodeLocks:
+    """The locks of one run, on the lock file at ``path`` (opened on first use)."""
+
+    def __init__(self, path: str) -> None:
         self.path = path
         self.fd: int | None = None
         self.held: dict[int, str] = {}  # offset -> node
-        self._said = False
 
-    def _open(self) -> bool:
+    def open(self) -> None:
+        """Open the lock file, made 0600 (and its directory 0700) if missing;
+        LockFileError says why it cannot be."""
         if self.fd is not None:
-            return True
-        if self.path is None or not hasattr(fcntl, "F_OFD_SETLK"):
-            return False
+            return
+        if not self.path:
+            raise LockFileError("lock_file is empty: ws-slurm runs lock their nodes on it")
+        if not hasattr(fcntl, "F_OFD_SETLK"):
+            raise LockFileError("ws-slurm's node locks need Linux (open file description locks)")
+        where = Path(self.path)
         try:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            if not self._said:
-                log.warning("cannot lock nodes against other ws-slurm runs: %s: %s",
-                            self.path, exc.strerror or exc)  # fmt: skip
-                self._said = True
-            return False
-        return True
+            why = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError):  # from mkdir: a file where a directory goes
+                why = f"{exc.filename} is not a directory"
+            raise LockFileError(
+                f"lock file {self.path}: {why} (ws-slurm locks its nodes "
+                "there against other runs; it and its directory must be writable by "
+                "SlurmUser, who runs ws-slurm under slurmctld: install -d -o slurm -g slurm "
+                f"-m 0700 {where.parent}; or set lock_file in the ws-slurm config)"
+            ) from None
 
     def _lock(self, at: int, kind: int) -> bool:
         assert self.fd is not None
@@ -73,24 +93,6 @@ class NodeLocks:
             raise
         return True
 
-    def _rotated(self) -> bool:
-        """The path names another file than the one locked (the log was rotated)."""
-        assert self.fd is not None and self.path is not None
-        try:
-            now = os.stat(self.path)
-        except OSError:
-            return True
-        mine = os.fstat(self.fd)
-        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
-
-    def _reopen(self) -> None:
-        held = list(self.held.values())
-        self.close()
-        if held and self._open():
-            for node in held:  # ours a moment ago: free unless another run took it
-                if self._lock(offset(node), fcntl.F_WRLCK):
-                    self.held[offset(node)] = node
-
     def wait(self) -> None:
         """Between two tries of a busy lock (tests pause here)."""
         time.sleep(POLL_S)
@@ -98,10 +100,9 @@ class NodeLocks:
     def acquire(self, nodes: Iterable[str], wait_s: float) -> list[str]:
         """Lock ``nodes``, waiting up to ``wait_s`` for those another run holds (in one
         order for every run: no two runs wait for each other). Returns those not locked
-        in time. Without a lock file every node counts as locked."""
+        in time."""
         todo = sorted({offset(n): n for n in nodes}.items())
-        if not self._open():
-            return []
+        self.open()
         deadline = time.monotonic() + wait_s
         late: list[str] = []
         for at, node in todo:
@@ -114,26 +115,18 @@ class NodeLocks:
                 self.wait()
             else:
                 self.held[at] = node
-        if self._rotated():
-            self._reopen()
-            return [n for n in (node for _, node in todo) if offset(n) not in self.held]
         return late
 
     def try_acquire(self, nodes: Iterable[str]) -> list[str]:
-        """Those of ``nodes`` locked now, without waiting for any another run holds.
-        Without a lock file: all of them."""
+        """Those of ``nodes`` locked now, without waiting for any another run holds."""
         names = list(dict.fromkeys(nodes))
-        if not self._open():
-            return names
+        self.open()
         got = []
         for node in names:
             at = offset(node)
             if at in self.held or self._lock(at, fcntl.F_WRLCK):
                 self.held[at] = node
                 got.append(node)
-        if got and self._rotated():
-            self.release(got)
-            return []
         return got
 
     def release(self, nodes: Iterable[str]) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -191,23 +192,35 @@ class Program:
         settings: Settings,
         scontrol: Scontrol,
         locks: NodeLocks | None = None,
+        started: float | None = None,
     ) -> None:
+        """``started``: when the run began (``time.monotonic``): its waits, for another
+        run's hold of a node and for old workspaces, end ``replace_wait_s`` after it."""
         self.client: Service = Answering(client, settings.timeout_s)
         self.s = settings
         self.scontrol = scontrol
-        self.locks = locks if locks is not None else NodeLocks(settings.log_file or None)
+        self.locks = locks if locks is not None else NodeLocks(settings.lock_file)
+        begun = time.monotonic() if started is None else started
+        self.deadline = begun + settings.replace_wait_s
 
     def close(self) -> None:
         """The run's node locks freed (as they are when it is killed)."""
         self.locks.close()
 
+    def _left(self) -> float:
+        """What is left of the run's ``replace_wait_s`` (0 when it is spent)."""
+        return max(0.0, self.deadline - time.monotonic())
+
     def _hold(self, nodes: Sequence[str]) -> dict[str, str]:
         """Lock the run's nodes against other runs (``nodelock``), waiting for a run that
-        holds one as long as such a run may take (``replace_wait_s`` and a call); {node:
-        why} for those still held by another run after that: left alone by this run."""
-        wait = self.s.replace_wait_s + self.s.timeout_s
-        late = self.locks.acquire(nodes, wait)
-        why = f"another ws-slurm run held the node for {wait:g} s"
+        holds one until ``replace_wait_s`` after this run began (the waits for old
+        workspaces come out of the same time, so a run's waits end within it, and so
+        before ResumeTimeout: ``check``); {node: why} for those still held by another run
+        then: left alone by this run. (Until session 43 it waited ``replace_wait_s`` and
+        ``timeout_s`` for the lock, then ``replace_wait_s`` again for an old workspace:
+        150 s by default, past a ResumeTimeout ``check`` passed.)"""
+        late = self.locks.acquire(nodes, self._left())
+        why = f"another ws-slurm run held the node for {self.s.replace_wait_s:g} s"
         for n in late:
             log.error("node %s: %s; left alone", n, why)
         return {n: why for n in late}
@@ -374,14 +387,15 @@ class Program:
     def _wait_ended(
         self, ending: dict[str, tuple[str, common_pb2.Workspace]]
     ) -> dict[str, tuple[str, common_pb2.Workspace]]:
-        """Wait up to ``replace_wait_s`` for the workspaces ``ending`` to be TERMINATED;
-        returns those that are not."""
+        """Wait until ``replace_wait_s`` after the run began (what is left of it after a
+        wait for another run's hold of a node) for the workspaces ``ending`` to be
+        TERMINATED; returns those that are not."""
         log.info(
-            "waiting up to %g s for the old workspaces of the nodes to be destroyed: %s",
-            self.s.replace_wait_s,
+            "waiting up to %d s for the old workspaces of the nodes to be destroyed: %s",
+            math.ceil(self._left()),
             ", ".join(sorted(f"{w.name} ({_state(w)}, node {n})" for n, w in ending.values())),
         )
-        deadline = time.monotonic() + self.s.replace_wait_s
+        deadline = self.deadline
         start = time.monotonic()
         while True:
             for wid, (n, _) in list(ending.items()):

@@ -6,6 +6,7 @@ The config file (``/etc/workspace/slurm.toml``, or ``--config``)::
     service = "ws.example.org:7070"      # or "unix:/path"; replicas comma-separated
     identity = "/etc/workspace/slurm-identity"   # ws-admin pki issue user slurm --out ...
     log_file = "/var/log/ws-slurm.log"
+    lock_file = "/var/lib/ws-slurm/nodes.lock"   # the runs' node locks
     controller = "10.0.0.1"              # slurmctld's address, as the VMs reach it
     controller_port = 6817
     mapping_file = "/etc/workspace/slurm-nodes.toml"
@@ -53,6 +54,7 @@ from workspace.slurm.hostlist import HostlistError, expand
 
 DEFAULT_CONFIG = Path("/etc/workspace/slurm.toml")
 DEFAULT_LOG = "/var/log/ws-slurm.log"
+DEFAULT_LOCK = "/var/lib/ws-slurm/nodes.lock"
 DEFAULT_MAPPING = "/etc/workspace/slurm-nodes.toml"
 CONFIG_ENV = "WS_SLURM_CONFIG"
 
@@ -124,6 +126,9 @@ class SlurmConfig:
     identity: str = ""
     # slurmctld discards what its programs print: everything goes here.
     log_file: str = DEFAULT_LOG
+    # The runs' node locks (nodelock.py): writable by SlurmUser; made 0600, and its
+    # directory 0700, when missing.
+    lock_file: str = DEFAULT_LOCK
     # slurmctld's address as the guests reach it (configless slurmd --conf-server).
     controller: str = ""
     controller_port: int = 6817
@@ -160,6 +165,11 @@ class SlurmConfig:
         config.check_min(self, "", ("timeout_s",), 0, above=True)
         if self.lease_s > config.MAX_LEASE_S:
             raise ConfigError(f"lease_s: must be at most {config.MAX_LEASE_S}, got {self.lease_s}")
+        if not self.lock_file:
+            raise ConfigError(
+                "lock_file: must name a file: ws-slurm runs lock their nodes on it against "
+                f"each other (default {DEFAULT_LOCK})"
+            )
         if not 1 <= self.controller_port <= 65535:
             raise ConfigError(f"controller_port: {self.controller_port} is not a port (1 to 65535)")
         if not CLUSTER_PREFIX_RE.fullmatch(self.cluster_prefix):

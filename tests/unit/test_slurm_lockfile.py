@@ -1,0 +1,91 @@
+"""ws-slurm's lock file (``lock_file``), where the runs lock their nodes against each
+other (``nodelock``), and the files ws-slurm makes itself: the lock file 0600 in a 0700
+directory, the log file 0640; a lock file that cannot be opened stops the run, told to
+Slurm."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import workspace
+from tests.unit.test_slurm_program import Run, run
+from workspace.slurm.nodelock import LockFileError, NodeLocks
+
+__all__ = ["run"]  # the fixture, used here
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    """The usual umask (022), whatever the test runner's: the modes asserted are the
+    ones ws-slurm asks for."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_lock_file_is_made_0600_in_a_0700_directory(run: Run, umask: None) -> None:
+    assert not run.lock.parent.exists()
+    assert run("suspend", "c1") == 0
+    assert _mode(run.lock.parent) == 0o700
+    assert _mode(run.lock) == 0o600
+    assert run.lock.read_bytes() == b""  # nothing is written for the locks
+    assert run("suspend", "c1") == 0  # the next run uses it as it is
+
+
+def test_the_log_file_ws_slurm_makes_is_0640(run: Run, umask: None) -> None:
+    """README says to make it 0640 for SlurmUser; made by ws-slurm itself it was 0644,
+    every local user reading the nodes' failures."""
+    assert not run.log.exists()
+    assert run("suspend", "c1") == 0
+    assert _mode(run.log) == 0o640
+    assert "suspend c1" in run.text()
+
+
+def test_a_lock_file_that_cannot_be_opened_stops_the_run_and_is_told_to_slurm(
+    run: Run,
+) -> None:
+    """Until session 43 a run that could not open its lock file (then the log file) went
+    on unlocked, said once in a log it could not write either."""
+    where = run.tmp / "locks-dir"
+    where.mkdir()
+    run.config.write_text(run.config.read_text().replace(str(run.lock), str(where)))
+    assert run("resume", "c[1-2]") == 2
+    assert run.names() == []
+    reason = run.scontrol.down["c1"]
+    assert reason.startswith(f"ws: config: lock file {where}: Is a directory"), reason
+    assert run.scontrol.powered_down == ["c1", "c2"]  # their jobs requeued now
+    assert f"resume: lock file {where}: Is a directory (ws-slurm locks its nodes" in run.text()
+    assert "install -d -o slurm -g slurm -m 0700" in run.text()
+
+
+def test_a_lock_file_whose_directory_is_a_file_is_said_so(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    locks = NodeLocks(str(tmp_path / "state" / "nodes.lock"))
+    with pytest.raises(LockFileError, match=f"lock file .*: {tmp_path / 'state'} is not a dir"):
+        locks.try_acquire(["c1"])
+
+
+def test_the_cli_module_runs_as_a_program() -> None:
+    """``python -m workspace.slurm.cli`` printed nothing and did nothing."""
+    out = subprocess.run(
+        [sys.executable, "-m", "workspace.slurm.cli", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(workspace.__file__).parents[1])},
+        check=False,
+        timeout=60,
+    )
+    assert (out.returncode, out.stdout.split()[0]) == (0, "ws-slurm"), out
