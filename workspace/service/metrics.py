@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,7 +29,7 @@ from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import NodeState, State
 from workspace.errors import Unavailable
 from workspace.log import Throttle
-from workspace.metrics_http import MetricsServer, serve
+from workspace.metrics_http import MetricsServer, new_registry, serve
 from workspace.ops import gauges
 from workspace.ops.unit import Env
 
@@ -49,7 +49,7 @@ MIB = 1024 * 1024
 
 class ServiceMetrics:
     def __init__(self, env: Env, clock: Callable[[], float] = time.time) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         r = self.registry
         self.rpcs = Counter(
             "workspace_rpc_requests",
