@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -23,7 +22,7 @@ from agent.executor import Executor
 from agent.reconcile import Action
 from agent.virt.base import DomainState, Driver
 from workspace.errors import DriverError
-from workspace.metrics_http import MetricsServer, serve
+from workspace.metrics_http import MetricsServer, new_registry, serve
 
 log = logging.getLogger("agent.metrics")
 SOURCES = ("service", "peer")
@@ -98,7 +97,7 @@ class AgentCollector(Collector):
 
 class AgentMetrics:
     def __init__(self, node: str, cache: BlobCache, executor: Executor, driver: Driver) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         self.registry.register(AgentCollector(node, cache, executor, driver))
         self.server: MetricsServer | None = None
 

@@ -38,6 +38,11 @@ from workspace.files import private_fd
 STOP_TIMEOUT_S = 15.0
 KILL_WAIT_S = 5.0
 POLL_INTERVAL_S = 0.05
+# While a stop waits for a process to go after its SIGTERM, ``waiting`` is told so this
+# often (a daemon that finishes its work first may take a minute: the waiter says why).
+PROGRESS_S = 10.0
+# Told, while a stop waits: the seconds since SIGTERM (0 right after it was sent).
+Waiting = Callable[[float], None]
 
 Matcher = Callable[[list[str]], bool]
 
@@ -225,11 +230,14 @@ def terminate_all(
     still_ours: Callable[[int], bool],
     timeout_s: float,
     kill_wait_s: float = KILL_WAIT_S,
+    waiting: Waiting | None = None,
 ) -> tuple[list[int], list[int]]:
     """SIGTERM ``pids``, wait up to ``timeout_s``, SIGKILL the survivors.
 
     Each pid is re-checked with ``still_ours`` before every signal, so a pid reused
-    meanwhile is left alone. Returns (the pids that needed SIGKILL, those left after it).
+    meanwhile is left alone. ``waiting`` is called once SIGTERM is sent (with 0) and then
+    every ``PROGRESS_S`` while the wait for them goes on (with the seconds waited).
+    Returns (the pids that needed SIGKILL, those left after it).
     """
     killed: list[int] = []
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, kill_wait_s)):
@@ -241,20 +249,32 @@ def terminate_all(
         for pid in targets:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline = started + wait_s
+        told = 0
         while True:
             for pid in targets:
                 reap(pid)
             if all(_gone(pid, still_ours) for pid in targets):
                 break
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 break
+            if waiting is not None and sig == signal.SIGTERM and now - started >= told * PROGRESS_S:
+                waiting(told * PROGRESS_S)  # 0 at once, then every PROGRESS_S
+                told += 1
             time.sleep(POLL_INTERVAL_S)
     return killed, [pid for pid in pids if still_ours(pid)]
 
 
-def stop_process(pid: int | None, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S) -> Stopped:
-    """SIGTERM, wait, SIGKILL a process we started (re-checked before each signal).
+def stop_process(
+    pid: int | None,
+    matches: Matcher,
+    timeout_s: float = STOP_TIMEOUT_S,
+    waiting: Waiting | None = None,
+) -> Stopped:
+    """SIGTERM, wait, SIGKILL a process we started (re-checked before each signal;
+    ``waiting`` as for ``terminate_all``).
 
     Does nothing when ``pid`` is gone (NOT_RUNNING) or now runs another command line
     (NOT_OURS: a stale pid). Raises Unavailable if it survives SIGKILL.
@@ -263,14 +283,19 @@ def stop_process(pid: int | None, matches: Matcher, timeout_s: float = STOP_TIME
         return Stopped.NOT_RUNNING
     if pid_if_ours(pid, matches) is None:
         return Stopped.NOT_OURS
-    killed, left = terminate_all([pid], lambda p: pid_if_ours(p, matches) is not None, timeout_s)
+    killed, left = terminate_all(
+        [pid], lambda p: pid_if_ours(p, matches) is not None, timeout_s, waiting=waiting
+    )
     if left:
         raise errors.Unavailable(f"pid {pid} survived SIGKILL (stuck in the kernel?)")
     return Stopped.KILLED if killed else Stopped.STOPPED
 
 
-def stop_session(pid: int, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S) -> str:
-    """Stop a daemon we started with its own session, then whatever is left of that session.
+def stop_session(
+    pid: int, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S, waiting: Waiting | None = None
+) -> str:
+    """Stop a daemon we started with its own session, then whatever is left of that session
+    (``waiting`` as for ``terminate_all``: told while the daemon is waited for).
 
     Returns what happened, for the user ("stopped", "killed (+1 child process(es))",
     "pid 12 is no longer ours (left alone)", "not running", "not started", or
@@ -279,7 +304,7 @@ def stop_session(pid: int, matches: Matcher, timeout_s: float = STOP_TIMEOUT_S) 
     if pid <= 0:
         return "not started"
     try:
-        outcome = stop_process(pid, matches, timeout_s)
+        outcome = stop_process(pid, matches, timeout_s, waiting)
     except errors.Unavailable as exc:
         return f"not stopped: {exc.message}"
     if outcome is Stopped.NOT_OURS:

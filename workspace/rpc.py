@@ -27,7 +27,6 @@ import os
 import socket
 import stat
 from collections.abc import Sequence
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from workspace import failover, identity, tls_reload
 from workspace.config import TlsConfig
 from workspace.errors import ConfigError
 from workspace.rpc_decode import DecodeRequests
+from workspace.rpc_limit import ConcurrencyLimit, CountingPool, Refused
 
 log = logging.getLogger("workspace.rpc")
 
@@ -188,15 +188,23 @@ def server(
     maximum_concurrent_rpcs: int | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     thread_name_prefix: str = "rpc",
+    on_refused: Refused | None = None,
 ) -> grpc.Server:
     """A server with its own pool of ``max_workers`` threads; calls beyond
-    ``maximum_concurrent_rpcs`` (running or queued) are refused with RESOURCE_EXHAUSTED.
-    A request that is not a valid message is refused with INVALID_ARGUMENT (rpc_decode.py)."""
+    ``maximum_concurrent_rpcs`` (running or queued) are refused with RESOURCE_EXHAUSTED,
+    each told to ``on_refused`` (service, method) (rpc_limit.py: grpcio's own limit
+    refused them unseen). A request that is not a valid message is refused with
+    INVALID_ARGUMENT (rpc_decode.py)."""
+    pool = CountingPool(max_workers, thread_name_prefix)
+    limit = (
+        [ConcurrencyLimit(pool, maximum_concurrent_rpcs, on_refused)]
+        if maximum_concurrent_rpcs is not None
+        else []
+    )
     return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix),
+        pool,
         options=_SERVER_OPTIONS,
-        interceptors=[*interceptors, DecodeRequests()],
-        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+        interceptors=[*limit, *interceptors, DecodeRequests()],
     )
 
 

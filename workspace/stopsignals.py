@@ -17,6 +17,11 @@ from types import FrameType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# How long a stopping agent may take before it is killed: it finishes the operations
+# under way first, a guest's stop up to its stop timeout (``default_stop_timeout_s``,
+# 60 s, unless `ws stop --timeout` said more). Its systemd unit's ``TimeoutStopSec``
+# (conf/systemd/workspace-agent.service) and `ws-admin site down` give it this.
+AGENT_STOP_BUDGET_S = 90.0
 # How long a signal another thread received may wait for the main thread to see it.
 POLL_S = 0.25
 

@@ -8,11 +8,12 @@ stale leases removed from its lease file, because dnsmasq refuses to give an add
 that is still leased to another MAC ("not using configured address ... because it is
 leased to ...") until that lease expires, which would block reusing an IP at once.
 
-Everything lives in ``state_dir``: ``hosts``, ``leases``, ``dnsmasq.pid`` (written by
-dnsmasq once its socket is bound) and ``dnsmasq.log``. A DhcpServer made for the same
-state dir after an agent restart finds the dnsmasq it started before (pid file +
-``/proc/<pid>/cmdline`` naming that pid file) instead of starting a second one; dnsmasq
-runs in its own session and survives the agent. It is stopped by pid only.
+Everything lives in ``state_dir``: ``hosts``, ``leases`` (0600: every VM's MAC, address
+and hostname), ``dnsmasq.pid`` (written by dnsmasq once its socket is bound) and
+``dnsmasq.log`` (0600). A DhcpServer made for the same state dir after an agent restart
+finds the dnsmasq it started before (pid file + ``/proc/<pid>/cmdline`` naming that pid
+file) instead of starting a second one; dnsmasq runs in its own session and survives the
+agent. It is stopped by pid only.
 
 dnsmasq drops root for ``nobody`` after start-up and re-reads the hosts file as that
 user on SIGHUP, so the hosts file must be readable by it: with ``user=None`` dnsmasq
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 HOSTS_FILE = "hosts"
 LEASES_FILE = "leases"
+# The lease file: root's alone (it names the tenants' VMs: MACs, addresses, hostnames).
+LEASES_MODE = 0o600
 PID_FILE = "dnsmasq.pid"
 LOG_FILE = "dnsmasq.log"
 # dnsmasq logs every DHCP exchange (each lease renewal too) to its log for as long as it
@@ -423,7 +426,13 @@ class DhcpServer:
             leases = self.leases_path.read_text()
             kept = scrub_leases(leases, parse_bindings(self.hosts()))
             if kept != leases:
-                _write_atomic(self.leases_path, kept)
+                _write_atomic(self.leases_path, kept, LEASES_MODE)
+        # The leases name every VM's MAC, address and hostname: 0600, the agent's (root's)
+        # alone. dnsmasq opens the file as root before it drops privileges, creating it
+        # under its own umask (022: 0644) when missing, and rewrites it in place through
+        # that open file: made here first (or one an earlier version left 0644 chmod-ed),
+        # the file keeps this mode for as long as dnsmasq runs.
+        os.close(private_fd(self.leases_path, os.O_RDONLY, LEASES_MODE))
         self.pid_path.unlink(missing_ok=True)
         cmd = [*self.command_prefix, *self.command(self._run_as())]
         log.info("dnsmasq %s: starting %s", self.bridge, shlex.join(cmd))

@@ -143,6 +143,7 @@ def test_service_and_agent_metrics_pass_promtool_and_count(metered: Site) -> Non
         what="create -> running observed",
     )
     promtool_check(text)
+    assert "_created" not in text  # no second series per counter and histogram
     ok = value(
         text,
         "workspace_rpc_requests_total",
@@ -208,6 +209,7 @@ def test_service_and_agent_metrics_pass_promtool_and_count(metered: Site) -> Non
         what="the agent's create counted",
     )
     promtool_check(agent_text)
+    assert "_created" not in agent_text
     assert value(agent_text, "workspace_agent_domains", state="running") == 1
     assert value(agent_text, "workspace_agent_cache_misses_total") >= 1
     assert value(agent_text, "workspace_agent_blob_transfer_bytes_total", source="service") == 65536

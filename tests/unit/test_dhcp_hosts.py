@@ -233,3 +233,29 @@ def test_the_previous_log_is_private_also_when_an_earlier_version_left_it_readab
         server.ensure_running()
     assert old.read_bytes().count(b"DHCPACK") == 100
     assert stat.S_IMODE(old.stat().st_mode) == 0o600
+
+
+def test_the_lease_file_is_private_before_dnsmasq_opens_it(tmp_path: Path) -> None:
+    """The lease file names every VM's MAC, address and hostname: dnsmasq made it 0644
+    (its umask 022) for any local user to read. The agent makes it 0600 before dnsmasq
+    opens it (dnsmasq rewrites it in place, keeping the mode), also one an earlier
+    version left 0644, and a scrubbed one stays 0600."""
+    fresh = DhcpServer("br6", tmp_path / "fresh", "192.0.2.0/28", dnsmasq="/bin/false")
+    with pytest.raises(errors.Unavailable, match="exited at start"):
+        fresh.ensure_running()
+    assert stat.S_IMODE(fresh.leases_path.stat().st_mode) == 0o600
+    assert fresh.leases_path.read_text() == ""
+
+    old = DhcpServer("br5", tmp_path / "old", "192.0.2.0/28", dnsmasq="/bin/false")
+    old.set_hosts([("52:54:00:00:00:05", "192.0.2.5", "vm")])
+    kept = "1700000000 52:54:00:00:00:05 192.0.2.5 vm *\n"
+    old.leases_path.write_text(kept + "1700000000 52:54:00:00:00:06 192.0.2.6 gone *\n")
+    old.leases_path.chmod(0o644)
+    with pytest.raises(errors.Unavailable, match="exited at start"):
+        old.ensure_running()
+    assert stat.S_IMODE(old.leases_path.stat().st_mode) == 0o600
+    assert old.leases_path.read_text() == kept
+    old.leases_path.chmod(0o644)
+    with pytest.raises(errors.Unavailable, match="exited at start"):
+        old.ensure_running()  # nothing to scrub: the file is still made private
+    assert stat.S_IMODE(old.leases_path.stat().st_mode) == 0o600

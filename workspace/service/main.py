@@ -164,7 +164,10 @@ class Service:
             self.metrics.leader.set_function(lambda: 1.0 if self.leader.acting() else 0.0)
         self.stream_cap = StreamCap(cfg.max_streams_per_caller, cfg.default_owner)
         self.server = rpc.server(
-            cfg.max_workers, cfg.max_concurrent_rpcs, [*counted, self.stream_cap]
+            cfg.max_workers,
+            cfg.max_concurrent_rpcs,
+            [*counted, self.stream_cap],
+            on_refused=self.metrics.rpc.refused if self.metrics else None,
         )
         self.node_stream_cap = StreamCap(cfg.max_streams_per_caller, cfg.default_owner)
         self.node_server = rpc.server(

@@ -3,7 +3,9 @@ in one process: the tests).
 
 * RPCs: ``workspace_rpc_requests_total{service,method,code}`` and, for calls that return
   one answer, ``workspace_rpc_duration_seconds{service,method,code}`` — counted in one
-  place, a server interceptor on both servers (``RpcMetrics``).
+  place, a server interceptor on both servers (``RpcMetrics``); the calls the client server
+  refused at ``max_concurrent_rpcs`` (workspace/rpc_limit.py) count there too, as
+  RESOURCE_EXHAUSTED, and in ``workspace_rpc_concurrency_refusals_total``.
 * From the site events of each commit (Notifier.on_site_events): placements by source
   (request / queue), refusals by reason (capacity / quota / trust), the queue wait of
   each workspace placed from the queue, create → running durations (its first RUNNING),
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,7 +31,7 @@ from workspace.domain.events import Kind, SiteEvent
 from workspace.domain.states import NodeState, State
 from workspace.errors import Unavailable
 from workspace.log import Throttle
-from workspace.metrics_http import MetricsServer, serve
+from workspace.metrics_http import MetricsServer, new_registry, serve
 from workspace.ops import gauges
 from workspace.ops.unit import Env
 
@@ -49,7 +51,7 @@ MIB = 1024 * 1024
 
 class ServiceMetrics:
     def __init__(self, env: Env, clock: Callable[[], float] = time.time) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         r = self.registry
         self.rpcs = Counter(
             "workspace_rpc_requests",
@@ -62,6 +64,11 @@ class ServiceMetrics:
             "Time to answer an RPC with one response (streams of responses are not timed)",
             ["service", "method", "code"],
             buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self.rpc_refusals = Counter(
+            "workspace_rpc_concurrency_refusals",
+            "RPCs refused because the server ran max_concurrent_rpcs calls at once",
             registry=r,
         )
         self.placements = Counter(
@@ -233,6 +240,12 @@ class RpcMetrics(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.m = metrics
+
+    def refused(self, service: str, method: str) -> None:
+        """A call refused at ``max_concurrent_rpcs`` (rpc.server's ``on_refused``): no
+        interceptor runs for it."""
+        self.m.rpcs.labels(service, method, "RESOURCE_EXHAUSTED").inc()
+        self.m.rpc_refusals.inc()
 
     def _done(self, service: str, method: str, code: str, started: float | None) -> None:
         self.m.rpcs.labels(service, method, code).inc()

@@ -38,11 +38,12 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from workspace import config, errors, hostproc
+from workspace import config, errors, hostproc, stopsignals
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.files import open_private
 from workspace.site import hostenv, identities, metrics_ports, status
@@ -79,6 +80,7 @@ from workspace.site.switch import Switch, switch_netns
 
 __all__ = [
     "AGENT_MODULE",
+    "AGENT_STOP_TIMEOUT_S",
     "DEFAULT_NETWORK",
     "DRIVERS",
     "MAX_NODES",
@@ -101,6 +103,11 @@ __all__ = [
 NODES_DIR = "nodes"  # <site>/nodes/<node>/ on a site of several nodes
 MAX_NODES = 16
 STOP_TIMEOUT_S = 10.0
+# `site down` waits this long for an agent before it kills it: the agent's own stop budget
+# (it finishes the operations under way first, a guest's stop up to a minute), as its
+# systemd unit gives it. Killed at STOP_TIMEOUT_S, a stop mid-operation left a log
+# without its last line ("workspace-agent for node N stopped").
+AGENT_STOP_TIMEOUT_S = stopsignals.AGENT_STOP_BUDGET_S
 # How long `site up` waits for a daemon that got its stop signal to finish and go.
 STOPPING_WAIT_S = 60.0
 START_TIMEOUT_S = 90.0
@@ -621,8 +628,11 @@ class LocalSite:
 
     # -- stop --------------------------------------------------------------------------
 
-    def down(self, timeout_s: float = STOP_TIMEOUT_S, purge: bool = False) -> list[str]:
+    def down(self, timeout_s: float | None = None, purge: bool = False) -> list[str]:
         """Stop the recorded processes (and a libvirt site's namespaces); keep the data.
+        Each daemon is waited for up to ``timeout_s`` after its SIGTERM, by default its
+        own stop budget (an agent ``AGENT_STOP_TIMEOUT_S``, the service
+        ``STOP_TIMEOUT_S``), then killed; a wait is said (``say``) as it goes on.
 
         With ``purge``, then remove everything the site wrote in its directory.
         """
@@ -647,15 +657,29 @@ class LocalSite:
             done.append(f"nothing to purge in {self.dir}")
         return done
 
-    def _stop(self, rec: SiteRecord, timeout_s: float) -> list[str]:
+    def _stop(self, rec: SiteRecord, timeout_s: float | None) -> list[str]:
         several = len(rec.agents) > 1
-        done = [
-            ("agent" + (f" {a.node}" if several else "") + ": ")
-            + hostproc.stop_session(a.pid, agent_matcher(a.config), timeout_s)
-            for a in rec.agents
-        ]
+        budget = AGENT_STOP_TIMEOUT_S if timeout_s is None else timeout_s
+
+        def stop_agent(a: AgentRecord) -> str:
+            what = "agent" + (f" {a.node}" if several else "")
+            waiting = self._waiting(
+                f"{what} (pid {a.pid})", budget, "to finish the operations under way", a.log
+            )
+            return f"{what}: " + hostproc.stop_session(
+                a.pid, agent_matcher(a.config), budget, waiting
+            )
+
+        # All at once: each may take its whole budget, one after another N times that.
+        with futures.ThreadPoolExecutor(max(1, len(rec.agents)), "site-down") as pool:
+            done = list(pool.map(stop_agent, rec.agents))
         matches = service_matcher(self.service_config)
-        done.append("service: " + hostproc.stop_session(rec.service_pid, matches, timeout_s))
+        budget = STOP_TIMEOUT_S if timeout_s is None else timeout_s
+        waiting = self._waiting(
+            f"service (pid {rec.service_pid})", budget, "to finish", self.service_log
+        )
+        outcome = hostproc.stop_session(rec.service_pid, matches, budget, waiting)
+        done.append(f"service: {outcome}")
         for agent in rec.agents:
             if agent.netns:
                 self._node_env(agent.netns, agent.dir).down()
@@ -669,6 +693,20 @@ class LocalSite:
         self._remove_socket()
         (self.dir / SITE_FILE).unlink(missing_ok=True)
         return done
+
+    def _waiting(self, what: str, budget: float, why: str, log: Path) -> hostproc.Waiting:
+        """What a stop says while it waits for ``what`` to go (hostproc's ``waiting``)."""
+
+        def say(waited: float) -> None:
+            if waited == 0:
+                self._say(f"stopping {what}: waiting up to {budget:g} s for it {why}")
+            else:
+                self._say(
+                    f"still waiting for {what} to stop ({waited:.0f} s of {budget:g} s; "
+                    f"what it does: {log})"
+                )
+
+        return say
 
     def _still_running(self, rec: SiteRecord) -> bool:
         if self._service_runs(rec):
