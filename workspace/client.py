@@ -40,6 +40,7 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_args import BadArgument as BadArgument  # re-exported
+from workspace.client_args import address as address_arg
 from workspace.client_args import checked_arguments, grpc_timeout, seconds, strings
 from workspace.client_backfill import BackfillClientMixin
 from workspace.client_choices import AFFINITIES as AFFINITIES  # re-exported
@@ -148,6 +149,7 @@ class Client(
         ``identity``: an identity directory to call as (instead of ``tls``).
         ``identity_hint``: what a caller refused for want of a certificate is told to
         give (``from_env`` reads $WS_IDENTITY; this constructor does not)."""
+        address = address_arg(address)
         if identity is not None:
             tls = identity_tls(identity)
         self._identity_hint = identity_hint or (
