@@ -4,10 +4,14 @@ control characters in what other users wrote, `--mine` on every list of owned th
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from workspace import errors
+from workspace.cli import ws
 from workspace.client import Client
+from workspace.v1 import access_pb2
 
 
 @pytest.mark.parametrize("address", [1234, None, "", "  ", b"localhost:50051"])
@@ -19,3 +23,67 @@ def test_a_client_given_no_address_string_says_so(address: object) -> None:
         "Client: address must be the service's address as a string, such as "
         f"'localhost:50051' or 'unix:/run/workspace/service.sock', not {address!r}"
     )
+
+
+class FakeClient:
+    """What the commands under test ask of a Client, answered as a service would."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = answers
+
+    def __getattr__(self, name: str) -> Any:
+        answer = self.answers[name]
+        if isinstance(answer, Exception):
+
+            def refuse(*_a: Any, **_k: Any) -> Any:
+                raise answer
+
+            return refuse
+        return lambda *_a, **_k: answer
+
+    def close(self) -> None:
+        pass
+
+
+def run_ws(fake: FakeClient, *argv: str) -> int:
+    return ws.main(list(argv), connect=lambda *_a, **_k: fake)
+
+
+# An OSC 52 (write the clipboard) and a window title, in a key's comment.
+EVIL = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;owned\x07laptop"
+SHOWN = "\\x1b]52;c;cm0gLXJmIH4=\\x07\\x1b]0;owned\\x07laptop"
+
+
+def evil_key() -> access_pb2.SshKey:
+    return access_pb2.SshKey(
+        fingerprint="SHA256:abc", comment=EVIL, public_key="ssh-ed25519 AAAA " + EVIL
+    )
+
+
+def test_key_remove_prints_no_escape_sequence_of_a_comment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ws key remove` said "removed SSH key ... (COMMENT)" with the comment's escape
+    sequences as they were: the terminal acted on them."""
+    assert run_ws(FakeClient(remove_ssh_key=evil_key()), "key", "remove", "SHA256:abc") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert out == f"removed SSH key SHA256:abc ({SHOWN})\n"
+
+
+def test_key_list_prints_a_comment_on_its_own_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """A comment with a newline made a row of its own in `ws key list`."""
+    k = access_pb2.SshKey(fingerprint="SHA256:abc", comment="a\nSHA256:forged", public_key="x")
+    assert run_ws(FakeClient(list_ssh_keys=[k, evil_key()]), "key", "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3  # the header and a row per key
+    assert "a\\x0aSHA256:forged" in lines[1] and SHOWN in lines[2]
+
+
+def test_a_refusal_quoting_a_comment_prints_no_escape_sequence(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    refusal = errors.NotFound(f"you have no SSH key with the comment '{EVIL}'")
+    assert run_ws(FakeClient(remove_ssh_key=refusal), "key", "remove", EVIL) != 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "owned" in err
