@@ -11,7 +11,7 @@ import pytest
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
-from workspace.v1 import access_pb2
+from workspace.v1 import access_pb2, projects_pb2, workspaces_pb2
 
 
 @pytest.mark.parametrize("address", [1234, None, "", "  ", b"localhost:50051"])
@@ -87,3 +87,36 @@ def test_a_refusal_quoting_a_comment_prints_no_escape_sequence(
     assert run_ws(FakeClient(remove_ssh_key=refusal), "key", "remove", EVIL) != 0
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "owned" in err
+
+
+def test_quota_of_a_certificate_naming_an_unknown_project_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ws quota` said "you belong to no project" to a user whose certificate names
+    project ghost, which the site does not have."""
+    me = workspaces_pb2.Caller(user="alice", projects=["ghost"])
+    assert run_ws(FakeClient(quota=[], whoami=me), "quota") == 0
+    got = capsys.readouterr()
+    assert got.out == ""
+    assert got.err == (
+        "your certificate names project ghost, which this site does not know (it has no "
+        "quota and takes no workspace): an admin makes it with `ws-admin project create "
+        "ghost`, or issues you a certificate naming a project that exists\n"
+    )
+
+
+def test_quota_says_which_of_the_certificate_s_projects_is_unknown(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    me = workspaces_pb2.Caller(user="alice", projects=["ghost", "physics"])
+    uses = [projects_pb2.ProjectQuota(project="physics")]
+    assert run_ws(FakeClient(quota=uses, whoami=me), "quota") == 0
+    got = capsys.readouterr()
+    assert "physics" in got.out and "ghost" not in got.out
+    assert got.err.startswith("your certificate names project ghost, which this site does")
+
+
+def test_quota_of_no_project_still_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    me = workspaces_pb2.Caller(user="alice")
+    assert run_ws(FakeClient(quota=[], whoami=me), "quota") == 0
+    assert capsys.readouterr().err == "you belong to no project (no project quota applies)\n"
