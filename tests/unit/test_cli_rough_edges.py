@@ -4,14 +4,25 @@ control characters in what other users wrote, `--mine` on every list of owned th
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from workspace import errors
-from workspace.cli import ws
+from workspace import errors, rpc
+from workspace.cli import common, ws
 from workspace.client import Client
-from workspace.v1 import access_pb2, projects_pb2, workspaces_pb2
+from workspace.v1 import (
+    access_pb2,
+    images_pb2,
+    images_pb2_grpc,
+    projects_pb2,
+    usage_pb2,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
+)
 
 
 @pytest.mark.parametrize("address", [1234, None, "", "  ", b"localhost:50051"])
@@ -120,3 +131,87 @@ def test_quota_of_no_project_still_says_so(capsys: pytest.CaptureFixture[str]) -
     me = workspaces_pb2.Caller(user="alice")
     assert run_ws(FakeClient(quota=[], whoami=me), "quota") == 0
     assert capsys.readouterr().err == "you belong to no project (no project quota applies)\n"
+
+
+# -- --mine on `ws image list` and `ws usage`, as on `ws list` ---------------------------------
+
+
+class Colleagues(workspaces_pb2_grpc.WorkspacesServicer, images_pb2_grpc.ImagesServicer):
+    """A service whose caller, alice, sees her project colleague bob's images and usage
+    beside her own (as the real one shows a project's)."""
+
+    def WhoAmI(self, request: Any, context: Any) -> workspaces_pb2.Caller:
+        return workspaces_pb2.Caller(user="alice", projects=["physics"])
+
+    def ListImages(self, request: Any, context: Any) -> images_pb2.ListImagesResponse:
+        return images_pb2.ListImagesResponse(
+            images=[
+                images_pb2.Image(name="hers:1", owner="alice", project="physics"),
+                images_pb2.Image(name="his:1", owner="bob", project="physics"),
+            ]
+        )
+
+    def GetUsage(self, request: Any, context: Any) -> usage_pb2.UsageReport:
+        row = usage_pb2.UsageRow
+        return usage_pb2.UsageReport(
+            by=request.by,
+            rows=[
+                row(key="w1", name="a", owner="alice", project="physics", core_hours=1),
+                row(key="w2", name="b", owner="bob", project="physics", core_hours=2),
+            ],
+        )
+
+
+@pytest.fixture
+def colleagues(tmp_path: Path) -> Iterator[str]:
+    server = rpc.server(4)
+    svc = Colleagues()
+    workspaces_pb2_grpc.add_WorkspacesServicer_to_server(svc, server)
+    images_pb2_grpc.add_ImagesServicer_to_server(svc, server)
+    address = f"unix:{tmp_path}/s.sock"
+    rpc.bind(server, address)
+    server.start()
+    try:
+        yield address
+    finally:
+        server.stop(0).wait()
+
+
+def ws_at(address: str, *argv: str) -> int:
+    return ws.main(list(argv), connect=lambda *_a, **_k: Client(address))
+
+
+def test_image_list_mine_keeps_only_yours(
+    colleagues: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws image list` had no --mine (`ws list`, `ws cluster list` and `ws watch` have)."""
+    assert ws_at(colleagues, "image", "list", "--mine", "-o", "json") == 0
+    assert [i["name"] for i in json.loads(capsys.readouterr().out)] == ["hers:1"]
+    assert ws_at(colleagues, "image", "list") == 0
+    assert "his:1" in capsys.readouterr().out
+    with Client(colleagues) as client:
+        assert [i.name for i in client.list_images(mine=True)] == ["hers:1"]
+
+
+@pytest.mark.parametrize("by", ["workspace", "user"])
+def test_usage_mine_keeps_only_yours(
+    colleagues: str, capsys: pytest.CaptureFixture[str], by: str
+) -> None:
+    assert ws_at(colleagues, "usage", "--by", by, "--mine", "-o", "json") == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["owner"] for r in rows] == ["alice"]
+    with Client(colleagues) as client:
+        assert [r.owner for r in client.get_usage(by=by, mine=True).rows] == ["alice"]
+
+
+def test_usage_mine_by_project_is_refused(
+    colleagues: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    said = (
+        "mine (only your own usage) needs by workspace or user, not 'project': a project's "
+        "row adds up its members' use, your colleagues' too"
+    )
+    assert ws_at(colleagues, "usage", "--by", "project", "--mine") == common.EXIT_USAGE
+    assert said in capsys.readouterr().err
+    with Client(colleagues) as client, pytest.raises(errors.BadArgument, match="needs by"):
+        client.get_usage(by="project", mine=True)
