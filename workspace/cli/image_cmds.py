@@ -101,7 +101,8 @@ class ImageCommands:
         return common.EXIT_OK
 
     def list(self, args: argparse.Namespace) -> int:
-        images = self.client_for(args).list_images(mine=args.mine)
+        client = self.client_for(args)
+        images = client.list_images(mine=True) if args.mine else client.list_images()
         render.emit_list(args, images, render.image_rows, render.NO_IMAGES, render.image_dict)
         return common.EXIT_OK
 

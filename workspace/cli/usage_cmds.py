@@ -55,7 +55,8 @@ def _usage(client_for: common.ClientFor, all_users: bool) -> common.Handler:
         mine = getattr(args, "mine", False)
         if mine and args.by == "project":
             raise common.UsageError(own_usage_by_project(args.by))
-        r = client_for(args).get_usage(since, until, args.by, all_users=all_users, mine=mine)
+        own = {"mine": True} if mine else {}
+        r = client_for(args).get_usage(since, until, args.by, all_users=all_users, **own)
         usage_report(args, r)
         return common.EXIT_OK
 
