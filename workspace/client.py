@@ -40,6 +40,7 @@ from workspace.client_address import resolve_address as resolve_address  # re-ex
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
 from workspace.client_args import BadArgument as BadArgument  # re-exported
+from workspace.client_args import address as address_arg
 from workspace.client_args import checked_arguments, grpc_timeout, seconds, strings
 from workspace.client_backfill import BackfillClientMixin
 from workspace.client_choices import AFFINITIES as AFFINITIES  # re-exported
@@ -47,6 +48,7 @@ from workspace.client_choices import FAILURE_POLICIES as FAILURE_POLICIES  # re-
 from workspace.client_choices import USAGE_GROUPINGS as USAGE_GROUPINGS  # re-exported
 from workspace.client_choices import affinity_value as affinity_value  # re-exported
 from workspace.client_choices import failure_policy_value as failure_policy_value  # re-exported
+from workspace.client_choices import own_usage_by_project
 from workspace.client_elastic import ElasticClientMixin
 from workspace.client_events import EventsClientMixin
 from workspace.client_guests import GuestsClientMixin
@@ -148,6 +150,7 @@ class Client(
         ``identity``: an identity directory to call as (instead of ``tls``).
         ``identity_hint``: what a caller refused for want of a certificate is told to
         give (``from_env`` reads $WS_IDENTITY; this constructor does not)."""
+        address = address_arg(address)
         if identity is not None:
             tls = identity_tls(identity)
         self._identity_hint = identity_hint or (
@@ -493,13 +496,17 @@ class Client(
         by: str = "workspace",
         all_users: bool = False,
         page_size: int = LIST_PAGE_SIZE,
+        mine: bool = False,
     ) -> usage_pb2.UsageReport:
         """Core-, memory-GiB- and disk-GiB-hours in [since, until) (epoch s; 0 = from the
         first record / until now) per ``by``, one of USAGE_GROUPINGS: the caller's own and
-        their projects', or with ``all_users`` every workspace (Admin.GetUsage). Fetched
+        their projects', or with ``all_users`` every workspace (Admin.GetUsage); ``mine``:
+        the caller's own rows only (by workspace or user), as ``list(mine=True)``. Fetched
         page by page (``page_size`` rows each), returned as one report."""
         if not isinstance(by, str) or by.lower() not in USAGE_GROUPINGS:
             raise ValueError(f"by must be one of {', '.join(USAGE_GROUPINGS)}, not {by!r}")
+        if mine and by.lower() == "project":
+            raise ValueError(own_usage_by_project(by))
         req = usage_pb2.GetUsageRequest(
             since=_timestamp(since),
             until=_timestamp(until),
@@ -513,6 +520,11 @@ class Client(
             page: usage_pb2.UsageReport = self._call(method, req)
             report.rows.extend(page.rows)
             report.next_page_token = page.next_page_token
+        if mine:
+            me = self.whoami().user
+            kept = [r for r in report.rows if r.owner == me]
+            del report.rows[:]
+            report.rows.extend(kept)
         return report
 
     def watch(

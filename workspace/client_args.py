@@ -96,6 +96,19 @@ def strings(value: Iterable[str], what: str) -> list[str]:
 MAX_SECONDS = 2**31 - 1
 
 
+def address(value: object) -> str:
+    """``value``, a service address as text (``host:port``, ``unix:/path``, several
+    comma-separated); else BadArgument naming the argument: ``Client(1234)`` raised
+    "TypeError: argument of type 'int' is not iterable" from deep in the channel code,
+    and ``Client("")`` logged gRPC's "no server name supplied in dns URI"."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadArgument(
+            "Client: address must be the service's address as a string, such as "
+            f"'localhost:50051' or 'unix:/run/workspace/service.sock', not {value!r}"
+        )
+    return value
+
+
 def seconds(value: object, what: str) -> float:
     """``value``, a time in seconds above 0 and at most MAX_SECONDS; else BadArgument: a
     Client whose ``timeout_s`` was 0 (meant as "none"), or ``float("inf")`` or 1e12,

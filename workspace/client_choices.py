@@ -31,3 +31,11 @@ def affinity_value(value: int | str) -> int:
 def failure_policy_value(value: int | str) -> int:
     """``"teardown"`` (or ``TEARDOWN``, ``FAILURE_POLICY_TEARDOWN``) -> the FailurePolicy number."""
     return _enum_value(clusters_pb2.FailurePolicy, "FAILURE_POLICY_", FAILURE_POLICIES, value)
+
+
+def own_usage_by_project(by: str) -> str:
+    """Why usage ``mine`` (only the caller's own) is refused grouped by project."""
+    return (
+        f"mine (only your own usage) needs by workspace or user, not {by!r}: a project's "
+        "row adds up its members' use, your colleagues' too"
+    )

@@ -31,6 +31,8 @@ from workspace.v1 import (
     projects_pb2_grpc,
     trust_pb2,
     trust_pb2_grpc,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -64,10 +66,11 @@ class PushResult:
 
 
 class ImagesClientMixin:
-    """Needs ``_call``, ``_images``, ``_projects``, ``_trust`` and ``get_workspace`` from
-    the Client."""
+    """Needs ``_call``, ``_images``, ``_projects``, ``_trust``, ``_workspaces`` and
+    ``get_workspace`` from the Client."""
 
     _images: images_pb2_grpc.ImagesStub
+    _workspaces: workspaces_pb2_grpc.WorkspacesStub
     _projects: projects_pb2_grpc.ProjectsStub
     _trust: trust_pb2_grpc.TrustStub
     address: str
@@ -189,8 +192,12 @@ class ImagesClientMixin:
         )
         return self._call(self._images.ImportImage, req)
 
-    def list_images(self, page_size: int = IMAGE_PAGE_SIZE) -> list[images_pb2.Image]:
-        """Every image the caller sees, by name, fetched page by page."""
+    def list_images(
+        self, page_size: int = IMAGE_PAGE_SIZE, mine: bool = False
+    ) -> list[images_pb2.Image]:
+        """Every image the caller sees, by name, fetched page by page; ``mine``: only
+        the caller's own (``owner``), not their project colleagues' nor the public ones,
+        as ``list(mine=True)``."""
         out: list[images_pb2.Image] = []
         token = ""
         while True:
@@ -199,7 +206,11 @@ class ImagesClientMixin:
             out.extend(resp.images)
             token = resp.next_page_token
             if not token:
-                return out
+                break
+        if not mine:
+            return out
+        me = self._call(self._workspaces.WhoAmI, workspaces_pb2.WhoAmIRequest()).user
+        return [img for img in out if img.owner == me]
 
     def get_image(self, name: str) -> images_pb2.Image:
         return self._call(self._images.GetImage, images_pb2.GetImageRequest(name=name))

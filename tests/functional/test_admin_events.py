@@ -56,10 +56,10 @@ def test_project_changes_are_site_events_with_who_and_what(
         (
             "project.created",
             "chem",
-            "quota instances=2, vcpus=8; leases default 8h, max 72h, on expiry STOP; "
+            "quota instances=2, vcpus=8; leases default 8h, max 3d, on expiry STOP; "
             "default limits none",
         ),
-        ("project.updated", "chem", "quota vcpus 8 -> 16; max lease 72h -> 168h"),
+        ("project.updated", "chem", "quota vcpus 8 -> 16; max lease 3d -> 7d"),
         (
             "project.updated",
             "chem",

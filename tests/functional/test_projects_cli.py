@@ -37,7 +37,7 @@ def test_projects_from_the_command_line(
     )  # fmt: skip
     assert code == 0, err
     assert "phys" in out and "instances=2" in out and "destroy" in out
-    assert out.splitlines()[1].split()[2:5] == ["8h", "72h", "destroy"]  # as they were given
+    assert out.splitlines()[1].split()[2:5] == ["8h", "3d", "destroy"]  # 72h reads as 3d
     assert run(admin, ready_site, capsys, "project", "add-user", "phys", "local")[0] == 0
     code, out, _ = run(admin, ready_site, capsys, "-o", "json", "project", "list")
     (listed,) = json.loads(out)
@@ -73,7 +73,7 @@ def test_a_member_sees_the_lease_policy_of_their_projects(
     code, out, _ = run(ws, ready_site, capsys, "quota")
     assert code == 0
     assert (
-        "project phys: a new workspace's lease is 8h, at most 72h from now (--lease, "
+        "project phys: a new workspace's lease is 8h, at most 3d from now (--lease, "
         "`ws lease extend`); at its end the workspace is destroyed"
     ) in out.splitlines()
     assert "project open: no lease (its workspaces live until destroyed)" in out

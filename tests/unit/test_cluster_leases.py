@@ -90,7 +90,7 @@ def test_one_member_that_cannot_be_extended_refuses_the_whole(site: Site) -> Non
         cluster_leases.extend(env(site), "alice", "c1", 2 * HOUR)
     said = info.value.message
     assert said.startswith("cannot extend the lease of cluster c1, nor of any of its members: ")
-    assert "workspace c1-w-1" in said and "project physics's maximum lease of 72h" in said
+    assert "workspace c1-w-1" in said and "project physics's maximum lease of 3d" in said
     assert "at most 1h" in said
     assert ends(site) == before  # none moved
     assert len(lease_events(site)) == 1  # the single member's extend only

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from tests.unit.test_request_validation import Site, build_site
 from workspace.codec import v1
 from workspace.config import ConfigError, ServiceConfig, load
-from workspace.domain.leases import duration_text, iso_time
+from workspace.domain.leases import duration_text, iso_time, new_lease_end
 from workspace.domain.model import ClusterRequest, CreateRequest, CreateSpec, MemberSpec
 from workspace.domain.states import Desired, Op, State
 from workspace.domain.tenancy import ProjectSpec
@@ -98,7 +98,7 @@ def test_a_lease_asked_for_is_kept(site: Site) -> None:
 
 def test_a_lease_over_the_maximum_is_refused_and_nothing_is_made(site: Site) -> None:
     spec = CreateSpec(image="img", name="long", lease_s=73 * HOUR)
-    with pytest.raises(InvalidArgument, match="physics's maximum lease of 72h"):
+    with pytest.raises(InvalidArgument, match="physics's maximum lease of 3d"):
         create.create(env(site), member("alice", "physics"), CreateRequest(spec, project="physics"))
     assert site.workspaces() == []
     with pytest.raises(InvalidArgument, match="negative"):
@@ -138,11 +138,11 @@ def test_extend(site: Site) -> None:
 
 def test_extend_never_beyond_the_maximum_from_now(site: Site) -> None:
     wid = make(site, "a")  # 8h of a 72h maximum
-    with pytest.raises(InvalidArgument, match="extended by at most 64h"):
+    with pytest.raises(InvalidArgument, match="extended by at most 2d16h"):
         leases.extend(env(site), "alice", "a", 65 * HOUR)
     end = row(site, wid).lease_expires_at
-    site.clock.now += 7 * HOUR + 27  # the room is 71h27s: said to the minute below
-    with pytest.raises(InvalidArgument, match=r"extended by at most 71h$"):
+    site.clock.now += 7 * HOUR + 27  # the room is 2d23h27s: said to the minute below
+    with pytest.raises(InvalidArgument, match=r"extended by at most 2d23h$"):
         leases.extend(env(site), "alice", "a", 72 * HOUR)
     leases.extend(env(site), "alice", "a", 71 * HOUR)  # as it said: it fits
     assert row(site, wid).lease_expires_at == end + 71 * HOUR
@@ -318,12 +318,29 @@ def test_bad_lease_config_is_refused(key: str, value: int) -> None:
 
 
 def test_durations_read_well() -> None:
-    assert [duration_text(s) for s in (45, 90 * 60, 72 * HOUR, 26 * HOUR + 1)] == [
+    assert [duration_text(s) for s in (45, 90 * 60, 36 * HOUR, 26 * HOUR + 1)] == [
         "45s",
         "1h30m",
-        "72h",
+        "36h",
         "26h1s",
     ]
+
+
+def test_long_durations_read_in_days() -> None:
+    """`ws create --lease 100d` over a project's maximum was refused as "a lease of 2400h
+    is longer than ... 72h": days from two days up, as the user wrote them."""
+    day = 24 * HOUR
+    assert [duration_text(s) for s in (100 * day, 3 * day, 2 * day + 12 * HOUR, 2 * day)] == [
+        "100d",
+        "3d",
+        "2d12h",
+        "2d",
+    ]
+    with pytest.raises(InvalidArgument) as info:
+        new_lease_end(int(100 * day), 8 * 3600, 72 * 3600, 0.0, "physics")
+    assert info.value.message == (
+        "a lease of 100d is longer than project physics's maximum lease of 3d"
+    )
 
 
 def test_a_lost_workspace_is_stopped_once_its_node_is_back(site: Site) -> None:
@@ -369,7 +386,7 @@ def test_a_lease_beyond_the_sites_maximum_is_refused_and_nothing_is_made(site: S
     once made a row whose end no timestamp could hold (every list failed after)."""
     for project, user in (("", "alice"), ("open", "alice")):
         spec = CreateSpec(image="img", name="forever", lease_s=999999999999 * 24 * HOUR)
-        with pytest.raises(InvalidArgument, match=r"the site's maximum lease of 87600h"):
+        with pytest.raises(InvalidArgument, match=r"the site's maximum lease of 3650d"):
             create.create(env(site), member(user, project), CreateRequest(spec, project=project))
     assert site.workspaces() == []
     members = (MemberSpec(role="w", image="img"),)
@@ -384,7 +401,7 @@ def test_a_lease_beyond_the_sites_maximum_is_refused_and_nothing_is_made(site: S
 
 def test_an_extend_beyond_the_sites_maximum_is_refused(site: Site) -> None:
     wid = make(site, "a", "physics")  # the project's maximum (72h) is the tighter one
-    with pytest.raises(InvalidArgument, match="physics's maximum lease of 72h"):
+    with pytest.raises(InvalidArgument, match="physics's maximum lease of 3d"):
         leases.extend(env(site), "alice", "a", 10**12)
     short = dataclasses.replace(
         site.core.env, cfg=load(ServiceConfig, None, limits={"max_lease_s": 24 * HOUR})
@@ -392,7 +409,7 @@ def test_an_extend_beyond_the_sites_maximum_is_refused(site: Site) -> None:
     with pytest.raises(InvalidArgument, match=r"site's maximum lease of 24h.*at most 16h"):
         leases.extend(short, "alice", "a", 17 * HOUR)
     before = row(site, wid).lease_expires_at
-    with pytest.raises(InvalidArgument, match=r"by 24000000000000h goes beyond"):
+    with pytest.raises(InvalidArgument, match=r"by 1000000000000d goes beyond"):
         leases.extend(short, "alice", "a", 10**12 * 24 * HOUR)
     assert row(site, wid).lease_expires_at == before
     leases.extend(short, "alice", "a", 16 * HOUR)

@@ -167,7 +167,9 @@ def test_invalid_name(site: Site, name: str) -> None:
     assert site.workspaces() == []
 
 
-@pytest.mark.parametrize("name", ["a", "7", "web-1", "a" * 63, "dcc005af50d", "dcc005af50d5a"])
+@pytest.mark.parametrize(
+    "name", ["a", "7a", "web-1", "1-2", "0x", "0xg", "a" * 63, "dcc005af50d", "dcc005af50d5a"]
+)
 def test_valid_name(site: Site, name: str) -> None:
     assert site.create(name=name).name == name
 
@@ -183,6 +185,20 @@ def test_a_name_like_an_id_is_refused(site: Site) -> None:
     with pytest.raises(InvalidArgument, match="cluster name 'c0123456789a' looks like an id"):
         clusters.create(site.core.env, "alice", ClusterRequest("c0123456789a", members))
     assert [w.name for w in site.workspaces()] == ["alpha"]
+
+
+@pytest.mark.parametrize("name", ["7", "123", "0123", "0x7f", "0xabc"])
+def test_a_name_resolvers_read_as_an_address_is_refused(site: Site, name: str) -> None:
+    """`ws create --name 123` made a guest whose hostname resolvers read as 0.0.0.123:
+    refused at create, saying why and what would do."""
+    with pytest.raises(InvalidArgument) as info:
+        site.create(name=name)
+    assert info.value.message == (
+        f"name {name!r} is not valid: it becomes the VM's hostname, and resolvers read a "
+        "name of digits alone (or 0x and hex digits) as an IP address; put a letter in it "
+        f"(e.g. 'ws-{name}')"
+    )
+    assert site.workspaces() == []
 
 
 @pytest.mark.parametrize("name", ["web\n", "web1\n", "\nweb"])

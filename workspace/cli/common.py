@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from workspace import errors, version
-from workspace.cli import render
+from workspace.cli import render, termfilter
 from workspace.client import Client
 
 EXIT_OK = 0
@@ -299,8 +299,10 @@ def point_in_time(text: str, now: float | None = None) -> float:
 
 
 def error(prog: str, message: str) -> None:
-    """One line saying what went wrong (any further lines are context, indented)."""
-    first, _, rest = message.strip().partition("\n")
+    """One line saying what went wrong (any further lines are context, indented). Control
+    characters are written out (``termfilter.plain``): a refusal may quote what a user
+    wrote (a key's comment, a name), escape sequences included."""
+    first, _, rest = termfilter.plain(message.strip()).partition("\n")
     print(f"{prog}: error: {first}", file=sys.stderr)
     if rest:
         print(rest, file=sys.stderr)

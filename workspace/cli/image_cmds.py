@@ -101,7 +101,8 @@ class ImageCommands:
         return common.EXIT_OK
 
     def list(self, args: argparse.Namespace) -> int:
-        images = self.client_for(args).list_images()
+        client = self.client_for(args)
+        images = client.list_images(mine=True) if args.mine else client.list_images()
         render.emit_list(args, images, render.image_rows, render.NO_IMAGES, render.image_dict)
         return common.EXIT_OK
 
@@ -223,6 +224,9 @@ def register(
     q.set_defaults(func=cmds.push)
 
     q = sub.add_parser("list", parents=[parent], help="list images")
+    q.add_argument(
+        "--mine", action="store_true", help="only yours, not your project colleagues' nor public"
+    )
     q.set_defaults(func=cmds.list)
     q = sub.add_parser("show", parents=[parent], help="show one image and its partitions")
     q.add_argument("name", help="image name")

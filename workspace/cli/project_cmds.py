@@ -21,6 +21,7 @@ Output follows workspace/cli/render.py (--output json), exit codes workspace/cli
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from workspace.cli import common, render
@@ -421,6 +422,17 @@ def whoami_text(me: Any) -> str:
     )
 
 
+def unknown_projects(names: list[str]) -> str:
+    """What `ws quota` says of the projects the caller's certificate names that the site
+    does not know (no quota, no workspace): it said "you belong to no project"."""
+    which = ("project " if len(names) == 1 else "projects ") + ", ".join(names)
+    return (
+        f"your certificate names {which}, which this site does not know (it has no quota "
+        f"and takes no workspace): an admin makes it with `ws-admin project create "
+        f"{names[0]}`, or issues you a certificate naming a project that exists"
+    )
+
+
 def whoami(client: Any, args: argparse.Namespace) -> int:
     me = client.whoami()
     render.emit(args, me, whoami_text(me))
@@ -433,14 +445,18 @@ def register_user(
     """Add `quota`, `project list` and `project show` to ws."""
 
     def quota(args: argparse.Namespace) -> int:
-        uses = client_for(args).quota()
-        render.emit_list(
-            args,
-            uses,
-            user_quota_text,
-            "you belong to no project (no project quota applies)",
-            quota_dict,
-        )
+        client = client_for(args)
+        uses = client.quota()
+        unknown: list[str] = []
+        if not render.wants_json(args):
+            listed = {u.project for u in uses}
+            unknown = [p for p in client.whoami().projects if p not in listed]
+        none = "you belong to no project (no project quota applies)"
+        if unknown:
+            none = unknown_projects(unknown)
+        render.emit_list(args, uses, user_quota_text, none, quota_dict)
+        if uses and unknown:
+            print(unknown_projects(unknown), file=sys.stderr)
         return common.EXIT_OK
 
     p = subparsers.add_parser("quota", parents=[parent], help="your projects: use and limits")

@@ -70,11 +70,14 @@ def wants_json(args: argparse.Namespace) -> bool:
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     """Print a command's result: ``data`` as JSON (messages, and lists of them, are
-    converted with ``to_dict``), else ``text`` (nothing when it is empty)."""
+    converted with ``to_dict``), else ``text`` (nothing when it is empty) with every
+    control character written out (``termfilter.plain``): text made of what users wrote
+    (`ws key remove`'s "removed SSH key ... (COMMENT)") printed an escape sequence in a
+    key's comment to the terminal as it was."""
     if wants_json(args):
         print_json(plain(data))
     elif text:
-        print(text)
+        print(termfilter.plain(text))
 
 
 def emit_list(
@@ -186,7 +189,10 @@ def print_json_line(data: Any) -> None:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
-    cells = [[str(h) for h in headers]] + [[termfilter.plain(str(c)) for c in row] for row in rows]
+    # A cell is one line: a newline in one (a comment) made a row of its own making.
+    cells = [[str(h) for h in headers]] + [
+        [termfilter.one_line(str(c)) for c in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for row in cells:

@@ -10,6 +10,7 @@ from typing import Any
 from workspace import errors
 from workspace.cli import common, guest_cmds, render
 from workspace.cli.usage_text import usage_report
+from workspace.client_choices import own_usage_by_project
 from workspace.v1 import clusters_pb2
 
 GROUPINGS = ("workspace", "user", "project")
@@ -51,7 +52,11 @@ def _usage(client_for: common.ClientFor, all_users: bool) -> common.Handler:
                 "--since is in the future: there is no usage after now "
                 "(--until must be later than --since, and is now unless given)"
             )
-        r = client_for(args).get_usage(since, until, args.by, all_users=all_users)
+        mine = getattr(args, "mine", False)
+        if mine and args.by == "project":
+            raise common.UsageError(own_usage_by_project(args.by))
+        own = {"mine": True} if mine else {}
+        r = client_for(args).get_usage(since, until, args.by, all_users=all_users, **own)
         usage_report(args, r)
         return common.EXIT_OK
 
@@ -99,6 +104,12 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
         "per workspace, user or project; -o json or -o csv for machines.",
     )
     _add_usage_options(p)
+    p.add_argument(
+        "--mine",
+        action="store_true",
+        help="only your own workspaces' usage, not your project colleagues' "
+        "(--by workspace or user)",
+    )
     p.set_defaults(func=_usage(client_for, all_users=False))
 
 

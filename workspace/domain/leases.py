@@ -25,11 +25,23 @@ def iso_time(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# From two days up a duration reads in days ("100d", "3d12h"); below, in hours ("36h").
+DAYS_FROM_S = 2 * 86400
+
+
 def duration_text(seconds: float) -> str:
-    """``72h``, ``1h30m``, ``45s`` (whole units, largest first)."""
+    """A duration as a person writes one (what `--lease` and `ws lease extend` read,
+    common.duration_s), every unit whole, largest first and exact: ``45s``, ``1h30m``,
+    ``36h``, ``3d``, ``100d``, ``2d12h``. Days from two days up (``DAYS_FROM_S``): a
+    refusal of ``--lease 100d`` said "2400h", which nobody wrote or reads at a glance;
+    below two days, hours (a shift of ``36h``, not ``1d12h``). The one helper every
+    lease duration the service or the CLIs print goes through; JSON keeps seconds."""
     left = int(seconds)
+    units: tuple[tuple[str, int], ...] = (("h", 3600), ("m", 60), ("s", 1))
+    if left >= DAYS_FROM_S:
+        units = (("d", 86400), *units)
     parts = []
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in units:
         if left >= size:
             parts.append(f"{left // size}{unit}")
             left %= size
@@ -107,7 +119,7 @@ def extended_end(
     start = max(current_end, now)
     if longest and start + add_s > now + longest:
         left = max(0, int(now + longest - start))
-        if left >= 3600:  # to the minute below: "156h14m", not "156h14m27s"
+        if left >= 3600:  # to the minute below: "6d12h14m", not "6d12h14m27s"
             left -= left % 60
         room = f"it can be extended by at most {duration_text(left)}"
         if not left:  # "at most 0s": it ends at the maximum from now already, or later

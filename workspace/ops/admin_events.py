@@ -55,7 +55,7 @@ def _limits(lim: Limits) -> str:
 
 
 def about_project(p: ProjectSpec) -> str:
-    """``quota instances=2, vcpus=4; leases default 8h, max 72h, on expiry STOP; default
+    """``quota instances=2, vcpus=4; leases default 8h, max 3d, on expiry STOP; default
     limits net-mbps=50`` (the quotas set; every other is no limit)."""
     quota = [f"{_quota_name(f)}={getattr(p.quota, f)}" for f in QUOTA_FIELDS if getattr(p.quota, f)]
     return (
@@ -66,7 +66,7 @@ def about_project(p: ProjectSpec) -> str:
 
 
 def project_changes(before: ProjectSpec, after: ProjectSpec) -> str:
-    """What changed, old -> new (``quota vcpus 8 -> 16; max lease 72h -> 7d``); "" if
+    """What changed, old -> new (``quota vcpus 8 -> 16; max lease 3d -> 7d``); "" if
     nothing did."""
     out = [
         f"quota {_quota_name(f)} {_limit(getattr(before.quota, f))} -> "

@@ -63,6 +63,9 @@ T = TypeVar("T")
 
 # A workspace name becomes the VM's hostname: one DNS label (its length: limits.max_name_len).
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+# A name resolvers read as an address (inet_aton: "123" is 0.0.0.123, "0x7f" 0.0.0.127),
+# which a hostname cannot be (RFC 1123 2.1: a host name is never all-numeric).
+NUMBER_RE = re.compile(r"[0-9]+|0x[0-9a-f]+")
 DEFAULT_MEMORY_MIB = 512
 
 
@@ -84,6 +87,12 @@ def check_name(name: str, lim: LimitsConfig) -> None:
         raise InvalidArgument(
             f"name {name!r} is not valid: use 1-{lim.max_name_len} lowercase letters, "
             "digits and '-' (it becomes the VM's hostname)"
+        )
+    if NUMBER_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"name {name!r} is not valid: it becomes the VM's hostname, and resolvers read "
+            "a name of digits alone (or 0x and hex digits) as an IP address; put a letter "
+            f"in it (e.g. 'ws-{name}')"
         )
     check_not_id("workspace", name)
 
