@@ -167,3 +167,28 @@ def test_an_old_signature_vouches_only_for_an_image_without_context(
     assert "old format" in (err.value.details() or "")
     ready_site.stubs.create(name="p", image="plain:1")
 
+
+def test_ws_image_sign_fails_when_the_site_does_not_trust_the_signature(
+    ready_site: Site,
+    trust: trust_pb2_grpc.TrustStub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A site that only warns keeps a signature by a key it does not trust: the command
+    says so with its exit code and on stderr; its JSON keeps the verdict."""
+    svc = ["--service", ready_site.address]
+    prefix = tmp_path / "stranger"
+    assert ws_cli.main([*svc, "image", "keygen", "--out", str(prefix)]) == 0
+    capsys.readouterr()
+    assert ws_cli.main([*svc, "-o", "json", "image", "sign", "img", "--key", f"{prefix}.key"]) == 1
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert shown["trusted"] is False and "is not a trusted key" in shown["reason"]
+    assert "the signature was attached, but image img is not trusted" in err
+    assert "is not a trusted key" in err
+    assert len(_verdict(trust, "img").envelopes_json) == 1  # kept (warn)
+    # Once the site trusts the key, signing again succeeds (exit 0).
+    public = Path(f"{prefix}.pub").read_text()
+    trust.AddKey(trust_pb2.AddKeyRequest(public_key_pem=public, image_patterns=["img"]))
+    assert ws_cli.main([*svc, "image", "sign", "img", "--key", f"{prefix}.key"]) == 0
+    assert "verdict" in capsys.readouterr().out
