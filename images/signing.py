@@ -1,10 +1,14 @@
 """Image signatures: an in-toto Statement of the manifest in a DSSE envelope, Ed25519.
 
-The statement names every partition's digest, size, format and mode and the
-kernel/initrd/cmdline, so changing any byte of any of them (or of the manifest)
-invalidates the signature. Anyone can check an envelope with standard DSSE tools:
-the signature is Ed25519 over PAE(payloadType, payload) as the DSSE spec defines, and
-the key id is the hex sha256 of the raw 32-byte public key.
+The statement (predicate ``image-manifest:v2``) names every partition's digest, size,
+format, mode and ext4 flag, the kernel/initrd/cmdline, and how the image is
+contextualized (``context``, ``login_user``: ``Boot``), so changing any byte of any of
+them (or of the manifest) invalidates the signature. Signatures of the first format
+(``image-manifest:v1``) covered the files alone: they still verify the files, but vouch
+only for an image whose boot settings are the defaults (``v1_problem``). Anyone can
+check an envelope with standard DSSE tools: the signature is Ed25519 over
+PAE(payloadType, payload) as the DSSE spec defines, and the key id is the hex sha256 of
+the raw 32-byte public key.
 
 This module is pure (no service, no agent): the service verifies at signing and
 at every create, and each agent verifies again on its own node.
@@ -33,7 +37,9 @@ from images import digest
 from images.model import ImageSpec
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "urn:workspace-service:image-manifest:v1"
+PREDICATE_TYPE = "urn:workspace-service:image-manifest:v2"
+# The first format: the files alone, not the image's context, login_user, ext4 flags.
+PREDICATE_TYPE_V1 = "urn:workspace-service:image-manifest:v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
 
@@ -97,9 +103,26 @@ def public_pem(private: Ed25519PrivateKey) -> str:
 # -- the statement -------------------------------------------------------------------------
 
 
-def predicate(spec: ImageSpec) -> dict[str, Any]:
-    """What a signature covers: the image's name, every partition's name, digest, size,
-    format and mode, and the kernel, initrd and cmdline."""
+@dataclass(frozen=True)
+class Boot:
+    """What of an image record, besides its files, changes what runs at boot and who logs
+    in: how it takes deploy-time information (``context``: "none" or "nocloud", a
+    cloud-init seed the site builds) and the account `ws ssh` logs in as (``login_user``,
+    "" = none). A signature of format v2 covers them."""
+
+    context: str = "none"
+    login_user: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context", self.context or "none")
+
+    def is_default(self) -> bool:
+        return self.context == "none" and not self.login_user
+
+
+def predicate_v1(spec: ImageSpec) -> dict[str, Any]:
+    """What a signature of the first format covers: the image's name, every partition's
+    name, digest, size, format and mode, and the kernel, initrd and cmdline."""
     return {
         "image": spec.image,
         "partitions": [
@@ -118,6 +141,17 @@ def predicate(spec: ImageSpec) -> dict[str, Any]:
     }
 
 
+def predicate(spec: ImageSpec, boot: Boot) -> dict[str, Any]:
+    """What a signature covers: the first format's, each partition's ext4 flag (a blank
+    one made with a filesystem at deploy, or not) and the image's ``boot`` settings."""
+    out = predicate_v1(spec)
+    for part, p in zip(out["partitions"], spec.partitions, strict=True):
+        part["ext4"] = p.ext4
+    out["context"] = boot.context
+    out["login_user"] = boot.login_user
+    return out
+
+
 def _hex(d: str) -> str:
     try:
         return digest.hex_of(d)
@@ -125,7 +159,7 @@ def _hex(d: str) -> str:
         raise SignatureError(f"{d!r} is not a sha256 digest") from exc
 
 
-def statement(manifest: ImageSpec) -> dict[str, Any]:
+def _subjects(manifest: ImageSpec) -> list[dict[str, Any]]:
     subjects = [
         {"name": f"{manifest.image}/partition/{p.name}", "digest": {"sha256": _hex(p.digest)}}
         for p in manifest.partitions
@@ -134,11 +168,27 @@ def statement(manifest: ImageSpec) -> dict[str, Any]:
     for what, d in (("kernel", manifest.kernel_digest), ("initrd", manifest.initrd_digest)):
         if d:
             subjects.append({"name": f"{manifest.image}/{what}", "digest": {"sha256": _hex(d)}})
+    return subjects
+
+
+def statement(manifest: ImageSpec, boot: Boot | None = None) -> dict[str, Any]:
+    """The statement a signature made now carries (format v2); ``boot`` None: the
+    defaults (no contextualization, no login user)."""
     return {
         "_type": STATEMENT_TYPE,
-        "subject": subjects,
+        "subject": _subjects(manifest),
         "predicateType": PREDICATE_TYPE,
-        "predicate": predicate(manifest),
+        "predicate": predicate(manifest, boot or Boot()),
+    }
+
+
+def statement_v1(manifest: ImageSpec) -> dict[str, Any]:
+    """The statement of the first format (signatures made before v2; still verified)."""
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": _subjects(manifest),
+        "predicateType": PREDICATE_TYPE_V1,
+        "predicate": predicate_v1(manifest),
     }
 
 
@@ -152,9 +202,10 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def sign(manifest: ImageSpec, private: Ed25519PrivateKey) -> str:
-    """A DSSE envelope (JSON text) carrying the signed statement of ``manifest``."""
-    payload = canonical(statement(manifest))
+def sign(manifest: ImageSpec, private: Ed25519PrivateKey, boot: Boot | None = None) -> str:
+    """A DSSE envelope (JSON text) carrying the signed statement (v2) of ``manifest`` and
+    its ``boot`` settings (None: the defaults)."""
+    payload = canonical(statement(manifest, boot))
     sig = private.sign(pae(PAYLOAD_TYPE, payload))
     envelope = {
         "payloadType": PAYLOAD_TYPE,
@@ -236,23 +287,73 @@ def signers(envelopes: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _check_statement(payload: bytes, manifest: ImageSpec) -> str:
-    """'' if the signed statement covers exactly this manifest, else what differs."""
+def statement_problem(signed: object, manifest: ImageSpec, boot: Boot | None) -> str:
+    """'' if the signed statement covers exactly this manifest (and, in format v2, its
+    ``boot`` settings), else what differs. ``boot`` None: the caller does not know the
+    image's settings (an agent: its order carries the seed made from them, not them);
+    a v2 statement is then checked for the files alone. A v1 statement is checked for
+    the files it covers; what it does not cover is ``v1_problem``'s."""
+    if not isinstance(signed, dict) or signed.get("_type") != STATEMENT_TYPE:
+        return "the signed payload is not an image-manifest statement"
+    kind, got = signed.get("predicateType"), signed.get("predicate")
+    if kind == PREDICATE_TYPE_V1:
+        expected = statement_v1(manifest)
+    elif kind == PREDICATE_TYPE:
+        if boot is None and isinstance(got, dict):
+            boot = Boot(str(got.get("context") or ""), str(got.get("login_user") or ""))
+        expected = statement(manifest, boot)
+    else:
+        return "the signed payload is not an image-manifest statement"
+    want: dict[str, Any] = expected["predicate"]
+    if got != want:
+        got = got if isinstance(got, dict) else {}
+        for key in ("image", "kernel", "initrd", "cmdline"):
+            if got.get(key) != want[key]:
+                return f"the manifest's {key} differs from what was signed"
+        for key in ("context", "login_user"):
+            if key in want and got.get(key) != want[key]:
+                return f"the image's {key} is {want[key]!r}, not {got.get(key)!r} as signed"
+        return "the manifest's partitions differ from what was signed"
+    if signed.get("subject") != expected["subject"]:
+        return "the statement's subjects differ from the manifest"
+    return ""
+
+
+def v1_problem(manifest: ImageSpec, boot: Boot | None) -> str:
+    """Why a signature of the first format (it covers the files alone) does not vouch
+    for this image ('' if it does): the image's context, login user or ext4 flags are
+    not the defaults, and that format never covered them (an owner could have changed
+    them after it was made, re-importing the same files). ``boot`` None: not known."""
+    uncovered: list[str] = []
+    if boot is not None and boot.context != "none":
+        uncovered.append(f"context {boot.context}")
+    if boot is not None and boot.login_user:
+        uncovered.append(f"login_user {boot.login_user}")
+    ext4 = [p.name for p in manifest.partitions if p.ext4]
+    if ext4:
+        uncovered.append("ext4 flag on partition " + ", ".join(ext4))
+    if not uncovered:
+        return ""
+    return (
+        "is of the old format (image-manifest v1), which does not "
+        f"cover the image's {' and '.join(uncovered)}; sign the image again "
+        f"(`ws image sign {manifest.image}`)"
+    )
+
+
+def _check_statement(payload: bytes, manifest: ImageSpec, boot: Boot | None, kid: str) -> str:
+    """'' if the signed payload vouches for this manifest and its ``boot``, else why not."""
     try:
         signed = json.loads(payload)
     except (ValueError, RecursionError):
         return "the signed payload is not JSON"
-    if signed.get("_type") != STATEMENT_TYPE or signed.get("predicateType") != PREDICATE_TYPE:
-        return "the signed payload is not an image-manifest statement"
-    expected = statement(manifest)
-    if signed.get("predicate") != expected["predicate"]:
-        got = signed.get("predicate") or {}
-        for key in ("image", "kernel", "initrd", "cmdline"):
-            if got.get(key) != expected["predicate"][key]:
-                return f"the manifest's {key} differs from what was signed"
-        return "the manifest's partitions differ from what was signed"
-    if signed.get("subject") != expected["subject"]:
-        return "the statement's subjects differ from the manifest"
+    differs = statement_problem(signed, manifest, boot)
+    if differs:
+        return differs
+    if signed.get("predicateType") == PREDICATE_TYPE_V1:
+        old = v1_problem(manifest, boot)
+        if old:
+            return f"the signature by key {kid[:16]} {old}"
     return ""
 
 
@@ -266,8 +367,11 @@ def verify(
     manifest: ImageSpec,
     envelopes: Sequence[str],
     now: float,
+    boot: Boot | None = None,
 ) -> Verdict:
-    """The policy's verdict on launching ``manifest`` with these signatures."""
+    """The policy's verdict on launching ``manifest``, whose boot settings are ``boot``,
+    with these signatures. ``boot`` None: not known to the caller (an agent; see
+    ``statement_problem``); the service always says them."""
 
     def verdict(trusted: bool, reason: str, kid: str = "") -> Verdict:
         return Verdict(trusted, trusted or not policy.enforce, reason, kid, policy.version)
@@ -303,7 +407,7 @@ def verify(
             except (InvalidSignature, SignatureError):
                 problems.append(f"the signature by key {kid[:16]} does not verify")
                 continue
-            differs = _check_statement(payload, manifest)
+            differs = _check_statement(payload, manifest, boot, kid)
             if differs:
                 problems.append(differs)
                 continue

@@ -304,9 +304,12 @@ class ImagesClientMixin:
 
     def sign_image(self, name: str, private_key_pem: bytes) -> trust_pb2.ImageSignatures:
         """Sign image ``name`` as the service stores it (every partition's digest, size,
-        format and mode, kernel, initrd, cmdline) and attach the signature."""
+        format, mode and ext4 flag, kernel, initrd, cmdline, its context and login user)
+        and attach the signature."""
         private = signing.load_private_key(private_key_pem)
-        envelope = signing.sign(codec_v1.image_spec_from_proto(self.get_image(name)), private)
+        img = self.get_image(name)
+        boot = signing.Boot(img.context, img.login_user)
+        envelope = signing.sign(codec_v1.image_spec_from_proto(img), private, boot)
         return self.add_signature(name, envelope)
 
     def add_signature(self, image: str, envelope_json: str) -> trust_pb2.ImageSignatures:

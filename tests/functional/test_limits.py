@@ -118,14 +118,14 @@ def two_signature_site(tmp_path: Path) -> Iterator[Site]:
 def _envelopes(site: Site, image: str, n: int) -> list[str]:
     """``n`` signatures of ``image`` by ``n`` keys the site trusts."""
     trust = trust_pb2_grpc.TrustStub(site.stubs.channel)
-    manifest = image_spec_from_proto(
-        site.stubs.images.GetImage(images_pb2.GetImageRequest(name=image))
-    )
+    img = site.stubs.images.GetImage(images_pb2.GetImageRequest(name=image))
+    manifest = image_spec_from_proto(img)
+    boot = signing.Boot(img.context, img.login_user)  # what `ws image sign` covers too
     envelopes = []
     for _ in range(n):
         private_pem, public_pem = signing.generate_key()
         trust.AddKey(trust_pb2.AddKeyRequest(public_key_pem=public_pem, image_patterns=["*"]))
-        envelopes.append(signing.sign(manifest, signing.load_private_key(private_pem)))
+        envelopes.append(signing.sign(manifest, signing.load_private_key(private_pem), boot))
     return envelopes
 
 

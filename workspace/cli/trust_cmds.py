@@ -106,7 +106,16 @@ def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common
         pem = private_key(args.key)  # before connecting
         sigs = client_for(args).sign_image(args.name, pem)
         render.emit(args, sigs, render.signatures_text(sigs))
-        return 0
+        if sigs.trusted:
+            return common.EXIT_OK
+        # Kept (the site only warns), but the site does not trust the image: a script
+        # that signs and then launches learns it from the exit code, and why on stderr.
+        common.error(
+            "ws",
+            f"the signature was attached, but image {sigs.image or args.name} is not "
+            f"trusted: {sigs.reason}",
+        )
+        return common.EXIT_REQUEST
 
     def verify(args: argparse.Namespace) -> int:
         sigs = client_for(args).get_signatures(args.name)
@@ -124,7 +133,15 @@ def register_image(sub: Any, parent: argparse.ArgumentParser, client_for: common
         "--force", action="store_true", help="replace an existing PREFIX.key and PREFIX.pub"
     )
     q.set_defaults(func=keygen)
-    q = sub.add_parser("sign", parents=[parent], help="sign an image and attach the signature")
+    q = sub.add_parser(
+        "sign",
+        parents=[parent],
+        help="sign an image and attach the signature",
+        description="Sign the image as the site stores it (its files, kernel, cmdline, "
+        "context and login user) and attach the signature. Exits 0 when the site then "
+        "trusts the image, 1 when it does not (a site that only warns keeps the "
+        "signature; the verdict says why, and one line on stderr).",
+    )
     q.add_argument("name", help="image name")
     q.add_argument("--key", required=True, metavar="FILE", help="private key (ws image keygen)")
     q.set_defaults(func=sign)

@@ -263,8 +263,13 @@ def delete_signatures(s: Session, image_name: str) -> None:
     s.execute(delete(ImageSignature).where(ImageSignature.image == image_name))
 
 
+def boot_settings(img: Image) -> signing.Boot:
+    """The image's settings a signature covers besides its files (signing.Boot)."""
+    return signing.Boot(img.context or "none", img.login_user or "")
+
+
 def _verdict(env: Env, s: Session, img: Image, envs: Sequence[str]) -> signing.Verdict:
-    return signing.verify(policy(s), image_spec(img), envs, env.clock())
+    return signing.verify(policy(s), image_spec(img), envs, env.clock(), boot_settings(img))
 
 
 def running_verdict(env: Env, s: Session, img: Image, workspace_id: str) -> signing.Verdict:
@@ -438,10 +443,11 @@ def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str)
             )
         what = f"signature for image {image_name}"
         signed, kids = _signed_key_ids(envelope, what)
-        if signed != signing.statement(image_spec(img)):
+        differs = signing.statement_problem(signed, image_spec(img), boot_settings(img))
+        if differs:
             raise InvalidArgument(
-                f"{what}: it covers another manifest than the image's (was the image "
-                "re-imported, or signed under another name?)"
+                f"{what}: it covers another manifest than the image's ({differs}; was the "
+                "image re-imported, or signed under another name?)"
             )
         have = envelopes(s, image_name)
         v = _verdict(env, s, img, [envelope])
