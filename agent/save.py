@@ -26,6 +26,7 @@ from pathlib import Path
 from agent.disks import FILE_MODE, WorkspaceFiles
 from agent.virt.base import DomainState, Driver
 from images import qemu_img
+from workspace.chunking import ChunkSizer
 from workspace.domain.tasks import SavedPartition, SaveOutcome, SaveTask
 from workspace.errors import DriverError, FailedPrecondition, NotFound, Unavailable
 from workspace.files import private_fd
@@ -33,8 +34,9 @@ from workspace.log import about
 
 log = logging.getLogger("agent.save")
 
-# Bytes of a saved disk per PutBlob message.
-CHUNK_BYTES = 1024 * 1024
+# Bytes of a saved disk per PutBlob message, at most (fewer over a slow link; a 1 MiB
+# message cut a link slower than 1 MiB per CHUNK_S: workspace/chunking.py).
+CHUNK_BYTES = 256 * 1024
 # A save asked for with no time limit (the service always sends one).
 DEFAULT_TIMEOUT_S = 3600
 # The name of a copy being made in the workspace's directory (removed after it is sent,
@@ -198,10 +200,10 @@ def _every(
 
 
 def _chunks(path: Path, go_on: Callable[[], None] = lambda: None) -> Iterator[bytes]:
+    """The copy's bytes, in chunks sized by how fast the link takes them (at most
+    ``CHUNK_BYTES``; workspace/chunking.py): a slow link to the service is not cut."""
     with path.open("rb") as f:
-        while True:
-            go_on()
-            data = f.read(CHUNK_BYTES)
-            if not data:
-                return
+        go_on()
+        for data in ChunkSizer(CHUNK_BYTES).read(f):
             yield data
+            go_on()

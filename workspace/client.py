@@ -4,7 +4,7 @@ One ``Client`` per service address; every method is a thin, typed wrapper around
 one RPC of ``workspace.v1`` (Workspaces, Clusters, Images, Admin) and returns the
 protobuf message the service sent. gRPC errors come back as ``workspace.errors`` classes,
 so callers catch ``WorkspaceError`` (``Unavailable`` when the service cannot be
-reached). A few helpers build on the RPCs: ``upload_blob`` (1 MiB chunks),
+reached). A few helpers build on the RPCs: ``upload_blob`` (16-256 KiB chunks),
 ``watch`` (an event iterator that can survive a service restart), ``health``, and the
 waits (``workspace/client_waits.py``): ``wait_until`` a condition on a workspace holds
 (level-triggered: watch events plus a periodic re-read), ``wait_for_state``,

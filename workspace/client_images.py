@@ -19,6 +19,7 @@ import grpc
 from images import formats, signing
 from images import manifest as image_manifest
 from workspace import errors, rpc_status
+from workspace.chunking import ChunkSizer
 from workspace.client_address import no_connection
 from workspace.client_args import strings
 from workspace.client_waits import WaitTimeout
@@ -36,7 +37,6 @@ from workspace.v1 import (
 )
 
 T = TypeVar("T")
-CHUNK_BYTES = 1024 * 1024
 # list_images asks for this many per page (as list_workspaces does).
 IMAGE_PAGE_SIZE = 500
 # The longest a save is waited for: the service's default limit, and its grace.
@@ -93,7 +93,8 @@ class ImagesClientMixin:
         stall_s: float | None = None,
         digest: str = "",
     ) -> images_pb2.BlobRef:
-        """Stream a file to the service's blob store in 1 MiB chunks.
+        """Stream a file to the service's blob store, in chunks of 16 KiB to 1 MiB by how
+        fast the link takes them (workspace/chunking.py: a slow link is not cut).
 
         ``digest``: the file's, as hashed before ("sha256:<hex>"); the service then
         stores nothing unless the bytes it received hash to it (InvalidArgument: the
@@ -117,7 +118,7 @@ class ImagesClientMixin:
                 if progress is not None:
                     progress(0, total)
                 said = digest  # in the first chunk
-                while (data := f.read(CHUNK_BYTES)) or said:
+                for data in ChunkSizer().read(f):
                     yield images_pb2.BlobChunk(data=data, digest=said)
                     said = ""
                     moved[0] = time.monotonic()  # gRPC sent the last one, wants the next
@@ -125,6 +126,8 @@ class ImagesClientMixin:
                     taken[0] = sent
                     if progress is not None:
                         progress(sent, total)
+                if said:  # an empty file: one empty chunk, which says its digest
+                    yield images_pb2.BlobChunk(digest=said)
             sent_all.set()
 
         # A service that stops reading (hung, or its blob directory stuck) keeps the

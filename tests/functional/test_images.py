@@ -25,7 +25,7 @@ from tests.unit.test_formats import qcow2_header
 from workspace import errors
 from workspace.client import Client, blank_partition
 from workspace.node.v1 import nodes_pb2
-from workspace.store import Blob, Image, Store
+from workspace.store import Blob, BlobHolder, Image, Store
 from workspace.v1 import common_pb2, images_pb2, workspaces_pb2
 
 MiB = 1024 * 1024
@@ -752,7 +752,9 @@ def test_a_push_given_up_on_a_quiet_site_leaves_the_repository(tmp_path: Path) -
         # Sent longer ago than blob_grace_s (a restart, so that a pass runs at once).
         store = Store(site.cfg.db_url)
         with store.write() as s:
-            s.execute(update(Blob).values(created_at=Blob.created_at - site.cfg.blob_grace_s - 1))
+            for table in (Blob, BlobHolder):  # the blob, and its sender's claim on it
+                ago = table.created_at - site.cfg.blob_grace_s - 1
+                s.execute(update(table).values(created_at=ago))
         store.close()
         site.start_service()
         wait_for(lambda: not sent.exists(), what="the blob of the push given up collected")

@@ -12,7 +12,7 @@ from images import formats, manifest
 from images.model import ImageSpec, Mode, Partition
 from workspace.domain.layout import blank_partition
 from workspace.domain.model import AuditRecord, ImageView, RepositoryUsage
-from workspace.domain.states import ClusterState, State
+from workspace.domain.states import State
 from workspace.domain.tenancy import ProjectUse, Quota
 from workspace.errors import (
     AlreadyExists,
@@ -24,7 +24,7 @@ from workspace.errors import (
     ResourceExhausted,
 )
 from workspace.identity import Identity
-from workspace.ops import blob_access, pages, projects, refusals, seeds, trust
+from workspace.ops import blob_access, image_deletes, pages, projects, refusals, seeds, trust
 from workspace.ops.image_refs import (
     NAME_TAKEN,
     may_use,
@@ -36,7 +36,6 @@ from workspace.ops.image_refs import (
 )
 from workspace.ops.lifecycle import SAVE_GRACE_S, image_users
 from workspace.ops.projects import (
-    Scope,
     as_identity,
     limits_of,
     refuse_over,
@@ -44,9 +43,9 @@ from workspace.ops.projects import (
     scope,
 )
 from workspace.ops.unit import Env
-from workspace.store import Backfill, Blob, Cluster, Image, Node, Project, Workspace
+from workspace.store import Backfill, Blob, Image, Node, Project, Workspace
 from workspace.store.blobs import BlobRepository, check_digest
-from workspace.store.mapping import bound_spec, image_spec, member_specs, partitions_column
+from workspace.store.mapping import bound_spec, image_spec, partitions_column
 
 log = logging.getLogger("workspace.ops.images")
 
@@ -113,6 +112,7 @@ class Catalog:
         env = self.env
         sender = as_identity(who) if who is not None else None
         holder = sender.principal if sender is not None else holder
+        chunks = blob_access.renewing(env, chunks, holder) if holder else chunks
         tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes, expected)
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
@@ -128,6 +128,7 @@ class Catalog:
                 else:  # uploaded again: its grace period starts again
                     row.created_at = env.clock()
                 if holder:
+                    blob_access.renew(s, holder, blob_access.fresh_since(env), env.clock())
                     blob_access.record_holder(s, digest, holder, env.clock())
         finally:
             tmp.unlink(missing_ok=True)
@@ -137,8 +138,8 @@ class Catalog:
 
     def _counted(self, s: Session, who: Identity) -> set[str]:
         """The blobs counted against ``who``'s repository quota: those of their images,
-        and those they sent that no image is made of yet (until collected)."""
-        pending = blob_access.held(s, who.principal) - _referenced(s)
+        and those they sent within the grace (also if another's image has them)."""
+        pending = blob_access.held(s, who.principal, since=blob_access.fresh_since(self.env))
         return self._owned_digests(s, who.name) | pending
 
     def _check_upload_quota(self, s: Session, who: Identity, digest: str, size: int) -> None:
@@ -251,7 +252,7 @@ class Catalog:
         if not old:
             return set()
         with self.env.store.read() as s:
-            return old - _referenced(s)
+            return old - _referenced(s) - blob_access.recent(s, old, cutoff)
 
     def _still_collectable(self, s: Session, found: set[str], cutoff: float) -> set[str]:
         """Of the blobs ``_collectable`` found, those still old and unused (call under the
@@ -263,7 +264,7 @@ class Catalog:
             q = select(Blob.digest, Blob.created_at).where(Blob.digest.in_(batch))
             rows.update({d: at for d, at in s.execute(q).all()})
         old = {d for d in found if (rows[d] < cutoff if d in rows else self._old(d, cutoff))}
-        return old - _referencing(s, old)
+        return old - _referencing(s, old) - blob_access.recent(s, old, cutoff)
 
     def _old(self, digest: str, cutoff: float) -> bool:
         """Whether the file of ``digest`` was written before ``cutoff`` (False: gone)."""
@@ -297,7 +298,8 @@ class Catalog:
         for d in wanted:
             check_digest(d)
         with self.env.store.read() as s:
-            ok = blob_access.usable(s, as_identity(who), wanted)
+            since = blob_access.fresh_since(self.env)
+            ok = blob_access.usable(s, as_identity(who), wanted, since)
         return [d for d in wanted if d not in ok or not self.blobs.has(d)]
 
     def _need_blob(self, digest: str, what: str, usable: set[str]) -> int:
@@ -459,7 +461,8 @@ class Catalog:
         owner = as_identity(who).name
         context, login_user = seeds.check_context(context, login_user, req.image)
         with env.store.read() as s:  # before a byte of a blob is read
-            usable = blob_access.usable(s, as_identity(who), req.digests()) | set(vouched)
+            since = blob_access.fresh_since(env)
+            usable = blob_access.usable(s, as_identity(who), req.digests(), since) | set(vouched)
         try:
             parts = self._check_import(req, usable)
         except RefusedBlob as exc:
@@ -620,10 +623,10 @@ class Catalog:
                 )
             users = image_users(s, name)
             if users:
-                raise FailedPrecondition(_in_use(name, users, scope(s, ident)))
-            grows = _grown_from(s, name)
+                raise FailedPrecondition(image_deletes.in_use_message(name, users, scope(s, ident)))
+            grows = image_deletes.grown_from(s, name)
             if grows:
-                raise FailedPrecondition(_grows(name, grows, scope(s, ident)))
+                raise FailedPrecondition(image_deletes.grows_message(name, grows, scope(s, ident)))
             if s.get(Backfill, name) is not None:
                 # Its creates would fail unseen, and an image pushed under the name
                 # later be run in its place.
@@ -709,56 +712,6 @@ def _delete_rows(s: Session, digests: Sequence[str]) -> list[str]:
             node.prefetch = left
             changed.append(node.name)
     return changed
-
-
-def _grown_from(s: Session, name: str) -> list[tuple[Cluster, str]]:
-    """The (cluster, role) pairs of the clusters not destroyed whose role is of image
-    ``name``: a role scaled to no member has no live workspace of it, and grows from it
-    again (`ws cluster scale`, its autoscaler)."""
-    live = select(Cluster).where(Cluster.state != ClusterState.TERMINATED.value)
-    return [
-        (c, m.role)
-        for c in s.execute(live.order_by(Cluster.created_at, Cluster.id)).scalars()
-        for m in member_specs(c)
-        if m.image == name
-    ]
-
-
-def _grows(name: str, grows: list[tuple[Cluster, str]], sc: Scope) -> str:
-    """Why image ``name`` cannot be deleted: the cluster roles that grow from it, named
-    as far as the caller (``sc``) may see them."""
-    named = [
-        f"role {role} of cluster {c.owner}/{c.name} ({c.id})"
-        if sc.sees(c.owner, c.project or "")
-        else "a role of another user's cluster"
-        for c, role in grows
-    ]
-    return (
-        f"image {name} is the image of {', '.join(dict.fromkeys(named))}: no member of it "
-        "is live now, but the cluster grows from it again (`ws cluster scale`, its "
-        "autoscaler), from a deleted image or from another pushed under its name; "
-        "destroy the cluster first"
-    )
-
-
-def _in_use(name: str, users: list[Workspace], sc: Scope) -> str:
-    """Why image ``name`` cannot be deleted: its live ``users``, named as far as the
-    caller (``sc``) may see them; the others only counted."""
-    seen = [w for w in users if sc.sees(w.owner, w.project or "")]
-    named = [f"{w.owner}/{w.name} ({w.id})" for w in seen[:10]]
-    if len(seen) > 10:
-        named.append(f"{len(seen) - 10} more")
-    hidden = len(users) - len(seen)
-    if hidden:
-        named.append(
-            "1 other user's workspace" if hidden == 1 else f"{hidden} other users' workspaces"
-        )
-    listed = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
-    theirs = " (theirs by their owners or an admin)" if hidden else ""
-    return (
-        f"image {name} is in use by {len(users)} live workspace(s): {listed}; "
-        f"destroy them first{theirs}"
-    )
 
 
 # Digests looked for in one statement by ``_referencing``.
