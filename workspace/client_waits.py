@@ -383,8 +383,8 @@ class WaitsClientMixin:
         goal = _names(wanted)
 
         def done(ws: common_pb2.Workspace) -> bool:
-            if ws.state in wanted:
-                return True
+            # Asked for another state first: a resume that withdrew the pause shows
+            # PAUSED until the node reports it running, which is no pause reached.
             if desired and ws.desired_state and ws.desired_state != desired:
                 reason = f": {ws.reason}" if ws.reason else ""
                 raise WaitFailed(
@@ -392,7 +392,7 @@ class WaitsClientMixin:
                     f"now, no longer {_desired_name(desired)}{reason} (waited for {goal})",
                     ws,
                 )
-            return False
+            return ws.state in wanted
 
         return self.wait_until(
             id,

@@ -204,8 +204,9 @@ def test_a_resume_withdraws_a_pause_its_node_has_not_made(ready_site: Site) -> N
     )
     assert s.get(w.id).desired_state == DS.DESIRED_STATE_PAUSED
     resumed = s.ws.ResumeWorkspace(s.ref(w.id))
+    # Accepted; PAUSED, being resumed, until its node reports (it may have paused it).
     assert (resumed.state, resumed.desired_state) == (
-        WS.WORKSPACE_STATE_RUNNING,
+        WS.WORKSPACE_STATE_PAUSED,
         DS.DESIRED_STATE_RUNNING,
     )
     assert s.ws.ResumeWorkspace(s.ref(w.id)).desired_state == DS.DESIRED_STATE_RUNNING

@@ -45,7 +45,14 @@ def test_a_resume_after_the_node_paused_it_ends_running(ready_site: Site) -> Non
         )
         assert paused.wait(20), "the agent never paused the guest"
         shown = s.ws.ResumeWorkspace(s.ref(w.id))
-        assert shown.desired_state == DS.DESIRED_STATE_RUNNING
+        # Not RUNNING while its guest is paused: PAUSED, being resumed, until the node
+        # reports (it answered RUNNING, and `ws resume --wait` ended at once).
+        assert (shown.state, shown.desired_state) == (
+            WS.WORKSPACE_STATE_PAUSED,
+            DS.DESIRED_STATE_RUNNING,
+        )
+        assert driver.list_domains()[0].state is DomainState.PAUSED
+        assert s.get(w.id).state == WS.WORKSPACE_STATE_PAUSED
     finally:
         held.set()
     wait_for(

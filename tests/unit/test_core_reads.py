@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workspace.errors import FailedPrecondition, NotFound
+from workspace.errors import FailedPrecondition, InvalidArgument, NotFound
 from workspace.identity import Identity, Kind
 from workspace.ops.lifecycle import resolve_workspace
 from workspace.ops.projects import memberships
@@ -94,3 +94,30 @@ def test_by_name_the_callers_own_comes_first_and_others_must_not_be_a_guess(
         with pytest.raises(FailedPrecondition, match="several users have a workspace named"):
             resolve_workspace(s, admin, "g1")
         assert resolve_workspace(s, Identity(Kind.USER, "alice"), "g1").id == "alice-g1"
+
+
+def test_a_bare_name_acts_on_no_one_elses_workspace(tmp_path: Path) -> None:
+    """An admin (or a project member) with no g1 of their own reads the batch user's g1
+    by that name, but a destroy, stop, reboot or pause by it is refused, naming it: the
+    id or OWNER/NAME says whose. It destroyed the one other user's of that name."""
+    store = _store(tmp_path)
+    admin = Identity(Kind.USER, "root", admin=True)
+    with store.write() as s:
+        w = _workspace("slurm-g1", "slurm")
+        w.name, w.state = "g1", "RUNNING"
+        s.add(w)
+    with store.read() as s:
+        assert resolve_workspace(s, admin, "g1").id == "slurm-g1"
+        with pytest.raises(FailedPrecondition) as refused:
+            resolve_workspace(s, admin, "g1", acting="destroy")
+        assert refused.value.message == (
+            "you have no workspace named 'g1'; not guessing someone else's to destroy: "
+            "give its id or OWNER/NAME (slurm/g1 (id slurm-g1, RUNNING))"
+        )
+        assert resolve_workspace(s, admin, "slurm/g1", acting="destroy").id == "slurm-g1"
+        assert resolve_workspace(s, admin, "slurm-g1", acting="destroy").id == "slurm-g1"
+        with pytest.raises(NotFound, match="no workspace 'g1' of alice that you may see"):
+            resolve_workspace(s, admin, "alice/g1", acting="destroy")
+        for bad in ("slurm/", "/g1", "a/b/c"):
+            with pytest.raises(InvalidArgument, match="give an id, a name, or OWNER/NAME"):
+                resolve_workspace(s, admin, bad)

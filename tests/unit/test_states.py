@@ -125,9 +125,12 @@ def test_refusal_hints_say_what_would_work() -> None:
 def test_a_pause_not_carried_out_yet_is_withdrawn_by_a_resume() -> None:
     """Pause shows the workspace RUNNING until its node pauses it. A resume then was
     refused, "it is RUNNING; only a PAUSED workspace can be resumed", though it was
-    being paused; it now keeps it running. Likewise a pause of one being resumed."""
+    being paused; it now keeps it running. Likewise a pause of one being resumed.
+    The node may have paused it already (its report on its way): the resume shows it
+    PAUSED, being resumed, until the node reports RUNNING; it answered RUNNING at once,
+    while the guest stayed paused, and `ws resume --wait` ended there."""
     t = apply_op(Op.RESUME, S.RUNNING, D.PAUSED, "workspace web1")
-    assert t is not None and (t.desired, t.state) == (D.RUNNING, S.RUNNING)
+    assert t is not None and (t.desired, t.state) == (D.RUNNING, S.PAUSED)
     t = apply_op(Op.PAUSE, S.PAUSED, D.RUNNING, "workspace web1")
     assert t is not None and (t.desired, t.state) == (D.PAUSED, S.PAUSED)
     # The same again was already asked for: accepted, changing nothing (None), as a

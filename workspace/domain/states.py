@@ -152,6 +152,12 @@ _UNDER_WAY: dict[tuple[State, Desired], tuple[Op, str]] = {
 }
 
 
+# The state a withdrawal shows (by the withdrawing op), when not the state before: a
+# pause the node may already have made leaves the guest paused until it resumes it. A
+# pause withdrawing a resume keeps PAUSED (its guest is not known to run either way).
+_WITHDRAWN_SHOWS: dict[Op, State] = {Op.RESUME: State.PAUSED}
+
+
 @dataclass(frozen=True)
 class Transition:
     desired: Desired
@@ -174,8 +180,11 @@ def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") ->
     under_way = _UNDER_WAY.get((state, desired))
     if under_way is not None and op in (Op.START, Op.REBOOT, Op.PAUSE, Op.RESUME):
         withdraws, refusal = under_way
-        if op is withdraws:  # not carried out yet: it need not be
-            return Transition(_EFFECT[op][0], state)
+        if op is withdraws:  # not reported done yet: it need not be
+            # The node may have carried it out already (its report is on its way): a
+            # resume shows PAUSED, being resumed, until the node reports RUNNING, rather
+            # than RUNNING before the guest runs (`ws resume --wait` ended at once).
+            return Transition(_EFFECT[op][0], _WITHDRAWN_SHOWS.get(op, state))
         # The same one again was already asked for (above): a start or a reboot.
         raise FailedPrecondition(f"cannot {op.value} {name}: {refusal}")
     if state not in _ALLOWED[op]:

@@ -35,6 +35,7 @@ from workspace.domain.states import Desired, State
 from workspace.errors import ResourceExhausted
 from workspace.ops.placement import (
     NoPlacement,
+    addresses_short,
     never_placed,
     node_views,
     place_rows,
@@ -255,7 +256,10 @@ def holds(s: Session, cfg: ServiceConfig, entry: Entry) -> tuple[str, ...]:
     order: among the nodes its cluster's placed members allow (a `ws cluster scale` grow),
     counting as free what workspaces already going away still hold."""
     rows = rows_of(s, entry)
-    if not rows:
+    if not rows or addresses_short(s, rows) is not None:
+        # Waiting for its network's addresses, not for a node: holding nodes would not
+        # help it, and refused every newcomer there, on any network, naming the held
+        # node rather than the full range.
         return ()
     pinned = pinned_out(s, rows, entry.affinity)
     nodes = [n for n in node_views(s) if n.name not in pinned]

@@ -33,7 +33,7 @@ from workspace.ops.cluster_state import (
 )
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
 from workspace.ops.image_refs import may_use
-from workspace.ops.lifecycle import resolve_owned, waiting
+from workspace.ops.lifecycle import DISRUPTIVE, resolve_owned, waiting
 from workspace.ops.operate import admissible, apply, check_trust
 from workspace.ops.projects import (
     Scope,
@@ -135,8 +135,8 @@ def as_seen_by(view: ClusterView, who: Identity | str) -> ClusterView:
     return replace(view, spec=tuple(replace(m, user_data=b"") for m in view.spec))
 
 
-def resolve(s: Session, who: Identity | str, ref: str) -> Cluster:
-    return resolve_owned(s, Cluster, who, ref, "cluster", "ws cluster list")
+def resolve(s: Session, who: Identity | str, ref: str, acting: str = "") -> Cluster:
+    return resolve_owned(s, Cluster, who, ref, "cluster", "ws cluster list", acting)
 
 
 def check_request(req: ClusterRequest) -> None:
@@ -381,7 +381,7 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
     it is refused when it can act on none."""
     with write(env) as u:
         s = u.s
-        c = resolve(s, who, ref)
+        c = resolve(s, who, ref, acting=op.value if op in DISRUPTIVE else "")
         todo: list[tuple[Workspace, Transition]] = []
         refused: list[tuple[str, str]] = []  # (member, why)
         already = 0  # members the op was already asked for (nothing to change)

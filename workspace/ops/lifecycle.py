@@ -16,7 +16,7 @@ from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, Perm
 from workspace.identity import Identity
 from workspace.log import about
 from workspace.ops import purge
-from workspace.ops.projects import as_identity, scope
+from workspace.ops.projects import Scope, as_identity, scope
 from workspace.ops.unit import Env
 from workspace.store import Cluster, IpAllocation, Node, Workspace, journal
 from workspace.store.mapping import set_reason
@@ -25,26 +25,40 @@ log = logging.getLogger("workspace.ops")
 
 Owned = TypeVar("Owned", Workspace, Cluster)
 
+# The operations that interrupt what runs in a workspace (or cluster): by a bare name
+# they act only on the caller's own (``choose_owned``); a start or resume, as a read,
+# also on the one other user's of that name the caller may see.
+DISRUPTIVE = frozenset({Op.STOP, Op.REBOOT, Op.PAUSE, Op.DESTROY})
+
 # How much longer than ``limits.save_timeout_s`` a save waits for its node (ops/save.py).
 SAVE_GRACE_S = 30.0
 
 
 def resolve_owned(
-    s: Session, model: type[Owned], who: Identity | str, ref: str, what: str, list_cmd: str
+    s: Session,
+    model: type[Owned],
+    who: Identity | str,
+    ref: str,
+    what: str,
+    list_cmd: str,
+    acting: str = "",
 ) -> Owned:
-    """The ``model`` row named by id or by name that the caller may see (their own, their
-    projects', any for an admin); by name, the caller's own before others', a live one
-    before the newest terminated one. What the caller may not see is NOT_FOUND."""
+    """The ``model`` row named by id, by name or by OWNER/NAME that the caller may see
+    (their own, their projects', any for an admin); by name, the caller's own before
+    others', a live one before the newest terminated one. What the caller may not see is
+    NOT_FOUND. ``acting``: the verb of an operation that changes the row (destroy, stop,
+    ...): a bare name then names only the caller's own (``choose_owned``)."""
     return choose_owned(
         s,
         who,
         ref,
         lambda: s.get(model, ref),
-        lambda: s.execute(
-            select(model).where(model.name == ref).order_by(model.created_at.desc())
+        lambda name: s.execute(
+            select(model).where(model.name == name).order_by(model.created_at.desc())
         ).scalars(),
         what,
         list_cmd,
+        acting,
     )
 
 
@@ -69,13 +83,20 @@ def choose_owned(
     who: Identity | str,
     ref: str,
     by_id: Callable[[], R | None],
-    by_name: Callable[[], Iterable[R]],
+    by_name: Callable[[str], Iterable[R]],
     what: str,
     list_cmd: str,
+    acting: str = "",
 ) -> R:
     """``resolve_owned`` with the reads given: the row whose id is ``ref``
-    (``by_id``), and the rows named ``ref``, the newest first (``by_name``): ORM rows,
-    or a view's columns (ops/queries.py)."""
+    (``by_id``), and the rows of a name, the newest first (``by_name``): ORM rows, or a
+    view's columns (ops/queries.py).
+
+    A bare name names someone else's row (a project colleague's; for an admin, anyone's)
+    only when the caller has none of that name, and only to read it (show, events,
+    watch). To act on it (``acting``: destroy, stop, ...) the caller gives its id or
+    OWNER/NAME: ``ws destroy web1`` of a caller without a web1 destroyed a colleague's,
+    which project members may do, but not by a guess (docs/design/cli.md)."""
     if not ref:
         raise InvalidArgument(f"give a {what} id or name")
     ident = as_identity(who)
@@ -87,12 +108,20 @@ def choose_owned(
     sc = scope(s, ident, made=True)
     if row is not None and sc.sees(row.owner, row.project, row.created_at):
         return row
-    rows = [r for r in by_name() if sc.sees(r.owner, r.project, r.created_at)]
+    if "/" in ref:  # OWNER/NAME (a name has no '/'): that user's, if the caller sees it
+        return _of_owner(s, ident, sc, ref, by_name, what, list_cmd)
+    rows = [r for r in by_name(ref) if sc.sees(r.owner, r.project, r.created_at)]
     # The caller's own come first, even a terminated one: an admin's `ws destroy g1`
     # once destroyed the batch user's live g1 because the admin's own g1 was gone.
     own = [r for r in rows if r.owner == sc.name]
     pool = own or rows
     live = [r for r in pool if r.state != State.TERMINATED.value]
+    if acting and not own and pool:
+        shown = ", ".join(f"{r.owner}/{ref} (id {r.id}, {r.state})" for r in (live or pool)[:5])
+        raise FailedPrecondition(
+            f"you have no {what} named {ref!r}; not guessing someone else's to {acting}: "
+            f"give its id or OWNER/NAME ({shown})"
+        )
     if not own and len({r.owner for r in live}) > 1:
         shown = ", ".join(f"{r.owner}'s {r.id}" for r in live[:5])
         raise FailedPrecondition(
@@ -105,8 +134,36 @@ def choose_owned(
     raise NotFound(f"no {what} {ref!r}{gone or f'; `{list_cmd}` shows yours'}")
 
 
-def resolve_workspace(s: Session, who: Identity | str, ref: str) -> Workspace:
-    return resolve_owned(s, Workspace, who, ref, "workspace", "ws list")
+def _of_owner(
+    s: Session,
+    ident: Identity,
+    sc: Scope,
+    ref: str,
+    by_name: Callable[[str], Iterable[R]],
+    what: str,
+    list_cmd: str,
+) -> R:
+    """The row ``ref`` (OWNER/NAME) names: OWNER's of that name that the caller may see,
+    a live one before the newest terminated one."""
+    owner, _sep, name = ref.partition("/")
+    if not owner or not name or "/" in name:
+        raise InvalidArgument(
+            f"{what} {ref!r}: give an id, a name, or OWNER/NAME (e.g. alice/web1)"
+        )
+    rows = [
+        r for r in by_name(name) if r.owner == owner and sc.sees(r.owner, r.project, r.created_at)
+    ]
+    live = [r for r in rows if r.state != State.TERMINATED.value]
+    if live or rows:
+        return (live or rows)[0]
+    gone = purge.gone_note(s, ident, name) if what == "workspace" and owner == sc.name else ""
+    raise NotFound(
+        f"no {what} {name!r} of {owner} that you may see{gone or f'; `{list_cmd}` shows them'}"
+    )
+
+
+def resolve_workspace(s: Session, who: Identity | str, ref: str, acting: str = "") -> Workspace:
+    return resolve_owned(s, Workspace, who, ref, "workspace", "ws list", acting)
 
 
 def check_owner(ident: Identity, owner: str, name: str, what: str) -> None:

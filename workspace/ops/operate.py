@@ -16,6 +16,7 @@ from workspace.ops import preempt, trust
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import (
     CANCELLED,
+    DISRUPTIVE,
     destroy_reason,
     node_down,
     refuse_never_placed,
@@ -37,7 +38,7 @@ def operate(
     """Apply ``op``: the desired state changes now; the node makes it real. An ``op``
     already asked for changes nothing and answers the workspace as it is."""
     with write(env) as u:
-        ws = resolve_workspace(u.s, who, ref)
+        ws = resolve_workspace(u.s, who, ref, acting=op.value if op in DISRUPTIVE else "")
         if not act(env, u, ws, op, timeout_s, force):
             log.info(
                 "workspace %s: %s asked again (nothing to change)",

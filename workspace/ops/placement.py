@@ -549,11 +549,19 @@ def _use(s: Session, pool: ipam.Pool, net_name: str) -> tuple[int, int, int | No
 
 def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
     """Refuse before anything is claimed if a network cannot address every NIC."""
+    why = addresses_short(s, rows)
+    if why is not None:
+        raise NoPlacement(why)
+
+
+def addresses_short(s: Session, rows: Sequence[Workspace]) -> str | None:
+    """Why a network of ``rows`` cannot address all their NICs (which network's range is
+    full, or gone); None if each can."""
     need = Counter(n for w in rows for n in (w.networks or ()))
     for net_name, count in need.items():
         net = held(s, Network, net_name)
         if net is None:
-            raise NoPlacement(f"network {net_name!r} no longer exists")
+            return f"network {net_name!r} no longer exists"
         pool = ipam.Pool(net.subnet, net.gateway, net.range_start, net.range_end, "")
         kept = _addresses(s)
         used = kept.get(("used", net_name)) if kept is not None else None
@@ -563,11 +571,12 @@ def _check_addresses(s: Session, rows: Sequence[Workspace]) -> None:
         size = last - first + 1 - (1 if first <= gw <= last else 0)
         free = size - used
         if free < count:
-            raise NoPlacement(
+            return (
                 f"network {net_name!r} has no free address left ({count} needed, {free} free: "
                 f"{used} of the {size} of its range {pool.range_start}-{pool.range_end} "
                 f"held; `ws-admin network set {net_name} --range` grows it)"
             )
+    return None
 
 
 def allocate(s: Session, ws: Workspace, net_name: str, index: int) -> None:

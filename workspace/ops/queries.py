@@ -33,7 +33,7 @@ def get(env: Env, who: Identity | str, ref: str) -> WorkspaceView:
             who,
             ref,
             lambda: view_row_by_id(s, ref),
-            lambda: view_rows_by_name(s, ref),
+            lambda name: view_rows_by_name(s, name),
             "workspace",
             "ws list",
         )

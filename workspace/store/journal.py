@@ -292,7 +292,7 @@ def _workspace_changes(s: Session, ws: Workspace, who: str) -> list[SiteEvent]:
                 elapsed_s=elapsed,
             )
         )
-    if state is None and (asked := _pause_or_resume(ws, who)) is not None:
+    if (asked := _pause_or_resume(ws, who, state)) is not None:
         out.append(asked)
     rebooted = _change(ws, "reboot_count")
     if rebooted is not None and (rebooted[1] or 0) > (rebooted[0] or 0):
@@ -323,19 +323,23 @@ _ASKED = {
     (_RUNNING, _RUNNING): (
         Kind.WORKSPACE_RESUME,
         "resume asked: it withdrew the pause asked before, which its node had not "
-        "reported done (still RUNNING); the workspace keeps running",
+        "reported done (still RUNNING); shown PAUSED until its node reports it running "
+        "(it may have paused it already)",
     ),
 }
 
 
-def _pause_or_resume(ws: Workspace, who: str) -> SiteEvent | None:
-    """The event of a pause or a resume ``who`` asked of ``ws`` (None: neither). Its
-    state does not change until its node reports, so no workspace.state event of the
-    caller's tells it; a stop, start or destroy changes the state and has one."""
+def _pause_or_resume(ws: Workspace, who: str, state: tuple[Any, Any] | None) -> SiteEvent | None:
+    """The event of a pause or a resume ``who`` asked of ``ws`` (None: neither), by the
+    state before it (``state``: its change, if any). Its state does not change until its
+    node reports, so no workspace.state event of the caller's tells it; a stop, start or
+    destroy changes the state and has one. A resume that withdrew a pause shows PAUSED
+    (domain/states.py): both events, the state's and this one."""
     desired = _change(ws, "desired_state")
     if desired is None or {desired[0], desired[1]} != {_RUNNING, _PAUSED}:
         return None
-    asked = _ASKED.get((str(desired[1]), ws.state))
+    before = str(state[0]) if state is not None else ws.state
+    asked = _ASKED.get((str(desired[1]), before))
     if asked is None:
         return None
     return workspace_event(ws, who, asked[0], reason=asked[1])

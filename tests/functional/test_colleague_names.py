@@ -1,0 +1,79 @@
+"""A name the caller has no workspace (or cluster) of, which a project colleague has:
+read it by that name, but act on it (destroy, stop, ...) only by its id or OWNER/NAME.
+`ws destroy web1` of a member with no web1 destroyed the colleague's (docs/design/cli.md,
+"Naming a workspace or cluster"). Over mutual TLS with real user certificates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.functional.harness import WS, SitePki, TlsSite
+from workspace.cli.ws import main as ws_main
+from workspace.v1 import common_pb2, images_pb2, projects_pb2, projects_pb2_grpc
+
+WS_RUNNING = common_pb2.DESIRED_STATE_RUNNING
+WS_STOPPED = common_pb2.DESIRED_STATE_STOPPED
+WS_TERMINATED = common_pb2.DESIRED_STATE_TERMINATED
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[TlsSite]:
+    s = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+    try:
+        s.stubs.network()
+        s.stubs.import_image("img")
+        s.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="img", public=True))
+        s.add_agent("node1")
+        projects = projects_pb2_grpc.ProjectsStub(s.stubs.channel)
+        projects.CreateProject(projects_pb2.Project(name="physics"))
+        for user in ("alice", "bob"):
+            projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="physics", user=user))
+        yield s
+    finally:
+        s.close()
+
+
+def _as(site: TlsSite, user: str) -> list[str]:
+    return ["--service", site.address, "--identity", str(site.pki.user(user))]
+
+
+def test_a_colleagues_workspace_is_destroyed_by_id_or_owner_name_only(
+    site: TlsSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice = site.identity("alice", projects=("physics",))
+    w = alice.create(name="web1", memory_mib=64, project="physics")
+    alice.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    bob = _as(site, "bob")
+    capsys.readouterr()
+    # Reading by the name still finds the colleague's (bob has no web1).
+    assert ws_main([*bob, "show", "web1", "-o", "json"]) == 0
+    assert w.id in capsys.readouterr().out
+    # Destroying or stopping by the bare name is not a guess: refused, naming it.
+    for verb in ("destroy", "stop"):
+        assert ws_main([*bob, verb, "web1"]) == 1
+        err = capsys.readouterr().err
+        assert (
+            f"you have no workspace named 'web1'; not guessing someone else's to {verb}: "
+            f"give its id or OWNER/NAME (alice/web1 (id {w.id}, RUNNING))"
+        ) in err
+        assert alice.get(w.id).desired_state == WS_RUNNING
+    # The owner qualifier names it: project members may stop each other's.
+    assert ws_main([*bob, "stop", "alice/web1"]) == 0
+    assert alice.get(w.id).desired_state == WS_STOPPED
+    assert ws_main([*bob, "show", "carol/web1"]) != 0
+    assert "no workspace 'web1' of carol that you may see" in capsys.readouterr().err
+    assert ws_main([*bob, "show", "alice/"]) != 0
+    assert "give an id, a name, or OWNER/NAME (e.g. alice/web1)" in capsys.readouterr().err
+    # Once bob has a web1 of his own, the bare name is his, to read and to act on.
+    mine = site.identity("bob", projects=("physics",)).create(
+        name="web1", memory_mib=64, project="physics"
+    )
+    assert ws_main([*bob, "destroy", "web1"]) == 0
+    assert alice.get(mine.id).desired_state == WS_TERMINATED
+    assert alice.get(w.id).desired_state == WS_STOPPED
+    # And by id, as before.
+    assert ws_main([*bob, "destroy", w.id]) == 0
+    assert alice.get(w.id).desired_state == WS_TERMINATED
