@@ -320,7 +320,9 @@ def _flow_limit(nics: Sequence[NicRule], limit: int) -> tuple[list[str], dict[st
     (bridged IPv4 names its bridge as ``iifname``, and ws_guard keeps its source address
     its own) to a chain of its own, whose ``ct count`` drops a new connection beyond
     ``limit`` before conntrack confirms it. Every NIC that may send has one, whatever its
-    connectivity: an OPEN VM's flows fill the node's table as well."""
+    connectivity: an OPEN VM's flows fill the node's table as well. Its ``counter``
+    tells an admin what was refused (``nft list chain inet ws_policy flows_<tap>``; the
+    agent's drift check lists the tables without counters' values)."""
     # One chain per (bridge, address): two NICs given one address (which the service
     # never does) would be one key twice, which nft refuses, and are one source anyway.
     first: dict[tuple[str, str], NicRule] = {}
@@ -331,7 +333,7 @@ def _flow_limit(nics: Sequence[NicRule], limit: int) -> tuple[list[str], dict[st
         return [], {}
     sending = sorted(first.values(), key=lambda n: n.tap)
     dispatch = _set(f"{_q(n.bridge)} . {n.ip} : jump flows_{n.tap}" for n in sending)
-    chains = {n.tap: [f"ct state new ct count over {limit} drop"] for n in sending}
+    chains = {n.tap: [f"ct state new ct count over {limit} counter drop"] for n in sending}
     return [f"iifname . ip saddr vmap {dispatch}"], chains
 
 

@@ -5,9 +5,12 @@ a rule edited by hand all change it behind the agent's back.
 The kernel prints a table in its own normal form, which is not the text we load; so the
 agent lists each table right after applying it and keeps a digest of that listing
 (``TableWatch.record``). A later pass lists it again (``drifted``): a table missing, or
-listed differently, is what the agent must apply again. Our tables hold no counters,
-quotas or dynamic sets (the ``ct count`` of the per-NIC bound keeps its count out of
-the listing), so their listing changes only when their rules do.
+listed differently, is what the agent must apply again. The listing is stateless
+(``nft -s``): the counters of the per-NIC conntrack bound (what it refused) are listed
+without their values, and its ``ct count`` keeps its count out of the listing anyway; our
+tables hold no quotas or dynamic sets, so their listing changes only when their rules
+do. (A listing with counters' values changed with every packet refused: every pass
+then applied the ruleset again, which starts every ``ct count`` again at zero.)
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ Lister = Callable[[str, str, "str | None"], "str | None"]
 
 
 def list_table(family: str, name: str, netns: str | None = None) -> str | None:
-    """``nft list table FAMILY NAME`` (in ``netns`` if given); None when the table is not
-    there (or nft cannot be run: then applying will say why)."""
-    argv = ["nft", "list", "table", family, name]
+    """``nft -s list table FAMILY NAME`` (in ``netns`` if given; stateless: no counter's
+    values); None when the table is not there (or nft cannot be run: then applying will
+    say why)."""
+    argv = ["nft", "-s", "list", "table", family, name]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     try:

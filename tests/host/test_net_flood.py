@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,6 +208,33 @@ def test_one_vm_cannot_take_the_nodes_conntrack_table(node: Node) -> None:
     node.net.cfg = replace(node.net.cfg, conntrack_per_nic=0)
     node.sync()
     assert opened(greedy, server.ip, 3) == 3
+
+
+def refused(node: Node, wid: str) -> int:
+    """The new connections the bound of ``wid``'s NIC refused, as an admin reads them."""
+    chain = f"flows_{tap_name(wid, 0)}"
+    out = sh("ip", "netns", "exec", node.netns, "nft", "list", "chain", "inet", "ws_policy", chain)
+    found = re.findall(r"ct count over \d+ counter packets (\d+) ", out.stdout)
+    assert len(found) == 1, f"no counter on the bound of {wid}: {out.stdout}{out.stderr}"
+    return int(found[0])
+
+
+def test_what_the_bound_refuses_is_counted_and_a_pass_keeps_the_count(node: Node) -> None:
+    """An admin sees which NIC hit ``conntrack_per_nic`` (its chain's counter), and the
+    agent's next pass, with nothing changed, does not take that counter for a ruleset
+    edited behind its back: it does not apply the ruleset again, which would start the
+    bound's count again at zero and let the VM open ``conntrack_per_nic`` more."""
+    server = node.add_vm("w-server", "10.217.0.20")
+    greedy = node.add_vm("w-greedy", "10.217.0.21")
+    other = node.add_vm("w-other", "10.217.0.22")
+    node.serve(server, ECHO)
+    assert opened(greedy, server.ip, 2 * LIMIT) == LIMIT
+    assert opened(other, server.ip, 2) == 2
+    assert refused(node, "w-greedy") >= LIMIT
+    assert refused(node, "w-other") == 0
+    node.sync()  # a pass: same orders
+    assert opened(greedy, server.ip, 1) == 0  # still held at the bound
+    assert refused(node, "w-greedy") > LIMIT
 
 
 SNIFF = """

@@ -360,7 +360,7 @@ def test_each_nic_has_a_bound_on_its_tracked_connections() -> None:
     text = render([OPEN, CLUSTER, bad], flow_limit=4096)
     for wid, ip in (("w-open", "10.0.0.5"), ("w-clu", "10.0.0.6")):
         tap = tap_name(wid, 0)
-        assert _chain(text, f"flows_{tap}") == ["ct state new ct count over 4096 drop"]
+        assert _chain(text, f"flows_{tap}") == ["ct state new ct count over 4096 counter drop"]
         for hook in ("policy_forward", "policy_input"):
             first = _chain(text, hook)[0]
             assert first.startswith("iifname . ip saddr vmap")
