@@ -75,8 +75,11 @@ def test_site_down_lets_an_agent_finish_its_stop_and_says_what_it_waits_for(
 
 
 def test_the_agent_stop_budget_of_site_down_is_the_one_of_its_unit() -> None:
-    """`site down` and systemd give a stopping agent the same time (one constant)."""
+    """`site down`, `site up` and systemd give a stopping agent the same time."""
     unit = Path(__file__).resolve().parents[2] / "conf" / "systemd" / "workspace-agent.service"
     lines = [x for x in unit.read_text().splitlines() if x.startswith("TimeoutStopSec=")]
     assert lines == [f"TimeoutStopSec={local.AGENT_STOP_TIMEOUT_S:g}"]
     assert ServiceConfig().default_stop_timeout_s < local.AGENT_STOP_TIMEOUT_S  # a guest's stop
+    # `site up` after a `kill` of an agent waits for it as long, not less: it failed at
+    # 60 s, telling the user to `kill -9` an agent still within its budget.
+    assert local.STOPPING_WAIT_S >= local.AGENT_STOP_TIMEOUT_S

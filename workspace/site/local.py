@@ -108,8 +108,10 @@ STOP_TIMEOUT_S = 10.0
 # systemd unit gives it. Killed at STOP_TIMEOUT_S, a stop mid-operation left a log
 # without its last line ("workspace-agent for node N stopped").
 AGENT_STOP_TIMEOUT_S = stopsignals.AGENT_STOP_BUDGET_S
-# How long `site up` waits for a daemon that got its stop signal to finish and go.
-STOPPING_WAIT_S = 60.0
+# How long `site up` waits for a daemon that got its stop signal to finish and go: the
+# longest stop budget of the site's daemons, an agent's (60 s, less than it, told the user
+# to `kill -9` an agent still finishing a guest's stop within its budget).
+STOPPING_WAIT_S = AGENT_STOP_TIMEOUT_S
 START_TIMEOUT_S = 90.0
 
 STATE_RULE = (
