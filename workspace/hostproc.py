@@ -15,7 +15,8 @@ agent's dnsmasq (``agent.net.dhcp``).
 * **Stop**: ``stop_process``: SIGTERM, wait, SIGKILL, re-checking the identity before
   each signal. ``stop_session`` also stops what is left of the session the daemon
   led (its children). ``terminate_all`` stops a set of pids that some test (e.g.
-  membership of a network namespace) makes ours.
+  membership of a network namespace) makes ours. ``stop_sessions`` stops several
+  daemons at once, and a Ctrl-C ends its wait at once.
 
 PID 1 on the machines this runs on does not always reap orphans: a killed daemon may
 stay a zombie, which counts as gone. Our own children are reaped here.
@@ -28,6 +29,7 @@ import enum
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -323,3 +325,44 @@ def stop_session(
             terminate_all(rest, in_session, 2.0)
             text += f" (+{len(rest)} child process(es))"
     return text
+
+
+def stop_sessions(
+    daemons: Sequence[tuple[int, Matcher, Waiting | None]], timeout_s: float
+) -> list[str]:
+    """``stop_session`` for each (pid, matcher, waiting) at once, each on a thread of its
+    own (one after another, N daemons that finish their work took N times
+    ``timeout_s``); what happened to each, in order.
+
+    The caller's thread only waits for them, so a KeyboardInterrupt (Ctrl-C) ends the
+    wait at once and is raised: each daemon already signalled is then left to finish
+    its stop on its own, never killed (the threads, told to, give up within a poll).
+    """
+    abandoned = threading.Event()
+    outcomes: list[str | BaseException] = ["" for _ in daemons]
+
+    def stop(i: int, pid: int, matches: Matcher, waiting: Waiting | None) -> None:
+        def still_ours(argv: list[str]) -> bool:  # given up: no longer ours to signal
+            return not abandoned.is_set() and matches(argv)
+
+        try:
+            outcomes[i] = stop_session(pid, still_ours, timeout_s, waiting)
+        except BaseException as exc:  # raised to the caller below
+            outcomes[i] = exc
+
+    threads = [
+        threading.Thread(target=stop, args=(i, *d), name=f"stop-{d[0]}", daemon=True)
+        for i, d in enumerate(daemons)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    except BaseException:
+        abandoned.set()
+        raise
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [str(o) for o in outcomes]

@@ -38,7 +38,6 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,8 +107,10 @@ STOP_TIMEOUT_S = 10.0
 # systemd unit gives it. Killed at STOP_TIMEOUT_S, a stop mid-operation left a log
 # without its last line ("workspace-agent for node N stopped").
 AGENT_STOP_TIMEOUT_S = stopsignals.AGENT_STOP_BUDGET_S
-# How long `site up` waits for a daemon that got its stop signal to finish and go.
-STOPPING_WAIT_S = 60.0
+# How long `site up` waits for a daemon that got its stop signal to finish and go: the
+# longest stop budget of the site's daemons, an agent's (60 s, less than it, told the user
+# to `kill -9` an agent still finishing a guest's stop within its budget).
+STOPPING_WAIT_S = AGENT_STOP_TIMEOUT_S
 START_TIMEOUT_S = 90.0
 
 STATE_RULE = (
@@ -661,18 +662,21 @@ class LocalSite:
         several = len(rec.agents) > 1
         budget = AGENT_STOP_TIMEOUT_S if timeout_s is None else timeout_s
 
-        def stop_agent(a: AgentRecord) -> str:
-            what = "agent" + (f" {a.node}" if several else "")
-            waiting = self._waiting(
-                f"{what} (pid {a.pid})", budget, "to finish the operations under way", a.log
+        names = ["agent" + (f" {a.node}" if several else "") for a in rec.agents]
+        daemons = [
+            (
+                a.pid,
+                agent_matcher(a.config),
+                self._waiting(
+                    f"{what} (pid {a.pid})", budget, "to finish the operations under way", a.log
+                ),
             )
-            return f"{what}: " + hostproc.stop_session(
-                a.pid, agent_matcher(a.config), budget, waiting
-            )
-
-        # All at once: each may take its whole budget, one after another N times that.
-        with futures.ThreadPoolExecutor(max(1, len(rec.agents)), "site-down") as pool:
-            done = list(pool.map(stop_agent, rec.agents))
+            for what, a in zip(names, rec.agents, strict=True)
+        ]
+        # All at once (in turn, N agents took N budgets); a Ctrl-C ends the wait at once,
+        # the agents left to finish their stop on their own.
+        outcomes = hostproc.stop_sessions(daemons, budget)
+        done = [f"{what}: {outcome}" for what, outcome in zip(names, outcomes, strict=True)]
         matches = service_matcher(self.service_config)
         budget = STOP_TIMEOUT_S if timeout_s is None else timeout_s
         waiting = self._waiting(
