@@ -16,6 +16,14 @@ partition without content (no digest); anything else (an extra cow or readonly d
 refuses the order. Dropping or changing a signed partition changes the manifest, so
 the signature fails.
 
+How the image is contextualized: a statement of format v2 also covers the image's
+``context`` and ``login_user``, which the order does not carry as such. The service
+builds a cloud-init seed exactly for a workspace of an image whose context is not
+"none", so the agent checks the signed context against the order's seed: a seed on an
+order whose statement says "none" (or none where it says "nocloud") refuses that
+envelope (``context_problem``). The login user it cannot check (a workspace's
+user-data may rename it); the service checks it at every create, start and placement.
+
 Bound orders: every digest the agent would use (disks, kernel, initrd) must be one the
 service says it verified (``verified_digests``); otherwise the order is refused whatever
 the mode, since it is not about trust in a publisher but about the order itself (a
@@ -27,6 +35,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from images import signing
 from images.model import Mode
@@ -39,14 +48,37 @@ def unverified_digests(order: Order) -> list[str]:
     return [d for d in order.digests() if d not in verified]
 
 
+def _signed_statement(envelope: str) -> Any:
+    """The statement a DSSE envelope carries, unchecked (None: unreadable)."""
+    try:
+        env = json.loads(envelope)
+        return json.loads(base64.b64decode(env["payload"], validate=True))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
 def signed_partition_names(envelope: str) -> list[str] | None:
     """The partition names a DSSE envelope's statement lists (None: unreadable)."""
     try:
-        env = json.loads(envelope)
-        payload = json.loads(base64.b64decode(env["payload"], validate=True))
-        return [str(p["name"]) for p in payload["predicate"]["partitions"]]
-    except (ValueError, KeyError, TypeError):
+        return [str(p["name"]) for p in _signed_statement(envelope)["predicate"]["partitions"]]
+    except (KeyError, TypeError):
         return None
+
+
+def context_problem(order: Order, envelope: str) -> str:
+    """Why the order's seed contradicts the context a v2 statement signed ('' if it
+    does not, or the statement is not v2 or unreadable: ``signing.verify`` says what is
+    wrong with those). The service builds a seed for an image whose context is not
+    "none", and for no other."""
+    stmt = _signed_statement(envelope)
+    if not isinstance(stmt, dict) or stmt.get("predicateType") != signing.PREDICATE_TYPE:
+        return ""
+    pred = stmt.get("predicate")
+    signed = pred.get("context") if isinstance(pred, dict) else None
+    if not isinstance(signed, str) or (signed == "none") == (order.seed is None):
+        return ""
+    has = "carries a cloud-init seed" if order.seed is not None else "has no cloud-init seed"
+    return f"the signed statement says context {signed!r}, but the order {has}"
 
 
 def extra_disk_problem(order: Order, names: Sequence[str]) -> str:
@@ -81,7 +113,7 @@ def check_order(order: Order, policy: signing.Policy, now: float) -> signing.Ver
     for env in order.envelopes:
         names = signed_partition_names(env)
         if names is not None:
-            extra = extra_disk_problem(order, names)
+            extra = extra_disk_problem(order, names) or context_problem(order, env)
             if extra:
                 verdicts.append(
                     signing.Verdict(False, not policy.enforce, extra, "", policy.version)

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from images import signing
-from tests.functional.harness import Site
+from tests.functional.harness import WS, Site
 from workspace.cli import ws as ws_cli
 from workspace.v1 import common_pb2, images_pb2, trust_pb2, trust_pb2_grpc
 
@@ -192,3 +192,18 @@ def test_ws_image_sign_fails_when_the_site_does_not_trust_the_signature(
     trust.AddKey(trust_pb2.AddKeyRequest(public_key_pem=public, image_patterns=["img"]))
     assert ws_cli.main([*svc, "image", "sign", "img", "--key", f"{prefix}.key"]) == 0
     assert "verdict" in capsys.readouterr().out
+
+
+def test_a_signed_contextualized_image_boots_on_the_node_under_enforce(
+    ready_site: Site, trust: trust_pb2_grpc.TrustStub, tmp_path: Path
+) -> None:
+    """The node checks the signed context against the order's seed (agent/trust.py): a
+    workspace of a nocloud image signed by `ws image sign` gets its seed and boots."""
+    key, _ = _publisher(ready_site, trust, tmp_path)
+    _import(ready_site, "sci:2", "nocloud", "debian")
+    svc = ["--service", ready_site.address]
+    assert ws_cli.main([*svc, "image", "sign", "sci:2", "--key", str(key)]) == 0
+    trust.SetMode(trust_pb2.SetModeRequest(mode=ENFORCE))
+    ws = ready_site.stubs.create(name="cloudy", image="sci:2")
+    running = ready_site.stubs.wait_state(ws.id, WS.WORKSPACE_STATE_RUNNING)
+    assert "refused" not in running.reason, running.reason

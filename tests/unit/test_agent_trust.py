@@ -208,3 +208,30 @@ def test_audit_entry(key: Ed25519PrivateKey) -> None:
     )
     assert e.policy_version == 7 and "revoked" in e.reason and e.workspace_id == "w1"
     assert e.at.ToSeconds() == int(NOW)
+
+
+def _with_seed(a: nodes_pb2.Assignment) -> nodes_pb2.Assignment:
+    """The order of a workspace of a contextualized image: the service built its seed."""
+    a.seed.CopyFrom(nodes_pb2.CloudSeed(meta_data=b"m", user_data=b"u", network_config=b"n"))
+    return a
+
+
+def test_the_signed_context_must_match_the_orders_seed(key: Ed25519PrivateKey) -> None:
+    """A v2 statement says whether the image takes a cloud-init seed; the agent does not
+    take the service's word for it: a seed on an order whose image was signed with
+    context "none" (a seed its publisher never agreed to run at first boot) is refused,
+    and so is a missing seed where it was signed "nocloud"."""
+    spec = ImageSpec.from_dict(_spec(), "team/app:1")
+    plain = signing.sign(spec, key)  # context none
+    cloud = signing.sign(spec, key, signing.Boot("nocloud", "debian"))
+    v = _check(_with_seed(_order(_spec(), [plain])), _policy(key))
+    assert not v.trusted and not v.allowed
+    assert "context 'none', but the order carries a cloud-init seed" in v.reason
+    v = _check(_order(_spec(), [cloud]), _policy(key))
+    assert not v.trusted and "context 'nocloud', but the order has no cloud-init seed" in v.reason
+    # As the service sends them: trusted.
+    assert _check(_with_seed(_order(_spec(), [cloud])), _policy(key)).trusted
+    assert _check(_order(_spec(), [plain]), _policy(key)).trusted
+    # Under warn it boots, saying why.
+    v = _check(_with_seed(_order(_spec(), [plain])), _policy(key, enforce=False))
+    assert not v.trusted and v.allowed and "cloud-init seed" in v.reason
