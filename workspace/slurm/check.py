@@ -30,7 +30,8 @@ from workspace.site.record import SITE_ENV
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
 from workspace.slurm.lockcheck import check_lock_file, runs_as
-from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, WORKSPACE_NAME_RE
+from workspace.slurm.nodenames import name_problem
+from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from workspace.slurm.scontrol import NO_PATH_SEARCH, Scontrol, find
 from workspace.slurm.settings import Settings, Unmapped
 from workspace.v1 import images_pb2
@@ -62,10 +63,10 @@ def check(
             out(f"{n}: {exc}")
             status = EXIT_FAILED
             continue
-        if not WORKSPACE_NAME_RE.fullmatch(n):
+        if name_problem(n):
             out(
-                f"{n}: the Slurm node name cannot be a workspace name (lowercase letters, "
-                "digits and '-', at most 63): resume would refuse it"
+                f"{n}: the Slurm node name cannot be a workspace name nor a guest's "
+                f"hostname ({name_problem(n)}): resume would refuse it"
             )
             status = EXIT_FAILED
             continue
