@@ -11,7 +11,9 @@ shell's PATH finds but slurmctld's programs, which have no PATH, would not; a
 ``service`` or ``identity`` the config leaves to this shell's $WS_* variables, which
 slurmctld does not pass. And
 ``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
-``show partition``): a wait that long would let Slurm give up on the node first.
+``show partition``): a wait that long would let Slurm give up on the node first. And
+``lock_file``: that SlurmUser (``show config``) could open it, or make it and its
+directory (``lockcheck``; nothing is made).
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
 the service could not be asked (the rest was checked).
 """
@@ -27,7 +29,9 @@ from workspace.client_address import IDENTITY_ENV, SERVICE_ENV, TLS_ENV
 from workspace.site.record import SITE_ENV
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
-from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, WORKSPACE_NAME_RE
+from workspace.slurm.lockcheck import check_lock_file, runs_as
+from workspace.slurm.nodenames import name_problem
+from workspace.slurm.program import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from workspace.slurm.scontrol import NO_PATH_SEARCH, Scontrol, find
 from workspace.slurm.settings import Settings, Unmapped
 from workspace.v1 import images_pb2
@@ -59,10 +63,10 @@ def check(
             out(f"{n}: {exc}")
             status = EXIT_FAILED
             continue
-        if not WORKSPACE_NAME_RE.fullmatch(n):
+        if name_problem(n):
             out(
-                f"{n}: the Slurm node name cannot be a workspace name (lowercase letters, "
-                "digits and '-', at most 63): resume would refuse it"
+                f"{n}: the Slurm node name cannot be a workspace name nor a guest's "
+                f"hostname ({name_problem(n)}): resume would refuse it"
             )
             status = EXIT_FAILED
             continue
@@ -91,6 +95,9 @@ def check(
         )
         status = EXIT_FAILED
     if not _waits_within_resume_timeout(s, scontrol, nodes, out):
+        status = EXIT_FAILED
+    # Looked at, not made: check runs as whoever runs it (lockcheck).
+    if not check_lock_file(s.lock_file, runs_as(scontrol.slurm_user()), out):
         status = EXIT_FAILED
     if s.identity and not os.path.isdir(os.path.expanduser(s.identity)):
         out(

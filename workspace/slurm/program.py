@@ -49,6 +49,7 @@ from workspace.slurm.answering import Answering, Service
 from workspace.slurm.context import ContextError, user_data
 from workspace.slurm.hostlist import brief
 from workspace.slurm.nodelock import NodeLocks
+from workspace.slurm.nodenames import name_problem
 from workspace.slurm.resumefile import Reboot, ResumeFile
 from workspace.slurm.scontrol import Scontrol
 from workspace.slurm.settings import NodeSpec, Settings, Unmapped
@@ -58,8 +59,7 @@ log = logging.getLogger("ws-slurm")
 WS = common_pb2.WorkspaceState
 DS = common_pb2.DesiredState
 REQUEST_PREFIX = "ws-slurm-"
-# Workspace and cluster names (ops/create.py, ops/clusters.py).
-WORKSPACE_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# Cluster names (ops/clusters.py); workspace names: nodenames.
 ROLE_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
 CLUSTER_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 MAX_TRIES = 8
@@ -442,13 +442,12 @@ class Program:
             log.error("%s: %s; nothing created for %s", group.what, exc, group.what)
             self._refuse(group.nodes, group.nodes, str(exc))
             return False
-        bad = [n for n in group.nodes if not WORKSPACE_NAME_RE.fullmatch(n)]
+        bad = [n for n in group.nodes if name_problem(n)]
         if bad:
             log.error(
-                "%s: Slurm node name(s) %s cannot be workspace names (lowercase letters, "
-                "digits and '-', at most 63); nothing created",
+                "%s: Slurm node name(s) cannot be workspace names: %s; nothing created",
                 group.what,
-                ", ".join(bad),
+                "; ".join(f"{n} ({name_problem(n)})" for n in bad),
             )
             self._refuse(group.nodes, bad, "the node name cannot be a workspace name")
             return False

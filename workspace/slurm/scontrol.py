@@ -20,7 +20,8 @@ fails) ws-slurm goes on with what it knows and says so in its log.
 * ``scontrol show node -o NODES``: which nodes Slurm has powered down (``State=...
   +POWERED_DOWN``): a workspace left on such a node (a suspend that failed) is destroyed;
 * ``scontrol show config`` and ``scontrol show partition -o`` (``check`` only): each
-  node's ResumeTimeout, which ``replace_wait_s`` must stay below.
+  node's ResumeTimeout, which ``replace_wait_s`` must stay below, and SlurmUser, who
+  must be able to open ``lock_file``.
 
 Each call is given ``TIMEOUT_S``, an update is tried up to three times, and one run spends
 at most ``RUN_BUDGET_S`` in scontrol calls that failed (timed out, not run, exit non-zero) and
@@ -292,6 +293,18 @@ class Scontrol:
             elif cluster is not None:
                 found[node] = (cluster, "slurm.conf")
         return found
+
+    def slurm_user(self) -> tuple[str, int | None] | None:
+        """SlurmUser (``scontrol show config``: ``SlurmUser = slurm(64030)``), the user
+        slurmctld runs ws-slurm as: its name and uid (None when not shown); None when
+        scontrol cannot tell."""
+        config = self._run("show", "config")
+        for line in (config or "").splitlines():
+            key, eq, value = line.partition("=")
+            m = re.fullmatch(r"\s*([^\s(]+)(?:\((\d+)\))?\s*", value)
+            if eq and key.strip() == "SlurmUser" and m:
+                return m[1], int(m[2]) if m[2] else None
+        return None
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         """Tell slurmctld where ``node`` is; False if that could not be done."""
