@@ -224,7 +224,13 @@ class Executor:
             if workspace_id in self._busy:
                 return  # the running operation reports when it is done
         self.wake.set()
-        self.pool.submit(self.report, [workspace_id])
+        try:
+            self.pool.submit(self.report, [workspace_id])
+        except RuntimeError:
+            # The agent is stopping (``close`` shut the pool): a hypervisor event that
+            # comes now has nobody to report to; the next agent's first pass reports
+            # the workspace's state.
+            return
 
     # -- reconciling -------------------------------------------------------------------
 

@@ -649,3 +649,17 @@ def test_each_pass_puts_back_the_taps_of_the_running_workspaces_only(parts: Part
     wait_for(lambda: ex.observe(["w2"]) == [observed("w2", Observed.STOPPED)])
     ex.reconcile_once()
     assert net.asked[-1] == ["w1"]
+
+
+def test_a_hypervisor_event_while_the_agent_stops_is_dropped_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvirt's event thread can call in after ``close`` shut the pool (a guest powering
+    off as the agent stops): nothing to report to, and no exception on that thread."""
+    callbacks: list[Callable[[str], None]] = []
+    monkeypatch.setattr(FakeDriver, "set_event_callback", lambda _self, cb: callbacks.append(cb))
+    p = Parts(tmp_path)
+    p.executor.close()
+    (callback,) = callbacks
+    callback("w-late")  # raised RuntimeError("cannot schedule new futures after shutdown")
+    assert p.reports == []
