@@ -61,21 +61,27 @@ class CountingPool(futures.ThreadPoolExecutor):
             self._in_flight -= 1
 
 
+_refusals: list[futures.ThreadPoolExecutor] = []  # the process's one refusal pool, once made
+_refusals_lock = threading.Lock()
+
+
+def _refusal_pool() -> futures.ThreadPoolExecutor:
+    """The threads that answer refusals, one pool for every server of the process."""
+    with _refusals_lock:
+        if not _refusals:
+            _refusals.append(futures.ThreadPoolExecutor(REFUSAL_THREADS, "rpc-refusals"))
+        return _refusals[0]
+
+
 class _Refuse:
     """A handler's behaviour that ends the call with RESOURCE_EXHAUSTED. Declared as
     reading a stream of requests whatever the method, so gRPC reads none before it runs;
     ``experimental_thread_pool`` (grpcio's per-behaviour pool) keeps it off the server's
     pool, which is full when it is used."""
 
-    pool: futures.ThreadPoolExecutor | None = None
-    _pool_lock = threading.Lock()
-
     def __init__(self, details: str) -> None:
         self.details = details
-        with _Refuse._pool_lock:
-            if _Refuse.pool is None:
-                _Refuse.pool = futures.ThreadPoolExecutor(REFUSAL_THREADS, "rpc-refusals")
-        self.experimental_thread_pool = _Refuse.pool
+        self.experimental_thread_pool = _refusal_pool()
 
     def __call__(self, _requests: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.details)
