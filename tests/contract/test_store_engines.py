@@ -41,7 +41,7 @@ from workspace.errors import (
     Unavailable,
 )
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import group_commit, order_size, site_events
+from workspace.ops import blob_access, group_commit, order_size, site_events
 from workspace.ops.unit import UnitOfWork
 from workspace.store import (
     Base,
@@ -448,6 +448,40 @@ def test_addresses_stored_before_0007_keep_their_values(make_url: MakeUrl) -> No
         with store.read() as s:
             got = sorted(s.execute(select(IpAllocation.ip_int)).scalars())
         assert got == [167837698, 3232301054]
+    finally:
+        store.close()
+
+
+def test_a_claim_sent_before_0034_is_kept_and_read_through_its_index(make_url: MakeUrl) -> None:
+    """A store at 0033 holding a claim (a blob sent just before the upgrade): after the
+    upgrade the claim is there as it was, the sender's claims have their index, and a
+    second upgrade changes nothing."""
+    from alembic import command
+
+    url = make_url(empty=True)
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.config(conn), "0033")
+            holders = Table("blob_holders", MetaData(), autoload_with=conn)
+            conn.execute(
+                insert(holders),
+                {"digest": "sha256:" + "a" * 64, "holder": "user:alice", "created_at": 1.7e9},
+            )
+    finally:
+        engine.dispose()
+    store = Store(url)
+    try:
+        with store.read() as s:
+            assert blob_access.held(s, "user:alice", since=1.7e9 - 60) == {"sha256:" + "a" * 64}
+        with store.engine.connect() as conn:
+            indexes = {
+                i["name"]: i["column_names"] for i in inspect(conn).get_indexes("blob_holders")
+            }
+        assert indexes["ix_blob_holder_holder"] == ["holder", "created_at"]
+        before = dump(store)
+        assert migrations.upgrade(store.engine) == []
+        assert dump(store) == before
     finally:
         store.close()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, event, or_, select, text
+from sqlalchemy import Select, Update, event, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from tests.conftest import db_name
@@ -26,7 +26,7 @@ from workspace.domain.states import Desired, State
 from workspace.ops import pages, site_events
 from workspace.ops.events import Notifier
 from workspace.ops.unit import Env
-from workspace.store import Store, Workspace
+from workspace.store import BlobHolder, Store, Workspace
 from workspace.store.site_events import EventRow
 
 
@@ -46,7 +46,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     server.drop(name)
 
 
-def plan(conn: Connection, q: Select[Any], in_order: bool = False) -> str:
+def plan(conn: Connection, q: Select[Any] | Update, in_order: bool = False) -> str:
     """The query plan; ``in_order``: PostgreSQL's plan of reading the rows in the query's
     order from an index, as it plans a page of a large table (no sort of all the rows
     after the page's start)."""
@@ -101,6 +101,14 @@ QUERIES: dict[str, tuple[Select[Any], tuple[str, ...], bool]] = {
         ("ix_event_workspace", "ix_event_workspace_name"),
         False,
     ),
+    # ops/blob_access.py held: a sender's claims in the grace (HasBlobs, import, quota)
+    "a sender's claims": (
+        select(BlobHolder.digest).where(
+            BlobHolder.holder == "user:alice", BlobHolder.created_at >= 1.7e9
+        ),
+        ("ix_blob_holder_holder",),
+        False,
+    ),
     # ops/queries.py list_page: a page after the first, as the next page's token names it
     "the next page of workspaces": (
         pages.by_creation(
@@ -129,6 +137,23 @@ def test_a_frequent_query_is_served_by_its_index(store: Store, name: str) -> Non
     else:
         # nor is an index walked without a condition on it (only filtered)
         assert "Seq Scan" not in found and "Index Cond" in found, found
+
+
+def test_every_uploads_renewal_of_its_senders_claims_is_served_by_its_index(
+    store: Store,
+) -> None:
+    """ops/blob_access.py renew: each upload (and every quarter of blob_grace_s of one)
+    renews its sender's claims under the write lock; by the primary key (digest, holder)
+    alone it scanned every claim on the site."""
+    q = (
+        update(BlobHolder)
+        .where(BlobHolder.holder == "user:alice", BlobHolder.created_at >= 1.7e9)
+        .values(created_at=1.8e9)
+    )
+    with store.engine.begin() as conn:
+        found = plan(conn, q)
+    assert "ix_blob_holder_holder" in found, found
+    assert "SCAN" not in found and "Seq Scan" not in found, found
 
 
 OLD, NEW = 100_000, 10_000

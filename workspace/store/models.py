@@ -162,6 +162,9 @@ class BlobHolder(Base):
     use, never by knowing its digest."""
 
     __tablename__ = "blob_holders"
+    # A sender's claims (ops/blob_access.py): renewed by every upload of theirs, read by
+    # their HasBlobs, imports and quota check (migration 0034).
+    __table_args__ = (Index("ix_blob_holder_holder", "holder", "created_at"),)
 
     digest: Mapped[str] = mapped_column(String(80), primary_key=True)
     holder: Mapped[str] = mapped_column(String(300), primary_key=True)
