@@ -54,6 +54,9 @@ from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 log = logging.getLogger("agent.peers")
 
+# The deadline of one FetchBlob call. A call it cuts after bytes came (a large image
+# over a slow link) goes on from the byte reached, as a broken stream does (``_stream``);
+# one that brought none in all that time (a stall) fails the fetch.
 FETCH_TIMEOUT_S = 3600.0
 # A transfer from the service whose stream broke (its replica died or hung, or the link
 # left it) goes on from the offset reached through the replica the agent's link moves
@@ -225,7 +228,11 @@ def _stream(
     where: str,
 ) -> Iterator[bytes]:
     """The chunks of one FetchBlob call; gRPC errors as Unavailable (the cache names
-    the source in its messages)."""
+    the source in its messages). A stream that broke, or that its deadline cut after
+    bytes came, is ``_Broken``: the transfer goes on from the byte reached (through the
+    service: ``_following``; from a peer: the cache's next source). Until session 43 a
+    deadline was a failure: a blob slower to come than ``FETCH_TIMEOUT_S`` failed every
+    create that needed it, each attempt adding at most an hour's bytes to the partial."""
     responses = call(req)
     received = 0
     try:
@@ -237,7 +244,8 @@ def _stream(
     except grpc.RpcError as exc:
         said = rpc_status.describe(exc)
         code = exc.code() if hasattr(exc, "code") else None
-        raise (_Broken(said) if code in _BROKEN else Unavailable(said)) from None
+        cut = code == grpc.StatusCode.DEADLINE_EXCEEDED and received > 0
+        raise (_Broken(said) if code in _BROKEN or cut else Unavailable(said)) from None
     finally:
         cancel = getattr(responses, "cancel", None)
         if cancel is not None:

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from agent.audit import AuditSpool
+from agent.backoff import Backoff
 from agent.cache import BlobCache
 from agent.link import Link
 from agent.status import Sight
@@ -27,6 +28,7 @@ from workspace import config, rpc
 from workspace.config import AgentConfig
 from workspace.domain.model import NodeCondition, NodeInfo, NodeOrders, Observation
 from workspace.domain.states import Observed
+from workspace.errors import Unavailable
 from workspace.node.v1 import nodes_pb2, nodes_pb2_grpc
 
 
@@ -50,6 +52,9 @@ class Replica(nodes_pb2_grpc.NodesServicer):
         # database away for a moment: the replica and its connections stay up).
         self.fetch_refuse = ""
         self.fetch_refusals = 0
+        # FetchBlob: seconds between its 4096-byte messages (a slow link); None: it sends
+        # none at all (a stalled one).
+        self.pace: float | None = 0.0
         self._hung = threading.Event()
         self._gone = threading.Event()
         self.server = rpc.server(max_workers=8)
@@ -107,7 +112,14 @@ class Replica(nodes_pb2_grpc.NodesServicer):
             while context.is_active():  # until the server's stop breaks the stream
                 time.sleep(0.05)
             return
+        if self.pace is None:
+            while context.is_active():  # until the caller's deadline ends the call
+                time.sleep(0.05)
+            return
         for i in range(0, len(rest), 4096):
+            if self.pace and not context.is_active():
+                return
+            time.sleep(self.pace)
             yield nodes_pb2.BlobData(data=rest[i : i + 4096], total_size=len(self.blob))
 
 
@@ -296,6 +308,51 @@ def test_a_blob_fetch_the_service_answers_unavailable_is_tried_again_on_the_same
         f"UNAVAILABLE: {a.fetch_refuse}" in m and "again through the same link after 0.5 s" in m
         for m in said
     ), said
+
+
+def test_a_blob_fetch_cut_by_its_deadline_goes_on_from_the_byte_reached(
+    tmp_path: Path, replicas: list[Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch from the service has a deadline (FETCH_TIMEOUT_S, an hour): an image that
+    takes longer over a slow link was cut with it. The transfer failed (the create with
+    it); bytes kept flowing, so it goes on from the byte reached, through the same link."""
+    monkeypatch.setattr("agent.peers.FETCH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("agent.peers.SAME_LINK", Backoff(0.05, 0.05))
+    a, b = replicas
+    blob = os.urandom(40000)  # 10 messages, one every 0.1 s: twice the deadline
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    a.blob = b.blob = blob
+    a.pace = b.pace = 0.1
+    link, stop = start_link(tmp_path, replicas)
+    cache = BlobCache(tmp_path / "node-cache")
+    try:
+        wait_for(lambda: a.full_reports, 10, "a heartbeat on A")
+        got = cache.ensure(digest, [link.blob_source()], len(blob))
+    finally:
+        stop.set()
+    assert got.read_bytes() == blob
+    asked = a.fetched_from + b.fetched_from
+    assert len(asked) > 1 and asked[0] == 0
+    assert asked == sorted(set(asked)), asked  # each call from further on, none from zero
+
+
+def test_a_blob_fetch_that_brings_no_byte_before_its_deadline_fails_saying_so(
+    tmp_path: Path, replicas: list[Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.peers.FETCH_TIMEOUT_S", 0.5)
+    a, b = replicas
+    a.blob = b.blob = os.urandom(40000)
+    a.pace = b.pace = None
+    digest = "sha256:" + hashlib.sha256(a.blob).hexdigest()
+    link, stop = start_link(tmp_path, replicas)
+    cache = BlobCache(tmp_path / "node-cache")
+    try:
+        wait_for(lambda: a.full_reports, 10, "a heartbeat on A")
+        with pytest.raises(Unavailable, match="DEADLINE_EXCEEDED"):
+            cache.ensure(digest, [link.blob_source()], len(a.blob))
+    finally:
+        stop.set()
+    assert a.fetched_from + b.fetched_from == [0]
 
 
 def test_a_registration_refused_by_every_replica_names_each_with_its_own_error(
