@@ -25,6 +25,7 @@ from agent.netsetup import Networking
 from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
 from agent.status import Sight, StatusBoard
+from agent.trust import running_note
 from agent.virt.base import (
     PAUSED_IO_ERROR,
     DomainInfo,
@@ -769,6 +770,8 @@ class Executor:
         verdict = self.gate.verdict(order)
         if verdict is None:
             return
+        # Admitted under the rules of its day: an old-format signature alone stops nothing.
+        verdict = verdict.running(order.image)
         stop = self.gate.stop_running_on_revoke and not verdict.allowed
         was = self.files.load_state(wid).get(TRUST_KEY)
         # Nothing new: the verdict it booted (or was last checked) under. An agent
@@ -778,11 +781,7 @@ class Executor:
             self._booted_under(wid, verdict.word)
             return
         self.gate.record("running", order, verdict)
-        note = (
-            f"image {order.image} is no longer trusted under policy version "
-            f"{verdict.policy_version} ({verdict.reason}); "
-            + ("powered off (the site stops VMs on revocation)" if stop else "the VM keeps running")
-        )
+        note = running_note(order.image, verdict, stop)
         log.warning("workspace %s: %s", self.who(wid), note)
         if stop:
             # It stays off: starting it again needs a verdict that allows it.

@@ -126,7 +126,20 @@ def check_order(order: Order, policy: signing.Policy, now: float) -> signing.Ver
     if len(verdicts) == 1:
         return verdicts[0]
     reason = "; ".join(dict.fromkeys(v.reason for v in verdicts))
-    return signing.Verdict(False, not policy.enforce, reason, "", policy.version)
+    old = any(v.old_format for v in verdicts)
+    return signing.Verdict(False, not policy.enforce, reason, "", policy.version, old)
+
+
+def running_note(image: str, verdict: signing.Verdict, stop: bool) -> str:
+    """What a VM running ``image`` is told when the re-check under a new policy finds it
+    not trusted (``verdict`` as ``signing.Verdict.running`` made it)."""
+    if verdict.old_format:  # not stopped for that, whatever the site says: see running()
+        return f"{verdict.reason}; the VM keeps running"
+    return (
+        f"image {image} is no longer trusted under policy version "
+        f"{verdict.policy_version} ({verdict.reason}); "
+        + ("powered off (the site stops VMs on revocation)" if stop else "the VM keeps running")
+    )
 
 
 def audit_record(

@@ -23,7 +23,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -240,6 +240,10 @@ class Policy:
         return next((k for k in self.keys if k.key_id == kid), None)
 
 
+# What a running VM whose image has only an old-format signature is told (``running``).
+ADMITTED_OLD_FORMAT = "admitted under the old signature format; re-sign the image"
+
+
 @dataclass(frozen=True)
 class Verdict:
     trusted: bool
@@ -247,10 +251,25 @@ class Verdict:
     reason: str
     key_id: str = ""
     policy_version: int = 0
+    # Not trusted for want of a signature of the current format alone: a trusted key's
+    # signature of the first format (v1) verifies the image's files, and the image's
+    # settings are what v1 never covered (``v1_problem``). Nothing was revoked.
+    old_format: bool = False
 
     @property
     def word(self) -> str:
         return "allow" if self.trusted else ("warn" if self.allowed else "deny")
+
+    def running(self, image: str) -> Verdict:
+        """The verdict on a VM of ``image`` that runs already, when the policy is checked
+        again (a new policy version, an agent restarting): one that is not trusted only
+        because its signature is of the old format was admitted under the rules of its
+        day, and nothing about it changed since: allowed ("warn"), saying so, never
+        stopped for it. A new create, start or placement takes the verdict as it is."""
+        if self.trusted or not self.old_format:
+            return self
+        why = f"image {image} was {ADMITTED_OLD_FORMAT} ({self.reason})"
+        return replace(self, allowed=True, reason=why)
 
 
 def decode_envelope(text: str) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -287,26 +306,71 @@ def signers(envelopes: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _expected(
+    signed: object, manifest: ImageSpec, boot: Boot | None
+) -> tuple[str, dict[str, Any], dict[str, Any]] | str:
+    """(predicate type, signed predicate, the statement expected of this manifest in
+    that format), or why ``signed`` is no image-manifest statement at all."""
+    if not isinstance(signed, dict) or signed.get("_type") != STATEMENT_TYPE:
+        return "the signed payload is not an image-manifest statement"
+    kind, got = signed.get("predicateType"), signed.get("predicate")
+    got = got if isinstance(got, dict) else {}
+    if kind == PREDICATE_TYPE_V1:
+        return kind, got, statement_v1(manifest)
+    if kind == PREDICATE_TYPE:
+        if boot is None:
+            boot = Boot(str(got.get("context") or ""), str(got.get("login_user") or ""))
+        return kind, got, statement(manifest, boot)
+    return "the signed payload is not an image-manifest statement"
+
+
+def fields_problem(signed: object, manifest: ImageSpec, boot: Boot | None) -> str:
+    """'' if the signed predicate (and each of its partitions) has exactly the fields of
+    its format, else which it adds or lacks: a statement this version cannot check
+    whole (made by a newer one, or by hand), not one whose files or settings differ."""
+    found = _expected(signed, manifest, boot)
+    if isinstance(found, str):
+        return ""  # statement_problem says it
+    kind, got, expected = found
+    want: dict[str, Any] = expected["predicate"]
+    problem = _fields("the signed predicate", got, want, kind)
+    parts = got.get("partitions")
+    if problem or not isinstance(parts, list) or len(parts) != len(want["partitions"]):
+        return problem
+    for g, w in zip(parts, want["partitions"], strict=True):
+        if isinstance(g, dict) and (
+            problem := _fields(f"signed partition {w['name']!r}", g, w, kind)
+        ):
+            return problem
+    return ""
+
+
+def _fields(what: str, got: dict[str, Any], want: dict[str, Any], kind: str) -> str:
+    unknown = sorted(str(k) for k in set(got) - set(want))
+    if unknown:
+        return (
+            f"{what} has field(s) {', '.join(unknown)} that {kind} does not have (made "
+            "by a newer version, or by hand?): this site cannot check what they say"
+        )
+    missing = sorted(set(want) - set(got))
+    return f"{what} lacks field(s) {', '.join(missing)}" if missing else ""
+
+
 def statement_problem(signed: object, manifest: ImageSpec, boot: Boot | None) -> str:
     """'' if the signed statement covers exactly this manifest (and, in format v2, its
     ``boot`` settings), else what differs. ``boot`` None: the caller does not know the
     image's settings (an agent: its order carries the seed made from them, not them);
     a v2 statement is then checked for the files alone. A v1 statement is checked for
     the files it covers; what it does not cover is ``v1_problem``'s."""
-    if not isinstance(signed, dict) or signed.get("_type") != STATEMENT_TYPE:
-        return "the signed payload is not an image-manifest statement"
-    kind, got = signed.get("predicateType"), signed.get("predicate")
-    if kind == PREDICATE_TYPE_V1:
-        expected = statement_v1(manifest)
-    elif kind == PREDICATE_TYPE:
-        if boot is None and isinstance(got, dict):
-            boot = Boot(str(got.get("context") or ""), str(got.get("login_user") or ""))
-        expected = statement(manifest, boot)
-    else:
-        return "the signed payload is not an image-manifest statement"
+    found = _expected(signed, manifest, boot)
+    if isinstance(found, str):
+        return found
+    _, got, expected = found
     want: dict[str, Any] = expected["predicate"]
     if got != want:
-        got = got if isinstance(got, dict) else {}
+        fields = fields_problem(signed, manifest, boot)
+        if fields:
+            return fields
         for key in ("image", "kernel", "initrd", "cmdline"):
             if got.get(key) != want[key]:
                 return f"the manifest's {key} differs from what was signed"
@@ -314,7 +378,7 @@ def statement_problem(signed: object, manifest: ImageSpec, boot: Boot | None) ->
             if key in want and got.get(key) != want[key]:
                 return f"the image's {key} is {want[key]!r}, not {got.get(key)!r} as signed"
         return "the manifest's partitions differ from what was signed"
-    if signed.get("subject") != expected["subject"]:
+    if isinstance(signed, dict) and signed.get("subject") != expected["subject"]:
         return "the statement's subjects differ from the manifest"
     return ""
 
@@ -341,20 +405,24 @@ def v1_problem(manifest: ImageSpec, boot: Boot | None) -> str:
     )
 
 
-def _check_statement(payload: bytes, manifest: ImageSpec, boot: Boot | None, kid: str) -> str:
-    """'' if the signed payload vouches for this manifest and its ``boot``, else why not."""
+def _check_statement(
+    payload: bytes, manifest: ImageSpec, boot: Boot | None, kid: str
+) -> tuple[str, bool]:
+    """('', False) if the signed payload vouches for this manifest and its ``boot``, else
+    why not, and whether the one reason is its format (v1, over settings it never
+    covered: the files it covers verified)."""
     try:
         signed = json.loads(payload)
     except (ValueError, RecursionError):
-        return "the signed payload is not JSON"
+        return "the signed payload is not JSON", False
     differs = statement_problem(signed, manifest, boot)
     if differs:
-        return differs
+        return differs, False
     if signed.get("predicateType") == PREDICATE_TYPE_V1:
         old = v1_problem(manifest, boot)
         if old:
-            return f"the signature by key {kid[:16]} {old}"
-    return ""
+            return f"the signature by key {kid[:16]} {old}", True
+    return "", False
 
 
 def utc_text(epoch_s: float) -> str:
@@ -373,8 +441,8 @@ def verify(
     with these signatures. ``boot`` None: not known to the caller (an agent; see
     ``statement_problem``); the service always says them."""
 
-    def verdict(trusted: bool, reason: str, kid: str = "") -> Verdict:
-        return Verdict(trusted, trusted or not policy.enforce, reason, kid, policy.version)
+    def verdict(trusted: bool, reason: str, kid: str = "", old: bool = False) -> Verdict:
+        return Verdict(trusted, trusted or not policy.enforce, reason, kid, policy.version, old)
 
     revoked = [d for d in manifest.digests() if d in policy.revoked_digests]
     if revoked:
@@ -382,6 +450,7 @@ def verify(
     if not envelopes:
         return verdict(False, f"image {manifest.image} is not signed")
     problems: list[str] = []
+    old_format = False  # a trusted key's v1 signature fails for its format alone
     for text in envelopes:
         try:
             payload, sigs = decode_envelope(text)
@@ -407,9 +476,11 @@ def verify(
             except (InvalidSignature, SignatureError):
                 problems.append(f"the signature by key {kid[:16]} does not verify")
                 continue
-            differs = _check_statement(payload, manifest, boot, kid)
+            differs, old = _check_statement(payload, manifest, boot, kid)
             if differs:
                 problems.append(differs)
+                old_format = old_format or old
                 continue
             return verdict(True, f"signed by trusted key {kid[:16]}", kid)
-    return verdict(False, "; ".join(dict.fromkeys(problems)) or "no usable signature")
+    reason = "; ".join(dict.fromkeys(problems)) or "no usable signature"
+    return verdict(False, reason, old=old_format)

@@ -130,3 +130,100 @@ def test_statement_problem_names_what_differs(
     assert "not an image-manifest" in signing.statement_problem([], m, NOCLOUD)
     bad = {**signed, "predicateType": "urn:other"}
     assert "not an image-manifest" in signing.statement_problem(bad, m, NOCLOUD)
+
+
+def test_a_statement_with_a_field_this_version_does_not_know_says_so(
+    keypair: tuple[signing.Ed25519PrivateKey, str],
+) -> None:
+    """A v2 statement with one more field (a newer version's, or one added by hand)
+    cannot be checked whole: the reason names the field, not "partitions differ"."""
+    m = _manifest()
+    signed = signing.statement(m, NOCLOUD)
+    extra = {**signed, "predicate": {**signed["predicate"], "boot_script": "curl x | sh"}}
+    why = signing.statement_problem(extra, m, NOCLOUD)
+    assert "has field(s) boot_script" in why and "image-manifest:v2" in why
+    assert "partitions" not in why
+    assert signing.fields_problem(extra, m, NOCLOUD) == why
+    part = json.loads(json.dumps(signed))
+    part["predicate"]["partitions"][1]["fs_label"] = "x"
+    assert "signed partition 'scratch' has field(s) fs_label" in signing.statement_problem(
+        part, m, NOCLOUD
+    )
+    lacking = json.loads(json.dumps(signed))
+    del lacking["predicate"]["login_user"]
+    assert "lacks field(s) login_user" in signing.statement_problem(lacking, m, NOCLOUD)
+    # What really differs is still named as before.
+    other = json.loads(json.dumps(signed))
+    other["predicate"]["partitions"][0]["size_bytes"] = 1
+    assert signing.fields_problem(other, m, NOCLOUD) == ""
+    assert "partitions differ" in signing.statement_problem(other, m, NOCLOUD)
+    # And through verify, with a real signature over the extra field.
+    private, public = keypair
+    payload = signing.canonical(extra)
+    env = json.dumps(
+        {
+            "payloadType": signing.PAYLOAD_TYPE,
+            "payload": base64.b64encode(payload).decode(),
+            "signatures": [
+                {
+                    "keyid": signing.key_id(public),
+                    "sig": base64.b64encode(
+                        private.sign(signing.pae(signing.PAYLOAD_TYPE, payload))
+                    ).decode(),
+                }
+            ],
+        }
+    )
+    v = signing.verify(_policy(public), m, [env], NOW, NOCLOUD)
+    assert not v.trusted and "has field(s) boot_script" in v.reason
+
+
+def test_a_running_vm_with_an_old_format_signature_alone_is_not_stopped(
+    keypair: tuple[signing.Ed25519PrivateKey, str],
+) -> None:
+    """A new launch of an image whose one trusted signature is v1 over settings v1 never
+    covered is refused under enforce; a VM of it that runs already was admitted under
+    the old rules, and its re-check allows it, saying to sign the image again."""
+    private, public = keypair
+    m = _manifest()
+    old = _sign_v1(m, private)
+    launch = signing.verify(_policy(public), m, [old], NOW, NOCLOUD)
+    assert not launch.allowed and launch.old_format and "old format" in launch.reason
+    running = launch.running("sci:1")
+    assert running.allowed and not running.trusted and running.word == "warn"
+    assert running.reason.startswith(
+        "image sci:1 was admitted under the old signature format; re-sign the image"
+    )
+    assert "ws image sign sci:1" in running.reason
+    # The same for the ext4 flags an agent checks itself.
+    ext4 = _manifest(ext4=True)
+    v = signing.verify(_policy(public), ext4, [_sign_v1(ext4, private)], NOW)
+    assert v.old_format and v.running("sci:1").allowed
+
+
+def test_a_real_revocation_still_stops_a_vm_with_an_old_format_signature(
+    keypair: tuple[signing.Ed25519PrivateKey, str],
+) -> None:
+    private, public = keypair
+    m = _manifest()
+    old = _sign_v1(m, private)
+    kid = signing.key_id(public)
+    revoked = Policy(3, True, (Key(kid, public, revoked=True),))
+    narrowed = Policy(3, True, (Key(kid, public, ("other:*",)),))
+    expired = Policy(3, True, (Key(kid, public, expires_at=NOW - 1),))
+    digest = Policy(3, True, _policy(public).keys, frozenset({D1}))
+    stranger = Policy(3, True, (Key("0" * 64, public),))
+    for policy, why in (
+        (revoked, "is revoked"),
+        (narrowed, "may not sign"),
+        (expired, "expired"),
+        (digest, f"digest {D1} is revoked"),
+        (stranger, "is not a trusted key"),
+    ):
+        v = signing.verify(policy, m, [old], NOW, NOCLOUD)
+        assert not v.old_format and why in v.reason
+        assert v.running("sci:1") == v and not v.running("sci:1").allowed
+    # Files that differ from what the v1 signature covered: stopped too.
+    other = dataclasses.replace(m, cmdline="init=/bin/sh")
+    v = signing.verify(_policy(public), other, [old], NOW, NOCLOUD)
+    assert not v.old_format and not v.running("sci:1").allowed

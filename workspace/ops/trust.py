@@ -274,9 +274,11 @@ def _verdict(env: Env, s: Session, img: Image, envs: Sequence[str]) -> signing.V
 
 def running_verdict(env: Env, s: Session, img: Image, workspace_id: str) -> signing.Verdict:
     """The policy's verdict on a workspace of ``img`` that runs (or is meant to) when the
-    policy changes; recorded in the audit (action "running"), never raised."""
+    policy changes; recorded in the audit (action "running"), never raised. One whose
+    image has an old-format signature alone was admitted under the rules of its day:
+    allowed, saying to sign the image again (``signing.Verdict.running``)."""
     envs = envelopes(s, img.name)
-    v = _verdict(env, s, img, envs)
+    v = _verdict(env, s, img, envs).running(img.name)
     _record_surviving(env, s, [_entry(env, img, v, "running", envs, workspace_id)])
     return v
 
@@ -443,6 +445,9 @@ def add_signature(env: Env, who: Identity | str, image_name: str, envelope: str)
             )
         what = f"signature for image {image_name}"
         signed, kids = _signed_key_ids(envelope, what)
+        unknown = signing.fields_problem(signed, image_spec(img), boot_settings(img))
+        if unknown:  # not "another manifest": one this version cannot read whole
+            raise InvalidArgument(f"{what}: {unknown}")
         differs = signing.statement_problem(signed, image_spec(img), boot_settings(img))
         if differs:
             raise InvalidArgument(

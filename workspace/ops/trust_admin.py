@@ -70,13 +70,15 @@ def _mode(enforce: str, stop: bool) -> str:
     return enforce.lower() + (", running VMs stopped on revoke" if stop else "")
 
 
-def _stop_denied(env: Env, u: UnitOfWork, version: int) -> list[str]:
+def _stop_denied(env: Env, u: UnitOfWork, version: int) -> tuple[list[str], list[str]]:
     """Under ENFORCE with stop_running_on_revoke: every workspace meant to run whose image
-    the policy now denies is stopped (desired STOPPED, forced), saying why; returns their
-    names. Each verdict is audited (action "running")."""
+    the policy now denies is stopped (desired STOPPED, forced), saying why. One whose
+    image is denied only for an old-format signature was admitted under the rules of its
+    day and keeps running (``signing.Verdict.running``). Returns the names of those
+    stopped and of those kept so. Each verdict is audited (action "running")."""
     st = trust.settings(u.s)
     if st.mode != "ENFORCE" or not st.stop_running_on_revoke:
-        return []
+        return [], []
     u.s.flush()
     rows = u.s.execute(
         select(Workspace)
@@ -88,11 +90,20 @@ def _stop_denied(env: Env, u: UnitOfWork, version: int) -> list[str]:
         .order_by(Workspace.id)
     ).scalars()
     stopped: list[str] = []
+    kept: list[str] = []
     for ws in list(rows):
         img = u.s.get(Image, ws.image)
         if img is None:
             continue
         v = trust.running_verdict(env, u.s, img, ws.id)
+        if v.old_format and not v.trusted:  # kept running; audited, so a site event too
+            kept.append(ws.name)
+            log.warning(
+                "workspace %s: %s; it keeps running",
+                named(ws.id, ws.name, ws.node),
+                v.reason,
+                extra=about(ws.id, ws.node),
+            )
         if v.allowed:
             continue
         why = (
@@ -104,7 +115,7 @@ def _stop_denied(env: Env, u: UnitOfWork, version: int) -> list[str]:
             log.warning(
                 "workspace %s: %s", named(ws.id, ws.name, ws.node), why, extra=about(ws.id, ws.node)
             )
-    return stopped
+    return stopped, kept
 
 
 def _finish(
@@ -114,10 +125,15 @@ def _finish(
     record the event; the policy as it now is, saying what changed."""
     st = st or trust.bump(u)
     u.s.flush()
-    stopped = _stop_denied(env, u, st.version)
+    stopped, kept = _stop_denied(env, u, st.version)
     change = f"{what} (policy v{st.version})"
     if stopped:
         change += f"; stopped {len(stopped)} workspace(s): {', '.join(stopped)}"
+    if kept:
+        change += (
+            f"; kept running {len(kept)} workspace(s) {signing.ADMITTED_OLD_FORMAT}: "
+            + ", ".join(kept)
+        )
     admin_events.record(env, u.s, kind, subject, change)
     log.info("trust: %s", change)
     return _with(trust.settings_view(u.s), change)
