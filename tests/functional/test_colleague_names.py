@@ -12,7 +12,7 @@ import pytest
 
 from tests.functional.harness import WS, SitePki, TlsSite
 from workspace.cli.ws import main as ws_main
-from workspace.v1 import common_pb2, images_pb2, projects_pb2, projects_pb2_grpc
+from workspace.v1 import clusters_pb2, common_pb2, images_pb2, projects_pb2, projects_pb2_grpc
 
 WS_RUNNING = common_pb2.DESIRED_STATE_RUNNING
 WS_STOPPED = common_pb2.DESIRED_STATE_STOPPED
@@ -77,3 +77,40 @@ def test_a_colleagues_workspace_is_destroyed_by_id_or_owner_name_only(
     # And by id, as before.
     assert ws_main([*bob, "destroy", w.id]) == 0
     assert alice.get(w.id).desired_state == WS_TERMINATED
+
+
+def test_a_colleagues_cluster_is_scaled_down_by_id_or_owner_name_only(
+    site: TlsSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scale-down destroys members, as a destroy does: by a bare name, only the
+    caller's own cluster. `ws cluster scale mpi --count 1` of a member with no mpi
+    destroyed a colleague's workers; a grow by the name still finds it."""
+    alice = site.identity("alice", projects=("physics",))
+    worker = clusters_pb2.ClusterMember(role="worker", image="img", memory_mib=64, count=2)
+    c = alice.clusters.CreateCluster(
+        clusters_pb2.CreateClusterRequest(name="mpi", members=[worker], project="physics")
+    )
+
+    def workers() -> list[str]:
+        got = alice.clusters.GetCluster(clusters_pb2.ClusterRef(id=c.id))
+        return sorted(
+            m.name
+            for m in got.members
+            if m.desired_state != WS_TERMINATED and m.state != WS.WORKSPACE_STATE_TERMINATED
+        )
+
+    assert workers() == ["mpi-worker-0", "mpi-worker-1"]
+    bob = _as(site, "bob")
+    capsys.readouterr()
+    assert ws_main([*bob, "cluster", "scale", "mpi", "--role", "worker", "--count", "1"]) == 1
+    assert (
+        "you have no cluster named 'mpi'; not guessing someone else's to scale down: "
+        f"give its id or OWNER/NAME (alice/mpi (id {c.id}, "
+    ) in capsys.readouterr().err
+    assert workers() == ["mpi-worker-0", "mpi-worker-1"]  # nothing destroyed
+    # A grow by the bare name is no guess at what to destroy: as before.
+    assert ws_main([*bob, "cluster", "scale", "mpi", "--role", "worker", "--count", "3"]) == 0
+    assert len(workers()) == 3
+    # By OWNER/NAME (or id) project members may shrink each other's.
+    assert ws_main([*bob, "cluster", "scale", "alice/mpi", "--role", "worker", "--count", "1"]) == 0
+    assert workers() == ["mpi-worker-0"]

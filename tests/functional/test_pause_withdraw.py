@@ -80,7 +80,9 @@ def _wait_in_thread(site: Site, *argv: str) -> tuple[threading.Thread, dict[str,
 def test_a_pause_after_the_node_resumed_it_ends_paused(ready_site: Site) -> None:
     """The other way round: a resume the node carried out whose report has not come (the
     service shows PAUSED, being resumed) is withdrawn by a pause; the node's late RUNNING
-    is a running guest that should be paused: the agent pauses it again."""
+    is a running guest that should be paused: the agent pauses it again. Meanwhile the
+    workspace shows RUNNING, being paused, while its guest runs: the pause answered
+    PAUSED, and a `ws pause --wait` ended at once with the guest running."""
     s = ready_site.stubs
     w = s.create(name="late2")
     s.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
@@ -100,7 +102,12 @@ def test_a_pause_after_the_node_resumed_it_ends_paused(ready_site: Site) -> None
         s.ws.ResumeWorkspace(s.ref(w.id))
         assert resumed.wait(20), "the agent never resumed the guest"
         shown = s.ws.PauseWorkspace(s.ref(w.id))
-        assert shown.desired_state == DS.DESIRED_STATE_PAUSED
+        assert (shown.state, shown.desired_state) == (
+            WS.WORKSPACE_STATE_RUNNING,
+            DS.DESIRED_STATE_PAUSED,
+        )
+        assert driver.list_domains()[0].state is DomainState.RUNNING
+        assert s.get(w.id).state == WS.WORKSPACE_STATE_RUNNING
     finally:
         held.set()
     wait_for(
@@ -110,6 +117,18 @@ def test_a_pause_after_the_node_resumed_it_ends_paused(ready_site: Site) -> None
         ),
         what="the guest paused again and the workspace PAUSED",
     )
+    # What a watcher saw since it first ran: paused (the node), RUNNING by the pause
+    # withdrawing the resume, the node's late RUNNING changes nothing, its PAUSED ends it.
+    req = workspaces_pb2.WatchWorkspaceEventsRequest(id=w.id, kinds=["workspace.state"])
+    states = [
+        (e.previous, e.state)
+        for e in (codec_events.event_from_proto(p) for p in s.ws.WatchWorkspaceEvents(req))
+    ]
+    assert states[states.index(("STARTING", "RUNNING")) + 1 :] == [
+        ("RUNNING", "PAUSED"),
+        ("PAUSED", "RUNNING"),
+        ("RUNNING", "PAUSED"),
+    ]
 
 
 def test_a_pause_wait_ends_when_a_resume_withdraws_the_pause(
@@ -173,6 +192,7 @@ def test_a_resume_wait_ends_when_a_pause_withdraws_the_resume(
             "workspace.pause",
             "user:local",
             "pause asked: it withdrew the resume asked before, which its node had not "
-            "reported done (still PAUSED); the workspace stays paused",
+            "reported done (still PAUSED); shown RUNNING until its node reports it paused "
+            "(it may have resumed it already)",
         ),
     ]

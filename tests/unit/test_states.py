@@ -128,11 +128,17 @@ def test_a_pause_not_carried_out_yet_is_withdrawn_by_a_resume() -> None:
     being paused; it now keeps it running. Likewise a pause of one being resumed.
     The node may have paused it already (its report on its way): the resume shows it
     PAUSED, being resumed, until the node reports RUNNING; it answered RUNNING at once,
-    while the guest stayed paused, and `ws resume --wait` ended there."""
+    while the guest stayed paused, and `ws resume --wait` ended there. Likewise a pause
+    withdrawing a resume the node may have made shows RUNNING, being paused, until the
+    node reports PAUSED (it answered PAUSED: `ws pause --wait` ended, the guest running).
+    Each is then what a plain resume (pause) under way shows, and withdrawn as it is."""
     t = apply_op(Op.RESUME, S.RUNNING, D.PAUSED, "workspace web1")
     assert t is not None and (t.desired, t.state) == (D.RUNNING, S.PAUSED)
     t = apply_op(Op.PAUSE, S.PAUSED, D.RUNNING, "workspace web1")
-    assert t is not None and (t.desired, t.state) == (D.PAUSED, S.PAUSED)
+    assert t is not None and (t.desired, t.state) == (D.PAUSED, S.RUNNING)
+    # Back and forth: each withdraws the one before, never an "already asked".
+    t = apply_op(Op.RESUME, t.state, t.desired, "workspace web1")
+    assert t is not None and (t.desired, t.state) == (D.RUNNING, S.PAUSED)
     # The same again was already asked for: accepted, changing nothing (None), as a
     # start again while it boots is; it was a new change (a new event to every watcher).
     assert apply_op(Op.PAUSE, S.RUNNING, D.PAUSED, "workspace web1") is None

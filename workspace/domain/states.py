@@ -152,10 +152,13 @@ _UNDER_WAY: dict[tuple[State, Desired], tuple[Op, str]] = {
 }
 
 
-# The state a withdrawal shows (by the withdrawing op), when not the state before: a
-# pause the node may already have made leaves the guest paused until it resumes it. A
-# pause withdrawing a resume keeps PAUSED (its guest is not known to run either way).
-_WITHDRAWN_SHOWS: dict[Op, State] = {Op.RESUME: State.PAUSED}
+# The state a withdrawal shows (by the withdrawing op): the withdrawn one may have been
+# carried out already, its node's report on its way, so the guest is not known to be in
+# the state the withdrawing op wants until its node reports it. A resume shows PAUSED,
+# being resumed; a pause RUNNING, being paused: a `ws resume|pause --wait` ends when the
+# node reports the guest running (paused), not at the answer (a pause withdrawing a
+# resume answered PAUSED, and `ws pause --wait` ended while the guest ran).
+_WITHDRAWN_SHOWS: dict[Op, State] = {Op.RESUME: State.PAUSED, Op.PAUSE: State.RUNNING}
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,9 @@ def apply_op(op: Op, state: State, desired: Desired, name: str = "workspace") ->
         if op is withdraws:  # not reported done yet: it need not be
             # The node may have carried it out already (its report is on its way): a
             # resume shows PAUSED, being resumed, until the node reports RUNNING, rather
-            # than RUNNING before the guest runs (`ws resume --wait` ended at once).
-            return Transition(_EFFECT[op][0], _WITHDRAWN_SHOWS.get(op, state))
+            # than RUNNING before the guest runs (`ws resume --wait` ended at once); a
+            # pause, RUNNING until the node reports PAUSED.
+            return Transition(_EFFECT[op][0], _WITHDRAWN_SHOWS[op])
         # The same one again was already asked for (above): a start or a reboot.
         raise FailedPrecondition(f"cannot {op.value} {name}: {refusal}")
     if state not in _ALLOWED[op]:

@@ -128,6 +128,11 @@ def scale(
     check_wait(wait_s, env.cfg.limits)
     with write(env) as u:
         c = resolve(u.s, who, ref)
+        if count < len(live([w for w in members_of(u.s, c.id) if w.role == role])):
+            # A scale-down destroys members: by a bare name, as a destroy, only the
+            # caller's own cluster (ops/lifecycle.py ``DISRUPTIVE``); a colleague's by
+            # its id or OWNER/NAME. A grow or a read still finds a colleague's by name.
+            c = resolve(u.s, who, ref, acting="scale down")
         result = scale_in(env, u, c, role, count, wait_s, why, as_identity(who))
         shown = view(u.s, c)
     if result.added or result.removed:

@@ -318,7 +318,8 @@ _ASKED = {
     (_PAUSED, _PAUSED): (
         Kind.WORKSPACE_PAUSE,
         "pause asked: it withdrew the resume asked before, which its node had not "
-        "reported done (still PAUSED); the workspace stays paused",
+        "reported done (still PAUSED); shown RUNNING until its node reports it paused "
+        "(it may have resumed it already)",
     ),
     (_RUNNING, _RUNNING): (
         Kind.WORKSPACE_RESUME,
@@ -333,8 +334,9 @@ def _pause_or_resume(ws: Workspace, who: str, state: tuple[Any, Any] | None) -> 
     """The event of a pause or a resume ``who`` asked of ``ws`` (None: neither), by the
     state before it (``state``: its change, if any). Its state does not change until its
     node reports, so no workspace.state event of the caller's tells it; a stop, start or
-    destroy changes the state and has one. A resume that withdrew a pause shows PAUSED
-    (domain/states.py): both events, the state's and this one."""
+    destroy changes the state and has one. A resume that withdrew a pause shows PAUSED,
+    a pause that withdrew a resume RUNNING (domain/states.py): both events, the state's
+    and this one."""
     desired = _change(ws, "desired_state")
     if desired is None or {desired[0], desired[1]} != {_RUNNING, _PAUSED}:
         return None
