@@ -25,7 +25,7 @@ from agent.netsetup import Networking
 from agent.reconcile import Action, Want, limit_changes, plan
 from agent.staging import Staging
 from agent.status import Sight, StatusBoard
-from agent.trust import running_note
+from agent.trust import KEPT_OLD_FORMAT, recheck, running_note
 from agent.virt.base import (
     PAUSED_IO_ERROR,
     DomainInfo,
@@ -770,23 +770,24 @@ class Executor:
         verdict = self.gate.verdict(order)
         if verdict is None:
             return
-        # Admitted under the rules of its day: an old-format signature alone stops nothing.
-        verdict = verdict.running(order.image)
-        stop = self.gate.stop_running_on_revoke and not verdict.allowed
         was = self.files.load_state(wid).get(TRUST_KEY)
+        # Booted trusted, under the rules of its day: an old-format signature alone
+        # stops nothing. Booted "warn", it was never admitted for that signature.
+        verdict, word = recheck(order.image, verdict, was)
+        stop = self.gate.stop_running_on_revoke and not verdict.allowed
         # Nothing new: the verdict it booted (or was last checked) under. An agent
         # restarting gets the policy as new, and the VMs it finds running have not
         # lost any trust they had.
-        if verdict.trusted or (verdict.word == was and not stop):
-            self._booted_under(wid, verdict.word)
+        if verdict.trusted or (word == was and not stop):
+            self._booted_under(wid, word)
             return
         self.gate.record("running", order, verdict)
-        note = running_note(order.image, verdict, stop)
+        note = running_note(order.image, verdict, stop, word == KEPT_OLD_FORMAT)
         log.warning("workspace %s: %s", self.who(wid), note)
         if stop:
             # It stays off: starting it again needs a verdict that allows it.
             self.driver.destroy(wid)
         self.status.note(wid, note)
         # Kept once it was said (and done): a re-check that failed before says it again.
-        self._booted_under(wid, verdict.word)
+        self._booted_under(wid, word)
         self.report([wid])

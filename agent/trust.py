@@ -130,10 +130,28 @@ def check_order(order: Order, policy: signing.Policy, now: float) -> signing.Ver
     return signing.Verdict(False, not policy.enforce, reason, "", policy.version, old)
 
 
-def running_note(image: str, verdict: signing.Verdict, stop: bool) -> str:
+# The verdict word a running VM's agent.json keeps once it was let run under an
+# old-format signature (``recheck``): it booted trusted, and is let run so again.
+KEPT_OLD_FORMAT = "allow-old-format"
+
+
+def recheck(image: str, verdict: signing.Verdict, was: object) -> tuple[signing.Verdict, str]:
+    """The verdict on a running VM of ``image`` checked again under a new policy, and
+    the word its agent.json keeps. ``was``: the word it booted (or was last checked)
+    under. One that booted trusted ("allow"), or was let run so before, is not stopped
+    for an old-format signature alone: it was admitted under the rules of its day
+    (``signing.Verdict.running``). One that booted untrusted (a "warn" of WARN mode), or
+    of which nothing is known, was not admitted for that signature: the verdict as is."""
+    if was in ("allow", KEPT_OLD_FORMAT) and verdict.old_format and not verdict.trusted:
+        return verdict.running(image), KEPT_OLD_FORMAT
+    return verdict, verdict.word
+
+
+def running_note(image: str, verdict: signing.Verdict, stop: bool, kept: bool = False) -> str:
     """What a VM running ``image`` is told when the re-check under a new policy finds it
-    not trusted (``verdict`` as ``signing.Verdict.running`` made it)."""
-    if verdict.old_format:  # not stopped for that, whatever the site says: see running()
+    not trusted (``verdict`` as ``recheck`` made it; ``kept``: let run for an old-format
+    signature, whatever the site says)."""
+    if kept:
         return f"{verdict.reason}; the VM keeps running"
     return (
         f"image {image} is no longer trusted under policy version "

@@ -63,10 +63,8 @@ def _admitted(site: Site, wid: str, where: str) -> list[SiteEvent]:
     ]
 
 
-def test_an_upgrade_alone_stops_no_vm_of_an_image_signed_in_the_old_format(
-    site: Site, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    trust = _trust(site)
+def _import(site: Site) -> None:
+    """IMAGE, contextualized, with an ext4 partition: what v1 never covered."""
     site.stubs.network()
     digest = site.stubs.upload(b"\3" * 65536)
     site.stubs.images.ImportImage(
@@ -88,6 +86,13 @@ def test_an_upgrade_alone_stops_no_vm_of_an_image_signed_in_the_old_format(
             ],
         )
     )
+
+
+def test_an_upgrade_alone_stops_no_vm_of_an_image_signed_in_the_old_format(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust = _trust(site)
+    _import(site)
     key = Ed25519PrivateKey.generate()
     trust.AddKey(
         trust_pb2.AddKeyRequest(public_key_pem=signing.public_pem(key), image_patterns=["*"])
@@ -178,3 +183,40 @@ def test_a_signature_with_a_field_the_site_does_not_know_is_refused_naming_it(
     details = err.value.details() or ""
     assert "the signed predicate has field(s) boot_script" in details
     assert "partitions" not in details and "another manifest" not in details
+
+
+def test_a_workspace_launched_untrusted_after_the_upgrade_is_stopped_under_enforce(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a workspace admitted under the old rules (launched while the v1 signature was
+    trusted) keeps running. One launched after the upgrade under WARN, its signature
+    already not enough ("warn": an owner could have changed what v1 does not cover), was
+    never admitted for it: turning ENFORCE on with stop_running_on_revoke stops it."""
+    trust = _trust(site)
+    _import(site)
+    key = Ed25519PrivateKey.generate()
+    trust.AddKey(
+        trust_pb2.AddKeyRequest(public_key_pem=signing.public_pem(key), image_patterns=["*"])
+    )
+    site.add_agent("node1")
+    with monkeypatch.context() as old_rules:  # before the upgrade, under WARN
+        old_rules.setattr(signing, "v1_problem", lambda *_: "")
+        signed = trust.AddSignature(
+            trust_pb2.AddSignatureRequest(image=IMAGE, envelope_json=_v1(site, key))
+        )
+        assert signed.trusted, signed.reason
+        lab = site.stubs.create(name="lab", image=IMAGE)
+        site.stubs.wait_state(lab.id, WS.WORKSPACE_STATE_RUNNING)
+    # After the upgrade, still under WARN: let through, audited "warn".
+    late = site.stubs.create(name="late", image=IMAGE)
+    site.stubs.wait_state(late.id, WS.WORKSPACE_STATE_RUNNING)
+
+    policy = trust.SetMode(
+        trust_pb2.SetModeRequest(mode=trust_pb2.TRUST_MODE_ENFORCE, stop_running_on_revoke=True)
+    )
+    assert "stopped 1 workspace(s): late" in policy.change, policy.change
+    assert f"kept running 1 workspace(s) {ADMITTED}: lab" in policy.change, policy.change
+    stopped = site.stubs.wait_state(late.id, WS.WORKSPACE_STATE_STOPPED)
+    assert "old format" in stopped.reason and ADMITTED not in stopped.reason
+    kept = site.stubs.get(lab.id)
+    assert kept.desired_state == common_pb2.DESIRED_STATE_RUNNING, kept.reason

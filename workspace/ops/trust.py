@@ -275,12 +275,38 @@ def _verdict(env: Env, s: Session, img: Image, envs: Sequence[str]) -> signing.V
 def running_verdict(env: Env, s: Session, img: Image, workspace_id: str) -> signing.Verdict:
     """The policy's verdict on a workspace of ``img`` that runs (or is meant to) when the
     policy changes; recorded in the audit (action "running"), never raised. One whose
-    image has an old-format signature alone was admitted under the rules of its day:
-    allowed, saying to sign the image again (``signing.Verdict.running``)."""
+    image has an old-format signature alone, and that was trusted when it was last
+    launched (``admitted_trusted``), was admitted under the rules of its day: allowed,
+    saying to sign the image again (``signing.Verdict.running``). One launched untrusted
+    (a "warn" of WARN mode) gets the verdict as it is: the old format was no admission."""
     envs = envelopes(s, img.name)
-    v = _verdict(env, s, img, envs).running(img.name)
+    v = _verdict(env, s, img, envs)
+    if v.old_format and not v.trusted and admitted_trusted(s, img.name, workspace_id):
+        v = v.running(img.name)
     _record_surviving(env, s, [_entry(env, img, v, "running", envs, workspace_id)])
     return v
+
+
+# The audited decisions that launch a workspace: the service's create and start, its
+# node's boot and start ("running", "place" and "sign" are not launches).
+_LAUNCHES = ("create", "start", "boot")
+
+
+def admitted_trusted(s: Session, image_name: str, workspace_id: str) -> bool:
+    """Whether the last launch of ``workspace_id`` (of image ``image_name``) the audit
+    records was trusted ("allow"): a VM booted under a signature the site then trusted.
+    One launched untrusted (a WARN mode "warn"), or with no launch recorded, was not."""
+    last = s.execute(
+        select(Audit.verdict)
+        .where(
+            Audit.image == image_name,
+            Audit.workspace_id == workspace_id,
+            Audit.action.in_(_LAUNCHES),
+        )
+        .order_by(Audit.id.desc())
+        .limit(1)
+    ).scalar()
+    return last == "allow"
 
 
 def placement_problem(env: Env, s: Session, image_name: str, workspace_id: str) -> str:

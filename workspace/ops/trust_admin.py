@@ -73,9 +73,11 @@ def _mode(enforce: str, stop: bool) -> str:
 def _stop_denied(env: Env, u: UnitOfWork, version: int) -> tuple[list[str], list[str]]:
     """Under ENFORCE with stop_running_on_revoke: every workspace meant to run whose image
     the policy now denies is stopped (desired STOPPED, forced), saying why. One whose
-    image is denied only for an old-format signature was admitted under the rules of its
-    day and keeps running (``signing.Verdict.running``). Returns the names of those
-    stopped and of those kept so. Each verdict is audited (action "running")."""
+    image is denied only for an old-format signature, launched while that signature was
+    trusted, was admitted under the rules of its day and keeps running
+    (``trust.running_verdict``); one launched untrusted under WARN is stopped. Returns
+    the names of those stopped and of those kept so. Each verdict is audited (action
+    "running")."""
     st = trust.settings(u.s)
     if st.mode != "ENFORCE" or not st.stop_running_on_revoke:
         return [], []
@@ -96,7 +98,7 @@ def _stop_denied(env: Env, u: UnitOfWork, version: int) -> tuple[list[str], list
         if img is None:
             continue
         v = trust.running_verdict(env, u.s, img, ws.id)
-        if v.old_format and not v.trusted:  # kept running; audited, so a site event too
+        if v.allowed and v.old_format and not v.trusted:  # kept; audited: a site event too
             kept.append(ws.name)
             log.warning(
                 "workspace %s: %s; it keeps running",
