@@ -93,7 +93,7 @@ class ImagesClientMixin:
         stall_s: float | None = None,
         digest: str = "",
     ) -> images_pb2.BlobRef:
-        """Stream a file to the service's blob store, in chunks of 16 KiB to 1 MiB by how
+        """Stream a file to the service's blob store, in chunks of 16 to 256 KiB by how
         fast the link takes them (workspace/chunking.py: a slow link is not cut).
 
         ``digest``: the file's, as hashed before ("sha256:<hex>"); the service then

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from workspace import client_images, errors, rpc, rpc_status
+from workspace import chunking, client_images, errors, rpc, rpc_status
 from workspace.cli import common
 from workspace.cli import ws as ws_cli
 from workspace.client import (
@@ -608,18 +608,22 @@ def test_a_create_one_replica_went_away_under_is_sent_until_answered(
     assert wsvc.creates == ["twice"] * 4  # each one reached the first replica
 
 
-def test_upload_blob_streams_1mib_chunks(
+def test_upload_blob_streams_chunks_of_at_most_the_chunking_maximum(
     served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
 ) -> None:
+    """Chunks of 16 to 256 KiB (workspace/chunking.py), far under gRPC's message limit,
+    with a progress report after each; the file's bytes all sent, once."""
     client, _, isvc = served
     path = tmp_path / "blob"
     path.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
     seen: list[tuple[int, int]] = []
     ref = client.upload_blob(path, lambda sent, total: seen.append((sent, total)))
-    assert isvc.chunks == [1024 * 1024, 1024 * 1024, 5]
-    assert ref.size_bytes == path.stat().st_size
     total = path.stat().st_size
-    assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
+    assert sum(isvc.chunks) == total == ref.size_bytes
+    assert all(0 < n <= chunking.MAX_BYTES for n in isvc.chunks), isvc.chunks
+    assert chunking.MAX_BYTES < rpc.MAX_MESSAGE_BYTES
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert len(seen) == len(isvc.chunks) + 1
 
 
 def test_an_upload_the_service_refuses_itself_is_not_said_to_be_cut_short(
