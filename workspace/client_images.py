@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
@@ -93,7 +93,7 @@ class ImagesClientMixin:
         stall_s: float | None = None,
         digest: str = "",
     ) -> images_pb2.BlobRef:
-        """Stream a file to the service's blob store, in chunks of 16 KiB to 1 MiB by how
+        """Stream a file to the service's blob store, in chunks of 16 to 256 KiB by how
         fast the link takes them (workspace/chunking.py: a slow link is not cut).
 
         ``digest``: the file's, as hashed before ("sha256:<hex>"); the service then
@@ -105,12 +105,24 @@ class ImagesClientMixin:
         has no deadline (a large file over a slow link takes what it takes), but one the
         service takes no chunk of for ``stall_s`` seconds (default ``UPLOAD_STALL_S``)
         is cancelled: Unavailable (code DEADLINE_EXCEEDED), nothing stored.
+
+        The bytes sent are the file's size when the upload began: one longer or shorter
+        by then (still being written) is cancelled, InvalidArgument, nothing stored.
         """
         stall = UPLOAD_STALL_S if stall_s is None else stall_s
         total = os.path.getsize(path)
         moved = [time.monotonic()]  # when gRPC last took a chunk
         sent_all = threading.Event()
         taken = [0]  # bytes gRPC took (the chunk before each it asked for was sent)
+        calls: list[grpc.Future] = []  # the call, once made
+        made = threading.Event()
+        changed: list[int] = []  # the file's size, once it is no longer ``total``
+
+        def give_up(f: BinaryIO) -> None:
+            """Cancel the call before its stream ends: the service stores nothing."""
+            changed.append(os.fstat(f.fileno()).st_size)
+            made.wait()
+            calls[0].cancel()
 
         def chunks() -> Iterator[images_pb2.BlobChunk]:
             sent = 0
@@ -119,6 +131,9 @@ class ImagesClientMixin:
                     progress(0, total)
                 said = digest  # in the first chunk
                 for data in ChunkSizer().read(f):
+                    if sent + len(data) > total:
+                        give_up(f)
+                        return
                     yield images_pb2.BlobChunk(data=data, digest=said)
                     said = ""
                     moved[0] = time.monotonic()  # gRPC sent the last one, wants the next
@@ -126,6 +141,9 @@ class ImagesClientMixin:
                     taken[0] = sent
                     if progress is not None:
                         progress(sent, total)
+                if sent < total:
+                    give_up(f)
+                    return
                 if said:  # an empty file: one empty chunk, which says its digest
                     yield images_pb2.BlobChunk(digest=said)
             sent_all.set()
@@ -134,10 +152,20 @@ class ImagesClientMixin:
         # connection up while flow control holds every chunk back; on a unix socket even
         # keepalive pings wait behind them, so the upload waited for ever.
         call = self._images.UploadBlob.future(chunks())
+        calls.append(call)
+        made.set()
         try:
             while True:
                 try:
                     return call.result(timeout=UPLOAD_CHECK_S)
+                except grpc.FutureCancelledError:
+                    if not changed:
+                        raise
+                    raise errors.InvalidArgument(
+                        f"{path} changed while it was sent ({total} bytes when the upload "
+                        f"began, now {changed[0]}); nothing was stored; try again once "
+                        "nothing writes to it"
+                    ) from None
                 except grpc.FutureTimeoutError:
                     idle = time.monotonic() - moved[0]
                     if sent_all.is_set() or idle < stall:

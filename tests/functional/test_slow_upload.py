@@ -136,3 +136,29 @@ def test_an_upload_whose_link_stalls_ends_with_a_clear_error(
         assert "UploadBlob: the next chunk did not come within 1 s" in cut.value.message
     with Client(slow_site.address) as c:
         assert c.has_blobs([digest]) == [digest]  # nothing stored
+
+
+def test_an_upload_of_a_file_still_being_written_stores_nothing(tmp_path: Path) -> None:
+    """`ws-admin image import disk.img` (no digest said) while disk.img is still being
+    copied: what the client read up to the file's end at that moment was stored and
+    made into an image. Now the upload is cancelled and the repository left as it was."""
+    site = Site(tmp_path)
+    data = bytes(range(256)) * (FILE_BYTES // 256)
+    f = tmp_path / "disk.img"
+    f.write_bytes(data)
+
+    def still_written(done: int, total: int) -> None:
+        if done and f.stat().st_size == total:
+            with f.open("ab") as more:
+                more.write(data)
+
+    try:
+        with Client(site.address) as c:
+            with pytest.raises(errors.InvalidArgument, match=r"disk\.img changed while"):
+                c.upload_blob(f, still_written)
+            assert c.repository_usage().used_bytes == 0
+            whole = "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
+            assert c.has_blobs([whole]) == [whole]
+        assert list((Path(site.cfg.data_dir) / "blobs" / "sha256").iterdir()) == []
+    finally:
+        site.close()

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from workspace import client_images, errors, rpc, rpc_status
+from workspace import chunking, client_images, errors, rpc, rpc_status
 from workspace.cli import common
 from workspace.cli import ws as ws_cli
 from workspace.client import (
@@ -608,18 +608,55 @@ def test_a_create_one_replica_went_away_under_is_sent_until_answered(
     assert wsvc.creates == ["twice"] * 4  # each one reached the first replica
 
 
-def test_upload_blob_streams_1mib_chunks(
+def test_upload_blob_streams_chunks_of_at_most_the_chunking_maximum(
     served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
 ) -> None:
+    """Chunks of 16 to 256 KiB (workspace/chunking.py), far under gRPC's message limit,
+    with a progress report after each; the file's bytes all sent, once."""
     client, _, isvc = served
     path = tmp_path / "blob"
     path.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
     seen: list[tuple[int, int]] = []
     ref = client.upload_blob(path, lambda sent, total: seen.append((sent, total)))
-    assert isvc.chunks == [1024 * 1024, 1024 * 1024, 5]
-    assert ref.size_bytes == path.stat().st_size
     total = path.stat().st_size
-    assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) == 4
+    assert sum(isvc.chunks) == total == ref.size_bytes
+    assert all(0 < n <= chunking.MAX_BYTES for n in isvc.chunks), isvc.chunks
+    assert chunking.MAX_BYTES < rpc.MAX_MESSAGE_BYTES
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert len(seen) == len(isvc.chunks) + 1
+
+
+@pytest.mark.parametrize("change", ["grows", "shrinks"])
+def test_an_upload_of_a_file_that_changes_size_meanwhile_is_cancelled_saying_so(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path, change: str
+) -> None:
+    """`ws-admin image import disk.img` while disk.img is still being written (a copy, a
+    download): the client read it to wherever its end was and the service stored that,
+    a cut or spliced disk made into an image with nothing said (an upload that says no
+    digest is checked against none). Now the upload stops at the size the file had when
+    it began and is cancelled, nothing stored, when the file is longer or shorter."""
+    client, _, isvc = served
+    path = tmp_path / "disk.img"
+    path.write_bytes(os.urandom(1024 * 1024))
+    done = {"changed": False}
+
+    def meanwhile(sent: int, total: int) -> None:
+        if sent and not done["changed"]:
+            done["changed"] = True
+            if change == "grows":
+                with path.open("ab") as f:
+                    f.write(os.urandom(1024 * 1024))
+            else:
+                os.truncate(path, sent + 10)
+
+    with pytest.raises(errors.InvalidArgument) as got:
+        client.upload_blob(path, meanwhile)
+    now = path.stat().st_size
+    assert got.value.message == (
+        f"{path} changed while it was sent (1048576 bytes when the upload began, now {now}); "
+        "nothing was stored; try again once nothing writes to it"
+    ), got.value.message
+    assert isvc.chunks == []  # the service's call was cancelled: it answered nothing
 
 
 def test_an_upload_the_service_refuses_itself_is_not_said_to_be_cut_short(
