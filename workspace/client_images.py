@@ -33,7 +33,6 @@ from workspace.v1 import (
     trust_pb2,
     trust_pb2_grpc,
     workspaces_pb2,
-    workspaces_pb2_grpc,
 )
 
 T = TypeVar("T")
@@ -66,13 +65,13 @@ class PushResult:
 
 
 class ImagesClientMixin:
-    """Needs ``_call``, ``_images``, ``_projects``, ``_trust``, ``_workspaces`` and
-    ``get_workspace`` from the Client."""
+    """Needs ``_call``, ``_images``, ``_projects``, ``_trust``, ``get_workspace`` and
+    ``whoami`` from the Client."""
 
     _images: images_pb2_grpc.ImagesStub
-    _workspaces: workspaces_pb2_grpc.WorkspacesStub
     _projects: projects_pb2_grpc.ProjectsStub
     _trust: trust_pb2_grpc.TrustStub
+    whoami: Callable[[], workspaces_pb2.Caller]  # WhoAmIClientMixin's
     address: str
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
@@ -240,7 +239,7 @@ class ImagesClientMixin:
                 break
         if not mine:
             return out
-        me = self._call(self._workspaces.WhoAmI, workspaces_pb2.WhoAmIRequest()).user
+        me = self.whoami().user
         return [img for img in out if img.owner == me]
 
     def get_image(self, name: str) -> images_pb2.Image:
