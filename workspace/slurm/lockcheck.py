@@ -3,8 +3,8 @@ ws-slurm under slurmctld, open it as a run does (made 0600 if missing, in a dire
 made 0700 if missing)? A run that cannot does nothing: its nodes are DOWN with
 ``ws: config: lock file …``. The default, /var/lib/ws-slurm/nodes.lock, is in a
 directory nothing makes but the admin, and SlurmUser cannot make it in /var/lib: a site
-that upgraded to the version with ``lock_file`` (session 43) without making it had every
-resume fail, and ``check`` said nothing of it.
+that upgraded to the version with ``lock_file`` without making it had every resume
+fail, and ``check`` said nothing of it.
 
 ``check`` only looks (``os.stat``): it makes neither the file nor its directory, for it
 runs as whoever runs it, often root, and what it made would be root's, which SlurmUser
@@ -91,19 +91,24 @@ def check_lock_file(path: str, user: RunsAs, out: Callable[[str], None]) -> bool
     fails = "every resume, suspend and resume-fail would fail, its nodes DOWN"
     make = f"install -d -o {user.name} -g {user.group} -m 0700 {where.parent}"
     try:
-        for d in reversed(where.parents):  # /, /var, /var/lib, /var/lib/ws-slurm
+        # /, /var, /var/lib, /var/lib/ws-slurm, then the file itself
+        for d in (*reversed(where.parents), where):
             try:
                 st = os.stat(d)
             except FileNotFoundError:
                 # The run makes it and what is below it, in its parent (which is there).
                 if user.may(os.stat(d.parent), W | X):
                     return True
+                missing = f"directory {where.parent}" if d != where else "it"
+                fix = "make it" if d != where else "make the directory SlurmUser's"
                 out(
-                    f"lock file {path}: directory {where.parent} does not exist, and "
-                    f"{user.label} cannot make it ({d.parent} is not writable by "
-                    f"{user.name}): {fails}; make it: {make}"
+                    f"lock file {path}: {missing} does not exist, and {user.label} cannot "
+                    f"make it ({d.parent} is not writable by {user.name}): {fails}; "
+                    f"{fix}: {make}"
                 )
                 return False
+            if d == where:
+                break
             if not stat.S_ISDIR(st.st_mode):
                 out(f"lock file {path}: {d} is not a directory: {fails}; set lock_file")
                 return False
@@ -113,17 +118,6 @@ def check_lock_file(path: str, user: RunsAs, out: Callable[[str], None]) -> bool
                     f"{stat.filemode(st.st_mode)} {_owner(st)}): {fails}"
                 )
                 return False
-        try:
-            st = os.stat(where)
-        except FileNotFoundError:
-            if user.may(os.stat(where.parent), W | X):
-                return True
-            out(
-                f"lock file {path}: it does not exist, and {user.label} cannot make it "
-                f"({where.parent} is not writable by {user.name}): {fails}; make the "
-                f"directory SlurmUser's: {make}"
-            )
-            return False
     except OSError as exc:  # this user may not look where SlurmUser may
         out(f"lock file {path}: not checked: {exc.filename}: {exc.strerror}")
         return True
