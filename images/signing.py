@@ -205,16 +205,22 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 def sign(manifest: ImageSpec, private: Ed25519PrivateKey, boot: Boot | None = None) -> str:
     """A DSSE envelope (JSON text) carrying the signed statement (v2) of ``manifest`` and
     its ``boot`` settings (None: the defaults)."""
-    payload = canonical(statement(manifest, boot))
+    return envelope(canonical(statement(manifest, boot)), private)
+
+
+def envelope(payload: bytes, private: Ed25519PrivateKey) -> str:
+    """A DSSE envelope (JSON text) of ``payload`` (a statement, ``canonical``) signed with
+    ``private``: what ``sign`` makes of the current statement; also how an envelope of an
+    earlier format (``statement_v1``) is made again, in tests of how it is checked."""
     sig = private.sign(pae(PAYLOAD_TYPE, payload))
-    envelope = {
+    doc = {
         "payloadType": PAYLOAD_TYPE,
         "payload": base64.b64encode(payload).decode(),
         "signatures": [
             {"keyid": key_id(private.public_key()), "sig": base64.b64encode(sig).decode()}
         ],
     }
-    return json.dumps(envelope, sort_keys=True)
+    return json.dumps(doc, sort_keys=True)
 
 
 # -- the policy and its verdicts -----------------------------------------------------------

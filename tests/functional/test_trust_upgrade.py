@@ -38,15 +38,7 @@ def _v1(site: Site, key: Ed25519PrivateKey) -> str:
         row = s.get(Image, IMAGE)
         assert row is not None
         payload = signing.canonical(signing.statement_v1(image_spec(row)))
-    sig = key.sign(signing.pae(signing.PAYLOAD_TYPE, payload))
-    kid = signing.key_id(key.public_key())
-    return json.dumps(
-        {
-            "payloadType": signing.PAYLOAD_TYPE,
-            "payload": base64.b64encode(payload).decode(),
-            "signatures": [{"keyid": kid, "sig": base64.b64encode(sig).decode()}],
-        }
-    )
+    return signing.envelope(payload, key)
 
 
 def _events(site: Site, wid: str) -> list[SiteEvent]:

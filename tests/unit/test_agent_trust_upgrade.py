@@ -6,8 +6,6 @@ images/signing.py ``Verdict.running``). Real Ed25519 signatures."""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -38,20 +36,7 @@ def parts(tmp_path: Path) -> Iterator[Parts]:
 
 def _v1(order: Order, key: Ed25519PrivateKey) -> str:
     """The envelope `ws image sign` made before format v2: the files alone."""
-    payload = signing.canonical(signing.statement_v1(order.spec()))
-    sig = key.sign(signing.pae(signing.PAYLOAD_TYPE, payload))
-    return json.dumps(
-        {
-            "payloadType": signing.PAYLOAD_TYPE,
-            "payload": base64.b64encode(payload).decode(),
-            "signatures": [
-                {
-                    "keyid": signing.key_id(key.public_key()),
-                    "sig": base64.b64encode(sig).decode(),
-                }
-            ],
-        }
-    )
+    return signing.envelope(signing.canonical(signing.statement_v1(order.spec())), key)
 
 
 def _order(key: Ed25519PrivateKey) -> Order:

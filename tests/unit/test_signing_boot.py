@@ -41,16 +41,7 @@ def _policy(public: str) -> Policy:
 
 def _sign_v1(m: ImageSpec, private: signing.Ed25519PrivateKey) -> str:
     """An envelope as signing made it before format v2 (the files alone)."""
-    payload = signing.canonical(signing.statement_v1(m))
-    sig = private.sign(signing.pae(signing.PAYLOAD_TYPE, payload))
-    kid = signing.key_id(private.public_key())
-    return json.dumps(
-        {
-            "payloadType": signing.PAYLOAD_TYPE,
-            "payload": base64.b64encode(payload).decode(),
-            "signatures": [{"keyid": kid, "sig": base64.b64encode(sig).decode()}],
-        }
-    )
+    return signing.envelope(signing.canonical(signing.statement_v1(m)), private)
 
 
 def test_a_new_signature_covers_context_and_login_user(
