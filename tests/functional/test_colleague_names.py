@@ -12,7 +12,14 @@ import pytest
 
 from tests.functional.harness import WS, SitePki, TlsSite
 from workspace.cli.ws import main as ws_main
-from workspace.v1 import clusters_pb2, common_pb2, images_pb2, projects_pb2, projects_pb2_grpc
+from workspace.v1 import (
+    clusters_pb2,
+    common_pb2,
+    images_pb2,
+    projects_pb2,
+    projects_pb2_grpc,
+    workspaces_pb2,
+)
 
 WS_RUNNING = common_pb2.DESIRED_STATE_RUNNING
 WS_STOPPED = common_pb2.DESIRED_STATE_STOPPED
@@ -36,8 +43,8 @@ def site(tmp_path: Path) -> Iterator[TlsSite]:
         s.close()
 
 
-def _as(site: TlsSite, user: str) -> list[str]:
-    return ["--service", site.address, "--identity", str(site.pki.user(user))]
+def _as(site: TlsSite, user: str, admin: bool = False) -> list[str]:
+    return ["--service", site.address, "--identity", str(site.pki.user(user, admin=admin))]
 
 
 def test_a_colleagues_workspace_is_destroyed_by_id_or_owner_name_only(
@@ -134,12 +141,7 @@ def test_an_update_or_exec_by_a_bare_name_acts_only_on_the_callers_own(
     told that rather than to give OWNER/NAME."""
     wid, candidates = _running_web1(site)
     alice = site.identity("alice", projects=("physics",))
-    admin = [
-        "--service",
-        site.address,
-        "--identity",
-        str(site.pki.user(site.cfg.default_owner, admin=True)),
-    ]
+    admin = _as(site, site.cfg.default_owner, admin=True)
     capsys.readouterr()
     for verb, argv in (
         ("update", ["update", "web1", "--cpu-weight", "200"]),
@@ -165,6 +167,19 @@ def test_an_update_or_exec_by_a_bare_name_acts_only_on_the_callers_own(
         err = capsys.readouterr().err
         assert "only alice (the owner) and admins may run commands in workspace web1" in err
     assert alice.get(wid).limits.cpu_weight == 200
+    # A save holds the workspace (no start until it ends): the admin's, by a bare name,
+    # saved the one user's web1 as the admin's image.
+    alice.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=wid))
+    alice.wait_state(wid, WS.WORKSPACE_STATE_STOPPED)
+    capsys.readouterr()
+    assert ws_main([*admin, "image", "save", "web1", "web1img:1"]) == 1
+    assert (
+        "you have no workspace named 'web1'; not guessing someone else's to save: "
+        f"give its id or OWNER/NAME (alice/web1 (id {wid}, STOPPED))"
+    ) in capsys.readouterr().err
+    assert not alice.get(wid).saving_as
+    assert ws_main([*bob, "image", "save", "web1", "web1img:1"]) == 1
+    assert "only alice (the owner) and admins may save workspace web1" in capsys.readouterr().err
 
 
 def test_a_colleagues_autoscaler_is_set_by_id_or_owner_name_only(
@@ -188,3 +203,13 @@ def test_a_colleagues_autoscaler_is_set_by_id_or_owner_name_only(
     argv = ["cluster", "autoscale", "alice/mpi", "--role", "worker", "--off"]
     assert ws_main([*bob, *argv]) == 0
     assert ws_main([*bob, *argv[:2], c.id, *argv[3:]]) == 0
+    # `ws cluster exec mpi` runs in every member, which an admin may: not in a guess.
+    admin = _as(site, site.cfg.default_owner, admin=True)
+    capsys.readouterr()
+    assert ws_main([*admin, "cluster", "exec", "mpi", "--", "true"]) == 1
+    assert (
+        "you have no cluster named 'mpi'; not guessing someone else's to run commands in: "
+        f"give its id or OWNER/NAME (alice/mpi (id {c.id}, "
+    ) in capsys.readouterr().err
+    ws_main([*admin, "cluster", "exec", "alice/mpi", "--", "true"])
+    assert "not guessing" not in capsys.readouterr().err

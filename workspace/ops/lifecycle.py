@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from workspace import callctx
 from workspace.domain.events import Kind
 from workspace.domain.states import Desired, NodeState, Op, State
+from workspace.domain.tenancy import guess_refused
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity
 from workspace.log import about
@@ -26,10 +27,10 @@ log = logging.getLogger("workspace.ops")
 Owned = TypeVar("Owned", Workspace, Cluster)
 
 # The operations that interrupt what runs in a workspace (or cluster): by a bare name
-# they act only on the caller's own (``choose_owned``); a start or resume, as a read,
-# also on the one other user's of that name the caller may see. So do the other
-# changes that are not a start's (``ws update``, ``ws cluster autoscale``, a
-# shrinking scale, ``ws exec``): each passes its verb as ``acting``.
+# they act only on the caller's own (``choose_owned``); a start, resume or lease
+# extend, as a read, also on the one other user's of that name the caller may see. So
+# do the other changes (``ws update``, ``ws cluster autoscale``, a shrinking scale, ``ws
+# exec``, a console attach, ``ws image save``): each passes its verb as ``acting``.
 DISRUPTIVE = frozenset({Op.STOP, Op.REBOOT, Op.PAUSE, Op.DESTROY})
 
 # How much longer than ``limits.save_timeout_s`` a save waits for its node (ops/save.py).
@@ -126,11 +127,8 @@ def choose_owned(
     pool = own or rows
     live = [r for r in pool if r.state != State.TERMINATED.value]
     if acting and not own and pool and (ident.admin or not owner_only):
-        shown = ", ".join(f"{r.owner}/{ref} (id {r.id}, {r.state})" for r in (live or pool)[:5])
-        raise FailedPrecondition(
-            f"you have no {what} named {ref!r}; not guessing someone else's to {acting}: "
-            f"give its id or OWNER/NAME ({shown})"
-        )
+        seen = [(r.owner, r.id, r.state) for r in (live or pool)[:5]]
+        raise FailedPrecondition(guess_refused(what, ref, acting, seen))
     if not own and len({r.owner for r in live}) > 1:
         shown = ", ".join(f"{r.owner}'s {r.id}" for r in live[:5])
         raise FailedPrecondition(
