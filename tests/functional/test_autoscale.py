@@ -399,7 +399,7 @@ def test_a_users_command_signal_runs_only_what_the_site_vetted(tmp_path: Path) -
         admin = clusters_pb2_grpc.ClustersStub(site.stubs.channel)
         c = admin.SetAutoscale(
             clusters_pb2.SetAutoscaleRequest(
-                id="auto", role="worker", min=0, max=2, signal=f"command:{elsewhere}"
+                id="mallory/auto", role="worker", min=0, max=2, signal=f"command:{elsewhere}"
             )
         )
         assert c.autoscale[0].signal == f"command:{elsewhere}"

@@ -50,10 +50,11 @@ def _cluster(stub: clusters_pb2_grpc.ClustersStub, project: str = "") -> None:
     )
 
 
-def _turn_on(stub: clusters_pb2_grpc.ClustersStub, sig: Path) -> None:
+def _turn_on(stub: clusters_pb2_grpc.ClustersStub, sig: Path, ref: str = "auto") -> None:
+    """``ref``: OWNER/NAME for someone else's cluster (a bare name is the caller's own)."""
     stub.SetAutoscale(
         clusters_pb2.SetAutoscaleRequest(
-            id="auto", role="worker", min=0, max=4, signal=f"command:{sig}"
+            id=ref, role="worker", min=0, max=4, signal=f"command:{sig}"
         )
     )
 
@@ -95,7 +96,7 @@ def test_a_revoked_setter_grows_nothing_until_turned_on_again(tmp_path: Path) ->
         assert _evaluate(site).decision.action == "failed"
         assert len(_rights_refusals(site)) == 1  # the same refusal is no news
         # Someone with rights (here the admin) turns it on again: it grows.
-        _turn_on(admin, sig)
+        _turn_on(admin, sig, "mallory/auto")
         assert _evaluate(site).decision.action == "grew"
         assert _workers(admin) == 3
     finally:
@@ -112,7 +113,7 @@ def test_a_setter_taken_out_of_the_project_grows_nothing(tmp_path: Path) -> None
         alice = clusters_pb2_grpc.ClustersStub(site.identity("alice").channel)
         bob = clusters_pb2_grpc.ClustersStub(site.identity("bob").channel)
         _cluster(alice, project="physics")
-        _turn_on(bob, sig)  # a member of the cluster's project
+        _turn_on(bob, sig, "alice/auto")  # a member of the cluster's project
         (tmp_path / "want").write_text("2\n")
         assert _evaluate(site).decision.action == "grew"
         projects.RemoveProjectUser(projects_pb2.ProjectUserRequest(project="physics", user="bob"))

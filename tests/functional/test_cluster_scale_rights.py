@@ -96,7 +96,11 @@ def test_an_admins_cluster_of_another_users_image_grows_as_it_was_made(
     assert site.service is not None
     admin.clusters.SetAutoscale(
         clusters_pb2.SetAutoscaleRequest(
-            id="el", role="worker", min=1, max=5, signal=f"command:{tmp_path / 'vetted/want'}"
+            id=f"{site.cfg.default_owner}/el",
+            role="worker",
+            min=1,
+            max=5,
+            signal=f"command:{tmp_path / 'vetted/want'}",
         )
     )
     (out,) = autoscale.evaluate(site.service.env)
@@ -121,7 +125,11 @@ def test_a_project_member_gets_none_of_the_owners_admin_rights(
     assert workers(admin) == ["el-worker-0"]  # nothing changed
     carol.clusters.SetAutoscale(
         clusters_pb2.SetAutoscaleRequest(
-            id="el", role="worker", min=1, max=5, signal=f"command:{tmp_path / 'vetted/want'}"
+            id=f"{site.cfg.default_owner}/el",
+            role="worker",
+            min=1,
+            max=5,
+            signal=f"command:{tmp_path / 'vetted/want'}",
         )
     )
     assert site.service is not None

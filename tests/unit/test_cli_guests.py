@@ -52,7 +52,7 @@ from workspace.domain.tasks import (
 from workspace.ops import taskhub
 from workspace.ops.taskhub import TaskHub
 from workspace.site import record as site_record
-from workspace.v1 import access_pb2, clusters_pb2, common_pb2
+from workspace.v1 import access_pb2, clusters_pb2, common_pb2, workspaces_pb2
 
 RUNNING = common_pb2.WorkspaceState.WORKSPACE_STATE_RUNNING
 STOPPED = common_pb2.WorkspaceState.WORKSPACE_STATE_STOPPED
@@ -82,6 +82,10 @@ class FakeClient:
 
     def list_ssh_keys(self) -> list[access_pb2.SshKey]:
         return self.keys
+
+    def whoami(self) -> workspaces_pb2.Caller:
+        """A user who is no admin: the owner of the workspaces and cluster given."""
+        return workspaces_pb2.Caller(user="")
 
     def get_workspace(self, ref: str) -> common_pb2.Workspace:
         if ref not in self.workspaces:

@@ -21,7 +21,7 @@ from tests.unit.cluster_examples import CS, WS
 from tests.unit.cluster_examples import cluster as _cluster
 from workspace import errors
 from workspace.cli import admin, ws
-from workspace.v1 import access_pb2, clusters_pb2, common_pb2
+from workspace.v1 import access_pb2, clusters_pb2, common_pb2, workspaces_pb2
 
 
 def _ws(ref: str, state: int, **kw: Any) -> common_pb2.Workspace:
@@ -262,6 +262,9 @@ class ExecHangs:
 
     def get_cluster(self, ref: str) -> Any:
         return _cluster()
+
+    def whoami(self) -> Any:
+        return workspaces_pb2.Caller(user="")
 
     def exec(self, ref: str, argv: Any, stdin: bytes, timeout_s: int, **kw: Any) -> Any:
         if ref == "id-mpi-worker-0":

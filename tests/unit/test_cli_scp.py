@@ -233,3 +233,56 @@ def test_cluster_scp_with_a_key_file_that_is_not_there_says_so_once(
     rc, out, err = run(c, capsys, *argv)  # type: ignore[arg-type]
     assert rc == 1 and out == ""
     assert err == f"ws: error: no key file {tmp_path / 'nokey'} (-i): give the private key's path\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "workspace"),
+    [
+        ("alice/box:/etc/hostname", "alice/box"),
+        ("alice/box:", "alice/box"),
+        ("al.ice_1/web-1:x", "al.ice_1/web-1"),
+        # Not spelled as a user and a workspace name: a local path, as for scp.
+        ("./alice/box:x", ""),
+        ("/alice/box:x", ""),
+        ("../box:x", ""),
+        ("~/box:x", ""),
+        ("Results/box:x", ""),
+        ("a/b/c:x", ""),
+        ("alice/:x", ""),
+        ("alice/box", ""),
+        ("run/a:1", ""),  # it exists (below)
+    ],
+)
+def test_scp_takes_owner_name_path_for_a_colleagues_workspace(
+    text: str, workspace: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``OWNER/NAME:PATH`` names OWNER's workspace, as OWNER/NAME does for every other
+    command: `ws scp` could name a colleague's only by its id. A local path that is
+    there stays one (`run/a:1`)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "a:1").write_text("")
+    assert copy_cmds.operand(text).workspace == workspace
+
+
+def test_scp_copies_from_and_to_a_colleagues_workspace_by_owner_name(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(site_record.SITE_ENV, str(tmp_path / "no-site"))
+    monkeypatch.chdir(tmp_path)
+    c = FakeClient([box(host_keys=HOST_KEYS)])
+    c.workspaces["alice/box"] = box(host_keys=HOST_KEYS, owner="alice")
+    for argv, paths in (
+        (["alice/box:/etc/hostname", "."], ["debian@10.213.0.5:/etc/hostname", "."]),
+        (["data", "alice/box:/tmp/"], ["data", "debian@10.213.0.5:/tmp/"]),
+    ):
+        rc, out, _ = run(c, capsys, "scp", *argv, "--print")
+        assert rc == 0
+        assert shlex.split(out)[-2:] == paths
+    # A local download target of that shape that is not there yet is taken for a
+    # workspace: two workspaces, refused, saying how to write the local path.
+    rc, out, err = run(c, capsys, "scp", "box:/a", "results/x:1")
+    assert rc == 2 and out == ""
+    assert "a local path is written ./results/x:..." in err
+    rc, out, _ = run(c, capsys, "scp", "box:/a", "./results/x:1", "--print")
+    assert rc == 0 and shlex.split(out)[-1] == "./results/x:1"

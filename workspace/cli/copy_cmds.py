@@ -4,7 +4,13 @@ service vouches for, as `ws ssh` logs in (cli/guest_cmds.py).
 Operands are scp's: ``NAME:PATH`` is PATH in workspace NAME (its name or id; an empty
 PATH is the login user's home), anything else a local path (``./a:b`` for a local file
 whose name holds a colon: a ``/`` before the first ``:`` makes it local, as for scp).
-One side is here, the other one workspace: ``SRC... NAME:DST`` or ``NAME:SRC... DST``.
+One exception, as ``kubectl cp`` reads ``NAMESPACE/POD:PATH``: ``OWNER/NAME:PATH`` is
+OWNER's workspace NAME, as every other command takes OWNER/NAME (docs/design/cli.md),
+when OWNER and NAME are spelled as the service's user and workspace names are
+(lowercase, beginning with a letter or digit) and no local path of that name exists;
+``./alice/web1:x`` is local whatever exists. One side is here, the other one workspace:
+``SRC... NAME:DST`` or ``NAME:SRC... DST``; an operand meant as a local path but taken
+for a workspace makes two workspaces, which is refused, saying how to write it.
 
 `ws cluster scp NAME`: the same for every member of a cluster at once (``:PATH`` on each
 of them), each member's own copy of a download in a directory named after it.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -30,6 +37,8 @@ from workspace.v1 import common_pb2
 
 # NAME:PATH; a "/" before the first ":" makes the operand a local path.
 _REMOTE = re.compile(r"([^/:]+):(.*)", re.DOTALL)
+# OWNER/NAME:PATH: a user name (identity.NAME_RE) and a workspace name (ops/create.py).
+_OWNED = re.compile(r"([a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9-]*):(.*)", re.DOTALL)
 USAGE = "SRC... NAME:DST or NAME:SRC... DST"
 
 
@@ -43,7 +52,9 @@ def operand(text: str) -> Operand:
     """``text`` as ``ws scp`` reads an operand."""
     m = _REMOTE.fullmatch(text)
     if m is None:
-        return Operand("", text)
+        m = _OWNED.fullmatch(text)
+        if m is None or os.path.lexists(text):  # a local path that is there stays one
+            return Operand("", text)
     return Operand(m.group(1), m.group(2))
 
 
@@ -61,9 +72,11 @@ def plan(operands: list[str]) -> tuple[str, list[Operand]]:
         return named.pop(), parsed  # there -> here
     if not target.workspace and not named:
         raise common.UsageError(f"no workspace named: give {USAGE}")
+    owned = [o.workspace for o in parsed if "/" in o.workspace]
+    local = f"; a local path is written ./{owned[0]}:..." if owned else ""
     raise common.UsageError(
         f"ws scp copies between here and one workspace: {USAGE} (between two workspaces, "
-        "copy through here)"
+        f"copy through here{local})"
     )
 
 
@@ -121,8 +134,9 @@ def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.Clien
         help="copy files to or from a workspace with scp, checking the host keys the "
         "service vouches for",
         description="Copy files between here and a workspace with scp: SRC... NAME:DST "
-        "uploads, NAME:SRC... DST downloads (NAME: the workspace's name or id; NAME: alone "
-        "is its login user's home; ./a:b is a local file whose name holds a colon). The "
+        "uploads, NAME:SRC... DST downloads (NAME: the workspace's name or id, or "
+        "OWNER/NAME for a colleague's; NAME: alone is its login user's home; ./a:b is a "
+        "local file whose name holds a colon, and so is an existing a/b:c). The "
         "guest's host keys are checked against those the service holds, as `ws ssh` "
         "checks them; ws exits with scp's exit code.",
     )

@@ -23,8 +23,9 @@ from typing import Any, Protocol, TypeVar
 
 from workspace import errors
 from workspace.cli import common, guest_cmds, render
-from workspace.client import Client, state_name
+from workspace.client import Client, cluster_state_name, state_name
 from workspace.domain import booting
+from workspace.domain.tenancy import guess_refused
 from workspace.v1 import access_pb2, clusters_pb2, common_pb2
 
 # timeout(1)'s exit code for a command that ran past its time.
@@ -274,12 +275,26 @@ def chosen_members(
     return cluster, members
 
 
+def refuse_a_guess(client: Client, ref: str, cluster: clusters_pb2.Cluster, acting: str) -> None:
+    """FailedPrecondition when bare name ``ref`` found another user's cluster and the
+    caller is an admin, as the service refuses ``ws exec`` so (ops/lifecycle.py
+    ``choose_owned``): the members are then asked by id, which names no guess. A user
+    who is no admin is refused by each member's exec (only its owner and admins)."""
+    if "/" in ref or ref == cluster.id:
+        return
+    me = client.whoami()
+    if me.admin and cluster.owner != me.user:
+        seen = (cluster.owner, cluster.id, cluster_state_name(cluster.state))
+        raise errors.FailedPrecondition(guess_refused("cluster", ref, acting, [seen]))
+
+
 def cluster_exec_cmd(
     args: argparse.Namespace, client: Client, late: guest_cmds.OptionParser
 ) -> int:
     argv = guest_cmds.command_of(args, late, "ws cluster exec")
     stdin = sys.stdin.buffer.read() if args.stdin else b""
     cluster, members = chosen_members(client, args.name, args.role)
+    refuse_a_guess(client, args.name, cluster, "run commands in")
     try:
         runs = run_members(
             client, members, argv, stdin, int(args.timeout or 0), not args.sequential

@@ -84,3 +84,14 @@ class ProjectUse:
     default_lease_s: int = 0
     max_lease_s: int = 0
     on_expiry: LeaseAction = LeaseAction.STOP
+
+
+def guess_refused(what: str, ref: str, acting: str, candidates: list[tuple[str, str, str]]) -> str:
+    """Why bare name ``ref``, of no ``what`` of the caller's, does not name another
+    user's for ``acting`` (a command that is no read: docs/design/cli.md "Naming a
+    workspace or cluster"); ``candidates``: each (owner, id, state) of that name."""
+    shown = ", ".join(f"{owner}/{ref} (id {id_}, {state})" for owner, id_, state in candidates)
+    return (
+        f"you have no {what} named {ref!r}; not guessing someone else's to {acting}: "
+        f"give its id or OWNER/NAME ({shown})"
+    )

@@ -116,7 +116,9 @@ def set_autoscale(
 ) -> ClusterView:
     """Turn the autoscaler of ``role`` on (or change it), or ``off``."""
     with write(env) as u:
-        c = resolve(u.s, who, ref)
+        # It scales the cluster (down too) from now on: by a bare name, as a shrinking
+        # scale, only the caller's own cluster (ops/lifecycle.py ``choose_owned``).
+        c = resolve(u.s, who, ref, acting="autoscale")
         check_scalable(c)
         role_spec(c, role)
         stored = dict(c.autoscale or {})

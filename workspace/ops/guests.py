@@ -42,7 +42,9 @@ def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
     """The caller's running workspace ``ref`` (any one's for an admin)."""
     ident = as_identity(who)
     with env.store.read() as s:
-        ws = resolve_workspace(s, ident, ref)
+        # Not a read: by a bare name only the caller's own (an admin's, who may get into
+        # anyone's, is not a guess at whose).
+        ws = resolve_workspace(s, ident, ref, acting=what, owner_only=True)
         wid, name, owner, state, node = ws.id, ws.name, ws.owner, ws.state, ws.node
         since = ws.updated_at
     check_owner(ident, owner, name, what)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from workspace import callctx
 from workspace.domain.events import Kind
 from workspace.domain.states import Desired, NodeState, Op, State
+from workspace.domain.tenancy import guess_refused
 from workspace.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from workspace.identity import Identity
 from workspace.log import about
@@ -26,8 +27,10 @@ log = logging.getLogger("workspace.ops")
 Owned = TypeVar("Owned", Workspace, Cluster)
 
 # The operations that interrupt what runs in a workspace (or cluster): by a bare name
-# they act only on the caller's own (``choose_owned``); a start or resume, as a read,
-# also on the one other user's of that name the caller may see.
+# they act only on the caller's own (``choose_owned``); a start, resume or lease
+# extend, as a read, also on the one other user's of that name the caller may see. So
+# do the other changes (``ws update``, ``ws cluster autoscale``, a shrinking scale, ``ws
+# exec``, a console attach, ``ws image save``): each passes its verb as ``acting``.
 DISRUPTIVE = frozenset({Op.STOP, Op.REBOOT, Op.PAUSE, Op.DESTROY})
 
 # How much longer than ``limits.save_timeout_s`` a save waits for its node (ops/save.py).
@@ -42,12 +45,14 @@ def resolve_owned(
     what: str,
     list_cmd: str,
     acting: str = "",
+    owner_only: bool = False,
 ) -> Owned:
     """The ``model`` row named by id, by name or by OWNER/NAME that the caller may see
     (their own, their projects', any for an admin); by name, the caller's own before
     others', a live one before the newest terminated one. What the caller may not see is
     NOT_FOUND. ``acting``: the verb of an operation that changes the row (destroy, stop,
-    ...): a bare name then names only the caller's own (``choose_owned``)."""
+    ...): a bare name then names only the caller's own (``choose_owned``);
+    ``owner_only``: only the owner and admins may do it (the caller checks)."""
     return choose_owned(
         s,
         who,
@@ -59,6 +64,7 @@ def resolve_owned(
         what,
         list_cmd,
         acting,
+        owner_only,
     )
 
 
@@ -87,6 +93,7 @@ def choose_owned(
     what: str,
     list_cmd: str,
     acting: str = "",
+    owner_only: bool = False,
 ) -> R:
     """``resolve_owned`` with the reads given: the row whose id is ``ref``
     (``by_id``), and the rows of a name, the newest first (``by_name``): ORM rows, or a
@@ -96,7 +103,10 @@ def choose_owned(
     only when the caller has none of that name, and only to read it (show, events,
     watch). To act on it (``acting``: destroy, stop, ...) the caller gives its id or
     OWNER/NAME: ``ws destroy web1`` of a caller without a web1 destroyed a colleague's,
-    which project members may do, but not by a guess (docs/design/cli.md)."""
+    which project members may do, but not by a guess (docs/design/cli.md).
+    ``owner_only``: what only the owner and admins may do (update, exec): a user who is
+    no admin is not told to give OWNER/NAME, which would not let them; the caller's
+    check says who may (an admin, who may, is refused the guess as anyone)."""
     if not ref:
         raise InvalidArgument(f"give a {what} id or name")
     ident = as_identity(who)
@@ -116,12 +126,9 @@ def choose_owned(
     own = [r for r in rows if r.owner == sc.name]
     pool = own or rows
     live = [r for r in pool if r.state != State.TERMINATED.value]
-    if acting and not own and pool:
-        shown = ", ".join(f"{r.owner}/{ref} (id {r.id}, {r.state})" for r in (live or pool)[:5])
-        raise FailedPrecondition(
-            f"you have no {what} named {ref!r}; not guessing someone else's to {acting}: "
-            f"give its id or OWNER/NAME ({shown})"
-        )
+    if acting and not own and pool and (ident.admin or not owner_only):
+        seen = [(r.owner, r.id, r.state) for r in (live or pool)[:5]]
+        raise FailedPrecondition(guess_refused(what, ref, acting, seen))
     if not own and len({r.owner for r in live}) > 1:
         shown = ", ".join(f"{r.owner}'s {r.id}" for r in live[:5])
         raise FailedPrecondition(
@@ -162,8 +169,10 @@ def _of_owner(
     )
 
 
-def resolve_workspace(s: Session, who: Identity | str, ref: str, acting: str = "") -> Workspace:
-    return resolve_owned(s, Workspace, who, ref, "workspace", "ws list", acting)
+def resolve_workspace(
+    s: Session, who: Identity | str, ref: str, acting: str = "", owner_only: bool = False
+) -> Workspace:
+    return resolve_owned(s, Workspace, who, ref, "workspace", "ws list", acting, owner_only)
 
 
 def check_owner(ident: Identity, owner: str, name: str, what: str) -> None:

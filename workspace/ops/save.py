@@ -210,7 +210,8 @@ def _mark(
     import will, before a node copies a byte; so are the quotas of image bytes, as far
     as they can be before the copies exist (one used up refuses the save)."""
     with env.store.write() as s:
-        ws = resolve_workspace(s, ident, ref)
+        # It holds the workspace (no start until it ends): by a bare name, the caller's own.
+        ws = resolve_workspace(s, ident, ref, acting="save", owner_only=True)
         check_owner(ident, ws.owner, ws.name, "save")
         into = resolve_project(
             s, ident, project or ws.project or "", require=env.cfg.require_project

@@ -34,7 +34,9 @@ def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
     ident = as_identity(who)
     upd.limits.validate("update")
     with write(env) as u:
-        ws = resolve_workspace(u.s, ident, upd.ref)
+        # A change, not a read: by a bare name only the caller's own (an admin's `ws
+        # update web1` changed the one user's web1 when the admin had none).
+        ws = resolve_workspace(u.s, ident, upd.ref, acting="update", owner_only=True)
         if not (ident.admin or ws.owner == ident.name):
             raise PermissionDenied(
                 f"only the owner of workspace {ws.name} ({ws.owner}) or an admin may update it"
