@@ -307,6 +307,8 @@ class ConsoleRelay:
                 }
                 self._offered[sid] = (now, msg)
             body["op"] = "cack"
+        elif msg.get("from") == self.relay.replica_id:
+            return  # its own offer: it knows
         self.relay.send(TASKS_CHANNEL, json.dumps(body))
 
     def _go(self, msg: dict[str, Any]) -> None:

@@ -9,10 +9,10 @@ once every *live* replica (the registry's picture, service/registry.py: those wh
 is held in the database) has said no, or is gone: the answer is then "not connected", as
 soon as the last no comes and a picture read after the offer was made shows no other
 replica (one started a moment ago may hold the stream already). A replica that is alive
-and has not answered yet -- loaded,
-its notification thread behind -- is waited for, up to ``ANSWER_S``: until session 44
-the offer waited 2 s for a yes and took silence for no, and a user was told "node n1's
-agent is not connected" while it was, whenever the holder answered late.
+and has not answered yet -- loaded, its notification thread behind -- is waited for, up
+to ``ANSWER_S``: until session 44 the offer waited 2 s for a yes and took silence for
+no, and a user was told "node n1's agent is not connected" while it was, whenever the
+holder answered late.
 
 Without a picture of the replicas (``peers`` None) silence for ``ACK_S`` is taken for no,
 as before.

@@ -178,7 +178,8 @@ class TaskForwarder:
             return
         if op == "exec":
             if not self.hub.connected(str(msg.get("node", ""))):
-                self._reply(msg["from"], msg["id"], {"op": "nack", "by": self.relay.replica_id})
+                if msg["from"] != self.relay.replica_id:  # its own offer: it knows
+                    self._reply(msg["from"], msg["id"], {"op": "nack", "by": self.relay.replica_id})
                 return
             now = time.monotonic()
             with self._lock:
