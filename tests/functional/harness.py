@@ -9,6 +9,7 @@ and returns stubs bound to it; agents present node identities.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,6 +59,22 @@ def wait_for(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "cond
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def answering_late(site: Site, op: str, seconds: float = 3.0) -> None:
+    """``site``'s replica hears every ``op`` offer on the tasks channel (``exec``,
+    ``console``) ``seconds`` late: its notification thread held, as a loaded machine held
+    it (docs/design/replicas.md, "Who holds the agent")."""
+    relay = site.service.relay if site.service is not None else None
+    assert relay is not None and relay.on_task is not None
+    handle = relay.on_task
+
+    def late(payload: str) -> None:
+        if json.loads(payload).get("op") == op:
+            time.sleep(seconds)
+        handle(payload)
+
+    relay.on_task = late
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.harness import WS, Site, wait_for
+from tests.functional.harness import WS, Site, answering_late, wait_for
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
@@ -228,6 +228,23 @@ def test_a_session_that_hears_nothing_is_closed_on_both_sides(
         finally:
             keys.detach()
     wait_for(lambda: sessions(a) == (0, 0) and sessions(b) == (0, 0), 10, "sessions closed")
+
+
+def test_an_attach_whose_holder_answers_late_still_opens(two: tuple[Site, Site]) -> None:
+    """B (holding the agent's stream) acknowledges the attach after more than the 2 s A
+    waited until session 44 ("node n1's agent is not connected" though it was): B's
+    notification thread is held 3 s on the offer, as a loaded machine held it."""
+    a, b = two
+    answering_late(b, "console")
+    keys = Typist()
+    with Client(a.address) as c:
+        out = c.attach_console("box", keys)
+        shown = next(out)
+        while not shown.endswith(BANNER):
+            shown += next(out)
+        keys.detach()
+        assert b"Debian GNU/Linux 12 box ttyS0" in shown
+        out.close()
 
 
 def test_no_replica_with_the_agent_is_unavailable(two: tuple[Site, Site]) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from agent.agent import Agent
 from agent.virt.fake import FakeDriver
-from tests.functional.harness import WS, Site, agent_config, wait_for
+from tests.functional.harness import WS, Site, agent_config, answering_late, wait_for
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
@@ -170,6 +170,23 @@ def test_exec_through_another_replica_reaches_the_agent(replicas: list[Site]) ->
         big = c.exec("box", ["cat"], stdin=b"x" * 5000)  # an answer in several parts
         assert big.stdout == b"x" * 5000
         assert c.exec("box", ["no-such-command"]).exit_code == 127
+
+
+def test_an_exec_whose_holder_answers_late_still_reaches_the_agent(replicas: list[Site]) -> None:
+    """A loaded replica holding the agent's stream acknowledged a forwarded exec after
+    the 2 s the replica it arrived at waited: the user was told "node n1's agent is not
+    connected" while it was. Here A's notification thread is held 3 s on every offer (as
+    a busy machine held it); B waits for A, which is alive and has not said no."""
+    a, b = replicas[0], replicas[1]
+    box_on_a(a, "192.168.61.0/24")
+    answering_late(a, "exec")
+    with Client(b.address) as c:
+        assert c.exec("box", ["echo", "late"]).stdout == b"late\n"
+    # A node no replica holds: every replica says so, and that is the answer
+    a.stop_agent("n1")
+    wait_for(lambda: a.service is not None and not a.service.hub.connected("n1"), 30, "n1 gone")
+    with Client(b.address) as c, pytest.raises(errors.Unavailable, match="not connected"):
+        c.exec("box", ["true"])
 
 
 def test_a_save_through_another_replica_is_done_by_the_agent_on_its_own(

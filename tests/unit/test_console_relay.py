@@ -1,13 +1,15 @@
 """Consoles relayed between replicas (service/console_relay.py) over a fake channel that
 can reorder and lose messages: output is applied in order, a lost message ends the session
 with UNAVAILABLE on both sides (never a silent gap), so does a holder gone silent, and
-when two replicas both hold a stream of the node only one opens the console."""
+when two replicas both hold a stream of the node only one opens the console; a holder
+that answers late is waited for (service/offers.py)."""
 
 from __future__ import annotations
 
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +26,7 @@ from workspace.domain.tasks import (
 )
 from workspace.errors import Unavailable
 from workspace.ops.taskhub import AgentLine, TaskHub
-from workspace.service import console_relay
+from workspace.service import console_relay, offers
 from workspace.service.task_relay import TaskForwarder
 
 # What the bus does with a payload: deliver it (True) or hold/drop it (False).
@@ -60,12 +62,12 @@ class FakeRelay:
         self.bus.q.put(payload)
 
 
-def replicas(n: int) -> tuple[Bus, list[TaskHub]]:
+def replicas(n: int, peers: offers.Peers | None = None) -> tuple[Bus, list[TaskHub]]:
     bus = Bus()
     hubs = []
     for i in range(n):
         hub = TaskHub()
-        f = TaskForwarder(hub, FakeRelay(bus, f"r{i}"))  # type: ignore[arg-type]
+        f = TaskForwarder(hub, FakeRelay(bus, f"r{i}"), peers=peers)  # type: ignore[arg-type]
         hub.elsewhere = f
         bus.members.append(f)
         hubs.append(hub)
@@ -136,10 +138,36 @@ def test_two_holders_of_the_node_open_it_once() -> None:
 
 
 def test_no_replica_holding_the_node_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(console_relay, "ACK_S", 0.3)
+    monkeypatch.setattr(offers, "ACK_S", 0.3)  # no picture of the replicas: silence is no
     _bus, (origin, _other) = replicas(2)
     with pytest.raises(Unavailable, match="not connected"):
         origin.open_console("n1", "w1")
+    # every live replica says no
+    _bus, (origin, _other, _third) = replicas(3, lambda: (time.monotonic(), ["r0", "r1", "r2"]))
+    with pytest.raises(Unavailable, match="node n1's agent is not connected"):
+        origin.open_console("n1", "w1")
+
+
+def test_a_holder_that_answers_late_opens_the_console() -> None:
+    """The holder's ``cack`` comes 5 s late (its replica loaded): until session 44 the
+    attach failed "not connected" after 2 s. It is alive and has not said no: it is
+    waited for, and it opens the console."""
+    bus, (origin, holder, _other) = replicas(3, lambda: (time.monotonic(), ["r0", "r1", "r2"]))
+    line = holder.connect("n1")
+
+    def late(m: dict[str, Any]) -> bool:
+        if m.get("op") != "cack":
+            return True
+        threading.Timer(5, bus.deliver, (json.dumps(m),)).start()
+        return False
+
+    bus.filter = late
+    link = origin.open_console("n1", "w1")
+    task = opened(line)
+    holder.deliver(line, TaskReply(task.task_id, ConsoleOutput(b"login: ")))
+    ev = link.next(5)
+    assert isinstance(ev, ConsoleOutput) and ev.data == b"login: "
+    link.close()
 
 
 def test_lost_keystrokes_end_the_session_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:

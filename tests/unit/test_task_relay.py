@@ -1,7 +1,8 @@
 """Execs forwarded between replicas (service/task_relay.py) over a fake channel: the
 answer comes back whole, errors keep their class, when two replicas both still hold a
 stream of the node only one runs the command, and a command larger than one notification
-goes in parts."""
+goes in parts; a replica that holds the node's stream and answers late is waited for,
+while every replica saying no is "not connected" (service/offers.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import os
 import queue
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from workspace.domain.model import ExecOutcome
 from workspace.domain.tasks import ExecTask
 from workspace.errors import NotFound, Unavailable
+from workspace.service import offers
 from workspace.service.task_relay import TaskForwarder
 
 
@@ -26,12 +30,18 @@ class Bus:
         self.members: list[TaskForwarder] = []
         self.q: queue.Queue[str | None] = queue.Queue()
         self.longest = 0  # the longest payload sent (PostgreSQL takes under 8000 bytes)
+        # Whether to deliver a message now (False: held back, or lost).
+        self.filter: Callable[[dict[str, Any]], bool] = lambda _m: True
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         while (payload := self.q.get()) is not None:
-            for m in self.members:
-                m.received(payload)
+            if self.filter(json.loads(payload)):
+                self.deliver(payload)
+
+    def deliver(self, payload: str) -> None:
+        for m in self.members:
+            m.received(payload)
 
 
 class FakeRelay:
@@ -65,11 +75,11 @@ class FakeHub:
         return ExecOutcome(0, stdout=task.stdin * 3, stderr=b"e")
 
 
-def replicas(*hubs: FakeHub) -> list[TaskForwarder]:
+def replicas(*hubs: FakeHub, peers: offers.Peers | None = None) -> list[TaskForwarder]:
     bus = Bus()
     out = []
     for i, hub in enumerate(hubs):
-        f = TaskForwarder(hub, FakeRelay(bus, f"r{i}"))  # type: ignore[arg-type]
+        f = TaskForwarder(hub, FakeRelay(bus, f"r{i}"), peers=peers)  # type: ignore[arg-type]
         bus.members.append(f)
         out.append(f)
     return out
@@ -153,4 +163,97 @@ def test_a_large_command_for_a_replica_of_an_older_release_is_refused_not_run() 
     with pytest.raises(Unavailable, match="older release"):
         origin.exec("n1", "w1", ExecTask(("cat",), stdin=os.urandom(20_000)), 5)
     assert origin.exec("n1", "w1", ExecTask(("cat",), stdin=b"small"), 5).stdout == b"small" * 3
+    assert holder.runs == 1
+
+
+def live(*ids: str) -> offers.Peers:
+    """A registry's picture of ``ids``, read just now."""
+    return lambda: (time.monotonic(), list(ids))
+
+
+def held_back_once(bus: Bus, op: str, seconds: float) -> None:
+    """The first ``op`` message reaches the others ``seconds`` late (its replica loaded)."""
+    held: list[str] = []
+
+    def late(m: dict[str, Any]) -> bool:
+        if m.get("op") != op or held:
+            return True
+        held.append(json.dumps(m))
+        threading.Timer(seconds, bus.deliver, (held[0],)).start()
+        return False
+
+    bus.filter = late
+
+
+def test_a_holder_that_answers_late_is_waited_for() -> None:
+    """Under load the replica holding the agent's stream said so after more than the 2 s
+    the exec's replica waited until session 44: "node n1's agent is not connected" while
+    it was. It is alive and has not said no: it is waited for, and runs the exec once. It
+    kept its offer until told to run it, though another exec it took meanwhile (4.5 s on)
+    dropped the offers it had kept longer than it kept them then (4 s)."""
+    holder = FakeHub({"n1"}, None)
+    origin, _, _ = replicas(
+        FakeHub(set(), None), holder, FakeHub(set(), None), peers=live("r0", "r1", "r2")
+    )
+    held_back_once(origin.relay.bus, "ack", 5)  # type: ignore[attr-defined]
+    meanwhile: list[bytes] = []
+
+    def another() -> None:
+        meanwhile.append(origin.exec("n1", "w1", ExecTask(("cat",), stdin=b"2"), 30).stdout)
+
+    threading.Timer(4.5, another).start()
+    assert origin.exec("n1", "w1", ExecTask(("cat",), stdin=b"late"), 30).stdout == b"late" * 3
+    assert holder.runs == 2 and meanwhile == [b"222"]
+
+
+def test_every_replica_saying_no_is_not_connected() -> None:
+    origin, _, _ = replicas(
+        FakeHub(set(), None),
+        FakeHub({"other"}, None),
+        FakeHub(set(), None),
+        peers=live("r0", "r1", "r2"),
+    )
+    with pytest.raises(Unavailable, match="node n1's agent is not connected"):
+        origin.exec("n1", "w1", ExecTask(("true",)), 5)
+
+
+def test_a_replica_that_does_not_answer_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live replica that never answers (stopped, or deaf to the channel) is not taken
+    for one without the agent: the caller is told it did not answer."""
+    monkeypatch.setattr(offers, "ANSWER_S", 0.5)
+    origin, _ = replicas(FakeHub(set(), None), FakeHub(set(), None), peers=live("r0", "r1", "r9"))
+    with pytest.raises(Unavailable, match=r"\(r9 did not answer whether it does\)"):
+        origin.exec("n1", "w1", ExecTask(("true",)), 5)
+
+
+def test_a_replica_newer_than_the_picture_is_waited_for() -> None:
+    """The registry's picture was read before replica r2 started; r2 holds the agent's
+    stream now and answers late. Every replica of the old picture said no, but that is
+    not the answer until a picture read after the offer was made shows no other."""
+    picture: dict[str, Any] = {"at": 0.0, "ids": ["r0", "r1"]}
+    holder = FakeHub({"n1"}, None)
+    origin, _, _ = replicas(
+        FakeHub(set(), None),
+        FakeHub(set(), None),
+        holder,
+        peers=lambda: (picture["at"], picture["ids"]),
+    )
+    bus = origin.relay.bus  # type: ignore[attr-defined]
+    acks: list[str] = []
+
+    def hold_r2s_ack(m: dict[str, Any]) -> bool:
+        if m.get("op") == "ack" and m.get("by") == "r2":
+            acks.append(json.dumps(m))
+            return False
+        return True
+
+    def registry_reads() -> None:  # r2 is in the next picture; its ack comes after
+        picture.update(at=time.monotonic(), ids=["r0", "r1", "r2"])
+        while not acks:
+            time.sleep(0.05)
+        bus.deliver(acks.pop())
+
+    bus.filter = hold_r2s_ack
+    threading.Timer(0.5, registry_reads).start()
+    assert origin.exec("n1", "w1", ExecTask(("cat",), stdin=b"new"), 30).stdout == b"new" * 3
     assert holder.runs == 1

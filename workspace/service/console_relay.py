@@ -3,9 +3,10 @@
 An agent's ``Nodes.Tasks`` stream is connected to one replica; ``ws console --attach`` may
 arrive at any. The receiving replica (the *client side*, ``ConsoleRelay.open``) offers the
 session on PostgreSQL's ``workspace_tasks`` channel, as an exec is offered
-(``service/task_relay.py``): a replica holding the node's stream answers ``cack``; the
-client side tells the first to answer to open it (``cgo``), so exactly one replica (the
-*holder side*) opens the console on the agent through its hub. From then on:
+(``service/task_relay.py``): a replica holding the node's stream answers ``cack``, the
+others ``cnack``; the client side tells the first to say yes to open it (``cgo``), so
+exactly one replica (the *holder side*) opens the console on the agent through its hub.
+From then on:
 
 - output (and the session's end, or why it could not go on) flows holder -> client as
   ``cout`` / ``cend`` / ``cerr``, keystrokes client -> holder as ``cin``, the client's
@@ -19,8 +20,8 @@ client side tells the first to answer to open it (``cgo``), so exactly one repli
   a ping announcing a message that never came (a notification lost when the sender's
   connection broke) ends it too: nothing leaks, nothing is silently skipped.
 
-No replica acknowledging within ``ACK_S`` means no replica has the agent: UNAVAILABLE, as on
-one replica.
+Every live replica saying it does not hold the stream means no replica has the agent:
+UNAVAILABLE, as on one replica (``service/offers.py``: the rule, shared with execs).
 """
 
 from __future__ import annotations
@@ -40,18 +41,18 @@ from workspace.domain.tasks import UNAVAILABLE as UNAVAILABLE_CODE
 from workspace.domain.tasks import ConsoleClosed, ConsoleOutput, TaskError, error_of
 from workspace.errors import Unavailable, WorkspaceError
 from workspace.ops.taskhub import CONSOLE_BACKLOG, ConsoleEvent, ConsoleLink, TaskHub
+from workspace.service import offers
+from workspace.service.offers import Answers, Replicas
 from workspace.service.replicas import TASKS_CHANNEL, Relay
 
 log = logging.getLogger("workspace.service.consoles")
 
 # The operations of this relay on the tasks channel (the exec relay hands them over).
-# Each goes one way: ``console`` to all; ``cack`` ``cout`` ``cend`` ``cerr`` ``hping`` to
-# the client side; ``cgo`` ``cin`` ``cclose`` ``cping`` to the holder side.
+# Each goes one way: ``console`` to all; ``cack`` ``cnack`` ``cout`` ``cend`` ``cerr``
+# ``hping`` to the client side; ``cgo`` ``cin`` ``cclose`` ``cping`` to the holder side.
 OPS = frozenset(
-    {"console", "cack", "cgo", "cout", "cin", "cend", "cerr", "cclose", "cping", "hping"}
+    {"console", "cack", "cnack", "cgo", "cout", "cin", "cend", "cerr", "cclose", "cping", "hping"}
 )
-# How long the client side waits for a replica holding the stream to say it has it.
-ACK_S = 2.0
 # Raw bytes per notification (base64 makes 6000 characters: under 8000 bytes with JSON).
 CHUNK_BYTES = 4500
 # A side with nothing to send says it is there this often ...
@@ -155,13 +156,15 @@ class _Held:
 
 
 class ConsoleRelay:
-    def __init__(self, hub: TaskHub, relay: Relay) -> None:
+    def __init__(self, hub: TaskHub, relay: Relay, replicas: Replicas | None = None) -> None:
+        """``replicas``: who answers an offer (service/offers.py)."""
         self.hub = hub
         self.relay = relay
+        self.replicas = replicas or Replicas()
         self._lock = threading.Lock()
-        # client side: session id -> its link (acked: the first ``cack`` was answered)
+        # client side: session id -> its link; the answers to its offer until one is taken
         self._clients: dict[str, RelayedConsole] = {}
-        self._acked: dict[str, threading.Event] = {}
+        self._answers: dict[str, Answers] = {}
         # holder side: sessions offered (waiting for ``cgo``) and held
         self._offered: dict[str, tuple[float, dict[str, Any]]] = {}
         self._held: dict[str, _Held] = {}
@@ -198,10 +201,10 @@ class ConsoleRelay:
     def open(self, node: str, workspace_id: str) -> ConsoleLink:
         session = _Session(uuid.uuid4().hex)
         link = RelayedConsole(self, session, workspace_id)
-        acked = threading.Event()
+        answers = self.replicas.offer(self.relay.replica_id, node)
         with self._lock:
             self._clients[session.sid] = link
-            self._acked[session.sid] = acked
+            self._answers[session.sid] = answers
             self._keep_alive()
         self.relay.send(
             TASKS_CHANNEL,
@@ -215,14 +218,18 @@ class ConsoleRelay:
                 }
             ),
         )
-        acked.wait(ACK_S)
-        with self._lock:
-            self._acked.pop(session.sid, None)
-            ok = bool(session.peer)  # a ``cgo`` went out (even at the last moment)
-            if not ok:
+        try:
+            holder = answers.wait()
+        except Unavailable:
+            with self._lock:
                 self._clients.pop(session.sid, None)
-        if not ok:
-            raise Unavailable(f"node {node}'s agent is not connected; try again")
+            raise
+        finally:
+            with self._lock:
+                self._answers.pop(session.sid, None)
+        session.peer = holder
+        session.heard = time.monotonic()
+        self._send(session, {"op": "cgo"})
         return link
 
     def client_left(self, link: RelayedConsole) -> None:
@@ -236,16 +243,16 @@ class ConsoleRelay:
         sid = str(msg.get("id", ""))
         with self._lock:
             link = self._clients.get(sid)
-            acked = self._acked.get(sid)
+            answers = self._answers.get(sid)
         if link is None:
             return
         session = link.session
-        if op == "cack":
-            if acked is not None and not acked.is_set() and not session.peer:
-                session.peer = str(msg.get("by", ""))
-                session.heard = time.monotonic()
-                self._send(session, {"op": "cgo"})
-                acked.set()
+        if op in ("cack", "cnack"):
+            by = str(msg.get("by", ""))
+            if answers is not None and op == "cnack":
+                answers.declined(by)
+            elif answers is not None:
+                answers.acked(by)  # ``open`` tells the one taken to open it
             return
         if str(msg.get("by", "")) != session.peer:
             return  # another replica's (a late ack's holder never got ``go``)
@@ -290,14 +297,18 @@ class ConsoleRelay:
     # -- the holder side (the replica with the agent's stream) ------------------------------
 
     def _offer(self, msg: dict[str, Any]) -> None:
-        if not self.hub.connected(str(msg.get("node", ""))):
-            return
-        now = time.monotonic()
         sid = str(msg.get("id", ""))
-        with self._lock:
-            self._offered = {k: v for k, v in self._offered.items() if now - v[0] < 2 * ACK_S}
-            self._offered[sid] = (now, msg)
-        body = {"op": "cack", "by": self.relay.replica_id, "to": msg.get("from"), "id": sid}
+        body = {"op": "cnack", "by": self.relay.replica_id, "to": msg.get("from"), "id": sid}
+        if self.hub.connected(str(msg.get("node", ""))):
+            now = time.monotonic()
+            with self._lock:
+                self._offered = {
+                    k: v for k, v in self._offered.items() if now - v[0] < offers.KEEP_S
+                }
+                self._offered[sid] = (now, msg)
+            body["op"] = "cack"
+        elif msg.get("from") == self.relay.replica_id:
+            return  # its own offer: it knows
         self.relay.send(TASKS_CHANNEL, json.dumps(body))
 
     def _go(self, msg: dict[str, Any]) -> None:
@@ -404,7 +415,7 @@ class ConsoleRelay:
             return
         if op == "cgo":
             threading.Thread(target=self._go, args=(msg,), name="console-open", daemon=True).start()
-        elif op in ("cack", "cout", "cend", "cerr", "hping"):
+        elif op in ("cack", "cnack", "cout", "cend", "cerr", "hping"):
             self._at_client(op, msg)
         elif op in ("cin", "cclose", "cping"):
             self._at_holder(op, msg)

@@ -184,7 +184,9 @@ class Service:
         self.admin.replicas = self.replicas
         # On replicas, an exec for an agent connected to another replica goes through it.
         self.forwarder = (
-            TaskForwarder(self.hub, self.relay, self._replica_gone) if self.relay else None
+            TaskForwarder(self.hub, self.relay, self._replica_gone, self._picture)
+            if self.relay
+            else None
         )
         self.nodes = NodesServicer(self.env, self.catalog.catalog, self.hub)
         self.guests = GuestsServicer(self.env, self.hub)
@@ -336,6 +338,11 @@ class Service:
 
     def _replica_gone(self, replica_id: str) -> bool:
         return self.registry is not None and self.registry.gone(replica_id)
+
+    def _picture(self) -> tuple[float, list[str]]:
+        """The replicas alive at the registry's last check (``Registry.picture``; made
+        before anything is served)."""
+        return self.registry.picture() if self.registry is not None else (0.0, [])
 
     def _leading(self, held: bool) -> None:
         if held:

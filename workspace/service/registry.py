@@ -123,6 +123,7 @@ class Registry:
         self._missing: dict[str, float] = {}  # replica id -> first seen without its lock
         self._gone: set[str] = set()
         self._live: list[ReplicaView] = []
+        self._read_at = 0.0  # when the read of the last good picture began (monotonic)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._outage = Outage(log, "the replica registry", CHECK_S)
@@ -146,6 +147,13 @@ class Registry:
         with self._lock:
             return list(self._live)
 
+    def picture(self) -> tuple[float, list[str]]:
+        """When the last good picture was read (``time.monotonic()`` as its read began:
+        a replica registered before then is in it) and the ids of the replicas alive in
+        it: each of them answers an offer of an exec or a console (service/offers.py)."""
+        with self._lock:
+            return self._read_at, [v.replica_id for v in self._live]
+
     def gone(self, replica_id: str) -> bool:
         """Whether ``replica_id`` is known to be gone (its lock free for ``GONE_S``, or its
         row forgotten by the leader)."""
@@ -158,6 +166,7 @@ class Registry:
 
     def check(self) -> None:
         """One pass: hold this replica's lock, read every replica's, judge them."""
+        began = time.monotonic()
         try:
             rows = self._read()
         except Exception as exc:
@@ -197,6 +206,7 @@ class Registry:
             self._gone -= {v.replica_id for v in live}
             live.sort(key=lambda v: (v.replica_id != self.replica_id, v.started_at))
             self._live = live
+            self._read_at = began
         self.passes += 1
         if gone and self.acting():
             self._forget(gone)

@@ -3,15 +3,17 @@
 An agent's ``Nodes.Tasks`` stream is connected to one replica; ``ws exec`` may arrive at
 any. The receiving replica (``TaskForwarder.exec``, the hub's ``elsewhere``) sends the
 task on PostgreSQL's ``workspace_tasks`` channel; a replica holding the node's stream
-answers at once that it has it (``ack``); the sender tells the first one to answer to run
-it (``go``: two replicas that both still hold a stream of the node -- an old one not yet
-seen broken -- never both run it); that one runs the task through its hub and sends the
-outcome (or the error) back, in parts when it is larger than one notification. A task
-larger than one notification (an exec's stdin or argv) is offered without its fields,
-which go to the one that runs it in parts, with the ``go``. No replica
-acknowledging within ``ACK_S`` means no replica has the agent: UNAVAILABLE, as on one
-replica. Interactive consoles go the same way, as sessions (``service/console_relay.py``,
-whose messages this relay hands over).
+answers at once that it has it (``ack``), every other that it has not (``nack``); the
+sender tells the first one to say yes to run it (``go``: two replicas that both still
+hold a stream of the node -- an old one not yet seen broken -- never both run it); that
+one runs the task through its hub and sends the outcome (or the error) back, in parts
+when it is larger than one notification. A task larger than one notification (an exec's
+stdin or argv) is offered without its fields, which go to the one that runs it in parts,
+with the ``go``. Every live replica saying no means no replica has the agent:
+UNAVAILABLE, as on one replica; a live replica that has not answered yet is waited for
+(``service/offers.py``: the rule, shared with consoles). Interactive consoles go the
+same way, as sessions (``service/console_relay.py``, whose messages this relay hands
+over).
 """
 
 from __future__ import annotations
@@ -40,14 +42,13 @@ from workspace.domain.tasks import (
 )
 from workspace.errors import Unavailable, WorkspaceError
 from workspace.ops.taskhub import Answer, ConsoleLink, TaskHub
-from workspace.service import console_relay
+from workspace.service import console_relay, offers
 from workspace.service.console_relay import ConsoleRelay
+from workspace.service.offers import Answers, Peers, Replicas
 from workspace.service.replicas import TASKS_CHANNEL, Relay
 
 log = logging.getLogger("workspace.service.tasks")
 
-# How long the sender waits for the replica holding the stream to say it has it.
-ACK_S = 2.0
 # Base64 characters of an answer per notification (under PostgreSQL's 8000 bytes).
 PART_CHARS = 6000
 # A message longer than this goes in parts (PostgreSQL's payload limit is 8000 bytes).
@@ -58,10 +59,9 @@ GONE_CHECK_S = 1.0
 
 @dataclass
 class _Waiting:
-    acked: threading.Event = field(default_factory=threading.Event)
+    offer: Answers  # whether a replica holds the stream: the first to say so runs it
     parts: dict[int, str] = field(default_factory=dict)
     answer: Future[Answer] = field(default_factory=Future)
-    holder: str = ""  # the replica running it (the first to acknowledge)
     body: list[str] = field(default_factory=list)  # the task's fields in parts ([]: inline)
 
 
@@ -71,13 +71,18 @@ def _b64(data: bytes) -> str:
 
 class TaskForwarder:
     def __init__(
-        self, hub: TaskHub, relay: Relay, gone: Callable[[str], bool] = lambda _r: False
+        self,
+        hub: TaskHub,
+        relay: Relay,
+        gone: Callable[[str], bool] = lambda _r: False,
+        peers: Peers | None = None,
     ) -> None:
         """``gone``: whether a replica is known to be gone (service/registry.py): a task
-        whose holder is gone is not waited for any longer."""
+        whose holder is gone is not waited for any longer; ``peers``: the live replicas
+        (the registry's picture), each of which answers an offer (service/offers.py)."""
         self.hub = hub
         self.relay = relay
-        self.gone = gone
+        self.replicas = Replicas(peers, gone)
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}
         # Execs this replica offered to run (acked), waiting for their ``go``; those told
@@ -85,7 +90,7 @@ class TaskForwarder:
         self._offered: dict[str, tuple[float, dict[str, Any]]] = {}
         self._incoming: dict[str, tuple[float, dict[str, Any], dict[int, str]]] = {}
         # Interactive consoles: sessions through the same channel.
-        self.consoles = ConsoleRelay(hub, relay)
+        self.consoles = ConsoleRelay(hub, relay, self.replicas)
 
     def start(self) -> None:
         self.relay.on_task = self.received
@@ -116,7 +121,7 @@ class TaskForwarder:
         """Offer a task of one answer to the replicas (``op`` exec, whatever its kind) and
         wait for the answer of the one that runs it."""
         tid = uuid.uuid4().hex
-        w = _Waiting()
+        w = _Waiting(self.replicas.offer(self.relay.replica_id, node))
         with self._lock:
             self._waiting[tid] = w
         msg = {
@@ -139,9 +144,8 @@ class TaskForwarder:
                 offer = {k: v for k, v in msg.items() if k not in fields}
                 payload = json.dumps({**offer, "body": len(w.body)})
             self.relay.send(TASKS_CHANNEL, payload)
-            if not w.acked.wait(ACK_S):
-                raise Unavailable(f"node {node}'s agent is not connected; try again")
-            end = time.monotonic() + wait_s + ACK_S
+            holder = w.offer.wait()
+            end = time.monotonic() + wait_s + offers.ACK_S
             while True:
                 try:
                     return w.answer.result(
@@ -152,9 +156,9 @@ class TaskForwarder:
                         raise Unavailable(
                             f"node {node}'s agent did not answer within {wait_s:g} s; try again"
                         ) from None
-                    if self.gone(w.holder):
+                    if self.replicas.gone(holder):
                         raise Unavailable(
-                            f"the service replica holding node {node}'s agent ({w.holder}) "
+                            f"the service replica holding node {node}'s agent ({holder}) "
                             "is gone; try again"
                         ) from None
         finally:
@@ -173,19 +177,22 @@ class TaskForwarder:
             self.consoles.received(msg)
             return
         if op == "exec":
-            if self.hub.connected(str(msg.get("node", ""))):
-                now = time.monotonic()
-                with self._lock:
-                    self._offered = {
-                        k: v for k, v in self._offered.items() if now - v[0] < 2 * ACK_S
-                    }
-                    self._incoming = {
-                        k: v for k, v in self._incoming.items() if now - v[0] < 30 * ACK_S
-                    }
-                    self._offered[str(msg["id"])] = (now, msg)
-                # "parts": this replica takes a task's fields in parts with the go.
-                ack = {"op": "ack", "by": self.relay.replica_id, "parts": 1}
-                self._reply(msg["from"], msg["id"], ack)
+            if not self.hub.connected(str(msg.get("node", ""))):
+                if msg["from"] != self.relay.replica_id:  # its own offer: it knows
+                    self._reply(msg["from"], msg["id"], {"op": "nack", "by": self.relay.replica_id})
+                return
+            now = time.monotonic()
+            with self._lock:
+                self._offered = {
+                    k: v for k, v in self._offered.items() if now - v[0] < offers.KEEP_S
+                }
+                self._incoming = {
+                    k: v for k, v in self._incoming.items() if now - v[0] < 3 * offers.KEEP_S
+                }
+                self._offered[str(msg["id"])] = (now, msg)
+            # "parts": this replica takes a task's fields in parts with the go.
+            ack = {"op": "ack", "by": self.relay.replica_id, "parts": 1}
+            self._reply(msg["from"], msg["id"], ack)
             return
         if msg.get("to") != self.relay.replica_id:
             return
@@ -201,23 +208,24 @@ class TaskForwarder:
         if w is None:
             return
         if op == "ack":
-            if not w.acked.is_set():
-                w.holder = str(msg.get("by", ""))
-                if w.body and not msg.get("parts"):
-                    w.answer.set_exception(
-                        Unavailable(
-                            "the node's agent is connected to a replica of an older "
-                            "release, which cannot take a command this large (stdin over "
-                            "about 5 KiB); run it through that replica, or once it is upgraded"
-                        )
+            holder = str(msg.get("by", ""))
+            if not w.offer.acked(holder):
+                return
+            if w.body and not msg.get("parts"):
+                w.answer.set_exception(
+                    Unavailable(
+                        "the node's agent is connected to a replica of an older "
+                        "release, which cannot take a command this large (stdin over "
+                        "about 5 KiB); run it through that replica, or once it is upgraded"
                     )
-                    w.acked.set()
-                    return
-                w.acked.set()
-                n = len(w.body)
-                for i, part in enumerate(w.body or [""]):
-                    go = {"op": "go", "i": i, "n": n, "d": part} if n else {"op": "go"}
-                    self._reply(w.holder, str(msg["id"]), go)
+                )
+                return
+            n = len(w.body)
+            for i, part in enumerate(w.body or [""]):
+                go = {"op": "go", "i": i, "n": n, "d": part} if n else {"op": "go"}
+                self._reply(holder, str(msg["id"]), go)
+        elif op == "nack":
+            w.offer.declined(str(msg.get("by", "")))
         elif op == "part":
             w.parts[int(msg["i"])] = str(msg["d"])
             if len(w.parts) == int(msg["n"]):
