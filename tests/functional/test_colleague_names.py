@@ -213,3 +213,28 @@ def test_a_colleagues_autoscaler_is_set_by_id_or_owner_name_only(
     ) in capsys.readouterr().err
     ws_main([*admin, "cluster", "exec", "alice/mpi", "--", "true"])
     assert "not guessing" not in capsys.readouterr().err
+
+
+def test_a_hint_names_a_colleagues_workspace_as_owner_name(
+    site: TlsSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin who saves, resizes or execs in alice/web1 is told to stop or start it
+    first: `ws stop web1` (a bare name) would stop the admin's own web1, or be refused as
+    a guess; the hint says alice/web1."""
+    wid, _ = _running_web1(site)
+    alice = site.identity("alice", projects=("physics",))
+    admin = _as(site, site.cfg.default_owner, admin=True)
+    capsys.readouterr()
+    assert ws_main([*admin, "image", "save", "alice/web1", "web1img:1"]) == 1
+    assert "(`ws stop alice/web1 --wait` first)" in capsys.readouterr().err
+    assert ws_main([*admin, "update", "alice/web1", "--cpus", "2"]) == 1
+    assert "(`ws stop alice/web1 --wait` first)" in capsys.readouterr().err
+    alice.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=wid))
+    alice.wait_state(wid, WS.WORKSPACE_STATE_STOPPED)
+    capsys.readouterr()
+    assert ws_main([*admin, "exec", wid, "--", "true"]) == 1
+    assert "`ws start alice/web1` first" in capsys.readouterr().err
+    # Her own is named by its bare name, as before.
+    capsys.readouterr()
+    assert ws_main([*_as(site, "alice"), "exec", "web1", "--", "true"]) == 1
+    assert "`ws start web1` first" in capsys.readouterr().err

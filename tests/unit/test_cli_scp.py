@@ -281,8 +281,11 @@ def test_scp_copies_from_and_to_a_colleagues_workspace_by_owner_name(
         assert shlex.split(out)[-2:] == paths
     # A local download target of that shape that is not there yet is taken for a
     # workspace: two workspaces, refused, saying how to write the local path.
-    rc, out, err = run(c, capsys, "scp", "box:/a", "results/x:1")
-    assert rc == 2 and out == ""
-    assert "a local path is written ./results/x:..." in err
+    # From a colleague's too: the hint is about the target, never the workspace meant.
+    for source in ("box:/a", "alice/box:/a"):
+        rc, out, err = run(c, capsys, "scp", source, "results/x:1")
+        assert rc == 2 and out == ""
+        assert "a local path of that shape is written ./results/x:1)" in err
+        assert "./alice/box" not in err
     rc, out, _ = run(c, capsys, "scp", "box:/a", "./results/x:1", "--print")
     assert rc == 0 and shlex.split(out)[-1] == "./results/x:1"

@@ -72,8 +72,13 @@ def plan(operands: list[str]) -> tuple[str, list[Operand]]:
         return named.pop(), parsed  # there -> here
     if not target.workspace and not named:
         raise common.UsageError(f"no workspace named: give {USAGE}")
-    owned = [o.workspace for o in parsed if "/" in o.workspace]
-    local = f"; a local path is written ./{owned[0]}:..." if owned else ""
+    # A download target spelled OWNER/NAME:PATH that is not there yet is taken for a
+    # workspace (a source meant as local is there, so stays one): say how to write it.
+    local = (
+        f"; a local path of that shape is written ./{operands[-1]}"
+        if "/" in target.workspace
+        else ""
+    )
     raise common.UsageError(
         f"ws scp copies between here and one workspace: {USAGE} (between two workspaces, "
         f"copy through here{local})"

@@ -17,7 +17,7 @@ from workspace.domain.states import State
 from workspace.domain.tasks import ExecTask
 from workspace.errors import FailedPrecondition, InvalidArgument
 from workspace.identity import Identity
-from workspace.ops.lifecycle import check_owner, resolve_workspace
+from workspace.ops.lifecycle import check_owner, named_for, resolve_workspace
 from workspace.ops.projects import as_identity
 from workspace.ops.taskhub import ConsoleLink, TaskHub
 from workspace.ops.unit import Env
@@ -49,7 +49,8 @@ def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
         since = ws.updated_at
     check_owner(ident, owner, name, what)
     if state != State.RUNNING.value or not node:
-        hint = f"; `ws start {name}` first" if state == State.STOPPED.value else ""
+        start = f"; `ws start {named_for(ident, owner, name)}` first"
+        hint = start if state == State.STOPPED.value else ""
         raise FailedPrecondition(f"workspace {name} is {state}{hint}")
     return Target(wid, name, node, since)
 

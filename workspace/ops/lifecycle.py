@@ -175,6 +175,13 @@ def resolve_workspace(
     return resolve_owned(s, Workspace, who, ref, "workspace", "ws list", acting, owner_only)
 
 
+def named_for(ident: Identity, owner: str, name: str) -> str:
+    """How ``ident`` names ``owner``'s workspace ``name`` in a hint (`ws stop NAME`):
+    NAME if it is theirs, else OWNER/NAME: by a bare name a command finds the caller's
+    own first, and one that changes something acts on no one else's (``choose_owned``)."""
+    return name if ident.is_user and owner == ident.name else f"{owner}/{name}"
+
+
 def check_owner(ident: Identity, owner: str, name: str, what: str) -> None:
     """Only its owner and admins may ``what`` workspace ``name`` (get into it, save it):
     project members who see it may not."""

@@ -28,11 +28,14 @@ from workspace.scheduler.model import format_rejections, memory_claim_mib
 from workspace.store import Workspace
 
 
-def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib: int) -> str:
+def resize(
+    s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib: int, named: str = ""
+) -> str:
     """Give ``ws`` this size (0: unchanged); what changed, as a site event says it
     ("cpus 1 -> 2; memory_mib 512 -> 1024"), "" if nothing. Every check runs before
     anything changes; a quota refusal comes after the flush, and the caller's
-    transaction is rolled back with it."""
+    transaction is rolled back with it. ``named``: how the caller names ``ws`` in a
+    hint (ops/lifecycle.py ``named_for``; its name by default)."""
     new_cpus, new_memory = cpus or ws.cpus, memory_mib or ws.memory_mib
     if (new_cpus, new_memory) == (ws.cpus, ws.memory_mib):
         return ""
@@ -40,7 +43,7 @@ def resize(s: Session, cfg: ServiceConfig, ws: Workspace, cpus: int, memory_mib:
     if not stopped(ws):
         raise FailedPrecondition(
             f"workspace {ws.name} is {ws.state}: its size changes only while it is STOPPED "
-            f"(`ws stop {ws.name} --wait` first)"
+            f"(`ws stop {named or ws.name} --wait` first)"
         )
     view = next((v for v in placement.node_views(s) if v.name == ws.node), None)
     if view is None or view.state == NodeState.DOWN.value:

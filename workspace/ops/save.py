@@ -54,6 +54,7 @@ from workspace.ops.images import Catalog
 from workspace.ops.lifecycle import (
     SAVE_GRACE_S,
     check_owner,
+    named_for,
     refuse_while_saving,
     resolve_workspace,
     saves_from,
@@ -223,7 +224,7 @@ def _mark(
         if not stopped(ws) or not ws.node:
             raise FailedPrecondition(
                 f"workspace {ws.name} is {ws.state}; only a stopped workspace can be saved "
-                f"(`ws stop {ws.name} --wait` first)"
+                f"(`ws stop {named_for(ident, ws.owner, ws.name)} --wait` first)"
             )
         refuse_while_saving(env, ws, "save")
         leases.refuse_save_after_end(env, s, ws)

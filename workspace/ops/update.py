@@ -18,7 +18,7 @@ from workspace.errors import FailedPrecondition, PermissionDenied
 from workspace.identity import Identity
 from workspace.log import about, named
 from workspace.ops import netpolicy
-from workspace.ops.lifecycle import resolve_workspace
+from workspace.ops.lifecycle import named_for, resolve_workspace
 from workspace.ops.projects import as_identity
 from workspace.ops.resize import resize
 from workspace.ops.unit import Env, write
@@ -56,7 +56,8 @@ def update(env: Env, who: Identity | str, upd: PolicyUpdate) -> WorkspaceView:
             lim,
         )
         # The size first: its check sees the node as it is (ops/resize.py).
-        size = resize(u.s, env.cfg, ws, upd.cpus, upd.memory_mib)
+        shown = named_for(ident, ws.owner, ws.name)
+        size = resize(u.s, env.cfg, ws, upd.cpus, upd.memory_mib, shown)
         what = netpolicy.changes(old, new)
         if what:
             netpolicy.check_bandwidth(u.s, ws, new[2])
