@@ -108,6 +108,37 @@ def test_check_finds_nodes_slurm_hides(run: Run, capsys: pytest.CaptureFixture[s
     assert "not found" not in capsys.readouterr().out
 
 
+UNKNOWN = """#!/bin/sh
+case "$1 $2" in
+"show node")
+  echo 'Node c2 not found'; echo 'Node c3 not found'
+  echo 'Node c2 not found' >&2; echo 'Node c3 not found' >&2
+  exit 1
+  ;;
+"show config") echo 'ResumeTimeout           = 600 sec' ;;
+"show partition") echo 'PartitionName=p1 Nodes=c[1-3] State=UP' ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def test_check_of_nodes_slurm_does_not_know_says_so_not_that_scontrol_failed(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws-slurm check gpu1`, a node not in slurm.conf (Debian's 22.05.8: `Node gpu1 not
+    found` on stdout, exit 1): check said "scontrol could not be asked", with slurmctld
+    up and answering, besides the 'not found' line."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(UNKNOWN)
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run.scontrol.states(["c2", "c3"]) == {}
+    assert run("check", "c[2-3]") == 1
+    out = capsys.readouterr().out
+    assert "c[2-3]: scontrol show node says 'not found'" in out
+    assert "could not be asked" not in out
+
+
 def test_check_says_when_scontrol_cannot_be_asked(
     run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
