@@ -76,6 +76,32 @@ def test_check_finds_a_replace_wait_slurm_would_not_wait_for(
     assert "(20 s, slurm.conf)" in capsys.readouterr().out
 
 
+def test_check_finds_auth_none_with_configless_slurmd(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slurm.conf with AuthType=auth/none (the fragment's "closed test site") and no
+    slurm_conf_file: check passed, resume made the workspaces, and no slurmd ever
+    registered (a configless slurmd asks for slurm.conf with munge)."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(FAKE.replace("{cluster}", "600").replace(
+        "  echo 'ResumeRate", "  echo 'AuthType                = auth/none'\n  echo 'ResumeRate"
+    ))  # fmt: skip
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run("check", "c3") == 1
+    assert (
+        "slurm.conf has AuthType=auth/none: a configless slurmd asks for slurm.conf with munge"
+    ) in capsys.readouterr().out
+    conf = run.tmp / "slurm.conf"
+    conf.write_text("ClusterName=x\n")
+    run.config.write_text(run.config.read_text() + f'slurm_conf_file = "{conf}"\n')
+    assert run("check", "c3") == 0
+    assert "AuthType" not in capsys.readouterr().out
+    run.scontrol = fake_scontrol(run.tmp)  # auth/munge (not shown here): nothing said
+    run.config.write_text(run.config.read_text().replace(f'slurm_conf_file = "{conf}"', ""))
+    assert run("check", "c3") == 0
+
+
 HIDDEN = """#!/bin/sh
 case "$1 $2" in
 "show node")

@@ -13,7 +13,8 @@ slurmctld does not pass. And
 ``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
 ``show partition``): a wait that long would let Slurm give up on the node first. And
 ``lock_file``: that SlurmUser (``show config``) could open it, or make it and its
-directory (``lockcheck``; nothing is made).
+directory (``lockcheck``; nothing is made). And slurm.conf's ``AuthType=auth/none``
+(``show config``) without ``slurm_conf_file``: configless slurmd would never register.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
 the service could not be asked (the rest was checked).
 """
@@ -49,7 +50,12 @@ def check(
     out: Callable[[str], None] = print,
 ) -> int:
     status = EXIT_OK
-    for problem in (scontrol_elsewhere(s.scontrol), *from_this_shell(s)):
+    auth = scontrol.config_value("AuthType") if nodes else None
+    for problem in (
+        scontrol_elsewhere(s.scontrol),
+        *from_this_shell(s),
+        configless_problem(s, auth),
+    ):
         if problem:
             out(problem)
             status = EXIT_FAILED
@@ -150,6 +156,21 @@ def from_this_shell(s: Settings) -> list[str]:
             '"/etc/workspace/slurm-identity" (ws-admin pki issue user slurm --out DIR)'
         )
     return found
+
+
+def configless_problem(s: Settings, auth: str | None) -> str:
+    """slurm.conf's ``AuthType=auth/none`` with configless slurmd (no ``slurm_conf_file``):
+    slurmd asks slurmctld for slurm.conf authenticated with munge, before it knows the
+    AuthType, so no node would ever register (resume itself goes ahead)."""
+    if auth != "auth/none" or s.slurm_conf_file:
+        return ""
+    return (
+        "slurm_conf_file: the config names none, so the nodes' slurmd runs configless, but "
+        "slurm.conf has AuthType=auth/none: a configless slurmd asks for slurm.conf with "
+        "munge whatever AuthType says, and no node would ever register; set "
+        'slurm_conf_file = "/etc/slurm/slurm.conf" in the ws-slurm config (or use '
+        "AuthType=auth/munge with munge_key_file)"
+    )
 
 
 def scontrol_elsewhere(command: str) -> str:

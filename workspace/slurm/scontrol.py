@@ -295,17 +295,21 @@ class Scontrol:
                 found[node] = (cluster, "slurm.conf")
         return found
 
+    def config_value(self, key: str) -> str | None:
+        """One of ``scontrol show config``'s values (``AuthType = auth/none``): None when
+        scontrol cannot tell or does not show it."""
+        for line in (self._run("show", "config") or "").splitlines():
+            name, eq, value = line.partition("=")
+            if eq and name.strip() == key:
+                return value.strip()
+        return None
+
     def slurm_user(self) -> tuple[str, int | None] | None:
         """SlurmUser (``scontrol show config``: ``SlurmUser = slurm(64030)``), the user
         slurmctld runs ws-slurm as: its name and uid (None when not shown); None when
         scontrol cannot tell."""
-        config = self._run("show", "config")
-        for line in (config or "").splitlines():
-            key, eq, value = line.partition("=")
-            m = re.fullmatch(r"\s*([^\s(]+)(?:\((\d+)\))?\s*", value)
-            if eq and key.strip() == "SlurmUser" and m:
-                return m[1], int(m[2]) if m[2] else None
-        return None
+        m = re.fullmatch(r"([^\s(]+)(?:\((\d+)\))?", self.config_value("SlurmUser") or "")
+        return (m[1], int(m[2]) if m[2] else None) if m else None
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         """Tell slurmctld where ``node`` is; False if that could not be done."""
