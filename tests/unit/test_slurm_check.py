@@ -102,6 +102,27 @@ def test_check_finds_auth_none_with_configless_slurmd(
     assert run("check", "c3") == 0
 
 
+@pytest.mark.parametrize(("ports", "fine"), [("6817", True), ("17817", False), ("6810-6820", True)])
+def test_check_finds_a_controller_port_slurmctld_does_not_listen_on(
+    run: Run, capsys: pytest.CaptureFixture[str], ports: str, fine: bool
+) -> None:
+    """A slurmctld on another SlurmctldPort than controller_port (default 6817): check
+    passed, and every node's configless slurmd asked a port nobody listens on."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(FAKE.replace("{cluster}", "600").replace(
+        "  echo 'ResumeRate", f"  echo 'SlurmctldPort           = {ports}'\n  echo 'ResumeRate"
+    ))  # fmt: skip
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run("check", "c3") == (0 if fine else 1)
+    out = capsys.readouterr().out
+    said = (
+        "controller_port: 6817, but slurmctld listens on 17817 (SlurmctldPort): the nodes' "
+        "slurmd --conf-server 10.213.0.1:6817 would never reach it; set controller_port = 17817"
+    )
+    assert (said in out) is not fine, out
+
+
 HIDDEN = """#!/bin/sh
 case "$1 $2" in
 "show node")

@@ -14,7 +14,8 @@ slurmctld does not pass. And
 ``show partition``): a wait that long would let Slurm give up on the node first. And
 ``lock_file``: that SlurmUser (``show config``) could open it, or make it and its
 directory (``lockcheck``; nothing is made). And slurm.conf's ``AuthType=auth/none``
-(``show config``) without ``slurm_conf_file``: configless slurmd would never register.
+(``show config``) without ``slurm_conf_file``, or a ``SlurmctldPort`` other than
+``controller_port``: configless slurmd would never register.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
 the service could not be asked (the rest was checked).
 """
@@ -50,11 +51,10 @@ def check(
     out: Callable[[str], None] = print,
 ) -> int:
     status = EXIT_OK
-    auth = scontrol.config_value("AuthType") if nodes else None
     for problem in (
         scontrol_elsewhere(s.scontrol),
         *from_this_shell(s),
-        configless_problem(s, auth),
+        *(configless_problems(s, scontrol) if nodes else ()),
     ):
         if problem:
             out(problem)
@@ -158,19 +158,33 @@ def from_this_shell(s: Settings) -> list[str]:
     return found
 
 
-def configless_problem(s: Settings, auth: str | None) -> str:
-    """slurm.conf's ``AuthType=auth/none`` with configless slurmd (no ``slurm_conf_file``):
-    slurmd asks slurmctld for slurm.conf authenticated with munge, before it knows the
-    AuthType, so no node would ever register (resume itself goes ahead)."""
-    if auth != "auth/none" or s.slurm_conf_file:
-        return ""
-    return (
-        "slurm_conf_file: the config names none, so the nodes' slurmd runs configless, but "
-        "slurm.conf has AuthType=auth/none: a configless slurmd asks for slurm.conf with "
-        "munge whatever AuthType says, and no node would ever register; set "
-        'slurm_conf_file = "/etc/slurm/slurm.conf" in the ws-slurm config (or use '
-        "AuthType=auth/munge with munge_key_file)"
-    )
+def configless_problems(s: Settings, scontrol: Scontrol) -> list[str]:
+    """What stops a configless slurmd (no ``slurm_conf_file``) from ever registering,
+    from slurm.conf as ``scontrol show config`` shows it (resume itself goes ahead):
+    ``AuthType=auth/none``, for slurmd asks for slurm.conf with munge before it knows
+    the AuthType; a ``controller_port`` slurmctld does not listen on (``SlurmctldPort``,
+    a port or a range ``6817-6820``)."""
+    if s.slurm_conf_file:
+        return []
+    found = []
+    if scontrol.config_value("AuthType") == "auth/none":
+        found.append(
+            "slurm_conf_file: the config names none, so the nodes' slurmd runs configless, "
+            "but slurm.conf has AuthType=auth/none: a configless slurmd asks for slurm.conf "
+            "with munge whatever AuthType says, and no node would ever register; set "
+            'slurm_conf_file = "/etc/slurm/slurm.conf" in the ws-slurm config (or use '
+            "AuthType=auth/munge with munge_key_file)"
+        )
+    ports = scontrol.config_value("SlurmctldPort") or ""
+    low, _, high = ports.partition("-")
+    if low.isdigit() and not int(low) <= s.controller_port <= int(high or low):
+        found.append(
+            f"controller_port: {s.controller_port}, but slurmctld listens on {ports} "
+            f"(SlurmctldPort): the nodes' slurmd --conf-server {s.controller}:"
+            f"{s.controller_port} would never reach it; set controller_port = {low} in the "
+            "ws-slurm config"
+        )
+    return found
 
 
 def scontrol_elsewhere(command: str) -> str:
