@@ -206,6 +206,27 @@ def test_check_says_when_scontrol_cannot_be_asked(
     ) in capsys.readouterr().out
 
 
+def test_check_asks_an_unanswering_slurmctld_once(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slurmctld away: each scontrol call fails after ~9 s (its own retries), and check
+    made seven (show node four times, show config twice, show partition), the same
+    warning each time, a minute in all before it said so."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "[ \"$1 $2\" = 'show hostnames' ] && exit 1\n"
+        "echo 'slurm_load_node error: Unable to contact slurm controller (connect failure)' >&2\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run("check", "c[1-2]") == 1
+    got = capsys.readouterr()
+    assert "c[1-2]: scontrol could not be asked (see the warnings above)" in got.out
+    assert got.err.count("Unable to contact slurm controller") == 1, got.err
+
+
 def test_check_finds_a_scontrol_slurmctlds_programs_would_not_find(
     run: Run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
