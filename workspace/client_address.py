@@ -193,13 +193,17 @@ def resolve_tls(address: str, identity: str | None = None) -> TlsConfig | None:
 
 
 def _local_sites(address: str) -> list[tuple[Path, site_record.SiteRecord]]:
-    """The local sites at ``address``: the default one, or the one whose socket it is."""
+    """The local sites at ``address``: the default one, or the one whose socket it is
+    (not one whose record this user may not read: another user's)."""
     dirs = [site_record.default_site_dir()]
     if rpc.is_unix(address):
         dirs.append(Path(address.removeprefix("unix:").removeprefix("//")).parent)
     found = []
     for site_dir in dirs:
-        record = site_record.read_record(site_dir)
+        try:
+            record = site_record.read_record(site_dir)
+        except site_record.SiteUnreadable:
+            continue  # another user's site: nothing of it to use, its socket says the rest
         if record is not None and record.address == address:
             found.append((site_dir, record))
     return found

@@ -76,6 +76,53 @@ def test_check_finds_a_replace_wait_slurm_would_not_wait_for(
     assert "(20 s, slurm.conf)" in capsys.readouterr().out
 
 
+def test_check_finds_auth_none_with_configless_slurmd(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slurm.conf with AuthType=auth/none (the fragment's "closed test site") and no
+    slurm_conf_file: check passed, resume made the workspaces, and no slurmd ever
+    registered (a configless slurmd asks for slurm.conf with munge)."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(FAKE.replace("{cluster}", "600").replace(
+        "  echo 'ResumeRate", "  echo 'AuthType                = auth/none'\n  echo 'ResumeRate"
+    ))  # fmt: skip
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run("check", "c3") == 1
+    assert (
+        "slurm.conf has AuthType=auth/none: a configless slurmd asks for slurm.conf with munge"
+    ) in capsys.readouterr().out
+    conf = run.tmp / "slurm.conf"
+    conf.write_text("ClusterName=x\n")
+    run.config.write_text(run.config.read_text() + f'slurm_conf_file = "{conf}"\n')
+    assert run("check", "c3") == 0
+    assert "AuthType" not in capsys.readouterr().out
+    run.scontrol = fake_scontrol(run.tmp)  # auth/munge (not shown here): nothing said
+    run.config.write_text(run.config.read_text().replace(f'slurm_conf_file = "{conf}"', ""))
+    assert run("check", "c3") == 0
+
+
+@pytest.mark.parametrize(("ports", "fine"), [("6817", True), ("17817", False), ("6810-6820", True)])
+def test_check_finds_a_controller_port_slurmctld_does_not_listen_on(
+    run: Run, capsys: pytest.CaptureFixture[str], ports: str, fine: bool
+) -> None:
+    """A slurmctld on another SlurmctldPort than controller_port (default 6817): check
+    passed, and every node's configless slurmd asked a port nobody listens on."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(FAKE.replace("{cluster}", "600").replace(
+        "  echo 'ResumeRate", f"  echo 'SlurmctldPort           = {ports}'\n  echo 'ResumeRate"
+    ))  # fmt: skip
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run("check", "c3") == (0 if fine else 1)
+    out = capsys.readouterr().out
+    said = (
+        "controller_port: 6817, but slurmctld listens on 17817 (SlurmctldPort): the nodes' "
+        "slurmd --conf-server 10.213.0.1:6817 would never reach it; set controller_port = 17817"
+    )
+    assert (said in out) is not fine, out
+
+
 HIDDEN = """#!/bin/sh
 case "$1 $2" in
 "show node")
@@ -108,6 +155,37 @@ def test_check_finds_nodes_slurm_hides(run: Run, capsys: pytest.CaptureFixture[s
     assert "not found" not in capsys.readouterr().out
 
 
+UNKNOWN = """#!/bin/sh
+case "$1 $2" in
+"show node")
+  echo 'Node c2 not found'; echo 'Node c3 not found'
+  echo 'Node c2 not found' >&2; echo 'Node c3 not found' >&2
+  exit 1
+  ;;
+"show config") echo 'ResumeTimeout           = 600 sec' ;;
+"show partition") echo 'PartitionName=p1 Nodes=c[1-3] State=UP' ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def test_check_of_nodes_slurm_does_not_know_says_so_not_that_scontrol_failed(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws-slurm check gpu1`, a node not in slurm.conf (Debian's 22.05.8: `Node gpu1 not
+    found` on stdout, exit 1): check said "scontrol could not be asked", with slurmctld
+    up and answering, besides the 'not found' line."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(UNKNOWN)
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run.scontrol.states(["c2", "c3"]) == {}
+    assert run("check", "c[2-3]") == 1
+    out = capsys.readouterr().out
+    assert "c[2-3]: scontrol show node says 'not found'" in out
+    assert "could not be asked" not in out
+
+
 def test_check_says_when_scontrol_cannot_be_asked(
     run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -126,6 +204,27 @@ def test_check_says_when_scontrol_cannot_be_asked(
         "(rules by feature), whether slurmctld shows them and their ResumeTimeout are not "
         "checked"
     ) in capsys.readouterr().out
+
+
+def test_check_asks_an_unanswering_slurmctld_once(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slurmctld away: each scontrol call fails after ~9 s (its own retries), and check
+    made seven (show node four times, show config twice, show partition), the same
+    warning each time, a minute in all before it said so."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "[ \"$1 $2\" = 'show hostnames' ] && exit 1\n"
+        "echo 'slurm_load_node error: Unable to contact slurm controller (connect failure)' >&2\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run("check", "c[1-2]") == 1
+    got = capsys.readouterr()
+    assert "c[1-2]: scontrol could not be asked (see the warnings above)" in got.out
+    assert got.err.count("Unable to contact slurm controller") == 1, got.err
 
 
 def test_check_finds_a_scontrol_slurmctlds_programs_would_not_find(

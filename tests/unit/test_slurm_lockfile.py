@@ -6,6 +6,7 @@ Slurm."""
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -69,6 +70,40 @@ def test_a_lock_file_that_cannot_be_opened_stops_the_run_and_is_told_to_slurm(
     assert run.scontrol.powered_down == ["c1", "c2"]  # their jobs requeued now
     assert f"resume: lock file {where}: Is a directory (ws-slurm locks its nodes" in run.text()
     assert "install -d -o slurm -g slurm -m 0700" in run.text()
+
+
+def test_a_lock_file_of_another_users_is_said_so_with_its_fix(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock file made by a run as root (by hand), then a run as SlurmUser: the error
+    said "install -d -o slurm -g slurm -m 0700 DIR", which changes nothing when the
+    directory is SlurmUser's already and the file root's. (As root every file opens: the
+    kernel's EACCES is made here.)"""
+    run.lock.parent.mkdir(mode=0o700)
+    run.lock.write_text("")
+    os.chown(run.lock, 65534, 65534)  # another user's
+    real_open = os.open
+
+    def refuse(path: object, *args: object, **kwargs: object) -> int:
+        if str(path) == str(run.lock):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse)
+    assert run("suspend", "c1") == 2
+    other = pwd.getpwuid(65534).pw_name
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    said = (
+        f"lock file {run.lock}: Permission denied (it is -rw-r--r-- {other}, not {me}'s, "
+        f"who runs ws-slurm here: made by a run as {other}?"
+    )
+    assert said in run.text()
+    assert f"chown {me}: {run.lock})" in run.text()
+    assert "install -d" not in run.text()
+    assert run.scontrol.down["c1"].startswith(
+        "ws: suspend could not check for its workspace: config: "
+        f"lock file {run.lock}: Permission denied (it is"
+    )
 
 
 def test_a_lock_file_whose_directory_is_a_file_is_said_so(tmp_path: Path) -> None:

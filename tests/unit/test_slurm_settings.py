@@ -353,6 +353,33 @@ def test_the_shipped_fragment_powers_down_cloud_nodes_only() -> None:
         assert set(expand(f["Nodes"])) <= cloud, f
 
 
+def test_the_shipped_fragment_gives_plain_jobs_the_small_nodes_first() -> None:
+    """Slurm allocates the nodes of lowest Weight first. The fragment's partition had
+    cloud[1-16] (4 GiB workspaces) and bigmem[1-4] (32 GiB) at the same weight, and a
+    plain `sbatch -N2` got bigmem[1-2]: 64 GiB, refused by the README's example quota
+    (memory-mib=32768), both nodes DOWN. In a partition, a node the shipped mapping makes
+    bigger weighs more."""
+    conf = Path(__file__).resolve().parents[2] / "conf" / "slurm"
+    s = load(conf / "ws-slurm.toml")
+    lines = [
+        ln.split("#", 1)[0].split()
+        for ln in (conf / "slurm.conf.fragment").read_text().splitlines()
+    ]
+    fields = [dict(w.split("=", 1) for w in words if "=" in w) for words in lines if words]
+    nodes: dict[str, tuple[int, int]] = {}  # node -> (weight, memory_mib)
+    for f in fields:
+        if "NodeName" in f:
+            features = frozenset(f.get("Feature", "").split(",")) - {""}
+            for n in expand(f["NodeName"]):
+                nodes[n] = (int(f.get("Weight", "1")), s.resolve(n, features).memory_mib or 0)
+    for f in fields:
+        if "PartitionName" in f:
+            sizes = sorted(nodes[n] for n in expand(f["Nodes"]))
+            by_weight = [memory for _, memory in sizes]
+            assert by_weight == sorted(by_weight), (f["PartitionName"], sizes)
+            assert len({w for w, _ in sizes}) == len({m for _, m in sizes}), sizes
+
+
 def _env_file_value(line: str) -> str:
     """One ``NAME="..."`` line as systemd's EnvironmentFile reader takes it (v252,
     src/basic/env-file.c): inside double quotes a backslash escapes ``\\ " ` $`` and is

@@ -35,6 +35,11 @@ class SiteError(errors.FailedPrecondition):
     """The local site cannot be started, stopped or read."""
 
 
+class SiteUnreadable(SiteError):
+    """A site file this user may not read: the site is another user's (root's, and
+    SlurmUser's ws-slurm pointed at its socket), not a broken file to remove."""
+
+
 def default_site_dir() -> Path:
     env = os.environ.get(SITE_ENV, "").strip()
     if env:
@@ -128,6 +133,11 @@ def _read_json(path: Path, what: str) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (FileNotFoundError, NotADirectoryError):
         return None  # (a site directory that is a file holds no site either)
+    except PermissionError as exc:
+        raise SiteUnreadable(
+            f"{path} cannot be read ({exc.strerror}): the local site there is another "
+            "user's; run as its owner"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise SiteError(f"{path} is not a valid {what} ({exc}); remove it") from exc
     if not isinstance(data, dict):

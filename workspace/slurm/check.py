@@ -13,7 +13,9 @@ slurmctld does not pass. And
 ``replace_wait_s`` against each node's ResumeTimeout (``scontrol show config``,
 ``show partition``): a wait that long would let Slurm give up on the node first. And
 ``lock_file``: that SlurmUser (``show config``) could open it, or make it and its
-directory (``lockcheck``; nothing is made).
+directory (``lockcheck``; nothing is made). And slurm.conf's ``AuthType=auth/none``
+(``show config``) without ``slurm_conf_file``, or a ``SlurmctldPort`` other than
+``controller_port``: configless slurmd would never register.
 Exit 0 if resume would go ahead for every node, 1 if not (each problem printed), 3 if
 the service could not be asked (the rest was checked).
 """
@@ -49,11 +51,18 @@ def check(
     out: Callable[[str], None] = print,
 ) -> int:
     status = EXIT_OK
-    for problem in (scontrol_elsewhere(s.scontrol), *from_this_shell(s)):
+    # Slurm's side is asked only if scontrol answers at all: with slurmctld away each
+    # call took ~9 s and logged the same failure, seven of them until the run's budget.
+    answers = bool(nodes) and scontrol.states(nodes) is not None
+    for problem in (
+        scontrol_elsewhere(s.scontrol),
+        *from_this_shell(s),
+        *(configless_problems(s, scontrol) if answers else ()),
+    ):
         if problem:
             out(problem)
             status = EXIT_FAILED
-    features = scontrol.features(nodes)
+    features = scontrol.features(nodes) if answers else {}
     images: dict[str, list[str]] = {}
     for n in nodes:
         try:
@@ -75,7 +84,7 @@ def check(
             f"{n}: image {spec.image}, cpus {spec.cpus or 'default'}, memory_mib "
             f"{spec.memory_mib or 'default'} (rule {spec.rule + 1}), user-data {size} bytes"
         )
-    if nodes and scontrol.states(nodes) is None:
+    if nodes and not answers:
         # No answer at all (no scontrol, slurmctld away): every check of Slurm's side
         # below is silent then, and a node mapped by feature took another rule.
         out(
@@ -85,7 +94,7 @@ def check(
             "addresses either"
         )
         status = EXIT_FAILED
-    hidden = scontrol.not_shown(nodes) if nodes else []
+    hidden = scontrol.not_shown(nodes) if answers else []
     if hidden:
         out(
             f"{brief(hidden)}: scontrol show node says 'not found': not in slurm.conf, or "
@@ -94,10 +103,10 @@ def check(
             "suspend left on them)"
         )
         status = EXIT_FAILED
-    if not _waits_within_resume_timeout(s, scontrol, nodes, out):
+    if answers and not _waits_within_resume_timeout(s, scontrol, nodes, out):
         status = EXIT_FAILED
     # Looked at, not made: check runs as whoever runs it (lockcheck).
-    if not check_lock_file(s.lock_file, runs_as(scontrol.slurm_user()), out):
+    if not check_lock_file(s.lock_file, runs_as(scontrol.slurm_user() if answers else None), out):
         status = EXIT_FAILED
     if s.identity and not os.path.isdir(os.path.expanduser(s.identity)):
         out(
@@ -148,6 +157,35 @@ def from_this_shell(s: Settings) -> list[str]:
             f"({os.environ[given[0]].strip()}), which slurmctld does not pass to ws-slurm "
             "(it would call the service without a certificate): set identity = "
             '"/etc/workspace/slurm-identity" (ws-admin pki issue user slurm --out DIR)'
+        )
+    return found
+
+
+def configless_problems(s: Settings, scontrol: Scontrol) -> list[str]:
+    """What stops a configless slurmd (no ``slurm_conf_file``) from ever registering,
+    from slurm.conf as ``scontrol show config`` shows it (resume itself goes ahead):
+    ``AuthType=auth/none``, for slurmd asks for slurm.conf with munge before it knows
+    the AuthType; a ``controller_port`` slurmctld does not listen on (``SlurmctldPort``,
+    a port or a range ``6817-6820``)."""
+    if s.slurm_conf_file:
+        return []
+    found = []
+    if scontrol.config_value("AuthType") == "auth/none":
+        found.append(
+            "slurm_conf_file: the config names none, so the nodes' slurmd runs configless, "
+            "but slurm.conf has AuthType=auth/none: a configless slurmd asks for slurm.conf "
+            "with munge whatever AuthType says, and no node would ever register; set "
+            'slurm_conf_file = "/etc/slurm/slurm.conf" in the ws-slurm config (or use '
+            "AuthType=auth/munge with munge_key_file)"
+        )
+    ports = scontrol.config_value("SlurmctldPort") or ""
+    low, _, high = ports.partition("-")
+    if low.isdigit() and not int(low) <= s.controller_port <= int(high or low):
+        found.append(
+            f"controller_port: {s.controller_port}, but slurmctld listens on {ports} "
+            f"(SlurmctldPort): the nodes' slurmd --conf-server {s.controller}:"
+            f"{s.controller_port} would never reach it; set controller_port = {low} in the "
+            "ws-slurm config"
         )
     return found
 

@@ -3,7 +3,7 @@
     ws-slurm [--config FILE] resume HOSTLIST...
     ws-slurm [--config FILE] suspend HOSTLIST...
     ws-slurm [--config FILE] resume-fail HOSTLIST...
-    ws-slurm [--config FILE] check [HOSTLIST...]   what resume would create (no changes)
+    ws-slurm [--config FILE] check HOSTLIST...   what resume would create (no changes)
 
 Called as ``ws-slurm-resume``, ``ws-slurm-suspend`` or ``ws-slurm-resume-fail`` (symlinks
 to ws-slurm), the command is implied: those names can be slurm.conf's ResumeProgram,
@@ -71,10 +71,26 @@ EXIT_USAGE = 2
 log = logging.getLogger("ws-slurm")
 
 
+EPILOG = f"""\
+slurm.conf runs it through symlinks named ws-slurm-resume, ws-slurm-suspend and
+ws-slurm-resume-fail (the name implies the command), with a hostlist (cloud[1-3]):
+  ResumeProgram=/usr/local/sbin/ws-slurm-resume (conf/slurm/slurm.conf.fragment)
+slurmctld passes no environment: under it the config is {DEFAULT_CONFIG}
+(conf/slurm/ws-slurm.toml). resume, suspend and resume-fail log to the config's
+log_file (default {DEFAULT_LOG}; Slurm discards what they print), check
+to stderr only. A node that cannot run is DOWN with a reason starting "ws: "
+(sinfo -R). Run resume or suspend by hand as SlurmUser only (sudo -u slurm): a log or
+lock file a run as root makes is root's, and slurmctld's runs cannot open it.
+Exit: 0 done, 1 something failed, 2 usage or config error, 3 the service cannot be
+reached. README "Slurm"; docs/design/slurm.md."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = common.Parser(
         prog=PROG,
         description="Slurm power-saving programs that run Slurm nodes as workspaces",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     version.add_option(parser)
     parser.add_argument(
@@ -90,8 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("resume-fail", "destroy what a failed resume made (ResumeFailProgram)"),
         ("check", "print what resume would create for the nodes; change nothing"),
     ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("hostlist", nargs="+", metavar="HOSTLIST")
+        p = sub.add_parser(name, help=text, description=f"{PROG} {name}: {text}")
+        p.add_argument(
+            "hostlist",
+            nargs="+",
+            metavar="HOSTLIST",
+            help="Slurm node names or hostlist expressions (cloud3, cloud[1-4,7])",
+        )
     return parser
 
 

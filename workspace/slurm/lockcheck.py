@@ -76,7 +76,8 @@ def runs_as(slurm_user: tuple[str, int | None] | None) -> RunsAs:
     return _user(me, f"you ({me.pw_name}; {why})")
 
 
-def _owner(st: os.stat_result) -> str:
+def owner(st: os.stat_result) -> str:
+    """The name of the user owning what ``st`` is of (the uid if none)."""
     try:
         return pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
@@ -115,7 +116,7 @@ def check_lock_file(path: str, user: RunsAs, out: Callable[[str], None]) -> bool
             if not user.may(st, X):
                 out(
                     f"lock file {path}: {user.label} cannot reach it ({d} is "
-                    f"{stat.filemode(st.st_mode)} {_owner(st)}): {fails}"
+                    f"{stat.filemode(st.st_mode)} {owner(st)}): {fails}"
                 )
                 return False
     except OSError as exc:  # this user may not look where SlurmUser may
@@ -127,7 +128,7 @@ def check_lock_file(path: str, user: RunsAs, out: Callable[[str], None]) -> bool
     if not user.may(st, R | W):
         out(
             f"lock file {path}: {user.label} cannot open it for writing (it is "
-            f"{stat.filemode(st.st_mode)} {_owner(st)}, made by a run as another user?): "
+            f"{stat.filemode(st.st_mode)} {owner(st)}, made by a run as another user?): "
             f"{fails}; chown {user.name}:{user.group} {path}"
         )
         return False

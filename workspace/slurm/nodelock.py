@@ -26,12 +26,15 @@ import errno
 import fcntl
 import hashlib
 import os
+import pwd
+import stat
 import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from workspace import errors
+from workspace.slurm.lockcheck import owner
 
 POLL_S = 0.1  # how often a busy lock is tried again
 # 48 bits of the name's digest each, far beyond the (empty) file's end (as when the
@@ -48,6 +51,25 @@ def offset(node: str) -> int:
 class LockFileError(errors.ConfigError):
     """The lock file cannot be opened (or made): the run cannot keep other runs off its
     nodes, so it does nothing."""
+
+
+def _fix_for_the_file(where: Path) -> str:
+    """Why this run may not open the lock file that is there, and the fix ("" when it is
+    not there: its directory is the problem). A file of another user's is one a run as
+    that user made (root's, by hand): the directory's mode does not matter then."""
+    try:
+        st = os.stat(where)
+    except OSError:
+        return ""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    mode = f"{stat.filemode(st.st_mode)} {owner(st)}"
+    if st.st_uid != os.geteuid():
+        return (
+            f"it is {mode}, not {me}'s, who runs ws-slurm here: made by a run as "
+            f"{owner(st)}? SlurmUser runs ws-slurm under slurmctld; run it by hand as "
+            f"SlurmUser too: chown {me}: {where}"
+        )
+    return f"it is {mode}: chmod 0600 {where}"
 
 
 class NodeLocks:
@@ -75,6 +97,9 @@ class NodeLocks:
             why = exc.strerror or str(exc)
             if isinstance(exc, FileExistsError):  # from mkdir: a file where a directory goes
                 why = f"{exc.filename} is not a directory"
+            fix = _fix_for_the_file(where) if isinstance(exc, PermissionError) else ""
+            if fix:
+                raise LockFileError(f"lock file {self.path}: {why} ({fix})") from None
             raise LockFileError(
                 f"lock file {self.path}: {why} (ws-slurm locks its nodes "
                 "there against other runs; it and its directory must be writable by "

@@ -52,6 +52,7 @@ ADDRESS_CHUNK = 200  # nodes per NodeAddr update (one argument of ~20 characters
 REASON_PREFIX = "ws: "
 MAX_REASON = 200
 MAX_LOGGED_ARG = 120
+NOT_FOUND = re.compile(r"^Node (\S+) not found")  # scontrol show node of an unknown node
 # Where a bare ``scontrol`` is looked for when the environment has no PATH: slurmctld runs
 # its programs with SLURM_CONF (and SLURM_JOB_ID, SLURM_RESUME_FILE) alone, and Python
 # would then look in /bin:/usr/bin only, missing a Slurm installed under /usr/local (its
@@ -135,7 +136,9 @@ class Scontrol:
     def _run(self, *args: str, partial: str = "") -> str | None:
         """scontrol's stdout, or None when it failed. ``partial``: a failed run whose
         stdout still has lines starting so is an answer for those (``show node`` of a
-        list with a node slurmctld does not know prints the others, then exits 1)."""
+        list with a node slurmctld does not know prints the others, then exits 1), and
+        one whose stdout is only ``Node X not found`` lines is an answer too: slurmctld
+        knows none of them (not "scontrol could not be asked")."""
         command = find(self.command)
         if command is None:
             if not self._said_missing:  # once a run: its hostnames, features, updates
@@ -166,7 +169,7 @@ class Scontrol:
             self.spent_s += time.monotonic() - start
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
-        if proc.returncode != 0 and partial and _has(proc.stdout, partial):
+        if proc.returncode != 0 and partial and _answered(proc.stdout, partial):
             rest = _not_partial(proc.stdout, partial)
             if rest:
                 log.warning("scontrol %s: %s", _shown(args), _cut(rest, 4 * MAX_LOGGED_ARG))
@@ -229,9 +232,7 @@ class Scontrol:
         tell (no scontrol, slurmctld away)."""
         names = list(nodes)
         out = self._run("show", "node", "-o", compress(names), partial="Node") if names else None
-        missing = {
-            m.group(1) for m in re.finditer(r"^Node (\S+) not found", out or "", re.MULTILINE)
-        }
+        missing = {m.group(1) for line in (out or "").splitlines() if (m := NOT_FOUND.match(line))}
         return [n for n in names if n in missing]
 
     def states(self, nodes: Iterable[str]) -> dict[str, str] | None:
@@ -294,17 +295,21 @@ class Scontrol:
                 found[node] = (cluster, "slurm.conf")
         return found
 
+    def config_value(self, key: str) -> str | None:
+        """One of ``scontrol show config``'s values (``AuthType = auth/none``): None when
+        scontrol cannot tell or does not show it."""
+        for line in (self._run("show", "config") or "").splitlines():
+            name, eq, value = line.partition("=")
+            if eq and name.strip() == key:
+                return value.strip()
+        return None
+
     def slurm_user(self) -> tuple[str, int | None] | None:
         """SlurmUser (``scontrol show config``: ``SlurmUser = slurm(64030)``), the user
         slurmctld runs ws-slurm as: its name and uid (None when not shown); None when
         scontrol cannot tell."""
-        config = self._run("show", "config")
-        for line in (config or "").splitlines():
-            key, eq, value = line.partition("=")
-            m = re.fullmatch(r"\s*([^\s(]+)(?:\((\d+)\))?\s*", value)
-            if eq and key.strip() == "SlurmUser" and m:
-                return m[1], int(m[2]) if m[2] else None
-        return None
+        m = re.fullmatch(r"([^\s(]+)(?:\((\d+)\))?", self.config_value("SlurmUser") or "")
+        return (m[1], int(m[2]) if m[2] else None) if m else None
 
     def set_address(self, node: str, address: str, tries: int = 3) -> bool:
         """Tell slurmctld where ``node`` is; False if that could not be done."""
@@ -370,6 +375,13 @@ def _seconds(raw: str) -> int | None:
 
 def _has(out: str, partial: str) -> bool:
     return any(line.startswith(partial) for line in out.splitlines())
+
+
+def _answered(out: str, partial: str) -> bool:
+    """Whether a failed run's stdout is slurmctld's answer: lines starting with
+    ``partial``, or nothing but ``Node X not found`` (``show node`` of unknown nodes)."""
+    lines = [line for line in out.splitlines() if line.strip()]
+    return _has(out, partial) or (bool(lines) and all(NOT_FOUND.match(line) for line in lines))
 
 
 def _not_partial(out: str, partial: str) -> str:
