@@ -228,6 +228,9 @@ def test_a_replica_that_does_not_answer_is_named(monkeypatch: pytest.MonkeyPatch
     origin, _ = replicas(FakeHub(set(), None), FakeHub(set(), None), peers=live("r0", "r9"))
     with pytest.raises(Unavailable, match=r"\(r9 did not answer whether it does\)"):
         origin.exec("n1", "w1", ExecTask(("true",)), 5)
+    origin, _ = replicas(FakeHub(set(), None), FakeHub(set(), None), peers=live("r0", "r8", "r9"))
+    with pytest.raises(Unavailable, match=r"\(r8 and r9 did not answer whether they do\)"):
+        origin.exec("n1", "w1", ExecTask(("true",)), 5)
 
 
 def test_a_replica_newer_than_the_picture_is_waited_for() -> None:
