@@ -23,7 +23,7 @@ from tests.functional.harness import WS, Site, agent_config, answering_late, wai
 from workspace import errors
 from workspace.cli import ws
 from workspace.client import Client
-from workspace.service.replicas import LEADER_LOCK, conninfo
+from workspace.service.replicas import LEADER_LOCK, Relay, conninfo
 from workspace.store.engines import LOCK_CLASS
 from workspace.v1 import admin_pb2, trust_pb2, workspaces_pb2
 
@@ -187,6 +187,43 @@ def test_an_exec_whose_holder_answers_late_still_reaches_the_agent(replicas: lis
     wait_for(lambda: a.service is not None and not a.service.hub.connected("n1"), 30, "n1 gone")
     with Client(b.address) as c, pytest.raises(errors.Unavailable, match="not connected"):
         c.exec("box", ["true"])
+
+
+def test_a_replica_the_others_see_starting_answers_their_offers(
+    replicas: list[Site], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C restarts and its relay is 5 s late to listen (a loaded machine). As soon as A
+    sees C in the registry, an exec through A for a node no replica holds is "not
+    connected": C listens before it registers. Until session 44 it registered first, and
+    A's offer, made before C listened, waited 10 s for C's answer and named C as silent."""
+    a, c = replicas[0], replicas[2]
+    box_on_a(a, "192.168.63.0/24")
+    a.stop_agent("n1")
+    svc_a, svc_c = a.service, c.service
+    assert svc_a is not None and svc_a.registry is not None and svc_c is not None
+    wait_for(lambda: not svc_a.hub.connected("n1"), 30, "n1 gone")
+    registry = svc_a.registry
+    c_id = svc_c.env.replica_id
+    c.stop_service()
+    wait_for(
+        lambda: c_id not in [v.replica_id for v in registry.live()], 30, "C out of A's picture"
+    )
+    listen = Relay._listen_loop
+
+    def late(relay: Relay) -> None:
+        time.sleep(5)
+        listen(relay)
+
+    monkeypatch.setattr(Relay, "_listen_loop", late)
+    starting = threading.Thread(target=c.start_service)
+    starting.start()
+    try:
+        wait_for(lambda: len(registry.live()) == 3, 60, "C in A's picture")
+        with Client(a.address) as client, pytest.raises(errors.Unavailable) as failed:
+            client.exec("box", ["true"])
+        assert "node n1's agent is not connected" in str(failed.value)
+    finally:
+        starting.join()
 
 
 def test_a_save_through_another_replica_is_done_by_the_agent_on_its_own(

@@ -78,6 +78,9 @@ CRL_POLL_S = 1.0
 # How long a stopping service keeps its connections open after its streams have sent their
 # last status (within the stop's grace), for their clients to read it (see stop()).
 STREAMS_LINGER_S = 1.0
+# How long a starting replica waits for its relay to listen before it registers (its
+# database connection: a moment; then it registers anyway and the relay keeps trying).
+LISTEN_FIRST_S = 10.0
 
 
 def pass_failed(what: str) -> None:
@@ -286,6 +289,18 @@ class Service:
         if self.metrics is not None:
             self.metrics_url = self.metrics.serve(self.cfg.metrics_listen).url
         if self.relay is not None:
+            # Listening before it is registered: the others count on an answer to their
+            # offers of an exec or attach from every replica they see in the registry
+            # (service/offers.py). Registered first, a replica in that moment made an
+            # offer for an agent no replica holds wait ANSWER_S, then name it as silent.
+            if self.forwarder is not None:
+                self.forwarder.start()
+            self.relay.start()
+            if not self.relay.listening.wait(LISTEN_FIRST_S):
+                log.warning(
+                    "not listening to the other replicas after %g s; registering anyway",
+                    LISTEN_FIRST_S,
+                )
             # Registered before it serves: a save it marks names a replica the others know.
             self.registry = Registry(
                 conninfo(self.store.engine),
@@ -302,10 +317,6 @@ class Service:
         self.node_server.start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        if self.relay is not None:
-            if self.forwarder is not None:
-                self.forwarder.start()
-            self.relay.start()
         self.leader.start()
         self._monitor.start()
         self._queue_thread.start()

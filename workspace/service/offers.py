@@ -60,6 +60,12 @@ def not_connected(node: str) -> Unavailable:
     return Unavailable(f"node {node}'s agent is not connected; try again")
 
 
+def _silent(ids: list[str]) -> str:
+    if len(ids) == 1:
+        return f"{ids[0]} did not answer whether it does"
+    return f"{', '.join(ids[:-1])} and {ids[-1]} did not answer whether they do"
+
+
 class Answers:
     """The answers to one offer, from the replicas' listener threads; ``wait`` in the
     thread of the call that made the offer."""
@@ -124,7 +130,7 @@ class Answers:
                     if waiting is None:
                         raise not_connected(self.node)
                     why = (
-                        f"{', '.join(sorted(waiting))} did not answer whether it does"
+                        _silent(sorted(waiting))
                         if waiting
                         else "the live replicas could not be read from the database"
                     )
